@@ -1,0 +1,179 @@
+//! The agent's typed configuration (`loggate-agent run --config FILE`), validated at start.
+//! Every field is documented in `docs/configuration.md`; relative paths are resolved against the
+//! folder holding the configuration file.
+
+use crate::fs_access::LogRoot;
+use anyhow::{bail, Context};
+use loggate_core::grant::VerifyingKey;
+use loggate_core::identity::is_valid_name;
+use loggate_core::tls::TlsFiles;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn default_trust_domain() -> String {
+    "loggate.local".into()
+}
+fn default_skew() -> String {
+    "60s".into()
+}
+fn default_audit() -> PathBuf {
+    PathBuf::from("audit.jsonl")
+}
+fn default_state() -> PathBuf {
+    PathBuf::from("state")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfigFile {
+    /// This agent's id; must equal the agent id in its certificate.
+    id: String,
+    #[serde(default)]
+    labels: Vec<String>,
+    /// Where people connect to read logs ("127.0.0.1:7501").
+    listen: SocketAddr,
+    /// The address published to the controller's registry (default: `listen`).
+    #[serde(default)]
+    advertise: Option<String>,
+    /// The controller's address ("host:port").
+    controller: String,
+    #[serde(default = "default_trust_domain")]
+    trust_domain: String,
+    /// Files holding the controller's grant-verification keys (PASERK `k4.public.…`).
+    grant_keys: Vec<PathBuf>,
+    /// The only folders this agent ever serves files from.
+    roots: Vec<PathBuf>,
+    /// Folder for the persisted grants and revocations.
+    #[serde(default = "default_state")]
+    state_dir: PathBuf,
+    #[serde(default = "default_audit")]
+    audit_log: PathBuf,
+    /// Tolerated clock difference with the controller at a grant's start (at most 60s).
+    #[serde(default = "default_skew")]
+    max_clock_skew: String,
+    /// Whether the redaction profile "raw" (no redaction) may be named by grants.
+    #[serde(default)]
+    allow_raw: bool,
+    #[serde(default)]
+    limits: Limits,
+    tls: TlsFiles,
+}
+
+/// Per-request limits. Defaults are in `Limits::default`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent streams one person may hold on this agent.
+    pub max_streams_per_subject: usize,
+    /// Largest request message accepted (bytes).
+    pub max_request_bytes: usize,
+    /// Longest grep pattern accepted (bytes).
+    pub max_pattern_bytes: usize,
+    /// Size limit of a compiled grep pattern (bytes).
+    pub max_regex_bytes: usize,
+    /// Lines longer than this are cut in line-based modes (grep, tail, time ranges).
+    pub max_line_bytes: usize,
+    /// Most lines `tail -n` may ask for.
+    pub max_tail_lines: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_streams_per_subject: 4,
+            max_request_bytes: 64 * 1024,
+            max_pattern_bytes: 1024,
+            max_regex_bytes: 1 << 20,
+            max_line_bytes: 64 * 1024,
+            max_tail_lines: 100_000,
+        }
+    }
+}
+
+/// The validated configuration.
+pub struct AgentConfig {
+    pub id: String,
+    pub labels: Vec<String>,
+    pub listen: SocketAddr,
+    pub advertise: String,
+    pub controller: String,
+    pub trust_domain: String,
+    pub grant_keys: Vec<VerifyingKey>,
+    pub roots: Vec<LogRoot>,
+    pub state_dir: PathBuf,
+    pub audit_log: PathBuf,
+    pub max_clock_skew: Duration,
+    pub allow_raw: bool,
+    pub limits: Limits,
+    pub tls: TlsFiles,
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read agent configuration {}", path.display()))?;
+        let file: AgentConfigFile = toml::from_str(&text)
+            .with_context(|| format!("invalid agent configuration {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::validate(file, base).with_context(|| format!("agent configuration {}", path.display()))
+    }
+
+    fn validate(file: AgentConfigFile, base: &Path) -> anyhow::Result<Self> {
+        if !is_valid_name(&file.id) {
+            bail!("id {:?} must be lowercase letters, digits and dashes", file.id);
+        }
+        if file.roots.is_empty() {
+            bail!("roots: name at least one folder this agent may serve");
+        }
+        let roots = file
+            .roots
+            .iter()
+            .map(|r| {
+                if !r.is_absolute() {
+                    bail!("roots: {} must be an absolute path", r.display());
+                }
+                LogRoot::new(r).map_err(|e| anyhow::anyhow!("roots: {}: {e}", r.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if file.grant_keys.is_empty() {
+            bail!("grant_keys: name at least one controller public key file");
+        }
+        let grant_keys = file
+            .grant_keys
+            .iter()
+            .map(|p| {
+                let p = base.join(p);
+                let text = std::fs::read_to_string(&p)
+                    .with_context(|| format!("grant_keys: cannot read {}", p.display()))?;
+                VerifyingKey::from_paserk(&text).with_context(|| format!("grant_keys: {}", p.display()))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let max_clock_skew = humantime::parse_duration(&file.max_clock_skew)
+            .with_context(|| format!("max_clock_skew {:?} is not a duration", file.max_clock_skew))?;
+        if max_clock_skew > Duration::from_secs(60) {
+            bail!("max_clock_skew must be at most 60s");
+        }
+        let l = &file.limits;
+        if l.max_streams_per_subject == 0 || l.max_request_bytes < 1024 || l.max_line_bytes < 256 {
+            bail!("limits: max_streams_per_subject ≥ 1, max_request_bytes ≥ 1024, max_line_bytes ≥ 256");
+        }
+        Ok(AgentConfig {
+            advertise: file.advertise.unwrap_or_else(|| file.listen.to_string()),
+            id: file.id,
+            labels: file.labels,
+            listen: file.listen,
+            controller: file.controller,
+            trust_domain: file.trust_domain,
+            grant_keys,
+            roots,
+            state_dir: base.join(file.state_dir),
+            audit_log: base.join(file.audit_log),
+            max_clock_skew,
+            allow_raw: file.allow_raw,
+            limits: file.limits,
+            tls: file.tls.relative_to(base),
+        })
+    }
+}

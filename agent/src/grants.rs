@@ -1,0 +1,217 @@
+//! The agent's grant store: every grant and revocation pushed by the controller, persisted in
+//! redb so the agent keeps enforcing (and expiring) them across its own restarts and while the
+//! controller is unreachable.
+//!
+//! Tokens are stored as received and re-verified at every use by the one verifier
+//! ([`GrantVerifier::verify_for_use`]); the store only answers "which grants might apply" and
+//! "is this grant revoked".
+
+use loggate_core::grant::{Audience, GrantVerifier, ReceivedGrant};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::RwLock;
+use tokio::sync::watch;
+
+const GRANTS: TableDefinition<&str, &str> = TableDefinition::new("grants");
+const REVOCATIONS: TableDefinition<&str, &str> = TableDefinition::new("revocations");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationInfo {
+    pub at: i64,
+    pub by: String,
+    pub reason: String,
+}
+
+#[derive(Default)]
+struct State {
+    grants: HashMap<String, ReceivedGrant>,
+    revoked: HashMap<String, RevocationInfo>,
+    revision: u64,
+    /// Expired grants already reported by `sweep_expired`.
+    announced: HashSet<String>,
+}
+
+/// How long an expired grant is kept to explain denials (seconds).
+pub const KEEP_EXPIRED: i64 = 24 * 3600;
+
+pub struct GrantStore {
+    db: Database,
+    state: RwLock<State>,
+    /// Bumped on every revocation so live streams re-check at once.
+    changed: watch::Sender<u64>,
+}
+
+/// What loading the persisted store found, for the audit stream.
+pub struct Loaded {
+    pub store: GrantStore,
+    /// Grants dropped at load: (grant id, reason).
+    pub dropped: Vec<(String, String)>,
+}
+
+impl GrantStore {
+    /// Opens `dir/grants.redb` and re-verifies every stored grant; invalid or expired ones are
+    /// dropped and reported.
+    pub fn open(dir: &Path, verifier: &GrantVerifier, audience: &Audience, now: i64) -> anyhow::Result<Loaded> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::create(dir.join("grants.redb"))?;
+        {
+            let tx = db.begin_write()?;
+            tx.open_table(GRANTS)?;
+            tx.open_table(REVOCATIONS)?;
+            tx.open_table(META)?;
+            tx.commit()?;
+        }
+        let mut state = State::default();
+        let mut dropped = Vec::new();
+        {
+            let tx = db.begin_read()?;
+            for row in tx.open_table(GRANTS)?.iter()? {
+                let (id, token) = row?;
+                // Recently expired grants stay (to explain denials); older ones are dropped.
+                match verifier.verify_on_receipt(token.value(), audience, now - KEEP_EXPIRED) {
+                    Ok(grant) => {
+                        state.grants.insert(id.value().to_string(), grant);
+                    }
+                    Err(e) => dropped.push((id.value().to_string(), e.to_string())),
+                }
+            }
+            for row in tx.open_table(REVOCATIONS)?.iter()? {
+                let (id, info) = row?;
+                if let Ok(info) = serde_json::from_str(info.value()) {
+                    state.revoked.insert(id.value().to_string(), info);
+                }
+            }
+            state.revision = tx.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
+        }
+        let store = GrantStore {
+            db,
+            state: RwLock::new(state),
+            changed: watch::channel(0).0,
+        };
+        for (id, _) in &dropped {
+            store.forget(id)?;
+        }
+        Ok(Loaded { store, dropped })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The highest controller revision applied.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Persists then installs a grant received at `revision`.
+    pub fn install(&self, grant: ReceivedGrant, revision: u64) -> anyhow::Result<()> {
+        let id = grant.claims().jti.clone();
+        let tx = self.db.begin_write()?;
+        tx.open_table(GRANTS)?.insert(id.as_str(), grant.token())?;
+        tx.open_table(META)?.insert("revision", revision)?;
+        tx.commit()?;
+        let mut state = self.write();
+        state.grants.insert(id, grant);
+        state.revision = state.revision.max(revision);
+        Ok(())
+    }
+
+    /// Persists then records a revocation; returns false if it was already known.
+    pub fn revoke(&self, id: &str, info: RevocationInfo, revision: u64) -> anyhow::Result<bool> {
+        if self.read().revoked.contains_key(id) {
+            self.set_revision(revision)?;
+            return Ok(false);
+        }
+        let tx = self.db.begin_write()?;
+        tx.open_table(REVOCATIONS)?
+            .insert(id, serde_json::to_string(&info)?.as_str())?;
+        tx.open_table(META)?.insert("revision", revision)?;
+        tx.commit()?;
+        {
+            let mut state = self.write();
+            state.revoked.insert(id.to_string(), info);
+            state.revision = state.revision.max(revision);
+        }
+        self.changed.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+
+    /// Records that every change up to `revision` has been seen (heartbeats, skipped changes).
+    pub fn set_revision(&self, revision: u64) -> anyhow::Result<()> {
+        if revision <= self.revision() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        tx.open_table(META)?.insert("revision", revision)?;
+        tx.commit()?;
+        let mut state = self.write();
+        state.revision = state.revision.max(revision);
+        Ok(())
+    }
+
+    /// The stored grants issued to `subject`.
+    pub fn grants_for(&self, subject: &str) -> Vec<ReceivedGrant> {
+        self.read()
+            .grants
+            .values()
+            .filter(|g| g.claims().sub == subject)
+            .cloned()
+            .collect()
+    }
+
+    pub fn revocation(&self, id: &str) -> Option<RevocationInfo> {
+        self.read().revoked.get(id).cloned()
+    }
+
+    /// Returns the grants whose end has passed since the last call (for the `grant.expired`
+    /// audit event), and forgets those that ended more than [`KEEP_EXPIRED`] seconds ago.
+    /// Recently expired grants are kept so a denial can say "expired 3m ago", not "no grant".
+    pub fn sweep_expired(&self, now: i64) -> anyhow::Result<Vec<ReceivedGrant>> {
+        let (newly, stale): (Vec<ReceivedGrant>, Vec<String>) = {
+            let mut state = self.write();
+            let State {
+                grants, announced, ..
+            } = &mut *state;
+            let newly = grants
+                .values()
+                .filter(|g| g.claims().exp <= now && announced.insert(g.claims().jti.clone()))
+                .cloned()
+                .collect();
+            let stale = grants
+                .values()
+                .filter(|g| g.claims().exp.saturating_add(KEEP_EXPIRED) <= now)
+                .map(|g| g.claims().jti.clone())
+                .collect();
+            (newly, stale)
+        };
+        for id in stale {
+            self.forget(&id)?;
+            self.write().announced.remove(&id);
+        }
+        Ok(newly)
+    }
+
+    pub fn grants_count(&self) -> usize {
+        self.read().grants.len()
+    }
+
+    fn forget(&self, id: &str) -> anyhow::Result<()> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(GRANTS)?.remove(id)?;
+        tx.commit()?;
+        self.write().grants.remove(id);
+        Ok(())
+    }
+}
+

@@ -1,0 +1,187 @@
+//! `loggate-agent`: the per-host daemon that serves local log files over mTLS under signed,
+//! time-limited grants, and audits every decision.
+
+mod config;
+mod fs_access;
+mod gate;
+mod grants;
+mod server;
+mod stream;
+mod watch;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use config::AgentConfig;
+use grants::GrantStore;
+use loggate_core::audit::AuditLog;
+use loggate_core::audit_fields;
+use loggate_core::grant::{unix_now, Audience, GrantVerifier};
+use loggate_core::identity::Role;
+use loggate_proto::agent_server::AgentServer;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// loggate-agent: serves this host's log files to people holding a valid grant.
+#[derive(Parser)]
+#[command(name = "loggate-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent (the systemd service's command) until SIGINT/SIGTERM.
+    Run {
+        /// The agent's configuration file (see docs/configuration.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+/// Everything the agent's tasks share.
+pub struct Shared {
+    pub config: AgentConfig,
+    pub verifier: GrantVerifier,
+    pub audience: Audience,
+    pub grants: GrantStore,
+    audit_log: Mutex<AuditLog>,
+    slots: server::StreamSlots,
+}
+
+impl Shared {
+    /// Appends one audit event, synced to disk. Callers fail closed on error.
+    pub fn audit(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> anyhow::Result<u64> {
+        let mut log = self.audit_log.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(log.append(event, fields)?)
+    }
+}
+
+async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config = AgentConfig::load(config_path)?;
+    let own = config.tls.own_identity(&config.trust_domain)?;
+    if own.role() != Role::Agent || own.name() != config.id {
+        anyhow::bail!(
+            "the agent certificate {} is for {own}, not for agent {}",
+            config.tls.cert.display(),
+            config.id
+        );
+    }
+    let mut audit_log = AuditLog::open(&config.audit_log, &config.id)?;
+    let verifier = GrantVerifier::new(config.grant_keys.clone(), config.max_clock_skew);
+    let audience = Audience {
+        agent_id: config.id.clone(),
+        labels: config.labels.clone(),
+    };
+    let loaded = GrantStore::open(&config.state_dir, &verifier, &audience, unix_now())
+        .with_context(|| format!("grant store in {}", config.state_dir.display()))?;
+    audit_log.append(
+        "agent.started",
+        audit_fields!(
+            "agent_id" => config.id.clone(), "listen" => config.listen.to_string(),
+            "roots" => config.roots.iter().map(|r| r.path().display().to_string()).collect::<Vec<_>>(),
+            "grants_loaded" => loaded.store.grants_count(), "revision" => loaded.store.revision(),
+        ),
+    )?;
+    for (id, reason) in &loaded.dropped {
+        audit_log.append(
+            "grant.dropped",
+            audit_fields!("grant_id" => id.clone(), "reason" => reason.clone()),
+        )?;
+    }
+    let tls = config.tls.server_config()?;
+    let listen = config.listen;
+    let max_request = config.limits.max_request_bytes;
+    let shared = Arc::new(Shared {
+        config,
+        verifier,
+        audience,
+        grants: loaded.store,
+        audit_log: Mutex::new(audit_log),
+        slots: server::StreamSlots::default(),
+    });
+
+    tokio::spawn(watch::run(shared.clone()));
+    tokio::spawn(expire_grants(shared.clone()));
+
+    eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .add_service(AgentServer::new(server::AgentService::new(shared.clone())).max_decoding_message_size(max_request))
+        .serve_with_shutdown(listen, shutdown_signal())
+        .await
+        .with_context(|| format!("agent server on {listen}"))?;
+    shared.audit("agent.stopped", audit_fields!("agent_id" => shared.config.id.clone()))?;
+    eprintln!("loggate-agent stopped");
+    Ok(())
+}
+
+/// Audits grants whose end has passed, once a second, with or without the controller. Live
+/// streams cut themselves (see `stream::GrantWatch`); this keeps the store and audit trail tidy.
+async fn expire_grants(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match shared.grants.sweep_expired(unix_now()) {
+            Ok(expired) => {
+                for g in expired {
+                    let c = g.claims();
+                    if let Err(e) = shared.audit(
+                        "grant.expired",
+                        audit_fields!("grant_id" => c.jti.clone(), "subject" => c.sub.clone(), "not_after" => c.exp),
+                    ) {
+                        tracing::error!("audit write failed: {e:#}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!("expiring grants: {e:#}"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loggate-agent: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command {
+        Command::Run { config } => runtime.block_on(run(&config)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loggate-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

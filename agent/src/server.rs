@@ -1,0 +1,241 @@
+//! The agent's gRPC service: `ReadLog`. Each request passes the gate ([`crate::gate`]), is
+//! audited as allowed or denied (on disk before any content leaves), streams through
+//! [`crate::stream`], and ends with a `read.finished` audit event.
+
+use crate::gate::{authorize, Denial};
+use crate::stream::{self, GrantWatch, LineSelector, Plan};
+use crate::Shared;
+use loggate_core::audit_fields;
+use loggate_core::identity::{Identity, Role};
+use loggate_core::tls::peer_identity;
+use loggate_proto as pb;
+use loggate_proto::agent_server::Agent;
+use regex::bytes::RegexBuilder;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+pub struct AgentService {
+    shared: Arc<Shared>,
+}
+
+impl AgentService {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// Counts open streams per subject; a slot is released when its guard drops.
+#[derive(Default)]
+pub struct StreamSlots {
+    open: Mutex<HashMap<String, usize>>,
+}
+
+pub struct SlotGuard {
+    slots: Arc<Shared>,
+    subject: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut open = self.slots.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.subject);
+            }
+        }
+    }
+}
+
+fn take_slot(shared: &Arc<Shared>, subject: &str) -> Option<SlotGuard> {
+    let limit = shared.config.limits.max_streams_per_subject;
+    let mut open = shared.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+    let n = open.entry(subject.to_string()).or_insert(0);
+    if *n >= limit {
+        return None;
+    }
+    *n += 1;
+    Some(SlotGuard {
+        slots: shared.clone(),
+        subject: subject.to_string(),
+    })
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = stream::Item> + Send>>;
+
+fn audit_unavailable(e: anyhow::Error) -> Status {
+    tracing::error!("audit write failed: {e:#}");
+    Status::unavailable("the agent cannot write its audit log, so it serves nothing (fail closed)")
+}
+
+impl AgentService {
+    fn deny(&self, reader: &Identity, path: &str, denial: Denial) -> Status {
+        let audited = self.shared.audit(
+            "read.denied",
+            audit_fields!(
+                "subject" => reader.spiffe_id(), "path" => path,
+                "grant_id" => denial.grant_id.clone(), "reason_code" => denial.code,
+                "reason" => denial.message.clone(),
+            ),
+        );
+        if let Err(e) = audited {
+            return audit_unavailable(e);
+        }
+        let mut status = Status::permission_denied(denial.message);
+        if let Ok(v) = denial.code.parse() {
+            status.metadata_mut().insert("loggate-denial", v);
+        }
+        status
+    }
+
+    fn selector(&self, req: &pb::ReadLogRequest) -> Result<LineSelector, Status> {
+        let limits = &self.shared.config.limits;
+        let pattern = if req.mode == pb::ReadMode::Grep as i32 {
+            if req.pattern.is_empty() {
+                return Err(Status::invalid_argument("grep needs a pattern"));
+            }
+            if req.pattern.len() > limits.max_pattern_bytes {
+                return Err(Status::invalid_argument(format!(
+                    "the grep pattern is longer than {} bytes",
+                    limits.max_pattern_bytes
+                )));
+            }
+            Some(
+                RegexBuilder::new(&req.pattern)
+                    .size_limit(limits.max_regex_bytes)
+                    .dfa_size_limit(limits.max_regex_bytes)
+                    .build()
+                    .map_err(|e| Status::invalid_argument(format!("grep pattern: {e}")))?,
+            )
+        } else {
+            None
+        };
+        let opt = |v: i64| (v != 0).then_some(v);
+        Ok(LineSelector::new(pattern, opt(req.since_unix_ms), opt(req.until_unix_ms)))
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type ReadLogStream = ChunkStream;
+
+    async fn read_log(
+        &self,
+        request: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<Self::ReadLogStream>, Status> {
+        let reader = peer_identity(&request, &self.shared.config.trust_domain, Role::User)?;
+        let req = request.into_inner();
+        let limits = &self.shared.config.limits;
+        let mode = pb::ReadMode::try_from(req.mode)
+            .ok()
+            .filter(|m| *m != pb::ReadMode::Unspecified)
+            .ok_or_else(|| Status::invalid_argument("mode must be cat, tail or grep"))?;
+        if req.tail_lines > limits.max_tail_lines {
+            return Err(Status::invalid_argument(format!(
+                "tail may ask for at most {} lines",
+                limits.max_tail_lines
+            )));
+        }
+        let selector = self.selector(&req)?;
+        let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
+
+        let authorized = match authorize(&self.shared, &reader, &req.path, token) {
+            Ok(a) => a,
+            Err(denial) => return Err(self.deny(&reader, &req.path, denial)),
+        };
+        let Some(slot) = take_slot(&self.shared, reader.spiffe_id()) else {
+            return Err(self.deny(
+                &reader,
+                &req.path,
+                Denial {
+                    code: "too_many_streams",
+                    message: format!(
+                        "you already have {} streams open on agent {}; close one first",
+                        limits.max_streams_per_subject, self.shared.config.id
+                    ),
+                    grant_id: Some(authorized.grant.id().to_string()),
+                },
+            ));
+        };
+        let grant = authorized.grant;
+        let file = authorized.file;
+        let path = file.path.display().to_string();
+        let mode_name = match mode {
+            pb::ReadMode::Tail if req.follow => "tail_follow",
+            pb::ReadMode::Tail => "tail",
+            pb::ReadMode::Grep => "grep",
+            _ => "cat",
+        };
+        self.shared
+            .audit(
+                "read.allowed",
+                audit_fields!(
+                    "subject" => reader.spiffe_id(), "grant_id" => grant.id(), "path" => path.clone(),
+                    "mode" => mode_name, "pattern" => (!req.pattern.is_empty()).then(|| req.pattern.clone()),
+                    "since_ms" => (req.since_unix_ms != 0).then_some(req.since_unix_ms),
+                    "until_ms" => (req.until_unix_ms != 0).then_some(req.until_unix_ms),
+                    "redaction_profile" => grant.claims().redaction.clone(),
+                    "inode" => file.ino, "device" => file.dev, "size" => file.len,
+                ),
+            )
+            .map_err(audit_unavailable)?;
+
+        let start = if mode == pb::ReadMode::Tail {
+            let lines = if req.tail_lines == 0 { 10 } else { req.tail_lines };
+            stream::tail_offset(&file.file, file.len, lines)
+                .map_err(|e| Status::internal(format!("reading {path}: {e}")))?
+        } else {
+            0
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let opening = pb::ReadLogChunk {
+            item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
+                grant_id: grant.id().to_string(),
+                grant_not_after_unix: grant.not_after(),
+                redaction_profile: grant.claims().redaction.clone(),
+                path: path.clone(),
+            })),
+        };
+        let _ = tx.try_send(Ok(opening));
+        let plan = Plan {
+            file: file.file,
+            profile: authorized.profile,
+            start,
+            follow: req.follow && mode == pb::ReadMode::Tail,
+            selector,
+            max_line: limits.max_line_bytes,
+        };
+        let watch = GrantWatch {
+            shared: self.shared.clone(),
+            grant_id: grant.id().to_string(),
+            not_after: grant.not_after(),
+            path_glob_hint: grant.claims().paths.join(", "),
+        };
+        let shared = self.shared.clone();
+        let subject = reader.spiffe_id().to_string();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let started = Instant::now();
+            let (reason, bytes) = stream::run(plan, tx, &watch);
+            let result = shared.audit(
+                "read.finished",
+                audit_fields!(
+                    "subject" => subject, "grant_id" => watch.grant_id.clone(), "path" => path,
+                    "bytes" => bytes, "duration_ms" => started.elapsed().as_millis() as u64,
+                    "end_reason" => reason.code(),
+                    "error" => match &reason { stream::EndReason::ReadError(e) => Some(e.clone()), _ => None },
+                ),
+            );
+            if let Err(e) = result {
+                tracing::error!("audit write failed at stream end: {e:#}");
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,125 @@
+//! The agent's one long-lived `WatchGrants` stream to the controller: it dials out (hosts need
+//! no inbound port from the controller), resumes from the last revision it applied, verifies
+//! and persists every pushed grant and revocation, and reconnects with jittered exponential
+//! back-off so a controller restart does not meet every agent at the same instant.
+
+use crate::grants::{GrantStore, RevocationInfo};
+use crate::Shared;
+use loggate_core::audit_fields;
+use loggate_core::grant::unix_now;
+use loggate_proto as pb;
+use loggate_proto::controller_client::ControllerClient;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::Endpoint;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A stream silent for this long (no heartbeat) is considered dead.
+const SILENCE: Duration = Duration::from_secs(35);
+
+pub async fn run(shared: Arc<Shared>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match watch_once(&shared).await {
+            Ok(()) => {
+                tracing::warn!("controller closed the grant stream; reconnecting");
+                backoff = MIN_BACKOFF;
+            }
+            Err(e) => tracing::warn!("grant stream to the controller: {e:#}"),
+        }
+        // Full jitter: sleep a random time in [backoff/2, backoff].
+        let jitter = rand::random::<f64>() * 0.5 + 0.5;
+        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
+    let config = &shared.config;
+    let tls = config.tls.client_config("loggate-controller")?;
+    let channel = Endpoint::from_shared(format!("https://{}", config.controller))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let mut client = ControllerClient::new(channel).max_decoding_message_size(1 << 20);
+    let mut stream = client
+        .watch_grants(pb::WatchGrantsRequest {
+            agent_id: config.id.clone(),
+            labels: config.labels.clone(),
+            listen_addr: config.advertise.clone(),
+            after_revision: shared.grants.revision(),
+        })
+        .await?
+        .into_inner();
+    tracing::info!(after = shared.grants.revision(), "connected to the controller");
+    loop {
+        let event = match tokio::time::timeout(SILENCE, stream.message()).await {
+            Err(_) => anyhow::bail!("no heartbeat from the controller for {SILENCE:?}"),
+            Ok(message) => match message? {
+                Some(event) => event,
+                None => return Ok(()),
+            },
+        };
+        apply(shared, event)?;
+    }
+}
+
+/// Applies one pushed event. A grant that fails verification is refused and audited, never
+/// stored; the revision still advances so it is not fetched again.
+pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
+    let store: &GrantStore = &shared.grants;
+    match event.event {
+        Some(pb::grant_event::Event::Grant(signed)) => {
+            match shared
+                .verifier
+                .verify_on_receipt(&signed.token, &shared.audience, unix_now())
+            {
+                Ok(grant) => {
+                    let c = grant.claims().clone();
+                    shared.audit(
+                        "grant.received",
+                        audit_fields!(
+                            "grant_id" => c.jti.clone(), "subject" => c.sub, "paths" => c.paths,
+                            "not_before" => c.nbf, "not_after" => c.exp, "approver" => c.approver,
+                            "reason" => c.reason, "redaction_profile" => c.redaction,
+                            "revision" => event.revision,
+                        ),
+                    )?;
+                    store.install(grant, event.revision)?;
+                }
+                Err(e) => {
+                    shared.audit(
+                        "grant.rejected",
+                        audit_fields!(
+                            "grant_id" => signed.grant_id, "reason_code" => e.code(),
+                            "reason" => e.to_string(), "revision" => event.revision,
+                        ),
+                    )?;
+                    store.set_revision(event.revision)?;
+                }
+            }
+        }
+        Some(pb::grant_event::Event::Revocation(r)) => {
+            let info = RevocationInfo {
+                at: r.revoked_at_unix,
+                by: r.revoked_by.clone(),
+                reason: r.reason.clone(),
+            };
+            if store.revoke(&r.grant_id, info, event.revision)? {
+                shared.audit(
+                    "grant.revoked",
+                    audit_fields!(
+                        "grant_id" => r.grant_id, "revoked_by" => r.revoked_by,
+                        "reason" => r.reason, "revision" => event.revision,
+                    ),
+                )?;
+            }
+        }
+        Some(pb::grant_event::Event::Heartbeat(_)) => store.set_revision(event.revision)?,
+        None => {}
+    }
+    Ok(())
+}

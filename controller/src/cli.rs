@@ -1,0 +1,370 @@
+//! The human-facing commands that talk to the controller and to agents: grants and log reads.
+//! Every failure ends as one sentence on stderr and a non-zero exit code (see [`Failure`]).
+
+use crate::config::ClientConfig;
+use loggate_core::grant::rough_duration;
+use loggate_core::timestamp::parse_time_arg;
+use loggate_proto as pb;
+use loggate_proto::agent_client::AgentClient;
+use loggate_proto::controller_client::ControllerClient;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Exit codes: 1 error, 3 access denied, 4 stream cut by the agent (grant ended).
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+pub fn format_time(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Turns a gRPC status into the one sentence the user reads.
+pub fn explain(status: &Status, peer: &str) -> Failure {
+    let mut message = status.message().to_string();
+    if let Some(source) = std::error::Error::source(status) {
+        // Transport failures (a TLS alert from the peer, a reset) carry their cause here.
+        let cause = error_chain(source);
+        if !cause.starts_with(&message) {
+            message = format!("{message}: {cause}");
+        } else {
+            message = cause;
+        }
+        if !message.contains("alert") && !message.contains("certificate") {
+            return Failure {
+                code: 1,
+                message: format!(
+                    "the connection to {peer} failed ({message}); if it keeps failing, check that \
+                     your certificate comes from this deployment's CA and is still valid"
+                ),
+            };
+        }
+        {
+            return Failure {
+                code: 3,
+                message: format!(
+                    "{peer} refused the TLS connection ({message}); check that your certificate \
+                     comes from this deployment's CA and is still valid"
+                ),
+            };
+        }
+    }
+    match status.code() {
+        Code::PermissionDenied | Code::Unauthenticated => Failure {
+            code: 3,
+            message: format!("access denied by {peer}: {message}"),
+        },
+        Code::Aborted => Failure {
+            code: 4,
+            message: format!("{peer} ended the stream: {message}"),
+        },
+        Code::Unavailable => Failure {
+            code: 1,
+            message: format!("cannot reach {peer}: {message}"),
+        },
+        _ => Failure {
+            code: 1,
+            message: format!("{peer}: {message}"),
+        },
+    }
+}
+
+async fn connect(addr: &str, config: &ClientConfig, server_name: &str) -> Result<Channel, Failure> {
+    let tls = config.tls.client_config(server_name)?;
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(tls)
+        .map_err(|e| format!("TLS configuration: {e}"))?;
+    endpoint.connect().await.map_err(|e| Failure {
+        code: 1,
+        message: format!("cannot connect to {server_name} at {addr}: {}", error_chain(&e)),
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+pub async fn controller(config: &ClientConfig) -> Result<ControllerClient<Channel>, Failure> {
+    Ok(ControllerClient::new(
+        connect(&config.controller, config, "loggate-controller").await?,
+    ))
+}
+
+pub struct IssueArgs {
+    pub start_in: Option<Duration>,
+    pub subject: String,
+    pub hosts: Vec<String>,
+    pub labels: Vec<String>,
+    pub paths: Vec<String>,
+    pub ttl: Duration,
+    pub reason: String,
+    pub redaction: String,
+    pub json: bool,
+}
+
+fn print_grant(g: &pb::GrantInfo) {
+    let now = loggate_core::grant::unix_now();
+    let state = if g.revoked {
+        format!("revoked by {} at {}", g.revoked_by, format_time(g.revoked_at_unix))
+    } else if now >= g.not_after_unix {
+        format!("expired {} ago", rough_duration(now - g.not_after_unix))
+    } else if now < g.not_before_unix {
+        format!("starts in {}", rough_duration(g.not_before_unix - now))
+    } else {
+        format!("active, {} left", rough_duration(g.not_after_unix - now))
+    };
+    let mut scope: Vec<String> = g.hosts.clone();
+    scope.extend(g.labels.iter().map(|l| format!("label:{l}")));
+    println!(
+        "{}  {}  on {}  paths {}  until {}  ({})  profile {}  reason {:?}",
+        g.id,
+        g.subject,
+        scope.join(","),
+        g.paths.join(","),
+        format_time(g.not_after_unix),
+        state,
+        g.redaction_profile,
+        g.reason
+    );
+}
+
+fn grant_json(g: &pb::GrantInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": g.id, "subject": g.subject, "hosts": g.hosts, "labels": g.labels, "paths": g.paths,
+        "not_before": g.not_before_unix, "not_after": g.not_after_unix, "reason": g.reason,
+        "issuer": g.issuer, "redaction_profile": g.redaction_profile, "revoked": g.revoked,
+        "revoked_at": g.revoked_at_unix, "revoked_by": g.revoked_by, "revision": g.revision,
+        "key_sha256": g.key_sha256, "token": g.token,
+    })
+}
+
+pub async fn grant_issue(config: &ClientConfig, args: IssueArgs) -> CliResult {
+    let mut client = controller(config).await?;
+    let response = client
+        .issue_grant(pb::IssueGrantRequest {
+            subject: args.subject,
+            hosts: args.hosts,
+            labels: args.labels,
+            paths: args.paths,
+            ttl_seconds: args.ttl.as_secs(),
+            reason: args.reason,
+            redaction_profile: args.redaction,
+            not_before_unix: args
+                .start_in
+                .map(|d| loggate_core::grant::unix_now() + d.as_secs() as i64)
+                .unwrap_or(0),
+        })
+        .await
+        .map_err(|s| explain(&s, "the controller"))?;
+    let grant = response.into_inner().grant.ok_or("the controller returned no grant")?;
+    if args.json {
+        println!("{}", grant_json(&grant));
+    } else {
+        print_grant(&grant);
+    }
+    Ok(())
+}
+
+pub async fn grant_list(config: &ClientConfig, all: bool, subject: String, json: bool) -> CliResult {
+    let mut client = controller(config).await?;
+    let grants = client
+        .list_grants(pb::ListGrantsRequest {
+            include_inactive: all,
+            subject,
+        })
+        .await
+        .map_err(|s| explain(&s, "the controller"))?
+        .into_inner()
+        .grants;
+    if json {
+        let list: Vec<_> = grants.iter().map(grant_json).collect();
+        println!("{}", serde_json::Value::from(list));
+    } else if grants.is_empty() {
+        eprintln!("no grants{}", if all { "" } else { " active (use --all to see ended ones)" });
+    } else {
+        grants.iter().for_each(print_grant);
+    }
+    Ok(())
+}
+
+pub async fn grant_revoke(config: &ClientConfig, id: String, reason: String) -> CliResult {
+    let mut client = controller(config).await?;
+    let grant = client
+        .revoke_grant(pb::RevokeGrantRequest { grant_id: id, reason })
+        .await
+        .map_err(|s| explain(&s, "the controller"))?
+        .into_inner()
+        .grant
+        .ok_or("the controller returned no grant")?;
+    print_grant(&grant);
+    Ok(())
+}
+
+pub async fn whoami(config: &ClientConfig) -> CliResult {
+    let mut client = controller(config).await?;
+    let me = client
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map_err(|s| explain(&s, "the controller"))?
+        .into_inner();
+    println!(
+        "{}{}\ncertificate key sha256 {}",
+        me.subject,
+        if me.admin { " (admin)" } else { "" },
+        me.key_sha256
+    );
+    Ok(())
+}
+
+pub struct ReadArgs {
+    pub host: String,
+    pub agent_addr: Option<String>,
+    pub path: String,
+    pub mode: pb::ReadMode,
+    pub follow: bool,
+    pub lines: u64,
+    pub pattern: String,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub json: bool,
+    pub grant_token: Option<PathBuf>,
+}
+
+pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
+    let now_ms = (loggate_core::grant::unix_seconds(std::time::SystemTime::now())) * 1000;
+    let since = match &args.since {
+        Some(s) => parse_time_arg(s, now_ms).map_err(|e| format!("--since: {e}"))?,
+        None => 0,
+    };
+    let until = match &args.until {
+        Some(s) => parse_time_arg(s, now_ms).map_err(|e| format!("--until: {e}"))?,
+        None => 0,
+    };
+    let grant_token = match &args.grant_token {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read grant token {}: {e}", p.display()))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+    let addr = match args.agent_addr {
+        Some(a) => a,
+        None => {
+            let mut ctl = controller(config).await?;
+            let agent = ctl
+                .resolve_agent(pb::ResolveAgentRequest {
+                    agent_id: args.host.clone(),
+                })
+                .await
+                .map_err(|s| explain(&s, "the controller"))?
+                .into_inner();
+            if agent.addr.is_empty() {
+                return Err(format!("agent {} has not told the controller its address; pass --agent-addr", args.host).into());
+            }
+            agent.addr
+        }
+    };
+    let peer = format!("agent {}", args.host);
+    let mut client = AgentClient::new(connect(&addr, config, &args.host).await?);
+    let mut stream = client
+        .read_log(pb::ReadLogRequest {
+            path: args.path.clone(),
+            mode: args.mode as i32,
+            follow: args.follow,
+            tail_lines: args.lines,
+            pattern: args.pattern,
+            since_unix_ms: since,
+            until_unix_ms: until,
+            grant_token,
+        })
+        .await
+        .map_err(|s| explain(&s, &peer))?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut pending = Vec::new();
+    loop {
+        let chunk = match stream.message().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(status) => {
+                let _ = flush_output(&mut out, &mut pending, args.json, &args.host, &args.path, true);
+                return Err(explain(&status, &peer));
+            }
+        };
+        match chunk.item {
+            Some(pb::read_log_chunk::Item::Start(start)) => {
+                tracing::debug!(grant = %start.grant_id, "stream started");
+            }
+            Some(pb::read_log_chunk::Item::Data(data)) => {
+                pending.extend_from_slice(&data);
+                flush_output(&mut out, &mut pending, args.json, &args.host, &args.path, false)?;
+            }
+            None => {}
+        }
+    }
+    flush_output(&mut out, &mut pending, args.json, &args.host, &args.path, true)?;
+    Ok(())
+}
+
+/// Writes complete lines (all of `pending` when `all`), as text or as JSON objects.
+fn flush_output(
+    out: &mut impl Write,
+    pending: &mut Vec<u8>,
+    json: bool,
+    host: &str,
+    path: &str,
+    all: bool,
+) -> std::io::Result<()> {
+    if !json {
+        out.write_all(pending)?;
+        pending.clear();
+        return out.flush();
+    }
+    let end = if all {
+        pending.len()
+    } else {
+        match pending.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None => return Ok(()),
+        }
+    };
+    for line in pending[..end].split(|b| *b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let record = serde_json::json!({
+            "host": host, "path": path, "line": String::from_utf8_lossy(line),
+        });
+        writeln!(out, "{record}")?;
+    }
+    pending.drain(..end);
+    out.flush()
+}

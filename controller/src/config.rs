@@ -1,0 +1,107 @@
+//! Typed configuration files of the controller daemon and of the command-line client.
+//! Every field is documented in `docs/configuration.md`; relative paths are resolved against the
+//! folder holding the configuration file.
+
+use anyhow::{bail, Context};
+use loggate_core::tls::TlsFiles;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn default_trust_domain() -> String {
+    "loggate.local".to_string()
+}
+
+fn default_controller_audit() -> PathBuf {
+    PathBuf::from("controller-audit.jsonl")
+}
+
+fn default_max_ttl() -> String {
+    "8h".to_string()
+}
+
+/// `loggate controller serve --config FILE`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// gRPC listen address, e.g. "127.0.0.1:7400".
+    pub listen: SocketAddr,
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// SQLite database file (created if missing).
+    pub database: PathBuf,
+    /// The Ed25519 grant-signing key, PASERK `k4.secret.…` in a file (mode 0600).
+    pub signing_key: PathBuf,
+    /// User names allowed to issue, list all and revoke grants.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Longest grant an admin may issue ("8h").
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl: String,
+    /// Optional folder of user certificates (`*.crt`) whose keys are enrolled at start, so grants
+    /// can be issued to people who have not contacted the controller yet.
+    #[serde(default)]
+    pub enrol_user_certs: Option<PathBuf>,
+    /// The controller's own audit file (JSON lines, hash-chained).
+    #[serde(default = "default_controller_audit")]
+    pub audit_log: PathBuf,
+    pub tls: TlsFiles,
+}
+
+impl ControllerConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read controller configuration {}", path.display()))?;
+        let mut config: ControllerConfig = toml::from_str(&text)
+            .with_context(|| format!("invalid controller configuration {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.database = base.join(&config.database);
+        config.signing_key = base.join(&config.signing_key);
+        config.enrol_user_certs = config.enrol_user_certs.map(|p| base.join(p));
+        config.audit_log = base.join(&config.audit_log);
+        config.tls = config.tls.relative_to(base);
+        config.max_ttl_duration()?;
+        for admin in &config.admins {
+            if !loggate_core::identity::is_valid_name(admin) {
+                bail!("admins: {admin:?} is not a valid user name");
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn max_ttl_duration(&self) -> anyhow::Result<Duration> {
+        humantime::parse_duration(&self.max_ttl)
+            .with_context(|| format!("max_ttl {:?} is not a duration like \"8h\"", self.max_ttl))
+    }
+}
+
+/// The command-line client's configuration (`--config`, `$LOGGATE_CONFIG`, or
+/// `~/.config/loggate/client.toml`). `loggate pki init` writes one per user.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The controller's address, "host:port".
+    pub controller: String,
+    pub tls: TlsFiles,
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read client configuration {} (pass --config FILE or set LOGGATE_CONFIG)",
+                path.display()
+            )
+        })?;
+        let mut config: ClientConfig = toml::from_str(&text)
+            .with_context(|| format!("invalid client configuration {}", path.display()))?;
+        config.tls = config.tls.relative_to(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    pub fn default_path() -> PathBuf {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".config/loggate/client.toml")
+    }
+}

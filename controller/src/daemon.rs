@@ -1,0 +1,96 @@
+//! `loggate controller serve`: loads the configuration, opens the store and the signing key,
+//! enrols configured user certificates, and serves the Controller gRPC service over mTLS until
+//! SIGINT/SIGTERM.
+
+use crate::config::ControllerConfig;
+use crate::service::ControllerService;
+use crate::store::Store;
+use anyhow::{bail, Context};
+use loggate_core::audit::AuditLog;
+use loggate_core::grant::{unix_now, SigningKey};
+use loggate_core::identity::{Identity, Role};
+use loggate_proto::controller_server::ControllerServer;
+use loggate_core::tls::read_certificate_der;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Largest request message the controller decodes.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    let config = ControllerConfig::load(config_path)?;
+    let signer = load_signing_key(&config.signing_key)?;
+    let store = Arc::new(Store::open(&config.database)?);
+    if let Some(dir) = &config.enrol_user_certs {
+        enrol_user_certs(&store, dir, &config.trust_domain)?;
+    }
+    let audit = AuditLog::open(&config.audit_log, "controller")?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let service = ControllerService::new(
+        store,
+        signer,
+        config.trust_domain.clone(),
+        config.admins.clone(),
+        config.max_ttl_duration()?,
+        audit,
+        stopping,
+    )?;
+    let tls = config.tls.server_config()?;
+    tracing::info!(listen = %config.listen, "loggate controller serving");
+    eprintln!("loggate controller listening on {}", config.listen);
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .context("TLS configuration")?
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .add_service(
+            ControllerServer::new(service)
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .serve_with_shutdown(config.listen, async move {
+            crate::shutdown_signal().await;
+            // End the agents' watch streams, or the graceful shutdown would wait for them.
+            let _ = stop.send(true);
+        })
+        .await
+        .with_context(|| format!("controller server on {}", config.listen))?;
+    eprintln!("loggate controller stopped");
+    Ok(())
+}
+
+/// Reads the grant-signing key, refusing a file that others can read.
+pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read grant-signing key {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "grant-signing key {} is readable by others (mode {:o}); run chmod 600 on it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read grant-signing key {}", path.display()))?;
+    SigningKey::from_paserk(&text)
+        .with_context(|| format!("grant-signing key {}", path.display()))
+}
+
+fn enrol_user_certs(store: &Store, dir: &Path, trust_domain: &str) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("enrol_user_certs: cannot read {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("crt") {
+            continue;
+        }
+        let der = read_certificate_der(&path)?;
+        let identity = Identity::from_certificate(&der, trust_domain)
+            .with_context(|| format!("enrol_user_certs: {}", path.display()))?;
+        if identity.role() != Role::User {
+            continue;
+        }
+        store.set_user_key(identity.spiffe_id(), &identity.key_sha256_hex(), unix_now())?;
+        tracing::info!(user = %identity, "enrolled user certificate");
+    }
+    Ok(())
+}

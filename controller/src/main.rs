@@ -1,0 +1,312 @@
+//! `loggate`: the controller daemon and every human-facing command.
+
+mod cli;
+mod config;
+mod daemon;
+mod pki;
+mod pki_cmd;
+mod service;
+mod store;
+
+use clap::{Args, Parser, Subcommand};
+use cli::{CliResult, Failure};
+use config::ClientConfig;
+use loggate_proto::ReadMode;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// loggate: temporary, scoped, audited access to production log files.
+///
+/// People read logs with `loggate logs …` using their client certificate; admins issue and
+/// revoke grants with `loggate grant …`; the controller runs as `loggate controller serve`.
+/// Exit codes: 0 ok, 1 error, 2 bad usage, 3 access denied, 4 stream ended by the agent.
+#[derive(Parser)]
+#[command(name = "loggate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Development PKI: a CA, certificates and the grant-signing key.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// The controller daemon.
+    #[command(subcommand)]
+    Controller(ControllerCommand),
+    /// Issue, list and revoke grants.
+    #[command(subcommand)]
+    Grant(GrantCommand),
+    /// Read log files on an agent, through the gate.
+    #[command(subcommand)]
+    Logs(LogsCommand),
+    /// Show who the controller thinks you are (and enrol your certificate key).
+    Whoami(ClientOpts),
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a development CA, controller/agent/user certificates, the grant-signing key and
+    /// one client configuration per user in DIR.
+    Init(pki_cmd::InitArgs),
+    /// Issue one more certificate from the CA in DIR.
+    Issue(pki_cmd::IssueArgs),
+}
+
+#[derive(Subcommand)]
+enum ControllerCommand {
+    /// Run the controller (gRPC over mTLS, state in SQLite) until SIGINT/SIGTERM.
+    Serve {
+        /// The controller's configuration file (see docs/configuration.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ClientOpts {
+    /// Client configuration: controller address, CA and your certificate and key.
+    #[arg(long, env = "LOGGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
+impl ClientOpts {
+    fn load(&self) -> Result<ClientConfig, Failure> {
+        let path = self.config.clone().unwrap_or_else(ClientConfig::default_path);
+        ClientConfig::load(&path).map_err(|e| Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum GrantCommand {
+    /// Issue a grant directly (admins only).
+    Issue {
+        /// The reader: a user name ("alice") or SPIFFE ID.
+        #[arg(long)]
+        subject: String,
+        /// Agent id the grant covers (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Agent label ("env=prod") the grant covers (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Absolute path glob ("/var/log/app/*.log"; `**` crosses folders) (repeatable).
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        /// How long the grant lasts ("30m", "2h").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Why: a ticket or incident id. Recorded in the audit stream.
+        #[arg(long)]
+        reason: String,
+        /// Redaction profile the agent applies.
+        #[arg(long, default_value = "default")]
+        redaction: String,
+        /// Let the grant start this long from now instead of now ("10m").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        start_in: Option<std::time::Duration>,
+        /// Print the grant as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List grants: yours, or everyone's for an admin.
+    List {
+        /// Include expired and revoked grants.
+        #[arg(long)]
+        all: bool,
+        /// Only this subject's grants (admins).
+        #[arg(long, default_value = "")]
+        subject: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a grant (admins, or the grant's own subject). Agents cut its streams within 1 s.
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Args)]
+struct ReadOpts {
+    /// The agent id (as in your grant).
+    #[arg(long)]
+    host: String,
+    /// Dial this address instead of asking the controller where the agent is.
+    #[arg(long)]
+    agent_addr: Option<String>,
+    /// Only lines at or after this time: "10m" ago, or "2026-11-27T07:00:00Z".
+    #[arg(long)]
+    since: Option<String>,
+    /// Only lines before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+    /// Present this grant token (a file) instead of relying on the one pushed to the agent.
+    #[arg(long)]
+    grant_token: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum LogsCommand {
+    /// Print a whole file.
+    Cat {
+        path: String,
+        #[command(flatten)]
+        read: ReadOpts,
+    },
+    /// Print the last lines of a file, and with --follow keep printing new ones.
+    Tail {
+        path: String,
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        read: ReadOpts,
+    },
+    /// Print the lines matching a regular expression (filtered on the agent).
+    Grep {
+        pattern: String,
+        path: String,
+        #[command(flatten)]
+        read: ReadOpts,
+    },
+}
+
+async fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Pki(PkiCommand::Init(args)) => pki_cmd::init(args).map_err(Failure::from),
+        Command::Pki(PkiCommand::Issue(args)) => pki_cmd::issue(args).map_err(Failure::from),
+        Command::Controller(ControllerCommand::Serve { config }) => daemon::serve(&config)
+            .await
+            .map_err(|e| Failure::from(format!("{e:#}"))),
+        Command::Whoami(client) => cli::whoami(&client.load()?).await,
+        Command::Grant(GrantCommand::Issue {
+            subject,
+            hosts,
+            labels,
+            paths,
+            ttl,
+            reason,
+            redaction,
+            start_in,
+            json,
+            client,
+        }) => {
+            let args = cli::IssueArgs {
+                start_in,
+                subject,
+                hosts,
+                labels,
+                paths,
+                ttl,
+                reason,
+                redaction,
+                json,
+            };
+            cli::grant_issue(&client.load()?, args).await
+        }
+        Command::Grant(GrantCommand::List {
+            all,
+            subject,
+            json,
+            client,
+        }) => cli::grant_list(&client.load()?, all, subject, json).await,
+        Command::Grant(GrantCommand::Revoke { id, reason, client }) => {
+            cli::grant_revoke(&client.load()?, id, reason).await
+        }
+        Command::Logs(logs) => {
+            let (read, path, mode, follow, lines, pattern) = match logs {
+                LogsCommand::Cat { path, read } => (read, path, ReadMode::Cat, false, 0, String::new()),
+                LogsCommand::Tail {
+                    path,
+                    lines,
+                    follow,
+                    read,
+                } => (read, path, ReadMode::Tail, follow, lines, String::new()),
+                LogsCommand::Grep {
+                    pattern,
+                    path,
+                    read,
+                } => (read, path, ReadMode::Grep, false, 0, pattern),
+            };
+            let config = read.client.load()?;
+            cli::read_log(
+                &config,
+                cli::ReadArgs {
+                    host: read.host,
+                    agent_addr: read.agent_addr,
+                    path,
+                    mode,
+                    follow,
+                    lines,
+                    pattern,
+                    since: read.since,
+                    until: read.until,
+                    json: matches!(read.output, Output::Json),
+                    grant_token: read.grant_token,
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loggate: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("loggate: {}", failure.message);
+            ExitCode::from(failure.code.clamp(1, 255) as u8)
+        }
+    }
+}

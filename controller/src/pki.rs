@@ -1,0 +1,462 @@
+//! Development PKI for loggate: one CA that signs every identity, laid out on disk.
+//!
+//! Identities are SPIFFE-style URIs carried as URI SANs; the trust domain `<td>`
+//! defaults to `loggate.local` (the caller's default) and must match `^[a-z0-9.-]{1,253}$`.
+//!
+//! | who            | URI SAN                         | DNS SANs                         | IP SANs          | EKU                      |
+//! |----------------|---------------------------------|----------------------------------|------------------|--------------------------|
+//! | controller     | `spiffe://<td>/controller`      | `loggate-controller`, `localhost`| 127.0.0.1, ::1   | serverAuth + clientAuth  |
+//! | agent `<id>`   | `spiffe://<td>/agent/<id>`      | `<id>`, `localhost`              | 127.0.0.1, ::1   | serverAuth + clientAuth  |
+//! | user `<name>`  | `spiffe://<td>/user/<name>`     | none                             | none             | clientAuth               |
+//!
+//! Agent ids and user names must match `^[a-z0-9][a-z0-9-]{0,62}$`. Every leaf has
+//! CN = its name (`loggate-controller` for the controller), key usage digitalSignature,
+//! and is valid from now − 5 minutes (clock skew) for 1 year unless told otherwise.
+//! The CA is CN "loggate development CA", `CA:TRUE, pathlen:0`, key usages
+//! keyCertSign + cRLSign, valid 10 years. All keys are ECDSA P-256 (SHA-256).
+//!
+//! Layout of a PKI directory (0700; private keys 0600, certificates 0644):
+//! `ca.crt ca.key controller.crt controller.key agents/<id>.crt agents/<id>.key
+//! users/<name>.crt users/<name>.key`. Unix only (file modes).
+
+use anyhow::{anyhow, ensure, Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, PKCS_ECDSA_P256_SHA256,
+};
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Write;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use x509_parser::pem::parse_x509_pem;
+
+const CA_CN: &str = "loggate development CA";
+const CONTROLLER_CN: &str = "loggate-controller";
+const SKEW: Duration = Duration::from_secs(5 * 60);
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What a leaf certificate identifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Controller,
+    Agent,
+    User,
+}
+
+/// Validity window of a certificate (stored with one-second precision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    fn from_now(days: u32) -> Self {
+        let now = SystemTime::now();
+        let (not_before, not_after) = (now - SKEW, now + DAY * days);
+        Validity {
+            not_before,
+            not_after,
+        }
+    }
+}
+
+/// The SPIFFE ID of an identity; `name` is ignored for [`Kind::Controller`].
+pub fn spiffe_id(trust_domain: &str, kind: &Kind, name: &str) -> String {
+    match kind {
+        Kind::Controller => format!("spiffe://{trust_domain}/controller"),
+        Kind::Agent => format!("spiffe://{trust_domain}/agent/{name}"),
+        Kind::User => format!("spiffe://{trust_domain}/user/{name}"),
+    }
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = name.len() <= 63
+        && name.bytes().next().is_some_and(ok)
+        && name.bytes().all(|c| ok(c) || c == b'-');
+    ensure!(
+        valid,
+        "invalid name {name:?}: must be 1-63 characters of a-z, 0-9 and '-', \
+         starting with a letter or digit"
+    );
+    Ok(())
+}
+
+fn validate_trust_domain(td: &str) -> Result<()> {
+    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-';
+    ensure!(
+        (1..=253).contains(&td.len()) && td.bytes().all(ok),
+        "invalid trust domain {td:?}: must be 1-253 characters of a-z, 0-9, '.' and '-'"
+    );
+    Ok(())
+}
+
+/// Creates DIR (0700) with ca.crt, ca.key, controller.crt/.key, agents/<id>.crt/.key,
+/// users/<name>.crt/.key. Refuses to overwrite an existing ca.key.
+/// Private keys are created 0600 from the start (never world-readable, even briefly).
+pub fn init(dir: &Path, trust_domain: &str, agents: &[String], users: &[String]) -> Result<()> {
+    validate_trust_domain(trust_domain)?;
+    for (list, what) in [(agents, "agent id"), (users, "user name")] {
+        for (i, name) in list.iter().enumerate() {
+            validate_name(name).context(what)?;
+            ensure!(!list[..i].contains(name), "{what} {name:?} given twice");
+        }
+    }
+    let d = dir.display();
+    ensure!(
+        !dir.join("ca.key").exists(),
+        "{d} already holds a CA; use another directory"
+    );
+    make_dir(dir)?;
+
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = base_params(CA_CN, &Validity::from_now(3650))?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = params.self_signed(&ca_key)?;
+    write_new(&dir.join("ca.key"), &ca_key.serialize_pem(), 0o600)?;
+    write_new(&dir.join("ca.crt"), &ca_cert.pem(), 0o644)?;
+
+    let issuer = Issuer::new(params, ca_key);
+    let leaves = [(Kind::Controller, "")].into_iter();
+    let leaves = leaves.chain(agents.iter().map(|n| (Kind::Agent, n.as_str())));
+    for (kind, name) in leaves.chain(users.iter().map(|n| (Kind::User, n.as_str()))) {
+        issue_with(&issuer, dir, trust_domain, kind, name, None)?;
+    }
+    Ok(())
+}
+
+/// Loads the CA from DIR (ca.crt + ca.key) and issues one more leaf into agents/,
+/// users/ or controller.*; `validity` defaults to now − 5 min .. now + 1 year.
+/// `name` is ignored for [`Kind::Controller`]. Refuses to overwrite an existing leaf.
+/// Returns the certificate's path.
+pub fn issue(
+    dir: &Path,
+    trust_domain: &str,
+    kind: Kind,
+    name: &str,
+    validity: Option<Validity>,
+) -> Result<PathBuf> {
+    validate_trust_domain(trust_domain)?;
+    if kind != Kind::Controller {
+        validate_name(name)?;
+    }
+    let key_pem = std::fs::read_to_string(dir.join("ca.key"))
+        .with_context(|| format!("reading {}/ca.key", dir.display()))?;
+    let key = KeyPair::from_pem(&key_pem).context("parsing ca.key")?;
+    let ca_der = read_der(&dir.join("ca.crt"))?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).context("parsing ca.crt")?;
+    ensure!(ca.is_ca(), "{}/ca.crt is not a CA", dir.display());
+    let matches = ca.public_key().raw == key.subject_public_key_info();
+    ensure!(matches, "{}: ca.key does not match ca.crt", dir.display());
+    let issuer = Issuer::from_ca_cert_der(&ca_der.into(), key).context("loading ca.crt")?;
+    issue_with(&issuer, dir, trust_domain, kind, name, validity)
+}
+
+fn issue_with(
+    issuer: &Issuer<'_, KeyPair>,
+    dir: &Path,
+    trust_domain: &str,
+    kind: Kind,
+    name: &str,
+    validity: Option<Validity>,
+) -> Result<PathBuf> {
+    let (base, cn) = match kind {
+        Kind::Controller => (dir.join("controller"), CONTROLLER_CN),
+        Kind::Agent => (dir.join("agents").join(name), name),
+        Kind::User => (dir.join("users").join(name), name),
+    };
+    let (crt_path, key_path) = (base.with_extension("crt"), base.with_extension("key"));
+    for p in [&key_path, &crt_path] {
+        ensure!(
+            !p.exists(),
+            "{} already exists; refusing to overwrite",
+            p.display()
+        );
+    }
+    make_dir(base.parent().unwrap_or(dir))?;
+
+    let validity = validity.unwrap_or_else(|| Validity::from_now(365));
+    let mut params = base_params(cn, &validity)?;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let uri = spiffe_id(trust_domain, &kind, name);
+    params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    if kind != Kind::User {
+        let server_auth = ExtendedKeyUsagePurpose::ServerAuth;
+        params.extended_key_usages.push(server_auth);
+        params.subject_alt_names.extend([
+            SanType::DnsName(cn.try_into()?),
+            SanType::DnsName("localhost".try_into()?),
+            SanType::IpAddress(Ipv4Addr::LOCALHOST.into()),
+            SanType::IpAddress(Ipv6Addr::LOCALHOST.into()),
+        ]);
+    }
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let cert = params.signed_by(&key, issuer)?;
+    write_new(&key_path, &key.serialize_pem(), 0o600)?;
+    write_new(&crt_path, &cert.pem(), 0o644)?;
+    Ok(crt_path)
+}
+
+/// Parameters with subject CN = `cn` and the given validity (whole seconds, 1970..=9999).
+fn base_params(cn: &str, v: &Validity) -> Result<CertificateParams> {
+    let secs = |t: SystemTime| -> Result<Duration> {
+        let s = t.duration_since(UNIX_EPOCH);
+        let s = s.map_err(|_| anyhow!("validity before 1970"))?;
+        ensure!(s.as_secs() < 253_402_300_800, "validity after year 9999");
+        Ok(Duration::from_secs(s.as_secs()))
+    };
+    let (from, to) = (secs(v.not_before)?, secs(v.not_after)?);
+    ensure!(from < to, "validity: not_after must be after not_before");
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    // rcgen takes `time::OffsetDateTime`; build it from the epoch to avoid a `time` dependency.
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    (params.not_before, params.not_after) = (epoch + from, epoch + to);
+    Ok(params)
+}
+
+fn read_der(path: &Path) -> Result<Vec<u8>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let (_, pem) = parse_x509_pem(&pem).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(pem.contents)
+}
+
+fn make_dir(path: &Path) -> Result<()> {
+    let mut b = DirBuilder::new();
+    let r = b.recursive(true).mode(0o700).create(path);
+    r.with_context(|| format!("creating {}", path.display()))
+}
+
+/// Creates `path` with `mode` (never an existing file, never briefly wider) and writes `data`.
+fn write_new(path: &Path, data: &str, mode: u32) -> Result<()> {
+    let mut opts = OpenOptions::new();
+    let f = opts.write(true).create_new(true).mode(mode).open(path);
+    let mut f =
+        f.with_context(|| format!("creating {} (refusing to overwrite)", path.display()))?;
+    let r = f.write_all(data.as_bytes()).and_then(|_| f.sync_all());
+    r.with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::CertificateDer;
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::certificate::X509Certificate;
+
+    const TD: &str = "loggate.local";
+
+    /// A fresh PKI in `<tmp>/pki` with agents web-1 and db and user alice.
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let agents = ["web-1".into(), "db".into()];
+        init(&dir, TD, &agents, &["alice".into()]).unwrap();
+        (tmp, dir)
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn now_secs() -> i64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH);
+        now.unwrap().as_secs() as i64
+    }
+
+    /// A validity window from `from` to `to` days relative to now.
+    fn days(from: i64, to: i64) -> Option<Validity> {
+        let at = |d: i64| UNIX_EPOCH + Duration::from_secs((now_secs() + d * 86400) as u64);
+        let (not_before, not_after) = (at(from), at(to));
+        Some(Validity {
+            not_before,
+            not_after,
+        })
+    }
+
+    fn cert(p: &Path) -> CertificateDer<'static> {
+        read_der(p).unwrap().into()
+    }
+
+    fn parse<'a>(der: &'a CertificateDer) -> X509Certificate<'a> {
+        x509_parser::parse_x509_certificate(der).unwrap().1
+    }
+
+    /// Checks `leaf` is signed by ca.crt; returns its SANs as text and (serverAuth, clientAuth).
+    fn inspect(dir: &Path, leaf: &str) -> (Vec<String>, bool, bool) {
+        let (ca_der, der) = (cert(&dir.join("ca.crt")), cert(&dir.join(leaf)));
+        let (ca, c) = (parse(&ca_der), parse(&der));
+        c.verify_signature(Some(ca.public_key())).unwrap();
+        assert_eq!(c.issuer(), ca.subject());
+        let ku = c.key_usage().unwrap().unwrap().value;
+        assert!(!c.is_ca() && ku.digital_signature());
+        let sans = c.subject_alternative_name().unwrap().unwrap();
+        let sans = sans.value.general_names.iter().map(|g| g.to_string());
+        let eku = c.extended_key_usage().unwrap().unwrap().value;
+        (sans.collect(), eku.server_auth, eku.client_auth)
+    }
+
+    #[test]
+    fn init_writes_all_files_with_0600_keys_and_a_constrained_ca() {
+        let (_tmp, dir) = setup();
+        assert_eq!(mode(&dir), 0o700);
+        for stem in ["ca", "controller", "agents/web-1", "agents/db"] {
+            assert_eq!(mode(&dir.join(format!("{stem}.key"))), 0o600);
+            assert!(dir.join(format!("{stem}.crt")).is_file());
+        }
+        assert_eq!(mode(&dir.join("users/alice.key")), 0o600);
+        let n = |d: &str| std::fs::read_dir(dir.join(d)).unwrap().count();
+        assert_eq!((n("."), n("agents"), n("users")), (6, 4, 2));
+        let der = cert(&dir.join("ca.crt"));
+        let ca = parse(&der);
+        ca.verify_signature(None).unwrap();
+        let bc = ca.basic_constraints().unwrap().unwrap().value;
+        assert!(bc.ca && bc.path_len_constraint == Some(0));
+        let ku = ca.key_usage().unwrap().unwrap().value;
+        assert!(ku.key_cert_sign() && ku.crl_sign() && !ku.digital_signature());
+        assert_eq!(ca.subject().to_string(), format!("CN={CA_CN}"));
+        let v = ca.validity();
+        let years = (v.not_after.timestamp() - v.not_before.timestamp()) / 86400 / 365;
+        assert_eq!(years, 10);
+    }
+
+    #[test]
+    fn leaves_verify_and_carry_the_right_sans() {
+        let (_tmp, dir) = setup();
+        let v6 = format!("IPAddress({}01)", "00:".repeat(15));
+        let tail = ["DNSName(localhost)", "IPAddress(7f:00:00:01)", &v6];
+        let (sans, srv, cli) = inspect(&dir, "controller.crt");
+        let head = [
+            "URI(spiffe://loggate.local/controller)",
+            "DNSName(loggate-controller)",
+        ];
+        assert!(srv && cli);
+        assert_eq!(sans, [&head[..], &tail].concat());
+        let (sans, srv, cli) = inspect(&dir, "agents/web-1.crt");
+        let head = ["URI(spiffe://loggate.local/agent/web-1)", "DNSName(web-1)"];
+        assert!(srv && cli);
+        assert_eq!(sans, [&head[..], &tail].concat());
+        let (sans, srv, cli) = inspect(&dir, "users/alice.crt");
+        assert_eq!(sans, ["URI(spiffe://loggate.local/user/alice)"]);
+        assert!(!srv && cli);
+        let der = cert(&dir.join("users/alice.crt"));
+        let c = parse(&der);
+        assert_eq!(c.subject().to_string(), "CN=alice");
+        let skew = now_secs() - c.validity().not_before.timestamp();
+        assert!((290..=310).contains(&skew), "not_before ≈ now − 5 min");
+    }
+
+    #[test]
+    fn init_refuses_an_existing_ca_dir() {
+        let (_tmp, dir) = setup();
+        let before = std::fs::read(dir.join("ca.key")).unwrap();
+        let err = init(&dir, TD, &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("already holds a CA; use another directory"));
+        assert_eq!(std::fs::read(dir.join("ca.key")).unwrap(), before);
+    }
+
+    #[test]
+    fn bad_names_and_trust_domains_are_rejected() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pki");
+        let (long, longer) = ("a".repeat(64), "a".repeat(254));
+        for bad in ["Alice", "../x", "", &long, "-x", "a_b", "a.b", "é"] {
+            let err = init(&dir, TD, &[bad.into()], &[]).unwrap_err();
+            assert!(format!("{err:#}").contains("invalid name"), "{bad}");
+            assert!(init(&dir, TD, &[], &[bad.into()]).is_err(), "{bad}");
+        }
+        for bad in ["", "Loggate.local", "a/b", "x:1", &longer] {
+            let err = init(&dir, bad, &[], &[]).unwrap_err().to_string();
+            assert!(err.contains("invalid trust domain"), "{bad}");
+        }
+        assert!(init(&dir, TD, &["a".into(), "a".into()], &[]).is_err());
+        assert!(!dir.exists(), "nothing written for invalid input");
+        validate_name(&long[1..]).unwrap();
+        validate_name("0-9").unwrap();
+    }
+
+    #[test]
+    fn issue_with_a_past_validity_mints_an_expired_cert() {
+        let (_tmp, dir) = setup();
+        let path = issue(&dir, TD, Kind::Agent, "old", days(-2, -1)).unwrap();
+        assert_eq!(path, dir.join("agents/old.crt"));
+        assert_eq!(mode(&dir.join("agents/old.key")), 0o600);
+        let uri = &inspect(&dir, "agents/old.crt").0[0];
+        assert_eq!(uri, "URI(spiffe://loggate.local/agent/old)");
+        let der = cert(&path);
+        let validity = parse(&der).validity().clone();
+        assert!(validity.not_after.timestamp() < now_secs());
+        assert!(!validity.is_valid());
+        assert!(issue(&dir, TD, Kind::Agent, "neg", days(-1, -2)).is_err());
+    }
+
+    #[test]
+    fn issue_adds_leaves_and_refuses_to_overwrite() {
+        let (tmp, dir) = setup();
+        let p = issue(&dir, TD, Kind::User, "bob", None).unwrap();
+        assert_eq!(p, dir.join("users/bob.crt"));
+        let sans = inspect(&dir, "users/bob.crt").0;
+        assert_eq!(sans, ["URI(spiffe://loggate.local/user/bob)"]);
+        let key = std::fs::read(dir.join("users/bob.key")).unwrap();
+        let taken = [(Kind::User, "bob"), (Kind::Agent, "web-1")];
+        for (kind, name) in [taken[0], taken[1], (Kind::Controller, "")] {
+            let err = issue(&dir, TD, kind, name, None).unwrap_err();
+            assert!(err.to_string().contains("refusing to overwrite"));
+        }
+        assert_eq!(std::fs::read(dir.join("users/bob.key")).unwrap(), key);
+        let err = issue(&dir, TD, Kind::Agent, "../x", None).unwrap_err();
+        assert!(err.to_string().contains("invalid name"));
+        let none = tmp.path().join("none");
+        assert!(issue(&none, TD, Kind::User, "carol", None).is_err());
+        let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(dir.join("ca.key"), other.serialize_pem()).unwrap();
+        let err = issue(&dir, TD, Kind::User, "eve", None).unwrap_err();
+        assert!(err.to_string().contains("does not match"));
+    }
+
+    #[test]
+    fn rustls_webpki_verifiers_accept_generated_certs() {
+        use rustls::client::{danger::ServerCertVerifier, WebPkiServerVerifier};
+        use rustls::pki_types::{ServerName, UnixTime};
+        use rustls::server::WebPkiClientVerifier;
+        use std::sync::Arc;
+
+        let (_tmp, dir) = setup();
+        let old = issue(&dir, TD, Kind::Agent, "old", days(-2, -1)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert(&dir.join("ca.crt"))).unwrap();
+        let roots = Arc::new(roots);
+        let ring = Arc::new(rustls::crypto::ring::default_provider());
+        let server = WebPkiServerVerifier::builder_with_provider(roots.clone(), ring.clone());
+        let server = server.build().unwrap();
+        let client = WebPkiClientVerifier::builder_with_provider(roots, ring);
+        let client = client.build().unwrap();
+        let now = UnixTime::now();
+        let check_server = |p: &Path, name: &str| {
+            let name = ServerName::try_from(name.to_string()).unwrap();
+            server.verify_server_cert(&cert(p), &[], &name, &[], now)
+        };
+        let agent = dir.join("agents/web-1.crt");
+        for name in ["web-1", "localhost", "127.0.0.1", "::1"] {
+            assert!(check_server(&agent, name).is_ok(), "agent as {name}");
+        }
+        let controller = dir.join("controller.crt");
+        check_server(&controller, "loggate-controller").unwrap();
+        assert!(check_server(&agent, "db").is_err(), "wrong name");
+        assert!(check_server(&old, "old").is_err(), "expired");
+        let user = dir.join("users/alice.crt");
+        assert!(check_server(&user, "localhost").is_err(), "no serverAuth");
+        for leaf in [agent, user, controller] {
+            assert!(client.verify_client_cert(&cert(&leaf), &[], now).is_ok());
+        }
+        assert!(client.verify_client_cert(&cert(&old), &[], now).is_err());
+    }
+}

@@ -1,0 +1,480 @@
+//! The controller's gRPC service: grants are issued and revoked here, recorded in the store,
+//! signed with the controller's key, and pushed to the agents they cover over each agent's
+//! `WatchGrants` stream.
+
+use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
+use loggate_core::audit::AuditLog;
+use loggate_core::audit_fields;
+use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantClaims, SigningKey};
+use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
+use loggate_core::tls::peer_identity;
+use loggate_proto as pb;
+use loggate_proto::controller_server::Controller;
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// How often an idle `WatchGrants` stream carries a heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+const MAX_FIELD: usize = 1024;
+const MAX_LIST: usize = 64;
+
+pub struct ControllerService {
+    store: Arc<Store>,
+    signer: Arc<SigningKey>,
+    trust_domain: String,
+    admins: HashSet<String>,
+    max_ttl: Duration,
+    revision: watch::Sender<u64>,
+    connected: Arc<Mutex<HashSet<String>>>,
+    audit: Arc<Mutex<AuditLog>>,
+    /// Becomes true when the daemon shuts down: watch streams end so connections can close.
+    stopping: watch::Receiver<bool>,
+}
+
+impl ControllerService {
+    pub fn new(
+        store: Arc<Store>,
+        signer: SigningKey,
+        trust_domain: String,
+        admins: Vec<String>,
+        max_ttl: Duration,
+        audit: AuditLog,
+        stopping: watch::Receiver<bool>,
+    ) -> anyhow::Result<Self> {
+        let (revision, _) = watch::channel(store.latest_revision()?);
+        Ok(Self {
+            store,
+            signer: Arc::new(signer),
+            trust_domain,
+            admins: admins.into_iter().collect(),
+            max_ttl,
+            revision,
+            connected: Arc::default(),
+            audit: Arc::new(Mutex::new(audit)),
+            stopping,
+        })
+    }
+
+    fn audit(&self, event: &str, fields: serde_json::Map<String, serde_json::Value>) -> Result<(), Status> {
+        let mut log = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+        log.append(event, fields).map(|_| ()).map_err(|e| {
+            tracing::error!("audit write failed: {e}");
+            Status::unavailable("the controller cannot write its audit log; nothing was changed")
+        })
+    }
+
+    /// The calling person; remembers their certificate key so grants can be bound to it.
+    fn user<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        let user = peer_identity(request, &self.trust_domain, Role::User)?;
+        self.store
+            .set_user_key(user.spiffe_id(), &user.key_sha256_hex(), unix_now())
+            .map_err(internal)?;
+        Ok(user)
+    }
+
+    fn is_admin(&self, user: &Identity) -> bool {
+        self.admins.contains(user.name())
+    }
+
+    fn require_admin(&self, user: &Identity) -> Result<(), Status> {
+        if self.is_admin(user) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "{user} is not a loggate admin; ask an admin to issue the grant"
+            )))
+        }
+    }
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    tracing::error!("{e:#}");
+    Status::internal("the controller hit an internal error; see its log")
+}
+
+fn bounded_list(name: &str, list: &[String]) -> Result<(), Status> {
+    if list.len() > MAX_LIST || list.iter().any(|s| s.len() > MAX_FIELD || s.is_empty()) {
+        return Err(Status::invalid_argument(format!(
+            "{name}: at most {MAX_LIST} non-empty entries of at most {MAX_FIELD} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn covers(grant: &GrantRow, agent_id: &str, labels: &[String]) -> bool {
+    grant.hosts.iter().any(|h| h == agent_id) || grant.labels.iter().any(|l| labels.contains(l))
+}
+
+pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
+    pb::GrantInfo {
+        id: g.id.clone(),
+        subject: g.subject.clone(),
+        hosts: g.hosts.clone(),
+        labels: g.labels.clone(),
+        paths: g.paths.clone(),
+        not_before_unix: g.not_before,
+        not_after_unix: g.not_after,
+        reason: g.reason.clone(),
+        issuer: g.issuer.clone(),
+        redaction_profile: g.profile.clone(),
+        revoked: g.revoked.is_some(),
+        revoked_at_unix: g.revoked.as_ref().map(|r| r.at).unwrap_or(0),
+        revoked_by: g.revoked.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
+        token: g.token.clone(),
+        revision: g.revision,
+        key_sha256: g.key_sha256.clone(),
+    }
+}
+
+fn change_event(revision: u64, change: &Change) -> pb::GrantEvent {
+    let event = match change {
+        Change::Granted(g) => pb::grant_event::Event::Grant(pb::SignedGrant {
+            grant_id: g.id.clone(),
+            token: g.token.clone(),
+        }),
+        Change::Revoked { grant, revoked } => pb::grant_event::Event::Revocation(pb::Revocation {
+            grant_id: grant.id.clone(),
+            revoked_at_unix: revoked.at,
+            revoked_by: revoked.by.clone(),
+            reason: revoked.reason.clone(),
+        }),
+    };
+    pb::GrantEvent {
+        revision,
+        event: Some(event),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GrantEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    type WatchGrantsStream = EventStream;
+
+    async fn watch_grants(
+        &self,
+        request: Request<pb::WatchGrantsRequest>,
+    ) -> Result<Response<Self::WatchGrantsStream>, Status> {
+        let agent = peer_identity(&request, &self.trust_domain, Role::Agent)?;
+        let req = request.into_inner();
+        if req.agent_id != agent.name() {
+            return Err(Status::permission_denied(format!(
+                "{agent} may only watch its own grants, not those of agent {:?}",
+                req.agent_id
+            )));
+        }
+        bounded_list("labels", &req.labels)?;
+        if req.listen_addr.len() > MAX_FIELD {
+            return Err(Status::invalid_argument("listen_addr is too long"));
+        }
+        self.store
+            .upsert_agent(&AgentRow {
+                id: req.agent_id.clone(),
+                labels: req.labels.clone(),
+                addr: req.listen_addr.clone(),
+                last_seen: unix_now(),
+            })
+            .map_err(internal)?;
+        tracing::info!(agent = %req.agent_id, after = req.after_revision, "agent connected");
+
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let mut revisions = self.revision.subscribe();
+        let connected = self.connected.clone();
+        let mut stopping = self.stopping.clone();
+        connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req.agent_id.clone());
+        tokio::spawn(async move {
+            let mut last = req.after_revision;
+            'stream: loop {
+                let changes = match store.changes_after(last, 500) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        break;
+                    }
+                };
+                let caught_up = changes.len() < 500;
+                for (revision, change) in &changes {
+                    last = *revision;
+                    let grant = match change {
+                        Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
+                    };
+                    if covers(grant, &req.agent_id, &req.labels)
+                        && tx.send(Ok(change_event(*revision, change))).await.is_err()
+                    {
+                        break 'stream;
+                    }
+                }
+                if !caught_up {
+                    continue;
+                }
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { break },
+                    _ = tokio::time::sleep(HEARTBEAT) => {
+                        let beat = pb::GrantEvent {
+                            revision: last,
+                            event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
+                        };
+                        if tx.send(Ok(beat)).await.is_err() { break }
+                    }
+                    _ = tx.closed() => break,
+                    _ = stopping.changed() => break,
+                }
+            }
+            connected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&req.agent_id);
+            tracing::info!(agent = %req.agent_id, "agent disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn issue_grant(
+        &self,
+        request: Request<pb::IssueGrantRequest>,
+    ) -> Result<Response<pb::IssueGrantResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin)?;
+        let req = request.into_inner();
+        let subject = user_spiffe_id(&self.trust_domain, &req.subject)
+            .map_err(|e| Status::invalid_argument(format!("subject: {e}")))?;
+        if req.hosts.is_empty() && req.labels.is_empty() {
+            return Err(Status::invalid_argument("name at least one --host or --label"));
+        }
+        bounded_list("hosts", &req.hosts)?;
+        bounded_list("labels", &req.labels)?;
+        bounded_list("paths", &req.paths)?;
+        if let Some(bad) = req.hosts.iter().find(|h| !is_valid_name(h)) {
+            return Err(Status::invalid_argument(format!("host {bad:?} is not a valid agent id")));
+        }
+        if req.paths.is_empty() {
+            return Err(Status::invalid_argument("name at least one --path glob"));
+        }
+        for p in &req.paths {
+            compile_path_glob(p).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
+            return Err(Status::invalid_argument(
+                "a --reason (ticket or incident id) is required, at most 1024 bytes",
+            ));
+        }
+        let profile = if req.redaction_profile.is_empty() {
+            "default".to_string()
+        } else {
+            req.redaction_profile.clone()
+        };
+        if !profile
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || profile.len() > 64
+        {
+            return Err(Status::invalid_argument("redaction profile name must be [A-Za-z0-9_-]{1,64}"));
+        }
+        let ttl = Duration::from_secs(req.ttl_seconds);
+        if ttl.is_zero() || ttl > self.max_ttl {
+            return Err(Status::invalid_argument(format!(
+                "ttl must be between 1s and the controller's max_ttl ({})",
+                humantime::format_duration(self.max_ttl)
+            )));
+        }
+        let key = self.store.user_key(&subject).map_err(internal)?.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "no certificate key is known for {subject}; they must contact the controller once \
+                 (`loggate whoami`) or their certificate must be enrolled"
+            ))
+        })?;
+        let now = unix_now();
+        let not_before = if req.not_before_unix > 0 { req.not_before_unix } else { now };
+        let not_after = not_before.saturating_add(ttl.as_secs() as i64);
+        let signer = self.signer.clone();
+        let issuer = admin.spiffe_id().to_string();
+        let grant = self
+            .store
+            .insert_grant(|revision| {
+                let id = new_grant_id();
+                let claims = GrantClaims {
+                    jti: id.clone(),
+                    iss: format!("spiffe://{}/controller", self.trust_domain),
+                    sub: subject.clone(),
+                    iat: now,
+                    nbf: not_before,
+                    exp: not_after,
+                    hosts: req.hosts.clone(),
+                    labels: req.labels.clone(),
+                    paths: req.paths.clone(),
+                    redaction: profile.clone(),
+                    reason: req.reason.clone(),
+                    approver: issuer.clone(),
+                    key_sha256: key.clone(),
+                };
+                let token = signer.sign(&claims)?;
+                Ok(GrantRow {
+                    id,
+                    subject: subject.clone(),
+                    hosts: req.hosts.clone(),
+                    labels: req.labels.clone(),
+                    paths: req.paths.clone(),
+                    not_before,
+                    not_after,
+                    reason: req.reason.clone(),
+                    issuer: issuer.clone(),
+                    profile: profile.clone(),
+                    key_sha256: key.clone(),
+                    token,
+                    revision,
+                    revoked: None,
+                })
+            })
+            .map_err(internal)?;
+        self.audit(
+            "grant.issued",
+            audit_fields!(
+                "grant_id" => grant.id.clone(),
+                "subject" => grant.subject.clone(),
+                "issuer" => grant.issuer.clone(),
+                "hosts" => grant.hosts.clone(),
+                "labels" => grant.labels.clone(),
+                "paths" => grant.paths.clone(),
+                "not_before" => grant.not_before,
+                "not_after" => grant.not_after,
+                "reason" => grant.reason.clone(),
+                "redaction_profile" => grant.profile.clone(),
+            ),
+        )?;
+        self.revision.send_replace(grant.revision);
+        tracing::info!(grant = %grant.id, subject = %grant.subject, "grant issued");
+        Ok(Response::new(pb::IssueGrantResponse {
+            grant: Some(grant_info(&grant)),
+        }))
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        let subject = if self.is_admin(&user) {
+            if req.subject.is_empty() {
+                None
+            } else {
+                Some(
+                    user_spiffe_id(&self.trust_domain, &req.subject)
+                        .map_err(|e| Status::invalid_argument(format!("subject: {e}")))?,
+                )
+            }
+        } else {
+            Some(user.spiffe_id().to_string())
+        };
+        let grants = self
+            .store
+            .list_grants(subject.as_deref(), req.include_inactive, unix_now())
+            .map_err(internal)?;
+        Ok(Response::new(pb::ListGrantsResponse {
+            grants: grants.iter().map(grant_info).collect(),
+        }))
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<pb::RevokeGrantRequest>,
+    ) -> Result<Response<pb::RevokeGrantResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        if req.grant_id.len() > 64 || req.reason.len() > MAX_FIELD {
+            return Err(Status::invalid_argument("grant id or reason too long"));
+        }
+        let existing = self
+            .store
+            .grant(&req.grant_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no grant {:?}", req.grant_id)))?;
+        if !self.is_admin(&user) && existing.subject != user.spiffe_id() {
+            return Err(Status::permission_denied(format!(
+                "{user} may only revoke their own grants"
+            )));
+        }
+        if let Some(r) = &existing.revoked {
+            return Err(Status::failed_precondition(format!(
+                "grant {} was already revoked by {} at {}",
+                existing.id,
+                r.by,
+                crate::cli::format_time(r.at)
+            )));
+        }
+        let revoked = Revoked {
+            at: unix_now(),
+            by: user.spiffe_id().to_string(),
+            reason: req.reason.clone(),
+        };
+        let grant = self
+            .store
+            .revoke(&req.grant_id, revoked)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no grant {:?}", req.grant_id)))?;
+        self.audit(
+            "grant.revoked",
+            audit_fields!(
+                "grant_id" => grant.id.clone(),
+                "subject" => grant.subject.clone(),
+                "revoked_by" => user.spiffe_id(),
+                "reason" => req.reason,
+            ),
+        )?;
+        self.revision.send_replace(self.store.latest_revision().map_err(internal)?);
+        tracing::info!(grant = %grant.id, by = %user, "grant revoked");
+        Ok(Response::new(pb::RevokeGrantResponse {
+            grant: Some(grant_info(&grant)),
+        }))
+    }
+
+    async fn resolve_agent(
+        &self,
+        request: Request<pb::ResolveAgentRequest>,
+    ) -> Result<Response<pb::ResolveAgentResponse>, Status> {
+        self.user(&request)?;
+        let id = request.into_inner().agent_id;
+        if !is_valid_name(&id) {
+            return Err(Status::invalid_argument(format!("{id:?} is not a valid agent id")));
+        }
+        let agent = self
+            .store
+            .agent(&id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("agent {id} has never contacted the controller")))?;
+        let connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id);
+        Ok(Response::new(pb::ResolveAgentResponse {
+            agent_id: agent.id,
+            addr: agent.addr,
+            labels: agent.labels,
+            last_seen_unix: agent.last_seen,
+            connected,
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let user = self.user(&request)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            subject: user.spiffe_id().to_string(),
+            admin: self.is_admin(&user),
+            key_sha256: user.key_sha256_hex(),
+        }))
+    }
+}

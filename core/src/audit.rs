@@ -1,0 +1,215 @@
+//! The audit writer: one JSON object per line, appended and made durable before the action it
+//! describes takes effect.
+//!
+//! Each line carries `seq` (+1 per line, across restarts) and `prev`, the lowercase hex SHA-256 of
+//! the previous line's exact bytes (without its newline; 64 zeros for the first line), so an edited,
+//! deleted or reordered line breaks the chain. Checkpoints, signing and SIEM delivery build on this
+//! writer (see the audit-stream issue); everything that audits goes through [`AuditLog::append`].
+//!
+//! Fail closed: `append` returns an error when the line could not be written *and* synced; callers
+//! must then refuse the action (no bytes are served without their audit record on disk).
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// The longest line we look back for when recovering the chain head at start.
+const MAX_LINE: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("audit log {path}: last line is not a valid audit record ({why})")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+/// The append-only, hash-chained audit file of one process.
+pub struct AuditLog {
+    path: PathBuf,
+    file: File,
+    next_seq: u64,
+    prev: String,
+    host: String,
+}
+
+impl AuditLog {
+    /// Opens (or creates, mode 0600) the audit file and recovers `seq`/`prev` from its last line.
+    /// A torn last line (no trailing newline, after a crash) is cut off and recorded.
+    pub fn open(path: &Path, host: &str) -> Result<Self, AuditError> {
+        let io_err = |source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        let start = len.saturating_sub(MAX_LINE);
+        file.seek(SeekFrom::Start(start)).map_err(io_err)?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail).map_err(io_err)?;
+
+        let torn = match tail.iter().rposition(|b| *b == b'\n') {
+            Some(last_nl) if last_nl + 1 < tail.len() => Some(last_nl + 1),
+            None if !tail.is_empty() && start == 0 => Some(0),
+            _ => None,
+        };
+        let mut torn_bytes = 0;
+        if let Some(cut) = torn {
+            torn_bytes = tail.len() - cut;
+            file.set_len(start + cut as u64).map_err(io_err)?;
+            tail.truncate(cut);
+        }
+        let complete = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        let last_line = match complete.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &complete[i + 1..],
+            None => complete,
+        };
+        let (next_seq, prev) = if last_line.is_empty() {
+            (1, "0".repeat(64))
+        } else {
+            let record: Value = serde_json::from_slice(last_line).map_err(|e| AuditError::Corrupt {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })?;
+            let seq = record.get("seq").and_then(Value::as_u64).ok_or_else(|| AuditError::Corrupt {
+                path: path.to_path_buf(),
+                why: "no seq".into(),
+            })?;
+            (seq + 1, hex::encode(Sha256::digest(last_line)))
+        };
+        let mut log = AuditLog {
+            path: path.to_path_buf(),
+            file,
+            next_seq,
+            prev,
+            host: host.to_string(),
+        };
+        if torn_bytes > 0 {
+            log.append(
+                "audit.torn_tail_discarded",
+                Map::from_iter([("bytes_discarded".to_string(), Value::from(torn_bytes))]),
+            )?;
+        }
+        Ok(log)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one event and syncs it to disk. Returns its sequence number.
+    ///
+    /// `fields` must not contain the envelope keys (`seq`, `prev`, `time`, `host`, `event`);
+    /// if it does, the envelope wins.
+    pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
+        let seq = self.next_seq;
+        let mut record = Map::new();
+        record.insert("seq".into(), Value::from(seq));
+        record.insert("prev".into(), Value::from(self.prev.clone()));
+        record.insert(
+            "time".into(),
+            Value::from(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+        );
+        record.insert("host".into(), Value::from(self.host.clone()));
+        record.insert("event".into(), Value::from(event));
+        for (k, v) in fields {
+            record.entry(k).or_insert(v);
+        }
+        let mut line = serde_json::to_vec(&Value::Object(record)).map_err(|e| AuditError::Io {
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
+        let hash = hex::encode(Sha256::digest(&line));
+        line.push(b'\n');
+        let io_err = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        // One write per line on an O_APPEND file: concurrent readers never see half a record
+        // unless the disk fills, which the next open repairs as a torn tail.
+        self.file.write_all(&line).map_err(io_err)?;
+        self.file.sync_data().map_err(io_err)?;
+        self.next_seq += 1;
+        self.prev = hash;
+        Ok(seq)
+    }
+}
+
+/// Builds the `fields` map of an audit event from `key => value` pairs.
+#[macro_export]
+macro_rules! audit_fields {
+    ($($key:expr => $value:expr),* $(,)?) => {{
+        let mut map = serde_json::Map::new();
+        $( map.insert($key.to_string(), serde_json::Value::from($value)); )*
+        map
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn appends_chained_records_and_resumes_after_reopen() {
+        let dir = std::env::temp_dir().join(format!("lg-audit-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        {
+            let mut log = AuditLog::open(&path, "web-1").unwrap();
+            assert_eq!(log.append("a", audit_fields!("n" => 1)).unwrap(), 1);
+            assert_eq!(log.append("b", audit_fields!("n" => 2)).unwrap(), 2);
+        }
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        assert_eq!(log.append("c", Map::new()).unwrap(), 3);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let raw: Vec<&str> = text.lines().collect();
+        let recs = lines(&path);
+        assert_eq!(recs[0]["prev"], "0".repeat(64));
+        for i in 1..3 {
+            assert_eq!(recs[i]["prev"], hex::encode(Sha256::digest(raw[i - 1].as_bytes())));
+            assert_eq!(recs[i]["seq"], (i + 1) as u64);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn torn_tail_is_cut_recorded_and_chain_continues() {
+        let dir = std::env::temp_dir().join(format!("lg-audit-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("audit.jsonl");
+        {
+            let mut log = AuditLog::open(&path, "h").unwrap();
+            log.append("a", Map::new()).unwrap();
+        }
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"seq\":2,\"half").unwrap();
+        drop(f);
+        let mut log = AuditLog::open(&path, "h").unwrap();
+        log.append("b", Map::new()).unwrap();
+        let recs = lines(&path);
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[1]["event"], "audit.torn_tail_discarded");
+        assert_eq!(recs[1]["bytes_discarded"], 14);
+        assert_eq!(recs[1]["seq"], 2);
+        assert_eq!(recs[2]["seq"], 3);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,9 @@
+//! What the loggate controller and agent share, each in one place: identities read from
+//! certificates, grant signing and the one grant verifier, the audit writer, and the
+//! timestamp rules used to select time ranges of log lines.
+
+pub mod audit;
+pub mod grant;
+pub mod identity;
+pub mod timestamp;
+pub mod tls;

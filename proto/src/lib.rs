@@ -1,0 +1,5 @@
+//! loggate's wire protocol: the generated tonic/prost code for `proto/loggate.proto`, nothing else.
+
+#![allow(clippy::large_enum_variant)]
+
+tonic::include_proto!("loggate.v1");

@@ -1,0 +1,391 @@
+//! The loopback harness: builds and starts the real `loggate` and `loggate-agent` binaries with
+//! a real development PKI in a folder, and drives the real CLI. Used by the end-to-end tests in
+//! `tests/tests/` and by `cargo xtask demo`.
+
+use anyhow::{bail, Context};
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// Builds the two binaries once per process and returns the folder holding them.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .current_dir(workspace_root())
+                .args(["build", "--quiet", "-p", "loggate", "-p", "loggate-agent", "--bins"])
+                .status()
+                .map_err(|e| format!("cannot run cargo: {e}"))?;
+            if !status.success() {
+                return Err("building loggate binaries failed".to_string());
+            }
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            Ok(target.join("debug"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on {addr} after {timeout:?}")
+}
+
+fn terminate(child: &mut Child) {
+    // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped) has no memory
+    // effects; at worst the process is already gone and kill returns ESRCH.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+pub struct AgentInfo {
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// One controller and any number of agents, in one folder.
+pub struct Cluster {
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    pub bins: PathBuf,
+    pub controller_addr: SocketAddr,
+    pub controller_config: PathBuf,
+    controller: Option<Child>,
+    pub agents: HashMap<String, AgentInfo>,
+    /// Where child processes' stderr goes (inherit for the demo, a file for tests).
+    pub quiet: bool,
+}
+
+impl Cluster {
+    /// A PKI and controller configuration in `dir` (or a fresh temporary folder).
+    pub fn new(dir: Option<PathBuf>) -> anyhow::Result<Cluster> {
+        let bins = bin_dir()?;
+        let (dir, temp) = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(&d)?;
+                (std::fs::canonicalize(&d)?, None)
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("loggate-").tempdir()?;
+                (std::fs::canonicalize(t.path())?, Some(t))
+            }
+        };
+        let controller_addr = free_addr()?;
+        let pki = dir.join("pki");
+        let out = Command::new(bins.join("loggate"))
+            .args(["pki", "init"])
+            .arg(&pki)
+            .args(["--controller-addr", &controller_addr.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("pki init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let controller_config = dir.join("controller.toml");
+        std::fs::write(
+            &controller_config,
+            format!(
+                "# loggate controller (written by the loopback harness)\n\
+                 listen = \"{controller_addr}\"\n\
+                 database = \"controller/state.db\"\n\
+                 audit_log = \"controller/audit.jsonl\"\n\
+                 signing_key = \"pki/grant-signing.key\"\n\
+                 admins = [\"admin\"]\n\
+                 max_ttl = \"8h\"\n\
+                 enrol_user_certs = \"pki/users\"\n\n\
+                 [tls]\n\
+                 ca = \"pki/ca.crt\"\n\
+                 cert = \"pki/controller.crt\"\n\
+                 key = \"pki/controller.key\"\n"
+            ),
+        )?;
+        std::fs::create_dir_all(dir.join("controller"))?;
+        Ok(Cluster {
+            dir,
+            _temp: temp,
+            bins,
+            controller_addr,
+            controller_config,
+            controller: None,
+            agents: HashMap::new(),
+            quiet: true,
+        })
+    }
+
+    fn spawn(&self, program: &str, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+        let mut cmd = Command::new(self.bins.join(program));
+        cmd.args(args).stdin(Stdio::null());
+        if self.quiet {
+            let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+            cmd.stdout(file.try_clone()?).stderr(file);
+        }
+        cmd.spawn().with_context(|| format!("starting {program}"))
+    }
+
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let config = self.controller_config.display().to_string();
+        let child = self.spawn(
+            "loggate",
+            &["controller", "serve", "--config", &config],
+            &self.dir.join("controller/stderr.log"),
+        )?;
+        self.controller = Some(child);
+        wait_for_port(self.controller_addr, Duration::from_secs(20))
+    }
+
+    pub fn stop_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            terminate(&mut c);
+        }
+    }
+
+    /// Writes the configuration of agent `id` serving `roots`; `extra` is appended to it.
+    pub fn add_agent(&mut self, id: &str, roots: &[&Path], extra: &str) -> anyhow::Result<()> {
+        let addr = free_addr()?;
+        let dir = self.dir.join("agents").join(id);
+        std::fs::create_dir_all(&dir)?;
+        let roots: Vec<String> = roots.iter().map(|r| format!("{:?}", r.display().to_string())).collect();
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "# loggate agent {id} (written by the loopback harness)\n\
+                 id = \"{id}\"\n\
+                 labels = [\"env=demo\"]\n\
+                 listen = \"{addr}\"\n\
+                 controller = \"{}\"\n\
+                 grant_keys = [\"../../pki/grant-signing.pub\"]\n\
+                 roots = [{}]\n\
+                 state_dir = \"state\"\n\
+                 audit_log = \"audit.jsonl\"\n\
+                 allow_raw = true\n\
+                 {extra}\n\n\
+                 [tls]\n\
+                 ca = \"../../pki/ca.crt\"\n\
+                 cert = \"../../pki/agents/{id}.crt\"\n\
+                 key = \"../../pki/agents/{id}.key\"\n",
+                self.controller_addr,
+                roots.join(", ")
+            ),
+        )?;
+        self.agents.insert(
+            id.to_string(),
+            AgentInfo {
+                addr,
+                config,
+                dir,
+                child: None,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self, id: &str) -> anyhow::Result<()> {
+        let info = self.agents.get(id).context("unknown agent")?;
+        let config = info.config.display().to_string();
+        let log = info.dir.join("stderr.log");
+        let addr = info.addr;
+        let child = self.spawn("loggate-agent", &["run", "--config", &config], &log)?;
+        if let Some(info) = self.agents.get_mut(id) {
+            info.child = Some(child);
+        }
+        wait_for_port(addr, Duration::from_secs(20))
+    }
+
+    pub fn stop_agent(&mut self, id: &str) {
+        if let Some(info) = self.agents.get_mut(id) {
+            if let Some(mut c) = info.child.take() {
+                terminate(&mut c);
+            }
+        }
+    }
+
+    /// Kills an agent with SIGKILL (no clean shutdown).
+    pub fn kill_agent(&mut self, id: &str) {
+        if let Some(info) = self.agents.get_mut(id) {
+            if let Some(mut c) = info.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    pub fn client_config(&self, user: &str) -> PathBuf {
+        self.dir.join("pki/clients").join(format!("{user}.toml"))
+    }
+
+    /// A `loggate` command run as `user` (its client configuration).
+    pub fn cli(&self, user: &str) -> Command {
+        let mut cmd = Command::new(self.bins.join("loggate"));
+        cmd.env("LOGGATE_CONFIG", self.client_config(user));
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run_cli(&self, user: &str, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.cli(user).args(args).output()?)
+    }
+
+    /// Issues a grant as admin and returns its id.
+    pub fn issue_grant(&self, subject: &str, host: &str, path: &str, ttl: &str) -> anyhow::Result<String> {
+        let out = self.run_cli(
+            "admin",
+            &[
+                "grant", "issue", "--subject", subject, "--host", host, "--path", path, "--ttl", ttl,
+                "--reason", "TEST-1", "--redaction", "raw", "--json",
+            ],
+        )?;
+        if !out.status.success() {
+            bail!("grant issue failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        v["id"].as_str().map(String::from).context("no id in grant issue output")
+    }
+
+    pub fn agent_addr(&self, id: &str) -> String {
+        self.agents.get(id).map(|a| a.addr.to_string()).unwrap_or_default()
+    }
+
+    /// The agent's audit records.
+    pub fn agent_audit(&self, id: &str) -> Vec<serde_json::Value> {
+        let path = self.dir.join("agents").join(id).join("audit.jsonl");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until the agent's audit log holds an event satisfying `pred`.
+    pub fn wait_for_audit(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.agent_audit(id).into_iter().find(|e| pred(e)) {
+                return Ok(e);
+            }
+            if Instant::now() > deadline {
+                bail!("no matching audit event on {id} within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until agent `id` has received grant `grant_id`.
+    pub fn wait_for_grant(&self, id: &str, grant_id: &str) -> anyhow::Result<()> {
+        self.wait_for_audit(id, Duration::from_secs(15), |e| {
+            e["event"] == "grant.received" && e["grant_id"] == grant_id
+        })
+        .map(|_| ())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let ids: Vec<String> = self.agents.keys().cloned().collect();
+        for id in ids {
+            self.stop_agent(&id);
+        }
+        self.stop_controller();
+    }
+}
+
+/// A running controller and agent `web-1` serving `logs` (which holds `api.log`).
+pub struct Fixture {
+    pub cluster: Cluster,
+    pub logs: PathBuf,
+}
+
+impl Fixture {
+    pub fn start() -> anyhow::Result<Fixture> {
+        Self::start_with("")
+    }
+
+    /// Like [`Fixture::start`], with extra lines for the agent's configuration.
+    pub fn start_with(agent_extra: &str) -> anyhow::Result<Fixture> {
+        let mut cluster = Cluster::new(None)?;
+        let logs = cluster.dir.join("logs/app");
+        std::fs::create_dir_all(&logs)?;
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!("2026-11-27T07:{i:02}:00Z INFO line {i}\n"));
+        }
+        std::fs::write(logs.join("api.log"), text)?;
+        cluster.add_agent("web-1", &[&logs], agent_extra)?;
+        cluster.start_controller()?;
+        cluster.start_agent("web-1")?;
+        Ok(Fixture { cluster, logs })
+    }
+
+    pub fn api_log(&self) -> String {
+        self.logs.join("api.log").display().to_string()
+    }
+
+    pub fn glob(&self) -> String {
+        format!("{}/*.log", self.logs.display())
+    }
+
+    /// Issues `subject` a grant on web-1 for the fixture's glob and waits until web-1 has it.
+    pub fn grant(&self, subject: &str, ttl: &str) -> anyhow::Result<String> {
+        let id = self.cluster.issue_grant(subject, "web-1", &self.glob(), ttl)?;
+        self.cluster.wait_for_grant("web-1", &id)?;
+        Ok(id)
+    }
+
+    /// Runs `loggate logs <args…> --host web-1 --agent-addr <addr>` as `user`.
+    pub fn logs(&self, user: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let addr = self.cluster.agent_addr("web-1");
+        let mut all = vec!["logs"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--host", "web-1", "--agent-addr", &addr]);
+        self.cluster.run_cli(user, &all)
+    }
+}
+
+/// Stdout and stderr of a finished command, as text.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

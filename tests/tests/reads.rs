@@ -1,0 +1,210 @@
+//! End-to-end: grants issued by the real controller, pushed to the real agent, and log reads
+//! through the real CLI over mTLS — the happy paths and every grant-related denial.
+
+use loggate_tests::{text, Fixture};
+use std::time::Duration;
+
+fn denial_of(f: &Fixture, code: &str) -> anyhow::Result<serde_json::Value> {
+    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
+        e["event"] == "read.denied" && e["reason_code"] == code
+    })
+}
+
+#[test]
+fn happy_path_cat_prints_the_file_and_is_audited_before_and_after() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let grant = f.grant("alice", "30m")?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, std::fs::read_to_string(f.api_log())?);
+    let finished = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
+        e["event"] == "read.finished" && e["grant_id"] == grant.as_str()
+    })?;
+    assert_eq!(finished["bytes"], stdout.len() as u64);
+    assert_eq!(finished["end_reason"], "eof");
+    let audit = f.cluster.agent_audit("web-1");
+    let allowed = audit.iter().position(|e| e["event"] == "read.allowed").unwrap();
+    let done = audit.iter().position(|e| e["event"] == "read.finished").unwrap();
+    assert!(allowed < done);
+    assert_eq!(audit[allowed]["subject"], "spiffe://loggate.local/user/alice");
+    Ok(())
+}
+
+#[test]
+fn tail_grep_and_time_range_select_lines_on_the_agent() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    let (tail, _) = text(&f.logs("alice", &["tail", "-n", "3", &f.api_log()])?);
+    assert_eq!(tail, "2026-11-27T07:47:00Z INFO line 47\n2026-11-27T07:48:00Z INFO line 48\n2026-11-27T07:49:00Z INFO line 49\n");
+    let (grep, _) = text(&f.logs("alice", &["grep", "line 1[0-2]$", &f.api_log()])?);
+    assert_eq!(grep.lines().count(), 3, "{grep}");
+    let (range, _) = text(&f.logs(
+        "alice",
+        &["cat", "--since", "2026-11-27T07:10:00Z", "--until", "2026-11-27T07:12:00Z", &f.api_log()],
+    )?);
+    assert_eq!(range, "2026-11-27T07:10:00Z INFO line 10\n2026-11-27T07:11:00Z INFO line 11\n");
+    let bad = f.logs("alice", &["grep", "(unclosed", &f.api_log()])?;
+    assert!(!bad.status.success());
+    assert!(text(&bad).1.contains("grep pattern"), "{}", text(&bad).1);
+    Ok(())
+}
+
+#[test]
+fn follow_streams_appended_lines() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "4s")?;
+    let addr = f.cluster.agent_addr("web-1");
+    let child = f
+        .cluster
+        .cli("alice")
+        .args(["logs", "tail", "-n", "1", "--follow", "--host", "web-1", "--agent-addr", &addr, &f.api_log()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(1000));
+    use std::io::Write;
+    let mut log = std::fs::OpenOptions::new().append(true).open(f.api_log())?;
+    writeln!(log, "2026-11-27T08:00:00Z INFO appended while following")?;
+    drop(log);
+    let out = child.wait_with_output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(stdout.contains("line 49\n"), "{stdout}");
+    assert!(stdout.contains("appended while following"), "{stdout}");
+    // The stream ends only because the 4 s grant expired.
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("expired"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn bob_is_denied_on_alices_grant() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    let out = f.logs("bob", &["cat", &f.api_log()])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("hold no grant on agent web-1"), "{stderr}");
+    let denial = denial_of(&f, "no_grant")?;
+    assert_eq!(denial["subject"], "spiffe://loggate.local/user/bob");
+    Ok(())
+}
+
+#[test]
+fn alice_is_denied_on_another_host() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    // A grant for web-2 is never pushed to web-1.
+    let id = f.cluster.issue_grant("alice", "web-2", &f.glob(), "30m")?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3));
+    denial_of(&f, "no_grant")?;
+    // Presenting that grant's token directly is refused for the host, too.
+    let list = f.cluster.run_cli("alice", &["grant", "list", "--json"])?;
+    let grants: serde_json::Value = serde_json::from_slice(&list.stdout)?;
+    let token = grants
+        .as_array()
+        .and_then(|a| a.iter().find(|g| g["id"] == id.as_str()))
+        .and_then(|g| g["token"].as_str())
+        .unwrap()
+        .to_string();
+    let token_file = f.cluster.dir.join("web2.token");
+    std::fs::write(&token_file, token)?;
+    let out = f.logs("alice", &["cat", "--grant-token", token_file.to_str().unwrap(), &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).1.contains("does not cover host web-1"), "{}", text(&out).1);
+    Ok(())
+}
+
+#[test]
+fn grant_for_another_path_glob_is_denied() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let other = format!("{}/other-*.log", f.logs.display());
+    let id = f.cluster.issue_grant("alice", "web-1", &other, "30m")?;
+    f.cluster.wait_for_grant("web-1", &id)?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out).1;
+    assert!(stderr.contains(&format!("grant {id} covers {other}, not")), "{stderr}");
+    denial_of(&f, "path_not_covered")?;
+    Ok(())
+}
+
+#[test]
+fn expired_grant_is_denied_with_how_long_ago() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let id = f.grant("alice", "1s")?;
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = text(&out).1;
+    assert!(stderr.contains(&format!("grant {id} expired")), "{stderr}");
+    assert!(stderr.contains("request a new one"), "{stderr}");
+    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
+        e["event"] == "grant.expired" && e["grant_id"] == id.as_str()
+    })?;
+    Ok(())
+}
+
+#[test]
+fn not_yet_valid_grant_is_denied() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let out = f.cluster.run_cli(
+        "admin",
+        &["grant", "issue", "--subject", "alice", "--host", "web-1", "--path", &f.glob(), "--ttl", "1h",
+          "--start-in", "2h", "--reason", "LATER", "--redaction", "raw", "--json"],
+    )?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout)?["id"].as_str().unwrap().to_string();
+    f.cluster.wait_for_grant("web-1", &id)?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).1.contains("is not valid yet"), "{}", text(&out).1);
+    denial_of(&f, "grant_not_yet_valid")?;
+    Ok(())
+}
+
+#[test]
+fn revoked_grant_is_denied_and_revocation_is_audited() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let id = f.grant("alice", "30m")?;
+    let out = f.cluster.run_cli("admin", &["grant", "revoke", &id, "--reason", "done"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
+        e["event"] == "grant.revoked" && e["grant_id"] == id.as_str()
+    })?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).1.contains("was revoked by spiffe://loggate.local/user/admin"), "{}", text(&out).1);
+    Ok(())
+}
+
+#[test]
+fn only_admins_issue_grants() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let out = f.cluster.run_cli(
+        "alice",
+        &["grant", "issue", "--subject", "alice", "--host", "web-1", "--path", &f.glob(), "--ttl", "1h", "--reason", "x"],
+    )?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).1.contains("is not a loggate admin"), "{}", text(&out).1);
+    Ok(())
+}
+
+#[test]
+fn grant_issue_refuses_bad_input_with_a_clear_error() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let base = ["grant", "issue", "--subject", "alice", "--host", "web-1", "--reason", "x"];
+    for (extra, expect) in [
+        (vec!["--path", "relative/*.log", "--ttl", "1h"], "must be absolute"),
+        (vec!["--path", "/var/log/../etc/*", "--ttl", "1h"], "must be absolute and free of '..'"),
+        (vec!["--path", "/var/log/*.log", "--ttl", "100h"], "max_ttl"),
+    ] {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(extra);
+        let out = f.cluster.run_cli("admin", &args)?;
+        assert!(!out.status.success());
+        assert!(text(&out).1.contains(expect), "{expect}: {}", text(&out).1);
+    }
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! `cargo xtask demo`: the whole product on loopback, narrated, in one command.
+
+use loggate_tests::Cluster;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+fn step(text: &str) {
+    println!("\n\x1b[1m==> {text}\x1b[0m");
+}
+
+fn show(cmd_text: &str, out: &std::process::Output) {
+    println!("$ {cmd_text}");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !err.trim().is_empty() {
+        print!("{err}");
+    }
+    println!("(exit code {})", out.status.code().unwrap_or(-1));
+}
+
+fn write_sample_logs(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut api = String::new();
+    for i in 0..20 {
+        let level = if i % 7 == 3 { "ERROR" } else { "INFO" };
+        api.push_str(&format!(
+            "2026-11-27T07:{:02}:00.000Z {level} api request id=req-{i:03} status={} latency_ms={}\n",
+            i,
+            if level == "ERROR" { 500 } else { 200 },
+            10 + i * 3
+        ));
+    }
+    std::fs::write(dir.join("api.log"), api)?;
+    std::fs::write(
+        dir.join("worker.log"),
+        "2026-11-27T07:00:00Z INFO worker started\n2026-11-27T07:00:05Z WARN queue depth 120\n",
+    )?;
+    Ok(())
+}
+
+pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
+    step("Building loggate and loggate-agent");
+    let mut cluster = Cluster::new(keep.clone())?;
+    let dir = cluster.dir.clone();
+    println!("working folder: {}", dir.display());
+
+    step("A development PKI (loggate pki init)");
+    for line in ["ca.crt", "controller.crt", "agents/web-1.crt", "users/admin.crt", "users/alice.crt", "users/bob.crt", "grant-signing.key"] {
+        println!("  {}", dir.join("pki").join(line).display());
+    }
+
+    step("Sample logs under the agent's root");
+    let logs = dir.join("logs/app");
+    write_sample_logs(&logs)?;
+    println!("  {}/api.log, worker.log", logs.display());
+
+    step("Starting the controller and agent web-1 on loopback (mTLS everywhere)");
+    cluster.add_agent("web-1", &[&logs], "")?;
+    cluster.start_controller()?;
+    println!("  controller on {}", cluster.controller_addr);
+    cluster.start_agent("web-1")?;
+    println!("  agent web-1 on {}, serving only {}", cluster.agent_addr("web-1"), logs.display());
+
+    let glob = format!("{}/*.log", logs.display());
+    step("admin issues alice a 30-minute grant for the app logs");
+    let args = ["grant", "issue", "--subject", "alice", "--host", "web-1", "--path", &glob, "--ttl", "30m", "--reason", "INC-42", "--redaction", "raw"];
+    let out = cluster.run_cli("admin", &args)?;
+    show(&format!("loggate grant issue --subject alice --host web-1 --path '{glob}' --ttl 30m --reason INC-42 --redaction raw"), &out);
+    let grant_id = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    cluster.wait_for_grant("web-1", &grant_id)?;
+    println!("(the controller pushed the signed grant to web-1 over its WatchGrants stream)");
+
+    let api = format!("{}/api.log", logs.display());
+    step("alice reads the log through the gate");
+    let out = cluster.run_cli("alice", &["logs", "tail", "-n", "5", "--host", "web-1", &api])?;
+    show(&format!("loggate logs tail -n 5 --host web-1 {api}"), &out);
+    let out = cluster.run_cli("alice", &["logs", "grep", "--host", "web-1", "ERROR", &api])?;
+    show(&format!("loggate logs grep --host web-1 ERROR {api}"), &out);
+    let out = cluster.run_cli("alice", &["logs", "cat", "--host", "web-1", "--since", "2026-11-27T07:17:00Z", &api])?;
+    show(&format!("loggate logs cat --host web-1 --since 2026-11-27T07:17:00Z {api}"), &out);
+
+    step("bob has no grant: denied, and the denial is audited");
+    let out = cluster.run_cli("bob", &["logs", "cat", "--host", "web-1", &api])?;
+    show(&format!("loggate logs cat --host web-1 {api}   # as bob"), &out);
+
+    step("alice tries to leave the root: denied");
+    let out = cluster.run_cli("alice", &["logs", "cat", "--host", "web-1", "/etc/passwd"])?;
+    show("loggate logs cat --host web-1 /etc/passwd", &out);
+
+    step("A 6-second grant: alice follows the log; the agent cuts the stream when the grant expires");
+    let short = cluster.issue_grant("alice", "web-1", &format!("{}/worker.log", logs.display()), "6s")?;
+    cluster.wait_for_grant("web-1", &short)?;
+    let worker = format!("{}/worker.log", logs.display());
+    println!("$ loggate logs tail --follow --host web-1 {worker}");
+    let mut follow = cluster
+        .cli("alice")
+        .args(["logs", "tail", "--follow", "--host", "web-1", &worker])
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut f = std::fs::OpenOptions::new().append(true).open(&worker)?;
+        writeln!(f, "2026-11-27T07:01:{:02}Z INFO job {i} done", i * 10)?;
+    }
+    let status = follow.wait()?;
+    println!("(exit code {})", status.code().unwrap_or(-1));
+
+    step("The agent's audit trail (one JSON line per decision, hash-chained)");
+    for e in cluster.agent_audit("web-1") {
+        let subject = e["subject"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("");
+        println!(
+            "  seq={:<3} {:<15} {:<6} {:<20} {}",
+            e["seq"],
+            e["event"].as_str().unwrap_or(""),
+            subject,
+            e["grant_id"].as_str().unwrap_or(""),
+            e["reason"].as_str().or(e["end_reason"].as_str()).unwrap_or("")
+        );
+    }
+    println!("  full records: {}", dir.join("agents/web-1/audit.jsonl").display());
+
+    if keep.is_some() {
+        step("Everything is kept; to start it again by hand:");
+        println!("  {}/loggate controller serve --config {}", cluster.bins.display(), cluster.controller_config.display());
+        println!("  {}/loggate-agent run --config {}", cluster.bins.display(), dir.join("agents/web-1/agent.toml").display());
+        println!("  export LOGGATE_CONFIG={}   # act as alice", cluster.client_config("alice").display());
+        println!("  {}/loggate logs cat --host web-1 {api}", cluster.bins.display());
+    }
+    step("Stopping everything the demo started");
+    drop(cluster);
+    println!("done.");
+    Ok(())
+}
