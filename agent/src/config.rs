@@ -117,12 +117,16 @@ impl AgentConfig {
         let file: AgentConfigFile = toml::from_str(&text)
             .with_context(|| format!("invalid agent configuration {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::validate(file, base).with_context(|| format!("agent configuration {}", path.display()))
+        Self::validate(file, base)
+            .with_context(|| format!("agent configuration {}", path.display()))
     }
 
     fn validate(file: AgentConfigFile, base: &Path) -> anyhow::Result<Self> {
         if !is_valid_name(&file.id) {
-            bail!("id {:?} must be lowercase letters, digits and dashes", file.id);
+            bail!(
+                "id {:?} must be lowercase letters, digits and dashes",
+                file.id
+            );
         }
         if file.roots.is_empty() {
             bail!("roots: name at least one folder this agent may serve");
@@ -147,11 +151,14 @@ impl AgentConfig {
                 let p = base.join(p);
                 let text = std::fs::read_to_string(&p)
                     .with_context(|| format!("grant_keys: cannot read {}", p.display()))?;
-                VerifyingKey::from_paserk(&text).with_context(|| format!("grant_keys: {}", p.display()))
+                VerifyingKey::from_paserk(&text)
+                    .with_context(|| format!("grant_keys: {}", p.display()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let max_clock_skew = humantime::parse_duration(&file.max_clock_skew)
-            .with_context(|| format!("max_clock_skew {:?} is not a duration", file.max_clock_skew))?;
+        let max_clock_skew =
+            humantime::parse_duration(&file.max_clock_skew).with_context(|| {
+                format!("max_clock_skew {:?} is not a duration", file.max_clock_skew)
+            })?;
         if max_clock_skew > Duration::from_secs(60) {
             bail!("max_clock_skew must be at most 60s");
         }

@@ -99,9 +99,9 @@ pub fn authorize(
     presented_token: Option<&str>,
 ) -> Result<Authorized, Denial> {
     let path = normalise_request(requested_path).map_err(path_denial)?;
-    let path_text = path.to_str().ok_or_else(|| {
-        Denial::new("path_invalid", "the path is not valid UTF-8".to_string())
-    })?;
+    let path_text = path
+        .to_str()
+        .ok_or_else(|| Denial::new("path_invalid", "the path is not valid UTF-8".to_string()))?;
     let now = unix_now();
     let agent = &shared.config.id;
 
@@ -115,15 +115,17 @@ pub fn authorize(
     if candidates.is_empty() {
         return Err(Denial::new(
             "no_grant",
-            format!(
-                "you ({reader}) hold no grant on agent {agent}; request one with `loggate grant request` or ask an admin"
-            ),
+            format!("you ({reader}) hold no grant on agent {agent}; ask an admin to issue you one"),
         ));
     }
 
     let mut best: Option<(u8, Denial)> = None;
     let mut consider = |denial: Denial, matches_path: bool, presented: bool| {
-        let r = if presented { 0 } else { rank(&denial, matches_path) };
+        let r = if presented {
+            0
+        } else {
+            rank(&denial, matches_path)
+        };
         if best.as_ref().is_none_or(|(b, _)| r < *b) {
             best = Some((r, denial));
         }
@@ -137,7 +139,10 @@ pub fn authorize(
             Err(e) => {
                 // Stored grants were verified on receipt, so their claims are trustworthy
                 // enough to rank the explanation.
-                let stored_claims = stored.iter().find(|g| g.token() == token).map(|g| g.claims());
+                let stored_claims = stored
+                    .iter()
+                    .find(|g| g.token() == token)
+                    .map(|g| g.claims());
                 let matches_path = stored_claims.is_some_and(|c| {
                     c.paths
                         .iter()
@@ -153,7 +158,11 @@ pub fn authorize(
         if let Some(r) = shared.grants.revocation(grant.id()) {
             let mut d = Denial::new(
                 "grant_revoked",
-                format!("grant {} was revoked by {}; request a new one", grant.id(), r.by),
+                format!(
+                    "grant {} was revoked by {}; request a new one",
+                    grant.id(),
+                    r.by
+                ),
             );
             d.grant_id = id;
             consider(d, grant.covers_path(path_text), *presented);
@@ -172,15 +181,16 @@ pub fn authorize(
             consider(d, false, *presented);
             continue;
         }
-        let profile = match resolve_profile(&grant.claims().redaction, shared.config.allow_raw, agent) {
-            Ok(p) => p,
-            Err(message) => {
-                let mut d = Denial::new("profile_unavailable", message);
-                d.grant_id = id;
-                consider(d, true, *presented);
-                continue;
-            }
-        };
+        let profile =
+            match resolve_profile(&grant.claims().redaction, shared.config.allow_raw, agent) {
+                Ok(p) => p,
+                Err(message) => {
+                    let mut d = Denial::new("profile_unavailable", message);
+                    d.grant_id = id;
+                    consider(d, true, *presented);
+                    continue;
+                }
+            };
         let file = open_beneath(&shared.config.roots, path_text).map_err(|e| {
             let mut d = path_denial(e);
             d.grant_id = id.clone();
@@ -193,6 +203,9 @@ pub fn authorize(
         });
     }
     Err(best.map(|(_, d)| d).unwrap_or_else(|| {
-        Denial::new("no_grant", format!("you hold no usable grant on agent {agent}"))
+        Denial::new(
+            "no_grant",
+            format!("you hold no usable grant on agent {agent}"),
+        )
     }))
 }

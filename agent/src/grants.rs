@@ -54,7 +54,12 @@ pub struct Loaded {
 impl GrantStore {
     /// Opens `dir/grants.redb` and re-verifies every stored grant; invalid or expired ones are
     /// dropped and reported.
-    pub fn open(dir: &Path, verifier: &GrantVerifier, audience: &Audience, now: i64) -> anyhow::Result<Loaded> {
+    pub fn open(
+        dir: &Path,
+        verifier: &GrantVerifier,
+        audience: &Audience,
+        now: i64,
+    ) -> anyhow::Result<Loaded> {
         std::fs::create_dir_all(dir)?;
         let db = Database::create(dir.join("grants.redb"))?;
         {
@@ -84,7 +89,11 @@ impl GrantStore {
                     state.revoked.insert(id.value().to_string(), info);
                 }
             }
-            state.revision = tx.open_table(META)?.get("revision")?.map(|v| v.value()).unwrap_or(0);
+            state.revision = tx
+                .open_table(META)?
+                .get("revision")?
+                .map(|v| v.value())
+                .unwrap_or(0);
         }
         let store = GrantStore {
             db,
@@ -214,4 +223,3 @@ impl GrantStore {
         Ok(())
     }
 }
-

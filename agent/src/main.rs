@@ -115,11 +115,17 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         .tls_config(tls)
         .context("TLS configuration")?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .add_service(AgentServer::new(server::AgentService::new(shared.clone())).max_decoding_message_size(max_request))
+        .add_service(
+            AgentServer::new(server::AgentService::new(shared.clone()))
+                .max_decoding_message_size(max_request),
+        )
         .serve_with_shutdown(listen, shutdown_signal())
         .await
         .with_context(|| format!("agent server on {listen}"))?;
-    shared.audit("agent.stopped", audit_fields!("agent_id" => shared.config.id.clone()))?;
+    shared.audit(
+        "agent.stopped",
+        audit_fields!("agent_id" => shared.config.id.clone()),
+    )?;
     eprintln!("loggate-agent stopped");
     Ok(())
 }

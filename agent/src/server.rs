@@ -43,7 +43,12 @@ pub struct SlotGuard {
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        let mut open = self.slots.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mut open = self
+            .slots
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(n) = open.get_mut(&self.subject) {
             *n -= 1;
             if *n == 0 {
@@ -117,7 +122,11 @@ impl AgentService {
             None
         };
         let opt = |v: i64| (v != 0).then_some(v);
-        Ok(LineSelector::new(pattern, opt(req.since_unix_ms), opt(req.until_unix_ms)))
+        Ok(LineSelector::new(
+            pattern,
+            opt(req.since_unix_ms),
+            opt(req.until_unix_ms),
+        ))
     }
 }
 
@@ -187,7 +196,11 @@ impl Agent for AgentService {
             .map_err(audit_unavailable)?;
 
         let start = if mode == pb::ReadMode::Tail {
-            let lines = if req.tail_lines == 0 { 10 } else { req.tail_lines };
+            let lines = if req.tail_lines == 0 {
+                10
+            } else {
+                req.tail_lines
+            };
             stream::tail_offset(&file.file, file.len, lines)
                 .map_err(|e| Status::internal(format!("reading {path}: {e}")))?
         } else {

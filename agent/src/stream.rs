@@ -67,7 +67,11 @@ impl GrantWatch {
                     "grant {} was revoked by {}{}; the stream was cut",
                     self.grant_id,
                     r.by,
-                    if r.reason.is_empty() { String::new() } else { format!(" ({})", r.reason) }
+                    if r.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.reason)
+                    }
                 ),
             ));
         }

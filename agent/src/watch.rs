@@ -54,7 +54,10 @@ async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    tracing::info!(after = shared.grants.revision(), "connected to the controller");
+    tracing::info!(
+        after = shared.grants.revision(),
+        "connected to the controller"
+    );
     loop {
         let event = match tokio::time::timeout(SILENCE, stream.message()).await {
             Err(_) => anyhow::bail!("no heartbeat from the controller for {SILENCE:?}"),

@@ -94,7 +94,10 @@ async fn connect(addr: &str, config: &ClientConfig, server_name: &str) -> Result
         .map_err(|e| format!("TLS configuration: {e}"))?;
     endpoint.connect().await.map_err(|e| Failure {
         code: 1,
-        message: format!("cannot connect to {server_name} at {addr}: {}", error_chain(&e)),
+        message: format!(
+            "cannot connect to {server_name} at {addr}: {}",
+            error_chain(&e)
+        ),
     })
 }
 
@@ -132,7 +135,11 @@ pub struct IssueArgs {
 fn print_grant(g: &pb::GrantInfo) {
     let now = loggate_core::grant::unix_now();
     let state = if g.revoked {
-        format!("revoked by {} at {}", g.revoked_by, format_time(g.revoked_at_unix))
+        format!(
+            "revoked by {} at {}",
+            g.revoked_by,
+            format_time(g.revoked_at_unix)
+        )
     } else if now >= g.not_after_unix {
         format!("expired {} ago", rough_duration(now - g.not_after_unix))
     } else if now < g.not_before_unix {
@@ -183,7 +190,10 @@ pub async fn grant_issue(config: &ClientConfig, args: IssueArgs) -> CliResult {
         })
         .await
         .map_err(|s| explain(&s, "the controller"))?;
-    let grant = response.into_inner().grant.ok_or("the controller returned no grant")?;
+    let grant = response
+        .into_inner()
+        .grant
+        .ok_or("the controller returned no grant")?;
     if args.json {
         println!("{}", grant_json(&grant));
     } else {
@@ -192,7 +202,12 @@ pub async fn grant_issue(config: &ClientConfig, args: IssueArgs) -> CliResult {
     Ok(())
 }
 
-pub async fn grant_list(config: &ClientConfig, all: bool, subject: String, json: bool) -> CliResult {
+pub async fn grant_list(
+    config: &ClientConfig,
+    all: bool,
+    subject: String,
+    json: bool,
+) -> CliResult {
     let mut client = controller(config).await?;
     let grants = client
         .list_grants(pb::ListGrantsRequest {
@@ -207,7 +222,14 @@ pub async fn grant_list(config: &ClientConfig, all: bool, subject: String, json:
         let list: Vec<_> = grants.iter().map(grant_json).collect();
         println!("{}", serde_json::Value::from(list));
     } else if grants.is_empty() {
-        eprintln!("no grants{}", if all { "" } else { " active (use --all to see ended ones)" });
+        eprintln!(
+            "no grants{}",
+            if all {
+                ""
+            } else {
+                " active (use --all to see ended ones)"
+            }
+        );
     } else {
         grants.iter().for_each(print_grant);
     }
@@ -217,7 +239,10 @@ pub async fn grant_list(config: &ClientConfig, all: bool, subject: String, json:
 pub async fn grant_revoke(config: &ClientConfig, id: String, reason: String) -> CliResult {
     let mut client = controller(config).await?;
     let grant = client
-        .revoke_grant(pb::RevokeGrantRequest { grant_id: id, reason })
+        .revoke_grant(pb::RevokeGrantRequest {
+            grant_id: id,
+            reason,
+        })
         .await
         .map_err(|s| explain(&s, "the controller"))?
         .into_inner()
@@ -286,7 +311,11 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
                 .map_err(|s| explain(&s, "the controller"))?
                 .into_inner();
             if agent.addr.is_empty() {
-                return Err(format!("agent {} has not told the controller its address; pass --agent-addr", args.host).into());
+                return Err(format!(
+                    "agent {} has not told the controller its address; pass --agent-addr",
+                    args.host
+                )
+                .into());
             }
             agent.addr
         }
@@ -315,7 +344,14 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(status) => {
-                let _ = flush_output(&mut out, &mut pending, args.json, &args.host, &args.path, true);
+                let _ = flush_output(
+                    &mut out,
+                    &mut pending,
+                    args.json,
+                    &args.host,
+                    &args.path,
+                    true,
+                );
                 return Err(explain(&status, &peer));
             }
         };
@@ -325,12 +361,26 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             }
             Some(pb::read_log_chunk::Item::Data(data)) => {
                 pending.extend_from_slice(&data);
-                flush_output(&mut out, &mut pending, args.json, &args.host, &args.path, false)?;
+                flush_output(
+                    &mut out,
+                    &mut pending,
+                    args.json,
+                    &args.host,
+                    &args.path,
+                    false,
+                )?;
             }
             None => {}
         }
     }
-    flush_output(&mut out, &mut pending, args.json, &args.host, &args.path, true)?;
+    flush_output(
+        &mut out,
+        &mut pending,
+        args.json,
+        &args.host,
+        &args.path,
+        true,
+    )?;
     Ok(())
 }
 

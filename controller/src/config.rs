@@ -96,12 +96,16 @@ impl ClientConfig {
         })?;
         let mut config: ClientConfig = toml::from_str(&text)
             .with_context(|| format!("invalid client configuration {}", path.display()))?;
-        config.tls = config.tls.relative_to(path.parent().unwrap_or(Path::new(".")));
+        config.tls = config
+            .tls
+            .relative_to(path.parent().unwrap_or(Path::new(".")));
         Ok(config)
     }
 
     pub fn default_path() -> PathBuf {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default();
         home.join(".config/loggate/client.toml")
     }
 }

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use loggate_core::audit::AuditLog;
 use loggate_core::grant::{unix_now, SigningKey};
 use loggate_core::identity::{Identity, Role};
-use loggate_proto::controller_server::ControllerServer;
 use loggate_core::tls::read_certificate_der;
+use loggate_proto::controller_server::ControllerServer;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -43,10 +43,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .tls_config(tls)
         .context("TLS configuration")?
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-        .add_service(
-            ControllerServer::new(service)
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
+        .add_service(ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_shutdown(config.listen, async move {
             crate::shutdown_signal().await;
             // End the agents' watch streams, or the graceful shutdown would wait for them.
@@ -71,8 +68,7 @@ pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read grant-signing key {}", path.display()))?;
-    SigningKey::from_paserk(&text)
-        .with_context(|| format!("grant-signing key {}", path.display()))
+    SigningKey::from_paserk(&text).with_context(|| format!("grant-signing key {}", path.display()))
 }
 
 fn enrol_user_certs(store: &Store, dir: &Path, trust_domain: &str) -> anyhow::Result<()> {

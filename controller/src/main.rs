@@ -73,7 +73,10 @@ struct ClientOpts {
 
 impl ClientOpts {
     fn load(&self) -> Result<ClientConfig, Failure> {
-        let path = self.config.clone().unwrap_or_else(ClientConfig::default_path);
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(ClientConfig::default_path);
         ClientConfig::load(&path).map_err(|e| Failure {
             code: 1,
             message: format!("{e:#}"),
@@ -239,7 +242,9 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Logs(logs) => {
             let (read, path, mode, follow, lines, pattern) = match logs {
-                LogsCommand::Cat { path, read } => (read, path, ReadMode::Cat, false, 0, String::new()),
+                LogsCommand::Cat { path, read } => {
+                    (read, path, ReadMode::Cat, false, 0, String::new())
+                }
                 LogsCommand::Tail {
                     path,
                     lines,

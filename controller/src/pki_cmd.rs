@@ -81,7 +81,10 @@ fn write_client_config(dir: &Path, user: &str, controller: &str) -> anyhow::Resu
 pub fn init(args: InitArgs) -> anyhow::Result<()> {
     pki::init(&args.dir, &args.trust_domain, &args.agents, &args.users)?;
     let key = SigningKey::generate()?;
-    write_private(&args.dir.join("grant-signing.key"), &format!("{}\n", key.to_paserk()))?;
+    write_private(
+        &args.dir.join("grant-signing.key"),
+        &format!("{}\n", key.to_paserk()),
+    )?;
     std::fs::write(
         args.dir.join("grant-signing.pub"),
         format!("{}\n", key.verifying_key().to_paserk()),
@@ -98,7 +101,10 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     for u in &args.users {
         println!("  user {u:<14} users/{u}.crt   client config clients/{u}.toml");
     }
-    println!("  grant-signing key   grant-signing.key (public: grant-signing.pub, key id {})", key.verifying_key().kid());
+    println!(
+        "  grant-signing key   grant-signing.key (public: grant-signing.pub, key id {})",
+        key.verifying_key().kid()
+    );
     Ok(())
 }
 

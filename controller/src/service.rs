@@ -61,12 +61,34 @@ impl ControllerService {
         })
     }
 
-    fn audit(&self, event: &str, fields: serde_json::Map<String, serde_json::Value>) -> Result<(), Status> {
+    fn audit(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), Status> {
         let mut log = self.audit.lock().unwrap_or_else(|p| p.into_inner());
         log.append(event, fields).map(|_| ()).map_err(|e| {
             tracing::error!("audit write failed: {e}");
             Status::unavailable("the controller cannot write its audit log; nothing was changed")
         })
+    }
+
+    fn audit_issued(&self, grant: &GrantRow) -> Result<(), Status> {
+        self.audit(
+            "grant.issued",
+            audit_fields!(
+                "grant_id" => grant.id.clone(),
+                "subject" => grant.subject.clone(),
+                "issuer" => grant.issuer.clone(),
+                "hosts" => grant.hosts.clone(),
+                "labels" => grant.labels.clone(),
+                "paths" => grant.paths.clone(),
+                "not_before" => grant.not_before,
+                "not_after" => grant.not_after,
+                "reason" => grant.reason.clone(),
+                "redaction_profile" => grant.profile.clone(),
+            ),
+        )
     }
 
     /// The calling person; remembers their certificate key so grants can be bound to it.
@@ -249,13 +271,17 @@ impl Controller for ControllerService {
         let subject = user_spiffe_id(&self.trust_domain, &req.subject)
             .map_err(|e| Status::invalid_argument(format!("subject: {e}")))?;
         if req.hosts.is_empty() && req.labels.is_empty() {
-            return Err(Status::invalid_argument("name at least one --host or --label"));
+            return Err(Status::invalid_argument(
+                "name at least one --host or --label",
+            ));
         }
         bounded_list("hosts", &req.hosts)?;
         bounded_list("labels", &req.labels)?;
         bounded_list("paths", &req.paths)?;
         if let Some(bad) = req.hosts.iter().find(|h| !is_valid_name(h)) {
-            return Err(Status::invalid_argument(format!("host {bad:?} is not a valid agent id")));
+            return Err(Status::invalid_argument(format!(
+                "host {bad:?} is not a valid agent id"
+            )));
         }
         if req.paths.is_empty() {
             return Err(Status::invalid_argument("name at least one --path glob"));
@@ -278,7 +304,9 @@ impl Controller for ControllerService {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             || profile.len() > 64
         {
-            return Err(Status::invalid_argument("redaction profile name must be [A-Za-z0-9_-]{1,64}"));
+            return Err(Status::invalid_argument(
+                "redaction profile name must be [A-Za-z0-9_-]{1,64}",
+            ));
         }
         let ttl = Duration::from_secs(req.ttl_seconds);
         if ttl.is_zero() || ttl > self.max_ttl {
@@ -287,14 +315,22 @@ impl Controller for ControllerService {
                 humantime::format_duration(self.max_ttl)
             )));
         }
-        let key = self.store.user_key(&subject).map_err(internal)?.ok_or_else(|| {
-            Status::failed_precondition(format!(
+        let key = self
+            .store
+            .user_key(&subject)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
                 "no certificate key is known for {subject}; they must contact the controller once \
                  (`loggate whoami`) or their certificate must be enrolled"
             ))
-        })?;
+            })?;
         let now = unix_now();
-        let not_before = if req.not_before_unix > 0 { req.not_before_unix } else { now };
+        let not_before = if req.not_before_unix > 0 {
+            req.not_before_unix
+        } else {
+            now
+        };
         let not_after = not_before.saturating_add(ttl.as_secs() as i64);
         let signer = self.signer.clone();
         let issuer = admin.spiffe_id().to_string();
@@ -318,7 +354,7 @@ impl Controller for ControllerService {
                     key_sha256: key.clone(),
                 };
                 let token = signer.sign(&claims)?;
-                Ok(GrantRow {
+                let row = GrantRow {
                     id,
                     subject: subject.clone(),
                     hosts: req.hosts.clone(),
@@ -333,24 +369,15 @@ impl Controller for ControllerService {
                     token,
                     revision,
                     revoked: None,
-                })
+                };
+                // Audited inside the transaction: no grant exists without its audit record.
+                self.audit_issued(&row)?;
+                Ok(row)
             })
-            .map_err(internal)?;
-        self.audit(
-            "grant.issued",
-            audit_fields!(
-                "grant_id" => grant.id.clone(),
-                "subject" => grant.subject.clone(),
-                "issuer" => grant.issuer.clone(),
-                "hosts" => grant.hosts.clone(),
-                "labels" => grant.labels.clone(),
-                "paths" => grant.paths.clone(),
-                "not_before" => grant.not_before,
-                "not_after" => grant.not_after,
-                "reason" => grant.reason.clone(),
-                "redaction_profile" => grant.profile.clone(),
-            ),
-        )?;
+            .map_err(|e| match e.downcast::<Status>() {
+                Ok(status) => status,
+                Err(e) => internal(e),
+            })?;
         self.revision.send_replace(grant.revision);
         tracing::info!(grant = %grant.id, subject = %grant.subject, "grant issued");
         Ok(Response::new(pb::IssueGrantResponse {
@@ -431,7 +458,8 @@ impl Controller for ControllerService {
                 "reason" => req.reason,
             ),
         )?;
-        self.revision.send_replace(self.store.latest_revision().map_err(internal)?);
+        self.revision
+            .send_replace(self.store.latest_revision().map_err(internal)?);
         tracing::info!(grant = %grant.id, by = %user, "grant revoked");
         Ok(Response::new(pb::RevokeGrantResponse {
             grant: Some(grant_info(&grant)),
@@ -445,13 +473,13 @@ impl Controller for ControllerService {
         self.user(&request)?;
         let id = request.into_inner().agent_id;
         if !is_valid_name(&id) {
-            return Err(Status::invalid_argument(format!("{id:?} is not a valid agent id")));
+            return Err(Status::invalid_argument(format!(
+                "{id:?} is not a valid agent id"
+            )));
         }
-        let agent = self
-            .store
-            .agent(&id)
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("agent {id} has never contacted the controller")))?;
+        let agent = self.store.agent(&id).map_err(internal)?.ok_or_else(|| {
+            Status::not_found(format!("agent {id} has never contacted the controller"))
+        })?;
         let connected = self
             .connected
             .lock()

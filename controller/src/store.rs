@@ -291,7 +291,12 @@ impl Store {
         self.conn().execute(
             "INSERT INTO agents (id, labels, addr, last_seen) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4",
-            params![agent.id, to_json(&agent.labels), agent.addr, agent.last_seen],
+            params![
+                agent.id,
+                to_json(&agent.labels),
+                agent.addr,
+                agent.last_seen
+            ],
         )?;
         Ok(())
     }

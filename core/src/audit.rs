@@ -74,19 +74,23 @@ impl AuditLog {
             Some(i) => &complete[i + 1..],
             None => complete,
         };
-        let (next_seq, prev) = if last_line.is_empty() {
-            (1, "0".repeat(64))
-        } else {
-            let record: Value = serde_json::from_slice(last_line).map_err(|e| AuditError::Corrupt {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            })?;
-            let seq = record.get("seq").and_then(Value::as_u64).ok_or_else(|| AuditError::Corrupt {
-                path: path.to_path_buf(),
-                why: "no seq".into(),
-            })?;
-            (seq + 1, hex::encode(Sha256::digest(last_line)))
-        };
+        let (next_seq, prev) =
+            if last_line.is_empty() {
+                (1, "0".repeat(64))
+            } else {
+                let record: Value =
+                    serde_json::from_slice(last_line).map_err(|e| AuditError::Corrupt {
+                        path: path.to_path_buf(),
+                        why: e.to_string(),
+                    })?;
+                let seq = record.get("seq").and_then(Value::as_u64).ok_or_else(|| {
+                    AuditError::Corrupt {
+                        path: path.to_path_buf(),
+                        why: "no seq".into(),
+                    }
+                })?;
+                (seq + 1, hex::encode(Sha256::digest(last_line)))
+            };
         let mut log = AuditLog {
             path: path.to_path_buf(),
             file,
@@ -184,7 +188,10 @@ mod tests {
         let recs = lines(&path);
         assert_eq!(recs[0]["prev"], "0".repeat(64));
         for i in 1..3 {
-            assert_eq!(recs[i]["prev"], hex::encode(Sha256::digest(raw[i - 1].as_bytes())));
+            assert_eq!(
+                recs[i]["prev"],
+                hex::encode(Sha256::digest(raw[i - 1].as_bytes()))
+            );
             assert_eq!(recs[i]["seq"], (i + 1) as u64);
         }
         std::fs::remove_dir_all(dir).unwrap();

@@ -157,7 +157,8 @@ impl SigningKey {
     /// Signs `claims`, binding the token to `claims.key_sha256` as the implicit assertion.
     pub fn sign(&self, claims: &GrantClaims) -> Result<String, GrantError> {
         let binding = decode_key_hash(&claims.key_sha256)?;
-        let message = serde_json::to_vec(claims).map_err(|e| GrantError::Malformed(e.to_string()))?;
+        let message =
+            serde_json::to_vec(claims).map_err(|e| GrantError::Malformed(e.to_string()))?;
         let footer = serde_json::to_vec(&Footer {
             kid: self.public.kid.clone(),
         })
@@ -294,7 +295,10 @@ impl GrantVerifier {
     }
 
     /// Parses the token and finds its key; returns the untrusted claims for error precision only.
-    fn open(&self, token: &str) -> Result<(UntrustedToken<Public, V4>, &VerifyingKey, GrantClaims), GrantError> {
+    fn open(
+        &self,
+        token: &str,
+    ) -> Result<(UntrustedToken<Public, V4>, &VerifyingKey, GrantClaims), GrantError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(GrantError::Malformed("token too large".into()));
         }
@@ -333,7 +337,7 @@ impl GrantVerifier {
     }
 
     fn check_audience(claims: &GrantClaims, audience: &Audience) -> Result<(), GrantError> {
-        let by_host = claims.hosts.iter().any(|h| *h == audience.agent_id);
+        let by_host = claims.hosts.contains(&audience.agent_id);
         let by_label = claims.labels.iter().any(|l| audience.labels.contains(l));
         if by_host || by_label {
             Ok(())

@@ -16,15 +16,27 @@ pub fn workspace_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
-/// Builds the two binaries once per process and returns the folder holding them.
+/// The folder holding the `loggate` and `loggate-agent` binaries: `$LOGGATE_BIN_DIR` when set
+/// (`cargo xtask test` builds them first), else built here once per process.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("LOGGATE_BIN_DIR") {
+                return Ok(PathBuf::from(dir));
+            }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = Command::new(cargo)
                 .current_dir(workspace_root())
-                .args(["build", "--quiet", "-p", "loggate", "-p", "loggate-agent", "--bins"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "loggate",
+                    "-p",
+                    "loggate-agent",
+                    "--bins",
+                ])
                 .status()
                 .map_err(|e| format!("cannot run cargo: {e}"))?;
             if !status.success() {
@@ -152,7 +164,10 @@ impl Cluster {
         let mut cmd = Command::new(self.bins.join(program));
         cmd.args(args).stdin(Stdio::null());
         if self.quiet {
-            let file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)?;
             cmd.stdout(file.try_clone()?).stderr(file);
         }
         cmd.spawn().with_context(|| format!("starting {program}"))
@@ -180,7 +195,10 @@ impl Cluster {
         let addr = free_addr()?;
         let dir = self.dir.join("agents").join(id);
         std::fs::create_dir_all(&dir)?;
-        let roots: Vec<String> = roots.iter().map(|r| format!("{:?}", r.display().to_string())).collect();
+        let roots: Vec<String> = roots
+            .iter()
+            .map(|r| format!("{:?}", r.display().to_string()))
+            .collect();
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
@@ -263,23 +281,51 @@ impl Cluster {
     }
 
     /// Issues a grant as admin and returns its id.
-    pub fn issue_grant(&self, subject: &str, host: &str, path: &str, ttl: &str) -> anyhow::Result<String> {
+    pub fn issue_grant(
+        &self,
+        subject: &str,
+        host: &str,
+        path: &str,
+        ttl: &str,
+    ) -> anyhow::Result<String> {
         let out = self.run_cli(
             "admin",
             &[
-                "grant", "issue", "--subject", subject, "--host", host, "--path", path, "--ttl", ttl,
-                "--reason", "TEST-1", "--redaction", "raw", "--json",
+                "grant",
+                "issue",
+                "--subject",
+                subject,
+                "--host",
+                host,
+                "--path",
+                path,
+                "--ttl",
+                ttl,
+                "--reason",
+                "TEST-1",
+                "--redaction",
+                "raw",
+                "--json",
             ],
         )?;
         if !out.status.success() {
-            bail!("grant issue failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "grant issue failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        v["id"].as_str().map(String::from).context("no id in grant issue output")
+        v["id"]
+            .as_str()
+            .map(String::from)
+            .context("no id in grant issue output")
     }
 
     pub fn agent_addr(&self, id: &str) -> String {
-        self.agents.get(id).map(|a| a.addr.to_string()).unwrap_or_default()
+        self.agents
+            .get(id)
+            .map(|a| a.addr.to_string())
+            .unwrap_or_default()
     }
 
     /// The agent's audit records.
@@ -367,7 +413,9 @@ impl Fixture {
 
     /// Issues `subject` a grant on web-1 for the fixture's glob and waits until web-1 has it.
     pub fn grant(&self, subject: &str, ttl: &str) -> anyhow::Result<String> {
-        let id = self.cluster.issue_grant(subject, "web-1", &self.glob(), ttl)?;
+        let id = self
+            .cluster
+            .issue_grant(subject, "web-1", &self.glob(), ttl)?;
         self.cluster.wait_for_grant("web-1", &id)?;
         Ok(id)
     }

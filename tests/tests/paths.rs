@@ -8,9 +8,10 @@ fn denied(f: &Fixture, path: &str, code: &str) -> anyhow::Result<String> {
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{path}: {stderr}");
     assert!(stdout.is_empty(), "{path} leaked: {stdout}");
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.denied" && e["reason_code"] == code && e["path"] == path
-    })?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == code && e["path"] == path
+        })?;
     Ok(stderr)
 }
 
@@ -93,11 +94,17 @@ fn symlink_swapped_in_during_requests_never_leaks() -> anyhow::Result<()> {
     let bad = f.logs.join("bad.tmp");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let swapper = {
-        let (stop, target, good, bad, secret) = (stop.clone(), target.clone(), good.clone(), bad.clone(), secret.clone());
+        let (stop, target, good, bad, secret) = (
+            stop.clone(),
+            target.clone(),
+            good.clone(),
+            bad.clone(),
+            secret.clone(),
+        );
         std::thread::spawn(move || -> std::io::Result<()> {
             let mut n = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     std::fs::write(&good, "harmless\n")?;
                     std::fs::rename(&good, &target)?;
                 } else {

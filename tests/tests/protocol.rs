@@ -51,7 +51,9 @@ async fn send_raw(f: &Fixture, body: Vec<u8>) -> Result<Vec<Vec<u8>>, Status> {
         cert: pki.join("users/alice.crt"),
         key: pki.join("users/alice.key"),
     };
-    let tls = files.client_config("web-1").map_err(|e| Status::internal(e.to_string()))?;
+    let tls = files
+        .client_config("web-1")
+        .map_err(|e| Status::internal(e.to_string()))?;
     let channel = Endpoint::from_shared(format!("https://{}", f.cluster.agent_addr("web-1")))
         .map_err(|e| Status::internal(e.to_string()))?
         .tls_config(tls)
@@ -60,7 +62,9 @@ async fn send_raw(f: &Fixture, body: Vec<u8>) -> Result<Vec<Vec<u8>>, Status> {
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
     let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| Status::internal(e.to_string()))?;
+    grpc.ready()
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/loggate.v1.Agent/ReadLog");
     let mut stream = grpc
         .server_streaming(tonic::Request::new(body), path, RawCodec)
@@ -75,7 +79,11 @@ async fn send_raw(f: &Fixture, body: Vec<u8>) -> Result<Vec<Vec<u8>>, Status> {
 
 fn still_serves(f: &Fixture) -> anyhow::Result<()> {
     let out = f.logs("alice", &["cat", &f.api_log()])?;
-    assert!(out.status.success(), "agent stopped serving: {}", text(&out).1);
+    assert!(
+        out.status.success(),
+        "agent stopped serving: {}",
+        text(&out).1
+    );
     Ok(())
 }
 
@@ -87,11 +95,18 @@ async fn malformed_protobuf_gets_an_error_and_the_agent_keeps_serving() -> anyho
         Ok(f)
     })
     .await??;
-    for garbage in [vec![0xff; 16], vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f], vec![0x12, 0x05, b'a']] {
+    for garbage in [
+        vec![0xff; 16],
+        vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f],
+        vec![0x12, 0x05, b'a'],
+    ] {
         let result = send_raw(&f, garbage.clone()).await;
         let status = result.expect_err("garbage was accepted");
         assert!(
-            matches!(status.code(), tonic::Code::Internal | tonic::Code::InvalidArgument),
+            matches!(
+                status.code(),
+                tonic::Code::Internal | tonic::Code::InvalidArgument
+            ),
             "{garbage:?}: {status:?}"
         );
     }
@@ -117,9 +132,14 @@ async fn oversized_request_gets_an_error_and_the_agent_keeps_serving() -> anyhow
     }
     body.push(len as u8);
     body.extend(std::iter::repeat_n(b'a', 200 * 1024));
-    let status = send_raw(&f, body).await.expect_err("oversized request was accepted");
+    let status = send_raw(&f, body)
+        .await
+        .expect_err("oversized request was accepted");
     assert!(
-        matches!(status.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument),
+        matches!(
+            status.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
+        ),
         "{status:?}"
     );
     let f = tokio::task::spawn_blocking(move || still_serves(&f).map(|_| f)).await??;
@@ -142,14 +162,18 @@ async fn oversized_grep_pattern_and_bad_mode_are_refused() -> anyhow::Result<()>
         pattern: "a".repeat(5000),
         ..Default::default()
     };
-    let status = send_raw(&f, long.encode_to_vec()).await.expect_err("long pattern accepted");
+    let status = send_raw(&f, long.encode_to_vec())
+        .await
+        .expect_err("long pattern accepted");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     let bad_mode = loggate_proto::ReadLogRequest {
         path: f.api_log(),
         mode: 42,
         ..Default::default()
     };
-    let status = send_raw(&f, bad_mode.encode_to_vec()).await.expect_err("bad mode accepted");
+    let status = send_raw(&f, bad_mode.encode_to_vec())
+        .await
+        .expect_err("bad mode accepted");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     let f = tokio::task::spawn_blocking(move || still_serves(&f).map(|_| f)).await??;
     drop(f);

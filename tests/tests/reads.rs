@@ -5,9 +5,10 @@ use loggate_tests::{text, Fixture};
 use std::time::Duration;
 
 fn denial_of(f: &Fixture, code: &str) -> anyhow::Result<serde_json::Value> {
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.denied" && e["reason_code"] == code
-    })
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == code
+        })
 }
 
 #[test]
@@ -18,16 +19,27 @@ fn happy_path_cat_prints_the_file_and_is_audited_before_and_after() -> anyhow::R
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, std::fs::read_to_string(f.api_log())?);
-    let finished = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.finished" && e["grant_id"] == grant.as_str()
-    })?;
+    let finished = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["grant_id"] == grant.as_str()
+        })?;
     assert_eq!(finished["bytes"], stdout.len() as u64);
     assert_eq!(finished["end_reason"], "eof");
     let audit = f.cluster.agent_audit("web-1");
-    let allowed = audit.iter().position(|e| e["event"] == "read.allowed").unwrap();
-    let done = audit.iter().position(|e| e["event"] == "read.finished").unwrap();
+    let allowed = audit
+        .iter()
+        .position(|e| e["event"] == "read.allowed")
+        .unwrap();
+    let done = audit
+        .iter()
+        .position(|e| e["event"] == "read.finished")
+        .unwrap();
     assert!(allowed < done);
-    assert_eq!(audit[allowed]["subject"], "spiffe://loggate.local/user/alice");
+    assert_eq!(
+        audit[allowed]["subject"],
+        "spiffe://loggate.local/user/alice"
+    );
     Ok(())
 }
 
@@ -41,9 +53,19 @@ fn tail_grep_and_time_range_select_lines_on_the_agent() -> anyhow::Result<()> {
     assert_eq!(grep.lines().count(), 3, "{grep}");
     let (range, _) = text(&f.logs(
         "alice",
-        &["cat", "--since", "2026-11-27T07:10:00Z", "--until", "2026-11-27T07:12:00Z", &f.api_log()],
+        &[
+            "cat",
+            "--since",
+            "2026-11-27T07:10:00Z",
+            "--until",
+            "2026-11-27T07:12:00Z",
+            &f.api_log(),
+        ],
     )?);
-    assert_eq!(range, "2026-11-27T07:10:00Z INFO line 10\n2026-11-27T07:11:00Z INFO line 11\n");
+    assert_eq!(
+        range,
+        "2026-11-27T07:10:00Z INFO line 10\n2026-11-27T07:11:00Z INFO line 11\n"
+    );
     let bad = f.logs("alice", &["grep", "(unclosed", &f.api_log()])?;
     assert!(!bad.status.success());
     assert!(text(&bad).1.contains("grep pattern"), "{}", text(&bad).1);
@@ -58,7 +80,18 @@ fn follow_streams_appended_lines() -> anyhow::Result<()> {
     let child = f
         .cluster
         .cli("alice")
-        .args(["logs", "tail", "-n", "1", "--follow", "--host", "web-1", "--agent-addr", &addr, &f.api_log()])
+        .args([
+            "logs",
+            "tail",
+            "-n",
+            "1",
+            "--follow",
+            "--host",
+            "web-1",
+            "--agent-addr",
+            &addr,
+            &f.api_log(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
@@ -110,9 +143,21 @@ fn alice_is_denied_on_another_host() -> anyhow::Result<()> {
         .to_string();
     let token_file = f.cluster.dir.join("web2.token");
     std::fs::write(&token_file, token)?;
-    let out = f.logs("alice", &["cat", "--grant-token", token_file.to_str().unwrap(), &f.api_log()])?;
+    let out = f.logs(
+        "alice",
+        &[
+            "cat",
+            "--grant-token",
+            token_file.to_str().unwrap(),
+            &f.api_log(),
+        ],
+    )?;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("does not cover host web-1"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("does not cover host web-1"),
+        "{}",
+        text(&out).1
+    );
     Ok(())
 }
 
@@ -125,7 +170,10 @@ fn grant_for_another_path_glob_is_denied() -> anyhow::Result<()> {
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out).1;
-    assert!(stderr.contains(&format!("grant {id} covers {other}, not")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("grant {id} covers {other}, not")),
+        "{stderr}"
+    );
     denial_of(&f, "path_not_covered")?;
     Ok(())
 }
@@ -140,9 +188,10 @@ fn expired_grant_is_denied_with_how_long_ago() -> anyhow::Result<()> {
     let stderr = text(&out).1;
     assert!(stderr.contains(&format!("grant {id} expired")), "{stderr}");
     assert!(stderr.contains("request a new one"), "{stderr}");
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "grant.expired" && e["grant_id"] == id.as_str()
-    })?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "grant.expired" && e["grant_id"] == id.as_str()
+        })?;
     Ok(())
 }
 
@@ -151,15 +200,39 @@ fn not_yet_valid_grant_is_denied() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     let out = f.cluster.run_cli(
         "admin",
-        &["grant", "issue", "--subject", "alice", "--host", "web-1", "--path", &f.glob(), "--ttl", "1h",
-          "--start-in", "2h", "--reason", "LATER", "--redaction", "raw", "--json"],
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "alice",
+            "--host",
+            "web-1",
+            "--path",
+            &f.glob(),
+            "--ttl",
+            "1h",
+            "--start-in",
+            "2h",
+            "--reason",
+            "LATER",
+            "--redaction",
+            "raw",
+            "--json",
+        ],
     )?;
     assert!(out.status.success(), "{}", text(&out).1);
-    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout)?["id"].as_str().unwrap().to_string();
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout)?["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     f.cluster.wait_for_grant("web-1", &id)?;
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("is not valid yet"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("is not valid yet"),
+        "{}",
+        text(&out).1
+    );
     denial_of(&f, "grant_not_yet_valid")?;
     Ok(())
 }
@@ -168,14 +241,23 @@ fn not_yet_valid_grant_is_denied() -> anyhow::Result<()> {
 fn revoked_grant_is_denied_and_revocation_is_audited() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     let id = f.grant("alice", "30m")?;
-    let out = f.cluster.run_cli("admin", &["grant", "revoke", &id, "--reason", "done"])?;
+    let out = f
+        .cluster
+        .run_cli("admin", &["grant", "revoke", &id, "--reason", "done"])?;
     assert!(out.status.success(), "{}", text(&out).1);
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "grant.revoked" && e["grant_id"] == id.as_str()
-    })?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "grant.revoked" && e["grant_id"] == id.as_str()
+        })?;
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("was revoked by spiffe://loggate.local/user/admin"), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("was revoked by spiffe://loggate.local/user/admin"),
+        "{}",
+        text(&out).1
+    );
     Ok(())
 }
 
@@ -184,20 +266,52 @@ fn only_admins_issue_grants() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     let out = f.cluster.run_cli(
         "alice",
-        &["grant", "issue", "--subject", "alice", "--host", "web-1", "--path", &f.glob(), "--ttl", "1h", "--reason", "x"],
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "alice",
+            "--host",
+            "web-1",
+            "--path",
+            &f.glob(),
+            "--ttl",
+            "1h",
+            "--reason",
+            "x",
+        ],
     )?;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("is not a loggate admin"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("is not a loggate admin"),
+        "{}",
+        text(&out).1
+    );
     Ok(())
 }
 
 #[test]
 fn grant_issue_refuses_bad_input_with_a_clear_error() -> anyhow::Result<()> {
     let f = Fixture::start()?;
-    let base = ["grant", "issue", "--subject", "alice", "--host", "web-1", "--reason", "x"];
+    let base = [
+        "grant",
+        "issue",
+        "--subject",
+        "alice",
+        "--host",
+        "web-1",
+        "--reason",
+        "x",
+    ];
     for (extra, expect) in [
-        (vec!["--path", "relative/*.log", "--ttl", "1h"], "must be absolute"),
-        (vec!["--path", "/var/log/../etc/*", "--ttl", "1h"], "must be absolute and free of '..'"),
+        (
+            vec!["--path", "relative/*.log", "--ttl", "1h"],
+            "must be absolute",
+        ),
+        (
+            vec!["--path", "/var/log/../etc/*", "--ttl", "1h"],
+            "must be absolute and free of '..'",
+        ),
         (vec!["--path", "/var/log/*.log", "--ttl", "100h"], "max_ttl"),
     ] {
         let mut args: Vec<&str> = base.to_vec();

@@ -14,7 +14,11 @@ fn agent_restart_keeps_grants() -> anyhow::Result<()> {
     f.cluster.start_agent("web-1")?;
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert!(out.status.success(), "{}", text(&out).1);
-    let started = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| e["event"] == "agent.started" && e["grants_loaded"] == 1)?;
+    let started = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "agent.started" && e["grants_loaded"] == 1
+        })?;
     assert_eq!(started["grants_loaded"], 1);
     Ok(())
 }
@@ -26,9 +30,10 @@ fn controller_down_agent_still_serves_and_still_expires() -> anyhow::Result<()> 
     f.cluster.stop_controller();
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert!(out.status.success(), "{}", text(&out).1);
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(6), |e| {
-        e["event"] == "grant.expired" && e["grant_id"] == id.as_str()
-    })?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(6), |e| {
+            e["event"] == "grant.expired" && e["grant_id"] == id.as_str()
+        })?;
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out).1.contains("expired"), "{}", text(&out).1);

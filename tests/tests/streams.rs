@@ -8,7 +8,16 @@ fn follow(f: &Fixture) -> anyhow::Result<std::process::Child> {
     let addr = f.cluster.agent_addr("web-1");
     Ok(f.cluster
         .cli("alice")
-        .args(["logs", "tail", "--follow", "--host", "web-1", "--agent-addr", &addr, &f.api_log()])
+        .args([
+            "logs",
+            "tail",
+            "--follow",
+            "--host",
+            "web-1",
+            "--agent-addr",
+            &addr,
+            &f.api_log(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?)
@@ -32,18 +41,35 @@ fn revoked_while_streaming_cuts_the_stream() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     let id = f.grant("alice", "30m")?;
     let mut child = follow(&f)?;
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| e["event"] == "read.allowed")?;
-    let out = f.cluster.run_cli("admin", &["grant", "revoke", &id, "--reason", "incident closed"])?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed"
+        })?;
+    let out = f.cluster.run_cli(
+        "admin",
+        &["grant", "revoke", &id, "--reason", "incident closed"],
+    )?;
     assert!(out.status.success(), "{}", text(&out).1);
     let revoked_at = Instant::now();
     let took = wait_exit(&mut child, Duration::from_secs(5))?;
     let out = child.wait_with_output()?;
     let stderr = text(&out).1;
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains(&format!("grant {id} was revoked")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("grant {id} was revoked")),
+        "{stderr}"
+    );
     assert!(stderr.contains("the stream was cut"), "{stderr}");
-    assert!(took <= Duration::from_secs(2), "cut after {:?}", revoked_at.elapsed());
-    let end = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| e["event"] == "read.finished")?;
+    assert!(
+        took <= Duration::from_secs(2),
+        "cut after {:?}",
+        revoked_at.elapsed()
+    );
+    let end = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished"
+        })?;
     assert_eq!(end["end_reason"], "grant_revoked");
     Ok(())
 }
@@ -57,15 +83,28 @@ fn expiry_while_streaming_cuts_the_stream_within_a_second() -> anyhow::Result<()
     let not_after = grants[0]["not_after"].as_i64().unwrap();
     let mut child = follow(&f)?;
     wait_exit(&mut child, Duration::from_secs(10))?;
-    let ended = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    let ended = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
     let out = child.wait_with_output()?;
     let stderr = text(&out).1;
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains(&format!("grant {id} for")) && stderr.contains("expired"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("grant {id} for")) && stderr.contains("expired"),
+        "{stderr}"
+    );
     // Cut within 1 s of expiry (plus process exit), never before it.
     assert!(ended >= not_after as f64, "cut before expiry");
-    assert!(ended - (not_after as f64) < 1.5, "cut {:.2}s after expiry", ended - not_after as f64);
-    let end = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| e["event"] == "read.finished")?;
+    assert!(
+        ended - (not_after as f64) < 1.5,
+        "cut {:.2}s after expiry",
+        ended - not_after as f64
+    );
+    let end = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished"
+        })?;
     assert_eq!(end["end_reason"], "grant_expired");
     Ok(())
 }
@@ -75,10 +114,17 @@ fn concurrent_streams_per_subject_are_limited() -> anyhow::Result<()> {
     let f = Fixture::start_with("[limits]\nmax_streams_per_subject = 1")?;
     f.grant("alice", "30m")?;
     let mut child = follow(&f)?;
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| e["event"] == "read.allowed")?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed"
+        })?;
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("streams open on agent web-1"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("streams open on agent web-1"),
+        "{}",
+        text(&out).1
+    );
     let _ = child.kill();
     let _ = child.wait();
     // The slot is released when the stream ends.
@@ -88,7 +134,11 @@ fn concurrent_streams_per_subject_are_limited() -> anyhow::Result<()> {
         if out.status.success() {
             break;
         }
-        assert!(Instant::now() < deadline, "slot never released: {}", text(&out).1);
+        assert!(
+            Instant::now() < deadline,
+            "slot never released: {}",
+            text(&out).1
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())

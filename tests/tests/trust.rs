@@ -20,13 +20,22 @@ fn token_of(f: &Fixture, user: &str, id: &str) -> anyhow::Result<String> {
 }
 
 fn present(f: &Fixture, user: &str, token: &str) -> anyhow::Result<std::process::Output> {
-    let file = f.cluster.dir.join(format!("presented-{}.token", rand_suffix()));
+    let file = f
+        .cluster
+        .dir
+        .join(format!("presented-{}.token", rand_suffix()));
     std::fs::write(&file, token)?;
-    f.logs(user, &["cat", "--grant-token", file.to_str().unwrap(), &f.api_log()])
+    f.logs(
+        user,
+        &["cat", "--grant-token", file.to_str().unwrap(), &f.api_log()],
+    )
 }
 
 fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// A token for alice on web-1 signed by a key the agent has never seen.
@@ -57,8 +66,15 @@ fn grant_signed_by_an_unknown_key_is_refused() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     let out = present(&f, "alice", &foreign_token(&f)?)?;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("which this agent does not trust"), "{}", text(&out).1);
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| e["reason_code"] == "grant_unknown_key")?;
+    assert!(
+        text(&out).1.contains("which this agent does not trust"),
+        "{}",
+        text(&out).1
+    );
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["reason_code"] == "grant_unknown_key"
+        })?;
     Ok(())
 }
 
@@ -74,8 +90,15 @@ fn forged_signature_is_refused() -> anyhow::Result<()> {
     let (body, _) = forged.rsplit_once('.').unwrap();
     let out = present(&f, "alice", &format!("{body}.{trusted_footer}"))?;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("signature is invalid"), "{}", text(&out).1);
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| e["reason_code"] == "grant_bad_signature")?;
+    assert!(
+        text(&out).1.contains("signature is invalid"),
+        "{}",
+        text(&out).1
+    );
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["reason_code"] == "grant_bad_signature"
+        })?;
     Ok(())
 }
 
@@ -87,8 +110,15 @@ fn grant_bound_to_another_key_is_refused() -> anyhow::Result<()> {
     let stolen = token_of(&f, "admin", &id)?;
     let out = present(&f, "alice", &stolen)?;
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out).1.contains("bound to another certificate key"), "{}", text(&out).1);
-    f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| e["reason_code"] == "grant_bound_to_another_key")?;
+    assert!(
+        text(&out).1.contains("bound to another certificate key"),
+        "{}",
+        text(&out).1
+    );
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["reason_code"] == "grant_bound_to_another_key"
+        })?;
     Ok(())
 }
 
@@ -103,12 +133,19 @@ fn pushed_grant_with_unknown_key_is_rejected_on_receipt() -> anyhow::Result<()> 
     let foreign_pub = stranger.dir.join("pki/grant-signing.pub");
     other.add_agent("web-1", &[&logs], "")?;
     let config = other.agents["web-1"].config.clone();
-    let text_cfg = std::fs::read_to_string(&config)?
-        .replace("\"../../pki/grant-signing.pub\"", &format!("{:?}", foreign_pub.display().to_string()));
+    let text_cfg = std::fs::read_to_string(&config)?.replace(
+        "\"../../pki/grant-signing.pub\"",
+        &format!("{:?}", foreign_pub.display().to_string()),
+    );
     std::fs::write(&config, text_cfg)?;
     other.start_controller()?;
     other.start_agent("web-1")?;
-    let id = other.issue_grant("alice", "web-1", &format!("{}/*.log", logs.display()), "30m")?;
+    let id = other.issue_grant(
+        "alice",
+        "web-1",
+        &format!("{}/*.log", logs.display()),
+        "30m",
+    )?;
     let rejected = other.wait_for_audit("web-1", Duration::from_secs(10), |e| {
         e["event"] == "grant.rejected" && e["grant_id"] == id.as_str()
     })?;
@@ -116,11 +153,20 @@ fn pushed_grant_with_unknown_key_is_rejected_on_receipt() -> anyhow::Result<()> 
     Ok(())
 }
 
-fn client_config_with(f: &Fixture, name: &str, ca: &str, cert: &str, key: &str) -> anyhow::Result<std::path::PathBuf> {
+fn client_config_with(
+    f: &Fixture,
+    name: &str,
+    ca: &str,
+    cert: &str,
+    key: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let path = f.cluster.dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
-        format!("controller = \"{}\"\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n", f.cluster.controller_addr),
+        format!(
+            "controller = \"{}\"\n[tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+            f.cluster.controller_addr
+        ),
     )?;
     Ok(path)
 }
@@ -128,7 +174,15 @@ fn client_config_with(f: &Fixture, name: &str, ca: &str, cert: &str, key: &str) 
 fn read_with_config(f: &Fixture, config: &std::path::Path) -> anyhow::Result<std::process::Output> {
     Ok(Command::new(f.cluster.bins.join("loggate"))
         .env("LOGGATE_CONFIG", config)
-        .args(["logs", "cat", "--host", "web-1", "--agent-addr", &f.cluster.agent_addr("web-1"), &f.api_log()])
+        .args([
+            "logs",
+            "cat",
+            "--host",
+            "web-1",
+            "--agent-addr",
+            &f.cluster.agent_addr("web-1"),
+            &f.api_log(),
+        ])
         .output()?)
 }
 
@@ -140,15 +194,28 @@ fn certificate_from_another_ca_is_rejected() -> anyhow::Result<()> {
     let p = |s: &str| other.dir.join("pki").join(s).display().to_string();
     let ours = f.cluster.dir.join("pki/ca.crt").display().to_string();
     // Trusts the real CA but presents an "alice" certificate from another CA.
-    let config = client_config_with(&f, "impostor", &ours, &p("users/alice.crt"), &p("users/alice.key"))?;
+    let config = client_config_with(
+        &f,
+        "impostor",
+        &ours,
+        &p("users/alice.crt"),
+        &p("users/alice.key"),
+    )?;
     let out = read_with_config(&f, &config)?;
     let (stdout, stderr) = text(&out);
     // TLS 1.3 clients learn of the refusal as an alert or as a closed connection, whichever
     // arrives first; both must end the command with nothing served.
     assert!(!out.status.success(), "{stderr}");
     assert!(stdout.is_empty());
-    assert!(stderr.contains("agent web-1") && stderr.contains("certificate"), "{stderr}");
-    assert!(!f.cluster.agent_audit("web-1").iter().any(|e| e["event"] == "read.allowed"));
+    assert!(
+        stderr.contains("agent web-1") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    assert!(!f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .any(|e| e["event"] == "read.allowed"));
     Ok(())
 }
 
@@ -159,14 +226,25 @@ fn expired_client_certificate_is_rejected() -> anyhow::Result<()> {
     let out = Command::new(f.cluster.bins.join("loggate"))
         .args(["pki", "issue"])
         .arg(&pki)
-        .args(["--user", "carol", "--valid-from", "2020-01-01T00:00:00Z", "--valid-until", "2020-01-02T00:00:00Z"])
+        .args([
+            "--user",
+            "carol",
+            "--valid-from",
+            "2020-01-01T00:00:00Z",
+            "--valid-until",
+            "2020-01-02T00:00:00Z",
+        ])
         .output()?;
     assert!(out.status.success(), "{}", text(&out).1);
     let out = read_with_config(&f, &pki.join("clients/carol.toml"))?;
     assert!(!out.status.success());
     assert!(text(&out).1.contains("certificate"), "{}", text(&out).1);
     assert!(text(&out).0.is_empty());
-    assert!(!f.cluster.agent_audit("web-1").iter().any(|e| e["event"] == "read.allowed"));
+    assert!(!f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .any(|e| e["event"] == "read.allowed"));
     Ok(())
 }
 
@@ -177,8 +255,11 @@ async fn missing_client_certificate_is_rejected() -> anyhow::Result<()> {
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
         .domain_name("web-1");
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{}", f.cluster.agent_addr("web-1")))?
-        .tls_config(tls)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!(
+        "https://{}",
+        f.cluster.agent_addr("web-1")
+    ))?
+    .tls_config(tls)?;
     let result = async {
         let channel = endpoint.connect().await?;
         let mut client = loggate_proto::agent_client::AgentClient::new(channel);
@@ -202,9 +283,19 @@ async fn missing_client_certificate_is_rejected() -> anyhow::Result<()> {
 fn agent_certificate_cannot_read_logs_or_issue_grants() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     let p = |s: &str| f.cluster.dir.join("pki").join(s).display().to_string();
-    let config = client_config_with(&f, "as-agent", &p("ca.crt"), &p("agents/web-2.crt"), &p("agents/web-2.key"))?;
+    let config = client_config_with(
+        &f,
+        "as-agent",
+        &p("ca.crt"),
+        &p("agents/web-2.crt"),
+        &p("agents/web-2.key"),
+    )?;
     let out = read_with_config(&f, &config)?;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
-    assert!(text(&out).1.contains("is for user identities"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("is for user identities"),
+        "{}",
+        text(&out).1
+    );
     Ok(())
 }

@@ -47,7 +47,15 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     println!("working folder: {}", dir.display());
 
     step("A development PKI (loggate pki init)");
-    for line in ["ca.crt", "controller.crt", "agents/web-1.crt", "users/admin.crt", "users/alice.crt", "users/bob.crt", "grant-signing.key"] {
+    for line in [
+        "ca.crt",
+        "controller.crt",
+        "agents/web-1.crt",
+        "users/admin.crt",
+        "users/alice.crt",
+        "users/bob.crt",
+        "grant-signing.key",
+    ] {
         println!("  {}", dir.join("pki").join(line).display());
     }
 
@@ -61,41 +69,84 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     cluster.start_controller()?;
     println!("  controller on {}", cluster.controller_addr);
     cluster.start_agent("web-1")?;
-    println!("  agent web-1 on {}, serving only {}", cluster.agent_addr("web-1"), logs.display());
+    println!(
+        "  agent web-1 on {}, serving only {}",
+        cluster.agent_addr("web-1"),
+        logs.display()
+    );
 
     let glob = format!("{}/*.log", logs.display());
     step("admin issues alice a 30-minute grant for the app logs");
-    let args = ["grant", "issue", "--subject", "alice", "--host", "web-1", "--path", &glob, "--ttl", "30m", "--reason", "INC-42", "--redaction", "raw"];
+    let args = [
+        "grant",
+        "issue",
+        "--subject",
+        "alice",
+        "--host",
+        "web-1",
+        "--path",
+        &glob,
+        "--ttl",
+        "30m",
+        "--reason",
+        "INC-42",
+        "--redaction",
+        "raw",
+    ];
     let out = cluster.run_cli("admin", &args)?;
     show(&format!("loggate grant issue --subject alice --host web-1 --path '{glob}' --ttl 30m --reason INC-42 --redaction raw"), &out);
-    let grant_id = String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    let grant_id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     cluster.wait_for_grant("web-1", &grant_id)?;
     println!("(the controller pushed the signed grant to web-1 over its WatchGrants stream)");
 
     let api = format!("{}/api.log", logs.display());
     step("alice reads the log through the gate");
-    let out = cluster.run_cli("alice", &["logs", "tail", "-n", "5", "--host", "web-1", &api])?;
+    let out = cluster.run_cli(
+        "alice",
+        &["logs", "tail", "-n", "5", "--host", "web-1", &api],
+    )?;
     show(&format!("loggate logs tail -n 5 --host web-1 {api}"), &out);
     let out = cluster.run_cli("alice", &["logs", "grep", "--host", "web-1", "ERROR", &api])?;
     show(&format!("loggate logs grep --host web-1 ERROR {api}"), &out);
-    let out = cluster.run_cli("alice", &["logs", "cat", "--host", "web-1", "--since", "2026-11-27T07:17:00Z", &api])?;
-    show(&format!("loggate logs cat --host web-1 --since 2026-11-27T07:17:00Z {api}"), &out);
+    let out = cluster.run_cli(
+        "alice",
+        &[
+            "logs",
+            "cat",
+            "--host",
+            "web-1",
+            "--since",
+            "2026-11-27T07:17:00Z",
+            &api,
+        ],
+    )?;
+    show(
+        &format!("loggate logs cat --host web-1 --since 2026-11-27T07:17:00Z {api}"),
+        &out,
+    );
 
     step("bob has no grant: denied, and the denial is audited");
     let out = cluster.run_cli("bob", &["logs", "cat", "--host", "web-1", &api])?;
-    show(&format!("loggate logs cat --host web-1 {api}   # as bob"), &out);
+    show(
+        &format!("loggate logs cat --host web-1 {api}   # as bob"),
+        &out,
+    );
 
     step("alice tries to leave the root: denied");
     let out = cluster.run_cli("alice", &["logs", "cat", "--host", "web-1", "/etc/passwd"])?;
     show("loggate logs cat --host web-1 /etc/passwd", &out);
 
-    step("A 6-second grant: alice follows the log; the agent cuts the stream when the grant expires");
-    let short = cluster.issue_grant("alice", "web-1", &format!("{}/worker.log", logs.display()), "6s")?;
-    cluster.wait_for_grant("web-1", &short)?;
+    step("bob gets a 6-second grant and follows a log; the agent cuts the stream when it expires");
     let worker = format!("{}/worker.log", logs.display());
-    println!("$ loggate logs tail --follow --host web-1 {worker}");
+    let short = cluster.issue_grant("bob", "web-1", &worker, "6s")?;
+    cluster.wait_for_grant("web-1", &short)?;
+    println!("$ loggate logs tail --follow --host web-1 {worker}   # as bob");
     let mut follow = cluster
-        .cli("alice")
+        .cli("bob")
         .args(["logs", "tail", "--follow", "--host", "web-1", &worker])
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
@@ -110,24 +161,49 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
 
     step("The agent's audit trail (one JSON line per decision, hash-chained)");
     for e in cluster.agent_audit("web-1") {
-        let subject = e["subject"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("");
+        let subject = e["subject"]
+            .as_str()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("");
         println!(
             "  seq={:<3} {:<15} {:<6} {:<20} {}",
             e["seq"],
             e["event"].as_str().unwrap_or(""),
             subject,
             e["grant_id"].as_str().unwrap_or(""),
-            e["reason"].as_str().or(e["end_reason"].as_str()).unwrap_or("")
+            e["reason"]
+                .as_str()
+                .or(e["end_reason"].as_str())
+                .unwrap_or("")
         );
     }
-    println!("  full records: {}", dir.join("agents/web-1/audit.jsonl").display());
+    println!(
+        "  full records: {}",
+        dir.join("agents/web-1/audit.jsonl").display()
+    );
 
     if keep.is_some() {
         step("Everything is kept; to start it again by hand:");
-        println!("  {}/loggate controller serve --config {}", cluster.bins.display(), cluster.controller_config.display());
-        println!("  {}/loggate-agent run --config {}", cluster.bins.display(), dir.join("agents/web-1/agent.toml").display());
-        println!("  export LOGGATE_CONFIG={}   # act as alice", cluster.client_config("alice").display());
-        println!("  {}/loggate logs cat --host web-1 {api}", cluster.bins.display());
+        println!(
+            "  {}/loggate controller serve --config {}",
+            cluster.bins.display(),
+            cluster.controller_config.display()
+        );
+        println!(
+            "  {}/loggate-agent run --config {}",
+            cluster.bins.display(),
+            dir.join("agents/web-1/agent.toml").display()
+        );
+        println!(
+            "  export LOGGATE_CONFIG={}   # act as alice",
+            cluster.client_config("alice").display()
+        );
+        println!(
+            "  {}/loggate logs cat --host web-1 {api}",
+            cluster.bins.display()
+        );
     }
     step("Stopping everything the demo started");
     drop(cluster);

@@ -53,9 +53,21 @@ fn test() -> anyhow::Result<()> {
     // The tests need only the Rust toolchain today; system packages the later parts need
     // (clang for eBPF, rsyslog for the SIEM tests) are installed here when missing.
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
-    run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    run(cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("LOGGATE_BIN_DIR", target.join("debug")))?;
     Ok(())
 }
 
