@@ -138,7 +138,21 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ReadLogRequest>,
     ) -> Result<Response<Self::ReadLogStream>, Status> {
-        let reader = peer_identity(&request, &self.shared.config.trust_domain, Role::User)?;
+        let reader = match peer_identity(&request, &self.shared.config.trust_domain, Role::User) {
+            Ok(reader) => reader,
+            Err(status) => {
+                // A certificate from our CA but of the wrong kind (an agent's, say): refused and
+                // audited. Certificates from elsewhere never get past the TLS handshake.
+                let audited = self.shared.audit(
+                    "read.denied",
+                    audit_fields!(
+                        "subject" => Option::<String>::None, "path" => request.get_ref().path.clone(),
+                        "reason_code" => "identity_refused", "reason" => status.message(),
+                    ),
+                );
+                return Err(audited.map(|_| status).unwrap_or_else(audit_unavailable));
+            }
+        };
         let req = request.into_inner();
         let limits = &self.shared.config.limits;
         let mode = pb::ReadMode::try_from(req.mode)

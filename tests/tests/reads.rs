@@ -322,3 +322,85 @@ fn grant_issue_refuses_bad_input_with_a_clear_error() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn agent_address_comes_from_the_controller_registry_and_json_output_is_one_object_per_line(
+) -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    // No --agent-addr: the CLI asks the controller where web-1 is.
+    let out = f.cluster.run_cli(
+        "alice",
+        &[
+            "logs",
+            "tail",
+            "-n",
+            "2",
+            "--host",
+            "web-1",
+            "--output",
+            "json",
+            &f.api_log(),
+        ],
+    )?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["line"], "2026-11-27T07:49:00Z INFO line 49");
+    assert_eq!(lines[1]["host"], "web-1");
+    assert_eq!(lines[1]["path"], f.api_log());
+    // An agent the controller never heard of gets a clear error.
+    let out = f
+        .cluster
+        .run_cli("alice", &["logs", "cat", "--host", "db-9", &f.api_log()])?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .1
+            .contains("agent db-9 has never contacted the controller"),
+        "{}",
+        text(&out).1
+    );
+    Ok(())
+}
+
+#[test]
+fn grant_list_shows_people_only_their_own_grants() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let a = f.grant("alice", "30m")?;
+    let b = f.grant("bob", "30m")?;
+    let ids = |user: &str| -> anyhow::Result<Vec<String>> {
+        let out = f.cluster.run_cli(user, &["grant", "list", "--json"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["id"].as_str().map(String::from))
+            .collect())
+    };
+    assert_eq!(ids("alice")?, vec![a.clone()]);
+    assert_eq!(ids("bob")?, vec![b.clone()]);
+    let mut all = ids("admin")?;
+    all.sort();
+    let mut expected = vec![a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(all, expected);
+    // alice may revoke her own grant, not bob's.
+    let out = f.cluster.run_cli("alice", &["grant", "revoke", &b])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out).1.contains("may only revoke their own grants"),
+        "{}",
+        text(&out).1
+    );
+    let out = f
+        .cluster
+        .run_cli("alice", &["grant", "revoke", &a, "--reason", "done early"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(ids("alice")?.is_empty());
+    Ok(())
+}
