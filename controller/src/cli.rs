@@ -418,3 +418,26 @@ fn flush_output(
     pending.drain(..end);
     out.flush()
 }
+
+/// `loggate audit verify FILE`.
+pub fn audit_verify(path: &std::path::Path) -> CliResult {
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match loggate_core::audit::verify_chain(std::io::BufReader::new(file)) {
+        Ok(s) => {
+            println!(
+                "ok: {} records, seq {}..{}, head {}",
+                s.records, s.first_seq, s.last_seq, s.head
+            );
+            eprintln!(
+                "warning: this audit file has no signed checkpoints yet, so truncation of its \
+                 end or a rewrite of the whole file cannot be detected from the file alone"
+            );
+            Ok(())
+        }
+        Err(broken) => Err(Failure {
+            code: 5,
+            message: format!("{}: chain broken at {broken}", path.display()),
+        }),
+    }
+}

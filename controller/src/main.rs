@@ -19,7 +19,8 @@ use std::process::ExitCode;
 ///
 /// People read logs with `loggate logs …` using their client certificate; admins issue and
 /// revoke grants with `loggate grant …`; the controller runs as `loggate controller serve`.
-/// Exit codes: 0 ok, 1 error, 2 bad usage, 3 access denied, 4 stream ended by the agent.
+/// Exit codes: 0 ok, 1 error, 2 bad usage, 3 access denied, 4 stream ended by the agent,
+/// 5 audit verification failed.
 #[derive(Parser)]
 #[command(name = "loggate", version, propagate_version = true)]
 struct Cli {
@@ -43,6 +44,19 @@ enum Command {
     Logs(LogsCommand),
     /// Show who the controller thinks you are (and enrol your certificate key).
     Whoami(ClientOpts),
+    /// Check audit files.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify an audit file's hash chain. Exit 0 when it holds; exit 5 and the first broken
+    /// line otherwise.
+    Verify {
+        /// The audit file (JSON lines), e.g. an agent's audit.jsonl.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -206,6 +220,7 @@ async fn run(cli: Cli) -> CliResult {
             .await
             .map_err(|e| Failure::from(format!("{e:#}"))),
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
+        Command::Audit(AuditCommand::Verify { file }) => cli::audit_verify(&file),
         Command::Grant(GrantCommand::Issue {
             subject,
             hosts,

@@ -73,3 +73,40 @@ fn agent_down_while_grants_are_issued_catches_up_on_start() -> anyhow::Result<()
     assert!(out.status.success(), "{}", text(&out).1);
     Ok(())
 }
+
+#[test]
+fn audit_verify_accepts_the_agents_file_and_names_the_first_tampered_line() -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    f.logs("alice", &["cat", &f.api_log()])?;
+    f.logs("bob", &["cat", &f.api_log()])?;
+    f.cluster.stop_agent("web-1");
+    let audit = f.cluster.agents["web-1"].dir.join("audit.jsonl");
+    let verify = |path: &std::path::Path| {
+        f.cluster.run_cli(
+            "alice",
+            &["audit", "verify", path.to_str().unwrap_or_default()],
+        )
+    };
+    let out = verify(&audit)?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.starts_with("ok: "), "{}", text(&out).0);
+    // Turn bob's denial into an allowed read.
+    let original = std::fs::read_to_string(&audit)?;
+    let line = original
+        .lines()
+        .position(|l| l.contains("\"read.denied\""))
+        .unwrap()
+        + 1;
+    let tampered = original.replacen("\"read.denied\"", "\"read.allowed\"", 1);
+    let copy = f.cluster.dir.join("tampered.jsonl");
+    std::fs::write(&copy, tampered)?;
+    let out = verify(&copy)?;
+    assert_eq!(out.status.code(), Some(5));
+    assert!(
+        text(&out).1.contains(&format!("line {}:", line + 1)),
+        "{}",
+        text(&out).1
+    );
+    Ok(())
+}
