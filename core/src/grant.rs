@@ -12,7 +12,7 @@
 //! serves files takes a `VerifiedGrant`, never a token.
 
 use crate::identity::Identity;
-use globset::{Glob, GlobMatcher};
+use globset::{GlobBuilder, GlobMatcher};
 use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
 use pasetors::paserk::{FormatAsPaserk, Id};
 use pasetors::token::UntrustedToken;
@@ -269,7 +269,10 @@ pub fn compile_path_glob(pattern: &str) -> Result<GlobMatcher, GrantError> {
             "path glob {pattern:?} must be absolute and free of '..'"
         )));
     }
-    Glob::new(pattern)
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
         .map(|g| g.compile_matcher())
         .map_err(|e| GrantError::Malformed(format!("path glob {pattern:?}: {e}")))
 }
@@ -419,4 +422,100 @@ impl GrantVerifier {
 /// A fresh grant id: `g-` and 16 random hex digits.
 pub fn new_grant_id() -> String {
     format!("g-{}", hex::encode(rand::random::<[u8; 8]>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn star_stays_within_one_path_component_and_double_star_crosses() {
+        let g = compile_path_glob("/var/log/app/*.log").unwrap();
+        assert!(g.is_match("/var/log/app/api.log"));
+        assert!(!g.is_match("/var/log/app/sub/secret.log"));
+        assert!(!g.is_match("/var/log/app/api.log.1"));
+        let g = compile_path_glob("/var/log/app/**/*.log").unwrap();
+        assert!(g.is_match("/var/log/app/sub/deep/x.log"));
+        assert!(g.is_match("/var/log/app/x.log"));
+        let g = compile_path_glob("/var/log/app/api-?.log").unwrap();
+        assert!(!g.is_match("/var/log/app/api-/.log"));
+    }
+
+    #[test]
+    fn relative_and_dotdot_globs_are_refused() {
+        assert!(compile_path_glob("var/log/*.log").is_err());
+        assert!(compile_path_glob("/var/log/../etc/*").is_err());
+    }
+
+    fn claims(key: &str) -> GrantClaims {
+        GrantClaims {
+            jti: "g-0000000000000001".into(),
+            iss: "spiffe://t/controller".into(),
+            sub: "spiffe://t/user/alice".into(),
+            iat: 100,
+            nbf: 100,
+            exp: 200,
+            hosts: vec!["web-1".into()],
+            labels: vec!["env=prod".into()],
+            paths: vec!["/var/log/*.log".into()],
+            redaction: "default".into(),
+            reason: "r".into(),
+            approver: "spiffe://t/user/admin".into(),
+            key_sha256: key.into(),
+        }
+    }
+
+    #[test]
+    fn receipt_checks_key_signature_audience_and_expiry() {
+        let key = SigningKey::generate().unwrap();
+        let other = SigningKey::generate().unwrap();
+        let verifier =
+            GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+        let web1 = Audience {
+            agent_id: "web-1".into(),
+            labels: vec![],
+        };
+        let by_label = Audience {
+            agent_id: "db-1".into(),
+            labels: vec!["env=prod".into()],
+        };
+        let web2 = Audience {
+            agent_id: "web-2".into(),
+            labels: vec![],
+        };
+        let token = key.sign(&claims(&"ab".repeat(32))).unwrap();
+        assert!(verifier.verify_on_receipt(&token, &web1, 150).is_ok());
+        assert!(verifier.verify_on_receipt(&token, &by_label, 150).is_ok());
+        assert!(matches!(
+            verifier.verify_on_receipt(&token, &web2, 150),
+            Err(GrantError::WrongHost { .. })
+        ));
+        assert!(matches!(
+            verifier.verify_on_receipt(&token, &web1, 200),
+            Err(GrantError::Expired { .. })
+        ));
+        let foreign = other.sign(&claims(&"ab".repeat(32))).unwrap();
+        assert!(matches!(
+            verifier.verify_on_receipt(&foreign, &web1, 150),
+            Err(GrantError::UnknownKey(_))
+        ));
+        // Claims rewritten under the same signature: the binding check fails the signature.
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let forged_footer = foreign.split('.').nth(3).unwrap();
+        parts[3] = forged_footer;
+        let mixed = parts.join(".");
+        assert!(matches!(
+            verifier.verify_on_receipt(&mixed, &web1, 150),
+            Err(GrantError::UnknownKey(_))
+        ));
+        assert!(matches!(
+            verifier.verify_on_receipt("v4.public.garbage", &web1, 150),
+            Err(GrantError::Malformed(_))
+        ));
+        let huge = "v4.public.".to_string() + &"A".repeat(MAX_TOKEN_LEN);
+        assert!(matches!(
+            verifier.verify_on_receipt(&huge, &web1, 150),
+            Err(GrantError::Malformed(_))
+        ));
+    }
 }

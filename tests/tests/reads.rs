@@ -404,3 +404,20 @@ fn grant_list_shows_people_only_their_own_grants() -> anyhow::Result<()> {
     assert!(ids("alice")?.is_empty());
     Ok(())
 }
+
+#[test]
+fn star_in_a_grant_glob_does_not_reach_into_subfolders() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    let sub = f.logs.join("private");
+    std::fs::create_dir_all(&sub)?;
+    std::fs::write(sub.join("secret.log"), "not for alice\n")?;
+    let out = f.logs(
+        "alice",
+        &["cat", sub.join("secret.log").to_str().unwrap_or_default()],
+    )?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(text(&out).0.is_empty());
+    denial_of(&f, "path_not_covered")?;
+    Ok(())
+}
