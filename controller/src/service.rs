@@ -230,7 +230,10 @@ impl Controller for ControllerService {
                     let grant = match change {
                         Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
                     };
+                    // Grants that ended already are of no use to an agent catching up.
+                    let ended = grant.not_after <= unix_now();
                     if covers(grant, &req.agent_id, &req.labels)
+                        && !ended
                         && tx.send(Ok(change_event(*revision, change))).await.is_err()
                     {
                         break 'stream;
