@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::AgentConfig;
 use grants::GrantStore;
-use loggate_core::audit::AuditLog;
+use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy};
 use loggate_core::audit_fields;
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
@@ -73,7 +73,11 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             config.id
         );
     }
-    let mut audit_log = AuditLog::open(&config.audit_log, &config.id)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+    let checkpoint_key = CheckpointKey::load_or_create(&config.state_dir.join("audit-signing.key"))?;
+    let mut audit_log = AuditLog::open(&config.audit_log, &config.id)?
+        .with_checkpoints(checkpoint_key, CheckpointPolicy::default());
     let verifier = GrantVerifier::new(config.grant_keys.clone(), config.max_clock_skew);
     let audience = Audience {
         agent_id: config.id.clone(),
@@ -130,12 +134,15 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Audits grants whose end has passed, once a second, with or without the controller. Live
+/// Writes due audit checkpoints and audits grants whose end has passed, once a second, with or without the controller. Live
 /// streams cut themselves (see `stream::GrantWatch`); this keeps the store and audit trail tidy.
 async fn expire_grants(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        if let Err(e) = shared.audit_log.lock().unwrap_or_else(|p| p.into_inner()).checkpoint_if_due() {
+            tracing::error!("audit checkpoint failed: {e:#}");
+        }
         match shared.grants.sweep_expired(unix_now()) {
             Ok(expired) => {
                 for g in expired {

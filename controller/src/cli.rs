@@ -419,25 +419,36 @@ fn flush_output(
     out.flush()
 }
 
-/// `loggate audit verify FILE`.
-pub fn audit_verify(path: &std::path::Path) -> CliResult {
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    match loggate_core::audit::verify_chain(std::io::BufReader::new(file)) {
-        Ok(s) => {
-            println!(
-                "ok: {} records, seq {}..{}, head {}",
-                s.records, s.first_seq, s.last_seq, s.head
-            );
-            eprintln!(
-                "warning: this audit file has no signed checkpoints yet, so truncation of its \
-                 end or a rewrite of the whole file cannot be detected from the file alone"
-            );
-            Ok(())
-        }
-        Err(broken) => Err(Failure {
-            code: 5,
-            message: format!("{}: chain broken at {broken}", path.display()),
-        }),
+/// `loggate audit verify FILE [--key PUB]…`.
+pub fn audit_verify(path: &std::path::Path, key_files: &[PathBuf]) -> CliResult {
+    let mut keys = Vec::new();
+    for k in key_files {
+        let text = std::fs::read_to_string(k).map_err(|e| format!("cannot read {}: {e}", k.display()))?;
+        keys.push(
+            loggate_core::audit::VerifyKey::parse(&text).map_err(|e| format!("{}: {e}", k.display()))?,
+        );
     }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let s = loggate_core::audit::verify_chain(std::io::BufReader::new(file), &keys).map_err(|broken| Failure {
+        code: 5,
+        message: format!("{}: chain broken at {broken}", path.display()),
+    })?;
+    println!(
+        "ok: {} records, seq {}..{}, head {}; {} checkpoints, sealed through seq {}",
+        s.records, s.first_seq, s.last_seq, s.head, s.checkpoints, s.sealed_through
+    );
+    if !s.signatures_checked && s.checkpoints > 0 {
+        eprintln!("warning: checkpoint signatures were not checked; pass the writer's public key with --key");
+    }
+    if s.last_seq > s.sealed_through {
+        eprintln!(
+            "warning: {} records after the last checkpoint are not sealed yet",
+            s.last_seq - s.sealed_through
+        );
+    }
+    eprintln!(
+        "note: truncation of the end or a re-signed rewrite of the whole file can only be detected \
+         against checkpoints kept off this host"
+    );
+    Ok(())
 }

@@ -56,6 +56,10 @@ enum AuditCommand {
     Verify {
         /// The audit file (JSON lines), e.g. an agent's audit.jsonl.
         file: PathBuf,
+        /// The writer's checkpoint public key file (e.g. the agent's
+        /// `state/audit-signing.key.pub`); repeatable. Without it signatures are not checked.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
     },
 }
 
@@ -220,7 +224,7 @@ async fn run(cli: Cli) -> CliResult {
             .await
             .map_err(|e| Failure::from(format!("{e:#}"))),
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
-        Command::Audit(AuditCommand::Verify { file }) => cli::audit_verify(&file),
+        Command::Audit(AuditCommand::Verify { file, keys }) => cli::audit_verify(&file, &keys),
         Command::Grant(GrantCommand::Issue {
             subject,
             hosts,

@@ -9,13 +9,19 @@
 //! Fail closed: `append` returns an error when the line could not be written *and* synced; callers
 //! must then refuse the action (no bytes are served without their audit record on disk).
 
+mod checkpoint;
+mod verify;
+
+pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
+pub use verify::{verify_chain, ChainBreak, ChainSummary};
+
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 /// The longest line we look back for when recovering the chain head at start.
 const MAX_LINE: u64 = 1 << 20;
@@ -35,6 +41,14 @@ pub struct AuditLog {
     next_seq: u64,
     prev: String,
     host: String,
+    checkpoints: Option<Checkpoints>,
+}
+
+struct Checkpoints {
+    key: CheckpointKey,
+    policy: CheckpointPolicy,
+    since_last: u64,
+    last: Instant,
 }
 
 impl AuditLog {
@@ -97,6 +111,7 @@ impl AuditLog {
             next_seq,
             prev,
             host: host.to_string(),
+            checkpoints: None,
         };
         if torn_bytes > 0 {
             log.append(
@@ -111,11 +126,70 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends one event and syncs it to disk. Returns its sequence number.
+    /// Signs a checkpoint with `key` after every `policy.every` records or `policy.interval`
+    /// (see [`AuditLog::checkpoint_if_due`]).
+    pub fn with_checkpoints(mut self, key: CheckpointKey, policy: CheckpointPolicy) -> Self {
+        self.checkpoints = Some(Checkpoints {
+            key,
+            policy,
+            since_last: 0,
+            last: Instant::now(),
+        });
+        self
+    }
+
+    /// Appends one event and syncs it to disk. Returns its sequence number. A checkpoint
+    /// follows when `policy.every` records have been written since the last one.
     ///
     /// `fields` must not contain the envelope keys (`seq`, `prev`, `time`, `host`, `event`);
     /// if it does, the envelope wins.
     pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
+        let seq = self.write_record(event, fields)?;
+        if let Some(c) = &mut self.checkpoints {
+            c.since_last += 1;
+            if c.since_last >= c.policy.every {
+                self.checkpoint()?;
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Writes a checkpoint if records were written since the last one and the interval passed.
+    /// Call it periodically (the agent does, once a second).
+    pub fn checkpoint_if_due(&mut self) -> Result<(), AuditError> {
+        match &self.checkpoints {
+            Some(c) if c.since_last > 0 && c.last.elapsed() >= c.policy.interval => self.checkpoint(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Seals the chain as it stands with a signed `audit.checkpoint` record (also at shutdown).
+    pub fn checkpoint(&mut self) -> Result<(), AuditError> {
+        let Some(c) = &self.checkpoints else {
+            return Ok(());
+        };
+        let sealed = self.next_seq - 1;
+        let ts_ms = i64::try_from(
+            SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0),
+        )
+        .unwrap_or(i64::MAX);
+        let sig = c.key.sign(&checkpoint::signed_text(&self.host, sealed, &self.prev, ts_ms));
+        let fields = crate::audit_fields!(
+            "origin" => self.host.clone(), "sealed_seq" => sealed, "head" => self.prev.clone(),
+            "ts_ms" => ts_ms, "key_id" => c.key.key_id(), "sig" => sig,
+        );
+        self.write_record("audit.checkpoint", fields)?;
+        if let Some(c) = &mut self.checkpoints {
+            c.since_last = 0;
+            c.last = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn write_record(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let seq = self.next_seq;
         let mut record = Map::new();
         record.insert("seq".into(), Value::from(seq));
@@ -146,87 +220,6 @@ impl AuditLog {
         self.next_seq += 1;
         self.prev = hash;
         Ok(seq)
-    }
-}
-
-/// What [`verify_chain`] found in an intact file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainSummary {
-    pub records: u64,
-    pub first_seq: u64,
-    pub last_seq: u64,
-    /// SHA-256 of the last line (the chain head), hex; 64 zeros for an empty file.
-    pub head: String,
-}
-
-/// The first place an audit file's chain breaks.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {reason}")]
-pub struct ChainBreak {
-    /// 1-based line number.
-    pub line: u64,
-    pub reason: String,
-}
-
-/// Checks an audit file's hash chain: every line is complete and parses, `seq` starts at 1 and
-/// grows by one, and `prev` is the SHA-256 of the previous line's exact bytes. An edited,
-/// deleted, inserted or reordered line breaks it. (Truncation at the end and a consistent
-/// rewrite of the whole file need signed checkpoints held elsewhere: not detected here.)
-pub fn verify_chain(mut input: impl std::io::BufRead) -> Result<ChainSummary, ChainBreak> {
-    let mut summary = ChainSummary {
-        records: 0,
-        first_seq: 0,
-        last_seq: 0,
-        head: "0".repeat(64),
-    };
-    let mut line = Vec::new();
-    let mut number = 0u64;
-    loop {
-        line.clear();
-        number += 1;
-        let fail = |reason: String| ChainBreak {
-            line: number,
-            reason,
-        };
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|e| fail(format!("cannot read: {e}")))?;
-        if n == 0 {
-            return Ok(summary);
-        }
-        let Some(body) = line.strip_suffix(b"\n") else {
-            return Err(fail(
-                "the last line is incomplete (torn write or truncation)".into(),
-            ));
-        };
-        let record: Value =
-            serde_json::from_slice(body).map_err(|e| fail(format!("not a JSON record ({e})")))?;
-        let seq = record
-            .get("seq")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| fail("no seq".into()))?;
-        let prev = record
-            .get("prev")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fail("no prev".into()))?;
-        let expected_seq = summary.last_seq + 1;
-        if seq != expected_seq {
-            return Err(fail(format!(
-                "seq is {seq}, expected {expected_seq} (a record was deleted, inserted or moved)"
-            )));
-        }
-        if prev != summary.head {
-            return Err(fail(format!(
-                "prev does not match the previous line's hash (line {} was altered, or lines were reordered)",
-                number.saturating_sub(1)
-            )));
-        }
-        if summary.records == 0 {
-            summary.first_seq = seq;
-        }
-        summary.records += 1;
-        summary.last_seq = seq;
-        summary.head = hex::encode(Sha256::digest(body));
     }
 }
 
@@ -292,7 +285,57 @@ mod tests {
     }
 
     fn check(lines: &[String]) -> Result<ChainSummary, ChainBreak> {
-        verify_chain(lines.concat().as_bytes())
+        verify_chain(lines.concat().as_bytes(), &[])
+    }
+
+    /// A chain of `n` events with a checkpoint after every 3, and its verification key.
+    fn checkpointed_chain(n: u64) -> (Vec<String>, VerifyKey) {
+        let dir = std::env::temp_dir().join(format!("lg-audit-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = CheckpointKey::load_or_create(&dir.join("audit.key")).unwrap();
+        let public = key.verify_key();
+        let policy = CheckpointPolicy { every: 3, interval: std::time::Duration::from_secs(3600) };
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "web-1").unwrap().with_checkpoints(key, policy);
+        for i in 0..n {
+            log.append("e", audit_fields!("i" => i)).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+        (text.lines().map(|l| format!("{l}\n")).collect(), public)
+    }
+
+    #[test]
+    fn checkpoints_seal_the_chain_and_verify_with_the_writers_key() {
+        let (lines, key) = checkpointed_chain(7);
+        // 7 events + checkpoints after events 3 and 6.
+        assert_eq!(lines.len(), 9);
+        let summary = verify_chain(lines.concat().as_bytes(), std::slice::from_ref(&key)).unwrap();
+        assert_eq!(summary.checkpoints, 2);
+        assert_eq!(summary.sealed_through, 8); // the second checkpoint is seq 8, after event 6
+        assert!(summary.signatures_checked);
+        assert_eq!(summary.last_seq, 9);
+    }
+
+    #[test]
+    fn checkpoint_signed_by_another_key_is_refused() {
+        let (lines, _) = checkpointed_chain(4);
+        let (_, stranger) = checkpointed_chain(1);
+        let err = verify_chain(lines.concat().as_bytes(), &[stranger]).unwrap_err();
+        assert_eq!(err.line, 4);
+        assert!(err.reason.contains("unknown key"), "{err}");
+    }
+
+    #[test]
+    fn forged_checkpoint_signature_is_refused() {
+        let (mut lines, key) = checkpointed_chain(4);
+        let record: Value = serde_json::from_str(&lines[3]).unwrap();
+        let sig = record["sig"].as_str().unwrap();
+        let flipped = format!("{}{}", if sig.starts_with('0') { "1" } else { "0" }, &sig[1..]);
+        lines[3] = lines[3].replace(sig, &flipped);
+        let err = verify_chain(lines.concat().as_bytes(), &[key]).unwrap_err();
+        assert_eq!(err.line, 4);
+        assert!(err.reason.contains("signature is invalid"), "{err}");
     }
 
     #[test]
