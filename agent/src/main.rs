@@ -75,7 +75,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
-    let checkpoint_key = CheckpointKey::load_or_create(&config.state_dir.join("audit-signing.key"))?;
+    let checkpoint_key =
+        CheckpointKey::load_or_create(&config.state_dir.join("audit-signing.key"))?;
     let mut audit_log = AuditLog::open(&config.audit_log, &config.id)?
         .with_checkpoints(checkpoint_key, CheckpointPolicy::default());
     let verifier = GrantVerifier::new(config.grant_keys.clone(), config.max_clock_skew);
@@ -140,7 +141,12 @@ async fn expire_grants(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if let Err(e) = shared.audit_log.lock().unwrap_or_else(|p| p.into_inner()).checkpoint_if_due() {
+        if let Err(e) = shared
+            .audit_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .checkpoint_if_due()
+        {
             tracing::error!("audit checkpoint failed: {e:#}");
         }
         match shared.grants.sweep_expired(unix_now()) {

@@ -265,6 +265,13 @@ pub async fn whoami(config: &ClientConfig) -> CliResult {
         if me.admin { " (admin)" } else { "" },
         me.key_sha256
     );
+    if me.enrolled_key_sha256 != me.key_sha256 {
+        return Err(format!(
+            "grants to you are bound to another key ({}); ask an admin to re-enrol your new certificate",
+            me.enrolled_key_sha256
+        )
+        .into());
+    }
     Ok(())
 }
 
@@ -423,16 +430,21 @@ fn flush_output(
 pub fn audit_verify(path: &std::path::Path, key_files: &[PathBuf]) -> CliResult {
     let mut keys = Vec::new();
     for k in key_files {
-        let text = std::fs::read_to_string(k).map_err(|e| format!("cannot read {}: {e}", k.display()))?;
+        let text =
+            std::fs::read_to_string(k).map_err(|e| format!("cannot read {}: {e}", k.display()))?;
         keys.push(
-            loggate_core::audit::VerifyKey::parse(&text).map_err(|e| format!("{}: {e}", k.display()))?,
+            loggate_core::audit::VerifyKey::parse(&text)
+                .map_err(|e| format!("{}: {e}", k.display()))?,
         );
     }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let s = loggate_core::audit::verify_chain(std::io::BufReader::new(file), &keys).map_err(|broken| Failure {
-        code: 5,
-        message: format!("{}: chain broken at {broken}", path.display()),
-    })?;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let s = loggate_core::audit::verify_chain(std::io::BufReader::new(file), &keys).map_err(
+        |broken| Failure {
+            code: 5,
+            message: format!("{}: chain broken at {broken}", path.display()),
+        },
+    )?;
     println!(
         "ok: {} records, seq {}..{}, head {}; {} checkpoints, sealed through seq {}",
         s.records, s.first_seq, s.last_seq, s.head, s.checkpoints, s.sealed_through

@@ -73,14 +73,11 @@ pub fn spiffe_id(trust_domain: &str, kind: &Kind, name: &str) -> String {
 }
 
 fn validate_name(name: &str) -> Result<()> {
-    let ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    let valid = name.len() <= 63
-        && name.bytes().next().is_some_and(ok)
-        && name.bytes().all(|c| ok(c) || c == b'-');
     ensure!(
-        valid,
+        loggate_core::identity::is_valid_name(name),
         "invalid name {name:?}: must be 1-63 characters of a-z, 0-9 and '-', \
-         starting with a letter or digit"
+         starting with a letter or digit, and not one of {:?}",
+        loggate_core::identity::RESERVED_NAMES
     );
     Ok(())
 }

@@ -5,7 +5,9 @@
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
 use loggate_core::audit::AuditLog;
 use loggate_core::audit_fields;
-use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantClaims, SigningKey};
+use loggate_core::grant::{
+    compile_path_glob, new_grant_id, unix_now, GrantClaims, SigningKey, MAX_TOKEN_LEN,
+};
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
 use loggate_core::tls::peer_identity;
 use loggate_proto as pb;
@@ -91,12 +93,22 @@ impl ControllerService {
         )
     }
 
-    /// The calling person; remembers their certificate key so grants can be bound to it.
+    /// The calling person. The first certificate key seen for a person is enrolled (trust on
+    /// first use, audited); a later, different key is never silently taken over: grants stay
+    /// bound to the enrolled key until an admin re-enrols (`enrol_user_certs`).
     fn user<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
         let user = peer_identity(request, &self.trust_domain, Role::User)?;
-        self.store
-            .set_user_key(user.spiffe_id(), &user.key_sha256_hex(), unix_now())
+        let key = user.key_sha256_hex();
+        let enrolled = self
+            .store
+            .enrol_user_key_if_absent(user.spiffe_id(), &key, unix_now())
             .map_err(internal)?;
+        if enrolled {
+            self.audit(
+                "user.key_enrolled",
+                audit_fields!("subject" => user.spiffe_id(), "key_sha256" => key, "how" => "first_contact"),
+            )?;
+        }
         Ok(user)
     }
 
@@ -215,7 +227,14 @@ impl Controller for ControllerService {
             .unwrap_or_else(|p| p.into_inner())
             .insert(req.agent_id.clone());
         tokio::spawn(async move {
-            let mut last = req.after_revision;
+            // An agent ahead of us (our database was restored, or it was fed a bogus revision)
+            // gets everything again rather than missing what comes next.
+            let latest = store.latest_revision().unwrap_or(0);
+            let mut last = if req.after_revision > latest {
+                0
+            } else {
+                req.after_revision
+            };
             'stream: loop {
                 let changes = match store.changes_after(last, 500) {
                     Ok(c) => c,
@@ -230,8 +249,10 @@ impl Controller for ControllerService {
                     let grant = match change {
                         Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
                     };
-                    // Grants that ended already are of no use to an agent catching up.
-                    let ended = grant.not_after <= unix_now();
+                    // Grants that ended already are of no use to an agent catching up;
+                    // revocations are always sent (the agent's clock may run behind ours).
+                    let ended =
+                        matches!(change, Change::Granted(_)) && grant.not_after <= unix_now();
                     if covers(grant, &req.agent_id, &req.labels)
                         && !ended
                         && tx.send(Ok(change_event(*revision, change))).await.is_err()
@@ -357,6 +378,13 @@ impl Controller for ControllerService {
                     key_sha256: key.clone(),
                 };
                 let token = signer.sign(&claims)?;
+                if token.len() > MAX_TOKEN_LEN {
+                    return Err(Status::invalid_argument(format!(
+                        "the grant would be {} bytes, over the {MAX_TOKEN_LEN}-byte limit agents accept; name fewer or shorter paths, hosts or labels",
+                        token.len()
+                    ))
+                    .into());
+                }
                 let row = GrantRow {
                     id,
                     subject: subject.clone(),
@@ -447,20 +475,21 @@ impl Controller for ControllerService {
             by: user.spiffe_id().to_string(),
             reason: req.reason.clone(),
         };
+        // Audited before the revocation is committed: an audit failure changes nothing.
+        self.audit(
+            "grant.revoked",
+            audit_fields!(
+                "grant_id" => existing.id.clone(),
+                "subject" => existing.subject.clone(),
+                "revoked_by" => user.spiffe_id(),
+                "reason" => req.reason.clone(),
+            ),
+        )?;
         let grant = self
             .store
             .revoke(&req.grant_id, revoked)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no grant {:?}", req.grant_id)))?;
-        self.audit(
-            "grant.revoked",
-            audit_fields!(
-                "grant_id" => grant.id.clone(),
-                "subject" => grant.subject.clone(),
-                "revoked_by" => user.spiffe_id(),
-                "reason" => req.reason,
-            ),
-        )?;
         self.revision
             .send_replace(self.store.latest_revision().map_err(internal)?);
         tracing::info!(grant = %grant.id, by = %user, "grant revoked");
@@ -502,10 +531,16 @@ impl Controller for ControllerService {
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let user = self.user(&request)?;
+        let enrolled = self
+            .store
+            .user_key(user.spiffe_id())
+            .map_err(internal)?
+            .unwrap_or_default();
         Ok(Response::new(pb::WhoAmIResponse {
             subject: user.spiffe_id().to_string(),
             admin: self.is_admin(&user),
             key_sha256: user.key_sha256_hex(),
+            enrolled_key_sha256: enrolled,
         }))
     }
 }

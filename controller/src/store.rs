@@ -319,6 +319,22 @@ impl Store {
             .optional()?)
     }
 
+    /// Enrols `key_sha256` for `subject` unless a key is already enrolled; true if enrolled now.
+    pub fn enrol_user_key_if_absent(
+        &self,
+        subject: &str,
+        key_sha256: &str,
+        now: i64,
+    ) -> anyhow::Result<bool> {
+        let changed = self.conn().execute(
+            "INSERT INTO user_keys (subject, key_sha256, updated) VALUES (?1, ?2, ?3)
+             ON CONFLICT(subject) DO NOTHING",
+            params![subject, key_sha256, now],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Enrols (or re-enrols) a key by an admin's configuration.
     pub fn set_user_key(&self, subject: &str, key_sha256: &str, now: i64) -> anyhow::Result<()> {
         self.conn().execute(
             "INSERT INTO user_keys (subject, key_sha256, updated) VALUES (?1, ?2, ?3)

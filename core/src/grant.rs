@@ -466,6 +466,62 @@ mod tests {
     }
 
     #[test]
+    fn signature_is_checked_against_the_readers_own_key_hash() {
+        let key = SigningKey::generate().unwrap();
+        let verifier =
+            GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+        let web1 = Audience {
+            agent_id: "web-1".into(),
+            labels: vec![],
+        };
+        let alice_key = [0xab; 32];
+        let alice = crate::identity::Identity::for_tests("spiffe://t/user/alice", "t", alice_key);
+        let genuine = key.sign(&claims(&hex::encode(alice_key))).unwrap();
+        assert!(verifier
+            .verify_for_use(&genuine, &alice, &web1, 150)
+            .is_ok());
+        // Claims naming alice's key, but signed over another key hash (the implicit assertion):
+        // the claim alone must not be trusted.
+        let message = serde_json::to_vec(&claims(&hex::encode(alice_key))).unwrap();
+        let footer = serde_json::to_vec(&Footer {
+            kid: key.verifying_key().kid().to_string(),
+        })
+        .unwrap();
+        let other_binding = [0xcd; 32];
+        let crossed =
+            PublicToken::sign(&key.secret, &message, Some(&footer), Some(&other_binding)).unwrap();
+        assert_eq!(
+            verifier
+                .verify_for_use(&crossed, &alice, &web1, 150)
+                .unwrap_err(),
+            GrantError::BadSignature
+        );
+        assert!(matches!(
+            verifier.verify_on_receipt(&crossed, &web1, 150),
+            Err(GrantError::BadSignature)
+        ));
+        // Someone else presenting alice's genuine grant.
+        let mallory =
+            crate::identity::Identity::for_tests("spiffe://t/user/alice", "t", [0x11; 32]);
+        assert!(matches!(
+            verifier.verify_for_use(&genuine, &mallory, &web1, 150),
+            Err(GrantError::BoundToAnotherKey { .. })
+        ));
+        // Time window: not before nbf − skew, not at or after exp.
+        assert!(verifier
+            .verify_for_use(&genuine, &alice, &web1, 100 - 60)
+            .is_ok());
+        assert!(matches!(
+            verifier.verify_for_use(&genuine, &alice, &web1, 100 - 61),
+            Err(GrantError::NotYetValid { .. })
+        ));
+        assert!(matches!(
+            verifier.verify_for_use(&genuine, &alice, &web1, 200),
+            Err(GrantError::Expired { .. })
+        ));
+    }
+
+    #[test]
     fn receipt_checks_key_signature_audience_and_expiry() {
         let key = SigningKey::generate().unwrap();
         let other = SigningKey::generate().unwrap();

@@ -18,10 +18,15 @@ use std::fmt;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+/// Names that would collide with the controller's or loopback's DNS SANs: an agent called
+/// `loggate-controller` would get a certificate every client accepts as the controller.
+pub const RESERVED_NAMES: [&str; 2] = ["loggate-controller", "localhost"];
+
 /// Names (user names, agent ids) are DNS-label-like: lowercase letters, digits and dashes.
 pub fn is_valid_name(name: &str) -> bool {
     let bytes = name.as_bytes();
-    !bytes.is_empty()
+    !RESERVED_NAMES.contains(&name)
+        && !bytes.is_empty()
         && bytes.len() <= 63
         && bytes[0].is_ascii_lowercase() | bytes[0].is_ascii_digit()
         && bytes
@@ -104,6 +109,14 @@ impl Identity {
         })
     }
 
+    /// An identity with a chosen key hash, for tests of code that takes identities.
+    #[cfg(test)]
+    pub(crate) fn for_tests(spiffe_id: &str, trust_domain: &str, key_sha256: [u8; 32]) -> Self {
+        let mut id = Self::parse_spiffe_id(spiffe_id, trust_domain).expect("test SPIFFE ID");
+        id.key_sha256 = key_sha256;
+        id
+    }
+
     pub fn role(&self) -> Role {
         self.role
     }
@@ -179,6 +192,8 @@ mod tests {
             "spiffe://loggate.local/user/alice"
         );
         assert!(user_spiffe_id("loggate.local", "../x").is_err());
+        assert!(!is_valid_name("loggate-controller"));
+        assert!(!is_valid_name("localhost"));
         assert!(user_spiffe_id("loggate.local", "spiffe://loggate.local/agent/web-1").is_err());
     }
 }

@@ -299,3 +299,43 @@ fn agent_certificate_cannot_read_logs_or_issue_grants() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_new_key_for_a_user_does_not_take_over_their_grants() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    // alice's enrolled key is the one from `pki init`. Someone with another valid certificate
+    // for alice (a new key from the same CA) talks to the controller…
+    let pki = f.cluster.dir.join("pki");
+    std::fs::rename(pki.join("users/alice.crt"), pki.join("users/alice-old.crt"))?;
+    std::fs::rename(pki.join("users/alice.key"), pki.join("users/alice-old.key"))?;
+    std::fs::remove_file(pki.join("clients/alice.toml"))?;
+    let out = Command::new(f.cluster.bins.join("loggate"))
+        .args(["pki", "issue"])
+        .arg(&pki)
+        .args([
+            "--user",
+            "alice",
+            "--controller-addr",
+            &f.cluster.controller_addr.to_string(),
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let whoami = f.cluster.run_cli("alice", &["whoami"])?;
+    assert!(!whoami.status.success());
+    assert!(
+        text(&whoami).1.contains("bound to another key"),
+        "{}",
+        text(&whoami).1
+    );
+    // …and the next grant issued to alice is still bound to the enrolled key, so the new
+    // certificate cannot use it.
+    f.grant("alice", "30m")?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("bound to another certificate key"),
+        "{}",
+        text(&out).1
+    );
+    Ok(())
+}

@@ -59,8 +59,9 @@ impl CheckpointKey {
             file.write_all(pkcs8.as_ref())?;
             file.sync_all()?;
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| anyhow::anyhow!("cannot read audit signing key {}: {e}", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("cannot read audit signing key {}: {e}", path.display())
+        })?;
         let pair = Ed25519KeyPair::from_pkcs8(&bytes)
             .map_err(|e| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key: {e}", path.display()))?;
         let key = CheckpointKey {

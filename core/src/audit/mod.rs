@@ -42,6 +42,8 @@ pub struct AuditLog {
     prev: String,
     host: String,
     checkpoints: Option<Checkpoints>,
+    /// File length after the last record known to be complete and synced.
+    good_len: u64,
 }
 
 struct Checkpoints {
@@ -112,6 +114,7 @@ impl AuditLog {
             prev,
             host: host.to_string(),
             checkpoints: None,
+            good_len: start + tail.len() as u64,
         };
         if torn_bytes > 0 {
             log.append(
@@ -158,7 +161,9 @@ impl AuditLog {
     /// Call it periodically (the agent does, once a second).
     pub fn checkpoint_if_due(&mut self) -> Result<(), AuditError> {
         match &self.checkpoints {
-            Some(c) if c.since_last > 0 && c.last.elapsed() >= c.policy.interval => self.checkpoint(),
+            Some(c) if c.since_last > 0 && c.last.elapsed() >= c.policy.interval => {
+                self.checkpoint()
+            }
             _ => Ok(()),
         }
     }
@@ -176,7 +181,9 @@ impl AuditLog {
                 .unwrap_or(0),
         )
         .unwrap_or(i64::MAX);
-        let sig = c.key.sign(&checkpoint::signed_text(&self.host, sealed, &self.prev, ts_ms));
+        let sig = c.key.sign(&checkpoint::signed_text(
+            &self.host, sealed, &self.prev, ts_ms,
+        ));
         let fields = crate::audit_fields!(
             "origin" => self.host.clone(), "sealed_seq" => sealed, "head" => self.prev.clone(),
             "ts_ms" => ts_ms, "key_id" => c.key.key_id(), "sig" => sig,
@@ -215,8 +222,18 @@ impl AuditLog {
         };
         // One write per line on an O_APPEND file: concurrent readers never see half a record
         // unless the disk fills, which the next open repairs as a torn tail.
-        self.file.write_all(&line).map_err(io_err)?;
-        self.file.sync_data().map_err(io_err)?;
+        let written = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // Cut off whatever part of the record reached the file, so the chain stays whole
+            // and the next append (or the next start) continues from the last good record.
+            // If even that fails, the next open repairs it as a torn tail.
+            let _ = self.file.set_len(self.good_len);
+            return Err(io_err(e));
+        }
+        self.good_len += line.len() as u64;
         self.next_seq += 1;
         self.prev = hash;
         Ok(seq)
@@ -294,9 +311,14 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let key = CheckpointKey::load_or_create(&dir.join("audit.key")).unwrap();
         let public = key.verify_key();
-        let policy = CheckpointPolicy { every: 3, interval: std::time::Duration::from_secs(3600) };
+        let policy = CheckpointPolicy {
+            every: 3,
+            interval: std::time::Duration::from_secs(3600),
+        };
         let path = dir.join("audit.jsonl");
-        let mut log = AuditLog::open(&path, "web-1").unwrap().with_checkpoints(key, policy);
+        let mut log = AuditLog::open(&path, "web-1")
+            .unwrap()
+            .with_checkpoints(key, policy);
         for i in 0..n {
             log.append("e", audit_fields!("i" => i)).unwrap();
         }
@@ -331,7 +353,11 @@ mod tests {
         let (mut lines, key) = checkpointed_chain(4);
         let record: Value = serde_json::from_str(&lines[3]).unwrap();
         let sig = record["sig"].as_str().unwrap();
-        let flipped = format!("{}{}", if sig.starts_with('0') { "1" } else { "0" }, &sig[1..]);
+        let flipped = format!(
+            "{}{}",
+            if sig.starts_with('0') { "1" } else { "0" },
+            &sig[1..]
+        );
         lines[3] = lines[3].replace(sig, &flipped);
         let err = verify_chain(lines.concat().as_bytes(), &[key]).unwrap_err();
         assert_eq!(err.line, 4);

@@ -63,7 +63,9 @@ pub fn verify_chain(
             return Ok(summary);
         }
         let Some(body) = line.strip_suffix(b"\n") else {
-            return Err(fail("the last line is incomplete (torn write or truncation)".into()));
+            return Err(fail(
+                "the last line is incomplete (torn write or truncation)".into(),
+            ));
         };
         let record: Value =
             serde_json::from_slice(body).map_err(|e| fail(format!("not a JSON record ({e})")))?;
@@ -110,7 +112,10 @@ fn check_checkpoint(
 ) -> Result<(), String> {
     let text = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or_default();
     let sealed = record.get("sealed_seq").and_then(Value::as_u64);
-    let ts = record.get("ts_ms").and_then(Value::as_i64).unwrap_or(i64::MIN);
+    let ts = record
+        .get("ts_ms")
+        .and_then(Value::as_i64)
+        .unwrap_or(i64::MIN);
     if sealed != Some(before.last_seq) || text("head") != before.head {
         return Err("checkpoint does not seal the chain as it stands before it".into());
     }
@@ -127,7 +132,10 @@ fn check_checkpoint(
         .ok_or_else(|| format!("checkpoint signed by unknown key {:?}", text("key_id")))?;
     let signed = signed_text(text("origin"), before.last_seq, &before.head, ts);
     if !key.verifies(&signed, text("sig")) {
-        return Err(format!("checkpoint signature is invalid for key {}", key.key_id()));
+        return Err(format!(
+            "checkpoint signature is invalid for key {}",
+            key.key_id()
+        ));
     }
     Ok(())
 }
