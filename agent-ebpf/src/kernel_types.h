@@ -86,6 +86,15 @@ struct task_struct {
 	struct files_struct *files;
 };
 
+/* io_uring's request and completion entry (the io_uring_complete tracepoint's arguments). */
+struct io_kiocb {
+	__u8 opcode;
+};
+
+struct io_uring_cqe {
+	__s32 res;
+};
+
 #pragma clang attribute pop
 
 /* BPF helpers (stable ids, include/uapi/linux/bpf.h). */

@@ -37,6 +37,8 @@ pub mod names {
         // Absent on architectures without open(2) (arm64); the loader skips what tracefs lacks.
         ("exit_open", "syscalls", "sys_exit_open"),
     ];
+    /// The BTF tracepoint program for io_uring opens: (C function name, tracepoint name).
+    pub const IO_URING_PROGRAM: (&str, &str) = ("io_uring_complete", "io_uring_complete");
     /// HASH `{u64 ino; u32 dev; u32 pad}` → u32 (1 file, 2 directory).
     pub const PROTECTED: &str = "protected";
     /// HASH u64 ino → u32, the inode-only prefilter for `protected`.

@@ -15,8 +15,10 @@
  * tgid, four kernel reads and one or two inode-only lookups in `protected_ino`, then returns.
  * Everything else (device, comm, cgroup, name) is read only on a match.
  *
- * Not seen here (documented in docs/audit.md): io_uring opens, 32-bit compat syscalls, and fds
- * that were opened before the agent attached.
+ * io_uring opens (IORING_OP_OPENAT/OPENAT2) never pass the syscall tracepoints; they are seen by
+ * the `tp_btf/io_uring_complete` program, whose completion result is the new fd. Not seen here
+ * (documented in docs/audit.md): io_uring direct descriptors (they never enter the fd table),
+ * 32-bit compat syscalls, and fds that were opened before the agent attached.
  *
  * The license must be GPL-compatible: bpf_probe_read_kernel is a GPL-only helper.
  */
@@ -36,6 +38,10 @@
 #define HOOK_OPENAT 2
 #define HOOK_OPENAT2 3
 #define HOOK_OPEN_BY_HANDLE_AT 4
+#define HOOK_IO_URING 5
+
+#define IORING_OP_OPENAT 18
+#define IORING_OP_OPENAT2 28
 
 /* Key of `protected`: kernel device number and inode number. */
 struct file_key {
@@ -137,9 +143,10 @@ static __always_inline void count_lost(void)
 		__sync_fetch_and_add(n, 1);
 }
 
-static __always_inline int on_open_exit(struct sys_exit_args *ctx, __u16 hook)
+/* Reports the open that just returned `ret` in the current task's fd table, if it is a read
+ * of a protected file. */
+static __always_inline int report_fd(long ret, __u16 hook)
 {
-	long ret = ctx->ret;
 	__u64 pid_tgid;
 	__u32 tgid;
 	struct task_struct *task;
@@ -248,25 +255,43 @@ static __always_inline int on_open_exit(struct sys_exit_args *ctx, __u16 hook)
 SEC("tracepoint/syscalls/sys_exit_open")
 int exit_open(struct sys_exit_args *ctx)
 {
-	return on_open_exit(ctx, HOOK_OPEN);
+	return report_fd(ctx->ret, HOOK_OPEN);
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat")
 int exit_openat(struct sys_exit_args *ctx)
 {
-	return on_open_exit(ctx, HOOK_OPENAT);
+	return report_fd(ctx->ret, HOOK_OPENAT);
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int exit_openat2(struct sys_exit_args *ctx)
 {
-	return on_open_exit(ctx, HOOK_OPENAT2);
+	return report_fd(ctx->ret, HOOK_OPENAT2);
 }
 
 SEC("tracepoint/syscalls/sys_exit_open_by_handle_at")
 int exit_open_by_handle_at(struct sys_exit_args *ctx)
 {
-	return on_open_exit(ctx, HOOK_OPEN_BY_HANDLE_AT);
+	return report_fd(ctx->ret, HOOK_OPEN_BY_HANDLE_AT);
+}
+
+/* io_uring_complete(struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe): runs in the
+ * task posting the completion (the submitter or one of its io-wq worker threads, which share
+ * its fd table), so the fd in cqe->res is looked up like a syscall's return value. */
+SEC("tp_btf/io_uring_complete")
+int io_uring_complete(__u64 *ctx)
+{
+	struct io_kiocb *req = (struct io_kiocb *)ctx[1];
+	struct io_uring_cqe *cqe = (struct io_uring_cqe *)ctx[2];
+	__u8 opcode = 0;
+	__s32 res = -1;
+
+	bpf_probe_read_kernel(&opcode, sizeof(opcode), &req->opcode);
+	if (opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2)
+		return 0;
+	bpf_probe_read_kernel(&res, sizeof(res), &cqe->res);
+	return report_fd(res, HOOK_IO_URING);
 }
 
 char LICENSE[] SEC("license") = "GPL";

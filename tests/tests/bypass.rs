@@ -229,6 +229,66 @@ fn openat2_open_is_reported_with_its_hook() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Opens argv[1] with IORING_OP_OPENAT through raw io_uring syscalls (no liburing needed) and
+/// reads from the returned fd; no open(2)-family syscall touches the file.
+const IO_URING_OPEN_PY: &str = r#"import ctypes, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)  # io_uring_setup(4 entries)
+assert ring >= 0, os.strerror(ctypes.get_errno())
+sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+sq_head, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("7I", params, 40)
+cq_head, cq_tail, cq_mask, _, _, cqes = struct.unpack_from("6I", params, 80)
+sq = mmap.mmap(ring, sq_array + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cqes + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+# IORING_OP_OPENAT, dirfd AT_FDCWD, addr = path, open_flags O_RDONLY, user_data 7
+sqe = bytearray(64)
+struct.pack_into("BBHiQQIIQ", sqe, 0, 18, 0, 0, -100, 0, ctypes.addressof(path), 0, os.O_RDONLY, 7)
+sqes[0:64] = bytes(sqe)
+tail = struct.unpack_from("I", sq, sq_tail)[0]
+struct.pack_into("I", sq, sq_array + (tail & struct.unpack_from("I", sq, sq_mask)[0]) * 4, 0)
+struct.pack_into("I", sq, sq_tail, tail + 1)
+n = libc.syscall(426, ring, 1, 1, 1, None, 0)  # io_uring_enter(to_submit 1, min_complete 1, GETEVENTS)
+assert n == 1, os.strerror(ctypes.get_errno())
+head = struct.unpack_from("I", cq, cq_head)[0]
+user_data, res = struct.unpack_from("Qi", cq, cqes + (head & struct.unpack_from("I", cq, cq_mask)[0]) * 16)
+assert user_data == 7 and res >= 0, res
+print(os.read(res, 9).decode())
+"#;
+
+#[test]
+fn io_uring_open_is_reported_by_the_io_uring_hook() -> anyhow::Result<()> {
+    require_bpf!();
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2")
+    {
+        eprintln!("SKIPPED: io_uring is disabled on this host (kernel.io_uring_disabled=2)");
+        return Ok(());
+    }
+    let b = Bypass::start("")?;
+    let started = b.started()?;
+    let hooks = started["bypass_hooks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        hooks.iter().any(|h| h == "io_uring_complete"),
+        "{started:#}"
+    );
+    let log = b.app_log();
+    let py = as_nobody(&["/usr/bin/python3", "-c", IO_URING_OPEN_PY, &s(&log)])?;
+    let e = b.the_read_by(py)?;
+    assert_eq!(e["hook"], "io_uring", "{e:#}");
+    assert_eq!(e["uid"], NOBODY, "{e:#}");
+    assert_eq!(e["path"], s(&log).as_str(), "{e:#}");
+    // Completed by the submitting thread or one of its io-wq workers (same process).
+    let comm = e["comm"].as_str().unwrap_or_default();
+    assert!(comm == "python3" || comm.starts_with("iou-"), "{e:#}");
+    Ok(())
+}
+
 #[test]
 fn symlink_and_hard_link_from_outside_the_roots_resolve_to_the_protected_file() -> anyhow::Result<()>
 {

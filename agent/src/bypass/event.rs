@@ -60,6 +60,7 @@ impl RawEvent {
             2 => "openat",
             3 => "openat2",
             4 => "open_by_handle_at",
+            5 => "io_uring",
             _ => "unknown",
         }
     }

@@ -4,7 +4,7 @@
 
 use super::inventory::{FileKey, Inventory};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
-use aya::programs::TracePoint;
+use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use loggate_agent_ebpf::names;
 use std::collections::BTreeSet;
@@ -14,6 +14,8 @@ use std::path::Path;
 pub struct Probe {
     ebpf: Ebpf,
     pub attached: Vec<&'static str>,
+    /// Optional hooks that could not be attached, and why.
+    pub missing: Vec<String>,
 }
 
 /// The maps the agent writes: the protected set and the excluded processes.
@@ -113,7 +115,16 @@ impl Probe {
             })?;
             attached.push(tracepoint);
         }
-        Ok(Probe { ebpf, attached })
+        let mut missing = Vec::new();
+        match attach_io_uring(&mut ebpf, &btf) {
+            Ok(()) => attached.push(names::IO_URING_PROGRAM.1),
+            Err(e) => missing.push(format!("{}: {e:#}", names::IO_URING_PROGRAM.1)),
+        }
+        Ok(Probe {
+            ebpf,
+            attached,
+            missing,
+        })
     }
 
     /// Takes the maps out of the object (the programs keep their references to them).
@@ -143,6 +154,21 @@ impl Probe {
             Outputs { events, lost },
         ))
     }
+}
+
+/// io_uring opens bypass the syscall tracepoints; a BTF tracepoint on `io_uring_complete` sees
+/// them. Optional: kernels without io_uring, or that refuse BTF tracepoints, still get the rest.
+fn attach_io_uring(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<()> {
+    let (function, tracepoint) = names::IO_URING_PROGRAM;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(function)
+        .ok_or_else(|| anyhow::anyhow!("program {function} missing from the object"))?
+        .try_into()?;
+    program
+        .load(tracepoint, btf)
+        .map_err(|e| anyhow::Error::new(e).context(format!("the kernel refused {function}")))?;
+    program.attach()?;
+    Ok(())
 }
 
 impl ProtectedMaps {

@@ -232,6 +232,7 @@ impl Startup {
             Startup::Active(a) => audit_fields!(
                 "bypass_mode" => self.mode_name(),
                 "bypass_hooks" => a.probe.attached.clone(),
+                "bypass_hooks_missing" => a.probe.missing.clone(),
                 "bypass_protected" => a.inventory.len(),
             ),
             Startup::Inactive { .. } => audit_fields!("bypass_mode" => self.mode_name()),
@@ -264,6 +265,11 @@ impl Startup {
                     outputs,
                     inventory,
                 } = *active;
+                for hook in &probe.missing {
+                    tracing::warn!(
+                        "bypass audit: hook not attached, its opens are not seen: {hook}"
+                    );
+                }
                 let inventory = Arc::new(RwLock::new(inventory));
                 let Outputs { events, lost } = outputs;
                 // SAFETY: the ring buffer owns its map's file descriptor (an OwnedFd inside
