@@ -110,6 +110,12 @@ impl Inventory {
         self.entries.iter().map(|(k, (kind, _))| (k, *kind))
     }
 
+    pub fn entries(&self) -> impl Iterator<Item = (&FileKey, Kind, &Path)> {
+        self.entries
+            .iter()
+            .map(|(k, (kind, p))| (k, *kind, p.as_path()))
+    }
+
     pub fn contains(&self, key: &FileKey) -> bool {
         self.entries.contains_key(key)
     }

@@ -42,6 +42,36 @@ pub fn inspect(proc_root: &Path, tgid: u32) -> ProcessInfo {
     }
 }
 
+/// What `/proc/<pid>/status` says about a process (for the fanotify mode, where the kernel
+/// does not tell): its command name, parent, real uid and gid.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub comm: Option<String>,
+    pub ppid: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+pub fn status(proc_root: &Path, pid: u32) -> Status {
+    let Ok(text) = std::fs::read_to_string(proc_root.join(pid.to_string()).join("status")) else {
+        return Status::default();
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let first_number = |v: Option<String>| {
+        v.and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+    };
+    Status {
+        comm: field("Name:"),
+        ppid: first_number(field("PPid:")),
+        uid: first_number(field("Uid:")),
+        gid: first_number(field("Gid:")),
+    }
+}
+
 /// NUL-separated arguments joined by spaces, cut at `MAX_CMDLINE` bytes.
 fn cmdline_text(bytes: &[u8]) -> String {
     let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
@@ -139,6 +169,10 @@ mod tests {
         let info = inspect(Path::new("/proc"), std::process::id());
         assert!(!info.exited);
         assert!(info.exe.is_some() && info.cmdline.is_some());
+        let st = status(Path::new("/proc"), std::process::id());
+        // SAFETY: getuid(2) has no preconditions and cannot fail.
+        assert_eq!(st.uid, Some(unsafe { libc::getuid() }));
+        assert!(st.comm.is_some() && st.ppid.is_some());
         let none = inspect(Path::new("/proc"), u32::MAX - 1);
         assert!(none.exited && none.exe.is_none());
     }
