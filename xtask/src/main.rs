@@ -67,8 +67,12 @@ fn target_dir() -> PathBuf {
 fn test() -> anyhow::Result<()> {
     // System packages the tests need are installed here when missing (as root, apt-get):
     // clang and llvm to check the committed eBPF object against its source.
-    ebpf::ensure_tools()?;
-    ebpf::check(&target_dir())?;
+    // Where they cannot be installed (not root, no apt-get) the check is skipped with a
+    // warning rather than failing the run; CI runs as root and always checks.
+    match ebpf::ensure_tools() {
+        Ok(()) => ebpf::check(&target_dir())?,
+        Err(e) => eprintln!("xtask: WARNING: skipping the eBPF object check: {e:#}"),
+    }
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
