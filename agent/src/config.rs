@@ -2,6 +2,7 @@
 //! Every field is documented in `docs/configuration.md`; relative paths are resolved against the
 //! folder holding the configuration file.
 
+use crate::bypass::{BypassConfig, BypassFile};
 use crate::fs_access::LogRoot;
 use anyhow::{bail, Context};
 use loggate_core::grant::VerifyingKey;
@@ -58,6 +59,9 @@ pub struct AgentConfigFile {
     allow_raw: bool,
     #[serde(default)]
     limits: Limits,
+    /// The eBPF audit of direct reads of the protected files (`[bypass]`).
+    #[serde(default)]
+    bypass: BypassFile,
     tls: TlsFiles,
 }
 
@@ -107,6 +111,7 @@ pub struct AgentConfig {
     pub max_clock_skew: Duration,
     pub allow_raw: bool,
     pub limits: Limits,
+    pub bypass: BypassConfig,
     pub tls: TlsFiles,
 }
 
@@ -166,7 +171,9 @@ impl AgentConfig {
         if l.max_streams_per_subject == 0 || l.max_request_bytes < 1024 || l.max_line_bytes < 256 {
             bail!("limits: max_streams_per_subject ≥ 1, max_request_bytes ≥ 1024, max_line_bytes ≥ 256");
         }
+        let bypass = file.bypass.clone().validate()?;
         Ok(AgentConfig {
+            bypass,
             advertise: file.advertise.unwrap_or_else(|| file.listen.to_string()),
             id: file.id,
             labels: file.labels,

@@ -1,6 +1,7 @@
 //! `loggate-agent`: the per-host daemon that serves local log files over mTLS under signed,
 //! time-limited grants, and audits every decision.
 
+mod bypass;
 mod config;
 mod fs_access;
 mod gate;
@@ -86,14 +87,19 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let loaded = GrantStore::open(&config.state_dir, &verifier, &audience, unix_now())
         .with_context(|| format!("grant store in {}", config.state_dir.display()))?;
-    audit_log.append(
-        "agent.started",
-        audit_fields!(
-            "agent_id" => config.id.clone(), "listen" => config.listen.to_string(),
-            "roots" => config.roots.iter().map(|r| r.path().display().to_string()).collect::<Vec<_>>(),
-            "grants_loaded" => loaded.store.grants_count(), "revision" => loaded.store.revision(),
-        ),
-    )?;
+    let roots: Vec<PathBuf> = config
+        .roots
+        .iter()
+        .map(|r| r.path().to_path_buf())
+        .collect();
+    let bypass = bypass::Startup::begin(&config.bypass, &roots);
+    let mut started = audit_fields!(
+        "agent_id" => config.id.clone(), "listen" => config.listen.to_string(),
+        "roots" => roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>(),
+        "grants_loaded" => loaded.store.grants_count(), "revision" => loaded.store.revision(),
+    );
+    started.extend(bypass.started_fields());
+    audit_log.append("agent.started", started)?;
     for (id, reason) in &loaded.dropped {
         audit_log.append(
             "grant.dropped",
@@ -114,6 +120,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     tokio::spawn(watch::run(shared.clone()));
     tokio::spawn(expire_grants(shared.clone()));
+    bypass.spawn(shared.clone())?;
 
     eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
     tonic::transport::Server::builder()

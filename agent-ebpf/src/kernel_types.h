@@ -1,0 +1,112 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The few kernel types logaudit.bpf.c reads, and the BPF helper declarations it calls.
+ *
+ * Hand-written instead of a full `bpftool btf dump ... format c` (135k lines that would bake the
+ * build host's kernel into the object): every struct below lists only the fields the program
+ * touches, under `preserve_access_index`, so clang records each field access as a CO-RE
+ * relocation and the loader (aya) rewrites the offsets to the running kernel's BTF. Field order and
+ * struct sizes here therefore do not matter; field names and types do. Fields that the kernel
+ * keeps inside anonymous unions (`file.f_path`, `dentry.d_name` on 6.x) are matched by name.
+ *
+ * Helper ids are the stable BPF UAPI numbers (include/uapi/linux/bpf.h), declared here so the build
+ * needs clang alone, not libbpf's headers.
+ */
+#ifndef LOGGATE_KERNEL_TYPES_H
+#define LOGGATE_KERNEL_TYPES_H
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed int __s32;
+typedef signed long long __s64;
+typedef __u32 dev_t;
+typedef __u16 umode_t;
+typedef __u32 fmode_t;
+
+#define SEC(name) __attribute__((section(name), used))
+#define __always_inline inline __attribute__((always_inline))
+#define __uint(name, val) int (*name)[val]
+#define __type(name, val) typeof(val) *name
+
+/* Map types and flags (uapi). */
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_RINGBUF 27
+#define BPF_F_NO_PREALLOC 1
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct super_block {
+	dev_t s_dev;
+};
+
+struct inode {
+	umode_t i_mode;
+	struct super_block *i_sb;
+	unsigned long i_ino;
+};
+
+struct qstr {
+	const unsigned char *name;
+};
+
+struct dentry {
+	struct dentry *d_parent;
+	struct qstr d_name;
+	struct inode *d_inode;
+};
+
+struct vfsmount;
+
+struct path {
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+};
+
+struct file {
+	struct path f_path;
+	struct inode *f_inode;
+	unsigned int f_flags;
+};
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+};
+
+struct files_struct {
+	struct fdtable *fdt;
+};
+
+struct task_struct {
+	int tgid;
+	struct task_struct *real_parent;
+	struct files_struct *files;
+};
+
+/* io_uring's request and completion entry (the io_uring_complete tracepoint's arguments). */
+struct io_kiocb {
+	__u8 opcode;
+};
+
+struct io_uring_cqe {
+	__s32 res;
+};
+
+#pragma clang attribute pop
+
+/* BPF helpers (stable ids, include/uapi/linux/bpf.h). */
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
+static __u64 (*bpf_get_current_uid_gid)(void) = (void *)15;
+static long (*bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *)16;
+static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
+static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
+static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)115;
+static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
+static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
+static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
+
+#endif

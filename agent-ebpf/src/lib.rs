@@ -1,0 +1,64 @@
+//! The bypass-audit eBPF program, compiled: the bytes of `bpf/logaudit.bpf.o`, built from
+//! `src/logaudit.bpf.c` by `cargo xtask build-ebpf` and committed, so that a plain `cargo build`
+//! never needs clang. `cargo xtask test` rebuilds the object and fails when it differs from the
+//! committed one, so the object cannot drift from its source.
+//!
+//! The loader (`loggate-agent`, `agent/src/bypass/`) owns everything at run time: which programs
+//! to attach, the maps' Rust types, the event layout. This crate only names what is in the object.
+
+/// 8-byte alignment for an embedded ELF object: the ELF parser reads its headers in place.
+#[repr(C, align(8))]
+struct Aligned<B: ?Sized>(B);
+
+static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!("../bpf/logaudit.bpf.o"));
+
+/// The compiled BPF object (ELF, `bpf` target, BTF and CO-RE relocations, DWARF stripped),
+/// aligned to 8 bytes.
+pub fn object() -> &'static [u8] {
+    &OBJECT.0
+}
+
+/// The committed object's path relative to this crate, for the reproducibility check.
+pub const OBJECT_PATH: &str = "bpf/logaudit.bpf.o";
+/// The C source the object is built from, relative to this crate.
+pub const SOURCE_PATH: &str = "src/logaudit.bpf.c";
+
+/// Names inside the object, shared by the loader and the tests.
+pub mod names {
+    /// Tracepoint programs: (C function name, tracepoint category, tracepoint name).
+    pub const OPEN_EXIT_PROGRAMS: [(&str, &str, &str); 4] = [
+        ("exit_openat", "syscalls", "sys_exit_openat"),
+        ("exit_openat2", "syscalls", "sys_exit_openat2"),
+        (
+            "exit_open_by_handle_at",
+            "syscalls",
+            "sys_exit_open_by_handle_at",
+        ),
+        // Absent on architectures without open(2) (arm64); the loader skips what tracefs lacks.
+        ("exit_open", "syscalls", "sys_exit_open"),
+    ];
+    /// The BTF tracepoint program for io_uring opens: (C function name, tracepoint name).
+    pub const IO_URING_PROGRAM: (&str, &str) = ("io_uring_complete", "io_uring_complete");
+    /// HASH `{u64 ino; u32 dev; u32 pad}` → u32 (1 file, 2 directory).
+    pub const PROTECTED: &str = "protected";
+    /// HASH u64 ino → u32, the inode-only prefilter for `protected`.
+    pub const PROTECTED_INO: &str = "protected_ino";
+    /// HASH u32 tgid → u32: processes never reported (the agent).
+    pub const EXCLUDED_TGIDS: &str = "excluded_tgids";
+    /// RINGBUF of `struct event`.
+    pub const EVENTS: &str = "events";
+    /// ARRAY[1] of u64: events lost to a full ring buffer.
+    pub const LOST: &str = "lost";
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn object_is_an_aligned_bpf_elf() {
+        let o = super::object();
+        assert_eq!(o.as_ptr() as usize % 8, 0);
+        assert_eq!(&o[..4], b"\x7fELF");
+        // e_machine (little endian, offset 18) is EM_BPF = 247.
+        assert_eq!(u16::from_le_bytes([o[18], o[19]]), 247);
+    }
+}

@@ -1,0 +1,128 @@
+//! The record the kernel program emits for one bypass open, as read from the ring buffer.
+
+use std::mem::size_of;
+
+/// `struct event` in `agent-ebpf/src/logaudit.bpf.c`, field for field (no implicit padding: the
+/// fields are laid out so every one is naturally aligned, and the size is a multiple of 8).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RawEvent {
+    pub cgroup_id: u64,
+    pub ino: u64,
+    pub dir_ino: u64,
+    pub dev: u32,
+    pub dir_dev: u32,
+    pub pid: u32,
+    pub tgid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub fd: i32,
+    pub flags: u32,
+    pub matched: u16,
+    pub hook: u16,
+    pub comm: [u8; 16],
+    pub name: [u8; 256],
+}
+
+const _: () = assert!(size_of::<RawEvent>() == 336);
+
+/// `matched` values.
+pub const MATCH_FILE: u16 = 1;
+pub const MATCH_DIR: u16 = 2;
+
+impl RawEvent {
+    /// Copies one ring-buffer record; `None` when it is shorter than an event (never expected:
+    /// the kernel reserves exactly `sizeof(struct event)`).
+    pub fn parse(bytes: &[u8]) -> Option<RawEvent> {
+        if bytes.len() < size_of::<RawEvent>() {
+            return None;
+        }
+        // SAFETY: the slice holds at least size_of::<RawEvent>() bytes (checked above);
+        // RawEvent is repr(C) and made only of integers and byte arrays, so every bit pattern is
+        // a valid value; read_unaligned makes no assumption about the buffer's alignment.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
+    }
+
+    pub fn comm(&self) -> String {
+        c_string(&self.comm)
+    }
+
+    /// The basename the opener's path resolved to (the dentry's name: for a hard link, the
+    /// link's own name).
+    pub fn name(&self) -> String {
+        c_string(&self.name)
+    }
+
+    pub fn hook(&self) -> &'static str {
+        match self.hook {
+            1 => "open",
+            2 => "openat",
+            3 => "openat2",
+            4 => "open_by_handle_at",
+            5 => "io_uring",
+            _ => "unknown",
+        }
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// `open(2)` flags as `O_RDONLY|O_CLOEXEC|…` (access mode first, then the set bits we know).
+pub fn flags_text(flags: u32) -> String {
+    let access = match flags & 0o3 {
+        0 => "O_RDONLY",
+        1 => "O_WRONLY",
+        2 => "O_RDWR",
+        _ => "O_ACCMODE",
+    };
+    let known: [(u32, &str); 11] = [
+        (0o100, "O_CREAT"),
+        (0o200, "O_EXCL"),
+        (0o1000, "O_TRUNC"),
+        (0o2000, "O_APPEND"),
+        (0o4000, "O_NONBLOCK"),
+        (0o40000, "O_DIRECT"),
+        (0o200000, "O_DIRECTORY"),
+        (0o400000, "O_NOFOLLOW"),
+        (0o1000000, "O_NOATIME"),
+        (0o2000000, "O_CLOEXEC"),
+        (0o100000, "O_LARGEFILE"),
+    ];
+    let mut out = String::from(access);
+    for (bit, name) in known {
+        if flags & bit != 0 {
+            out.push('|');
+            out.push_str(name);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_record_is_refused_and_full_record_is_decoded() {
+        assert!(RawEvent::parse(&[0u8; 100]).is_none());
+        let mut bytes = vec![0u8; size_of::<RawEvent>() + 3];
+        bytes[32..36].copy_from_slice(&4242u32.to_ne_bytes()); // pid
+        bytes[44..48].copy_from_slice(&65534u32.to_ne_bytes()); // uid
+        bytes[64..67].copy_from_slice(b"cat");
+        bytes[80..87].copy_from_slice(b"api.log");
+        let e = RawEvent::parse(&bytes).expect("long enough");
+        assert_eq!((e.pid, e.uid), (4242, 65534));
+        assert_eq!(e.comm(), "cat");
+        assert_eq!(e.name(), "api.log");
+    }
+
+    #[test]
+    fn flags_are_named_access_mode_first() {
+        assert_eq!(flags_text(0o2000000), "O_RDONLY|O_CLOEXEC");
+        assert_eq!(flags_text(0o2 | 0o2000), "O_RDWR|O_APPEND");
+    }
+}

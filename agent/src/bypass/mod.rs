@@ -1,0 +1,386 @@
+//! Bypass audit: every open-for-reading of a protected log file by a process other than the
+//! agent, seen by eBPF in the kernel and written to the audit stream as `bypass.read`.
+//!
+//! The kernel side (`loggate-agent-ebpf`) matches opens on (device, inode) of the protected files
+//! and directories; this side loads it, keeps its maps equal to what the configured roots hold
+//! (`inventory`), reads its ring buffer, adds what `/proc` knows about the opener (`process`),
+//! resolves the path, checks whether the opener holds a grant, and audits (`record`). When the
+//! program cannot be loaded, `auto` falls back to fanotify (`fanotify`); when nothing can start
+//! the agent keeps serving and says so (`bypass_audit_unavailable`).
+
+mod event;
+mod fanotify;
+mod inventory;
+mod loader;
+mod process;
+mod record;
+mod settings;
+
+pub use settings::{BypassConfig, BypassFile, Mode};
+
+use crate::Shared;
+use event::RawEvent;
+use fanotify::{FanEvent, Fanotify};
+use inventory::Inventory;
+use loader::{Outputs, Probe, ProtectedMaps};
+use loggate_core::audit_fields;
+use record::{bypass_record, Opened};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use tokio::io::unix::AsyncFd;
+
+/// The bypass audit as started: which mechanism is active, or none and why.
+pub enum Startup {
+    Ebpf(Box<EbpfAudit>),
+    Fanotify {
+        fan: Fanotify,
+        inventory: Inventory,
+        /// Why eBPF was not used (`auto` fell back), if it was tried.
+        ebpf_error: Option<String>,
+    },
+    Inactive {
+        requested: Mode,
+        /// `None` when switched off by configuration.
+        reason: Option<String>,
+    },
+}
+
+pub struct EbpfAudit {
+    probe: Probe,
+    maps: ProtectedMaps,
+    outputs: Outputs,
+    inventory: Inventory,
+}
+
+impl Startup {
+    /// Starts the requested mechanism (for `auto`: eBPF, else fanotify), excludes this process,
+    /// and fills the protected set from `roots` — all before the agent serves, so the first
+    /// read is already covered.
+    pub fn begin(config: &BypassConfig, roots: &[PathBuf]) -> Startup {
+        let ebpf_error = match config.mode {
+            Mode::Off => {
+                return Startup::Inactive {
+                    requested: Mode::Off,
+                    reason: None,
+                }
+            }
+            Mode::Fanotify => None,
+            Mode::Auto | Mode::Tracepoint => match Self::load_ebpf(config, roots) {
+                Ok(audit) => return Startup::Ebpf(Box::new(audit)),
+                Err(e) if config.mode == Mode::Auto => Some(format!("{e:#}")),
+                Err(e) => {
+                    return Startup::Inactive {
+                        requested: config.mode,
+                        reason: Some(format!("{e:#}")),
+                    }
+                }
+            },
+        };
+        match Self::start_fanotify(config, roots) {
+            Ok((fan, inventory)) => Startup::Fanotify {
+                fan,
+                inventory,
+                ebpf_error,
+            },
+            Err(e) => Startup::Inactive {
+                requested: config.mode,
+                reason: Some(match ebpf_error {
+                    Some(ebpf) => format!("eBPF: {ebpf}; fanotify: {e:#}"),
+                    None => format!("fanotify: {e:#}"),
+                }),
+            },
+        }
+    }
+
+    fn load_ebpf(config: &BypassConfig, roots: &[PathBuf]) -> anyhow::Result<EbpfAudit> {
+        let mut probe = Probe::load_tracepoints()?;
+        let (mut maps, outputs) = probe.split()?;
+        maps.exclude_tgid(std::process::id())?;
+        let inventory = Inventory::scan(roots, config.max_protected);
+        maps.sync(&inventory)?;
+        Ok(EbpfAudit {
+            probe,
+            maps,
+            outputs,
+            inventory,
+        })
+    }
+
+    fn start_fanotify(
+        config: &BypassConfig,
+        roots: &[PathBuf],
+    ) -> anyhow::Result<(Fanotify, Inventory)> {
+        let mut fan = Fanotify::init()?;
+        let inventory = Inventory::scan(roots, config.max_protected);
+        fan.sync(&inventory)?;
+        Ok((fan, inventory))
+    }
+
+    /// The active mode's name, as reported in `agent.started`: `tracepoint`, `fanotify`, `off`.
+    pub fn mode_name(&self) -> &'static str {
+        match self {
+            Startup::Ebpf(_) => "tracepoint",
+            Startup::Fanotify { .. } => "fanotify",
+            Startup::Inactive { .. } => "off",
+        }
+    }
+
+    /// Extra `agent.started` fields: the mode, the hooks attached, the protected entries.
+    pub fn started_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        match self {
+            Startup::Ebpf(a) => audit_fields!(
+                "bypass_mode" => self.mode_name(),
+                "bypass_hooks" => a.probe.attached.clone(),
+                "bypass_hooks_missing" => a.probe.missing.clone(),
+                "bypass_protected" => a.inventory.len(),
+            ),
+            Startup::Fanotify {
+                inventory,
+                ebpf_error,
+                ..
+            } => audit_fields!(
+                "bypass_mode" => self.mode_name(),
+                "bypass_hooks" => vec!["fanotify:FAN_OPEN"],
+                "bypass_protected" => inventory.len(),
+                "bypass_fallback_reason" => ebpf_error.clone(),
+            ),
+            Startup::Inactive { .. } => audit_fields!("bypass_mode" => self.mode_name()),
+        }
+    }
+
+    /// Writes `bypass_audit_unavailable` when the audit was requested but could not start, and
+    /// warns on stderr; then runs the active audit's tasks.
+    pub fn spawn(self, shared: Arc<Shared>) -> anyhow::Result<()> {
+        match self {
+            Startup::Inactive {
+                requested,
+                reason: Some(reason),
+            } => {
+                tracing::warn!(
+                    "bypass audit UNAVAILABLE: direct reads of protected files are not audited on this host: {reason}"
+                );
+                shared.audit(
+                    "bypass_audit_unavailable",
+                    audit_fields!("requested_mode" => requested.name(), "reason" => reason),
+                )?;
+            }
+            Startup::Inactive { reason: None, .. } => {
+                tracing::info!("bypass audit is off by configuration");
+            }
+            Startup::Fanotify {
+                fan,
+                inventory,
+                ebpf_error,
+            } => {
+                if let Some(e) = ebpf_error {
+                    tracing::warn!(
+                        "bypass audit: eBPF unavailable ({e}); using fanotify: no open flags, uid and command only while the opener lives"
+                    );
+                }
+                let inventory = Arc::new(RwLock::new(inventory));
+                let fd = fan.fd().try_clone()?;
+                // SAFETY: the AsyncFd owns this OwnedFd (a duplicate of the fanotify fd), which
+                // stays open and the same until the AsyncFd drops it.
+                let fd =
+                    unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+                tokio::spawn(read_fanotify(shared.clone(), fd, inventory.clone()));
+                tokio::spawn(maintain(shared, Maintained::Fanotify(fan), inventory));
+            }
+            Startup::Ebpf(audit) => {
+                let EbpfAudit {
+                    probe,
+                    maps,
+                    outputs,
+                    inventory,
+                } = *audit;
+                for hook in &probe.missing {
+                    tracing::warn!(
+                        "bypass audit: hook not attached, its opens are not seen: {hook}"
+                    );
+                }
+                let inventory = Arc::new(RwLock::new(inventory));
+                let Outputs { events, lost } = outputs;
+                // SAFETY: the ring buffer owns its map's file descriptor (an OwnedFd inside
+                // MapData, never replaced), so the fd is open and the same for as long as the
+                // RingBuf lives, and the AsyncFd owns the RingBuf.
+                let ring = unsafe {
+                    AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
+                }?;
+                tokio::spawn(read_events(shared.clone(), ring, inventory.clone()));
+                tokio::spawn(maintain(
+                    shared,
+                    Maintained::Ebpf(Box::new(EbpfMaintained {
+                        _probe: probe,
+                        maps,
+                        lost,
+                    })),
+                    inventory,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the maintenance task keeps up to date.
+enum Maintained {
+    /// Owns the probe: the programs stay attached as long as the task runs.
+    Ebpf(Box<EbpfMaintained>),
+    Fanotify(Fanotify),
+}
+
+struct EbpfMaintained {
+    _probe: Probe,
+    maps: ProtectedMaps,
+    lost: aya::maps::Array<aya::maps::MapData, u64>,
+}
+
+/// Rescans the roots into the kernel's protected set and reports lost eBPF events, every
+/// `rescan_interval`.
+async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<RwLock<Inventory>>) {
+    let config = &shared.config.bypass;
+    let roots: Vec<PathBuf> = shared
+        .config
+        .roots
+        .iter()
+        .map(|r| r.path().to_path_buf())
+        .collect();
+    let mut tick = tokio::time::interval(config.rescan_interval);
+    let mut lost_reported = 0u64;
+    let mut skipped_reported = 0usize;
+    loop {
+        tick.tick().await;
+        let fresh = Inventory::scan(&roots, config.max_protected);
+        let synced = match &mut target {
+            Maintained::Ebpf(e) => e.maps.sync(&fresh),
+            Maintained::Fanotify(fan) => fan.sync(&fresh),
+        };
+        if let Err(e) = synced {
+            tracing::error!("bypass audit: updating the protected set: {e:#}");
+        }
+        if fresh.skipped > 0 && skipped_reported == 0 {
+            tracing::warn!(
+                "bypass audit: {} entries beneath the roots exceed bypass.max_protected and are only covered through their folder",
+                fresh.skipped
+            );
+        }
+        skipped_reported = fresh.skipped;
+        *inventory.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+
+        if let Maintained::Ebpf(e) = &target {
+            let total = e.lost.get(&0, 0).unwrap_or(0);
+            if total > lost_reported {
+                audit_lost(&shared, total, total - lost_reported, "ring buffer full");
+                lost_reported = total;
+            }
+        }
+    }
+}
+
+fn audit_lost(shared: &Shared, total: u64, since_last: u64, reason: &str) {
+    let fields = audit_fields!(
+        "lost_total" => total,
+        "lost_since_last" => since_last,
+        "reason" => reason,
+    );
+    if let Err(e) = shared.audit("bypass.events_lost", fields) {
+        tracing::error!("audit write failed: {e:#}");
+    }
+}
+
+/// Drains the ring buffer whenever the kernel signals it, inspects each opener in /proc at
+/// once (before a short-lived reader is gone), then audits each open.
+async fn read_events(
+    shared: Arc<Shared>,
+    mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    inventory: Arc<RwLock<Inventory>>,
+) {
+    loop {
+        let mut guard = match ring.readable_mut().await {
+            Ok(g) => g,
+            Err(e) => {
+                stopped(&shared, &format!("ring buffer poll failed: {e}"));
+                return;
+            }
+        };
+        let mut batch = Vec::new();
+        while let Some(item) = guard.get_inner_mut().next() {
+            if let Some(raw) = RawEvent::parse(&item) {
+                let info = process::inspect(Path::new("/proc"), raw.tgid);
+                batch.push((raw, info));
+            }
+        }
+        guard.clear_ready();
+        for (raw, info) in batch {
+            let opened = {
+                let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
+                Opened::from_kernel(&inv, &raw)
+            };
+            if let Err(e) = shared.audit("bypass.read", bypass_record(&shared, &opened, &info)) {
+                tracing::error!("audit write failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// The fanotify counterpart of `read_events`.
+async fn read_fanotify(
+    shared: Arc<Shared>,
+    fd: AsyncFd<OwnedFd>,
+    inventory: Arc<RwLock<Inventory>>,
+) {
+    let own = std::process::id();
+    let mut overflows = 0u64;
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                stopped(&shared, &format!("fanotify poll failed: {e}"));
+                return;
+            }
+        };
+        let events = match guard.try_io(|fd| fanotify::read_events(fd.get_ref(), own)) {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                stopped(&shared, &format!("fanotify read failed: {e}"));
+                return;
+            }
+            Err(_would_block) => continue,
+        };
+        let mut batch = Vec::new();
+        for event in events {
+            match event {
+                FanEvent::Overflow => {
+                    overflows += 1;
+                    audit_lost(&shared, overflows, 1, "fanotify queue overflow");
+                }
+                FanEvent::Open(open) => {
+                    let info = process::inspect(Path::new("/proc"), open.pid);
+                    let status = process::status(Path::new("/proc"), open.pid);
+                    batch.push((open, status, info));
+                }
+            }
+        }
+        for (open, status, info) in batch {
+            let opened = {
+                let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
+                Opened::from_fanotify(&inv, &open, status, &info)
+            };
+            let Some(opened) = opened else {
+                continue; // not (or no longer) protected
+            };
+            if let Err(e) = shared.audit("bypass.read", bypass_record(&shared, &opened, &info)) {
+                tracing::error!("audit write failed: {e:#}");
+            }
+        }
+    }
+}
+
+fn stopped(shared: &Shared, reason: &str) {
+    tracing::error!("bypass audit stopped: {reason}");
+    let _ = shared.audit(
+        "bypass_audit_unavailable",
+        audit_fields!("requested_mode" => shared.config.bypass.mode.name(), "reason" => reason),
+    );
+}

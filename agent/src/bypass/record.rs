@@ -1,0 +1,213 @@
+//! One bypass open as an audit record: the opener, the protected path, the allow-list verdict
+//! and the grant correlation, whichever mechanism (eBPF or fanotify) saw it.
+
+use super::event::{self, RawEvent, MATCH_DIR, MATCH_FILE};
+use super::fanotify;
+use super::inventory::{self, dev_text, FileKey, Inventory, Kind};
+use super::process::{self, ProcessInfo};
+use super::BypassConfig;
+use crate::Shared;
+use loggate_core::audit_fields;
+use loggate_core::grant::{compile_path_glob, unix_now};
+use std::path::{Path, PathBuf};
+
+/// One bypass open, from either mechanism. `None` fields are what that mechanism could not
+/// tell (fanotify: flags, thread; and everything `/proc` lost when the opener exited).
+pub struct Opened {
+    pid: u32,
+    tid: Option<u32>,
+    ppid: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    comm: Option<String>,
+    cgroup_id: Option<u64>,
+    path: Option<PathBuf>,
+    opened_name: String,
+    matched: &'static str,
+    ino: u64,
+    dev: u32,
+    fd: Option<i32>,
+    flags: Option<String>,
+    hook: &'static str,
+}
+
+impl Opened {
+    /// Resolves the protected path: the inventory's path of the file, or of its folder joined
+    /// with the opened name. `path` is `None` if the entry left the inventory meanwhile.
+    pub fn from_kernel(inv: &Inventory, raw: &RawEvent) -> Opened {
+        let path = match raw.matched {
+            MATCH_FILE => inv
+                .get(&FileKey::new(raw.dev, raw.ino))
+                .map(|(_, p)| p.to_path_buf()),
+            MATCH_DIR => inv
+                .get(&FileKey::new(raw.dir_dev, raw.dir_ino))
+                .map(|(_, dir)| dir.join(raw.name())),
+            _ => None,
+        };
+        Opened {
+            pid: raw.tgid,
+            tid: Some(raw.pid),
+            ppid: Some(raw.ppid),
+            uid: Some(raw.uid),
+            gid: Some(raw.gid),
+            comm: Some(raw.comm()),
+            cgroup_id: Some(raw.cgroup_id),
+            path,
+            opened_name: raw.name(),
+            matched: if raw.matched == MATCH_DIR {
+                "directory"
+            } else {
+                "file"
+            },
+            ino: raw.ino,
+            dev: raw.dev,
+            fd: Some(raw.fd),
+            flags: Some(event::flags_text(raw.flags)),
+            hook: raw.hook(),
+        }
+    }
+
+    pub fn from_fanotify(
+        inv: &Inventory,
+        open: &fanotify::FanOpen,
+        status: process::Status,
+        info: &ProcessInfo,
+    ) -> Option<Opened> {
+        let opened_name = open
+            .path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (matched, path) =
+            if let Some((Kind::File, p)) = inv.get(&FileKey::new(open.dev, open.ino)) {
+                ("file", p.to_path_buf())
+            } else {
+                // A file in a protected folder: the folder as the kernel names it.
+                let parent = open.path.as_ref()?.parent()?;
+                let meta = std::fs::metadata(parent).ok()?;
+                use std::os::unix::fs::MetadataExt;
+                let key = FileKey::new(inventory::kernel_dev(meta.dev()), meta.ino());
+                match inv.get(&key) {
+                    Some((Kind::Dir, dir)) => ("directory", dir.join(&opened_name)),
+                    _ => return None,
+                }
+            };
+        let cgroup_id = info
+            .cgroup
+            .as_deref()
+            .and_then(|cg| process::cgroup_id(Path::new("/sys/fs/cgroup"), cg));
+        Some(Opened {
+            pid: open.pid,
+            tid: None,
+            ppid: status.ppid,
+            uid: status.uid,
+            gid: status.gid,
+            comm: status.comm,
+            cgroup_id,
+            path: Some(path),
+            opened_name,
+            matched,
+            ino: open.ino,
+            dev: open.dev,
+            fd: None,
+            flags: None,
+            hook: "fanotify",
+        })
+    }
+}
+
+/// Which allow-list rule, if any, makes this open expected.
+fn allow_rule(config: &BypassConfig, info: &ProcessInfo, cgroup_id: Option<u64>) -> Option<String> {
+    if let Some(exe) = info.exe.as_deref() {
+        if config.allow_exe.contains(exe) {
+            return Some(format!("exe:{exe}"));
+        }
+    }
+    let cgroup_id = cgroup_id?;
+    config
+        .allow_cgroup
+        .iter()
+        .find(|cg| process::cgroup_id(Path::new("/sys/fs/cgroup"), cg) == Some(cgroup_id))
+        .map(|cg| format!("cgroup:{cg}"))
+}
+
+/// The grants a subject holds, now, whose paths cover `path` (not revoked, inside their
+/// window). The certificate-key binding cannot be checked for a local process: this answers
+/// "was this person entitled to read this file through the gate".
+fn covering_grants(shared: &Shared, subject: &str, path: &str, now: i64) -> Vec<String> {
+    shared
+        .grants
+        .grants_for(subject)
+        .into_iter()
+        .filter(|g| {
+            let c = g.claims();
+            c.nbf <= now
+                && now < c.exp
+                && shared.grants.revocation(&c.jti).is_none()
+                && c.paths
+                    .iter()
+                    .any(|p| compile_path_glob(p).is_ok_and(|m| m.is_match(path)))
+        })
+        .map(|g| g.claims().jti.clone())
+        .collect()
+}
+
+pub fn bypass_record(
+    shared: &Shared,
+    opened: &Opened,
+    info: &ProcessInfo,
+) -> serde_json::Map<String, serde_json::Value> {
+    let config = &shared.config.bypass;
+    let path = opened.path.as_ref().map(|p| p.display().to_string());
+    let rule = allow_rule(config, info, opened.cgroup_id);
+    let expected = rule.is_some();
+    let mapped = opened.uid.and_then(|uid| config.uid_subjects.get(&uid));
+    let (holds_grant, grant_ids, grant_check) = match (opened.uid, mapped, &path) {
+        (Some(uid), Some(name), Some(path)) => {
+            let subject = format!("spiffe://{}/user/{name}", shared.config.trust_domain);
+            let ids = covering_grants(shared, &subject, path, unix_now());
+            (!ids.is_empty(), ids, format!("uid {uid} is {subject}"))
+        }
+        (Some(_), Some(_), None) => (false, Vec::new(), "path unknown".to_string()),
+        (Some(uid), None, _) => (
+            false,
+            Vec::new(),
+            format!("no subject is mapped to uid {uid} (bypass.uid_subjects)"),
+        ),
+        (None, _, _) => (
+            false,
+            Vec::new(),
+            "uid unknown: the opener exited before it could be inspected".to_string(),
+        ),
+    };
+    audit_fields!(
+        "pid" => opened.pid,
+        "tid" => opened.tid,
+        "ppid" => opened.ppid,
+        "uid" => opened.uid,
+        "user" => opened.uid.and_then(|uid| process::user_name(Path::new("/etc/passwd"), uid)),
+        "gid" => opened.gid,
+        "comm" => opened.comm.clone(),
+        "exe" => info.exe.clone(),
+        "cmdline" => info.cmdline.clone(),
+        "process_exited" => info.exited,
+        "cgroup_id" => opened.cgroup_id,
+        "cgroup" => info.cgroup.clone(),
+        "container_id" => info.container_id.clone(),
+        "path" => path,
+        "opened_name" => opened.opened_name.clone(),
+        "matched" => opened.matched,
+        "inode" => opened.ino,
+        "device" => dev_text(opened.dev),
+        "fd" => opened.fd,
+        "flags" => opened.flags.clone(),
+        "hook" => opened.hook,
+        "expected" => expected,
+        "allow_rule" => rule,
+        "severity" => if expected { "low" } else { "high" },
+        "holds_grant" => holds_grant,
+        "grant_ids" => grant_ids,
+        "grant_check" => grant_check,
+    )
+}

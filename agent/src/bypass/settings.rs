@@ -1,0 +1,199 @@
+//! `[bypass]` in the agent configuration: the typed file section and its validated form
+//! (every field documented in docs/configuration.md).
+
+use anyhow::bail;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Entries the kernel maps hold at most (`max_entries` in logaudit.bpf.c).
+const MAP_CAPACITY: usize = 65536;
+
+/// `[bypass]` in the agent configuration (documented in docs/configuration.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BypassFile {
+    mode: ModeName,
+    allow_exe: Vec<PathBuf>,
+    allow_cgroup: Vec<String>,
+    rescan_interval: String,
+    max_protected: usize,
+    uid_subjects: BTreeMap<String, String>,
+}
+
+impl Default for BypassFile {
+    fn default() -> Self {
+        BypassFile {
+            mode: ModeName::Auto,
+            allow_exe: Vec::new(),
+            allow_cgroup: Vec::new(),
+            rescan_interval: "2s".into(),
+            max_protected: MAP_CAPACITY,
+            uid_subjects: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModeName {
+    Auto,
+    Tracepoint,
+    Off,
+    Lsm,
+    Fentry,
+    Strict,
+    Fanotify,
+}
+
+/// The requested bypass-audit mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `tracepoint` if the kernel accepts it, else `fanotify`.
+    Auto,
+    /// eBPF on the open-family syscall exits and io_uring completions.
+    Tracepoint,
+    /// fanotify `FAN_OPEN` marks only (no eBPF).
+    Fanotify,
+    Off,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Tracepoint => "tracepoint",
+            Mode::Fanotify => "fanotify",
+            Mode::Off => "off",
+        }
+    }
+}
+
+/// The validated `[bypass]` settings.
+#[derive(Debug, Clone)]
+pub struct BypassConfig {
+    pub mode: Mode,
+    pub allow_exe: BTreeSet<String>,
+    pub allow_cgroup: Vec<String>,
+    pub rescan_interval: Duration,
+    pub max_protected: usize,
+    pub uid_subjects: BTreeMap<u32, String>,
+}
+
+impl Default for BypassConfig {
+    fn default() -> Self {
+        BypassFile::default()
+            .validate()
+            .unwrap_or_else(|_| unreachable!("the default [bypass] settings are valid"))
+    }
+}
+
+impl BypassFile {
+    pub fn validate(self) -> anyhow::Result<BypassConfig> {
+        let mode = match self.mode {
+            ModeName::Auto => Mode::Auto,
+            ModeName::Tracepoint => Mode::Tracepoint,
+            ModeName::Off => Mode::Off,
+            ModeName::Fanotify => Mode::Fanotify,
+            other @ (ModeName::Lsm | ModeName::Fentry | ModeName::Strict) => {
+                bail!(
+                    "bypass.mode {:?} is not built yet; use \"auto\", \"tracepoint\", \"fanotify\" or \"off\"",
+                    format!("{other:?}").to_lowercase()
+                )
+            }
+        };
+        for exe in &self.allow_exe {
+            if !exe.is_absolute() {
+                bail!(
+                    "bypass.allow_exe: {} must be an absolute path",
+                    exe.display()
+                );
+            }
+        }
+        for cg in &self.allow_cgroup {
+            if !cg.starts_with('/') {
+                bail!("bypass.allow_cgroup: {cg:?} must be a cgroup v2 path starting with /");
+            }
+        }
+        let rescan_interval = humantime::parse_duration(&self.rescan_interval).map_err(|e| {
+            anyhow::anyhow!("bypass.rescan_interval {:?}: {e}", self.rescan_interval)
+        })?;
+        if rescan_interval < Duration::from_millis(100)
+            || rescan_interval > Duration::from_secs(3600)
+        {
+            bail!("bypass.rescan_interval must be between 100ms and 1h");
+        }
+        if self.max_protected == 0 || self.max_protected > MAP_CAPACITY {
+            bail!("bypass.max_protected must be between 1 and {MAP_CAPACITY}");
+        }
+        let mut uid_subjects = BTreeMap::new();
+        for (uid, name) in self.uid_subjects {
+            let Ok(id) = uid.parse::<u32>() else {
+                bail!("bypass.uid_subjects: key {uid:?} is not a numeric uid");
+            };
+            if !loggate_core::identity::is_valid_name(&name) {
+                bail!("bypass.uid_subjects: {name:?} is not a valid user name");
+            }
+            uid_subjects.insert(id, name);
+        }
+        Ok(BypassConfig {
+            mode,
+            allow_exe: self
+                .allow_exe
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+            allow_cgroup: self.allow_cgroup,
+            rescan_interval,
+            max_protected: self.max_protected,
+            uid_subjects,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<BypassConfig> {
+        toml::from_str::<BypassFile>(text)?.validate()
+    }
+
+    #[test]
+    fn modes_not_built_are_refused_and_built_ones_accepted() {
+        for mode in ["lsm", "fentry", "strict"] {
+            let err = parse(&format!("mode = {mode:?}"))
+                .expect_err(mode)
+                .to_string();
+            assert!(err.contains("not built yet"), "{err}");
+        }
+        assert_eq!(
+            parse("mode = \"fanotify\"").expect("valid").mode,
+            Mode::Fanotify
+        );
+        assert_eq!(parse("").expect("defaults").mode, Mode::Auto);
+        assert!(parse("mode = \"sometimes\"").is_err());
+        assert!(parse("unknown_key = 1").is_err());
+    }
+
+    #[test]
+    fn uid_subjects_need_numeric_uids_and_valid_names() {
+        let ok = parse("uid_subjects = { \"1000\" = \"alice\" }").expect("valid");
+        assert_eq!(
+            ok.uid_subjects.get(&1000).map(String::as_str),
+            Some("alice")
+        );
+        assert!(parse("uid_subjects = { \"alice\" = \"alice\" }").is_err());
+        assert!(parse("uid_subjects = { \"1000\" = \"Not A Name\" }").is_err());
+    }
+
+    #[test]
+    fn allow_lists_and_limits_are_checked() {
+        assert!(parse("allow_exe = [\"vector\"]").is_err());
+        assert!(parse("allow_cgroup = [\"system.slice\"]").is_err());
+        assert!(parse("rescan_interval = \"1ms\"").is_err());
+        assert!(parse("max_protected = 0").is_err());
+        assert!(parse("max_protected = 70000").is_err());
+    }
+}

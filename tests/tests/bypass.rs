@@ -1,0 +1,590 @@
+//! End-to-end: the real agent loads its eBPF program and audits direct opens of the protected
+//! files by other processes (`bypass.read`), with the opener's pid, uid, command and the
+//! protected path — and stays silent for unprotected files and for its own reads.
+//!
+//! Needs root and a kernel with BTF; without them each test says why and passes vacuously. CI
+//! runs as root, where they must pass.
+
+use loggate_tests::{text, Cluster};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const NOBODY: u32 = 65534;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Why these tests cannot run here, if they cannot.
+fn unsupported() -> Option<&'static str> {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: loading eBPF programs needs CAP_BPF and CAP_PERFMON");
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("the kernel exposes no BTF (/sys/kernel/btf/vmlinux)");
+    }
+    None
+}
+
+macro_rules! require_bpf {
+    () => {
+        if let Some(why) = unsupported() {
+            eprintln!("SKIPPED: bypass audit test needs root and BTF: {why}");
+            return Ok(());
+        }
+    };
+}
+
+/// A controller and agent `web-1` protecting `logs/` (world-readable, so `nobody` can read it),
+/// which holds `app.log`.
+struct Bypass {
+    cluster: Cluster,
+    _world: tempfile::TempDir,
+    logs: PathBuf,
+    /// A folder outside the roots, on the same filesystem.
+    outside: PathBuf,
+}
+
+impl Bypass {
+    fn start(bypass_toml: &str) -> anyhow::Result<Bypass> {
+        let mut cluster = Cluster::new(None)?;
+        let world = tempfile::Builder::new()
+            .prefix("loggate-bypass-")
+            .tempdir()?;
+        std::fs::set_permissions(world.path(), std::fs::Permissions::from_mode(0o755))?;
+        let logs = world.path().join("logs");
+        let outside = world.path().join("outside");
+        for dir in [&logs, &outside] {
+            std::fs::create_dir(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        }
+        write_world_readable(
+            &logs.join("app.log"),
+            "protected line 1\nprotected line 2\n",
+        )?;
+        write_world_readable(&outside.join("free.log"), "nothing to see\n")?;
+        cluster.add_agent("web-1", &[&logs], &format!("[bypass]\n{bypass_toml}"))?;
+        cluster.start_controller()?;
+        cluster.start_agent("web-1")?;
+        Ok(Bypass {
+            cluster,
+            _world: world,
+            logs,
+            outside,
+        })
+    }
+
+    fn started(&self) -> anyhow::Result<serde_json::Value> {
+        self.cluster
+            .wait_for_audit("web-1", WAIT, |e| e["event"] == "agent.started")
+    }
+
+    fn app_log(&self) -> PathBuf {
+        self.logs.join("app.log")
+    }
+
+    /// The `bypass.read` events of process `pid`.
+    fn reads_by(&self, pid: u32) -> Vec<serde_json::Value> {
+        self.cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .filter(|e| e["event"] == "bypass.read" && e["pid"] == pid)
+            .collect()
+    }
+
+    /// Waits for the `bypass.read` of `pid`, then checks it is the only one.
+    fn the_read_by(&self, pid: u32) -> anyhow::Result<serde_json::Value> {
+        let e = self.cluster.wait_for_audit("web-1", WAIT, |e| {
+            e["event"] == "bypass.read" && e["pid"] == pid
+        })?;
+        // Anything else of this pid would be in the ring buffer already; give it a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let all = self.reads_by(pid);
+        assert_eq!(all.len(), 1, "one open, one event: {all:#?}");
+        Ok(e)
+    }
+}
+
+fn write_world_readable(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+/// Runs `argv` as user nobody (setpriv execs it: the pid we get is the reader's own).
+/// Returns its pid once it has exited successfully.
+fn as_nobody(argv: &[&str]) -> anyhow::Result<u32> {
+    let uid = NOBODY.to_string();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
+        .args(argv);
+    run(cmd)
+}
+
+fn as_root(argv: &[&str]) -> anyhow::Result<u32> {
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]);
+    run(cmd)
+}
+
+fn run(mut cmd: Command) -> anyhow::Result<u32> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(pid)
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn assert_read(e: &serde_json::Value, pid: u32, uid: u32, comm: &str, path: &Path) {
+    assert_eq!(e["pid"], pid, "{e:#}");
+    assert_eq!(e["uid"], uid, "{e:#}");
+    assert_eq!(e["comm"], comm, "{e:#}");
+    assert_eq!(e["path"], s(path).as_str(), "{e:#}");
+    assert_eq!(e["expected"], false, "{e:#}");
+    assert!(
+        e["flags"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("O_RDONLY")),
+        "{e:#}"
+    );
+}
+
+#[test]
+fn agent_reports_tracepoint_mode_and_its_hooks_at_start() -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("")?;
+    let started = b.started()?;
+    assert_eq!(started["bypass_mode"], "tracepoint", "{started:#}");
+    let hooks = started["bypass_hooks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(hooks.iter().any(|h| h == "sys_exit_openat"), "{started:#}");
+    assert!(hooks.iter().any(|h| h == "sys_exit_openat2"), "{started:#}");
+    // logs/ and app.log
+    assert_eq!(started["bypass_protected"], 2, "{started:#}");
+    Ok(())
+}
+
+#[test]
+fn cat_dd_tail_and_python_as_nobody_each_produce_one_event_naming_them() -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("")?;
+    let log = b.app_log();
+    let path = s(&log);
+    let cat = as_nobody(&["cat", &path])?;
+    let e = b.the_read_by(cat)?;
+    assert_read(&e, cat, NOBODY, "cat", &log);
+    assert_eq!(e["user"], "nobody");
+    assert_eq!(e["gid"], NOBODY);
+    assert_eq!(e["matched"], "file");
+    assert_eq!(e["holds_grant"], false);
+    assert!(e["grant_check"]
+        .as_str()
+        .is_some_and(|c| c.contains("no subject is mapped")));
+
+    let dd = as_nobody(&["dd", &format!("if={path}"), "of=/dev/null", "status=none"])?;
+    assert_read(&b.the_read_by(dd)?, dd, NOBODY, "dd", &log);
+
+    let tail = as_nobody(&["tail", "-n", "1", &path])?;
+    assert_read(&b.the_read_by(tail)?, tail, NOBODY, "tail", &log);
+
+    let py = as_nobody(&["/usr/bin/python3", "-c", &format!("open({path:?}).read()")])?;
+    let e = b.the_read_by(py)?;
+    assert_read(&e, py, NOBODY, "python3", &log);
+    Ok(())
+}
+
+#[test]
+fn openat2_open_is_reported_with_its_hook() -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("")?;
+    let log = b.app_log();
+    // openat2(AT_FDCWD, path, &{flags: O_RDONLY}, 24): syscall 437 on x86_64 and arm64.
+    let script = format!(
+        "import ctypes, os, struct\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         how = ctypes.create_string_buffer(struct.pack('QQQ', os.O_RDONLY, 0, 0), 24)\n\
+         fd = libc.syscall(437, -100, {:?}.encode(), how, 24)\n\
+         assert fd >= 0, ctypes.get_errno()\n\
+         os.read(fd, 10)\n",
+        s(&log)
+    );
+    let py = as_nobody(&["/usr/bin/python3", "-c", &script])?;
+    let e = b.the_read_by(py)?;
+    assert_read(&e, py, NOBODY, "python3", &log);
+    assert_eq!(e["hook"], "openat2", "{e:#}");
+    Ok(())
+}
+
+/// Opens argv[1] with IORING_OP_OPENAT through raw io_uring syscalls (no liburing needed) and
+/// reads from the returned fd; no open(2)-family syscall touches the file.
+const IO_URING_OPEN_PY: &str = r#"import ctypes, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)  # io_uring_setup(4 entries)
+assert ring >= 0, os.strerror(ctypes.get_errno())
+sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+sq_head, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("7I", params, 40)
+cq_head, cq_tail, cq_mask, _, _, cqes = struct.unpack_from("6I", params, 80)
+sq = mmap.mmap(ring, sq_array + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cqes + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+# IORING_OP_OPENAT, dirfd AT_FDCWD, addr = path, open_flags O_RDONLY, user_data 7
+sqe = bytearray(64)
+struct.pack_into("BBHiQQIIQ", sqe, 0, 18, 0, 0, -100, 0, ctypes.addressof(path), 0, os.O_RDONLY, 7)
+sqes[0:64] = bytes(sqe)
+tail = struct.unpack_from("I", sq, sq_tail)[0]
+struct.pack_into("I", sq, sq_array + (tail & struct.unpack_from("I", sq, sq_mask)[0]) * 4, 0)
+struct.pack_into("I", sq, sq_tail, tail + 1)
+n = libc.syscall(426, ring, 1, 1, 1, None, 0)  # io_uring_enter(to_submit 1, min_complete 1, GETEVENTS)
+assert n == 1, os.strerror(ctypes.get_errno())
+head = struct.unpack_from("I", cq, cq_head)[0]
+user_data, res = struct.unpack_from("Qi", cq, cqes + (head & struct.unpack_from("I", cq, cq_mask)[0]) * 16)
+assert user_data == 7 and res >= 0, res
+print(os.read(res, 9).decode())
+"#;
+
+#[test]
+fn io_uring_open_is_reported_by_the_io_uring_hook() -> anyhow::Result<()> {
+    require_bpf!();
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2")
+    {
+        eprintln!("SKIPPED: io_uring is disabled on this host (kernel.io_uring_disabled=2)");
+        return Ok(());
+    }
+    let b = Bypass::start("")?;
+    let started = b.started()?;
+    let hooks = started["bypass_hooks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        hooks.iter().any(|h| h == "io_uring_complete"),
+        "{started:#}"
+    );
+    let log = b.app_log();
+    let py = as_nobody(&["/usr/bin/python3", "-c", IO_URING_OPEN_PY, &s(&log)])?;
+    let e = b.the_read_by(py)?;
+    assert_eq!(e["hook"], "io_uring", "{e:#}");
+    assert_eq!(e["uid"], NOBODY, "{e:#}");
+    assert_eq!(e["path"], s(&log).as_str(), "{e:#}");
+    // Completed by the submitting thread or one of its io-wq workers (same process).
+    let comm = e["comm"].as_str().unwrap_or_default();
+    assert!(comm == "python3" || comm.starts_with("iou-"), "{e:#}");
+    Ok(())
+}
+
+#[test]
+fn symlink_and_hard_link_from_outside_the_roots_resolve_to_the_protected_file() -> anyhow::Result<()>
+{
+    require_bpf!();
+    let b = Bypass::start("")?;
+    let log = b.app_log();
+    let sym = b.outside.join("innocent-symlink");
+    std::os::unix::fs::symlink(&log, &sym)?;
+    let hard = b.outside.join("innocent-hardlink");
+    std::fs::hard_link(&log, &hard)?;
+
+    let via_sym = as_nobody(&["cat", &s(&sym)])?;
+    let e = b.the_read_by(via_sym)?;
+    assert_read(&e, via_sym, NOBODY, "cat", &log);
+    assert_eq!(
+        e["opened_name"], "app.log",
+        "a symlink resolves to the target's dentry"
+    );
+
+    let via_hard = as_nobody(&["cat", &s(&hard)])?;
+    let e = b.the_read_by(via_hard)?;
+    assert_read(&e, via_hard, NOBODY, "cat", &log);
+    assert_eq!(e["opened_name"], "innocent-hardlink", "{e:#}");
+    assert_eq!(e["matched"], "file");
+    Ok(())
+}
+
+#[test]
+fn file_created_by_rotation_is_covered_through_its_protected_folder() -> anyhow::Result<()> {
+    require_bpf!();
+    // No rescan during the test: only the folder's entry in the kernel map can match.
+    let b = Bypass::start("rescan_interval = \"1h\"")?;
+    std::fs::rename(b.app_log(), b.logs.join("app.log.1"))?;
+    let fresh = b.logs.join("app.log");
+    write_world_readable(&fresh, "after rotation\n")?;
+    let cat = as_nobody(&["cat", &s(&fresh)])?;
+    let e = b.the_read_by(cat)?;
+    assert_read(&e, cat, NOBODY, "cat", &fresh);
+    assert_eq!(e["matched"], "directory", "{e:#}");
+    Ok(())
+}
+
+#[test]
+fn unprotected_files_and_write_only_opens_produce_no_event() -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("")?;
+    let free = as_nobody(&["cat", &s(&b.outside.join("free.log"))])?;
+    // Write-only open of the protected file (root, appending like a logger would).
+    let writer = as_root(&[
+        "sh",
+        "-c",
+        &format!("echo appended >> {:?}", s(&b.app_log())),
+    ])?;
+    // A protected read afterwards: events arrive in order, so once it is audited, anything
+    // from the earlier opens would have been too.
+    let marker = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.the_read_by(marker)?;
+    assert!(b.reads_by(free).is_empty(), "{:#?}", b.reads_by(free));
+    assert!(b.reads_by(writer).is_empty(), "{:#?}", b.reads_by(writer));
+    Ok(())
+}
+
+#[test]
+fn reads_through_the_gate_by_the_agent_itself_produce_no_event() -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("")?;
+    let grant = b
+        .cluster
+        .issue_grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
+    b.cluster.wait_for_grant("web-1", &grant)?;
+    let addr = b.cluster.agent_addr("web-1");
+    let out = b.cluster.run_cli(
+        "alice",
+        &[
+            "logs",
+            "cat",
+            &s(&b.app_log()),
+            "--host",
+            "web-1",
+            "--agent-addr",
+            &addr,
+        ],
+    )?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("protected line 2"));
+    b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "read.finished" && e["grant_id"] == grant.as_str()
+    })?;
+    let marker = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.the_read_by(marker)?;
+    let bypass: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.read")
+        .collect();
+    assert_eq!(bypass.len(), 1, "only the marker: {bypass:#?}");
+    Ok(())
+}
+
+#[test]
+fn allow_listed_executable_is_audited_as_expected_and_others_are_not() -> anyhow::Result<()> {
+    require_bpf!();
+    let python = std::fs::canonicalize("/usr/bin/python3")?;
+    let b = Bypass::start(&format!("allow_exe = [{:?}]", s(&python)))?;
+    let log = s(&b.app_log());
+    // The allow-list matches /proc/<pid>/exe, so the reader lives a moment after its open.
+    let shipper = as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        &format!("import time; open({log:?}).read(); time.sleep(1)"),
+    ])?;
+    let e = b.the_read_by(shipper)?;
+    assert_eq!(e["expected"], true, "{e:#}");
+    assert_eq!(e["severity"], "low");
+    assert_eq!(e["allow_rule"], format!("exe:{}", s(&python)).as_str());
+    assert_eq!(e["exe"], s(&python).as_str());
+    let cat = as_nobody(&["cat", &log])?;
+    let e = b.the_read_by(cat)?;
+    assert_eq!(e["expected"], false, "{e:#}");
+    assert_eq!(e["severity"], "high");
+    Ok(())
+}
+
+#[test]
+fn mapped_uid_holding_a_grant_is_correlated_with_it() -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start(&format!("uid_subjects = {{ \"{NOBODY}\" = \"alice\" }}"))?;
+    let cat = as_nobody(&["cat", &s(&b.app_log())])?;
+    let e = b.the_read_by(cat)?;
+    assert_eq!(e["holds_grant"], false, "{e:#}");
+    let grant = b
+        .cluster
+        .issue_grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
+    b.cluster.wait_for_grant("web-1", &grant)?;
+    let cat = as_nobody(&["cat", &s(&b.app_log())])?;
+    let e = b.the_read_by(cat)?;
+    assert_eq!(e["holds_grant"], true, "{e:#}");
+    assert_eq!(e["grant_ids"][0], grant.as_str(), "{e:#}");
+    Ok(())
+}
+
+#[test]
+fn fanotify_mode_reports_plain_io_uring_and_rotated_opens_but_not_the_agent_or_other_files(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("mode = \"fanotify\"\nrescan_interval = \"1h\"")?;
+    let started = b.started()?;
+    assert_eq!(started["bypass_mode"], "fanotify", "{started:#}");
+    let log = b.app_log();
+    let path = s(&log);
+
+    // A reader alive when its event is read: uid and command come from /proc.
+    let py = as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        &format!("import time; open({path:?}).read(); time.sleep(1)"),
+    ])?;
+    let e = b.the_read_by(py)?;
+    assert_eq!(e["hook"], "fanotify", "{e:#}");
+    assert_eq!(e["path"], path.as_str(), "{e:#}");
+    assert_eq!(e["uid"], NOBODY, "{e:#}");
+    assert_eq!(e["comm"], "python3", "{e:#}");
+    assert_eq!(
+        e["flags"],
+        serde_json::Value::Null,
+        "fanotify cannot tell the flags"
+    );
+
+    // A short-lived reader: at least the pid and the path.
+    let cat = as_nobody(&["cat", &path])?;
+    assert_eq!(b.the_read_by(cat)?["path"], path.as_str());
+
+    // io_uring opens are seen too.
+    let uring = as_nobody(&["/usr/bin/python3", "-c", IO_URING_OPEN_PY, &path])?;
+    assert_eq!(b.the_read_by(uring)?["path"], path.as_str());
+
+    // A file created in the protected folder after the last scan.
+    let fresh = b.logs.join("rotated-in.log");
+    write_world_readable(&fresh, "new\n")?;
+    let cat = as_nobody(&["cat", &s(&fresh)])?;
+    let e = b.the_read_by(cat)?;
+    assert_eq!(e["path"], s(&fresh).as_str(), "{e:#}");
+    assert_eq!(e["matched"], "directory", "{e:#}");
+
+    // Neither an unprotected file nor the agent's own read through the gate.
+    let free = as_nobody(&["cat", &s(&b.outside.join("free.log"))])?;
+    let grant = b
+        .cluster
+        .issue_grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
+    b.cluster.wait_for_grant("web-1", &grant)?;
+    let addr = b.cluster.agent_addr("web-1");
+    let out = b.cluster.run_cli(
+        "alice",
+        &[
+            "logs",
+            "cat",
+            &path,
+            "--host",
+            "web-1",
+            "--agent-addr",
+            &addr,
+        ],
+    )?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let marker = as_nobody(&["cat", &path])?;
+    b.the_read_by(marker)?;
+    assert!(b.reads_by(free).is_empty());
+    let all: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.read")
+        .collect();
+    // fanotify cannot tell open flags: this test's own write of rotated-in.log is reported too.
+    let own = std::process::id();
+    assert_eq!(
+        all.iter().filter(|e| e["pid"] == own).count(),
+        1,
+        "{all:#?}"
+    );
+    let readers = all.iter().filter(|e| e["pid"] != own).count();
+    assert_eq!(
+        readers, 5,
+        "python, cat, io_uring, rotated, marker: {all:#?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn mode_off_reports_off_and_audits_nothing() -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("mode = \"off\"")?;
+    assert_eq!(b.started()?["bypass_mode"], "off");
+    let cat = as_nobody(&["cat", &s(&b.app_log())])?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(b.reads_by(cat).is_empty());
+    Ok(())
+}
+
+#[test]
+fn agent_without_bpf_or_fanotify_privilege_serves_and_reports_why_the_audit_is_unavailable(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    // Start the agent through setpriv with every capability dropped: still uid 0 (it can
+    // read its own files), but the kernel refuses bpf(2).
+    let mut cluster = Cluster::new(None)?;
+    let wrapped = cluster.dir.join("wrapped-bins");
+    std::fs::create_dir(&wrapped)?;
+    std::os::unix::fs::symlink(cluster.bins.join("loggate"), wrapped.join("loggate"))?;
+    let script = wrapped.join("loggate-agent");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec setpriv --inh-caps=-all --ambient-caps=-all --bounding-set=-all -- {:?} \"$@\"\n",
+            s(&cluster.bins.join("loggate-agent"))
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    let logs = cluster.dir.join("logs");
+    std::fs::create_dir(&logs)?;
+    std::fs::write(logs.join("app.log"), "served anyway\n")?;
+    cluster.add_agent("web-1", &[&logs], "")?;
+    cluster.start_controller()?;
+    cluster.bins = wrapped;
+    cluster.start_agent("web-1")?;
+    let started = cluster.wait_for_audit("web-1", WAIT, |e| e["event"] == "agent.started")?;
+    assert_eq!(started["bypass_mode"], "off", "{started:#}");
+    let why =
+        cluster.wait_for_audit("web-1", WAIT, |e| e["event"] == "bypass_audit_unavailable")?;
+    assert_eq!(why["requested_mode"], "auto");
+    // auto tried eBPF, then fanotify; both need capabilities this agent lacks.
+    let reason = why["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("eBPF:") && reason.contains("fanotify:"),
+        "{why:#}"
+    );
+    // …and it still serves reads through the gate.
+    let grant = cluster.issue_grant("alice", "web-1", &format!("{}/*.log", s(&logs)), "30m")?;
+    cluster.wait_for_grant("web-1", &grant)?;
+    let addr = cluster.agent_addr("web-1");
+    let out = cluster.run_cli(
+        "alice",
+        &[
+            "logs",
+            "cat",
+            &s(&logs.join("app.log")),
+            "--host",
+            "web-1",
+            "--agent-addr",
+            &addr,
+        ],
+    )?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "served anyway\n");
+    Ok(())
+}
