@@ -159,6 +159,24 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let status = follow.wait()?;
     println!("(exit code {})", status.code().unwrap_or(-1));
 
+    step("Someone reads the log directly on the host, around the gate: the agent sees it");
+    let started = cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .find(|e| e["event"] == "agent.started")
+        .unwrap_or_default();
+    println!("bypass audit mode: {}", started["bypass_mode"].as_str().unwrap_or("unknown"));
+    println!("$ cat {api} > /dev/null");
+    std::process::Command::new("cat").arg(&api).stdout(Stdio::null()).status()?;
+    match cluster.wait_for_audit("web-1", Duration::from_secs(3), |e| e["event"] == "bypass.read") {
+        Ok(e) => println!(
+            "  bypass.read: pid {} uid {} comm {} opened {} via {} (severity {})",
+            e["pid"], e["uid"], e["comm"].as_str().unwrap_or(""), e["path"].as_str().unwrap_or(""),
+            e["hook"].as_str().unwrap_or(""), e["severity"].as_str().unwrap_or("")
+        ),
+        Err(_) => println!("  no bypass event (the bypass audit is not active here: it needs root and eBPF or fanotify)"),
+    }
+
     step("The agent's audit trail (one JSON line per decision, hash-chained)");
     for e in cluster.agent_audit("web-1") {
         let subject = e["subject"]
@@ -168,7 +186,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             .next()
             .unwrap_or("");
         println!(
-            "  seq={:<3} {:<15} {:<6} {:<20} {}",
+            "  seq={:<3} {:<16} {:<6} {:<20} {}",
             e["seq"],
             e["event"].as_str().unwrap_or(""),
             subject,
