@@ -5,6 +5,7 @@ mod config;
 mod fs_access;
 mod gate;
 mod grants;
+mod redact;
 mod server;
 mod stream;
 mod watch;
