@@ -40,6 +40,7 @@ impl LineSplitter {
     }
 
     /// Bytes held back waiting for the end of their line.
+    #[cfg(test)]
     pub fn carried(&self) -> usize {
         self.carry.len()
     }

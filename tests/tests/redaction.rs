@@ -1,0 +1,114 @@
+//! End-to-end: grants naming a redaction profile get redacted streams, the stream-end audit
+//! record carries the counts per detector, and `loggate-agent redact` prints exactly what the
+//! agent serves.
+
+use loggate_tests::{text, Fixture};
+use std::process::Command;
+use std::time::Duration;
+
+const PEM: &str = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA0Z3VS5JJcds3xfn\nKOWs8uWs9pT1hCwo4q0Mx2F\n-----END RSA PRIVATE KEY-----\n";
+
+fn plant(f: &Fixture, name: &str, content: &str) -> anyhow::Result<String> {
+    let path = f.logs.join(name);
+    std::fs::write(&path, content)?;
+    Ok(path.display().to_string())
+}
+
+fn secrets_log() -> String {
+    format!(
+        "2026-11-27T08:00:00Z INFO signup email=jane.doe@example.com ts=1732693762004\n\
+         2026-11-27T08:00:01Z INFO charge card=4111 1111 1111 1111 ok password=hunter2\n\
+         2026-11-27T08:00:02Z WARN key dump follows\n{PEM}\
+         2026-11-27T08:00:03Z INFO done\n"
+    )
+}
+
+#[test]
+fn default_profile_redacts_the_stream_and_audits_counts_per_detector() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let path = plant(&f, "secrets.log", &secrets_log())?;
+    let grant = f.grant_with_profile("alice", "30m", "default")?;
+    let out = f.logs("alice", &["cat", &path])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        "2026-11-27T08:00:00Z INFO signup email=[REDACTED:email] ts=1732693762004\n\
+         2026-11-27T08:00:01Z INFO charge card=[REDACTED:card] ok password=[REDACTED:secret]\n\
+         2026-11-27T08:00:02Z WARN key dump follows\n\
+         [REDACTED:private_key]\n\
+         2026-11-27T08:00:03Z INFO done\n"
+    );
+    let finished = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["grant_id"] == grant.as_str()
+        })?;
+    assert_eq!(
+        finished["redactions"],
+        serde_json::json!({"email": 1, "card": 1, "secret": 1, "private_key": 1})
+    );
+    assert_eq!(finished["lines_withheld"], 0);
+    let audit = std::fs::read_to_string(f.cluster.dir.join("agents/web-1/audit.jsonl"))?;
+    assert!(!audit.contains("hunter2") && !audit.contains("jane.doe"));
+    Ok(())
+}
+
+#[test]
+fn redact_command_prints_byte_for_byte_what_the_agent_serves() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let path = plant(&f, "secrets.log", &secrets_log())?;
+    f.grant_with_profile("alice", "30m", "default")?;
+    let served = f.logs("alice", &["cat", &path])?;
+    assert!(served.status.success(), "{}", text(&served).1);
+    let local = Command::new(f.cluster.bins.join("loggate-agent"))
+        .args(["redact", "--stats", &path])
+        .output()?;
+    assert!(local.status.success(), "{}", text(&local).1);
+    assert_eq!(local.stdout, served.stdout);
+    let stats: serde_json::Value = serde_json::from_slice(&local.stderr)?;
+    assert_eq!(stats["redactions"]["private_key"], 1);
+    Ok(())
+}
+
+#[test]
+fn grep_sees_redacted_lines_so_it_cannot_probe_for_a_secret() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let path = plant(&f, "secrets.log", &secrets_log())?;
+    f.grant_with_profile("alice", "30m", "default")?;
+    let out = f.logs("alice", &["grep", "hunter2", &path])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0, "");
+    let out = f.logs("alice", &["grep", "REDACTED:secret", &path])?;
+    assert_eq!(text(&out).0.lines().count(), 1);
+    Ok(())
+}
+
+#[test]
+fn tail_starting_inside_a_private_key_serves_none_of_it() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let path = plant(
+        &f,
+        "key.log",
+        "start\n-----BEGIN PRIVATE KEY-----\nAAAABBBBCCCC\nDDDDEEEEFFFF\n",
+    )?;
+    f.grant_with_profile("alice", "30m", "default")?;
+    let out = f.logs("alice", &["tail", "-n", "2", &path])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0, "");
+    Ok(())
+}
+
+#[test]
+fn grant_naming_an_unknown_profile_is_denied_not_served_raw() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant_with_profile("alice", "30m", "strict")?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).1.contains("\"strict\""), "{}", text(&out).1);
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "profile_unavailable"
+        })?;
+    Ok(())
+}
