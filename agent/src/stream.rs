@@ -284,6 +284,11 @@ fn pump(
         };
         if n == 0 {
             if !plan.follow {
+                // Shrunk under us (copytruncate): what we carry is the head of a line that is
+                // gone; end with the whole lines already served.
+                if plan.file.metadata().map_err(io)?.len() < pos {
+                    pipeline.abandon_partial_line();
+                }
                 let mut out = Vec::new();
                 pipeline.finish(&mut |line| selector.keep(line), &mut out);
                 if !out.is_empty() {

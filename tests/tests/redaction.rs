@@ -112,3 +112,98 @@ fn grant_naming_an_unknown_profile_is_denied_not_served_raw() -> anyhow::Result<
         })?;
     Ok(())
 }
+
+#[test]
+fn truncating_the_file_mid_scan_ends_the_stream_with_whole_redacted_lines() -> anyhow::Result<()> {
+    use std::io::Read;
+    let f = Fixture::start()?;
+    let line = |i: usize| format!("{i:08} user{i}@example.com paid with 4111111111111111 ok\n");
+    let redacted = |i: usize| format!("{i:08} [REDACTED:email] paid with [REDACTED:card] ok");
+    let lines = 400_000; // ~22 MB: far more than the stream buffers between agent and reader
+    let mut content = String::with_capacity(lines * 56);
+    for i in 0..lines {
+        content.push_str(&line(i));
+    }
+    let path = plant(&f, "big.log", &content)?;
+    f.grant_with_profile("alice", "30m", "default")?;
+    let addr = f.cluster.agent_addr("web-1");
+    let mut child = f
+        .cluster
+        .cli("alice")
+        .args([
+            "logs",
+            "cat",
+            &path,
+            "--host",
+            "web-1",
+            "--agent-addr",
+            &addr,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut got = vec![0u8; 256 * 1024];
+    stdout.read_exact(&mut got)?;
+    // copytruncate, as logrotate does it, while the agent is in the middle of the file.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)?
+        .set_len(0)?;
+    stdout.read_to_end(&mut got)?;
+    let status = child.wait()?;
+    assert!(status.success());
+    let text = String::from_utf8(got)?;
+    assert!(text.ends_with('\n'), "the stream ended inside a line");
+    let served: Vec<&str> = text.lines().collect();
+    assert!(
+        served.len() < lines,
+        "the whole file was served before the truncation; the test proved nothing"
+    );
+    for (i, l) in served.iter().enumerate() {
+        assert_eq!(*l, redacted(i), "line {i}");
+    }
+    Ok(())
+}
+
+#[test]
+fn configured_hash_profile_gives_stable_keyed_pseudonyms() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = tempfile::tempdir()?;
+    let key = keys.path().join("redaction.key");
+    std::fs::write(&key, [0x5au8; 32])?;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    let f = Fixture::start_with(&format!(
+        "[redaction]\nhash_key_file = {:?}\n\
+         [redaction.profiles.support]\ndetectors = [\"email\", \"card\"]\n\
+         modes = {{ email = \"hash\", card = \"partial\" }}\n",
+        key.display().to_string()
+    ))?;
+    let path = plant(
+        &f,
+        "pii.log",
+        "a jane@example.com 4111111111111111\nb jane@example.com\n",
+    )?;
+    f.grant_with_profile("alice", "30m", "support")?;
+    let first = f.logs("alice", &["cat", &path])?;
+    assert!(first.status.success(), "{}", text(&first).1);
+    let (stdout, _) = text(&first);
+    let words: Vec<&str> = stdout.split_whitespace().collect();
+    assert!(
+        words[1].starts_with("<email:") && words[1] == words[4],
+        "{stdout}"
+    );
+    assert_eq!(words[2], "[REDACTED:card:...1111]");
+    // Another read, and the local command with the same configuration: the same pseudonyms.
+    assert_eq!(f.logs("alice", &["cat", &path])?.stdout, first.stdout);
+    let config = f.cluster.agents["web-1"].config.display().to_string();
+    let local = Command::new(f.cluster.bins.join("loggate-agent"))
+        .args(["redact", "--config", &config, "--profile", "support", &path])
+        .output()?;
+    assert!(local.status.success(), "{}", text(&local).1);
+    assert_eq!(local.stdout, first.stdout);
+    Ok(())
+}

@@ -408,6 +408,12 @@ impl Pipeline {
         lines.finish(|line| handle_line(line, redactor, counts, scratch, keep, out));
     }
 
+    /// The input was truncated under us: the carried head of a line whose end was never seen is
+    /// dropped, not served (its last bytes could be half a secret no detector recognises).
+    pub fn abandon_partial_line(&mut self) {
+        self.lines.reset();
+    }
+
     /// The input was truncated and is read again from its start: forget the partial line and
     /// any open private-key block (counts are kept).
     pub fn reset(&mut self) {
