@@ -375,8 +375,9 @@ fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
                 if digits.len() > 19 {
                     break;
                 }
-                if (!dashed || b == groups.len() - 1)
-                    && card_grouping(groups[a..=b].iter().map(|(s, e)| e - s))
+                if digits.len() >= 13
+                    && (!dashed || b == groups.len() - 1)
+                    && card_grouping(&groups[a..=b])
                     && validate::card_number(&digits)
                 {
                     found = Some(b);
@@ -395,12 +396,12 @@ fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
 
 /// How card numbers are printed: undivided, in fours (the last group shorter), or 4-6-5 / 4-6-4
 /// (American Express, Diners). Other groupings of digits are other numbers.
-fn card_grouping(lens: impl Iterator<Item = usize>) -> bool {
-    let v: Vec<usize> = lens.collect();
-    match v.as_slice() {
+fn card_grouping(groups: &[(usize, usize)]) -> bool {
+    let len = |g: &(usize, usize)| g.1 - g.0;
+    match groups {
         [_] => true,
-        [4, 6, 5] | [4, 6, 4] => true,
-        [init @ .., last] => init.iter().all(|l| *l == 4) && (1..=4).contains(last),
+        [a, b, c] if len(a) == 4 && len(b) == 6 && matches!(len(c), 4 | 5) => true,
+        [init @ .., last] => init.iter().all(|g| len(g) == 4) && (1..=4).contains(&len(last)),
         [] => false,
     }
 }
@@ -636,6 +637,22 @@ mod tests {
             "aws commit 3f786850e387550fdab836ed7e6dc881de23001b"
         )
         .is_empty());
+    }
+
+    #[test]
+    fn token_look_alikes_survive() {
+        for (b, text) in [
+            (
+                Builtin::GithubToken,
+                "ghp_short gh_pages ghx_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ),
+            (Builtin::SlackToken, "xoxz-1234567890ab xoxb-short"),
+            (Builtin::GoogleApiKey, "AIzaShort and AIza"),
+            (Builtin::StripeKey, "sk_live_short pk_live_abcdefghijklmnop"),
+            (Builtin::AwsAccessKey, "AKIA1234 XAKIAIOSFODNN7EXAMPLE"),
+        ] {
+            assert!(found(b, text).is_empty(), "{text}");
+        }
     }
 
     #[test]
