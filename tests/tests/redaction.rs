@@ -207,3 +207,36 @@ fn configured_hash_profile_gives_stable_keyed_pseudonyms() -> anyhow::Result<()>
     assert_eq!(local.stdout, first.stdout);
     Ok(())
 }
+
+#[test]
+fn redact_command_refuses_bad_input_with_one_clear_sentence() -> anyhow::Result<()> {
+    let bins = loggate_tests::bin_dir()?;
+    let dir = tempfile::tempdir()?;
+    let bad_config = dir.path().join("agent.toml");
+    std::fs::write(&bad_config, "id = \"x\"\nwhat = 1\n")?;
+    let config = bad_config.display().to_string();
+    let folder = dir.path().display().to_string();
+    let missing = dir.path().join("missing.log").display().to_string();
+    for (args, want) in [
+        (vec!["redact", &missing], "cannot read"),
+        (vec!["redact", &folder], "is a folder"),
+        (
+            vec!["redact", "--profile", "nope"],
+            "no redaction profile \"nope\"; available: default",
+        ),
+        (vec!["redact", "--profile", "raw"], "allow_raw = true"),
+        (
+            vec!["redact", "--config", &config],
+            "invalid agent configuration",
+        ),
+    ] {
+        let out = Command::new(bins.join("loggate-agent"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(text(&out).1.contains(want), "{args:?}: {}", text(&out).1);
+    }
+    Ok(())
+}
