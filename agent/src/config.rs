@@ -4,6 +4,7 @@
 
 use crate::bypass::{BypassConfig, BypassFile};
 use crate::fs_access::LogRoot;
+use crate::redact::profile::{Profiles, RedactionConfigFile};
 use anyhow::{bail, Context};
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::is_valid_name;
@@ -62,6 +63,10 @@ pub struct AgentConfigFile {
     /// The eBPF audit of direct reads of the protected files (`[bypass]`).
     #[serde(default)]
     bypass: BypassFile,
+    /// Redaction profiles and the hash key (`[redaction]`); the built-in `default` profile
+    /// exists without it.
+    #[serde(default)]
+    redaction: RedactionConfigFile,
     tls: TlsFiles,
 }
 
@@ -112,15 +117,63 @@ pub struct AgentConfig {
     pub allow_raw: bool,
     pub limits: Limits,
     pub bypass: BypassConfig,
+    pub profiles: Profiles,
     pub tls: TlsFiles,
 }
 
-impl AgentConfig {
+/// What `loggate-agent redact` needs from a configuration file: the profiles, whether `raw` is
+/// allowed and the line limit. The rest of the file is parsed (and must be valid TOML of the
+/// agent's schema) but not checked against the machine: no keys, roots or certificates are read.
+pub struct RedactionSettings {
+    pub profiles: Profiles,
+    pub allow_raw: bool,
+    pub max_line_bytes: usize,
+}
+
+impl RedactionSettings {
+    /// Without a configuration file: the built-in profiles and limits, `raw` not allowed.
+    pub fn builtin() -> Self {
+        RedactionSettings {
+            profiles: Profiles::builtin(),
+            allow_raw: false,
+            max_line_bytes: Limits::default().max_line_bytes,
+        }
+    }
+
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file = AgentConfig::parse(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        check_limits(&file.limits)
+            .with_context(|| format!("agent configuration {}", path.display()))?;
+        let profiles = Profiles::load(file.redaction, base)
+            .with_context(|| format!("agent configuration {}", path.display()))?;
+        Ok(RedactionSettings {
+            profiles,
+            allow_raw: file.allow_raw,
+            max_line_bytes: file.limits.max_line_bytes,
+        })
+    }
+}
+
+fn check_limits(l: &Limits) -> anyhow::Result<()> {
+    if l.max_streams_per_subject == 0 || l.max_request_bytes < 1024 || l.max_line_bytes < 256 {
+        bail!(
+            "limits: max_streams_per_subject ≥ 1, max_request_bytes ≥ 1024, max_line_bytes ≥ 256"
+        );
+    }
+    Ok(())
+}
+
+impl AgentConfig {
+    fn parse(path: &Path) -> anyhow::Result<AgentConfigFile> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read agent configuration {}", path.display()))?;
-        let file: AgentConfigFile = toml::from_str(&text)
-            .with_context(|| format!("invalid agent configuration {}", path.display()))?;
+        toml::from_str(&text)
+            .with_context(|| format!("invalid agent configuration {}", path.display()))
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file = Self::parse(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::validate(file, base)
             .with_context(|| format!("agent configuration {}", path.display()))
@@ -167,10 +220,8 @@ impl AgentConfig {
         if max_clock_skew > Duration::from_secs(60) {
             bail!("max_clock_skew must be at most 60s");
         }
-        let l = &file.limits;
-        if l.max_streams_per_subject == 0 || l.max_request_bytes < 1024 || l.max_line_bytes < 256 {
-            bail!("limits: max_streams_per_subject ≥ 1, max_request_bytes ≥ 1024, max_line_bytes ≥ 256");
-        }
+        check_limits(&file.limits)?;
+        let profiles = Profiles::load(file.redaction, base)?;
         let bypass = file.bypass.clone().validate()?;
         Ok(AgentConfig {
             bypass,
@@ -187,6 +238,7 @@ impl AgentConfig {
             max_clock_skew,
             allow_raw: file.allow_raw,
             limits: file.limits,
+            profiles,
             tls: file.tls.relative_to(base),
         })
     }

@@ -7,9 +7,12 @@
 //! sentence for the user; both go to the audit stream before anything else happens.
 
 use crate::fs_access::{normalise_request, open_beneath, OpenedLog, PathDenied};
+use crate::redact::profile::Profiles;
+use crate::redact::Redactor;
 use crate::Shared;
 use loggate_core::grant::{compile_path_glob, unix_now, GrantError, VerifiedGrant};
 use loggate_core::identity::Identity;
+use std::sync::Arc;
 
 /// A refused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,23 +40,43 @@ impl Denial {
     }
 }
 
-/// The redaction applied to a stream. This version of the agent has no redaction engine, so
-/// the only profile it can honour is `raw`, and only when its configuration allows it; a grant
-/// naming any other profile is refused (fail closed) rather than served unredacted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The redaction applied to a stream: a compiled profile from the agent's configuration (the
+/// built-in `default` among them), or `raw` (none), which exists only when the configuration
+/// allows it. A grant naming a profile the agent does not have is refused (fail closed),
+/// never served with less redaction.
+#[derive(Debug, Clone)]
 pub enum Profile {
     Raw,
+    Redact(Arc<Redactor>),
 }
 
-fn resolve_profile(name: &str, allow_raw: bool, agent: &str) -> Result<Profile, String> {
+impl Profile {
+    /// The redactor, or `None` for `raw`.
+    pub fn redactor(&self) -> Option<Arc<Redactor>> {
+        match self {
+            Profile::Raw => None,
+            Profile::Redact(r) => Some(r.clone()),
+        }
+    }
+}
+
+pub fn resolve_profile(
+    name: &str,
+    profiles: &Profiles,
+    allow_raw: bool,
+    agent: &str,
+) -> Result<Profile, String> {
     match name {
         "raw" if allow_raw => Ok(Profile::Raw),
         "raw" => Err(format!(
             "the grant asks for redaction profile \"raw\" (no redaction), which agent {agent} does not allow"
         )),
-        other => Err(format!(
-            "the grant asks for redaction profile {other:?}, which agent {agent} does not provide"
-        )),
+        other => profiles.get(other).map(Profile::Redact).ok_or_else(|| {
+            format!(
+                "the grant asks for redaction profile {other:?}, which agent {agent} does not provide (it has {})",
+                profiles.names().join(", ")
+            )
+        }),
     }
 }
 
@@ -181,16 +204,20 @@ pub fn authorize(
             consider(d, false, *presented);
             continue;
         }
-        let profile =
-            match resolve_profile(&grant.claims().redaction, shared.config.allow_raw, agent) {
-                Ok(p) => p,
-                Err(message) => {
-                    let mut d = Denial::new("profile_unavailable", message);
-                    d.grant_id = id;
-                    consider(d, true, *presented);
-                    continue;
-                }
-            };
+        let profile = match resolve_profile(
+            &grant.claims().redaction,
+            &shared.config.profiles,
+            shared.config.allow_raw,
+            agent,
+        ) {
+            Ok(p) => p,
+            Err(message) => {
+                let mut d = Denial::new("profile_unavailable", message);
+                d.grant_id = id;
+                consider(d, true, *presented);
+                continue;
+            }
+        };
         let file = open_beneath(&shared.config.roots, path_text).map_err(|e| {
             let mut d = path_denial(e);
             d.grant_id = id.clone();

@@ -6,6 +6,7 @@ mod config;
 mod fs_access;
 mod gate;
 mod grants;
+mod redact;
 mod server;
 mod stream;
 mod watch;
@@ -39,6 +40,22 @@ enum Command {
         /// The agent's configuration file (see docs/configuration.md).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Redact FILE (or standard input) to standard output exactly as the agent would serve it
+    /// with a grant naming PROFILE. Try a profile on a sample before you trust it.
+    Redact {
+        /// The redaction profile (see docs/redaction.md).
+        #[arg(long, default_value = "default")]
+        profile: String,
+        /// The agent's configuration file, for its `[redaction]` profiles and line limit
+        /// (default: built-in profiles only).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the counts per detector as JSON on standard error at the end.
+        #[arg(long)]
+        stats: bool,
+        /// The file to redact (default: standard input).
+        file: Option<PathBuf>,
     },
 }
 
@@ -184,6 +201,80 @@ async fn shutdown_signal() {
     }
 }
 
+/// `loggate-agent redact`: the agent's own pipeline ([`redact::Pipeline`], what a `cat` with
+/// this profile serves) between a file or standard input and standard output.
+fn redact_command(
+    profile: &str,
+    config: Option<&Path>,
+    stats: bool,
+    file: Option<&Path>,
+) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let settings = match config {
+        Some(path) => config::RedactionSettings::load(path)?,
+        None => config::RedactionSettings::builtin(),
+    };
+    let resolved = gate::resolve_profile(profile, &settings.profiles, settings.allow_raw, "here")
+        .map_err(|_| {
+            if profile == "raw" {
+                anyhow::anyhow!(
+                    "profile \"raw\" (no redaction) is only available with a configuration that sets allow_raw = true"
+                )
+            } else {
+                anyhow::anyhow!(
+                    "no redaction profile {profile:?}; available: {}",
+                    settings.profiles.names().join(", ")
+                )
+            }
+        })?;
+    let mut input: Box<dyn Read> = match file {
+        Some(path) => {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if meta.is_dir() {
+                anyhow::bail!("{} is a folder, not a file", path.display());
+            }
+            Box::new(
+                std::fs::File::open(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+            )
+        }
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let name = file.map_or_else(|| "standard input".to_string(), |p| p.display().to_string());
+    let mut stdout = std::io::stdout().lock();
+    let redactor = resolved.redactor();
+    let raw = redactor.is_none();
+    let mut pipeline = redact::Pipeline::new(redactor, settings.max_line_bytes);
+    let mut buf = vec![0u8; stream::CHUNK];
+    let mut out = Vec::with_capacity(stream::CHUNK);
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+        };
+        out.clear();
+        if raw {
+            // What the agent does for `raw` without line selection: whole chunks, unchanged.
+            out.extend_from_slice(&buf[..n]);
+        } else {
+            pipeline.push(&buf[..n], &mut |_| true, &mut out);
+        }
+        stdout.write_all(&out).context("writing standard output")?;
+    }
+    out.clear();
+    pipeline.finish(&mut |_| true, &mut out);
+    stdout.write_all(&out).context("writing standard output")?;
+    stdout.flush().context("writing standard output")?;
+    if stats {
+        let json = serde_json::to_string(pipeline.counts()).context("encoding the counts")?;
+        eprintln!("{json}");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -202,6 +293,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run { config } => runtime.block_on(run(&config)),
+        Command::Redact {
+            profile,
+            config,
+            stats,
+            file,
+        } => redact_command(&profile, config.as_deref(), stats, file.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

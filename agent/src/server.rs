@@ -249,14 +249,24 @@ impl Agent for AgentService {
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let started = Instant::now();
-            let (reason, bytes) = stream::run(plan, tx, &watch);
+            let finished = stream::run(plan, tx, &watch);
+            let reason = finished.reason;
+            let redactions: serde_json::Map<String, serde_json::Value> = finished
+                .counts
+                .redactions
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::from(*v)))
+                .collect();
             let result = shared.audit(
                 "read.finished",
                 audit_fields!(
                     "subject" => subject, "grant_id" => watch.grant_id.clone(), "path" => path,
-                    "bytes" => bytes, "duration_ms" => started.elapsed().as_millis() as u64,
+                    "bytes" => finished.bytes, "duration_ms" => started.elapsed().as_millis() as u64,
                     "end_reason" => reason.code(),
                     "error" => match &reason { stream::EndReason::ReadError(e) => Some(e.clone()), _ => None },
+                    "redactions" => redactions,
+                    "lines_withheld" => finished.counts.lines_withheld,
+                    "lines_cut" => finished.counts.lines_cut,
                 ),
             );
             if let Err(e) = result {

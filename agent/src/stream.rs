@@ -8,6 +8,7 @@
 
 use crate::gate::Profile;
 use crate::grants::GrantStore;
+use crate::redact::{Counts, Pipeline};
 use loggate_core::grant::{rough_duration, unix_now};
 use loggate_core::timestamp::line_timestamp_ms;
 use loggate_proto as pb;
@@ -20,7 +21,8 @@ use std::time::Duration;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tonic::Status;
 
-const CHUNK: usize = 64 * 1024;
+/// Bytes read from a file at a time.
+pub const CHUNK: usize = 64 * 1024;
 /// Longest time between two grant checks.
 pub const RECHECK: Duration = Duration::from_millis(200);
 
@@ -132,7 +134,8 @@ impl LineSelector {
 
 pub struct Plan {
     pub file: File,
-    /// The redaction applied to everything sent (the pipeline's one transform stage).
+    /// The redaction applied to everything sent: every byte of a redacting profile passes
+    /// through [`Pipeline`], line by line; only `raw` without line selection sends whole chunks.
     pub profile: Profile,
     pub start: u64,
     pub follow: bool,
@@ -189,11 +192,8 @@ impl Sender<'_> {
         Ok(())
     }
 
-    fn send(&mut self, data: Vec<u8>, profile: Profile) -> Result<(), EndReason> {
+    fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason> {
         self.check()?;
-        let data = match profile {
-            Profile::Raw => data,
-        };
         let len = data.len() as u64;
         let mut item = Ok(pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Data(data)),
@@ -214,28 +214,68 @@ impl Sender<'_> {
     }
 }
 
+/// How a stream ended: why, the content bytes sent, what redaction did.
+pub struct Finished {
+    pub reason: EndReason,
+    pub bytes: u64,
+    pub counts: Counts,
+}
+
+/// How far before a `tail` start the redactor looks for an open private-key block.
+const PRIME_WINDOW: u64 = 64 * 1024;
+
 /// Streams according to `plan` until EOF (or forever with `follow`), the client leaving, or
-/// the grant ending. Returns the reason and the number of content bytes sent.
-pub fn run(mut plan: Plan, tx: mpsc::Sender<Item>, watch: &GrantWatch) -> (EndReason, u64) {
+/// the grant ending.
+pub fn run(mut plan: Plan, tx: mpsc::Sender<Item>, watch: &GrantWatch) -> Finished {
     let mut sender = Sender {
         tx: &tx,
         watch,
         bytes: 0,
     };
-    let reason = match pump(&mut plan, &mut sender) {
+    let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
+    let reason = match pump(&mut plan, &mut pipeline, &mut sender) {
         Ok(()) => EndReason::Eof,
         Err(reason) => reason,
     };
-    (reason, sender.bytes)
+    Finished {
+        reason,
+        bytes: sender.bytes,
+        counts: pipeline.counts().clone(),
+    }
 }
 
-fn pump(plan: &mut Plan, sender: &mut Sender<'_>) -> Result<(), EndReason> {
+/// Feeds the redactor the lines just before `start`, so that a `tail` starting inside a
+/// private-key block does not serve the rest of the block.
+fn prime(file: &File, start: u64, pipeline: &mut Pipeline) -> std::io::Result<()> {
+    let from = start.saturating_sub(PRIME_WINDOW);
+    let mut window = vec![0u8; (start - from) as usize];
+    file.read_exact_at(&mut window, from)?;
+    let whole_lines = if from == 0 {
+        &window[..]
+    } else {
+        match memchr::memchr(b'\n', &window) {
+            Some(i) => &window[i + 1..],
+            None => &[][..],
+        }
+    };
+    pipeline.prime(whole_lines);
+    Ok(())
+}
+
+fn pump(
+    plan: &mut Plan,
+    pipeline: &mut Pipeline,
+    sender: &mut Sender<'_>,
+) -> Result<(), EndReason> {
     let io = |e: std::io::Error| EndReason::ReadError(e.to_string());
+    let redacting = !matches!(plan.profile, Profile::Raw);
+    if redacting && plan.start > 0 {
+        prime(&plan.file, plan.start, pipeline).map_err(io)?;
+    }
     let mut pos = plan.file.seek(SeekFrom::Start(plan.start)).map_err(io)?;
     let mut buf = vec![0u8; CHUNK];
-    let mut partial: Vec<u8> = Vec::new();
-    let mut cutting = false;
-    let whole_chunks = plan.selector.passes_everything();
+    let whole_chunks = !redacting && plan.selector.passes_everything();
+    let selector = &mut plan.selector;
     loop {
         let n = match plan.file.read(&mut buf) {
             Ok(n) => n,
@@ -244,10 +284,15 @@ fn pump(plan: &mut Plan, sender: &mut Sender<'_>) -> Result<(), EndReason> {
         };
         if n == 0 {
             if !plan.follow {
-                if !partial.is_empty() && !cutting && plan.selector.keep(&partial) {
-                    let mut last = std::mem::take(&mut partial);
-                    last.push(b'\n');
-                    sender.send(last, plan.profile)?;
+                // Shrunk under us (copytruncate): what we carry is the head of a line that is
+                // gone; end with the whole lines already served.
+                if plan.file.metadata().map_err(io)?.len() < pos {
+                    pipeline.abandon_partial_line();
+                }
+                let mut out = Vec::new();
+                pipeline.finish(&mut |line| selector.keep(line), &mut out);
+                if !out.is_empty() {
+                    sender.send(out)?;
                 }
                 return Ok(());
             }
@@ -260,54 +305,20 @@ fn pump(plan: &mut Plan, sender: &mut Sender<'_>) -> Result<(), EndReason> {
             let len = plan.file.metadata().map_err(io)?.len();
             if len < pos {
                 pos = plan.file.seek(SeekFrom::Start(0)).map_err(io)?;
-                partial.clear();
-                cutting = false;
+                pipeline.reset();
             }
             continue;
         }
         pos += n as u64;
         let data = &buf[..n];
         if whole_chunks {
-            sender.send(data.to_vec(), plan.profile)?;
+            sender.send(data.to_vec())?;
             continue;
         }
         let mut out = Vec::with_capacity(n);
-        let mut rest = data;
-        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
-            let piece = &rest[..i];
-            rest = &rest[i + 1..];
-            if cutting {
-                cutting = false;
-                continue;
-            }
-            let line: &[u8] = if partial.is_empty() {
-                piece
-            } else {
-                let room = plan.max_line.saturating_sub(partial.len());
-                partial.extend_from_slice(&piece[..piece.len().min(room)]);
-                &partial
-            };
-            if plan.selector.keep(line) {
-                out.extend_from_slice(line);
-                out.push(b'\n');
-            }
-            partial.clear();
-        }
-        if !cutting {
-            let room = plan.max_line.saturating_sub(partial.len());
-            partial.extend_from_slice(&rest[..rest.len().min(room)]);
-            if partial.len() >= plan.max_line {
-                // An over-long line: judge and send its first max_line bytes, drop the rest.
-                if plan.selector.keep(&partial) {
-                    out.extend_from_slice(&partial);
-                    out.push(b'\n');
-                }
-                partial.clear();
-                cutting = true;
-            }
-        }
+        pipeline.push(data, &mut |line| selector.keep(line), &mut out);
         if !out.is_empty() {
-            sender.send(out, plan.profile)?;
+            sender.send(out)?;
         }
     }
 }

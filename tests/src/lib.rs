@@ -280,13 +280,25 @@ impl Cluster {
         Ok(self.cli(user).args(args).output()?)
     }
 
-    /// Issues a grant as admin and returns its id.
+    /// Issues a grant (redaction profile `raw`) as admin and returns its id.
     pub fn issue_grant(
         &self,
         subject: &str,
         host: &str,
         path: &str,
         ttl: &str,
+    ) -> anyhow::Result<String> {
+        self.issue_grant_with_profile(subject, host, path, ttl, "raw")
+    }
+
+    /// Issues a grant naming redaction profile `profile` as admin and returns its id.
+    pub fn issue_grant_with_profile(
+        &self,
+        subject: &str,
+        host: &str,
+        path: &str,
+        ttl: &str,
+        profile: &str,
     ) -> anyhow::Result<String> {
         let out = self.run_cli(
             "admin",
@@ -304,7 +316,7 @@ impl Cluster {
                 "--reason",
                 "TEST-1",
                 "--redaction",
-                "raw",
+                profile,
                 "--json",
             ],
         )?;
@@ -416,6 +428,20 @@ impl Fixture {
         let id = self
             .cluster
             .issue_grant(subject, "web-1", &self.glob(), ttl)?;
+        self.cluster.wait_for_grant("web-1", &id)?;
+        Ok(id)
+    }
+
+    /// Like [`Fixture::grant`], naming redaction profile `profile`.
+    pub fn grant_with_profile(
+        &self,
+        subject: &str,
+        ttl: &str,
+        profile: &str,
+    ) -> anyhow::Result<String> {
+        let id =
+            self.cluster
+                .issue_grant_with_profile(subject, "web-1", &self.glob(), ttl, profile)?;
         self.cluster.wait_for_grant("web-1", &id)?;
         Ok(id)
     }

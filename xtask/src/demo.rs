@@ -165,9 +165,15 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         .into_iter()
         .find(|e| e["event"] == "agent.started")
         .unwrap_or_default();
-    println!("bypass audit mode: {}", started["bypass_mode"].as_str().unwrap_or("unknown"));
+    println!(
+        "bypass audit mode: {}",
+        started["bypass_mode"].as_str().unwrap_or("unknown")
+    );
     println!("$ cat {api} > /dev/null");
-    std::process::Command::new("cat").arg(&api).stdout(Stdio::null()).status()?;
+    std::process::Command::new("cat")
+        .arg(&api)
+        .stdout(Stdio::null())
+        .status()?;
     match cluster.wait_for_audit("web-1", Duration::from_secs(3), |e| e["event"] == "bypass.read") {
         Ok(e) => println!(
             "  bypass.read: pid {} uid {} comm {} opened {} via {} (severity {})",

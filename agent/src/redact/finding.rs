@@ -1,0 +1,732 @@
+//! Finding: the built-in detectors of one line segment. Each detector turns bytes into spans
+//! `(start, end)` of *values* to replace (for `password=…` the value, not the key; for
+//! `Authorization: Bearer …` the token, not the scheme). A regex or a hand-written scanner finds
+//! candidates; a validator from [`super::validate`] keeps only the real ones.
+//!
+//! Detectors see one segment of one line at a time and hold no state; multi-line private keys
+//! are the redactor's line state machine (`super::Redactor`), not a detector.
+//!
+//! All patterns are byte regexes with Unicode off: logs are mostly ASCII, invalid UTF-8 is
+//! ordinary input, and ASCII classes keep the automata small and fast.
+
+use super::validate;
+use regex::bytes::{Regex, RegexBuilder};
+use std::sync::LazyLock;
+
+/// The built-in detectors, in priority order: when two findings start at the same byte, the
+/// earlier detector names the replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Builtin {
+    PrivateKey,
+    Jwt,
+    AwsAccessKey,
+    AwsSecretKey,
+    GithubToken,
+    SlackToken,
+    GoogleApiKey,
+    StripeKey,
+    Authorization,
+    Bearer,
+    BasicAuth,
+    UrlCredentials,
+    Secret,
+    Email,
+    Card,
+    Iban,
+    Ssn,
+    Ipv4,
+    Ipv6,
+}
+
+impl Builtin {
+    pub const ALL: [Builtin; 19] = [
+        Builtin::PrivateKey,
+        Builtin::Jwt,
+        Builtin::AwsAccessKey,
+        Builtin::AwsSecretKey,
+        Builtin::GithubToken,
+        Builtin::SlackToken,
+        Builtin::GoogleApiKey,
+        Builtin::StripeKey,
+        Builtin::Authorization,
+        Builtin::Bearer,
+        Builtin::BasicAuth,
+        Builtin::UrlCredentials,
+        Builtin::Secret,
+        Builtin::Email,
+        Builtin::Card,
+        Builtin::Iban,
+        Builtin::Ssn,
+        Builtin::Ipv4,
+        Builtin::Ipv6,
+    ];
+
+    /// The detector's name in configuration, in `[REDACTED:name]` and in audit counts.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::PrivateKey => "private_key",
+            Builtin::Jwt => "jwt",
+            Builtin::AwsAccessKey => "aws_access_key",
+            Builtin::AwsSecretKey => "aws_secret_key",
+            Builtin::GithubToken => "github_token",
+            Builtin::SlackToken => "slack_token",
+            Builtin::GoogleApiKey => "google_api_key",
+            Builtin::StripeKey => "stripe_key",
+            Builtin::Authorization => "authorization",
+            Builtin::Bearer => "bearer",
+            Builtin::BasicAuth => "basic_auth",
+            Builtin::UrlCredentials => "url_credentials",
+            Builtin::Secret => "secret",
+            Builtin::Email => "email",
+            Builtin::Card => "card",
+            Builtin::Iban => "iban",
+            Builtin::Ssn => "ssn",
+            Builtin::Ipv4 => "ipv4",
+            Builtin::Ipv6 => "ipv6",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Builtin> {
+        Builtin::ALL.into_iter().find(|b| b.name() == name)
+    }
+
+    /// Literals (matched ASCII-case-insensitively) of which at least one must occur in a segment
+    /// for the detector to run. Empty: the detector always runs (its own scan is cheap).
+    pub fn literals(self) -> &'static [&'static str] {
+        match self {
+            Builtin::PrivateKey => &["-----begin"],
+            Builtin::Jwt => &["eyj"],
+            Builtin::AwsAccessKey => &["akia", "asia"],
+            Builtin::AwsSecretKey => &["aws", "secret", "akia", "asia"],
+            Builtin::GithubToken => &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
+            Builtin::SlackToken => &["xox"],
+            Builtin::GoogleApiKey => &["aiza"],
+            Builtin::StripeKey => &["k_live_", "k_test_"],
+            Builtin::Authorization => &["authorization"],
+            Builtin::Bearer => &["bearer"],
+            Builtin::BasicAuth => &["basic"],
+            Builtin::UrlCredentials => &["://"],
+            Builtin::Secret => &["pass", "pwd", "secret", "token", "key", "credential"],
+            Builtin::Email => &["@"],
+            Builtin::Card | Builtin::Iban => &[],
+            Builtin::Ssn => &["-"],
+            Builtin::Ipv4 => &["."],
+            Builtin::Ipv6 => &["::", ":"],
+        }
+    }
+
+    /// Appends the spans of this detector's values in `seg` to `out`.
+    pub fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+        match self {
+            // Private keys span lines: the redactor's state machine handles them.
+            Builtin::PrivateKey => {}
+            Builtin::Jwt => regex_spans(&JWT, seg, 0, out, |v, _, _| validate::jwt(v)),
+            Builtin::AwsAccessKey => regex_spans(&AWS_ACCESS_KEY, seg, 0, out, |_, _, _| true),
+            Builtin::AwsSecretKey => {
+                regex_spans(&AWS_SECRET_KEY, seg, 1, out, |v, _, _| mixed_case(v))
+            }
+            Builtin::GithubToken => regex_spans(&GITHUB, seg, 0, out, |_, _, _| true),
+            Builtin::SlackToken => regex_spans(&SLACK, seg, 0, out, |_, _, _| true),
+            Builtin::GoogleApiKey => regex_spans(&GOOGLE, seg, 0, out, |_, _, _| true),
+            Builtin::StripeKey => regex_spans(&STRIPE, seg, 0, out, |_, _, _| true),
+            Builtin::Authorization => find_authorization(seg, out),
+            Builtin::Bearer => regex_spans(&BEARER, seg, 1, out, |v, _, _| {
+                validate::token_like(v) && !own_output(v)
+            }),
+            Builtin::BasicAuth => regex_spans(&BASIC, seg, 1, out, |v, _, _| {
+                validate::basic_credentials(v)
+            }),
+            Builtin::UrlCredentials => {
+                regex_spans(&URL_CREDENTIALS, seg, 1, out, |v, _, _| !own_output(v))
+            }
+            Builtin::Secret => find_key_value(seg, out),
+            Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |_, s, line| {
+                !after_url_userinfo(line, s)
+            }),
+            Builtin::Card => find_cards(seg, out),
+            Builtin::Iban => find_ibans(seg, out),
+            Builtin::Ssn => regex_spans(&SSN, seg, 0, out, |v, s, line| {
+                let e = s + v.len();
+                let glued_before = s > 0 && matches!(line[s - 1], b'-' | b'.' | b'/');
+                let glued_after = matches!(line.get(e), Some(b'-' | b'.'))
+                    && line.get(e + 1).is_some_and(u8::is_ascii_digit);
+                !glued_before && !glued_after && validate::Validator::Ssn.check(v)
+            }),
+            Builtin::Ipv4 => regex_spans(&IPV4, seg, 0, out, ipv4),
+            Builtin::Ipv6 => find_ipv6(seg, out),
+        }
+    }
+}
+
+fn build(pattern: &str) -> Regex {
+    match RegexBuilder::new(pattern).unicode(false).build() {
+        Ok(r) => r,
+        // The patterns are constants of this file; `every_builtin_pattern_compiles` proves it.
+        Err(e) => panic!("built-in redaction pattern does not compile: {e}"),
+    }
+}
+
+static JWT: LazyLock<Regex> =
+    LazyLock::new(|| build(r"\beyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){2,4}"));
+static AWS_ACCESS_KEY: LazyLock<Regex> = LazyLock::new(|| build(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"));
+/// A 40-character secret access key; the literal prefilter (`aws`, `secret`, a key id) is its
+/// context, the mixed-case check keeps 40-hex git SHAs out.
+static AWS_SECRET_KEY: LazyLock<Regex> =
+    LazyLock::new(|| build(r"(?:^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"));
+static GITHUB: LazyLock<Regex> = LazyLock::new(|| {
+    build(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{20,255})\b")
+});
+static SLACK: LazyLock<Regex> = LazyLock::new(|| build(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"));
+static GOOGLE: LazyLock<Regex> = LazyLock::new(|| build(r"\bAIza[0-9A-Za-z_-]{35,}"));
+static STRIPE: LazyLock<Regex> = LazyLock::new(|| build(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{10,}"));
+static AUTHORIZATION: LazyLock<Regex> = LazyLock::new(|| {
+    build(
+        r#"(?i)\b(?:proxy-)?authorization\\?["']?\s*[:=]\s*\\?["']?(?:(bearer|basic|digest|negotiate|ntlm|token|apikey|aws4-hmac-sha256)\s+)?([^\s"'\\,;]+)"#,
+    )
+});
+static BEARER: LazyLock<Regex> =
+    LazyLock::new(|| build(r"(?i)\bbearer\s+([A-Za-z0-9._~+/=-]{6,})"));
+static BASIC: LazyLock<Regex> =
+    LazyLock::new(|| build(r"(?i)\bbasic\s+([A-Za-z0-9+/]{4,}={0,2})(?:[^A-Za-z0-9+/=]|$)"));
+static URL_CREDENTIALS: LazyLock<Regex> =
+    LazyLock::new(|| build(r"(?i)\b[a-z][a-z0-9+.-]{1,30}://[^\s/?#@:]*:([^\s/?#@]+)@"));
+/// `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a string) for keys
+/// that end with a secret-ish name. Group 1 is the key; 2–5 the value in its quoting. A quote
+/// that never closes (a truncated record) takes the value to the end of the line.
+static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
+    build(
+        r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]\s*(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?|([^\s"'&,;}\])\\]+))"#,
+    )
+});
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    build(
+        r"(?i)[a-z0-9._%+-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}\b",
+    )
+});
+static IBAN_START: LazyLock<Regex> = LazyLock::new(|| build(r"\b[A-Z]{2}[0-9]{2}"));
+static SSN: LazyLock<Regex> = LazyLock::new(|| build(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"));
+static IPV4: LazyLock<Regex> =
+    LazyLock::new(|| build(r"\b[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\b"));
+static IPV6: LazyLock<Regex> = LazyLock::new(|| build(r"(?i)[0-9a-f.]*:[0-9a-f.]*:[0-9a-f:.]*"));
+
+/// Runs `re` over `seg`, takes capture `group` (0: the whole match) as the value and keeps it
+/// when `valid(value, value_start, seg)` holds.
+fn regex_spans(
+    re: &Regex,
+    seg: &[u8],
+    group: usize,
+    out: &mut Vec<(usize, usize)>,
+    valid: impl Fn(&[u8], usize, &[u8]) -> bool,
+) {
+    if group == 0 {
+        for m in re.find_iter(seg) {
+            if valid(m.as_bytes(), m.start(), seg) {
+                out.push((m.start(), m.end()));
+            }
+        }
+        return;
+    }
+    for c in re.captures_iter(seg) {
+        if let Some(m) = c.get(group) {
+            if valid(m.as_bytes(), m.start(), seg) {
+                out.push((m.start(), m.end()));
+            }
+        }
+    }
+}
+
+/// Text this engine (or a similar one) wrote: `[REDACTED…`, `<name:hex>`, `***`. Never re-detected,
+/// so redacting twice changes nothing.
+pub fn own_output(v: &[u8]) -> bool {
+    v.starts_with(b"[REDACTED")
+        || v.starts_with(b"[WITHHELD")
+        || (v.first() == Some(&b'<') && v.contains(&b':'))
+        || (!v.is_empty() && v.iter().all(|b| *b == b'*'))
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+fn mixed_case(v: &[u8]) -> bool {
+    v.iter().any(u8::is_ascii_uppercase) && v.iter().any(u8::is_ascii_lowercase)
+}
+
+/// Whether the match at `start` is the host part after `scheme://user:pass@` (the password is
+/// the URL-credentials finding; the host stays readable).
+fn after_url_userinfo(seg: &[u8], start: usize) -> bool {
+    if start == 0 || seg[start - 1] != b':' {
+        return false;
+    }
+    let before = &seg[..start - 1];
+    match memchr::memmem::rfind(before, b"://") {
+        Some(i) => !before[i + 3..]
+            .iter()
+            .any(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'@'),
+        None => false,
+    }
+}
+
+fn find_authorization(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    for c in AUTHORIZATION.captures_iter(seg) {
+        let (Some(value), scheme) = (c.get(2), c.get(1)) else {
+            continue;
+        };
+        // Without a scheme the header name is weaker context: the value must look like one.
+        let plausible = scheme.is_some() || validate::token_like(value.as_bytes());
+        if plausible && !own_output(value.as_bytes()) {
+            out.push((value.start(), value.end()));
+        }
+    }
+}
+
+/// Values that configuration dumps print instead of a secret.
+fn placeholder(v: &[u8]) -> bool {
+    const WORDS: &[&[u8]] = &[
+        b"true",
+        b"false",
+        b"null",
+        b"none",
+        b"nil",
+        b"undefined",
+        b"yes",
+        b"no",
+    ];
+    v.is_empty() || own_output(v) || WORDS.iter().any(|w| v.eq_ignore_ascii_case(w))
+}
+
+fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    for c in KEY_VALUE.captures_iter(seg) {
+        let Some(value) = (2..=5).find_map(|g| c.get(g)) else {
+            continue;
+        };
+        let key = c.get(1).map(|k| k.as_bytes()).unwrap_or_default();
+        let v = value.as_bytes();
+        // `PWD=/home/x` in an environment dump is the working directory, not a password.
+        if placeholder(v) || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/')) {
+            continue;
+        }
+        out.push((value.start(), value.end()));
+    }
+}
+
+/// Payment cards: runs of 13–19 digits, optionally grouped by single spaces or dashes, that pass
+/// Luhn and an issuer's prefix and length. A hand-written scanner rather than a regex: a regex
+/// match that fails validation would hide a card starting inside it, and this is the
+/// literal-less detector that costs the most when written as a regex.
+fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    let n = seg.len();
+    let mut i = 0;
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut digits: Vec<u8> = Vec::with_capacity(19);
+    while i < n {
+        if !seg[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        groups.clear();
+        let mut sep: Option<u8> = None;
+        // A change of separator ends the run; its last group then belongs to something else
+        // (`… 2026-11-27`) and cannot end a card.
+        let mut continues_otherwise = false;
+        loop {
+            let gs = i;
+            while i < n && seg[i].is_ascii_digit() {
+                i += 1;
+            }
+            groups.push((gs, i));
+            if i + 1 < n && matches!(seg[i], b' ' | b'-') && seg[i + 1].is_ascii_digit() {
+                if sep.is_some_and(|s| s != seg[i]) {
+                    continues_otherwise = true;
+                    break;
+                }
+                sep = Some(seg[i]);
+                i += 1;
+                continue;
+            }
+            break;
+        }
+        let end = i;
+        // Part of a word, a decimal number or a version string: not a card.
+        let glued_before = start > 0
+            && (is_word(seg[start - 1])
+                || (seg[start - 1] == b'.' && start > 1 && seg[start - 2].is_ascii_digit()));
+        let glued_after = continues_otherwise
+            || end < n
+                && (is_word(seg[end])
+                    || (seg[end] == b'.' && seg.get(end + 1).is_some_and(u8::is_ascii_digit)));
+        if (glued_before || glued_after) && sep != Some(b' ') {
+            continue;
+        }
+        // Dashed runs are taken whole (UUID-like ids are dashed too). Spaced runs may hold other
+        // numbers before or after the card, so every run of whole groups is tried, earliest and
+        // longest first; a group glued to a word or decimal point cannot be part of it.
+        let dashed = sep == Some(b'-');
+        let first = usize::from(glued_before);
+        let last = groups.len() - 1 - usize::from(glued_after && groups.len() > 1);
+        let glued_only = glued_after && groups.len() == 1;
+        let mut a = first;
+        while a <= last && !glued_only && (!dashed || a == 0) {
+            let mut found = None;
+            digits.clear();
+            for (b, (gs, ge)) in groups.iter().enumerate().take(last + 1).skip(a) {
+                digits.extend_from_slice(&seg[*gs..*ge]);
+                if digits.len() > 19 {
+                    break;
+                }
+                if digits.len() >= 13
+                    && (!dashed || b == groups.len() - 1)
+                    && card_grouping(&groups[a..=b])
+                    && validate::card_number(&digits)
+                {
+                    found = Some(b);
+                }
+            }
+            match found {
+                Some(b) => {
+                    out.push((groups[a].0, groups[b].1));
+                    a = b + 1;
+                }
+                None => a += 1,
+            }
+        }
+    }
+}
+
+/// How card numbers are printed: undivided, in fours (the last group shorter), or 4-6-5 / 4-6-4
+/// (American Express, Diners). Other groupings of digits are other numbers.
+fn card_grouping(groups: &[(usize, usize)]) -> bool {
+    let len = |g: &(usize, usize)| g.1 - g.0;
+    match groups {
+        [_] => true,
+        [a, b, c] if len(a) == 4 && len(b) == 6 && matches!(len(c), 4 | 5) => true,
+        [init @ .., last] => init.iter().all(|g| len(g) == 4) && (1..=4).contains(&len(last)),
+        [] => false,
+    }
+}
+
+/// IBANs: a country code and check digits, then exactly the country's length of letters and
+/// digits (in groups of four or not), mod-97 valid.
+fn find_ibans(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    let mut pos = 0;
+    while let Some(m) = IBAN_START.find_at(seg, pos) {
+        pos = m.start() + 1;
+        let Some(len) = validate::iban_length(&seg[m.start()..m.start() + 2]) else {
+            continue;
+        };
+        let mut i = m.start();
+        let mut taken = 0;
+        let mut compact = Vec::with_capacity(len);
+        while i < seg.len() && taken < len {
+            let b = seg[i];
+            if b.is_ascii_uppercase() || b.is_ascii_digit() {
+                compact.push(b);
+                taken += 1;
+                i += 1;
+            } else if b == b' '
+                && taken % 4 == 0
+                && seg.get(i + 1).is_some_and(u8::is_ascii_alphanumeric)
+            {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        let bounded = seg.get(i).is_none_or(|b| !is_word(*b));
+        if taken == len && bounded && validate::iban(&compact) {
+            out.push((m.start(), i));
+            pos = i;
+        }
+    }
+}
+
+fn ipv4(v: &[u8], start: usize, seg: &[u8]) -> bool {
+    if !validate::Validator::Ipv4.check(v) {
+        return false;
+    }
+    let end = start + v.len();
+    // Version strings: `Chrome/124.0.0.0`, `v1.2.3.4`, `4.18.0.553.el8` (a fifth part).
+    let product_version = start >= 2 && seg[start - 1] == b'/' && is_word(seg[start - 2]);
+    let v_prefix = start >= 1 && matches!(seg[start - 1], b'v' | b'V');
+    let more_parts_before = start >= 2 && seg[start - 1] == b'.' && seg[start - 2].is_ascii_digit();
+    let more_parts_after =
+        seg.get(end) == Some(&b'.') && seg.get(end + 1).is_some_and(u8::is_ascii_digit);
+    !(product_version || v_prefix || more_parts_before || more_parts_after)
+}
+
+fn find_ipv6(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    for m in IPV6.find_iter(seg) {
+        let (mut s, mut e) = (m.start(), m.end());
+        while e > s && seg[e - 1] == b'.' {
+            e -= 1;
+        }
+        if e - s >= 2 && seg[e - 1] == b':' && seg[e - 2] != b':' {
+            e -= 1;
+        }
+        if e - s >= 2 && seg[s] == b':' && seg[s + 1] != b':' {
+            s += 1;
+        }
+        let v = &seg[s..e];
+        let bounded = (s == 0 || !is_word(seg[s - 1])) && seg.get(e).is_none_or(|b| !is_word(*b));
+        // `cafe::bad` and `std::io` are not addresses worth hiding; a real one has a digit.
+        if bounded && v.iter().any(u8::is_ascii_digit) && validate::Validator::Ipv6.check(v) {
+            out.push((s, e));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(b: Builtin, text: &str) -> Vec<String> {
+        let mut spans = Vec::new();
+        b.find(text.as_bytes(), &mut spans);
+        spans
+            .into_iter()
+            .map(|(s, e)| text[s..e].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_builtin_pattern_compiles() {
+        for re in [
+            &JWT,
+            &AWS_ACCESS_KEY,
+            &AWS_SECRET_KEY,
+            &GITHUB,
+            &SLACK,
+            &GOOGLE,
+            &STRIPE,
+            &AUTHORIZATION,
+            &BEARER,
+            &BASIC,
+            &URL_CREDENTIALS,
+            &KEY_VALUE,
+            &EMAIL,
+            &IBAN_START,
+            &SSN,
+            &IPV4,
+            &IPV6,
+        ] {
+            let _ = re.is_match(b"");
+        }
+    }
+
+    #[test]
+    fn email_positives_and_look_alikes() {
+        assert_eq!(
+            found(Builtin::Email, "to=jane.doe+x@mail.example.co.uk,"),
+            ["jane.doe+x@mail.example.co.uk"]
+        );
+        assert!(found(Builtin::Email, "user@localhost obj=Foo@1a2b3c pkg@1.2.3").is_empty());
+        assert!(found(Builtin::Email, "postgres://app:pw@db.example.com/x").is_empty());
+    }
+
+    #[test]
+    fn ip_positives_in_every_range_and_version_look_alikes() {
+        assert_eq!(
+            found(Builtin::Ipv4, "from 10.0.0.1 and 8.8.8.8:53"),
+            ["10.0.0.1", "8.8.8.8"]
+        );
+        assert!(found(
+            Builtin::Ipv4,
+            "Chrome/124.0.0.0 v1.2.3.4 kernel 4.18.0.553.el8 999.1.1.1"
+        )
+        .is_empty());
+        assert_eq!(
+            found(
+                Builtin::Ipv6,
+                "peer [2001:db8::1]:443 lo ::1 ll fe80::1%eth0"
+            ),
+            ["2001:db8::1", "::1", "fe80::1"]
+        );
+        assert!(found(
+            Builtin::Ipv6,
+            "at 07:49:22 mac aa:bb:cc:dd:ee:ff std::io cafe::bad"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn card_positives_need_luhn_and_issuer() {
+        assert_eq!(
+            found(
+                Builtin::Card,
+                "card=4111111111111111 amex 3782 822463 10005"
+            ),
+            ["4111111111111111", "3782 822463 10005"]
+        );
+        assert_eq!(
+            found(Builtin::Card, "qty 12 4111 1111 1111 1111 ok"),
+            ["4111 1111 1111 1111"]
+        );
+        assert_eq!(
+            found(Builtin::Card, "mc 5555-5555-5555-4444."),
+            ["5555-5555-5555-4444"]
+        );
+    }
+
+    #[test]
+    fn card_look_alikes_survive() {
+        for text in [
+            "n=4111111111111112",                      // Luhn-invalid
+            "ts=1732693762004",                        // epoch ms, Luhn-valid
+            "id=123e4567-e89b-12d3-a456-426614174000", // UUID
+            "id=41111111-1111-1111-1111-111111111111", // all-digit-ish UUID groups
+            "trace=4bf92f3577b34da6a3ce929d0e0e4736",  // trace id
+            "v=4111111111111111.5 x4111111111111111",  // decimals and words
+            "sha=4111111111111111abcdef",
+        ] {
+            assert!(found(Builtin::Card, text).is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn iban_and_ssn_positives_and_look_alikes() {
+        assert_eq!(
+            found(Builtin::Iban, "iban DE89 3704 0044 0532 0130 00 ok"),
+            ["DE89 3704 0044 0532 0130 00"]
+        );
+        assert_eq!(
+            found(Builtin::Iban, "GB82WEST12345698765432"),
+            ["GB82WEST12345698765432"]
+        );
+        assert!(found(Builtin::Iban, "DE89370400440532013001 AB12CDEF").is_empty());
+        assert_eq!(found(Builtin::Ssn, "ssn 123-45-6789."), ["123-45-6789"]);
+        assert!(found(
+            Builtin::Ssn,
+            "666-45-6789 000-12-3456 123-00-4567 4.18.0-553-12-1234 2026-11-27"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn token_detectors_find_prefixed_tokens() {
+        let gh = format!("ghp_{}", "a1B2".repeat(9));
+        assert_eq!(found(Builtin::GithubToken, &format!("t {gh} x")), [gh]);
+        let pat = format!("github_pat_{}", "11ABCDEFG_xyz".repeat(3));
+        assert_eq!(found(Builtin::GithubToken, &pat), [pat]);
+        assert_eq!(
+            found(Builtin::SlackToken, "xoxb-1234-5678-abcdEFGH"),
+            ["xoxb-1234-5678-abcdEFGH"]
+        );
+        let g = format!("AIza{}", "Sy_9-abcdefghij".repeat(3));
+        assert_eq!(found(Builtin::GoogleApiKey, &g).len(), 1);
+        assert_eq!(
+            found(
+                Builtin::StripeKey,
+                "sk_live_4eC39HqLyjWDarjtT1zdp7dc rk_test_abcdefghij12"
+            ),
+            ["sk_live_4eC39HqLyjWDarjtT1zdp7dc", "rk_test_abcdefghij12"]
+        );
+        assert_eq!(
+            found(Builtin::AwsAccessKey, "id=AKIAIOSFODNN7EXAMPLE"),
+            ["AKIAIOSFODNN7EXAMPLE"]
+        );
+        assert_eq!(
+            found(
+                Builtin::AwsSecretKey,
+                "aws secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+            ),
+            ["wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"]
+        );
+        assert!(found(
+            Builtin::AwsSecretKey,
+            "aws commit 3f786850e387550fdab836ed7e6dc881de23001b"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn token_look_alikes_survive() {
+        for (b, text) in [
+            (
+                Builtin::GithubToken,
+                "ghp_short gh_pages ghx_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            ),
+            (Builtin::SlackToken, "xoxz-1234567890ab xoxb-short"),
+            (Builtin::GoogleApiKey, "AIzaShort and AIza"),
+            (Builtin::StripeKey, "sk_live_short pk_live_abcdefghijklmnop"),
+            (Builtin::AwsAccessKey, "AKIA1234 XAKIAIOSFODNN7EXAMPLE"),
+        ] {
+            assert!(found(b, text).is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn jwt_needs_a_json_header_with_alg() {
+        let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        assert_eq!(found(Builtin::Jwt, &format!("jwt={jwt} x")), [jwt]);
+        assert!(found(Builtin::Jwt, "eyJub3RoaW5nIjoiaGVyZSJ9.eyJhIjoxfQ.sig").is_empty());
+    }
+
+    #[test]
+    fn authorization_bearer_and_basic_redact_the_credential_only() {
+        assert_eq!(
+            found(Builtin::Authorization, "Authorization: Bearer abc.def-123"),
+            ["abc.def-123"]
+        );
+        assert_eq!(
+            found(
+                Builtin::Authorization,
+                r#""authorization":"Basic dXNlcjpwYXNz""#
+            ),
+            ["dXNlcjpwYXNz"]
+        );
+        assert!(found(Builtin::Authorization, "authorization: denied").is_empty());
+        assert_eq!(
+            found(Builtin::Bearer, "using bearer 9f8e7d6c5b4a"),
+            ["9f8e7d6c5b4a"]
+        );
+        assert!(found(Builtin::Bearer, "the bearer authentication scheme").is_empty());
+        assert_eq!(
+            found(Builtin::BasicAuth, "creds Basic dXNlcjpwYXNz end"),
+            ["dXNlcjpwYXNz"]
+        );
+        assert!(found(Builtin::BasicAuth, "Basic authentication failed").is_empty());
+    }
+
+    #[test]
+    fn key_value_secrets_in_every_form() {
+        for (text, value) in [
+            ("password=hunter2", "hunter2"),
+            ("DB_PASSWORD = 's3cr et'", "s3cr et"),
+            (r#"{"client_secret": "abc\"def"}"#, r#"abc\"def"#),
+            (r#"msg="{\"refresh_token\":\"rt-1\"}""#, "rt-1"),
+            ("x-api-key: k-123", "k-123"),
+            ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI", "wJalrXUtnFEMI"),
+            ("?access_token=tok123&x=1", "tok123"),
+            ("ApiKey:zzz", "zzz"),
+            ("pwd=p4ss", "p4ss"),
+        ] {
+            assert_eq!(found(Builtin::Secret, text), [value], "{text}");
+        }
+    }
+
+    #[test]
+    fn key_value_leaves_prose_placeholders_and_other_keys() {
+        for text in [
+            "the token expired; refresh the token please",
+            "password=true token=null secret=[REDACTED:secret]",
+            "max_tokens=100 password_hash=abc tokenizer=bpe",
+            "PWD=/home/app",
+        ] {
+            assert!(found(Builtin::Secret, text).is_empty(), "{text}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_hide_the_password_and_keep_the_host() {
+        assert_eq!(
+            found(Builtin::UrlCredentials, "postgres://app:s3cret@db:5432/x"),
+            ["s3cret"]
+        );
+        assert!(found(
+            Builtin::UrlCredentials,
+            "http://host:8080/path@x https://a@b"
+        )
+        .is_empty());
+    }
+}

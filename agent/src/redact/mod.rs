@@ -1,0 +1,496 @@
+//! The redaction engine: every byte a redacting profile serves passes through here.
+//!
+//! Cut as ripgrep cuts its searcher (STYLE.md): [`reading`] splits a stream into whole lines
+//! with a bounded carry-over, [`finding`] holds the detectors and [`validate`] their validators,
+//! [`writing`] replaces findings and counts them, [`profile`] builds redactors from the agent's
+//! configuration. [`Redactor`] ties finding and writing together for one line, with the one
+//! piece of state that spans lines: "inside a PEM private-key block". [`Pipeline`] ties reading
+//! to it; the agent's stream loop and `loggate-agent redact` both use it, so the command shows
+//! byte for byte what the agent serves.
+//!
+//! Fail closed: a line on which a detector fails (a panic in our code is the only way one can)
+//! is withheld, replaced by a marker and counted, never passed on unscanned.
+
+pub mod finding;
+pub mod profile;
+pub mod reading;
+pub mod validate;
+pub mod writing;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use finding::Builtin;
+use reading::{Line, LineSplitter};
+use regex::bytes::Regex;
+use std::sync::{Arc, LazyLock};
+use validate::Validator;
+pub use writing::{Counts, HashKey, Mode};
+
+/// What replaces a line withheld because redaction failed on it.
+pub const WITHHELD_MARKER: &[u8] = b"[WITHHELD:redaction_failed]";
+
+/// One detector of a profile.
+#[derive(Debug)]
+pub struct Detector {
+    pub name: String,
+    pub mode: Mode,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Builtin(Builtin),
+    /// A profile's own regex; the value is capture group `value` if the regex has one, else
+    /// the whole match.
+    Custom {
+        regex: Regex,
+        validator: Option<Validator>,
+    },
+    /// Always fails: proves the fail-closed path in tests.
+    #[cfg(test)]
+    Broken,
+}
+
+impl Detector {
+    pub fn builtin(b: Builtin, mode: Mode) -> Detector {
+        Detector {
+            name: b.name().to_string(),
+            mode,
+            kind: Kind::Builtin(b),
+        }
+    }
+
+    pub fn custom(name: String, mode: Mode, regex: Regex, validator: Option<Validator>) -> Self {
+        Detector {
+            name,
+            mode,
+            kind: Kind::Custom { regex, validator },
+        }
+    }
+
+    fn literals(&self) -> &'static [&'static str] {
+        match &self.kind {
+            Kind::Builtin(b) => b.literals(),
+            _ => &[],
+        }
+    }
+
+    fn find(&self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+        match &self.kind {
+            Kind::Builtin(b) => b.find(seg, out),
+            Kind::Custom { regex, validator } => {
+                for c in regex.captures_iter(seg) {
+                    let Some(m) = c.name("value").or_else(|| c.get(0)) else {
+                        continue;
+                    };
+                    let ok = !m.is_empty()
+                        && !finding::own_output(m.as_bytes())
+                        && validator.is_none_or(|v| v.check(m.as_bytes()));
+                    if ok {
+                        out.push((m.start(), m.end()));
+                    }
+                }
+            }
+            #[cfg(test)]
+            Kind::Broken => {
+                if memchr::memmem::find(seg, b"boom").is_some() {
+                    panic!("test detector failed");
+                }
+            }
+        }
+    }
+}
+
+/// A compiled profile: detectors, their literal prefilter, the hash key. Built once at start
+/// and shared by every stream that uses the profile.
+#[derive(Debug)]
+pub struct Redactor {
+    detectors: Vec<Detector>,
+    /// Whether PEM private-key blocks are removed (the `private_key` detector is enabled).
+    private_keys: bool,
+    /// One automaton over every detector's literals; pattern i belongs to `literal_owner[i]`.
+    prefilter: AhoCorasick,
+    literal_owner: Vec<usize>,
+    /// Detectors without literals: they run on every segment.
+    always: Vec<usize>,
+    key: Option<Arc<HashKey>>,
+}
+
+/// Per-stream state of a [`Redactor`]: inside a private-key block or not, and scratch space.
+#[derive(Debug, Default)]
+pub struct LineState {
+    in_private_key: bool,
+    active: Vec<bool>,
+    spans: Vec<(usize, usize)>,
+    findings: Vec<(usize, usize, usize)>,
+}
+
+static PEM_BEGIN: LazyLock<Regex> =
+    LazyLock::new(|| pattern(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
+static PEM_END: LazyLock<Regex> =
+    LazyLock::new(|| pattern(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
+
+fn pattern(p: &str) -> Regex {
+    match regex::bytes::RegexBuilder::new(p).unicode(false).build() {
+        Ok(r) => r,
+        Err(e) => panic!("built-in redaction pattern does not compile: {e}"),
+    }
+}
+
+/// How [`Redactor::redact_line`] dealt with a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineOutcome {
+    /// The (possibly redacted) line was written.
+    Written,
+    /// The whole line belonged to a private-key block and is gone.
+    Removed,
+}
+
+impl Redactor {
+    pub fn new(detectors: Vec<Detector>, key: Option<Arc<HashKey>>) -> Result<Redactor, String> {
+        let private_keys = detectors
+            .iter()
+            .any(|d| matches!(d.kind, Kind::Builtin(Builtin::PrivateKey)));
+        let mut literals = Vec::new();
+        let mut literal_owner = Vec::new();
+        let mut always = Vec::new();
+        for (i, d) in detectors.iter().enumerate() {
+            if d.literals().is_empty() {
+                always.push(i);
+            }
+            for l in d.literals() {
+                literals.push(*l);
+                literal_owner.push(i);
+            }
+        }
+        let prefilter = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&literals)
+            .map_err(|e| format!("cannot build the literal prefilter: {e}"))?;
+        Ok(Redactor {
+            detectors,
+            private_keys,
+            prefilter,
+            literal_owner,
+            always,
+            key,
+        })
+    }
+
+    /// The built-in `default` profile: every built-in detector, `mask` mode.
+    pub fn default_profile() -> Redactor {
+        let detectors = Builtin::ALL
+            .into_iter()
+            .map(|b| Detector::builtin(b, Mode::Mask))
+            .collect();
+        match Redactor::new(detectors, None) {
+            Ok(r) => r,
+            // The built-in literals are constants; `default_profile_builds` proves this.
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub fn detector_names(&self) -> impl Iterator<Item = &str> {
+        self.detectors.iter().map(|d| d.name.as_str())
+    }
+
+    /// Redacts one line (without its newline) into `out`, updating `state` and `counts`.
+    pub fn redact_line(
+        &self,
+        line: &[u8],
+        state: &mut LineState,
+        counts: &mut Counts,
+        out: &mut Vec<u8>,
+    ) -> LineOutcome {
+        let mut pos = 0;
+        if state.in_private_key {
+            match PEM_END.find(line) {
+                None => return LineOutcome::Removed,
+                Some(m) => {
+                    state.in_private_key = false;
+                    pos = m.end();
+                    if line[pos..].iter().all(u8::is_ascii_whitespace) {
+                        return LineOutcome::Removed;
+                    }
+                }
+            }
+        }
+        loop {
+            let begin = if self.private_keys {
+                PEM_BEGIN.find_at(line, pos)
+            } else {
+                None
+            };
+            let Some(b) = begin else {
+                self.redact_segment(&line[pos..], state, counts, out);
+                return LineOutcome::Written;
+            };
+            self.redact_segment(&line[pos..b.start()], state, counts, out);
+            out.extend_from_slice(b"[REDACTED:private_key]");
+            counts.add(Builtin::PrivateKey.name());
+            let after = b.end();
+            let rest = &line[after..];
+            if let Some(e) = PEM_END.find_at(line, after) {
+                pos = e.end();
+                continue;
+            }
+            if rest.starts_with(b"\\n") || rest.starts_with(b"\\r\\n") {
+                // A key escaped inside a JSON string on this one line, its END cut off: the
+                // block ends with the string (the next unescaped quote) or the line.
+                pos = closing_quote(line, after).unwrap_or(line.len());
+                continue;
+            }
+            // The block goes on in the next lines, up to an END line or the end of input.
+            state.in_private_key = true;
+            return LineOutcome::Written;
+        }
+    }
+
+    /// Runs the detectors over one segment (a line, or the part of one outside a private-key
+    /// block) and writes it with its findings replaced.
+    fn redact_segment(
+        &self,
+        seg: &[u8],
+        state: &mut LineState,
+        counts: &mut Counts,
+        out: &mut Vec<u8>,
+    ) {
+        if seg.is_empty() {
+            return;
+        }
+        state.active.clear();
+        state.active.resize(self.detectors.len(), false);
+        for &i in &self.always {
+            state.active[i] = true;
+        }
+        for m in self.prefilter.find_overlapping_iter(seg) {
+            if let Some(&owner) = self.literal_owner.get(m.pattern().as_usize()) {
+                state.active[owner] = true;
+            }
+        }
+        state.findings.clear();
+        for (i, d) in self.detectors.iter().enumerate() {
+            if !state.active[i] {
+                continue;
+            }
+            state.spans.clear();
+            d.find(seg, &mut state.spans);
+            state
+                .findings
+                .extend(state.spans.iter().map(|(s, e)| (*s, *e, i)));
+        }
+        if state.findings.is_empty() {
+            out.extend_from_slice(seg);
+            return;
+        }
+        // Earliest first; at equal starts the longest, then the detector listed first.
+        state
+            .findings
+            .sort_unstable_by_key(|(s, e, d)| (*s, std::cmp::Reverse(*e), *d));
+        let mut cursor = 0;
+        let mut current: Option<(usize, usize, usize)> = None;
+        for &(s, e, d) in &state.findings {
+            match current {
+                // Overlapping findings are merged: the union is replaced, nothing of either shows.
+                Some((cs, ce, cd)) if s < ce => current = Some((cs, ce.max(e), cd)),
+                Some(done) => {
+                    cursor = self.replace(seg, cursor, done, counts, out);
+                    current = Some((s, e, d));
+                }
+                None => current = Some((s, e, d)),
+            }
+        }
+        if let Some(done) = current {
+            cursor = self.replace(seg, cursor, done, counts, out);
+        }
+        out.extend_from_slice(&seg[cursor..]);
+    }
+
+    fn replace(
+        &self,
+        seg: &[u8],
+        cursor: usize,
+        (s, e, d): (usize, usize, usize),
+        counts: &mut Counts,
+        out: &mut Vec<u8>,
+    ) -> usize {
+        out.extend_from_slice(&seg[cursor..s]);
+        let det = &self.detectors[d];
+        writing::write_replacement(out, &det.name, det.mode, &seg[s..e], self.key.as_deref());
+        counts.add(&det.name);
+        e
+    }
+}
+
+/// The first `"` at or after `from` not escaped by a backslash.
+fn closing_quote(line: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i < line.len() {
+        match line[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Removes the tail of a cut line that may be the head of a value cut in half: the last token
+/// (after the last delimiter), then any trailing digits, spaces and dashes (a card's groups).
+fn trim_cut_tail(bytes: &[u8]) -> &[u8] {
+    let delimiter = |b: &u8| {
+        b.is_ascii_whitespace()
+            || matches!(
+                b,
+                b',' | b';'
+                    | b'"'
+                    | b'\''
+                    | b'&'
+                    | b'<'
+                    | b'>'
+                    | b'('
+                    | b')'
+                    | b'['
+                    | b']'
+                    | b'{'
+                    | b'}'
+                    | b'|'
+            )
+    };
+    let mut end = bytes.iter().rposition(delimiter).map_or(0, |i| i + 1);
+    while end > 0 && matches!(bytes[end - 1], b'0'..=b'9' | b' ' | b'-') {
+        end -= 1;
+    }
+    &bytes[..end]
+}
+
+/// Lines in, redacted lines out: [`reading`] then [`Redactor::redact_line`], for one stream.
+/// `redactor = None` is the `raw` profile (lines pass unchanged; cut lines are not trimmed).
+pub struct Pipeline {
+    lines: LineSplitter,
+    redactor: Option<(Arc<Redactor>, LineState)>,
+    counts: Counts,
+    scratch: Vec<u8>,
+}
+
+impl Pipeline {
+    pub fn new(redactor: Option<Arc<Redactor>>, max_line: usize) -> Pipeline {
+        Pipeline {
+            lines: LineSplitter::new(max_line),
+            redactor: redactor.map(|r| (r, LineState::default())),
+            counts: Counts::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Feeds the next bytes of the input; appends to `out` every finished output line that
+    /// `keep` accepts (`keep` sees the redacted line, without its newline).
+    pub fn push(&mut self, data: &[u8], keep: &mut dyn FnMut(&[u8]) -> bool, out: &mut Vec<u8>) {
+        let Pipeline {
+            lines,
+            redactor,
+            counts,
+            scratch,
+        } = self;
+        lines.push(data, |line| {
+            handle_line(line, redactor, counts, scratch, keep, out)
+        });
+    }
+
+    /// End of input: the last line, if it had no newline, is handled (and written without one).
+    pub fn finish(&mut self, keep: &mut dyn FnMut(&[u8]) -> bool, out: &mut Vec<u8>) {
+        let Pipeline {
+            lines,
+            redactor,
+            counts,
+            scratch,
+        } = self;
+        lines.finish(|line| handle_line(line, redactor, counts, scratch, keep, out));
+    }
+
+    /// The input was truncated under us: the carried head of a line whose end was never seen is
+    /// dropped, not served (its last bytes could be half a secret no detector recognises).
+    pub fn abandon_partial_line(&mut self) {
+        self.lines.reset();
+    }
+
+    /// The input was truncated and is read again from its start: forget the partial line and
+    /// any open private-key block (counts are kept).
+    pub fn reset(&mut self) {
+        self.lines.reset();
+        if let Some((_, state)) = &mut self.redactor {
+            state.in_private_key = false;
+        }
+    }
+
+    /// Runs `data` (input that precedes where serving starts, from a line start) through the
+    /// redactor for its state only: a `tail` that starts inside a private-key block must not
+    /// serve the block's body. Nothing is written or counted.
+    pub fn prime(&mut self, data: &[u8]) {
+        let Some((r, state)) = &mut self.redactor else {
+            return;
+        };
+        let mut counts = Counts::default();
+        let mut sink = Vec::new();
+        let mut lines = LineSplitter::new(usize::MAX / 2);
+        lines.push(data, |line| {
+            sink.clear();
+            r.redact_line(line.bytes, state, &mut counts, &mut sink);
+        });
+        lines.finish(|line| {
+            sink.clear();
+            r.redact_line(line.bytes, state, &mut counts, &mut sink);
+        });
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+fn handle_line(
+    line: Line<'_>,
+    redactor: &mut Option<(Arc<Redactor>, LineState)>,
+    counts: &mut Counts,
+    scratch: &mut Vec<u8>,
+    keep: &mut dyn FnMut(&[u8]) -> bool,
+    out: &mut Vec<u8>,
+) {
+    if line.cut {
+        counts.lines_cut += 1;
+    }
+    scratch.clear();
+    match redactor {
+        None => scratch.extend_from_slice(line.bytes),
+        Some((r, state)) => {
+            let bytes = if line.cut {
+                trim_cut_tail(line.bytes)
+            } else {
+                line.bytes
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                r.redact_line(bytes, state, counts, scratch)
+            }));
+            match result {
+                Ok(LineOutcome::Written) => {}
+                Ok(LineOutcome::Removed) => return,
+                Err(_) => {
+                    // Whatever was written for this line may be half-redacted: discard it.
+                    scratch.clear();
+                    scratch.extend_from_slice(WITHHELD_MARKER);
+                    counts.lines_withheld += 1;
+                    tracing::error!("a redaction detector failed; the line was withheld");
+                }
+            }
+        }
+    }
+    if keep(scratch) {
+        out.extend_from_slice(scratch);
+        if line.terminated {
+            out.push(b'\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
