@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 pub struct AgentService {
@@ -209,18 +209,13 @@ impl Agent for AgentService {
             )
             .map_err(audit_unavailable)?;
 
-        let start = if mode == pb::ReadMode::Tail {
-            let lines = if req.tail_lines == 0 {
-                10
-            } else {
-                req.tail_lines
-            };
-            stream::tail_offset(&file.file, file.len, lines)
-                .map_err(|e| Status::internal(format!("reading {path}: {e}")))?
+        let tail_lines = (mode == pb::ReadMode::Tail).then_some(if req.tail_lines == 0 {
+            10
         } else {
-            0
-        };
+            req.tail_lines
+        });
         let (tx, rx) = mpsc::channel(8);
+        let (last_tx, last_rx) = mpsc::channel(1);
         let opening = pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
                 grant_id: grant.id().to_string(),
@@ -233,7 +228,9 @@ impl Agent for AgentService {
         let plan = Plan {
             file: file.file,
             profile: authorized.profile,
-            start,
+            start: 0,
+            tail_lines,
+            len: file.len,
             follow: req.follow && mode == pb::ReadMode::Tail,
             selector,
             max_line: limits.max_line_bytes,
@@ -249,7 +246,7 @@ impl Agent for AgentService {
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let started = Instant::now();
-            let finished = stream::run(plan, tx, &watch);
+            let finished = stream::run(plan, tx, last_tx, &watch);
             let reason = finished.reason;
             let redactions: serde_json::Map<String, serde_json::Value> = finished
                 .counts
@@ -273,6 +270,8 @@ impl Agent for AgentService {
                 tracing::error!("audit write failed at stream end: {e:#}");
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // All data first, then the final status (if the stream was cut or failed).
+        let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
+        Ok(Response::new(Box::pin(response)))
     }
 }

@@ -137,7 +137,11 @@ pub struct Plan {
     /// The redaction applied to everything sent: every byte of a redacting profile passes
     /// through [`Pipeline`], line by line; only `raw` without line selection sends whole chunks.
     pub profile: Profile,
+    /// Where to start reading; with `tail_lines`, computed by [`run`].
     pub start: u64,
+    /// `tail -n`: start this many lines before the end (of `len` bytes).
+    pub tail_lines: Option<u64>,
+    pub len: u64,
     pub follow: bool,
     pub selector: LineSelector,
     pub max_line: usize,
@@ -177,6 +181,9 @@ pub fn tail_offset(file: &File, len: u64, lines: u64) -> std::io::Result<u64> {
 /// The sending side: counts bytes, re-checks the grant while the client is slow.
 struct Sender<'a> {
     tx: &'a mpsc::Sender<Item>,
+    /// Capacity 1, read by the client after every data chunk: the stream's final status always
+    /// has room, however full the data channel is, so a cut is never mistaken for an end.
+    last: &'a mpsc::Sender<Item>,
     watch: &'a GrantWatch,
     bytes: u64,
 }
@@ -184,9 +191,7 @@ struct Sender<'a> {
 impl Sender<'_> {
     fn check(&self) -> Result<(), EndReason> {
         if let Some((reason, message)) = self.watch.ended() {
-            let _ = self.tx.try_send(Err(Status::aborted(message)));
-            // If the channel is full the client still learns it: dropping the sender ends the
-            // stream, and the audit record carries the reason.
+            let _ = self.last.try_send(Err(Status::aborted(message)));
             return Err(reason);
         }
         Ok(())
@@ -225,18 +230,44 @@ pub struct Finished {
 const PRIME_WINDOW: u64 = 64 * 1024;
 
 /// Streams according to `plan` until EOF (or forever with `follow`), the client leaving, or
-/// the grant ending.
-pub fn run(mut plan: Plan, tx: mpsc::Sender<Item>, watch: &GrantWatch) -> Finished {
+/// the grant ending. Data goes to `tx`; a final error status (grant ended, read failed) goes
+/// to `last`, which the response yields after all data.
+pub fn run(
+    mut plan: Plan,
+    tx: mpsc::Sender<Item>,
+    last: mpsc::Sender<Item>,
+    watch: &GrantWatch,
+) -> Finished {
     let mut sender = Sender {
         tx: &tx,
+        last: &last,
         watch,
         bytes: 0,
     };
     let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
-    let reason = match pump(&mut plan, &mut pipeline, &mut sender) {
-        Ok(()) => EndReason::Eof,
-        Err(reason) => reason,
+    let reason = match plan.tail_lines {
+        // Finding where the last lines start reads the file: done here, off the async runtime.
+        Some(lines) => match tail_offset(&plan.file, plan.len, lines) {
+            Ok(start) => {
+                plan.start = start;
+                None
+            }
+            Err(e) => Some(EndReason::ReadError(e.to_string())),
+        },
+        None => None,
     };
+    let reason = match reason {
+        Some(r) => r,
+        None => match pump(&mut plan, &mut pipeline, &mut sender) {
+            Ok(()) => EndReason::Eof,
+            Err(reason) => reason,
+        },
+    };
+    if let EndReason::ReadError(e) = &reason {
+        let _ = last.try_send(Err(Status::internal(format!(
+            "reading the file failed: {e}"
+        ))));
+    }
     Finished {
         reason,
         bytes: sender.bytes,

@@ -143,3 +143,54 @@ fn concurrent_streams_per_subject_are_limited() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_slow_reader_still_learns_that_the_stream_was_cut() -> anyhow::Result<()> {
+    let (f, big) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Fixture, String)> {
+        let f = Fixture::start()?;
+        // Far more than the agent's queue and the HTTP/2 windows hold.
+        let line = "2026-11-27T07:00:00Z INFO filler line to make the file large enough\n";
+        let big = f.logs.join("big.log");
+        std::fs::write(&big, line.repeat(400_000))?;
+        f.grant("alice", "3s")?;
+        Ok((f, big.display().to_string()))
+    })
+    .await??;
+    let pki = f.cluster.dir.join("pki");
+    let files = loggate_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("users/alice.crt"),
+        key: pki.join("users/alice.key"),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!(
+        "https://{}",
+        f.cluster.agent_addr("web-1")
+    ))?
+    .tls_config(files.client_config("web-1")?)?
+    .connect()
+    .await?;
+    let mut client = loggate_proto::agent_client::AgentClient::new(channel);
+    let mut stream = client
+        .read_log(loggate_proto::ReadLogRequest {
+            path: big,
+            mode: loggate_proto::ReadMode::Cat as i32,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    // Read one message, then stall past the grant's end with the queue full.
+    stream.message().await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let ended = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    let status = ended.expect("the cut stream ended like a complete file");
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}
