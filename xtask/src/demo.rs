@@ -32,6 +32,7 @@ fn write_sample_logs(dir: &std::path::Path) -> anyhow::Result<()> {
             10 + i * 3
         ));
     }
+    api.push_str("2026-11-27T07:19:30.000Z WARN payment failed user=jane.doe@example.com card=4111 1111 1111 1111 token=ghp_R2D2c3po4BB8xyzw0123456789abcdefABCD\n");
     std::fs::write(dir.join("api.log"), api)?;
     std::fs::write(
         dir.join("worker.log"),
@@ -76,7 +77,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     );
 
     let glob = format!("{}/*.log", logs.display());
-    step("admin issues alice a 30-minute grant for the app logs");
+    step("admin issues alice a 30-minute grant for the app logs (redaction profile: default)");
     let args = [
         "grant",
         "issue",
@@ -90,11 +91,9 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         "30m",
         "--reason",
         "INC-42",
-        "--redaction",
-        "raw",
     ];
     let out = cluster.run_cli("admin", &args)?;
-    show(&format!("loggate grant issue --subject alice --host web-1 --path '{glob}' --ttl 30m --reason INC-42 --redaction raw"), &out);
+    show(&format!("loggate grant issue --subject alice --host web-1 --path '{glob}' --ttl 30m --reason INC-42"), &out);
     let grant_id = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -104,7 +103,9 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     println!("(the controller pushed the signed grant to web-1 over its WatchGrants stream)");
 
     let api = format!("{}/api.log", logs.display());
-    step("alice reads the log through the gate");
+    step(
+        "alice reads the log through the gate; secrets and personal data are redacted on the agent",
+    );
     let out = cluster.run_cli(
         "alice",
         &["logs", "tail", "-n", "5", "--host", "web-1", &api],
