@@ -344,21 +344,19 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
         .map_err(|s| explain(&s, &peer))?
         .into_inner();
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut pending = Vec::new();
+    let mut out = Output {
+        out: std::io::BufWriter::new(stdout.lock()),
+        pending: Vec::new(),
+        json: args.json,
+        host: &args.host,
+        path: &args.path,
+    };
     loop {
         let chunk = match stream.message().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(status) => {
-                let _ = flush_output(
-                    &mut out,
-                    &mut pending,
-                    args.json,
-                    &args.host,
-                    &args.path,
-                    true,
-                );
+                let _ = out.flush(true);
                 return Err(explain(&status, &peer));
             }
         };
@@ -367,63 +365,54 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
                 tracing::debug!(grant = %start.grant_id, "stream started");
             }
             Some(pb::read_log_chunk::Item::Data(data)) => {
-                pending.extend_from_slice(&data);
-                flush_output(
-                    &mut out,
-                    &mut pending,
-                    args.json,
-                    &args.host,
-                    &args.path,
-                    false,
-                )?;
+                out.pending.extend_from_slice(&data);
+                out.flush(false)?;
             }
             None => {}
         }
     }
-    flush_output(
-        &mut out,
-        &mut pending,
-        args.json,
-        &args.host,
-        &args.path,
-        true,
-    )?;
+    out.flush(true)?;
     Ok(())
 }
 
-/// Writes complete lines (all of `pending` when `all`), as text or as JSON objects.
-fn flush_output(
-    out: &mut impl Write,
-    pending: &mut Vec<u8>,
+/// Where streamed content goes: stdout as text, or as one JSON object per line.
+struct Output<'a, W: Write> {
+    out: W,
+    /// Received bytes not yet written (JSON output writes whole lines only).
+    pending: Vec<u8>,
     json: bool,
-    host: &str,
-    path: &str,
-    all: bool,
-) -> std::io::Result<()> {
-    if !json {
-        out.write_all(pending)?;
-        pending.clear();
-        return out.flush();
-    }
-    let end = if all {
-        pending.len()
-    } else {
-        match pending.iter().rposition(|b| *b == b'\n') {
-            Some(i) => i + 1,
-            None => return Ok(()),
+    host: &'a str,
+    path: &'a str,
+}
+
+impl<W: Write> Output<'_, W> {
+    /// Writes complete lines (all of `pending` when `all`).
+    fn flush(&mut self, all: bool) -> std::io::Result<()> {
+        if !self.json {
+            self.out.write_all(&self.pending)?;
+            self.pending.clear();
+            return self.out.flush();
         }
-    };
-    for line in pending[..end].split(|b| *b == b'\n') {
-        if line.is_empty() {
-            continue;
+        let end = if all {
+            self.pending.len()
+        } else {
+            match self.pending.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => return Ok(()),
+            }
+        };
+        for line in self.pending[..end].split(|b| *b == b'\n') {
+            if line.is_empty() {
+                continue;
+            }
+            let record = serde_json::json!({
+                "host": self.host, "path": self.path, "line": String::from_utf8_lossy(line),
+            });
+            writeln!(self.out, "{record}")?;
         }
-        let record = serde_json::json!({
-            "host": host, "path": path, "line": String::from_utf8_lossy(line),
-        });
-        writeln!(out, "{record}")?;
+        self.pending.drain(..end);
+        self.out.flush()
     }
-    pending.drain(..end);
-    out.flush()
 }
 
 /// `loggate audit verify FILE [--key PUB]…`.
