@@ -201,6 +201,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
             e["reason"]
                 .as_str()
                 .or(e["end_reason"].as_str())
+                .or(e["comm"].as_str())
                 .unwrap_or("")
         );
     }
