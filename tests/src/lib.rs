@@ -276,6 +276,29 @@ impl Cluster {
         cmd
     }
 
+    /// `loggate logs <args…> --host <agent> --agent-addr <its address>` as `user`, not yet run
+    /// (tests that follow a stream spawn it).
+    pub fn logs_cmd(&self, user: &str, agent: &str, args: &[&str]) -> Command {
+        let mut cmd = self.cli(user);
+        cmd.arg("logs")
+            .args(args)
+            .args(["--host", agent, "--agent-addr", &self.agent_addr(agent)]);
+        cmd
+    }
+
+    /// Issues a grant as admin, waits until agent `host` has received it, returns its id.
+    pub fn grant(
+        &self,
+        subject: &str,
+        host: &str,
+        path: &str,
+        ttl: &str,
+    ) -> anyhow::Result<String> {
+        let id = self.issue_grant(subject, host, path, ttl)?;
+        self.wait_for_grant(host, &id)?;
+        Ok(id)
+    }
+
     pub fn run_cli(&self, user: &str, args: &[&str]) -> anyhow::Result<Output> {
         Ok(self.cli(user).args(args).output()?)
     }
@@ -448,11 +471,7 @@ impl Fixture {
 
     /// Runs `loggate logs <args…> --host web-1 --agent-addr <addr>` as `user`.
     pub fn logs(&self, user: &str, args: &[&str]) -> anyhow::Result<Output> {
-        let addr = self.cluster.agent_addr("web-1");
-        let mut all = vec!["logs"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--host", "web-1", "--agent-addr", &addr]);
-        self.cluster.run_cli(user, &all)
+        Ok(self.cluster.logs_cmd(user, "web-1", args).output()?)
     }
 }
 

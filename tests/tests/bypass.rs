@@ -357,21 +357,11 @@ fn reads_through_the_gate_by_the_agent_itself_produce_no_event() -> anyhow::Resu
     let b = Bypass::start("")?;
     let grant = b
         .cluster
-        .issue_grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
-    b.cluster.wait_for_grant("web-1", &grant)?;
-    let addr = b.cluster.agent_addr("web-1");
-    let out = b.cluster.run_cli(
-        "alice",
-        &[
-            "logs",
-            "cat",
-            &s(&b.app_log()),
-            "--host",
-            "web-1",
-            "--agent-addr",
-            &addr,
-        ],
-    )?;
+        .grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
+    let out = b
+        .cluster
+        .logs_cmd("alice", "web-1", &["cat", &s(&b.app_log())])
+        .output()?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("protected line 2"));
@@ -423,8 +413,7 @@ fn mapped_uid_holding_a_grant_is_correlated_with_it() -> anyhow::Result<()> {
     assert_eq!(e["holds_grant"], false, "{e:#}");
     let grant = b
         .cluster
-        .issue_grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
-    b.cluster.wait_for_grant("web-1", &grant)?;
+        .grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
     let cat = as_nobody(&["cat", &s(&b.app_log())])?;
     let e = b.the_read_by(cat)?;
     assert_eq!(e["holds_grant"], true, "{e:#}");
@@ -477,23 +466,12 @@ fn fanotify_mode_reports_plain_io_uring_and_rotated_opens_but_not_the_agent_or_o
 
     // Neither an unprotected file nor the agent's own read through the gate.
     let free = as_nobody(&["cat", &s(&b.outside.join("free.log"))])?;
-    let grant = b
+    b.cluster
+        .grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
+    let out = b
         .cluster
-        .issue_grant("alice", "web-1", &format!("{}/*.log", s(&b.logs)), "30m")?;
-    b.cluster.wait_for_grant("web-1", &grant)?;
-    let addr = b.cluster.agent_addr("web-1");
-    let out = b.cluster.run_cli(
-        "alice",
-        &[
-            "logs",
-            "cat",
-            &path,
-            "--host",
-            "web-1",
-            "--agent-addr",
-            &addr,
-        ],
-    )?;
+        .logs_cmd("alice", "web-1", &["cat", &path])
+        .output()?;
     assert!(out.status.success(), "{}", text(&out).1);
     let marker = as_nobody(&["cat", &path])?;
     b.the_read_by(marker)?;
@@ -568,21 +546,10 @@ fn agent_without_bpf_or_fanotify_privilege_serves_and_reports_why_the_audit_is_u
         "{why:#}"
     );
     // …and it still serves reads through the gate.
-    let grant = cluster.issue_grant("alice", "web-1", &format!("{}/*.log", s(&logs)), "30m")?;
-    cluster.wait_for_grant("web-1", &grant)?;
-    let addr = cluster.agent_addr("web-1");
-    let out = cluster.run_cli(
-        "alice",
-        &[
-            "logs",
-            "cat",
-            &s(&logs.join("app.log")),
-            "--host",
-            "web-1",
-            "--agent-addr",
-            &addr,
-        ],
-    )?;
+    cluster.grant("alice", "web-1", &format!("{}/*.log", s(&logs)), "30m")?;
+    let out = cluster
+        .logs_cmd("alice", "web-1", &["cat", &s(&logs.join("app.log"))])
+        .output()?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, "served anyway\n");

@@ -76,22 +76,13 @@ fn tail_grep_and_time_range_select_lines_on_the_agent() -> anyhow::Result<()> {
 fn follow_streams_appended_lines() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     f.grant("alice", "4s")?;
-    let addr = f.cluster.agent_addr("web-1");
     let child = f
         .cluster
-        .cli("alice")
-        .args([
-            "logs",
-            "tail",
-            "-n",
-            "1",
-            "--follow",
-            "--host",
+        .logs_cmd(
+            "alice",
             "web-1",
-            "--agent-addr",
-            &addr,
-            &f.api_log(),
-        ])
+            &["tail", "-n", "1", "--follow", &f.api_log()],
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
@@ -165,8 +156,7 @@ fn alice_is_denied_on_another_host() -> anyhow::Result<()> {
 fn grant_for_another_path_glob_is_denied() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     let other = format!("{}/other-*.log", f.logs.display());
-    let id = f.cluster.issue_grant("alice", "web-1", &other, "30m")?;
-    f.cluster.wait_for_grant("web-1", &id)?;
+    let id = f.cluster.grant("alice", "web-1", &other, "30m")?;
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out).1;

@@ -126,19 +126,9 @@ fn truncating_the_file_mid_scan_ends_the_stream_with_whole_redacted_lines() -> a
     }
     let path = plant(&f, "big.log", &content)?;
     f.grant_with_profile("alice", "30m", "default")?;
-    let addr = f.cluster.agent_addr("web-1");
     let mut child = f
         .cluster
-        .cli("alice")
-        .args([
-            "logs",
-            "cat",
-            &path,
-            "--host",
-            "web-1",
-            "--agent-addr",
-            &addr,
-        ])
+        .logs_cmd("alice", "web-1", &["cat", &path])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;

@@ -5,19 +5,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn follow(f: &Fixture) -> anyhow::Result<std::process::Child> {
-    let addr = f.cluster.agent_addr("web-1");
     Ok(f.cluster
-        .cli("alice")
-        .args([
-            "logs",
-            "tail",
-            "--follow",
-            "--host",
-            "web-1",
-            "--agent-addr",
-            &addr,
-            &f.api_log(),
-        ])
+        .logs_cmd("alice", "web-1", &["tail", "--follow", &f.api_log()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?)

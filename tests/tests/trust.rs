@@ -172,17 +172,9 @@ fn client_config_with(
 }
 
 fn read_with_config(f: &Fixture, config: &std::path::Path) -> anyhow::Result<std::process::Output> {
-    Ok(Command::new(f.cluster.bins.join("loggate"))
+    Ok(f.cluster
+        .logs_cmd("alice", "web-1", &["cat", &f.api_log()])
         .env("LOGGATE_CONFIG", config)
-        .args([
-            "logs",
-            "cat",
-            "--host",
-            "web-1",
-            "--agent-addr",
-            &f.cluster.agent_addr("web-1"),
-            &f.api_log(),
-        ])
         .output()?)
 }
 
