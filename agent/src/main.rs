@@ -148,7 +148,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             AgentServer::new(server::AgentService::new(shared.clone()))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_shutdown(listen, shutdown_signal())
+        .serve_with_shutdown(listen, loggate_core::shutdown::signal())
         .await
         .with_context(|| format!("agent server on {listen}"))?;
     shared.audit(
@@ -187,17 +187,6 @@ async fn expire_grants(shared: Arc<Shared>) {
             }
             Err(e) => tracing::error!("expiring grants: {e:#}"),
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
     }
 }
 

@@ -45,7 +45,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_shutdown(config.listen, async move {
-            crate::shutdown_signal().await;
+            loggate_core::shutdown::signal().await;
             // End the agents' watch streams, or the graceful shutdown would wait for them.
             let _ = stop.send(true);
         })

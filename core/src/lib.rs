@@ -5,5 +5,6 @@
 pub mod audit;
 pub mod grant;
 pub mod identity;
+pub mod shutdown;
 pub mod timestamp;
 pub mod tls;
