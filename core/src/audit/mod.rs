@@ -240,6 +240,19 @@ impl AuditLog {
     }
 }
 
+/// The name of a record's event (e.g. `read.allowed`), wherever the record format keeps it.
+/// Readers of audit records (the verifier, the sinks, the tests) go through this and
+/// [`record_field`], never through the record's layout.
+pub fn event_name(record: &Value) -> Option<&str> {
+    record.get("event").and_then(Value::as_str)
+}
+
+/// One of loggate's own fields of a record (e.g. `grant_id`, or a checkpoint's `head`), wherever
+/// the record format keeps it.
+pub fn record_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
+    record.get(name)
+}
+
 /// Builds the `fields` map of an audit event from `key => value` pairs.
 #[macro_export]
 macro_rules! audit_fields {

@@ -89,7 +89,7 @@ pub fn verify_chain(
                 number.saturating_sub(1)
             )));
         }
-        if record.get("event").and_then(Value::as_str) == Some("audit.checkpoint") {
+        if super::event_name(&record) == Some("audit.checkpoint") {
             check_checkpoint(&record, &summary, keys, &mut last_checkpoint_ts).map_err(fail)?;
             summary.checkpoints += 1;
             // Every field of a checkpoint is covered by its own signature.
@@ -110,12 +110,10 @@ fn check_checkpoint(
     keys: &[VerifyKey],
     last_ts: &mut i64,
 ) -> Result<(), String> {
-    let text = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or_default();
-    let sealed = record.get("sealed_seq").and_then(Value::as_u64);
-    let ts = record
-        .get("ts_ms")
-        .and_then(Value::as_i64)
-        .unwrap_or(i64::MIN);
+    let field = |k: &str| super::record_field(record, k);
+    let text = |k: &str| field(k).and_then(Value::as_str).unwrap_or_default();
+    let sealed = field("sealed_seq").and_then(Value::as_u64);
+    let ts = field("ts_ms").and_then(Value::as_i64).unwrap_or(i64::MIN);
     if sealed != Some(before.last_seq) || text("head") != before.head {
         return Err("checkpoint does not seal the chain as it stands before it".into());
     }
