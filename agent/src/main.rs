@@ -15,14 +15,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::AgentConfig;
 use grants::GrantStore;
-use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy};
+use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
 use loggate_core::audit_fields;
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
 use loggate_proto::agent_server::AgentServer;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// loggate-agent: serves this host's log files to people holding a valid grant.
@@ -65,19 +65,22 @@ pub struct Shared {
     pub verifier: GrantVerifier,
     pub audience: Audience,
     pub grants: GrantStore,
-    audit_log: Mutex<AuditLog>,
+    audit_log: SharedAuditLog,
     slots: server::StreamSlots,
 }
 
 impl Shared {
-    /// Appends one audit event, synced to disk. Callers fail closed on error.
+    /// Appends one audit event and returns once it is on disk (group commit: concurrent events
+    /// share a sync). Callers fail closed on error.
     pub fn audit(
         &self,
         event: &str,
         fields: serde_json::Map<String, serde_json::Value>,
     ) -> anyhow::Result<u64> {
-        let mut log = self.audit_log.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(log.append(event, fields)?)
+        // Waiting for the disk blocks: let the runtime move its other tasks off this thread.
+        Ok(tokio::task::block_in_place(|| {
+            self.audit_log.append(event, fields)
+        })?)
     }
 }
 
@@ -131,7 +134,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         verifier,
         audience,
         grants: loaded.store,
-        audit_log: Mutex::new(audit_log),
+        audit_log: SharedAuditLog::new(audit_log)?,
         slots: server::StreamSlots::default(),
     });
 
@@ -155,6 +158,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         "agent.stopped",
         audit_fields!("agent_id" => shared.config.id.clone()),
     )?;
+    shared.audit_log.checkpoint()?;
     eprintln!("loggate-agent stopped");
     Ok(())
 }
@@ -165,12 +169,7 @@ async fn expire_grants(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if let Err(e) = shared
-            .audit_log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .checkpoint_if_due()
-        {
+        if let Err(e) = tokio::task::block_in_place(|| shared.audit_log.checkpoint_if_due()) {
             tracing::error!("audit checkpoint failed: {e:#}");
         }
         match shared.grants.sweep_expired(unix_now()) {
@@ -271,6 +270,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // No colour codes in files and journald, only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -392,12 +392,32 @@ impl Cluster {
         }
     }
 
-    /// Waits until agent `id` has received grant `grant_id`.
+    /// Waits until agent `id` has received grant `grant_id` (its audit record) and installed it
+    /// (its log line: the record is written before the install, audit before action).
     pub fn wait_for_grant(&self, id: &str, grant_id: &str) -> anyhow::Result<()> {
-        self.wait_for_audit(id, Duration::from_secs(15), |e| {
+        let timeout = Duration::from_secs(15);
+        self.wait_for_audit(id, timeout, |e| {
             e["event"] == "grant.received" && e["grant_id"] == grant_id
-        })
-        .map(|_| ())
+        })?;
+        let log = self
+            .agents
+            .get(id)
+            .context("unknown agent")?
+            .dir
+            .join("stderr.log");
+        let installed = format!("grant_id={grant_id}");
+        let deadline = Instant::now() + timeout;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("grant installed") && l.contains(&installed))
+        {
+            if Instant::now() > deadline {
+                bail!("agent {id} did not install grant {grant_id} within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 }
 
