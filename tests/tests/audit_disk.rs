@@ -13,7 +13,13 @@ const FAIL_CLOSED: &str = "cannot write its audit log";
 fn mount_tmpfs(dir: &Path, bytes: u64) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let status = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0700"), "tmpfs"])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={bytes},mode=0700"),
+            "tmpfs",
+        ])
         .arg(dir)
         .status()?;
     anyhow::ensure!(status.success(), "mount tmpfs on {}", dir.display());
@@ -71,7 +77,10 @@ fn full_audit_disk_denies_reads_then_serving_resumes() -> anyhow::Result<()> {
     let refused = refused.expect("the agent kept serving with a full audit disk");
     let (stdout, stderr) = text(&refused);
     assert!(stderr.contains(FAIL_CLOSED), "{stderr}");
-    assert!(stdout.is_empty(), "bytes served without an audit record: {stdout}");
+    assert!(
+        stdout.is_empty(),
+        "bytes served without an audit record: {stdout}"
+    );
     // Still refused while the disk stays full.
     let again = f.logs("alice", &["cat", &f.api_log()])?;
     assert!(text(&again).1.contains(FAIL_CLOSED), "{}", text(&again).1);

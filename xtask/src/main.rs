@@ -1,5 +1,6 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`.
 
+mod bench_audit;
 mod demo;
 mod ebpf;
 
@@ -28,6 +29,12 @@ enum Task {
     /// the formatting and clippy checks and the check that the committed eBPF object matches a
     /// rebuild of its source.
     Test,
+    /// Benchmarks (criterion and side-by-side runs), printed as rates and ratios; see
+    /// docs/performance.md.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
     /// Rebuild agent-ebpf/bpf/logaudit.bpf.o from agent-ebpf/src/logaudit.bpf.c (needs clang
     /// and llvm-strip; installs them as root with apt-get when missing).
     BuildEbpf {
@@ -35,6 +42,12 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Durable audit events per second with group commit, against one fsync per event.
+    Audit,
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -97,6 +110,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Task::Demo { keep } => demo::run(keep),
         Task::Test => test(),
+        Task::Bench { what: Bench::Audit } => bench_audit::run_audit(),
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }

@@ -1,21 +1,24 @@
 //! Group commit: many threads append to one audit log and share its syncs.
 //!
-//! An appender writes its record (one `write` on the `O_APPEND` file, under the lock) and then
-//! waits until a sync covers it. Whoever finds no sync running starts one for everything
-//! written so far, outside the lock, so records written meanwhile ride on the next sync. One
-//! `fdatasync` thus makes a whole batch durable, and `append` still returns only once its own
-//! record is on disk: "audit before action" holds for every caller.
+//! An appender writes its record (one `write` on the `O_APPEND` file, under the lock). A
+//! flusher thread syncs whenever records are waiting, outside the lock, so records written
+//! during a sync ride on the next one: one `fdatasync` makes a whole batch durable.
+//! [`SharedAuditLog::append`] returns only once its own record is on disk ("audit before
+//! action" holds for every caller); [`SharedAuditLog::append_deferred`] returns once the record
+//! is written, for observations that gate nothing (eBPF bypass events), and the flusher makes it
+//! durable within one sync.
 //!
 //! A failed sync leaves unknown bytes on disk: every record written since the last durable one
-//! is cut off, the chain continues from there, and each writer of a cut record gets an error
-//! (its action must not happen). Writers of records that were already durable are unaffected.
+//! is cut off, the chain continues from there, and each waiting writer of a cut record gets an
+//! error (its action must not happen). Writers of records that were already durable are
+//! unaffected.
 
 use super::{AuditError, AuditLog};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// How many past failed syncs are remembered to answer late waiters. A waiter more failures
 /// behind than this is told its record was lost (fail closed), which it may not have been.
@@ -23,51 +26,86 @@ const REMEMBERED_FAILURES: usize = 64;
 
 /// An [`AuditLog`] shared by threads, with group commit.
 pub struct SharedAuditLog {
+    inner: Arc<Inner>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
     state: Mutex<State>,
-    synced: Condvar,
+    /// Signalled when records are written (wakes the flusher) and when a sync ends (wakes the
+    /// waiting writers).
+    changed: Condvar,
     /// The same open file as the log's, synced without holding the lock.
     sync_handle: File,
 }
 
 struct State {
     log: AuditLog,
-    syncing: bool,
     /// Bumped by every failed sync (which cuts the unsynced records off).
     generation: u64,
     /// For recent generations ended by a failed sync: (generation, last durable seq at the cut).
     ended: VecDeque<(u64, u64)>,
     last_failure: String,
     syncs: u64,
+    closing: bool,
 }
 
 impl SharedAuditLog {
     pub fn new(log: AuditLog) -> Result<Self, AuditError> {
-        Ok(SharedAuditLog {
+        let inner = Arc::new(Inner {
             sync_handle: log.sync_handle()?,
             state: Mutex::new(State {
                 log,
-                syncing: false,
                 generation: 0,
                 ended: VecDeque::new(),
                 last_failure: String::new(),
                 syncs: 0,
+                closing: false,
             }),
-            synced: Condvar::new(),
+            changed: Condvar::new(),
+        });
+        let flusher = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("audit-flusher".into())
+                .spawn(move || inner.flush_until_closed())
+        }
+        .map_err(|source| AuditError::Io {
+            path: inner.lock().log.path().to_path_buf(),
+            source,
+        })?;
+        Ok(SharedAuditLog {
+            inner,
+            flusher: Some(flusher),
         })
     }
 
     /// Appends one event and returns once it is on disk. Callers fail closed on error.
     pub fn append(&self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
-        let mut state = self.lock();
+        let mut state = self.inner.lock();
         let seq = state.log.append_unsynced(event, fields)?;
         let generation = state.generation;
-        self.wait_durable(state, seq, generation)?;
+        self.inner.changed.notify_all();
+        self.inner.wait_durable(state, seq, generation)?;
+        Ok(seq)
+    }
+
+    /// Appends one event and returns once it is written; the flusher makes it durable with its
+    /// next sync. For events that no action waits on: a crash can lose the last few
+    /// milliseconds of them, never part of a record, and never a gap in the chain.
+    pub fn append_deferred(
+        &self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<u64, AuditError> {
+        let seq = self.inner.lock().log.append_unsynced(event, fields)?;
+        self.inner.changed.notify_all();
         Ok(seq)
     }
 
     /// Writes a signed checkpoint if one is due (see [`AuditLog::checkpoint_if_due`]).
     pub fn checkpoint_if_due(&self) -> Result<(), AuditError> {
-        let state = self.lock();
+        let state = self.inner.lock();
         if state.log.checkpoint_due() {
             self.checkpoint_locked(state)?;
         }
@@ -76,23 +114,76 @@ impl SharedAuditLog {
 
     /// Seals the chain as it stands with a signed checkpoint (at shutdown, say).
     pub fn checkpoint(&self) -> Result<(), AuditError> {
-        self.checkpoint_locked(self.lock())
+        self.checkpoint_locked(self.inner.lock())
+    }
+
+    /// How many syncs the log has run (records per sync = the group-commit factor).
+    pub fn sync_count(&self) -> u64 {
+        self.inner.lock().syncs
     }
 
     fn checkpoint_locked<'a>(&'a self, mut state: MutexGuard<'a, State>) -> Result<(), AuditError> {
         state.log.write_checkpoint()?;
         let seq = state.log.written().seq;
         let generation = state.generation;
-        self.wait_durable(state, seq, generation)
+        self.inner.changed.notify_all();
+        self.inner.wait_durable(state, seq, generation)
     }
+}
 
-    /// How many syncs the log has run (records per sync = the group-commit factor).
-    pub fn sync_count(&self) -> u64 {
-        self.lock().syncs
+impl Drop for SharedAuditLog {
+    /// Makes everything written durable, then stops the flusher.
+    fn drop(&mut self) {
+        self.inner.lock().closing = true;
+        self.inner.changed.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
     }
+}
 
+impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The flusher: syncs whenever records wait to be made durable; when closing, syncs what
+    /// is left and returns.
+    fn flush_until_closed(&self) {
+        let mut state = self.lock();
+        loop {
+            let pending = state.log.written().seq > state.log.durable_seq();
+            if !pending {
+                if state.closing {
+                    return;
+                }
+                state = self.wait(state);
+                continue;
+            }
+            let point = state.log.written();
+            drop(state);
+            let result = self.sync_handle.sync_data();
+            state = self.lock();
+            state.syncs += 1;
+            match result {
+                Ok(()) => state.log.mark_durable(point),
+                Err(e) => {
+                    let ended = (state.generation, state.log.durable_seq());
+                    state.ended.push_back(ended);
+                    if state.ended.len() > REMEMBERED_FAILURES {
+                        state.ended.pop_front();
+                    }
+                    state.generation += 1;
+                    state.last_failure = e.to_string();
+                    state.log.cut_to_durable();
+                }
+            }
+            self.changed.notify_all();
+        }
     }
 
     /// Returns once record `seq`, written in `generation`, is durable, or an error if a failed
@@ -124,32 +215,7 @@ impl SharedAuditLog {
             if state.log.durable_seq() >= seq {
                 return Ok(());
             }
-            if state.syncing {
-                state = self.synced.wait(state).unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            // No sync running: this thread syncs everything written so far.
-            state.syncing = true;
-            let point = state.log.written();
-            drop(state);
-            let result = self.sync_handle.sync_data();
-            state = self.lock();
-            state.syncing = false;
-            state.syncs += 1;
-            match result {
-                Ok(()) => state.log.mark_durable(point),
-                Err(e) => {
-                    let ended = (state.generation, state.log.durable_seq());
-                    state.ended.push_back(ended);
-                    if state.ended.len() > REMEMBERED_FAILURES {
-                        state.ended.pop_front();
-                    }
-                    state.generation += 1;
-                    state.last_failure = e.to_string();
-                    state.log.cut_to_durable();
-                }
-            }
-            self.synced.notify_all();
+            state = self.wait(state);
         }
     }
 }
@@ -210,6 +276,26 @@ mod tests {
         let summary = verify_chain(&text[..], &[public]).unwrap();
         assert_eq!(summary.checkpoints, 16);
         assert_eq!(summary.records, 816);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn deferred_events_become_durable_and_keep_the_chain() {
+        let dir = temp_dir();
+        let path = dir.join("audit.jsonl");
+        let shared = SharedAuditLog::new(AuditLog::open(&path, "h").unwrap()).unwrap();
+        for i in 0..500 {
+            shared
+                .append_deferred("bypass.read", audit_fields!("i" => i))
+                .unwrap();
+        }
+        assert_eq!(shared.append("read.allowed", Map::new()).unwrap(), 501);
+        // The waited append returned: everything before it is durable too.
+        assert_eq!(shared.inner.lock().log.durable_seq(), 501);
+        shared.append_deferred("tail", Map::new()).unwrap();
+        drop(shared); // the flusher syncs what is left before it stops
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(verify_chain(&text[..], &[]).unwrap().records, 502);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
