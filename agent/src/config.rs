@@ -6,6 +6,7 @@ use crate::bypass::{BypassConfig, BypassFile};
 use crate::fs_access::LogRoot;
 use crate::redact::profile::{Profiles, RedactionConfigFile};
 use anyhow::{bail, Context};
+use loggate_core::audit::ship::{validate_sinks, SinkConfig, SinkFile};
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::is_valid_name;
 use loggate_core::tls::TlsFiles;
@@ -67,7 +68,19 @@ pub struct AgentConfigFile {
     /// exists without it.
     #[serde(default)]
     redaction: RedactionConfigFile,
+    /// Delivery of the audit file to SIEMs (`[[audit.sinks]]`).
+    #[serde(default)]
+    audit: AuditSection,
     tls: TlsFiles,
+}
+
+/// `[audit]`: where the audit stream is delivered besides the local file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditSection {
+    /// `[[audit.sinks]]`, one per receiver (see docs/configuration.md).
+    #[serde(default)]
+    sinks: Vec<SinkFile>,
 }
 
 /// Per-request limits. Defaults are in `Limits::default`.
@@ -118,6 +131,8 @@ pub struct AgentConfig {
     pub limits: Limits,
     pub bypass: BypassConfig,
     pub profiles: Profiles,
+    /// Validated `[[audit.sinks]]`.
+    pub sinks: Vec<SinkConfig>,
     pub tls: TlsFiles,
 }
 
@@ -223,6 +238,7 @@ impl AgentConfig {
         check_limits(&file.limits)?;
         let profiles = Profiles::load(file.redaction, base)?;
         let bypass = file.bypass.clone().validate()?;
+        let sinks = validate_sinks(&file.audit.sinks, base)?;
         Ok(AgentConfig {
             bypass,
             advertise: file.advertise.unwrap_or_else(|| file.listen.to_string()),
@@ -239,6 +255,7 @@ impl AgentConfig {
             allow_raw: file.allow_raw,
             limits: file.limits,
             profiles,
+            sinks,
             tls: file.tls.relative_to(base),
         })
     }

@@ -10,6 +10,7 @@
 //! must then refuse the action (no bytes are served without their audit record on disk).
 
 mod checkpoint;
+pub mod ship;
 mod verify;
 
 pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};

@@ -1,0 +1,426 @@
+//! SIEM delivery: each configured sink follows the local audit file (the spool) on its own
+//! thread and sends every record past its persisted cursor, at least once.
+//!
+//! - The cursor (last delivered `seq`, the chain identity, an offset hint) is stored atomically
+//!   after delivery (see [`cursor`]); after a restart or an outage the sink resends from it, so a
+//!   SIEM may see a record twice, byte for byte the same (same `seq`, same `metadata.uid`).
+//! - A sink never touches the audit writer or the gate: it only reads the file, on a thread and
+//!   runtime of its own, so a slow or absent receiver cannot slow a read.
+//! - While a receiver is down the sink retries with exponential back-off and jitter, logs the
+//!   outage at once and then every 30 s, and keeps `<state>/<name>.status.json` current (state,
+//!   delivered and written `seq`, lag, last error).
+
+pub mod config;
+pub mod cursor;
+mod hec;
+pub mod spool;
+mod syslog;
+
+pub use config::{validate_sinks, SinkConfig, SinkFile, Target};
+
+use cursor::Cursor;
+use spool::{FirstLine, Record, Spool};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often a sink looks for new records when it has caught up.
+const POLL: Duration = Duration::from_millis(100);
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// At most one log line per sink per this interval about the same outage or lag.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// How a sink talks to its receiver.
+pub(crate) trait Transport {
+    async fn connect(&mut self) -> Result<(), String>;
+    fn disconnect(&mut self);
+    fn is_connected(&self) -> bool;
+    /// Sends one batch; `Ok` means written (and, for acknowledging receivers, acknowledged).
+    async fn send(&mut self, batch: &[Record]) -> Result<(), String>;
+    /// How long after a successful send the connection must stay healthy before the batch
+    /// counts as delivered (zero for receivers that acknowledge).
+    fn confirm_after(&self) -> Duration;
+    /// Without waiting: `Some(why)` when the connection is known to be broken.
+    async fn broken(&mut self) -> Option<String>;
+}
+
+/// What every sink of one process shares.
+#[derive(Debug, Clone)]
+pub struct ShipContext {
+    /// The audit file to follow.
+    pub audit_log: PathBuf,
+    /// Where cursors and status files live (created, mode 0700).
+    pub state_dir: PathBuf,
+    /// This host's name in the messages (the agent id, or `controller`).
+    pub host: String,
+    /// The program's name in syslog headers (`loggate-agent`).
+    pub app_name: String,
+}
+
+/// Starts one thread per sink. They run until the process exits.
+pub fn spawn_sinks(sinks: Vec<SinkConfig>, ctx: &ShipContext) -> anyhow::Result<()> {
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&ctx.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", ctx.state_dir.display()))?;
+    for sink in sinks {
+        let ctx = ctx.clone();
+        let name = sink.name.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match sink.target {
+                        Target::Syslog(t) => {
+                            let transport = syslog::SyslogSink::new(t, &ctx.host, &ctx.app_name);
+                            Shipper::new(&sink.name, sink.batch_size, transport, &ctx)
+                                .run()
+                                .await
+                        }
+                        Target::Hec(t) => {
+                            let transport = hec::HecSink::new(t, &ctx.host);
+                            Shipper::new(&sink.name, sink.batch_size, transport, &ctx)
+                                .run()
+                                .await
+                        }
+                    }
+                })
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start sink {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// A batch written but not yet counted as delivered.
+struct InFlight {
+    seq: u64,
+    end: u64,
+    written: Instant,
+}
+
+/// The delivery loop of one sink.
+struct Shipper<T: Transport> {
+    name: String,
+    batch_size: usize,
+    transport: T,
+    spool: Spool,
+    cursor_path: PathBuf,
+    status_path: PathBuf,
+    /// What is persisted: delivered through `delivered.seq`.
+    delivered: Cursor,
+    /// The last `seq` written to the receiver (delivered or in flight).
+    written: u64,
+    in_flight: VecDeque<InFlight>,
+    backoff: Duration,
+    health: Health,
+}
+
+#[derive(Default)]
+struct Health {
+    down_since: Option<Instant>,
+    failures: u64,
+    last_error: Option<String>,
+    last_log: Option<Instant>,
+    last_status: Option<Instant>,
+    head: u64,
+}
+
+impl<T: Transport> Shipper<T> {
+    fn new(name: &str, batch_size: usize, transport: T, ctx: &ShipContext) -> Self {
+        Shipper {
+            name: name.to_string(),
+            batch_size,
+            transport,
+            spool: Spool::new(&ctx.audit_log),
+            cursor_path: cursor::cursor_path(&ctx.state_dir, name),
+            status_path: ctx.state_dir.join(format!("{name}.status.json")),
+            delivered: Cursor {
+                chain: String::new(),
+                seq: 0,
+                offset: 0,
+            },
+            written: 0,
+            in_flight: VecDeque::new(),
+            backoff: BACKOFF_FIRST,
+            health: Health::default(),
+        }
+    }
+
+    async fn run(mut self) {
+        // Wait for the audit file's first record: it names the chain the cursor belongs to.
+        let first = loop {
+            match self.spool.first_line() {
+                Ok(Some(first)) => break first,
+                Ok(None) => {}
+                Err(e) => self.failed(&format!("cannot read the audit file: {e}")),
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let stored = match cursor::load(&self.cursor_path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    sink = %self.name,
+                    "the cursor {} is unreadable ({e}); resending the whole audit file",
+                    self.cursor_path.display()
+                );
+                None
+            }
+        };
+        self.adopt(&first, stored);
+        loop {
+            if let Err(why) = self.step().await {
+                self.transport.disconnect();
+                self.rewind();
+                self.failed(&why);
+                let pause = jittered(self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.write_status();
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// Takes up the file whose first line is `first`, given the cursor `stored` from before.
+    fn adopt(&mut self, first: &FirstLine, stored: Option<Cursor>) {
+        let fresh = |seq| Cursor {
+            chain: first.hash.clone(),
+            seq,
+            offset: 0,
+        };
+        self.delivered = match stored {
+            None => fresh(0),
+            Some(c) if c.chain == first.hash => {
+                let last = self.spool.last_seq().ok().flatten().unwrap_or(0);
+                if last < c.seq {
+                    tracing::error!(
+                        sink = %self.name,
+                        "the audit file ends at seq {last}, before this sink's cursor ({}): it was cut; delivering from seq {}",
+                        c.seq, last + 1
+                    );
+                    fresh(last)
+                } else {
+                    c
+                }
+            }
+            Some(c) if first.seq > 1 => {
+                if c.seq + 1 < first.seq {
+                    tracing::error!(
+                        sink = %self.name,
+                        "records {} to {} are in an older audit file this sink does not read; delivering from seq {}",
+                        c.seq + 1, first.seq - 1, first.seq
+                    );
+                }
+                fresh(c.seq)
+            }
+            Some(c) => {
+                tracing::warn!(
+                    sink = %self.name,
+                    "the audit file holds a new chain (seq 1 differs from the cursor's; it was at seq {}); delivering it from seq 1",
+                    c.seq
+                );
+                fresh(0)
+            }
+        };
+        self.written = self.delivered.seq;
+        self.in_flight.clear();
+        self.spool.seek(self.delivered.offset);
+    }
+
+    /// One turn: connect if needed, notice a broken connection, count confirmed batches as
+    /// delivered, send the next batch or wait for one.
+    async fn step(&mut self) -> Result<(), String> {
+        if !self.transport.is_connected() {
+            self.transport.connect().await?;
+        }
+        if let Some(why) = self.transport.broken().await {
+            return Err(why);
+        }
+        self.confirm();
+        let batch = self
+            .spool
+            .read(self.written, self.batch_size)
+            .map_err(|e| format!("cannot read the audit file: {e}"))?;
+        self.report_unreadable();
+        let Some(last) = batch.last() else {
+            // Caught up. Move to a replacing file only once the open one is fully delivered,
+            // so a rewind never needs a file that is gone.
+            if self.in_flight.is_empty() {
+                match self.spool.follow_replacement() {
+                    Ok(true) => {
+                        let first = self.spool.first_line().ok().flatten();
+                        if let Some(first) = first {
+                            let current = self.delivered.clone();
+                            self.adopt(&first, Some(current));
+                        }
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(format!("cannot follow the audit file: {e}")),
+                }
+            }
+            self.write_status_if_due();
+            tokio::time::sleep(POLL).await;
+            return Ok(());
+        };
+        let (seq, end) = (last.seq, last.end);
+        self.transport.send(&batch).await?;
+        self.written = seq;
+        self.in_flight.push_back(InFlight {
+            seq,
+            end,
+            written: Instant::now(),
+        });
+        self.confirm();
+        self.recovered();
+        self.write_status_if_due();
+        Ok(())
+    }
+
+    /// Counts batches whose confirmation time has passed as delivered and persists the cursor.
+    fn confirm(&mut self) {
+        let wait = self.transport.confirm_after();
+        let mut newest = None;
+        while let Some(f) = self.in_flight.front() {
+            if f.written.elapsed() < wait {
+                break;
+            }
+            newest = Some((f.seq, f.end));
+            self.in_flight.pop_front();
+        }
+        let Some((seq, end)) = newest else {
+            return;
+        };
+        self.delivered.seq = seq;
+        self.delivered.offset = end;
+        if let Err(e) = cursor::store(&self.cursor_path, &self.delivered) {
+            // Delivery goes on; after a restart the sink resends from the older cursor.
+            self.log_limited(&format!(
+                "cannot store the cursor {}: {e}",
+                self.cursor_path.display()
+            ));
+        }
+    }
+
+    /// After a failure: everything not delivered is sent again, from the cursor.
+    fn rewind(&mut self) {
+        self.in_flight.clear();
+        self.written = self.delivered.seq;
+        self.spool.seek(self.delivered.offset);
+    }
+
+    fn lag(&mut self) -> u64 {
+        if let Ok(Some(head)) = self.spool.last_seq() {
+            self.health.head = head;
+        }
+        self.health.head.saturating_sub(self.delivered.seq)
+    }
+
+    fn failed(&mut self, why: &str) {
+        self.health.failures += 1;
+        self.health.last_error = Some(why.to_string());
+        if self.health.down_since.is_none() {
+            self.health.down_since = Some(Instant::now());
+            self.health.last_log = None;
+        }
+        let lag = self.lag();
+        let down = self.health.down_since.map_or(0, |t| t.elapsed().as_secs());
+        self.log_limited(&format!(
+            "cannot deliver: {why}; retrying (down {down}s, {lag} records waiting, delivered through seq {})",
+            self.delivered.seq
+        ));
+    }
+
+    fn recovered(&mut self) {
+        self.backoff = BACKOFF_FIRST;
+        if let Some(since) = self.health.down_since.take() {
+            tracing::info!(
+                sink = %self.name,
+                "delivering again after {}s and {} failed attempts",
+                since.elapsed().as_secs(),
+                self.health.failures
+            );
+            self.health.failures = 0;
+            self.health.last_log = None;
+        }
+    }
+
+    fn report_unreadable(&mut self) {
+        if self.spool.unreadable > 0 {
+            let n = std::mem::take(&mut self.spool.unreadable);
+            tracing::error!(
+                sink = %self.name,
+                "{n} audit line(s) without a readable seq were not sent (`loggate audit verify` names them)"
+            );
+        }
+    }
+
+    fn log_limited(&mut self, message: &str) {
+        if self
+            .health
+            .last_log
+            .is_some_and(|t| t.elapsed() < LOG_EVERY)
+        {
+            return;
+        }
+        self.health.last_log = Some(Instant::now());
+        tracing::warn!(sink = %self.name, "{message}");
+    }
+
+    fn write_status_if_due(&mut self) {
+        if self
+            .health
+            .last_status
+            .is_none_or(|t| t.elapsed() >= STATUS_EVERY)
+        {
+            self.write_status();
+        }
+    }
+
+    /// `<name>.status.json`: what an operator (or a test) reads to see a sink behind or down.
+    fn write_status(&mut self) {
+        self.health.last_status = Some(Instant::now());
+        let lag = self.lag();
+        let up = self.health.down_since.is_none() && self.transport.is_connected();
+        if up && lag > 10 * self.batch_size as u64 {
+            self.log_limited(&format!("{lag} records behind the audit file"));
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let status = serde_json::json!({
+            "sink": self.name,
+            "state": if up { "up" } else { "down" },
+            "delivered_seq": self.delivered.seq,
+            "written_seq": self.written,
+            "head_seq": self.health.head,
+            "lag": lag,
+            "down_for_ms": self.health.down_since.map(|t| t.elapsed().as_millis() as u64),
+            "last_error": self.health.last_error,
+            "updated_ms": now_ms,
+        });
+        let mut tmp = self.status_path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let written = std::fs::write(&tmp, status.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &self.status_path));
+        if let Err(e) = written {
+            self.log_limited(&format!("cannot write {}: {e}", self.status_path.display()));
+        }
+    }
+}
+
+/// Between half and all of `delay`, at random (spreads the reconnects of many agents).
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
