@@ -132,6 +132,8 @@ struct Health {
     failures: u64,
     last_error: Option<String>,
     last_log: Option<Instant>,
+    /// What the last log line said, so a new kind of failure is logged at once.
+    last_logged: String,
     last_status: Option<Instant>,
     head: u64,
 }
@@ -336,10 +338,14 @@ impl<T: Transport> Shipper<T> {
         }
         let lag = self.lag();
         let down = self.health.down_since.map_or(0, |t| t.elapsed().as_secs());
+        if self.health.last_logged != why {
+            self.health.last_log = None;
+        }
         self.log_limited(&format!(
             "cannot deliver: {why}; retrying (down {down}s, {lag} records waiting, delivered through seq {})",
             self.delivered.seq
         ));
+        self.health.last_logged = why.to_string();
     }
 
     fn recovered(&mut self) {
