@@ -6,7 +6,7 @@ use crate::bypass::{BypassConfig, BypassFile};
 use crate::fs_access::LogRoot;
 use crate::redact::profile::{Profiles, RedactionConfigFile};
 use anyhow::{bail, Context};
-use loggate_core::audit::ship::{validate_sinks, SinkConfig, SinkFile};
+use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::is_valid_name;
 use loggate_core::tls::TlsFiles;
@@ -72,15 +72,6 @@ pub struct AgentConfigFile {
     #[serde(default)]
     audit: AuditSection,
     tls: TlsFiles,
-}
-
-/// `[audit]`: where the audit stream is delivered besides the local file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditSection {
-    /// `[[audit.sinks]]`, one per receiver (see docs/configuration.md).
-    #[serde(default)]
-    sinks: Vec<SinkFile>,
 }
 
 /// Per-request limits. Defaults are in `Limits::default`.

@@ -545,7 +545,11 @@ impl Rsyslog {
                 addr.port()
             ),
         )?;
-        let check = Command::new(rsyslogd).arg("-N1").arg("-f").arg(&conf).output()?;
+        let check = Command::new(rsyslogd)
+            .arg("-N1")
+            .arg("-f")
+            .arg(&conf)
+            .output()?;
         if !check.status.success() {
             bail!(
                 "rsyslogd refuses {}: {}",
@@ -663,10 +667,7 @@ impl HecReceiver {
     }
 }
 
-fn serve_hec_connection(
-    conn: TcpStream,
-    state: &std::sync::Mutex<HecState>,
-) -> anyhow::Result<()> {
+fn serve_hec_connection(conn: TcpStream, state: &std::sync::Mutex<HecState>) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
@@ -715,7 +716,10 @@ fn serve_hec_connection(
         };
         let (reason, answer) = match status {
             200 => ("OK", r#"{"text":"Success","code":0}"#),
-            _ => ("Service Unavailable", r#"{"text":"Server is busy","code":9}"#),
+            _ => (
+                "Service Unavailable",
+                r#"{"text":"Server is busy","code":9}"#,
+            ),
         };
         write!(
             writer,

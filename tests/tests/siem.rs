@@ -3,6 +3,7 @@
 //! through a receiver outage and through the agent's own SIGKILL, and the SIEM's copy verifies
 //! with `loggate audit verify`. These tests need `rsyslogd` (`cargo xtask test` installs it).
 
+use loggate_core::audit::{event_name, record_field};
 use loggate_tests::{free_addr, text, Fixture, HecReceiver, Rsyslog};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,11 +43,29 @@ fn start(trusted: bool) -> anyhow::Result<(Fixture, Rsyslog)> {
     let f = Fixture::start_with(&syslog_sink(addr))?;
     let pki = f.cluster.dir.join("pki");
     let issuer = if trusted {
-        loggate(&f, &["pki", "issue", &pki.display().to_string(), "--agent", "siem"])?;
+        loggate(
+            &f,
+            &[
+                "pki",
+                "issue",
+                &pki.display().to_string(),
+                "--agent",
+                "siem",
+            ],
+        )?;
         pki.clone()
     } else {
         let other = f.cluster.dir.join("other-pki");
-        loggate(&f, &["pki", "init", &other.display().to_string(), "--agent", "siem"])?;
+        loggate(
+            &f,
+            &[
+                "pki",
+                "init",
+                &other.display().to_string(),
+                "--agent",
+                "siem",
+            ],
+        )?;
         other
     };
     let mut rsyslog = Rsyslog::new(
@@ -159,7 +178,15 @@ fn busy_reads(f: &Fixture, stop: Arc<AtomicBool>) -> JoinHandle<usize> {
         while !stop.load(Ordering::Relaxed) {
             let out = Command::new(&bin)
                 .env("LOGGATE_CONFIG", &config)
-                .args(["logs", "cat", &path, "--host", "web-1", "--agent-addr", &addr])
+                .args([
+                    "logs",
+                    "cat",
+                    &path,
+                    "--host",
+                    "web-1",
+                    "--agent-addr",
+                    &addr,
+                ])
                 .output();
             if out.is_ok_and(|o| o.status.success()) {
                 ok += 1;
@@ -238,8 +265,13 @@ fn rsyslog_down_for_30s_during_busy_reads_loses_nothing() -> anyhow::Result<()> 
     rsyslog.start()?;
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
-    let ok_reads = reads.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
-    assert!(during > 20, "reads went on during the outage ({during} records)");
+    let ok_reads = reads
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    assert!(
+        during > 20,
+        "reads went on during the outage ({during} records)"
+    );
     assert!(ok_reads > 20, "{ok_reads} reads");
     let copy = wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(60))?;
     verify_copy(&f, &copy)?;
@@ -259,7 +291,9 @@ fn agent_killed_while_forwarding_loses_nothing_after_restart() -> anyhow::Result
     f.cluster.start_agent("web-1")?;
     std::thread::sleep(Duration::from_secs(4));
     stop.store(true, Ordering::Relaxed);
-    reads.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+    reads
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader panicked"))?;
     assert!(
         got_before > 0 && before > 20,
         "forwarding was under way when killed"
@@ -276,12 +310,17 @@ fn untrusted_receiver_gets_nothing_and_the_cursor_stays() -> anyhow::Result<()> 
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert!(out.status.success(), "{}", text(&out).1);
     let log_path = agent_dir(&f).join("stderr.log");
-    let waited = wait_until(Duration::from_secs(10), "a TLS error in the agent log", || {
-        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("TLS handshake"))
-    });
+    let waited = wait_until(
+        Duration::from_secs(10),
+        "a TLS error in the agent log",
+        || std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("TLS handshake")),
+    );
     if let Err(e) = waited {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        anyhow::bail!("{e}: agent log:\n{log}\nrsyslog:\n{}", rsyslog.internal_log());
+        anyhow::bail!(
+            "{e}: agent log:\n{log}\nrsyslog:\n{}",
+            rsyslog.internal_log()
+        );
     }
     std::thread::sleep(Duration::from_secs(3));
     let log = std::fs::read_to_string(&log_path)?;
@@ -351,8 +390,14 @@ fn hec_collector_gets_every_event_in_batches_after_a_503() -> anyhow::Result<()>
     );
     assert!(resent.starts_with(&*refused), "{refused}\n---\n{resent}");
     for r in &requests {
-        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/services/collector/event"));
-        assert_eq!(r.authorization.as_deref(), Some(&*format!("Splunk {token}")));
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/services/collector/event")
+        );
+        assert_eq!(
+            r.authorization.as_deref(),
+            Some(&*format!("Splunk {token}"))
+        );
         let events = String::from_utf8_lossy(&r.body).lines().count();
         assert!((1..=5).contains(&events), "{events} events in one batch");
         for line in String::from_utf8_lossy(&r.body).lines() {
@@ -376,4 +421,52 @@ fn hec_collector_gets_every_event_in_batches_after_a_503() -> anyhow::Result<()>
     assert!(log.contains("503"), "the refusal is logged: {log}");
     assert!(!log.contains(token), "the token is never logged");
     Ok(())
+}
+
+#[test]
+fn controller_ships_its_own_audit_stream_too() -> anyhow::Result<()> {
+    let hec = HecReceiver::start(0)?;
+    let secrets = tempfile::tempdir()?;
+    let token_file = secrets.path().join("hec.token");
+    std::fs::write(&token_file, "controller-token\n")?;
+    let mut cluster = loggate_tests::Cluster::new(None)?;
+    let mut config = std::fs::read_to_string(&cluster.controller_config)?;
+    config.push_str(&format!(
+        "\n[[audit.sinks]]\nname = \"splunk\"\nkind = \"hec\"\n\
+         url = \"http://{}/services/collector/event\"\ntoken_file = {:?}\n",
+        hec.addr,
+        token_file.display().to_string()
+    ));
+    std::fs::write(&cluster.controller_config, config)?;
+    let logs = cluster.dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    cluster.add_agent("web-1", &[&logs], "")?;
+    cluster.start_controller()?;
+    cluster.start_agent("web-1")?;
+    let id = cluster.grant(
+        "alice",
+        "web-1",
+        &format!("{}/*.log", logs.display()),
+        "10m",
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let issued = hec.requests().iter().any(|r| {
+            String::from_utf8_lossy(&r.body).lines().any(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+                let record = &v["event"];
+                v["host"] == "controller"
+                    && event_name(record) == Some("grant.issued")
+                    && record_field(record, "grant_id").and_then(|g| g.as_str()) == Some(&*id)
+            })
+        });
+        if issued {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "grant.issued never reached the collector"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

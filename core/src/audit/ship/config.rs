@@ -20,6 +20,16 @@ fn default_batch() -> usize {
     DEFAULT_BATCH
 }
 
+/// The `[audit]` table of the agent's and the controller's configuration: where the audit
+/// stream is delivered besides the local file.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// `[[audit.sinks]]`, one per receiver.
+    #[serde(default)]
+    pub sinks: Vec<SinkFile>,
+}
+
 /// One `[[audit.sinks]]` table as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -16,7 +16,7 @@ mod hec;
 pub mod spool;
 mod syslog;
 
-pub use config::{validate_sinks, SinkConfig, SinkFile, Target};
+pub use config::{validate_sinks, AuditSection, SinkConfig, SinkFile, Target};
 
 use cursor::Cursor;
 use spool::{FirstLine, Record, Spool};
