@@ -470,3 +470,142 @@ fn controller_ships_its_own_audit_stream_too() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Measurement, not a check (run with `--ignored --nocapture`): the agent's real writer appends
+/// (and syncs) events at a fixed rate for `LOGGATE_BENCH_SECS` (default 10) seconds while a
+/// syslog-tls sink in the same process delivers them to rsyslog; prints the delay from an
+/// append's return (the record durable) to its arrival in rsyslog's output file, p50/p99/max.
+/// `LOGGATE_BENCH_RATE` sets the rate (default 5000 events/s).
+#[test]
+#[ignore]
+fn delivery_latency_to_rsyslog() -> anyhow::Result<()> {
+    use loggate_core::audit::ship::{spawn_sinks, validate_sinks, ShipContext, SinkFile};
+    use loggate_core::audit::AuditLog;
+    let rate: u64 = std::env::var("LOGGATE_BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5000);
+    let secs: u64 = std::env::var("LOGGATE_BENCH_SECS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
+    let cluster = loggate_tests::Cluster::new(None)?;
+    let pki = cluster.dir.join("pki");
+    let out = Command::new(cluster.bins.join("loggate"))
+        .args([
+            "pki",
+            "issue",
+            &pki.display().to_string(),
+            "--agent",
+            "siem",
+        ])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{}", text(&out).1);
+    let addr = free_addr()?;
+    let mut rsyslog = Rsyslog::new(
+        &cluster.dir.join("siem"),
+        addr,
+        &pki.join("ca.crt"),
+        &pki.join("agents/siem.crt"),
+        &pki.join("agents/siem.key"),
+        &["web-1"],
+    )?;
+    rsyslog.start()?;
+    let sink: SinkFile = serde_json::from_value(serde_json::json!({
+        "name": "siem", "kind": "syslog-tls", "address": addr.to_string(),
+        "server_name": "siem", "ca": "ca.crt", "cert": "agents/web-1.crt",
+        "key": "agents/web-1.key",
+    }))?;
+    // LOGGATE_BENCH_AUDIT_DIR=/dev/shm takes the disk's fsync out of the measurement, to see
+    // the delivery path alone at the target rate.
+    let audit_dir = std::env::var_os("LOGGATE_BENCH_AUDIT_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cluster.dir.clone());
+    let audit_path = audit_dir.join(format!("loggate-bench-{}.jsonl", std::process::id()));
+    let mut log = AuditLog::open(&audit_path, "web-1")?;
+    spawn_sinks(
+        validate_sinks(&[sink], &pki)?,
+        &ShipContext {
+            audit_log: audit_path.clone(),
+            state_dir: cluster.dir.join("sinks"),
+            host: "web-1".into(),
+            app_name: "loggate-agent".into(),
+        },
+    )?;
+    let total = rate * secs;
+    let written = Arc::new(std::sync::Mutex::new(vec![
+        None::<Instant>;
+        total as usize + 1
+    ]));
+    let writer_times = written.clone();
+    let start = Instant::now();
+    let writer = std::thread::spawn(move || -> anyhow::Result<Duration> {
+        for i in 1..=total {
+            let due = start + Duration::from_micros(i * 1_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let seq = log.append(
+                "read.allowed",
+                loggate_core::audit_fields!("subject" => "alice", "path" => "/var/log/app/api.log", "i" => i),
+            )?;
+            if let Ok(mut w) = writer_times.lock() {
+                if let Some(slot) = w.get_mut(seq as usize) {
+                    *slot = Some(Instant::now());
+                }
+            }
+        }
+        Ok(start.elapsed())
+    });
+    // Watch rsyslog's output file grow and note when each seq first appears.
+    let received_path = rsyslog.dir.join("received.log");
+    let mut seen = vec![None::<Instant>; total as usize + 1];
+    let (mut partial, mut count, mut file) = (String::new(), 0u64, None);
+    let deadline = Instant::now() + Duration::from_secs(secs + 60);
+    while count < total && Instant::now() < deadline {
+        use std::io::Read;
+        if file.is_none() {
+            file = std::fs::File::open(&received_path).ok();
+        }
+        let mut bytes = Vec::new();
+        if let Some(f) = file.as_mut() {
+            f.read_to_end(&mut bytes)?;
+        }
+        let now = Instant::now();
+        if !bytes.is_empty() {
+            partial.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(nl) = partial.find('\n') {
+                let s = seq(&partial[..nl]) as usize;
+                if s > 0 && s < seen.len() && seen[s].is_none() {
+                    seen[s] = Some(now);
+                    count += 1;
+                }
+                partial.drain(..=nl);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let written = written.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut delays: Vec<Duration> = (1..=total as usize)
+        .filter_map(|s| Some(seen[s]?.saturating_duration_since(written[s]?)))
+        .collect();
+    delays.sort();
+    anyhow::ensure!(
+        delays.len() as u64 == total,
+        "{} of {total} arrived",
+        delays.len()
+    );
+    let pct = |p: f64| delays[((delays.len() as f64 * p) as usize).min(delays.len() - 1)];
+    let _ = std::fs::remove_file(&audit_path);
+    println!(
+        "delivery to rsyslog: {total} events at {rate}/s target ({:.0}/s achieved by the writer): p50 {:?}, p99 {:?}, max {:?}",
+        total as f64 / elapsed.as_secs_f64(),
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
+    Ok(())
+}
