@@ -593,6 +593,14 @@ impl Rsyslog {
         }
     }
 
+    /// Kills the rsyslogd this harness started with SIGKILL (a receiver crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// The messages received so far, one per line, exactly as sent.
     pub fn received(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.join("received.log"))

@@ -111,6 +111,14 @@ fn dedup(received: &[String]) -> BTreeMap<u64, String> {
             assert_eq!(&old, line, "two different records with seq {s}");
         }
     }
+    if by_seq.len() < received.len() {
+        eprintln!(
+            "received {} messages, {} records: {} duplicates",
+            received.len(),
+            by_seq.len(),
+            received.len() - by_seq.len()
+        );
+    }
     by_seq
 }
 
@@ -247,14 +255,26 @@ fn rsyslog_receives_every_event_and_its_copy_verifies() -> anyhow::Result<()> {
 
 #[test]
 fn rsyslog_down_for_30s_during_busy_reads_loses_nothing() -> anyhow::Result<()> {
+    outage_loses_nothing(Rsyslog::stop, Duration::from_secs(30))
+}
+
+/// A receiver crash: whatever rsyslog had read but not written out dies with it, so only a
+/// sender that resends what it cannot know was kept loses nothing.
+#[test]
+fn rsyslog_killed_during_busy_reads_loses_nothing() -> anyhow::Result<()> {
+    outage_loses_nothing(Rsyslog::kill, Duration::from_secs(5))
+}
+
+/// Busy reads; the receiver goes away (`end`) for `down`, comes back; every record arrives.
+fn outage_loses_nothing(end: fn(&mut Rsyslog), down: Duration) -> anyhow::Result<()> {
     let (f, mut rsyslog) = start(true)?;
     f.grant("alice", "30m")?;
     let stop = Arc::new(AtomicBool::new(false));
     let reads = busy_reads(&f, stop.clone());
     std::thread::sleep(Duration::from_secs(4));
-    rsyslog.stop();
+    end(&mut rsyslog);
     let down_at = audit_lines(&f).len();
-    std::thread::sleep(Duration::from_secs(30));
+    std::thread::sleep(down);
     let during = audit_lines(&f).len() - down_at;
     // The outage is visible: the sink says it is down and how far behind it is.
     let st = status(&f);
@@ -269,7 +289,7 @@ fn rsyslog_down_for_30s_during_busy_reads_loses_nothing() -> anyhow::Result<()> 
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))?;
     assert!(
-        during > 20,
+        during > 10,
         "reads went on during the outage ({during} records)"
     );
     assert!(ok_reads > 20, "{ok_reads} reads");
