@@ -21,6 +21,7 @@ pub use config::{validate_sinks, AuditSection, SinkConfig, SinkFile, Target};
 use cursor::Cursor;
 use spool::{FirstLine, Record, Spool};
 use std::collections::VecDeque;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -99,8 +100,6 @@ pub fn spawn_sinks(sinks: Vec<SinkConfig>, ctx: &ShipContext) -> anyhow::Result<
     }
     Ok(())
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// A batch written but not yet counted as delivered.
 struct InFlight {
