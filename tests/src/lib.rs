@@ -639,17 +639,44 @@ struct HecState {
     fail_next: usize,
 }
 
-/// A small Splunk-HEC-like HTTP/1.1 collector on a free loopback port (plain http, keep-alive):
-/// records every request, answers `503` to the next `fail_next` ones and `200 {"code":0}`
-/// otherwise. Its threads end with the test process.
+/// A small Splunk-HEC-like HTTP/1.1 collector on loopback (keep-alive; plain http, or https
+/// with a given certificate): records every request, answers `503` to the next `fail_next` ones
+/// and `200 {"code":0}` otherwise. Its threads end with the test process.
 pub struct HecReceiver {
     pub addr: SocketAddr,
     state: std::sync::Arc<std::sync::Mutex<HecState>>,
 }
 
 impl HecReceiver {
+    /// Plain http on a free port.
     pub fn start(fail_next: usize) -> anyhow::Result<HecReceiver> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        Self::start_at("127.0.0.1:0".parse()?, fail_next, None)
+    }
+
+    /// On `addr`; https presenting `tls` = (certificate PEM file, key PEM file) when given.
+    pub fn start_at(
+        addr: SocketAddr,
+        fail_next: usize,
+        tls: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<HecReceiver> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let tls = match tls {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+                let key = PrivateKeyDer::from_pem_file(key)?;
+                let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(chain, key)?;
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(std::sync::Arc::new(config))
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let state = std::sync::Arc::new(std::sync::Mutex::new(HecState {
             requests: Vec::new(),
@@ -659,8 +686,16 @@ impl HecReceiver {
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let state = shared.clone();
+                let tls = tls.clone();
                 std::thread::spawn(move || {
-                    let _ = serve_hec_connection(conn, &state);
+                    let _ = match tls {
+                        Some(config) => rustls::ServerConnection::new(config)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|server| {
+                                serve_hec_connection(rustls::StreamOwned::new(server, conn), &state)
+                            }),
+                        None => serve_hec_connection(conn, &state),
+                    };
                 });
             }
         });
@@ -675,9 +710,11 @@ impl HecReceiver {
     }
 }
 
-fn serve_hec_connection(conn: TcpStream, state: &std::sync::Mutex<HecState>) -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let mut writer = conn.try_clone()?;
+fn serve_hec_connection<S: std::io::Read + std::io::Write>(
+    conn: S,
+    state: &std::sync::Mutex<HecState>,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Read};
     let mut reader = BufReader::new(conn);
     loop {
         let mut request_line = String::new();
@@ -729,6 +766,7 @@ fn serve_hec_connection(conn: TcpStream, state: &std::sync::Mutex<HecState>) -> 
                 r#"{"text":"Server is busy","code":9}"#,
             ),
         };
+        let writer = reader.get_mut();
         write!(
             writer,
             "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",

@@ -444,6 +444,56 @@ fn hec_collector_gets_every_event_in_batches_after_a_503() -> anyhow::Result<()>
 }
 
 #[test]
+fn hec_over_https_delivers_every_event() -> anyhow::Result<()> {
+    let addr = free_addr()?;
+    let secrets = tempfile::tempdir()?;
+    let token_file = secrets.path().join("hec.token");
+    std::fs::write(&token_file, "https-token\n")?;
+    let f = Fixture::start_with(&format!(
+        "[[audit.sinks]]\nname = \"splunk\"\nkind = \"hec\"\n\
+         url = \"https://{addr}/services/collector/event\"\n\
+         token_file = {:?}\nca = \"../../pki/ca.crt\"\n",
+        token_file.display().to_string()
+    ))?;
+    let pki = f.cluster.dir.join("pki");
+    loggate(
+        &f,
+        &[
+            "pki",
+            "issue",
+            &pki.display().to_string(),
+            "--agent",
+            "splunk",
+        ],
+    )?;
+    let hec = HecReceiver::start_at(
+        addr,
+        0,
+        Some((
+            &pki.join("agents/splunk.crt"),
+            &pki.join("agents/splunk.key"),
+        )),
+    )?;
+    f.grant("alice", "30m")?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let received = || {
+        hec.requests()
+            .iter()
+            .flat_map(|r| {
+                String::from_utf8_lossy(&r.body)
+                    .lines()
+                    .map(hec_record)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let copy = wait_all_delivered(&f, received, Duration::from_secs(30))?;
+    verify_copy(&f, &copy)?;
+    Ok(())
+}
+
+#[test]
 fn controller_ships_its_own_audit_stream_too() -> anyhow::Result<()> {
     let hec = HecReceiver::start(0)?;
     let secrets = tempfile::tempdir()?;
