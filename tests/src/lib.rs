@@ -610,9 +610,12 @@ impl Rsyslog {
             .collect()
     }
 
-    /// rsyslog's own log (refused peers, TLS errors).
+    /// What rsyslog said about itself (refused peers, TLS errors): its internal log and stderr.
     pub fn internal_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("rsyslog-internal.log")).unwrap_or_default()
+        ["rsyslog-internal.log", "rsyslogd.stderr"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect()
     }
 }
 

@@ -39,6 +39,11 @@ fn loggate(f: &Fixture, args: &[&str]) -> anyhow::Result<()> {
 /// A cluster whose agent ships to an rsyslog on loopback. The receiver's certificate comes
 /// from the cluster's CA, or (`trusted = false`) from a CA the agent does not know.
 fn start(trusted: bool) -> anyhow::Result<(Fixture, Rsyslog)> {
+    start_permitting(trusted, "web-1")
+}
+
+/// Like [`start`], rsyslog accepting only the client named `peer`.
+fn start_permitting(trusted: bool, peer: &str) -> anyhow::Result<(Fixture, Rsyslog)> {
     let addr = free_addr()?;
     let f = Fixture::start_with(&syslog_sink(addr))?;
     let pki = f.cluster.dir.join("pki");
@@ -74,7 +79,7 @@ fn start(trusted: bool) -> anyhow::Result<(Fixture, Rsyslog)> {
         &pki.join("ca.crt"),
         &issuer.join("agents/siem.crt"),
         &issuer.join("agents/siem.key"),
-        &["web-1"],
+        &[peer],
     )?;
     rsyslog.start()?;
     Ok((f, rsyslog))
@@ -352,6 +357,29 @@ fn untrusted_receiver_gets_nothing_and_the_cursor_stays() -> anyhow::Result<()> 
     assert_eq!(st["state"], "down", "{st}");
     assert_eq!(st["delivered_seq"], 0, "{st}");
     assert!(st["lag"].as_u64() >= Some(3), "{st}");
+    Ok(())
+}
+
+/// rsyslog refuses our client name (`permittedPeer`) only after the TLS handshake has completed
+/// on our side, by closing the connection: nothing may count as delivered.
+#[test]
+fn receiver_refusing_our_name_gets_nothing_and_the_cursor_stays() -> anyhow::Result<()> {
+    let (f, rsyslog) = start_permitting(true, "someone-else")?;
+    f.grant("alice", "30m")?;
+    for _ in 0..3 {
+        let out = f.logs("alice", &["cat", &f.api_log()])?;
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(rsyslog.received().is_empty(), "{:?}", rsyslog.received());
+    let said = rsyslog.internal_log();
+    assert!(
+        said.contains("not permitted") || said.contains("not authorized"),
+        "rsyslog says why: {said}"
+    );
+    assert_eq!(cursor_seq(&f), None, "no cursor: nothing was delivered");
+    let st = status(&f);
+    assert_eq!(st["delivered_seq"], 0, "{st}");
     Ok(())
 }
 
