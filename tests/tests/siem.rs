@@ -707,3 +707,28 @@ fn delivery_latency_to_rsyslog() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn agent_refuses_to_start_with_an_incomplete_sink() -> anyhow::Result<()> {
+    let mut cluster = loggate_tests::Cluster::new(None)?;
+    let logs = cluster.dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    cluster.add_agent(
+        "web-1",
+        &[&logs],
+        "[[audit.sinks]]\nname = \"siem\"\nkind = \"syslog-tls\"\naddress = \"127.0.0.1:6514\"\n",
+    )?;
+    let config = cluster.dir.join("agents/web-1/agent.toml");
+    let out = Command::new(cluster.bins.join("loggate-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out).1;
+    assert!(
+        err.contains("audit.sinks \"siem\"")
+            && err.contains("ca, cert and key are required: syslog-tls is always mutual TLS"),
+        "{err}"
+    );
+    Ok(())
+}
