@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::AgentConfig;
 use grants::GrantStore;
+use loggate_core::audit::ship::{spawn_sinks, ShipContext};
 use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
 use loggate_core::audit_fields;
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
@@ -85,7 +86,7 @@ impl Shared {
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = AgentConfig::load(config_path)?;
+    let mut config = AgentConfig::load(config_path)?;
     let own = config.tls.own_identity(&config.trust_domain)?;
     if own.role() != Role::Agent || own.name() != config.id {
         anyhow::bail!(
@@ -126,6 +127,18 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             audit_fields!("grant_id" => id.clone(), "reason" => reason.clone()),
         )?;
     }
+    let audit_log = SharedAuditLog::new(audit_log)?;
+    // The sinks follow the audit file on threads of their own: a slow SIEM never slows a read.
+    spawn_sinks(
+        std::mem::take(&mut config.sinks),
+        &ShipContext {
+            audit_log: config.audit_log.clone(),
+            state_dir: config.state_dir.join("sinks"),
+            host: config.id.clone(),
+            app_name: "loggate-agent".into(),
+            durable: audit_log.durable(),
+        },
+    )?;
     let tls = config.tls.server_config()?;
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
@@ -134,7 +147,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         verifier,
         audience,
         grants: loaded.store,
-        audit_log: SharedAuditLog::new(audit_log)?,
+        audit_log,
         slots: server::StreamSlots::default(),
     });
 

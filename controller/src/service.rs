@@ -3,7 +3,7 @@
 //! `WatchGrants` stream.
 
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
-use loggate_core::audit::{AuditLog, SharedAuditLog};
+use loggate_core::audit::SharedAuditLog;
 use loggate_core::audit_fields;
 use loggate_core::grant::{
     compile_path_glob, new_grant_id, unix_now, GrantClaims, SigningKey, MAX_TOKEN_LEN,
@@ -46,7 +46,7 @@ impl ControllerService {
         trust_domain: String,
         admins: Vec<String>,
         max_ttl: Duration,
-        audit: AuditLog,
+        audit: Arc<SharedAuditLog>,
         stopping: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let (revision, _) = watch::channel(store.latest_revision()?);
@@ -58,7 +58,7 @@ impl ControllerService {
             max_ttl,
             revision,
             connected: Arc::default(),
-            audit: Arc::new(SharedAuditLog::new(audit)?),
+            audit,
             stopping,
         })
     }

@@ -25,7 +25,8 @@ enum Task {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
-    /// Install what the tests need (as root, from Debian's packages) and run every test, plus
+    /// Install what the tests need (as root, from Debian's packages: clang and llvm, rsyslog and
+    /// rsyslog-gnutls) and run every test, plus
     /// the formatting and clippy checks and the check that the committed eBPF object matches a
     /// rebuild of its source.
     Test,
@@ -88,6 +89,14 @@ fn test() -> anyhow::Result<()> {
         Err(e) if std::env::var_os("CI").is_some() => return Err(e),
         Err(e) => eprintln!("xtask: WARNING: skipping the eBPF object check: {e:#}"),
     }
+    // rsyslog with its GnuTLS driver: the SIEM delivery tests (tests/tests/siem.rs) run a real
+    // rsyslogd as their receiver. Missing and not installable: a warning (those tests then fail
+    // saying so); in CI an error.
+    match ensure_rsyslog() {
+        Ok(()) => {}
+        Err(e) if std::env::var_os("CI").is_some() => return Err(e),
+        Err(e) => eprintln!("xtask: WARNING: the SIEM delivery tests will fail: {e:#}"),
+    }
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
@@ -103,6 +112,45 @@ fn test() -> anyhow::Result<()> {
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("LOGGATE_BIN_DIR", target.join("debug")))?;
     Ok(())
+}
+
+/// Debian packages the SIEM tests need: rsyslog and its `gtls` network stream driver.
+const RSYSLOG_PACKAGES: [&str; 2] = ["rsyslog", "rsyslog-gnutls"];
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
+/// Installs rsyslog and rsyslog-gnutls with apt-get (as root) when they are missing.
+fn ensure_rsyslog() -> anyhow::Result<()> {
+    let missing: Vec<&str> = RSYSLOG_PACKAGES
+        .into_iter()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let apt = Command::new("apt-get")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !apt {
+        anyhow::bail!(
+            "{} not installed; install them (Debian: apt-get install {})",
+            missing.join(" and "),
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
 fn main() -> ExitCode {

@@ -18,11 +18,29 @@ use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// How many past failed syncs are remembered to answer late waiters. A waiter more failures
 /// behind than this is told its record was lost (fail closed), which it may not have been.
 const REMEMBERED_FAILURES: usize = 64;
+
+/// The seq of the last record known to be on disk, for readers of the file that pass records
+/// on (the SIEM sinks, the checkpoint sender): they take nothing past it, since a failed sync
+/// may still cut it off and write a different record with the same seq.
+#[derive(Debug, Clone)]
+pub struct DurableSeq(Arc<AtomicU64>);
+
+impl DurableSeq {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// A fixed value: for a reader of a file nobody writes any more (and for tests).
+    pub fn fixed(seq: u64) -> Self {
+        DurableSeq(Arc::new(AtomicU64::new(seq)))
+    }
+}
 
 /// An [`AuditLog`] shared by threads, with group commit.
 pub struct SharedAuditLog {
@@ -37,6 +55,7 @@ struct Inner {
     changed: Condvar,
     /// The same open file as the log's, synced without holding the lock.
     sync_handle: File,
+    durable: DurableSeq,
 }
 
 struct State {
@@ -54,6 +73,7 @@ impl SharedAuditLog {
     pub fn new(log: AuditLog) -> Result<Self, AuditError> {
         let inner = Arc::new(Inner {
             sync_handle: log.sync_handle()?,
+            durable: DurableSeq::fixed(log.durable_seq()),
             state: Mutex::new(State {
                 log,
                 generation: 0,
@@ -117,6 +137,11 @@ impl SharedAuditLog {
         self.checkpoint_locked(self.inner.lock())
     }
 
+    /// The seq of the last record on disk, kept up to date by the flusher.
+    pub fn durable(&self) -> DurableSeq {
+        self.inner.durable.clone()
+    }
+
     /// How many syncs the log has run (records per sync = the group-commit factor).
     pub fn sync_count(&self) -> u64 {
         self.inner.lock().syncs
@@ -170,7 +195,12 @@ impl Inner {
             state = self.lock();
             state.syncs += 1;
             match result {
-                Ok(()) => state.log.mark_durable(point),
+                Ok(()) => {
+                    state.log.mark_durable(point);
+                    self.durable
+                        .0
+                        .store(state.log.durable_seq(), Ordering::Release);
+                }
                 Err(e) => {
                     let ended = (state.generation, state.log.durable_seq());
                     state.ended.push_back(ended);

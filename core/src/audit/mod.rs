@@ -11,10 +11,11 @@
 
 mod checkpoint;
 mod group;
+pub mod ship;
 mod verify;
 
 pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
-pub use group::SharedAuditLog;
+pub use group::{DurableSeq, SharedAuditLog};
 pub use verify::{verify_chain, ChainBreak, ChainSummary};
 
 use serde_json::{Map, Value};
