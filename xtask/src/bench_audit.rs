@@ -1,5 +1,7 @@
 //! `cargo xtask bench audit`: durable audit events per second (criterion, `core/benches/audit.rs`),
-//! pinned to one core, with the group-commit variants side by side with one fsync per event.
+//! pinned to one core, with the group-commit variants side by side with one fsync per event;
+//! then the time from an event to its arrival at a real rsyslog over TLS at 5,000 events/s
+//! (the ignored measurement `delivery_latency_to_rsyslog` of tests/tests/siem.rs).
 
 use crate::{cargo, run, target_dir};
 use std::process::Command;
@@ -66,5 +68,15 @@ pub fn run_audit() -> anyhow::Result<()> {
             rate / baseline
         );
     }
+    crate::ensure_rsyslog()?;
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    println!(
+        "
+delivery latency to rsyslog (syslog over mutual TLS), deferred writer on this disk:"
+    );
+    run(cargo()
+        .args(["test", "-p", "loggate-tests", "--test", "siem", "--"])
+        .args(["--ignored", "--nocapture", "delivery_latency_to_rsyslog"])
+        .env("LOGGATE_BIN_DIR", target_dir().join("debug")))?;
     Ok(())
 }
