@@ -484,7 +484,6 @@ impl Fixture {
     }
 }
 
-/// Stdout and stderr of a finished command, as text.
 /// The records of an audit file (none if it does not exist yet; a torn last line is skipped).
 pub fn read_audit_file(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -514,6 +513,7 @@ pub fn flat_audit_record(raw: &serde_json::Value) -> serde_json::Value {
     serde_json::Value::Object(flat)
 }
 
+/// Stdout and stderr of a finished command, as text.
 pub fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),

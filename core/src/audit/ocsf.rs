@@ -424,7 +424,7 @@ pub const EVENTS: &[EventType] = &[
     EventType {
         name: "bypass.finding",
         writers: "agent",
-        about: "Written right after a `bypass.read` whose reader holds no grant covering the file: an alert for the SIEM.",
+        about: "Written right after a `bypass.read` whose reader holds no grant covering the file (or whose uid is unknown or unmapped): an alert for the SIEM. An allow-listed reader (a log shipper) raises one too, with severity Low and `is_alert` false.",
         class: Class::DetectionFinding,
         activity_id: 1,
         activity_name: "Create",
@@ -597,7 +597,7 @@ pub fn line(
     fields: Map<String, Value>,
     stamp: Stamp,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let body = serde_json::to_vec(&Value::Object(shape(source, seq, event, fields, stamp)))?;
+    let body = serde_json::to_vec(&shape(source, seq, event, fields, stamp))?;
     let mut line = serde_json::to_vec(&json!({ "seq": seq }))?;
     line.pop(); // the closing brace
     line.extend_from_slice(b",\"prev\":");
@@ -607,14 +607,14 @@ pub fn line(
     Ok(line)
 }
 
-/// The OCSF event (everything but `seq` and `prev`), keys in sorted order.
+/// The OCSF event (everything but `seq` and `prev`): an object, keys in sorted order.
 fn shape(
     source: &Source,
     seq: u64,
     event: &str,
     fields: Map<String, Value>,
     stamp: Stamp,
-) -> Map<String, Value> {
+) -> Value {
     let kind = event_type(event);
     let class = kind.map_or(Class::Base, |k| k.class);
     let (activity_id, activity_name) =
@@ -668,13 +668,12 @@ fn shape(
         record.extend(objects);
     }
     prune_nulls(&mut record);
-    let Value::Object(mut record) = record else {
-        unreachable!("json! of an object literal is an object")
-    };
-    record.insert(
-        "unmapped".into(),
-        json!({ "loggate": Value::Object(fields) }),
-    );
+    if let Value::Object(record) = &mut record {
+        record.insert(
+            "unmapped".into(),
+            json!({ "loggate": Value::Object(fields) }),
+        );
+    }
     record
 }
 
