@@ -14,7 +14,8 @@
 //! [`schema_problems`] checks a record against it and against the attributes OCSF requires of
 //! its class.
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use std::path::Path;
 
 /// The OCSF schema version every record is shaped for (`metadata.version`).
@@ -578,14 +579,23 @@ impl Stamp {
             .unwrap_or(0);
         Stamp {
             time_ms,
-            uid: new_uid(),
+            uid: uid_at(time_ms),
         }
     }
 }
 
 /// A fresh UUIDv7, as OCSF `uid`s are written.
 pub fn new_uid() -> String {
-    uuid::Uuid::now_v7().to_string()
+    Stamp::now().uid
+}
+
+/// A UUIDv7 for `time_ms` (so a record's `metadata.uid` carries its `time`) with 74 random
+/// bits from the thread's generator: cheaper than a system call per record.
+fn uid_at(time_ms: i64) -> String {
+    let millis = u64::try_from(time_ms).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 /// The exact bytes of one record (without the newline): `{"seq":…,"prev":"…",<OCSF event>}`.
@@ -597,84 +607,306 @@ pub fn line(
     fields: Map<String, Value>,
     stamp: Stamp,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let body = serde_json::to_vec(&shape(source, seq, event, fields, stamp))?;
-    let mut line = serde_json::to_vec(&json!({ "seq": seq }))?;
-    line.pop(); // the closing brace
-    line.extend_from_slice(b",\"prev\":");
+    let body = serde_json::to_vec(&shape(source, seq, event, &fields, &stamp))?;
+    let mut line = format!("{{\"seq\":{seq},\"prev\":").into_bytes();
     line.extend(serde_json::to_vec(prev)?);
     line.push(b',');
     line.extend_from_slice(&body[1..]);
     Ok(line)
 }
 
-/// The OCSF event (everything but `seq` and `prev`): an object, keys in sorted order.
-fn shape(
-    source: &Source,
+/// The OCSF event (everything but `seq` and `prev`), borrowing from the fields and the source.
+/// Typed, so a record is serialized without building a JSON tree first: shaping stays cheap
+/// next to the write it precedes.
+#[derive(Serialize)]
+struct Event<'a> {
+    class_uid: u64,
+    class_name: &'static str,
+    category_uid: u64,
+    category_name: &'static str,
+    activity_id: u64,
+    activity_name: &'a str,
+    type_uid: u64,
+    type_name: String,
+    severity_id: u8,
+    severity: &'static str,
+    status_id: u8,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_detail: Option<&'a str>,
+    time: i64,
+    metadata: Metadata<'a>,
+    device: Device<'a>,
+    #[serde(flatten)]
+    objects: Objects<'a>,
+    unmapped: Unmapped<'a>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    version: &'static str,
+    product: Product,
+    uid: &'a str,
+    sequence: u64,
+    event_code: &'a str,
+    log_name: &'a str,
+    log_provider: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_uid: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Product {
+    name: &'static str,
+    vendor_name: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct Device<'a> {
+    hostname: &'a str,
+    name: &'a str,
+    type_id: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct Unmapped<'a> {
+    loggate: &'a Map<String, Value>,
+}
+
+/// The class's own attributes.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Objects<'a> {
+    Api(ApiObjects<'a>),
+    Access(AccessObjects<'a>),
+    Authentication(AuthenticationObjects<'a>),
+    File(FileObjects<'a>),
+    Finding(FindingObjects<'a>),
+    EventLog(EventLogObjects<'a>),
+    None {},
+}
+
+#[derive(Serialize)]
+struct ApiObjects<'a> {
+    actor: Actor<'a>,
+    api: Api,
+    src_endpoint: Endpoint<'a>,
+    dst_endpoint: Host<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<[Resource<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct AccessObjects<'a> {
+    user: User<'a>,
+    actor: Actor<'a>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    privileges: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct AuthenticationObjects<'a> {
+    user: User<'a>,
+    auth_protocol_id: u8,
+    auth_protocol: &'static str,
+    is_remote: bool,
+    service: Service,
+}
+
+#[derive(Serialize)]
+struct FileObjects<'a> {
+    actor: Actor<'a>,
+    file: File<'a>,
+}
+
+#[derive(Serialize)]
+struct FindingObjects<'a> {
+    finding_info: FindingInfo<'a>,
+    is_alert: bool,
+    evidences: [FileObjects<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resources: Option<[Resource<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct EventLogObjects<'a> {
+    actor: Actor<'a>,
+    log_name: &'a str,
+    log_provider: &'static str,
+}
+
+#[derive(Serialize, Default)]
+struct Actor<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app_name: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorizations: Option<[Authorization<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process: Option<Process<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<User<'a>>,
+}
+
+#[derive(Serialize)]
+struct Authorization<'a> {
+    decision: &'static str,
+    policy: Policy<'a>,
+}
+
+#[derive(Serialize)]
+struct Policy<'a> {
+    uid: &'a str,
+    name: &'static str,
+}
+
+#[derive(Serialize)]
+struct User<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    type_id: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential_uid: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Api {
+    operation: &'static str,
+    service: Service,
+}
+
+#[derive(Serialize)]
+struct Service {
+    name: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Endpoint<'a> {
+    Address { ip: String, port: u16 },
+    Named { name: &'a str },
+}
+
+#[derive(Serialize)]
+struct Host<'a> {
+    hostname: &'a str,
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct Process<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tid: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cmd_line: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<File<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<User<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_process: Option<Parent<'a>>,
+}
+
+#[derive(Serialize)]
+struct Parent<'a> {
+    pid: &'a Value,
+}
+
+#[derive(Serialize)]
+struct File<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    name: &'a str,
+    type_id: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<String>,
+}
+
+#[derive(Serialize)]
+struct FindingInfo<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
+    title: &'static str,
+    desc: &'static str,
+    types: [&'static str; 1],
+}
+
+fn shape<'a>(
+    source: &'a Source,
     seq: u64,
-    event: &str,
-    fields: Map<String, Value>,
-    stamp: Stamp,
-) -> Value {
+    event: &'a str,
+    fields: &'a Map<String, Value>,
+    stamp: &'a Stamp,
+) -> Event<'a> {
     let kind = event_type(event);
     let class = kind.map_or(Class::Base, |k| k.class);
     let (activity_id, activity_name) =
         kind.map_or((99, event), |k| (k.activity_id, k.activity_name));
     let (category_uid, category_name) = class.category();
-    let (status_id, status_detail) = status(kind.map_or(Outcome::Success, |k| k.outcome), &fields);
+    let (status_id, status_detail) = status(kind.map_or(Outcome::Success, |k| k.outcome), fields);
     let severity_id = match kind.map_or(INFO, |k| k.severity) {
         Severity::Fixed(n) => n,
-        Severity::FromField if text(&fields, "severity") == Some("low") => 2,
+        Severity::FromField if text(fields, "severity") == Some("low") => 2,
         Severity::FromField => 4,
     };
-    let mut record = json!({
-        "class_uid": class.uid(),
-        "class_name": class.name(),
-        "category_uid": category_uid,
-        "category_name": category_name,
-        "activity_id": activity_id,
-        "activity_name": activity_name,
-        "type_uid": class.uid() * 100 + activity_id,
-        "type_name": format!("{}: {activity_name}", class.name()),
-        "severity_id": severity_id,
-        "severity": SEVERITY_NAMES[usize::from(severity_id)],
-        "status_id": status_id,
-        "status": status_name(class, status_id),
-        "status_detail": status_detail,
-        "time": stamp.time_ms,
-        "metadata": {
-            "version": OCSF_VERSION,
-            "product": {
-                "name": "loggate",
-                "vendor_name": "loggate",
-                "version": env!("CARGO_PKG_VERSION"),
+    Event {
+        class_uid: class.uid(),
+        class_name: class.name(),
+        category_uid,
+        category_name,
+        activity_id,
+        activity_name,
+        type_uid: class.uid() * 100 + activity_id,
+        type_name: format!("{}: {activity_name}", class.name()),
+        severity_id,
+        severity: SEVERITY_NAMES[usize::from(severity_id)],
+        status_id,
+        status: status_name(class, status_id),
+        status_detail,
+        time: stamp.time_ms,
+        metadata: Metadata {
+            version: OCSF_VERSION,
+            product: Product {
+                name: "loggate",
+                vendor_name: "loggate",
+                version: env!("CARGO_PKG_VERSION"),
             },
-            "uid": stamp.uid,
-            "sequence": seq,
-            "event_code": event,
-            "log_name": source.log_name,
-            "log_provider": "loggate",
-            "correlation_uid": text(&fields, "grant_id"),
+            uid: &stamp.uid,
+            sequence: seq,
+            event_code: event,
+            log_name: &source.log_name,
+            log_provider: "loggate",
+            correlation_uid: text(fields, "grant_id"),
         },
-        "device": {
-            "hostname": source.host,
-            "name": source.host,
-            "type_id": 1,
-            "type": "Server",
+        device: Device {
+            hostname: source.host,
+            name: source.host,
+            type_id: 1,
+            kind: "Server",
         },
-    });
-    if let (Value::Object(record), Value::Object(objects)) =
-        (&mut record, class_objects(class, event, &fields, source))
-    {
-        record.extend(objects);
+        objects: class_objects(class, event, fields, source),
+        unmapped: Unmapped { loggate: fields },
     }
-    prune_nulls(&mut record);
-    if let Value::Object(record) = &mut record {
-        record.insert(
-            "unmapped".into(),
-            json!({ "loggate": Value::Object(fields) }),
-        );
-    }
-    record
 }
 
 const SEVERITY_NAMES: [&str; 7] = [
@@ -687,16 +919,17 @@ const SEVERITY_NAMES: [&str; 7] = [
     "Fatal",
 ];
 
-fn status(outcome: Outcome, fields: &Map<String, Value>) -> (u8, Option<String>) {
-    let detail = |k: &str| text(fields, k).map(String::from);
+fn status(outcome: Outcome, fields: &Map<String, Value>) -> (u8, Option<&str>) {
     match outcome {
-        Outcome::Success => (1, None),
-        Outcome::Failure => (2, detail("reason_code").or_else(|| detail("reason"))),
+        Outcome::Success | Outcome::NewFinding => (1, None),
+        Outcome::Failure => (
+            2,
+            text(fields, "reason_code").or_else(|| text(fields, "reason")),
+        ),
         Outcome::StreamEnd if text(fields, "end_reason") == Some("read_error") => {
-            (2, detail("end_reason"))
+            (2, text(fields, "end_reason"))
         }
-        Outcome::StreamEnd => (1, detail("end_reason")),
-        Outcome::NewFinding => (1, None),
+        Outcome::StreamEnd => (1, text(fields, "end_reason")),
     }
 }
 
@@ -713,160 +946,196 @@ fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     fields.get(key).and_then(Value::as_str)
 }
 
+/// A field's value unless it is absent or null.
+fn present<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    fields.get(key).filter(|v| !v.is_null())
+}
+
 /// An OCSF `user` from a SPIFFE id (or a bare name) and, when known, the certificate key.
-fn user(id: Option<&str>, key: Option<&str>) -> Value {
+fn user<'a>(id: Option<&'a str>, key: Option<&'a str>) -> User<'a> {
     match id {
-        Some(id) => json!({
-            "uid": id,
-            "name": id.rsplit('/').next().unwrap_or(id),
-            "type_id": 1,
-            "type": "User",
-            "credential_uid": key,
-        }),
-        None => json!({ "name": "unknown", "type_id": 0, "type": "Unknown" }),
+        Some(id) => User {
+            uid: Some(id.into()),
+            name: Some(id.rsplit('/').next().unwrap_or(id)),
+            type_id: 1,
+            kind: "User",
+            credential_uid: key,
+        },
+        None => User {
+            uid: None,
+            name: Some("unknown"),
+            type_id: 0,
+            kind: "Unknown",
+            credential_uid: None,
+        },
     }
 }
 
 /// The actor that is loggate itself (lifecycle events, expiry).
-fn loggate_actor() -> Value {
-    json!({ "app_name": "loggate" })
-}
-
-/// `ip:port` as an OCSF network endpoint.
-fn endpoint(peer: Option<&str>) -> Value {
-    match peer.and_then(|p| p.parse::<std::net::SocketAddr>().ok()) {
-        Some(addr) => json!({ "ip": addr.ip().to_string(), "port": addr.port() }),
-        None => json!({ "name": peer.unwrap_or("unknown") }),
+fn loggate_actor<'a>() -> Actor<'a> {
+    Actor {
+        app_name: Some("loggate"),
+        ..Actor::default()
     }
 }
 
-/// The opener of a bypass read as an OCSF actor: its process and, when mapped, the person.
-fn bypass_actor(f: &Map<String, Value>) -> Value {
-    let exe = text(f, "exe");
-    json!({
-        "process": {
-            "pid": f.get("pid"),
-            "tid": f.get("tid"),
-            "name": f.get("comm"),
-            "cmd_line": f.get("cmdline"),
-            "file": exe.map(|exe| json!({
-                "path": exe,
-                "name": exe.rsplit('/').next().unwrap_or(exe),
-                "type_id": 1,
-                "type": "Regular File",
-            })),
-            "user": f.get("uid").filter(|u| !u.is_null()).map(|uid| json!({
-                "uid": uid.to_string(),
-                "name": f.get("user"),
-                "type_id": 1,
-                "type": "User",
-            })),
-            "parent_process": f.get("ppid").filter(|p| !p.is_null()).map(|ppid| json!({ "pid": ppid })),
+/// `ip:port` as an OCSF network endpoint.
+fn endpoint(peer: Option<&str>) -> Endpoint<'_> {
+    match peer.and_then(|p| p.parse::<std::net::SocketAddr>().ok()) {
+        Some(addr) => Endpoint::Address {
+            ip: addr.ip().to_string(),
+            port: addr.port(),
         },
-        "user": text(f, "subject").map(|s| user(Some(s), None)),
+        None => Endpoint::Named {
+            name: peer.unwrap_or("unknown"),
+        },
+    }
+}
+
+fn log_file(path: Option<&str>) -> Option<[Resource<'_>; 1]> {
+    path.map(|name| {
+        [Resource {
+            kind: "Log File",
+            name,
+        }]
     })
 }
 
-/// The protected file of a bypass read.
-fn bypass_file(f: &Map<String, Value>) -> Value {
-    json!({
-        "path": f.get("path"),
-        "name": f.get("opened_name"),
-        "type_id": 1,
-        "type": "Regular File",
-        "uid": match (f.get("device").and_then(Value::as_str), f.get("inode")) {
+/// A bypass open as OCSF objects: the opener (its process and, when mapped, the person) and
+/// the protected file.
+fn bypass_objects(f: &Map<String, Value>) -> FileObjects<'_> {
+    let process = Process {
+        pid: present(f, "pid"),
+        tid: present(f, "tid"),
+        name: text(f, "comm"),
+        cmd_line: text(f, "cmdline"),
+        file: text(f, "exe").map(|exe| File {
+            path: Some(exe),
+            name: exe.rsplit('/').next().unwrap_or(exe),
+            type_id: 1,
+            kind: "Regular File",
+            uid: None,
+        }),
+        user: present(f, "uid").map(|uid| User {
+            uid: Some(uid.to_string().into()),
+            name: text(f, "user"),
+            type_id: 1,
+            kind: "User",
+            credential_uid: None,
+        }),
+        parent_process: present(f, "ppid").map(|pid| Parent { pid }),
+    };
+    let file = File {
+        path: text(f, "path"),
+        name: text(f, "opened_name").unwrap_or_default(),
+        type_id: 1,
+        kind: "Regular File",
+        uid: match (text(f, "device"), present(f, "inode")) {
             (Some(dev), Some(ino)) => Some(format!("{dev}:{ino}")),
             _ => None,
         },
-    })
+    };
+    FileObjects {
+        actor: Actor {
+            process: Some(process),
+            user: text(f, "subject").map(|s| user(Some(s), None)),
+            ..Actor::default()
+        },
+        file,
+    }
 }
 
 /// The class's own objects, filled from the event's fields.
-fn class_objects(class: Class, event: &str, f: &Map<String, Value>, source: &Source) -> Value {
+fn class_objects<'a>(
+    class: Class,
+    event: &str,
+    f: &'a Map<String, Value>,
+    source: &'a Source,
+) -> Objects<'a> {
     match class {
-        Class::ApiActivity => {
-            let grant = text(f, "grant_id");
-            json!({
-                "actor": {
-                    "user": user(text(f, "subject"), text(f, "key_sha256")),
-                    "authorizations": grant.map(|g| json!([{
-                        "decision": if event == "read.denied" { "Denied" } else { "Allowed" },
-                        "policy": { "uid": g, "name": "loggate grant" },
-                    }])),
+        Class::ApiActivity => Objects::Api(ApiObjects {
+            actor: Actor {
+                user: Some(user(text(f, "subject"), text(f, "key_sha256"))),
+                authorizations: text(f, "grant_id").map(|uid| {
+                    [Authorization {
+                        decision: if event == "read.denied" {
+                            "Denied"
+                        } else {
+                            "Allowed"
+                        },
+                        policy: Policy {
+                            uid,
+                            name: "loggate grant",
+                        },
+                    }]
+                }),
+                ..Actor::default()
+            },
+            api: Api {
+                operation: "ReadLog",
+                service: Service {
+                    name: "loggate.v1.Agent",
                 },
-                "api": {
-                    "operation": "ReadLog",
-                    "service": { "name": "loggate.v1.Agent" },
-                },
-                "src_endpoint": endpoint(text(f, "peer")),
-                "dst_endpoint": { "hostname": source.host },
-                "resources": text(f, "path").map(|p| json!([{ "type": "Log File", "name": p }])),
-                "duration": f.get("duration_ms"),
-            })
-        }
+            },
+            src_endpoint: endpoint(text(f, "peer")),
+            dst_endpoint: Host {
+                hostname: source.host,
+            },
+            resources: log_file(text(f, "path")),
+            duration: present(f, "duration_ms"),
+        }),
         Class::UserAccessManagement => {
             let by = text(f, "approver")
                 .or_else(|| text(f, "issuer"))
                 .or_else(|| text(f, "revoked_by"));
-            let paths: Vec<String> = f
-                .get("paths")
-                .and_then(Value::as_array)
-                .map(|ps| {
-                    ps.iter()
-                        .filter_map(Value::as_str)
-                        .map(|p| format!("read:{p}"))
-                        .collect()
-                })
-                .unwrap_or_default();
-            json!({
-                "user": user(text(f, "subject"), None),
-                "actor": match by {
-                    Some(by) => json!({ "user": user(Some(by), None) }),
+            Objects::Access(AccessObjects {
+                user: user(text(f, "subject"), None),
+                actor: match by {
+                    Some(by) => Actor {
+                        user: Some(user(Some(by), None)),
+                        ..Actor::default()
+                    },
                     None => loggate_actor(),
                 },
-                "privileges": (!paths.is_empty()).then_some(paths),
+                privileges: f
+                    .get("paths")
+                    .and_then(Value::as_array)
+                    .map(|ps| {
+                        ps.iter()
+                            .filter_map(Value::as_str)
+                            .map(|p| format!("read:{p}"))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         }
-        Class::Authentication => json!({
-            "user": user(text(f, "subject"), text(f, "key_sha256")),
-            "auth_protocol_id": 99,
-            "auth_protocol": "mTLS",
-            "is_remote": true,
-            "service": { "name": "loggate controller" },
-        }),
-        Class::FileSystemActivity => json!({
-            "actor": bypass_actor(f),
-            "file": bypass_file(f),
-        }),
-        Class::DetectionFinding => json!({
-            "finding_info": {
-                "uid": f.get("finding_uid"),
-                "title": "Protected log file read around the gate without a grant",
-                "desc": "A process opened a file protected by loggate directly, and the person it runs as holds no grant covering it.",
-                "types": ["loggate bypass read"],
+        Class::Authentication => Objects::Authentication(AuthenticationObjects {
+            user: user(text(f, "subject"), text(f, "key_sha256")),
+            auth_protocol_id: 99,
+            auth_protocol: "mTLS",
+            is_remote: true,
+            service: Service {
+                name: "loggate controller",
             },
-            "is_alert": f.get("expected").and_then(Value::as_bool) != Some(true),
-            "evidences": [{ "actor": bypass_actor(f), "file": bypass_file(f) }],
-            "resources": text(f, "path").map(|p| json!([{ "type": "Log File", "name": p }])),
         }),
-        Class::EventLogActivity => json!({
-            "actor": loggate_actor(),
-            "log_name": source.log_name,
-            "log_provider": "loggate",
+        Class::FileSystemActivity => Objects::File(bypass_objects(f)),
+        Class::DetectionFinding => Objects::Finding(FindingObjects {
+            finding_info: FindingInfo {
+                uid: text(f, "finding_uid"),
+                title: "Protected log file read around the gate without a grant",
+                desc: "A process opened a file protected by loggate directly, and the person it runs as holds no grant covering it.",
+                types: ["loggate bypass read"],
+            },
+            is_alert: f.get("expected").and_then(Value::as_bool) != Some(true),
+            evidences: [bypass_objects(f)],
+            resources: log_file(text(f, "path")),
         }),
-        Class::Base => json!({}),
-    }
-}
-
-/// Removes null members (recursively): OCSF consumers expect an absent attribute, not null.
-fn prune_nulls(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|_, v| !v.is_null());
-            map.values_mut().for_each(prune_nulls);
-        }
-        Value::Array(items) => items.iter_mut().for_each(prune_nulls),
-        _ => {}
+        Class::EventLogActivity => Objects::EventLog(EventLogObjects {
+            actor: loggate_actor(),
+            log_name: &source.log_name,
+            log_provider: "loggate",
+        }),
+        Class::Base => Objects::None {},
     }
 }
 

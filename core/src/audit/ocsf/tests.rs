@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::audit::{event_name, record_field, record_fields, verify_chain};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
 
@@ -185,8 +186,9 @@ event. See [audit.md](audit.md) for the chain, checkpoints and verification.
 The person is identified wherever loggate knows them: `actor.user` (reads; `uid` = their SPIFFE id,
 `credential_uid` = the SHA-256 of their certificate key) or `user` (grants, enrolment), and in
 `unmapped.loggate.subject`. Null fields are left out of the OCSF attributes and kept as null in
-`unmapped.loggate`. Keys are written in sorted order after `seq` and `prev`; the chain hashes the
-exact bytes, so nothing needs to be canonicalised to verify it.
+`unmapped.loggate`. Keys come in a fixed order (the classification first, `unmapped` last; loggate's
+own fields sorted); the chain hashes the exact bytes, so nothing needs to be canonicalised to
+verify it.
 
 Code that reads records uses `loggate_core::audit::{event_name, record_field, record_fields}`,
 never the layout.
@@ -326,7 +328,7 @@ fn catalogue_names_are_unique() {
 fn a_line_starts_with_seq_and_prev_and_chains_in_the_file() {
     let lines = example_lines();
     assert!(lines[1].starts_with(&format!(
-        "{{\"seq\":2,\"prev\":\"{}\",\"activity_id\":",
+        "{{\"seq\":2,\"prev\":\"{}\",\"class_uid\":",
         hex::encode(Sha256::digest(lines[0].as_bytes()))
     )));
     let file: String = lines.iter().map(|l| format!("{l}\n")).collect();
