@@ -1,8 +1,8 @@
 //! End-to-end: the audit records the real agent and controller write are OCSF 1.8.0 events of
 //! the documented classes, carry the person, the grant, the host and a unique UUIDv7, every
 //! event name and field is in `docs/audit-events.md` (the catalogue it is generated from), and
-//! the files still verify. A bypass read without a grant also raises a Detection Finding (needs
-//! root and eBPF or fanotify; CI runs as root).
+//! the files still verify, also across rotation. A bypass read without a grant also raises a
+//! Detection Finding (needs root and eBPF or fanotify; CI runs as root).
 
 use loggate_core::audit::ocsf::schema_problems;
 use loggate_core::audit::{event_name, record_field};
@@ -216,5 +216,59 @@ fn bypass_read_is_file_activity_and_raises_a_finding_only_without_a_grant() -> a
             && record_field(r, "read_seq") == Some(&read["seq"])),
         "a finding for a reader holding a grant"
     );
+    Ok(())
+}
+
+#[test]
+fn rotated_audit_files_verify_as_one_chain_and_the_new_file_on_its_own() -> anyhow::Result<()> {
+    let mut f = Fixture::start_with("audit_rotate_bytes = 4000\naudit_keep_files = 1")?;
+    f.grant("alice", "30m")?;
+    let dir = f.cluster.agents["web-1"].dir.clone();
+    let current = dir.join("audit.jsonl");
+    // Reads until the agent's once-a-second check has rotated twice (one file kept).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rotated = loop {
+        assert!(f.logs("alice", &["cat", &f.api_log()])?.status.success());
+        let rotated = loggate_core::audit::rotated_files(&current)?;
+        let first = f.cluster.agent_audit_raw("web-1").into_iter().next();
+        let deleted = first
+            .as_ref()
+            .and_then(|r| record_field(r, "deleted_files"))
+            .and_then(Value::as_array)
+            .is_some_and(|d| !d.is_empty());
+        if deleted {
+            break rotated;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no second rotation in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    f.cluster.stop_agent("web-1");
+    assert_eq!(rotated.len(), 1, "{rotated:?}");
+    let raw = f.cluster.agent_audit_raw("web-1");
+    check_records(&raw);
+    let first = &raw[0];
+    assert_eq!(event_name(first), Some("audit.rotated"));
+    assert_eq!(first["type_uid"], 100806);
+    let verify = |files: &[&std::path::Path]| {
+        let mut args = vec!["audit".to_string(), "verify".to_string()];
+        args.extend(files.iter().map(|p| p.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        f.cluster.run_cli("alice", &args)
+    };
+    let out = verify(&[&rotated[0], &current])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = verify(&[&current])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("continues rotated file"),
+        "{}",
+        text(&out).1
+    );
+    // The wrong order breaks the chain.
+    let out = verify(&[&current, &rotated[0]])?;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out).1);
     Ok(())
 }

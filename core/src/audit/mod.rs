@@ -11,9 +11,11 @@
 
 mod checkpoint;
 pub mod ocsf;
+mod rotate;
 mod verify;
 
 pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
+pub use rotate::{rotated_files, RotationPolicy};
 pub use verify::{verify_chain, ChainBreak, ChainSummary};
 
 use serde_json::{Map, Value};

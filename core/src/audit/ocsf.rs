@@ -515,6 +515,21 @@ pub const EVENTS: &[EventType] = &[
         ],
     },
     EventType {
+        name: "audit.rotated",
+        writers: "agent",
+        about: "The first record of a new audit file after rotation: it continues the chain of the file renamed to `previous_file`, and names the rotated files deleted by retention.",
+        class: Class::EventLogActivity,
+        activity_id: 6,
+        activity_name: "Rotate",
+        outcome: Outcome::Success,
+        severity: INFO,
+        fields: &[
+            ("previous_file", "the rotated file's name, `<audit file>.<its last seq, 12 digits>`"),
+            ("previous_last_seq", "the `seq` of its last record"),
+            ("deleted_files", "rotated files deleted now, beyond `audit_keep_files`"),
+        ],
+    },
+    EventType {
         name: "audit.torn_tail_discarded",
         writers: "agent, controller",
         about: "At start, a torn last line (a crash mid-write) was cut off; the chain continues from the last whole record.",

@@ -110,6 +110,10 @@ fn example(name: &str) -> Map<String, Value> {
             "ts_ms": 1795766460000_i64,
             "sig": "8c1f0e5d2a4b6c8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d8e0f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c2d4e6f",
         }),
+        "audit.rotated" => json!({
+            "previous_file": "audit.jsonl.000000016000", "previous_last_seq": 16000,
+            "deleted_files": ["audit.jsonl.000000001000"],
+        }),
         "audit.torn_tail_discarded" => json!({ "bytes_discarded": 14 }),
         other => panic!("no example for {other}: add one"),
     })
