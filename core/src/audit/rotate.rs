@@ -33,8 +33,9 @@ impl AuditLog {
         self.rotate(policy.keep).map(Some)
     }
 
-    /// Seals the file with a checkpoint, renames it to `<name>.<last seq>`, starts a new one with an `audit.rotated` record
-    /// that continues the chain, and deletes rotated files beyond the newest `keep`.
+    /// Seals the file with a checkpoint, renames it to `<name>.<last seq>`, starts a new one
+    /// with an `audit.rotated` record that continues the chain, and deletes rotated files
+    /// beyond the newest `keep`. If the new file cannot be started, the old one is put back.
     pub fn rotate(&mut self, keep: usize) -> Result<PathBuf, AuditError> {
         // Seal the file before it is closed for good (a no-op without checkpoints).
         self.checkpoint()?;
@@ -44,49 +45,61 @@ impl AuditLog {
             source,
         };
         let last_seq = self.next_seq - 1;
-        let rotated = rotated_path(&self.path, last_seq);
-        std::fs::rename(&self.path, &rotated).map_err(io_err)?;
-        let file = OpenOptions::new()
+        let rotated = rotated_path(&path, last_seq);
+        let existing = rotated_files(&path).map_err(io_err)?;
+        let expired = &existing[..(existing.len() + 1)
+            .saturating_sub(keep)
+            .min(existing.len())];
+        std::fs::rename(&path, &rotated).map_err(io_err)?;
+        let new_file = OpenOptions::new()
             .read(true)
             .append(true)
             .create_new(true)
             .mode(0o600)
-            .open(&self.path);
-        let file = match file {
+            .open(&path);
+        let new_file = match new_file {
             Ok(file) => file,
             Err(e) => {
-                // Put the old file back, so writing continues where it was.
-                let _ = std::fs::rename(&rotated, &self.path);
+                let _ = std::fs::rename(&rotated, &path);
                 return Err(io_err(e));
             }
         };
-        self.file = file;
-        self.good_len = 0;
-        let deleted = expire(&self.path, keep).map_err(io_err)?;
-        if let Some(dir) = self.path.parent() {
-            // The rename and the new file survive a crash once the folder is synced.
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err)?;
-        }
+        // The old file stays open until the new one holds its first record, so a failure can
+        // put it back and writing continues where it was.
+        let old_file = std::mem::replace(&mut self.file, new_file);
+        let old_len = std::mem::replace(&mut self.good_len, 0);
         let name = |p: &Path| {
             p.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
-        self.write_record(
+        let started = self.write_record(
             "audit.rotated",
             crate::audit_fields!(
                 "previous_file" => name(&rotated),
                 "previous_last_seq" => last_seq,
-                "deleted_files" => deleted.iter().map(|p| name(p)).collect::<Vec<_>>(),
+                "deleted_files" => expired.iter().map(|p| name(p)).collect::<Vec<_>>(),
             ),
-        )?;
+        );
+        if let Err(e) = started {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::rename(&rotated, &path);
+            self.file = old_file;
+            self.good_len = old_len;
+            return Err(e);
+        }
+        drop(old_file);
+        // The rename and the new file survive a crash once the folder is synced.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err)?;
+        for file in expired {
+            std::fs::remove_file(file).map_err(io_err)?;
+        }
         Ok(rotated)
     }
 }
@@ -122,17 +135,6 @@ pub fn rotated_files(path: &Path) -> io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
-}
-
-/// Deletes rotated files beyond the newest `keep`; returns those deleted.
-fn expire(path: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
-    let files = rotated_files(path)?;
-    let excess = files.len().saturating_sub(keep);
-    let old: Vec<PathBuf> = files.into_iter().take(excess).collect();
-    for file in &old {
-        std::fs::remove_file(file)?;
-    }
-    Ok(old)
 }
 
 /// Where a retained file's chain starts, if its first record continues a rotated one:
