@@ -7,6 +7,7 @@ use crate::fs_access::LogRoot;
 use crate::redact::profile::{Profiles, RedactionConfigFile};
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
+use loggate_core::audit::RotationPolicy;
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::is_valid_name;
 use loggate_core::tls::TlsFiles;
@@ -21,6 +22,14 @@ fn default_trust_domain() -> String {
 fn default_skew() -> String {
     "60s".into()
 }
+fn default_audit_rotate_bytes() -> u64 {
+    256 << 20
+}
+
+fn default_audit_keep_files() -> usize {
+    10
+}
+
 fn default_audit() -> PathBuf {
     PathBuf::from("audit.jsonl")
 }
@@ -53,6 +62,12 @@ pub struct AgentConfigFile {
     state_dir: PathBuf,
     #[serde(default = "default_audit")]
     audit_log: PathBuf,
+    /// Rotate the audit file once it is this long (bytes; 0 = never).
+    #[serde(default = "default_audit_rotate_bytes")]
+    audit_rotate_bytes: u64,
+    /// Rotated audit files kept; older ones are deleted.
+    #[serde(default = "default_audit_keep_files")]
+    audit_keep_files: usize,
     /// Tolerated clock difference with the controller at a grant's start (at most 60s).
     #[serde(default = "default_skew")]
     max_clock_skew: String,
@@ -117,6 +132,8 @@ pub struct AgentConfig {
     pub roots: Vec<LogRoot>,
     pub state_dir: PathBuf,
     pub audit_log: PathBuf,
+    /// `None`: never rotate.
+    pub audit_rotation: Option<RotationPolicy>,
     pub max_clock_skew: Duration,
     pub allow_raw: bool,
     pub limits: Limits,
@@ -242,6 +259,10 @@ impl AgentConfig {
             roots,
             state_dir: base.join(file.state_dir),
             audit_log: base.join(file.audit_log),
+            audit_rotation: (file.audit_rotate_bytes > 0).then_some(RotationPolicy {
+                max_bytes: file.audit_rotate_bytes,
+                keep: file.audit_keep_files,
+            }),
             max_clock_skew,
             allow_raw: file.allow_raw,
             limits: file.limits,

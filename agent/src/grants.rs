@@ -179,6 +179,11 @@ impl GrantStore {
             .collect()
     }
 
+    /// The subject of a stored grant (for the audit of its revocation).
+    pub fn subject_of(&self, id: &str) -> Option<String> {
+        self.read().grants.get(id).map(|g| g.claims().sub.clone())
+    }
+
     pub fn revocation(&self, id: &str) -> Option<RevocationInfo> {
         self.read().revoked.get(id).cloned()
     }

@@ -176,7 +176,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes due audit checkpoints and audits grants whose end has passed, once a second, with or without the controller. Live
+/// Writes due audit checkpoints, rotates the audit file when due, and audits grants whose end has passed, once a second, with or without the controller. Live
 /// streams cut themselves (see `stream::GrantWatch`); this keeps the store and audit trail tidy.
 async fn expire_grants(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -184,6 +184,11 @@ async fn expire_grants(shared: Arc<Shared>) {
         tick.tick().await;
         if let Err(e) = tokio::task::block_in_place(|| shared.audit_log.checkpoint_if_due()) {
             tracing::error!("audit checkpoint failed: {e:#}");
+        }
+        if let Some(policy) = shared.config.audit_rotation {
+            if let Err(e) = tokio::task::block_in_place(|| shared.audit_log.rotate_if_due(policy)) {
+                tracing::error!("audit rotation failed: {e:#}");
+            }
         }
         match shared.grants.sweep_expired(unix_now()) {
             Ok(expired) => {

@@ -80,11 +80,12 @@ fn audit_unavailable(e: anyhow::Error) -> Status {
 }
 
 impl AgentService {
-    fn deny(&self, reader: &Identity, path: &str, denial: Denial) -> Status {
+    fn deny(&self, reader: &Identity, peer: Option<String>, path: &str, denial: Denial) -> Status {
         let audited = self.shared.audit(
             "read.denied",
             audit_fields!(
-                "subject" => reader.spiffe_id(), "path" => path,
+                "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
+                "peer" => peer, "path" => path,
                 "grant_id" => denial.grant_id.clone(), "reason_code" => denial.code,
                 "reason" => denial.message.clone(),
             ),
@@ -138,6 +139,7 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ReadLogRequest>,
     ) -> Result<Response<Self::ReadLogStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string());
         let reader = match peer_identity(&request, &self.shared.config.trust_domain, Role::User) {
             Ok(reader) => reader,
             Err(status) => {
@@ -146,7 +148,8 @@ impl Agent for AgentService {
                 let audited = self.shared.audit(
                     "read.denied",
                     audit_fields!(
-                        "subject" => Option::<String>::None, "path" => request.get_ref().path.clone(),
+                        "subject" => Option::<String>::None, "peer" => peer,
+                        "path" => request.get_ref().path.clone(),
                         "reason_code" => "identity_refused", "reason" => status.message(),
                     ),
                 );
@@ -170,11 +173,12 @@ impl Agent for AgentService {
 
         let authorized = match authorize(&self.shared, &reader, &req.path, token) {
             Ok(a) => a,
-            Err(denial) => return Err(self.deny(&reader, &req.path, denial)),
+            Err(denial) => return Err(self.deny(&reader, peer, &req.path, denial)),
         };
         let Some(slot) = take_slot(&self.shared, reader.spiffe_id()) else {
             return Err(self.deny(
                 &reader,
+                peer,
                 &req.path,
                 Denial {
                     code: "too_many_streams",
@@ -199,7 +203,8 @@ impl Agent for AgentService {
             .audit(
                 "read.allowed",
                 audit_fields!(
-                    "subject" => reader.spiffe_id(), "grant_id" => grant.id(), "path" => path.clone(),
+                    "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
+                    "peer" => peer.clone(), "grant_id" => grant.id(), "path" => path.clone(),
                     "mode" => mode_name, "pattern" => (!req.pattern.is_empty()).then(|| req.pattern.clone()),
                     "since_ms" => (req.since_unix_ms != 0).then_some(req.since_unix_ms),
                     "until_ms" => (req.until_unix_ms != 0).then_some(req.until_unix_ms),
@@ -243,6 +248,7 @@ impl Agent for AgentService {
         };
         let shared = self.shared.clone();
         let subject = reader.spiffe_id().to_string();
+        let key_sha256 = reader.key_sha256_hex();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let started = Instant::now();
@@ -257,7 +263,8 @@ impl Agent for AgentService {
             let result = shared.audit(
                 "read.finished",
                 audit_fields!(
-                    "subject" => subject, "grant_id" => watch.grant_id.clone(), "path" => path,
+                    "subject" => subject, "key_sha256" => key_sha256, "peer" => peer,
+                    "grant_id" => watch.grant_id.clone(), "path" => path,
                     "bytes" => finished.bytes, "duration_ms" => started.elapsed().as_millis() as u64,
                     "end_reason" => reason.code(),
                     "error" => match &reason { stream::EndReason::ReadError(e) => Some(e.clone()), _ => None },

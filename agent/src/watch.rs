@@ -112,11 +112,12 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
                 by: r.revoked_by.clone(),
                 reason: r.reason.clone(),
             };
+            let subject = store.subject_of(&r.grant_id);
             if store.revoke(&r.grant_id, info, event.revision)? {
                 shared.audit(
                     "grant.revoked",
                     audit_fields!(
-                        "grant_id" => r.grant_id, "revoked_by" => r.revoked_by,
+                        "grant_id" => r.grant_id, "subject" => subject, "revoked_by" => r.revoked_by,
                         "reason" => r.reason, "revision" => event.revision,
                     ),
                 )?;

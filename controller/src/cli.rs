@@ -415,8 +415,8 @@ impl<W: Write> Output<'_, W> {
     }
 }
 
-/// `loggate audit verify FILE [--key PUB]…`.
-pub fn audit_verify(path: &std::path::Path, key_files: &[PathBuf]) -> CliResult {
+/// `loggate audit verify FILE… [--key PUB]…`: the files are one chain, in the order given.
+pub fn audit_verify(paths: &[PathBuf], key_files: &[PathBuf]) -> CliResult {
     let mut keys = Vec::new();
     for k in key_files {
         let text =
@@ -426,14 +426,33 @@ pub fn audit_verify(path: &std::path::Path, key_files: &[PathBuf]) -> CliResult 
                 .map_err(|e| format!("{}: {e}", k.display()))?,
         );
     }
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let s = loggate_core::audit::verify_chain(std::io::BufReader::new(file), &keys).map_err(
+    let mut input: Box<dyn std::io::Read> = Box::new(std::io::empty());
+    for path in paths {
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        input = Box::new(std::io::Read::chain(input, file));
+    }
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let s = loggate_core::audit::verify_chain(std::io::BufReader::new(input), &keys).map_err(
         |broken| Failure {
             code: 5,
-            message: format!("{}: chain broken at {broken}", path.display()),
+            message: format!(
+                "{}: chain broken at {broken}{}",
+                names.join(" + "),
+                if paths.len() > 1 {
+                    " (counting lines across the files in order)"
+                } else {
+                    ""
+                }
+            ),
         },
     )?;
+    if let Some(previous) = &s.continues_from {
+        eprintln!(
+            "note: the chain continues rotated file {previous} (seq {} onwards checked); pass it first to check it too",
+            s.first_seq
+        );
+    }
     println!(
         "ok: {} records, seq {}..{}, head {}; {} checkpoints, sealed through seq {}",
         s.records, s.first_seq, s.last_seq, s.head, s.checkpoints, s.sealed_through

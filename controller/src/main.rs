@@ -54,8 +54,10 @@ enum AuditCommand {
     /// Verify an audit file's hash chain. Exit 0 when it holds; exit 5 and the first broken
     /// line otherwise.
     Verify {
-        /// The audit file (JSON lines), e.g. an agent's audit.jsonl.
-        file: PathBuf,
+        /// The audit file (JSON lines), e.g. an agent's audit.jsonl; several files are checked
+        /// as one chain, in the order given (rotated files first, oldest first).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         /// The writer's checkpoint public key file (e.g. the agent's
         /// `state/audit-signing.key.pub`); repeatable. Without it signatures are not checked.
         #[arg(long = "key")]
@@ -224,7 +226,7 @@ async fn run(cli: Cli) -> CliResult {
             .await
             .map_err(|e| Failure::from(format!("{e:#}"))),
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
-        Command::Audit(AuditCommand::Verify { file, keys }) => cli::audit_verify(&file, &keys),
+        Command::Audit(AuditCommand::Verify { files, keys }) => cli::audit_verify(&files, &keys),
         Command::Grant(GrantCommand::Issue {
             subject,
             hosts,

@@ -363,14 +363,23 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// The agent's audit records.
+    /// The agent's audit records, each in the flat view of [`flat_audit_record`] (what most
+    /// tests assert on: `e["event"]`, `e["grant_id"]`, …).
     pub fn agent_audit(&self, id: &str) -> Vec<serde_json::Value> {
-        let path = self.dir.join("agents").join(id).join("audit.jsonl");
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
+        self.agent_audit_raw(id)
+            .iter()
+            .map(flat_audit_record)
             .collect()
+    }
+
+    /// The agent's audit records exactly as written (OCSF events behind `seq` and `prev`).
+    pub fn agent_audit_raw(&self, id: &str) -> Vec<serde_json::Value> {
+        read_audit_file(&self.dir.join("agents").join(id).join("audit.jsonl"))
+    }
+
+    /// The controller's audit records exactly as written.
+    pub fn controller_audit_raw(&self) -> Vec<serde_json::Value> {
+        read_audit_file(&self.dir.join("controller/audit.jsonl"))
     }
 
     /// Waits until the agent's audit log holds an event satisfying `pred`.
@@ -493,6 +502,35 @@ impl Fixture {
     pub fn logs(&self, user: &str, args: &[&str]) -> anyhow::Result<Output> {
         Ok(self.cluster.logs_cmd(user, "web-1", args).output()?)
     }
+}
+
+/// The records of an audit file (none if it does not exist yet; a torn last line is skipped).
+pub fn read_audit_file(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// The flat view of an audit record the end-to-end tests assert on: loggate's own fields
+/// (`unmapped.loggate`, see `loggate_core::audit::record_fields`) at the top level, plus `event`
+/// (the event name, OCSF `metadata.event_code`), `seq`, `prev`, `time` (epoch ms) and `host`
+/// (`device.hostname`). The OCSF shape itself is checked by `tests/audit_schema.rs` on the raw
+/// records.
+pub fn flat_audit_record(raw: &serde_json::Value) -> serde_json::Value {
+    use loggate_core::audit::{event_name, record_fields};
+    let mut flat = record_fields(raw).cloned().unwrap_or_default();
+    flat.insert("event".into(), event_name(raw).into());
+    for (key, value) in [
+        ("seq", raw.get("seq")),
+        ("prev", raw.get("prev")),
+        ("time", raw.get("time")),
+        ("host", raw.pointer("/device/hostname")),
+    ] {
+        flat.insert(key.into(), value.cloned().unwrap_or_default());
+    }
+    serde_json::Value::Object(flat)
 }
 
 /// Stdout and stderr of a finished command, as text.

@@ -317,10 +317,28 @@ async fn read_events(
                 let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
                 Opened::from_kernel(&inv, &raw)
             };
-            if let Err(e) = shared.audit("bypass.read", bypass_record(&shared, &opened, &info)) {
-                tracing::error!("audit write failed: {e:#}");
-            }
+            audit_open(&shared, &opened, &info);
         }
+    }
+}
+
+/// Audits one bypass open (`bypass.read`) and, when the reader holds no grant covering the
+/// file, raises a `bypass.finding` about it (an OCSF Detection Finding for the SIEM).
+fn audit_open(shared: &Shared, opened: &Opened, info: &process::ProcessInfo) {
+    let fields = bypass_record(shared, opened, info);
+    let finding = fields.get("finding_uid").is_some_and(|u| !u.is_null());
+    let written = shared
+        .audit("bypass.read", fields.clone())
+        .and_then(|read_seq| {
+            if finding {
+                let mut fields = fields;
+                fields.insert("read_seq".into(), read_seq.into());
+                shared.audit("bypass.finding", fields)?;
+            }
+            Ok(())
+        });
+    if let Err(e) = written {
+        tracing::error!("audit write failed: {e:#}");
     }
 }
 
@@ -370,9 +388,7 @@ async fn read_fanotify(
             let Some(opened) = opened else {
                 continue; // not (or no longer) protected
             };
-            if let Err(e) = shared.audit("bypass.read", bypass_record(&shared, &opened, &info)) {
-                tracing::error!("audit write failed: {e:#}");
-            }
+            audit_open(&shared, &opened, &info);
         }
     }
 }

@@ -163,10 +163,10 @@ pub fn bypass_record(
     let rule = allow_rule(config, info, opened.cgroup_id);
     let expected = rule.is_some();
     let mapped = opened.uid.and_then(|uid| config.uid_subjects.get(&uid));
-    let (holds_grant, grant_ids, grant_check) = match (opened.uid, mapped, &path) {
-        (Some(uid), Some(name), Some(path)) => {
-            let subject = format!("spiffe://{}/user/{name}", shared.config.trust_domain);
-            let ids = covering_grants(shared, &subject, path, unix_now());
+    let subject = mapped.map(|name| format!("spiffe://{}/user/{name}", shared.config.trust_domain));
+    let (holds_grant, grant_ids, grant_check) = match (opened.uid, &subject, &path) {
+        (Some(uid), Some(subject), Some(path)) => {
+            let ids = covering_grants(shared, subject, path, unix_now());
             (!ids.is_empty(), ids, format!("uid {uid} is {subject}"))
         }
         (Some(_), Some(_), None) => (false, Vec::new(), "path unknown".to_string()),
@@ -187,6 +187,7 @@ pub fn bypass_record(
         "ppid" => opened.ppid,
         "uid" => opened.uid,
         "user" => opened.uid.and_then(|uid| process::user_name(Path::new("/etc/passwd"), uid)),
+        "subject" => subject,
         "gid" => opened.gid,
         "comm" => opened.comm.clone(),
         "exe" => info.exe.clone(),
@@ -209,5 +210,7 @@ pub fn bypass_record(
         "holds_grant" => holds_grant,
         "grant_ids" => grant_ids,
         "grant_check" => grant_check,
+        // The finding this open raises (see `super::audit_open`), if the reader holds no grant.
+        "finding_uid" => (!holds_grant).then(loggate_core::audit::ocsf::new_uid),
     )
 }

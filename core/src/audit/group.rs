@@ -13,11 +13,11 @@
 //! error (its action must not happen). Writers of records that were already durable are
 //! unaffected.
 
-use super::{AuditError, AuditLog};
+use super::{AuditError, AuditLog, RotationPolicy};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
-use std::fs::File;
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -53,8 +53,6 @@ struct Inner {
     /// Signalled when records are written (wakes the flusher) and when a sync ends (wakes the
     /// waiting writers).
     changed: Condvar,
-    /// The same open file as the log's, synced without holding the lock.
-    sync_handle: File,
     durable: DurableSeq,
 }
 
@@ -72,7 +70,6 @@ struct State {
 impl SharedAuditLog {
     pub fn new(log: AuditLog) -> Result<Self, AuditError> {
         let inner = Arc::new(Inner {
-            sync_handle: log.sync_handle()?,
             durable: DurableSeq::fixed(log.durable_seq()),
             state: Mutex::new(State {
                 log,
@@ -130,6 +127,11 @@ impl SharedAuditLog {
             self.checkpoint_locked(state)?;
         }
         Ok(())
+    }
+
+    /// Rotates the file when due (see [`AuditLog::rotate_if_due`]); writers wait meanwhile.
+    pub fn rotate_if_due(&self, policy: RotationPolicy) -> Result<Option<PathBuf>, AuditError> {
+        self.inner.lock().log.rotate_if_due(policy)
     }
 
     /// Seals the chain as it stands with a signed checkpoint (at shutdown, say).
@@ -190,8 +192,10 @@ impl Inner {
                 continue;
             }
             let point = state.log.written();
+            // A handle on the file as it is now (rotation replaces it), synced without the lock.
+            let handle = state.log.sync_handle();
             drop(state);
-            let result = self.sync_handle.sync_data();
+            let result = handle.and_then(|file| file.sync_data());
             state = self.lock();
             state.syncs += 1;
             match result {
@@ -253,7 +257,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{verify_chain, CheckpointKey, CheckpointPolicy};
+    use crate::audit::{verify_chain, CheckpointKey, CheckpointPolicy, RotationPolicy};
     use crate::audit_fields;
     use std::path::PathBuf;
     use std::sync::Arc;
@@ -326,6 +330,31 @@ mod tests {
         drop(shared); // the flusher syncs what is left before it stops
         let text = std::fs::read(&path).unwrap();
         assert_eq!(verify_chain(&text[..], &[]).unwrap().records, 502);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn rotation_under_group_commit_keeps_syncing_the_new_file() {
+        let dir = temp_dir();
+        let path = dir.join("audit.jsonl");
+        let shared = SharedAuditLog::new(AuditLog::open(&path, "h").unwrap()).unwrap();
+        for i in 0..20 {
+            shared.append("e", audit_fields!("i" => i)).unwrap();
+        }
+        let policy = RotationPolicy {
+            max_bytes: 1,
+            keep: 5,
+        };
+        let rotated = shared.rotate_if_due(policy).unwrap().expect("rotated");
+        let durable = shared.durable();
+        // The flusher now syncs the new file: waited appends return and the durable seq moves.
+        let seq = shared.append("after", Map::new()).unwrap();
+        assert_eq!(durable.get(), seq);
+        drop(shared);
+        let mut both = std::fs::read(&rotated).unwrap();
+        both.extend(std::fs::read(&path).unwrap());
+        let summary = verify_chain(&both[..], &[]).unwrap();
+        assert_eq!(summary.last_seq, seq);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

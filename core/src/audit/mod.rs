@@ -11,11 +11,14 @@
 
 mod checkpoint;
 mod group;
+pub mod ocsf;
+mod rotate;
 pub mod ship;
 mod verify;
 
 pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
 pub use group::{DurableSeq, SharedAuditLog};
+pub use rotate::{rotated_files, RotationPolicy};
 pub use verify::{verify_chain, ChainBreak, ChainSummary};
 
 use serde_json::{Map, Value};
@@ -169,8 +172,8 @@ impl AuditLog {
     /// Appends one event and syncs it to disk. Returns its sequence number. A checkpoint
     /// follows when `policy.every` records have been written since the last one.
     ///
-    /// `fields` must not contain the envelope keys (`seq`, `prev`, `time`, `host`, `event`);
-    /// if it does, the envelope wins.
+    /// The record is shaped as an OCSF event (see [`ocsf`]); `fields` are kept unchanged under
+    /// `unmapped.loggate` and read back with [`record_field`].
     pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let seq = self.append_unsynced(event, fields)?;
         self.sync()?;
@@ -247,11 +250,8 @@ impl AuditLog {
     }
 
     /// A handle on the same open file, for syncing without holding the writer.
-    pub(crate) fn sync_handle(&self) -> Result<File, AuditError> {
-        self.file.try_clone().map_err(|source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        })
+    pub(crate) fn sync_handle(&self) -> io::Result<File> {
+        self.file.try_clone()
     }
 
     fn sync(&mut self) -> Result<(), AuditError> {
@@ -304,22 +304,12 @@ impl AuditLog {
 
     fn write_record(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
         let seq = self.next_seq;
-        let mut record = Map::new();
-        record.insert("seq".into(), Value::from(seq));
-        record.insert("prev".into(), Value::from(self.prev.clone()));
-        record.insert(
-            "time".into(),
-            Value::from(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-        );
-        record.insert("host".into(), Value::from(self.host.clone()));
-        record.insert("event".into(), Value::from(event));
-        for (k, v) in fields {
-            record.entry(k).or_insert(v);
-        }
-        let mut line = serde_json::to_vec(&Value::Object(record)).map_err(|e| AuditError::Io {
-            path: self.path.clone(),
-            source: io::Error::other(e),
-        })?;
+        let source = ocsf::Source::new(&self.host, &self.path);
+        let mut line = ocsf::line(&source, seq, &self.prev, event, fields, ocsf::Stamp::now())
+            .map_err(|e| AuditError::Io {
+                path: self.path.clone(),
+                source: io::Error::other(e),
+            })?;
         let hash = hex::encode(Sha256::digest(&line));
         line.push(b'\n');
         let io_err = |path: &Path, source| AuditError::Io {
@@ -345,17 +335,27 @@ impl AuditLog {
     }
 }
 
-/// The name of a record's event (e.g. `read.allowed`), wherever the record format keeps it.
-/// Readers of audit records (the verifier, the sinks, the tests) go through this and
-/// [`record_field`], never through the record's layout.
+/// The name of a record's event (e.g. `read.allowed`; OCSF `metadata.event_code`). Readers of
+/// audit records (the verifier, the sinks, the tests) go through this, [`record_field`] and
+/// [`record_fields`], never through the record's layout.
 pub fn event_name(record: &Value) -> Option<&str> {
-    record.get("event").and_then(Value::as_str)
+    record
+        .pointer("/metadata/event_code")
+        .and_then(Value::as_str)
 }
 
-/// One of loggate's own fields of a record (e.g. `grant_id`, or a checkpoint's `head`), wherever
-/// the record format keeps it.
+/// One of loggate's own fields of a record (e.g. `grant_id`, or a checkpoint's `head`; kept
+/// under OCSF's `unmapped.loggate`).
 pub fn record_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
-    record.get(name)
+    record_fields(record)?.get(name)
+}
+
+/// All of loggate's own fields of a record, exactly as its writer passed them to
+/// [`AuditLog::append`].
+pub fn record_fields(record: &Value) -> Option<&Map<String, Value>> {
+    record
+        .pointer("/unmapped/loggate")
+        .and_then(Value::as_object)
 }
 
 /// Builds the `fields` map of an audit event from `key => value` pairs.
@@ -470,7 +470,7 @@ mod tests {
     fn forged_checkpoint_signature_is_refused() {
         let (mut lines, key) = checkpointed_chain(4);
         let record: Value = serde_json::from_str(&lines[3]).unwrap();
-        let sig = record["sig"].as_str().unwrap();
+        let sig = record_field(&record, "sig").unwrap().as_str().unwrap();
         let flipped = format!(
             "{}{}",
             if sig.starts_with('0') { "1" } else { "0" },
@@ -543,8 +543,11 @@ mod tests {
         log.append("b", Map::new()).unwrap();
         let recs = lines(&path);
         assert_eq!(recs.len(), 3);
-        assert_eq!(recs[1]["event"], "audit.torn_tail_discarded");
-        assert_eq!(recs[1]["bytes_discarded"], 14);
+        assert_eq!(event_name(&recs[1]), Some("audit.torn_tail_discarded"));
+        assert_eq!(
+            record_field(&recs[1], "bytes_discarded"),
+            Some(&Value::from(14))
+        );
         assert_eq!(recs[1]["seq"], 2);
         assert_eq!(recs[2]["seq"], 3);
         std::fs::remove_dir_all(dir).unwrap();

@@ -17,6 +17,9 @@ pub struct ChainSummary {
     pub sealed_through: u64,
     /// Whether checkpoint signatures were checked (keys were given).
     pub signatures_checked: bool,
+    /// The rotated file this input continues (its first record is `audit.rotated`), whose
+    /// records were not checked; `None` when the input starts at `seq` 1.
+    pub continues_from: Option<String>,
 }
 
 /// The first place an audit file's chain breaks.
@@ -33,6 +36,9 @@ pub struct ChainBreak {
 /// chain as it stood and (when `keys` are given) carries a valid signature by one of them.
 /// An edited, deleted, inserted or reordered line breaks it. Truncation of the end and a
 /// re-signed rewrite need checkpoints held elsewhere: not detected from the file alone.
+/// Rotated files are checked together by passing them in order, concatenated; a retained file
+/// may also start with the `audit.rotated` record that continues an older one (see
+/// `ChainSummary::continues_from`).
 pub fn verify_chain(
     mut input: impl std::io::BufRead,
     keys: &[VerifyKey],
@@ -45,6 +51,7 @@ pub fn verify_chain(
         checkpoints: 0,
         sealed_through: 0,
         signatures_checked: !keys.is_empty(),
+        continues_from: None,
     };
     let mut last_checkpoint_ts = i64::MIN;
     let mut line = Vec::new();
@@ -77,6 +84,14 @@ pub fn verify_chain(
             .get("prev")
             .and_then(Value::as_str)
             .ok_or_else(|| fail("no prev".into()))?;
+        if summary.records == 0 && seq != 1 {
+            // A retained file after rotation starts where the rotated one ended.
+            if let Some((before, head, previous)) = super::rotate::continuation(&record) {
+                summary.last_seq = before;
+                summary.head = head.to_string();
+                summary.continues_from = Some(previous.to_string());
+            }
+        }
         let expected_seq = summary.last_seq + 1;
         if seq != expected_seq {
             return Err(fail(format!(

@@ -226,9 +226,9 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_octet_counted_rfc5424_with_the_line_as_message() {
-        let line =
-            r#"{"seq":41,"prev":"00","time":"2026-11-27T07:50:38.147Z","event":"read.allowed"}"#;
+    fn frames_are_octet_counted_rfc5424_with_the_line_as_message_and_the_event_code_without_a_class(
+    ) {
+        let line = r#"{"seq":41,"prev":"00","time":"2026-11-27T07:50:38.147Z","metadata":{"event_code":"read.allowed"}}"#;
         let text = framed(line);
         let (len, msg) = text.split_once(' ').unwrap();
         assert_eq!(len.parse::<usize>().unwrap(), msg.len());

@@ -1,0 +1,449 @@
+//! The shaping's tests, and the generator of `docs/audit-events.md`: every event type of the
+//! catalogue is shaped by the real code from an example of its fields, and the document is
+//! compared with what that gives. `LOGGATE_BLESS=1 cargo test -p loggate-core audit_events_doc`
+//! rewrites it.
+
+use super::*;
+use crate::audit::{event_name, record_field, record_fields, verify_chain};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::fmt::Write;
+
+const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/audit-events.md");
+/// 2026-11-27T08:00:00Z, the examples' first `time`.
+const T0: i64 = 1_795_766_400_000;
+
+fn fields(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("examples are objects"),
+    }
+}
+
+/// A realistic value for every field of every event type (from demo and test runs).
+fn example(name: &str) -> Map<String, Value> {
+    const ALICE: &str = "spiffe://loggate.local/user/alice";
+    const ADMIN: &str = "spiffe://loggate.local/user/admin";
+    const KEY: &str = "5f2b0c6e9d4a8b7c1e3f5a7b9c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d";
+    const GRANT: &str = "g-d0d29c925f35dd6c";
+    const LOG: &str = "/var/log/app/api.log";
+    let bypass = json!({
+        "pid": 6434, "tid": 6434, "ppid": 6386, "uid": 65534, "gid": 65534, "user": "nobody",
+        "subject": null, "comm": "cat", "exe": "/usr/bin/cat",
+        "cmdline": "cat /var/log/app/api.log", "process_exited": false, "cgroup_id": 1,
+        "cgroup": "/user.slice/user-0.slice/session-3.scope", "container_id": null,
+        "path": LOG, "opened_name": "api.log", "matched": "file", "inode": 10182958,
+        "device": "254:0", "fd": 3, "flags": "O_RDONLY|O_LARGEFILE", "hook": "openat",
+        "expected": false, "allow_rule": null, "severity": "high", "holds_grant": false,
+        "grant_ids": [], "grant_check": "no subject is mapped to uid 65534 (bypass.uid_subjects)",
+        "finding_uid": "019ac4a1-7c80-7000-8000-0000000000aa",
+    });
+    fields(match name {
+        "read.allowed" => json!({
+            "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_id": GRANT,
+            "path": LOG, "mode": "grep", "pattern": "status=5\\d\\d", "since_ms": 1795762800000_i64,
+            "until_ms": null, "redaction_profile": "default", "inode": 10182958,
+            "device": 65024, "size": 4873,
+        }),
+        "read.denied" => json!({
+            "subject": "spiffe://loggate.local/user/bob", "key_sha256": KEY,
+            "peer": "127.0.0.1:51240", "path": LOG, "grant_id": null, "reason_code": "no_grant",
+            "reason": "you (spiffe://loggate.local/user/bob) hold no grant on agent web-1; ask an admin to issue you one",
+        }),
+        "read.finished" => json!({
+            "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_id": GRANT,
+            "path": LOG, "bytes": 156, "duration_ms": 3, "end_reason": "eof", "error": null,
+            "redactions": { "email": 3 }, "lines_withheld": 0, "lines_cut": 0,
+        }),
+        "grant.issued" => json!({
+            "grant_id": GRANT, "subject": ALICE, "issuer": ADMIN, "hosts": ["web-1"],
+            "labels": [], "paths": ["/var/log/app/*.log"], "not_before": 1795766340_i64,
+            "not_after": 1795768200_i64, "reason": "INC-42", "redaction_profile": "default",
+        }),
+        "grant.received" => json!({
+            "grant_id": GRANT, "subject": ALICE, "paths": ["/var/log/app/*.log"],
+            "not_before": 1795766340_i64, "not_after": 1795768200_i64, "approver": ADMIN,
+            "reason": "INC-42", "redaction_profile": "default", "revision": 7,
+        }),
+        "grant.rejected" => json!({
+            "grant_id": "g-0c1d2e3f40516273", "reason_code": "wrong_audience",
+            "reason": "the grant is for host db-1, not for agent web-1", "revision": 8,
+        }),
+        "grant.revoked" => json!({
+            "grant_id": GRANT, "subject": ALICE, "revoked_by": ADMIN,
+            "reason": "incident closed", "revision": 9,
+        }),
+        "grant.expired" => json!({
+            "grant_id": GRANT, "subject": ALICE, "not_after": 1795768200_i64,
+        }),
+        "grant.dropped" => json!({
+            "grant_id": GRANT,
+            "reason": "the grant expired while the agent was stopped",
+        }),
+        "user.key_enrolled" => json!({
+            "subject": ALICE, "key_sha256": KEY, "how": "first_contact",
+        }),
+        "bypass.read" => bypass,
+        "bypass.finding" => {
+            let mut finding = bypass;
+            finding["read_seq"] = json!(11);
+            finding
+        }
+        "bypass.events_lost" => json!({
+            "lost_total": 12, "lost_since_last": 12, "reason": "ring buffer full",
+        }),
+        "bypass_audit_unavailable" => json!({
+            "requested_mode": "auto",
+            "reason": "neither eBPF nor fanotify is available: the agent lacks CAP_BPF and CAP_SYS_ADMIN",
+        }),
+        "agent.started" => json!({
+            "agent_id": "web-1", "listen": "0.0.0.0:7443", "roots": ["/var/log/app"],
+            "grants_loaded": 1, "revision": 7, "bypass_mode": "tracepoint",
+            "bypass_fallback_reason": null,
+            "bypass_hooks": ["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_open_by_handle_at", "io_uring_complete"],
+            "bypass_hooks_missing": [], "bypass_protected": 4,
+        }),
+        "agent.stopped" => json!({ "agent_id": "web-1" }),
+        "audit.checkpoint" => json!({
+            "origin": "web-1", "sealed_seq": 1000, "key_id": "ed25519:3fa85f6457174562",
+            "head": "95decbd9138c66888f35dd40489537cd96749bb61c3cae6506119440a585a692",
+            "ts_ms": 1795766460000_i64,
+            "sig": "8c1f0e5d2a4b6c8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d8e0f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c2d4e6f",
+        }),
+        "audit.rotated" => json!({
+            "previous_file": "audit.jsonl.000000016000", "previous_last_seq": 16000,
+            "deleted_files": ["audit.jsonl.000000001000"],
+        }),
+        "audit.torn_tail_discarded" => json!({ "bytes_discarded": 14 }),
+        other => panic!("no example for {other}: add one"),
+    })
+}
+
+fn stamp(i: usize) -> Stamp {
+    let ms = T0 + 1000 * i as i64;
+    let uid = uuid::Builder::from_unix_timestamp_millis(ms as u64, &[i as u8; 10]).into_uuid();
+    Stamp {
+        time_ms: ms,
+        uid: uid.to_string(),
+    }
+}
+
+/// The example line of each event type, chained in catalogue order as if one file held them.
+fn example_lines() -> Vec<String> {
+    let mut prev = "0".repeat(64);
+    EVENTS
+        .iter()
+        .enumerate()
+        .map(|(i, kind)| {
+            let host = if kind.writers == "controller" {
+                "controller"
+            } else {
+                "web-1"
+            };
+            let path = if host == "controller" {
+                Path::new("controller-audit.jsonl")
+            } else {
+                Path::new("audit.jsonl")
+            };
+            let mut fields = example(kind.name);
+            if kind.name == "audit.checkpoint" {
+                // A checkpoint seals what precedes it (its signature is not checked here).
+                fields["sealed_seq"] = json!(i);
+                fields["head"] = json!(prev);
+            }
+            let bytes = line(
+                &Source::new(host, path),
+                i as u64 + 1,
+                &prev,
+                kind.name,
+                fields,
+                stamp(i),
+            )
+            .unwrap();
+            prev = hex::encode(Sha256::digest(&bytes));
+            String::from_utf8(bytes).unwrap()
+        })
+        .collect()
+}
+
+const INTRO: &str = "# Audit events
+
+<!-- Generated by `LOGGATE_BLESS=1 cargo test -p loggate-core audit_events_doc` from the catalogue
+in core/src/audit/ocsf.rs; a test fails when this file and the code differ. Edit the code. -->
+
+Every line of an audit file (an agent's `audit.jsonl`, the controller's `controller-audit.jsonl`)
+is one JSON object: the chain envelope first, then an [OCSF](https://schema.ocsf.io) **1.8.0**
+event. See [audit.md](audit.md) for the chain, checkpoints and verification.
+
+| attribute | on every record |
+| --- | --- |
+| `seq`, `prev` | always the first two keys: the sequence number (+1 per line, across restarts) and the lowercase hex SHA-256 of the previous line's exact bytes (64 zeros on the first line) |
+| `class_uid`, `class_name`, `category_uid`, `category_name` | the OCSF class (table below) |
+| `activity_id`, `activity_name`, `type_uid`, `type_name` | the activity; `type_uid` = `class_uid` × 100 + `activity_id` |
+| `severity_id`, `severity` | 1 Informational … 4 High |
+| `status_id`, `status`, `status_detail` | 1 Success or 2 Failure (findings: 1 New); `status_detail` holds the reason code of a failure |
+| `time` | when it was written, epoch milliseconds (UTC) |
+| `metadata` | `version` `1.8.0`; `product` (`loggate`, its version); `uid`, a UUIDv7 unique to the record (SIEMs de-duplicate on it); `sequence` = `seq`; `event_code`, loggate's event name; `log_name` (the audit file's name) and `log_provider`; `correlation_uid` = the grant id, when there is one |
+| `device` | the host that wrote it: `hostname` = the agent id (or `controller`), `type_id` 1 Server |
+| `unmapped.loggate` | every field loggate records for the event, unchanged (the tables below). Chain and checkpoint fields stay here until OCSF's `record_integrity` profile is released |
+
+The person is identified wherever loggate knows them: `actor.user` (reads; `uid` = their SPIFFE id,
+`credential_uid` = the SHA-256 of their certificate key) or `user` (grants, enrolment), and in
+`unmapped.loggate.subject`. Null fields are left out of the OCSF attributes and kept as null in
+`unmapped.loggate`. Keys come in a fixed order (the classification first, `unmapped` last; loggate's
+own fields sorted); the chain hashes the exact bytes, so nothing needs to be canonicalised to
+verify it.
+
+Code that reads records uses `loggate_core::audit::{event_name, record_field, record_fields}`,
+never the layout.
+
+";
+
+fn render() -> String {
+    let lines = example_lines();
+    let mut doc = String::from(INTRO);
+    doc.push_str("| event | written by | OCSF class | activity | status | severity |\n");
+    doc.push_str("| --- | --- | --- | --- | --- | --- |\n");
+    for kind in EVENTS {
+        let status = match kind.outcome {
+            Outcome::Success => "Success",
+            Outcome::Failure => "Failure",
+            Outcome::StreamEnd => "Success; Failure on `read_error`",
+            Outcome::NewFinding => "New",
+        };
+        let severity = match kind.severity {
+            Severity::Fixed(n) => SEVERITY_NAMES[usize::from(n)].to_string(),
+            Severity::FromField => "Low if allow-listed, else High".to_string(),
+        };
+        let _ = writeln!(
+            doc,
+            "| [`{name}`](#{anchor}) | {} | {} {} | {} {} | {status} | {severity} |",
+            kind.writers,
+            kind.class.uid(),
+            kind.class.name(),
+            kind.activity_id,
+            kind.activity_name,
+            name = kind.name,
+            anchor = kind.name.replace('.', ""),
+        );
+    }
+    for (kind, line) in EVENTS.iter().zip(&lines) {
+        let record: Value = serde_json::from_str(line).unwrap();
+        const COMMON: &[&str] = &[
+            "seq",
+            "prev",
+            "class_uid",
+            "class_name",
+            "category_uid",
+            "category_name",
+            "activity_id",
+            "activity_name",
+            "type_uid",
+            "type_name",
+            "severity_id",
+            "severity",
+            "status_id",
+            "status",
+            "status_detail",
+            "time",
+            "metadata",
+            "device",
+            "unmapped",
+        ];
+        let attributes: Vec<&str> = record
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !COMMON.contains(k))
+            .collect();
+        let _ = write!(
+            doc,
+            "\n## `{}`\n\n{} Written by the {}. OCSF {} `{}` ({}), activity {} `{}`.",
+            kind.name,
+            kind.about,
+            kind.writers.replace(", ", " and the "),
+            kind.class.name(),
+            kind.class.uid(),
+            kind.class.category().1,
+            kind.activity_id,
+            kind.activity_name,
+        );
+        if !attributes.is_empty() {
+            let list: Vec<String> = attributes.iter().map(|a| format!("`{a}`")).collect();
+            let _ = write!(doc, " Class attributes filled: {}.", list.join(", "));
+        }
+        doc.push_str("\n\n| field | meaning |\n| --- | --- |\n");
+        for (field, meaning) in kind.fields {
+            let _ = writeln!(doc, "| `{field}` | {meaning} |");
+        }
+        if kind.class == Class::DetectionFinding {
+            doc.push_str("| *every field of `bypass.read`* | copied from the read it is about |\n");
+        }
+        let _ = write!(doc, "\nExample:\n\n```json\n{line}\n```\n");
+    }
+    doc
+}
+
+#[test]
+fn audit_events_doc_matches_the_code() {
+    let generated = render();
+    if std::env::var_os("LOGGATE_BLESS").is_some() {
+        std::fs::write(DOC, &generated).unwrap();
+        return;
+    }
+    let current = std::fs::read_to_string(DOC).unwrap_or_default();
+    assert!(
+        current == generated,
+        "docs/audit-events.md differs from the event catalogue in core/src/audit/ocsf.rs; \
+         run `LOGGATE_BLESS=1 cargo test -p loggate-core audit_events_doc` and review the diff"
+    );
+}
+
+#[test]
+fn every_example_carries_exactly_its_documented_fields_and_is_valid_ocsf() {
+    for (kind, line) in EVENTS.iter().zip(example_lines()) {
+        let record: Value = serde_json::from_str(&line).unwrap();
+        let mut documented: Vec<&str> = kind.all_fields().map(|(f, _)| *f).collect();
+        let mut carried: Vec<&str> = record_fields(&record)
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort_unstable();
+        carried.sort_unstable();
+        assert_eq!(carried, documented, "{}", kind.name);
+        assert_eq!(schema_problems(&record), Vec::<String>::new(), "{line}");
+    }
+}
+
+#[test]
+fn catalogue_names_are_unique() {
+    for (i, kind) in EVENTS.iter().enumerate() {
+        assert!(
+            EVENTS[i + 1..].iter().all(|k| k.name != kind.name),
+            "{} twice",
+            kind.name
+        );
+    }
+}
+
+#[test]
+fn a_line_starts_with_seq_and_prev_and_chains_in_the_file() {
+    let lines = example_lines();
+    assert!(lines[1].starts_with(&format!(
+        "{{\"seq\":2,\"prev\":\"{}\",\"class_uid\":",
+        hex::encode(Sha256::digest(lines[0].as_bytes()))
+    )));
+    let file: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let summary = verify_chain(file.as_bytes(), &[]).unwrap();
+    assert_eq!(summary.records, EVENTS.len() as u64);
+}
+
+#[test]
+fn denial_is_an_api_read_failure_with_the_reason_code_and_the_callers_identity() {
+    let bytes = line(
+        &Source::new("web-1", Path::new("/var/lib/loggate/audit.jsonl")),
+        4,
+        &"0".repeat(64),
+        "read.denied",
+        example("read.denied"),
+        stamp(0),
+    )
+    .unwrap();
+    let r: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (r["class_uid"].as_u64(), r["type_uid"].as_u64()),
+        (Some(6003), Some(600302))
+    );
+    assert_eq!(r["status_id"], 2);
+    assert_eq!(r["status_detail"], "no_grant");
+    assert_eq!(r["actor"]["user"]["uid"], "spiffe://loggate.local/user/bob");
+    assert_eq!(r["actor"]["user"]["name"], "bob");
+    assert_eq!(r["src_endpoint"]["ip"], "127.0.0.1");
+    assert_eq!(r["metadata"]["sequence"], 4);
+    assert_eq!(r["metadata"]["log_name"], "audit.jsonl");
+    assert_eq!(r["device"]["hostname"], "web-1");
+    assert_eq!(event_name(&r), Some("read.denied"));
+    assert_eq!(record_field(&r, "grant_id"), Some(&Value::Null));
+    assert!(
+        r.get("grant_id").is_none(),
+        "loggate's fields stay under unmapped"
+    );
+}
+
+#[test]
+fn finding_takes_its_uid_and_severity_from_the_bypass_fields() {
+    let mut f = example("bypass.finding");
+    f["expected"] = json!(true);
+    f["severity"] = json!("low");
+    let bytes = line(
+        &Source::new("web-1", Path::new("audit.jsonl")),
+        12,
+        &"0".repeat(64),
+        "bypass.finding",
+        f,
+        stamp(0),
+    )
+    .unwrap();
+    let r: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(r["type_uid"], 200401);
+    assert_eq!(
+        r["finding_info"]["uid"],
+        "019ac4a1-7c80-7000-8000-0000000000aa"
+    );
+    assert_eq!(r["severity_id"], 2);
+    assert_eq!(r["is_alert"], false);
+    assert_eq!(r["evidences"][0]["actor"]["process"]["pid"], 6434);
+}
+
+#[test]
+fn stream_cut_by_a_read_error_is_a_failure() {
+    let mut f = example("read.finished");
+    f["end_reason"] = json!("read_error");
+    let bytes = line(
+        &Source::new("web-1", Path::new("audit.jsonl")),
+        1,
+        &"0".repeat(64),
+        "read.finished",
+        f,
+        stamp(0),
+    )
+    .unwrap();
+    let r: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (r["status_id"].as_u64(), r["status_detail"].as_str()),
+        (Some(2), Some("read_error"))
+    );
+    assert_eq!(r["duration"], 3);
+}
+
+#[test]
+fn unknown_event_is_shaped_as_a_base_event_and_flagged() {
+    let bytes = line(
+        &Source::new("h", Path::new("a.jsonl")),
+        1,
+        &"0".repeat(64),
+        "made.up",
+        Map::new(),
+        Stamp::now(),
+    )
+    .unwrap();
+    let r: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(r["class_uid"], 0);
+    assert_eq!(event_name(&r), Some("made.up"));
+    assert_eq!(
+        schema_problems(&r),
+        vec!["event \"made.up\" is not in the catalogue (docs/audit-events.md)".to_string()]
+    );
+}
+
+#[test]
+fn record_uids_are_fresh_uuid_v7s() {
+    let (a, b) = (Stamp::now().uid, Stamp::now().uid);
+    assert_ne!(a, b);
+    for uid in [a, b] {
+        let parsed = uuid::Uuid::parse_str(&uid).unwrap();
+        assert_eq!(parsed.get_version_num(), 7, "{uid}");
+    }
+}

@@ -1,0 +1,274 @@
+//! End-to-end: the audit records the real agent and controller write are OCSF 1.8.0 events of
+//! the documented classes, carry the person, the grant, the host and a unique UUIDv7, every
+//! event name and field is in `docs/audit-events.md` (the catalogue it is generated from), and
+//! the files still verify, also across rotation. A bypass read without a grant also raises a
+//! Detection Finding (needs root and eBPF or fanotify; CI runs as root).
+
+use loggate_core::audit::ocsf::schema_problems;
+use loggate_core::audit::{event_name, record_field};
+use loggate_tests::{text, Fixture};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Every record is a documented, well-formed OCSF event with a fresh UUIDv7 and
+/// `metadata.sequence` = `seq`; returns the event names seen.
+fn check_records(records: &[Value]) -> HashSet<String> {
+    let mut uids = HashSet::new();
+    let mut names = HashSet::new();
+    for r in records {
+        assert_eq!(schema_problems(r), Vec::<String>::new(), "{r}");
+        let uid = r["metadata"]["uid"].as_str().unwrap_or_default();
+        let parsed = uuid_version(uid);
+        assert_eq!(parsed, Some('7'), "metadata.uid {uid:?} is not a UUIDv7");
+        assert!(uids.insert(uid.to_string()), "metadata.uid {uid} twice");
+        assert_eq!(r["metadata"]["sequence"], r["seq"], "{r}");
+        names.insert(event_name(r).unwrap_or_default().to_string());
+    }
+    names
+}
+
+/// The version digit of a UUID in its text form, if it is one.
+fn uuid_version(uid: &str) -> Option<char> {
+    let groups: Vec<&str> = uid.split('-').collect();
+    let shape_ok = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    shape_ok.then(|| groups[2].chars().next()).flatten()
+}
+
+fn the<'a>(records: &'a [Value], event: &str) -> &'a Value {
+    records
+        .iter()
+        .find(|r| event_name(r) == Some(event))
+        .unwrap_or_else(|| panic!("no {event} record"))
+}
+
+#[test]
+fn reads_denials_and_grant_changes_are_documented_ocsf_events_and_the_file_verifies(
+) -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    let grant = f.grant("alice", "30m")?;
+    assert!(f.logs("alice", &["cat", &f.api_log()])?.status.success());
+    assert!(!f.logs("bob", &["cat", &f.api_log()])?.status.success());
+    let out = f
+        .cluster
+        .run_cli("admin", &["grant", "revoke", &grant, "--reason", "done"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    f.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "grant.revoked" && e["grant_id"] == grant.as_str()
+    })?;
+    f.cluster
+        .wait_for_audit("web-1", WAIT, |e| e["event"] == "read.finished")?;
+    f.cluster.stop_agent("web-1");
+
+    let agent = f.cluster.agent_audit_raw("web-1");
+    let seen = check_records(&agent);
+    for event in [
+        "agent.started",
+        "grant.received",
+        "read.allowed",
+        "read.finished",
+        "read.denied",
+        "grant.revoked",
+        "agent.stopped",
+    ] {
+        assert!(seen.contains(event), "no {event} in {seen:?}");
+    }
+    let controller = f.cluster.controller_audit_raw();
+    let seen = check_records(&controller);
+    assert!(
+        seen.contains("grant.issued") && seen.contains("grant.revoked"),
+        "{seen:?}"
+    );
+
+    // A read: API Activity 6003 Read, by alice (SPIFFE id and certificate key), from
+    // loopback, under her grant, on web-1.
+    let allowed = the(&agent, "read.allowed");
+    assert_eq!(allowed["type_uid"], 600302);
+    assert_eq!(allowed["status_id"], 1);
+    let alice = &allowed["actor"]["user"];
+    assert_eq!(alice["uid"], "spiffe://loggate.local/user/alice");
+    assert_eq!(alice["name"], "alice");
+    assert_eq!(alice["credential_uid"].as_str().map(str::len), Some(64));
+    assert_eq!(allowed["src_endpoint"]["ip"], "127.0.0.1");
+    assert_eq!(allowed["metadata"]["correlation_uid"], grant.as_str());
+    assert_eq!(allowed["device"]["hostname"], "web-1");
+    assert_eq!(allowed["metadata"]["version"], "1.8.0");
+    assert_eq!(
+        record_field(allowed, "grant_id"),
+        Some(&Value::from(grant.as_str()))
+    );
+    // A denial: the same class, Failure, the reason code as status_detail, bob named.
+    let denied = the(&agent, "read.denied");
+    assert_eq!(denied["type_uid"], 600302);
+    assert_eq!(denied["status_id"], 2);
+    assert_eq!(denied["status_detail"], "no_grant");
+    assert_eq!(denied["actor"]["user"]["name"], "bob");
+    // Grants: User Access Management, assigned then revoked, naming alice and who acted.
+    let received = the(&agent, "grant.received");
+    assert_eq!(received["type_uid"], 300501);
+    assert_eq!(received["user"]["uid"], "spiffe://loggate.local/user/alice");
+    let revoked = the(&agent, "grant.revoked");
+    assert_eq!(revoked["type_uid"], 300502);
+    assert_eq!(revoked["user"]["uid"], "spiffe://loggate.local/user/alice");
+    assert_eq!(revoked["actor"]["user"]["name"], "admin");
+    assert_eq!(the(&controller, "grant.issued")["type_uid"], 300501);
+    // Lifecycle: Event Log Activity.
+    assert_eq!(the(&agent, "agent.started")["class_uid"], 1008);
+
+    let file = f.cluster.agents["web-1"].dir.join("audit.jsonl");
+    let out = f
+        .cluster
+        .run_cli("alice", &["audit", "verify", &file.display().to_string()])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    Ok(())
+}
+
+/// Why this process cannot run the bypass audit, if it cannot (the agent then reports `off`).
+fn bypass_unsupported() -> Option<&'static str> {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root");
+    }
+    None
+}
+
+fn cat(path: &str) -> anyhow::Result<u32> {
+    let mut child = Command::new("cat")
+        .arg(path)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    anyhow::ensure!(child.wait()?.success(), "cat {path} failed");
+    Ok(pid)
+}
+
+#[test]
+fn bypass_read_is_file_activity_and_raises_a_finding_only_without_a_grant() -> anyhow::Result<()> {
+    if let Some(why) = bypass_unsupported() {
+        eprintln!("SKIPPED: the bypass audit needs root: {why}");
+        return Ok(());
+    }
+    // Root is alice for the bypass audit's grant check.
+    let f = Fixture::start_with("[bypass]\nuid_subjects = { \"0\" = \"alice\" }")?;
+    let started = f
+        .cluster
+        .wait_for_audit("web-1", WAIT, |e| e["event"] == "agent.started")?;
+    if started["bypass_mode"] == "off" {
+        eprintln!("SKIPPED: the bypass audit is unavailable here: {started}");
+        return Ok(());
+    }
+
+    // No grant yet: a File System Activity Open and a Detection Finding about it.
+    let pid = cat(&f.api_log())?;
+    let finding = f.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.finding" && e["pid"] == pid
+    })?;
+    let raw = f.cluster.agent_audit_raw("web-1");
+    check_records(&raw);
+    let read = raw
+        .iter()
+        .find(|r| {
+            event_name(r) == Some("bypass.read") && record_field(r, "pid") == Some(&pid.into())
+        })
+        .expect("the bypass.read before its finding");
+    let alert = raw
+        .iter()
+        .find(|r| r["seq"] == finding["seq"])
+        .expect("the finding's raw record");
+    assert_eq!(read["type_uid"], 100114);
+    assert_eq!(read["actor"]["process"]["pid"], pid);
+    assert_eq!(
+        read["actor"]["user"]["uid"],
+        "spiffe://loggate.local/user/alice"
+    );
+    assert_eq!(read["file"]["name"], "api.log");
+    assert_eq!(read["severity_id"], 4);
+    assert_eq!(alert["type_uid"], 200401);
+    assert_eq!(finding["read_seq"], read["seq"]);
+    assert_eq!(
+        alert["finding_info"]["uid"],
+        read["unmapped"]["loggate"]["finding_uid"]
+    );
+    assert_eq!(alert["is_alert"], true);
+    assert_eq!(alert["evidences"][0]["actor"]["process"]["pid"], pid);
+
+    // With a grant covering the file: the open is still audited, but raises no finding.
+    let grant = f.grant("alice", "30m")?;
+    let pid = cat(&f.api_log())?;
+    let read = f.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["pid"] == pid
+    })?;
+    assert_eq!(read["holds_grant"], true, "{read}");
+    assert_eq!(read["grant_ids"], serde_json::json!([grant]));
+    assert_eq!(read["finding_uid"], Value::Null);
+    // A finding would follow its read at once; give it a moment to show that none does.
+    std::thread::sleep(Duration::from_millis(500));
+    let raw = f.cluster.agent_audit_raw("web-1");
+    check_records(&raw);
+    assert!(
+        !raw.iter().any(|r| event_name(r) == Some("bypass.finding")
+            && record_field(r, "read_seq") == Some(&read["seq"])),
+        "a finding for a reader holding a grant"
+    );
+    Ok(())
+}
+
+#[test]
+fn rotated_audit_files_verify_as_one_chain_and_the_new_file_on_its_own() -> anyhow::Result<()> {
+    let mut f = Fixture::start_with("audit_rotate_bytes = 4000\naudit_keep_files = 1")?;
+    f.grant("alice", "30m")?;
+    let dir = f.cluster.agents["web-1"].dir.clone();
+    let current = dir.join("audit.jsonl");
+    // Reads until the agent's once-a-second check has rotated twice (one file kept).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rotated = loop {
+        assert!(f.logs("alice", &["cat", &f.api_log()])?.status.success());
+        let rotated = loggate_core::audit::rotated_files(&current)?;
+        let first = f.cluster.agent_audit_raw("web-1").into_iter().next();
+        let deleted = first
+            .as_ref()
+            .and_then(|r| record_field(r, "deleted_files"))
+            .and_then(Value::as_array)
+            .is_some_and(|d| !d.is_empty());
+        if deleted {
+            break rotated;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no second rotation in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    f.cluster.stop_agent("web-1");
+    assert_eq!(rotated.len(), 1, "{rotated:?}");
+    let raw = f.cluster.agent_audit_raw("web-1");
+    check_records(&raw);
+    let first = &raw[0];
+    assert_eq!(event_name(first), Some("audit.rotated"));
+    assert_eq!(first["type_uid"], 100806);
+    let verify = |files: &[&std::path::Path]| {
+        let mut args = vec!["audit".to_string(), "verify".to_string()];
+        args.extend(files.iter().map(|p| p.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        f.cluster.run_cli("alice", &args)
+    };
+    let out = verify(&[&rotated[0], &current])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = verify(&[&current])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("continues rotated file"),
+        "{}",
+        text(&out).1
+    );
+    // The wrong order breaks the chain.
+    let out = verify(&[&current, &rotated[0]])?;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out).1);
+    Ok(())
+}
