@@ -566,3 +566,130 @@ impl Store {
         Ok(rows)
     }
 }
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+    use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy};
+    use std::time::Duration;
+
+    /// The checkpoint lines of a fresh chain of `events` records by web-1, one checkpoint per
+    /// `every` records.
+    fn chain(dir: &Path, name: &str, every: u64, events: u64) -> Vec<(Checkpoint, String)> {
+        let key = CheckpointKey::load_or_create(&dir.join(format!("{name}.key"))).unwrap();
+        let path = dir.join(format!("{name}.jsonl"));
+        let policy = CheckpointPolicy {
+            every,
+            interval: Duration::from_secs(3600),
+        };
+        let mut log = AuditLog::open(&path, "web-1")
+            .unwrap()
+            .with_checkpoints(key, policy);
+        for _ in 0..events {
+            log.append("e", serde_json::Map::new()).unwrap();
+        }
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| Some((Checkpoint::parse_line(l).ok()?, l.to_string())))
+            .collect()
+    }
+
+    fn add(store: &Store, (c, line): &(Checkpoint, String)) -> Arrival {
+        store.add_checkpoint(c, line, 0, |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn checkpoints_are_classified_against_those_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        // Seals 3, 7, 11.
+        let first = chain(dir.path(), "first", 3, 9);
+        assert_eq!(
+            first.iter().map(|(c, _)| c.sealed_seq).collect::<Vec<_>>(),
+            vec![3, 7, 11]
+        );
+        for c in &first {
+            assert_eq!(add(&store, c), Arrival::New);
+        }
+        assert_eq!(add(&store, &first[1]), Arrival::Duplicate);
+        // The file was reset: a new chain seals 2 (lower, never held) and 3 (held, other head).
+        let reset = chain(dir.path(), "reset", 2, 2);
+        assert_eq!(reset[0].0.sealed_seq, 2);
+        assert_eq!(
+            add(&store, &reset[0]),
+            Arrival::SequenceWentBackwards {
+                held_sealed_seq: 11
+            }
+        );
+        let rewrite = chain(dir.path(), "rewrite", 3, 3);
+        assert_eq!(
+            add(&store, &rewrite[0]),
+            Arrival::HeadChanged {
+                held_head: first[0].0.head.clone()
+            }
+        );
+        let rows = store.checkpoints("web-1", 0, 100).unwrap();
+        let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(
+            statuses,
+            vec!["ok", "ok", "ok", "sequence_went_backwards", "head_changed"]
+        );
+        assert_eq!(
+            store.last_checkpoint("web-1").unwrap(),
+            Some((3, rewrite[0].0.head.clone()))
+        );
+    }
+
+    #[test]
+    fn a_failed_alert_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let first = chain(dir.path(), "first", 3, 6);
+        add(&store, &first[1]);
+        let (c, line) = &first[0];
+        let result = store.add_checkpoint(c, line, 0, |_| anyhow::bail!("audit disk full"));
+        assert!(result.is_err());
+        assert_eq!(store.checkpoints("web-1", 0, 100).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn held_checkpoints_and_keys_cannot_be_changed_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        add(&store, &chain(dir.path(), "first", 3, 3)[0]);
+        store
+            .check_checkpoint_key("web-1", "ed25519:k1 00", 0, || Ok(()))
+            .unwrap();
+        let conn = store.conn();
+        for sql in [
+            "UPDATE checkpoints SET head = 'x'",
+            "DELETE FROM checkpoints",
+            "UPDATE checkpoint_keys SET key = 'x'",
+            "DELETE FROM checkpoint_keys",
+        ] {
+            let err = conn.execute(sql, []).unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+    }
+
+    #[test]
+    fn checkpoint_key_is_enrolled_once_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut audited = 0;
+        let check = |key: &str, audited: &mut i32| {
+            store
+                .check_checkpoint_key("web-1", key, 0, || {
+                    *audited += 1;
+                    Ok(())
+                })
+                .unwrap()
+        };
+        assert_eq!(check("k1", &mut audited), KeyCheck::Enrolled);
+        assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
+        assert_eq!(check("k2", &mut audited), KeyCheck::Differs("k1".into()));
+        assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
+        assert_eq!(audited, 1, "only the enrolment is audited here");
+    }
+}
