@@ -113,7 +113,7 @@ impl Spool {
         let meta = file.metadata().await?;
         Ok(Spool {
             path: path.to_path_buf(),
-            reader: BufReader::new(file),
+            reader: BufReader::with_capacity(256 * 1024, file),
             identity: (meta.dev(), meta.ino()),
             offset: 0,
             partial: Vec::new(),
