@@ -150,7 +150,7 @@ fn checkpoints_reach_the_controller_and_an_intact_file_verifies_with_an_unsealed
 }
 
 #[test]
-fn checkpoints_missed_during_a_controller_outage_arrive_afterwards() {
+fn checkpoints_missed_during_a_controller_outage_arrive_afterwards_and_a_restart_resumes_quietly() {
     let mut fx = start();
     wait_all_held(&fx, 1, Duration::from_secs(30));
     fx.cluster.stop_controller();
@@ -170,6 +170,20 @@ fn checkpoints_missed_during_a_controller_outage_arrive_afterwards() {
         held.len(),
         "resent checkpoints are stored once"
     );
+
+    // An ordinary agent restart resumes where the controller is: no alert, nothing stored twice.
+    fx.cluster.stop_agent("web-1");
+    fx.cluster.start_agent("web-1").unwrap();
+    activity(&fx, 5);
+    let after_restart = wait_all_held(&fx, after.len() + 2, Duration::from_secs(30));
+    let held = fx.cluster.held_checkpoints("web-1").unwrap();
+    assert_eq!(held.len(), after_restart.len());
+    assert!(held.iter().all(|c| c["status"] == "ok"), "{held:?}");
+    assert!(!fx
+        .cluster
+        .controller_audit()
+        .iter()
+        .any(|e| event_name(e) == Some("audit.checkpoint_conflict")));
 }
 
 #[test]
