@@ -4,6 +4,8 @@
 
 mod anchor;
 
+pub use anchor::enrol_checkpoint_keys;
+
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
 use loggate_core::audit::SharedAuditLog;
 use loggate_core::audit_fields;

@@ -430,7 +430,7 @@ impl Store {
 
     /// Checks `key` against the checkpoint key enrolled for `agent_id`, enrolling it when there
     /// is none: `record` runs first (it writes the audit event) and an error from it enrols
-    /// nothing. A key is never replaced here.
+    /// nothing. A key is never replaced here (see [`Store::enrol_checkpoint_key`]).
     pub fn check_checkpoint_key(
         &self,
         agent_id: &str,
@@ -440,28 +440,50 @@ impl Store {
     ) -> anyhow::Result<KeyCheck> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let enrolled: Option<String> = tx
-            .query_row(
-                "SELECT key FROM checkpoint_keys WHERE agent_id = ?1 ORDER BY id DESC LIMIT 1",
-                params![agent_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let check = match enrolled {
+        let check = match current_checkpoint_key(&tx, agent_id)? {
             Some(k) if k == key => KeyCheck::Matches,
             Some(k) => KeyCheck::Differs(k),
             None => {
                 record()?;
-                tx.execute(
-                    "INSERT INTO checkpoint_keys (agent_id, key, enrolled_at, how)
-                     VALUES (?1, ?2, ?3, 'first_use')",
-                    params![agent_id, key, now],
-                )?;
+                append_checkpoint_key(&tx, agent_id, key, now, "first_use")?;
                 KeyCheck::Enrolled
             }
         };
         tx.commit()?;
         Ok(check)
+    }
+
+    /// Makes `key` the checkpoint key of `agent_id` by an admin's configuration, unless it is
+    /// already: `record` runs first (the audit event). Earlier keys stay on record, and
+    /// checkpoints they signed stay valid. True when the key was enrolled now.
+    pub fn enrol_checkpoint_key(
+        &self,
+        agent_id: &str,
+        key: &str,
+        now: i64,
+        record: impl FnOnce(Option<&str>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current = current_checkpoint_key(&tx, agent_id)?;
+        if current.as_deref() == Some(key) {
+            return Ok(false);
+        }
+        record(current.as_deref())?;
+        append_checkpoint_key(&tx, agent_id, key, now, "configured")?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every checkpoint key ever enrolled for `agent_id`, oldest first.
+    pub fn checkpoint_keys(&self, agent_id: &str) -> anyhow::Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT key FROM checkpoint_keys WHERE agent_id = ?1 ORDER BY id")?;
+        let keys = stmt
+            .query_map(params![agent_id], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(keys)
     }
 
     /// Appends a checkpoint (already verified) unless the identical line is held, and tells how
@@ -565,6 +587,29 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+fn current_checkpoint_key(conn: &Connection, agent_id: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT key FROM checkpoint_keys WHERE agent_id = ?1 ORDER BY id DESC LIMIT 1",
+        params![agent_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn append_checkpoint_key(
+    conn: &Connection,
+    agent_id: &str,
+    key: &str,
+    now: i64,
+    how: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO checkpoint_keys (agent_id, key, enrolled_at, how) VALUES (?1, ?2, ?3, ?4)",
+        params![agent_id, key, now, how],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -691,5 +736,19 @@ mod checkpoint_tests {
         assert_eq!(check("k2", &mut audited), KeyCheck::Differs("k1".into()));
         assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
         assert_eq!(audited, 1, "only the enrolment is audited here");
+        // An admin's configuration replaces it; the old key stays on record.
+        let enrolled = store
+            .enrol_checkpoint_key("web-1", "k2", 0, |old| {
+                assert_eq!(old, Some("k1"));
+                Ok(())
+            })
+            .unwrap();
+        assert!(enrolled);
+        assert!(!store
+            .enrol_checkpoint_key("web-1", "k2", 0, |_| panic!("enrolled twice"))
+            .unwrap());
+        assert_eq!(check("k2", &mut audited), KeyCheck::Matches);
+        assert_eq!(check("k1", &mut audited), KeyCheck::Differs("k2".into()));
+        assert_eq!(store.checkpoint_keys("web-1").unwrap(), vec!["k1", "k2"]);
     }
 }

@@ -446,3 +446,46 @@ fn agent_reporting_another_hosts_checkpoints_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
 }
+
+#[test]
+fn changed_agent_key_is_refused_until_an_admin_enrols_it() {
+    let mut fx = start();
+    let before = wait_all_held(&fx, 1, Duration::from_secs(30));
+    // The agent's state is replaced: it makes a new checkpoint key at start.
+    fx.cluster.stop_agent("web-1");
+    std::fs::remove_file(agent_dir(&fx).join("state/audit-signing.key")).unwrap();
+    fx.cluster.start_agent("web-1").unwrap();
+    activity(&fx, 4);
+    wait_until("the new key is refused", Duration::from_secs(30), || {
+        refused_codes(&fx).contains(&"key_changed".to_string())
+    });
+    let new_lines: Vec<String> = checkpoint_lines(&audit_file(&fx))
+        .into_iter()
+        .filter(|l| !before.contains(l))
+        .collect();
+    assert!(!new_lines.is_empty());
+    let held = held_lines(&fx);
+    assert!(new_lines.iter().all(|l| !held.contains(l)));
+
+    // An admin enrols the new key through the controller's configuration.
+    let keys = fx.cluster.dir.join("checkpoint-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(public_key_file(&fx), keys.join("web-1.pub")).unwrap();
+    let config = std::fs::read_to_string(&fx.cluster.controller_config).unwrap();
+    let config = config.replace(
+        "[tls]",
+        "enrol_checkpoint_keys = \"checkpoint-keys\"\n\n[tls]",
+    );
+    std::fs::write(&fx.cluster.controller_config, config).unwrap();
+    fx.cluster.stop_controller();
+    fx.cluster.start_controller().unwrap();
+    wait_all_held(&fx, before.len() + new_lines.len(), Duration::from_secs(60));
+    let enrolments: Vec<String> = fx
+        .cluster
+        .controller_audit()
+        .iter()
+        .filter(|e| event_name(e) == Some("audit.checkpoint_key_enrolled"))
+        .filter_map(|e| record_field(e, "how")?.as_str().map(String::from))
+        .collect();
+    assert_eq!(enrolments, vec!["first_use", "configured"]);
+}

@@ -5,17 +5,19 @@
 //! The key: the controller learns an agent's checkpoint public key on first use (the agent
 //! sends it with its mTLS identity), records that in its audit, and from then on refuses any
 //! other key for that agent, audited as an alert. A key change therefore never goes unnoticed;
-//! an admin who has replaced an agent's state must enrol the new key deliberately (not built
-//! yet: today the old one stays).
+//! an admin who has replaced an agent's state enrols the new key deliberately
+//! (`enrol_checkpoint_keys`, read at start, also audited).
 
 use super::{internal, ControllerService};
-use crate::store::{Arrival, KeyCheck};
-use loggate_core::audit::{Checkpoint, VerifyKey};
+use crate::store::{Arrival, KeyCheck, Store};
+use anyhow::Context;
+use loggate_core::audit::{AuditLog, Checkpoint, VerifyKey};
 use loggate_core::audit_fields;
 use loggate_core::grant::unix_now;
 use loggate_core::identity::{is_valid_name, Role};
 use loggate_core::tls::peer_identity;
 use loggate_proto as pb;
+use std::path::Path;
 use tonic::{Request, Response, Status};
 
 /// Most checkpoint lines in one report, and the longest line accepted.
@@ -51,6 +53,16 @@ impl ControllerService {
         let key = VerifyKey::parse(&req.checkpoint_key)
             .map_err(|e| Status::invalid_argument(format!("checkpoint_key: {e}")))?;
         self.check_agent_key(agent_id, &key)?;
+        // Checkpoints signed by an earlier key of this agent (before an admin enrolled the
+        // current one) stay valid.
+        let keys = self
+            .store
+            .checkpoint_keys(agent_id)
+            .map_err(internal)?
+            .iter()
+            .map(|k| VerifyKey::parse(k))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(internal)?;
         // Every line is checked before any is stored: a report is taken whole or not at all.
         let mut checked = Vec::with_capacity(req.lines.len());
         for (i, line) in req.lines.iter().enumerate() {
@@ -67,15 +79,14 @@ impl ControllerService {
                     ),
                 ));
             }
-            if let Err(e) = checkpoint.verify(std::slice::from_ref(&key)) {
+            if let Err(e) = checkpoint.verify(&keys) {
                 return Err(self.refuse_checkpoints(
                     agent_id,
                     "bad_signature",
                     format!(
-                        "checkpoint {} (sealed seq {}) does not verify with agent {agent_id}'s enrolled checkpoint key {}: {e}",
+                        "checkpoint {} (sealed seq {}) does not verify with agent {agent_id}'s enrolled checkpoint keys: {e}",
                         i + 1,
                         checkpoint.sealed_seq,
-                        key.key_id()
                     ),
                 ));
             }
@@ -217,4 +228,49 @@ impl ControllerService {
         }
         self.audit("audit.checkpoint_conflict", fields)
     }
+}
+
+/// `enrol_checkpoint_keys`: enrols each `<agent-id>.pub` in `dir` as that agent's checkpoint
+/// key (audited), unless it is already the enrolled one.
+pub fn enrol_checkpoint_keys(
+    store: &Store,
+    audit: &mut AuditLog,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("enrol_checkpoint_keys: cannot read {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(agent_id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".pub"))
+        else {
+            continue;
+        };
+        let what = || format!("enrol_checkpoint_keys: {}", path.display());
+        if !is_valid_name(agent_id) {
+            anyhow::bail!("{}: {agent_id:?} is not a valid agent id", what());
+        }
+        let text = std::fs::read_to_string(&path).with_context(what)?;
+        let key = VerifyKey::parse(&text).with_context(what)?;
+        let enrolled = store.enrol_checkpoint_key(agent_id, &key.to_text(), unix_now(), |old| {
+            audit.append(
+                "audit.checkpoint_key_enrolled",
+                audit_fields!(
+                    "agent_id" => agent_id, "key_id" => key.key_id(), "key" => key.to_text(),
+                    "how" => "configured", "replaces" => old.map(String::from),
+                ),
+            )?;
+            Ok(())
+        })?;
+        if enrolled {
+            tracing::info!(
+                agent = agent_id,
+                key = key.key_id(),
+                "enrolled configured checkpoint key"
+            );
+        }
+    }
+    Ok(())
 }
