@@ -39,6 +39,7 @@ async fn anchor_once(
     key: &VerifyKey,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
+    let durable = shared.audit_log.durable();
     let mut client = watch::connect(&shared.config).await?;
     let report = |lines: Vec<String>| pb::ReportCheckpointsRequest {
         agent_id: shared.config.id.clone(),
@@ -57,7 +58,7 @@ async fn anchor_once(
     )
     .await?;
     loop {
-        let batch = spool.next_batch().await?;
+        let batch = spool.next_batch(durable.get()).await?;
         if batch.is_empty() {
             tokio::time::sleep(POLL).await;
             spool.check_unchanged().await?;
@@ -82,6 +83,8 @@ struct Spool {
     offset: u64,
     /// A line not yet ended by its newline (the writer is mid-append, or it was torn).
     partial: Vec<u8>,
+    /// A checkpoint read but not yet durable (its seq and line), sent once it is.
+    held_back: Option<(u64, String)>,
 }
 
 impl Spool {
@@ -93,7 +96,7 @@ impl Spool {
             return Ok(spool);
         }
         while let Some(line) = spool.next_line().await? {
-            if let Some(c) = checkpoint_of(&line) {
+            if let Some((_, c)) = checkpoint_of(&line) {
                 if c.sealed_seq == sealed_seq && c.head == head {
                     return Ok(spool);
                 }
@@ -117,6 +120,7 @@ impl Spool {
             identity: (meta.dev(), meta.ino()),
             offset: 0,
             partial: Vec::new(),
+            held_back: None,
         })
     }
 
@@ -132,19 +136,34 @@ impl Spool {
         Ok(Some(line))
     }
 
-    /// The checkpoint lines written since the last call, at most one report's worth.
-    async fn next_batch(&mut self) -> anyhow::Result<Vec<String>> {
+    /// The checkpoint lines written since the last call, at most one report's worth, up to the
+    /// record `durable_seq`: a record not yet synced may still be cut off by a failed sync, and
+    /// the controller must never hold a checkpoint the file then loses.
+    async fn next_batch(&mut self, durable_seq: u64) -> anyhow::Result<Vec<String>> {
         let mut batch = Vec::new();
         let mut bytes = 0;
         while batch.len() < MAX_BATCH_LINES && bytes < MAX_BATCH_BYTES {
-            let Some(line) = self.next_line().await? else {
-                break;
+            let (seq, line) = match self.held_back.take() {
+                Some(held) => held,
+                None => {
+                    let Some(line) = self.next_line().await? else {
+                        break;
+                    };
+                    let Some((seq, _)) = checkpoint_of(&line) else {
+                        continue;
+                    };
+                    (
+                        seq,
+                        String::from_utf8(line).context("checkpoint line is not UTF-8")?,
+                    )
+                }
             };
-            if checkpoint_of(&line).is_some() {
-                let line = String::from_utf8(line).context("checkpoint line is not UTF-8")?;
-                bytes += line.len();
-                batch.push(line);
+            if seq > durable_seq {
+                self.held_back = Some((seq, line));
+                break;
             }
+            bytes += line.len();
+            batch.push(line);
         }
         Ok(batch)
     }
@@ -162,8 +181,11 @@ impl Spool {
     }
 }
 
-/// The checkpoint a line holds, if it is one (other records are skipped without parsing).
-fn checkpoint_of(line: &[u8]) -> Option<Checkpoint> {
+/// The checkpoint a line holds, with the line's own seq, if it is one (other records are
+/// skipped without parsing).
+fn checkpoint_of(line: &[u8]) -> Option<(u64, Checkpoint)> {
     memchr::memmem::find(line, CHECKPOINT_EVENT.as_bytes())?;
-    Checkpoint::parse_line(std::str::from_utf8(line).ok()?).ok()
+    let record: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let seq = record.get("seq")?.as_u64()?;
+    Some((seq, Checkpoint::from_record(&record).ok()??))
 }
