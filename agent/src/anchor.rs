@@ -189,3 +189,84 @@ fn checkpoint_of(line: &[u8]) -> Option<(u64, Checkpoint)> {
     let seq = record.get("seq")?.as_u64()?;
     Some((seq, Checkpoint::from_record(&record).ok()??))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy};
+    use loggate_core::audit_fields;
+
+    /// An audit file of 9 events by web-1 with a checkpoint after every 3: checkpoints are
+    /// seq 4 (sealing 3), 8 (sealing 7) and 12 (sealing 11).
+    fn audit_file(dir: &Path) -> PathBuf {
+        let key = CheckpointKey::load_or_create(&dir.join("audit.key")).unwrap();
+        let path = dir.join("audit.jsonl");
+        let policy = CheckpointPolicy {
+            every: 3,
+            interval: Duration::from_secs(3600),
+        };
+        let mut log = AuditLog::open(&path, "web-1")
+            .unwrap()
+            .with_checkpoints(key, policy);
+        for i in 0..9 {
+            log.append("e", audit_fields!("i" => i)).unwrap();
+        }
+        path
+    }
+
+    fn sealed(lines: &[String]) -> Vec<u64> {
+        lines
+            .iter()
+            .map(|l| Checkpoint::parse_line(l).unwrap().sealed_seq)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sends_only_durable_checkpoints_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = audit_file(dir.path());
+        let mut spool = Spool::open(&path, 0, "").await.unwrap();
+        assert_eq!(sealed(&spool.next_batch(9).await.unwrap()), vec![3, 7]);
+        assert!(
+            spool.next_batch(11).await.unwrap().is_empty(),
+            "seq 12 is not durable yet"
+        );
+        assert_eq!(sealed(&spool.next_batch(12).await.unwrap()), vec![11]);
+        assert!(spool.next_batch(u64::MAX).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn resumes_after_the_controllers_last_checkpoint_or_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = audit_file(dir.path());
+        let all = Spool::open(&path, 0, "")
+            .await
+            .unwrap()
+            .next_batch(u64::MAX)
+            .await
+            .unwrap();
+        let second = Checkpoint::parse_line(&all[1]).unwrap();
+        let mut spool = Spool::open(&path, second.sealed_seq, &second.head)
+            .await
+            .unwrap();
+        assert_eq!(sealed(&spool.next_batch(u64::MAX).await.unwrap()), vec![11]);
+        // The controller holds a checkpoint this file does not: everything is sent.
+        let mut spool = Spool::open(&path, 7, &"0".repeat(64)).await.unwrap();
+        assert_eq!(
+            sealed(&spool.next_batch(u64::MAX).await.unwrap()),
+            vec![3, 7, 11]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replaced_file_makes_the_spool_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = audit_file(dir.path());
+        let mut spool = Spool::open(&path, 0, "").await.unwrap();
+        spool.next_batch(u64::MAX).await.unwrap();
+        spool.check_unchanged().await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        assert!(spool.check_unchanged().await.is_err());
+    }
+}
