@@ -137,6 +137,34 @@ fn checkpoints_reach_the_controller_and_an_intact_file_verifies_with_an_unsealed
     let held = fx.cluster.held_checkpoints("web-1").unwrap();
     assert!(held.iter().all(|c| c["status"] == "ok"), "{held:?}");
     assert_eq!(held.len(), local.len(), "each checkpoint is held once");
+    // Paging through them one at a time gives the same list, oldest first.
+    let paged = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut admin = fx
+            .cluster
+            .controller_client_as("users/admin")
+            .await
+            .unwrap();
+        let mut lines = Vec::new();
+        let mut after_id = 0;
+        loop {
+            let page = admin
+                .list_checkpoints(pb::ListCheckpointsRequest {
+                    host: "web-1".into(),
+                    after_id,
+                    limit: 1,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .checkpoints;
+            let Some(last) = page.last() else { break };
+            assert_eq!(page.len(), 1);
+            after_id = last.id;
+            lines.push(last.line.clone());
+        }
+        lines
+    });
+    assert_eq!(paged, local);
     // The agent stops; its last records (agent.stopped) are after the last checkpoint.
     fx.cluster.stop_agent("web-1");
     let out = verify_anchored(&fx, &audit_file(&fx));

@@ -23,7 +23,8 @@ use tonic::{Request, Response, Status};
 /// Most checkpoint lines in one report, and the longest line accepted.
 pub const MAX_REPORT_LINES: usize = 64;
 pub const MAX_CHECKPOINT_LINE: usize = 8 * 1024;
-const DEFAULT_PAGE: u32 = 500;
+/// A page of checkpoints stays far below the 4 MiB a gRPC client accepts by default.
+const DEFAULT_PAGE: u32 = 200;
 
 impl ControllerService {
     pub(super) async fn report_checkpoints_for_agent(
