@@ -299,3 +299,32 @@ impl AgentConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+
+    fn policy(text: &str) -> anyhow::Result<CheckpointPolicy> {
+        toml::from_str::<CheckpointsFile>(text)?.validate()
+    }
+
+    #[test]
+    fn checkpoint_policy_defaults_to_1000_records_or_60s() {
+        let p = policy("").unwrap();
+        assert_eq!((p.every, p.interval), (1000, Duration::from_secs(60)));
+        let p = policy("every = 4\ninterval = \"1s\"").unwrap();
+        assert_eq!((p.every, p.interval), (4, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn checkpoint_policy_refuses_zero_short_or_unknown_settings() {
+        for bad in [
+            "every = 0",
+            "interval = \"10ms\"",
+            "interval = \"soon\"",
+            "evry = 3",
+        ] {
+            assert!(policy(bad).is_err(), "{bad}");
+        }
+    }
+}
