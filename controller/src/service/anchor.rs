@@ -64,7 +64,7 @@ impl ControllerService {
             .map(|k| VerifyKey::parse(k))
             .collect::<anyhow::Result<Vec<_>>>()
             .map_err(internal)?;
-        // Every line is checked before any is stored: a report is taken whole or not at all.
+        // Every line is checked before any is stored: a refused report stores nothing.
         let mut checked = Vec::with_capacity(req.lines.len());
         for (i, line) in req.lines.iter().enumerate() {
             let checkpoint = Checkpoint::parse_line(line)
