@@ -7,7 +7,7 @@ use crate::fs_access::LogRoot;
 use crate::redact::profile::{Profiles, RedactionConfigFile};
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
-use loggate_core::audit::RotationPolicy;
+use loggate_core::audit::{CheckpointPolicy, RotationPolicy};
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::is_valid_name;
 use loggate_core::tls::TlsFiles;
@@ -86,7 +86,51 @@ pub struct AgentConfigFile {
     /// Delivery of the audit file to SIEMs (`[[audit.sinks]]`).
     #[serde(default)]
     audit: AuditSection,
+    /// When the audit writer seals the chain with a signed checkpoint (`[checkpoints]`).
+    #[serde(default)]
+    checkpoints: CheckpointsFile,
     tls: TlsFiles,
+}
+
+/// `[checkpoints]`: a signed checkpoint after `every` records or `interval`, whichever first.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointsFile {
+    #[serde(default = "default_checkpoint_every")]
+    every: u64,
+    #[serde(default = "default_checkpoint_interval")]
+    interval: String,
+}
+
+fn default_checkpoint_every() -> u64 {
+    CheckpointPolicy::default().every
+}
+fn default_checkpoint_interval() -> String {
+    format!("{}s", CheckpointPolicy::default().interval.as_secs())
+}
+
+impl Default for CheckpointsFile {
+    fn default() -> Self {
+        CheckpointsFile {
+            every: default_checkpoint_every(),
+            interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+impl CheckpointsFile {
+    fn validate(&self) -> anyhow::Result<CheckpointPolicy> {
+        let interval = humantime::parse_duration(&self.interval).with_context(|| {
+            format!("checkpoints.interval {:?} is not a duration", self.interval)
+        })?;
+        if self.every == 0 || interval < Duration::from_secs(1) {
+            bail!("checkpoints: every must be at least 1 and interval at least 1s");
+        }
+        Ok(CheckpointPolicy {
+            every: self.every,
+            interval,
+        })
+    }
 }
 
 /// Per-request limits. Defaults are in `Limits::default`.
@@ -141,6 +185,7 @@ pub struct AgentConfig {
     pub profiles: Profiles,
     /// Validated `[[audit.sinks]]`.
     pub sinks: Vec<SinkConfig>,
+    pub checkpoints: CheckpointPolicy,
     pub tls: TlsFiles,
 }
 
@@ -247,7 +292,9 @@ impl AgentConfig {
         let profiles = Profiles::load(file.redaction, base)?;
         let bypass = file.bypass.clone().validate()?;
         let sinks = validate_sinks(&file.audit.sinks, base)?;
+        let checkpoints = file.checkpoints.validate()?;
         Ok(AgentConfig {
+            checkpoints,
             bypass,
             advertise: file.advertise.unwrap_or_else(|| file.listen.to_string()),
             id: file.id,
@@ -270,5 +317,34 @@ impl AgentConfig {
             sinks,
             tls: file.tls.relative_to(base),
         })
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+
+    fn policy(text: &str) -> anyhow::Result<CheckpointPolicy> {
+        toml::from_str::<CheckpointsFile>(text)?.validate()
+    }
+
+    #[test]
+    fn checkpoint_policy_defaults_to_1000_records_or_60s() {
+        let p = policy("").unwrap();
+        assert_eq!((p.every, p.interval), (1000, Duration::from_secs(60)));
+        let p = policy("every = 4\ninterval = \"1s\"").unwrap();
+        assert_eq!((p.every, p.interval), (4, Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn checkpoint_policy_refuses_zero_short_or_unknown_settings() {
+        for bad in [
+            "every = 0",
+            "interval = \"10ms\"",
+            "interval = \"soon\"",
+            "evry = 3",
+        ] {
+            assert!(policy(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `loggate-agent`: the per-host daemon that serves local log files over mTLS under signed,
 //! time-limited grants, and audits every decision.
 
+mod anchor;
 mod bypass;
 mod config;
 mod fs_access;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand};
 use config::AgentConfig;
 use grants::GrantStore;
 use loggate_core::audit::ship::{spawn_sinks, ShipContext};
-use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
+use loggate_core::audit::{AuditLog, CheckpointKey, SharedAuditLog};
 use loggate_core::audit_fields;
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
@@ -99,8 +100,9 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
     let checkpoint_key =
         CheckpointKey::load_or_create(&config.state_dir.join("audit-signing.key"))?;
+    let checkpoint_public = checkpoint_key.verify_key();
     let mut audit_log = AuditLog::open(&config.audit_log, &config.id)?
-        .with_checkpoints(checkpoint_key, CheckpointPolicy::default());
+        .with_checkpoints(checkpoint_key, config.checkpoints);
     let verifier = GrantVerifier::new(config.grant_keys.clone(), config.max_clock_skew);
     let audience = Audience {
         agent_id: config.id.clone(),
@@ -153,6 +155,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     tokio::spawn(watch::run(shared.clone()));
     tokio::spawn(expire_grants(shared.clone()));
+    tokio::spawn(anchor::run(shared.clone(), checkpoint_public));
     bypass.spawn(shared.clone())?;
 
     eprintln!("loggate-agent {} listening on {listen}", shared.config.id);

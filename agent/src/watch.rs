@@ -3,6 +3,7 @@
 //! and persists every pushed grant and revocation, and reconnects with jittered exponential
 //! back-off so a controller restart does not meet every agent at the same instant.
 
+use crate::config::AgentConfig;
 use crate::grants::{GrantStore, RevocationInfo};
 use crate::Shared;
 use loggate_core::audit_fields;
@@ -11,9 +12,9 @@ use loggate_proto as pb;
 use loggate_proto::controller_client::ControllerClient;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(250);
+pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A stream silent for this long (no heartbeat) is considered dead.
 const SILENCE: Duration = Duration::from_secs(35);
@@ -28,15 +29,20 @@ pub async fn run(shared: Arc<Shared>) {
             }
             Err(e) => tracing::warn!("grant stream to the controller: {e:#}"),
         }
-        // Full jitter: sleep a random time in [backoff/2, backoff].
-        let jitter = rand::random::<f64>() * 0.5 + 0.5;
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        pause(&mut backoff).await;
     }
 }
 
-async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
-    let config = &shared.config;
+/// Sleeps before the next attempt to reach the controller, then doubles `backoff` (up to 30 s).
+/// Full jitter: a random time in [backoff/2, backoff].
+pub async fn pause(backoff: &mut Duration) {
+    let jitter = rand::random::<f64>() * 0.5 + 0.5;
+    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+}
+
+/// A connection to the controller with the agent's mTLS identity.
+pub async fn connect(config: &AgentConfig) -> anyhow::Result<ControllerClient<Channel>> {
     let tls = config.tls.client_config("loggate-controller")?;
     let channel = Endpoint::from_shared(format!("https://{}", config.controller))?
         .connect_timeout(Duration::from_secs(5))
@@ -44,7 +50,12 @@ async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
         .tls_config(tls)?
         .connect()
         .await?;
-    let mut client = ControllerClient::new(channel).max_decoding_message_size(1 << 20);
+    Ok(ControllerClient::new(channel).max_decoding_message_size(1 << 20))
+}
+
+async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
+    let config = &shared.config;
+    let mut client = connect(config).await?;
     let mut stream = client
         .watch_grants(pb::WatchGrantsRequest {
             agent_id: config.id.clone(),

@@ -415,17 +415,42 @@ impl<W: Write> Output<'_, W> {
     }
 }
 
-/// `loggate audit verify FILE… [--key PUB]…`: the files are one chain, in the order given.
-pub fn audit_verify(paths: &[PathBuf], key_files: &[PathBuf]) -> CliResult {
+/// `loggate audit verify FILE… [--key PUB]… [--checkpoints FILE]`: the files are one chain, in
+/// the order given.
+pub fn audit_verify(
+    paths: &[PathBuf],
+    key_files: &[PathBuf],
+    checkpoints: Option<&std::path::Path>,
+) -> CliResult {
+    use loggate_core::audit::{read_external_checkpoints, verify_chain_anchored, VerifyKey};
     let mut keys = Vec::new();
     for k in key_files {
         let text =
             std::fs::read_to_string(k).map_err(|e| format!("cannot read {}: {e}", k.display()))?;
-        keys.push(
-            loggate_core::audit::VerifyKey::parse(&text)
-                .map_err(|e| format!("{}: {e}", k.display()))?,
-        );
+        keys.push(VerifyKey::parse(&text).map_err(|e| format!("{}: {e}", k.display()))?);
     }
+    let external = match checkpoints {
+        Some(c) => {
+            let file =
+                std::fs::File::open(c).map_err(|e| format!("cannot open {}: {e}", c.display()))?;
+            let held = read_external_checkpoints(std::io::BufReader::new(file))
+                .map_err(|e| format!("{}: {e}", c.display()))?;
+            if !keys.is_empty() {
+                for checkpoint in &held {
+                    checkpoint.verify(&keys).map_err(|e| Failure {
+                        code: 5,
+                        message: format!(
+                            "{}: the checkpoint sealing seq {} is not genuine: {e}",
+                            c.display(),
+                            checkpoint.sealed_seq
+                        ),
+                    })?;
+                }
+            }
+            held
+        }
+        None => Vec::new(),
+    };
     let mut input: Box<dyn std::io::Read> = Box::new(std::io::empty());
     for path in paths {
         let file = std::fs::File::open(path)
@@ -433,7 +458,7 @@ pub fn audit_verify(paths: &[PathBuf], key_files: &[PathBuf]) -> CliResult {
         input = Box::new(std::io::Read::chain(input, file));
     }
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let s = loggate_core::audit::verify_chain(std::io::BufReader::new(input), &keys).map_err(
+    let s = verify_chain_anchored(std::io::BufReader::new(input), &keys, &external).map_err(
         |broken| Failure {
             code: 5,
             message: format!(
@@ -466,9 +491,69 @@ pub fn audit_verify(paths: &[PathBuf], key_files: &[PathBuf]) -> CliResult {
             s.last_seq - s.sealed_through
         );
     }
-    eprintln!(
-        "note: truncation of the end or a re-signed rewrite of the whole file can only be detected \
-         against checkpoints kept off this host"
-    );
+    if checkpoints.is_none() {
+        eprintln!(
+            "note: truncation of the end or a re-signed rewrite of the whole file can only be detected \
+             against checkpoints kept off this host (--checkpoints)"
+        );
+    } else {
+        println!(
+            "anchored: {} checkpoints held off the host match, through seq {}",
+            external.len(),
+            s.anchored_through
+        );
+        if s.last_seq > s.anchored_through {
+            eprintln!(
+                "warning: {} records after seq {} (unsealed tail) are not anchored off the host yet",
+                s.last_seq - s.anchored_through,
+                s.anchored_through
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `loggate audit checkpoints --host H [--output json]`: the controller's checkpoints for a
+/// host, oldest first, on stdout. Text: the exact checkpoint records; JSON: one object per
+/// checkpoint with the controller's `id`, `received_at` and `status`. `audit verify
+/// --checkpoints` reads either.
+pub async fn audit_checkpoints(config: &ClientConfig, host: String, json: bool) -> CliResult {
+    let mut client = controller(config).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut after_id = 0;
+    let mut conflicts = 0;
+    loop {
+        let page = client
+            .list_checkpoints(pb::ListCheckpointsRequest {
+                host: host.clone(),
+                after_id,
+                limit: 0,
+            })
+            .await
+            .map_err(|s| explain(&s, "the controller"))?
+            .into_inner()
+            .checkpoints;
+        let Some(last) = page.last() else { break };
+        after_id = last.id;
+        for c in &page {
+            if c.status != "ok" {
+                conflicts += 1;
+            }
+            if json {
+                let record = serde_json::json!({
+                    "id": c.id, "host": host, "received_at": format_time(c.received_at_unix),
+                    "status": c.status, "line": c.line,
+                });
+                writeln!(out, "{record}")?;
+            } else {
+                writeln!(out, "{}", c.line)?;
+            }
+        }
+    }
+    out.flush()?;
+    if conflicts > 0 {
+        eprintln!("warning: {conflicts} of {host}'s checkpoints conflict with earlier ones (see their status with --output json)");
+    }
     Ok(())
 }

@@ -44,6 +44,10 @@ pub struct ControllerConfig {
     /// can be issued to people who have not contacted the controller yet.
     #[serde(default)]
     pub enrol_user_certs: Option<PathBuf>,
+    /// Optional folder of agents' checkpoint public keys (`<agent-id>.pub`, as the agent writes
+    /// `state/audit-signing.key.pub`) enrolled at start, replacing a key learned on first use.
+    #[serde(default)]
+    pub enrol_checkpoint_keys: Option<PathBuf>,
     /// The controller's own audit file (JSON lines, hash-chained).
     #[serde(default = "default_controller_audit")]
     pub audit_log: PathBuf,
@@ -66,6 +70,7 @@ impl ControllerConfig {
         config.database = base.join(&config.database);
         config.signing_key = base.join(&config.signing_key);
         config.enrol_user_certs = config.enrol_user_certs.map(|p| base.join(p));
+        config.enrol_checkpoint_keys = config.enrol_checkpoint_keys.map(|p| base.join(p));
         config.audit_log = base.join(&config.audit_log);
         config.tls = config.tls.relative_to(base);
         config.max_ttl_duration()?;

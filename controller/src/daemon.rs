@@ -25,10 +25,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = &config.enrol_user_certs {
         enrol_user_certs(&store, dir, &config.trust_domain)?;
     }
-    let audit = Arc::new(SharedAuditLog::new(AuditLog::open(
-        &config.audit_log,
-        "controller",
-    )?)?);
+    let mut audit_log = AuditLog::open(&config.audit_log, "controller")?;
+    if let Some(dir) = &config.enrol_checkpoint_keys {
+        crate::service::enrol_checkpoint_keys(&store, &mut audit_log, dir)?;
+    }
+    let audit = Arc::new(SharedAuditLog::new(audit_log)?);
     // Cursors and status files of the sinks sit next to the audit file they follow.
     let audit_dir = config.audit_log.parent().unwrap_or(Path::new("."));
     loggate_core::audit::ship::spawn_sinks(

@@ -62,6 +62,22 @@ enum AuditCommand {
         /// `state/audit-signing.key.pub`); repeatable. Without it signatures are not checked.
         #[arg(long = "key")]
         keys: Vec<PathBuf>,
+        /// Checkpoints held off the host (`loggate audit checkpoints --host H > FILE`): catches
+        /// a truncated tail and a rewrite of the whole file, even a re-signed one.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
+    /// Export the checkpoints the controller holds for a host (admins), oldest first, in a
+    /// format `audit verify --checkpoints` reads.
+    Checkpoints {
+        /// The agent id.
+        #[arg(long)]
+        host: String,
+        /// text: the exact checkpoint records; json: with the controller's id, time and status.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        client: ClientOpts,
     },
 }
 
@@ -226,7 +242,16 @@ async fn run(cli: Cli) -> CliResult {
             .await
             .map_err(|e| Failure::from(format!("{e:#}"))),
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
-        Command::Audit(AuditCommand::Verify { files, keys }) => cli::audit_verify(&files, &keys),
+        Command::Audit(AuditCommand::Verify {
+            files,
+            keys,
+            checkpoints,
+        }) => cli::audit_verify(&files, &keys, checkpoints.as_deref()),
+        Command::Audit(AuditCommand::Checkpoints {
+            host,
+            output,
+            client,
+        }) => cli::audit_checkpoints(&client.load()?, host, matches!(output, Output::Json)).await,
         Command::Grant(GrantCommand::Issue {
             subject,
             hosts,

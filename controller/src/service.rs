@@ -2,6 +2,10 @@
 //! signed with the controller's key, and pushed to the agents they cover over each agent's
 //! `WatchGrants` stream.
 
+mod anchor;
+
+pub use anchor::enrol_checkpoint_keys;
+
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
 use loggate_core::audit::SharedAuditLog;
 use loggate_core::audit_fields;
@@ -543,5 +547,19 @@ impl Controller for ControllerService {
             key_sha256: user.key_sha256_hex(),
             enrolled_key_sha256: enrolled,
         }))
+    }
+
+    async fn report_checkpoints(
+        &self,
+        request: Request<pb::ReportCheckpointsRequest>,
+    ) -> Result<Response<pb::ReportCheckpointsResponse>, Status> {
+        self.report_checkpoints_for_agent(request).await
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        self.list_checkpoints_of_host(request).await
     }
 }

@@ -1,11 +1,14 @@
 //! The controller's state in SQLite: grants, their revocations, the revision log agents resume
-//! from, the agent registry and the enrolled user keys.
+//! from, the agent registry, the enrolled user keys, and the agents' audit checkpoints with the
+//! keys they are signed by (append-only: triggers refuse every UPDATE and DELETE).
 //!
 //! Every grant and every revocation appends one row to `revisions`; its rowid is the revision
 //! number pushed to agents, so an agent that reconnects asks for "everything after N".
 
 use anyhow::Context;
+use loggate_core::audit::Checkpoint;
 use rusqlite::{params, Connection, OptionalExtension};
+use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -54,6 +57,49 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// How a checkpoint reported by an agent relates to the ones already held for its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// The identical line is held already: nothing changes.
+    Duplicate,
+    /// Extends (or repeats the state of) what is held.
+    New,
+    /// Seals less than a checkpoint already held (e.g. the audit file was reset).
+    SequenceWentBackwards { held_sealed_seq: u64 },
+    /// Another head is held for the same `sealed_seq` (the file was rewritten).
+    HeadChanged { held_head: String },
+}
+
+impl Arrival {
+    /// The stored status: `ok`, or the conflict.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Arrival::Duplicate | Arrival::New => "ok",
+            Arrival::SequenceWentBackwards { .. } => "sequence_went_backwards",
+            Arrival::HeadChanged { .. } => "head_changed",
+        }
+    }
+}
+
+/// A checkpoint as the controller keeps it.
+#[derive(Debug, Clone)]
+pub struct CheckpointRow {
+    pub id: u64,
+    pub line: String,
+    pub received_at: i64,
+    pub status: String,
+}
+
+/// The agent's checkpoint key against the one enrolled for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// None was enrolled: this one is now (trust on first use).
+    Enrolled,
+    Matches,
+    /// Another key is enrolled (returned); the offered one is not taken.
+    Differs(String),
+}
+
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
@@ -91,6 +137,33 @@ CREATE TABLE IF NOT EXISTS user_keys (
     key_sha256 TEXT NOT NULL,
     updated INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checkpoint_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    enrolled_at INTEGER NOT NULL,
+    how TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    origin TEXT NOT NULL,
+    sealed_seq INTEGER NOT NULL,
+    head TEXT NOT NULL,
+    line TEXT NOT NULL,
+    line_sha256 TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'sequence_went_backwards', 'head_changed')),
+    UNIQUE (origin, line_sha256)
+);
+CREATE INDEX IF NOT EXISTS checkpoints_by_seq ON checkpoints (origin, sealed_seq);
+CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_update BEFORE UPDATE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_delete BEFORE DELETE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoint_keys_append_only_update BEFORE UPDATE ON checkpoint_keys
+    BEGIN SELECT RAISE(ABORT, 'checkpoint keys are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoint_keys_append_only_delete BEFORE DELETE ON checkpoint_keys
+    BEGIN SELECT RAISE(ABORT, 'checkpoint keys are append-only'); END;
 ";
 
 fn to_json(list: &[String]) -> String {
@@ -353,5 +426,329 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Checks `key` against the checkpoint key enrolled for `agent_id`, enrolling it when there
+    /// is none: `record` runs first (it writes the audit event) and an error from it enrols
+    /// nothing. A key is never replaced here (see [`Store::enrol_checkpoint_key`]).
+    pub fn check_checkpoint_key(
+        &self,
+        agent_id: &str,
+        key: &str,
+        now: i64,
+        record: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<KeyCheck> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let check = match current_checkpoint_key(&tx, agent_id)? {
+            Some(k) if k == key => KeyCheck::Matches,
+            Some(k) => KeyCheck::Differs(k),
+            None => {
+                record()?;
+                append_checkpoint_key(&tx, agent_id, key, now, "first_use")?;
+                KeyCheck::Enrolled
+            }
+        };
+        tx.commit()?;
+        Ok(check)
+    }
+
+    /// Makes `key` the checkpoint key of `agent_id` by an admin's configuration, unless it is
+    /// already: `record` runs first (the audit event). Earlier keys stay on record, and
+    /// checkpoints they signed stay valid. True when the key was enrolled now.
+    pub fn enrol_checkpoint_key(
+        &self,
+        agent_id: &str,
+        key: &str,
+        now: i64,
+        record: impl FnOnce(Option<&str>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let current = current_checkpoint_key(&tx, agent_id)?;
+        if current.as_deref() == Some(key) {
+            return Ok(false);
+        }
+        record(current.as_deref())?;
+        append_checkpoint_key(&tx, agent_id, key, now, "configured")?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Every checkpoint key ever enrolled for `agent_id`, oldest first.
+    pub fn checkpoint_keys(&self, agent_id: &str) -> anyhow::Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT key FROM checkpoint_keys WHERE agent_id = ?1 ORDER BY id")?;
+        let keys = stmt
+            .query_map(params![agent_id], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(keys)
+    }
+
+    /// Appends a checkpoint (already verified) unless the identical line is held, and tells how
+    /// it relates to those held for its origin. `record` runs before anything is stored (it
+    /// writes the alert of a conflict); an error from it stores nothing.
+    pub fn add_checkpoint(
+        &self,
+        checkpoint: &Checkpoint,
+        line: &str,
+        now: i64,
+        record: impl FnOnce(&Arrival) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Arrival> {
+        let line_sha256 = hex::encode(Sha256::digest(line.as_bytes()));
+        let sealed = i64::try_from(checkpoint.sealed_seq).context("sealed_seq is too large")?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let origin = &checkpoint.origin;
+        let head = &checkpoint.head;
+        let exists = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Option<String>> {
+            tx.query_row(sql, p, |r| r.get(0)).optional()
+        };
+        let duplicate = exists(
+            "SELECT head FROM checkpoints WHERE origin = ?1 AND line_sha256 = ?2",
+            params![origin, line_sha256],
+        )?;
+        let other_head = exists(
+            "SELECT head FROM checkpoints WHERE origin = ?1 AND sealed_seq = ?2 AND head != ?3 LIMIT 1",
+            params![origin, sealed, head],
+        )?;
+        let same_state = exists(
+            "SELECT head FROM checkpoints WHERE origin = ?1 AND sealed_seq = ?2 AND head = ?3 LIMIT 1",
+            params![origin, sealed, head],
+        )?;
+        let highest: Option<i64> = tx.query_row(
+            "SELECT MAX(sealed_seq) FROM checkpoints WHERE origin = ?1",
+            params![origin],
+            |r| r.get(0),
+        )?;
+        let arrival = match (duplicate, other_head, same_state, highest) {
+            (Some(_), ..) => Arrival::Duplicate,
+            (None, Some(held_head), ..) => Arrival::HeadChanged { held_head },
+            // A second checkpoint of a state already held (same seq, same head) loses nothing.
+            (None, None, None, Some(h)) if h > sealed => Arrival::SequenceWentBackwards {
+                held_sealed_seq: h as u64,
+            },
+            _ => Arrival::New,
+        };
+        if arrival != Arrival::Duplicate {
+            record(&arrival)?;
+            tx.execute(
+                "INSERT INTO checkpoints (origin, sealed_seq, head, line, line_sha256, received_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    checkpoint.origin,
+                    sealed,
+                    checkpoint.head,
+                    line,
+                    line_sha256,
+                    now,
+                    arrival.status()
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(arrival)
+    }
+
+    /// The (sealed_seq, head) of the checkpoint received last for `origin`.
+    pub fn last_checkpoint(&self, origin: &str) -> anyhow::Result<Option<(u64, String)>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT sealed_seq, head FROM checkpoints WHERE origin = ?1 ORDER BY id DESC LIMIT 1",
+                params![origin],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The checkpoints held for `origin` stored after `after_id`, oldest first, at most `limit`.
+    pub fn checkpoints(
+        &self,
+        origin: &str,
+        after_id: u64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<CheckpointRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, line, received_at, status FROM checkpoints
+             WHERE origin = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![origin, after_id as i64, limit], |r| {
+                Ok(CheckpointRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    line: r.get(1)?,
+                    received_at: r.get(2)?,
+                    status: r.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+fn current_checkpoint_key(conn: &Connection, agent_id: &str) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT key FROM checkpoint_keys WHERE agent_id = ?1 ORDER BY id DESC LIMIT 1",
+        params![agent_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn append_checkpoint_key(
+    conn: &Connection,
+    agent_id: &str,
+    key: &str,
+    now: i64,
+    how: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO checkpoint_keys (agent_id, key, enrolled_at, how) VALUES (?1, ?2, ?3, ?4)",
+        params![agent_id, key, now, how],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+    use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy};
+    use std::time::Duration;
+
+    /// The checkpoint lines of a fresh chain of `events` records by web-1, one checkpoint per
+    /// `every` records.
+    fn chain(dir: &Path, name: &str, every: u64, events: u64) -> Vec<(Checkpoint, String)> {
+        let key = CheckpointKey::load_or_create(&dir.join(format!("{name}.key"))).unwrap();
+        let path = dir.join(format!("{name}.jsonl"));
+        let policy = CheckpointPolicy {
+            every,
+            interval: Duration::from_secs(3600),
+        };
+        let mut log = AuditLog::open(&path, "web-1")
+            .unwrap()
+            .with_checkpoints(key, policy);
+        for _ in 0..events {
+            log.append("e", serde_json::Map::new()).unwrap();
+        }
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter_map(|l| Some((Checkpoint::parse_line(l).ok()?, l.to_string())))
+            .collect()
+    }
+
+    fn add(store: &Store, (c, line): &(Checkpoint, String)) -> Arrival {
+        store.add_checkpoint(c, line, 0, |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn checkpoints_are_classified_against_those_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        // Seals 3, 7, 11.
+        let first = chain(dir.path(), "first", 3, 9);
+        assert_eq!(
+            first.iter().map(|(c, _)| c.sealed_seq).collect::<Vec<_>>(),
+            vec![3, 7, 11]
+        );
+        for c in &first {
+            assert_eq!(add(&store, c), Arrival::New);
+        }
+        assert_eq!(add(&store, &first[1]), Arrival::Duplicate);
+        // The file was reset: a new chain seals 2 (lower, never held) and 3 (held, other head).
+        let reset = chain(dir.path(), "reset", 2, 2);
+        assert_eq!(reset[0].0.sealed_seq, 2);
+        assert_eq!(
+            add(&store, &reset[0]),
+            Arrival::SequenceWentBackwards {
+                held_sealed_seq: 11
+            }
+        );
+        let rewrite = chain(dir.path(), "rewrite", 3, 3);
+        assert_eq!(
+            add(&store, &rewrite[0]),
+            Arrival::HeadChanged {
+                held_head: first[0].0.head.clone()
+            }
+        );
+        let rows = store.checkpoints("web-1", 0, 100).unwrap();
+        let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(
+            statuses,
+            vec!["ok", "ok", "ok", "sequence_went_backwards", "head_changed"]
+        );
+        assert_eq!(
+            store.last_checkpoint("web-1").unwrap(),
+            Some((3, rewrite[0].0.head.clone()))
+        );
+    }
+
+    #[test]
+    fn a_failed_alert_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let first = chain(dir.path(), "first", 3, 6);
+        add(&store, &first[1]);
+        let (c, line) = &first[0];
+        let result = store.add_checkpoint(c, line, 0, |_| anyhow::bail!("audit disk full"));
+        assert!(result.is_err());
+        assert_eq!(store.checkpoints("web-1", 0, 100).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn held_checkpoints_and_keys_cannot_be_changed_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        add(&store, &chain(dir.path(), "first", 3, 3)[0]);
+        store
+            .check_checkpoint_key("web-1", "ed25519:k1 00", 0, || Ok(()))
+            .unwrap();
+        let conn = store.conn();
+        for sql in [
+            "UPDATE checkpoints SET head = 'x'",
+            "DELETE FROM checkpoints",
+            "UPDATE checkpoint_keys SET key = 'x'",
+            "DELETE FROM checkpoint_keys",
+        ] {
+            let err = conn.execute(sql, []).unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+        }
+    }
+
+    #[test]
+    fn checkpoint_key_is_enrolled_once_and_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let mut audited = 0;
+        let check = |key: &str, audited: &mut i32| {
+            store
+                .check_checkpoint_key("web-1", key, 0, || {
+                    *audited += 1;
+                    Ok(())
+                })
+                .unwrap()
+        };
+        assert_eq!(check("k1", &mut audited), KeyCheck::Enrolled);
+        assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
+        assert_eq!(check("k2", &mut audited), KeyCheck::Differs("k1".into()));
+        assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
+        assert_eq!(audited, 1, "only the enrolment is audited here");
+        // An admin's configuration replaces it; the old key stays on record.
+        let enrolled = store
+            .enrol_checkpoint_key("web-1", "k2", 0, |old| {
+                assert_eq!(old, Some("k1"));
+                Ok(())
+            })
+            .unwrap();
+        assert!(enrolled);
+        assert!(!store
+            .enrol_checkpoint_key("web-1", "k2", 0, |_| panic!("enrolled twice"))
+            .unwrap());
+        assert_eq!(check("k2", &mut audited), KeyCheck::Matches);
+        assert_eq!(check("k1", &mut audited), KeyCheck::Differs("k2".into()));
+        assert_eq!(store.checkpoint_keys("web-1").unwrap(), vec!["k1", "k2"]);
     }
 }

@@ -401,6 +401,58 @@ impl Cluster {
         }
     }
 
+    /// The controller's own audit records, as written (read them with
+    /// `loggate_core::audit::{event_name, record_field}`).
+    pub fn controller_audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("controller/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The checkpoints the controller holds for `host`, through `loggate audit checkpoints
+    /// --output json` as admin: objects with `id`, `status`, `line`…
+    pub fn held_checkpoints(&self, host: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.run_cli(
+            "admin",
+            &["audit", "checkpoints", "--host", host, "--output", "json"],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "audit checkpoints failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
+    }
+
+    /// A gRPC client of the controller holding the certificate `pki/<who>.crt` (e.g.
+    /// `agents/web-1`, `users/alice`), for tests that send what the binaries would not.
+    pub async fn controller_client_as(
+        &self,
+        who: &str,
+    ) -> anyhow::Result<loggate_proto::controller_client::ControllerClient<tonic::transport::Channel>>
+    {
+        let pki = self.dir.join("pki");
+        let files = loggate_core::tls::TlsFiles {
+            ca: pki.join("ca.crt"),
+            cert: pki.join(format!("{who}.crt")),
+            key: pki.join(format!("{who}.key")),
+        };
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("https://{}", self.controller_addr))?
+                .tls_config(files.client_config("loggate-controller")?)?
+                .connect()
+                .await?;
+        Ok(loggate_proto::controller_client::ControllerClient::new(
+            channel,
+        ))
+    }
+
     /// Waits until agent `id` has received grant `grant_id` (its audit record) and installed it
     /// (its log line: the record is written before the install, audit before action).
     pub fn wait_for_grant(&self, id: &str, grant_id: &str) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@
 //! Fail closed: `append` returns an error when the line could not be written *and* synced; callers
 //! must then refuse the action (no bytes are served without their audit record on disk).
 
+mod anchor;
 mod checkpoint;
 mod group;
 pub mod ocsf;
@@ -16,10 +17,11 @@ mod rotate;
 pub mod ship;
 mod verify;
 
+pub use anchor::{read_external_checkpoints, Checkpoint, CHECKPOINT_EVENT};
 pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
 pub use group::{DurableSeq, SharedAuditLog};
 pub use rotate::{rotated_files, RotationPolicy};
-pub use verify::{verify_chain, ChainBreak, ChainSummary};
+pub use verify::{verify_chain, verify_chain_anchored, ChainBreak, ChainSummary};
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};

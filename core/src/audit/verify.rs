@@ -1,8 +1,10 @@
 //! `loggate audit verify`: checks an audit file's hash chain and its signed checkpoints.
 
-use super::checkpoint::{signed_text, VerifyKey};
+use super::anchor::Checkpoint;
+use super::checkpoint::VerifyKey;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// What [`verify_chain`] found in an intact file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,9 @@ pub struct ChainSummary {
     /// The rotated file this input continues (its first record is `audit.rotated`), whose
     /// records were not checked; `None` when the input starts at `seq` 1.
     pub continues_from: Option<String>,
+    /// The highest `sealed_seq` of the external checkpoints (held off the host) that the file
+    /// matched (0: none given, or none matched).
+    pub anchored_through: u64,
 }
 
 /// The first place an audit file's chain breaks.
@@ -35,14 +40,30 @@ pub struct ChainBreak {
 /// `prev` is the SHA-256 of the previous line's exact bytes, and every checkpoint seals the
 /// chain as it stood and (when `keys` are given) carries a valid signature by one of them.
 /// An edited, deleted, inserted or reordered line breaks it. Truncation of the end and a
-/// re-signed rewrite need checkpoints held elsewhere: not detected from the file alone.
+/// re-signed rewrite need checkpoints held elsewhere: see [`verify_chain_anchored`].
 /// Rotated files are checked together by passing them in order, concatenated; a retained file
 /// may also start with the `audit.rotated` record that continues an older one (see
 /// `ChainSummary::continues_from`).
 pub fn verify_chain(
-    mut input: impl std::io::BufRead,
+    input: impl std::io::BufRead,
     keys: &[VerifyKey],
 ) -> Result<ChainSummary, ChainBreak> {
+    verify_chain_anchored(input, keys, &[])
+}
+
+/// [`verify_chain`], and the file against checkpoints held off the host (`external`, e.g. the
+/// controller's): the line at each one's `sealed_seq` must hash to its `head` (else the file was
+/// rewritten, however consistently), and the file must reach every `sealed_seq` (else its tail
+/// was cut off). The file is read once, line by line.
+pub fn verify_chain_anchored(
+    mut input: impl std::io::BufRead,
+    keys: &[VerifyKey],
+    external: &[Checkpoint],
+) -> Result<ChainSummary, ChainBreak> {
+    let mut anchors: BTreeMap<u64, Vec<&Checkpoint>> = BTreeMap::new();
+    for c in external {
+        anchors.entry(c.sealed_seq).or_default().push(c);
+    }
     let mut summary = ChainSummary {
         records: 0,
         first_seq: 0,
@@ -52,6 +73,7 @@ pub fn verify_chain(
         sealed_through: 0,
         signatures_checked: !keys.is_empty(),
         continues_from: None,
+        anchored_through: 0,
     };
     let mut last_checkpoint_ts = i64::MIN;
     let mut line = Vec::new();
@@ -67,7 +89,14 @@ pub fn verify_chain(
             .read_until(b'\n', &mut line)
             .map_err(|e| fail(format!("cannot read: {e}")))?;
         if n == 0 {
-            return Ok(summary);
+            return match anchors.range(summary.last_seq + 1..).next() {
+                Some((sealed, _)) => Err(fail(format!(
+                    "the file ends at seq {}, but a checkpoint held off the host seals seq {sealed}: \
+                     the tail was cut off",
+                    summary.last_seq
+                ))),
+                None => Ok(summary),
+            };
         }
         let Some(body) = line.strip_suffix(b"\n") else {
             return Err(fail(
@@ -105,7 +134,14 @@ pub fn verify_chain(
             )));
         }
         if super::event_name(&record) == Some("audit.checkpoint") {
-            check_checkpoint(&record, &summary, keys, &mut last_checkpoint_ts).map_err(fail)?;
+            let origin =
+                check_checkpoint(&record, &summary, keys, &mut last_checkpoint_ts).map_err(fail)?;
+            if let Some(held) = external.iter().find(|c| c.origin != origin) {
+                return Err(fail(format!(
+                    "this file's checkpoints are by {origin:?}, the ones held off the host by {:?}",
+                    held.origin
+                )));
+            }
             summary.checkpoints += 1;
             // Every field of a checkpoint is covered by its own signature.
             summary.sealed_through = seq;
@@ -116,6 +152,16 @@ pub fn verify_chain(
         summary.records += 1;
         summary.last_seq = seq;
         summary.head = hex::encode(Sha256::digest(body));
+        if let Some(held) = anchors.get(&seq) {
+            if let Some(other) = held.iter().find(|c| c.head != summary.head) {
+                return Err(fail(format!(
+                    "seq {seq} hashes to {}, but a checkpoint held off the host sealed it with head \
+                     {}: the file was rewritten",
+                    summary.head, other.head
+                )));
+            }
+            summary.anchored_through = seq;
+        }
     }
 }
 
@@ -124,31 +170,19 @@ fn check_checkpoint(
     before: &ChainSummary,
     keys: &[VerifyKey],
     last_ts: &mut i64,
-) -> Result<(), String> {
-    let field = |k: &str| super::record_field(record, k);
-    let text = |k: &str| field(k).and_then(Value::as_str).unwrap_or_default();
-    let sealed = field("sealed_seq").and_then(Value::as_u64);
-    let ts = field("ts_ms").and_then(Value::as_i64).unwrap_or(i64::MIN);
-    if sealed != Some(before.last_seq) || text("head") != before.head {
+) -> Result<String, String> {
+    let Some(checkpoint) = Checkpoint::from_record(record)? else {
+        return Err("not a checkpoint record".into());
+    };
+    if checkpoint.sealed_seq != before.last_seq || checkpoint.head != before.head {
         return Err("checkpoint does not seal the chain as it stands before it".into());
     }
-    if ts < *last_ts {
+    if checkpoint.ts_ms < *last_ts {
         return Err("checkpoint time goes backwards".into());
     }
-    *last_ts = ts;
-    if keys.is_empty() {
-        return Ok(());
+    *last_ts = checkpoint.ts_ms;
+    if !keys.is_empty() {
+        checkpoint.verify(keys)?;
     }
-    let key = keys
-        .iter()
-        .find(|k| k.key_id() == text("key_id"))
-        .ok_or_else(|| format!("checkpoint signed by unknown key {:?}", text("key_id")))?;
-    let signed = signed_text(text("origin"), before.last_seq, &before.head, ts);
-    if !key.verifies(&signed, text("sig")) {
-        return Err(format!(
-            "checkpoint signature is invalid for key {}",
-            key.key_id()
-        ));
-    }
-    Ok(())
+    Ok(checkpoint.origin)
 }

@@ -115,6 +115,22 @@ fn example(name: &str) -> Map<String, Value> {
             "deleted_files": ["audit.jsonl.000000001000"],
         }),
         "audit.torn_tail_discarded" => json!({ "bytes_discarded": 14 }),
+        "audit.checkpoint_key_enrolled" => json!({
+            "agent_id": "web-1", "key_id": "ed25519:3fa85f6457174562",
+            "key": "ed25519:3fa85f6457174562 5d4c1b0a99e8f7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b3a2918070f6e",
+            "how": "first_use", "replaces": null,
+        }),
+        "audit.checkpoint_refused" => json!({
+            "agent_id": "web-2", "reason_code": "other_host",
+            "reason": "agent web-2 reported checkpoints of web-1; an agent reports only its own",
+        }),
+        "audit.checkpoint_conflict" => json!({
+            "origin": "web-1", "conflict": "head_changed", "sealed_seq": 1000,
+            "head": "0b7a6c1f5e2d4a3b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b",
+            "ts_ms": 1795766460000_i64, "key_id": "ed25519:3fa85f6457174562",
+            "held_sealed_seq": null,
+            "held_head": "95decbd9138c66888f35dd40489537cd96749bb61c3cae6506119440a585a692",
+        }),
         other => panic!("no example for {other}: add one"),
     })
 }

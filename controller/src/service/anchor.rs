@@ -1,0 +1,277 @@
+//! Off-host anchoring on the controller: agents report the signed checkpoints of their audit
+//! files; the controller checks each against the agent's checkpoint key, keeps it append-only,
+//! and raises an alert when a host's sequence goes backwards or a sealed position changes head.
+//!
+//! The key: the controller learns an agent's checkpoint public key on first use (the agent
+//! sends it with its mTLS identity), records that in its audit, and from then on refuses any
+//! other key for that agent, audited as an alert. A key change therefore never goes unnoticed;
+//! an admin who has replaced an agent's state enrols the new key deliberately
+//! (`enrol_checkpoint_keys`, read at start, also audited).
+
+use super::{internal, ControllerService};
+use crate::store::{Arrival, KeyCheck, Store};
+use anyhow::Context;
+use loggate_core::audit::{AuditLog, Checkpoint, VerifyKey};
+use loggate_core::audit_fields;
+use loggate_core::grant::unix_now;
+use loggate_core::identity::{is_valid_name, Role};
+use loggate_core::tls::peer_identity;
+use loggate_proto as pb;
+use std::path::Path;
+use tonic::{Request, Response, Status};
+
+/// Most checkpoint lines in one report, and the longest line accepted.
+pub const MAX_REPORT_LINES: usize = 64;
+pub const MAX_CHECKPOINT_LINE: usize = 8 * 1024;
+/// A page of checkpoints stays far below the 4 MiB a gRPC client accepts by default.
+const DEFAULT_PAGE: u32 = 200;
+
+impl ControllerService {
+    pub(super) async fn report_checkpoints_for_agent(
+        &self,
+        request: Request<pb::ReportCheckpointsRequest>,
+    ) -> Result<Response<pb::ReportCheckpointsResponse>, Status> {
+        let agent = peer_identity(&request, &self.trust_domain, Role::Agent)?;
+        let req = request.into_inner();
+        let agent_id = agent.name();
+        if req.agent_id != agent_id {
+            return Err(self.refuse_checkpoints(
+                agent_id,
+                "other_host",
+                format!(
+                    "{agent} may only report its own checkpoints, not those of agent {:?}",
+                    req.agent_id
+                ),
+            ));
+        }
+        if req.lines.len() > MAX_REPORT_LINES
+            || req.lines.iter().any(|l| l.len() > MAX_CHECKPOINT_LINE)
+        {
+            return Err(Status::invalid_argument(format!(
+                "report at most {MAX_REPORT_LINES} checkpoints of at most {MAX_CHECKPOINT_LINE} bytes each"
+            )));
+        }
+        let key = VerifyKey::parse(&req.checkpoint_key)
+            .map_err(|e| Status::invalid_argument(format!("checkpoint_key: {e}")))?;
+        self.check_agent_key(agent_id, &key)?;
+        // Checkpoints signed by an earlier key of this agent (before an admin enrolled the
+        // current one) stay valid.
+        let keys = self
+            .store
+            .checkpoint_keys(agent_id)
+            .map_err(internal)?
+            .iter()
+            .map(|k| VerifyKey::parse(k))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(internal)?;
+        // Every line is checked before any is stored: a refused report stores nothing.
+        let mut checked = Vec::with_capacity(req.lines.len());
+        for (i, line) in req.lines.iter().enumerate() {
+            let checkpoint = Checkpoint::parse_line(line)
+                .map_err(|e| Status::invalid_argument(format!("checkpoint {}: {e}", i + 1)))?;
+            if checkpoint.origin != agent_id {
+                return Err(self.refuse_checkpoints(
+                    agent_id,
+                    "other_host",
+                    format!(
+                        "{agent} may only report its own checkpoints; checkpoint {} is by {:?}",
+                        i + 1,
+                        checkpoint.origin
+                    ),
+                ));
+            }
+            if let Err(e) = checkpoint.verify(&keys) {
+                return Err(self.refuse_checkpoints(
+                    agent_id,
+                    "bad_signature",
+                    format!(
+                        "checkpoint {} (sealed seq {}) does not verify with agent {agent_id}'s enrolled checkpoint keys: {e}",
+                        i + 1,
+                        checkpoint.sealed_seq,
+                    ),
+                ));
+            }
+            checked.push((checkpoint, line));
+        }
+        let mut stored = 0;
+        for (checkpoint, line) in &checked {
+            let arrival = self
+                .store
+                .add_checkpoint(checkpoint, line, unix_now(), |arrival| {
+                    self.alert_conflict(checkpoint, arrival)
+                        .map_err(|s| anyhow::anyhow!("{}", s.message()))
+                })
+                .map_err(internal)?;
+            if arrival != Arrival::Duplicate {
+                stored += 1;
+            }
+        }
+        let (last_sealed_seq, last_head) = self
+            .store
+            .last_checkpoint(agent_id)
+            .map_err(internal)?
+            .unwrap_or_default();
+        Ok(Response::new(pb::ReportCheckpointsResponse {
+            last_sealed_seq,
+            last_head,
+            stored,
+        }))
+    }
+
+    pub(super) async fn list_checkpoints_of_host(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let user = self.user(&request)?;
+        if !self.is_admin(&user) {
+            return Err(Status::permission_denied(format!(
+                "{user} is not a loggate admin; only admins may export checkpoints"
+            )));
+        }
+        let req = request.into_inner();
+        if !is_valid_name(&req.host) {
+            return Err(Status::invalid_argument(format!(
+                "{:?} is not a valid agent id",
+                req.host
+            )));
+        }
+        let limit = match req.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(DEFAULT_PAGE),
+        };
+        let rows = self
+            .store
+            .checkpoints(&req.host, req.after_id, limit)
+            .map_err(internal)?;
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints: rows
+                .into_iter()
+                .map(|r| pb::StoredCheckpoint {
+                    id: r.id,
+                    line: r.line,
+                    received_at_unix: r.received_at,
+                    status: r.status,
+                })
+                .collect(),
+        }))
+    }
+
+    /// Trust on first use, audited; a different key later is refused and audited as an alert.
+    fn check_agent_key(&self, agent_id: &str, key: &VerifyKey) -> Result<(), Status> {
+        let check = self
+            .store
+            .check_checkpoint_key(agent_id, &key.to_text(), unix_now(), || {
+                self.audit(
+                    "audit.checkpoint_key_enrolled",
+                    audit_fields!(
+                        "agent_id" => agent_id, "key_id" => key.key_id(),
+                        "key" => key.to_text(), "how" => "first_use",
+                    ),
+                )
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            })
+            .map_err(internal)?;
+        match check {
+            KeyCheck::Enrolled => {
+                tracing::info!(agent = agent_id, key = key.key_id(), "enrolled checkpoint key");
+                Ok(())
+            }
+            KeyCheck::Matches => Ok(()),
+            KeyCheck::Differs(enrolled) => Err(self.refuse_checkpoints(
+                agent_id,
+                "key_changed",
+                format!(
+                    "agent {agent_id} offers checkpoint key {}, but {} is enrolled for it; an admin must enrol a new key",
+                    key.key_id(),
+                    enrolled.split_whitespace().next().unwrap_or_default()
+                ),
+            )),
+        }
+    }
+
+    /// Audits (as an alert) and logs a refused report; the status to answer with.
+    fn refuse_checkpoints(&self, agent_id: &str, code: &str, reason: String) -> Status {
+        tracing::warn!(agent = agent_id, code, "refused checkpoints: {reason}");
+        if let Err(status) = self.audit(
+            "audit.checkpoint_refused",
+            audit_fields!("agent_id" => agent_id, "reason_code" => code, "reason" => reason.clone()),
+        ) {
+            return status;
+        }
+        Status::permission_denied(reason)
+    }
+
+    /// Writes the alert of a conflicting checkpoint (none for an ordinary one).
+    fn alert_conflict(&self, checkpoint: &Checkpoint, arrival: &Arrival) -> Result<(), Status> {
+        let mut fields = audit_fields!(
+            "origin" => checkpoint.origin.clone(), "conflict" => arrival.status(),
+            "sealed_seq" => checkpoint.sealed_seq, "head" => checkpoint.head.clone(),
+            "ts_ms" => checkpoint.ts_ms, "key_id" => checkpoint.key_id.clone(),
+        );
+        match arrival {
+            Arrival::Duplicate | Arrival::New => return Ok(()),
+            Arrival::SequenceWentBackwards { held_sealed_seq } => {
+                tracing::warn!(
+                    host = %checkpoint.origin,
+                    "ALERT: audit sequence went backwards: a checkpoint seals seq {} but seq {held_sealed_seq} was sealed before (audit file reset or truncated?)",
+                    checkpoint.sealed_seq
+                );
+                fields.insert("held_sealed_seq".into(), (*held_sealed_seq).into());
+            }
+            Arrival::HeadChanged { held_head } => {
+                tracing::warn!(
+                    host = %checkpoint.origin,
+                    "ALERT: audit head changed: seq {} was sealed with head {held_head}, now with {} (audit file rewritten?)",
+                    checkpoint.sealed_seq, checkpoint.head
+                );
+                fields.insert("held_head".into(), held_head.clone().into());
+            }
+        }
+        self.audit("audit.checkpoint_conflict", fields)
+    }
+}
+
+/// `enrol_checkpoint_keys`: enrols each `<agent-id>.pub` in `dir` as that agent's checkpoint
+/// key (audited), unless it is already the enrolled one.
+pub fn enrol_checkpoint_keys(
+    store: &Store,
+    audit: &mut AuditLog,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("enrol_checkpoint_keys: cannot read {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(agent_id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".pub"))
+        else {
+            continue;
+        };
+        let what = || format!("enrol_checkpoint_keys: {}", path.display());
+        if !is_valid_name(agent_id) {
+            anyhow::bail!("{}: {agent_id:?} is not a valid agent id", what());
+        }
+        let text = std::fs::read_to_string(&path).with_context(what)?;
+        let key = VerifyKey::parse(&text).with_context(what)?;
+        let enrolled = store.enrol_checkpoint_key(agent_id, &key.to_text(), unix_now(), |old| {
+            audit.append(
+                "audit.checkpoint_key_enrolled",
+                audit_fields!(
+                    "agent_id" => agent_id, "key_id" => key.key_id(), "key" => key.to_text(),
+                    "how" => "configured", "replaces" => old.map(String::from),
+                ),
+            )?;
+            Ok(())
+        })?;
+        if enrolled {
+            tracing::info!(
+                agent = agent_id,
+                key = key.key_id(),
+                "enrolled configured checkpoint key"
+            );
+        }
+    }
+    Ok(())
+}
