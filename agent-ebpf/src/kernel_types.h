@@ -76,14 +76,29 @@ struct fdtable {
 	struct file **fd;
 };
 
+/* NR_OPEN_DEFAULT on 64-bit kernels: the fd slots embedded in files_struct. */
+#define NR_OPEN_DEFAULT 64
+
 struct files_struct {
 	struct fdtable *fdt;
+	struct file *fd_array[NR_OPEN_DEFAULT];
+};
+
+/* x86: `status` holds TS_COMPAT while the task runs a 32-bit (ia32) syscall. */
+struct thread_info {
+	__u32 status;
 };
 
 struct task_struct {
+	struct thread_info thread_info;
 	int tgid;
 	struct task_struct *real_parent;
 	struct files_struct *files;
+};
+
+/* x86-64 registers at syscall entry (the sys_exit raw tracepoint's first argument). */
+struct pt_regs {
+	unsigned long orig_ax;
 };
 
 /* io_uring's request and completion entry (the io_uring_complete tracepoint's arguments). */

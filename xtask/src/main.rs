@@ -28,8 +28,8 @@ enum Task {
     /// the formatting and clippy checks and the check that the committed eBPF object matches a
     /// rebuild of its source.
     Test,
-    /// Rebuild agent-ebpf/bpf/logaudit.bpf.o from agent-ebpf/src/logaudit.bpf.c (needs clang
-    /// and llvm-strip; installs them as root with apt-get when missing).
+    /// Rebuild the eBPF objects in agent-ebpf/bpf/ from their C sources in agent-ebpf/src/
+    /// (needs clang and llvm-strip; installs them as root with apt-get when missing).
     BuildEbpf {
         /// Only check that a rebuild equals the committed object (what `test` does first).
         #[arg(long)]
@@ -100,12 +100,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }
-        Task::BuildEbpf { check: false } => ebpf::ensure_tools().and_then(|()| {
-            let out = ebpf::committed_object();
-            ebpf::build(&out)?;
-            eprintln!("xtask: wrote {}", out.display());
-            Ok(())
-        }),
+        Task::BuildEbpf { check: false } => ebpf::ensure_tools().and_then(|()| ebpf::build_all()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,6 +54,7 @@ impl RawEvent {
         c_string(&self.name)
     }
 
+    /// The hook that saw the open; `_ia32` marks a 32-bit syscall (seen in strict mode only).
     pub fn hook(&self) -> &'static str {
         match self.hook {
             1 => "open",
@@ -61,6 +62,12 @@ impl RawEvent {
             3 => "openat2",
             4 => "open_by_handle_at",
             5 => "io_uring",
+            6 => "lsm",
+            7 => "fentry",
+            0x101 => "open_ia32",
+            0x102 => "openat_ia32",
+            0x103 => "openat2_ia32",
+            0x104 => "open_by_handle_at_ia32",
             _ => "unknown",
         }
     }

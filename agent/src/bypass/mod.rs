@@ -22,7 +22,7 @@ use crate::Shared;
 use event::RawEvent;
 use fanotify::{FanEvent, Fanotify};
 use inventory::Inventory;
-use loader::{Outputs, Probe, ProtectedMaps};
+use loader::{Hooks, Outputs, Probe, ProtectedMaps};
 use loggate_core::audit_fields;
 use record::{bypass_record, Opened};
 use std::os::fd::OwnedFd;
@@ -48,6 +48,8 @@ pub enum Startup {
 
 pub struct EbpfAudit {
     probe: Probe,
+    /// Why the hooks tried before the active one were refused (`auto`).
+    fallback: Vec<String>,
     maps: ProtectedMaps,
     outputs: Outputs,
     inventory: Inventory,
@@ -66,16 +68,18 @@ impl Startup {
                 }
             }
             Mode::Fanotify => None,
-            Mode::Auto | Mode::Tracepoint => match Self::load_ebpf(config, roots) {
-                Ok(audit) => return Startup::Ebpf(Box::new(audit)),
-                Err(e) if config.mode == Mode::Auto => Some(format!("{e:#}")),
-                Err(e) => {
-                    return Startup::Inactive {
-                        requested: config.mode,
-                        reason: Some(format!("{e:#}")),
+            Mode::Auto | Mode::Lsm | Mode::Fentry | Mode::Tracepoint | Mode::Strict => {
+                match Self::load_ebpf(config, roots) {
+                    Ok(audit) => return Startup::Ebpf(Box::new(audit)),
+                    Err(e) if config.mode == Mode::Auto => Some(e),
+                    Err(e) => {
+                        return Startup::Inactive {
+                            requested: config.mode,
+                            reason: Some(e),
+                        }
                     }
                 }
-            },
+            }
         };
         match Self::start_fanotify(config, roots) {
             Ok((fan, inventory)) => Startup::Fanotify {
@@ -93,18 +97,38 @@ impl Startup {
         }
     }
 
-    fn load_ebpf(config: &BypassConfig, roots: &[PathBuf]) -> anyhow::Result<EbpfAudit> {
-        let mut probe = Probe::load_tracepoints()?;
+    /// Tries the mode's hooks in order (`auto`: lsm, fentry, tracepoint) and keeps the first
+    /// the kernel accepts; the error names every hook tried and why it was refused.
+    fn load_ebpf(config: &BypassConfig, roots: &[PathBuf]) -> Result<EbpfAudit, String> {
+        let mut refused = Vec::new();
+        for &hooks in config.mode.ebpf_hooks() {
+            match Self::load_hooks(config, roots, hooks) {
+                Ok((probe, maps, outputs, inventory)) => {
+                    return Ok(EbpfAudit {
+                        probe,
+                        fallback: refused,
+                        maps,
+                        outputs,
+                        inventory,
+                    })
+                }
+                Err(e) => refused.push(format!("{}: {e:#}", hooks.name())),
+            }
+        }
+        Err(refused.join("; "))
+    }
+
+    fn load_hooks(
+        config: &BypassConfig,
+        roots: &[PathBuf],
+        hooks: Hooks,
+    ) -> anyhow::Result<(Probe, ProtectedMaps, Outputs, Inventory)> {
+        let mut probe = Probe::load(loggate_agent_ebpf::object(), hooks)?;
         let (mut maps, outputs) = probe.split()?;
         maps.exclude_tgid(std::process::id())?;
         let inventory = Inventory::scan(roots, config.max_protected);
         maps.sync(&inventory)?;
-        Ok(EbpfAudit {
-            probe,
-            maps,
-            outputs,
-            inventory,
-        })
+        Ok((probe, maps, outputs, inventory))
     }
 
     fn start_fanotify(
@@ -117,10 +141,11 @@ impl Startup {
         Ok((fan, inventory))
     }
 
-    /// The active mode's name, as reported in `agent.started`: `tracepoint`, `fanotify`, `off`.
+    /// The active mode's name, as reported in `agent.started`: `lsm`, `fentry`, `tracepoint`,
+    /// `strict`, `fanotify`, `off`.
     pub fn mode_name(&self) -> &'static str {
         match self {
-            Startup::Ebpf(_) => "tracepoint",
+            Startup::Ebpf(a) => a.probe.hooks.name(),
             Startup::Fanotify { .. } => "fanotify",
             Startup::Inactive { .. } => "off",
         }
@@ -134,6 +159,7 @@ impl Startup {
                 "bypass_hooks" => a.probe.attached.clone(),
                 "bypass_hooks_missing" => a.probe.missing.clone(),
                 "bypass_protected" => a.inventory.len(),
+                "bypass_fallback_reason" => (!a.fallback.is_empty()).then(|| a.fallback.join("; ")),
             ),
             Startup::Fanotify {
                 inventory,
@@ -190,10 +216,17 @@ impl Startup {
             Startup::Ebpf(audit) => {
                 let EbpfAudit {
                     probe,
+                    fallback,
                     maps,
                     outputs,
                     inventory,
                 } = *audit;
+                for refused in &fallback {
+                    tracing::warn!(
+                        "bypass audit: using {} mode because the kernel refused {refused}",
+                        probe.hooks.name()
+                    );
+                }
                 for hook in &probe.missing {
                     tracing::warn!(
                         "bypass audit: hook not attached, its opens are not seen: {hook}"
