@@ -57,6 +57,17 @@ enum Command {
         /// The file to redact (default: standard input).
         file: Option<PathBuf>,
     },
+    /// For `cargo xtask bench ebpf`: attach the bypass-audit programs and wait (see
+    /// agent/src/bypass/bench.rs).
+    #[command(hide = true)]
+    BenchAttach {
+        #[arg(long)]
+        hooks: String,
+        #[arg(long)]
+        empty: bool,
+        #[arg(long)]
+        protect: Vec<PathBuf>,
+    },
 }
 
 /// Everything the agent's tasks share.
@@ -288,6 +299,11 @@ fn main() -> ExitCode {
             stats,
             file,
         } => redact_command(&profile, config.as_deref(), stats, file.as_deref()),
+        Command::BenchAttach {
+            hooks,
+            empty,
+            protect,
+        } => bypass::bench::attach(&hooks, empty, &protect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

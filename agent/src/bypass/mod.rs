@@ -8,6 +8,7 @@
 //! program cannot be loaded, `auto` falls back to fanotify (`fanotify`); when nothing can start
 //! the agent keeps serving and says so (`bypass_audit_unavailable`).
 
+pub mod bench;
 mod event;
 mod fanotify;
 mod inventory;
