@@ -65,6 +65,31 @@ pub fn ensure_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bypass tests build a tiny static i386 program (`gcc -m32`) to prove strict mode sees
+/// 32-bit opens; installs gcc-multilib as root with apt-get when gcc cannot target i386.
+pub fn ensure_ia32_gcc() -> anyhow::Result<()> {
+    let probe = std::env::temp_dir().join(format!("xtask-m32-{}", std::process::id()));
+    let targets_i386 = Command::new("gcc")
+        .args(["-m32", "-x", "c", "-c", "-o"])
+        .arg(&probe)
+        .arg("/dev/null")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let _ = std::fs::remove_file(&probe);
+    if targets_i386 {
+        return Ok(());
+    }
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "gcc-multilib",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// Compiles `src/STEM.bpf.c` into `out` (created or replaced).
 pub fn build(stem: &str, out: &Path) -> anyhow::Result<()> {
     let src = crate_dir().join("src");

@@ -86,6 +86,10 @@ fn test() -> anyhow::Result<()> {
         Err(e) if std::env::var_os("CI").is_some() => return Err(e),
         Err(e) => eprintln!("xtask: WARNING: skipping the eBPF object check: {e:#}"),
     }
+    // gcc-multilib for the strict-mode test's i386 helper (CI=true fails that test without it).
+    if let Err(e) = ebpf::ensure_ia32_gcc() {
+        eprintln!("xtask: WARNING: gcc cannot target i386: {e:#}");
+    }
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
