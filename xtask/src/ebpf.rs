@@ -79,6 +79,7 @@ pub fn ensure_ia32_gcc() -> anyhow::Result<()> {
     if targets_i386 {
         return Ok(());
     }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
         .args([
             "install",
