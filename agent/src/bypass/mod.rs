@@ -280,7 +280,10 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
         .iter()
         .map(|r| r.path().to_path_buf())
         .collect();
-    let mut tick = tokio::time::interval(config.rescan_interval);
+    // The set was filled at start: the first rescan is one interval later, not at once (an
+    // immediate one would race with files created just after start, e.g. by a rotation).
+    let first = tokio::time::Instant::now() + config.rescan_interval;
+    let mut tick = tokio::time::interval_at(first, config.rescan_interval);
     let mut lost_reported = 0u64;
     let mut skipped_reported = 0usize;
     loop {
