@@ -1,6 +1,7 @@
 //! `cargo xtask bench ebpf`: what the bypass audit costs a process that never touches a protected
-//! file. Times `open(O_RDONLY)`+`close` of an unprotected file and `getppid` in a loop, pinned to
-//! one CPU, under five setups interleaved in many short rounds (each round runs every setup once,
+//! file. Times `open(O_RDONLY)`+`close` of an unprotected file and `getppid` in a loop (on the
+//! thread's CPU clock, so time lost to other processes on a shared machine does not count), pinned
+//! to one CPU, under five setups interleaved in many short rounds (each round runs every setup once,
 //! starting with a different one), and prints the medians:
 //!
 //! - `none`: no program attached;
@@ -19,7 +20,6 @@ use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -229,10 +229,23 @@ fn close_inherited_high_fds() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// ns per open(O_RDONLY)+close of `path`.
+/// This thread's CPU time in ns (user + system, and nothing while another process has the CPU:
+/// on a machine shared with other work that is the steadier clock for a syscall loop).
+fn thread_cpu_ns() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: t is a valid timespec for clock_gettime to fill; CLOCK_THREAD_CPUTIME_ID always
+    // exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e9 + t.tv_nsec as f64
+}
+
+/// CPU ns per open(O_RDONLY)+close of `path`.
 fn open_close_loop(path: &Path, n: usize) -> anyhow::Result<f64> {
     let c = CString::new(path.as_os_str().as_encoded_bytes())?;
-    let start = Instant::now();
+    let start = thread_cpu_ns();
     for _ in 0..n {
         // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
         let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
@@ -246,17 +259,17 @@ fn open_close_loop(path: &Path, n: usize) -> anyhow::Result<f64> {
         // SAFETY: fd was just returned by open(2) and is closed exactly once.
         unsafe { libc::close(fd) };
     }
-    Ok(start.elapsed().as_nanos() as f64 / n as f64)
+    Ok((thread_cpu_ns() - start) / n as f64)
 }
 
-/// ns per getppid(2): a syscall that opens nothing, to show the cost every syscall pays.
+/// CPU ns per getppid(2): a syscall that opens nothing, to show the cost every syscall pays.
 fn getppid_loop(n: usize) -> f64 {
-    let start = Instant::now();
+    let start = thread_cpu_ns();
     for _ in 0..n {
         // SAFETY: getppid(2) has no preconditions and cannot fail.
         std::hint::black_box(unsafe { libc::getppid() });
     }
-    start.elapsed().as_nanos() as f64 / n as f64
+    (thread_cpu_ns() - start) / n as f64
 }
 
 /// A `loggate-agent bench-attach` process holding programs attached.
