@@ -174,27 +174,23 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 }
 
 /*
- * Matches `file` against the protected set: its own (dev, ino), else its parent directory's.
- * Written once for both kinds of file pointer: LOAD is a plain (BTF-typed) load for a pointer
- * the verifier knows the type of, and a bpf_probe_read_kernel for one read from memory.
- * Returns MATCH_FILE, MATCH_DIR or 0 (also for write-only and O_PATH opens, and directories).
+ * Matches an opened file (its inode, and in `o` its flags and dentry) against the protected set:
+ * its own (dev, ino), else its parent directory's. Written once for both kinds of pointer: LOAD
+ * is a plain (BTF-typed) load for a pointer the verifier knows the type of, and a
+ * bpf_probe_read_kernel for one read from memory. Returns MATCH_FILE, MATCH_DIR or 0 (also for
+ * write-only and O_PATH opens, and directories).
  */
 #define DEFINE_MATCH(name, LOAD)                                                          \
-	static __always_inline int name(struct file *file, struct opened *o)              \
+	static __always_inline int name(struct inode *inode, struct opened *o)            \
 	{                                                                                 \
-		struct inode *inode = 0, *dir_inode = 0;                                  \
+		struct inode *dir_inode = 0;                                              \
 		struct dentry *parent = 0;                                                \
 		struct super_block *sb = 0;                                               \
 		umode_t mode = 0;                                                         \
                                                                                           \
-		LOAD(o->flags, file->f_flags);                                            \
-		if ((o->flags & O_ACCMODE) == O_WRONLY || (o->flags & O_PATH))            \
-			return 0;                                                         \
-		LOAD(inode, file->f_inode);                                               \
-		if (!inode)                                                               \
+		if ((o->flags & O_ACCMODE) == O_WRONLY || (o->flags & O_PATH) || !inode)  \
 			return 0;                                                         \
 		LOAD(o->ino, inode->i_ino);                                               \
-		LOAD(o->dentry, file->f_path.dentry);                                     \
 		if (maybe_protected(o->ino)) {                                            \
 			LOAD(sb, inode->i_sb);                                            \
 			if (sb)                                                           \
@@ -236,6 +232,51 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 
 DEFINE_MATCH(match_btf, LOAD_BTF)
 DEFINE_MATCH(match_probe, LOAD_PROBE)
+
+/* A file reached by BTF-typed loads: its fields are plain loads. */
+static __always_inline int match_file_btf(struct file *file, struct opened *o)
+{
+	o->flags = file->f_flags;
+	o->dentry = file->f_path.dentry;
+	return match_btf(file->f_inode, o);
+}
+
+#define FIELD_OFFSET(field) __builtin_preserve_field_info(field, 0 /* BPF_FIELD_BYTE_OFFSET */)
+#define FILE_CHUNK 64
+
+/* A file pointer read from memory: f_flags, f_inode and f_path.dentry lie a few dozen bytes
+ * apart, so one bpf_probe_read_kernel of the span between them (offsets from CO-RE, constants
+ * once loaded) replaces three; a kernel whose layout spreads them wider takes three reads. */
+static __always_inline int match_file_probe(struct file *file, struct opened *o)
+{
+	__u32 off_flags = FIELD_OFFSET(file->f_flags);
+	__u32 off_inode = FIELD_OFFSET(file->f_inode);
+	__u32 off_dentry = FIELD_OFFSET(file->f_path.dentry);
+	__u32 lo = off_flags, hi = off_flags + sizeof(o->flags);
+	struct inode *inode = 0;
+	char chunk[FILE_CHUNK];
+
+	if (off_inode < lo)
+		lo = off_inode;
+	if (off_dentry < lo)
+		lo = off_dentry;
+	if (off_inode + sizeof(inode) > hi)
+		hi = off_inode + sizeof(inode);
+	if (off_dentry + sizeof(o->dentry) > hi)
+		hi = off_dentry + sizeof(o->dentry);
+	if (hi - lo > FILE_CHUNK) {
+		LOAD_PROBE(o->flags, file->f_flags);
+		LOAD_PROBE(o->dentry, file->f_path.dentry);
+		LOAD_PROBE(inode, file->f_inode);
+		return match_probe(inode, o);
+	}
+	if (bpf_probe_read_kernel(chunk, hi - lo, (char *)file + lo))
+		return 0;
+	__builtin_memcpy(&o->flags, chunk + (off_flags - lo), sizeof(o->flags));
+	__builtin_memcpy(&o->dentry, chunk + (off_dentry - lo), sizeof(o->dentry));
+	__builtin_memcpy(&inode, chunk + (off_inode - lo), sizeof(inode));
+	return match_probe(inode, o);
+}
 
 static __always_inline void count_lost(void)
 {
@@ -334,13 +375,13 @@ static __always_inline int report_fd(long fd, __u16 hook)
 	 * (every grown table has more than NR_OPEN_DEFAULT slots). */
 	if (fdt->max_fds == NR_OPEN_DEFAULT) {
 		file = embedded_slot(files, fd);
-		if (!file || !match_btf(file, &o))
+		if (!file || !match_file_btf(file, &o))
 			return 0;
 	} else {
 		struct file **fds = fdt->fd;
 
 		bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-		if (!file || !match_probe(file, &o))
+		if (!file || !match_file_probe(file, &o))
 			return 0;
 	}
 	emit(&o, fd, hook);
@@ -443,7 +484,7 @@ static __always_inline int report_file(struct file *file, __u16 hook)
 {
 	struct opened o = {};
 
-	if (file && match_btf(file, &o))
+	if (file && match_file_btf(file, &o))
 		emit(&o, -1, hook);
 	return 0;
 }
