@@ -42,6 +42,7 @@
 #define S_IFMT 00170000
 #define S_IFDIR 0040000
 #define NAME_LEN 256
+#define CMDLINE_LEN 256
 
 #define MATCH_FILE 1
 #define MATCH_DIR 2
@@ -99,6 +100,11 @@ struct event {
 	__u16 hook;
 	char comm[16];
 	char name[NAME_LEN];
+	/* The opener's argv, NUL-separated, read at the open: a reader that exits before the
+	 * agent looks at /proc still has its command line. */
+	__u32 cmdline_len;
+	__u32 pad;
+	char cmdline[CMDLINE_LEN];
 };
 
 /* (dev, ino) of each protected file and directory -> MATCH_FILE or MATCH_DIR. */
@@ -326,6 +332,19 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 		bpf_probe_read_kernel(&name, sizeof(name), &o->dentry->d_name.name);
 		if (name)
 			bpf_probe_read_kernel_str(e->name, sizeof(e->name), name);
+	}
+	e->cmdline_len = 0;
+	e->pad = 0;
+	if (task->mm) {
+		unsigned long start = task->mm->arg_start, end = task->mm->arg_end;
+		__u64 len = end > start ? end - start : 0;
+
+		if (len > CMDLINE_LEN - 1)
+			len = CMDLINE_LEN - 1;
+		len &= CMDLINE_LEN - 1; /* the same bound, in a form the verifier follows */
+		/* A paged-out argv (rare) reads as nothing; /proc may still have it. */
+		if (len && !bpf_probe_read_user(e->cmdline, len, (void *)start))
+			e->cmdline_len = len;
 	}
 	bpf_ringbuf_submit(e, 0);
 }

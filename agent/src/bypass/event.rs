@@ -23,9 +23,12 @@ pub struct RawEvent {
     pub hook: u16,
     pub comm: [u8; 16],
     pub name: [u8; 256],
+    pub cmdline_len: u32,
+    pub pad: u32,
+    pub cmdline: [u8; 256],
 }
 
-const _: () = assert!(size_of::<RawEvent>() == 336);
+const _: () = assert!(size_of::<RawEvent>() == 600);
 
 /// `matched` values.
 pub const MATCH_FILE: u16 = 1;
@@ -46,6 +49,13 @@ impl RawEvent {
 
     pub fn comm(&self) -> String {
         c_string(&self.comm)
+    }
+
+    /// The opener's argv as the kernel read it at the open (NUL-separated, at most 256 bytes),
+    /// `None` when it could not be read (a kernel thread, or argv paged out).
+    pub fn cmdline_bytes(&self) -> Option<&[u8]> {
+        let len = (self.cmdline_len as usize).min(self.cmdline.len());
+        (len > 0).then(|| &self.cmdline[..len])
     }
 
     /// The basename the opener's path resolved to (the dentry's name: for a hard link, the

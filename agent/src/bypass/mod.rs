@@ -344,7 +344,11 @@ async fn read_events(
         let mut batch = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
             if let Some(raw) = RawEvent::parse(&item) {
-                let info = process::inspect(Path::new("/proc"), raw.tgid);
+                let mut info = process::inspect(Path::new("/proc"), raw.tgid);
+                // A reader gone before we looked still has the argv the kernel read at the open.
+                if info.cmdline.is_none() {
+                    info.cmdline = raw.cmdline_bytes().map(process::cmdline_text);
+                }
                 batch.push((raw, info));
             }
         }

@@ -73,7 +73,7 @@ pub fn status(proc_root: &Path, pid: u32) -> Status {
 }
 
 /// NUL-separated arguments joined by spaces, cut at `MAX_CMDLINE` bytes.
-fn cmdline_text(bytes: &[u8]) -> String {
+pub fn cmdline_text(bytes: &[u8]) -> String {
     let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
     let cut = &trimmed[..trimmed.len().min(MAX_CMDLINE)];
     let mut text: String = String::from_utf8_lossy(cut).replace('\0', " ");
