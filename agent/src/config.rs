@@ -6,6 +6,7 @@ use crate::bypass::{BypassConfig, BypassFile};
 use crate::fs_access::LogRoot;
 use crate::redact::profile::{Profiles, RedactionConfigFile};
 use anyhow::{bail, Context};
+use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::is_valid_name;
 use loggate_core::tls::TlsFiles;
@@ -67,6 +68,9 @@ pub struct AgentConfigFile {
     /// exists without it.
     #[serde(default)]
     redaction: RedactionConfigFile,
+    /// Delivery of the audit file to SIEMs (`[[audit.sinks]]`).
+    #[serde(default)]
+    audit: AuditSection,
     tls: TlsFiles,
 }
 
@@ -118,6 +122,8 @@ pub struct AgentConfig {
     pub limits: Limits,
     pub bypass: BypassConfig,
     pub profiles: Profiles,
+    /// Validated `[[audit.sinks]]`.
+    pub sinks: Vec<SinkConfig>,
     pub tls: TlsFiles,
 }
 
@@ -223,6 +229,7 @@ impl AgentConfig {
         check_limits(&file.limits)?;
         let profiles = Profiles::load(file.redaction, base)?;
         let bypass = file.bypass.clone().validate()?;
+        let sinks = validate_sinks(&file.audit.sinks, base)?;
         Ok(AgentConfig {
             bypass,
             advertise: file.advertise.unwrap_or_else(|| file.listen.to_string()),
@@ -239,6 +246,7 @@ impl AgentConfig {
             allow_raw: file.allow_raw,
             limits: file.limits,
             profiles,
+            sinks,
             tls: file.tls.relative_to(base),
         })
     }

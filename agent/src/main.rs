@@ -15,14 +15,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::AgentConfig;
 use grants::GrantStore;
-use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy};
+use loggate_core::audit::ship::{spawn_sinks, ShipContext};
+use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
 use loggate_core::audit_fields;
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
 use loggate_proto::agent_server::AgentServer;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// loggate-agent: serves this host's log files to people holding a valid grant.
@@ -76,24 +77,27 @@ pub struct Shared {
     pub verifier: GrantVerifier,
     pub audience: Audience,
     pub grants: GrantStore,
-    audit_log: Mutex<AuditLog>,
+    audit_log: SharedAuditLog,
     slots: server::StreamSlots,
 }
 
 impl Shared {
-    /// Appends one audit event, synced to disk. Callers fail closed on error.
+    /// Appends one audit event and returns once it is on disk (group commit: concurrent events
+    /// share a sync). Callers fail closed on error.
     pub fn audit(
         &self,
         event: &str,
         fields: serde_json::Map<String, serde_json::Value>,
     ) -> anyhow::Result<u64> {
-        let mut log = self.audit_log.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(log.append(event, fields)?)
+        // Waiting for the disk blocks: let the runtime move its other tasks off this thread.
+        Ok(tokio::task::block_in_place(|| {
+            self.audit_log.append(event, fields)
+        })?)
     }
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = AgentConfig::load(config_path)?;
+    let mut config = AgentConfig::load(config_path)?;
     let own = config.tls.own_identity(&config.trust_domain)?;
     if own.role() != Role::Agent || own.name() != config.id {
         anyhow::bail!(
@@ -134,6 +138,18 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             audit_fields!("grant_id" => id.clone(), "reason" => reason.clone()),
         )?;
     }
+    let audit_log = SharedAuditLog::new(audit_log)?;
+    // The sinks follow the audit file on threads of their own: a slow SIEM never slows a read.
+    spawn_sinks(
+        std::mem::take(&mut config.sinks),
+        &ShipContext {
+            audit_log: config.audit_log.clone(),
+            state_dir: config.state_dir.join("sinks"),
+            host: config.id.clone(),
+            app_name: "loggate-agent".into(),
+            durable: audit_log.durable(),
+        },
+    )?;
     let tls = config.tls.server_config()?;
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
@@ -142,7 +158,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         verifier,
         audience,
         grants: loaded.store,
-        audit_log: Mutex::new(audit_log),
+        audit_log,
         slots: server::StreamSlots::default(),
     });
 
@@ -166,6 +182,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         "agent.stopped",
         audit_fields!("agent_id" => shared.config.id.clone()),
     )?;
+    shared.audit_log.checkpoint()?;
     eprintln!("loggate-agent stopped");
     Ok(())
 }
@@ -176,12 +193,7 @@ async fn expire_grants(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if let Err(e) = shared
-            .audit_log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .checkpoint_if_due()
-        {
+        if let Err(e) = tokio::task::block_in_place(|| shared.audit_log.checkpoint_if_due()) {
             tracing::error!("audit checkpoint failed: {e:#}");
         }
         match shared.grants.sweep_expired(unix_now()) {
@@ -282,6 +294,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // No colour codes in files and journald, only on a terminal.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {

@@ -92,6 +92,7 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
                         ),
                     )?;
                     store.install(grant, event.revision)?;
+                    tracing::info!(grant_id = %c.jti, revision = event.revision, "grant installed");
                 }
                 Err(e) => {
                     shared.audit(

@@ -3,6 +3,7 @@
 //! folder holding the configuration file.
 
 use anyhow::{bail, Context};
+use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
 use loggate_core::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -46,6 +47,12 @@ pub struct ControllerConfig {
     /// The controller's own audit file (JSON lines, hash-chained).
     #[serde(default = "default_controller_audit")]
     pub audit_log: PathBuf,
+    /// Delivery of the audit file to SIEMs (`[[audit.sinks]]`).
+    #[serde(default)]
+    pub audit: AuditSection,
+    /// `audit.sinks`, validated by [`ControllerConfig::load`].
+    #[serde(skip)]
+    pub sinks: Vec<SinkConfig>,
     pub tls: TlsFiles,
 }
 
@@ -62,6 +69,8 @@ impl ControllerConfig {
         config.audit_log = base.join(&config.audit_log);
         config.tls = config.tls.relative_to(base);
         config.max_ttl_duration()?;
+        config.sinks = validate_sinks(&config.audit.sinks, base)
+            .with_context(|| format!("controller configuration {}", path.display()))?;
         for admin in &config.admins {
             if !loggate_core::identity::is_valid_name(admin) {
                 bail!("admins: {admin:?} is not a valid user name");

@@ -6,7 +6,7 @@ use crate::config::ControllerConfig;
 use crate::service::ControllerService;
 use crate::store::Store;
 use anyhow::{bail, Context};
-use loggate_core::audit::AuditLog;
+use loggate_core::audit::{AuditLog, SharedAuditLog};
 use loggate_core::grant::{unix_now, SigningKey};
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::read_certificate_der;
@@ -19,13 +19,28 @@ use std::sync::Arc;
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
-    let config = ControllerConfig::load(config_path)?;
+    let mut config = ControllerConfig::load(config_path)?;
     let signer = load_signing_key(&config.signing_key)?;
     let store = Arc::new(Store::open(&config.database)?);
     if let Some(dir) = &config.enrol_user_certs {
         enrol_user_certs(&store, dir, &config.trust_domain)?;
     }
-    let audit = AuditLog::open(&config.audit_log, "controller")?;
+    let audit = Arc::new(SharedAuditLog::new(AuditLog::open(
+        &config.audit_log,
+        "controller",
+    )?)?);
+    // Cursors and status files of the sinks sit next to the audit file they follow.
+    let audit_dir = config.audit_log.parent().unwrap_or(Path::new("."));
+    loggate_core::audit::ship::spawn_sinks(
+        std::mem::take(&mut config.sinks),
+        &loggate_core::audit::ship::ShipContext {
+            audit_log: config.audit_log.clone(),
+            state_dir: audit_dir.join("sinks"),
+            host: "controller".into(),
+            app_name: "loggate-controller".into(),
+            durable: audit.durable(),
+        },
+    )?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let service = ControllerService::new(
         store,

@@ -3,7 +3,7 @@
 //! `WatchGrants` stream.
 
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
-use loggate_core::audit::AuditLog;
+use loggate_core::audit::SharedAuditLog;
 use loggate_core::audit_fields;
 use loggate_core::grant::{
     compile_path_glob, new_grant_id, unix_now, GrantClaims, SigningKey, MAX_TOKEN_LEN,
@@ -34,7 +34,7 @@ pub struct ControllerService {
     max_ttl: Duration,
     revision: watch::Sender<u64>,
     connected: Arc<Mutex<HashSet<String>>>,
-    audit: Arc<Mutex<AuditLog>>,
+    audit: Arc<SharedAuditLog>,
     /// Becomes true when the daemon shuts down: watch streams end so connections can close.
     stopping: watch::Receiver<bool>,
 }
@@ -46,7 +46,7 @@ impl ControllerService {
         trust_domain: String,
         admins: Vec<String>,
         max_ttl: Duration,
-        audit: AuditLog,
+        audit: Arc<SharedAuditLog>,
         stopping: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let (revision, _) = watch::channel(store.latest_revision()?);
@@ -58,7 +58,7 @@ impl ControllerService {
             max_ttl,
             revision,
             connected: Arc::default(),
-            audit: Arc::new(Mutex::new(audit)),
+            audit,
             stopping,
         })
     }
@@ -68,8 +68,9 @@ impl ControllerService {
         event: &str,
         fields: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), Status> {
-        let mut log = self.audit.lock().unwrap_or_else(|p| p.into_inner());
-        log.append(event, fields).map(|_| ()).map_err(|e| {
+        // Waiting for the disk blocks: let the runtime move its other tasks off this thread.
+        let appended = tokio::task::block_in_place(|| self.audit.append(event, fields));
+        appended.map(|_| ()).map_err(|e| {
             tracing::error!("audit write failed: {e}");
             Status::unavailable("the controller cannot write its audit log; nothing was changed")
         })

@@ -392,12 +392,32 @@ impl Cluster {
         }
     }
 
-    /// Waits until agent `id` has received grant `grant_id`.
+    /// Waits until agent `id` has received grant `grant_id` (its audit record) and installed it
+    /// (its log line: the record is written before the install, audit before action).
     pub fn wait_for_grant(&self, id: &str, grant_id: &str) -> anyhow::Result<()> {
-        self.wait_for_audit(id, Duration::from_secs(15), |e| {
+        let timeout = Duration::from_secs(15);
+        self.wait_for_audit(id, timeout, |e| {
             e["event"] == "grant.received" && e["grant_id"] == grant_id
-        })
-        .map(|_| ())
+        })?;
+        let log = self
+            .agents
+            .get(id)
+            .context("unknown agent")?
+            .dir
+            .join("stderr.log");
+        let installed = format!("grant_id={grant_id}");
+        let deadline = Instant::now() + timeout;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("grant installed") && l.contains(&installed))
+        {
+            if Instant::now() > deadline {
+                bail!("agent {id} did not install grant {grant_id} within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 }
 
@@ -481,4 +501,300 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A real `rsyslogd` receiving RFC 5425 syslog over mutual TLS on a free loopback port: the
+/// `gtls` driver with `authMode="x509/name"` and a permitted-peer list (the `ossl` driver ignores
+/// that list), `maxMessageSize="64k"` (the 8 KB default splits large events), and an `omfile`
+/// action that writes each message's MSG part, exactly, one per line, to `received.log`.
+/// Started and stopped by its pid; stopped on drop.
+pub struct Rsyslog {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+impl Rsyslog {
+    /// Writes the configuration in `dir`: the receiver listens on `addr` (see [`free_addr`]),
+    /// presents `cert`/`key`, trusts client certificates from `ca`, and accepts only the peers
+    /// named in `permitted`.
+    pub fn new(
+        dir: &Path,
+        addr: SocketAddr,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        permitted: &[&str],
+    ) -> anyhow::Result<Rsyslog> {
+        let rsyslogd = Path::new("/usr/sbin/rsyslogd");
+        if !rsyslogd.exists() {
+            bail!(
+                "rsyslogd is not installed: `cargo xtask test` installs rsyslog and rsyslog-gnutls \
+                 (or apt-get install rsyslog rsyslog-gnutls)"
+            );
+        }
+        std::fs::create_dir_all(dir.join("work"))?;
+        let peers: Vec<String> = permitted.iter().map(|p| format!("{p:?}")).collect();
+        let peers = peers.join(", ");
+        let d = dir.display();
+        let conf = dir.join("rsyslog.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "# rsyslog TLS receiver (written by the loopback harness)\n\
+                 global(workDirectory=\"{d}/work\" maxMessageSize=\"64k\"\n\
+                 \x20      defaultNetstreamDriver=\"gtls\"\n\
+                 \x20      defaultNetstreamDriverCAFile=\"{}\"\n\
+                 \x20      defaultNetstreamDriverCertFile=\"{}\"\n\
+                 \x20      defaultNetstreamDriverKeyFile=\"{}\")\n\
+                 module(load=\"imtcp\" streamDriver.name=\"gtls\" streamDriver.mode=\"1\"\n\
+                 \x20      streamDriver.authMode=\"x509/name\" permittedPeer=[{peers}])\n\
+                 template(name=\"msgonly\" type=\"string\" string=\"%msg%\\n\")\n\
+                 ruleset(name=\"siem\") {{\n\
+                 \x20 action(type=\"omfile\" file=\"{d}/received.log\" template=\"msgonly\")\n\
+                 }}\n\
+                 input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{}\" ruleset=\"siem\"\n\
+                 \x20     streamDriver.name=\"gtls\" streamDriver.mode=\"1\"\n\
+                 \x20     streamDriver.authMode=\"x509/name\" permittedPeer=[{peers}])\n\
+                 # rsyslog's own messages (a refused peer, a TLS error) go here.\n\
+                 action(type=\"omfile\" file=\"{d}/rsyslog-internal.log\")\n",
+                ca.display(),
+                cert.display(),
+                key.display(),
+                addr.port()
+            ),
+        )?;
+        let check = Command::new(rsyslogd)
+            .arg("-N1")
+            .arg("-f")
+            .arg(&conf)
+            .output()?;
+        if !check.status.success() {
+            bail!(
+                "rsyslogd refuses {}: {}",
+                conf.display(),
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+        Ok(Rsyslog {
+            addr,
+            dir: dir.to_path_buf(),
+            conf,
+            child: None,
+        })
+    }
+
+    /// Starts `rsyslogd -n -f CONF -i PIDFILE` and waits until it listens.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("rsyslogd.stderr"))?;
+        let child = Command::new("/usr/sbin/rsyslogd")
+            .arg("-n")
+            .arg("-f")
+            .arg(&self.conf)
+            .arg("-i")
+            .arg(self.dir.join("rsyslogd.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting rsyslogd")?;
+        self.child = Some(child);
+        wait_for_port(self.addr, Duration::from_secs(20))
+    }
+
+    /// Stops the rsyslogd this harness started (SIGTERM to its pid, then SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            terminate(&mut c);
+        }
+    }
+
+    /// Kills the rsyslogd this harness started with SIGKILL (a receiver crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The messages received so far, one per line, exactly as sent.
+    pub fn received(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("received.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    /// What rsyslog said about itself (refused peers, TLS errors): its internal log and stderr.
+    pub fn internal_log(&self) -> String {
+        ["rsyslog-internal.log", "rsyslogd.stderr"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One request a [`HecReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct HecRequest {
+    pub method: String,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub body: Vec<u8>,
+    /// The status it was answered with.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct HecState {
+    requests: Vec<HecRequest>,
+    fail_next: usize,
+}
+
+/// A small Splunk-HEC-like HTTP/1.1 collector on loopback (keep-alive; plain http, or https
+/// with a given certificate): records every request, answers `503` to the next `fail_next` ones
+/// and `200 {"code":0}` otherwise. Its threads end with the test process.
+pub struct HecReceiver {
+    pub addr: SocketAddr,
+    state: std::sync::Arc<std::sync::Mutex<HecState>>,
+}
+
+impl HecReceiver {
+    /// Plain http on a free port.
+    pub fn start(fail_next: usize) -> anyhow::Result<HecReceiver> {
+        Self::start_at("127.0.0.1:0".parse()?, fail_next, None)
+    }
+
+    /// On `addr`; https presenting `tls` = (certificate PEM file, key PEM file) when given.
+    pub fn start_at(
+        addr: SocketAddr,
+        fail_next: usize,
+        tls: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<HecReceiver> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let tls = match tls {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+                let key = PrivateKeyDer::from_pem_file(key)?;
+                let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(chain, key)?;
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(std::sync::Arc::new(config))
+            }
+            None => None,
+        };
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let state = std::sync::Arc::new(std::sync::Mutex::new(HecState {
+            requests: Vec::new(),
+            fail_next,
+        }));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let state = shared.clone();
+                let tls = tls.clone();
+                std::thread::spawn(move || {
+                    let _ = match tls {
+                        Some(config) => rustls::ServerConnection::new(config)
+                            .map_err(anyhow::Error::from)
+                            .and_then(|server| {
+                                serve_hec_connection(rustls::StreamOwned::new(server, conn), &state)
+                            }),
+                        None => serve_hec_connection(conn, &state),
+                    };
+                });
+            }
+        });
+        Ok(HecReceiver { addr, state })
+    }
+
+    pub fn requests(&self) -> Vec<HecRequest> {
+        self.state
+            .lock()
+            .map(|s| s.requests.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn serve_hec_connection<S: std::io::Read + std::io::Write>(
+    conn: S,
+    state: &std::sync::Mutex<HecState>,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let (mut length, mut authorization) = (0usize, None);
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header)?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse()?,
+                    "authorization" => authorization = Some(value.trim().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+        let status = {
+            let mut s = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let status = if s.fail_next > 0 {
+                s.fail_next -= 1;
+                503
+            } else {
+                200
+            };
+            s.requests.push(HecRequest {
+                method,
+                path,
+                authorization,
+                body,
+                status,
+            });
+            status
+        };
+        let (reason, answer) = match status {
+            200 => ("OK", r#"{"text":"Success","code":0}"#),
+            _ => (
+                "Service Unavailable",
+                r#"{"text":"Server is busy","code":9}"#,
+            ),
+        };
+        let writer = reader.get_mut();
+        write!(
+            writer,
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        )?;
+        writer.flush()?;
+    }
 }

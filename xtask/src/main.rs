@@ -1,5 +1,6 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`.
 
+mod bench_audit;
 mod bench_ebpf;
 mod demo;
 mod ebpf;
@@ -25,10 +26,17 @@ enum Task {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
-    /// Install what the tests need (as root, from Debian's packages) and run every test, plus
+    /// Install what the tests need (as root, from Debian's packages: clang and llvm, rsyslog and
+    /// rsyslog-gnutls) and run every test, plus
     /// the formatting and clippy checks and the check that the committed eBPF object matches a
     /// rebuild of its source.
     Test,
+    /// Benchmarks (criterion and side-by-side runs), printed as rates and ratios; see
+    /// docs/performance.md.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
     /// Rebuild the eBPF objects in agent-ebpf/bpf/ from their C sources in agent-ebpf/src/
     /// (needs clang and llvm-strip; installs them as root with apt-get when missing).
     BuildEbpf {
@@ -36,13 +44,12 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
-    /// Benchmarks; figures and commands in docs/performance.md.
-    #[command(subcommand)]
-    Bench(Bench),
 }
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Durable audit events per second with group commit, against one fsync per event.
+    Audit,
     /// The bypass audit's cost on opens of unprotected files and on getppid, against no program
     /// and against empty programs on the same hooks (as root).
     Ebpf(bench_ebpf::Args),
@@ -86,6 +93,14 @@ fn test() -> anyhow::Result<()> {
         Err(e) if std::env::var_os("CI").is_some() => return Err(e),
         Err(e) => eprintln!("xtask: WARNING: skipping the eBPF object check: {e:#}"),
     }
+    // rsyslog with its GnuTLS driver: the SIEM delivery tests (tests/tests/siem.rs) run a real
+    // rsyslogd as their receiver. Missing and not installable: a warning (those tests then fail
+    // saying so); in CI an error.
+    match ensure_rsyslog() {
+        Ok(()) => {}
+        Err(e) if std::env::var_os("CI").is_some() => return Err(e),
+        Err(e) => eprintln!("xtask: WARNING: the SIEM delivery tests will fail: {e:#}"),
+    }
     // gcc-multilib for the strict-mode test's i386 helper (CI=true fails that test without it).
     if let Err(e) = ebpf::ensure_ia32_gcc() {
         eprintln!("xtask: WARNING: gcc cannot target i386: {e:#}");
@@ -107,12 +122,54 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian packages the SIEM tests need: rsyslog and its `gtls` network stream driver.
+const RSYSLOG_PACKAGES: [&str; 2] = ["rsyslog", "rsyslog-gnutls"];
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
+}
+
+/// Installs rsyslog and rsyslog-gnutls with apt-get (as root) when they are missing.
+fn ensure_rsyslog() -> anyhow::Result<()> {
+    let missing: Vec<&str> = RSYSLOG_PACKAGES
+        .into_iter()
+        .filter(|p| !package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let apt = Command::new("apt-get")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !apt {
+        anyhow::bail!(
+            "{} not installed; install them (Debian: apt-get install {})",
+            missing.join(" and "),
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Task::Demo { keep } => demo::run(keep),
         Task::Test => test(),
-        Task::Bench(Bench::Ebpf(args)) => bench_ebpf::run_bench(&args),
+        Task::Bench { what: Bench::Audit } => bench_audit::run_audit(),
+        Task::Bench {
+            what: Bench::Ebpf(args),
+        } => bench_ebpf::run_bench(&args),
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }

@@ -10,9 +10,12 @@
 //! must then refuse the action (no bytes are served without their audit record on disk).
 
 mod checkpoint;
+mod group;
+pub mod ship;
 mod verify;
 
 pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
+pub use group::{DurableSeq, SharedAuditLog};
 pub use verify::{verify_chain, ChainBreak, ChainSummary};
 
 use serde_json::{Map, Value};
@@ -34,7 +37,8 @@ pub enum AuditError {
     Corrupt { path: PathBuf, why: String },
 }
 
-/// The append-only, hash-chained audit file of one process.
+/// The append-only, hash-chained audit file of one process, for one writer. Shared by many
+/// threads it is a [`SharedAuditLog`], which syncs their records together (group commit).
 pub struct AuditLog {
     path: PathBuf,
     file: File,
@@ -42,8 +46,22 @@ pub struct AuditLog {
     prev: String,
     host: String,
     checkpoints: Option<Checkpoints>,
-    /// File length after the last record known to be complete and synced.
-    good_len: u64,
+    /// File length after the last complete record written (synced or not).
+    written_len: u64,
+    /// The last record known to be on disk.
+    durable: ChainPoint,
+    /// A length the file must be cut back to before anything more is written: set when a cut
+    /// after a failed write or sync failed too. Appending past unknown bytes would break the
+    /// chain, so every append retries the cut first and fails until it works.
+    pending_cut: Option<u64>,
+}
+
+/// A position in the chain: the last record's seq, its hash, and the file length after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChainPoint {
+    seq: u64,
+    prev: String,
+    len: u64,
 }
 
 struct Checkpoints {
@@ -107,14 +125,21 @@ impl AuditLog {
                 })?;
                 (seq + 1, hex::encode(Sha256::digest(last_line)))
             };
+        let len = start + tail.len() as u64;
         let mut log = AuditLog {
             path: path.to_path_buf(),
             file,
+            durable: ChainPoint {
+                seq: next_seq - 1,
+                prev: prev.clone(),
+                len,
+            },
             next_seq,
             prev,
             host: host.to_string(),
             checkpoints: None,
-            good_len: start + tail.len() as u64,
+            written_len: len,
+            pending_cut: None,
         };
         if torn_bytes > 0 {
             log.append(
@@ -147,29 +172,110 @@ impl AuditLog {
     /// `fields` must not contain the envelope keys (`seq`, `prev`, `time`, `host`, `event`);
     /// if it does, the envelope wins.
     pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
-        let seq = self.write_record(event, fields)?;
-        if let Some(c) = &mut self.checkpoints {
-            c.since_last += 1;
-            if c.since_last >= c.policy.every {
-                self.checkpoint()?;
-            }
-        }
+        let seq = self.append_unsynced(event, fields)?;
+        self.sync()?;
         Ok(seq)
     }
 
     /// Writes a checkpoint if records were written since the last one and the interval passed.
     /// Call it periodically (the agent does, once a second).
     pub fn checkpoint_if_due(&mut self) -> Result<(), AuditError> {
-        match &self.checkpoints {
-            Some(c) if c.since_last > 0 && c.last.elapsed() >= c.policy.interval => {
-                self.checkpoint()
-            }
-            _ => Ok(()),
+        if self.checkpoint_due() {
+            self.checkpoint()?;
         }
+        Ok(())
     }
 
     /// Seals the chain as it stands with a signed `audit.checkpoint` record (also at shutdown).
     pub fn checkpoint(&mut self) -> Result<(), AuditError> {
+        self.write_checkpoint()?;
+        self.sync()
+    }
+
+    /// Writes one event without syncing (a checkpoint follows when due). The record is not
+    /// durable until a sync covers it: [`SharedAuditLog`] does that for many writers at once.
+    pub(crate) fn append_unsynced(
+        &mut self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<u64, AuditError> {
+        let seq = self.write_record(event, fields)?;
+        if let Some(c) = &mut self.checkpoints {
+            c.since_last += 1;
+            if c.since_last >= c.policy.every {
+                // The event itself is written; a checkpoint that fails is retried by the next
+                // append and by `checkpoint_if_due`, which reports the error.
+                let _ = self.write_checkpoint();
+            }
+        }
+        Ok(seq)
+    }
+
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        matches!(&self.checkpoints,
+            Some(c) if c.since_last > 0 && c.last.elapsed() >= c.policy.interval)
+    }
+
+    /// The chain as written so far (what a sync started now would make durable).
+    pub(crate) fn written(&self) -> ChainPoint {
+        ChainPoint {
+            seq: self.next_seq - 1,
+            prev: self.prev.clone(),
+            len: self.written_len,
+        }
+    }
+
+    pub(crate) fn durable_seq(&self) -> u64 {
+        self.durable.seq
+    }
+
+    /// Records that a sync started at `point` succeeded.
+    pub(crate) fn mark_durable(&mut self, point: ChainPoint) {
+        if point.seq > self.durable.seq {
+            self.durable = point;
+        }
+    }
+
+    /// After a failed sync nothing written since the last durable record can be trusted to be
+    /// on disk: cut it off, so the chain continues from the last durable record. The writers of
+    /// the cut records are told their action must not happen.
+    pub(crate) fn cut_to_durable(&mut self) {
+        self.next_seq = self.durable.seq + 1;
+        self.prev = self.durable.prev.clone();
+        self.written_len = self.durable.len;
+        self.cut_file_to(self.durable.len);
+    }
+
+    /// A handle on the same open file, for syncing without holding the writer.
+    pub(crate) fn sync_handle(&self) -> Result<File, AuditError> {
+        self.file.try_clone().map_err(|source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn sync(&mut self) -> Result<(), AuditError> {
+        let point = self.written();
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.mark_durable(point);
+                Ok(())
+            }
+            Err(source) => {
+                self.cut_to_durable();
+                Err(AuditError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    fn cut_file_to(&mut self, len: u64) {
+        self.pending_cut = self.file.set_len(len).err().map(|_| len);
+    }
+
+    pub(crate) fn write_checkpoint(&mut self) -> Result<(), AuditError> {
         let Some(c) = &self.checkpoints else {
             return Ok(());
         };
@@ -216,24 +322,23 @@ impl AuditLog {
         })?;
         let hash = hex::encode(Sha256::digest(&line));
         line.push(b'\n');
-        let io_err = |source| AuditError::Io {
-            path: self.path.clone(),
+        let io_err = |path: &Path, source| AuditError::Io {
+            path: path.to_path_buf(),
             source,
         };
+        if let Some(len) = self.pending_cut {
+            self.file.set_len(len).map_err(|e| io_err(&self.path, e))?;
+            self.pending_cut = None;
+        }
         // One write per line on an O_APPEND file: concurrent readers never see half a record
         // unless the disk fills, which the next open repairs as a torn tail.
-        let written = self
-            .file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
+        if let Err(e) = self.file.write_all(&line) {
             // Cut off whatever part of the record reached the file, so the chain stays whole
             // and the next append (or the next start) continues from the last good record.
-            // If even that fails, the next open repairs it as a torn tail.
-            let _ = self.file.set_len(self.good_len);
-            return Err(io_err(e));
+            self.cut_file_to(self.written_len);
+            return Err(io_err(&self.path, e));
         }
-        self.good_len += line.len() as u64;
+        self.written_len += line.len() as u64;
         self.next_seq += 1;
         self.prev = hash;
         Ok(seq)

@@ -1,0 +1,349 @@
+//! Group commit: many threads append to one audit log and share its syncs.
+//!
+//! An appender writes its record (one `write` on the `O_APPEND` file, under the lock). A
+//! flusher thread syncs whenever records are waiting, outside the lock, so records written
+//! during a sync ride on the next one: one `fdatasync` makes a whole batch durable.
+//! [`SharedAuditLog::append`] returns only once its own record is on disk ("audit before
+//! action" holds for every caller); [`SharedAuditLog::append_deferred`] returns once the record
+//! is written, for observations that gate nothing (eBPF bypass events), and the flusher makes it
+//! durable within one sync.
+//!
+//! A failed sync leaves unknown bytes on disk: every record written since the last durable one
+//! is cut off, the chain continues from there, and each waiting writer of a cut record gets an
+//! error (its action must not happen). Writers of records that were already durable are
+//! unaffected.
+
+use super::{AuditError, AuditLog};
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// How many past failed syncs are remembered to answer late waiters. A waiter more failures
+/// behind than this is told its record was lost (fail closed), which it may not have been.
+const REMEMBERED_FAILURES: usize = 64;
+
+/// The seq of the last record known to be on disk, for readers of the file that pass records
+/// on (the SIEM sinks, the checkpoint sender): they take nothing past it, since a failed sync
+/// may still cut it off and write a different record with the same seq.
+#[derive(Debug, Clone)]
+pub struct DurableSeq(Arc<AtomicU64>);
+
+impl DurableSeq {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// A fixed value: for a reader of a file nobody writes any more (and for tests).
+    pub fn fixed(seq: u64) -> Self {
+        DurableSeq(Arc::new(AtomicU64::new(seq)))
+    }
+}
+
+/// An [`AuditLog`] shared by threads, with group commit.
+pub struct SharedAuditLog {
+    inner: Arc<Inner>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Signalled when records are written (wakes the flusher) and when a sync ends (wakes the
+    /// waiting writers).
+    changed: Condvar,
+    /// The same open file as the log's, synced without holding the lock.
+    sync_handle: File,
+    durable: DurableSeq,
+}
+
+struct State {
+    log: AuditLog,
+    /// Bumped by every failed sync (which cuts the unsynced records off).
+    generation: u64,
+    /// For recent generations ended by a failed sync: (generation, last durable seq at the cut).
+    ended: VecDeque<(u64, u64)>,
+    last_failure: String,
+    syncs: u64,
+    closing: bool,
+}
+
+impl SharedAuditLog {
+    pub fn new(log: AuditLog) -> Result<Self, AuditError> {
+        let inner = Arc::new(Inner {
+            sync_handle: log.sync_handle()?,
+            durable: DurableSeq::fixed(log.durable_seq()),
+            state: Mutex::new(State {
+                log,
+                generation: 0,
+                ended: VecDeque::new(),
+                last_failure: String::new(),
+                syncs: 0,
+                closing: false,
+            }),
+            changed: Condvar::new(),
+        });
+        let flusher = {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("audit-flusher".into())
+                .spawn(move || inner.flush_until_closed())
+        }
+        .map_err(|source| AuditError::Io {
+            path: inner.lock().log.path().to_path_buf(),
+            source,
+        })?;
+        Ok(SharedAuditLog {
+            inner,
+            flusher: Some(flusher),
+        })
+    }
+
+    /// Appends one event and returns once it is on disk. Callers fail closed on error.
+    pub fn append(&self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
+        let mut state = self.inner.lock();
+        let seq = state.log.append_unsynced(event, fields)?;
+        let generation = state.generation;
+        self.inner.changed.notify_all();
+        self.inner.wait_durable(state, seq, generation)?;
+        Ok(seq)
+    }
+
+    /// Appends one event and returns once it is written; the flusher makes it durable with its
+    /// next sync. For events that no action waits on: a crash can lose the last few
+    /// milliseconds of them, never part of a record, and never a gap in the chain.
+    pub fn append_deferred(
+        &self,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> Result<u64, AuditError> {
+        let seq = self.inner.lock().log.append_unsynced(event, fields)?;
+        self.inner.changed.notify_all();
+        Ok(seq)
+    }
+
+    /// Writes a signed checkpoint if one is due (see [`AuditLog::checkpoint_if_due`]).
+    pub fn checkpoint_if_due(&self) -> Result<(), AuditError> {
+        let state = self.inner.lock();
+        if state.log.checkpoint_due() {
+            self.checkpoint_locked(state)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the chain as it stands with a signed checkpoint (at shutdown, say).
+    pub fn checkpoint(&self) -> Result<(), AuditError> {
+        self.checkpoint_locked(self.inner.lock())
+    }
+
+    /// The seq of the last record on disk, kept up to date by the flusher.
+    pub fn durable(&self) -> DurableSeq {
+        self.inner.durable.clone()
+    }
+
+    /// How many syncs the log has run (records per sync = the group-commit factor).
+    pub fn sync_count(&self) -> u64 {
+        self.inner.lock().syncs
+    }
+
+    fn checkpoint_locked<'a>(&'a self, mut state: MutexGuard<'a, State>) -> Result<(), AuditError> {
+        state.log.write_checkpoint()?;
+        let seq = state.log.written().seq;
+        let generation = state.generation;
+        self.inner.changed.notify_all();
+        self.inner.wait_durable(state, seq, generation)
+    }
+}
+
+impl Drop for SharedAuditLog {
+    /// Makes everything written durable, then stops the flusher.
+    fn drop(&mut self) {
+        self.inner.lock().closing = true;
+        self.inner.changed.notify_all();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The flusher: syncs whenever records wait to be made durable; when closing, syncs what
+    /// is left and returns.
+    fn flush_until_closed(&self) {
+        let mut state = self.lock();
+        loop {
+            let pending = state.log.written().seq > state.log.durable_seq();
+            if !pending {
+                if state.closing {
+                    return;
+                }
+                state = self.wait(state);
+                continue;
+            }
+            let point = state.log.written();
+            drop(state);
+            let result = self.sync_handle.sync_data();
+            state = self.lock();
+            state.syncs += 1;
+            match result {
+                Ok(()) => {
+                    state.log.mark_durable(point);
+                    self.durable
+                        .0
+                        .store(state.log.durable_seq(), Ordering::Release);
+                }
+                Err(e) => {
+                    let ended = (state.generation, state.log.durable_seq());
+                    state.ended.push_back(ended);
+                    if state.ended.len() > REMEMBERED_FAILURES {
+                        state.ended.pop_front();
+                    }
+                    state.generation += 1;
+                    state.last_failure = e.to_string();
+                    state.log.cut_to_durable();
+                }
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    /// Returns once record `seq`, written in `generation`, is durable, or an error if a failed
+    /// sync cut it off.
+    fn wait_durable<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        seq: u64,
+        generation: u64,
+    ) -> Result<(), AuditError> {
+        loop {
+            if state.generation != generation {
+                let kept = state
+                    .ended
+                    .iter()
+                    .any(|&(g, durable)| g == generation && seq <= durable);
+                return if kept {
+                    Ok(())
+                } else {
+                    Err(AuditError::Io {
+                        path: state.log.path().to_path_buf(),
+                        source: io::Error::other(format!(
+                            "sync failed, the record was discarded: {}",
+                            state.last_failure
+                        )),
+                    })
+                };
+            }
+            if state.log.durable_seq() >= seq {
+                return Ok(());
+            }
+            state = self.wait(state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{verify_chain, CheckpointKey, CheckpointPolicy};
+    use crate::audit_fields;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lg-group-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn concurrent_appends_form_one_intact_chain_with_shared_syncs() {
+        let dir = temp_dir();
+        let path = dir.join("audit.jsonl");
+        let key = CheckpointKey::load_or_create(&dir.join("k")).unwrap();
+        let public = key.verify_key();
+        let policy = CheckpointPolicy {
+            every: 50,
+            interval: std::time::Duration::from_secs(3600),
+        };
+        let log = AuditLog::open(&path, "h")
+            .unwrap()
+            .with_checkpoints(key, policy);
+        let shared = Arc::new(SharedAuditLog::new(log).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    (0..100)
+                        .map(|i| {
+                            shared
+                                .append("e", audit_fields!("t" => t, "i" => i))
+                                .unwrap()
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        assert_eq!(seqs.len(), 800, "every append got its own seq");
+        // Each append returned only after a sync covered it; there were never more syncs
+        // than appends (and usually far fewer: that is the point).
+        assert!(shared.sync_count() <= 800 + 16);
+        let text = std::fs::read(&path).unwrap();
+        let summary = verify_chain(&text[..], &[public]).unwrap();
+        assert_eq!(summary.checkpoints, 16);
+        assert_eq!(summary.records, 816);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn deferred_events_become_durable_and_keep_the_chain() {
+        let dir = temp_dir();
+        let path = dir.join("audit.jsonl");
+        let shared = SharedAuditLog::new(AuditLog::open(&path, "h").unwrap()).unwrap();
+        for i in 0..500 {
+            shared
+                .append_deferred("bypass.read", audit_fields!("i" => i))
+                .unwrap();
+        }
+        assert_eq!(shared.append("read.allowed", Map::new()).unwrap(), 501);
+        // The waited append returned: everything before it is durable too.
+        assert_eq!(shared.inner.lock().log.durable_seq(), 501);
+        shared.append_deferred("tail", Map::new()).unwrap();
+        drop(shared); // the flusher syncs what is left before it stops
+        let text = std::fs::read(&path).unwrap();
+        assert_eq!(verify_chain(&text[..], &[]).unwrap().records, 502);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_sync_cuts_the_unsynced_records_and_the_chain_continues() {
+        let dir = temp_dir();
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "h").unwrap();
+        log.append("durable", Map::new()).unwrap();
+        log.append_unsynced("lost-1", Map::new()).unwrap();
+        log.append_unsynced("lost-2", Map::new()).unwrap();
+        // What the group does when fdatasync fails:
+        log.cut_to_durable();
+        assert_eq!(log.append("after", Map::new()).unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("lost-"), "{text}");
+        let summary = verify_chain(text.as_bytes(), &[]).unwrap();
+        assert_eq!((summary.records, summary.last_seq), (2, 2));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,615 @@
+//! SIEM delivery: each configured sink follows the local audit file (the spool) on its own
+//! thread and sends every record past its persisted cursor, at least once.
+//!
+//! - The cursor (last delivered `seq`, the chain identity, an offset hint) is stored atomically
+//!   after delivery (see [`cursor`]); after a restart or an outage the sink resends from it, so a
+//!   SIEM may see a record twice, byte for byte the same (same `seq`, same `metadata.uid`).
+//! - A sink never touches the audit writer or the gate: it only reads the file, on a thread and
+//!   runtime of its own, so a slow or absent receiver cannot slow a read.
+//! - While a receiver is down the sink retries with exponential back-off and jitter, logs the
+//!   outage at once and then every 30 s, and keeps `<state>/<name>.status.json` current (state,
+//!   delivered and written `seq`, lag, last error).
+
+pub mod config;
+pub mod cursor;
+mod hec;
+pub mod spool;
+mod syslog;
+
+use crate::audit::DurableSeq;
+pub use config::{validate_sinks, AuditSection, SinkConfig, SinkFile, Target};
+
+use cursor::Cursor;
+use spool::{FirstLine, Record, Spool};
+use std::collections::VecDeque;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How often a sink looks for new records when it has caught up.
+const POLL: Duration = Duration::from_millis(100);
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// At most one log line per sink per this interval about the same outage or lag.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// How a sink talks to its receiver.
+pub(crate) trait Transport {
+    async fn connect(&mut self) -> Result<(), String>;
+    fn disconnect(&mut self);
+    fn is_connected(&self) -> bool;
+    /// Sends one batch; `Ok` means written (and, for acknowledging receivers, acknowledged).
+    async fn send(&mut self, batch: &[Record]) -> Result<(), String>;
+    /// How long after a successful send the connection must stay healthy before the batch
+    /// counts as delivered (zero for receivers that acknowledge).
+    fn confirm_after(&self) -> Duration;
+    /// Without waiting: `Some(why)` when the connection is known to be broken.
+    async fn broken(&mut self) -> Option<String>;
+}
+
+/// What every sink of one process shares.
+#[derive(Debug, Clone)]
+pub struct ShipContext {
+    /// The audit file to follow.
+    pub audit_log: PathBuf,
+    /// Where cursors and status files live (created, mode 0700).
+    pub state_dir: PathBuf,
+    /// This host's name in the messages (the agent id, or `controller`).
+    pub host: String,
+    /// The program's name in syslog headers (`loggate-agent`).
+    pub app_name: String,
+    /// How far the file is on disk: nothing past it is sent (see [`DurableSeq`]).
+    pub durable: DurableSeq,
+}
+
+/// Starts one thread per sink. They run until the process exits.
+pub fn spawn_sinks(sinks: Vec<SinkConfig>, ctx: &ShipContext) -> anyhow::Result<()> {
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&ctx.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", ctx.state_dir.display()))?;
+    for sink in sinks {
+        let ctx = ctx.clone();
+        let name = sink.name.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("sink-{name}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match sink.target {
+                        Target::Syslog(t) => {
+                            let transport = syslog::SyslogSink::new(t, &ctx.host, &ctx.app_name);
+                            Shipper::new(&sink.name, sink.batch_size, transport, &ctx)
+                                .run()
+                                .await
+                        }
+                        Target::Hec(t) => {
+                            let transport = hec::HecSink::new(t, &ctx.host);
+                            Shipper::new(&sink.name, sink.batch_size, transport, &ctx)
+                                .run()
+                                .await
+                        }
+                    }
+                })
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start sink {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A batch written but not yet counted as delivered.
+struct InFlight {
+    seq: u64,
+    end: u64,
+    written: Instant,
+}
+
+/// The delivery loop of one sink.
+struct Shipper<T: Transport> {
+    name: String,
+    batch_size: usize,
+    transport: T,
+    spool: Spool,
+    durable: DurableSeq,
+    cursor_path: PathBuf,
+    status_path: PathBuf,
+    /// What is persisted: delivered through `delivered.seq`.
+    delivered: Cursor,
+    /// The last `seq` written to the receiver (delivered or in flight).
+    written: u64,
+    in_flight: VecDeque<InFlight>,
+    backoff: Duration,
+    health: Health,
+}
+
+#[derive(Default)]
+struct Health {
+    down_since: Option<Instant>,
+    failures: u64,
+    last_error: Option<String>,
+    last_log: Option<Instant>,
+    /// What the last log line said, so a new kind of failure is logged at once.
+    last_logged: String,
+    last_status: Option<Instant>,
+    head: u64,
+}
+
+impl<T: Transport> Shipper<T> {
+    fn new(name: &str, batch_size: usize, transport: T, ctx: &ShipContext) -> Self {
+        Shipper {
+            name: name.to_string(),
+            batch_size,
+            transport,
+            spool: Spool::new(&ctx.audit_log),
+            durable: ctx.durable.clone(),
+            cursor_path: cursor::cursor_path(&ctx.state_dir, name),
+            status_path: ctx.state_dir.join(format!("{name}.status.json")),
+            delivered: Cursor {
+                chain: String::new(),
+                seq: 0,
+                offset: 0,
+            },
+            written: 0,
+            in_flight: VecDeque::new(),
+            backoff: BACKOFF_FIRST,
+            health: Health::default(),
+        }
+    }
+
+    async fn run(mut self) {
+        // Wait for the audit file's first record: it names the chain the cursor belongs to.
+        let first = loop {
+            match self.spool.first_line() {
+                Ok(Some(first)) => break first,
+                Ok(None) => {}
+                Err(e) => self.failed(&format!("cannot read the audit file: {e}")),
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let stored = match cursor::load(&self.cursor_path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(
+                    sink = %self.name,
+                    "the cursor {} is unreadable ({e}); resending the whole audit file",
+                    self.cursor_path.display()
+                );
+                None
+            }
+        };
+        self.adopt(&first, stored);
+        loop {
+            if let Err(why) = self.step().await {
+                self.transport.disconnect();
+                self.rewind();
+                self.failed(&why);
+                let pause = jittered(self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.write_status();
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// Takes up the file whose first line is `first`, given the cursor `stored` from before.
+    fn adopt(&mut self, first: &FirstLine, stored: Option<Cursor>) {
+        let fresh = |seq| Cursor {
+            chain: first.hash.clone(),
+            seq,
+            offset: 0,
+        };
+        self.delivered = match stored {
+            None => fresh(0),
+            Some(c) if c.chain == first.hash => {
+                let last = self.spool.last_seq().ok().flatten().unwrap_or(0);
+                if last < c.seq {
+                    tracing::error!(
+                        sink = %self.name,
+                        "the audit file ends at seq {last}, before this sink's cursor ({}): it was cut; delivering from seq {}",
+                        c.seq, last + 1
+                    );
+                    fresh(last)
+                } else {
+                    c
+                }
+            }
+            Some(c) if first.seq > 1 => {
+                if c.seq + 1 < first.seq {
+                    tracing::error!(
+                        sink = %self.name,
+                        "records {} to {} are in an older audit file this sink does not read; delivering from seq {}",
+                        c.seq + 1, first.seq - 1, first.seq
+                    );
+                }
+                fresh(c.seq)
+            }
+            Some(c) => {
+                tracing::warn!(
+                    sink = %self.name,
+                    "the audit file holds a new chain (seq 1 differs from the cursor's; it was at seq {}); delivering it from seq 1",
+                    c.seq
+                );
+                fresh(0)
+            }
+        };
+        self.written = self.delivered.seq;
+        self.in_flight.clear();
+        self.spool.seek(self.delivered.offset);
+    }
+
+    /// One turn: connect if needed, notice a broken connection, count confirmed batches as
+    /// delivered, send the next batch or wait for one.
+    async fn step(&mut self) -> Result<(), String> {
+        if !self.transport.is_connected() {
+            self.transport.connect().await?;
+        }
+        if let Some(why) = self.transport.broken().await {
+            return Err(why);
+        }
+        self.confirm();
+        let batch = self
+            .spool
+            .read(self.written, self.durable.get(), self.batch_size)
+            .map_err(|e| format!("cannot read the audit file: {e}"))?;
+        self.report_unreadable();
+        let Some(last) = batch.last() else {
+            // Caught up. Move to a replacing file only once the open one is fully delivered,
+            // so a rewind never needs a file that is gone.
+            if self.in_flight.is_empty() {
+                match self.spool.follow_replacement() {
+                    Ok(true) => {
+                        let first = self.spool.first_line().ok().flatten();
+                        if let Some(first) = first {
+                            let current = self.delivered.clone();
+                            self.adopt(&first, Some(current));
+                        }
+                        return Ok(());
+                    }
+                    Ok(false) => {}
+                    Err(e) => return Err(format!("cannot follow the audit file: {e}")),
+                }
+            }
+            self.write_status_if_due();
+            tokio::time::sleep(POLL).await;
+            return Ok(());
+        };
+        let (seq, end) = (last.seq, last.end);
+        self.transport.send(&batch).await?;
+        self.written = seq;
+        self.in_flight.push_back(InFlight {
+            seq,
+            end,
+            written: Instant::now(),
+        });
+        self.confirm();
+        self.recovered();
+        self.write_status_if_due();
+        Ok(())
+    }
+
+    /// Counts batches whose confirmation time has passed as delivered and persists the cursor.
+    fn confirm(&mut self) {
+        let wait = self.transport.confirm_after();
+        let mut newest = None;
+        while let Some(f) = self.in_flight.front() {
+            if f.written.elapsed() < wait {
+                break;
+            }
+            newest = Some((f.seq, f.end));
+            self.in_flight.pop_front();
+        }
+        let Some((seq, end)) = newest else {
+            return;
+        };
+        self.delivered.seq = seq;
+        self.delivered.offset = end;
+        if let Err(e) = cursor::store(&self.cursor_path, &self.delivered) {
+            // Delivery goes on; after a restart the sink resends from the older cursor.
+            self.log_limited(&format!(
+                "cannot store the cursor {}: {e}",
+                self.cursor_path.display()
+            ));
+        }
+    }
+
+    /// After a failure: everything not delivered is sent again, from the cursor.
+    fn rewind(&mut self) {
+        self.in_flight.clear();
+        self.written = self.delivered.seq;
+        self.spool.seek(self.delivered.offset);
+    }
+
+    fn lag(&mut self) -> u64 {
+        if let Ok(Some(head)) = self.spool.last_seq() {
+            self.health.head = head;
+        }
+        self.health.head.saturating_sub(self.delivered.seq)
+    }
+
+    fn failed(&mut self, why: &str) {
+        self.health.failures += 1;
+        self.health.last_error = Some(why.to_string());
+        if self.health.down_since.is_none() {
+            self.health.down_since = Some(Instant::now());
+            self.health.last_log = None;
+        }
+        let lag = self.lag();
+        let down = self.health.down_since.map_or(0, |t| t.elapsed().as_secs());
+        if self.health.last_logged != why {
+            self.health.last_log = None;
+        }
+        self.log_limited(&format!(
+            "cannot deliver: {why}; retrying (down {down}s, {lag} records waiting, delivered through seq {})",
+            self.delivered.seq
+        ));
+        self.health.last_logged = why.to_string();
+    }
+
+    fn recovered(&mut self) {
+        self.backoff = BACKOFF_FIRST;
+        if let Some(since) = self.health.down_since.take() {
+            tracing::info!(
+                sink = %self.name,
+                "delivering again after {}s and {} failed attempts",
+                since.elapsed().as_secs(),
+                self.health.failures
+            );
+            self.health.failures = 0;
+            self.health.last_log = None;
+        }
+    }
+
+    fn report_unreadable(&mut self) {
+        if self.spool.unreadable > 0 {
+            let n = std::mem::take(&mut self.spool.unreadable);
+            tracing::error!(
+                sink = %self.name,
+                "{n} audit line(s) without a readable seq were not sent (`loggate audit verify` names them)"
+            );
+        }
+    }
+
+    fn log_limited(&mut self, message: &str) {
+        if self
+            .health
+            .last_log
+            .is_some_and(|t| t.elapsed() < LOG_EVERY)
+        {
+            return;
+        }
+        self.health.last_log = Some(Instant::now());
+        tracing::warn!(sink = %self.name, "{message}");
+    }
+
+    fn write_status_if_due(&mut self) {
+        if self
+            .health
+            .last_status
+            .is_none_or(|t| t.elapsed() >= STATUS_EVERY)
+        {
+            self.write_status();
+        }
+    }
+
+    /// `<name>.status.json`: what an operator (or a test) reads to see a sink behind or down.
+    fn write_status(&mut self) {
+        self.health.last_status = Some(Instant::now());
+        let lag = self.lag();
+        let up = self.health.down_since.is_none() && self.transport.is_connected();
+        if up && lag > 10 * self.batch_size as u64 {
+            self.log_limited(&format!("{lag} records behind the audit file"));
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let status = serde_json::json!({
+            "sink": self.name,
+            "state": if up { "up" } else { "down" },
+            "delivered_seq": self.delivered.seq,
+            "written_seq": self.written,
+            "head_seq": self.health.head,
+            "lag": lag,
+            "down_for_ms": self.health.down_since.map(|t| t.elapsed().as_millis() as u64),
+            "last_error": self.health.last_error,
+            "updated_ms": now_ms,
+        });
+        let mut tmp = self.status_path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let written = std::fs::write(&tmp, status.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &self.status_path));
+        if let Err(e) = written {
+            self.log_limited(&format!("cannot write {}: {e}", self.status_path.display()));
+        }
+    }
+}
+
+/// Between half and all of `delay`, at random (spreads the reconnects of many agents).
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditLog;
+    use std::sync::{Arc, Mutex};
+
+    /// A receiver in memory: records what it was sent; refuses the sends numbered in `refuse`.
+    #[derive(Clone, Default)]
+    struct Fake {
+        sent: Arc<Mutex<Vec<u64>>>,
+        refuse: Vec<usize>,
+        sends: Arc<Mutex<usize>>,
+        connected: bool,
+        /// Like syslog: sent batches count only after this long on a healthy connection.
+        confirm: Duration,
+        /// The connection breaks (silently) right after this send succeeds.
+        break_after: Option<usize>,
+        broken: bool,
+    }
+
+    impl Transport for Fake {
+        async fn connect(&mut self) -> Result<(), String> {
+            self.connected = true;
+            Ok(())
+        }
+        fn disconnect(&mut self) {
+            self.connected = false;
+        }
+        fn is_connected(&self) -> bool {
+            self.connected
+        }
+        async fn send(&mut self, batch: &[Record]) -> Result<(), String> {
+            let n = {
+                let mut sends = self.sends.lock().unwrap();
+                *sends += 1;
+                *sends
+            };
+            if self.refuse.contains(&n) {
+                return Err(format!("refused send {n}"));
+            }
+            self.sent
+                .lock()
+                .unwrap()
+                .extend(batch.iter().map(|r| r.seq));
+            self.broken = self.break_after == Some(n);
+            Ok(())
+        }
+        fn confirm_after(&self) -> Duration {
+            self.confirm
+        }
+        async fn broken(&mut self) -> Option<String> {
+            std::mem::take(&mut self.broken).then(|| "reset".to_string())
+        }
+    }
+
+    /// Runs a shipper with `fake` until it has sent `until` (`times` times), then stops it.
+    fn ship_until(ctx: &ShipContext, fake: &Fake, until: u64) -> Vec<u64> {
+        ship_until_n(ctx, fake, until, 1)
+    }
+
+    fn ship_until_n(ctx: &ShipContext, fake: &Fake, until: u64, times: usize) -> Vec<u64> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let shipper = Shipper::new("t", 4, fake.clone(), ctx);
+        local.block_on(&runtime, async {
+            let task = tokio::task::spawn_local(shipper.run());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while fake
+                .sent
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| **s == until)
+                .count()
+                < times
+            {
+                assert!(Instant::now() < deadline, "{until} never sent");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            task.abort();
+        });
+        fake.sent.lock().unwrap().clone()
+    }
+
+    fn context(dir: &std::path::Path) -> ShipContext {
+        ShipContext {
+            audit_log: dir.join("audit.jsonl"),
+            state_dir: dir.join("sinks"),
+            host: "h".into(),
+            app_name: "test".into(),
+            // `append` below syncs every record.
+            durable: DurableSeq::fixed(u64::MAX),
+        }
+    }
+
+    fn append(ctx: &ShipContext, n: usize) {
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        for _ in 0..n {
+            log.append("e", serde_json::Map::new()).unwrap();
+        }
+    }
+
+    #[test]
+    fn refused_batches_are_resent_and_the_cursor_resumes_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        append(&ctx, 10);
+        let fake = Fake {
+            refuse: vec![1, 3],
+            ..Fake::default()
+        };
+        let sent = ship_until(&ctx, &fake, 10);
+        // Batches of 4: 1-4 refused, 1-4, 5-8 refused, 5-8, 9-10; nothing skipped, nothing twice.
+        assert_eq!(sent, (1..=10).collect::<Vec<_>>());
+        let stored = cursor::load(&cursor::cursor_path(&ctx.state_dir, "t"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.seq, 10);
+
+        // A restart resumes after the cursor.
+        append(&ctx, 3);
+        let fake = Fake::default();
+        assert_eq!(ship_until(&ctx, &fake, 13), vec![11, 12, 13]);
+    }
+
+    #[test]
+    fn a_new_chain_does_not_inherit_the_old_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        append(&ctx, 5);
+        assert_eq!(ship_until(&ctx, &Fake::default(), 5).len(), 5);
+        // The file is replaced by a new chain (seq 1 again, different first line).
+        std::fs::remove_file(&ctx.audit_log).unwrap();
+        append(&ctx, 2);
+        assert_eq!(ship_until(&ctx, &Fake::default(), 2), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_connection_broken_before_confirmation_resends_the_unconfirmed_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        append(&ctx, 6);
+        let fake = Fake {
+            confirm: Duration::from_secs(30),
+            break_after: Some(2),
+            ..Fake::default()
+        };
+        let sent = ship_until_n(&ctx, &fake, 6, 2);
+        let sent_again = ship_until(&ctx, &Fake::default(), 6);
+        // 1-4 and 5-6 were written, the connection broke before either was confirmed: both
+        // are sent again; nothing was counted as delivered, so a restart sends them again too.
+        assert_eq!(sent, vec![1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(sent_again, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_rotated_file_continues_from_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        append(&ctx, 3);
+        assert_eq!(ship_until(&ctx, &Fake::default(), 3), vec![1, 2, 3]);
+        // Rotation: the file moves away; the new one continues the chain at seq 4.
+        std::fs::rename(&ctx.audit_log, dir.path().join("audit.jsonl.1")).unwrap();
+        std::fs::write(
+            &ctx.audit_log,
+            "{\"seq\":4,\"prev\":\"x\"}\n{\"seq\":5,\"prev\":\"y\"}\n",
+        )
+        .unwrap();
+        assert_eq!(ship_until(&ctx, &Fake::default(), 5), vec![4, 5]);
+    }
+}

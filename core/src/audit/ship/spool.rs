@@ -1,0 +1,275 @@
+//! The spool a sink reads: the local audit file itself, followed as it grows. Only complete lines
+//! (ending in `\n`) are read, so a record being appended is never sent half-written. When the path
+//! starts naming another file (rotation, replacement) or the file shrinks, the reader finishes the
+//! file it has open and then starts the new one from its beginning; records already delivered are
+//! skipped by `seq`, so nothing is skipped and nothing is read twice without need.
+
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Most bytes one read returns (bounds a batch's memory with very large records).
+const MAX_READ_BYTES: usize = 4 << 20;
+
+/// One audit record as it is in the file.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub seq: u64,
+    /// The line's exact bytes, without its `\n`.
+    pub line: Vec<u8>,
+    /// Offset just after the line's `\n`.
+    pub end: u64,
+}
+
+/// The first line of a file: its `seq` and the hex SHA-256 of its bytes (the chain identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstLine {
+    pub seq: u64,
+    pub hash: String,
+}
+
+pub struct Spool {
+    path: PathBuf,
+    file: Option<File>,
+    id: (u64, u64),
+    offset: u64,
+    /// Lines without a readable `seq` that were passed over (reported by the caller).
+    pub unreadable: u64,
+}
+
+/// The `seq` of a line: the writer puts it first (`{"seq":N,…`); anything else is parsed.
+pub fn seq_of(line: &[u8]) -> Option<u64> {
+    if let Some(rest) = line.strip_prefix(b"{\"seq\":") {
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits > 0 && matches!(rest.get(digits), Some(b',' | b'}')) {
+            return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+        }
+    }
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    value.get("seq")?.as_u64()
+}
+
+impl Spool {
+    pub fn new(path: &Path) -> Spool {
+        Spool {
+            path: path.to_path_buf(),
+            file: None,
+            id: (0, 0),
+            offset: 0,
+            unreadable: 0,
+        }
+    }
+
+    /// Opens the file when it is not open yet; `false` while it does not exist.
+    fn ensure_open(&mut self) -> io::Result<bool> {
+        if self.file.is_some() {
+            return Ok(true);
+        }
+        match File::open(&self.path) {
+            Ok(f) => {
+                let m = f.metadata()?;
+                self.id = (m.dev(), m.ino());
+                self.file = Some(f);
+                self.offset = 0;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Continue reading at `offset` (a line start) of the open file.
+    pub fn seek(&mut self, offset: u64) {
+        self.offset = offset;
+    }
+
+    /// The open file's first complete line, if it has one.
+    pub fn first_line(&mut self) -> io::Result<Option<FirstLine>> {
+        if !self.ensure_open()? {
+            return Ok(None);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(None);
+        };
+        file.seek(SeekFrom::Start(0))?;
+        let mut line = Vec::new();
+        BufReader::new(file.take(MAX_READ_BYTES as u64)).read_until(b'\n', &mut line)?;
+        let Some(line) = line.strip_suffix(b"\n") else {
+            return Ok(None);
+        };
+        Ok(seq_of(line).map(|seq| FirstLine {
+            seq,
+            hash: hex::encode(Sha256::digest(line)),
+        }))
+    }
+
+    /// Up to `max` complete records after the current offset whose `seq` is greater than
+    /// `after` and at most `until` (the last durable record); lines at or below `after` are
+    /// passed over. The offset moves past every line returned or passed over, never into an
+    /// incomplete last line nor past `until`.
+    pub fn read(&mut self, after: u64, until: u64, max: usize) -> io::Result<Vec<Record>> {
+        let mut out = Vec::new();
+        if !self.ensure_open()? {
+            return Ok(out);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(out);
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut reader = BufReader::with_capacity(64 * 1024, &*file);
+        let mut bytes = 0;
+        let mut line = Vec::new();
+        while out.len() < max && bytes < MAX_READ_BYTES {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                break; // end of file, or a line still being written
+            }
+            line.pop();
+            let seq = seq_of(&line);
+            if seq.is_some_and(|seq| seq > until) {
+                break; // written, not yet on disk: a failed sync could still replace it
+            }
+            self.offset += n as u64;
+            match seq {
+                Some(seq) if seq > after => {
+                    bytes += line.len();
+                    out.push(Record {
+                        seq,
+                        line: std::mem::take(&mut line),
+                        end: self.offset,
+                    });
+                }
+                Some(_) => {}
+                None => self.unreadable += 1,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Called at the end of the open file: when the path now names another file, or the open
+    /// file became shorter than the offset (rewritten in place), switches to the file the path
+    /// names, from its start, and returns `true`.
+    pub fn follow_replacement(&mut self) -> io::Result<bool> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(false);
+        };
+        let shrunk = file.metadata()?.len() < self.offset;
+        let replaced = match std::fs::metadata(&self.path) {
+            Ok(m) => (m.dev(), m.ino()) != self.id,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false, // wait for the new file
+            Err(e) => return Err(e),
+        };
+        if !(shrunk || replaced) {
+            return Ok(false);
+        }
+        self.file = None;
+        self.ensure_open()?;
+        Ok(true)
+    }
+
+    /// The `seq` of the file's last complete line (for the lag figure).
+    pub fn last_seq(&mut self) -> io::Result<Option<u64>> {
+        if !self.ensure_open()? {
+            return Ok(None);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(None);
+        };
+        let len = file.metadata()?.len();
+        let start = len.saturating_sub(64 * 1024);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.take(len - start).read_to_end(&mut tail)?;
+        let complete = match tail.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &tail[..i],
+            None => return Ok(None),
+        };
+        let last = match complete.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &complete[i + 1..],
+            None => complete,
+        };
+        Ok(seq_of(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn line(seq: u64) -> String {
+        format!("{{\"seq\":{seq},\"prev\":\"x\",\"event\":\"e\"}}\n")
+    }
+
+    #[test]
+    fn reads_only_complete_lines_after_the_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(format!("{}{}{}{{\"seq\":4,", line(1), line(2), line(3)).as_bytes())
+            .unwrap();
+        let mut spool = Spool::new(&path);
+        let got = spool.read(1, u64::MAX, 10).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(got[1].end, spool.offset());
+        assert!(got[0].line.ends_with(b"}"));
+        f.write_all(b"\"prev\":\"x\"}\n").unwrap();
+        let got = spool.read(3, u64::MAX, 10).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4]);
+        assert_eq!(spool.last_seq().unwrap(), Some(4));
+        assert_eq!(spool.first_line().unwrap().unwrap().seq, 1);
+    }
+
+    #[test]
+    fn stops_at_the_last_durable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, line(1) + &line(2) + &line(3)).unwrap();
+        let mut spool = Spool::new(&path);
+        let got = spool.read(0, 2, 10).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(spool.read(2, 2, 10).unwrap().is_empty());
+        // Once seq 3 is on disk it is read from where the reader stopped.
+        assert_eq!(spool.read(2, 3, 10).unwrap()[0].seq, 3);
+    }
+
+    #[test]
+    fn follows_a_replaced_file_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, line(1) + &line(2)).unwrap();
+        let mut spool = Spool::new(&path);
+        assert_eq!(spool.read(0, u64::MAX, 10).unwrap().len(), 2);
+        assert!(!spool.follow_replacement().unwrap());
+        // Rotation: the old file moves away with one more record, a new one continues.
+        let mut old = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        old.write_all(line(3).as_bytes()).unwrap();
+        std::fs::rename(&path, dir.path().join("audit.jsonl.1")).unwrap();
+        std::fs::write(&path, line(4)).unwrap();
+        assert_eq!(
+            spool.read(2, u64::MAX, 10).unwrap()[0].seq,
+            3,
+            "the old file is finished first"
+        );
+        assert!(spool.follow_replacement().unwrap());
+        assert_eq!(spool.read(3, u64::MAX, 10).unwrap()[0].seq, 4);
+    }
+
+    #[test]
+    fn seq_is_read_fast_or_parsed() {
+        assert_eq!(seq_of(b"{\"seq\":12,\"prev\":\"\"}"), Some(12));
+        assert_eq!(seq_of(b"{\"prev\":\"\",\"seq\":13}"), Some(13));
+        assert_eq!(seq_of(b"{\"seq\":\"x\"}"), None);
+        assert_eq!(seq_of(b"garbage"), None);
+    }
+}
