@@ -26,7 +26,7 @@ pub struct Args {
     /// Interleaved rounds; each setup runs once per round.
     #[arg(long, default_value_t = 20)]
     rounds: usize,
-    /// open+close per setup and round (default: 1,000,000 per setup over the 20 rounds).
+    /// open+close per setup and round (with 20 rounds: 1,000,000 per setup).
     #[arg(long, default_value_t = 50_000)]
     opens: usize,
     /// getppid calls per setup and round.
