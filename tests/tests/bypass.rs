@@ -203,6 +203,11 @@ fn cat_dd_tail_and_python_as_nobody_each_produce_one_event_naming_them() -> anyh
     // cat has usually exited before the agent looks at /proc: the command line then comes
     // from the argv the kernel program read at the open.
     assert_eq!(e["cmdline"], format!("cat {path}").as_str(), "{e:#}");
+    // Likewise its cgroup, from the cgroup id the kernel reported.
+    assert!(
+        e["cgroup"].as_str().is_some_and(|c| c.starts_with('/')),
+        "{e:#}"
+    );
     assert_eq!(e["user"], "nobody");
     assert_eq!(e["gid"], NOBODY);
     assert_eq!(e["matched"], "file");

@@ -349,6 +349,12 @@ async fn read_events(
                 if info.cmdline.is_none() {
                     info.cmdline = raw.cmdline_bytes().map(process::cmdline_text);
                 }
+                // …and its cgroup (and container) from the cgroup id the kernel reported.
+                if info.cgroup.is_none() {
+                    info.cgroup =
+                        process::cgroup_path_of(Path::new("/sys/fs/cgroup"), raw.cgroup_id);
+                    info.container_id = info.cgroup.as_deref().and_then(process::container_id);
+                }
                 batch.push((raw, info));
             }
         }
