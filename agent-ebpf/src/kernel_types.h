@@ -76,14 +76,35 @@ struct fdtable {
 	struct file **fd;
 };
 
+/* NR_OPEN_DEFAULT on 64-bit kernels: the fd slots embedded in files_struct. */
+#define NR_OPEN_DEFAULT 64
+
 struct files_struct {
 	struct fdtable *fdt;
+	struct file *fd_array[NR_OPEN_DEFAULT];
+};
+
+/* x86: `status` holds TS_COMPAT while the task runs a 32-bit (ia32) syscall. */
+struct thread_info {
+	__u32 status;
+};
+
+struct mm_struct {
+	unsigned long arg_start;
+	unsigned long arg_end;
 };
 
 struct task_struct {
+	struct thread_info thread_info;
+	struct mm_struct *mm;
 	int tgid;
 	struct task_struct *real_parent;
 	struct files_struct *files;
+};
+
+/* x86-64 registers at syscall entry (the sys_exit raw tracepoint's first argument). */
+struct pt_regs {
+	unsigned long orig_ax;
 };
 
 /* io_uring's request and completion entry (the io_uring_complete tracepoint's arguments). */
@@ -103,6 +124,7 @@ static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static __u64 (*bpf_get_current_uid_gid)(void) = (void *)15;
 static long (*bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *)16;
 static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
+static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)112;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
 static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)115;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;

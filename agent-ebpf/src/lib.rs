@@ -11,11 +11,18 @@
 struct Aligned<B: ?Sized>(B);
 
 static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!("../bpf/logaudit.bpf.o"));
+static EMPTY_OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!("../bpf/empty.bpf.o"));
 
 /// The compiled BPF object (ELF, `bpf` target, BTF and CO-RE relocations, DWARF stripped),
 /// aligned to 8 bytes.
 pub fn object() -> &'static [u8] {
     &OBJECT.0
+}
+
+/// Programs that do nothing, under the same names and sections as `object()`'s (built from
+/// `src/empty.bpf.c`): the floor `cargo xtask bench ebpf` measures the real programs against.
+pub fn empty_object() -> &'static [u8] {
+    &EMPTY_OBJECT.0
 }
 
 /// The committed object's path relative to this crate, for the reproducibility check.
@@ -39,10 +46,19 @@ pub mod names {
     ];
     /// The BTF tracepoint program for io_uring opens: (C function name, tracepoint name).
     pub const IO_URING_PROGRAM: (&str, &str) = ("io_uring_complete", "io_uring_complete");
+    /// Strict mode's BTF tracepoint on every syscall exit: (C function name, tracepoint name).
+    pub const STRICT_PROGRAM: (&str, &str) = ("sys_exit_strict", "sys_exit");
+    /// The BPF LSM program: (C function name, LSM hook).
+    pub const LSM_PROGRAM: (&str, &str) = ("lsm_file_open", "file_open");
+    /// The fentry program: (C function name, kernel function).
+    pub const FENTRY_PROGRAM: (&str, &str) = ("fentry_file_open", "security_file_open");
     /// HASH `{u64 ino; u32 dev; u32 pad}` → u32 (1 file, 2 directory).
     pub const PROTECTED: &str = "protected";
-    /// HASH u64 ino → u32, the inode-only prefilter for `protected`.
-    pub const PROTECTED_INO: &str = "protected_ino";
+    /// ARRAY of `INO_FILTER_WORDS` u64: bit `ino % (64 × words)` set for every inode in
+    /// `protected`, the first filter.
+    pub const INO_FILTER: &str = "ino_filter";
+    /// Words in `INO_FILTER` (`FILTER_WORDS` in logaudit.bpf.c).
+    pub const INO_FILTER_WORDS: u32 = 65536;
     /// HASH u32 tgid → u32: processes never reported (the agent).
     pub const EXCLUDED_TGIDS: &str = "excluded_tgids";
     /// RINGBUF of `struct event`.
@@ -60,5 +76,8 @@ mod tests {
         assert_eq!(&o[..4], b"\x7fELF");
         // e_machine (little endian, offset 18) is EM_BPF = 247.
         assert_eq!(u16::from_le_bytes([o[18], o[19]]), 247);
+        let e = super::empty_object();
+        assert_eq!(e.as_ptr() as usize % 8, 0);
+        assert_eq!(&e[..4], b"\x7fELF");
     }
 }

@@ -11,14 +11,26 @@
  * mounts and relative paths all resolve to the same inode. Device numbers are the kernel's
  * `sb->s_dev` encoding, `(major << 20) | minor`; the agent converts `stat()`'s `st_dev`.
  *
- * Cost discipline: an open of an unprotected file (the common case) does one hash lookup on the
- * tgid, four kernel reads and one or two inode-only lookups in `protected_ino`, then returns.
- * Everything else (device, comm, cgroup, name) is read only on a match.
+ * Cost discipline (the miss path, an open of an unprotected file, is nearly every open): the fd
+ * is turned into its file by a BTF-typed load from the fd slots embedded in `files_struct` (fds
+ * below 64 in a table that never grew; others take a slower `bpf_probe_read_kernel` path), and
+ * from the file on every read is a direct BTF load, no helper call. The first filter is
+ * `ino_filter`, a bitmap over inode numbers that the verifier inlines (an ARRAY lookup is a
+ * bounds check and an add): the file's inode and then its parent directory's are tested, and
+ * only a set bit leads to the exact (device, inode) hash lookup. Write-only and O_PATH opens
+ * are dropped before the inode is touched. The excluded-tgid lookup, the device, comm, cgroup
+ * and name are read only on a match.
  *
- * io_uring opens (IORING_OP_OPENAT/OPENAT2) never pass the syscall tracepoints; they are seen by
- * the `tp_btf/io_uring_complete` program, whose completion result is the new fd. Not seen here
- * (documented in docs/audit.md): io_uring direct descriptors (they never enter the fd table),
- * 32-bit compat syscalls, and fds that were opened before the agent attached.
+ * Hooks (the agent attaches one set; docs/configuration.md `bypass.mode`):
+ * - `lsm/file_open`, else `fentry/security_file_open`: every open in the kernel (syscalls,
+ *   io_uring, 32-bit), with the file as argument; preferred where the kernel allows them.
+ * - `tracepoint`: the exits of open/openat/openat2/open_by_handle_at (64-bit syscalls only).
+ * - `strict`: one `tp_btf/sys_exit` program that also sees 32-bit (`int 0x80`) opens, at the
+ *   price of running on every syscall exit.
+ * - with `tracepoint` and `strict`, `tp_btf/io_uring_complete` for io_uring opens
+ *   (IORING_OP_OPENAT/OPENAT2), which never pass the syscall tracepoints.
+ * Not seen (docs/audit.md): io_uring direct descriptors (they never enter the fd table), 32-bit
+ * opens in `tracepoint` mode, and fds that were opened before the agent attached.
  *
  * The license must be GPL-compatible: bpf_probe_read_kernel is a GPL-only helper.
  */
@@ -30,18 +42,38 @@
 #define S_IFMT 00170000
 #define S_IFDIR 0040000
 #define NAME_LEN 256
+#define CMDLINE_LEN 256
 
 #define MATCH_FILE 1
 #define MATCH_DIR 2
 
+/* `event.hook`: the low byte names the hook, HOOK_IA32 marks a 32-bit syscall (strict mode). */
 #define HOOK_OPEN 1
 #define HOOK_OPENAT 2
 #define HOOK_OPENAT2 3
 #define HOOK_OPEN_BY_HANDLE_AT 4
 #define HOOK_IO_URING 5
+#define HOOK_LSM 6
+#define HOOK_FENTRY 7
+#define HOOK_IA32 0x100
 
 #define IORING_OP_OPENAT 18
 #define IORING_OP_OPENAT2 28
+
+/* x86 syscall numbers of the open family: 64-bit (x32 adds bit 30) and ia32. */
+#define NR_OPEN 2
+#define NR_OPENAT 257
+#define NR_OPEN_BY_HANDLE_AT 304
+#define NR_OPENAT2 437
+#define NR_IA32_OPEN 5
+#define NR_IA32_OPENAT 295
+#define NR_IA32_OPEN_BY_HANDLE_AT 342
+#define NR_IA32_OPENAT2 437
+#define X32_SYSCALL_BIT 0x40000000
+#define TS_COMPAT 0x0002
+
+/* Bits in `ino_filter`: 64 per word. Inode numbers are taken modulo FILTER_WORDS * 64 (4 Mi). */
+#define FILTER_WORDS 65536
 
 /* Key of `protected`: kernel device number and inode number. */
 struct file_key {
@@ -68,6 +100,11 @@ struct event {
 	__u16 hook;
 	char comm[16];
 	char name[NAME_LEN];
+	/* The opener's argv, NUL-separated, read at the open: a reader that exits before the
+	 * agent looks at /proc still has its command line. */
+	__u32 cmdline_len;
+	__u32 pad;
+	char cmdline[CMDLINE_LEN];
 };
 
 /* (dev, ino) of each protected file and directory -> MATCH_FILE or MATCH_DIR. */
@@ -78,13 +115,14 @@ struct {
 	__type(value, __u32);
 } protected SEC(".maps");
 
-/* Inode numbers alone of the entries in `protected`: a cheap first filter. Value unused. */
+/* Bit (ino mod 4 Mi) is set for the inode of every entry in `protected`: the first filter. The
+ * agent sets a bit before it inserts the entry and clears it only when no entry maps to it. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, __u32);
-} protected_ino SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ino_filter SEC(".maps");
 
 /* Thread-group ids whose opens are never reported (the agent itself). */
 struct {
@@ -115,23 +153,135 @@ struct sys_exit_args {
 	long ret;
 };
 
-static __always_inline int is_protected_ino(__u64 ino)
+/* What matching learned about an opened file; filled for the event on a match. */
+struct opened {
+	struct dentry *dentry;
+	__u64 ino;
+	__u64 dir_ino;
+	__u32 dev;
+	__u32 dir_dev;
+	__u32 flags;
+	__u16 matched;
+};
+
+static __always_inline int maybe_protected(__u64 ino)
 {
-	return bpf_map_lookup_elem(&protected_ino, &ino) != 0;
+	__u32 word = (ino >> 6) & (FILTER_WORDS - 1);
+	__u64 *bits = bpf_map_lookup_elem(&ino_filter, &word);
+
+	return bits && (*bits & (1ULL << (ino & 63)));
 }
 
-static __always_inline int is_protected(struct inode *inode, __u64 ino, __u32 *dev_out)
+static __always_inline int is_protected(__u32 dev, __u64 ino)
 {
-	struct super_block *sb = 0;
-	struct file_key key = {};
+	struct file_key key = { .ino = ino, .dev = dev };
 
-	bpf_probe_read_kernel(&sb, sizeof(sb), &inode->i_sb);
-	if (!sb)
-		return 0;
-	bpf_probe_read_kernel(&key.dev, sizeof(key.dev), &sb->s_dev);
-	key.ino = ino;
-	*dev_out = key.dev;
 	return bpf_map_lookup_elem(&protected, &key) != 0;
+}
+
+/*
+ * Matches an opened file (its inode, and in `o` its flags and dentry) against the protected set:
+ * its own (dev, ino), else its parent directory's. Written once for both kinds of pointer: LOAD
+ * is a plain (BTF-typed) load for a pointer the verifier knows the type of, and a
+ * bpf_probe_read_kernel for one read from memory. Returns MATCH_FILE, MATCH_DIR or 0 (also for
+ * write-only and O_PATH opens, and directories).
+ */
+#define DEFINE_MATCH(name, LOAD)                                                          \
+	static __always_inline int name(struct inode *inode, struct opened *o)            \
+	{                                                                                 \
+		struct inode *dir_inode = 0;                                              \
+		struct dentry *parent = 0;                                                \
+		struct super_block *sb = 0;                                               \
+		umode_t mode = 0;                                                         \
+                                                                                          \
+		if ((o->flags & O_ACCMODE) == O_WRONLY || (o->flags & O_PATH) || !inode)  \
+			return 0;                                                         \
+		LOAD(o->ino, inode->i_ino);                                               \
+		if (maybe_protected(o->ino)) {                                            \
+			LOAD(sb, inode->i_sb);                                            \
+			if (sb)                                                           \
+				LOAD(o->dev, sb->s_dev);                                  \
+			if (is_protected(o->dev, o->ino))                                 \
+				o->matched = MATCH_FILE;                                  \
+		}                                                                         \
+		if (!o->matched && o->dentry) {                                           \
+			LOAD(parent, o->dentry->d_parent);                                \
+			if (!parent || parent == o->dentry)                               \
+				return 0;                                                 \
+			LOAD(dir_inode, parent->d_inode);                                 \
+			if (!dir_inode)                                                   \
+				return 0;                                                 \
+			LOAD(o->dir_ino, dir_inode->i_ino);                               \
+			if (!maybe_protected(o->dir_ino))                                 \
+				return 0;                                                 \
+			LOAD(sb, dir_inode->i_sb);                                        \
+			if (sb)                                                           \
+				LOAD(o->dir_dev, sb->s_dev);                              \
+			if (!is_protected(o->dir_dev, o->dir_ino))                        \
+				return 0;                                                 \
+			o->matched = MATCH_DIR;                                           \
+			LOAD(sb, inode->i_sb);                                            \
+			if (sb)                                                           \
+				LOAD(o->dev, sb->s_dev);                                  \
+		}                                                                         \
+		if (!o->matched)                                                          \
+			return 0;                                                         \
+		/* Listing a protected directory is not a read of a log file. */          \
+		LOAD(mode, inode->i_mode);                                                \
+		if ((mode & S_IFMT) == S_IFDIR)                                           \
+			return 0;                                                         \
+		return o->matched;                                                        \
+	}
+
+#define LOAD_BTF(dst, src) ((dst) = (src))
+#define LOAD_PROBE(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), &(src))
+
+DEFINE_MATCH(match_btf, LOAD_BTF)
+DEFINE_MATCH(match_probe, LOAD_PROBE)
+
+/* A file reached by BTF-typed loads: its fields are plain loads. */
+static __always_inline int match_file_btf(struct file *file, struct opened *o)
+{
+	o->flags = file->f_flags;
+	o->dentry = file->f_path.dentry;
+	return match_btf(file->f_inode, o);
+}
+
+#define FIELD_OFFSET(field) __builtin_preserve_field_info(field, 0 /* BPF_FIELD_BYTE_OFFSET */)
+#define FILE_CHUNK 64
+
+/* A file pointer read from memory: f_flags, f_inode and f_path.dentry lie a few dozen bytes
+ * apart, so one bpf_probe_read_kernel of the span between them (offsets from CO-RE, constants
+ * once loaded) replaces three; a kernel whose layout spreads them wider takes three reads. */
+static __always_inline int match_file_probe(struct file *file, struct opened *o)
+{
+	__u32 off_flags = FIELD_OFFSET(file->f_flags);
+	__u32 off_inode = FIELD_OFFSET(file->f_inode);
+	__u32 off_dentry = FIELD_OFFSET(file->f_path.dentry);
+	__u32 lo = off_flags, hi = off_flags + sizeof(o->flags);
+	struct inode *inode = 0;
+	char chunk[FILE_CHUNK];
+
+	if (off_inode < lo)
+		lo = off_inode;
+	if (off_dentry < lo)
+		lo = off_dentry;
+	if (off_inode + sizeof(inode) > hi)
+		hi = off_inode + sizeof(inode);
+	if (off_dentry + sizeof(o->dentry) > hi)
+		hi = off_dentry + sizeof(o->dentry);
+	if (hi - lo > FILE_CHUNK) {
+		LOAD_PROBE(o->flags, file->f_flags);
+		LOAD_PROBE(o->dentry, file->f_path.dentry);
+		LOAD_PROBE(inode, file->f_inode);
+		return match_probe(inode, o);
+	}
+	if (bpf_probe_read_kernel(chunk, hi - lo, (char *)file + lo))
+		return 0;
+	__builtin_memcpy(&o->flags, chunk + (off_flags - lo), sizeof(o->flags));
+	__builtin_memcpy(&o->dentry, chunk + (off_dentry - lo), sizeof(o->dentry));
+	__builtin_memcpy(&inode, chunk + (off_inode - lo), sizeof(inode));
+	return match_probe(inode, o);
 }
 
 static __always_inline void count_lost(void)
@@ -143,112 +293,117 @@ static __always_inline void count_lost(void)
 		__sync_fetch_and_add(n, 1);
 }
 
-/* Reports the open that just returned `ret` in the current task's fd table, if it is a read
- * of a protected file. */
-static __always_inline int report_fd(long ret, __u16 hook)
+/* Emits the event for a matched open, unless the opener is excluded. */
+static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 {
-	__u64 pid_tgid;
-	__u32 tgid;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
 	struct task_struct *task;
-	struct fdtable *fdt;
-	struct file **fds;
-	struct file *file = 0;
-	struct inode *inode = 0, *dir_inode = 0;
-	struct dentry *dentry = 0, *parent = 0;
-	unsigned int flags = 0;
-	unsigned long ino = 0, dir_ino = 0;
-	umode_t mode = 0;
-	__u32 dev = 0, dir_dev = 0;
-	__u16 matched = 0;
+	const unsigned char *name = 0;
 	struct event *e;
 	__u64 uid_gid;
 
-	if (ret < 0)
-		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	tgid = pid_tgid >> 32;
 	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
-		return 0;
-
-	/* fd -> struct file, through the current task's fd table (BTF-typed loads). */
-	task = bpf_get_current_task_btf();
-	fdt = task->files->fdt;
-	if ((unsigned long)ret >= fdt->max_fds)
-		return 0;
-	fds = fdt->fd;
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[ret]);
-	if (!file)
-		return 0;
-
-	bpf_probe_read_kernel(&flags, sizeof(flags), &file->f_flags);
-	if ((flags & O_ACCMODE) == O_WRONLY || (flags & O_PATH))
-		return 0;
-	bpf_probe_read_kernel(&inode, sizeof(inode), &file->f_inode);
-	if (!inode)
-		return 0;
-	bpf_probe_read_kernel(&ino, sizeof(ino), &inode->i_ino);
-
-	if (is_protected_ino(ino)) {
-		if (is_protected(inode, ino, &dev))
-			matched = MATCH_FILE;
-	}
-	bpf_probe_read_kernel(&dentry, sizeof(dentry), &file->f_path.dentry);
-	if (!matched && dentry) {
-		bpf_probe_read_kernel(&parent, sizeof(parent), &dentry->d_parent);
-		if (parent && parent != dentry) {
-			bpf_probe_read_kernel(&dir_inode, sizeof(dir_inode), &parent->d_inode);
-			if (dir_inode) {
-				bpf_probe_read_kernel(&dir_ino, sizeof(dir_ino), &dir_inode->i_ino);
-				if (is_protected_ino(dir_ino) && is_protected(dir_inode, dir_ino, &dir_dev))
-					matched = MATCH_DIR;
-			}
-		}
-	}
-	if (!matched)
-		return 0;
-
-	/* Listing a protected directory is not a read of a log file. */
-	bpf_probe_read_kernel(&mode, sizeof(mode), &inode->i_mode);
-	if ((mode & S_IFMT) == S_IFDIR)
-		return 0;
-	if (matched == MATCH_DIR) {
-		struct super_block *sb = 0;
-
-		bpf_probe_read_kernel(&sb, sizeof(sb), &inode->i_sb);
-		if (sb)
-			bpf_probe_read_kernel(&dev, sizeof(dev), &sb->s_dev);
-	}
-
+		return;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost();
-		return 0;
+		return;
 	}
+	task = bpf_get_current_task_btf();
 	uid_gid = bpf_get_current_uid_gid();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->ino = ino;
-	e->dir_ino = matched == MATCH_DIR ? dir_ino : 0;
-	e->dev = dev;
-	e->dir_dev = matched == MATCH_DIR ? dir_dev : 0;
+	e->ino = o->ino;
+	e->dir_ino = o->matched == MATCH_DIR ? o->dir_ino : 0;
+	e->dev = o->dev;
+	e->dir_dev = o->matched == MATCH_DIR ? o->dir_dev : 0;
 	e->pid = (__u32)pid_tgid;
 	e->tgid = tgid;
 	e->ppid = task->real_parent->tgid;
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
-	e->fd = (__s32)ret;
-	e->flags = flags;
-	e->matched = matched;
+	e->fd = (__s32)fd;
+	e->flags = o->flags;
+	e->matched = o->matched;
 	e->hook = hook;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->name[0] = 0;
-	if (dentry) {
-		const unsigned char *name = 0;
-
-		bpf_probe_read_kernel(&name, sizeof(name), &dentry->d_name.name);
+	if (o->dentry) {
+		bpf_probe_read_kernel(&name, sizeof(name), &o->dentry->d_name.name);
 		if (name)
 			bpf_probe_read_kernel_str(e->name, sizeof(e->name), name);
 	}
+	e->cmdline_len = 0;
+	e->pad = 0;
+	if (task->mm) {
+		unsigned long start = task->mm->arg_start, end = task->mm->arg_end;
+		__u64 len = end > start ? end - start : 0;
+
+		if (len > CMDLINE_LEN - 1)
+			len = CMDLINE_LEN - 1;
+		len &= CMDLINE_LEN - 1; /* the same bound, in a form the verifier follows */
+		/* A paged-out argv (rare) reads as nothing; /proc may still have it. */
+		if (len && !bpf_probe_read_user(e->cmdline, len, (void *)start))
+			e->cmdline_len = len;
+	}
 	bpf_ringbuf_submit(e, 0);
+}
+
+/* A constant-index, BTF-typed load of the fd slot: the verifier refuses a variable index into a
+ * BTF-typed array, so the index is turned into a constant by a (binary-searched) switch. */
+#define SLOT(n) \
+	case n: \
+		return files->fd_array[n];
+#define SLOTS8(n) SLOT(n) SLOT(n + 1) SLOT(n + 2) SLOT(n + 3) SLOT(n + 4) SLOT(n + 5) SLOT(n + 6) SLOT(n + 7)
+
+static __always_inline struct file *embedded_slot(struct files_struct *files, long fd)
+{
+	switch (fd) {
+		SLOTS8(0)
+		SLOTS8(8)
+		SLOTS8(16)
+		SLOTS8(24)
+		SLOTS8(32)
+		SLOTS8(40)
+		SLOTS8(48)
+		SLOTS8(56)
+	}
+	return 0;
+}
+
+/* Reports the open that just returned `fd` in the current task's fd table, if it is a read of
+ * a protected file. */
+static __always_inline int report_fd(long fd, __u16 hook)
+{
+	struct task_struct *task;
+	struct files_struct *files;
+	struct fdtable *fdt;
+	struct file *file = 0;
+	struct opened o = {};
+
+	if (fd < 0)
+		return 0;
+	task = bpf_get_current_task_btf();
+	files = task->files;
+	if (!files)
+		return 0;
+	fdt = files->fdt;
+	if (!fdt || (unsigned long)fd >= fdt->max_fds)
+		return 0;
+	/* A table that never grew is the one embedded in files_struct: its slots are fd_array
+	 * (every grown table has more than NR_OPEN_DEFAULT slots). */
+	if (fdt->max_fds == NR_OPEN_DEFAULT) {
+		file = embedded_slot(files, fd);
+		if (!file || !match_file_btf(file, &o))
+			return 0;
+	} else {
+		struct file **fds = fdt->fd;
+
+		bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+		if (!file || !match_file_probe(file, &o))
+			return 0;
+	}
+	emit(&o, fd, hook);
 	return 0;
 }
 
@@ -276,6 +431,55 @@ int exit_open_by_handle_at(struct sys_exit_args *ctx)
 	return report_fd(ctx->ret, HOOK_OPEN_BY_HANDLE_AT);
 }
 
+/* The hook of an x86 open-family syscall number, 0 for any other syscall. */
+static __always_inline __u16 open_hook(unsigned long nr, int ia32)
+{
+	if (ia32) {
+		switch (nr) {
+		case NR_IA32_OPEN:
+			return HOOK_IA32 | HOOK_OPEN;
+		case NR_IA32_OPENAT:
+			return HOOK_IA32 | HOOK_OPENAT;
+		case NR_IA32_OPENAT2:
+			return HOOK_IA32 | HOOK_OPENAT2;
+		case NR_IA32_OPEN_BY_HANDLE_AT:
+			return HOOK_IA32 | HOOK_OPEN_BY_HANDLE_AT;
+		}
+		return 0;
+	}
+	switch (nr & ~(unsigned long)X32_SYSCALL_BIT) {
+	case NR_OPEN:
+		return HOOK_OPEN;
+	case NR_OPENAT:
+		return HOOK_OPENAT;
+	case NR_OPENAT2:
+		return HOOK_OPENAT2;
+	case NR_OPEN_BY_HANDLE_AT:
+		return HOOK_OPEN_BY_HANDLE_AT;
+	}
+	return 0;
+}
+
+/* Strict mode: sys_exit(struct pt_regs *regs, long ret) runs for every syscall, 64- and 32-bit
+ * alike (the per-syscall tracepoints skip ia32 syscalls on x86). The syscall number is the
+ * first test, so other syscalls pay two loads and a few compares. */
+SEC("tp_btf/sys_exit")
+int sys_exit_strict(__u64 *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	long ret = (long)ctx[1];
+	struct task_struct *task;
+	__u16 hook;
+
+	if (ret < 0)
+		return 0;
+	task = bpf_get_current_task_btf();
+	hook = open_hook(regs->orig_ax, task->thread_info.status & TS_COMPAT);
+	if (!hook)
+		return 0;
+	return report_fd(ret, hook);
+}
+
 /* io_uring_complete(struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe): runs in the
  * task posting the completion (the submitter or one of its io-wq worker threads, which share
  * its fd table), so the fd in cqe->res is looked up like a syscall's return value. */
@@ -292,6 +496,30 @@ int io_uring_complete(__u64 *ctx)
 		return 0;
 	bpf_probe_read_kernel(&res, sizeof(res), &cqe->res);
 	return report_fd(res, HOOK_IO_URING);
+}
+
+/* The file being opened, before its fd exists (fd reported as -1). */
+static __always_inline int report_file(struct file *file, __u16 hook)
+{
+	struct opened o = {};
+
+	if (file && match_file_btf(file, &o))
+		emit(&o, -1, hook);
+	return 0;
+}
+
+/* BPF LSM: file_open(struct file *file). Returns 0: the audit never denies. */
+SEC("lsm/file_open")
+int lsm_file_open(__u64 *ctx)
+{
+	return report_file((struct file *)ctx[0], HOOK_LSM);
+}
+
+/* security_file_open(struct file *file), where the kernel allows fentry but not BPF LSM. */
+SEC("fentry/security_file_open")
+int fentry_file_open(__u64 *ctx)
+{
+	return report_file((struct file *)ctx[0], HOOK_FENTRY);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -59,6 +59,17 @@ enum Command {
         /// The file to redact (default: standard input).
         file: Option<PathBuf>,
     },
+    /// For `cargo xtask bench ebpf`: attach the bypass-audit programs and wait (see
+    /// agent/src/bypass/bench.rs).
+    #[command(hide = true)]
+    BenchAttach {
+        #[arg(long)]
+        hooks: String,
+        #[arg(long)]
+        empty: bool,
+        #[arg(long)]
+        protect: Vec<PathBuf>,
+    },
 }
 
 /// Everything the agent's tasks share.
@@ -83,6 +94,16 @@ impl Shared {
         Ok(tokio::task::block_in_place(|| {
             self.audit_log.append(event, fields)
         })?)
+    }
+
+    /// Appends one audit event that no action waits on (an eBPF observation): written now,
+    /// durable with the next group sync (see `SharedAuditLog::append_deferred`).
+    pub fn audit_deferred(
+        &self,
+        event: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> anyhow::Result<u64> {
+        Ok(self.audit_log.append_deferred(event, fields)?)
     }
 }
 
@@ -310,6 +331,11 @@ fn main() -> ExitCode {
             stats,
             file,
         } => redact_command(&profile, config.as_deref(), stats, file.as_deref()),
+        Command::BenchAttach {
+            hooks,
+            empty,
+            protect,
+        } => bypass::bench::attach(&hooks, empty, &protect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

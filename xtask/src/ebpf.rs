@@ -1,5 +1,7 @@
-//! `cargo xtask build-ebpf`: rebuilds `agent-ebpf/bpf/logaudit.bpf.o` from its C source, and the
-//! check `cargo xtask test` runs first: a rebuild must equal the committed object byte for byte.
+//! `cargo xtask build-ebpf`: rebuilds the committed eBPF objects in `agent-ebpf/bpf/` from their C
+//! sources (`logaudit`, the agent's program, and `empty`, the cost floor `cargo xtask bench ebpf`
+//! measures against), and the check `cargo xtask test` runs first: a rebuild must equal each
+//! committed object byte for byte.
 //!
 //! The build is reproducible: `-fdebug-prefix-map` replaces the checkout's absolute path (which
 //! clang writes into DWARF and into `.BTF.ext` line info), and `llvm-strip -g` drops DWARF (which
@@ -11,15 +13,16 @@ use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const SOURCE: &str = "logaudit.bpf.c";
+/// The programs, by stem: `src/STEM.bpf.c` is compiled into `bpf/STEM.bpf.o`.
+pub const OBJECTS: [&str; 2] = ["logaudit", "empty"];
 
 fn crate_dir() -> PathBuf {
     workspace_root().join("agent-ebpf")
 }
 
-/// The committed object.
-pub fn committed_object() -> PathBuf {
-    crate_dir().join("bpf/logaudit.bpf.o")
+/// The committed object of `stem`.
+pub fn committed_object(stem: &str) -> PathBuf {
+    crate_dir().join(format!("bpf/{stem}.bpf.o"))
 }
 
 fn tool(var: &str, default: &str) -> String {
@@ -62,8 +65,34 @@ pub fn ensure_tools() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Compiles the program into `out` (created or replaced).
-pub fn build(out: &Path) -> anyhow::Result<()> {
+/// The bypass tests build a tiny static i386 program (`gcc -m32`) to prove strict mode sees
+/// 32-bit opens; installs gcc-multilib as root with apt-get when gcc cannot target i386.
+pub fn ensure_ia32_gcc() -> anyhow::Result<()> {
+    let probe = std::env::temp_dir().join(format!("xtask-m32-{}", std::process::id()));
+    let targets_i386 = Command::new("gcc")
+        .args(["-m32", "-x", "c", "-c", "-o"])
+        .arg(&probe)
+        .arg("/dev/null")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let _ = std::fs::remove_file(&probe);
+    if targets_i386 {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "gcc-multilib",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Compiles `src/STEM.bpf.c` into `out` (created or replaced).
+pub fn build(stem: &str, out: &Path) -> anyhow::Result<()> {
     let src = crate_dir().join("src");
     let src = std::fs::canonicalize(&src).with_context(|| format!("{}", src.display()))?;
     if let Some(dir) = out.parent() {
@@ -73,7 +102,7 @@ pub fn build(out: &Path) -> anyhow::Result<()> {
         .current_dir(&src)
         .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
         .arg(format!("-fdebug-prefix-map={}=.", src.display()))
-        .args(["-c", SOURCE, "-o"])
+        .args(["-c", &format!("{stem}.bpf.c"), "-o"])
         .arg(out))?;
     run(Command::new(tool("LLVM_STRIP", "llvm-strip"))
         .arg("-g")
@@ -91,23 +120,38 @@ fn clang_version() -> String {
         .unwrap_or_else(|| "unknown clang".into())
 }
 
-/// Rebuilds into the target folder and fails unless it equals the committed object.
-pub fn check(target: &Path) -> anyhow::Result<()> {
-    let rebuilt = target.join("ebpf-check").join("logaudit.bpf.o");
-    build(&rebuilt)?;
-    let (a, b) = (std::fs::read(committed_object())?, std::fs::read(&rebuilt)?);
-    if a != b {
-        bail!(
-            "agent-ebpf/bpf/logaudit.bpf.o does not match its source: a rebuild with {} gives \
-             {} bytes ({}), the committed object has {} bytes. Run `cargo xtask build-ebpf` and \
-             commit the object (it is built with Debian 12's clang 14; another clang major \
-             version produces different bytes).",
-            clang_version(),
-            b.len(),
-            rebuilt.display(),
-            a.len()
-        );
+/// Rebuilds every committed object.
+pub fn build_all() -> anyhow::Result<()> {
+    for stem in OBJECTS {
+        let out = committed_object(stem);
+        build(stem, &out)?;
+        eprintln!("xtask: wrote {}", out.display());
     }
-    eprintln!("xtask: the committed eBPF object matches a rebuild of its source");
+    Ok(())
+}
+
+/// Rebuilds every object into the target folder and fails unless each equals its committed one.
+pub fn check(target: &Path) -> anyhow::Result<()> {
+    for stem in OBJECTS {
+        let rebuilt = target.join("ebpf-check").join(format!("{stem}.bpf.o"));
+        build(stem, &rebuilt)?;
+        let (a, b) = (
+            std::fs::read(committed_object(stem))?,
+            std::fs::read(&rebuilt)?,
+        );
+        if a != b {
+            bail!(
+                "agent-ebpf/bpf/{stem}.bpf.o does not match its source: a rebuild with {} gives \
+                 {} bytes ({}), the committed object has {} bytes. Run `cargo xtask build-ebpf` \
+                 and commit the objects (they are built with Debian 12's clang 14; another clang \
+                 major version produces different bytes).",
+                clang_version(),
+                b.len(),
+                rebuilt.display(),
+                a.len()
+            );
+        }
+    }
+    eprintln!("xtask: the committed eBPF objects match a rebuild of their sources");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`.
 
 mod bench_audit;
+mod bench_ebpf;
 mod demo;
 mod ebpf;
 
@@ -36,8 +37,8 @@ enum Task {
         #[command(subcommand)]
         what: Bench,
     },
-    /// Rebuild agent-ebpf/bpf/logaudit.bpf.o from agent-ebpf/src/logaudit.bpf.c (needs clang
-    /// and llvm-strip; installs them as root with apt-get when missing).
+    /// Rebuild the eBPF objects in agent-ebpf/bpf/ from their C sources in agent-ebpf/src/
+    /// (needs clang and llvm-strip; installs them as root with apt-get when missing).
     BuildEbpf {
         /// Only check that a rebuild equals the committed object (what `test` does first).
         #[arg(long)]
@@ -49,6 +50,9 @@ enum Task {
 enum Bench {
     /// Durable audit events per second with group commit, against one fsync per event.
     Audit,
+    /// The bypass audit's cost on opens of unprotected files and on getppid, against no program
+    /// and against empty programs on the same hooks (as root).
+    Ebpf(bench_ebpf::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -72,7 +76,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
@@ -96,6 +100,10 @@ fn test() -> anyhow::Result<()> {
         Ok(()) => {}
         Err(e) if std::env::var_os("CI").is_some() => return Err(e),
         Err(e) => eprintln!("xtask: WARNING: the SIEM delivery tests will fail: {e:#}"),
+    }
+    // gcc-multilib for the strict-mode test's i386 helper (CI=true fails that test without it).
+    if let Err(e) = ebpf::ensure_ia32_gcc() {
+        eprintln!("xtask: WARNING: gcc cannot target i386: {e:#}");
     }
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
@@ -159,15 +167,13 @@ fn main() -> ExitCode {
         Task::Demo { keep } => demo::run(keep),
         Task::Test => test(),
         Task::Bench { what: Bench::Audit } => bench_audit::run_audit(),
+        Task::Bench {
+            what: Bench::Ebpf(args),
+        } => bench_ebpf::run_bench(&args),
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }
-        Task::BuildEbpf { check: false } => ebpf::ensure_tools().and_then(|()| {
-            let out = ebpf::committed_object();
-            ebpf::build(&out)?;
-            eprintln!("xtask: wrote {}", out.display());
-            Ok(())
-        }),
+        Task::BuildEbpf { check: false } => ebpf::ensure_tools().and_then(|()| ebpf::build_all()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -23,9 +23,12 @@ pub struct RawEvent {
     pub hook: u16,
     pub comm: [u8; 16],
     pub name: [u8; 256],
+    pub cmdline_len: u32,
+    pub pad: u32,
+    pub cmdline: [u8; 256],
 }
 
-const _: () = assert!(size_of::<RawEvent>() == 336);
+const _: () = assert!(size_of::<RawEvent>() == 600);
 
 /// `matched` values.
 pub const MATCH_FILE: u16 = 1;
@@ -48,12 +51,20 @@ impl RawEvent {
         c_string(&self.comm)
     }
 
+    /// The opener's argv as the kernel read it at the open (NUL-separated, at most 256 bytes),
+    /// `None` when it could not be read (a kernel thread, or argv paged out).
+    pub fn cmdline_bytes(&self) -> Option<&[u8]> {
+        let len = (self.cmdline_len as usize).min(self.cmdline.len());
+        (len > 0).then(|| &self.cmdline[..len])
+    }
+
     /// The basename the opener's path resolved to (the dentry's name: for a hard link, the
     /// link's own name).
     pub fn name(&self) -> String {
         c_string(&self.name)
     }
 
+    /// The hook that saw the open; `_ia32` marks a 32-bit syscall (seen in strict mode only).
     pub fn hook(&self) -> &'static str {
         match self.hook {
             1 => "open",
@@ -61,6 +72,12 @@ impl RawEvent {
             3 => "openat2",
             4 => "open_by_handle_at",
             5 => "io_uring",
+            6 => "lsm",
+            7 => "fentry",
+            0x101 => "open_ia32",
+            0x102 => "openat_ia32",
+            0x103 => "openat2_ia32",
+            0x104 => "open_by_handle_at_ia32",
             _ => "unknown",
         }
     }

@@ -4,15 +4,16 @@
 
 use super::inventory::{FileKey, Inventory};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
-use aya::programs::{BtfTracePoint, TracePoint};
+use aya::programs::{BtfTracePoint, FEntry, Lsm, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use loggate_agent_ebpf::names;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The loaded, attached program and its maps. The programs stay attached while `ebpf` lives.
 pub struct Probe {
     ebpf: Ebpf,
+    pub hooks: Hooks,
     pub attached: Vec<&'static str>,
     /// Optional hooks that could not be attached, and why.
     pub missing: Vec<String>,
@@ -21,10 +22,12 @@ pub struct Probe {
 /// The maps the agent writes: the protected set and the excluded processes.
 pub struct ProtectedMaps {
     protected: HashMap<MapData, FileKey, u32>,
-    protected_ino: HashMap<MapData, u64, u32>,
+    filter: Array<MapData, u64>,
     excluded: HashMap<MapData, u32, u32>,
     /// What is in the kernel maps now.
     current: BTreeSet<FileKey>,
+    /// The nonzero words of `filter` now.
+    words: BTreeMap<u32, u64>,
 }
 
 /// The maps the agent reads.
@@ -80,53 +83,124 @@ fn tracepoint_exists(category: &str, name: &str) -> bool {
         })
 }
 
+/// Which kernel hooks carry the audit (see logaudit.bpf.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hooks {
+    /// `lsm/file_open`: every open, by any path into the kernel.
+    Lsm,
+    /// `fentry/security_file_open`: the same, where BPF LSM is not enabled.
+    Fentry,
+    /// The open-family syscall exit tracepoints (64-bit syscalls), plus io_uring.
+    Tracepoint,
+    /// One `tp_btf/sys_exit` program (64- and 32-bit syscalls), plus io_uring.
+    Strict,
+}
+
+impl Hooks {
+    /// The mode name reported in `agent.started` (`bypass_mode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Hooks::Lsm => "lsm",
+            Hooks::Fentry => "fentry",
+            Hooks::Tracepoint => "tracepoint",
+            Hooks::Strict => "strict",
+        }
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, function: &str) -> anyhow::Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(function)
+        .ok_or_else(|| anyhow::anyhow!("program {function} missing from the object"))?
+        .try_into()
+        .map_err(|e| anyhow::Error::new(e).context(format!("program {function}")))
+}
+
+fn refused(function: &str) -> impl FnOnce(aya::programs::ProgramError) -> anyhow::Error + '_ {
+    move |e| anyhow::Error::new(e).context(format!("the kernel refused program {function}"))
+}
+
 impl Probe {
-    /// Loads the object with the running kernel's BTF (for CO-RE) and attaches the open-exit
-    /// tracepoints that exist on this kernel. `sys_exit_openat` is required; the others are
-    /// attached when present.
-    pub fn load_tracepoints() -> anyhow::Result<Probe> {
-        ensure_tracefs()?;
+    /// Loads `object` (the agent's, or the bench's empty one with the same program names) with
+    /// the running kernel's BTF (for CO-RE) and attaches the programs of `hooks`. The main hook
+    /// is required; io_uring's is attached when the kernel allows it and listed in `missing`
+    /// otherwise.
+    pub fn load(object: &[u8], hooks: Hooks) -> anyhow::Result<Probe> {
         let btf = Btf::from_sys_fs().map_err(|e| {
             anyhow::Error::new(e).context("no kernel BTF (/sys/kernel/btf/vmlinux)")
         })?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
-            .load(loggate_agent_ebpf::object())
+            .load(object)
             .map_err(|e| anyhow::Error::new(e).context("loading the BPF object failed"))?;
         let mut attached = Vec::new();
-        for (function, category, tracepoint) in names::OPEN_EXIT_PROGRAMS {
-            if !tracepoint_exists(category, tracepoint) {
-                if tracepoint == "sys_exit_openat" {
-                    anyhow::bail!("this kernel has no {category}/{tracepoint} tracepoint");
-                }
-                continue;
+        match hooks {
+            Hooks::Lsm => {
+                let (function, hook) = names::LSM_PROGRAM;
+                let p: &mut Lsm = program(&mut ebpf, function)?;
+                p.load(hook, &btf).map_err(refused(function))?;
+                p.attach()?;
+                attached.push(hook);
             }
-            let program: &mut TracePoint = ebpf
-                .program_mut(function)
-                .ok_or_else(|| anyhow::anyhow!("program {function} missing from the object"))?
-                .try_into()
-                .map_err(|e| anyhow::Error::new(e).context(format!("program {function}")))?;
-            program.load().map_err(|e| {
-                anyhow::Error::new(e).context(format!("the kernel refused program {function}"))
-            })?;
-            program.attach(category, tracepoint).map_err(|e| {
-                anyhow::Error::new(e)
-                    .context(format!("attaching {function} to {category}/{tracepoint}"))
-            })?;
-            attached.push(tracepoint);
+            Hooks::Fentry => {
+                let (function, target) = names::FENTRY_PROGRAM;
+                let p: &mut FEntry = program(&mut ebpf, function)?;
+                p.load(target, &btf).map_err(refused(function))?;
+                p.attach()?;
+                attached.push(target);
+            }
+            Hooks::Tracepoint => {
+                ensure_tracefs()?;
+                for (function, category, tracepoint) in names::OPEN_EXIT_PROGRAMS {
+                    if !tracepoint_exists(category, tracepoint) {
+                        if tracepoint == "sys_exit_openat" {
+                            anyhow::bail!("this kernel has no {category}/{tracepoint} tracepoint");
+                        }
+                        continue;
+                    }
+                    let p: &mut TracePoint = program(&mut ebpf, function)?;
+                    p.load().map_err(refused(function))?;
+                    p.attach(category, tracepoint).map_err(|e| {
+                        anyhow::Error::new(e)
+                            .context(format!("attaching {function} to {category}/{tracepoint}"))
+                    })?;
+                    attached.push(tracepoint);
+                }
+            }
+            Hooks::Strict => {
+                let (function, tracepoint) = names::STRICT_PROGRAM;
+                attach_btf_tracepoint(&mut ebpf, &btf, function, tracepoint)?;
+                attached.push(tracepoint);
+            }
         }
         let mut missing = Vec::new();
-        match attach_io_uring(&mut ebpf, &btf) {
-            Ok(()) => attached.push(names::IO_URING_PROGRAM.1),
-            Err(e) => missing.push(format!("{}: {e:#}", names::IO_URING_PROGRAM.1)),
+        if matches!(hooks, Hooks::Tracepoint | Hooks::Strict) {
+            let (function, tracepoint) = names::IO_URING_PROGRAM;
+            match attach_btf_tracepoint(&mut ebpf, &btf, function, tracepoint) {
+                Ok(()) => attached.push(tracepoint),
+                Err(e) => missing.push(format!("{tracepoint}: {e:#}")),
+            }
         }
         Ok(Probe {
             ebpf,
+            hooks,
             attached,
             missing,
         })
     }
 
+    /// Time spent in, and runs of, every loaded program since load (counted by the kernel only
+    /// while `kernel.bpf_stats_enabled` is 1).
+    pub fn run_stats(&self) -> (u64, u64) {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.info().ok())
+            .fold((0, 0), |(ns, n), info| {
+                (ns + info.run_time().as_nanos() as u64, n + info.run_count())
+            })
+    }
     /// Takes the maps out of the object (the programs keep their references to them).
     pub fn split(&mut self) -> anyhow::Result<(ProtectedMaps, Outputs)> {
         let mut take = |name: &str| {
@@ -137,8 +211,8 @@ impl Probe {
         let typed = |name: &str, e: aya::maps::MapError| anyhow::anyhow!("map {name}: {e}");
         let protected =
             HashMap::try_from(take(names::PROTECTED)?).map_err(|e| typed(names::PROTECTED, e))?;
-        let protected_ino = HashMap::try_from(take(names::PROTECTED_INO)?)
-            .map_err(|e| typed(names::PROTECTED_INO, e))?;
+        let filter =
+            Array::try_from(take(names::INO_FILTER)?).map_err(|e| typed(names::INO_FILTER, e))?;
         let excluded = HashMap::try_from(take(names::EXCLUDED_TGIDS)?)
             .map_err(|e| typed(names::EXCLUDED_TGIDS, e))?;
         let events =
@@ -147,27 +221,27 @@ impl Probe {
         Ok((
             ProtectedMaps {
                 protected,
-                protected_ino,
+                filter,
                 excluded,
                 current: BTreeSet::new(),
+                words: BTreeMap::new(),
             },
             Outputs { events, lost },
         ))
     }
 }
 
-/// io_uring opens bypass the syscall tracepoints; a BTF tracepoint on `io_uring_complete` sees
-/// them. Optional: kernels without io_uring, or that refuse BTF tracepoints, still get the rest.
-fn attach_io_uring(ebpf: &mut Ebpf, btf: &Btf) -> anyhow::Result<()> {
-    let (function, tracepoint) = names::IO_URING_PROGRAM;
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(function)
-        .ok_or_else(|| anyhow::anyhow!("program {function} missing from the object"))?
-        .try_into()?;
-    program
-        .load(tracepoint, btf)
-        .map_err(|e| anyhow::Error::new(e).context(format!("the kernel refused {function}")))?;
-    program.attach()?;
+/// Loads and attaches a BTF tracepoint program (strict mode's `sys_exit`; `io_uring_complete`,
+/// since io_uring opens bypass the syscall tracepoints).
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    function: &str,
+    tracepoint: &str,
+) -> anyhow::Result<()> {
+    let p: &mut BtfTracePoint = program(ebpf, function)?;
+    p.load(tracepoint, btf).map_err(refused(function))?;
+    p.attach()?;
     Ok(())
 }
 
@@ -179,17 +253,21 @@ impl ProtectedMaps {
             .map_err(|e| anyhow::anyhow!("excluding tgid {tgid}: {e}"))
     }
 
-    /// Makes the kernel maps hold exactly `inventory`: adds new entries first, then removes
-    /// the ones gone (a rotated-away inode may be reused by an unrelated file).
+    /// Makes the kernel maps hold exactly `inventory`. The filter always covers the entries:
+    /// its new bits are set before new entries are inserted, and bits are cleared only after
+    /// the entries gone are removed (a rotated-away inode may be reused by an unrelated file).
     pub fn sync(&mut self, inventory: &Inventory) -> anyhow::Result<()> {
+        let wanted = filter_words(inventory.keys().map(|(k, _)| k.ino));
+        let union = wanted
+            .iter()
+            .map(|(w, bits)| (*w, bits | self.words.get(w).copied().unwrap_or(0)));
+        let union: BTreeMap<u32, u64> = union.collect();
+        self.write_words(&union)?;
         for (key, kind) in inventory.keys() {
             if !self.current.contains(key) {
                 self.protected
                     .insert(*key, kind.map_value(), 0)
                     .map_err(|e| anyhow::anyhow!("protected map insert: {e}"))?;
-                self.protected_ino
-                    .insert(key.ino, 1, 0)
-                    .map_err(|e| anyhow::anyhow!("protected_ino map insert: {e}"))?;
                 self.current.insert(*key);
             }
         }
@@ -203,10 +281,58 @@ impl ProtectedMaps {
             // Already-absent keys are fine: the goal is only that they are gone.
             let _ = self.protected.remove(&key);
             self.current.remove(&key);
-            if !self.current.iter().any(|k| k.ino == key.ino) {
-                let _ = self.protected_ino.remove(&key.ino);
+        }
+        self.write_words(&wanted)
+    }
+
+    /// Writes the words of `target` that differ from the kernel's, and zeroes those absent.
+    fn write_words(&mut self, target: &BTreeMap<u32, u64>) -> anyhow::Result<()> {
+        let stale: Vec<u32> = self
+            .words
+            .keys()
+            .filter(|w| !target.contains_key(w))
+            .copied()
+            .collect();
+        let changed = target
+            .iter()
+            .filter(|(w, bits)| self.words.get(w) != Some(bits))
+            .map(|(w, bits)| (*w, *bits));
+        let updates: Vec<(u32, u64)> = changed.chain(stale.iter().map(|w| (*w, 0))).collect();
+        for (word, bits) in updates {
+            self.filter
+                .set(word, bits, 0)
+                .map_err(|e| anyhow::anyhow!("ino_filter map update: {e}"))?;
+            if bits == 0 {
+                self.words.remove(&word);
+            } else {
+                self.words.insert(word, bits);
             }
         }
         Ok(())
+    }
+}
+
+/// The words of `ino_filter` with a bit for each inode: bit `ino % 64` of word
+/// `(ino / 64) % INO_FILTER_WORDS`, as `maybe_protected` in logaudit.bpf.c tests them.
+fn filter_words(inodes: impl Iterator<Item = u64>) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for ino in inodes {
+        let word = ((ino >> 6) % u64::from(names::INO_FILTER_WORDS)) as u32;
+        *words.entry(word).or_insert(0) |= 1u64 << (ino & 63);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_words_set_one_bit_per_inode_and_wrap_at_the_filter_size() {
+        let span = 64 * u64::from(names::INO_FILTER_WORDS);
+        let words = filter_words([1, 2, 64, span + 3].into_iter());
+        assert_eq!(words.get(&0), Some(&0b1110));
+        assert_eq!(words.get(&1), Some(&1));
+        assert_eq!(words.len(), 2);
     }
 }

@@ -8,6 +8,7 @@
 //! program cannot be loaded, `auto` falls back to fanotify (`fanotify`); when nothing can start
 //! the agent keeps serving and says so (`bypass_audit_unavailable`).
 
+pub mod bench;
 mod event;
 mod fanotify;
 mod inventory;
@@ -22,7 +23,7 @@ use crate::Shared;
 use event::RawEvent;
 use fanotify::{FanEvent, Fanotify};
 use inventory::Inventory;
-use loader::{Outputs, Probe, ProtectedMaps};
+use loader::{Hooks, Outputs, Probe, ProtectedMaps};
 use loggate_core::audit_fields;
 use record::{bypass_record, Opened};
 use std::os::fd::OwnedFd;
@@ -48,6 +49,8 @@ pub enum Startup {
 
 pub struct EbpfAudit {
     probe: Probe,
+    /// Why the hooks tried before the active one were refused (`auto`).
+    fallback: Vec<String>,
     maps: ProtectedMaps,
     outputs: Outputs,
     inventory: Inventory,
@@ -66,16 +69,18 @@ impl Startup {
                 }
             }
             Mode::Fanotify => None,
-            Mode::Auto | Mode::Tracepoint => match Self::load_ebpf(config, roots) {
-                Ok(audit) => return Startup::Ebpf(Box::new(audit)),
-                Err(e) if config.mode == Mode::Auto => Some(format!("{e:#}")),
-                Err(e) => {
-                    return Startup::Inactive {
-                        requested: config.mode,
-                        reason: Some(format!("{e:#}")),
+            Mode::Auto | Mode::Lsm | Mode::Fentry | Mode::Tracepoint | Mode::Strict => {
+                match Self::load_ebpf(config, roots) {
+                    Ok(audit) => return Startup::Ebpf(Box::new(audit)),
+                    Err(e) if config.mode == Mode::Auto => Some(e),
+                    Err(e) => {
+                        return Startup::Inactive {
+                            requested: config.mode,
+                            reason: Some(e),
+                        }
                     }
                 }
-            },
+            }
         };
         match Self::start_fanotify(config, roots) {
             Ok((fan, inventory)) => Startup::Fanotify {
@@ -93,18 +98,38 @@ impl Startup {
         }
     }
 
-    fn load_ebpf(config: &BypassConfig, roots: &[PathBuf]) -> anyhow::Result<EbpfAudit> {
-        let mut probe = Probe::load_tracepoints()?;
+    /// Tries the mode's hooks in order (`auto`: lsm, fentry, tracepoint) and keeps the first
+    /// the kernel accepts; the error names every hook tried and why it was refused.
+    fn load_ebpf(config: &BypassConfig, roots: &[PathBuf]) -> Result<EbpfAudit, String> {
+        let mut refused = Vec::new();
+        for &hooks in config.mode.ebpf_hooks() {
+            match Self::load_hooks(config, roots, hooks) {
+                Ok((probe, maps, outputs, inventory)) => {
+                    return Ok(EbpfAudit {
+                        probe,
+                        fallback: refused,
+                        maps,
+                        outputs,
+                        inventory,
+                    })
+                }
+                Err(e) => refused.push(format!("{}: {e:#}", hooks.name())),
+            }
+        }
+        Err(refused.join("; "))
+    }
+
+    fn load_hooks(
+        config: &BypassConfig,
+        roots: &[PathBuf],
+        hooks: Hooks,
+    ) -> anyhow::Result<(Probe, ProtectedMaps, Outputs, Inventory)> {
+        let mut probe = Probe::load(loggate_agent_ebpf::object(), hooks)?;
         let (mut maps, outputs) = probe.split()?;
         maps.exclude_tgid(std::process::id())?;
         let inventory = Inventory::scan(roots, config.max_protected);
         maps.sync(&inventory)?;
-        Ok(EbpfAudit {
-            probe,
-            maps,
-            outputs,
-            inventory,
-        })
+        Ok((probe, maps, outputs, inventory))
     }
 
     fn start_fanotify(
@@ -117,10 +142,11 @@ impl Startup {
         Ok((fan, inventory))
     }
 
-    /// The active mode's name, as reported in `agent.started`: `tracepoint`, `fanotify`, `off`.
+    /// The active mode's name, as reported in `agent.started`: `lsm`, `fentry`, `tracepoint`,
+    /// `strict`, `fanotify`, `off`.
     pub fn mode_name(&self) -> &'static str {
         match self {
-            Startup::Ebpf(_) => "tracepoint",
+            Startup::Ebpf(a) => a.probe.hooks.name(),
             Startup::Fanotify { .. } => "fanotify",
             Startup::Inactive { .. } => "off",
         }
@@ -134,6 +160,7 @@ impl Startup {
                 "bypass_hooks" => a.probe.attached.clone(),
                 "bypass_hooks_missing" => a.probe.missing.clone(),
                 "bypass_protected" => a.inventory.len(),
+                "bypass_fallback_reason" => (!a.fallback.is_empty()).then(|| a.fallback.join("; ")),
             ),
             Startup::Fanotify {
                 inventory,
@@ -190,10 +217,17 @@ impl Startup {
             Startup::Ebpf(audit) => {
                 let EbpfAudit {
                     probe,
+                    fallback,
                     maps,
                     outputs,
                     inventory,
                 } = *audit;
+                for refused in &fallback {
+                    tracing::warn!(
+                        "bypass audit: using {} mode because the kernel refused {refused}",
+                        probe.hooks.name()
+                    );
+                }
                 for hook in &probe.missing {
                     tracing::warn!(
                         "bypass audit: hook not attached, its opens are not seen: {hook}"
@@ -246,7 +280,10 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
         .iter()
         .map(|r| r.path().to_path_buf())
         .collect();
-    let mut tick = tokio::time::interval(config.rescan_interval);
+    // The set was filled at start: the first rescan is one interval later, not at once (an
+    // immediate one would race with files created just after start, e.g. by a rotation).
+    let first = tokio::time::Instant::now() + config.rescan_interval;
+    let mut tick = tokio::time::interval_at(first, config.rescan_interval);
     let mut lost_reported = 0u64;
     let mut skipped_reported = 0usize;
     loop {
@@ -307,7 +344,17 @@ async fn read_events(
         let mut batch = Vec::new();
         while let Some(item) = guard.get_inner_mut().next() {
             if let Some(raw) = RawEvent::parse(&item) {
-                let info = process::inspect(Path::new("/proc"), raw.tgid);
+                let mut info = process::inspect(Path::new("/proc"), raw.tgid);
+                // A reader gone before we looked still has the argv the kernel read at the open.
+                if info.cmdline.is_none() {
+                    info.cmdline = raw.cmdline_bytes().map(process::cmdline_text);
+                }
+                // …and its cgroup (and container) from the cgroup id the kernel reported.
+                if info.cgroup.is_none() {
+                    info.cgroup =
+                        process::cgroup_path_of(Path::new("/sys/fs/cgroup"), raw.cgroup_id);
+                    info.container_id = info.cgroup.as_deref().and_then(process::container_id);
+                }
                 batch.push((raw, info));
             }
         }
@@ -323,17 +370,19 @@ async fn read_events(
 }
 
 /// Audits one bypass open (`bypass.read`) and, when the reader holds no grant covering the
-/// file, raises a `bypass.finding` about it (an OCSF Detection Finding for the SIEM).
+/// file, raises a `bypass.finding` about it (an OCSF Detection Finding for the SIEM). These
+/// are observations no action waits on: they are written at once and made durable by the
+/// audit log's next group sync, so a burst of direct reads never queues behind the disk.
 fn audit_open(shared: &Shared, opened: &Opened, info: &process::ProcessInfo) {
     let fields = bypass_record(shared, opened, info);
     let finding = fields.get("finding_uid").is_some_and(|u| !u.is_null());
     let written = shared
-        .audit("bypass.read", fields.clone())
+        .audit_deferred("bypass.read", fields.clone())
         .and_then(|read_seq| {
             if finding {
                 let mut fields = fields;
                 fields.insert("read_seq".into(), read_seq.into());
-                shared.audit("bypass.finding", fields)?;
+                shared.audit_deferred("bypass.finding", fields)?;
             }
             Ok(())
         });

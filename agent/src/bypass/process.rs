@@ -73,7 +73,7 @@ pub fn status(proc_root: &Path, pid: u32) -> Status {
 }
 
 /// NUL-separated arguments joined by spaces, cut at `MAX_CMDLINE` bytes.
-fn cmdline_text(bytes: &[u8]) -> String {
+pub fn cmdline_text(bytes: &[u8]) -> String {
     let trimmed = bytes.strip_suffix(&[0]).unwrap_or(bytes);
     let cut = &trimmed[..trimmed.len().min(MAX_CMDLINE)];
     let mut text: String = String::from_utf8_lossy(cut).replace('\0', " ");
@@ -122,6 +122,34 @@ pub fn cgroup_id(cgroup_root: &Path, cgroup: &str) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
+/// The cgroup path (`/system.slice/x.service`) whose id is `id`: the folder under `cgroup_root`
+/// with that inode number, found by walking the hierarchy (at most 8 levels). For a reader that
+/// exited before `/proc` was read, the cgroup id the kernel reported still names its cgroup and
+/// container.
+pub fn cgroup_path_of(cgroup_root: &Path, id: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![(cgroup_root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if meta.ino() == id {
+            let rel = dir.strip_prefix(cgroup_root).ok()?;
+            return Some(format!("/{}", rel.display()));
+        }
+        if depth < 8 {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push((entry.path(), depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +190,22 @@ mod tests {
         .expect("write");
         assert_eq!(user_name(&passwd, 65534).as_deref(), Some("nobody"));
         assert_eq!(user_name(&passwd, 1234), None);
+    }
+
+    #[test]
+    fn cgroup_path_is_found_from_its_id() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let leaf = root.path().join("system.slice/vector.service");
+        std::fs::create_dir_all(&leaf).expect("mkdir");
+        let id = std::fs::metadata(&leaf).expect("stat").ino();
+        assert_eq!(
+            cgroup_path_of(root.path(), id).as_deref(),
+            Some("/system.slice/vector.service")
+        );
+        let root_id = std::fs::metadata(root.path()).expect("stat").ino();
+        assert_eq!(cgroup_path_of(root.path(), root_id).as_deref(), Some("/"));
+        assert_eq!(cgroup_path_of(root.path(), u64::MAX), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `[bypass]` in the agent configuration: the typed file section and its validated form
 //! (every field documented in docs/configuration.md).
 
+use super::loader::Hooks;
 use anyhow::bail;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,10 +51,16 @@ enum ModeName {
 /// The requested bypass-audit mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// `tracepoint` if the kernel accepts it, else `fanotify`.
+    /// The first of `lsm`, `fentry`, `tracepoint` the kernel accepts, else `fanotify`.
     Auto,
-    /// eBPF on the open-family syscall exits and io_uring completions.
+    /// eBPF on the BPF LSM hook `file_open` (every open, however made).
+    Lsm,
+    /// eBPF on `security_file_open` via fentry (the same, where BPF LSM is off).
+    Fentry,
+    /// eBPF on the open-family syscall exits (64-bit) and io_uring completions.
     Tracepoint,
+    /// eBPF on every syscall exit (64- and 32-bit opens) and io_uring completions.
+    Strict,
     /// fanotify `FAN_OPEN` marks only (no eBPF).
     Fanotify,
     Off,
@@ -63,9 +70,24 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Auto => "auto",
+            Mode::Lsm => "lsm",
+            Mode::Fentry => "fentry",
             Mode::Tracepoint => "tracepoint",
+            Mode::Strict => "strict",
             Mode::Fanotify => "fanotify",
             Mode::Off => "off",
+        }
+    }
+
+    /// The eBPF hooks to try, in order (none for `fanotify` and `off`).
+    pub fn ebpf_hooks(self) -> &'static [Hooks] {
+        match self {
+            Mode::Auto => &[Hooks::Lsm, Hooks::Fentry, Hooks::Tracepoint],
+            Mode::Lsm => &[Hooks::Lsm],
+            Mode::Fentry => &[Hooks::Fentry],
+            Mode::Tracepoint => &[Hooks::Tracepoint],
+            Mode::Strict => &[Hooks::Strict],
+            Mode::Fanotify | Mode::Off => &[],
         }
     }
 }
@@ -96,12 +118,9 @@ impl BypassFile {
             ModeName::Tracepoint => Mode::Tracepoint,
             ModeName::Off => Mode::Off,
             ModeName::Fanotify => Mode::Fanotify,
-            other @ (ModeName::Lsm | ModeName::Fentry | ModeName::Strict) => {
-                bail!(
-                    "bypass.mode {:?} is not built yet; use \"auto\", \"tracepoint\", \"fanotify\" or \"off\"",
-                    format!("{other:?}").to_lowercase()
-                )
-            }
+            ModeName::Lsm => Mode::Lsm,
+            ModeName::Fentry => Mode::Fentry,
+            ModeName::Strict => Mode::Strict,
         };
         for exe in &self.allow_exe {
             if !exe.is_absolute() {
@@ -161,17 +180,19 @@ mod tests {
     }
 
     #[test]
-    fn modes_not_built_are_refused_and_built_ones_accepted() {
-        for mode in ["lsm", "fentry", "strict"] {
-            let err = parse(&format!("mode = {mode:?}"))
-                .expect_err(mode)
-                .to_string();
-            assert!(err.contains("not built yet"), "{err}");
+    fn every_documented_mode_is_accepted_and_others_refused() {
+        for mode in [
+            Mode::Auto,
+            Mode::Lsm,
+            Mode::Fentry,
+            Mode::Tracepoint,
+            Mode::Strict,
+            Mode::Fanotify,
+            Mode::Off,
+        ] {
+            let text = format!("mode = {:?}", mode.name());
+            assert_eq!(parse(&text).expect("valid").mode, mode);
         }
-        assert_eq!(
-            parse("mode = \"fanotify\"").expect("valid").mode,
-            Mode::Fanotify
-        );
         assert_eq!(parse("").expect("defaults").mode, Mode::Auto);
         assert!(parse("mode = \"sometimes\"").is_err());
         assert!(parse("unknown_key = 1").is_err());

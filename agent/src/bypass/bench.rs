@@ -1,0 +1,56 @@
+//! `loggate-agent bench-attach` (hidden): holds the bypass-audit programs attached for
+//! `cargo xtask bench ebpf`, so the bench measures the agent's own loader, object and map
+//! contents without linking aya into xtask (whose build would then compile aya and its
+//! dependencies a second time, for one developer command).
+//!
+//! Protocol on standard input/output, one line each: after attaching it prints `ready N` (N =
+//! protected entries in the maps); on `stats` it prints `stats NS RUNS`, the kernel's cumulative
+//! run time and run count of its programs (`kernel.bpf_stats_enabled` must be 1 for them to
+//! grow); at end of input it detaches and exits.
+
+use super::inventory::Inventory;
+use super::loader::{Hooks, Probe};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+/// Loads the agent's object (or with `empty`, the do-nothing one) on `hooks` (`tracepoint` or
+/// `strict`), fills the protected set from `protect`, excludes this process, and serves the
+/// protocol above until standard input ends.
+pub fn attach(hooks: &str, empty: bool, protect: &[PathBuf]) -> anyhow::Result<()> {
+    let hooks = match hooks {
+        "tracepoint" => Hooks::Tracepoint,
+        "strict" => Hooks::Strict,
+        other => {
+            anyhow::bail!("--hooks {other:?}: the bench attaches \"tracepoint\" or \"strict\"")
+        }
+    };
+    let object = if empty {
+        loggate_agent_ebpf::empty_object()
+    } else {
+        loggate_agent_ebpf::object()
+    };
+    let mut probe = Probe::load(object, hooks)?;
+    // The maps stay alive (and filled) until the end: the programs hold them anyway.
+    let mut kept = None;
+    let mut protected = 0;
+    if !empty {
+        let (mut maps, outputs) = probe.split()?;
+        maps.exclude_tgid(std::process::id())?;
+        let inventory = Inventory::scan(protect, usize::MAX);
+        maps.sync(&inventory)?;
+        protected = inventory.len();
+        kept = Some((maps, outputs));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready {protected}")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        if line?.trim() == "stats" {
+            let (ns, runs) = probe.run_stats();
+            writeln!(out, "stats {ns} {runs}")?;
+            out.flush()?;
+        }
+    }
+    drop(kept);
+    Ok(())
+}
