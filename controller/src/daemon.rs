@@ -6,7 +6,7 @@ use crate::config::ControllerConfig;
 use crate::service::ControllerService;
 use crate::store::Store;
 use anyhow::{bail, Context};
-use loggate_core::audit::{AuditLog, SharedAuditLog};
+use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
 use loggate_core::grant::{unix_now, SigningKey};
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::read_certificate_der;
@@ -25,13 +25,17 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = &config.enrol_user_certs {
         enrol_user_certs(&store, dir, &config.trust_domain)?;
     }
-    let mut audit_log = AuditLog::open(&config.audit_log, "controller")?;
+    // The controller's own chain is sealed with signed checkpoints too, with a key kept next
+    // to its audit file (created on first start, mode 0600).
+    let audit_dir = config.audit_log.parent().unwrap_or(Path::new("."));
+    let checkpoint_key = CheckpointKey::load_or_create(&audit_dir.join("audit-signing.key"))?;
+    let mut audit_log = AuditLog::open(&config.audit_log, "controller")?
+        .with_checkpoints(checkpoint_key, CheckpointPolicy::default());
     if let Some(dir) = &config.enrol_checkpoint_keys {
         crate::service::enrol_checkpoint_keys(&store, &mut audit_log, dir)?;
     }
     let audit = Arc::new(SharedAuditLog::new(audit_log)?);
     // Cursors and status files of the sinks sit next to the audit file they follow.
-    let audit_dir = config.audit_log.parent().unwrap_or(Path::new("."));
     loggate_core::audit::ship::spawn_sinks(
         std::mem::take(&mut config.sinks),
         &loggate_core::audit::ship::ShipContext {
@@ -49,9 +53,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         config.trust_domain.clone(),
         config.admins.clone(),
         config.max_ttl_duration()?,
-        audit,
+        audit.clone(),
         stopping,
     )?;
+    tokio::spawn(checkpoint_when_due(audit.clone()));
     let tls = config.tls.server_config()?;
     tracing::info!(listen = %config.listen, "loggate controller serving");
     eprintln!("loggate controller listening on {}", config.listen);
@@ -67,8 +72,20 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("controller server on {}", config.listen))?;
+    audit.checkpoint()?;
     eprintln!("loggate controller stopped");
     Ok(())
+}
+
+/// Seals the controller's audit chain with a checkpoint when one is due (1000 records or 60 s).
+async fn checkpoint_when_due(audit: Arc<SharedAuditLog>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Err(e) = tokio::task::block_in_place(|| audit.checkpoint_if_due()) {
+            tracing::error!("audit checkpoint failed: {e:#}");
+        }
+    }
 }
 
 /// Reads the grant-signing key, refusing a file that others can read.

@@ -545,3 +545,39 @@ fn changed_agent_key_is_refused_until_an_admin_enrols_it() {
         .collect();
     assert_eq!(enrolments, vec!["first_use", "configured"]);
 }
+
+#[test]
+fn the_controllers_own_chain_is_sealed_with_a_signed_checkpoint_at_shutdown() -> anyhow::Result<()>
+{
+    let mut fx = Fixture::start()?;
+    fx.grant("alice", "30m")?;
+    fx.cluster.stop_controller();
+    let dir = fx.cluster.dir.join("controller");
+    let audit = dir.join("audit.jsonl");
+    let last = std::fs::read_to_string(&audit)?
+        .lines()
+        .last()
+        .map(String::from)
+        .unwrap_or_default();
+    let record: serde_json::Value = serde_json::from_str(&last)?;
+    assert_eq!(
+        loggate_core::audit::event_name(&record),
+        Some("audit.checkpoint")
+    );
+    let key = dir.join("audit-signing.key.pub");
+    let out = fx.cluster.run_cli(
+        "admin",
+        &[
+            "audit",
+            "verify",
+            &audit.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+        ],
+    )?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("sealed through"), "{stdout}");
+    assert!(!stderr.contains("not sealed"), "{stderr}");
+    Ok(())
+}

@@ -498,7 +498,7 @@ pub const EVENTS: &[EventType] = &[
     },
     EventType {
         name: "audit.checkpoint",
-        writers: "agent",
+        writers: "agent, controller",
         about: "A signed checkpoint seals the chain as it stands (every 1000 records or 60 s); see audit.md.",
         class: Class::EventLogActivity,
         activity_id: 99,
@@ -506,7 +506,7 @@ pub const EVENTS: &[EventType] = &[
         outcome: Outcome::Success,
         severity: INFO,
         fields: &[
-            ("origin", "the writer (agent id)"),
+            ("origin", "the writer: the agent id, or `controller`"),
             ("sealed_seq", "the `seq` of the last record sealed"),
             ("head", "SHA-256 of that record's line"),
             ("ts_ms", "when it was signed (epoch ms)"),
