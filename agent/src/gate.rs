@@ -86,16 +86,17 @@ pub struct Authorized {
     pub profile: Profile,
 }
 
-/// Rank of a denial when several grants fail: the most useful explanation wins.
+/// Rank of a denial when several grants fail (lower wins): the most useful explanation is
+/// about a grant for this path, and among those the one closest to working — an active grant
+/// the agent cannot serve (its profile), then one that starts later, then one that ended.
 fn rank(d: &Denial, matches_path: bool) -> u8 {
-    let specific = matches!(
-        d.code,
-        "grant_expired" | "grant_not_yet_valid" | "grant_revoked" | "profile_unavailable"
-    );
-    match (matches_path, specific) {
-        (true, true) => 0,
-        (true, false) => 1,
-        (false, _) if d.code == "path_not_covered" => 2,
+    if !matches_path {
+        return if d.code == "path_not_covered" { 5 } else { 6 };
+    }
+    match d.code {
+        "profile_unavailable" => 0,
+        "grant_not_yet_valid" => 1,
+        "grant_expired" | "grant_revoked" => 2,
         _ => 3,
     }
 }
@@ -128,13 +129,16 @@ pub fn authorize(
     let now = unix_now();
     let agent = &shared.config.id;
 
-    // Candidates: a presented token first, then the pushed grants issued to this reader.
-    let mut candidates: Vec<(String, bool)> = Vec::new();
-    if let Some(t) = presented_token {
-        candidates.push((t.to_string(), true));
-    }
+    // Candidates: a presented token alone (the reader chose it: it is judged on its own, never
+    // quietly replaced by another grant), else the pushed grants issued to this reader.
     let stored = shared.grants.grants_for(reader.spiffe_id());
-    candidates.extend(stored.iter().map(|g| (g.token().to_string(), false)));
+    let candidates: Vec<(String, bool)> = match presented_token {
+        Some(t) => vec![(t.to_string(), true)],
+        None => stored
+            .iter()
+            .map(|g| (g.token().to_string(), false))
+            .collect(),
+    };
     if candidates.is_empty() {
         return Err(Denial::new(
             "no_grant",

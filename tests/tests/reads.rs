@@ -411,3 +411,23 @@ fn star_in_a_grant_glob_does_not_reach_into_subfolders() -> anyhow::Result<()> {
     denial_of(&f, "path_not_covered")?;
     Ok(())
 }
+
+#[test]
+fn the_denial_explains_the_grant_closest_to_working() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let old = f.grant("alice", "30m")?;
+    let out = f.cluster.run_cli("admin", &["grant", "revoke", &old])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(10), |e| {
+            e["event"] == "grant.revoked" && e["grant_id"] == old.as_str()
+        })?;
+    // Her current grant names a profile this agent does not have: that is what she must hear,
+    // not that an older grant was revoked.
+    f.grant_with_profile("alice", "30m", "nosuch")?;
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out).1.contains("nosuch"), "{}", text(&out).1);
+    denial_of(&f, "profile_unavailable")?;
+    Ok(())
+}

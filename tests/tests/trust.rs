@@ -331,3 +331,23 @@ fn a_new_key_for_a_user_does_not_take_over_their_grants() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn a_presented_token_is_judged_on_its_own_even_when_the_reader_holds_a_good_grant(
+) -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    let bobs = f.grant("bob", "30m")?;
+    let bobs_token = token_of(&f, "bob", &bobs)?;
+    // Alice's own grant covers the file, but she presents bob's token: refused, and audited.
+    let out = present(&f, "alice", &bobs_token)?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(text(&out).0.is_empty());
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "grant_bound_to_another_key"
+        })?;
+    let garbage = present(&f, "alice", "garbage")?;
+    assert_eq!(garbage.status.code(), Some(3), "{}", text(&garbage).1);
+    Ok(())
+}
