@@ -435,6 +435,14 @@ pub fn audit_verify(
                 std::fs::File::open(c).map_err(|e| format!("cannot open {}: {e}", c.display()))?;
             let held = read_external_checkpoints(std::io::BufReader::new(file))
                 .map_err(|e| format!("{}: {e}", c.display()))?;
+            if held.is_empty() {
+                // Nothing to anchor against is not an anchored result.
+                return Err(format!(
+                    "{} holds no checkpoints; export them with 'loggate audit checkpoints --host AGENT'",
+                    c.display()
+                )
+                .into());
+            }
             if !keys.is_empty() {
                 for checkpoint in &held {
                     checkpoint.verify(&keys).map_err(|e| Failure {

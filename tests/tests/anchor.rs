@@ -489,7 +489,8 @@ fn agent_reporting_another_hosts_checkpoints_is_refused() {
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     });
-    assert!(fx.cluster.held_checkpoints("web-2").unwrap().is_empty());
+    // Nothing was stored for web-2 (which never connected: its export is refused outright).
+    assert!(!matches!(fx.cluster.held_checkpoints("web-2"), Ok(held) if !held.is_empty()));
     let held = held_lines(&fx);
     assert!(own
         .iter()
@@ -579,5 +580,35 @@ fn the_controllers_own_chain_is_sealed_with_a_signed_checkpoint_at_shutdown() ->
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("sealed through"), "{stdout}");
     assert!(!stderr.contains("not sealed"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn an_unknown_host_or_an_empty_checkpoint_file_never_reads_as_anchored() -> anyhow::Result<()> {
+    let fx = Fixture::start()?;
+    let out = fx
+        .cluster
+        .run_cli("admin", &["audit", "checkpoints", "--host", "nosuch"])?;
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("nosuch"), "{}", text(&out).1);
+    let empty = fx.cluster.dir.join("empty.checkpoints");
+    std::fs::write(&empty, "")?;
+    let audit = fx.cluster.dir.join("agents/web-1/audit.jsonl");
+    let out = fx.cluster.run_cli(
+        "admin",
+        &[
+            "audit",
+            "verify",
+            &audit.display().to_string(),
+            "--checkpoints",
+            &empty.display().to_string(),
+        ],
+    )?;
+    assert!(!out.status.success(), "{}", text(&out).0);
+    assert!(
+        text(&out).1.contains("holds no checkpoints"),
+        "{}",
+        text(&out).1
+    );
     Ok(())
 }

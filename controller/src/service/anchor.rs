@@ -135,6 +135,13 @@ impl ControllerService {
                 req.host
             )));
         }
+        // An unknown host is an error, never an empty (and so reassuring) export.
+        if self.store.agent(&req.host).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!(
+                "no agent {:?} has ever connected to this controller",
+                req.host
+            )));
+        }
         let limit = match req.limit {
             0 => DEFAULT_PAGE,
             n => n.min(DEFAULT_PAGE),
