@@ -9,7 +9,7 @@
 //! All patterns are byte regexes with Unicode off: logs are mostly ASCII, invalid UTF-8 is
 //! ordinary input, and ASCII classes keep the automata small and fast.
 
-use super::validate;
+use super::{bytemask, validate};
 use regex::bytes::{Regex, RegexBuilder};
 use std::sync::LazyLock;
 
@@ -91,7 +91,8 @@ impl Builtin {
     }
 
     /// Literals (matched ASCII-case-insensitively) of which at least one must occur in a segment
-    /// for the detector to run. Empty: the detector always runs (its own scan is cheap).
+    /// for a keyword detector to run (`super::prefilter`). The other detectors are gated by the
+    /// shape of their values or find their own candidates.
     pub fn literals(self) -> &'static [&'static str] {
         match self {
             Builtin::PrivateKey => &["-----begin"],
@@ -107,11 +108,12 @@ impl Builtin {
             Builtin::BasicAuth => &["basic"],
             Builtin::UrlCredentials => &["://"],
             Builtin::Secret => &["pass", "pwd", "secret", "token", "key", "credential"],
-            Builtin::Email => &["@"],
-            Builtin::Card | Builtin::Iban => &[],
-            Builtin::Ssn => &["-"],
-            Builtin::Ipv4 => &["."],
-            Builtin::Ipv6 => &["::", ":"],
+            Builtin::Email
+            | Builtin::Card
+            | Builtin::Iban
+            | Builtin::Ssn
+            | Builtin::Ipv4
+            | Builtin::Ipv6 => &[],
         }
     }
 
@@ -152,7 +154,7 @@ impl Builtin {
                     && line.get(e + 1).is_some_and(u8::is_ascii_digit);
                 !glued_before && !glued_after && validate::Validator::Ssn.check(v)
             }),
-            Builtin::Ipv4 => regex_spans(&IPV4, seg, 0, out, ipv4),
+            Builtin::Ipv4 => find_ipv4(seg, out),
             Builtin::Ipv6 => find_ipv6(seg, out),
         }
     }
@@ -203,10 +205,7 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
         r"(?i)[a-z0-9._%+-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}\b",
     )
 });
-static IBAN_START: LazyLock<Regex> = LazyLock::new(|| build(r"\b[A-Z]{2}[0-9]{2}"));
 static SSN: LazyLock<Regex> = LazyLock::new(|| build(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"));
-static IPV4: LazyLock<Regex> =
-    LazyLock::new(|| build(r"\b[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\b"));
 static IPV6: LazyLock<Regex> = LazyLock::new(|| build(r"(?i)[0-9a-f.]*:[0-9a-f.]*:[0-9a-f:.]*"));
 
 /// Runs `re` over `seg`, takes capture `group` (0: the whole match) as the value and keeps it
@@ -313,13 +312,82 @@ fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
 /// Payment cards: runs of 13–19 digits, optionally grouped by single spaces or dashes, that pass
 /// Luhn and an issuer's prefix and length. A hand-written scanner rather than a regex: a regex
 /// match that fails validation would hide a card starting inside it, and this is the
-/// literal-less detector that costs the most when written as a regex.
+/// literal-less detector that costs the most when written as a regex. It only walks the runs
+/// of digits and single separators long enough to hold a card ([`card_runs`]).
 fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
-    let n = seg.len();
-    let mut i = 0;
     let mut groups: Vec<(usize, usize)> = Vec::new();
-    let mut digits: Vec<u8> = Vec::with_capacity(19);
-    while i < n {
+    let mut digits: Vec<u8> = Vec::new();
+    card_runs(seg, |from, to| {
+        scan_cards(seg, from, to, &mut groups, &mut digits, out)
+    });
+}
+
+/// Calls `f(start, end)` for every maximal run of digits and single separators (a space or a
+/// dash between two digits) of at least 13 bytes: the only places a card number can be.
+fn card_runs(seg: &[u8], mut f: impl FnMut(usize, usize)) {
+    let n = bytemask::blocks(seg);
+    let mut cur = bytemask::block(seg, 0);
+    let mut prev_digit = 0u64;
+    let mut run_start: Option<usize> = None;
+    for k in 0..n {
+        let next = if k + 1 < n {
+            bytemask::block(seg, k + 1)
+        } else {
+            bytemask::Masks::default()
+        };
+        let d = cur.digit;
+        let digit_before = (d << 1) | (prev_digit >> 63);
+        let digit_after = (d >> 1) | (next.digit << 63);
+        let c = d | (cur.sep & digit_before & digit_after);
+        let base = k * 64;
+        let mut i = 0u32;
+        while i < 64 {
+            match run_start {
+                Some(s) => {
+                    let zeros = !c >> i;
+                    if zeros == 0 {
+                        break;
+                    }
+                    let z = i + zeros.trailing_zeros();
+                    if base + z as usize - s >= 13 {
+                        f(s, base + z as usize);
+                    }
+                    run_start = None;
+                    i = z;
+                }
+                None => {
+                    let ones = c >> i;
+                    if ones == 0 {
+                        break;
+                    }
+                    let o = i + ones.trailing_zeros();
+                    run_start = Some(base + o as usize);
+                    i = o;
+                }
+            }
+        }
+        prev_digit = d;
+        cur = next;
+    }
+    if let Some(s) = run_start {
+        if seg.len() - s >= 13 {
+            f(s, seg.len());
+        }
+    }
+}
+
+/// The card scanner over one run `from..to` of [`card_runs`].
+fn scan_cards(
+    seg: &[u8],
+    from: usize,
+    to: usize,
+    groups: &mut Vec<(usize, usize)>,
+    digits: &mut Vec<u8>,
+    out: &mut Vec<(usize, usize)>,
+) {
+    let n = seg.len();
+    let mut i = from;
+    while i < to {
         if !seg[i].is_ascii_digit() {
             i += 1;
             continue;
@@ -378,7 +446,7 @@ fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
                 if digits.len() >= 13
                     && (!dashed || b == groups.len() - 1)
                     && card_grouping(&groups[a..=b])
-                    && validate::card_number(&digits)
+                    && validate::card_number(digits)
                 {
                     found = Some(b);
                 }
@@ -410,18 +478,20 @@ fn card_grouping(groups: &[(usize, usize)]) -> bool {
 /// digits (in groups of four or not), mod-97 valid.
 fn find_ibans(seg: &[u8], out: &mut Vec<(usize, usize)>) {
     let mut pos = 0;
-    while let Some(m) = IBAN_START.find_at(seg, pos) {
-        pos = m.start() + 1;
-        let Some(len) = validate::iban_length(&seg[m.start()..m.start() + 2]) else {
-            continue;
+    iban_starts(seg, |start| {
+        if start < pos {
+            return;
+        }
+        let Some(len) = validate::iban_length(&seg[start..start + 2]) else {
+            return;
         };
-        let mut i = m.start();
+        let mut i = start;
         let mut taken = 0;
-        let mut compact = Vec::with_capacity(len);
-        while i < seg.len() && taken < len {
+        let mut compact = [0u8; 34];
+        while i < seg.len() && taken < len.min(compact.len()) {
             let b = seg[i];
             if b.is_ascii_uppercase() || b.is_ascii_digit() {
-                compact.push(b);
+                compact[taken] = b;
                 taken += 1;
                 i += 1;
             } else if b == b' '
@@ -434,11 +504,84 @@ fn find_ibans(seg: &[u8], out: &mut Vec<(usize, usize)>) {
             }
         }
         let bounded = seg.get(i).is_none_or(|b| !is_word(*b));
-        if taken == len && bounded && validate::iban(&compact) {
-            out.push((m.start(), i));
+        if taken == len && bounded && validate::iban(&compact[..taken]) {
+            out.push((start, i));
             pos = i;
         }
+    });
+}
+
+/// Calls `f` with every position, in order, where two capital letters and two digits start
+/// after a word boundary (what `\b[A-Z]{2}[0-9]{2}` matches): where an IBAN can start.
+fn iban_starts(seg: &[u8], mut f: impl FnMut(usize)) {
+    let n = bytemask::blocks(seg);
+    let mut cur = bytemask::block(seg, 0);
+    for k in 0..n {
+        let next = if k + 1 < n {
+            bytemask::block(seg, k + 1)
+        } else {
+            bytemask::Masks::default()
+        };
+        let upper_at = |shift: u32| (cur.upper >> shift) | (next.upper << (64 - shift));
+        let digit_at = |shift: u32| (cur.digit >> shift) | (next.digit << (64 - shift));
+        let mut c = cur.upper & upper_at(1) & digit_at(2) & digit_at(3);
+        while c != 0 {
+            let i = k * 64 + c.trailing_zeros() as usize;
+            c &= c - 1;
+            if i == 0 || !is_word(seg[i - 1]) {
+                f(i);
+            }
+        }
+        cur = next;
     }
+}
+
+/// Dotted quads: what `\b[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\b` finds, scanned
+/// from the dots (a quad's first part is the run of one to three digits before a dot), each
+/// then validated by [`ipv4`]; like the regex, the search goes on after the end of a quad.
+fn find_ipv4(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    let mut resume = 0;
+    for dot in memchr::memchr_iter(b'.', seg) {
+        let mut start = dot;
+        while start > 0 && dot - start < 4 && seg[start - 1].is_ascii_digit() {
+            start -= 1;
+        }
+        let first = dot - start;
+        if start < resume || !(1..=3).contains(&first) || (start > 0 && is_word(seg[start - 1])) {
+            continue;
+        }
+        let Some(end) = quad_end(seg, dot) else {
+            continue;
+        };
+        resume = end;
+        if ipv4(&seg[start..end], start, seg) {
+            out.push((start, end));
+        }
+    }
+}
+
+/// The end of a dotted quad whose first dot is at `dot`: three more runs of one to three
+/// digits, separated by dots, the last one followed by a non-word byte or the end.
+fn quad_end(seg: &[u8], dot: usize) -> Option<usize> {
+    let mut i = dot;
+    for part in 0..3 {
+        i += 1; // the dot
+        let from = i;
+        while i < seg.len() && i - from < 4 && seg[i].is_ascii_digit() {
+            i += 1;
+        }
+        if !(1..=3).contains(&(i - from)) {
+            return None;
+        }
+        let last = part == 2;
+        match seg.get(i) {
+            Some(b'.') if !last => {}
+            None if last => {}
+            Some(b) if last && !is_word(*b) => {}
+            _ => return None,
+        }
+    }
+    Some(i)
 }
 
 fn ipv4(v: &[u8], start: usize, seg: &[u8]) -> bool {
@@ -505,9 +648,7 @@ mod tests {
             &URL_CREDENTIALS,
             &KEY_VALUE,
             &EMAIL,
-            &IBAN_START,
             &SSN,
-            &IPV4,
             &IPV6,
         ] {
             let _ = re.is_match(b"");

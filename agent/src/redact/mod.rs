@@ -11,14 +11,16 @@
 //! Fail closed: a line on which a detector fails (a panic in our code is the only way one can)
 //! is withheld, replaced by a marker and counted, never passed on unscanned.
 
+mod bytemask;
 pub mod finding;
+mod prefilter;
 pub mod profile;
 pub mod reading;
 pub mod validate;
 pub mod writing;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use finding::Builtin;
+use prefilter::Prefilter;
 use reading::{Line, LineSplitter};
 use regex::bytes::Regex;
 use std::sync::{Arc, LazyLock};
@@ -67,10 +69,11 @@ impl Detector {
         }
     }
 
-    fn literals(&self) -> &'static [&'static str] {
+    /// Whether the detector can find something in a segment with these prefilter candidates.
+    fn may_find(&self, candidates: u32) -> bool {
         match &self.kind {
-            Kind::Builtin(b) => b.literals(),
-            _ => &[],
+            Kind::Builtin(b) => candidates & prefilter::bit(*b) != 0,
+            _ => true,
         }
     }
 
@@ -107,11 +110,8 @@ pub struct Redactor {
     detectors: Vec<Detector>,
     /// Whether PEM private-key blocks are removed (the `private_key` detector is enabled).
     private_keys: bool,
-    /// One automaton over every detector's literals; pattern i belongs to `literal_owner[i]`.
-    prefilter: AhoCorasick,
-    literal_owner: Vec<usize>,
-    /// Detectors without literals: they run on every segment.
-    always: Vec<usize>,
+    /// Which built-in detectors can find something in a segment.
+    prefilter: Prefilter,
     key: Option<Arc<HashKey>>,
 }
 
@@ -119,13 +119,17 @@ pub struct Redactor {
 #[derive(Debug, Default)]
 pub struct LineState {
     in_private_key: bool,
-    active: Vec<bool>,
+    /// The segment lowercased, for the prefilter.
+    lower: Vec<u8>,
     spans: Vec<(usize, usize)>,
     findings: Vec<(usize, usize, usize)>,
 }
 
 static PEM_BEGIN: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
+/// The literal start of [`PEM_BEGIN`], searched first: the regex runs only where it occurs.
+static PEM_BEGIN_LITERAL: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"-----BEGIN"));
 static PEM_END: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
 
@@ -150,29 +154,14 @@ impl Redactor {
         let private_keys = detectors
             .iter()
             .any(|d| matches!(d.kind, Kind::Builtin(Builtin::PrivateKey)));
-        let mut literals = Vec::new();
-        let mut literal_owner = Vec::new();
-        let mut always = Vec::new();
-        for (i, d) in detectors.iter().enumerate() {
-            if d.literals().is_empty() {
-                always.push(i);
-            }
-            for l in d.literals() {
-                literals.push(*l);
-                literal_owner.push(i);
-            }
-        }
-        let prefilter = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&literals)
-            .map_err(|e| format!("cannot build the literal prefilter: {e}"))?;
+        let prefilter = Prefilter::new(detectors.iter().filter_map(|d| match d.kind {
+            Kind::Builtin(b) => Some(b),
+            _ => None,
+        }))?;
         Ok(Redactor {
             detectors,
             private_keys,
             prefilter,
-            literal_owner,
-            always,
             key,
         })
     }
@@ -216,7 +205,7 @@ impl Redactor {
             }
         }
         loop {
-            let begin = if self.private_keys {
+            let begin = if self.private_keys && PEM_BEGIN_LITERAL.find(&line[pos..]).is_some() {
                 PEM_BEGIN.find_at(line, pos)
             } else {
                 None
@@ -258,19 +247,10 @@ impl Redactor {
         if seg.is_empty() {
             return;
         }
-        state.active.clear();
-        state.active.resize(self.detectors.len(), false);
-        for &i in &self.always {
-            state.active[i] = true;
-        }
-        for m in self.prefilter.find_overlapping_iter(seg) {
-            if let Some(&owner) = self.literal_owner.get(m.pattern().as_usize()) {
-                state.active[owner] = true;
-            }
-        }
+        let candidates = self.prefilter.candidates(seg, &mut state.lower);
         state.findings.clear();
         for (i, d) in self.detectors.iter().enumerate() {
-            if !state.active[i] {
+            if !d.may_find(candidates) {
                 continue;
             }
             state.spans.clear();
