@@ -17,12 +17,18 @@ pub struct Masks {
 }
 
 /// The masks of block `k` of `seg` (bytes `64k .. 64k+64`).
+#[inline]
 pub fn block(seg: &[u8], k: usize) -> Masks {
     let start = k * 64;
     let bytes = seg.get(start..).unwrap_or_default();
     match bytes.get(..64) {
         Some(full) => full_block(full),
-        None => scalar(bytes),
+        None => {
+            // The last, shorter block: padded with NUL, which is in no class.
+            let mut padded = [0u8; 64];
+            padded[..bytes.len()].copy_from_slice(bytes);
+            full_block(&padded)
+        }
     }
 }
 
@@ -31,6 +37,7 @@ pub fn blocks(seg: &[u8]) -> usize {
     seg.len().div_ceil(64)
 }
 
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn scalar(bytes: &[u8]) -> Masks {
     let mut m = Masks::default();
     for (i, b) in bytes.iter().take(64).enumerate() {
@@ -47,6 +54,7 @@ fn scalar(bytes: &[u8]) -> Masks {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[inline]
 fn full_block(bytes: &[u8]) -> Masks {
     // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this target runs on has it.
     unsafe { sse2::full_block(bytes) }
