@@ -26,8 +26,8 @@ enum Task {
         keep: Option<PathBuf>,
     },
     /// Install what the tests need (as root, from Debian's packages) and run every test, plus
-    /// the formatting and clippy checks and the check that the committed eBPF object matches a
-    /// rebuild of its source.
+    /// the formatting and clippy checks, the check that the committed eBPF object matches a
+    /// rebuild of its source, and 60 s of the redaction engine's fuzz target.
     Test,
     /// Rebuild agent-ebpf/bpf/logaudit.bpf.o from agent-ebpf/src/logaudit.bpf.c (needs clang
     /// and llvm-strip; installs them as root with apt-get when missing).
@@ -99,7 +99,30 @@ fn test() -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("LOGGATE_BIN_DIR", target.join("debug")))?;
-    Ok(())
+    fuzz_redaction()
+}
+
+/// Runs the redaction engine's fuzz target (`fuzz/`) for a bounded time, from its committed
+/// seed corpus; installs cargo-fuzz from crates.io when missing. cargo-fuzz passes nightly-only
+/// flags (`-Zsanitizer=address`); `RUSTC_BOOTSTRAP=1` lets the stable toolchain accept them.
+fn fuzz_redaction() -> anyhow::Result<()> {
+    const SECONDS: u32 = 60;
+    let installed = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let mut cmd = cargo();
+    cmd.args(["fuzz", "run", "redact", "--"])
+        .arg(format!("-max_total_time={SECONDS}"))
+        .env("RUSTC_BOOTSTRAP", "1");
+    // libFuzzer is C++; clang++ is there when c++ is not (ebpf::ensure_tools installs clang).
+    if Command::new("c++").arg("--version").output().is_err() {
+        cmd.env("CXX", "clang++");
+    }
+    run(&mut cmd)
 }
 
 fn main() -> ExitCode {
