@@ -294,6 +294,36 @@ fn placeholder(v: &[u8]) -> bool {
     v.is_empty() || own_output(v) || WORDS.iter().any(|w| v.eq_ignore_ascii_case(w))
 }
 
+/// Words that say what state a credential is in (`token: expired`, `password=missing`): prose or
+/// a status field, not a value. Only unquoted values are compared: a quoted value is a value
+/// whatever it says.
+fn status_word(v: &[u8]) -> bool {
+    const WORDS: &[&[u8]] = &[
+        b"expired",
+        b"invalid",
+        b"missing",
+        b"revoked",
+        b"required",
+        b"refreshed",
+        b"rotated",
+        b"valid",
+        b"ok",
+        b"empty",
+        b"unset",
+        b"changed",
+        b"updated",
+        b"reset",
+        b"denied",
+        b"accepted",
+        b"rejected",
+        b"present",
+        b"absent",
+        b"provided",
+        b"redacted",
+    ];
+    WORDS.iter().any(|w| v.eq_ignore_ascii_case(w))
+}
+
 fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
     for c in KEY_VALUE.captures_iter(seg) {
         let Some(value) = (2..=5).find_map(|g| c.get(g)) else {
@@ -301,8 +331,12 @@ fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
         };
         let key = c.get(1).map(|k| k.as_bytes()).unwrap_or_default();
         let v = value.as_bytes();
+        let bare = c.get(5).is_some();
         // `PWD=/home/x` in an environment dump is the working directory, not a password.
-        if placeholder(v) || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/')) {
+        if placeholder(v)
+            || (bare && status_word(v))
+            || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/'))
+        {
             continue;
         }
         out.push((value.start(), value.end()));
@@ -853,9 +887,18 @@ mod tests {
             "password=true token=null secret=[REDACTED:secret]",
             "max_tokens=100 password_hash=abc tokenizer=bpe",
             "PWD=/home/app",
+            "refresh failed: token: expired",
+            "Token: EXPIRED, password=missing api_key: unset",
         ] {
             assert!(found(Builtin::Secret, text).is_empty(), "{text}");
         }
+    }
+
+    #[test]
+    fn status_words_stay_only_as_bare_values() {
+        assert_eq!(found(Builtin::Secret, "token: expired9"), ["expired9"]);
+        assert_eq!(found(Builtin::Secret, "password: hunter"), ["hunter"]);
+        assert_eq!(found(Builtin::Secret, r#""token": "expired""#), ["expired"]);
     }
 
     #[test]
