@@ -491,7 +491,7 @@ mod corpus {
                     }
                 })
                 .sum();
-            if sum % 10 == 0 {
+            if sum.is_multiple_of(10) {
                 break;
             }
             d.pop();

@@ -349,9 +349,11 @@ fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
 /// literal-less detector that costs the most when written as a regex. It only walks the runs
 /// of digits and single separators long enough to hold a card ([`card_runs`]).
 fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    /// The scanner's digit groups and digits.
+    type Scratch = (Vec<(usize, usize)>, Vec<u8>);
     thread_local! {
-        /// The scanner's groups and digits, kept between calls: no allocation per line.
-        static SCRATCH: std::cell::RefCell<(Vec<(usize, usize)>, Vec<u8>)> =
+        /// Kept between calls: no allocation per line.
+        static SCRATCH: std::cell::RefCell<Scratch> =
             const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
     card_runs(seg, |from, to| {
