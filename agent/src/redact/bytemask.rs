@@ -1,6 +1,7 @@
-//! Byte classes as bit masks, 64 bytes at a time: the hand-written scanners of the digit-shaped
-//! detectors (card, IBAN) jump from candidate to candidate with these instead of testing every
-//! byte. Bit `i` of a mask is byte `64·k + i` of block `k`. On x86-64 the classes are computed
+//! Byte classes as bit masks, 64 bytes at a time, computed once per line segment: the prefilter's
+//! shape tests and the hand-written scanners of the digit-shaped detectors (card, IBAN) jump from
+//! candidate to candidate with these instead of testing every byte. Bit `i` of a mask is byte
+//! `64·k + i` of block `k`. On x86-64 the classes are computed
 //! with SSE2 (part of the architecture's baseline), elsewhere byte by byte; both give the same
 //! masks (`simd_and_scalar_masks_agree`).
 
@@ -14,11 +15,51 @@ pub struct Masks {
     pub upper: u64,
     /// A space or a dash: what may separate the groups of a card number.
     pub sep: u64,
+    /// `-`.
+    pub dash: u64,
+    /// `@`.
+    pub at: u64,
+    /// `:`.
+    pub colon: u64,
+    /// `0`–`9`, `a`–`f`, `A`–`F`.
+    pub hex: u64,
+}
+
+/// The masks of every 64-byte block of a segment, and one empty block past the end so that a
+/// block's successor always exists.
+#[derive(Debug, Default)]
+pub struct SegmentMasks {
+    blocks: Vec<Masks>,
+}
+
+impl SegmentMasks {
+    /// Computes the masks of `seg`, reusing this value's memory.
+    pub fn compute(&mut self, seg: &[u8]) {
+        self.blocks.clear();
+        let n = seg.len().div_ceil(64);
+        self.blocks.extend((0..n).map(|k| block(seg, k)));
+        self.blocks.push(Masks::default());
+    }
+
+    /// Blocks of the segment (without the empty one past the end).
+    pub fn len(&self) -> usize {
+        self.blocks.len().saturating_sub(1)
+    }
+
+    /// Block `k`; the empty block for `k` past the end.
+    pub fn get(&self, k: usize) -> Masks {
+        self.blocks.get(k).copied().unwrap_or_default()
+    }
+
+    /// Whether any block has a bit of `class` set.
+    pub fn any(&self, class: impl Fn(&Masks) -> u64) -> bool {
+        self.blocks.iter().any(|m| class(m) != 0)
+    }
 }
 
 /// The masks of block `k` of `seg` (bytes `64k .. 64k+64`).
 #[inline]
-pub fn block(seg: &[u8], k: usize) -> Masks {
+fn block(seg: &[u8], k: usize) -> Masks {
     let start = k * 64;
     let bytes = seg.get(start..).unwrap_or_default();
     match bytes.get(..64) {
@@ -32,23 +73,19 @@ pub fn block(seg: &[u8], k: usize) -> Masks {
     }
 }
 
-/// Number of 64-byte blocks covering `seg`.
-pub fn blocks(seg: &[u8]) -> usize {
-    seg.len().div_ceil(64)
-}
-
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn scalar(bytes: &[u8]) -> Masks {
     let mut m = Masks::default();
     for (i, b) in bytes.iter().take(64).enumerate() {
         let bit = 1u64 << i;
-        if b.is_ascii_digit() {
-            m.digit |= bit;
-        } else if b.is_ascii_uppercase() {
-            m.upper |= bit;
-        } else if matches!(b, b' ' | b'-') {
-            m.sep |= bit;
-        }
+        let set = |mask: &mut u64, yes: bool| *mask |= if yes { bit } else { 0 };
+        set(&mut m.digit, b.is_ascii_digit());
+        set(&mut m.upper, b.is_ascii_uppercase());
+        set(&mut m.sep, matches!(b, b' ' | b'-'));
+        set(&mut m.dash, *b == b'-');
+        set(&mut m.at, *b == b'@');
+        set(&mut m.colon, *b == b':');
+        set(&mut m.hex, b.is_ascii_hexdigit());
     }
     m
 }
@@ -91,13 +128,20 @@ mod sse2 {
             // SAFETY: `chunk` is 16 in-bounds bytes (chunks_exact) and `_mm_loadu_si128` has
             // no alignment requirement.
             let v: __m128i = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
-            let sep = _mm_or_si128(
-                _mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8)),
-                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8)),
+            let dash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8));
+            let sep = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8)), dash);
+            let digit = in_range(v, b'0', b'9');
+            let hex = _mm_or_si128(
+                digit,
+                _mm_or_si128(in_range(v, b'a', b'f'), in_range(v, b'A', b'F')),
             );
-            m.digit |= bits(in_range(v, b'0', b'9'), j);
+            m.digit |= bits(digit, j);
             m.upper |= bits(in_range(v, b'A', b'Z'), j);
             m.sep |= bits(sep, j);
+            m.dash |= bits(dash, j);
+            m.at |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'@' as i8)), j);
+            m.colon |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b':' as i8)), j);
+            m.hex |= bits(hex, j);
         }
         m
     }
@@ -125,10 +169,12 @@ mod tests {
 
     #[test]
     fn blocks_cover_a_segment_and_the_last_is_partial() {
-        let seg = [b'7'; 70];
-        assert_eq!(blocks(&seg), 2);
-        assert_eq!(block(&seg, 0).digit, u64::MAX);
-        assert_eq!(block(&seg, 1).digit, 0b11_1111);
-        assert_eq!(block(&seg, 2), Masks::default());
+        let mut m = SegmentMasks::default();
+        m.compute(&[b'7'; 70]);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.get(0).digit, u64::MAX);
+        assert_eq!(m.get(1).digit, 0b11_1111);
+        assert_eq!(m.get(2), Masks::default());
+        assert_eq!(m.get(9), Masks::default());
     }
 }

@@ -9,7 +9,8 @@
 //! All patterns are byte regexes with Unicode off: logs are mostly ASCII, invalid UTF-8 is
 //! ordinary input, and ASCII classes keep the automata small and fast.
 
-use super::{bytemask, validate};
+use super::bytemask::SegmentMasks;
+use super::validate;
 use regex::bytes::{Regex, RegexBuilder};
 use std::sync::LazyLock;
 
@@ -119,6 +120,13 @@ impl Builtin {
 
     /// Appends the spans of this detector's values in `seg` to `out`.
     pub fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+        let mut masks = SegmentMasks::default();
+        masks.compute(seg);
+        self.find_in(seg, &masks, out);
+    }
+
+    /// [`Builtin::find`] with the segment's byte masks already computed.
+    pub fn find_in(self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         match self {
             // Private keys span lines: the redactor's state machine handles them.
             Builtin::PrivateKey => {}
@@ -145,8 +153,8 @@ impl Builtin {
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |_, s, line| {
                 !after_url_userinfo(line, s)
             }),
-            Builtin::Card => find_cards(seg, out),
-            Builtin::Iban => find_ibans(seg, out),
+            Builtin::Card => find_cards(seg, masks, out),
+            Builtin::Iban => find_ibans(seg, masks, out),
             Builtin::Ssn => regex_spans(&SSN, seg, 0, out, |v, s, line| {
                 let e = s + v.len();
                 let glued_before = s > 0 && matches!(line[s - 1], b'-' | b'.' | b'/');
@@ -348,7 +356,7 @@ fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
 /// match that fails validation would hide a card starting inside it, and this is the
 /// literal-less detector that costs the most when written as a regex. It only walks the runs
 /// of digits and single separators long enough to hold a card ([`card_runs`]).
-fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+fn find_cards(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
     /// The scanner's digit groups and digits.
     type Scratch = (Vec<(usize, usize)>, Vec<u8>);
     thread_local! {
@@ -356,7 +364,7 @@ fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
         static SCRATCH: std::cell::RefCell<Scratch> =
             const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
-    card_runs(seg, |from, to| {
+    card_runs(seg, masks, |from, to| {
         SCRATCH.with_borrow_mut(|(groups, digits)| scan_cards(seg, from, to, groups, digits, out))
     });
 }
@@ -366,17 +374,15 @@ fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
 /// and the scanner's state is fresh at the start of such a run, so scanning only these runs
 /// finds exactly what scanning the whole segment finds. Runs are found 64 bytes at a time
 /// with bit masks: bit `i` of `long` is set when bytes `i..i+13` are all digits or separators.
-fn card_runs(seg: &[u8], mut f: impl FnMut(usize, usize)) {
-    let n = bytemask::blocks(seg);
-    let class = |m: bytemask::Masks| m.digit | m.sep;
-    let mut cur = class(bytemask::block(seg, 0));
+fn card_runs(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) {
+    let class = |k: usize| {
+        let m = masks.get(k);
+        m.digit | m.sep
+    };
+    let mut cur = class(0);
     let mut done = 0;
-    for k in 0..n {
-        let next = if k + 1 < n {
-            class(bytemask::block(seg, k + 1))
-        } else {
-            0
-        };
+    for k in 0..masks.len() {
+        let next = class(k + 1);
         let w = u128::from(cur) | (u128::from(next) << 64);
         let r2 = w & (w >> 1);
         let r4 = r2 & (r2 >> 2);
@@ -512,9 +518,9 @@ fn card_grouping(groups: &[(usize, usize)]) -> bool {
 
 /// IBANs: a country code and check digits, then exactly the country's length of letters and
 /// digits (in groups of four or not), mod-97 valid.
-fn find_ibans(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+fn find_ibans(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
     let mut pos = 0;
-    iban_starts(seg, |start| {
+    iban_starts(seg, masks, |start| {
         if start < pos {
             return;
         }
@@ -549,15 +555,10 @@ fn find_ibans(seg: &[u8], out: &mut Vec<(usize, usize)>) {
 
 /// Calls `f` with every position, in order, where two capital letters and two digits start
 /// after a word boundary (what `\b[A-Z]{2}[0-9]{2}` matches): where an IBAN can start.
-fn iban_starts(seg: &[u8], mut f: impl FnMut(usize)) {
-    let n = bytemask::blocks(seg);
-    let mut cur = bytemask::block(seg, 0);
-    for k in 0..n {
-        let next = if k + 1 < n {
-            bytemask::block(seg, k + 1)
-        } else {
-            bytemask::Masks::default()
-        };
+fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
+    let mut cur = masks.get(0);
+    for k in 0..masks.len() {
+        let next = masks.get(k + 1);
         let upper_at = |shift: u32| (cur.upper >> shift) | (next.upper << (64 - shift));
         let digit_at = |shift: u32| (cur.digit >> shift) | (next.digit << (64 - shift));
         let mut c = cur.upper & upper_at(1) & digit_at(2) & digit_at(3);

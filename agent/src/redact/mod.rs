@@ -19,6 +19,7 @@ pub mod reading;
 pub mod validate;
 pub mod writing;
 
+use bytemask::SegmentMasks;
 use finding::Builtin;
 use prefilter::Prefilter;
 use reading::{Line, LineSplitter};
@@ -77,9 +78,9 @@ impl Detector {
         }
     }
 
-    fn find(&self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    fn find(&self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         match &self.kind {
-            Kind::Builtin(b) => b.find(seg, out),
+            Kind::Builtin(b) => b.find_in(seg, masks, out),
             Kind::Custom { regex, validator } => {
                 for c in regex.captures_iter(seg) {
                     let Some(m) = c.name("value").or_else(|| c.get(0)) else {
@@ -121,6 +122,8 @@ pub struct LineState {
     in_private_key: bool,
     /// The segment lowercased, for the prefilter.
     lower: Vec<u8>,
+    /// The segment's byte masks, for the prefilter and the digit-shaped detectors.
+    masks: SegmentMasks,
     spans: Vec<(usize, usize)>,
     findings: Vec<(usize, usize, usize)>,
 }
@@ -247,14 +250,17 @@ impl Redactor {
         if seg.is_empty() {
             return;
         }
-        let candidates = self.prefilter.candidates(seg, &mut state.lower);
+        state.masks.compute(seg);
+        let candidates = self
+            .prefilter
+            .candidates(seg, &state.masks, &mut state.lower);
         state.findings.clear();
         for (i, d) in self.detectors.iter().enumerate() {
             if !d.may_find(candidates) {
                 continue;
             }
             state.spans.clear();
-            d.find(seg, &mut state.spans);
+            d.find(seg, &state.masks, &mut state.spans);
             state
                 .findings
                 .extend(state.spans.iter().map(|(s, e)| (*s, *e, i)));

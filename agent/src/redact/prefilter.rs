@@ -11,9 +11,9 @@
 //! - `card`, `iban` and `ipv4` always run: their scanners find their own candidates quickly
 //!   (bit masks of digits, dots), so a separate test would only scan twice.
 
+use super::bytemask::SegmentMasks;
 use super::finding::Builtin;
 use aho_corasick::{AhoCorasick, Input, MatchKind};
-use memchr::{memchr, memchr_iter, memmem};
 
 /// The bit of a built-in detector in a candidate set.
 pub fn bit(b: Builtin) -> u32 {
@@ -99,8 +99,9 @@ impl Prefilter {
         })
     }
 
-    /// The detectors (bits) that may find something in `seg`. `lower` is scratch space.
-    pub fn candidates(&self, seg: &[u8], lower: &mut Vec<u8>) -> u32 {
+    /// The detectors (bits) that may find something in `seg`, whose byte masks are `masks`.
+    /// `lower` is scratch space.
+    pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks, lower: &mut Vec<u8>) -> u32 {
         let mut hits = self.always;
         if let Some(ac) = &self.keywords {
             lower.clear();
@@ -116,8 +117,8 @@ impl Prefilter {
             }
             hits |= found;
         }
-        let shape = |b: Builtin, test: fn(&[u8]) -> bool| {
-            if self.shape_kinds & bit(b) != 0 && test(seg) {
+        let shape = |b: Builtin, test: fn(&SegmentMasks) -> bool| {
+            if self.shape_kinds & bit(b) != 0 && test(masks) {
                 bit(b)
             } else {
                 0
@@ -129,47 +130,62 @@ impl Prefilter {
     }
 }
 
-fn has_at_sign(seg: &[u8]) -> bool {
-    memchr(b'@', seg).is_some()
+fn has_at_sign(masks: &SegmentMasks) -> bool {
+    masks.any(|m| m.at)
 }
 
-/// `ddd-dd-dddd` somewhere (what the SSN pattern needs, boundaries aside).
-fn has_ssn_shape(seg: &[u8]) -> bool {
-    let digits =
-        |r: std::ops::Range<usize>| seg.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
-    memchr_iter(b'-', seg).any(|i| {
-        i >= 3
-            && digits(i - 3..i)
-            && digits(i + 1..i + 3)
-            && seg.get(i + 3) == Some(&b'-')
-            && digits(i + 4..i + 8)
+/// `ddd-dd-dddd` somewhere (what the SSN pattern needs, boundaries aside): bit `i` of the
+/// block's result is set when the shape starts at byte `i`.
+fn has_ssn_shape(masks: &SegmentMasks) -> bool {
+    (0..masks.len()).any(|k| {
+        let (cur, next) = (masks.get(k), masks.get(k + 1));
+        let w = |m: u64, n: u64| u128::from(m) | (u128::from(n) << 64);
+        let (d, h) = (w(cur.digit, next.digit), w(cur.dash, next.dash));
+        let shape = d
+            & (d >> 1)
+            & (d >> 2)
+            & (h >> 3)
+            & (d >> 4)
+            & (d >> 5)
+            & (h >> 6)
+            & (d >> 7)
+            & (d >> 8)
+            & (d >> 9)
+            & (d >> 10);
+        shape as u64 != 0
     })
 }
 
 /// `::`, or six colons each separated from the next by one to four hex digits: every text form
 /// of an IPv6 address has one or the other (eight groups, or six and an IPv4 address).
-fn has_ipv6_shape(seg: &[u8]) -> bool {
-    if memmem::find(seg, b"::").is_some() {
-        return true;
-    }
+fn has_ipv6_shape(masks: &SegmentMasks) -> bool {
     let mut chain = 0;
     let mut last: Option<usize> = None;
-    for i in memchr_iter(b':', seg) {
-        chain = match last {
-            Some(p)
-                if (2..=5).contains(&(i - p))
-                    && seg[p + 1..i].iter().all(u8::is_ascii_hexdigit) =>
-            {
-                chain + 1
-            }
-            _ => 1,
-        };
-        if chain >= 6 {
+    for k in 0..masks.len() {
+        let (cur, next) = (masks.get(k), masks.get(k + 1));
+        let mut colons = cur.colon;
+        if colons & ((cur.colon >> 1) | (next.colon << 63)) != 0 {
             return true;
         }
-        last = Some(i);
+        while colons != 0 {
+            let i = k * 64 + colons.trailing_zeros() as usize;
+            colons &= colons - 1;
+            chain = match last {
+                Some(p) if (2..=5).contains(&(i - p)) && all_hex(masks, p + 1, i) => chain + 1,
+                _ => 1,
+            };
+            if chain >= 6 {
+                return true;
+            }
+            last = Some(i);
+        }
     }
     false
+}
+
+/// Whether bytes `from..to` (at most 4, possibly across two blocks) are all hex digits.
+fn all_hex(masks: &SegmentMasks, from: usize, to: usize) -> bool {
+    (from..to).all(|i| masks.get(i / 64).hex >> (i % 64) & 1 == 1)
 }
 
 #[cfg(test)]
@@ -197,18 +213,39 @@ mod tests {
     fn keyword_hits_overlapping_literals_and_any_case() {
         let p = Prefilter::new(Builtin::ALL).unwrap();
         let mut lower = Vec::new();
+        let candidates = |text: &[u8], lower: &mut Vec<u8>| {
+            let mut m = SegmentMasks::default();
+            m.compute(text);
+            p.candidates(text, &m, lower)
+        };
         // `aws` and `secret` overlap in `AWSECRET`; both detectors must be candidates.
-        let hits = p.candidates(b"x AWSECRET=1", &mut lower);
+        let hits = candidates(b"x AWSECRET=1", &mut lower);
         assert_ne!(hits & bit(Builtin::Secret), 0);
         assert_ne!(hits & bit(Builtin::AwsSecretKey), 0);
-        let hits = p.candidates(b"BeArEr abc", &mut lower);
+        let hits = candidates(b"BeArEr abc", &mut lower);
         assert_ne!(hits & bit(Builtin::Bearer), 0);
-        let hits = p.candidates(b"plain words, 12:30:01 2026-11-27", &mut lower);
+        let hits = candidates(b"plain words, 12:30:01 2026-11-27", &mut lower);
         assert_eq!(hits, p.always);
+    }
+
+    fn shape(test: fn(&SegmentMasks) -> bool, text: &[u8]) -> bool {
+        let mut m = SegmentMasks::default();
+        m.compute(text);
+        test(&m)
     }
 
     #[test]
     fn shapes_are_found_and_near_misses_are_not() {
+        let has_ssn_shape = |t: &[u8]| shape(has_ssn_shape, t);
+        let has_ipv6_shape = |t: &[u8]| shape(has_ipv6_shape, t);
+        // Across a block boundary too.
+        assert!(has_ssn_shape(
+            format!("{}123-45-6789", "x".repeat(60)).as_bytes()
+        ));
+        assert!(has_ipv6_shape(
+            format!("{}1:2:3:4:5:6:7:8", "x".repeat(60)).as_bytes()
+        ));
+        assert!(has_ipv6_shape(format!("{}::1", "x".repeat(63)).as_bytes()));
         assert!(has_ssn_shape(b"ssn 123-45-6789"));
         assert!(!has_ssn_shape(b"2026-11-27 12-34-567"));
         assert!(has_ipv6_shape(b"peer fe80::1"));
