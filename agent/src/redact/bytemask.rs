@@ -21,8 +21,6 @@ pub struct Masks {
     pub at: u64,
     /// `:`.
     pub colon: u64,
-    /// `0`–`9`, `a`–`f`, `A`–`F`.
-    pub hex: u64,
 }
 
 /// The masks of every 64-byte block of a segment, and one empty block past the end so that a
@@ -85,7 +83,6 @@ fn scalar(bytes: &[u8]) -> Masks {
         set(&mut m.dash, *b == b'-');
         set(&mut m.at, *b == b'@');
         set(&mut m.colon, *b == b':');
-        set(&mut m.hex, b.is_ascii_hexdigit());
     }
     m
 }
@@ -130,18 +127,12 @@ mod sse2 {
             let v: __m128i = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
             let dash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8));
             let sep = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8)), dash);
-            let digit = in_range(v, b'0', b'9');
-            let hex = _mm_or_si128(
-                digit,
-                _mm_or_si128(in_range(v, b'a', b'f'), in_range(v, b'A', b'F')),
-            );
-            m.digit |= bits(digit, j);
+            m.digit |= bits(in_range(v, b'0', b'9'), j);
             m.upper |= bits(in_range(v, b'A', b'Z'), j);
             m.sep |= bits(sep, j);
             m.dash |= bits(dash, j);
             m.at |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'@' as i8)), j);
             m.colon |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b':' as i8)), j);
-            m.hex |= bits(hex, j);
         }
         m
     }

@@ -117,8 +117,8 @@ impl Prefilter {
             }
             hits |= found;
         }
-        let shape = |b: Builtin, test: fn(&SegmentMasks) -> bool| {
-            if self.shape_kinds & bit(b) != 0 && test(masks) {
+        let shape = |b: Builtin, test: fn(&[u8], &SegmentMasks) -> bool| {
+            if self.shape_kinds & bit(b) != 0 && test(seg, masks) {
                 bit(b)
             } else {
                 0
@@ -130,13 +130,13 @@ impl Prefilter {
     }
 }
 
-fn has_at_sign(masks: &SegmentMasks) -> bool {
+fn has_at_sign(_: &[u8], masks: &SegmentMasks) -> bool {
     masks.any(|m| m.at)
 }
 
 /// `ddd-dd-dddd` somewhere (what the SSN pattern needs, boundaries aside): bit `i` of the
 /// block's result is set when the shape starts at byte `i`.
-fn has_ssn_shape(masks: &SegmentMasks) -> bool {
+fn has_ssn_shape(_: &[u8], masks: &SegmentMasks) -> bool {
     (0..masks.len()).any(|k| {
         let (cur, next) = (masks.get(k), masks.get(k + 1));
         let w = |m: u64, n: u64| u128::from(m) | (u128::from(n) << 64);
@@ -158,7 +158,7 @@ fn has_ssn_shape(masks: &SegmentMasks) -> bool {
 
 /// `::`, or six colons each separated from the next by one to four hex digits: every text form
 /// of an IPv6 address has one or the other (eight groups, or six and an IPv4 address).
-fn has_ipv6_shape(masks: &SegmentMasks) -> bool {
+fn has_ipv6_shape(seg: &[u8], masks: &SegmentMasks) -> bool {
     let mut chain = 0;
     let mut last: Option<usize> = None;
     for k in 0..masks.len() {
@@ -171,7 +171,12 @@ fn has_ipv6_shape(masks: &SegmentMasks) -> bool {
             let i = k * 64 + colons.trailing_zeros() as usize;
             colons &= colons - 1;
             chain = match last {
-                Some(p) if (2..=5).contains(&(i - p)) && all_hex(masks, p + 1, i) => chain + 1,
+                Some(p)
+                    if (2..=5).contains(&(i - p))
+                        && seg[p + 1..i].iter().all(u8::is_ascii_hexdigit) =>
+                {
+                    chain + 1
+                }
                 _ => 1,
             };
             if chain >= 6 {
@@ -181,11 +186,6 @@ fn has_ipv6_shape(masks: &SegmentMasks) -> bool {
         }
     }
     false
-}
-
-/// Whether bytes `from..to` (at most 4, possibly across two blocks) are all hex digits.
-fn all_hex(masks: &SegmentMasks, from: usize, to: usize) -> bool {
-    (from..to).all(|i| masks.get(i / 64).hex >> (i % 64) & 1 == 1)
 }
 
 #[cfg(test)]
@@ -228,10 +228,10 @@ mod tests {
         assert_eq!(hits, p.always);
     }
 
-    fn shape(test: fn(&SegmentMasks) -> bool, text: &[u8]) -> bool {
+    fn shape(test: fn(&[u8], &SegmentMasks) -> bool, text: &[u8]) -> bool {
         let mut m = SegmentMasks::default();
         m.compute(text);
-        test(&m)
+        test(text, &m)
     }
 
     #[test]
