@@ -356,7 +356,6 @@ pub struct Pipeline {
     lines: LineSplitter,
     redactor: Option<(Arc<Redactor>, LineState)>,
     counts: Counts,
-    scratch: Vec<u8>,
 }
 
 impl Pipeline {
@@ -365,7 +364,6 @@ impl Pipeline {
             lines: LineSplitter::new(max_line),
             redactor: redactor.map(|r| (r, LineState::default())),
             counts: Counts::default(),
-            scratch: Vec::new(),
         }
     }
 
@@ -376,11 +374,8 @@ impl Pipeline {
             lines,
             redactor,
             counts,
-            scratch,
         } = self;
-        lines.push(data, |line| {
-            handle_line(line, redactor, counts, scratch, keep, out)
-        });
+        lines.push(data, |line| handle_line(line, redactor, counts, keep, out));
     }
 
     /// End of input: the last line, if it had no newline, is handled (and written without one).
@@ -389,9 +384,8 @@ impl Pipeline {
             lines,
             redactor,
             counts,
-            scratch,
         } = self;
-        lines.finish(|line| handle_line(line, redactor, counts, scratch, keep, out));
+        lines.finish(|line| handle_line(line, redactor, counts, keep, out));
     }
 
     /// The input was truncated under us: the carried head of a line whose end was never seen is
@@ -434,20 +428,21 @@ impl Pipeline {
     }
 }
 
+/// Writes one line's output (redacted, or the withheld marker) at the end of `out`, then takes
+/// it back if `keep` refuses it: each line is written once, in place.
 fn handle_line(
     line: Line<'_>,
     redactor: &mut Option<(Arc<Redactor>, LineState)>,
     counts: &mut Counts,
-    scratch: &mut Vec<u8>,
     keep: &mut dyn FnMut(&[u8]) -> bool,
     out: &mut Vec<u8>,
 ) {
     if line.cut {
         counts.lines_cut += 1;
     }
-    scratch.clear();
+    let start = out.len();
     match redactor {
-        None => scratch.extend_from_slice(line.bytes),
+        None => out.extend_from_slice(line.bytes),
         Some((r, state)) => {
             let bytes = if line.cut {
                 trim_cut_tail(line.bytes)
@@ -455,26 +450,30 @@ fn handle_line(
                 line.bytes
             };
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                r.redact_line(bytes, state, counts, scratch)
+                r.redact_line(bytes, state, counts, out)
             }));
             match result {
                 Ok(LineOutcome::Written) => {}
-                Ok(LineOutcome::Removed) => return,
+                Ok(LineOutcome::Removed) => {
+                    out.truncate(start);
+                    return;
+                }
                 Err(_) => {
                     // Whatever was written for this line may be half-redacted: discard it.
-                    scratch.clear();
-                    scratch.extend_from_slice(WITHHELD_MARKER);
+                    out.truncate(start);
+                    out.extend_from_slice(WITHHELD_MARKER);
                     counts.lines_withheld += 1;
                     tracing::error!("a redaction detector failed; the line was withheld");
                 }
             }
         }
     }
-    if keep(scratch) {
-        out.extend_from_slice(scratch);
+    if keep(&out[start..]) {
         if line.terminated {
             out.push(b'\n');
         }
+    } else {
+        out.truncate(start);
     }
 }
 
