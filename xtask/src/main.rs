@@ -1,4 +1,5 @@
-//! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`.
+//! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`,
+//! `cargo xtask bench redact`.
 
 mod bench_redact;
 mod demo;

@@ -2,8 +2,9 @@
 //!
 //! Cut as ripgrep cuts its searcher (STYLE.md): [`reading`] splits a stream into whole lines
 //! with a bounded carry-over, [`finding`] holds the detectors and [`validate`] their validators,
-//! [`writing`] replaces findings and counts them, [`profile`] builds redactors from the agent's
-//! configuration. [`Redactor`] ties finding and writing together for one line, with the one
+//! `prefilter` decides per segment which detectors can find anything (with the byte masks of
+//! `bytemask`), [`writing`] replaces findings and counts them, [`profile`] builds redactors from
+//! the agent's configuration. [`Redactor`] ties finding and writing together for one line, with the one
 //! piece of state that spans lines: "inside a PEM private-key block". [`Pipeline`] ties reading
 //! to it; the agent's stream loop and `loggate-agent redact` both use it, so the command shows
 //! byte for byte what the agent serves.
