@@ -1,7 +1,9 @@
-//! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`.
+//! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`,
+//! `cargo xtask bench audit|ebpf|redact`.
 
 mod bench_audit;
 mod bench_ebpf;
+mod bench_redact;
 mod demo;
 mod ebpf;
 
@@ -27,9 +29,9 @@ enum Task {
         keep: Option<PathBuf>,
     },
     /// Install what the tests need (as root, from Debian's packages: clang and llvm, rsyslog and
-    /// rsyslog-gnutls) and run every test, plus
-    /// the formatting and clippy checks and the check that the committed eBPF object matches a
-    /// rebuild of its source.
+    /// rsyslog-gnutls, gcc-multilib; cargo-fuzz from crates.io) and run every test, plus the
+    /// formatting and clippy checks, the check that the committed eBPF objects match a rebuild
+    /// of their sources, and 60 s of the redaction engine's fuzz target.
     Test,
     /// Benchmarks (criterion and side-by-side runs), printed as rates and ratios; see
     /// docs/performance.md.
@@ -53,6 +55,8 @@ enum Bench {
     /// The bypass audit's cost on opens of unprotected files and on getppid, against no program
     /// and against empty programs on the same hooks (as root).
     Ebpf(bench_ebpf::Args),
+    /// The redaction engine next to ripgrep and sed, single core, on a generated corpus.
+    Redact(bench_redact::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -119,7 +123,30 @@ fn test() -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("LOGGATE_BIN_DIR", target.join("debug")))?;
-    Ok(())
+    fuzz_redaction()
+}
+
+/// Runs the redaction engine's fuzz target (`fuzz/`) for a bounded time, from its committed
+/// seed corpus; installs cargo-fuzz from crates.io when missing. cargo-fuzz passes nightly-only
+/// flags (`-Zsanitizer=address`); `RUSTC_BOOTSTRAP=1` lets the stable toolchain accept them.
+fn fuzz_redaction() -> anyhow::Result<()> {
+    const SECONDS: u32 = 60;
+    let installed = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let mut cmd = cargo();
+    cmd.args(["fuzz", "run", "redact", "--"])
+        .arg(format!("-max_total_time={SECONDS}"))
+        .env("RUSTC_BOOTSTRAP", "1");
+    // libFuzzer is C++; clang++ is there when c++ is not (ebpf::ensure_tools installs clang).
+    if Command::new("c++").arg("--version").output().is_err() {
+        cmd.env("CXX", "clang++");
+    }
+    run(&mut cmd)
 }
 
 /// Debian packages the SIEM tests need: rsyslog and its `gtls` network stream driver.
@@ -170,6 +197,9 @@ fn main() -> ExitCode {
         Task::Bench {
             what: Bench::Ebpf(args),
         } => bench_ebpf::run_bench(&args),
+        Task::Bench {
+            what: Bench::Redact(args),
+        } => bench_redact::run_bench(&args),
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }

@@ -9,6 +9,7 @@
 //! All patterns are byte regexes with Unicode off: logs are mostly ASCII, invalid UTF-8 is
 //! ordinary input, and ASCII classes keep the automata small and fast.
 
+use super::bytemask::SegmentMasks;
 use super::validate;
 use regex::bytes::{Regex, RegexBuilder};
 use std::sync::LazyLock;
@@ -91,7 +92,8 @@ impl Builtin {
     }
 
     /// Literals (matched ASCII-case-insensitively) of which at least one must occur in a segment
-    /// for the detector to run. Empty: the detector always runs (its own scan is cheap).
+    /// for a keyword detector to run (`super::prefilter`). The other detectors are gated by the
+    /// shape of their values or find their own candidates.
     pub fn literals(self) -> &'static [&'static str] {
         match self {
             Builtin::PrivateKey => &["-----begin"],
@@ -107,16 +109,24 @@ impl Builtin {
             Builtin::BasicAuth => &["basic"],
             Builtin::UrlCredentials => &["://"],
             Builtin::Secret => &["pass", "pwd", "secret", "token", "key", "credential"],
-            Builtin::Email => &["@"],
-            Builtin::Card | Builtin::Iban => &[],
-            Builtin::Ssn => &["-"],
-            Builtin::Ipv4 => &["."],
-            Builtin::Ipv6 => &["::", ":"],
+            Builtin::Email
+            | Builtin::Card
+            | Builtin::Iban
+            | Builtin::Ssn
+            | Builtin::Ipv4
+            | Builtin::Ipv6 => &[],
         }
     }
 
     /// Appends the spans of this detector's values in `seg` to `out`.
     pub fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+        let mut masks = SegmentMasks::default();
+        masks.compute(seg);
+        self.find_in(seg, &masks, out);
+    }
+
+    /// [`Builtin::find`] with the segment's byte masks already computed.
+    pub fn find_in(self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         match self {
             // Private keys span lines: the redactor's state machine handles them.
             Builtin::PrivateKey => {}
@@ -143,8 +153,8 @@ impl Builtin {
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |_, s, line| {
                 !after_url_userinfo(line, s)
             }),
-            Builtin::Card => find_cards(seg, out),
-            Builtin::Iban => find_ibans(seg, out),
+            Builtin::Card => find_cards(seg, masks, out),
+            Builtin::Iban => find_ibans(seg, masks, out),
             Builtin::Ssn => regex_spans(&SSN, seg, 0, out, |v, s, line| {
                 let e = s + v.len();
                 let glued_before = s > 0 && matches!(line[s - 1], b'-' | b'.' | b'/');
@@ -152,7 +162,7 @@ impl Builtin {
                     && line.get(e + 1).is_some_and(u8::is_ascii_digit);
                 !glued_before && !glued_after && validate::Validator::Ssn.check(v)
             }),
-            Builtin::Ipv4 => regex_spans(&IPV4, seg, 0, out, ipv4),
+            Builtin::Ipv4 => find_ipv4(seg, out),
             Builtin::Ipv6 => find_ipv6(seg, out),
         }
     }
@@ -203,10 +213,7 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
         r"(?i)[a-z0-9._%+-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}\b",
     )
 });
-static IBAN_START: LazyLock<Regex> = LazyLock::new(|| build(r"\b[A-Z]{2}[0-9]{2}"));
 static SSN: LazyLock<Regex> = LazyLock::new(|| build(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"));
-static IPV4: LazyLock<Regex> =
-    LazyLock::new(|| build(r"\b[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\b"));
 static IPV6: LazyLock<Regex> = LazyLock::new(|| build(r"(?i)[0-9a-f.]*:[0-9a-f.]*:[0-9a-f:.]*"));
 
 /// Runs `re` over `seg`, takes capture `group` (0: the whole match) as the value and keeps it
@@ -295,6 +302,36 @@ fn placeholder(v: &[u8]) -> bool {
     v.is_empty() || own_output(v) || WORDS.iter().any(|w| v.eq_ignore_ascii_case(w))
 }
 
+/// Words that say what state a credential is in (`token: expired`, `password=missing`): prose or
+/// a status field, not a value. Only unquoted values are compared: a quoted value is a value
+/// whatever it says.
+fn status_word(v: &[u8]) -> bool {
+    const WORDS: &[&[u8]] = &[
+        b"expired",
+        b"invalid",
+        b"missing",
+        b"revoked",
+        b"required",
+        b"refreshed",
+        b"rotated",
+        b"valid",
+        b"ok",
+        b"empty",
+        b"unset",
+        b"changed",
+        b"updated",
+        b"reset",
+        b"denied",
+        b"accepted",
+        b"rejected",
+        b"present",
+        b"absent",
+        b"provided",
+        b"redacted",
+    ];
+    WORDS.iter().any(|w| v.eq_ignore_ascii_case(w))
+}
+
 fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
     for c in KEY_VALUE.captures_iter(seg) {
         let Some(value) = (2..=5).find_map(|g| c.get(g)) else {
@@ -302,8 +339,12 @@ fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
         };
         let key = c.get(1).map(|k| k.as_bytes()).unwrap_or_default();
         let v = value.as_bytes();
+        let bare = c.get(5).is_some();
         // `PWD=/home/x` in an environment dump is the working directory, not a password.
-        if placeholder(v) || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/')) {
+        if placeholder(v)
+            || (bare && status_word(v))
+            || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/'))
+        {
             continue;
         }
         out.push((value.start(), value.end()));
@@ -313,13 +354,82 @@ fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
 /// Payment cards: runs of 13–19 digits, optionally grouped by single spaces or dashes, that pass
 /// Luhn and an issuer's prefix and length. A hand-written scanner rather than a regex: a regex
 /// match that fails validation would hide a card starting inside it, and this is the
-/// literal-less detector that costs the most when written as a regex.
-fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+/// literal-less detector that costs the most when written as a regex. It only walks the runs
+/// of digits and single separators long enough to hold a card ([`card_runs`]).
+fn find_cards(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
+    /// The scanner's digit groups and digits.
+    type Scratch = (Vec<(usize, usize)>, Vec<u8>);
+    thread_local! {
+        /// Kept between calls: no allocation per line.
+        static SCRATCH: std::cell::RefCell<Scratch> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    card_runs(seg, masks, |from, to| {
+        SCRATCH.with_borrow_mut(|(groups, digits)| scan_cards(seg, from, to, groups, digits, out))
+    });
+}
+
+/// Calls `f(start, end)` for every maximal run of digits, spaces and dashes of at least 13
+/// bytes: a card number (13 digits or more, joined by single separators) can be nowhere else,
+/// and the scanner's state is fresh at the start of such a run, so scanning only these runs
+/// finds exactly what scanning the whole segment finds. Runs are found 64 bytes at a time
+/// with bit masks: bit `i` of `long` is set when bytes `i..i+13` are all digits or separators.
+fn card_runs(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) {
+    let class = |k: usize| {
+        let m = masks.get(k);
+        m.digit | m.sep
+    };
+    let mut cur = class(0);
+    let mut done = 0;
+    for k in 0..masks.len() {
+        let next = class(k + 1);
+        let w = u128::from(cur) | (u128::from(next) << 64);
+        let r2 = w & (w >> 1);
+        let r4 = r2 & (r2 >> 2);
+        let r8 = r4 & (r4 >> 4);
+        let mut long = (r8 & (r8 >> 5)) as u64;
+        while long != 0 {
+            let p = k * 64 + long.trailing_zeros() as usize;
+            long &= long - 1;
+            if p < done {
+                continue;
+            }
+            let in_run = |b: &u8| b.is_ascii_digit() || matches!(b, b' ' | b'-');
+            let start = seg[..p]
+                .iter()
+                .rposition(|b| !in_run(b))
+                .map_or(0, |i| i + 1);
+            let end = seg[p..]
+                .iter()
+                .position(|b| !in_run(b))
+                .map_or(seg.len(), |i| p + i);
+            // A card has 13 digits or more; `2026-11-27 07:49` does not.
+            if seg[start..end]
+                .iter()
+                .filter(|b| b.is_ascii_digit())
+                .count()
+                >= 13
+            {
+                f(start, end);
+            }
+            done = end;
+        }
+        cur = next;
+    }
+}
+
+/// The card scanner over one run `from..to` of [`card_runs`].
+fn scan_cards(
+    seg: &[u8],
+    from: usize,
+    to: usize,
+    groups: &mut Vec<(usize, usize)>,
+    digits: &mut Vec<u8>,
+    out: &mut Vec<(usize, usize)>,
+) {
     let n = seg.len();
-    let mut i = 0;
-    let mut groups: Vec<(usize, usize)> = Vec::new();
-    let mut digits: Vec<u8> = Vec::with_capacity(19);
-    while i < n {
+    let mut i = from;
+    while i < to {
         if !seg[i].is_ascii_digit() {
             i += 1;
             continue;
@@ -378,7 +488,7 @@ fn find_cards(seg: &[u8], out: &mut Vec<(usize, usize)>) {
                 if digits.len() >= 13
                     && (!dashed || b == groups.len() - 1)
                     && card_grouping(&groups[a..=b])
-                    && validate::card_number(&digits)
+                    && validate::card_number(digits)
                 {
                     found = Some(b);
                 }
@@ -408,20 +518,22 @@ fn card_grouping(groups: &[(usize, usize)]) -> bool {
 
 /// IBANs: a country code and check digits, then exactly the country's length of letters and
 /// digits (in groups of four or not), mod-97 valid.
-fn find_ibans(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+fn find_ibans(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
     let mut pos = 0;
-    while let Some(m) = IBAN_START.find_at(seg, pos) {
-        pos = m.start() + 1;
-        let Some(len) = validate::iban_length(&seg[m.start()..m.start() + 2]) else {
-            continue;
+    iban_starts(seg, masks, |start| {
+        if start < pos {
+            return;
+        }
+        let Some(len) = validate::iban_length(&seg[start..start + 2]) else {
+            return;
         };
-        let mut i = m.start();
+        let mut i = start;
         let mut taken = 0;
-        let mut compact = Vec::with_capacity(len);
-        while i < seg.len() && taken < len {
+        let mut compact = [0u8; 34];
+        while i < seg.len() && taken < len.min(compact.len()) {
             let b = seg[i];
             if b.is_ascii_uppercase() || b.is_ascii_digit() {
-                compact.push(b);
+                compact[taken] = b;
                 taken += 1;
                 i += 1;
             } else if b == b' '
@@ -434,11 +546,79 @@ fn find_ibans(seg: &[u8], out: &mut Vec<(usize, usize)>) {
             }
         }
         let bounded = seg.get(i).is_none_or(|b| !is_word(*b));
-        if taken == len && bounded && validate::iban(&compact) {
-            out.push((m.start(), i));
+        if taken == len && bounded && validate::iban(&compact[..taken]) {
+            out.push((start, i));
             pos = i;
         }
+    });
+}
+
+/// Calls `f` with every position, in order, where two capital letters and two digits start
+/// after a word boundary (what `\b[A-Z]{2}[0-9]{2}` matches): where an IBAN can start.
+fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
+    let mut cur = masks.get(0);
+    for k in 0..masks.len() {
+        let next = masks.get(k + 1);
+        let upper_at = |shift: u32| (cur.upper >> shift) | (next.upper << (64 - shift));
+        let digit_at = |shift: u32| (cur.digit >> shift) | (next.digit << (64 - shift));
+        let mut c = cur.upper & upper_at(1) & digit_at(2) & digit_at(3);
+        while c != 0 {
+            let i = k * 64 + c.trailing_zeros() as usize;
+            c &= c - 1;
+            if i == 0 || !is_word(seg[i - 1]) {
+                f(i);
+            }
+        }
+        cur = next;
     }
+}
+
+/// Dotted quads: what `\b[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\b` finds, scanned
+/// from the dots (a quad's first part is the run of one to three digits before a dot), each
+/// then validated by [`ipv4`]; like the regex, the search goes on after the end of a quad.
+fn find_ipv4(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    let mut resume = 0;
+    for dot in memchr::memchr_iter(b'.', seg) {
+        let mut start = dot;
+        while start > 0 && dot - start < 4 && seg[start - 1].is_ascii_digit() {
+            start -= 1;
+        }
+        let first = dot - start;
+        if start < resume || !(1..=3).contains(&first) || (start > 0 && is_word(seg[start - 1])) {
+            continue;
+        }
+        let Some(end) = quad_end(seg, dot) else {
+            continue;
+        };
+        resume = end;
+        if ipv4(&seg[start..end], start, seg) {
+            out.push((start, end));
+        }
+    }
+}
+
+/// The end of a dotted quad whose first dot is at `dot`: three more runs of one to three
+/// digits, separated by dots, the last one followed by a non-word byte or the end.
+fn quad_end(seg: &[u8], dot: usize) -> Option<usize> {
+    let mut i = dot;
+    for part in 0..3 {
+        i += 1; // the dot
+        let from = i;
+        while i < seg.len() && i - from < 4 && seg[i].is_ascii_digit() {
+            i += 1;
+        }
+        if !(1..=3).contains(&(i - from)) {
+            return None;
+        }
+        let last = part == 2;
+        match seg.get(i) {
+            Some(b'.') if !last => {}
+            None if last => {}
+            Some(b) if last && !is_word(*b) => {}
+            _ => return None,
+        }
+    }
+    Some(i)
 }
 
 fn ipv4(v: &[u8], start: usize, seg: &[u8]) -> bool {
@@ -505,9 +685,7 @@ mod tests {
             &URL_CREDENTIALS,
             &KEY_VALUE,
             &EMAIL,
-            &IBAN_START,
             &SSN,
-            &IPV4,
             &IPV6,
         ] {
             let _ = re.is_match(b"");
@@ -712,9 +890,18 @@ mod tests {
             "password=true token=null secret=[REDACTED:secret]",
             "max_tokens=100 password_hash=abc tokenizer=bpe",
             "PWD=/home/app",
+            "refresh failed: token: expired",
+            "Token: EXPIRED, password=missing api_key: unset",
         ] {
             assert!(found(Builtin::Secret, text).is_empty(), "{text}");
         }
+    }
+
+    #[test]
+    fn status_words_stay_only_as_bare_values() {
+        assert_eq!(found(Builtin::Secret, "token: expired9"), ["expired9"]);
+        assert_eq!(found(Builtin::Secret, "password: hunter"), ["hunter"]);
+        assert_eq!(found(Builtin::Secret, r#""token": "expired""#), ["expired"]);
     }
 
     #[test]

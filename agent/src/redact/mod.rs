@@ -2,8 +2,9 @@
 //!
 //! Cut as ripgrep cuts its searcher (STYLE.md): [`reading`] splits a stream into whole lines
 //! with a bounded carry-over, [`finding`] holds the detectors and [`validate`] their validators,
-//! [`writing`] replaces findings and counts them, [`profile`] builds redactors from the agent's
-//! configuration. [`Redactor`] ties finding and writing together for one line, with the one
+//! `prefilter` decides per segment which detectors can find anything (with the byte masks of
+//! `bytemask`), [`writing`] replaces findings and counts them, [`profile`] builds redactors from
+//! the agent's configuration. [`Redactor`] ties finding and writing together for one line, with the one
 //! piece of state that spans lines: "inside a PEM private-key block". [`Pipeline`] ties reading
 //! to it; the agent's stream loop and `loggate-agent redact` both use it, so the command shows
 //! byte for byte what the agent serves.
@@ -11,14 +12,17 @@
 //! Fail closed: a line on which a detector fails (a panic in our code is the only way one can)
 //! is withheld, replaced by a marker and counted, never passed on unscanned.
 
+mod bytemask;
 pub mod finding;
+mod prefilter;
 pub mod profile;
 pub mod reading;
 pub mod validate;
 pub mod writing;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use bytemask::SegmentMasks;
 use finding::Builtin;
+use prefilter::Prefilter;
 use reading::{Line, LineSplitter};
 use regex::bytes::Regex;
 use std::sync::{Arc, LazyLock};
@@ -67,16 +71,17 @@ impl Detector {
         }
     }
 
-    fn literals(&self) -> &'static [&'static str] {
+    /// Whether the detector can find something in a segment with these prefilter candidates.
+    fn may_find(&self, candidates: u32) -> bool {
         match &self.kind {
-            Kind::Builtin(b) => b.literals(),
-            _ => &[],
+            Kind::Builtin(b) => candidates & prefilter::bit(*b) != 0,
+            _ => true,
         }
     }
 
-    fn find(&self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    fn find(&self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         match &self.kind {
-            Kind::Builtin(b) => b.find(seg, out),
+            Kind::Builtin(b) => b.find_in(seg, masks, out),
             Kind::Custom { regex, validator } => {
                 for c in regex.captures_iter(seg) {
                     let Some(m) = c.name("value").or_else(|| c.get(0)) else {
@@ -107,11 +112,8 @@ pub struct Redactor {
     detectors: Vec<Detector>,
     /// Whether PEM private-key blocks are removed (the `private_key` detector is enabled).
     private_keys: bool,
-    /// One automaton over every detector's literals; pattern i belongs to `literal_owner[i]`.
-    prefilter: AhoCorasick,
-    literal_owner: Vec<usize>,
-    /// Detectors without literals: they run on every segment.
-    always: Vec<usize>,
+    /// Which built-in detectors can find something in a segment.
+    prefilter: Prefilter,
     key: Option<Arc<HashKey>>,
 }
 
@@ -119,13 +121,19 @@ pub struct Redactor {
 #[derive(Debug, Default)]
 pub struct LineState {
     in_private_key: bool,
-    active: Vec<bool>,
+    /// The segment lowercased, for the prefilter.
+    lower: Vec<u8>,
+    /// The segment's byte masks, for the prefilter and the digit-shaped detectors.
+    masks: SegmentMasks,
     spans: Vec<(usize, usize)>,
     findings: Vec<(usize, usize, usize)>,
 }
 
 static PEM_BEGIN: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
+/// The literal start of [`PEM_BEGIN`], searched first: the regex runs only where it occurs.
+static PEM_BEGIN_LITERAL: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"-----BEGIN"));
 static PEM_END: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
 
@@ -150,29 +158,14 @@ impl Redactor {
         let private_keys = detectors
             .iter()
             .any(|d| matches!(d.kind, Kind::Builtin(Builtin::PrivateKey)));
-        let mut literals = Vec::new();
-        let mut literal_owner = Vec::new();
-        let mut always = Vec::new();
-        for (i, d) in detectors.iter().enumerate() {
-            if d.literals().is_empty() {
-                always.push(i);
-            }
-            for l in d.literals() {
-                literals.push(*l);
-                literal_owner.push(i);
-            }
-        }
-        let prefilter = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&literals)
-            .map_err(|e| format!("cannot build the literal prefilter: {e}"))?;
+        let prefilter = Prefilter::new(detectors.iter().filter_map(|d| match d.kind {
+            Kind::Builtin(b) => Some(b),
+            _ => None,
+        }))?;
         Ok(Redactor {
             detectors,
             private_keys,
             prefilter,
-            literal_owner,
-            always,
             key,
         })
     }
@@ -216,7 +209,7 @@ impl Redactor {
             }
         }
         loop {
-            let begin = if self.private_keys {
+            let begin = if self.private_keys && PEM_BEGIN_LITERAL.find(&line[pos..]).is_some() {
                 PEM_BEGIN.find_at(line, pos)
             } else {
                 None
@@ -258,23 +251,17 @@ impl Redactor {
         if seg.is_empty() {
             return;
         }
-        state.active.clear();
-        state.active.resize(self.detectors.len(), false);
-        for &i in &self.always {
-            state.active[i] = true;
-        }
-        for m in self.prefilter.find_overlapping_iter(seg) {
-            if let Some(&owner) = self.literal_owner.get(m.pattern().as_usize()) {
-                state.active[owner] = true;
-            }
-        }
+        state.masks.compute(seg);
+        let candidates = self
+            .prefilter
+            .candidates(seg, &state.masks, &mut state.lower);
         state.findings.clear();
         for (i, d) in self.detectors.iter().enumerate() {
-            if !state.active[i] {
+            if !d.may_find(candidates) {
                 continue;
             }
             state.spans.clear();
-            d.find(seg, &mut state.spans);
+            d.find(seg, &state.masks, &mut state.spans);
             state
                 .findings
                 .extend(state.spans.iter().map(|(s, e)| (*s, *e, i)));
@@ -370,7 +357,6 @@ pub struct Pipeline {
     lines: LineSplitter,
     redactor: Option<(Arc<Redactor>, LineState)>,
     counts: Counts,
-    scratch: Vec<u8>,
 }
 
 impl Pipeline {
@@ -379,7 +365,6 @@ impl Pipeline {
             lines: LineSplitter::new(max_line),
             redactor: redactor.map(|r| (r, LineState::default())),
             counts: Counts::default(),
-            scratch: Vec::new(),
         }
     }
 
@@ -390,11 +375,8 @@ impl Pipeline {
             lines,
             redactor,
             counts,
-            scratch,
         } = self;
-        lines.push(data, |line| {
-            handle_line(line, redactor, counts, scratch, keep, out)
-        });
+        lines.push(data, |line| handle_line(line, redactor, counts, keep, out));
     }
 
     /// End of input: the last line, if it had no newline, is handled (and written without one).
@@ -403,9 +385,8 @@ impl Pipeline {
             lines,
             redactor,
             counts,
-            scratch,
         } = self;
-        lines.finish(|line| handle_line(line, redactor, counts, scratch, keep, out));
+        lines.finish(|line| handle_line(line, redactor, counts, keep, out));
     }
 
     /// The input was truncated under us: the carried head of a line whose end was never seen is
@@ -448,20 +429,21 @@ impl Pipeline {
     }
 }
 
+/// Writes one line's output (redacted, or the withheld marker) at the end of `out`, then takes
+/// it back if `keep` refuses it: each line is written once, in place.
 fn handle_line(
     line: Line<'_>,
     redactor: &mut Option<(Arc<Redactor>, LineState)>,
     counts: &mut Counts,
-    scratch: &mut Vec<u8>,
     keep: &mut dyn FnMut(&[u8]) -> bool,
     out: &mut Vec<u8>,
 ) {
     if line.cut {
         counts.lines_cut += 1;
     }
-    scratch.clear();
+    let start = out.len();
     match redactor {
-        None => scratch.extend_from_slice(line.bytes),
+        None => out.extend_from_slice(line.bytes),
         Some((r, state)) => {
             let bytes = if line.cut {
                 trim_cut_tail(line.bytes)
@@ -469,26 +451,30 @@ fn handle_line(
                 line.bytes
             };
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                r.redact_line(bytes, state, counts, scratch)
+                r.redact_line(bytes, state, counts, out)
             }));
             match result {
                 Ok(LineOutcome::Written) => {}
-                Ok(LineOutcome::Removed) => return,
+                Ok(LineOutcome::Removed) => {
+                    out.truncate(start);
+                    return;
+                }
                 Err(_) => {
                     // Whatever was written for this line may be half-redacted: discard it.
-                    scratch.clear();
-                    scratch.extend_from_slice(WITHHELD_MARKER);
+                    out.truncate(start);
+                    out.extend_from_slice(WITHHELD_MARKER);
                     counts.lines_withheld += 1;
                     tracing::error!("a redaction detector failed; the line was withheld");
                 }
             }
         }
     }
-    if keep(scratch) {
-        out.extend_from_slice(scratch);
+    if keep(&out[start..]) {
         if line.terminated {
             out.push(b'\n');
         }
+    } else {
+        out.truncate(start);
     }
 }
 
