@@ -214,11 +214,7 @@ impl Agent for AgentService {
             )
             .map_err(audit_unavailable)?;
 
-        let tail_lines = (mode == pb::ReadMode::Tail).then_some(if req.tail_lines == 0 {
-            10
-        } else {
-            req.tail_lines
-        });
+        let tail_lines = (mode == pb::ReadMode::Tail).then_some(req.tail_lines);
         let (tx, rx) = mpsc::channel(8);
         let (last_tx, last_rx) = mpsc::channel(1);
         let opening = pb::ReadLogChunk {

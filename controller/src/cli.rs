@@ -13,6 +13,15 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+/// Prints one line on standard output; a closed pipe or a full disk is an error (exit 1), never
+/// a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+            .map_err(|e| Failure::from(format!("cannot write to standard output: {e}")))
+    };
+}
+
 /// Exit codes: 1 error, 3 access denied, 4 stream cut by the agent (grant ended).
 pub struct Failure {
     pub code: i32,
@@ -132,7 +141,7 @@ pub struct IssueArgs {
     pub json: bool,
 }
 
-fn print_grant(g: &pb::GrantInfo) {
+fn print_grant(g: &pb::GrantInfo) -> Result<(), Failure> {
     let now = loggate_core::grant::unix_now();
     let state = if g.revoked {
         format!(
@@ -149,7 +158,7 @@ fn print_grant(g: &pb::GrantInfo) {
     };
     let mut scope: Vec<String> = g.hosts.clone();
     scope.extend(g.labels.iter().map(|l| format!("label:{l}")));
-    println!(
+    outln!(
         "{}  {}  on {}  paths {}  until {}  ({})  profile {}  reason {:?}",
         g.id,
         g.subject,
@@ -159,7 +168,7 @@ fn print_grant(g: &pb::GrantInfo) {
         state,
         g.redaction_profile,
         g.reason
-    );
+    )
 }
 
 fn grant_json(g: &pb::GrantInfo) -> serde_json::Value {
@@ -195,9 +204,9 @@ pub async fn grant_issue(config: &ClientConfig, args: IssueArgs) -> CliResult {
         .grant
         .ok_or("the controller returned no grant")?;
     if args.json {
-        println!("{}", grant_json(&grant));
+        outln!("{}", grant_json(&grant))?;
     } else {
-        print_grant(&grant);
+        print_grant(&grant)?;
     }
     Ok(())
 }
@@ -220,7 +229,7 @@ pub async fn grant_list(
         .grants;
     if json {
         let list: Vec<_> = grants.iter().map(grant_json).collect();
-        println!("{}", serde_json::Value::from(list));
+        outln!("{}", serde_json::Value::from(list))?;
     } else if grants.is_empty() {
         eprintln!(
             "no grants{}",
@@ -231,7 +240,7 @@ pub async fn grant_list(
             }
         );
     } else {
-        grants.iter().for_each(print_grant);
+        grants.iter().try_for_each(print_grant)?;
     }
     Ok(())
 }
@@ -248,7 +257,7 @@ pub async fn grant_revoke(config: &ClientConfig, id: String, reason: String) -> 
         .into_inner()
         .grant
         .ok_or("the controller returned no grant")?;
-    print_grant(&grant);
+    print_grant(&grant)?;
     Ok(())
 }
 
@@ -259,12 +268,12 @@ pub async fn whoami(config: &ClientConfig) -> CliResult {
         .await
         .map_err(|s| explain(&s, "the controller"))?
         .into_inner();
-    println!(
+    outln!(
         "{}{}\ncertificate key sha256 {}",
         me.subject,
         if me.admin { " (admin)" } else { "" },
         me.key_sha256
-    );
+    )?;
     if me.enrolled_key_sha256 != me.key_sha256 {
         return Err(format!(
             "grants to you are bound to another key ({}); ask an admin to re-enrol your new certificate",
@@ -486,10 +495,15 @@ pub fn audit_verify(
             s.first_seq
         );
     }
-    println!(
+    outln!(
         "ok: {} records, seq {}..{}, head {}; {} checkpoints, sealed through seq {}",
-        s.records, s.first_seq, s.last_seq, s.head, s.checkpoints, s.sealed_through
-    );
+        s.records,
+        s.first_seq,
+        s.last_seq,
+        s.head,
+        s.checkpoints,
+        s.sealed_through
+    )?;
     if !s.signatures_checked && s.checkpoints > 0 {
         eprintln!("warning: checkpoint signatures were not checked; pass the writer's public key with --key");
     }
@@ -505,11 +519,11 @@ pub fn audit_verify(
              against checkpoints kept off this host (--checkpoints)"
         );
     } else {
-        println!(
+        outln!(
             "anchored: {} checkpoints held off the host match, through seq {}",
             external.len(),
             s.anchored_through
-        );
+        )?;
         if s.last_seq > s.anchored_through {
             eprintln!(
                 "warning: {} records after seq {} (unsealed tail) are not anchored off the host yet",

@@ -218,6 +218,7 @@ enum LogsCommand {
     /// Print the last lines of a file, and with --follow keep printing new ones.
     Tail {
         path: String,
+        /// How many of the last lines to print first (0: none, with --follow only new ones).
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: u64,
         #[arg(short, long)]

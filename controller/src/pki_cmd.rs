@@ -92,19 +92,24 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     for user in &args.users {
         write_client_config(&args.dir, user, &args.controller_addr)?;
     }
-    println!("created development PKI in {}", args.dir.display());
-    println!("  CA                  ca.crt (key ca.key)");
-    println!("  controller          controller.crt");
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "created development PKI in {}", args.dir.display())?;
+    writeln!(stdout, "  CA                  ca.crt (key ca.key)")?;
+    writeln!(stdout, "  controller          controller.crt")?;
     for a in &args.agents {
-        println!("  agent {a:<13} agents/{a}.crt");
+        writeln!(stdout, "  agent {a:<13} agents/{a}.crt")?;
     }
     for u in &args.users {
-        println!("  user {u:<14} users/{u}.crt   client config clients/{u}.toml");
+        writeln!(
+            stdout,
+            "  user {u:<14} users/{u}.crt   client config clients/{u}.toml"
+        )?;
     }
-    println!(
+    writeln!(
+        stdout,
         "  grant-signing key   grant-signing.key (public: grant-signing.pub, key id {})",
         key.verifying_key().kid()
-    );
+    )?;
     Ok(())
 }
 
@@ -125,10 +130,11 @@ pub fn issue(args: IssueArgs) -> anyhow::Result<()> {
         }
     };
     let cert = pki::issue(&args.dir, &args.trust_domain, kind, &name, validity)?;
-    println!("issued {}", cert.display());
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "issued {}", cert.display())?;
     if args.user.is_some() {
         let config = write_client_config(&args.dir, &name, &args.controller_addr)?;
-        println!("client configuration {}", config.display());
+        writeln!(stdout, "client configuration {}", config.display())?;
     }
     Ok(())
 }

@@ -49,6 +49,10 @@ fn tail_grep_and_time_range_select_lines_on_the_agent() -> anyhow::Result<()> {
     f.grant("alice", "30m")?;
     let (tail, _) = text(&f.logs("alice", &["tail", "-n", "3", &f.api_log()])?);
     assert_eq!(tail, "2026-11-27T07:47:00Z INFO line 47\n2026-11-27T07:48:00Z INFO line 48\n2026-11-27T07:49:00Z INFO line 49\n");
+    let (none, _) = text(&f.logs("alice", &["tail", "-n", "0", &f.api_log()])?);
+    assert_eq!(none, "", "tail -n 0 prints no line");
+    let (default, _) = text(&f.logs("alice", &["tail", &f.api_log()])?);
+    assert_eq!(default.lines().count(), 10, "{default}");
     let (grep, _) = text(&f.logs("alice", &["grep", "line 1[0-2]$", &f.api_log()])?);
     assert_eq!(grep.lines().count(), 3, "{grep}");
     let (range, _) = text(&f.logs(

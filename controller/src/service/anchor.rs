@@ -173,6 +173,7 @@ impl ControllerService {
                     audit_fields!(
                         "agent_id" => agent_id, "key_id" => key.key_id(),
                         "key" => key.to_text(), "how" => "first_use",
+                        "replaces" => Option::<String>::None,
                     ),
                 )
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))
