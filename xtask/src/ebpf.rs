@@ -43,26 +43,9 @@ pub fn ensure_tools() -> anyhow::Result<()> {
     if available(&clang) && available(&strip) {
         return Ok(());
     }
-    // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root || !available("apt-get") {
-        bail!(
-            "building the eBPF object needs {clang} and {strip}; install clang and llvm \
-             (Debian: apt-get install clang llvm) or set CLANG / LLVM_STRIP"
-        );
-    }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "clang",
-            "llvm",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    Ok(())
+    crate::apt_install(&["clang", "llvm"]).with_context(|| {
+        format!("building the eBPF object needs {clang} and {strip} (or set CLANG / LLVM_STRIP)")
+    })
 }
 
 /// The bypass tests build a tiny static i386 program (`gcc -m32`) to prove strict mode sees
@@ -79,16 +62,7 @@ pub fn ensure_ia32_gcc() -> anyhow::Result<()> {
     if targets_i386 {
         return Ok(());
     }
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args([
-            "install",
-            "-y",
-            "-qq",
-            "--no-install-recommends",
-            "gcc-multilib",
-        ])
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::apt_install(&["gcc-multilib"])
 }
 
 /// Compiles `src/STEM.bpf.c` into `out` (created or replaced).

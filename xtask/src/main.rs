@@ -168,6 +168,12 @@ fn ensure_rsyslog() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// Installs Debian packages with apt-get, as root; anywhere else, says what to install. The
+/// one way xtask installs system packages (clang, rsyslog, gcc-multilib, ripgrep).
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let apt = Command::new("apt-get")
@@ -177,14 +183,14 @@ fn ensure_rsyslog() -> anyhow::Result<()> {
     if !root || !apt {
         anyhow::bail!(
             "{} not installed; install them (Debian: apt-get install {})",
-            missing.join(" and "),
-            missing.join(" ")
+            packages.join(" and "),
+            packages.join(" ")
         );
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
