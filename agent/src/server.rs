@@ -117,7 +117,13 @@ impl AgentService {
                     .size_limit(limits.max_regex_bytes)
                     .dfa_size_limit(limits.max_regex_bytes)
                     .build()
-                    .map_err(|e| Status::invalid_argument(format!("grep pattern: {e}")))?,
+                    .map_err(|e| {
+                        // regex's syntax errors draw the pattern with a caret over several
+                        // lines; the last line says what is wrong.
+                        let text = e.to_string();
+                        let what = text.lines().last().unwrap_or_default().trim();
+                        Status::invalid_argument(format!("grep pattern: {what}"))
+                    })?,
             )
         } else {
             None

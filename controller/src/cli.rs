@@ -39,6 +39,14 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 pub type CliResult = Result<(), Failure>;
 
+/// A mistake in how the command was called (exit 2), as opposed to a failure while running it.
+pub fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
 pub fn format_time(unix: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
@@ -79,6 +87,8 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
             code: 3,
             message: format!("access denied by {peer}: {message}"),
         },
+        // The server refused an argument the user gave (a TTL, a subject, a pattern): bad usage.
+        Code::InvalidArgument => usage(format!("{peer} refused the request: {message}")),
         Code::Aborted => Failure {
             code: 4,
             message: format!("{peer} ended the stream: {message}"),
@@ -299,13 +309,19 @@ pub struct ReadArgs {
 }
 
 pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
+    if !args.path.starts_with('/') {
+        return Err(usage(format!(
+            "{:?} is not an absolute path; give the file's full path on the host",
+            args.path
+        )));
+    }
     let now_ms = (loggate_core::grant::unix_seconds(std::time::SystemTime::now())) * 1000;
     let since = match &args.since {
-        Some(s) => parse_time_arg(s, now_ms).map_err(|e| format!("--since: {e}"))?,
+        Some(s) => parse_time_arg(s, now_ms).map_err(|e| usage(format!("--since: {e}")))?,
         None => 0,
     };
     let until = match &args.until {
-        Some(s) => parse_time_arg(s, now_ms).map_err(|e| format!("--until: {e}"))?,
+        Some(s) => parse_time_arg(s, now_ms).map_err(|e| usage(format!("--until: {e}")))?,
         None => 0,
     };
     let grant_token = match &args.grant_token {
@@ -472,6 +488,13 @@ pub fn audit_verify(
     for path in paths {
         let file = std::fs::File::open(path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(format!(
+                "{} is not an audit file (not a regular file)",
+                path.display()
+            )
+            .into());
+        }
         input = Box::new(std::io::Read::chain(input, file));
     }
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();

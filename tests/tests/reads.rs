@@ -311,8 +311,31 @@ fn grant_issue_refuses_bad_input_with_a_clear_error() -> anyhow::Result<()> {
         let mut args: Vec<&str> = base.to_vec();
         args.extend(extra);
         let out = f.cluster.run_cli("admin", &args)?;
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(2), "bad usage: {}", text(&out).1);
         assert!(text(&out).1.contains(expect), "{expect}: {}", text(&out).1);
+    }
+    Ok(())
+}
+
+#[test]
+fn reads_called_wrongly_exit_2_with_one_sentence() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    for (args, expect) in [
+        (vec!["cat", "logs/app/api.log"], "is not an absolute path"),
+        (vec!["cat", "--since", "yesterday", &f.api_log()], "--since"),
+        (vec!["grep", "(", &f.api_log()], "grep pattern"),
+        (vec!["tail", "-n", "100000000", &f.api_log()], "at most"),
+    ] {
+        let out = f.logs("alice", &args)?;
+        let stderr = text(&out).1;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "one sentence: {stderr}"
+        );
     }
     Ok(())
 }
