@@ -31,6 +31,13 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let checkpoint_key = CheckpointKey::load_or_create(&audit_dir.join("audit-signing.key"))?;
     let mut audit_log = AuditLog::open(&config.audit_log, "controller")?
         .with_checkpoints(checkpoint_key, CheckpointPolicy::default());
+    audit_log.append(
+        "controller.started",
+        loggate_core::audit_fields!(
+            "listen" => config.listen.to_string(), "admins" => config.admins.clone(),
+            "revision" => store.latest_revision()?,
+        ),
+    )?;
     if let Some(dir) = &config.enrol_checkpoint_keys {
         crate::service::enrol_checkpoint_keys(&store, &mut audit_log, dir)?;
     }
@@ -72,6 +79,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("controller server on {}", config.listen))?;
+    audit.append("controller.stopped", serde_json::Map::new())?;
     audit.checkpoint()?;
     eprintln!("loggate controller stopped");
     Ok(())

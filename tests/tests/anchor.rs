@@ -565,6 +565,20 @@ fn the_controllers_own_chain_is_sealed_with_a_signed_checkpoint_at_shutdown() ->
         loggate_core::audit::event_name(&record),
         Some("audit.checkpoint")
     );
+    // Its lifecycle is on the record too: started first, stopped just before the seal.
+    let events: Vec<String> = std::fs::read_to_string(&audit)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| loggate_core::audit::event_name(&r).map(String::from))
+        .collect();
+    assert_eq!(
+        events.first().map(String::as_str),
+        Some("controller.started")
+    );
+    assert_eq!(
+        events.iter().rev().nth(1).map(String::as_str),
+        Some("controller.stopped")
+    );
     let key = dir.join("audit-signing.key.pub");
     let out = fx.cluster.run_cli(
         "admin",

@@ -104,6 +104,10 @@ fn example(name: &str) -> Map<String, Value> {
             "bypass_hooks_missing": [], "bypass_protected": 4,
         }),
         "agent.stopped" => json!({ "agent_id": "web-1" }),
+        "controller.started" => json!({
+            "listen": "0.0.0.0:7400", "admins": ["admin"], "revision": 7,
+        }),
+        "controller.stopped" => json!({}),
         "audit.checkpoint" => json!({
             "origin": "web-1", "sealed_seq": 1000, "key_id": "ed25519:3fa85f6457174562",
             "head": "95decbd9138c66888f35dd40489537cd96749bb61c3cae6506119440a585a692",
