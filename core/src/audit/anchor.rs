@@ -126,7 +126,7 @@ mod tests {
         events: u64,
         tag: &str,
     ) -> (Vec<String>, VerifyKey) {
-        let dir = tempfile_dir();
+        let dir = crate::audit::scratch_dir();
         let key = CheckpointKey::load_or_create(key_path).unwrap();
         let public = key.verify_key();
         let policy = CheckpointPolicy {
@@ -146,12 +146,6 @@ mod tests {
         (text.lines().map(|l| format!("{l}\n")).collect(), public)
     }
 
-    fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("lg-anchor-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// The checkpoint records among `lines`, as an external holder would keep them.
     fn held(lines: &[String]) -> Vec<Checkpoint> {
         lines
@@ -161,7 +155,7 @@ mod tests {
     }
 
     fn chain_and_key(events: u64) -> (Vec<String>, VerifyKey, std::path::PathBuf) {
-        let dir = tempfile_dir();
+        let dir = crate::audit::scratch_dir();
         let key_path = dir.join("audit.key");
         let (lines, key) = write_chain("web-1", &key_path, events, "original");
         (lines, key, dir)

@@ -259,18 +259,11 @@ mod tests {
     use super::*;
     use crate::audit::{verify_chain, CheckpointKey, CheckpointPolicy, RotationPolicy};
     use crate::audit_fields;
-    use std::path::PathBuf;
     use std::sync::Arc;
 
-    fn temp_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("lg-group-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
-    fn concurrent_appends_form_one_intact_chain_with_shared_syncs() {
-        let dir = temp_dir();
+    fn concurrent_appends_form_one_intact_chain() {
+        let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
         let key = CheckpointKey::load_or_create(&dir.join("k")).unwrap();
         let public = key.verify_key();
@@ -303,9 +296,6 @@ mod tests {
         seqs.sort_unstable();
         seqs.dedup();
         assert_eq!(seqs.len(), 800, "every append got its own seq");
-        // Each append returned only after a sync covered it; there were never more syncs
-        // than appends (and usually far fewer: that is the point).
-        assert!(shared.sync_count() <= 800 + 16);
         let text = std::fs::read(&path).unwrap();
         let summary = verify_chain(&text[..], &[public]).unwrap();
         assert_eq!(summary.checkpoints, 16);
@@ -315,7 +305,7 @@ mod tests {
 
     #[test]
     fn deferred_events_become_durable_and_keep_the_chain() {
-        let dir = temp_dir();
+        let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
         let shared = SharedAuditLog::new(AuditLog::open(&path, "h").unwrap()).unwrap();
         for i in 0..500 {
@@ -324,6 +314,13 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(shared.append("read.allowed", Map::new()).unwrap(), 501);
+        // Records written while a sync runs ride on the next one: a write takes microseconds,
+        // an fdatasync far longer, so 501 records need far fewer than 501 syncs.
+        assert!(
+            shared.sync_count() < 250,
+            "{} syncs for 501 records",
+            shared.sync_count()
+        );
         // The waited append returned: everything before it is durable too.
         assert_eq!(shared.inner.lock().log.durable_seq(), 501);
         shared.append_deferred("tail", Map::new()).unwrap();
@@ -335,7 +332,7 @@ mod tests {
 
     #[test]
     fn rotation_under_group_commit_keeps_syncing_the_new_file() {
-        let dir = temp_dir();
+        let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
         let shared = SharedAuditLog::new(AuditLog::open(&path, "h").unwrap()).unwrap();
         for i in 0..20 {
@@ -360,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_failed_sync_cuts_the_unsynced_records_and_the_chain_continues() {
-        let dir = temp_dir();
+        let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "h").unwrap();
         log.append("durable", Map::new()).unwrap();

@@ -360,6 +360,14 @@ pub fn record_fields(record: &Value) -> Option<&Map<String, Value>> {
         .and_then(Value::as_object)
 }
 
+/// A fresh scratch folder for the audit module's tests.
+#[cfg(test)]
+pub(crate) fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lg-audit-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
 /// Builds the `fields` map of an audit event from `key => value` pairs.
 #[macro_export]
 macro_rules! audit_fields {
@@ -384,8 +392,7 @@ mod tests {
 
     #[test]
     fn appends_chained_records_and_resumes_after_reopen() {
-        let dir = std::env::temp_dir().join(format!("lg-audit-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir();
         let path = dir.join("audit.jsonl");
         {
             let mut log = AuditLog::open(&path, "web-1").unwrap();
@@ -409,8 +416,7 @@ mod tests {
     }
 
     fn sample_chain(n: u64) -> Vec<String> {
-        let dir = std::env::temp_dir().join(format!("lg-audit-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir();
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "h").unwrap();
         for i in 0..n {
@@ -427,8 +433,7 @@ mod tests {
 
     /// A chain of `n` events with a checkpoint after every 3, and its verification key.
     fn checkpointed_chain(n: u64) -> (Vec<String>, VerifyKey) {
-        let dir = std::env::temp_dir().join(format!("lg-audit-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir();
         let key = CheckpointKey::load_or_create(&dir.join("audit.key")).unwrap();
         let public = key.verify_key();
         let policy = CheckpointPolicy {
@@ -531,8 +536,7 @@ mod tests {
 
     #[test]
     fn torn_tail_is_cut_recorded_and_chain_continues() {
-        let dir = std::env::temp_dir().join(format!("lg-audit-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir();
         let path = dir.join("audit.jsonl");
         {
             let mut log = AuditLog::open(&path, "h").unwrap();

@@ -164,12 +164,6 @@ mod tests {
     use super::*;
     use crate::audit::{event_name, record_field, verify_chain};
 
-    fn temp_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("lg-rotate-{}", rand::random::<u64>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     fn concat(files: &[PathBuf]) -> Vec<u8> {
         files
             .iter()
@@ -179,7 +173,7 @@ mod tests {
 
     #[test]
     fn rotation_keeps_the_chain_unbroken_across_files() {
-        let dir = temp_dir();
+        let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "web-1").unwrap();
         for i in 0..3 {
@@ -225,7 +219,7 @@ mod tests {
 
     #[test]
     fn retention_deletes_the_oldest_rotated_files_and_says_so() {
-        let dir = temp_dir();
+        let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "web-1").unwrap();
         let policy = RotationPolicy {
@@ -260,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_file_starting_mid_chain_without_a_rotation_record_is_refused() {
-        let dir = temp_dir();
+        let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "h").unwrap();
         for _ in 0..3 {
