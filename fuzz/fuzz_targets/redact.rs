@@ -17,20 +17,11 @@
 mod redact;
 
 use libfuzzer_sys::fuzz_target;
-use redact::{Counts, Pipeline, Redactor};
+use redact::{Pipeline, Redactor};
 use std::sync::{Arc, LazyLock};
 
 static DEFAULT: LazyLock<Arc<Redactor>> = LazyLock::new(|| Arc::new(Redactor::default_profile()));
 
-fn run(r: &Arc<Redactor>, chunks: &[&[u8]], max_line: usize) -> (Vec<u8>, Counts) {
-    let mut p = Pipeline::new(Some(r.clone()), max_line);
-    let mut out = Vec::new();
-    for c in chunks {
-        p.push(c, &mut |_| true, &mut out);
-    }
-    p.finish(&mut |_| true, &mut out);
-    (out, p.counts().clone())
-}
 
 /// `text` cut into pieces whose sizes cycle through `sizes` (each 1..=64).
 fn cut<'a>(text: &'a [u8], sizes: &[u8]) -> Vec<&'a [u8]> {
@@ -60,8 +51,8 @@ fuzz_target!(|data: &[u8]| {
         _ => 64 * 1024,
     };
     let r = &*DEFAULT;
-    let (whole, whole_counts) = run(r, &[text], max_line);
-    let (pieces, pieces_counts) = run(r, &cut(text, sizes), max_line);
+    let (whole, whole_counts) = Pipeline::redact_chunks(r, &[text], max_line);
+    let (pieces, pieces_counts) = Pipeline::redact_chunks(r, &cut(text, sizes), max_line);
     assert_eq!(whole_counts.lines_withheld, 0, "a detector failed");
     assert_eq!(pieces, whole, "output depends on chunk boundaries");
     assert_eq!(
@@ -81,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     if memchr::memmem::find(&plain, b"basic").is_none() {
-        let (out, counts) = run(r, &cut(&plain, sizes), 64 * 1024);
+        let (out, counts) = Pipeline::redact_chunks(r, &cut(&plain, sizes), 64 * 1024);
         assert_eq!(out, plain, "text without secrets was changed");
         assert_eq!(counts.total(), 0);
     }

@@ -427,6 +427,22 @@ impl Pipeline {
     pub fn counts(&self) -> &Counts {
         &self.counts
     }
+
+    /// The whole of an input given as `chunks`, every line kept: the output and the counts.
+    /// What the tests and the fuzz target compare across chunk cuts.
+    pub fn redact_chunks(
+        redactor: &Arc<Redactor>,
+        chunks: &[&[u8]],
+        max_line: usize,
+    ) -> (Vec<u8>, Counts) {
+        let mut p = Pipeline::new(Some(redactor.clone()), max_line);
+        let mut out = Vec::new();
+        for c in chunks {
+            p.push(c, &mut |_| true, &mut out);
+        }
+        p.finish(&mut |_| true, &mut out);
+        (out, p.counts)
+    }
 }
 
 /// Writes one line's output (redacted, or the withheld marker) at the end of `out`, then takes

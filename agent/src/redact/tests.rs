@@ -6,19 +6,10 @@ use proptest::prelude::*;
 
 const MAX_LINE: usize = 64 * 1024;
 
-fn redact_chunks(r: &Arc<Redactor>, chunks: &[&[u8]], max_line: usize) -> (Vec<u8>, Counts) {
-    let mut p = Pipeline::new(Some(r.clone()), max_line);
-    let mut out = Vec::new();
-    for c in chunks {
-        p.push(c, &mut |_| true, &mut out);
-    }
-    p.finish(&mut |_| true, &mut out);
-    (out, p.counts().clone())
-}
-
 fn redact(text: &str) -> String {
     let r = Arc::new(Redactor::default_profile());
-    String::from_utf8_lossy(&redact_chunks(&r, &[text.as_bytes()], MAX_LINE).0).into_owned()
+    String::from_utf8_lossy(&Pipeline::redact_chunks(&r, &[text.as_bytes()], MAX_LINE).0)
+        .into_owned()
 }
 
 const JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
@@ -70,9 +61,9 @@ fn a_value_straddling_any_chunk_boundary_is_redacted() {
         "a jane@example.com b 4111111111111111 c {JWT} d AKIAIOSFODNN7EXAMPLE e password=hunter22\nnext 192.168.1.1\n"
     );
     let bytes = text.as_bytes();
-    let whole = redact_chunks(&r, &[bytes], MAX_LINE);
+    let whole = Pipeline::redact_chunks(&r, &[bytes], MAX_LINE);
     for a in 0..=bytes.len() {
-        let split = redact_chunks(&r, &[&bytes[..a], &bytes[a..]], MAX_LINE);
+        let split = Pipeline::redact_chunks(&r, &[&bytes[..a], &bytes[a..]], MAX_LINE);
         assert_eq!(split, whole, "split at {a}");
     }
     let out = String::from_utf8_lossy(&whole.0);
@@ -94,7 +85,7 @@ fn pem_block_is_removed_whole_across_chunks() {
     let text = format!("before\nkey: {PEM}after\n");
     let bytes = text.as_bytes();
     for a in 0..=bytes.len() {
-        let (out, counts) = redact_chunks(&r, &[&bytes[..a], &bytes[a..]], MAX_LINE);
+        let (out, counts) = Pipeline::redact_chunks(&r, &[&bytes[..a], &bytes[a..]], MAX_LINE);
         assert_eq!(
             String::from_utf8_lossy(&out),
             "before\nkey: [REDACTED:private_key]\nafter\n",
@@ -151,7 +142,7 @@ fn over_long_lines_are_cut_scanned_and_their_tail_token_dropped() {
     let line = "mail jane@example.com then 4111 1111 1111 1111 and more text after the limit\nok\n";
     // The limit falls inside the card: its visible groups must not be served.
     let limit = line.find("1111 1111 1111").unwrap_or(0) + 9;
-    let (out, counts) = redact_chunks(&r, &[line.as_bytes()], limit);
+    let (out, counts) = Pipeline::redact_chunks(&r, &[line.as_bytes()], limit);
     assert_eq!(
         String::from_utf8_lossy(&out),
         "mail [REDACTED:email] then\nok\n"
@@ -170,7 +161,7 @@ fn a_failing_detector_withholds_the_line_and_counts_it() {
         },
     ];
     let r = Arc::new(Redactor::new(detectors, None).unwrap());
-    let (out, counts) = redact_chunks(
+    let (out, counts) = Pipeline::redact_chunks(
         &r,
         &[b"a@b.example boom secret\nfine a@b.example\n"],
         MAX_LINE,
@@ -185,14 +176,16 @@ fn a_failing_detector_withholds_the_line_and_counts_it() {
 #[test]
 fn invalid_utf8_is_input_not_an_error() {
     let r = Arc::new(Redactor::default_profile());
-    let (out, _) = redact_chunks(&r, &[b"\xff\xfe jane@example.com \xc3\x28 ok\n"], MAX_LINE);
+    let (out, _) =
+        Pipeline::redact_chunks(&r, &[b"\xff\xfe jane@example.com \xc3\x28 ok\n"], MAX_LINE);
     assert_eq!(out, b"\xff\xfe [REDACTED:email] \xc3\x28 ok\n");
 }
 
 #[test]
 fn counts_are_per_detector() {
     let r = Arc::new(Redactor::default_profile());
-    let (_, counts) = redact_chunks(&r, &[b"a@b.example c@d.example 10.0.0.1\n"], MAX_LINE);
+    let (_, counts) =
+        Pipeline::redact_chunks(&r, &[b"a@b.example c@d.example 10.0.0.1\n"], MAX_LINE);
     assert_eq!(counts.redactions.get("email"), Some(&2));
     assert_eq!(counts.redactions.get("ipv4"), Some(&1));
     assert_eq!(counts.total(), 3);
@@ -206,7 +199,7 @@ fn modes_apply_per_detector() {
         Detector::builtin(Builtin::Card, Mode::Partial),
     ];
     let r = Arc::new(Redactor::new(detectors, Some(key)).unwrap());
-    let (out, _) = redact_chunks(
+    let (out, _) = Pipeline::redact_chunks(
         &r,
         &[b"a@b.example 4111111111111111 a@b.example\n"],
         MAX_LINE,
@@ -395,7 +388,7 @@ fn chunked(r: &Arc<Redactor>, text: &[u8], sizes: &[usize]) -> Vec<u8> {
         rest = &rest[n..];
         i += 1;
     }
-    redact_chunks(r, &chunks, MAX_LINE).0
+    Pipeline::redact_chunks(r, &chunks, MAX_LINE).0
 }
 
 proptest! {
