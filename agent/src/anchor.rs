@@ -60,8 +60,20 @@ async fn anchor_once(
     loop {
         let batch = spool.next_batch(durable.get()).await?;
         if batch.is_empty() {
+            if spool.replaced().await? {
+                // Rotation seals the old file with a checkpoint just before it renames it:
+                // read the open file to its end (all durable by then) before starting over.
+                let rest = spool.next_batch(durable.get()).await?;
+                if rest.is_empty() {
+                    anyhow::bail!(
+                        "the audit file {} was replaced or shortened; starting over",
+                        shared.config.audit_log.display()
+                    );
+                }
+                client.report_checkpoints(report(rest)).await?;
+                continue;
+            }
             tokio::time::sleep(POLL).await;
-            spool.check_unchanged().await?;
             continue;
         }
         let sent = batch.len();
@@ -168,16 +180,10 @@ impl Spool {
         Ok(batch)
     }
 
-    /// Fails when the file at the path was replaced or shortened, so the caller starts over.
-    async fn check_unchanged(&self) -> anyhow::Result<()> {
+    /// Whether the file at the path was replaced (rotation) or shortened since it was opened.
+    async fn replaced(&self) -> anyhow::Result<bool> {
         let meta = tokio::fs::metadata(&self.path).await?;
-        if (meta.dev(), meta.ino()) != self.identity || meta.len() < self.offset {
-            anyhow::bail!(
-                "the audit file {} was replaced or shortened; starting over",
-                self.path.display()
-            );
-        }
-        Ok(())
+        Ok((meta.dev(), meta.ino()) != self.identity || meta.len() < self.offset)
     }
 }
 
@@ -264,9 +270,29 @@ mod tests {
         let path = audit_file(dir.path());
         let mut spool = Spool::open(&path, 0, "").await.unwrap();
         spool.next_batch(u64::MAX).await.unwrap();
-        spool.check_unchanged().await.unwrap();
+        assert!(!spool.replaced().await.unwrap());
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, b"").unwrap();
-        assert!(spool.check_unchanged().await.is_err());
+        assert!(spool.replaced().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_written_to_the_old_file_just_before_rotation_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = audit_file(dir.path());
+        let mut spool = Spool::open(&path, 0, "").await.unwrap();
+        let before = spool.next_batch(u64::MAX).await.unwrap().len();
+        // Rotation: a sealing checkpoint lands in the open file, which is then renamed away.
+        let key = CheckpointKey::load_or_create(&dir.path().join("k2")).unwrap();
+        let mut log = AuditLog::open(&path, "web-1")
+            .unwrap()
+            .with_checkpoints(key, CheckpointPolicy::default());
+        log.checkpoint().unwrap();
+        drop(log);
+        std::fs::rename(&path, dir.path().join("audit.jsonl.old")).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        assert!(spool.replaced().await.unwrap());
+        assert_eq!(spool.next_batch(u64::MAX).await.unwrap().len(), 1);
+        assert!(before > 0);
     }
 }

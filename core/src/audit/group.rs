@@ -131,7 +131,12 @@ impl SharedAuditLog {
 
     /// Rotates the file when due (see [`AuditLog::rotate_if_due`]); writers wait meanwhile.
     pub fn rotate_if_due(&self, policy: RotationPolicy) -> Result<Option<PathBuf>, AuditError> {
-        self.inner.lock().log.rotate_if_due(policy)
+        let mut state = self.inner.lock();
+        let rotated = state.log.rotate_if_due(policy);
+        // Rotation syncs both files itself (not through the flusher): publish what is durable
+        // now, or readers would hold back the sealing checkpoint until the next sync.
+        self.inner.publish_durable(&state);
+        rotated
     }
 
     /// Seals the chain as it stands with a signed checkpoint (at shutdown, say).
@@ -174,6 +179,13 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tells lock-free readers ([`DurableSeq`]) how far the file is on disk.
+    fn publish_durable(&self, state: &State) {
+        self.durable
+            .0
+            .store(state.log.durable_seq(), Ordering::Release);
+    }
+
     fn wait<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         self.changed.wait(state).unwrap_or_else(|p| p.into_inner())
     }
@@ -201,9 +213,7 @@ impl Inner {
             match result {
                 Ok(()) => {
                     state.log.mark_durable(point);
-                    self.durable
-                        .0
-                        .store(state.log.durable_seq(), Ordering::Release);
+                    self.publish_durable(&state);
                 }
                 Err(e) => {
                     let ended = (state.generation, state.log.durable_seq());
@@ -344,6 +354,13 @@ mod tests {
         };
         let rotated = shared.rotate_if_due(policy).unwrap().expect("rotated");
         let durable = shared.durable();
+        // The new file's first record (and a sealing checkpoint, with a key) are durable, and readers
+        // know it at once (they follow `durable` to pass records on).
+        assert_eq!(
+            durable.get(),
+            21,
+            "20 events + audit.rotated (no checkpoint key here)"
+        );
         // The flusher now syncs the new file: waited appends return and the durable seq moves.
         let seq = shared.append("after", Map::new()).unwrap();
         assert_eq!(durable.get(), seq);
