@@ -10,7 +10,7 @@ use crate::fs_access::{normalise_request, open_beneath, OpenedLog, PathDenied};
 use crate::redact::profile::Profiles;
 use crate::redact::Redactor;
 use crate::Shared;
-use loggate_core::grant::{compile_path_glob, unix_now, GrantError, VerifiedGrant};
+use loggate_core::grant::{unix_now, GrantError, VerifiedGrant};
 use loggate_core::identity::Identity;
 use std::sync::Arc;
 
@@ -166,17 +166,9 @@ pub fn authorize(
             Err(e) => {
                 // Stored grants were verified on receipt, so their claims are trustworthy
                 // enough to rank the explanation.
-                let stored_claims = stored
-                    .iter()
-                    .find(|g| g.token() == token)
-                    .map(|g| g.claims());
-                let matches_path = stored_claims.is_some_and(|c| {
-                    c.paths
-                        .iter()
-                        .filter_map(|p| compile_path_glob(p).ok())
-                        .any(|g| g.is_match(path_text))
-                });
-                let id = stored_claims.map(|c| c.jti.clone());
+                let stored_grant = stored.iter().find(|g| g.token() == token);
+                let matches_path = stored_grant.is_some_and(|g| g.covers_path(path_text));
+                let id = stored_grant.map(|g| g.claims().jti.clone());
                 consider(Denial::from_grant(e, id), matches_path, *presented);
                 continue;
             }

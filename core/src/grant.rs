@@ -227,6 +227,7 @@ pub struct Audience {
 pub struct ReceivedGrant {
     token: String,
     claims: GrantClaims,
+    globs: Vec<GlobMatcher>,
 }
 
 impl ReceivedGrant {
@@ -235,6 +236,11 @@ impl ReceivedGrant {
     }
     pub fn token(&self) -> &str {
         &self.token
+    }
+    /// Whether a normalised absolute path is matched by one of the grant's globs (compiled
+    /// once, on receipt).
+    pub fn covers_path(&self, path: &str) -> bool {
+        self.globs.iter().any(|g| g.is_match(path))
     }
 }
 
@@ -363,7 +369,7 @@ impl GrantVerifier {
         let (untrusted, key, claims) = self.open(token)?;
         let binding = decode_key_hash(&claims.key_sha256)?;
         Self::check_signature(&untrusted, key, &binding)?;
-        Self::check_shape(&claims)?;
+        let globs = Self::check_shape(&claims)?;
         Self::check_audience(&claims, audience)?;
         if now >= claims.exp {
             return Err(GrantError::Expired {
@@ -374,6 +380,7 @@ impl GrantVerifier {
         Ok(ReceivedGrant {
             token: token.to_string(),
             claims,
+            globs,
         })
     }
 

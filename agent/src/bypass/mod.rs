@@ -375,12 +375,15 @@ async fn read_events(
 /// audit log's next group sync, so a burst of direct reads never queues behind the disk.
 fn audit_open(shared: &Shared, opened: &Opened, info: &process::ProcessInfo) {
     let fields = bypass_record(shared, opened, info);
-    let finding = fields.get("finding_uid").is_some_and(|u| !u.is_null());
+    // The finding repeats the read's fields: copied only when there is one.
+    let finding = fields
+        .get("finding_uid")
+        .is_some_and(|u| !u.is_null())
+        .then(|| fields.clone());
     let written = shared
-        .audit_deferred("bypass.read", fields.clone())
+        .audit_deferred("bypass.read", fields)
         .and_then(|read_seq| {
-            if finding {
-                let mut fields = fields;
+            if let Some(mut fields) = finding {
                 fields.insert("read_seq".into(), read_seq.into());
                 shared.audit_deferred("bypass.finding", fields)?;
             }

@@ -8,7 +8,7 @@ use super::process::{self, ProcessInfo};
 use super::BypassConfig;
 use crate::Shared;
 use loggate_core::audit_fields;
-use loggate_core::grant::{compile_path_glob, unix_now};
+use loggate_core::grant::unix_now;
 use std::path::{Path, PathBuf};
 
 /// One bypass open, from either mechanism. `None` fields are what that mechanism could not
@@ -145,9 +145,7 @@ fn covering_grants(shared: &Shared, subject: &str, path: &str, now: i64) -> Vec<
             c.nbf <= now
                 && now < c.exp
                 && shared.grants.revocation(&c.jti).is_none()
-                && c.paths
-                    .iter()
-                    .any(|p| compile_path_glob(p).is_ok_and(|m| m.is_match(path)))
+                && g.covers_path(path)
         })
         .map(|g| g.claims().jti.clone())
         .collect()

@@ -414,14 +414,12 @@ impl Pipeline {
         let mut counts = Counts::default();
         let mut sink = Vec::new();
         let mut lines = LineSplitter::new(usize::MAX / 2);
-        lines.push(data, |line| {
+        let mut follow = |line: reading::Line<'_>| {
             sink.clear();
             r.redact_line(line.bytes, state, &mut counts, &mut sink);
-        });
-        lines.finish(|line| {
-            sink.clear();
-            r.redact_line(line.bytes, state, &mut counts, &mut sink);
-        });
+        };
+        lines.push(data, &mut follow);
+        lines.finish(&mut follow);
     }
 
     pub fn counts(&self) -> &Counts {
