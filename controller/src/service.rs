@@ -104,16 +104,16 @@ impl ControllerService {
     fn user<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
         let user = peer_identity(request, &self.trust_domain, Role::User)?;
         let key = user.key_sha256_hex();
-        let enrolled = self
-            .store
-            .enrol_user_key_if_absent(user.spiffe_id(), &key, unix_now())
+        // Audited before it is stored (inside the transaction): no key without its record.
+        self.store
+            .enrol_user_key_if_absent(user.spiffe_id(), &key, unix_now(), || {
+                self.audit(
+                    "user.key_enrolled",
+                    audit_fields!("subject" => user.spiffe_id(), "key_sha256" => key.clone(), "how" => "first_contact"),
+                )
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            })
             .map_err(internal)?;
-        if enrolled {
-            self.audit(
-                "user.key_enrolled",
-                audit_fields!("subject" => user.spiffe_id(), "key_sha256" => key, "how" => "first_contact"),
-            )?;
-        }
         Ok(user)
     }
 
@@ -121,12 +121,13 @@ impl ControllerService {
         self.admins.contains(user.name())
     }
 
-    fn require_admin(&self, user: &Identity) -> Result<(), Status> {
+    /// Refuses a non-admin; `what` names the action in the one-sentence refusal.
+    fn require_admin(&self, user: &Identity, what: &str) -> Result<(), Status> {
         if self.is_admin(user) {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "{user} is not a loggate admin; ask an admin to issue the grant"
+                "{user} is not a loggate admin; only admins may {what}"
             )))
         }
     }
@@ -295,7 +296,7 @@ impl Controller for ControllerService {
         request: Request<pb::IssueGrantRequest>,
     ) -> Result<Response<pb::IssueGrantResponse>, Status> {
         let admin = self.user(&request)?;
-        self.require_admin(&admin)?;
+        self.require_admin(&admin, "issue grants; ask an admin to issue the grant")?;
         let req = request.into_inner();
         let subject = user_spiffe_id(&self.trust_domain, &req.subject)
             .map_err(|e| Status::invalid_argument(format!("subject: {e}")))?;

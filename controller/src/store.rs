@@ -393,18 +393,34 @@ impl Store {
     }
 
     /// Enrols `key_sha256` for `subject` unless a key is already enrolled; true if enrolled now.
+    /// `record` (the audit event) runs inside the transaction, before the key is stored: no key
+    /// is enrolled without its record.
     pub fn enrol_user_key_if_absent(
         &self,
         subject: &str,
         key_sha256: &str,
         now: i64,
+        record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<bool> {
-        let changed = self.conn().execute(
-            "INSERT INTO user_keys (subject, key_sha256, updated) VALUES (?1, ?2, ?3)
-             ON CONFLICT(subject) DO NOTHING",
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let known: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM user_keys WHERE subject = ?1",
+                params![subject],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if known.is_some() {
+            return Ok(false);
+        }
+        record()?;
+        tx.execute(
+            "INSERT INTO user_keys (subject, key_sha256, updated) VALUES (?1, ?2, ?3)",
             params![subject, key_sha256, now],
         )?;
-        Ok(changed == 1)
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Enrols (or re-enrols) a key by an admin's configuration.
@@ -750,5 +766,37 @@ mod checkpoint_tests {
         assert_eq!(check("k2", &mut audited), KeyCheck::Matches);
         assert_eq!(check("k1", &mut audited), KeyCheck::Differs("k2".into()));
         assert_eq!(store.checkpoint_keys("web-1").unwrap(), vec!["k1", "k2"]);
+    }
+}
+
+#[cfg(test)]
+mod user_key_tests {
+    use super::*;
+
+    #[test]
+    fn a_first_use_key_is_stored_only_with_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let alice = "spiffe://loggate.local/user/alice";
+        // The audit record cannot be written: the key is not enrolled.
+        let failed = store.enrol_user_key_if_absent(alice, "k1", 1, || anyhow::bail!("disk full"));
+        assert!(failed.is_err());
+        let mut recorded = 0;
+        let enrolled = store
+            .enrol_user_key_if_absent(alice, "k1", 2, || {
+                recorded += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert!(enrolled);
+        // Known now: no second record, no change.
+        let again = store
+            .enrol_user_key_if_absent(alice, "k2", 3, || {
+                recorded += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!again);
+        assert_eq!(recorded, 1);
     }
 }
