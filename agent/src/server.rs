@@ -235,7 +235,6 @@ impl Agent for AgentService {
         let plan = Plan {
             file: file.file,
             profile: authorized.profile,
-            start: 0,
             tail_lines,
             len: file.len,
             follow: req.follow && mode == pb::ReadMode::Tail,

@@ -137,8 +137,6 @@ pub struct Plan {
     /// The redaction applied to everything sent: every byte of a redacting profile passes
     /// through [`Pipeline`], line by line; only `raw` without line selection sends whole chunks.
     pub profile: Profile,
-    /// Where to start reading; with `tail_lines`, computed by [`run`].
-    pub start: u64,
     /// `tail -n`: start this many lines before the end (of `len` bytes).
     pub tail_lines: Option<u64>,
     pub len: u64,
@@ -245,20 +243,14 @@ pub fn run(
         bytes: 0,
     };
     let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
-    let reason = match plan.tail_lines {
-        // Finding where the last lines start reads the file: done here, off the async runtime.
-        Some(lines) => match tail_offset(&plan.file, plan.len, lines) {
-            Ok(start) => {
-                plan.start = start;
-                None
-            }
-            Err(e) => Some(EndReason::ReadError(e.to_string())),
-        },
-        None => None,
+    // Where to start: with `tail_lines`, found by reading the file, here off the async runtime.
+    let start = match plan.tail_lines {
+        Some(lines) => tail_offset(&plan.file, plan.len, lines),
+        None => Ok(0),
     };
-    let reason = match reason {
-        Some(r) => r,
-        None => match pump(&mut plan, &mut pipeline, &mut sender) {
+    let reason = match start {
+        Err(e) => EndReason::ReadError(e.to_string()),
+        Ok(start) => match pump(&mut plan, start, &mut pipeline, &mut sender) {
             Ok(()) => EndReason::Eof,
             Err(reason) => reason,
         },
@@ -295,15 +287,16 @@ fn prime(file: &File, start: u64, pipeline: &mut Pipeline) -> std::io::Result<()
 
 fn pump(
     plan: &mut Plan,
+    start: u64,
     pipeline: &mut Pipeline,
     sender: &mut Sender<'_>,
 ) -> Result<(), EndReason> {
     let io = |e: std::io::Error| EndReason::ReadError(e.to_string());
     let redacting = !matches!(plan.profile, Profile::Raw);
-    if redacting && plan.start > 0 {
-        prime(&plan.file, plan.start, pipeline).map_err(io)?;
+    if redacting && start > 0 {
+        prime(&plan.file, start, pipeline).map_err(io)?;
     }
-    let mut pos = plan.file.seek(SeekFrom::Start(plan.start)).map_err(io)?;
+    let mut pos = plan.file.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut buf = vec![0u8; CHUNK];
     let whole_chunks = !redacting && plan.selector.passes_everything();
     let selector = &mut plan.selector;

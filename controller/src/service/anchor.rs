@@ -123,11 +123,7 @@ impl ControllerService {
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         let user = self.user(&request)?;
-        if !self.is_admin(&user) {
-            return Err(Status::permission_denied(format!(
-                "{user} is not a loggate admin; only admins may export checkpoints"
-            )));
-        }
+        self.require_admin(&user, "export checkpoints")?;
         let req = request.into_inner();
         if !is_valid_name(&req.host) {
             return Err(Status::invalid_argument(format!(
@@ -211,13 +207,16 @@ impl ControllerService {
 
     /// Writes the alert of a conflicting checkpoint (none for an ordinary one).
     fn alert_conflict(&self, checkpoint: &Checkpoint, arrival: &Arrival) -> Result<(), Status> {
+        if matches!(arrival, Arrival::Duplicate | Arrival::New) {
+            return Ok(());
+        }
         let mut fields = audit_fields!(
             "origin" => checkpoint.origin.clone(), "conflict" => arrival.status(),
             "sealed_seq" => checkpoint.sealed_seq, "head" => checkpoint.head.clone(),
             "ts_ms" => checkpoint.ts_ms, "key_id" => checkpoint.key_id.clone(),
         );
         match arrival {
-            Arrival::Duplicate | Arrival::New => return Ok(()),
+            Arrival::Duplicate | Arrival::New => {}
             Arrival::SequenceWentBackwards { held_sealed_seq } => {
                 tracing::warn!(
                     host = %checkpoint.origin,

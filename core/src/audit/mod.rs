@@ -296,7 +296,7 @@ impl AuditLog {
             "origin" => self.host.clone(), "sealed_seq" => sealed, "head" => self.prev.clone(),
             "ts_ms" => ts_ms, "key_id" => c.key.key_id(), "sig" => sig,
         );
-        self.write_record("audit.checkpoint", fields)?;
+        self.write_record(CHECKPOINT_EVENT, fields)?;
         if let Some(c) = &mut self.checkpoints {
             c.since_last = 0;
             c.last = Instant::now();

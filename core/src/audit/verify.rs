@@ -133,7 +133,7 @@ pub fn verify_chain_anchored(
                 number.saturating_sub(1)
             )));
         }
-        if super::event_name(&record) == Some("audit.checkpoint") {
+        if super::event_name(&record) == Some(super::CHECKPOINT_EVENT) {
             let origin =
                 check_checkpoint(&record, &summary, keys, &mut last_checkpoint_ts).map_err(fail)?;
             if let Some(held) = external.iter().find(|c| c.origin != origin) {
