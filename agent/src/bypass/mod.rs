@@ -333,6 +333,7 @@ async fn read_events(
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     inventory: Arc<RwLock<Inventory>>,
 ) {
+    let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     loop {
         let mut guard = match ring.readable_mut().await {
             Ok(g) => g,
@@ -351,10 +352,10 @@ async fn read_events(
                 }
                 // …and its cgroup (and container) from the cgroup id the kernel reported.
                 if info.cgroup.is_none() {
-                    info.cgroup =
-                        process::cgroup_path_of(Path::new("/sys/fs/cgroup"), raw.cgroup_id);
+                    info.cgroup = names.cgroup_path(raw.cgroup_id);
                     info.container_id = info.cgroup.as_deref().and_then(process::container_id);
                 }
+                info.user = names.user(raw.uid);
                 batch.push((raw, info));
             }
         }
@@ -402,6 +403,7 @@ async fn read_fanotify(
 ) {
     let own = std::process::id();
     let mut overflows = 0u64;
+    let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     loop {
         let mut guard = match fd.readable().await {
             Ok(g) => g,
@@ -426,8 +428,9 @@ async fn read_fanotify(
                     audit_lost(&shared, overflows, 1, "fanotify queue overflow");
                 }
                 FanEvent::Open(open) => {
-                    let info = process::inspect(Path::new("/proc"), open.pid);
+                    let mut info = process::inspect(Path::new("/proc"), open.pid);
                     let status = process::status(Path::new("/proc"), open.pid);
+                    info.user = status.uid.and_then(|uid| names.user(uid));
                     batch.push((open, status, info));
                 }
             }

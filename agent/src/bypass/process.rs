@@ -3,6 +3,8 @@
 //! best effort, because a short-lived reader (`cat`) may be gone before its event is read — then
 //! `exe` and `cmdline` are absent and the event says so (`process_exited: true`).
 
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Longest command line kept (bytes); longer ones are cut and end in `…`.
@@ -15,6 +17,8 @@ pub struct ProcessInfo {
     /// The cgroup v2 path (`/system.slice/nginx.service`).
     pub cgroup: Option<String>,
     pub container_id: Option<String>,
+    /// The opener's user name (from its uid, see [`Names::user`]).
+    pub user: Option<String>,
     /// `/proc/<pid>` was gone when the event was read.
     pub exited: bool,
 }
@@ -39,6 +43,7 @@ pub fn inspect(proc_root: &Path, tgid: u32) -> ProcessInfo {
         cmdline,
         cgroup,
         container_id,
+        user: None,
     }
 }
 
@@ -101,41 +106,133 @@ pub fn container_id(cgroup: &str) -> Option<String> {
     })
 }
 
-/// A user name for `uid` from a passwd-format file (`/etc/passwd`); `None` when absent.
-/// (Directory services are not consulted: the agent reads only local files here.)
-pub fn user_name(passwd: &Path, uid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(passwd).ok()?;
-    text.lines().find_map(|line| {
+/// Every uid → user name of a passwd-format file's text (the first line for a uid wins, as
+/// getpwuid does). Directory services are not consulted: the agent reads only local files here.
+fn passwd_users(text: &str) -> HashMap<u32, String> {
+    let mut users = HashMap::new();
+    for line in text.lines() {
         let mut fields = line.split(':');
-        let name = fields.next()?;
-        let _password = fields.next()?;
-        let id: u32 = fields.next()?.parse().ok()?;
-        (id == uid).then(|| name.to_string())
-    })
+        let (Some(name), Some(_password), Some(id)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if let Ok(id) = id.parse::<u32>() {
+            users.entry(id).or_insert_with(|| name.to_string());
+        }
+    }
+    users
+}
+
+/// Most cgroups remembered by [`Names`]; a walk that finds more keeps the first ones.
+const MAX_CGROUPS: usize = 65_536;
+
+/// What identifies one version of a file: a changed passwd file (edited in place or replaced
+/// by rename) has another inode, size or modification time.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
+/// The names a bypass event gets from local files, remembered between events: a burst of
+/// direct reads costs one `stat` of the passwd file per event, not a reread of it, and a cgroup
+/// id is looked up by walking cgroupfs only the first time it is seen (cgroup v2 ids are not
+/// reused while the system runs).
+pub struct Names {
+    passwd: PathBuf,
+    cgroup_root: PathBuf,
+    users: HashMap<u32, String>,
+    users_stamp: Option<Stamp>,
+    cgroups: HashMap<u64, String>,
+    last_walk: Option<std::time::Instant>,
+}
+
+/// A cgroup id not found is looked for again only after this long: events from a cgroup that
+/// is already gone do not walk cgroupfs once each.
+const WALK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Names {
+    pub fn new(passwd: &Path, cgroup_root: &Path) -> Names {
+        Names {
+            passwd: passwd.to_path_buf(),
+            cgroup_root: cgroup_root.to_path_buf(),
+            users: HashMap::new(),
+            users_stamp: None,
+            cgroups: HashMap::new(),
+            last_walk: None,
+        }
+    }
+
+    /// The user name of `uid` in the passwd file as it is now; `None` when absent or unreadable.
+    pub fn user(&mut self, uid: u32) -> Option<String> {
+        let Ok(meta) = std::fs::metadata(&self.passwd) else {
+            self.users.clear();
+            self.users_stamp = None;
+            return None;
+        };
+        let stamp = Stamp::of(&meta);
+        if self.users_stamp != Some(stamp) {
+            let text = std::fs::read_to_string(&self.passwd).unwrap_or_default();
+            self.users = passwd_users(&text);
+            self.users_stamp = Some(stamp);
+        }
+        self.users.get(&uid).cloned()
+    }
+
+    /// The cgroup path (`/system.slice/x.service`) whose id is `id`. On a miss the hierarchy is
+    /// walked (at most 8 levels, at most once per `WALK_INTERVAL`) and every folder found is
+    /// remembered. For a reader that exited before `/proc` was read, the cgroup id the kernel
+    /// reported still names its cgroup and container.
+    pub fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        if let Some(path) = self.cgroups.get(&id) {
+            return Some(path.clone());
+        }
+        if self
+            .last_walk
+            .is_some_and(|at| at.elapsed() < WALK_INTERVAL)
+        {
+            return None;
+        }
+        self.last_walk = Some(std::time::Instant::now());
+        if self.cgroups.len() >= MAX_CGROUPS {
+            self.cgroups.clear();
+        }
+        walk_cgroups(&self.cgroup_root, &mut self.cgroups);
+        self.cgroups.get(&id).cloned()
+    }
 }
 
 /// The cgroup v2 id (the inode number of its folder in cgroupfs) of a cgroup path such as
 /// `/system.slice/vector.service`; this is what `bpf_get_current_cgroup_id()` returns.
 pub fn cgroup_id(cgroup_root: &Path, cgroup: &str) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
     let path: PathBuf = cgroup_root.join(cgroup.trim_start_matches('/'));
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
-/// The cgroup path (`/system.slice/x.service`) whose id is `id`: the folder under `cgroup_root`
-/// with that inode number, found by walking the hierarchy (at most 8 levels). For a reader that
-/// exited before `/proc` was read, the cgroup id the kernel reported still names its cgroup and
-/// container.
-pub fn cgroup_path_of(cgroup_root: &Path, id: u64) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
+/// Records every folder under `cgroup_root` (at most 8 levels, at most `MAX_CGROUPS` in all)
+/// in `found`: its inode number (the cgroup id) → its path from the root (`/` for the root).
+fn walk_cgroups(cgroup_root: &Path, found: &mut HashMap<u64, String>) {
     let mut stack = vec![(cgroup_root.to_path_buf(), 0usize)];
     while let Some((dir, depth)) = stack.pop() {
+        if found.len() >= MAX_CGROUPS {
+            return;
+        }
         let Ok(meta) = std::fs::symlink_metadata(&dir) else {
             continue;
         };
-        if meta.ino() == id {
-            let rel = dir.strip_prefix(cgroup_root).ok()?;
-            return Some(format!("/{}", rel.display()));
+        if let Ok(rel) = dir.strip_prefix(cgroup_root) {
+            found.insert(meta.ino(), format!("/{}", rel.display()));
         }
         if depth < 8 {
             if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -147,7 +244,6 @@ pub fn cgroup_path_of(cgroup_root: &Path, id: u64) -> Option<String> {
             }
         }
     }
-    None
 }
 
 #[cfg(test)]
@@ -188,8 +284,31 @@ mod tests {
             "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n",
         )
         .expect("write");
-        assert_eq!(user_name(&passwd, 65534).as_deref(), Some("nobody"));
-        assert_eq!(user_name(&passwd, 1234), None);
+        let mut names = Names::new(&passwd, dir.path());
+        assert_eq!(names.user(65534).as_deref(), Some("nobody"));
+        assert_eq!(names.user(1234), None);
+        // An edit is seen at the next event (another size), and so is a replacement by rename.
+        std::fs::write(
+            &passwd,
+            "root:x:0:0::/root:/bin/sh\nbob:x:1234:1234::/home/bob:/bin/sh\n",
+        )
+        .expect("edit");
+        assert_eq!(names.user(1234).as_deref(), Some("bob"));
+        assert_eq!(names.user(65534), None);
+        let next = dir.path().join("passwd.new");
+        std::fs::write(
+            &next,
+            "root:x:0:0::/root:/bin/sh\ncarl:x:1234:1234::/:/bin/sh\n",
+        )
+        .expect("write");
+        std::fs::rename(&next, &passwd).expect("rename");
+        assert_eq!(names.user(1234).as_deref(), Some("carl"));
+        // Malformed lines are skipped; the first line for a uid wins.
+        let users = passwd_users("garbage\nx:y:notanumber\na:x:7:7::/:\nb:x:7:7::/:\n");
+        assert_eq!(users.len(), 1);
+        assert_eq!(users.get(&7).map(String::as_str), Some("a"));
+        std::fs::remove_file(&passwd).expect("rm");
+        assert_eq!(names.user(0), None);
     }
 
     #[test]
@@ -199,13 +318,24 @@ mod tests {
         let leaf = root.path().join("system.slice/vector.service");
         std::fs::create_dir_all(&leaf).expect("mkdir");
         let id = std::fs::metadata(&leaf).expect("stat").ino();
+        let mut names = Names::new(Path::new("/nonexistent"), root.path());
         assert_eq!(
-            cgroup_path_of(root.path(), id).as_deref(),
+            names.cgroup_path(id).as_deref(),
             Some("/system.slice/vector.service")
         );
         let root_id = std::fs::metadata(root.path()).expect("stat").ino();
-        assert_eq!(cgroup_path_of(root.path(), root_id).as_deref(), Some("/"));
-        assert_eq!(cgroup_path_of(root.path(), u64::MAX), None);
+        assert_eq!(names.cgroup_path(root_id).as_deref(), Some("/"));
+        assert_eq!(names.cgroup_path(u64::MAX), None);
+        // A cgroup created after a walk is found by a miss once WALK_INTERVAL has passed.
+        let later = root.path().join("system.slice/late.scope");
+        std::fs::create_dir_all(&later).expect("mkdir");
+        let later_id = std::fs::metadata(&later).expect("stat").ino();
+        assert_eq!(names.cgroup_path(later_id), None, "walked too soon");
+        names.last_walk = None;
+        assert_eq!(
+            names.cgroup_path(later_id).as_deref(),
+            Some("/system.slice/late.scope")
+        );
     }
 
     #[test]

@@ -184,7 +184,7 @@ pub fn bypass_record(
         "tid" => opened.tid,
         "ppid" => opened.ppid,
         "uid" => opened.uid,
-        "user" => opened.uid.and_then(|uid| process::user_name(Path::new("/etc/passwd"), uid)),
+        "user" => info.user.clone(),
         "subject" => subject,
         "gid" => opened.gid,
         "comm" => opened.comm.clone(),
