@@ -61,17 +61,27 @@ impl Startup {
     /// and fills the protected set from `roots` — all before the agent serves, so the first
     /// read is already covered.
     pub fn begin(config: &BypassConfig, roots: &[PathBuf]) -> Startup {
+        if config.mode == Mode::Off {
+            return Startup::Inactive {
+                requested: Mode::Off,
+                reason: None,
+            };
+        }
+        // Scanned once, whichever mechanism takes it.
+        let inventory = Inventory::scan(roots, config.max_protected);
         let ebpf_error = match config.mode {
-            Mode::Off => {
-                return Startup::Inactive {
-                    requested: Mode::Off,
-                    reason: None,
-                }
-            }
-            Mode::Fanotify => None,
+            Mode::Off | Mode::Fanotify => None,
             Mode::Auto | Mode::Lsm | Mode::Fentry | Mode::Tracepoint | Mode::Strict => {
-                match Self::load_ebpf(config, roots) {
-                    Ok(audit) => return Startup::Ebpf(Box::new(audit)),
+                match Self::load_ebpf(config, &inventory) {
+                    Ok((probe, fallback, maps, outputs)) => {
+                        return Startup::Ebpf(Box::new(EbpfAudit {
+                            probe,
+                            fallback,
+                            maps,
+                            outputs,
+                            inventory,
+                        }))
+                    }
                     Err(e) if config.mode == Mode::Auto => Some(e),
                     Err(e) => {
                         return Startup::Inactive {
@@ -82,8 +92,8 @@ impl Startup {
                 }
             }
         };
-        match Self::start_fanotify(config, roots) {
-            Ok((fan, inventory)) => Startup::Fanotify {
+        match Self::start_fanotify(&inventory) {
+            Ok(fan) => Startup::Fanotify {
                 fan,
                 inventory,
                 ebpf_error,
@@ -99,20 +109,16 @@ impl Startup {
     }
 
     /// Tries the mode's hooks in order (`auto`: lsm, fentry, tracepoint) and keeps the first
-    /// the kernel accepts; the error names every hook tried and why it was refused.
-    fn load_ebpf(config: &BypassConfig, roots: &[PathBuf]) -> Result<EbpfAudit, String> {
+    /// the kernel accepts, with the reasons the ones before it were refused; the error names
+    /// every hook tried and why it was refused.
+    fn load_ebpf(
+        config: &BypassConfig,
+        inventory: &Inventory,
+    ) -> Result<(Probe, Vec<String>, ProtectedMaps, Outputs), String> {
         let mut refused = Vec::new();
         for &hooks in config.mode.ebpf_hooks() {
-            match Self::load_hooks(config, roots, hooks) {
-                Ok((probe, maps, outputs, inventory)) => {
-                    return Ok(EbpfAudit {
-                        probe,
-                        fallback: refused,
-                        maps,
-                        outputs,
-                        inventory,
-                    })
-                }
+            match Self::load_hooks(inventory, hooks) {
+                Ok((probe, maps, outputs)) => return Ok((probe, refused, maps, outputs)),
                 Err(e) => refused.push(format!("{}: {e:#}", hooks.name())),
             }
         }
@@ -120,26 +126,20 @@ impl Startup {
     }
 
     fn load_hooks(
-        config: &BypassConfig,
-        roots: &[PathBuf],
+        inventory: &Inventory,
         hooks: Hooks,
-    ) -> anyhow::Result<(Probe, ProtectedMaps, Outputs, Inventory)> {
+    ) -> anyhow::Result<(Probe, ProtectedMaps, Outputs)> {
         let mut probe = Probe::load(loggate_agent_ebpf::object(), hooks)?;
         let (mut maps, outputs) = probe.split()?;
         maps.exclude_tgid(std::process::id())?;
-        let inventory = Inventory::scan(roots, config.max_protected);
-        maps.sync(&inventory)?;
-        Ok((probe, maps, outputs, inventory))
+        maps.sync(inventory)?;
+        Ok((probe, maps, outputs))
     }
 
-    fn start_fanotify(
-        config: &BypassConfig,
-        roots: &[PathBuf],
-    ) -> anyhow::Result<(Fanotify, Inventory)> {
+    fn start_fanotify(inventory: &Inventory) -> anyhow::Result<Fanotify> {
         let mut fan = Fanotify::init()?;
-        let inventory = Inventory::scan(roots, config.max_protected);
-        fan.sync(&inventory)?;
-        Ok((fan, inventory))
+        fan.sync(inventory)?;
+        Ok(fan)
     }
 
     /// The active mode's name, as reported in `agent.started`: `lsm`, `fentry`, `tracepoint`,
@@ -288,7 +288,16 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
     let mut skipped_reported = 0usize;
     loop {
         tick.tick().await;
-        let fresh = Inventory::scan(&roots, config.max_protected);
+        // A walk of the roots blocks on the filesystem: off the runtime's workers.
+        let (scan_roots, max) = (roots.clone(), config.max_protected);
+        let fresh =
+            match tokio::task::spawn_blocking(move || Inventory::scan(&scan_roots, max)).await {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    tracing::error!("bypass audit: scanning the protected roots failed: {e}");
+                    continue;
+                }
+            };
         let synced = match &mut target {
             Maintained::Ebpf(e) => e.maps.sync(&fresh),
             Maintained::Fanotify(fan) => fan.sync(&fresh),
