@@ -22,6 +22,10 @@ fn default_max_ttl() -> String {
     "8h".to_string()
 }
 
+fn default_redaction_profiles() -> Vec<String> {
+    vec!["default".to_string()]
+}
+
 /// `loggate controller serve --config FILE`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +44,10 @@ pub struct ControllerConfig {
     /// Longest grant an admin may issue ("8h").
     #[serde(default = "default_max_ttl")]
     pub max_ttl: String,
+    /// The redaction profiles a grant may name (agents define them; `raw` turns redaction off
+    /// and is refused unless listed here and enabled on the agent).
+    #[serde(default = "default_redaction_profiles")]
+    pub redaction_profiles: Vec<String>,
     /// Optional folder of user certificates (`*.crt`) whose keys are enrolled at start, so grants
     /// can be issued to people who have not contacted the controller yet.
     #[serde(default)]
@@ -76,6 +84,21 @@ impl ControllerConfig {
         config.max_ttl_duration()?;
         config.sinks = validate_sinks(&config.audit.sinks, base)
             .with_context(|| format!("controller configuration {}", path.display()))?;
+        if config.redaction_profiles.is_empty() {
+            bail!("redaction_profiles: name at least one profile (e.g. [\"default\"])");
+        }
+        for profile in &config.redaction_profiles {
+            let valid = !profile.is_empty()
+                && profile.len() <= 64
+                && profile
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                bail!(
+                    "redaction_profiles: {profile:?} is not a profile name ([A-Za-z0-9_-]{{1,64}})"
+                );
+            }
+        }
         for admin in &config.admins {
             if !loggate_core::identity::is_valid_name(admin) {
                 bail!("admins: {admin:?} is not a valid user name");
@@ -121,5 +144,42 @@ impl ClientConfig {
             .map(PathBuf::from)
             .unwrap_or_default();
         home.join(".config/loggate/client.toml")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(extra: &str) -> anyhow::Result<ControllerConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:7400\"\ndatabase = \"state.db\"\nsigning_key = \"k\"\n{extra}\n\
+                 [tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n"
+            ),
+        )?;
+        ControllerConfig::load(&path)
+    }
+
+    #[test]
+    fn redaction_profiles_default_to_default_and_are_checked() {
+        let config = load_with("").expect("minimal configuration");
+        assert_eq!(config.redaction_profiles, ["default"]);
+        let config = load_with("redaction_profiles = [\"default\", \"raw\"]").expect("two names");
+        assert_eq!(config.redaction_profiles, ["default", "raw"]);
+        for (bad, expect) in [
+            ("redaction_profiles = []", "name at least one profile"),
+            (
+                "redaction_profiles = [\"a b\"]",
+                "\"a b\" is not a profile name",
+            ),
+            ("redaction_profiles = [\"\"]", "is not a profile name"),
+        ] {
+            let err = format!("{:#}", load_with(bad).expect_err(bad));
+            assert!(err.contains(expect), "{bad}: {err}");
+        }
     }
 }

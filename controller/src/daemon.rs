@@ -58,8 +58,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         store,
         signer,
         config.trust_domain.clone(),
-        config.admins.clone(),
-        config.max_ttl_duration()?,
+        crate::service::Policy {
+            admins: config.admins.iter().cloned().collect(),
+            max_ttl: config.max_ttl_duration()?,
+            redaction_profiles: config.redaction_profiles.clone(),
+        },
         audit.clone(),
         stopping,
     )?;

@@ -30,12 +30,21 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 const MAX_FIELD: usize = 1024;
 const MAX_LIST: usize = 64;
 
+/// What the controller's configuration allows when grants are issued.
+pub struct Policy {
+    /// User names allowed to issue grants, list everyone's and revoke any.
+    pub admins: HashSet<String>,
+    /// The longest grant.
+    pub max_ttl: Duration,
+    /// The redaction profiles a grant may name.
+    pub redaction_profiles: Vec<String>,
+}
+
 pub struct ControllerService {
     store: Arc<Store>,
     signer: Arc<SigningKey>,
     trust_domain: String,
-    admins: HashSet<String>,
-    max_ttl: Duration,
+    policy: Policy,
     revision: watch::Sender<u64>,
     connected: Arc<Mutex<HashSet<String>>>,
     audit: Arc<SharedAuditLog>,
@@ -48,8 +57,7 @@ impl ControllerService {
         store: Arc<Store>,
         signer: SigningKey,
         trust_domain: String,
-        admins: Vec<String>,
-        max_ttl: Duration,
+        policy: Policy,
         audit: Arc<SharedAuditLog>,
         stopping: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
@@ -58,8 +66,7 @@ impl ControllerService {
             store,
             signer: Arc::new(signer),
             trust_domain,
-            admins: admins.into_iter().collect(),
-            max_ttl,
+            policy,
             revision,
             connected: Arc::default(),
             audit,
@@ -118,7 +125,7 @@ impl ControllerService {
     }
 
     fn is_admin(&self, user: &Identity) -> bool {
-        self.admins.contains(user.name())
+        self.policy.admins.contains(user.name())
     }
 
     /// Refuses a non-admin; `what` names the action in the one-sentence refusal.
@@ -329,20 +336,25 @@ impl Controller for ControllerService {
         } else {
             req.redaction_profile.clone()
         };
-        if !profile
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            || profile.len() > 64
-        {
-            return Err(Status::invalid_argument(
-                "redaction profile name must be [A-Za-z0-9_-]{1,64}",
-            ));
+        // The configured names are checked at start ([A-Za-z0-9_-]{1,64}): a name on the list is
+        // a valid one, and a request's name is echoed back only when it is that short.
+        if !self.policy.redaction_profiles.contains(&profile) {
+            let shown = if profile.len() <= 64 {
+                format!("{profile:?}")
+            } else {
+                "(longer than 64 bytes)".to_string()
+            };
+            return Err(Status::invalid_argument(format!(
+                "redaction profile {shown} is not allowed by the controller's \
+                 redaction_profiles ({})",
+                self.policy.redaction_profiles.join(", ")
+            )));
         }
         let ttl = Duration::from_secs(req.ttl_seconds);
-        if ttl.is_zero() || ttl > self.max_ttl {
+        if ttl.is_zero() || ttl > self.policy.max_ttl {
             return Err(Status::invalid_argument(format!(
                 "ttl must be between 1s and the controller's max_ttl ({})",
-                humantime::format_duration(self.max_ttl)
+                humantime::format_duration(self.policy.max_ttl)
             )));
         }
         let key = self

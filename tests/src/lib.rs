@@ -140,6 +140,7 @@ impl Cluster {
                  signing_key = \"pki/grant-signing.key\"\n\
                  admins = [\"admin\"]\n\
                  max_ttl = \"8h\"\n\
+                 redaction_profiles = [\"default\", \"raw\", \"strict\", \"support\", \"nosuch\"]\n\
                  enrol_user_certs = \"pki/users\"\n\n\
                  [tls]\n\
                  ca = \"pki/ca.crt\"\n\

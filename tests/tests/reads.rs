@@ -307,6 +307,17 @@ fn grant_issue_refuses_bad_input_with_a_clear_error() -> anyhow::Result<()> {
             "must be absolute and free of '..'",
         ),
         (vec!["--path", "/var/log/*.log", "--ttl", "100h"], "max_ttl"),
+        (
+            vec![
+                "--path",
+                "/var/log/*.log",
+                "--ttl",
+                "1h",
+                "--redaction",
+                "unlisted",
+            ],
+            "is not allowed by the controller's redaction_profiles (default, raw",
+        ),
     ] {
         let mut args: Vec<&str> = base.to_vec();
         args.extend(extra);
