@@ -142,7 +142,8 @@ enum GrantCommand {
         /// Why: a ticket or incident id. Recorded in the audit stream.
         #[arg(long)]
         reason: String,
-        /// Redaction profile the agent applies.
+        /// Redaction profile the agent applies: one of the controller's `redaction_profiles`
+        /// (default list: "default"); `raw` (none) only where both controller and agent allow it.
         #[arg(long, default_value = "default")]
         redaction: String,
         /// Let the grant start this long from now instead of now ("10m").
