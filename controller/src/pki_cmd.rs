@@ -30,8 +30,10 @@ pub struct InitArgs {
 pub struct IssueArgs {
     /// Folder holding the CA (from `loggate pki init`).
     dir: PathBuf,
-    #[arg(long, default_value = "loggate.local")]
-    trust_domain: String,
+    /// Default: the trust domain `pki init` recorded in DIR/pki.toml ("loggate.local" without
+    /// it); another one than recorded is refused.
+    #[arg(long)]
+    trust_domain: Option<String>,
     /// Issue an agent certificate with this id.
     #[arg(long, conflicts_with = "user", required_unless_present = "user")]
     agent: Option<String>,
@@ -44,9 +46,43 @@ pub struct IssueArgs {
     /// End of validity (RFC 3339); default one year from now.
     #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
     valid_until: Option<std::time::SystemTime>,
-    /// Controller address written into a new user's client configuration.
-    #[arg(long, default_value = "127.0.0.1:7400")]
+    /// Controller address written into a new user's client configuration. Default: the one
+    /// `pki init` recorded in DIR/pki.toml ("127.0.0.1:7400" without it).
+    #[arg(long)]
+    controller_addr: Option<String>,
+}
+
+/// What `pki init` chose, recorded in DIR/pki.toml so that `pki issue` uses the same.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recorded {
+    trust_domain: String,
     controller_addr: String,
+}
+
+const RECORD: &str = "pki.toml";
+
+impl Recorded {
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let text = format!(
+            "# Written by `loggate pki init`: the defaults of `loggate pki issue` for this CA.\n{}",
+            toml::to_string(self)?
+        );
+        std::fs::write(dir.join(RECORD), text)
+            .with_context(|| format!("cannot write {}", dir.join(RECORD).display()))
+    }
+
+    /// DIR/pki.toml, or `None` for a PKI made before it was written.
+    fn read(dir: &Path) -> anyhow::Result<Option<Recorded>> {
+        let path = dir.join(RECORD);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map(Some)
+                .with_context(|| format!("invalid {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
 }
 
 /// Writes a new file that only its owner can read; refuses to overwrite.
@@ -89,6 +125,11 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         args.dir.join("grant-signing.pub"),
         format!("{}\n", key.verifying_key().to_paserk()),
     )?;
+    Recorded {
+        trust_domain: args.trust_domain.clone(),
+        controller_addr: args.controller_addr.clone(),
+    }
+    .write(&args.dir)?;
     for user in &args.users {
         write_client_config(&args.dir, user, &args.controller_addr)?;
     }
@@ -129,12 +170,78 @@ pub fn issue(args: IssueArgs) -> anyhow::Result<()> {
             })
         }
     };
-    let cert = pki::issue(&args.dir, &args.trust_domain, kind, &name, validity)?;
+    let recorded = Recorded::read(&args.dir)?;
+    let trust_domain = match (args.trust_domain, &recorded) {
+        (Some(asked), Some(r)) if asked != r.trust_domain => bail!(
+            "this PKI's trust domain is {:?} ({}); a certificate for {asked:?} would not be \
+             accepted by its controller and agents",
+            r.trust_domain,
+            args.dir.join(RECORD).display()
+        ),
+        (Some(asked), _) => asked,
+        (None, Some(r)) => r.trust_domain.clone(),
+        (None, None) => "loggate.local".to_string(),
+    };
+    let controller_addr = match (args.controller_addr, &recorded) {
+        (Some(asked), _) => asked,
+        (None, Some(r)) => r.controller_addr.clone(),
+        (None, None) => "127.0.0.1:7400".to_string(),
+    };
+    let cert = pki::issue(&args.dir, &trust_domain, kind, &name, validity)?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "issued {}", cert.display())?;
     if args.user.is_some() {
-        let config = write_client_config(&args.dir, &name, &args.controller_addr)?;
+        let config = write_client_config(&args.dir, &name, &controller_addr)?;
         writeln!(stdout, "client configuration {}", config.display())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loggate_core::identity::Identity;
+    use loggate_core::tls::read_certificate_der;
+
+    fn issue_args(dir: &Path, user: &str, trust_domain: Option<&str>) -> IssueArgs {
+        IssueArgs {
+            dir: dir.to_path_buf(),
+            trust_domain: trust_domain.map(str::to_string),
+            agent: None,
+            user: Some(user.to_string()),
+            valid_from: None,
+            valid_until: None,
+            controller_addr: None,
+        }
+    }
+
+    #[test]
+    fn issue_uses_the_trust_domain_and_address_init_recorded() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("pki");
+        init(InitArgs {
+            dir: dir.clone(),
+            trust_domain: "corp.example".into(),
+            agents: vec!["web-1".into()],
+            users: vec!["admin".into()],
+            controller_addr: "10.0.0.5:7400".into(),
+        })
+        .expect("init");
+        issue(issue_args(&dir, "dave", None)).expect("issue with the recorded defaults");
+        let config = std::fs::read_to_string(dir.join("clients/dave.toml")).expect("config");
+        assert!(
+            config.contains("controller = \"10.0.0.5:7400\""),
+            "{config}"
+        );
+        let der = read_certificate_der(&dir.join("users/dave.crt")).expect("cert");
+        let who = Identity::from_certificate(&der, "corp.example").expect("corp.example identity");
+        assert_eq!(who.spiffe_id(), "spiffe://corp.example/user/dave");
+
+        let err = issue(issue_args(&dir, "erin", Some("loggate.local"))).expect_err("other td");
+        assert!(
+            format!("{err:#}").contains("this PKI's trust domain is \"corp.example\""),
+            "{err:#}"
+        );
+        assert!(!dir.join("users/erin.crt").exists());
+    }
 }
