@@ -270,9 +270,14 @@ impl VerifiedGrant {
 
 /// Compiles a grant path glob. `*` and `?` never cross `/`; `**` does.
 pub fn compile_path_glob(pattern: &str) -> Result<GlobMatcher, GrantError> {
-    if !pattern.starts_with('/') || pattern.split('/').any(|c| c == "..") {
+    if !pattern.starts_with('/') {
         return Err(GrantError::Malformed(format!(
-            "path glob {pattern:?} must be absolute and free of '..'"
+            "path glob {pattern:?} must be an absolute path (start with '/')"
+        )));
+    }
+    if pattern.split('/').any(|c| c == "..") {
+        return Err(GrantError::Malformed(format!(
+            "path glob {pattern:?} must not contain '..'"
         )));
     }
     GlobBuilder::new(pattern)

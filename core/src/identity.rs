@@ -62,6 +62,11 @@ pub enum IdentityError {
     SeveralSpiffeIds,
     #[error("the certificate's SPIFFE ID {0} is not a loggate controller, agent or user identity")]
     UnknownShape(String),
+    #[error(
+        "{0:?} is neither a user name (lowercase letters, digits and '-', at most 63, starting \
+         with a letter or digit) nor a spiffe://<trust domain>/user/<name> ID"
+    )]
+    NotAUser(String),
 }
 
 impl Identity {
@@ -143,14 +148,15 @@ impl fmt::Display for Identity {
 /// The SPIFFE ID of a user, given either a bare name ("alice") or a full ID.
 pub fn user_spiffe_id(trust_domain: &str, name_or_id: &str) -> Result<String, IdentityError> {
     if name_or_id.starts_with("spiffe://") {
-        let id = Identity::parse_spiffe_id(name_or_id, trust_domain)?;
+        let not_a_user = || IdentityError::NotAUser(name_or_id.to_string());
+        let id = Identity::parse_spiffe_id(name_or_id, trust_domain).map_err(|_| not_a_user())?;
         if id.role != Role::User {
-            return Err(IdentityError::UnknownShape(name_or_id.to_string()));
+            return Err(not_a_user());
         }
         return Ok(id.spiffe_id);
     }
     if !is_valid_name(name_or_id) {
-        return Err(IdentityError::UnknownShape(name_or_id.to_string()));
+        return Err(IdentityError::NotAUser(name_or_id.to_string()));
     }
     Ok(format!("spiffe://{trust_domain}/user/{name_or_id}"))
 }
