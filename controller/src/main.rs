@@ -163,6 +163,7 @@ enum GrantCommand {
         /// Only this subject's grants (admins).
         #[arg(long, default_value = "")]
         subject: String,
+        /// Print the grants as a JSON array.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -170,7 +171,9 @@ enum GrantCommand {
     },
     /// Revoke a grant (admins, or the grant's own subject). Agents cut its streams within 1 s.
     Revoke {
+        /// The grant id (`g-…`, from `grant issue` or `grant list`).
         id: String,
+        /// Why: recorded in the audit stream.
         #[arg(long, default_value = "")]
         reason: String,
         #[command(flatten)]
@@ -212,16 +215,20 @@ enum Output {
 enum LogsCommand {
     /// Print a whole file.
     Cat {
+        /// Absolute path of the file on the agent, as the grant names it.
         path: String,
         #[command(flatten)]
         read: ReadOpts,
     },
     /// Print the last lines of a file, and with --follow keep printing new ones.
     Tail {
+        /// Absolute path of the file on the agent, as the grant names it.
         path: String,
         /// How many of the last lines to print first (0: none, with --follow only new ones).
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: u64,
+        /// Keep the stream open and print lines as they are written (until Ctrl-C, the
+        /// grant's end or its revocation).
         #[arg(short, long)]
         follow: bool,
         #[command(flatten)]
@@ -229,7 +236,10 @@ enum LogsCommand {
     },
     /// Print the lines matching a regular expression (filtered on the agent).
     Grep {
+        /// A regular expression (Rust `regex` syntax), matched on the agent against each line
+        /// as redacted: a redacted value cannot be searched for.
         pattern: String,
+        /// Absolute path of the file on the agent, as the grant names it.
         path: String,
         #[command(flatten)]
         read: ReadOpts,
