@@ -79,6 +79,42 @@ fn audit_unavailable(e: anyhow::Error) -> Status {
     Status::unavailable("the agent cannot write its audit log, so it serves nothing (fail closed)")
 }
 
+/// How a following stream moves to the file that took its path (rename-and-create rotation):
+/// the path is opened again beneath the roots with every check of the first open, and the
+/// switch is audited (`read.reopened`, on disk first) before a byte of the new file is read.
+/// The grant is the same (it covers the path); its expiry and revocation keep being checked.
+fn rotation_follower(
+    shared: Arc<Shared>,
+    fields: serde_json::Map<String, serde_json::Value>,
+    path: String,
+) -> stream::Reopen {
+    use std::os::unix::fs::MetadataExt;
+    Box::new(move |current: &std::fs::File| {
+        let failed = |e: std::io::Error| stream::EndReason::ReadError(e.to_string());
+        let now = current.metadata().map_err(failed)?;
+        // Not there (yet), or refused now: keep reading the current file.
+        let Ok(next) = crate::fs_access::open_beneath(&shared.config.roots, &path) else {
+            return Ok(None);
+        };
+        let meta = next.file.metadata().map_err(failed)?;
+        if (meta.dev(), meta.ino()) == (now.dev(), now.ino()) {
+            return Ok(None);
+        }
+        let mut fields = fields.clone();
+        fields.extend(audit_fields!(
+            "inode" => next.ino, "device" => next.dev, "size" => next.len,
+            "previous_inode" => now.ino(),
+        ));
+        shared.audit("read.reopened", fields).map_err(|e| {
+            tracing::error!("audit write failed: {e:#}");
+            stream::EndReason::ReadError(
+                "the agent cannot write its audit log, so it serves nothing (fail closed)".into(),
+            )
+        })?;
+        Ok(Some(next.file))
+    })
+}
+
 impl AgentService {
     fn deny(&self, reader: &Identity, peer: Option<String>, path: &str, denial: Denial) -> Status {
         let audited = self.shared.audit(
@@ -232,12 +268,24 @@ impl Agent for AgentService {
             })),
         };
         let _ = tx.try_send(Ok(opening));
+        let follow = req.follow && mode == pb::ReadMode::Tail;
+        let reopen = follow.then(|| {
+            rotation_follower(
+                self.shared.clone(),
+                audit_fields!(
+                    "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
+                    "peer" => peer.clone(), "grant_id" => grant.id(), "path" => path.clone(),
+                ),
+                path.clone(),
+            )
+        });
         let plan = Plan {
             file: file.file,
             profile: authorized.profile,
             tail_lines,
             len: file.len,
-            follow: req.follow && mode == pb::ReadMode::Tail,
+            follow,
+            reopen,
             selector,
             max_line: limits.max_line_bytes,
         };

@@ -25,6 +25,15 @@ use tonic::Status;
 pub const CHUNK: usize = 64 * 1024;
 /// Longest time between two grant checks.
 pub const RECHECK: Duration = Duration::from_millis(200);
+/// A following stream that is idle looks for a file that replaced its own every this many
+/// grant checks (1 s), as `tail -F` does.
+const REOPEN_EVERY: u32 = 5;
+
+/// For `tail --follow`: the file that now has the stream's path, when it is not the one being
+/// read (rename-and-create rotation), opened with the same checks as the first open and
+/// audited before it is read; `Ok(None)` while the path still names the current file, or
+/// names nothing yet. An error ends the stream (nothing is served unaudited).
+pub type Reopen = Box<dyn FnMut(&File) -> Result<Option<File>, EndReason> + Send>;
 
 pub type Item = Result<pb::ReadLogChunk, Status>;
 
@@ -141,6 +150,8 @@ pub struct Plan {
     pub tail_lines: Option<u64>,
     pub len: u64,
     pub follow: bool,
+    /// With `follow`: how to find the file that replaced this one.
+    pub reopen: Option<Reopen>,
     pub selector: LineSelector,
     pub max_line: usize,
 }
@@ -300,6 +311,10 @@ fn pump(
     let mut buf = vec![0u8; CHUNK];
     let whole_chunks = !redacting && plan.selector.passes_everything();
     let selector = &mut plan.selector;
+    let mut idle_checks = 0u32;
+    // The file that replaced ours, found while idle: switched to once ours is read to its end
+    // (a writer may still append to the renamed file until it reopens its log).
+    let mut replacement: Option<File> = None;
     loop {
         let n = match plan.file.read(&mut buf) {
             Ok(n) => n,
@@ -320,6 +335,22 @@ fn pump(
                 }
                 return Ok(());
             }
+            if let Some(next) = replacement.take() {
+                // Rotated: the old file's unfinished last line is served as a line (redacted
+                // like any other), then the new file from its start.
+                let mut out = Vec::new();
+                pipeline.finish(&mut |line| selector.keep(line), &mut out);
+                if out.last().is_some_and(|&b| b != b'\n') {
+                    out.push(b'\n');
+                }
+                if !out.is_empty() {
+                    sender.send(out)?;
+                }
+                pipeline.reset();
+                plan.file = next;
+                pos = 0;
+                continue;
+            }
             std::thread::sleep(RECHECK);
             sender.check()?;
             if sender.tx.is_closed() {
@@ -330,9 +361,17 @@ fn pump(
             if len < pos {
                 pos = plan.file.seek(SeekFrom::Start(0)).map_err(io)?;
                 pipeline.reset();
+                continue;
+            }
+            idle_checks = idle_checks.wrapping_add(1);
+            if idle_checks.is_multiple_of(REOPEN_EVERY) {
+                if let Some(reopen) = &mut plan.reopen {
+                    replacement = reopen(&plan.file)?;
+                }
             }
             continue;
         }
+        idle_checks = 0;
         pos += n as u64;
         let data = &buf[..n];
         if whole_chunks {

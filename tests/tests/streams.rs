@@ -183,3 +183,143 @@ async fn a_slow_reader_still_learns_that_the_stream_was_cut() -> anyhow::Result<
     tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }
+
+/// The lines a child prints, as they come.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Every line received until one contains `needle` (that one included); fails after `timeout`.
+fn until_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return Ok(seen);
+                }
+            }
+            Err(_) => anyhow::bail!("no line with {needle:?} within {timeout:?}; got {seen:?}"),
+        }
+    }
+}
+
+fn append(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path)?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+#[test]
+fn follow_moves_to_the_file_that_replaced_a_rotated_one() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let f = Fixture::start()?;
+    let grant = f.grant_with_profile("alice", "30m", "default")?;
+    let log = f.logs.join("api.log");
+    let mut child = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["tail", "-n", "0", "--follow", &f.api_log()],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let rx = lines_of(&mut child);
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed" && e["mode"] == "tail_follow"
+        })?;
+    append(&log, "line-1 before rotation\n")?;
+    until_line(&rx, "line-1", Duration::from_secs(5))?;
+
+    // logrotate's default: rename, then create; the writer finishes its line in the old file
+    // before it reopens the path.
+    let old_ino = std::fs::metadata(&log)?.ino();
+    let rotated = f.logs.join("api.log.1");
+    std::fs::rename(&log, &rotated)?;
+    append(&rotated, "line-2 still written to the old file\n")?;
+    std::fs::write(&log, "line-3 in the new file from carol@example.com\n")?;
+    let new_ino = std::fs::metadata(&log)?.ino();
+    let seen = until_line(&rx, "line-3", Duration::from_secs(5))?;
+    assert_eq!(
+        seen,
+        [
+            "line-2 still written to the old file",
+            "line-3 in the new file from [REDACTED:email]"
+        ],
+        "the old file's rest, then the new file, redacted"
+    );
+    append(&log, "line-4 appended to the new file\n")?;
+    until_line(&rx, "line-4", Duration::from_secs(5))?;
+
+    let reopened = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.reopened"
+        })?;
+    assert_eq!(reopened["grant_id"], grant.as_str());
+    assert_eq!(reopened["path"], f.api_log());
+    assert_eq!(reopened["previous_inode"], old_ino);
+    assert_eq!(reopened["inode"], new_ino);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}
+
+#[test]
+fn follow_starts_again_after_copytruncate() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    let log = f.logs.join("api.log");
+    let mut child = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["tail", "-n", "0", "--follow", &f.api_log()],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let rx = lines_of(&mut child);
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed" && e["mode"] == "tail_follow"
+        })?;
+    append(&log, "line-1 before truncation\n")?;
+    until_line(&rx, "line-1", Duration::from_secs(5))?;
+    // copytruncate: the file is emptied in place, then written from its start.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)?
+        .set_len(0)?;
+    std::thread::sleep(Duration::from_millis(500));
+    append(&log, "line-2 after truncation\n")?;
+    let seen = until_line(&rx, "line-2", Duration::from_secs(5))?;
+    assert_eq!(seen, ["line-2 after truncation"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}

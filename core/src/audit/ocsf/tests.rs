@@ -45,6 +45,11 @@ fn example(name: &str) -> Map<String, Value> {
             "until_ms": null, "redaction_profile": "default", "inode": 10182958,
             "device": 65024, "size": 4873,
         }),
+        "read.reopened" => json!({
+            "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_id": GRANT,
+            "path": LOG, "inode": 10182961, "device": 65024, "size": 0,
+            "previous_inode": 10182958,
+        }),
         "read.denied" => json!({
             "subject": "spiffe://loggate.local/user/bob", "key_sha256": KEY,
             "peer": "127.0.0.1:51240", "path": LOG, "grant_id": null, "reason_code": "no_grant",
