@@ -162,7 +162,6 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             durable: audit_log.durable(),
         },
     )?;
-    let tls = config.tls.server_config()?;
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
     let shared = Arc::new(Shared {
@@ -179,16 +178,37 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     tokio::spawn(anchor::run(shared.clone(), checkpoint_public));
     bypass.spawn(shared.clone())?;
 
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let auditor = shared.clone();
+    let incoming = loggate_core::tls_accept::incoming(
+        listener,
+        &shared.config.tls,
+        &shared.config.trust_domain,
+        move |refused| {
+            tracing::warn!(
+                peer = %refused.peer,
+                "TLS handshake refused ({}): {}",
+                refused.reason_code,
+                refused.reason
+            );
+            if let Err(e) =
+                auditor.audit_deferred("tls.refused", refused.audit_fields("loggate agent"))
+            {
+                tracing::error!("audit write failed: {e:#}");
+            }
+        },
+    )
+    .context("TLS configuration")?;
     eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
     tonic::transport::Server::builder()
-        .tls_config(tls)
-        .context("TLS configuration")?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(
             AgentServer::new(server::AgentService::new(shared.clone()))
                 .max_decoding_message_size(max_request),
         )
-        .serve_with_shutdown(listen, loggate_core::shutdown::signal())
+        .serve_with_incoming_shutdown(incoming, loggate_core::shutdown::signal())
         .await
         .with_context(|| format!("agent server on {listen}"))?;
     shared.audit(

@@ -67,15 +67,35 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         stopping,
     )?;
     tokio::spawn(checkpoint_when_due(audit.clone()));
-    let tls = config.tls.server_config()?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let auditor = audit.clone();
+    let incoming = loggate_core::tls_accept::incoming(
+        listener,
+        &config.tls,
+        &config.trust_domain,
+        move |refused| {
+            tracing::warn!(
+                peer = %refused.peer,
+                "TLS handshake refused ({}): {}",
+                refused.reason_code,
+                refused.reason
+            );
+            if let Err(e) =
+                auditor.append_deferred("tls.refused", refused.audit_fields("loggate controller"))
+            {
+                tracing::error!("audit write failed: {e:#}");
+            }
+        },
+    )
+    .context("TLS configuration")?;
     tracing::info!(listen = %config.listen, "loggate controller serving");
     eprintln!("loggate controller listening on {}", config.listen);
     tonic::transport::Server::builder()
-        .tls_config(tls)
-        .context("TLS configuration")?
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .add_service(ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_shutdown(config.listen, async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             loggate_core::shutdown::signal().await;
             // End the agents' watch streams, or the graceful shutdown would wait for them.
             let _ = stop.send(true);

@@ -8,3 +8,4 @@ pub mod identity;
 pub mod shutdown;
 pub mod timestamp;
 pub mod tls;
+pub mod tls_accept;

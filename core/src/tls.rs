@@ -1,5 +1,6 @@
-//! Mutual TLS for every loggate connection: building tonic's server and client TLS settings from
-//! PEM files, and reading the verified peer's [`Identity`] from a request.
+//! Mutual TLS for every loggate connection: tonic's client TLS settings from PEM files, and the
+//! verified peer's [`Identity`] read from a request (the server side, whose handshakes are
+//! completed and refusals reported before tonic, is [`crate::tls_accept`]).
 //!
 //! Both sides always require the other's certificate, chained to the configured CA. rustls checks
 //! the chain and validity period during the handshake, so a handler that sees a request has a
@@ -9,7 +10,7 @@ use crate::identity::{Identity, Role};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
 use tonic::{Request, Status};
 
 /// Where a party's TLS material lives.
@@ -48,17 +49,6 @@ impl TlsFiles {
             cert: base.join(&self.cert),
             key: base.join(&self.key),
         }
-    }
-
-    /// Server side: present our certificate, require a client certificate from the CA.
-    pub fn server_config(&self) -> Result<ServerTlsConfig, TlsFileError> {
-        Ok(ServerTlsConfig::new()
-            .identity(TlsIdentity::from_pem(
-                read("certificate", &self.cert)?,
-                read("private key", &self.key)?,
-            ))
-            .client_ca_root(Certificate::from_pem(read("CA certificate", &self.ca)?))
-            .client_auth_optional(false))
     }
 
     /// Client side: present our certificate, trust only the CA, and expect the server to be

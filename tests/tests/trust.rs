@@ -8,6 +8,8 @@ use loggate_tests::{text, Cluster, Fixture};
 use std::process::Command;
 use std::time::Duration;
 
+const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn token_of(f: &Fixture, user: &str, id: &str) -> anyhow::Result<String> {
     let out = f.cluster.run_cli(user, &["grant", "list", "--json"])?;
     let grants: serde_json::Value = serde_json::from_slice(&out.stdout)?;
@@ -208,6 +210,46 @@ fn certificate_from_another_ca_is_rejected() -> anyhow::Result<()> {
         .agent_audit("web-1")
         .iter()
         .any(|e| e["event"] == "read.allowed"));
+    // The refusal is audited, naming what the certificate claimed.
+    let refused = f
+        .cluster
+        .wait_for_audit("web-1", WAIT, |e| e["event"] == "tls.refused")?;
+    // Both development CAs have the same name: the chain is found, its signature fails.
+    assert_eq!(refused["reason_code"], "bad_signature", "{refused}");
+    assert_eq!(
+        refused["claimed_subject"],
+        "spiffe://loggate.local/user/alice"
+    );
+    assert_eq!(refused["service"], "loggate agent");
+    // …and so does the controller's.
+    let out = f
+        .cluster
+        .cli("alice")
+        .arg("whoami")
+        .env("LOGGATE_CONFIG", &config)
+        .output()?;
+    assert!(!out.status.success(), "{}", text(&out).1);
+    let deadline = std::time::Instant::now() + WAIT;
+    let refused = loop {
+        let found = f
+            .cluster
+            .controller_audit()
+            .iter()
+            .map(loggate_tests::flat_audit_record)
+            .find(|e| e["event"] == "tls.refused");
+        match found {
+            Some(e) => break e,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            None => anyhow::bail!(
+                "the controller did not audit the refused handshake ({})",
+                text(&out).1
+            ),
+        }
+    };
+    assert_eq!(refused["reason_code"], "bad_signature", "{refused}");
+    assert_eq!(refused["service"], "loggate controller");
     Ok(())
 }
 
@@ -237,6 +279,14 @@ fn expired_client_certificate_is_rejected() -> anyhow::Result<()> {
         .agent_audit("web-1")
         .iter()
         .any(|e| e["event"] == "read.allowed"));
+    let refused = f
+        .cluster
+        .wait_for_audit("web-1", WAIT, |e| e["event"] == "tls.refused")?;
+    assert_eq!(refused["reason_code"], "certificate_expired", "{refused}");
+    assert_eq!(
+        refused["claimed_subject"],
+        "spiffe://loggate.local/user/carol"
+    );
     Ok(())
 }
 
@@ -268,6 +318,13 @@ async fn missing_client_certificate_is_rejected() -> anyhow::Result<()> {
     }
     .await;
     assert!(result.is_err(), "a client without a certificate was served");
+    let refused = tokio::task::spawn_blocking(move || {
+        f.cluster
+            .wait_for_audit("web-1", WAIT, |e| e["event"] == "tls.refused")
+    })
+    .await??;
+    assert_eq!(refused["reason_code"], "no_client_certificate", "{refused}");
+    assert!(refused["claimed_subject"].is_null(), "{refused}");
     Ok(())
 }
 

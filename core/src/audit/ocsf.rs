@@ -430,6 +430,24 @@ pub const EVENTS: &[EventType] = &[
         ],
     },
     EventType {
+        name: "tls.refused",
+        writers: "agent, controller",
+        about: "A connection's mutual-TLS handshake was refused before any request: a certificate from another CA, expired or not yet valid, none at all, a client that refused ours, or no handshake within 10 s. At most 60 are written per minute; the number left out goes with the next one. A connection closed before sending anything (a port probe) is not recorded.",
+        class: Class::Authentication,
+        activity_id: 1,
+        activity_name: "Logon",
+        outcome: Outcome::Failure,
+        severity: LOW,
+        fields: &[
+            PEER,
+            ("service", "`loggate agent` or `loggate controller` (`service.name`)"),
+            ("reason_code", "`unknown_issuer`, `bad_signature` (chained by name to the CA but not signed by it: another CA of the same name, or a forgery), `certificate_expired`, `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout` or `tls_error` (`status_detail`)"),
+            ("reason", "rustls' description of the failure"),
+            ("claimed_subject", "the SPIFFE id in the certificate the client presented — what it claims, not verified (`user.uid`); null without one"),
+            ("suppressed_before", "refusals left out before this one by the rate limit"),
+        ],
+    },
+    EventType {
         name: "bypass.read",
         writers: "agent",
         about: "A process other than the agent opened a protected file for reading, around the gate (eBPF or fanotify); see audit.md.",
@@ -826,7 +844,9 @@ struct AuthenticationObjects<'a> {
     auth_protocol_id: u8,
     auth_protocol: &'static str,
     is_remote: bool,
-    service: Service,
+    service: Service<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_endpoint: Option<Endpoint<'a>>,
 }
 
 #[derive(Serialize)]
@@ -891,12 +911,12 @@ struct User<'a> {
 #[derive(Serialize)]
 struct Api {
     operation: &'static str,
-    service: Service,
+    service: Service<'static>,
 }
 
 #[derive(Serialize)]
-struct Service {
-    name: &'static str,
+struct Service<'a> {
+    name: &'a str,
 }
 
 #[derive(Serialize)]
@@ -1221,13 +1241,19 @@ fn class_objects<'a>(
             })
         }
         Class::Authentication => Objects::Authentication(AuthenticationObjects {
-            user: user(text(f, "subject"), text(f, "key_sha256")),
+            // A refused handshake names the identity the certificate claimed (unverified), as
+            // a failed logon names the user name that was tried.
+            user: user(
+                text(f, "subject").or_else(|| text(f, "claimed_subject")),
+                text(f, "key_sha256"),
+            ),
             auth_protocol_id: 99,
             auth_protocol: "mTLS",
             is_remote: true,
             service: Service {
-                name: "loggate controller",
+                name: text(f, "service").unwrap_or("loggate controller"),
             },
+            src_endpoint: text(f, "peer").map(|p| endpoint(Some(p))),
         }),
         Class::FileSystemActivity => Objects::File(bypass_objects(f)),
         Class::DetectionFinding => Objects::Finding(FindingObjects {

@@ -50,6 +50,12 @@ fn example(name: &str) -> Map<String, Value> {
             "path": LOG, "inode": 10182961, "device": 65024, "size": 0,
             "previous_inode": 10182958,
         }),
+        "tls.refused" => json!({
+            "peer": "203.0.113.9:50122", "service": "loggate agent",
+            "reason_code": "certificate_expired",
+            "reason": "invalid peer certificate: certificate expired: verification time 1795766400 (UNIX), but certificate is not valid after 1577923200 (UNIX)",
+            "claimed_subject": "spiffe://loggate.local/user/carol", "suppressed_before": 0,
+        }),
         "read.denied" => json!({
             "subject": "spiffe://loggate.local/user/bob", "key_sha256": KEY,
             "peer": "127.0.0.1:51240", "path": LOG, "grant_id": null, "reason_code": "no_grant",

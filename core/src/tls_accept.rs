@@ -1,0 +1,468 @@
+//! The mTLS listener of the agent and the controller: TCP connections are accepted and their TLS
+//! handshakes completed here, before tonic sees them, so that a **refused** handshake — a
+//! certificate from another CA, an expired one, none at all, a client that refused ours — is
+//! reported (and audited by the caller) instead of vanishing inside the server.
+//!
+//! Each connection gets its own rustls configuration around one shared certificate, key and
+//! client verifier, so the certificate a refused client presented can be named: its SPIFFE ID is
+//! reported as `claimed`, which is what it says, not who it is (it failed verification).
+//! Verification itself is rustls' WebPKI client verifier, unchanged: chain to the CA, validity
+//! period, client-auth usage.
+
+use crate::tls::TlsFiles;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+/// A handshake not completed in this long is dropped (and reported).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; further connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 256;
+/// Refusals reported per minute at most: a flood of bad handshakes must not flood the audit
+/// log. The ones over are counted and the count goes with the next one reported.
+const MAX_REPORTS_PER_MINUTE: u32 = 60;
+
+/// A connection refused during its TLS handshake.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub peer: SocketAddr,
+    /// A short machine-readable cause: `unknown_issuer`, `bad_signature`, `certificate_expired`,
+    /// `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`,
+    /// `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout`,
+    /// `tls_error`.
+    pub reason_code: &'static str,
+    /// rustls' description of the failure.
+    pub reason: String,
+    /// The SPIFFE ID in the certificate the client presented, if any — unverified.
+    pub claimed: Option<String>,
+    /// Refusals not reported before this one (over the rate limit).
+    pub suppressed_before: u64,
+}
+
+impl Refused {
+    /// The fields of its `tls.refused` audit record; `service` is who refused it
+    /// (`loggate agent`, `loggate controller`).
+    pub fn audit_fields(&self, service: &str) -> serde_json::Map<String, serde_json::Value> {
+        crate::audit_fields!(
+            "peer" => self.peer.to_string(),
+            "service" => service,
+            "reason_code" => self.reason_code,
+            "reason" => self.reason.clone(),
+            "claimed_subject" => self.claimed.clone(),
+            "suppressed_before" => self.suppressed_before,
+        )
+    }
+}
+
+/// At most `MAX_REPORTS_PER_MINUTE` reports in any minute-long window.
+struct Limiter {
+    window_start: std::time::Instant,
+    reported: u32,
+    suppressed: u64,
+}
+
+impl Limiter {
+    /// `Some(suppressed before)` when this refusal may be reported.
+    fn admit(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.window_start) >= Duration::from_secs(60) {
+            self.window_start = now;
+            self.reported = 0;
+        }
+        if self.reported >= MAX_REPORTS_PER_MINUTE {
+            self.suppressed += 1;
+            return None;
+        }
+        self.reported += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// The parts shared by every connection's configuration.
+struct Shared {
+    verifier: Arc<dyn ClientCertVerifier>,
+    cert: Arc<CertifiedKey>,
+    trust_domain: String,
+}
+
+/// Accepts connections on `listener`, completes their mTLS handshakes (client certificate
+/// required, chained to the CA of `tls`), and yields the established streams for
+/// `tonic::transport::Server::serve_with_incoming*`; every refused handshake goes to `refused`
+/// (a client that connects and closes without sending a byte is a port probe: not reported).
+pub fn incoming(
+    listener: TcpListener,
+    tls: &TlsFiles,
+    trust_domain: &str,
+    refused: impl Fn(Refused) + Send + Sync + 'static,
+) -> anyhow::Result<Incoming> {
+    let shared = Arc::new(Shared {
+        verifier: client_verifier(tls)?,
+        cert: certified_key(tls)?,
+        trust_domain: trust_domain.to_string(),
+    });
+    // Built once here so that a configuration rustls refuses fails the start, not each client.
+    let probe = Arc::new(Witness {
+        inner: shared.verifier.clone(),
+        presented: Mutex::new(None),
+    });
+    server_config(&shared, probe)?;
+    let limiter = Mutex::new(Limiter {
+        window_start: std::time::Instant::now(),
+        reported: 0,
+        suppressed: 0,
+    });
+    let refused = Arc::new(move |mut refusal: Refused| {
+        let admitted = limiter.lock().unwrap_or_else(|p| p.into_inner()).admit();
+        if let Some(suppressed) = admitted {
+            refusal.suppressed_before = suppressed;
+            refused(refusal);
+        }
+    });
+    let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
+    let accepting = tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let (tcp, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and the like: wait a little rather than spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (shared, refused, tx) = (shared.clone(), refused.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                match handshake(&shared, tcp, peer).await {
+                    Ok(stream) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Err(Some(refusal)) => refused(refusal),
+                    Err(None) => {}
+                }
+            });
+        }
+    });
+    Ok(Incoming { rx, accepting })
+}
+
+/// The established connections, in the order their handshakes completed. Dropping it stops
+/// accepting.
+pub struct Incoming {
+    rx: mpsc::Receiver<std::io::Result<TlsStream<TcpStream>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = std::io::Result<TlsStream<TcpStream>>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+/// One handshake; `Err(None)` for a probe that sent nothing.
+async fn handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<TlsStream<TcpStream>, Option<Refused>> {
+    let witness = Arc::new(Witness {
+        inner: shared.verifier.clone(),
+        presented: Mutex::new(None),
+    });
+    let config = match server_config(shared, witness.clone()) {
+        Ok(config) => config,
+        Err(e) => {
+            return Err(Some(Refused {
+                peer,
+                reason_code: "tls_error",
+                reason: format!("the server's TLS configuration was refused: {e}"),
+                claimed: None,
+                suppressed_before: 0,
+            }))
+        }
+    };
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp));
+    let error = match accepted.await {
+        Ok(Ok(stream)) => return Ok(stream),
+        Ok(Err(e)) => e,
+        Err(_elapsed) => {
+            return Err(Some(Refused {
+                peer,
+                reason_code: "handshake_timeout",
+                reason: format!("no completed handshake within {HANDSHAKE_TIMEOUT:?}"),
+                claimed: witness.claimed(&shared.trust_domain),
+                suppressed_before: 0,
+            }))
+        }
+    };
+    let tls_error = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    if tls_error.is_none() && witness.claimed(&shared.trust_domain).is_none() {
+        // Closed or reset before a handshake message we could judge: a port probe or a
+        // health check, not an authentication attempt.
+        tracing::debug!(%peer, "connection closed before its TLS handshake: {error}");
+        return Err(None);
+    }
+    Err(Some(Refused {
+        peer,
+        reason_code: tls_error.map_or("tls_error", reason_code),
+        reason: error.to_string(),
+        claimed: witness.claimed(&shared.trust_domain),
+        suppressed_before: 0,
+    }))
+}
+
+fn reason_code(e: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription, CertificateError};
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "certificate_expired"
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "certificate_not_valid_yet"
+            }
+            CertificateError::Revoked => "certificate_revoked",
+            // Chained by name to our CA but not signed by its key: another CA of the same
+            // name, or a forgery.
+            CertificateError::BadSignature => "bad_signature",
+            _ => "bad_certificate",
+        },
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired,
+        ) => "peer_refused_our_certificate",
+        _ => "tls_error",
+    }
+}
+
+fn client_verifier(tls: &TlsFiles) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let ca = std::fs::read(&tls.ca)
+        .map_err(|e| anyhow::anyhow!("cannot read CA certificate {}: {e}", tls.ca.display()))?;
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", tls.ca.display()))?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("{} holds no certificate", tls.ca.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?)
+}
+
+fn certified_key(tls: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
+    let chain = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("certificate {}: {e}", tls.cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("{} holds no certificate", tls.cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| anyhow::anyhow!("private key {}: {e}", tls.key.display()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| anyhow::anyhow!("private key {}: {e}", tls.key.display()))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+fn server_config(
+    shared: &Shared,
+    witness: Arc<Witness>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(witness)
+        .with_cert_resolver(Arc::new(OneCert(shared.cert.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Our one certificate, whatever the client asks for.
+#[derive(Debug)]
+struct OneCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for OneCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The shared verifier, remembering the certificate this connection's client presented.
+#[derive(Debug)]
+struct Witness {
+    inner: Arc<dyn ClientCertVerifier>,
+    presented: Mutex<Option<CertificateDer<'static>>>,
+}
+
+impl Witness {
+    /// The SPIFFE ID the presented certificate claims (unverified).
+    fn claimed(&self, trust_domain: &str) -> Option<String> {
+        let presented = self.presented.lock().unwrap_or_else(|p| p.into_inner());
+        let der = presented.as_ref()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let san = cert.subject_alternative_name().ok()??;
+        san.value
+            .general_names
+            .iter()
+            .find_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri)
+                    if uri.starts_with("spiffe://") && uri.len() <= 512 =>
+                {
+                    Some(uri.to_string())
+                }
+                _ => None,
+            })
+            .map(|uri| {
+                if uri.starts_with(&format!("spiffe://{trust_domain}/")) {
+                    uri
+                } else {
+                    format!("{uri} (another trust domain)")
+                }
+            })
+    }
+}
+
+impl ClientCertVerifier for Witness {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(end_entity.clone().into_owned());
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_over_the_limit_are_counted_and_reported_with_the_next() {
+        let mut limiter = Limiter {
+            window_start: std::time::Instant::now(),
+            reported: 0,
+            suppressed: 0,
+        };
+        for _ in 0..MAX_REPORTS_PER_MINUTE {
+            assert_eq!(limiter.admit(), Some(0));
+        }
+        assert_eq!(limiter.admit(), None);
+        assert_eq!(limiter.admit(), None);
+        // A minute later the next one is reported, carrying the two left out.
+        limiter.window_start -= Duration::from_secs(61);
+        assert_eq!(limiter.admit(), Some(2));
+        assert_eq!(limiter.admit(), Some(0));
+    }
+
+    #[test]
+    fn handshake_failures_get_a_reason_code() {
+        use rustls::{AlertDescription, CertificateError, Error};
+        for (error, code) in [
+            (
+                Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "unknown_issuer",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::BadSignature),
+                "bad_signature",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::Expired),
+                "certificate_expired",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::NotValidYet),
+                "certificate_not_valid_yet",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::Revoked),
+                "certificate_revoked",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::BadEncoding),
+                "bad_certificate",
+            ),
+            (Error::NoCertificatesPresented, "no_client_certificate"),
+            (
+                Error::AlertReceived(AlertDescription::UnknownCA),
+                "peer_refused_our_certificate",
+            ),
+            (Error::DecryptError, "tls_error"),
+        ] {
+            assert_eq!(reason_code(&error), code, "{error}");
+        }
+    }
+}
