@@ -8,11 +8,12 @@ use crate::grants::{GrantStore, RevocationInfo};
 use crate::Shared;
 use loggate_core::audit_fields;
 use loggate_core::grant::unix_now;
+use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::controller_client::ControllerClient;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -43,11 +44,11 @@ pub async fn pause(backoff: &mut Duration) {
 
 /// A connection to the controller with the agent's mTLS identity.
 pub async fn connect(config: &AgentConfig) -> anyhow::Result<ControllerClient<Channel>> {
-    let tls = config.tls.client_config("loggate-controller")?;
-    let channel = Endpoint::from_shared(format!("https://{}", config.controller))?
+    let channel = config
+        .tls
+        .endpoint(&config.controller, Server::Controller)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .tls_config(tls)?
         .connect()
         .await?;
     Ok(ControllerClient::new(channel).max_decoding_message_size(1 << 20))

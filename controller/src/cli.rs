@@ -4,13 +4,14 @@
 use crate::config::ClientConfig;
 use loggate_core::grant::rough_duration;
 use loggate_core::timestamp::parse_time_arg;
+use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::agent_client::AgentClient;
 use loggate_proto::controller_client::ControllerClient;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// Prints one line on standard output; a closed pipe or a full disk is an error (exit 1), never
@@ -104,19 +105,23 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
     }
 }
 
-async fn connect(addr: &str, config: &ClientConfig, server_name: &str) -> Result<Channel, Failure> {
-    let tls = config.tls.client_config(server_name)?;
-    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
-        .map_err(|e| format!("bad address {addr:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(tls)
-        .map_err(|e| format!("TLS configuration: {e}"))?;
+async fn connect(
+    addr: &str,
+    config: &ClientConfig,
+    server: Server<'_>,
+) -> Result<Channel, Failure> {
+    let name = match server {
+        Server::Controller => "loggate-controller",
+        Server::Agent(id) => id,
+    };
+    let endpoint = config
+        .tls
+        .endpoint(addr, server)
+        .map_err(|e| Failure::from(format!("TLS configuration: {e:#}")))?
+        .connect_timeout(Duration::from_secs(5));
     endpoint.connect().await.map_err(|e| Failure {
         code: 1,
-        message: format!(
-            "cannot connect to {server_name} at {addr}: {}",
-            error_chain(&e)
-        ),
+        message: format!("cannot connect to {name} at {addr}: {}", error_chain(&e)),
     })
 }
 
@@ -135,7 +140,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 pub async fn controller(config: &ClientConfig) -> Result<ControllerClient<Channel>, Failure> {
     Ok(ControllerClient::new(
-        connect(&config.controller, config, "loggate-controller").await?,
+        connect(&config.controller, config, Server::Controller).await?,
     ))
 }
 
@@ -353,7 +358,7 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
         }
     };
     let peer = format!("agent {}", args.host);
-    let mut client = AgentClient::new(connect(&addr, config, &args.host).await?);
+    let mut client = AgentClient::new(connect(&addr, config, Server::Agent(&args.host)).await?);
     let mut stream = client
         .read_log(pb::ReadLogRequest {
             path: args.path.clone(),

@@ -7,10 +7,15 @@
 //! peer with a current certificate from that CA; this module only names that peer.
 
 use crate::identity::{Identity, Role};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity};
+use std::sync::Arc;
+use tonic::transport::{ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 use tonic::{Request, Status};
 
 /// Where a party's TLS material lives.
@@ -51,16 +56,51 @@ impl TlsFiles {
         }
     }
 
-    /// Client side: present our certificate, trust only the CA, and expect the server to be
-    /// `server_name` (an agent id or `loggate-controller`; both are DNS SANs of their certificates).
-    pub fn client_config(&self, server_name: &str) -> Result<ClientTlsConfig, TlsFileError> {
-        Ok(ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("CA certificate", &self.ca)?))
+    /// A connection to `addr` over mutual TLS: our certificate presented, and the server's
+    /// required to chain to the CA, to carry the DNS name tonic checks (`loggate-controller` or
+    /// the agent id) **and** to be exactly the SPIFFE ID of `server` in our trust domain (the
+    /// one our own certificate names). The DNS name alone would let any certificate of the CA
+    /// that carries it — issued for another purpose — stand in for an agent or the controller.
+    pub fn endpoint(&self, addr: &str, server: Server<'_>) -> anyhow::Result<Endpoint> {
+        let own = read_certificate_der(&self.cert)?;
+        let trust_domain = spiffe_uris(&own)
+            .first()
+            .and_then(|id| id.strip_prefix("spiffe://"))
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no spiffe:// URI SAN in this certificate",
+                    self.cert.display()
+                )
+            })?;
+        let (dns_name, expected) = match server {
+            Server::Controller => (
+                "loggate-controller".to_string(),
+                format!("spiffe://{trust_domain}/controller"),
+            ),
+            Server::Agent(id) => (
+                id.to_string(),
+                format!("spiffe://{trust_domain}/agent/{id}"),
+            ),
+        };
+        let mut roots = RootCertStore::empty();
+        let ca = read("CA certificate", &self.ca)?;
+        for cert in CertificateDer::pem_slice_iter(&ca) {
+            roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", self.ca.display()))?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+        let tls = ClientTlsConfig::new()
             .identity(TlsIdentity::from_pem(
                 read("certificate", &self.cert)?,
                 read("private key", &self.key)?,
             ))
-            .domain_name(server_name))
+            .domain_name(dns_name);
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(|e| anyhow::anyhow!("bad address {addr:?}: {e}"))?;
+        Ok(endpoint.tls_config_with_verifier(tls, Arc::new(ExpectSpiffeId { inner, expected }))?)
     }
 
     /// Our own identity, read from our certificate.
@@ -68,6 +108,106 @@ impl TlsFiles {
         let der = read_certificate_der(&self.cert)?;
         Identity::from_certificate(&der, trust_domain)
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.cert.display()))
+    }
+}
+
+/// Whom a client expects at the other end of [`TlsFiles::endpoint`].
+#[derive(Debug, Clone, Copy)]
+pub enum Server<'a> {
+    Controller,
+    /// An agent, by id.
+    Agent(&'a str),
+}
+
+/// Every `spiffe://` URI SAN of a DER certificate (none when it cannot be parsed).
+fn spiffe_uris(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
+                Some(uri.to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// rustls' WebPKI server verification (chain, validity, DNS name), then: the certificate names
+/// exactly one SPIFFE ID, the expected one.
+#[derive(Debug)]
+struct ExpectSpiffeId {
+    inner: Arc<WebPkiServerVerifier>,
+    expected: String,
+}
+
+impl ServerCertVerifier for ExpectSpiffeId {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match spiffe_uris(end_entity.as_ref()).as_slice() {
+            [only] if *only == self.expected => Ok(verified),
+            found => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(WrongServer {
+                    expected: self.expected.clone(),
+                    found: found.join(", "),
+                })),
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[derive(thiserror::Error)]
+#[error("the server's certificate is {found:?}, not {expected}")]
+struct WrongServer {
+    expected: String,
+    found: String,
+}
+
+// rustls shows a certificate error's cause with `{:?}`: the sentence, not the struct.
+impl std::fmt::Debug for WrongServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
@@ -103,4 +243,65 @@ pub fn peer_identity<T>(
         )));
     }
     Ok(identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+
+    /// A verifier expecting agent web-1, and a server certificate from the same CA with DNS
+    /// name web-1 and the given SPIFFE IDs.
+    fn verify(uris: &[&str]) -> Result<ServerCertVerified, rustls::Error> {
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("key");
+        let mut leaf = CertificateParams::new(vec!["web-1".to_string()]).expect("params");
+        for uri in uris {
+            leaf.subject_alt_names
+                .push(SanType::URI((*uri).try_into().expect("uri")));
+        }
+        let leaf = leaf.signed_by(&key, &issuer).expect("leaf");
+        let mut roots = RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = ExpectSpiffeId {
+            inner: WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier"),
+            expected: "spiffe://loggate.local/agent/web-1".into(),
+        };
+        verifier.verify_server_cert(
+            leaf.der(),
+            &[],
+            &ServerName::try_from("web-1").expect("name"),
+            &[],
+            UnixTime::now(),
+        )
+    }
+
+    #[test]
+    fn a_server_must_carry_the_expected_spiffe_id_not_only_the_dns_name() {
+        assert!(verify(&["spiffe://loggate.local/agent/web-1"]).is_ok());
+        for uris in [
+            &[][..],
+            &["spiffe://loggate.local/user/mallory"][..],
+            &["spiffe://loggate.local/agent/web-2"][..],
+            &["spiffe://elsewhere/agent/web-1"][..],
+            &[
+                "spiffe://loggate.local/agent/web-1",
+                "spiffe://loggate.local/controller",
+            ][..],
+        ] {
+            let err = verify(uris).expect_err("accepted a wrong server");
+            assert!(
+                err.to_string()
+                    .contains("not spiffe://loggate.local/agent/web-1"),
+                "{uris:?}: {err}"
+            );
+        }
+    }
 }

@@ -444,11 +444,13 @@ impl Cluster {
             cert: pki.join(format!("{who}.crt")),
             key: pki.join(format!("{who}.key")),
         };
-        let channel =
-            tonic::transport::Endpoint::from_shared(format!("https://{}", self.controller_addr))?
-                .tls_config(files.client_config("loggate-controller")?)?
-                .connect()
-                .await?;
+        let channel = files
+            .endpoint(
+                &self.controller_addr.to_string(),
+                loggate_core::tls::Server::Controller,
+            )?
+            .connect()
+            .await?;
         Ok(loggate_proto::controller_client::ControllerClient::new(
             channel,
         ))

@@ -5,7 +5,6 @@ use bytes::{Buf, BufMut};
 use loggate_core::tls::TlsFiles;
 use loggate_tests::{text, Fixture};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::transport::Endpoint;
 use tonic::Status;
 
 /// Sends and receives raw bytes as gRPC messages, so tests can send what no client would.
@@ -51,12 +50,11 @@ async fn send_raw(f: &Fixture, body: Vec<u8>) -> Result<Vec<Vec<u8>>, Status> {
         cert: pki.join("users/alice.crt"),
         key: pki.join("users/alice.key"),
     };
-    let tls = files
-        .client_config("web-1")
-        .map_err(|e| Status::internal(e.to_string()))?;
-    let channel = Endpoint::from_shared(format!("https://{}", f.cluster.agent_addr("web-1")))
-        .map_err(|e| Status::internal(e.to_string()))?
-        .tls_config(tls)
+    let channel = files
+        .endpoint(
+            &f.cluster.agent_addr("web-1"),
+            loggate_core::tls::Server::Agent("web-1"),
+        )
         .map_err(|e| Status::internal(e.to_string()))?
         .connect()
         .await

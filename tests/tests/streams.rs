@@ -151,13 +151,13 @@ async fn a_slow_reader_still_learns_that_the_stream_was_cut() -> anyhow::Result<
         cert: pki.join("users/alice.crt"),
         key: pki.join("users/alice.key"),
     };
-    let channel = tonic::transport::Endpoint::from_shared(format!(
-        "https://{}",
-        f.cluster.agent_addr("web-1")
-    ))?
-    .tls_config(files.client_config("web-1")?)?
-    .connect()
-    .await?;
+    let channel = files
+        .endpoint(
+            &f.cluster.agent_addr("web-1"),
+            loggate_core::tls::Server::Agent("web-1"),
+        )?
+        .connect()
+        .await?;
     let mut client = loggate_proto::agent_client::AgentClient::new(channel);
     let mut stream = client
         .read_log(loggate_proto::ReadLogRequest {
