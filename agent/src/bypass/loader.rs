@@ -31,7 +31,8 @@ pub enum FdLookup {
     /// `bpf_probe_read_kernel` from a grown one (slower, equally complete). `reason`: why the
     /// kfunc build was not used.
     ProbeRead { reason: String },
-    /// The object looks up no fd (the bench's empty programs).
+    /// The programs look up no fd (`lsm` and `fentry` are handed the file; the bench's empty
+    /// programs do nothing).
     None,
 }
 
@@ -134,6 +135,12 @@ pub enum Hooks {
 }
 
 impl Hooks {
+    /// Whether the programs turn an opened fd into its file (syscall exits, io_uring), rather
+    /// than being handed the file (`lsm`, `fentry`).
+    pub fn looks_up_fds(self) -> bool {
+        matches!(self, Hooks::Tracepoint | Hooks::Strict)
+    }
+
     /// The mode name reported in `agent.started` (`bypass_mode`).
     pub fn name(self) -> &'static str {
         match self {
@@ -177,6 +184,12 @@ impl Probe {
                 &btf,
                 FdLookup::None,
             ),
+            // These hooks are handed the file: their programs look up no fd and call no kfunc
+            // (the same in both builds), so they never depend on the kfunc, and a refusal of
+            // them is never the kfunc's doing.
+            Objects::Agent { .. } if !hooks.looks_up_fds() => {
+                Self::load_object(probe_read, hooks, &btf, FdLookup::None)
+            }
             Objects::Agent { kfuncs: false } => {
                 let reason = "configuration: bypass.kfuncs = false".to_string();
                 Self::load_object(probe_read, hooks, &btf, FdLookup::ProbeRead { reason })
@@ -265,7 +278,7 @@ impl Probe {
             }
         }
         let mut missing = Vec::new();
-        if matches!(hooks, Hooks::Tracepoint | Hooks::Strict) {
+        if hooks.looks_up_fds() {
             let (function, tracepoint) = names::IO_URING_PROGRAM;
             match attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint) {
                 Ok(()) => attached.push(tracepoint),
