@@ -413,7 +413,10 @@ static __always_inline int match_fd(struct files_struct *files, struct fdtable *
  * out, r1-r5 clobbered).
  */
 #define RDONLY_CAST_PLACEHOLDER 0x6c67cafe
-#define RDONLY_CAST_INSN ".quad 0x6c67cafe00002085"
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+/* Little-endian: code 0x85, regs 0x20 (src 2, dst 0), off 0, then imm in the high half. */
+#define RDONLY_CAST_INSN ".quad (" STRINGIFY(RDONLY_CAST_PLACEHOLDER) " << 32) | 0x2085"
 
 static __always_inline void *rdonly_cast(unsigned long addr, unsigned long btf_id)
 {
