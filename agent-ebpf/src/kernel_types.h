@@ -84,6 +84,11 @@ struct files_struct {
 	struct file *fd_array[NR_OPEN_DEFAULT];
 };
 
+/* Only as a typed view of an fd slot (logaudit.bpf.c, match_fd): its member is a file pointer. */
+struct kiocb {
+	struct file *ki_filp;
+};
+
 /* x86: `status` holds TS_COMPAT while the task runs a 32-bit (ia32) syscall. */
 struct thread_info {
 	__u32 status;

@@ -11,12 +11,22 @@
 struct Aligned<B: ?Sized>(B);
 
 static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!("../bpf/logaudit.bpf.o"));
+static PROBE_READ_OBJECT: &Aligned<[u8]> =
+    &Aligned(*include_bytes!("../bpf/logaudit_probe_read.bpf.o"));
 static EMPTY_OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!("../bpf/empty.bpf.o"));
 
 /// The compiled BPF object (ELF, `bpf` target, BTF and CO-RE relocations, DWARF stripped),
-/// aligned to 8 bytes.
+/// aligned to 8 bytes. It calls the kfunc `bpf_rdonly_cast` through placeholder instructions
+/// that the loader must link first (see `src/logaudit.bpf.c`, `rdonly_cast`).
 pub fn object() -> &'static [u8] {
     &OBJECT.0
+}
+
+/// The same program built without kfuncs (`src/logaudit_probe_read.bpf.c`): it reads a grown
+/// fd table's slots with `bpf_probe_read_kernel` instead of typed loads, and needs no linking.
+/// The agent loads it where the kernel lacks or refuses `bpf_rdonly_cast`.
+pub fn probe_read_object() -> &'static [u8] {
+    &PROBE_READ_OBJECT.0
 }
 
 /// Programs that do nothing, under the same names and sections as `object()`'s (built from
@@ -76,8 +86,9 @@ mod tests {
         assert_eq!(&o[..4], b"\x7fELF");
         // e_machine (little endian, offset 18) is EM_BPF = 247.
         assert_eq!(u16::from_le_bytes([o[18], o[19]]), 247);
-        let e = super::empty_object();
-        assert_eq!(e.as_ptr() as usize % 8, 0);
-        assert_eq!(&e[..4], b"\x7fELF");
+        for o in [super::probe_read_object(), super::empty_object()] {
+            assert_eq!(o.as_ptr() as usize % 8, 0);
+            assert_eq!(&o[..4], b"\x7fELF");
+        }
     }
 }

@@ -12,9 +12,11 @@
  * `sb->s_dev` encoding, `(major << 20) | minor`; the agent converts `stat()`'s `st_dev`.
  *
  * Cost discipline (the miss path, an open of an unprotected file, is nearly every open): the fd
- * is turned into its file by a BTF-typed load from the fd slots embedded in `files_struct` (fds
- * below 64 in a table that never grew; others take a slower `bpf_probe_read_kernel` path), and
- * from the file on every read is a direct BTF load, no helper call. The first filter is
+ * is turned into its file by typed loads through the kfunc bpf_rdonly_cast, which the verifier
+ * turns into a register move (`match_fd`; whatever the fd table, embedded or grown), and from
+ * the file on every read is a direct BTF load, no helper call. The build without kfuncs
+ * (logaudit_probe_read.bpf.c, FD_SLOT_PROBE_READ; the agent's fallback) reads a grown table
+ * with bpf_probe_read_kernel instead. The first filter is
  * `ino_filter`, a bitmap over inode numbers that the verifier inlines (an ARRAY lookup is a
  * bounds check and an add): the file's inode and then its parent directory's are tested, and
  * only a set bit leads to the exact (device, inode) hash lookup. Write-only and O_PATH opens
@@ -237,7 +239,9 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 #define LOAD_PROBE(dst, src) bpf_probe_read_kernel(&(dst), sizeof(dst), &(src))
 
 DEFINE_MATCH(match_btf, LOAD_BTF)
+#ifdef FD_SLOT_PROBE_READ
 DEFINE_MATCH(match_probe, LOAD_PROBE)
+#endif
 
 /* A file reached by BTF-typed loads: its fields are plain loads. */
 static __always_inline int match_file_btf(struct file *file, struct opened *o)
@@ -248,6 +252,8 @@ static __always_inline int match_file_btf(struct file *file, struct opened *o)
 }
 
 #define FIELD_OFFSET(field) __builtin_preserve_field_info(field, 0 /* BPF_FIELD_BYTE_OFFSET */)
+
+#ifdef FD_SLOT_PROBE_READ
 #define FILE_CHUNK 64
 
 /* A file pointer read from memory: f_flags, f_inode and f_path.dentry lie a few dozen bytes
@@ -283,6 +289,8 @@ static __always_inline int match_file_probe(struct file *file, struct opened *o)
 	__builtin_memcpy(&inode, chunk + (off_inode - lo), sizeof(inode));
 	return match_probe(inode, o);
 }
+
+#endif
 
 static __always_inline void count_lost(void)
 {
@@ -349,8 +357,11 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 	bpf_ringbuf_submit(e, 0);
 }
 
-/* A constant-index, BTF-typed load of the fd slot: the verifier refuses a variable index into a
- * BTF-typed array, so the index is turned into a constant by a (binary-searched) switch. */
+#ifdef FD_SLOT_PROBE_READ
+/* Fallback for kernels that refuse the bpf_rdonly_cast kfunc (or lack it): a constant-index,
+ * BTF-typed load of the fd slot when the table is the one embedded in files_struct (the
+ * verifier refuses a variable index into a BTF-typed array, so the index is turned into a
+ * constant by a binary-searched switch), and bpf_probe_read_kernel for a grown table. */
 #define SLOT(n) \
 	case n: \
 		return files->fd_array[n];
@@ -371,6 +382,76 @@ static __always_inline struct file *embedded_slot(struct files_struct *files, lo
 	return 0;
 }
 
+/* The file of `fd` (below fdt->max_fds), matched against the protected set into `o`. */
+static __always_inline int match_fd(struct files_struct *files, struct fdtable *fdt, long fd,
+				    struct opened *o)
+{
+	struct file *file = 0;
+
+	/* A table that never grew is the one embedded in files_struct: its slots are fd_array
+	 * (every grown table has more than NR_OPEN_DEFAULT slots). */
+	if (fdt->max_fds == NR_OPEN_DEFAULT) {
+		file = embedded_slot(files, fd);
+		return file && match_file_btf(file, o);
+	}
+	bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]);
+	return file && match_file_probe(file, o);
+}
+#else
+/*
+ * bpf_rdonly_cast(void *obj, u32 btf_id): the kernel's kfunc that turns any address into an
+ * untrusted, read-only pointer to the vmlinux type `btf_id`. Loads through it are plain
+ * instructions that the kernel marks fault-tolerant (a bad address reads as zero, like a failed
+ * bpf_probe_read_kernel), and the verifier rewrites the call itself into a register move: no
+ * helper call is left.
+ *
+ * aya 0.14 cannot relocate a kfunc declared `extern ... __ksym`, so the call is written as its
+ * raw instruction: BPF_JMP|BPF_CALL (0x85), src_reg BPF_PSEUDO_KFUNC_CALL (2), off 0 (vmlinux
+ * BTF), imm RDONLY_CAST_PLACEHOLDER. The agent replaces that imm with the FUNC id of
+ * bpf_rdonly_cast in the running kernel's BTF before loading (agent/src/bypass/kfunc.rs: keep
+ * the value in step). The argument registers follow the BPF calling convention (r1, r2 in, r0
+ * out, r1-r5 clobbered).
+ */
+#define RDONLY_CAST_PLACEHOLDER 0x6c67cafe
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
+/* Little-endian: code 0x85, regs 0x20 (src 2, dst 0), off 0, then imm in the high half. */
+#define RDONLY_CAST_INSN ".quad (" STRINGIFY(RDONLY_CAST_PLACEHOLDER) " << 32) | 0x2085"
+
+static __always_inline void *rdonly_cast(unsigned long addr, unsigned long btf_id)
+{
+	register unsigned long r1 asm("r1") = addr;
+	register unsigned long r2 asm("r2") = btf_id;
+	register void *r0 asm("r0");
+
+	asm volatile(RDONLY_CAST_INSN : "=r"(r0), "+r"(r1), "+r"(r2) : : "r3", "r4", "r5");
+	return r0;
+}
+
+/* The kernel's BTF id of `type` (a CO-RE relocation the loader resolves). */
+#define KERNEL_TYPE_ID(type) __builtin_btf_type_id(*(type *)0, 1 /* BPF_TYPE_ID_TARGET */)
+
+/*
+ * The file of `fd` (below fdt->max_fds), matched against the protected set into `o`.
+ *
+ * fdt->fd points at the slots of either table, the embedded one or a grown one, but BTF types
+ * it `struct file **`, which the verifier treats as a number. The slot's address is cast to a
+ * struct whose member is a `struct file *`: `struct kiocb`, whose `ki_filp` is such a pointer
+ * (its offset, taken by CO-RE, is subtracted so that the member lands on the slot). Loading
+ * the member then gives a BTF-typed `struct file *`, and every load after it is plain.
+ */
+static __always_inline int match_fd(struct files_struct *files, struct fdtable *fdt, long fd,
+				    struct opened *o)
+{
+	unsigned long slot = (unsigned long)fdt->fd + fd * sizeof(struct file *);
+	struct kiocb *k = rdonly_cast(slot - FIELD_OFFSET(((struct kiocb *)0)->ki_filp),
+				      KERNEL_TYPE_ID(struct kiocb));
+	struct file *file = k->ki_filp;
+
+	return file && match_file_btf(file, o);
+}
+#endif
+
 /* Reports the open that just returned `fd` in the current task's fd table, if it is a read of
  * a protected file. */
 static __always_inline int report_fd(long fd, __u16 hook)
@@ -378,7 +459,6 @@ static __always_inline int report_fd(long fd, __u16 hook)
 	struct task_struct *task;
 	struct files_struct *files;
 	struct fdtable *fdt;
-	struct file *file = 0;
 	struct opened o = {};
 
 	if (fd < 0)
@@ -390,20 +470,8 @@ static __always_inline int report_fd(long fd, __u16 hook)
 	fdt = files->fdt;
 	if (!fdt || (unsigned long)fd >= fdt->max_fds)
 		return 0;
-	/* A table that never grew is the one embedded in files_struct: its slots are fd_array
-	 * (every grown table has more than NR_OPEN_DEFAULT slots). */
-	if (fdt->max_fds == NR_OPEN_DEFAULT) {
-		file = embedded_slot(files, fd);
-		if (!file || !match_file_btf(file, &o))
-			return 0;
-	} else {
-		struct file **fds = fdt->fd;
-
-		bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-		if (!file || !match_file_probe(file, &o))
-			return 0;
-	}
-	emit(&o, fd, hook);
+	if (match_fd(files, fdt, fd, &o))
+		emit(&o, fd, hook);
 	return 0;
 }
 

@@ -68,6 +68,8 @@ enum Command {
         #[arg(long)]
         empty: bool,
         #[arg(long)]
+        no_kfuncs: bool,
+        #[arg(long)]
         protect: Vec<PathBuf>,
     },
 }
@@ -354,8 +356,9 @@ fn main() -> ExitCode {
         Command::BenchAttach {
             hooks,
             empty,
+            no_kfuncs,
             protect,
-        } => bypass::bench::attach(&hooks, empty, &protect),
+        } => bypass::bench::attach(&hooks, empty, no_kfuncs, &protect),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -572,39 +572,69 @@ fn explicit_lsm_mode_on_a_kernel_that_refuses_it_reports_off_and_why() -> anyhow
     Ok(())
 }
 
-/// Opens argv[1] from a forked child and prints the child's pid. With `grow`, the child first
-/// holds an fd above 63, so its fd table is no longer the one embedded in `files_struct`; without,
-/// the parent closes every fd above 63 first, so the child's table is the embedded one. The
-/// kernel program reads the two kinds differently; both must be seen.
+/// Opens argv[1] from a forked child and prints the child's pid and the fd the open returned.
+/// With `grow`, the child first holds an fd above 63, so its fd table is no longer the one
+/// embedded in `files_struct`; with `high`, it also fills its lowest fds so that the open returns
+/// an fd above 63 (a slot only a grown table has); with `embedded`, the parent closes every fd
+/// above 63 first, so the child's table is the embedded one. The kernel program's fallback build
+/// reads the two kinds of table differently; every case must be seen by both builds.
 const FORKED_OPEN_PY: &str = r#"import os, sys
 os.closerange(64, 65536)
+r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
-    if sys.argv[2] == "grow":
+    if sys.argv[2] in ("grow", "high"):
         os.dup2(0, 100)
+    if sys.argv[2] == "high":
+        while os.open("/dev/null", os.O_RDONLY) < 70:
+            pass
     size = int([l.split()[1] for l in open("/proc/self/status") if l.startswith("FDSize:")][0])
-    assert (size > 64) == (sys.argv[2] == "grow"), size
+    assert (size > 64) == (sys.argv[2] != "embedded"), size
     fd = os.open(sys.argv[1], os.O_RDONLY)
     os.read(fd, 4)
+    os.write(w, str(fd).encode())
     os._exit(0)
 os.waitpid(pid, 0)
-print(pid)
+print(pid, os.read(r, 16).decode())
 "#;
 
 #[test]
-fn readers_with_an_embedded_and_with_a_grown_fd_table_are_both_reported() -> anyhow::Result<()> {
+fn readers_with_an_embedded_and_with_a_grown_fd_table_are_both_reported_by_both_builds(
+) -> anyhow::Result<()> {
     require_bpf!();
-    let b = Bypass::start("")?;
-    for table in ["embedded", "grow"] {
-        let out = Command::new("/usr/bin/python3")
-            .args(["-c", FORKED_OPEN_PY, &s(&b.app_log()), table])
-            .output()?;
-        let (stdout, stderr) = text(&out);
-        anyhow::ensure!(out.status.success(), "{table}: {stderr}");
-        let pid: u32 = stdout.trim().parse()?;
-        let e = b.the_read_by(pid)?;
-        assert_eq!(e["path"], s(&b.app_log()).as_str(), "{table}: {e:#}");
-        assert_eq!(e["uid"], 0, "{table}: {e:#}");
+    // The default loads the bpf_rdonly_cast build where the kernel has the kfunc (this one
+    // does); `kfuncs = false` forces the bpf_probe_read_kernel build, the fallback elsewhere.
+    for (toml, fd_lookup) in [("", "rdonly_cast"), ("kfuncs = false", "probe_read")] {
+        let b = Bypass::start(toml)?;
+        let started = b.started()?;
+        assert_eq!(started["bypass_fd_lookup"], fd_lookup, "{started:#}");
+        if fd_lookup == "probe_read" {
+            let reason = started["bypass_fd_lookup_reason"].as_str();
+            assert!(
+                reason.is_some_and(|r| r.contains("kfuncs = false")),
+                "{started:#}"
+            );
+        }
+        for table in ["embedded", "grow", "high"] {
+            let out = Command::new("/usr/bin/python3")
+                .args(["-c", FORKED_OPEN_PY, &s(&b.app_log()), table])
+                .output()?;
+            let (stdout, stderr) = text(&out);
+            anyhow::ensure!(out.status.success(), "{fd_lookup} {table}: {stderr}");
+            let mut words = stdout.split_whitespace().map(str::parse::<u32>);
+            let (Some(Ok(pid)), Some(Ok(fd))) = (words.next(), words.next()) else {
+                anyhow::bail!("{fd_lookup} {table}: expected `PID FD`, got {stdout:?}");
+            };
+            assert_eq!(fd >= 64, table == "high", "{fd_lookup} {table}: fd {fd}");
+            let e = b.the_read_by(pid)?;
+            assert_eq!(
+                e["path"],
+                s(&b.app_log()).as_str(),
+                "{fd_lookup} {table}: {e:#}"
+            );
+            assert_eq!(e["uid"], 0, "{fd_lookup} {table}: {e:#}");
+            assert_eq!(e["fd"], fd, "{fd_lookup} {table}: {e:#}");
+        }
     }
     Ok(())
 }

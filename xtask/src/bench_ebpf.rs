@@ -1,12 +1,14 @@
 //! `cargo xtask bench ebpf`: what the bypass audit costs a process that never touches a protected
 //! file. Times `open(O_RDONLY)`+`close` of an unprotected file and `getppid` in a loop (on the
 //! thread's CPU clock, so time lost to other processes on a shared machine does not count), pinned
-//! to one CPU, under five setups interleaved in many short rounds (each round runs every setup once,
+//! to one CPU, under six setups interleaved in many short rounds (each round runs every setup once,
 //! starting with a different one), and prints the medians:
 //!
 //! - `none`: no program attached;
 //! - `empty`: do-nothing programs on the tracepoint mode's hooks (the floor of the hook itself);
 //! - `tracepoint`: the agent's programs with a realistic protected set in the maps;
+//! - `tracepoint-probe-read`: the same, built without the `bpf_rdonly_cast` kfunc (the agent's
+//!   fallback: a grown fd table is read with `bpf_probe_read_kernel`);
 //! - `empty-strict`, `strict`: the same two for strict mode's `tp_btf/sys_exit`.
 //!
 //! Programs are attached by `loggate-agent bench-attach` (a hidden subcommand, so xtask does not
@@ -40,30 +42,45 @@ pub struct Args {
 /// One way of running the loops: which programs are attached.
 struct Setup {
     name: &'static str,
-    /// `bench-attach` arguments; `None` = nothing attached.
-    attach: Option<(&'static str, bool)>,
+    /// `bench-attach` arguments (hooks, object); `None` = nothing attached.
+    attach: Option<(&'static str, Programs)>,
 }
 
-const SETUPS: [Setup; 5] = [
+/// Which object `bench-attach` loads.
+#[derive(Clone, Copy)]
+enum Programs {
+    /// The do-nothing programs (`--empty`).
+    Empty,
+    /// The agent's, as the agent loads it (the `bpf_rdonly_cast` build on this kernel).
+    Agent,
+    /// The agent's build without kfuncs (`--no-kfuncs`).
+    AgentWithoutKfuncs,
+}
+
+const SETUPS: [Setup; 6] = [
     Setup {
         name: "none",
         attach: None,
     },
     Setup {
         name: "empty",
-        attach: Some(("tracepoint", true)),
+        attach: Some(("tracepoint", Programs::Empty)),
     },
     Setup {
         name: "tracepoint",
-        attach: Some(("tracepoint", false)),
+        attach: Some(("tracepoint", Programs::Agent)),
+    },
+    Setup {
+        name: "tracepoint-probe-read",
+        attach: Some(("tracepoint", Programs::AgentWithoutKfuncs)),
     },
     Setup {
         name: "empty-strict",
-        attach: Some(("strict", true)),
+        attach: Some(("strict", Programs::Empty)),
     },
     Setup {
         name: "strict",
-        attach: Some(("strict", false)),
+        attach: Some(("strict", Programs::Agent)),
     },
 ];
 
@@ -126,7 +143,7 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
 
 fn measure(setup: &Setup, agent: &Path, files: &BenchFiles, args: &Args) -> anyhow::Result<Sample> {
     let mut attached = match setup.attach {
-        Some((hooks, empty)) => Some(Attached::start(agent, hooks, empty, &files.protected)?),
+        Some((hooks, programs)) => Some(Attached::start(agent, hooks, programs, &files.protected)?),
         None => None,
     };
     let in_program = |attached: &mut Option<Attached>, table: FdTable| {
@@ -280,14 +297,21 @@ struct Attached {
 }
 
 impl Attached {
-    fn start(agent: &Path, hooks: &str, empty: bool, protect: &Path) -> anyhow::Result<Attached> {
+    fn start(
+        agent: &Path,
+        hooks: &str,
+        programs: Programs,
+        protect: &Path,
+    ) -> anyhow::Result<Attached> {
         let mut cmd = Command::new(agent);
         cmd.args(["bench-attach", "--hooks", hooks, "--protect"])
             .arg(protect)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
-        if empty {
-            cmd.arg("--empty");
+        match programs {
+            Programs::Empty => _ = cmd.arg("--empty"),
+            Programs::AgentWithoutKfuncs => _ = cmd.arg("--no-kfuncs"),
+            Programs::Agent => {}
         }
         let mut child = cmd
             .spawn()
@@ -444,12 +468,12 @@ fn report(samples: &[Vec<Sample>]) {
     println!();
     let grown = |i| med(i, |s| s.open_grown_ns);
     println!(
-        "{:<14} {:>14} {:>12} {:>10} {:>15} {:>15}",
+        "{:<22} {:>14} {:>12} {:>10} {:>15} {:>15}",
         "setup", "open+close ns", "grown-table", "getppid", "in-program ns", "(grown table)"
     );
     for (i, setup) in SETUPS.iter().enumerate() {
         println!(
-            "{:<14} {:>14.1} {:>12.1} {:>10.1} {:>15.1} {:>15.1}",
+            "{:<22} {:>14.1} {:>12.1} {:>10.1} {:>15.1} {:>15.1}",
             setup.name,
             open(i),
             grown(i),
@@ -461,19 +485,54 @@ fn report(samples: &[Vec<Sample>]) {
     println!();
     let ratio = |what: &str, a: usize, b: usize| {
         println!(
-            "{what:<24} open+close {:.3}x  (grown table {:.3}x)  getppid {:.3}x",
+            "{what:<32} open+close {:.3}x  (grown table {:.3}x)  getppid {:.3}x",
             open(a) / open(b),
             grown(a) / grown(b),
             getppid(a) / getppid(b)
         );
     };
+    // The same, but each round's a over the same round's b (run moments apart), median over
+    // rounds: drift of the shared machine between rounds cancels out.
+    let paired = |f: fn(&Sample) -> f64, a: usize, b: usize| {
+        let per_round = samples[a].iter().zip(&samples[b]);
+        median(per_round.map(|(x, y)| f(x) / f(y)).collect())
+    };
+    let paired_ratio = |what: &str, a: usize, b: usize| {
+        println!(
+            "{what:<32} open+close {:.3}x  (grown table {:.3}x)  getppid {:.3}x",
+            paired(|s| s.open_ns, a, b),
+            paired(|s| s.open_grown_ns, a, b),
+            paired(|s| s.getppid_ns, a, b)
+        );
+    };
+    // What the time inside the programs alone adds to an open+close over the floor's.
+    let in_program_ratio = |what: &str, a: usize, b: usize| {
+        let added = |inside: fn(&Sample) -> f64, clock: fn(&Sample) -> f64| {
+            (med(b, clock) + med(a, inside) - med(b, inside)) / med(b, clock)
+        };
+        println!(
+            "{what:<32} open+close {:.3}x  (grown table {:.3}x)",
+            added(|s| s.in_program_ns, |s| s.open_ns),
+            added(|s| s.in_program_grown_ns, |s| s.open_grown_ns)
+        );
+    };
     // Indices into SETUPS.
-    let (none, empty, tracepoint, empty_strict, strict) = (0, 1, 2, 3, 4);
+    let (none, empty, tracepoint, probe_read, empty_strict, strict) = (0, 1, 2, 3, 4, 5);
+    println!("ratios of the medians:");
     ratio("tracepoint / none", tracepoint, none);
     ratio("tracepoint / empty", tracepoint, empty);
+    ratio("tracepoint-probe-read / empty", probe_read, empty);
     ratio("empty / none", empty, none);
     ratio("strict / none", strict, none);
     ratio("strict / empty-strict", strict, empty_strict);
     ratio("empty-strict / none", empty_strict, none);
+    println!("medians of the per-round ratios:");
+    paired_ratio("tracepoint / empty", tracepoint, empty);
+    paired_ratio("tracepoint-probe-read / empty", probe_read, empty);
+    paired_ratio("strict / empty-strict", strict, empty_strict);
+    println!("the floor's open+close plus the extra in-program ns, over the floor's:");
+    in_program_ratio("tracepoint / empty", tracepoint, empty);
+    in_program_ratio("tracepoint-probe-read / empty", probe_read, empty);
+    in_program_ratio("strict / empty-strict", strict, empty_strict);
     println!("target: tracepoint / empty within 1.03x on open+close (miss path close to nothing)");
 }

@@ -13,8 +13,9 @@ use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The programs, by stem: `src/STEM.bpf.c` is compiled into `bpf/STEM.bpf.o`.
-pub const OBJECTS: [&str; 2] = ["logaudit", "empty"];
+/// The programs, by stem: `src/STEM.bpf.c` is compiled into `bpf/STEM.bpf.o`
+/// (`logaudit_probe_read` is logaudit's build without kfuncs, the agent's fallback).
+pub const OBJECTS: [&str; 3] = ["logaudit", "logaudit_probe_read", "empty"];
 
 fn crate_dir() -> PathBuf {
     workspace_root().join("agent-ebpf")

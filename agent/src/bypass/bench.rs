@@ -9,14 +9,19 @@
 //! grow); at end of input it detaches and exits.
 
 use super::inventory::Inventory;
-use super::loader::{Hooks, Probe};
+use super::loader::{FdLookup, Hooks, Objects, Probe};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-/// Loads the agent's object (or with `empty`, the do-nothing one) on `hooks` (`tracepoint` or
-/// `strict`), fills the protected set from `protect`, excludes this process, and serves the
+/// Loads the agent's object (as the agent would; with `no_kfuncs`, its build without kfuncs;
+/// with `empty`, the do-nothing one) on `hooks` (`tracepoint` or `strict`), fills the protected set from `protect`, excludes this process, and serves the
 /// protocol above until standard input ends.
-pub fn attach(hooks: &str, empty: bool, protect: &[PathBuf]) -> anyhow::Result<()> {
+pub fn attach(
+    hooks: &str,
+    empty: bool,
+    no_kfuncs: bool,
+    protect: &[PathBuf],
+) -> anyhow::Result<()> {
     let hooks = match hooks {
         "tracepoint" => Hooks::Tracepoint,
         "strict" => Hooks::Strict,
@@ -24,12 +29,17 @@ pub fn attach(hooks: &str, empty: bool, protect: &[PathBuf]) -> anyhow::Result<(
             anyhow::bail!("--hooks {other:?}: the bench attaches \"tracepoint\" or \"strict\"")
         }
     };
-    let object = if empty {
-        loggate_agent_ebpf::empty_object()
+    let objects = if empty {
+        Objects::Empty
     } else {
-        loggate_agent_ebpf::object()
+        Objects::Agent { kfuncs: !no_kfuncs }
     };
-    let mut probe = Probe::load(object, hooks)?;
+    let mut probe = Probe::load(objects, hooks)?;
+    if let FdLookup::ProbeRead { reason } = &probe.fd_lookup {
+        if !no_kfuncs {
+            eprintln!("bench-attach: the kfunc build was refused, measuring the other: {reason}");
+        }
+    }
     // The maps stay alive (and filled) until the end: the programs hold them anyway.
     let mut kept = None;
     let mut protected = 0;

@@ -3,6 +3,7 @@
 //! can act on; the caller decides whether to fall back.
 
 use super::inventory::{FileKey, Inventory};
+use super::kfunc;
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, Lsm, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -17,6 +18,43 @@ pub struct Probe {
     pub attached: Vec<&'static str>,
     /// Optional hooks that could not be attached, and why.
     pub missing: Vec<String>,
+    /// How the programs turn an fd into its file.
+    pub fd_lookup: FdLookup,
+}
+
+/// How the loaded programs turn an opened fd into its `struct file` (logaudit.bpf.c, `match_fd`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FdLookup {
+    /// The kfunc `bpf_rdonly_cast` types the fd slot: plain loads for every fd table.
+    Cast,
+    /// The build without kfuncs: plain loads from the table embedded in `files_struct`,
+    /// `bpf_probe_read_kernel` from a grown one (slower, equally complete). `reason`: why the
+    /// kfunc build was not used.
+    ProbeRead { reason: String },
+    /// The programs look up no fd (`lsm` and `fentry` are handed the file; the bench's empty
+    /// programs do nothing).
+    None,
+}
+
+impl FdLookup {
+    /// The name reported in `agent.started` (`bypass_fd_lookup`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            FdLookup::Cast => "rdonly_cast",
+            FdLookup::ProbeRead { .. } => "probe_read",
+            FdLookup::None => "none",
+        }
+    }
+}
+
+/// Which object to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Objects {
+    /// The agent's program: with `kfuncs`, the `bpf_rdonly_cast` build, else (or where the
+    /// kernel lacks or refuses the kfunc) the `bpf_probe_read_kernel` build.
+    Agent { kfuncs: bool },
+    /// The bench's do-nothing programs.
+    Empty,
 }
 
 /// The maps the agent writes: the protected set and the excluded processes.
@@ -97,6 +135,12 @@ pub enum Hooks {
 }
 
 impl Hooks {
+    /// Whether the programs turn an opened fd into its file (syscall exits, io_uring), rather
+    /// than being handed the file (`lsm`, `fentry`).
+    pub fn looks_up_fds(self) -> bool {
+        matches!(self, Hooks::Tracepoint | Hooks::Strict)
+    }
+
     /// The mode name reported in `agent.started` (`bypass_mode`).
     pub fn name(self) -> &'static str {
         match self {
@@ -123,16 +167,74 @@ fn refused(function: &str) -> impl FnOnce(aya::programs::ProgramError) -> anyhow
 }
 
 impl Probe {
-    /// Loads `object` (the agent's, or the bench's empty one with the same program names) with
-    /// the running kernel's BTF (for CO-RE) and attaches the programs of `hooks`. The main hook
-    /// is required; io_uring's is attached when the kernel allows it and listed in `missing`
-    /// otherwise.
-    pub fn load(object: &[u8], hooks: Hooks) -> anyhow::Result<Probe> {
+    /// Loads `objects` (the agent's, or the bench's empty one with the same program names) with
+    /// the running kernel's BTF (for CO-RE), the agent's kfunc calls linked to the kernel's
+    /// ids, and attaches the programs of `hooks`. Where the kernel lacks the kfunc or refuses
+    /// the kfunc build, the build without kfuncs is loaded instead and `fd_lookup` says why:
+    /// the audit never goes blind for want of a kfunc.
+    pub fn load(objects: Objects, hooks: Hooks) -> anyhow::Result<Probe> {
         let btf = Btf::from_sys_fs().map_err(|e| {
             anyhow::Error::new(e).context("no kernel BTF (/sys/kernel/btf/vmlinux)")
         })?;
+        let probe_read = loggate_agent_ebpf::probe_read_object();
+        match objects {
+            Objects::Empty => Self::load_object(
+                loggate_agent_ebpf::empty_object(),
+                hooks,
+                &btf,
+                FdLookup::None,
+            ),
+            // These hooks are handed the file: their programs look up no fd and call no kfunc
+            // (the same in both builds), so they never depend on the kfunc, and a refusal of
+            // them is never the kfunc's doing.
+            Objects::Agent { .. } if !hooks.looks_up_fds() => {
+                Self::load_object(probe_read, hooks, &btf, FdLookup::None)
+            }
+            Objects::Agent { kfuncs: false } => {
+                let reason = "configuration: bypass.kfuncs = false".to_string();
+                Self::load_object(probe_read, hooks, &btf, FdLookup::ProbeRead { reason })
+            }
+            Objects::Agent { kfuncs: true } => {
+                Self::load_agent(kfunc::rdonly_cast_id(&btf), hooks, &btf)
+            }
+        }
+    }
+
+    /// The agent's kfunc build linked to `kfunc_id` (the kernel's `bpf_rdonly_cast`), else its
+    /// build without kfuncs, with the reason.
+    fn load_agent(
+        kfunc_id: Result<u32, kfunc::LinkError>,
+        hooks: Hooks,
+        btf: &Btf,
+    ) -> anyhow::Result<Probe> {
+        let with_kfuncs = kfunc_id
+            .and_then(|id| kfunc::link_rdonly_cast(loggate_agent_ebpf::object(), id))
+            .map_err(anyhow::Error::from)
+            .and_then(|(object, _)| Self::load_object(&object, hooks, btf, FdLookup::Cast));
+        let Err(e) = with_kfuncs else {
+            return with_kfuncs;
+        };
+        let reason = format!("{e:#}");
+        let probe_read = loggate_agent_ebpf::probe_read_object();
+        Self::load_object(probe_read, hooks, btf, FdLookup::ProbeRead { reason }).map_err(
+            |fallback_error| {
+                fallback_error.context(format!(
+                    "the build without kfuncs failed too (the kfunc build: {e:#})"
+                ))
+            },
+        )
+    }
+
+    /// Loads one object and attaches the programs of `hooks`. The main hook is required;
+    /// io_uring's is attached when the kernel allows it and listed in `missing` otherwise.
+    fn load_object(
+        object: &[u8],
+        hooks: Hooks,
+        btf: &Btf,
+        fd_lookup: FdLookup,
+    ) -> anyhow::Result<Probe> {
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
+            .btf(Some(btf))
             .load(object)
             .map_err(|e| anyhow::Error::new(e).context("loading the BPF object failed"))?;
         let mut attached = Vec::new();
@@ -140,14 +242,14 @@ impl Probe {
             Hooks::Lsm => {
                 let (function, hook) = names::LSM_PROGRAM;
                 let p: &mut Lsm = program(&mut ebpf, function)?;
-                p.load(hook, &btf).map_err(refused(function))?;
+                p.load(hook, btf).map_err(refused(function))?;
                 p.attach()?;
                 attached.push(hook);
             }
             Hooks::Fentry => {
                 let (function, target) = names::FENTRY_PROGRAM;
                 let p: &mut FEntry = program(&mut ebpf, function)?;
-                p.load(target, &btf).map_err(refused(function))?;
+                p.load(target, btf).map_err(refused(function))?;
                 p.attach()?;
                 attached.push(target);
             }
@@ -171,14 +273,14 @@ impl Probe {
             }
             Hooks::Strict => {
                 let (function, tracepoint) = names::STRICT_PROGRAM;
-                attach_btf_tracepoint(&mut ebpf, &btf, function, tracepoint)?;
+                attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint)?;
                 attached.push(tracepoint);
             }
         }
         let mut missing = Vec::new();
-        if matches!(hooks, Hooks::Tracepoint | Hooks::Strict) {
+        if hooks.looks_up_fds() {
             let (function, tracepoint) = names::IO_URING_PROGRAM;
-            match attach_btf_tracepoint(&mut ebpf, &btf, function, tracepoint) {
+            match attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint) {
                 Ok(()) => attached.push(tracepoint),
                 Err(e) => missing.push(format!("{tracepoint}: {e:#}")),
             }
@@ -188,6 +290,7 @@ impl Probe {
             hooks,
             attached,
             missing,
+            fd_lookup,
         })
     }
 
@@ -326,6 +429,49 @@ fn filter_words(inodes: impl Iterator<Item = u64>) -> BTreeMap<u32, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Loading needs root and kernel BTF; where they are missing the test says so and passes
+    /// (CI runs as root on a BTF kernel, and runs it).
+    fn kernel_btf_as_root() -> Option<Btf> {
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: loading eBPF programs needs root");
+            return None;
+        }
+        Btf::from_sys_fs()
+            .map_err(|e| eprintln!("SKIPPED: no kernel BTF: {e}"))
+            .ok()
+    }
+
+    #[test]
+    fn a_kernel_that_refuses_or_lacks_the_kfunc_gets_the_build_without_it() {
+        let Some(btf) = kernel_btf_as_root() else {
+            return;
+        };
+        // A FUNC id that is not a kfunc: the verifier refuses the call.
+        let not_a_kfunc = btf
+            .id_by_type_name_kind("vfs_read", aya_obj::btf::BtfKind::Func)
+            .expect("vfs_read is in the kernel BTF");
+        for (kfunc_id, why) in [
+            (Ok(not_a_kfunc), "refused program"),
+            (Err(kfunc::LinkError::NoKfunc), "no kfunc bpf_rdonly_cast"),
+        ] {
+            let probe = Probe::load_agent(kfunc_id, Hooks::Tracepoint, &btf)
+                .expect("the build without kfuncs loads");
+            let FdLookup::ProbeRead { reason } = &probe.fd_lookup else {
+                panic!("expected the probe-read build, got {:?}", probe.fd_lookup);
+            };
+            assert!(reason.contains(why), "{reason}");
+            assert!(
+                probe.attached.contains(&"sys_exit_openat"),
+                "{:?}",
+                probe.attached
+            );
+        }
+        let linked = Probe::load_agent(kfunc::rdonly_cast_id(&btf), Hooks::Tracepoint, &btf)
+            .expect("this kernel has bpf_rdonly_cast");
+        assert_eq!(linked.fd_lookup, FdLookup::Cast);
+    }
 
     #[test]
     fn filter_words_set_one_bit_per_inode_and_wrap_at_the_filter_size() {

@@ -12,6 +12,7 @@ pub mod bench;
 mod event;
 mod fanotify;
 mod inventory;
+mod kfunc;
 mod loader;
 mod process;
 mod record;
@@ -23,7 +24,7 @@ use crate::Shared;
 use event::RawEvent;
 use fanotify::{FanEvent, Fanotify};
 use inventory::Inventory;
-use loader::{Hooks, Outputs, Probe, ProtectedMaps};
+use loader::{FdLookup, Hooks, Objects, Outputs, Probe, ProtectedMaps};
 use loggate_core::audit_fields;
 use record::{bypass_record, Opened};
 use std::os::fd::OwnedFd;
@@ -117,7 +118,7 @@ impl Startup {
     ) -> Result<(Probe, Vec<String>, ProtectedMaps, Outputs), String> {
         let mut refused = Vec::new();
         for &hooks in config.mode.ebpf_hooks() {
-            match Self::load_hooks(inventory, hooks) {
+            match Self::load_hooks(config, inventory, hooks) {
                 Ok((probe, maps, outputs)) => return Ok((probe, refused, maps, outputs)),
                 Err(e) => refused.push(format!("{}: {e:#}", hooks.name())),
             }
@@ -126,10 +127,14 @@ impl Startup {
     }
 
     fn load_hooks(
+        config: &BypassConfig,
         inventory: &Inventory,
         hooks: Hooks,
     ) -> anyhow::Result<(Probe, ProtectedMaps, Outputs)> {
-        let mut probe = Probe::load(loggate_agent_ebpf::object(), hooks)?;
+        let objects = Objects::Agent {
+            kfuncs: config.kfuncs,
+        };
+        let mut probe = Probe::load(objects, hooks)?;
         let (mut maps, outputs) = probe.split()?;
         maps.exclude_tgid(std::process::id())?;
         maps.sync(inventory)?;
@@ -159,6 +164,11 @@ impl Startup {
                 "bypass_mode" => self.mode_name(),
                 "bypass_hooks" => a.probe.attached.clone(),
                 "bypass_hooks_missing" => a.probe.missing.clone(),
+                "bypass_fd_lookup" => a.probe.fd_lookup.name(),
+                "bypass_fd_lookup_reason" => match &a.probe.fd_lookup {
+                    FdLookup::ProbeRead { reason } => Some(reason.clone()),
+                    FdLookup::Cast | FdLookup::None => None,
+                },
                 "bypass_protected" => a.inventory.len(),
                 "bypass_fallback_reason" => (!a.fallback.is_empty()).then(|| a.fallback.join("; ")),
             ),
@@ -226,6 +236,11 @@ impl Startup {
                     tracing::warn!(
                         "bypass audit: using {} mode because the kernel refused {refused}",
                         probe.hooks.name()
+                    );
+                }
+                if let FdLookup::ProbeRead { reason } = &probe.fd_lookup {
+                    tracing::warn!(
+                        "bypass audit: the kernel refused the bpf_rdonly_cast build ({reason}); using the bpf_probe_read_kernel build: the same opens are seen, at a higher cost for processes with a grown fd table"
                     );
                 }
                 for hook in &probe.missing {

@@ -21,6 +21,7 @@ pub struct BypassFile {
     rescan_interval: String,
     max_protected: usize,
     uid_subjects: BTreeMap<String, String>,
+    kfuncs: bool,
 }
 
 impl Default for BypassFile {
@@ -32,6 +33,7 @@ impl Default for BypassFile {
             rescan_interval: "2s".into(),
             max_protected: MAP_CAPACITY,
             uid_subjects: BTreeMap::new(),
+            kfuncs: true,
         }
     }
 }
@@ -101,6 +103,9 @@ pub struct BypassConfig {
     pub rescan_interval: Duration,
     pub max_protected: usize,
     pub uid_subjects: BTreeMap<u32, String>,
+    /// Whether the eBPF program may call kfuncs (`bpf_rdonly_cast`); when false the agent loads
+    /// the build that reads grown fd tables with `bpf_probe_read_kernel`.
+    pub kfuncs: bool,
 }
 
 impl Default for BypassConfig {
@@ -167,6 +172,7 @@ impl BypassFile {
             rescan_interval,
             max_protected: self.max_protected,
             uid_subjects,
+            kfuncs: self.kfuncs,
         })
     }
 }
@@ -216,5 +222,12 @@ mod tests {
         assert!(parse("rescan_interval = \"1ms\"").is_err());
         assert!(parse("max_protected = 0").is_err());
         assert!(parse("max_protected = 70000").is_err());
+    }
+
+    #[test]
+    fn kfuncs_are_used_unless_switched_off() {
+        assert!(parse("").expect("defaults").kfuncs);
+        assert!(!parse("kfuncs = false").expect("valid").kfuncs);
+        assert!(parse("kfuncs = \"no\"").is_err());
     }
 }

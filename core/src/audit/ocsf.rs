@@ -518,6 +518,8 @@ pub const EVENTS: &[EventType] = &[
             ("bypass_fallback_reason", "why `auto` did not use the modes it tried first, e.g. `lsm: the kernel refused program lsm_file_open: …; fentry: …`"),
             ("bypass_hooks", "hooks attached: `file_open`, `security_file_open`, the `sys_exit_*` tracepoints, `sys_exit`, `io_uring_complete`, or `fanotify:FAN_OPEN`"),
             ("bypass_hooks_missing", "optional hooks the kernel refused, with the reason"),
+            ("bypass_fd_lookup", "eBPF modes: how the program turns an opened fd into its file: `rdonly_cast` (the `bpf_rdonly_cast` kfunc, plain loads) or `probe_read` (the build without kfuncs: `bpf_probe_read_kernel` for grown fd tables; sees the same opens at a higher cost); `none` in `lsm` and `fentry` mode, whose programs are handed the file"),
+            ("bypass_fd_lookup_reason", "with `probe_read`: why the kfunc build was not used (the kernel lacks or refused `bpf_rdonly_cast`, or `bypass.kfuncs = false`)"),
             ("bypass_protected", "files and folders in the kernel map"),
         ],
     },

@@ -112,7 +112,8 @@ fn example(name: &str) -> Map<String, Value> {
             "grants_loaded": 1, "revision": 7, "bypass_mode": "tracepoint",
             "bypass_fallback_reason": null,
             "bypass_hooks": ["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_open_by_handle_at", "io_uring_complete"],
-            "bypass_hooks_missing": [], "bypass_protected": 4,
+            "bypass_hooks_missing": [], "bypass_fd_lookup": "rdonly_cast",
+            "bypass_fd_lookup_reason": null, "bypass_protected": 4,
         }),
         "agent.stopped" => json!({ "agent_id": "web-1" }),
         "controller.started" => json!({
