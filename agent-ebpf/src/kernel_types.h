@@ -97,11 +97,17 @@ struct thread_info {
 struct mm_struct {
 	unsigned long arg_start;
 	unsigned long arg_end;
+	struct file *exe_file;
+};
+
+struct fs_struct {
+	struct path root;
 };
 
 struct task_struct {
 	struct thread_info thread_info;
 	struct mm_struct *mm;
+	struct fs_struct *fs;
 	int tgid;
 	struct task_struct *real_parent;
 	struct files_struct *files;

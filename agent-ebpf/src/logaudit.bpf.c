@@ -45,6 +45,12 @@
 #define S_IFDIR 0040000
 #define NAME_LEN 256
 #define CMDLINE_LEN 256
+#define EXE_DEPTH 8
+#define EXE_NAME 64
+/* exe_reach: how far up the walk from the executable got. */
+#define EXE_PARTIAL 0 /* more than EXE_DEPTH components: the leading ones are unknown */
+#define EXE_ROOT 1    /* the root of the opener's own root mount: the path is complete */
+#define EXE_MOUNT 2   /* the root of another mount: the path is relative to where it is mounted */
 
 #define MATCH_FILE 1
 #define MATCH_DIR 2
@@ -107,6 +113,12 @@ struct event {
 	__u32 cmdline_len;
 	__u32 pad;
 	char cmdline[CMDLINE_LEN];
+	/* The opener's executable, read at the open for the same reason: the names of the last
+	 * exe_depth components of its path, the file's own name first; exe_reach says whether
+	 * the walk reached the root. */
+	__u32 exe_depth;
+	__u32 exe_reach;
+	char exe[EXE_DEPTH][EXE_NAME];
 };
 
 /* (dev, ino) of each protected file and directory -> MATCH_FILE or MATCH_DIR. */
@@ -301,6 +313,37 @@ static __always_inline void count_lost(void)
 		__sync_fetch_and_add(n, 1);
 }
 
+/* The opener's executable path, from its dentry up towards the root, one name per component
+ * (at most EXE_DEPTH); only for matched opens, so its cost is not on the miss path. */
+static __always_inline void read_exe(struct task_struct *task, struct event *e)
+{
+	struct dentry *d = 0, *parent;
+	struct file *exe = 0;
+	int i;
+
+	e->exe_depth = 0;
+	e->exe_reach = EXE_PARTIAL;
+	if (task->mm)
+		exe = task->mm->exe_file;
+	if (!exe)
+		return;
+	d = exe->f_path.dentry;
+#pragma unroll
+	for (i = 0; i < EXE_DEPTH; i++) {
+		if (!d)
+			return;
+		parent = d->d_parent;
+		if (!parent || parent == d)
+			break;
+		if (bpf_probe_read_kernel_str(e->exe[i], EXE_NAME, d->d_name.name) < 0)
+			return;
+		e->exe_depth = i + 1;
+		d = parent;
+	}
+	if (d && d->d_parent == d)
+		e->exe_reach = task->fs && exe->f_path.mnt == task->fs->root.mnt ? EXE_ROOT : EXE_MOUNT;
+}
+
 /* Emits the event for a matched open, unless the opener is excluded. */
 static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 {
@@ -354,6 +397,7 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 		if (len && !bpf_probe_read_user(e->cmdline, len, (void *)start))
 			e->cmdline_len = len;
 	}
+	read_exe(task, e);
 	bpf_ringbuf_submit(e, 0);
 }
 

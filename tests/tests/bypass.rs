@@ -203,6 +203,13 @@ fn cat_dd_tail_and_python_as_nobody_each_produce_one_event_naming_them() -> anyh
     // cat has usually exited before the agent looks at /proc: the command line then comes
     // from the argv the kernel program read at the open.
     assert_eq!(e["cmdline"], format!("cat {path}").as_str(), "{e:#}");
+    // …and its executable, from /proc or else from the kernel's walk of its dentries.
+    let cat_exe = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("cat"))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .expect("cat on PATH");
+    assert_eq!(e["exe"], s(&cat_exe).as_str(), "{e:#}");
     // Likewise its cgroup, from the cgroup id the kernel reported.
     assert!(
         e["cgroup"].as_str().is_some_and(|c| c.starts_with('/')),

@@ -26,9 +26,15 @@ pub struct RawEvent {
     pub cmdline_len: u32,
     pub pad: u32,
     pub cmdline: [u8; 256],
+    pub exe_depth: u32,
+    pub exe_reach: u32,
+    pub exe: [[u8; 64]; 8],
 }
 
-const _: () = assert!(size_of::<RawEvent>() == 600);
+const _: () = assert!(size_of::<RawEvent>() == 1120);
+
+/// `exe_reach` values: how far up the kernel's walk from the executable got.
+const EXE_ROOT: u32 = 1;
 
 /// `matched` values.
 pub const MATCH_FILE: u16 = 1;
@@ -56,6 +62,31 @@ impl RawEvent {
     pub fn cmdline_bytes(&self) -> Option<&[u8]> {
         let len = (self.cmdline_len as usize).min(self.cmdline.len());
         (len > 0).then(|| &self.cmdline[..len])
+    }
+
+    /// The executable's path as the kernel read it at the open: `/usr/bin/cat` when the walk
+    /// reached the opener's root; starting with `…/` when its leading components are unknown
+    /// (a path deeper than 8 components, or a file on another mount, whose mount point is not
+    /// read); `None` when nothing was read (a kernel thread, a name that could not be read).
+    pub fn exe(&self) -> Option<String> {
+        let depth = (self.exe_depth as usize).min(self.exe.len());
+        if depth == 0 {
+            return None;
+        }
+        let names: Vec<String> = self.exe[..depth]
+            .iter()
+            .rev()
+            .map(|n| c_string(n))
+            .collect();
+        if names.iter().any(|n| n.is_empty() || n.contains('/')) {
+            return None;
+        }
+        let prefix = if self.exe_reach == EXE_ROOT {
+            ""
+        } else {
+            "…"
+        };
+        Some(format!("{prefix}/{}", names.join("/")))
     }
 
     /// The basename the opener's path resolved to (the dentry's name: for a hard link, the
@@ -135,6 +166,24 @@ mod tests {
         assert_eq!((e.pid, e.uid), (4242, 65534));
         assert_eq!(e.comm(), "cat");
         assert_eq!(e.name(), "api.log");
+    }
+
+    #[test]
+    fn the_executable_path_is_joined_from_the_kernels_names() {
+        let mut e = RawEvent::parse(&vec![0u8; size_of::<RawEvent>()]).expect("event");
+        assert_eq!(e.exe(), None);
+        for (i, name) in ["cat", "bin", "usr"].iter().enumerate() {
+            e.exe[i][..name.len()].copy_from_slice(name.as_bytes());
+        }
+        e.exe_depth = 3;
+        e.exe_reach = EXE_ROOT;
+        assert_eq!(e.exe().as_deref(), Some("/usr/bin/cat"));
+        // Not up to the opener's root: the leading components are unknown.
+        e.exe_reach = 0;
+        assert_eq!(e.exe().as_deref(), Some("…/usr/bin/cat"));
+        // A depth beyond the array is bounded; an empty name makes it unknown.
+        e.exe_depth = 99;
+        assert_eq!(e.exe(), None);
     }
 
     #[test]

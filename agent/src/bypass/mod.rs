@@ -374,6 +374,11 @@ async fn read_events(
                 if info.cmdline.is_none() {
                     info.cmdline = raw.cmdline_bytes().map(process::cmdline_text);
                 }
+                // …and its executable, as far as the kernel could name it.
+                if info.exe.is_none() {
+                    info.exe = raw.exe();
+                    info.exe_from_kernel = info.exe.is_some();
+                }
                 // …and its cgroup (and container) from the cgroup id the kernel reported.
                 if info.cgroup.is_none() {
                     info.cgroup = names.cgroup_path(raw.cgroup_id);

@@ -19,6 +19,10 @@ pub struct ProcessInfo {
     pub container_id: Option<String>,
     /// The opener's user name (from its uid, see [`Names::user`]).
     pub user: Option<String>,
+    /// `exe` is the kernel's walk of the executable's dentries (the opener had exited), not
+    /// `/proc/<pid>/exe`: it names the path from the opener's own root (a container's, say),
+    /// so it is reported but never matched against `allow_exe`.
+    pub exe_from_kernel: bool,
     /// `/proc/<pid>` was gone when the event was read.
     pub exited: bool,
 }
@@ -44,6 +48,7 @@ pub fn inspect(proc_root: &Path, tgid: u32) -> ProcessInfo {
         cgroup,
         container_id,
         user: None,
+        exe_from_kernel: false,
     }
 }
 

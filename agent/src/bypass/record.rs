@@ -119,7 +119,9 @@ impl Opened {
 
 /// Which allow-list rule, if any, makes this open expected.
 fn allow_rule(config: &BypassConfig, info: &ProcessInfo, cgroup_id: Option<u64>) -> Option<String> {
-    if let Some(exe) = info.exe.as_deref() {
+    // Only /proc's view of the executable: the kernel's walk is relative to the opener's root,
+    // so a container could otherwise name itself after an allowed host binary.
+    if let Some(exe) = info.exe.as_deref().filter(|_| !info.exe_from_kernel) {
         if config.allow_exe.contains(exe) {
             return Some(format!("exe:{exe}"));
         }
@@ -211,4 +213,28 @@ pub fn bypass_record(
         // The finding this open raises (see `super::audit_open`), if the reader holds no grant.
         "finding_uid" => (!holds_grant).then(loggate_core::audit::ocsf::new_uid),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_procs_view_of_the_executable_matches_the_allow_list() {
+        let config = BypassConfig {
+            allow_exe: ["/usr/bin/vector".to_string()].into_iter().collect(),
+            ..BypassConfig::default()
+        };
+        let mut info = ProcessInfo {
+            exe: Some("/usr/bin/vector".into()),
+            ..ProcessInfo::default()
+        };
+        assert_eq!(
+            allow_rule(&config, &info, None).as_deref(),
+            Some("exe:/usr/bin/vector")
+        );
+        // The same name from the kernel's walk (relative to the opener's root) is not enough.
+        info.exe_from_kernel = true;
+        assert_eq!(allow_rule(&config, &info, None), None);
+    }
 }

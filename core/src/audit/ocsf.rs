@@ -205,7 +205,7 @@ const BYPASS_FIELDS: &[(&str, &str)] = &[
     ("user", "the uid's name from `/etc/passwd`, or null"),
     ("subject", "the person `bypass.uid_subjects` maps the uid to, or null (`actor.user`)"),
     ("comm", "the command name (15 bytes at most)"),
-    ("exe", "executable path from `/proc/<pid>`; null when the process had already exited (the kernel program cannot build a path in these hooks)"),
+    ("exe", "executable path from `/proc/<pid>/exe`; when the process had already exited, the path the eBPF program read at the open, walking the executable's dentries (at most 8 components; `…/` marks unknown leading components: a deeper path, or a file on another mount than the opener's root; the path is as the opener saw it from its own root, e.g. inside its container, and is never matched against `allow_exe`); null when neither is known (fanotify mode, a reader already gone)"),
     ("cmdline", "command line from `/proc/<pid>` (≤ 4096 bytes); when the process had already exited, the eBPF modes give the argv the kernel program read at the open (≤ 255 bytes), fanotify gives null"),
     ("process_exited", "the opener was gone before `/proc` could be read (common for `cat`)"),
     ("cgroup_id", "the cgroup v2 id"),
