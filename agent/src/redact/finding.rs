@@ -9,7 +9,7 @@
 //! All patterns are byte regexes with Unicode off: logs are mostly ASCII, invalid UTF-8 is
 //! ordinary input, and ASCII classes keep the automata small and fast.
 
-use super::bytemask::SegmentMasks;
+use super::bytemask::{Masks, SegmentMasks};
 use super::validate;
 use regex::bytes::{Regex, RegexBuilder};
 use std::sync::LazyLock;
@@ -162,7 +162,7 @@ impl Builtin {
                     && line.get(e + 1).is_some_and(u8::is_ascii_digit);
                 !glued_before && !glued_after && validate::Validator::Ssn.check(v)
             }),
-            Builtin::Ipv4 => find_ipv4(seg, out),
+            Builtin::Ipv4 => find_ipv4(seg, masks, out),
             Builtin::Ipv6 => find_ipv6(seg, out),
         }
     }
@@ -364,7 +364,7 @@ fn find_cards(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         static SCRATCH: std::cell::RefCell<Scratch> =
             const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
-    card_runs(seg, masks, |from, to| {
+    card_runs(masks, |from, to| {
         SCRATCH.with_borrow_mut(|(groups, digits)| scan_cards(seg, from, to, groups, digits, out))
     });
 }
@@ -374,11 +374,9 @@ fn find_cards(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
 /// and the scanner's state is fresh at the start of such a run, so scanning only these runs
 /// finds exactly what scanning the whole segment finds. Runs are found 64 bytes at a time
 /// with bit masks: bit `i` of `long` is set when bytes `i..i+13` are all digits or separators.
-fn card_runs(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) {
-    let class = |k: usize| {
-        let m = masks.get(k);
-        m.digit | m.sep
-    };
+fn card_runs(masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) {
+    let in_run = |m: &Masks| m.digit | m.sep;
+    let class = |k: usize| in_run(&masks.get(k));
     let mut cur = class(0);
     let mut done = 0;
     for k in 0..masks.len() {
@@ -394,22 +392,11 @@ fn card_runs(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) 
             if p < done {
                 continue;
             }
-            let in_run = |b: &u8| b.is_ascii_digit() || matches!(b, b' ' | b'-');
-            let start = seg[..p]
-                .iter()
-                .rposition(|b| !in_run(b))
-                .map_or(0, |i| i + 1);
-            let end = seg[p..]
-                .iter()
-                .position(|b| !in_run(b))
-                .map_or(seg.len(), |i| p + i);
+            // The run's bounds and its digits, from the masks.
+            let start = masks.run_start(in_run, p);
+            let end = masks.run_end(in_run, p);
             // A card has 13 digits or more; `2026-11-27 07:49` does not.
-            if seg[start..end]
-                .iter()
-                .filter(|b| b.is_ascii_digit())
-                .count()
-                >= 13
-            {
+            if masks.count(|m| m.digit, start, end) >= 13 {
                 f(start, end);
             }
             done = end;
@@ -576,24 +563,44 @@ fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
 /// Dotted quads: what `\b[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\b` finds, scanned
 /// from the dots (a quad's first part is the run of one to three digits before a dot), each
 /// then validated by [`ipv4`]; like the regex, the search goes on after the end of a quad.
-fn find_ipv4(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+fn find_ipv4(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
     let mut resume = 0;
-    for dot in memchr::memchr_iter(b'.', seg) {
+    ipv4_dots(masks, |dot| {
         let mut start = dot;
         while start > 0 && dot - start < 4 && seg[start - 1].is_ascii_digit() {
             start -= 1;
         }
         let first = dot - start;
         if start < resume || !(1..=3).contains(&first) || (start > 0 && is_word(seg[start - 1])) {
-            continue;
+            return;
         }
         let Some(end) = quad_end(seg, dot) else {
-            continue;
+            return;
         };
         resume = end;
         if ipv4(&seg[start..end], start, seg) {
             out.push((start, end));
         }
+    });
+}
+
+/// Calls `f` with every dot, in order, that has a digit right before and right after it: only
+/// such a dot can be the first dot of a quad (its first part ends before it, its second part
+/// starts after it), and the other dots change nothing in [`find_ipv4`]'s state.
+fn ipv4_dots(masks: &SegmentMasks, mut f: impl FnMut(usize)) {
+    let mut prev_digit = 0u64;
+    let mut cur = masks.get(0);
+    for k in 0..masks.len() {
+        let next = masks.get(k + 1);
+        let digit_before = (cur.digit << 1) | (prev_digit >> 63);
+        let digit_after = (cur.digit >> 1) | (next.digit << 63);
+        let mut dots = cur.dot & digit_before & digit_after;
+        while dots != 0 {
+            f(k * 64 + dots.trailing_zeros() as usize);
+            dots &= dots - 1;
+        }
+        prev_digit = cur.digit;
+        cur = next;
     }
 }
 

@@ -121,9 +121,8 @@ pub struct Redactor {
 #[derive(Debug, Default)]
 pub struct LineState {
     in_private_key: bool,
-    /// The segment lowercased, for the prefilter.
-    lower: Vec<u8>,
-    /// The segment's byte masks, for the prefilter and the digit-shaped detectors.
+    /// The segment's byte masks and lowercased copy, for the prefilter and the digit-shaped
+    /// detectors.
     masks: SegmentMasks,
     spans: Vec<(usize, usize)>,
     findings: Vec<(usize, usize, usize)>,
@@ -252,9 +251,7 @@ impl Redactor {
             return;
         }
         state.masks.compute(seg);
-        let candidates = self
-            .prefilter
-            .candidates(seg, &state.masks, &mut state.lower);
+        let candidates = self.prefilter.candidates(seg, &state.masks);
         state.findings.clear();
         for (i, d) in self.detectors.iter().enumerate() {
             if !d.may_find(candidates) {

@@ -99,20 +99,23 @@ impl Prefilter {
         })
     }
 
-    /// The detectors (bits) that may find something in `seg`, whose byte masks are `masks`.
-    /// `lower` is scratch space.
-    pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks, lower: &mut Vec<u8>) -> u32 {
+    /// The detectors (bits) that may find something in `seg`, whose byte masks (and lowercased
+    /// copy) are `masks`.
+    pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u32 {
         let mut hits = self.always;
         if let Some(ac) = &self.keywords {
-            lower.clear();
-            lower.extend(seg.iter().map(u8::to_ascii_lowercase));
+            let lower = masks.lower();
             let mut found = 0;
             let mut at = 0;
             while found != self.keyword_kinds && at < lower.len() {
-                let Some(m) = ac.find(Input::new(lower.as_slice()).span(at..lower.len())) else {
+                let Some(m) = ac.find(Input::new(lower).span(at..lower.len())) else {
                     break;
                 };
-                found |= self.owners[m.pattern().as_usize()];
+                let mut owners = self.owners[m.pattern().as_usize()];
+                if owners & bit(Builtin::Secret) != 0 && !assignment_follows(lower, m.end()) {
+                    owners &= !bit(Builtin::Secret);
+                }
+                found |= owners;
                 at = m.start() + 1;
             }
             hits |= found;
@@ -128,6 +131,35 @@ impl Prefilter {
             | shape(Builtin::Ssn, has_ssn_shape)
             | shape(Builtin::Ipv6, has_ipv6_shape)
     }
+}
+
+/// Whether a `key=value` / `key: value` secret can have its key end in the word whose literal
+/// ends at `end` (`pass` of `password`, `credential` of `credentials`, `key` of `api_key`):
+/// after the rest of the word's letters, what the key-value pattern allows between a key and
+/// its value must follow: an optional backslash, an optional quote, spaces, then `=` or `:`.
+/// Every key word of that pattern ends with one of the `secret` literals followed only by
+/// letters, so a line where no literal passes this cannot hold a key-value secret ("the token
+/// expired").
+fn assignment_follows(lower: &[u8], end: usize) -> bool {
+    let rest = lower.get(end..).unwrap_or_default();
+    let mut i = rest
+        .iter()
+        .position(|b| !b.is_ascii_lowercase())
+        .unwrap_or(rest.len());
+    if rest.get(i) == Some(&b'\\') {
+        i += 1;
+    }
+    if matches!(rest.get(i), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    // `\s` of the pattern (ASCII): space, `\t`, `\n`, `\v`, `\f`, `\r`.
+    while matches!(
+        rest.get(i),
+        Some(b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r')
+    ) {
+        i += 1;
+    }
+    matches!(rest.get(i), Some(b'=' | b':'))
 }
 
 fn has_at_sign(_: &[u8], masks: &SegmentMasks) -> bool {
@@ -212,20 +244,52 @@ mod tests {
     #[test]
     fn keyword_hits_overlapping_literals_and_any_case() {
         let p = Prefilter::new(Builtin::ALL).unwrap();
-        let mut lower = Vec::new();
-        let candidates = |text: &[u8], lower: &mut Vec<u8>| {
+        let candidates = |text: &[u8]| {
             let mut m = SegmentMasks::default();
             m.compute(text);
-            p.candidates(text, &m, lower)
+            p.candidates(text, &m)
         };
         // `aws` and `secret` overlap in `AWSECRET`; both detectors must be candidates.
-        let hits = candidates(b"x AWSECRET=1", &mut lower);
+        let hits = candidates(b"x AWSECRET=1");
         assert_ne!(hits & bit(Builtin::Secret), 0);
         assert_ne!(hits & bit(Builtin::AwsSecretKey), 0);
-        let hits = candidates(b"BeArEr abc", &mut lower);
+        let hits = candidates(b"BeArEr abc");
         assert_ne!(hits & bit(Builtin::Bearer), 0);
-        let hits = candidates(b"plain words, 12:30:01 2026-11-27", &mut lower);
+        let hits = candidates(b"plain words, 12:30:01 2026-11-27");
         assert_eq!(hits, p.always);
+    }
+
+    /// `secret` runs only where a key word is followed by `=` or `:`, in every form the
+    /// key-value pattern takes; the literal alone ("the token expired") is not enough.
+    #[test]
+    fn secret_needs_an_assignment_after_its_key_word() {
+        let p = Prefilter::new([Builtin::Secret]).unwrap();
+        let secret = |text: &str| {
+            let mut m = SegmentMasks::default();
+            m.compute(text.as_bytes());
+            p.candidates(text.as_bytes(), &m) & bit(Builtin::Secret) != 0
+        };
+        for text in [
+            "password=hunter2",
+            "DB_PASSWORD = 's3cr et'",
+            r#"{"client_secret": "abc"}"#,
+            r#"msg="{\"refresh_token\":\"rt-1\"}""#,
+            "x-api-key: k-123",
+            "ApiKey:zzz",
+            "credentials=a",
+            "token\t\x0b\x0c\r\n=x",
+            "the token expired; Passwd'=p",
+        ] {
+            assert!(secret(text), "{text:?}");
+        }
+        for text in [
+            "the token expired, refreshing the session",
+            "tokens are rotated, keys too",
+            "password reset by admin: ok",
+            "secret_-=x",
+        ] {
+            assert!(!secret(text), "{text:?}");
+        }
     }
 
     fn shape(test: fn(&[u8], &SegmentMasks) -> bool, text: &[u8]) -> bool {
