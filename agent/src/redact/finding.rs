@@ -149,7 +149,7 @@ impl Builtin {
             Builtin::UrlCredentials => {
                 regex_spans(&URL_CREDENTIALS, seg, 1, out, |v, _, _| !own_output(v))
             }
-            Builtin::Secret => find_key_value(seg, out),
+            Builtin::Secret => find_key_value(seg, masks.lower(), out),
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |_, s, line| {
                 !after_url_userinfo(line, s)
             }),
@@ -203,11 +203,9 @@ static URL_CREDENTIALS: LazyLock<Regex> =
 /// `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a string) for keys
 /// that end with a secret-ish name. Group 1 is the key; 2–5 the value in its quoting. A quote
 /// that never closes (a truncated record) takes the value to the end of the line.
-static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
-    build(
-        r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]\s*(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?|([^\s"'&,;}\])\\]+))"#,
-    )
-});
+const KEY_VALUE_PATTERN: &str = r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]\s*(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?|([^\s"'&,;}\])\\]+))"#;
+/// [`KEY_VALUE_PATTERN`], anchored: [`find_key_value`] runs it only where a key can start.
+static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| build(&format!("^(?:{KEY_VALUE_PATTERN})")));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     build(
         r"(?i)[a-z0-9._%+-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}\b",
@@ -332,14 +330,64 @@ fn status_word(v: &[u8]) -> bool {
     WORDS.iter().any(|w| v.eq_ignore_ascii_case(w))
 }
 
-fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
-    for c in KEY_VALUE.captures_iter(seg) {
-        let Some(value) = (2..=5).find_map(|g| c.get(g)) else {
+/// What every key word of [`KEY_VALUE_PATTERN`] ends with, lowercase.
+const KEY_WORD_ENDINGS: [&[u8]; 8] = [
+    b"password",
+    b"passwd",
+    b"pwd",
+    b"secret",
+    b"token",
+    b"key",
+    b"credential",
+    b"credentials",
+];
+
+/// The key-value secrets of `seg` (`lower` is `seg` lowercased): what
+/// `KEY_VALUE_PATTERN.captures_iter(seg)` finds, with the anchored pattern run only where a
+/// match can start instead of the whole line searched. A match's key ends with a key word
+/// followed by an optional backslash, an optional quote, spaces and `=` or `:`; going back
+/// from each `=` and `:` finds the keys that can be there. The key's prefix class
+/// (`[a-z0-9_.-]`, any case) absorbs every byte of its run, so the leftmost match at or after
+/// `resume` (the end of the last match) starts where that run starts, or at `resume` if the
+/// run began before: the anchored pattern is tried exactly there, in order.
+fn find_key_value(seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
+    let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r');
+    let in_key = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    let mut locations = KEY_VALUE.capture_locations();
+    let mut resume = 0;
+    for assign in memchr::memchr2_iter(b'=', b':', seg) {
+        let mut end = assign;
+        while end > 0 && space(seg[end - 1]) {
+            end -= 1;
+        }
+        if end > 0 && matches!(seg[end - 1], b'"' | b'\'') {
+            end -= 1;
+        }
+        if end > 0 && seg[end - 1] == b'\\' {
+            end -= 1;
+        }
+        let before = &lower[..end];
+        if end <= resume || !KEY_WORD_ENDINGS.iter().any(|w| before.ends_with(w)) {
+            continue;
+        }
+        let run = seg[..end]
+            .iter()
+            .rposition(|b| !in_key(*b))
+            .map_or(0, |i| i + 1);
+        let start = run.max(resume);
+        let Some(m) = KEY_VALUE.captures_read(&mut locations, &seg[start..]) else {
             continue;
         };
-        let key = c.get(1).map(|k| k.as_bytes()).unwrap_or_default();
-        let v = value.as_bytes();
-        let bare = c.get(5).is_some();
+        resume = start + m.end();
+        let Some((vs, ve)) = (2..=5).find_map(|g| locations.get(g)) else {
+            continue;
+        };
+        let (vs, ve) = (start + vs, start + ve);
+        let key = locations
+            .get(1)
+            .map_or(&b""[..], |(ks, ke)| &seg[start + ks..start + ke]);
+        let v = &seg[vs..ve];
+        let bare = locations.get(5).is_some();
         // `PWD=/home/x` in an environment dump is the working directory, not a password.
         if placeholder(v)
             || (bare && status_word(v))
@@ -347,7 +395,7 @@ fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
         {
             continue;
         }
-        out.push((value.start(), value.end()));
+        out.push((vs, ve));
     }
 }
 
@@ -909,6 +957,48 @@ mod tests {
         assert_eq!(found(Builtin::Secret, "token: expired9"), ["expired9"]);
         assert_eq!(found(Builtin::Secret, "password: hunter"), ["hunter"]);
         assert_eq!(found(Builtin::Secret, r#""token": "expired""#), ["expired"]);
+    }
+
+    /// The old search: the unanchored pattern over the whole segment.
+    fn key_values_unanchored(seg: &[u8]) -> Vec<(usize, usize)> {
+        let re = build(KEY_VALUE_PATTERN);
+        let mut out = Vec::new();
+        for c in re.captures_iter(seg) {
+            let Some(value) = (2..=5).find_map(|g| c.get(g)) else {
+                continue;
+            };
+            let key = c.get(1).map(|k| k.as_bytes()).unwrap_or_default();
+            let v = value.as_bytes();
+            let bare = c.get(5).is_some();
+            if placeholder(v)
+                || (bare && status_word(v))
+                || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/'))
+            {
+                continue;
+            }
+            out.push((value.start(), value.end()));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Trying the anchored pattern only where a key can start finds exactly what searching
+        /// the whole segment with the unanchored pattern finds.
+        #[test]
+        fn anchored_key_value_search_equals_the_unanchored_one(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "password", "PassWd", "pwd", "token", "Api-Key", "apikey", "secret_key",
+                "credentials", "key", "x", "db_", ".", "-", "=", ":", " ", "\t", "\"", "'",
+                "\\", "&", "}", ",", "/home", "true", "expired", "s3cr3t", "\\\"",
+            ]), 0..24),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let mut got = Vec::new();
+            find_key_value(&seg, &seg.to_ascii_lowercase(), &mut got);
+            proptest::prop_assert_eq!(got, key_values_unanchored(&seg), "{:?}", String::from_utf8_lossy(&seg));
+        }
     }
 
     #[test]
