@@ -76,7 +76,9 @@ impl Isa {
 #[derive(Debug)]
 pub struct SegmentMasks {
     blocks: Vec<Masks>,
+    /// The segment lowercased in its first `lower_len` bytes; the rest is scratch.
     lower: Vec<u8>,
+    lower_len: usize,
     isa: Isa,
 }
 
@@ -92,6 +94,7 @@ impl SegmentMasks {
         SegmentMasks {
             blocks: Vec::new(),
             lower: Vec::new(),
+            lower_len: 0,
             isa: if isa.available() { isa } else { Isa::best() },
         }
     }
@@ -99,37 +102,34 @@ impl SegmentMasks {
     /// Computes the masks and the lowercased copy of `seg`, reusing this value's memory.
     pub fn compute(&mut self, seg: &[u8]) {
         self.blocks.clear();
-        self.lower.clear();
         let n = seg.len().div_ceil(64);
-        // Whole blocks: the last block's lowercased padding is cut off below.
-        self.lower.resize(n * 64, 0);
+        // Whole blocks, written in place; only grown, never cleared (no fill per segment).
+        if self.lower.len() < n * 64 {
+            self.lower.resize(n * 64, 0);
+        }
+        self.lower_len = seg.len();
         let (whole, rest) = seg.as_chunks::<64>();
-        let (lower_whole, lower_rest) = self.lower.as_chunks_mut::<64>();
+        let (lower_blocks, _) = self.lower[..n * 64].as_chunks_mut::<64>();
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Avx2` is only chosen when the CPU reports AVX2 (`Isa::available`).
-            Isa::Avx2 => unsafe { avx2::blocks(whole, lower_whole, &mut self.blocks) },
+            Isa::Avx2 => unsafe { avx2::blocks(whole, lower_blocks, &mut self.blocks) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this target runs on has it.
-            Isa::Sse2 => unsafe { sse2::blocks(whole, lower_whole, &mut self.blocks) },
+            Isa::Sse2 => unsafe { sse2::blocks(whole, lower_blocks, &mut self.blocks) },
             _ => {
-                for (b, l) in whole.iter().zip(lower_whole.iter_mut()) {
+                for (b, l) in whole.iter().zip(lower_blocks.iter_mut()) {
                     self.blocks.push(scalar(b, l));
                 }
             }
         }
-        debug_assert!(lower_rest.is_empty());
-        if !rest.is_empty() {
-            // The last, shorter block: padded with NUL, which is in no class.
+        if let Some(last) = lower_blocks.get_mut(whole.len()) {
+            // The last, shorter block: padded with NUL, which is in no class (its lowercased
+            // padding lies past `lower_len`).
             let mut padded = [0u8; 64];
             padded[..rest.len()].copy_from_slice(rest);
-            let mut low = [0u8; 64];
-            self.blocks
-                .push(scalar_or_simd(self.isa, &padded, &mut low));
-            let start = whole.len() * 64;
-            self.lower[start..start + rest.len()].copy_from_slice(&low[..rest.len()]);
+            self.blocks.push(one_block(self.isa, &padded, last));
         }
-        self.lower.truncate(seg.len());
         self.blocks.push(Masks::default());
     }
 
@@ -151,7 +151,15 @@ impl SegmentMasks {
 
     /// The segment, ASCII-lowercased.
     pub fn lower(&self) -> &[u8] {
-        &self.lower
+        &self.lower[..self.lower_len]
+    }
+
+    /// Whether five dashes follow each other somewhere (what `-----BEGIN` starts with).
+    pub fn has_five_dashes(&self) -> bool {
+        (0..self.len()).any(|k| {
+            let d = u128::from(self.get(k).dash) | (u128::from(self.get(k + 1).dash) << 64);
+            (d & (d >> 1) & (d >> 2) & (d >> 3) & (d >> 4)) as u64 != 0
+        })
     }
 
     /// The end of the run of `class` bytes that holds byte `at` (`at` itself if it is not in
@@ -212,7 +220,7 @@ impl SegmentMasks {
 }
 
 /// One block with `isa` (the last, padded block of a segment).
-fn scalar_or_simd(isa: Isa, bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
+fn one_block(isa: Isa, bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2` is only chosen when the CPU reports AVX2 (`Isa::available`).
@@ -400,8 +408,8 @@ mod tests {
                     got.compute(seg);
                     want.compute(seg);
                     assert_eq!(got.blocks, want.blocks, "{isa:?} at {start}+{len}");
-                    assert_eq!(got.lower, want.lower, "{isa:?} at {start}+{len}");
-                    assert_eq!(got.lower, seg.to_ascii_lowercase());
+                    assert_eq!(got.lower(), want.lower(), "{isa:?} at {start}+{len}");
+                    assert_eq!(got.lower(), seg.to_ascii_lowercase());
                 }
             }
         }
@@ -416,6 +424,20 @@ mod tests {
         assert_eq!(m.get(1).digit, 0b11_1111);
         assert_eq!(m.get(2), Masks::default());
         assert_eq!(m.get(9), Masks::default());
+    }
+
+    #[test]
+    fn five_dashes_are_found_across_blocks_and_four_are_not() {
+        let mut m = SegmentMasks::default();
+        for at in 0..130 {
+            let mut seg = vec![b'x'; 140];
+            seg[at..at + 5].copy_from_slice(b"-----");
+            m.compute(&seg);
+            assert!(m.has_five_dashes(), "at {at}");
+            seg[at + 2] = b' ';
+            m.compute(&seg);
+            assert!(!m.has_five_dashes(), "at {at}");
+        }
     }
 
     /// Run boundaries and counts from the masks equal a byte-by-byte walk, across blocks.

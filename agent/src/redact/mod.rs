@@ -207,6 +207,15 @@ impl Redactor {
                 }
             }
         }
+        if pos == 0 {
+            // The common case, a line outside a private-key block: its masks are computed
+            // once, and without five dashes in a row it cannot start a block.
+            state.masks.compute(line);
+            if !(self.private_keys && state.masks.has_five_dashes()) {
+                self.redact_masked(line, state, counts, out);
+                return LineOutcome::Written;
+            }
+        }
         loop {
             let begin = if self.private_keys && PEM_BEGIN_LITERAL.find(&line[pos..]).is_some() {
                 PEM_BEGIN.find_at(line, pos)
@@ -251,6 +260,17 @@ impl Redactor {
             return;
         }
         state.masks.compute(seg);
+        self.redact_masked(seg, state, counts, out);
+    }
+
+    /// [`Redactor::redact_segment`] with the segment's masks already in `state.masks`.
+    fn redact_masked(
+        &self,
+        seg: &[u8],
+        state: &mut LineState,
+        counts: &mut Counts,
+        out: &mut Vec<u8>,
+    ) {
         let candidates = self.prefilter.candidates(seg, &state.masks);
         state.findings.clear();
         for (i, d) in self.detectors.iter().enumerate() {

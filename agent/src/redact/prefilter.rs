@@ -13,7 +13,7 @@
 
 use super::bytemask::SegmentMasks;
 use super::finding::Builtin;
-use aho_corasick::{AhoCorasick, Input, MatchKind};
+use aho_corasick::{packed, AhoCorasick, Input, MatchKind};
 
 /// The bit of a built-in detector in a candidate set.
 pub fn bit(b: Builtin) -> u32 {
@@ -23,7 +23,7 @@ pub fn bit(b: Builtin) -> u32 {
 #[derive(Debug)]
 pub struct Prefilter {
     /// Every keyword literal of the profile's keyword detectors, lowercase, deduplicated.
-    keywords: Option<AhoCorasick>,
+    keywords: Option<Keywords>,
     /// For literal `i`, the detectors (bits) that need it.
     owners: Vec<u32>,
     /// The profile's keyword detectors.
@@ -49,6 +49,42 @@ enum Gate {
     Shape,
     Always,
     Never,
+}
+
+/// The literal search: Teddy (SIMD) straight from `aho_corasick::packed` where the CPU has
+/// it, which spares the automaton's wrapper on every line, else an Aho-Corasick automaton.
+/// Both report the leftmost-first match.
+#[derive(Debug)]
+enum Keywords {
+    Packed(packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl Keywords {
+    fn new(literals: &[String]) -> Result<Keywords, String> {
+        let packed = packed::Config::new()
+            .match_kind(packed::MatchKind::LeftmostFirst)
+            .builder()
+            .extend(literals)
+            .build();
+        if let Some(searcher) = packed {
+            return Ok(Keywords::Packed(searcher));
+        }
+        AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .build(literals)
+            .map(Keywords::Automaton)
+            .map_err(|e| format!("cannot build the keyword prefilter: {e}"))
+    }
+
+    /// The first literal found at or after `at`: (literal index, start, end).
+    fn find(&self, hay: &[u8], at: usize) -> Option<(usize, usize, usize)> {
+        let m = match self {
+            Keywords::Packed(s) => s.find_in(hay, aho_corasick::Span::from(at..hay.len())),
+            Keywords::Automaton(a) => a.find(Input::new(hay).span(at..hay.len())),
+        }?;
+        Some((m.pattern().as_usize(), m.start(), m.end()))
+    }
 }
 
 impl Prefilter {
@@ -83,12 +119,7 @@ impl Prefilter {
         let keywords = if literals.is_empty() {
             None
         } else {
-            Some(
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostFirst)
-                    .build(&literals)
-                    .map_err(|e| format!("cannot build the keyword prefilter: {e}"))?,
-            )
+            Some(Keywords::new(&literals)?)
         };
         Ok(Prefilter {
             keywords,
@@ -108,15 +139,15 @@ impl Prefilter {
             let mut found = 0;
             let mut at = 0;
             while found != self.keyword_kinds && at < lower.len() {
-                let Some(m) = ac.find(Input::new(lower).span(at..lower.len())) else {
+                let Some((pattern, start, end)) = ac.find(lower, at) else {
                     break;
                 };
-                let mut owners = self.owners[m.pattern().as_usize()];
-                if owners & bit(Builtin::Secret) != 0 && !assignment_follows(lower, m.end()) {
+                let mut owners = self.owners[pattern];
+                if owners & bit(Builtin::Secret) != 0 && !assignment_follows(lower, end) {
                     owners &= !bit(Builtin::Secret);
                 }
                 found |= owners;
-                at = m.start() + 1;
+                at = start + 1;
             }
             hits |= found;
         }
