@@ -412,17 +412,44 @@ fn find_cards(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         static SCRATCH: std::cell::RefCell<Scratch> =
             const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
-    card_runs(masks, |from, to| {
+    card_runs(masks, |from, to, digits| {
+        if digits == to - from {
+            // One undivided group of digits (the usual look-alike: an id, a timestamp):
+            // `scan_cards` would take it whole or not at all, so test it in place.
+            if !glued_before(seg, from)
+                && !glued_after(seg, to)
+                && validate::card_number(&seg[from..to])
+            {
+                out.push((from, to));
+            }
+            return;
+        }
         SCRATCH.with_borrow_mut(|(groups, digits)| scan_cards(seg, from, to, groups, digits, out))
     });
 }
 
-/// Calls `f(start, end)` for every maximal run of digits, spaces and dashes of at least 13
-/// bytes: a card number (13 digits or more, joined by single separators) can be nowhere else,
+/// Whether digits starting at `start` are glued to what precedes them: part of a word, or
+/// the decimals of a number.
+fn glued_before(seg: &[u8], start: usize) -> bool {
+    start > 0
+        && (is_word(seg[start - 1])
+            || (seg[start - 1] == b'.' && start > 1 && seg[start - 2].is_ascii_digit()))
+}
+
+/// Whether digits ending at `end` are glued to what follows them: part of a word, or a number
+/// with decimals.
+fn glued_after(seg: &[u8], end: usize) -> bool {
+    end < seg.len()
+        && (is_word(seg[end])
+            || (seg[end] == b'.' && seg.get(end + 1).is_some_and(u8::is_ascii_digit)))
+}
+
+/// Calls `f(start, end, digits)` for every maximal run of digits, spaces and dashes of at
+/// least 13 bytes, and 13 digits or more,: a card number (13 digits or more, joined by single separators) can be nowhere else,
 /// and the scanner's state is fresh at the start of such a run, so scanning only these runs
 /// finds exactly what scanning the whole segment finds. Runs are found 64 bytes at a time
 /// with bit masks: bit `i` of `long` is set when bytes `i..i+13` are all digits or separators.
-fn card_runs(masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) {
+fn card_runs(masks: &SegmentMasks, mut f: impl FnMut(usize, usize, usize)) {
     let in_run = |m: &Masks| m.digit | m.sep;
     let class = |k: usize| in_run(&masks.get(k));
     let mut cur = class(0);
@@ -444,8 +471,9 @@ fn card_runs(masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) {
             let start = masks.run_start(in_run, p);
             let end = masks.run_end(in_run, p);
             // A card has 13 digits or more; `2026-11-27 07:49` does not.
-            if masks.count(|m| m.digit, start, end) >= 13 {
-                f(start, end);
+            let digits = masks.count(|m| m.digit, start, end);
+            if digits >= 13 {
+                f(start, end, digits);
             }
             done = end;
         }
@@ -494,13 +522,8 @@ fn scan_cards(
         }
         let end = i;
         // Part of a word, a decimal number or a version string: not a card.
-        let glued_before = start > 0
-            && (is_word(seg[start - 1])
-                || (seg[start - 1] == b'.' && start > 1 && seg[start - 2].is_ascii_digit()));
-        let glued_after = continues_otherwise
-            || end < n
-                && (is_word(seg[end])
-                    || (seg[end] == b'.' && seg.get(end + 1).is_some_and(u8::is_ascii_digit)));
+        let glued_before = glued_before(seg, start);
+        let glued_after = continues_otherwise || glued_after(seg, end);
         if (glued_before || glued_after) && sep != Some(b' ') {
             continue;
         }
@@ -799,6 +822,32 @@ mod tests {
             found(Builtin::Card, "mc 5555-5555-5555-4444."),
             ["5555-5555-5555-4444"]
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The in-place test of undivided digit runs finds what the full scanner finds.
+        #[test]
+        fn undivided_runs_are_tested_as_the_scanner_would(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "4111111111111111", "5555555555554444", "1732693762004", "378282246310005",
+                "4111 1111 1111 1111", "0505327160729399", "7", "12", " ", "-", ".", "x", "=",
+                "_", "4111-1111-1111-1111",
+            ]), 0..10),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let mut masks = SegmentMasks::default();
+            masks.compute(&seg);
+            let mut got = Vec::new();
+            find_cards(&seg, &masks, &mut got);
+            let mut want = Vec::new();
+            let (mut groups, mut digits) = (Vec::new(), Vec::new());
+            card_runs(&masks, |from, to, _| {
+                scan_cards(&seg, from, to, &mut groups, &mut digits, &mut want)
+            });
+            proptest::prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&seg));
+        }
     }
 
     #[test]
