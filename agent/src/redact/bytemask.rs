@@ -123,12 +123,40 @@ impl SegmentMasks {
                 }
             }
         }
-        if let Some(last) = lower_blocks.get_mut(whole.len()) {
-            // The last, shorter block: padded with NUL, which is in no class (its lowercased
-            // padding lies past `lower_len`).
-            let mut padded = [0u8; 64];
-            padded[..rest.len()].copy_from_slice(rest);
-            self.blocks.push(one_block(self.isa, &padded, last));
+        if !rest.is_empty() {
+            let len = seg.len();
+            let tail = match (
+                seg.last_chunk::<64>(),
+                self.lower[..len].last_chunk_mut::<64>(),
+            ) {
+                // The last, shorter block of a longer segment: the 64 bytes that end the
+                // segment, their masks shifted down so that bit 0 is the block's first byte
+                // (the bits shifted in are zeros: past the end, in no class). Their lowercase
+                // overwrites the previous block's with the same bytes.
+                (Some(window), Some(lower)) => {
+                    let m = one_block(self.isa, window, lower);
+                    let shift = 64 - rest.len() as u32;
+                    Masks {
+                        digit: m.digit >> shift,
+                        upper: m.upper >> shift,
+                        sep: m.sep >> shift,
+                        dash: m.dash >> shift,
+                        at: m.at >> shift,
+                        colon: m.colon >> shift,
+                        dot: m.dot >> shift,
+                    }
+                }
+                // A segment shorter than a block: padded with NUL, which is in no class.
+                _ => {
+                    let mut padded = [0u8; 64];
+                    padded[..len].copy_from_slice(seg);
+                    let mut lower = [0u8; 64];
+                    let m = one_block(self.isa, &padded, &mut lower);
+                    self.lower[..len].copy_from_slice(&lower[..len]);
+                    m
+                }
+            };
+            self.blocks.push(tail);
         }
         self.blocks.push(Masks::default());
     }
