@@ -149,7 +149,7 @@ impl Builtin {
             Builtin::UrlCredentials => {
                 regex_spans(&URL_CREDENTIALS, seg, 1, out, |v, _, _| !own_output(v))
             }
-            Builtin::Secret => find_key_value(seg, masks.lower(), out),
+            Builtin::Secret => find_key_value(seg, masks.lower(), true, out),
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |_, s, line| {
                 !after_url_userinfo(line, s)
             }),
@@ -350,7 +350,10 @@ const KEY_WORD_ENDINGS: [&[u8]; 8] = [
 /// (`[a-z0-9_.-]`, any case) absorbs every byte of its run, so the leftmost match at or after
 /// `resume` (the end of the last match) starts where that run starts, or at `resume` if the
 /// run began before: the anchored pattern is tried exactly there, in order.
-fn find_key_value(seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
+///
+/// With `bound_run_on`, a double-quoted value that ran into the next key is cut before it
+/// ([`run_on_value`]), and the search goes on at that key.
+fn find_key_value(seg: &[u8], lower: &[u8], bound_run_on: bool, out: &mut Vec<(usize, usize)>) {
     let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r');
     let in_key = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
     let mut locations = KEY_VALUE.capture_locations();
@@ -382,7 +385,13 @@ fn find_key_value(seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
         let Some((vs, ve)) = (2..=5).find_map(|g| locations.get(g)) else {
             continue;
         };
-        let (vs, ve) = (start + vs, start + ve);
+        let (vs, mut ve) = (start + vs, start + ve);
+        if bound_run_on && locations.get(3).is_some() {
+            if let Some((value_end, next_key)) = run_on_value(seg, vs, ve, resume) {
+                ve = value_end;
+                resume = next_key;
+            }
+        }
         let key = locations
             .get(1)
             .map_or(&b""[..], |(ks, ke)| &seg[start + ks..start + ke]);
@@ -397,6 +406,40 @@ fn find_key_value(seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
         }
         out.push((vs, ve));
     }
+}
+
+/// A double-quoted value `vs..ve` whose match ended at `end` (after its closing quote) that
+/// ran into the next key: `db_password":"v1 AWS_SECRET_ACCESS_KEY":"v2` (a quote missing after
+/// `v1`) reads as the value `v1 AWS_SECRET_ACCESS_KEY`, and `v2` would be left. The signs, all
+/// required: the closing quote is followed by spaces and `:` or `=` (it closes a key, not a
+/// value), the value's last word follows a space or comma, and the key-value pattern matches a
+/// secret there. Then `Some((value end, next key start))`: the value ends before that word,
+/// whose own value the search finds next. Otherwise the long value stays: it redacts more.
+fn run_on_value(seg: &[u8], vs: usize, ve: usize, end: usize) -> Option<(usize, usize)> {
+    if end <= ve || seg[ve] != b'"' {
+        return None;
+    }
+    let after = seg[end..]
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .map(|i| seg[end + i]);
+    if !matches!(after, Some(b':' | b'=')) {
+        return None;
+    }
+    let in_key = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    let word = seg[vs..ve]
+        .iter()
+        .rposition(|b| !in_key(b))
+        .map(|i| vs + i + 1)?;
+    if word == ve || !matches!(seg[word - 1], b' ' | b'\t' | b',') {
+        return None;
+    }
+    KEY_VALUE.find(&seg[word..])?;
+    let mut value_end = word - 1;
+    while value_end > vs && matches!(seg[value_end - 1], b' ' | b'\t' | b',') {
+        value_end -= 1;
+    }
+    Some((value_end, word))
 }
 
 /// Payment cards: runs of 13–19 digits, optionally grouped by single spaces or dashes, that pass
@@ -987,6 +1030,27 @@ mod tests {
         }
     }
 
+    /// A quoted value that does not close before the next key stops before that key, and the
+    /// next key's value is found too; well-formed values, and quotes that close a value, keep
+    /// their whole value.
+    #[test]
+    fn a_quoted_value_running_into_the_next_key_stops_before_it() {
+        for (text, values) in [
+            (
+                r#"db_password":"v1 AWS_SECRET_ACCESS_KEY":"v2"#,
+                &["v1", "v2"][..],
+            ),
+            (r#"x token":"a b,password" = "c d""#, &["a b", "c d"]),
+            (r#"{"password":"a b c","token":"t"}"#, &["a b c", "t"]),
+            (r#"password":"hello world":x"#, &["hello world"]),
+            (r#"password":"v1 monkey":"v2"#, &["v1 monkey"]),
+            (r#"password":"v1token":"v2"#, &["v1token"]),
+            (r#"password":" token":"v2"#, &["v2"]),
+        ] {
+            assert_eq!(found(Builtin::Secret, text), values, "{text}");
+        }
+    }
+
     #[test]
     fn key_value_leaves_prose_placeholders_and_other_keys() {
         for text in [
@@ -1045,7 +1109,7 @@ mod tests {
         ) {
             let seg = pieces.concat().into_bytes();
             let mut got = Vec::new();
-            find_key_value(&seg, &seg.to_ascii_lowercase(), &mut got);
+            find_key_value(&seg, &seg.to_ascii_lowercase(), false, &mut got);
             proptest::prop_assert_eq!(got, key_values_unanchored(&seg), "{:?}", String::from_utf8_lossy(&seg));
         }
     }
