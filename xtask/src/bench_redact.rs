@@ -5,7 +5,8 @@
 //! 4 % of lines carry a sensitive value, many more carry look-alikes) is generated once into
 //! `target/bench/` and reused while its checksum matches. Every measured command runs pinned to
 //! CPU 0 (`taskset -c 0`) with its standard output drained through a pipe by this process, the
-//! same way for every tool; rounds are interleaved and the median of the rounds is reported.
+//! same way for every tool (a 1 MiB pipe, see [`PIPE_BYTES`]); rounds are interleaved and the
+//! median of the rounds is reported, with wall time and CPU time (user + system).
 
 use crate::{cargo, run, target_dir};
 use anyhow::{bail, Context};
@@ -122,17 +123,19 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         first_line(Command::new("sed").arg("--version"))?
     );
     println!("corpus: {} ({} bytes)", corpus.display(), size);
+    println!("output pipe: {} KiB", PIPE_BYTES / 1024);
     println!("load at start: {}", load_average());
     let mut times: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
     for round in 0..args.rounds {
         for (i, tool) in tools.iter().enumerate() {
             let s = tool.measure(None)?;
             eprintln!(
-                "round {}: {:<36} {:>7.2} s  {:>8.1} MB/s  out {} B",
+                "round {}: {:<36} {:>7.2} s  {:>8.1} MB/s  cpu {:>6.2} s  out {} B",
                 round + 1,
                 tool.label,
                 s.seconds,
                 mb_per_s(size, s.seconds),
+                s.cpu_seconds,
                 s.out_bytes
             );
             times[i].push(s);
@@ -141,26 +144,48 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     println!("load at end:   {}", load_average());
     println!();
     println!(
-        "{:<36} {:>9} {:>10} {:>12}",
-        "command (taskset -c 0)", "median s", "MB/s", "peak RSS"
+        "{:<36} {:>9} {:>10} {:>10} {:>12}",
+        "command (taskset -c 0)", "median s", "MB/s", "median cpu", "peak RSS"
     );
     let mut medians = Vec::new();
+    let mut cpu_medians = Vec::new();
     for (tool, samples) in tools.iter().zip(&times) {
         let m = median(samples.iter().map(|s| s.seconds).collect());
         let rss = samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0);
+        let cpu = median(samples.iter().map(|s| s.cpu_seconds).collect());
         println!(
-            "{:<36} {:>9.3} {:>10.1} {:>9} KiB",
+            "{:<36} {:>9.3} {:>10.1} {:>10.3} {:>9} KiB",
             tool.label,
             m,
             mb_per_s(size, m),
+            cpu,
             rss
         );
         medians.push(m);
+        cpu_medians.push(cpu);
     }
     println!();
     // Throughput ratios: time of ripgrep over time of the engine.
     println!("(b)/(c) = {:.2}x   (target >= 4)", medians[2] / medians[1]);
     println!("(a)/(c) = {:.2}x   (target >= 2)", medians[2] / medians[0]);
+    let per_round = |engine: usize| {
+        times[engine]
+            .iter()
+            .zip(&times[2])
+            .map(|(e, rg)| format!("{:.2}", rg.seconds / e.seconds))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "per round: (b)/(c) {}; (a)/(c) {}",
+        per_round(1),
+        per_round(0)
+    );
+    println!(
+        "CPU time (user + system): (b)/(c) = {:.2}x, (a)/(c) = {:.2}x",
+        cpu_medians[2] / cpu_medians[1],
+        cpu_medians[2] / cpu_medians[0]
+    );
 
     if !args.no_big {
         let repeat = 10;
@@ -249,6 +274,9 @@ struct Tool {
 #[derive(Clone, Copy)]
 struct Sample {
     seconds: f64,
+    /// User plus system CPU time of the command (its rusage): what load on the shared VM
+    /// moves much less than wall time.
+    cpu_seconds: f64,
     max_rss_kib: i64,
     out_bytes: u64,
 }
@@ -310,6 +338,7 @@ impl Tool {
             _ => None,
         };
         let mut stdout = child.stdout.take().context("no stdout pipe")?;
+        widen_pipe(&stdout);
         let drain = std::thread::spawn(move || -> std::io::Result<u64> {
             let mut buf = vec![0u8; 1 << 20];
             let mut total = 0u64;
@@ -320,7 +349,7 @@ impl Tool {
                 }
             }
         });
-        let (status, max_rss_kib) = wait_with_rusage(child.id())?;
+        let (status, max_rss_kib, cpu_seconds) = wait_with_rusage(child.id())?;
         let seconds = start.elapsed().as_secs_f64();
         let out_bytes = drain
             .join()
@@ -334,6 +363,7 @@ impl Tool {
         }
         Ok(Sample {
             seconds,
+            cpu_seconds,
             max_rss_kib,
             out_bytes,
         })
@@ -342,7 +372,28 @@ impl Tool {
 
 /// Waits for the child `pid` and returns whether it succeeded and its peak resident set (KiB),
 /// from `wait4`'s resource usage of that one child.
-fn wait_with_rusage(pid: u32) -> anyhow::Result<(bool, i64)> {
+/// Size of the pipe each command writes its output into (`F_SETPIPE_SZ`; Linux's default is
+/// 64 KiB). With 64 KiB the command blocks every 64 KiB until the draining thread of this
+/// process is scheduled, which on the shared 2-vCPU VM took whole time slices: the engine
+/// (writing at ~400 MB/s) blocked ~11,000 times per GiB, ripgrep ~300 times.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Widens the pipe behind `stdout` to [`PIPE_BYTES`]; the default size is kept if the kernel
+/// refuses (then the run says so).
+fn widen_pipe(stdout: &std::process::ChildStdout) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `F_SETPIPE_SZ` on a pipe descriptor we own changes only its capacity; the
+    // descriptor stays open for the call (borrowed from `stdout`).
+    let r = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    if r < 0 {
+        eprintln!(
+            "xtask: cannot widen the output pipe: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn wait_with_rusage(pid: u32) -> anyhow::Result<(bool, i64, f64)> {
     let pid = libc::pid_t::try_from(pid).context("child pid out of range")?;
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
@@ -360,7 +411,12 @@ fn wait_with_rusage(pid: u32) -> anyhow::Result<(bool, i64)> {
         }
     }
     let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    Ok((ok, usage.ru_maxrss))
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((
+        ok,
+        usage.ru_maxrss,
+        secs(usage.ru_utime) + secs(usage.ru_stime),
+    ))
 }
 
 /// The deterministic corpus.

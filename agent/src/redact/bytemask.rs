@@ -1,9 +1,13 @@
-//! Byte classes as bit masks, 64 bytes at a time, computed once per line segment: the prefilter's
-//! shape tests and the hand-written scanners of the digit-shaped detectors (card, IBAN) jump from
-//! candidate to candidate with these instead of testing every byte. Bit `i` of a mask is byte
-//! `64·k + i` of block `k`. On x86-64 the classes are computed
-//! with SSE2 (part of the architecture's baseline), elsewhere byte by byte; both give the same
-//! masks (`simd_and_scalar_masks_agree`).
+//! Byte classes as bit masks, 64 bytes at a time, computed once per line segment in one pass,
+//! together with the segment's ASCII-lowercased copy: the prefilter's literal search and shape
+//! tests and the hand-written scanners of the digit-shaped detectors (card, IBAN, IPv4) jump
+//! from candidate to candidate with these instead of testing every byte. Bit `i` of a mask is
+//! byte `64·k + i` of block `k`.
+//!
+//! On x86-64 the pass uses AVX2 when the CPU has it (detected at run time) and SSE2 (part of
+//! the architecture's baseline) otherwise; elsewhere it goes byte by byte. All three give the
+//! same masks and the same lowercased copy (`every_isa_gives_the_scalar_result`), and the
+//! engine's output does not depend on which one ran (`redact::tests`).
 
 /// The classes of one 64-byte block (the last block of a segment is shorter; its missing bytes
 /// are in no class).
@@ -21,21 +25,139 @@ pub struct Masks {
     pub at: u64,
     /// `:`.
     pub colon: u64,
+    /// `.`.
+    pub dot: u64,
+}
+
+/// The instructions that compute the masks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// 32 bytes at a time; only when the CPU reports AVX2.
+    Avx2,
+    /// 16 bytes at a time; every x86-64 CPU.
+    Sse2,
+    /// Byte by byte; every target (the reference the others are tested against).
+    Scalar,
+}
+
+impl Isa {
+    /// The fastest this CPU runs.
+    pub fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                Isa::Avx2
+            } else {
+                Isa::Sse2
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Isa::Scalar
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Sse2 => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
 }
 
 /// The masks of every 64-byte block of a segment, and one empty block past the end so that a
-/// block's successor always exists.
-#[derive(Debug, Default)]
+/// block's successor always exists; the segment lowercased.
+#[derive(Debug)]
 pub struct SegmentMasks {
     blocks: Vec<Masks>,
+    /// The segment lowercased in its first `lower_len` bytes; the rest is scratch.
+    lower: Vec<u8>,
+    lower_len: usize,
+    isa: Isa,
+}
+
+impl Default for SegmentMasks {
+    fn default() -> Self {
+        SegmentMasks::with_isa(Isa::best())
+    }
 }
 
 impl SegmentMasks {
-    /// Computes the masks of `seg`, reusing this value's memory.
+    /// Masks computed with `isa`; [`Isa::best`] instead if this CPU cannot run it.
+    pub fn with_isa(isa: Isa) -> SegmentMasks {
+        SegmentMasks {
+            blocks: Vec::new(),
+            lower: Vec::new(),
+            lower_len: 0,
+            isa: if isa.available() { isa } else { Isa::best() },
+        }
+    }
+
+    /// Computes the masks and the lowercased copy of `seg`, reusing this value's memory.
     pub fn compute(&mut self, seg: &[u8]) {
         self.blocks.clear();
         let n = seg.len().div_ceil(64);
-        self.blocks.extend((0..n).map(|k| block(seg, k)));
+        // Whole blocks, written in place; only grown, never cleared (no fill per segment).
+        if self.lower.len() < n * 64 {
+            self.lower.resize(n * 64, 0);
+        }
+        self.lower_len = seg.len();
+        let (whole, rest) = seg.as_chunks::<64>();
+        let (lower_blocks, _) = self.lower[..n * 64].as_chunks_mut::<64>();
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx2` is only chosen when the CPU reports AVX2 (`Isa::available`).
+            Isa::Avx2 => unsafe { avx2::blocks(whole, lower_blocks, &mut self.blocks) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this target runs on has it.
+            Isa::Sse2 => unsafe { sse2::blocks(whole, lower_blocks, &mut self.blocks) },
+            _ => {
+                for (b, l) in whole.iter().zip(lower_blocks.iter_mut()) {
+                    self.blocks.push(scalar(b, l));
+                }
+            }
+        }
+        if !rest.is_empty() {
+            let len = seg.len();
+            let tail = match (
+                seg.last_chunk::<64>(),
+                self.lower[..len].last_chunk_mut::<64>(),
+            ) {
+                // The last, shorter block of a longer segment: the 64 bytes that end the
+                // segment, their masks shifted down so that bit 0 is the block's first byte
+                // (the bits shifted in are zeros: past the end, in no class). Their lowercase
+                // overwrites the previous block's with the same bytes.
+                (Some(window), Some(lower)) => {
+                    let m = one_block(self.isa, window, lower);
+                    let shift = 64 - rest.len() as u32;
+                    Masks {
+                        digit: m.digit >> shift,
+                        upper: m.upper >> shift,
+                        sep: m.sep >> shift,
+                        dash: m.dash >> shift,
+                        at: m.at >> shift,
+                        colon: m.colon >> shift,
+                        dot: m.dot >> shift,
+                    }
+                }
+                // A segment shorter than a block: padded with NUL, which is in no class.
+                _ => {
+                    let mut padded = [0u8; 64];
+                    padded[..len].copy_from_slice(seg);
+                    let mut lower = [0u8; 64];
+                    let m = one_block(self.isa, &padded, &mut lower);
+                    self.lower[..len].copy_from_slice(&lower[..len]);
+                    m
+                }
+            };
+            self.blocks.push(tail);
+        }
         self.blocks.push(Masks::default());
     }
 
@@ -45,6 +167,7 @@ impl SegmentMasks {
     }
 
     /// Block `k`; the empty block for `k` past the end.
+    #[inline]
     pub fn get(&self, k: usize) -> Masks {
         self.blocks.get(k).copied().unwrap_or_default()
     }
@@ -53,28 +176,94 @@ impl SegmentMasks {
     pub fn any(&self, class: impl Fn(&Masks) -> u64) -> bool {
         self.blocks.iter().any(|m| class(m) != 0)
     }
-}
 
-/// The masks of block `k` of `seg` (bytes `64k .. 64k+64`).
-#[inline]
-fn block(seg: &[u8], k: usize) -> Masks {
-    let start = k * 64;
-    let bytes = seg.get(start..).unwrap_or_default();
-    match bytes.get(..64) {
-        Some(full) => full_block(full),
-        None => {
-            // The last, shorter block: padded with NUL, which is in no class.
-            let mut padded = [0u8; 64];
-            padded[..bytes.len()].copy_from_slice(bytes);
-            full_block(&padded)
+    /// The segment, ASCII-lowercased.
+    pub fn lower(&self) -> &[u8] {
+        &self.lower[..self.lower_len]
+    }
+
+    /// Whether five dashes follow each other somewhere (what `-----BEGIN` starts with).
+    pub fn has_five_dashes(&self) -> bool {
+        (0..self.len()).any(|k| {
+            let d = u128::from(self.get(k).dash) | (u128::from(self.get(k + 1).dash) << 64);
+            (d & (d >> 1) & (d >> 2) & (d >> 3) & (d >> 4)) as u64 != 0
+        })
+    }
+
+    /// The end of the run of `class` bytes that holds byte `at` (`at` itself if it is not in
+    /// the class): the first byte at or after `at` not in the class, or the segment's end.
+    pub fn run_end(&self, class: impl Fn(&Masks) -> u64, at: usize) -> usize {
+        let mut k = at / 64;
+        // Bits below `at` count as outside, then are skipped by the shift.
+        let mut outside = !class(&self.get(k)) >> (at % 64);
+        let mut base = at;
+        loop {
+            if outside != 0 {
+                return base + outside.trailing_zeros() as usize;
+            }
+            k += 1;
+            base = k * 64;
+            // The empty block past the end stops every run.
+            outside = !class(&self.get(k));
         }
+    }
+
+    /// The start of the run of `class` bytes that ends just before byte `at`: the byte after
+    /// the last byte before `at` not in the class, or 0.
+    pub fn run_start(&self, class: impl Fn(&Masks) -> u64, at: usize) -> usize {
+        let mut k = at / 64;
+        let below = (1u64 << (at % 64)) - 1;
+        let mut outside = !class(&self.get(k)) & below;
+        loop {
+            if outside != 0 {
+                return k * 64 + 63 - outside.leading_zeros() as usize + 1;
+            }
+            if k == 0 {
+                return 0;
+            }
+            k -= 1;
+            outside = !class(&self.get(k));
+        }
+    }
+
+    /// How many bytes of `from..to` are in `class`.
+    pub fn count(&self, class: impl Fn(&Masks) -> u64, from: usize, to: usize) -> usize {
+        if from >= to {
+            return 0;
+        }
+        let (first, last) = (from / 64, (to - 1) / 64);
+        let mut n = 0;
+        for k in first..=last {
+            let mut bits = class(&self.get(k));
+            if k == first {
+                bits &= u64::MAX << (from % 64);
+            }
+            if k == last {
+                bits &= u64::MAX >> (63 - (to - 1) % 64);
+            }
+            n += bits.count_ones() as usize;
+        }
+        n
     }
 }
 
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn scalar(bytes: &[u8]) -> Masks {
+/// One block with `isa` (the last, padded block of a segment).
+fn one_block(isa: Isa, bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` is only chosen when the CPU reports AVX2 (`Isa::available`).
+        Isa::Avx2 => unsafe { avx2::block(bytes, lower) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE2 is part of the x86-64 baseline.
+        Isa::Sse2 => unsafe { sse2::block(bytes, lower) },
+        _ => scalar(bytes, lower),
+    }
+}
+
+/// The reference: one block byte by byte.
+fn scalar(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
     let mut m = Masks::default();
-    for (i, b) in bytes.iter().take(64).enumerate() {
+    for (i, b) in bytes.iter().enumerate() {
         let bit = 1u64 << i;
         let set = |mask: &mut u64, yes: bool| *mask |= if yes { bit } else { 0 };
         set(&mut m.digit, b.is_ascii_digit());
@@ -83,15 +272,10 @@ fn scalar(bytes: &[u8]) -> Masks {
         set(&mut m.dash, *b == b'-');
         set(&mut m.at, *b == b'@');
         set(&mut m.colon, *b == b':');
+        set(&mut m.dot, *b == b'.');
+        lower[i] = b.to_ascii_lowercase();
     }
     m
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline]
-fn full_block(bytes: &[u8]) -> Masks {
-    // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this target runs on has it.
-    unsafe { sse2::full_block(bytes) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -99,7 +283,7 @@ mod sse2 {
     use super::Masks;
     use std::arch::x86_64::{
         __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_cmpgt_epi8, _mm_cmplt_epi8, _mm_loadu_si128,
-        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8, _mm_storeu_si128,
     };
 
     /// Bytes in `lo..=hi` (both below 0x80). Signed compares: bytes ≥ 0x80 are negative and so
@@ -112,49 +296,150 @@ mod sse2 {
         )
     }
 
+    /// The bits of four 16-byte compare results, in byte order.
     #[target_feature(enable = "sse2")]
-    fn bits(x: __m128i, j: usize) -> u64 {
-        u64::from(_mm_movemask_epi8(x) as u16) << (16 * j)
+    fn join(x: [__m128i; 4]) -> u64 {
+        let m = |i: usize| u64::from(_mm_movemask_epi8(x[i]) as u16);
+        m(0) | (m(1) << 16) | (m(2) << 32) | (m(3) << 48)
     }
 
     #[target_feature(enable = "sse2")]
-    pub fn full_block(bytes: &[u8]) -> Masks {
-        debug_assert_eq!(bytes.len(), 64);
-        let mut m = Masks::default();
-        for (j, chunk) in bytes.chunks_exact(16).enumerate() {
-            // SAFETY: `chunk` is 16 in-bounds bytes (chunks_exact) and `_mm_loadu_si128` has
-            // no alignment requirement.
-            let v: __m128i = unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) };
-            let dash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'-' as i8));
-            let sep = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(b' ' as i8)), dash);
-            m.digit |= bits(in_range(v, b'0', b'9'), j);
-            m.upper |= bits(in_range(v, b'A', b'Z'), j);
-            m.sep |= bits(sep, j);
-            m.dash |= bits(dash, j);
-            m.at |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'@' as i8)), j);
-            m.colon |= bits(_mm_cmpeq_epi8(v, _mm_set1_epi8(b':' as i8)), j);
+    pub fn blocks(whole: &[[u8; 64]], lower: &mut [[u8; 64]], out: &mut Vec<super::Masks>) {
+        for (b, l) in whole.iter().zip(lower.iter_mut()) {
+            out.push(block(b, l));
         }
-        m
+    }
+
+    // Not inlined, as `avx2::block`.
+    #[target_feature(enable = "sse2")]
+    #[inline(never)]
+    pub fn block(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
+        // SAFETY: bytes `16j .. 16j+16` of a 64-byte array are in bounds for j < 4, and
+        // `_mm_loadu_si128` has no alignment requirement.
+        let v: [__m128i; 4] =
+            std::array::from_fn(|j| unsafe { _mm_loadu_si128(bytes.as_ptr().add(16 * j).cast()) });
+        let each = |f: &dyn Fn(__m128i) -> __m128i| join([f(v[0]), f(v[1]), f(v[2]), f(v[3])]);
+        let eq = |c: u8| move |x: __m128i| _mm_cmpeq_epi8(x, _mm_set1_epi8(c as i8));
+        let upper = |x: __m128i| in_range(x, b'A', b'Z');
+        for (j, x) in v.iter().enumerate() {
+            let low = _mm_or_si128(*x, _mm_and_si128(upper(*x), _mm_set1_epi8(0x20)));
+            // SAFETY: as above, for `lower`; `_mm_storeu_si128` has no alignment requirement.
+            unsafe { _mm_storeu_si128(lower.as_mut_ptr().add(16 * j).cast(), low) };
+        }
+        Masks {
+            digit: each(&|x| in_range(x, b'0', b'9')),
+            upper: each(&upper),
+            sep: each(&|x| _mm_or_si128(eq(b' ')(x), eq(b'-')(x))),
+            dash: each(&eq(b'-')),
+            at: each(&eq(b'@')),
+            colon: each(&eq(b':')),
+            dot: each(&eq(b'.')),
+        }
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-fn full_block(bytes: &[u8]) -> Masks {
-    scalar(bytes)
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Masks;
+    use std::arch::x86_64::{
+        __m256i, _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256,
+        _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8, _mm256_storeu_si256,
+    };
+
+    /// Bytes in `lo..=hi` (both below 0x80); signed compares, as in `sse2::in_range`.
+    #[target_feature(enable = "avx2")]
+    fn in_range(v: __m256i, lo: u8, hi: u8) -> __m256i {
+        _mm256_and_si256(
+            _mm256_cmpgt_epi8(v, _mm256_set1_epi8((lo - 1) as i8)),
+            _mm256_cmpgt_epi8(_mm256_set1_epi8((hi + 1) as i8), v),
+        )
+    }
+
+    /// The bits of two 32-byte compare results, in byte order.
+    #[target_feature(enable = "avx2")]
+    fn join(lo: __m256i, hi: __m256i) -> u64 {
+        u64::from(_mm256_movemask_epi8(lo) as u32)
+            | (u64::from(_mm256_movemask_epi8(hi) as u32) << 32)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub fn blocks(whole: &[[u8; 64]], lower: &mut [[u8; 64]], out: &mut Vec<super::Masks>) {
+        for (b, l) in whole.iter().zip(lower.iter_mut()) {
+            out.push(block(b, l));
+        }
+    }
+
+    // Not inlined: inlined into the loop of `blocks`, LLVM vectorizes across blocks and
+    // shuffles the compare results byte by byte (three times the instructions, measured).
+    #[target_feature(enable = "avx2")]
+    #[inline(never)]
+    pub fn block(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
+        // SAFETY: bytes `0..32` and `32..64` of a 64-byte array are in bounds, and
+        // `_mm256_loadu_si256` has no alignment requirement.
+        let (a, b) = unsafe {
+            (
+                _mm256_loadu_si256(bytes.as_ptr().cast()),
+                _mm256_loadu_si256(bytes.as_ptr().add(32).cast()),
+            )
+        };
+        let eq = |x: __m256i, c: u8| _mm256_cmpeq_epi8(x, _mm256_set1_epi8(c as i8));
+        let (upper_a, upper_b) = (in_range(a, b'A', b'Z'), in_range(b, b'A', b'Z'));
+        let case = _mm256_set1_epi8(0x20);
+        let (dash_a, dash_b) = (eq(a, b'-'), eq(b, b'-'));
+        // SAFETY: as above, for `lower`; `_mm256_storeu_si256` has no alignment requirement.
+        unsafe {
+            let out = lower.as_mut_ptr();
+            _mm256_storeu_si256(
+                out.cast(),
+                _mm256_or_si256(a, _mm256_and_si256(upper_a, case)),
+            );
+            _mm256_storeu_si256(
+                out.add(32).cast(),
+                _mm256_or_si256(b, _mm256_and_si256(upper_b, case)),
+            );
+        }
+        Masks {
+            digit: join(in_range(a, b'0', b'9'), in_range(b, b'0', b'9')),
+            upper: join(upper_a, upper_b),
+            sep: join(
+                _mm256_or_si256(eq(a, b' '), dash_a),
+                _mm256_or_si256(eq(b, b' '), dash_b),
+            ),
+            dash: join(dash_a, dash_b),
+            at: join(eq(a, b'@'), eq(b, b'@')),
+            colon: join(eq(a, b':'), eq(b, b':')),
+            dot: join(eq(a, b'.'), eq(b, b'.')),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const ISAS: [Isa; 3] = [Isa::Avx2, Isa::Sse2, Isa::Scalar];
+
+    /// Every byte value, at every offset of a block, in segments of every length around the
+    /// block size: masks and lowercased copy equal the byte-by-byte reference.
     #[test]
-    fn simd_and_scalar_masks_agree() {
+    fn every_isa_gives_the_scalar_result() {
         let text: Vec<u8> = (0..=255u8)
-            .chain(b"4111 1111-AB12 z9".iter().copied())
+            .chain(b"4111 1111-AB12 z9.x@y:Z".iter().copied())
+            .chain((0..=255u8).rev())
             .collect();
-        for start in 0..text.len().saturating_sub(64) {
-            let window = &text[start..start + 64];
-            assert_eq!(full_block(window), scalar(window), "at {start}");
+        for isa in ISAS.into_iter().filter(|i| i.available()) {
+            let mut got = SegmentMasks::with_isa(isa);
+            let mut want = SegmentMasks::with_isa(Isa::Scalar);
+            for start in 0..64 {
+                for len in (0..=200).filter(|l| start + l <= text.len()) {
+                    let seg = &text[start..start + len];
+                    got.compute(seg);
+                    want.compute(seg);
+                    assert_eq!(got.blocks, want.blocks, "{isa:?} at {start}+{len}");
+                    assert_eq!(got.lower(), want.lower(), "{isa:?} at {start}+{len}");
+                    assert_eq!(got.lower(), seg.to_ascii_lowercase());
+                }
+            }
         }
     }
 
@@ -167,5 +452,53 @@ mod tests {
         assert_eq!(m.get(1).digit, 0b11_1111);
         assert_eq!(m.get(2), Masks::default());
         assert_eq!(m.get(9), Masks::default());
+    }
+
+    #[test]
+    fn five_dashes_are_found_across_blocks_and_four_are_not() {
+        let mut m = SegmentMasks::default();
+        for at in 0..130 {
+            let mut seg = vec![b'x'; 140];
+            seg[at..at + 5].copy_from_slice(b"-----");
+            m.compute(&seg);
+            assert!(m.has_five_dashes(), "at {at}");
+            seg[at + 2] = b' ';
+            m.compute(&seg);
+            assert!(!m.has_five_dashes(), "at {at}");
+        }
+    }
+
+    /// Run boundaries and counts from the masks equal a byte-by-byte walk, across blocks.
+    #[test]
+    fn runs_and_counts_match_a_byte_walk() {
+        let seg: Vec<u8> = (0..300)
+            .map(|i: usize| {
+                if (i * 7 + i / 13).is_multiple_of(5) {
+                    b'x'
+                } else {
+                    b'4'
+                }
+            })
+            .chain(std::iter::repeat_n(b'9', 140))
+            .collect();
+        let mut m = SegmentMasks::default();
+        m.compute(&seg);
+        let digit = |m: &Masks| m.digit;
+        for at in 0..=seg.len() {
+            let end = seg[at..]
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .map_or(seg.len(), |i| at + i);
+            let start = seg[..at]
+                .iter()
+                .rposition(|b| !b.is_ascii_digit())
+                .map_or(0, |i| i + 1);
+            assert_eq!(m.run_end(digit, at), end, "end from {at}");
+            assert_eq!(m.run_start(digit, at), start, "start before {at}");
+            for to in (at..=seg.len()).step_by(17) {
+                let n = seg[at..to].iter().filter(|b| b.is_ascii_digit()).count();
+                assert_eq!(m.count(digit, at, to), n, "{at}..{to}");
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! All patterns are byte regexes with Unicode off: logs are mostly ASCII, invalid UTF-8 is
 //! ordinary input, and ASCII classes keep the automata small and fast.
 
-use super::bytemask::SegmentMasks;
+use super::bytemask::{Masks, SegmentMasks};
 use super::validate;
 use regex::bytes::{Regex, RegexBuilder};
 use std::sync::LazyLock;
@@ -149,7 +149,7 @@ impl Builtin {
             Builtin::UrlCredentials => {
                 regex_spans(&URL_CREDENTIALS, seg, 1, out, |v, _, _| !own_output(v))
             }
-            Builtin::Secret => find_key_value(seg, out),
+            Builtin::Secret => find_key_value(seg, masks.lower(), true, out),
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |_, s, line| {
                 !after_url_userinfo(line, s)
             }),
@@ -162,7 +162,7 @@ impl Builtin {
                     && line.get(e + 1).is_some_and(u8::is_ascii_digit);
                 !glued_before && !glued_after && validate::Validator::Ssn.check(v)
             }),
-            Builtin::Ipv4 => find_ipv4(seg, out),
+            Builtin::Ipv4 => find_ipv4(seg, masks, out),
             Builtin::Ipv6 => find_ipv6(seg, out),
         }
     }
@@ -203,11 +203,9 @@ static URL_CREDENTIALS: LazyLock<Regex> =
 /// `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a string) for keys
 /// that end with a secret-ish name. Group 1 is the key; 2–5 the value in its quoting. A quote
 /// that never closes (a truncated record) takes the value to the end of the line.
-static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
-    build(
-        r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]\s*(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?|([^\s"'&,;}\])\\]+))"#,
-    )
-});
+const KEY_VALUE_PATTERN: &str = r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]\s*(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?|([^\s"'&,;}\])\\]+))"#;
+/// [`KEY_VALUE_PATTERN`], anchored: [`find_key_value`] runs it only where a key can start.
+static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| build(&format!("^(?:{KEY_VALUE_PATTERN})")));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     build(
         r"(?i)[a-z0-9._%+-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\.[a-z]{2,24}\b",
@@ -332,14 +330,73 @@ fn status_word(v: &[u8]) -> bool {
     WORDS.iter().any(|w| v.eq_ignore_ascii_case(w))
 }
 
-fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
-    for c in KEY_VALUE.captures_iter(seg) {
-        let Some(value) = (2..=5).find_map(|g| c.get(g)) else {
+/// What every key word of [`KEY_VALUE_PATTERN`] ends with, lowercase.
+const KEY_WORD_ENDINGS: [&[u8]; 8] = [
+    b"password",
+    b"passwd",
+    b"pwd",
+    b"secret",
+    b"token",
+    b"key",
+    b"credential",
+    b"credentials",
+];
+
+/// The key-value secrets of `seg` (`lower` is `seg` lowercased): what
+/// `KEY_VALUE_PATTERN.captures_iter(seg)` finds, with the anchored pattern run only where a
+/// match can start instead of the whole line searched. A match's key ends with a key word
+/// followed by an optional backslash, an optional quote, spaces and `=` or `:`; going back
+/// from each `=` and `:` finds the keys that can be there. The key's prefix class
+/// (`[a-z0-9_.-]`, any case) absorbs every byte of its run, so the leftmost match at or after
+/// `resume` (the end of the last match) starts where that run starts, or at `resume` if the
+/// run began before: the anchored pattern is tried exactly there, in order.
+///
+/// With `bound_run_on`, a double-quoted value that ran into the next key is cut before it
+/// ([`run_on_value`]), and the search goes on at that key.
+fn find_key_value(seg: &[u8], lower: &[u8], bound_run_on: bool, out: &mut Vec<(usize, usize)>) {
+    let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r');
+    let in_key = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    let mut locations = KEY_VALUE.capture_locations();
+    let mut resume = 0;
+    for assign in memchr::memchr2_iter(b'=', b':', seg) {
+        let mut end = assign;
+        while end > 0 && space(seg[end - 1]) {
+            end -= 1;
+        }
+        if end > 0 && matches!(seg[end - 1], b'"' | b'\'') {
+            end -= 1;
+        }
+        if end > 0 && seg[end - 1] == b'\\' {
+            end -= 1;
+        }
+        let before = &lower[..end];
+        if end <= resume || !KEY_WORD_ENDINGS.iter().any(|w| before.ends_with(w)) {
+            continue;
+        }
+        let run = seg[..end]
+            .iter()
+            .rposition(|b| !in_key(*b))
+            .map_or(0, |i| i + 1);
+        let start = run.max(resume);
+        let Some(m) = KEY_VALUE.captures_read(&mut locations, &seg[start..]) else {
             continue;
         };
-        let key = c.get(1).map(|k| k.as_bytes()).unwrap_or_default();
-        let v = value.as_bytes();
-        let bare = c.get(5).is_some();
+        resume = start + m.end();
+        let Some((vs, ve)) = (2..=5).find_map(|g| locations.get(g)) else {
+            continue;
+        };
+        let (vs, mut ve) = (start + vs, start + ve);
+        if bound_run_on && locations.get(3).is_some() {
+            if let Some((value_end, next_key)) = run_on_value(seg, vs, ve, resume) {
+                ve = value_end;
+                resume = next_key;
+            }
+        }
+        let key = locations
+            .get(1)
+            .map_or(&b""[..], |(ks, ke)| &seg[start + ks..start + ke]);
+        let v = &seg[vs..ve];
+        let bare = locations.get(5).is_some();
         // `PWD=/home/x` in an environment dump is the working directory, not a password.
         if placeholder(v)
             || (bare && status_word(v))
@@ -347,8 +404,42 @@ fn find_key_value(seg: &[u8], out: &mut Vec<(usize, usize)>) {
         {
             continue;
         }
-        out.push((value.start(), value.end()));
+        out.push((vs, ve));
     }
+}
+
+/// A double-quoted value `vs..ve` whose match ended at `end` (after its closing quote) that
+/// ran into the next key: `db_password":"v1 AWS_SECRET_ACCESS_KEY":"v2` (a quote missing after
+/// `v1`) reads as the value `v1 AWS_SECRET_ACCESS_KEY`, and `v2` would be left. The signs, all
+/// required: the closing quote is followed by spaces and `:` or `=` (it closes a key, not a
+/// value), the value's last word follows a space or comma, and the key-value pattern matches a
+/// secret there. Then `Some((value end, next key start))`: the value ends before that word,
+/// whose own value the search finds next. Otherwise the long value stays: it redacts more.
+fn run_on_value(seg: &[u8], vs: usize, ve: usize, end: usize) -> Option<(usize, usize)> {
+    if end <= ve || seg[ve] != b'"' {
+        return None;
+    }
+    let after = seg[end..]
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .map(|i| seg[end + i]);
+    if !matches!(after, Some(b':' | b'=')) {
+        return None;
+    }
+    let in_key = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    let word = seg[vs..ve]
+        .iter()
+        .rposition(|b| !in_key(b))
+        .map(|i| vs + i + 1)?;
+    if word == ve || !matches!(seg[word - 1], b' ' | b'\t' | b',') {
+        return None;
+    }
+    KEY_VALUE.find(&seg[word..])?;
+    let mut value_end = word - 1;
+    while value_end > vs && matches!(seg[value_end - 1], b' ' | b'\t' | b',') {
+        value_end -= 1;
+    }
+    Some((value_end, word))
 }
 
 /// Payment cards: runs of 13–19 digits, optionally grouped by single spaces or dashes, that pass
@@ -364,21 +455,46 @@ fn find_cards(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         static SCRATCH: std::cell::RefCell<Scratch> =
             const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
-    card_runs(seg, masks, |from, to| {
+    card_runs(masks, |from, to, digits| {
+        if digits == to - from {
+            // One undivided group of digits (the usual look-alike: an id, a timestamp):
+            // `scan_cards` would take it whole or not at all, so test it in place.
+            if !glued_before(seg, from)
+                && !glued_after(seg, to)
+                && validate::card_number(&seg[from..to])
+            {
+                out.push((from, to));
+            }
+            return;
+        }
         SCRATCH.with_borrow_mut(|(groups, digits)| scan_cards(seg, from, to, groups, digits, out))
     });
 }
 
-/// Calls `f(start, end)` for every maximal run of digits, spaces and dashes of at least 13
-/// bytes: a card number (13 digits or more, joined by single separators) can be nowhere else,
+/// Whether digits starting at `start` are glued to what precedes them: part of a word, or
+/// the decimals of a number.
+fn glued_before(seg: &[u8], start: usize) -> bool {
+    start > 0
+        && (is_word(seg[start - 1])
+            || (seg[start - 1] == b'.' && start > 1 && seg[start - 2].is_ascii_digit()))
+}
+
+/// Whether digits ending at `end` are glued to what follows them: part of a word, or a number
+/// with decimals.
+fn glued_after(seg: &[u8], end: usize) -> bool {
+    end < seg.len()
+        && (is_word(seg[end])
+            || (seg[end] == b'.' && seg.get(end + 1).is_some_and(u8::is_ascii_digit)))
+}
+
+/// Calls `f(start, end, digits)` for every maximal run of digits, spaces and dashes of at
+/// least 13 bytes, and 13 digits or more,: a card number (13 digits or more, joined by single separators) can be nowhere else,
 /// and the scanner's state is fresh at the start of such a run, so scanning only these runs
 /// finds exactly what scanning the whole segment finds. Runs are found 64 bytes at a time
 /// with bit masks: bit `i` of `long` is set when bytes `i..i+13` are all digits or separators.
-fn card_runs(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) {
-    let class = |k: usize| {
-        let m = masks.get(k);
-        m.digit | m.sep
-    };
+fn card_runs(masks: &SegmentMasks, mut f: impl FnMut(usize, usize, usize)) {
+    let in_run = |m: &Masks| m.digit | m.sep;
+    let class = |k: usize| in_run(&masks.get(k));
     let mut cur = class(0);
     let mut done = 0;
     for k in 0..masks.len() {
@@ -394,23 +510,13 @@ fn card_runs(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize, usize)) 
             if p < done {
                 continue;
             }
-            let in_run = |b: &u8| b.is_ascii_digit() || matches!(b, b' ' | b'-');
-            let start = seg[..p]
-                .iter()
-                .rposition(|b| !in_run(b))
-                .map_or(0, |i| i + 1);
-            let end = seg[p..]
-                .iter()
-                .position(|b| !in_run(b))
-                .map_or(seg.len(), |i| p + i);
+            // The run's bounds and its digits, from the masks.
+            let start = masks.run_start(in_run, p);
+            let end = masks.run_end(in_run, p);
             // A card has 13 digits or more; `2026-11-27 07:49` does not.
-            if seg[start..end]
-                .iter()
-                .filter(|b| b.is_ascii_digit())
-                .count()
-                >= 13
-            {
-                f(start, end);
+            let digits = masks.count(|m| m.digit, start, end);
+            if digits >= 13 {
+                f(start, end, digits);
             }
             done = end;
         }
@@ -459,13 +565,8 @@ fn scan_cards(
         }
         let end = i;
         // Part of a word, a decimal number or a version string: not a card.
-        let glued_before = start > 0
-            && (is_word(seg[start - 1])
-                || (seg[start - 1] == b'.' && start > 1 && seg[start - 2].is_ascii_digit()));
-        let glued_after = continues_otherwise
-            || end < n
-                && (is_word(seg[end])
-                    || (seg[end] == b'.' && seg.get(end + 1).is_some_and(u8::is_ascii_digit)));
+        let glued_before = glued_before(seg, start);
+        let glued_after = continues_otherwise || glued_after(seg, end);
         if (glued_before || glued_after) && sep != Some(b' ') {
             continue;
         }
@@ -576,24 +677,44 @@ fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
 /// Dotted quads: what `\b[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\b` finds, scanned
 /// from the dots (a quad's first part is the run of one to three digits before a dot), each
 /// then validated by [`ipv4`]; like the regex, the search goes on after the end of a quad.
-fn find_ipv4(seg: &[u8], out: &mut Vec<(usize, usize)>) {
+fn find_ipv4(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
     let mut resume = 0;
-    for dot in memchr::memchr_iter(b'.', seg) {
+    ipv4_dots(masks, |dot| {
         let mut start = dot;
         while start > 0 && dot - start < 4 && seg[start - 1].is_ascii_digit() {
             start -= 1;
         }
         let first = dot - start;
         if start < resume || !(1..=3).contains(&first) || (start > 0 && is_word(seg[start - 1])) {
-            continue;
+            return;
         }
         let Some(end) = quad_end(seg, dot) else {
-            continue;
+            return;
         };
         resume = end;
         if ipv4(&seg[start..end], start, seg) {
             out.push((start, end));
         }
+    });
+}
+
+/// Calls `f` with every dot, in order, that has a digit right before and right after it: only
+/// such a dot can be the first dot of a quad (its first part ends before it, its second part
+/// starts after it), and the other dots change nothing in [`find_ipv4`]'s state.
+fn ipv4_dots(masks: &SegmentMasks, mut f: impl FnMut(usize)) {
+    let mut prev_digit = 0u64;
+    let mut cur = masks.get(0);
+    for k in 0..masks.len() {
+        let next = masks.get(k + 1);
+        let digit_before = (cur.digit << 1) | (prev_digit >> 63);
+        let digit_after = (cur.digit >> 1) | (next.digit << 63);
+        let mut dots = cur.dot & digit_before & digit_after;
+        while dots != 0 {
+            f(k * 64 + dots.trailing_zeros() as usize);
+            dots &= dots - 1;
+        }
+        prev_digit = cur.digit;
+        cur = next;
     }
 }
 
@@ -746,6 +867,32 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The in-place test of undivided digit runs finds what the full scanner finds.
+        #[test]
+        fn undivided_runs_are_tested_as_the_scanner_would(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "4111111111111111", "5555555555554444", "1732693762004", "378282246310005",
+                "4111 1111 1111 1111", "0505327160729399", "7", "12", " ", "-", ".", "x", "=",
+                "_", "4111-1111-1111-1111",
+            ]), 0..10),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let mut masks = SegmentMasks::default();
+            masks.compute(&seg);
+            let mut got = Vec::new();
+            find_cards(&seg, &masks, &mut got);
+            let mut want = Vec::new();
+            let (mut groups, mut digits) = (Vec::new(), Vec::new());
+            card_runs(&masks, |from, to, _| {
+                scan_cards(&seg, from, to, &mut groups, &mut digits, &mut want)
+            });
+            proptest::prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&seg));
+        }
+    }
+
     #[test]
     fn card_look_alikes_survive() {
         for text in [
@@ -883,6 +1030,27 @@ mod tests {
         }
     }
 
+    /// A quoted value that does not close before the next key stops before that key, and the
+    /// next key's value is found too; well-formed values, and quotes that close a value, keep
+    /// their whole value.
+    #[test]
+    fn a_quoted_value_running_into_the_next_key_stops_before_it() {
+        for (text, values) in [
+            (
+                r#"db_password":"v1 AWS_SECRET_ACCESS_KEY":"v2"#,
+                &["v1", "v2"][..],
+            ),
+            (r#"x token":"a b,password" = "c d""#, &["a b", "c d"]),
+            (r#"{"password":"a b c","token":"t"}"#, &["a b c", "t"]),
+            (r#"password":"hello world":x"#, &["hello world"]),
+            (r#"password":"v1 monkey":"v2"#, &["v1 monkey"]),
+            (r#"password":"v1token":"v2"#, &["v1token"]),
+            (r#"password":" token":"v2"#, &["v2"]),
+        ] {
+            assert_eq!(found(Builtin::Secret, text), values, "{text}");
+        }
+    }
+
     #[test]
     fn key_value_leaves_prose_placeholders_and_other_keys() {
         for text in [
@@ -902,6 +1070,48 @@ mod tests {
         assert_eq!(found(Builtin::Secret, "token: expired9"), ["expired9"]);
         assert_eq!(found(Builtin::Secret, "password: hunter"), ["hunter"]);
         assert_eq!(found(Builtin::Secret, r#""token": "expired""#), ["expired"]);
+    }
+
+    /// The old search: the unanchored pattern over the whole segment.
+    fn key_values_unanchored(seg: &[u8]) -> Vec<(usize, usize)> {
+        let re = build(KEY_VALUE_PATTERN);
+        let mut out = Vec::new();
+        for c in re.captures_iter(seg) {
+            let Some(value) = (2..=5).find_map(|g| c.get(g)) else {
+                continue;
+            };
+            let key = c.get(1).map(|k| k.as_bytes()).unwrap_or_default();
+            let v = value.as_bytes();
+            let bare = c.get(5).is_some();
+            if placeholder(v)
+                || (bare && status_word(v))
+                || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/'))
+            {
+                continue;
+            }
+            out.push((value.start(), value.end()));
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Trying the anchored pattern only where a key can start finds exactly what searching
+        /// the whole segment with the unanchored pattern finds.
+        #[test]
+        fn anchored_key_value_search_equals_the_unanchored_one(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "password", "PassWd", "pwd", "token", "Api-Key", "apikey", "secret_key",
+                "credentials", "key", "x", "db_", ".", "-", "=", ":", " ", "\t", "\"", "'",
+                "\\", "&", "}", ",", "/home", "true", "expired", "s3cr3t", "\\\"",
+            ]), 0..24),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let mut got = Vec::new();
+            find_key_value(&seg, &seg.to_ascii_lowercase(), false, &mut got);
+            proptest::prop_assert_eq!(got, key_values_unanchored(&seg), "{:?}", String::from_utf8_lossy(&seg));
+        }
     }
 
     #[test]

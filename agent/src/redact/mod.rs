@@ -121,9 +121,8 @@ pub struct Redactor {
 #[derive(Debug, Default)]
 pub struct LineState {
     in_private_key: bool,
-    /// The segment lowercased, for the prefilter.
-    lower: Vec<u8>,
-    /// The segment's byte masks, for the prefilter and the digit-shaped detectors.
+    /// The segment's byte masks and lowercased copy, for the prefilter and the digit-shaped
+    /// detectors.
     masks: SegmentMasks,
     spans: Vec<(usize, usize)>,
     findings: Vec<(usize, usize, usize)>,
@@ -208,6 +207,15 @@ impl Redactor {
                 }
             }
         }
+        if pos == 0 {
+            // The common case, a line outside a private-key block: its masks are computed
+            // once, and without five dashes in a row it cannot start a block.
+            state.masks.compute(line);
+            if !(self.private_keys && state.masks.has_five_dashes()) {
+                self.redact_masked(line, state, counts, out);
+                return LineOutcome::Written;
+            }
+        }
         loop {
             let begin = if self.private_keys && PEM_BEGIN_LITERAL.find(&line[pos..]).is_some() {
                 PEM_BEGIN.find_at(line, pos)
@@ -252,9 +260,18 @@ impl Redactor {
             return;
         }
         state.masks.compute(seg);
-        let candidates = self
-            .prefilter
-            .candidates(seg, &state.masks, &mut state.lower);
+        self.redact_masked(seg, state, counts, out);
+    }
+
+    /// [`Redactor::redact_segment`] with the segment's masks already in `state.masks`.
+    fn redact_masked(
+        &self,
+        seg: &[u8],
+        state: &mut LineState,
+        counts: &mut Counts,
+        out: &mut Vec<u8>,
+    ) {
+        let candidates = self.prefilter.candidates(seg, &state.masks);
         state.findings.clear();
         for (i, d) in self.detectors.iter().enumerate() {
             if !d.may_find(candidates) {
