@@ -58,7 +58,9 @@ struct dentry {
 	struct inode *d_inode;
 };
 
-struct vfsmount;
+struct vfsmount {
+	struct dentry *mnt_root;
+};
 
 struct path {
 	struct vfsmount *mnt;

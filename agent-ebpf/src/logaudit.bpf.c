@@ -48,8 +48,8 @@
 #define EXE_DEPTH 8
 #define EXE_NAME 64
 /* exe_reach: how far up the walk from the executable got. */
-#define EXE_PARTIAL 0 /* more than EXE_DEPTH components: the leading ones are unknown */
-#define EXE_ROOT 1    /* the root of the opener's own root mount: the path is complete */
+#define EXE_PARTIAL 0 /* more than EXE_DEPTH components, or a name too long: leading ones unknown */
+#define EXE_ROOT 1    /* the opener's root directory: the path is complete (as the opener sees it) */
 #define EXE_MOUNT 2   /* the root of another mount: the path is relative to where it is mounted */
 
 #define MATCH_FILE 1
@@ -119,6 +119,12 @@ struct event {
 	__u32 exe_depth;
 	__u32 exe_reach;
 	char exe[EXE_DEPTH][EXE_NAME];
+	/* The executable's (inode, device), read at the open: what the allow-list is matched on
+	 * (a path can be made to look like an allowed one from another mount namespace, and the
+	 * process can exec something else before /proc is read; the file it ran cannot). */
+	__u64 exe_ino;
+	__u32 exe_dev;
+	__u32 pad2;
 };
 
 /* (dev, ino) of each protected file and directory -> MATCH_FILE or MATCH_DIR. */
@@ -148,7 +154,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 256 * 1024);
+	__uint(max_entries, 512 * 1024);
 } events SEC(".maps");
 
 /* [0]: events lost because the ring buffer was full. Never reset by the kernel. */
@@ -317,31 +323,55 @@ static __always_inline void count_lost(void)
  * (at most EXE_DEPTH); only for matched opens, so its cost is not on the miss path. */
 static __always_inline void read_exe(struct task_struct *task, struct event *e)
 {
-	struct dentry *d = 0, *parent;
+	struct dentry *d = 0, *parent, *stop = 0, *root = 0;
+	struct inode *inode = 0;
 	struct file *exe = 0;
-	int i;
+	int i, cut = 0;
+	long n;
 
 	e->exe_depth = 0;
 	e->exe_reach = EXE_PARTIAL;
+	e->exe_ino = 0;
+	e->exe_dev = 0;
+	e->pad2 = 0;
 	if (task->mm)
 		exe = task->mm->exe_file;
 	if (!exe)
 		return;
+	inode = exe->f_inode;
+	if (inode) {
+		e->exe_ino = inode->i_ino;
+		if (inode->i_sb)
+			e->exe_dev = inode->i_sb->s_dev;
+	}
 	d = exe->f_path.dentry;
-#pragma unroll
+	if (exe->f_path.mnt)
+		stop = exe->f_path.mnt->mnt_root;
+	if (task->fs)
+		root = task->fs->root.dentry;
 	for (i = 0; i < EXE_DEPTH; i++) {
-		if (!d)
-			return;
+		/* The opener's root (a chroot, a container's), or the root of the exe's mount (a
+		 * btrfs subvolume's or a bind mount's, not its filesystem's). */
+		if (!d || d == root || d == stop)
+			break;
 		parent = d->d_parent;
 		if (!parent || parent == d)
 			break;
-		if (bpf_probe_read_kernel_str(e->exe[i], EXE_NAME, d->d_name.name) < 0)
-			return;
+		n = bpf_probe_read_kernel_str(e->exe[i], EXE_NAME, d->d_name.name);
+		/* A name that filled the buffer may have been cut: stop, leading parts unknown. */
+		if (n < 1 || n >= EXE_NAME) {
+			cut = 1;
+			break;
+		}
 		e->exe_depth = i + 1;
 		d = parent;
 	}
-	if (d && d->d_parent == d)
-		e->exe_reach = task->fs && exe->f_path.mnt == task->fs->root.mnt ? EXE_ROOT : EXE_MOUNT;
+	if (cut || !d)
+		return;
+	if (d == root)
+		e->exe_reach = EXE_ROOT;
+	else if (d == stop)
+		e->exe_reach = EXE_MOUNT;
 }
 
 /* Emits the event for a matched open, unless the opener is excluded. */

@@ -29,9 +29,12 @@ pub struct RawEvent {
     pub exe_depth: u32,
     pub exe_reach: u32,
     pub exe: [[u8; 64]; 8],
+    pub exe_ino: u64,
+    pub exe_dev: u32,
+    pub pad2: u32,
 }
 
-const _: () = assert!(size_of::<RawEvent>() == 1120);
+const _: () = assert!(size_of::<RawEvent>() == 1136);
 
 /// `exe_reach` values: how far up the kernel's walk from the executable got.
 const EXE_ROOT: u32 = 1;
@@ -87,6 +90,11 @@ impl RawEvent {
             "…"
         };
         Some(format!("{prefix}/{}", names.join("/")))
+    }
+
+    /// The executable's (device in the kernel's encoding, inode) at the open, if read.
+    pub fn exe_id(&self) -> Option<(u32, u64)> {
+        (self.exe_ino != 0).then_some((self.exe_dev, self.exe_ino))
     }
 
     /// The basename the opener's path resolved to (the dentry's name: for a hard link, the

@@ -370,9 +370,11 @@ async fn read_events(
         while let Some(item) = guard.get_inner_mut().next() {
             if let Some(raw) = RawEvent::parse(&item) {
                 let mut info = process::inspect(Path::new("/proc"), raw.tgid);
-                // A reader gone before we looked still has the argv the kernel read at the open.
-                if info.cmdline.is_none() {
-                    info.cmdline = raw.cmdline_bytes().map(process::cmdline_text);
+                // What the kernel read at the open wins over /proc, read later: the process may
+                // have exec'd something else since (and a reader already gone has only that).
+                info.exe_id = raw.exe_id();
+                if let Some(argv) = raw.cmdline_bytes() {
+                    info.cmdline = Some(process::cmdline_text(argv));
                 }
                 // …and its executable, as far as the kernel could name it.
                 if info.exe.is_none() {

@@ -20,9 +20,12 @@ pub struct ProcessInfo {
     /// The opener's user name (from its uid, see [`Names::user`]).
     pub user: Option<String>,
     /// `exe` is the kernel's walk of the executable's dentries (the opener had exited), not
-    /// `/proc/<pid>/exe`: it names the path from the opener's own root (a container's, say),
-    /// so it is reported but never matched against `allow_exe`.
+    /// `/proc/<pid>/exe`.
     pub exe_from_kernel: bool,
+    /// The executable file itself, (device in the kernel's encoding, inode): what `allow_exe`
+    /// is matched on. From the kernel at the open in eBPF mode; in fanotify mode from the file
+    /// `/proc/<pid>/exe` leads to when the event is read.
+    pub exe_id: Option<(u32, u64)>,
     /// `/proc/<pid>` was gone when the event was read.
     pub exited: bool,
 }
@@ -49,6 +52,9 @@ pub fn inspect(proc_root: &Path, tgid: u32) -> ProcessInfo {
         container_id,
         user: None,
         exe_from_kernel: false,
+        exe_id: std::fs::metadata(dir.join("exe"))
+            .ok()
+            .map(|m| (crate::bypass::inventory::kernel_dev(m.dev()), m.ino())),
     }
 }
 
@@ -188,9 +194,14 @@ impl Names {
         };
         let stamp = Stamp::of(&meta);
         if self.users_stamp != Some(stamp) {
-            let text = std::fs::read_to_string(&self.passwd).unwrap_or_default();
-            self.users = passwd_users(&text);
-            self.users_stamp = Some(stamp);
+            match std::fs::read_to_string(&self.passwd) {
+                Ok(text) => {
+                    self.users = passwd_users(&text);
+                    self.users_stamp = Some(stamp);
+                }
+                // Read again at the next event rather than trusting an empty table.
+                Err(_) => self.users.clear(),
+            }
         }
         self.users.get(&uid).cloned()
     }

@@ -117,13 +117,19 @@ impl Opened {
     }
 }
 
-/// Which allow-list rule, if any, makes this open expected.
+/// Which allow-list rule, if any, makes this open expected. `allow_exe` is matched on the
+/// executable *file* — its (device, inode) against those of the configured paths, looked up
+/// now (an upgraded binary is a new inode) — never on a path: from another mount namespace
+/// (a container, `unshare`) a process can run its own `/usr/bin/vector`.
 fn allow_rule(config: &BypassConfig, info: &ProcessInfo, cgroup_id: Option<u64>) -> Option<String> {
-    // Only /proc's view of the executable: the kernel's walk is relative to the opener's root,
-    // so a container could otherwise name itself after an allowed host binary.
-    if let Some(exe) = info.exe.as_deref().filter(|_| !info.exe_from_kernel) {
-        if config.allow_exe.contains(exe) {
-            return Some(format!("exe:{exe}"));
+    use std::os::unix::fs::MetadataExt;
+    if let Some(exe_id) = info.exe_id {
+        let allowed = config.allow_exe.iter().find(|path| {
+            std::fs::metadata(path)
+                .is_ok_and(|m| (inventory::kernel_dev(m.dev()), m.ino()) == exe_id)
+        });
+        if let Some(path) = allowed {
+            return Some(format!("exe:{path}"));
         }
     }
     let cgroup_id = cgroup_id?;
@@ -220,21 +226,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_procs_view_of_the_executable_matches_the_allow_list() {
+    fn the_allow_list_matches_the_executable_file_not_its_path() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let allowed = dir.path().join("vector");
+        let other = dir.path().join("impostor");
+        std::fs::write(&allowed, "#!/bin/sh\n").expect("write");
+        std::fs::write(&other, "#!/bin/sh\n").expect("write");
+        let id = |p: &std::path::Path| {
+            let m = std::fs::metadata(p).expect("stat");
+            (inventory::kernel_dev(m.dev()), m.ino())
+        };
         let config = BypassConfig {
-            allow_exe: ["/usr/bin/vector".to_string()].into_iter().collect(),
+            allow_exe: [allowed.display().to_string()].into_iter().collect(),
             ..BypassConfig::default()
         };
         let mut info = ProcessInfo {
-            exe: Some("/usr/bin/vector".into()),
+            // The path an impostor in another mount namespace would show.
+            exe: Some(allowed.display().to_string()),
+            exe_id: Some(id(&allowed)),
             ..ProcessInfo::default()
         };
         assert_eq!(
-            allow_rule(&config, &info, None).as_deref(),
-            Some("exe:/usr/bin/vector")
+            allow_rule(&config, &info, None),
+            Some(format!("exe:{}", allowed.display()))
         );
-        // The same name from the kernel's walk (relative to the opener's root) is not enough.
-        info.exe_from_kernel = true;
-        assert_eq!(allow_rule(&config, &info, None), None);
+        info.exe_id = Some(id(&other));
+        assert_eq!(
+            allow_rule(&config, &info, None),
+            None,
+            "same path, another file"
+        );
+        info.exe_id = None;
+        assert_eq!(allow_rule(&config, &info, None), None, "no file known");
     }
 }
