@@ -19,18 +19,25 @@ use rustls::sign::CertifiedKey;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 /// A handshake not completed in this long is dropped (and reported).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; further connections wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 256;
+/// A connection that sends nothing in this long is closed without a report (a probe, or a
+/// connection held open only to take a handshake slot).
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Handshakes in progress at once, in all and from one address; a connection over either is
+/// closed at once (accepting never waits, so the slots of one host cannot hold up others).
+const MAX_HANDSHAKES: usize = 1024;
+const MAX_HANDSHAKES_PER_IP: usize = 16;
 /// Refusals reported per minute at most: a flood of bad handshakes must not flood the audit
 /// log. The ones over are counted and the count goes with the next one reported.
 const MAX_REPORTS_PER_MINUTE: u32 = 60;
@@ -39,7 +46,8 @@ const MAX_REPORTS_PER_MINUTE: u32 = 60;
 #[derive(Debug, Clone)]
 pub struct Refused {
     pub peer: SocketAddr,
-    /// A short machine-readable cause: `unknown_issuer`, `bad_signature`, `certificate_expired`,
+    /// A short machine-readable cause: `unknown_issuer`, `bad_signature`, `key_not_proven`,
+    /// `certificate_expired`,
     /// `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`,
     /// `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout`,
     /// `tls_error`.
@@ -114,11 +122,11 @@ pub fn incoming(
         trust_domain: trust_domain.to_string(),
     });
     // Built once here so that a configuration rustls refuses fails the start, not each client.
-    let probe = Arc::new(Witness {
-        inner: shared.verifier.clone(),
-        presented: Mutex::new(None),
-    });
-    server_config(&shared, probe)?;
+    shared
+        .cert
+        .keys_match()
+        .map_err(|e| anyhow::anyhow!("{} and {}: {e}", tls.cert.display(), tls.key.display()))?;
+    server_config(&shared, Arc::new(Witness::new(shared.verifier.clone())))?;
     let limiter = Mutex::new(Limiter {
         window_start: std::time::Instant::now(),
         reported: 0,
@@ -131,13 +139,12 @@ pub fn incoming(
             refused(refusal);
         }
     });
-    let (tx, rx) = mpsc::channel(MAX_HANDSHAKES);
+    let (tx, rx) = mpsc::channel(64);
     let accepting = tokio::spawn(async move {
-        let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let admission = Arc::new(Admission::default());
+        let mut turned_away = 0u64;
+        let mut last_warning: Option<std::time::Instant> = None;
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -147,10 +154,23 @@ pub fn incoming(
                     continue;
                 }
             };
+            let Some(slot) = Admission::enter(&admission, peer.ip()) else {
+                turned_away += 1;
+                if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(
+                        %peer,
+                        "too many TLS handshakes in progress ({MAX_HANDSHAKES} in all, \
+                         {MAX_HANDSHAKES_PER_IP} per address): {turned_away} connections closed \
+                         unanswered so far"
+                    );
+                    last_warning = Some(std::time::Instant::now());
+                }
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (shared, refused, tx) = (shared.clone(), refused.clone(), tx.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                let _slot = slot;
                 match handshake(&shared, tcp, peer).await {
                     Ok(stream) => {
                         let _ = tx.send(Ok(stream)).await;
@@ -162,6 +182,56 @@ pub fn incoming(
         }
     });
     Ok(Incoming { rx, accepting })
+}
+
+/// Handshakes in progress, in all and per address.
+#[derive(Default)]
+struct Admission {
+    in_progress: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted handshake; leaving frees its place.
+struct Slot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    fn enter(this: &Arc<Admission>, ip: IpAddr) -> Option<Slot> {
+        let mut guard = this.in_progress.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        let mine = per_ip.entry(ip).or_insert(0);
+        if *total >= MAX_HANDSHAKES || *mine >= MAX_HANDSHAKES_PER_IP {
+            if *mine == 0 {
+                per_ip.remove(&ip);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Slot {
+            admission: this.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut guard = self
+            .admission
+            .in_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (total, per_ip) = &mut *guard;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = per_ip.get_mut(&self.ip) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The established connections, in the order their handshakes completed. Dropping it stops
@@ -194,10 +264,16 @@ async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<TlsStream<TcpStream>, Option<Refused>> {
-    let witness = Arc::new(Witness {
-        inner: shared.verifier.clone(),
-        presented: Mutex::new(None),
-    });
+    // Nothing sent in time, or closed at once: a probe, not an authentication attempt.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        _ => {
+            tracing::debug!(%peer, "connection closed: nothing sent within {FIRST_BYTE_TIMEOUT:?}");
+            return Err(None);
+        }
+    }
+    let witness = Arc::new(Witness::new(shared.verifier.clone()));
     let config = match server_config(shared, witness.clone()) {
         Ok(config) => config,
         Err(e) => {
@@ -233,9 +309,15 @@ async fn handshake(
         tracing::debug!(%peer, "connection closed before its TLS handshake: {error}");
         return Err(None);
     }
+    let code = match tls_error.map_or("tls_error", reason_code) {
+        // The chain was good, the handshake signature was not: the client presented a
+        // certificate of ours without proving it holds its key (a copied certificate?).
+        "bad_signature" if witness.chain_verified() => "key_not_proven",
+        code => code,
+    };
     Err(Some(Refused {
         peer,
-        reason_code: tls_error.map_or("tls_error", reason_code),
+        reason_code: code,
         reason: error.to_string(),
         claimed: witness.claimed(&shared.trust_domain),
         suppressed_before: 0,
@@ -309,6 +391,9 @@ fn server_config(
         .with_client_cert_verifier(witness)
         .with_cert_resolver(Arc::new(OneCert(shared.cert.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // One configuration per connection: a session cache or tickets could never be used.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -327,9 +412,23 @@ impl ResolvesServerCert for OneCert {
 struct Witness {
     inner: Arc<dyn ClientCertVerifier>,
     presented: Mutex<Option<CertificateDer<'static>>>,
+    chain_verified: std::sync::atomic::AtomicBool,
 }
 
 impl Witness {
+    fn new(inner: Arc<dyn ClientCertVerifier>) -> Witness {
+        Witness {
+            inner,
+            presented: Mutex::new(None),
+            chain_verified: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn chain_verified(&self) -> bool {
+        self.chain_verified
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The SPIFFE ID the presented certificate claims (unverified).
     fn claimed(&self, trust_domain: &str) -> Option<String> {
         let presented = self.presented.lock().unwrap_or_else(|p| p.into_inner());
@@ -425,6 +524,30 @@ mod tests {
         limiter.window_start -= Duration::from_secs(61);
         assert_eq!(limiter.admit(), Some(2));
         assert_eq!(limiter.admit(), Some(0));
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_handshake_slot() {
+        let admission = Arc::new(Admission::default());
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        let mut held: Vec<Slot> = (0..MAX_HANDSHAKES_PER_IP)
+            .map(|_| Admission::enter(&admission, a).expect("under the cap"))
+            .collect();
+        assert!(
+            Admission::enter(&admission, a).is_none(),
+            "over the per-address cap"
+        );
+        let other = Admission::enter(&admission, b).expect("another address still gets in");
+        held.pop();
+        assert!(
+            Admission::enter(&admission, a).is_some(),
+            "a finished handshake frees its place"
+        );
+        drop(other);
+        drop(held);
+        let guard = admission.in_progress.lock().expect("lock");
+        assert_eq!((guard.0, guard.1.len()), (0, 0), "everything released");
     }
 
     #[test]

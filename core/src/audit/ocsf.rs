@@ -432,7 +432,7 @@ pub const EVENTS: &[EventType] = &[
     EventType {
         name: "tls.refused",
         writers: "agent, controller",
-        about: "A connection's mutual-TLS handshake was refused before any request: a certificate from another CA, expired or not yet valid, none at all, a client that refused ours, or no handshake within 10 s. At most 60 are written per minute; the number left out goes with the next one. A connection closed before sending anything (a port probe) is not recorded.",
+        about: "A connection's mutual-TLS handshake was refused before any request: a certificate from another CA, expired or not yet valid, none at all, a certificate without proof of its key, a client that refused ours, or no handshake within 10 s. At most 60 are written per minute; the number left out goes with the next one. A connection that sends nothing within 3 s (a port probe) is closed and not recorded; at most 16 handshakes per address and 1024 in all are in progress, others are closed at once.",
         class: Class::Authentication,
         activity_id: 1,
         activity_name: "Logon",
@@ -441,9 +441,9 @@ pub const EVENTS: &[EventType] = &[
         fields: &[
             PEER,
             ("service", "`loggate agent` or `loggate controller` (`service.name`)"),
-            ("reason_code", "`unknown_issuer`, `bad_signature` (chained by name to the CA but not signed by it: another CA of the same name, or a forgery), `certificate_expired`, `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout` or `tls_error` (`status_detail`)"),
+            ("reason_code", "`unknown_issuer`, `bad_signature` (chained by name to the CA but not signed by it: another CA of the same name, or a forgery), `key_not_proven` (a certificate of the CA presented without proof of its private key: a copied certificate?), `certificate_expired`, `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout` or `tls_error` (`status_detail`)"),
             ("reason", "rustls' description of the failure"),
-            ("claimed_subject", "the SPIFFE id in the certificate the client presented — what it claims, not verified (`user.uid`); null without one"),
+            ("claimed_subject", "the SPIFFE id in the certificate the client presented — what it claims, not verified (the OCSF `user` is Unknown); null without one"),
             ("suppressed_before", "refusals left out before this one by the rate limit"),
         ],
     },
@@ -1243,12 +1243,9 @@ fn class_objects<'a>(
             })
         }
         Class::Authentication => Objects::Authentication(AuthenticationObjects {
-            // A refused handshake names the identity the certificate claimed (unverified), as
-            // a failed logon names the user name that was tried.
-            user: user(
-                text(f, "subject").or_else(|| text(f, "claimed_subject")),
-                text(f, "key_sha256"),
-            ),
+            // A refused handshake has no verified user: `user` is Unknown (what the certificate
+            // claimed stays under unmapped.loggate, where no per-user rule reads it as a fact).
+            user: user(text(f, "subject"), text(f, "key_sha256")),
             auth_protocol_id: 99,
             auth_protocol: "mTLS",
             is_remote: true,
