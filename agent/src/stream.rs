@@ -312,9 +312,12 @@ fn pump(
     let whole_chunks = !redacting && plan.selector.passes_everything();
     let selector = &mut plan.selector;
     let mut idle_checks = 0u32;
-    // The file that replaced ours, found while idle: switched to once ours is read to its end
-    // (a writer may still append to the renamed file until it reopens its log).
+    // The file that replaced ours, found while idle: switched to once ours has stayed idle for
+    // another REOPEN_EVERY checks (a writer appends to the renamed file until it reopens).
     let mut replacement: Option<File> = None;
+    // Whether the raw bytes sent so far end a line (whole-chunk mode), so that the next file's
+    // first line does not join the last one of the old file.
+    let mut ends_line = true;
     loop {
         let n = match plan.file.read(&mut buf) {
             Ok(n) => n,
@@ -335,22 +338,6 @@ fn pump(
                 }
                 return Ok(());
             }
-            if let Some(next) = replacement.take() {
-                // Rotated: the old file's unfinished last line is served as a line (redacted
-                // like any other), then the new file from its start.
-                let mut out = Vec::new();
-                pipeline.finish(&mut |line| selector.keep(line), &mut out);
-                if out.last().is_some_and(|&b| b != b'\n') {
-                    out.push(b'\n');
-                }
-                if !out.is_empty() {
-                    sender.send(out)?;
-                }
-                pipeline.reset();
-                plan.file = next;
-                pos = 0;
-                continue;
-            }
             std::thread::sleep(RECHECK);
             sender.check()?;
             if sender.tx.is_closed() {
@@ -364,9 +351,29 @@ fn pump(
                 continue;
             }
             idle_checks = idle_checks.wrapping_add(1);
-            if idle_checks.is_multiple_of(REOPEN_EVERY) {
+            if replacement.is_some() {
+                // The old file has been idle for REOPEN_EVERY checks since its replacement was
+                // found (any data read resets the count): its writers have moved on.
+                if idle_checks >= REOPEN_EVERY {
+                    if let Some(next) = replacement.take() {
+                        // An unfinished last line is dropped, not served: it may be half a
+                        // secret. A private-key block still open stays open (fail closed).
+                        pipeline.abandon_partial_line();
+                        if whole_chunks && !ends_line {
+                            sender.send(b"\n".to_vec())?;
+                            ends_line = true;
+                        }
+                        plan.file = next;
+                        pos = 0;
+                        idle_checks = 0;
+                    }
+                }
+            } else if idle_checks.is_multiple_of(REOPEN_EVERY) {
                 if let Some(reopen) = &mut plan.reopen {
                     replacement = reopen(&plan.file)?;
+                    if replacement.is_some() {
+                        idle_checks = 0;
+                    }
                 }
             }
             continue;
@@ -375,6 +382,7 @@ fn pump(
         pos += n as u64;
         let data = &buf[..n];
         if whole_chunks {
+            ends_line = data.last() == Some(&b'\n');
             sender.send(data.to_vec())?;
             continue;
         }
