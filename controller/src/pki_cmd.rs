@@ -98,13 +98,31 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A controller address as `host:port`: no spaces, quotes or control characters.
+fn check_controller_addr(addr: &str) -> anyhow::Result<()> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--controller-addr {addr:?} is not host:port"))?;
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    if !host_ok || port.parse::<u16>().is_err() {
+        bail!("--controller-addr {addr:?} is not host:port (e.g. \"controller.example:7400\")");
+    }
+    Ok(())
+}
+
 fn write_client_config(dir: &Path, user: &str, controller: &str) -> anyhow::Result<PathBuf> {
+    check_controller_addr(controller)?;
     let clients = dir.join("clients");
     std::fs::create_dir_all(&clients)?;
     let path = clients.join(format!("{user}.toml"));
+    // Written as a TOML string (escaped), whatever it holds.
+    let controller = toml::Value::String(controller.to_string());
     let text = format!(
         "# loggate client configuration for {user} (use with --config or LOGGATE_CONFIG).\n\
-         controller = \"{controller}\"\n\n\
+         controller = {controller}\n\n\
          [tls]\n\
          ca = \"../ca.crt\"\n\
          cert = \"../users/{user}.crt\"\n\
@@ -115,6 +133,7 @@ fn write_client_config(dir: &Path, user: &str, controller: &str) -> anyhow::Resu
 }
 
 pub fn init(args: InitArgs) -> anyhow::Result<()> {
+    check_controller_addr(&args.controller_addr)?;
     pki::init(&args.dir, &args.trust_domain, &args.agents, &args.users)?;
     let key = SigningKey::generate()?;
     write_private(
@@ -187,6 +206,9 @@ pub fn issue(args: IssueArgs) -> anyhow::Result<()> {
         (None, Some(r)) => r.controller_addr.clone(),
         (None, None) => "127.0.0.1:7400".to_string(),
     };
+    if args.user.is_some() {
+        check_controller_addr(&controller_addr)?;
+    }
     let cert = pki::issue(&args.dir, &trust_domain, kind, &name, validity)?;
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "issued {}", cert.display())?;
@@ -243,5 +265,16 @@ mod tests {
             "{err:#}"
         );
         assert!(!dir.join("users/erin.crt").exists());
+
+        // An address that would inject TOML is refused before anything is written.
+        let mut bad = issue_args(&dir, "frank", None);
+        bad.controller_addr = Some("x:1\"\n[tls]\nca = \"/etc/evil\"\n#:7400".into());
+        let err = issue(bad).expect_err("injection");
+        assert!(format!("{err:#}").contains("is not host:port"), "{err:#}");
+        assert!(!dir.join("clients/frank.toml").exists());
+        assert!(!dir.join("users/frank.crt").exists());
+        for good in ["127.0.0.1:7400", "controller.example:7400", "[::1]:7400"] {
+            check_controller_addr(good).expect(good);
+        }
     }
 }

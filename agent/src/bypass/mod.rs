@@ -383,7 +383,8 @@ async fn read_events(
                 }
                 // …and its cgroup (and container) from the cgroup id the kernel reported.
                 if info.cgroup.is_none() {
-                    info.cgroup = names.cgroup_path(raw.cgroup_id);
+                    // A miss walks cgroupfs (blocking): let the runtime move other tasks away.
+                    info.cgroup = tokio::task::block_in_place(|| names.cgroup_path(raw.cgroup_id));
                     info.container_id = info.cgroup.as_deref().and_then(process::container_id);
                 }
                 info.user = names.user(raw.uid);
