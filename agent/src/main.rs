@@ -190,7 +190,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         &shared.config.trust_domain,
         move |refused| {
             tracing::warn!(
-                peer = %refused.peer,
+                peer = ?refused.peer,
                 "TLS handshake refused ({}): {}",
                 refused.reason_code,
                 refused.reason

@@ -77,7 +77,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         &config.trust_domain,
         move |refused| {
             tracing::warn!(
-                peer = %refused.peer,
+                peer = ?refused.peer,
                 "TLS handshake refused ({}): {}",
                 refused.reason_code,
                 refused.reason

@@ -39,18 +39,20 @@ const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_HANDSHAKES: usize = 1024;
 const MAX_HANDSHAKES_PER_IP: usize = 16;
 /// Refusals reported per minute at most: a flood of bad handshakes must not flood the audit
-/// log. The ones over are counted and the count goes with the next one reported.
+/// log. The ones over are counted; the count goes with the next one reported, or in a summary
+/// (`reason_code` `suppressed`, no peer) at the end of the minute, whichever comes first.
 const MAX_REPORTS_PER_MINUTE: u32 = 60;
 
 /// A connection refused during its TLS handshake.
 #[derive(Debug, Clone)]
 pub struct Refused {
-    pub peer: SocketAddr,
+    /// `None` only for the summary of refusals left out by the rate limit.
+    pub peer: Option<SocketAddr>,
     /// A short machine-readable cause: `unknown_issuer`, `bad_signature`, `key_not_proven`,
     /// `certificate_expired`,
     /// `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`,
     /// `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout`,
-    /// `tls_error`.
+    /// `tls_error`; `suppressed` for the summary of refusals over the rate limit.
     pub reason_code: &'static str,
     /// rustls' description of the failure.
     pub reason: String,
@@ -65,7 +67,7 @@ impl Refused {
     /// (`loggate agent`, `loggate controller`).
     pub fn audit_fields(&self, service: &str) -> serde_json::Map<String, serde_json::Value> {
         crate::audit_fields!(
-            "peer" => self.peer.to_string(),
+            "peer" => self.peer.map(|p| p.to_string()),
             "service" => service,
             "reason_code" => self.reason_code,
             "reason" => self.reason.clone(),
@@ -99,6 +101,22 @@ impl Limiter {
     }
 }
 
+/// The refusals the rate limit left out since the last report, as one summary (taking them).
+fn summary(limiter: &Mutex<Limiter>) -> Option<Refused> {
+    let left_out =
+        std::mem::take(&mut limiter.lock().unwrap_or_else(|p| p.into_inner()).suppressed);
+    (left_out > 0).then(|| Refused {
+        peer: None,
+        reason_code: "suppressed",
+        reason: format!(
+            "{left_out} refused handshakes over the limit of {MAX_REPORTS_PER_MINUTE} a minute \
+             were not recorded one by one"
+        ),
+        claimed: None,
+        suppressed_before: left_out,
+    })
+}
+
 /// The parts shared by every connection's configuration.
 struct Shared {
     verifier: Arc<dyn ClientCertVerifier>,
@@ -127,16 +145,30 @@ pub fn incoming(
         .keys_match()
         .map_err(|e| anyhow::anyhow!("{} and {}: {e}", tls.cert.display(), tls.key.display()))?;
     server_config(&shared, Arc::new(Witness::new(shared.verifier.clone())))?;
-    let limiter = Mutex::new(Limiter {
+    let limiter = Arc::new(Mutex::new(Limiter {
         window_start: std::time::Instant::now(),
         reported: 0,
         suppressed: 0,
+    }));
+    let report = Arc::new(refused);
+    let summaries = tokio::spawn({
+        let (limiter, report) = (limiter.clone(), report.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Some(summary) = summary(&limiter) {
+                    report(summary);
+                }
+            }
+        }
     });
     let refused = Arc::new(move |mut refusal: Refused| {
         let admitted = limiter.lock().unwrap_or_else(|p| p.into_inner()).admit();
         if let Some(suppressed) = admitted {
             refusal.suppressed_before = suppressed;
-            refused(refusal);
+            report(refusal);
         }
     });
     let (tx, rx) = mpsc::channel(64);
@@ -181,7 +213,11 @@ pub fn incoming(
             });
         }
     });
-    Ok(Incoming { rx, accepting })
+    Ok(Incoming {
+        rx,
+        accepting,
+        summaries,
+    })
 }
 
 /// Handshakes in progress, in all and per address.
@@ -239,6 +275,7 @@ impl Drop for Slot {
 pub struct Incoming {
     rx: mpsc::Receiver<std::io::Result<TlsStream<TcpStream>>>,
     accepting: tokio::task::JoinHandle<()>,
+    summaries: tokio::task::JoinHandle<()>,
 }
 
 impl tokio_stream::Stream for Incoming {
@@ -255,6 +292,7 @@ impl tokio_stream::Stream for Incoming {
 impl Drop for Incoming {
     fn drop(&mut self) {
         self.accepting.abort();
+        self.summaries.abort();
     }
 }
 
@@ -278,7 +316,7 @@ async fn handshake(
         Ok(config) => config,
         Err(e) => {
             return Err(Some(Refused {
-                peer,
+                peer: Some(peer),
                 reason_code: "tls_error",
                 reason: format!("the server's TLS configuration was refused: {e}"),
                 claimed: None,
@@ -292,7 +330,7 @@ async fn handshake(
         Ok(Err(e)) => e,
         Err(_elapsed) => {
             return Err(Some(Refused {
-                peer,
+                peer: Some(peer),
                 reason_code: "handshake_timeout",
                 reason: format!("no completed handshake within {HANDSHAKE_TIMEOUT:?}"),
                 claimed: witness.claimed(&shared.trust_domain),
@@ -316,7 +354,7 @@ async fn handshake(
         code => code,
     };
     Err(Some(Refused {
-        peer,
+        peer: Some(peer),
         reason_code: code,
         reason: error.to_string(),
         claimed: witness.claimed(&shared.trust_domain),
@@ -524,6 +562,17 @@ mod tests {
         limiter.window_start -= Duration::from_secs(61);
         assert_eq!(limiter.admit(), Some(2));
         assert_eq!(limiter.admit(), Some(0));
+        // Left out at the end of a minute with no refusal after them: the summary carries them.
+        for _ in 0..MAX_REPORTS_PER_MINUTE {
+            limiter.admit();
+        }
+        let limiter = Mutex::new(limiter);
+        let s = summary(&limiter).expect("a summary");
+        assert_eq!(
+            (s.reason_code, s.suppressed_before, s.peer),
+            ("suppressed", 2, None)
+        );
+        assert!(summary(&limiter).is_none(), "taken once");
     }
 
     #[test]
