@@ -120,7 +120,7 @@ pub enum Server<'a> {
 }
 
 /// Every `spiffe://` URI SAN of a DER certificate (none when it cannot be parsed).
-fn spiffe_uris(der: &[u8]) -> Vec<String> {
+pub(crate) fn spiffe_uris(der: &[u8]) -> Vec<String> {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
     };

@@ -471,19 +471,9 @@ impl Witness {
     fn claimed(&self, trust_domain: &str) -> Option<String> {
         let presented = self.presented.lock().unwrap_or_else(|p| p.into_inner());
         let der = presented.as_ref()?;
-        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let san = cert.subject_alternative_name().ok()??;
-        san.value
-            .general_names
-            .iter()
-            .find_map(|name| match name {
-                x509_parser::extensions::GeneralName::URI(uri)
-                    if uri.starts_with("spiffe://") && uri.len() <= 512 =>
-                {
-                    Some(uri.to_string())
-                }
-                _ => None,
-            })
+        crate::tls::spiffe_uris(der)
+            .into_iter()
+            .find(|uri| uri.len() <= 512)
             .map(|uri| {
                 if uri.starts_with(&format!("spiffe://{trust_domain}/")) {
                     uri

@@ -184,6 +184,29 @@ async fn a_slow_reader_still_learns_that_the_stream_was_cut() -> anyhow::Result<
     Ok(())
 }
 
+/// `logs tail -n 0 --follow` on api.log as alice, once the agent has allowed it: the child and
+/// the lines it prints.
+fn follow_new_lines(
+    f: &Fixture,
+) -> anyhow::Result<(std::process::Child, std::sync::mpsc::Receiver<String>)> {
+    let mut child = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["tail", "-n", "0", "--follow", &f.api_log()],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let rx = lines_of(&mut child);
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed" && e["mode"] == "tail_follow"
+        })?;
+    Ok((child, rx))
+}
+
 /// The lines a child prints, as they come.
 fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;
@@ -236,21 +259,7 @@ fn follow_moves_to_the_file_that_replaced_a_rotated_one() -> anyhow::Result<()> 
     let f = Fixture::start()?;
     let grant = f.grant_with_profile("alice", "30m", "default")?;
     let log = f.logs.join("api.log");
-    let mut child = f
-        .cluster
-        .logs_cmd(
-            "alice",
-            "web-1",
-            &["tail", "-n", "0", "--follow", &f.api_log()],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let rx = lines_of(&mut child);
-    f.cluster
-        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
-            e["event"] == "read.allowed" && e["mode"] == "tail_follow"
-        })?;
+    let (mut child, rx) = follow_new_lines(&f)?;
     append(&log, "line-1 before rotation\n")?;
     until_line(&rx, "line-1", Duration::from_secs(5))?;
 
@@ -295,21 +304,7 @@ fn follow_starts_again_after_copytruncate() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     f.grant("alice", "30m")?;
     let log = f.logs.join("api.log");
-    let mut child = f
-        .cluster
-        .logs_cmd(
-            "alice",
-            "web-1",
-            &["tail", "-n", "0", "--follow", &f.api_log()],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let rx = lines_of(&mut child);
-    f.cluster
-        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
-            e["event"] == "read.allowed" && e["mode"] == "tail_follow"
-        })?;
+    let (mut child, rx) = follow_new_lines(&f)?;
     append(&log, "line-1 before truncation\n")?;
     until_line(&rx, "line-1", Duration::from_secs(5))?;
     // copytruncate: the file is emptied in place, then written from its start.
