@@ -189,17 +189,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         &shared.config.tls,
         &shared.config.trust_domain,
         move |refused| {
-            tracing::warn!(
-                peer = ?refused.peer,
-                "TLS handshake refused ({}): {}",
-                refused.reason_code,
-                refused.reason
-            );
-            if let Err(e) =
-                auditor.audit_deferred("tls.refused", refused.audit_fields("loggate agent"))
-            {
-                tracing::error!("audit write failed: {e:#}");
-            }
+            loggate_core::tls_accept::audit_refusal(&auditor.audit_log, "loggate agent", refused)
         },
     )
     .context("TLS configuration")?;

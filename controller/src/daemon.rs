@@ -76,17 +76,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         &config.tls,
         &config.trust_domain,
         move |refused| {
-            tracing::warn!(
-                peer = ?refused.peer,
-                "TLS handshake refused ({}): {}",
-                refused.reason_code,
-                refused.reason
-            );
-            if let Err(e) =
-                auditor.append_deferred("tls.refused", refused.audit_fields("loggate controller"))
-            {
-                tracing::error!("audit write failed: {e:#}");
-            }
+            loggate_core::tls_accept::audit_refusal(&auditor, "loggate controller", refused)
         },
     )
     .context("TLS configuration")?;

@@ -77,6 +77,20 @@ impl Refused {
     }
 }
 
+/// The usual report of a refusal: a warning, and a `tls.refused` record written to `log`
+/// (deferred: no action waits on it). `service` names who refused (`loggate agent`, …).
+pub fn audit_refusal(log: &crate::audit::SharedAuditLog, service: &str, refused: Refused) {
+    tracing::warn!(
+        peer = ?refused.peer,
+        "TLS handshake refused ({}): {}",
+        refused.reason_code,
+        refused.reason
+    );
+    if let Err(e) = log.append_deferred("tls.refused", refused.audit_fields(service)) {
+        tracing::error!("audit write failed: {e:#}");
+    }
+}
+
 /// At most `MAX_REPORTS_PER_MINUTE` reports in any minute-long window.
 struct Limiter {
     window_start: std::time::Instant,
