@@ -261,20 +261,9 @@ fn truncated_agent_file_fails_verification_against_the_controllers_checkpoints()
     let cut = fx.cluster.dir.join("truncated.jsonl");
     std::fs::write(&cut, kept).unwrap();
 
-    let alone = verify_alone(&fx, &cut);
-    assert!(
-        alone.status.success(),
-        "a cut tail is invisible from the file alone: {:?}",
-        text(&alone)
-    );
-    let out = verify_anchored(&fx, &cut);
-    let (_, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(5), "{stderr}");
-    assert!(
-        stderr.contains(&format!("line {last_sealed}:")),
-        "names the first missing line: {stderr}"
-    );
-    assert!(stderr.contains("the tail was cut off"), "{stderr}");
+    // A cut tail is invisible from the file alone; the held checkpoints name the first
+    // missing line.
+    assert_caught_only_when_anchored(&fx, &cut, last_sealed, "the tail was cut off");
 }
 
 #[test]
@@ -307,21 +296,26 @@ fn resigned_rewrite_of_the_agent_file_fails_verification_against_the_controllers
     log.checkpoint().unwrap();
     drop(log);
 
-    let alone = verify_alone(&fx, &rewritten);
+    // A re-signed rewrite passes on its own; the held checkpoints name the first line that
+    // differs from them.
+    let first_sealed = Checkpoint::parse_line(&local[0]).unwrap().sealed_seq;
+    assert_caught_only_when_anchored(&fx, &rewritten, first_sealed, "the file was rewritten");
+}
+
+/// `audit verify FILE` alone passes, and with the controller's checkpoints fails (exit 5)
+/// naming `line` and saying `why`.
+fn assert_caught_only_when_anchored(fx: &Fixture, file: &Path, line: u64, why: &str) {
+    let alone = verify_alone(fx, file);
     assert!(
         alone.status.success(),
-        "a re-signed rewrite passes on its own: {:?}",
+        "passes on its own: {:?}",
         text(&alone)
     );
-    let out = verify_anchored(&fx, &rewritten);
+    let out = verify_anchored(fx, file);
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
-    let first_sealed = Checkpoint::parse_line(&local[0]).unwrap().sealed_seq;
-    assert!(
-        stderr.contains(&format!("line {first_sealed}:")),
-        "names the first line that differs from a held checkpoint: {stderr}"
-    );
-    assert!(stderr.contains("the file was rewritten"), "{stderr}");
+    assert!(stderr.contains(&format!("line {line}:")), "{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
 }
 
 #[test]

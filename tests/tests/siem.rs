@@ -389,6 +389,21 @@ fn hec_record(event_line: &str) -> String {
     event_line[start..event_line.len() - 1].to_string()
 }
 
+/// The audit records the collector received (only from requests it answered 200 with
+/// `accepted_only`), in arrival order.
+fn hec_records(hec: &HecReceiver, accepted_only: bool) -> Vec<String> {
+    hec.requests()
+        .iter()
+        .filter(|r| !accepted_only || r.status == 200)
+        .flat_map(|r| {
+            String::from_utf8_lossy(&r.body)
+                .lines()
+                .map(hec_record)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[test]
 fn hec_collector_gets_every_event_in_batches_after_a_503() -> anyhow::Result<()> {
     let hec = HecReceiver::start(2)?;
@@ -413,18 +428,7 @@ fn hec_collector_gets_every_event_in_batches_after_a_503() -> anyhow::Result<()>
         let out = f.logs("alice", &["cat", &f.api_log()])?;
         assert!(out.status.success(), "{}", text(&out).1);
     }
-    let received = || {
-        hec.requests()
-            .iter()
-            .filter(|r| r.status == 200)
-            .flat_map(|r| {
-                String::from_utf8_lossy(&r.body)
-                    .lines()
-                    .map(hec_record)
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>()
-    };
+    let received = || hec_records(&hec, true);
     let copy = wait_all_delivered(&f, received, Duration::from_secs(30))?;
     verify_copy(&f, &copy)?;
     let requests = hec.requests();
@@ -505,17 +509,7 @@ fn hec_over_https_delivers_every_event() -> anyhow::Result<()> {
     f.grant("alice", "30m")?;
     let out = f.logs("alice", &["cat", &f.api_log()])?;
     assert!(out.status.success(), "{}", text(&out).1);
-    let received = || {
-        hec.requests()
-            .iter()
-            .flat_map(|r| {
-                String::from_utf8_lossy(&r.body)
-                    .lines()
-                    .map(hec_record)
-                    .collect::<Vec<_>>()
-            })
-            .collect::<Vec<_>>()
-    };
+    let received = || hec_records(&hec, false);
     let copy = wait_all_delivered(&f, received, Duration::from_secs(30))?;
     verify_copy(&f, &copy)?;
     Ok(())

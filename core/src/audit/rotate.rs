@@ -190,14 +190,7 @@ mod tests {
         let both = verify_chain(&concat(&[rotated.clone(), path.clone()])[..], &[]).unwrap();
         assert_eq!((both.first_seq, both.last_seq), (1, 6));
         assert_eq!(both.continues_from, None);
-        let first: Value = serde_json::from_str(
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .lines()
-                .next()
-                .unwrap(),
-        )
-        .unwrap();
+        let first = first_record(&path);
         assert_eq!(event_name(&first), Some("audit.rotated"));
         assert_eq!(first["activity_id"], 6); // OCSF Event Log Activity: Rotate
         assert_eq!(first["seq"], 4);
@@ -217,6 +210,12 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// The first record of an audit file.
+    fn first_record(path: &Path) -> Value {
+        let text = std::fs::read_to_string(path).unwrap();
+        serde_json::from_str(text.lines().next().unwrap()).unwrap()
+    }
+
     #[test]
     fn retention_deletes_the_oldest_rotated_files_and_says_so() {
         let dir = crate::audit::scratch_dir();
@@ -232,14 +231,7 @@ mod tests {
         }
         let kept = rotated_files(&path).unwrap();
         assert_eq!(kept.len(), 2);
-        let last: Value = serde_json::from_str(
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .lines()
-                .next()
-                .unwrap(),
-        )
-        .unwrap();
+        let last = first_record(&path);
         assert_eq!(
             record_field(&last, "deleted_files"),
             Some(&serde_json::json!(["audit.jsonl.000000000003"]))
