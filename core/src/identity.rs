@@ -69,20 +69,33 @@ pub enum IdentityError {
     NotAUser(String),
 }
 
+/// Every `spiffe://` URI SAN of a certificate.
+fn spiffe_uris_in(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(uri.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every `spiffe://` URI SAN of a DER certificate, unverified (none when it cannot be parsed).
+pub(crate) fn spiffe_uris(der: &[u8]) -> Vec<String> {
+    X509Certificate::from_der(der)
+        .map(|(_, cert)| spiffe_uris_in(&cert))
+        .unwrap_or_default()
+}
+
 impl Identity {
     /// Reads the identity from a DER certificate (the TLS peer's leaf).
     pub fn from_certificate(der: &[u8], trust_domain: &str) -> Result<Self, IdentityError> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparsable)?;
-        let mut ids = Vec::new();
-        if let Ok(Some(san)) = cert.subject_alternative_name() {
-            for name in &san.value.general_names {
-                if let GeneralName::URI(uri) = name {
-                    if uri.starts_with("spiffe://") {
-                        ids.push(uri.to_string());
-                    }
-                }
-            }
-        }
+        let ids = spiffe_uris_in(&cert);
         let spiffe_id = match ids.as_slice() {
             [] => return Err(IdentityError::NoSpiffeId(trust_domain.to_string())),
             [one] => one.clone(),

@@ -6,7 +6,7 @@
 //! the chain and validity period during the handshake, so a handler that sees a request has a
 //! peer with a current certificate from that CA; this module only names that peer.
 
-use crate::identity::{Identity, Role};
+use crate::identity::{spiffe_uris, Identity, Role};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
@@ -117,26 +117,6 @@ pub enum Server<'a> {
     Controller,
     /// An agent, by id.
     Agent(&'a str),
-}
-
-/// Every `spiffe://` URI SAN of a DER certificate (none when it cannot be parsed).
-pub(crate) fn spiffe_uris(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => {
-                Some(uri.to_string())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 /// rustls' WebPKI server verification (chain, validity, DNS name), then: the certificate names

@@ -485,7 +485,7 @@ impl Witness {
     fn claimed(&self, trust_domain: &str) -> Option<String> {
         let presented = self.presented.lock().unwrap_or_else(|p| p.into_inner());
         let der = presented.as_ref()?;
-        crate::tls::spiffe_uris(der)
+        crate::identity::spiffe_uris(der)
             .into_iter()
             .find(|uri| uri.len() <= 512)
             .map(|uri| {
