@@ -134,7 +134,8 @@ fn summary(limiter: &Mutex<Limiter>) -> Option<Refused> {
 /// The parts shared by every connection's configuration.
 struct Shared {
     verifier: Arc<dyn ClientCertVerifier>,
-    cert: Arc<CertifiedKey>,
+    cert: Arc<OneCert>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
     trust_domain: String,
 }
 
@@ -150,12 +151,14 @@ pub fn incoming(
 ) -> anyhow::Result<Incoming> {
     let shared = Arc::new(Shared {
         verifier: client_verifier(tls)?,
-        cert: certified_key(tls)?,
+        cert: Arc::new(OneCert(certified_key(tls)?)),
+        provider: Arc::new(rustls::crypto::ring::default_provider()),
         trust_domain: trust_domain.to_string(),
     });
     // Built once here so that a configuration rustls refuses fails the start, not each client.
     shared
         .cert
+        .0
         .keys_match()
         .map_err(|e| anyhow::anyhow!("{} and {}: {e}", tls.cert.display(), tls.key.display()))?;
     server_config(&shared, Arc::new(Witness::new(shared.verifier.clone())))?;
@@ -437,11 +440,10 @@ fn server_config(
     shared: &Shared,
     witness: Arc<Witness>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(shared.provider.clone())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(witness)
-        .with_cert_resolver(Arc::new(OneCert(shared.cert.clone())));
+        .with_cert_resolver(shared.cert.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
     // One configuration per connection: a session cache or tickets could never be used.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});

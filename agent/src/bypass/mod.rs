@@ -461,6 +461,7 @@ async fn read_fanotify(
                 }
                 FanEvent::Open(open) => {
                     let mut info = process::inspect(Path::new("/proc"), open.pid);
+                    info.exe_id = process::exe_id(Path::new("/proc"), open.pid);
                     let status = process::status(Path::new("/proc"), open.pid);
                     info.user = status.uid.and_then(|uid| names.user(uid));
                     batch.push((open, status, info));

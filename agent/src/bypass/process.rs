@@ -52,10 +52,15 @@ pub fn inspect(proc_root: &Path, tgid: u32) -> ProcessInfo {
         container_id,
         user: None,
         exe_from_kernel: false,
-        exe_id: std::fs::metadata(dir.join("exe"))
-            .ok()
-            .map(|m| (crate::bypass::inventory::kernel_dev(m.dev()), m.ino())),
+        exe_id: None,
     }
+}
+
+/// The file `/proc/<pid>/exe` leads to, (device in the kernel's encoding, inode): the
+/// executable's identity when the kernel did not report it (fanotify mode).
+pub fn exe_id(proc_root: &Path, pid: u32) -> Option<(u32, u64)> {
+    let meta = std::fs::metadata(proc_root.join(pid.to_string()).join("exe")).ok()?;
+    Some((crate::bypass::inventory::kernel_dev(meta.dev()), meta.ino()))
 }
 
 /// What `/proc/<pid>/status` says about a process (for the fanotify mode, where the kernel
