@@ -88,15 +88,8 @@ impl ControllerConfig {
             bail!("redaction_profiles: name at least one profile (e.g. [\"default\"])");
         }
         for profile in &config.redaction_profiles {
-            let valid = !profile.is_empty()
-                && profile.len() <= 64
-                && profile
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid {
-                bail!(
-                    "redaction_profiles: {profile:?} is not a profile name ([A-Za-z0-9_-]{{1,64}})"
-                );
+            if !loggate_core::grant::is_valid_redaction_name(profile) {
+                bail!("redaction_profiles: {profile:?} is not a profile name ([a-z0-9_-]{{1,64}})");
             }
         }
         for admin in &config.admins {

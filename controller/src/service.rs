@@ -336,7 +336,7 @@ impl Controller for ControllerService {
         } else {
             req.redaction_profile.clone()
         };
-        // The configured names are checked at start ([A-Za-z0-9_-]{1,64}): a name on the list is
+        // The configured names are checked at start ([a-z0-9_-]{1,64}): a name on the list is
         // a valid one, and a request's name is echoed back only when it is that short.
         if !self.policy.redaction_profiles.contains(&profile) {
             let shown = if profile.len() <= 64 {

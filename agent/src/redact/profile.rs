@@ -8,6 +8,7 @@ use super::finding::Builtin;
 use super::validate::Validator;
 use super::{Detector, HashKey, Mode, Redactor};
 use anyhow::{bail, Context};
+use loggate_core::grant::is_valid_redaction_name;
 use regex::bytes::RegexBuilder;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -106,19 +107,11 @@ impl Profiles {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
 fn compile(name: &str, p: ProfileFile, key: Option<Arc<HashKey>>) -> anyhow::Result<Redactor> {
     if name == "raw" {
         bail!("\"raw\" is reserved for no redaction (allow_raw); choose another name");
     }
-    if !valid_name(name) {
+    if !is_valid_redaction_name(name) {
         bail!("profile names are lowercase letters, digits, '_' and '-'");
     }
     let builtins: Vec<Builtin> = match &p.detectors {
@@ -137,7 +130,10 @@ fn compile(name: &str, p: ProfileFile, key: Option<Arc<HashKey>>) -> anyhow::Res
     };
     let mut seen: Vec<String> = builtins.iter().map(|b| b.name().to_string()).collect();
     for c in &p.custom {
-        if !valid_name(&c.name) || Builtin::from_name(&c.name).is_some() || seen.contains(&c.name) {
+        if !is_valid_redaction_name(&c.name)
+            || Builtin::from_name(&c.name).is_some()
+            || seen.contains(&c.name)
+        {
             bail!(
                 "custom detector name {:?} must be unique, not a built-in name, and lowercase letters, digits, '_' or '-'",
                 c.name
