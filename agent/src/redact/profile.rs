@@ -8,7 +8,6 @@ use super::finding::Builtin;
 use super::validate::Validator;
 use super::{Detector, HashKey, Mode, Redactor};
 use anyhow::{bail, Context};
-use loggate_core::grant::is_valid_redaction_name;
 use regex::bytes::RegexBuilder;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -107,6 +106,17 @@ impl Profiles {
     }
 }
 
+/// The rule of `loggate_core::grant::is_valid_redaction_name`, written here because this module
+/// compiles without the rest of loggate (the fuzz target builds it alone); a test keeps the two
+/// equal.
+fn is_valid_redaction_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 fn compile(name: &str, p: ProfileFile, key: Option<Arc<HashKey>>) -> anyhow::Result<Redactor> {
     if name == "raw" {
         bail!("\"raw\" is reserved for no redaction (allow_raw); choose another name");
@@ -194,6 +204,29 @@ fn read_hash_key(path: &Path) -> anyhow::Result<HashKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn profile_names_follow_the_rule_the_controller_checks() {
+        let long = "a".repeat(65);
+        for name in [
+            "default",
+            "pci-2",
+            "eu_gdpr",
+            "",
+            "Default",
+            "a b",
+            "x/y",
+            "é",
+            &long[..64],
+            &long,
+        ] {
+            assert_eq!(
+                is_valid_redaction_name(name),
+                loggate_core::grant::is_valid_redaction_name(name),
+                "{name:?}"
+            );
+        }
+    }
 
     fn load(toml_text: &str, base: &Path) -> anyhow::Result<Profiles> {
         let file: RedactionConfigFile = toml::from_str(toml_text)?;
