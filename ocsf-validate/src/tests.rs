@@ -492,3 +492,46 @@ fn a_tally_sums_findings_and_missing_recommended_per_event_kind() {
     assert!(page.contains("| `read.allowed` | 2 | 1 | 0 |"), "{page}");
     assert!(page.contains("(2 of 2)"), "{page}");
 }
+
+#[test]
+fn listing_a_profile_makes_its_required_attributes_required() {
+    // The `cloud` profile requires `cloud` in API Activity; unlisted, nothing asks for it.
+    assert!(!check(&api_read())
+        .findings
+        .iter()
+        .any(|f| f.path == "cloud"));
+    let r = set(api_read(), "metadata.profiles", json!(["cloud"]));
+    assert_only(&r, "cloud", |k| *k == FindingKind::RequiredMissing);
+}
+
+#[test]
+fn a_deprecated_class_and_a_deprecated_object_are_warnings() {
+    // Security Finding (2001) is deprecated since 1.1.0, and so is its `finding` object.
+    let r = json!({
+        "class_uid": 2001, "category_uid": 2, "activity_id": 1, "type_uid": 200101,
+        "severity_id": 1, "time": 1_795_766_400_000_i64, "metadata": metadata(),
+        "finding": {"uid": "f-1", "title": "bypass read"}
+    });
+    let report = check(&r);
+    assert!(
+        report.has("", |k| matches!(
+            k,
+            FindingKind::Deprecated {
+                what: Deprecated::Class,
+                ..
+            }
+        )),
+        "{report}"
+    );
+    assert!(
+        report.has("finding", |k| matches!(
+            k,
+            FindingKind::Deprecated {
+                what: Deprecated::Object,
+                ..
+            }
+        )),
+        "{report}"
+    );
+    assert!(report.deprecations().all(|f| f.level() == Level::Warning));
+}
