@@ -63,6 +63,7 @@ impl TlsFiles {
     /// that carries it — issued for another purpose — stand in for an agent or the controller.
     pub fn endpoint(&self, addr: &str, server: Server<'_>) -> anyhow::Result<Endpoint> {
         let own = read_certificate_der(&self.cert)?;
+        refuse_if_not_valid_yet(&own, &self.cert, UnixTime::now())?;
         let trust_domain = spiffe_uris(&own)
             .first()
             .and_then(|id| id.strip_prefix("spiffe://"))
@@ -109,6 +110,34 @@ impl TlsFiles {
         Identity::from_certificate(&der, trust_domain)
             .map_err(|e| anyhow::anyhow!("{}: {e}", self.cert.display()))
     }
+}
+
+/// Our own certificate is refused before any connection when its validity has not started:
+/// every server would refuse it, and TLS has no alert for "not yet valid" (rustls sends
+/// `certificate_expired`), so the user would be told that a certificate which has not started
+/// yet had expired. (Certificates from `loggate pki` and sign-in start 5 minutes in the past, so
+/// a clock slightly behind the issuer's does not trip this.) An expired certificate is left to
+/// the server, which audits the attempt.
+fn refuse_if_not_valid_yet(der: &[u8], path: &Path, now: UnixTime) -> anyhow::Result<()> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid X.509 certificate: {e}", path.display()))?;
+    let starts = cert.validity().not_before.timestamp();
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    if now < starts {
+        let at = u64::try_from(starts)
+            .ok()
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_else(|| starts.to_string());
+        anyhow::bail!(
+            "{}: this certificate is not valid yet: its validity starts at {at}, {} s from now \
+             (check this machine's clock, or use a certificate that is already valid)",
+            path.display(),
+            starts - now
+        );
+    }
+    Ok(())
 }
 
 /// Whom a client expects at the other end of [`TlsFiles::endpoint`].
@@ -261,6 +290,30 @@ mod tests {
             &[],
             UnixTime::now(),
         )
+    }
+
+    #[test]
+    fn an_own_certificate_that_has_not_started_is_reported_not_valid_yet_not_expired() {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["carol".to_string()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 2, 1);
+        let future = params.self_signed(&key).expect("cert");
+        let path = Path::new("carol.crt");
+        let err = refuse_if_not_valid_yet(future.der(), path, UnixTime::now())
+            .expect_err("a certificate starting in 2099 was used");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("not valid yet") && message.contains("2099-01-01T00:00:00Z"),
+            "{message}"
+        );
+        assert!(!message.contains("expired"), "{message}");
+        // Once started (and even once expired: the server judges and audits that), it is used.
+        let later =
+            UnixTime::since_unix_epoch(std::time::Duration::from_secs(4_102_444_800 + 86_400));
+        assert!(refuse_if_not_valid_yet(future.der(), path, later).is_ok());
+        let much_later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(4_200_000_000));
+        assert!(refuse_if_not_valid_yet(future.der(), path, much_later).is_ok());
     }
 
     #[test]

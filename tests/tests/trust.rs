@@ -291,6 +291,80 @@ fn expired_client_certificate_is_rejected() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn not_yet_valid_client_certificate_is_reported_as_not_valid_yet_not_expired(
+) -> anyhow::Result<()> {
+    let f = tokio::task::spawn_blocking(Fixture::start).await??;
+    let pki = f.cluster.dir.join("pki");
+    let out = Command::new(f.cluster.bins.join("loggate"))
+        .args(["pki", "issue"])
+        .arg(&pki)
+        .args([
+            "--user",
+            "dave",
+            "--valid-from",
+            "2099-01-01T00:00:00Z",
+            "--valid-until",
+            "2099-02-01T00:00:00Z",
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    // The user is told what is wrong with their certificate: it has not started.
+    let out = read_with_config(&f, &pki.join("clients/dave.toml"))?;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("not valid yet") && stderr.contains("2099-01-01T00:00:00Z"),
+        "{stderr}"
+    );
+    assert!(!stderr.to_lowercase().contains("expired"), "{stderr}");
+    // A client that presents it anyway is refused, and audited, as not valid yet.
+    let ca = std::fs::read(pki.join("ca.crt"))?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(pki.join("users/dave.crt"))?,
+            std::fs::read(pki.join("users/dave.key"))?,
+        ))
+        .domain_name("web-1");
+    let endpoint = tonic::transport::Endpoint::from_shared(format!(
+        "https://{}",
+        f.cluster.agent_addr("web-1")
+    ))?
+    .tls_config(tls)?;
+    let result = async {
+        let channel = endpoint.connect().await?;
+        let mut client = loggate_proto::agent_client::AgentClient::new(channel);
+        let mut stream = client
+            .read_log(loggate_proto::ReadLogRequest {
+                path: f.api_log(),
+                mode: loggate_proto::ReadMode::Cat as i32,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        stream.message().await?;
+        anyhow::Ok(())
+    }
+    .await;
+    assert!(result.is_err(), "a not-yet-valid certificate was served");
+    let refused = tokio::task::spawn_blocking(move || {
+        f.cluster
+            .wait_for_audit("web-1", WAIT, |e| e["event"] == "tls.refused")
+    })
+    .await??;
+    assert_eq!(
+        refused["reason_code"], "certificate_not_valid_yet",
+        "{refused}"
+    );
+    assert_eq!(
+        refused["claimed_subject"],
+        "spiffe://loggate.local/user/dave"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn missing_client_certificate_is_rejected() -> anyhow::Result<()> {
     let f = tokio::task::spawn_blocking(Fixture::start).await??;
     let ca = std::fs::read(f.cluster.dir.join("pki/ca.crt"))?;

@@ -432,7 +432,7 @@ pub const EVENTS: &[EventType] = &[
     EventType {
         name: "tls.refused",
         writers: "agent, controller",
-        about: "A connection's mutual-TLS handshake was refused before any request: a certificate from another CA, expired or not yet valid, none at all, a certificate without proof of its key, a client that refused ours, or no handshake within 10 s. At most 60 are written per minute; the number left out goes with the next one or, at the end of the minute, in a summary record (`reason_code` `suppressed`, `peer` null). A connection that sends nothing within 3 s (a port probe) is closed and not recorded; at most 16 handshakes per address and 1024 in all are in progress, others are closed at once.",
+        about: "A connection's mutual-TLS handshake was refused before any request: a certificate from another CA, expired or not yet valid, none at all, a certificate without proof of its key, a client that refused ours, or no handshake within 5 s. At most 60 are written per minute; the number left out goes with the next one or, at the end of the minute, in a summary record (`reason_code` `suppressed`, `peer` null). A connection that sends nothing within 2 s (a port probe) is closed and not recorded. At most 1024 handshakes are in progress, 512 per /24 or /64 prefix; a new connection over either closes the unfinished one idle longest (of its prefix, or of all), and every 10 s with any such evictions one summary record (`reason_code` `evicted`, `peer` null, `suppressed_before` the number) says how many and from which prefix most.",
         class: Class::Authentication,
         activity_id: 1,
         activity_name: "Logon",
@@ -441,7 +441,7 @@ pub const EVENTS: &[EventType] = &[
         fields: &[
             PEER,
             ("service", "`loggate agent` or `loggate controller` (`service.name`)"),
-            ("reason_code", "`unknown_issuer`, `bad_signature` (chained by name to the CA but not signed by it: another CA of the same name, or a forgery), `key_not_proven` (a certificate of the CA presented without proof of its private key: a copied certificate?), `certificate_expired`, `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout`, `tls_error`, or `suppressed` for the summary of refusals over the rate limit (`status_detail`)"),
+            ("reason_code", "`unknown_issuer`, `bad_signature` (chained by name to the CA but not signed by it: another CA of the same name, or a forgery), `key_not_proven` (a certificate of the CA presented without proof of its private key: a copied certificate?), `certificate_expired`, `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout`, `tls_error`, `suppressed` for the summary of refusals over the rate limit, or `evicted` for the summary of unfinished handshakes closed to make room (`status_detail`)"),
             ("reason", "rustls' description of the failure"),
             ("claimed_subject", "the SPIFFE id in the certificate the client presented — what it claims, not verified (the OCSF `user` is Unknown); null without one"),
             ("suppressed_before", "refusals left out before this one by the rate limit"),
