@@ -94,7 +94,7 @@ impl Builtin {
     /// Literals (matched ASCII-case-insensitively) of which at least one must occur in a segment
     /// for a keyword detector to run (`super::prefilter`). The other detectors are gated by the
     /// shape of their values or find their own candidates.
-    pub fn literals(self) -> &'static [&'static str] {
+    pub(crate) fn literals(self) -> &'static [&'static str] {
         match self {
             Builtin::PrivateKey => &["-----begin"],
             Builtin::Jwt => &["eyj"],
@@ -118,15 +118,16 @@ impl Builtin {
         }
     }
 
-    /// Appends the spans of this detector's values in `seg` to `out`.
-    pub fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    /// Appends the spans of this detector's values in `seg` to `out` (the tests' entry).
+    #[cfg(test)]
+    pub(crate) fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
         let mut masks = SegmentMasks::default();
         masks.compute(seg);
         self.find_in(seg, &masks, out);
     }
 
     /// [`Builtin::find`] with the segment's byte masks already computed.
-    pub fn find_in(self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
+    pub(crate) fn find_in(self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         match self {
             // Private keys span lines: the redactor's state machine handles them.
             Builtin::PrivateKey => {}

@@ -112,7 +112,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn add(&mut self, name: &str) {
+    pub(crate) fn add(&mut self, name: &str) {
         match self.redactions.get_mut(name) {
             Some(n) => *n += 1,
             None => {
