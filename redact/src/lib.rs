@@ -27,6 +27,7 @@
 //! everywhere else it does not compile.
 
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bytemask;
@@ -73,6 +74,7 @@ enum Kind {
 }
 
 impl Detector {
+    /// A built-in detector whose findings are replaced as `mode` says.
     pub fn builtin(b: Builtin, mode: Mode) -> Detector {
         Detector {
             name: b.name().to_string(),
@@ -176,6 +178,9 @@ pub(crate) enum LineOutcome {
 }
 
 impl Redactor {
+    /// A redactor running `detectors` (on findings that start at the same byte, the one listed
+    /// first names the replacement); `key` is required by detectors in `hash` mode (without it
+    /// they mask). Fails only if the literal prefilter cannot be built.
     pub fn new(detectors: Vec<Detector>, key: Option<Arc<HashKey>>) -> Result<Redactor, String> {
         let private_keys = detectors
             .iter()
@@ -205,6 +210,7 @@ impl Redactor {
         }
     }
 
+    /// The detectors' names, in order: what `[REDACTED:name]` and the counts use.
     pub fn detector_names(&self) -> impl Iterator<Item = &str> {
         self.detectors.iter().map(|d| d.name.as_str())
     }
@@ -401,6 +407,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// One stream's pipeline; `redactor = None` serves lines unchanged (`raw`). Lines longer
+    /// than `max_line` bytes are cut there, the rest up to the newline dropped.
     pub fn new(redactor: Option<Arc<Redactor>>, max_line: usize) -> Pipeline {
         Pipeline {
             lines: LineSplitter::new(max_line),
@@ -463,6 +471,7 @@ impl Pipeline {
         lines.finish(&mut follow);
     }
 
+    /// What redaction did so far (cut lines are counted with every profile, `raw` too).
     pub fn counts(&self) -> &Counts {
         &self.counts
     }

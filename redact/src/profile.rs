@@ -72,10 +72,12 @@ impl Profiles {
         Profiles { by_name }
     }
 
+    /// The compiled profile of that name.
     pub fn get(&self, name: &str) -> Option<Arc<Redactor>> {
         self.by_name.get(name).cloned()
     }
 
+    /// The profiles' names, sorted (for "available: …" in errors).
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         names.sort_unstable();
