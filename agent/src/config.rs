@@ -4,13 +4,13 @@
 
 use crate::bypass::{BypassConfig, BypassFile};
 use crate::fs_access::LogRoot;
-use crate::redact::profile::{Profiles, RedactionConfigFile};
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
 use loggate_core::audit::{CheckpointPolicy, RotationPolicy};
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::is_valid_name;
 use loggate_core::tls::TlsFiles;
+use loggate_redact::{Profiles, RedactionConfigFile};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,11 +7,11 @@
 //! sentence for the user; both go to the audit stream before anything else happens.
 
 use crate::fs_access::{normalise_request, open_beneath, OpenedLog, PathDenied};
-use crate::redact::profile::Profiles;
-use crate::redact::Redactor;
 use crate::Shared;
 use loggate_core::grant::{unix_now, GrantError, VerifiedGrant};
 use loggate_core::identity::Identity;
+use loggate_redact::Profiles;
+use loggate_redact::Redactor;
 use std::sync::Arc;
 
 /// A refused request.

@@ -8,10 +8,10 @@
 
 use crate::gate::Profile;
 use crate::grants::GrantStore;
-use crate::redact::{Counts, Pipeline};
 use loggate_core::grant::{rough_duration, unix_now};
 use loggate_core::timestamp::line_timestamp_ms;
 use loggate_proto as pb;
+use loggate_redact::{Counts, Pipeline};
 use regex::bytes::Regex;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};

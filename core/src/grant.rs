@@ -268,15 +268,9 @@ impl VerifiedGrant {
     }
 }
 
-/// Whether `name` can name a redaction profile (a grant's `redaction` claim) or one of a
-/// profile's custom detectors: lowercase letters, digits, `_` and `-`, 1 to 64 bytes.
-pub fn is_valid_redaction_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
+/// The rule for a grant's `redaction` claim, owned by the redaction engine that defines the
+/// profiles (one rule, no copy).
+pub use loggate_redact::is_valid_redaction_name;
 
 /// Compiles a grant path glob. `*` and `?` never cross `/`; `**` does.
 pub fn compile_path_glob(pattern: &str) -> Result<GlobMatcher, GrantError> {

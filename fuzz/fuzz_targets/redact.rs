@@ -5,23 +5,16 @@
 //! one piece gives the same bytes and counts), and that text which cannot hold a secret comes
 //! out unchanged.
 //!
-//! The engine is compiled from its source (`agent/src/redact/`) rather than through the agent
-//! crate: the agent pulls tonic, tokio, aya, rustls and the rest, which would make every build
-//! with the fuzzer's instrumentation take minutes; the engine needs only the few crates named
-//! in `fuzz/Cargo.toml` and no other part of the agent.
+//! The engine is the `loggate-redact` crate, which needs only a few crates and no other part of
+//! loggate: a build with the fuzzer's instrumentation stays short.
 
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../agent/src/redact/mod.rs"]
-mod redact;
-
 use libfuzzer_sys::fuzz_target;
-use redact::{Pipeline, Redactor};
+use loggate_redact::{Pipeline, Redactor};
 use std::sync::{Arc, LazyLock};
 
 static DEFAULT: LazyLock<Arc<Redactor>> = LazyLock::new(|| Arc::new(Redactor::default_profile()));
-
 
 /// `text` cut into pieces whose sizes cycle through `sizes` (each 1..=64).
 fn cut<'a>(text: &'a [u8], sizes: &[u8]) -> Vec<&'a [u8]> {

@@ -18,28 +18,48 @@ use std::sync::LazyLock;
 /// earlier detector names the replacement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Builtin {
+    /// PEM private-key blocks, removed whole across lines (`mask` only).
     PrivateKey,
+    /// JWTs (`eyJ….….…`) whose header is base64url JSON with an `alg`.
     Jwt,
+    /// AWS access key ids (`AKIA…`, `ASIA…`).
     AwsAccessKey,
+    /// 40-character AWS secret access keys, on a line that mentions AWS, a secret or a key id.
     AwsSecretKey,
+    /// GitHub tokens (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`).
     GithubToken,
+    /// Slack tokens (`xoxa-`, `xoxb-`, `xoxp-`, `xoxr-`, `xoxs-`).
     SlackToken,
+    /// Google API keys (`AIza` + 35).
     GoogleApiKey,
+    /// Stripe secret and restricted keys (`sk_live_`, `rk_live_`, `sk_test_`, `rk_test_`).
     StripeKey,
+    /// The credentials of an `Authorization:` or `Proxy-Authorization:` header.
     Authorization,
+    /// `bearer <token>` anywhere.
     Bearer,
+    /// `Basic <base64>` that decodes to a printable `user:password`.
     BasicAuth,
+    /// The password of `scheme://user:password@host`.
     UrlCredentials,
+    /// The value of a password, secret, token or key in `k=v`, `k: v` or JSON.
     Secret,
+    /// Email addresses.
     Email,
+    /// Payment card numbers: Luhn and an issuer prefix of that length.
     Card,
+    /// IBANs: known country, its length, mod-97.
     Iban,
+    /// US social security numbers.
     Ssn,
+    /// IPv4 addresses (version strings stay).
     Ipv4,
+    /// IPv6 addresses.
     Ipv6,
 }
 
 impl Builtin {
+    /// Every built-in detector, in priority order (the built-in `default` profile).
     pub const ALL: [Builtin; 19] = [
         Builtin::PrivateKey,
         Builtin::Jwt,
@@ -87,6 +107,7 @@ impl Builtin {
         }
     }
 
+    /// The detector of that configuration name.
     pub fn from_name(name: &str) -> Option<Builtin> {
         Builtin::ALL.into_iter().find(|b| b.name() == name)
     }
@@ -94,7 +115,7 @@ impl Builtin {
     /// Literals (matched ASCII-case-insensitively) of which at least one must occur in a segment
     /// for a keyword detector to run (`super::prefilter`). The other detectors are gated by the
     /// shape of their values or find their own candidates.
-    pub fn literals(self) -> &'static [&'static str] {
+    pub(crate) fn literals(self) -> &'static [&'static str] {
         match self {
             Builtin::PrivateKey => &["-----begin"],
             Builtin::Jwt => &["eyj"],
@@ -118,15 +139,16 @@ impl Builtin {
         }
     }
 
-    /// Appends the spans of this detector's values in `seg` to `out`.
-    pub fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    /// Appends the spans of this detector's values in `seg` to `out` (the tests' entry).
+    #[cfg(test)]
+    pub(crate) fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
         let mut masks = SegmentMasks::default();
         masks.compute(seg);
         self.find_in(seg, &masks, out);
     }
 
     /// [`Builtin::find`] with the segment's byte masks already computed.
-    pub fn find_in(self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
+    pub(crate) fn find_in(self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         match self {
             // Private keys span lines: the redactor's state machine handles them.
             Builtin::PrivateKey => {}

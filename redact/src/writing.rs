@@ -16,8 +16,11 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// `[REDACTED:name]`.
     Mask,
+    /// `[REDACTED:name:...last4]` for values of at least 8 bytes, else `mask`.
     Partial,
+    /// `<name:8 hex>`, a keyed pseudonym (HMAC-SHA-256 with the profile's [`HashKey`]).
     Hash,
 }
 
@@ -33,6 +36,7 @@ pub struct HashKey(Hmac<Sha256>);
 pub const HASH_KEY_MIN_LEN: usize = 32;
 
 impl HashKey {
+    /// The key from its bytes; refused when shorter than 32 bytes.
     pub fn new(bytes: Vec<u8>) -> Result<HashKey, String> {
         if bytes.len() < HASH_KEY_MIN_LEN {
             return Err(format!(
@@ -106,13 +110,16 @@ pub fn write_replacement(
 /// failed on them, over-long lines cut. Never values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
+    /// Findings per detector name.
     pub redactions: BTreeMap<String, u64>,
+    /// Lines replaced by [`crate::WITHHELD_MARKER`] because a detector failed on them.
     pub lines_withheld: u64,
+    /// Lines cut at the line limit.
     pub lines_cut: u64,
 }
 
 impl Counts {
-    pub fn add(&mut self, name: &str) {
+    pub(crate) fn add(&mut self, name: &str) {
         match self.redactions.get_mut(name) {
             Some(n) => *n += 1,
             None => {
@@ -121,6 +128,7 @@ impl Counts {
         }
     }
 
+    /// Findings of every detector together.
     pub fn total(&self) -> u64 {
         self.redactions.values().sum()
     }

@@ -1,11 +1,10 @@
-//! `cargo bench -p loggate-agent --bench redact`: the redaction engine over an in-memory sample,
+//! `cargo bench -p loggate-redact --bench redact`: the redaction engine over an in-memory sample,
 //! next to a plain `regex` alternation of the eight comparison patterns in the same group, so
 //! the ratio shows without ripgrep installed. The single-core comparison with ripgrep and sed
 //! on a 1 GiB corpus is `cargo xtask bench redact` (docs/performance.md).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use loggate_agent::redact::finding::Builtin;
-use loggate_agent::redact::{Detector, Mode, Pipeline, Redactor};
+use loggate_redact::{Builtin, Detector, Mode, Pipeline, Redactor};
 use std::hint::black_box;
 use std::sync::Arc;
 

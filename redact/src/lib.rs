@@ -1,28 +1,47 @@
-//! The redaction engine: every byte a redacting profile serves passes through here.
+//! loggate's redaction engine: every byte a redacting profile serves passes through here.
 //!
-//! Cut as ripgrep cuts its searcher (STYLE.md): [`reading`] splits a stream into whole lines
-//! with a bounded carry-over, [`finding`] holds the detectors and [`validate`] their validators,
-//! `prefilter` decides per segment which detectors can find anything (with the byte masks of
-//! `bytemask`), [`writing`] replaces findings and counts them, [`profile`] builds redactors from
-//! the agent's configuration. [`Redactor`] ties finding and writing together for one line, with the one
-//! piece of state that spans lines: "inside a PEM private-key block". [`Pipeline`] ties reading
-//! to it; the agent's stream loop and `loggate-agent redact` both use it, so the command shows
-//! byte for byte what the agent serves.
+//! The contract. [`Pipeline`] takes any bytes (hostile log text, cut into chunks anywhere) and
+//! gives whole lines back, each with every finding of the profile's detectors replaced
+//! (`[REDACTED:name]`, a partial mask or a keyed pseudonym, see [`Mode`]) and PEM private-key
+//! blocks removed, counting what it did in [`Counts`] (names and numbers, never values). The
+//! output and the counts do not depend on where the input was cut into chunks; memory is
+//! bounded by the line limit given to [`Pipeline::new`] (a longer line is cut, and the cut
+//! tail that may be half a secret is dropped). The agent's stream loop and `loggate-agent
+//! redact` both use [`Pipeline`], so the command shows byte for byte what the agent serves.
+//! [`Profiles`] compiles the agent's `[redaction]` configuration into [`Redactor`]s, once at
+//! start; [`is_valid_redaction_name`] is the one rule for profile and detector names, which the
+//! controller checks too.
 //!
 //! Fail closed: a line on which a detector fails (a panic in our code is the only way one can)
-//! is withheld, replaced by a marker and counted, never passed on unscanned.
+//! is withheld, replaced by [`WITHHELD_MARKER`] and counted, never passed on unscanned.
+//!
+//! Cut as ripgrep cuts its searcher (STYLE.md): `reading` splits a stream into whole lines
+//! with a bounded carry-over, `finding` holds the detectors and `validate` their validators,
+//! `prefilter` decides per segment which detectors can find anything (with the byte masks of
+//! `bytemask`), `writing` replaces findings and counts them, `profile` builds redactors from
+//! the agent's configuration. [`Redactor`] ties finding and writing together for one line, with the one
+//! piece of state that spans lines: "inside a PEM private-key block". [`Pipeline`] ties reading
+//! to it.
+//!
+//! `unsafe` lives in `bytemask` only (SIMD loads and stores, each with its `SAFETY:` line);
+//! everywhere else it does not compile.
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bytemask;
-pub mod finding;
+mod finding;
 mod prefilter;
-pub mod profile;
-pub mod reading;
-pub mod validate;
-pub mod writing;
+mod profile;
+mod reading;
+mod validate;
+mod writing;
 
 use bytemask::SegmentMasks;
-use finding::Builtin;
+pub use finding::Builtin;
 use prefilter::Prefilter;
+pub use profile::{is_valid_redaction_name, Profiles, RedactionConfigFile};
 use reading::{Line, LineSplitter};
 use regex::bytes::Regex;
 use std::sync::{Arc, LazyLock};
@@ -35,8 +54,8 @@ pub const WITHHELD_MARKER: &[u8] = b"[WITHHELD:redaction_failed]";
 /// One detector of a profile.
 #[derive(Debug)]
 pub struct Detector {
-    pub name: String,
-    pub mode: Mode,
+    name: String,
+    mode: Mode,
     kind: Kind,
 }
 
@@ -55,6 +74,7 @@ enum Kind {
 }
 
 impl Detector {
+    /// A built-in detector whose findings are replaced as `mode` says.
     pub fn builtin(b: Builtin, mode: Mode) -> Detector {
         Detector {
             name: b.name().to_string(),
@@ -63,7 +83,12 @@ impl Detector {
         }
     }
 
-    pub fn custom(name: String, mode: Mode, regex: Regex, validator: Option<Validator>) -> Self {
+    pub(crate) fn custom(
+        name: String,
+        mode: Mode,
+        regex: Regex,
+        validator: Option<Validator>,
+    ) -> Self {
         Detector {
             name,
             mode,
@@ -145,7 +170,7 @@ fn pattern(p: &str) -> Regex {
 
 /// How [`Redactor::redact_line`] dealt with a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineOutcome {
+pub(crate) enum LineOutcome {
     /// The (possibly redacted) line was written.
     Written,
     /// The whole line belonged to a private-key block and is gone.
@@ -153,6 +178,9 @@ pub enum LineOutcome {
 }
 
 impl Redactor {
+    /// A redactor running `detectors` (on findings that start at the same byte, the one listed
+    /// first names the replacement); `key` is required by detectors in `hash` mode (without it
+    /// they mask). Fails only if the literal prefilter cannot be built.
     pub fn new(detectors: Vec<Detector>, key: Option<Arc<HashKey>>) -> Result<Redactor, String> {
         let private_keys = detectors
             .iter()
@@ -182,12 +210,13 @@ impl Redactor {
         }
     }
 
+    /// The detectors' names, in order: what `[REDACTED:name]` and the counts use.
     pub fn detector_names(&self) -> impl Iterator<Item = &str> {
         self.detectors.iter().map(|d| d.name.as_str())
     }
 
     /// Redacts one line (without its newline) into `out`, updating `state` and `counts`.
-    pub fn redact_line(
+    pub(crate) fn redact_line(
         &self,
         line: &[u8],
         state: &mut LineState,
@@ -368,7 +397,8 @@ fn trim_cut_tail(bytes: &[u8]) -> &[u8] {
     &bytes[..end]
 }
 
-/// Lines in, redacted lines out: [`reading`] then [`Redactor::redact_line`], for one stream.
+/// Lines in, redacted lines out: `reading` then `Redactor::redact_line`, for one stream; the
+/// crate's entry point (the fail-closed withholding and the trimming of cut lines live here).
 /// `redactor = None` is the `raw` profile (lines pass unchanged; cut lines are not trimmed).
 pub struct Pipeline {
     lines: LineSplitter,
@@ -377,6 +407,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// One stream's pipeline; `redactor = None` serves lines unchanged (`raw`). Lines longer
+    /// than `max_line` bytes are cut there, the rest up to the newline dropped.
     pub fn new(redactor: Option<Arc<Redactor>>, max_line: usize) -> Pipeline {
         Pipeline {
             lines: LineSplitter::new(max_line),
@@ -439,6 +471,7 @@ impl Pipeline {
         lines.finish(&mut follow);
     }
 
+    /// What redaction did so far (cut lines are counted with every profile, `raw` too).
     pub fn counts(&self) -> &Counts {
         &self.counts
     }
