@@ -581,6 +581,14 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_crossing_is_reported_as_what_it_is() {
+        let p = Path::new("/var/log/app/mnt/a.log");
+        assert_eq!(deny(libc::EXDEV, p), CrossesMount);
+        assert_eq!(deny(libc::ELOOP, p), SymlinkRefused);
+        assert!(CrossesMount.to_string().contains("another mount"));
+    }
+
+    #[test]
     fn longest_root_wins() {
         let f = fixture();
         let inner = LogRoot::new(&make_dir(&f.at("inner"))).expect("root");

@@ -486,3 +486,41 @@ impl Agent for AgentService {
         Ok(Response::new(Box::pin(response)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+
+    fn refused(pattern: &str) -> DenialCode {
+        compile_pattern(pattern, &Limits::default())
+            .expect_err("refused")
+            .code
+    }
+
+    #[test]
+    fn grep_patterns_are_refused_by_what_is_wrong_with_them() {
+        assert_eq!(refused(""), DenialCode::PatternEmpty);
+        assert_eq!(refused(&"a".repeat(1025)), DenialCode::PatternTooLong);
+        assert_eq!(refused("(unclosed"), DenialCode::PatternInvalid);
+        // Issue #10's pattern: a minute of CPU per MB of long lines, refused up front.
+        assert_eq!(
+            refused(r"(?s-u:.){0,3000}[\x80-\xff]"),
+            DenialCode::PatternTooComplex
+        );
+        assert!(compile_pattern(r"(?i)error.*timeout \d+ms", &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn recorded_text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut("abc", 256), "abc");
+        assert_eq!(cut("aé", 2), "a", "never half a character");
+        let long = "/".to_string() + &"é".repeat(200);
+        assert!(cut(&long, AUDIT_PATH_BYTES).len() <= AUDIT_PATH_BYTES);
+        assert_eq!(sha256_hex("abc").len(), 64);
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -391,6 +391,10 @@ fn prime(
     let (mut end, mut looked) = (start, 0u64);
     while end > 0 {
         if looked >= limit {
+            tracing::warn!(
+                "no private-key BEGIN or END line within {limit} bytes before a tail start; \
+                 withholding until an END line (raise limits.tail_key_lookback_bytes to look further)"
+            );
             pipeline.assume_inside_private_key();
             return Ok(true);
         }
