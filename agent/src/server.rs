@@ -89,7 +89,7 @@ fn write_summary(shared: &Shared, policy: &BudgetPolicy, summary: Summary<Denial
     );
     tracing::warn!("{reason}");
     let fields = audit_fields!(
-        "subject" => subject, "peer" => address,
+        "subject" => subject, "peer" => address, "path" => Option::<String>::None,
         "reason_code" => DenialCode::Suppressed.as_str(), "reason" => reason,
         "suppressed_before" => summary.left_out,
     );
