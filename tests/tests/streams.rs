@@ -419,6 +419,31 @@ fn revoking_the_grant_ends_a_grep_that_matches_nothing_within_a_second() -> anyh
 }
 
 #[test]
+fn expiry_ends_a_grep_that_matches_nothing_within_a_second() -> anyhow::Result<()> {
+    let (f, slow) = slow_grep_fixture("")?;
+    let id = f.grant("alice", "5s")?;
+    let list = f.cluster.run_cli("alice", &["grant", "list", "--json"])?;
+    let grants: serde_json::Value = serde_json::from_slice(&list.stdout)?;
+    let not_after = grants[0]["not_after"].as_i64().unwrap_or_default() as f64;
+    let mut child = start_slow_grep(&f, &slow)?;
+    wait_exit(&mut child, Duration::from_secs(10))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let late = now.as_secs_f64() - not_after;
+    eprintln!("grant expired: the grep's client exited {late:.2}s after not_after");
+    let out = child.wait_with_output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("grant {id} for")) && stderr.contains("expired"),
+        "{stderr}"
+    );
+    assert!((0.0..1.5).contains(&late), "cut {late:.2}s after expiry");
+    let (end, _) = slow_grep_end(&f, Instant::now())?;
+    assert_eq!(end["end_reason"], "grant_expired", "{end}");
+    Ok(())
+}
+
+#[test]
 fn a_grep_over_its_time_budget_is_cut_with_a_clear_error() -> anyhow::Result<()> {
     let (f, slow) = slow_grep_fixture("grep_time_budget = \"1s\"")?;
     f.grant("alice", "30m")?;
