@@ -149,6 +149,28 @@ pub struct Limits {
     pub max_line_bytes: usize,
     /// Most lines `tail -n` may ask for.
     pub max_tail_lines: u64,
+    /// Time one stream may spend matching its grep pattern; over it the stream ends
+    /// (`budget_exceeded`) with an error saying so. Bounds the CPU a pathological pattern can
+    /// burn, together with `max_regex_bytes`.
+    #[serde(deserialize_with = "duration")]
+    pub grep_time_budget: Duration,
+    /// How far before a `tail` start the agent looks for the `BEGIN`/`END` line that decides
+    /// whether the start lies inside a private-key block; with none found that far back the
+    /// start is treated as inside one (fail closed: nothing is served until an `END` line).
+    pub tail_key_lookback_bytes: u64,
+    /// `read.denied` records one subject or one source address may cause per
+    /// `audit_denial_window`; the ones over are counted and summarised, not written one by one
+    /// (the refused request still gets its error).
+    pub audit_denials_per_window: u32,
+    #[serde(deserialize_with = "duration")]
+    pub audit_denial_window: Duration,
+}
+
+/// A duration written as text ("30s", "1m") in the configuration.
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
 }
 
 impl Default for Limits {
@@ -157,9 +179,13 @@ impl Default for Limits {
             max_streams_per_subject: 4,
             max_request_bytes: 64 * 1024,
             max_pattern_bytes: 1024,
-            max_regex_bytes: 1 << 20,
+            max_regex_bytes: 256 * 1024,
             max_line_bytes: 64 * 1024,
             max_tail_lines: 100_000,
+            grep_time_budget: Duration::from_secs(30),
+            tail_key_lookback_bytes: 256 << 20,
+            audit_denials_per_window: 60,
+            audit_denial_window: Duration::from_secs(60),
         }
     }
 }
@@ -228,6 +254,12 @@ fn check_limits(l: &Limits) -> anyhow::Result<()> {
         bail!(
             "limits: max_streams_per_subject ≥ 1, max_request_bytes ≥ 1024, max_line_bytes ≥ 256"
         );
+    }
+    if l.grep_time_budget < Duration::from_millis(100) || l.tail_key_lookback_bytes < 64 * 1024 {
+        bail!("limits: grep_time_budget ≥ 100ms and tail_key_lookback_bytes ≥ 65536");
+    }
+    if l.audit_denials_per_window == 0 || l.audit_denial_window < Duration::from_secs(1) {
+        bail!("limits: audit_denials_per_window ≥ 1 and audit_denial_window ≥ 1s");
     }
     Ok(())
 }

@@ -86,6 +86,10 @@ pub enum PathDenied {
     OutsideRoots(String),
     #[error("refusing to follow a symbolic link")]
     SymlinkRefused,
+    /// `RESOLVE_NO_XDEV` (or the fallback walk's device check): a mount point, a bind mount
+    /// included, lies between the root and the file.
+    #[error("refusing to cross onto another mount beneath the log root; configure that mount as a root of its own if it should be served")]
+    CrossesMount,
     #[error("the requested file does not exist")]
     NotFound,
     #[error("{path} is a {kind}, not a regular file")]
@@ -253,7 +257,8 @@ fn inspect(fd: OwnedFd, path: PathBuf) -> Result<OpenedLog, PathDenied> {
 fn deny(errno: i32, path: &Path) -> PathDenied {
     match errno {
         libc::ENOENT | libc::ENOTDIR => PathDenied::NotFound,
-        libc::ELOOP | libc::EXDEV => PathDenied::SymlinkRefused,
+        libc::ELOOP => PathDenied::SymlinkRefused,
+        libc::EXDEV => PathDenied::CrossesMount,
         libc::EACCES | libc::EPERM => PathDenied::Io("permission denied".into()),
         libc::ENAMETOOLONG => PathDenied::InvalidPath("path is too long".into()),
         // open(2) on a socket, or on a device without a driver.
@@ -573,6 +578,14 @@ mod tests {
         assert_eq!(via_walk("sub/evil.log"), Some(SymlinkRefused));
         assert_eq!(via_walk("sub/missing.log"), Some(NotFound));
         assert_eq!(kind(via_walk("sub")), "directory");
+    }
+
+    #[test]
+    fn a_mount_crossing_is_reported_as_what_it_is() {
+        let p = Path::new("/var/log/app/mnt/a.log");
+        assert_eq!(deny(libc::EXDEV, p), CrossesMount);
+        assert_eq!(deny(libc::ELOOP, p), SymlinkRefused);
+        assert!(CrossesMount.to_string().contains("another mount"));
     }
 
     #[test]

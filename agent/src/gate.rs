@@ -14,16 +14,114 @@ use loggate_redact::Profiles;
 use loggate_redact::Redactor;
 use std::sync::Arc;
 
+/// Which check refused a request: the `reason_code` of its `read.denied` record and the
+/// `loggate-denial` metadata of its status. A new check gets a new variant (and a row in
+/// docs/audit-events.md's catalogue), so a misspelt code does not compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenialCode {
+    /// The certificate is from our CA but not a user's.
+    IdentityRefused,
+    /// The request's mode is none of cat, tail, grep.
+    InvalidMode,
+    /// `tail -n` over `limits.max_tail_lines`.
+    TailLinesOverLimit,
+    /// grep without a pattern.
+    PatternEmpty,
+    /// A grep pattern over `limits.max_pattern_bytes`.
+    PatternTooLong,
+    /// A grep pattern that is not a valid regular expression.
+    PatternInvalid,
+    /// A grep pattern whose compiled form exceeds `limits.max_regex_bytes`.
+    PatternTooComplex,
+    NoGrant,
+    GrantMalformed,
+    GrantUnknownKey,
+    GrantBadSignature,
+    GrantBoundToAnotherKey,
+    GrantWrongSubject,
+    GrantWrongHost,
+    GrantNotYetValid,
+    GrantExpired,
+    GrantRevoked,
+    PathNotCovered,
+    ProfileUnavailable,
+    PathInvalid,
+    PathTraversal,
+    PathOutsideRoots,
+    PathSymlink,
+    /// The path crosses onto another mount (a bind mount, say) beneath the root.
+    PathCrossesMount,
+    PathNotFound,
+    PathNotRegularFile,
+    PathHardLinked,
+    PathIoError,
+    /// The reader already holds `limits.max_streams_per_subject` streams.
+    TooManyStreams,
+    /// Not a check: the summary of denial records left out by the audit budget.
+    Suppressed,
+}
+
+impl DenialCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenialCode::IdentityRefused => "identity_refused",
+            DenialCode::InvalidMode => "invalid_mode",
+            DenialCode::TailLinesOverLimit => "tail_lines_over_limit",
+            DenialCode::PatternEmpty => "pattern_empty",
+            DenialCode::PatternTooLong => "pattern_too_long",
+            DenialCode::PatternInvalid => "pattern_invalid",
+            DenialCode::PatternTooComplex => "pattern_too_complex",
+            DenialCode::NoGrant => "no_grant",
+            DenialCode::GrantMalformed => "grant_malformed",
+            DenialCode::GrantUnknownKey => "grant_unknown_key",
+            DenialCode::GrantBadSignature => "grant_bad_signature",
+            DenialCode::GrantBoundToAnotherKey => "grant_bound_to_another_key",
+            DenialCode::GrantWrongSubject => "grant_wrong_subject",
+            DenialCode::GrantWrongHost => "grant_wrong_host",
+            DenialCode::GrantNotYetValid => "grant_not_yet_valid",
+            DenialCode::GrantExpired => "grant_expired",
+            DenialCode::GrantRevoked => "grant_revoked",
+            DenialCode::PathNotCovered => "path_not_covered",
+            DenialCode::ProfileUnavailable => "profile_unavailable",
+            DenialCode::PathInvalid => "path_invalid",
+            DenialCode::PathTraversal => "path_traversal",
+            DenialCode::PathOutsideRoots => "path_outside_roots",
+            DenialCode::PathSymlink => "path_symlink",
+            DenialCode::PathCrossesMount => "path_crosses_mount",
+            DenialCode::PathNotFound => "path_not_found",
+            DenialCode::PathNotRegularFile => "path_not_regular_file",
+            DenialCode::PathHardLinked => "path_hard_linked",
+            DenialCode::PathIoError => "path_io_error",
+            DenialCode::TooManyStreams => "too_many_streams",
+            DenialCode::Suppressed => "suppressed",
+        }
+    }
+
+    /// The code of a token the verifier refused (exhaustive: a new refusal needs a code).
+    fn of_grant_error(e: &GrantError) -> DenialCode {
+        match e {
+            GrantError::Malformed(_) => DenialCode::GrantMalformed,
+            GrantError::UnknownKey(_) => DenialCode::GrantUnknownKey,
+            GrantError::BadSignature => DenialCode::GrantBadSignature,
+            GrantError::BoundToAnotherKey { .. } => DenialCode::GrantBoundToAnotherKey,
+            GrantError::WrongSubject { .. } => DenialCode::GrantWrongSubject,
+            GrantError::WrongHost { .. } => DenialCode::GrantWrongHost,
+            GrantError::NotYetValid { .. } => DenialCode::GrantNotYetValid,
+            GrantError::Expired { .. } => DenialCode::GrantExpired,
+        }
+    }
+}
+
 /// A refused request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
-    pub code: &'static str,
+    pub code: DenialCode,
     pub message: String,
     pub grant_id: Option<String>,
 }
 
 impl Denial {
-    fn new(code: &'static str, message: String) -> Self {
+    pub fn new(code: DenialCode, message: String) -> Self {
         Denial {
             code,
             message,
@@ -33,7 +131,7 @@ impl Denial {
 
     fn from_grant(e: GrantError, grant_id: Option<String>) -> Self {
         Denial {
-            code: e.code(),
+            code: DenialCode::of_grant_error(&e),
             message: e.to_string(),
             grant_id,
         }
@@ -90,27 +188,27 @@ pub struct Authorized {
 /// about a grant for this path, and among those the one closest to working — an active grant
 /// the agent cannot serve (its profile), then one that starts later, then one that ended.
 fn rank(d: &Denial, matches_path: bool) -> u8 {
-    if !matches_path {
-        return if d.code == "path_not_covered" { 5 } else { 6 };
-    }
-    match d.code {
-        "profile_unavailable" => 0,
-        "grant_not_yet_valid" => 1,
-        "grant_expired" | "grant_revoked" => 2,
-        _ => 3,
+    match (matches_path, d.code) {
+        (false, DenialCode::PathNotCovered) => 5,
+        (false, _) => 6,
+        (true, DenialCode::ProfileUnavailable) => 0,
+        (true, DenialCode::GrantNotYetValid) => 1,
+        (true, DenialCode::GrantExpired | DenialCode::GrantRevoked) => 2,
+        (true, _) => 3,
     }
 }
 
 fn path_denial(e: PathDenied) -> Denial {
     let code = match e {
-        PathDenied::NotAbsolute | PathDenied::InvalidPath(_) => "path_invalid",
-        PathDenied::Traversal => "path_traversal",
-        PathDenied::OutsideRoots(_) => "path_outside_roots",
-        PathDenied::SymlinkRefused => "path_symlink",
-        PathDenied::NotFound => "path_not_found",
-        PathDenied::NotRegularFile { .. } => "path_not_regular_file",
-        PathDenied::HardLinked(_) => "path_hard_linked",
-        PathDenied::Io(_) => "path_io_error",
+        PathDenied::NotAbsolute | PathDenied::InvalidPath(_) => DenialCode::PathInvalid,
+        PathDenied::Traversal => DenialCode::PathTraversal,
+        PathDenied::OutsideRoots(_) => DenialCode::PathOutsideRoots,
+        PathDenied::SymlinkRefused => DenialCode::PathSymlink,
+        PathDenied::CrossesMount => DenialCode::PathCrossesMount,
+        PathDenied::NotFound => DenialCode::PathNotFound,
+        PathDenied::NotRegularFile { .. } => DenialCode::PathNotRegularFile,
+        PathDenied::HardLinked(_) => DenialCode::PathHardLinked,
+        PathDenied::Io(_) => DenialCode::PathIoError,
     };
     Denial::new(code, e.to_string())
 }
@@ -123,9 +221,12 @@ pub fn authorize(
     presented_token: Option<&str>,
 ) -> Result<Authorized, Denial> {
     let path = normalise_request(requested_path).map_err(path_denial)?;
-    let path_text = path
-        .to_str()
-        .ok_or_else(|| Denial::new("path_invalid", "the path is not valid UTF-8".to_string()))?;
+    let path_text = path.to_str().ok_or_else(|| {
+        Denial::new(
+            DenialCode::PathInvalid,
+            "the path is not valid UTF-8".to_string(),
+        )
+    })?;
     let now = unix_now();
     let agent = &shared.config.id;
 
@@ -141,7 +242,7 @@ pub fn authorize(
     };
     if candidates.is_empty() {
         return Err(Denial::new(
-            "no_grant",
+            DenialCode::NoGrant,
             format!("you ({reader}) hold no grant on agent {agent}; ask an admin to issue you one"),
         ));
     }
@@ -176,7 +277,7 @@ pub fn authorize(
         let id = Some(grant.id().to_string());
         if let Some(r) = shared.grants.revocation(grant.id()) {
             let mut d = Denial::new(
-                "grant_revoked",
+                DenialCode::GrantRevoked,
                 format!(
                     "grant {} was revoked by {}; request a new one",
                     grant.id(),
@@ -189,7 +290,7 @@ pub fn authorize(
         }
         if !grant.covers_path(path_text) {
             let mut d = Denial::new(
-                "path_not_covered",
+                DenialCode::PathNotCovered,
                 format!(
                     "grant {} covers {}, not {path_text}",
                     grant.id(),
@@ -208,7 +309,7 @@ pub fn authorize(
         ) {
             Ok(p) => p,
             Err(message) => {
-                let mut d = Denial::new("profile_unavailable", message);
+                let mut d = Denial::new(DenialCode::ProfileUnavailable, message);
                 d.grant_id = id;
                 consider(d, true, *presented);
                 continue;
@@ -227,8 +328,61 @@ pub fn authorize(
     }
     Err(best.map(|(_, d)| d).unwrap_or_else(|| {
         Denial::new(
-            "no_grant",
+            DenialCode::NoGrant,
             format!("you hold no usable grant on agent {agent}"),
         )
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_refusals_keep_the_verifiers_codes() {
+        let id = || "g-1".to_string();
+        let refusals = [
+            GrantError::Malformed("x".into()),
+            GrantError::UnknownKey("k".into()),
+            GrantError::BadSignature,
+            GrantError::BoundToAnotherKey { grant_id: id() },
+            GrantError::WrongSubject {
+                grant_id: id(),
+                subject: "s".into(),
+            },
+            GrantError::WrongHost {
+                grant_id: id(),
+                host: "h".into(),
+            },
+            GrantError::NotYetValid {
+                grant_id: id(),
+                starts_in: "1m".into(),
+            },
+            GrantError::Expired {
+                grant_id: id(),
+                ago: "1m".into(),
+            },
+        ];
+        for e in refusals {
+            assert_eq!(DenialCode::of_grant_error(&e).as_str(), e.code(), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn the_explanation_about_this_path_closest_to_working_ranks_first() {
+        let d = |code| Denial::new(code, String::new());
+        let order = [
+            rank(&d(DenialCode::ProfileUnavailable), true),
+            rank(&d(DenialCode::GrantNotYetValid), true),
+            rank(&d(DenialCode::GrantExpired), true),
+            rank(&d(DenialCode::GrantBadSignature), true),
+            rank(&d(DenialCode::PathNotCovered), false),
+            rank(&d(DenialCode::GrantExpired), false),
+        ];
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+        assert_eq!(
+            rank(&d(DenialCode::GrantRevoked), true),
+            rank(&d(DenialCode::GrantExpired), true)
+        );
+    }
 }

@@ -2,16 +2,19 @@
 //! audited as allowed or denied (on disk before any content leaves), streams through
 //! [`crate::stream`], and ends with a `read.finished` audit event.
 
-use crate::gate::{authorize, Denial};
+use crate::gate::{authorize, Denial, DenialCode};
 use crate::stream::{self, GrantWatch, LineSelector, Plan};
 use crate::Shared;
+use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget, Summary};
 use loggate_core::audit_fields;
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::peer_identity;
 use loggate_proto as pb;
 use loggate_proto::agent_server::Agent;
 use regex::bytes::RegexBuilder;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -22,12 +25,100 @@ use tonic::{Request, Response, Status};
 
 pub struct AgentService {
     shared: Arc<Shared>,
+    /// The audit budget of `read.denied` records, per reader (per address for non-readers).
+    denials: Arc<ReportBudget<DenialSource>>,
 }
 
+/// Whom a denial record is charged to: the reader (a verified identity), or the address the
+/// request came from when the caller is not a reader (see [`AgentService::deny`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DenialSource {
+    Subject(String),
+    Address(IpAddr),
+}
+
+/// The longest requested path a denial record keeps, and the longest reason (the caller
+/// still gets the whole message): a record's size must not be the requester's choice.
+const AUDIT_PATH_BYTES: usize = 256;
+const AUDIT_REASON_BYTES: usize = 1024;
+
 impl AgentService {
+    /// The service; spawns (on the current runtime) the task that writes, once per
+    /// `limits.audit_denial_window`, the summaries of the denial records left out.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        let limits = &shared.config.limits;
+        let denials = Arc::new(ReportBudget::new(BudgetPolicy {
+            per_window: limits.audit_denials_per_window,
+            window: limits.audit_denial_window,
+            ..BudgetPolicy::default()
+        }));
+        let (budget, writer) = (denials.clone(), shared.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(budget.policy().window);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                for summary in budget.take_summaries() {
+                    write_summary(&writer, &budget.policy(), summary);
+                }
+            }
+        });
+        Self { shared, denials }
     }
+}
+
+/// One `read.denied` record (`reason_code` `suppressed`) for the denial records of one source
+/// left out by the budget.
+fn write_summary(shared: &Shared, policy: &BudgetPolicy, summary: Summary<DenialSource>) {
+    let (subject, address) = match &summary.source {
+        Some(DenialSource::Subject(s)) => (Some(s.clone()), None),
+        // `ip:0`: the address without a port, in the shape `peer` always has.
+        Some(DenialSource::Address(a)) => (None, Some(SocketAddr::new(*a, 0).to_string())),
+        None => (None, None),
+    };
+    let whose = match &summary.source {
+        Some(DenialSource::Subject(s)) => format!("of {s}"),
+        Some(DenialSource::Address(a)) => format!("from {a}"),
+        None => "from sources beyond the tracked limit".to_string(),
+    };
+    let reason = format!(
+        "{} denied requests {whose} over the audit budget of {} per {} were not recorded one by one",
+        summary.left_out,
+        policy.per_window,
+        humantime::format_duration(policy.window)
+    );
+    tracing::warn!("{reason}");
+    let fields = audit_fields!(
+        "subject" => subject, "peer" => address, "path" => Option::<String>::None,
+        "reason_code" => DenialCode::Suppressed.as_str(), "reason" => reason,
+        "suppressed_before" => summary.left_out,
+    );
+    if let Err(e) = shared.audit_deferred("read.denied", fields) {
+        tracing::error!("audit write failed: {e:#}");
+    }
+}
+
+/// Lowercase hex SHA-256 of `text`: names a path too long to record whole.
+fn sha256_hex(text: &str) -> String {
+    use std::fmt::Write;
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Counts open streams per subject; a slot is released when its guard drops.
@@ -116,51 +207,72 @@ fn rotation_follower(
 }
 
 impl AgentService {
-    fn deny(&self, reader: &Identity, peer: Option<String>, path: &str, denial: Denial) -> Status {
-        let audited = self.shared.audit(
-            "read.denied",
-            audit_fields!(
-                "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
-                "peer" => peer, "path" => path,
-                "grant_id" => denial.grant_id.clone(), "reason_code" => denial.code,
-                "reason" => denial.message.clone(),
-            ),
-        );
-        if let Err(e) = audited {
-            return audit_unavailable(e);
+    /// Refuses a request: the caller always gets `denial`'s message (`PERMISSION_DENIED`, or
+    /// `INVALID_ARGUMENT` for a bad argument), and the `read.denied` record goes to the audit
+    /// log (on disk first) unless the reader's or the address's budget is spent, in which case
+    /// it is counted for the summary. The record keeps at most [`AUDIT_PATH_BYTES`] of the
+    /// requested path, with its length and SHA-256.
+    fn deny(
+        &self,
+        reader: Option<&Identity>,
+        peer: Option<SocketAddr>,
+        path: &str,
+        denial: Denial,
+    ) -> Status {
+        // Charged to the verified reader; to the address only when there is none. A budget per
+        // address for known readers would let one person's flood silence the audit of
+        // everyone behind the same bastion or NAT.
+        let source = match (reader, peer) {
+            (Some(r), _) => Some(DenialSource::Subject(r.spiffe_id().to_string())),
+            (None, Some(p)) => Some(DenialSource::Address(p.ip())),
+            (None, None) => None,
+        };
+        if let Admission::Write { suppressed_before } = self.denials.admit(source.as_slice()) {
+            let kept = cut(path, AUDIT_PATH_BYTES);
+            let audited = self.shared.audit(
+                "read.denied",
+                audit_fields!(
+                    "subject" => reader.map(|r| r.spiffe_id().to_string()),
+                    "key_sha256" => reader.map(|r| r.key_sha256_hex()),
+                    "peer" => peer.map(|p| p.to_string()), "path" => kept,
+                    "path_bytes" => path.len(),
+                    "path_sha256" => (kept.len() < path.len()).then(|| sha256_hex(path)),
+                    "grant_id" => denial.grant_id.clone(), "reason_code" => denial.code.as_str(),
+                    "reason" => cut(&denial.message, AUDIT_REASON_BYTES),
+                    "suppressed_before" => suppressed_before,
+                ),
+            );
+            if let Err(e) = audited {
+                return audit_unavailable(e);
+            }
         }
-        let mut status = Status::permission_denied(denial.message);
-        if let Ok(v) = denial.code.parse() {
+        let bad_argument = matches!(
+            denial.code,
+            DenialCode::InvalidMode
+                | DenialCode::TailLinesOverLimit
+                | DenialCode::PatternEmpty
+                | DenialCode::PatternTooLong
+                | DenialCode::PatternInvalid
+                | DenialCode::PatternTooComplex
+        );
+        let mut status = if bad_argument {
+            Status::invalid_argument(denial.message)
+        } else {
+            Status::permission_denied(denial.message)
+        };
+        if let Ok(v) = denial.code.as_str().parse() {
             status.metadata_mut().insert("loggate-denial", v);
         }
         status
     }
 
-    fn selector(&self, req: &pb::ReadLogRequest) -> Result<LineSelector, Status> {
+    /// The request's line selection (grep pattern, time range), or the refusal of a bad
+    /// argument. The pattern is bounded before it is compiled (length) and while compiling
+    /// (`max_regex_bytes`, which is what refuses pathological repetitions).
+    fn selector(&self, req: &pb::ReadLogRequest) -> Result<LineSelector, Denial> {
         let limits = &self.shared.config.limits;
         let pattern = if req.mode == pb::ReadMode::Grep as i32 {
-            if req.pattern.is_empty() {
-                return Err(Status::invalid_argument("grep needs a pattern"));
-            }
-            if req.pattern.len() > limits.max_pattern_bytes {
-                return Err(Status::invalid_argument(format!(
-                    "the grep pattern is longer than {} bytes",
-                    limits.max_pattern_bytes
-                )));
-            }
-            Some(
-                RegexBuilder::new(&req.pattern)
-                    .size_limit(limits.max_regex_bytes)
-                    .dfa_size_limit(limits.max_regex_bytes)
-                    .build()
-                    .map_err(|e| {
-                        // regex's syntax errors draw the pattern with a caret over several
-                        // lines; the last line says what is wrong.
-                        let text = e.to_string();
-                        let what = text.lines().last().unwrap_or_default().trim();
-                        Status::invalid_argument(format!("grep pattern: {what}"))
-                    })?,
-            )
+            Some(compile_pattern(&req.pattern, limits)?)
         } else {
             None
         };
@@ -169,8 +281,52 @@ impl AgentService {
             pattern,
             opt(req.since_unix_ms),
             opt(req.until_unix_ms),
+            limits.grep_time_budget,
         ))
     }
+}
+
+/// Compiles a grep pattern within the configured limits; a refusal says which limit and what
+/// to do instead.
+fn compile_pattern(
+    pattern: &str,
+    limits: &crate::config::Limits,
+) -> Result<regex::bytes::Regex, Denial> {
+    if pattern.is_empty() {
+        return Err(Denial::new(
+            DenialCode::PatternEmpty,
+            "grep needs a pattern".into(),
+        ));
+    }
+    if pattern.len() > limits.max_pattern_bytes {
+        return Err(Denial::new(
+            DenialCode::PatternTooLong,
+            format!(
+                "the grep pattern is longer than {} bytes; shorten it",
+                limits.max_pattern_bytes
+            ),
+        ));
+    }
+    RegexBuilder::new(pattern)
+        .size_limit(limits.max_regex_bytes)
+        .dfa_size_limit(limits.max_regex_bytes)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => Denial::new(
+                DenialCode::PatternTooComplex,
+                format!(
+                    "the grep pattern is too complex for this agent (compiled, it exceeds {limit} \
+                     bytes); use smaller repetition counts or a simpler pattern"
+                ),
+            ),
+            other => {
+                // regex's syntax errors draw the pattern with a caret over several lines; the
+                // last line says what is wrong.
+                let text = other.to_string();
+                let what = text.lines().last().unwrap_or_default().trim().to_string();
+                Denial::new(DenialCode::PatternInvalid, format!("grep pattern: {what}"))
+            }
+        })
 }
 
 #[tonic::async_trait]
@@ -181,56 +337,52 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ReadLogRequest>,
     ) -> Result<Response<Self::ReadLogStream>, Status> {
-        let peer = request.remote_addr().map(|a| a.to_string());
+        let peer_addr = request.remote_addr();
+        let peer = peer_addr.map(|a| a.to_string());
         let reader = match peer_identity(&request, &self.shared.config.trust_domain, Role::User) {
             Ok(reader) => reader,
             Err(status) => {
                 // A certificate from our CA but of the wrong kind (an agent's, say): refused and
                 // audited. Certificates from elsewhere never get past the TLS handshake.
-                let audited = self.shared.audit(
-                    "read.denied",
-                    audit_fields!(
-                        "subject" => Option::<String>::None, "peer" => peer,
-                        "path" => request.get_ref().path.clone(),
-                        "reason_code" => "identity_refused", "reason" => status.message(),
-                    ),
-                );
-                return Err(audited.map(|_| status).unwrap_or_else(audit_unavailable));
+                let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
+                let refused = self.deny(None, peer_addr, &request.get_ref().path, denial);
+                return Err(match refused.code() {
+                    tonic::Code::Unavailable => refused,
+                    _ => status,
+                });
             }
         };
         let req = request.into_inner();
         let limits = &self.shared.config.limits;
+        let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path, denial);
         let mode = pb::ReadMode::try_from(req.mode)
             .ok()
             .filter(|m| *m != pb::ReadMode::Unspecified)
-            .ok_or_else(|| Status::invalid_argument("mode must be cat, tail or grep"))?;
+            .ok_or_else(|| {
+                refuse(Denial::new(
+                    DenialCode::InvalidMode,
+                    "mode must be cat, tail or grep".into(),
+                ))
+            })?;
         if req.tail_lines > limits.max_tail_lines {
-            return Err(Status::invalid_argument(format!(
-                "tail may ask for at most {} lines",
-                limits.max_tail_lines
+            return Err(refuse(Denial::new(
+                DenialCode::TailLinesOverLimit,
+                format!("tail may ask for at most {} lines", limits.max_tail_lines),
             )));
         }
-        let selector = self.selector(&req)?;
+        let selector = self.selector(&req).map_err(refuse)?;
         let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
 
-        let authorized = match authorize(&self.shared, &reader, &req.path, token) {
-            Ok(a) => a,
-            Err(denial) => return Err(self.deny(&reader, peer, &req.path, denial)),
-        };
+        let authorized = authorize(&self.shared, &reader, &req.path, token).map_err(refuse)?;
         let Some(slot) = take_slot(&self.shared, reader.spiffe_id()) else {
-            return Err(self.deny(
-                &reader,
-                peer,
-                &req.path,
-                Denial {
-                    code: "too_many_streams",
-                    message: format!(
-                        "you already have {} streams open on agent {}; close one first",
-                        limits.max_streams_per_subject, self.shared.config.id
-                    ),
-                    grant_id: Some(authorized.grant.id().to_string()),
-                },
-            ));
+            return Err(refuse(Denial {
+                code: DenialCode::TooManyStreams,
+                message: format!(
+                    "you already have {} streams open on agent {}; close one first",
+                    limits.max_streams_per_subject, self.shared.config.id
+                ),
+                grant_id: Some(authorized.grant.id().to_string()),
+            }));
         };
         let grant = authorized.grant;
         let file = authorized.file;
@@ -288,6 +440,7 @@ impl Agent for AgentService {
             reopen,
             selector,
             max_line: limits.max_line_bytes,
+            key_lookback: limits.tail_key_lookback_bytes,
         };
         let watch = GrantWatch {
             shared: self.shared.clone(),
@@ -315,11 +468,13 @@ impl Agent for AgentService {
                     "subject" => subject, "key_sha256" => key_sha256, "peer" => peer,
                     "grant_id" => watch.grant_id.clone(), "path" => path,
                     "bytes" => finished.bytes, "duration_ms" => started.elapsed().as_millis() as u64,
-                    "end_reason" => reason.code(),
+                    "end_reason" => reason.as_str(),
                     "error" => match &reason { stream::EndReason::ReadError(e) => Some(e.clone()), _ => None },
                     "redactions" => redactions,
                     "lines_withheld" => finished.counts.lines_withheld,
                     "lines_cut" => finished.counts.lines_cut,
+                    "pattern_ms" => finished.pattern_time.as_millis() as u64,
+                    "key_lookback_exhausted" => finished.key_lookback_exhausted,
                 ),
             );
             if let Err(e) = result {
@@ -329,5 +484,43 @@ impl Agent for AgentService {
         // All data first, then the final status (if the stream was cut or failed).
         let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
         Ok(Response::new(Box::pin(response)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+
+    fn refused(pattern: &str) -> DenialCode {
+        compile_pattern(pattern, &Limits::default())
+            .expect_err("refused")
+            .code
+    }
+
+    #[test]
+    fn grep_patterns_are_refused_by_what_is_wrong_with_them() {
+        assert_eq!(refused(""), DenialCode::PatternEmpty);
+        assert_eq!(refused(&"a".repeat(1025)), DenialCode::PatternTooLong);
+        assert_eq!(refused("(unclosed"), DenialCode::PatternInvalid);
+        // Issue #10's pattern: a minute of CPU per MB of long lines, refused up front.
+        assert_eq!(
+            refused(r"(?s-u:.){0,3000}[\x80-\xff]"),
+            DenialCode::PatternTooComplex
+        );
+        assert!(compile_pattern(r"(?i)error.*timeout \d+ms", &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn recorded_text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut("abc", 256), "abc");
+        assert_eq!(cut("aé", 2), "a", "never half a character");
+        let long = "/".to_string() + &"é".repeat(200);
+        assert!(cut(&long, AUDIT_PATH_BYTES).len() <= AUDIT_PATH_BYTES);
+        assert_eq!(sha256_hex("abc").len(), 64);
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

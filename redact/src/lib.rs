@@ -160,6 +160,16 @@ static PEM_BEGIN_LITERAL: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"-----BEGIN"));
 static PEM_END: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
+/// Either of [`PEM_BEGIN`] and [`PEM_END`]: the lines that decide the key state.
+static PEM_MARKER: LazyLock<Regex> =
+    LazyLock::new(|| pattern(r"-----(?:BEGIN|END)[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
+
+/// Where the last private-key `BEGIN` or `END` marker in `haystack` starts. Only a line holding
+/// one can change whether a reader is inside a private-key block, so a `tail` start is decided
+/// by the last such line before it (see [`Pipeline::prime`]).
+pub fn last_private_key_marker(haystack: &[u8]) -> Option<usize> {
+    PEM_MARKER.find_iter(haystack).last().map(|m| m.start())
+}
 
 fn pattern(p: &str) -> Regex {
     match regex::bytes::RegexBuilder::new(p).unicode(false).build() {
@@ -450,6 +460,20 @@ impl Pipeline {
         self.lines.reset();
         if let Some((_, state)) = &mut self.redactor {
             state.in_private_key = false;
+        }
+    }
+
+    /// Whether this pipeline removes private-key blocks (so a `tail` start must be primed).
+    pub fn removes_private_keys(&self) -> bool {
+        self.redactor.as_ref().is_some_and(|(r, _)| r.private_keys)
+    }
+
+    /// Fail closed when the key state at the start cannot be decided (no `BEGIN` or `END` line
+    /// within the look-back limit): behave as inside a private-key block, serving nothing
+    /// until an `END` line.
+    pub fn assume_inside_private_key(&mut self) {
+        if let Some((r, state)) = &mut self.redactor {
+            state.in_private_key = r.private_keys;
         }
     }
 

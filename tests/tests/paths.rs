@@ -131,3 +131,38 @@ fn symlink_swapped_in_during_requests_never_leaks() -> anyhow::Result<()> {
     eprintln!("served the regular file {served}/40 times; refused the rest");
     Ok(())
 }
+
+/// Unmounts what it mounted, even when the test fails.
+struct BindMount(std::path::PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_bind_mount_beneath_the_root_is_refused_as_crossing_a_mount() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    wide_grant(&f)?;
+    let outside = f.cluster.dir.join("outside");
+    std::fs::create_dir_all(&outside)?;
+    std::fs::write(outside.join("secret.log"), "TOP SECRET\n")?;
+    let mnt = f.logs.join("mnt");
+    std::fs::create_dir_all(&mnt)?;
+    let status = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&outside)
+        .arg(&mnt)
+        .status()?;
+    anyhow::ensure!(
+        status.success(),
+        "mount --bind failed (the tests run as root)"
+    );
+    let _mounted = BindMount(mnt.clone());
+    let path = mnt.join("secret.log");
+    let stderr = denied(&f, path.to_str().unwrap_or_default(), "path_crosses_mount")?;
+    assert!(stderr.contains("another mount"), "{stderr}");
+    assert!(!stderr.contains("symbolic link"), "{stderr}");
+    Ok(())
+}

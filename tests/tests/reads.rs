@@ -491,3 +491,167 @@ fn the_denial_explains_the_grant_closest_to_working() -> anyhow::Result<()> {
     denial_of(&f, "profile_unavailable")?;
     Ok(())
 }
+
+#[test]
+fn bad_arguments_are_refused_and_audited_with_their_own_codes() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    let log = f.api_log();
+    for (args, code, expect) in [
+        (
+            vec!["grep", "(", log.as_str()],
+            "pattern_invalid",
+            "grep pattern",
+        ),
+        (
+            vec!["grep", r"(?s-u:.){0,3000}[\x80-\xff]", log.as_str()],
+            "pattern_too_complex",
+            "too complex",
+        ),
+        (
+            vec!["tail", "-n", "100000000", log.as_str()],
+            "tail_lines_over_limit",
+            "at most",
+        ),
+    ] {
+        let out = f.logs("alice", &args)?;
+        let stderr = text(&out).1;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        let denial = denial_of(&f, code)?;
+        assert_eq!(denial["subject"], "spiffe://loggate.local/user/alice");
+        assert_eq!(denial["path"], log.as_str());
+    }
+    Ok(())
+}
+
+/// `ReadLog` of `path` as `user` over one connection per call, `times` times; every call must
+/// be refused.
+async fn denied_reads(f: &Fixture, user: &str, path: &str, times: usize) -> anyhow::Result<()> {
+    let pki = f.cluster.dir.join("pki");
+    let files = loggate_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join(format!("users/{user}.crt")),
+        key: pki.join(format!("users/{user}.key")),
+    };
+    let channel = files
+        .endpoint(
+            &f.cluster.agent_addr("web-1"),
+            loggate_core::tls::Server::Agent("web-1"),
+        )?
+        .connect()
+        .await?;
+    let mut client = loggate_proto::agent_client::AgentClient::new(channel);
+    for _ in 0..times {
+        let refused = client
+            .read_log(loggate_proto::ReadLogRequest {
+                path: path.to_string(),
+                mode: loggate_proto::ReadMode::Cat as i32,
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        // Every refused request gets its clear error, recorded or not.
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(!refused.message().is_empty(), "{refused:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_denials_writes_bounded_records_and_a_summary() -> anyhow::Result<()> {
+    let f = tokio::task::spawn_blocking(|| {
+        Fixture::start_with("[limits]\naudit_denials_per_window = 20\naudit_denial_window = \"3s\"")
+    })
+    .await??;
+    let audit = f.cluster.dir.join("agents/web-1/audit.jsonl");
+    let before = std::fs::metadata(&audit)?.len();
+    let long = format!("/{}", "a".repeat(59_999));
+    denied_reads(&f, "bob", &long, 250).await?;
+    let grown = std::fs::metadata(&audit)?.len() - before;
+    eprintln!("250 denials with a 60 KB path: audit grew by {grown} bytes");
+    // 20 records of about 2 KB each in a window, not 250 of ~121 KB.
+    assert!(grown < 150_000, "audit grew by {grown} bytes");
+    // An ordinary denial of another subject, from the same address, is recorded by itself.
+    denied_reads(&f, "admin", &f.api_log(), 1).await?;
+    let bob = "spiffe://loggate.local/user/bob";
+    let summary = tokio::task::spawn_blocking({
+        let cluster_dir = f.cluster.dir.clone();
+        move || -> anyhow::Result<Vec<serde_json::Value>> {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                let audit =
+                    loggate_tests::read_audit_file(&cluster_dir.join("agents/web-1/audit.jsonl"));
+                let records: Vec<_> = audit.iter().map(loggate_tests::flat_audit_record).collect();
+                if records.iter().any(|e| e["reason_code"] == "suppressed") {
+                    return Ok(records);
+                }
+                anyhow::ensure!(std::time::Instant::now() < deadline, "no summary record");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    })
+    .await??;
+    let of_bob: Vec<_> = summary
+        .iter()
+        .filter(|e| e["event"] == "read.denied" && e["subject"] == bob)
+        .collect();
+    let (single, summaries): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = of_bob
+        .iter()
+        .partition(|e| e["reason_code"] != "suppressed");
+    let carried: u64 = of_bob
+        .iter()
+        .map(|e| e["suppressed_before"].as_u64().unwrap_or_default())
+        .sum();
+    assert!(
+        !summaries.is_empty() && single.len() <= 60,
+        "{} single",
+        single.len()
+    );
+    assert_eq!(
+        single.len() as u64 + carried,
+        250,
+        "every denial counted once"
+    );
+    for e in &single {
+        assert_eq!(e["path"].as_str().map(str::len), Some(256), "{e}");
+        assert_eq!(e["path_bytes"], 60_000);
+        assert_eq!(e["path_sha256"], sha256_hex(&long)?);
+    }
+    let other = summary
+        .iter()
+        .filter(|e| {
+            e["event"] == "read.denied" && e["subject"] == "spiffe://loggate.local/user/admin"
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(other.len(), 1, "{other:?}");
+    assert_eq!(other[0]["reason_code"], "no_grant");
+    assert_eq!(other[0]["path"], f.api_log());
+    // The bounded records and the summaries are well-formed OCSF events of the catalogue.
+    for raw in f.cluster.agent_audit_raw("web-1") {
+        let problems = loggate_core::audit::ocsf::schema_problems(&raw);
+        assert!(problems.is_empty(), "{problems:?}: {raw}");
+    }
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}
+
+/// `sha256sum` of `text`, as the agent records it.
+fn sha256_hex(text: &str) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}

@@ -320,3 +320,218 @@ fn follow_starts_again_after_copytruncate() -> anyhow::Result<()> {
     let _ = child.wait();
     Ok(())
 }
+
+/// The pattern of issue #10 (finding 7): on long lines every line costs a long match.
+const SLOW_PATTERN: &str = r"(?s-u:.){0,3000}[\x80-\xff]";
+
+/// A fixture whose agent accepts [`SLOW_PATTERN`] (its default `max_regex_bytes` refuses it)
+/// with `extra` limits, serving `slow.log`: 3,000 lines of 1,500 ASCII bytes that the pattern
+/// never matches, each taking long enough to match that the whole file would take minutes.
+fn slow_grep_fixture(extra: &str) -> anyhow::Result<(Fixture, String)> {
+    let f = Fixture::start_with(&format!(
+        "[limits]\nmax_regex_bytes = 1048576\nmax_streams_per_subject = 1\n{extra}"
+    ))?;
+    let line = format!("2026-12-04T10:00:00Z INFO {}\n", "abcdefghij".repeat(147));
+    let slow = f.logs.join("slow.log");
+    std::fs::write(&slow, line.repeat(3000))?;
+    Ok((f, slow.display().to_string()))
+}
+
+/// Starts `logs grep SLOW_PATTERN slow.log` as alice and waits until it is being matched.
+fn start_slow_grep(f: &Fixture, slow: &str) -> anyhow::Result<std::process::Child> {
+    let child = f
+        .cluster
+        .logs_cmd("alice", "web-1", &["grep", SLOW_PATTERN, slow])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(10), |e| {
+            e["event"] == "read.allowed" && e["mode"] == "grep"
+        })?;
+    std::thread::sleep(Duration::from_millis(1500));
+    Ok(child)
+}
+
+/// Waits for the `read.finished` record of the slow grep; returns it and how long it took.
+fn slow_grep_end(f: &Fixture, since: Instant) -> anyhow::Result<(serde_json::Value, Duration)> {
+    let end = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(60), |e| {
+            e["event"] == "read.finished"
+                && e["path"].as_str().is_some_and(|p| p.ends_with("slow.log"))
+        })?;
+    Ok((end, since.elapsed()))
+}
+
+/// The user's one stream slot is free again: a `cat` goes through.
+fn assert_slot_free(f: &Fixture) -> anyhow::Result<()> {
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert!(out.status.success(), "slot still held: {}", text(&out).1);
+    Ok(())
+}
+
+#[test]
+fn a_grep_that_matches_nothing_ends_within_a_second_of_its_client_leaving() -> anyhow::Result<()> {
+    let (f, slow) = slow_grep_fixture("")?;
+    f.grant("alice", "30m")?;
+    let mut child = start_slow_grep(&f, &slow)?;
+    child.kill()?;
+    let killed = Instant::now();
+    child.wait()?;
+    let (end, took) = slow_grep_end(&f, killed)?;
+    eprintln!("client killed: read.finished after {took:?}");
+    assert_eq!(end["end_reason"], "client_closed", "{end}");
+    assert!(
+        took <= Duration::from_millis(1500),
+        "ended {took:?} after the client left"
+    );
+    assert!(end["pattern_ms"].as_u64().is_some_and(|ms| ms > 0), "{end}");
+    assert_slot_free(&f)
+}
+
+#[test]
+fn revoking_the_grant_ends_a_grep_that_matches_nothing_within_a_second() -> anyhow::Result<()> {
+    let (f, slow) = slow_grep_fixture("")?;
+    let id = f.grant("alice", "30m")?;
+    let mut child = start_slow_grep(&f, &slow)?;
+    let out = f
+        .cluster
+        .run_cli("admin", &["grant", "revoke", &id, "--reason", "done"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let revoked = Instant::now();
+    let (end, took) = slow_grep_end(&f, revoked)?;
+    eprintln!("grant revoked: read.finished after {took:?}");
+    assert_eq!(end["end_reason"], "grant_revoked", "{end}");
+    assert!(
+        took <= Duration::from_millis(1500),
+        "ended {took:?} after the revocation"
+    );
+    wait_exit(&mut child, Duration::from_secs(5))?;
+    let out = child.wait_with_output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("grant {id} was revoked")),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn expiry_ends_a_grep_that_matches_nothing_within_a_second() -> anyhow::Result<()> {
+    let (f, slow) = slow_grep_fixture("")?;
+    let id = f.grant("alice", "5s")?;
+    let list = f.cluster.run_cli("alice", &["grant", "list", "--json"])?;
+    let grants: serde_json::Value = serde_json::from_slice(&list.stdout)?;
+    let not_after = grants[0]["not_after"].as_i64().unwrap_or_default() as f64;
+    let mut child = start_slow_grep(&f, &slow)?;
+    wait_exit(&mut child, Duration::from_secs(10))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let late = now.as_secs_f64() - not_after;
+    eprintln!("grant expired: the grep's client exited {late:.2}s after not_after");
+    let out = child.wait_with_output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("grant {id} for")) && stderr.contains("expired"),
+        "{stderr}"
+    );
+    assert!((0.0..1.5).contains(&late), "cut {late:.2}s after expiry");
+    let (end, _) = slow_grep_end(&f, Instant::now())?;
+    assert_eq!(end["end_reason"], "grant_expired", "{end}");
+    Ok(())
+}
+
+#[test]
+fn a_grep_over_its_time_budget_is_cut_with_a_clear_error() -> anyhow::Result<()> {
+    let (f, slow) = slow_grep_fixture("grep_time_budget = \"1s\"")?;
+    f.grant("alice", "30m")?;
+    let started = Instant::now();
+    let mut child = f
+        .cluster
+        .logs_cmd("alice", "web-1", &["grep", SLOW_PATTERN, &slow])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let took = wait_exit(&mut child, Duration::from_secs(10))?;
+    eprintln!("grep with a 1 s budget ended after {took:?} (client's view)");
+    let out = child.wait_with_output()?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("used up its time budget of 1s"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let (end, _) = slow_grep_end(&f, started)?;
+    assert_eq!(end["end_reason"], "budget_exceeded", "{end}");
+    let spent = end["pattern_ms"].as_u64().unwrap_or_default();
+    assert!((1000..2500).contains(&spent), "matched for {spent} ms");
+    assert_slot_free(&f)
+}
+
+/// A private-key block of `body_lines` base64 lines (64 characters each) after some log lines.
+fn file_with_key_block(path: &std::path::Path, body_lines: usize) -> anyhow::Result<()> {
+    let mut text = "2026-12-04T10:00:00Z INFO before the key\n".repeat(100);
+    text.push_str("-----BEGIN PGP PRIVATE KEY BLOCK-----\n");
+    for i in 0..body_lines {
+        text.push_str(&format!("KEYBODY{i:06}{}\n", "QUJD".repeat(13)));
+    }
+    text.push_str("-----END PGP PRIVATE KEY BLOCK-----\n");
+    text.push_str("2026-12-04T10:00:01Z INFO after the key\n");
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+#[test]
+fn tail_inside_a_private_key_block_longer_than_64_kib_serves_none_of_it() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant_with_profile("alice", "30m", "default")?;
+    let key = f.logs.join("key.log");
+    // ~80 KiB of key body: its BEGIN line lies beyond a 64 KiB look-back from the tail start.
+    file_with_key_block(&key, 1300)?;
+    let out = f.logs("alice", &["tail", "-n", "6", &key.display().to_string()])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stdout.contains("KEYBODY") && !stdout.contains("-----END"),
+        "key served: {stdout}"
+    );
+    assert_eq!(stdout, "2026-12-04T10:00:01Z INFO after the key\n");
+    let end = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished"
+        })?;
+    assert_eq!(end["key_lookback_exhausted"], false, "{end}");
+    Ok(())
+}
+
+#[test]
+fn copytruncate_keeps_an_open_private_key_block_closed() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant_with_profile("alice", "30m", "default")?;
+    let log = f.logs.join("api.log");
+    let (mut child, rx) = follow_new_lines(&f)?;
+    append(
+        &log,
+        "line-1 before the key\n-----BEGIN RSA PRIVATE KEY-----\nKEYBODY-FIRST-HALF\n",
+    )?;
+    until_line(&rx, "REDACTED:private_key", Duration::from_secs(5))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)?
+        .set_len(0)?;
+    std::thread::sleep(Duration::from_millis(600));
+    append(
+        &log,
+        "KEYBODY-SECOND-HALF\n-----END RSA PRIVATE KEY-----\nline-2 after the key\n",
+    )?;
+    let seen = until_line(&rx, "line-2", Duration::from_secs(5))?;
+    assert_eq!(
+        seen,
+        ["line-2 after the key"],
+        "nothing of the key after truncation"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(())
+}

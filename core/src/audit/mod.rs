@@ -10,6 +10,7 @@
 //! must then refuse the action (no bytes are served without their audit record on disk).
 
 mod anchor;
+pub mod budget;
 mod checkpoint;
 mod group;
 pub mod ocsf;

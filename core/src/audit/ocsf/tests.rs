@@ -58,13 +58,16 @@ fn example(name: &str) -> Map<String, Value> {
         }),
         "read.denied" => json!({
             "subject": "spiffe://loggate.local/user/bob", "key_sha256": KEY,
-            "peer": "127.0.0.1:51240", "path": LOG, "grant_id": null, "reason_code": "no_grant",
+            "peer": "127.0.0.1:51240", "path": LOG, "path_bytes": 20, "path_sha256": null,
+            "grant_id": null, "reason_code": "no_grant",
             "reason": "you (spiffe://loggate.local/user/bob) hold no grant on agent web-1; ask an admin to issue you one",
+            "suppressed_before": 0,
         }),
         "read.finished" => json!({
             "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_id": GRANT,
             "path": LOG, "bytes": 156, "duration_ms": 3, "end_reason": "eof", "error": null,
             "redactions": { "email": 3 }, "lines_withheld": 0, "lines_cut": 0,
+            "pattern_ms": 0, "key_lookback_exhausted": false,
         }),
         "grant.issued" => json!({
             "grant_id": GRANT, "subject": ALICE, "issuer": ADMIN, "hosts": ["web-1"],

@@ -1,0 +1,301 @@
+//! A report budget: at most `per_window` audit records per source (a subject, an address…) in
+//! any window, the ones over counted and summarised, so that a flood of refused requests cannot
+//! flood — and with rotation, erase — the audit log.
+//!
+//! The mechanism is `tls.refused`'s (`crate::tls_accept`), generalised to many keys: a
+//! record over the budget is not written; its count goes with the next record that source may
+//! write (`suppressed_before`), or into a summary that [`ReportBudget::take_summaries`] hands
+//! out at the end of the window, whichever comes first. Every refusal is counted exactly once.
+//! Only the audit records are budgeted: the caller still answers every refused request.
+//!
+//! Memory is bounded: at most `max_sources` sources are tracked; beyond that, new sources share
+//! one overflow entry (they are still budgeted, together), and sources with nothing left to
+//! report are forgotten when their window ends.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What one source may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetPolicy {
+    /// Records written per source in one window.
+    pub per_window: u32,
+    /// The window's length (one minute in production).
+    pub window: Duration,
+    /// Sources tracked one by one; more share one entry.
+    pub max_sources: usize,
+}
+
+impl Default for BudgetPolicy {
+    fn default() -> Self {
+        BudgetPolicy {
+            per_window: 60,
+            window: Duration::from_secs(60),
+            max_sources: 4096,
+        }
+    }
+}
+
+/// The decision for one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Write it, carrying this many records of its sources left out before it.
+    Write { suppressed_before: u64 },
+    /// Do not write it; it was counted against its first source over the budget.
+    Suppressed,
+}
+
+/// Records left out for one source, handed out once as a summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary<K> {
+    /// `None`: the overflow entry shared by sources beyond `max_sources`.
+    pub source: Option<K>,
+    pub left_out: u64,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    written: u32,
+    suppressed: u64,
+}
+
+#[derive(Debug)]
+struct State<K> {
+    sources: HashMap<K, Window>,
+    overflow: Option<Window>,
+}
+
+/// Budgets per source of type `K`; share it behind an `Arc`.
+#[derive(Debug)]
+pub struct ReportBudget<K> {
+    policy: BudgetPolicy,
+    state: Mutex<State<K>>,
+}
+
+impl<K: Eq + Hash + Clone> ReportBudget<K> {
+    pub fn new(policy: BudgetPolicy) -> Self {
+        ReportBudget {
+            policy,
+            state: Mutex::new(State {
+                sources: HashMap::new(),
+                overflow: None,
+            }),
+        }
+    }
+
+    pub fn policy(&self) -> BudgetPolicy {
+        self.policy
+    }
+
+    /// Whether one record attributed to every source in `sources` (a subject and an address,
+    /// say) may be written: only if none of them is over its budget. When it is, each source's
+    /// window counts it; when it is not, the first source over the budget counts it as left out.
+    pub fn admit(&self, sources: &[K]) -> Admission {
+        self.admit_at(sources, Instant::now())
+    }
+
+    fn admit_at(&self, sources: &[K], now: Instant) -> Admission {
+        let policy = self.policy;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let State {
+            sources: map,
+            overflow,
+        } = &mut *state;
+        // Roll over ended windows and find the first source over its budget.
+        let mut over: Option<usize> = None;
+        for (i, key) in sources.iter().enumerate() {
+            let full = map.len() >= policy.max_sources && !map.contains_key(key);
+            let window = if full {
+                overflow.get_or_insert_with(|| Window::new(now))
+            } else {
+                map.entry(key.clone()).or_insert_with(|| Window::new(now))
+            };
+            window.roll(now, policy.window);
+            if over.is_none() && window.written >= policy.per_window {
+                over = Some(i);
+            }
+        }
+        if let Some(i) = over {
+            window_of(map, overflow, &sources[i], now).suppressed += 1;
+            return Admission::Suppressed;
+        }
+        let mut suppressed_before = 0;
+        for key in sources {
+            let window = window_of(map, overflow, key, now);
+            window.written += 1;
+            suppressed_before += std::mem::take(&mut window.suppressed);
+        }
+        Admission::Write { suppressed_before }
+    }
+
+    /// The records left out since they were last reported, per source (taking them), and
+    /// forgets the sources whose window has ended with nothing left to report. Call it at
+    /// least once per window (a timer) and write one summary record for each.
+    pub fn take_summaries(&self) -> Vec<Summary<K>> {
+        self.take_summaries_at(Instant::now())
+    }
+
+    fn take_summaries_at(&self, now: Instant) -> Vec<Summary<K>> {
+        let window = self.policy.window;
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        state.sources.retain(|key, w| {
+            let left_out = std::mem::take(&mut w.suppressed);
+            if left_out > 0 {
+                out.push(Summary {
+                    source: Some(key.clone()),
+                    left_out,
+                });
+            }
+            now.duration_since(w.start) < window
+        });
+        if let Some(w) = &mut state.overflow {
+            let left_out = std::mem::take(&mut w.suppressed);
+            if left_out > 0 {
+                out.push(Summary {
+                    source: None,
+                    left_out,
+                });
+            }
+            if now.duration_since(w.start) >= window {
+                state.overflow = None;
+            }
+        }
+        out
+    }
+}
+
+/// The window tracking `key`: its own, or the shared overflow entry.
+fn window_of<'a, K: Eq + Hash>(
+    map: &'a mut HashMap<K, Window>,
+    overflow: &'a mut Option<Window>,
+    key: &K,
+    now: Instant,
+) -> &'a mut Window {
+    match map.get_mut(key) {
+        Some(w) => w,
+        None => overflow.get_or_insert_with(|| Window::new(now)),
+    }
+}
+
+impl Window {
+    fn new(now: Instant) -> Window {
+        Window {
+            start: now,
+            written: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// A new window once the last has ended (left-out counts are kept until reported).
+    fn roll(&mut self, now: Instant, length: Duration) {
+        if now.duration_since(self.start) >= length {
+            self.start = now;
+            self.written = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(per_window: u32, max_sources: usize) -> ReportBudget<&'static str> {
+        ReportBudget::new(BudgetPolicy {
+            per_window,
+            window: Duration::from_secs(60),
+            max_sources,
+        })
+    }
+
+    #[test]
+    fn records_over_the_budget_are_counted_once_and_carried_by_the_next_written() {
+        let b = budget(2, 16);
+        let t0 = Instant::now();
+        let w0 = Admission::Write {
+            suppressed_before: 0,
+        };
+        assert_eq!(b.admit_at(&["alice"], t0), w0);
+        assert_eq!(b.admit_at(&["alice"], t0), w0);
+        assert_eq!(b.admit_at(&["alice"], t0), Admission::Suppressed);
+        assert_eq!(b.admit_at(&["alice"], t0), Admission::Suppressed);
+        assert_eq!(b.admit_at(&["bob"], t0), w0, "another source has its own");
+        let later = t0 + Duration::from_secs(61);
+        assert_eq!(
+            b.admit_at(&["alice"], later),
+            Admission::Write {
+                suppressed_before: 2
+            }
+        );
+        assert!(b.take_summaries_at(later).is_empty(), "already carried");
+    }
+
+    #[test]
+    fn a_record_is_written_only_when_every_source_has_budget_left() {
+        let b = budget(1, 16);
+        let t0 = Instant::now();
+        assert!(matches!(
+            b.admit_at(&["alice", "10.0.0.1"], t0),
+            Admission::Write { .. }
+        ));
+        // A new subject from the same address: the address is over its budget.
+        assert_eq!(
+            b.admit_at(&["carol", "10.0.0.1"], t0),
+            Admission::Suppressed
+        );
+        let summaries = b.take_summaries_at(t0);
+        assert_eq!(
+            summaries,
+            vec![Summary {
+                source: Some("10.0.0.1"),
+                left_out: 1
+            }]
+        );
+        // carol's own window was not charged by the suppressed record.
+        assert!(matches!(
+            b.admit_at(&["carol", "10.0.0.2"], t0),
+            Admission::Write { .. }
+        ));
+    }
+
+    #[test]
+    fn summaries_are_taken_once_and_ended_windows_forgotten() {
+        let b = budget(1, 16);
+        let t0 = Instant::now();
+        b.admit_at(&["alice"], t0);
+        b.admit_at(&["alice"], t0);
+        b.admit_at(&["alice"], t0);
+        let s = b.take_summaries_at(t0);
+        assert_eq!(
+            s,
+            vec![Summary {
+                source: Some("alice"),
+                left_out: 2
+            }]
+        );
+        assert!(b.take_summaries_at(t0).is_empty());
+        b.take_summaries_at(t0 + Duration::from_secs(61));
+        assert!(b.state.lock().expect("lock").sources.is_empty());
+    }
+
+    #[test]
+    fn sources_beyond_the_limit_share_one_budget() {
+        let b = budget(1, 2);
+        let t0 = Instant::now();
+        for s in ["a", "b", "c"] {
+            assert!(matches!(b.admit_at(&[s], t0), Admission::Write { .. }));
+        }
+        assert_eq!(b.admit_at(&["d"], t0), Admission::Suppressed, "shares c's");
+        assert_eq!(
+            b.take_summaries_at(t0),
+            vec![Summary {
+                source: None,
+                left_out: 1
+            }]
+        );
+        assert_eq!(b.state.lock().expect("lock").sources.len(), 2);
+    }
+}
