@@ -183,7 +183,7 @@ impl Default for Limits {
             max_line_bytes: 64 * 1024,
             max_tail_lines: 100_000,
             grep_time_budget: Duration::from_secs(30),
-            tail_key_lookback_bytes: 256 << 20,
+            tail_key_lookback_bytes: 16 << 20,
             audit_denials_per_window: 60,
             audit_denial_window: Duration::from_secs(60),
         }

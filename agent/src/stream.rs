@@ -375,8 +375,15 @@ pub fn run(
 /// if the last `BEGIN`/`END` marker before `start` opens one. Only a line holding a marker
 /// can change the state, so the file is read backwards (`LOOKBACK_STEP` at a time, `check`
 /// before each read) until one is found, and that one line is run through the redactor. No
-/// marker back to the file's start: outside. None within `limit` bytes: undecided, so treated
-/// as inside (fail closed) — returns `true` so that the audit record says so.
+/// marker back to the file's start: outside.
+///
+/// No marker within `limit` bytes (`limits.tail_key_lookback_bytes`, 16 MiB by default):
+/// outside too, and `true` is returned so that the audit record says the look-back ran out.
+/// This rests on one stated bound: **a private-key block is shorter than `limit`** (an RSA-16384
+/// PEM key is ~12 KB; a PGP secret key with many subkeys and a photo, a few hundred KB). A start
+/// more than `limit` bytes after the last BEGIN is therefore not inside a key's body. Treating
+/// it as inside would serve nothing from a tail of any log longer than `limit` that never held
+/// a key — every large log — until some END line appeared.
 fn prime(
     file: &File,
     start: u64,
@@ -391,11 +398,6 @@ fn prime(
     let (mut end, mut looked) = (start, 0u64);
     while end > 0 {
         if looked >= limit {
-            tracing::warn!(
-                "no private-key BEGIN or END line within {limit} bytes before a tail start; \
-                 withholding until an END line (raise limits.tail_key_lookback_bytes to look further)"
-            );
-            pipeline.assume_inside_private_key();
             return Ok(true);
         }
         check()?;
@@ -597,17 +599,23 @@ mod tests {
     }
 
     #[test]
-    fn an_undecided_tail_start_is_withheld_and_says_so() {
-        let mut text = key_block(5000);
-        let start = text.len() as u64 - 63;
-        text.push_str("-----END PGP PRIVATE KEY BLOCK-----\nafter the key\n");
-        let (served, exhausted) = tail_from(text.as_bytes(), start, 64 * 1024);
-        assert_eq!((served.as_str(), exhausted), ("after the key\n", true));
-        // Without any key at all, the same limit withholds too (fail closed) until an END.
+    fn a_tail_start_with_no_marker_within_the_look_back_limit_is_served_and_says_so() {
+        // A log longer than the limit that never held a key: its last line is served (a
+        // private-key block is shorter than the limit), and the record says the look-back ran out.
         let plain = "2026-12-04 INFO line\n".repeat(10_000);
         let start = plain.len() as u64 - 21;
         let (served, exhausted) = tail_from(plain.as_bytes(), start, 64 * 1024);
-        assert_eq!((served.as_str(), exhausted), ("", true));
+        assert_eq!(
+            (served.as_str(), exhausted),
+            ("2026-12-04 INFO line\n", true)
+        );
+        // A BEGIN within the limit still decides: nothing of the block is served.
+        let mut text = "2026-12-04 INFO line\n".repeat(10_000);
+        text.push_str(&key_block(100));
+        let start = text.len() as u64 - 63;
+        text.push_str("-----END PGP PRIVATE KEY BLOCK-----\nafter the key\n");
+        let (served, exhausted) = tail_from(text.as_bytes(), start, 64 * 1024);
+        assert_eq!((served.as_str(), exhausted), ("after the key\n", false));
     }
 
     #[test]

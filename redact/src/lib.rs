@@ -468,15 +468,6 @@ impl Pipeline {
         self.redactor.as_ref().is_some_and(|(r, _)| r.private_keys)
     }
 
-    /// Fail closed when the key state at the start cannot be decided (no `BEGIN` or `END` line
-    /// within the look-back limit): behave as inside a private-key block, serving nothing
-    /// until an `END` line.
-    pub fn assume_inside_private_key(&mut self) {
-        if let Some((r, state)) = &mut self.redactor {
-            state.in_private_key = r.private_keys;
-        }
-    }
-
     /// Runs `data` (input that precedes where serving starts, from a line start) through the
     /// redactor for its state only: a `tail` that starts inside a private-key block must not
     /// serve the block's body. Nothing is written or counted.
