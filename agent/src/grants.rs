@@ -7,6 +7,7 @@
 //! "is this grant revoked".
 
 use loggate_core::grant::{Audience, GrantVerifier, ReceivedGrant};
+use loggate_core::private_state;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -53,15 +54,19 @@ pub struct Loaded {
 
 impl GrantStore {
     /// Opens `dir/grants.redb` and re-verifies every stored grant; invalid or expired ones are
-    /// dropped and reported.
+    /// dropped and reported. The folder is created 0700 and the file 0600 when missing; either
+    /// readable by others refuses the start (with the chmod that fixes it).
     pub fn open(
         dir: &Path,
         verifier: &GrantVerifier,
         audience: &Audience,
         now: i64,
     ) -> anyhow::Result<Loaded> {
-        std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("grants.redb"))?;
+        private_state::create_private_dir(dir, "agent state folder")?;
+        let path = dir.join("grants.redb");
+        // Created private before redb opens it: redb initialises an empty file in place.
+        private_state::create_private_file(&path, "agent grant store")?;
+        let db = Database::create(&path)?;
         {
             let tx = db.begin_write()?;
             tx.open_table(GRANTS)?;

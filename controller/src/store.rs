@@ -7,6 +7,7 @@
 
 use anyhow::Context;
 use loggate_core::audit::Checkpoint;
+use loggate_core::private_state;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -210,7 +211,21 @@ fn grant_at(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<GrantRow> 
 }
 
 impl Store {
+    /// Opens (creating it 0600, and its folder 0700, when missing) the database at `path`.
+    /// Refuses a database, or one of its `-wal`, `-shm`, `-journal` files, that group or others
+    /// can read: they hold every grant token.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                private_state::create_private_dir(dir, "database folder")?;
+            }
+        }
+        private_state::create_private_file(path, "controller database")?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            private_state::refuse_if_shared(Path::new(&side), "controller database file", "600")?;
+        }
         let conn = Connection::open(path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
         conn.execute_batch(SCHEMA)
