@@ -5,6 +5,13 @@
 //! Tokens are stored as received and re-verified at every use by the one verifier
 //! ([`GrantVerifier::verify_for_use`]); the store only answers "which grants might apply" and
 //! "is this grant revoked".
+//!
+//! The revision it resumes from belongs to the controller's **epoch** (kept beside it): when the
+//! controller's epoch differs, the stream resynchronises from zero and [`GrantStore::finish_resync`]
+//! replaces the grant set with what the controller sent, keeping every revocation known.
+//!
+//! `grants.redb` holds every grant token with its subject, paths and reason: it is created 0600
+//! in a 0700 folder, and a start refuses either when others can read it.
 
 use loggate_core::grant::{Audience, GrantVerifier, ReceivedGrant};
 use loggate_core::private_state;
@@ -18,6 +25,8 @@ use tokio::sync::watch;
 const GRANTS: TableDefinition<&str, &str> = TableDefinition::new("grants");
 const REVOCATIONS: TableDefinition<&str, &str> = TableDefinition::new("revocations");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Text metadata: `epoch`, the controller epoch the stored revision belongs to.
+const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationInfo {
@@ -31,6 +40,8 @@ struct State {
     grants: HashMap<String, ReceivedGrant>,
     revoked: HashMap<String, RevocationInfo>,
     revision: u64,
+    /// The controller epoch `revision` belongs to ("" before the first resync).
+    epoch: String,
     /// Expired grants already reported by `sweep_expired`.
     announced: HashSet<String>,
 }
@@ -72,6 +83,7 @@ impl GrantStore {
             tx.open_table(GRANTS)?;
             tx.open_table(REVOCATIONS)?;
             tx.open_table(META)?;
+            tx.open_table(META_TEXT)?;
             tx.commit()?;
         }
         let mut state = State::default();
@@ -99,6 +111,11 @@ impl GrantStore {
                 .get("revision")?
                 .map(|v| v.value())
                 .unwrap_or(0);
+            state.epoch = tx
+                .open_table(META_TEXT)?
+                .get("epoch")?
+                .map(|v| v.value().to_string())
+                .unwrap_or_default();
         }
         let store = GrantStore {
             db,
@@ -124,41 +141,119 @@ impl GrantStore {
         self.read().revision
     }
 
+    /// The controller epoch [`GrantStore::revision`] belongs to ("" for none yet).
+    pub fn epoch(&self) -> String {
+        self.read().epoch.clone()
+    }
+
+    /// True when grant `id` is held with exactly this token (a resync resends it).
+    pub fn holds(&self, id: &str, token: &str) -> bool {
+        self.read()
+            .grants
+            .get(id)
+            .is_some_and(|g| g.token() == token)
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
-    /// Persists then installs a grant received at `revision`.
-    pub fn install(&self, grant: ReceivedGrant, revision: u64) -> anyhow::Result<()> {
+    /// Persists then installs a grant received at `revision` of the stored epoch; `None` during
+    /// a resync, whose position is only stored once it completes ([`GrantStore::finish_resync`]).
+    pub fn install(&self, grant: ReceivedGrant, revision: Option<u64>) -> anyhow::Result<()> {
         let id = grant.claims().jti.clone();
         let tx = self.db.begin_write()?;
         tx.open_table(GRANTS)?.insert(id.as_str(), grant.token())?;
-        tx.open_table(META)?.insert("revision", revision)?;
+        if let Some(revision) = revision {
+            tx.open_table(META)?.insert("revision", revision)?;
+        }
         tx.commit()?;
         let mut state = self.write();
         state.grants.insert(id, grant);
-        state.revision = state.revision.max(revision);
+        if let Some(revision) = revision {
+            state.revision = state.revision.max(revision);
+        }
         Ok(())
     }
 
-    /// Persists then records a revocation; returns false if it was already known.
-    pub fn revoke(&self, id: &str, info: RevocationInfo, revision: u64) -> anyhow::Result<bool> {
+    /// Persists then records a revocation (at `revision`, `None` during a resync, as for
+    /// [`GrantStore::install`]); returns false if it was already known.
+    pub fn revoke(
+        &self,
+        id: &str,
+        info: RevocationInfo,
+        revision: Option<u64>,
+    ) -> anyhow::Result<bool> {
         if self.read().revoked.contains_key(id) {
-            self.set_revision(revision)?;
+            if let Some(revision) = revision {
+                self.set_revision(revision)?;
+            }
             return Ok(false);
         }
         let tx = self.db.begin_write()?;
         tx.open_table(REVOCATIONS)?
             .insert(id, serde_json::to_string(&info)?.as_str())?;
-        tx.open_table(META)?.insert("revision", revision)?;
+        if let Some(revision) = revision {
+            tx.open_table(META)?.insert("revision", revision)?;
+        }
         tx.commit()?;
         {
             let mut state = self.write();
             state.revoked.insert(id.to_string(), info);
-            state.revision = state.revision.max(revision);
+            if let Some(revision) = revision {
+                state.revision = state.revision.max(revision);
+            }
         }
         self.changed.send_modify(|n| *n += 1);
         Ok(true)
+    }
+
+    /// Ends a resync into controller epoch `epoch`, caught up at `revision`: the grants still in
+    /// effect (not ended at `now`, not revoked) that the controller did not send again (`sent`,
+    /// by id) are forgotten — the controller's database no longer holds them, so nobody could revoke them —
+    /// and the epoch and revision are stored, all in one transaction. Revocations are all kept:
+    /// a restored database may have lost one, the agent has not. Returns the forgotten ids.
+    pub fn finish_resync(
+        &self,
+        epoch: &str,
+        revision: u64,
+        sent: &HashSet<String>,
+        now: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        let forgotten: Vec<String> = {
+            let state = self.read();
+            state
+                .grants
+                .values()
+                .map(|g| g.claims())
+                .filter(|c| {
+                    c.exp > now && !sent.contains(&c.jti) && !state.revoked.contains_key(&c.jti)
+                })
+                .map(|c| c.jti.clone())
+                .collect()
+        };
+        let tx = self.db.begin_write()?;
+        {
+            let mut grants = tx.open_table(GRANTS)?;
+            for id in &forgotten {
+                grants.remove(id.as_str())?;
+            }
+        }
+        tx.open_table(META)?.insert("revision", revision)?;
+        tx.open_table(META_TEXT)?.insert("epoch", epoch)?;
+        tx.commit()?;
+        {
+            let mut state = self.write();
+            for id in &forgotten {
+                state.grants.remove(id);
+            }
+            state.revision = revision;
+            state.epoch = epoch.to_string();
+        }
+        if !forgotten.is_empty() {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        Ok(forgotten)
     }
 
     /// Records that every change up to `revision` has been seen (heartbeats, skipped changes).

@@ -55,6 +55,8 @@ pub struct ControllerService {
     audit: Arc<SharedAuditLog>,
     /// Becomes true when the daemon shuts down: watch streams end so connections can close.
     stopping: watch::Receiver<bool>,
+    /// This run's epoch of the revision log (see `Store::new_epoch`), sent with every event.
+    epoch: String,
 }
 
 impl ControllerService {
@@ -65,6 +67,7 @@ impl ControllerService {
         policy: Policy,
         audit: Arc<SharedAuditLog>,
         stopping: watch::Receiver<bool>,
+        epoch: String,
     ) -> anyhow::Result<Self> {
         let (revision, _) = watch::channel(store.latest_revision()?);
         Ok(Self {
@@ -76,6 +79,7 @@ impl ControllerService {
             connected: Arc::default(),
             audit,
             stopping,
+            epoch,
         })
     }
 
@@ -227,7 +231,7 @@ pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
     }
 }
 
-fn change_event(revision: u64, change: &Change) -> pb::GrantEvent {
+fn change_event(epoch: &str, revision: u64, change: &Change) -> pb::GrantEvent {
     let event = match change {
         Change::Granted(g) => pb::grant_event::Event::Grant(pb::SignedGrant {
             grant_id: g.id.clone(),
@@ -243,6 +247,7 @@ fn change_event(revision: u64, change: &Change) -> pb::GrantEvent {
     pb::GrantEvent {
         revision,
         event: Some(event),
+        epoch: epoch.to_string(),
     }
 }
 
@@ -276,26 +281,33 @@ impl Controller for ControllerService {
                 last_seen: unix_now(),
             })
             .map_err(internal)?;
-        tracing::info!(agent = %req.agent_id, after = req.after_revision, "agent connected");
+        tracing::info!(
+            agent = %req.agent_id, after = req.after_revision, epoch = %req.after_epoch,
+            "agent connected"
+        );
 
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
         let mut revisions = self.revision.subscribe();
         let connected = self.connected.clone();
         let mut stopping = self.stopping.clone();
+        let epoch = self.epoch.clone();
         connected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(req.agent_id.clone());
         tokio::spawn(async move {
-            // An agent ahead of us (our database was restored, or it was fed a bogus revision)
-            // gets everything again rather than missing what comes next.
+            // Revision numbers only mean something within one epoch: an agent of another epoch
+            // (or none yet, or one ahead of us) gets everything again, from revision 0, rather
+            // than resume at a number this database may have reused after a restore.
             let latest = store.latest_revision().unwrap_or(0);
-            let mut last = if req.after_revision > latest {
+            let mut last = if req.after_epoch != epoch || req.after_revision > latest {
                 0
             } else {
                 req.after_revision
             };
+            // One heartbeat as soon as the stream has caught up: the end of a resync.
+            let mut announced_caught_up = false;
             'stream: loop {
                 let changes = match store.changes_after(last, 500) {
                     Ok(c) => c,
@@ -316,7 +328,10 @@ impl Controller for ControllerService {
                         matches!(change, Change::Granted(_)) && grant.not_after <= unix_now();
                     if covers(grant, &req.agent_id, &req.labels)
                         && !ended
-                        && tx.send(Ok(change_event(*revision, change))).await.is_err()
+                        && tx
+                            .send(Ok(change_event(&epoch, *revision, change)))
+                            .await
+                            .is_err()
                     {
                         break 'stream;
                     }
@@ -324,12 +339,24 @@ impl Controller for ControllerService {
                 if !caught_up {
                     continue;
                 }
+                if !announced_caught_up {
+                    announced_caught_up = true;
+                    let beat = pb::GrantEvent {
+                        revision: last,
+                        event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
+                        epoch: epoch.clone(),
+                    };
+                    if tx.send(Ok(beat)).await.is_err() {
+                        break;
+                    }
+                }
                 tokio::select! {
                     changed = revisions.changed() => if changed.is_err() { break },
                     _ = tokio::time::sleep(HEARTBEAT) => {
                         let beat = pb::GrantEvent {
                             revision: last,
                             event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
+                            epoch: epoch.clone(),
                         };
                         if tx.send(Ok(beat)).await.is_err() { break }
                     }
