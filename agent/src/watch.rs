@@ -203,7 +203,6 @@ pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> a
                         audit_fields!(
                             "grant_id" => id,
                             "reason" => "the controller no longer holds this grant (its database was replaced or restored)",
-                            "revision" => event.revision,
                         ),
                     )?;
                 }

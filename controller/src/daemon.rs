@@ -25,6 +25,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // Every start may be a restore of a backup (see Store::new_epoch): a new epoch makes every
     // agent resynchronise instead of resuming at a revision number this database may reuse.
     let epoch = store.new_epoch()?;
+    tracing::info!(%epoch, "new epoch of the revision log");
     if let Some(dir) = &config.enrol_user_certs {
         enrol_user_certs(&store, dir, &config.trust_domain)?;
     }
@@ -38,7 +39,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         "controller.started",
         loggate_core::audit_fields!(
             "listen" => config.listen.to_string(), "admins" => config.admins.clone(),
-            "revision" => store.latest_revision()?, "epoch" => epoch.clone(),
+            "revision" => store.latest_revision()?,
         ),
     )?;
     if let Some(dir) = &config.enrol_checkpoint_keys {
