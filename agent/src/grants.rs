@@ -328,3 +328,130 @@ impl GrantStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loggate_core::grant::{GrantClaims, SigningKey};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_800_000_000;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        key: SigningKey,
+        verifier: GrantVerifier,
+        audience: Audience,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let key = SigningKey::generate().unwrap();
+            let verifier =
+                GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+                key,
+                verifier,
+                audience: Audience {
+                    agent_id: "web-1".into(),
+                    labels: vec![],
+                },
+            }
+        }
+
+        fn open(&self) -> GrantStore {
+            GrantStore::open(
+                &self.dir.path().join("state"),
+                &self.verifier,
+                &self.audience,
+                NOW,
+            )
+            .unwrap()
+            .store
+        }
+
+        fn grant(&self, id: &str) -> ReceivedGrant {
+            let claims = GrantClaims {
+                jti: id.into(),
+                iss: "spiffe://loggate.local/controller".into(),
+                sub: "spiffe://loggate.local/user/alice".into(),
+                iat: NOW,
+                nbf: NOW,
+                exp: NOW + 3600,
+                hosts: vec!["web-1".into()],
+                labels: vec![],
+                paths: vec!["/var/log/*.log".into()],
+                redaction: "default".into(),
+                reason: "T-1".into(),
+                approver: "spiffe://loggate.local/user/admin".into(),
+                key_sha256: "00".repeat(32),
+            };
+            let token = self.key.sign(&claims).unwrap();
+            self.verifier
+                .verify_on_receipt(&token, &self.audience, NOW)
+                .unwrap()
+        }
+    }
+
+    fn revocation() -> RevocationInfo {
+        RevocationInfo {
+            at: NOW,
+            by: "spiffe://loggate.local/user/admin".into(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_resync_replaces_the_grant_set_keeps_revocations_and_stores_its_epoch() {
+        let f = Fixture::new();
+        let store = f.open();
+        for id in ["g-a", "g-lost", "g-revoked"] {
+            store.install(f.grant(id), Some(7)).unwrap();
+        }
+        store.revoke("g-revoked", revocation(), Some(8)).unwrap();
+        assert_eq!((store.epoch(), store.revision()), (String::new(), 8));
+        // The resync: the stored position stays the old epoch's until it completes.
+        let again = f.grant("g-a");
+        assert!(store.holds("g-a", again.token()));
+        store.install(again, None).unwrap();
+        store.revoke("g-other", revocation(), None).unwrap();
+        assert_eq!(store.revision(), 8);
+        let sent: HashSet<String> = ["g-a".to_string()].into();
+        let forgotten = store.finish_resync("e2", 3, &sent, NOW).unwrap();
+        assert_eq!(forgotten, vec!["g-lost".to_string()]);
+        assert_eq!((store.epoch(), store.revision()), ("e2".to_string(), 3));
+        drop(store);
+        // All of it persisted, in the new epoch.
+        let store = f.open();
+        assert_eq!((store.epoch(), store.revision()), ("e2".to_string(), 3));
+        assert_eq!(store.grants_count(), 2, "g-a and the revoked g-revoked");
+        assert!(store.subject_of("g-lost").is_none());
+        assert!(store.revocation("g-revoked").is_some());
+        assert!(store.revocation("g-other").is_some());
+    }
+
+    #[test]
+    fn the_grant_store_is_private_and_a_shared_one_is_refused() {
+        let f = Fixture::new();
+        drop(f.open());
+        let state = f.dir.path().join("state");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("grants.redb")), 0o600);
+        std::fs::set_permissions(
+            state.join("grants.redb"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let err = GrantStore::open(&state, &f.verifier, &f.audience, NOW)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("grants.redb") && err.contains("chmod 600"),
+            "{err}"
+        );
+    }
+}
