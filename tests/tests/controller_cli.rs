@@ -400,21 +400,35 @@ fn foreign_client(cluster: &Cluster) -> anyhow::Result<std::path::PathBuf> {
 
 #[test]
 fn a_refused_client_certificate_is_always_exit_3() -> anyhow::Result<()> {
-    let mut cluster = Cluster::new(None)?;
-    cluster.start_controller()?;
-    let config = foreign_client(&cluster)?;
-    for run in 0..15 {
-        let out = Command::new(cluster.bins.join("loggate"))
-            .args(["grant", "list", "--config"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .output()?;
-        let stderr = text(&out).1;
-        assert_eq!(out.status.code(), Some(3), "run {run}: {stderr}");
-        assert!(
-            stderr.contains("refused the TLS connection"),
-            "run {run}: {stderr}"
-        );
+    let f = Fixture::start()?;
+    let config = foreign_client(&f.cluster)?;
+    let agent = f.cluster.agent_addr("web-1");
+    let api_log = f.api_log();
+    let to_controller: &[&str] = &["grant", "list"];
+    let to_agent: &[&str] = &[
+        "logs",
+        "cat",
+        &api_log,
+        "--host",
+        "web-1",
+        "--agent-addr",
+        &agent,
+    ];
+    for (who, args, runs) in [("controller", to_controller, 15), ("agent", to_agent, 5)] {
+        for run in 0..runs {
+            let out = Command::new(f.cluster.bins.join("loggate"))
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .output()?;
+            let stderr = text(&out).1;
+            assert_eq!(out.status.code(), Some(3), "{who} run {run}: {stderr}");
+            assert!(
+                stderr.contains("refused the TLS connection"),
+                "{who} run {run}: {stderr}"
+            );
+        }
     }
     Ok(())
 }
