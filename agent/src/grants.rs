@@ -5,8 +5,16 @@
 //! Tokens are stored as received and re-verified at every use by the one verifier
 //! ([`GrantVerifier::verify_for_use`]); the store only answers "which grants might apply" and
 //! "is this grant revoked".
+//!
+//! The revision it resumes from belongs to the controller's **epoch** (kept beside it): when the
+//! controller's epoch differs, the stream resynchronises from zero and [`GrantStore::finish_resync`]
+//! replaces the grant set with what the controller sent, keeping every revocation known.
+//!
+//! `grants.redb` holds every grant token with its subject, paths and reason: it is created 0600
+//! in a 0700 folder, and a start refuses either when others can read it.
 
 use loggate_core::grant::{Audience, GrantVerifier, ReceivedGrant};
+use loggate_core::private_state;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -17,6 +25,8 @@ use tokio::sync::watch;
 const GRANTS: TableDefinition<&str, &str> = TableDefinition::new("grants");
 const REVOCATIONS: TableDefinition<&str, &str> = TableDefinition::new("revocations");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Text metadata: `epoch`, the controller epoch the stored revision belongs to.
+const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationInfo {
@@ -30,6 +40,8 @@ struct State {
     grants: HashMap<String, ReceivedGrant>,
     revoked: HashMap<String, RevocationInfo>,
     revision: u64,
+    /// The controller epoch `revision` belongs to ("" before the first resync).
+    epoch: String,
     /// Expired grants already reported by `sweep_expired`.
     announced: HashSet<String>,
 }
@@ -53,20 +65,25 @@ pub struct Loaded {
 
 impl GrantStore {
     /// Opens `dir/grants.redb` and re-verifies every stored grant; invalid or expired ones are
-    /// dropped and reported.
+    /// dropped and reported. The folder is created 0700 and the file 0600 when missing; either
+    /// readable by others refuses the start (with the chmod that fixes it).
     pub fn open(
         dir: &Path,
         verifier: &GrantVerifier,
         audience: &Audience,
         now: i64,
     ) -> anyhow::Result<Loaded> {
-        std::fs::create_dir_all(dir)?;
-        let db = Database::create(dir.join("grants.redb"))?;
+        private_state::create_private_dir(dir, "agent state folder")?;
+        let path = dir.join("grants.redb");
+        // Created private before redb opens it: redb initialises an empty file in place.
+        private_state::create_private_file(&path, "agent grant store")?;
+        let db = Database::create(&path)?;
         {
             let tx = db.begin_write()?;
             tx.open_table(GRANTS)?;
             tx.open_table(REVOCATIONS)?;
             tx.open_table(META)?;
+            tx.open_table(META_TEXT)?;
             tx.commit()?;
         }
         let mut state = State::default();
@@ -94,6 +111,11 @@ impl GrantStore {
                 .get("revision")?
                 .map(|v| v.value())
                 .unwrap_or(0);
+            state.epoch = tx
+                .open_table(META_TEXT)?
+                .get("epoch")?
+                .map(|v| v.value().to_string())
+                .unwrap_or_default();
         }
         let store = GrantStore {
             db,
@@ -119,41 +141,119 @@ impl GrantStore {
         self.read().revision
     }
 
+    /// The controller epoch [`GrantStore::revision`] belongs to ("" for none yet).
+    pub fn epoch(&self) -> String {
+        self.read().epoch.clone()
+    }
+
+    /// True when grant `id` is held with exactly this token (a resync resends it).
+    pub fn holds(&self, id: &str, token: &str) -> bool {
+        self.read()
+            .grants
+            .get(id)
+            .is_some_and(|g| g.token() == token)
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
-    /// Persists then installs a grant received at `revision`.
-    pub fn install(&self, grant: ReceivedGrant, revision: u64) -> anyhow::Result<()> {
+    /// Persists then installs a grant received at `revision` of the stored epoch; `None` during
+    /// a resync, whose position is only stored once it completes ([`GrantStore::finish_resync`]).
+    pub fn install(&self, grant: ReceivedGrant, revision: Option<u64>) -> anyhow::Result<()> {
         let id = grant.claims().jti.clone();
         let tx = self.db.begin_write()?;
         tx.open_table(GRANTS)?.insert(id.as_str(), grant.token())?;
-        tx.open_table(META)?.insert("revision", revision)?;
+        if let Some(revision) = revision {
+            tx.open_table(META)?.insert("revision", revision)?;
+        }
         tx.commit()?;
         let mut state = self.write();
         state.grants.insert(id, grant);
-        state.revision = state.revision.max(revision);
+        if let Some(revision) = revision {
+            state.revision = state.revision.max(revision);
+        }
         Ok(())
     }
 
-    /// Persists then records a revocation; returns false if it was already known.
-    pub fn revoke(&self, id: &str, info: RevocationInfo, revision: u64) -> anyhow::Result<bool> {
+    /// Persists then records a revocation (at `revision`, `None` during a resync, as for
+    /// [`GrantStore::install`]); returns false if it was already known.
+    pub fn revoke(
+        &self,
+        id: &str,
+        info: RevocationInfo,
+        revision: Option<u64>,
+    ) -> anyhow::Result<bool> {
         if self.read().revoked.contains_key(id) {
-            self.set_revision(revision)?;
+            if let Some(revision) = revision {
+                self.set_revision(revision)?;
+            }
             return Ok(false);
         }
         let tx = self.db.begin_write()?;
         tx.open_table(REVOCATIONS)?
             .insert(id, serde_json::to_string(&info)?.as_str())?;
-        tx.open_table(META)?.insert("revision", revision)?;
+        if let Some(revision) = revision {
+            tx.open_table(META)?.insert("revision", revision)?;
+        }
         tx.commit()?;
         {
             let mut state = self.write();
             state.revoked.insert(id.to_string(), info);
-            state.revision = state.revision.max(revision);
+            if let Some(revision) = revision {
+                state.revision = state.revision.max(revision);
+            }
         }
         self.changed.send_modify(|n| *n += 1);
         Ok(true)
+    }
+
+    /// Ends a resync into controller epoch `epoch`, caught up at `revision`: the grants still in
+    /// effect (not ended at `now`, not revoked) that the controller did not send again (`sent`,
+    /// by id) are forgotten — the controller's database no longer holds them, so nobody could revoke them —
+    /// and the epoch and revision are stored, all in one transaction. Revocations are all kept:
+    /// a restored database may have lost one, the agent has not. Returns the forgotten ids.
+    pub fn finish_resync(
+        &self,
+        epoch: &str,
+        revision: u64,
+        sent: &HashSet<String>,
+        now: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        let forgotten: Vec<String> = {
+            let state = self.read();
+            state
+                .grants
+                .values()
+                .map(|g| g.claims())
+                .filter(|c| {
+                    c.exp > now && !sent.contains(&c.jti) && !state.revoked.contains_key(&c.jti)
+                })
+                .map(|c| c.jti.clone())
+                .collect()
+        };
+        let tx = self.db.begin_write()?;
+        {
+            let mut grants = tx.open_table(GRANTS)?;
+            for id in &forgotten {
+                grants.remove(id.as_str())?;
+            }
+        }
+        tx.open_table(META)?.insert("revision", revision)?;
+        tx.open_table(META_TEXT)?.insert("epoch", epoch)?;
+        tx.commit()?;
+        {
+            let mut state = self.write();
+            for id in &forgotten {
+                state.grants.remove(id);
+            }
+            state.revision = revision;
+            state.epoch = epoch.to_string();
+        }
+        if !forgotten.is_empty() {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        Ok(forgotten)
     }
 
     /// Records that every change up to `revision` has been seen (heartbeats, skipped changes).
@@ -226,5 +326,132 @@ impl GrantStore {
         tx.commit()?;
         self.write().grants.remove(id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loggate_core::grant::{GrantClaims, SigningKey};
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::Duration;
+
+    const NOW: i64 = 1_800_000_000;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        key: SigningKey,
+        verifier: GrantVerifier,
+        audience: Audience,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let key = SigningKey::generate().unwrap();
+            let verifier =
+                GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+            Fixture {
+                dir: tempfile::tempdir().unwrap(),
+                key,
+                verifier,
+                audience: Audience {
+                    agent_id: "web-1".into(),
+                    labels: vec![],
+                },
+            }
+        }
+
+        fn open(&self) -> GrantStore {
+            GrantStore::open(
+                &self.dir.path().join("state"),
+                &self.verifier,
+                &self.audience,
+                NOW,
+            )
+            .unwrap()
+            .store
+        }
+
+        fn grant(&self, id: &str) -> ReceivedGrant {
+            let claims = GrantClaims {
+                jti: id.into(),
+                iss: "spiffe://loggate.local/controller".into(),
+                sub: "spiffe://loggate.local/user/alice".into(),
+                iat: NOW,
+                nbf: NOW,
+                exp: NOW + 3600,
+                hosts: vec!["web-1".into()],
+                labels: vec![],
+                paths: vec!["/var/log/*.log".into()],
+                redaction: "default".into(),
+                reason: "T-1".into(),
+                approver: "spiffe://loggate.local/user/admin".into(),
+                key_sha256: "00".repeat(32),
+            };
+            let token = self.key.sign(&claims).unwrap();
+            self.verifier
+                .verify_on_receipt(&token, &self.audience, NOW)
+                .unwrap()
+        }
+    }
+
+    fn revocation() -> RevocationInfo {
+        RevocationInfo {
+            at: NOW,
+            by: "spiffe://loggate.local/user/admin".into(),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_resync_replaces_the_grant_set_keeps_revocations_and_stores_its_epoch() {
+        let f = Fixture::new();
+        let store = f.open();
+        for id in ["g-a", "g-lost", "g-revoked"] {
+            store.install(f.grant(id), Some(7)).unwrap();
+        }
+        store.revoke("g-revoked", revocation(), Some(8)).unwrap();
+        assert_eq!((store.epoch(), store.revision()), (String::new(), 8));
+        // The resync: the stored position stays the old epoch's until it completes.
+        let again = f.grant("g-a");
+        assert!(store.holds("g-a", again.token()));
+        store.install(again, None).unwrap();
+        store.revoke("g-other", revocation(), None).unwrap();
+        assert_eq!(store.revision(), 8);
+        let sent: HashSet<String> = ["g-a".to_string()].into();
+        let forgotten = store.finish_resync("e2", 3, &sent, NOW).unwrap();
+        assert_eq!(forgotten, vec!["g-lost".to_string()]);
+        assert_eq!((store.epoch(), store.revision()), ("e2".to_string(), 3));
+        drop(store);
+        // All of it persisted, in the new epoch.
+        let store = f.open();
+        assert_eq!((store.epoch(), store.revision()), ("e2".to_string(), 3));
+        assert_eq!(store.grants_count(), 2, "g-a and the revoked g-revoked");
+        assert!(store.subject_of("g-lost").is_none());
+        assert!(store.revocation("g-revoked").is_some());
+        assert!(store.revocation("g-other").is_some());
+    }
+
+    #[test]
+    fn the_grant_store_is_private_and_a_shared_one_is_refused() {
+        let f = Fixture::new();
+        drop(f.open());
+        let state = f.dir.path().join("state");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("grants.redb")), 0o600);
+        std::fs::set_permissions(
+            state.join("grants.redb"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let err = GrantStore::open(&state, &f.verifier, &f.audience, NOW)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            err.contains("grants.redb") && err.contains("chmod 600"),
+            "{err}"
+        );
     }
 }

@@ -119,8 +119,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             config.id
         );
     }
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create {}", config.state_dir.display()))?;
+    // Private from creation: it holds the grant store and the audit signing key.
+    loggate_core::private_state::create_private_dir(&config.state_dir, "agent state folder")?;
     let checkpoint_key =
         CheckpointKey::load_or_create(&config.state_dir.join("audit-signing.key"))?;
     let checkpoint_public = checkpoint_key.verify_key();

@@ -2,6 +2,13 @@
 //! no inbound port from the controller), resumes from the last revision it applied, verifies
 //! and persists every pushed grant and revocation, and reconnects with jittered exponential
 //! back-off so a controller restart does not meet every agent at the same instant.
+//!
+//! A revision is only a position within the controller's **epoch** (new at every controller
+//! start, which may be the restore of a backup that reuses revision numbers). The agent sends
+//! the epoch with its revision; when the controller's differs, the controller sends everything
+//! from zero and the agent resynchronises: it keeps serving its grants meanwhile, installs what
+//! it is sent, and once the controller says it has caught up (its first heartbeat) forgets the
+//! grants the controller no longer holds, keeping every revocation it knows.
 
 use crate::config::AgentConfig;
 use crate::grants::{GrantStore, RevocationInfo};
@@ -11,6 +18,7 @@ use loggate_core::grant::unix_now;
 use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::controller_client::ControllerClient;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -63,13 +71,17 @@ async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
             labels: config.labels.clone(),
             listen_addr: config.advertise.clone(),
             after_revision: shared.grants.revision(),
+            after_epoch: shared.grants.epoch(),
         })
         .await?
         .into_inner();
     tracing::info!(
         after = shared.grants.revision(),
+        epoch = %shared.grants.epoch(),
         "connected to the controller"
     );
+    // Each connection starts following the stored epoch; an interrupted resync starts over.
+    let mut session = Session::default();
     loop {
         let event = match tokio::time::timeout(SILENCE, stream.message()).await {
             Err(_) => anyhow::bail!("no heartbeat from the controller for {SILENCE:?}"),
@@ -78,14 +90,48 @@ async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
                 None => return Ok(()),
             },
         };
-        apply(shared, event)?;
+        apply(shared, &mut session, event)?;
     }
 }
 
+/// What one `WatchGrants` connection is doing: following the stored epoch, or resynchronising
+/// into a new one.
+#[derive(Default)]
+pub struct Session {
+    resync: Option<Resync>,
+}
+
+struct Resync {
+    epoch: String,
+    /// The grants the controller sent in this resync (by verified id).
+    sent: HashSet<String>,
+}
+
 /// Applies one pushed event. A grant that fails verification is refused and audited, never
-/// stored; the revision still advances so it is not fetched again.
-pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
+/// stored; the revision still advances so it is not fetched again. An event of another epoch
+/// than the stored one starts a resync (an empty epoch is an older controller's: followed as
+/// before); its first heartbeat ends it.
+pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> anyhow::Result<()> {
     let store: &GrantStore = &shared.grants;
+    let resyncing_into = session.resync.as_ref().map(|r| r.epoch.as_str());
+    if !event.epoch.is_empty()
+        && event.epoch != store.epoch()
+        && resyncing_into != Some(event.epoch.as_str())
+    {
+        tracing::info!(
+            from = %store.epoch(), to = %event.epoch,
+            "the controller's epoch changed (restart or restore): resynchronising grants"
+        );
+        session.resync = Some(Resync {
+            epoch: event.epoch.clone(),
+            sent: HashSet::new(),
+        });
+    }
+    // During a resync the stored position stays the old epoch's until the resync completes.
+    let position = match session.resync {
+        Some(_) => None,
+        None => Some(event.revision),
+    };
     match event.event {
         Some(pb::grant_event::Event::Grant(signed)) => {
             match shared
@@ -94,6 +140,16 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
             {
                 Ok(grant) => {
                     let c = grant.claims().clone();
+                    if let Some(resync) = &mut session.resync {
+                        resync.sent.insert(c.jti.clone());
+                    }
+                    if store.holds(&c.jti, &signed.token) {
+                        // Sent again by a resync: already held and audited.
+                        if let Some(revision) = position {
+                            store.set_revision(revision)?;
+                        }
+                        return Ok(());
+                    }
                     shared.audit(
                         "grant.received",
                         audit_fields!(
@@ -103,7 +159,7 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
                             "revision" => event.revision,
                         ),
                     )?;
-                    store.install(grant, event.revision)?;
+                    store.install(grant, position)?;
                     tracing::info!(grant_id = %c.jti, revision = event.revision, "grant installed");
                 }
                 Err(e) => {
@@ -114,7 +170,9 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
                             "reason" => e.to_string(), "revision" => event.revision,
                         ),
                     )?;
-                    store.set_revision(event.revision)?;
+                    if let Some(revision) = position {
+                        store.set_revision(revision)?;
+                    }
                 }
             }
         }
@@ -125,7 +183,7 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
                 reason: r.reason.clone(),
             };
             let subject = store.subject_of(&r.grant_id);
-            if store.revoke(&r.grant_id, info, event.revision)? {
+            if store.revoke(&r.grant_id, info, position)? {
                 shared.audit(
                     "grant.revoked",
                     audit_fields!(
@@ -135,7 +193,23 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
                 )?;
             }
         }
-        Some(pb::grant_event::Event::Heartbeat(_)) => store.set_revision(event.revision)?,
+        Some(pb::grant_event::Event::Heartbeat(_)) => match session.resync.take() {
+            Some(resync) => {
+                let forgotten =
+                    store.finish_resync(&resync.epoch, event.revision, &resync.sent, unix_now())?;
+                for id in forgotten {
+                    shared.audit(
+                        "grant.dropped",
+                        audit_fields!(
+                            "grant_id" => id,
+                            "reason" => "the controller no longer holds this grant (its database was replaced or restored)",
+                        ),
+                    )?;
+                }
+                tracing::info!(epoch = %resync.epoch, revision = event.revision, "grants resynchronised");
+            }
+            None => store.set_revision(event.revision)?,
+        },
         None => {}
     }
     Ok(())

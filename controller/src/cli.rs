@@ -14,27 +14,82 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Prints one line on standard output; a closed pipe or a full disk is an error (exit 1), never
-/// a panic.
+/// Prints one line on standard output; a full disk is an error (exit 1), a closed pipe a clean
+/// end (exit 0), never a panic.
 macro_rules! outln {
     ($($arg:tt)*) => {
-        writeln!(std::io::stdout().lock(), $($arg)*)
-            .map_err(|e| Failure::from(format!("cannot write to standard output: {e}")))
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(Failure::from)
     };
 }
 
-/// Exit codes: 1 error, 3 access denied, 4 stream cut by the agent (grant ended).
+/// How a command ends when it does not succeed: the exit code and one sentence for stderr.
+/// Codes: 0 a clean early end (the reader of standard output went away, as `| head` does),
+/// 1 error, 2 bad usage, 3 access denied, 4 stream cut by the agent (grant ended).
+#[derive(Debug)]
 pub struct Failure {
     pub code: i32,
     pub message: String,
 }
 
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(e: E) -> Self {
+impl Failure {
+    /// Standard output was closed by its reader: nothing is wrong, there is no one left to
+    /// write for (ripgrep and the coreutils end quietly with status 0 too).
+    fn output_closed() -> Failure {
+        Failure {
+            code: 0,
+            message: String::new(),
+        }
+    }
+}
+
+/// True when `e`'s source chain holds an I/O error of kind `kind` (found by downcasting, never
+/// by reading messages).
+pub fn chain_has_io_kind(e: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == kind)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        if chain_has_io_kind(&e, std::io::ErrorKind::BrokenPipe) {
+            return Failure::output_closed();
+        }
         Failure {
             code: 1,
-            message: e.to_string(),
+            message: format!("cannot write to standard output: {e}"),
         }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        // `{:#}`: the whole cause chain ("agent id: \"Bad\" is not a valid name …"), not only
+        // the outermost context.
+        Failure {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { code: 1, message }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::from(message.to_string())
     }
 }
 
@@ -48,12 +103,159 @@ pub fn usage(message: impl Into<String>) -> Failure {
     }
 }
 
+/// `unix` (seconds) as an RFC 3339 UTC time. Total: any `i64` gives a string, never a panic —
+/// times before 1970 or after 9999 (which RFC 3339 cannot write) read `unix time N` — so no value
+/// stored in a database can break a listing.
 pub fn format_time(unix: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
+    use std::fmt::Write as _;
+    let fallback = || format!("unix time {unix}");
+    let Ok(seconds) = u64::try_from(unix) else {
+        return fallback();
+    };
+    let Some(t) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(seconds)) else {
+        return fallback();
+    };
+    let mut text = String::new();
+    // The Display of a year past 9999 returns an error: `write!` hands it back, `to_string`
+    // would panic on it.
+    match write!(text, "{}", humantime::format_rfc3339_seconds(t)) {
+        Ok(()) => text,
+        Err(_) => fallback(),
+    }
 }
 
-/// Turns a gRPC status into the one sentence the user reads.
+/// The TLS error behind a failure, found by downcasting its source chain: a `rustls::Error`
+/// itself, or one carried inside an I/O error (tokio-rustls reports an alert that way).
+pub fn tls_error_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// True for a transport failure (the connection failed or was dropped: a reset, a broken pipe,
+/// h2's "connection closed") with no TLS error in its chain to say why: after a refused client
+/// certificate the server's alert is lost this way in some runs, so the caller probes (see
+/// [`probe_refusal`]).
+fn dropped_without_reason(e: &(dyn std::error::Error + 'static)) -> bool {
+    tls_error_in(e).is_none()
+}
+
+/// Whom a command talks to: for messages, and to probe a dropped connection.
+pub struct Peer<'a> {
+    /// "the controller", "agent web-1".
+    pub name: String,
+    pub addr: String,
+    pub server: Server<'a>,
+}
+
+/// One bare TLS handshake with our certificate that sends nothing after it and reads the
+/// server's answer: a server that refuses our certificate answers with an alert, which this
+/// read always receives (nothing of ours is left unread on its side, so it closes cleanly
+/// rather than resetting). Returns that TLS error; `None` when the handshake and the read give
+/// no TLS reason (then the drop was not a refusal of our certificate).
+async fn probe_refusal(config: &ClientConfig, peer: &Peer<'_>) -> Option<rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::AsyncReadExt;
+    let files = &config.tls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&files.ca).ok()? {
+        roots.add(cert.ok()?).ok()?;
+    }
+    let chain = CertificateDer::pem_file_iter(&files.cert)
+        .ok()?
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).ok()?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .ok()?;
+    let name = match peer.server {
+        Server::Controller => "loggate-controller",
+        Server::Agent(id) => id,
+    };
+    let name = ServerName::try_from(name.to_string()).ok()?;
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect(&peer.addr).await?;
+        let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+            .connect(name, tcp)
+            .await?;
+        let mut byte = [0u8; 1];
+        stream.read(&mut byte).await.map(|_| ())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Err(e)) => tls_error_in(&e).cloned(),
+        _ => None,
+    }
+}
+
+/// [`explain`], and when the connection was dropped without a reason, the reason a probe
+/// handshake finds ([`probe_refusal`]): whether the server's alert or a reset reached us first,
+/// a refused certificate is always exit 3 and a connection dropped for another cause exit 1.
+pub async fn explain_at(status: &Status, config: &ClientConfig, peer: &Peer<'_>) -> Failure {
+    let failure = explain(status, &peer.name);
+    let dropped = std::error::Error::source(status).is_some_and(dropped_without_reason);
+    if !dropped {
+        return failure;
+    }
+    match probe_refusal(config, peer).await {
+        Some(tls) => tls_refused(&peer.name, &tls.to_string()),
+        None => failure,
+    }
+}
+
+/// The failure of a call, explained with [`explain_at`]: `call(…).await.or_explain(…).await?`.
+trait OrExplain<T> {
+    async fn or_explain(self, config: &ClientConfig, peer: &Peer<'_>) -> Result<T, Failure>;
+}
+
+impl<T> OrExplain<T> for Result<T, Status> {
+    async fn or_explain(self, config: &ClientConfig, peer: &Peer<'_>) -> Result<T, Failure> {
+        match self {
+            Ok(value) => Ok(value),
+            Err(status) => Err(explain_at(&status, config, peer).await),
+        }
+    }
+}
+
+/// The controller, as [`Peer`].
+fn the_controller(config: &ClientConfig) -> Peer<'static> {
+    Peer {
+        name: "the controller".to_string(),
+        addr: config.controller.clone(),
+        server: Server::Controller,
+    }
+}
+
+fn tls_refused(peer: &str, cause: &str) -> Failure {
+    Failure {
+        code: 3,
+        message: format!(
+            "{peer} refused the TLS connection ({cause}); check that your certificate comes from \
+             this deployment's CA and is still valid"
+        ),
+    }
+}
+
+/// Turns a gRPC status into the one sentence the user reads. A transport failure is access
+/// denied (exit 3) exactly when a TLS error is in its source chain; other transport failures
+/// are errors (exit 1). Classified by type, never by the text of a message.
 pub fn explain(status: &Status, peer: &str) -> Failure {
     let mut message = status.message().to_string();
     if let Some(source) = std::error::Error::source(status) {
@@ -64,24 +266,16 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
         } else {
             message = cause;
         }
-        if !message.contains("alert") && !message.contains("certificate") {
-            return Failure {
-                code: 1,
-                message: format!(
-                    "the connection to {peer} failed ({message}); if it keeps failing, check that \
-                     your certificate comes from this deployment's CA and is still valid"
-                ),
-            };
+        if tls_error_in(source).is_some() {
+            return tls_refused(peer, &message);
         }
-        {
-            return Failure {
-                code: 3,
-                message: format!(
-                    "{peer} refused the TLS connection ({message}); check that your certificate \
-                     comes from this deployment's CA and is still valid"
-                ),
-            };
-        }
+        return Failure {
+            code: 1,
+            message: format!(
+                "the connection to {peer} failed ({message}); if it keeps failing, check that \
+                 your certificate comes from this deployment's CA and is still valid"
+            ),
+        };
     }
     match status.code() {
         Code::PermissionDenied | Code::Unauthenticated => Failure {
@@ -119,9 +313,15 @@ async fn connect(
         .endpoint(addr, server)
         .map_err(|e| Failure::from(format!("TLS configuration: {e:#}")))?
         .connect_timeout(Duration::from_secs(5));
-    endpoint.connect().await.map_err(|e| Failure {
-        code: 1,
-        message: format!("cannot connect to {name} at {addr}: {}", error_chain(&e)),
+    endpoint.connect().await.map_err(|e| {
+        let cause = error_chain(&e);
+        if tls_error_in(&e).is_some() {
+            return tls_refused(&format!("{name} at {addr}"), &cause);
+        }
+        Failure {
+            code: 1,
+            message: format!("cannot connect to {name} at {addr}: {cause}"),
+        }
     })
 }
 
@@ -165,11 +365,20 @@ fn print_grant(g: &pb::GrantInfo) -> Result<(), Failure> {
             format_time(g.revoked_at_unix)
         )
     } else if now >= g.not_after_unix {
-        format!("expired {} ago", rough_duration(now - g.not_after_unix))
+        format!(
+            "expired {} ago",
+            rough_duration(now.saturating_sub(g.not_after_unix))
+        )
     } else if now < g.not_before_unix {
-        format!("starts in {}", rough_duration(g.not_before_unix - now))
+        format!(
+            "starts in {}",
+            rough_duration(g.not_before_unix.saturating_sub(now))
+        )
     } else {
-        format!("active, {} left", rough_duration(g.not_after_unix - now))
+        format!(
+            "active, {} left",
+            rough_duration(g.not_after_unix.saturating_sub(now))
+        )
     };
     let mut scope: Vec<String> = g.hosts.clone();
     scope.extend(g.labels.iter().map(|l| format!("label:{l}")));
@@ -196,7 +405,29 @@ fn grant_json(g: &pb::GrantInfo) -> serde_json::Value {
     })
 }
 
+/// The Unix time `start_in` from now, for `--start-in`; bad usage beyond the controller's
+/// horizon ([`MAX_START_AHEAD`](crate::service::MAX_START_AHEAD)), so no duration can wrap
+/// into a time in the past.
+fn start_time(now: i64, start_in: Duration) -> Result<i64, Failure> {
+    let ahead = crate::service::MAX_START_AHEAD;
+    if start_in > ahead {
+        return Err(usage(format!(
+            "--start-in {} is too far ahead; a grant may start at most {} from now",
+            humantime::format_duration(start_in),
+            humantime::format_duration(ahead)
+        )));
+    }
+    i64::try_from(start_in.as_secs())
+        .ok()
+        .and_then(|s| now.checked_add(s))
+        .ok_or_else(|| usage("--start-in is out of range"))
+}
+
 pub async fn grant_issue(config: &ClientConfig, args: IssueArgs) -> CliResult {
+    let not_before_unix = match args.start_in {
+        Some(d) => start_time(loggate_core::grant::unix_now(), d)?,
+        None => 0,
+    };
     let mut client = controller(config).await?;
     let response = client
         .issue_grant(pb::IssueGrantRequest {
@@ -207,13 +438,11 @@ pub async fn grant_issue(config: &ClientConfig, args: IssueArgs) -> CliResult {
             ttl_seconds: args.ttl.as_secs(),
             reason: args.reason,
             redaction_profile: args.redaction,
-            not_before_unix: args
-                .start_in
-                .map(|d| loggate_core::grant::unix_now() + d.as_secs() as i64)
-                .unwrap_or(0),
+            not_before_unix,
         })
         .await
-        .map_err(|s| explain(&s, "the controller"))?;
+        .or_explain(config, &the_controller(config))
+        .await?;
     let grant = response
         .into_inner()
         .grant
@@ -239,7 +468,8 @@ pub async fn grant_list(
             subject,
         })
         .await
-        .map_err(|s| explain(&s, "the controller"))?
+        .or_explain(config, &the_controller(config))
+        .await?
         .into_inner()
         .grants;
     if json {
@@ -268,7 +498,8 @@ pub async fn grant_revoke(config: &ClientConfig, id: String, reason: String) -> 
             reason,
         })
         .await
-        .map_err(|s| explain(&s, "the controller"))?
+        .or_explain(config, &the_controller(config))
+        .await?
         .into_inner()
         .grant
         .ok_or("the controller returned no grant")?;
@@ -281,7 +512,8 @@ pub async fn whoami(config: &ClientConfig) -> CliResult {
     let me = client
         .who_am_i(pb::WhoAmIRequest {})
         .await
-        .map_err(|s| explain(&s, "the controller"))?
+        .or_explain(config, &the_controller(config))
+        .await?
         .into_inner();
     outln!(
         "{}{}\ncertificate key sha256 {}",
@@ -345,7 +577,8 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
                     agent_id: args.host.clone(),
                 })
                 .await
-                .map_err(|s| explain(&s, "the controller"))?
+                .or_explain(config, &the_controller(config))
+                .await?
                 .into_inner();
             if agent.addr.is_empty() {
                 return Err(format!(
@@ -357,7 +590,11 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             agent.addr
         }
     };
-    let peer = format!("agent {}", args.host);
+    let agent = Peer {
+        name: format!("agent {}", args.host),
+        addr: addr.clone(),
+        server: Server::Agent(&args.host),
+    };
     let mut client = AgentClient::new(connect(&addr, config, Server::Agent(&args.host)).await?);
     let mut stream = client
         .read_log(pb::ReadLogRequest {
@@ -371,7 +608,8 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             grant_token,
         })
         .await
-        .map_err(|s| explain(&s, &peer))?
+        .or_explain(config, &agent)
+        .await?
         .into_inner();
     let stdout = std::io::stdout();
     let mut out = Output {
@@ -387,7 +625,7 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             Ok(None) => break,
             Err(status) => {
                 let _ = out.flush(true);
-                return Err(explain(&status, &peer));
+                return Err(explain_at(&status, config, &agent).await);
             }
         };
         match chunk.item {
@@ -581,7 +819,8 @@ pub async fn audit_checkpoints(config: &ClientConfig, host: String, json: bool) 
                 limit: 0,
             })
             .await
-            .map_err(|s| explain(&s, "the controller"))?
+            .or_explain(config, &the_controller(config))
+            .await?
             .into_inner()
             .checkpoints;
         let Some(last) = page.last() else { break };
@@ -606,4 +845,79 @@ pub async fn audit_checkpoints(config: &ClientConfig, host: String, json: bool) 
         eprintln!("warning: {conflicts} of {host}'s checkpoints conflict with earlier ones (see their status with --output json)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_time_is_total_over_i64() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(253_402_300_799), "9999-12-31T23:59:59Z");
+        for unix in [
+            i64::MIN,
+            -1,
+            253_402_300_800,
+            3_155_760_000_000_000,
+            i64::MAX,
+        ] {
+            assert_eq!(format_time(unix), format!("unix time {unix}"));
+        }
+    }
+
+    #[test]
+    fn start_in_beyond_the_horizon_or_i64_is_bad_usage() {
+        let now = 1_800_000_000;
+        for secs in [
+            u64::MAX,
+            1 << 63,
+            18_446_744_073_709_548_000,
+            99_999_999_999_999 * 3600,
+        ] {
+            let err = start_time(now, Duration::from_secs(secs)).unwrap_err();
+            assert_eq!(err.code, 2, "{secs}: {}", err.message);
+            assert!(err.message.contains("too far ahead"), "{}", err.message);
+        }
+        let ahead = crate::service::MAX_START_AHEAD;
+        assert_eq!(
+            start_time(now, ahead).unwrap(),
+            now + ahead.as_secs() as i64
+        );
+        assert_eq!(
+            start_time(now, Duration::from_secs(600)).unwrap(),
+            now + 600
+        );
+    }
+
+    #[test]
+    fn a_closed_standard_output_is_a_clean_end_and_other_write_errors_are_not() {
+        let closed = Failure::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert_eq!(closed.code, 0);
+        let full = Failure::from(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        assert_eq!(full.code, 1);
+    }
+
+    #[test]
+    fn errors_keep_their_causes() {
+        let e = anyhow::anyhow!("\"Bad\" is not a valid name").context("agent id");
+        assert_eq!(
+            Failure::from(e).message,
+            "agent id: \"Bad\" is not a valid name"
+        );
+    }
+
+    #[test]
+    fn tls_errors_are_found_by_type_through_io_errors() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate);
+        let wrapped = std::io::Error::new(std::io::ErrorKind::InvalidData, alert.clone());
+        assert_eq!(tls_error_in(&wrapped), Some(&alert));
+        // A message that merely mentions a certificate is not a TLS error.
+        let text = std::io::Error::other("certificate alert in the text only");
+        assert_eq!(tls_error_in(&text), None);
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(dropped_without_reason(&pipe));
+        assert!(chain_has_io_kind(&pipe, std::io::ErrorKind::BrokenPipe));
+        assert!(!dropped_without_reason(&wrapped));
+    }
 }

@@ -18,6 +18,9 @@ fn default_controller_audit() -> PathBuf {
     PathBuf::from("controller-audit.jsonl")
 }
 
+/// The largest `max_ttl` a configuration may set (366 days).
+pub const MAX_TTL_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
+
 fn default_max_ttl() -> String {
     "8h".to_string()
 }
@@ -100,9 +103,19 @@ impl ControllerConfig {
         Ok(config)
     }
 
+    /// `max_ttl`, between 1 s and [`MAX_TTL_LIMIT`]: every grant's end stays a date the
+    /// agents and the CLI can compute and print.
     pub fn max_ttl_duration(&self) -> anyhow::Result<Duration> {
-        humantime::parse_duration(&self.max_ttl)
-            .with_context(|| format!("max_ttl {:?} is not a duration like \"8h\"", self.max_ttl))
+        let ttl = humantime::parse_duration(&self.max_ttl)
+            .with_context(|| format!("max_ttl {:?} is not a duration like \"8h\"", self.max_ttl))?;
+        if ttl.is_zero() || ttl > MAX_TTL_LIMIT {
+            bail!(
+                "max_ttl {:?} is out of range; give between 1s and {}",
+                self.max_ttl,
+                humantime::format_duration(MAX_TTL_LIMIT)
+            );
+        }
+        Ok(ttl)
     }
 }
 

@@ -22,6 +22,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let mut config = ControllerConfig::load(config_path)?;
     let signer = load_signing_key(&config.signing_key)?;
     let store = Arc::new(Store::open(&config.database)?);
+    // Every start may be a restore of a backup (see Store::new_epoch): a new epoch makes every
+    // agent resynchronise instead of resuming at a revision number this database may reuse.
+    let epoch = store.new_epoch()?;
+    tracing::info!(%epoch, "new epoch of the revision log");
     if let Some(dir) = &config.enrol_user_certs {
         enrol_user_certs(&store, dir, &config.trust_domain)?;
     }
@@ -65,6 +69,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         },
         audit.clone(),
         stopping,
+        epoch,
     )?;
     tokio::spawn(checkpoint_when_due(audit.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -250,9 +250,13 @@ async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Pki(PkiCommand::Init(args)) => pki_cmd::init(args).map_err(Failure::from),
         Command::Pki(PkiCommand::Issue(args)) => pki_cmd::issue(args).map_err(Failure::from),
-        Command::Controller(ControllerCommand::Serve { config }) => daemon::serve(&config)
-            .await
-            .map_err(|e| Failure::from(format!("{e:#}"))),
+        Command::Controller(ControllerCommand::Serve { config }) => {
+            // Not `Failure::from`: whatever the cause, a daemon that stops on an error exits 1.
+            daemon::serve(&config).await.map_err(|e| Failure {
+                code: 1,
+                message: format!("{e:#}"),
+            })
+        }
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
         Command::Audit(AuditCommand::Verify {
             files,
@@ -357,6 +361,8 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Standard output was closed by its reader (`loggate logs cat … | head`): a clean end.
+        Err(failure) if failure.code == 0 => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("loggate: {}", failure.message);
             ExitCode::from(failure.code.clamp(1, 255) as u8)

@@ -28,6 +28,11 @@ use tonic::{Request, Response, Status};
 /// How often an idle `WatchGrants` stream carries a heartbeat.
 pub const HEARTBEAT: Duration = Duration::from_secs(10);
 const MAX_FIELD: usize = 1024;
+/// How far in the past a requested start may lie: the client's clock may run behind ours.
+pub const MAX_START_SKEW: Duration = Duration::from_secs(5 * 60);
+/// How far ahead a grant may be scheduled to start (366 days): far enough for any planned
+/// maintenance, near enough that every time stays a valid calendar date and in `i64`.
+pub const MAX_START_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
 const MAX_LIST: usize = 64;
 
 /// What the controller's configuration allows when grants are issued.
@@ -50,6 +55,8 @@ pub struct ControllerService {
     audit: Arc<SharedAuditLog>,
     /// Becomes true when the daemon shuts down: watch streams end so connections can close.
     stopping: watch::Receiver<bool>,
+    /// This run's epoch of the revision log (see `Store::new_epoch`), sent with every event.
+    epoch: String,
 }
 
 impl ControllerService {
@@ -60,6 +67,7 @@ impl ControllerService {
         policy: Policy,
         audit: Arc<SharedAuditLog>,
         stopping: watch::Receiver<bool>,
+        epoch: String,
     ) -> anyhow::Result<Self> {
         let (revision, _) = watch::channel(store.latest_revision()?);
         Ok(Self {
@@ -71,6 +79,7 @@ impl ControllerService {
             connected: Arc::default(),
             audit,
             stopping,
+            epoch,
         })
     }
 
@@ -158,6 +167,49 @@ fn covers(grant: &GrantRow, agent_id: &str, labels: &[String]) -> bool {
     grant.hosts.iter().any(|h| h == agent_id) || grant.labels.iter().any(|l| labels.contains(l))
 }
 
+/// The validity window `(not_before, not_after)` of a grant requested at `now`, or the
+/// refusal: whatever a client sends, the start is `now` (for 0) or within
+/// [`MAX_START_SKEW`] before and [`MAX_START_AHEAD`] after `now`, the TTL is between 1 s and
+/// `max_ttl`, and the end lies after the start. No arithmetic here can wrap.
+pub fn grant_window(
+    now: i64,
+    not_before_unix: i64,
+    ttl_seconds: u64,
+    max_ttl: Duration,
+) -> Result<(i64, i64), Status> {
+    let ttl = Duration::from_secs(ttl_seconds);
+    if ttl.is_zero() || ttl > max_ttl {
+        return Err(Status::invalid_argument(format!(
+            "ttl must be between 1s and the controller's max_ttl ({})",
+            humantime::format_duration(max_ttl)
+        )));
+    }
+    let not_before = if not_before_unix == 0 {
+        now
+    } else {
+        let earliest = now.saturating_sub(MAX_START_SKEW.as_secs() as i64);
+        let latest = now.saturating_add(MAX_START_AHEAD.as_secs() as i64);
+        if not_before_unix < earliest {
+            return Err(Status::invalid_argument(format!(
+                "the grant's start ({not_before_unix}, Unix seconds) is in the past; omit it to start now"
+            )));
+        }
+        if not_before_unix > latest {
+            return Err(Status::invalid_argument(format!(
+                "the grant's start ({not_before_unix}, Unix seconds) is more than {} ahead; schedule it later",
+                humantime::format_duration(MAX_START_AHEAD)
+            )));
+        }
+        not_before_unix
+    };
+    let not_after = i64::try_from(ttl_seconds)
+        .ok()
+        .and_then(|ttl| not_before.checked_add(ttl))
+        .filter(|end| *end > not_before)
+        .ok_or_else(|| Status::invalid_argument("the grant's end is out of range"))?;
+    Ok((not_before, not_after))
+}
+
 pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
     pb::GrantInfo {
         id: g.id.clone(),
@@ -179,7 +231,7 @@ pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
     }
 }
 
-fn change_event(revision: u64, change: &Change) -> pb::GrantEvent {
+fn change_event(epoch: &str, revision: u64, change: &Change) -> pb::GrantEvent {
     let event = match change {
         Change::Granted(g) => pb::grant_event::Event::Grant(pb::SignedGrant {
             grant_id: g.id.clone(),
@@ -195,6 +247,7 @@ fn change_event(revision: u64, change: &Change) -> pb::GrantEvent {
     pb::GrantEvent {
         revision,
         event: Some(event),
+        epoch: epoch.to_string(),
     }
 }
 
@@ -228,26 +281,33 @@ impl Controller for ControllerService {
                 last_seen: unix_now(),
             })
             .map_err(internal)?;
-        tracing::info!(agent = %req.agent_id, after = req.after_revision, "agent connected");
+        tracing::info!(
+            agent = %req.agent_id, after = req.after_revision, epoch = %req.after_epoch,
+            "agent connected"
+        );
 
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
         let mut revisions = self.revision.subscribe();
         let connected = self.connected.clone();
         let mut stopping = self.stopping.clone();
+        let epoch = self.epoch.clone();
         connected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(req.agent_id.clone());
         tokio::spawn(async move {
-            // An agent ahead of us (our database was restored, or it was fed a bogus revision)
-            // gets everything again rather than missing what comes next.
+            // Revision numbers only mean something within one epoch: an agent of another epoch
+            // (or none yet, or one ahead of us) gets everything again, from revision 0, rather
+            // than resume at a number this database may have reused after a restore.
             let latest = store.latest_revision().unwrap_or(0);
-            let mut last = if req.after_revision > latest {
+            let mut last = if req.after_epoch != epoch || req.after_revision > latest {
                 0
             } else {
                 req.after_revision
             };
+            // One heartbeat as soon as the stream has caught up: the end of a resync.
+            let mut announced_caught_up = false;
             'stream: loop {
                 let changes = match store.changes_after(last, 500) {
                     Ok(c) => c,
@@ -268,7 +328,10 @@ impl Controller for ControllerService {
                         matches!(change, Change::Granted(_)) && grant.not_after <= unix_now();
                     if covers(grant, &req.agent_id, &req.labels)
                         && !ended
-                        && tx.send(Ok(change_event(*revision, change))).await.is_err()
+                        && tx
+                            .send(Ok(change_event(&epoch, *revision, change)))
+                            .await
+                            .is_err()
                     {
                         break 'stream;
                     }
@@ -276,12 +339,24 @@ impl Controller for ControllerService {
                 if !caught_up {
                     continue;
                 }
+                if !announced_caught_up {
+                    announced_caught_up = true;
+                    let beat = pb::GrantEvent {
+                        revision: last,
+                        event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
+                        epoch: epoch.clone(),
+                    };
+                    if tx.send(Ok(beat)).await.is_err() {
+                        break;
+                    }
+                }
                 tokio::select! {
                     changed = revisions.changed() => if changed.is_err() { break },
                     _ = tokio::time::sleep(HEARTBEAT) => {
                         let beat = pb::GrantEvent {
                             revision: last,
                             event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
+                            epoch: epoch.clone(),
                         };
                         if tx.send(Ok(beat)).await.is_err() { break }
                     }
@@ -350,13 +425,13 @@ impl Controller for ControllerService {
                 self.policy.redaction_profiles.join(", ")
             )));
         }
-        let ttl = Duration::from_secs(req.ttl_seconds);
-        if ttl.is_zero() || ttl > self.policy.max_ttl {
-            return Err(Status::invalid_argument(format!(
-                "ttl must be between 1s and the controller's max_ttl ({})",
-                humantime::format_duration(self.policy.max_ttl)
-            )));
-        }
+        let now = unix_now();
+        let (not_before, not_after) = grant_window(
+            now,
+            req.not_before_unix,
+            req.ttl_seconds,
+            self.policy.max_ttl,
+        )?;
         let key = self
             .store
             .user_key(&subject)
@@ -367,13 +442,6 @@ impl Controller for ControllerService {
                  (`loggate whoami`) or their certificate must be enrolled"
             ))
             })?;
-        let now = unix_now();
-        let not_before = if req.not_before_unix > 0 {
-            req.not_before_unix
-        } else {
-            now
-        };
-        let not_after = not_before.saturating_add(ttl.as_secs() as i64);
         let signer = self.signer.clone();
         let issuer = admin.spiffe_id().to_string();
         let grant = self
@@ -574,5 +642,52 @@ impl Controller for ControllerService {
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         self.list_checkpoints_of_host(request).await
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+    const MAX_TTL: Duration = Duration::from_secs(8 * 3600);
+
+    fn refused(not_before: i64, ttl: u64) -> String {
+        let status = grant_window(NOW, not_before, ttl, MAX_TTL).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        status.message().to_string()
+    }
+
+    #[test]
+    fn grant_windows_are_range_checked_whatever_the_client_sent() {
+        assert_eq!(
+            grant_window(NOW, 0, 3600, MAX_TTL).unwrap(),
+            (NOW, NOW + 3600)
+        );
+        let skew = MAX_START_SKEW.as_secs() as i64;
+        let ahead = MAX_START_AHEAD.as_secs() as i64;
+        assert_eq!(
+            grant_window(NOW, NOW - skew, 60, MAX_TTL).unwrap(),
+            (NOW - skew, NOW - skew + 60)
+        );
+        assert_eq!(
+            grant_window(NOW, NOW + ahead, 60, MAX_TTL).unwrap(),
+            (NOW + ahead, NOW + ahead + 60)
+        );
+        for past in [NOW - skew - 1, 1, -1, i64::MIN] {
+            assert!(refused(past, 60).contains("in the past"), "{past}");
+        }
+        for future in [NOW + ahead + 1, i64::MAX, i64::MAX - 10] {
+            assert!(refused(future, 60).contains("ahead"), "{future}");
+        }
+        for ttl in [0, MAX_TTL.as_secs() + 1, u64::MAX, 1 << 63] {
+            assert!(refused(0, ttl).contains("ttl"), "{ttl}");
+        }
+        // The end cannot wrap even with a max_ttl near the limits of i64.
+        let huge = Duration::from_secs(u64::MAX);
+        let status = grant_window(NOW, NOW + ahead, i64::MAX as u64, huge).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let status = grant_window(NOW, 0, 1 << 63, huge).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
     }
 }

@@ -3,10 +3,18 @@
 //! keys they are signed by (append-only: triggers refuse every UPDATE and DELETE).
 //!
 //! Every grant and every revocation appends one row to `revisions`; its rowid is the revision
-//! number pushed to agents, so an agent that reconnects asks for "everything after N".
+//! number pushed to agents, so an agent that reconnects asks for "everything after N". Revision
+//! numbers only mean something within one **epoch** (`meta.epoch`, a random id replaced at every
+//! controller start, see [`Store::new_epoch`]): a restored backup reuses numbers, and an agent
+//! that resumed across it would skip the changes made since.
+//!
+//! The database holds every grant token, subject, path and reason and the enrolled key hashes:
+//! its file is created 0600 (SQLite gives its `-wal`, `-shm` and `-journal` files the same mode)
+//! and a start refuses one that others can read.
 
 use anyhow::Context;
 use loggate_core::audit::Checkpoint;
+use loggate_core::private_state;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -126,6 +134,10 @@ CREATE TABLE IF NOT EXISTS revisions (
     kind TEXT NOT NULL CHECK (kind IN ('grant', 'revoke')),
     grant_id TEXT NOT NULL REFERENCES grants(id)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agents (
     id TEXT PRIMARY KEY,
     labels TEXT NOT NULL,
@@ -210,7 +222,21 @@ fn grant_at(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<GrantRow> 
 }
 
 impl Store {
+    /// Opens (creating it 0600, and its folder 0700, when missing) the database at `path`.
+    /// Refuses a database, or one of its `-wal`, `-shm`, `-journal` files, that group or others
+    /// can read: they hold every grant token.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                private_state::create_private_dir(dir, "database folder")?;
+            }
+        }
+        private_state::create_private_file(path, "controller database")?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            private_state::refuse_if_shared(Path::new(&side), "controller database file", "600")?;
+        }
         let conn = Connection::open(path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
         conn.execute_batch(SCHEMA)
@@ -349,6 +375,21 @@ impl Store {
             out.push((revision, change));
         }
         Ok(out)
+    }
+
+    /// Starts a new epoch of the revision log: a fresh random id, stored, returned. Called at
+    /// every controller start. A restored backup cannot be told apart from the database it
+    /// replaces by what it holds (a cold copy is exactly the database as it was), so every start
+    /// is treated as a possible restore: agents whose epoch differs resynchronise from zero
+    /// (docs/grants.md, "Epochs").
+    pub fn new_epoch(&self) -> anyhow::Result<String> {
+        let epoch = hex::encode(rand::random::<[u8; 16]>());
+        self.conn().execute(
+            "INSERT INTO meta (key, value) VALUES ('epoch', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = ?1",
+            params![epoch],
+        )?;
+        Ok(epoch)
     }
 
     pub fn latest_revision(&self) -> anyhow::Result<u64> {
@@ -798,5 +839,61 @@ mod user_key_tests {
             .unwrap();
         assert!(!again);
         assert_eq!(recorded, 1);
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn database_and_its_wal_files_are_private_from_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("controller/state.db");
+        let store = Store::open(&path).unwrap();
+        store.new_epoch().unwrap();
+        assert_eq!(mode(&dir.path().join("controller")), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        for side in ["state.db-wal", "state.db-shm"] {
+            assert_eq!(
+                mode(&dir.path().join("controller").join(side)),
+                0o600,
+                "{side}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_database_others_can_read_is_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(Store::open(&path).unwrap());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = format!("{:#}", Store::open(&path).err().unwrap());
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let wal = dir.path().join("state.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = format!("{:#}", Store::open(&path).err().unwrap());
+        assert!(
+            err.contains("state.db-wal") && err.contains("chmod 600"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_start_begins_a_new_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let first = store.new_epoch().unwrap();
+        let second = store.new_epoch().unwrap();
+        assert_eq!(first.len(), 32);
+        assert_ne!(first, second);
     }
 }

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod grant;
 pub mod identity;
+pub mod private_state;
 pub mod shutdown;
 pub mod timestamp;
 pub mod tls;

@@ -50,7 +50,8 @@ fn controller_restart_agent_resumes_and_receives_grants_issued_meanwhile() -> an
     let second = f.grant("bob", "30m")?;
     let out = f.logs("bob", &["cat", &f.api_log()])?;
     assert!(out.status.success(), "{}", text(&out).1);
-    // Resumed from its revision: the first grant was not received twice.
+    // The restart began a new epoch, so the agent resynchronised and was sent the first grant
+    // again: it already held it with the same token, so it was received (and audited) once.
     let received: Vec<_> = f
         .cluster
         .agent_audit("web-1")

@@ -1,0 +1,479 @@
+//! End-to-end: the controller and the CLI under hostile input and careless operation (issue 10,
+//! findings 1, 2, 6, 10 and the CLI parts of 11): grant times are range-checked whatever the
+//! client sends, no stored time breaks a listing, a database restore cannot make an agent skip
+//! a revocation, state files are private, and exit codes do not depend on timing.
+
+use loggate_tests::{text, Cluster, Fixture};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// `grant issue` as admin with `extra` arguments; the raw output.
+fn issue(f: &Fixture, subject: &str, extra: &[&str]) -> anyhow::Result<std::process::Output> {
+    let glob = f.glob();
+    let mut args = vec![
+        "grant",
+        "issue",
+        "--subject",
+        subject,
+        "--host",
+        "web-1",
+        "--path",
+        &glob,
+        "--ttl",
+        "1h",
+        "--reason",
+        "TEST-10",
+        "--redaction",
+        "raw",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    f.cluster.run_cli("admin", &args)
+}
+
+/// Issues `subject` a grant, waits until web-1 holds it, and returns its id and token.
+fn issue_with_token(f: &Fixture, subject: &str) -> anyhow::Result<(String, String)> {
+    let out = issue(f, subject, &[])?;
+    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
+    let grant: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = grant["id"].as_str().unwrap_or_default().to_string();
+    f.cluster.wait_for_grant("web-1", &id)?;
+    Ok((id, grant["token"].as_str().unwrap_or_default().to_string()))
+}
+
+fn all_grants(f: &Fixture) -> anyhow::Result<Vec<serde_json::Value>> {
+    let out = f
+        .cluster
+        .run_cli("admin", &["grant", "list", "--all", "--json"])?;
+    anyhow::ensure!(out.status.success(), "grant list: {}", text(&out).1);
+    Ok(serde_json::from_slice::<Vec<serde_json::Value>>(
+        &out.stdout,
+    )?)
+}
+
+fn revoke(f: &Fixture, id: &str) -> anyhow::Result<()> {
+    let out = f.cluster.run_cli("admin", &["grant", "revoke", id])?;
+    anyhow::ensure!(out.status.success(), "grant revoke: {}", text(&out).1);
+    Ok(())
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0)
+}
+
+#[test]
+fn grant_start_beyond_the_horizon_is_bad_usage_and_stores_nothing() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    for start_in in [
+        "18446744073709551615s",
+        "9223372036854775808s",
+        "18446744073709548000s",
+        "99999999999999h",
+        "367days",
+    ] {
+        let out = issue(&f, "alice", &["--start-in", start_in])?;
+        let (_, err) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "--start-in {start_in}: {err}");
+        assert!(
+            err.contains("too far ahead"),
+            "--start-in {start_in}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    }
+    assert!(all_grants(&f)?.is_empty(), "a refused grant was stored");
+    // Within the horizon it is accepted, and starts when asked.
+    let out = issue(&f, "alice", &["--start-in", "2h"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let grant: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let now = loggate_core::grant::unix_now();
+    let nbf = grant["not_before"].as_i64().unwrap_or_default();
+    assert!((now + 7190..=now + 7210).contains(&nbf), "{grant}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn controller_refuses_out_of_range_grant_windows_in_a_raw_request() -> anyhow::Result<()> {
+    let f = tokio::task::spawn_blocking(Fixture::start).await??;
+    let mut admin = f.cluster.controller_client_as("users/admin").await?;
+    let now = loggate_core::grant::unix_now();
+    let request = |not_before_unix: i64, ttl_seconds: u64| loggate_proto::IssueGrantRequest {
+        subject: "alice".into(),
+        hosts: vec!["web-1".into()],
+        paths: vec![f.glob()],
+        ttl_seconds,
+        reason: "TEST-10".into(),
+        redaction_profile: "raw".into(),
+        not_before_unix,
+        ..Default::default()
+    };
+    let cases = [
+        ("an hour ago", request(now - 3600, 60)),
+        ("negative", request(-1, 60)),
+        ("i64::MIN", request(i64::MIN, 60)),
+        ("two years ahead", request(now + 2 * 366 * 86400, 60)),
+        ("i64::MAX", request(i64::MAX, 60)),
+        ("i64::MAX - ttl", request(i64::MAX - 60, 60)),
+        ("ttl u64::MAX", request(0, u64::MAX)),
+        ("ttl 2^63", request(0, 1 << 63)),
+        ("ttl 0", request(0, 0)),
+    ];
+    for (what, req) in cases {
+        let status = admin
+            .issue_grant(req)
+            .await
+            .expect_err(&format!("{what} was accepted"));
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+    }
+    // A client clock a little behind is fine; a start within the horizon is kept as sent.
+    let ok = admin.issue_grant(request(now - 60, 60)).await?.into_inner();
+    assert_eq!(ok.grant.map(|g| g.not_before_unix), Some(now - 60));
+    let later = now + 30 * 86400;
+    let ok = admin.issue_grant(request(later, 60)).await?.into_inner();
+    assert_eq!(
+        ok.grant.map(|g| (g.not_before_unix, g.not_after_unix)),
+        Some((later, later + 60))
+    );
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}
+
+#[test]
+fn grant_list_prints_any_time_stored_in_the_database() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let (id, _) = issue_with_token(&f, "alice")?;
+    // What an older controller let in (finding 2), or any value a database can hold.
+    let db = rusqlite::Connection::open(f.cluster.dir.join("controller/state.db"))?;
+    db.busy_timeout(Duration::from_secs(5))?;
+    db.execute(
+        "UPDATE grants SET not_before = ?1, not_after = ?2 WHERE id = ?3",
+        rusqlite::params![i64::MAX - 1, i64::MAX, id],
+    )?;
+    drop(db);
+    for user in ["admin", "alice"] {
+        let out = f.cluster.run_cli(user, &["grant", "list", "--all"])?;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{user}: {stderr}");
+        assert!(
+            stdout.contains(&id) && stdout.contains(&format!("unix time {}", i64::MAX)),
+            "{user}: {stdout}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    let (alice_grant, alice_token) = issue_with_token(&f, "alice")?;
+    // The backup: a copy of the stopped controller's database.
+    let db = f.cluster.dir.join("controller/state.db");
+    let backup = f.cluster.dir.join("backup");
+    std::fs::create_dir_all(&backup)?;
+    f.cluster.stop_controller();
+    let side_files = |dir: &Path| -> Vec<std::path::PathBuf> {
+        ["state.db", "state.db-wal", "state.db-shm"]
+            .iter()
+            .map(|n| dir.join(n))
+            .collect()
+    };
+    for (from, to) in side_files(db.parent().unwrap_or(Path::new(".")))
+        .iter()
+        .zip(side_files(&backup))
+    {
+        if from.exists() {
+            std::fs::copy(from, to)?;
+        }
+    }
+    f.cluster.start_controller()?;
+    // After the backup: bob gets a grant and loses it, the admin gets one; the agent learns all.
+    let (bob_grant, bob_token) = issue_with_token(&f, "bob")?;
+    let (lost_grant, _) = issue_with_token(&f, "admin")?;
+    revoke(&f, &bob_grant)?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(15), |e| {
+            e["event"] == "grant.revoked" && e["grant_id"] == bob_grant.as_str()
+        })?;
+    // Restore the backup while the agent is away; the restored controller reuses revision
+    // numbers: revoking alice's grant and issuing two more take it past the agent's revision.
+    f.cluster.stop_agent("web-1");
+    f.cluster.stop_controller();
+    let dir = db.parent().unwrap_or(Path::new(".")).to_path_buf();
+    for (live, saved) in side_files(&dir).iter().zip(side_files(&backup)) {
+        let _ = std::fs::remove_file(live);
+        if saved.exists() {
+            std::fs::copy(saved, live)?;
+        }
+    }
+    f.cluster.start_controller()?;
+    revoke(&f, &alice_grant)?;
+    for _ in 0..2 {
+        let out = f.cluster.run_cli(
+            "admin",
+            &[
+                "grant",
+                "issue",
+                "--subject",
+                "admin",
+                "--host",
+                "web-1",
+                "--path",
+                "/var/empty/*.log",
+                "--ttl",
+                "1h",
+                "--reason",
+                "TEST-10",
+            ],
+        )?;
+        assert!(out.status.success(), "{}", text(&out).1);
+    }
+    f.cluster.start_agent("web-1")?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(20), |e| {
+            e["event"] == "grant.revoked" && e["grant_id"] == alice_grant.as_str()
+        })
+        .map_err(|e| anyhow::anyhow!("the agent never learnt the revocation: {e}"))?;
+    // The admin's grant issued after the backup is gone from the controller: nobody could
+    // revoke it, so the agent forgets it.
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(10), |e| {
+            e["event"] == "grant.dropped" && e["grant_id"] == lost_grant.as_str()
+        })
+        .map_err(|e| anyhow::anyhow!("the agent kept a grant the controller lost: {e}"))?;
+    let out = f.logs("admin", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).0);
+    // Both revoked grants stay refused, pushed or presented: alice's revocation came through
+    // the resync, bob's (lost by the restore) was kept by the agent.
+    let token_file = f.cluster.dir.join("token");
+    for (user, token) in [("alice", &alice_token), ("bob", &bob_token)] {
+        std::fs::write(&token_file, token)?;
+        let token_arg = token_file.display().to_string();
+        for args in [
+            vec!["cat", f.api_log().as_str()],
+            vec!["cat", f.api_log().as_str(), "--grant-token", &token_arg],
+        ] {
+            let out = f.logs(user, &args)?;
+            let (stdout, stderr) = text(&out);
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{user} {args:?} was served: {stdout}"
+            );
+            assert!(stderr.contains("revoked"), "{user} {args:?}: {stderr}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn state_files_are_private_from_creation() -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    let controller = f.cluster.dir.join("controller");
+    assert_eq!(mode(&controller.join("state.db")), 0o600);
+    for side in ["state.db-wal", "state.db-shm"] {
+        let path = controller.join(side);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{side}");
+        }
+    }
+    let state = f.cluster.agents["web-1"].dir.join("state");
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("grants.redb")), 0o600);
+    f.cluster.stop_agent("web-1");
+    f.cluster.stop_controller();
+    // A store others can read refuses the start, and says how to fix it.
+    std::fs::set_permissions(
+        state.join("grants.redb"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let config = f.cluster.agents["web-1"].config.clone();
+    let out = Command::new(f.cluster.bins.join("loggate-agent"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("grants.redb") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(
+        controller.join("state.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )?;
+    let out = Command::new(f.cluster.bins.join("loggate"))
+        .args(["controller", "serve", "--config"])
+        .arg(&f.cluster.controller_config)
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("state.db") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn logs_cat_into_a_closed_pipe_exits_0() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    // A file larger than a pipe's buffer, so the write meets the closed end for sure.
+    let mut big = String::new();
+    for i in 0..20_000 {
+        big.push_str(&format!("2026-11-27T07:00:00Z INFO filler line {i}\n"));
+    }
+    std::fs::write(f.logs.join("big.log"), big)?;
+    let big = f.logs.join("big.log").display().to_string();
+    for _ in 0..3 {
+        let mut child = f
+            .cluster
+            .logs_cmd("alice", "web-1", &["cat", &big])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // `| head -c 1`: read one byte, then go away.
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut stdout, &mut byte)?;
+        drop(stdout);
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(stderr.trim().is_empty(), "{stderr}");
+    }
+    Ok(())
+}
+
+#[test]
+fn pki_init_error_names_its_cause() -> anyhow::Result<()> {
+    let bins = loggate_tests::bin_dir()?;
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(bins.join("loggate"))
+        .args(["pki", "init"])
+        .arg(dir.path().join("pki"))
+        .args(["--agent", "Bad"])
+        .output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Not only "loggate: agent id": the context and the reason.
+    assert!(stderr.starts_with("loggate: agent id: "), "{stderr}");
+    assert!(stderr.contains("Bad"), "{stderr}");
+    Ok(())
+}
+
+/// A client configuration for `user` of another deployment's CA, trusting this cluster's CA.
+fn foreign_client(cluster: &Cluster) -> anyhow::Result<std::path::PathBuf> {
+    let other = cluster.dir.join("other-pki");
+    let out = Command::new(cluster.bins.join("loggate"))
+        .args(["pki", "init"])
+        .arg(&other)
+        .args(["--controller-addr", &cluster.controller_addr.to_string()])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "pki init: {}", text(&out).1);
+    let config = cluster.dir.join("foreign-admin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller = \"{}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            cluster.controller_addr,
+            cluster.dir.join("pki/ca.crt").display().to_string(),
+            other.join("users/admin.crt").display().to_string(),
+            other.join("users/admin.key").display().to_string(),
+        ),
+    )?;
+    Ok(config)
+}
+
+#[test]
+fn a_refused_client_certificate_is_always_exit_3() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let config = foreign_client(&f.cluster)?;
+    let agent = f.cluster.agent_addr("web-1");
+    let api_log = f.api_log();
+    let to_controller: &[&str] = &["grant", "list"];
+    let to_agent: &[&str] = &[
+        "logs",
+        "cat",
+        &api_log,
+        "--host",
+        "web-1",
+        "--agent-addr",
+        &agent,
+    ];
+    for (who, args, runs) in [("controller", to_controller, 15), ("agent", to_agent, 5)] {
+        for run in 0..runs {
+            let out = Command::new(f.cluster.bins.join("loggate"))
+                .args(args)
+                .arg("--config")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .output()?;
+            let stderr = text(&out).1;
+            assert_eq!(out.status.code(), Some(3), "{who} run {run}: {stderr}");
+            assert!(
+                stderr.contains("refused the TLS connection"),
+                "{who} run {run}: {stderr}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_connection_dropped_without_a_tls_reason_is_exit_1() -> anyhow::Result<()> {
+    let cluster = Cluster::new(None)?;
+    // Something that accepts and hangs up at once: no TLS alert, no certificate refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    listener.set_nonblocking(true)?;
+    let server = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed)
+            && std::time::Instant::now() < deadline
+        {
+            match listener.accept() {
+                Ok((conn, _)) => drop(conn),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let config = cluster.dir.join("hangup.toml");
+    let pki = cluster.dir.join("pki");
+    std::fs::write(
+        &config,
+        format!(
+            "controller = \"{addr}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            pki.join("ca.crt").display().to_string(),
+            pki.join("users/admin.crt").display().to_string(),
+            pki.join("users/admin.key").display().to_string(),
+        ),
+    )?;
+    for run in 0..3 {
+        let out = Command::new(cluster.bins.join("loggate"))
+            .args(["grant", "list", "--config"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = text(&out).1;
+        assert_eq!(out.status.code(), Some(1), "run {run}: {stderr}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    Ok(())
+}
