@@ -5,7 +5,7 @@
 use crate::gate::{authorize, Denial};
 use crate::stream::{self, GrantWatch, LineSelector, Plan};
 use crate::Shared;
-use loggate_core::audit_fields;
+use loggate_core::audit::events;
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::peer_identity;
 use loggate_proto as pb;
@@ -85,7 +85,8 @@ fn audit_unavailable(e: anyhow::Error) -> Status {
 /// The grant is the same (it covers the path); its expiry and revocation keep being checked.
 fn rotation_follower(
     shared: Arc<Shared>,
-    fields: serde_json::Map<String, serde_json::Value>,
+    // Who reads what; its file fields are filled at each reopen.
+    reopened: events::ReadReopened,
     path: String,
 ) -> stream::Reopen {
     use std::os::unix::fs::MetadataExt;
@@ -100,12 +101,14 @@ fn rotation_follower(
         if (meta.dev(), meta.ino()) == (now.dev(), now.ino()) {
             return Ok(None);
         }
-        let mut fields = fields.clone();
-        fields.extend(audit_fields!(
-            "inode" => next.ino, "device" => next.dev, "size" => next.len,
-            "previous_inode" => now.ino(),
-        ));
-        shared.audit("read.reopened", fields).map_err(|e| {
+        let event = events::ReadReopened {
+            inode: next.ino,
+            device: next.dev,
+            size: next.len,
+            previous_inode: now.ino(),
+            ..reopened.clone()
+        };
+        shared.audit(&event).map_err(|e| {
             tracing::error!("audit write failed: {e:#}");
             stream::EndReason::ReadError(
                 "the agent cannot write its audit log, so it serves nothing (fail closed)".into(),
@@ -117,15 +120,15 @@ fn rotation_follower(
 
 impl AgentService {
     fn deny(&self, reader: &Identity, peer: Option<String>, path: &str, denial: Denial) -> Status {
-        let audited = self.shared.audit(
-            "read.denied",
-            audit_fields!(
-                "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
-                "peer" => peer, "path" => path,
-                "grant_id" => denial.grant_id.clone(), "reason_code" => denial.code,
-                "reason" => denial.message.clone(),
-            ),
-        );
+        let audited = self.shared.audit(&events::ReadDenied {
+            subject: Some(reader.spiffe_id().to_string()),
+            key_sha256: Some(reader.key_sha256_hex()),
+            peer,
+            path: path.to_string(),
+            grant_id: denial.grant_id.clone(),
+            reason_code: denial.code,
+            reason: denial.message.clone(),
+        });
         if let Err(e) = audited {
             return audit_unavailable(e);
         }
@@ -187,14 +190,15 @@ impl Agent for AgentService {
             Err(status) => {
                 // A certificate from our CA but of the wrong kind (an agent's, say): refused and
                 // audited. Certificates from elsewhere never get past the TLS handshake.
-                let audited = self.shared.audit(
-                    "read.denied",
-                    audit_fields!(
-                        "subject" => Option::<String>::None, "peer" => peer,
-                        "path" => request.get_ref().path.clone(),
-                        "reason_code" => "identity_refused", "reason" => status.message(),
-                    ),
-                );
+                let audited = self.shared.audit(&events::ReadDenied {
+                    subject: None,
+                    key_sha256: None,
+                    peer,
+                    path: request.get_ref().path.clone(),
+                    grant_id: None,
+                    reason_code: "identity_refused",
+                    reason: status.message().to_string(),
+                });
                 return Err(audited.map(|_| status).unwrap_or_else(audit_unavailable));
             }
         };
@@ -242,18 +246,21 @@ impl Agent for AgentService {
             _ => "cat",
         };
         self.shared
-            .audit(
-                "read.allowed",
-                audit_fields!(
-                    "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
-                    "peer" => peer.clone(), "grant_id" => grant.id(), "path" => path.clone(),
-                    "mode" => mode_name, "pattern" => (!req.pattern.is_empty()).then(|| req.pattern.clone()),
-                    "since_ms" => (req.since_unix_ms != 0).then_some(req.since_unix_ms),
-                    "until_ms" => (req.until_unix_ms != 0).then_some(req.until_unix_ms),
-                    "redaction_profile" => grant.claims().redaction.clone(),
-                    "inode" => file.ino, "device" => file.dev, "size" => file.len,
-                ),
-            )
+            .audit(&events::ReadAllowed {
+                subject: reader.spiffe_id().to_string(),
+                key_sha256: reader.key_sha256_hex(),
+                peer: peer.clone(),
+                grant_id: grant.id().to_string(),
+                path: path.clone(),
+                mode: mode_name,
+                pattern: (!req.pattern.is_empty()).then(|| req.pattern.clone()),
+                since_ms: (req.since_unix_ms != 0).then_some(req.since_unix_ms),
+                until_ms: (req.until_unix_ms != 0).then_some(req.until_unix_ms),
+                redaction_profile: grant.claims().redaction.clone(),
+                inode: file.ino,
+                device: file.dev,
+                size: file.len,
+            })
             .map_err(audit_unavailable)?;
 
         let tail_lines = (mode == pb::ReadMode::Tail).then_some(req.tail_lines);
@@ -272,10 +279,17 @@ impl Agent for AgentService {
         let reopen = follow.then(|| {
             rotation_follower(
                 self.shared.clone(),
-                audit_fields!(
-                    "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
-                    "peer" => peer.clone(), "grant_id" => grant.id(), "path" => path.clone(),
-                ),
+                events::ReadReopened {
+                    subject: reader.spiffe_id().to_string(),
+                    key_sha256: reader.key_sha256_hex(),
+                    peer: peer.clone(),
+                    grant_id: grant.id().to_string(),
+                    path: path.clone(),
+                    inode: 0,
+                    device: 0,
+                    size: 0,
+                    previous_inode: 0,
+                },
                 path.clone(),
             )
         });
@@ -303,25 +317,23 @@ impl Agent for AgentService {
             let started = Instant::now();
             let finished = stream::run(plan, tx, last_tx, &watch);
             let reason = finished.reason;
-            let redactions: serde_json::Map<String, serde_json::Value> = finished
-                .counts
-                .redactions
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(*v)))
-                .collect();
-            let result = shared.audit(
-                "read.finished",
-                audit_fields!(
-                    "subject" => subject, "key_sha256" => key_sha256, "peer" => peer,
-                    "grant_id" => watch.grant_id.clone(), "path" => path,
-                    "bytes" => finished.bytes, "duration_ms" => started.elapsed().as_millis() as u64,
-                    "end_reason" => reason.code(),
-                    "error" => match &reason { stream::EndReason::ReadError(e) => Some(e.clone()), _ => None },
-                    "redactions" => redactions,
-                    "lines_withheld" => finished.counts.lines_withheld,
-                    "lines_cut" => finished.counts.lines_cut,
-                ),
-            );
+            let result = shared.audit(&events::ReadFinished {
+                subject,
+                key_sha256,
+                peer,
+                grant_id: watch.grant_id.clone(),
+                path,
+                bytes: finished.bytes,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                end_reason: reason.code(),
+                error: match &reason {
+                    stream::EndReason::ReadError(e) => Some(e.clone()),
+                    _ => None,
+                },
+                redactions: finished.counts.redactions.clone(),
+                lines_withheld: finished.counts.lines_withheld,
+                lines_cut: finished.counts.lines_cut,
+            });
             if let Err(e) = result {
                 tracing::error!("audit write failed at stream end: {e:#}");
             }

@@ -6,7 +6,7 @@
 use crate::config::AgentConfig;
 use crate::grants::{GrantStore, RevocationInfo};
 use crate::Shared;
-use loggate_core::audit_fields;
+use loggate_core::audit::events;
 use loggate_core::grant::unix_now;
 use loggate_core::tls::Server;
 use loggate_proto as pb;
@@ -94,26 +94,27 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
             {
                 Ok(grant) => {
                     let c = grant.claims().clone();
-                    shared.audit(
-                        "grant.received",
-                        audit_fields!(
-                            "grant_id" => c.jti.clone(), "subject" => c.sub, "paths" => c.paths,
-                            "not_before" => c.nbf, "not_after" => c.exp, "approver" => c.approver,
-                            "reason" => c.reason, "redaction_profile" => c.redaction,
-                            "revision" => event.revision,
-                        ),
-                    )?;
+                    shared.audit(&events::GrantReceived {
+                        grant_id: c.jti.clone(),
+                        subject: c.sub,
+                        paths: c.paths,
+                        not_before: c.nbf,
+                        not_after: c.exp,
+                        approver: c.approver,
+                        reason: c.reason,
+                        redaction_profile: c.redaction,
+                        revision: event.revision,
+                    })?;
                     store.install(grant, event.revision)?;
                     tracing::info!(grant_id = %c.jti, revision = event.revision, "grant installed");
                 }
                 Err(e) => {
-                    shared.audit(
-                        "grant.rejected",
-                        audit_fields!(
-                            "grant_id" => signed.grant_id, "reason_code" => e.code(),
-                            "reason" => e.to_string(), "revision" => event.revision,
-                        ),
-                    )?;
+                    shared.audit(&events::GrantRejected {
+                        grant_id: signed.grant_id,
+                        reason_code: e.code(),
+                        reason: e.to_string(),
+                        revision: event.revision,
+                    })?;
                     store.set_revision(event.revision)?;
                 }
             }
@@ -126,13 +127,13 @@ pub fn apply(shared: &Shared, event: pb::GrantEvent) -> anyhow::Result<()> {
             };
             let subject = store.subject_of(&r.grant_id);
             if store.revoke(&r.grant_id, info, event.revision)? {
-                shared.audit(
-                    "grant.revoked",
-                    audit_fields!(
-                        "grant_id" => r.grant_id, "subject" => subject, "revoked_by" => r.revoked_by,
-                        "reason" => r.reason, "revision" => event.revision,
-                    ),
-                )?;
+                shared.audit(&events::GrantRevoked {
+                    grant_id: r.grant_id,
+                    subject,
+                    revoked_by: r.revoked_by,
+                    reason: r.reason,
+                    revision: Some(event.revision),
+                })?;
             }
         }
         Some(pb::grant_event::Event::Heartbeat(_)) => store.set_revision(event.revision)?,

@@ -5,7 +5,7 @@
 //! Detection Finding (needs root and eBPF or fanotify; CI runs as root).
 
 use loggate_core::audit::ocsf::schema_problems;
-use loggate_core::audit::{event_name, record_field};
+use loggate_core::audit::{event_name, record_field, record_seq};
 use loggate_tests::{text, Fixture};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -25,7 +25,7 @@ fn check_records(records: &[Value]) -> HashSet<String> {
         let parsed = uuid_version(uid);
         assert_eq!(parsed, Some('7'), "metadata.uid {uid:?} is not a UUIDv7");
         assert!(uids.insert(uid.to_string()), "metadata.uid {uid} twice");
-        assert_eq!(r["metadata"]["sequence"], r["seq"], "{r}");
+        assert_eq!(r["metadata"]["sequence"].as_u64(), record_seq(r), "{r}");
         names.insert(event_name(r).unwrap_or_default().to_string());
     }
     names
@@ -179,7 +179,7 @@ fn bypass_read_is_file_activity_and_raises_a_finding_only_without_a_grant() -> a
         .expect("the bypass.read before its finding");
     let alert = raw
         .iter()
-        .find(|r| r["seq"] == finding["seq"])
+        .find(|r| record_seq(r) == finding["seq"].as_u64())
         .expect("the finding's raw record");
     assert_eq!(read["type_uid"], 100114);
     assert_eq!(read["actor"]["process"]["pid"], pid);
@@ -190,7 +190,7 @@ fn bypass_read_is_file_activity_and_raises_a_finding_only_without_a_grant() -> a
     assert_eq!(read["file"]["name"], "api.log");
     assert_eq!(read["severity_id"], 4);
     assert_eq!(alert["type_uid"], 200401);
-    assert_eq!(finding["read_seq"], read["seq"]);
+    assert_eq!(finding["read_seq"].as_u64(), record_seq(read));
     assert_eq!(
         alert["finding_info"]["uid"],
         read["unmapped"]["loggate"]["finding_uid"]
@@ -251,7 +251,7 @@ fn rotated_audit_files_verify_as_one_chain_and_the_new_file_on_its_own() -> anyh
     check_records(&raw);
     let first = &raw[0];
     assert_eq!(event_name(first), Some("audit.rotated"));
-    assert_eq!(first["type_uid"], 100806);
+    assert_eq!(first["type_uid"], 100805); // Event Log Activity: 5 Rotate
     let verify = |files: &[&std::path::Path]| {
         let mut args = vec!["audit".to_string(), "verify".to_string()];
         args.extend(files.iter().map(|p| p.display().to_string()));

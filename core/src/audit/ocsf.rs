@@ -14,6 +14,7 @@
 //! [`schema_problems`] checks a record against it and against the attributes OCSF requires of
 //! its class.
 
+pub use super::events::CATALOGUE;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -172,498 +173,12 @@ pub struct EventType {
     pub fields: &'static [(&'static str, &'static str)],
 }
 
-const INFO: Severity = Severity::Fixed(1);
-const LOW: Severity = Severity::Fixed(2);
-const MEDIUM: Severity = Severity::Fixed(3);
-const HIGH: Severity = Severity::Fixed(4);
-
-const SUBJECT: (&str, &str) = (
-    "subject",
-    "the person's SPIFFE id, from their certificate (`actor.user.uid`)",
-);
-const KEY: (&str, &str) = (
-    "key_sha256",
-    "SHA-256 of the person's certificate public key, which grants are bound to (`actor.user.credential_uid`)",
-);
-const PEER: (&str, &str) = ("peer", "the client's address, `ip:port` (`src_endpoint`)");
-const GRANT_ID: (&str, &str) = (
-    "grant_id",
-    "the grant's id (`metadata.correlation_uid`), null when none was involved",
-);
-const REVISION: (&str, &str) = (
-    "revision",
-    "the controller's grant revision this change arrived with",
-);
-
-/// Fields of a bypass open, shared by `bypass.read` and `bypass.finding`.
-const BYPASS_FIELDS: &[(&str, &str)] = &[
-    ("pid", "the opener's process id (thread-group id)"),
-    ("tid", "its thread id (null in `fanotify` mode)"),
-    ("ppid", "its parent's process id"),
-    ("uid", "its real uid"),
-    ("gid", "its real gid"),
-    ("user", "the uid's name from `/etc/passwd`, or null"),
-    ("subject", "the person `bypass.uid_subjects` maps the uid to, or null (`actor.user`)"),
-    ("comm", "the command name (15 bytes at most)"),
-    ("exe", "executable path from `/proc/<pid>/exe`; when the process had already exited, the path the eBPF program read at the open, walking the executable's dentries (at most 8 components; `…/` marks unknown leading components: a deeper path, or a file on another mount than the opener's root; the path is as the opener saw it from its own root, e.g. inside its container; `allow_exe` is matched on the file's device and inode, never on this path); null when neither is known (fanotify mode, a reader already gone)"),
-    ("cmdline", "the eBPF modes: the argv the kernel program read at the open (≤ 255 bytes; a later `exec` cannot change it), else from `/proc/<pid>` (≤ 4096 bytes); fanotify: from `/proc/<pid>` when the event is read, null when the process had already exited"),
-    ("process_exited", "the opener was gone before `/proc` could be read (common for `cat`)"),
-    ("cgroup_id", "the cgroup v2 id"),
-    ("cgroup", "the cgroup path from `/proc/<pid>/cgroup`, or for an exited reader (eBPF modes) the cgroupfs folder whose inode is `cgroup_id`"),
-    ("container_id", "the 64-hex container id where the cgroup path names one (docker, containerd, CRI-O, podman)"),
-    ("path", "the protected path (`file.path`); null if it left the protected set meanwhile"),
-    ("opened_name", "the basename the opener's path resolved to (`file.name`)"),
-    ("matched", "`file` (its (device, inode) is protected) or `directory` (its folder's is)"),
-    ("inode", "the opened inode"),
-    ("device", "its device, `major:minor`"),
-    ("fd", "the descriptor returned (null in `fanotify` mode; -1 in `lsm`/`fentry` modes, which see the open before the descriptor exists)"),
-    ("flags", "the open flags, e.g. `O_RDONLY|O_CLOEXEC` (null in `fanotify` mode)"),
-    ("hook", "how it was opened: `open`, `openat`, `openat2`, `open_by_handle_at`, the same with `_ia32` for a 32-bit syscall (`strict` mode), `io_uring` (`comm` may then be an `iou-wrk-…` worker), `lsm`, `fentry` or `fanotify`"),
-    ("expected", "an allow-list rule matched (a log shipper)"),
-    ("allow_rule", "the matching `allow_exe`/`allow_cgroup` entry, or null"),
-    ("severity", "`low` for allow-listed readers, otherwise `high` (`severity_id`)"),
-    ("holds_grant", "the mapped person holds an unrevoked grant, now, whose paths cover `path`"),
-    ("grant_ids", "those grants"),
-    ("grant_check", "which subject was checked, or why none was"),
-    ("finding_uid", "the `finding_info.uid` of the `bypass.finding` this open raised; null when the reader holds a grant"),
-];
-
-/// Every event type loggate writes. `docs/audit-events.md` is generated from this list.
-pub const EVENTS: &[EventType] = &[
-    EventType {
-        name: "read.allowed",
-        writers: "agent",
-        about: "A read through the gate passed every check; written and synced before the first byte of content leaves.",
-        class: Class::ApiActivity,
-        activity_id: 2,
-        activity_name: "Read",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            SUBJECT, KEY, PEER, GRANT_ID,
-            ("path", "the file served, beneath the agent's roots (`resources`)"),
-            ("mode", "`cat`, `tail`, `tail_follow` or `grep`"),
-            ("pattern", "the grep pattern, or null"),
-            ("since_ms", "start of the requested time range (epoch ms), or null"),
-            ("until_ms", "end of the requested time range (epoch ms), or null"),
-            ("redaction_profile", "the grant's redaction profile"),
-            ("inode", "the opened file's inode"),
-            ("device", "its device number"),
-            ("size", "its size in bytes when opened"),
-        ],
-    },
-    EventType {
-        name: "read.reopened",
-        writers: "agent",
-        about: "A `tail --follow` stream moved to the file that replaced the one it read (rename-and-create rotation): the path was opened again with every check of the first open; written and synced before the first byte of the new file leaves.",
-        class: Class::ApiActivity,
-        activity_id: 2,
-        activity_name: "Read",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            SUBJECT, KEY, PEER, GRANT_ID,
-            ("path", "the path followed (`resources`)"),
-            ("inode", "the new file's inode"),
-            ("device", "its device number"),
-            ("size", "its size in bytes when opened"),
-            ("previous_inode", "the inode of the file read until then"),
-        ],
-    },
-    EventType {
-        name: "read.denied",
-        writers: "agent",
-        about: "A read was refused; `reason_code` says which check failed (`status_detail`).",
-        class: Class::ApiActivity,
-        activity_id: 2,
-        activity_name: "Read",
-        outcome: Outcome::Failure,
-        severity: LOW,
-        fields: &[
-            ("subject", "the caller's SPIFFE id (`actor.user.uid`); null when the certificate was not a user's"),
-            KEY, PEER,
-            ("path", "the path as requested (`resources`)"),
-            GRANT_ID,
-            ("reason_code", "the check that failed, e.g. `no_grant`, `grant_expired`, `path_outside_roots`, `identity_refused`, `too_many_streams` (`status_detail`)"),
-            ("reason", "the message the caller was given"),
-        ],
-    },
-    EventType {
-        name: "read.finished",
-        writers: "agent",
-        about: "A stream ended: how many bytes, how long, why, and what was redacted.",
-        class: Class::ApiActivity,
-        activity_id: 2,
-        activity_name: "Read",
-        outcome: Outcome::StreamEnd,
-        severity: INFO,
-        fields: &[
-            SUBJECT, KEY, PEER, GRANT_ID,
-            ("path", "the file served (`resources`)"),
-            ("bytes", "bytes sent"),
-            ("duration_ms", "how long the stream lasted (`duration`)"),
-            ("end_reason", "`eof`, `client_closed`, `grant_expired`, `grant_revoked` or `read_error` (`status_detail`; `read_error` is a failure)"),
-            ("error", "the read error, or null"),
-            ("redactions", "findings per detector, e.g. `{\"email\": 3}`; never values (see redaction.md)"),
-            ("lines_withheld", "lines replaced because a detector failed on them"),
-            ("lines_cut", "lines longer than `max_line_bytes`"),
-        ],
-    },
-    EventType {
-        name: "grant.issued",
-        writers: "controller",
-        about: "An admin issued a grant.",
-        class: Class::UserAccessManagement,
-        activity_id: 1,
-        activity_name: "Assign Privileges",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("grant_id", "the grant's id (`metadata.correlation_uid`)"),
-            ("subject", "who may read (`user`)"),
-            ("issuer", "the admin who issued it (`actor.user`)"),
-            ("hosts", "the agent ids it covers"),
-            ("labels", "the agent labels it covers"),
-            ("paths", "the path globs it allows (`privileges`)"),
-            ("not_before", "start of validity (epoch s)"),
-            ("not_after", "end of validity (epoch s)"),
-            ("reason", "the reason given, e.g. a ticket"),
-            ("redaction_profile", "the redaction profile streams get"),
-        ],
-    },
-    EventType {
-        name: "grant.received",
-        writers: "agent",
-        about: "A grant pushed by the controller verified and was installed.",
-        class: Class::UserAccessManagement,
-        activity_id: 1,
-        activity_name: "Assign Privileges",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("grant_id", "the grant's id (`metadata.correlation_uid`)"),
-            ("subject", "who may read (`user`)"),
-            ("paths", "the path globs it allows (`privileges`)"),
-            ("not_before", "start of validity (epoch s)"),
-            ("not_after", "end of validity (epoch s)"),
-            ("approver", "who approved it (`actor.user`)"),
-            ("reason", "the reason given"),
-            ("redaction_profile", "the redaction profile streams get"),
-            REVISION,
-        ],
-    },
-    EventType {
-        name: "grant.rejected",
-        writers: "agent",
-        about: "A pushed grant failed verification and was not stored; its subject is unknown (`user.name` = `unknown`).",
-        class: Class::UserAccessManagement,
-        activity_id: 1,
-        activity_name: "Assign Privileges",
-        outcome: Outcome::Failure,
-        severity: MEDIUM,
-        fields: &[
-            ("grant_id", "the id the controller sent (`metadata.correlation_uid`)"),
-            ("reason_code", "why verification failed (`status_detail`)"),
-            ("reason", "the verifier's message"),
-            REVISION,
-        ],
-    },
-    EventType {
-        name: "grant.revoked",
-        writers: "agent, controller",
-        about: "A grant was revoked (controller: when an admin revokes it; agent: when the revocation arrives).",
-        class: Class::UserAccessManagement,
-        activity_id: 2,
-        activity_name: "Revoke Privileges",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("grant_id", "the grant's id (`metadata.correlation_uid`)"),
-            ("subject", "whose grant it was (`user`); null on an agent that never held it"),
-            ("revoked_by", "who revoked it (`actor.user`)"),
-            ("reason", "the reason given"),
-            ("revision", "(agent) the controller's grant revision of the revocation"),
-        ],
-    },
-    EventType {
-        name: "grant.expired",
-        writers: "agent",
-        about: "A grant's validity ended (checked once a second, with or without the controller).",
-        class: Class::UserAccessManagement,
-        activity_id: 2,
-        activity_name: "Revoke Privileges",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("grant_id", "the grant's id (`metadata.correlation_uid`)"),
-            ("subject", "whose grant it was (`user`)"),
-            ("not_after", "when it ended (epoch s)"),
-        ],
-    },
-    EventType {
-        name: "grant.dropped",
-        writers: "agent",
-        about: "A stored grant no longer verified when the agent started, and was dropped; its subject is not trusted, so `user.name` is `unknown`.",
-        class: Class::UserAccessManagement,
-        activity_id: 2,
-        activity_name: "Revoke Privileges",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("grant_id", "the grant's id (`metadata.correlation_uid`)"),
-            ("reason", "why it is no longer valid"),
-        ],
-    },
-    EventType {
-        name: "user.key_enrolled",
-        writers: "controller",
-        about: "A person's certificate key was seen for the first time and enrolled (trust on first use); grants are bound to it.",
-        class: Class::Authentication,
-        activity_id: 1,
-        activity_name: "Logon",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("subject", "the person's SPIFFE id (`user.uid`)"),
-            ("key_sha256", "SHA-256 of their certificate public key (`user.credential_uid`)"),
-            ("how", "`first_contact`"),
-        ],
-    },
-    EventType {
-        name: "tls.refused",
-        writers: "agent, controller",
-        about: "A connection's mutual-TLS handshake was refused before any request: a certificate from another CA, expired or not yet valid, none at all, a certificate without proof of its key, a client that refused ours, or no handshake within 10 s. At most 60 are written per minute; the number left out goes with the next one or, at the end of the minute, in a summary record (`reason_code` `suppressed`, `peer` null). A connection that sends nothing within 3 s (a port probe) is closed and not recorded; at most 16 handshakes per address and 1024 in all are in progress, others are closed at once.",
-        class: Class::Authentication,
-        activity_id: 1,
-        activity_name: "Logon",
-        outcome: Outcome::Failure,
-        severity: LOW,
-        fields: &[
-            PEER,
-            ("service", "`loggate agent` or `loggate controller` (`service.name`)"),
-            ("reason_code", "`unknown_issuer`, `bad_signature` (chained by name to the CA but not signed by it: another CA of the same name, or a forgery), `key_not_proven` (a certificate of the CA presented without proof of its private key: a copied certificate?), `certificate_expired`, `certificate_not_valid_yet`, `certificate_revoked`, `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`, `handshake_timeout`, `tls_error`, or `suppressed` for the summary of refusals over the rate limit (`status_detail`)"),
-            ("reason", "rustls' description of the failure"),
-            ("claimed_subject", "the SPIFFE id in the certificate the client presented — what it claims, not verified (the OCSF `user` is Unknown); null without one"),
-            ("suppressed_before", "refusals left out before this one by the rate limit"),
-        ],
-    },
-    EventType {
-        name: "bypass.read",
-        writers: "agent",
-        about: "A process other than the agent opened a protected file for reading, around the gate (eBPF or fanotify); see audit.md.",
-        class: Class::FileSystemActivity,
-        activity_id: 14,
-        activity_name: "Open",
-        outcome: Outcome::Success,
-        severity: Severity::FromField,
-        fields: BYPASS_FIELDS,
-    },
-    EventType {
-        name: "bypass.finding",
-        writers: "agent",
-        about: "Written right after a `bypass.read` whose reader holds no grant covering the file (or whose uid is unknown or unmapped): an alert for the SIEM. An allow-listed reader (a log shipper) raises one too, with severity Low and `is_alert` false.",
-        class: Class::DetectionFinding,
-        activity_id: 1,
-        activity_name: "Create",
-        outcome: Outcome::NewFinding,
-        severity: Severity::FromField,
-        // and every field of `bypass.read` (see `EventType::all_fields`).
-        fields: &[("read_seq", "the `seq` of the `bypass.read` record it is about")],
-    },
-    EventType {
-        name: "bypass.events_lost",
-        writers: "agent",
-        about: "The kernel could not queue bypass events: some direct opens went unaudited.",
-        class: Class::EventLogActivity,
-        activity_id: 99,
-        activity_name: "Events Lost",
-        outcome: Outcome::Failure,
-        severity: HIGH,
-        fields: &[
-            ("lost_total", "events lost since the agent started"),
-            ("lost_since_last", "events lost since the last such record"),
-            ("reason", "`ring buffer full` (written within `rescan_interval` of the loss) or `fanotify queue overflow` (at once) (`status_detail`)"),
-        ],
-    },
-    EventType {
-        name: "bypass_audit_unavailable",
-        writers: "agent",
-        about: "The bypass audit was asked for but could not start, or stopped; the agent serves anyway.",
-        class: Class::EventLogActivity,
-        activity_id: 4,
-        activity_name: "Disable",
-        outcome: Outcome::Failure,
-        severity: HIGH,
-        fields: &[
-            ("requested_mode", "the configured `bypass.mode`"),
-            ("reason", "why it is unavailable (`status_detail`)"),
-        ],
-    },
-    EventType {
-        name: "agent.started",
-        writers: "agent",
-        about: "The agent started: its audit log is enabled.",
-        class: Class::EventLogActivity,
-        activity_id: 3,
-        activity_name: "Enable",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("agent_id", "the agent's id"),
-            ("listen", "the address it serves on"),
-            ("roots", "the folders and files it protects"),
-            ("grants_loaded", "grants restored from its store"),
-            ("revision", "the grant revision restored"),
-            ("bypass_mode", "`lsm`, `fentry`, `tracepoint`, `strict`, `fanotify` or `off`"),
-            ("bypass_fallback_reason", "why `auto` did not use the modes it tried first, e.g. `lsm: the kernel refused program lsm_file_open: …; fentry: …`"),
-            ("bypass_hooks", "hooks attached: `file_open`, `security_file_open`, the `sys_exit_*` tracepoints, `sys_exit`, `io_uring_complete`, or `fanotify:FAN_OPEN`"),
-            ("bypass_hooks_missing", "optional hooks the kernel refused, with the reason"),
-            ("bypass_fd_lookup", "eBPF modes: how the program turns an opened fd into its file: `rdonly_cast` (the `bpf_rdonly_cast` kfunc, plain loads) or `probe_read` (the build without kfuncs: `bpf_probe_read_kernel` for grown fd tables; sees the same opens at a higher cost); `none` in `lsm` and `fentry` mode, whose programs are handed the file"),
-            ("bypass_fd_lookup_reason", "with `probe_read`: why the kfunc build was not used (the kernel lacks or refused `bpf_rdonly_cast`, or `bypass.kfuncs = false`)"),
-            ("bypass_protected", "files and folders in the kernel map"),
-        ],
-    },
-    EventType {
-        name: "agent.stopped",
-        writers: "agent",
-        about: "The agent stopped cleanly: its audit log is disabled.",
-        class: Class::EventLogActivity,
-        activity_id: 4,
-        activity_name: "Disable",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[("agent_id", "the agent's id")],
-    },
-    EventType {
-        name: "controller.started",
-        writers: "controller",
-        about: "The controller started: its audit log is enabled.",
-        class: Class::EventLogActivity,
-        activity_id: 3,
-        activity_name: "Enable",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("listen", "the address it serves on"),
-            ("admins", "the configured admins"),
-            ("revision", "the grant revision in its store"),
-        ],
-    },
-    EventType {
-        name: "controller.stopped",
-        writers: "controller",
-        about: "The controller stopped cleanly: its audit log is disabled.",
-        class: Class::EventLogActivity,
-        activity_id: 4,
-        activity_name: "Disable",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[],
-    },
-    EventType {
-        name: "audit.checkpoint",
-        writers: "agent, controller",
-        about: "A signed checkpoint seals the chain as it stands (every 1000 records or 60 s); see audit.md.",
-        class: Class::EventLogActivity,
-        activity_id: 99,
-        activity_name: "Checkpoint",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("origin", "the writer: the agent id, or `controller`"),
-            ("sealed_seq", "the `seq` of the last record sealed"),
-            ("head", "SHA-256 of that record's line"),
-            ("ts_ms", "when it was signed (epoch ms)"),
-            ("key_id", "the signing key, `ed25519:<id>`"),
-            ("sig", "Ed25519 signature over origin, sealed_seq, head and ts_ms (hex)"),
-        ],
-    },
-    EventType {
-        name: "audit.rotated",
-        writers: "agent",
-        about: "The first record of a new audit file after rotation: it continues the chain of the file renamed to `previous_file`, and names the rotated files deleted by retention.",
-        class: Class::EventLogActivity,
-        activity_id: 6,
-        activity_name: "Rotate",
-        outcome: Outcome::Success,
-        severity: INFO,
-        fields: &[
-            ("previous_file", "the rotated file's name, `<audit file>.<its last seq, 12 digits>`"),
-            ("previous_last_seq", "the `seq` of its last record"),
-            ("deleted_files", "rotated files deleted now, beyond `audit_keep_files`"),
-        ],
-    },
-    EventType {
-        name: "audit.checkpoint_key_enrolled",
-        writers: "controller",
-        about: "The controller enrolled an agent's checkpoint public key: on first use (the agent's first report) or from `enrol_checkpoint_keys` (an admin's decision, which may replace the old key). A different key is never taken silently; see audit.md, Off-host anchoring.",
-        class: Class::EventLogActivity,
-        activity_id: 99,
-        activity_name: "Checkpoint Key Enrolled",
-        outcome: Outcome::Success,
-        severity: LOW,
-        fields: &[
-            ("agent_id", "the agent whose key it is"),
-            ("key_id", "the key, `ed25519:<id>`"),
-            ("key", "the public key as `loggate audit verify --key` reads it"),
-            ("how", "`first_use` or `configured`"),
-            ("replaces", "the key id it replaces (configured only), null when none"),
-        ],
-    },
-    EventType {
-        name: "audit.checkpoint_refused",
-        writers: "controller",
-        about: "The controller refused an agent's checkpoint report and stored none of it.",
-        class: Class::EventLogActivity,
-        activity_id: 99,
-        activity_name: "Checkpoint Refused",
-        outcome: Outcome::Failure,
-        severity: HIGH,
-        fields: &[
-            ("agent_id", "the reporting agent"),
-            ("reason_code", "`other_host`, `bad_signature` or `key_changed` (`status_detail`)"),
-            ("reason", "the refusal in one sentence"),
-        ],
-    },
-    EventType {
-        name: "audit.checkpoint_conflict",
-        writers: "controller",
-        about: "Alert: an agent's checkpoint contradicts one the controller holds — its sequence went backwards (audit file reset or truncated) or a sealed seq has a new head (audit file rewritten). Both are kept as evidence.",
-        class: Class::EventLogActivity,
-        activity_id: 99,
-        activity_name: "Checkpoint Conflict",
-        outcome: Outcome::Failure,
-        severity: HIGH,
-        fields: &[
-            ("origin", "the agent whose chain it is"),
-            ("conflict", "`sequence_went_backwards` or `head_changed`"),
-            ("sealed_seq", "the `seq` the new checkpoint seals"),
-            ("head", "the head it seals it with"),
-            ("ts_ms", "when it was signed (epoch ms)"),
-            ("key_id", "the key that signed it"),
-            ("held_sealed_seq", "sequence_went_backwards: the highest seq sealed before"),
-            ("held_head", "head_changed: the head held for that seq"),
-        ],
-    },
-    EventType {
-        name: "audit.torn_tail_discarded",
-        writers: "agent, controller",
-        about: "At start, a torn last line (a crash mid-write) was cut off; the chain continues from the last whole record.",
-        class: Class::EventLogActivity,
-        activity_id: 99,
-        activity_name: "Torn Tail Discarded",
-        outcome: Outcome::Success,
-        severity: MEDIUM,
-        fields: &[("bytes_discarded", "how many bytes were cut")],
-    },
-];
-
 impl EventType {
     /// Every field of the event: its own and, for `bypass.finding`, those of the
     /// `bypass.read` it is about (copied unchanged).
     pub fn all_fields(&self) -> impl Iterator<Item = &(&'static str, &'static str)> {
         let shared: &[(&str, &str)] = if self.class == Class::DetectionFinding {
-            BYPASS_FIELDS
+            <super::events::BypassRead as super::events::AuditEvent>::TYPE.fields
         } else {
             &[]
         };
@@ -673,7 +188,7 @@ impl EventType {
 
 /// The catalogue entry of an event name.
 pub fn event_type(name: &str) -> Option<&'static EventType> {
-    EVENTS.iter().find(|e| e.name == name)
+    CATALOGUE.iter().copied().find(|e| e.name == name)
 }
 
 /// Where records are written: the host (agent id or `controller`) and the log's name.
@@ -729,19 +244,42 @@ fn uid_at(time_ms: i64) -> String {
         .to_string()
 }
 
-/// The exact bytes of one record (without the newline): `{"seq":…,"prev":"…",<OCSF event>}`.
+/// The names of the chain's fields in `unmapped.loggate`; no event may have a field of these
+/// names.
+pub const CHAIN_FIELDS: [&str; 2] = ["seq", "prev"];
+
+/// The exact bytes of one record (without the newline):
+/// `{"unmapped":{"loggate":{"seq":…,"prev":"…",<the event's fields>}},<OCSF event>}`.
+///
+/// The chain leads the line so that a reader finds `seq` without parsing the record (see
+/// `ship::spool::seq_of`); it sits under `unmapped`, the one place OCSF leaves free for a
+/// producer's own attributes, so the record is valid OCSF. Files written before this layout
+/// have `seq` and `prev` as the line's first two top-level keys; readers take both (see
+/// [`super::chain_link`]).
 pub fn line(
     source: &Source,
     seq: u64,
     prev: &str,
-    event: &str,
+    kind: &EventType,
     fields: Map<String, Value>,
     stamp: Stamp,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let body = serde_json::to_vec(&shape(source, seq, event, &fields, &stamp))?;
-    let mut line = format!("{{\"seq\":{seq},\"prev\":").into_bytes();
+    if let Some(reserved) = CHAIN_FIELDS.iter().find(|f| fields.contains_key(**f)) {
+        return Err(serde::ser::Error::custom(format!(
+            "event {} has a field named {reserved:?}, which is reserved for the chain",
+            kind.name
+        )));
+    }
+    let body = serde_json::to_vec(&shape(source, seq, kind, &fields, &stamp))?;
+    let own = serde_json::to_vec(&fields)?;
+    let mut line = format!("{{\"unmapped\":{{\"loggate\":{{\"seq\":{seq},\"prev\":").into_bytes();
     line.extend(serde_json::to_vec(prev)?);
-    line.push(b',');
+    // `own` is `{…}`: its members follow the chain's, in the same object.
+    if own.len() > 2 {
+        line.push(b',');
+        line.extend_from_slice(&own[1..own.len() - 1]);
+    }
+    line.extend_from_slice(b"}},");
     line.extend_from_slice(&body[1..]);
     Ok(line)
 }
@@ -770,7 +308,6 @@ struct Event<'a> {
     device: Device<'a>,
     #[serde(flatten)]
     objects: Objects<'a>,
-    unmapped: Unmapped<'a>,
 }
 
 #[derive(Serialize)]
@@ -800,11 +337,6 @@ struct Device<'a> {
     type_id: u8,
     #[serde(rename = "type")]
     kind: &'static str,
-}
-
-#[derive(Serialize)]
-struct Unmapped<'a> {
-    loggate: &'a Map<String, Value>,
 }
 
 /// The class's own attributes.
@@ -987,17 +519,16 @@ struct FindingInfo<'a> {
 fn shape<'a>(
     source: &'a Source,
     seq: u64,
-    event: &'a str,
+    kind: &'a EventType,
     fields: &'a Map<String, Value>,
     stamp: &'a Stamp,
 ) -> Event<'a> {
-    let kind = event_type(event);
-    let class = kind.map_or(Class::Base, |k| k.class);
-    let (activity_id, activity_name) =
-        kind.map_or((99, event), |k| (k.activity_id, k.activity_name));
+    let event = kind.name;
+    let class = kind.class;
+    let (activity_id, activity_name) = (kind.activity_id, kind.activity_name);
     let (category_uid, category_name) = class.category();
-    let (status_id, status_detail) = status(kind.map_or(Outcome::Success, |k| k.outcome), fields);
-    let severity_id = match kind.map_or(INFO, |k| k.severity) {
+    let (status_id, status_detail) = status(kind.outcome, fields);
+    let severity_id = match kind.severity {
         Severity::Fixed(n) => n,
         Severity::FromField if text(fields, "severity") == Some("low") => 2,
         Severity::FromField => 4,
@@ -1038,7 +569,6 @@ fn shape<'a>(
             kind: "Server",
         },
         objects: class_objects(class, event, fields, source),
-        unmapped: Unmapped { loggate: fields },
     }
 }
 
@@ -1313,7 +843,10 @@ pub fn schema_problems(record: &Value) -> Vec<String> {
     }
     let documented = |field: &str| kind.all_fields().any(|(f, _)| *f == field);
     if let Some(fields) = super::record_fields(record) {
-        for field in fields.keys().filter(|f| !documented(f)) {
+        for field in fields
+            .keys()
+            .filter(|f| !documented(f) && !CHAIN_FIELDS.contains(&f.as_str()))
+        {
             problems.push(format!("field {field:?} of {name} is not documented"));
         }
     } else {
