@@ -233,6 +233,7 @@ async fn expire_grants(shared: Arc<Shared>) {
                     if let Err(e) = shared.audit(&events::GrantExpired {
                         grant_id: c.jti.clone(),
                         subject: c.sub.clone(),
+                        paths: c.paths.clone(),
                         not_after: c.exp,
                     }) {
                         tracing::error!("audit write failed: {e:#}");

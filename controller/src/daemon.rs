@@ -33,7 +33,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .with_checkpoints(checkpoint_key, CheckpointPolicy::default());
     audit_log.append(&events::ControllerStarted {
         listen: config.listen.to_string(),
-        admins: config.admins.iter().cloned().collect(),
+        admins: config.admins.to_vec(),
         revision: store.latest_revision()?,
     })?;
     if let Some(dir) = &config.enrol_checkpoint_keys {

@@ -647,10 +647,8 @@ mod checkpoint_tests {
             .unwrap()
             .with_checkpoints(key, policy);
         for i in 0..events {
-            log.append(&loggate_core::audit::events::AuditTornTailDiscarded {
-                bytes_discarded: i as u64,
-            })
-            .unwrap();
+            log.append(&loggate_core::audit::events::AuditTornTailDiscarded { bytes_discarded: i })
+                .unwrap();
         }
         std::fs::read_to_string(&path)
             .unwrap()

@@ -333,6 +333,8 @@ audit_event! {
         grant_id: String,
         /// whose grant it was (`user`)
         subject: String,
+        /// the path globs it allowed (`privileges`)
+        paths: Vec<String>,
         /// when it ended (epoch s)
         not_after: i64,
     }

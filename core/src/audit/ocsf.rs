@@ -1,18 +1,21 @@
-//! The shape of an audit record: an OCSF 1.8.0 event behind the chain envelope.
+//! The shape of an audit record: an OCSF 1.8.0 event, valid against the official schema.
 //!
-//! A line is one JSON object whose first two keys are `seq` and `prev` (the hash chain, see
-//! the module above), followed by the OCSF event: classification (`class_uid`, `activity_id`,
-//! `type_uid`, …), `time` (epoch ms), `severity_id`, `status_id`, `metadata` (with the event's
-//! UUIDv7 `uid` for de-duplication, `sequence` = `seq`, and loggate's event name as
-//! `event_code`), `device` (the host), the class's own objects (`actor`, `user`, `api`, `file`,
-//! `finding_info`, …) and, unchanged in name and value, every field loggate's caller passed,
-//! under `unmapped.loggate`. Chain and checkpoint fields stay there until OCSF's
-//! `record_integrity` profile is released.
+//! A line is one JSON object that starts with `unmapped.loggate`: the hash chain's `seq` and
+//! `prev` (see the module above), then, unchanged in name and value, every field of the event.
+//! Chain and checkpoint fields stay there until OCSF's `record_integrity` profile is released.
+//! The OCSF event follows: classification (`class_uid`, `activity_id`, `type_uid`, …; the
+//! activity's id means what the event is, and activity 99's `type_name` is "<class>: Other"),
+//! `time` (epoch ms, `timezone_offset` 0), `severity_id`, `status_id`, `message` (a one-line
+//! summary), `metadata` (the event's UUIDv7 `uid` for de-duplication, `sequence` = `seq`,
+//! loggate's event name as `event_code`, and `profiles: ["host"]` where the class takes
+//! `device` from that profile), `device` (the host), `observables` (only true values: the
+//! host, the person, the client's IP, the file) and the class's own objects (`actor`, `user`,
+//! `api`, `file`, `finding_info`, …).
 //!
-//! [`EVENTS`] is the catalogue of every event type loggate writes: its class, activity and
-//! fields. `docs/audit-events.md` is generated from it (a test fails when they differ), and
-//! [`schema_problems`] checks a record against it and against the attributes OCSF requires of
-//! its class.
+//! [`CATALOGUE`] lists every event type loggate writes (declared as types in
+//! [`super::events`]): its class, activity and fields. `docs/audit-events.md` is generated from
+//! it (a test fails when they differ), [`catalogue_problems`] checks a record against it, and
+//! the tests check every record kind against the official OCSF 1.8.0 schema.
 
 pub use super::events::CATALOGUE;
 use serde::Serialize;
@@ -37,7 +40,7 @@ pub enum Class {
     UserAccessManagement,
     /// 6003: a read through the gate.
     ApiActivity,
-    /// 0: only for event names not in [`EVENTS`] (a bug, or a test's own events).
+    /// 0: only for event types outside [`CATALOGUE`] (a test's own events).
     Base,
 }
 
@@ -52,6 +55,15 @@ impl Class {
             Class::ApiActivity => 6003,
             Class::Base => 0,
         }
+    }
+
+    /// Whether the class takes `device` from OCSF's `host` profile (so a record lists it in
+    /// `metadata.profiles`) rather than defining it itself.
+    pub fn device_from_profile(self) -> bool {
+        matches!(
+            self,
+            Class::ApiActivity | Class::UserAccessManagement | Class::Authentication
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -77,61 +89,7 @@ impl Class {
             Class::Base => (0, "Uncategorized"),
         }
     }
-
-    /// The attributes OCSF 1.8.0 requires of this class (dotted paths; `a|b` = at least one),
-    /// beyond those of every event ([`BASE_REQUIRED`]). Written down by hand from the schema's
-    /// class and object definitions, including the required attributes of the objects used.
-    pub fn required(self) -> &'static [&'static str] {
-        const ACTOR: &str = "actor.user|actor.process|actor.app_name";
-        match self {
-            Class::FileSystemActivity => &[
-                "actor",
-                ACTOR,
-                "device",
-                "device.type_id",
-                "file",
-                "file.name",
-                "file.type_id",
-            ],
-            Class::EventLogActivity => &[
-                "actor",
-                ACTOR,
-                "device",
-                "device.type_id",
-                "log_name|log_provider|log_file|log_type|log_type_id",
-            ],
-            Class::DetectionFinding => &["finding_info", "finding_info.uid", "finding_info.title"],
-            Class::Authentication => &["user", "user.uid|user.name", "service|dst_endpoint"],
-            Class::UserAccessManagement => &["user", "user.uid|user.name"],
-            Class::ApiActivity => &[
-                "actor",
-                ACTOR,
-                "api",
-                "api.operation",
-                "src_endpoint",
-                "src_endpoint.ip|src_endpoint.hostname|src_endpoint.name|src_endpoint.uid",
-            ],
-            Class::Base => &[],
-        }
-    }
 }
-
-/// What every OCSF event must carry (and what loggate promises on every record besides).
-pub const BASE_REQUIRED: &[&str] = &[
-    "activity_id",
-    "category_uid",
-    "class_uid",
-    "type_uid",
-    "severity_id",
-    "time",
-    "metadata.version",
-    "metadata.product.vendor_name",
-    "metadata.product.name",
-    "metadata.uid",
-    "metadata.sequence",
-    "metadata.event_code",
-    "device.hostname",
-];
 
 /// How an event's `status_id` is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,18 +259,39 @@ struct Event<'a> {
     severity: &'static str,
     status_id: u8,
     status: &'static str,
+    /// The reason code of a failure or of a stream's end, as loggate writes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_detail: Option<&'a str>,
     time: i64,
+    /// UTC: `time` is epoch milliseconds.
+    timezone_offset: i32,
+    message: String,
     metadata: Metadata<'a>,
     device: Device<'a>,
+    observables: Vec<Observable>,
     #[serde(flatten)]
     objects: Objects<'a>,
+}
+
+/// What a SIEM indexes to pivot on: the person, the host, the reader's address, the file.
+#[derive(Serialize)]
+struct Observable {
+    /// The attribute's dotted path in the record.
+    name: &'static str,
+    type_id: u8,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    value: String,
 }
 
 #[derive(Serialize)]
 struct Metadata<'a> {
     version: &'static str,
+    /// `host` where the class takes `device` from that profile (see [`Class::device_from_profile`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    profiles: Option<[&'static str; 1]>,
     product: Product,
     uid: &'a str,
     sequence: u64,
@@ -334,6 +313,8 @@ struct Product {
 struct Device<'a> {
     hostname: &'a str,
     name: &'a str,
+    /// loggate's id of the host (the agent id, or `controller`): unique in a deployment.
+    uid: &'a str,
     type_id: u8,
     #[serde(rename = "type")]
     kind: &'static str,
@@ -403,6 +384,9 @@ struct EventLogObjects<'a> {
     actor: Actor<'a>,
     log_name: &'a str,
     log_provider: &'static str,
+    /// 2 Application: the audit log is loggate's own.
+    log_type_id: u8,
+    log_type: &'static str,
 }
 
 #[derive(Serialize, Default)]
@@ -439,7 +423,15 @@ struct User<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    credential_uid: Option<&'a str>,
+    programmatic_credentials: Option<[Credential<'a>; 1]>,
+}
+
+/// The certificate key grants are bound to (OCSF `programmatic_credential`).
+#[derive(Serialize)]
+struct Credential<'a> {
+    uid: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
 }
 
 #[derive(Serialize)]
@@ -477,7 +469,7 @@ struct Process<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pid: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tid: Option<&'a Value>,
+    ptid: Option<&'a Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -541,15 +533,28 @@ fn shape<'a>(
         activity_id,
         activity_name,
         type_uid: class.uid() * 100 + activity_id,
-        type_name: format!("{}: {activity_name}", class.name()),
+        // Activity 99's caption is "Other"; loggate's own label stays in `activity_name`.
+        type_name: format!(
+            "{}: {}",
+            class.name(),
+            if activity_id == 99 {
+                "Other"
+            } else {
+                activity_name
+            }
+        ),
         severity_id,
         severity: SEVERITY_NAMES[usize::from(severity_id)],
         status_id,
         status: status_name(class, status_id),
+        status_code: status_detail,
         status_detail,
         time: stamp.time_ms,
+        timezone_offset: 0,
+        message: message(kind, fields, source.host),
         metadata: Metadata {
             version: OCSF_VERSION,
+            profiles: class.device_from_profile().then_some(["host"]),
             product: Product {
                 name: "loggate",
                 vendor_name: "loggate",
@@ -565,11 +570,235 @@ fn shape<'a>(
         device: Device {
             hostname: source.host,
             name: source.host,
+            uid: source.host,
             type_id: 1,
             kind: "Server",
         },
+        observables: observables(class, fields, source.host),
         objects: class_objects(class, event, fields, source),
     }
+}
+
+/// A field as text for a summary: strings bare, other values as JSON, null or absent as
+/// `unknown`; control characters (a hostile path or reason) become spaces, so the summary is
+/// one line.
+fn shown(fields: &Map<String, Value>, key: &str) -> String {
+    let text = match fields.get(key) {
+        None | Some(Value::Null) => "unknown".to_string(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The record's one-line summary (OCSF `message`), for people reading the SIEM.
+fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
+    let v = |key: &str| shown(f, key);
+    let who = if present(f, "subject").is_some() {
+        v("subject")
+    } else {
+        "an unidentified caller".to_string()
+    };
+    let text = match kind.name {
+        "read.allowed" => format!(
+            "{who} was allowed to read {} on {host} ({}, grant {})",
+            v("path"),
+            v("mode"),
+            v("grant_id")
+        ),
+        "read.reopened" => format!(
+            "{who}'s follow of {} on {host} moved to the file that replaced it (grant {})",
+            v("path"),
+            v("grant_id")
+        ),
+        "read.denied" => format!(
+            "{who} was refused reading {} on {host}: {}",
+            v("path"),
+            v("reason_code")
+        ),
+        "read.finished" => format!(
+            "{who}'s read of {} on {host} ended ({}) after {} bytes",
+            v("path"),
+            v("end_reason"),
+            v("bytes")
+        ),
+        "grant.issued" => format!(
+            "{} issued grant {} to {who} for {}",
+            v("issuer"),
+            v("grant_id"),
+            v("paths")
+        ),
+        "grant.received" => format!(
+            "{host} installed grant {} for {who} on {}",
+            v("grant_id"),
+            v("paths")
+        ),
+        "grant.rejected" => format!(
+            "{host} rejected grant {}: {}",
+            v("grant_id"),
+            v("reason_code")
+        ),
+        "grant.revoked" => format!(
+            "grant {} was revoked by {} on {host}",
+            v("grant_id"),
+            v("revoked_by")
+        ),
+        "grant.expired" => format!("grant {} of {who} expired on {host}", v("grant_id")),
+        "grant.dropped" => format!(
+            "{host} dropped stored grant {}: {}",
+            v("grant_id"),
+            v("reason")
+        ),
+        "user.key_enrolled" => format!("{who}'s certificate key was enrolled on first contact"),
+        "tls.refused" => format!(
+            "{} on {host} refused a TLS handshake from {}: {}",
+            v("service"),
+            v("peer"),
+            v("reason_code")
+        ),
+        "bypass.read" | "bypass.finding" => format!(
+            "{} (pid {}, uid {}) opened {} on {host} around the gate{}",
+            v("comm"),
+            v("pid"),
+            v("uid"),
+            v("path"),
+            match (kind.name, f.get("expected").and_then(Value::as_bool)) {
+                ("bypass.finding", Some(true)) => ", an allow-listed reader without a grant",
+                ("bypass.finding", _) => ", without a grant",
+                _ => "",
+            }
+        ),
+        "bypass.events_lost" => format!(
+            "{host} lost {} bypass events: {}",
+            v("lost_since_last"),
+            v("reason")
+        ),
+        "bypass.unavailable" => {
+            format!("the bypass audit on {host} is unavailable: {}", v("reason"))
+        }
+        "agent.started" => format!("agent {host} started (bypass audit: {})", v("bypass_mode")),
+        "agent.stopped" => format!("agent {host} stopped"),
+        "controller.started" => format!("the controller started on {}", v("listen")),
+        "controller.stopped" => "the controller stopped".to_string(),
+        "audit.checkpoint" => format!(
+            "{host} sealed its audit chain through seq {}",
+            v("sealed_seq")
+        ),
+        "audit.rotated" => format!("{host} rotated its audit file to {}", v("previous_file")),
+        "audit.checkpoint_key_enrolled" => format!(
+            "the checkpoint key {} of agent {} was enrolled ({})",
+            v("key_id"),
+            v("agent_id"),
+            v("how")
+        ),
+        "audit.checkpoint_refused" => format!(
+            "checkpoints of agent {} were refused: {}",
+            v("agent_id"),
+            v("reason_code")
+        ),
+        "audit.checkpoint_conflict" => format!(
+            "ALERT: a checkpoint of {} contradicts one held: {}",
+            v("origin"),
+            v("conflict")
+        ),
+        "audit.torn_tail_discarded" => format!(
+            "{host} cut a torn last line of {} bytes from its audit file",
+            v("bytes_discarded")
+        ),
+        other => format!("{other} on {host}"),
+    };
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The person's short name (the last segment of a SPIFFE id).
+fn short_name(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
+}
+
+/// The record's observables: only values loggate knows to be true (no `unknown` user).
+fn observables(class: Class, f: &Map<String, Value>, host: &str) -> Vec<Observable> {
+    let user = |name, id: &str| Observable {
+        name,
+        type_id: 4,
+        kind: "User Name",
+        value: short_name(id).to_string(),
+    };
+    let file = |name, path: &str| Observable {
+        name,
+        type_id: 45,
+        kind: "File Path",
+        value: path.to_string(),
+    };
+    let ip = |name| {
+        text(f, "peer")
+            .and_then(|p| p.parse::<std::net::SocketAddr>().ok())
+            .map(|a| Observable {
+                name,
+                type_id: 2,
+                kind: "IP Address",
+                value: a.ip().to_string(),
+            })
+    };
+    let subject = text(f, "subject");
+    let path = text(f, "path");
+    let mut found = vec![Observable {
+        name: "device.hostname",
+        type_id: 1,
+        kind: "Hostname",
+        value: host.to_string(),
+    }];
+    match class {
+        Class::ApiActivity => {
+            found.extend(subject.map(|s| user("actor.user.name", s)));
+            found.extend(ip("src_endpoint.ip"));
+            found.extend(path.map(|p| file("resources.name", p)));
+        }
+        Class::UserAccessManagement => {
+            found.extend(subject.map(|s| user("user.name", s)));
+            let by = text(f, "approver")
+                .or_else(|| text(f, "issuer"))
+                .or_else(|| text(f, "revoked_by"));
+            found.extend(by.map(|b| user("actor.user.name", b)));
+        }
+        Class::Authentication => {
+            found.extend(subject.map(|s| user("user.name", s)));
+            found.extend(ip("src_endpoint.ip"));
+        }
+        Class::FileSystemActivity | Class::DetectionFinding => {
+            let at = |plain, nested| {
+                if class == Class::FileSystemActivity {
+                    plain
+                } else {
+                    nested
+                }
+            };
+            found.extend(
+                subject.map(|s| user(at("actor.user.name", "evidences.actor.user.name"), s)),
+            );
+            found.extend(text(f, "user").map(|u| {
+                user(
+                    at(
+                        "actor.process.user.name",
+                        "evidences.actor.process.user.name",
+                    ),
+                    u,
+                )
+            }));
+            found.extend(text(f, "comm").map(|c| Observable {
+                name: at("actor.process.name", "evidences.actor.process.name"),
+                type_id: 9,
+                kind: "Process Name",
+                value: c.to_string(),
+            }));
+            found.extend(path.map(|p| file(at("file.path", "evidences.file.path"), p)));
+        }
+        Class::EventLogActivity | Class::Base => {}
+    }
+    found
 }
 
 const SEVERITY_NAMES: [&str; 7] = [
@@ -622,14 +851,19 @@ fn user<'a>(id: Option<&'a str>, key: Option<&'a str>) -> User<'a> {
             name: Some(id.rsplit('/').next().unwrap_or(id)),
             type_id: 1,
             kind: "User",
-            credential_uid: key,
+            programmatic_credentials: key.map(|uid| {
+                [Credential {
+                    uid,
+                    kind: "Certificate public key SHA-256",
+                }]
+            }),
         },
         None => User {
             uid: None,
             name: Some("unknown"),
             type_id: 0,
             kind: "Unknown",
-            credential_uid: None,
+            programmatic_credentials: None,
         },
     }
 }
@@ -669,7 +903,7 @@ fn log_file(path: Option<&str>) -> Option<[Resource<'_>; 1]> {
 fn bypass_objects(f: &Map<String, Value>) -> FileObjects<'_> {
     let process = Process {
         pid: present(f, "pid"),
-        tid: present(f, "tid"),
+        ptid: present(f, "tid"),
         name: text(f, "comm"),
         cmd_line: text(f, "cmdline"),
         file: text(f, "exe").map(|exe| File {
@@ -684,7 +918,7 @@ fn bypass_objects(f: &Map<String, Value>) -> FileObjects<'_> {
             name: text(f, "user"),
             type_id: 1,
             kind: "User",
-            credential_uid: None,
+            programmatic_credentials: None,
         }),
         parent_process: present(f, "ppid").map(|pid| Parent { pid }),
     };
@@ -760,16 +994,18 @@ fn class_objects<'a>(
                     },
                     None => loggate_actor(),
                 },
-                privileges: f
-                    .get("paths")
-                    .and_then(Value::as_array)
-                    .map(|ps| {
-                        ps.iter()
-                            .filter_map(Value::as_str)
-                            .map(|p| format!("read:{p}"))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                // What was given or taken: read access to the grant's paths where the event
+                // names them, else the grant itself.
+                privileges: match f.get("paths").and_then(Value::as_array) {
+                    Some(ps) => ps
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(|p| format!("read:{p}"))
+                        .collect(),
+                    None => text(f, "grant_id")
+                        .map(|g| vec![format!("grant:{g}")])
+                        .unwrap_or_default(),
+                },
             })
         }
         Class::Authentication => Objects::Authentication(AuthenticationObjects {
@@ -800,16 +1036,21 @@ fn class_objects<'a>(
             actor: loggate_actor(),
             log_name: &source.log_name,
             log_provider: "loggate",
+            log_type_id: 2,
+            log_type: "Application",
         }),
         Class::Base => Objects::None {},
     }
 }
 
-/// What is wrong with a record, as OCSF 1.8.0 and loggate's catalogue see it: an unknown
-/// event, a class that does not match the catalogue, a missing required attribute, a
-/// `type_uid` that is not `class_uid * 100 + activity_id`, a field the catalogue does not
-/// document. Empty when the record is well formed.
-pub fn schema_problems(record: &Value) -> Vec<String> {
+/// What is wrong with a record as loggate's catalogue sees it: an unknown event, a class,
+/// activity or `type_uid` that is not the catalogue's, a field the catalogue does not document,
+/// no chain link. Empty when the record is what its event type says.
+///
+/// Whether the record is valid OCSF is a question for the official schema, not for a list we
+/// keep: the tests hold every record kind against it with `loggate-ocsf-validate` (the rules of
+/// a validating SIEM), see `ocsf/tests.rs` and `tests/tests/audit_schema.rs`.
+pub fn catalogue_problems(record: &Value) -> Vec<String> {
     let mut problems = Vec::new();
     let Some(name) = super::event_name(record) else {
         return vec!["no metadata.event_code".into()];
@@ -829,17 +1070,8 @@ pub fn schema_problems(record: &Value) -> Vec<String> {
     if number("type_uid") != Some(kind.class.uid() * 100 + kind.activity_id) {
         problems.push("type_uid is not class_uid * 100 + activity_id".into());
     }
-    if record.pointer("/metadata/version").and_then(Value::as_str) != Some(OCSF_VERSION) {
-        problems.push(format!("metadata.version is not {OCSF_VERSION}"));
-    }
-    for required in BASE_REQUIRED.iter().chain(kind.class.required()) {
-        let present = required.split('|').any(|path| {
-            let pointer = format!("/{}", path.replace('.', "/"));
-            record.pointer(&pointer).is_some_and(|v| !v.is_null())
-        });
-        if !present {
-            problems.push(format!("{} requires {required}", kind.class.name()));
-        }
+    if let Err(why) = super::chain_link(record) {
+        problems.push(why);
     }
     let documented = |field: &str| kind.all_fields().any(|(f, _)| *f == field);
     if let Some(fields) = super::record_fields(record) {
