@@ -395,3 +395,57 @@ fn every_record_kind_of_a_real_run_conforms_to_ocsf_1_8_0() -> anyhow::Result<()
     assert!(out.status.success(), "{}", text(&out).1);
     Ok(())
 }
+
+/// Upgrade: an agent started on an audit file an earlier build wrote (`seq` and `prev` at the
+/// top level) continues its chain in the new layout; after the agent rotates it, `loggate audit
+/// verify` takes the rotated file (old records, then new ones) and the new file as one chain.
+#[test]
+fn an_old_layout_audit_file_is_continued_by_the_agent_and_verifies_across_a_rotation(
+) -> anyhow::Result<()> {
+    // The first 20 records of the examples an earlier build generated (a chained prefix).
+    let old: Vec<&str> = include_str!("../../core/src/audit/testdata/old-layout.jsonl")
+        .lines()
+        .take(20)
+        .collect();
+    let old = format!("{}\n", old.join("\n"));
+    let mut cluster = loggate_tests::Cluster::new(None)?;
+    let logs = cluster.dir.join("logs/app");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::write(logs.join("api.log"), "one line\n")?;
+    cluster.add_agent(
+        "web-1",
+        &[&logs],
+        "audit_rotate_bytes = 4000\naudit_keep_files = 2",
+    )?;
+    let audit = cluster.agents["web-1"].dir.join("audit.jsonl");
+    std::fs::write(&audit, &old)?;
+    cluster.start_controller()?;
+    cluster.start_agent("web-1")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while loggate_core::audit::rotated_files(&audit)?.is_empty() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the agent did not rotate its audit file"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.stop_agent("web-1");
+    let rotated = loggate_core::audit::rotated_files(&audit)?;
+    let before = std::fs::read_to_string(&rotated[0])?;
+    assert!(before.starts_with(&old), "the old records are untouched");
+    let new_part = &before[old.len()..];
+    assert!(!new_part.is_empty());
+    assert!(
+        new_part.lines().all(|l| l.starts_with("{\"unmapped\":")),
+        "{new_part}"
+    );
+    check_records(&loggate_tests::read_audit_file(&audit));
+    let files = [
+        rotated[0].display().to_string(),
+        audit.display().to_string(),
+    ];
+    let out = cluster.run_cli("alice", &["audit", "verify", &files[0], &files[1]])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    Ok(())
+}
