@@ -411,6 +411,9 @@ struct Authorization<'a> {
 struct Policy<'a> {
     uid: &'a str,
     name: &'static str,
+    /// The grant decided the read (it was allowed under it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_applied: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -443,6 +446,8 @@ struct Api {
 #[derive(Serialize)]
 struct Service<'a> {
     name: &'a str,
+    /// loggate's version: the agent and the controller are loggate's services.
+    version: &'static str,
 }
 
 #[derive(Serialize)]
@@ -455,6 +460,7 @@ enum Endpoint<'a> {
 #[derive(Serialize)]
 struct Host<'a> {
     hostname: &'a str,
+    svc_name: &'static str,
 }
 
 #[derive(Serialize)]
@@ -954,15 +960,13 @@ fn class_objects<'a>(
             actor: Actor {
                 user: Some(user(text(f, "subject"), text(f, "key_sha256"))),
                 authorizations: text(f, "grant_id").map(|uid| {
+                    let denied = event == "read.denied";
                     [Authorization {
-                        decision: if event == "read.denied" {
-                            "Denied"
-                        } else {
-                            "Allowed"
-                        },
+                        decision: if denied { "Denied" } else { "Allowed" },
                         policy: Policy {
                             uid,
                             name: "loggate grant",
+                            is_applied: (!denied).then_some(true),
                         },
                     }]
                 }),
@@ -972,11 +976,13 @@ fn class_objects<'a>(
                 operation: "ReadLog",
                 service: Service {
                     name: "loggate.v1.Agent",
+                    version: env!("CARGO_PKG_VERSION"),
                 },
             },
             src_endpoint: endpoint(text(f, "peer")),
             dst_endpoint: Host {
                 hostname: source.host,
+                svc_name: "loggate agent",
             },
             resources: log_file(text(f, "path")),
             duration: present(f, "duration_ms"),
@@ -1017,6 +1023,7 @@ fn class_objects<'a>(
             is_remote: true,
             service: Service {
                 name: text(f, "service").unwrap_or("loggate controller"),
+                version: env!("CARGO_PKG_VERSION"),
             },
             src_endpoint: text(f, "peer").map(|p| endpoint(Some(p))),
         }),
