@@ -10,7 +10,7 @@
 //!
 //! ## Adding an event
 //!
-//! 1. Write it with [`audit_event!`] below, next to its kind (reads, grants, bypass, lifecycle):
+//! 1. Write it with `audit_event!` below, next to its kind (reads, grants, bypass, lifecycle):
 //!    a doc comment saying when it is written (that is the catalogue's text), its name (dotted:
 //!    `area.what_happened`), who writes it, its OCSF class and activity (the activity's id must
 //!    mean what the event is: see the class in the OCSF schema), outcome and severity, then its
@@ -22,7 +22,11 @@
 //!    `LOGGATE_BLESS=1 cargo test -p loggate-core audit_events_doc` and read the diff of
 //!    `docs/audit-events.md`; `cargo test -p loggate-core --lib audit::` checks it against the
 //!    OCSF schema.
-//! 4. Write it: `log.append(&MyEvent { … })`.
+//! 4. Give it a one-line summary in `ocsf::message` (otherwise its `message` is
+//!    `<name> on <host>`); its OCSF objects and `observables` follow from its class and the
+//!    field names the class reads (`subject`, `peer`, `path`, `grant_id`, …: see
+//!    `ocsf::class_objects`).
+//! 5. Write it: `log.append(&MyEvent { … })`.
 //!
 //! An event whose fields are another event's plus more (`bypass.finding`) is a struct with a
 //! `#[serde(flatten)]` field and a hand-written impl; see [`BypassFinding`].

@@ -4,7 +4,7 @@
 //! `prev` (see the module above), then, unchanged in name and value, every field of the event.
 //! Chain and checkpoint fields stay there until OCSF's `record_integrity` profile is released.
 //! The OCSF event follows: classification (`class_uid`, `activity_id`, `type_uid`, …; the
-//! activity's id means what the event is, and activity 99's `type_name` is "<class>: Other"),
+//! activity's id means what the event is, and activity 99's `type_name` is `"<class>: Other"`),
 //! `time` (epoch ms, `timezone_offset` 0), `severity_id`, `status_id`, `message` (a one-line
 //! summary), `metadata` (the event's UUIDv7 `uid` for de-duplication, `sequence` = `seq`,
 //! loggate's event name as `event_code`, and `profiles: ["host"]` where the class takes
