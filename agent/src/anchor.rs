@@ -192,7 +192,7 @@ impl Spool {
 fn checkpoint_of(line: &[u8]) -> Option<(u64, Checkpoint)> {
     memchr::memmem::find(line, CHECKPOINT_EVENT.as_bytes())?;
     let record: serde_json::Value = serde_json::from_slice(line).ok()?;
-    let seq = record.get("seq")?.as_u64()?;
+    let seq = loggate_core::audit::record_seq(&record)?;
     Some((seq, Checkpoint::from_record(&record).ok()??))
 }
 
@@ -200,7 +200,6 @@ fn checkpoint_of(line: &[u8]) -> Option<(u64, Checkpoint)> {
 mod tests {
     use super::*;
     use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy};
-    use loggate_core::audit_fields;
 
     /// An audit file of 9 events by web-1 with a checkpoint after every 3: checkpoints are
     /// seq 4 (sealing 3), 8 (sealing 7) and 12 (sealing 11).
@@ -215,7 +214,8 @@ mod tests {
             .unwrap()
             .with_checkpoints(key, policy);
         for i in 0..9 {
-            log.append("e", audit_fields!("i" => i)).unwrap();
+            log.append(&loggate_core::audit::events::AuditTornTailDiscarded { bytes_discarded: i })
+                .unwrap();
         }
         path
     }

@@ -16,8 +16,8 @@ use clap::{Parser, Subcommand};
 use config::AgentConfig;
 use grants::GrantStore;
 use loggate_core::audit::ship::{spawn_sinks, ShipContext};
+use loggate_core::audit::{events, AuditEvent};
 use loggate_core::audit::{AuditLog, CheckpointKey, SharedAuditLog};
-use loggate_core::audit_fields;
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
 use loggate_proto::agent_server::AgentServer;
@@ -87,25 +87,17 @@ pub struct Shared {
 impl Shared {
     /// Appends one audit event and returns once it is on disk (group commit: concurrent events
     /// share a sync). Callers fail closed on error.
-    pub fn audit(
-        &self,
-        event: &str,
-        fields: serde_json::Map<String, serde_json::Value>,
-    ) -> anyhow::Result<u64> {
+    pub fn audit(&self, event: &impl AuditEvent) -> anyhow::Result<u64> {
         // Waiting for the disk blocks: let the runtime move its other tasks off this thread.
         Ok(tokio::task::block_in_place(|| {
-            self.audit_log.append(event, fields)
+            self.audit_log.append(event)
         })?)
     }
 
     /// Appends one audit event that no action waits on (an eBPF observation): written now,
     /// durable with the next group sync (see `SharedAuditLog::append_deferred`).
-    pub fn audit_deferred(
-        &self,
-        event: &str,
-        fields: serde_json::Map<String, serde_json::Value>,
-    ) -> anyhow::Result<u64> {
-        Ok(self.audit_log.append_deferred(event, fields)?)
+    pub fn audit_deferred(&self, event: &impl AuditEvent) -> anyhow::Result<u64> {
+        Ok(self.audit_log.append_deferred(event)?)
     }
 }
 
@@ -139,18 +131,27 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         .map(|r| r.path().to_path_buf())
         .collect();
     let bypass = bypass::Startup::begin(&config.bypass, &roots);
-    let mut started = audit_fields!(
-        "agent_id" => config.id.clone(), "listen" => config.listen.to_string(),
-        "roots" => roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>(),
-        "grants_loaded" => loaded.store.grants_count(), "revision" => loaded.store.revision(),
-    );
-    started.extend(bypass.started_fields());
-    audit_log.append("agent.started", started)?;
+    let mut started = events::AgentStarted {
+        agent_id: config.id.clone(),
+        listen: config.listen.to_string(),
+        roots: roots.iter().map(|r| r.display().to_string()).collect(),
+        grants_loaded: loaded.store.grants_count() as u64,
+        revision: loaded.store.revision(),
+        bypass_mode: "off",
+        bypass_fallback_reason: None,
+        bypass_hooks: Vec::new(),
+        bypass_hooks_missing: None,
+        bypass_fd_lookup: None,
+        bypass_fd_lookup_reason: None,
+        bypass_protected: None,
+    };
+    bypass.describe(&mut started);
+    audit_log.append(&started)?;
     for (id, reason) in &loaded.dropped {
-        audit_log.append(
-            "grant.dropped",
-            audit_fields!("grant_id" => id.clone(), "reason" => reason.clone()),
-        )?;
+        audit_log.append(&events::GrantDropped {
+            grant_id: id.clone(),
+            reason: reason.clone(),
+        })?;
     }
     let audit_log = SharedAuditLog::new(audit_log)?;
     // The sinks follow the audit file on threads of their own: a slow SIEM never slows a read.
@@ -203,10 +204,9 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(incoming, loggate_core::shutdown::signal())
         .await
         .with_context(|| format!("agent server on {listen}"))?;
-    shared.audit(
-        "agent.stopped",
-        audit_fields!("agent_id" => shared.config.id.clone()),
-    )?;
+    shared.audit(&events::AgentStopped {
+        agent_id: shared.config.id.clone(),
+    })?;
     shared.audit_log.checkpoint()?;
     eprintln!("loggate-agent stopped");
     Ok(())
@@ -230,10 +230,12 @@ async fn expire_grants(shared: Arc<Shared>) {
             Ok(expired) => {
                 for g in expired {
                     let c = g.claims();
-                    if let Err(e) = shared.audit(
-                        "grant.expired",
-                        audit_fields!("grant_id" => c.jti.clone(), "subject" => c.sub.clone(), "not_after" => c.exp),
-                    ) {
+                    if let Err(e) = shared.audit(&events::GrantExpired {
+                        grant_id: c.jti.clone(),
+                        subject: c.sub.clone(),
+                        paths: c.paths.clone(),
+                        not_after: c.exp,
+                    }) {
                         tracing::error!("audit write failed: {e:#}");
                     }
                 }

@@ -6,7 +6,7 @@ use crate::gate::{authorize, Denial, DenialCode};
 use crate::stream::{self, GrantWatch, LineSelector, Plan};
 use crate::Shared;
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget, Summary};
-use loggate_core::audit_fields;
+use loggate_core::audit::events;
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::peer_identity;
 use loggate_proto as pb;
@@ -88,12 +88,19 @@ fn write_summary(shared: &Shared, policy: &BudgetPolicy, summary: Summary<Denial
         humantime::format_duration(policy.window)
     );
     tracing::warn!("{reason}");
-    let fields = audit_fields!(
-        "subject" => subject, "peer" => address, "path" => Option::<String>::None,
-        "reason_code" => DenialCode::Suppressed.as_str(), "reason" => reason,
-        "suppressed_before" => summary.left_out,
-    );
-    if let Err(e) = shared.audit_deferred("read.denied", fields) {
+    let summary_record = events::ReadDenied {
+        subject,
+        key_sha256: None,
+        peer: address,
+        path: None,
+        path_bytes: None,
+        path_sha256: None,
+        grant_id: None,
+        reason_code: DenialCode::Suppressed.as_str(),
+        reason,
+        suppressed_before: summary.left_out,
+    };
+    if let Err(e) = shared.audit_deferred(&summary_record) {
         tracing::error!("audit write failed: {e:#}");
     }
 }
@@ -176,7 +183,8 @@ fn audit_unavailable(e: anyhow::Error) -> Status {
 /// The grant is the same (it covers the path); its expiry and revocation keep being checked.
 fn rotation_follower(
     shared: Arc<Shared>,
-    fields: serde_json::Map<String, serde_json::Value>,
+    // Who reads what; its file fields are filled at each reopen.
+    reopened: events::ReadReopened,
     path: String,
 ) -> stream::Reopen {
     use std::os::unix::fs::MetadataExt;
@@ -191,12 +199,14 @@ fn rotation_follower(
         if (meta.dev(), meta.ino()) == (now.dev(), now.ino()) {
             return Ok(None);
         }
-        let mut fields = fields.clone();
-        fields.extend(audit_fields!(
-            "inode" => next.ino, "device" => next.dev, "size" => next.len,
-            "previous_inode" => now.ino(),
-        ));
-        shared.audit("read.reopened", fields).map_err(|e| {
+        let event = events::ReadReopened {
+            inode: next.ino,
+            device: next.dev,
+            size: next.len,
+            previous_inode: now.ino(),
+            ..reopened.clone()
+        };
+        shared.audit(&event).map_err(|e| {
             tracing::error!("audit write failed: {e:#}");
             stream::EndReason::ReadError(
                 "the agent cannot write its audit log, so it serves nothing (fail closed)".into(),
@@ -229,19 +239,18 @@ impl AgentService {
         };
         if let Admission::Write { suppressed_before } = self.denials.admit(source.as_slice()) {
             let kept = cut(path, AUDIT_PATH_BYTES);
-            let audited = self.shared.audit(
-                "read.denied",
-                audit_fields!(
-                    "subject" => reader.map(|r| r.spiffe_id().to_string()),
-                    "key_sha256" => reader.map(|r| r.key_sha256_hex()),
-                    "peer" => peer.map(|p| p.to_string()), "path" => kept,
-                    "path_bytes" => path.len(),
-                    "path_sha256" => (kept.len() < path.len()).then(|| sha256_hex(path)),
-                    "grant_id" => denial.grant_id.clone(), "reason_code" => denial.code.as_str(),
-                    "reason" => cut(&denial.message, AUDIT_REASON_BYTES),
-                    "suppressed_before" => suppressed_before,
-                ),
-            );
+            let audited = self.shared.audit(&events::ReadDenied {
+                subject: reader.map(|r| r.spiffe_id().to_string()),
+                key_sha256: reader.map(|r| r.key_sha256_hex()),
+                peer: peer.map(|p| p.to_string()),
+                path: Some(kept.to_string()),
+                path_bytes: Some(path.len() as u64),
+                path_sha256: (kept.len() < path.len()).then(|| sha256_hex(path)),
+                grant_id: denial.grant_id.clone(),
+                reason_code: denial.code.as_str(),
+                reason: cut(&denial.message, AUDIT_REASON_BYTES).to_string(),
+                suppressed_before,
+            });
             if let Err(e) = audited {
                 return audit_unavailable(e);
             }
@@ -394,18 +403,21 @@ impl Agent for AgentService {
             _ => "cat",
         };
         self.shared
-            .audit(
-                "read.allowed",
-                audit_fields!(
-                    "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
-                    "peer" => peer.clone(), "grant_id" => grant.id(), "path" => path.clone(),
-                    "mode" => mode_name, "pattern" => (!req.pattern.is_empty()).then(|| req.pattern.clone()),
-                    "since_ms" => (req.since_unix_ms != 0).then_some(req.since_unix_ms),
-                    "until_ms" => (req.until_unix_ms != 0).then_some(req.until_unix_ms),
-                    "redaction_profile" => grant.claims().redaction.clone(),
-                    "inode" => file.ino, "device" => file.dev, "size" => file.len,
-                ),
-            )
+            .audit(&events::ReadAllowed {
+                subject: reader.spiffe_id().to_string(),
+                key_sha256: reader.key_sha256_hex(),
+                peer: peer.clone(),
+                grant_id: grant.id().to_string(),
+                path: path.clone(),
+                mode: mode_name,
+                pattern: (!req.pattern.is_empty()).then(|| req.pattern.clone()),
+                since_ms: (req.since_unix_ms != 0).then_some(req.since_unix_ms),
+                until_ms: (req.until_unix_ms != 0).then_some(req.until_unix_ms),
+                redaction_profile: grant.claims().redaction.clone(),
+                inode: file.ino,
+                device: file.dev,
+                size: file.len,
+            })
             .map_err(audit_unavailable)?;
 
         let tail_lines = (mode == pb::ReadMode::Tail).then_some(req.tail_lines);
@@ -424,10 +436,17 @@ impl Agent for AgentService {
         let reopen = follow.then(|| {
             rotation_follower(
                 self.shared.clone(),
-                audit_fields!(
-                    "subject" => reader.spiffe_id(), "key_sha256" => reader.key_sha256_hex(),
-                    "peer" => peer.clone(), "grant_id" => grant.id(), "path" => path.clone(),
-                ),
+                events::ReadReopened {
+                    subject: reader.spiffe_id().to_string(),
+                    key_sha256: reader.key_sha256_hex(),
+                    peer: peer.clone(),
+                    grant_id: grant.id().to_string(),
+                    path: path.clone(),
+                    inode: 0,
+                    device: 0,
+                    size: 0,
+                    previous_inode: 0,
+                },
                 path.clone(),
             )
         });
@@ -456,27 +475,25 @@ impl Agent for AgentService {
             let started = Instant::now();
             let finished = stream::run(plan, tx, last_tx, &watch);
             let reason = finished.reason;
-            let redactions: serde_json::Map<String, serde_json::Value> = finished
-                .counts
-                .redactions
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::from(*v)))
-                .collect();
-            let result = shared.audit(
-                "read.finished",
-                audit_fields!(
-                    "subject" => subject, "key_sha256" => key_sha256, "peer" => peer,
-                    "grant_id" => watch.grant_id.clone(), "path" => path,
-                    "bytes" => finished.bytes, "duration_ms" => started.elapsed().as_millis() as u64,
-                    "end_reason" => reason.as_str(),
-                    "error" => match &reason { stream::EndReason::ReadError(e) => Some(e.clone()), _ => None },
-                    "redactions" => redactions,
-                    "lines_withheld" => finished.counts.lines_withheld,
-                    "lines_cut" => finished.counts.lines_cut,
-                    "pattern_ms" => finished.pattern_time.as_millis() as u64,
-                    "key_lookback_exhausted" => finished.key_lookback_exhausted,
-                ),
-            );
+            let result = shared.audit(&events::ReadFinished {
+                subject,
+                key_sha256,
+                peer,
+                grant_id: watch.grant_id.clone(),
+                path,
+                bytes: finished.bytes,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                end_reason: reason.as_str(),
+                error: match &reason {
+                    stream::EndReason::ReadError(e) => Some(e.clone()),
+                    _ => None,
+                },
+                redactions: finished.counts.redactions.clone(),
+                lines_withheld: finished.counts.lines_withheld,
+                lines_cut: finished.counts.lines_cut,
+                pattern_ms: u64::try_from(finished.pattern_time.as_millis()).unwrap_or(u64::MAX),
+                key_lookback_exhausted: finished.key_lookback_exhausted,
+            });
             if let Err(e) = result {
                 tracing::error!("audit write failed at stream end: {e:#}");
             }

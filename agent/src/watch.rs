@@ -13,7 +13,7 @@
 use crate::config::AgentConfig;
 use crate::grants::{GrantStore, RevocationInfo};
 use crate::Shared;
-use loggate_core::audit_fields;
+use loggate_core::audit::events;
 use loggate_core::grant::unix_now;
 use loggate_core::tls::Server;
 use loggate_proto as pb;
@@ -150,26 +150,27 @@ pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> a
                         }
                         return Ok(());
                     }
-                    shared.audit(
-                        "grant.received",
-                        audit_fields!(
-                            "grant_id" => c.jti.clone(), "subject" => c.sub, "paths" => c.paths,
-                            "not_before" => c.nbf, "not_after" => c.exp, "approver" => c.approver,
-                            "reason" => c.reason, "redaction_profile" => c.redaction,
-                            "revision" => event.revision,
-                        ),
-                    )?;
+                    shared.audit(&events::GrantReceived {
+                        grant_id: c.jti.clone(),
+                        subject: c.sub,
+                        paths: c.paths,
+                        not_before: c.nbf,
+                        not_after: c.exp,
+                        approver: c.approver,
+                        reason: c.reason,
+                        redaction_profile: c.redaction,
+                        revision: event.revision,
+                    })?;
                     store.install(grant, position)?;
                     tracing::info!(grant_id = %c.jti, revision = event.revision, "grant installed");
                 }
                 Err(e) => {
-                    shared.audit(
-                        "grant.rejected",
-                        audit_fields!(
-                            "grant_id" => signed.grant_id, "reason_code" => e.code(),
-                            "reason" => e.to_string(), "revision" => event.revision,
-                        ),
-                    )?;
+                    shared.audit(&events::GrantRejected {
+                        grant_id: signed.grant_id,
+                        reason_code: e.code(),
+                        reason: e.to_string(),
+                        revision: event.revision,
+                    })?;
                     if let Some(revision) = position {
                         store.set_revision(revision)?;
                     }
@@ -184,13 +185,13 @@ pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> a
             };
             let subject = store.subject_of(&r.grant_id);
             if store.revoke(&r.grant_id, info, position)? {
-                shared.audit(
-                    "grant.revoked",
-                    audit_fields!(
-                        "grant_id" => r.grant_id, "subject" => subject, "revoked_by" => r.revoked_by,
-                        "reason" => r.reason, "revision" => event.revision,
-                    ),
-                )?;
+                shared.audit(&events::GrantRevoked {
+                    grant_id: r.grant_id,
+                    subject,
+                    revoked_by: r.revoked_by,
+                    reason: r.reason,
+                    revision: Some(event.revision),
+                })?;
             }
         }
         Some(pb::grant_event::Event::Heartbeat(_)) => match session.resync.take() {
@@ -198,13 +199,12 @@ pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> a
                 let forgotten =
                     store.finish_resync(&resync.epoch, event.revision, &resync.sent, unix_now())?;
                 for id in forgotten {
-                    shared.audit(
-                        "grant.dropped",
-                        audit_fields!(
-                            "grant_id" => id,
-                            "reason" => "the controller no longer holds this grant (its database was replaced or restored)",
-                        ),
-                    )?;
+                    shared.audit(&events::GrantDropped {
+                        grant_id: id,
+                        reason: "the controller no longer holds this grant (its database was \
+                                 replaced or restored)"
+                            .into(),
+                    })?;
                 }
                 tracing::info!(epoch = %resync.epoch, revision = event.revision, "grants resynchronised");
             }

@@ -6,7 +6,7 @@ use crate::config::ControllerConfig;
 use crate::service::ControllerService;
 use crate::store::Store;
 use anyhow::{bail, Context};
-use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
+use loggate_core::audit::{events, AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
 use loggate_core::grant::{unix_now, SigningKey};
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::read_certificate_der;
@@ -35,13 +35,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let checkpoint_key = CheckpointKey::load_or_create(&audit_dir.join("audit-signing.key"))?;
     let mut audit_log = AuditLog::open(&config.audit_log, "controller")?
         .with_checkpoints(checkpoint_key, CheckpointPolicy::default());
-    audit_log.append(
-        "controller.started",
-        loggate_core::audit_fields!(
-            "listen" => config.listen.to_string(), "admins" => config.admins.clone(),
-            "revision" => store.latest_revision()?,
-        ),
-    )?;
+    audit_log.append(&events::ControllerStarted {
+        listen: config.listen.to_string(),
+        admins: config.admins.to_vec(),
+        revision: store.latest_revision()?,
+    })?;
     if let Some(dir) = &config.enrol_checkpoint_keys {
         crate::service::enrol_checkpoint_keys(&store, &mut audit_log, dir)?;
     }
@@ -97,7 +95,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("controller server on {}", config.listen))?;
-    audit.append("controller.stopped", serde_json::Map::new())?;
+    audit.append(&events::ControllerStopped {})?;
     audit.checkpoint()?;
     eprintln!("loggate controller stopped");
     Ok(())

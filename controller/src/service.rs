@@ -7,8 +7,7 @@ mod anchor;
 pub use anchor::enrol_checkpoint_keys;
 
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
-use loggate_core::audit::SharedAuditLog;
-use loggate_core::audit_fields;
+use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::grant::{
     compile_path_glob, new_grant_id, unix_now, GrantClaims, SigningKey, MAX_TOKEN_LEN,
 };
@@ -83,13 +82,9 @@ impl ControllerService {
         })
     }
 
-    fn audit(
-        &self,
-        event: &str,
-        fields: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), Status> {
+    fn audit(&self, event: &impl AuditEvent) -> Result<(), Status> {
         // Waiting for the disk blocks: let the runtime move its other tasks off this thread.
-        let appended = tokio::task::block_in_place(|| self.audit.append(event, fields));
+        let appended = tokio::task::block_in_place(|| self.audit.append(event));
         appended.map(|_| ()).map_err(|e| {
             tracing::error!("audit write failed: {e}");
             Status::unavailable("the controller cannot write its audit log; nothing was changed")
@@ -97,21 +92,18 @@ impl ControllerService {
     }
 
     fn audit_issued(&self, grant: &GrantRow) -> Result<(), Status> {
-        self.audit(
-            "grant.issued",
-            audit_fields!(
-                "grant_id" => grant.id.clone(),
-                "subject" => grant.subject.clone(),
-                "issuer" => grant.issuer.clone(),
-                "hosts" => grant.hosts.clone(),
-                "labels" => grant.labels.clone(),
-                "paths" => grant.paths.clone(),
-                "not_before" => grant.not_before,
-                "not_after" => grant.not_after,
-                "reason" => grant.reason.clone(),
-                "redaction_profile" => grant.profile.clone(),
-            ),
-        )
+        self.audit(&events::GrantIssued {
+            grant_id: grant.id.clone(),
+            subject: grant.subject.clone(),
+            issuer: grant.issuer.clone(),
+            hosts: grant.hosts.clone(),
+            labels: grant.labels.clone(),
+            paths: grant.paths.clone(),
+            not_before: grant.not_before,
+            not_after: grant.not_after,
+            reason: grant.reason.clone(),
+            redaction_profile: grant.profile.clone(),
+        })
     }
 
     /// The calling person. The first certificate key seen for a person is enrolled (trust on
@@ -123,10 +115,11 @@ impl ControllerService {
         // Audited before it is stored (inside the transaction): no key without its record.
         self.store
             .enrol_user_key_if_absent(user.spiffe_id(), &key, unix_now(), || {
-                self.audit(
-                    "user.key_enrolled",
-                    audit_fields!("subject" => user.spiffe_id(), "key_sha256" => key.clone(), "how" => "first_contact"),
-                )
+                self.audit(&events::UserKeyEnrolled {
+                    subject: user.spiffe_id().to_string(),
+                    key_sha256: key.clone(),
+                    how: "first_contact",
+                })
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))
             })
             .map_err(internal)?;
@@ -562,15 +555,13 @@ impl Controller for ControllerService {
             reason: req.reason.clone(),
         };
         // Audited before the revocation is committed: an audit failure changes nothing.
-        self.audit(
-            "grant.revoked",
-            audit_fields!(
-                "grant_id" => existing.id.clone(),
-                "subject" => existing.subject.clone(),
-                "revoked_by" => user.spiffe_id(),
-                "reason" => req.reason.clone(),
-            ),
-        )?;
+        self.audit(&events::GrantRevoked {
+            grant_id: existing.id.clone(),
+            subject: Some(existing.subject.clone()),
+            revoked_by: user.spiffe_id().to_string(),
+            reason: req.reason.clone(),
+            revision: None,
+        })?;
         let grant = self
             .store
             .revoke(&req.grant_id, revoked)

@@ -687,8 +687,9 @@ mod checkpoint_tests {
         let mut log = AuditLog::open(&path, "web-1")
             .unwrap()
             .with_checkpoints(key, policy);
-        for _ in 0..events {
-            log.append("e", serde_json::Map::new()).unwrap();
+        for i in 0..events {
+            log.append(&loggate_core::audit::events::AuditTornTailDiscarded { bytes_discarded: i })
+                .unwrap();
         }
         std::fs::read_to_string(&path)
             .unwrap()

@@ -6,8 +6,8 @@
 //! one core and prints the ratio.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use loggate_core::audit::events::ReadAllowed;
 use loggate_core::audit::{AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
-use loggate_core::audit_fields;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,15 +18,23 @@ const GROUP_EVENTS: u64 = 8192;
 const SINGLE_EVENTS: u64 = 256;
 const DEFERRED_EVENTS: u64 = 100_000;
 
-/// A `read.allowed`-sized event.
-fn event(i: u64) -> serde_json::Map<String, serde_json::Value> {
-    audit_fields!(
-        "subject" => "spiffe://loggate.local/user/alice",
-        "path" => "/var/log/app/api.log",
-        "grant_id" => "01JDZ8W6Q3TQ6J5V5N9G8K2M4R",
-        "mode" => "tail", "follow" => true, "redaction_profile" => "default",
-        "peer" => "10.0.3.17:51234", "request" => i,
-    )
+/// A `read.allowed` event.
+fn event(i: u64) -> ReadAllowed {
+    ReadAllowed {
+        subject: "spiffe://loggate.local/user/alice".into(),
+        key_sha256: "5f2b0c6e9d4a8b7c1e3f5a7b9c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d".into(),
+        peer: Some("10.0.3.17:51234".into()),
+        grant_id: "01JDZ8W6Q3TQ6J5V5N9G8K2M4R".into(),
+        path: "/var/log/app/api.log".into(),
+        mode: "tail_follow",
+        pattern: None,
+        since_ms: None,
+        until_ms: None,
+        redaction_profile: "default".into(),
+        inode: i,
+        device: 65024,
+        size: 4873,
+    }
 }
 
 fn open(dir: &Path) -> AuditLog {
@@ -61,8 +69,7 @@ fn durable_events(c: &mut Criterion) {
                         let log = log.clone();
                         s.spawn(move || {
                             for i in 0..GROUP_EVENTS / WRITERS {
-                                log.append("read.allowed", event(w * 1_000_000 + i))
-                                    .expect("append");
+                                log.append(&event(w * 1_000_000 + i)).expect("append");
                             }
                         });
                     }
@@ -79,12 +86,10 @@ fn durable_events(c: &mut Criterion) {
             let start = Instant::now();
             for _ in 0..iters {
                 for i in 0..DEFERRED_EVENTS - 1 {
-                    log.append_deferred("bypass.read", event(i))
-                        .expect("append");
+                    log.append_deferred(&event(i)).expect("append");
                 }
                 // The last one waits for the disk: every event of the round is durable.
-                log.append("bypass.read", event(DEFERRED_EVENTS))
-                    .expect("append");
+                log.append(&event(DEFERRED_EVENTS)).expect("append");
             }
             start.elapsed()
         })
@@ -97,7 +102,7 @@ fn durable_events(c: &mut Criterion) {
             let start = Instant::now();
             for _ in 0..iters {
                 for i in 0..SINGLE_EVENTS {
-                    log.append("read.allowed", event(i)).expect("append");
+                    log.append(&event(i)).expect("append");
                 }
             }
             start.elapsed()

@@ -149,17 +149,17 @@ pub struct Refused {
 }
 
 impl Refused {
-    /// The fields of its `tls.refused` audit record; `service` is who refused it
-    /// (`loggate agent`, `loggate controller`).
-    pub fn audit_fields(&self, service: &str) -> serde_json::Map<String, serde_json::Value> {
-        crate::audit_fields!(
-            "peer" => self.peer.map(|p| p.to_string()),
-            "service" => service,
-            "reason_code" => self.reason_code.as_str(),
-            "reason" => self.reason.clone(),
-            "claimed_subject" => self.claimed.clone(),
-            "suppressed_before" => self.suppressed_before,
-        )
+    /// Its `tls.refused` audit event; `service` is who refused it (`loggate agent`,
+    /// `loggate controller`).
+    pub fn audit_event(&self, service: &str) -> crate::audit::events::TlsRefused {
+        crate::audit::events::TlsRefused {
+            peer: self.peer.map(|p| p.to_string()),
+            service: service.to_string(),
+            reason_code: self.reason_code.as_str(),
+            reason: self.reason.clone(),
+            claimed_subject: self.claimed.clone(),
+            suppressed_before: self.suppressed_before,
+        }
     }
 }
 
@@ -172,7 +172,7 @@ pub fn audit_refusal(log: &crate::audit::SharedAuditLog, service: &str, refused:
         refused.reason_code.as_str(),
         refused.reason
     );
-    if let Err(e) = log.append_deferred("tls.refused", refused.audit_fields(service)) {
+    if let Err(e) = log.append_deferred(&refused.audit_event(service)) {
         tracing::error!("audit write failed: {e:#}");
     }
 }

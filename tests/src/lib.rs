@@ -574,12 +574,13 @@ pub fn read_audit_file(path: &Path) -> Vec<serde_json::Value> {
 /// (`device.hostname`). The OCSF shape itself is checked by `tests/audit_schema.rs` on the raw
 /// records.
 pub fn flat_audit_record(raw: &serde_json::Value) -> serde_json::Value {
-    use loggate_core::audit::{event_name, record_fields};
+    use loggate_core::audit::{chain_link, event_name, record_fields};
     let mut flat = record_fields(raw).cloned().unwrap_or_default();
     flat.insert("event".into(), event_name(raw).into());
+    let (seq, prev) = chain_link(raw).map_or((None, None), |(s, p)| (Some(s), Some(p)));
+    flat.insert("seq".into(), seq.into());
+    flat.insert("prev".into(), prev.into());
     for (key, value) in [
-        ("seq", raw.get("seq")),
-        ("prev", raw.get("prev")),
         ("time", raw.get("time")),
         ("host", raw.pointer("/device/hostname")),
     ] {

@@ -2,10 +2,10 @@
 //! controller, which keeps them append-only and alerts on a host going backwards; `loggate audit
 //! verify --checkpoints` then catches a cut tail and a re-signed rewrite of the agent's file.
 
+use loggate_core::audit::events;
 use loggate_core::audit::{
     event_name, record_field, AuditLog, Checkpoint, CheckpointKey, CheckpointPolicy,
 };
-use loggate_core::audit_fields;
 use loggate_proto as pb;
 use loggate_tests::{text, Fixture};
 use std::collections::HashSet;
@@ -145,9 +145,7 @@ fn verify_alone(fx: &Fixture, file: &Path) -> std::process::Output {
 
 /// The seq of a raw audit line.
 fn seq_of(line: &str) -> u64 {
-    serde_json::from_str::<serde_json::Value>(line).unwrap()["seq"]
-        .as_u64()
-        .unwrap()
+    loggate_core::audit::record_seq(&serde_json::from_str(line).unwrap()).unwrap()
 }
 
 #[test]
@@ -287,10 +285,9 @@ fn resigned_rewrite_of_the_agent_file_fails_verification_against_the_controllers
         .unwrap()
         .with_checkpoints(key, CheckpointPolicy::default());
     for i in 0..records + 3 {
-        log.append(
-            "agent.started",
-            audit_fields!("note" => "nothing to see", "i" => i),
-        )
+        log.append(&events::AgentStopped {
+            agent_id: format!("nothing to see {i}"),
+        })
         .unwrap();
     }
     log.checkpoint().unwrap();
@@ -373,7 +370,8 @@ fn forged_checkpoints(dir: &Path, host: &str) -> (Vec<String>, String) {
         },
     );
     for i in 0..4 {
-        log.append("e", audit_fields!("i" => i)).unwrap();
+        log.append(&events::AuditTornTailDiscarded { bytes_discarded: i })
+            .unwrap();
     }
     (checkpoint_lines(&path), public)
 }

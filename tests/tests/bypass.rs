@@ -572,7 +572,7 @@ fn explicit_lsm_mode_on_a_kernel_that_refuses_it_reports_off_and_why() -> anyhow
     assert_eq!(started["bypass_mode"], "off", "{started:#}");
     let why = b
         .cluster
-        .wait_for_audit("web-1", WAIT, |e| e["event"] == "bypass_audit_unavailable")?;
+        .wait_for_audit("web-1", WAIT, |e| e["event"] == "bypass.unavailable")?;
     assert_eq!(why["requested_mode"], "lsm", "{why:#}");
     let reason = why["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("refused program lsm_file_open"), "{why:#}");
@@ -784,8 +784,7 @@ fn agent_without_bpf_or_fanotify_privilege_serves_and_reports_why_the_audit_is_u
     cluster.start_agent("web-1")?;
     let started = cluster.wait_for_audit("web-1", WAIT, |e| e["event"] == "agent.started")?;
     assert_eq!(started["bypass_mode"], "off", "{started:#}");
-    let why =
-        cluster.wait_for_audit("web-1", WAIT, |e| e["event"] == "bypass_audit_unavailable")?;
+    let why = cluster.wait_for_audit("web-1", WAIT, |e| e["event"] == "bypass.unavailable")?;
     assert_eq!(why["requested_mode"], "auto");
     // auto tried eBPF, then fanotify; both need capabilities this agent lacks.
     let reason = why["reason"].as_str().unwrap_or_default();

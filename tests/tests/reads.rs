@@ -627,10 +627,13 @@ async fn a_flood_of_denials_writes_bounded_records_and_a_summary() -> anyhow::Re
     assert_eq!(other.len(), 1, "{other:?}");
     assert_eq!(other[0]["reason_code"], "no_grant");
     assert_eq!(other[0]["path"], f.api_log());
-    // The bounded records and the summaries are well-formed OCSF events of the catalogue.
+    // The bounded records and the summaries are events of the catalogue and valid OCSF.
+    let schema = loggate_ocsf_validate::Schema::official()?;
     for raw in f.cluster.agent_audit_raw("web-1") {
-        let problems = loggate_core::audit::ocsf::schema_problems(&raw);
+        let problems = loggate_core::audit::ocsf::catalogue_problems(&raw);
         assert!(problems.is_empty(), "{problems:?}: {raw}");
+        let report = schema.validate(&raw);
+        assert!(report.is_conformant(), "{report}\n{raw}");
     }
     tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())

@@ -101,7 +101,7 @@ fn audit_lines(f: &Fixture) -> Vec<String> {
 fn seq(line: &str) -> u64 {
     serde_json::from_str::<serde_json::Value>(line)
         .ok()
-        .and_then(|v| v["seq"].as_u64())
+        .and_then(|v| loggate_core::audit::record_seq(&v))
         .unwrap_or(0)
 }
 
@@ -640,10 +640,18 @@ fn delivery_latency_to_rsyslog() -> anyhow::Result<()> {
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            let seq = log.append_deferred(
-                "bypass.read",
-                loggate_core::audit_fields!("subject" => "alice", "path" => "/var/log/app/api.log", "i" => i),
-            )?;
+            let seq = log.append_deferred(&loggate_core::audit::events::ReadDenied {
+                subject: Some("spiffe://loggate.local/user/alice".into()),
+                key_sha256: None,
+                peer: None,
+                path: Some("/var/log/app/api.log".into()),
+                path_bytes: Some(20),
+                path_sha256: None,
+                grant_id: None,
+                reason_code: "no_grant",
+                reason: format!("load record {i}"),
+                suppressed_before: 0,
+            })?;
             if let Ok(mut w) = writer_times.lock() {
                 if let Some(slot) = w.get_mut(seq as usize) {
                     *slot = Some(Instant::now());

@@ -6,7 +6,7 @@
 //! (`inventory`), reads its ring buffer, adds what `/proc` knows about the opener (`process`),
 //! resolves the path, checks whether the opener holds a grant, and audits (`record`). When the
 //! program cannot be loaded, `auto` falls back to fanotify (`fanotify`); when nothing can start
-//! the agent keeps serving and says so (`bypass_audit_unavailable`).
+//! the agent keeps serving and says so (`bypass.unavailable`).
 
 pub mod bench;
 mod event;
@@ -25,7 +25,7 @@ use event::RawEvent;
 use fanotify::{FanEvent, Fanotify};
 use inventory::Inventory;
 use loader::{FdLookup, Hooks, Objects, Outputs, Probe, ProtectedMaps};
-use loggate_core::audit_fields;
+use loggate_core::audit::events;
 use record::{bypass_record, Opened};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -157,36 +157,37 @@ impl Startup {
         }
     }
 
-    /// Extra `agent.started` fields: the mode, the hooks attached, the protected entries.
-    pub fn started_fields(&self) -> serde_json::Map<String, serde_json::Value> {
+    /// Fills the bypass fields of `agent.started`: the mode, the hooks attached, the
+    /// protected entries (left null where the mode has none).
+    pub fn describe(&self, started: &mut events::AgentStarted) {
+        started.bypass_mode = self.mode_name();
         match self {
-            Startup::Ebpf(a) => audit_fields!(
-                "bypass_mode" => self.mode_name(),
-                "bypass_hooks" => a.probe.attached.clone(),
-                "bypass_hooks_missing" => a.probe.missing.clone(),
-                "bypass_fd_lookup" => a.probe.fd_lookup.name(),
-                "bypass_fd_lookup_reason" => match &a.probe.fd_lookup {
+            Startup::Ebpf(a) => {
+                started.bypass_hooks = a.probe.attached.iter().map(|h| h.to_string()).collect();
+                started.bypass_hooks_missing = Some(a.probe.missing.clone());
+                started.bypass_fd_lookup = Some(a.probe.fd_lookup.name());
+                started.bypass_fd_lookup_reason = match &a.probe.fd_lookup {
                     FdLookup::ProbeRead { reason } => Some(reason.clone()),
                     FdLookup::Cast | FdLookup::None => None,
-                },
-                "bypass_protected" => a.inventory.len(),
-                "bypass_fallback_reason" => (!a.fallback.is_empty()).then(|| a.fallback.join("; ")),
-            ),
+                };
+                started.bypass_protected = Some(a.inventory.len() as u64);
+                started.bypass_fallback_reason =
+                    (!a.fallback.is_empty()).then(|| a.fallback.join("; "));
+            }
             Startup::Fanotify {
                 inventory,
                 ebpf_error,
                 ..
-            } => audit_fields!(
-                "bypass_mode" => self.mode_name(),
-                "bypass_hooks" => vec!["fanotify:FAN_OPEN"],
-                "bypass_protected" => inventory.len(),
-                "bypass_fallback_reason" => ebpf_error.clone(),
-            ),
-            Startup::Inactive { .. } => audit_fields!("bypass_mode" => self.mode_name()),
+            } => {
+                started.bypass_hooks = vec!["fanotify:FAN_OPEN".to_string()];
+                started.bypass_protected = Some(inventory.len() as u64);
+                started.bypass_fallback_reason = ebpf_error.clone();
+            }
+            Startup::Inactive { .. } => {}
         }
     }
 
-    /// Writes `bypass_audit_unavailable` when the audit was requested but could not start, and
+    /// Writes `bypass.unavailable` when the audit was requested but could not start, and
     /// warns on stderr; then runs the active audit's tasks.
     pub fn spawn(self, shared: Arc<Shared>) -> anyhow::Result<()> {
         match self {
@@ -197,10 +198,10 @@ impl Startup {
                 tracing::warn!(
                     "bypass audit UNAVAILABLE: direct reads of protected files are not audited on this host: {reason}"
                 );
-                shared.audit(
-                    "bypass_audit_unavailable",
-                    audit_fields!("requested_mode" => requested.name(), "reason" => reason),
-                )?;
+                shared.audit(&events::BypassUnavailable {
+                    requested_mode: requested.name(),
+                    reason,
+                })?;
             }
             Startup::Inactive { reason: None, .. } => {
                 tracing::info!("bypass audit is off by configuration");
@@ -339,13 +340,13 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
     }
 }
 
-fn audit_lost(shared: &Shared, total: u64, since_last: u64, reason: &str) {
-    let fields = audit_fields!(
-        "lost_total" => total,
-        "lost_since_last" => since_last,
-        "reason" => reason,
-    );
-    if let Err(e) = shared.audit("bypass.events_lost", fields) {
+fn audit_lost(shared: &Shared, total: u64, since_last: u64, reason: &'static str) {
+    let lost = events::BypassEventsLost {
+        lost_total: total,
+        lost_since_last: since_last,
+        reason,
+    };
+    if let Err(e) = shared.audit(&lost) {
         tracing::error!("audit write failed: {e:#}");
     }
 }
@@ -407,21 +408,14 @@ async fn read_events(
 /// are observations no action waits on: they are written at once and made durable by the
 /// audit log's next group sync, so a burst of direct reads never queues behind the disk.
 fn audit_open(shared: &Shared, opened: &Opened, info: &process::ProcessInfo) {
-    let fields = bypass_record(shared, opened, info);
-    // The finding repeats the read's fields: copied only when there is one.
-    let finding = fields
-        .get("finding_uid")
-        .is_some_and(|u| !u.is_null())
-        .then(|| fields.clone());
-    let written = shared
-        .audit_deferred("bypass.read", fields)
-        .and_then(|read_seq| {
-            if let Some(mut fields) = finding {
-                fields.insert("read_seq".into(), read_seq.into());
-                shared.audit_deferred("bypass.finding", fields)?;
-            }
-            Ok(())
-        });
+    let read = bypass_record(shared, opened, info);
+    let written = shared.audit_deferred(&read).and_then(|read_seq| {
+        // The finding repeats the read's fields: copied only when there is one.
+        if read.finding_uid.is_some() {
+            shared.audit_deferred(&events::BypassFinding { read, read_seq })?;
+        }
+        Ok(())
+    });
     if let Err(e) = written {
         tracing::error!("audit write failed: {e:#}");
     }
@@ -483,8 +477,8 @@ async fn read_fanotify(
 
 fn stopped(shared: &Shared, reason: &str) {
     tracing::error!("bypass audit stopped: {reason}");
-    let _ = shared.audit(
-        "bypass_audit_unavailable",
-        audit_fields!("requested_mode" => shared.config.bypass.mode.name(), "reason" => reason),
-    );
+    let _ = shared.audit(&events::BypassUnavailable {
+        requested_mode: shared.config.bypass.mode.name(),
+        reason: reason.to_string(),
+    });
 }

@@ -7,7 +7,7 @@ use super::inventory::{self, dev_text, FileKey, Inventory, Kind};
 use super::process::{self, ProcessInfo};
 use super::BypassConfig;
 use crate::Shared;
-use loggate_core::audit_fields;
+use loggate_core::audit::events::BypassRead;
 use loggate_core::grant::unix_now;
 use std::path::{Path, PathBuf};
 
@@ -159,11 +159,7 @@ fn covering_grants(shared: &Shared, subject: &str, path: &str, now: i64) -> Vec<
         .collect()
 }
 
-pub fn bypass_record(
-    shared: &Shared,
-    opened: &Opened,
-    info: &ProcessInfo,
-) -> serde_json::Map<String, serde_json::Value> {
+pub fn bypass_record(shared: &Shared, opened: &Opened, info: &ProcessInfo) -> BypassRead {
     let config = &shared.config.bypass;
     let path = opened.path.as_ref().map(|p| p.display().to_string());
     let rule = allow_rule(config, info, opened.cgroup_id);
@@ -187,38 +183,38 @@ pub fn bypass_record(
             "uid unknown: the opener exited before it could be inspected".to_string(),
         ),
     };
-    audit_fields!(
-        "pid" => opened.pid,
-        "tid" => opened.tid,
-        "ppid" => opened.ppid,
-        "uid" => opened.uid,
-        "user" => info.user.clone(),
-        "subject" => subject,
-        "gid" => opened.gid,
-        "comm" => opened.comm.clone(),
-        "exe" => info.exe.clone(),
-        "cmdline" => info.cmdline.clone(),
-        "process_exited" => info.exited,
-        "cgroup_id" => opened.cgroup_id,
-        "cgroup" => info.cgroup.clone(),
-        "container_id" => info.container_id.clone(),
-        "path" => path,
-        "opened_name" => opened.opened_name.clone(),
-        "matched" => opened.matched,
-        "inode" => opened.ino,
-        "device" => dev_text(opened.dev),
-        "fd" => opened.fd,
-        "flags" => opened.flags.clone(),
-        "hook" => opened.hook,
-        "expected" => expected,
-        "allow_rule" => rule,
-        "severity" => if expected { "low" } else { "high" },
-        "holds_grant" => holds_grant,
-        "grant_ids" => grant_ids,
-        "grant_check" => grant_check,
+    BypassRead {
+        pid: opened.pid,
+        tid: opened.tid,
+        ppid: opened.ppid,
+        uid: opened.uid,
+        user: info.user.clone(),
+        subject,
+        gid: opened.gid,
+        comm: opened.comm.clone(),
+        exe: info.exe.clone(),
+        cmdline: info.cmdline.clone(),
+        process_exited: info.exited,
+        cgroup_id: opened.cgroup_id,
+        cgroup: info.cgroup.clone(),
+        container_id: info.container_id.clone(),
+        path,
+        opened_name: opened.opened_name.clone(),
+        matched: opened.matched,
+        inode: opened.ino,
+        device: dev_text(opened.dev),
+        fd: opened.fd,
+        flags: opened.flags.clone(),
+        hook: opened.hook,
+        expected,
+        allow_rule: rule,
+        severity: if expected { "low" } else { "high" },
+        holds_grant,
+        grant_ids,
+        grant_check,
         // The finding this open raises (see `super::audit_open`), if the reader holds no grant.
-        "finding_uid" => (!holds_grant).then(loggate_core::audit::ocsf::new_uid),
-    )
+        finding_uid: (!holds_grant).then(loggate_core::audit::ocsf::new_uid),
+    }
 }
 
 #[cfg(test)]

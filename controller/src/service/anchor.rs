@@ -11,8 +11,7 @@
 use super::{internal, ControllerService};
 use crate::store::{Arrival, KeyCheck, Store};
 use anyhow::Context;
-use loggate_core::audit::{AuditLog, Checkpoint, VerifyKey};
-use loggate_core::audit_fields;
+use loggate_core::audit::{events, AuditLog, Checkpoint, VerifyKey};
 use loggate_core::grant::unix_now;
 use loggate_core::identity::{is_valid_name, Role};
 use loggate_core::tls::peer_identity;
@@ -164,14 +163,13 @@ impl ControllerService {
         let check = self
             .store
             .check_checkpoint_key(agent_id, &key.to_text(), unix_now(), || {
-                self.audit(
-                    "audit.checkpoint_key_enrolled",
-                    audit_fields!(
-                        "agent_id" => agent_id, "key_id" => key.key_id(),
-                        "key" => key.to_text(), "how" => "first_use",
-                        "replaces" => Option::<String>::None,
-                    ),
-                )
+                self.audit(&events::AuditCheckpointKeyEnrolled {
+                    agent_id: agent_id.to_string(),
+                    key_id: key.key_id().to_string(),
+                    key: key.to_text(),
+                    how: "first_use",
+                    replaces: None,
+                })
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))
             })
             .map_err(internal)?;
@@ -194,12 +192,13 @@ impl ControllerService {
     }
 
     /// Audits (as an alert) and logs a refused report; the status to answer with.
-    fn refuse_checkpoints(&self, agent_id: &str, code: &str, reason: String) -> Status {
+    fn refuse_checkpoints(&self, agent_id: &str, code: &'static str, reason: String) -> Status {
         tracing::warn!(agent = agent_id, code, "refused checkpoints: {reason}");
-        if let Err(status) = self.audit(
-            "audit.checkpoint_refused",
-            audit_fields!("agent_id" => agent_id, "reason_code" => code, "reason" => reason.clone()),
-        ) {
+        if let Err(status) = self.audit(&events::AuditCheckpointRefused {
+            agent_id: agent_id.to_string(),
+            reason_code: code,
+            reason: reason.clone(),
+        }) {
             return status;
         }
         Status::permission_denied(reason)
@@ -210,11 +209,16 @@ impl ControllerService {
         if matches!(arrival, Arrival::Duplicate | Arrival::New) {
             return Ok(());
         }
-        let mut fields = audit_fields!(
-            "origin" => checkpoint.origin.clone(), "conflict" => arrival.status(),
-            "sealed_seq" => checkpoint.sealed_seq, "head" => checkpoint.head.clone(),
-            "ts_ms" => checkpoint.ts_ms, "key_id" => checkpoint.key_id.clone(),
-        );
+        let mut conflict = events::AuditCheckpointConflict {
+            origin: checkpoint.origin.clone(),
+            conflict: arrival.status(),
+            sealed_seq: checkpoint.sealed_seq,
+            head: checkpoint.head.clone(),
+            ts_ms: checkpoint.ts_ms,
+            key_id: checkpoint.key_id.clone(),
+            held_sealed_seq: None,
+            held_head: None,
+        };
         match arrival {
             Arrival::Duplicate | Arrival::New => {}
             Arrival::SequenceWentBackwards { held_sealed_seq } => {
@@ -223,7 +227,7 @@ impl ControllerService {
                     "ALERT: audit sequence went backwards: a checkpoint seals seq {} but seq {held_sealed_seq} was sealed before (audit file reset or truncated?)",
                     checkpoint.sealed_seq
                 );
-                fields.insert("held_sealed_seq".into(), (*held_sealed_seq).into());
+                conflict.held_sealed_seq = Some(*held_sealed_seq);
             }
             Arrival::HeadChanged { held_head } => {
                 tracing::warn!(
@@ -231,10 +235,10 @@ impl ControllerService {
                     "ALERT: audit head changed: seq {} was sealed with head {held_head}, now with {} (audit file rewritten?)",
                     checkpoint.sealed_seq, checkpoint.head
                 );
-                fields.insert("held_head".into(), held_head.clone().into());
+                conflict.held_head = Some(held_head.clone());
             }
         }
-        self.audit("audit.checkpoint_conflict", fields)
+        self.audit(&conflict)
     }
 }
 
@@ -263,13 +267,13 @@ pub fn enrol_checkpoint_keys(
         let text = std::fs::read_to_string(&path).with_context(what)?;
         let key = VerifyKey::parse(&text).with_context(what)?;
         let enrolled = store.enrol_checkpoint_key(agent_id, &key.to_text(), unix_now(), |old| {
-            audit.append(
-                "audit.checkpoint_key_enrolled",
-                audit_fields!(
-                    "agent_id" => agent_id, "key_id" => key.key_id(), "key" => key.to_text(),
-                    "how" => "configured", "replaces" => old.map(String::from),
-                ),
-            )?;
+            audit.append(&events::AuditCheckpointKeyEnrolled {
+                agent_id: agent_id.to_string(),
+                key_id: key.key_id().to_string(),
+                key: key.to_text(),
+                how: "configured",
+                replaces: old.map(String::from),
+            })?;
             Ok(())
         })?;
         if enrolled {

@@ -113,10 +113,10 @@ pub fn read_external_checkpoints(input: impl BufRead) -> Result<Vec<Checkpoint>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::events::TestEvent;
     use crate::audit::{
         verify_chain, verify_chain_anchored, AuditLog, CheckpointKey, CheckpointPolicy,
     };
-    use crate::audit_fields;
     use std::path::Path;
 
     /// Writes `events` records as `host`, checkpointing every 3, with the key in `key_path`.
@@ -124,7 +124,7 @@ mod tests {
         host: &str,
         key_path: &Path,
         events: u64,
-        tag: &str,
+        tag: &'static str,
     ) -> (Vec<String>, VerifyKey) {
         let dir = crate::audit::scratch_dir();
         let key = CheckpointKey::load_or_create(key_path).unwrap();
@@ -138,8 +138,7 @@ mod tests {
             .unwrap()
             .with_checkpoints(key, policy);
         for i in 0..events {
-            log.append("e", audit_fields!("i" => i, "tag" => tag))
-                .unwrap();
+            log.append(&TestEvent { i, tag }).unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_dir_all(dir).unwrap();

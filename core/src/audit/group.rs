@@ -13,7 +13,7 @@
 //! error (its action must not happen). Writers of records that were already durable are
 //! unaffected.
 
-use super::{AuditError, AuditLog, RotationPolicy};
+use super::{AuditError, AuditEvent, AuditLog, RotationPolicy};
 use serde_json::{Map, Value};
 use std::collections::VecDeque;
 use std::io;
@@ -45,6 +45,8 @@ impl DurableSeq {
 /// An [`AuditLog`] shared by threads, with group commit.
 pub struct SharedAuditLog {
     inner: Arc<Inner>,
+    /// The audit file's path (for errors).
+    path: PathBuf,
     flusher: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -69,6 +71,7 @@ struct State {
 
 impl SharedAuditLog {
     pub fn new(log: AuditLog) -> Result<Self, AuditError> {
+        let path = log.path().to_path_buf();
         let inner = Arc::new(Inner {
             durable: DurableSeq::fixed(log.durable_seq()),
             state: Mutex::new(State {
@@ -93,14 +96,16 @@ impl SharedAuditLog {
         })?;
         Ok(SharedAuditLog {
             inner,
+            path,
             flusher: Some(flusher),
         })
     }
 
     /// Appends one event and returns once it is on disk. Callers fail closed on error.
-    pub fn append(&self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
+    pub fn append<E: AuditEvent>(&self, event: &E) -> Result<u64, AuditError> {
+        let fields = self.fields_of(event)?;
         let mut state = self.inner.lock();
-        let seq = state.log.append_unsynced(event, fields)?;
+        let seq = state.log.append_unsynced(E::TYPE, fields)?;
         let generation = state.generation;
         self.inner.changed.notify_all();
         self.inner.wait_durable(state, seq, generation)?;
@@ -110,14 +115,16 @@ impl SharedAuditLog {
     /// Appends one event and returns once it is written; the flusher makes it durable with its
     /// next sync. For events that no action waits on: a crash can lose the last few
     /// milliseconds of them, never part of a record, and never a gap in the chain.
-    pub fn append_deferred(
-        &self,
-        event: &str,
-        fields: Map<String, Value>,
-    ) -> Result<u64, AuditError> {
-        let seq = self.inner.lock().log.append_unsynced(event, fields)?;
+    pub fn append_deferred<E: AuditEvent>(&self, event: &E) -> Result<u64, AuditError> {
+        let fields = self.fields_of(event)?;
+        let seq = self.inner.lock().log.append_unsynced(E::TYPE, fields)?;
         self.inner.changed.notify_all();
         Ok(seq)
+    }
+
+    /// The event's fields, encoded before the writer is locked (no other writer waits on it).
+    fn fields_of(&self, event: &impl AuditEvent) -> Result<Map<String, Value>, AuditError> {
+        super::event_fields(event, &self.path)
     }
 
     /// Writes a signed checkpoint if one is due (see [`AuditLog::checkpoint_if_due`]).
@@ -267,8 +274,12 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::events::{AuditEvent, TestEvent};
     use crate::audit::{verify_chain, CheckpointKey, CheckpointPolicy, RotationPolicy};
-    use crate::audit_fields;
+
+    fn test_fields(i: u64) -> Map<String, Value> {
+        crate::audit::event_fields(&TestEvent::n(i), std::path::Path::new("test")).unwrap()
+    }
     use std::sync::Arc;
 
     #[test]
@@ -290,11 +301,7 @@ mod tests {
                 let shared = shared.clone();
                 std::thread::spawn(move || {
                     (0..100)
-                        .map(|i| {
-                            shared
-                                .append("e", audit_fields!("t" => t, "i" => i))
-                                .unwrap()
-                        })
+                        .map(|i| shared.append(&TestEvent::n(t * 1000 + i)).unwrap())
                         .collect::<Vec<u64>>()
                 })
             })
@@ -319,14 +326,12 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let shared = SharedAuditLog::new(AuditLog::open(&path, "h").unwrap()).unwrap();
         for i in 0..500 {
-            shared
-                .append_deferred("bypass.read", audit_fields!("i" => i))
-                .unwrap();
+            shared.append_deferred(&TestEvent::n(i)).unwrap();
         }
-        assert_eq!(shared.append("read.allowed", Map::new()).unwrap(), 501);
+        assert_eq!(shared.append(&TestEvent::n(0)).unwrap(), 501);
         // The waited append returned: everything before it is durable too.
         assert_eq!(shared.inner.lock().log.durable_seq(), 501);
-        shared.append_deferred("tail", Map::new()).unwrap();
+        shared.append_deferred(&TestEvent::n(0)).unwrap();
         drop(shared); // the flusher syncs what is left before it stops
         let text = std::fs::read(&path).unwrap();
         assert_eq!(verify_chain(&text[..], &[]).unwrap().records, 502);
@@ -344,11 +349,11 @@ mod tests {
             for i in 0..500 {
                 state
                     .log
-                    .append_unsynced("bypass.read", audit_fields!("i" => i))
+                    .append_unsynced(TestEvent::TYPE, test_fields(i))
                     .unwrap();
             }
         }
-        assert_eq!(shared.append("read.allowed", Map::new()).unwrap(), 501);
+        assert_eq!(shared.append(&TestEvent::n(0)).unwrap(), 501);
         // One sync for the 500 (and at most one more for the last record), not one each.
         assert!(
             shared.sync_count() <= 2,
@@ -364,7 +369,7 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let shared = SharedAuditLog::new(AuditLog::open(&path, "h").unwrap()).unwrap();
         for i in 0..20 {
-            shared.append("e", audit_fields!("i" => i)).unwrap();
+            shared.append(&TestEvent::n(i)).unwrap();
         }
         let policy = RotationPolicy {
             max_bytes: 1,
@@ -380,7 +385,7 @@ mod tests {
             "20 events + audit.rotated (no checkpoint key here)"
         );
         // The flusher now syncs the new file: waited appends return and the durable seq moves.
-        let seq = shared.append("after", Map::new()).unwrap();
+        let seq = shared.append(&TestEvent::n(0)).unwrap();
         assert_eq!(durable.get(), seq);
         drop(shared);
         let mut both = std::fs::read(&rotated).unwrap();
@@ -395,14 +400,16 @@ mod tests {
         let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "h").unwrap();
-        log.append("durable", Map::new()).unwrap();
-        log.append_unsynced("lost-1", Map::new()).unwrap();
-        log.append_unsynced("lost-2", Map::new()).unwrap();
+        log.append(&TestEvent::n(1)).unwrap();
+        log.append_unsynced(TestEvent::TYPE, test_fields(901))
+            .unwrap();
+        log.append_unsynced(TestEvent::TYPE, test_fields(902))
+            .unwrap();
         // What the group does when fdatasync fails:
         log.cut_to_durable();
-        assert_eq!(log.append("after", Map::new()).unwrap(), 2);
+        assert_eq!(log.append(&TestEvent::n(2)).unwrap(), 2);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("lost-"), "{text}");
+        assert!(!text.contains("\"i\":90"), "{text}");
         let summary = verify_chain(text.as_bytes(), &[]).unwrap();
         assert_eq!((summary.records, summary.last_seq), (2, 2));
         std::fs::remove_dir_all(dir).unwrap();

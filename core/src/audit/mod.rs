@@ -3,7 +3,9 @@
 //!
 //! Each line carries `seq` (+1 per line, across restarts) and `prev`, the lowercase hex SHA-256 of
 //! the previous line's exact bytes (without its newline; 64 zeros for the first line), so an edited,
-//! deleted or reordered line breaks the chain. Checkpoints, signing and SIEM delivery build on this
+//! deleted or reordered line breaks the chain. They lead the line, under OCSF's
+//! `unmapped.loggate` (files of earlier builds have them as the first two top-level keys: every
+//! reader takes both, through [`chain_link`]; see [`ocsf::line`]). Checkpoints, signing and SIEM delivery build on this
 //! writer (see the audit-stream issue); everything that audits goes through [`AuditLog::append`].
 //!
 //! Fail closed: `append` returns an error when the line could not be written *and* synced; callers
@@ -12,6 +14,7 @@
 mod anchor;
 pub mod budget;
 mod checkpoint;
+pub mod events;
 mod group;
 pub mod ocsf;
 mod rotate;
@@ -20,7 +23,9 @@ mod verify;
 
 pub use anchor::{read_external_checkpoints, Checkpoint, CHECKPOINT_EVENT};
 pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
+pub use events::AuditEvent;
 pub use group::{DurableSeq, SharedAuditLog};
+use ocsf::EventType;
 pub use rotate::{rotated_files, RotationPolicy};
 pub use verify::{verify_chain, verify_chain_anchored, ChainBreak, ChainSummary};
 
@@ -114,23 +119,20 @@ impl AuditLog {
             Some(i) => &complete[i + 1..],
             None => complete,
         };
-        let (next_seq, prev) =
-            if last_line.is_empty() {
-                (1, "0".repeat(64))
-            } else {
-                let record: Value =
-                    serde_json::from_slice(last_line).map_err(|e| AuditError::Corrupt {
-                        path: path.to_path_buf(),
-                        why: e.to_string(),
-                    })?;
-                let seq = record.get("seq").and_then(Value::as_u64).ok_or_else(|| {
-                    AuditError::Corrupt {
-                        path: path.to_path_buf(),
-                        why: "no seq".into(),
-                    }
+        let (next_seq, prev) = if last_line.is_empty() {
+            (1, "0".repeat(64))
+        } else {
+            let record: Value =
+                serde_json::from_slice(last_line).map_err(|e| AuditError::Corrupt {
+                    path: path.to_path_buf(),
+                    why: e.to_string(),
                 })?;
-                (seq + 1, hex::encode(Sha256::digest(last_line)))
-            };
+            let (seq, _) = chain_link(&record).map_err(|why| AuditError::Corrupt {
+                path: path.to_path_buf(),
+                why,
+            })?;
+            (seq + 1, hex::encode(Sha256::digest(last_line)))
+        };
         let len = start + tail.len() as u64;
         let mut log = AuditLog {
             path: path.to_path_buf(),
@@ -148,10 +150,9 @@ impl AuditLog {
             pending_cut: None,
         };
         if torn_bytes > 0 {
-            log.append(
-                "audit.torn_tail_discarded",
-                Map::from_iter([("bytes_discarded".to_string(), Value::from(torn_bytes))]),
-            )?;
+            log.append(&events::AuditTornTailDiscarded {
+                bytes_discarded: torn_bytes as u64,
+            })?;
         }
         Ok(log)
     }
@@ -175,10 +176,11 @@ impl AuditLog {
     /// Appends one event and syncs it to disk. Returns its sequence number. A checkpoint
     /// follows when `policy.every` records have been written since the last one.
     ///
-    /// The record is shaped as an OCSF event (see [`ocsf`]); `fields` are kept unchanged under
-    /// `unmapped.loggate` and read back with [`record_field`].
-    pub fn append(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
-        let seq = self.append_unsynced(event, fields)?;
+    /// The record is shaped as an OCSF event (see [`ocsf`]); the event's fields are kept
+    /// unchanged under `unmapped.loggate` and read back with [`record_field`].
+    pub fn append<E: AuditEvent>(&mut self, event: &E) -> Result<u64, AuditError> {
+        let fields = event_fields(event, &self.path)?;
+        let seq = self.append_unsynced(E::TYPE, fields)?;
         self.sync()?;
         Ok(seq)
     }
@@ -202,10 +204,10 @@ impl AuditLog {
     /// durable until a sync covers it: [`SharedAuditLog`] does that for many writers at once.
     pub(crate) fn append_unsynced(
         &mut self,
-        event: &str,
+        kind: &'static EventType,
         fields: Map<String, Value>,
     ) -> Result<u64, AuditError> {
-        let seq = self.write_record(event, fields)?;
+        let seq = self.write_record(kind, fields)?;
         if let Some(c) = &mut self.checkpoints {
             c.since_last += 1;
             if c.since_last >= c.policy.every {
@@ -293,11 +295,16 @@ impl AuditLog {
         let sig = c.key.sign(&checkpoint::signed_text(
             &self.host, sealed, &self.prev, ts_ms,
         ));
-        let fields = crate::audit_fields!(
-            "origin" => self.host.clone(), "sealed_seq" => sealed, "head" => self.prev.clone(),
-            "ts_ms" => ts_ms, "key_id" => c.key.key_id(), "sig" => sig,
-        );
-        self.write_record(CHECKPOINT_EVENT, fields)?;
+        let checkpoint = events::AuditCheckpoint {
+            origin: self.host.clone(),
+            sealed_seq: sealed,
+            head: self.prev.clone(),
+            ts_ms,
+            key_id: c.key.key_id().to_string(),
+            sig,
+        };
+        let fields = event_fields(&checkpoint, &self.path)?;
+        self.write_record(events::AuditCheckpoint::TYPE, fields)?;
         if let Some(c) = &mut self.checkpoints {
             c.since_last = 0;
             c.last = Instant::now();
@@ -305,10 +312,14 @@ impl AuditLog {
         Ok(())
     }
 
-    fn write_record(&mut self, event: &str, fields: Map<String, Value>) -> Result<u64, AuditError> {
+    pub(crate) fn write_record(
+        &mut self,
+        kind: &'static EventType,
+        fields: Map<String, Value>,
+    ) -> Result<u64, AuditError> {
         let seq = self.next_seq;
         let source = ocsf::Source::new(&self.host, &self.path);
-        let mut line = ocsf::line(&source, seq, &self.prev, event, fields, ocsf::Stamp::now())
+        let mut line = ocsf::line(&source, seq, &self.prev, kind, fields, ocsf::Stamp::now())
             .map_err(|e| AuditError::Io {
                 path: self.path.clone(),
                 source: io::Error::other(e),
@@ -347,6 +358,41 @@ pub fn event_name(record: &Value) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// A record's place in the chain: its `seq` and `prev`, from `unmapped.loggate` or, in a file
+/// of an earlier build, from the top level. A record with both, or with neither, is refused:
+/// one record has one place in the chain.
+pub fn chain_link(record: &Value) -> Result<(u64, &str), String> {
+    fn link(at: Option<&Value>) -> Option<Result<(u64, &str), String>> {
+        let at = at?;
+        let (seq, prev) = (at.get("seq"), at.get("prev"));
+        if seq.is_none() && prev.is_none() {
+            return None;
+        }
+        Some(
+            match (seq.and_then(Value::as_u64), prev.and_then(Value::as_str)) {
+                (Some(seq), Some(prev)) => Ok((seq, prev)),
+                (None, _) => Err("seq is missing or not a number".to_string()),
+                (_, None) => Err("prev is missing or not a string".to_string()),
+            },
+        )
+    }
+    match (
+        link(record.pointer("/unmapped/loggate")),
+        link(Some(record)),
+    ) {
+        (Some(link), None) | (None, Some(link)) => link,
+        (Some(_), Some(_)) => {
+            Err("seq and prev are both at the top level and under unmapped.loggate".into())
+        }
+        (None, None) => Err("no seq and prev (not an audit record)".into()),
+    }
+}
+
+/// A record's `seq` (see [`chain_link`]).
+pub fn record_seq(record: &Value) -> Option<u64> {
+    chain_link(record).ok().map(|(seq, _)| seq)
+}
+
 /// One of loggate's own fields of a record (e.g. `grant_id`, or a checkpoint's `head`; kept
 /// under OCSF's `unmapped.loggate`).
 pub fn record_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
@@ -354,11 +400,30 @@ pub fn record_field<'a>(record: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// All of loggate's own fields of a record, exactly as its writer passed them to
-/// [`AuditLog::append`].
+/// [`AuditLog::append`]; in records of this layout also the chain's `seq` and `prev`
+/// ([`ocsf::CHAIN_FIELDS`]), which no event uses as a field name.
 pub fn record_fields(record: &Value) -> Option<&Map<String, Value>> {
     record
         .pointer("/unmapped/loggate")
         .and_then(Value::as_object)
+}
+
+/// An event's own fields, as they are kept under `unmapped.loggate` (`path`: the audit file,
+/// for the error).
+pub(crate) fn event_fields(
+    event: &impl AuditEvent,
+    path: &Path,
+) -> Result<Map<String, Value>, AuditError> {
+    let failed = |why: String| AuditError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other(format!("cannot encode an audit event: {why}")),
+    };
+    match serde_json::to_value(event).map_err(|e| failed(e.to_string()))? {
+        Value::Object(fields) => Ok(fields),
+        _ => Err(failed(
+            "it is not a JSON object (an event is a struct with named fields)".into(),
+        )),
+    }
 }
 
 /// A fresh scratch folder for the audit module's tests.
@@ -369,19 +434,10 @@ pub(crate) fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// Builds the `fields` map of an audit event from `key => value` pairs.
-#[macro_export]
-macro_rules! audit_fields {
-    ($($key:expr => $value:expr),* $(,)?) => {{
-        let mut map = serde_json::Map::new();
-        $( map.insert($key.to_string(), serde_json::Value::from($value)); )*
-        map
-    }};
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use events::TestEvent;
 
     fn lines(path: &Path) -> Vec<Value> {
         std::fs::read_to_string(path)
@@ -397,21 +453,22 @@ mod tests {
         let path = dir.join("audit.jsonl");
         {
             let mut log = AuditLog::open(&path, "web-1").unwrap();
-            assert_eq!(log.append("a", audit_fields!("n" => 1)).unwrap(), 1);
-            assert_eq!(log.append("b", audit_fields!("n" => 2)).unwrap(), 2);
+            assert_eq!(log.append(&TestEvent::n(1)).unwrap(), 1);
+            assert_eq!(log.append(&TestEvent::n(2)).unwrap(), 2);
         }
         let mut log = AuditLog::open(&path, "web-1").unwrap();
-        assert_eq!(log.append("c", Map::new()).unwrap(), 3);
+        assert_eq!(log.append(&TestEvent::n(3)).unwrap(), 3);
         let text = std::fs::read_to_string(&path).unwrap();
         let raw: Vec<&str> = text.lines().collect();
         let recs = lines(&path);
-        assert_eq!(recs[0]["prev"], "0".repeat(64));
+        assert_eq!(chain_link(&recs[0]).unwrap(), (1, "0".repeat(64).as_str()));
         for i in 1..3 {
-            assert_eq!(
-                recs[i]["prev"],
-                hex::encode(Sha256::digest(raw[i - 1].as_bytes()))
-            );
-            assert_eq!(recs[i]["seq"], (i + 1) as u64);
+            let (seq, prev) = chain_link(&recs[i]).unwrap();
+            assert_eq!(prev, hex::encode(Sha256::digest(raw[i - 1].as_bytes())));
+            assert_eq!(seq, (i + 1) as u64);
+        }
+        for r in &recs {
+            assert!(r.get("seq").is_none() && r.get("prev").is_none(), "{r}");
         }
         std::fs::remove_dir_all(dir).unwrap();
     }
@@ -421,7 +478,7 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "h").unwrap();
         for i in 0..n {
-            log.append("e", audit_fields!("i" => i)).unwrap();
+            log.append(&TestEvent::n(i)).unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
@@ -446,7 +503,7 @@ mod tests {
             .unwrap()
             .with_checkpoints(key, policy);
         for i in 0..n {
-            log.append("e", audit_fields!("i" => i)).unwrap();
+            log.append(&TestEvent::n(i)).unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
@@ -535,19 +592,71 @@ mod tests {
         assert!(err.reason.contains("incomplete"), "{err}");
     }
 
+    /// Records an earlier build wrote (`seq` and `prev` at the top level): the examples of
+    /// `docs/audit-events.md` as that build generated them, one chained file.
+    const OLD_LAYOUT: &str = include_str!("testdata/old-layout.jsonl");
+
+    #[test]
+    fn files_in_the_old_layout_still_verify() {
+        let summary = verify_chain(OLD_LAYOUT.as_bytes(), &[]).unwrap();
+        assert_eq!((summary.records, summary.last_seq), (26, 26));
+        assert_eq!(summary.checkpoints, 1);
+        // And an edit still breaks them.
+        let edited = OLD_LAYOUT.replacen("\"bytes\":156", "\"bytes\":157", 1);
+        assert_ne!(edited, OLD_LAYOUT);
+        assert!(verify_chain(edited.as_bytes(), &[]).is_err());
+    }
+
+    #[test]
+    fn an_old_layout_file_is_continued_in_the_new_layout_and_verifies_across_a_rotation() {
+        let dir = scratch_dir();
+        let path = dir.join("audit.jsonl");
+        std::fs::write(&path, OLD_LAYOUT).unwrap();
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        assert_eq!(log.append(&TestEvent::n(1)).unwrap(), 27);
+        let rotated = log.rotate(10).unwrap();
+        assert_eq!(log.append(&TestEvent::n(2)).unwrap(), 29);
+        drop(log);
+        let (before, after) = (
+            std::fs::read_to_string(&rotated).unwrap(),
+            std::fs::read_to_string(&path).unwrap(),
+        );
+        // The old records are untouched; the new ones are in the new layout.
+        assert!(before.starts_with(OLD_LAYOUT));
+        assert!(before.lines().nth(26).unwrap().starts_with("{\"unmapped\""));
+        assert!(after.starts_with("{\"unmapped\""));
+        let both = verify_chain(format!("{before}{after}").as_bytes(), &[]).unwrap();
+        assert_eq!((both.first_seq, both.last_seq, both.records), (1, 29, 29));
+        let alone = verify_chain(after.as_bytes(), &[]).unwrap();
+        assert_eq!(
+            alone.continues_from.as_deref(),
+            Some("audit.jsonl.000000000027")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_record_with_seq_in_both_places_breaks_the_chain() {
+        let lines = sample_chain(2);
+        let doubled = lines[1].replacen("{", "{\"seq\":2,\"prev\":\"x\",", 1);
+        let err = check(&[lines[0].clone(), doubled]).unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.reason.contains("both"), "{err}");
+    }
+
     #[test]
     fn torn_tail_is_cut_recorded_and_chain_continues() {
         let dir = scratch_dir();
         let path = dir.join("audit.jsonl");
         {
             let mut log = AuditLog::open(&path, "h").unwrap();
-            log.append("a", Map::new()).unwrap();
+            log.append(&TestEvent::n(1)).unwrap();
         }
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"{\"seq\":2,\"half").unwrap();
         drop(f);
         let mut log = AuditLog::open(&path, "h").unwrap();
-        log.append("b", Map::new()).unwrap();
+        log.append(&TestEvent::n(2)).unwrap();
         let recs = lines(&path);
         assert_eq!(recs.len(), 3);
         assert_eq!(event_name(&recs[1]), Some("audit.torn_tail_discarded"));
@@ -555,8 +664,8 @@ mod tests {
             record_field(&recs[1], "bytes_discarded"),
             Some(&Value::from(14))
         );
-        assert_eq!(recs[1]["seq"], 2);
-        assert_eq!(recs[2]["seq"], 3);
+        assert_eq!(record_seq(&recs[1]), Some(2));
+        assert_eq!(record_seq(&recs[2]), Some(3));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

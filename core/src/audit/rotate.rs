@@ -7,6 +7,7 @@
 //! `verify_chain` accepts a file that starts with such a record (the start of a retained
 //! file) and, given several files in order, checks the chain across them.
 
+use super::events::{AuditEvent, AuditRotated};
 use super::{AuditError, AuditLog};
 use serde_json::Value;
 use std::fs::OpenOptions;
@@ -77,15 +78,13 @@ impl AuditLog {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
-        let started = self
-            .write_record(
-                "audit.rotated",
-                crate::audit_fields!(
-                    "previous_file" => name(&rotated),
-                    "previous_last_seq" => last_seq,
-                    "deleted_files" => expired.iter().map(|p| name(p)).collect::<Vec<_>>(),
-                ),
-            )
+        let rotated_event = AuditRotated {
+            previous_file: name(&rotated),
+            previous_last_seq: last_seq,
+            deleted_files: expired.iter().map(|p| name(p)).collect(),
+        };
+        let started = super::event_fields(&rotated_event, &path)
+            .and_then(|fields| self.write_record(AuditRotated::TYPE, fields))
             .and_then(|_| self.sync());
         if let Err(e) = started {
             let _ = std::fs::remove_file(&path);
@@ -153,8 +152,7 @@ pub(crate) fn continuation(record: &Value) -> Option<(u64, &str, &str)> {
     if super::event_name(record) != Some("audit.rotated") {
         return None;
     }
-    let seq = record.get("seq").and_then(Value::as_u64)?;
-    let prev = record.get("prev").and_then(Value::as_str)?;
+    let (seq, prev) = super::chain_link(record).ok()?;
     let previous = super::record_field(record, "previous_file").and_then(Value::as_str)?;
     Some((seq.checked_sub(1)?, prev, previous))
 }
@@ -177,23 +175,26 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "web-1").unwrap();
         for i in 0..3 {
-            log.append("e", crate::audit_fields!("i" => i)).unwrap();
+            log.append(&crate::audit::events::TestEvent::n(i)).unwrap();
         }
         let rotated = log.rotate(10).unwrap();
         assert_eq!(rotated, dir.join("audit.jsonl.000000000003"));
-        log.append("e", crate::audit_fields!("i" => 3)).unwrap();
+        log.append(&crate::audit::events::TestEvent::n(3)).unwrap();
         drop(log);
         // Reopening the new file resumes the chain too.
         let mut log = AuditLog::open(&path, "web-1").unwrap();
-        assert_eq!(log.append("e", serde_json::Map::new()).unwrap(), 6);
+        assert_eq!(
+            log.append(&crate::audit::events::TestEvent::n(0)).unwrap(),
+            6
+        );
 
         let both = verify_chain(&concat(&[rotated.clone(), path.clone()])[..], &[]).unwrap();
         assert_eq!((both.first_seq, both.last_seq), (1, 6));
         assert_eq!(both.continues_from, None);
         let first = first_record(&path);
         assert_eq!(event_name(&first), Some("audit.rotated"));
-        assert_eq!(first["activity_id"], 6); // OCSF Event Log Activity: Rotate
-        assert_eq!(first["seq"], 4);
+        assert_eq!(first["activity_id"], 5); // OCSF Event Log Activity: 5 Rotate (6 is Start)
+        assert_eq!(crate::audit::record_seq(&first), Some(4));
         assert_eq!(
             record_field(&first, "previous_file"),
             Some(&Value::from("audit.jsonl.000000000003"))
@@ -226,7 +227,7 @@ mod tests {
             keep: 2,
         };
         for _ in 0..4 {
-            log.append("e", serde_json::Map::new()).unwrap();
+            log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
             assert!(log.rotate_if_due(policy).unwrap().is_some());
         }
         let kept = rotated_files(&path).unwrap();
@@ -250,7 +251,7 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "h").unwrap();
         for _ in 0..3 {
-            log.append("e", serde_json::Map::new()).unwrap();
+            log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let without_head: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();

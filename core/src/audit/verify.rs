@@ -105,14 +105,7 @@ pub fn verify_chain_anchored(
         };
         let record: Value =
             serde_json::from_slice(body).map_err(|e| fail(format!("not a JSON record ({e})")))?;
-        let seq = record
-            .get("seq")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| fail("no seq".into()))?;
-        let prev = record
-            .get("prev")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fail("no prev".into()))?;
+        let (seq, prev) = super::chain_link(&record).map_err(fail)?;
         if summary.records == 0 && seq != 1 {
             // A retained file after rotation starts where the rotated one ended.
             if let Some((before, head, previous)) = super::rotate::continuation(&record) {

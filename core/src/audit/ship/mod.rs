@@ -536,7 +536,7 @@ mod tests {
     fn append(ctx: &ShipContext, n: usize) {
         let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
         for _ in 0..n {
-            log.append("e", serde_json::Map::new()).unwrap();
+            log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
         }
     }
 
@@ -594,6 +594,40 @@ mod tests {
         // are sent again; nothing was counted as delivered, so a restart sends them again too.
         assert_eq!(sent, vec![1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6]);
         assert_eq!(sent_again, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_sink_cursor_on_an_old_layout_file_resumes_after_the_upgrade_without_loss_or_resend() {
+        // An earlier build wrote records 1-20 (seq and prev at the top level) and its sink
+        // delivered them (the cursor's format did not change).
+        let old = include_str!("../testdata/old-layout.jsonl");
+        let lines: Vec<&str> = old.lines().collect();
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        std::fs::write(&ctx.audit_log, format!("{}\n", lines[..20].join("\n"))).unwrap();
+        assert_eq!(
+            ship_until(&ctx, &Fake::default(), 20),
+            (1..=20).collect::<Vec<_>>()
+        );
+        // The old build wrote 21-26 before it stopped; this build continues the file at 27 in
+        // the new layout.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&ctx.audit_log)
+            .unwrap();
+        std::io::Write::write_all(
+            &mut file,
+            format!("{}\n", lines[20..].join("\n")).as_bytes(),
+        )
+        .unwrap();
+        append(&ctx, 3);
+        let text = std::fs::read_to_string(&ctx.audit_log).unwrap();
+        assert!(text.lines().nth(26).unwrap().starts_with("{\"unmapped\""));
+        assert_eq!(
+            ship_until(&ctx, &Fake::default(), 29),
+            (21..=29).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -39,16 +39,20 @@ pub struct Spool {
     pub unreadable: u64,
 }
 
-/// The `seq` of a line: the writer puts it first (`{"seq":N,…`); anything else is parsed.
+/// The `seq` of a line: the writer puts it first (`{"unmapped":{"loggate":{"seq":N,…`, or
+/// `{"seq":N,…` in files of earlier builds); anything else is parsed.
 pub fn seq_of(line: &[u8]) -> Option<u64> {
-    if let Some(rest) = line.strip_prefix(b"{\"seq\":") {
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits > 0 && matches!(rest.get(digits), Some(b',' | b'}')) {
-            return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+    const PREFIXES: [&[u8]; 2] = [b"{\"unmapped\":{\"loggate\":{\"seq\":", b"{\"seq\":"];
+    for prefix in PREFIXES {
+        if let Some(rest) = line.strip_prefix(prefix) {
+            let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            if digits > 0 && matches!(rest.get(digits), Some(b',' | b'}')) {
+                return std::str::from_utf8(&rest[..digits]).ok()?.parse().ok();
+            }
         }
     }
     let value: serde_json::Value = serde_json::from_slice(line).ok()?;
-    value.get("seq")?.as_u64()
+    crate::audit::record_seq(&value)
 }
 
 impl Spool {
@@ -270,6 +274,19 @@ mod tests {
         assert_eq!(seq_of(b"{\"seq\":12,\"prev\":\"\"}"), Some(12));
         assert_eq!(seq_of(b"{\"prev\":\"\",\"seq\":13}"), Some(13));
         assert_eq!(seq_of(b"{\"seq\":\"x\"}"), None);
+        assert_eq!(
+            seq_of(b"{\"unmapped\":{\"loggate\":{\"seq\":14,\"prev\":\"\"}}}"),
+            Some(14)
+        );
+        assert_eq!(
+            seq_of(b"{\"class_uid\":1,\"unmapped\":{\"loggate\":{\"prev\":\"\",\"seq\":15}}}"),
+            Some(15)
+        );
+        // One record, one place in the chain: both layouts at once is no seq.
+        assert_eq!(
+            seq_of(b"{\"class_uid\":1,\"seq\":3,\"prev\":\"\",\"unmapped\":{\"loggate\":{\"prev\":\"\",\"seq\":15}}}"),
+            None
+        );
         assert_eq!(seq_of(b"garbage"), None);
     }
 }

@@ -1,0 +1,845 @@
+//! Every audit event loggate writes, one type each.
+//!
+//! An event is a struct whose fields are loggate's own fields of the record (kept, unchanged
+//! in name and value, under `unmapped.loggate`), and an [`AuditEvent`] impl that names it and
+//! says how it maps onto OCSF (class, activity, outcome, severity). The writer
+//! ([`super::AuditLog::append`]) takes any `&impl AuditEvent`: a misspelt event is a type that
+//! does not exist and a missing field a struct literal that does not compile. [`CATALOGUE`]
+//! lists every type; `docs/audit-events.md` is generated from it (with each field's doc
+//! comment as its meaning), and the OCSF conformance tests check every entry.
+//!
+//! ## Adding an event
+//!
+//! 1. Write it with `audit_event!` below, next to its kind (reads, grants, bypass, lifecycle):
+//!    a doc comment saying when it is written (that is the catalogue's text), its name (dotted:
+//!    `area.what_happened`), who writes it, its OCSF class and activity (the activity's id must
+//!    mean what the event is: see the class in the OCSF schema), outcome and severity, then its
+//!    fields, each with a doc comment (its meaning in the catalogue). A field that may be
+//!    unknown is an `Option` (written as `null`). Field names `seq` and `prev` are reserved:
+//!    the chain's fields sit beside them in `unmapped.loggate`.
+//! 2. Add the type to [`CATALOGUE`].
+//! 3. Add an example of its fields to `ocsf/tests.rs` (`example`), run
+//!    `LOGGATE_BLESS=1 cargo test -p loggate-core audit_events_doc` and read the diff of
+//!    `docs/audit-events.md`; `cargo test -p loggate-core --lib audit::` checks it against the
+//!    OCSF schema.
+//! 4. Give it a one-line summary in `ocsf::message` (otherwise its `message` is
+//!    `<name> on <host>`); its OCSF objects and `observables` follow from its class and the
+//!    field names the class reads (`subject`, `peer`, `path`, `grant_id`, …: see
+//!    `ocsf::class_objects`).
+//! 5. Write it: `log.append(&MyEvent { … })`.
+//!
+//! An event whose fields are another event's plus more (`bypass.finding`) is a struct with a
+//! `#[serde(flatten)]` field and a hand-written impl; see [`BypassFinding`].
+
+use super::ocsf::{Class, EventType, Outcome, Severity};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// An audit event: its fields (serialized under `unmapped.loggate`) and, from its type, its
+/// name and OCSF mapping.
+pub trait AuditEvent: Serialize {
+    /// The event's catalogue entry: name, writers, OCSF class and activity, fields.
+    const TYPE: &'static EventType;
+}
+
+const INFO: Severity = Severity::Fixed(1);
+const LOW: Severity = Severity::Fixed(2);
+const MEDIUM: Severity = Severity::Fixed(3);
+const HIGH: Severity = Severity::Fixed(4);
+/// From the `severity` field: `low` is 2 Low, anything else 4 High.
+const FROM_FIELD: Severity = Severity::FromField;
+
+/// Declares one audit event: the struct (with `Serialize`) and its [`AuditEvent`] impl, whose
+/// catalogue entry takes the event's doc comment as its description and each field's doc
+/// comment as the field's meaning. See the module's documentation.
+macro_rules! audit_event {
+    (
+        $(#[doc = $about:literal])*
+        $ty:ident = $name:literal {
+            writers: $writers:literal,
+            class: $class:ident,
+            activity: $aid:literal $aname:literal,
+            outcome: $outcome:ident,
+            severity: $sev:ident $(,)?
+        }
+        {
+            $(
+                $(#[doc = $fdoc:literal])*
+                $field:ident : $fty:ty
+            ),* $(,)?
+        }
+    ) => {
+        $(#[doc = $about])*
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        pub struct $ty {
+            $(
+                $(#[doc = $fdoc])*
+                pub $field: $fty,
+            )*
+        }
+
+        impl AuditEvent for $ty {
+            const TYPE: &'static EventType = &EventType {
+                name: $name,
+                writers: $writers,
+                about: concat!($($about),*),
+                class: Class::$class,
+                activity_id: $aid,
+                activity_name: $aname,
+                outcome: Outcome::$outcome,
+                severity: $sev,
+                fields: &[$((stringify!($field), concat!($($fdoc),*))),*],
+            };
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reads through the gate (agent).
+
+audit_event! {
+    /// A read through the gate passed every check; written and synced before the first byte of
+    /// content leaves.
+    ReadAllowed = "read.allowed" {
+        writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Success, severity: INFO,
+    }
+    {
+        /// the person's SPIFFE id, from their certificate (`actor.user.uid`)
+        subject: String,
+        /// SHA-256 of the person's certificate public key, which grants are bound to
+        /// (`actor.user.programmatic_credentials`)
+        key_sha256: String,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// the file served, beneath the agent's roots (`resources`, `observables`)
+        path: String,
+        /// `cat`, `tail`, `tail_follow` or `grep`
+        mode: &'static str,
+        /// the grep pattern, or null
+        pattern: Option<String>,
+        /// start of the requested time range (epoch ms), or null
+        since_ms: Option<i64>,
+        /// end of the requested time range (epoch ms), or null
+        until_ms: Option<i64>,
+        /// the grant's redaction profile
+        redaction_profile: String,
+        /// the opened file's inode
+        inode: u64,
+        /// its device number
+        device: u64,
+        /// its size in bytes when opened
+        size: u64,
+    }
+}
+
+audit_event! {
+    /// A `tail --follow` stream moved to the file that replaced the one it read
+    /// (rename-and-create rotation): the path was opened again with every check of the first
+    /// open; written and synced before the first byte of the new file leaves.
+    ReadReopened = "read.reopened" {
+        writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Success, severity: INFO,
+    }
+    {
+        /// the person's SPIFFE id, from their certificate (`actor.user.uid`)
+        subject: String,
+        /// SHA-256 of the person's certificate public key, which grants are bound to
+        /// (`actor.user.programmatic_credentials`)
+        key_sha256: String,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// the path followed (`resources`, `observables`)
+        path: String,
+        /// the new file's inode
+        inode: u64,
+        /// its device number
+        device: u64,
+        /// its size in bytes when opened
+        size: u64,
+        /// the inode of the file read until then
+        previous_inode: u64,
+    }
+}
+
+audit_event! {
+    /// A read was refused; `reason_code` says which check failed (`status_detail`).
+    ReadDenied = "read.denied" {
+        writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Failure, severity: LOW,
+    }
+    {
+        /// the caller's SPIFFE id (`actor.user.uid`); null when the certificate was not a
+        /// user's
+        subject: Option<String>,
+        /// SHA-256 of the caller's certificate public key (`actor.user.programmatic_credentials`);
+        /// null when the certificate was not a user's
+        key_sha256: Option<String>,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// the path as requested (`resources`, `observables`), cut to its first 256 bytes; null
+        /// in a summary
+        path: Option<String>,
+        /// the requested path's whole length in bytes
+        path_bytes: Option<u64>,
+        /// the SHA-256 (hex) of the whole requested path when `path` was cut, else null
+        path_sha256: Option<String>,
+        /// the grant's id (`metadata.correlation_uid`), null when none was involved
+        grant_id: Option<String>,
+        /// the check that failed, e.g. `no_grant`, `grant_expired`, `path_outside_roots`,
+        /// `path_crosses_mount`, `identity_refused`, `too_many_streams`, a bad argument
+        /// (`invalid_mode`, `tail_lines_over_limit`, `pattern_empty`, `pattern_too_long`,
+        /// `pattern_invalid`, `pattern_too_complex`); `suppressed` for the summary of denials
+        /// over the audit budget (`status_detail`)
+        reason_code: &'static str,
+        /// the message the caller was given (cut to 1 KiB)
+        reason: String,
+        /// denial records of this subject or address left out by the audit budget
+        /// (`limits.audit_denials_per_window`) before this one; in a summary, how many were
+        /// left out
+        suppressed_before: u64,
+    }
+}
+
+audit_event! {
+    /// A stream ended: how many bytes, how long, why, and what was redacted.
+    ReadFinished = "read.finished" {
+        writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: StreamEnd, severity: INFO,
+    }
+    {
+        /// the person's SPIFFE id, from their certificate (`actor.user.uid`)
+        subject: String,
+        /// SHA-256 of the person's certificate public key, which grants are bound to
+        /// (`actor.user.programmatic_credentials`)
+        key_sha256: String,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// the file served (`resources`, `observables`)
+        path: String,
+        /// bytes sent
+        bytes: u64,
+        /// how long the stream lasted (`duration`)
+        duration_ms: u64,
+        /// `eof`, `client_closed`, `grant_expired`, `grant_revoked`, `budget_exceeded` (the grep
+        /// pattern used up `limits.grep_time_budget`) or `read_error` (`status_detail`;
+        /// `read_error` is a failure)
+        end_reason: &'static str,
+        /// the read error, or null
+        error: Option<String>,
+        /// findings per detector, e.g. `{"email": 3}`; never values (see redaction.md)
+        redactions: BTreeMap<String, u64>,
+        /// lines replaced because a detector failed on them
+        lines_withheld: u64,
+        /// lines longer than `max_line_bytes`
+        lines_cut: u64,
+        /// time spent matching the grep pattern (0 without one)
+        pattern_ms: u64,
+        /// a `tail` start with no private-key `BEGIN`/`END` line within
+        /// `limits.tail_key_lookback_bytes` before it: taken as outside any key block (a key
+        /// block is shorter than the look-back)
+        key_lookback_exhausted: bool,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grants and people (controller and agent).
+
+audit_event! {
+    /// An admin issued a grant.
+    GrantIssued = "grant.issued" {
+        writers: "controller", class: UserAccessManagement, activity: 1 "Assign Privileges",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// who may read (`user`)
+        subject: String,
+        /// the admin who issued it (`actor.user`)
+        issuer: String,
+        /// the agent ids it covers
+        hosts: Vec<String>,
+        /// the agent labels it covers
+        labels: Vec<String>,
+        /// the path globs it allows (`privileges`)
+        paths: Vec<String>,
+        /// start of validity (epoch s)
+        not_before: i64,
+        /// end of validity (epoch s)
+        not_after: i64,
+        /// the reason given, e.g. a ticket
+        reason: String,
+        /// the redaction profile streams get
+        redaction_profile: String,
+    }
+}
+
+audit_event! {
+    /// A grant pushed by the controller verified and was installed.
+    GrantReceived = "grant.received" {
+        writers: "agent", class: UserAccessManagement, activity: 1 "Assign Privileges",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// who may read (`user`)
+        subject: String,
+        /// the path globs it allows (`privileges`)
+        paths: Vec<String>,
+        /// start of validity (epoch s)
+        not_before: i64,
+        /// end of validity (epoch s)
+        not_after: i64,
+        /// who approved it (`actor.user`)
+        approver: String,
+        /// the reason given
+        reason: String,
+        /// the redaction profile streams get
+        redaction_profile: String,
+        /// the controller's grant revision this change arrived with
+        revision: u64,
+    }
+}
+
+audit_event! {
+    /// A pushed grant failed verification and was not stored; its subject is unknown
+    /// (`user.name` = `unknown`).
+    GrantRejected = "grant.rejected" {
+        writers: "agent", class: UserAccessManagement, activity: 1 "Assign Privileges",
+        outcome: Failure, severity: MEDIUM,
+    }
+    {
+        /// the id the controller sent (`metadata.correlation_uid`)
+        grant_id: String,
+        /// why verification failed (`status_detail`)
+        reason_code: &'static str,
+        /// the verifier's message
+        reason: String,
+        /// the controller's grant revision this change arrived with
+        revision: u64,
+    }
+}
+
+audit_event! {
+    /// A grant was revoked (controller: when an admin revokes it; agent: when the revocation
+    /// arrives).
+    GrantRevoked = "grant.revoked" {
+        writers: "agent, controller", class: UserAccessManagement, activity: 2 "Revoke Privileges",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// whose grant it was (`user`); null on an agent that never held it
+        subject: Option<String>,
+        /// who revoked it (`actor.user`)
+        revoked_by: String,
+        /// the reason given
+        reason: String,
+        /// (agent) the controller's grant revision of the revocation; null on the controller
+        revision: Option<u64>,
+    }
+}
+
+audit_event! {
+    /// A grant's validity ended (checked once a second, with or without the controller).
+    GrantExpired = "grant.expired" {
+        writers: "agent", class: UserAccessManagement, activity: 2 "Revoke Privileges",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// whose grant it was (`user`)
+        subject: String,
+        /// the path globs it allowed (`privileges`)
+        paths: Vec<String>,
+        /// when it ended (epoch s)
+        not_after: i64,
+    }
+}
+
+audit_event! {
+    /// A stored grant no longer verified when the agent started, and was dropped; its subject
+    /// is not trusted, so `user.name` is `unknown`.
+    GrantDropped = "grant.dropped" {
+        writers: "agent", class: UserAccessManagement, activity: 2 "Revoke Privileges",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// why it is no longer valid
+        reason: String,
+    }
+}
+
+audit_event! {
+    /// A person's certificate key was seen for the first time and enrolled (trust on first
+    /// use); grants are bound to it.
+    UserKeyEnrolled = "user.key_enrolled" {
+        writers: "controller", class: Authentication, activity: 1 "Logon",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the person's SPIFFE id (`user.uid`)
+        subject: String,
+        /// SHA-256 of their certificate public key (`user.programmatic_credentials`)
+        key_sha256: String,
+        /// `first_contact`
+        how: &'static str,
+    }
+}
+
+audit_event! {
+    /// A connection's mutual-TLS handshake was refused before any request: a certificate from
+    /// another CA, expired or not yet valid, none at all, a certificate without proof of its
+    /// key, a client that refused ours, or no handshake within 5 s. At most 60 are written per
+    /// minute; the number left out goes with the next one or, at the end of the minute, in a
+    /// summary record (`reason_code` `suppressed`, `peer` null). A connection that sends
+    /// nothing within 2 s (a port probe) is closed and not recorded. At most 1024 handshakes
+    /// are in progress, 512 per /24 or /64 prefix; a new connection over either closes the
+    /// unfinished one idle longest (of its prefix, or of all), and every 10 s with any such
+    /// evictions one summary record (`reason_code` `evicted`, `peer` null, `suppressed_before`
+    /// the number) says how many and from which prefix most.
+    TlsRefused = "tls.refused" {
+        writers: "agent, controller", class: Authentication, activity: 1 "Logon",
+        outcome: Failure, severity: LOW,
+    }
+    {
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// `loggate agent` or `loggate controller` (`service.name`)
+        service: String,
+        /// `unknown_issuer`, `bad_signature` (chained by name to the CA but not signed by it:
+        /// another CA of the same name, or a forgery), `key_not_proven` (a certificate of the
+        /// CA presented without proof of its private key: a copied certificate?),
+        /// `certificate_expired`, `certificate_not_valid_yet`, `certificate_revoked`,
+        /// `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`,
+        /// `handshake_timeout`, `tls_error`, `suppressed` for the summary of refusals over the
+        /// rate limit, or `evicted` for the summary of unfinished handshakes closed to make
+        /// room (`status_detail`)
+        reason_code: &'static str,
+        /// rustls' description of the failure
+        reason: String,
+        /// the SPIFFE id in the certificate the client presented — what it claims, not
+        /// verified (the OCSF `user` is Unknown); null without one
+        claimed_subject: Option<String>,
+        /// refusals left out before this one by the rate limit
+        suppressed_before: u64,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bypass reads (agent, eBPF or fanotify).
+
+audit_event! {
+    /// A process other than the agent opened a protected file for reading, around the gate
+    /// (eBPF or fanotify); see audit.md.
+    BypassRead = "bypass.read" {
+        writers: "agent", class: FileSystemActivity, activity: 14 "Open",
+        outcome: Success, severity: FROM_FIELD,
+    }
+    {
+        /// the opener's process id (thread-group id)
+        pid: u32,
+        /// its thread id (null in `fanotify` mode)
+        tid: Option<u32>,
+        /// its parent's process id
+        ppid: Option<u32>,
+        /// its real uid
+        uid: Option<u32>,
+        /// its real gid
+        gid: Option<u32>,
+        /// the uid's name from `/etc/passwd`, or null
+        user: Option<String>,
+        /// the person `bypass.uid_subjects` maps the uid to, or null (`actor.user`)
+        subject: Option<String>,
+        /// the command name (15 bytes at most)
+        comm: Option<String>,
+        /// executable path from `/proc/<pid>/exe`; when the process had already exited, the
+        /// path the eBPF program read at the open, walking the executable's dentries (at most 8
+        /// components; `…/` marks unknown leading components: a deeper path, or a file on
+        /// another mount than the opener's root; the path is as the opener saw it from its own
+        /// root, e.g. inside its container; `allow_exe` is matched on the file's device and
+        /// inode, never on this path); null when neither is known (fanotify mode, a reader
+        /// already gone)
+        exe: Option<String>,
+        /// the eBPF modes: the argv the kernel program read at the open (≤ 255 bytes; a later
+        /// `exec` cannot change it), else from `/proc/<pid>` (≤ 4096 bytes); fanotify: from
+        /// `/proc/<pid>` when the event is read, null when the process had already exited
+        cmdline: Option<String>,
+        /// the opener was gone before `/proc` could be read (common for `cat`)
+        process_exited: bool,
+        /// the cgroup v2 id
+        cgroup_id: Option<u64>,
+        /// the cgroup path from `/proc/<pid>/cgroup`, or for an exited reader (eBPF modes) the
+        /// cgroupfs folder whose inode is `cgroup_id`
+        cgroup: Option<String>,
+        /// the 64-hex container id where the cgroup path names one (docker, containerd, CRI-O,
+        /// podman)
+        container_id: Option<String>,
+        /// the protected path (`file.path`, `observables`); null if it left the protected set
+        /// meanwhile
+        path: Option<String>,
+        /// the basename the opener's path resolved to (`file.name`)
+        opened_name: String,
+        /// `file` (its (device, inode) is protected) or `directory` (its folder's is)
+        matched: &'static str,
+        /// the opened inode
+        inode: u64,
+        /// its device, `major:minor`
+        device: String,
+        /// the descriptor returned (null in `fanotify` mode; -1 in `lsm`/`fentry` modes, which
+        /// see the open before the descriptor exists)
+        fd: Option<i32>,
+        /// the open flags, e.g. `O_RDONLY|O_CLOEXEC` (null in `fanotify` mode)
+        flags: Option<String>,
+        /// how it was opened: `open`, `openat`, `openat2`, `open_by_handle_at`, the same with
+        /// `_ia32` for a 32-bit syscall (`strict` mode), `io_uring` (`comm` may then be an
+        /// `iou-wrk-…` worker), `lsm`, `fentry` or `fanotify`
+        hook: &'static str,
+        /// an allow-list rule matched (a log shipper)
+        expected: bool,
+        /// the matching `allow_exe`/`allow_cgroup` entry, or null
+        allow_rule: Option<String>,
+        /// `low` for allow-listed readers, otherwise `high` (`severity_id`)
+        severity: &'static str,
+        /// the mapped person holds an unrevoked grant, now, whose paths cover `path`
+        holds_grant: bool,
+        /// those grants
+        grant_ids: Vec<String>,
+        /// which subject was checked, or why none was
+        grant_check: String,
+        /// the `finding_info.uid` of the `bypass.finding` this open raised; null when the
+        /// reader holds a grant
+        finding_uid: Option<String>,
+    }
+}
+
+/// Written right after a `bypass.read` whose reader holds no grant covering the file (or whose
+/// uid is unknown or unmapped): an alert for the SIEM. An allow-listed reader (a log shipper)
+/// raises one too, with severity Low and `is_alert` false.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BypassFinding {
+    /// Every field of the `bypass.read` it is about, copied unchanged.
+    #[serde(flatten)]
+    pub read: BypassRead,
+    /// The `seq` of the `bypass.read` record it is about.
+    pub read_seq: u64,
+}
+
+impl AuditEvent for BypassFinding {
+    const TYPE: &'static EventType = &EventType {
+        name: "bypass.finding",
+        writers: "agent",
+        about: "Written right after a `bypass.read` whose reader holds no grant covering the file (or whose uid is unknown or unmapped): an alert for the SIEM. An allow-listed reader (a log shipper) raises one too, with severity Low and `is_alert` false.",
+        class: Class::DetectionFinding,
+        activity_id: 1,
+        activity_name: "Create",
+        outcome: Outcome::NewFinding,
+        severity: FROM_FIELD,
+        // and every field of `bypass.read` (see `EventType::all_fields`).
+        fields: &[(
+            "read_seq",
+            "the `seq` of the `bypass.read` record it is about",
+        )],
+    };
+}
+
+audit_event! {
+    /// The kernel could not queue bypass events: some direct opens went unaudited.
+    BypassEventsLost = "bypass.events_lost" {
+        writers: "agent", class: EventLogActivity, activity: 99 "Events Lost",
+        outcome: Failure, severity: HIGH,
+    }
+    {
+        /// events lost since the agent started
+        lost_total: u64,
+        /// events lost since the last such record
+        lost_since_last: u64,
+        /// `ring buffer full` (written within `rescan_interval` of the loss) or `fanotify queue
+        /// overflow` (at once) (`status_detail`)
+        reason: &'static str,
+    }
+}
+
+audit_event! {
+    /// The bypass audit was asked for but could not start, or stopped; the agent serves
+    /// anyway. Earlier builds wrote it as `bypass_audit_unavailable` (see audit.md).
+    BypassUnavailable = "bypass.unavailable" {
+        writers: "agent", class: EventLogActivity, activity: 7 "Stop",
+        outcome: Failure, severity: HIGH,
+    }
+    {
+        /// the configured `bypass.mode`
+        requested_mode: &'static str,
+        /// why it is unavailable (`status_detail`)
+        reason: String,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle of the daemons and their audit logs.
+
+audit_event! {
+    /// The agent started: its audit log is enabled.
+    AgentStarted = "agent.started" {
+        writers: "agent", class: EventLogActivity, activity: 6 "Start",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the agent's id
+        agent_id: String,
+        /// the address it serves on
+        listen: String,
+        /// the folders and files it protects
+        roots: Vec<String>,
+        /// grants restored from its store
+        grants_loaded: u64,
+        /// the grant revision restored
+        revision: u64,
+        /// `lsm`, `fentry`, `tracepoint`, `strict`, `fanotify` or `off`
+        bypass_mode: &'static str,
+        /// why `auto` did not use the modes it tried first, e.g. `lsm: the kernel refused
+        /// program lsm_file_open: …; fentry: …`; null when it did
+        bypass_fallback_reason: Option<String>,
+        /// hooks attached: `file_open`, `security_file_open`, the `sys_exit_*` tracepoints,
+        /// `sys_exit`, `io_uring_complete`, or `fanotify:FAN_OPEN`; empty when off
+        bypass_hooks: Vec<String>,
+        /// optional hooks the kernel refused, with the reason; null unless in an eBPF mode
+        bypass_hooks_missing: Option<Vec<String>>,
+        /// eBPF modes: how the program turns an opened fd into its file: `rdonly_cast` (the
+        /// `bpf_rdonly_cast` kfunc, plain loads) or `probe_read` (the build without kfuncs:
+        /// `bpf_probe_read_kernel` for grown fd tables; sees the same opens at a higher cost);
+        /// `none` in `lsm` and `fentry` mode, whose programs are handed the file; null unless in
+        /// an eBPF mode
+        bypass_fd_lookup: Option<&'static str>,
+        /// with `probe_read`: why the kfunc build was not used (the kernel lacks or refused
+        /// `bpf_rdonly_cast`, or `bypass.kfuncs = false`)
+        bypass_fd_lookup_reason: Option<String>,
+        /// files and folders in the kernel map; null when off
+        bypass_protected: Option<u64>,
+    }
+}
+
+audit_event! {
+    /// The agent stopped cleanly: its audit log is disabled.
+    AgentStopped = "agent.stopped" {
+        writers: "agent", class: EventLogActivity, activity: 7 "Stop",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the agent's id
+        agent_id: String,
+    }
+}
+
+audit_event! {
+    /// The controller started: its audit log is enabled.
+    ControllerStarted = "controller.started" {
+        writers: "controller", class: EventLogActivity, activity: 6 "Start",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the address it serves on
+        listen: String,
+        /// the configured admins
+        admins: Vec<String>,
+        /// the grant revision in its store
+        revision: u64,
+    }
+}
+
+audit_event! {
+    /// The controller stopped cleanly: its audit log is disabled.
+    ControllerStopped = "controller.stopped" {
+        writers: "controller", class: EventLogActivity, activity: 7 "Stop",
+        outcome: Success, severity: INFO,
+    }
+    {}
+}
+
+audit_event! {
+    /// A signed checkpoint seals the chain as it stands (every 1000 records or 60 s); see
+    /// audit.md.
+    AuditCheckpoint = "audit.checkpoint" {
+        writers: "agent, controller", class: EventLogActivity, activity: 99 "Checkpoint",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the writer: the agent id, or `controller`
+        origin: String,
+        /// the `seq` of the last record sealed
+        sealed_seq: u64,
+        /// SHA-256 of that record's line
+        head: String,
+        /// when it was signed (epoch ms)
+        ts_ms: i64,
+        /// the signing key, `ed25519:<id>`
+        key_id: String,
+        /// Ed25519 signature over origin, sealed_seq, head and ts_ms (hex)
+        sig: String,
+    }
+}
+
+audit_event! {
+    /// The first record of a new audit file after rotation: it continues the chain of the file
+    /// renamed to `previous_file`, and names the rotated files deleted by retention.
+    AuditRotated = "audit.rotated" {
+        writers: "agent", class: EventLogActivity, activity: 5 "Rotate",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the rotated file's name, `<audit file>.<its last seq, 12 digits>`
+        previous_file: String,
+        /// the `seq` of its last record
+        previous_last_seq: u64,
+        /// rotated files deleted now, beyond `audit_keep_files`
+        deleted_files: Vec<String>,
+    }
+}
+
+audit_event! {
+    /// The controller enrolled an agent's checkpoint public key: on first use (the agent's
+    /// first report) or from `enrol_checkpoint_keys` (an admin's decision, which may replace the
+    /// old key). A different key is never taken silently; see audit.md, Off-host anchoring.
+    AuditCheckpointKeyEnrolled = "audit.checkpoint_key_enrolled" {
+        writers: "controller", class: EventLogActivity, activity: 99 "Checkpoint Key Enrolled",
+        outcome: Success, severity: LOW,
+    }
+    {
+        /// the agent whose key it is
+        agent_id: String,
+        /// the key, `ed25519:<id>`
+        key_id: String,
+        /// the public key as `loggate audit verify --key` reads it
+        key: String,
+        /// `first_use` or `configured`
+        how: &'static str,
+        /// the key id it replaces (configured only), null when none
+        replaces: Option<String>,
+    }
+}
+
+audit_event! {
+    /// The controller refused an agent's checkpoint report and stored none of it.
+    AuditCheckpointRefused = "audit.checkpoint_refused" {
+        writers: "controller", class: EventLogActivity, activity: 99 "Checkpoint Refused",
+        outcome: Failure, severity: HIGH,
+    }
+    {
+        /// the reporting agent
+        agent_id: String,
+        /// `other_host`, `bad_signature` or `key_changed` (`status_detail`)
+        reason_code: &'static str,
+        /// the refusal in one sentence
+        reason: String,
+    }
+}
+
+audit_event! {
+    /// Alert: an agent's checkpoint contradicts one the controller holds — its sequence went
+    /// backwards (audit file reset or truncated) or a sealed seq has a new head (audit file
+    /// rewritten). Both are kept as evidence.
+    AuditCheckpointConflict = "audit.checkpoint_conflict" {
+        writers: "controller", class: EventLogActivity, activity: 99 "Checkpoint Conflict",
+        outcome: Failure, severity: HIGH,
+    }
+    {
+        /// the agent whose chain it is
+        origin: String,
+        /// `sequence_went_backwards` or `head_changed`
+        conflict: &'static str,
+        /// the `seq` the new checkpoint seals
+        sealed_seq: u64,
+        /// the head it seals it with
+        head: String,
+        /// when it was signed (epoch ms)
+        ts_ms: i64,
+        /// the key that signed it
+        key_id: String,
+        /// sequence_went_backwards: the highest seq sealed before
+        held_sealed_seq: Option<u64>,
+        /// head_changed: the head held for that seq
+        held_head: Option<String>,
+    }
+}
+
+audit_event! {
+    /// At start, a torn last line (a crash mid-write) was cut off; the chain continues from
+    /// the last whole record.
+    AuditTornTailDiscarded = "audit.torn_tail_discarded" {
+        writers: "agent, controller", class: EventLogActivity, activity: 99 "Torn Tail Discarded",
+        outcome: Success, severity: MEDIUM,
+    }
+    {
+        /// how many bytes were cut
+        bytes_discarded: u64,
+    }
+}
+
+/// Every event type loggate writes, in the order of `docs/audit-events.md`.
+pub const CATALOGUE: &[&EventType] = &[
+    ReadAllowed::TYPE,
+    ReadReopened::TYPE,
+    ReadDenied::TYPE,
+    ReadFinished::TYPE,
+    GrantIssued::TYPE,
+    GrantReceived::TYPE,
+    GrantRejected::TYPE,
+    GrantRevoked::TYPE,
+    GrantExpired::TYPE,
+    GrantDropped::TYPE,
+    UserKeyEnrolled::TYPE,
+    TlsRefused::TYPE,
+    BypassRead::TYPE,
+    BypassFinding::TYPE,
+    BypassEventsLost::TYPE,
+    BypassUnavailable::TYPE,
+    AgentStarted::TYPE,
+    AgentStopped::TYPE,
+    ControllerStarted::TYPE,
+    ControllerStopped::TYPE,
+    AuditCheckpoint::TYPE,
+    AuditRotated::TYPE,
+    AuditCheckpointKeyEnrolled::TYPE,
+    AuditCheckpointRefused::TYPE,
+    AuditCheckpointConflict::TYPE,
+    AuditTornTailDiscarded::TYPE,
+];
+
+/// An event for the audit module's own tests: numbered, outside the catalogue.
+#[cfg(test)]
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct TestEvent {
+    pub i: u64,
+    pub tag: &'static str,
+}
+
+#[cfg(test)]
+impl TestEvent {
+    /// Event number `i`, without a tag.
+    pub(crate) fn n(i: u64) -> Self {
+        TestEvent { i, tag: "" }
+    }
+}
+
+#[cfg(test)]
+impl AuditEvent for TestEvent {
+    const TYPE: &'static EventType = &EventType {
+        name: "test.event",
+        writers: "tests",
+        about: "A test's own event.",
+        class: Class::Base,
+        activity_id: 99,
+        activity_name: "Test",
+        outcome: Outcome::Success,
+        severity: INFO,
+        fields: &[("i", "a number"), ("tag", "a label")],
+    };
+}
