@@ -20,7 +20,10 @@ mod verify;
 pub use anchor::{read_external_checkpoints, Checkpoint, CHECKPOINT_EVENT};
 pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
 pub use group::{DurableSeq, SharedAuditLog};
-pub use rotate::{rotated_files, RotationPolicy};
+pub use rotate::{
+    chain_id, file_holding, first_line_hash, open_holding, rotated_files, rotated_last_seq,
+    Retention, RotationPolicy,
+};
 pub use verify::{verify_chain, verify_chain_anchored, ChainBreak, ChainSummary};
 
 use serde_json::{Map, Value};
@@ -40,6 +43,15 @@ pub enum AuditError {
     Io { path: PathBuf, source: io::Error },
     #[error("audit log {path}: last line is not a valid audit record ({why})")]
     Corrupt { path: PathBuf, why: String },
+    /// The disk budget is used up by rotated files a reader has not consumed yet (see
+    /// [`Retention`]): events are refused until it catches up.
+    #[error("audit log {path}: its disk budget ({budget} bytes) is used up ({used} bytes) by rotated files not yet delivered to: {waiting_for}; nothing is audited until they catch up (or raise audit_max_bytes)")]
+    BudgetExhausted {
+        path: PathBuf,
+        budget: u64,
+        used: u64,
+        waiting_for: String,
+    },
 }
 
 /// The append-only, hash-chained audit file of one process, for one writer. Shared by many
@@ -59,6 +71,8 @@ pub struct AuditLog {
     /// after a failed write or sync failed too. Appending past unknown bytes would break the
     /// chain, so every append retries the cut first and fails until it works.
     pending_cut: Option<u64>,
+    /// Who must consume a rotated file before it is deleted, and the disk budget.
+    retention: Option<rotate::RetentionState>,
 }
 
 /// A position in the chain: the last record's seq, its hash, and the file length after it.
@@ -145,6 +159,7 @@ impl AuditLog {
             checkpoints: None,
             written_len: len,
             pending_cut: None,
+            retention: None,
         };
         if torn_bytes > 0 {
             log.append(
@@ -204,6 +219,7 @@ impl AuditLog {
         event: &str,
         fields: Map<String, Value>,
     ) -> Result<u64, AuditError> {
+        self.check_budget()?;
         let seq = self.write_record(event, fields)?;
         if let Some(c) = &mut self.checkpoints {
             c.since_last += 1;
@@ -214,6 +230,21 @@ impl AuditLog {
             }
         }
         Ok(seq)
+    }
+
+    /// Fails closed while the audit files' disk budget is exhausted; when this event would
+    /// reach it, a retention pass first tries to make room.
+    fn check_budget(&mut self) -> Result<(), AuditError> {
+        let Some(r) = &self.retention else {
+            return Ok(());
+        };
+        if r.refusal(&self.path).is_none() && r.over_budget(self.written_len) {
+            self.apply_retention()?;
+        }
+        match self.retention.as_ref().and_then(|r| r.refusal(&self.path)) {
+            Some(refused) => Err(refused),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn checkpoint_due(&self) -> bool {
