@@ -656,6 +656,49 @@ pub const EVENTS: &[EventType] = &[
         severity: MEDIUM,
         fields: &[("bytes_discarded", "how many bytes were cut")],
     },
+    EventType {
+        name: "audit.files_deleted",
+        writers: "agent",
+        about: "Retention deleted rotated audit files between rotations, once every sink and the checkpoint sender had consumed them (written before the files go); see audit.md, Retention.",
+        class: Class::EventLogActivity,
+        activity_id: 2,
+        activity_name: "Delete",
+        outcome: Outcome::Success,
+        severity: INFO,
+        fields: &[
+            ("deleted_files", "the rotated files deleted, oldest first"),
+            ("reason", "`keep_files` (more than `audit_keep_files`) or `budget` (`audit_max_bytes` reached)"),
+        ],
+    },
+    EventType {
+        name: "audit.budget_exhausted",
+        writers: "agent",
+        about: "The audit files reached their disk budget (`audit_max_bytes`) and no rotated file may be deleted, because a reader has not consumed it: every audited action is refused (fail closed) until `audit.budget_recovered`.",
+        class: Class::EventLogActivity,
+        activity_id: 99,
+        activity_name: "Budget Exhausted",
+        outcome: Outcome::Failure,
+        severity: HIGH,
+        fields: &[
+            ("budget_bytes", "the budget, `audit_max_bytes`"),
+            ("used_bytes", "what the audit file and its rotated files take"),
+            ("waiting_for", "the readers holding the oldest rotated file: sink names, `anchor` for the checkpoint sender"),
+        ],
+    },
+    EventType {
+        name: "audit.budget_recovered",
+        writers: "agent",
+        about: "The audit files are within their disk budget again (a reader caught up and rotated files were deleted): audited actions are allowed again.",
+        class: Class::EventLogActivity,
+        activity_id: 99,
+        activity_name: "Budget Recovered",
+        outcome: Outcome::Success,
+        severity: MEDIUM,
+        fields: &[
+            ("budget_bytes", "the budget, `audit_max_bytes`"),
+            ("used_bytes", "what the audit files take now"),
+        ],
+    },
 ];
 
 impl EventType {
