@@ -73,7 +73,11 @@ impl RetentionState {
                 path: path.to_path_buf(),
                 budget: self.config.budget_bytes,
                 used: e.used,
-                waiting_for: e.waiting_for.join(", "),
+                waiting_for: if e.waiting_for.is_empty() {
+                    "none (the current file fills the budget until it rotates)".into()
+                } else {
+                    e.waiting_for.join(", ")
+                },
             })
     }
 
