@@ -70,7 +70,7 @@ pub struct AgentConfigFile {
     #[serde(default = "default_audit_keep_files")]
     audit_keep_files: usize,
     /// Disk budget of the audit file and its rotated files together (bytes; default: twice
-    /// `(audit_keep_files + 1) × audit_rotate_bytes`; 0 = none). Reached with nothing
+    /// `(audit_keep_files + 1) × audit_rotate_bytes`, at least 1 GiB; 0 = none). Reached with nothing
     /// consumed to delete, every audited action is refused until a reader catches up.
     #[serde(default)]
     audit_max_bytes: Option<u64>,
@@ -231,9 +231,15 @@ impl RedactionSettings {
     }
 }
 
+/// The smallest default budget. Rotation is checked once a second, so with small files the
+/// current one alone can pass `audit_rotate_bytes` many times over; a default must not refuse
+/// reads for that.
+const MIN_DEFAULT_AUDIT_BUDGET: u64 = 1 << 30;
+
 /// The audit files' disk budget: `audit_max_bytes`, or by default twice the footprint of a
-/// fully retained rotation (the kept files and the current one), so a receiver outage has as
-/// much again before reads are refused. It must hold the current file and one rotated file.
+/// fully retained rotation (the kept files and the current one), at least 1 GiB, so a receiver
+/// outage has as much again before reads are refused. It must hold the current file and one
+/// rotated file.
 fn audit_budget(
     rotate_bytes: u64,
     keep_files: usize,
@@ -249,7 +255,8 @@ fn audit_budget(
         None => Ok((keep_files as u64)
             .saturating_add(1)
             .saturating_mul(rotate_bytes)
-            .saturating_mul(2)),
+            .saturating_mul(2)
+            .max(MIN_DEFAULT_AUDIT_BUDGET)),
         Some(0) => Ok(0),
         Some(b) if b < rotate_bytes.saturating_mul(2) => bail!(
             "audit_max_bytes ({b}) must be at least twice audit_rotate_bytes ({rotate_bytes}): room for the current file and one rotated file"
@@ -367,7 +374,12 @@ mod audit_budget_tests {
 
     #[test]
     fn audit_budget_defaults_to_twice_the_retained_footprint() {
-        assert_eq!(audit_budget(100, 10, None).unwrap(), 2200);
+        assert_eq!(audit_budget(256 << 20, 10, None).unwrap(), 11 * (512 << 20));
+        assert_eq!(
+            audit_budget(100, 10, None).unwrap(),
+            1 << 30,
+            "at least 1 GiB"
+        );
         assert_eq!(audit_budget(100, 10, Some(500)).unwrap(), 500);
         assert_eq!(audit_budget(100, 10, Some(0)).unwrap(), 0, "0: no budget");
         assert_eq!(
