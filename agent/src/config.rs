@@ -65,9 +65,15 @@ pub struct AgentConfigFile {
     /// Rotate the audit file once it is this long (bytes; 0 = never).
     #[serde(default = "default_audit_rotate_bytes")]
     audit_rotate_bytes: u64,
-    /// Rotated audit files kept; older ones are deleted.
+    /// Rotated audit files kept; older ones are deleted once every sink and the checkpoint
+    /// sender have consumed them.
     #[serde(default = "default_audit_keep_files")]
     audit_keep_files: usize,
+    /// Disk budget of the audit file and its rotated files together (bytes; default: twice
+    /// `(audit_keep_files + 1) × audit_rotate_bytes`, at least 1 GiB; 0 = none). Reached with nothing
+    /// consumed to delete, every audited action is refused until a reader catches up.
+    #[serde(default)]
+    audit_max_bytes: Option<u64>,
     /// Tolerated clock difference with the controller at a grant's start (at most 60s).
     #[serde(default = "default_skew")]
     max_clock_skew: String,
@@ -204,6 +210,8 @@ pub struct AgentConfig {
     pub audit_log: PathBuf,
     /// `None`: never rotate.
     pub audit_rotation: Option<RotationPolicy>,
+    /// The audit files' disk budget in bytes (0: none; only with rotation).
+    pub audit_budget_bytes: u64,
     pub max_clock_skew: Duration,
     pub allow_raw: bool,
     pub limits: Limits,
@@ -246,6 +254,40 @@ impl RedactionSettings {
             allow_raw: file.allow_raw,
             max_line_bytes: file.limits.max_line_bytes,
         })
+    }
+}
+
+/// The smallest default budget. Rotation is checked once a second, so with small files the
+/// current one alone can pass `audit_rotate_bytes` many times over; a default must not refuse
+/// reads for that.
+const MIN_DEFAULT_AUDIT_BUDGET: u64 = 1 << 30;
+
+/// The audit files' disk budget: `audit_max_bytes`, or by default twice the footprint of a
+/// fully retained rotation (the kept files and the current one), at least 1 GiB, so a receiver
+/// outage has as much again before reads are refused. It must hold the current file and one
+/// rotated file.
+fn audit_budget(
+    rotate_bytes: u64,
+    keep_files: usize,
+    max_bytes: Option<u64>,
+) -> anyhow::Result<u64> {
+    if rotate_bytes == 0 {
+        if max_bytes.is_some_and(|b| b > 0) {
+            bail!("audit_max_bytes needs rotation: set audit_rotate_bytes above 0, or remove audit_max_bytes");
+        }
+        return Ok(0);
+    }
+    match max_bytes {
+        None => Ok((keep_files as u64)
+            .saturating_add(1)
+            .saturating_mul(rotate_bytes)
+            .saturating_mul(2)
+            .max(MIN_DEFAULT_AUDIT_BUDGET)),
+        Some(0) => Ok(0),
+        Some(b) if b < rotate_bytes.saturating_mul(2) => bail!(
+            "audit_max_bytes ({b}) must be at least twice audit_rotate_bytes ({rotate_bytes}): room for the current file and one rotated file"
+        ),
+        Some(b) => Ok(b),
     }
 }
 
@@ -325,7 +367,13 @@ impl AgentConfig {
         let bypass = file.bypass.clone().validate()?;
         let sinks = validate_sinks(&file.audit.sinks, base)?;
         let checkpoints = file.checkpoints.validate()?;
+        let audit_budget_bytes = audit_budget(
+            file.audit_rotate_bytes,
+            file.audit_keep_files,
+            file.audit_max_bytes,
+        )?;
         Ok(AgentConfig {
+            audit_budget_bytes,
             checkpoints,
             bypass,
             advertise: file.advertise.unwrap_or_else(|| file.listen.to_string()),
@@ -349,6 +397,36 @@ impl AgentConfig {
             sinks,
             tls: file.tls.relative_to(base),
         })
+    }
+}
+
+#[cfg(test)]
+mod audit_budget_tests {
+    use super::audit_budget;
+
+    #[test]
+    fn audit_budget_defaults_to_twice_the_retained_footprint() {
+        assert_eq!(audit_budget(256 << 20, 10, None).unwrap(), 11 * (512 << 20));
+        assert_eq!(
+            audit_budget(100, 10, None).unwrap(),
+            1 << 30,
+            "at least 1 GiB"
+        );
+        assert_eq!(audit_budget(100, 10, Some(500)).unwrap(), 500);
+        assert_eq!(audit_budget(100, 10, Some(0)).unwrap(), 0, "0: no budget");
+        assert_eq!(
+            audit_budget(0, 10, None).unwrap(),
+            0,
+            "no rotation: no budget"
+        );
+    }
+
+    #[test]
+    fn audit_budget_refuses_less_than_two_files_or_a_budget_without_rotation() {
+        let err = audit_budget(100, 10, Some(150)).unwrap_err().to_string();
+        assert!(err.contains("at least twice audit_rotate_bytes"), "{err}");
+        let err = audit_budget(0, 10, Some(1000)).unwrap_err().to_string();
+        assert!(err.contains("needs rotation"), "{err}");
     }
 }
 

@@ -153,6 +153,24 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             reason: reason.clone(),
         })?;
     }
+    // Retention deletes a rotated audit file only once every sink and the checkpoint sender
+    // have consumed it (their cursors), within the disk budget.
+    if let Some(policy) = config.audit_rotation {
+        let sinks_dir = config.state_dir.join("sinks");
+        let cursors = config
+            .sinks
+            .iter()
+            .map(|s| loggate_core::audit::ship::cursor::cursor_path(&sinks_dir, &s.name))
+            .chain([anchor::cursor_path(&config.state_dir)])
+            .collect();
+        audit_log = audit_log.with_retention(
+            loggate_core::audit::Retention {
+                budget_bytes: config.audit_budget_bytes,
+                cursors,
+            },
+            policy.keep,
+        );
+    }
     let audit_log = SharedAuditLog::new(audit_log)?;
     // The sinks follow the audit file on threads of their own: a slow SIEM never slows a read.
     spawn_sinks(

@@ -618,3 +618,71 @@ fn an_unknown_host_or_an_empty_checkpoint_file_never_reads_as_anchored() -> anyh
     );
     Ok(())
 }
+
+/// Small audit files (rotated every 4 KB, one kept) and a budget too large to matter.
+const SMALL_FILES: &str =
+    "audit_rotate_bytes = 4000\naudit_keep_files = 1\naudit_max_bytes = 100000000\n";
+
+/// The agent's rotated audit files, oldest first.
+fn rotated(fx: &Fixture) -> Vec<PathBuf> {
+    loggate_core::audit::rotated_files(&audit_file(fx)).unwrap_or_default()
+}
+
+/// The checkpoint lines of every retained audit file, oldest first.
+fn all_checkpoint_lines(fx: &Fixture) -> Vec<String> {
+    let mut files = rotated(fx);
+    files.push(audit_file(fx));
+    files.iter().flat_map(|f| checkpoint_lines(f)).collect()
+}
+
+/// Denied reads until the agent has rotated its audit file `n` more times (bounded).
+fn activity_until_rotated(fx: &Fixture, n: usize) {
+    let last = |fx: &Fixture| rotated(fx).last().cloned();
+    for _ in 0..n {
+        let before = last(fx);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while last(fx) == before {
+            assert!(Instant::now() < deadline, "no rotation within 60 s");
+            activity(fx, 1);
+        }
+    }
+}
+
+#[test]
+fn checkpoints_of_files_rotated_during_a_controller_outage_and_an_agent_restart_all_arrive() {
+    let mut fx = Fixture::start_with(&format!("{SMALL_FILES}{POLICY}")).unwrap();
+    wait_all_held(&fx, 1, Duration::from_secs(30));
+    fx.cluster.stop_controller();
+    activity_until_rotated(&fx, 2);
+    fx.cluster.kill_agent("web-1");
+    fx.cluster.start_agent("web-1").unwrap();
+    activity_until_rotated(&fx, 1);
+    // The controller holds none of these: no rotated file may go, whatever audit_keep_files.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rotated(&fx).len() >= 3, "{:?}", rotated(&fx));
+    let written = all_checkpoint_lines(&fx);
+    fx.cluster.start_controller().unwrap();
+    let mut missing = written.len();
+    wait_until(
+        "the controller holds the checkpoints of every rotated file",
+        Duration::from_secs(60),
+        || {
+            let held: HashSet<String> = held_lines(&fx).into_iter().collect();
+            missing = written.iter().filter(|l| !held.contains(*l)).count();
+            missing == 0
+        },
+    );
+    // Anchored (and no sink configured): what is beyond audit_keep_files now goes.
+    wait_until(
+        "the anchored files are deleted",
+        Duration::from_secs(30),
+        || rotated(&fx).len() <= 1,
+    );
+    let alerts = fx
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|e| event_name(e) == Some("audit.checkpoint_conflict"))
+        .count();
+    assert_eq!(alerts, 0, "walking forward never goes backwards");
+}

@@ -44,8 +44,17 @@ fn start(trusted: bool) -> anyhow::Result<(Fixture, Rsyslog)> {
 
 /// Like [`start`], rsyslog accepting only the client named `peer`.
 fn start_permitting(trusted: bool, peer: &str) -> anyhow::Result<(Fixture, Rsyslog)> {
+    start_configured(trusted, peer, "")
+}
+
+/// Like [`start`], with `settings` (top-level agent configuration keys) added.
+fn start_configured(
+    trusted: bool,
+    peer: &str,
+    settings: &str,
+) -> anyhow::Result<(Fixture, Rsyslog)> {
     let addr = free_addr()?;
-    let f = Fixture::start_with(&syslog_sink(addr))?;
+    let f = Fixture::start_with(&format!("{settings}\n{}", syslog_sink(addr)))?;
     let pki = f.cluster.dir.join("pki");
     let issuer = if trusted {
         loggate(
@@ -156,6 +165,200 @@ fn wait_all_delivered(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Whether each record first arrived after every record before it in the chain: resends after
+/// an outage repeat earlier records, but nothing new may arrive ahead of a missing one.
+fn first_arrivals_in_order(received: &[String]) -> bool {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut newest = 0;
+    for line in received {
+        let s = seq(line);
+        if seen.insert(s) {
+            if s < newest {
+                return false;
+            }
+            newest = s;
+        }
+    }
+    true
+}
+
+/// The agent's rotated audit files, oldest first.
+fn rotated(f: &Fixture) -> Vec<PathBuf> {
+    loggate_core::audit::rotated_files(&agent_dir(f).join("audit.jsonl")).unwrap_or_default()
+}
+
+/// Every record of the agent's retained audit files (rotated ones, then the current one).
+fn all_audit_records(f: &Fixture) -> Vec<serde_json::Value> {
+    let mut files = rotated(f);
+    files.push(agent_dir(f).join("audit.jsonl"));
+    files
+        .iter()
+        .flat_map(|p| loggate_tests::read_audit_file(p))
+        .collect()
+}
+
+/// Reads as alice until the agent has rotated its audit file `n` more times (bounded).
+fn read_until_rotated(f: &Fixture, n: usize) -> anyhow::Result<()> {
+    let rotations = |f: &Fixture| {
+        all_audit_records(f)
+            .iter()
+            .filter(|r| event_name(r) == Some("audit.rotated"))
+            .count()
+    };
+    let want = rotations(f) + n;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rotations(f) < want {
+        anyhow::ensure!(Instant::now() < deadline, "not {n} rotations within 60 s");
+        let out = f.logs("alice", &["cat", &f.api_log()])?;
+        anyhow::ensure!(out.status.success(), "read refused: {}", text(&out).1);
+    }
+    Ok(())
+}
+
+/// Small audit files (rotated every 4 KB, one kept) and a budget too large to matter.
+const SMALL_FILES: &str =
+    "audit_rotate_bytes = 4000\naudit_keep_files = 1\naudit_max_bytes = 100000000";
+
+#[test]
+fn rsyslog_down_across_two_rotations_and_an_agent_restart_gets_every_record_in_order(
+) -> anyhow::Result<()> {
+    let (mut f, mut rsyslog) = start_configured(true, "web-1", SMALL_FILES)?;
+    f.grant("alice", "30m")?;
+    for _ in 0..3 {
+        assert!(f.logs("alice", &["cat", &f.api_log()])?.status.success());
+    }
+    wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(30))?;
+    rsyslog.stop();
+    read_until_rotated(&f, 2)?;
+    f.cluster.kill_agent("web-1");
+    f.cluster.start_agent("web-1")?;
+    read_until_rotated(&f, 1)?;
+    // Nothing the sink has not delivered was deleted, however many rotations passed.
+    let first_kept = all_audit_records(&f)
+        .first()
+        .and_then(loggate_core::audit::record_seq);
+    rsyslog.start()?;
+    let copy = wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(60))?;
+    assert!(
+        first_arrivals_in_order(&rsyslog.received()),
+        "records arrived out of order"
+    );
+    assert!(
+        copy.len() as u64 >= first_kept.expect("a retained record"),
+        "the copy reaches back to where the retained files start"
+    );
+    verify_copy(&f, &copy)?;
+    Ok(())
+}
+
+#[test]
+fn a_rotated_audit_file_is_kept_while_the_sink_is_behind_and_deleted_once_it_caught_up(
+) -> anyhow::Result<()> {
+    let (f, mut rsyslog) = start_configured(true, "web-1", SMALL_FILES)?;
+    f.grant("alice", "30m")?;
+    wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(30))?;
+    rsyslog.stop();
+    read_until_rotated(&f, 3)?;
+    // One file is to be kept, but the sink has delivered none of them: all stay.
+    std::thread::sleep(Duration::from_secs(2)); // a few retention passes
+    let behind = rotated(&f);
+    assert!(
+        behind.len() >= 3,
+        "rotated files deleted before delivery: {behind:?}"
+    );
+    assert!(
+        !all_audit_records(&f)
+            .iter()
+            .any(|r| event_name(r) == Some("audit.files_deleted")),
+        "a deletion while the sink was behind"
+    );
+    rsyslog.start()?;
+    let copy = wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(60))?;
+    verify_copy(&f, &copy)?;
+    // Caught up: the next passes delete what is beyond `audit_keep_files`, and say so.
+    wait_until(
+        Duration::from_secs(20),
+        "the delivered files deleted",
+        || rotated(&f).len() <= 1,
+    )?;
+    assert!(!behind[0].exists(), "{} still there", behind[0].display());
+    let deleted: Vec<serde_json::Value> = all_audit_records(&f)
+        .into_iter()
+        .filter(|r| event_name(r) == Some("audit.files_deleted"))
+        .collect();
+    let names = deleted
+        .iter()
+        .filter_map(|r| record_field(r, "deleted_files"))
+        .map(|d| d.to_string())
+        .collect::<String>();
+    let oldest = behind[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(names.contains(&oldest), "{oldest} not named in {deleted:?}");
+    Ok(())
+}
+
+#[test]
+fn a_full_audit_budget_refuses_reads_until_the_sink_catches_up() -> anyhow::Result<()> {
+    let (f, mut rsyslog) = start_configured(
+        true,
+        "web-1",
+        // Rotation is checked once a second, so the current file can pass 4 KB by tens of KB.
+        "audit_rotate_bytes = 4000\naudit_keep_files = 10\naudit_max_bytes = 100000",
+    )?;
+    f.grant("alice", "30m")?;
+    wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(30))?;
+    rsyslog.stop();
+    // Reads go on until the undelivered files fill the budget; then they are refused.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        anyhow::ensure!(Instant::now() < deadline, "the budget never refused a read");
+        let out = f.logs("alice", &["cat", &f.api_log()])?;
+        if !out.status.success() {
+            break text(&out);
+        }
+        // Slow enough for the once-a-second rotation to cut the growth into files.
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        refused.1.contains("cannot write its audit log"),
+        "{refused:?}"
+    );
+    let records = all_audit_records(&f);
+    let exhausted = records
+        .iter()
+        .find(|r| event_name(r) == Some("audit.budget_exhausted"))
+        .expect("audit.budget_exhausted recorded");
+    assert_eq!(
+        record_field(exhausted, "budget_bytes"),
+        Some(&100000.into())
+    );
+    let waiting = record_field(exhausted, "waiting_for").and_then(|w| w.as_array());
+    assert!(
+        waiting.is_some_and(|w| w.contains(&"siem".into())),
+        "{exhausted}"
+    );
+    let log = std::fs::read_to_string(agent_dir(&f).join("stderr.log"))?;
+    assert!(log.contains("fill their budget"), "{log}");
+    // Still refused a moment later: nothing was delivered, nothing may go.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!f.logs("alice", &["cat", &f.api_log()])?.status.success());
+    rsyslog.start()?;
+    wait_until(Duration::from_secs(60), "reads served again", || {
+        f.logs("alice", &["cat", &f.api_log()])
+            .is_ok_and(|o| o.status.success())
+    })?;
+    assert!(
+        all_audit_records(&f)
+            .iter()
+            .any(|r| event_name(r) == Some("audit.budget_recovered")),
+        "audit.budget_recovered recorded"
+    );
+    let log = std::fs::read_to_string(agent_dir(&f).join("stderr.log"))?;
+    assert!(log.contains("within their budget again"), "{log}");
+    let copy = wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(60))?;
+    verify_copy(&f, &copy)?;
+    Ok(())
 }
 
 /// Runs `loggate audit verify` on the SIEM's de-duplicated copy.

@@ -705,6 +705,56 @@ audit_event! {
 }
 
 audit_event! {
+    /// Retention deleted rotated audit files between rotations, once every sink and the
+    /// checkpoint sender had consumed them (written before the files go); see audit.md,
+    /// Retention.
+    AuditFilesDeleted = "audit.files_deleted" {
+        writers: "agent", class: EventLogActivity, activity: 2 "Delete",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the rotated files deleted, oldest first
+        deleted_files: Vec<String>,
+        /// `keep_files` (more than `audit_keep_files`) or `budget` (`audit_max_bytes` reached)
+        reason: &'static str,
+    }
+}
+
+audit_event! {
+    /// The audit files reached their disk budget (`audit_max_bytes`) and no rotated file may be
+    /// deleted, because a reader has not consumed it: every audited action is refused (fail
+    /// closed) until `audit.budget_recovered`.
+    AuditBudgetExhausted = "audit.budget_exhausted" {
+        writers: "agent", class: EventLogActivity, activity: 99 "Budget Exhausted",
+        outcome: Failure, severity: HIGH,
+    }
+    {
+        /// the budget, `audit_max_bytes`
+        budget_bytes: u64,
+        /// what the audit file and its rotated files take
+        used_bytes: u64,
+        /// the readers holding the oldest rotated file: sink names, `anchor` for the checkpoint
+        /// sender
+        waiting_for: Vec<String>,
+    }
+}
+
+audit_event! {
+    /// The audit files are within their disk budget again (a reader caught up and rotated
+    /// files were deleted): audited actions are allowed again.
+    AuditBudgetRecovered = "audit.budget_recovered" {
+        writers: "agent", class: EventLogActivity, activity: 99 "Budget Recovered",
+        outcome: Success, severity: MEDIUM,
+    }
+    {
+        /// the budget, `audit_max_bytes`
+        budget_bytes: u64,
+        /// what the audit files take now
+        used_bytes: u64,
+    }
+}
+
+audit_event! {
     /// The controller enrolled an agent's checkpoint public key: on first use (the agent's
     /// first report) or from `enrol_checkpoint_keys` (an admin's decision, which may replace the
     /// old key). A different key is never taken silently; see audit.md, Off-host anchoring.
@@ -807,6 +857,9 @@ pub const CATALOGUE: &[&EventType] = &[
     ControllerStopped::TYPE,
     AuditCheckpoint::TYPE,
     AuditRotated::TYPE,
+    AuditFilesDeleted::TYPE,
+    AuditBudgetExhausted::TYPE,
+    AuditBudgetRecovered::TYPE,
     AuditCheckpointKeyEnrolled::TYPE,
     AuditCheckpointRefused::TYPE,
     AuditCheckpointConflict::TYPE,

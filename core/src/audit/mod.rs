@@ -26,7 +26,10 @@ pub use checkpoint::{CheckpointKey, CheckpointPolicy, VerifyKey};
 pub use events::AuditEvent;
 pub use group::{DurableSeq, SharedAuditLog};
 use ocsf::EventType;
-pub use rotate::{rotated_files, RotationPolicy};
+pub use rotate::{
+    chain_id, file_holding, first_line_hash, open_holding, rotated_files, rotated_last_seq,
+    Retention, RotationPolicy,
+};
 pub use verify::{verify_chain, verify_chain_anchored, ChainBreak, ChainSummary};
 
 use serde_json::{Map, Value};
@@ -46,6 +49,15 @@ pub enum AuditError {
     Io { path: PathBuf, source: io::Error },
     #[error("audit log {path}: last line is not a valid audit record ({why})")]
     Corrupt { path: PathBuf, why: String },
+    /// The disk budget is used up by rotated files a reader has not consumed yet (see
+    /// [`Retention`]): events are refused until it catches up.
+    #[error("audit log {path}: its disk budget ({budget} bytes) is used up ({used} bytes) by rotated files not yet delivered to: {waiting_for}; nothing is audited until they catch up (or raise audit_max_bytes)")]
+    BudgetExhausted {
+        path: PathBuf,
+        budget: u64,
+        used: u64,
+        waiting_for: String,
+    },
 }
 
 /// The append-only, hash-chained audit file of one process, for one writer. Shared by many
@@ -65,6 +77,8 @@ pub struct AuditLog {
     /// after a failed write or sync failed too. Appending past unknown bytes would break the
     /// chain, so every append retries the cut first and fails until it works.
     pending_cut: Option<u64>,
+    /// Who must consume a rotated file before it is deleted, and the disk budget.
+    retention: Option<rotate::RetentionState>,
 }
 
 /// A position in the chain: the last record's seq, its hash, and the file length after it.
@@ -148,6 +162,7 @@ impl AuditLog {
             checkpoints: None,
             written_len: len,
             pending_cut: None,
+            retention: None,
         };
         if torn_bytes > 0 {
             log.append(&events::AuditTornTailDiscarded {
@@ -207,6 +222,7 @@ impl AuditLog {
         kind: &'static EventType,
         fields: Map<String, Value>,
     ) -> Result<u64, AuditError> {
+        self.check_budget()?;
         let seq = self.write_record(kind, fields)?;
         if let Some(c) = &mut self.checkpoints {
             c.since_last += 1;
@@ -217,6 +233,21 @@ impl AuditLog {
             }
         }
         Ok(seq)
+    }
+
+    /// Fails closed while the audit files' disk budget is exhausted; when this event would
+    /// reach it, a retention pass first tries to make room.
+    fn check_budget(&mut self) -> Result<(), AuditError> {
+        let Some(r) = &self.retention else {
+            return Ok(());
+        };
+        if r.refusal(&self.path).is_none() && r.over_budget(self.written_len) {
+            self.apply_retention()?;
+        }
+        match self.retention.as_ref().and_then(|r| r.refusal(&self.path)) {
+            Some(refused) => Err(refused),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn checkpoint_due(&self) -> bool {

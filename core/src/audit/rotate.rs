@@ -2,16 +2,29 @@
 //!
 //! The current file is renamed to `<name>.<last seq, 12 digits>` and a new one started whose
 //! first record, `audit.rotated` (OCSF Event Log Activity, Rotate), continues the chain: its
-//! `seq` and `prev` follow the last record of the renamed file. Rotated files beyond `keep`
-//! are deleted, oldest first, and the record names them, so retention is itself audited.
-//! `verify_chain` accepts a file that starts with such a record (the start of a retained
-//! file) and, given several files in order, checks the chain across them.
+//! `seq` and `prev` follow the last record of the renamed file. `verify_chain` accepts a file
+//! that starts with such a record (the start of a retained file) and, given several files in
+//! order, checks the chain across them.
+//!
+//! Retention never deletes a record nobody has delivered. Without a [`Retention`] (tests, a
+//! writer nobody ships) rotated files beyond `keep` are deleted, oldest first. With one, a
+//! rotated file `<name>.<N>` is deleted only once every reader named in it (each SIEM sink,
+//! the checkpoint sender) has persisted a cursor at or past seq `N`, oldest first, and only
+//! while there are more than `keep` rotated files or the files together exceed the disk
+//! budget. When the budget is reached and nothing may be deleted, [`AuditLog::append`] refuses
+//! every event (fail closed: the agent serves nothing it cannot audit) until a reader catches
+//! up; `audit.budget_exhausted` and `audit.budget_recovered` mark both edges. Every deletion
+//! is named in an audit record written before the file goes (`audit.rotated` or
+//! `audit.files_deleted`), so retention is itself audited.
 
+use super::events::{AuditBudgetExhausted, AuditBudgetRecovered, AuditFilesDeleted};
 use super::events::{AuditEvent, AuditRotated};
+use super::ship::cursor;
 use super::{AuditError, AuditLog};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::fs::OpenOptions;
-use std::io;
+use std::io::{self, BufRead};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -20,23 +33,102 @@ use std::path::{Path, PathBuf};
 pub struct RotationPolicy {
     /// Rotate once the file is at least this long.
     pub max_bytes: u64,
-    /// Rotated files kept; older ones are deleted.
+    /// Rotated files kept; older ones are deleted (with a [`Retention`]: once consumed).
     pub keep: usize,
 }
 
+/// Who must consume a rotated file before it is deleted, and the disk budget of the audit
+/// files (see the module doc).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Most bytes the audit file and its rotated files may take together; 0: no budget.
+    pub budget_bytes: u64,
+    /// The persisted cursors ([`cursor::Cursor`]) of every reader that must have passed a
+    /// rotated file before it may go. A missing, unreadable or foreign cursor (its chain names
+    /// none of the retained files) counts as "nothing consumed": fail closed.
+    pub cursors: Vec<PathBuf>,
+}
+
+/// The retention settings of a log and what the last pass found.
+#[derive(Debug)]
+pub(crate) struct RetentionState {
+    config: Retention,
+    keep: usize,
+    /// Bytes of the rotated files at the last pass.
+    rotated_bytes: u64,
+    /// Set while the budget is used up and nothing may be deleted.
+    exhausted: Option<Exhausted>,
+}
+
+#[derive(Debug, Clone)]
+struct Exhausted {
+    used: u64,
+    waiting_for: Vec<String>,
+}
+
+impl RetentionState {
+    /// The error every event gets while the budget is exhausted.
+    pub(crate) fn refusal(&self, path: &Path) -> Option<AuditError> {
+        self.exhausted
+            .as_ref()
+            .map(|e| AuditError::BudgetExhausted {
+                path: path.to_path_buf(),
+                budget: self.config.budget_bytes,
+                used: e.used,
+                waiting_for: if e.waiting_for.is_empty() {
+                    "none (the current file fills the budget until it rotates)".into()
+                } else {
+                    e.waiting_for.join(", ")
+                },
+            })
+    }
+
+    /// Whether a file of `current_len` bytes next to the rotated ones reaches the budget.
+    pub(crate) fn over_budget(&self, current_len: u64) -> bool {
+        self.config.budget_bytes > 0
+            && self.rotated_bytes.saturating_add(current_len) >= self.config.budget_bytes
+    }
+}
+
+/// What a retention pass decided: the oldest files that may go, and the budget's state after.
+struct Plan {
+    delete: Vec<PathBuf>,
+    rotated_bytes_after: u64,
+    exhausted: Option<Exhausted>,
+    reason: &'static str,
+}
+
 impl AuditLog {
-    /// Rotates the file if it has reached `policy.max_bytes` (see the module doc). Returns the
-    /// rotated file's path when it did.
+    /// Applies `retention` (see the module doc) from now on; `keep` is the rotation policy's.
+    pub fn with_retention(mut self, retention: Retention, keep: usize) -> Self {
+        let rotated_bytes = rotated_files(&self.path)
+            .map(|files| files.iter().map(|f| file_len(f)).sum())
+            .unwrap_or(0);
+        self.retention = Some(RetentionState {
+            config: retention,
+            keep,
+            rotated_bytes,
+            exhausted: None,
+        });
+        self
+    }
+
+    /// Rotates the file if it has reached `policy.max_bytes` (see the module doc), then
+    /// applies retention. Returns the rotated file's path when it rotated.
     pub fn rotate_if_due(&mut self, policy: RotationPolicy) -> Result<Option<PathBuf>, AuditError> {
-        if self.written_len < policy.max_bytes || self.next_seq == 1 {
-            return Ok(None);
-        }
-        self.rotate(policy.keep).map(Some)
+        let rotated = if self.written_len < policy.max_bytes || self.next_seq == 1 {
+            None
+        } else {
+            Some(self.rotate(policy.keep)?)
+        };
+        self.apply_retention()?;
+        Ok(rotated)
     }
 
     /// Seals the file with a checkpoint, renames it to `<name>.<last seq>`, starts a new one
-    /// with an `audit.rotated` record that continues the chain, and deletes rotated files
-    /// beyond the newest `keep`. If the new file cannot be started, the old one is put back.
+    /// with an `audit.rotated` record that continues the chain, and deletes the rotated files
+    /// retention lets go (see the module doc). If the new file cannot be started, the old one
+    /// is put back.
     pub fn rotate(&mut self, keep: usize) -> Result<PathBuf, AuditError> {
         // Seal the file before it is closed for good (a no-op without checkpoints), and make
         // everything in it durable: the new file's syncs will not cover the old one.
@@ -49,10 +141,21 @@ impl AuditLog {
         };
         let last_seq = self.next_seq - 1;
         let rotated = rotated_path(&path, last_seq);
-        let existing = rotated_files(&path).map_err(io_err)?;
-        let expired = &existing[..(existing.len() + 1)
-            .saturating_sub(keep)
-            .min(existing.len())];
+        let expired = match &mut self.retention {
+            Some(r) => {
+                r.keep = keep;
+                let existing = rotated_files(&path).map_err(io_err)?;
+                // The file being rotated counts, and is never deleted by its own rotation.
+                plan(&path, &existing, r, 1, self.written_len).delete
+            }
+            None => {
+                let existing = rotated_files(&path).map_err(io_err)?;
+                existing[..(existing.len() + 1)
+                    .saturating_sub(keep)
+                    .min(existing.len())]
+                    .to_vec()
+            }
+        };
         std::fs::rename(&path, &rotated).map_err(io_err)?;
         let new_file = OpenOptions::new()
             .read(true)
@@ -106,11 +209,219 @@ impl AuditLog {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err)?;
-        for file in expired {
+        for file in &expired {
             std::fs::remove_file(file).map_err(io_err)?;
         }
         Ok(rotated)
     }
+
+    /// One retention pass (see the module doc): deletes the oldest rotated files every reader
+    /// has consumed while there are too many or the budget is reached, then records whether the
+    /// budget is exhausted (refusing events) or has recovered. Each deletion is audited first.
+    pub(crate) fn apply_retention(&mut self) -> Result<(), AuditError> {
+        let Some(state) = &self.retention else {
+            return Ok(());
+        };
+        let path = self.path.clone();
+        let files = rotated_files(&path).map_err(|source| AuditError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let plan = plan(&path, &files, state, 0, self.written_len);
+        let budget = state.config.budget_bytes;
+        let was_exhausted = state.exhausted.is_some();
+        if !plan.delete.is_empty() {
+            self.write_event(&AuditFilesDeleted {
+                deleted_files: plan.delete.iter().map(|p| file_name(p)).collect(),
+                reason: plan.reason,
+            })?;
+            self.sync()?;
+            for file in &plan.delete {
+                std::fs::remove_file(file).map_err(|source| AuditError::Io {
+                    path: file.clone(),
+                    source,
+                })?;
+            }
+        }
+        if let Some(state) = &mut self.retention {
+            state.rotated_bytes = plan.rotated_bytes_after;
+            state.exhausted = plan.exhausted.clone();
+        }
+        match (was_exhausted, plan.exhausted) {
+            (false, Some(e)) => {
+                tracing::error!(
+                    "the audit files of {} fill their budget ({budget} bytes, {} used) and the rotated ones are not yet delivered to: {}; every audited action is refused until they catch up (or raise audit_max_bytes)",
+                    path.display(),
+                    e.used,
+                    e.waiting_for.join(", ")
+                );
+                self.write_event(&AuditBudgetExhausted {
+                    budget_bytes: budget,
+                    used_bytes: e.used,
+                    waiting_for: e.waiting_for,
+                })?;
+                self.sync()?;
+            }
+            (true, None) => {
+                let used = plan.rotated_bytes_after.saturating_add(self.written_len);
+                tracing::warn!(
+                    "the audit files of {} are within their budget again ({used} of {budget} bytes); audited actions are allowed again",
+                    path.display()
+                );
+                self.write_event(&AuditBudgetRecovered {
+                    budget_bytes: budget,
+                    used_bytes: used,
+                })?;
+                self.sync()?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes one of retention's own events (not synced, no budget check: retention runs
+    /// inside both).
+    fn write_event<E: AuditEvent>(&mut self, event: &E) -> Result<u64, AuditError> {
+        let fields = super::event_fields(event, &self.path)?;
+        self.write_record(E::TYPE, fields)
+    }
+}
+
+/// Decides which of the rotated `files` (oldest first) go: the oldest ones every reader has
+/// consumed, while there are more than `keep` (counting `extra_files` not in the list) or the
+/// files with `other_bytes` (the current file) reach the budget. Stops at the first file a
+/// reader still needs, so what is kept is always a contiguous run of the chain.
+fn plan(
+    path: &Path,
+    files: &[PathBuf],
+    state: &RetentionState,
+    extra_files: usize,
+    other_bytes: u64,
+) -> Plan {
+    let lens: Vec<u64> = files.iter().map(|f| file_len(f)).collect();
+    let total: u64 = lens.iter().sum();
+    let budget = state.config.budget_bytes;
+    let over_budget = |used: u64| budget > 0 && used >= budget;
+    let mut used = total.saturating_add(other_bytes);
+    let over_count = (files.len() + extra_files).saturating_sub(state.keep);
+    let reason = if over_budget(used) {
+        "budget"
+    } else {
+        "keep_files"
+    };
+    let mut delete = Vec::new();
+    let mut waiting_for = Vec::new();
+    if over_count > 0 || over_budget(used) {
+        let consumed = consumed_seqs(path, files, &state.config.cursors);
+        for (i, file) in files.iter().enumerate() {
+            if i >= over_count && !over_budget(used) {
+                break;
+            }
+            // A name that does not parse cannot be judged: keep it (fail closed).
+            let last = rotated_last_seq(file).unwrap_or(u64::MAX);
+            waiting_for = consumed
+                .iter()
+                .filter(|(_, seq)| *seq < last)
+                .map(|(name, _)| name.clone())
+                .collect();
+            if !waiting_for.is_empty() || last == u64::MAX {
+                break;
+            }
+            delete.push(file.clone());
+            used = used.saturating_sub(lens[i]);
+        }
+    }
+    let deleted: u64 = lens[..delete.len()].iter().sum();
+    Plan {
+        rotated_bytes_after: total - deleted,
+        exhausted: over_budget(used).then_some(Exhausted { used, waiting_for }),
+        delete,
+        reason,
+    }
+}
+
+/// Each reader's name (its cursor file's stem) and the last seq it has consumed. A cursor
+/// that is missing, unreadable, or whose chain is none of the retained files (a stale cursor
+/// of another chain, whose seq means nothing here) counts as 0.
+fn consumed_seqs(path: &Path, files: &[PathBuf], cursors: &[PathBuf]) -> Vec<(String, u64)> {
+    let mut chains: Option<Vec<String>> = None;
+    cursors
+        .iter()
+        .map(|c| {
+            let name = c
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let seq = match cursor::load(c) {
+                Ok(Some(cursor)) => {
+                    let chains = chains.get_or_insert_with(|| chain_ids(path, files));
+                    if chains.contains(&cursor.chain) {
+                        cursor.seq
+                    } else {
+                        0
+                    }
+                }
+                _ => 0,
+            };
+            (name, seq)
+        })
+        .collect()
+}
+
+/// The chain identities (hex SHA-256 of the first line) of the rotated `files` and of the
+/// current file they belong to.
+fn chain_ids(path: &Path, files: &[PathBuf]) -> Vec<String> {
+    files
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([path])
+        .filter_map(|f| first_line_hash(f).ok().flatten())
+        .collect()
+}
+
+/// The hex SHA-256 of a file's first complete line (its chain identity), if it has one.
+pub fn first_line_hash(path: &Path) -> io::Result<Option<String>> {
+    let file = std::fs::File::open(path)?;
+    let mut line = Vec::new();
+    io::BufReader::new(io::Read::take(file, super::MAX_LINE)).read_until(b'\n', &mut line)?;
+    Ok(line.strip_suffix(b"\n").map(chain_id))
+}
+
+/// A file's chain identity, as sink and checkpoint cursors name it: the lowercase hex SHA-256
+/// of its first line (without the newline).
+pub fn chain_id(first_line: &[u8]) -> String {
+    hex::encode(Sha256::digest(first_line))
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The last seq a rotated file holds, from its name (`audit.jsonl.000000001234` → 1234).
+pub fn rotated_last_seq(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = &name[name.rfind('.')? + 1..];
+    if digits.len() != 12 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The file of the chain at `path` that holds record `seq`: the oldest rotated file whose
+/// last seq is at least `seq`, else the current file. Readers that walk the chain (the SIEM
+/// sinks, the checkpoint sender) find their next record with it; whether the file really
+/// starts at or before `seq` is for the reader to check (a gap means records were deleted).
+pub fn file_holding(path: &Path, seq: u64) -> io::Result<PathBuf> {
+    Ok(rotated_files(path)?
+        .into_iter()
+        .find(|f| rotated_last_seq(f).is_some_and(|last| last >= seq))
+        .unwrap_or_else(|| path.to_path_buf()))
 }
 
 /// `audit.jsonl` → `audit.jsonl.000000001234` (sorts in chain order).
@@ -118,6 +429,28 @@ fn rotated_path(path: &Path, last_seq: u64) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{last_seq:012}"));
     PathBuf::from(name)
+}
+
+/// Opens the file of the chain at `path` that holds record `seq` (see [`file_holding`]), or
+/// `None` while there is none. Safe against a rotation running meanwhile: the rotated name
+/// exists before the new current file does, so when the current file is what was opened the
+/// folder is listed again, and a rotated file that now holds `seq` is opened instead.
+pub fn open_holding(path: &Path, seq: u64) -> io::Result<Option<(PathBuf, std::fs::File)>> {
+    let open = |p: PathBuf| match std::fs::File::open(&p) {
+        Ok(f) => Ok(Some((p, f))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    };
+    let candidate = file_holding(path, seq)?;
+    if candidate != path {
+        return open(candidate);
+    }
+    let opened = open(candidate)?;
+    let again = file_holding(path, seq)?;
+    if again != path {
+        return open(again);
+    }
+    Ok(opened)
 }
 
 /// The rotated files of `path`, oldest first.
@@ -160,6 +493,7 @@ pub(crate) fn continuation(record: &Value) -> Option<(u64, &str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::events::TestEvent;
     use crate::audit::{event_name, record_field, verify_chain};
 
     fn concat(files: &[PathBuf]) -> Vec<u8> {
@@ -257,6 +591,219 @@ mod tests {
         let without_head: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
         let err = verify_chain(without_head.as_bytes(), &[]).unwrap_err();
         assert_eq!(err.line, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A log rotated by hand after every `per_file` events, with retention through `cursors`.
+    fn retained_log(dir: &Path, budget: u64, cursors: Vec<PathBuf>) -> AuditLog {
+        AuditLog::open(&dir.join("audit.jsonl"), "web-1")
+            .unwrap()
+            .with_retention(
+                Retention {
+                    budget_bytes: budget,
+                    cursors,
+                },
+                1,
+            )
+    }
+
+    fn store_cursor(path: &Path, chain_file: &Path, seq: u64) {
+        let chain = first_line_hash(chain_file).unwrap().unwrap();
+        cursor::store(
+            path,
+            &cursor::Cursor {
+                chain,
+                seq,
+                offset: 0,
+            },
+        )
+        .unwrap();
+    }
+
+    fn events(log: &AuditLog) -> Vec<String> {
+        let mut files = rotated_files(log.path()).unwrap();
+        files.push(log.path().to_path_buf());
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap_or_default()
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .map(|l| {
+                let v: Value = serde_json::from_str(&l).unwrap();
+                event_name(&v).unwrap_or_default().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rotated_file_is_kept_while_a_reader_is_behind_and_deleted_once_it_caught_up() {
+        let dir = crate::audit::scratch_dir();
+        let sink = dir.join("siem.cursor");
+        let mut log = retained_log(&dir, 0, vec![sink.clone()]);
+        let policy = RotationPolicy {
+            max_bytes: 1,
+            keep: 1,
+        };
+        for _ in 0..3 {
+            log.append(&TestEvent::n(0)).unwrap();
+            assert!(log.rotate_if_due(policy).unwrap().is_some());
+        }
+        // Three rotated files, one to keep: the sink has read nothing, so all stay.
+        let kept = rotated_files(log.path()).unwrap();
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert!(!events(&log).contains(&"audit.files_deleted".to_string()));
+        // The sink has delivered the first file only: it alone may go.
+        let first_last = rotated_last_seq(&kept[0]).unwrap();
+        store_cursor(&sink, &kept[0], first_last);
+        log.apply_retention().unwrap();
+        assert_eq!(rotated_files(log.path()).unwrap(), kept[1..].to_vec());
+        // Caught up: everything beyond `keep` goes, named in a record written before.
+        store_cursor(&sink, log.path(), log.written().seq);
+        log.apply_retention().unwrap();
+        assert_eq!(rotated_files(log.path()).unwrap(), kept[2..].to_vec());
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let deleted: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| event_name(r) == Some("audit.files_deleted"))
+            .collect();
+        assert_eq!(deleted.len(), 2);
+        assert_eq!(
+            record_field(&deleted[1], "deleted_files"),
+            Some(&serde_json::json!([file_name(&kept[1])]))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_cursor_of_another_chain_or_a_missing_one_consumes_nothing() {
+        let dir = crate::audit::scratch_dir();
+        let sink = dir.join("siem.cursor");
+        let anchor = dir.join("anchor.cursor");
+        let mut log = retained_log(&dir, 0, vec![sink.clone(), anchor.clone()]);
+        let policy = RotationPolicy {
+            max_bytes: 1,
+            keep: 0,
+        };
+        log.append(&TestEvent::n(0)).unwrap();
+        log.rotate_if_due(policy).unwrap();
+        log.append(&TestEvent::n(0)).unwrap();
+        // The sink is far ahead, but in a chain these files are not.
+        cursor::store(
+            &sink,
+            &cursor::Cursor {
+                chain: "ab".repeat(32),
+                seq: 1_000,
+                offset: 0,
+            },
+        )
+        .unwrap();
+        store_cursor(&anchor, log.path(), 1_000);
+        log.rotate_if_due(policy).unwrap();
+        assert_eq!(
+            rotated_files(log.path()).unwrap().len(),
+            2,
+            "kept for the sink"
+        );
+        std::fs::remove_file(&sink).unwrap();
+        log.apply_retention().unwrap();
+        assert_eq!(
+            rotated_files(log.path()).unwrap().len(),
+            2,
+            "no cursor: kept"
+        );
+        store_cursor(&sink, log.path(), log.written().seq);
+        log.apply_retention().unwrap();
+        assert!(rotated_files(log.path()).unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_full_budget_with_nothing_consumed_refuses_events_until_the_reader_catches_up() {
+        let dir = crate::audit::scratch_dir();
+        let sink = dir.join("siem.cursor");
+        let mut log = retained_log(&dir, 6_000, vec![sink.clone()]);
+        let policy = RotationPolicy {
+            max_bytes: 1_500,
+            keep: 10,
+        };
+        let big = TestEvent {
+            i: 0,
+            tag: Box::leak("x".repeat(400).into_boxed_str()),
+        };
+        let mut refused = None;
+        for i in 0..100 {
+            match log.append(&big) {
+                Ok(_) => log.rotate_if_due(policy).map(|_| ()).unwrap(),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (at, err) = refused.expect("the budget was never reached");
+        assert!(at >= 3, "refused after {at} events");
+        assert!(matches!(err, AuditError::BudgetExhausted { .. }), "{err}");
+        assert!(
+            err.to_string().contains("not yet delivered to: siem"),
+            "{err}"
+        );
+        // Still refused on the next pass: nothing was consumed.
+        log.apply_retention().unwrap();
+        assert!(log.append(&TestEvent::n(0)).is_err());
+        let names = events(&log);
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| *n == "audit.budget_exhausted")
+                .count(),
+            1
+        );
+        // The sink catches up: the next pass deletes, clears the budget, and events go on.
+        store_cursor(&sink, log.path(), log.written().seq);
+        log.apply_retention().unwrap();
+        log.append(&TestEvent::n(0)).unwrap();
+        let names = events(&log);
+        assert!(
+            names.contains(&"audit.files_deleted".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"audit.budget_recovered".to_string()),
+            "{names:?}"
+        );
+        // What is kept still verifies as one chain.
+        let mut files = rotated_files(log.path()).unwrap();
+        files.push(log.path().to_path_buf());
+        verify_chain(&concat(&files)[..], &[]).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn file_holding_finds_the_oldest_rotated_file_reaching_a_seq_else_the_current_one() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        log.append(&TestEvent::n(0)).unwrap(); // 1
+        let a = log.rotate(10).unwrap(); // 2 is the rotation record of the next file
+        log.append(&TestEvent::n(0)).unwrap(); // 3
+        let b = log.rotate(10).unwrap();
+        log.append(&TestEvent::n(0)).unwrap(); // 5
+        assert_eq!(
+            (rotated_last_seq(&a), rotated_last_seq(&b)),
+            (Some(1), Some(3))
+        );
+        assert_eq!(file_holding(&path, 1).unwrap(), a);
+        assert_eq!(file_holding(&path, 2).unwrap(), b);
+        assert_eq!(file_holding(&path, 3).unwrap(), b);
+        assert_eq!(file_holding(&path, 4).unwrap(), path);
+        assert_eq!(file_holding(&path, 99).unwrap(), path);
+        let (opened, _) = open_holding(&path, 2).unwrap().unwrap();
+        assert_eq!(opened, b);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

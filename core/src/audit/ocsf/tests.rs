@@ -135,6 +135,15 @@ fn example(name: &str) -> Map<String, Value> {
             "deleted_files": ["audit.jsonl.000000001000"],
         }),
         "audit.torn_tail_discarded" => json!({ "bytes_discarded": 14 }),
+        "audit.files_deleted" => json!({
+            "deleted_files": ["audit.jsonl.000000001000"], "reason": "keep_files",
+        }),
+        "audit.budget_exhausted" => json!({
+            "budget_bytes": 5905580032_u64, "used_bytes": 5905612800_u64, "waiting_for": ["siem"],
+        }),
+        "audit.budget_recovered" => json!({
+            "budget_bytes": 5905580032_u64, "used_bytes": 3221225472_u64,
+        }),
         "audit.checkpoint_key_enrolled" => json!({
             "agent_id": "web-1", "key_id": "ed25519:3fa85f6457174562",
             "key": "ed25519:3fa85f6457174562 5d4c1b0a99e8f7d6c5b4a3928170f6e5d4c3b2a1908f7e6d5c4b3a2918070f6e",

@@ -1,6 +1,10 @@
 //! SIEM delivery: each configured sink follows the local audit file (the spool) on its own
 //! thread and sends every record past its persisted cursor, at least once.
 //!
+//! - The sink walks the chain forward from its cursor: the rotated files after it, in order,
+//!   then the current file (see [`spool`]). The audit writer deletes a rotated file only once
+//!   every sink's cursor is past it (see `Retention`), so a receiver down across any number of
+//!   rotations, or an agent restart meanwhile, still gets every record.
 //! - The cursor (last delivered `seq`, the chain identity, an offset hint) is stored atomically
 //!   after delivery (see [`cursor`]); after a restart or an outage the sink resends from it, so a
 //!   SIEM may see a record twice, byte for byte the same (same `seq`, same `metadata.uid`).
@@ -164,25 +168,31 @@ impl<T: Transport> Shipper<T> {
     }
 
     async fn run(mut self) {
-        // Wait for the audit file's first record: it names the chain the cursor belongs to.
-        let first = loop {
-            match self.spool.first_line() {
-                Ok(Some(first)) => break first,
-                Ok(None) => {}
-                Err(e) => self.failed(&format!("cannot read the audit file: {e}")),
-            }
-            tokio::time::sleep(POLL).await;
-        };
         let stored = match cursor::load(&self.cursor_path) {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(
                     sink = %self.name,
-                    "the cursor {} is unreadable ({e}); resending the whole audit file",
+                    "the cursor {} is unreadable ({e}); resending every retained audit file",
                     self.cursor_path.display()
                 );
                 None
             }
+        };
+        // The file holding the record after the cursor (the oldest retained one for a new
+        // sink); its first record names the chain the cursor is checked against.
+        let next = stored.as_ref().map_or(1, |c| c.seq.saturating_add(1));
+        let first = loop {
+            match self.spool.open_holding(next) {
+                Ok(true) => match self.spool.first_line() {
+                    Ok(Some(first)) => break first,
+                    Ok(None) => {}
+                    Err(e) => self.failed(&format!("cannot read the audit file: {e}")),
+                },
+                Ok(false) => {}
+                Err(e) => self.failed(&format!("cannot read the audit file: {e}")),
+            }
+            tokio::time::sleep(POLL).await;
         };
         self.adopt(&first, stored);
         loop {
@@ -224,8 +234,8 @@ impl<T: Transport> Shipper<T> {
                 if c.seq + 1 < first.seq {
                     tracing::error!(
                         sink = %self.name,
-                        "records {} to {} are in an older audit file this sink does not read; delivering from seq {}",
-                        c.seq + 1, first.seq - 1, first.seq
+                        "records {} to {} are no longer in any audit file ({} starts at seq {}): they were deleted before this sink read them; delivering from seq {}",
+                        c.seq + 1, first.seq - 1, self.spool.open_path().display(), first.seq, first.seq
                     );
                 }
                 fresh(c.seq)
@@ -260,15 +270,17 @@ impl<T: Transport> Shipper<T> {
             .map_err(|e| format!("cannot read the audit file: {e}"))?;
         self.report_unreadable();
         let Some(last) = batch.last() else {
-            // Caught up. Move to a replacing file only once the open one is fully delivered,
-            // so a rewind never needs a file that is gone.
+            // Caught up with the open file. Move to the file holding the next record only once
+            // the open one is fully delivered, so a rewind never needs the file left behind.
             if self.in_flight.is_empty() {
-                match self.spool.follow_replacement() {
+                match self.spool.advance(self.delivered.seq.saturating_add(1)) {
                     Ok(true) => {
                         let first = self.spool.first_line().ok().flatten();
                         if let Some(first) = first {
                             let current = self.delivered.clone();
                             self.adopt(&first, Some(current));
+                            // Retention reads the cursor: name the file now being read.
+                            self.store_cursor();
                         }
                         return Ok(());
                     }
@@ -310,6 +322,10 @@ impl<T: Transport> Shipper<T> {
         };
         self.delivered.seq = seq;
         self.delivered.offset = end;
+        self.store_cursor();
+    }
+
+    fn store_cursor(&mut self) {
         if let Err(e) = cursor::store(&self.cursor_path, &self.delivered) {
             // Delivery goes on; after a restart the sink resends from the older cursor.
             self.log_limited(&format!(
@@ -327,7 +343,7 @@ impl<T: Transport> Shipper<T> {
     }
 
     fn lag(&mut self) -> u64 {
-        if let Ok(Some(head)) = self.spool.last_seq() {
+        if let Ok(Some(head)) = self.spool.head_seq() {
             self.health.head = head;
         }
         self.health.head.saturating_sub(self.delivered.seq)
@@ -453,10 +469,15 @@ mod tests {
         /// The connection breaks (silently) right after this send succeeds.
         break_after: Option<usize>,
         broken: bool,
+        /// While set, the receiver is unreachable.
+        down: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Transport for Fake {
         async fn connect(&mut self) -> Result<(), String> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("receiver down".into());
+            }
             self.connected = true;
             Ok(())
         }
@@ -474,6 +495,9 @@ mod tests {
             };
             if self.refuse.contains(&n) {
                 return Err(format!("refused send {n}"));
+            }
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("receiver down".into());
             }
             self.sent
                 .lock()
@@ -645,5 +669,122 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ship_until(&ctx, &Fake::default(), 5), vec![4, 5]);
+    }
+
+    /// Appends `n` events to `log`, then rotates it.
+    fn append_and_rotate(log: &mut AuditLog, n: usize) {
+        for _ in 0..n {
+            log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
+        }
+        log.rotate(100).unwrap();
+    }
+
+    /// Each seq once, in order: what a sink must have delivered (resends aside).
+    fn in_order_once(sent: &[u64]) -> Vec<u64> {
+        let mut out: Vec<u64> = Vec::new();
+        for s in sent {
+            if out.last().is_none_or(|last| s > last) {
+                out.push(*s);
+            } else {
+                assert!(out.contains(s), "seq {s} sent out of order: {sent:?}");
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_receiver_down_across_two_rotations_gets_every_rotated_file_in_order() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        for _ in 0..3 {
+            log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
+        }
+        let fake = Fake::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = {
+            let (ctx, fake, stop) = (ctx.clone(), fake.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let shipper = Shipper::new("t", 4, fake, &ctx);
+                    tokio::select! {
+                        _ = shipper.run() => {}
+                        _ = async { while !stop.load(SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        } } => {}
+                    }
+                });
+            })
+        };
+        let wait_for = |seq: u64| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !fake.sent.lock().unwrap().contains(&seq) {
+                assert!(Instant::now() < deadline, "{seq} never sent");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        wait_for(3);
+        // The receiver goes away; the sink's open file is rotated twice meanwhile.
+        fake.down.store(true, SeqCst);
+        append_and_rotate(&mut log, 2);
+        append_and_rotate(&mut log, 2);
+        log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
+        let last = log.written().seq;
+        std::thread::sleep(Duration::from_millis(300));
+        fake.down.store(false, SeqCst);
+        wait_for(last);
+        stop.store(true, SeqCst);
+        worker.join().unwrap();
+        let sent = fake.sent.lock().unwrap().clone();
+        assert_eq!(
+            in_order_once(&sent),
+            (1..=last).collect::<Vec<_>>(),
+            "{sent:?}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_sink_walks_the_rotated_files_from_its_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        append_and_rotate(&mut log, 2); // seq 1-2, rotated; 3 opens the new file
+        log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
+        let first_run = log.written().seq;
+        assert_eq!(
+            ship_until(&ctx, &Fake::default(), first_run),
+            (1..=first_run).collect::<Vec<_>>()
+        );
+        // Down (no sink running) across two rotations, then started again.
+        append_and_rotate(&mut log, 3);
+        append_and_rotate(&mut log, 3);
+        log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
+        let last = log.written().seq;
+        assert_eq!(
+            ship_until(&ctx, &Fake::default(), last),
+            (first_run + 1..=last).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_new_sink_starts_at_the_oldest_retained_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        append_and_rotate(&mut log, 2);
+        append_and_rotate(&mut log, 2);
+        let last = log.written().seq;
+        assert_eq!(
+            ship_until(&ctx, &Fake::default(), last),
+            (1..=last).collect::<Vec<_>>()
+        );
     }
 }

@@ -1,8 +1,11 @@
-//! The spool a sink reads: the local audit file itself, followed as it grows. Only complete lines
-//! (ending in `\n`) are read, so a record being appended is never sent half-written. When the path
-//! starts naming another file (rotation, replacement) or the file shrinks, the reader finishes the
-//! file it has open and then starts the new one from its beginning; records already delivered are
-//! skipped by `seq`, so nothing is skipped and nothing is read twice without need.
+//! The spool a sink reads: the local audit file and its rotated files, walked forward in chain
+//! order and followed as the current one grows. Only complete lines (ending in `\n`) are read,
+//! so a record being appended is never sent half-written. At the end of the file it has open,
+//! the reader moves to the file holding the next seq ([`crate::audit::open_holding`]: the
+//! oldest rotated file `<name>.<last seq>` reaching it, else the current file), from its
+//! beginning; so a reader behind by several rotations, or restarted meanwhile, reads every
+//! rotated file in between. Records already delivered are skipped by `seq`. A current file that
+//! shrank (rewritten in place) is read again from its start.
 
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -31,7 +34,10 @@ pub struct FirstLine {
 }
 
 pub struct Spool {
+    /// The audit file's path (the current file).
     path: PathBuf,
+    /// The file open now: the current one or a rotated one.
+    open_path: PathBuf,
     file: Option<File>,
     id: (u64, u64),
     offset: u64,
@@ -59,6 +65,7 @@ impl Spool {
     pub fn new(path: &Path) -> Spool {
         Spool {
             path: path.to_path_buf(),
+            open_path: path.to_path_buf(),
             file: None,
             id: (0, 0),
             offset: 0,
@@ -71,17 +78,40 @@ impl Spool {
         if self.file.is_some() {
             return Ok(true);
         }
-        match File::open(&self.path) {
+        match File::open(&self.open_path) {
             Ok(f) => {
-                let m = f.metadata()?;
-                self.id = (m.dev(), m.ino());
-                self.file = Some(f);
-                self.offset = 0;
+                self.adopt_file(self.open_path.clone(), f)?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    fn adopt_file(&mut self, path: PathBuf, file: File) -> io::Result<()> {
+        let m = file.metadata()?;
+        self.id = (m.dev(), m.ino());
+        self.open_path = path;
+        self.file = Some(file);
+        self.offset = 0;
+        Ok(())
+    }
+
+    /// Opens the file holding record `seq` (a rotated one, or the current one), from its
+    /// start; `false` while there is no audit file yet.
+    pub fn open_holding(&mut self, seq: u64) -> io::Result<bool> {
+        match crate::audit::open_holding(&self.path, seq)? {
+            Some((path, file)) => {
+                self.adopt_file(path, file)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The path of the file open now (the current file or a rotated one).
+    pub fn open_path(&self) -> &Path {
+        &self.open_path
     }
 
     pub fn offset(&self) -> u64 {
@@ -157,28 +187,27 @@ impl Spool {
         Ok(out)
     }
 
-    /// Called at the end of the open file: when the path now names another file, or the open
-    /// file became shorter than the offset (rewritten in place), switches to the file the path
-    /// names, from its start, and returns `true`.
-    pub fn follow_replacement(&mut self) -> io::Result<bool> {
+    /// Called at the end of the open file, everything read so far delivered: when the record
+    /// `next_seq` is in another file (the open one was rotated, or replaced), or the open file
+    /// became shorter than the offset (rewritten in place), opens that file from its start and
+    /// returns `true`.
+    pub fn advance(&mut self, next_seq: u64) -> io::Result<bool> {
         let Some(file) = self.file.as_ref() else {
             return Ok(false);
         };
         let shrunk = file.metadata()?.len() < self.offset;
-        let replaced = match std::fs::metadata(&self.path) {
-            Ok(m) => (m.dev(), m.ino()) != self.id,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => false, // wait for the new file
-            Err(e) => return Err(e),
+        let Some((path, next)) = crate::audit::open_holding(&self.path, next_seq)? else {
+            return Ok(false); // between a rename and the new file: wait for it
         };
-        if !(shrunk || replaced) {
+        let m = next.metadata()?;
+        if (m.dev(), m.ino()) == self.id && !shrunk {
             return Ok(false);
         }
-        self.file = None;
-        self.ensure_open()?;
+        self.adopt_file(path, next)?;
         Ok(true)
     }
 
-    /// The `seq` of the file's last complete line (for the lag figure).
+    /// The `seq` of the open file's last complete line.
     pub fn last_seq(&mut self) -> io::Result<Option<u64>> {
         if !self.ensure_open()? {
             return Ok(None);
@@ -186,21 +215,35 @@ impl Spool {
         let Some(file) = self.file.as_mut() else {
             return Ok(None);
         };
-        let len = file.metadata()?.len();
-        let start = len.saturating_sub(64 * 1024);
-        file.seek(SeekFrom::Start(start))?;
-        let mut tail = Vec::new();
-        file.take(len - start).read_to_end(&mut tail)?;
-        let complete = match tail.iter().rposition(|b| *b == b'\n') {
-            Some(i) => &tail[..i],
-            None => return Ok(None),
-        };
-        let last = match complete.iter().rposition(|b| *b == b'\n') {
-            Some(i) => &complete[i + 1..],
-            None => complete,
-        };
-        Ok(seq_of(last))
+        last_seq_of(file)
     }
+
+    /// The `seq` of the current audit file's last complete line (the head, for the lag figure).
+    pub fn head_seq(&self) -> io::Result<Option<u64>> {
+        match File::open(&self.path) {
+            Ok(mut f) => last_seq_of(&mut f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The `seq` of the last complete line of `file`.
+fn last_seq_of(file: &mut File) -> io::Result<Option<u64>> {
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.take(len - start).read_to_end(&mut tail)?;
+    let complete = match tail.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &tail[..i],
+        None => return Ok(None),
+    };
+    let last = match complete.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &complete[i + 1..],
+        None => complete,
+    };
+    Ok(seq_of(last))
 }
 
 #[cfg(test)]
@@ -251,7 +294,7 @@ mod tests {
         std::fs::write(&path, line(1) + &line(2)).unwrap();
         let mut spool = Spool::new(&path);
         assert_eq!(spool.read(0, u64::MAX, 10).unwrap().len(), 2);
-        assert!(!spool.follow_replacement().unwrap());
+        assert!(!spool.advance(u64::MAX).unwrap());
         // Rotation: the old file moves away with one more record, a new one continues.
         let mut old = std::fs::OpenOptions::new()
             .append(true)
@@ -265,7 +308,7 @@ mod tests {
             3,
             "the old file is finished first"
         );
-        assert!(spool.follow_replacement().unwrap());
+        assert!(spool.advance(u64::MAX).unwrap());
         assert_eq!(spool.read(3, u64::MAX, 10).unwrap()[0].seq, 4);
     }
 
@@ -288,5 +331,35 @@ mod tests {
             None
         );
         assert_eq!(seq_of(b"garbage"), None);
+    }
+
+    #[test]
+    fn walks_the_rotated_files_in_chain_order_then_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let rotated = |last: u64| dir.path().join(format!("audit.jsonl.{last:012}"));
+        std::fs::write(rotated(2), line(1) + &line(2)).unwrap();
+        std::fs::write(rotated(4), line(3) + &line(4)).unwrap();
+        std::fs::write(&path, line(5)).unwrap();
+        let mut spool = Spool::new(&path);
+        // A reader whose cursor is at seq 2 starts in the file holding seq 3.
+        assert!(spool.open_holding(3).unwrap());
+        assert_eq!(spool.open_path(), rotated(4));
+        let mut got = Vec::new();
+        let mut after = 2;
+        for _ in 0..10 {
+            let batch = spool.read(after, u64::MAX, 10).unwrap();
+            if let Some(last) = batch.last() {
+                after = last.seq;
+                got.extend(batch.iter().map(|r| r.seq));
+            } else if !spool.advance(after + 1).unwrap() {
+                break;
+            }
+        }
+        assert_eq!(got, vec![3, 4, 5]);
+        assert_eq!(spool.open_path(), path);
+        // At the end of the current file, nothing else to move to.
+        assert!(!spool.advance(6).unwrap());
+        assert_eq!(spool.head_seq().unwrap(), Some(5));
     }
 }
