@@ -5,7 +5,13 @@
 //! the subject's certificate public key is the token's *implicit assertion*: it is signed but not
 //! sent, so the signature only verifies when the reader presents the certificate key the grant was
 //! issued for. The same hash is also a claim (`key_sha256`) so a denial can say precisely that the
-//! grant is bound to another key rather than merely "bad signature".
+//! grant is bound to another key rather than merely "bad signature" — said only once the token
+//! is shown to verify for the key it names.
+//!
+//! Claims are parsed only from a payload whose signature verified: an altered token is a bad
+//! signature, never a parse error of what the attacker wrote. The one field read before that is
+//! the claimed binding of a pushed grant (the key hash to verify with), and a payload it cannot
+//! be read from counts as a bad signature.
 //!
 //! [`GrantVerifier`] is the one place where tokens are checked, for the controller and the agent
 //! alike. Its results, [`ReceivedGrant`] and [`VerifiedGrant`], can only be built here: code that
@@ -435,11 +441,9 @@ impl GrantVerifier {
         }
     }
 
-    /// Parses the token and finds its key; returns the untrusted claims for error precision only.
-    fn open(
-        &self,
-        token: &str,
-    ) -> Result<(UntrustedToken<Public, V4>, &VerifyingKey, GrantClaims), GrantError> {
+    /// Decodes the token's structure and finds the trusted key its footer names. Reads nothing
+    /// of the claims: they are parsed only from a verified payload ([`Self::verified_claims`]).
+    fn open(&self, token: &str) -> Result<(UntrustedToken<Public, V4>, &VerifyingKey), GrantError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(GrantError::Malformed("token too large".into()));
         }
@@ -452,19 +456,43 @@ impl GrantVerifier {
             .iter()
             .find(|k| k.kid == footer.kid)
             .ok_or_else(|| GrantError::UnknownKey(footer.kid.clone()))?;
-        let claims: GrantClaims = serde_json::from_slice(untrusted.untrusted_payload())
-            .map_err(|e| GrantError::Malformed(format!("claims: {e}")))?;
-        Ok((untrusted, key, claims))
+        Ok((untrusted, key))
     }
 
-    fn check_signature(
+    /// Verifies the signature for `binding` and only then parses the claims, from the payload
+    /// the signature covers. A token whose payload was changed in any byte fails here as
+    /// [`GrantError::BadSignature`], never as a parse error of the altered claims.
+    fn verified_claims(
         untrusted: &UntrustedToken<Public, V4>,
         key: &VerifyingKey,
         binding: &[u8; 32],
-    ) -> Result<(), GrantError> {
-        PublicToken::verify(&key.public, untrusted, None, Some(binding))
-            .map(|_| ())
-            .map_err(|_| GrantError::BadSignature)
+    ) -> Result<GrantClaims, GrantError> {
+        let trusted = PublicToken::verify(&key.public, untrusted, None, Some(binding))
+            .map_err(|_| GrantError::BadSignature)?;
+        // Signed by a trusted key yet not our claims: a controller bug, not an attacker.
+        let claims: GrantClaims = serde_json::from_str(trusted.payload())
+            .map_err(|e| GrantError::Malformed(format!("signed claims: {e}")))?;
+        if decode_key_hash(&claims.key_sha256)? != *binding {
+            return Err(GrantError::Malformed(
+                "signed claims name another key than the token is bound to".into(),
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// The key hash a token says it is bound to, read from its *unverified* payload because
+    /// the binding is the implicit assertion the signature is checked with (a pushed grant
+    /// names no reader). Only this one field is looked at, and a payload it cannot be read from
+    /// is reported as a bad signature: a genuine token always carries it, so that payload was
+    /// altered.
+    fn claimed_binding(untrusted: &UntrustedToken<Public, V4>) -> Result<[u8; 32], GrantError> {
+        #[derive(Deserialize)]
+        struct Binding {
+            key_sha256: String,
+        }
+        let claimed: Binding = serde_json::from_slice(untrusted.untrusted_payload())
+            .map_err(|_| GrantError::BadSignature)?;
+        decode_key_hash(&claimed.key_sha256).map_err(|_| GrantError::BadSignature)
     }
 
     fn check_shape(claims: &GrantClaims) -> Result<Vec<GlobMatcher>, GrantError> {
@@ -498,9 +526,9 @@ impl GrantVerifier {
         audience: &Audience,
         now: i64,
     ) -> Result<ReceivedGrant, GrantError> {
-        let (untrusted, key, claims) = self.open(token)?;
-        let binding = decode_key_hash(&claims.key_sha256)?;
-        Self::check_signature(&untrusted, key, &binding)?;
+        let (untrusted, key) = self.open(token)?;
+        let binding = Self::claimed_binding(&untrusted)?;
+        let claims = Self::verified_claims(&untrusted, key, &binding)?;
         let globs = Self::check_shape(&claims)?;
         Self::check_audience(&claims, audience)?;
         if now >= claims.exp {
@@ -526,14 +554,23 @@ impl GrantVerifier {
         audience: &Audience,
         now: i64,
     ) -> Result<VerifiedGrant, GrantError> {
-        let (untrusted, key, claims) = self.open(token)?;
-        // The claimed binding is only used to say *why* the signature would fail.
-        if claims.key_sha256 != reader.key_sha256_hex() {
-            return Err(GrantError::BoundToAnotherKey {
-                grant_id: claims.jti.clone(),
-            });
-        }
-        Self::check_signature(&untrusted, key, reader.key_sha256())?;
+        let (untrusted, key) = self.open(token)?;
+        let claims = match Self::verified_claims(&untrusted, key, reader.key_sha256()) {
+            Ok(claims) => claims,
+            // Say *why* only when it is proven: the token verifies for the binding it names,
+            // which is not the reader's key. Anything else is a bad signature.
+            Err(GrantError::BadSignature) => {
+                let bound_elsewhere = Self::claimed_binding(&untrusted)
+                    .and_then(|b| Self::verified_claims(&untrusted, key, &b));
+                return Err(match bound_elsewhere {
+                    Ok(claims) => GrantError::BoundToAnotherKey {
+                        grant_id: claims.jti,
+                    },
+                    Err(_) => GrantError::BadSignature,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let globs = Self::check_shape(&claims)?;
         if claims.sub != reader.spiffe_id() {
             return Err(GrantError::WrongSubject {
@@ -934,6 +971,59 @@ mod tests {
             verifier.verify_for_use(&genuine, &alice, &web1, 200),
             Err(GrantError::Expired { .. })
         ));
+    }
+
+    /// Issue 10, finding 11: a flipped byte in a token's claims returned a JSON parse error —
+    /// the altered claims were parsed before the signature was checked.
+    #[test]
+    fn any_altered_byte_of_a_tokens_payload_is_a_bad_signature() {
+        const B64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let key = SigningKey::generate().unwrap();
+        let verifier =
+            GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+        let web1 = Audience {
+            agent_id: "web-1".into(),
+            labels: vec![],
+        };
+        let alice_key = [0xab; 32];
+        let alice = crate::identity::Identity::for_tests("spiffe://t/user/alice", "t", alice_key);
+        let token = key.sign(&claims(&hex::encode(alice_key))).unwrap();
+        assert!(verifier.verify_on_receipt(&token, &web1, 150).is_ok());
+        assert!(verifier.verify_for_use(&token, &alice, &web1, 150).is_ok());
+        let start = "v4.public.".len();
+        let end = start + token[start..].find('.').unwrap();
+        for i in start..end {
+            let mut bytes = token.clone().into_bytes();
+            // Every position, to another base64url character: the payload still decodes, so
+            // only the signature can tell.
+            let at = B64URL.iter().position(|&c| c == bytes[i]).unwrap();
+            bytes[i] = B64URL[(at + 1) % B64URL.len()];
+            let altered = String::from_utf8(bytes).unwrap();
+            let on_receipt = verifier.verify_on_receipt(&altered, &web1, 150).map(|_| ());
+            let for_use = verifier
+                .verify_for_use(&altered, &alice, &web1, 150)
+                .map(|_| ());
+            for result in [on_receipt, for_use] {
+                match result {
+                    Err(GrantError::BadSignature) => {}
+                    other => panic!("byte {i} altered: {other:?}"),
+                }
+            }
+        }
+        // Any byte of the whole token, any low bit: refused, never a panic.
+        for i in 0..token.len() {
+            for mask in [0x01u8, 0x20] {
+                let mut bytes = token.clone().into_bytes();
+                bytes[i] ^= mask;
+                let Ok(altered) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                assert!(verifier.verify_on_receipt(&altered, &web1, 150).is_err());
+                assert!(verifier
+                    .verify_for_use(&altered, &alice, &web1, 150)
+                    .is_err());
+            }
+        }
     }
 
     #[test]
