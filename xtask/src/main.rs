@@ -127,8 +127,15 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// The fuzz targets (`fuzz/fuzz_targets/`) and how long each runs in `cargo xtask test`:
-/// about 2.5 minutes in all, after one shared build.
-const FUZZ_TARGETS: [(&str, u32); 3] = [("redact", 60), ("grant_token", 30), ("read_request", 30)];
+/// 2.5 minutes in all, after one shared build (with the `daemon-config` feature, which the
+/// `config` target needs; every build and run passes the same features so none rebuilds).
+const FUZZ_TARGETS: [(&str, u32); 4] = [
+    ("redact", 60),
+    ("grant_token", 30),
+    ("read_request", 30),
+    ("config", 30),
+];
+const FUZZ_FEATURES: &str = "daemon-config";
 
 /// Builds the fuzz targets (`fuzz/`) once and runs each for its bounded time from its
 /// committed seed corpus; installs cargo-fuzz from crates.io when missing. cargo-fuzz passes
@@ -151,13 +158,16 @@ fn fuzz_targets() -> anyhow::Result<()> {
         }
         cmd
     };
-    run(&mut fuzz(&["build"]))?;
+    run(&mut fuzz(&["build", "--features", FUZZ_FEATURES]))?;
     for (target, seconds) in FUZZ_TARGETS {
+        let limit = format!("-max_total_time={seconds}");
         run(&mut fuzz(&[
             "run",
+            "--features",
+            FUZZ_FEATURES,
             target,
             "--",
-            &format!("-max_total_time={seconds}"),
+            &limit,
         ]))?;
     }
     Ok(())
