@@ -325,8 +325,8 @@ pub fn compile_path_glob(pattern: &str) -> Result<GlobMatcher, GrantError> {
     Ok(glob.compile_matcher())
 }
 
-/// Whether an unescaped `/` occurs inside `{…}` in a glob, as globset parses it: `\` escapes
-/// the next character outside classes, and a class (`[…]`, whose first member may be `]`)
+/// Whether a `/`, escaped or not, occurs inside `{…}` in a glob, as globset parses it: `\`
+/// escapes the next character outside classes, and a class (`[…]`, whose first member may be `]`)
 /// holds `{`, `}` and `/` literally. A class is taken to end at its first closing `]`, never
 /// later than globset ends it, so this scan sees at least every brace globset sees (a POSIX
 /// `[[:name:]]` may make it see more, refusing a glob that was harmless: fail closed).
@@ -335,8 +335,12 @@ fn separator_inside_alternation(pattern: &str) -> bool {
     let mut depth = 0usize;
     while let Some(c) = chars.next() {
         match c {
+            // An escaped '/' is still a '/'.
             '\\' => {
-                chars.next();
+                let escaped = chars.next();
+                if escaped == Some('/') && depth > 0 {
+                    return true;
+                }
             }
             '[' => {
                 let mut first = true;
@@ -647,10 +651,11 @@ mod tests {
             "/d/logs{/,x}app/api.log",
             "/d/{app,app/secret}/*.log",
             "/d/{a,{b,c/d}}/x.log",
+            r"/d/logs{\/,x}app/api.log",
         ] {
             let e = compile_path_glob(glob).unwrap_err();
             assert!(
-                e.to_string().contains(glob) && e.to_string().contains("{…}"),
+                e.to_string().contains(&format!("{glob:?}")) && e.to_string().contains("{…}"),
                 "{e}"
             );
         }
@@ -722,6 +727,8 @@ mod tests {
             /// Glob text, whether negated, and its members among `ALPHABET`.
             Class(&'static str, bool, &'static str),
             Alt(Vec<Vec<Elem>>),
+            /// A backslash-escaped character (only `\/`, inside alternations).
+            Esc(char),
         }
 
         const CLASSES: [(&str, bool, &str); 9] = [
@@ -743,6 +750,7 @@ mod tests {
                     Elem::Star => "*".into(),
                     Elem::Any => "?".into(),
                     Elem::Class(t, _, _) => t.to_string(),
+                    Elem::Esc(c) => format!("\\{c}"),
                     Elem::Alt(alts) => {
                         let alts: Vec<String> = alts
                             .iter()
@@ -764,7 +772,11 @@ mod tests {
         }
 
         fn elem() -> impl Strategy<Value = Elem> {
-            let alt_member = prop_oneof![3 => leaf(), 1 => Just(Elem::Lit('/'))];
+            let alt_member = prop_oneof![
+                6 => leaf(),
+                1 => Just(Elem::Lit('/')),
+                1 => Just(Elem::Esc('/')),
+            ];
             prop_oneof![
                 4 => leaf(),
                 1 => prop::collection::vec(prop::collection::vec(alt_member, 1..3), 2..3)
@@ -799,7 +811,7 @@ mod tests {
         fn tempt(e: &Elem, pick: &mut impl FnMut() -> usize) -> String {
             let any = |n: usize| ALPHABET[n % ALPHABET.len()].to_string();
             match e {
-                Elem::Lit(c) => c.to_string(),
+                Elem::Lit(c) | Elem::Esc(c) => c.to_string(),
                 Elem::Star => (0..pick() % 4).map(|_| any(pick())).collect(),
                 Elem::Any | Elem::Class(..) => any(pick()),
                 Elem::Alt(alts) => {
@@ -844,7 +856,7 @@ mod tests {
                 s.first().is_some_and(|&c| c != '/' && ok(c)) && elems_match(rest, &s[1..])
             };
             match first {
-                Elem::Lit(l) => one(&|c| c == *l),
+                Elem::Lit(l) | Elem::Esc(l) => one(&|c| c == *l),
                 Elem::Any => one(&|_| true),
                 Elem::Class(_, negated, members) => one(&|c| members.contains(c) != *negated),
                 Elem::Star => (0..=s.len())
