@@ -5,7 +5,13 @@
 //! the subject's certificate public key is the token's *implicit assertion*: it is signed but not
 //! sent, so the signature only verifies when the reader presents the certificate key the grant was
 //! issued for. The same hash is also a claim (`key_sha256`) so a denial can say precisely that the
-//! grant is bound to another key rather than merely "bad signature".
+//! grant is bound to another key rather than merely "bad signature" — said only once the token
+//! is shown to verify for the key it names.
+//!
+//! Claims are parsed only from a payload whose signature verified: an altered token is a bad
+//! signature, never a parse error of what the attacker wrote. The one field read before that is
+//! the claimed binding of a pushed grant (the key hash to verify with), and a payload it cannot
+//! be read from counts as a bad signature.
 //!
 //! [`GrantVerifier`] is the one place where tokens are checked, for the controller and the agent
 //! alike. Its results, [`ReceivedGrant`] and [`VerifiedGrant`], can only be built here: code that
@@ -272,7 +278,21 @@ impl VerifiedGrant {
 /// profiles (one rule, no copy).
 pub use loggate_redact::is_valid_redaction_name;
 
-/// Compiles a grant path glob. `*` and `?` never cross `/`; `**` does.
+/// Compiles a grant path glob.
+///
+/// Contract: no element of a compiled glob matches `/` except `**` — `*`, `?` and character
+/// classes stay within one path component, so a glob covers exactly as many components as it
+/// spells out, plus what a `**` stands for. A glob that breaks this is refused (never quietly
+/// rewritten), here, which is where the controller issues grants and where every verifier
+/// compiles them:
+///
+/// - a `/` inside an alternation (`{…}`) would let one element span several components
+///   (`/logs{/,x}app` covers `/logs/app`); it is refused, with a message naming the glob;
+/// - a character class never matches `/`, whatever it lists: `[!x]` means "one character other
+///   than `x` and `/`", as in POSIX `fnmatch` with `FNM_PATHNAME`. globset confines classes
+///   this way under `literal_separator` (0.4.22); [`check_classes_exclude_separator`] proves it
+///   on every compiled glob, so a globset that did not (the review saw `[!x]` cross `/`) makes
+///   the glob refused rather than wider.
 pub fn compile_path_glob(pattern: &str) -> Result<GlobMatcher, GrantError> {
     if !pattern.starts_with('/') {
         return Err(GrantError::Malformed(format!(
@@ -284,12 +304,119 @@ pub fn compile_path_glob(pattern: &str) -> Result<GlobMatcher, GrantError> {
             "path glob {pattern:?} must not contain '..'"
         )));
     }
-    GlobBuilder::new(pattern)
+    if separator_inside_alternation(pattern) {
+        return Err(GrantError::Malformed(format!(
+            "path glob {pattern:?} has a '/' inside {{…}}, which would let one element span \
+             several path components; write one glob per alternative instead"
+        )));
+    }
+    let glob = GlobBuilder::new(pattern)
         .literal_separator(true)
         .backslash_escape(true)
         .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| GrantError::Malformed(format!("path glob {pattern:?}: {e}")))
+        .map_err(|e| GrantError::Malformed(format!("path glob {pattern:?}: {e}")))?;
+    check_classes_exclude_separator(pattern, &glob)?;
+    Ok(glob.compile_matcher())
+}
+
+/// Whether a `/`, escaped or not, occurs inside `{…}` in a glob, as globset parses it: `\`
+/// escapes the next character outside classes, and a class (`[…]`, whose first member may be `]`)
+/// holds `{`, `}` and `/` literally. A class is taken to end at its first closing `]`, never
+/// later than globset ends it, so this scan sees at least every brace globset sees (a POSIX
+/// `[[:name:]]` may make it see more, refusing a glob that was harmless: fail closed).
+fn separator_inside_alternation(pattern: &str) -> bool {
+    let mut chars = pattern.chars();
+    let mut depth = 0usize;
+    while let Some(c) = chars.next() {
+        match c {
+            // An escaped '/' is still a '/'.
+            '\\' => {
+                let escaped = chars.next();
+                if escaped == Some('/') && depth > 0 {
+                    return true;
+                }
+            }
+            '[' => {
+                let mut first = true;
+                for m in chars.by_ref() {
+                    if first && (m == '!' || m == '^') {
+                        continue;
+                    }
+                    if m == ']' && !first {
+                        break;
+                    }
+                    first = false;
+                }
+            }
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            '/' if depth > 0 => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Refuses a compiled glob whose matcher would let a character class match `/`.
+///
+/// The matcher's own regular expression decides every match, so that is what is checked: a
+/// single-character element (`?`, a class) becomes a bracketed class there, and each must
+/// exclude `/`; `**` compiles to `.` (any character), which is the one element allowed to
+/// cross, and literal `/`s are the glob's own separators. Anything this cannot read is refused.
+fn check_classes_exclude_separator(pattern: &str, glob: &globset::Glob) -> Result<(), GrantError> {
+    use regex_syntax::ast::{parse::Parser, Ast};
+    use regex_syntax::hir::{translate::TranslatorBuilder, Class, HirKind};
+
+    fn class_matches_separator(regex: &str, class: &Ast) -> bool {
+        let hir = TranslatorBuilder::new()
+            .unicode(false)
+            .utf8(false)
+            .build()
+            .translate(regex, class);
+        match hir.as_ref().map(|h| h.kind()) {
+            Ok(HirKind::Class(Class::Bytes(c))) => c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= b'/' && b'/' <= r.end()),
+            Ok(HirKind::Class(Class::Unicode(c))) => c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= '/' && '/' <= r.end()),
+            // A one-member class comes back as the literal it matches.
+            Ok(HirKind::Literal(lit)) => lit.0.contains(&b'/'),
+            // Anything else, or not translatable alone: cannot be shown to exclude '/'.
+            _ => true,
+        }
+    }
+
+    fn any_class_matches_separator(regex: &str, ast: &Ast) -> bool {
+        match ast {
+            Ast::ClassBracketed(_) | Ast::ClassPerl(_) | Ast::ClassUnicode(_) => {
+                class_matches_separator(regex, ast)
+            }
+            Ast::Repetition(r) => any_class_matches_separator(regex, &r.ast),
+            Ast::Group(g) => any_class_matches_separator(regex, &g.ast),
+            Ast::Alternation(a) => a.asts.iter().any(|x| any_class_matches_separator(regex, x)),
+            Ast::Concat(c) => c.asts.iter().any(|x| any_class_matches_separator(regex, x)),
+            Ast::Empty(_) | Ast::Flags(_) | Ast::Literal(_) | Ast::Dot(_) | Ast::Assertion(_) => {
+                false
+            }
+        }
+    }
+
+    let regex = glob.regex();
+    let crosses = match Parser::new().parse(regex) {
+        Ok(ast) => any_class_matches_separator(regex, &ast),
+        Err(_) => true,
+    };
+    if crosses {
+        return Err(GrantError::Malformed(format!(
+            "path glob {pattern:?} has a character class that can match '/'; a class must stay \
+             within one path component (list the characters it may match, or use ** to cross \
+             components)"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks grant tokens against the trusted keys. The one verifier of the product.
@@ -312,11 +439,9 @@ impl GrantVerifier {
         }
     }
 
-    /// Parses the token and finds its key; returns the untrusted claims for error precision only.
-    fn open(
-        &self,
-        token: &str,
-    ) -> Result<(UntrustedToken<Public, V4>, &VerifyingKey, GrantClaims), GrantError> {
+    /// Decodes the token's structure and finds the trusted key its footer names. Reads nothing
+    /// of the claims: they are parsed only from a verified payload ([`Self::verified_claims`]).
+    fn open(&self, token: &str) -> Result<(UntrustedToken<Public, V4>, &VerifyingKey), GrantError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(GrantError::Malformed("token too large".into()));
         }
@@ -329,19 +454,43 @@ impl GrantVerifier {
             .iter()
             .find(|k| k.kid == footer.kid)
             .ok_or_else(|| GrantError::UnknownKey(footer.kid.clone()))?;
-        let claims: GrantClaims = serde_json::from_slice(untrusted.untrusted_payload())
-            .map_err(|e| GrantError::Malformed(format!("claims: {e}")))?;
-        Ok((untrusted, key, claims))
+        Ok((untrusted, key))
     }
 
-    fn check_signature(
+    /// Verifies the signature for `binding` and only then parses the claims, from the payload
+    /// the signature covers. A token whose payload was changed in any byte fails here as
+    /// [`GrantError::BadSignature`], never as a parse error of the altered claims.
+    fn verified_claims(
         untrusted: &UntrustedToken<Public, V4>,
         key: &VerifyingKey,
         binding: &[u8; 32],
-    ) -> Result<(), GrantError> {
-        PublicToken::verify(&key.public, untrusted, None, Some(binding))
-            .map(|_| ())
-            .map_err(|_| GrantError::BadSignature)
+    ) -> Result<GrantClaims, GrantError> {
+        let trusted = PublicToken::verify(&key.public, untrusted, None, Some(binding))
+            .map_err(|_| GrantError::BadSignature)?;
+        // Signed by a trusted key yet not our claims: a controller bug, not an attacker.
+        let claims: GrantClaims = serde_json::from_str(trusted.payload())
+            .map_err(|e| GrantError::Malformed(format!("signed claims: {e}")))?;
+        if decode_key_hash(&claims.key_sha256)? != *binding {
+            return Err(GrantError::Malformed(
+                "signed claims name another key than the token is bound to".into(),
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// The key hash a token says it is bound to, read from its *unverified* payload because
+    /// the binding is the implicit assertion the signature is checked with (a pushed grant
+    /// names no reader). Only this one field is looked at, and a payload it cannot be read from
+    /// is reported as a bad signature: a genuine token always carries it, so that payload was
+    /// altered.
+    fn claimed_binding(untrusted: &UntrustedToken<Public, V4>) -> Result<[u8; 32], GrantError> {
+        #[derive(Deserialize)]
+        struct Binding {
+            key_sha256: String,
+        }
+        let claimed: Binding = serde_json::from_slice(untrusted.untrusted_payload())
+            .map_err(|_| GrantError::BadSignature)?;
+        decode_key_hash(&claimed.key_sha256).map_err(|_| GrantError::BadSignature)
     }
 
     fn check_shape(claims: &GrantClaims) -> Result<Vec<GlobMatcher>, GrantError> {
@@ -375,9 +524,9 @@ impl GrantVerifier {
         audience: &Audience,
         now: i64,
     ) -> Result<ReceivedGrant, GrantError> {
-        let (untrusted, key, claims) = self.open(token)?;
-        let binding = decode_key_hash(&claims.key_sha256)?;
-        Self::check_signature(&untrusted, key, &binding)?;
+        let (untrusted, key) = self.open(token)?;
+        let binding = Self::claimed_binding(&untrusted)?;
+        let claims = Self::verified_claims(&untrusted, key, &binding)?;
         let globs = Self::check_shape(&claims)?;
         Self::check_audience(&claims, audience)?;
         if now >= claims.exp {
@@ -403,14 +552,23 @@ impl GrantVerifier {
         audience: &Audience,
         now: i64,
     ) -> Result<VerifiedGrant, GrantError> {
-        let (untrusted, key, claims) = self.open(token)?;
-        // The claimed binding is only used to say *why* the signature would fail.
-        if claims.key_sha256 != reader.key_sha256_hex() {
-            return Err(GrantError::BoundToAnotherKey {
-                grant_id: claims.jti.clone(),
-            });
-        }
-        Self::check_signature(&untrusted, key, reader.key_sha256())?;
+        let (untrusted, key) = self.open(token)?;
+        let claims = match Self::verified_claims(&untrusted, key, reader.key_sha256()) {
+            Ok(claims) => claims,
+            // Say *why* only when it is proven: the token verifies for the binding it names,
+            // which is not the reader's key. Anything else is a bad signature.
+            Err(GrantError::BadSignature) => {
+                let bound_elsewhere = Self::claimed_binding(&untrusted)
+                    .and_then(|b| Self::verified_claims(&untrusted, key, &b));
+                return Err(match bound_elsewhere {
+                    Ok(claims) => GrantError::BoundToAnotherKey {
+                        grant_id: claims.jti,
+                    },
+                    Err(_) => GrantError::BadSignature,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         let globs = Self::check_shape(&claims)?;
         if claims.sub != reader.spiffe_id() {
             return Err(GrantError::WrongSubject {
@@ -455,6 +613,290 @@ mod tests {
         assert!(g.is_match("/var/log/app/x.log"));
         let g = compile_path_glob("/var/log/app/api-?.log").unwrap();
         assert!(!g.is_match("/var/log/app/api-/.log"));
+    }
+
+    #[test]
+    fn classes_never_match_a_separator() {
+        // The review's example (issue 10, finding 9): `[!x]` must not stand for the '/' of
+        // `logs/app`.
+        let g = compile_path_glob("/d/logs[!x]app/api.log").unwrap();
+        assert!(!g.is_match("/d/logs/app/api.log"));
+        assert!(g.is_match("/d/logsyapp/api.log"));
+        assert!(!g.is_match("/d/logsxapp/api.log"));
+        // `^` negates too; a range spanning '/', a class listing it, a POSIX class holding it.
+        for glob in [
+            "/d/logs[^x]app/api.log",
+            "/d/logs[+-0]app/api.log",
+            "/d/logs[/]app/api.log",
+            "/d/logs[a/]app/api.log",
+            "/d/logs[[:punct:]]app/api.log",
+            "/d/logs{[!x],y}app/api.log",
+        ] {
+            // Either refused, or confined to one component: never covering `logs/app`.
+            if let Ok(g) = compile_path_glob(glob) {
+                assert!(!g.is_match("/d/logs/app/api.log"), "{glob} crosses '/'");
+            }
+        }
+    }
+
+    #[test]
+    fn separator_inside_alternation_is_refused_with_the_glob_named() {
+        for glob in [
+            "/d/logs{/,x}app/api.log",
+            "/d/{app,app/secret}/*.log",
+            "/d/{a,{b,c/d}}/x.log",
+            r"/d/logs{\/,x}app/api.log",
+        ] {
+            let e = compile_path_glob(glob).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!("{glob:?}")) && e.to_string().contains("{…}"),
+                "{e}"
+            );
+        }
+        // Separators outside braces, escaped braces and braces inside a class are fine.
+        let g = compile_path_glob("/d/{app,web}/*.log").unwrap();
+        assert!(g.is_match("/d/web/x.log"));
+        let g = compile_path_glob(r"/d/\{app/x\}.log").unwrap();
+        assert!(g.is_match("/d/{app/x}.log"));
+        let g = compile_path_glob("/d/a[{]/b[}].log").unwrap();
+        assert!(g.is_match("/d/a{/b}.log"));
+    }
+
+    #[test]
+    fn verifier_refuses_a_signed_grant_whose_glob_crosses_a_separator() {
+        // Even when a controller signed it (an older one, or one with a bug).
+        let key = SigningKey::generate().unwrap();
+        let verifier =
+            GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+        let web1 = Audience {
+            agent_id: "web-1".into(),
+            labels: vec![],
+        };
+        let alice_key = [0xab; 32];
+        let alice = crate::identity::Identity::for_tests("spiffe://t/user/alice", "t", alice_key);
+        let mut c = claims(&hex::encode(alice_key));
+        c.paths = vec!["/d/logs{/,x}app/api.log".into()];
+        let token = key.sign(&c).unwrap();
+        for e in [
+            verifier.verify_on_receipt(&token, &web1, 150).unwrap_err(),
+            verifier
+                .verify_for_use(&token, &alice, &web1, 150)
+                .unwrap_err(),
+        ] {
+            assert!(
+                matches!(&e, GrantError::Malformed(m) if m.contains("/d/logs{/,x}app/api.log")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn class_check_refuses_any_compiled_class_that_admits_a_separator() {
+        // What a globset that did not confine classes would hand over: `[!x]` as `[^x]`.
+        let loose = |p: &str| GlobBuilder::new(p).build().unwrap();
+        for glob in ["/d/logs[!x]app", "/d/logs[+-0]app", "/d/logs[/]app"] {
+            let e = check_classes_exclude_separator(glob, &loose(glob)).unwrap_err();
+            assert!(e.to_string().contains("character class"), "{e}");
+        }
+        assert!(check_classes_exclude_separator("/d/[ax]", &loose("/d/[ax]")).is_ok());
+        assert!(check_classes_exclude_separator("/d/**/x", &loose("/d/**/x")).is_ok());
+    }
+
+    /// Property test of finding 9: generated globs (literals, `*`, `?`, classes of every kind,
+    /// alternations, `**` components) and paths built to tempt each element into matching `/`.
+    /// Whenever the compiled glob matches, a matcher that knows no element but `**` may cross
+    /// components must agree.
+    mod no_element_but_double_star_crosses {
+        use super::super::compile_path_glob;
+        use proptest::prelude::*;
+
+        /// Path characters: what the elements below list, and the separator.
+        const ALPHABET: [char; 5] = ['a', 'x', '.', '-', '/'];
+
+        #[derive(Debug, Clone)]
+        enum Elem {
+            Lit(char),
+            Star,
+            Any,
+            /// Glob text, whether negated, and its members among `ALPHABET`.
+            Class(&'static str, bool, &'static str),
+            Alt(Vec<Vec<Elem>>),
+            /// A backslash-escaped character (only `\/`, inside alternations).
+            Esc(char),
+        }
+
+        const CLASSES: [(&str, bool, &str); 9] = [
+            ("[ax]", false, "ax"),
+            ("[!x]", true, "x"),
+            ("[^a]", true, "a"),
+            ("[+-0]", false, ".-/"),
+            ("[/]", false, "/"),
+            ("[!/]", true, "/"),
+            ("[a/]", false, "a/"),
+            ("[[:punct:]]", false, ".-/"),
+            ("[!]x]", true, "x"),
+        ];
+
+        impl Elem {
+            fn text(&self) -> String {
+                match self {
+                    Elem::Lit(c) => c.to_string(),
+                    Elem::Star => "*".into(),
+                    Elem::Any => "?".into(),
+                    Elem::Class(t, _, _) => t.to_string(),
+                    Elem::Esc(c) => format!("\\{c}"),
+                    Elem::Alt(alts) => {
+                        let alts: Vec<String> = alts
+                            .iter()
+                            .map(|a| a.iter().map(Elem::text).collect())
+                            .collect();
+                        format!("{{{}}}", alts.join(","))
+                    }
+                }
+            }
+        }
+
+        fn leaf() -> impl Strategy<Value = Elem> {
+            prop_oneof![
+                prop::sample::select(vec!['a', 'x', '.', '-']).prop_map(Elem::Lit),
+                Just(Elem::Star),
+                Just(Elem::Any),
+                prop::sample::select(CLASSES.to_vec()).prop_map(|(t, n, m)| Elem::Class(t, n, m)),
+            ]
+        }
+
+        fn elem() -> impl Strategy<Value = Elem> {
+            let alt_member = prop_oneof![
+                6 => leaf(),
+                1 => Just(Elem::Lit('/')),
+                1 => Just(Elem::Esc('/')),
+            ];
+            prop_oneof![
+                4 => leaf(),
+                1 => prop::collection::vec(prop::collection::vec(alt_member, 1..3), 2..3)
+                    .prop_map(Elem::Alt),
+            ]
+        }
+
+        /// A component: `None` is `**`.
+        fn glob() -> impl Strategy<Value = Vec<Option<Vec<Elem>>>> {
+            let component = prop_oneof![
+                1 => Just(None),
+                // Adjacent `*`s would spell `**` (a component of its own, generated above).
+                4 => prop::collection::vec(elem(), 1..4).prop_map(|mut es| {
+                    es.dedup_by(|a, b| matches!((a, b), (Elem::Star, Elem::Star)));
+                    Some(es)
+                }),
+            ];
+            prop::collection::vec(component, 1..4)
+        }
+
+        fn glob_text(components: &[Option<Vec<Elem>>]) -> String {
+            components
+                .iter()
+                .map(|c| match c {
+                    None => "/**".to_string(),
+                    Some(es) => format!("/{}", es.iter().map(Elem::text).collect::<String>()),
+                })
+                .collect()
+        }
+
+        /// A string `e` might match, chosen by `pick` — including ones holding '/'.
+        fn tempt(e: &Elem, pick: &mut impl FnMut() -> usize) -> String {
+            let any = |n: usize| ALPHABET[n % ALPHABET.len()].to_string();
+            match e {
+                Elem::Lit(c) | Elem::Esc(c) => c.to_string(),
+                Elem::Star => (0..pick() % 4).map(|_| any(pick())).collect(),
+                Elem::Any | Elem::Class(..) => any(pick()),
+                Elem::Alt(alts) => {
+                    let a = &alts[pick() % alts.len()];
+                    a.iter().map(|e| tempt(e, pick)).collect()
+                }
+            }
+        }
+
+        fn path_for(components: &[Option<Vec<Elem>>], choices: &[u8]) -> String {
+            let mut i = 0;
+            let mut pick = || {
+                i += 1;
+                usize::from(choices[i % choices.len()])
+            };
+            let mut out = String::new();
+            for c in components {
+                match c {
+                    None => {
+                        for _ in 0..pick() % 3 {
+                            out.push_str("/a");
+                        }
+                    }
+                    Some(es) => {
+                        out.push('/');
+                        for e in es {
+                            out.push_str(&tempt(e, &mut pick));
+                        }
+                    }
+                }
+            }
+            out
+        }
+
+        /// Whether `elems` match all of `s` (one path component, no '/') when no element can
+        /// match '/'.
+        fn elems_match(elems: &[Elem], s: &[char]) -> bool {
+            let Some((first, rest)) = elems.split_first() else {
+                return s.is_empty();
+            };
+            let one = |ok: &dyn Fn(char) -> bool| {
+                s.first().is_some_and(|&c| c != '/' && ok(c)) && elems_match(rest, &s[1..])
+            };
+            match first {
+                Elem::Lit(l) | Elem::Esc(l) => one(&|c| c == *l),
+                Elem::Any => one(&|_| true),
+                Elem::Class(_, negated, members) => one(&|c| members.contains(c) != *negated),
+                Elem::Star => (0..=s.len())
+                    .take_while(|&n| n == 0 || s[n - 1] != '/')
+                    .any(|n| elems_match(rest, &s[n..])),
+                Elem::Alt(alts) => alts.iter().any(|a| {
+                    let mut joined = a.clone();
+                    joined.extend_from_slice(rest);
+                    elems_match(&joined, s)
+                }),
+            }
+        }
+
+        /// Component-wise reference: each glob component matches exactly one path component,
+        /// `**` any number of them.
+        fn components_match(glob: &[Option<Vec<Elem>>], path: &[Vec<char>]) -> bool {
+            match glob.split_first() {
+                None => path.is_empty(),
+                Some((None, rest)) => (0..=path.len()).any(|n| components_match(rest, &path[n..])),
+                Some((Some(es), rest)) => path
+                    .split_first()
+                    .is_some_and(|(p, prest)| elems_match(es, p) && components_match(rest, prest)),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4096))]
+            #[test]
+            fn compiled_glob_never_matches_extra_components_not_covered_by_double_star(
+                components in glob(),
+                choices in prop::collection::vec(any::<u8>(), 1..16),
+            ) {
+                let text = glob_text(&components);
+                let path = path_for(&components, &choices);
+                if let Ok(matcher) = compile_path_glob(&text) {
+                    if matcher.is_match(&path) {
+                        let path_components: Vec<Vec<char>> =
+                            path[1..].split('/').map(|c| c.chars().collect()).collect();
+                        prop_assert!(
+                            components_match(&components, &path_components),
+                            "glob {text} matches {path}, crossing '/' outside **"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -535,6 +977,59 @@ mod tests {
             verifier.verify_for_use(&genuine, &alice, &web1, 200),
             Err(GrantError::Expired { .. })
         ));
+    }
+
+    /// Issue 10, finding 11: a flipped byte in a token's claims returned a JSON parse error —
+    /// the altered claims were parsed before the signature was checked.
+    #[test]
+    fn any_altered_byte_of_a_tokens_payload_is_a_bad_signature() {
+        const B64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let key = SigningKey::generate().unwrap();
+        let verifier =
+            GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+        let web1 = Audience {
+            agent_id: "web-1".into(),
+            labels: vec![],
+        };
+        let alice_key = [0xab; 32];
+        let alice = crate::identity::Identity::for_tests("spiffe://t/user/alice", "t", alice_key);
+        let token = key.sign(&claims(&hex::encode(alice_key))).unwrap();
+        assert!(verifier.verify_on_receipt(&token, &web1, 150).is_ok());
+        assert!(verifier.verify_for_use(&token, &alice, &web1, 150).is_ok());
+        let start = "v4.public.".len();
+        let end = start + token[start..].find('.').unwrap();
+        for i in start..end {
+            let mut bytes = token.clone().into_bytes();
+            // Every position, to another base64url character: the payload still decodes, so
+            // only the signature can tell.
+            let at = B64URL.iter().position(|&c| c == bytes[i]).unwrap();
+            bytes[i] = B64URL[(at + 1) % B64URL.len()];
+            let altered = String::from_utf8(bytes).unwrap();
+            let on_receipt = verifier.verify_on_receipt(&altered, &web1, 150).map(|_| ());
+            let for_use = verifier
+                .verify_for_use(&altered, &alice, &web1, 150)
+                .map(|_| ());
+            for result in [on_receipt, for_use] {
+                match result {
+                    Err(GrantError::BadSignature) => {}
+                    other => panic!("byte {i} altered: {other:?}"),
+                }
+            }
+        }
+        // Any byte of the whole token, any low bit: refused, never a panic.
+        for i in 0..token.len() {
+            for mask in [0x01u8, 0x20] {
+                let mut bytes = token.clone().into_bytes();
+                bytes[i] ^= mask;
+                let Ok(altered) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                assert!(verifier.verify_on_receipt(&altered, &web1, 150).is_err());
+                assert!(verifier
+                    .verify_for_use(&altered, &alice, &web1, 150)
+                    .is_err());
+            }
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ enum Task {
     /// Install what the tests need (as root, from Debian's packages: clang and llvm, rsyslog and
     /// rsyslog-gnutls, gcc-multilib; cargo-fuzz from crates.io) and run every test, plus the
     /// formatting and clippy checks, the check that the committed eBPF objects match a rebuild
-    /// of their sources, and 60 s of the redaction engine's fuzz target.
+    /// of their sources, and the fuzz targets for a bounded time (see `FUZZ_TARGETS`).
     Test,
     /// Benchmarks (criterion and side-by-side runs), printed as rates and ratios; see
     /// docs/performance.md.
@@ -123,14 +123,25 @@ fn test() -> anyhow::Result<()> {
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("LOGGATE_BIN_DIR", target.join("debug")))?;
-    fuzz_redaction()
+    fuzz_targets()
 }
 
-/// Runs the redaction engine's fuzz target (`fuzz/`) for a bounded time, from its committed
-/// seed corpus; installs cargo-fuzz from crates.io when missing. cargo-fuzz passes nightly-only
-/// flags (`-Zsanitizer=address`); `RUSTC_BOOTSTRAP=1` lets the stable toolchain accept them.
-fn fuzz_redaction() -> anyhow::Result<()> {
-    const SECONDS: u32 = 60;
+/// The fuzz targets (`fuzz/fuzz_targets/`) and how long each runs in `cargo xtask test`:
+/// 2.5 minutes in all, after one shared build (with the `daemon-config` feature, which the
+/// `config` target needs; every build and run passes the same features so none rebuilds).
+const FUZZ_TARGETS: [(&str, u32); 4] = [
+    ("redact", 60),
+    ("grant_token", 30),
+    ("read_request", 30),
+    ("config", 30),
+];
+const FUZZ_FEATURES: &str = "daemon-config";
+
+/// Builds the fuzz targets (`fuzz/`) once and runs each for its bounded time from its
+/// committed seed corpus; installs cargo-fuzz from crates.io when missing. cargo-fuzz passes
+/// nightly-only flags (`-Zsanitizer=address`); `RUSTC_BOOTSTRAP=1` lets the stable toolchain
+/// accept them.
+fn fuzz_targets() -> anyhow::Result<()> {
     let installed = cargo()
         .args(["fuzz", "--version"])
         .output()
@@ -138,15 +149,28 @@ fn fuzz_redaction() -> anyhow::Result<()> {
     if !installed {
         run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    let mut cmd = cargo();
-    cmd.args(["fuzz", "run", "redact", "--"])
-        .arg(format!("-max_total_time={SECONDS}"))
-        .env("RUSTC_BOOTSTRAP", "1");
-    // libFuzzer is C++; clang++ is there when c++ is not (ebpf::ensure_tools installs clang).
-    if Command::new("c++").arg("--version").output().is_err() {
-        cmd.env("CXX", "clang++");
+    let fuzz = |args: &[&str]| {
+        let mut cmd = cargo();
+        cmd.arg("fuzz").args(args).env("RUSTC_BOOTSTRAP", "1");
+        // libFuzzer is C++; clang++ is there when c++ is not (ebpf::ensure_tools installs clang).
+        if Command::new("c++").arg("--version").output().is_err() {
+            cmd.env("CXX", "clang++");
+        }
+        cmd
+    };
+    run(&mut fuzz(&["build", "--features", FUZZ_FEATURES]))?;
+    for (target, seconds) in FUZZ_TARGETS {
+        let limit = format!("-max_total_time={seconds}");
+        run(&mut fuzz(&[
+            "run",
+            "--features",
+            FUZZ_FEATURES,
+            target,
+            "--",
+            &limit,
+        ]))?;
     }
-    run(&mut cmd)
+    Ok(())
 }
 
 /// Debian packages the SIEM tests need: rsyslog and its `gtls` network stream driver.
