@@ -151,13 +151,15 @@ pub struct Limits {
     pub max_pattern_bytes: usize,
     /// Size limit of a compiled grep pattern (bytes).
     pub max_regex_bytes: usize,
-    /// Lines longer than this are cut in line-based modes (grep, tail, time ranges).
+    /// Lines longer than this are cut in line-based modes (grep, tail, time ranges). It also
+    /// sets how complex a grep pattern may be: states × `max_line_bytes` ≤
+    /// `server::PATTERN_WORK_PER_LINE`, so that one line matches in well under a second.
     pub max_line_bytes: usize,
     /// Most lines `tail -n` may ask for.
     pub max_tail_lines: u64,
     /// Time one stream may spend matching its grep pattern; over it the stream ends
     /// (`budget_exceeded`) with an error saying so. Bounds the CPU a pathological pattern can
-    /// burn, together with `max_regex_bytes`.
+    /// burn, together with the per-line bound on the pattern's complexity.
     #[serde(deserialize_with = "duration")]
     pub grep_time_budget: Duration,
     /// How far before a `tail` start the agent looks for the `BEGIN`/`END` line that decides

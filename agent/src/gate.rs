@@ -31,7 +31,8 @@ pub enum DenialCode {
     PatternTooLong,
     /// A grep pattern that is not a valid regular expression.
     PatternInvalid,
-    /// A grep pattern whose compiled form exceeds `limits.max_regex_bytes`.
+    /// A grep pattern whose compiled form exceeds `limits.max_regex_bytes`, or whose
+    /// worst-case matching time on a `max_line_bytes` line is too long (`PATTERN_WORK_PER_LINE`).
     PatternTooComplex,
     NoGrant,
     GrantMalformed,

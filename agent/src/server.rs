@@ -276,8 +276,8 @@ impl AgentService {
     }
 
     /// The request's line selection (grep pattern, time range), or the refusal of a bad
-    /// argument. The pattern is bounded before it is compiled (length) and while compiling
-    /// (`max_regex_bytes`, which is what refuses pathological repetitions).
+    /// argument. The pattern is bounded before it is compiled (length), while compiling
+    /// (`max_regex_bytes`) and by its worst-case time per line ([`PATTERN_WORK_PER_LINE`]).
     fn selector(&self, req: &pb::ReadLogRequest) -> Result<LineSelector, Denial> {
         let limits = &self.shared.config.limits;
         let pattern = if req.mode == pb::ReadMode::Grep as i32 {
@@ -293,6 +293,52 @@ impl AgentService {
             limits.grep_time_budget,
         ))
     }
+}
+
+/// Worst-case matching work one grep pattern may cost on one line, in NFA-state × byte steps:
+/// a pattern is refused (`pattern_too_complex`) when [`pattern_cost_states`] × `max_line_bytes`
+/// exceeds it.
+///
+/// Why: a stream checks for its client leaving and its grant ending *between* lines, so the
+/// time one line takes to match is how late a cut can be (the "within 1 s" rule). The regex
+/// crate's lazy DFA is fast, but on patterns with large counted repetitions its cache thrashes
+/// and it falls back to the PikeVM, whose cost per byte grows with the number of NFA states
+/// active at once — at most the state count. Measured in a release build (regex 1.13,
+/// `PikeVM::is_match`, one 64 KiB line that keeps every state alive, 2 shared cores):
+/// ~8 ns per state-byte; `(?-u:[a-z]){0,2000}[^a-z]` (4,013 states) took 2.6–5 s per line
+/// through `Regex::is_match`. 2^24 state-bytes is 256 states at the default 64 KiB lines:
+/// ≈ 0.13 s per line in the worst case, well under the 1 s rule even on a loaded host, and far
+/// above what log searches need (`status=5\d\d` is 15 states, `(?i)error.*timeout \d+ms` 24,
+/// `\w+@\w+\.com` 14). Raising `max_line_bytes` lowers the states allowed in proportion.
+pub const PATTERN_WORK_PER_LINE: u64 = 1 << 24;
+
+/// The state count that bounds a pattern's matching cost: its Thompson NFA compiled with
+/// Unicode classes collapsed to their ASCII/byte form, as [`PATTERN_WORK_PER_LINE`] needs.
+///
+/// Why not the Unicode NFA's count: a Unicode class (`\w`, `.`) compiles to a UTF-8 trie of
+/// hundreds of states, of which only the few on one character's path are active at a byte;
+/// counting them all would refuse `user=\w+` (327 states) although it costs as little as
+/// `user=[a-z]+`. Measured: `(?s:.){0,200}\x00` on a line of `é` costs what its 406 byte-form
+/// states predict (0.14 s), not what its 1,806 Unicode states would. A pattern that needs
+/// Unicode explicitly (`\p{Greek}`, `(?u:…)`) cannot be compiled in byte form; it is counted with
+/// its Unicode states (conservative). `None`: no NFA within `max_regex_bytes`.
+fn pattern_cost_states(pattern: &str, max_regex_bytes: usize) -> Option<u64> {
+    use regex_automata::nfa::thompson::NFA;
+    use regex_automata::util::syntax;
+    let count = |unicode: bool| {
+        NFA::compiler()
+            .syntax(syntax::Config::new().utf8(false).unicode(unicode))
+            .configure(
+                NFA::config()
+                    .utf8(false)
+                    .shrink(false)
+                    .nfa_size_limit(Some(max_regex_bytes)),
+            )
+            .build(pattern)
+            .ok()
+            .and_then(|nfa| u64::try_from(nfa.states().len()).ok())
+    };
+    count(false).or_else(|| count(true))
 }
 
 /// Compiles a grep pattern within the configured limits; a refusal says which limit and what
@@ -316,7 +362,7 @@ fn compile_pattern(
             ),
         ));
     }
-    RegexBuilder::new(pattern)
+    let regex = RegexBuilder::new(pattern)
         .size_limit(limits.max_regex_bytes)
         .dfa_size_limit(limits.max_regex_bytes)
         .build()
@@ -335,7 +381,20 @@ fn compile_pattern(
                 let what = text.lines().last().unwrap_or_default().trim().to_string();
                 Denial::new(DenialCode::PatternInvalid, format!("grep pattern: {what}"))
             }
-        })
+        })?;
+    let line = u64::try_from(limits.max_line_bytes).unwrap_or(u64::MAX).max(1);
+    let allowed = PATTERN_WORK_PER_LINE / line;
+    match pattern_cost_states(pattern, limits.max_regex_bytes) {
+        Some(states) if states <= allowed => Ok(regex),
+        _ => Err(Denial::new(
+            DenialCode::PatternTooComplex,
+            format!(
+                "the grep pattern is too complex for this agent (one {line}-byte line could take \
+                 too long to match: at most {allowed} automaton states are allowed); use smaller \
+                 repetition counts or a simpler pattern"
+            ),
+        )),
+    }
 }
 
 #[tonic::async_trait]
@@ -526,6 +585,81 @@ mod tests {
             DenialCode::PatternTooComplex
         );
         assert!(compile_pattern(r"(?i)error.*timeout \d+ms", &Limits::default()).is_ok());
+    }
+
+    /// Issue #10 review: each of these compiled within `max_regex_bytes` and took 1.4–5 s on
+    /// one 64 KiB line in a release build (the lazy DFA gives up, the PikeVM visits every state at every byte), so
+    /// a stream checked between lines outlived its client, revocation and expiry by seconds.
+    #[test]
+    fn patterns_slower_than_a_second_per_max_line_are_refused_at_default_limits() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_line_bytes, 64 * 1024, "the defaults this test is about");
+        for slow in [
+            r"(?-u:[a-z]){0,2000}[^a-z]",
+            r"(?s-u:.){0,2000}[\x80-\xff]",
+            r"(?-u:.){0,1000}\x00",
+            r"(?s-u:.){0,800}\x00",
+        ] {
+            let denial = compile_pattern(slow, &limits).expect_err(slow);
+            assert_eq!(denial.code, DenialCode::PatternTooComplex, "{slow}");
+            assert!(
+                denial.message.contains("too complex") && denial.message.contains("simpler"),
+                "{}",
+                denial.message
+            );
+        }
+        for ordinary in [
+            r"status=5\d\d",
+            r"user=\w+",
+            r"timeout|refused",
+            r"(?i)error.*db",
+            r"\w+@\w+\.com",
+            r"\p{Greek}+",
+            r"\b(GET|POST) /api/v\d+/\S+ 5\d\d\b",
+            r"(?s-u:.){0,100}\x00",
+        ] {
+            assert!(compile_pattern(ordinary, &limits).is_ok(), "{ordinary}");
+        }
+    }
+
+    /// The worst pattern accepted at the default limits really matches one 64 KiB line in well
+    /// under a second, also through the PikeVM the lazy DFA falls back to. In a debug build the
+    /// regex engine is ~10× slower than in release, so the bound asserted here is loose.
+    #[test]
+    fn worst_accepted_pattern_matches_a_max_length_line_promptly() {
+        use regex_automata::nfa::thompson::{pikevm::PikeVM, NFA};
+        use regex_automata::util::syntax;
+        let limits = Limits::default();
+        let allowed = PATTERN_WORK_PER_LINE / limits.max_line_bytes as u64;
+        // The largest `(?s-u:.){0,n}\x00` accepted: every state is live on a line without NUL.
+        let n = (1..1000)
+            .take_while(|n| compile_pattern(&format!(r"(?s-u:.){{0,{n}}}\x00"), &limits).is_ok())
+            .last()
+            .expect("small repetitions are accepted");
+        let worst = format!(r"(?s-u:.){{0,{n}}}\x00");
+        let states = pattern_cost_states(&worst, limits.max_regex_bytes).expect("compiles");
+        assert!(states <= allowed && states + 2 > allowed, "{n}: {states} of {allowed}");
+        let line = vec![b'a'; limits.max_line_bytes];
+        let vm = PikeVM::builder()
+            .syntax(syntax::Config::new().utf8(false))
+            .thompson(NFA::config().utf8(false))
+            .build(&worst)
+            .expect("compiles");
+        let mut cache = vm.create_cache();
+        let started = Instant::now();
+        assert!(!vm.is_match(&mut cache, line.as_slice()));
+        let pikevm = started.elapsed();
+        let started = Instant::now();
+        assert!(!compile_pattern(&worst, &limits)
+            .expect("accepted")
+            .is_match(&line));
+        let regex = started.elapsed();
+        let bound = if cfg!(debug_assertions) {
+            std::time::Duration::from_secs(10)
+        } else {
+            std::time::Duration::from_millis(500)
+        };
+        assert!(pikevm < bound && regex < bound, "{pikevm:?} {regex:?}");
     }
 
     #[test]

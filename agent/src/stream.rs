@@ -7,8 +7,9 @@
 //! whether the grant expired or was revoked, and whether the client is still there; a stream
 //! that produces no output (a grep that matches nothing) is cut as promptly as one that does.
 //! A cut grant ends the stream with `ABORTED` and a sentence saying why. That is the "cut
-//! within 1 s" rule; what bounds it is the time one line takes to match, which
-//! `max_regex_bytes` bounds. The time spent matching a grep pattern is budgeted per stream
+//! within 1 s" rule; what bounds it is the time one line takes to match, which the pattern
+//! check at request time bounds (`server::PATTERN_WORK_PER_LINE`: automaton states ×
+//! `max_line_bytes`). The time spent matching a grep pattern is budgeted per stream
 //! (`grep_time_budget`).
 
 use crate::gate::Profile;
