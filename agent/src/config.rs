@@ -164,7 +164,8 @@ pub struct Limits {
     pub grep_time_budget: Duration,
     /// How far before a `tail` start the agent looks for the `BEGIN`/`END` line that decides
     /// whether the start lies inside a private-key block; with none found that far back the
-    /// start is treated as inside one (fail closed: nothing is served until an `END` line).
+    /// start is taken as outside any block (a key block is shorter than the look-back: see
+    /// `stream::prime`) and `read.finished` says `key_lookback_exhausted`.
     pub tail_key_lookback_bytes: u64,
     /// `read.denied` records one subject or one source address may cause per
     /// `audit_denial_window`; the ones over are counted and summarised, not written one by one

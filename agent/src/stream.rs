@@ -312,7 +312,8 @@ pub struct Finished {
     /// Time spent matching the grep pattern.
     pub pattern_time: Duration,
     /// No private-key marker was found within the look-back limit before a `tail` start, so
-    /// the start was treated as inside a key block (fail closed).
+    /// the start was taken as outside any key block (a key block is shorter than the
+    /// look-back; see [`prime`]).
     pub key_lookback_exhausted: bool,
 }
 
