@@ -82,6 +82,8 @@ pub struct Shared {
     pub grants: GrantStore,
     audit_log: SharedAuditLog,
     slots: server::StreamSlots,
+    /// The agent-wide cap on grep streams and each subject's grep time.
+    grep: stream::GrepLimits,
 }
 
 impl Shared {
@@ -186,12 +188,16 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
     let shared = Arc::new(Shared {
-        config,
         verifier,
         audience,
         grants: loaded.store,
         audit_log,
         slots: server::StreamSlots::default(),
+        grep: stream::GrepLimits::new(
+            config.limits.grep_streams(),
+            Duration::from_secs(config.limits.grep_seconds_per_subject_per_minute.into()),
+        ),
+        config,
     });
 
     tokio::spawn(watch::run(shared.clone()));

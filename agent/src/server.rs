@@ -128,6 +128,18 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// Whole seconds until a bucket holding `left` seconds holds a tenth of `per_minute` again,
+/// what a new grep needs (it refills at `per_minute` seconds per minute).
+fn seconds_to_refill(left: f64, per_minute: u32) -> u64 {
+    let per_minute = f64::from(per_minute.max(1));
+    let seconds = ((per_minute / 10.0 - left) / (per_minute / 60.0)).ceil();
+    if seconds.is_finite() && seconds > 0.0 {
+        seconds.min(3600.0) as u64
+    } else {
+        1
+    }
+}
+
 /// Counts open streams per subject; a slot is released when its guard drops.
 #[derive(Default)]
 pub struct StreamSlots {
@@ -452,6 +464,45 @@ impl Agent for AgentService {
                 grant_id: Some(authorized.grant.id().to_string()),
             }));
         };
+        // Grep: the subject's matching time across its streams, and the agent-wide cap.
+        let (selector, grep_place) = if mode == pb::ReadMode::Grep {
+            let grep = &self.shared.grep;
+            // A new grep needs a tenth of the bucket: one that starts on a few milliseconds
+            // would only overdraw it again.
+            let left = grep.left(reader.spiffe_id());
+            let per_minute = f64::from(limits.grep_seconds_per_subject_per_minute);
+            if left < per_minute / 10.0 {
+                return Err(refuse(Denial {
+                    code: DenialCode::GrepBudgetSpent,
+                    message: format!(
+                        "you used up your grep time on agent {} ({} s of matching per minute \
+                         across your streams); try again in {} s, or use a simpler pattern or a \
+                         narrower time range (--since/--until)",
+                        self.shared.config.id,
+                        limits.grep_seconds_per_subject_per_minute,
+                        seconds_to_refill(left, limits.grep_seconds_per_subject_per_minute)
+                    ),
+                    grant_id: Some(authorized.grant.id().to_string()),
+                }));
+            }
+            let Some(place) = grep.start() else {
+                return Err(refuse(Denial {
+                    code: DenialCode::GrepStreamsBusy,
+                    message: format!(
+                        "agent {} is already running its limit of {} grep streams; try again \
+                         in a few seconds",
+                        self.shared.config.id,
+                        grep.max_streams()
+                    ),
+                    grant_id: Some(authorized.grant.id().to_string()),
+                }));
+            };
+            let charge =
+                stream::SubjectCharge::new(grep.buckets.clone(), reader.spiffe_id().to_string());
+            (selector.charging(charge), Some(place))
+        } else {
+            (selector, None)
+        };
         let grant = authorized.grant;
         let file = authorized.file;
         let path = file.path.display().to_string();
@@ -531,6 +582,7 @@ impl Agent for AgentService {
         let key_sha256 = reader.key_sha256_hex();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            let _grep_place = grep_place;
             let started = Instant::now();
             let finished = stream::run(plan, tx, last_tx, &watch);
             let reason = finished.reason;
