@@ -424,14 +424,28 @@ fn revoking_the_grant_ends_a_grep_that_matches_nothing_within_a_second() -> anyh
 #[test]
 fn expiry_ends_a_grep_that_matches_nothing_within_a_second() -> anyhow::Result<()> {
     let (f, slow) = slow_grep_fixture("")?;
-    let id = f.grant("alice", "5s")?;
+    // Long enough for the grant to arrive and the grep to be matching on a loaded 2-core CI
+    // before it expires; the grep must still be running at a known time before the expiry.
+    let id = f.grant("alice", "10s")?;
     let list = f.cluster.run_cli("alice", &["grant", "list", "--json"])?;
     let grants: serde_json::Value = serde_json::from_slice(&list.stdout)?;
     let not_after = grants[0]["not_after"].as_i64().unwrap_or_default() as f64;
+    let unix_now = || -> anyhow::Result<f64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64())
+    };
     let mut child = start_slow_grep(&f, &slow)?;
-    wait_exit(&mut child, Duration::from_secs(10))?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let late = now.as_secs_f64() - not_after;
+    let before = not_after - unix_now()?;
+    assert!(
+        before >= 1.0,
+        "the grep started only {before:.2}s before expiry; the test cannot tell a cut from a \
+         late start"
+    );
+    assert!(child.try_wait()?.is_none(), "the grep ended before its grant did");
+    // Wait on a known time: the grant's end (and then at most the allowed lateness).
+    wait_exit(&mut child, Duration::from_secs_f64(before + 5.0))?;
+    let late = unix_now()? - not_after;
     eprintln!("grant expired: the grep's client exited {late:.2}s after not_after");
     let out = child.wait_with_output()?;
     let stderr = text(&out).1;
