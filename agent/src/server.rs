@@ -25,16 +25,114 @@ use tonic::{Request, Response, Status};
 
 pub struct AgentService {
     shared: Arc<Shared>,
-    /// The audit budget of `read.denied` records, per reader (per address for non-readers).
-    denials: Arc<ReportBudget<DenialSource>>,
+    /// The audit budget of `read.denied` records, per reader (per address prefix for
+    /// non-readers).
+    denials: Arc<DenialBudgets>,
 }
 
-/// Whom a denial record is charged to: the reader (a verified identity), or the address the
-/// request came from when the caller is not a reader (see [`AgentService::deny`]).
+/// Whom a denial record is charged to: the reader (a verified identity), or the address prefix
+/// the request came from when the caller is not a reader (see [`AgentService::deny`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DenialSource {
     Subject(String),
-    Address(IpAddr),
+    /// The caller's /24 (IPv4) or /64 (IPv6): one host, or one attacker, usually holds a whole
+    /// prefix, so counting single addresses would give it thousands of budgets.
+    Address(AddressPrefix),
+}
+
+/// An address cut to its /24 (IPv4, also when mapped into IPv6) or /64 (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressPrefix(IpAddr);
+
+impl AddressPrefix {
+    pub fn of(ip: IpAddr) -> AddressPrefix {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        AddressPrefix(match ip {
+            IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        })
+    }
+
+    /// The prefix's first address (the summary record's `peer`, `ip:0`).
+    pub fn ip(self) -> IpAddr {
+        self.0
+    }
+}
+
+impl std::fmt::Display for AddressPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}/24"),
+            IpAddr::V6(a) => write!(f, "{a}/64"),
+        }
+    }
+}
+
+/// The denial budgets: verified subjects and address prefixes in separate tables, so that
+/// callers without a user certificate, however many prefixes they come from, never evict a
+/// subject's entry (whose summary would then lose its name) nor share its budget.
+pub struct DenialBudgets {
+    subjects: ReportBudget<String>,
+    addresses: ReportBudget<AddressPrefix>,
+}
+
+impl DenialBudgets {
+    pub fn new(policy: BudgetPolicy) -> Self {
+        DenialBudgets {
+            subjects: ReportBudget::new(policy),
+            addresses: ReportBudget::new(policy),
+        }
+    }
+
+    pub fn policy(&self) -> BudgetPolicy {
+        self.subjects.policy()
+    }
+
+    /// Whether a denial record charged to `source` may be written (see [`ReportBudget`]); a
+    /// record with no source at all (no identity, no address) is always written.
+    pub fn admit(&self, source: Option<&DenialSource>) -> Admission {
+        match source {
+            Some(DenialSource::Subject(s)) => self.subjects.admit(std::slice::from_ref(s)),
+            Some(DenialSource::Address(a)) => self.addresses.admit(&[*a]),
+            None => Admission::Write {
+                suppressed_before: 0,
+            },
+        }
+    }
+
+    /// The summaries due, subjects' first. A summary without a source is one of the
+    /// address table's (the counts of prefixes evicted beyond its bound).
+    pub fn take_summaries(&self) -> Vec<Summary<DenialSource>> {
+        let subjects = self.subjects.take_summaries().into_iter().map(|s| Summary {
+            source: s.source.map(DenialSource::Subject),
+            left_out: s.left_out,
+        });
+        let addresses = self.addresses.take_summaries().into_iter().map(|s| Summary {
+            source: s.source.map(DenialSource::Address),
+            left_out: s.left_out,
+        });
+        subjects.chain(addresses).collect()
+    }
+}
+
+/// Writes the summaries of denial records left out by the budget; the agent calls
+/// [`DenialSummaries::write_pending`] before `agent.stopped`, so that none is lost at shutdown.
+pub struct DenialSummaries {
+    shared: Arc<Shared>,
+    budgets: Arc<DenialBudgets>,
+}
+
+impl DenialSummaries {
+    /// Writes a summary record for every source with records left out since the last ones.
+    pub fn write_pending(&self) {
+        let policy = self.budgets.policy();
+        for summary in self.budgets.take_summaries() {
+            write_summary(&self.shared, &policy, summary);
+        }
+    }
 }
 
 /// The longest requested path a denial record keeps, and the longest reason (the caller
@@ -47,23 +145,32 @@ impl AgentService {
     /// `limits.audit_denial_window`, the summaries of the denial records left out.
     pub fn new(shared: Arc<Shared>) -> Self {
         let limits = &shared.config.limits;
-        let denials = Arc::new(ReportBudget::new(BudgetPolicy {
+        let denials = Arc::new(DenialBudgets::new(BudgetPolicy {
             per_window: limits.audit_denials_per_window,
             window: limits.audit_denial_window,
             ..BudgetPolicy::default()
         }));
-        let (budget, writer) = (denials.clone(), shared.clone());
+        let summaries = DenialSummaries {
+            shared: shared.clone(),
+            budgets: denials.clone(),
+        };
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(budget.policy().window);
+            let mut tick = tokio::time::interval(summaries.budgets.policy().window);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                for summary in budget.take_summaries() {
-                    write_summary(&writer, &budget.policy(), summary);
-                }
+                summaries.write_pending();
             }
         });
         Self { shared, denials }
+    }
+
+    /// What writes the pending denial summaries; the agent calls it at shutdown.
+    pub fn summaries(&self) -> DenialSummaries {
+        DenialSummaries {
+            shared: self.shared.clone(),
+            budgets: self.denials.clone(),
+        }
     }
 }
 
@@ -72,14 +179,14 @@ impl AgentService {
 fn write_summary(shared: &Shared, policy: &BudgetPolicy, summary: Summary<DenialSource>) {
     let (subject, address) = match &summary.source {
         Some(DenialSource::Subject(s)) => (Some(s.clone()), None),
-        // `ip:0`: the address without a port, in the shape `peer` always has.
-        Some(DenialSource::Address(a)) => (None, Some(SocketAddr::new(*a, 0).to_string())),
+        // `ip:0`: the prefix's first address without a port, in the shape `peer` always has.
+        Some(DenialSource::Address(a)) => (None, Some(SocketAddr::new(a.ip(), 0).to_string())),
         None => (None, None),
     };
     let whose = match &summary.source {
         Some(DenialSource::Subject(s)) => format!("of {s}"),
         Some(DenialSource::Address(a)) => format!("from {a}"),
-        None => "from sources beyond the tracked limit".to_string(),
+        None => "from address prefixes beyond the tracked limit".to_string(),
     };
     let reason = format!(
         "{} denied requests {whose} over the audit budget of {} per {} were not recorded one by one",
@@ -246,10 +353,10 @@ impl AgentService {
         // everyone behind the same bastion or NAT.
         let source = match (reader, peer) {
             (Some(r), _) => Some(DenialSource::Subject(r.spiffe_id().to_string())),
-            (None, Some(p)) => Some(DenialSource::Address(p.ip())),
+            (None, Some(p)) => Some(DenialSource::Address(AddressPrefix::of(p.ip()))),
             (None, None) => None,
         };
-        if let Admission::Write { suppressed_before } = self.denials.admit(source.as_slice()) {
+        if let Admission::Write { suppressed_before } = self.denials.admit(source.as_ref()) {
             let kept = cut(path, AUDIT_PATH_BYTES);
             let audited = self.shared.audit(&events::ReadDenied {
                 subject: reader.map(|r| r.spiffe_id().to_string()),
@@ -712,6 +819,52 @@ mod tests {
             std::time::Duration::from_millis(500)
         };
         assert!(pikevm < bound && regex < bound, "{pikevm:?} {regex:?}");
+    }
+
+    #[test]
+    fn addresses_are_budgeted_per_24_and_per_64() {
+        let p = |a: &str| AddressPrefix::of(a.parse().expect("address"));
+        assert_eq!(p("10.1.2.3"), p("10.1.2.250"));
+        assert_ne!(p("10.1.2.3"), p("10.1.3.3"));
+        assert_eq!(p("::ffff:10.1.2.3"), p("10.1.2.9"), "mapped IPv4 is IPv4");
+        assert_eq!(p("2001:db8:0:1::1"), p("2001:db8:0:1:ffff::2"));
+        assert_ne!(p("2001:db8:0:1::1"), p("2001:db8:0:2::1"));
+        assert_eq!(p("10.1.2.3").to_string(), "10.1.2.0/24");
+        assert_eq!(p("2001:db8:0:1::1").to_string(), "2001:db8:0:1::/64");
+    }
+
+    /// Issue #10 review: 4,096 addresses filled the one table and a real user's denials were
+    /// then summarised with a null subject. Subjects have their own table.
+    #[test]
+    fn an_address_flood_never_takes_a_subjects_summary_its_name() {
+        let budgets = DenialBudgets::new(BudgetPolicy {
+            per_window: 1,
+            ..BudgetPolicy::default()
+        });
+        let max = BudgetPolicy::default().max_sources as u32;
+        for i in 0..(max + 100) {
+            let ip = IpAddr::V4((0x0a00_0000 + (i << 8)).into());
+            let source = DenialSource::Address(AddressPrefix::of(ip));
+            budgets.admit(Some(&source));
+            budgets.admit(Some(&source));
+        }
+        let alice = DenialSource::Subject("spiffe://loggate.local/user/alice".into());
+        for _ in 0..5 {
+            budgets.admit(Some(&alice));
+        }
+        let summaries = budgets.take_summaries();
+        let of_alice: Vec<_> = summaries
+            .iter()
+            .filter(|s| s.source.as_ref() == Some(&alice))
+            .collect();
+        assert_eq!(of_alice.len(), 1, "{of_alice:?}");
+        assert_eq!(of_alice[0].left_out, 4);
+        let addresses: u64 = summaries
+            .iter()
+            .filter(|s| !matches!(s.source, Some(DenialSource::Subject(_))))
+            .map(|s| s.left_out)
+            .sum();
+        assert_eq!(u64::from(max + 100), addresses, "every address denial counted once");
     }
 
     #[test]

@@ -558,6 +558,42 @@ async fn denied_reads(f: &Fixture, user: &str, path: &str, times: usize) -> anyh
     Ok(())
 }
 
+/// Issue #10 review: summaries waited for the window's tick, so the ones pending when the agent
+/// stopped were lost. They are written before `agent.stopped`.
+#[tokio::test(flavor = "multi_thread")]
+async fn denial_summaries_pending_at_shutdown_are_written_before_agent_stopped(
+) -> anyhow::Result<()> {
+    let mut f = tokio::task::spawn_blocking(|| {
+        Fixture::start_with("[limits]\naudit_denials_per_window = 2\naudit_denial_window = \"1h\"")
+    })
+    .await??;
+    denied_reads(&f, "bob", "/nope/secret.log", 10).await?;
+    let f = tokio::task::spawn_blocking(move || {
+        f.cluster.stop_agent("web-1");
+        f
+    })
+    .await?;
+    let records: Vec<_> = f
+        .cluster
+        .agent_audit_raw("web-1")
+        .iter()
+        .map(loggate_tests::flat_audit_record)
+        .collect();
+    let stopped = records
+        .iter()
+        .position(|e| e["event"] == "agent.stopped")
+        .expect("agent.stopped recorded");
+    let bob = "spiffe://loggate.local/user/bob";
+    let summary = records
+        .iter()
+        .position(|e| e["reason_code"] == "suppressed" && e["subject"] == bob)
+        .expect("a summary of bob's left-out denials");
+    assert!(summary < stopped, "summary after agent.stopped");
+    assert_eq!(records[summary]["suppressed_before"], 8, "{}", records[summary]);
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_denials_writes_bounded_records_and_a_summary() -> anyhow::Result<()> {
     let f = tokio::task::spawn_blocking(|| {
