@@ -110,10 +110,14 @@ impl DenialBudgets {
             source: s.source.map(DenialSource::Subject),
             left_out: s.left_out,
         });
-        let addresses = self.addresses.take_summaries().into_iter().map(|s| Summary {
-            source: s.source.map(DenialSource::Address),
-            left_out: s.left_out,
-        });
+        let addresses = self
+            .addresses
+            .take_summaries()
+            .into_iter()
+            .map(|s| Summary {
+                source: s.source.map(DenialSource::Address),
+                left_out: s.left_out,
+            });
         subjects.chain(addresses).collect()
     }
 }
@@ -501,7 +505,9 @@ fn compile_pattern(
                 Denial::new(DenialCode::PatternInvalid, format!("grep pattern: {what}"))
             }
         })?;
-    let line = u64::try_from(limits.max_line_bytes).unwrap_or(u64::MAX).max(1);
+    let line = u64::try_from(limits.max_line_bytes)
+        .unwrap_or(u64::MAX)
+        .max(1);
     let allowed = PATTERN_WORK_PER_LINE / line;
     match pattern_cost_states(pattern, limits.max_regex_bytes) {
         Some(states) if states <= allowed => Ok(regex),
@@ -752,7 +758,11 @@ mod tests {
     #[test]
     fn patterns_slower_than_a_second_per_max_line_are_refused_at_default_limits() {
         let limits = Limits::default();
-        assert_eq!(limits.max_line_bytes, 64 * 1024, "the defaults this test is about");
+        assert_eq!(
+            limits.max_line_bytes,
+            64 * 1024,
+            "the defaults this test is about"
+        );
         for slow in [
             r"(?-u:[a-z]){0,2000}[^a-z]",
             r"(?s-u:.){0,2000}[\x80-\xff]",
@@ -797,7 +807,10 @@ mod tests {
             .expect("small repetitions are accepted");
         let worst = format!(r"(?s-u:.){{0,{n}}}\x00");
         let states = pattern_cost_states(&worst, limits.max_regex_bytes).expect("compiles");
-        assert!(states <= allowed && states + 2 > allowed, "{n}: {states} of {allowed}");
+        assert!(
+            states <= allowed && states + 2 > allowed,
+            "{n}: {states} of {allowed}"
+        );
         let line = vec![b'a'; limits.max_line_bytes];
         let vm = PikeVM::builder()
             .syntax(syntax::Config::new().utf8(false))
@@ -864,7 +877,11 @@ mod tests {
             .filter(|s| !matches!(s.source, Some(DenialSource::Subject(_))))
             .map(|s| s.left_out)
             .sum();
-        assert_eq!(u64::from(max + 100), addresses, "every address denial counted once");
+        assert_eq!(
+            u64::from(max + 100),
+            addresses,
+            "every address denial counted once"
+        );
     }
 
     #[test]

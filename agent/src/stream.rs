@@ -737,7 +737,11 @@ mod tests {
         // Two streams of alice spend 20 s each: the second overdraws the bucket.
         assert!(b.charge_at("alice", Duration::from_secs(20), t0) > 0.0);
         assert!(b.charge_at("alice", Duration::from_secs(20), t0) <= 0.0);
-        assert_eq!(b.charge_at("bob", Duration::ZERO, t0), 30.0, "bob has his own");
+        assert_eq!(
+            b.charge_at("bob", Duration::ZERO, t0),
+            30.0,
+            "bob has his own"
+        );
         // Half a minute later half the rate has come back: -10 + 15.
         let left = b.charge_at("alice", Duration::ZERO, t0 + Duration::from_secs(30));
         assert!((left - 5.0).abs() < 1e-6, "{left}");

@@ -589,7 +589,11 @@ async fn denial_summaries_pending_at_shutdown_are_written_before_agent_stopped(
         .position(|e| e["reason_code"] == "suppressed" && e["subject"] == bob)
         .expect("a summary of bob's left-out denials");
     assert!(summary < stopped, "summary after agent.stopped");
-    assert_eq!(records[summary]["suppressed_before"], 8, "{}", records[summary]);
+    assert_eq!(
+        records[summary]["suppressed_before"], 8,
+        "{}",
+        records[summary]
+    );
     tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }

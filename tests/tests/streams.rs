@@ -442,7 +442,10 @@ fn expiry_ends_a_grep_that_matches_nothing_within_a_second() -> anyhow::Result<(
         "the grep started only {before:.2}s before expiry; the test cannot tell a cut from a \
          late start"
     );
-    assert!(child.try_wait()?.is_none(), "the grep ended before its grant did");
+    assert!(
+        child.try_wait()?.is_none(),
+        "the grep ended before its grant did"
+    );
     // Wait on a known time: the grant's end (and then at most the allowed lateness).
     wait_exit(&mut child, Duration::from_secs_f64(before + 5.0))?;
     let late = unix_now()? - not_after;
@@ -523,7 +526,9 @@ fn a_subjects_grep_time_across_streams_is_budgeted_and_then_refused() -> anyhow:
             e["event"] == "read.denied" && e["reason_code"] == "grep_budget_spent"
         })?;
     assert!(
-        denied["subject"].as_str().is_some_and(|s| s.contains("alice")),
+        denied["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("alice")),
         "{denied}"
     );
     // Other modes are not charged: a cat goes through.

@@ -319,7 +319,11 @@ mod tests {
         assert!(matches!(b.admit_at(&["b"], t1), Admission::Write { .. }));
         // The table is full: "c" takes the place of "a", the oldest, whose count is kept.
         assert!(matches!(b.admit_at(&["c"], t1), Admission::Write { .. }));
-        assert_eq!(b.admit_at(&["c"], t1), Admission::Suppressed, "c's own budget");
+        assert_eq!(
+            b.admit_at(&["c"], t1),
+            Admission::Suppressed,
+            "c's own budget"
+        );
         assert_eq!(b.state.lock().expect("lock").sources.len(), 2);
         let mut s = b.take_summaries_at(t1);
         s.sort_by_key(|s| s.source);
@@ -354,7 +358,11 @@ mod tests {
         }
         let s = b.take_summaries_at(t0 + Duration::from_secs(1));
         assert!(s.len() <= 2 + 2 + 1, "{s:?}");
-        assert_eq!(s.iter().map(|s| s.left_out).sum::<u64>(), 10, "each counted once");
+        assert_eq!(
+            s.iter().map(|s| s.left_out).sum::<u64>(),
+            10,
+            "each counted once"
+        );
         assert!(s.iter().any(|s| s.source.is_none()));
     }
 }
