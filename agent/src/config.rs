@@ -151,18 +151,30 @@ pub struct Limits {
     pub max_pattern_bytes: usize,
     /// Size limit of a compiled grep pattern (bytes).
     pub max_regex_bytes: usize,
-    /// Lines longer than this are cut in line-based modes (grep, tail, time ranges).
+    /// Lines longer than this are cut in line-based modes (grep, tail, time ranges). It also
+    /// sets how complex a grep pattern may be: states × `max_line_bytes` ≤
+    /// `server::PATTERN_WORK_PER_LINE`, so that one line matches in well under a second.
     pub max_line_bytes: usize,
     /// Most lines `tail -n` may ask for.
     pub max_tail_lines: u64,
     /// Time one stream may spend matching its grep pattern; over it the stream ends
     /// (`budget_exceeded`) with an error saying so. Bounds the CPU a pathological pattern can
-    /// burn, together with `max_regex_bytes`.
+    /// burn, together with the per-line bound on the pattern's complexity.
     #[serde(deserialize_with = "duration")]
     pub grep_time_budget: Duration,
+    /// Matching time one subject may spend across all its grep streams, per minute (a token
+    /// bucket of that size refilled at that rate): with it spent, running greps are cut, and
+    /// new ones are refused (`grep_budget_spent`) until a tenth of it is back. Without it, streams re-requested as their
+    /// own budget runs out keep `max_streams_per_subject` cores busy for ever.
+    pub grep_seconds_per_subject_per_minute: u32,
+    /// Grep streams the agent runs at once, all subjects together; more are refused
+    /// (`grep_streams_busy`). Default: half the CPUs (at least 1), so that greps never take
+    /// every core from the services whose logs they read.
+    pub max_grep_streams: Option<usize>,
     /// How far before a `tail` start the agent looks for the `BEGIN`/`END` line that decides
     /// whether the start lies inside a private-key block; with none found that far back the
-    /// start is treated as inside one (fail closed: nothing is served until an `END` line).
+    /// start is taken as outside any block (a key block is shorter than the look-back: see
+    /// `stream::prime`) and `read.finished` says `key_lookback_exhausted`.
     pub tail_key_lookback_bytes: u64,
     /// `read.denied` records one subject or one source address may cause per
     /// `audit_denial_window`; the ones over are counted and summarised, not written one by one
@@ -179,6 +191,16 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
         .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
 }
 
+impl Limits {
+    /// `max_grep_streams`, or its default: half the CPUs, at least one.
+    pub fn grep_streams(&self) -> usize {
+        self.max_grep_streams.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cpus / 2).max(1)
+        })
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -189,6 +211,8 @@ impl Default for Limits {
             max_line_bytes: 64 * 1024,
             max_tail_lines: 100_000,
             grep_time_budget: Duration::from_secs(30),
+            grep_seconds_per_subject_per_minute: 30,
+            max_grep_streams: None,
             tail_key_lookback_bytes: 16 << 20,
             audit_denials_per_window: 60,
             audit_denial_window: Duration::from_secs(60),
@@ -296,6 +320,9 @@ fn check_limits(l: &Limits) -> anyhow::Result<()> {
         bail!(
             "limits: max_streams_per_subject ≥ 1, max_request_bytes ≥ 1024, max_line_bytes ≥ 256"
         );
+    }
+    if l.grep_seconds_per_subject_per_minute == 0 || l.max_grep_streams == Some(0) {
+        bail!("limits: grep_seconds_per_subject_per_minute ≥ 1 and max_grep_streams ≥ 1");
     }
     if l.grep_time_budget < Duration::from_millis(100) || l.tail_key_lookback_bytes < 64 * 1024 {
         bail!("limits: grep_time_budget ≥ 100ms and tail_key_lookback_bytes ≥ 65536");

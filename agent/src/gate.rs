@@ -31,7 +31,8 @@ pub enum DenialCode {
     PatternTooLong,
     /// A grep pattern that is not a valid regular expression.
     PatternInvalid,
-    /// A grep pattern whose compiled form exceeds `limits.max_regex_bytes`.
+    /// A grep pattern whose compiled form exceeds `limits.max_regex_bytes`, or whose
+    /// worst-case matching time on a `max_line_bytes` line is too long (`PATTERN_WORK_PER_LINE`).
     PatternTooComplex,
     NoGrant,
     GrantMalformed,
@@ -57,6 +58,11 @@ pub enum DenialCode {
     PathIoError,
     /// The reader already holds `limits.max_streams_per_subject` streams.
     TooManyStreams,
+    /// The reader's grep time across streams (`limits.grep_seconds_per_subject_per_minute`)
+    /// is spent for now.
+    GrepBudgetSpent,
+    /// The agent already runs `limits.max_grep_streams` grep streams.
+    GrepStreamsBusy,
     /// Not a check: the summary of denial records left out by the audit budget.
     Suppressed,
 }
@@ -71,6 +77,8 @@ impl DenialCode {
             DenialCode::PatternTooLong => "pattern_too_long",
             DenialCode::PatternInvalid => "pattern_invalid",
             DenialCode::PatternTooComplex => "pattern_too_complex",
+            DenialCode::GrepBudgetSpent => "grep_budget_spent",
+            DenialCode::GrepStreamsBusy => "grep_streams_busy",
             DenialCode::NoGrant => "no_grant",
             DenialCode::GrantMalformed => "grant_malformed",
             DenialCode::GrantUnknownKey => "grant_unknown_key",

@@ -82,6 +82,8 @@ pub struct Shared {
     pub grants: GrantStore,
     audit_log: SharedAuditLog,
     slots: server::StreamSlots,
+    /// The agent-wide cap on grep streams and each subject's grep time.
+    grep: stream::GrepLimits,
 }
 
 impl Shared {
@@ -186,12 +188,16 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
     let shared = Arc::new(Shared {
-        config,
         verifier,
         audience,
         grants: loaded.store,
         audit_log,
         slots: server::StreamSlots::default(),
+        grep: stream::GrepLimits::new(
+            config.limits.grep_streams(),
+            Duration::from_secs(config.limits.grep_seconds_per_subject_per_minute.into()),
+        ),
+        config,
     });
 
     tokio::spawn(watch::run(shared.clone()));
@@ -213,15 +219,16 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     )
     .context("TLS configuration")?;
     eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
+    let service = server::AgentService::new(shared.clone());
+    let denial_summaries = service.summaries();
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .add_service(
-            AgentServer::new(server::AgentService::new(shared.clone()))
-                .max_decoding_message_size(max_request),
-        )
+        .add_service(AgentServer::new(service).max_decoding_message_size(max_request))
         .serve_with_incoming_shutdown(incoming, loggate_core::shutdown::signal())
         .await
         .with_context(|| format!("agent server on {listen}"))?;
+    // Denial records left out by the budget are summarised now, not lost with the process.
+    tokio::task::block_in_place(|| denial_summaries.write_pending());
     shared.audit(&events::AgentStopped {
         agent_id: shared.config.id.clone(),
     })?;

@@ -25,16 +25,118 @@ use tonic::{Request, Response, Status};
 
 pub struct AgentService {
     shared: Arc<Shared>,
-    /// The audit budget of `read.denied` records, per reader (per address for non-readers).
-    denials: Arc<ReportBudget<DenialSource>>,
+    /// The audit budget of `read.denied` records, per reader (per address prefix for
+    /// non-readers).
+    denials: Arc<DenialBudgets>,
 }
 
-/// Whom a denial record is charged to: the reader (a verified identity), or the address the
-/// request came from when the caller is not a reader (see [`AgentService::deny`]).
+/// Whom a denial record is charged to: the reader (a verified identity), or the address prefix
+/// the request came from when the caller is not a reader (see [`AgentService::deny`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum DenialSource {
     Subject(String),
-    Address(IpAddr),
+    /// The caller's /24 (IPv4) or /64 (IPv6): one host, or one attacker, usually holds a whole
+    /// prefix, so counting single addresses would give it thousands of budgets.
+    Address(AddressPrefix),
+}
+
+/// An address cut to its /24 (IPv4, also when mapped into IPv6) or /64 (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AddressPrefix(IpAddr);
+
+impl AddressPrefix {
+    pub fn of(ip: IpAddr) -> AddressPrefix {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        AddressPrefix(match ip {
+            IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        })
+    }
+
+    /// The prefix's first address (the summary record's `peer`, `ip:0`).
+    pub fn ip(self) -> IpAddr {
+        self.0
+    }
+}
+
+impl std::fmt::Display for AddressPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            IpAddr::V4(a) => write!(f, "{a}/24"),
+            IpAddr::V6(a) => write!(f, "{a}/64"),
+        }
+    }
+}
+
+/// The denial budgets: verified subjects and address prefixes in separate tables, so that
+/// callers without a user certificate, however many prefixes they come from, never evict a
+/// subject's entry (whose summary would then lose its name) nor share its budget.
+pub struct DenialBudgets {
+    subjects: ReportBudget<String>,
+    addresses: ReportBudget<AddressPrefix>,
+}
+
+impl DenialBudgets {
+    pub fn new(policy: BudgetPolicy) -> Self {
+        DenialBudgets {
+            subjects: ReportBudget::new(policy),
+            addresses: ReportBudget::new(policy),
+        }
+    }
+
+    pub fn policy(&self) -> BudgetPolicy {
+        self.subjects.policy()
+    }
+
+    /// Whether a denial record charged to `source` may be written (see [`ReportBudget`]); a
+    /// record with no source at all (no identity, no address) is always written.
+    pub fn admit(&self, source: Option<&DenialSource>) -> Admission {
+        match source {
+            Some(DenialSource::Subject(s)) => self.subjects.admit(std::slice::from_ref(s)),
+            Some(DenialSource::Address(a)) => self.addresses.admit(&[*a]),
+            None => Admission::Write {
+                suppressed_before: 0,
+            },
+        }
+    }
+
+    /// The summaries due, subjects' first. A summary without a source is one of the
+    /// address table's (the counts of prefixes evicted beyond its bound).
+    pub fn take_summaries(&self) -> Vec<Summary<DenialSource>> {
+        let subjects = self.subjects.take_summaries().into_iter().map(|s| Summary {
+            source: s.source.map(DenialSource::Subject),
+            left_out: s.left_out,
+        });
+        let addresses = self
+            .addresses
+            .take_summaries()
+            .into_iter()
+            .map(|s| Summary {
+                source: s.source.map(DenialSource::Address),
+                left_out: s.left_out,
+            });
+        subjects.chain(addresses).collect()
+    }
+}
+
+/// Writes the summaries of denial records left out by the budget; the agent calls
+/// [`DenialSummaries::write_pending`] before `agent.stopped`, so that none is lost at shutdown.
+pub struct DenialSummaries {
+    shared: Arc<Shared>,
+    budgets: Arc<DenialBudgets>,
+}
+
+impl DenialSummaries {
+    /// Writes a summary record for every source with records left out since the last ones.
+    pub fn write_pending(&self) {
+        let policy = self.budgets.policy();
+        for summary in self.budgets.take_summaries() {
+            write_summary(&self.shared, &policy, summary);
+        }
+    }
 }
 
 /// The longest requested path a denial record keeps, and the longest reason (the caller
@@ -47,23 +149,32 @@ impl AgentService {
     /// `limits.audit_denial_window`, the summaries of the denial records left out.
     pub fn new(shared: Arc<Shared>) -> Self {
         let limits = &shared.config.limits;
-        let denials = Arc::new(ReportBudget::new(BudgetPolicy {
+        let denials = Arc::new(DenialBudgets::new(BudgetPolicy {
             per_window: limits.audit_denials_per_window,
             window: limits.audit_denial_window,
             ..BudgetPolicy::default()
         }));
-        let (budget, writer) = (denials.clone(), shared.clone());
+        let summaries = DenialSummaries {
+            shared: shared.clone(),
+            budgets: denials.clone(),
+        };
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(budget.policy().window);
+            let mut tick = tokio::time::interval(summaries.budgets.policy().window);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                for summary in budget.take_summaries() {
-                    write_summary(&writer, &budget.policy(), summary);
-                }
+                summaries.write_pending();
             }
         });
         Self { shared, denials }
+    }
+
+    /// What writes the pending denial summaries; the agent calls it at shutdown.
+    pub fn summaries(&self) -> DenialSummaries {
+        DenialSummaries {
+            shared: self.shared.clone(),
+            budgets: self.denials.clone(),
+        }
     }
 }
 
@@ -72,14 +183,14 @@ impl AgentService {
 fn write_summary(shared: &Shared, policy: &BudgetPolicy, summary: Summary<DenialSource>) {
     let (subject, address) = match &summary.source {
         Some(DenialSource::Subject(s)) => (Some(s.clone()), None),
-        // `ip:0`: the address without a port, in the shape `peer` always has.
-        Some(DenialSource::Address(a)) => (None, Some(SocketAddr::new(*a, 0).to_string())),
+        // `ip:0`: the prefix's first address without a port, in the shape `peer` always has.
+        Some(DenialSource::Address(a)) => (None, Some(SocketAddr::new(a.ip(), 0).to_string())),
         None => (None, None),
     };
     let whose = match &summary.source {
         Some(DenialSource::Subject(s)) => format!("of {s}"),
         Some(DenialSource::Address(a)) => format!("from {a}"),
-        None => "from sources beyond the tracked limit".to_string(),
+        None => "from address prefixes beyond the tracked limit".to_string(),
     };
     let reason = format!(
         "{} denied requests {whose} over the audit budget of {} per {} were not recorded one by one",
@@ -126,6 +237,18 @@ fn cut(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// Whole seconds until a bucket holding `left` seconds holds a tenth of `per_minute` again,
+/// what a new grep needs (it refills at `per_minute` seconds per minute).
+fn seconds_to_refill(left: f64, per_minute: u32) -> u64 {
+    let per_minute = f64::from(per_minute.max(1));
+    let seconds = ((per_minute / 10.0 - left) / (per_minute / 60.0)).ceil();
+    if seconds.is_finite() && seconds > 0.0 {
+        seconds.min(3600.0) as u64
+    } else {
+        1
+    }
 }
 
 /// Counts open streams per subject; a slot is released when its guard drops.
@@ -234,10 +357,10 @@ impl AgentService {
         // everyone behind the same bastion or NAT.
         let source = match (reader, peer) {
             (Some(r), _) => Some(DenialSource::Subject(r.spiffe_id().to_string())),
-            (None, Some(p)) => Some(DenialSource::Address(p.ip())),
+            (None, Some(p)) => Some(DenialSource::Address(AddressPrefix::of(p.ip()))),
             (None, None) => None,
         };
-        if let Admission::Write { suppressed_before } = self.denials.admit(source.as_slice()) {
+        if let Admission::Write { suppressed_before } = self.denials.admit(source.as_ref()) {
             let kept = cut(path, AUDIT_PATH_BYTES);
             let audited = self.shared.audit(&events::ReadDenied {
                 subject: reader.map(|r| r.spiffe_id().to_string()),
@@ -276,8 +399,8 @@ impl AgentService {
     }
 
     /// The request's line selection (grep pattern, time range), or the refusal of a bad
-    /// argument. The pattern is bounded before it is compiled (length) and while compiling
-    /// (`max_regex_bytes`, which is what refuses pathological repetitions).
+    /// argument. The pattern is bounded before it is compiled (length), while compiling
+    /// (`max_regex_bytes`) and by its worst-case time per line ([`PATTERN_WORK_PER_LINE`]).
     fn selector(&self, req: &pb::ReadLogRequest) -> Result<LineSelector, Denial> {
         let limits = &self.shared.config.limits;
         let pattern = if req.mode == pb::ReadMode::Grep as i32 {
@@ -293,6 +416,52 @@ impl AgentService {
             limits.grep_time_budget,
         ))
     }
+}
+
+/// Worst-case matching work one grep pattern may cost on one line, in NFA-state × byte steps:
+/// a pattern is refused (`pattern_too_complex`) when [`pattern_cost_states`] × `max_line_bytes`
+/// exceeds it.
+///
+/// Why: a stream checks for its client leaving and its grant ending *between* lines, so the
+/// time one line takes to match is how late a cut can be (the "within 1 s" rule). The regex
+/// crate's lazy DFA is fast, but on patterns with large counted repetitions its cache thrashes
+/// and it falls back to the PikeVM, whose cost per byte grows with the number of NFA states
+/// active at once — at most the state count. Measured in a release build (regex 1.13,
+/// `PikeVM::is_match`, one 64 KiB line that keeps every state alive, 2 shared cores):
+/// ~8 ns per state-byte; `(?-u:[a-z]){0,2000}[^a-z]` (4,013 states) took 2.6–5 s per line
+/// through `Regex::is_match`. 2^24 state-bytes is 256 states at the default 64 KiB lines:
+/// 0.1–0.2 s per line in the worst case measured (ASCII, `é`, emoji and CJK lines), well
+/// under the 1 s rule even on a loaded host, and far above what log searches need (`status=5\d\d` is 15 states, `(?i)error.*timeout \d+ms` 24,
+/// `\w+@\w+\.com` 14). Raising `max_line_bytes` lowers the states allowed in proportion.
+pub const PATTERN_WORK_PER_LINE: u64 = 1 << 24;
+
+/// The state count that bounds a pattern's matching cost: its Thompson NFA compiled with
+/// Unicode classes collapsed to their ASCII/byte form, as [`PATTERN_WORK_PER_LINE`] needs.
+///
+/// Why not the Unicode NFA's count: a Unicode class (`\w`, `.`) compiles to a UTF-8 trie of
+/// hundreds of states, of which only the few on one character's path are active at a byte;
+/// counting them all would refuse `user=\w+` (327 states) although it costs as little as
+/// `user=[a-z]+`. Measured: `(?s:.){0,200}\x00` on a line of `é` costs what its 406 byte-form
+/// states predict (0.14 s), not what its 1,806 Unicode states would. A pattern that needs
+/// Unicode explicitly (`\p{Greek}`, `(?u:…)`) cannot be compiled in byte form; it is counted with
+/// its Unicode states (conservative). `None`: no NFA within `max_regex_bytes`.
+fn pattern_cost_states(pattern: &str, max_regex_bytes: usize) -> Option<u64> {
+    use regex_automata::nfa::thompson::NFA;
+    use regex_automata::util::syntax;
+    let count = |unicode: bool| {
+        NFA::compiler()
+            .syntax(syntax::Config::new().utf8(false).unicode(unicode))
+            .configure(
+                NFA::config()
+                    .utf8(false)
+                    .shrink(false)
+                    .nfa_size_limit(Some(max_regex_bytes)),
+            )
+            .build(pattern)
+            .ok()
+            .and_then(|nfa| u64::try_from(nfa.states().len()).ok())
+    };
+    count(false).or_else(|| count(true))
 }
 
 /// Compiles a grep pattern within the configured limits; a refusal says which limit and what
@@ -316,7 +485,7 @@ fn compile_pattern(
             ),
         ));
     }
-    RegexBuilder::new(pattern)
+    let regex = RegexBuilder::new(pattern)
         .size_limit(limits.max_regex_bytes)
         .dfa_size_limit(limits.max_regex_bytes)
         .build()
@@ -335,7 +504,22 @@ fn compile_pattern(
                 let what = text.lines().last().unwrap_or_default().trim().to_string();
                 Denial::new(DenialCode::PatternInvalid, format!("grep pattern: {what}"))
             }
-        })
+        })?;
+    let line = u64::try_from(limits.max_line_bytes)
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let allowed = PATTERN_WORK_PER_LINE / line;
+    match pattern_cost_states(pattern, limits.max_regex_bytes) {
+        Some(states) if states <= allowed => Ok(regex),
+        _ => Err(Denial::new(
+            DenialCode::PatternTooComplex,
+            format!(
+                "the grep pattern is too complex for this agent (one {line}-byte line could take \
+                 too long to match: at most {allowed} automaton states are allowed); use smaller \
+                 repetition counts or a simpler pattern"
+            ),
+        )),
+    }
 }
 
 #[tonic::async_trait]
@@ -392,6 +576,45 @@ impl Agent for AgentService {
                 ),
                 grant_id: Some(authorized.grant.id().to_string()),
             }));
+        };
+        // Grep: the subject's matching time across its streams, and the agent-wide cap.
+        let (selector, grep_place) = if mode == pb::ReadMode::Grep {
+            let grep = &self.shared.grep;
+            // A new grep needs a tenth of the bucket: one that starts on a few milliseconds
+            // would only overdraw it again.
+            let left = grep.left(reader.spiffe_id());
+            let per_minute = f64::from(limits.grep_seconds_per_subject_per_minute);
+            if left < per_minute / 10.0 {
+                return Err(refuse(Denial {
+                    code: DenialCode::GrepBudgetSpent,
+                    message: format!(
+                        "you used up your grep time on agent {} ({} s of matching per minute \
+                         across your streams); try again in {} s, or use a simpler pattern or a \
+                         narrower time range (--since/--until)",
+                        self.shared.config.id,
+                        limits.grep_seconds_per_subject_per_minute,
+                        seconds_to_refill(left, limits.grep_seconds_per_subject_per_minute)
+                    ),
+                    grant_id: Some(authorized.grant.id().to_string()),
+                }));
+            }
+            let Some(place) = grep.start() else {
+                return Err(refuse(Denial {
+                    code: DenialCode::GrepStreamsBusy,
+                    message: format!(
+                        "agent {} is already running its limit of {} grep streams; try again \
+                         in a few seconds",
+                        self.shared.config.id,
+                        grep.max_streams()
+                    ),
+                    grant_id: Some(authorized.grant.id().to_string()),
+                }));
+            };
+            let charge =
+                stream::SubjectCharge::new(grep.buckets.clone(), reader.spiffe_id().to_string());
+            (selector.charging(charge), Some(place))
+        } else {
+            (selector, None)
         };
         let grant = authorized.grant;
         let file = authorized.file;
@@ -472,6 +695,7 @@ impl Agent for AgentService {
         let key_sha256 = reader.key_sha256_hex();
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
+            let _grep_place = grep_place;
             let started = Instant::now();
             let finished = stream::run(plan, tx, last_tx, &watch);
             let reason = finished.reason;
@@ -526,6 +750,138 @@ mod tests {
             DenialCode::PatternTooComplex
         );
         assert!(compile_pattern(r"(?i)error.*timeout \d+ms", &Limits::default()).is_ok());
+    }
+
+    /// Issue #10 review: each of these compiled within `max_regex_bytes` and took 1.4–5 s on
+    /// one 64 KiB line in a release build (the lazy DFA gives up, the PikeVM visits every state at every byte), so
+    /// a stream checked between lines outlived its client, revocation and expiry by seconds.
+    #[test]
+    fn patterns_slower_than_a_second_per_max_line_are_refused_at_default_limits() {
+        let limits = Limits::default();
+        assert_eq!(
+            limits.max_line_bytes,
+            64 * 1024,
+            "the defaults this test is about"
+        );
+        for slow in [
+            r"(?-u:[a-z]){0,2000}[^a-z]",
+            r"(?s-u:.){0,2000}[\x80-\xff]",
+            r"(?-u:.){0,1000}\x00",
+            r"(?s-u:.){0,800}\x00",
+        ] {
+            let denial = compile_pattern(slow, &limits).expect_err(slow);
+            assert_eq!(denial.code, DenialCode::PatternTooComplex, "{slow}");
+            assert!(
+                denial.message.contains("too complex") && denial.message.contains("simpler"),
+                "{}",
+                denial.message
+            );
+        }
+        for ordinary in [
+            r"status=5\d\d",
+            r"user=\w+",
+            r"timeout|refused",
+            r"(?i)error.*db",
+            r"\w+@\w+\.com",
+            r"\p{Greek}+",
+            r"\b(GET|POST) /api/v\d+/\S+ 5\d\d\b",
+            r"(?s-u:.){0,100}\x00",
+        ] {
+            assert!(compile_pattern(ordinary, &limits).is_ok(), "{ordinary}");
+        }
+    }
+
+    /// The worst pattern accepted at the default limits really matches one 64 KiB line in well
+    /// under a second, also through the PikeVM the lazy DFA falls back to. In a debug build the
+    /// regex engine is ~10× slower than in release, so the bound asserted here is loose.
+    #[test]
+    fn worst_accepted_pattern_matches_a_max_length_line_promptly() {
+        use regex_automata::nfa::thompson::{pikevm::PikeVM, NFA};
+        use regex_automata::util::syntax;
+        let limits = Limits::default();
+        let allowed = PATTERN_WORK_PER_LINE / limits.max_line_bytes as u64;
+        // The largest `(?s-u:.){0,n}\x00` accepted: every state is live on a line without NUL.
+        let n = (1..1000)
+            .take_while(|n| compile_pattern(&format!(r"(?s-u:.){{0,{n}}}\x00"), &limits).is_ok())
+            .last()
+            .expect("small repetitions are accepted");
+        let worst = format!(r"(?s-u:.){{0,{n}}}\x00");
+        let states = pattern_cost_states(&worst, limits.max_regex_bytes).expect("compiles");
+        assert!(
+            states <= allowed && states + 2 > allowed,
+            "{n}: {states} of {allowed}"
+        );
+        let line = vec![b'a'; limits.max_line_bytes];
+        let vm = PikeVM::builder()
+            .syntax(syntax::Config::new().utf8(false))
+            .thompson(NFA::config().utf8(false))
+            .build(&worst)
+            .expect("compiles");
+        let mut cache = vm.create_cache();
+        let started = Instant::now();
+        assert!(!vm.is_match(&mut cache, line.as_slice()));
+        let pikevm = started.elapsed();
+        let started = Instant::now();
+        assert!(!compile_pattern(&worst, &limits)
+            .expect("accepted")
+            .is_match(&line));
+        let regex = started.elapsed();
+        let bound = if cfg!(debug_assertions) {
+            std::time::Duration::from_secs(10)
+        } else {
+            std::time::Duration::from_millis(500)
+        };
+        assert!(pikevm < bound && regex < bound, "{pikevm:?} {regex:?}");
+    }
+
+    #[test]
+    fn addresses_are_budgeted_per_24_and_per_64() {
+        let p = |a: &str| AddressPrefix::of(a.parse().expect("address"));
+        assert_eq!(p("10.1.2.3"), p("10.1.2.250"));
+        assert_ne!(p("10.1.2.3"), p("10.1.3.3"));
+        assert_eq!(p("::ffff:10.1.2.3"), p("10.1.2.9"), "mapped IPv4 is IPv4");
+        assert_eq!(p("2001:db8:0:1::1"), p("2001:db8:0:1:ffff::2"));
+        assert_ne!(p("2001:db8:0:1::1"), p("2001:db8:0:2::1"));
+        assert_eq!(p("10.1.2.3").to_string(), "10.1.2.0/24");
+        assert_eq!(p("2001:db8:0:1::1").to_string(), "2001:db8:0:1::/64");
+    }
+
+    /// Issue #10 review: 4,096 addresses filled the one table and a real user's denials were
+    /// then summarised with a null subject. Subjects have their own table.
+    #[test]
+    fn an_address_flood_never_takes_a_subjects_summary_its_name() {
+        let budgets = DenialBudgets::new(BudgetPolicy {
+            per_window: 1,
+            ..BudgetPolicy::default()
+        });
+        let max = BudgetPolicy::default().max_sources as u32;
+        for i in 0..(max + 100) {
+            let ip = IpAddr::V4((0x0a00_0000 + (i << 8)).into());
+            let source = DenialSource::Address(AddressPrefix::of(ip));
+            budgets.admit(Some(&source));
+            budgets.admit(Some(&source));
+        }
+        let alice = DenialSource::Subject("spiffe://loggate.local/user/alice".into());
+        for _ in 0..5 {
+            budgets.admit(Some(&alice));
+        }
+        let summaries = budgets.take_summaries();
+        let of_alice: Vec<_> = summaries
+            .iter()
+            .filter(|s| s.source.as_ref() == Some(&alice))
+            .collect();
+        assert_eq!(of_alice.len(), 1, "{of_alice:?}");
+        assert_eq!(of_alice[0].left_out, 4);
+        let addresses: u64 = summaries
+            .iter()
+            .filter(|s| !matches!(s.source, Some(DenialSource::Subject(_))))
+            .map(|s| s.left_out)
+            .sum();
+        assert_eq!(
+            u64::from(max + 100),
+            addresses,
+            "every address denial counted once"
+        );
     }
 
     #[test]

@@ -7,9 +7,12 @@
 //! whether the grant expired or was revoked, and whether the client is still there; a stream
 //! that produces no output (a grep that matches nothing) is cut as promptly as one that does.
 //! A cut grant ends the stream with `ABORTED` and a sentence saying why. That is the "cut
-//! within 1 s" rule; what bounds it is the time one line takes to match, which
-//! `max_regex_bytes` bounds. The time spent matching a grep pattern is budgeted per stream
-//! (`grep_time_budget`).
+//! within 1 s" rule; what bounds it is the time one line takes to match, which the pattern
+//! check at request time bounds (`server::PATTERN_WORK_PER_LINE`: automaton states ×
+//! `max_line_bytes`). The time spent matching a grep pattern is budgeted per stream
+//! (`grep_time_budget`), per subject across its streams ([`GrepBuckets`],
+//! `grep_seconds_per_subject_per_minute`), and the agent runs at most `max_grep_streams` grep
+//! streams at once ([`GrepLimits::start`]): re-requesting streams cannot keep cores busy.
 
 use crate::gate::Profile;
 use crate::grants::GrantStore;
@@ -18,10 +21,12 @@ use loggate_core::timestamp::line_timestamp_ms;
 use loggate_proto as pb;
 use loggate_redact::{Counts, Pipeline};
 use regex::bytes::Regex;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tonic::Status;
@@ -125,6 +130,154 @@ pub struct LineSelector {
     /// Time the pattern may spend matching over the whole stream, and the time it has spent.
     budget: Duration,
     spent: Duration,
+    /// The subject's matching time across its streams, charged as this stream spends it.
+    subject: Option<SubjectCharge>,
+}
+
+/// Matching time each subject may spend across all its grep streams on this agent: a token
+/// bucket per subject holding up to `per_minute` of time, refilled at `per_minute` per minute.
+/// A subject whose bucket is empty gets no new grep stream, and its running ones are cut, so
+/// re-requesting streams (each with its own `grep_time_budget`) cannot burn CPU without end.
+///
+/// Memory: a subject's entry exists only while its bucket is below full; full buckets are
+/// forgotten (a missing entry is a full bucket).
+pub struct GrepBuckets {
+    per_minute: Duration,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+struct Bucket {
+    /// Seconds of matching left; negative once overdrawn by the last line matched.
+    seconds: f64,
+    at: Instant,
+}
+
+impl GrepBuckets {
+    pub fn new(per_minute: Duration) -> Self {
+        GrepBuckets {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn per_minute(&self) -> Duration {
+        self.per_minute
+    }
+
+    /// Charges `spent` to `subject` and returns the seconds it has left (≤ 0: spent).
+    pub fn charge(&self, subject: &str, spent: Duration) -> f64 {
+        self.charge_at(subject, spent, Instant::now())
+    }
+
+    fn charge_at(&self, subject: &str, spent: Duration, now: Instant) -> f64 {
+        let capacity = self.per_minute.as_secs_f64();
+        let rate = capacity / 60.0;
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = |b: &mut Bucket| {
+            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+            b.seconds = (b.seconds + elapsed * rate).min(capacity);
+            b.at = now;
+        };
+        if map.len() >= 1024 {
+            map.retain(|_, b| {
+                refill(b);
+                b.seconds < capacity
+            });
+        }
+        let bucket = map.entry(subject.to_string()).or_insert(Bucket {
+            seconds: capacity,
+            at: now,
+        });
+        refill(bucket);
+        bucket.seconds -= spent.as_secs_f64();
+        let left = bucket.seconds;
+        if left >= capacity {
+            map.remove(subject);
+        }
+        left
+    }
+}
+
+/// Charges one stream's matching time to its subject's bucket, every [`SETTLE`] of time spent
+/// and when the stream ends (drop).
+pub struct SubjectCharge {
+    pub buckets: Arc<GrepBuckets>,
+    pub subject: String,
+    charged: Duration,
+    exhausted: bool,
+}
+
+/// Matching time a stream spends before charging it to its subject's bucket.
+const SETTLE: Duration = Duration::from_millis(20);
+
+impl SubjectCharge {
+    pub fn new(buckets: Arc<GrepBuckets>, subject: String) -> Self {
+        SubjectCharge {
+            buckets,
+            subject,
+            charged: Duration::ZERO,
+            exhausted: false,
+        }
+    }
+
+    /// Charges what was spent since the last call; `false` once the bucket is empty.
+    fn settle(&mut self, spent: Duration) -> bool {
+        let delta = spent.saturating_sub(self.charged);
+        self.charged = spent;
+        if self.buckets.charge(&self.subject, delta) <= 0.0 {
+            self.exhausted = true;
+        }
+        !self.exhausted
+    }
+}
+
+/// The agent-wide cap on concurrent grep streams and the per-subject buckets.
+pub struct GrepLimits {
+    pub buckets: Arc<GrepBuckets>,
+    max_streams: usize,
+    running: Arc<AtomicUsize>,
+}
+
+/// A running grep stream's place under [`GrepLimits`]' cap, freed on drop.
+pub struct GrepGuard {
+    running: Arc<AtomicUsize>,
+}
+
+impl Drop for GrepGuard {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl GrepLimits {
+    pub fn new(max_streams: usize, per_subject_per_minute: Duration) -> Self {
+        GrepLimits {
+            buckets: Arc::new(GrepBuckets::new(per_subject_per_minute)),
+            max_streams,
+            running: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn max_streams(&self) -> usize {
+        self.max_streams
+    }
+
+    /// A place for one more grep stream, or `None` when `max_streams` are running.
+    pub fn start(&self) -> Option<GrepGuard> {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_streams).then_some(n + 1)
+            })
+            .ok()?;
+        Some(GrepGuard {
+            running: self.running.clone(),
+        })
+    }
+
+    /// Seconds of matching `subject` has left now (≤ 0: none; a new grep is refused).
+    pub fn left(&self, subject: &str) -> f64 {
+        self.buckets.charge(subject, Duration::ZERO)
+    }
 }
 
 impl LineSelector {
@@ -141,15 +294,28 @@ impl LineSelector {
             current_ms: None,
             budget,
             spent: Duration::ZERO,
+            subject: None,
         }
     }
 
-    /// `Err(BudgetExceeded)` once the pattern has spent its time budget.
-    fn budget_left(&self) -> Result<(), EndReason> {
-        match self.spent > self.budget {
-            true => Err(EndReason::BudgetExceeded),
-            false => Ok(()),
+    /// Charges the matching time to the subject's bucket as well (see [`GrepBuckets`]).
+    pub fn charging(mut self, charge: SubjectCharge) -> Self {
+        self.subject = Some(charge);
+        self
+    }
+
+    /// `Err(BudgetExceeded)` once the pattern has spent its time budget, or its subject's.
+    fn budget_left(&mut self) -> Result<(), EndReason> {
+        if self.spent > self.budget {
+            return Err(EndReason::BudgetExceeded);
         }
+        if let Some(charge) = &mut self.subject {
+            let due = self.spent.saturating_sub(charge.charged) >= SETTLE || charge.exhausted;
+            if due && !charge.settle(self.spent) {
+                return Err(EndReason::BudgetExceeded);
+            }
+        }
+        Ok(())
     }
 
     /// Whether every line passes (so whole chunks can be sent without splitting lines).
@@ -269,14 +435,23 @@ impl Sender<'_> {
         }
     }
 
-    /// Ends the stream for its grep budget, telling the client why.
-    fn budget_exceeded(&self, budget: Duration) -> EndReason {
-        let message = format!(
-            "the grep pattern used up its time budget of {} on agent {}; the stream was cut; \
-             use a simpler pattern or a narrower time range (--since/--until)",
-            humantime::format_duration(budget),
-            self.watch.shared.config.id
-        );
+    /// Ends the stream for its grep budget (the stream's, or the subject's across streams),
+    /// telling the client why.
+    fn budget_exceeded(&self, selector: &LineSelector) -> EndReason {
+        let agent = &self.watch.shared.config.id;
+        let message = match &selector.subject {
+            Some(charge) if charge.exhausted => format!(
+                "you used up your grep time on agent {agent} ({} of matching per minute across \
+                 your streams); the stream was cut; wait a minute, or use a simpler pattern or a \
+                 narrower time range (--since/--until)",
+                humantime::format_duration(charge.buckets.per_minute())
+            ),
+            _ => format!(
+                "the grep pattern used up its time budget of {} on agent {agent}; the stream \
+                 was cut; use a simpler pattern or a narrower time range (--since/--until)",
+                humantime::format_duration(selector.budget)
+            ),
+        };
         let _ = self.last.try_send(Err(Status::aborted(message)));
         EndReason::BudgetExceeded
     }
@@ -311,7 +486,8 @@ pub struct Finished {
     /// Time spent matching the grep pattern.
     pub pattern_time: Duration,
     /// No private-key marker was found within the look-back limit before a `tail` start, so
-    /// the start was treated as inside a key block (fail closed).
+    /// the start was taken as outside any key block (a key block is shorter than the
+    /// look-back; see [`prime`]).
     pub key_lookback_exhausted: bool,
 }
 
@@ -357,6 +533,10 @@ pub fn run(
             Err(reason) => reason,
         },
     };
+    // The matching time not yet charged to the subject's bucket.
+    if let Some(charge) = &mut plan.selector.subject {
+        charge.settle(plan.selector.spent);
+    }
     if let EndReason::ReadError(e) = &reason {
         let _ = last.try_send(Err(Status::internal(format!(
             "reading the file failed: {e}"
@@ -529,7 +709,7 @@ fn pump(
         pipeline.push(data, &mut keep, &mut out);
         match stop {
             Some(EndReason::BudgetExceeded) => {
-                return Err(sender.budget_exceeded(selector.budget));
+                return Err(sender.budget_exceeded(selector));
             }
             Some(reason) => return Err(reason),
             None => {}
@@ -545,6 +725,56 @@ mod tests {
     use super::*;
     use crate::redact::Redactor;
     use std::io::Write;
+
+    /// Issue #10 review: each stream had its own grep budget, so a subject re-requesting
+    /// streams burned CPU for ever. The bucket is shared by the subject's streams and refills
+    /// at its rate only.
+    #[test]
+    fn a_subjects_grep_time_is_shared_by_its_streams_and_refills_per_minute() {
+        let b = GrepBuckets::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(b.charge_at("alice", Duration::ZERO, t0), 30.0);
+        // Two streams of alice spend 20 s each: the second overdraws the bucket.
+        assert!(b.charge_at("alice", Duration::from_secs(20), t0) > 0.0);
+        assert!(b.charge_at("alice", Duration::from_secs(20), t0) <= 0.0);
+        assert_eq!(
+            b.charge_at("bob", Duration::ZERO, t0),
+            30.0,
+            "bob has his own"
+        );
+        // Half a minute later half the rate has come back: -10 + 15.
+        let left = b.charge_at("alice", Duration::ZERO, t0 + Duration::from_secs(30));
+        assert!((left - 5.0).abs() < 1e-6, "{left}");
+        // Full buckets are forgotten.
+        b.charge_at("alice", Duration::ZERO, t0 + Duration::from_secs(600));
+        assert!(b.buckets.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn a_selector_ends_when_its_subjects_bucket_is_empty_though_its_own_budget_is_not() {
+        let buckets = Arc::new(GrepBuckets::new(Duration::from_millis(30)));
+        // Another stream of alice's already spent her time.
+        buckets.charge("alice", Duration::from_millis(40));
+        let pattern = Regex::new("x").expect("regex");
+        let mut selector = LineSelector::new(Some(pattern), None, None, Duration::from_secs(30))
+            .charging(SubjectCharge::new(buckets.clone(), "alice".into()));
+        selector.spent = SETTLE;
+        assert_eq!(selector.budget_left(), Err(EndReason::BudgetExceeded));
+        let mut bobs = LineSelector::new(None, None, None, Duration::from_secs(30))
+            .charging(SubjectCharge::new(buckets, "bob".into()));
+        bobs.spent = SETTLE;
+        assert_eq!(bobs.budget_left(), Ok(()));
+    }
+
+    #[test]
+    fn the_agent_runs_at_most_its_cap_of_grep_streams() {
+        let limits = GrepLimits::new(2, Duration::from_secs(30));
+        let a = limits.start().expect("first");
+        let _b = limits.start().expect("second");
+        assert!(limits.start().is_none(), "a third waits for one to end");
+        drop(a);
+        assert!(limits.start().is_some(), "an ended stream frees its place");
+    }
 
     /// `tail` of `text` from its `from`-th byte through the default profile, primed with a
     /// look-back of `limit` bytes: what is served, and whether the look-back was exhausted.

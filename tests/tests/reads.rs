@@ -558,6 +558,46 @@ async fn denied_reads(f: &Fixture, user: &str, path: &str, times: usize) -> anyh
     Ok(())
 }
 
+/// Issue #10 review: summaries waited for the window's tick, so the ones pending when the agent
+/// stopped were lost. They are written before `agent.stopped`.
+#[tokio::test(flavor = "multi_thread")]
+async fn denial_summaries_pending_at_shutdown_are_written_before_agent_stopped(
+) -> anyhow::Result<()> {
+    let mut f = tokio::task::spawn_blocking(|| {
+        Fixture::start_with("[limits]\naudit_denials_per_window = 2\naudit_denial_window = \"1h\"")
+    })
+    .await??;
+    denied_reads(&f, "bob", "/nope/secret.log", 10).await?;
+    let f = tokio::task::spawn_blocking(move || {
+        f.cluster.stop_agent("web-1");
+        f
+    })
+    .await?;
+    let records: Vec<_> = f
+        .cluster
+        .agent_audit_raw("web-1")
+        .iter()
+        .map(loggate_tests::flat_audit_record)
+        .collect();
+    let stopped = records
+        .iter()
+        .position(|e| e["event"] == "agent.stopped")
+        .expect("agent.stopped recorded");
+    let bob = "spiffe://loggate.local/user/bob";
+    let summary = records
+        .iter()
+        .position(|e| e["reason_code"] == "suppressed" && e["subject"] == bob)
+        .expect("a summary of bob's left-out denials");
+    assert!(summary < stopped, "summary after agent.stopped");
+    assert_eq!(
+        records[summary]["suppressed_before"], 8,
+        "{}",
+        records[summary]
+    );
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_denials_writes_bounded_records_and_a_summary() -> anyhow::Result<()> {
     let f = tokio::task::spawn_blocking(|| {
@@ -575,6 +615,8 @@ async fn a_flood_of_denials_writes_bounded_records_and_a_summary() -> anyhow::Re
     // An ordinary denial of another subject, from the same address, is recorded by itself.
     denied_reads(&f, "admin", &f.api_log(), 1).await?;
     let bob = "spiffe://loggate.local/user/bob";
+    // A window tick can fall inside the burst and split the count over two summaries: poll
+    // until bob's records account for all 250 (or the deadline says some were lost).
     let summary = tokio::task::spawn_blocking({
         let cluster_dir = f.cluster.dir.clone();
         move || -> anyhow::Result<Vec<serde_json::Value>> {
@@ -583,10 +625,22 @@ async fn a_flood_of_denials_writes_bounded_records_and_a_summary() -> anyhow::Re
                 let audit =
                     loggate_tests::read_audit_file(&cluster_dir.join("agents/web-1/audit.jsonl"));
                 let records: Vec<_> = audit.iter().map(loggate_tests::flat_audit_record).collect();
-                if records.iter().any(|e| e["reason_code"] == "suppressed") {
+                let counted: u64 = records
+                    .iter()
+                    .filter(|e| e["event"] == "read.denied" && e["subject"] == bob)
+                    .map(|e| {
+                        u64::from(e["reason_code"] != "suppressed")
+                            + e["suppressed_before"].as_u64().unwrap_or_default()
+                    })
+                    .sum();
+                let summarised = records.iter().any(|e| e["reason_code"] == "suppressed");
+                if summarised && counted >= 250 {
                     return Ok(records);
                 }
-                anyhow::ensure!(std::time::Instant::now() < deadline, "no summary record");
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "bob's denials counted {counted} of 250 (summary: {summarised})"
+                );
                 std::thread::sleep(Duration::from_millis(200));
             }
         }

@@ -324,12 +324,15 @@ fn follow_starts_again_after_copytruncate() -> anyhow::Result<()> {
 /// The pattern of issue #10 (finding 7): on long lines every line costs a long match.
 const SLOW_PATTERN: &str = r"(?s-u:.){0,3000}[\x80-\xff]";
 
-/// A fixture whose agent accepts [`SLOW_PATTERN`] (its default `max_regex_bytes` refuses it)
-/// with `extra` limits, serving `slow.log`: 3,000 lines of 1,500 ASCII bytes that the pattern
-/// never matches, each taking long enough to match that the whole file would take minutes.
+/// A fixture whose agent accepts [`SLOW_PATTERN`] (its default `max_regex_bytes` refuses it,
+/// and so does the per-line complexity bound at 64 KiB lines: 2 KiB lines allow its 6,007
+/// states) with `extra` limits, serving `slow.log`: 3,000 lines of 1,500 ASCII bytes that the
+/// pattern never matches, each taking long enough to match that the whole file would take
+/// minutes.
 fn slow_grep_fixture(extra: &str) -> anyhow::Result<(Fixture, String)> {
     let f = Fixture::start_with(&format!(
-        "[limits]\nmax_regex_bytes = 1048576\nmax_streams_per_subject = 1\n{extra}"
+        "[limits]\nmax_regex_bytes = 1048576\nmax_line_bytes = 2048\n\
+         max_streams_per_subject = 1\n{extra}"
     ))?;
     let line = format!("2026-12-04T10:00:00Z INFO {}\n", "abcdefghij".repeat(147));
     let slow = f.logs.join("slow.log");
@@ -421,14 +424,31 @@ fn revoking_the_grant_ends_a_grep_that_matches_nothing_within_a_second() -> anyh
 #[test]
 fn expiry_ends_a_grep_that_matches_nothing_within_a_second() -> anyhow::Result<()> {
     let (f, slow) = slow_grep_fixture("")?;
-    let id = f.grant("alice", "5s")?;
+    // Long enough for the grant to arrive and the grep to be matching on a loaded 2-core CI
+    // before it expires; the grep must still be running at a known time before the expiry.
+    let id = f.grant("alice", "10s")?;
     let list = f.cluster.run_cli("alice", &["grant", "list", "--json"])?;
     let grants: serde_json::Value = serde_json::from_slice(&list.stdout)?;
     let not_after = grants[0]["not_after"].as_i64().unwrap_or_default() as f64;
+    let unix_now = || -> anyhow::Result<f64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64())
+    };
     let mut child = start_slow_grep(&f, &slow)?;
-    wait_exit(&mut child, Duration::from_secs(10))?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let late = now.as_secs_f64() - not_after;
+    let before = not_after - unix_now()?;
+    assert!(
+        before >= 1.0,
+        "the grep started only {before:.2}s before expiry; the test cannot tell a cut from a \
+         late start"
+    );
+    assert!(
+        child.try_wait()?.is_none(),
+        "the grep ended before its grant did"
+    );
+    // Wait on a known time: the grant's end (and then at most the allowed lateness).
+    wait_exit(&mut child, Duration::from_secs_f64(before + 5.0))?;
+    let late = unix_now()? - not_after;
     eprintln!("grant expired: the grep's client exited {late:.2}s after not_after");
     let out = child.wait_with_output()?;
     let stderr = text(&out).1;
@@ -469,6 +489,86 @@ fn a_grep_over_its_time_budget_is_cut_with_a_clear_error() -> anyhow::Result<()>
 }
 
 /// A private-key block of `body_lines` base64 lines (64 characters each) after some log lines.
+/// Issue #10 review: the grep budget was per stream, so re-requesting streams kept cores busy
+/// for ever. A subject's matching time is now shared by its streams: with one second a minute,
+/// the first slow grep is cut after about a second with an error saying so, and the next one
+/// is refused at once (`grep_budget_spent`, audited).
+#[test]
+fn a_subjects_grep_time_across_streams_is_budgeted_and_then_refused() -> anyhow::Result<()> {
+    let (f, slow) = slow_grep_fixture("grep_seconds_per_subject_per_minute = 1")?;
+    f.grant("alice", "30m")?;
+    let started = Instant::now();
+    let out = f
+        .cluster
+        .logs_cmd("alice", "web-1", &["grep", SLOW_PATTERN, &slow])
+        .output()?;
+    let took = started.elapsed();
+    let stderr = text(&out).1;
+    eprintln!("grep with 1 s per minute for its subject ended after {took:?}");
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("you used up your grep time"), "{stderr}");
+    assert!(took < Duration::from_secs(20), "cut after {took:?}");
+    let (end, _) = slow_grep_end(&f, started)?;
+    assert_eq!(end["end_reason"], "budget_exceeded", "{end}");
+    let spent = end["pattern_ms"].as_u64().unwrap_or_default();
+    assert!((900..3000).contains(&spent), "matched for {spent} ms");
+
+    let again = f
+        .cluster
+        .logs_cmd("alice", "web-1", &["grep", SLOW_PATTERN, &slow])
+        .output()?;
+    let stderr = text(&again).1;
+    assert_eq!(again.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("you used up your grep time"), "{stderr}");
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "grep_budget_spent"
+        })?;
+    assert!(
+        denied["subject"]
+            .as_str()
+            .is_some_and(|s| s.contains("alice")),
+        "{denied}"
+    );
+    // Other modes are not charged: a cat goes through.
+    assert_slot_free(&f)
+}
+
+/// The agent runs at most `max_grep_streams` greps at once, whoever asks: a second reader's
+/// grep is refused (`grep_streams_busy`, audited) while the first runs.
+#[test]
+fn greps_beyond_the_agents_cap_are_refused_while_others_run() -> anyhow::Result<()> {
+    let (f, slow) = slow_grep_fixture("max_grep_streams = 1")?;
+    f.grant("alice", "30m")?;
+    f.grant("bob", "30m")?;
+    let mut child = start_slow_grep(&f, &slow)?;
+    let out = f
+        .cluster
+        .logs_cmd("bob", "web-1", &["grep", "INFO", &f.api_log()])
+        .output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("already running its limit of 1 grep streams"),
+        "{stderr}"
+    );
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "grep_streams_busy"
+        })?;
+    let _ = child.kill();
+    child.wait()?;
+    slow_grep_end(&f, Instant::now())?;
+    // The place is freed when the stream ends.
+    let out = f
+        .cluster
+        .logs_cmd("bob", "web-1", &["grep", "INFO", &f.api_log()])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    Ok(())
+}
+
 fn file_with_key_block(path: &std::path::Path, body_lines: usize) -> anyhow::Result<()> {
     let mut text = "2026-12-04T10:00:00Z INFO before the key\n".repeat(100);
     text.push_str("-----BEGIN PGP PRIVATE KEY BLOCK-----\n");

@@ -8,9 +8,14 @@
 //! out at the end of the window, whichever comes first. Every refusal is counted exactly once.
 //! Only the audit records are budgeted: the caller still answers every refused request.
 //!
-//! Memory is bounded: at most `max_sources` sources are tracked; beyond that, new sources share
-//! one overflow entry (they are still budgeted, together), and sources with nothing left to
-//! report are forgotten when their window ends.
+//! Memory is bounded: at most `max_sources` sources are tracked. A new source in a full table
+//! takes the place of the one whose window started longest ago; what that one left out is kept
+//! as a summary (with its source) for the next [`ReportBudget::take_summaries`], so a flood of
+//! new sources never turns a known source's summary into an anonymous one. Those pending
+//! summaries are bounded too (`max_sources`); beyond that their counts go to one summary
+//! without a source. Sources with nothing left to report are forgotten when their window ends.
+//! Keep kinds of sources that an attacker can mint at different costs (verified subjects,
+//! addresses) in separate budgets, so that one kind cannot evict the other.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -24,7 +29,7 @@ pub struct BudgetPolicy {
     pub per_window: u32,
     /// The window's length (one minute in production).
     pub window: Duration,
-    /// Sources tracked one by one; more share one entry.
+    /// Sources tracked one by one; a new one beyond it evicts the oldest (its count kept).
     pub max_sources: usize,
 }
 
@@ -50,7 +55,7 @@ pub enum Admission {
 /// Records left out for one source, handed out once as a summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary<K> {
-    /// `None`: the overflow entry shared by sources beyond `max_sources`.
+    /// `None`: the counts of evicted sources beyond `max_sources` pending summaries.
     pub source: Option<K>,
     pub left_out: u64,
 }
@@ -65,7 +70,10 @@ struct Window {
 #[derive(Debug)]
 struct State<K> {
     sources: HashMap<K, Window>,
-    overflow: Option<Window>,
+    /// Summaries of evicted sources, not yet taken (at most `max_sources`).
+    evicted: Vec<Summary<K>>,
+    /// Left-out counts of evicted sources beyond `evicted`'s bound.
+    evicted_overflow: u64,
 }
 
 /// Budgets per source of type `K`; share it behind an `Arc`.
@@ -81,7 +89,8 @@ impl<K: Eq + Hash + Clone> ReportBudget<K> {
             policy,
             state: Mutex::new(State {
                 sources: HashMap::new(),
-                overflow: None,
+                evicted: Vec::new(),
+                evicted_overflow: 0,
             }),
         }
     }
@@ -100,33 +109,35 @@ impl<K: Eq + Hash + Clone> ReportBudget<K> {
     fn admit_at(&self, sources: &[K], now: Instant) -> Admission {
         let policy = self.policy;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let State {
-            sources: map,
-            overflow,
-        } = &mut *state;
-        // Roll over ended windows and find the first source over its budget.
+        // Every source gets its own entry (evicting the oldest when the table is full); roll
+        // over ended windows and find the first source over its budget.
         let mut over: Option<usize> = None;
         for (i, key) in sources.iter().enumerate() {
-            let full = map.len() >= policy.max_sources && !map.contains_key(key);
-            let window = if full {
-                overflow.get_or_insert_with(|| Window::new(now))
-            } else {
-                map.entry(key.clone()).or_insert_with(|| Window::new(now))
-            };
-            window.roll(now, policy.window);
-            if over.is_none() && window.written >= policy.per_window {
-                over = Some(i);
+            if !state.sources.contains_key(key) {
+                if state.sources.len() >= policy.max_sources.max(1) {
+                    state.evict_oldest(policy.max_sources, sources);
+                }
+                state.sources.insert(key.clone(), Window::new(now));
+            }
+            if let Some(window) = state.sources.get_mut(key) {
+                window.roll(now, policy.window);
+                if over.is_none() && window.written >= policy.per_window {
+                    over = Some(i);
+                }
             }
         }
         if let Some(i) = over {
-            window_of(map, overflow, &sources[i], now).suppressed += 1;
+            if let Some(window) = state.sources.get_mut(&sources[i]) {
+                window.suppressed += 1;
+            }
             return Admission::Suppressed;
         }
         let mut suppressed_before = 0;
         for key in sources {
-            let window = window_of(map, overflow, key, now);
-            window.written += 1;
-            suppressed_before += std::mem::take(&mut window.suppressed);
+            if let Some(window) = state.sources.get_mut(key) {
+                window.written += 1;
+                suppressed_before += std::mem::take(&mut window.suppressed);
+            }
         }
         Admission::Write { suppressed_before }
     }
@@ -141,7 +152,7 @@ impl<K: Eq + Hash + Clone> ReportBudget<K> {
     fn take_summaries_at(&self, now: Instant) -> Vec<Summary<K>> {
         let window = self.policy.window;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut state.evicted);
         state.sources.retain(|key, w| {
             let left_out = std::mem::take(&mut w.suppressed);
             if left_out > 0 {
@@ -152,32 +163,46 @@ impl<K: Eq + Hash + Clone> ReportBudget<K> {
             }
             now.duration_since(w.start) < window
         });
-        if let Some(w) = &mut state.overflow {
-            let left_out = std::mem::take(&mut w.suppressed);
-            if left_out > 0 {
-                out.push(Summary {
-                    source: None,
-                    left_out,
-                });
-            }
-            if now.duration_since(w.start) >= window {
-                state.overflow = None;
-            }
+        let left_out = std::mem::take(&mut state.evicted_overflow);
+        if left_out > 0 {
+            out.push(Summary {
+                source: None,
+                left_out,
+            });
         }
         out
     }
 }
 
-/// The window tracking `key`: its own, or the shared overflow entry.
-fn window_of<'a, K: Eq + Hash>(
-    map: &'a mut HashMap<K, Window>,
-    overflow: &'a mut Option<Window>,
-    key: &K,
-    now: Instant,
-) -> &'a mut Window {
-    match map.get_mut(key) {
-        Some(w) => w,
-        None => overflow.get_or_insert_with(|| Window::new(now)),
+impl<K: Eq + Hash + Clone> State<K> {
+    /// Drops the source whose window started longest ago, keeping what it left out as a
+    /// pending summary (or, with `max_pending` of those waiting, in the sourceless count).
+    /// O(sources): only a full table pays it, once per new source. The sources of the record
+    /// being admitted (`keep`) stay.
+    fn evict_oldest(&mut self, max_pending: usize, keep: &[K]) {
+        let Some(oldest) = self
+            .sources
+            .iter()
+            .filter(|(k, _)| !keep.contains(k))
+            .min_by_key(|(_, w)| w.start)
+            .map(|(k, _)| k.clone())
+        else {
+            return;
+        };
+        let Some(w) = self.sources.remove(&oldest) else {
+            return;
+        };
+        if w.suppressed == 0 {
+            return;
+        }
+        if self.evicted.len() < max_pending {
+            self.evicted.push(Summary {
+                source: Some(oldest),
+                left_out: w.suppressed,
+            });
+        } else {
+            self.evicted_overflow += w.suppressed;
+        }
     }
 }
 
@@ -281,21 +306,63 @@ mod tests {
         assert!(b.state.lock().expect("lock").sources.is_empty());
     }
 
+    /// Issue #10 review: 4,096 sources filled the table and every new one shared an overflow
+    /// entry, so a real user's flood was summarised with no subject. A new source now gets its
+    /// own entry; the oldest is evicted, its count kept under its own name.
     #[test]
-    fn sources_beyond_the_limit_share_one_budget() {
+    fn a_new_source_in_a_full_table_evicts_the_oldest_after_summarising_it() {
         let b = budget(1, 2);
         let t0 = Instant::now();
-        for s in ["a", "b", "c"] {
-            assert!(matches!(b.admit_at(&[s], t0), Admission::Write { .. }));
-        }
-        assert_eq!(b.admit_at(&["d"], t0), Admission::Suppressed, "shares c's");
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(matches!(b.admit_at(&["a"], t0), Admission::Write { .. }));
+        assert_eq!(b.admit_at(&["a"], t0), Admission::Suppressed);
+        assert!(matches!(b.admit_at(&["b"], t1), Admission::Write { .. }));
+        // The table is full: "c" takes the place of "a", the oldest, whose count is kept.
+        assert!(matches!(b.admit_at(&["c"], t1), Admission::Write { .. }));
         assert_eq!(
-            b.take_summaries_at(t0),
-            vec![Summary {
-                source: None,
-                left_out: 1
-            }]
+            b.admit_at(&["c"], t1),
+            Admission::Suppressed,
+            "c's own budget"
         );
         assert_eq!(b.state.lock().expect("lock").sources.len(), 2);
+        let mut s = b.take_summaries_at(t1);
+        s.sort_by_key(|s| s.source);
+        assert_eq!(
+            s,
+            vec![
+                Summary {
+                    source: Some("a"),
+                    left_out: 1
+                },
+                Summary {
+                    source: Some("c"),
+                    left_out: 1
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn pending_summaries_of_evicted_sources_are_bounded() {
+        let b = ReportBudget::new(BudgetPolicy {
+            per_window: 0,
+            window: Duration::from_secs(60),
+            max_sources: 2,
+        });
+        let t0 = Instant::now();
+        for i in 0..10u32 {
+            assert_eq!(
+                b.admit_at(&[i], t0 + Duration::from_millis(i.into())),
+                Admission::Suppressed
+            );
+        }
+        let s = b.take_summaries_at(t0 + Duration::from_secs(1));
+        assert!(s.len() <= 2 + 2 + 1, "{s:?}");
+        assert_eq!(
+            s.iter().map(|s| s.left_out).sum::<u64>(),
+            10,
+            "each counted once"
+        );
+        assert!(s.iter().any(|s| s.source.is_none()));
     }
 }
