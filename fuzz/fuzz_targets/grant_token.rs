@@ -18,6 +18,7 @@
 #![no_main]
 
 #[allow(dead_code)]
+#[allow(unused_imports)] // the re-export of the redaction crate's profile-name rule
 #[path = "../../core/src/grant.rs"]
 mod grant;
 #[allow(dead_code)]

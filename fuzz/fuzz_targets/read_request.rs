@@ -20,6 +20,7 @@
 #[path = "../../agent/src/fs_access.rs"]
 mod fs_access;
 #[allow(dead_code)]
+#[allow(unused_imports)] // the re-export of the redaction crate's profile-name rule
 #[path = "../../core/src/grant.rs"]
 mod grant;
 #[allow(dead_code)]
