@@ -190,7 +190,8 @@ audit_event! {
         /// the check that failed, e.g. `no_grant`, `grant_expired`, `path_outside_roots`,
         /// `path_crosses_mount`, `identity_refused`, `too_many_streams`, a bad argument
         /// (`invalid_mode`, `tail_lines_over_limit`, `pattern_empty`, `pattern_too_long`,
-        /// `pattern_invalid`, `pattern_too_complex`); `suppressed` for the summary of denials
+        /// `pattern_invalid`, `pattern_too_complex`), a grep refused for CPU
+        /// (`grep_budget_spent`, `grep_streams_busy`); `suppressed` for the summary of denials
         /// over the audit budget (`status_detail`)
         reason_code: &'static str,
         /// the message the caller was given (cut to 1 KiB)
