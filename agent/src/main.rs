@@ -195,7 +195,10 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     .context("TLS configuration")?;
     eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
     tonic::transport::Server::builder()
+        // A peer that stops answering HTTP/2 pings is dropped (the accept loop caps the
+        // connections per identity and in all, and sets TCP keepalive).
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
             AgentServer::new(server::AgentService::new(shared.clone()))
                 .max_decoding_message_size(max_request),
