@@ -21,6 +21,8 @@ use tokio::net::{TcpSocket, TcpStream};
 const LEGIT_WITHIN: Duration = Duration::from_secs(2);
 /// Clients connecting at once from one address (more than half the handshake pool, 1024).
 const BURST: usize = 600;
+/// Connection attempts each flood keeps in flight while it churns.
+const CHURN_IN_FLIGHT: usize = 8;
 /// The window around the legitimate client's commands in which the floods' connections must be
 /// seen evicted (the pools were full while it connected).
 const EVICTION_WINDOW: Duration = Duration::from_secs(1);
@@ -139,8 +141,9 @@ impl Held {
 struct Flooded {
     opened: usize,
     failed: usize,
-    /// Connections open when `window` was set, then closed by the server before `stop` and
-    /// before their deadlines: evicted while the legitimate client was connecting.
+    /// Connections open when `window` was set, then seen closed by the server (checked every
+    /// 100 ms) before `stop` and before their deadlines: evicted while the legitimate client
+    /// was connecting.
     evicted_in_window: usize,
 }
 
@@ -148,8 +151,7 @@ struct Flooded {
 /// (or a bound is reached), keeps opening new ones from the same sources, one byte then silent,
 /// closing the oldest of its own to stay at that number, so the server's pool stays full while the legitimate client runs.
 /// When `window` turns true (the legitimate client starts), the connections open at that moment
-/// are noted; when `stop` is set, those the server closed meanwhile before their deadlines are
-/// counted.
+/// are noted, and until `stop` those the server closes before their deadlines are counted.
 async fn flood(
     target: SocketAddr,
     ready: tokio::sync::oneshot::Sender<()>,
@@ -189,42 +191,60 @@ async fn flood(
     let before_churn = opened;
     let mut n = 3 * PER_KIND;
     let mut open_at_window: Option<std::collections::HashSet<usize>> = None;
+    // Several attempts in flight: one can wait a second (a dropped SYN), and the others keep
+    // the pressure meanwhile.
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut scan = tokio::time::interval(Duration::from_millis(100));
+    let mut evicted_in_window = 0;
     while !stop.load(std::sync::atomic::Ordering::Relaxed)
         && n < 3 * PER_KIND + CHURN_MAX_CONNECTIONS
         && started.elapsed() < CHURN_MAX_TIME
     {
-        // One byte then silence: each lives the whole handshake deadline (5 s), so that even
-        // the few hundred a second a loaded machine accepts keep the pool full.
-        let (source, _) = nth_attack(n, &others);
-        let one_byte = true;
-        let attempt = attack_one(source, target, one_byte);
-        tokio::pin!(attempt);
-        // A connection attempt can wait a second (a dropped SYN): the window must not pass
-        // unnoticed meanwhile.
-        let stream = loop {
-            tokio::select! {
-                stream = &mut attempt => break stream,
-                _ = window.wait_for(|open| *open), if open_at_window.is_none() => {
-                    open_at_window = Some(
-                        held.iter()
-                            .filter(|h| !h.closed_by_server())
-                            .map(|h| h.id)
-                            .collect(),
-                    );
+        while attempts.len() < CHURN_IN_FLIGHT {
+            // One byte then silence: each lives the whole handshake deadline (5 s), so that
+            // even the few hundred a second a loaded machine accepts keep the pool full.
+            let (source, _) = nth_attack(n, &others);
+            attempts.spawn(async move { (n, attack_one(source, target, true).await) });
+            n += 1;
+        }
+        tokio::select! {
+            Some(joined) = attempts.join_next() => {
+                let (id, stream) = joined.unwrap_or((usize::MAX, None));
+                hold(&mut held, (&mut opened, &mut failed), id, true, stream);
+                if held.len() > 3 * PER_KIND {
+                    held.pop_front();
                 }
             }
-        };
-        hold(&mut held, (&mut opened, &mut failed), n, one_byte, stream);
-        n += 1;
-        if held.len() > 3 * PER_KIND {
-            held.pop_front();
+            _ = window.wait_for(|open| *open), if open_at_window.is_none() => {
+                open_at_window = Some(
+                    held.iter()
+                        .filter(|h| !h.closed_by_server())
+                        .map(|h| h.id)
+                        .collect(),
+                );
+            }
+            // While the window is open, look often: the oldest connections are the ones
+            // evicted, and soon after they would have reached their deadline anyway.
+            _ = scan.tick(), if open_at_window.is_some() => {
+                if let Some(open) = &mut open_at_window {
+                    let gone: Vec<usize> = held
+                        .iter()
+                        .filter(|h| open.contains(&h.id) && h.closed_by_server())
+                        .inspect(|h| {
+                            if h.within_its_deadline() {
+                                evicted_in_window += 1;
+                            }
+                        })
+                        .map(|h| h.id)
+                        .collect();
+                    for id in gone {
+                        open.remove(&id);
+                    }
+                }
+            }
         }
     }
-    let evicted_in_window = open_at_window.map_or(0, |open| {
-        held.iter()
-            .filter(|h| open.contains(&h.id) && h.within_its_deadline() && h.closed_by_server())
-            .count()
-    });
+    attempts.abort_all();
     eprintln!(
         "{target}: {} connections opened by the churn in {:?}; {evicted_in_window} evicted \
          while the legitimate client connected",
@@ -603,11 +623,14 @@ async fn gated_proxy(target: SocketAddr, connections: usize) -> anyhow::Result<S
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             });
         };
-        let relayed = pairs.len();
+        eprintln!(
+            "gated proxy: {} of {connections} connections open at the server at once",
+            pairs.len()
+        );
         pairs.into_iter().for_each(relay);
         // The ones not yet open when the gate opened pass as they come.
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
-            for _ in relayed..connections {
+            while accepted < connections || !connecting.is_empty() {
                 tokio::select! {
                     client = listener.accept(), if accepted < connections => {
                         let Ok((client, _)) = client else { return };
@@ -616,16 +639,11 @@ async fn gated_proxy(target: SocketAddr, connections: usize) -> anyhow::Result<S
                             TcpStream::connect(target).await.ok().map(|server| (client, server))
                         });
                     }
-                    Some(Ok(pair)) = connecting.join_next() => {
-                        if let Some(pair) = pair {
+                    Some(joined) = connecting.join_next() => {
+                        if let Ok(Some(pair)) = joined {
                             relay(pair);
                         }
                     }
-                }
-            }
-            while let Some(Ok(pair)) = connecting.join_next().await {
-                if let Some(pair) = pair {
-                    relay(pair);
                 }
             }
         })
