@@ -21,6 +21,8 @@ use tokio::net::{TcpSocket, TcpStream};
 const LEGIT_WITHIN: Duration = Duration::from_secs(2);
 /// Clients connecting at once from one address (more than half the handshake pool, 1024).
 const BURST: usize = 600;
+/// How long the floods churn before the legitimate client starts, to fill the pools.
+const POOL_FILL: Duration = Duration::from_secs(3);
 /// Connection attempts each flood keeps in flight while it churns.
 const CHURN_IN_FLIGHT: usize = 8;
 /// The window around the legitimate client's commands in which the floods' connections must be
@@ -305,6 +307,8 @@ async fn a_legitimate_client_gets_through_while_thousands_of_idle_and_slow_conne
     ));
     agent_flooded.await?;
     controller_flooded.await?;
+    // The churn (one-byte connections, 5 s each) fills the pools before the window opens.
+    tokio::time::sleep(POOL_FILL).await;
     // Each flood notes the connections it holds open now; the window stays open at least
     // `EVICTION_WINDOW` (the client's commands take a fraction of it), so that a moment when a
     // flood waits on a dropped SYN does not leave it empty.
