@@ -222,7 +222,10 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     let service = server::AgentService::new(shared.clone());
     let denial_summaries = service.summaries();
     tonic::transport::Server::builder()
+        // A peer that stops answering HTTP/2 pings is dropped (the accept loop caps the
+        // connections per identity and in all, and sets TCP keepalive).
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(AgentServer::new(service).max_decoding_message_size(max_request))
         .serve_with_incoming_shutdown(incoming, loggate_core::shutdown::signal())
         .await

@@ -86,7 +86,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(listen = %config.listen, "loggate controller serving");
     eprintln!("loggate controller listening on {}", config.listen);
     tonic::transport::Server::builder()
+        // A peer that stops answering HTTP/2 pings is dropped (the accept loop caps the
+        // connections per identity and in all, and sets TCP keepalive).
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, async move {
             loggate_core::shutdown::signal().await;

@@ -63,7 +63,6 @@ impl TlsFiles {
     /// that carries it — issued for another purpose — stand in for an agent or the controller.
     pub fn endpoint(&self, addr: &str, server: Server<'_>) -> anyhow::Result<Endpoint> {
         let own = read_certificate_der(&self.cert)?;
-        refuse_if_not_valid_yet(&own, &self.cert, UnixTime::now())?;
         let trust_domain = spiffe_uris(&own)
             .first()
             .and_then(|id| id.strip_prefix("spiffe://"))
@@ -75,6 +74,17 @@ impl TlsFiles {
                     self.cert.display()
                 )
             })?;
+        if let Err(not_yet) = refuse_if_not_valid_yet(&own, &self.cert, UnixTime::now()) {
+            // An agent tries anyway: a server with a clock as far behind as its own accepts
+            // the certificate, and refusing here would cut the agent off its revocation feed
+            // (WatchGrants) over a clock it cannot fix itself. A person is told at once.
+            let agent = Identity::from_certificate(&own, &trust_domain)
+                .is_ok_and(|id| id.role() == Role::Agent);
+            if !agent {
+                return Err(not_yet);
+            }
+            tracing::warn!("{not_yet:#}; connecting anyway (the server will judge it)");
+        }
         let (dns_name, expected) = match server {
             Server::Controller => (
                 "loggate-controller".to_string(),
@@ -314,6 +324,43 @@ mod tests {
         assert!(refuse_if_not_valid_yet(future.der(), path, later).is_ok());
         let much_later = UnixTime::since_unix_epoch(std::time::Duration::from_secs(4_200_000_000));
         assert!(refuse_if_not_valid_yet(future.der(), path, much_later).is_ok());
+    }
+
+    /// Certificate and key files, self-signed, for `spiffe_id`, valid from 2099 on.
+    fn not_yet_valid_files(dir: &Path, spiffe_id: &str) -> TlsFiles {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["x".to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::URI(spiffe_id.try_into().expect("uri")));
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2099, 2, 1);
+        let cert = params.self_signed(&key).expect("cert");
+        let files = TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("own.crt"),
+            key: dir.join("own.key"),
+        };
+        std::fs::write(&files.ca, cert.pem()).expect("write");
+        std::fs::write(&files.cert, cert.pem()).expect("write");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write");
+        files
+    }
+
+    #[test]
+    fn an_agent_with_a_clock_behind_still_connects_to_the_controller_a_user_is_told() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = not_yet_valid_files(dir.path(), "spiffe://loggate.local/agent/web-1");
+        assert!(
+            agent.endpoint("127.0.0.1:1", Server::Controller).is_ok(),
+            "an agent whose clock is behind its certificate lost its revocation feed"
+        );
+        let user_dir = tempfile::tempdir().expect("tempdir");
+        let user = not_yet_valid_files(user_dir.path(), "spiffe://loggate.local/user/alice");
+        let err = user
+            .endpoint("127.0.0.1:1", Server::Controller)
+            .expect_err("a user's not-yet-valid certificate was used");
+        assert!(format!("{err:#}").contains("not valid yet"), "{err:#}");
     }
 
     #[test]

@@ -403,10 +403,14 @@ audit_event! {
     /// minute; the number left out goes with the next one or, at the end of the minute, in a
     /// summary record (`reason_code` `suppressed`, `peer` null). A connection that sends
     /// nothing within 2 s (a port probe) is closed and not recorded. At most 1024 handshakes
-    /// are in progress, 512 per /24 or /64 prefix; a new connection over either closes the
-    /// unfinished one idle longest (of its prefix, or of all), and every 10 s with any such
-    /// evictions one summary record (`reason_code` `evicted`, `peer` null, `suppressed_before`
-    /// the number) says how many and from which prefix most.
+    /// are in progress; when all are taken, a new connection closes the oldest one without a
+    /// complete ClientHello of the /24 or /64 prefix holding most (one with a ClientHello only
+    /// when no other is left), and every 10 s with any such evictions one summary record
+    /// (`reason_code` `evicted`, `peer` null, `suppressed_before` the number) says how many and
+    /// from which prefix most. After its handshake a connection must send the HTTP/2 preface
+    /// within 5 s; one identity may hold 1024 established connections, all together 65536 (or
+    /// half the open-file limit); those closed over these are summarised every 10 s
+    /// (`reason_code` `connection_limit`, `peer` null).
     TlsRefused = "tls.refused" {
         writers: "agent, controller", class: Authentication, activity: 1 "Logon",
         outcome: Failure, severity: LOW,
@@ -422,8 +426,9 @@ audit_event! {
         /// `certificate_expired`, `certificate_not_valid_yet`, `certificate_revoked`,
         /// `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`,
         /// `handshake_timeout`, `tls_error`, `suppressed` for the summary of refusals over the
-        /// rate limit, or `evicted` for the summary of unfinished handshakes closed to make
-        /// room (`status_detail`)
+        /// rate limit, `evicted` for the summary of unfinished handshakes closed to make room,
+        /// or `connection_limit` for the summary of connections closed after their handshake
+        /// (no HTTP/2 preface in time, over the limit per identity or in all) (`status_detail`)
         reason_code: &'static str,
         /// rustls' description of the failure
         reason: String,
