@@ -453,9 +453,13 @@ fn rsyslog_receives_every_event_and_its_copy_verifies() -> anyhow::Result<()> {
     for g in &globs {
         args.extend(["--path", g.as_str()]);
     }
-    args.extend(["--ttl", "10m", "--reason", "TEST-LARGE"]);
+    args.extend(["--ttl", "10m", "--reason", "TEST-LARGE", "--json"]);
     let out = f.cluster.run_cli("admin", &args)?;
     assert!(out.status.success(), "{}", text(&out).1);
+    let issued: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let id = issued["id"].as_str().unwrap_or_default();
+    // On the agent (and so in its audit file) before waiting for delivery.
+    f.cluster.wait_for_grant("web-1", id)?;
     let copy = wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(30))?;
     assert!(
         copy.values().any(|l| l.len() > 8_192),
