@@ -173,6 +173,34 @@ fn grant_list_prints_any_time_stored_in_the_database() -> anyhow::Result<()> {
 fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Result<()> {
     let mut f = Fixture::start()?;
     let (alice_grant, alice_token) = issue_with_token(&f, "alice")?;
+    // A grant in the backup that nobody revokes: it must survive every resync, audited once.
+    let kept_log = f.logs.join("kept.log");
+    std::fs::write(&kept_log, "kept line\n")?;
+    let kept_log = kept_log.display().to_string();
+    let out = f.cluster.run_cli(
+        "admin",
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "alice",
+            "--host",
+            "web-1",
+            "--path",
+            &kept_log,
+            "--ttl",
+            "1h",
+            "--reason",
+            "TEST-10",
+            "--redaction",
+            "raw",
+            "--json",
+        ],
+    )?;
+    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
+    let kept: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let kept_grant = kept["id"].as_str().unwrap_or_default().to_string();
+    f.cluster.wait_for_grant("web-1", &kept_grant)?;
     // The backup: a copy of the stopped controller's database.
     let db = f.cluster.dir.join("controller/state.db");
     let backup = f.cluster.dir.join("backup");
@@ -195,7 +223,7 @@ fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Res
     f.cluster.start_controller()?;
     // After the backup: bob gets a grant and loses it, the admin gets one; the agent learns all.
     let (bob_grant, bob_token) = issue_with_token(&f, "bob")?;
-    let (lost_grant, _) = issue_with_token(&f, "admin")?;
+    let (lost_grant, lost_token) = issue_with_token(&f, "admin")?;
     revoke(&f, &bob_grant)?;
     f.cluster
         .wait_for_audit("web-1", Duration::from_secs(15), |e| {
@@ -250,15 +278,22 @@ fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Res
     let out = f.logs("admin", &["cat", &f.api_log()])?;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out).0);
     // Both revoked grants stay refused, pushed or presented: alice's revocation came through
-    // the resync, bob's (lost by the restore) was kept by the agent.
+    // the resync, bob's (lost by the restore) was kept by the agent. The lost grant, which the
+    // controller can no longer revoke, is refused too when its token is presented.
     let token_file = f.cluster.dir.join("token");
-    for (user, token) in [("alice", &alice_token), ("bob", &bob_token)] {
+    for (user, token, pushed) in [
+        ("alice", &alice_token, true),
+        ("bob", &bob_token, true),
+        ("admin", &lost_token, false),
+    ] {
         std::fs::write(&token_file, token)?;
         let token_arg = token_file.display().to_string();
-        for args in [
-            vec!["cat", f.api_log().as_str()],
-            vec!["cat", f.api_log().as_str(), "--grant-token", &token_arg],
-        ] {
+        let api_log = f.api_log();
+        let mut cases = vec![vec!["cat", api_log.as_str(), "--grant-token", &token_arg]];
+        if pushed {
+            cases.push(vec!["cat", api_log.as_str()]);
+        }
+        for args in cases {
             let out = f.logs(user, &args)?;
             let (stdout, stderr) = text(&out);
             assert_eq!(
@@ -269,6 +304,21 @@ fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Res
             assert!(stderr.contains("revoked"), "{user} {args:?}: {stderr}");
         }
     }
+    // The grant the backup held is still served, and was not received (audited) a second time.
+    let out = f.logs("alice", &["cat", &kept_log])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout, "kept line\n");
+    let received = f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .filter(|e| e["event"] == "grant.received" && e["grant_id"] == kept_grant.as_str())
+        .count();
+    assert_eq!(
+        received, 1,
+        "the kept grant was audited as received {received} times"
+    );
     Ok(())
 }
 
