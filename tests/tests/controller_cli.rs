@@ -132,9 +132,14 @@ async fn controller_refuses_out_of_range_grant_windows_in_a_raw_request() -> any
             "{what}: {status:?}"
         );
     }
-    // A client clock a little behind is fine; a start within the horizon is kept as sent.
+    // A client clock a little behind is fine: its start counts as now, so the grant is not
+    // expired when signed; a start within the horizon is kept as sent.
     let ok = admin.issue_grant(request(now - 60, 60)).await?.into_inner();
-    assert_eq!(ok.grant.map(|g| g.not_before_unix), Some(now - 60));
+    let window = ok.grant.map(|g| (g.not_before_unix, g.not_after_unix));
+    assert!(
+        window.is_some_and(|(nbf, exp)| (now..=now + 5).contains(&nbf) && exp == nbf + 60),
+        "{window:?}"
+    );
     let later = now + 30 * 86400;
     let ok = admin.issue_grant(request(later, 60)).await?.into_inner();
     assert_eq!(
@@ -484,6 +489,36 @@ fn a_refused_client_certificate_is_always_exit_3() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_server_certificate_we_refuse_is_exit_1_not_access_denied() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    // "Agent web-1" at the controller's address: a valid certificate of this deployment, but
+    // not web-1's. Our verifier refuses it; the server refused nothing of ours.
+    let controller = f.cluster.controller_addr.to_string();
+    let api_log = f.api_log();
+    for run in 0..3 {
+        let out = f.cluster.run_cli(
+            "alice",
+            &[
+                "logs",
+                "cat",
+                &api_log,
+                "--host",
+                "web-1",
+                "--agent-addr",
+                &controller,
+            ],
+        )?;
+        let stderr = text(&out).1;
+        assert_eq!(out.status.code(), Some(1), "run {run}: {stderr}");
+        assert!(
+            stderr.contains("the server's certificate is not the expected one"),
+            "run {run}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_connection_dropped_without_a_tls_reason_is_exit_1() -> anyhow::Result<()> {
     let cluster = Cluster::new(None)?;
     // Something that accepts and hangs up at once: no TLS alert, no certificate refused.
@@ -525,5 +560,26 @@ fn a_connection_dropped_without_a_tls_reason_is_exit_1() -> anyhow::Result<()> {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = server.join();
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_epoch_in_watch_grants_is_refused() -> anyhow::Result<()> {
+    let f = tokio::task::spawn_blocking(Fixture::start).await??;
+    let mut agent = f.cluster.controller_client_as("agents/web-1").await?;
+    let request = |after_epoch: String| loggate_proto::WatchGrantsRequest {
+        agent_id: "web-1".into(),
+        after_epoch,
+        ..Default::default()
+    };
+    let status = agent
+        .watch_grants(request("e".repeat(65)))
+        .await
+        .expect_err("a 65-byte epoch was accepted");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("64 bytes"), "{status:?}");
+    // 64 bytes is still an epoch (not ours: the agent resynchronises).
+    agent.watch_grants(request("e".repeat(64))).await?;
+    tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }
