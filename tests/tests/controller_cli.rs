@@ -380,6 +380,49 @@ fn state_files_are_private_from_creation() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_shared_or_linked_controller_database_folder_refuses_the_start() -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    f.cluster.stop_controller();
+    let folder = f.cluster.dir.join("controller");
+    // Bounded: a controller that wrongly starts is stopped after 10 s (and the test fails).
+    let serve = || -> anyhow::Result<(Option<i32>, String)> {
+        let mut child = Command::new(f.cluster.bins.join("loggate"))
+            .args(["controller", "serve", "--config"])
+            .arg(&f.cluster.controller_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        Ok((out.status.code(), text(&out).1))
+    };
+    // Others could replace the database in a folder they can write.
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777))?;
+    let (code, stderr) = serve()?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("database folder") && stderr.contains("chmod 700"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))?;
+    // A database that is a symbolic link is named as one, not by its link's mode 777.
+    let db = folder.join("state.db");
+    let moved = folder.join("real.db");
+    std::fs::rename(&db, &moved)?;
+    std::os::unix::fs::symlink(&moved, &db)?;
+    let (code, stderr) = serve()?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    assert!(!stderr.contains("chmod"), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn logs_cat_into_a_closed_pipe_exits_0() -> anyhow::Result<()> {
     let f = Fixture::start()?;
     f.grant("alice", "30m")?;
