@@ -283,15 +283,23 @@ pub fn authorize(
             }
         };
         let id = Some(grant.id().to_string());
+        // A grant a resync dropped (the controller no longer holds it) is refused as revoked:
+        // its token still verifies, and nobody could revoke it any more.
         if let Some(r) = shared.grants.revocation(grant.id()) {
-            let mut d = Denial::new(
-                DenialCode::GrantRevoked,
+            let message = if shared.grants.dropped(grant.id()).is_some() {
+                format!(
+                    "grant {} was revoked: {}; request a new one",
+                    grant.id(),
+                    r.reason
+                )
+            } else {
                 format!(
                     "grant {} was revoked by {}; request a new one",
                     grant.id(),
                     r.by
-                ),
-            );
+                )
+            };
+            let mut d = Denial::new(DenialCode::GrantRevoked, message);
             d.grant_id = id;
             consider(d, grant.covers_path(path_text), *presented);
             continue;

@@ -8,7 +8,11 @@
 //!
 //! The revision it resumes from belongs to the controller's **epoch** (kept beside it): when the
 //! controller's epoch differs, the stream resynchronises from zero and [`GrantStore::finish_resync`]
-//! replaces the grant set with what the controller sent, keeping every revocation known.
+//! replaces the grant set with what the controller sent, keeping every revocation known. A grant
+//! it drops leaves a **dropped marker** behind, treated like a revocation
+//! ([`GrantStore::revocation`]): its token, presented with `--grant-token`, is judged on its own
+//! and would otherwise still verify, and the controller that lost it cannot revoke it. The marker
+//! goes when a controller sends that grant again.
 //!
 //! `grants.redb` holds every grant token with its subject, paths and reason: it is created 0600
 //! in a 0700 folder, and a start refuses either when others can read it.
@@ -24,6 +28,8 @@ use tokio::sync::watch;
 
 const GRANTS: TableDefinition<&str, &str> = TableDefinition::new("grants");
 const REVOCATIONS: TableDefinition<&str, &str> = TableDefinition::new("revocations");
+/// Grants dropped by a resync (id → [`RevocationInfo`] as JSON): refused like revocations.
+const DROPPED: TableDefinition<&str, &str> = TableDefinition::new("dropped");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Text metadata: `epoch`, the controller epoch the stored revision belongs to.
 const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
@@ -35,10 +41,16 @@ pub struct RevocationInfo {
     pub reason: String,
 }
 
+/// Who a dropped marker names as its author, and why (see [`GrantStore::finish_resync`]).
+pub const DROPPED_BY: &str = "the agent's resync";
+pub const DROPPED_REASON: &str = "dropped by resync: the controller no longer holds it";
+
 #[derive(Default)]
 struct State {
     grants: HashMap<String, ReceivedGrant>,
     revoked: HashMap<String, RevocationInfo>,
+    /// Dropped markers: grants a resync forgot, refused like revocations until sent again.
+    dropped: HashMap<String, RevocationInfo>,
     revision: u64,
     /// The controller epoch `revision` belongs to ("" before the first resync).
     epoch: String,
@@ -82,6 +94,7 @@ impl GrantStore {
             let tx = db.begin_write()?;
             tx.open_table(GRANTS)?;
             tx.open_table(REVOCATIONS)?;
+            tx.open_table(DROPPED)?;
             tx.open_table(META)?;
             tx.open_table(META_TEXT)?;
             tx.commit()?;
@@ -105,6 +118,16 @@ impl GrantStore {
                 if let Ok(info) = serde_json::from_str(info.value()) {
                     state.revoked.insert(id.value().to_string(), info);
                 }
+            }
+            for row in tx.open_table(DROPPED)?.iter()? {
+                let (id, info) = row?;
+                // Fail closed: a marker that does not parse still refuses the grant.
+                let info = serde_json::from_str(info.value()).unwrap_or_else(|_| RevocationInfo {
+                    at: 0,
+                    by: DROPPED_BY.into(),
+                    reason: DROPPED_REASON.into(),
+                });
+                state.dropped.insert(id.value().to_string(), info);
             }
             state.revision = tx
                 .open_table(META)?
@@ -160,15 +183,19 @@ impl GrantStore {
 
     /// Persists then installs a grant received at `revision` of the stored epoch; `None` during
     /// a resync, whose position is only stored once it completes ([`GrantStore::finish_resync`]).
+    /// A controller sending the grant holds it again (a second controller, a label change): its
+    /// dropped marker, if any, is removed.
     pub fn install(&self, grant: ReceivedGrant, revision: Option<u64>) -> anyhow::Result<()> {
         let id = grant.claims().jti.clone();
         let tx = self.db.begin_write()?;
         tx.open_table(GRANTS)?.insert(id.as_str(), grant.token())?;
+        tx.open_table(DROPPED)?.remove(id.as_str())?;
         if let Some(revision) = revision {
             tx.open_table(META)?.insert("revision", revision)?;
         }
         tx.commit()?;
         let mut state = self.write();
+        state.dropped.remove(&id);
         state.grants.insert(id, grant);
         if let Some(revision) = revision {
             state.revision = state.revision.max(revision);
@@ -210,9 +237,10 @@ impl GrantStore {
 
     /// Ends a resync into controller epoch `epoch`, caught up at `revision`: the grants still in
     /// effect (not ended at `now`, not revoked) that the controller did not send again (`sent`,
-    /// by id) are forgotten — the controller's database no longer holds them, so nobody could revoke them —
-    /// and the epoch and revision are stored, all in one transaction. Revocations are all kept:
-    /// a restored database may have lost one, the agent has not. Returns the forgotten ids.
+    /// by id) are forgotten — the controller's database no longer holds them, so nobody could
+    /// revoke them — each leaving a dropped marker that refuses its token like a revocation, and
+    /// the epoch and revision are stored, all in one transaction. Revocations are all kept: a
+    /// restored database may have lost one, the agent has not. Returns the forgotten ids.
     pub fn finish_resync(
         &self,
         epoch: &str,
@@ -232,11 +260,19 @@ impl GrantStore {
                 .map(|c| c.jti.clone())
                 .collect()
         };
+        let marker = RevocationInfo {
+            at: now,
+            by: DROPPED_BY.into(),
+            reason: DROPPED_REASON.into(),
+        };
+        let marker_json = serde_json::to_string(&marker)?;
         let tx = self.db.begin_write()?;
         {
             let mut grants = tx.open_table(GRANTS)?;
+            let mut dropped = tx.open_table(DROPPED)?;
             for id in &forgotten {
                 grants.remove(id.as_str())?;
+                dropped.insert(id.as_str(), marker_json.as_str())?;
             }
         }
         tx.open_table(META)?.insert("revision", revision)?;
@@ -246,6 +282,7 @@ impl GrantStore {
             let mut state = self.write();
             for id in &forgotten {
                 state.grants.remove(id);
+                state.dropped.insert(id.clone(), marker.clone());
             }
             state.revision = revision;
             state.epoch = epoch.to_string();
@@ -284,8 +321,21 @@ impl GrantStore {
         self.read().grants.get(id).map(|g| g.claims().sub.clone())
     }
 
+    /// Why grant `id` must be refused although its token may verify: its revocation, else its
+    /// dropped marker (a resync forgot it). Every check that refuses revoked grants (the gate,
+    /// live streams, bypass attribution) goes through here, so a dropped grant is refused alike.
     pub fn revocation(&self, id: &str) -> Option<RevocationInfo> {
-        self.read().revoked.get(id).cloned()
+        let state = self.read();
+        state
+            .revoked
+            .get(id)
+            .or_else(|| state.dropped.get(id))
+            .cloned()
+    }
+
+    /// The dropped marker of grant `id`, when a resync forgot it (for a denial that says so).
+    pub fn dropped(&self, id: &str) -> Option<RevocationInfo> {
+        self.read().dropped.get(id).cloned()
     }
 
     /// Returns the grants whose end has passed since the last call (for the `grant.expired`
@@ -430,6 +480,33 @@ mod tests {
         assert!(store.subject_of("g-lost").is_none());
         assert!(store.revocation("g-revoked").is_some());
         assert!(store.revocation("g-other").is_some());
+    }
+
+    #[test]
+    fn a_grant_dropped_by_a_resync_is_refused_like_a_revocation_until_sent_again() {
+        let f = Fixture::new();
+        let store = f.open();
+        store.install(f.grant("g-lost"), Some(1)).unwrap();
+        let forgotten = store.finish_resync("e2", 1, &HashSet::new(), NOW).unwrap();
+        assert_eq!(forgotten, vec!["g-lost".to_string()]);
+        let marker = store
+            .revocation("g-lost")
+            .expect("a dropped grant is refused");
+        assert_eq!(marker.reason, DROPPED_REASON);
+        assert!(store.dropped("g-lost").is_some());
+        drop(store);
+        // The marker survives a restart, and a later resync that sends the grant removes it.
+        let store = f.open();
+        assert!(store.revocation("g-lost").is_some(), "marker persisted");
+        store.install(f.grant("g-lost"), None).unwrap();
+        store
+            .finish_resync("e3", 2, &["g-lost".to_string()].into(), NOW)
+            .unwrap();
+        assert!(store.revocation("g-lost").is_none());
+        drop(store);
+        let store = f.open();
+        assert!(store.revocation("g-lost").is_none(), "removal persisted");
+        assert!(store.subject_of("g-lost").is_some());
     }
 
     #[test]

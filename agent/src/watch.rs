@@ -13,8 +13,8 @@
 use crate::config::AgentConfig;
 use crate::grants::{GrantStore, RevocationInfo};
 use crate::Shared;
-use loggate_core::audit::events;
-use loggate_core::grant::unix_now;
+use loggate_core::audit::{events, AuditEvent};
+use loggate_core::grant::{unix_now, GrantError, ReceivedGrant};
 use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::controller_client::ControllerClient;
@@ -107,12 +107,42 @@ struct Resync {
     sent: HashSet<String>,
 }
 
+/// What applying a pushed event needs: the grant store, the one verifier (with the agent's
+/// audience), and the audit stream — the agent's [`Shared`], or a test's stand-in.
+pub trait WatchTarget {
+    fn store(&self) -> &GrantStore;
+    /// Verifies a pushed token on receipt at `now`.
+    fn verify(&self, token: &str, now: i64) -> Result<ReceivedGrant, GrantError>;
+    /// Appends one audit event, on disk when it returns.
+    fn audit<E: AuditEvent>(&self, event: &E) -> anyhow::Result<()>;
+}
+
+impl WatchTarget for Shared {
+    fn store(&self) -> &GrantStore {
+        &self.grants
+    }
+    fn verify(&self, token: &str, now: i64) -> Result<ReceivedGrant, GrantError> {
+        self.verifier.verify_on_receipt(token, &self.audience, now)
+    }
+    fn audit<E: AuditEvent>(&self, event: &E) -> anyhow::Result<()> {
+        Shared::audit(self, event).map(|_| ())
+    }
+}
+
+/// The `grant.dropped` reason for a grant a resync forgot. Neutral: a restore drops grants, and
+/// so does a plain restart when the controller's clock saw them expire before the agent's did.
+pub const DROPPED_AUDIT_REASON: &str = "the controller no longer holds this grant";
+
 /// Applies one pushed event. A grant that fails verification is refused and audited, never
 /// stored; the revision still advances so it is not fetched again. An event of another epoch
 /// than the stored one starts a resync (an empty epoch is an older controller's: followed as
 /// before); its first heartbeat ends it.
-pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> anyhow::Result<()> {
-    let store: &GrantStore = &shared.grants;
+pub fn apply(
+    shared: &impl WatchTarget,
+    session: &mut Session,
+    event: pb::GrantEvent,
+) -> anyhow::Result<()> {
+    let store: &GrantStore = shared.store();
     let resyncing_into = session.resync.as_ref().map(|r| r.epoch.as_str());
     if !event.epoch.is_empty()
         && event.epoch != store.epoch()
@@ -134,10 +164,7 @@ pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> a
     };
     match event.event {
         Some(pb::grant_event::Event::Grant(signed)) => {
-            match shared
-                .verifier
-                .verify_on_receipt(&signed.token, &shared.audience, unix_now())
-            {
+            match shared.verify(&signed.token, unix_now()) {
                 Ok(grant) => {
                     let c = grant.claims().clone();
                     if let Some(resync) = &mut session.resync {
@@ -201,9 +228,7 @@ pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> a
                 for id in forgotten {
                     shared.audit(&events::GrantDropped {
                         grant_id: id,
-                        reason: "the controller no longer holds this grant (its database was \
-                                 replaced or restored)"
-                            .into(),
+                        reason: DROPPED_AUDIT_REASON.into(),
                     })?;
                 }
                 tracing::info!(epoch = %resync.epoch, revision = event.revision, "grants resynchronised");
@@ -213,4 +238,156 @@ pub fn apply(shared: &Shared, session: &mut Session, event: pb::GrantEvent) -> a
         None => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use loggate_core::grant::{Audience, GrantClaims, GrantVerifier, SigningKey};
+    use std::cell::RefCell;
+
+    /// The store, verifier and audit stream of an agent, without its network and files.
+    struct Agent {
+        _dir: tempfile::TempDir,
+        key: SigningKey,
+        verifier: GrantVerifier,
+        audience: Audience,
+        store: GrantStore,
+        audited: RefCell<Vec<serde_json::Value>>,
+    }
+
+    impl WatchTarget for Agent {
+        fn store(&self) -> &GrantStore {
+            &self.store
+        }
+        fn verify(&self, token: &str, now: i64) -> Result<ReceivedGrant, GrantError> {
+            self.verifier.verify_on_receipt(token, &self.audience, now)
+        }
+        fn audit<E: AuditEvent>(&self, event: &E) -> anyhow::Result<()> {
+            let mut value = serde_json::to_value(event)?;
+            value["event"] = E::TYPE.name.into();
+            self.audited.borrow_mut().push(value);
+            Ok(())
+        }
+    }
+
+    impl Agent {
+        fn new() -> Agent {
+            let dir = tempfile::tempdir().unwrap();
+            let key = SigningKey::generate().unwrap();
+            let verifier =
+                GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+            let audience = Audience {
+                agent_id: "web-1".into(),
+                labels: vec![],
+            };
+            let store =
+                GrantStore::open(&dir.path().join("state"), &verifier, &audience, unix_now())
+                    .unwrap()
+                    .store;
+            Agent {
+                _dir: dir,
+                key,
+                verifier,
+                audience,
+                store,
+                audited: RefCell::new(Vec::new()),
+            }
+        }
+
+        fn token(&self, id: &str) -> String {
+            let now = unix_now();
+            self.key
+                .sign(&GrantClaims {
+                    jti: id.into(),
+                    iss: "spiffe://loggate.local/controller".into(),
+                    sub: "spiffe://loggate.local/user/alice".into(),
+                    iat: now,
+                    nbf: now,
+                    exp: now + 3600,
+                    hosts: vec!["web-1".into()],
+                    labels: vec![],
+                    paths: vec!["/var/log/*.log".into()],
+                    redaction: "default".into(),
+                    reason: "T-1".into(),
+                    approver: "spiffe://loggate.local/user/admin".into(),
+                    key_sha256: "00".repeat(32),
+                })
+                .unwrap()
+        }
+
+        fn events(&self, name: &str, id: &str) -> usize {
+            self.audited
+                .borrow()
+                .iter()
+                .filter(|e| e["event"] == name && e["grant_id"] == id)
+                .count()
+        }
+    }
+
+    fn grant(epoch: &str, revision: u64, token: String) -> pb::GrantEvent {
+        pb::GrantEvent {
+            revision,
+            epoch: epoch.into(),
+            event: Some(pb::grant_event::Event::Grant(pb::SignedGrant {
+                grant_id: String::new(),
+                token,
+            })),
+        }
+    }
+
+    fn heartbeat(epoch: &str, revision: u64) -> pb::GrantEvent {
+        pb::GrantEvent {
+            revision,
+            epoch: epoch.into(),
+            event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
+        }
+    }
+
+    #[test]
+    fn a_resync_cut_before_its_heartbeat_changes_no_position_and_drops_nothing() {
+        let agent = Agent::new();
+        let (kept, other, new) = (
+            agent.token("g-kept"),
+            agent.token("g-other"),
+            agent.token("g-new"),
+        );
+        let mut session = Session::default();
+        apply(&agent, &mut session, grant("e1", 4, kept.clone())).unwrap();
+        apply(&agent, &mut session, grant("e1", 5, other.clone())).unwrap();
+        apply(&agent, &mut session, heartbeat("e1", 5)).unwrap();
+        assert_eq!(
+            (agent.store.epoch(), agent.store.revision()),
+            ("e1".into(), 5)
+        );
+
+        // A new epoch: the resync sends g-kept again (and a new grant), then the stream drops.
+        let mut session = Session::default();
+        apply(&agent, &mut session, grant("e2", 1, kept.clone())).unwrap();
+        apply(&agent, &mut session, grant("e2", 2, new.clone())).unwrap();
+        drop(session);
+        assert_eq!(
+            (agent.store.epoch(), agent.store.revision()),
+            ("e1".into(), 5),
+            "the old epoch's position stays until a resync completes"
+        );
+        for id in ["g-kept", "g-other", "g-new"] {
+            assert!(agent.store.subject_of(id).is_some(), "{id} held");
+            assert!(agent.store.revocation(id).is_none(), "{id} not dropped");
+        }
+
+        // The next connection resyncs in full: g-other is dropped, g-kept is not re-audited.
+        let mut session = Session::default();
+        apply(&agent, &mut session, grant("e2", 1, kept.clone())).unwrap();
+        apply(&agent, &mut session, grant("e2", 2, new.clone())).unwrap();
+        apply(&agent, &mut session, heartbeat("e2", 2)).unwrap();
+        assert_eq!(
+            (agent.store.epoch(), agent.store.revision()),
+            ("e2".into(), 2)
+        );
+        assert_eq!(agent.events("grant.received", "g-kept"), 1);
+        assert_eq!(agent.events("grant.dropped", "g-other"), 1);
+        assert!(agent.store.revocation("g-other").is_some());
+        assert!(agent.store.revocation("g-kept").is_none());
+    }
 }

@@ -215,7 +215,7 @@ pub async fn explain_at(status: &Status, config: &ClientConfig, peer: &Peer<'_>)
         return failure;
     }
     match probe_refusal(config, peer).await {
-        Some(tls) => tls_refused(&peer.name, &tls.to_string()),
+        Some(tls) => tls_failure(&peer.name, &tls, &tls.to_string()),
         None => failure,
     }
 }
@@ -243,6 +243,66 @@ fn the_controller(config: &ClientConfig) -> Peer<'static> {
     }
 }
 
+/// Which side decided a TLS failure, by the `rustls::Error` variant: only an alert from the
+/// server about our certificate is a refusal of us (access denied, exit 3); our own verifier
+/// turning down the server's certificate (another name or identity, expired, another CA) means
+/// we reached the wrong server or a misconfigured one (exit 1), as does any other TLS failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The server refused our certificate.
+    RefusedUs,
+    /// Our verifier refused the server's certificate.
+    UnexpectedServer,
+    /// Anything else (a protocol or configuration mismatch).
+    Other,
+}
+
+impl TlsFailure {
+    pub fn of(e: &rustls::Error) -> TlsFailure {
+        use rustls::AlertDescription as A;
+        match e {
+            rustls::Error::AlertReceived(
+                A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+                // rustls' answer to a client certificate whose signature does not verify
+                // (another CA with the same name).
+                | A::DecryptError,
+            ) => TlsFailure::RefusedUs,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                TlsFailure::UnexpectedServer
+            }
+            _ => TlsFailure::Other,
+        }
+    }
+}
+
+/// The failure for TLS error `tls` with `peer`, `cause` being the whole chain as text.
+fn tls_failure(peer: &str, tls: &rustls::Error, cause: &str) -> Failure {
+    match TlsFailure::of(tls) {
+        TlsFailure::RefusedUs => tls_refused(peer, cause),
+        TlsFailure::UnexpectedServer => Failure {
+            code: 1,
+            message: format!(
+                "the server's certificate is not the expected one for {peer} ({cause}); check the \
+                 address and that the server runs with this deployment's certificate"
+            ),
+        },
+        TlsFailure::Other => Failure {
+            code: 1,
+            message: format!(
+                "the TLS connection to {peer} failed ({cause}); check that both sides use this \
+                 deployment's TLS settings"
+            ),
+        },
+    }
+}
+
 fn tls_refused(peer: &str, cause: &str) -> Failure {
     Failure {
         code: 3,
@@ -266,8 +326,8 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
         } else {
             message = cause;
         }
-        if tls_error_in(source).is_some() {
-            return tls_refused(peer, &message);
+        if let Some(tls) = tls_error_in(source) {
+            return tls_failure(peer, tls, &message);
         }
         return Failure {
             code: 1,
@@ -315,8 +375,8 @@ async fn connect(
         .connect_timeout(Duration::from_secs(5));
     endpoint.connect().await.map_err(|e| {
         let cause = error_chain(&e);
-        if tls_error_in(&e).is_some() {
-            return tls_refused(&format!("{name} at {addr}"), &cause);
+        if let Some(tls) = tls_error_in(&e) {
+            return tls_failure(&format!("{name} at {addr}"), tls, &cause);
         }
         Failure {
             code: 1,
@@ -905,6 +965,50 @@ mod tests {
             Failure::from(e).message,
             "agent id: \"Bad\" is not a valid name"
         );
+    }
+
+    #[test]
+    fn only_the_servers_alert_about_our_certificate_is_a_refusal() {
+        use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+        for refused in [
+            E::AlertReceived(A::BadCertificate),
+            E::AlertReceived(A::CertificateExpired),
+            E::AlertReceived(A::UnknownCA),
+            E::AlertReceived(A::DecryptError),
+        ] {
+            let f = tls_failure("the controller", &refused, "x");
+            assert_eq!(f.code, 3, "{refused:?}");
+            assert!(
+                f.message.contains("refused the TLS connection"),
+                "{}",
+                f.message
+            );
+        }
+        let wrong_server =
+            E::InvalidCertificate(C::Other(rustls::OtherError(std::sync::Arc::new(
+                std::io::Error::other("the server's certificate is not web-1"),
+            ))));
+        for ours in [
+            E::InvalidCertificate(C::Expired),
+            E::InvalidCertificate(C::NotValidForName),
+            E::InvalidCertificate(C::UnknownIssuer),
+            wrong_server,
+        ] {
+            let f = tls_failure("agent web-1", &ours, "x");
+            assert_eq!(f.code, 1, "{ours:?}");
+            assert!(f.message.contains("not the expected one"), "{}", f.message);
+        }
+        let other = E::AlertReceived(A::ProtocolVersion);
+        assert_eq!(tls_failure("the controller", &other, "x").code, 1);
+        // Found through the I/O error tokio-rustls wraps it in, as a transport failure is.
+        let wrapped = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            E::InvalidCertificate(C::Expired),
+        );
+        let status = Status::from_error(Box::new(wrapped));
+        let f = explain(&status, "agent web-1");
+        assert_eq!(f.code, 1);
+        assert!(f.message.contains("not the expected one"), "{}", f.message);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub const MAX_START_SKEW: Duration = Duration::from_secs(5 * 60);
 /// maintenance, near enough that every time stays a valid calendar date and in `i64`.
 pub const MAX_START_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
 const MAX_LIST: usize = 64;
+/// The longest epoch an agent may send back: ours are 32 hex characters; anything longer is
+/// not one of ours and would only grow log lines.
+pub const MAX_EPOCH_BYTES: usize = 64;
 
 /// What the controller's configuration allows when grants are issued.
 pub struct Policy {
@@ -161,9 +164,10 @@ fn covers(grant: &GrantRow, agent_id: &str, labels: &[String]) -> bool {
 }
 
 /// The validity window `(not_before, not_after)` of a grant requested at `now`, or the
-/// refusal: whatever a client sends, the start is `now` (for 0) or within
-/// [`MAX_START_SKEW`] before and [`MAX_START_AHEAD`] after `now`, the TTL is between 1 s and
-/// `max_ttl`, and the end lies after the start. No arithmetic here can wrap.
+/// refusal: whatever a client sends, the start is `now` (for 0, or for a start up to
+/// [`MAX_START_SKEW`] in the past: a client clock running behind, not a wish for a shorter
+/// grant) or at most [`MAX_START_AHEAD`] after `now`, the TTL is between 1 s and `max_ttl`,
+/// and the end lies after `now` (no grant is expired when signed). No arithmetic here can wrap.
 pub fn grant_window(
     now: i64,
     not_before_unix: i64,
@@ -193,13 +197,18 @@ pub fn grant_window(
                 humantime::format_duration(MAX_START_AHEAD)
             )));
         }
-        not_before_unix
+        not_before_unix.max(now)
     };
     let not_after = i64::try_from(ttl_seconds)
         .ok()
         .and_then(|ttl| not_before.checked_add(ttl))
         .filter(|end| *end > not_before)
         .ok_or_else(|| Status::invalid_argument("the grant's end is out of range"))?;
+    if not_after <= now {
+        return Err(Status::invalid_argument(
+            "the grant would have ended before it was issued; give a later start or a longer ttl",
+        ));
+    }
     Ok((not_before, not_after))
 }
 
@@ -265,6 +274,11 @@ impl Controller for ControllerService {
         bounded_list("labels", &req.labels)?;
         if req.listen_addr.len() > MAX_FIELD {
             return Err(Status::invalid_argument("listen_addr is too long"));
+        }
+        if req.after_epoch.len() > MAX_EPOCH_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "after_epoch is longer than {MAX_EPOCH_BYTES} bytes; send the epoch the controller gave"
+            )));
         }
         self.store
             .upsert_agent(&AgentRow {
@@ -650,6 +664,18 @@ mod window_tests {
     }
 
     #[test]
+    fn a_start_inside_the_skew_window_is_now_and_no_grant_is_expired_when_issued() {
+        let skew = MAX_START_SKEW.as_secs() as i64;
+        // The 5-minute allowance once made these grants end before they were signed.
+        for (start, ttl) in [(NOW - skew, 60), (NOW - 1, 1), (NOW - skew, skew as u64)] {
+            let (not_before, not_after) = grant_window(NOW, start, ttl, MAX_TTL).unwrap();
+            assert_eq!(not_before, NOW, "start {start} counts as now");
+            assert_eq!(not_after, NOW + ttl as i64, "start {start}, ttl {ttl}");
+            assert!(not_after > NOW);
+        }
+    }
+
+    #[test]
     fn grant_windows_are_range_checked_whatever_the_client_sent() {
         assert_eq!(
             grant_window(NOW, 0, 3600, MAX_TTL).unwrap(),
@@ -657,10 +683,6 @@ mod window_tests {
         );
         let skew = MAX_START_SKEW.as_secs() as i64;
         let ahead = MAX_START_AHEAD.as_secs() as i64;
-        assert_eq!(
-            grant_window(NOW, NOW - skew, 60, MAX_TTL).unwrap(),
-            (NOW - skew, NOW - skew + 60)
-        );
         assert_eq!(
             grant_window(NOW, NOW + ahead, 60, MAX_TTL).unwrap(),
             (NOW + ahead, NOW + ahead + 60)

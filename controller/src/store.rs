@@ -224,12 +224,14 @@ fn grant_at(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<GrantRow> 
 impl Store {
     /// Opens (creating it 0600, and its folder 0700, when missing) the database at `path`.
     /// Refuses a database, or one of its `-wal`, `-shm`, `-journal` files, that group or others
-    /// can read: they hold every grant token.
+    /// can read (they hold every grant token), and an existing folder that others can write or
+    /// own (they could replace the database); a symbolic link is refused as such.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
+            if std::fs::symlink_metadata(dir).is_err() {
                 private_state::create_private_dir(dir, "database folder")?;
             }
+            private_state::refuse_if_others_can_write(dir, "database folder")?;
         }
         private_state::create_private_file(path, "controller database")?;
         for suffix in ["-wal", "-shm", "-journal"] {

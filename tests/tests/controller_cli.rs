@@ -132,9 +132,14 @@ async fn controller_refuses_out_of_range_grant_windows_in_a_raw_request() -> any
             "{what}: {status:?}"
         );
     }
-    // A client clock a little behind is fine; a start within the horizon is kept as sent.
+    // A client clock a little behind is fine: its start counts as now, so the grant is not
+    // expired when signed; a start within the horizon is kept as sent.
     let ok = admin.issue_grant(request(now - 60, 60)).await?.into_inner();
-    assert_eq!(ok.grant.map(|g| g.not_before_unix), Some(now - 60));
+    let window = ok.grant.map(|g| (g.not_before_unix, g.not_after_unix));
+    assert!(
+        window.is_some_and(|(nbf, exp)| (now..=now + 5).contains(&nbf) && exp == nbf + 60),
+        "{window:?}"
+    );
     let later = now + 30 * 86400;
     let ok = admin.issue_grant(request(later, 60)).await?.into_inner();
     assert_eq!(
@@ -173,6 +178,34 @@ fn grant_list_prints_any_time_stored_in_the_database() -> anyhow::Result<()> {
 fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Result<()> {
     let mut f = Fixture::start()?;
     let (alice_grant, alice_token) = issue_with_token(&f, "alice")?;
+    // A grant in the backup that nobody revokes: it must survive every resync, audited once.
+    let kept_log = f.logs.join("kept.log");
+    std::fs::write(&kept_log, "kept line\n")?;
+    let kept_log = kept_log.display().to_string();
+    let out = f.cluster.run_cli(
+        "admin",
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "alice",
+            "--host",
+            "web-1",
+            "--path",
+            &kept_log,
+            "--ttl",
+            "1h",
+            "--reason",
+            "TEST-10",
+            "--redaction",
+            "raw",
+            "--json",
+        ],
+    )?;
+    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
+    let kept: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let kept_grant = kept["id"].as_str().unwrap_or_default().to_string();
+    f.cluster.wait_for_grant("web-1", &kept_grant)?;
     // The backup: a copy of the stopped controller's database.
     let db = f.cluster.dir.join("controller/state.db");
     let backup = f.cluster.dir.join("backup");
@@ -195,7 +228,7 @@ fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Res
     f.cluster.start_controller()?;
     // After the backup: bob gets a grant and loses it, the admin gets one; the agent learns all.
     let (bob_grant, bob_token) = issue_with_token(&f, "bob")?;
-    let (lost_grant, _) = issue_with_token(&f, "admin")?;
+    let (lost_grant, lost_token) = issue_with_token(&f, "admin")?;
     revoke(&f, &bob_grant)?;
     f.cluster
         .wait_for_audit("web-1", Duration::from_secs(15), |e| {
@@ -250,15 +283,22 @@ fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Res
     let out = f.logs("admin", &["cat", &f.api_log()])?;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out).0);
     // Both revoked grants stay refused, pushed or presented: alice's revocation came through
-    // the resync, bob's (lost by the restore) was kept by the agent.
+    // the resync, bob's (lost by the restore) was kept by the agent. The lost grant, which the
+    // controller can no longer revoke, is refused too when its token is presented.
     let token_file = f.cluster.dir.join("token");
-    for (user, token) in [("alice", &alice_token), ("bob", &bob_token)] {
+    for (user, token, pushed) in [
+        ("alice", &alice_token, true),
+        ("bob", &bob_token, true),
+        ("admin", &lost_token, false),
+    ] {
         std::fs::write(&token_file, token)?;
         let token_arg = token_file.display().to_string();
-        for args in [
-            vec!["cat", f.api_log().as_str()],
-            vec!["cat", f.api_log().as_str(), "--grant-token", &token_arg],
-        ] {
+        let api_log = f.api_log();
+        let mut cases = vec![vec!["cat", api_log.as_str(), "--grant-token", &token_arg]];
+        if pushed {
+            cases.push(vec!["cat", api_log.as_str()]);
+        }
+        for args in cases {
             let out = f.logs(user, &args)?;
             let (stdout, stderr) = text(&out);
             assert_eq!(
@@ -269,6 +309,21 @@ fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Res
             assert!(stderr.contains("revoked"), "{user} {args:?}: {stderr}");
         }
     }
+    // The grant the backup held is still served, and was not received (audited) a second time.
+    let out = f.logs("alice", &["cat", &kept_log])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout, "kept line\n");
+    let received = f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .filter(|e| e["event"] == "grant.received" && e["grant_id"] == kept_grant.as_str())
+        .count();
+    assert_eq!(
+        received, 1,
+        "the kept grant was audited as received {received} times"
+    );
     Ok(())
 }
 
@@ -321,6 +376,49 @@ fn state_files_are_private_from_creation() -> anyhow::Result<()> {
         stderr.contains("state.db") && stderr.contains("chmod 600"),
         "{stderr}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_shared_or_linked_controller_database_folder_refuses_the_start() -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    f.cluster.stop_controller();
+    let folder = f.cluster.dir.join("controller");
+    // Bounded: a controller that wrongly starts is stopped after 10 s (and the test fails).
+    let serve = || -> anyhow::Result<(Option<i32>, String)> {
+        let mut child = Command::new(f.cluster.bins.join("loggate"))
+            .args(["controller", "serve", "--config"])
+            .arg(&f.cluster.controller_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output()?;
+        Ok((out.status.code(), text(&out).1))
+    };
+    // Others could replace the database in a folder they can write.
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777))?;
+    let (code, stderr) = serve()?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("database folder") && stderr.contains("chmod 700"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o700))?;
+    // A database that is a symbolic link is named as one, not by its link's mode 777.
+    let db = folder.join("state.db");
+    let moved = folder.join("real.db");
+    std::fs::rename(&db, &moved)?;
+    std::os::unix::fs::symlink(&moved, &db)?;
+    let (code, stderr) = serve()?;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is a symbolic link"), "{stderr}");
+    assert!(!stderr.contains("chmod"), "{stderr}");
     Ok(())
 }
 
@@ -434,6 +532,36 @@ fn a_refused_client_certificate_is_always_exit_3() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_server_certificate_we_refuse_is_exit_1_not_access_denied() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    // "Agent web-1" at the controller's address: a valid certificate of this deployment, but
+    // not web-1's. Our verifier refuses it; the server refused nothing of ours.
+    let controller = f.cluster.controller_addr.to_string();
+    let api_log = f.api_log();
+    for run in 0..3 {
+        let out = f.cluster.run_cli(
+            "alice",
+            &[
+                "logs",
+                "cat",
+                &api_log,
+                "--host",
+                "web-1",
+                "--agent-addr",
+                &controller,
+            ],
+        )?;
+        let stderr = text(&out).1;
+        assert_eq!(out.status.code(), Some(1), "run {run}: {stderr}");
+        assert!(
+            stderr.contains("the server's certificate is not the expected one"),
+            "run {run}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn a_connection_dropped_without_a_tls_reason_is_exit_1() -> anyhow::Result<()> {
     let cluster = Cluster::new(None)?;
     // Something that accepts and hangs up at once: no TLS alert, no certificate refused.
@@ -475,5 +603,26 @@ fn a_connection_dropped_without_a_tls_reason_is_exit_1() -> anyhow::Result<()> {
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = server.join();
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_oversized_epoch_in_watch_grants_is_refused() -> anyhow::Result<()> {
+    let f = tokio::task::spawn_blocking(Fixture::start).await??;
+    let mut agent = f.cluster.controller_client_as("agents/web-1").await?;
+    let request = |after_epoch: String| loggate_proto::WatchGrantsRequest {
+        agent_id: "web-1".into(),
+        after_epoch,
+        ..Default::default()
+    };
+    let status = agent
+        .watch_grants(request("e".repeat(65)))
+        .await
+        .expect_err("a 65-byte epoch was accepted");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("64 bytes"), "{status:?}");
+    // 64 bytes is still an epoch (not ours: the agent resynchronises).
+    agent.watch_grants(request("e".repeat(64))).await?;
+    tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }
