@@ -133,20 +133,27 @@ impl AuditLog {
             Some(i) => &complete[i + 1..],
             None => complete,
         };
-        let (next_seq, prev) = if last_line.is_empty() {
-            (1, "0".repeat(64))
+        // An empty current file next to rotated ones (a crash in `rotate` between the rename
+        // and the new file's first record, a file moved aside by hand) continues the newest
+        // rotated file's chain: a new chain at seq 1 beside them would make the readers that
+        // walk the files by seq take the old files for the new chain's.
+        let continued = if last_line.is_empty() {
+            rotate::newest_rotated_head(path)?
         } else {
-            let record: Value =
-                serde_json::from_slice(last_line).map_err(|e| AuditError::Corrupt {
-                    path: path.to_path_buf(),
-                    why: e.to_string(),
-                })?;
-            let (seq, _) = chain_link(&record).map_err(|why| AuditError::Corrupt {
-                path: path.to_path_buf(),
-                why,
-            })?;
-            (seq + 1, hex::encode(Sha256::digest(last_line)))
+            None
         };
+        let (last_seq, prev) = match &continued {
+            Some(head) => (head.seq, head.hash.clone()),
+            None if last_line.is_empty() => (0, "0".repeat(64)),
+            None => (
+                line_seq(path, last_line)?,
+                hex::encode(Sha256::digest(last_line)),
+            ),
+        };
+        let next_seq = last_seq.checked_add(1).ok_or_else(|| AuditError::Corrupt {
+            path: path.to_path_buf(),
+            why: "its last seq is the largest possible; the chain cannot continue".into(),
+        })?;
         let len = start + tail.len() as u64;
         let mut log = AuditLog {
             path: path.to_path_buf(),
@@ -164,6 +171,13 @@ impl AuditLog {
             pending_cut: None,
             retention: None,
         };
+        if let Some(head) = continued {
+            log.append(&events::AuditRotated {
+                previous_file: head.file_name,
+                previous_last_seq: head.seq,
+                deleted_files: Vec::new(),
+            })?;
+        }
         if torn_bytes > 0 {
             log.append(&events::AuditTornTailDiscarded {
                 bytes_discarded: torn_bytes as u64,
@@ -378,6 +392,16 @@ impl AuditLog {
         self.prev = hash;
         Ok(seq)
     }
+}
+
+/// The `seq` of `line`, the last line of the audit file at `path` (for the error).
+fn line_seq(path: &Path, line: &[u8]) -> Result<u64, AuditError> {
+    let corrupt = |why: String| AuditError::Corrupt {
+        path: path.to_path_buf(),
+        why,
+    };
+    let record: Value = serde_json::from_slice(line).map_err(|e| corrupt(e.to_string()))?;
+    chain_link(&record).map(|(seq, _)| seq).map_err(corrupt)
 }
 
 /// The name of a record's event (e.g. `read.allowed`; OCSF `metadata.event_code`). Readers of

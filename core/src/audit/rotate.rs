@@ -379,6 +379,52 @@ fn chain_ids(path: &Path, files: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
+/// Where the newest rotated file's chain ends: its last record's `seq` and hash.
+pub(crate) struct RotatedHead {
+    pub(crate) file_name: String,
+    pub(crate) seq: u64,
+    pub(crate) hash: String,
+}
+
+/// The end of the newest rotated file of `path`, or `None` when there is none. A rotated file
+/// is sealed and synced before its rename, so a last line that is torn or not a record is
+/// refused (fail closed) rather than guessed past.
+pub(crate) fn newest_rotated_head(path: &Path) -> Result<Option<RotatedHead>, AuditError> {
+    let io_err = |p: &Path, source| AuditError::Io {
+        path: p.to_path_buf(),
+        source,
+    };
+    let Some(newest) = rotated_files(path).map_err(|e| io_err(path, e))?.pop() else {
+        return Ok(None);
+    };
+    let corrupt = |why: String| AuditError::Corrupt {
+        path: newest.clone(),
+        why,
+    };
+    let mut file = std::fs::File::open(&newest).map_err(|e| io_err(&newest, e))?;
+    let len = file.metadata().map_err(|e| io_err(&newest, e))?.len();
+    let start = len.saturating_sub(super::MAX_LINE);
+    io::Seek::seek(&mut file, io::SeekFrom::Start(start)).map_err(|e| io_err(&newest, e))?;
+    let mut tail = Vec::new();
+    io::Read::read_to_end(&mut file, &mut tail).map_err(|e| io_err(&newest, e))?;
+    let Some(complete) = tail.strip_suffix(b"\n") else {
+        return Err(corrupt(
+            "the newest rotated file does not end with a complete record; the current file cannot continue its chain (check it with `loggate audit verify`)".into(),
+        ));
+    };
+    let last = match complete.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &complete[i + 1..],
+        None if start == 0 => complete,
+        None => return Err(corrupt("its last line is longer than 1 MiB".into())),
+    };
+    let seq = super::line_seq(&newest, last)?;
+    Ok(Some(RotatedHead {
+        file_name: file_name(&newest),
+        seq,
+        hash: chain_id(last),
+    }))
+}
+
 /// The hex SHA-256 of a file's first complete line (its chain identity), if it has one.
 pub fn first_line_hash(path: &Path) -> io::Result<Option<String>> {
     let file = std::fs::File::open(path)?;
@@ -542,6 +588,72 @@ mod tests {
         );
         // Files out of order break the chain.
         assert!(verify_chain(&concat(&[path, rotated])[..], &[]).is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Events 1-3, a rotation (4 is its record), events 5-6: the files a restart finds.
+    fn rotated_once(path: &Path) -> PathBuf {
+        let mut log = AuditLog::open(path, "web-1").unwrap();
+        for i in 0..3 {
+            log.append(&TestEvent::n(i)).unwrap();
+        }
+        let rotated = log.rotate(10).unwrap();
+        for i in 0..2 {
+            log.append(&TestEvent::n(i)).unwrap();
+        }
+        rotated
+    }
+
+    #[test]
+    fn a_crash_between_the_rename_and_the_first_record_continues_the_chain_on_restart() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let first = rotated_once(&path);
+        // `rotate` renamed the file and died before the new one held its first record.
+        let second = rotated_path(&path, 6);
+        std::fs::rename(&path, &second).unwrap();
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        assert_eq!(log.append(&TestEvent::n(9)).unwrap(), 8);
+        let head = first_record(&path);
+        assert_eq!(event_name(&head), Some("audit.rotated"));
+        assert_eq!(crate::audit::record_seq(&head), Some(7));
+        assert_eq!(
+            record_field(&head, "previous_file"),
+            Some(&Value::from("audit.jsonl.000000000006"))
+        );
+        let all = verify_chain(&concat(&[first, second, path.clone()])[..], &[]).unwrap();
+        assert_eq!((all.first_seq, all.last_seq, all.records), (1, 8, 8));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_audit_file_moved_aside_is_continued_from_the_newest_rotated_file() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let first = rotated_once(&path);
+        std::fs::rename(&path, dir.join("audit.jsonl.corrupt")).unwrap();
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        assert_eq!(log.append(&TestEvent::n(9)).unwrap(), 5);
+        let both = verify_chain(&concat(&[first, path.clone()])[..], &[]).unwrap();
+        assert_eq!((both.first_seq, both.last_seq), (1, 5));
+        // An empty current file is continued the same way.
+        drop(log);
+        std::fs::write(&path, b"").unwrap();
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        assert_eq!(log.append(&TestEvent::n(9)).unwrap(), 5);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_newest_rotated_file_with_a_torn_end_is_refused_not_restarted() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let first = rotated_once(&path);
+        std::fs::remove_file(&path).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&first).unwrap();
+        io::Write::write_all(&mut f, b"{\"half").unwrap();
+        let err = AuditLog::open(&path, "web-1").err().expect("refused");
+        assert!(matches!(err, AuditError::Corrupt { .. }), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -671,6 +671,22 @@ mod tests {
         assert_eq!(ship_until(&ctx, &Fake::default(), 5), vec![4, 5]);
     }
 
+    #[test]
+    fn a_sink_delivers_each_record_once_after_a_crash_between_rename_and_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        append_and_rotate(&mut log, 3); // 1-3 rotated; 4 is the new file's audit.rotated
+        append(&ctx, 2); // 5-6
+        drop(log);
+        // `rotate` renamed the file and died before the new one held a record.
+        std::fs::rename(&ctx.audit_log, dir.path().join("audit.jsonl.000000000006")).unwrap();
+        append(&ctx, 2); // the restart continues the chain: 7 (audit.rotated), 8-9
+        let sent = ship_until(&ctx, &Fake::default(), 9);
+        assert_eq!(sent, (1..=9).collect::<Vec<_>>());
+    }
+
     /// Appends `n` events to `log`, then rotates it.
     fn append_and_rotate(log: &mut AuditLog, n: usize) {
         for _ in 0..n {
