@@ -79,6 +79,28 @@ pub struct AuditLog {
     pending_cut: Option<u64>,
     /// Who must consume a rotated file before it is deleted, and the disk budget.
     retention: Option<rotate::RetentionState>,
+    /// Every cut of unsynced records ([`AuditLog::cut_to_durable`]), wherever the failed sync
+    /// ran (the group's flusher, or a sync of the writer's own: rotation, retention), so that
+    /// writers waiting for a record of a cut generation learn it is gone (see [`Cuts`]).
+    cuts: Cuts,
+    /// Syncs to fail, for the tests of what a failed `fdatasync` does.
+    #[cfg(test)]
+    fail_syncs: u32,
+}
+
+/// How many past cuts are remembered to answer late waiters. A waiter more cuts behind than
+/// this is told its record was lost (fail closed), which it may not have been.
+const REMEMBERED_CUTS: usize = 64;
+
+/// The generations of the chain: a cut ends one. A record written in generation `g` is on disk
+/// once the durable seq reaches it while `g` lasts, or if it was durable when `g` was cut;
+/// otherwise the same seq may now name another record, and the writer's action must not happen.
+#[derive(Debug, Default)]
+pub(crate) struct Cuts {
+    generation: u64,
+    /// For recent cut generations: (generation, last durable seq at the cut).
+    ended: std::collections::VecDeque<(u64, u64)>,
+    last_cause: String,
 }
 
 /// A position in the chain: the last record's seq, its hash, and the file length after it.
@@ -170,6 +192,9 @@ impl AuditLog {
             written_len: len,
             pending_cut: None,
             retention: None,
+            cuts: Cuts::default(),
+            #[cfg(test)]
+            fail_syncs: 0,
         };
         if let Some(head) = continued {
             log.append(&events::AuditRotated {
@@ -292,11 +317,53 @@ impl AuditLog {
     /// After a failed sync nothing written since the last durable record can be trusted to be
     /// on disk: cut it off, so the chain continues from the last durable record. The writers of
     /// the cut records are told their action must not happen.
-    pub(crate) fn cut_to_durable(&mut self) {
+    pub(crate) fn cut_to_durable(&mut self, cause: &io::Error) {
+        self.cuts
+            .ended
+            .push_back((self.cuts.generation, self.durable.seq));
+        if self.cuts.ended.len() > REMEMBERED_CUTS {
+            self.cuts.ended.pop_front();
+        }
+        self.cuts.generation += 1;
+        self.cuts.last_cause = cause.to_string();
         self.next_seq = self.durable.seq + 1;
         self.prev = self.durable.prev.clone();
         self.written_len = self.durable.len;
         self.cut_file_to(self.durable.len);
+    }
+
+    /// The chain's generation now: a record written now is lost if this changes before the
+    /// record is durable (see [`Cuts`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.cuts.generation
+    }
+
+    /// Whether record `seq`, written in `generation`, was cut off: `None` while that
+    /// generation lasts, else `Some(Err(cause))` unless it was durable at the cut.
+    pub(crate) fn cut_outcome(&self, generation: u64, seq: u64) -> Option<Result<(), String>> {
+        if generation == self.cuts.generation {
+            return None;
+        }
+        let kept = self
+            .cuts
+            .ended
+            .iter()
+            .any(|&(g, durable)| g == generation && seq <= durable);
+        Some(if kept {
+            Ok(())
+        } else {
+            Err(self.cuts.last_cause.clone())
+        })
+    }
+
+    /// Syncs the file, or fails as told by the tests.
+    fn sync_file(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_syncs > 0 {
+            self.fail_syncs -= 1;
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        self.file.sync_data()
     }
 
     /// A handle on the same open file, for syncing without holding the writer.
@@ -306,13 +373,13 @@ impl AuditLog {
 
     fn sync(&mut self) -> Result<(), AuditError> {
         let point = self.written();
-        match self.file.sync_data() {
+        match self.sync_file() {
             Ok(()) => {
                 self.mark_durable(point);
                 Ok(())
             }
             Err(source) => {
-                self.cut_to_durable();
+                self.cut_to_durable(&source);
                 Err(AuditError::Io {
                     path: self.path.clone(),
                     source,
