@@ -430,6 +430,10 @@ impl AuditLog {
         fields: Map<String, Value>,
     ) -> Result<u64, AuditError> {
         let seq = self.next_seq;
+        let next_seq = seq.checked_add(1).ok_or_else(|| AuditError::Corrupt {
+            path: self.path.clone(),
+            why: "the chain reached the largest seq; start a new audit file".into(),
+        })?;
         let source = ocsf::Source::new(&self.host, &self.path);
         let mut line = ocsf::line(&source, seq, &self.prev, kind, fields, ocsf::Stamp::now())
             .map_err(|e| AuditError::Io {
@@ -455,7 +459,7 @@ impl AuditLog {
             return Err(io_err(&self.path, e));
         }
         self.written_len += line.len() as u64;
-        self.next_seq += 1;
+        self.next_seq = next_seq;
         self.prev = hash;
         Ok(seq)
     }
@@ -764,6 +768,33 @@ mod tests {
         let err = check(&[lines[0].clone(), doubled]).unwrap_err();
         assert_eq!(err.line, 2);
         assert!(err.reason.contains("both"), "{err}");
+    }
+
+    #[test]
+    fn a_record_at_the_largest_seq_ends_the_chain_without_overflow() {
+        let dir = scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "h").unwrap();
+        log.append(&TestEvent::n(1)).unwrap();
+        log.rotate(10).unwrap(); // the current file starts with audit.rotated, seq 2
+        log.append(&TestEvent::n(2)).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // A hostile file: its first record claims the largest seq.
+        let forged = lines[0].replacen("\"seq\":2,", &format!("\"seq\":{},", u64::MAX), 1);
+        assert_ne!(forged, lines[0]);
+        let alone = verify_chain(format!("{forged}\n").as_bytes(), &[]).unwrap();
+        assert_eq!(alone.last_seq, u64::MAX);
+        let followed = format!("{forged}\n{}\n", lines[1]);
+        let err = verify_chain(followed.as_bytes(), &[]).unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.reason.contains("largest possible"), "{err}");
+        // The writer refuses to continue such a file instead of wrapping around.
+        std::fs::write(&path, format!("{forged}\n")).unwrap();
+        let err = AuditLog::open(&path, "h").err().expect("refused");
+        assert!(matches!(err, AuditError::Corrupt { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

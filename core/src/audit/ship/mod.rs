@@ -223,7 +223,7 @@ impl<T: Transport> Shipper<T> {
                     tracing::error!(
                         sink = %self.name,
                         "the audit file ends at seq {last}, before this sink's cursor ({}): it was cut; delivering from seq {}",
-                        c.seq, last + 1
+                        c.seq, last.saturating_add(1)
                     );
                     fresh(last)
                 } else {
@@ -231,11 +231,11 @@ impl<T: Transport> Shipper<T> {
                 }
             }
             Some(c) if first.seq > 1 => {
-                if c.seq + 1 < first.seq {
+                if c.seq.saturating_add(1) < first.seq {
                     tracing::error!(
                         sink = %self.name,
                         "records {} to {} are no longer in any audit file ({} starts at seq {}): they were deleted before this sink read them; delivering from seq {}",
-                        c.seq + 1, first.seq - 1, self.spool.open_path().display(), first.seq, first.seq
+                        c.seq.saturating_add(1), first.seq - 1, self.spool.open_path().display(), first.seq, first.seq
                     );
                 }
                 fresh(c.seq)
@@ -685,6 +685,24 @@ mod tests {
         append(&ctx, 2); // the restart continues the chain: 7 (audit.rotated), 8-9
         let sent = ship_until(&ctx, &Fake::default(), 9);
         assert_eq!(sent, (1..=9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_cursor_at_the_largest_seq_is_refused_and_everything_is_resent() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        append(&ctx, 3);
+        let chain = crate::audit::first_line_hash(&ctx.audit_log)
+            .unwrap()
+            .unwrap();
+        let forged = Cursor {
+            chain,
+            seq: u64::MAX,
+            offset: 0,
+        };
+        cursor::store(&cursor::cursor_path(&ctx.state_dir, "t"), &forged).unwrap();
+        assert_eq!(ship_until(&ctx, &Fake::default(), 3), vec![1, 2, 3]);
     }
 
     /// Appends `n` events to `log`, then rotates it.
