@@ -14,8 +14,10 @@
 //! budget. When the budget is reached and nothing may be deleted, [`AuditLog::append`] refuses
 //! every event (fail closed: the agent serves nothing it cannot audit) until a reader catches
 //! up; `audit.budget_exhausted` and `audit.budget_recovered` mark both edges. Every deletion
-//! is named in an audit record written before the file goes (`audit.rotated` or
-//! `audit.files_deleted`), so retention is itself audited.
+//! is named in an audit record (`audit.rotated` or `audit.files_deleted`), so retention is
+//! itself audited; the record is written once the files are gone and names only those really
+//! deleted (a crash in between loses the record, never a record a reader still needed: the
+//! files were consumed).
 
 use super::events::{AuditBudgetExhausted, AuditBudgetRecovered, AuditFilesDeleted};
 use super::events::{AuditEvent, AuditRotated};
@@ -181,10 +183,13 @@ impl AuditLog {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
+        // Deleted before the record that names them, so it names only what is really gone; a
+        // failure stops the deletions and is reported once the record is written.
+        let (deleted, not_deleted) = remove_oldest(&expired);
         let rotated_event = AuditRotated {
             previous_file: name(&rotated),
             previous_last_seq: last_seq,
-            deleted_files: expired.iter().map(|p| name(p)).collect(),
+            deleted_files: deleted.iter().map(|p| name(p)).collect(),
         };
         let started = super::event_fields(&rotated_event, &path)
             .and_then(|fields| self.write_record(AuditRotated::TYPE, fields))
@@ -198,6 +203,20 @@ impl AuditLog {
             self.next_seq = self.durable.seq + 1;
             self.prev = self.durable.prev.clone();
             self.pending_cut = None;
+            if !deleted.is_empty() {
+                // The rotation is undone but its deletions are not: say so in the old file.
+                let recorded = self
+                    .write_event(&AuditFilesDeleted {
+                        deleted_files: deleted.iter().map(|p| name(p)).collect(),
+                        reason: "keep_files",
+                    })
+                    .and_then(|_| self.sync());
+                if let Err(why) = recorded {
+                    tracing::error!(
+                        "rotated audit files {deleted:?} were deleted but no audit record says so: {why:#}"
+                    );
+                }
+            }
             return Err(e);
         }
         drop(old_file);
@@ -209,8 +228,8 @@ impl AuditLog {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err)?;
-        for file in &expired {
-            std::fs::remove_file(file).map_err(io_err)?;
+        if let Some(e) = not_deleted {
+            return Err(e);
         }
         Ok(rotated)
     }
@@ -230,18 +249,22 @@ impl AuditLog {
         let plan = plan(&path, &files, state, 0, self.written_len);
         let budget = state.config.budget_bytes;
         let was_exhausted = state.exhausted.is_some();
-        if !plan.delete.is_empty() {
+        let (deleted, not_deleted) = remove_oldest(&plan.delete);
+        if !deleted.is_empty() {
             self.write_event(&AuditFilesDeleted {
-                deleted_files: plan.delete.iter().map(|p| file_name(p)).collect(),
+                deleted_files: deleted.iter().map(|p| file_name(p)).collect(),
                 reason: plan.reason,
             })?;
             self.sync()?;
-            for file in &plan.delete {
-                std::fs::remove_file(file).map_err(|source| AuditError::Io {
-                    path: file.clone(),
-                    source,
-                })?;
+        }
+        if let Some(e) = not_deleted {
+            // What is left over counts next pass; the budget's state is judged then.
+            if let Some(state) = &mut self.retention {
+                state.rotated_bytes = rotated_files(&path)
+                    .map(|files| files.iter().map(|f| file_len(f)).sum())
+                    .unwrap_or(state.rotated_bytes);
             }
+            return Err(e);
         }
         if let Some(state) = &mut self.retention {
             state.rotated_bytes = plan.rotated_bytes_after;
@@ -285,6 +308,28 @@ impl AuditLog {
         let fields = super::event_fields(event, &self.path)?;
         self.write_record(E::TYPE, fields)
     }
+}
+
+/// Deletes `files` in order, stopping at the first that cannot be deleted: returns those
+/// deleted and the error that stopped it. A file already gone counts as deleted.
+fn remove_oldest(files: &[PathBuf]) -> (Vec<PathBuf>, Option<AuditError>) {
+    let mut deleted = Vec::new();
+    for file in files {
+        match std::fs::remove_file(file) {
+            Ok(()) => deleted.push(file.clone()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => deleted.push(file.clone()),
+            Err(source) => {
+                return (
+                    deleted,
+                    Some(AuditError::Io {
+                        path: file.clone(),
+                        source,
+                    }),
+                )
+            }
+        }
+    }
+    (deleted, None)
 }
 
 /// Decides which of the rotated `files` (oldest first) go: the oldest ones every reader has
@@ -654,6 +699,64 @@ mod tests {
         io::Write::write_all(&mut f, b"{\"half").unwrap();
         let err = AuditLog::open(&path, "web-1").err().expect("refused");
         assert!(matches!(err, AuditError::Corrupt { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Makes `file` impossible to delete with `remove_file` (even for root): a folder in its
+    /// place.
+    fn undeletable(file: &Path) {
+        std::fs::remove_file(file).unwrap();
+        std::fs::create_dir(file).unwrap();
+        std::fs::write(file.join("x"), b"x").unwrap();
+    }
+
+    #[test]
+    fn a_rotation_names_only_the_files_it_really_deleted() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        log.append(&TestEvent::n(0)).unwrap();
+        let a = log.rotate(10).unwrap();
+        log.append(&TestEvent::n(0)).unwrap();
+        let b = log.rotate(10).unwrap();
+        undeletable(&b);
+        log.append(&TestEvent::n(0)).unwrap();
+        // Keep 1: both older files are due; the second cannot go.
+        assert!(log.rotate(1).is_err());
+        assert!(!a.exists() && b.exists());
+        assert_eq!(
+            record_field(&first_record(&path), "deleted_files"),
+            Some(&serde_json::json!([file_name(&a)]))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_retention_pass_names_only_the_files_it_really_deleted() {
+        let dir = crate::audit::scratch_dir();
+        let mut log = retained_log(&dir, 0, Vec::new());
+        let mut rotated = Vec::new();
+        for _ in 0..2 {
+            log.append(&TestEvent::n(0)).unwrap();
+            rotated.push(log.rotate(10).unwrap());
+        }
+        undeletable(&rotated[1]);
+        log.append(&TestEvent::n(0)).unwrap();
+        if let Some(r) = &mut log.retention {
+            r.keep = 0;
+        }
+        assert!(log.apply_retention().is_err());
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let deleted: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| event_name(r) == Some("audit.files_deleted"))
+            .collect();
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(
+            record_field(&deleted[0], "deleted_files"),
+            Some(&serde_json::json!([file_name(&rotated[0])]))
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
