@@ -27,8 +27,8 @@ pub use events::AuditEvent;
 pub use group::{DurableSeq, SharedAuditLog};
 use ocsf::EventType;
 pub use rotate::{
-    chain_id, file_holding, first_line_hash, open_holding, rotated_files, rotated_last_seq,
-    Retention, RotationPolicy,
+    chain_id, continues_chain, file_holding, first_line_hash, hash_of_line_before, open_holding,
+    rotated_files, rotated_last_seq, Retention, RotationPolicy,
 };
 pub use verify::{verify_chain, verify_chain_anchored, ChainBreak, ChainSummary};
 

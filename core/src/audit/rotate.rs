@@ -570,6 +570,42 @@ pub fn rotated_files(path: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The hex SHA-256 of the complete line that ends just before `offset` in `file` (a reader's
+/// last line read), or `None` when there is none within 1 MiB. Positional reads: no reader's
+/// position moves.
+pub fn hash_of_line_before(file: &std::fs::File, offset: u64) -> io::Result<Option<String>> {
+    use std::os::unix::fs::FileExt;
+    let start = offset.saturating_sub(super::MAX_LINE);
+    let mut buf = vec![0u8; usize::try_from(offset - start).unwrap_or(0)];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read_at(&mut buf[filled..], start + filled as u64)?;
+        if n == 0 {
+            return Ok(None); // the file is shorter than the offset: no such line
+        }
+        filled += n;
+    }
+    let Some(body) = buf.strip_suffix(b"\n") else {
+        return Ok(None);
+    };
+    let line = match body.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &body[i + 1..],
+        None if start == 0 => body,
+        None => return Ok(None),
+    };
+    Ok(Some(chain_id(line)))
+}
+
+/// Whether `first_line` (a file's first line, without its newline) continues the chain whose
+/// last line hashes to `last_hash`: an `audit.rotated` record whose `prev` is that hash. A
+/// reader moving to the next file checks it, so a file of another chain is never taken for
+/// the next one (see `AuditLog::open`).
+pub fn continues_chain(first_line: &[u8], last_hash: &str) -> bool {
+    serde_json::from_slice::<Value>(first_line)
+        .ok()
+        .is_some_and(|record| continuation(&record).is_some_and(|(_, prev, _)| prev == last_hash))
+}
+
 /// Where a retained file's chain starts, if its first record continues a rotated one:
 /// `(seq before it, prev, previous file name)`.
 pub(crate) fn continuation(record: &Value) -> Option<(u64, &str, &str)> {
