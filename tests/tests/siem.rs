@@ -309,14 +309,23 @@ fn a_full_audit_budget_refuses_reads_until_the_sink_catches_up() -> anyhow::Resu
     f.grant("alice", "30m")?;
     wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(30))?;
     rsyslog.stop();
-    // Reads go on until the undelivered files fill the budget; then they are refused.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Reads go on until the undelivered files fill the budget; then they are refused. Bounded
+    // by count (each read adds at least ~1 KB of records: 100 KB takes far fewer than the
+    // bound), with a deadline generous enough for a loaded 2-core CI, where one CLI process
+    // can take seconds.
+    const MAX_READS: usize = 1_000;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut reads = 0;
     let refused = loop {
-        anyhow::ensure!(Instant::now() < deadline, "the budget never refused a read");
+        anyhow::ensure!(
+            reads < MAX_READS && Instant::now() < deadline,
+            "the budget never refused a read ({reads} reads served)"
+        );
         let out = f.logs("alice", &["cat", &f.api_log()])?;
         if !out.status.success() {
             break text(&out);
         }
+        reads += 1;
         // Slow enough for the once-a-second rotation to cut the growth into files.
         std::thread::sleep(Duration::from_millis(300));
     };
@@ -344,7 +353,7 @@ fn a_full_audit_budget_refuses_reads_until_the_sink_catches_up() -> anyhow::Resu
     std::thread::sleep(Duration::from_secs(2));
     assert!(!f.logs("alice", &["cat", &f.api_log()])?.status.success());
     rsyslog.start()?;
-    wait_until(Duration::from_secs(60), "reads served again", || {
+    wait_until(Duration::from_secs(180), "reads served again", || {
         f.logs("alice", &["cat", &f.api_log()])
             .is_ok_and(|o| o.status.success())
     })?;
