@@ -25,10 +25,13 @@ use super::ship::cursor;
 use super::{AuditError, AuditLog};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{self, BufRead};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// When to rotate the audit file, and how many rotated files to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +63,17 @@ pub(crate) struct RetentionState {
     rotated_bytes: u64,
     /// Set while the budget is used up and nothing may be deleted.
     exhausted: Option<Exhausted>,
+    /// The chain identities of the rotated files, by (name, inode): a rotated file never
+    /// changes, so its first line is read once, not on every pass under the writer's lock.
+    chain_ids: HashMap<(String, u64), String>,
+    /// After a deletion failed: no pass before this (the append path would otherwise retry,
+    /// and fail, on every event), doubling up to [`RETRY_MAX`].
+    retry_after: Option<(Instant, Duration)>,
 }
+
+/// The longest pause between retention passes after deletions keep failing.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 struct Exhausted {
@@ -111,6 +124,8 @@ impl AuditLog {
             keep,
             rotated_bytes,
             exhausted: None,
+            chain_ids: HashMap::new(),
+            retry_after: None,
         });
         self
     }
@@ -238,15 +253,18 @@ impl AuditLog {
     /// has consumed while there are too many or the budget is reached, then records whether the
     /// budget is exhausted (refusing events) or has recovered. Each deletion is audited first.
     pub(crate) fn apply_retention(&mut self) -> Result<(), AuditError> {
-        let Some(state) = &self.retention else {
+        let Some(state) = &mut self.retention else {
             return Ok(());
         };
+        if state.retry_after.is_some_and(|(at, _)| Instant::now() < at) {
+            return Ok(());
+        }
         let path = self.path.clone();
         let files = rotated_files(&path).map_err(|source| AuditError::Io {
             path: path.clone(),
             source,
         })?;
-        let plan = plan(&path, &files, state, 0, self.written_len);
+        let mut plan = plan(&path, &files, state, 0, self.written_len);
         let budget = state.config.budget_bytes;
         let was_exhausted = state.exhausted.is_some();
         let (deleted, not_deleted) = remove_oldest(&plan.delete);
@@ -257,14 +275,35 @@ impl AuditLog {
             })?;
             self.sync()?;
         }
-        if let Some(e) = not_deleted {
-            // What is left over counts next pass; the budget's state is judged then.
-            if let Some(state) = &mut self.retention {
-                state.rotated_bytes = rotated_files(&path)
-                    .map(|files| files.iter().map(|f| file_len(f)).sum())
-                    .unwrap_or(state.rotated_bytes);
+        if let Some(state) = &mut self.retention {
+            match &not_deleted {
+                None => state.retry_after = None,
+                Some(e) => {
+                    // Judge the budget by what is really left; retry later, not per event.
+                    let pause = state
+                        .retry_after
+                        .map_or(RETRY_FIRST, |(_, last)| (last * 2).min(RETRY_MAX));
+                    state.retry_after = Some((Instant::now() + pause, pause));
+                    let failed = plan.delete[deleted.len()..]
+                        .first()
+                        .map(|f| file_name(f))
+                        .unwrap_or_default();
+                    tracing::error!(
+                        "cannot delete the consumed audit file {failed}: {e:#}; retrying in {}s",
+                        pause.as_secs()
+                    );
+                    let left: u64 = plan.delete[deleted.len()..]
+                        .iter()
+                        .map(|f| file_len(f))
+                        .sum();
+                    plan.rotated_bytes_after = plan.rotated_bytes_after.saturating_add(left);
+                    let used = plan.rotated_bytes_after.saturating_add(self.written_len);
+                    plan.exhausted = (budget > 0 && used >= budget).then(|| Exhausted {
+                        used,
+                        waiting_for: vec![format!("the deletion of {failed}")],
+                    });
+                }
             }
-            return Err(e);
         }
         if let Some(state) = &mut self.retention {
             state.rotated_bytes = plan.rotated_bytes_after;
@@ -339,7 +378,7 @@ fn remove_oldest(files: &[PathBuf]) -> (Vec<PathBuf>, Option<AuditError>) {
 fn plan(
     path: &Path,
     files: &[PathBuf],
-    state: &RetentionState,
+    state: &mut RetentionState,
     extra_files: usize,
     other_bytes: u64,
 ) -> Plan {
@@ -357,7 +396,7 @@ fn plan(
     let mut delete = Vec::new();
     let mut waiting_for = Vec::new();
     if over_count > 0 || over_budget(used) {
-        let consumed = consumed_seqs(path, files, &state.config.cursors);
+        let consumed = consumed_seqs(path, files, &state.config.cursors, &mut state.chain_ids);
         for (i, file) in files.iter().enumerate() {
             if i >= over_count && !over_budget(used) {
                 break;
@@ -388,7 +427,12 @@ fn plan(
 /// Each reader's name (its cursor file's stem) and the last seq it has consumed. A cursor
 /// that is missing, unreadable, or whose chain is none of the retained files (a stale cursor
 /// of another chain, whose seq means nothing here) counts as 0.
-fn consumed_seqs(path: &Path, files: &[PathBuf], cursors: &[PathBuf]) -> Vec<(String, u64)> {
+fn consumed_seqs(
+    path: &Path,
+    files: &[PathBuf],
+    cursors: &[PathBuf],
+    cache: &mut HashMap<(String, u64), String>,
+) -> Vec<(String, u64)> {
     let mut chains: Option<Vec<String>> = None;
     cursors
         .iter()
@@ -399,7 +443,7 @@ fn consumed_seqs(path: &Path, files: &[PathBuf], cursors: &[PathBuf]) -> Vec<(St
                 .unwrap_or_default();
             let seq = match cursor::load(c) {
                 Ok(Some(cursor)) => {
-                    let chains = chains.get_or_insert_with(|| chain_ids(path, files));
+                    let chains = chains.get_or_insert_with(|| chain_ids(path, files, cache));
                     if chains.contains(&cursor.chain) {
                         cursor.seq
                     } else {
@@ -413,15 +457,32 @@ fn consumed_seqs(path: &Path, files: &[PathBuf], cursors: &[PathBuf]) -> Vec<(St
         .collect()
 }
 
-/// The chain identities (hex SHA-256 of the first line) of the rotated `files` and of the
-/// current file they belong to.
-fn chain_ids(path: &Path, files: &[PathBuf]) -> Vec<String> {
-    files
+/// The chain identities (hex SHA-256 of the first line) of the rotated `files` (from `cache`
+/// when known, by name and inode) and of the current file they belong to (read each time: it
+/// is replaced by every rotation).
+fn chain_ids(
+    path: &Path,
+    files: &[PathBuf],
+    cache: &mut HashMap<(String, u64), String>,
+) -> Vec<String> {
+    let keys: Vec<Option<(String, u64)>> = files
         .iter()
-        .map(PathBuf::as_path)
-        .chain([path])
-        .filter_map(|f| first_line_hash(f).ok().flatten())
-        .collect()
+        .map(|f| std::fs::metadata(f).ok().map(|m| (file_name(f), m.ino())))
+        .collect();
+    cache.retain(|key, _| keys.iter().flatten().any(|k| k == key));
+    let mut ids = Vec::with_capacity(files.len() + 1);
+    for (file, key) in files.iter().zip(keys) {
+        let id = match key.as_ref().and_then(|k| cache.get(k)) {
+            Some(id) => Some(id.clone()),
+            None => first_line_hash(file).ok().flatten(),
+        };
+        if let (Some(id), Some(key)) = (&id, key) {
+            cache.insert(key, id.clone());
+        }
+        ids.extend(id);
+    }
+    ids.extend(first_line_hash(path).ok().flatten());
+    ids
 }
 
 /// Where the newest rotated file's chain ends: its last record's `seq` and hash.
@@ -781,7 +842,8 @@ mod tests {
         if let Some(r) = &mut log.retention {
             r.keep = 0;
         }
-        assert!(log.apply_retention().is_err());
+        // A deletion that fails does not fail the pass (nor the event that ran it).
+        log.apply_retention().unwrap();
         let text = std::fs::read_to_string(log.path()).unwrap();
         let deleted: Vec<Value> = text
             .lines()
@@ -794,6 +856,70 @@ mod tests {
             Some(&serde_json::json!([file_name(&rotated[0])]))
         );
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_deletion_is_retried_after_a_pause_not_on_every_pass() {
+        let dir = crate::audit::scratch_dir();
+        let mut log = retained_log(&dir, 0, Vec::new());
+        log.append(&TestEvent::n(0)).unwrap();
+        let rotated = log.rotate(10).unwrap();
+        undeletable(&rotated);
+        if let Some(r) = &mut log.retention {
+            r.keep = 0;
+        }
+        log.apply_retention().unwrap();
+        assert!(rotated.exists());
+        // Deletable again, but the next passes (every append on the hot path) wait.
+        std::fs::remove_dir_all(&rotated).unwrap();
+        std::fs::write(&rotated, b"{}\n").unwrap();
+        for _ in 0..3 {
+            log.append(&TestEvent::n(0)).unwrap();
+            log.apply_retention().unwrap();
+        }
+        assert!(rotated.exists(), "retried at once");
+        // Once the pause is over, the next pass deletes it.
+        if let Some(r) = &mut log.retention {
+            r.retry_after = r.retry_after.map(|(_, pause)| (Instant::now(), pause));
+        }
+        log.apply_retention().unwrap();
+        assert!(!rotated.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_rotated_files_chain_identity_is_read_once() {
+        let dir = crate::audit::scratch_dir();
+        let sink = dir.join("siem.cursor");
+        let mut log = retained_log(&dir, 0, vec![sink.clone()]);
+        log.append(&TestEvent::n(0)).unwrap();
+        let first = log.rotate(10).unwrap();
+        log.append(&TestEvent::n(0)).unwrap();
+        let second = log.rotate(10).unwrap();
+        let second_id = first_line_hash(&second).unwrap().unwrap();
+        // The sink read the first file only; keep 0: the pass reads the files' identities.
+        store_cursor(&sink, &second, rotated_last_seq(&first).unwrap());
+        if let Some(r) = &mut log.retention {
+            r.keep = 0;
+        }
+        log.apply_retention().unwrap();
+        assert!(!first.exists() && second.exists());
+        // Its first line changes in place (same inode): later passes do not read it again.
+        let text = std::fs::read_to_string(&second).unwrap();
+        std::fs::write(&second, text.replacen('{', "{ ", 1)).unwrap();
+        store_cursor_id(&sink, &second_id, rotated_last_seq(&second).unwrap());
+        log.apply_retention().unwrap();
+        assert!(!second.exists(), "the identity was read again");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn store_cursor_id(path: &Path, chain: &str, seq: u64) {
+        let c = cursor::Cursor {
+            chain: chain.to_string(),
+            seq,
+            offset: 0,
+        };
+        cursor::store(path, &c).unwrap();
     }
 
     /// The first record of an audit file.
