@@ -251,7 +251,9 @@ impl AuditLog {
 
     /// One retention pass (see the module doc): deletes the oldest rotated files every reader
     /// has consumed while there are too many or the budget is reached, then records whether the
-    /// budget is exhausted (refusing events) or has recovered. Each deletion is audited first.
+    /// budget is exhausted (refusing events) or has recovered. The deletions are named in an
+    /// `audit.files_deleted` record once done; a failed one pauses the passes (see
+    /// `retry_after`) and the budget is judged by what is left.
     pub(crate) fn apply_retention(&mut self) -> Result<(), AuditError> {
         let Some(state) = &mut self.retention else {
             return Ok(());
