@@ -242,7 +242,19 @@ impl<T: Transport> Shipper<T> {
                         c.seq.saturating_add(1), first.seq - 1, self.spool.open_path().display(), first.seq, first.seq
                     );
                 }
-                fresh(c.seq)
+                if c.seq >= first.seq {
+                    // The cursor is in a file this one does not continue (the current file was
+                    // moved aside and the chain continued from the last rotated file): the
+                    // records from `first.seq` on are new, whatever their seq.
+                    tracing::error!(
+                        sink = %self.name,
+                        "the audit chain forked: this sink delivered through seq {} of another file, {} continues from seq {}; delivering it from there (the SIEM receives a second, different record for seqs {} to {})",
+                        c.seq, self.spool.open_path().display(), first.seq - 1, first.seq, c.seq
+                    );
+                    fresh(first.seq - 1)
+                } else {
+                    fresh(c.seq)
+                }
             }
             Some(c) => {
                 tracing::warn!(
@@ -786,6 +798,25 @@ mod tests {
             serde_json::from_slice(&std::fs::read(ctx.state_dir.join("t.status.json")).unwrap())
                 .unwrap();
         assert_eq!(status["state"], "chain_break", "{status}");
+    }
+
+    #[test]
+    fn a_sink_delivers_the_continued_chain_after_the_audit_file_was_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        append_and_rotate(&mut log, 3); // 1-3 rotated; 4 is the new file's audit.rotated
+        drop(log);
+        append(&ctx, 4); // 5-8
+        assert_eq!(
+            ship_until(&ctx, &Fake::default(), 8),
+            (1..=8).collect::<Vec<_>>()
+        );
+        // The operator moves the current file aside; the restart continues from seq 3.
+        std::fs::rename(&ctx.audit_log, dir.path().join("audit.jsonl.bad")).unwrap();
+        append(&ctx, 2); // 4 (audit.rotated), 5-6: new records, below the cursor's seq
+        assert_eq!(ship_until(&ctx, &Fake::default(), 6), vec![4, 5, 6]);
     }
 
     /// Appends `n` events to `log`, then rotates it.
