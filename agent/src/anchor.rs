@@ -17,7 +17,10 @@ use crate::{watch, Shared};
 use anyhow::Context;
 use loggate_core::audit::ship::cursor::{self, Cursor};
 use loggate_core::audit::ship::spool::seq_of;
-use loggate_core::audit::{chain_id, open_holding, Checkpoint, VerifyKey, CHECKPOINT_EVENT};
+use loggate_core::audit::{
+    chain_id, continues_chain, hash_of_line_before, open_holding, Checkpoint, VerifyKey,
+    CHECKPOINT_EVENT,
+};
 use loggate_proto as pb;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -33,6 +36,16 @@ const MAX_BATCH_BYTES: usize = 32 * 1024;
 /// The longest first line read to name a file's chain.
 const MAX_FIRST_LINE: u64 = 1 << 20;
 
+/// The next audit file does not continue the chain read so far (see [`Spool::advance`]):
+/// walking on would take another chain's file for the next one, and go round forever.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit file {file} (first record seq {first_seq}) does not continue the one read through seq {last_seq}: the chain was reset or files were replaced beside rotated ones (check them with `loggate audit verify`)")]
+struct ChainBreak {
+    file: String,
+    first_seq: u64,
+    last_seq: u64,
+}
+
 /// Where the checkpoint sender keeps what the controller has acknowledged (read by retention).
 pub fn cursor_path(state_dir: &Path) -> PathBuf {
     state_dir.join("anchor.cursor")
@@ -42,6 +55,12 @@ pub async fn run(shared: Arc<Shared>, key: VerifyKey) {
     let mut backoff = watch::MIN_BACKOFF;
     loop {
         if let Err(e) = anchor_once(&shared, &key, &mut backoff).await {
+            if e.downcast_ref::<ChainBreak>().is_some() {
+                tracing::error!(
+                    "sending audit checkpoints to the controller stopped: {e:#}; rotated audit files are kept (and the audit budget fills) until the agent is restarted"
+                );
+                return;
+            }
             tracing::warn!("sending audit checkpoints to the controller: {e:#}");
         }
         watch::pause(&mut backoff).await;
@@ -263,7 +282,7 @@ impl Spool {
             return Ok(false); // the open file is not finished
         }
         let next = self.last_seq.saturating_add(1);
-        let Some((_, file)) = open_holding(&self.path, next)? else {
+        let Some((opened, file)) = open_holding(&self.path, next)? else {
             return Ok(false); // between a rename and the new file: wait for it
         };
         let meta = file.metadata()?;
@@ -278,9 +297,27 @@ impl Spool {
                 self.path.display()
             );
         }
-        if let Some(first) = first_seq(&file).filter(|first| *first != next) {
+        // The next file must continue the last line read (`audit.rotated` naming its hash), or
+        // be the current file starting a new chain (a reset, which the controller judges).
+        let first = first_line(&file);
+        let first_seq = first.as_deref().and_then(seq_of);
+        let last_hash = hash_of_line_before(&self.probe, self.offset)?;
+        let continues = match (&first, &last_hash) {
+            (Some(first), Some(last)) => continues_chain(first, last),
+            _ => false,
+        };
+        let reset = first_seq == Some(1) && opened == self.path;
+        if !continues && !reset {
+            return Err(ChainBreak {
+                file: opened.display().to_string(),
+                first_seq: first_seq.unwrap_or(0),
+                last_seq: self.last_seq,
+            }
+            .into());
+        }
+        if reset {
             tracing::warn!(
-                "the audit file after seq {} starts at seq {first}: records were deleted or the chain was reset; sending its checkpoints, the controller judges",
+                "the audit file after seq {} starts a new chain at seq 1: the chain was reset; sending its checkpoints, the controller judges",
                 self.last_seq
             );
         }
@@ -294,10 +331,6 @@ impl Spool {
 /// The hex SHA-256 of the first complete line of `file` (its chain identity), read in place.
 fn first_line_hash(file: &std::fs::File) -> Option<String> {
     first_line(file).map(|l| chain_id(&l))
-}
-
-fn first_seq(file: &std::fs::File) -> Option<u64> {
-    first_line(file).and_then(|l| seq_of(&l))
 }
 
 /// The first complete line of `file` (without its newline), read without moving any reader.
@@ -470,6 +503,35 @@ mod tests {
         let at = spool.acknowledged().unwrap();
         assert_eq!(at.seq, seals[0] + 1, "the cursor names the held checkpoint");
         assert_eq!(drain(&mut spool).await, seals[1..].to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_chain_reset_beside_rotated_files_stops_the_sender_instead_of_looping() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = rotated_audit_files(dir.path());
+        // A new chain at seq 1 as the current file, as an earlier build started one beside
+        // the rotated files (this build's `open` continues them instead).
+        let other = tempfile::tempdir().unwrap();
+        let b = audit_file(other.path());
+        std::fs::rename(&b, &path).unwrap();
+        let mut spool = Spool::open(&path, 0, "").await.unwrap();
+        let mut broke = None;
+        for _ in 0..100 {
+            let batch = spool.next_batch(u64::MAX).await.unwrap();
+            if !batch.lines.is_empty() {
+                continue;
+            }
+            match spool.advance().await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    broke = Some(e);
+                    break;
+                }
+            }
+        }
+        let err = broke.expect("the sender walked on (or round) instead of stopping");
+        assert!(err.downcast_ref::<ChainBreak>().is_some(), "{err:#}");
     }
 
     #[tokio::test]

@@ -254,6 +254,38 @@ fn rsyslog_down_across_two_rotations_and_an_agent_restart_gets_every_record_in_o
 }
 
 #[test]
+fn an_agent_killed_between_a_rotations_rename_and_its_first_record_continues_the_chain(
+) -> anyhow::Result<()> {
+    let (mut f, rsyslog) = start_configured(true, "web-1", SMALL_FILES)?;
+    f.grant("alice", "30m")?;
+    for _ in 0..3 {
+        assert!(f.logs("alice", &["cat", &f.api_log()])?.status.success());
+    }
+    f.cluster.kill_agent("web-1");
+    // `rotate` renamed the file and the agent died before the new one held a record.
+    let current = agent_dir(&f).join("audit.jsonl");
+    let last = audit_lines(&f).last().map(|l| seq(l)).expect("records");
+    std::fs::rename(
+        &current,
+        agent_dir(&f).join(format!("audit.jsonl.{last:012}")),
+    )?;
+    f.cluster.start_agent("web-1")?;
+    for _ in 0..3 {
+        assert!(f.logs("alice", &["cat", &f.api_log()])?.status.success());
+    }
+    // The restart continued the chain (not a new one at seq 1 beside the rotated files)…
+    let continued = all_audit_records(&f)
+        .into_iter()
+        .find(|r| loggate_core::audit::record_seq(r) == Some(last + 1))
+        .expect("the record after the renamed file's last");
+    assert_eq!(event_name(&continued), Some("audit.rotated"), "{continued}");
+    // …and the SIEM gets every record once: one record per seq, 1..n, verifying as a chain.
+    let copy = wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(60))?;
+    verify_copy(&f, &copy)?;
+    Ok(())
+}
+
+#[test]
 fn a_rotated_audit_file_is_kept_while_the_sink_is_behind_and_deleted_once_it_caught_up(
 ) -> anyhow::Result<()> {
     let (f, mut rsyslog) = start_configured(true, "web-1", SMALL_FILES)?;
@@ -309,14 +341,23 @@ fn a_full_audit_budget_refuses_reads_until_the_sink_catches_up() -> anyhow::Resu
     f.grant("alice", "30m")?;
     wait_all_delivered(&f, || rsyslog.received(), Duration::from_secs(30))?;
     rsyslog.stop();
-    // Reads go on until the undelivered files fill the budget; then they are refused.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Reads go on until the undelivered files fill the budget; then they are refused. Bounded
+    // by count (each read adds at least ~1 KB of records: 100 KB takes far fewer than the
+    // bound), with a deadline generous enough for a loaded 2-core CI, where one CLI process
+    // can take seconds.
+    const MAX_READS: usize = 1_000;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut reads = 0;
     let refused = loop {
-        anyhow::ensure!(Instant::now() < deadline, "the budget never refused a read");
+        anyhow::ensure!(
+            reads < MAX_READS && Instant::now() < deadline,
+            "the budget never refused a read ({reads} reads served)"
+        );
         let out = f.logs("alice", &["cat", &f.api_log()])?;
         if !out.status.success() {
             break text(&out);
         }
+        reads += 1;
         // Slow enough for the once-a-second rotation to cut the growth into files.
         std::thread::sleep(Duration::from_millis(300));
     };
@@ -344,7 +385,7 @@ fn a_full_audit_budget_refuses_reads_until_the_sink_catches_up() -> anyhow::Resu
     std::thread::sleep(Duration::from_secs(2));
     assert!(!f.logs("alice", &["cat", &f.api_log()])?.status.success());
     rsyslog.start()?;
-    wait_until(Duration::from_secs(60), "reads served again", || {
+    wait_until(Duration::from_secs(180), "reads served again", || {
         f.logs("alice", &["cat", &f.api_log()])
             .is_ok_and(|o| o.status.success())
     })?;

@@ -712,8 +712,8 @@ audit_event! {
 
 audit_event! {
     /// Retention deleted rotated audit files between rotations, once every sink and the
-    /// checkpoint sender had consumed them (written before the files go); see audit.md,
-    /// Retention.
+    /// checkpoint sender had consumed them (written once they are gone, naming only those
+    /// really deleted); see audit.md, Retention.
     AuditFilesDeleted = "audit.files_deleted" {
         writers: "agent", class: EventLogActivity, activity: 2 "Delete",
         outcome: Success, severity: INFO,

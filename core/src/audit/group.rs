@@ -15,15 +15,10 @@
 
 use super::{AuditError, AuditEvent, AuditLog, RotationPolicy};
 use serde_json::{Map, Value};
-use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-
-/// How many past failed syncs are remembered to answer late waiters. A waiter more failures
-/// behind than this is told its record was lost (fail closed), which it may not have been.
-const REMEMBERED_FAILURES: usize = 64;
 
 /// The seq of the last record known to be on disk, for readers of the file that pass records
 /// on (the SIEM sinks, the checkpoint sender): they take nothing past it, since a failed sync
@@ -59,12 +54,9 @@ struct Inner {
 }
 
 struct State {
+    /// The log; its generation ([`AuditLog::generation`]) changes with every cut of
+    /// unsynced records, by the flusher or by a sync of the log's own (rotation, retention).
     log: AuditLog,
-    /// Bumped by every failed sync (which cuts the unsynced records off).
-    generation: u64,
-    /// For recent generations ended by a failed sync: (generation, last durable seq at the cut).
-    ended: VecDeque<(u64, u64)>,
-    last_failure: String,
     syncs: u64,
     closing: bool,
 }
@@ -76,9 +68,6 @@ impl SharedAuditLog {
             durable: DurableSeq::fixed(log.durable_seq()),
             state: Mutex::new(State {
                 log,
-                generation: 0,
-                ended: VecDeque::new(),
-                last_failure: String::new(),
                 syncs: 0,
                 closing: false,
             }),
@@ -105,8 +94,8 @@ impl SharedAuditLog {
     pub fn append<E: AuditEvent>(&self, event: &E) -> Result<u64, AuditError> {
         let fields = self.fields_of(event)?;
         let mut state = self.inner.lock();
+        let generation = state.log.generation();
         let seq = state.log.append_unsynced(E::TYPE, fields)?;
-        let generation = state.generation;
         self.inner.changed.notify_all();
         self.inner.wait_durable(state, seq, generation)?;
         Ok(seq)
@@ -162,9 +151,9 @@ impl SharedAuditLog {
     }
 
     fn checkpoint_locked<'a>(&'a self, mut state: MutexGuard<'a, State>) -> Result<(), AuditError> {
+        let generation = state.log.generation();
         state.log.write_checkpoint()?;
         let seq = state.log.written().seq;
-        let generation = state.generation;
         self.inner.changed.notify_all();
         self.inner.wait_durable(state, seq, generation)
     }
@@ -222,16 +211,7 @@ impl Inner {
                     state.log.mark_durable(point);
                     self.publish_durable(&state);
                 }
-                Err(e) => {
-                    let ended = (state.generation, state.log.durable_seq());
-                    state.ended.push_back(ended);
-                    if state.ended.len() > REMEMBERED_FAILURES {
-                        state.ended.pop_front();
-                    }
-                    state.generation += 1;
-                    state.last_failure = e.to_string();
-                    state.log.cut_to_durable();
-                }
+                Err(e) => state.log.cut_to_durable(&e),
             }
             self.changed.notify_all();
         }
@@ -246,22 +226,13 @@ impl Inner {
         generation: u64,
     ) -> Result<(), AuditError> {
         loop {
-            if state.generation != generation {
-                let kept = state
-                    .ended
-                    .iter()
-                    .any(|&(g, durable)| g == generation && seq <= durable);
-                return if kept {
-                    Ok(())
-                } else {
-                    Err(AuditError::Io {
-                        path: state.log.path().to_path_buf(),
-                        source: io::Error::other(format!(
-                            "sync failed, the record was discarded: {}",
-                            state.last_failure
-                        )),
-                    })
-                };
+            if let Some(outcome) = state.log.cut_outcome(generation, seq) {
+                return outcome.map_err(|cause| AuditError::Io {
+                    path: state.log.path().to_path_buf(),
+                    source: io::Error::other(format!(
+                        "sync failed, the record was discarded: {cause}"
+                    )),
+                });
             }
             if state.log.durable_seq() >= seq {
                 return Ok(());
@@ -396,6 +367,49 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_sync_inside_retention_fails_the_waiting_writers_of_the_records_it_cut() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let retention = crate::audit::Retention {
+            budget_bytes: 0,
+            cursors: Vec::new(),
+        };
+        let mut log = AuditLog::open(&path, "h")
+            .unwrap()
+            .with_retention(retention, 0);
+        log.append(&TestEvent::n(0)).unwrap(); // 1
+        log.rotate(0).unwrap(); // 2 is audit.rotated; the rotated file may go (keep 0)
+        let shared = SharedAuditLog::new(log).unwrap();
+        let mut state = shared.inner.lock();
+        // A writer's record, written and waiting for a sync (the lock holds the flusher off).
+        let generation = state.log.generation();
+        let seq = state
+            .log
+            .append_unsynced(TestEvent::TYPE, test_fields(901))
+            .unwrap();
+        // A retention pass (run on the append path) writes its record and syncs: that fails
+        // and cuts the waiting record off too.
+        state.log.fail_syncs = 1;
+        assert!(state.log.apply_retention().is_err());
+        // The next record reuses the cut record's seq and becomes durable.
+        let reused = state
+            .log
+            .append_unsynced(TestEvent::TYPE, test_fields(2))
+            .unwrap();
+        assert_eq!(reused, seq);
+        state.log.sync().unwrap();
+        let waited = shared.inner.wait_durable(state, seq, generation);
+        assert!(
+            waited.is_err(),
+            "the writer of a cut record was told it is on disk"
+        );
+        drop(shared);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("\"i\":901"), "{text}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_failed_sync_cuts_the_unsynced_records_and_the_chain_continues() {
         let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
@@ -406,7 +420,7 @@ mod tests {
         log.append_unsynced(TestEvent::TYPE, test_fields(902))
             .unwrap();
         // What the group does when fdatasync fails:
-        log.cut_to_durable();
+        log.cut_to_durable(&io::Error::other("test"));
         assert_eq!(log.append(&TestEvent::n(2)).unwrap(), 2);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("\"i\":90"), "{text}");

@@ -27,8 +27,8 @@ pub use events::AuditEvent;
 pub use group::{DurableSeq, SharedAuditLog};
 use ocsf::EventType;
 pub use rotate::{
-    chain_id, file_holding, first_line_hash, open_holding, rotated_files, rotated_last_seq,
-    Retention, RotationPolicy,
+    chain_id, continues_chain, file_holding, first_line_hash, hash_of_line_before, open_holding,
+    rotated_files, rotated_last_seq, Retention, RotationPolicy,
 };
 pub use verify::{verify_chain, verify_chain_anchored, ChainBreak, ChainSummary};
 
@@ -79,6 +79,28 @@ pub struct AuditLog {
     pending_cut: Option<u64>,
     /// Who must consume a rotated file before it is deleted, and the disk budget.
     retention: Option<rotate::RetentionState>,
+    /// Every cut of unsynced records ([`AuditLog::cut_to_durable`]), wherever the failed sync
+    /// ran (the group's flusher, or a sync of the writer's own: rotation, retention), so that
+    /// writers waiting for a record of a cut generation learn it is gone (see [`Cuts`]).
+    cuts: Cuts,
+    /// Syncs to fail, for the tests of what a failed `fdatasync` does.
+    #[cfg(test)]
+    fail_syncs: u32,
+}
+
+/// How many past cuts are remembered to answer late waiters. A waiter more cuts behind than
+/// this is told its record was lost (fail closed), which it may not have been.
+const REMEMBERED_CUTS: usize = 64;
+
+/// The generations of the chain: a cut ends one. A record written in generation `g` is on disk
+/// once the durable seq reaches it while `g` lasts, or if it was durable when `g` was cut;
+/// otherwise the same seq may now name another record, and the writer's action must not happen.
+#[derive(Debug, Default)]
+pub(crate) struct Cuts {
+    generation: u64,
+    /// For recent cut generations: (generation, last durable seq at the cut).
+    ended: std::collections::VecDeque<(u64, u64)>,
+    last_cause: String,
 }
 
 /// A position in the chain: the last record's seq, its hash, and the file length after it.
@@ -133,20 +155,27 @@ impl AuditLog {
             Some(i) => &complete[i + 1..],
             None => complete,
         };
-        let (next_seq, prev) = if last_line.is_empty() {
-            (1, "0".repeat(64))
+        // An empty current file next to rotated ones (a crash in `rotate` between the rename
+        // and the new file's first record, a file moved aside by hand) continues the newest
+        // rotated file's chain: a new chain at seq 1 beside them would make the readers that
+        // walk the files by seq take the old files for the new chain's.
+        let continued = if last_line.is_empty() {
+            rotate::newest_rotated_head(path)?
         } else {
-            let record: Value =
-                serde_json::from_slice(last_line).map_err(|e| AuditError::Corrupt {
-                    path: path.to_path_buf(),
-                    why: e.to_string(),
-                })?;
-            let (seq, _) = chain_link(&record).map_err(|why| AuditError::Corrupt {
-                path: path.to_path_buf(),
-                why,
-            })?;
-            (seq + 1, hex::encode(Sha256::digest(last_line)))
+            None
         };
+        let (last_seq, prev) = match &continued {
+            Some(head) => (head.seq, head.hash.clone()),
+            None if last_line.is_empty() => (0, "0".repeat(64)),
+            None => (
+                line_seq(path, last_line)?,
+                hex::encode(Sha256::digest(last_line)),
+            ),
+        };
+        let next_seq = last_seq.checked_add(1).ok_or_else(|| AuditError::Corrupt {
+            path: path.to_path_buf(),
+            why: "its last seq is the largest possible; the chain cannot continue".into(),
+        })?;
         let len = start + tail.len() as u64;
         let mut log = AuditLog {
             path: path.to_path_buf(),
@@ -163,7 +192,17 @@ impl AuditLog {
             written_len: len,
             pending_cut: None,
             retention: None,
+            cuts: Cuts::default(),
+            #[cfg(test)]
+            fail_syncs: 0,
         };
+        if let Some(head) = continued {
+            log.append(&events::AuditRotated {
+                previous_file: head.file_name,
+                previous_last_seq: head.seq,
+                deleted_files: Vec::new(),
+            })?;
+        }
         if torn_bytes > 0 {
             log.append(&events::AuditTornTailDiscarded {
                 bytes_discarded: torn_bytes as u64,
@@ -278,11 +317,53 @@ impl AuditLog {
     /// After a failed sync nothing written since the last durable record can be trusted to be
     /// on disk: cut it off, so the chain continues from the last durable record. The writers of
     /// the cut records are told their action must not happen.
-    pub(crate) fn cut_to_durable(&mut self) {
+    pub(crate) fn cut_to_durable(&mut self, cause: &io::Error) {
+        self.cuts
+            .ended
+            .push_back((self.cuts.generation, self.durable.seq));
+        if self.cuts.ended.len() > REMEMBERED_CUTS {
+            self.cuts.ended.pop_front();
+        }
+        self.cuts.generation += 1;
+        self.cuts.last_cause = cause.to_string();
         self.next_seq = self.durable.seq + 1;
         self.prev = self.durable.prev.clone();
         self.written_len = self.durable.len;
         self.cut_file_to(self.durable.len);
+    }
+
+    /// The chain's generation now: a record written now is lost if this changes before the
+    /// record is durable (see [`Cuts`]).
+    pub(crate) fn generation(&self) -> u64 {
+        self.cuts.generation
+    }
+
+    /// Whether record `seq`, written in `generation`, was cut off: `None` while that
+    /// generation lasts, else `Some(Err(cause))` unless it was durable at the cut.
+    pub(crate) fn cut_outcome(&self, generation: u64, seq: u64) -> Option<Result<(), String>> {
+        if generation == self.cuts.generation {
+            return None;
+        }
+        let kept = self
+            .cuts
+            .ended
+            .iter()
+            .any(|&(g, durable)| g == generation && seq <= durable);
+        Some(if kept {
+            Ok(())
+        } else {
+            Err(self.cuts.last_cause.clone())
+        })
+    }
+
+    /// Syncs the file, or fails as told by the tests.
+    fn sync_file(&mut self) -> io::Result<()> {
+        #[cfg(test)]
+        if self.fail_syncs > 0 {
+            self.fail_syncs -= 1;
+            return Err(io::Error::other("injected fdatasync failure"));
+        }
+        self.file.sync_data()
     }
 
     /// A handle on the same open file, for syncing without holding the writer.
@@ -292,13 +373,13 @@ impl AuditLog {
 
     fn sync(&mut self) -> Result<(), AuditError> {
         let point = self.written();
-        match self.file.sync_data() {
+        match self.sync_file() {
             Ok(()) => {
                 self.mark_durable(point);
                 Ok(())
             }
             Err(source) => {
-                self.cut_to_durable();
+                self.cut_to_durable(&source);
                 Err(AuditError::Io {
                     path: self.path.clone(),
                     source,
@@ -349,6 +430,10 @@ impl AuditLog {
         fields: Map<String, Value>,
     ) -> Result<u64, AuditError> {
         let seq = self.next_seq;
+        let next_seq = seq.checked_add(1).ok_or_else(|| AuditError::Corrupt {
+            path: self.path.clone(),
+            why: "the chain reached the largest seq; start a new audit file".into(),
+        })?;
         let source = ocsf::Source::new(&self.host, &self.path);
         let mut line = ocsf::line(&source, seq, &self.prev, kind, fields, ocsf::Stamp::now())
             .map_err(|e| AuditError::Io {
@@ -374,10 +459,20 @@ impl AuditLog {
             return Err(io_err(&self.path, e));
         }
         self.written_len += line.len() as u64;
-        self.next_seq += 1;
+        self.next_seq = next_seq;
         self.prev = hash;
         Ok(seq)
     }
+}
+
+/// The `seq` of `line`, the last line of the audit file at `path` (for the error).
+fn line_seq(path: &Path, line: &[u8]) -> Result<u64, AuditError> {
+    let corrupt = |why: String| AuditError::Corrupt {
+        path: path.to_path_buf(),
+        why,
+    };
+    let record: Value = serde_json::from_slice(line).map_err(|e| corrupt(e.to_string()))?;
+    chain_link(&record).map(|(seq, _)| seq).map_err(corrupt)
 }
 
 /// The name of a record's event (e.g. `read.allowed`; OCSF `metadata.event_code`). Readers of
@@ -673,6 +768,33 @@ mod tests {
         let err = check(&[lines[0].clone(), doubled]).unwrap_err();
         assert_eq!(err.line, 2);
         assert!(err.reason.contains("both"), "{err}");
+    }
+
+    #[test]
+    fn a_record_at_the_largest_seq_ends_the_chain_without_overflow() {
+        let dir = scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "h").unwrap();
+        log.append(&TestEvent::n(1)).unwrap();
+        log.rotate(10).unwrap(); // the current file starts with audit.rotated, seq 2
+        log.append(&TestEvent::n(2)).unwrap();
+        drop(log);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // A hostile file: its first record claims the largest seq.
+        let forged = lines[0].replacen("\"seq\":2,", &format!("\"seq\":{},", u64::MAX), 1);
+        assert_ne!(forged, lines[0]);
+        let alone = verify_chain(format!("{forged}\n").as_bytes(), &[]).unwrap();
+        assert_eq!(alone.last_seq, u64::MAX);
+        let followed = format!("{forged}\n{}\n", lines[1]);
+        let err = verify_chain(followed.as_bytes(), &[]).unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.reason.contains("largest possible"), "{err}");
+        // The writer refuses to continue such a file instead of wrapping around.
+        std::fs::write(&path, format!("{forged}\n")).unwrap();
+        let err = AuditLog::open(&path, "h").err().expect("refused");
+        assert!(matches!(err, AuditError::Corrupt { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -14,8 +14,10 @@
 //! budget. When the budget is reached and nothing may be deleted, [`AuditLog::append`] refuses
 //! every event (fail closed: the agent serves nothing it cannot audit) until a reader catches
 //! up; `audit.budget_exhausted` and `audit.budget_recovered` mark both edges. Every deletion
-//! is named in an audit record written before the file goes (`audit.rotated` or
-//! `audit.files_deleted`), so retention is itself audited.
+//! is named in an audit record (`audit.rotated` or `audit.files_deleted`), so retention is
+//! itself audited; the record is written once the files are gone and names only those really
+//! deleted (a crash in between loses the record, never a record a reader still needed: the
+//! files were consumed).
 
 use super::events::{AuditBudgetExhausted, AuditBudgetRecovered, AuditFilesDeleted};
 use super::events::{AuditEvent, AuditRotated};
@@ -23,10 +25,13 @@ use super::ship::cursor;
 use super::{AuditError, AuditLog};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{self, BufRead};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// When to rotate the audit file, and how many rotated files to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +63,17 @@ pub(crate) struct RetentionState {
     rotated_bytes: u64,
     /// Set while the budget is used up and nothing may be deleted.
     exhausted: Option<Exhausted>,
+    /// The chain identities of the rotated files, by (name, inode): a rotated file never
+    /// changes, so its first line is read once, not on every pass under the writer's lock.
+    chain_ids: HashMap<(String, u64), String>,
+    /// After a deletion failed: no pass before this (the append path would otherwise retry,
+    /// and fail, on every event), doubling up to [`RETRY_MAX`].
+    retry_after: Option<(Instant, Duration)>,
 }
+
+/// The longest pause between retention passes after deletions keep failing.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+const RETRY_FIRST: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 struct Exhausted {
@@ -109,6 +124,8 @@ impl AuditLog {
             keep,
             rotated_bytes,
             exhausted: None,
+            chain_ids: HashMap::new(),
+            retry_after: None,
         });
         self
     }
@@ -181,10 +198,13 @@ impl AuditLog {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
+        // Deleted before the record that names them, so it names only what is really gone; a
+        // failure stops the deletions and is reported once the record is written.
+        let (deleted, not_deleted) = remove_oldest(&expired);
         let rotated_event = AuditRotated {
             previous_file: name(&rotated),
             previous_last_seq: last_seq,
-            deleted_files: expired.iter().map(|p| name(p)).collect(),
+            deleted_files: deleted.iter().map(|p| name(p)).collect(),
         };
         let started = super::event_fields(&rotated_event, &path)
             .and_then(|fields| self.write_record(AuditRotated::TYPE, fields))
@@ -198,6 +218,20 @@ impl AuditLog {
             self.next_seq = self.durable.seq + 1;
             self.prev = self.durable.prev.clone();
             self.pending_cut = None;
+            if !deleted.is_empty() {
+                // The rotation is undone but its deletions are not: say so in the old file.
+                let recorded = self
+                    .write_event(&AuditFilesDeleted {
+                        deleted_files: deleted.iter().map(|p| name(p)).collect(),
+                        reason: "keep_files",
+                    })
+                    .and_then(|_| self.sync());
+                if let Err(why) = recorded {
+                    tracing::error!(
+                        "rotated audit files {deleted:?} were deleted but no audit record says so: {why:#}"
+                    );
+                }
+            }
             return Err(e);
         }
         drop(old_file);
@@ -209,38 +243,68 @@ impl AuditLog {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err)?;
-        for file in &expired {
-            std::fs::remove_file(file).map_err(io_err)?;
+        if let Some(e) = not_deleted {
+            return Err(e);
         }
         Ok(rotated)
     }
 
     /// One retention pass (see the module doc): deletes the oldest rotated files every reader
     /// has consumed while there are too many or the budget is reached, then records whether the
-    /// budget is exhausted (refusing events) or has recovered. Each deletion is audited first.
+    /// budget is exhausted (refusing events) or has recovered. The deletions are named in an
+    /// `audit.files_deleted` record once done; a failed one pauses the passes (see
+    /// `retry_after`) and the budget is judged by what is left.
     pub(crate) fn apply_retention(&mut self) -> Result<(), AuditError> {
-        let Some(state) = &self.retention else {
+        let Some(state) = &mut self.retention else {
             return Ok(());
         };
+        if state.retry_after.is_some_and(|(at, _)| Instant::now() < at) {
+            return Ok(());
+        }
         let path = self.path.clone();
         let files = rotated_files(&path).map_err(|source| AuditError::Io {
             path: path.clone(),
             source,
         })?;
-        let plan = plan(&path, &files, state, 0, self.written_len);
+        let mut plan = plan(&path, &files, state, 0, self.written_len);
         let budget = state.config.budget_bytes;
         let was_exhausted = state.exhausted.is_some();
-        if !plan.delete.is_empty() {
+        let (deleted, not_deleted) = remove_oldest(&plan.delete);
+        if !deleted.is_empty() {
             self.write_event(&AuditFilesDeleted {
-                deleted_files: plan.delete.iter().map(|p| file_name(p)).collect(),
+                deleted_files: deleted.iter().map(|p| file_name(p)).collect(),
                 reason: plan.reason,
             })?;
             self.sync()?;
-            for file in &plan.delete {
-                std::fs::remove_file(file).map_err(|source| AuditError::Io {
-                    path: file.clone(),
-                    source,
-                })?;
+        }
+        if let Some(state) = &mut self.retention {
+            match &not_deleted {
+                None => state.retry_after = None,
+                Some(e) => {
+                    // Judge the budget by what is really left; retry later, not per event.
+                    let pause = state
+                        .retry_after
+                        .map_or(RETRY_FIRST, |(_, last)| (last * 2).min(RETRY_MAX));
+                    state.retry_after = Some((Instant::now() + pause, pause));
+                    let failed = plan.delete[deleted.len()..]
+                        .first()
+                        .map(|f| file_name(f))
+                        .unwrap_or_default();
+                    tracing::error!(
+                        "cannot delete the consumed audit file {failed}: {e:#}; retrying in {}s",
+                        pause.as_secs()
+                    );
+                    let left: u64 = plan.delete[deleted.len()..]
+                        .iter()
+                        .map(|f| file_len(f))
+                        .sum();
+                    plan.rotated_bytes_after = plan.rotated_bytes_after.saturating_add(left);
+                    let used = plan.rotated_bytes_after.saturating_add(self.written_len);
+                    plan.exhausted = (budget > 0 && used >= budget).then(|| Exhausted {
+                        used,
+                        waiting_for: vec![format!("the deletion of {failed}")],
+                    });
+                }
             }
         }
         if let Some(state) = &mut self.retention {
@@ -287,6 +351,28 @@ impl AuditLog {
     }
 }
 
+/// Deletes `files` in order, stopping at the first that cannot be deleted: returns those
+/// deleted and the error that stopped it. A file already gone counts as deleted.
+fn remove_oldest(files: &[PathBuf]) -> (Vec<PathBuf>, Option<AuditError>) {
+    let mut deleted = Vec::new();
+    for file in files {
+        match std::fs::remove_file(file) {
+            Ok(()) => deleted.push(file.clone()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => deleted.push(file.clone()),
+            Err(source) => {
+                return (
+                    deleted,
+                    Some(AuditError::Io {
+                        path: file.clone(),
+                        source,
+                    }),
+                )
+            }
+        }
+    }
+    (deleted, None)
+}
+
 /// Decides which of the rotated `files` (oldest first) go: the oldest ones every reader has
 /// consumed, while there are more than `keep` (counting `extra_files` not in the list) or the
 /// files with `other_bytes` (the current file) reach the budget. Stops at the first file a
@@ -294,7 +380,7 @@ impl AuditLog {
 fn plan(
     path: &Path,
     files: &[PathBuf],
-    state: &RetentionState,
+    state: &mut RetentionState,
     extra_files: usize,
     other_bytes: u64,
 ) -> Plan {
@@ -312,7 +398,7 @@ fn plan(
     let mut delete = Vec::new();
     let mut waiting_for = Vec::new();
     if over_count > 0 || over_budget(used) {
-        let consumed = consumed_seqs(path, files, &state.config.cursors);
+        let consumed = consumed_seqs(path, files, &state.config.cursors, &mut state.chain_ids);
         for (i, file) in files.iter().enumerate() {
             if i >= over_count && !over_budget(used) {
                 break;
@@ -343,7 +429,12 @@ fn plan(
 /// Each reader's name (its cursor file's stem) and the last seq it has consumed. A cursor
 /// that is missing, unreadable, or whose chain is none of the retained files (a stale cursor
 /// of another chain, whose seq means nothing here) counts as 0.
-fn consumed_seqs(path: &Path, files: &[PathBuf], cursors: &[PathBuf]) -> Vec<(String, u64)> {
+fn consumed_seqs(
+    path: &Path,
+    files: &[PathBuf],
+    cursors: &[PathBuf],
+    cache: &mut HashMap<(String, u64), String>,
+) -> Vec<(String, u64)> {
     let mut chains: Option<Vec<String>> = None;
     cursors
         .iter()
@@ -354,7 +445,7 @@ fn consumed_seqs(path: &Path, files: &[PathBuf], cursors: &[PathBuf]) -> Vec<(St
                 .unwrap_or_default();
             let seq = match cursor::load(c) {
                 Ok(Some(cursor)) => {
-                    let chains = chains.get_or_insert_with(|| chain_ids(path, files));
+                    let chains = chains.get_or_insert_with(|| chain_ids(path, files, cache));
                     if chains.contains(&cursor.chain) {
                         cursor.seq
                     } else {
@@ -368,15 +459,78 @@ fn consumed_seqs(path: &Path, files: &[PathBuf], cursors: &[PathBuf]) -> Vec<(St
         .collect()
 }
 
-/// The chain identities (hex SHA-256 of the first line) of the rotated `files` and of the
-/// current file they belong to.
-fn chain_ids(path: &Path, files: &[PathBuf]) -> Vec<String> {
-    files
+/// The chain identities (hex SHA-256 of the first line) of the rotated `files` (from `cache`
+/// when known, by name and inode) and of the current file they belong to (read each time: it
+/// is replaced by every rotation).
+fn chain_ids(
+    path: &Path,
+    files: &[PathBuf],
+    cache: &mut HashMap<(String, u64), String>,
+) -> Vec<String> {
+    let keys: Vec<Option<(String, u64)>> = files
         .iter()
-        .map(PathBuf::as_path)
-        .chain([path])
-        .filter_map(|f| first_line_hash(f).ok().flatten())
-        .collect()
+        .map(|f| std::fs::metadata(f).ok().map(|m| (file_name(f), m.ino())))
+        .collect();
+    cache.retain(|key, _| keys.iter().flatten().any(|k| k == key));
+    let mut ids = Vec::with_capacity(files.len() + 1);
+    for (file, key) in files.iter().zip(keys) {
+        let id = match key.as_ref().and_then(|k| cache.get(k)) {
+            Some(id) => Some(id.clone()),
+            None => first_line_hash(file).ok().flatten(),
+        };
+        if let (Some(id), Some(key)) = (&id, key) {
+            cache.insert(key, id.clone());
+        }
+        ids.extend(id);
+    }
+    ids.extend(first_line_hash(path).ok().flatten());
+    ids
+}
+
+/// Where the newest rotated file's chain ends: its last record's `seq` and hash.
+pub(crate) struct RotatedHead {
+    pub(crate) file_name: String,
+    pub(crate) seq: u64,
+    pub(crate) hash: String,
+}
+
+/// The end of the newest rotated file of `path`, or `None` when there is none. A rotated file
+/// is sealed and synced before its rename, so a last line that is torn or not a record is
+/// refused (fail closed) rather than guessed past.
+pub(crate) fn newest_rotated_head(path: &Path) -> Result<Option<RotatedHead>, AuditError> {
+    let io_err = |p: &Path, source| AuditError::Io {
+        path: p.to_path_buf(),
+        source,
+    };
+    let Some(newest) = rotated_files(path).map_err(|e| io_err(path, e))?.pop() else {
+        return Ok(None);
+    };
+    let corrupt = |why: String| AuditError::Corrupt {
+        path: newest.clone(),
+        why,
+    };
+    let mut file = std::fs::File::open(&newest).map_err(|e| io_err(&newest, e))?;
+    let len = file.metadata().map_err(|e| io_err(&newest, e))?.len();
+    let start = len.saturating_sub(super::MAX_LINE);
+    io::Seek::seek(&mut file, io::SeekFrom::Start(start)).map_err(|e| io_err(&newest, e))?;
+    let mut tail = Vec::new();
+    io::Read::read_to_end(&mut file, &mut tail).map_err(|e| io_err(&newest, e))?;
+    let Some(complete) = tail.strip_suffix(b"\n") else {
+        return Err(corrupt(
+            "the newest rotated file does not end with a complete record; the current file cannot continue its chain (check it with `loggate audit verify`)".into(),
+        ));
+    };
+    let last = match complete.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &complete[i + 1..],
+        None if start == 0 => complete,
+        None => return Err(corrupt("its last line is longer than 1 MiB".into())),
+    };
+    let seq = super::line_seq(&newest, last)?;
+    Ok(Some(RotatedHead {
+        file_name: file_name(&newest),
+        seq,
+        hash: chain_id(last),
+    }))
 }
 
 /// The hex SHA-256 of a file's first complete line (its chain identity), if it has one.
@@ -479,6 +633,42 @@ pub fn rotated_files(path: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The hex SHA-256 of the complete line that ends just before `offset` in `file` (a reader's
+/// last line read), or `None` when there is none within 1 MiB. Positional reads: no reader's
+/// position moves.
+pub fn hash_of_line_before(file: &std::fs::File, offset: u64) -> io::Result<Option<String>> {
+    use std::os::unix::fs::FileExt;
+    let start = offset.saturating_sub(super::MAX_LINE);
+    let mut buf = vec![0u8; usize::try_from(offset - start).unwrap_or(0)];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read_at(&mut buf[filled..], start + filled as u64)?;
+        if n == 0 {
+            return Ok(None); // the file is shorter than the offset: no such line
+        }
+        filled += n;
+    }
+    let Some(body) = buf.strip_suffix(b"\n") else {
+        return Ok(None);
+    };
+    let line = match body.iter().rposition(|b| *b == b'\n') {
+        Some(i) => &body[i + 1..],
+        None if start == 0 => body,
+        None => return Ok(None),
+    };
+    Ok(Some(chain_id(line)))
+}
+
+/// Whether `first_line` (a file's first line, without its newline) continues the chain whose
+/// last line hashes to `last_hash`: an `audit.rotated` record whose `prev` is that hash. A
+/// reader moving to the next file checks it, so a file of another chain is never taken for
+/// the next one (see `AuditLog::open`).
+pub fn continues_chain(first_line: &[u8], last_hash: &str) -> bool {
+    serde_json::from_slice::<Value>(first_line)
+        .ok()
+        .is_some_and(|record| continuation(&record).is_some_and(|(_, prev, _)| prev == last_hash))
+}
+
 /// Where a retained file's chain starts, if its first record continues a rotated one:
 /// `(seq before it, prev, previous file name)`.
 pub(crate) fn continuation(record: &Value) -> Option<(u64, &str, &str)> {
@@ -543,6 +733,195 @@ mod tests {
         // Files out of order break the chain.
         assert!(verify_chain(&concat(&[path, rotated])[..], &[]).is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Events 1-3, a rotation (4 is its record), events 5-6: the files a restart finds.
+    fn rotated_once(path: &Path) -> PathBuf {
+        let mut log = AuditLog::open(path, "web-1").unwrap();
+        for i in 0..3 {
+            log.append(&TestEvent::n(i)).unwrap();
+        }
+        let rotated = log.rotate(10).unwrap();
+        for i in 0..2 {
+            log.append(&TestEvent::n(i)).unwrap();
+        }
+        rotated
+    }
+
+    #[test]
+    fn a_crash_between_the_rename_and_the_first_record_continues_the_chain_on_restart() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let first = rotated_once(&path);
+        // `rotate` renamed the file and died before the new one held its first record.
+        let second = rotated_path(&path, 6);
+        std::fs::rename(&path, &second).unwrap();
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        assert_eq!(log.append(&TestEvent::n(9)).unwrap(), 8);
+        let head = first_record(&path);
+        assert_eq!(event_name(&head), Some("audit.rotated"));
+        assert_eq!(crate::audit::record_seq(&head), Some(7));
+        assert_eq!(
+            record_field(&head, "previous_file"),
+            Some(&Value::from("audit.jsonl.000000000006"))
+        );
+        let all = verify_chain(&concat(&[first, second, path.clone()])[..], &[]).unwrap();
+        assert_eq!((all.first_seq, all.last_seq, all.records), (1, 8, 8));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_audit_file_moved_aside_is_continued_from_the_newest_rotated_file() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let first = rotated_once(&path);
+        std::fs::rename(&path, dir.join("audit.jsonl.corrupt")).unwrap();
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        assert_eq!(log.append(&TestEvent::n(9)).unwrap(), 5);
+        let both = verify_chain(&concat(&[first, path.clone()])[..], &[]).unwrap();
+        assert_eq!((both.first_seq, both.last_seq), (1, 5));
+        // An empty current file is continued the same way.
+        drop(log);
+        std::fs::write(&path, b"").unwrap();
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        assert_eq!(log.append(&TestEvent::n(9)).unwrap(), 5);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_newest_rotated_file_with_a_torn_end_is_refused_not_restarted() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let first = rotated_once(&path);
+        std::fs::remove_file(&path).unwrap();
+        let mut f = OpenOptions::new().append(true).open(&first).unwrap();
+        io::Write::write_all(&mut f, b"{\"half").unwrap();
+        let err = AuditLog::open(&path, "web-1").err().expect("refused");
+        assert!(matches!(err, AuditError::Corrupt { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Makes `file` impossible to delete with `remove_file` (even for root): a folder in its
+    /// place.
+    fn undeletable(file: &Path) {
+        std::fs::remove_file(file).unwrap();
+        std::fs::create_dir(file).unwrap();
+        std::fs::write(file.join("x"), b"x").unwrap();
+    }
+
+    #[test]
+    fn a_rotation_names_only_the_files_it_really_deleted() {
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let mut log = AuditLog::open(&path, "web-1").unwrap();
+        log.append(&TestEvent::n(0)).unwrap();
+        let a = log.rotate(10).unwrap();
+        log.append(&TestEvent::n(0)).unwrap();
+        let b = log.rotate(10).unwrap();
+        undeletable(&b);
+        log.append(&TestEvent::n(0)).unwrap();
+        // Keep 1: both older files are due; the second cannot go.
+        assert!(log.rotate(1).is_err());
+        assert!(!a.exists() && b.exists());
+        assert_eq!(
+            record_field(&first_record(&path), "deleted_files"),
+            Some(&serde_json::json!([file_name(&a)]))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_retention_pass_names_only_the_files_it_really_deleted() {
+        let dir = crate::audit::scratch_dir();
+        let mut log = retained_log(&dir, 0, Vec::new());
+        let mut rotated = Vec::new();
+        for _ in 0..2 {
+            log.append(&TestEvent::n(0)).unwrap();
+            rotated.push(log.rotate(10).unwrap());
+        }
+        undeletable(&rotated[1]);
+        log.append(&TestEvent::n(0)).unwrap();
+        if let Some(r) = &mut log.retention {
+            r.keep = 0;
+        }
+        // A deletion that fails does not fail the pass (nor the event that ran it).
+        log.apply_retention().unwrap();
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        let deleted: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| event_name(r) == Some("audit.files_deleted"))
+            .collect();
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(
+            record_field(&deleted[0], "deleted_files"),
+            Some(&serde_json::json!([file_name(&rotated[0])]))
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_deletion_is_retried_after_a_pause_not_on_every_pass() {
+        let dir = crate::audit::scratch_dir();
+        let mut log = retained_log(&dir, 0, Vec::new());
+        log.append(&TestEvent::n(0)).unwrap();
+        let rotated = log.rotate(10).unwrap();
+        undeletable(&rotated);
+        if let Some(r) = &mut log.retention {
+            r.keep = 0;
+        }
+        log.apply_retention().unwrap();
+        assert!(rotated.exists());
+        // Deletable again, but the next passes (every append on the hot path) wait.
+        std::fs::remove_dir_all(&rotated).unwrap();
+        std::fs::write(&rotated, b"{}\n").unwrap();
+        for _ in 0..3 {
+            log.append(&TestEvent::n(0)).unwrap();
+            log.apply_retention().unwrap();
+        }
+        assert!(rotated.exists(), "retried at once");
+        // Once the pause is over, the next pass deletes it.
+        if let Some(r) = &mut log.retention {
+            r.retry_after = r.retry_after.map(|(_, pause)| (Instant::now(), pause));
+        }
+        log.apply_retention().unwrap();
+        assert!(!rotated.exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_rotated_files_chain_identity_is_read_once() {
+        let dir = crate::audit::scratch_dir();
+        let sink = dir.join("siem.cursor");
+        let mut log = retained_log(&dir, 0, vec![sink.clone()]);
+        log.append(&TestEvent::n(0)).unwrap();
+        let first = log.rotate(10).unwrap();
+        log.append(&TestEvent::n(0)).unwrap();
+        let second = log.rotate(10).unwrap();
+        let second_id = first_line_hash(&second).unwrap().unwrap();
+        // The sink read the first file only; keep 0: the pass reads the files' identities.
+        store_cursor(&sink, &second, rotated_last_seq(&first).unwrap());
+        if let Some(r) = &mut log.retention {
+            r.keep = 0;
+        }
+        log.apply_retention().unwrap();
+        assert!(!first.exists() && second.exists());
+        // Its first line changes in place (same inode): later passes do not read it again.
+        let text = std::fs::read_to_string(&second).unwrap();
+        std::fs::write(&second, text.replacen('{', "{ ", 1)).unwrap();
+        store_cursor_id(&sink, &second_id, rotated_last_seq(&second).unwrap());
+        log.apply_retention().unwrap();
+        assert!(!second.exists(), "the identity was read again");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn store_cursor_id(path: &Path, chain: &str, seq: u64) {
+        let c = cursor::Cursor {
+            chain: chain.to_string(),
+            seq,
+            offset: 0,
+        };
+        cursor::store(path, &c).unwrap();
     }
 
     /// The first record of an audit file.

@@ -89,7 +89,11 @@ pub fn verify_chain_anchored(
             .read_until(b'\n', &mut line)
             .map_err(|e| fail(format!("cannot read: {e}")))?;
         if n == 0 {
-            return match anchors.range(summary.last_seq + 1..).next() {
+            let beyond = summary
+                .last_seq
+                .checked_add(1)
+                .and_then(|next| anchors.range(next..).next());
+            return match beyond {
                 Some((sealed, _)) => Err(fail(format!(
                     "the file ends at seq {}, but a checkpoint held off the host seals seq {sealed}: \
                      the tail was cut off",
@@ -114,7 +118,12 @@ pub fn verify_chain_anchored(
                 summary.continues_from = Some(previous.to_string());
             }
         }
-        let expected_seq = summary.last_seq + 1;
+        let Some(expected_seq) = summary.last_seq.checked_add(1) else {
+            return Err(fail(format!(
+                "a record follows seq {}, the largest possible (the file was forged or damaged)",
+                summary.last_seq
+            )));
+        };
         if seq != expected_seq {
             return Err(fail(format!(
                 "seq is {seq}, expected {expected_seq} (a record was deleted, inserted or moved)"

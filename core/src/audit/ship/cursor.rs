@@ -25,11 +25,22 @@ pub fn cursor_path(dir: &Path, name: &str) -> PathBuf {
 
 /// The stored cursor, or `None` when there is none yet. A cursor file that does not parse is an
 /// error (the caller decides; resending everything is the safe choice).
+///
+/// A cursor at seq `u64::MAX` is refused the same way: no record can follow it, so it can only
+/// be damaged or forged, and taking it would mark every record as delivered.
 pub fn load(path: &Path) -> io::Result<Option<Cursor>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Ok(bytes) => {
+            let cursor: Cursor = serde_json::from_slice(&bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if cursor.seq == u64::MAX {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the cursor's seq is the largest possible, which no audit record can follow",
+                ));
+            }
+            Ok(Some(cursor))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -83,5 +94,19 @@ mod tests {
         let path = cursor_path(dir.path(), "siem");
         std::fs::write(&path, b"{\"chain\":").unwrap();
         assert!(load(&path).is_err());
+    }
+
+    #[test]
+    fn a_cursor_at_the_largest_seq_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cursor_path(dir.path(), "siem");
+        let c = Cursor {
+            chain: "ab".into(),
+            seq: u64::MAX,
+            offset: 0,
+        };
+        store(&path, &c).unwrap();
+        let err = load(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 }

@@ -131,6 +131,9 @@ struct Shipper<T: Transport> {
     in_flight: VecDeque<InFlight>,
     backoff: Duration,
     health: Health,
+    /// Set when the chain broke under the sink: it delivers nothing more (see
+    /// [`Shipper::chain_break`]).
+    halted: Option<String>,
 }
 
 #[derive(Default)]
@@ -164,6 +167,7 @@ impl<T: Transport> Shipper<T> {
             in_flight: VecDeque::new(),
             backoff: BACKOFF_FIRST,
             health: Health::default(),
+            halted: None,
         }
     }
 
@@ -195,7 +199,7 @@ impl<T: Transport> Shipper<T> {
             tokio::time::sleep(POLL).await;
         };
         self.adopt(&first, stored);
-        loop {
+        while self.halted.is_none() {
             if let Err(why) = self.step().await {
                 self.transport.disconnect();
                 self.rewind();
@@ -223,7 +227,7 @@ impl<T: Transport> Shipper<T> {
                     tracing::error!(
                         sink = %self.name,
                         "the audit file ends at seq {last}, before this sink's cursor ({}): it was cut; delivering from seq {}",
-                        c.seq, last + 1
+                        c.seq, last.saturating_add(1)
                     );
                     fresh(last)
                 } else {
@@ -231,14 +235,26 @@ impl<T: Transport> Shipper<T> {
                 }
             }
             Some(c) if first.seq > 1 => {
-                if c.seq + 1 < first.seq {
+                if c.seq.saturating_add(1) < first.seq {
                     tracing::error!(
                         sink = %self.name,
                         "records {} to {} are no longer in any audit file ({} starts at seq {}): they were deleted before this sink read them; delivering from seq {}",
-                        c.seq + 1, first.seq - 1, self.spool.open_path().display(), first.seq, first.seq
+                        c.seq.saturating_add(1), first.seq - 1, self.spool.open_path().display(), first.seq, first.seq
                     );
                 }
-                fresh(c.seq)
+                if c.seq >= first.seq {
+                    // The cursor is in a file this one does not continue (the current file was
+                    // moved aside and the chain continued from the last rotated file): the
+                    // records from `first.seq` on are new, whatever their seq.
+                    tracing::error!(
+                        sink = %self.name,
+                        "the audit chain forked: this sink delivered through seq {} of another file, {} continues from seq {}; delivering it from there (the SIEM receives a second, different record for seqs {} to {})",
+                        c.seq, self.spool.open_path().display(), first.seq - 1, first.seq, c.seq
+                    );
+                    fresh(first.seq - 1)
+                } else {
+                    fresh(c.seq)
+                }
             }
             Some(c) => {
                 tracing::warn!(
@@ -278,6 +294,10 @@ impl<T: Transport> Shipper<T> {
                         let first = self.spool.first_line().ok().flatten();
                         if let Some(first) = first {
                             let current = self.delivered.clone();
+                            if let Some(why) = self.chain_break(&first, &current) {
+                                self.halt(why);
+                                return Ok(());
+                            }
                             self.adopt(&first, Some(current));
                             // Retention reads the cursor: name the file now being read.
                             self.store_cursor();
@@ -304,6 +324,34 @@ impl<T: Transport> Shipper<T> {
         self.recovered();
         self.write_status_if_due();
         Ok(())
+    }
+
+    /// Why the file the sink moved to cannot be taken as the next one, if it cannot: it must
+    /// continue the last line read (`audit.rotated` with that line's hash as `prev`), be the
+    /// same chain, or be the current file starting a new chain at seq 1 (a reset, which
+    /// [`Shipper::adopt`] logs). Anything else is a file of another chain found by its seq —
+    /// taking it would resend, go back, and resend again, forever.
+    fn chain_break(&self, first: &FirstLine, current: &Cursor) -> Option<String> {
+        if first.continues_left_file
+            || first.hash == current.chain
+            || (first.seq == 1 && self.spool.is_current())
+        {
+            return None;
+        }
+        Some(format!(
+            "the audit file {} (first record seq {}) does not continue the one delivered through seq {}: the chain was reset or files were replaced beside rotated ones; delivery stops rather than resend in a loop (check the files with `loggate audit verify`, then restart the agent)",
+            self.spool.open_path().display(),
+            first.seq,
+            current.seq
+        ))
+    }
+
+    /// Stops delivery for good (until a restart): logged, and in the status file.
+    fn halt(&mut self, why: String) {
+        tracing::error!(sink = %self.name, "{why}");
+        self.health.last_error = Some(why.clone());
+        self.halted = Some(why);
+        self.write_status();
     }
 
     /// Counts batches whose confirmation time has passed as delivered and persists the cursor.
@@ -427,7 +475,11 @@ impl<T: Transport> Shipper<T> {
             .map_or(0, |d| d.as_millis() as u64);
         let status = serde_json::json!({
             "sink": self.name,
-            "state": if up { "up" } else { "down" },
+            "state": match (&self.halted, up) {
+                (Some(_), _) => "chain_break",
+                (None, true) => "up",
+                (None, false) => "down",
+            },
             "delivered_seq": self.delivered.seq,
             "written_seq": self.written,
             "head_seq": self.health.head,
@@ -662,13 +714,109 @@ mod tests {
         append(&ctx, 3);
         assert_eq!(ship_until(&ctx, &Fake::default(), 3), vec![1, 2, 3]);
         // Rotation: the file moves away; the new one continues the chain at seq 4.
-        std::fs::rename(&ctx.audit_log, dir.path().join("audit.jsonl.1")).unwrap();
-        std::fs::write(
-            &ctx.audit_log,
-            "{\"seq\":4,\"prev\":\"x\"}\n{\"seq\":5,\"prev\":\"y\"}\n",
-        )
-        .unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        log.rotate(10).unwrap();
+        drop(log);
+        append(&ctx, 1);
         assert_eq!(ship_until(&ctx, &Fake::default(), 5), vec![4, 5]);
+    }
+
+    #[test]
+    fn a_sink_delivers_each_record_once_after_a_crash_between_rename_and_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        append_and_rotate(&mut log, 3); // 1-3 rotated; 4 is the new file's audit.rotated
+        append(&ctx, 2); // 5-6
+        drop(log);
+        // `rotate` renamed the file and died before the new one held a record.
+        std::fs::rename(&ctx.audit_log, dir.path().join("audit.jsonl.000000000006")).unwrap();
+        append(&ctx, 2); // the restart continues the chain: 7 (audit.rotated), 8-9
+        let sent = ship_until(&ctx, &Fake::default(), 9);
+        assert_eq!(sent, (1..=9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_cursor_at_the_largest_seq_is_refused_and_everything_is_resent() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        append(&ctx, 3);
+        let chain = crate::audit::first_line_hash(&ctx.audit_log)
+            .unwrap()
+            .unwrap();
+        let forged = Cursor {
+            chain,
+            seq: u64::MAX,
+            offset: 0,
+        };
+        cursor::store(&cursor::cursor_path(&ctx.state_dir, "t"), &forged).unwrap();
+        assert_eq!(ship_until(&ctx, &Fake::default(), 3), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_sink_stops_at_a_chain_reset_beside_rotated_files_instead_of_looping() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        append_and_rotate(&mut log, 10); // chain A: audit.jsonl.000000000010
+        drop(log);
+        // A new chain B at seq 1 beside it, as an earlier build started one (written elsewhere
+        // and moved in: this build's `open` continues A instead).
+        let other = tempfile::tempdir().unwrap();
+        let mut b = AuditLog::open(&other.path().join("audit.jsonl"), "h").unwrap();
+        for _ in 0..3 {
+            b.append(&crate::audit::events::TestEvent::n(0)).unwrap();
+        }
+        std::fs::rename(other.path().join("audit.jsonl"), &ctx.audit_log).unwrap();
+        // The sink delivers A, takes B as a reset, and at B's end is handed A's file again
+        // (it holds seq 4 by its name): it must stop there, not resend A and B forever.
+        let fake = Fake::default();
+        let sent = fake.sent.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let ctx2 = ctx.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(Shipper::new("t", 4, fake, &ctx2).run());
+            let _ = done_tx.send(());
+        });
+        let stopped = done_rx.recv_timeout(Duration::from_secs(20)).is_ok();
+        let sent = sent.lock().unwrap().clone();
+        assert!(
+            stopped,
+            "the sink never stopped; sent {} records",
+            sent.len()
+        );
+        let expected: Vec<u64> = (1..=10).chain(1..=3).collect();
+        assert_eq!(sent, expected);
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ctx.state_dir.join("t.status.json")).unwrap())
+                .unwrap();
+        assert_eq!(status["state"], "chain_break", "{status}");
+    }
+
+    #[test]
+    fn a_sink_delivers_the_continued_chain_after_the_audit_file_was_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        append_and_rotate(&mut log, 3); // 1-3 rotated; 4 is the new file's audit.rotated
+        drop(log);
+        append(&ctx, 4); // 5-8
+        assert_eq!(
+            ship_until(&ctx, &Fake::default(), 8),
+            (1..=8).collect::<Vec<_>>()
+        );
+        // The operator moves the current file aside; the restart continues from seq 3.
+        std::fs::rename(&ctx.audit_log, dir.path().join("audit.jsonl.bad")).unwrap();
+        append(&ctx, 2); // 4 (audit.rotated), 5-6: new records, below the cursor's seq
+        assert_eq!(ship_until(&ctx, &Fake::default(), 6), vec![4, 5, 6]);
     }
 
     /// Appends `n` events to `log`, then rotates it.

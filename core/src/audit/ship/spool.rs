@@ -31,6 +31,9 @@ pub struct Record {
 pub struct FirstLine {
     pub seq: u64,
     pub hash: String,
+    /// Whether it is an `audit.rotated` record continuing the line the reader read last in
+    /// the file it left (see [`Spool::advance`]); `false` when there is no such file.
+    pub continues_left_file: bool,
 }
 
 pub struct Spool {
@@ -43,6 +46,8 @@ pub struct Spool {
     offset: u64,
     /// Lines without a readable `seq` that were passed over (reported by the caller).
     pub unreadable: u64,
+    /// The hash of the last line read in the file [`Spool::advance`] left.
+    left_hash: Option<String>,
 }
 
 /// The `seq` of a line: the writer puts it first (`{"unmapped":{"loggate":{"seq":N,…`, or
@@ -70,6 +75,7 @@ impl Spool {
             id: (0, 0),
             offset: 0,
             unreadable: 0,
+            left_hash: None,
         }
     }
 
@@ -102,11 +108,17 @@ impl Spool {
     pub fn open_holding(&mut self, seq: u64) -> io::Result<bool> {
         match crate::audit::open_holding(&self.path, seq)? {
             Some((path, file)) => {
+                self.left_hash = None;
                 self.adopt_file(path, file)?;
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// Whether the file open now is the current audit file (not a rotated one).
+    pub fn is_current(&self) -> bool {
+        self.open_path == self.path
     }
 
     /// The path of the file open now (the current file or a rotated one).
@@ -137,9 +149,14 @@ impl Spool {
         let Some(line) = line.strip_suffix(b"\n") else {
             return Ok(None);
         };
+        let continues_left_file = self
+            .left_hash
+            .as_deref()
+            .is_some_and(|last| crate::audit::continues_chain(line, last));
         Ok(seq_of(line).map(|seq| FirstLine {
             seq,
             hash: hex::encode(Sha256::digest(line)),
+            continues_left_file,
         }))
     }
 
@@ -203,6 +220,11 @@ impl Spool {
         if (m.dev(), m.ino()) == self.id && !shrunk {
             return Ok(false);
         }
+        self.left_hash = if shrunk {
+            None
+        } else {
+            crate::audit::hash_of_line_before(file, self.offset)?
+        };
         self.adopt_file(path, next)?;
         Ok(true)
     }
