@@ -472,9 +472,9 @@ fn start_time(now: i64, start_in: Duration) -> Result<i64, Failure> {
     let ahead = crate::service::MAX_START_AHEAD;
     if start_in > ahead {
         return Err(usage(format!(
-            "--start-in {} is too far ahead; a grant may start at most {} from now",
+            "--start-in {} is too far ahead; a grant may start at most {} days from now",
             humantime::format_duration(start_in),
-            humantime::format_duration(ahead)
+            ahead.as_secs() / 86_400
         )));
     }
     i64::try_from(start_in.as_secs())

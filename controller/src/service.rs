@@ -9,7 +9,7 @@ pub use anchor::enrol_checkpoint_keys;
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::grant::{
-    compile_path_glob, new_grant_id, unix_now, GrantClaims, SigningKey, MAX_TOKEN_LEN,
+    compile_path_glob, new_grant_id, unix_now, GrantClaims, GrantError, SigningKey, MAX_TOKEN_LEN,
 };
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
 use loggate_core::tls::peer_identity;
@@ -406,7 +406,14 @@ impl Controller for ControllerService {
             return Err(Status::invalid_argument("name at least one --path glob"));
         }
         for p in &req.paths {
-            compile_path_glob(p).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            // The glob's own sentence, not the verifier's "the grant token is malformed (…)":
+            // at issue there is no token yet, only the admin's --path.
+            compile_path_glob(p).map_err(|e| match e {
+                GrantError::Malformed(detail) => {
+                    Status::invalid_argument(format!("--path: {detail}"))
+                }
+                other => Status::invalid_argument(other.to_string()),
+            })?;
         }
         if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
             return Err(Status::invalid_argument(

@@ -34,6 +34,11 @@ fn grant_issue_refuses_a_glob_whose_alternation_spans_a_separator() -> anyhow::R
         stderr.contains(&glob) && stderr.contains("inside {…}"),
         "{stderr}"
     );
+    // Named as the --path it is: at issue there is no token to call malformed.
+    assert!(
+        stderr.contains("--path") && !stderr.contains("token"),
+        "{stderr}"
+    );
     // Nothing reached the agent: alice holds no grant.
     let read = f.logs("alice", &["cat", &f.api_log()])?;
     assert_eq!(read.status.code(), Some(3), "{}", text(&read).1);
