@@ -694,10 +694,12 @@ impl Agent for AgentService {
         let subject = reader.spiffe_id().to_string();
         let key_sha256 = reader.key_sha256_hex();
         tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            let _grep_place = grep_place;
             let started = Instant::now();
             let finished = stream::run(plan, tx, last_tx, &watch);
+            // The stream is over: its stream slot and grep place are free before its
+            // `read.finished` is written, so a reader who sees that record can start another.
+            drop(slot);
+            drop(grep_place);
             let reason = finished.reason;
             let result = shared.audit(&events::ReadFinished {
                 subject,
