@@ -182,30 +182,7 @@ fn a_revocation_made_after_a_database_restore_reaches_the_agent() -> anyhow::Res
     let kept_log = f.logs.join("kept.log");
     std::fs::write(&kept_log, "kept line\n")?;
     let kept_log = kept_log.display().to_string();
-    let out = f.cluster.run_cli(
-        "admin",
-        &[
-            "grant",
-            "issue",
-            "--subject",
-            "alice",
-            "--host",
-            "web-1",
-            "--path",
-            &kept_log,
-            "--ttl",
-            "1h",
-            "--reason",
-            "TEST-10",
-            "--redaction",
-            "raw",
-            "--json",
-        ],
-    )?;
-    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
-    let kept: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let kept_grant = kept["id"].as_str().unwrap_or_default().to_string();
-    f.cluster.wait_for_grant("web-1", &kept_grant)?;
+    let kept_grant = f.cluster.grant("alice", "web-1", &kept_log, "1h")?;
     // The backup: a copy of the stopped controller's database.
     let db = f.cluster.dir.join("controller/state.db");
     let backup = f.cluster.dir.join("backup");
