@@ -3,6 +3,7 @@
 //! timestamp rules used to select time ranges of log lines.
 
 pub mod audit;
+pub mod backoff;
 pub mod grant;
 pub mod identity;
 pub mod private_state;
