@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod daemon;
 pub mod grant;
 pub mod identity;
 pub mod private_state;
