@@ -224,8 +224,14 @@ mod tests {
         let off = load_with("audit_rotate_bytes = 0").expect("no rotation");
         assert!(off.audit_settings.expect("checked").rotation.is_none());
         for (bad, expect) in [
-            ("audit_rotate_bytes = 4096\naudit_max_bytes = 4097", "at least twice"),
-            ("audit_rotate_bytes = 0\naudit_max_bytes = 4096", "needs rotation"),
+            (
+                "audit_rotate_bytes = 4096\naudit_max_bytes = 4097",
+                "at least twice",
+            ),
+            (
+                "audit_rotate_bytes = 0\naudit_max_bytes = 4096",
+                "needs rotation",
+            ),
             ("[checkpoints]\nevery = 0", "every must be at least 1"),
             ("audit_keep = 3", "unknown field"),
         ] {

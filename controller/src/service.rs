@@ -8,11 +8,11 @@ pub use anchor::enrol_checkpoint_keys;
 
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
+use loggate_core::daemon::peer_identity;
 use loggate_core::grant::{
     compile_path_glob, new_grant_id, unix_now, GrantClaims, GrantError, SigningKey, MAX_TOKEN_LEN,
 };
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
-use loggate_core::daemon::peer_identity;
 use loggate_proto as pb;
 use loggate_proto::controller_server::Controller;
 use std::collections::HashSet;

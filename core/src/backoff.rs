@@ -80,7 +80,11 @@ mod tests {
         let mut upper = FIRST;
         for _ in 0..20 {
             let d = b.next_delay();
-            assert!(d >= upper / 2 && d <= upper, "{d:?} outside [{:?}, {upper:?}]", upper / 2);
+            assert!(
+                d >= upper / 2 && d <= upper,
+                "{d:?} outside [{:?}, {upper:?}]",
+                upper / 2
+            );
             upper = (upper * 2).min(MAX);
         }
         assert_eq!(b.current, MAX, "saturated at max");
@@ -92,11 +96,17 @@ mod tests {
         let mut seen_high = false;
         for _ in 0..2000 {
             let d = Backoff::new(Duration::from_secs(10), MAX).next_delay();
-            assert!(d >= Duration::from_secs(5) && d <= Duration::from_secs(10), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(5) && d <= Duration::from_secs(10),
+                "{d:?}"
+            );
             seen_low |= d < Duration::from_secs(6);
             seen_high |= d > Duration::from_secs(9);
         }
-        assert!(seen_low && seen_high, "the pauses are not spread over [5s, 10s]");
+        assert!(
+            seen_low && seen_high,
+            "the pauses are not spread over [5s, 10s]"
+        );
         assert_eq!(jittered(Duration::from_secs(10), 0), Duration::from_secs(5));
         assert_eq!(
             jittered(Duration::from_secs(10), 5_000_000_000),

@@ -52,7 +52,9 @@ impl IdentifyPeer {
     }
 
     fn check<T>(&self, request: &Request<T>) -> PeerCheck {
-        let leaf = request.peer_certs().and_then(|certs| certs.first().cloned());
+        let leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned());
         PeerCheck(match leaf {
             None => Err(PeerRefused::NoCertificate),
             Some(leaf) => Identity::from_certificate(leaf.as_ref(), &self.trust_domain)
@@ -145,9 +147,7 @@ where
         listener,
         settings.tls,
         settings.trust_domain,
-        move |refused| {
-            crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused)
-        },
+        move |refused| crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused),
     )
     .context("TLS configuration")?;
     tonic::transport::Server::builder()
@@ -192,6 +192,9 @@ mod tests {
             .insert(PeerCheck(Err(PeerRefused::Unusable("no SPIFFE ID".into()))));
         let status = peer_identity(&request, Role::User).expect_err("unusable");
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert_eq!(status.message(), "unusable client certificate: no SPIFFE ID");
+        assert_eq!(
+            status.message(),
+            "unusable client certificate: no SPIFFE ID"
+        );
     }
 }

@@ -235,8 +235,8 @@ impl HecSinkFile {
         } else {
             format!("{host}:{port}")
         };
-        let token_file =
-            path(&self.token_file).context("token_file (a file holding the HEC token) is required")?;
+        let token_file = path(&self.token_file)
+            .context("token_file (a file holding the HEC token) is required")?;
         let token = std::fs::read_to_string(&token_file)
             .with_context(|| format!("token_file: cannot read {}", token_file.display()))?
             .trim()
@@ -391,7 +391,10 @@ mod tests {
         for key in ["url = \"https://a\"", "token_file = \"t\""] {
             let e = err(&format!("{syslog}{key}\n"));
             let field = key.split(' ').next().unwrap_or_default();
-            assert!(e.contains(&format!("unknown field `{field}`")), "{key}: {e}");
+            assert!(
+                e.contains(&format!("unknown field `{field}`")),
+                "{key}: {e}"
+            );
         }
         let hec = "[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/services/collector/event\"\n";
         for key in [
@@ -402,7 +405,10 @@ mod tests {
         ] {
             let e = err(&format!("{hec}{key}\n"));
             let field = key.split(' ').next().unwrap_or_default();
-            assert!(e.contains(&format!("unknown field `{field}`")), "{key}: {e}");
+            assert!(
+                e.contains(&format!("unknown field `{field}`")),
+                "{key}: {e}"
+            );
         }
         let e = err("[[sinks]]\nname = \"x\"\naddress = \"siem:6514\"\n");
         assert!(e.contains("missing field `kind`"), "{e}");
@@ -411,11 +417,20 @@ mod tests {
     #[test]
     fn required_keys_of_each_kind_are_named_when_missing() {
         let e = err("[[sinks]]\nname = \"x\"\nkind = \"syslog-tls\"\n");
-        assert!(e.contains("address (\"host:port\" of the syslog receiver) is required"), "{e}");
+        assert!(
+            e.contains("address (\"host:port\" of the syslog receiver) is required"),
+            "{e}"
+        );
         let e = err("[[sinks]]\nname = \"x\"\nkind = \"hec\"\n");
-        assert!(e.contains("url (https://host:port/services/collector/event) is required"), "{e}");
+        assert!(
+            e.contains("url (https://host:port/services/collector/event) is required"),
+            "{e}"
+        );
         let e = err("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/services/collector/event\"\n");
-        assert!(e.contains("token_file (a file holding the HEC token) is required"), "{e}");
+        assert!(
+            e.contains("token_file (a file holding the HEC token) is required"),
+            "{e}"
+        );
         let e = err("[[sinks]]\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/\"\n");
         assert!(e.contains("missing field `name`"), "{e}");
     }
@@ -435,7 +450,10 @@ mod tests {
         let e = format!("{:#}", parse_in("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"https://splunk.example:8088/services/collector/event\"\ntoken_file = \"token\"\n").unwrap_err());
         assert!(e.contains("ca is required for an https url"), "{e}");
         let e = format!("{:#}", parse_in("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/services/collector/event\"\ntoken_file = \"token\"\nca = \"ca.crt\"\n").unwrap_err());
-        assert!(e.contains("ca, cert and key only apply to an https url"), "{e}");
+        assert!(
+            e.contains("ca, cert and key only apply to an https url"),
+            "{e}"
+        );
         let e = format!("{:#}", parse_in("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"https://splunk.example:8088/services/collector/event\"\ntoken_file = \"token\"\ncert = \"c.crt\"\n").unwrap_err());
         assert!(e.contains("cert and key go together"), "{e}");
         let e = format!("{:#}", parse_in("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"ftp://127.0.0.1/\"\ntoken_file = \"token\"\n").unwrap_err());

@@ -20,8 +20,8 @@ mod hec;
 pub mod spool;
 mod syslog;
 
-use crate::backoff::Backoff;
 use crate::audit::DurableSeq;
+use crate::backoff::Backoff;
 pub use config::{validate_sinks, AuditSection, SinkConfig, SinkFile, Target};
 
 use cursor::Cursor;
