@@ -184,6 +184,36 @@ mod tests {
         assert_eq!(status.message(), "a client certificate is required");
     }
 
+    /// The identity of a self-signed certificate carrying `spiffe_id`.
+    fn identity_of(spiffe_id: &str) -> Identity {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(spiffe_id.try_into().expect("uri")));
+        let cert = params.self_signed(&key).expect("certificate");
+        Identity::from_certificate(cert.der(), "loggate.local").expect("identity")
+    }
+
+    #[test]
+    fn a_handler_gets_the_identity_of_its_role_and_refuses_another_role() {
+        let mut request = Request::new(());
+        let agent = identity_of("spiffe://loggate.local/agent/web-1");
+        request
+            .extensions_mut()
+            .insert(PeerCheck(Ok(agent.clone())));
+        assert_eq!(
+            peer_identity(&request, Role::Agent).expect("an agent"),
+            agent
+        );
+        let status = peer_identity(&request, Role::User).expect_err("not a user");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(
+            status.message().contains("it is for user identities"),
+            "{status:?}"
+        );
+    }
+
     #[test]
     fn an_unusable_certificate_is_refused_with_its_reason() {
         let mut request = Request::new(());
