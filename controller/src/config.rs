@@ -78,9 +78,6 @@ pub struct ControllerConfig {
     /// When the audit writer seals the chain with a signed checkpoint (`[checkpoints]`).
     #[serde(default)]
     checkpoints: CheckpointsFile,
-    /// The checked audit keys above, set by [`ControllerConfig::load`].
-    #[serde(skip)]
-    pub audit_settings: Option<AuditSettings>,
     /// Delivery of the audit file to SIEMs (`[[audit.sinks]]`).
     #[serde(default)]
     pub audit: AuditSection,
@@ -106,15 +103,9 @@ impl ControllerConfig {
         config.max_ttl_duration()?;
         config.sinks = validate_sinks(&config.audit.sinks, base)
             .with_context(|| format!("controller configuration {}", path.display()))?;
-        config.audit_settings = Some(
-            AuditSettings::validate(
-                config.audit_rotate_bytes,
-                config.audit_keep_files,
-                config.audit_max_bytes,
-                &config.checkpoints,
-            )
-            .with_context(|| format!("controller configuration {}", path.display()))?,
-        );
+        config
+            .audit_settings()
+            .with_context(|| format!("controller configuration {}", path.display()))?;
         if config.redaction_profiles.is_empty() {
             bail!("redaction_profiles: name at least one profile (e.g. [\"default\"])");
         }
@@ -129,6 +120,17 @@ impl ControllerConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The audit keys (`audit_rotate_bytes`, `audit_keep_files`, `audit_max_bytes`,
+    /// `[checkpoints]`), checked as the agent's are: checked once by [`ControllerConfig::load`].
+    pub fn audit_settings(&self) -> anyhow::Result<AuditSettings> {
+        AuditSettings::validate(
+            self.audit_rotate_bytes,
+            self.audit_keep_files,
+            self.audit_max_bytes,
+            &self.checkpoints,
+        )
     }
 
     /// `max_ttl`, between 1 s and [`MAX_TTL_LIMIT`]: every grant's end stays a date the
@@ -201,7 +203,7 @@ mod tests {
     #[test]
     fn audit_keys_have_the_agents_defaults_and_checks() {
         let config = load_with("").expect("minimal configuration");
-        let audit = config.audit_settings.expect("checked at load");
+        let audit = config.audit_settings().expect("checked at load");
         let rotation = audit.rotation.expect("rotates by default");
         assert_eq!((rotation.max_bytes, rotation.keep), (256 << 20, 10));
         assert_eq!(audit.budget_bytes, 11 * (512 << 20));
@@ -214,7 +216,7 @@ mod tests {
              [checkpoints]\nevery = 5\ninterval = \"2s\"",
         )
         .expect("set audit keys");
-        let audit = config.audit_settings.expect("checked at load");
+        let audit = config.audit_settings().expect("checked at load");
         assert_eq!(
             audit.rotation.map(|r| (r.max_bytes, r.keep)),
             Some((4096, 3))
@@ -222,7 +224,7 @@ mod tests {
         assert_eq!(audit.budget_bytes, 65536);
         assert_eq!(audit.checkpoints.every, 5);
         let off = load_with("audit_rotate_bytes = 0").expect("no rotation");
-        assert!(off.audit_settings.expect("checked").rotation.is_none());
+        assert!(off.audit_settings().expect("checked").rotation.is_none());
         for (bad, expect) in [
             (
                 "audit_rotate_bytes = 4096\naudit_max_bytes = 4097",

@@ -35,10 +35,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // to its audit file (created on first start, mode 0600); the sinks' cursors and status
     // files sit there too.
     let audit_dir = loggate_core::daemon::audit::folder_of(&config.audit_log).to_path_buf();
-    let settings = config
-        .audit_settings
-        .clone()
-        .context("the audit settings were not checked")?;
+    let settings = config.audit_settings()?;
     let mut startup = AuditRuntime::open(
         AuditPlaces {
             audit_log: config.audit_log.clone(),
