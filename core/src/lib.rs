@@ -3,6 +3,7 @@
 //! timestamp rules used to select time ranges of log lines.
 
 pub mod audit;
+pub mod duration;
 pub mod grant;
 pub mod identity;
 pub mod private_state;
