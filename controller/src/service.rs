@@ -463,9 +463,9 @@ impl Controller for ControllerService {
             .insert_grant(|revision| {
                 let id = new_grant_id();
                 let claims = GrantClaims {
-                    jti: id.clone(),
+                    jti: id.to_string(),
                     iss: format!("spiffe://{}/controller", self.trust_domain),
-                    sub: subject.clone(),
+                    sub: subject.to_string(),
                     iat: now,
                     nbf: not_before,
                     exp: not_after,
@@ -486,8 +486,8 @@ impl Controller for ControllerService {
                     .into());
                 }
                 let row = GrantRow {
-                    id,
-                    subject: subject.clone(),
+                    id: id.into_string(),
+                    subject: subject.to_string(),
                     hosts: req.hosts.clone(),
                     labels: req.labels.clone(),
                     paths: req.paths.clone(),
@@ -532,7 +532,7 @@ impl Controller for ControllerService {
                 )
             }
         } else {
-            Some(user.spiffe_id().to_string())
+            Some(user.spiffe_id().clone())
         };
         let grants = self
             .store

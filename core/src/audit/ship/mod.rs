@@ -55,16 +55,6 @@ pub(crate) enum Retry {
     Permanent,
 }
 
-impl Retry {
-    /// The word the status file and the logs use.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Retry::Retriable => "retriable",
-            Retry::Permanent => "permanent",
-        }
-    }
-}
-
 /// Why a transport failed, typed so the delivery loop decides by [`Retry`], never by reading
 /// the message. A plain `String` (a connection or I/O failure) converts to a retriable one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -826,8 +816,7 @@ mod tests {
     fn a_plain_transport_failure_is_retriable() {
         let e: TransportError = format!("cannot connect to {}: refused", "siem:6514").into();
         assert_eq!(e.retry, Retry::Retriable);
-        assert_eq!(e.retry.as_str(), "retriable");
-        assert_eq!(TransportError::permanent("x").retry.as_str(), "permanent");
+        assert_eq!(TransportError::permanent("x").retry, Retry::Permanent);
     }
 
     #[test]
