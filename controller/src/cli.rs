@@ -3,7 +3,7 @@
 
 use crate::config::ClientConfig;
 use loggate_core::grant::rough_duration;
-use loggate_core::timestamp::parse_time_arg;
+use loggate_core::timestamp::{parse_time_arg, UnixMillis};
 use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::agent_client::AgentClient;
@@ -167,13 +167,10 @@ pub fn usage(message: impl Into<String>) -> Failure {
     Failure::new(Exit::Usage, message)
 }
 
-/// A `--since`/`--until` value as ms since the epoch: clap's value parser, so a mistake is
-/// reported as `--ttl`'s is (usage, exit 2), with the duration grammar's own sentence.
-pub fn time_arg(text: &str) -> Result<i64, loggate_core::timestamp::TimeArgError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    parse_time_arg(text, now)
+/// A `--since`/`--until` value: clap's value parser, so a mistake is reported as `--ttl`'s is
+/// (usage, exit 2), with the duration grammar's own sentence.
+pub fn time_arg(text: &str) -> Result<UnixMillis, loggate_core::timestamp::TimeArgError> {
+    parse_time_arg(text, UnixMillis::now())
 }
 
 /// Why a `--start-in` value was refused.
@@ -718,10 +715,10 @@ pub struct ReadArgs {
     pub follow: bool,
     pub lines: u64,
     pub pattern: String,
-    /// `--since`, ms since the epoch ([`time_arg`]).
-    pub since: Option<i64>,
-    /// `--until`, ms since the epoch.
-    pub until: Option<i64>,
+    /// `--since` ([`time_arg`]).
+    pub since: Option<UnixMillis>,
+    /// `--until`.
+    pub until: Option<UnixMillis>,
     pub json: bool,
     pub grant_token: Option<PathBuf>,
 }
@@ -733,8 +730,9 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             args.path
         )));
     }
-    let since = args.since.unwrap_or(0);
-    let until = args.until.unwrap_or(0);
+    // 0: no bound, as the request's fields say.
+    let since = args.since.map_or(0, |t| t.0);
+    let until = args.until.map_or(0, |t| t.0);
     let grant_token = match &args.grant_token {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| format!("cannot read grant token {}: {e}", p.display()))?

@@ -197,10 +197,10 @@ struct ReadOpts {
     /// RFC 3339 time ("2026-11-27T07:00:00Z"), a date-time taken as UTC ("2026-11-27 07:00")
     /// or a date ("2026-11-27").
     #[arg(long, value_parser = cli::time_arg, allow_hyphen_values = true)]
-    since: Option<i64>,
+    since: Option<loggate_core::timestamp::UnixMillis>,
     /// Only lines before this time (the same forms as --since).
     #[arg(long, value_parser = cli::time_arg, allow_hyphen_values = true)]
-    until: Option<i64>,
+    until: Option<loggate_core::timestamp::UnixMillis>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,

@@ -63,6 +63,22 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era.wrapping_mul(146_097).wrapping_add(doe - 719_468)
 }
 
+/// A point in time in milliseconds since the Unix epoch (UTC): what `--since/--until` become
+/// and what a read request carries (`since_unix_ms`). A type of its own because grants count
+/// Unix *seconds* (`nbf`, `exp`): one cannot be passed for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    /// The current time (the epoch for a clock before it; `i64::MAX` past year 292 million).
+    pub fn now() -> UnixMillis {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        UnixMillis(ms)
+    }
+}
+
 /// A `--since`/`--until` value that is not a time. A value shaped like a duration (it starts
 /// with a digit but not with a year) gets the duration grammar's own error, the same one
 /// `--ttl` gives for the same mistake, followed by the time forms.
@@ -90,8 +106,8 @@ const TIME_FORMS: &str = "an RFC 3339 time (2026-11-27T07:00:00Z, 2026-11-27T07:
 /// "1h 30m"), or an absolute RFC 3339 time ("2026-11-27T07:00:00Z",
 /// "2026-11-27T07:00:00.5+01:00"), or a date-time without zone taken as UTC
 /// ("2026-11-27 07:00:00", "2026-11-27T07:00"), or a date ("2026-11-27" = midnight UTC).
-/// Surrounding whitespace is ignored. Returns milliseconds since the Unix epoch.
-pub fn parse_time_arg(arg: &str, now_ms: i64) -> Result<i64, TimeArgError> {
+/// Surrounding whitespace is ignored.
+pub fn parse_time_arg(arg: &str, now: UnixMillis) -> Result<UnixMillis, TimeArgError> {
     let text = arg.trim();
     let b = text.as_bytes();
     let looks_like_a_date = b.len() >= 5 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-';
@@ -102,10 +118,13 @@ pub fn parse_time_arg(arg: &str, now_ms: i64) -> Result<i64, TimeArgError> {
         let back = crate::duration::parse(text)?;
         let back_ms = i64::try_from(back.as_millis()).ok();
         return back_ms
-            .and_then(|ms| now_ms.checked_sub(ms))
+            .and_then(|ms| now.0.checked_sub(ms))
+            .map(UnixMillis)
             .ok_or_else(|| TimeArgError::TooFarBack(crate::duration::shown(arg)));
     }
-    absolute_ms(text).ok_or_else(|| TimeArgError::NotATime(crate::duration::shown(arg)))
+    absolute_ms(text)
+        .map(UnixMillis)
+        .ok_or_else(|| TimeArgError::NotATime(crate::duration::shown(arg)))
 }
 
 /// An absolute time in one of the `--since/--until` forms, in ms since the epoch.
@@ -256,6 +275,11 @@ mod tests {
     const T0_123: i64 = 1_795_762_755_123; // 2026-11-27T06:59:15.123Z
     const T0_AT_MINUS_7: i64 = 1_795_787_955_000; // 2026-11-27T13:59:15Z
 
+    /// `parse_time_arg` in plain milliseconds, for tables of expected values.
+    fn arg_ms(arg: &str, now_ms: i64) -> Result<i64, TimeArgError> {
+        parse_time_arg(arg, UnixMillis(now_ms)).map(|t| t.0)
+    }
+
     fn ts(line: &str) -> Option<i64> {
         line_timestamp_ms(line.as_bytes())
     }
@@ -368,7 +392,7 @@ mod tests {
                 line.push(if r & 1 == 0 { pick } else { (r >> 8) as u8 });
             }
             let _ = line_timestamp_ms(&line);
-            let _ = parse_time_arg(&String::from_utf8_lossy(&line), x as i64);
+            let _ = arg_ms(&String::from_utf8_lossy(&line), x as i64);
         }
     }
 
@@ -384,23 +408,23 @@ mod tests {
 
     #[test]
     fn simple_and_compound_durations_count_back_from_now() {
-        assert_eq!(parse_time_arg("90s", T0), Ok(T0 - 90_000));
-        assert_eq!(parse_time_arg("10m", T0), Ok(T0 - 600_000));
-        assert_eq!(parse_time_arg("2h", T0), Ok(T0 - 7_200_000));
-        assert_eq!(parse_time_arg(" 1d ", T0), Ok(T0 - 86_400_000));
-        assert_eq!(parse_time_arg("1h30m", T0), Ok(T0 - 5_400_000));
-        assert_eq!(parse_time_arg("1d2h3m4s", T0), Ok(T0 - 93_784_000));
+        assert_eq!(arg_ms("90s", T0), Ok(T0 - 90_000));
+        assert_eq!(arg_ms("10m", T0), Ok(T0 - 600_000));
+        assert_eq!(arg_ms("2h", T0), Ok(T0 - 7_200_000));
+        assert_eq!(arg_ms(" 1d ", T0), Ok(T0 - 86_400_000));
+        assert_eq!(arg_ms("1h30m", T0), Ok(T0 - 5_400_000));
+        assert_eq!(arg_ms("1d2h3m4s", T0), Ok(T0 - 93_784_000));
     }
 
     /// Issue 17 item 6: `--ttl` accepted "1h 30m" and `--since` refused it.
     #[test]
     fn since_reads_durations_in_the_same_grammar_as_ttl() {
-        assert_eq!(parse_time_arg("1h 30m", T0), Ok(T0 - 5_400_000));
-        assert_eq!(parse_time_arg("1 hour 30 minutes", T0), Ok(T0 - 5_400_000));
-        assert_eq!(parse_time_arg("250ms", T0), Ok(T0 - 250));
+        assert_eq!(arg_ms("1h 30m", T0), Ok(T0 - 5_400_000));
+        assert_eq!(arg_ms("1 hour 30 minutes", T0), Ok(T0 - 5_400_000));
+        assert_eq!(arg_ms("250ms", T0), Ok(T0 - 250));
         // The same mistake, the same sentence as the duration grammar's.
         for mistake in ["1h30x", "-5m", "99999999999999999999d", "1y"] {
-            let as_time = parse_time_arg(mistake, T0).expect_err(mistake).to_string();
+            let as_time = arg_ms(mistake, T0).expect_err(mistake).to_string();
             let as_duration = crate::duration::parse(mistake)
                 .expect_err(mistake)
                 .to_string();
@@ -413,7 +437,7 @@ mod tests {
 
     #[test]
     fn absolute_forms_parse_to_known_epochs() {
-        let at = |arg: &str| parse_time_arg(arg, 0);
+        let at = |arg: &str| arg_ms(arg, 0);
         assert_eq!(at("2026-11-27T07:00:00Z"), Ok(1_795_762_800_000));
         assert_eq!(at("2026-11-27T07:00:00.5+01:00"), Ok(1_795_759_200_500));
         assert_eq!(at("2026-11-27 07:00:00"), Ok(1_795_762_800_000));
@@ -426,19 +450,19 @@ mod tests {
     fn garbage_arguments_give_helpful_errors() {
         let not_times = "yesterday|m|2026-02-29|2026-11-27T25:00|2026-11-27T07:00+1";
         for arg in not_times.split('|').chain(["2026-11-27T07:00:00Z junk"]) {
-            let msg = parse_time_arg(arg, T0).expect_err(arg).to_string();
+            let msg = arg_ms(arg, T0).expect_err(arg).to_string();
             let start = format!("{arg:?} is not a recognised time; use a duration");
             assert!(msg.starts_with(&start) && msg.contains("1h30m"), "{msg}");
         }
         for arg in ["10x", "10", "30m1h", "1m1m"] {
-            let msg = parse_time_arg(arg, T0).expect_err(arg).to_string();
+            let msg = arg_ms(arg, T0).expect_err(arg).to_string();
             let start = format!("{arg:?} is not a duration; write a duration such as");
             assert!(msg.starts_with(&start) && msg.contains("RFC 3339"), "{msg}");
         }
-        let msg = parse_time_arg("-5m", T0).expect_err("-5m").to_string();
+        let msg = arg_ms("-5m", T0).expect_err("-5m").to_string();
         assert!(msg.starts_with("\"-5m\" is negative"), "{msg}");
         for empty in ["", "  "] {
-            let msg = parse_time_arg(empty, T0).expect_err(empty).to_string();
+            let msg = arg_ms(empty, T0).expect_err(empty).to_string();
             assert!(msg.starts_with("an empty value is not a recognised time; use a"));
         }
     }
@@ -446,18 +470,12 @@ mod tests {
     #[test]
     fn overflowing_numbers_are_errors_not_panics() {
         for arg in ["99999999999999999999d", "9223372036854775807s"] {
-            let msg = parse_time_arg(arg, T0).expect_err(arg).to_string();
+            let msg = arg_ms(arg, T0).expect_err(arg).to_string();
             assert!(msg.contains("is out of range; write a duration"), "{msg}");
         }
-        let msg = parse_time_arg("1s", i64::MIN).unwrap_err().to_string();
+        let msg = arg_ms("1s", i64::MIN).unwrap_err().to_string();
         assert!(msg.contains("reaches too far back"), "{msg}");
         let long = "9".repeat(10_000);
-        assert!(
-            parse_time_arg(&long, T0)
-                .expect_err("long")
-                .to_string()
-                .len()
-                < 500
-        );
+        assert!(arg_ms(&long, T0).expect_err("long").to_string().len() < 500);
     }
 }
