@@ -867,7 +867,7 @@ pub fn audit_verify(
     for k in key_files {
         let text =
             std::fs::read_to_string(k).map_err(|e| format!("cannot read {}: {e}", k.display()))?;
-        keys.push(VerifyKey::parse(&text).map_err(|e| format!("{}: {e}", k.display()))?);
+        keys.push(VerifyKey::parse(&text).map_err(|e| format!("{}: {e:#}", k.display()))?);
     }
     let external = match checkpoints {
         Some(c) => {
