@@ -6,12 +6,30 @@
 use loggate_tests::{bin_dir, text};
 use std::process::{Command, Output};
 
-/// Runs `loggate ARGS` with a client configuration that does not exist, so a command line
-/// that parses ends at reading it (exit 1), never at the network.
+/// A client configuration whose certificate files do not exist: a command line that parses
+/// ends at loading them (exit 1, "TLS configuration"), never on the network.
+fn client_config() -> anyhow::Result<std::path::PathBuf> {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    if DIR.get().is_none() {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            dir.path().join("client.toml"),
+            "controller = \"127.0.0.1:1\"\n[tls]\nca = \"missing-ca.crt\"\n\
+             cert = \"missing.crt\"\nkey = \"missing.key\"\n",
+        )?;
+        let _ = DIR.set(dir);
+    }
+    let dir = DIR
+        .get()
+        .ok_or_else(|| anyhow::anyhow!("no temporary folder"))?;
+    Ok(dir.path().join("client.toml"))
+}
+
+/// Runs `loggate ARGS` with [`client_config`].
 fn loggate(args: &[&str]) -> anyhow::Result<Output> {
     Ok(Command::new(bin_dir()?.join("loggate"))
         .args(args)
-        .env("LOGGATE_CONFIG", "/nonexistent/loggate-client.toml")
+        .env("LOGGATE_CONFIG", client_config()?)
         .env_remove("LOGGATE_LOG")
         .output()?)
 }
@@ -55,14 +73,11 @@ fn one_usage_line(out: &Output, what: &str) -> String {
     stderr.trim_end().to_string()
 }
 
-/// Parsed, then stopped at the missing client configuration (exit 1).
+/// Parsed, then stopped at the missing certificate files (exit 1).
 fn assert_parsed(out: &Output, what: &str) {
     let stderr = text(out).1;
     assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
-    assert!(
-        stderr.contains("cannot read client configuration"),
-        "{what}: {stderr}"
-    );
+    assert!(stderr.contains("TLS configuration"), "{what}: {stderr}");
 }
 
 #[test]
