@@ -178,7 +178,7 @@ pub fn grant_window(
     if ttl.is_zero() || ttl > max_ttl {
         return Err(Status::invalid_argument(format!(
             "ttl must be between 1s and the controller's max_ttl ({})",
-            humantime::format_duration(max_ttl)
+            loggate_core::duration::format(max_ttl)
         )));
     }
     let not_before = if not_before_unix == 0 {
@@ -194,7 +194,7 @@ pub fn grant_window(
         if not_before_unix > latest {
             return Err(Status::invalid_argument(format!(
                 "the grant's start ({not_before_unix}, Unix seconds) is more than {} ahead; schedule it later",
-                humantime::format_duration(MAX_START_AHEAD)
+                loggate_core::duration::format(MAX_START_AHEAD)
             )));
         }
         not_before_unix.max(now)
