@@ -44,10 +44,10 @@ pub struct IssueArgs {
     #[arg(long)]
     user: Option<String>,
     /// Start of validity (RFC 3339); default 5 minutes ago.
-    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    #[arg(long, value_parser = loggate_core::timestamp::parse_absolute_time)]
     valid_from: Option<std::time::SystemTime>,
     /// End of validity (RFC 3339); default one year from now.
-    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    #[arg(long, value_parser = loggate_core::timestamp::parse_absolute_time)]
     valid_until: Option<std::time::SystemTime>,
     /// Controller address written into a new user's client configuration. Default: the one
     /// `pki init` recorded in DIR/pki.toml ("127.0.0.1:7400" without it).

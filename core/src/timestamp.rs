@@ -127,6 +127,21 @@ pub fn parse_time_arg(arg: &str, now: UnixMillis) -> Result<UnixMillis, TimeArgE
         .ok_or_else(|| TimeArgError::NotATime(crate::duration::shown(arg)))
 }
 
+/// An absolute time given on the command line (`pki issue --valid-from`): the absolute forms of
+/// [`parse_time_arg`] only, no duration.
+pub fn parse_absolute_time(arg: &str) -> Result<std::time::SystemTime, TimeArgError> {
+    let not_a_time = || TimeArgError::NotATime(crate::duration::shown(arg));
+    let ms = absolute_ms(arg.trim()).ok_or_else(not_a_time)?;
+    let epoch = std::time::UNIX_EPOCH;
+    let offset = std::time::Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        epoch.checked_add(offset)
+    } else {
+        epoch.checked_sub(offset)
+    }
+    .ok_or_else(not_a_time)
+}
+
 /// An absolute time in one of the `--since/--until` forms, in ms since the epoch.
 fn absolute_ms(text: &str) -> Option<i64> {
     // jiff reads more than these forms (week dates, basic format, bracketed zones): only the
@@ -444,6 +459,19 @@ mod tests {
         assert_eq!(at("2026-11-27T07:00"), Ok(1_795_762_800_000));
         assert_eq!(at("2026-11-27"), Ok(1_795_737_600_000));
         assert_eq!(at("1969-12-31T23:59:59.5Z"), Ok(-500));
+    }
+
+    #[test]
+    fn absolute_times_alone_are_read_for_certificate_validity() {
+        let t = parse_absolute_time("2026-11-27T07:00:00Z").unwrap();
+        assert_eq!(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+            1_795_762_800_000
+        );
+        assert!(parse_absolute_time("2026-11-27 07:00").is_ok());
+        for bad in ["10m", "yesterday", "2026-02-30", ""] {
+            assert!(parse_absolute_time(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
