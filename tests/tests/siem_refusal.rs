@@ -44,7 +44,8 @@ fn a_collector_refusing_the_token_gets_one_request_and_one_log_line_not_a_retry_
     while status(&f)["state"] != "refused" {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the sink never said refused: {}",
+            "the sink never said refused ({} requests so far): {}",
+            hec.requests().len(),
             status(&f)
         );
         std::thread::sleep(Duration::from_millis(100));
