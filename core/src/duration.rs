@@ -82,18 +82,29 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     Duration::try_from(signed).map_err(|_| error(DurationProblem::OutOfRange))
 }
 
-/// Why jiff refused `text`: a number too large for its unit is out of range, a leading `-`
-/// is negative, anything else is not a duration. Read from the text's shape, never from jiff's
-/// message.
+/// Why jiff refused `text`: negative when it parses without its leading `-`, out of range when
+/// it parses with every number replaced by 1 (the units were right, a number too large), and
+/// otherwise not a duration. Decided by parsing again, never by reading jiff's message.
 fn classify_unparsable(text: &str) -> DurationProblem {
-    if text.starts_with('-') && parse(&text[1..]).is_ok() {
-        return DurationProblem::Negative;
+    if let Some(unsigned) = text.strip_prefix('-') {
+        if parse(unsigned).is_ok() {
+            return DurationProblem::Negative;
+        }
     }
-    let well_formed = text
-        .split(|c: char| c.is_ascii_alphabetic() || c.is_whitespace())
-        .all(|number| number.bytes().all(|b| b.is_ascii_digit()))
-        && text.bytes().any(|b| b.is_ascii_digit());
-    if well_formed && text.bytes().filter(u8::is_ascii_digit).count() > 9 {
+    let mut small = String::with_capacity(text.len());
+    let mut in_number = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                small.push('1');
+            }
+            in_number = true;
+        } else {
+            small.push(c);
+            in_number = false;
+        }
+    }
+    if small != text && small.parse::<jiff::Span>().is_ok() {
         DurationProblem::OutOfRange
     } else {
         DurationProblem::NotADuration
@@ -179,6 +190,7 @@ mod tests {
     fn each_mistake_has_its_own_sentence() {
         for (text, problem) in [
             ("10x", DurationProblem::NotADuration),
+            ("12345678901x", DurationProblem::NotADuration),
             ("1h30x", DurationProblem::NotADuration),
             ("yesterday", DurationProblem::NotADuration),
             ("10", DurationProblem::NotADuration),
