@@ -666,11 +666,15 @@ pub async fn grant_list(
     Ok(())
 }
 
-pub async fn grant_revoke(config: &ClientConfig, id: String, reason: String) -> CliResult {
+pub async fn grant_revoke(
+    config: &ClientConfig,
+    id: loggate_core::grant::GrantId,
+    reason: String,
+) -> CliResult {
     let mut client = controller(config).await?;
     let grant = client
         .revoke_grant(pb::RevokeGrantRequest {
-            grant_id: id,
+            grant_id: id.into_string(),
             reason,
         })
         .await

@@ -176,7 +176,8 @@ enum GrantCommand {
     /// Revoke a grant (admins, or the grant's own subject). Agents cut its streams within 1 s.
     Revoke {
         /// The grant id (`g-…`, from `grant issue` or `grant list`).
-        id: String,
+        #[arg(value_parser = |text: &str| loggate_core::grant::GrantId::new(text))]
+        id: loggate_core::grant::GrantId,
         /// Why: recorded in the audit stream.
         #[arg(long, default_value = "")]
         reason: String,

@@ -35,8 +35,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GrantId(String);
 
+/// A text that is not a [`GrantId`]; the message quotes (at most 80 characters of) it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not a grant id (g- and up to 64 lowercase letters, digits or '-', e.g. g-0123456789abcdef)")]
+pub struct GrantIdError(String);
+
 impl GrantId {
-    pub fn new(text: impl Into<String>) -> Result<GrantId, GrantError> {
+    pub fn new(text: impl Into<String>) -> Result<GrantId, GrantIdError> {
         let text = text.into();
         let ok = text.strip_prefix("g-").is_some_and(|rest| {
             !rest.is_empty()
@@ -49,9 +54,7 @@ impl GrantId {
             Ok(GrantId(text))
         } else {
             let cut: String = text.chars().take(80).collect();
-            Err(GrantError::Malformed(format!(
-                "{cut:?} is not a grant id (g- and up to 64 lowercase letters, digits or '-')"
-            )))
+            Err(GrantIdError(format!("{cut:?}")))
         }
     }
 }
@@ -531,7 +534,8 @@ impl GrantVerifier {
     }
 
     fn check_shape(claims: &GrantClaims) -> Result<(GrantId, Vec<GlobMatcher>), GrantError> {
-        let id = GrantId::new(claims.jti.as_str())?;
+        let id =
+            GrantId::new(claims.jti.as_str()).map_err(|e| GrantError::Malformed(e.to_string()))?;
         if claims.paths.is_empty() {
             return Err(GrantError::Malformed("grant names no paths".into()));
         }
@@ -960,10 +964,8 @@ mod tests {
             "g-a\n",
             &format!("g-{}", "a".repeat(65)),
         ] {
-            assert!(
-                matches!(GrantId::new(bad), Err(GrantError::Malformed(_))),
-                "{bad:?}"
-            );
+            let e = GrantId::new(bad).unwrap_err();
+            assert!(e.to_string().contains("is not a grant id"), "{bad:?}: {e}");
         }
         let key = SigningKey::generate().unwrap();
         let verifier =

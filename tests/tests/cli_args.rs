@@ -139,6 +139,23 @@ fn a_negative_duration_is_said_to_be_negative_not_an_unexpected_argument() -> an
 }
 
 #[test]
+fn a_malformed_grant_id_is_bad_usage_before_anything_is_sent() -> anyhow::Result<()> {
+    for bad in ["g-BAD", "x-1", "g-a b"] {
+        let line = one_usage_line(&loggate(&["grant", "revoke", bad])?, bad);
+        assert_eq!(
+            line,
+            format!(
+                "loggate: <ID>: {bad:?} is not a grant id (g- and up to 64 lowercase letters, \
+                 digits or '-', e.g. g-0123456789abcdef)"
+            )
+        );
+    }
+    let out = loggate(&["grant", "revoke", "g-0123456789abcdef"])?;
+    assert_parsed(&out, "a well-formed id");
+    Ok(())
+}
+
+#[test]
 fn help_states_the_exit_codes_and_the_duration_limits() -> anyhow::Result<()> {
     let out = loggate(&["--help"])?;
     assert!(out.status.success());
