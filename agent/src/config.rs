@@ -20,8 +20,8 @@ use std::time::Duration;
 fn default_trust_domain() -> String {
     "loggate.local".into()
 }
-fn default_skew() -> String {
-    "60s".into()
+fn default_skew() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_audit() -> PathBuf {
     PathBuf::from("audit.jsonl")
@@ -68,8 +68,8 @@ pub struct AgentConfigFile {
     #[serde(default)]
     audit_max_bytes: Option<u64>,
     /// Tolerated clock difference with the controller at a grant's start (at most 60s).
-    #[serde(default = "default_skew")]
-    max_clock_skew: String,
+    #[serde(default = "default_skew", with = "loggate_core::duration::text")]
+    max_clock_skew: Duration,
     /// Whether the redaction profile "raw" (no redaction) may be named by grants.
     #[serde(default)]
     allow_raw: bool,
@@ -112,7 +112,7 @@ pub struct Limits {
     /// Time one stream may spend matching its grep pattern; over it the stream ends
     /// (`budget_exceeded`) with an error saying so. Bounds the CPU a pathological pattern can
     /// burn, together with the per-line bound on the pattern's complexity.
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "loggate_core::duration::text")]
     pub grep_time_budget: Duration,
     /// Matching time one subject may spend across all its grep streams, per minute (a token
     /// bucket of that size refilled at that rate): with it spent, running greps are cut, and
@@ -132,15 +132,8 @@ pub struct Limits {
     /// `audit_denial_window`; the ones over are counted and summarised, not written one by one
     /// (the refused request still gets its error).
     pub audit_denials_per_window: u32,
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "loggate_core::duration::text")]
     pub audit_denial_window: Duration,
-}
-
-/// A duration written as text ("30s", "1m") in the configuration.
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
 }
 
 impl Limits {
@@ -297,10 +290,7 @@ impl AgentConfig {
                     .with_context(|| format!("grant_keys: {}", p.display()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let max_clock_skew =
-            humantime::parse_duration(&file.max_clock_skew).with_context(|| {
-                format!("max_clock_skew {:?} is not a duration", file.max_clock_skew)
-            })?;
+        let max_clock_skew = file.max_clock_skew;
         if max_clock_skew > Duration::from_secs(60) {
             bail!("max_clock_skew must be at most 60s");
         }
@@ -334,5 +324,21 @@ impl AgentConfig {
             sinks,
             tls: file.tls.relative_to(base),
         })
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn configuration_durations_share_the_one_grammar() {
+        let limits: Limits = toml::from_str("grep_time_budget = \"1m 30s\"").unwrap();
+        assert_eq!(limits.grep_time_budget, Duration::from_secs(90));
+        let err = toml::from_str::<Limits>("audit_denial_window = \"1x\"").unwrap_err();
+        assert!(
+            err.to_string().contains("\"1x\" is not a duration"),
+            "{err}"
+        );
     }
 }

@@ -405,7 +405,7 @@ mod tests {
                 key,
                 verifier,
                 audience: Audience {
-                    agent_id: "web-1".into(),
+                    agent_id: loggate_core::identity::AgentId::new("web-1").unwrap(),
                     labels: vec![],
                 },
             }

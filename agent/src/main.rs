@@ -117,7 +117,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     loggate_core::private_state::create_private_dir(&config.state_dir, "agent state folder")?;
     let verifier = GrantVerifier::new(config.grant_keys.clone(), config.max_clock_skew);
     let audience = Audience {
-        agent_id: config.id.clone(),
+        agent_id: loggate_core::identity::AgentId::new(config.id.clone())?,
         labels: config.labels.clone(),
     };
     let loaded = GrantStore::open(&config.state_dir, &verifier, &audience, unix_now())

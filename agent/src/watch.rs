@@ -273,7 +273,7 @@ mod tests {
             let verifier =
                 GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
             let audience = Audience {
-                agent_id: "web-1".into(),
+                agent_id: loggate_core::identity::AgentId::new("web-1").unwrap(),
                 labels: vec![],
             };
             let store =

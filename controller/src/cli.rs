@@ -3,7 +3,7 @@
 
 use crate::config::ClientConfig;
 use loggate_core::grant::rough_duration;
-use loggate_core::timestamp::parse_time_arg;
+use loggate_core::timestamp::{parse_time_arg, UnixMillis};
 use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::agent_client::AgentClient;
@@ -22,23 +22,96 @@ macro_rules! outln {
     };
 }
 
-/// How a command ends when it does not succeed: the exit code and one sentence for stderr.
-/// Codes: 0 a clean early end (the reader of standard output went away, as `| head` does),
-/// 1 error, 2 bad usage, 3 access denied, 4 stream cut by the agent (grant ended).
+/// The exit status of `loggate`, one variant per meaning (DESIGN.md's contract): scripts and
+/// the end-to-end tests rely on the numbers, the `--help` text lists them ([`EXIT_CODES_HELP`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Success, or a clean early end: the reader of standard output went away (`| head`).
+    Ok,
+    /// Any failure that is not one of the below (unreachable server, bad file, refused write).
+    Error,
+    /// The command was called wrongly: a bad flag or value, or an argument the server refused.
+    Usage,
+    /// Access denied: by the controller or agent, or our certificate refused in the handshake.
+    Denied,
+    /// The agent ended the stream (the grant expired or was revoked, a budget ran out).
+    StreamEnded,
+    /// `audit verify` found the chain or a checkpoint broken.
+    AuditBroken,
+}
+
+impl Exit {
+    /// Every code, in order (for the help text and its test).
+    pub const ALL: [Exit; 6] = [
+        Exit::Ok,
+        Exit::Error,
+        Exit::Usage,
+        Exit::Denied,
+        Exit::StreamEnded,
+        Exit::AuditBroken,
+    ];
+
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Error => 1,
+            Exit::Usage => 2,
+            Exit::Denied => 3,
+            Exit::StreamEnded => 4,
+            Exit::AuditBroken => 5,
+        }
+    }
+
+    /// The meaning, as `--help` states it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Error => "error",
+            Exit::Usage => "bad usage",
+            Exit::Denied => "access denied",
+            Exit::StreamEnded => "stream ended by the agent",
+            Exit::AuditBroken => "audit verification failed",
+        }
+    }
+}
+
+/// The exit codes as `loggate --help` ends with them, written from [`Exit::ALL`] so the help
+/// cannot drift from the codes.
+pub fn exit_codes_help() -> String {
+    let codes: Vec<String> = Exit::ALL
+        .iter()
+        .map(|e| format!("{} {}", e.code(), e.as_str()))
+        .collect();
+    format!("Exit codes: {}.", codes.join(", "))
+}
+
+/// How a command ends when it does not succeed: the exit code and one sentence for stderr
+/// (the whole cause chain, `{:#}`). [`Exit::Ok`] is a clean early end with nothing to say.
 #[derive(Debug)]
 pub struct Failure {
-    pub code: i32,
+    pub code: Exit,
     pub message: String,
 }
 
 impl Failure {
+    /// A failure with `code` and `message`.
+    pub fn new(code: Exit, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
     /// Standard output was closed by its reader: nothing is wrong, there is no one left to
     /// write for (ripgrep and the coreutils end quietly with status 0 too).
     fn output_closed() -> Failure {
-        Failure {
-            code: 0,
-            message: String::new(),
-        }
+        Failure::new(Exit::Ok, "")
+    }
+
+    /// An error (exit 1) with its whole cause chain: `{:#}` of `e`.
+    pub fn error(e: &anyhow::Error) -> Failure {
+        Failure::new(Exit::Error, format!("{e:#}"))
     }
 }
 
@@ -63,10 +136,7 @@ impl From<std::io::Error> for Failure {
         if chain_has_io_kind(&e, std::io::ErrorKind::BrokenPipe) {
             return Failure::output_closed();
         }
-        Failure {
-            code: 1,
-            message: format!("cannot write to standard output: {e}"),
-        }
+        Failure::new(Exit::Error, format!("cannot write to standard output: {e}"))
     }
 }
 
@@ -74,16 +144,13 @@ impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         // `{:#}`: the whole cause chain ("agent id: \"Bad\" is not a valid name …"), not only
         // the outermost context.
-        Failure {
-            code: 1,
-            message: format!("{e:#}"),
-        }
+        Failure::error(&e)
     }
 }
 
 impl From<String> for Failure {
     fn from(message: String) -> Self {
-        Failure { code: 1, message }
+        Failure::new(Exit::Error, message)
     }
 }
 
@@ -97,10 +164,59 @@ pub type CliResult = Result<(), Failure>;
 
 /// A mistake in how the command was called (exit 2), as opposed to a failure while running it.
 pub fn usage(message: impl Into<String>) -> Failure {
-    Failure {
-        code: 2,
-        message: message.into(),
+    Failure::new(Exit::Usage, message)
+}
+
+/// A `--since`/`--until` value: clap's value parser, so a mistake is reported as `--ttl`'s is
+/// (usage, exit 2), with the duration grammar's own sentence.
+pub fn time_arg(text: &str) -> Result<UnixMillis, loggate_core::timestamp::TimeArgError> {
+    parse_time_arg(text, UnixMillis::now())
+}
+
+/// Why a `--start-in` value was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartInError {
+    /// Not a duration in the one grammar.
+    #[error(transparent)]
+    Duration(loggate_core::duration::DurationError),
+    /// Beyond the controller's horizon (or beyond any representable duration).
+    #[error("{0} is too far ahead; a grant may start at most {days} days from now", days = crate::service::MAX_START_AHEAD.as_secs() / 86_400)]
+    TooFarAhead(String),
+}
+
+/// `--start-in`: clap's value parser. A duration past the 366-day horizon, or too large for
+/// the grammar at all, is "too far ahead" (usage, exit 2), before anything is sent.
+pub fn start_in_arg(text: &str) -> Result<Duration, StartInError> {
+    use loggate_core::duration::{parse, DurationProblem};
+    match parse(text) {
+        Ok(d) if d > crate::service::MAX_START_AHEAD => {
+            Err(StartInError::TooFarAhead(format!("{:?}", text.trim())))
+        }
+        Ok(d) => Ok(d),
+        Err(e) if e.problem() == DurationProblem::OutOfRange => {
+            Err(StartInError::TooFarAhead(format!("{:?}", text.trim())))
+        }
+        Err(e) => Err(StartInError::Duration(e)),
     }
+}
+
+/// Ends the process for a command line clap refused. A value its parser refused (`--ttl 1h30x`,
+/// `--since yesterday`, `--start-in -5s`) is one line, `loggate: --FLAG: <why>`, exit 2, like
+/// every other usage error of the CLI; help, version and clap's other usage errors are clap's
+/// own (exit 0 for help and version, 2 for mistakes).
+pub fn exit_on_parse_error(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() == ErrorKind::ValueValidation {
+        if let Some(why) = std::error::Error::source(&e) {
+            let flag = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(arg)) => arg.split(' ').next().unwrap_or(arg).to_string(),
+                _ => "a value".to_string(),
+            };
+            eprintln!("loggate: {flag}: {why}");
+            return std::process::ExitCode::from(Exit::Usage.code());
+        }
+    }
+    e.exit()
 }
 
 /// `unix` (seconds) as an RFC 3339 UTC time. Total: any `i64` gives a string, never a panic —
@@ -287,14 +403,14 @@ fn tls_failure(peer: &str, tls: &rustls::Error, cause: &str) -> Failure {
     match TlsFailure::of(tls) {
         TlsFailure::RefusedUs => tls_refused(peer, cause),
         TlsFailure::UnexpectedServer => Failure {
-            code: 1,
+            code: Exit::Error,
             message: format!(
                 "the server's certificate is not the expected one for {peer} ({cause}); check the \
                  address and that the server runs with this deployment's certificate"
             ),
         },
         TlsFailure::Other => Failure {
-            code: 1,
+            code: Exit::Error,
             message: format!(
                 "the TLS connection to {peer} failed ({cause}); check that both sides use this \
                  deployment's TLS settings"
@@ -305,7 +421,7 @@ fn tls_failure(peer: &str, tls: &rustls::Error, cause: &str) -> Failure {
 
 fn tls_refused(peer: &str, cause: &str) -> Failure {
     Failure {
-        code: 3,
+        code: Exit::Denied,
         message: format!(
             "{peer} refused the TLS connection ({cause}); check that your certificate comes from \
              this deployment's CA and is still valid"
@@ -330,7 +446,7 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
             return tls_failure(peer, tls, &message);
         }
         return Failure {
-            code: 1,
+            code: Exit::Error,
             message: format!(
                 "the connection to {peer} failed ({message}); if it keeps failing, check that \
                  your certificate comes from this deployment's CA and is still valid"
@@ -339,21 +455,21 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
     }
     match status.code() {
         Code::PermissionDenied | Code::Unauthenticated => Failure {
-            code: 3,
+            code: Exit::Denied,
             message: format!("access denied by {peer}: {message}"),
         },
         // The server refused an argument the user gave (a TTL, a subject, a pattern): bad usage.
         Code::InvalidArgument => usage(format!("{peer} refused the request: {message}")),
         Code::Aborted => Failure {
-            code: 4,
+            code: Exit::StreamEnded,
             message: format!("{peer} ended the stream: {message}"),
         },
         Code::Unavailable => Failure {
-            code: 1,
+            code: Exit::Error,
             message: format!("cannot reach {peer}: {message}"),
         },
         _ => Failure {
-            code: 1,
+            code: Exit::Error,
             message: format!("{peer}: {message}"),
         },
     }
@@ -379,7 +495,7 @@ async fn connect(
             return tls_failure(&format!("{name} at {addr}"), tls, &cause);
         }
         Failure {
-            code: 1,
+            code: Exit::Error,
             message: format!("cannot connect to {name} at {addr}: {cause}"),
         }
     })
@@ -473,7 +589,7 @@ fn start_time(now: i64, start_in: Duration) -> Result<i64, Failure> {
     if start_in > ahead {
         return Err(usage(format!(
             "--start-in {} is too far ahead; a grant may start at most {} days from now",
-            humantime::format_duration(start_in),
+            loggate_core::duration::format(start_in),
             ahead.as_secs() / 86_400
         )));
     }
@@ -550,11 +666,15 @@ pub async fn grant_list(
     Ok(())
 }
 
-pub async fn grant_revoke(config: &ClientConfig, id: String, reason: String) -> CliResult {
+pub async fn grant_revoke(
+    config: &ClientConfig,
+    id: loggate_core::grant::GrantId,
+    reason: String,
+) -> CliResult {
     let mut client = controller(config).await?;
     let grant = client
         .revoke_grant(pb::RevokeGrantRequest {
-            grant_id: id,
+            grant_id: id.into_string(),
             reason,
         })
         .await
@@ -599,8 +719,10 @@ pub struct ReadArgs {
     pub follow: bool,
     pub lines: u64,
     pub pattern: String,
-    pub since: Option<String>,
-    pub until: Option<String>,
+    /// `--since` ([`time_arg`]).
+    pub since: Option<UnixMillis>,
+    /// `--until`.
+    pub until: Option<UnixMillis>,
     pub json: bool,
     pub grant_token: Option<PathBuf>,
 }
@@ -612,15 +734,9 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             args.path
         )));
     }
-    let now_ms = (loggate_core::grant::unix_seconds(std::time::SystemTime::now())) * 1000;
-    let since = match &args.since {
-        Some(s) => parse_time_arg(s, now_ms).map_err(|e| usage(format!("--since: {e}")))?,
-        None => 0,
-    };
-    let until = match &args.until {
-        Some(s) => parse_time_arg(s, now_ms).map_err(|e| usage(format!("--until: {e}")))?,
-        None => 0,
-    };
+    // 0: no bound, as the request's fields say.
+    let since = args.since.map_or(0, |t| t.0);
+    let until = args.until.map_or(0, |t| t.0);
     let grant_token = match &args.grant_token {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| format!("cannot read grant token {}: {e}", p.display()))?
@@ -755,7 +871,7 @@ pub fn audit_verify(
     for k in key_files {
         let text =
             std::fs::read_to_string(k).map_err(|e| format!("cannot read {}: {e}", k.display()))?;
-        keys.push(VerifyKey::parse(&text).map_err(|e| format!("{}: {e}", k.display()))?);
+        keys.push(VerifyKey::parse(&text).map_err(|e| format!("{}: {e:#}", k.display()))?);
     }
     let external = match checkpoints {
         Some(c) => {
@@ -774,7 +890,7 @@ pub fn audit_verify(
             if !keys.is_empty() {
                 for checkpoint in &held {
                     checkpoint.verify(&keys).map_err(|e| Failure {
-                        code: 5,
+                        code: Exit::AuditBroken,
                         message: format!(
                             "{}: the checkpoint sealing seq {} is not genuine: {e}",
                             c.display(),
@@ -803,7 +919,7 @@ pub fn audit_verify(
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let s = verify_chain_anchored(std::io::BufReader::new(input), &keys, &external).map_err(
         |broken| Failure {
-            code: 5,
+            code: Exit::AuditBroken,
             message: format!(
                 "{}: chain broken at {broken}{}",
                 names.join(" + "),
@@ -936,7 +1052,7 @@ mod tests {
             99_999_999_999_999 * 3600,
         ] {
             let err = start_time(now, Duration::from_secs(secs)).unwrap_err();
-            assert_eq!(err.code, 2, "{secs}: {}", err.message);
+            assert_eq!(err.code, Exit::Usage, "{secs}: {}", err.message);
             assert!(err.message.contains("too far ahead"), "{}", err.message);
         }
         let ahead = crate::service::MAX_START_AHEAD;
@@ -951,11 +1067,64 @@ mod tests {
     }
 
     #[test]
+    fn the_help_lists_every_exit_code_as_design_md_states_them() {
+        assert_eq!(
+            exit_codes_help(),
+            "Exit codes: 0 ok, 1 error, 2 bad usage, 3 access denied, 4 stream ended by the \
+             agent, 5 audit verification failed."
+        );
+    }
+
+    #[test]
+    fn grpc_status_codes_map_to_exit_codes() {
+        for (code, exit) in [
+            (Code::PermissionDenied, Exit::Denied),
+            (Code::Unauthenticated, Exit::Denied),
+            (Code::InvalidArgument, Exit::Usage),
+            (Code::Aborted, Exit::StreamEnded),
+            (Code::Unavailable, Exit::Error),
+            (Code::Internal, Exit::Error),
+        ] {
+            let f = explain(&Status::new(code, "why"), "agent web-1");
+            assert_eq!(f.code, exit, "{code:?}: {}", f.message);
+        }
+        // A transport failure whose chain holds the server's alert about our certificate is
+        // access denied, found by downcasting through the I/O error.
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate);
+        let wrapped = std::io::Error::new(std::io::ErrorKind::InvalidData, alert);
+        let f = explain(&Status::from_error(Box::new(wrapped)), "the controller");
+        assert_eq!(f.code, Exit::Denied, "{}", f.message);
+        // The same words in a plain message are not a TLS refusal.
+        let text = std::io::Error::other("tls alert: bad certificate");
+        let f = explain(&Status::from_error(Box::new(text)), "the controller");
+        assert_eq!(f.code, Exit::Error, "{}", f.message);
+    }
+
+    #[test]
+    fn start_in_past_the_horizon_or_the_grammar_is_too_far_ahead_and_negative_is_said() {
+        assert_eq!(start_in_arg("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(start_in_arg("1d 2h").unwrap(), Duration::from_secs(93_600));
+        assert_eq!(
+            start_in_arg("366d").unwrap(),
+            crate::service::MAX_START_AHEAD
+        );
+        for far in ["367d", "18446744073709551615s", "99999999999999h"] {
+            let e = start_in_arg(far).unwrap_err().to_string();
+            assert!(
+                e.contains("is too far ahead; a grant may start at most 366 days"),
+                "{e}"
+            );
+        }
+        let e = start_in_arg("-5s").unwrap_err().to_string();
+        assert!(e.starts_with("\"-5s\" is negative"), "{e}");
+    }
+
+    #[test]
     fn a_closed_standard_output_is_a_clean_end_and_other_write_errors_are_not() {
         let closed = Failure::from(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
-        assert_eq!(closed.code, 0);
+        assert_eq!(closed.code, Exit::Ok);
         let full = Failure::from(std::io::Error::from(std::io::ErrorKind::StorageFull));
-        assert_eq!(full.code, 1);
+        assert_eq!(full.code, Exit::Error);
     }
 
     #[test]
@@ -977,7 +1146,7 @@ mod tests {
             E::AlertReceived(A::DecryptError),
         ] {
             let f = tls_failure("the controller", &refused, "x");
-            assert_eq!(f.code, 3, "{refused:?}");
+            assert_eq!(f.code, Exit::Denied, "{refused:?}");
             assert!(
                 f.message.contains("refused the TLS connection"),
                 "{}",
@@ -995,11 +1164,11 @@ mod tests {
             wrong_server,
         ] {
             let f = tls_failure("agent web-1", &ours, "x");
-            assert_eq!(f.code, 1, "{ours:?}");
+            assert_eq!(f.code, Exit::Error, "{ours:?}");
             assert!(f.message.contains("not the expected one"), "{}", f.message);
         }
         let other = E::AlertReceived(A::ProtocolVersion);
-        assert_eq!(tls_failure("the controller", &other, "x").code, 1);
+        assert_eq!(tls_failure("the controller", &other, "x").code, Exit::Error);
         // Found through the I/O error tokio-rustls wraps it in, as a transport failure is.
         let wrapped = std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -1007,7 +1176,7 @@ mod tests {
         );
         let status = Status::from_error(Box::new(wrapped));
         let f = explain(&status, "agent web-1");
-        assert_eq!(f.code, 1);
+        assert_eq!(f.code, Exit::Error);
         assert!(f.message.contains("not the expected one"), "{}", f.message);
     }
 

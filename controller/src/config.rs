@@ -23,8 +23,8 @@ fn default_controller_audit() -> PathBuf {
 /// The largest `max_ttl` a configuration may set (366 days).
 pub const MAX_TTL_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
 
-fn default_max_ttl() -> String {
-    "8h".to_string()
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
 }
 
 fn default_redaction_profiles() -> Vec<String> {
@@ -46,9 +46,10 @@ pub struct ControllerConfig {
     /// User names allowed to issue, list all and revoke grants.
     #[serde(default)]
     pub admins: Vec<String>,
-    /// Longest grant an admin may issue ("8h").
-    #[serde(default = "default_max_ttl")]
-    pub max_ttl: String,
+    /// Longest grant an admin may issue ("8h"), read in the one duration grammar at parse
+    /// time; checked against [`MAX_TTL_LIMIT`] by [`ControllerConfig::load`].
+    #[serde(default = "default_max_ttl", with = "loggate_core::duration::text")]
+    pub max_ttl: Duration,
     /// The redaction profiles a grant may name (agents define them; `raw` turns redaction off
     /// and is refused unless listed here and enabled on the agent).
     #[serde(default = "default_redaction_profiles")]
@@ -136,13 +137,12 @@ impl ControllerConfig {
     /// `max_ttl`, between 1 s and [`MAX_TTL_LIMIT`]: every grant's end stays a date the
     /// agents and the CLI can compute and print.
     pub fn max_ttl_duration(&self) -> anyhow::Result<Duration> {
-        let ttl = humantime::parse_duration(&self.max_ttl)
-            .with_context(|| format!("max_ttl {:?} is not a duration like \"8h\"", self.max_ttl))?;
+        let ttl = self.max_ttl;
         if ttl.is_zero() || ttl > MAX_TTL_LIMIT {
             bail!(
-                "max_ttl {:?} is out of range; give between 1s and {}",
-                self.max_ttl,
-                humantime::format_duration(MAX_TTL_LIMIT)
+                "max_ttl \"{}\" is out of range; give between 1s and {} days",
+                loggate_core::duration::format(ttl),
+                MAX_TTL_LIMIT.as_secs() / 86_400
             );
         }
         Ok(ttl)
@@ -255,6 +255,34 @@ mod tests {
                 "\"a b\" is not a profile name",
             ),
             ("redaction_profiles = [\"\"]", "is not a profile name"),
+        ] {
+            let err = format!("{:#}", load_with(bad).expect_err(bad));
+            assert!(err.contains(expect), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn max_ttl_is_read_in_the_one_duration_grammar_and_range_checked() {
+        let config = load_with("").expect("default");
+        assert_eq!(config.max_ttl, Duration::from_secs(8 * 3600));
+        let config = load_with("max_ttl = \"1h 30m\"").expect("with a space");
+        assert_eq!(config.max_ttl, Duration::from_secs(5400));
+        let config = load_with("max_ttl = \"366d\"").expect("the limit");
+        assert_eq!(config.max_ttl, MAX_TTL_LIMIT);
+        for (bad, expect) in [
+            (
+                "max_ttl = \"8x\"",
+                "\"8x\" is not a duration; write a duration such as",
+            ),
+            ("max_ttl = \"-8h\"", "\"-8h\" is negative"),
+            (
+                "max_ttl = \"0s\"",
+                "out of range; give between 1s and 366 days",
+            ),
+            (
+                "max_ttl = \"367d\"",
+                "out of range; give between 1s and 366 days",
+            ),
         ] {
             let err = format!("{:#}", load_with(bad).expect_err(bad));
             assert!(err.contains(expect), "{bad}: {err}");

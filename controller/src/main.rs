@@ -19,10 +19,15 @@ use std::process::ExitCode;
 ///
 /// People read logs with `loggate logs …` using their client certificate; admins issue and
 /// revoke grants with `loggate grant …`; the controller runs as `loggate controller serve`.
-/// Exit codes: 0 ok, 1 error, 2 bad usage, 3 access denied, 4 stream ended by the agent,
-/// 5 audit verification failed.
+/// Durations ("90s", "10m", "2h", "1d", "1h30m", "1h 30m") follow one grammar in every flag
+/// and configuration file.
 #[derive(Parser)]
-#[command(name = "loggate", version, propagate_version = true)]
+#[command(
+    name = "loggate",
+    version,
+    propagate_version = true,
+    after_help = cli::exit_codes_help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -113,10 +118,7 @@ impl ClientOpts {
             .config
             .clone()
             .unwrap_or_else(ClientConfig::default_path);
-        ClientConfig::load(&path).map_err(|e| Failure {
-            code: 1,
-            message: format!("{e:#}"),
-        })
+        ClientConfig::load(&path).map_err(|e| Failure::error(&e))
     }
 }
 
@@ -136,8 +138,9 @@ enum GrantCommand {
         /// Absolute path glob ("/var/log/app/*.log"; `**` crosses folders) (repeatable).
         #[arg(long = "path", required = true)]
         paths: Vec<String>,
-        /// How long the grant lasts ("30m", "2h").
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// How long the grant lasts ("30m", "2h", "1h 30m"): at least 1s, at most the
+        /// controller's max_ttl (8h unless configured; never more than 366 days).
+        #[arg(long, value_parser = loggate_core::duration::value_parser, allow_hyphen_values = true)]
         ttl: std::time::Duration,
         /// Why: a ticket or incident id. Recorded in the audit stream.
         #[arg(long)]
@@ -146,8 +149,9 @@ enum GrantCommand {
         /// (default list: "default"); `raw` (none) only where both controller and agent allow it.
         #[arg(long, default_value = "default")]
         redaction: String,
-        /// Let the grant start this long from now instead of now ("10m").
-        #[arg(long, value_parser = humantime::parse_duration)]
+        /// Let the grant start this long from now instead of now ("10m", "1d 2h"); at most
+        /// 366 days ahead.
+        #[arg(long, value_parser = cli::start_in_arg, allow_hyphen_values = true)]
         start_in: Option<std::time::Duration>,
         /// Print the grant as JSON.
         #[arg(long)]
@@ -172,7 +176,8 @@ enum GrantCommand {
     /// Revoke a grant (admins, or the grant's own subject). Agents cut its streams within 1 s.
     Revoke {
         /// The grant id (`g-…`, from `grant issue` or `grant list`).
-        id: String,
+        #[arg(value_parser = |text: &str| loggate_core::grant::GrantId::new(text))]
+        id: loggate_core::grant::GrantId,
         /// Why: recorded in the audit stream.
         #[arg(long, default_value = "")]
         reason: String,
@@ -189,12 +194,14 @@ struct ReadOpts {
     /// Dial this address instead of asking the controller where the agent is.
     #[arg(long)]
     agent_addr: Option<String>,
-    /// Only lines at or after this time: "10m" ago, or "2026-11-27T07:00:00Z".
-    #[arg(long)]
-    since: Option<String>,
-    /// Only lines before this time.
-    #[arg(long)]
-    until: Option<String>,
+    /// Only lines at or after this time: a duration back from now ("10m", "1h 30m", "2d"), an
+    /// RFC 3339 time ("2026-11-27T07:00:00Z"), a date-time taken as UTC ("2026-11-27 07:00")
+    /// or a date ("2026-11-27").
+    #[arg(long, value_parser = cli::time_arg, allow_hyphen_values = true)]
+    since: Option<loggate_core::timestamp::UnixMillis>,
+    /// Only lines before this time (the same forms as --since).
+    #[arg(long, value_parser = cli::time_arg, allow_hyphen_values = true)]
+    until: Option<loggate_core::timestamp::UnixMillis>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
@@ -252,10 +259,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Pki(PkiCommand::Issue(args)) => pki_cmd::issue(args).map_err(Failure::from),
         Command::Controller(ControllerCommand::Serve { config }) => {
             // Not `Failure::from`: whatever the cause, a daemon that stops on an error exits 1.
-            daemon::serve(&config).await.map_err(|e| Failure {
-                code: 1,
-                message: format!("{e:#}"),
-            })
+            daemon::serve(&config).await.map_err(|e| Failure::error(&e))
         }
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
         Command::Audit(AuditCommand::Verify {
@@ -342,7 +346,10 @@ async fn run(cli: Cli) -> CliResult {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return cli::exit_on_parse_error(e),
+    };
     // The daemon logs as the agent does; the commands show warnings and errors only.
     loggate_core::daemon::init_tracing(match cli.command {
         Command::Controller(_) => loggate_core::daemon::LogDefault::Daemon,
@@ -352,16 +359,16 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loggate: cannot start: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(cli::Exit::Error.code());
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         // Standard output was closed by its reader (`loggate logs cat … | head`): a clean end.
-        Err(failure) if failure.code == 0 => ExitCode::SUCCESS,
+        Err(failure) if failure.code == cli::Exit::Ok => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("loggate: {}", failure.message);
-            ExitCode::from(failure.code.clamp(1, 255) as u8)
+            ExitCode::from(failure.code.code())
         }
     }
 }

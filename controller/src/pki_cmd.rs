@@ -26,7 +26,10 @@ pub struct InitArgs {
     controller_addr: String,
 }
 
+/// `--agent` and `--user` are one choice (a clap group): exactly one is given, and giving both
+/// or neither is a usage error (exit 2) before anything is read.
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("holder").required(true).multiple(false).args(["agent", "user"])))]
 pub struct IssueArgs {
     /// Folder holding the CA (from `loggate pki init`).
     dir: PathBuf,
@@ -34,17 +37,17 @@ pub struct IssueArgs {
     /// it); another one than recorded is refused.
     #[arg(long)]
     trust_domain: Option<String>,
-    /// Issue an agent certificate with this id.
-    #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+    /// Issue an agent certificate with this id (or --user, not both).
+    #[arg(long)]
     agent: Option<String>,
-    /// Issue a user certificate with this name.
+    /// Issue a user certificate with this name (or --agent, not both).
     #[arg(long)]
     user: Option<String>,
     /// Start of validity (RFC 3339); default 5 minutes ago.
-    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    #[arg(long, value_parser = loggate_core::timestamp::parse_absolute_time)]
     valid_from: Option<std::time::SystemTime>,
     /// End of validity (RFC 3339); default one year from now.
-    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    #[arg(long, value_parser = loggate_core::timestamp::parse_absolute_time)]
     valid_until: Option<std::time::SystemTime>,
     /// Controller address written into a new user's client configuration. Default: the one
     /// `pki init` recorded in DIR/pki.toml ("127.0.0.1:7400" without it).
@@ -177,6 +180,7 @@ pub fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let (kind, name) = match (&args.agent, &args.user) {
         (Some(a), None) => (pki::Kind::Agent, a.clone()),
         (None, Some(u)) => (pki::Kind::User, u.clone()),
+        // The clap group makes this unreachable from the command line.
         _ => bail!("pass exactly one of --agent or --user"),
     };
     let validity = match (args.valid_from, args.valid_until) {

@@ -178,7 +178,7 @@ pub fn grant_window(
     if ttl.is_zero() || ttl > max_ttl {
         return Err(Status::invalid_argument(format!(
             "ttl must be between 1s and the controller's max_ttl ({})",
-            humantime::format_duration(max_ttl)
+            loggate_core::duration::format(max_ttl)
         )));
     }
     let not_before = if not_before_unix == 0 {
@@ -194,7 +194,7 @@ pub fn grant_window(
         if not_before_unix > latest {
             return Err(Status::invalid_argument(format!(
                 "the grant's start ({not_before_unix}, Unix seconds) is more than {} ahead; schedule it later",
-                humantime::format_duration(MAX_START_AHEAD)
+                loggate_core::duration::format(MAX_START_AHEAD)
             )));
         }
         not_before_unix.max(now)
@@ -463,9 +463,9 @@ impl Controller for ControllerService {
             .insert_grant(|revision| {
                 let id = new_grant_id();
                 let claims = GrantClaims {
-                    jti: id.clone(),
+                    jti: id.to_string(),
                     iss: format!("spiffe://{}/controller", self.trust_domain),
-                    sub: subject.clone(),
+                    sub: subject.to_string(),
                     iat: now,
                     nbf: not_before,
                     exp: not_after,
@@ -486,8 +486,8 @@ impl Controller for ControllerService {
                     .into());
                 }
                 let row = GrantRow {
-                    id,
-                    subject: subject.clone(),
+                    id: id.into_string(),
+                    subject: subject.to_string(),
                     hosts: req.hosts.clone(),
                     labels: req.labels.clone(),
                     paths: req.paths.clone(),
@@ -532,7 +532,7 @@ impl Controller for ControllerService {
                 )
             }
         } else {
-            Some(user.spiffe_id().to_string())
+            Some(user.spiffe_id().clone())
         };
         let grants = self
             .store

@@ -17,7 +17,7 @@
 //! alike. Its results, [`ReceivedGrant`] and [`VerifiedGrant`], can only be built here: code that
 //! serves files takes a `VerifiedGrant`, never a token.
 
-use crate::identity::Identity;
+use crate::identity::{string_id, AgentId, Identity};
 use globset::{GlobBuilder, GlobMatcher};
 use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
 use pasetors::paserk::{FormatAsPaserk, Id};
@@ -27,6 +27,39 @@ use pasetors::Public;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A grant's id: `g-` and 1 to 64 lowercase letters, digits or `-` (the controller issues `g-`
+/// and 16 hex digits, [`new_grant_id`]). Claims carry it as `jti`; a signed grant whose `jti`
+/// is not one is malformed, so no id with control characters or of any size reaches the
+/// stores, the audit stream or a message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantId(String);
+
+/// A text that is not a [`GrantId`]; the message quotes (at most 80 characters of) it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is not a grant id (g- and up to 64 lowercase letters, digits or '-', e.g. g-0123456789abcdef)")]
+pub struct GrantIdError(String);
+
+impl GrantId {
+    pub fn new(text: impl Into<String>) -> Result<GrantId, GrantIdError> {
+        let text = text.into();
+        let ok = text.strip_prefix("g-").is_some_and(|rest| {
+            !rest.is_empty()
+                && rest.len() <= 64
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        });
+        if ok {
+            Ok(GrantId(text))
+        } else {
+            let cut: String = text.chars().take(80).collect();
+            Err(GrantIdError(format!("{cut:?}")))
+        }
+    }
+}
+
+string_id!(GrantId);
 
 /// The claims inside a grant token. Times are Unix seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,7 +255,7 @@ fn decode_key_hash(hex_text: &str) -> Result<[u8; 32], GrantError> {
 /// Where a grant is being checked: the agent's id and labels.
 #[derive(Debug, Clone)]
 pub struct Audience {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub labels: Vec<String>,
 }
 
@@ -232,6 +265,7 @@ pub struct Audience {
 #[derive(Debug, Clone)]
 pub struct ReceivedGrant {
     token: String,
+    id: GrantId,
     claims: GrantClaims,
     globs: Vec<GlobMatcher>,
 }
@@ -239,6 +273,10 @@ pub struct ReceivedGrant {
 impl ReceivedGrant {
     pub fn claims(&self) -> &GrantClaims {
         &self.claims
+    }
+    /// `claims().jti`, checked.
+    pub fn id(&self) -> &GrantId {
+        &self.id
     }
     pub fn token(&self) -> &str {
         &self.token
@@ -254,6 +292,7 @@ impl ReceivedGrant {
 /// [`GrantVerifier::verify_for_use`] builds it.
 #[derive(Debug, Clone)]
 pub struct VerifiedGrant {
+    id: GrantId,
     claims: GrantClaims,
     globs: Vec<GlobMatcher>,
 }
@@ -262,8 +301,9 @@ impl VerifiedGrant {
     pub fn claims(&self) -> &GrantClaims {
         &self.claims
     }
-    pub fn id(&self) -> &str {
-        &self.claims.jti
+    /// `claims().jti`, checked.
+    pub fn id(&self) -> &GrantId {
+        &self.id
     }
     pub fn not_after(&self) -> i64 {
         self.claims.exp
@@ -493,25 +533,32 @@ impl GrantVerifier {
         decode_key_hash(&claimed.key_sha256).map_err(|_| GrantError::BadSignature)
     }
 
-    fn check_shape(claims: &GrantClaims) -> Result<Vec<GlobMatcher>, GrantError> {
+    fn check_shape(claims: &GrantClaims) -> Result<(GrantId, Vec<GlobMatcher>), GrantError> {
+        let id =
+            GrantId::new(claims.jti.as_str()).map_err(|e| GrantError::Malformed(e.to_string()))?;
         if claims.paths.is_empty() {
             return Err(GrantError::Malformed("grant names no paths".into()));
         }
         if claims.exp <= claims.nbf {
             return Err(GrantError::Malformed("grant ends before it starts".into()));
         }
-        claims.paths.iter().map(|p| compile_path_glob(p)).collect()
+        let globs = claims
+            .paths
+            .iter()
+            .map(|p| compile_path_glob(p))
+            .collect::<Result<_, _>>()?;
+        Ok((id, globs))
     }
 
     fn check_audience(claims: &GrantClaims, audience: &Audience) -> Result<(), GrantError> {
-        let by_host = claims.hosts.contains(&audience.agent_id);
+        let by_host = claims.hosts.iter().any(|h| *h == audience.agent_id);
         let by_label = claims.labels.iter().any(|l| audience.labels.contains(l));
         if by_host || by_label {
             Ok(())
         } else {
             Err(GrantError::WrongHost {
                 grant_id: claims.jti.clone(),
-                host: audience.agent_id.clone(),
+                host: audience.agent_id.to_string(),
             })
         }
     }
@@ -527,7 +574,7 @@ impl GrantVerifier {
         let (untrusted, key) = self.open(token)?;
         let binding = Self::claimed_binding(&untrusted)?;
         let claims = Self::verified_claims(&untrusted, key, &binding)?;
-        let globs = Self::check_shape(&claims)?;
+        let (id, globs) = Self::check_shape(&claims)?;
         Self::check_audience(&claims, audience)?;
         if now >= claims.exp {
             return Err(GrantError::Expired {
@@ -537,6 +584,7 @@ impl GrantVerifier {
         }
         Ok(ReceivedGrant {
             token: token.to_string(),
+            id,
             claims,
             globs,
         })
@@ -569,7 +617,7 @@ impl GrantVerifier {
             }
             Err(e) => return Err(e),
         };
-        let globs = Self::check_shape(&claims)?;
+        let (id, globs) = Self::check_shape(&claims)?;
         if claims.sub != reader.spiffe_id() {
             return Err(GrantError::WrongSubject {
                 grant_id: claims.jti.clone(),
@@ -589,13 +637,13 @@ impl GrantVerifier {
                 ago: rough_duration(now - claims.exp),
             });
         }
-        Ok(VerifiedGrant { claims, globs })
+        Ok(VerifiedGrant { id, claims, globs })
     }
 }
 
 /// A fresh grant id: `g-` and 16 random hex digits.
-pub fn new_grant_id() -> String {
-    format!("g-{}", hex::encode(rand::random::<[u8; 8]>()))
+pub fn new_grant_id() -> GrantId {
+    GrantId(format!("g-{}", hex::encode(rand::random::<[u8; 8]>())))
 }
 
 #[cfg(test)]
@@ -669,7 +717,7 @@ mod tests {
         let verifier =
             GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
         let web1 = Audience {
-            agent_id: "web-1".into(),
+            agent_id: AgentId::new("web-1").unwrap(),
             labels: vec![],
         };
         let alice_key = [0xab; 32];
@@ -900,6 +948,45 @@ mod tests {
     }
 
     #[test]
+    fn grant_ids_are_checked_and_a_signed_grant_with_a_bad_jti_is_malformed() {
+        let fresh = new_grant_id();
+        assert_eq!(GrantId::new(fresh.as_str()), Ok(fresh.clone()));
+        assert_eq!(fresh.len(), 18);
+        for good in ["g-0000000000000001", "g-a", "g-lost-1"] {
+            assert!(GrantId::new(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "g-",
+            "x-1",
+            "g-A",
+            "g-a b",
+            "g-a\n",
+            &format!("g-{}", "a".repeat(65)),
+        ] {
+            let e = GrantId::new(bad).unwrap_err();
+            assert!(e.to_string().contains("is not a grant id"), "{bad:?}: {e}");
+        }
+        let key = SigningKey::generate().unwrap();
+        let verifier =
+            GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+        let web1 = Audience {
+            agent_id: AgentId::new("web-1").unwrap(),
+            labels: vec![],
+        };
+        let mut bad = claims(&"ab".repeat(32));
+        bad.jti = "g-\u{1b}[31mred".into();
+        let token = key.sign(&bad).unwrap();
+        assert!(matches!(
+            verifier.verify_on_receipt(&token, &web1, 150),
+            Err(GrantError::Malformed(m)) if m.contains("is not a grant id")
+        ));
+        let good = key.sign(&claims(&"ab".repeat(32))).unwrap();
+        let received = verifier.verify_on_receipt(&good, &web1, 150).unwrap();
+        assert_eq!(received.id(), "g-0000000000000001");
+    }
+
+    #[test]
     fn relative_and_dotdot_globs_are_refused() {
         assert!(compile_path_glob("var/log/*.log").is_err());
         assert!(compile_path_glob("/var/log/../etc/*").is_err());
@@ -929,7 +1016,7 @@ mod tests {
         let verifier =
             GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
         let web1 = Audience {
-            agent_id: "web-1".into(),
+            agent_id: AgentId::new("web-1").unwrap(),
             labels: vec![],
         };
         let alice_key = [0xab; 32];
@@ -988,7 +1075,7 @@ mod tests {
         let verifier =
             GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
         let web1 = Audience {
-            agent_id: "web-1".into(),
+            agent_id: AgentId::new("web-1").unwrap(),
             labels: vec![],
         };
         let alice_key = [0xab; 32];
@@ -1039,15 +1126,15 @@ mod tests {
         let verifier =
             GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
         let web1 = Audience {
-            agent_id: "web-1".into(),
+            agent_id: AgentId::new("web-1").unwrap(),
             labels: vec![],
         };
         let by_label = Audience {
-            agent_id: "db-1".into(),
+            agent_id: AgentId::new("db-1").unwrap(),
             labels: vec!["env=prod".into()],
         };
         let web2 = Audience {
-            agent_id: "web-2".into(),
+            agent_id: AgentId::new("web-2").unwrap(),
             labels: vec![],
         };
         let token = key.sign(&claims(&"ab".repeat(32))).unwrap();

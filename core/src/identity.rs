@@ -34,6 +34,159 @@ pub fn is_valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
+/// Implements the string-like traits of an id newtype: `as_str()`, `Display`, `AsRef<str>`,
+/// `Borrow<str>` (a `HashMap<Id, _>` is looked up by `&str`), `Deref<Target = str>` and
+/// comparison with strings. `Deref` lets code that takes `&str` take the id unchanged; code
+/// where mixing ids is a bug takes the newtype, which another id type cannot be passed as.
+macro_rules! string_id {
+    ($name:ident) => {
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+        impl PartialEq<&$name> for String {
+            fn eq(&self, other: &&$name) -> bool {
+                *self == other.0
+            }
+        }
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+        impl From<&$name> for String {
+            fn from(id: &$name) -> String {
+                id.0.clone()
+            }
+        }
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $name {
+            /// As a plain JSON/TOML string (the wire and disk formats do not change), checked
+            /// by the validated constructor.
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(d)?;
+                $name::new(text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(crate) use string_id;
+
+/// A refused id as a message quotes it: at most 64 characters, escaped. (This file is also
+/// compiled alone into the fuzz targets, so it names no other module of the crate.)
+fn shown(text: &str) -> String {
+    let cut: String = text.chars().take(64).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}...")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+/// A SPIFFE ID (`spiffe://<trust domain>/<path>`), the name of a party in certificates, grants
+/// (`sub`, `iss`, `approver`) and audit records. Checked for its shape only: printable ASCII
+/// without spaces, a trust domain of lowercase letters, digits, `.` and `-`, a non-empty
+/// path, at most 2048 bytes. Whether it is a controller, agent or user of *our* trust domain
+/// is [`Identity`]'s question.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId(String);
+
+impl SpiffeId {
+    pub fn new(text: impl Into<String>) -> Result<SpiffeId, IdentityError> {
+        let text = text.into();
+        let ok = text.len() <= 2048
+            && text.bytes().all(|b| b.is_ascii_graphic())
+            && text.strip_prefix("spiffe://").is_some_and(|rest| {
+                rest.split_once('/').is_some_and(|(domain, path)| {
+                    !domain.is_empty()
+                        && domain.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-')
+                        })
+                        && !path.is_empty()
+                })
+            });
+        if ok {
+            Ok(SpiffeId(text))
+        } else {
+            Err(IdentityError::NotASpiffeId(shown(&text)))
+        }
+    }
+}
+
+string_id!(SpiffeId);
+
+/// An agent's id (`web-1`): a name as [`is_valid_name`] defines it. The id in the agent's
+/// certificate, its configuration, and the `hosts` of a grant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentId(String);
+
+impl AgentId {
+    pub fn new(text: impl Into<String>) -> Result<AgentId, IdentityError> {
+        let text = text.into();
+        if is_valid_name(&text) {
+            Ok(AgentId(text))
+        } else {
+            Err(IdentityError::NotAnAgentId(shown(&text)))
+        }
+    }
+}
+
+string_id!(AgentId);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Controller,
@@ -48,7 +201,7 @@ pub struct Identity {
     role: Role,
     /// The user name or agent id; empty for the controller.
     name: String,
-    spiffe_id: String,
+    spiffe_id: SpiffeId,
     key_sha256: [u8; 32],
 }
 
@@ -67,6 +220,13 @@ pub enum IdentityError {
          with a letter or digit) nor a spiffe://<trust domain>/user/<name> ID"
     )]
     NotAUser(String),
+    #[error("{0} is not a SPIFFE ID (spiffe://<trust domain>/<path>, printable ASCII)")]
+    NotASpiffeId(String),
+    #[error(
+        "{0} is not an agent id (lowercase letters, digits and '-', at most 63, starting with a \
+         letter or digit)"
+    )]
+    NotAnAgentId(String),
 }
 
 /// Every `spiffe://` URI SAN of a certificate.
@@ -122,7 +282,7 @@ impl Identity {
         Ok(Identity {
             role,
             name,
-            spiffe_id: spiffe_id.to_string(),
+            spiffe_id: SpiffeId::new(spiffe_id).map_err(|_| unknown())?,
             key_sha256: [0; 32],
         })
     }
@@ -141,8 +301,12 @@ impl Identity {
     pub fn name(&self) -> &str {
         &self.name
     }
-    pub fn spiffe_id(&self) -> &str {
+    pub fn spiffe_id(&self) -> &SpiffeId {
         &self.spiffe_id
+    }
+    /// The agent id, for an agent's identity.
+    pub fn agent_id(&self) -> Option<AgentId> {
+        (self.role == Role::Agent).then(|| AgentId(self.name.clone()))
     }
     pub fn key_sha256(&self) -> &[u8; 32] {
         &self.key_sha256
@@ -159,7 +323,7 @@ impl fmt::Display for Identity {
 }
 
 /// The SPIFFE ID of a user, given either a bare name ("alice") or a full ID.
-pub fn user_spiffe_id(trust_domain: &str, name_or_id: &str) -> Result<String, IdentityError> {
+pub fn user_spiffe_id(trust_domain: &str, name_or_id: &str) -> Result<SpiffeId, IdentityError> {
     if name_or_id.starts_with("spiffe://") {
         let not_a_user = || IdentityError::NotAUser(name_or_id.to_string());
         let id = Identity::parse_spiffe_id(name_or_id, trust_domain).map_err(|_| not_a_user())?;
@@ -171,7 +335,8 @@ pub fn user_spiffe_id(trust_domain: &str, name_or_id: &str) -> Result<String, Id
     if !is_valid_name(name_or_id) {
         return Err(IdentityError::NotAUser(name_or_id.to_string()));
     }
-    Ok(format!("spiffe://{trust_domain}/user/{name_or_id}"))
+    SpiffeId::new(format!("spiffe://{trust_domain}/user/{name_or_id}"))
+        .map_err(|_| IdentityError::NotAUser(name_or_id.to_string()))
 }
 
 #[cfg(test)]
@@ -214,5 +379,48 @@ mod tests {
         assert!(!is_valid_name("loggate-controller"));
         assert!(!is_valid_name("localhost"));
         assert!(user_spiffe_id("loggate.local", "spiffe://loggate.local/agent/web-1").is_err());
+    }
+
+    #[test]
+    fn ids_are_validated_on_construction_and_serialise_as_plain_strings() {
+        let id = SpiffeId::new("spiffe://loggate.local/user/alice").unwrap();
+        assert_eq!(id.as_str(), "spiffe://loggate.local/user/alice");
+        assert_eq!(id.to_string(), id.as_str());
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            "\"spiffe://loggate.local/user/alice\""
+        );
+        let back: SpiffeId = serde_json::from_str("\"spiffe://loggate.local/user/alice\"").unwrap();
+        assert_eq!(back, id);
+        for bad in [
+            "",
+            "alice",
+            "spiffe://",
+            "spiffe://loggate.local",
+            "spiffe://loggate.local/",
+            "spiffe://Loggate.local/user/a",
+            "spiffe://loggate.local/user/a b",
+            "spiffe://loggate.local/user/a\n",
+        ] {
+            assert!(SpiffeId::new(bad).is_err(), "{bad:?}");
+            assert!(serde_json::from_value::<SpiffeId>(serde_json::json!(bad)).is_err());
+        }
+        assert!(SpiffeId::new(format!("spiffe://t/{}", "a".repeat(3000))).is_err());
+        assert_eq!(AgentId::new("web-1").unwrap(), "web-1");
+        for bad in [
+            "",
+            "Web-1",
+            "web_1",
+            "localhost",
+            "loggate-controller",
+            "-x",
+        ] {
+            let e = AgentId::new(bad).unwrap_err();
+            assert!(e.to_string().contains("is not an agent id"), "{e}");
+        }
+        let agent = Identity::parse_spiffe_id("spiffe://t/agent/web-1", "t").unwrap();
+        assert_eq!(agent.agent_id(), Some(AgentId::new("web-1").unwrap()));
+        let user = Identity::parse_spiffe_id("spiffe://t/user/alice", "t").unwrap();
+        assert_eq!(user.agent_id(), None);
     }
 }

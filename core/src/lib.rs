@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod backoff;
 pub mod daemon;
+pub mod duration;
 pub mod grant;
 pub mod identity;
 pub mod private_state;

@@ -17,7 +17,7 @@
 //! bytes of the cut is ignored too, since its fraction or zone may be cut off. A leap second
 //! (`:60`) counts as the first second of the next minute.
 
-use std::fmt;
+use crate::duration::{DurationError, EXAMPLES};
 
 /// How many bytes at the start of a line are searched for a timestamp.
 const WINDOW: usize = 128;
@@ -25,8 +25,6 @@ const MONTHS: [&[u8; 3]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 const DAY_MS: i64 = 86_400_000;
-const BAD: &str = "is not a recognised time";
-const RANGE: &str = "is out of range";
 
 /// Milliseconds since the Unix epoch (UTC) of the first timestamp recognised near the start of a log line, if any.
 pub fn line_timestamp_ms(line: &[u8]) -> Option<i64> {
@@ -65,76 +63,107 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era.wrapping_mul(146_097).wrapping_add(doe - 719_468)
 }
 
-/// A `--since`/`--until` value that is not a time; the message names it and the accepted forms.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimeArgError(pub String);
+/// A point in time in milliseconds since the Unix epoch (UTC): what `--since/--until` become
+/// and what a read request carries (`since_unix_ms`). A type of its own because grants count
+/// Unix *seconds* (`nbf`, `exp`): one cannot be passed for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub i64);
 
-impl fmt::Display for TimeArgError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl UnixMillis {
+    /// The current time (the epoch for a clock before it; `i64::MAX` past year 292 million).
+    pub fn now() -> UnixMillis {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        UnixMillis(ms)
     }
 }
 
-impl std::error::Error for TimeArgError {}
+/// A `--since`/`--until` value that is not a time. A value shaped like a duration (it starts
+/// with a digit but not with a year) gets the duration grammar's own error, the same one
+/// `--ttl` gives for the same mistake, followed by the time forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeArgError {
+    /// Not a duration in the one grammar ([`crate::duration`]).
+    #[error("{0}, or a time: {TIME_FORMS}")]
+    Duration(#[from] DurationError),
+    /// A duration back from now that reaches before the year -9999 or so.
+    #[error("{0} reaches too far back; use a shorter duration or {TIME_FORMS}")]
+    TooFarBack(String),
+    /// Neither a duration nor one of the time forms.
+    #[error(
+        "{0} is not a recognised time; use a duration back from now ({EXAMPLES}) or {TIME_FORMS}"
+    )]
+    NotATime(String),
+}
 
-/// Parses a user's --since/--until argument: either a duration back from `now_ms` ("90s", "10m", "2h", "1d", "1h30m"), or an absolute RFC 3339 time ("2026-11-27T07:00:00Z", "2026-11-27T07:00:00.5+01:00"), or a date-time without zone taken as UTC ("2026-11-27 07:00:00", "2026-11-27T07:00"), or a date ("2026-11-27" = midnight UTC).
-///
-/// Duration units are s, m, h and d, each at most once and largest first; the number before a
-/// unit is decimal. Surrounding whitespace is ignored.
-pub fn parse_time_arg(arg: &str, now_ms: i64) -> Result<i64, TimeArgError> {
-    let b = arg.trim().as_bytes();
-    let result = if shape(b, b"9999-") {
-        if b.len() == 10 && shape(b, b"9999-99-99") {
-            epoch_ms(ymd(b), (0, 0, 0), 0, 0)
-        } else {
-            parse_iso(b, true).and_then(|(ms, len)| (len == b.len()).then_some(ms))
-        }
-        .ok_or(BAD)
-    } else if b.first().is_some_and(u8::is_ascii_digit) {
-        parse_duration_ms(arg.trim()).and_then(|d| now_ms.checked_sub(d).ok_or(RANGE))
+/// The absolute forms `--since`/`--until` accept, for messages.
+const TIME_FORMS: &str = "an RFC 3339 time (2026-11-27T07:00:00Z, 2026-11-27T07:00:00.5+01:00), \
+     a date-time taken as UTC (2026-11-27 07:00:00) or a date (2026-11-27)";
+
+/// Parses a user's --since/--until argument, through jiff: either a duration back from `now_ms`
+/// in the one duration grammar ([`crate::duration`]: "90s", "10m", "2h", "1d", "1h30m",
+/// "1h 30m"), or an absolute RFC 3339 time ("2026-11-27T07:00:00Z",
+/// "2026-11-27T07:00:00.5+01:00"), or a date-time without zone taken as UTC
+/// ("2026-11-27 07:00:00", "2026-11-27T07:00"), or a date ("2026-11-27" = midnight UTC).
+/// Surrounding whitespace is ignored.
+pub fn parse_time_arg(arg: &str, now: UnixMillis) -> Result<UnixMillis, TimeArgError> {
+    let text = arg.trim();
+    let b = text.as_bytes();
+    let looks_like_a_date = b.len() >= 5 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-';
+    if !looks_like_a_date
+        && !b.is_empty()
+        && (b[0].is_ascii_digit() || b[0] == b'-' || b[0] == b'P')
+    {
+        let back = crate::duration::parse(text)?;
+        let back_ms = i64::try_from(back.as_millis()).ok();
+        return back_ms
+            .and_then(|ms| now.0.checked_sub(ms))
+            .map(UnixMillis)
+            .ok_or_else(|| TimeArgError::TooFarBack(crate::duration::shown(arg)));
+    }
+    absolute_ms(text)
+        .map(UnixMillis)
+        .ok_or_else(|| TimeArgError::NotATime(crate::duration::shown(arg)))
+}
+
+/// An absolute time given on the command line (`pki issue --valid-from`): the absolute forms of
+/// [`parse_time_arg`] only, no duration.
+pub fn parse_absolute_time(arg: &str) -> Result<std::time::SystemTime, TimeArgError> {
+    let not_a_time = || TimeArgError::NotATime(crate::duration::shown(arg));
+    let ms = absolute_ms(arg.trim()).ok_or_else(not_a_time)?;
+    let epoch = std::time::UNIX_EPOCH;
+    let offset = std::time::Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        epoch.checked_add(offset)
     } else {
-        Err(BAD)
-    };
-    result.map_err(|reason| arg_error(arg, reason))
-}
-
-fn arg_error(arg: &str, reason: &str) -> TimeArgError {
-    let shown = match arg.char_indices().nth(40) {
-        _ if arg.trim().is_empty() => "an empty value".to_string(),
-        Some((cut, _)) => format!("{:?}...", &arg[..cut]),
-        None => format!("{arg:?}"),
-    };
-    TimeArgError(format!(
-        "{shown} {reason}; use a duration back from now (90s, 10m, 2h, 1d, 1h30m), \
-         an RFC 3339 time (2026-11-27T07:00:00Z, 2026-11-27T07:00:00.5+01:00), \
-         a date-time taken as UTC (2026-11-27 07:00:00) or a date (2026-11-27)"
-    ))
-}
-
-/// Total milliseconds of a duration such as "1h30m" (units each once, largest first).
-fn parse_duration_ms(s: &str) -> Result<i64, &'static str> {
-    let (mut total, mut last_unit_ms) = (0i64, i64::MAX);
-    // Pieces are digits ended by one non-digit ("1h", "30m"), or trailing digits alone.
-    for piece in s.split_inclusive(|c: char| !c.is_ascii_digit()) {
-        let unit_ms = match piece.as_bytes().last() {
-            Some(b'd') => DAY_MS,
-            Some(b'h') => 3_600_000,
-            Some(b'm') => 60_000,
-            Some(b's') => 1_000,
-            _ => return Err(BAD),
-        };
-        let number = &piece[..piece.len() - 1]; // the unit is one ASCII byte
-        if number.is_empty() || unit_ms >= last_unit_ms {
-            return Err(BAD);
-        }
-        let n: i64 = number.parse().map_err(|_| RANGE)?; // only digits: fails on overflow
-        total = n
-            .checked_mul(unit_ms)
-            .and_then(|v| total.checked_add(v))
-            .ok_or(RANGE)?;
-        last_unit_ms = unit_ms;
+        epoch.checked_sub(offset)
     }
-    Ok(total)
+    .ok_or_else(not_a_time)
+}
+
+/// An absolute time in one of the `--since/--until` forms, in ms since the epoch.
+fn absolute_ms(text: &str) -> Option<i64> {
+    // jiff reads more than these forms (week dates, basic format, bracketed zones): only the
+    // documented shapes are handed to it, so what is accepted stays what the help says.
+    let b = text.as_bytes();
+    if !shape(b, b"9999-99-99") || text.len() > 64 || text.contains('[') {
+        return None;
+    }
+    let ms = |t: jiff::Timestamp| Some(t.as_millisecond());
+    if b.len() == 10 {
+        let date: jiff::civil::Date = text.parse().ok()?;
+        return ms(jiff::tz::Offset::UTC.to_timestamp(date.into()).ok()?);
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') || !shape(&b[11..], b"99:99") {
+        return None;
+    }
+    let has_zone = text[11..].contains(['Z', 'z', '+', '-']);
+    if has_zone {
+        return ms(text.parse::<jiff::Timestamp>().ok()?);
+    }
+    let civil: jiff::civil::DateTime = text.parse().ok()?;
+    ms(jiff::tz::Offset::UTC.to_timestamp(civil).ok()?)
 }
 
 /// The number in `n` (at most 4) bytes at `b[at..]`; callers check with `shape` for digits.
@@ -261,6 +290,11 @@ mod tests {
     const T0_123: i64 = 1_795_762_755_123; // 2026-11-27T06:59:15.123Z
     const T0_AT_MINUS_7: i64 = 1_795_787_955_000; // 2026-11-27T13:59:15Z
 
+    /// `parse_time_arg` in plain milliseconds, for tables of expected values.
+    fn arg_ms(arg: &str, now_ms: i64) -> Result<i64, TimeArgError> {
+        parse_time_arg(arg, UnixMillis(now_ms)).map(|t| t.0)
+    }
+
     fn ts(line: &str) -> Option<i64> {
         line_timestamp_ms(line.as_bytes())
     }
@@ -373,7 +407,7 @@ mod tests {
                 line.push(if r & 1 == 0 { pick } else { (r >> 8) as u8 });
             }
             let _ = line_timestamp_ms(&line);
-            let _ = parse_time_arg(&String::from_utf8_lossy(&line), x as i64);
+            let _ = arg_ms(&String::from_utf8_lossy(&line), x as i64);
         }
     }
 
@@ -389,17 +423,36 @@ mod tests {
 
     #[test]
     fn simple_and_compound_durations_count_back_from_now() {
-        assert_eq!(parse_time_arg("90s", T0), Ok(T0 - 90_000));
-        assert_eq!(parse_time_arg("10m", T0), Ok(T0 - 600_000));
-        assert_eq!(parse_time_arg("2h", T0), Ok(T0 - 7_200_000));
-        assert_eq!(parse_time_arg(" 1d ", T0), Ok(T0 - 86_400_000));
-        assert_eq!(parse_time_arg("1h30m", T0), Ok(T0 - 5_400_000));
-        assert_eq!(parse_time_arg("1d2h3m4s", T0), Ok(T0 - 93_784_000));
+        assert_eq!(arg_ms("90s", T0), Ok(T0 - 90_000));
+        assert_eq!(arg_ms("10m", T0), Ok(T0 - 600_000));
+        assert_eq!(arg_ms("2h", T0), Ok(T0 - 7_200_000));
+        assert_eq!(arg_ms(" 1d ", T0), Ok(T0 - 86_400_000));
+        assert_eq!(arg_ms("1h30m", T0), Ok(T0 - 5_400_000));
+        assert_eq!(arg_ms("1d2h3m4s", T0), Ok(T0 - 93_784_000));
+    }
+
+    /// Issue 17 item 6: `--ttl` accepted "1h 30m" and `--since` refused it.
+    #[test]
+    fn since_reads_durations_in_the_same_grammar_as_ttl() {
+        assert_eq!(arg_ms("1h 30m", T0), Ok(T0 - 5_400_000));
+        assert_eq!(arg_ms("1 hour 30 minutes", T0), Ok(T0 - 5_400_000));
+        assert_eq!(arg_ms("250ms", T0), Ok(T0 - 250));
+        // The same mistake, the same sentence as the duration grammar's.
+        for mistake in ["1h30x", "-5m", "99999999999999999999d", "1y"] {
+            let as_time = arg_ms(mistake, T0).expect_err(mistake).to_string();
+            let as_duration = crate::duration::parse(mistake)
+                .expect_err(mistake)
+                .to_string();
+            assert!(
+                as_time.starts_with(&as_duration),
+                "{as_time} / {as_duration}"
+            );
+        }
     }
 
     #[test]
     fn absolute_forms_parse_to_known_epochs() {
-        let at = |arg: &str| parse_time_arg(arg, 0);
+        let at = |arg: &str| arg_ms(arg, 0);
         assert_eq!(at("2026-11-27T07:00:00Z"), Ok(1_795_762_800_000));
         assert_eq!(at("2026-11-27T07:00:00.5+01:00"), Ok(1_795_759_200_500));
         assert_eq!(at("2026-11-27 07:00:00"), Ok(1_795_762_800_000));
@@ -409,32 +462,48 @@ mod tests {
     }
 
     #[test]
+    fn absolute_times_alone_are_read_for_certificate_validity() {
+        let t = parse_absolute_time("2026-11-27T07:00:00Z").unwrap();
+        assert_eq!(
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+            1_795_762_800_000
+        );
+        assert!(parse_absolute_time("2026-11-27 07:00").is_ok());
+        for bad in ["10m", "yesterday", "2026-02-30", ""] {
+            assert!(parse_absolute_time(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn garbage_arguments_give_helpful_errors() {
-        let bad =
-            "yesterday|10x|-5m|10|m|30m1h|1m1m|2026-02-29|2026-11-27T25:00|2026-11-27T07:00+1";
-        for arg in bad.split('|').chain(["2026-11-27T07:00:00Z junk"]) {
-            let msg = parse_time_arg(arg, T0).expect_err(arg).to_string();
+        let not_times = "yesterday|m|2026-02-29|2026-11-27T25:00|2026-11-27T07:00+1";
+        for arg in not_times.split('|').chain(["2026-11-27T07:00:00Z junk"]) {
+            let msg = arg_ms(arg, T0).expect_err(arg).to_string();
             let start = format!("{arg:?} is not a recognised time; use a duration");
             assert!(msg.starts_with(&start) && msg.contains("1h30m"), "{msg}");
         }
+        for arg in ["10x", "10", "30m1h", "1m1m"] {
+            let msg = arg_ms(arg, T0).expect_err(arg).to_string();
+            let start = format!("{arg:?} is not a duration; write a duration such as");
+            assert!(msg.starts_with(&start) && msg.contains("RFC 3339"), "{msg}");
+        }
+        let msg = arg_ms("-5m", T0).expect_err("-5m").to_string();
+        assert!(msg.starts_with("\"-5m\" is negative"), "{msg}");
         for empty in ["", "  "] {
-            let msg = parse_time_arg(empty, T0).expect_err(empty).to_string();
+            let msg = arg_ms(empty, T0).expect_err(empty).to_string();
             assert!(msg.starts_with("an empty value is not a recognised time; use a"));
         }
     }
 
     #[test]
     fn overflowing_numbers_are_errors_not_panics() {
-        for arg in [
-            "99999999999999999999d",
-            "9223372036854775807s",
-            "106751991168d",
-        ] {
-            let msg = parse_time_arg(arg, T0).expect_err(arg).to_string();
-            assert!(msg.contains("is out of range; use a duration"), "{msg}");
+        for arg in ["99999999999999999999d", "9223372036854775807s"] {
+            let msg = arg_ms(arg, T0).expect_err(arg).to_string();
+            assert!(msg.contains("is out of range; write a duration"), "{msg}");
         }
-        assert!(parse_time_arg("1s", i64::MIN).is_err());
+        let msg = arg_ms("1s", i64::MIN).unwrap_err().to_string();
+        assert!(msg.contains("reaches too far back"), "{msg}");
         let long = "9".repeat(10_000);
-        assert!(parse_time_arg(&long, T0).expect_err("long").0.len() < 400);
+        assert!(arg_ms(&long, T0).expect_err("long").to_string().len() < 500);
     }
 }

@@ -754,6 +754,8 @@ pub struct HecRequest {
 struct HecState {
     requests: Vec<HecRequest>,
     fail_next: usize,
+    /// What the failed answers say: 503 (busy) unless [`HecReceiver::start_failing`] chose.
+    fail_status: u16,
 }
 
 /// A small Splunk-HEC-like HTTP/1.1 collector on loopback (keep-alive; plain http, or https
@@ -768,6 +770,16 @@ impl HecReceiver {
     /// Plain http on a free port.
     pub fn start(fail_next: usize) -> anyhow::Result<HecReceiver> {
         Self::start_at("127.0.0.1:0".parse()?, fail_next, None)
+    }
+
+    /// Plain http on a free port, answering the next `fail_next` requests with `status`
+    /// (403: a refused token) instead of 503.
+    pub fn start_failing(fail_next: usize, status: u16) -> anyhow::Result<HecReceiver> {
+        let hec = Self::start(fail_next)?;
+        if let Ok(mut state) = hec.state.lock() {
+            state.fail_status = status;
+        }
+        Ok(hec)
     }
 
     /// On `addr`; https presenting `tls` = (certificate PEM file, key PEM file) when given.
@@ -798,6 +810,7 @@ impl HecReceiver {
         let state = std::sync::Arc::new(std::sync::Mutex::new(HecState {
             requests: Vec::new(),
             fail_next,
+            fail_status: 503,
         }));
         let shared = state.clone();
         std::thread::spawn(move || {
@@ -817,6 +830,13 @@ impl HecReceiver {
             }
         });
         Ok(HecReceiver { addr, state })
+    }
+
+    /// From now on every request is accepted (200).
+    pub fn accept_all(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.fail_next = 0;
+        }
     }
 
     pub fn requests(&self) -> Vec<HecRequest> {
@@ -863,7 +883,7 @@ fn serve_hec_connection<S: std::io::Read + std::io::Write>(
             let mut s = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             let status = if s.fail_next > 0 {
                 s.fail_next -= 1;
-                503
+                s.fail_status
             } else {
                 200
             };
@@ -878,6 +898,7 @@ fn serve_hec_connection<S: std::io::Read + std::io::Write>(
         };
         let (reason, answer) = match status {
             200 => ("OK", r#"{"text":"Success","code":0}"#),
+            403 => ("Forbidden", r#"{"text":"Invalid token","code":4}"#),
             _ => (
                 "Service Unavailable",
                 r#"{"text":"Server is busy","code":9}"#,

@@ -18,7 +18,8 @@ pub struct BypassFile {
     mode: ModeName,
     allow_exe: Vec<PathBuf>,
     allow_cgroup: Vec<String>,
-    rescan_interval: String,
+    #[serde(with = "loggate_core::duration::text")]
+    rescan_interval: Duration,
     max_protected: usize,
     uid_subjects: BTreeMap<String, String>,
     kfuncs: bool,
@@ -30,7 +31,7 @@ impl Default for BypassFile {
             mode: ModeName::Auto,
             allow_exe: Vec::new(),
             allow_cgroup: Vec::new(),
-            rescan_interval: "2s".into(),
+            rescan_interval: Duration::from_secs(2),
             max_protected: MAP_CAPACITY,
             uid_subjects: BTreeMap::new(),
             kfuncs: true,
@@ -140,9 +141,7 @@ impl BypassFile {
                 bail!("bypass.allow_cgroup: {cg:?} must be a cgroup v2 path starting with /");
             }
         }
-        let rescan_interval = humantime::parse_duration(&self.rescan_interval).map_err(|e| {
-            anyhow::anyhow!("bypass.rescan_interval {:?}: {e}", self.rescan_interval)
-        })?;
+        let rescan_interval = self.rescan_interval;
         if rescan_interval < Duration::from_millis(100)
             || rescan_interval > Duration::from_secs(3600)
         {

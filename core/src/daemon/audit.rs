@@ -13,7 +13,7 @@ use crate::audit::{
     AuditEvent, AuditLog, CheckpointKey, CheckpointPolicy, Retention, RotationPolicy,
     SharedAuditLog, VerifyKey,
 };
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,15 +36,18 @@ pub fn default_audit_keep_files() -> usize {
 pub struct CheckpointsFile {
     #[serde(default = "default_checkpoint_every")]
     every: u64,
-    #[serde(default = "default_checkpoint_interval")]
-    interval: String,
+    #[serde(
+        default = "default_checkpoint_interval",
+        with = "crate::duration::text"
+    )]
+    interval: Duration,
 }
 
 fn default_checkpoint_every() -> u64 {
     CheckpointPolicy::default().every
 }
-fn default_checkpoint_interval() -> String {
-    format!("{}s", CheckpointPolicy::default().interval.as_secs())
+fn default_checkpoint_interval() -> Duration {
+    CheckpointPolicy::default().interval
 }
 
 impl Default for CheckpointsFile {
@@ -58,9 +61,7 @@ impl Default for CheckpointsFile {
 
 impl CheckpointsFile {
     fn validate(&self) -> anyhow::Result<CheckpointPolicy> {
-        let interval = humantime::parse_duration(&self.interval).with_context(|| {
-            format!("checkpoints.interval {:?} is not a duration", self.interval)
-        })?;
+        let interval = self.interval;
         if self.every == 0 || interval < Duration::from_secs(1) {
             bail!("checkpoints: every must be at least 1 and interval at least 1s");
         }
@@ -345,6 +346,14 @@ mod tests {
         ] {
             assert!(policy(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_checkpoint_interval_reads_the_one_duration_grammar() {
+        let p = policy("interval = \"1m 30s\"").unwrap();
+        assert_eq!(p.interval, Duration::from_secs(90));
+        let err = format!("{:#}", policy("interval = \"-5s\"").unwrap_err());
+        assert!(err.contains("\"-5s\" is negative"), "{err}");
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl GrantFixture {
             key,
             alice,
             web1: Audience {
-                agent_id: "web-1".into(),
+                agent_id: crate::identity::AgentId::new("web-1").expect("a valid agent id"),
                 labels: vec!["env=prod".into()],
             },
             tokens,

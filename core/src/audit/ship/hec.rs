@@ -1,14 +1,17 @@
 //! Sink 2: Splunk HEC-compatible HTTP JSON batches. One `POST /services/collector/event` per
 //! batch, the events concatenated (one per line), `Authorization: Splunk <token>`. A batch is
-//! delivered when the collector answers 200 with `{"code":0}`; anything else (a 5xx, a refused
-//! token, a broken connection) is retried after a back-off, and nothing is skipped.
+//! delivered when the collector answers 200 with `{"code":0}`; nothing is ever skipped. A
+//! failure is typed by whether sending again can help ([`answer_error`]): a broken connection,
+//! a timeout, 5xx, 429 and 408 are retried after a back-off; any other 4xx (a refused token, a
+//! bad URL, a batch too large) or a redirect is permanent — logged once and tried again only
+//! after a long pause (see `PERMANENT_PAUSE` in the parent module).
 //!
 //! The client is hyper's own HTTP/1.1 connection (already in the tree through tonic), kept alive
 //! between batches and rebuilt after an error.
 
 use super::config::HecTarget;
 use super::spool::Record;
-use super::Transport;
+use super::{Transport, TransportError};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
@@ -38,7 +41,7 @@ impl HecSink {
         }
     }
 
-    async fn handshake<S>(&mut self, io: S) -> Result<(), String>
+    async fn handshake<S>(&mut self, io: S) -> Result<(), TransportError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -55,7 +58,7 @@ impl HecSink {
 }
 
 impl Transport for HecSink {
-    async fn connect(&mut self) -> Result<(), String> {
+    async fn connect(&mut self) -> Result<(), TransportError> {
         let addr = self.target.address.clone();
         let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(&addr))
             .await
@@ -83,7 +86,7 @@ impl Transport for HecSink {
         self.sender.as_ref().is_some_and(|s| !s.is_closed())
     }
 
-    async fn send(&mut self, batch: &[Record]) -> Result<(), String> {
+    async fn send(&mut self, batch: &[Record]) -> Result<(), TransportError> {
         let body = Bytes::from(body(batch, &self.host));
         let path = self
             .target
@@ -120,14 +123,10 @@ impl Transport for HecSink {
         let (status, bytes) = tokio::time::timeout(IO_TIMEOUT, exchange)
             .await
             .map_err(|_| "the collector did not answer in time".to_string())??;
-        let code = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("code").and_then(Value::as_i64));
-        if status == http::StatusCode::OK && code == Some(0) {
-            return Ok(());
+        match answer_error(status, &bytes) {
+            None => Ok(()),
+            Some(e) => Err(e),
         }
-        let text: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-        Err(format!("the collector answered {status}: {}", text.trim()))
     }
 
     fn confirm_after(&self) -> Duration {
@@ -140,6 +139,33 @@ impl Transport for HecSink {
             .filter(|s| s.is_closed())
             .map(|_| "the collector closed the connection".to_string())
     }
+}
+
+/// The collector's answer as a delivery result: `None` when the batch was taken (200 with
+/// `{"code":0}`), else the error, retriable or permanent by the HTTP status alone (never by
+/// the body's text): 4xx other than 408 (timeout) and 429 (busy) say the request itself is
+/// refused (Splunk: 400 bad data, 401/403 token, 413 too large), and a 3xx would need a
+/// redirect we do not follow, so both are permanent; 5xx, 429, 408 and a 200 without code 0
+/// are retriable.
+fn answer_error(status: http::StatusCode, body: &[u8]) -> Option<TransportError> {
+    use http::StatusCode as S;
+    let code = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("code").and_then(Value::as_i64));
+    if status == S::OK && code == Some(0) {
+        return None;
+    }
+    let text: String = String::from_utf8_lossy(body).chars().take(200).collect();
+    let message = format!("the collector answered {status}: {}", text.trim());
+    let permanent = (status.is_client_error()
+        && status != S::TOO_MANY_REQUESTS
+        && status != S::REQUEST_TIMEOUT)
+        || status.is_redirection();
+    Some(if permanent {
+        TransportError::permanent(message)
+    } else {
+        TransportError::retriable(message)
+    })
 }
 
 /// The HEC events of a batch, one per line; `event` is the record's exact bytes.
@@ -183,6 +209,39 @@ fn epoch_ms(record: &Value) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::ship::Retry;
+
+    #[test]
+    fn collector_answers_are_retriable_or_permanent_by_status() {
+        let ok = br#"{"text":"Success","code":0}"#;
+        assert_eq!(answer_error(http::StatusCode::OK, ok), None);
+        for (status, retry) in [
+            (400, Retry::Permanent),
+            (401, Retry::Permanent),
+            (403, Retry::Permanent),
+            (404, Retry::Permanent),
+            (413, Retry::Permanent),
+            (301, Retry::Permanent),
+            (408, Retry::Retriable),
+            (429, Retry::Retriable),
+            (500, Retry::Retriable),
+            (502, Retry::Retriable),
+            (503, Retry::Retriable),
+            // Taken by HTTP but not by the collector: try again.
+            (200, Retry::Retriable),
+        ] {
+            let status = http::StatusCode::from_u16(status).unwrap();
+            let body = br#"{"text":"Invalid token","code":4}"#;
+            let e = answer_error(status, body).expect("an error");
+            assert_eq!(e.retry, retry, "{status}");
+            assert!(e
+                .message
+                .starts_with(&format!("the collector answered {status}")));
+        }
+        // The body's words do not decide: a 503 saying "invalid token" is still retriable.
+        let e = answer_error(http::StatusCode::SERVICE_UNAVAILABLE, b"Invalid token").unwrap();
+        assert_eq!(e.retry, Retry::Retriable);
+    }
 
     #[test]
     fn events_wrap_the_exact_record_with_its_time() {

@@ -39,13 +39,67 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const LOG_EVERY: Duration = Duration::from_secs(30);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 
+/// A permanently refused delivery is tried again only this often: the receiver said the request
+/// itself is wrong (a refused token, a bad URL, a batch too large), so it is refused again until
+/// someone changes the sink's configuration or the receiver; trying sooner only floods both
+/// sides' logs. Records are never skipped: they wait in the audit file.
+const PERMANENT_PAUSE: Duration = Duration::from_secs(300);
+
+/// Whether a failed delivery can succeed by sending the same thing again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// The receiver is unreachable, slow, busy or broke the connection (a connection error, a
+    /// timeout, HEC 5xx, 429 or 408): tried again after an exponential back-off.
+    Retriable,
+    /// The receiver refused the request for what it is (HEC 4xx other than 408 and 429, a
+    /// redirect we do not follow): logged once, tried again only every [`PERMANENT_PAUSE`].
+    Permanent,
+}
+
+/// Why a transport failed, typed so the delivery loop decides by [`Retry`], never by reading
+/// the message. A plain `String` (a connection or I/O failure) converts to a retriable one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct TransportError {
+    pub(crate) retry: Retry,
+    pub(crate) message: String,
+}
+
+impl TransportError {
+    pub(crate) fn permanent(message: impl Into<String>) -> Self {
+        TransportError {
+            retry: Retry::Permanent,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn retriable(message: impl Into<String>) -> Self {
+        TransportError {
+            retry: Retry::Retriable,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<String> for TransportError {
+    fn from(message: String) -> Self {
+        TransportError::retriable(message)
+    }
+}
+
+impl From<&str> for TransportError {
+    fn from(message: &str) -> Self {
+        TransportError::retriable(message)
+    }
+}
+
 /// How a sink talks to its receiver.
 pub(crate) trait Transport {
-    async fn connect(&mut self) -> Result<(), String>;
+    async fn connect(&mut self) -> Result<(), TransportError>;
     fn disconnect(&mut self);
     fn is_connected(&self) -> bool;
     /// Sends one batch; `Ok` means written (and, for acknowledging receivers, acknowledged).
-    async fn send(&mut self, batch: &[Record]) -> Result<(), String>;
+    async fn send(&mut self, batch: &[Record]) -> Result<(), TransportError>;
     /// How long after a successful send the connection must stay healthy before the batch
     /// counts as delivered (zero for receivers that acknowledge).
     fn confirm_after(&self) -> Duration;
@@ -135,6 +189,8 @@ struct Shipper<T: Transport> {
     /// Set when the chain broke under the sink: it delivers nothing more (see
     /// [`Shipper::chain_break`]).
     halted: Option<String>,
+    /// How long to wait after a permanent refusal ([`PERMANENT_PAUSE`]; shorter in tests).
+    permanent_pause: Duration,
 }
 
 #[derive(Default)]
@@ -145,6 +201,10 @@ struct Health {
     last_log: Option<Instant>,
     /// What the last log line said, so a new kind of failure is logged at once.
     last_logged: String,
+    /// The permanent refusal logged (once) and not yet followed by a delivery.
+    refused: Option<String>,
+    /// Permanent refusals logged (each distinct one once).
+    refusals_logged: u64,
     last_status: Option<Instant>,
     head: u64,
 }
@@ -169,6 +229,7 @@ impl<T: Transport> Shipper<T> {
             backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_MAX),
             health: Health::default(),
             halted: None,
+            permanent_pause: PERMANENT_PAUSE,
         }
     }
 
@@ -201,11 +262,19 @@ impl<T: Transport> Shipper<T> {
         };
         self.adopt(&first, stored);
         while self.halted.is_none() {
-            if let Err(why) = self.step().await {
+            if let Err(e) = self.step().await {
                 self.transport.disconnect();
                 self.rewind();
-                self.failed(&why);
-                let pause = self.backoff.next_delay();
+                let pause = match e.retry {
+                    Retry::Permanent => {
+                        self.refused(&e.message);
+                        self.permanent_pause
+                    }
+                    Retry::Retriable => {
+                        self.failed(&e.message);
+                        self.backoff.next_delay()
+                    }
+                };
                 self.write_status();
                 tokio::time::sleep(pause).await;
             }
@@ -272,12 +341,12 @@ impl<T: Transport> Shipper<T> {
 
     /// One turn: connect if needed, notice a broken connection, count confirmed batches as
     /// delivered, send the next batch or wait for one.
-    async fn step(&mut self) -> Result<(), String> {
+    async fn step(&mut self) -> Result<(), TransportError> {
         if !self.transport.is_connected() {
             self.transport.connect().await?;
         }
         if let Some(why) = self.transport.broken().await {
-            return Err(why);
+            return Err(TransportError::retriable(why));
         }
         self.confirm();
         let batch = self
@@ -305,7 +374,7 @@ impl<T: Transport> Shipper<T> {
                         return Ok(());
                     }
                     Ok(false) => {}
-                    Err(e) => return Err(format!("cannot follow the audit file: {e}")),
+                    Err(e) => return Err(format!("cannot follow the audit file: {e}").into()),
                 }
             }
             self.write_status_if_due();
@@ -416,8 +485,31 @@ impl<T: Transport> Shipper<T> {
         self.health.last_logged = why.to_string();
     }
 
+    /// A permanent refusal: counted like any failure, logged once (again only when the reason
+    /// changes or after a delivery), and retried only after [`PERMANENT_PAUSE`].
+    fn refused(&mut self, why: &str) {
+        self.health.failures += 1;
+        self.health.last_error = Some(why.to_string());
+        if self.health.down_since.is_none() {
+            self.health.down_since = Some(Instant::now());
+        }
+        if self.health.refused.as_deref() == Some(why) {
+            return;
+        }
+        self.health.refused = Some(why.to_string());
+        self.health.refusals_logged += 1;
+        tracing::error!(
+            sink = %self.name,
+            "the receiver refused delivery: {why}; sending it again cannot help until the sink's configuration or the receiver changes (token, URL, size limits); trying again every {}s and saying this again only if the reason changes ({} records waiting, delivered through seq {})",
+            self.permanent_pause.as_secs(),
+            self.lag(),
+            self.delivered.seq
+        );
+    }
+
     fn recovered(&mut self) {
         self.backoff.reset();
+        self.health.refused = None;
         if let Some(since) = self.health.down_since.take() {
             tracing::info!(
                 sink = %self.name,
@@ -475,10 +567,11 @@ impl<T: Transport> Shipper<T> {
             .map_or(0, |d| d.as_millis() as u64);
         let status = serde_json::json!({
             "sink": self.name,
-            "state": match (&self.halted, up) {
-                (Some(_), _) => "chain_break",
-                (None, true) => "up",
-                (None, false) => "down",
+            "state": match (&self.halted, up, &self.health.refused) {
+                (Some(_), _, _) => "chain_break",
+                (None, true, _) => "up",
+                (None, false, Some(_)) => "refused",
+                (None, false, None) => "down",
             },
             "delivered_seq": self.delivered.seq,
             "written_seq": self.written,
@@ -519,10 +612,12 @@ mod tests {
         broken: bool,
         /// While set, the receiver is unreachable.
         down: Arc<std::sync::atomic::AtomicBool>,
+        /// When set, every send is refused with this kind of error.
+        refuse_all: Option<Retry>,
     }
 
     impl Transport for Fake {
-        async fn connect(&mut self) -> Result<(), String> {
+        async fn connect(&mut self) -> Result<(), TransportError> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err("receiver down".into());
             }
@@ -535,14 +630,20 @@ mod tests {
         fn is_connected(&self) -> bool {
             self.connected
         }
-        async fn send(&mut self, batch: &[Record]) -> Result<(), String> {
+        async fn send(&mut self, batch: &[Record]) -> Result<(), TransportError> {
             let n = {
                 let mut sends = self.sends.lock().unwrap();
                 *sends += 1;
                 *sends
             };
+            if let Some(retry) = self.refuse_all {
+                return Err(TransportError {
+                    retry,
+                    message: "the collector answered 403 Forbidden".into(),
+                });
+            }
             if self.refuse.contains(&n) {
-                return Err(format!("refused send {n}"));
+                return Err(format!("refused send {n}").into());
             }
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err("receiver down".into());
@@ -634,6 +735,83 @@ mod tests {
         append(&ctx, 3);
         let fake = Fake::default();
         assert_eq!(ship_until(&ctx, &fake, 13), vec![11, 12, 13]);
+    }
+
+    /// Runs a shipper whose every send fails with `retry` for `window`; returns how many sends
+    /// it tried and its status file.
+    fn refused_for(retry: Retry, window: Duration) -> (usize, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        append(&ctx, 3);
+        let fake = Fake {
+            refuse_all: Some(retry),
+            ..Fake::default()
+        };
+        let mut shipper = Shipper::new("t", 4, fake.clone(), &ctx);
+        // Longer than the window, as the production pause (300 s) is longer than any test.
+        shipper.permanent_pause = Duration::from_secs(60);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = runtime.block_on(async { tokio::time::timeout(window, shipper.run()).await });
+        let status: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(ctx.state_dir.join("t.status.json")).unwrap())
+                .unwrap();
+        assert!(fake.sent.lock().unwrap().is_empty());
+        let sends = *fake.sends.lock().unwrap();
+        (sends, status)
+    }
+
+    #[test]
+    fn a_permanent_refusal_is_not_retried_in_a_loop_and_a_retriable_one_is_retried() {
+        let window = Duration::from_millis(1500);
+        let (sends, status) = refused_for(Retry::Permanent, window);
+        assert_eq!(
+            sends, 1,
+            "a permanent refusal was sent again within {window:?}"
+        );
+        assert_eq!(status["state"], "refused", "{status}");
+        assert_eq!(
+            status["last_error"], "the collector answered 403 Forbidden",
+            "{status}"
+        );
+        // The same receiver failing in a retriable way is tried again after the back-off
+        // (250 ms, doubling): several times in the same window.
+        let (sends, status) = refused_for(Retry::Retriable, window);
+        assert!(sends >= 3, "a retriable failure was tried {sends} times");
+        assert_eq!(status["state"], "down", "{status}");
+    }
+
+    #[test]
+    fn a_permanent_refusal_is_logged_once_per_reason_until_a_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        let mut shipper = Shipper::new("t", 4, Fake::default(), &ctx);
+        for _ in 0..5 {
+            shipper.refused("the collector answered 403 Forbidden");
+        }
+        assert_eq!(shipper.health.refusals_logged, 1);
+        assert_eq!(shipper.health.failures, 5);
+        shipper.refused("the collector answered 400 Bad Request");
+        assert_eq!(
+            shipper.health.refusals_logged, 2,
+            "a new reason is said at once"
+        );
+        shipper.recovered();
+        shipper.refused("the collector answered 400 Bad Request");
+        assert_eq!(
+            shipper.health.refusals_logged, 3,
+            "after a delivery it is news again"
+        );
+    }
+
+    #[test]
+    fn a_plain_transport_failure_is_retriable() {
+        let e: TransportError = format!("cannot connect to {}: refused", "siem:6514").into();
+        assert_eq!(e.retry, Retry::Retriable);
+        assert_eq!(TransportError::permanent("x").retry, Retry::Permanent);
     }
 
     #[test]

@@ -5,13 +5,16 @@
 //! the record's time, this host, the program, its pid, `OCSF-<class_uid>` as MSGID (or the
 //! event's name before the OCSF format), and `[<sd_id> seq="…" uid="…"]`.
 //!
+//! Every failure here is retriable (a connection, a handshake, a write): syslog has no answer
+//! that could say the data itself is refused.
+//!
 //! TLS has no application acknowledgement. A batch counts as delivered once it was written and
 //! flushed and the connection then stayed up for [`CONFIRM_AFTER`] (the receiver neither closed
 //! nor reset it); a broken connection sends everything from the last delivered record again.
 
 use super::config::SyslogTarget;
 use super::spool::Record;
-use super::Transport;
+use super::{Transport, TransportError};
 use crate::audit::event_name;
 use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,7 +50,7 @@ impl SyslogSink {
 }
 
 impl Transport for SyslogSink {
-    async fn connect(&mut self) -> Result<(), String> {
+    async fn connect(&mut self) -> Result<(), TransportError> {
         let addr = &self.target.address;
         let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -74,7 +77,7 @@ impl Transport for SyslogSink {
         self.conn.is_some()
     }
 
-    async fn send(&mut self, batch: &[Record]) -> Result<(), String> {
+    async fn send(&mut self, batch: &[Record]) -> Result<(), TransportError> {
         let mut buf = Vec::with_capacity(batch.iter().map(|r| r.line.len() + 160).sum());
         for record in batch {
             frame(&mut buf, record, self);
@@ -87,7 +90,7 @@ impl Transport for SyslogSink {
         tokio::time::timeout(IO_TIMEOUT, written)
             .await
             .map_err(|_| "writing to the receiver timed out".to_string())?
-            .map_err(|e| format!("writing to the receiver failed: {e}"))
+            .map_err(|e| format!("writing to the receiver failed: {e}").into())
     }
 
     fn confirm_after(&self) -> Duration {
