@@ -4,6 +4,7 @@
 
 use super::inventory::{FileKey, Inventory};
 use super::kfunc;
+use super::repeats::{SeenKey, SeenVal};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, Lsm, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -72,6 +73,7 @@ pub struct ProtectedMaps {
 pub struct Outputs {
     pub events: RingBuf<MapData>,
     pub lost: Array<MapData, u64>,
+    pub seen: HashMap<MapData, SeenKey, SeenVal>,
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -321,6 +323,7 @@ impl Probe {
         let events =
             RingBuf::try_from(take(names::EVENTS)?).map_err(|e| typed(names::EVENTS, e))?;
         let lost = Array::try_from(take(names::LOST)?).map_err(|e| typed(names::LOST, e))?;
+        let seen = HashMap::try_from(take(names::SEEN)?).map_err(|e| typed(names::SEEN, e))?;
         Ok((
             ProtectedMaps {
                 protected,
@@ -329,7 +332,7 @@ impl Probe {
                 current: BTreeSet::new(),
                 words: BTreeMap::new(),
             },
-            Outputs { events, lost },
+            Outputs { events, lost, seen },
         ))
     }
 }

@@ -41,7 +41,7 @@ impl Opened {
                 .map(|(_, p)| p.to_path_buf()),
             MATCH_DIR => inv
                 .get(&FileKey::new(raw.dir_dev, raw.dir_ino))
-                .map(|(_, dir)| dir.join(raw.name())),
+                .and_then(|(_, dir)| Some(dir.join(raw.path_below_folder()?))),
             _ => None,
         };
         Opened {

@@ -558,6 +558,45 @@ impl AuditEvent for BypassFinding {
 }
 
 audit_event! {
+    /// Repeated opens of one protected file by one process, counted in the kernel after the
+    /// open reported as its `bypass.read` (eBPF modes): a burst of any size costs one such
+    /// record per process, file and second instead of one record per open.
+    BypassReadRepeated = "bypass.read_repeated" {
+        writers: "agent", class: FileSystemActivity, activity: 14 "Open",
+        outcome: Success, severity: FROM_FIELD,
+    }
+    {
+        /// the opener's process id (thread-group id)
+        pid: u32,
+        /// its real uid, from the `bypass.read` these repeat (null if that record was lost)
+        uid: Option<u32>,
+        /// its command name, likewise
+        comm: Option<String>,
+        /// the protected path, likewise (null if unknown)
+        path: Option<String>,
+        /// the basename the opener's path resolved to, likewise (empty if unknown)
+        opened_name: String,
+        /// the opened inode
+        inode: u64,
+        /// its device, `major:minor`
+        device: String,
+        /// opens counted since the last record about this process and file
+        repeats: u64,
+        /// Unix ms of the open reported or counted just before these (their span starts after it)
+        first_ms: i64,
+        /// Unix ms of the last of these opens
+        last_ms: i64,
+        /// the `seq` of the `bypass.read` these repeat, or null when it was lost (see
+        /// `bypass.events_lost`) or written before the agent restarted
+        read_seq: Option<u64>,
+        /// the allow-list verdict of that `bypass.read` (false if unknown)
+        expected: bool,
+        /// `low` for allow-listed readers, otherwise `high` (`severity_id`)
+        severity: &'static str,
+    }
+}
+
+audit_event! {
     /// The kernel could not queue bypass events: some direct opens went unaudited.
     BypassEventsLost = "bypass.events_lost" {
         writers: "agent", class: EventLogActivity, activity: 99 "Events Lost",
@@ -568,7 +607,7 @@ audit_event! {
         lost_total: u64,
         /// events lost since the last such record
         lost_since_last: u64,
-        /// `ring buffer full` (written within `rescan_interval` of the loss) or `fanotify queue
+        /// `ring buffer full` (written within a second of the loss) or `fanotify queue
         /// overflow` (at once) (`status_detail`)
         reason: &'static str,
     }
@@ -855,6 +894,7 @@ pub const CATALOGUE: &[&EventType] = &[
     TlsRefused::TYPE,
     BypassRead::TYPE,
     BypassFinding::TYPE,
+    BypassReadRepeated::TYPE,
     BypassEventsLost::TYPE,
     BypassUnavailable::TYPE,
     AgentStarted::TYPE,

@@ -676,6 +676,13 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
                 _ => "",
             }
         ),
+        "bypass.read_repeated" => format!(
+            "{} (pid {}) opened {} on {host} {} more times around the gate",
+            v("comm"),
+            v("pid"),
+            v("path"),
+            v("repeats")
+        ),
         "bypass.events_lost" => format!(
             "{host} lost {} bypass events: {}",
             v("lost_since_last"),
