@@ -47,6 +47,13 @@ struct Bypass {
 
 impl Bypass {
     fn start(bypass_toml: &str) -> anyhow::Result<Bypass> {
+        let mut b = Bypass::prepare(bypass_toml)?;
+        b.cluster.start_agent("web-1")?;
+        Ok(b)
+    }
+
+    /// The controller runs and the files exist; the agent is not started yet.
+    fn prepare(bypass_toml: &str) -> anyhow::Result<Bypass> {
         let mut cluster = Cluster::new(None)?;
         let world = tempfile::Builder::new()
             .prefix("loggate-bypass-")
@@ -65,7 +72,6 @@ impl Bypass {
         write_world_readable(&outside.join("free.log"), "nothing to see\n")?;
         cluster.add_agent("web-1", &[&logs], &format!("[bypass]\n{bypass_toml}"))?;
         cluster.start_controller()?;
-        cluster.start_agent("web-1")?;
         Ok(Bypass {
             cluster,
             _world: world,
@@ -380,30 +386,102 @@ fn file_in_a_subfolder_made_after_start_is_reported_when_read_at_once() -> anyho
     Ok(())
 }
 
-/// Keeps the other CPU busy with a spinning child for at most `limit` (the child stops by
-/// itself then); killed, by its pid, when dropped.
-struct CpuLoad(std::process::Child);
+/// A child process killed (by its pid) when dropped.
+struct Killed(std::process::Child);
 
-impl CpuLoad {
-    fn start(limit: Duration) -> anyhow::Result<CpuLoad> {
-        let script = format!(
-            "import time\nend = time.monotonic() + {}\nwhile time.monotonic() < end:\n    pass\n",
-            limit.as_secs()
-        );
-        Ok(CpuLoad(
-            Command::new("/usr/bin/python3")
-                .args(["-c", &script])
-                .stdin(Stdio::null())
-                .spawn()?,
-        ))
-    }
-}
-
-impl Drop for CpuLoad {
+impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Opens argv[1] (mode argv[2]: `r` or `a`), says `held` and keeps it open for a minute at most.
+const HOLD_PY: &str = r#"import sys, time
+f = open(sys.argv[1], sys.argv[2])
+print("held", flush=True)
+time.sleep(60)
+"#;
+
+/// Starts `argv` and waits for its first line, `held`.
+fn holder(mut cmd: Command) -> anyhow::Result<Killed> {
+    use std::io::BufRead;
+    let mut child = Killed(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn()?);
+    let out = child
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line)?;
+    anyhow::ensure!(line.trim() == "held", "the holder said {line:?}");
+    Ok(child)
+}
+
+#[test]
+fn a_reader_holding_a_protected_file_open_before_the_agent_started_is_reported_at_start(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let mut b = Bypass::prepare("")?;
+    let log = s(&b.app_log());
+    let uid = NOBODY.to_string();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", HOLD_PY, &log, "r"]);
+    let reader = holder(cmd)?;
+    // A logger holding it for appending is not a reader.
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", HOLD_PY, &log, "a"]);
+    let writer = holder(cmd)?;
+    // A second reader, started after the writer: /proc lists it later, so once its record is
+    // written the writer's would have been.
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.args(["-c", HOLD_PY, &log, "r"]);
+    let last = holder(cmd)?;
+    b.cluster.start_agent("web-1")?;
+    let pid = reader.0.id();
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.held_open" && e["pid"] == pid
+    })?;
+    assert_eq!(e["uid"], NOBODY, "{e:#}");
+    assert_eq!(e["comm"], "python3", "{e:#}");
+    assert_eq!(e["path"], log.as_str(), "{e:#}");
+    assert_eq!(e["expected"], false, "{e:#}");
+    assert!(
+        e["flags"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("O_RDONLY")),
+        "{e:#}"
+    );
+    let lpid = last.0.id();
+    b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.held_open" && e["pid"] == lpid
+    })?;
+    let wpid = writer.0.id();
+    let held: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.held_open")
+        .collect();
+    assert!(held.iter().all(|e| e["pid"] != wpid), "{held:#?}");
+    assert_eq!(held.len(), 2, "{held:#?}");
+    Ok(())
+}
+
+/// Keeps the other CPU busy with a spinning child for at most `limit` (the child stops by
+/// itself then); killed, by its pid, when dropped.
+fn cpu_load(limit: Duration) -> anyhow::Result<Killed> {
+    let script = format!(
+        "import time\nend = time.monotonic() + {}\nwhile time.monotonic() < end:\n    pass\n",
+        limit.as_secs()
+    );
+    Ok(Killed(
+        Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .spawn()?,
+    ))
 }
 
 /// Opens argv[1] argv[2] times, reading a byte each time, spread over argv[3] seconds.
@@ -425,7 +503,7 @@ fn a_burst_of_20000_opens_on_a_loaded_machine_is_fully_accounted_for_in_a_few_re
     const OPENS: u64 = 20_000;
     let b = Bypass::start("")?;
     b.started()?;
-    let load = CpuLoad::start(Duration::from_secs(30))?;
+    let load = cpu_load(Duration::from_secs(30))?;
     let started = std::time::Instant::now();
     let burst = as_nobody(&[
         "/usr/bin/python3",

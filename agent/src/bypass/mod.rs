@@ -11,6 +11,7 @@
 pub mod bench;
 mod event;
 mod fanotify;
+mod held;
 mod inventory;
 mod kfunc;
 mod loader;
@@ -224,6 +225,7 @@ impl Startup {
                 let fd =
                     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
                 tokio::spawn(read_fanotify(shared.clone(), fd, inventory.clone()));
+                tokio::spawn(report_held(shared.clone(), inventory.clone()));
                 tokio::spawn(maintain(shared, Maintained::Fanotify(fan), inventory));
             }
             Startup::Ebpf(audit) => {
@@ -265,6 +267,7 @@ impl Startup {
                     counters,
                     inventory.clone(),
                 ));
+                tokio::spawn(report_held(shared.clone(), inventory.clone()));
                 tokio::spawn(maintain(
                     shared,
                     Maintained::Ebpf(Box::new(EbpfMaintained {
@@ -276,6 +279,31 @@ impl Startup {
             }
         }
         Ok(())
+    }
+}
+
+/// Writes `bypass.held_open` for every process that already held a protected file open for
+/// reading when the hooks were attached (they are, by the time this runs: see `held`).
+async fn report_held(shared: Arc<Shared>, inventory: Arc<RwLock<Inventory>>) {
+    let own = std::process::id();
+    let swept = tokio::task::spawn_blocking(move || {
+        let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
+        held::sweep(Path::new("/proc"), &inv, own)
+    })
+    .await;
+    let held = match swept {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::error!("bypass audit: the sweep of open files at start failed: {e}");
+            return;
+        }
+    };
+    let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
+    for h in held {
+        let record = tokio::task::block_in_place(|| record::held_record(&shared, &h, &mut names));
+        if let Err(e) = shared.audit(&record) {
+            tracing::error!("audit write failed: {e:#}");
+        }
     }
 }
 

@@ -597,6 +597,52 @@ audit_event! {
 }
 
 audit_event! {
+    /// At the start of the bypass audit, a process other than the agent already held a
+    /// protected file open for reading (opened before the agent started or while it
+    /// restarted, which the hooks cannot see): found by a sweep of `/proc/*/fd`.
+    BypassHeldOpen = "bypass.held_open" {
+        writers: "agent", class: FileSystemActivity, activity: 14 "Open",
+        outcome: Success, severity: FROM_FIELD,
+    }
+    {
+        /// the holder's process id
+        pid: u32,
+        /// its parent's process id
+        ppid: Option<u32>,
+        /// its real uid
+        uid: Option<u32>,
+        /// the uid's name from `/etc/passwd`, or null
+        user: Option<String>,
+        /// the command name
+        comm: Option<String>,
+        /// executable path from `/proc/<pid>/exe`
+        exe: Option<String>,
+        /// the command line from `/proc/<pid>/cmdline`
+        cmdline: Option<String>,
+        /// the cgroup path from `/proc/<pid>/cgroup`
+        cgroup: Option<String>,
+        /// the protected path (`file.path`, `observables`)
+        path: String,
+        /// its basename (`file.name`)
+        opened_name: String,
+        /// the inode
+        inode: u64,
+        /// its device, `major:minor`
+        device: String,
+        /// the descriptor that holds it
+        fd: i32,
+        /// its open flags, e.g. `O_RDONLY|O_CLOEXEC`
+        flags: String,
+        /// an allow-list rule matched (a log shipper)
+        expected: bool,
+        /// the matching `allow_exe`/`allow_cgroup` entry, or null
+        allow_rule: Option<String>,
+        /// `low` for allow-listed holders, otherwise `high` (`severity_id`)
+        severity: &'static str,
+    }
+}
+
+audit_event! {
     /// The kernel could not queue bypass events: some direct opens went unaudited.
     BypassEventsLost = "bypass.events_lost" {
         writers: "agent", class: EventLogActivity, activity: 99 "Events Lost",
@@ -895,6 +941,7 @@ pub const CATALOGUE: &[&EventType] = &[
     BypassRead::TYPE,
     BypassFinding::TYPE,
     BypassReadRepeated::TYPE,
+    BypassHeldOpen::TYPE,
     BypassEventsLost::TYPE,
     BypassUnavailable::TYPE,
     AgentStarted::TYPE,

@@ -676,6 +676,13 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
                 _ => "",
             }
         ),
+        "bypass.held_open" => format!(
+            "{} (pid {}, uid {}) held {} open on {host} when the bypass audit started",
+            v("comm"),
+            v("pid"),
+            v("uid"),
+            v("path")
+        ),
         "bypass.read_repeated" => format!(
             "{} (pid {}) opened {} on {host} {} more times around the gate",
             v("comm"),

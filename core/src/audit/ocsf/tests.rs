@@ -45,6 +45,14 @@ fn example(name: &str) -> Map<String, Value> {
             "until_ms": null, "redaction_profile": "default", "inode": 10182958,
             "device": 65024, "size": 4873,
         }),
+        "bypass.held_open" => json!({
+            "pid": 812, "ppid": 1, "uid": 0, "user": "root", "comm": "less",
+            "exe": "/usr/bin/less", "cmdline": "less /var/log/app/api.log",
+            "cgroup": "/user.slice/user-0.slice/session-3.scope", "path": LOG,
+            "opened_name": "api.log", "inode": 10182958, "device": "254:0", "fd": 4,
+            "flags": "O_RDONLY|O_LARGEFILE", "expected": false, "allow_rule": null,
+            "severity": "high",
+        }),
         "bypass.read_repeated" => json!({
             "pid": 6434, "uid": 65534, "comm": "cat", "path": LOG, "opened_name": "api.log",
             "inode": 10182958, "device": "254:0", "repeats": 19999,
