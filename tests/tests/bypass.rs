@@ -571,6 +571,57 @@ fn a_burst_of_20000_opens_on_a_loaded_machine_is_fully_accounted_for_in_a_few_re
 }
 
 #[test]
+fn a_protected_file_moved_or_linked_out_of_the_roots_stays_protected_and_its_departure_is_recorded(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("rescan_interval = \"200ms\"")?;
+    b.started()?;
+    let rescans = || std::thread::sleep(Duration::from_millis(1000));
+    // logrotate's rename within the roots changes nothing.
+    let rotated = b.logs.join("app.log.1");
+    std::fs::rename(b.app_log(), &rotated)?;
+    rescans();
+    // Renamed out of the roots: recorded, and still protected after several rescans.
+    let moved = b.outside.join("stolen.log");
+    std::fs::rename(&rotated, &moved)?;
+    let left = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.left_roots" && e["new_path"] == s(&moved).as_str()
+    })?;
+    assert_eq!(left["path"], s(&rotated).as_str(), "{left:#}");
+    assert_eq!(left["links"], 1, "{left:#}");
+    rescans();
+    let cat = as_nobody(&["cat", &s(&moved)])?;
+    let e = b.the_read_by(cat)?;
+    assert_read(&e, cat, NOBODY, "cat", &moved);
+    assert_eq!(e["matched"], "file", "{e:#}");
+
+    // Linked outside, then its protected name removed: the same.
+    let other = b.logs.join("other.log");
+    write_world_readable(&other, "another protected file\n")?;
+    rescans();
+    let link = b.outside.join("innocent.log");
+    std::fs::hard_link(&other, &link)?;
+    std::fs::remove_file(&other)?;
+    let left = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.left_roots" && e["new_path"] == s(&link).as_str()
+    })?;
+    assert_eq!(left["path"], s(&other).as_str(), "{left:#}");
+    rescans();
+    let cat = as_nobody(&["cat", &s(&link)])?;
+    assert_read(&b.the_read_by(cat)?, cat, NOBODY, "cat", &link);
+
+    // One record per departure: none for the rotation, none repeated by later rescans.
+    let all: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.left_roots")
+        .collect();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    Ok(())
+}
+
+#[test]
 fn unprotected_files_and_write_only_opens_produce_no_event() -> anyhow::Result<()> {
     require_bpf!();
     let b = Bypass::start("")?;

@@ -11,6 +11,7 @@
 pub mod bench;
 mod event;
 mod fanotify;
+mod handle;
 mod held;
 mod inventory;
 mod kfunc;
@@ -348,14 +349,18 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
         tick.tick().await;
         // A walk of the roots blocks on the filesystem: off the runtime's workers.
         let (scan_roots, max) = (roots.clone(), config.max_protected);
-        let fresh =
-            match tokio::task::spawn_blocking(move || Inventory::scan(&scan_roots, max)).await {
-                Ok(fresh) => fresh,
-                Err(e) => {
-                    tracing::error!("bypass audit: scanning the protected roots failed: {e}");
-                    continue;
-                }
-            };
+        let previous = inventory.clone();
+        let rescan = move || {
+            let previous = previous.read().unwrap_or_else(|p| p.into_inner());
+            Inventory::rescan(&scan_roots, max, &previous)
+        };
+        let fresh = match tokio::task::spawn_blocking(rescan).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!("bypass audit: scanning the protected roots failed: {e}");
+                continue;
+            }
+        };
         let synced = match &mut target {
             Maintained::Ebpf(e) => e.maps.sync(&fresh),
             Maintained::Fanotify(fan) => fan.sync(&fresh),
@@ -370,6 +375,18 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
             );
         }
         skipped_reported = fresh.skipped;
+        for left in &fresh.left {
+            let record = events::BypassLeftRoots {
+                path: left.from.display().to_string(),
+                new_path: left.to.as_ref().map(|p| p.display().to_string()),
+                inode: left.key.ino,
+                device: inventory::dev_text(left.key.dev),
+                links: left.links,
+            };
+            if let Err(e) = shared.audit(&record) {
+                tracing::error!("audit write failed: {e:#}");
+            }
+        }
         *inventory.write().unwrap_or_else(|p| p.into_inner()) = fresh;
     }
 }

@@ -643,6 +643,29 @@ audit_event! {
 }
 
 audit_event! {
+    /// A protected file left the roots (renamed out of them, or linked outside and its name
+    /// beneath them removed): it stays protected, under its new name, for as long as a link to
+    /// it remains. Found by the agent's rescan (`bypass.rescan_interval`), which does not
+    /// know who moved it; a rename within the roots (log rotation) writes nothing.
+    BypassLeftRoots = "bypass.left_roots" {
+        writers: "agent", class: EventLogActivity, activity: 99 "Protected File Left Roots",
+        outcome: Success, severity: HIGH,
+    }
+    {
+        /// its protected path before it left (`file.path`, `observables`)
+        path: String,
+        /// one of its names now, or null when the kernel gave no usable one
+        new_path: Option<String>,
+        /// the inode
+        inode: u64,
+        /// its device, `major:minor`
+        device: String,
+        /// its link count now
+        links: u64,
+    }
+}
+
+audit_event! {
     /// The kernel could not queue bypass events: some direct opens went unaudited.
     BypassEventsLost = "bypass.events_lost" {
         writers: "agent", class: EventLogActivity, activity: 99 "Events Lost",
@@ -942,6 +965,7 @@ pub const CATALOGUE: &[&EventType] = &[
     BypassFinding::TYPE,
     BypassReadRepeated::TYPE,
     BypassHeldOpen::TYPE,
+    BypassLeftRoots::TYPE,
     BypassEventsLost::TYPE,
     BypassUnavailable::TYPE,
     AgentStarted::TYPE,

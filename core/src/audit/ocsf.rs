@@ -683,6 +683,11 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
             v("uid"),
             v("path")
         ),
+        "bypass.left_roots" => format!(
+            "protected file {} left the roots on {host} (now {}); it stays protected",
+            v("path"),
+            v("new_path")
+        ),
         "bypass.read_repeated" => format!(
             "{} (pid {}) opened {} on {host} {} more times around the gate",
             v("comm"),

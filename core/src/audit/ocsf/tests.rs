@@ -53,6 +53,10 @@ fn example(name: &str) -> Map<String, Value> {
             "flags": "O_RDONLY|O_LARGEFILE", "expected": false, "allow_rule": null,
             "severity": "high",
         }),
+        "bypass.left_roots" => json!({
+            "path": LOG, "new_path": "/tmp/api.log", "inode": 10182958, "device": "254:0",
+            "links": 1,
+        }),
         "bypass.read_repeated" => json!({
             "pid": 6434, "uid": 65534, "comm": "cat", "path": LOG, "opened_name": "api.log",
             "inode": 10182958, "device": "254:0", "repeats": 19999,
