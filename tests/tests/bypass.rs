@@ -787,6 +787,53 @@ fn fanotify_mode_reports_plain_io_uring_and_rotated_opens_but_not_the_agent_or_o
     Ok(())
 }
 
+/// Forks argv[2] children that each open argv[1] and exit at once, prints their pids, and
+/// reaps them only after 3 s: until then each is a zombie, which still has `/proc/<pid>`.
+const ZOMBIE_READERS_PY: &str = r#"import os, sys, time
+pids = []
+for _ in range(int(sys.argv[2])):
+    pid = os.fork()
+    if pid == 0:
+        os.open(sys.argv[1], os.O_RDONLY)
+        os._exit(0)
+    pids.append(pid)
+print(" ".join(map(str, pids)), flush=True)
+time.sleep(3)
+for pid in pids:
+    os.waitpid(pid, 0)
+"#;
+
+#[test]
+fn fanotify_mode_reports_a_zombie_reader_as_exited() -> anyhow::Result<()> {
+    require_bpf!();
+    let b = Bypass::start("mode = \"fanotify\"\nrescan_interval = \"1h\"")?;
+    assert_eq!(b.started()?["bypass_mode"], "fanotify");
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", ZOMBIE_READERS_PY, &s(&b.app_log()), "5"])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "{}", text(&out).1);
+    let pids: Vec<u32> = text(&out)
+        .0
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(pids.len(), 5, "{pids:?}");
+    let mut zombies = 0;
+    for pid in pids {
+        let e = b.the_read_by(pid)?;
+        // Nothing of the process could be read: it had exited (a zombie), and says so.
+        if e["exe"].is_null() && e["cmdline"].is_null() {
+            zombies += 1;
+            assert_eq!(e["process_exited"], true, "{e:#}");
+        }
+    }
+    assert!(
+        zombies > 0,
+        "every child was inspected alive: nothing was tested"
+    );
+    Ok(())
+}
+
 #[test]
 fn auto_tries_lsm_then_fentry_and_reports_why_it_fell_back_to_tracepoints() -> anyhow::Result<()> {
     require_bpf!();
