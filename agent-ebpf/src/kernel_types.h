@@ -49,6 +49,26 @@ struct inode {
 	unsigned long i_ino;
 };
 
+struct timespec64 {
+	long long tv_sec;
+	long tv_nsec;
+};
+
+/* The inode's change time, whose field changed names: `i_ctime_sec` (6.11+), `__i_ctime`
+ * (6.6-6.10), `i_ctime` (before). CO-RE matches these flavours (`___suffix`) to `struct
+ * inode`; the program tests which field exists. */
+struct inode___ctime_sec {
+	long long i_ctime_sec;
+};
+
+struct inode___ctime_606 {
+	struct timespec64 __i_ctime;
+};
+
+struct inode___ctime_old {
+	struct timespec64 i_ctime;
+};
+
 struct qstr {
 	const unsigned char *name;
 };

@@ -9,7 +9,11 @@
  * (device, inode) of its folder and of the folders above it, up to ANCESTOR_DEPTH levels, are
  * looked up, so a file created by rotation in a protected directory — or in a subfolder made
  * after the agent's last scan (logs rotated into dated folders) — is covered before the agent
- * learns of it, and symlinks, hard links, `..`, bind mounts and relative paths all resolve to the
+ * learns of it. The walk stops at the first unprotected folder whose change time is older than
+ * the start of the agent's last scan (`scan_epoch`): such a folder existed when the agent
+ * scanned, so had it been beneath a root it would be in the set, and no folder above it is a
+ * root (a folder made or renamed since has a later change time: the walk goes on through it).
+ * Thus and symlinks, hard links, `..`, bind mounts and relative paths all resolve to the
  * same inode. Device numbers are the kernel's
  * `sb->s_dev` encoding, `(major << 20) | minor`; the agent converts `stat()`'s `st_dev`.
  *
@@ -39,7 +43,8 @@
  * flushes the counts as one record per (process, file) every second, so a burst of any size
  * costs a bounded number of ring-buffer records. What cannot be queued is counted in `lost`.
  * Not seen (docs/audit.md): io_uring direct descriptors (they never enter the fd table), 32-bit
- * opens in `tracepoint` mode, and fds that were opened before the agent attached.
+ * opens in `tracepoint` mode, and fds that were opened before the agent attached (those still
+ * open when it starts are found by its sweep of /proc, agent/src/bypass/held.rs).
  *
  * The license must be GPL-compatible: bpf_probe_read_kernel is a GPL-only helper.
  */
@@ -193,6 +198,16 @@ struct {
 	__type(value, struct seen_val);
 } seen SEC(".maps");
 
+/* [0]: the start of the agent's last scan whose entries are all in `protected`, in seconds on
+ * the clock of inode change times (minus a second for its coarse granularity); 0 until the
+ * first scan is in: the walk then goes the whole ANCESTOR_DEPTH. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} scan_epoch SEC(".maps");
+
 /* Thread-group ids whose opens are never reported (the agent itself). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -242,6 +257,31 @@ static __always_inline int maybe_protected(__u64 ino)
 	return bits && (*bits & (1ULL << (ino & 63)));
 }
 
+static __always_inline __s64 scan_epoch_sec(void)
+{
+	__u32 zero = 0;
+	__s64 *t = bpf_map_lookup_elem(&scan_epoch, &zero);
+
+	return t ? *t : 0;
+}
+
+#define FIELD_EXISTS(field) __builtin_preserve_field_info(field, 2 /* BPF_FIELD_EXISTS */)
+
+/* The change time (seconds) of `inode` into `out`, by whichever field this kernel has; left
+ * as it is (the caller's "not older") when it has none. */
+#define CTIME_SEC(LOAD, inode, out)                                                      \
+	do {                                                                             \
+		struct inode___ctime_sec *n_ = (void *)(inode);                          \
+		struct inode___ctime_606 *m_ = (void *)(inode);                          \
+		struct inode___ctime_old *o_ = (void *)(inode);                          \
+		if (FIELD_EXISTS(n_->i_ctime_sec))                                       \
+			LOAD(out, n_->i_ctime_sec);                                      \
+		else if (FIELD_EXISTS(m_->__i_ctime))                                    \
+			LOAD(out, m_->__i_ctime.tv_sec);                                 \
+		else if (FIELD_EXISTS(o_->i_ctime))                                      \
+			LOAD(out, o_->i_ctime.tv_sec);                                   \
+	} while (0)
+
 static __always_inline int is_protected(__u32 dev, __u64 ino)
 {
 	struct file_key key = { .ino = ino, .dev = dev };
@@ -262,6 +302,7 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 	{                                                                                 \
 		struct inode *dir_inode = 0;                                              \
 		struct dentry *parent = 0, *d = 0;                                        \
+		__s64 epoch, ctime;                                                       \
 		int level;                                                                \
 		struct super_block *sb = 0;                                               \
 		umode_t mode = 0;                                                         \
@@ -277,6 +318,7 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 				o->matched = MATCH_FILE;                                  \
 		}                                                                         \
 		d = o->dentry;                                                            \
+		epoch = scan_epoch_sec();                                                 \
 		_Pragma("unroll") for (level = 1; level <= ANCESTOR_DEPTH; level++)       \
 		{                                                                         \
 			if (o->matched || !d)                                             \
@@ -299,6 +341,13 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 					o->matched = MATCH_DIR;                           \
 					o->dir_depth = level;                             \
 				}                                                         \
+			}                                                                 \
+			if (!o->matched) {                                                \
+				/* Unprotected and there at the last scan: no root above. */ \
+				ctime = epoch;                                            \
+				CTIME_SEC(LOAD, dir_inode, ctime);                        \
+				if (ctime < epoch)                                        \
+					break;                                            \
 			}                                                                 \
 			d = parent;                                                       \
 		}                                                                         \

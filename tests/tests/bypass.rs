@@ -386,6 +386,35 @@ fn file_in_a_subfolder_made_after_start_is_reported_when_read_at_once() -> anyho
     Ok(())
 }
 
+#[test]
+fn an_old_folder_moved_into_the_roots_after_start_is_walked_through() -> anyhow::Result<()> {
+    require_bpf!();
+    // The kernel's walk stops at an unprotected folder changed before the agent's last scan
+    // (it would be in the set were it beneath a root). A folder made long before, outside the
+    // roots, and moved in after the scan has its change time renewed by the move: the walk
+    // goes on through it to the protected folder.
+    let mut b = Bypass::prepare("rescan_interval = \"1h\"")?;
+    let archive = b.outside.join("archive");
+    std::fs::create_dir(&archive)?;
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o755))?;
+    write_world_readable(
+        &archive.join("old.log"),
+        "written before the agent started\n",
+    )?;
+    // Older than the scan by more than the clock's second of slack.
+    std::thread::sleep(Duration::from_millis(2100));
+    b.cluster.start_agent("web-1")?;
+    b.started()?;
+    let moved = b.logs.join("archive");
+    std::fs::rename(&archive, &moved)?;
+    let file = moved.join("old.log");
+    let cat = as_nobody(&["cat", &s(&file)])?;
+    let e = b.the_read_by(cat)?;
+    assert_read(&e, cat, NOBODY, "cat", &file);
+    assert_eq!(e["matched"], "directory", "{e:#}");
+    Ok(())
+}
+
 /// A child process killed (by its pid) when dropped.
 struct Killed(std::process::Child);
 

@@ -87,6 +87,9 @@ pub struct Inventory {
     pub skipped: usize,
     /// Files that left the roots since the scan before (each reported once).
     pub left: Vec<Left>,
+    /// When this scan started, Unix seconds: every folder beneath the roots whose change time
+    /// is earlier is in it (the kernel's ancestor walk relies on it, see `ProtectedMaps::sync`).
+    pub started_unix: i64,
 }
 
 impl Inventory {
@@ -100,7 +103,14 @@ impl Inventory {
     /// still has a link (found by its handle): protected under its new name, reported in
     /// `left` the first time.
     pub fn rescan(roots: &[PathBuf], limit: usize, previous: &Inventory) -> Inventory {
-        let mut inv = Inventory::default();
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let mut inv = Inventory {
+            started_unix,
+            ..Inventory::default()
+        };
         let mut stack: Vec<(PathBuf, usize, usize)> = roots
             .iter()
             .enumerate()

@@ -62,6 +62,8 @@ pub enum Objects {
 pub struct ProtectedMaps {
     protected: HashMap<MapData, FileKey, u32>,
     filter: Array<MapData, u64>,
+    /// `scan_epoch`: the start of the scan in `protected` (see `sync`).
+    epoch: Array<MapData, i64>,
     excluded: HashMap<MapData, u32, u32>,
     /// What is in the kernel maps now.
     current: BTreeSet<FileKey>,
@@ -318,6 +320,8 @@ impl Probe {
             HashMap::try_from(take(names::PROTECTED)?).map_err(|e| typed(names::PROTECTED, e))?;
         let filter =
             Array::try_from(take(names::INO_FILTER)?).map_err(|e| typed(names::INO_FILTER, e))?;
+        let epoch =
+            Array::try_from(take(names::SCAN_EPOCH)?).map_err(|e| typed(names::SCAN_EPOCH, e))?;
         let excluded = HashMap::try_from(take(names::EXCLUDED_TGIDS)?)
             .map_err(|e| typed(names::EXCLUDED_TGIDS, e))?;
         let events =
@@ -328,6 +332,7 @@ impl Probe {
             ProtectedMaps {
                 protected,
                 filter,
+                epoch,
                 excluded,
                 current: BTreeSet::new(),
                 words: BTreeMap::new(),
@@ -362,7 +367,17 @@ impl ProtectedMaps {
     /// Makes the kernel maps hold exactly `inventory`. The filter always covers the entries:
     /// its new bits are set before new entries are inserted, and bits are cleared only after
     /// the entries gone are removed (a rotated-away inode may be reused by an unrelated file).
+    /// Last, `scan_epoch` is set to the scan's start (less a second: inode change times come
+    /// from a coarse clock), never before its entries are in: the kernel's ancestor walk stops
+    /// at an unprotected folder changed before then, which only the scan can vouch for.
     pub fn sync(&mut self, inventory: &Inventory) -> anyhow::Result<()> {
+        self.sync_entries(inventory)?;
+        self.epoch
+            .set(0, inventory.started_unix.saturating_sub(1), 0)
+            .map_err(|e| anyhow::anyhow!("scan_epoch map update: {e}"))
+    }
+
+    fn sync_entries(&mut self, inventory: &Inventory) -> anyhow::Result<()> {
         let wanted = filter_words(inventory.keys().map(|(k, _)| k.ino));
         let union = wanted
             .iter()
