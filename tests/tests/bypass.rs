@@ -571,6 +571,10 @@ fn a_burst_of_20000_opens_on_a_loaded_machine_is_fully_accounted_for_in_a_few_re
         .iter()
         .map(|e| e["repeats"].as_u64().unwrap_or(0))
         .sum();
+    eprintln!(
+        "burst: {OPENS} opens in {took:?}: {reads} bypass.read, {} bypass.read_repeated",
+        repeated.len()
+    );
     let lost: Vec<_> = b
         .cluster
         .agent_audit("web-1")
