@@ -35,6 +35,7 @@ typedef __u32 fmode_t;
 #define BPF_MAP_TYPE_ARRAY 2
 #define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_F_NO_PREALLOC 1
+#define BPF_NOEXIST 1
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
@@ -46,6 +47,26 @@ struct inode {
 	umode_t i_mode;
 	struct super_block *i_sb;
 	unsigned long i_ino;
+};
+
+struct timespec64 {
+	long long tv_sec;
+	long tv_nsec;
+};
+
+/* The inode's change time, whose field changed names: `i_ctime_sec` (6.11+), `__i_ctime`
+ * (6.6-6.10), `i_ctime` (before). CO-RE matches these flavours (`___suffix`) to `struct
+ * inode`; the program tests which field exists. */
+struct inode___ctime_sec {
+	long long i_ctime_sec;
+};
+
+struct inode___ctime_606 {
+	struct timespec64 __i_ctime;
+};
+
+struct inode___ctime_old {
+	struct timespec64 i_ctime;
 };
 
 struct qstr {
@@ -133,6 +154,8 @@ struct io_uring_cqe {
 
 /* BPF helpers (stable ids, include/uapi/linux/bpf.h). */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
 static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
 static __u64 (*bpf_get_current_uid_gid)(void) = (void *)15;
 static long (*bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *)16;

@@ -75,6 +75,12 @@ pub mod names {
     pub const EVENTS: &str = "events";
     /// ARRAY[1] of u64: events lost to a full ring buffer.
     pub const LOST: &str = "lost";
+    /// ARRAY[1] of i64: the start (Unix seconds, minus one) of the last scan whose entries are
+    /// all in `PROTECTED`; the ancestor walk stops at an unprotected folder older than that.
+    pub const SCAN_EPOCH: &str = "scan_epoch";
+    /// HASH `{u64 ino; u32 dev; u32 tgid}` → `{u64 first_ns; u64 last_ns; u64 count}`: opens
+    /// reported per (process, file), with the count of repeats not queued since.
+    pub const SEEN: &str = "seen";
 }
 
 #[cfg(test)]

@@ -5,10 +5,16 @@
  *
  * Matching is on what was opened, never on a path string: at the exit of the open syscalls the
  * returned fd is turned into its `struct file`, and the file's (device, inode) is looked up in
- * `protected` (filled by the agent with every protected file AND directory). On a miss the parent
- * directory's (device, inode) is looked up, so a file created by rotation in a protected
- * directory is covered before the agent learns of it, and symlinks, hard links, `..`, bind
- * mounts and relative paths all resolve to the same inode. Device numbers are the kernel's
+ * `protected` (filled by the agent with every protected file AND directory). On a miss the
+ * (device, inode) of its folder and of the folders above it, up to ANCESTOR_DEPTH levels, are
+ * looked up, so a file created by rotation in a protected directory — or in a subfolder made
+ * after the agent's last scan (logs rotated into dated folders) — is covered before the agent
+ * learns of it. The walk stops at the first unprotected folder whose change time is older than
+ * the start of the agent's last scan (`scan_epoch`): such a folder existed when the agent
+ * scanned, so had it been beneath a root it would be in the set, and no folder above it is a
+ * root (a folder made or renamed since has a later change time: the walk goes on through it).
+ * Thus and symlinks, hard links, `..`, bind mounts and relative paths all resolve to the
+ * same inode. Device numbers are the kernel's
  * `sb->s_dev` encoding, `(major << 20) | minor`; the agent converts `stat()`'s `st_dev`.
  *
  * Cost discipline (the miss path, an open of an unprotected file, is nearly every open): the fd
@@ -18,8 +24,9 @@
  * (logaudit_probe_read.bpf.c, FD_SLOT_PROBE_READ; the agent's fallback) reads a grown table
  * with bpf_probe_read_kernel instead. The first filter is
  * `ino_filter`, a bitmap over inode numbers that the verifier inlines (an ARRAY lookup is a
- * bounds check and an add): the file's inode and then its parent directory's are tested, and
- * only a set bit leads to the exact (device, inode) hash lookup. Write-only and O_PATH opens
+ * bounds check and an add): the file's inode and then each ancestor folder's are tested (three
+ * plain loads and a bit test per level), and only a set bit leads to the exact (device, inode)
+ * hash lookup. Write-only and O_PATH opens
  * are dropped before the inode is touched. The excluded-tgid lookup, the device, comm, cgroup
  * and name are read only on a match.
  *
@@ -31,8 +38,13 @@
  *   price of running on every syscall exit.
  * - with `tracepoint` and `strict`, `tp_btf/io_uring_complete` for io_uring opens
  *   (IORING_OP_OPENAT/OPENAT2), which never pass the syscall tracepoints.
+ * Bursts: the first open of a file by a process is reported at once; its repeats within
+ * REPEAT_WINDOW_NS of the one before are counted in `seen` instead of queued, and the agent
+ * flushes the counts as one record per (process, file) every second, so a burst of any size
+ * costs a bounded number of ring-buffer records. What cannot be queued is counted in `lost`.
  * Not seen (docs/audit.md): io_uring direct descriptors (they never enter the fd table), 32-bit
- * opens in `tracepoint` mode, and fds that were opened before the agent attached.
+ * opens in `tracepoint` mode, and fds that were opened before the agent attached (those still
+ * open when it starts are found by its sweep of /proc, agent/src/bypass/held.rs).
  *
  * The license must be GPL-compatible: bpf_probe_read_kernel is a GPL-only helper.
  */
@@ -51,6 +63,17 @@
 #define EXE_PARTIAL 0 /* more than EXE_DEPTH components, or a name too long: leading ones unknown */
 #define EXE_ROOT 1    /* the opener's root directory: the path is complete (as the opener sees it) */
 #define EXE_MOUNT 2   /* the root of another mount: the path is relative to where it is mounted */
+
+/* Folders above an opened file that are checked against the protected set: its own folder is
+ * level 1. A file created deeper below a protected folder than this, in folders made after the
+ * agent's last scan, is covered from that scan on (docs/security.md). */
+#define ANCESTOR_DEPTH 8
+/* Names of the folders between the file and a protected ancestor, for its path. */
+#define SUB_DEPTH (ANCESTOR_DEPTH - 1)
+#define SUB_NAME 128
+/* Repeats of an open of the same file by the same process within this long of the one before
+ * are counted in `seen`, not queued one by one. */
+#define REPEAT_WINDOW_NS 1000000000ULL
 
 #define MATCH_FILE 1
 #define MATCH_DIR 2
@@ -125,6 +148,27 @@ struct event {
 	__u64 exe_ino;
 	__u32 exe_dev;
 	__u32 pad2;
+	/* MATCH_DIR: the protected folder's level above the file (1 = the file's own folder), and
+	 * the names of the folders between, nearest first (sub_depth of them were read; fewer
+	 * than dir_depth - 1 means a name could not be read whole). */
+	__u32 dir_depth;
+	__u32 sub_depth;
+	char sub[SUB_DEPTH][SUB_NAME];
+};
+
+/* Key of `seen`: one process and one file. */
+struct seen_key {
+	__u64 ino;
+	__u32 dev;
+	__u32 tgid;
+};
+
+/* Opens of one file by one process: the first was reported as an event; `count` counts the
+ * repeats that were not (monotonic; the agent remembers how many it has flushed). */
+struct seen_val {
+	__u64 first_ns;
+	__u64 last_ns;
+	__u64 count;
 };
 
 /* (dev, ino) of each protected file and directory -> MATCH_FILE or MATCH_DIR. */
@@ -143,6 +187,26 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } ino_filter SEC(".maps");
+
+/* Opens already reported, per (process, file): the agent flushes their repeat counts every
+ * second and deletes entries idle for several seconds (with an atomic lookup-and-delete, whose
+ * value it still reports). When full, opens are reported one by one again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct seen_key);
+	__type(value, struct seen_val);
+} seen SEC(".maps");
+
+/* [0]: the start of the agent's last scan whose entries are all in `protected`, in seconds on
+ * the clock of inode change times (minus a second for its coarse granularity); 0 until the
+ * first scan is in: the walk then goes the whole ANCESTOR_DEPTH. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} scan_epoch SEC(".maps");
 
 /* Thread-group ids whose opens are never reported (the agent itself). */
 struct {
@@ -181,6 +245,7 @@ struct opened {
 	__u32 dev;
 	__u32 dir_dev;
 	__u32 flags;
+	__u32 dir_depth;
 	__u16 matched;
 };
 
@@ -192,6 +257,31 @@ static __always_inline int maybe_protected(__u64 ino)
 	return bits && (*bits & (1ULL << (ino & 63)));
 }
 
+static __always_inline __s64 scan_epoch_sec(void)
+{
+	__u32 zero = 0;
+	__s64 *t = bpf_map_lookup_elem(&scan_epoch, &zero);
+
+	return t ? *t : 0;
+}
+
+#define FIELD_EXISTS(field) __builtin_preserve_field_info(field, 2 /* BPF_FIELD_EXISTS */)
+
+/* The change time (seconds) of `inode` into `out`, by whichever field this kernel has; left
+ * as it is (the caller's "not older") when it has none. */
+#define CTIME_SEC(LOAD, inode, out)                                                      \
+	do {                                                                             \
+		struct inode___ctime_sec *n_ = (void *)(inode);                          \
+		struct inode___ctime_606 *m_ = (void *)(inode);                          \
+		struct inode___ctime_old *o_ = (void *)(inode);                          \
+		if (FIELD_EXISTS(n_->i_ctime_sec))                                       \
+			LOAD(out, n_->i_ctime_sec);                                      \
+		else if (FIELD_EXISTS(m_->__i_ctime))                                    \
+			LOAD(out, m_->__i_ctime.tv_sec);                                 \
+		else if (FIELD_EXISTS(o_->i_ctime))                                      \
+			LOAD(out, o_->i_ctime.tv_sec);                                   \
+	} while (0)
+
 static __always_inline int is_protected(__u32 dev, __u64 ino)
 {
 	struct file_key key = { .ino = ino, .dev = dev };
@@ -201,7 +291,8 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 
 /*
  * Matches an opened file (its inode, and in `o` its flags and dentry) against the protected set:
- * its own (dev, ino), else its parent directory's. Written once for both kinds of pointer: LOAD
+ * its own (dev, ino), else its folder's, else that of each folder above, up to ANCESTOR_DEPTH
+ * levels or the filesystem's root. Written once for both kinds of pointer: LOAD
  * is a plain (BTF-typed) load for a pointer the verifier knows the type of, and a
  * bpf_probe_read_kernel for one read from memory. Returns MATCH_FILE, MATCH_DIR or 0 (also for
  * write-only and O_PATH opens, and directories).
@@ -210,7 +301,9 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 	static __always_inline int name(struct inode *inode, struct opened *o)            \
 	{                                                                                 \
 		struct inode *dir_inode = 0;                                              \
-		struct dentry *parent = 0;                                                \
+		struct dentry *parent = 0, *d = 0;                                        \
+		__s64 epoch, ctime;                                                       \
+		int level;                                                                \
 		struct super_block *sb = 0;                                               \
 		umode_t mode = 0;                                                         \
                                                                                           \
@@ -224,22 +317,42 @@ static __always_inline int is_protected(__u32 dev, __u64 ino)
 			if (is_protected(o->dev, o->ino))                                 \
 				o->matched = MATCH_FILE;                                  \
 		}                                                                         \
-		if (!o->matched && o->dentry) {                                           \
-			LOAD(parent, o->dentry->d_parent);                                \
-			if (!parent || parent == o->dentry)                               \
-				return 0;                                                 \
+		d = o->dentry;                                                            \
+		epoch = scan_epoch_sec();                                                 \
+		_Pragma("unroll") for (level = 1; level <= ANCESTOR_DEPTH; level++)       \
+		{                                                                         \
+			if (o->matched || !d)                                             \
+				break;                                                    \
+			parent = 0;                                                       \
+			dir_inode = 0;                                                    \
+			LOAD(parent, d->d_parent);                                        \
+			if (!parent || parent == d)                                       \
+				break;                                                    \
 			LOAD(dir_inode, parent->d_inode);                                 \
 			if (!dir_inode)                                                   \
-				return 0;                                                 \
+				break;                                                    \
 			LOAD(o->dir_ino, dir_inode->i_ino);                               \
-			if (!maybe_protected(o->dir_ino))                                 \
-				return 0;                                                 \
-			LOAD(sb, dir_inode->i_sb);                                        \
-			if (sb)                                                           \
-				LOAD(o->dir_dev, sb->s_dev);                              \
-			if (!is_protected(o->dir_dev, o->dir_ino))                        \
-				return 0;                                                 \
-			o->matched = MATCH_DIR;                                           \
+			if (maybe_protected(o->dir_ino)) {                                \
+				sb = 0;                                                   \
+				LOAD(sb, dir_inode->i_sb);                                \
+				if (sb)                                                   \
+					LOAD(o->dir_dev, sb->s_dev);                      \
+				if (is_protected(o->dir_dev, o->dir_ino)) {               \
+					o->matched = MATCH_DIR;                           \
+					o->dir_depth = level;                             \
+				}                                                         \
+			}                                                                 \
+			if (!o->matched) {                                                \
+				/* Unprotected and there at the last scan: no root above. */ \
+				ctime = epoch;                                            \
+				CTIME_SEC(LOAD, dir_inode, ctime);                        \
+				if (ctime < epoch)                                        \
+					break;                                            \
+			}                                                                 \
+			d = parent;                                                       \
+		}                                                                         \
+		if (o->matched == MATCH_DIR) {                                            \
+			sb = 0;                                                           \
 			LOAD(sb, inode->i_sb);                                            \
 			if (sb)                                                           \
 				LOAD(o->dev, sb->s_dev);                                  \
@@ -374,7 +487,69 @@ static __always_inline void read_exe(struct task_struct *task, struct event *e)
 		e->exe_reach = EXE_MOUNT;
 }
 
-/* Emits the event for a matched open, unless the opener is excluded. */
+/* The names of the folders between a file and its protected ancestor (MATCH_DIR), nearest first:
+ * only for matched opens. */
+static __always_inline void read_sub(struct opened *o, struct event *e)
+{
+	struct dentry *d = 0, *parent = 0;
+	const unsigned char *name = 0;
+	int i;
+	long n;
+
+	e->dir_depth = o->matched == MATCH_DIR ? o->dir_depth : 0;
+	e->sub_depth = 0;
+	if (e->dir_depth < 2 || !o->dentry)
+		return;
+	bpf_probe_read_kernel(&d, sizeof(d), &o->dentry->d_parent);
+	for (i = 0; i < SUB_DEPTH; i++) {
+		if (i + 1 >= e->dir_depth || !d)
+			break;
+		name = 0;
+		bpf_probe_read_kernel(&name, sizeof(name), &d->d_name.name);
+		if (!name)
+			break;
+		n = bpf_probe_read_kernel_str(e->sub[i], SUB_NAME, name);
+		/* A name that filled the buffer may have been cut: stop; the path is then unknown. */
+		if (n < 1 || n >= SUB_NAME)
+			break;
+		e->sub_depth = i + 1;
+		parent = 0;
+		bpf_probe_read_kernel(&parent, sizeof(parent), &d->d_parent);
+		d = parent;
+	}
+}
+
+/*
+ * Whether this open is a repeat to be counted rather than reported: the same process opened the
+ * same file within REPEAT_WINDOW_NS of its last open. A first open (or one after a pause, or
+ * one that finds `seen` full) is reported; an entry is created with BPF_NOEXIST so that two
+ * threads racing to create it both report, and no count is ever overwritten.
+ */
+static __always_inline int counted_as_repeat(__u32 tgid, struct opened *o)
+{
+	struct seen_key key = { .ino = o->ino, .dev = o->dev, .tgid = tgid };
+	__u64 now = bpf_ktime_get_ns();
+	struct seen_val *v = bpf_map_lookup_elem(&seen, &key);
+
+	if (v) {
+		if (now - v->last_ns < REPEAT_WINDOW_NS) {
+			__sync_fetch_and_add(&v->count, 1);
+			v->last_ns = now;
+			return 1;
+		}
+		v->last_ns = now;
+		return 0;
+	}
+	{
+		struct seen_val fresh = { .first_ns = now, .last_ns = now, .count = 0 };
+
+		bpf_map_update_elem(&seen, &key, &fresh, BPF_NOEXIST);
+	}
+	return 0;
+}
+
+/* Emits the event for a matched open, unless the opener is excluded or the open is a counted
+ * repeat. */
 static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -385,6 +560,8 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 	__u64 uid_gid;
 
 	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
+		return;
+	if (counted_as_repeat(tgid, o))
 		return;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
@@ -428,6 +605,7 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 			e->cmdline_len = len;
 	}
 	read_exe(task, e);
+	read_sub(o, e);
 	bpf_ringbuf_submit(e, 0);
 }
 

@@ -1,6 +1,7 @@
 //! The record the kernel program emits for one bypass open, as read from the ring buffer.
 
 use std::mem::size_of;
+use std::path::PathBuf;
 
 /// `struct event` in `agent-ebpf/src/logaudit.bpf.c`, field for field (no implicit padding: the
 /// fields are laid out so every one is naturally aligned, and the size is a multiple of 8).
@@ -32,9 +33,12 @@ pub struct RawEvent {
     pub exe_ino: u64,
     pub exe_dev: u32,
     pub pad2: u32,
+    pub dir_depth: u32,
+    pub sub_depth: u32,
+    pub sub: [[u8; 128]; 7],
 }
 
-const _: () = assert!(size_of::<RawEvent>() == 1136);
+const _: () = assert!(size_of::<RawEvent>() == 2040);
 
 /// `exe_reach` values: how far up the kernel's walk from the executable got.
 const EXE_ROOT: u32 = 1;
@@ -95,6 +99,30 @@ impl RawEvent {
     /// The executable's (device in the kernel's encoding, inode) at the open, if read.
     pub fn exe_id(&self) -> Option<(u32, u64)> {
         (self.exe_ino != 0).then_some((self.exe_dev, self.exe_ino))
+    }
+
+    /// For a file matched through a protected folder (`MATCH_DIR`): its path relative to that
+    /// folder, from the names of the folders between (nearest last) and its own name; `None`
+    /// when the kernel could not read one of those names whole.
+    pub fn path_below_folder(&self) -> Option<PathBuf> {
+        let between = (self.dir_depth as usize).checked_sub(1)?;
+        if between > self.sub.len() || (self.sub_depth as usize) < between {
+            return None;
+        }
+        let mut rel = PathBuf::new();
+        for name in self.sub[..between].iter().rev() {
+            let name = c_string(name);
+            if name.is_empty() || name.contains('/') || name == ".." {
+                return None;
+            }
+            rel.push(name);
+        }
+        let own = self.name();
+        if own.is_empty() || own.contains('/') || own == ".." {
+            return None;
+        }
+        rel.push(own);
+        Some(rel)
     }
 
     /// The basename the opener's path resolved to (the dentry's name: for a hard link, the
@@ -192,6 +220,32 @@ mod tests {
         // A depth beyond the array is bounded; an empty name makes it unknown.
         e.exe_depth = 99;
         assert_eq!(e.exe(), None);
+    }
+
+    #[test]
+    fn a_file_below_a_protected_folder_is_named_by_the_folders_between() {
+        let mut e = RawEvent::parse(&vec![0u8; size_of::<RawEvent>()]).expect("event");
+        e.name[..7].copy_from_slice(b"api.log");
+        // Its own folder is protected: the path below it is its name.
+        e.dir_depth = 1;
+        assert_eq!(e.path_below_folder(), Some(PathBuf::from("api.log")));
+        // Two folders made after the last scan: 2026/12-04/api.log (nearest folder first).
+        e.sub[0][..5].copy_from_slice(b"12-04");
+        e.sub[1][..4].copy_from_slice(b"2026");
+        e.dir_depth = 3;
+        e.sub_depth = 2;
+        assert_eq!(
+            e.path_below_folder(),
+            Some(PathBuf::from("2026/12-04/api.log"))
+        );
+        // A name the kernel could not read whole: unknown, never a wrong path.
+        e.sub_depth = 1;
+        assert_eq!(e.path_below_folder(), None);
+        e.sub_depth = 2;
+        e.sub[1][..4].copy_from_slice(b"..\0\0");
+        assert_eq!(e.path_below_folder(), None);
+        e.dir_depth = 0;
+        assert_eq!(e.path_below_folder(), None);
     }
 
     #[test]

@@ -1,12 +1,18 @@
 //! What is protected: the (device, inode) of every configured root and of every file and folder
-//! beneath it, with a path for each, rescanned periodically.
+//! beneath it, with a path for each, rescanned periodically — and every protected file that left
+//! the roots (renamed out, or linked out and its name beneath the roots removed) for as long as
+//! a link to it remains: a file never stops being protected by being moved. Such files are
+//! found again by their file handle (`super::handle`), and each departure is reported once
+//! (`left`). A rename within the roots (logrotate's `api.log` → `api.log.1`) keeps the inode
+//! beneath them and changes nothing.
 //!
 //! Keys use the kernel's device encoding (`sb->s_dev` = `major << 20 | minor`), not `stat()`'s
 //! (`st_dev`, glibc's `makedev` layout): the same disk is `0xfe00` to `stat()` and `0xfe00000` to
 //! the kernel program. On overlayfs and btrfs subvolumes `st_dev` is not the inode's superblock
 //! device at all; those filesystems are not supported as roots yet (see docs/audit.md).
 
-use std::collections::BTreeMap;
+use super::handle::Handle;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -56,21 +62,61 @@ impl Kind {
     }
 }
 
+/// A protected file found outside the roots by a rescan, for the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Left {
+    pub key: FileKey,
+    /// Its protected path at the scan before.
+    pub from: PathBuf,
+    /// One of its names now (`None` when the kernel gave no usable one).
+    pub to: Option<PathBuf>,
+    /// Its link count now.
+    pub links: u64,
+}
+
 /// The protected set at one moment.
 #[derive(Default, Debug)]
 pub struct Inventory {
     entries: BTreeMap<FileKey, (Kind, PathBuf)>,
+    /// The file handle of each protected file, and the root it was found under (a path on its
+    /// filesystem, for `open_by_handle_at`).
+    handles: BTreeMap<FileKey, (Handle, PathBuf)>,
+    /// Protected files outside the roots (followed by their handle).
+    outside: BTreeSet<FileKey>,
     /// Entries not taken because the limit was reached.
     pub skipped: usize,
+    /// Files that left the roots since the scan before (each reported once).
+    pub left: Vec<Left>,
+    /// When this scan started, Unix seconds: every folder beneath the roots whose change time
+    /// is earlier is in it (the kernel's ancestor walk relies on it, see `ProtectedMaps::sync`).
+    pub started_unix: i64,
 }
 
 impl Inventory {
     /// Walks `roots` (not following symbolic links; a link's target inside a root is found in
     /// its own right), taking at most `limit` entries.
     pub fn scan(roots: &[PathBuf], limit: usize) -> Inventory {
-        let mut inv = Inventory::default();
-        let mut stack: Vec<(PathBuf, usize)> = roots.iter().map(|r| (r.clone(), 0)).collect();
-        while let Some((path, depth)) = stack.pop() {
+        Inventory::rescan(roots, limit, &Inventory::default())
+    }
+
+    /// Like `scan`, and keeps every file of `previous` that is no longer beneath the roots but
+    /// still has a link (found by its handle): protected under its new name, reported in
+    /// `left` the first time.
+    pub fn rescan(roots: &[PathBuf], limit: usize, previous: &Inventory) -> Inventory {
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let mut inv = Inventory {
+            started_unix,
+            ..Inventory::default()
+        };
+        let mut stack: Vec<(PathBuf, usize, usize)> = roots
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.clone(), 0, i))
+            .collect();
+        while let Some((path, depth, root)) = stack.pop() {
             let Ok(meta) = std::fs::symlink_metadata(&path) else {
                 continue; // gone since we listed it
             };
@@ -87,15 +133,66 @@ impl Inventory {
                 continue;
             }
             inv.entries.entry(key).or_insert((kind, path.clone()));
+            if kind == Kind::File && !inv.handles.contains_key(&key) {
+                let handle = match previous.handles.get(&key) {
+                    Some((h, _)) => Some(h.clone()),
+                    None => Handle::of(&path),
+                };
+                if let Some(h) = handle {
+                    inv.handles.insert(key, (h, roots[root].clone()));
+                }
+            }
             if kind == Kind::Dir && depth < 32 {
                 if let Ok(dir) = std::fs::read_dir(&path) {
                     for entry in dir.flatten() {
-                        stack.push((entry.path(), depth + 1));
+                        stack.push((entry.path(), depth + 1, root));
                     }
                 }
             }
         }
+        inv.follow_departed(limit, previous);
         inv
+    }
+
+    /// Keeps the files of `previous` that the walk no longer found but that still have a link.
+    fn follow_departed(&mut self, limit: usize, previous: &Inventory) {
+        use std::os::fd::AsRawFd;
+        for (key, (handle, mount)) in &previous.handles {
+            if self.entries.contains_key(key) {
+                continue;
+            }
+            if self.entries.len() >= limit {
+                self.skipped += 1;
+                continue;
+            }
+            let Some(fd) = handle.reopen(mount) else {
+                continue; // gone: its last link was removed
+            };
+            let name = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok();
+            let Ok(meta) = std::fs::File::from(fd).metadata() else {
+                continue;
+            };
+            if FileKey::new(kernel_dev(meta.dev()), meta.ino()) != *key || meta.nlink() == 0 {
+                continue;
+            }
+            let from = previous.entries.get(key).map(|(_, p)| p.clone());
+            // A name the kernel could not connect to the root reads as relative or "(deleted)".
+            let to = name.filter(|p| p.is_absolute() && !p.to_string_lossy().ends_with(")"));
+            let Some(path) = to.clone().or_else(|| from.clone()) else {
+                continue;
+            };
+            if !previous.outside.contains(key) {
+                self.left.push(Left {
+                    key: *key,
+                    from: from.unwrap_or_else(|| path.clone()),
+                    to,
+                    links: meta.nlink(),
+                });
+            }
+            self.entries.insert(*key, (Kind::File, path));
+            self.handles.insert(*key, (handle.clone(), mount.clone()));
+            self.outside.insert(*key);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -124,6 +221,49 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_moved_out_of_the_roots_stays_protected_while_linked_and_a_rotation_changes_nothing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir_in(root.path().parent().expect("parent")).expect("dir");
+        let log = root.path().join("api.log");
+        std::fs::write(&log, "x").expect("write");
+        let roots = [root.path().to_path_buf()];
+        let first = Inventory::scan(&roots, 100);
+        let meta = std::fs::metadata(&log).expect("stat");
+        let key = FileKey::new(kernel_dev(meta.dev()), meta.ino());
+        if !first.handles.contains_key(&key) {
+            eprintln!("SKIPPED: this filesystem gives no file handles");
+            return;
+        }
+        // logrotate's rename within the root: the same entry, a new name, nothing reported.
+        let rotated = root.path().join("api.log.1");
+        std::fs::rename(&log, &rotated).expect("rename");
+        let second = Inventory::rescan(&roots, 100, &first);
+        assert_eq!(
+            second.get(&key).map(|(_, p)| p.to_path_buf()),
+            Some(rotated.clone())
+        );
+        assert!(second.left.is_empty(), "{:?}", second.left);
+        // Moved out: still protected, under its new name, reported once.
+        let moved = outside.path().join("stolen.log");
+        std::fs::rename(&rotated, &moved).expect("rename");
+        let third = Inventory::rescan(&roots, 100, &second);
+        assert_eq!(
+            third.get(&key).map(|(_, p)| p.to_path_buf()),
+            Some(moved.clone())
+        );
+        assert_eq!(third.left.len(), 1, "{:?}", third.left);
+        assert_eq!(third.left[0].from, rotated);
+        assert_eq!(third.left[0].to.as_deref(), Some(moved.as_path()));
+        let fourth = Inventory::rescan(&roots, 100, &third);
+        assert!(fourth.contains(&key));
+        assert!(fourth.left.is_empty(), "reported once: {:?}", fourth.left);
+        // Its last link removed: no longer protected (its inode may be reused).
+        std::fs::remove_file(&moved).expect("unlink");
+        let fifth = Inventory::rescan(&roots, 100, &fourth);
+        assert!(!fifth.contains(&key));
+    }
 
     #[test]
     fn stat_device_is_converted_to_the_kernel_encoding() {

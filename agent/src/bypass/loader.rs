@@ -4,6 +4,7 @@
 
 use super::inventory::{FileKey, Inventory};
 use super::kfunc;
+use super::repeats::{SeenKey, SeenVal};
 use aya::maps::{Array, HashMap, MapData, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, Lsm, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
@@ -61,6 +62,8 @@ pub enum Objects {
 pub struct ProtectedMaps {
     protected: HashMap<MapData, FileKey, u32>,
     filter: Array<MapData, u64>,
+    /// `scan_epoch`: the start of the scan in `protected` (see `sync`).
+    epoch: Array<MapData, i64>,
     excluded: HashMap<MapData, u32, u32>,
     /// What is in the kernel maps now.
     current: BTreeSet<FileKey>,
@@ -72,6 +75,7 @@ pub struct ProtectedMaps {
 pub struct Outputs {
     pub events: RingBuf<MapData>,
     pub lost: Array<MapData, u64>,
+    pub seen: HashMap<MapData, SeenKey, SeenVal>,
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -316,20 +320,24 @@ impl Probe {
             HashMap::try_from(take(names::PROTECTED)?).map_err(|e| typed(names::PROTECTED, e))?;
         let filter =
             Array::try_from(take(names::INO_FILTER)?).map_err(|e| typed(names::INO_FILTER, e))?;
+        let epoch =
+            Array::try_from(take(names::SCAN_EPOCH)?).map_err(|e| typed(names::SCAN_EPOCH, e))?;
         let excluded = HashMap::try_from(take(names::EXCLUDED_TGIDS)?)
             .map_err(|e| typed(names::EXCLUDED_TGIDS, e))?;
         let events =
             RingBuf::try_from(take(names::EVENTS)?).map_err(|e| typed(names::EVENTS, e))?;
         let lost = Array::try_from(take(names::LOST)?).map_err(|e| typed(names::LOST, e))?;
+        let seen = HashMap::try_from(take(names::SEEN)?).map_err(|e| typed(names::SEEN, e))?;
         Ok((
             ProtectedMaps {
                 protected,
                 filter,
+                epoch,
                 excluded,
                 current: BTreeSet::new(),
                 words: BTreeMap::new(),
             },
-            Outputs { events, lost },
+            Outputs { events, lost, seen },
         ))
     }
 }
@@ -359,7 +367,17 @@ impl ProtectedMaps {
     /// Makes the kernel maps hold exactly `inventory`. The filter always covers the entries:
     /// its new bits are set before new entries are inserted, and bits are cleared only after
     /// the entries gone are removed (a rotated-away inode may be reused by an unrelated file).
+    /// Last, `scan_epoch` is set to the scan's start (less a second: inode change times come
+    /// from a coarse clock), never before its entries are in: the kernel's ancestor walk stops
+    /// at an unprotected folder changed before then, which only the scan can vouch for.
     pub fn sync(&mut self, inventory: &Inventory) -> anyhow::Result<()> {
+        self.sync_entries(inventory)?;
+        self.epoch
+            .set(0, inventory.started_unix.saturating_sub(1), 0)
+            .map_err(|e| anyhow::anyhow!("scan_epoch map update: {e}"))
+    }
+
+    fn sync_entries(&mut self, inventory: &Inventory) -> anyhow::Result<()> {
         let wanted = filter_words(inventory.keys().map(|(k, _)| k.ino));
         let union = wanted
             .iter()

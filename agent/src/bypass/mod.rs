@@ -11,11 +11,14 @@
 pub mod bench;
 mod event;
 mod fanotify;
+mod handle;
+mod held;
 mod inventory;
 mod kfunc;
 mod loader;
 mod process;
 mod record;
+mod repeats;
 mod settings;
 
 pub use settings::{BypassConfig, BypassFile, Mode};
@@ -223,6 +226,7 @@ impl Startup {
                 let fd =
                     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
                 tokio::spawn(read_fanotify(shared.clone(), fd, inventory.clone()));
+                tokio::spawn(report_held(shared.clone(), inventory.clone()));
                 tokio::spawn(maintain(shared, Maintained::Fanotify(fan), inventory));
             }
             Startup::Ebpf(audit) => {
@@ -250,26 +254,57 @@ impl Startup {
                     );
                 }
                 let inventory = Arc::new(RwLock::new(inventory));
-                let Outputs { events, lost } = outputs;
+                let Outputs { events, lost, seen } = outputs;
                 // SAFETY: the ring buffer owns its map's file descriptor (an OwnedFd inside
                 // MapData, never replaced), so the fd is open and the same for as long as the
                 // RingBuf lives, and the AsyncFd owns the RingBuf.
                 let ring = unsafe {
                     AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
                 }?;
-                tokio::spawn(read_events(shared.clone(), ring, inventory.clone()));
+                let counters = Counters { lost, seen };
+                tokio::spawn(read_events(
+                    shared.clone(),
+                    ring,
+                    counters,
+                    inventory.clone(),
+                ));
+                tokio::spawn(report_held(shared.clone(), inventory.clone()));
                 tokio::spawn(maintain(
                     shared,
                     Maintained::Ebpf(Box::new(EbpfMaintained {
                         _probe: probe,
                         maps,
-                        lost,
                     })),
                     inventory,
                 ));
             }
         }
         Ok(())
+    }
+}
+
+/// Writes `bypass.held_open` for every process that already held a protected file open for
+/// reading when the hooks were attached (they are, by the time this runs: see `held`).
+async fn report_held(shared: Arc<Shared>, inventory: Arc<RwLock<Inventory>>) {
+    let own = std::process::id();
+    let swept = tokio::task::spawn_blocking(move || {
+        let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
+        held::sweep(Path::new("/proc"), &inv, own)
+    })
+    .await;
+    let held = match swept {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::error!("bypass audit: the sweep of open files at start failed: {e}");
+            return;
+        }
+    };
+    let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
+    for h in held {
+        let record = tokio::task::block_in_place(|| record::held_record(&shared, &h, &mut names));
+        if let Err(e) = shared.audit(&record) {
+            tracing::error!("audit write failed: {e:#}");
+        }
     }
 }
 
@@ -283,11 +318,20 @@ enum Maintained {
 struct EbpfMaintained {
     _probe: Probe,
     maps: ProtectedMaps,
-    lost: aya::maps::Array<aya::maps::MapData, u64>,
 }
 
-/// Rescans the roots into the kernel's protected set and reports lost eBPF events, every
-/// `rescan_interval`.
+/// The kernel's counters the event reader flushes every second.
+struct Counters {
+    /// Events lost to a full ring buffer, since load.
+    lost: aya::maps::Array<aya::maps::MapData, u64>,
+    /// Repeated opens per (process, file), see `repeats`.
+    seen: aya::maps::HashMap<aya::maps::MapData, repeats::SeenKey, repeats::SeenVal>,
+}
+
+/// How often counted repeats and lost events are written: within a second of happening.
+const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Rescans the roots into the kernel's protected set every `rescan_interval`.
 async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<RwLock<Inventory>>) {
     let config = &shared.config.bypass;
     let roots: Vec<PathBuf> = shared
@@ -300,20 +344,23 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
     // immediate one would race with files created just after start, e.g. by a rotation).
     let first = tokio::time::Instant::now() + config.rescan_interval;
     let mut tick = tokio::time::interval_at(first, config.rescan_interval);
-    let mut lost_reported = 0u64;
     let mut skipped_reported = 0usize;
     loop {
         tick.tick().await;
         // A walk of the roots blocks on the filesystem: off the runtime's workers.
         let (scan_roots, max) = (roots.clone(), config.max_protected);
-        let fresh =
-            match tokio::task::spawn_blocking(move || Inventory::scan(&scan_roots, max)).await {
-                Ok(fresh) => fresh,
-                Err(e) => {
-                    tracing::error!("bypass audit: scanning the protected roots failed: {e}");
-                    continue;
-                }
-            };
+        let previous = inventory.clone();
+        let rescan = move || {
+            let previous = previous.read().unwrap_or_else(|p| p.into_inner());
+            Inventory::rescan(&scan_roots, max, &previous)
+        };
+        let fresh = match tokio::task::spawn_blocking(rescan).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!("bypass audit: scanning the protected roots failed: {e}");
+                continue;
+            }
+        };
         let synced = match &mut target {
             Maintained::Ebpf(e) => e.maps.sync(&fresh),
             Maintained::Fanotify(fan) => fan.sync(&fresh),
@@ -328,15 +375,19 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
             );
         }
         skipped_reported = fresh.skipped;
-        *inventory.write().unwrap_or_else(|p| p.into_inner()) = fresh;
-
-        if let Maintained::Ebpf(e) = &target {
-            let total = e.lost.get(&0, 0).unwrap_or(0);
-            if total > lost_reported {
-                audit_lost(&shared, total, total - lost_reported, "ring buffer full");
-                lost_reported = total;
+        for left in &fresh.left {
+            let record = events::BypassLeftRoots {
+                path: left.from.display().to_string(),
+                new_path: left.to.as_ref().map(|p| p.display().to_string()),
+                inode: left.key.ino,
+                device: inventory::dev_text(left.key.dev),
+                links: left.links,
+            };
+            if let Err(e) = shared.audit(&record) {
+                tracing::error!("audit write failed: {e:#}");
             }
         }
+        *inventory.write().unwrap_or_else(|p| p.into_inner()) = fresh;
     }
 }
 
@@ -352,53 +403,147 @@ fn audit_lost(shared: &Shared, total: u64, since_last: u64, reason: &'static str
 }
 
 /// Drains the ring buffer whenever the kernel signals it, inspects each opener in /proc at
-/// once (before a short-lived reader is gone), then audits each open.
+/// once (before a short-lived reader is gone), then audits each open; and every second writes
+/// the repeats the kernel counted (`bypass.read_repeated`) and the events it lost.
 async fn read_events(
     shared: Arc<Shared>,
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    mut counters: Counters,
     inventory: Arc<RwLock<Inventory>>,
 ) {
     let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
+    let mut repeats = repeats::Repeats::default();
+    let mut lost_reported = 0u64;
+    let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = match ring.readable_mut().await {
-            Ok(g) => g,
-            Err(e) => {
-                stopped(&shared, &format!("ring buffer poll failed: {e}"));
-                return;
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(g) => g,
+                    Err(e) => {
+                        stopped(&shared, &format!("ring buffer poll failed: {e}"));
+                        return;
+                    }
+                };
+                let batch = drain(guard.get_inner_mut(), &mut names);
+                guard.clear_ready();
+                audit_batch(&shared, &inventory, &mut repeats, batch);
             }
-        };
-        let mut batch = Vec::new();
-        while let Some(item) = guard.get_inner_mut().next() {
-            if let Some(raw) = RawEvent::parse(&item) {
-                let mut info = process::inspect(Path::new("/proc"), raw.tgid);
-                // What the kernel read at the open wins over /proc, read later: the process may
-                // have exec'd something else since (and a reader already gone has only that).
-                info.exe_id = raw.exe_id();
-                if let Some(argv) = raw.cmdline_bytes() {
-                    info.cmdline = Some(process::cmdline_text(argv));
+            _ = flush.tick() => {
+                // What is queued first: a repeat's record follows the read it repeats.
+                let batch = drain(ring.get_mut(), &mut names);
+                audit_batch(&shared, &inventory, &mut repeats, batch);
+                flush_repeats(&shared, &mut repeats, &mut counters.seen);
+                let total = counters.lost.get(&0, 0).unwrap_or(0);
+                if total > lost_reported {
+                    audit_lost(&shared, total, total - lost_reported, "ring buffer full");
+                    lost_reported = total;
                 }
-                // …and its executable, as far as the kernel could name it.
-                if info.exe.is_none() {
-                    info.exe = raw.exe();
-                    info.exe_from_kernel = info.exe.is_some();
-                }
-                // …and its cgroup (and container) from the cgroup id the kernel reported.
-                if info.cgroup.is_none() {
-                    // A miss walks cgroupfs (blocking): let the runtime move other tasks away.
-                    info.cgroup = tokio::task::block_in_place(|| names.cgroup_path(raw.cgroup_id));
-                    info.container_id = info.cgroup.as_deref().and_then(process::container_id);
-                }
-                info.user = names.user(raw.uid);
-                batch.push((raw, info));
             }
         }
-        guard.clear_ready();
-        for (raw, info) in batch {
-            let opened = {
-                let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
-                Opened::from_kernel(&inv, &raw)
-            };
-            audit_open(&shared, &opened, &info);
+    }
+}
+
+/// Takes every queued event out of the ring buffer, with what /proc and the kernel tell about
+/// its opener.
+fn drain(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    names: &mut process::Names,
+) -> Vec<(RawEvent, process::ProcessInfo)> {
+    let mut batch = Vec::new();
+    while let Some(item) = ring.next() {
+        if let Some(raw) = RawEvent::parse(&item) {
+            let mut info = process::inspect(Path::new("/proc"), raw.tgid);
+            // What the kernel read at the open wins over /proc, read later: the process may
+            // have exec'd something else since (and a reader already gone has only that).
+            info.exe_id = raw.exe_id();
+            if let Some(argv) = raw.cmdline_bytes() {
+                info.cmdline = Some(process::cmdline_text(argv));
+            }
+            // …and its executable, as far as the kernel could name it.
+            if info.exe.is_none() {
+                info.exe = raw.exe();
+                info.exe_from_kernel = info.exe.is_some();
+            }
+            // …and its cgroup (and container) from the cgroup id the kernel reported.
+            if info.cgroup.is_none() {
+                // A miss walks cgroupfs (blocking): let the runtime move other tasks away.
+                info.cgroup = tokio::task::block_in_place(|| names.cgroup_path(raw.cgroup_id));
+                info.container_id = info.cgroup.as_deref().and_then(process::container_id);
+            }
+            info.user = names.user(raw.uid);
+            batch.push((raw, info));
+        }
+    }
+    batch
+}
+
+fn audit_batch(
+    shared: &Shared,
+    inventory: &RwLock<Inventory>,
+    repeats: &mut repeats::Repeats,
+    batch: Vec<(RawEvent, process::ProcessInfo)>,
+) {
+    for (raw, info) in batch {
+        let opened = {
+            let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
+            Opened::from_kernel(&inv, &raw)
+        };
+        let (read, read_seq) = audit_open(shared, &opened, &info);
+        let key = repeats::SeenKey {
+            ino: raw.ino,
+            dev: raw.dev,
+            tgid: raw.tgid,
+        };
+        repeats.reported(
+            key,
+            repeats::FirstRead {
+                read_seq,
+                uid: read.uid,
+                comm: read.comm,
+                path: read.path,
+                opened_name: read.opened_name,
+                expected: read.expected,
+            },
+        );
+    }
+}
+
+/// Writes the repeats counted in the kernel since the last flush.
+fn flush_repeats(
+    shared: &Shared,
+    repeats: &mut repeats::Repeats,
+    seen: &mut aya::maps::HashMap<aya::maps::MapData, repeats::SeenKey, repeats::SeenVal>,
+) {
+    let now_ns = repeats::monotonic_ns();
+    let now_ms = repeats::unix_now_ms();
+    let flushed = match repeats.flush(seen, now_ns) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("bypass audit: reading the repeat counts: {e:#}");
+            return;
+        }
+    };
+    for f in flushed {
+        let first = f.first.unwrap_or_default();
+        let record = events::BypassReadRepeated {
+            pid: f.key.tgid,
+            uid: first.uid,
+            comm: first.comm,
+            path: first.path,
+            opened_name: first.opened_name,
+            inode: f.key.ino,
+            device: inventory::dev_text(f.key.dev),
+            repeats: f.repeats,
+            first_ms: repeats::unix_ms(f.first_ns, now_ns, now_ms),
+            last_ms: repeats::unix_ms(f.last_ns, now_ns, now_ms),
+            read_seq: first.read_seq,
+            expected: first.expected,
+            severity: if first.expected { "low" } else { "high" },
+        };
+        if let Err(e) = shared.audit_deferred(&record) {
+            tracing::error!("audit write failed: {e:#}");
         }
     }
 }
@@ -407,17 +552,28 @@ async fn read_events(
 /// file, raises a `bypass.finding` about it (an OCSF Detection Finding for the SIEM). These
 /// are observations no action waits on: they are written at once and made durable by the
 /// audit log's next group sync, so a burst of direct reads never queues behind the disk.
-fn audit_open(shared: &Shared, opened: &Opened, info: &process::ProcessInfo) {
+fn audit_open(
+    shared: &Shared,
+    opened: &Opened,
+    info: &process::ProcessInfo,
+) -> (events::BypassRead, Option<u64>) {
     let read = bypass_record(shared, opened, info);
     let written = shared.audit_deferred(&read).and_then(|read_seq| {
         // The finding repeats the read's fields: copied only when there is one.
         if read.finding_uid.is_some() {
-            shared.audit_deferred(&events::BypassFinding { read, read_seq })?;
+            shared.audit_deferred(&events::BypassFinding {
+                read: read.clone(),
+                read_seq,
+            })?;
         }
-        Ok(())
+        Ok(read_seq)
     });
-    if let Err(e) = written {
-        tracing::error!("audit write failed: {e:#}");
+    match written {
+        Ok(seq) => (read, Some(seq)),
+        Err(e) => {
+            tracing::error!("audit write failed: {e:#}");
+            (read, None)
+        }
     }
 }
 

@@ -45,7 +45,9 @@ pub fn inspect(proc_root: &Path, tgid: u32) -> ProcessInfo {
         .and_then(|t| cgroup_v2_path(&t));
     let container_id = cgroup.as_deref().and_then(container_id);
     ProcessInfo {
-        exited: exe.is_none() && cmdline.is_none() && !dir.exists(),
+        // A zombie (exited, not yet reaped by its parent) still has /proc/<pid>, but nothing
+        // of it is left to read: it is gone as far as the record can tell.
+        exited: exe.is_none() && cmdline.is_none() && (!dir.exists() || is_zombie(&dir)),
         exe,
         cmdline,
         cgroup,
@@ -54,6 +56,18 @@ pub fn inspect(proc_root: &Path, tgid: u32) -> ProcessInfo {
         exe_from_kernel: false,
         exe_id: None,
     }
+}
+
+/// Whether `/proc/<pid>/stat` (under `dir`) says the process is a zombie (state `Z`) or dead
+/// (`X`). The state follows the command name, which may itself hold `)`: it is read after
+/// the last one.
+fn is_zombie(dir: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+        return false;
+    };
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next())
+        .is_some_and(|state| state == "Z" || state == "X")
 }
 
 /// The file `/proc/<pid>/exe` leads to, (device in the kernel's encoding, inode): the
@@ -357,6 +371,20 @@ mod tests {
             names.cgroup_path(later_id).as_deref(),
             Some("/system.slice/late.scope")
         );
+    }
+
+    #[test]
+    fn a_zombie_is_inspected_as_exited() {
+        let proc_root = tempfile::tempdir().expect("tempdir");
+        let dir = proc_root.path().join("4242");
+        std::fs::create_dir(&dir).expect("mkdir");
+        // What /proc shows of a zombie: its stat (a command name with a ')' in it), no exe,
+        // an empty cmdline.
+        std::fs::write(dir.join("stat"), "4242 (odd) name) Z 1 4242 4242 0 -1").expect("w");
+        std::fs::write(dir.join("cmdline"), "").expect("write");
+        assert!(inspect(proc_root.path(), 4242).exited);
+        std::fs::write(dir.join("stat"), "4242 (odd) name) S 1 4242 4242 0 -1").expect("w");
+        assert!(!inspect(proc_root.path(), 4242).exited);
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl Opened {
                 .map(|(_, p)| p.to_path_buf()),
             MATCH_DIR => inv
                 .get(&FileKey::new(raw.dir_dev, raw.dir_ino))
-                .map(|(_, dir)| dir.join(raw.name())),
+                .and_then(|(_, dir)| Some(dir.join(raw.path_below_folder()?))),
             _ => None,
         };
         Opened {
@@ -121,7 +121,11 @@ impl Opened {
 /// executable *file* — its (device, inode) against those of the configured paths, looked up
 /// now (an upgraded binary is a new inode) — never on a path: from another mount namespace
 /// (a container, `unshare`) a process can run its own `/usr/bin/vector`.
-fn allow_rule(config: &BypassConfig, info: &ProcessInfo, cgroup_id: Option<u64>) -> Option<String> {
+pub(super) fn allow_rule(
+    config: &BypassConfig,
+    info: &ProcessInfo,
+    cgroup_id: Option<u64>,
+) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     if let Some(exe_id) = info.exe_id {
         let allowed = config.allow_exe.iter().find(|path| {
@@ -214,6 +218,47 @@ pub fn bypass_record(shared: &Shared, opened: &Opened, info: &ProcessInfo) -> By
         grant_check,
         // The finding this open raises (see `super::audit_open`), if the reader holds no grant.
         finding_uid: (!holds_grant).then(loggate_core::audit::ocsf::new_uid),
+    }
+}
+
+/// The `bypass.held_open` of a descriptor found by the start-up sweep (`super::held`).
+pub fn held_record(
+    shared: &Shared,
+    held: &super::held::Held,
+    names: &mut process::Names,
+) -> loggate_core::audit::events::BypassHeldOpen {
+    let proc_root = Path::new("/proc");
+    let mut info = process::inspect(proc_root, held.pid);
+    info.exe_id = process::exe_id(proc_root, held.pid);
+    let status = process::status(proc_root, held.pid);
+    let cgroup_id = info
+        .cgroup
+        .as_deref()
+        .and_then(|cg| process::cgroup_id(Path::new("/sys/fs/cgroup"), cg));
+    let rule = allow_rule(&shared.config.bypass, &info, cgroup_id);
+    let expected = rule.is_some();
+    loggate_core::audit::events::BypassHeldOpen {
+        pid: held.pid,
+        ppid: status.ppid,
+        uid: status.uid,
+        user: status.uid.and_then(|uid| names.user(uid)),
+        comm: status.comm,
+        exe: info.exe,
+        cmdline: info.cmdline,
+        cgroup: info.cgroup,
+        path: held.path.display().to_string(),
+        opened_name: held
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        inode: held.key.ino,
+        device: dev_text(held.key.dev),
+        fd: held.fd,
+        flags: event::flags_text(held.flags),
+        expected,
+        allow_rule: rule,
+        severity: if expected { "low" } else { "high" },
     }
 }
 

@@ -558,6 +558,114 @@ impl AuditEvent for BypassFinding {
 }
 
 audit_event! {
+    /// Repeated opens of one protected file by one process, counted in the kernel after the
+    /// open reported as its `bypass.read` (eBPF modes): a burst of any size costs one such
+    /// record per process, file and second instead of one record per open.
+    BypassReadRepeated = "bypass.read_repeated" {
+        writers: "agent", class: FileSystemActivity, activity: 14 "Open",
+        outcome: Success, severity: FROM_FIELD,
+    }
+    {
+        /// the opener's process id (thread-group id)
+        pid: u32,
+        /// its real uid, from the `bypass.read` these repeat (null if that record was lost)
+        uid: Option<u32>,
+        /// its command name, likewise
+        comm: Option<String>,
+        /// the protected path, likewise (null if unknown)
+        path: Option<String>,
+        /// the basename the opener's path resolved to, likewise (empty if unknown)
+        opened_name: String,
+        /// the opened inode
+        inode: u64,
+        /// its device, `major:minor`
+        device: String,
+        /// opens counted since the last record about this process and file
+        repeats: u64,
+        /// Unix ms of the open reported or counted just before these (their span starts after it)
+        first_ms: i64,
+        /// Unix ms of the last of these opens
+        last_ms: i64,
+        /// the `seq` of the `bypass.read` these repeat, or null when it was lost (see
+        /// `bypass.events_lost`) or written before the agent restarted
+        read_seq: Option<u64>,
+        /// the allow-list verdict of that `bypass.read` (false if unknown)
+        expected: bool,
+        /// `low` for allow-listed readers, otherwise `high` (`severity_id`)
+        severity: &'static str,
+    }
+}
+
+audit_event! {
+    /// At the start of the bypass audit, a process other than the agent already held a
+    /// protected file open for reading (opened before the agent started or while it
+    /// restarted, which the hooks cannot see): found by a sweep of `/proc/*/fd`.
+    BypassHeldOpen = "bypass.held_open" {
+        writers: "agent", class: FileSystemActivity, activity: 14 "Open",
+        outcome: Success, severity: FROM_FIELD,
+    }
+    {
+        /// the holder's process id
+        pid: u32,
+        /// its parent's process id
+        ppid: Option<u32>,
+        /// its real uid
+        uid: Option<u32>,
+        /// the uid's name from `/etc/passwd`, or null
+        user: Option<String>,
+        /// the command name
+        comm: Option<String>,
+        /// executable path from `/proc/<pid>/exe`
+        exe: Option<String>,
+        /// the command line from `/proc/<pid>/cmdline`
+        cmdline: Option<String>,
+        /// the cgroup path from `/proc/<pid>/cgroup`
+        cgroup: Option<String>,
+        /// the protected path (`file.path`, `observables`)
+        path: String,
+        /// its basename (`file.name`)
+        opened_name: String,
+        /// the inode
+        inode: u64,
+        /// its device, `major:minor`
+        device: String,
+        /// the descriptor that holds it
+        fd: i32,
+        /// its open flags, e.g. `O_RDONLY|O_CLOEXEC`
+        flags: String,
+        /// an allow-list rule matched (a log shipper)
+        expected: bool,
+        /// the matching `allow_exe`/`allow_cgroup` entry, or null
+        allow_rule: Option<String>,
+        /// `low` for allow-listed holders, otherwise `high` (`severity_id`)
+        severity: &'static str,
+    }
+}
+
+audit_event! {
+    /// A protected file left the roots (renamed out of them, or linked outside and its name
+    /// beneath them removed): it stays protected, under its new name, for as long as a link to
+    /// it remains. Found by the agent's rescan (`bypass.rescan_interval`), which does not
+    /// know who moved it; a rename within the roots (log rotation) writes nothing.
+    BypassLeftRoots = "bypass.left_roots" {
+        writers: "agent", class: EventLogActivity, activity: 99 "Protected File Left Roots",
+        outcome: Success, severity: HIGH,
+    }
+    {
+        /// its protected path before it left (`file.path`, `observables`)
+        path: String,
+        /// one of its names now, or null when the kernel gave no usable one
+        new_path: Option<String>,
+        /// the inode
+        inode: u64,
+        /// its device, `major:minor`
+        device: String,
+        /// its link count now
+        links: u64,
+    }
+}
+
+audit_event! {
     /// The kernel could not queue bypass events: some direct opens went unaudited.
     BypassEventsLost = "bypass.events_lost" {
         writers: "agent", class: EventLogActivity, activity: 99 "Events Lost",
@@ -568,7 +676,7 @@ audit_event! {
         lost_total: u64,
         /// events lost since the last such record
         lost_since_last: u64,
-        /// `ring buffer full` (written within `rescan_interval` of the loss) or `fanotify queue
+        /// `ring buffer full` (written within a second of the loss) or `fanotify queue
         /// overflow` (at once) (`status_detail`)
         reason: &'static str,
     }
@@ -855,6 +963,9 @@ pub const CATALOGUE: &[&EventType] = &[
     TlsRefused::TYPE,
     BypassRead::TYPE,
     BypassFinding::TYPE,
+    BypassReadRepeated::TYPE,
+    BypassHeldOpen::TYPE,
+    BypassLeftRoots::TYPE,
     BypassEventsLost::TYPE,
     BypassUnavailable::TYPE,
     AgentStarted::TYPE,

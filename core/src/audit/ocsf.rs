@@ -676,6 +676,25 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
                 _ => "",
             }
         ),
+        "bypass.held_open" => format!(
+            "{} (pid {}, uid {}) held {} open on {host} when the bypass audit started",
+            v("comm"),
+            v("pid"),
+            v("uid"),
+            v("path")
+        ),
+        "bypass.left_roots" => format!(
+            "protected file {} left the roots on {host} (now {}); it stays protected",
+            v("path"),
+            v("new_path")
+        ),
+        "bypass.read_repeated" => format!(
+            "{} (pid {}) opened {} on {host} {} more times around the gate",
+            v("comm"),
+            v("pid"),
+            v("path"),
+            v("repeats")
+        ),
         "bypass.events_lost" => format!(
             "{host} lost {} bypass events: {}",
             v("lost_since_last"),

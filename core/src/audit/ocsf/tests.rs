@@ -45,6 +45,24 @@ fn example(name: &str) -> Map<String, Value> {
             "until_ms": null, "redaction_profile": "default", "inode": 10182958,
             "device": 65024, "size": 4873,
         }),
+        "bypass.held_open" => json!({
+            "pid": 812, "ppid": 1, "uid": 0, "user": "root", "comm": "less",
+            "exe": "/usr/bin/less", "cmdline": "less /var/log/app/api.log",
+            "cgroup": "/user.slice/user-0.slice/session-3.scope", "path": LOG,
+            "opened_name": "api.log", "inode": 10182958, "device": "254:0", "fd": 4,
+            "flags": "O_RDONLY|O_LARGEFILE", "expected": false, "allow_rule": null,
+            "severity": "high",
+        }),
+        "bypass.left_roots" => json!({
+            "path": LOG, "new_path": "/tmp/api.log", "inode": 10182958, "device": "254:0",
+            "links": 1,
+        }),
+        "bypass.read_repeated" => json!({
+            "pid": 6434, "uid": 65534, "comm": "cat", "path": LOG, "opened_name": "api.log",
+            "inode": 10182958, "device": "254:0", "repeats": 19999,
+            "first_ms": 1795762800000_i64, "last_ms": 1795762801998_i64, "read_seq": 41,
+            "expected": false, "severity": "high",
+        }),
         "read.reopened" => json!({
             "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_id": GRANT,
             "path": LOG, "inode": 10182961, "device": 65024, "size": 0,
