@@ -55,6 +55,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             durable: audit.durable(),
         },
     )?;
+    // The access policy: an invalid one stops the start (there is none in force to keep).
+    let access_policy = crate::policy::PolicyHandle::start(config.policy.clone(), audit.clone())
+        .context("access policy")?;
+    // Installed before serving: SIGHUP's default action would end the controller.
+    crate::policy::reload_on_sighup(access_policy.clone())?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let service = ControllerService::new(
         store,
@@ -68,7 +73,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         audit.clone(),
         stopping,
         epoch,
-    )?;
+    )?
+    .with_access_policy(access_policy);
     tokio::spawn(checkpoint_when_due(audit.clone()));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
