@@ -433,9 +433,11 @@ impl Policy {
                     groups: raw.approver_groups.clone(),
                 }
             }
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "role {name}: approval {other:?} is not \"auto\", \"approvers\" or \"break_glass\""
-            )),
+            ))
+            }
         };
         Ok(Role {
             name: name.clone(),
