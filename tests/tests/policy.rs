@@ -49,6 +49,15 @@ approvers = 2
 approver_groups = ["leads"]
 
 [[roles]]
+name = "leads-self"
+users = ["bob"]
+hosts = ["web-1"]
+paths = ["{logs}/lead/app.log"]
+max_ttl = "1h"
+approval = "approvers"
+approver_groups = ["leads"]
+
+[[roles]]
 name = "sre-oncall"
 groups = ["sre"]
 hosts = ["web-1"]
@@ -201,6 +210,32 @@ fn approvers_count_once_each_and_a_denial_wins() -> anyhow::Result<()> {
         .cluster
         .run_cli("admin", &["grant", "approve", &id, "--json"])?;
     assert_eq!(json_of(&second)["state"], "approved", "{:?}", text(&second));
+
+    // bob is a lead himself: his own request still needs another lead.
+    let lead = format!("{}/lead/app.log", f.logs.display());
+    let id = json_of(&request(&f, "bob", &lead, &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let own = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert_eq!(own.status.code(), Some(3), "{:?}", text(&own));
+    assert!(
+        text(&own).1.contains("nobody reviews their own request"),
+        "{:?}",
+        text(&own)
+    );
+    let by_admin = f
+        .cluster
+        .run_cli("admin", &["grant", "approve", &id, "--json"])?;
+    assert_eq!(
+        json_of(&by_admin)["state"],
+        "approved",
+        "{:?}",
+        text(&by_admin)
+    );
+    assert!(events(&f, "access.review_refused")
+        .iter()
+        .any(|e| e["reason_code"] == "self_review" && e["request_id"] == id.as_str()));
 
     // Deny wins: one approval, then a denial ends the request without a grant.
     let id = json_of(&request(&f, "alice", &two, &[]))["id"]
