@@ -77,7 +77,7 @@ fn request(f: &Fixture, user: &str, path: &str, extra: &[&str]) -> std::process:
     let mut args = vec![
         "grant", "request", "--host", "web-1", "--path", path, "--reason", "INC-42", "--json",
     ];
-    if !extra.iter().any(|a| *a == "--ttl") {
+    if !extra.contains(&"--ttl") {
         args.extend_from_slice(&["--ttl", "1h"]);
     }
     args.extend_from_slice(extra);
