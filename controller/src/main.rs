@@ -51,6 +51,34 @@ enum Command {
     /// The access policy: check what it allows, reload it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The periodic access review (admins).
+    #[command(subcommand)]
+    Access(AccessCommand),
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Roles, who holds and used them, the grants of the period, break-glass grants not
+    /// reviewed yet.
+    Review {
+        /// The period: this long until now ("30d").
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]
+        since: std::time::Duration,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Mark a break-glass grant reviewed (never one's own).
+    Ack {
+        /// The grant id (`g-…`).
+        id: String,
+        /// The review's conclusion (required).
+        #[arg(long)]
+        comment: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -390,6 +418,19 @@ async fn run(cli: Cli) -> CliResult {
         Command::Policy(PolicyCommand::Check { args, client }) => {
             cli::governance::policy_check(&client.load()?, args).await
         }
+        Command::Access(AccessCommand::Review {
+            since,
+            output,
+            client,
+        }) => {
+            cli::governance::access_review(&client.load()?, since, matches!(output, Output::Json))
+                .await
+        }
+        Command::Access(AccessCommand::Ack {
+            id,
+            comment,
+            client,
+        }) => cli::governance::access_ack(&client.load()?, id, comment).await,
         Command::Policy(PolicyCommand::Reload { client }) => {
             cli::governance::policy_reload(&client.load()?).await
         }

@@ -509,6 +509,7 @@ impl Controller for ControllerService {
             issuer: grant.issuer.clone(),
             reason: grant.reason.clone(),
             at: now,
+            reviewed: None,
         }) {
             tracing::error!(grant = %grant.id, "cannot flag the break-glass grant for review: {e:#}");
         }
@@ -713,6 +714,20 @@ impl Controller for ControllerService {
         request: Request<pb::ListRequestsRequest>,
     ) -> Result<Response<pb::ListRequestsResponse>, Status> {
         self.list_requests_rpc(request).await
+    }
+
+    async fn access_review(
+        &self,
+        request: Request<pb::AccessReviewRequest>,
+    ) -> Result<Response<pb::AccessReviewResponse>, Status> {
+        self.access_review_rpc(request).await
+    }
+
+    async fn ack_break_glass(
+        &self,
+        request: Request<pb::AckBreakGlassRequest>,
+    ) -> Result<Response<pb::AckBreakGlassResponse>, Status> {
+        self.ack_break_glass_rpc(request).await
     }
 }
 

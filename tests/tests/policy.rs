@@ -485,3 +485,81 @@ fn policy_reload_takes_a_valid_file_and_refuses_an_invalid_one_keeping_the_old(
     assert_eq!(answer["refusals"][0]["code"], "host_not_covered");
     Ok(())
 }
+
+#[test]
+fn access_review_shows_role_use_and_break_glass_until_another_admin_acks_it() -> anyhow::Result<()>
+{
+    let f = Fixture::start_with_policy(POLICY)?;
+    let api = f.api_log();
+    let auto = request(&f, "alice", &api, &["--redaction", "raw"]);
+    assert!(auto.status.success(), "{:?}", text(&auto));
+    let glass = json_of(&request(&f, "bob", &f.glob(), &["--break-glass"]));
+    let glass_id = glass["grant_id"].as_str().unwrap_or_default().to_string();
+    let issued = f.cluster.issue_grant("alice", "web-1", &f.glob(), "5m")?;
+
+    let review = |user: &str| {
+        f.cluster
+            .run_cli(
+                user,
+                &["access", "review", "--since", "1h", "--output", "json"],
+            )
+            .expect("access review runs")
+    };
+    let by_alice = review("alice");
+    assert_eq!(by_alice.status.code(), Some(3), "{:?}", text(&by_alice));
+    let r = json_of(&review("admin"));
+    let role = |name: &str| {
+        r["roles"]
+            .as_array()
+            .and_then(|roles| roles.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(role("payments-raw")["grants"], 1);
+    assert_eq!(
+        role("payments-prod")["never_requested"],
+        serde_json::json!(["alice"])
+    );
+    assert_eq!(
+        r["unused_roles"],
+        serde_json::json!(["payments-prod", "two-leads", "leads-self"])
+    );
+    assert_eq!(r["grants"].as_array().map(Vec::len), Some(3));
+    let unreviewed: Vec<&str> = r["unreviewed_break_glass"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g["grant_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(unreviewed, [glass_id.as_str(), issued.as_str()]);
+
+    // Only admins ack, never their own break-glass grant, and once.
+    let not_admin = f
+        .cluster
+        .run_cli("bob", &["access", "ack", &glass_id, "--comment", "fine"])?;
+    assert_eq!(not_admin.status.code(), Some(3), "{:?}", text(&not_admin));
+    let own = f
+        .cluster
+        .run_cli("admin", &["access", "ack", &issued, "--comment", "fine"])?;
+    assert_eq!(own.status.code(), Some(3), "{:?}", text(&own));
+    assert!(
+        text(&own).1.contains("nobody reviews their own"),
+        "{:?}",
+        text(&own)
+    );
+    let acked = f.cluster.run_cli(
+        "admin",
+        &["access", "ack", &glass_id, "--comment", "INC-43: justified"],
+    )?;
+    assert!(acked.status.success(), "{:?}", text(&acked));
+    let again = f
+        .cluster
+        .run_cli("admin", &["access", "ack", &glass_id, "--comment", "again"])?;
+    assert_eq!(again.status.code(), Some(1), "{:?}", text(&again));
+    let r = json_of(&review("admin"));
+    assert_eq!(
+        r["unreviewed_break_glass"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let reviewed = events(&f, "access.break_glass_reviewed");
+    assert_eq!(reviewed.len(), 1);
+    assert_eq!(reviewed[0]["grant_id"], glass_id.as_str());
+    Ok(())
+}

@@ -368,3 +368,131 @@ pub async fn policy_reload(config: &ClientConfig) -> CliResult {
     )
     .map_err(Failure::from)
 }
+
+fn reviewed_grant_json(g: &pb::ReviewedGrant) -> serde_json::Value {
+    serde_json::json!({
+        "grant_id": g.grant_id, "subject": g.subject, "role": g.role,
+        "approved_by": g.approved_by, "not_before": g.not_before_unix,
+        "not_after": g.not_after_unix, "break_glass": g.break_glass, "reviewed": g.reviewed,
+        "reviewed_by": g.reviewed_by, "reason": g.reason,
+    })
+}
+
+fn print_reviewed_grant(out: &mut impl Write, g: &pb::ReviewedGrant) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "  {}  {}  role {}  approved by {}  {} .. {}{}  reason {:?}",
+        g.grant_id,
+        g.subject.rsplit('/').next().unwrap_or(&g.subject),
+        if g.role.is_empty() {
+            "(grant issue)"
+        } else {
+            &g.role
+        },
+        g.approved_by.rsplit('/').next().unwrap_or(&g.approved_by),
+        format_time(g.not_before_unix),
+        format_time(g.not_after_unix),
+        match (g.break_glass, g.reviewed) {
+            (true, true) => format!("  BREAK-GLASS reviewed by {}", g.reviewed_by),
+            (true, false) => "  BREAK-GLASS not reviewed".to_string(),
+            _ => String::new(),
+        },
+        g.reason
+    )
+}
+
+/// `loggate access review --since 30d`: roles, who holds and uses them, grants of the period,
+/// break-glass grants awaiting review (admins).
+pub async fn access_review(config: &ClientConfig, since: Duration, json: bool) -> CliResult {
+    let since_unix = loggate_core::grant::unix_now()
+        .saturating_sub(i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
+    let mut client = controller(config).await?;
+    let review = client
+        .access_review(pb::AccessReviewRequest { since_unix })
+        .await
+        .or_explain(config, &the_controller(config))
+        .await?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if json {
+        let value = serde_json::json!({
+            "since": since_unix, "policy_sha256": review.policy_sha256,
+            "roles": review.roles.iter().map(|r| serde_json::json!({
+                "name": r.name, "approval": r.approval, "holders": r.holders,
+                "requesters": r.requesters, "never_requested": r.never_requested,
+                "requests": r.requests, "grants": r.grants,
+            })).collect::<Vec<_>>(),
+            "unused_roles": review.unused_roles,
+            "grants": review.grants.iter().map(reviewed_grant_json).collect::<Vec<_>>(),
+            "unreviewed_break_glass":
+                review.unreviewed_break_glass.iter().map(reviewed_grant_json).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{value}")?;
+        return out.flush().map_err(Failure::from);
+    }
+    writeln!(
+        out,
+        "access review since {} (policy sha256 {})",
+        format_time(since_unix),
+        review.policy_sha256
+    )?;
+    writeln!(out, "roles:")?;
+    for r in &review.roles {
+        writeln!(
+            out,
+            "  {} ({}): {} requests, {} grants; holders {}; never requested: {}",
+            r.name,
+            r.approval,
+            r.requests,
+            r.grants,
+            r.holders.join(", "),
+            if r.never_requested.is_empty() {
+                "-".to_string()
+            } else {
+                r.never_requested.join(", ")
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "roles never used: {}",
+        if review.unused_roles.is_empty() {
+            "-".to_string()
+        } else {
+            review.unused_roles.join(", ")
+        }
+    )?;
+    writeln!(out, "grants issued ({}):", review.grants.len())?;
+    for g in &review.grants {
+        print_reviewed_grant(&mut out, g)?;
+    }
+    writeln!(
+        out,
+        "break-glass grants not reviewed ({}): acknowledge with `loggate access ack GRANT --comment …`",
+        review.unreviewed_break_glass.len()
+    )?;
+    for g in &review.unreviewed_break_glass {
+        print_reviewed_grant(&mut out, g)?;
+    }
+    out.flush().map_err(Failure::from)
+}
+
+/// `loggate access ack GRANT --comment …`: a break-glass grant reviewed (admins).
+pub async fn access_ack(config: &ClientConfig, grant_id: String, comment: String) -> CliResult {
+    let mut client = controller(config).await?;
+    let ack = client
+        .ack_break_glass(pb::AckBreakGlassRequest { grant_id, comment })
+        .await
+        .or_explain(config, &the_controller(config))
+        .await?
+        .into_inner();
+    writeln!(
+        std::io::stdout().lock(),
+        "break-glass grant {} reviewed by {} at {}",
+        ack.grant_id,
+        ack.reviewed_by,
+        format_time(ack.reviewed_at_unix)
+    )
+    .map_err(Failure::from)
+}

@@ -914,3 +914,156 @@ impl ControllerService {
         Ok(Response::new(pb::ListRequestsResponse { requests }))
     }
 }
+
+impl ControllerService {
+    pub(super) async fn access_review_rpc(
+        &self,
+        request: Request<pb::AccessReviewRequest>,
+    ) -> Result<Response<pb::AccessReviewResponse>, Status> {
+        let user = self.user(&request)?;
+        self.require_admin(&user, "run the access review")?;
+        let since = request.into_inner().since_unix;
+        let policy = self.access_policy()?;
+        let requests = self.store.requests_since(since).map_err(internal)?;
+        let break_glass = self.store.break_glass_for_review(since).map_err(internal)?;
+        let grants = self
+            .store
+            .list_grants(None, true, unix_now())
+            .map_err(internal)?;
+        let mut roles = Vec::new();
+        let mut unused_roles = Vec::new();
+        for role in &policy.roles {
+            let mut holders: std::collections::BTreeSet<String> = role.users.clone();
+            for g in &role.groups {
+                if let Some(members) = policy.groups.get(g) {
+                    holders.extend(members.iter().cloned());
+                }
+            }
+            let under: Vec<&RequestRow> = requests.iter().filter(|r| r.role == role.name).collect();
+            let requesters: std::collections::BTreeSet<String> = under
+                .iter()
+                .map(|r| short(&r.requester).to_string())
+                .collect();
+            if under.is_empty() {
+                unused_roles.push(role.name.clone());
+            }
+            roles.push(pb::RoleUsage {
+                name: role.name.clone(),
+                approval: role.approval.as_str().to_string(),
+                never_requested: holders.difference(&requesters).cloned().collect(),
+                holders: holders.into_iter().collect(),
+                requesters: requesters.into_iter().collect(),
+                requests: under.len() as u32,
+                grants: under.iter().filter(|r| r.grant_id.is_some()).count() as u32,
+            });
+        }
+        let role_of = |grant_id: &str| {
+            requests
+                .iter()
+                .find(|r| r.grant_id.as_deref() == Some(grant_id))
+                .map(|r| r.role.clone())
+                .unwrap_or_default()
+        };
+        let reviewed = |g: &GrantRow| -> pb::ReviewedGrant {
+            let bg = break_glass.iter().find(|b| b.grant_id == g.id);
+            pb::ReviewedGrant {
+                grant_id: g.id.clone(),
+                subject: g.subject.clone(),
+                role: role_of(&g.id),
+                approved_by: g.issuer.clone(),
+                not_before_unix: g.not_before,
+                not_after_unix: g.not_after,
+                break_glass: bg.is_some(),
+                reviewed: bg.is_some_and(|b| b.reviewed.is_some()),
+                reviewed_by: bg
+                    .and_then(|b| b.reviewed.as_ref().map(|r| r.0.clone()))
+                    .unwrap_or_default(),
+                reason: g.reason.clone(),
+            }
+        };
+        let in_period: Vec<pb::ReviewedGrant> = grants
+            .iter()
+            .filter(|g| g.not_before >= since)
+            .map(reviewed)
+            .collect();
+        let unreviewed = break_glass
+            .iter()
+            .filter(|b| b.reviewed.is_none())
+            .filter_map(|b| grants.iter().find(|g| g.id == b.grant_id))
+            .map(reviewed)
+            .collect();
+        Ok(Response::new(pb::AccessReviewResponse {
+            roles,
+            unused_roles,
+            grants: in_period,
+            unreviewed_break_glass: unreviewed,
+            policy_sha256: policy.digest.clone(),
+        }))
+    }
+
+    pub(super) async fn ack_break_glass_rpc(
+        &self,
+        request: Request<pb::AckBreakGlassRequest>,
+    ) -> Result<Response<pb::AckBreakGlassResponse>, Status> {
+        let user = self.user(&request)?;
+        self.require_admin(&user, "review break-glass grants")?;
+        let req = request.into_inner();
+        if req.grant_id.len() > 64 {
+            return Err(Status::invalid_argument("the grant id is too long"));
+        }
+        if req.comment.trim().is_empty() || req.comment.len() > MAX_FIELD {
+            return Err(Status::invalid_argument(
+                "a --comment (the review's conclusion) is required, at most 1024 bytes",
+            ));
+        }
+        let now = unix_now();
+        let by = user.spiffe_id().to_string();
+        let row = self
+            .store
+            .ack_break_glass(
+                &req.grant_id,
+                &by,
+                &req.comment,
+                now,
+                |b| {
+                    if let Some((who, at, _)) = &b.reviewed {
+                        return Err(Status::failed_precondition(format!(
+                            "break-glass grant {} was already reviewed by {who} at {}",
+                            b.grant_id,
+                            crate::cli::format_time(*at)
+                        ))
+                        .into());
+                    }
+                    if b.subject == by || b.issuer == by {
+                        return Err(Status::permission_denied(format!(
+                            "nobody reviews their own break-glass grant: {} needs another admin",
+                            b.grant_id
+                        ))
+                        .into());
+                    }
+                    Ok(())
+                },
+                |b| {
+                    self.audit(&events::AccessBreakGlassReviewed {
+                        grant_id: b.grant_id.clone(),
+                        subject: b.subject.clone(),
+                        approver: by.clone(),
+                        comment: req.comment.clone(),
+                    })?;
+                    Ok(())
+                },
+            )
+            .map_err(status_of)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{:?} is not a break-glass grant",
+                    req.grant_id.chars().take(64).collect::<String>()
+                ))
+            })?;
+        Ok(Response::new(pb::AckBreakGlassResponse {
+            grant_id: row.grant_id,
+            reviewed_by: by,
+            reviewed_at_unix: now,
+        }))
+    }
+}

@@ -136,6 +136,31 @@ pub struct BreakGlassRow {
     pub issuer: String,
     pub reason: String,
     pub at: i64,
+    /// Who reviewed it afterwards (`access ack`), when, and what they said.
+    pub reviewed: Option<(String, i64, String)>,
+}
+
+const BREAK_GLASS_COLUMNS: &str =
+    "grant_id, request_id, subject, issuer, reason, at, reviewed_by, reviewed_at, review_comment";
+
+fn break_glass_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BreakGlassRow> {
+    let reviewed_at: Option<i64> = r.get(7)?;
+    Ok(BreakGlassRow {
+        grant_id: r.get(0)?,
+        request_id: r.get(1)?,
+        subject: r.get(2)?,
+        issuer: r.get(3)?,
+        reason: r.get(4)?,
+        at: r.get(5)?,
+        reviewed: match reviewed_at {
+            Some(at) => Some((
+                r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                at,
+                r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+            )),
+            None => None,
+        },
+    })
 }
 
 const REQUEST_COLUMNS: &str = "id, requester, hosts, paths, ttl_seconds, profile, reason, role, approval, approvals_needed, approver_groups, state, created, expires, decided_at, grant_id";
@@ -284,6 +309,7 @@ impl Store {
                     issuer: grant.issuer.clone(),
                     reason: grant.reason.clone(),
                     at: grant.not_before,
+                    reviewed: None,
                 },
             )?;
         }
@@ -295,6 +321,67 @@ impl Store {
     pub fn flag_break_glass(&self, row: &BreakGlassRow) -> anyhow::Result<()> {
         insert_break_glass(&self.conn(), row)?;
         Ok(())
+    }
+
+    /// Break-glass grants given since `since` and every one not reviewed yet, oldest first.
+    pub fn break_glass_for_review(&self, since: i64) -> anyhow::Result<Vec<BreakGlassRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {BREAK_GLASS_COLUMNS} FROM break_glass
+             WHERE at >= ?1 OR reviewed_at IS NULL ORDER BY at, rowid LIMIT 5000"
+        ))?;
+        let rows = stmt
+            .query_map(params![since], break_glass_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Marks break-glass grant `grant_id` reviewed: `check` refuses what may not happen (an
+    /// already reviewed grant, one's own), `record` audits. `Ok(None)`: no such break-glass grant.
+    pub fn ack_break_glass(
+        &self,
+        grant_id: &str,
+        by: &str,
+        comment: &str,
+        now: i64,
+        check: impl FnOnce(&BreakGlassRow) -> anyhow::Result<()>,
+        record: impl FnOnce(&BreakGlassRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Option<BreakGlassRow>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(row) = tx
+            .query_row(
+                &format!("SELECT {BREAK_GLASS_COLUMNS} FROM break_glass WHERE grant_id = ?1"),
+                params![grant_id],
+                break_glass_from_row,
+            )
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        check(&row)?;
+        record(&row)?;
+        tx.execute(
+            "UPDATE break_glass SET reviewed_by = ?2, reviewed_at = ?3, review_comment = ?4
+             WHERE grant_id = ?1 AND reviewed_at IS NULL",
+            params![grant_id, by, now, comment],
+        )?;
+        tx.commit()?;
+        let mut row = row;
+        row.reviewed = Some((by.to_string(), now, comment.to_string()));
+        Ok(Some(row))
+    }
+
+    /// Requests made since `since`, oldest first (at most 5000).
+    pub fn requests_since(&self, since: i64) -> anyhow::Result<Vec<RequestRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE created >= ?1 ORDER BY created, rowid LIMIT 5000"
+        ))?;
+        let rows = stmt
+            .query_map(params![since], request_from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     pub fn request(&self, id: &str) -> anyhow::Result<Option<RequestRow>> {

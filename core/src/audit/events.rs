@@ -548,6 +548,24 @@ audit_event! {
 }
 
 audit_event! {
+    /// A break-glass grant was reviewed afterwards (`loggate access ack`).
+    AccessBreakGlassReviewed = "access.break_glass_reviewed" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Review",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// who held it (`user`)
+        subject: String,
+        /// who reviewed it (`actor.user`); never the grant's holder
+        approver: String,
+        /// the reviewer's conclusion
+        comment: String,
+    }
+}
+
+audit_event! {
     /// The access policy file was loaded (at start, on SIGHUP, or `loggate policy reload`) and
     /// is now in force.
     PolicyReloaded = "policy.reloaded" {
@@ -1067,6 +1085,7 @@ pub const CATALOGUE: &[&EventType] = &[
     AccessCancelled::TYPE,
     AccessExpired::TYPE,
     AccessBreakGlass::TYPE,
+    AccessBreakGlassReviewed::TYPE,
     PolicyReloaded::TYPE,
     PolicyRefused::TYPE,
     UserKeyEnrolled::TYPE,

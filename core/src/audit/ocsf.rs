@@ -691,6 +691,11 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
             v("how"),
             v("grant_id")
         ),
+        "access.break_glass_reviewed" => format!(
+            "{} reviewed break-glass grant {} of {who}",
+            v("approver"),
+            v("grant_id")
+        ),
         "policy.reloaded" => format!(
             "the access policy {} was loaded ({} roles), by {}",
             v("file"),

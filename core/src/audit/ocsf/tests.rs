@@ -127,6 +127,10 @@ fn example(name: &str) -> Map<String, Value> {
             "paths": ["/var/log/**"], "reason": "INC-43 payments down",
             "notified": ["erin"],
         }),
+        "access.break_glass_reviewed" => json!({
+            "grant_id": GRANT, "subject": ALICE, "approver": ADMIN,
+            "comment": "INC-43 post-mortem: justified",
+        }),
         "policy.reloaded" => json!({
             "file": "/etc/loggate/policy.toml",
             "sha256": "8d4e1c0b7a2f5e3d9c6b4a1f0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
