@@ -62,6 +62,8 @@ pub struct ControllerService {
     access: Option<Arc<crate::policy::PolicyHandle>>,
     /// Bumped whenever a request changes state: `GetRequest` waiters and the expiry task wake.
     requests_changed: watch::Sender<u64>,
+    /// Webhook notifications (`with_access_policy`).
+    notifier: Option<crate::policy::notify::Notifier>,
 }
 
 impl ControllerService {
@@ -87,6 +89,7 @@ impl ControllerService {
             epoch,
             access: None,
             requests_changed: watch::channel(0).0,
+            notifier: None,
         })
     }
 

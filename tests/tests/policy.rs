@@ -563,3 +563,108 @@ fn access_review_shows_role_use_and_break_glass_until_another_admin_acks_it() ->
     assert_eq!(reviewed[0]["grant_id"], glass_id.as_str());
     Ok(())
 }
+
+#[test]
+fn webhook_is_told_over_https_retried_and_a_failed_delivery_is_audited() -> anyhow::Result<()> {
+    use loggate_tests::HecReceiver;
+    let f = Fixture::start_with_policy(POLICY)?;
+    let pki = f.cluster.dir.join("pki");
+    // A real HTTPS receiver (the test CA's certificate for localhost) whose first answer fails.
+    let receiver = HecReceiver::start_at(
+        "127.0.0.1:0".parse()?,
+        1,
+        Some((&pki.join("controller.crt"), &pki.join("controller.key"))),
+    )?;
+    let path = f.cluster.dir.join("policy.toml");
+    let good = std::fs::read_to_string(&path)?;
+    let with_hook = |url: &str| {
+        format!(
+            "[notify]\nwebhook = \"{url}\"\nca = \"{}\"\n\n{good}",
+            pki.join("ca.crt").display()
+        )
+    };
+    std::fs::write(
+        &path,
+        with_hook(&format!(
+            "https://localhost:{}/hooks/T0/SECRET",
+            receiver.addr.port()
+        )),
+    )?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+
+    let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let delivered = |event: &str| -> Vec<Value> {
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .filter(|b| b["loggate"]["event"] == event)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered("access.requested").is_empty() {
+        assert!(Instant::now() < deadline, "no notice delivered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = receiver.requests();
+    assert!(
+        all.len() >= 2 && all[0].status != 200,
+        "the first try failed and was retried"
+    );
+    assert_eq!(all[1].path, "/hooks/T0/SECRET");
+    let notice = &delivered("access.requested")[0];
+    assert_eq!(notice["loggate"]["request_id"], id.as_str());
+    assert_eq!(notice["loggate"]["approvers"], serde_json::json!(["bob"]));
+    assert!(
+        notice["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("alice asks to read"),
+        "{notice}"
+    );
+    let approved = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert!(approved.status.success(), "{:?}", text(&approved));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered("access.approved").is_empty() {
+        assert!(Instant::now() < deadline, "no approval notice");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Never a token or key in a body.
+    for r in receiver.requests() {
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            !body.contains("v4.public") && !body.contains("key_sha256"),
+            "{body}"
+        );
+    }
+
+    // A webhook nobody answers: tried 5 times with back-off, then audited (URL path not shown).
+    let closed = loggate_tests::free_addr()?;
+    std::fs::write(
+        &path,
+        with_hook(&format!("http://{closed}/hooks/T0/SECRET")),
+    )?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+    request(&f, "alice", &f.glob(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let failed = loop {
+        if let Some(e) = events(&f, "notify.failed").into_iter().next() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no notify.failed record");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(failed["attempts"], 5);
+    assert_eq!(failed["notified_event"], "access.requested");
+    assert!(
+        !failed["webhook"].as_str().unwrap_or("").contains("SECRET"),
+        "{failed}"
+    );
+    Ok(())
+}

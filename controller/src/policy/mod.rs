@@ -20,6 +20,7 @@
 //!   instead of leaving it pending for ever.
 
 mod handle;
+pub mod notify;
 pub mod selector;
 
 pub use handle::{reload_on_sighup, PolicyHandle, ReloadError};
@@ -136,6 +137,8 @@ pub struct Policy {
     pub agent_labels: BTreeMap<String, BTreeMap<String, String>>,
     pub roles: Vec<Role>,
     pub pending_ttl: Duration,
+    /// Where notifications go (`[notify]`), if anywhere.
+    pub notify: Option<notify::Webhook>,
     /// SHA-256 (hex) of the file's bytes, audited with every load.
     pub digest: String,
 }
@@ -160,6 +163,14 @@ struct RawPolicy {
     agents: BTreeMap<String, Spanned<RawAgent>>,
     #[serde(default)]
     roles: Vec<Spanned<RawRole>>,
+    notify: Option<Spanned<RawNotify>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: String,
+    ca: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -242,7 +253,15 @@ impl Policy {
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| fail(0, format!("cannot read the policy file: {e}")))?;
-        Policy::parse(&text).map_err(|(line, reason)| fail(line, reason))
+        let mut policy = Policy::parse(&text).map_err(|(line, reason)| fail(line, reason))?;
+        // A relative `notify.ca` is relative to the policy file, like the configuration's paths.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(ca) = policy.notify.as_mut().and_then(|n| n.ca.as_mut()) {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
+            }
+        }
+        Ok(policy)
     }
 
     /// Validates the text of a policy file; the error is (line, reason).
@@ -308,11 +327,19 @@ impl Policy {
             }
             roles.push(role);
         }
+        let notify = match &raw.notify {
+            Some(n) => Some(
+                notify::Webhook::parse(&n.get_ref().webhook, n.get_ref().ca.as_deref())
+                    .map_err(|e| (at(n.span()), e))?,
+            ),
+            None => None,
+        };
         Ok(Policy {
             groups,
             agent_labels,
             roles,
             pending_ttl,
+            notify,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
         })
     }

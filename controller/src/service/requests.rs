@@ -11,6 +11,7 @@
 //! - every step is audited before it takes effect, inside the store's transaction.
 
 use super::{grant_info, internal, ControllerService, MAX_FIELD};
+use crate::policy::notify::{Notice, Notifier};
 use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
 use crate::store::{GrantRow, RequestRow, RequestState, ReviewRow, Store};
 use loggate_core::audit::{events, SharedAuditLog};
@@ -80,8 +81,45 @@ fn ended(r: &RequestRow) -> Status {
     ))
 }
 
-/// Expires the pending requests whose time ran out by `now` (audited); how many.
-pub(super) fn expire_due(store: &Store, audit: &SharedAuditLog, now: i64) -> anyhow::Result<usize> {
+/// What a webhook is told about request `r` (names, hosts, paths, role, reason, state: never a
+/// token or a key).
+fn notice(event: &'static str, r: &RequestRow, approvers: &[String], text: String) -> Notice {
+    Notice {
+        event,
+        text,
+        fields: serde_json::json!({
+            "event": event, "request_id": r.id, "requester": short(&r.requester),
+            "hosts": r.hosts, "paths": r.paths, "ttl_seconds": r.ttl_seconds,
+            "redaction_profile": r.profile, "role": r.role, "approval": r.approval,
+            "state": r.state.as_str(), "reason": r.reason, "approvers": approvers,
+            "grant_id": r.grant_id,
+        }),
+    }
+}
+
+/// Tells the webhook of the policy in force (if any) that `r` expired.
+fn notify_expired(notifier: Option<&Notifier>, handle: Option<&Arc<PolicyHandle>>, r: &RequestRow) {
+    let (Some(n), Some(p)) = (notifier, handle.and_then(|h| h.current())) else {
+        return;
+    };
+    let text = format!(
+        "loggate: request {} of {} for {} on {} expired undecided",
+        r.id,
+        short(&r.requester),
+        r.paths.join(", "),
+        r.hosts.join(", ")
+    );
+    n.send(p.notify.as_ref(), notice("access.expired", r, &[], text));
+}
+
+/// Expires the pending requests whose time ran out by `now` (audited, and `on_expired` told of
+/// each); how many.
+pub(super) fn expire_due(
+    store: &Store,
+    audit: &SharedAuditLog,
+    now: i64,
+    on_expired: impl Fn(&RequestRow),
+) -> anyhow::Result<usize> {
     let mut expired = 0;
     for id in store.pending_due(now)? {
         let ended = store.end_request(
@@ -105,7 +143,11 @@ pub(super) fn expire_due(store: &Store, audit: &SharedAuditLog, now: i64) -> any
             },
         );
         match ended {
-            Ok(_) => expired += 1,
+            Ok(Some(r)) => {
+                expired += 1;
+                on_expired(&r);
+            }
+            Ok(None) => {}
             Err(e) => tracing::debug!(request = %id, "not expired: {e:#}"),
         }
     }
@@ -118,12 +160,19 @@ pub(super) fn spawn_expiry(
     store: Arc<Store>,
     audit: Arc<SharedAuditLog>,
     changed: watch::Sender<u64>,
+    notifier: Notifier,
+    handle: Arc<PolicyHandle>,
 ) {
     let mut changes = changed.subscribe();
     tokio::spawn(async move {
         loop {
             let now = unix_now();
-            match tokio::task::block_in_place(|| expire_due(&store, &audit, now)) {
+            let expired = tokio::task::block_in_place(|| {
+                expire_due(&store, &audit, now, |r| {
+                    notify_expired(Some(&notifier), Some(&handle), r)
+                })
+            });
+            match expired {
                 Ok(0) => {}
                 Ok(_) => {
                     changed.send_modify(|n| *n += 1);
@@ -145,13 +194,27 @@ pub(super) fn spawn_expiry(
 impl ControllerService {
     /// Turns on the governance layer: the policy in force and the pending-request expiry.
     pub fn with_access_policy(mut self, handle: Arc<PolicyHandle>) -> Self {
+        let notifier = Notifier::start(self.audit.clone());
         spawn_expiry(
             self.store.clone(),
             self.audit.clone(),
             self.requests_changed.clone(),
+            notifier.clone(),
+            handle.clone(),
         );
         self.access = Some(handle);
+        self.notifier = Some(notifier);
         self
+    }
+
+    /// Queues a notice for the webhook of the policy in force, if it names one.
+    fn notify(&self, event: &'static str, r: &RequestRow, approvers: &[String], text: String) {
+        if let (Some(n), Some(p)) = (
+            &self.notifier,
+            self.access.as_ref().and_then(|h| h.current()),
+        ) {
+            n.send(p.notify.as_ref(), notice(event, r, approvers, text));
+        }
     }
 
     fn access_policy(&self) -> Result<Arc<Policy>, Status> {
@@ -596,6 +659,42 @@ impl ControllerService {
             }
         };
         self.requests_changed.send_modify(|n| *n += 1);
+        let what = format!(
+            "{} asks to read {} on {} for {} (role {}, reason {:?})",
+            user.name(),
+            stored.paths.join(", "),
+            stored.hosts.join(", "),
+            humantime::format_duration(ttl),
+            stored.role,
+            stored.reason
+        );
+        match &allowed.approval {
+            Approval::Approvers { .. } => self.notify(
+                "access.requested",
+                &stored,
+                &allowed.approvers,
+                format!(
+                    "loggate: {what}; approve with `loggate grant approve {}` ({})",
+                    stored.id,
+                    allowed.approvers.join(", ")
+                ),
+            ),
+            Approval::Auto => self.notify(
+                "access.requested",
+                &stored,
+                &[],
+                format!("loggate: {what}; granted at once (auto)"),
+            ),
+            Approval::BreakGlass { .. } => self.notify(
+                "access.break_glass",
+                &stored,
+                &allowed.approvers,
+                format!(
+                    "loggate BREAK-GLASS: {what}; granted without approval, to be reviewed ({})",
+                    allowed.approvers.join(", ")
+                ),
+            ),
+        }
         tracing::info!(request = %stored.id, role = %stored.role, state = stored.state.as_str(), "access requested");
         Ok(Response::new(self.response(&stored, ttl_capped)?))
     }
@@ -676,9 +775,12 @@ impl ControllerService {
     }
 
     fn expire_now(&self) -> Result<(), Status> {
-        let expired =
-            tokio::task::block_in_place(|| expire_due(&self.store, &self.audit, unix_now()))
-                .map_err(internal)?;
+        let expired = tokio::task::block_in_place(|| {
+            expire_due(&self.store, &self.audit, unix_now(), |r| {
+                notify_expired(self.notifier.as_ref(), self.access.as_ref(), r)
+            })
+        })
+        .map_err(internal)?;
         if expired > 0 {
             self.requests_changed.send_modify(|n| *n += 1);
         }
@@ -756,6 +858,19 @@ impl ControllerService {
             if let Some(g) = self.store.grant(id).map_err(internal)? {
                 self.revision.send_replace(g.revision);
             }
+            self.notify(
+                "access.approved",
+                &after,
+                &[],
+                format!(
+                    "loggate: {} approved request {} of {} ({} on {})",
+                    user.name(),
+                    after.id,
+                    short(&after.requester),
+                    after.paths.join(", "),
+                    after.hosts.join(", ")
+                ),
+            );
         }
         self.requests_changed.send_modify(|n| *n += 1);
         Ok(Response::new(self.response(&after, false)?))
@@ -801,6 +916,18 @@ impl ControllerService {
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
         self.requests_changed.send_modify(|n| *n += 1);
+        self.notify(
+            "access.denied",
+            &after,
+            &[],
+            format!(
+                "loggate: {} denied request {} of {}: {}",
+                user.name(),
+                after.id,
+                short(&after.requester),
+                req.comment
+            ),
+        );
         Ok(Response::new(self.response(&after, false)?))
     }
 

@@ -566,6 +566,25 @@ audit_event! {
 }
 
 audit_event! {
+    /// A webhook notification (docs/policy.md, "Notifications") could not be delivered after
+    /// its retries, or was dropped because the queue was full (`attempts` 0).
+    NotifyFailed = "notify.failed" {
+        writers: "controller", class: EventLogActivity, activity: 99 "Notification Failed",
+        outcome: Failure, severity: MEDIUM,
+    }
+    {
+        /// the audit event the notice told of, e.g. `access.requested`
+        notified_event: String,
+        /// the webhook's scheme, host and port (never its path, which may hold a token)
+        webhook: String,
+        /// how many times it was tried
+        attempts: u32,
+        /// the last error
+        error: String,
+    }
+}
+
+audit_event! {
     /// The access policy file was loaded (at start, on SIGHUP, or `loggate policy reload`) and
     /// is now in force.
     PolicyReloaded = "policy.reloaded" {
@@ -1088,6 +1107,7 @@ pub const CATALOGUE: &[&EventType] = &[
     AccessBreakGlassReviewed::TYPE,
     PolicyReloaded::TYPE,
     PolicyRefused::TYPE,
+    NotifyFailed::TYPE,
     UserKeyEnrolled::TYPE,
     TlsRefused::TYPE,
     BypassRead::TYPE,

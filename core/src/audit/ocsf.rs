@@ -696,6 +696,13 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
             v("approver"),
             v("grant_id")
         ),
+        "notify.failed" => format!(
+            "a notification of {} to {} failed after {} attempts: {}",
+            v("notified_event"),
+            v("webhook"),
+            v("attempts"),
+            v("error")
+        ),
         "policy.reloaded" => format!(
             "the access policy {} was loaded ({} roles), by {}",
             v("file"),

@@ -131,6 +131,10 @@ fn example(name: &str) -> Map<String, Value> {
             "grant_id": GRANT, "subject": ALICE, "approver": ADMIN,
             "comment": "INC-43 post-mortem: justified",
         }),
+        "notify.failed" => json!({
+            "notified_event": "access.requested", "webhook": "https://hooks.slack.com:443",
+            "attempts": 5, "error": "the webhook answered 503 Service Unavailable",
+        }),
         "policy.reloaded" => json!({
             "file": "/etc/loggate/policy.toml",
             "sha256": "8d4e1c0b7a2f5e3d9c6b4a1f0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
