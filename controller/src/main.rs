@@ -65,7 +65,7 @@ enum AccessCommand {
         #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]
         since: std::time::Duration,
         #[arg(long, value_enum, default_value = "text")]
-        output: Output,
+        output: cli::governance::ReviewOutput,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -422,10 +422,7 @@ async fn run(cli: Cli) -> CliResult {
             since,
             output,
             client,
-        }) => {
-            cli::governance::access_review(&client.load()?, since, matches!(output, Output::Json))
-                .await
-        }
+        }) => cli::governance::access_review(&client.load()?, since, output).await,
         Command::Access(AccessCommand::Ack {
             id,
             comment,

@@ -530,6 +530,25 @@ fn access_review_shows_role_use_and_break_glass_until_another_admin_acks_it() ->
         .unwrap_or_default();
     assert_eq!(unreviewed, [glass_id.as_str(), issued.as_str()]);
 
+    let csv = f.cluster.run_cli(
+        "admin",
+        &["access", "review", "--since", "1h", "--output", "csv"],
+    )?;
+    assert!(csv.status.success(), "{:?}", text(&csv));
+    let csv = text(&csv).0;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].starts_with("grant_id,subject,role,approved_by"),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{glass_id},")) && l.contains(",sre-oncall,")),
+        "{csv}"
+    );
+
     // Only admins ack, never their own break-glass grant, and once.
     let not_admin = f
         .cluster
