@@ -362,7 +362,8 @@ pub async fn policy_reload(config: &ClientConfig) -> CliResult {
         .into_inner();
     writeln!(
         std::io::stdout().lock(),
-        "access policy reloaded: {} roles, sha256 {}",
+        "access policy {} reloaded: {} roles, sha256 {}",
+        answer.file,
         answer.roles,
         answer.sha256
     )

@@ -45,6 +45,11 @@ impl PolicyHandle {
         Ok(handle)
     }
 
+    /// The policy file, if one is configured.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
     /// The policy in force, if one is configured.
     pub fn current(&self) -> Option<Arc<Policy>> {
         self.current

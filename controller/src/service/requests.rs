@@ -514,7 +514,10 @@ impl ControllerService {
         let reloaded = tokio::task::block_in_place(|| handle.reload(&by));
         match reloaded {
             Ok(policy) => Ok(Response::new(pb::ReloadPolicyResponse {
-                file: String::new(),
+                file: handle
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 sha256: policy.digest.clone(),
                 roles: policy.roles.len() as u32,
             })),
