@@ -249,7 +249,9 @@ audit_event! {
 // Grants and people (controller and agent).
 
 audit_event! {
-    /// An admin issued a grant.
+    /// A grant was issued: by an admin (`grant issue`, also recorded as `access.break_glass`),
+    /// by the approval that completed a request, or at once under an `auto` or `break_glass`
+    /// role.
     GrantIssued = "grant.issued" {
         writers: "controller", class: UserAccessManagement, activity: 1 "Assign Privileges",
         outcome: Success, severity: INFO,
@@ -259,7 +261,8 @@ audit_event! {
         grant_id: String,
         /// who may read (`user`)
         subject: String,
-        /// the admin who issued it (`actor.user`)
+        /// who issued it (`actor.user`): the admin, the approver whose approval completed the
+        /// request, the controller itself (`auto`), or the requester (`break_glass`)
         issuer: String,
         /// the agent ids it covers
         hosts: Vec<String>,
