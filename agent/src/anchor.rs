@@ -21,6 +21,7 @@ use loggate_core::audit::{
     chain_id, continues_chain, hash_of_line_before, open_holding, Checkpoint, VerifyKey,
     CHECKPOINT_EVENT,
 };
+use loggate_core::backoff::Backoff;
 use loggate_proto as pb;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -52,7 +53,7 @@ pub fn cursor_path(state_dir: &Path) -> PathBuf {
 }
 
 pub async fn run(shared: Arc<Shared>, key: VerifyKey) {
-    let mut backoff = watch::MIN_BACKOFF;
+    let mut backoff = watch::CONTROLLER_BACKOFF;
     loop {
         if let Err(e) = anchor_once(&shared, &key, &mut backoff).await {
             if e.downcast_ref::<ChainBreak>().is_some() {
@@ -63,14 +64,14 @@ pub async fn run(shared: Arc<Shared>, key: VerifyKey) {
             }
             tracing::warn!("sending audit checkpoints to the controller: {e:#}");
         }
-        watch::pause(&mut backoff).await;
+        backoff.pause().await;
     }
 }
 
 async fn anchor_once(
     shared: &Shared,
     key: &VerifyKey,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
     let durable = shared.audit_log.durable();
     let cursor_file = cursor_path(&shared.config.state_dir);
@@ -84,7 +85,7 @@ async fn anchor_once(
         .report_checkpoints(report(Vec::new()))
         .await?
         .into_inner();
-    *backoff = watch::MIN_BACKOFF;
+    backoff.reset();
     let mut spool = Spool::open(
         &shared.config.audit_log,
         held.last_sealed_seq,

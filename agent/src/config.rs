@@ -6,7 +6,8 @@ use crate::bypass::{BypassConfig, BypassFile};
 use crate::fs_access::LogRoot;
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
-use loggate_core::audit::{CheckpointPolicy, RotationPolicy};
+use loggate_core::daemon::audit::{default_audit_keep_files, default_audit_rotate_bytes};
+use loggate_core::daemon::{AuditSettings, CheckpointsFile};
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::is_valid_name;
 use loggate_core::tls::TlsFiles;
@@ -22,14 +23,6 @@ fn default_trust_domain() -> String {
 fn default_skew() -> String {
     "60s".into()
 }
-fn default_audit_rotate_bytes() -> u64 {
-    256 << 20
-}
-
-fn default_audit_keep_files() -> usize {
-    10
-}
-
 fn default_audit() -> PathBuf {
     PathBuf::from("audit.jsonl")
 }
@@ -96,47 +89,6 @@ pub struct AgentConfigFile {
     #[serde(default)]
     checkpoints: CheckpointsFile,
     tls: TlsFiles,
-}
-
-/// `[checkpoints]`: a signed checkpoint after `every` records or `interval`, whichever first.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckpointsFile {
-    #[serde(default = "default_checkpoint_every")]
-    every: u64,
-    #[serde(default = "default_checkpoint_interval")]
-    interval: String,
-}
-
-fn default_checkpoint_every() -> u64 {
-    CheckpointPolicy::default().every
-}
-fn default_checkpoint_interval() -> String {
-    format!("{}s", CheckpointPolicy::default().interval.as_secs())
-}
-
-impl Default for CheckpointsFile {
-    fn default() -> Self {
-        CheckpointsFile {
-            every: default_checkpoint_every(),
-            interval: default_checkpoint_interval(),
-        }
-    }
-}
-
-impl CheckpointsFile {
-    fn validate(&self) -> anyhow::Result<CheckpointPolicy> {
-        let interval = humantime::parse_duration(&self.interval).with_context(|| {
-            format!("checkpoints.interval {:?} is not a duration", self.interval)
-        })?;
-        if self.every == 0 || interval < Duration::from_secs(1) {
-            bail!("checkpoints: every must be at least 1 and interval at least 1s");
-        }
-        Ok(CheckpointPolicy {
-            every: self.every,
-            interval,
-        })
-    }
 }
 
 /// Per-request limits. Defaults are in `Limits::default`.
@@ -232,10 +184,8 @@ pub struct AgentConfig {
     pub roots: Vec<LogRoot>,
     pub state_dir: PathBuf,
     pub audit_log: PathBuf,
-    /// `None`: never rotate.
-    pub audit_rotation: Option<RotationPolicy>,
-    /// The audit files' disk budget in bytes (0: none; only with rotation).
-    pub audit_budget_bytes: u64,
+    /// Rotation, retention budget and checkpoints of the audit file.
+    pub audit_settings: AuditSettings,
     pub max_clock_skew: Duration,
     pub allow_raw: bool,
     pub limits: Limits,
@@ -243,7 +193,6 @@ pub struct AgentConfig {
     pub profiles: Profiles,
     /// Validated `[[audit.sinks]]`.
     pub sinks: Vec<SinkConfig>,
-    pub checkpoints: CheckpointPolicy,
     pub tls: TlsFiles,
 }
 
@@ -278,40 +227,6 @@ impl RedactionSettings {
             allow_raw: file.allow_raw,
             max_line_bytes: file.limits.max_line_bytes,
         })
-    }
-}
-
-/// The smallest default budget. Rotation is checked once a second, so with small files the
-/// current one alone can pass `audit_rotate_bytes` many times over; a default must not refuse
-/// reads for that.
-const MIN_DEFAULT_AUDIT_BUDGET: u64 = 1 << 30;
-
-/// The audit files' disk budget: `audit_max_bytes`, or by default twice the footprint of a
-/// fully retained rotation (the kept files and the current one), at least 1 GiB, so a receiver
-/// outage has as much again before reads are refused. It must hold the current file and one
-/// rotated file.
-fn audit_budget(
-    rotate_bytes: u64,
-    keep_files: usize,
-    max_bytes: Option<u64>,
-) -> anyhow::Result<u64> {
-    if rotate_bytes == 0 {
-        if max_bytes.is_some_and(|b| b > 0) {
-            bail!("audit_max_bytes needs rotation: set audit_rotate_bytes above 0, or remove audit_max_bytes");
-        }
-        return Ok(0);
-    }
-    match max_bytes {
-        None => Ok((keep_files as u64)
-            .saturating_add(1)
-            .saturating_mul(rotate_bytes)
-            .saturating_mul(2)
-            .max(MIN_DEFAULT_AUDIT_BUDGET)),
-        Some(0) => Ok(0),
-        Some(b) if b < rotate_bytes.saturating_mul(2) => bail!(
-            "audit_max_bytes ({b}) must be at least twice audit_rotate_bytes ({rotate_bytes}): room for the current file and one rotated file"
-        ),
-        Some(b) => Ok(b),
     }
 }
 
@@ -393,15 +308,14 @@ impl AgentConfig {
         let profiles = Profiles::load(file.redaction, base)?;
         let bypass = file.bypass.clone().validate()?;
         let sinks = validate_sinks(&file.audit.sinks, base)?;
-        let checkpoints = file.checkpoints.validate()?;
-        let audit_budget_bytes = audit_budget(
+        let audit_settings = AuditSettings::validate(
             file.audit_rotate_bytes,
             file.audit_keep_files,
             file.audit_max_bytes,
+            &file.checkpoints,
         )?;
         Ok(AgentConfig {
-            audit_budget_bytes,
-            checkpoints,
+            audit_settings,
             bypass,
             advertise: file.advertise.unwrap_or_else(|| file.listen.to_string()),
             id: file.id,
@@ -413,10 +327,6 @@ impl AgentConfig {
             roots,
             state_dir: base.join(file.state_dir),
             audit_log: base.join(file.audit_log),
-            audit_rotation: (file.audit_rotate_bytes > 0).then_some(RotationPolicy {
-                max_bytes: file.audit_rotate_bytes,
-                keep: file.audit_keep_files,
-            }),
             max_clock_skew,
             allow_raw: file.allow_raw,
             limits: file.limits,
@@ -424,64 +334,5 @@ impl AgentConfig {
             sinks,
             tls: file.tls.relative_to(base),
         })
-    }
-}
-
-#[cfg(test)]
-mod audit_budget_tests {
-    use super::audit_budget;
-
-    #[test]
-    fn audit_budget_defaults_to_twice_the_retained_footprint() {
-        assert_eq!(audit_budget(256 << 20, 10, None).unwrap(), 11 * (512 << 20));
-        assert_eq!(
-            audit_budget(100, 10, None).unwrap(),
-            1 << 30,
-            "at least 1 GiB"
-        );
-        assert_eq!(audit_budget(100, 10, Some(500)).unwrap(), 500);
-        assert_eq!(audit_budget(100, 10, Some(0)).unwrap(), 0, "0: no budget");
-        assert_eq!(
-            audit_budget(0, 10, None).unwrap(),
-            0,
-            "no rotation: no budget"
-        );
-    }
-
-    #[test]
-    fn audit_budget_refuses_less_than_two_files_or_a_budget_without_rotation() {
-        let err = audit_budget(100, 10, Some(150)).unwrap_err().to_string();
-        assert!(err.contains("at least twice audit_rotate_bytes"), "{err}");
-        let err = audit_budget(0, 10, Some(1000)).unwrap_err().to_string();
-        assert!(err.contains("needs rotation"), "{err}");
-    }
-}
-
-#[cfg(test)]
-mod checkpoint_tests {
-    use super::*;
-
-    fn policy(text: &str) -> anyhow::Result<CheckpointPolicy> {
-        toml::from_str::<CheckpointsFile>(text)?.validate()
-    }
-
-    #[test]
-    fn checkpoint_policy_defaults_to_1000_records_or_60s() {
-        let p = policy("").unwrap();
-        assert_eq!((p.every, p.interval), (1000, Duration::from_secs(60)));
-        let p = policy("every = 4\ninterval = \"1s\"").unwrap();
-        assert_eq!((p.every, p.interval), (4, Duration::from_secs(1)));
-    }
-
-    #[test]
-    fn checkpoint_policy_refuses_zero_short_or_unknown_settings() {
-        for bad in [
-            "every = 0",
-            "interval = \"10ms\"",
-            "interval = \"soon\"",
-            "evry = 3",
-        ] {
-            assert!(policy(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -15,9 +15,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use config::AgentConfig;
 use grants::GrantStore;
-use loggate_core::audit::ship::{spawn_sinks, ShipContext};
-use loggate_core::audit::{events, AuditEvent};
-use loggate_core::audit::{AuditLog, CheckpointKey, SharedAuditLog};
+use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
+use loggate_core::daemon::audit::AuditPlaces;
+use loggate_core::daemon::{serve_mtls, AuditRuntime, MtlsSettings};
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
 use loggate_proto::agent_server::AgentServer;
@@ -115,11 +115,6 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     // Private from creation: it holds the grant store and the audit signing key.
     loggate_core::private_state::create_private_dir(&config.state_dir, "agent state folder")?;
-    let checkpoint_key =
-        CheckpointKey::load_or_create(&config.state_dir.join("audit-signing.key"))?;
-    let checkpoint_public = checkpoint_key.verify_key();
-    let mut audit_log = AuditLog::open(&config.audit_log, &config.id)?
-        .with_checkpoints(checkpoint_key, config.checkpoints);
     let verifier = GrantVerifier::new(config.grant_keys.clone(), config.max_clock_skew);
     let audience = Audience {
         agent_id: config.id.clone(),
@@ -148,43 +143,28 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         bypass_protected: None,
     };
     bypass.describe(&mut started);
-    audit_log.append(&started)?;
+    // Retention deletes a rotated audit file only once every sink and the checkpoint sender
+    // have consumed it (their cursors), within the disk budget.
+    let mut startup = AuditRuntime::open(
+        AuditPlaces {
+            audit_log: config.audit_log.clone(),
+            host: config.id.clone(),
+            checkpoint_key: config.state_dir.join("audit-signing.key"),
+            sinks_dir: config.state_dir.join("sinks"),
+            app_name: "loggate-agent".into(),
+            other_cursors: vec![anchor::cursor_path(&config.state_dir)],
+        },
+        &config.audit_settings,
+        &started,
+    )?;
+    let checkpoint_public = startup.verify_key();
     for (id, reason) in &loaded.dropped {
-        audit_log.append(&events::GrantDropped {
+        startup.log().append(&events::GrantDropped {
             grant_id: id.clone(),
             reason: reason.clone(),
         })?;
     }
-    // Retention deletes a rotated audit file only once every sink and the checkpoint sender
-    // have consumed it (their cursors), within the disk budget.
-    if let Some(policy) = config.audit_rotation {
-        let sinks_dir = config.state_dir.join("sinks");
-        let cursors = config
-            .sinks
-            .iter()
-            .map(|s| loggate_core::audit::ship::cursor::cursor_path(&sinks_dir, &s.name))
-            .chain([anchor::cursor_path(&config.state_dir)])
-            .collect();
-        audit_log = audit_log.with_retention(
-            loggate_core::audit::Retention {
-                budget_bytes: config.audit_budget_bytes,
-                cursors,
-            },
-            policy.keep,
-        );
-    }
-    let audit_log = SharedAuditLog::new(audit_log)?;
-    // The sinks follow the audit file on threads of their own: a slow SIEM never slows a read.
-    spawn_sinks(
-        std::mem::take(&mut config.sinks),
-        &ShipContext {
-            audit_log: config.audit_log.clone(),
-            state_dir: config.state_dir.join("sinks"),
-            host: config.id.clone(),
-            app_name: "loggate-agent".into(),
-            durable: audit_log.durable(),
-        },
-    )?;
+    let (audit_log, audit_runtime) = startup.start(std::mem::take(&mut config.sinks))?;
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
     let shared = Arc::new(Shared {
@@ -201,75 +181,67 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     });
 
     tokio::spawn(watch::run(shared.clone()));
-    tokio::spawn(expire_grants(shared.clone()));
+    // The one audit timer: checkpoints and rotation, then grant expiry, once a second.
+    tokio::spawn(audit_runtime.run_timer(shared.clone(), expire_grants));
     tokio::spawn(anchor::run(shared.clone(), checkpoint_public));
     bypass.spawn(shared.clone())?;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let auditor = shared.clone();
-    let incoming = loggate_core::tls_accept::incoming(
-        listener,
-        &shared.config.tls,
-        &shared.config.trust_domain,
-        move |refused| {
-            loggate_core::tls_accept::audit_refusal(&auditor.audit_log, "loggate agent", refused)
-        },
-    )
-    .context("TLS configuration")?;
     eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
     let service = server::AgentService::new(shared.clone());
     let denial_summaries = service.summaries();
-    tonic::transport::Server::builder()
-        // A peer that stops answering HTTP/2 pings is dropped (the accept loop caps the
-        // connections per identity and in all, and sets TCP keepalive).
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(AgentServer::new(service).max_decoding_message_size(max_request))
-        .serve_with_incoming_shutdown(incoming, loggate_core::shutdown::signal())
-        .await
-        .with_context(|| format!("agent server on {listen}"))?;
+    serve_mtls(
+        listener,
+        MtlsSettings {
+            tls: &shared.config.tls,
+            trust_domain: &shared.config.trust_domain,
+            service_name: "loggate agent",
+            audit: shared.clone(),
+        },
+        AgentServer::new(service).max_decoding_message_size(max_request),
+        loggate_core::shutdown::signal(),
+    )
+    .await?;
     // Denial records left out by the budget are summarised now, not lost with the process.
     tokio::task::block_in_place(|| denial_summaries.write_pending());
-    shared.audit(&events::AgentStopped {
-        agent_id: shared.config.id.clone(),
-    })?;
-    shared.audit_log.checkpoint()?;
+    AuditRuntime::stop(
+        &shared.audit_log,
+        &events::AgentStopped {
+            agent_id: shared.config.id.clone(),
+        },
+    )?;
     eprintln!("loggate-agent stopped");
     Ok(())
 }
 
-/// Writes due audit checkpoints, rotates the audit file when due, and audits grants whose end has passed, once a second, with or without the controller. Live
-/// streams cut themselves (see `stream::GrantWatch`); this keeps the store and audit trail tidy.
-async fn expire_grants(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if let Err(e) = tokio::task::block_in_place(|| shared.audit_log.checkpoint_if_due()) {
-            tracing::error!("audit checkpoint failed: {e:#}");
-        }
-        if let Some(policy) = shared.config.audit_rotation {
-            if let Err(e) = tokio::task::block_in_place(|| shared.audit_log.rotate_if_due(policy)) {
-                tracing::error!("audit rotation failed: {e:#}");
-            }
-        }
-        match shared.grants.sweep_expired(unix_now()) {
-            Ok(expired) => {
-                for g in expired {
-                    let c = g.claims();
-                    if let Err(e) = shared.audit(&events::GrantExpired {
-                        grant_id: c.jti.clone(),
-                        subject: c.sub.clone(),
-                        paths: c.paths.clone(),
-                        not_after: c.exp,
-                    }) {
-                        tracing::error!("audit write failed: {e:#}");
-                    }
+/// Audits grants whose end has passed (on the audit timer, once a second, with or without the
+/// controller). Live streams cut themselves (see `stream::GrantWatch`); this keeps the store
+/// and audit trail tidy.
+fn expire_grants(shared: &Shared) {
+    match shared.grants.sweep_expired(unix_now()) {
+        Ok(expired) => {
+            for g in expired {
+                let c = g.claims();
+                if let Err(e) = shared.audit(&events::GrantExpired {
+                    grant_id: c.jti.clone(),
+                    subject: c.sub.clone(),
+                    paths: c.paths.clone(),
+                    not_after: c.exp,
+                }) {
+                    tracing::error!("audit write failed: {e:#}");
                 }
             }
-            Err(e) => tracing::error!("expiring grants: {e:#}"),
         }
+        Err(e) => tracing::error!("expiring grants: {e:#}"),
+    }
+}
+
+/// The agent's audit log, for the audit timer and the TLS refusals (see `loggate_core::daemon`).
+impl AsRef<SharedAuditLog> for Shared {
+    fn as_ref(&self) -> &SharedAuditLog {
+        &self.audit_log
     }
 }
 
@@ -348,15 +320,7 @@ fn redact_command(
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // No colour codes in files and journald, only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    loggate_core::daemon::init_tracing(loggate_core::daemon::LogDefault::Daemon);
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

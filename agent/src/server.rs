@@ -7,8 +7,8 @@ use crate::stream::{self, GrantWatch, LineSelector, Plan};
 use crate::Shared;
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget, Summary};
 use loggate_core::audit::events;
+use loggate_core::daemon::peer_identity;
 use loggate_core::identity::{Identity, Role};
-use loggate_core::tls::peer_identity;
 use loggate_proto as pb;
 use loggate_proto::agent_server::Agent;
 use regex::bytes::RegexBuilder;
@@ -532,7 +532,7 @@ impl Agent for AgentService {
     ) -> Result<Response<Self::ReadLogStream>, Status> {
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string());
-        let reader = match peer_identity(&request, &self.shared.config.trust_domain, Role::User) {
+        let reader = match peer_identity(&request, Role::User) {
             Ok(reader) => reader,
             Err(status) => {
                 // A certificate from our CA but of the wrong kind (an agent's, say): refused and

@@ -14,6 +14,7 @@ use crate::config::AgentConfig;
 use crate::grants::{GrantStore, RevocationInfo};
 use crate::Shared;
 use loggate_core::audit::{events, AuditEvent};
+use loggate_core::backoff::Backoff;
 use loggate_core::grant::{unix_now, GrantError, ReceivedGrant};
 use loggate_core::tls::Server;
 use loggate_proto as pb;
@@ -23,31 +24,25 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
-pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The pause between attempts to reach the controller (its grant stream, the checkpoint
+/// sender): 250 ms doubling to 30 s, jittered.
+pub const CONTROLLER_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 /// A stream silent for this long (no heartbeat) is considered dead.
 const SILENCE: Duration = Duration::from_secs(35);
 
 pub async fn run(shared: Arc<Shared>) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = CONTROLLER_BACKOFF;
     loop {
         match watch_once(&shared).await {
             Ok(()) => {
                 tracing::warn!("controller closed the grant stream; reconnecting");
-                backoff = MIN_BACKOFF;
+                backoff.reset();
             }
             Err(e) => tracing::warn!("grant stream to the controller: {e:#}"),
         }
-        pause(&mut backoff).await;
+        backoff.pause().await;
     }
-}
-
-/// Sleeps before the next attempt to reach the controller, then doubles `backoff` (up to 30 s).
-/// Full jitter: a random time in [backoff/2, backoff].
-pub async fn pause(backoff: &mut Duration) {
-    let jitter = rand::random::<f64>() * 0.5 + 0.5;
-    tokio::time::sleep(backoff.mul_f64(jitter)).await;
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
 }
 
 /// A connection to the controller with the agent's mTLS identity.

@@ -4,6 +4,8 @@
 
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
+use loggate_core::daemon::audit::{default_audit_keep_files, default_audit_rotate_bytes};
+use loggate_core::daemon::{AuditSettings, CheckpointsFile};
 use loggate_core::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -67,6 +69,20 @@ pub struct ControllerConfig {
     /// The controller's own audit file (JSON lines, hash-chained).
     #[serde(default = "default_controller_audit")]
     pub audit_log: PathBuf,
+    /// Rotate the audit file once it is this long (bytes; 0 = never). Same key, default and
+    /// meaning as the agent's.
+    #[serde(default = "default_audit_rotate_bytes")]
+    audit_rotate_bytes: u64,
+    /// Rotated audit files kept; older ones are deleted once every sink has consumed them.
+    #[serde(default = "default_audit_keep_files")]
+    audit_keep_files: usize,
+    /// Disk budget of the audit file and its rotated files together (bytes; default: twice
+    /// `(audit_keep_files + 1) × audit_rotate_bytes`, at least 1 GiB; 0 = none).
+    #[serde(default)]
+    audit_max_bytes: Option<u64>,
+    /// When the audit writer seals the chain with a signed checkpoint (`[checkpoints]`).
+    #[serde(default)]
+    checkpoints: CheckpointsFile,
     /// Delivery of the audit file to SIEMs (`[[audit.sinks]]`).
     #[serde(default)]
     pub audit: AuditSection,
@@ -93,6 +109,9 @@ impl ControllerConfig {
         config.max_ttl_duration()?;
         config.sinks = validate_sinks(&config.audit.sinks, base)
             .with_context(|| format!("controller configuration {}", path.display()))?;
+        config
+            .audit_settings()
+            .with_context(|| format!("controller configuration {}", path.display()))?;
         if config.redaction_profiles.is_empty() {
             bail!("redaction_profiles: name at least one profile (e.g. [\"default\"])");
         }
@@ -107,6 +126,17 @@ impl ControllerConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The audit keys (`audit_rotate_bytes`, `audit_keep_files`, `audit_max_bytes`,
+    /// `[checkpoints]`), checked as the agent's are: checked once by [`ControllerConfig::load`].
+    pub fn audit_settings(&self) -> anyhow::Result<AuditSettings> {
+        AuditSettings::validate(
+            self.audit_rotate_bytes,
+            self.audit_keep_files,
+            self.audit_max_bytes,
+            &self.checkpoints,
+        )
     }
 
     /// `max_ttl`, between 1 s and [`MAX_TTL_LIMIT`]: every grant's end stays a date the
@@ -174,6 +204,48 @@ mod tests {
             ),
         )?;
         ControllerConfig::load(&path)
+    }
+
+    #[test]
+    fn audit_keys_have_the_agents_defaults_and_checks() {
+        let config = load_with("").expect("minimal configuration");
+        let audit = config.audit_settings().expect("checked at load");
+        let rotation = audit.rotation.expect("rotates by default");
+        assert_eq!((rotation.max_bytes, rotation.keep), (256 << 20, 10));
+        assert_eq!(audit.budget_bytes, 11 * (512 << 20));
+        assert_eq!(
+            (audit.checkpoints.every, audit.checkpoints.interval),
+            (1000, Duration::from_secs(60))
+        );
+        let config = load_with(
+            "audit_rotate_bytes = 4096\naudit_keep_files = 3\naudit_max_bytes = 65536\n\
+             [checkpoints]\nevery = 5\ninterval = \"2s\"",
+        )
+        .expect("set audit keys");
+        let audit = config.audit_settings().expect("checked at load");
+        assert_eq!(
+            audit.rotation.map(|r| (r.max_bytes, r.keep)),
+            Some((4096, 3))
+        );
+        assert_eq!(audit.budget_bytes, 65536);
+        assert_eq!(audit.checkpoints.every, 5);
+        let off = load_with("audit_rotate_bytes = 0").expect("no rotation");
+        assert!(off.audit_settings().expect("checked").rotation.is_none());
+        for (bad, expect) in [
+            (
+                "audit_rotate_bytes = 4096\naudit_max_bytes = 4097",
+                "at least twice",
+            ),
+            (
+                "audit_rotate_bytes = 0\naudit_max_bytes = 4096",
+                "needs rotation",
+            ),
+            ("[checkpoints]\nevery = 0", "every must be at least 1"),
+            ("audit_keep = 3", "unknown field"),
+        ] {
+            let err = format!("{:#}", load_with(bad).expect_err(bad));
+            assert!(err.contains(expect), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@ use crate::config::ControllerConfig;
 use crate::service::ControllerService;
 use crate::store::Store;
 use anyhow::{bail, Context};
-use loggate_core::audit::{events, AuditLog, CheckpointKey, CheckpointPolicy, SharedAuditLog};
+use loggate_core::audit::events;
+use loggate_core::daemon::audit::AuditPlaces;
+use loggate_core::daemon::{serve_mtls, AuditRuntime, MtlsSettings};
 use loggate_core::grant::{unix_now, SigningKey};
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::read_certificate_der;
@@ -30,31 +32,31 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         enrol_user_certs(&store, dir, &config.trust_domain)?;
     }
     // The controller's own chain is sealed with signed checkpoints too, with a key kept next
-    // to its audit file (created on first start, mode 0600).
-    let audit_dir = config.audit_log.parent().unwrap_or(Path::new("."));
-    let checkpoint_key = CheckpointKey::load_or_create(&audit_dir.join("audit-signing.key"))?;
-    let mut audit_log = AuditLog::open(&config.audit_log, "controller")?
-        .with_checkpoints(checkpoint_key, CheckpointPolicy::default());
-    audit_log.append(&events::ControllerStarted {
-        listen: config.listen.to_string(),
-        admins: config.admins.to_vec(),
-        revision: store.latest_revision()?,
-    })?;
-    if let Some(dir) = &config.enrol_checkpoint_keys {
-        crate::service::enrol_checkpoint_keys(&store, &mut audit_log, dir)?;
-    }
-    let audit = Arc::new(SharedAuditLog::new(audit_log)?);
-    // Cursors and status files of the sinks sit next to the audit file they follow.
-    loggate_core::audit::ship::spawn_sinks(
-        std::mem::take(&mut config.sinks),
-        &loggate_core::audit::ship::ShipContext {
+    // to its audit file (created on first start, mode 0600); the sinks' cursors and status
+    // files sit there too.
+    let audit_dir = loggate_core::daemon::audit::folder_of(&config.audit_log).to_path_buf();
+    let settings = config.audit_settings()?;
+    let mut startup = AuditRuntime::open(
+        AuditPlaces {
             audit_log: config.audit_log.clone(),
-            state_dir: audit_dir.join("sinks"),
             host: "controller".into(),
+            checkpoint_key: audit_dir.join("audit-signing.key"),
+            sinks_dir: audit_dir.join("sinks"),
             app_name: "loggate-controller".into(),
-            durable: audit.durable(),
+            other_cursors: Vec::new(),
+        },
+        &settings,
+        &events::ControllerStarted {
+            listen: config.listen.to_string(),
+            admins: config.admins.to_vec(),
+            revision: store.latest_revision()?,
         },
     )?;
+    if let Some(dir) = &config.enrol_checkpoint_keys {
+        crate::service::enrol_checkpoint_keys(&store, startup.log(), dir)?;
+    }
+    let (audit_log, audit_runtime) = startup.start(std::mem::take(&mut config.sinks))?;
+    let audit = Arc::new(audit_log);
     // The access policy: an invalid one stops the start (there is none in force to keep).
     let access_policy = crate::policy::PolicyHandle::start(config.policy.clone(), audit.clone())
         .context("access policy")?;
@@ -75,50 +77,31 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         epoch,
     )?
     .with_access_policy(access_policy);
-    tokio::spawn(checkpoint_when_due(audit.clone()));
+    tokio::spawn(audit_runtime.run_timer(audit.clone(), |_| {}));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let auditor = audit.clone();
-    let incoming = loggate_core::tls_accept::incoming(
-        listener,
-        &config.tls,
-        &config.trust_domain,
-        move |refused| {
-            loggate_core::tls_accept::audit_refusal(&auditor, "loggate controller", refused)
-        },
-    )
-    .context("TLS configuration")?;
     tracing::info!(listen = %config.listen, "loggate controller serving");
     eprintln!("loggate controller listening on {}", config.listen);
-    tonic::transport::Server::builder()
-        // A peer that stops answering HTTP/2 pings is dropped (the accept loop caps the
-        // connections per identity and in all, and sets TCP keepalive).
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .add_service(ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .serve_with_incoming_shutdown(incoming, async move {
+    serve_mtls(
+        listener,
+        MtlsSettings {
+            tls: &config.tls,
+            trust_domain: &config.trust_domain,
+            service_name: "loggate controller",
+            audit: audit.clone(),
+        },
+        ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        async move {
             loggate_core::shutdown::signal().await;
             // End the agents' watch streams, or the graceful shutdown would wait for them.
             let _ = stop.send(true);
-        })
-        .await
-        .with_context(|| format!("controller server on {}", config.listen))?;
-    audit.append(&events::ControllerStopped {})?;
-    audit.checkpoint()?;
+        },
+    )
+    .await?;
+    AuditRuntime::stop(&audit, &events::ControllerStopped {})?;
     eprintln!("loggate controller stopped");
     Ok(())
-}
-
-/// Seals the controller's audit chain with a checkpoint when one is due (1000 records or 60 s).
-async fn checkpoint_when_due(audit: Arc<SharedAuditLog>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        if let Err(e) = tokio::task::block_in_place(|| audit.checkpoint_if_due()) {
-            tracing::error!("audit checkpoint failed: {e:#}");
-        }
-    }
 }
 
 /// Reads the grant-signing key, refusing a file that others can read.

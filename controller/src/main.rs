@@ -474,16 +474,12 @@ async fn run(cli: Cli) -> CliResult {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        // No colour codes in files and journald, only on a terminal.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    // The daemon logs as the agent does; the commands show warnings and errors only.
+    loggate_core::daemon::init_tracing(match cli.command {
+        Command::Controller(_) => loggate_core::daemon::LogDefault::Daemon,
+        _ => loggate_core::daemon::LogDefault::Command,
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -9,9 +9,9 @@ pub use anchor::enrol_checkpoint_keys;
 
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
+use loggate_core::daemon::peer_identity;
 use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantError, SigningKey};
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
-use loggate_core::tls::peer_identity;
 use loggate_proto as pb;
 use loggate_proto::controller_server::Controller;
 use std::collections::HashSet;
@@ -121,7 +121,7 @@ impl ControllerService {
     /// first use, audited); a later, different key is never silently taken over: grants stay
     /// bound to the enrolled key until an admin re-enrols (`enrol_user_certs`).
     fn user<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
-        let user = peer_identity(request, &self.trust_domain, Role::User)?;
+        let user = peer_identity(request, Role::User)?;
         let key = user.key_sha256_hex();
         // Audited before it is stored (inside the transaction): no key without its record.
         self.store
@@ -271,7 +271,7 @@ impl Controller for ControllerService {
         &self,
         request: Request<pb::WatchGrantsRequest>,
     ) -> Result<Response<Self::WatchGrantsStream>, Status> {
-        let agent = peer_identity(&request, &self.trust_domain, Role::Agent)?;
+        let agent = peer_identity(&request, Role::Agent)?;
         let req = request.into_inner();
         if req.agent_id != agent.name() {
             return Err(Status::permission_denied(format!(

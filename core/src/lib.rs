@@ -3,6 +3,8 @@
 //! timestamp rules used to select time ranges of log lines.
 
 pub mod audit;
+pub mod backoff;
+pub mod daemon;
 pub mod grant;
 pub mod identity;
 pub mod private_state;

@@ -16,7 +16,6 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tonic::transport::{ClientTlsConfig, Endpoint, Identity as TlsIdentity};
-use tonic::{Request, Status};
 
 /// Where a party's TLS material lives.
 #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
@@ -235,33 +234,6 @@ pub fn read_certificate_der(path: &Path) -> anyhow::Result<Vec<u8>> {
     let der = CertificateDer::from_pem_file(path)
         .map_err(|e| anyhow::anyhow!("{}: no PEM certificate ({e})", path.display()))?;
     Ok(der.as_ref().to_vec())
-}
-
-/// The verified identity of the peer of `request`, which must have the given role.
-pub fn peer_identity<T>(
-    request: &Request<T>,
-    trust_domain: &str,
-    role: Role,
-) -> Result<Identity, Status> {
-    let certs = request
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let identity = Identity::from_certificate(leaf.as_ref(), trust_domain)
-        .map_err(|e| Status::unauthenticated(format!("unusable client certificate: {e}")))?;
-    if identity.role() != role {
-        return Err(Status::permission_denied(format!(
-            "{identity} may not call this: it is for {} identities",
-            match role {
-                Role::Controller => "controller",
-                Role::Agent => "agent",
-                Role::User => "user",
-            }
-        )));
-    }
-    Ok(identity)
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use super::{internal, ControllerService};
 use crate::store::{Arrival, KeyCheck, Store};
 use anyhow::Context;
 use loggate_core::audit::{events, AuditLog, Checkpoint, VerifyKey};
+use loggate_core::daemon::peer_identity;
 use loggate_core::grant::unix_now;
 use loggate_core::identity::{is_valid_name, Role};
-use loggate_core::tls::peer_identity;
 use loggate_proto as pb;
 use std::path::Path;
 use tonic::{Request, Response, Status};
@@ -30,7 +30,7 @@ impl ControllerService {
         &self,
         request: Request<pb::ReportCheckpointsRequest>,
     ) -> Result<Response<pb::ReportCheckpointsResponse>, Status> {
-        let agent = peer_identity(&request, &self.trust_domain, Role::Agent)?;
+        let agent = peer_identity(&request, Role::Agent)?;
         let req = request.into_inner();
         let agent_id = agent.name();
         if req.agent_id != agent_id {

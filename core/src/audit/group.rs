@@ -159,6 +159,14 @@ impl SharedAuditLog {
     }
 }
 
+/// A daemon that owns its log directly: the same as one that holds it among its state (see
+/// `daemon::AuditRuntime::run_timer` and `daemon::serve_mtls`).
+impl AsRef<SharedAuditLog> for SharedAuditLog {
+    fn as_ref(&self) -> &SharedAuditLog {
+        self
+    }
+}
+
 impl Drop for SharedAuditLog {
     /// Makes everything written durable, then stops the flusher.
     fn drop(&mut self) {

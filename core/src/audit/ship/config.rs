@@ -30,27 +30,32 @@ pub struct AuditSection {
     pub sinks: Vec<SinkFile>,
 }
 
-/// One `[[audit.sinks]]` table as written.
+/// One `[[audit.sinks]]` table as written, told apart by its `kind`. Each kind takes only its
+/// own keys: a key of the other kind (`url` on a syslog sink, say) is refused by name when the
+/// file is parsed, with the keys the kind does take.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum SinkFile {
+    /// RFC 5425 syslog over mutual TLS.
+    SyslogTls(SyslogSinkFile),
+    /// Splunk HTTP Event Collector.
+    Hec(HecSinkFile),
+}
+
+/// `kind = "syslog-tls"`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SinkFile {
+pub struct SyslogSinkFile {
     name: String,
-    kind: SinkKind,
-    /// syslog-tls: the receiver's `host:port`.
+    /// The receiver's `host:port` (required).
     #[serde(default)]
     address: Option<String>,
-    /// syslog-tls: the name the receiver's certificate must carry (default: the host of `address`).
+    /// The name the receiver's certificate must carry (default: the host of `address`).
     #[serde(default)]
     server_name: Option<String>,
-    /// syslog-tls: the structured-data id (default `loggate@32473`).
+    /// The structured-data id (default `loggate@32473`).
     #[serde(default)]
     sd_id: Option<String>,
-    /// hec: `https://host:port/services/collector/event` (http only for loopback).
-    #[serde(default)]
-    url: Option<String>,
-    /// hec: file holding the HEC token.
-    #[serde(default)]
-    token_file: Option<PathBuf>,
     #[serde(default)]
     ca: Option<PathBuf>,
     #[serde(default)]
@@ -61,11 +66,25 @@ pub struct SinkFile {
     batch_size: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum SinkKind {
-    SyslogTls,
-    Hec,
+/// `kind = "hec"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HecSinkFile {
+    name: String,
+    /// `https://host:port/services/collector/event` (required; http only for loopback).
+    #[serde(default)]
+    url: Option<String>,
+    /// File holding the HEC token.
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    ca: Option<PathBuf>,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default = "default_batch")]
+    batch_size: usize,
 }
 
 /// A validated sink.
@@ -116,7 +135,7 @@ pub fn validate_sinks(files: &[SinkFile], base: &Path) -> anyhow::Result<Vec<Sin
     for file in files {
         let sink = file
             .validate(base)
-            .with_context(|| format!("audit.sinks {:?}", file.name))?;
+            .with_context(|| format!("audit.sinks {:?}", file.name()))?;
         if out.iter().any(|s| s.name == sink.name) {
             bail!("audit.sinks: the name {:?} is used twice", sink.name);
         }
@@ -126,129 +145,129 @@ pub fn validate_sinks(files: &[SinkFile], base: &Path) -> anyhow::Result<Vec<Sin
 }
 
 impl SinkFile {
+    fn name(&self) -> &str {
+        match self {
+            SinkFile::SyslogTls(f) => &f.name,
+            SinkFile::Hec(f) => &f.name,
+        }
+    }
+
     fn validate(&self, base: &Path) -> anyhow::Result<SinkConfig> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= 64
-            && self
-                .name
+        let (name, batch_size) = match self {
+            SinkFile::SyslogTls(f) => (&f.name, f.batch_size),
+            SinkFile::Hec(f) => (&f.name, f.batch_size),
+        };
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !name_ok {
             bail!("name must be 1–64 lowercase letters, digits, '-' or '_' (it names the cursor file)");
         }
-        if self.batch_size == 0 || self.batch_size > MAX_BATCH {
+        if batch_size == 0 || batch_size > MAX_BATCH {
             bail!("batch_size must be between 1 and {MAX_BATCH}");
         }
-        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
-        let target = match self.kind {
-            SinkKind::SyslogTls => {
-                self.refuse(&[
-                    ("url", self.url.is_some()),
-                    ("token_file", self.token_file.is_some()),
-                ])?;
-                let address = self
-                    .address
-                    .clone()
-                    .context("address (\"host:port\" of the syslog receiver) is required")?;
-                let host = host_of(&address)?;
-                let server_name = server_name(self.server_name.as_deref().unwrap_or(host))?;
-                let (Some(ca), Some(cert), Some(key)) =
-                    (path(&self.ca), path(&self.cert), path(&self.key))
-                else {
-                    bail!("ca, cert and key are required: syslog-tls is always mutual TLS");
-                };
-                let sd_id = self.sd_id.clone().unwrap_or_else(|| DEFAULT_SD_ID.into());
-                check_sd_id(&sd_id)?;
-                Target::Syslog(SyslogTarget {
-                    address,
-                    server_name,
-                    tls: client_tls(&ca, Some((&cert, &key)), b"")?,
-                    sd_id,
-                })
-            }
-            SinkKind::Hec => {
-                self.refuse(&[
-                    ("address", self.address.is_some()),
-                    ("server_name", self.server_name.is_some()),
-                    ("sd_id", self.sd_id.is_some()),
-                ])?;
-                let text = self
-                    .url
-                    .as_deref()
-                    .context("url (https://host:port/services/collector/event) is required")?;
-                let url: http::Uri = text
-                    .parse()
-                    .with_context(|| format!("url {text:?} is not a URL"))?;
-                let host = url.host().context("url has no host")?;
-                let host = host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string();
-                let https = match url.scheme_str() {
-                    Some("https") => true,
-                    Some("http") if is_loopback(&host) => false,
-                    Some("http") => bail!(
-                        "url: plain http is only allowed to a loopback address (tests); use https"
-                    ),
-                    _ => bail!("url must start with https://"),
-                };
-                let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
-                let address = if host.contains(':') {
-                    format!("[{host}]:{port}")
-                } else {
-                    format!("{host}:{port}")
-                };
-                let token_file = path(&self.token_file)
-                    .context("token_file (a file holding the HEC token) is required")?;
-                let token = std::fs::read_to_string(&token_file)
-                    .with_context(|| format!("token_file: cannot read {}", token_file.display()))?
-                    .trim()
-                    .to_string();
-                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
-                    bail!(
-                        "token_file {}: the token must be one line of printable characters",
-                        token_file.display()
-                    );
-                }
-                let client = match (path(&self.cert), path(&self.key)) {
-                    (Some(c), Some(k)) => Some((c, k)),
-                    (None, None) => None,
-                    _ => bail!("cert and key go together (a client certificate for the collector)"),
-                };
-                let tls = if https {
-                    let ca = path(&self.ca).context("ca is required for an https url")?;
-                    let client = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
-                    Some((client_tls(&ca, client, b"http/1.1")?, server_name(&host)?))
-                } else {
-                    if self.ca.is_some() || client.is_some() {
-                        bail!("ca, cert and key only apply to an https url");
-                    }
-                    None
-                };
-                Target::Hec(HecTarget {
-                    url,
-                    address,
-                    tls,
-                    token: HecToken(token),
-                })
-            }
+        let target = match self {
+            SinkFile::SyslogTls(f) => Target::Syslog(f.validate(base)?),
+            SinkFile::Hec(f) => Target::Hec(f.validate(base)?),
         };
         Ok(SinkConfig {
-            name: self.name.clone(),
-            batch_size: self.batch_size,
+            name: name.clone(),
+            batch_size,
             target,
         })
     }
+}
 
-    fn refuse(&self, fields: &[(&str, bool)]) -> anyhow::Result<()> {
-        let kind = match self.kind {
-            SinkKind::SyslogTls => "syslog-tls",
-            SinkKind::Hec => "hec",
+impl SyslogSinkFile {
+    fn validate(&self, base: &Path) -> anyhow::Result<SyslogTarget> {
+        let address = self
+            .address
+            .clone()
+            .context("address (\"host:port\" of the syslog receiver) is required")?;
+        let host = host_of(&address)?;
+        let server_name = server_name(self.server_name.as_deref().unwrap_or(host))?;
+        let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
+            bail!("ca, cert and key are required: syslog-tls is always mutual TLS");
         };
-        match fields.iter().find(|(_, set)| *set) {
-            Some((field, _)) => bail!("{field} does not apply to kind = \"{kind}\""),
-            None => Ok(()),
+        let sd_id = self.sd_id.clone().unwrap_or_else(|| DEFAULT_SD_ID.into());
+        check_sd_id(&sd_id)?;
+        Ok(SyslogTarget {
+            address,
+            server_name,
+            tls: client_tls(
+                &base.join(ca),
+                Some((&base.join(cert), &base.join(key))),
+                b"",
+            )?,
+            sd_id,
+        })
+    }
+}
+
+impl HecSinkFile {
+    fn validate(&self, base: &Path) -> anyhow::Result<HecTarget> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+        let text = self
+            .url
+            .as_deref()
+            .context("url (https://host:port/services/collector/event) is required")?;
+        let url: http::Uri = text
+            .parse()
+            .with_context(|| format!("url {text:?} is not a URL"))?;
+        let host = url.host().context("url has no host")?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let https = match url.scheme_str() {
+            Some("https") => true,
+            Some("http") if is_loopback(&host) => false,
+            Some("http") => {
+                bail!("url: plain http is only allowed to a loopback address (tests); use https")
+            }
+            _ => bail!("url must start with https://"),
+        };
+        let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let token_file = path(&self.token_file)
+            .context("token_file (a file holding the HEC token) is required")?;
+        let token = std::fs::read_to_string(&token_file)
+            .with_context(|| format!("token_file: cannot read {}", token_file.display()))?
+            .trim()
+            .to_string();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            bail!(
+                "token_file {}: the token must be one line of printable characters",
+                token_file.display()
+            );
         }
+        let client = match (path(&self.cert), path(&self.key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("cert and key go together (a client certificate for the collector)"),
+        };
+        let tls = if https {
+            let ca = path(&self.ca).context("ca is required for an https url")?;
+            let client = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+            Some((client_tls(&ca, client, b"http/1.1")?, server_name(&host)?))
+        } else {
+            if self.ca.is_some() || client.is_some() {
+                bail!("ca, cert and key only apply to an https url");
+            }
+            None
+        };
+        Ok(HecTarget {
+            url,
+            address,
+            tls,
+            token: HecToken(token),
+        })
     }
 }
 
@@ -358,17 +377,118 @@ mod tests {
         assert!(e.contains("name must be"), "{e}");
         let e = err("[[sinks]]\nname = \"x\"\nkind = \"kafka\"\n");
         assert!(e.contains("unknown variant"), "{e}");
-        let e = err("[[sinks]]\nname = \"x\"\nkind = \"syslog-tls\"\nurl = \"https://a\"\n");
-        assert!(
-            e.contains("url does not apply to kind = \"syslog-tls\""),
-            "{e}"
-        );
         let e = err("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"http://splunk.example:8088/services/collector/event\"\ntoken_file = \"t\"\n");
         assert!(e.contains("only allowed to a loopback address"), "{e}");
         let e = err("[[sinks]]\nname = \"x\"\nkind = \"syslog-tls\"\naddress = \"siem\"\n");
         assert!(e.contains("must be \"host:port\""), "{e}");
         let e = err("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nbatch_size = 0\n");
         assert!(e.contains("batch_size"), "{e}");
+    }
+
+    #[test]
+    fn a_key_of_the_other_kind_is_refused_by_name() {
+        let syslog = "[[sinks]]\nname = \"x\"\nkind = \"syslog-tls\"\naddress = \"siem:6514\"\n";
+        for key in ["url = \"https://a\"", "token_file = \"t\""] {
+            let e = err(&format!("{syslog}{key}\n"));
+            let field = key.split(' ').next().unwrap_or_default();
+            assert!(
+                e.contains(&format!("unknown field `{field}`")),
+                "{key}: {e}"
+            );
+        }
+        let hec = "[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/services/collector/event\"\n";
+        for key in [
+            "address = \"siem:6514\"",
+            "server_name = \"siem\"",
+            "sd_id = \"loggate@32473\"",
+            "kafka_topic = \"t\"",
+        ] {
+            let e = err(&format!("{hec}{key}\n"));
+            let field = key.split(' ').next().unwrap_or_default();
+            assert!(
+                e.contains(&format!("unknown field `{field}`")),
+                "{key}: {e}"
+            );
+        }
+        let e = err("[[sinks]]\nname = \"x\"\naddress = \"siem:6514\"\n");
+        assert!(e.contains("missing field `kind`"), "{e}");
+    }
+
+    #[test]
+    fn required_keys_of_each_kind_are_named_when_missing() {
+        let e = err("[[sinks]]\nname = \"x\"\nkind = \"syslog-tls\"\n");
+        assert!(
+            e.contains("address (\"host:port\" of the syslog receiver) is required"),
+            "{e}"
+        );
+        let e = err("[[sinks]]\nname = \"x\"\nkind = \"hec\"\n");
+        assert!(
+            e.contains("url (https://host:port/services/collector/event) is required"),
+            "{e}"
+        );
+        let e = err("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/services/collector/event\"\n");
+        assert!(
+            e.contains("token_file (a file holding the HEC token) is required"),
+            "{e}"
+        );
+        let e = err("[[sinks]]\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/\"\n");
+        assert!(e.contains("missing field `name`"), "{e}");
+    }
+
+    #[test]
+    fn https_hec_needs_a_ca_and_plain_http_takes_no_tls_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t\n").unwrap();
+        let parse_in = |text: &str| {
+            let doc: Doc = toml::from_str(text)?;
+            validate_sinks(&doc.sinks, dir.path())
+        };
+        #[derive(Deserialize)]
+        struct Doc {
+            sinks: Vec<SinkFile>,
+        }
+        let e = format!("{:#}", parse_in("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"https://splunk.example:8088/services/collector/event\"\ntoken_file = \"token\"\n").unwrap_err());
+        assert!(e.contains("ca is required for an https url"), "{e}");
+        let e = format!("{:#}", parse_in("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/services/collector/event\"\ntoken_file = \"token\"\nca = \"ca.crt\"\n").unwrap_err());
+        assert!(
+            e.contains("ca, cert and key only apply to an https url"),
+            "{e}"
+        );
+        let e = format!("{:#}", parse_in("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"https://splunk.example:8088/services/collector/event\"\ntoken_file = \"token\"\ncert = \"c.crt\"\n").unwrap_err());
+        assert!(e.contains("cert and key go together"), "{e}");
+        let e = format!("{:#}", parse_in("[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"ftp://127.0.0.1/\"\ntoken_file = \"token\"\n").unwrap_err());
+        assert!(e.contains("url must start with https://"), "{e}");
+        let two = "[[sinks]]\nname = \"x\"\nkind = \"hec\"\nurl = \"http://127.0.0.1:8088/services/collector/event\"\ntoken_file = \"token\"\n";
+        let e = format!("{:#}", parse_in(&format!("{two}{two}")).unwrap_err());
+        assert!(e.contains("the name \"x\" is used twice"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_sink_examples_parse_as_their_kinds() {
+        let doc = include_str!("../../../../docs/configuration.md");
+        let section = doc
+            .split("### Audit sinks")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("the toml example of docs/configuration.md's audit sinks");
+        #[derive(Deserialize)]
+        struct Doc {
+            audit: AuditSection,
+        }
+        let parsed: Doc = toml::from_str(section).expect("the documented example parses");
+        let kinds: Vec<&str> = parsed
+            .audit
+            .sinks
+            .iter()
+            .map(|s| match s {
+                SinkFile::SyslogTls(f) => f.name.as_str(),
+                SinkFile::Hec(f) => f.name.as_str(),
+            })
+            .collect();
+        assert_eq!(kinds, ["siem", "splunk"]);
+        assert!(matches!(parsed.audit.sinks[0], SinkFile::SyslogTls(_)));
+        assert!(matches!(&parsed.audit.sinks[1], SinkFile::Hec(h) if h.batch_size == 200));
     }
 
     #[test]

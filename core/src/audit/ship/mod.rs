@@ -21,6 +21,7 @@ pub mod spool;
 mod syslog;
 
 use crate::audit::DurableSeq;
+use crate::backoff::Backoff;
 pub use config::{validate_sinks, AuditSection, SinkConfig, SinkFile, Target};
 
 use cursor::Cursor;
@@ -129,7 +130,7 @@ struct Shipper<T: Transport> {
     /// The last `seq` written to the receiver (delivered or in flight).
     written: u64,
     in_flight: VecDeque<InFlight>,
-    backoff: Duration,
+    backoff: Backoff,
     health: Health,
     /// Set when the chain broke under the sink: it delivers nothing more (see
     /// [`Shipper::chain_break`]).
@@ -165,7 +166,7 @@ impl<T: Transport> Shipper<T> {
             },
             written: 0,
             in_flight: VecDeque::new(),
-            backoff: BACKOFF_FIRST,
+            backoff: Backoff::new(BACKOFF_FIRST, BACKOFF_MAX),
             health: Health::default(),
             halted: None,
         }
@@ -204,8 +205,7 @@ impl<T: Transport> Shipper<T> {
                 self.transport.disconnect();
                 self.rewind();
                 self.failed(&why);
-                let pause = jittered(self.backoff);
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                let pause = self.backoff.next_delay();
                 self.write_status();
                 tokio::time::sleep(pause).await;
             }
@@ -417,7 +417,7 @@ impl<T: Transport> Shipper<T> {
     }
 
     fn recovered(&mut self) {
-        self.backoff = BACKOFF_FIRST;
+        self.backoff.reset();
         if let Some(since) = self.health.down_since.take() {
             tracing::info!(
                 sink = %self.name,
@@ -499,10 +499,6 @@ impl<T: Transport> Shipper<T> {
 }
 
 /// Between half and all of `delay`, at random (spreads the reconnects of many agents).
-fn jittered(delay: Duration) -> Duration {
-    delay.mul_f64(0.5 + rand::random::<f64>() / 2.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

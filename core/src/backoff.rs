@@ -1,0 +1,142 @@
+//! The one retry pause of every loop that reconnects to something that may be down (the agent's
+//! grant stream and checkpoint sender to the controller, the SIEM sinks to their receivers).
+//!
+//! Exponential back-off with jitter: the pause doubles from `first` up to `max` with every
+//! failed attempt, and each pause is a random time in `[pause/2, pause]`, so that many agents
+//! that lost the controller at the same instant do not all come back at the same instant.
+//! A success resets it to `first`. Doubling saturates at `max`; it never overflows, however
+//! many attempts fail.
+
+use std::time::Duration;
+
+/// Exponential back-off with jitter between retries; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    /// The upper end of the next pause's range.
+    current: Duration,
+}
+
+impl Backoff {
+    /// A back-off whose first pause is at most `first` and whose pauses never exceed `max`
+    /// (taken as `first` when smaller).
+    pub const fn new(first: Duration, max: Duration) -> Self {
+        let max = if max.as_nanos() < first.as_nanos() {
+            first
+        } else {
+            max
+        };
+        Backoff {
+            first,
+            max,
+            current: first,
+        }
+    }
+
+    /// The pause before the next attempt — a random time in `[current/2, current]` — and
+    /// doubles `current` for the one after (up to `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = jittered(self.current, rand::random::<u64>());
+        self.current = self.current.saturating_mul(2).min(self.max);
+        delay
+    }
+
+    /// Sleeps for [`Backoff::next_delay`].
+    pub async fn pause(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+
+    /// After a success: the next failure pauses `first` again.
+    pub fn reset(&mut self) {
+        self.current = self.first;
+    }
+}
+
+/// A time in `[delay/2, delay]` picked by `random` (uniform over `u64`). Computed on
+/// nanoseconds in integers: no float rounding can push it past `delay` or panic on a long one.
+fn jittered(delay: Duration, random: u64) -> Duration {
+    let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+    let half = nanos / 2;
+    let span = nanos - half; // the upper half, rounded up: the range ends at `delay` itself
+    let extra = if span == u64::MAX {
+        random
+    } else {
+        random % (span + 1)
+    };
+    Duration::from_nanos(half + extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: Duration = Duration::from_millis(250);
+    const MAX: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn pauses_double_from_first_up_to_max_within_their_jitter_range() {
+        let mut b = Backoff::new(FIRST, MAX);
+        let mut upper = FIRST;
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(
+                d >= upper / 2 && d <= upper,
+                "{d:?} outside [{:?}, {upper:?}]",
+                upper / 2
+            );
+            upper = (upper * 2).min(MAX);
+        }
+        assert_eq!(b.current, MAX, "saturated at max");
+    }
+
+    #[test]
+    fn jitter_spreads_pauses_over_the_upper_half_of_the_range() {
+        let mut seen_low = false;
+        let mut seen_high = false;
+        for _ in 0..2000 {
+            let d = Backoff::new(Duration::from_secs(10), MAX).next_delay();
+            assert!(
+                d >= Duration::from_secs(5) && d <= Duration::from_secs(10),
+                "{d:?}"
+            );
+            seen_low |= d < Duration::from_secs(6);
+            seen_high |= d > Duration::from_secs(9);
+        }
+        assert!(
+            seen_low && seen_high,
+            "the pauses are not spread over [5s, 10s]"
+        );
+        assert_eq!(jittered(Duration::from_secs(10), 0), Duration::from_secs(5));
+        assert_eq!(
+            jittered(Duration::from_secs(10), 5_000_000_000),
+            Duration::from_secs(10),
+            "the range includes its upper end"
+        );
+        assert_eq!(jittered(Duration::ZERO, u64::MAX), Duration::ZERO);
+    }
+
+    #[test]
+    fn reset_brings_the_next_pause_back_to_first() {
+        let mut b = Backoff::new(FIRST, MAX);
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        b.reset();
+        assert!(b.next_delay() <= FIRST);
+    }
+
+    #[test]
+    fn many_failed_attempts_neither_overflow_nor_exceed_max() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::MAX);
+        for _ in 0..10_000 {
+            assert!(b.next_delay() <= Duration::MAX);
+        }
+        assert_eq!(b.current, Duration::MAX);
+        // A max below first is taken as first.
+        let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(1));
+        for _ in 0..100 {
+            assert!(b.next_delay() <= Duration::from_secs(2));
+        }
+    }
+}
