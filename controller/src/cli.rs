@@ -1,6 +1,8 @@
 //! The human-facing commands that talk to the controller and to agents: grants and log reads.
 //! Every failure ends as one sentence on stderr and a non-zero exit code (see [`Failure`]).
 
+pub mod governance;
+
 use crate::config::ClientConfig;
 use loggate_core::grant::rough_duration;
 use loggate_core::timestamp::{parse_time_arg, UnixMillis};

@@ -62,6 +62,11 @@ pub struct ControllerConfig {
     /// `state/audit-signing.key.pub`) enrolled at start, replacing a key learned on first use.
     #[serde(default)]
     pub enrol_checkpoint_keys: Option<PathBuf>,
+    /// The access policy file (roles, groups, agent labels; docs/policy.md), loaded at start,
+    /// on SIGHUP and on `loggate policy reload`. Without one, `grant request` is refused and
+    /// only admins' break-glass `grant issue` gives access.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
     /// The controller's own audit file (JSON lines, hash-chained).
     #[serde(default = "default_controller_audit")]
     pub audit_log: PathBuf,
@@ -100,6 +105,7 @@ impl ControllerConfig {
         config.enrol_user_certs = config.enrol_user_certs.map(|p| base.join(p));
         config.enrol_checkpoint_keys = config.enrol_checkpoint_keys.map(|p| base.join(p));
         config.audit_log = base.join(&config.audit_log);
+        config.policy = config.policy.map(|p| base.join(p));
         config.tls = config.tls.relative_to(base);
         config.max_ttl_duration()?;
         config.sinks = validate_sinks(&config.audit.sinks, base)

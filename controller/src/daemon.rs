@@ -57,6 +57,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     let (audit_log, audit_runtime) = startup.start(std::mem::take(&mut config.sinks))?;
     let audit = Arc::new(audit_log);
+    // The access policy: an invalid one stops the start (there is none in force to keep).
+    let access_policy = crate::policy::PolicyHandle::start(config.policy.clone(), audit.clone())
+        .context("access policy")?;
+    // Installed before serving: SIGHUP's default action would end the controller.
+    crate::policy::reload_on_sighup(access_policy.clone())?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let service = ControllerService::new(
         store,
@@ -70,7 +75,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         audit.clone(),
         stopping,
         epoch,
-    )?;
+    )?
+    .with_access_policy(access_policy);
     tokio::spawn(audit_runtime.run_timer(audit.clone(), |_| {}));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -5,6 +5,7 @@ mod config;
 mod daemon;
 mod pki;
 mod pki_cmd;
+mod policy;
 mod service;
 mod store;
 
@@ -52,6 +53,55 @@ enum Command {
     /// Check audit files.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The access policy: check what it allows, reload it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The periodic access review (admins).
+    #[command(subcommand)]
+    Access(AccessCommand),
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Roles, who holds and used them, the grants of the period, break-glass grants not
+    /// reviewed yet.
+    Review {
+        /// The period: this long until now ("30d").
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]
+        since: std::time::Duration,
+        #[arg(long, value_enum, default_value = "text")]
+        output: cli::governance::ReviewOutput,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Mark a break-glass grant reviewed (never one's own).
+    Ack {
+        /// The grant id (`g-…`).
+        id: String,
+        /// The review's conclusion (required).
+        #[arg(long)]
+        comment: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Which role would allow an access (and with which approval rule), or why none does: the
+    /// same decision `grant request` gets. Exit 0 allowed, 3 refused.
+    Check {
+        #[command(flatten)]
+        args: cli::governance::CheckArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Load the controller's policy file again (admins); an invalid one is refused whole and
+    /// the one in force stays.
+    Reload {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,7 +174,45 @@ impl ClientOpts {
 
 #[derive(Subcommand)]
 enum GrantCommand {
-    /// Issue a grant directly (admins only).
+    /// Ask for access under the access policy: pending until approved, or granted at once
+    /// (auto, break-glass).
+    Request {
+        #[command(flatten)]
+        args: cli::governance::RequestArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Approve a pending request (an eligible approver, never its requester).
+    Approve {
+        /// The request id (`r-…`).
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Deny a pending request (an eligible approver); a denial ends it whatever approvals it had.
+    Deny {
+        /// The request id (`r-…`).
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        comment: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Withdraw your pending request.
+    Cancel {
+        /// The request id (`r-…`).
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Issue a grant directly (admins only): break-glass, audited and flagged for review.
     Issue {
         /// The reader: a user name ("alice") or SPIFFE ID.
         #[arg(long)]
@@ -170,6 +258,9 @@ enum GrantCommand {
         /// Print the grants as a JSON array.
         #[arg(long)]
         json: bool,
+        /// List pending requests instead: those you can review, and your own.
+        #[arg(long)]
+        pending: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -298,11 +389,52 @@ async fn run(cli: Cli) -> CliResult {
             cli::grant_issue(&client.load()?, args).await
         }
         Command::Grant(GrantCommand::List {
+            pending: true,
+            json,
+            client,
+            ..
+        }) => cli::governance::requests_list(&client.load()?, json).await,
+        Command::Grant(GrantCommand::List {
             all,
             subject,
             json,
             client,
+            ..
         }) => cli::grant_list(&client.load()?, all, subject, json).await,
+        Command::Grant(GrantCommand::Request { args, client }) => {
+            cli::governance::grant_request(&client.load()?, args).await
+        }
+        Command::Grant(GrantCommand::Approve {
+            id,
+            comment,
+            json,
+            client,
+        }) => cli::governance::grant_review(&client.load()?, id, comment, true, json).await,
+        Command::Grant(GrantCommand::Deny {
+            id,
+            comment,
+            json,
+            client,
+        }) => cli::governance::grant_review(&client.load()?, id, comment, false, json).await,
+        Command::Grant(GrantCommand::Cancel { id, client }) => {
+            cli::governance::grant_cancel(&client.load()?, id).await
+        }
+        Command::Policy(PolicyCommand::Check { args, client }) => {
+            cli::governance::policy_check(&client.load()?, args).await
+        }
+        Command::Access(AccessCommand::Review {
+            since,
+            output,
+            client,
+        }) => cli::governance::access_review(&client.load()?, since, output).await,
+        Command::Access(AccessCommand::Ack {
+            id,
+            comment,
+            client,
+        }) => cli::governance::access_ack(&client.load()?, id, comment).await,
+        Command::Policy(PolicyCommand::Reload { client }) => {
+            cli::governance::policy_reload(&client.load()?).await
+        }
         Command::Grant(GrantCommand::Revoke { id, reason, client }) => {
             cli::grant_revoke(&client.load()?, id, reason).await
         }

@@ -3,15 +3,14 @@
 //! `WatchGrants` stream.
 
 mod anchor;
+mod requests;
 
 pub use anchor::enrol_checkpoint_keys;
 
 use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::daemon::peer_identity;
-use loggate_core::grant::{
-    compile_path_glob, new_grant_id, unix_now, GrantClaims, GrantError, SigningKey, MAX_TOKEN_LEN,
-};
+use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantError, SigningKey};
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
 use loggate_proto as pb;
 use loggate_proto::controller_server::Controller;
@@ -59,6 +58,12 @@ pub struct ControllerService {
     stopping: watch::Receiver<bool>,
     /// This run's epoch of the revision log (see `Store::new_epoch`), sent with every event.
     epoch: String,
+    /// The access policy in force (`with_access_policy`); None: requests are refused.
+    access: Option<Arc<crate::policy::PolicyHandle>>,
+    /// Bumped whenever a request changes state: `GetRequest` waiters and the expiry task wake.
+    requests_changed: watch::Sender<u64>,
+    /// Webhook notifications (`with_access_policy`).
+    notifier: Option<crate::policy::notify::Notifier>,
 }
 
 impl ControllerService {
@@ -82,6 +87,9 @@ impl ControllerService {
             audit,
             stopping,
             epoch,
+            access: None,
+            requests_changed: watch::channel(0).0,
+            notifier: None,
         })
     }
 
@@ -456,59 +464,58 @@ impl Controller for ControllerService {
                  (`loggate whoami`) or their certificate must be enrolled"
             ))
             })?;
-        let signer = self.signer.clone();
         let issuer = admin.spiffe_id().to_string();
         let grant = self
             .store
             .insert_grant(|revision| {
-                let id = new_grant_id();
-                let claims = GrantClaims {
-                    jti: id.to_string(),
-                    iss: format!("spiffe://{}/controller", self.trust_domain),
-                    sub: subject.to_string(),
-                    iat: now,
-                    nbf: not_before,
-                    exp: not_after,
-                    hosts: req.hosts.clone(),
-                    labels: req.labels.clone(),
-                    paths: req.paths.clone(),
-                    redaction: profile.clone(),
-                    reason: req.reason.clone(),
-                    approver: issuer.clone(),
-                    key_sha256: key.clone(),
-                };
-                let token = signer.sign(&claims)?;
-                if token.len() > MAX_TOKEN_LEN {
-                    return Err(Status::invalid_argument(format!(
-                        "the grant would be {} bytes, over the {MAX_TOKEN_LEN}-byte limit agents accept; name fewer or shorter paths, hosts or labels",
-                        token.len()
-                    ))
-                    .into());
-                }
-                let row = GrantRow {
-                    id: id.into_string(),
-                    subject: subject.to_string(),
-                    hosts: req.hosts.clone(),
-                    labels: req.labels.clone(),
-                    paths: req.paths.clone(),
-                    not_before,
-                    not_after,
-                    reason: req.reason.clone(),
-                    issuer: issuer.clone(),
-                    profile: profile.clone(),
-                    key_sha256: key.clone(),
-                    token,
+                let grant = self.sign_grant(
+                    &requests::GrantSpec {
+                        id: new_grant_id(),
+                        subject: &subject,
+                        hosts: &req.hosts,
+                        labels: &req.labels,
+                        paths: &req.paths,
+                        now,
+                        not_before,
+                        not_after,
+                        profile: &profile,
+                        reason: &req.reason,
+                        issuer: &issuer,
+                        key_sha256: &key,
+                    },
                     revision,
-                    revoked: None,
-                };
-                // Audited inside the transaction: no grant exists without its audit record.
-                self.audit_issued(&row)?;
-                Ok(row)
+                )?;
+                // An admin's grant skips every approval: it is break-glass, audited and
+                // flagged for review like one (issue 11). Audited inside the transaction.
+                self.audit(&events::AccessBreakGlass {
+                    grant_id: grant.id.clone(),
+                    request_id: None,
+                    subject: grant.subject.clone(),
+                    issuer: issuer.clone(),
+                    how: "grant_issue",
+                    role: None,
+                    hosts: grant.hosts.clone(),
+                    paths: grant.paths.clone(),
+                    reason: grant.reason.clone(),
+                    notified: Vec::new(),
+                })?;
+                Ok(grant)
             })
             .map_err(|e| match e.downcast::<Status>() {
                 Ok(status) => status,
                 Err(e) => internal(e),
             })?;
+        if let Err(e) = self.store.flag_break_glass(&crate::store::BreakGlassRow {
+            grant_id: grant.id.clone(),
+            request_id: None,
+            subject: grant.subject.clone(),
+            issuer: grant.issuer.clone(),
+            reason: grant.reason.clone(),
+            at: now,
+            reviewed: None,
+        }) {
+            tracing::error!(grant = %grant.id, "cannot flag the break-glass grant for review: {e:#}");
+        }
         self.revision.send_replace(grant.revision);
         tracing::info!(grant = %grant.id, subject = %grant.subject, "grant issued");
         Ok(Response::new(pb::IssueGrantResponse {
@@ -654,6 +661,76 @@ impl Controller for ControllerService {
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         self.list_checkpoints_of_host(request).await
+    }
+
+    async fn check_policy(
+        &self,
+        request: Request<pb::CheckPolicyRequest>,
+    ) -> Result<Response<pb::CheckPolicyResponse>, Status> {
+        self.check_policy_rpc(request).await
+    }
+
+    async fn reload_policy(
+        &self,
+        request: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
+        self.reload_policy_rpc(request).await
+    }
+
+    async fn request_access(
+        &self,
+        request: Request<pb::AccessRequestRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        self.request_access_rpc(request).await
+    }
+
+    async fn approve_request(
+        &self,
+        request: Request<pb::ReviewRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        self.approve_request_rpc(request).await
+    }
+
+    async fn deny_request(
+        &self,
+        request: Request<pb::ReviewRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        self.deny_request_rpc(request).await
+    }
+
+    async fn cancel_request(
+        &self,
+        request: Request<pb::CancelRequestRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        self.cancel_request_rpc(request).await
+    }
+
+    async fn get_request(
+        &self,
+        request: Request<pb::GetRequestRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        self.get_request_rpc(request).await
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<pb::ListRequestsRequest>,
+    ) -> Result<Response<pb::ListRequestsResponse>, Status> {
+        self.list_requests_rpc(request).await
+    }
+
+    async fn access_review(
+        &self,
+        request: Request<pb::AccessReviewRequest>,
+    ) -> Result<Response<pb::AccessReviewResponse>, Status> {
+        self.access_review_rpc(request).await
+    }
+
+    async fn ack_break_glass(
+        &self,
+        request: Request<pb::AckBreakGlassRequest>,
+    ) -> Result<Response<pb::AckBreakGlassResponse>, Status> {
+        self.ack_break_glass_rpc(request).await
     }
 }
 

@@ -12,6 +12,10 @@
 //! its file is created 0600 (SQLite gives its `-wal`, `-shm` and `-journal` files the same mode)
 //! and a start refuses one that others can read.
 
+mod requests;
+
+pub use requests::{BreakGlassRow, RequestRow, RequestState, ReviewRow};
+
 use anyhow::Context;
 use loggate_core::audit::Checkpoint;
 use loggate_core::private_state;
@@ -178,17 +182,17 @@ CREATE TRIGGER IF NOT EXISTS checkpoint_keys_append_only_delete BEFORE DELETE ON
     BEGIN SELECT RAISE(ABORT, 'checkpoint keys are append-only'); END;
 ";
 
-fn to_json(list: &[String]) -> String {
+pub(crate) fn to_json(list: &[String]) -> String {
     serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
 }
 
-fn from_json(text: String) -> Vec<String> {
+pub(crate) fn from_json(text: String) -> Vec<String> {
     serde_json::from_str(&text).unwrap_or_default()
 }
 
-const GRANT_COLUMNS: &str = "id, subject, hosts, labels, paths, not_before, not_after, reason, issuer, profile, key_sha256, token, revision, revoked_at, revoked_by, revoke_reason";
+pub(crate) const GRANT_COLUMNS: &str = "id, subject, hosts, labels, paths, not_before, not_after, reason, issuer, profile, key_sha256, token, revision, revoked_at, revoked_by, revoke_reason";
 
-fn grant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
+pub(crate) fn grant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
     grant_at(row, 0)
 }
 
@@ -243,12 +247,14 @@ impl Store {
             .with_context(|| format!("cannot open database {}", path.display()))?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
+        conn.execute_batch(requests::REQUEST_SCHEMA)
+            .with_context(|| format!("cannot initialise database {}", path.display()))?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
@@ -267,28 +273,7 @@ impl Store {
             |r| r.get(0),
         )?;
         let grant = make(next as u64)?;
-        tx.execute(
-            &format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL, NULL, NULL)"),
-            params![
-                grant.id,
-                grant.subject,
-                to_json(&grant.hosts),
-                to_json(&grant.labels),
-                to_json(&grant.paths),
-                grant.not_before,
-                grant.not_after,
-                grant.reason,
-                grant.issuer,
-                grant.profile,
-                grant.key_sha256,
-                grant.token,
-                next
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'grant', ?2)",
-            params![next, grant.id],
-        )?;
+        insert_grant_row(&tx, &grant, next)?;
         tx.commit()?;
         Ok(grant)
     }
@@ -646,6 +631,46 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// Inserts `grant` and its revision `revision` (the caller's transaction).
+pub(crate) fn insert_grant_row(
+    tx: &Connection,
+    grant: &GrantRow,
+    revision: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        &format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL, NULL, NULL)"),
+        params![
+            grant.id,
+            grant.subject,
+            to_json(&grant.hosts),
+            to_json(&grant.labels),
+            to_json(&grant.paths),
+            grant.not_before,
+            grant.not_after,
+            grant.reason,
+            grant.issuer,
+            grant.profile,
+            grant.key_sha256,
+            grant.token,
+            revision
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'grant', ?2)",
+        params![revision, grant.id],
+    )?;
+    Ok(())
+}
+
+/// The revision the next change gets (the caller's transaction).
+pub(crate) fn next_revision(tx: &Connection) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "SELECT COALESCE(MAX(revision), 0) + 1 FROM revisions",
+        [],
+        |r| r.get(0),
+    )
 }
 
 fn current_checkpoint_key(conn: &Connection, agent_id: &str) -> rusqlite::Result<Option<String>> {

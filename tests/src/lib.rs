@@ -485,6 +485,55 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Writes the access policy `text` to `policy.toml` and names it in the controller's
+    /// configuration (takes effect at the controller's next start, reload or SIGHUP).
+    pub fn set_policy(&self, text: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join("policy.toml");
+        std::fs::write(&path, text)?;
+        let config = std::fs::read_to_string(&self.controller_config)?;
+        if !config.contains("\npolicy = ") {
+            // A root key: before the first table.
+            let config = config.replacen("\nlisten = ", "\npolicy = \"policy.toml\"\nlisten = ", 1);
+            std::fs::write(&self.controller_config, config)?;
+        }
+        Ok(path)
+    }
+
+    /// The running controller's process id.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller.as_ref().map(|c| c.id())
+    }
+
+    /// The controller's audit records, flattened ([`flat_audit_record`]).
+    pub fn controller_events(&self) -> Vec<serde_json::Value> {
+        self.controller_audit_raw()
+            .iter()
+            .map(flat_audit_record)
+            .collect()
+    }
+}
+
+impl Fixture {
+    /// A fixture whose controller runs with the access policy `policy` (`{logs}` in it stands
+    /// for the folder of `api.log`).
+    pub fn start_with_policy(policy: &str) -> anyhow::Result<Fixture> {
+        let mut cluster = Cluster::new(None)?;
+        let logs = cluster.dir.join("logs/app");
+        std::fs::create_dir_all(&logs)?;
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&format!("2026-11-27T07:{i:02}:00Z INFO line {i}\n"));
+        }
+        std::fs::write(logs.join("api.log"), text)?;
+        cluster.set_policy(&policy.replace("{logs}", &logs.display().to_string()))?;
+        cluster.add_agent("web-1", &[&logs], "")?;
+        cluster.start_controller()?;
+        cluster.start_agent("web-1")?;
+        Ok(Fixture { cluster, logs })
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let ids: Vec<String> = self.agents.keys().cloned().collect();

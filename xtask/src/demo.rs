@@ -55,6 +55,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         "users/admin.crt",
         "users/alice.crt",
         "users/bob.crt",
+        "users/carol.crt (loggate pki issue --user carol)",
         "grant-signing.key",
     ] {
         println!("  {}", dir.join("pki").join(line).display());
@@ -64,6 +65,38 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let logs = dir.join("logs/app");
     write_sample_logs(&logs)?;
     println!("  {}/api.log, worker.log", logs.display());
+
+    step("An access policy: who may request what, and who approves (docs/policy.md)");
+    let issued = std::process::Command::new(cluster.bins.join("loggate"))
+        .args(["pki", "issue"])
+        .arg(dir.join("pki"))
+        .args(["--user", "carol"])
+        .output()?;
+    anyhow::ensure!(
+        issued.status.success(),
+        "pki issue --user carol: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let policy = format!(
+        "[groups]\n\
+         sre = [\"bob\", \"carol\"]\n\
+         payments = [\"alice\", \"carol\"]\n\n\
+         [agents.web-1]\n\
+         labels = {{ env = \"prod\", team = \"payments\" }}\n\n\
+         [[roles]]\n\
+         name = \"payments-prod\"\n\
+         groups = [\"payments\"]\n\
+         selectors = [\"env=prod,team=payments\"]\n\
+         paths = [\"{}/*.log\"]\n\
+         max_ttl = \"30m\"\n\
+         approval = \"approvers\"\n\
+         approvers = 1\n\
+         approver_groups = [\"sre\"]\n",
+        logs.display()
+    );
+    let policy_file = cluster.set_policy(&policy)?;
+    print!("{policy}");
+    println!("  ({})", policy_file.display());
 
     step("Starting the controller and agent web-1 on loopback (mTLS everywhere)");
     cluster.add_agent("web-1", &[&logs], "")?;
@@ -77,26 +110,64 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     );
 
     let glob = format!("{}/*.log", logs.display());
-    step("admin issues alice a 30-minute grant for the app logs (redaction profile: default)");
-    let args = [
-        "grant",
-        "issue",
-        "--subject",
-        "alice",
-        "--host",
-        "web-1",
-        "--path",
-        &glob,
-        "--ttl",
-        "30m",
-        "--reason",
-        "INC-42",
-    ];
-    let out = cluster.run_cli("admin", &args)?;
-    show(&format!("loggate grant issue --subject alice --host web-1 --path '{glob}' --ttl 30m --reason INC-42"), &out);
-    let grant_id = String::from_utf8_lossy(&out.stdout)
+    step("alice asks for 30 minutes of the app logs; the policy says bob or carol must approve");
+    let request = |user: &str| {
+        cluster.run_cli(
+            user,
+            &[
+                "grant", "request", "--host", "web-1", "--path", &glob, "--ttl", "30m", "--reason",
+                "INC-42",
+            ],
+        )
+    };
+    let out = request("alice")?;
+    show(
+        &format!("loggate grant request --host web-1 --path '{glob}' --ttl 30m --reason INC-42   # as alice"),
+        &out,
+    );
+    let request_id = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
+        .unwrap_or_default()
+        .to_string();
+
+    step("carol asks too, and tries to approve her own request: refused (separation of duties)");
+    let out = request("carol")?;
+    show("loggate grant request … --reason INC-42   # as carol", &out);
+    let carol_id = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let out = cluster.run_cli("carol", &["grant", "approve", &carol_id])?;
+    show(
+        &format!("loggate grant approve {carol_id}   # as carol"),
+        &out,
+    );
+
+    step(
+        "bob approves alice's request: the grant is signed, its clock starts now, and it is pushed",
+    );
+    let out = cluster.run_cli("bob", &["grant", "list", "--pending"])?;
+    show("loggate grant list --pending   # as bob", &out);
+    let out = cluster.run_cli(
+        "bob",
+        &[
+            "grant",
+            "approve",
+            &request_id,
+            "--comment",
+            "ok for INC-42",
+        ],
+    )?;
+    show(
+        &format!("loggate grant approve {request_id} --comment 'ok for INC-42'   # as bob"),
+        &out,
+    );
+    let grant_id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
         .unwrap_or_default()
         .to_string();
     cluster.wait_for_grant("web-1", &grant_id)?;
@@ -141,7 +212,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let out = cluster.run_cli("alice", &["logs", "cat", "--host", "web-1", "/etc/passwd"])?;
     show("loggate logs cat --host web-1 /etc/passwd", &out);
 
-    step("bob gets a 6-second grant and follows a log; the agent cuts the stream when it expires");
+    step("An admin's break-glass grant (audited and flagged for review): bob gets 6 seconds and follows a log; the agent cuts the stream when it expires");
     let worker = format!("{}/worker.log", logs.display());
     let short = cluster.issue_grant("bob", "web-1", &worker, "6s")?;
     cluster.wait_for_grant("web-1", &short)?;
@@ -209,6 +280,34 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         "  full records: {}",
         dir.join("agents/web-1/audit.jsonl").display()
     );
+
+    step("The controller's audit trail of the request: every step, refusals included");
+    for e in cluster.controller_events() {
+        let name = e["event"].as_str().unwrap_or("");
+        if !(name.starts_with("access.") || name.starts_with("policy.") || name == "grant.issued") {
+            continue;
+        }
+        let who = |k: &str| {
+            e[k].as_str()
+                .unwrap_or("")
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        println!(
+            "  seq={:<3} {:<22} {:<6} {:<8} {}",
+            e["seq"],
+            name,
+            who("subject"),
+            who("approver"),
+            e["request_id"]
+                .as_str()
+                .or(e["grant_id"].as_str())
+                .or(e["sha256"].as_str())
+                .unwrap_or("")
+        );
+    }
 
     if keep.is_some() {
         step("Everything is kept; to start it again by hand:");

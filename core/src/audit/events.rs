@@ -249,7 +249,9 @@ audit_event! {
 // Grants and people (controller and agent).
 
 audit_event! {
-    /// An admin issued a grant.
+    /// A grant was issued: by an admin (`grant issue`, also recorded as `access.break_glass`),
+    /// by the approval that completed a request, or at once under an `auto` or `break_glass`
+    /// role.
     GrantIssued = "grant.issued" {
         writers: "controller", class: UserAccessManagement, activity: 1 "Assign Privileges",
         outcome: Success, severity: INFO,
@@ -259,7 +261,8 @@ audit_event! {
         grant_id: String,
         /// who may read (`user`)
         subject: String,
-        /// the admin who issued it (`actor.user`)
+        /// who issued it (`actor.user`): the admin, the approver whose approval completed the
+        /// request, the controller itself (`auto`), or the requester (`break_glass`)
         issuer: String,
         /// the agent ids it covers
         hosts: Vec<String>,
@@ -376,6 +379,252 @@ audit_event! {
         grant_id: String,
         /// why it is no longer valid
         reason: String,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access requests, approvals, break-glass and the access policy (controller).
+
+audit_event! {
+    /// A person asked for read access (`loggate grant request`) and the access policy allowed it
+    /// under a role: pending until approved, or granted at once (`auto`, `break_glass`).
+    AccessRequested = "access.requested" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Request",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the request's id, `r-` + 16 hex digits (`metadata.correlation_uid`)
+        request_id: String,
+        /// who asks (`user`)
+        subject: String,
+        /// the agent ids asked for (a `--selector` is resolved to them)
+        hosts: Vec<String>,
+        /// the path globs asked for (`privileges`)
+        paths: Vec<String>,
+        /// how long the access lasts once granted (capped at the role's `max_ttl`), seconds
+        ttl_seconds: u64,
+        /// the redaction profile asked for
+        redaction_profile: String,
+        /// the reason given, e.g. a ticket
+        reason: String,
+        /// the policy role that allows it
+        role: String,
+        /// the role's approval rule: `auto`, `approvers` or `break_glass`
+        approval: &'static str,
+        /// how many approvals it needs (0: granted at once)
+        approvals_needed: u32,
+        /// who may approve it (`approvers`) or is notified (`break_glass`); never the requester
+        approvers: Vec<String>,
+        /// when it expires unless decided (epoch s)
+        expires_at: i64,
+    }
+}
+
+audit_event! {
+    /// An eligible approver approved a pending request; with the last approval it needs, the
+    /// grant is issued (`grant_id`, and a `grant.issued` record) and its clock starts now.
+    AccessApproved = "access.approved" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Approve",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the request's id (`metadata.correlation_uid`)
+        request_id: String,
+        /// who asked (`user`)
+        subject: String,
+        /// who approved (`actor.user`)
+        approver: String,
+        /// the approver's comment (may be empty)
+        comment: String,
+        /// distinct approvals so far, this one included
+        approvals: u32,
+        /// approvals the request needs
+        approvals_needed: u32,
+        /// the grant issued with this approval, or null while more are needed
+        grant_id: Option<String>,
+    }
+}
+
+audit_event! {
+    /// An eligible approver denied a pending request: it ends denied, whatever approvals it
+    /// had (deny wins).
+    AccessDenied = "access.denied" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Deny",
+        outcome: Failure, severity: LOW,
+    }
+    {
+        /// the request's id (`metadata.correlation_uid`)
+        request_id: String,
+        /// who asked (`user`)
+        subject: String,
+        /// who denied (`actor.user`)
+        approver: String,
+        /// why
+        comment: String,
+    }
+}
+
+audit_event! {
+    /// An approval or denial was refused and changed nothing: separation of duties.
+    AccessReviewRefused = "access.review_refused" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Review Refused",
+        outcome: Failure, severity: MEDIUM,
+    }
+    {
+        /// the request's id (`metadata.correlation_uid`)
+        request_id: String,
+        /// who asked (`user`)
+        subject: String,
+        /// who tried to approve or deny it (`actor.user`)
+        approver: String,
+        /// `self_review` (nobody approves their own request), `not_an_approver` (not in the
+        /// role's approver groups), `already_reviewed` (each approver counts once)
+        /// (`status_detail`)
+        reason_code: &'static str,
+    }
+}
+
+audit_event! {
+    /// The requester (or an admin) withdrew a pending request.
+    AccessCancelled = "access.cancelled" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Cancel",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the request's id (`metadata.correlation_uid`)
+        request_id: String,
+        /// who asked (`user`)
+        subject: String,
+        /// who cancelled it
+        cancelled_by: String,
+    }
+}
+
+audit_event! {
+    /// A pending request was not decided in time (`settings.pending_ttl`, default 1 h) and
+    /// expired; no access was given.
+    AccessExpired = "access.expired" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Expire",
+        outcome: Failure, severity: INFO,
+    }
+    {
+        /// the request's id (`metadata.correlation_uid`)
+        request_id: String,
+        /// who asked (`user`)
+        subject: String,
+        /// approvals it had received
+        approvals: u32,
+        /// when it expired (epoch s)
+        expired_at: i64,
+    }
+}
+
+audit_event! {
+    /// Access was granted without approval, to be reviewed afterwards: a request under a
+    /// `break_glass` role (the approver groups are notified), or an admin's `grant issue`.
+    AccessBreakGlass = "access.break_glass" {
+        writers: "controller", class: UserAccessManagement, activity: 1 "Assign Privileges",
+        outcome: Success, severity: HIGH,
+    }
+    {
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// the request's id, or null for an admin's `grant issue`
+        request_id: Option<String>,
+        /// who may read (`user`)
+        subject: String,
+        /// who granted it: the requester, or the admin (`actor.user`)
+        issuer: String,
+        /// `request` or `grant_issue`
+        how: &'static str,
+        /// the policy role, or null for `grant issue`
+        role: Option<String>,
+        /// the agent ids it covers
+        hosts: Vec<String>,
+        /// the path globs it allows (`privileges`)
+        paths: Vec<String>,
+        /// the mandatory reason
+        reason: String,
+        /// the people notified (the role's approver groups)
+        notified: Vec<String>,
+    }
+}
+
+audit_event! {
+    /// A break-glass grant was reviewed afterwards (`loggate access ack`).
+    AccessBreakGlassReviewed = "access.break_glass_reviewed" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Review",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the grant's id (`metadata.correlation_uid`)
+        grant_id: String,
+        /// who held it (`user`)
+        subject: String,
+        /// who reviewed it (`actor.user`); never the grant's holder
+        approver: String,
+        /// the reviewer's conclusion
+        comment: String,
+    }
+}
+
+audit_event! {
+    /// A webhook notification (docs/policy.md, "Notifications") could not be delivered after
+    /// its retries, or was dropped because the queue was full (`attempts` 0).
+    NotifyFailed = "notify.failed" {
+        writers: "controller", class: EventLogActivity, activity: 99 "Notification Failed",
+        outcome: Failure, severity: MEDIUM,
+    }
+    {
+        /// the audit event the notice told of, e.g. `access.requested`
+        notified_event: String,
+        /// the webhook's scheme, host and port (never its path, which may hold a token)
+        webhook: String,
+        /// how many times it was tried
+        attempts: u32,
+        /// the last error
+        error: String,
+    }
+}
+
+audit_event! {
+    /// The access policy file was loaded (at start, on SIGHUP, or `loggate policy reload`) and
+    /// is now in force.
+    PolicyReloaded = "policy.reloaded" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Policy Loaded",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the policy file
+        file: String,
+        /// SHA-256 (hex) of its bytes
+        sha256: String,
+        /// how many roles it defines
+        roles: u64,
+        /// how many groups
+        groups: u64,
+        /// how many agents it gives labels
+        agents: u64,
+        /// `start`, `sighup`, or the admin's SPIFFE id
+        triggered_by: String,
+    }
+}
+
+audit_event! {
+    /// A policy file was refused whole (invalid); the policy in force stays.
+    PolicyRefused = "policy.refused" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Policy Refused",
+        outcome: Failure, severity: MEDIUM,
+    }
+    {
+        /// the policy file
+        file: String,
+        /// `file:line: reason`
+        reason: String,
+        /// SHA-256 of the policy still in force, or null when none is
+        kept_sha256: Option<String>,
+        /// `start`, `sighup`, or the admin's SPIFFE id
+        triggered_by: String,
     }
 }
 
@@ -959,6 +1208,17 @@ pub const CATALOGUE: &[&EventType] = &[
     GrantRevoked::TYPE,
     GrantExpired::TYPE,
     GrantDropped::TYPE,
+    AccessRequested::TYPE,
+    AccessApproved::TYPE,
+    AccessDenied::TYPE,
+    AccessReviewRefused::TYPE,
+    AccessCancelled::TYPE,
+    AccessExpired::TYPE,
+    AccessBreakGlass::TYPE,
+    AccessBreakGlassReviewed::TYPE,
+    PolicyReloaded::TYPE,
+    PolicyRefused::TYPE,
+    NotifyFailed::TYPE,
     UserKeyEnrolled::TYPE,
     TlsRefused::TYPE,
     BypassRead::TYPE,

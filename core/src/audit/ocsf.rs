@@ -657,6 +657,63 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
             v("grant_id"),
             v("reason")
         ),
+        "access.requested" => format!(
+            "{who} requested access to {} on {} under role {} ({})",
+            v("paths"),
+            v("hosts"),
+            v("role"),
+            v("approval")
+        ),
+        "access.approved" => format!(
+            "{} approved request {} of {who} ({} of {})",
+            v("approver"),
+            v("request_id"),
+            v("approvals"),
+            v("approvals_needed")
+        ),
+        "access.denied" => format!(
+            "{} denied request {} of {who}",
+            v("approver"),
+            v("request_id")
+        ),
+        "access.review_refused" => format!(
+            "{} was refused reviewing request {} of {who}: {}",
+            v("approver"),
+            v("request_id"),
+            v("reason_code")
+        ),
+        "access.cancelled" => format!("request {} of {who} was cancelled", v("request_id")),
+        "access.expired" => format!("request {} of {who} expired undecided", v("request_id")),
+        "access.break_glass" => format!(
+            "BREAK-GLASS: {who} was granted {} on {} without approval ({}, grant {})",
+            v("paths"),
+            v("hosts"),
+            v("how"),
+            v("grant_id")
+        ),
+        "access.break_glass_reviewed" => format!(
+            "{} reviewed break-glass grant {} of {who}",
+            v("approver"),
+            v("grant_id")
+        ),
+        "notify.failed" => format!(
+            "a notification of {} to {} failed after {} attempts: {}",
+            v("notified_event"),
+            v("webhook"),
+            v("attempts"),
+            v("error")
+        ),
+        "policy.reloaded" => format!(
+            "the access policy {} was loaded ({} roles), by {}",
+            v("file"),
+            v("roles"),
+            v("triggered_by")
+        ),
+        "policy.refused" => format!(
+            "the access policy {} was refused, the one in force stays: {}",
+            v("file"),
+            v("reason")
+        ),
         "user.key_enrolled" => format!("{who}'s certificate key was enrolled on first contact"),
         "tls.refused" => format!(
             "{} on {host} refused a TLS handshake from {}: {}",
@@ -1027,8 +1084,12 @@ fn class_objects<'a>(
                         .filter_map(Value::as_str)
                         .map(|p| format!("read:{p}"))
                         .collect(),
+                    // A request (`access.*`) gives or withholds what it asked for; a policy
+                    // load changes who may ask for what.
                     None => text(f, "grant_id")
                         .map(|g| vec![format!("grant:{g}")])
+                        .or_else(|| text(f, "request_id").map(|r| vec![format!("request:{r}")]))
+                        .or_else(|| text(f, "file").map(|p| vec![format!("access policy:{p}")]))
                         .unwrap_or_default(),
                 },
             })

@@ -113,6 +113,57 @@ fn example(name: &str) -> Map<String, Value> {
             "grant_id": GRANT,
             "reason": "the grant expired while the agent was stopped",
         }),
+        "access.requested" => json!({
+            "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "hosts": ["web-1"],
+            "paths": ["/var/log/app/*.log"], "ttl_seconds": 3600, "redaction_profile": "default",
+            "reason": "INC-42", "role": "payments-prod", "approval": "approvers",
+            "approvals_needed": 1, "approvers": ["bob", "carol"], "expires_at": 1795769940_i64,
+        }),
+        "access.approved" => json!({
+            "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
+            "approver": "spiffe://loggate.local/user/bob", "comment": "ok for INC-42",
+            "approvals": 1, "approvals_needed": 1, "grant_id": GRANT,
+        }),
+        "access.denied" => json!({
+            "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
+            "approver": "spiffe://loggate.local/user/bob", "comment": "use staging",
+        }),
+        "access.review_refused" => json!({
+            "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "approver": ALICE,
+            "reason_code": "self_review",
+        }),
+        "access.cancelled" => json!({
+            "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "cancelled_by": ALICE,
+        }),
+        "access.expired" => json!({
+            "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "approvals": 0,
+            "expired_at": 1795769940_i64,
+        }),
+        "access.break_glass" => json!({
+            "grant_id": GRANT, "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
+            "issuer": ALICE, "how": "request", "role": "sre-oncall", "hosts": ["web-1"],
+            "paths": ["/var/log/**"], "reason": "INC-43 payments down",
+            "notified": ["erin"],
+        }),
+        "access.break_glass_reviewed" => json!({
+            "grant_id": GRANT, "subject": ALICE, "approver": ADMIN,
+            "comment": "INC-43 post-mortem: justified",
+        }),
+        "notify.failed" => json!({
+            "notified_event": "access.requested", "webhook": "https://hooks.slack.com:443",
+            "attempts": 5, "error": "the webhook answered 503 Service Unavailable",
+        }),
+        "policy.reloaded" => json!({
+            "file": "/etc/loggate/policy.toml",
+            "sha256": "8d4e1c0b7a2f5e3d9c6b4a1f0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
+            "roles": 4, "groups": 3, "agents": 2, "triggered_by": ADMIN,
+        }),
+        "policy.refused" => json!({
+            "file": "/etc/loggate/policy.toml",
+            "reason": "/etc/loggate/policy.toml:12: role r: approval \"sometimes\" is not \"auto\", \"approvers\" or \"break_glass\"",
+            "kept_sha256": "8d4e1c0b7a2f5e3d9c6b4a1f0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
+            "triggered_by": "sighup",
+        }),
         "user.key_enrolled" => json!({
             "subject": ALICE, "key_sha256": KEY, "how": "first_contact",
         }),

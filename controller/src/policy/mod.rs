@@ -1,0 +1,698 @@
+//! The access policy: who may request read access to which logs, on which hosts, for how long,
+//! with which redaction, and whose approval that takes. One TOML file (`policy` in the
+//! controller's configuration, see docs/policy.md), loaded at start, on SIGHUP and on
+//! `loggate policy reload`.
+//!
+//! Contract:
+//! - A file is taken whole or not at all: [`Policy::load`] refuses any file with an error that
+//!   names `file:line` and the reason, and the caller keeps the policy in force.
+//! - [`Policy::evaluate`] is the one decision, used by `grant request` and by `policy check`
+//!   (which prints what it decided), so what an operator checks is what the controller does.
+//! - Nothing is allowed that no role allows (no role matches: refused, with each role's reason).
+//!   A redaction profile is allowed only when the role lists it (`raw` never by default), a path
+//!   only when a role's glob is requested as written or a plain path the glob matches (a glob is
+//!   never compared to another glob by what it might match), a host only by its id or by labels
+//!   the controller holds for it (never by labels an agent reports about itself).
+//! - Break-glass roles are used only when the requester asks for break-glass explicitly, so
+//!   nobody gets unreviewed access by accident.
+//! - Separation of duties: the requester is never among a request's eligible approvers, and a
+//!   role whose approver groups hold fewer eligible approvers than it needs refuses the request
+//!   instead of leaving it pending for ever.
+
+mod handle;
+pub mod notify;
+pub mod selector;
+
+pub use handle::{reload_on_sighup, PolicyHandle, ReloadError};
+#[cfg(test)]
+mod tests;
+
+use loggate_core::grant::compile_path_glob;
+use loggate_core::identity::is_valid_name;
+use selector::Selector;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+use toml::Spanned;
+
+/// The longest a pending request may wait for its approvals (`settings.pending_ttl`).
+pub const MAX_PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The default wait of a pending request.
+pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(3600);
+/// The largest policy file read (bytes).
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// How a role's requests are decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approval {
+    /// Granted at once.
+    Auto,
+    /// Granted when `count` distinct members of `groups` other than the requester approve.
+    Approvers { count: u32, groups: Vec<String> },
+    /// Granted at once with a mandatory reason, the members of `groups` notified, and the grant
+    /// flagged for review afterwards.
+    BreakGlass { groups: Vec<String> },
+}
+
+impl Approval {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Approval::Auto => "auto",
+            Approval::Approvers { .. } => "approvers",
+            Approval::BreakGlass { .. } => "break_glass",
+        }
+    }
+
+    /// The groups whose members approve (or are notified of) a request.
+    pub fn groups(&self) -> &[String] {
+        match self {
+            Approval::Auto => &[],
+            Approval::Approvers { groups, .. } | Approval::BreakGlass { groups } => groups,
+        }
+    }
+
+    /// Approvals a request needs (0: granted at once).
+    pub fn needed(&self) -> u32 {
+        match self {
+            Approval::Approvers { count, .. } => *count,
+            _ => 0,
+        }
+    }
+
+    /// Ranks the rules a requester would rather go through: at once, then fewest approvers.
+    fn rank(&self) -> u32 {
+        match self {
+            Approval::Auto => 0,
+            Approval::Approvers { count, .. } => *count,
+            Approval::BreakGlass { .. } => u32::MAX,
+        }
+    }
+
+    /// "auto", "2 approvers from sre, security", "break_glass (notifies sre)".
+    pub fn describe(&self) -> String {
+        match self {
+            Approval::Auto => "auto".into(),
+            Approval::Approvers { count, groups } => format!(
+                "{count} approver{} from {}",
+                if *count == 1 { "" } else { "s" },
+                groups.join(", ")
+            ),
+            Approval::BreakGlass { groups } if groups.is_empty() => "break_glass".into(),
+            Approval::BreakGlass { groups } => {
+                format!("break_glass (notifies {})", groups.join(", "))
+            }
+        }
+    }
+}
+
+/// The hosts a role covers.
+#[derive(Debug, Clone)]
+pub struct HostRule {
+    /// Agent ids.
+    pub ids: Vec<String>,
+    /// Label selectors, matched against the labels this policy gives each agent.
+    pub selectors: Vec<Selector>,
+}
+
+/// One validated role.
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub users: BTreeSet<String>,
+    pub groups: Vec<String>,
+    pub hosts: HostRule,
+    /// Path globs, as written (each checked with the grant verifier's own glob rules).
+    pub paths: Vec<String>,
+    pub max_ttl: Duration,
+    pub redaction: Vec<String>,
+    pub approval: Approval,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub groups: BTreeMap<String, BTreeSet<String>>,
+    pub agent_labels: BTreeMap<String, BTreeMap<String, String>>,
+    pub roles: Vec<Role>,
+    pub pending_ttl: Duration,
+    /// Where notifications go (`[notify]`), if anywhere.
+    pub notify: Option<notify::Webhook>,
+    /// SHA-256 (hex) of the file's bytes, audited with every load.
+    pub digest: String,
+}
+
+/// A policy file that was refused, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {reason}")]
+pub struct PolicyError {
+    pub file: String,
+    /// 1-based; 0 when the problem is not on one line (the file cannot be read).
+    pub line: usize,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    settings: Option<Spanned<RawSettings>>,
+    #[serde(default)]
+    groups: BTreeMap<String, Spanned<Vec<String>>>,
+    #[serde(default)]
+    agents: BTreeMap<String, Spanned<RawAgent>>,
+    #[serde(default)]
+    roles: Vec<Spanned<RawRole>>,
+    notify: Option<Spanned<RawNotify>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: String,
+    ca: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    pending_ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    name: String,
+    #[serde(default)]
+    users: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    selectors: Vec<String>,
+    paths: Vec<String>,
+    max_ttl: String,
+    #[serde(default = "default_redaction")]
+    redaction: Vec<String>,
+    approval: String,
+    approvers: Option<u32>,
+    #[serde(default)]
+    approver_groups: Vec<String>,
+}
+
+fn default_redaction() -> Vec<String> {
+    vec!["default".into()]
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn duration(text: &str, what: &str, max: Duration) -> Result<Duration, String> {
+    let d = loggate_core::duration::parse(text).map_err(|e| format!("{what}: {e}"))?;
+    if d.is_zero() || d > max {
+        return Err(format!(
+            "{what} {text:?} is out of range; give between 1s and {}",
+            loggate_core::duration::format(max)
+        ));
+    }
+    Ok(d)
+}
+
+impl Policy {
+    /// Reads and validates the policy file at `path`; see the module's contract.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let file = path.display().to_string();
+        let fail = |line, reason: String| PolicyError {
+            file: file.clone(),
+            line,
+            reason,
+        };
+        let meta = std::fs::metadata(path)
+            .map_err(|e| fail(0, format!("cannot read the policy file: {e}")))?;
+        if meta.len() > MAX_POLICY_BYTES {
+            return Err(fail(
+                0,
+                format!("the policy file is larger than {MAX_POLICY_BYTES} bytes"),
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(0, format!("cannot read the policy file: {e}")))?;
+        let mut policy = Policy::parse(&text).map_err(|(line, reason)| fail(line, reason))?;
+        // A relative `notify.ca` is relative to the policy file, like the configuration's paths.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(ca) = policy.notify.as_mut().and_then(|n| n.ca.as_mut()) {
+            if ca.is_relative() {
+                *ca = base.join(&*ca);
+            }
+        }
+        Ok(policy)
+    }
+
+    /// Validates the text of a policy file; the error is (line, reason).
+    pub fn parse(text: &str) -> Result<Policy, (usize, String)> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            (line, e.message().trim().to_string())
+        })?;
+        let at = |span: std::ops::Range<usize>| line_of(text, span.start);
+        let pending_ttl = match &raw.settings {
+            Some(settings) => match &settings.get_ref().pending_ttl {
+                Some(t) => duration(t, "settings.pending_ttl", MAX_PENDING_TTL)
+                    .map_err(|e| (at(settings.span()), e))?,
+                None => DEFAULT_PENDING_TTL,
+            },
+            None => DEFAULT_PENDING_TTL,
+        };
+        let mut groups = BTreeMap::new();
+        for (name, members) in &raw.groups {
+            let line = at(members.span());
+            if !is_valid_name(name) {
+                return Err((
+                    line,
+                    format!(
+                        "group {name:?} is not a valid name (lowercase letters, digits, dashes)"
+                    ),
+                ));
+            }
+            let mut set = BTreeSet::new();
+            for m in members.get_ref() {
+                if !is_valid_name(m) {
+                    return Err((
+                        line,
+                        format!("group {name}: {m:?} is not a valid user name"),
+                    ));
+                }
+                set.insert(m.clone());
+            }
+            groups.insert(name.clone(), set);
+        }
+        let mut agent_labels = BTreeMap::new();
+        for (id, agent) in &raw.agents {
+            let line = at(agent.span());
+            if !is_valid_name(id) {
+                return Err((line, format!("agents.{id}: {id:?} is not a valid agent id")));
+            }
+            for (k, v) in &agent.get_ref().labels {
+                if !selector::is_valid_label_part(k) || !selector::is_valid_label_part(v) {
+                    return Err((
+                        line,
+                        format!("agents.{id}: label {k:?} = {v:?} is not a label ([A-Za-z0-9._/-], 1 to 63 characters)"),
+                    ));
+                }
+            }
+            agent_labels.insert(id.clone(), agent.get_ref().labels.clone());
+        }
+        let mut roles: Vec<Role> = Vec::new();
+        for spanned in &raw.roles {
+            let line = at(spanned.span());
+            let role = Self::role(spanned.get_ref(), &groups).map_err(|e| (line, e))?;
+            if roles.iter().any(|r| r.name == role.name) {
+                return Err((line, format!("role {:?} is defined twice", role.name)));
+            }
+            roles.push(role);
+        }
+        let notify = match &raw.notify {
+            Some(n) => Some(
+                notify::Webhook::parse(&n.get_ref().webhook, n.get_ref().ca.as_deref())
+                    .map_err(|e| (at(n.span()), e))?,
+            ),
+            None => None,
+        };
+        Ok(Policy {
+            groups,
+            agent_labels,
+            roles,
+            pending_ttl,
+            notify,
+            digest: hex::encode(Sha256::digest(text.as_bytes())),
+        })
+    }
+
+    fn role(raw: &RawRole, groups: &BTreeMap<String, BTreeSet<String>>) -> Result<Role, String> {
+        let name = &raw.name;
+        if !is_valid_name(name) {
+            return Err(format!(
+                "role {name:?}: the name must be lowercase letters, digits and dashes"
+            ));
+        }
+        let known_group = |g: &String, field: &str| {
+            if groups.contains_key(g) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "role {name}: {field} names group {g:?}, which [groups] does not define"
+                ))
+            }
+        };
+        if raw.users.is_empty() && raw.groups.is_empty() {
+            return Err(format!(
+                "role {name}: name who may request it (users or groups)"
+            ));
+        }
+        for u in &raw.users {
+            if !is_valid_name(u) {
+                return Err(format!("role {name}: {u:?} is not a valid user name"));
+            }
+        }
+        for g in &raw.groups {
+            known_group(g, "groups")?;
+        }
+        if raw.hosts.is_empty() && raw.selectors.is_empty() {
+            return Err(format!(
+                "role {name}: name the hosts it covers (hosts = agent ids, or selectors)"
+            ));
+        }
+        for h in &raw.hosts {
+            if !is_valid_name(h) {
+                return Err(format!("role {name}: host {h:?} is not a valid agent id"));
+            }
+        }
+        let selectors = raw
+            .selectors
+            .iter()
+            .map(|s| Selector::parse(s).map_err(|e| format!("role {name}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if raw.paths.is_empty() {
+            return Err(format!("role {name}: name at least one path glob"));
+        }
+        for p in &raw.paths {
+            compile_path_glob(p).map_err(|e| format!("role {name}: {e}"))?;
+        }
+        let max_ttl = duration(
+            &raw.max_ttl,
+            &format!("role {name}: max_ttl"),
+            crate::config::MAX_TTL_LIMIT,
+        )?;
+        if raw.redaction.is_empty() {
+            return Err(format!(
+                "role {name}: redaction must list at least one profile (e.g. [\"default\"])"
+            ));
+        }
+        for p in &raw.redaction {
+            if !loggate_core::grant::is_valid_redaction_name(p) {
+                return Err(format!(
+                    "role {name}: redaction {p:?} is not a profile name ([a-z0-9_-]{{1,64}})"
+                ));
+            }
+        }
+        for g in &raw.approver_groups {
+            known_group(g, "approver_groups")?;
+        }
+        let approval = match raw.approval.as_str() {
+            "auto" => {
+                if raw.approvers.is_some() || !raw.approver_groups.is_empty() {
+                    return Err(format!(
+                        "role {name}: approval = \"auto\" takes no approvers or approver_groups"
+                    ));
+                }
+                Approval::Auto
+            }
+            "approvers" => {
+                let count = raw.approvers.unwrap_or(1);
+                if count == 0 || count > 16 {
+                    return Err(format!("role {name}: approvers must be between 1 and 16"));
+                }
+                if raw.approver_groups.is_empty() {
+                    return Err(format!(
+                        "role {name}: approval = \"approvers\" needs approver_groups (who may approve)"
+                    ));
+                }
+                let eligible: BTreeSet<&String> = raw
+                    .approver_groups
+                    .iter()
+                    .filter_map(|g| groups.get(g))
+                    .flatten()
+                    .collect();
+                if (eligible.len() as u32) < count {
+                    return Err(format!(
+                        "role {name}: needs {count} approvers but its approver_groups hold {} people",
+                        eligible.len()
+                    ));
+                }
+                Approval::Approvers {
+                    count,
+                    groups: raw.approver_groups.clone(),
+                }
+            }
+            "break_glass" => {
+                if raw.approvers.is_some() {
+                    return Err(format!(
+                        "role {name}: a break_glass role takes no approvers count (its approver_groups are notified)"
+                    ));
+                }
+                Approval::BreakGlass {
+                    groups: raw.approver_groups.clone(),
+                }
+            }
+            other => {
+                return Err(format!(
+                "role {name}: approval {other:?} is not \"auto\", \"approvers\" or \"break_glass\""
+            ))
+            }
+        };
+        Ok(Role {
+            name: name.clone(),
+            users: raw.users.iter().cloned().collect(),
+            groups: raw.groups.clone(),
+            hosts: HostRule {
+                ids: raw.hosts.clone(),
+                selectors,
+            },
+            paths: raw.paths.clone(),
+            max_ttl,
+            redaction: raw.redaction.clone(),
+            approval,
+        })
+    }
+
+    /// The labels this policy gives agent `id` (empty when it names none).
+    pub fn labels_of(&self, id: &str) -> Option<&BTreeMap<String, String>> {
+        self.agent_labels.get(id)
+    }
+
+    /// The agents (by id) whose labels match `selector`, in id order.
+    pub fn select_agents(&self, selector: &Selector) -> Vec<String> {
+        self.agent_labels
+            .iter()
+            .filter(|(_, labels)| selector.matches(labels))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Everyone who may approve (or is notified of) a request under `approval`, minus
+    /// `requester`, in name order.
+    pub fn approvers(&self, approval: &Approval, requester: &str) -> Vec<String> {
+        self.members_except(approval.groups(), requester)
+    }
+
+    /// The members of `groups` (as this policy defines them now) other than `requester`, in
+    /// name order: who may review a request stored with these approver groups.
+    pub fn members_except(&self, groups: &[String], requester: &str) -> Vec<String> {
+        let mut people: BTreeSet<&String> = BTreeSet::new();
+        for g in groups {
+            if let Some(members) = self.groups.get(g) {
+                people.extend(members);
+            }
+        }
+        people
+            .into_iter()
+            .filter(|p| p.as_str() != requester)
+            .cloned()
+            .collect()
+    }
+
+    /// Why `role` does not allow `query` (None: it does).
+    fn refusal(&self, role: &Role, q: &Query<'_>) -> Option<Refusal> {
+        let in_group = role
+            .groups
+            .iter()
+            .any(|g| self.groups.get(g).is_some_and(|m| m.contains(q.subject)));
+        if !role.users.contains(q.subject) && !in_group {
+            return Some(Refusal::NotAMember);
+        }
+        for host in q.hosts {
+            let by_id = role.hosts.ids.iter().any(|h| h == host);
+            let by_label = self
+                .labels_of(host)
+                .is_some_and(|l| role.hosts.selectors.iter().any(|s| s.matches(l)));
+            if !by_id && !by_label {
+                return Some(Refusal::HostNotCovered(host.clone()));
+            }
+        }
+        for path in q.paths {
+            let as_written = role.paths.iter().any(|p| p == path);
+            let plain = !path.contains(['*', '?', '[', ']', '{', '}', '\\']);
+            // Compiled at load too: a glob that failed now would match nothing (fail closed).
+            let matched = plain
+                && role
+                    .paths
+                    .iter()
+                    .any(|p| compile_path_glob(p).is_ok_and(|m| m.is_match(path)));
+            if !as_written && !matched {
+                return Some(Refusal::PathNotCovered(path.clone()));
+            }
+        }
+        if !role.redaction.iter().any(|p| p == q.profile) {
+            return Some(Refusal::ProfileNotAllowed(q.profile.to_string()));
+        }
+        let is_break_glass = matches!(role.approval, Approval::BreakGlass { .. });
+        if is_break_glass && !q.break_glass {
+            return Some(Refusal::BreakGlassOnly);
+        }
+        if !is_break_glass && q.break_glass {
+            return Some(Refusal::NotBreakGlass);
+        }
+        let needed = role.approval.needed() as usize;
+        if needed > 0 {
+            let eligible = self.approvers(&role.approval, q.subject).len();
+            if eligible < needed {
+                return Some(Refusal::TooFewApprovers { needed, eligible });
+            }
+        }
+        None
+    }
+
+    /// The one decision: which role allows `query` (and how it is approved, for how long), or
+    /// why no role does.
+    pub fn evaluate(&self, q: &Query<'_>) -> Decision {
+        let mut refusals = Vec::new();
+        let mut best: Option<&Role> = None;
+        for role in &self.roles {
+            match self.refusal(role, q) {
+                Some(r) => refusals.push((role.name.clone(), r)),
+                None => {
+                    if best.is_none_or(|b| role.approval.rank() < b.approval.rank()) {
+                        best = Some(role);
+                    }
+                }
+            }
+        }
+        match best {
+            Some(role) => {
+                let ttl = q.ttl.min(role.max_ttl);
+                Decision::Allowed(Allowed {
+                    role: role.name.clone(),
+                    approval: role.approval.clone(),
+                    ttl,
+                    ttl_capped: ttl < q.ttl,
+                    approvers: self.approvers(&role.approval, q.subject),
+                })
+            }
+            None => Decision::Refused(refusals),
+        }
+    }
+}
+
+/// What is asked: `subject` (a user name) wants to read `paths` on `hosts` (agent ids) for
+/// `ttl` with redaction `profile`.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    pub subject: &'a str,
+    pub hosts: &'a [String],
+    pub paths: &'a [String],
+    pub ttl: Duration,
+    pub profile: &'a str,
+    /// The requester asks for break-glass access (`grant request --break-glass`).
+    pub break_glass: bool,
+}
+
+/// Why one role does not allow a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    NotAMember,
+    HostNotCovered(String),
+    PathNotCovered(String),
+    ProfileNotAllowed(String),
+    /// The role is break-glass and the request did not ask for it.
+    BreakGlassOnly,
+    /// The request asked for break-glass and the role is not a break-glass role.
+    NotBreakGlass,
+    TooFewApprovers {
+        needed: usize,
+        eligible: usize,
+    },
+}
+
+impl Refusal {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::NotAMember => "not_a_member",
+            Refusal::HostNotCovered(_) => "host_not_covered",
+            Refusal::PathNotCovered(_) => "path_not_covered",
+            Refusal::ProfileNotAllowed(_) => "profile_not_allowed",
+            Refusal::BreakGlassOnly => "break_glass_only",
+            Refusal::NotBreakGlass => "not_break_glass",
+            Refusal::TooFewApprovers { .. } => "too_few_approvers",
+        }
+    }
+
+    /// The reason as a phrase ("does not cover host web-2").
+    pub fn describe(&self) -> String {
+        match self {
+            Refusal::NotAMember => "you are not among its users or groups".into(),
+            Refusal::HostNotCovered(h) => format!("does not cover host {h}"),
+            Refusal::PathNotCovered(p) => format!("does not cover path {p}"),
+            Refusal::ProfileNotAllowed(p) => format!("does not allow redaction profile {p:?}"),
+            Refusal::BreakGlassOnly => {
+                "is a break-glass role; ask again with --break-glass and a reason".into()
+            }
+            Refusal::NotBreakGlass => "is not a break-glass role".into(),
+            Refusal::TooFewApprovers { needed, eligible } => format!(
+                "needs {needed} approvers other than you, and its approver groups hold {eligible}"
+            ),
+        }
+    }
+}
+
+/// A role allows the query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowed {
+    pub role: String,
+    pub approval: Approval,
+    /// The TTL granted: the one asked for, capped at the role's `max_ttl`.
+    pub ttl: Duration,
+    pub ttl_capped: bool,
+    /// Who may approve (or is notified), never the requester.
+    pub approvers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allowed(Allowed),
+    /// No role allows it: each role's name and reason, in policy order.
+    Refused(Vec<(String, Refusal)>),
+}
+
+impl Decision {
+    /// One sentence for a refusal: why no role allows it.
+    pub fn refusal_sentence(refusals: &[(String, Refusal)], subject: &str) -> String {
+        if refusals.is_empty() {
+            return format!(
+                "no role of the access policy allows {subject} this access (the policy defines no roles); ask an admin to add one"
+            );
+        }
+        let reasons: Vec<String> = refusals
+            .iter()
+            .map(|(role, r)| format!("role {role} {}", r.describe()))
+            .collect();
+        format!(
+            "no role of the access policy allows {subject} this access: {}",
+            reasons.join("; ")
+        )
+    }
+}

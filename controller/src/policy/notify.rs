@@ -1,0 +1,271 @@
+//! Webhook notifications of requests, decisions, break-glass and expiry.
+//!
+//! The policy's `[notify] webhook` (http or https; https verified against `ca`, a PEM bundle
+//! such as `/etc/ssl/certs/ca-certificates.crt`) receives one JSON `POST` per event:
+//! `{"text": "<one line>", "loggate": {…}}` — Slack incoming webhooks read `text`, a generic
+//! receiver reads `loggate`. The body holds names, hosts, paths, the role and the reason: never
+//! a grant token, a key or the webhook's own URL (which is itself a secret for Slack, and is
+//! never logged or audited: only its scheme and host are).
+//!
+//! Delivery never holds up a request: notices are queued (at most [`QUEUE`]; a full queue drops
+//! the notice, audited) and sent by one task, each retried with exponential back-off
+//! ([`ATTEMPTS`] tries, 1 s doubling), each try bounded by [`TRY_TIMEOUT`]. A notice that could
+//! not be delivered is audited (`notify.failed`).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use loggate_core::audit::{events, SharedAuditLog};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Notices waiting to be sent.
+pub const QUEUE: usize = 1024;
+/// Tries per notice.
+pub const ATTEMPTS: u32 = 5;
+/// The bound on one try (connect, TLS, request and answer).
+pub const TRY_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_ANSWER: usize = 16 * 1024;
+
+/// Where notices go, validated at policy load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: http::Uri,
+    pub https: bool,
+    /// `host:port` to connect to.
+    pub address: String,
+    pub host: String,
+    pub ca: Option<PathBuf>,
+}
+
+impl Webhook {
+    /// Parses `[notify] webhook` and `ca`; the error is one sentence that never repeats the URL
+    /// (it may hold a token).
+    pub fn parse(url: &str, ca: Option<&str>) -> Result<Webhook, String> {
+        let uri: http::Uri = url.parse().map_err(|_| {
+            "notify.webhook is not a URL like https://hooks.example.com/…".to_string()
+        })?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err("notify.webhook must be an http:// or https:// URL".into()),
+        };
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or("notify.webhook names no host")?
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let address = if bare.contains(':') {
+            format!("[{bare}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        if https && ca.is_none() {
+            return Err(
+                "notify.webhook is https: set notify.ca to the PEM bundle of the CAs to trust \
+                 (e.g. /etc/ssl/certs/ca-certificates.crt)"
+                    .into(),
+            );
+        }
+        Ok(Webhook {
+            url: uri,
+            https,
+            address,
+            host: bare.to_string(),
+            ca: ca.map(PathBuf::from),
+        })
+    }
+
+    /// What may be shown of the webhook: its scheme and host, never its path (a token).
+    pub fn shown(&self) -> String {
+        format!(
+            "{}://{}",
+            if self.https { "https" } else { "http" },
+            self.address
+        )
+    }
+}
+
+/// One notice: the audit event it tells of and its fields.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub event: &'static str,
+    pub text: String,
+    pub fields: Value,
+}
+
+/// Queues notices for the webhook of the policy in force.
+#[derive(Clone)]
+pub struct Notifier {
+    queue: mpsc::Sender<(Webhook, Notice)>,
+    audit: Arc<SharedAuditLog>,
+}
+
+impl Notifier {
+    /// Starts the delivery task.
+    pub fn start(audit: Arc<SharedAuditLog>) -> Notifier {
+        let (queue, mut notices) = mpsc::channel::<(Webhook, Notice)>(QUEUE);
+        let auditor = audit.clone();
+        tokio::spawn(async move {
+            while let Some((hook, notice)) = notices.recv().await {
+                deliver(&hook, &notice, &auditor).await;
+            }
+        });
+        Notifier { queue, audit }
+    }
+
+    /// Queues `notice` for `hook` (none: nothing to do).
+    pub fn send(&self, hook: Option<&Webhook>, notice: Notice) {
+        let Some(hook) = hook else { return };
+        if let Err(e) = self.queue.try_send((hook.clone(), notice)) {
+            let notice = match e {
+                mpsc::error::TrySendError::Full((_, n))
+                | mpsc::error::TrySendError::Closed((_, n)) => n,
+            };
+            let _ = self.audit.append(&events::NotifyFailed {
+                notified_event: notice.event.to_string(),
+                webhook: hook.shown(),
+                attempts: 0,
+                error: "the notification queue is full".into(),
+            });
+        }
+    }
+}
+
+async fn deliver(hook: &Webhook, notice: &Notice, audit: &SharedAuditLog) {
+    let body = serde_json::json!({ "text": notice.text, "loggate": notice.fields }).to_string();
+    let mut backoff = FIRST_BACKOFF;
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        match tokio::time::timeout(TRY_TIMEOUT, post(hook, &body)).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => last_error = e,
+            Err(_) => last_error = format!("no answer within {}s", TRY_TIMEOUT.as_secs()),
+        }
+        tracing::warn!(webhook = %hook.shown(), attempt, "notification failed: {last_error}");
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2);
+        }
+    }
+    let appended = tokio::task::block_in_place(|| {
+        audit.append(&events::NotifyFailed {
+            notified_event: notice.event.to_string(),
+            webhook: hook.shown(),
+            attempts: ATTEMPTS,
+            error: last_error.chars().take(512).collect(),
+        })
+    });
+    if let Err(e) = appended {
+        tracing::error!("cannot audit a failed notification: {e}");
+    }
+}
+
+fn tls_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("cannot read notify.ca {}: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("notify.ca {}: {e}", ca.display()))?;
+        // A bundle may hold certificates rustls cannot use; the others still count.
+        let _ = roots.add(cert);
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "notify.ca {} holds no usable CA certificate",
+            ca.display()
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// One `POST` of `body`; Ok on a 2xx answer.
+async fn post(hook: &Webhook, body: &str) -> Result<(), String> {
+    let tcp = tokio::net::TcpStream::connect(&hook.address)
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let path = hook.url.path_and_query().map_or("/", |p| p.as_str());
+    let request = http::Request::post(path)
+        .header(http::header::HOST, hook.host.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let status = if hook.https {
+        let ca = hook.ca.as_deref().ok_or("notify.ca is not set")?;
+        let name = rustls::pki_types::ServerName::try_from(hook.host.clone())
+            .map_err(|e| format!("bad host name: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(tls_config(ca)?)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        exchange(tls, request).await?
+    } else {
+        exchange(tcp, request).await?
+    };
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("the webhook answered {status}"))
+    }
+}
+
+async fn exchange<S>(io: S, request: http::Request<Full<Bytes>>) -> Result<http::StatusCode, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let answer = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("the request failed: {e}"))?;
+    let status = answer.status();
+    // Read (a bounded part of) the answer so the connection ends cleanly; its text is not used.
+    let _ = Limited::new(answer.into_body(), MAX_ANSWER).collect().await;
+    Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhooks_are_validated_and_never_shown_with_their_path() {
+        let hook = Webhook::parse(
+            "https://hooks.slack.com/services/T0/B0/secret",
+            Some("/ca.pem"),
+        )
+        .unwrap();
+        assert_eq!(hook.address, "hooks.slack.com:443");
+        assert_eq!(hook.shown(), "https://hooks.slack.com:443");
+        let plain = Webhook::parse("http://127.0.0.1:8080/hook", None).unwrap();
+        assert_eq!(plain.address, "127.0.0.1:8080");
+        for (bad, expect) in [
+            ("ftp://x/y", "http:// or https://"),
+            ("https://hooks.slack.com/services/secret", "notify.ca"),
+            ("not a url at all", "is not a URL"),
+        ] {
+            let err = Webhook::parse(bad, None).unwrap_err();
+            assert!(err.contains(expect), "{bad}: {err}");
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! Table-driven tests of the policy's validation and of its one decision.
+
+use super::*;
+
+const POLICY: &str = r#"
+[settings]
+pending_ttl = "30m"
+
+[groups]
+sre = ["bob", "carol"]
+payments = ["alice", "dave"]
+security = ["erin"]
+
+[agents.web-1]
+labels = { env = "prod", team = "payments" }
+[agents.web-2]
+labels = { env = "staging", team = "payments" }
+[agents.db-1]
+labels = { env = "prod", team = "data" }
+
+[[roles]]
+name = "payments-prod"
+groups = ["payments"]
+selectors = ["env=prod,team=payments"]
+paths = ["/var/log/app/*.log"]
+max_ttl = "2h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+
+[[roles]]
+name = "payments-staging"
+groups = ["payments"]
+selectors = ["env in (staging,dev)"]
+paths = ["/var/log/app/*.log", "/var/log/nginx/**"]
+max_ttl = "8h"
+redaction = ["default", "raw"]
+approval = "auto"
+
+[[roles]]
+name = "sre-oncall"
+groups = ["sre"]
+hosts = ["web-1", "db-1"]
+paths = ["/var/log/**"]
+max_ttl = "1h"
+approval = "break_glass"
+approver_groups = ["security"]
+
+[[roles]]
+name = "two-person"
+users = ["frank"]
+hosts = ["db-1"]
+paths = ["/var/log/db/*.log"]
+max_ttl = "4h"
+approval = "approvers"
+approvers = 2
+approver_groups = ["sre", "security"]
+"#;
+
+fn policy() -> Policy {
+    Policy::parse(POLICY).unwrap_or_else(|(line, e)| panic!("line {line}: {e}"))
+}
+
+fn hours(h: u64) -> Duration {
+    Duration::from_secs(h * 3600)
+}
+
+struct Case {
+    name: &'static str,
+    subject: &'static str,
+    hosts: &'static [&'static str],
+    paths: &'static [&'static str],
+    ttl: Duration,
+    profile: &'static str,
+    break_glass: bool,
+    /// `Ok((role, approval kind, granted ttl))` or `Err(the refusal code of every role)`.
+    expect: Result<(&'static str, &'static str, Duration), &'static [&'static str]>,
+}
+
+const fn case(
+    name: &'static str,
+    subject: &'static str,
+    hosts: &'static [&'static str],
+    paths: &'static [&'static str],
+    ttl: Duration,
+    expect: Result<(&'static str, &'static str, Duration), &'static [&'static str]>,
+) -> Case {
+    Case {
+        name,
+        subject,
+        hosts,
+        paths,
+        ttl,
+        profile: "default",
+        break_glass: false,
+        expect,
+    }
+}
+
+const API: &[&str] = &["/var/log/app/api.log"];
+const H1: Duration = Duration::from_secs(3600);
+const H3: Duration = Duration::from_secs(3 * 3600);
+const H2: Duration = Duration::from_secs(2 * 3600);
+
+#[test]
+fn evaluation_picks_the_role_and_rule_or_says_why_none() {
+    let cases = [
+        case(
+            "label selector match needs an approver",
+            "alice",
+            &["web-1"],
+            API,
+            H1,
+            Ok(("payments-prod", "approvers", H1)),
+        ),
+        case(
+            "ttl is capped at the role's max_ttl",
+            "alice",
+            &["web-1"],
+            API,
+            H3,
+            Ok(("payments-prod", "approvers", H2)),
+        ),
+        case(
+            "an `in` selector auto-approves staging",
+            "alice",
+            &["web-2"],
+            API,
+            H3,
+            Ok(("payments-staging", "auto", H3)),
+        ),
+        case(
+            "the role's glob as written is allowed",
+            "dave",
+            &["web-2"],
+            &["/var/log/app/*.log"],
+            H1,
+            Ok(("payments-staging", "auto", H1)),
+        ),
+        case(
+            "a wider glob than the role's is refused",
+            "dave",
+            &["web-2"],
+            &["/var/log/app/**"],
+            H1,
+            Err(&[
+                "host_not_covered",
+                "path_not_covered",
+                "not_a_member",
+                "not_a_member",
+            ]),
+        ),
+        case(
+            "a host whose labels match no selector",
+            "alice",
+            &["db-1"],
+            API,
+            H1,
+            Err(&[
+                "host_not_covered",
+                "host_not_covered",
+                "not_a_member",
+                "not_a_member",
+            ]),
+        ),
+        case(
+            "an unknown host has no labels",
+            "alice",
+            &["web-9"],
+            API,
+            H1,
+            Err(&[
+                "host_not_covered",
+                "host_not_covered",
+                "not_a_member",
+                "not_a_member",
+            ]),
+        ),
+        case(
+            "every host must be covered",
+            "alice",
+            &["web-1", "web-2"],
+            API,
+            H1,
+            Err(&[
+                "host_not_covered",
+                "host_not_covered",
+                "not_a_member",
+                "not_a_member",
+            ]),
+        ),
+        case(
+            "a non-member is refused",
+            "mallory",
+            &["web-1"],
+            API,
+            H1,
+            Err(&[
+                "not_a_member",
+                "not_a_member",
+                "not_a_member",
+                "not_a_member",
+            ]),
+        ),
+        case(
+            "break-glass roles need --break-glass",
+            "bob",
+            &["web-1"],
+            API,
+            H1,
+            Err(&[
+                "not_a_member",
+                "not_a_member",
+                "break_glass_only",
+                "not_a_member",
+            ]),
+        ),
+        case(
+            "a path outside the role",
+            "alice",
+            &["web-1"],
+            &["/etc/shadow"],
+            H1,
+            Err(&[
+                "path_not_covered",
+                "host_not_covered",
+                "not_a_member",
+                "not_a_member",
+            ]),
+        ),
+        case(
+            "two approvers from two groups",
+            "frank",
+            &["db-1"],
+            &["/var/log/db/pg.log"],
+            H1,
+            Ok(("two-person", "approvers", H1)),
+        ),
+    ];
+    let p = policy();
+    for c in cases.iter().chain(
+        [
+            Case {
+                profile: "raw",
+                ..case(
+                    "raw only where listed",
+                    "alice",
+                    &["web-1"],
+                    API,
+                    H1,
+                    Err(&[
+                        "profile_not_allowed",
+                        "host_not_covered",
+                        "not_a_member",
+                        "not_a_member",
+                    ]),
+                )
+            },
+            Case {
+                profile: "raw",
+                ..case(
+                    "raw where listed",
+                    "alice",
+                    &["web-2"],
+                    API,
+                    H1,
+                    Ok(("payments-staging", "auto", H1)),
+                )
+            },
+            Case {
+                break_glass: true,
+                ..case(
+                    "break-glass when asked",
+                    "bob",
+                    &["web-1"],
+                    API,
+                    H3,
+                    Ok(("sre-oncall", "break_glass", H1)),
+                )
+            },
+            Case {
+                break_glass: true,
+                ..case(
+                    "break-glass asked of a normal role",
+                    "alice",
+                    &["web-1"],
+                    API,
+                    H1,
+                    Err(&[
+                        "not_break_glass",
+                        "host_not_covered",
+                        "not_a_member",
+                        "not_a_member",
+                    ]),
+                )
+            },
+        ]
+        .iter(),
+    ) {
+        let hosts: Vec<String> = c.hosts.iter().map(|s| s.to_string()).collect();
+        let paths: Vec<String> = c.paths.iter().map(|s| s.to_string()).collect();
+        let decision = p.evaluate(&Query {
+            subject: c.subject,
+            hosts: &hosts,
+            paths: &paths,
+            ttl: c.ttl,
+            profile: c.profile,
+            break_glass: c.break_glass,
+        });
+        match (&decision, &c.expect) {
+            (Decision::Allowed(a), Ok((role, rule, ttl))) => {
+                assert_eq!(
+                    (a.role.as_str(), a.approval.as_str(), a.ttl),
+                    (*role, *rule, *ttl),
+                    "{}",
+                    c.name
+                );
+                assert_eq!(a.ttl_capped, a.ttl < c.ttl, "{}", c.name);
+                assert!(!a.approvers.iter().any(|x| x == c.subject), "{}", c.name);
+            }
+            (Decision::Refused(r), Err(codes)) => {
+                let got: Vec<&str> = r.iter().map(|(_, x)| x.as_str()).collect();
+                assert_eq!(&got, codes, "{}", c.name);
+            }
+            _ => panic!("{}: got {decision:?}, expected {:?}", c.name, c.expect),
+        }
+    }
+}
+
+#[test]
+fn the_requester_is_never_an_eligible_approver() {
+    let p = Policy::parse(
+        r#"
+[groups]
+sre = ["bob", "carol"]
+[[roles]]
+name = "sre-self"
+groups = ["sre"]
+hosts = ["web-1"]
+paths = ["/var/log/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 2
+approver_groups = ["sre"]
+"#,
+    )
+    .unwrap();
+    let hosts = vec!["web-1".to_string()];
+    let paths = vec!["/var/log/syslog.log".to_string()];
+    let q = Query {
+        subject: "bob",
+        hosts: &hosts,
+        paths: &paths,
+        ttl: H1,
+        profile: "default",
+        break_glass: false,
+    };
+    // Two approvers needed, only carol is left besides bob: refused, never pending for ever.
+    match p.evaluate(&q) {
+        Decision::Refused(r) => assert_eq!(
+            r[0].1,
+            Refusal::TooFewApprovers {
+                needed: 2,
+                eligible: 1
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.approvers(&p.roles[0].approval, "bob"), vec!["carol"]);
+}
+
+#[test]
+fn the_least_friction_allowing_role_is_chosen() {
+    let p = Policy::parse(
+        r#"
+[groups]
+sre = ["bob", "carol"]
+[[roles]]
+name = "approved"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["/var/log/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approver_groups = ["sre"]
+[[roles]]
+name = "at-once"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["/var/log/*.log"]
+max_ttl = "10m"
+approval = "auto"
+"#,
+    )
+    .unwrap();
+    let hosts = vec!["web-1".to_string()];
+    let paths = vec!["/var/log/a.log".to_string()];
+    let q = Query {
+        subject: "alice",
+        hosts: &hosts,
+        paths: &paths,
+        ttl: H1,
+        profile: "default",
+        break_glass: false,
+    };
+    let Decision::Allowed(a) = p.evaluate(&q) else {
+        panic!("refused")
+    };
+    assert_eq!(a.role, "at-once");
+    assert_eq!(a.ttl, Duration::from_secs(600));
+    assert!(a.ttl_capped);
+}
+
+#[test]
+fn relabelling_a_host_changes_what_selects_it() {
+    let before = policy();
+    let after = Policy::parse(&POLICY.replace(
+        "labels = { env = \"prod\", team = \"payments\" }",
+        "labels = { env = \"prod\", team = \"search\" }",
+    ))
+    .unwrap();
+    let sel = Selector::parse("team=payments").unwrap();
+    assert_eq!(before.select_agents(&sel), vec!["web-1", "web-2"]);
+    assert_eq!(after.select_agents(&sel), vec!["web-2"]);
+    assert_ne!(before.digest, after.digest);
+    assert_eq!(before.pending_ttl, Duration::from_secs(1800));
+}
+
+#[test]
+fn invalid_policies_are_refused_with_line_and_reason() {
+    let role = |body: &str| {
+        format!(
+            "[groups]\nsre = [\"bob\"]\n\n[[roles]]\nname = \"r\"\nusers = [\"alice\"]\n{body}\n"
+        )
+    };
+    let base = "hosts = [\"web-1\"]\npaths = [\"/var/log/*.log\"]\nmax_ttl = \"1h\"\n";
+    for (text, line, expect) in [
+        ("[groups\n".to_string(), 1, "unclosed table"),
+        ("unknown = 1\n".to_string(), 1, "unknown field"),
+        ("\n\n[groups]\nsre = [\"Bob\"]\n".to_string(), 4, "not a valid user name"),
+        (role(&format!("{base}approval = \"sometimes\"")), 4, "is not \"auto\""),
+        (role(&format!("{base}approval = \"approvers\"\napprover_groups = [\"nobody\"]")), 4, "which [groups] does not define"),
+        (role(&format!("{base}approval = \"approvers\"")), 4, "needs approver_groups"),
+        (role(&format!("{base}approval = \"approvers\"\napprovers = 2\napprover_groups = [\"sre\"]")), 4, "needs 2 approvers but its approver_groups hold 1"),
+        (role(&format!("{base}approval = \"auto\"\napprovers = 1")), 4, "takes no approvers"),
+        (role("hosts = [\"web-1\"]\npaths = [\"var/log\"]\nmax_ttl = \"1h\"\napproval = \"auto\""), 4, "absolute"),
+        (role("hosts = [\"web-1\"]\npaths = [\"/a/*.log\"]\nmax_ttl = \"400d\"\napproval = \"auto\""), 4, "out of range"),
+        (role("selectors = [\"env in prod\"]\npaths = [\"/a/*.log\"]\nmax_ttl = \"1h\"\napproval = \"auto\""), 4, "parentheses"),
+        (role("paths = [\"/a/*.log\"]\nmax_ttl = \"1h\"\napproval = \"auto\""), 4, "name the hosts"),
+        (role(&format!("{base}approval = \"auto\"\nredaction = [\"RAW\"]")), 4, "not a profile name"),
+        (format!("{}\n[[roles]]\nname = \"r\"\nusers = [\"alice\"]\n{base}approval = \"auto\"\n", role(&format!("{base}approval = \"auto\""))), 12, "defined twice"),
+        ("[settings]\npending_ttl = \"0s\"\n".to_string(), 1, "out of range"),
+        ("[agents.web-1]\nlabels = { env = \"a b\" }\n".to_string(), 1, "is not a label"),
+    ] {
+        let (got_line, reason) = Policy::parse(&text).expect_err(&text);
+        assert!(reason.contains(expect), "{text}\n=> {reason}");
+        assert_eq!(got_line, line, "{text}\n=> {reason}");
+    }
+}
+
+#[test]
+fn a_refused_file_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, "[groups]\nsre = [\"bob\"]\nbad = 3\n").unwrap();
+    let err = Policy::load(&path).unwrap_err();
+    assert_eq!(err.line, 3);
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:3: ", path.display())),
+        "{err}"
+    );
+    let err = Policy::load(&dir.path().join("missing.toml")).unwrap_err();
+    assert!(err.to_string().contains("cannot read"), "{err}");
+}
+
+#[test]
+fn approval_rules_describe_themselves() {
+    let p = policy();
+    let described: Vec<String> = p.roles.iter().map(|r| r.approval.describe()).collect();
+    assert_eq!(
+        described,
+        vec![
+            "1 approver from sre",
+            "auto",
+            "break_glass (notifies security)",
+            "2 approvers from sre, security"
+        ]
+    );
+    assert_eq!(hours(1), H1);
+}

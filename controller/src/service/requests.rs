@@ -1,0 +1,1199 @@
+//! Just-in-time access: requests decided by the access policy, approvals with separation of
+//! duties, break-glass, pending expiry, and the policy's own RPCs (check, reload).
+//!
+//! Rules enforced here, whatever the client sends:
+//! - the requester is the caller's certificate identity, never a field of the request;
+//! - nobody reviews their own request; only a member of the request's approver groups (as the
+//!   policy in force defines them at the review) may approve or deny; each approver counts
+//!   once; a denial ends the request whatever approvals it had;
+//! - the access clock starts at the approval that completes the request (`not_before` = then,
+//!   `not_after` = then + the TTL granted), never at the request;
+//! - every step is audited before it takes effect, inside the store's transaction.
+
+use super::{grant_info, internal, ControllerService, MAX_FIELD};
+use crate::policy::notify::{Notice, Notifier};
+use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
+use crate::store::{GrantRow, RequestRow, RequestState, ReviewRow, Store};
+use loggate_core::audit::{events, SharedAuditLog};
+use loggate_core::grant::{compile_path_glob, unix_now, GrantClaims, GrantError, MAX_TOKEN_LEN};
+use loggate_core::identity::{is_valid_name, Identity};
+use loggate_proto as pb;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+/// The longest a `GetRequest` waits for a decision.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Everything a grant is made of, for [`ControllerService::sign_grant`].
+pub(super) struct GrantSpec<'a> {
+    pub id: loggate_core::grant::GrantId,
+    pub subject: &'a str,
+    pub hosts: &'a [String],
+    pub labels: &'a [String],
+    pub paths: &'a [String],
+    pub now: i64,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub profile: &'a str,
+    pub reason: &'a str,
+    pub issuer: &'a str,
+    pub key_sha256: &'a str,
+}
+
+/// A new request id: `r-` + 16 hex digits.
+fn new_request_id() -> String {
+    format!("r-{}", hex::encode(rand::random::<[u8; 8]>()))
+}
+
+/// The short name of a SPIFFE id (`alice` of `spiffe://td/user/alice`).
+fn short(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
+}
+
+/// A `Status` carried through the store's `anyhow` callbacks comes back out as itself.
+fn status_of(e: anyhow::Error) -> Status {
+    match e.downcast::<Status>() {
+        Ok(status) => status,
+        Err(e) => internal(e),
+    }
+}
+
+fn check_request_id(id: &str) -> Result<(), Status> {
+    let ok =
+        id.len() == 18 && id.starts_with("r-") && id[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{:?} is not a request id (r- and 16 hex digits, as `grant request` prints)",
+            id.chars().take(64).collect::<String>()
+        )))
+    }
+}
+
+fn ended(r: &RequestRow) -> Status {
+    Status::failed_precondition(format!(
+        "request {} is {}, not pending; nothing was changed",
+        r.id,
+        r.state.as_str()
+    ))
+}
+
+/// What a webhook is told about request `r` (names, hosts, paths, role, reason, state: never a
+/// token or a key).
+fn notice(event: &'static str, r: &RequestRow, approvers: &[String], text: String) -> Notice {
+    Notice {
+        event,
+        text,
+        fields: serde_json::json!({
+            "event": event, "request_id": r.id, "requester": short(&r.requester),
+            "hosts": r.hosts, "paths": r.paths, "ttl_seconds": r.ttl_seconds,
+            "redaction_profile": r.profile, "role": r.role, "approval": r.approval,
+            "state": r.state.as_str(), "reason": r.reason, "approvers": approvers,
+            "grant_id": r.grant_id,
+        }),
+    }
+}
+
+/// Tells the webhook of the policy in force (if any) that `r` expired.
+fn notify_expired(notifier: Option<&Notifier>, handle: Option<&Arc<PolicyHandle>>, r: &RequestRow) {
+    let (Some(n), Some(p)) = (notifier, handle.and_then(|h| h.current())) else {
+        return;
+    };
+    let text = format!(
+        "loggate: request {} of {} for {} on {} expired undecided",
+        r.id,
+        short(&r.requester),
+        r.paths.join(", "),
+        r.hosts.join(", ")
+    );
+    n.send(p.notify.as_ref(), notice("access.expired", r, &[], text));
+}
+
+/// Expires the pending requests whose time ran out by `now` (audited, and `on_expired` told of
+/// each); how many.
+pub(super) fn expire_due(
+    store: &Store,
+    audit: &SharedAuditLog,
+    now: i64,
+    on_expired: impl Fn(&RequestRow),
+) -> anyhow::Result<usize> {
+    let mut expired = 0;
+    for id in store.pending_due(now)? {
+        let ended = store.end_request(
+            &id,
+            RequestState::Expired,
+            now,
+            |r| {
+                if r.state != RequestState::Pending || r.expires > now {
+                    anyhow::bail!("no longer due");
+                }
+                Ok(())
+            },
+            |r| {
+                audit.append(&events::AccessExpired {
+                    request_id: r.id.clone(),
+                    subject: r.requester.clone(),
+                    approvals: r.approvals(),
+                    expired_at: now,
+                })?;
+                Ok(())
+            },
+        );
+        match ended {
+            Ok(Some(r)) => {
+                expired += 1;
+                on_expired(&r);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!(request = %id, "not expired: {e:#}"),
+        }
+    }
+    Ok(expired)
+}
+
+/// Expires pending requests when their time runs out: sleeps until the next expiry or until a
+/// request changes, whichever comes first.
+pub(super) fn spawn_expiry(
+    store: Arc<Store>,
+    audit: Arc<SharedAuditLog>,
+    changed: watch::Sender<u64>,
+    notifier: Notifier,
+    handle: Arc<PolicyHandle>,
+) {
+    let mut changes = changed.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let now = unix_now();
+            let expired = tokio::task::block_in_place(|| {
+                expire_due(&store, &audit, now, |r| {
+                    notify_expired(Some(&notifier), Some(&handle), r)
+                })
+            });
+            match expired {
+                Ok(0) => {}
+                Ok(_) => {
+                    changed.send_modify(|n| *n += 1);
+                }
+                Err(e) => tracing::error!("expiring pending requests failed: {e:#}"),
+            }
+            let next = store.next_pending_expiry().ok().flatten();
+            let wait = next
+                .map(|at| Duration::from_secs(at.saturating_sub(now).clamp(0, 60) as u64))
+                .unwrap_or(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
+                c = changes.changed() => if c.is_err() { break },
+            }
+        }
+    });
+}
+
+impl ControllerService {
+    /// Turns on the governance layer: the policy in force and the pending-request expiry.
+    pub fn with_access_policy(mut self, handle: Arc<PolicyHandle>) -> Self {
+        let notifier = Notifier::start(self.audit.clone());
+        spawn_expiry(
+            self.store.clone(),
+            self.audit.clone(),
+            self.requests_changed.clone(),
+            notifier.clone(),
+            handle.clone(),
+        );
+        self.access = Some(handle);
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Queues a notice for the webhook of the policy in force, if it names one.
+    fn notify(&self, event: &'static str, r: &RequestRow, approvers: &[String], text: String) {
+        if let (Some(n), Some(p)) = (
+            &self.notifier,
+            self.access.as_ref().and_then(|h| h.current()),
+        ) {
+            n.send(p.notify.as_ref(), notice(event, r, approvers, text));
+        }
+    }
+
+    fn access_policy(&self) -> Result<Arc<Policy>, Status> {
+        self.access
+            .as_ref()
+            .and_then(|h| h.current())
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the controller has no access policy configured, so nothing can be requested; \
+                     ask an admin (docs/policy.md)",
+                )
+            })
+    }
+
+    /// Signs a grant, checks its size, and audits it (`grant.issued`): the caller stores it in
+    /// the same transaction. Errors are `Status` inside `anyhow`.
+    pub(super) fn sign_grant(
+        &self,
+        spec: &GrantSpec<'_>,
+        revision: u64,
+    ) -> anyhow::Result<GrantRow> {
+        let claims = GrantClaims {
+            jti: spec.id.to_string(),
+            iss: format!("spiffe://{}/controller", self.trust_domain),
+            sub: spec.subject.to_string(),
+            iat: spec.now,
+            nbf: spec.not_before,
+            exp: spec.not_after,
+            hosts: spec.hosts.to_vec(),
+            labels: spec.labels.to_vec(),
+            paths: spec.paths.to_vec(),
+            redaction: spec.profile.to_string(),
+            reason: spec.reason.to_string(),
+            approver: spec.issuer.to_string(),
+            key_sha256: spec.key_sha256.to_string(),
+        };
+        let token = self.signer.sign(&claims)?;
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(Status::invalid_argument(format!(
+                "the grant would be {} bytes, over the {MAX_TOKEN_LEN}-byte limit agents accept; name fewer or shorter paths, hosts or labels",
+                token.len()
+            ))
+            .into());
+        }
+        let row = GrantRow {
+            id: spec.id.to_string(),
+            subject: spec.subject.to_string(),
+            hosts: spec.hosts.to_vec(),
+            labels: spec.labels.to_vec(),
+            paths: spec.paths.to_vec(),
+            not_before: spec.not_before,
+            not_after: spec.not_after,
+            reason: spec.reason.to_string(),
+            issuer: spec.issuer.to_string(),
+            profile: spec.profile.to_string(),
+            key_sha256: spec.key_sha256.to_string(),
+            token,
+            revision,
+            revoked: None,
+        };
+        self.audit_issued(&row)?;
+        Ok(row)
+    }
+
+    /// The hosts a request or check names: `--host` ids and the agents a `--selector` picks
+    /// out by the labels the policy gives them.
+    fn resolve_hosts(
+        policy: &Policy,
+        hosts: &[String],
+        selector: &str,
+    ) -> Result<Vec<String>, Status> {
+        super::bounded_list("hosts", hosts)?;
+        if let Some(bad) = hosts.iter().find(|h| !is_valid_name(h)) {
+            return Err(Status::invalid_argument(format!(
+                "host {:?} is not a valid agent id",
+                bad.chars().take(64).collect::<String>()
+            )));
+        }
+        let mut all: Vec<String> = hosts.to_vec();
+        if !selector.is_empty() {
+            let parsed = crate::policy::selector::Selector::parse(selector)
+                .map_err(|e| Status::invalid_argument(format!("--selector: {e}")))?;
+            let picked = policy.select_agents(&parsed);
+            if picked.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "--selector {parsed} matches no agent the access policy gives labels to; \
+                     check the labels with an admin"
+                )));
+            }
+            all.extend(picked);
+        }
+        all.sort();
+        all.dedup();
+        if all.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one --host or a --selector",
+            ));
+        }
+        if all.len() > 64 {
+            return Err(Status::invalid_argument(
+                "a request may cover at most 64 hosts; narrow the selector",
+            ));
+        }
+        Ok(all)
+    }
+
+    fn check_paths(paths: &[String]) -> Result<(), Status> {
+        super::bounded_list("paths", paths)?;
+        if paths.is_empty() {
+            return Err(Status::invalid_argument("name at least one --path"));
+        }
+        for p in paths {
+            compile_path_glob(p).map_err(|e| match e {
+                GrantError::Malformed(detail) => {
+                    Status::invalid_argument(format!("--path: {detail}"))
+                }
+                other => Status::invalid_argument(other.to_string()),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn profile_or_default(&self, profile: &str) -> Result<String, Status> {
+        let profile = if profile.is_empty() {
+            "default"
+        } else {
+            profile
+        };
+        if !loggate_core::grant::is_valid_redaction_name(profile) {
+            return Err(Status::invalid_argument(
+                "--redaction is not a profile name ([a-z0-9_-]{1,64})",
+            ));
+        }
+        if !self.policy.redaction_profiles.iter().any(|p| p == profile) {
+            return Err(Status::invalid_argument(format!(
+                "redaction profile {profile:?} is not allowed by the controller's redaction_profiles ({})",
+                self.policy.redaction_profiles.join(", ")
+            )));
+        }
+        Ok(profile.to_string())
+    }
+
+    /// The request as the client sees it, with who may review it now.
+    fn request_info(&self, r: &RequestRow, policy: Option<&Policy>) -> pb::AccessRequestInfo {
+        let approvers = match (r.state, policy) {
+            (RequestState::Pending, Some(p)) => {
+                p.members_except(&r.approver_groups, short(&r.requester))
+            }
+            _ => Vec::new(),
+        };
+        pb::AccessRequestInfo {
+            id: r.id.clone(),
+            requester: r.requester.clone(),
+            hosts: r.hosts.clone(),
+            paths: r.paths.clone(),
+            ttl_seconds: r.ttl_seconds,
+            redaction_profile: r.profile.clone(),
+            reason: r.reason.clone(),
+            role: r.role.clone(),
+            approval: r.approval.clone(),
+            approvals_needed: r.approvals_needed,
+            approvers,
+            reviews: r
+                .reviews
+                .iter()
+                .map(|v| pb::RequestReview {
+                    reviewer: v.reviewer.clone(),
+                    approve: v.approve,
+                    comment: v.comment.clone(),
+                    at_unix: v.at,
+                })
+                .collect(),
+            state: r.state.as_str().to_string(),
+            created_unix: r.created,
+            expires_unix: r.expires,
+            decided_unix: r.decided_at.unwrap_or(0),
+            grant_id: r.grant_id.clone().unwrap_or_default(),
+        }
+    }
+
+    fn response(
+        &self,
+        r: &RequestRow,
+        ttl_capped: bool,
+    ) -> Result<pb::AccessRequestResponse, Status> {
+        let policy = self.access.as_ref().and_then(|h| h.current());
+        let grant = match &r.grant_id {
+            Some(id) => self
+                .store
+                .grant(id)
+                .map_err(internal)?
+                .map(|g| grant_info(&g)),
+            None => None,
+        };
+        Ok(pb::AccessRequestResponse {
+            request: Some(self.request_info(r, policy.as_deref())),
+            grant,
+            ttl_capped,
+        })
+    }
+
+    fn key_of(&self, subject: &str) -> Result<String, Status> {
+        self.store.user_key(subject).map_err(internal)?.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "no certificate key is known for {subject}; they must contact the controller once (`loggate whoami`)"
+            ))
+        })
+    }
+
+    pub(super) async fn check_policy_rpc(
+        &self,
+        request: Request<pb::CheckPolicyRequest>,
+    ) -> Result<Response<pb::CheckPolicyResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        let policy = self.access_policy()?;
+        let subject = if req.subject.is_empty() || req.subject == user.name() {
+            user.name().to_string()
+        } else {
+            self.require_admin(&user, "check the policy for someone else")?;
+            if !is_valid_name(&req.subject) {
+                return Err(Status::invalid_argument(
+                    "--subject is not a valid user name",
+                ));
+            }
+            req.subject.clone()
+        };
+        let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
+        Self::check_paths(&req.paths)?;
+        let profile = self.profile_or_default(&req.redaction_profile)?;
+        let ttl = Duration::from_secs(
+            req.ttl_seconds
+                .clamp(1, crate::config::MAX_TTL_LIMIT.as_secs()),
+        );
+        let decision = policy.evaluate(&Query {
+            subject: &subject,
+            hosts: &hosts,
+            paths: &req.paths,
+            ttl,
+            profile: &profile,
+            break_glass: req.break_glass,
+        });
+        let mut out = pb::CheckPolicyResponse {
+            hosts,
+            policy_sha256: policy.digest.clone(),
+            ..Default::default()
+        };
+        match decision {
+            Decision::Allowed(a) => {
+                let ttl = a.ttl.min(self.policy.max_ttl);
+                out.allowed = true;
+                out.explanation = format!(
+                    "allowed by role {} ({}), for {}{}",
+                    a.role,
+                    a.approval.describe(),
+                    loggate_core::duration::format(ttl),
+                    if ttl < Duration::from_secs(req.ttl_seconds.max(1)) {
+                        " (capped at the role's max_ttl)"
+                    } else {
+                        ""
+                    }
+                );
+                out.role = a.role;
+                out.approval = a.approval.as_str().to_string();
+                out.approval_description = a.approval.describe();
+                out.approvals_needed = a.approval.needed();
+                out.approvers = a.approvers;
+                out.ttl_seconds = ttl.as_secs();
+                out.ttl_capped = ttl < Duration::from_secs(req.ttl_seconds.max(1));
+            }
+            Decision::Refused(refusals) => {
+                out.explanation = Decision::refusal_sentence(&refusals, &subject);
+                out.refusals = refusals
+                    .iter()
+                    .map(|(role, r)| pb::RoleRefusal {
+                        role: role.clone(),
+                        code: r.as_str().to_string(),
+                        reason: r.describe(),
+                    })
+                    .collect();
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    pub(super) async fn reload_policy_rpc(
+        &self,
+        request: Request<pb::ReloadPolicyRequest>,
+    ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
+        let user = self.user(&request)?;
+        self.require_admin(&user, "reload the access policy")?;
+        let handle = self
+            .access
+            .clone()
+            .ok_or_else(|| Status::failed_precondition(ReloadError::NotConfigured.to_string()))?;
+        let by = user.spiffe_id().to_string();
+        let reloaded = tokio::task::block_in_place(|| handle.reload(&by));
+        match reloaded {
+            Ok(policy) => Ok(Response::new(pb::ReloadPolicyResponse {
+                file: handle
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                sha256: policy.digest.clone(),
+                roles: policy.roles.len() as u32,
+            })),
+            Err(e @ ReloadError::Audit(_)) => Err(Status::unavailable(e.to_string())),
+            Err(e) => Err(Status::failed_precondition(e.to_string())),
+        }
+    }
+
+    pub(super) async fn request_access_rpc(
+        &self,
+        request: Request<pb::AccessRequestRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        let policy = self.access_policy()?;
+        let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
+        Self::check_paths(&req.paths)?;
+        if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
+            return Err(Status::invalid_argument(
+                "a --reason (ticket or incident id) is required, at most 1024 bytes",
+            ));
+        }
+        if req.ttl_seconds == 0 {
+            return Err(Status::invalid_argument("--ttl must be at least 1s"));
+        }
+        let profile = self.profile_or_default(&req.redaction_profile)?;
+        let asked =
+            Duration::from_secs(req.ttl_seconds.min(crate::config::MAX_TTL_LIMIT.as_secs()));
+        let decision = policy.evaluate(&Query {
+            subject: user.name(),
+            hosts: &hosts,
+            paths: &req.paths,
+            ttl: asked,
+            profile: &profile,
+            break_glass: req.break_glass,
+        });
+        let allowed = match decision {
+            Decision::Allowed(a) => a,
+            Decision::Refused(refusals) => {
+                return Err(Status::permission_denied(Decision::refusal_sentence(
+                    &refusals,
+                    user.name(),
+                )))
+            }
+        };
+        let ttl = allowed.ttl.min(self.policy.max_ttl);
+        let ttl_capped = Duration::from_secs(req.ttl_seconds) > ttl;
+        let now = unix_now();
+        let expires = now.saturating_add(policy.pending_ttl.as_secs() as i64);
+        let row = RequestRow {
+            id: new_request_id(),
+            requester: user.spiffe_id().to_string(),
+            hosts: hosts.clone(),
+            paths: req.paths.clone(),
+            ttl_seconds: ttl.as_secs(),
+            profile: profile.clone(),
+            reason: req.reason.clone(),
+            role: allowed.role.clone(),
+            approval: allowed.approval.as_str().to_string(),
+            approvals_needed: allowed.approval.needed(),
+            approver_groups: allowed.approval.groups().to_vec(),
+            state: RequestState::Pending,
+            created: now,
+            expires,
+            decided_at: None,
+            grant_id: None,
+            reviews: Vec::new(),
+        };
+        let requested = events::AccessRequested {
+            request_id: row.id.clone(),
+            subject: row.requester.clone(),
+            hosts: row.hosts.clone(),
+            paths: row.paths.clone(),
+            ttl_seconds: row.ttl_seconds,
+            redaction_profile: row.profile.clone(),
+            reason: row.reason.clone(),
+            role: row.role.clone(),
+            approval: allowed.approval.as_str(),
+            approvals_needed: row.approvals_needed,
+            approvers: allowed.approvers.clone(),
+            expires_at: expires,
+        };
+        let stored = match &allowed.approval {
+            Approval::Approvers { .. } => {
+                self.store
+                    .insert_pending_request(&row, || {
+                        self.audit(&requested).map_err(anyhow::Error::from)
+                    })
+                    .map_err(status_of)?;
+                row
+            }
+            Approval::Auto | Approval::BreakGlass { .. } => {
+                let break_glass = matches!(allowed.approval, Approval::BreakGlass { .. });
+                let key = self.key_of(user.spiffe_id())?;
+                // Granted at once by the policy: the controller is the issuer of an automatic
+                // grant, the requester the issuer of their break-glass grant.
+                let issuer = if break_glass {
+                    user.spiffe_id().to_string()
+                } else {
+                    format!("spiffe://{}/controller", self.trust_domain)
+                };
+                let (stored, grant) = self
+                    .store
+                    .insert_granted_request(&row, break_glass, |revision| {
+                        self.audit(&requested)?;
+                        let grant = self.sign_grant(
+                            &GrantSpec {
+                                id: loggate_core::grant::new_grant_id(),
+                                subject: user.spiffe_id(),
+                                hosts: &hosts,
+                                labels: &[],
+                                paths: &req.paths,
+                                now,
+                                not_before: now,
+                                not_after: now.saturating_add(ttl.as_secs() as i64),
+                                profile: &profile,
+                                reason: &req.reason,
+                                issuer: &issuer,
+                                key_sha256: &key,
+                            },
+                            revision,
+                        )?;
+                        if break_glass {
+                            self.audit(&events::AccessBreakGlass {
+                                grant_id: grant.id.clone(),
+                                request_id: Some(row.id.clone()),
+                                subject: grant.subject.clone(),
+                                issuer: issuer.clone(),
+                                how: "request",
+                                role: Some(allowed.role.clone()),
+                                hosts: grant.hosts.clone(),
+                                paths: grant.paths.clone(),
+                                reason: grant.reason.clone(),
+                                notified: allowed.approvers.clone(),
+                            })?;
+                        }
+                        Ok(grant)
+                    })
+                    .map_err(status_of)?;
+                self.revision.send_replace(grant.revision);
+                stored
+            }
+        };
+        self.requests_changed.send_modify(|n| *n += 1);
+        let what = format!(
+            "{} asks to read {} on {} for {} (role {}, reason {:?})",
+            user.name(),
+            stored.paths.join(", "),
+            stored.hosts.join(", "),
+            loggate_core::duration::format(ttl),
+            stored.role,
+            stored.reason
+        );
+        match &allowed.approval {
+            Approval::Approvers { .. } => self.notify(
+                "access.requested",
+                &stored,
+                &allowed.approvers,
+                format!(
+                    "loggate: {what}; approve with `loggate grant approve {}` ({})",
+                    stored.id,
+                    allowed.approvers.join(", ")
+                ),
+            ),
+            Approval::Auto => self.notify(
+                "access.requested",
+                &stored,
+                &[],
+                format!("loggate: {what}; granted at once (auto)"),
+            ),
+            Approval::BreakGlass { .. } => self.notify(
+                "access.break_glass",
+                &stored,
+                &allowed.approvers,
+                format!(
+                    "loggate BREAK-GLASS: {what}; granted without approval, to be reviewed ({})",
+                    allowed.approvers.join(", ")
+                ),
+            ),
+        }
+        tracing::info!(request = %stored.id, role = %stored.role, state = stored.state.as_str(), "access requested");
+        Ok(Response::new(self.response(&stored, ttl_capped)?))
+    }
+
+    /// Refuses a review that separation of duties forbids, audited: one's own request, a
+    /// reviewer outside the request's approver groups, a second review by the same person.
+    fn check_reviewer(
+        &self,
+        r: &RequestRow,
+        reviewer: &Identity,
+        policy: &Policy,
+        now: i64,
+        approving: bool,
+    ) -> anyhow::Result<()> {
+        if r.state != RequestState::Pending {
+            return Err(ended(r).into());
+        }
+        if r.expires <= now {
+            return Err(Status::failed_precondition(format!(
+                "request {} expired undecided; ask for a new one",
+                r.id
+            ))
+            .into());
+        }
+        let refuse = |code: &'static str, status: Status| -> anyhow::Result<()> {
+            self.audit(&events::AccessReviewRefused {
+                request_id: r.id.clone(),
+                subject: r.requester.clone(),
+                approver: reviewer.spiffe_id().to_string(),
+                reason_code: code,
+            })?;
+            Err(status.into())
+        };
+        if r.requester == reviewer.spiffe_id() {
+            return refuse(
+                "self_review",
+                Status::permission_denied(format!(
+                    "nobody reviews their own request: {} must be approved by someone else ({})",
+                    r.id,
+                    policy
+                        .members_except(&r.approver_groups, short(&r.requester))
+                        .join(", ")
+                )),
+            );
+        }
+        let eligible = policy.members_except(&r.approver_groups, short(&r.requester));
+        if !eligible.iter().any(|p| p == reviewer.name()) {
+            return refuse(
+                "not_an_approver",
+                Status::permission_denied(format!(
+                    "{reviewer} may not review request {}: its approvers are the groups {} ({})",
+                    r.id,
+                    r.approver_groups.join(", "),
+                    eligible.join(", ")
+                )),
+            );
+        }
+        if approving && r.reviews.iter().any(|v| v.reviewer == reviewer.spiffe_id()) {
+            return refuse(
+                "already_reviewed",
+                Status::failed_precondition(format!(
+                    "you already reviewed request {}; each approver counts once",
+                    r.id
+                )),
+            );
+        }
+        Ok(())
+    }
+
+    fn review_args(&self, req: &pb::ReviewRequest) -> Result<(), Status> {
+        check_request_id(&req.request_id)?;
+        if req.comment.len() > MAX_FIELD {
+            return Err(Status::invalid_argument(
+                "--comment is longer than 1024 bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    fn expire_now(&self) -> Result<(), Status> {
+        let expired = tokio::task::block_in_place(|| {
+            expire_due(&self.store, &self.audit, unix_now(), |r| {
+                notify_expired(self.notifier.as_ref(), self.access.as_ref(), r)
+            })
+        })
+        .map_err(internal)?;
+        if expired > 0 {
+            self.requests_changed.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn approve_request_rpc(
+        &self,
+        request: Request<pb::ReviewRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        self.review_args(&req)?;
+        self.expire_now()?;
+        let policy = self.access_policy()?;
+        let before = self
+            .store
+            .request(&req.request_id)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        let key = self.key_of(&before.requester)?;
+        let now = unix_now();
+        let reviewer = user.spiffe_id().to_string();
+        let review = ReviewRow {
+            reviewer: reviewer.clone(),
+            approve: true,
+            comment: req.comment.clone(),
+            at: now,
+        };
+        let after = self
+            .store
+            .approve_request(
+                &req.request_id,
+                &review,
+                |r| self.check_reviewer(r, &user, &policy, now, true),
+                |r, approvals, revision| {
+                    let grant_id = revision.map(|_| loggate_core::grant::new_grant_id());
+                    self.audit(&events::AccessApproved {
+                        request_id: r.id.clone(),
+                        subject: r.requester.clone(),
+                        approver: reviewer.clone(),
+                        comment: req.comment.clone(),
+                        approvals,
+                        approvals_needed: r.approvals_needed,
+                        grant_id: grant_id.as_ref().map(|g| g.to_string()),
+                    })?;
+                    let (Some(revision), Some(id)) = (revision, grant_id) else {
+                        return Ok(None);
+                    };
+                    // The access clock starts now, at the approval that completes the request.
+                    let grant = self.sign_grant(
+                        &GrantSpec {
+                            id,
+                            subject: &r.requester,
+                            hosts: &r.hosts,
+                            labels: &[],
+                            paths: &r.paths,
+                            now,
+                            not_before: now,
+                            not_after: now
+                                .saturating_add(r.ttl_seconds.min(i64::MAX as u64) as i64),
+                            profile: &r.profile,
+                            reason: &r.reason,
+                            issuer: &reviewer,
+                            key_sha256: &key,
+                        },
+                        revision,
+                    )?;
+                    Ok(Some(grant))
+                },
+            )
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        if let Some(id) = &after.grant_id {
+            if let Some(g) = self.store.grant(id).map_err(internal)? {
+                self.revision.send_replace(g.revision);
+            }
+            self.notify(
+                "access.approved",
+                &after,
+                &[],
+                format!(
+                    "loggate: {} approved request {} of {} ({} on {})",
+                    user.name(),
+                    after.id,
+                    short(&after.requester),
+                    after.paths.join(", "),
+                    after.hosts.join(", ")
+                ),
+            );
+        }
+        self.requests_changed.send_modify(|n| *n += 1);
+        Ok(Response::new(self.response(&after, false)?))
+    }
+
+    pub(super) async fn deny_request_rpc(
+        &self,
+        request: Request<pb::ReviewRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        self.review_args(&req)?;
+        if req.comment.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "a denial needs a --comment saying why",
+            ));
+        }
+        self.expire_now()?;
+        let policy = self.access_policy()?;
+        let now = unix_now();
+        let review = ReviewRow {
+            reviewer: user.spiffe_id().to_string(),
+            approve: false,
+            comment: req.comment.clone(),
+            at: now,
+        };
+        let after = self
+            .store
+            .deny_request(
+                &req.request_id,
+                &review,
+                |r| self.check_reviewer(r, &user, &policy, now, false),
+                |r| {
+                    self.audit(&events::AccessDenied {
+                        request_id: r.id.clone(),
+                        subject: r.requester.clone(),
+                        approver: user.spiffe_id().to_string(),
+                        comment: req.comment.clone(),
+                    })?;
+                    Ok(())
+                },
+            )
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        self.requests_changed.send_modify(|n| *n += 1);
+        self.notify(
+            "access.denied",
+            &after,
+            &[],
+            format!(
+                "loggate: {} denied request {} of {}: {}",
+                user.name(),
+                after.id,
+                short(&after.requester),
+                req.comment
+            ),
+        );
+        Ok(Response::new(self.response(&after, false)?))
+    }
+
+    pub(super) async fn cancel_request_rpc(
+        &self,
+        request: Request<pb::CancelRequestRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        check_request_id(&req.request_id)?;
+        self.expire_now()?;
+        let admin = self.is_admin(&user);
+        let now = unix_now();
+        let after = self
+            .store
+            .end_request(
+                &req.request_id,
+                RequestState::Cancelled,
+                now,
+                |r| {
+                    if r.requester != user.spiffe_id() && !admin {
+                        return Err(Status::permission_denied(format!(
+                            "{user} may only cancel their own requests"
+                        ))
+                        .into());
+                    }
+                    if r.state != RequestState::Pending {
+                        return Err(ended(r).into());
+                    }
+                    Ok(())
+                },
+                |r| {
+                    self.audit(&events::AccessCancelled {
+                        request_id: r.id.clone(),
+                        subject: r.requester.clone(),
+                        cancelled_by: user.spiffe_id().to_string(),
+                    })?;
+                    Ok(())
+                },
+            )
+            .map_err(status_of)?
+            .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        self.requests_changed.send_modify(|n| *n += 1);
+        Ok(Response::new(self.response(&after, false)?))
+    }
+
+    /// Whether `user` may see request `r`: its requester, an admin, or one who may review it.
+    fn may_see(&self, user: &Identity, r: &RequestRow, policy: Option<&Policy>) -> bool {
+        r.requester == user.spiffe_id()
+            || self.is_admin(user)
+            || policy.is_some_and(|p| {
+                p.members_except(&r.approver_groups, short(&r.requester))
+                    .iter()
+                    .any(|m| m == user.name())
+            })
+    }
+
+    pub(super) async fn get_request_rpc(
+        &self,
+        request: Request<pb::GetRequestRequest>,
+    ) -> Result<Response<pb::AccessRequestResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        check_request_id(&req.request_id)?;
+        let wait = Duration::from_secs(u64::from(req.wait_seconds)).min(MAX_WAIT);
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.requests_changed.subscribe();
+        loop {
+            self.expire_now()?;
+            let r = self
+                .store
+                .request(&req.request_id)
+                .map_err(internal)?
+                .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+            let policy = self.access.as_ref().and_then(|h| h.current());
+            if !self.may_see(&user, &r, policy.as_deref()) {
+                return Err(Status::not_found(format!("no request {}", req.request_id)));
+            }
+            if r.state != RequestState::Pending || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(self.response(&r, false)?));
+            }
+            // Wake at the request's own expiry too (the expiry task may be asleep until then).
+            let until_expiry =
+                Duration::from_secs(r.expires.saturating_sub(unix_now()).max(0) as u64);
+            let wake = deadline
+                .min(tokio::time::Instant::now() + until_expiry + Duration::from_millis(100));
+            tokio::select! {
+                c = changes.changed() => if c.is_err() { return Err(Status::unavailable("the controller is stopping")) },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    pub(super) async fn list_requests_rpc(
+        &self,
+        request: Request<pb::ListRequestsRequest>,
+    ) -> Result<Response<pb::ListRequestsResponse>, Status> {
+        let user = self.user(&request)?;
+        let req = request.into_inner();
+        self.expire_now()?;
+        let policy = self.access.as_ref().and_then(|h| h.current());
+        let rows = self
+            .store
+            .list_requests(req.pending_only)
+            .map_err(internal)?;
+        let requests = rows
+            .iter()
+            .filter(|r| self.may_see(&user, r, policy.as_deref()))
+            .map(|r| self.request_info(r, policy.as_deref()))
+            .collect();
+        Ok(Response::new(pb::ListRequestsResponse { requests }))
+    }
+}
+
+impl ControllerService {
+    pub(super) async fn access_review_rpc(
+        &self,
+        request: Request<pb::AccessReviewRequest>,
+    ) -> Result<Response<pb::AccessReviewResponse>, Status> {
+        let user = self.user(&request)?;
+        self.require_admin(&user, "run the access review")?;
+        let since = request.into_inner().since_unix;
+        let policy = self.access_policy()?;
+        let requests = self.store.requests_since(since).map_err(internal)?;
+        let break_glass = self.store.break_glass_for_review(since).map_err(internal)?;
+        let grants = self
+            .store
+            .list_grants(None, true, unix_now())
+            .map_err(internal)?;
+        let mut roles = Vec::new();
+        let mut unused_roles = Vec::new();
+        for role in &policy.roles {
+            let mut holders: std::collections::BTreeSet<String> = role.users.clone();
+            for g in &role.groups {
+                if let Some(members) = policy.groups.get(g) {
+                    holders.extend(members.iter().cloned());
+                }
+            }
+            let under: Vec<&RequestRow> = requests.iter().filter(|r| r.role == role.name).collect();
+            let requesters: std::collections::BTreeSet<String> = under
+                .iter()
+                .map(|r| short(&r.requester).to_string())
+                .collect();
+            if under.is_empty() {
+                unused_roles.push(role.name.clone());
+            }
+            roles.push(pb::RoleUsage {
+                name: role.name.clone(),
+                approval: role.approval.as_str().to_string(),
+                never_requested: holders.difference(&requesters).cloned().collect(),
+                holders: holders.into_iter().collect(),
+                requesters: requesters.into_iter().collect(),
+                requests: under.len() as u32,
+                grants: under.iter().filter(|r| r.grant_id.is_some()).count() as u32,
+            });
+        }
+        let role_of = |grant_id: &str| {
+            requests
+                .iter()
+                .find(|r| r.grant_id.as_deref() == Some(grant_id))
+                .map(|r| r.role.clone())
+                .unwrap_or_default()
+        };
+        let reviewed = |g: &GrantRow| -> pb::ReviewedGrant {
+            let bg = break_glass.iter().find(|b| b.grant_id == g.id);
+            pb::ReviewedGrant {
+                grant_id: g.id.clone(),
+                subject: g.subject.clone(),
+                role: role_of(&g.id),
+                approved_by: g.issuer.clone(),
+                not_before_unix: g.not_before,
+                not_after_unix: g.not_after,
+                break_glass: bg.is_some(),
+                reviewed: bg.is_some_and(|b| b.reviewed.is_some()),
+                reviewed_by: bg
+                    .and_then(|b| b.reviewed.as_ref().map(|r| r.0.clone()))
+                    .unwrap_or_default(),
+                reason: g.reason.clone(),
+            }
+        };
+        let in_period: Vec<pb::ReviewedGrant> = grants
+            .iter()
+            .filter(|g| g.not_before >= since)
+            .map(reviewed)
+            .collect();
+        let unreviewed = break_glass
+            .iter()
+            .filter(|b| b.reviewed.is_none())
+            .filter_map(|b| grants.iter().find(|g| g.id == b.grant_id))
+            .map(reviewed)
+            .collect();
+        Ok(Response::new(pb::AccessReviewResponse {
+            roles,
+            unused_roles,
+            grants: in_period,
+            unreviewed_break_glass: unreviewed,
+            policy_sha256: policy.digest.clone(),
+        }))
+    }
+
+    pub(super) async fn ack_break_glass_rpc(
+        &self,
+        request: Request<pb::AckBreakGlassRequest>,
+    ) -> Result<Response<pb::AckBreakGlassResponse>, Status> {
+        let user = self.user(&request)?;
+        self.require_admin(&user, "review break-glass grants")?;
+        let req = request.into_inner();
+        if req.grant_id.len() > 64 {
+            return Err(Status::invalid_argument("the grant id is too long"));
+        }
+        if req.comment.trim().is_empty() || req.comment.len() > MAX_FIELD {
+            return Err(Status::invalid_argument(
+                "a --comment (the review's conclusion) is required, at most 1024 bytes",
+            ));
+        }
+        let now = unix_now();
+        let by = user.spiffe_id().to_string();
+        let row = self
+            .store
+            .ack_break_glass(
+                &req.grant_id,
+                &by,
+                &req.comment,
+                now,
+                |b| {
+                    if let Some((who, at, _)) = &b.reviewed {
+                        return Err(Status::failed_precondition(format!(
+                            "break-glass grant {} was already reviewed by {who} at {}",
+                            b.grant_id,
+                            crate::cli::format_time(*at)
+                        ))
+                        .into());
+                    }
+                    if b.subject == by || b.issuer == by {
+                        return Err(Status::permission_denied(format!(
+                            "nobody reviews their own break-glass grant: {} needs another admin",
+                            b.grant_id
+                        ))
+                        .into());
+                    }
+                    Ok(())
+                },
+                |b| {
+                    self.audit(&events::AccessBreakGlassReviewed {
+                        grant_id: b.grant_id.clone(),
+                        subject: b.subject.clone(),
+                        approver: by.clone(),
+                        comment: req.comment.clone(),
+                    })?;
+                    Ok(())
+                },
+            )
+            .map_err(status_of)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{:?} is not a break-glass grant",
+                    req.grant_id.chars().take(64).collect::<String>()
+                ))
+            })?;
+        Ok(Response::new(pb::AckBreakGlassResponse {
+            grant_id: row.grant_id,
+            reviewed_by: by,
+            reviewed_at_unix: now,
+        }))
+    }
+}

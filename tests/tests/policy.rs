@@ -1,0 +1,705 @@
+//! End-to-end: the governance layer (issue 11) with the real binaries — a request under the
+//! access policy, separation of duties, approval, push, read, revoke; the access clock starting
+//! at approval; TTL capped by the role; pending expiry; break-glass; policy reload (valid,
+//! invalid, SIGHUP), each with its audit record.
+
+use loggate_tests::{text, Fixture};
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// alice (payments) reads web-1 (env=prod) under a role one sre member (bob) approves;
+/// auto for a short role; break-glass for bob.
+const POLICY: &str = r#"
+[groups]
+sre = ["bob"]
+payments = ["alice"]
+leads = ["bob", "admin"]
+
+[agents.web-1]
+labels = { env = "prod", team = "payments" }
+
+[[roles]]
+name = "payments-prod"
+groups = ["payments"]
+selectors = ["env=prod,team=payments"]
+paths = ["{logs}/*.log"]
+max_ttl = "2h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+
+[[roles]]
+name = "payments-raw"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["{logs}/api.log"]
+max_ttl = "10m"
+redaction = ["raw"]
+approval = "auto"
+
+[[roles]]
+name = "two-leads"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["{logs}/two/app.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 2
+approver_groups = ["leads"]
+
+[[roles]]
+name = "leads-self"
+users = ["bob"]
+hosts = ["web-1"]
+paths = ["{logs}/lead/app.log"]
+max_ttl = "1h"
+approval = "approvers"
+approver_groups = ["leads"]
+
+[[roles]]
+name = "sre-oncall"
+groups = ["sre"]
+hosts = ["web-1"]
+paths = ["{logs}/*.log"]
+max_ttl = "30m"
+approval = "break_glass"
+approver_groups = ["leads"]
+"#;
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} / {:?}", text(out).0, text(out).1))
+}
+
+/// `grant request` as `user` with `extra` arguments, `--json`.
+fn request(f: &Fixture, user: &str, path: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "grant", "request", "--host", "web-1", "--path", path, "--reason", "INC-42", "--json",
+    ];
+    if !extra.contains(&"--ttl") {
+        args.extend_from_slice(&["--ttl", "1h"]);
+    }
+    args.extend_from_slice(extra);
+    f.cluster.run_cli(user, &args).expect("grant request runs")
+}
+
+fn events(f: &Fixture, name: &str) -> Vec<Value> {
+    f.cluster
+        .controller_events()
+        .into_iter()
+        .filter(|e| e["event"] == name)
+        .collect()
+}
+
+#[test]
+fn request_approve_push_read_revoke_with_separation_of_duties() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let api = f.api_log();
+    let out = request(&f, "alice", &f.glob(), &[]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let req = json_of(&out);
+    let id = req["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(req["state"], "pending");
+    assert_eq!(req["role"], "payments-prod");
+    assert_eq!(req["approvers"], serde_json::json!(["bob"]));
+    // Nothing to read while pending.
+    let read = f.logs("alice", &["cat", &api])?;
+    assert_eq!(read.status.code(), Some(3), "{:?}", text(&read));
+
+    // Nobody approves their own request; an admin outside the approver groups may not either.
+    let own = f.cluster.run_cli("alice", &["grant", "approve", &id])?;
+    assert_eq!(own.status.code(), Some(3), "{:?}", text(&own));
+    assert!(
+        text(&own).1.contains("nobody reviews their own request"),
+        "{:?}",
+        text(&own)
+    );
+    let admin = f.cluster.run_cli("admin", &["grant", "approve", &id])?;
+    assert_eq!(admin.status.code(), Some(3), "{:?}", text(&admin));
+    assert!(
+        text(&admin).1.contains("may not review request"),
+        "{:?}",
+        text(&admin)
+    );
+    let refused: Vec<String> = events(&f, "access.review_refused")
+        .iter()
+        .map(|e| e["reason_code"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(refused, ["self_review", "not_an_approver"]);
+
+    // The clock starts at the approval, not at the request.
+    std::thread::sleep(Duration::from_secs(2));
+    let before_approval = loggate_core::grant::unix_now();
+    let approved = f.cluster.run_cli(
+        "bob",
+        &["grant", "approve", &id, "--comment", "ok", "--json"],
+    )?;
+    assert!(approved.status.success(), "{:?}", text(&approved));
+    let approved = json_of(&approved);
+    assert_eq!(approved["state"], "approved");
+    let grant = &approved["grant"];
+    let grant_id = grant["id"].as_str().unwrap_or_default().to_string();
+    let not_before = grant["not_before"].as_i64().unwrap_or_default();
+    assert!(not_before >= before_approval, "{grant}");
+    assert!(
+        not_before >= req["created"].as_i64().unwrap_or_default() + 2,
+        "{grant}"
+    );
+    assert_eq!(
+        grant["not_after"].as_i64().unwrap_or_default() - not_before,
+        3600
+    );
+    assert_eq!(grant["issuer"], "spiffe://loggate.local/user/bob");
+
+    // Pushed, read, revoked.
+    f.cluster.wait_for_grant("web-1", &grant_id)?;
+    let read = f.logs("alice", &["cat", &api])?;
+    assert!(read.status.success(), "{:?}", text(&read));
+    assert!(text(&read).0.contains("line 49"));
+    let revoked = f
+        .cluster
+        .run_cli("alice", &["grant", "revoke", &grant_id])?;
+    assert!(revoked.status.success(), "{:?}", text(&revoked));
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(15), |e| {
+            e["event"] == "grant.revoked" && e["grant_id"] == grant_id.as_str()
+        })?;
+    let read = f.logs("alice", &["cat", &api])?;
+    assert_eq!(read.status.code(), Some(3), "{:?}", text(&read));
+
+    // Every step on the controller's audit stream.
+    let requested = events(&f, "access.requested");
+    assert_eq!(requested.len(), 1);
+    assert_eq!(requested[0]["approvers"], serde_json::json!(["bob"]));
+    let approvals = events(&f, "access.approved");
+    assert_eq!(approvals.len(), 1);
+    assert_eq!(approvals[0]["grant_id"], grant_id.as_str());
+    assert!(events(&f, "grant.issued")
+        .iter()
+        .any(|e| e["grant_id"] == grant_id.as_str()));
+    // An ended request cannot be reviewed again.
+    let again = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert_eq!(again.status.code(), Some(1), "{:?}", text(&again));
+    assert!(text(&again).1.contains("not pending"), "{:?}", text(&again));
+    Ok(())
+}
+
+#[test]
+fn approvers_count_once_each_and_a_denial_wins() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let two = format!("{}/two/app.log", f.logs.display());
+    // Two approvals from leads (bob, admin): bob's second approval does not count twice.
+    let id = json_of(&request(&f, "alice", &two, &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let first = f
+        .cluster
+        .run_cli("bob", &["grant", "approve", &id, "--json"])?;
+    assert!(first.status.success(), "{:?}", text(&first));
+    assert_eq!(json_of(&first)["state"], "pending");
+    let twice = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert_eq!(twice.status.code(), Some(1), "{:?}", text(&twice));
+    assert!(
+        text(&twice).1.contains("each approver counts once"),
+        "{:?}",
+        text(&twice)
+    );
+    let second = f
+        .cluster
+        .run_cli("admin", &["grant", "approve", &id, "--json"])?;
+    assert_eq!(json_of(&second)["state"], "approved", "{:?}", text(&second));
+
+    // bob is a lead himself: his own request still needs another lead.
+    let lead = format!("{}/lead/app.log", f.logs.display());
+    let id = json_of(&request(&f, "bob", &lead, &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let own = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert_eq!(own.status.code(), Some(3), "{:?}", text(&own));
+    assert!(
+        text(&own).1.contains("nobody reviews their own request"),
+        "{:?}",
+        text(&own)
+    );
+    let by_admin = f
+        .cluster
+        .run_cli("admin", &["grant", "approve", &id, "--json"])?;
+    assert_eq!(
+        json_of(&by_admin)["state"],
+        "approved",
+        "{:?}",
+        text(&by_admin)
+    );
+    assert!(events(&f, "access.review_refused")
+        .iter()
+        .any(|e| e["reason_code"] == "self_review" && e["request_id"] == id.as_str()));
+
+    // Deny wins: one approval, then a denial ends the request without a grant.
+    let id = json_of(&request(&f, "alice", &two, &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    let no_comment = f
+        .cluster
+        .run_cli("admin", &["grant", "deny", &id, "--comment", ""])?;
+    assert_eq!(no_comment.status.code(), Some(2), "{:?}", text(&no_comment));
+    let denied = f.cluster.run_cli(
+        "admin",
+        &[
+            "grant",
+            "deny",
+            &id,
+            "--comment",
+            "not during the freeze",
+            "--json",
+        ],
+    )?;
+    let denied = json_of(&denied);
+    assert_eq!(denied["state"], "denied");
+    assert_eq!(denied["grant_id"], "");
+    assert_eq!(events(&f, "access.denied").len(), 1);
+    Ok(())
+}
+
+#[test]
+fn auto_role_grants_at_once_with_the_ttl_capped_and_raw_only_where_listed() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let api = f.api_log();
+    let out = request(&f, "alice", &api, &["--ttl", "2h", "--redaction", "raw"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let r = json_of(&out);
+    assert_eq!(
+        (r["state"].as_str(), r["role"].as_str()),
+        (Some("approved"), Some("payments-raw"))
+    );
+    assert_eq!(r["ttl_capped"], true);
+    let g = &r["grant"];
+    assert_eq!(
+        g["not_after"].as_i64().unwrap_or(0) - g["not_before"].as_i64().unwrap_or(0),
+        600
+    );
+    assert_eq!(g["redaction_profile"], "raw");
+    // The same path with raw on a host glob no role lists raw for: refused, with why.
+    let refused = request(&f, "alice", &f.glob(), &["--redaction", "raw"]);
+    assert_eq!(refused.status.code(), Some(3), "{:?}", text(&refused));
+    assert!(
+        text(&refused)
+            .1
+            .contains("does not allow redaction profile \"raw\""),
+        "{:?}",
+        text(&refused)
+    );
+    // policy check says the same as the request, without asking.
+    let check = f.cluster.run_cli(
+        "alice",
+        &[
+            "policy",
+            "check",
+            "--host",
+            "web-1",
+            "--path",
+            &api,
+            "--ttl",
+            "2h",
+            "--redaction",
+            "raw",
+        ],
+    )?;
+    assert!(check.status.success(), "{:?}", text(&check));
+    assert!(
+        text(&check)
+            .0
+            .contains("allowed by role payments-raw (auto), for 10m"),
+        "{:?}",
+        text(&check)
+    );
+    Ok(())
+}
+
+#[test]
+fn break_glass_needs_the_flag_and_is_granted_at_once_flagged_and_notified() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let plain = request(&f, "bob", &f.glob(), &[]);
+    assert_eq!(plain.status.code(), Some(3), "{:?}", text(&plain));
+    assert!(
+        text(&plain).1.contains("--break-glass"),
+        "{:?}",
+        text(&plain)
+    );
+    let out = request(&f, "bob", &f.glob(), &["--break-glass"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let r = json_of(&out);
+    assert_eq!(r["state"], "approved");
+    let bg = events(&f, "access.break_glass");
+    assert_eq!(bg.len(), 1);
+    assert_eq!(bg[0]["how"], "request");
+    assert_eq!(bg[0]["notified"], serde_json::json!(["admin"]));
+    assert_eq!(bg[0]["grant_id"], r["grant_id"]);
+    // An admin's grant issue is the other break-glass path, audited the same way.
+    f.cluster.issue_grant("alice", "web-1", &f.glob(), "5m")?;
+    let bg = events(&f, "access.break_glass");
+    assert_eq!(bg.len(), 2);
+    assert_eq!(bg[1]["how"], "grant_issue");
+    Ok(())
+}
+
+/// The output of `child`, which must end within `limit` (it is killed otherwise).
+fn wait_bounded(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> anyhow::Result<std::process::Output> {
+    let deadline = Instant::now() + limit;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the command did not end within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+#[test]
+fn a_pending_request_expires_and_wait_exits_3() -> anyhow::Result<()> {
+    let policy = POLICY.replacen(
+        "[groups]",
+        "[settings]\npending_ttl = \"2s\"\n\n[groups]",
+        1,
+    );
+    let f = Fixture::start_with_policy(&policy)?;
+    let glob = f.glob();
+    let waiting = f
+        .cluster
+        .cli("alice")
+        .args([
+            "grant", "request", "--host", "web-1", "--path", &glob, "--ttl", "1h", "--reason",
+            "INC-42", "--json", "--wait",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = wait_bounded(waiting, Duration::from_secs(20))?;
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    let r = json_of(&out);
+    assert_eq!(r["state"], "expired");
+    let expired = events(&f, "access.expired");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0]["request_id"], r["id"]);
+    Ok(())
+}
+
+#[test]
+fn wait_exits_0_once_another_person_approves() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let glob = f.glob();
+    let waiting = f
+        .cluster
+        .cli("alice")
+        .args([
+            "grant", "request", "--host", "web-1", "--path", &glob, "--ttl", "1h", "--reason",
+            "INC-7", "--wait",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // bob sees it among the requests he can review.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let id = loop {
+        let list = f
+            .cluster
+            .run_cli("bob", &["grant", "list", "--pending", "--json"])?;
+        let pending: Vec<Value> = serde_json::from_slice(&list.stdout).unwrap_or_default();
+        if let Some(r) = pending.first() {
+            break r["id"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending request listed for bob"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let approved = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert!(approved.status.success(), "{:?}", text(&approved));
+    let out = wait_bounded(waiting, Duration::from_secs(15))?;
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    Ok(())
+}
+
+#[test]
+fn policy_reload_takes_a_valid_file_and_refuses_an_invalid_one_keeping_the_old(
+) -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let api = f.api_log();
+    let check = |user: &str| {
+        f.cluster
+            .run_cli(
+                user,
+                &["policy", "check", "--host", "web-1", "--path", &api],
+            )
+            .expect("policy check runs")
+    };
+    assert!(check("alice").status.success());
+    let path = f.cluster.dir.join("policy.toml");
+    let good = std::fs::read_to_string(&path)?;
+    // Invalid: refused whole with file:line and reason; the old policy stays in force.
+    std::fs::write(
+        &path,
+        good.replacen("approval = \"auto\"", "approval = \"sometimes\"", 1),
+    )?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert_eq!(reload.status.code(), Some(1), "{:?}", text(&reload));
+    let err = text(&reload).1;
+    assert!(
+        err.contains("policy.toml:") && err.contains("approval \"sometimes\""),
+        "{err}"
+    );
+    assert!(check("alice").status.success(), "the old policy stays");
+    let refused = events(&f, "policy.refused");
+    assert_eq!(refused.len(), 1);
+    let loaded = events(&f, "policy.reloaded");
+    assert_eq!(refused[0]["kept_sha256"], loaded[0]["sha256"]);
+    // Only admins reload.
+    let by_alice = f.cluster.run_cli("alice", &["policy", "reload"])?;
+    assert_eq!(by_alice.status.code(), Some(3), "{:?}", text(&by_alice));
+    // Valid, on SIGHUP: web-1 relabelled out of payments, alice's roles there are gone.
+    std::fs::write(
+        &path,
+        good.replace("team = \"payments\"", "team = \"search\""),
+    )?;
+    let pid = f.cluster.controller_pid().expect("controller runs");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()?;
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&f, "policy.reloaded").len() < 2 {
+        assert!(Instant::now() < deadline, "no reload after SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reloaded = events(&f, "policy.reloaded");
+    assert_eq!(reloaded[1]["triggered_by"], "sighup");
+    assert_ne!(reloaded[1]["sha256"], reloaded[0]["sha256"]);
+    let glob_check = f.cluster.run_cli(
+        "alice",
+        &[
+            "policy",
+            "check",
+            "--host",
+            "web-1",
+            "--path",
+            &f.glob(),
+            "--json",
+        ],
+    )?;
+    assert_eq!(glob_check.status.code(), Some(3), "{:?}", text(&glob_check));
+    let answer = json_of(&glob_check);
+    assert_eq!(answer["refusals"][0]["code"], "host_not_covered");
+    Ok(())
+}
+
+#[test]
+fn access_review_shows_role_use_and_break_glass_until_another_admin_acks_it() -> anyhow::Result<()>
+{
+    let f = Fixture::start_with_policy(POLICY)?;
+    let api = f.api_log();
+    let auto = request(&f, "alice", &api, &["--redaction", "raw"]);
+    assert!(auto.status.success(), "{:?}", text(&auto));
+    let glass = json_of(&request(&f, "bob", &f.glob(), &["--break-glass"]));
+    let glass_id = glass["grant_id"].as_str().unwrap_or_default().to_string();
+    let issued = f.cluster.issue_grant("alice", "web-1", &f.glob(), "5m")?;
+
+    let review = |user: &str| {
+        f.cluster
+            .run_cli(
+                user,
+                &["access", "review", "--since", "1h", "--output", "json"],
+            )
+            .expect("access review runs")
+    };
+    let by_alice = review("alice");
+    assert_eq!(by_alice.status.code(), Some(3), "{:?}", text(&by_alice));
+    let r = json_of(&review("admin"));
+    let role = |name: &str| {
+        r["roles"]
+            .as_array()
+            .and_then(|roles| roles.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    assert_eq!(role("payments-raw")["grants"], 1);
+    assert_eq!(
+        role("payments-prod")["never_requested"],
+        serde_json::json!(["alice"])
+    );
+    assert_eq!(
+        r["unused_roles"],
+        serde_json::json!(["payments-prod", "two-leads", "leads-self"])
+    );
+    assert_eq!(r["grants"].as_array().map(Vec::len), Some(3));
+    let unreviewed: Vec<&str> = r["unreviewed_break_glass"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|g| g["grant_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(unreviewed, [glass_id.as_str(), issued.as_str()]);
+
+    let csv = f.cluster.run_cli(
+        "admin",
+        &["access", "review", "--since", "1h", "--output", "csv"],
+    )?;
+    assert!(csv.status.success(), "{:?}", text(&csv));
+    let csv = text(&csv).0;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].starts_with("grant_id,subject,role,approved_by"),
+        "{csv}"
+    );
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{glass_id},")) && l.contains(",sre-oncall,")),
+        "{csv}"
+    );
+
+    // Only admins ack, never their own break-glass grant, and once.
+    let not_admin = f
+        .cluster
+        .run_cli("bob", &["access", "ack", &glass_id, "--comment", "fine"])?;
+    assert_eq!(not_admin.status.code(), Some(3), "{:?}", text(&not_admin));
+    let own = f
+        .cluster
+        .run_cli("admin", &["access", "ack", &issued, "--comment", "fine"])?;
+    assert_eq!(own.status.code(), Some(3), "{:?}", text(&own));
+    assert!(
+        text(&own).1.contains("nobody reviews their own"),
+        "{:?}",
+        text(&own)
+    );
+    let acked = f.cluster.run_cli(
+        "admin",
+        &["access", "ack", &glass_id, "--comment", "INC-43: justified"],
+    )?;
+    assert!(acked.status.success(), "{:?}", text(&acked));
+    let again = f
+        .cluster
+        .run_cli("admin", &["access", "ack", &glass_id, "--comment", "again"])?;
+    assert_eq!(again.status.code(), Some(1), "{:?}", text(&again));
+    let r = json_of(&review("admin"));
+    assert_eq!(
+        r["unreviewed_break_glass"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let reviewed = events(&f, "access.break_glass_reviewed");
+    assert_eq!(reviewed.len(), 1);
+    assert_eq!(reviewed[0]["grant_id"], glass_id.as_str());
+    Ok(())
+}
+
+#[test]
+fn webhook_is_told_over_https_retried_and_a_failed_delivery_is_audited() -> anyhow::Result<()> {
+    use loggate_tests::HecReceiver;
+    let f = Fixture::start_with_policy(POLICY)?;
+    let pki = f.cluster.dir.join("pki");
+    // A real HTTPS receiver (the test CA's certificate for localhost) whose first answer fails.
+    let receiver = HecReceiver::start_at(
+        "127.0.0.1:0".parse()?,
+        1,
+        Some((&pki.join("controller.crt"), &pki.join("controller.key"))),
+    )?;
+    let path = f.cluster.dir.join("policy.toml");
+    let good = std::fs::read_to_string(&path)?;
+    let with_hook = |url: &str| {
+        format!(
+            "[notify]\nwebhook = \"{url}\"\nca = \"{}\"\n\n{good}",
+            pki.join("ca.crt").display()
+        )
+    };
+    std::fs::write(
+        &path,
+        with_hook(&format!(
+            "https://localhost:{}/hooks/T0/SECRET",
+            receiver.addr.port()
+        )),
+    )?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+
+    let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let delivered = |event: &str| -> Vec<Value> {
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .filter(|b| b["loggate"]["event"] == event)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered("access.requested").is_empty() {
+        assert!(Instant::now() < deadline, "no notice delivered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = receiver.requests();
+    assert!(
+        all.len() >= 2 && all[0].status != 200,
+        "the first try failed and was retried"
+    );
+    assert_eq!(all[1].path, "/hooks/T0/SECRET");
+    let notice = &delivered("access.requested")[0];
+    assert_eq!(notice["loggate"]["request_id"], id.as_str());
+    assert_eq!(notice["loggate"]["approvers"], serde_json::json!(["bob"]));
+    assert!(
+        notice["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("alice asks to read"),
+        "{notice}"
+    );
+    let approved = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert!(approved.status.success(), "{:?}", text(&approved));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered("access.approved").is_empty() {
+        assert!(Instant::now() < deadline, "no approval notice");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Never a token or key in a body.
+    for r in receiver.requests() {
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            !body.contains("v4.public") && !body.contains("key_sha256"),
+            "{body}"
+        );
+    }
+
+    // A webhook nobody answers: tried 5 times with back-off, then audited (URL path not shown).
+    let closed = loggate_tests::free_addr()?;
+    std::fs::write(
+        &path,
+        with_hook(&format!("http://{closed}/hooks/T0/SECRET")),
+    )?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+    request(&f, "alice", &f.glob(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let failed = loop {
+        if let Some(e) = events(&f, "notify.failed").into_iter().next() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no notify.failed record");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(failed["attempts"], 5);
+    assert_eq!(failed["notified_event"], "access.requested");
+    assert!(
+        !failed["webhook"].as_str().unwrap_or("").contains("SECRET"),
+        "{failed}"
+    );
+    Ok(())
+}
