@@ -241,8 +241,10 @@ impl AuditStartup {
     }
 
     /// Applies retention (with rotation: a rotated file is deleted only once every sink and
-    /// every other cursor has consumed it, within the disk budget), starts group commit, and
-    /// starts one delivery thread per sink.
+    /// every other cursor has consumed it, within the disk budget; with no sink and no other
+    /// cursor, never), starts group commit, and starts one delivery thread per sink. Warns
+    /// when the files are already over their budget (an upgrade from a version that never
+    /// rotated): they are kept, and audited actions refused until a reader catches up.
     pub fn start(self, sinks: Vec<SinkConfig>) -> anyhow::Result<(SharedAuditLog, AuditRuntime)> {
         let AuditStartup {
             mut log,
@@ -263,6 +265,19 @@ impl AuditStartup {
                 },
                 policy.keep,
             );
+            if !log.has_reader() {
+                tracing::info!(
+                    "{} has no [[audit.sinks]]: its rotated files are kept, never deleted, and audited actions are refused once they fill the budget ({} bytes; 0: none)",
+                    places.audit_log.display(),
+                    settings.budget_bytes
+                );
+            }
+            if let Some((used, budget)) = log.over_budget() {
+                tracing::warn!(
+                    "the audit files of {} already take {used} bytes, at or over their budget of {budget} bytes: audited actions will be refused until a sink has shipped the rotated files; raise audit_max_bytes, or move old rotated files to an archive after checking them with `loggate audit verify`",
+                    places.audit_log.display()
+                );
+            }
         }
         let log = SharedAuditLog::new(log)?;
         // The sinks follow the audit file on threads of their own: a slow SIEM never slows
@@ -297,6 +312,7 @@ pub fn folder_of(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::AuditLog;
 
     #[test]
     fn audit_budget_defaults_to_twice_the_retained_footprint() {
@@ -345,6 +361,62 @@ mod tests {
         ] {
             assert!(policy(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Runs `f` on a multi-threaded runtime (the timer's writes block in place).
+    fn on_runtime(f: impl FnOnce() + Send) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        rt.block_on(async { tokio::task::block_in_place(f) });
+    }
+
+    #[test]
+    fn a_pre_existing_file_over_the_budget_is_kept_by_a_daemon_with_no_sink() {
+        let dir = crate::audit::scratch_dir();
+        let places = AuditPlaces {
+            audit_log: dir.join("audit.jsonl"),
+            host: "controller".into(),
+            checkpoint_key: dir.join("audit-signing.key"),
+            sinks_dir: dir.join("sinks"),
+            app_name: "loggate-controller".into(),
+            other_cursors: Vec::new(),
+        };
+        // Written by a version that never rotated: 30 KB, over a 20 KB budget.
+        let mut old = AuditLog::open(&places.audit_log, "controller").unwrap();
+        let big = crate::audit::events::TestEvent {
+            i: 0,
+            tag: Box::leak("x".repeat(1_000).into_boxed_str()),
+        };
+        while std::fs::metadata(&places.audit_log).unwrap().len() < 30_000 {
+            old.append(&big).unwrap();
+        }
+        drop(old);
+        let history = std::fs::read_to_string(&places.audit_log).unwrap();
+        let settings =
+            AuditSettings::validate(10_000, 1, Some(20_000), &CheckpointsFile::default()).unwrap();
+        on_runtime(|| {
+            let startup = AuditRuntime::open(
+                places.clone(),
+                &settings,
+                &crate::audit::events::TestEvent::n(1),
+            )
+            .unwrap();
+            let (log, runtime) = startup.start(Vec::new()).unwrap();
+            // Several ticks: the first rotates the old file away, later ones would delete it.
+            for _ in 0..3 {
+                runtime.maintain(&log);
+            }
+        });
+        let rotated = crate::audit::rotated_files(&places.audit_log).unwrap();
+        assert_eq!(rotated.len(), 1, "{rotated:?}");
+        let kept = std::fs::read_to_string(&rotated[0]).unwrap();
+        assert!(
+            kept.starts_with(&history),
+            "the old history was not kept whole"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
