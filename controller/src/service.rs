@@ -59,6 +59,8 @@ pub struct ControllerService {
     stopping: watch::Receiver<bool>,
     /// This run's epoch of the revision log (see `Store::new_epoch`), sent with every event.
     epoch: String,
+    /// The report budget of checkpoint refusals and conflicts (see `anchor`).
+    checkpoint_reports: Arc<anchor::CheckpointReports>,
 }
 
 impl ControllerService {
@@ -82,6 +84,9 @@ impl ControllerService {
             audit,
             stopping,
             epoch,
+            checkpoint_reports: Arc::new(anchor::CheckpointReports::new(
+                loggate_core::audit::budget::BudgetPolicy::default(),
+            )),
         })
     }
 

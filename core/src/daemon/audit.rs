@@ -2,9 +2,11 @@
 //! keys, the checkpoint key, the `*.started` record, retention of rotated files, the SIEM sinks,
 //! one timer that writes due checkpoints and rotates, and the `*.stopped` record.
 //!
-//! Its life in three steps, so that a daemon can write its own records between them:
-//! [`AuditRuntime::open`] (key, file, `*.started`) → records written before serving (the agent's
-//! `grant.dropped`, the controller's enrolled checkpoint keys) through
+//! Its life in steps, so that a daemon can do its own work between them:
+//! [`AuditRuntime::open`] (key, file: before anything that must be audited, such as the
+//! agent's grant store, which forgets the grants it drops) → [`AuditOpened::started`]
+//! (`*.started`, which may describe what was loaded meanwhile) → records written before
+//! serving (the agent's `grant.dropped`, the controller's enrolled checkpoint keys) through
 //! [`AuditStartup::log`] → [`AuditStartup::start`] (retention, group commit, sinks) → serve,
 //! with [`AuditRuntime::run_timer`] → [`AuditRuntime::stop`] (`*.stopped`, a final checkpoint).
 
@@ -154,7 +156,36 @@ pub struct AuditPlaces {
     pub other_cursors: Vec<PathBuf>,
 }
 
-/// The runtime between [`AuditRuntime::open`] and [`AuditStartup::start`]: the file is open
+/// The runtime after [`AuditRuntime::open`]: the checkpoint key is loaded and the file open
+/// (continuing its chain), nothing written yet; [`AuditOpened::started`] writes the first
+/// record of this run.
+pub struct AuditOpened {
+    log: AuditLog,
+    verify_key: VerifyKey,
+    places: AuditPlaces,
+    settings: AuditSettings,
+}
+
+impl AuditOpened {
+    /// Writes `started`, the first record of this run.
+    pub fn started(self, started: &impl AuditEvent) -> anyhow::Result<AuditStartup> {
+        let AuditOpened {
+            mut log,
+            verify_key,
+            places,
+            settings,
+        } = self;
+        log.append(started)?;
+        Ok(AuditStartup {
+            log,
+            verify_key,
+            places,
+            settings,
+        })
+    }
+}
+
+/// The runtime between [`AuditOpened::started`] and [`AuditStartup::start`]: the file is open
 /// and the `*.started` record written; the daemon may write more records before serving.
 pub struct AuditStartup {
     log: AuditLog,
@@ -171,19 +202,15 @@ pub struct AuditRuntime {
 }
 
 impl AuditRuntime {
-    /// Loads (or creates) the checkpoint key, opens the audit file (continuing its chain) with
-    /// the checkpoint policy, and writes `started`.
-    pub fn open(
-        places: AuditPlaces,
-        settings: &AuditSettings,
-        started: &impl AuditEvent,
-    ) -> anyhow::Result<AuditStartup> {
+    /// Loads (or creates) the checkpoint key and opens the audit file (continuing its chain)
+    /// with the checkpoint policy. Call it before loading anything whose loading must be
+    /// audited: if the audit cannot be opened, nothing has been changed yet.
+    pub fn open(places: AuditPlaces, settings: &AuditSettings) -> anyhow::Result<AuditOpened> {
         let key = CheckpointKey::load_or_create(&places.checkpoint_key)?;
         let verify_key = key.verify_key();
-        let mut log = AuditLog::open(&places.audit_log, &places.host)?
+        let log = AuditLog::open(&places.audit_log, &places.host)?
             .with_checkpoints(key, settings.checkpoints);
-        log.append(started)?;
-        Ok(AuditStartup {
+        Ok(AuditOpened {
             log,
             verify_key,
             places,
@@ -397,12 +424,9 @@ mod tests {
         let settings =
             AuditSettings::validate(10_000, 1, Some(20_000), &CheckpointsFile::default()).unwrap();
         on_runtime(|| {
-            let startup = AuditRuntime::open(
-                places.clone(),
-                &settings,
-                &crate::audit::events::TestEvent::n(1),
-            )
-            .unwrap();
+            let startup = AuditRuntime::open(places.clone(), &settings)
+                .and_then(|opened| opened.started(&crate::audit::events::TestEvent::n(1)))
+                .unwrap();
             let (log, runtime) = startup.start(Vec::new()).unwrap();
             // Several ticks: the first rotates the old file away, later ones would delete it.
             for _ in 0..3 {

@@ -13,7 +13,7 @@
 pub mod audit;
 pub mod serve;
 
-pub use audit::{AuditRuntime, AuditSettings, AuditStartup, CheckpointsFile};
+pub use audit::{AuditOpened, AuditRuntime, AuditSettings, AuditStartup, CheckpointsFile};
 pub use serve::{peer_identity, serve_mtls, MtlsSettings};
 
 /// The log level shown when `LOGGATE_LOG` is not set.
