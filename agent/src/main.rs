@@ -120,6 +120,21 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         agent_id: loggate_core::identity::AgentId::new(config.id.clone())?,
         labels: config.labels.clone(),
     };
+    // The audit key and file first: the grant store forgets the grants it drops as it opens,
+    // so their `grant.dropped` records must have somewhere to go. Retention deletes a rotated
+    // audit file only once every sink and the checkpoint sender have consumed it (their
+    // cursors), within the disk budget.
+    let audit = AuditRuntime::open(
+        AuditPlaces {
+            audit_log: config.audit_log.clone(),
+            host: config.id.clone(),
+            checkpoint_key: config.state_dir.join("audit-signing.key"),
+            sinks_dir: config.state_dir.join("sinks"),
+            app_name: "loggate-agent".into(),
+            other_cursors: vec![anchor::cursor_path(&config.state_dir)],
+        },
+        &config.audit_settings,
+    )?;
     let loaded = GrantStore::open(&config.state_dir, &verifier, &audience, unix_now())
         .with_context(|| format!("grant store in {}", config.state_dir.display()))?;
     let roots: Vec<PathBuf> = config
@@ -143,20 +158,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         bypass_protected: None,
     };
     bypass.describe(&mut started);
-    // Retention deletes a rotated audit file only once every sink and the checkpoint sender
-    // have consumed it (their cursors), within the disk budget.
-    let mut startup = AuditRuntime::open(
-        AuditPlaces {
-            audit_log: config.audit_log.clone(),
-            host: config.id.clone(),
-            checkpoint_key: config.state_dir.join("audit-signing.key"),
-            sinks_dir: config.state_dir.join("sinks"),
-            app_name: "loggate-agent".into(),
-            other_cursors: vec![anchor::cursor_path(&config.state_dir)],
-        },
-        &config.audit_settings,
-        &started,
-    )?;
+    let mut startup = audit.started(&started)?;
     let checkpoint_public = startup.verify_key();
     for (id, reason) in &loaded.dropped {
         startup.log().append(&events::GrantDropped {

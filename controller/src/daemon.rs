@@ -46,12 +46,12 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             other_cursors: Vec::new(),
         },
         &settings,
-        &events::ControllerStarted {
-            listen: config.listen.to_string(),
-            admins: config.admins.to_vec(),
-            revision: store.latest_revision()?,
-        },
-    )?;
+    )?
+    .started(&events::ControllerStarted {
+        listen: config.listen.to_string(),
+        admins: config.admins.to_vec(),
+        revision: store.latest_revision()?,
+    })?;
     if let Some(dir) = &config.enrol_checkpoint_keys {
         crate::service::enrol_checkpoint_keys(&store, startup.log(), dir)?;
     }
@@ -78,6 +78,20 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     )?
     .with_access_policy(access_policy);
     tokio::spawn(audit_runtime.run_timer(audit.clone(), |_| {}));
+    // Once per window, the summaries of checkpoint refusals and conflicts left out by their
+    // report budget; the last ones before `controller.stopped`.
+    let checkpoint_reports = service.checkpoint_reports();
+    let summaries = {
+        let (reports, audit) = (checkpoint_reports.clone(), audit.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(reports.policy().window);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                reports.write_summaries(&audit);
+            }
+        })
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -99,6 +113,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         },
     )
     .await?;
+    summaries.abort();
+    checkpoint_reports.write_summaries(&audit);
     AuditRuntime::stop(&audit, &events::ControllerStopped {})?;
     eprintln!("loggate controller stopped");
     Ok(())

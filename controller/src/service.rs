@@ -64,6 +64,8 @@ pub struct ControllerService {
     requests_changed: watch::Sender<u64>,
     /// Webhook notifications (`with_access_policy`).
     notifier: Option<crate::policy::notify::Notifier>,
+    /// The report budget of checkpoint refusals and conflicts (see `anchor`).
+    checkpoint_reports: Arc<anchor::CheckpointReports>,
 }
 
 impl ControllerService {
@@ -90,6 +92,9 @@ impl ControllerService {
             access: None,
             requests_changed: watch::channel(0).0,
             notifier: None,
+            checkpoint_reports: Arc::new(anchor::CheckpointReports::new(
+                loggate_core::audit::budget::BudgetPolicy::default(),
+            )),
         })
     }
 

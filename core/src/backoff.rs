@@ -9,6 +9,9 @@
 
 use std::time::Duration;
 
+/// The shortest first pause a [`Backoff`] takes; a smaller one is raised to it.
+pub const MIN_FIRST: Duration = Duration::from_millis(1);
+
 /// Exponential back-off with jitter between retries; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -20,8 +23,14 @@ pub struct Backoff {
 
 impl Backoff {
     /// A back-off whose first pause is at most `first` and whose pauses never exceed `max`
-    /// (taken as `first` when smaller).
+    /// (taken as `first` when smaller). `first` is at least [`MIN_FIRST`]: a zero pause
+    /// would double to zero forever, and the retry loop would spin on the CPU.
     pub const fn new(first: Duration, max: Duration) -> Self {
+        let first = if first.as_nanos() < MIN_FIRST.as_nanos() {
+            MIN_FIRST
+        } else {
+            first
+        };
         let max = if max.as_nanos() < first.as_nanos() {
             first
         } else {
@@ -138,5 +147,19 @@ mod tests {
         for _ in 0..100 {
             assert!(b.next_delay() <= Duration::from_secs(2));
         }
+    }
+
+    #[test]
+    fn a_zero_first_pause_is_raised_to_one_millisecond_and_still_doubles() {
+        let mut b = Backoff::new(Duration::ZERO, Duration::ZERO);
+        assert_eq!((b.first, b.max), (MIN_FIRST, MIN_FIRST));
+        assert!(b.next_delay() >= MIN_FIRST / 2, "a zero pause spins");
+        let mut b = Backoff::new(Duration::ZERO, Duration::from_millis(8));
+        for _ in 0..10 {
+            b.next_delay();
+        }
+        assert_eq!(b.current, Duration::from_millis(8), "doubles from 1 ms");
+        b.reset();
+        assert!(b.next_delay() >= MIN_FIRST / 2, "reset to the raised first");
     }
 }

@@ -11,12 +11,14 @@
 use super::{internal, ControllerService};
 use crate::store::{Arrival, KeyCheck, Store};
 use anyhow::Context;
-use loggate_core::audit::{events, AuditLog, Checkpoint, VerifyKey};
+use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget};
+use loggate_core::audit::{events, AuditLog, Checkpoint, SharedAuditLog, VerifyKey};
 use loggate_core::daemon::peer_identity;
 use loggate_core::grant::unix_now;
 use loggate_core::identity::{is_valid_name, Role};
 use loggate_proto as pb;
 use std::path::Path;
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// Most checkpoint lines in one report, and the longest line accepted.
@@ -24,6 +26,103 @@ pub const MAX_REPORT_LINES: usize = 64;
 pub const MAX_CHECKPOINT_LINE: usize = 8 * 1024;
 /// A page of checkpoints stays far below the 4 MiB a gRPC client accepts by default.
 const DEFAULT_PAGE: u32 = 200;
+
+/// Why a report was refused (`reason_code` of `audit.checkpoint_refused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefusalCode {
+    /// The agent reported for another agent id, or a checkpoint of another origin.
+    OtherHost,
+    /// A checkpoint does not verify with the agent's enrolled keys.
+    BadSignature,
+    /// The agent offers a checkpoint key other than its enrolled one.
+    KeyChanged,
+    /// The summary of refusals and conflicts left out by the report budget.
+    Suppressed,
+}
+
+impl RefusalCode {
+    fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::OtherHost => "other_host",
+            RefusalCode::BadSignature => "bad_signature",
+            RefusalCode::KeyChanged => "key_changed",
+            RefusalCode::Suppressed => "suppressed",
+        }
+    }
+}
+
+/// How an agent id sent by a caller appears in records, logs and answers: quoted when it is
+/// a valid name (at most 63 bytes of `[a-z0-9-]`), otherwise by its length and SHA-256 only,
+/// like `read.denied`'s long paths: its size and bytes are the caller's choice.
+fn describe_agent_id(claimed: &str) -> String {
+    if is_valid_name(claimed) {
+        format!("{claimed:?}")
+    } else {
+        use sha2::Digest;
+        format!(
+            "an invalid agent id ({} bytes, SHA-256 {})",
+            claimed.len(),
+            hex::encode(sha2::Sha256::digest(claimed.as_bytes()))
+        )
+    }
+}
+
+/// The reason of a summary record: `left_out` records of `agent` (`None`: of agents evicted
+/// beyond the budget's tracked limit) were not written.
+fn suppressed_reason(left_out: u64, agent: Option<&str>, policy: &BudgetPolicy) -> String {
+    let whose = match agent {
+        Some(agent) => format!("of agent {agent}"),
+        None => "of agents beyond the tracked limit".to_string(),
+    };
+    format!(
+        "{left_out} refused or conflicting checkpoint reports {whose} over the audit budget of {} per {} were not recorded one by one",
+        policy.per_window,
+        humantime::format_duration(policy.window)
+    )
+}
+
+/// The report budget of checkpoint refusals and conflicts: at most `per_window` audit
+/// records per verified agent identity, the rest counted and summarised (one
+/// `audit.checkpoint_refused` with `reason_code` `suppressed`), so that a holder of an agent
+/// certificate cannot flood — and, with rotation and a reader, push out — the controller's
+/// audit. Only the records are budgeted: every refused report is still refused.
+pub struct CheckpointReports {
+    budget: ReportBudget<String>,
+}
+
+impl CheckpointReports {
+    pub fn new(policy: BudgetPolicy) -> Self {
+        CheckpointReports {
+            budget: ReportBudget::new(policy),
+        }
+    }
+
+    pub fn policy(&self) -> BudgetPolicy {
+        self.budget.policy()
+    }
+
+    fn admit(&self, agent_id: &str) -> Admission {
+        self.budget.admit(&[agent_id.to_string()])
+    }
+
+    /// Writes one summary record for each agent with records left out since the last call;
+    /// the daemon calls it once per window and before `controller.stopped`.
+    pub fn write_summaries(&self, audit: &SharedAuditLog) {
+        let policy = self.budget.policy();
+        for summary in self.budget.take_summaries() {
+            let reason = suppressed_reason(summary.left_out, summary.source.as_deref(), &policy);
+            tracing::warn!("{reason}");
+            let record = events::AuditCheckpointRefused {
+                agent_id: summary.source.unwrap_or_default(),
+                reason_code: RefusalCode::Suppressed.as_str(),
+                reason,
+            };
+            if let Err(e) = tokio::task::block_in_place(|| audit.append(&record)) {
+                tracing::error!("audit write failed: {e:#}");
+            }
+        }
+    }
+}
 
 impl ControllerService {
     pub(super) async fn report_checkpoints_for_agent(
@@ -36,10 +135,10 @@ impl ControllerService {
         if req.agent_id != agent_id {
             return Err(self.refuse_checkpoints(
                 agent_id,
-                "other_host",
+                RefusalCode::OtherHost,
                 format!(
-                    "{agent} may only report its own checkpoints, not those of agent {:?}",
-                    req.agent_id
+                    "{agent} may only report its own checkpoints, not those of agent {}",
+                    describe_agent_id(&req.agent_id)
                 ),
             ));
         }
@@ -71,18 +170,18 @@ impl ControllerService {
             if checkpoint.origin != agent_id {
                 return Err(self.refuse_checkpoints(
                     agent_id,
-                    "other_host",
+                    RefusalCode::OtherHost,
                     format!(
-                        "{agent} may only report its own checkpoints; checkpoint {} is by {:?}",
+                        "{agent} may only report its own checkpoints; checkpoint {} is by {}",
                         i + 1,
-                        checkpoint.origin
+                        describe_agent_id(&checkpoint.origin)
                     ),
                 ));
             }
             if let Err(e) = checkpoint.verify(&keys) {
                 return Err(self.refuse_checkpoints(
                     agent_id,
-                    "bad_signature",
+                    RefusalCode::BadSignature,
                     format!(
                         "checkpoint {} (sealed seq {}) does not verify with agent {agent_id}'s enrolled checkpoint keys: {e}",
                         i + 1,
@@ -181,7 +280,7 @@ impl ControllerService {
             KeyCheck::Matches => Ok(()),
             KeyCheck::Differs(enrolled) => Err(self.refuse_checkpoints(
                 agent_id,
-                "key_changed",
+                RefusalCode::KeyChanged,
                 format!(
                     "agent {agent_id} offers checkpoint key {}, but {} is enrolled for it; an admin must enrol a new key",
                     key.key_id(),
@@ -191,22 +290,62 @@ impl ControllerService {
         }
     }
 
-    /// Audits (as an alert) and logs a refused report; the status to answer with.
-    fn refuse_checkpoints(&self, agent_id: &str, code: &'static str, reason: String) -> Status {
-        tracing::warn!(agent = agent_id, code, "refused checkpoints: {reason}");
-        if let Err(status) = self.audit(&events::AuditCheckpointRefused {
-            agent_id: agent_id.to_string(),
-            reason_code: code,
-            reason: reason.clone(),
-        }) {
-            return status;
+    /// Audits (as an alert) and logs a refused report of the verified agent `agent_id`, within
+    /// its report budget (see [`CheckpointReports`]); the status to answer with. `reason`
+    /// names caller-chosen strings only through [`describe_agent_id`].
+    fn refuse_checkpoints(&self, agent_id: &str, code: RefusalCode, reason: String) -> Status {
+        match self.admit_report(agent_id) {
+            Ok(true) => {
+                let code = code.as_str();
+                tracing::warn!(agent = agent_id, code, "refused checkpoints: {reason}");
+                if let Err(status) = self.audit(&events::AuditCheckpointRefused {
+                    agent_id: agent_id.to_string(),
+                    reason_code: code,
+                    reason: reason.clone(),
+                }) {
+                    return status;
+                }
+            }
+            Ok(false) => {}
+            Err(status) => return status,
         }
         Status::permission_denied(reason)
     }
 
-    /// Writes the alert of a conflicting checkpoint (none for an ordinary one).
+    /// The report budget of checkpoint refusals and conflicts (see [`CheckpointReports`]);
+    /// the daemon writes its summaries.
+    pub fn checkpoint_reports(&self) -> Arc<CheckpointReports> {
+        self.checkpoint_reports.clone()
+    }
+
+    /// Whether a refusal or conflict record of `agent_id` may be written. When records of it
+    /// were left out before, their summary is written first (the count goes out once: with
+    /// the next record admitted, or with the periodic summaries).
+    fn admit_report(&self, agent_id: &str) -> Result<bool, Status> {
+        match self.checkpoint_reports.admit(agent_id) {
+            Admission::Suppressed => Ok(false),
+            Admission::Write {
+                suppressed_before: 0,
+            } => Ok(true),
+            Admission::Write { suppressed_before } => {
+                let policy = self.checkpoint_reports.policy();
+                self.audit(&events::AuditCheckpointRefused {
+                    agent_id: agent_id.to_string(),
+                    reason_code: RefusalCode::Suppressed.as_str(),
+                    reason: suppressed_reason(suppressed_before, Some(agent_id), &policy),
+                })?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Writes the alert of a conflicting checkpoint (none for an ordinary one), within the
+    /// agent's report budget (the checkpoint itself is stored either way, as evidence).
     fn alert_conflict(&self, checkpoint: &Checkpoint, arrival: &Arrival) -> Result<(), Status> {
         if matches!(arrival, Arrival::Duplicate | Arrival::New) {
+            return Ok(());
+        }
+        if !self.admit_report(&checkpoint.origin)? {
             return Ok(());
         }
         let mut conflict = events::AuditCheckpointConflict {

@@ -1146,9 +1146,11 @@ audit_event! {
         outcome: Failure, severity: HIGH,
     }
     {
-        /// the reporting agent
+        /// the reporting agent (its verified identity); empty in a summary of agents beyond the
+        /// budget's tracked limit
         agent_id: String,
-        /// `other_host`, `bad_signature` or `key_changed` (`status_detail`)
+        /// `other_host`, `bad_signature` or `key_changed`, or `suppressed` for the summary of
+        /// refusals and conflicts over the agent's report budget (`status_detail`)
         reason_code: &'static str,
         /// the refusal in one sentence
         reason: String,

@@ -378,15 +378,27 @@ mod tests {
     fn a_failed_sync_inside_retention_fails_the_waiting_writers_of_the_records_it_cut() {
         let dir = crate::audit::scratch_dir();
         let path = dir.join("audit.jsonl");
+        // A reader past the rotated file: only then may retention delete it.
+        let sink = dir.join("siem.cursor");
         let retention = crate::audit::Retention {
             budget_bytes: 0,
-            cursors: Vec::new(),
+            cursors: vec![sink.clone()],
         };
         let mut log = AuditLog::open(&path, "h")
             .unwrap()
             .with_retention(retention, 0);
         log.append(&TestEvent::n(0)).unwrap(); // 1
         log.rotate(0).unwrap(); // 2 is audit.rotated; the rotated file may go (keep 0)
+        let chain = crate::audit::first_line_hash(&path).unwrap().unwrap();
+        crate::audit::ship::cursor::store(
+            &sink,
+            &crate::audit::ship::cursor::Cursor {
+                chain,
+                seq: 2,
+                offset: 0,
+            },
+        )
+        .unwrap();
         let shared = SharedAuditLog::new(log).unwrap();
         let mut state = shared.inner.lock();
         // A writer's record, written and waiting for a sync (the lock holds the flusher off).

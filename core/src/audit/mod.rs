@@ -261,7 +261,7 @@ impl AuditLog {
         kind: &'static EventType,
         fields: Map<String, Value>,
     ) -> Result<u64, AuditError> {
-        self.check_budget()?;
+        self.check_budget(kind)?;
         let seq = self.write_record(kind, fields)?;
         if let Some(c) = &mut self.checkpoints {
             c.since_last += 1;
@@ -274,16 +274,22 @@ impl AuditLog {
         Ok(seq)
     }
 
-    /// Fails closed while the audit files' disk budget is exhausted; when this event would
-    /// reach it, a retention pass first tries to make room.
-    fn check_budget(&mut self) -> Result<(), AuditError> {
+    /// Fails closed while the audit files' disk budget is exhausted (an access-reducing
+    /// event may use the reserve above it: see `rotate::ACCESS_REDUCING`); when this event
+    /// would reach it, a retention pass first tries to make room.
+    fn check_budget(&mut self, kind: &EventType) -> Result<(), AuditError> {
         let Some(r) = &self.retention else {
             return Ok(());
         };
         if r.refusal(&self.path).is_none() && r.over_budget(self.written_len) {
             self.apply_retention()?;
         }
-        match self.retention.as_ref().and_then(|r| r.refusal(&self.path)) {
+        let len = self.written_len;
+        match self
+            .retention
+            .as_ref()
+            .and_then(|r| r.refusal_of(&self.path, kind, len))
+        {
             Some(refused) => Err(refused),
             None => Ok(()),
         }

@@ -11,7 +11,9 @@
 //! rotated file `<name>.<N>` is deleted only once every reader named in it (each SIEM sink,
 //! the checkpoint sender) has persisted a cursor at or past seq `N`, oldest first, and only
 //! while there are more than `keep` rotated files or the files together exceed the disk
-//! budget. When the budget is reached and nothing may be deleted, [`AuditLog::append`] refuses
+//! budget. A [`Retention`] that names no reader (a daemon with no sink) deletes nothing: no
+//! reader has passed any file, so every rotated file is kept and the budget, once reached,
+//! refuses events. When the budget is reached and nothing may be deleted, [`AuditLog::append`] refuses
 //! every event (fail closed: the agent serves nothing it cannot audit) until a reader catches
 //! up; `audit.budget_exhausted` and `audit.budget_recovered` mark both edges. Every deletion
 //! is named in an audit record (`audit.rotated` or `audit.files_deleted`), so retention is
@@ -19,8 +21,10 @@
 //! deleted (a crash in between loses the record, never a record a reader still needed: the
 //! files were consumed).
 
+use super::events::{AgentStopped, ControllerStopped, GrantDropped, GrantExpired, GrantRevoked};
 use super::events::{AuditBudgetExhausted, AuditBudgetRecovered, AuditFilesDeleted};
 use super::events::{AuditEvent, AuditRotated};
+use super::ocsf::EventType;
 use super::ship::cursor;
 use super::{AuditError, AuditLog};
 use serde_json::Value;
@@ -81,7 +85,52 @@ struct Exhausted {
     waiting_for: Vec<String>,
 }
 
+/// Bytes above the budget kept for the events that only reduce access
+/// ([`ACCESS_REDUCING`]), so that a full budget never blocks a revocation (audited before it
+/// is done): 1 MiB, thousands of such records. Once the reserve is used up too, they are
+/// refused like every other event (fail closed).
+pub const ACCESS_REDUCING_RESERVE: u64 = 1 << 20;
+
+/// The events that only take access away (a grant revoked, expired or dropped, a daemon
+/// stopping): refusing them would leave access open, so they may use
+/// [`ACCESS_REDUCING_RESERVE`] when the budget is exhausted. Retention's own records
+/// (`audit.rotated`, `audit.files_deleted`, `audit.budget_*`) and checkpoints are never
+/// budgeted at all.
+pub const ACCESS_REDUCING: &[&EventType] = &[
+    GrantRevoked::TYPE,
+    GrantExpired::TYPE,
+    GrantDropped::TYPE,
+    AgentStopped::TYPE,
+    ControllerStopped::TYPE,
+];
+
+/// Whether events of `kind` only reduce access (see [`ACCESS_REDUCING`]).
+fn reduces_access(kind: &EventType) -> bool {
+    ACCESS_REDUCING.iter().any(|t| t.name == kind.name)
+}
+
 impl RetentionState {
+    /// The error an event of `kind` gets while the budget is exhausted: every event, except
+    /// those that only reduce access while the files are within the budget plus
+    /// [`ACCESS_REDUCING_RESERVE`].
+    pub(crate) fn refusal_of(
+        &self,
+        path: &Path,
+        kind: &EventType,
+        current_len: u64,
+    ) -> Option<AuditError> {
+        let refused = self.refusal(path)?;
+        let used = self.rotated_bytes.saturating_add(current_len);
+        let reserve_end = self
+            .config
+            .budget_bytes
+            .saturating_add(ACCESS_REDUCING_RESERVE);
+        if reduces_access(kind) && used < reserve_end {
+            return None;
+        }
+        Some(refused)
+    }
+
     /// The error every event gets while the budget is exhausted.
     pub(crate) fn refusal(&self, path: &Path) -> Option<AuditError> {
         self.exhausted
@@ -128,6 +177,26 @@ impl AuditLog {
             retry_after: None,
         });
         self
+    }
+
+    /// The bytes the audit files take and their budget, when they are at or over it (a daemon
+    /// warns at start: its audited actions will be refused until a reader catches up).
+    pub fn over_budget(&self) -> Option<(u64, u64)> {
+        let r = self.retention.as_ref()?;
+        r.over_budget(self.written_len).then(|| {
+            (
+                r.rotated_bytes.saturating_add(self.written_len),
+                r.config.budget_bytes,
+            )
+        })
+    }
+
+    /// Whether retention has a reader whose cursor may let a rotated file go (without one,
+    /// none is ever deleted).
+    pub fn has_reader(&self) -> bool {
+        self.retention
+            .as_ref()
+            .is_some_and(|r| !r.config.cursors.is_empty())
     }
 
     /// Rotates the file if it has reached `policy.max_bytes` (see the module doc), then
@@ -373,10 +442,15 @@ fn remove_oldest(files: &[PathBuf]) -> (Vec<PathBuf>, Option<AuditError>) {
     (deleted, None)
 }
 
+/// What a budget refusal waits for when the audit has no reader at all.
+const NO_READER: &str =
+    "a reader (none is configured: add an [[audit.sinks]] entry to ship the rotated files, or raise audit_max_bytes)";
+
 /// Decides which of the rotated `files` (oldest first) go: the oldest ones every reader has
 /// consumed, while there are more than `keep` (counting `extra_files` not in the list) or the
 /// files with `other_bytes` (the current file) reach the budget. Stops at the first file a
-/// reader still needs, so what is kept is always a contiguous run of the chain.
+/// reader still needs, so what is kept is always a contiguous run of the chain. With no
+/// reader at all nothing goes: a deletion needs a reader past the file.
 fn plan(
     path: &Path,
     files: &[PathBuf],
@@ -397,7 +471,13 @@ fn plan(
     };
     let mut delete = Vec::new();
     let mut waiting_for = Vec::new();
-    if over_count > 0 || over_budget(used) {
+    if state.config.cursors.is_empty() {
+        // No reader: nobody has shipped these records, so none may go. The budget refuses
+        // once they fill it (see the module doc).
+        if over_budget(used) {
+            waiting_for.push(NO_READER.to_string());
+        }
+    } else if over_count > 0 || over_budget(used) {
         let consumed = consumed_seqs(path, files, &state.config.cursors, &mut state.chain_ids);
         for (i, file) in files.iter().enumerate() {
             if i >= over_count && !over_budget(used) {
@@ -833,7 +913,8 @@ mod tests {
     #[test]
     fn a_retention_pass_names_only_the_files_it_really_deleted() {
         let dir = crate::audit::scratch_dir();
-        let mut log = retained_log(&dir, 0, Vec::new());
+        let sink = dir.join("siem.cursor");
+        let mut log = retained_log(&dir, 0, vec![sink.clone()]);
         let mut rotated = Vec::new();
         for _ in 0..2 {
             log.append(&TestEvent::n(0)).unwrap();
@@ -841,6 +922,7 @@ mod tests {
         }
         undeletable(&rotated[1]);
         log.append(&TestEvent::n(0)).unwrap();
+        store_cursor(&sink, log.path(), log.written().seq);
         if let Some(r) = &mut log.retention {
             r.keep = 0;
         }
@@ -863,9 +945,11 @@ mod tests {
     #[test]
     fn a_failed_deletion_is_retried_after_a_pause_not_on_every_pass() {
         let dir = crate::audit::scratch_dir();
-        let mut log = retained_log(&dir, 0, Vec::new());
+        let sink = dir.join("siem.cursor");
+        let mut log = retained_log(&dir, 0, vec![sink.clone()]);
         log.append(&TestEvent::n(0)).unwrap();
         let rotated = log.rotate(10).unwrap();
+        store_cursor(&sink, log.path(), log.written().seq);
         undeletable(&rotated);
         if let Some(r) = &mut log.retention {
             r.keep = 0;
@@ -1098,6 +1182,112 @@ mod tests {
         store_cursor(&sink, log.path(), log.written().seq);
         log.apply_retention().unwrap();
         assert!(rotated_files(log.path()).unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn with_no_reader_no_rotated_file_is_deleted_and_a_full_budget_refuses() {
+        let dir = crate::audit::scratch_dir();
+        let mut log = retained_log(&dir, 6_000, Vec::new());
+        let policy = RotationPolicy {
+            max_bytes: 1_500,
+            keep: 1,
+        };
+        let big = TestEvent {
+            i: 0,
+            tag: Box::leak("x".repeat(400).into_boxed_str()),
+        };
+        let mut rotations = 0;
+        let mut refused = None;
+        for i in 0..100 {
+            match log.append(&big) {
+                Ok(_) => rotations += usize::from(log.rotate_if_due(policy).unwrap().is_some()),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
+            }
+        }
+        let (_, err) = refused.expect("the budget was never reached");
+        assert!(matches!(err, AuditError::BudgetExhausted { .. }), "{err}");
+        assert!(err.to_string().contains("none is configured"), "{err}");
+        // Beyond `keep` and over the budget, yet every rotated file is still there.
+        assert!(rotations > 1, "{rotations} rotations");
+        assert_eq!(rotated_files(log.path()).unwrap().len(), rotations);
+        let names = events(&log);
+        assert!(
+            !names.contains(&"audit.files_deleted".to_string()),
+            "{names:?}"
+        );
+        assert_eq!(
+            record_field(&first_record(log.path()), "deleted_files"),
+            Some(&serde_json::json!([])),
+            "a rotation deleted a file nobody read"
+        );
+        // The whole history still verifies as one chain from its first record.
+        let mut files = rotated_files(log.path()).unwrap();
+        files.push(log.path().to_path_buf());
+        assert_eq!(verify_chain(&concat(&files)[..], &[]).unwrap().first_seq, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn revoked(i: u64) -> GrantRevoked {
+        GrantRevoked {
+            grant_id: format!("g-{i}"),
+            subject: Some("spiffe://loggate.local/user/alice".into()),
+            revoked_by: "spiffe://loggate.local/user/admin".into(),
+            reason: "INC-1".into(),
+            revision: None,
+        }
+    }
+
+    #[test]
+    fn a_full_budget_still_records_revocations_within_the_reserve_then_refuses_them_too() {
+        let dir = crate::audit::scratch_dir();
+        let sink = dir.join("siem.cursor");
+        let mut log = retained_log(&dir, 6_000, vec![sink]);
+        let policy = RotationPolicy {
+            max_bytes: 1_500,
+            keep: 10,
+        };
+        let big = TestEvent {
+            i: 0,
+            tag: Box::leak("x".repeat(400).into_boxed_str()),
+        };
+        let mut full = false;
+        for _ in 0..100 {
+            if log.append(&big).is_err() {
+                full = true;
+                break;
+            }
+            log.rotate_if_due(policy).unwrap();
+        }
+        assert!(full, "the budget was never reached");
+        // The budget is exhausted: a revocation is recorded all the same, other events not.
+        log.append(&revoked(0))
+            .expect("a revocation within the reserve");
+        assert!(matches!(
+            log.append(&TestEvent::n(1)),
+            Err(AuditError::BudgetExhausted { .. })
+        ));
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.contains("\"g-0\""), "the revocation is on disk");
+        // The reserve is bounded: revocations are refused too once it is used up.
+        let mut refused_at = None;
+        for i in 1..10_000 {
+            if let Err(e) = log.append(&revoked(i)) {
+                assert!(matches!(e, AuditError::BudgetExhausted { .. }), "{e}");
+                refused_at = Some(i);
+                break;
+            }
+        }
+        let used = log.over_budget().map(|(used, _)| used).unwrap_or(0);
+        assert!(refused_at.is_some(), "the reserve never ran out");
+        let reserve_end = 6_000 + ACCESS_REDUCING_RESERVE;
+        assert!(
+            (reserve_end..reserve_end + 2_000).contains(&used),
+            "{used} bytes used"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

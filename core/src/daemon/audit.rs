@@ -2,9 +2,11 @@
 //! keys, the checkpoint key, the `*.started` record, retention of rotated files, the SIEM sinks,
 //! one timer that writes due checkpoints and rotates, and the `*.stopped` record.
 //!
-//! Its life in three steps, so that a daemon can write its own records between them:
-//! [`AuditRuntime::open`] (key, file, `*.started`) → records written before serving (the agent's
-//! `grant.dropped`, the controller's enrolled checkpoint keys) through
+//! Its life in steps, so that a daemon can do its own work between them:
+//! [`AuditRuntime::open`] (key, file: before anything that must be audited, such as the
+//! agent's grant store, which forgets the grants it drops) → [`AuditOpened::started`]
+//! (`*.started`, which may describe what was loaded meanwhile) → records written before
+//! serving (the agent's `grant.dropped`, the controller's enrolled checkpoint keys) through
 //! [`AuditStartup::log`] → [`AuditStartup::start`] (retention, group commit, sinks) → serve,
 //! with [`AuditRuntime::run_timer`] → [`AuditRuntime::stop`] (`*.stopped`, a final checkpoint).
 
@@ -155,7 +157,36 @@ pub struct AuditPlaces {
     pub other_cursors: Vec<PathBuf>,
 }
 
-/// The runtime between [`AuditRuntime::open`] and [`AuditStartup::start`]: the file is open
+/// The runtime after [`AuditRuntime::open`]: the checkpoint key is loaded and the file open
+/// (continuing its chain), nothing written yet; [`AuditOpened::started`] writes the first
+/// record of this run.
+pub struct AuditOpened {
+    log: AuditLog,
+    verify_key: VerifyKey,
+    places: AuditPlaces,
+    settings: AuditSettings,
+}
+
+impl AuditOpened {
+    /// Writes `started`, the first record of this run.
+    pub fn started(self, started: &impl AuditEvent) -> anyhow::Result<AuditStartup> {
+        let AuditOpened {
+            mut log,
+            verify_key,
+            places,
+            settings,
+        } = self;
+        log.append(started)?;
+        Ok(AuditStartup {
+            log,
+            verify_key,
+            places,
+            settings,
+        })
+    }
+}
+
+/// The runtime between [`AuditOpened::started`] and [`AuditStartup::start`]: the file is open
 /// and the `*.started` record written; the daemon may write more records before serving.
 pub struct AuditStartup {
     log: AuditLog,
@@ -172,19 +203,15 @@ pub struct AuditRuntime {
 }
 
 impl AuditRuntime {
-    /// Loads (or creates) the checkpoint key, opens the audit file (continuing its chain) with
-    /// the checkpoint policy, and writes `started`.
-    pub fn open(
-        places: AuditPlaces,
-        settings: &AuditSettings,
-        started: &impl AuditEvent,
-    ) -> anyhow::Result<AuditStartup> {
+    /// Loads (or creates) the checkpoint key and opens the audit file (continuing its chain)
+    /// with the checkpoint policy. Call it before loading anything whose loading must be
+    /// audited: if the audit cannot be opened, nothing has been changed yet.
+    pub fn open(places: AuditPlaces, settings: &AuditSettings) -> anyhow::Result<AuditOpened> {
         let key = CheckpointKey::load_or_create(&places.checkpoint_key)?;
         let verify_key = key.verify_key();
-        let mut log = AuditLog::open(&places.audit_log, &places.host)?
+        let log = AuditLog::open(&places.audit_log, &places.host)?
             .with_checkpoints(key, settings.checkpoints);
-        log.append(started)?;
-        Ok(AuditStartup {
+        Ok(AuditOpened {
             log,
             verify_key,
             places,
@@ -242,8 +269,10 @@ impl AuditStartup {
     }
 
     /// Applies retention (with rotation: a rotated file is deleted only once every sink and
-    /// every other cursor has consumed it, within the disk budget), starts group commit, and
-    /// starts one delivery thread per sink.
+    /// every other cursor has consumed it, within the disk budget; with no sink and no other
+    /// cursor, never), starts group commit, and starts one delivery thread per sink. Warns
+    /// when the files are already over their budget (an upgrade from a version that never
+    /// rotated): they are kept, and audited actions refused until a reader catches up.
     pub fn start(self, sinks: Vec<SinkConfig>) -> anyhow::Result<(SharedAuditLog, AuditRuntime)> {
         let AuditStartup {
             mut log,
@@ -264,6 +293,19 @@ impl AuditStartup {
                 },
                 policy.keep,
             );
+            if !log.has_reader() {
+                tracing::info!(
+                    "{} has no [[audit.sinks]]: its rotated files are kept, never deleted, and audited actions are refused once they fill the budget ({} bytes; 0: none)",
+                    places.audit_log.display(),
+                    settings.budget_bytes
+                );
+            }
+            if let Some((used, budget)) = log.over_budget() {
+                tracing::warn!(
+                    "the audit files of {} already take {used} bytes, at or over their budget of {budget} bytes: audited actions will be refused until a sink has shipped the rotated files; raise audit_max_bytes, or move old rotated files to an archive after checking them with `loggate audit verify`",
+                    places.audit_log.display()
+                );
+            }
         }
         let log = SharedAuditLog::new(log)?;
         // The sinks follow the audit file on threads of their own: a slow SIEM never slows
@@ -298,6 +340,7 @@ pub fn folder_of(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::AuditLog;
 
     #[test]
     fn audit_budget_defaults_to_twice_the_retained_footprint() {
@@ -346,6 +389,59 @@ mod tests {
         ] {
             assert!(policy(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Runs `f` on a multi-threaded runtime (the timer's writes block in place).
+    fn on_runtime(f: impl FnOnce() + Send) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        rt.block_on(async { tokio::task::block_in_place(f) });
+    }
+
+    #[test]
+    fn a_pre_existing_file_over_the_budget_is_kept_by_a_daemon_with_no_sink() {
+        let dir = crate::audit::scratch_dir();
+        let places = AuditPlaces {
+            audit_log: dir.join("audit.jsonl"),
+            host: "controller".into(),
+            checkpoint_key: dir.join("audit-signing.key"),
+            sinks_dir: dir.join("sinks"),
+            app_name: "loggate-controller".into(),
+            other_cursors: Vec::new(),
+        };
+        // Written by a version that never rotated: 30 KB, over a 20 KB budget.
+        let mut old = AuditLog::open(&places.audit_log, "controller").unwrap();
+        let big = crate::audit::events::TestEvent {
+            i: 0,
+            tag: Box::leak("x".repeat(1_000).into_boxed_str()),
+        };
+        while std::fs::metadata(&places.audit_log).unwrap().len() < 30_000 {
+            old.append(&big).unwrap();
+        }
+        drop(old);
+        let history = std::fs::read_to_string(&places.audit_log).unwrap();
+        let settings =
+            AuditSettings::validate(10_000, 1, Some(20_000), &CheckpointsFile::default()).unwrap();
+        on_runtime(|| {
+            let startup = AuditRuntime::open(places.clone(), &settings)
+                .and_then(|opened| opened.started(&crate::audit::events::TestEvent::n(1)))
+                .unwrap();
+            let (log, runtime) = startup.start(Vec::new()).unwrap();
+            // Several ticks: the first rotates the old file away, later ones would delete it.
+            for _ in 0..3 {
+                runtime.maintain(&log);
+            }
+        });
+        let rotated = crate::audit::rotated_files(&places.audit_log).unwrap();
+        assert_eq!(rotated.len(), 1, "{rotated:?}");
+        let kept = std::fs::read_to_string(&rotated[0]).unwrap();
+        assert!(
+            kept.starts_with(&history),
+            "the old history was not kept whole"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -13,8 +13,8 @@
 pub mod audit;
 pub mod serve;
 
-pub use audit::{AuditRuntime, AuditSettings, AuditStartup, CheckpointsFile};
-pub use serve::{peer_identity, serve_mtls, MtlsSettings};
+pub use audit::{AuditOpened, AuditRuntime, AuditSettings, AuditStartup, CheckpointsFile};
+pub use serve::{peer_identity, serve_mtls, MethodAccess, MtlsSettings};
 
 /// The log level shown when `LOGGATE_LOG` is not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

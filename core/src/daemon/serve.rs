@@ -7,6 +7,13 @@
 //! ID of our trust domain). Each handler then asks [`peer_identity`] for the role it serves.
 //! A request without a `PeerCheck` — a service not wrapped by the interceptor — is refused:
 //! fail closed, never "anonymous".
+//!
+//! The interceptor also holds a table from gRPC method path to the role that may call it
+//! ([`CONTROLLER_METHODS`], [`AGENT_METHODS`]; a unit test checks it against every method of
+//! the proto): a method not in it is refused, and a caller of another role is refused before
+//! the handler runs, so a handler that forgets [`peer_identity`] is still never anonymous.
+//! Entries marked [`MethodAccess::CheckedInHandler`] pass every caller on: their handler
+//! checks the identity itself, to audit a refusal (the agent's `ReadLog`).
 
 use crate::audit::SharedAuditLog;
 use crate::identity::{Identity, Role};
@@ -38,16 +45,157 @@ enum PeerRefused {
     Unusable(String),
 }
 
-/// The one interceptor that puts a [`PeerCheck`] into every request (see the module docs).
+/// Who may call a gRPC method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodAccess {
+    /// Only identities of this role; others are refused before the handler.
+    Role(Role),
+    /// Every caller reaches the handler, which checks for this role itself (with
+    /// [`peer_identity`]) so that it can audit a refusal.
+    CheckedInHandler(Role),
+}
+
+/// The methods of `loggate.v1.Controller` and who may call them.
+pub const CONTROLLER_METHODS: &[(&str, MethodAccess)] = &[
+    (
+        "/loggate.v1.Controller/WatchGrants",
+        MethodAccess::Role(Role::Agent),
+    ),
+    (
+        "/loggate.v1.Controller/IssueGrant",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ListGrants",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/RevokeGrant",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ResolveAgent",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/WhoAmI",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ReportCheckpoints",
+        MethodAccess::Role(Role::Agent),
+    ),
+    (
+        "/loggate.v1.Controller/ListCheckpoints",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/CheckPolicy",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ReloadPolicy",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/RequestAccess",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ApproveRequest",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/DenyRequest",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/CancelRequest",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/GetRequest",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ListRequests",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/AccessReview",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/AckBreakGlass",
+        MethodAccess::Role(Role::User),
+    ),
+];
+
+/// The methods of `loggate.v1.Agent` and who may call them.
+pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[(
+    "/loggate.v1.Agent/ReadLog",
+    // The handler audits `read.denied` (`identity_refused`) for any other caller.
+    MethodAccess::CheckedInHandler(Role::User),
+)];
+
+/// The method table of a gRPC service by its name (`NamedService::NAME`); an unknown
+/// service has none, so every call to it is refused.
+pub fn methods_of(service: &str) -> &'static [(&'static str, MethodAccess)] {
+    match service {
+        "loggate.v1.Controller" => CONTROLLER_METHODS,
+        "loggate.v1.Agent" => AGENT_METHODS,
+        _ => &[],
+    }
+}
+
+/// The request's gRPC method path (`/package.Service/Method`), put into its extensions by
+/// [`WithMethodPath`] for the interceptor (which sees no URI).
+#[derive(Debug, Clone)]
+struct MethodPath(String);
+
+/// Puts the [`MethodPath`] of every request into its extensions, then calls `S`.
+#[derive(Debug, Clone)]
+pub struct WithMethodPath<S>(S);
+
+impl<S: NamedService> NamedService for WithMethodPath<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for WithMethodPath<S>
+where
+    S: tonic::codegen::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = MethodPath(request.uri().path().to_owned());
+        request.extensions_mut().insert(path);
+        self.0.call(request)
+    }
+}
+
+/// The one interceptor that puts a [`PeerCheck`] into every request and refuses methods not
+/// in its table or callers of another role (see the module docs).
 #[derive(Debug, Clone)]
 pub struct IdentifyPeer {
     trust_domain: Arc<str>,
+    methods: &'static [(&'static str, MethodAccess)],
 }
 
 impl IdentifyPeer {
-    pub fn new(trust_domain: &str) -> Self {
+    pub fn new(trust_domain: &str, methods: &'static [(&'static str, MethodAccess)]) -> Self {
         IdentifyPeer {
             trust_domain: trust_domain.into(),
+            methods,
         }
     }
 
@@ -65,7 +213,25 @@ impl IdentifyPeer {
 
 impl tonic::service::Interceptor for IdentifyPeer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let path = request
+            .extensions()
+            .get::<MethodPath>()
+            .map(|p| p.0.as_str());
+        let access = path.and_then(|p| {
+            self.methods
+                .iter()
+                .find(|(method, _)| *method == p)
+                .map(|(_, access)| *access)
+        });
+        let Some(access) = access else {
+            return Err(Status::unimplemented(
+                "this method is not served here; the request is refused",
+            ));
+        };
         let check = self.check(&request);
+        if let MethodAccess::Role(role) = access {
+            identity_of_role(&check, role)?;
+        }
         request.extensions_mut().insert(check);
         Ok(request)
     }
@@ -75,12 +241,17 @@ impl tonic::service::Interceptor for IdentifyPeer {
 /// (`unauthenticated`) without a usable client certificate, and when the identity interceptor
 /// did not run; `permission_denied` for an identity of another role.
 pub fn peer_identity<T>(request: &Request<T>, role: Role) -> Result<Identity, Status> {
-    let Some(PeerCheck(check)) = request.extensions().get::<PeerCheck>() else {
+    let Some(check) = request.extensions().get::<PeerCheck>() else {
         tracing::error!("a request reached a handler without the identity interceptor; refused");
         return Err(Status::unauthenticated(
             "the caller's identity was not established; the request is refused",
         ));
     };
+    identity_of_role(check, role)
+}
+
+/// The identity `check` found, which must have `role`.
+fn identity_of_role(PeerCheck(check): &PeerCheck, role: Role) -> Result<Identity, Status> {
     let identity = match check {
         Ok(identity) => identity.clone(),
         Err(PeerRefused::NoCertificate) => {
@@ -153,10 +324,10 @@ where
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
-        .add_service(InterceptedService::new(
+        .add_service(WithMethodPath(InterceptedService::new(
             service,
-            IdentifyPeer::new(settings.trust_domain),
-        ))
+            IdentifyPeer::new(settings.trust_domain, methods_of(S::NAME)),
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .with_context(|| format!("{service_name} server on {addr}"))
@@ -174,14 +345,92 @@ mod tests {
         assert!(status.message().contains("not established"), "{status:?}");
     }
 
+    /// A request for `method`, as [`WithMethodPath`] passes it to the interceptor.
+    fn request_for(method: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(MethodPath(method.to_string()));
+        request
+    }
+
     #[test]
-    fn a_request_without_a_client_certificate_is_refused_after_the_interceptor() {
-        let mut interceptor = IdentifyPeer::new("loggate.local");
-        let request =
-            tonic::service::Interceptor::call(&mut interceptor, Request::new(())).expect("passes");
-        let status = peer_identity(&request, Role::Agent).expect_err("no certificate");
+    fn a_request_without_a_client_certificate_reaches_a_handler_that_checks_and_is_refused() {
+        let mut interceptor = IdentifyPeer::new("loggate.local", AGENT_METHODS);
+        let request = tonic::service::Interceptor::call(
+            &mut interceptor,
+            request_for("/loggate.v1.Agent/ReadLog"),
+        )
+        .expect("passes: the handler checks (and audits)");
+        let status = peer_identity(&request, Role::User).expect_err("no certificate");
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), "a client certificate is required");
+    }
+
+    #[test]
+    fn the_interceptor_refuses_unknown_methods_and_callers_of_another_role() {
+        let mut interceptor = IdentifyPeer::new("loggate.local", CONTROLLER_METHODS);
+        for method in ["/loggate.v1.Controller/Nope", "/other.Svc/WatchGrants", ""] {
+            let status = tonic::service::Interceptor::call(&mut interceptor, request_for(method))
+                .expect_err("unknown method");
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{method}");
+        }
+        let status = tonic::service::Interceptor::call(&mut interceptor, Request::new(()))
+            .expect_err("no method path");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        // A table method with no certificate never reaches its handler.
+        let status = tonic::service::Interceptor::call(
+            &mut interceptor,
+            request_for("/loggate.v1.Controller/RevokeGrant"),
+        )
+        .expect_err("no certificate");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(methods_of("loggate.v1.Unknown").is_empty());
+    }
+
+    #[test]
+    fn every_method_of_the_proto_has_exactly_one_entry_in_its_services_table() {
+        let proto = include_str!("../../../proto/proto/loggate.proto");
+        let mut service = None;
+        let mut in_proto = Vec::new();
+        for line in proto.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("service ") {
+                service = rest.split_whitespace().next().map(String::from);
+            } else if line == "}" {
+                service = None;
+            } else if let (Some(svc), Some(rest)) = (&service, line.strip_prefix("rpc ")) {
+                let name = rest.split('(').next().unwrap_or_default().trim();
+                in_proto.push((
+                    format!("loggate.v1.{svc}"),
+                    format!("/loggate.v1.{svc}/{name}"),
+                ));
+            }
+        }
+        let services: std::collections::BTreeSet<&str> =
+            in_proto.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(
+            services.into_iter().collect::<Vec<_>>(),
+            ["loggate.v1.Agent", "loggate.v1.Controller"],
+            "both services parsed"
+        );
+        for (svc, method) in &in_proto {
+            let entries = methods_of(svc).iter().filter(|(m, _)| m == method).count();
+            assert_eq!(
+                entries, 1,
+                "{method} has {entries} entries in the table of {svc}"
+            );
+        }
+        for (svc, table) in [
+            ("loggate.v1.Controller", CONTROLLER_METHODS),
+            ("loggate.v1.Agent", AGENT_METHODS),
+        ] {
+            for (method, _) in table {
+                assert!(
+                    in_proto.iter().any(|(s, m)| s == svc && m == method),
+                    "{method} is in the table but not in the proto"
+                );
+            }
+        }
     }
 
     /// The identity of a self-signed certificate carrying `spiffe_id`.

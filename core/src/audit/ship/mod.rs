@@ -591,7 +591,6 @@ impl<T: Transport> Shipper<T> {
     }
 }
 
-/// Between half and all of `delay`, at random (spreads the reconnects of many agents).
 #[cfg(test)]
 mod tests {
     use super::*;
