@@ -676,7 +676,7 @@ impl Agent for AgentService {
             .map_err(audit_unavailable)?;
 
         let tail_lines = (mode == pb::ReadMode::Tail).then_some(req.tail_lines);
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(stream::CHANNEL_CAPACITY);
         let (last_tx, last_rx) = mpsc::channel(1);
         let opening = pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {

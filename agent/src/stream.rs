@@ -43,6 +43,12 @@ use tonic::Status;
 
 /// Bytes read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
+/// Chunks queued for the gRPC response per stream: with [`CHUNK`], at most 512 KiB of a
+/// stream's content waits in the agent (memory stays bounded with 64 streams).
+pub const CHANNEL_CAPACITY: usize = 8;
+/// A stream that found the channel full sleeps until this many places are free, so that it
+/// wakes once per few chunks the client takes, not once per chunk.
+const ROOM_TO_RESUME: usize = CHANNEL_CAPACITY / 2;
 /// Longest wait without looking at the grant, the client and (following) the file: covers what
 /// no event announces — the wall clock stepped past the grant's end, a missed inotify event.
 pub const SAFETY_RECHECK: Duration = Duration::from_secs(1);
@@ -558,9 +564,9 @@ impl ChunkSink for ChannelSink {
                 Err(TrySendError::Closed(_)) => return Err(EndReason::ClientClosed),
                 Err(TrySendError::Full(back)) => item = back,
             }
-            // Full: sleep until there is room (the permit is given back at once: this stream is
-            // the channel's only sender, so the next `try_send` finds it), the grant may have
-            // ended, or the client left (`reserve` fails).
+            // Full: sleep until there is room for a few chunks (the permits are given back at
+            // once: this stream is the channel's only sender, so the next `try_send` finds
+            // room), the grant may have ended, or the client left (`reserve_many` fails).
             self.waits += 1;
             let limit = self.sleep_limit();
             let ChannelSink {
@@ -571,7 +577,7 @@ impl ChunkSink for ChannelSink {
             } = self;
             let gone = runtime.block_on(async {
                 tokio::select! {
-                    permit = tx.reserve() => permit.is_err(),
+                    permits = tx.reserve_many(ROOM_TO_RESUME.min(tx.max_capacity())) => permits.is_err(),
                     () = notified(withdrawals) => false,
                     () = tokio::time::sleep(limit) => false,
                 }
