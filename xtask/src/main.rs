@@ -1,9 +1,10 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`,
-//! `cargo xtask bench audit|ebpf|redact`.
+//! `cargo xtask bench audit|ebpf|redact|serve`.
 
 mod bench_audit;
 mod bench_ebpf;
 mod bench_redact;
+mod bench_serve;
 mod demo;
 mod ebpf;
 
@@ -57,6 +58,9 @@ enum Bench {
     Ebpf(bench_ebpf::Args),
     /// The redaction engine next to ripgrep and sed, single core, on a generated corpus.
     Redact(bench_redact::Args),
+    /// The serving path end to end next to plain ssh (throughput, concurrency, time to first
+    /// byte, follow latency), on loopback with a bench-started OpenSSH server.
+    Serve(bench_serve::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -232,6 +236,9 @@ fn main() -> ExitCode {
         Task::Bench {
             what: Bench::Redact(args),
         } => bench_redact::run_bench(&args),
+        Task::Bench {
+            what: Bench::Serve(args),
+        } => bench_serve::run_bench(&args),
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }
