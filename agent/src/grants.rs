@@ -17,6 +17,8 @@
 //! `grants.redb` holds every grant token with its subject, paths and reason: it is created 0600
 //! in a 0700 folder, and a start refuses either when others can read it.
 
+use crate::gate::{GrantLookup, Withdrawal};
+use crate::stream::GrantStatus;
 use loggate_core::grant::{Audience, GrantVerifier, ReceivedGrant};
 use loggate_core::private_state;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -333,6 +335,22 @@ impl GrantStore {
             .cloned()
     }
 
+    /// Why grant `id` must be refused although its token may verify, typed for the gate and
+    /// live streams: its revocation, else its dropped marker (as [`GrantStore::revocation`]).
+    pub fn withdrawal(&self, id: &str) -> Option<Withdrawal> {
+        let state = self.read();
+        if let Some(r) = state.revoked.get(id) {
+            return Some(Withdrawal::Revoked {
+                by: r.by.clone(),
+                reason: r.reason.clone(),
+            });
+        }
+        state.dropped.get(id).map(|r| Withdrawal::Dropped {
+            by: r.by.clone(),
+            reason: r.reason.clone(),
+        })
+    }
+
     /// The dropped marker of grant `id`, when a resync forgot it (for a denial that says so).
     pub fn dropped(&self, id: &str) -> Option<RevocationInfo> {
         self.read().dropped.get(id).cloned()
@@ -376,6 +394,26 @@ impl GrantStore {
         tx.commit()?;
         self.write().grants.remove(id);
         Ok(())
+    }
+}
+
+impl GrantLookup for GrantStore {
+    fn grants_for(&self, subject: &str) -> Vec<ReceivedGrant> {
+        GrantStore::grants_for(self, subject)
+    }
+    fn withdrawal(&self, id: &str) -> Option<Withdrawal> {
+        GrantStore::withdrawal(self, id)
+    }
+}
+
+/// Every withdrawal ([`GrantStore::revoke`], a resync's drops) notifies the store's watch
+/// channel after the state holds it, so a stream woken by the change sees it.
+impl GrantStatus for GrantStore {
+    fn withdrawal(&self, id: &str) -> Option<Withdrawal> {
+        GrantStore::withdrawal(self, id)
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        GrantStore::subscribe(self)
     }
 }
 

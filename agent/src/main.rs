@@ -4,6 +4,7 @@
 mod anchor;
 mod bypass;
 mod config;
+mod follow;
 mod fs_access;
 mod gate;
 mod grants;

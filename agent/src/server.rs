@@ -2,12 +2,13 @@
 //! audited as allowed or denied (on disk before any content leaves), streams through
 //! [`crate::stream`], and ends with a `read.finished` audit event.
 
-use crate::gate::{authorize, Denial, DenialCode};
-use crate::stream::{self, GrantWatch, LineSelector, Plan};
+use crate::gate::{authorize, Denial, DenialCode, GateContext, Withdrawal};
+use crate::stream::{self, ChannelSink, GrantStatus, GrantWatch, LineSelector, Plan};
 use crate::Shared;
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget, Summary};
 use loggate_core::audit::events;
 use loggate_core::daemon::peer_identity;
+use loggate_core::grant::unix_now;
 use loggate_core::identity::{Identity, Role};
 use loggate_proto as pb;
 use loggate_proto::agent_server::Agent;
@@ -293,6 +294,30 @@ fn take_slot(shared: &Arc<Shared>, subject: &str) -> Option<SlotGuard> {
     })
 }
 
+/// What the gate decides on, taken from the agent's state.
+fn gate_context(shared: &Shared) -> GateContext<'_> {
+    GateContext {
+        agent: &shared.config.id,
+        verifier: &shared.verifier,
+        audience: &shared.audience,
+        grants: &shared.grants,
+        roots: &shared.config.roots,
+        profiles: &shared.config.profiles,
+        allow_raw: shared.config.allow_raw,
+    }
+}
+
+/// A live stream watches the agent's grant store (an `Arc` of the agent's state, seen only as
+/// this).
+impl GrantStatus for Shared {
+    fn withdrawal(&self, id: &str) -> Option<Withdrawal> {
+        self.grants.withdrawal(id)
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.grants.subscribe()
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = stream::Item> + Send>>;
 
 fn audit_unavailable(e: anyhow::Error) -> Status {
@@ -566,7 +591,14 @@ impl Agent for AgentService {
         let selector = self.selector(&req).map_err(refuse)?;
         let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
 
-        let authorized = authorize(&self.shared, &reader, &req.path, token).map_err(refuse)?;
+        let authorized = authorize(
+            &gate_context(&self.shared),
+            &reader,
+            &req.path,
+            token,
+            unix_now(),
+        )
+        .map_err(refuse)?;
         let Some(slot) = take_slot(&self.shared, reader.spiffe_id()) else {
             return Err(refuse(Denial {
                 code: DenialCode::TooManyStreams,
@@ -644,7 +676,7 @@ impl Agent for AgentService {
             .map_err(audit_unavailable)?;
 
         let tail_lines = (mode == pb::ReadMode::Tail).then_some(req.tail_lines);
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(stream::CHANNEL_CAPACITY);
         let (last_tx, last_rx) = mpsc::channel(1);
         let opening = pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
@@ -673,8 +705,15 @@ impl Agent for AgentService {
                 path.clone(),
             )
         });
+        // Registered with the runtime's reactor here, in the request's task.
+        let file_watch = follow
+            .then(|| crate::follow::FileWatch::new(&file.path))
+            .flatten();
         let plan = Plan {
             file: file.file,
+            path: file.path.clone(),
+            agent: self.shared.config.id.clone(),
+            watch: file_watch,
             profile: authorized.profile,
             tail_lines,
             len: file.len,
@@ -685,7 +724,7 @@ impl Agent for AgentService {
             key_lookback: limits.tail_key_lookback_bytes,
         };
         let watch = GrantWatch {
-            shared: self.shared.clone(),
+            grants: self.shared.clone(),
             grant_id: grant.id().to_string(),
             not_after: grant.not_after(),
             path_glob_hint: grant.claims().paths.join(", "),
@@ -693,9 +732,10 @@ impl Agent for AgentService {
         let shared = self.shared.clone();
         let subject = reader.spiffe_id().to_string();
         let key_sha256 = reader.key_sha256_hex();
+        let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let finished = stream::run(plan, tx, last_tx, &watch);
+            let finished = stream::run(plan, &mut sink);
             // The stream is over: its stream slot and grep place are free before its
             // `read.finished` is written, so a reader who sees that record can start another.
             drop(slot);
@@ -705,7 +745,7 @@ impl Agent for AgentService {
                 subject,
                 key_sha256,
                 peer,
-                grant_id: watch.grant_id.clone(),
+                grant_id: sink.grant_id().to_string(),
                 path,
                 bytes: finished.bytes,
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),

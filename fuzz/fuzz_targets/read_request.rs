@@ -10,9 +10,9 @@
 //! path is exactly the normalised requested path (no link followed) and never the file outside;
 //! a request the gate would allow is covered by a genuine grant for this reader.
 //!
-//! `gate::authorize` itself takes the daemon's whole shared state (audit log, stream slots,
-//! grant store, configuration), which the agent's library does not expose; this target drives
-//! the same core verifier and `fs_access` code, compiled from source like `grant_token`.
+//! This target drives the core verifier and `fs_access` compiled from source, like
+//! `grant_token`, without the real `loggate-core`; `gate` fuzzes `gate::authorize` itself over
+//! its narrow context (with the `daemon-config` feature).
 
 #![no_main]
 

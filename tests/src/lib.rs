@@ -357,6 +357,11 @@ impl Cluster {
             .context("no id in grant issue output")
     }
 
+    /// The process id of running agent `id` (for benches that read its CPU time and memory).
+    pub fn agent_pid(&self, id: &str) -> Option<u32> {
+        self.agents.get(id)?.child.as_ref().map(Child::id)
+    }
+
     pub fn agent_addr(&self, id: &str) -> String {
         self.agents
             .get(id)

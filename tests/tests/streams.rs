@@ -635,3 +635,72 @@ fn copytruncate_keeps_an_open_private_key_block_closed() -> anyhow::Result<()> {
     let _ = child.wait();
     Ok(())
 }
+
+/// Issue #15, faults while serving: the reader's disk is full (its stdout write fails). The
+/// client exits with the write's error, the agent's stream ends, and `read.finished` says the
+/// client went away (not a clean end of file).
+#[test]
+fn a_reader_whose_output_fails_ends_the_stream_and_read_finished_says_why() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    // Far more than the channel, the HTTP/2 windows and the socket buffers hold together.
+    let line = "2026-11-27T07:00:00Z INFO a line of a large log user=someone\n";
+    std::fs::write(f.logs.join("big.log"), line.repeat((64 << 20) / line.len()))?;
+    let big = f.logs.join("big.log").display().to_string();
+    f.grant("alice", "30m")?;
+    let out = f
+        .cluster
+        .logs_cmd("alice", "web-1", &["cat", &big])
+        .stdout(std::fs::OpenOptions::new().write(true).open("/dev/full")?)
+        .stderr(Stdio::piped())
+        .output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write to standard output") && stderr.contains("No space left"),
+        "{stderr}"
+    );
+    let end = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(10), |e| {
+            e["event"] == "read.finished"
+        })?;
+    assert_eq!(end["end_reason"], "client_closed", "{end}");
+    assert!(end["bytes"].as_u64().is_some_and(|b| b < 64 << 20), "{end}");
+    Ok(())
+}
+
+/// Issue #15, faults while serving: the agent is SIGKILLed mid-stream. The client exits with a
+/// clear error (exit 1, naming the agent), and after a restart the audit still holds the
+/// stream's `read.allowed` and its chain verifies: nothing that was written is lost.
+#[test]
+fn an_agent_killed_mid_stream_leaves_a_clear_client_error_and_its_read_allowed(
+) -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    let id = f.grant("alice", "30m")?;
+    let mut child = follow(&f)?;
+    let allowed = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed"
+        })?;
+    assert_eq!(allowed["grant_id"], id.as_str());
+    f.cluster.kill_agent("web-1");
+    wait_exit(&mut child, Duration::from_secs(10))?;
+    let out = child.wait_with_output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("agent web-1"), "{stderr}");
+    f.cluster.start_agent("web-1")?;
+    let audit = f.cluster.agent_audit("web-1");
+    let kept = audit
+        .iter()
+        .filter(|e| e["event"] == "read.allowed" && e["grant_id"] == id.as_str())
+        .count();
+    assert_eq!(kept, 1, "{audit:?}");
+    let log = f.cluster.agents["web-1"].dir.join("audit.jsonl");
+    let verify = f
+        .cluster
+        .run_cli("admin", &["audit", "verify", &log.display().to_string()])?;
+    assert!(verify.status.success(), "{}", text(&verify).1);
+    Ok(())
+}

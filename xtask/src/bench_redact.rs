@@ -30,7 +30,7 @@ pub struct Args {
 }
 
 /// The eight patterns of the comparison (`shared/notes/redaction.md`, §7), for ripgrep and sed.
-const PATTERNS: [&str; 8] = [
+pub(crate) const PATTERNS: [&str; 8] = [
     r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}",
     r"\b[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\b",
     r"[Bb]earer [A-Za-z0-9._~+/=-]+",
@@ -213,7 +213,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".into())
@@ -380,7 +380,7 @@ const PIPE_BYTES: libc::c_int = 1 << 20;
 
 /// Widens the pipe behind `stdout` to [`PIPE_BYTES`]; the default size is kept if the kernel
 /// refuses (then the run says so).
-fn widen_pipe(stdout: &std::process::ChildStdout) {
+pub(crate) fn widen_pipe(stdout: &std::process::ChildStdout) {
     use std::os::fd::AsRawFd;
     // SAFETY: `F_SETPIPE_SZ` on a pipe descriptor we own changes only its capacity; the
     // descriptor stays open for the call (borrowed from `stdout`).
@@ -393,7 +393,7 @@ fn widen_pipe(stdout: &std::process::ChildStdout) {
     }
 }
 
-fn wait_with_rusage(pid: u32) -> anyhow::Result<(bool, i64, f64)> {
+pub(crate) fn wait_with_rusage(pid: u32) -> anyhow::Result<(bool, i64, f64)> {
     let pid = libc::pid_t::try_from(pid).context("child pid out of range")?;
     let mut status: libc::c_int = 0;
     // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
@@ -420,7 +420,7 @@ fn wait_with_rusage(pid: u32) -> anyhow::Result<(bool, i64, f64)> {
 }
 
 /// The deterministic corpus.
-mod corpus {
+pub(crate) mod corpus {
     use super::*;
 
     /// Bump when the generator's output changes, so an old corpus is not reused.

@@ -1,9 +1,10 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`,
-//! `cargo xtask bench audit|ebpf|redact`.
+//! `cargo xtask bench audit|ebpf|redact|serve`.
 
 mod bench_audit;
 mod bench_ebpf;
 mod bench_redact;
+mod bench_serve;
 mod demo;
 mod ebpf;
 
@@ -57,6 +58,9 @@ enum Bench {
     Ebpf(bench_ebpf::Args),
     /// The redaction engine next to ripgrep and sed, single core, on a generated corpus.
     Redact(bench_redact::Args),
+    /// The serving path end to end next to plain ssh (throughput, concurrency, time to first
+    /// byte, follow latency), on loopback with a bench-started OpenSSH server.
+    Serve(bench_serve::Args),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -127,13 +131,15 @@ fn test() -> anyhow::Result<()> {
 }
 
 /// The fuzz targets (`fuzz/fuzz_targets/`) and how long each runs in `cargo xtask test`:
-/// 2.5 minutes in all, after one shared build (with the `daemon-config` feature, which the
-/// `config` target needs; every build and run passes the same features so none rebuilds).
-const FUZZ_TARGETS: [(&str, u32); 4] = [
+/// under 3 minutes in all, after one shared build (with the `daemon-config` feature, which the
+/// `config` and `gate` targets need; every build and run passes the same features so none
+/// rebuilds).
+const FUZZ_TARGETS: [(&str, u32); 5] = [
     ("redact", 60),
     ("grant_token", 30),
     ("read_request", 30),
     ("config", 30),
+    ("gate", 20),
 ];
 const FUZZ_FEATURES: &str = "daemon-config";
 
@@ -230,6 +236,9 @@ fn main() -> ExitCode {
         Task::Bench {
             what: Bench::Redact(args),
         } => bench_redact::run_bench(&args),
+        Task::Bench {
+            what: Bench::Serve(args),
+        } => bench_serve::run_bench(&args),
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }
