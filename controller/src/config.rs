@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
+use loggate_core::config_check::Problems;
 use loggate_core::tls::TlsFiles;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -73,6 +74,16 @@ pub struct ControllerConfig {
 
 impl ControllerConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let (config, problems) = Self::load_fields(path)?;
+        problems
+            .into_result()
+            .with_context(|| format!("controller configuration {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The parsed file with its paths resolved, and the problems of its fields (every one,
+    /// for `loggate controller check-config`).
+    fn load_fields(path: &Path) -> anyhow::Result<(Self, Problems)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read controller configuration {}", path.display()))?;
         let mut config: ControllerConfig = toml::from_str(&text)
@@ -84,23 +95,64 @@ impl ControllerConfig {
         config.enrol_checkpoint_keys = config.enrol_checkpoint_keys.map(|p| base.join(p));
         config.audit_log = base.join(&config.audit_log);
         config.tls = config.tls.relative_to(base);
-        config.max_ttl_duration()?;
-        config.sinks = validate_sinks(&config.audit.sinks, base)
-            .with_context(|| format!("controller configuration {}", path.display()))?;
+        let mut problems = Problems::default();
+        problems.take(config.max_ttl_duration());
+        if let Some(sinks) = problems.take(validate_sinks(&config.audit.sinks, base)) {
+            config.sinks = sinks;
+        }
         if config.redaction_profiles.is_empty() {
-            bail!("redaction_profiles: name at least one profile (e.g. [\"default\"])");
+            problems.push(anyhow::anyhow!(
+                "redaction_profiles: name at least one profile (e.g. [\"default\"])"
+            ));
         }
         for profile in &config.redaction_profiles {
             if !loggate_core::grant::is_valid_redaction_name(profile) {
-                bail!("redaction_profiles: {profile:?} is not a profile name ([a-z0-9_-]{{1,64}})");
+                problems.push(anyhow::anyhow!(
+                    "redaction_profiles: {profile:?} is not a profile name ([a-z0-9_-]{{1,64}})"
+                ));
             }
         }
         for admin in &config.admins {
             if !loggate_core::identity::is_valid_name(admin) {
-                bail!("admins: {admin:?} is not a valid user name");
+                problems.push(anyhow::anyhow!(
+                    "admins: {admin:?} is not a valid user name"
+                ));
             }
         }
-        Ok(config)
+        Ok((config, problems))
+    }
+
+    /// `loggate controller check-config`: the configuration as `serve` loads it, plus what
+    /// `serve` reads next — the grant-signing key (mode 0600), a certificate that is the
+    /// controller's, a readable key and CA. Ok, or every problem found (see
+    /// [`loggate_core::config_check::problem_lines`]).
+    pub fn check(path: &Path) -> anyhow::Result<()> {
+        let (config, mut problems) = Self::load_fields(path)?;
+        problems.take(crate::daemon::load_signing_key(&config.signing_key));
+        problems.take(
+            config
+                .tls
+                .own_identity(&config.trust_domain)
+                .and_then(|own| {
+                    if own.role() != loggate_core::identity::Role::Controller {
+                        bail!(
+                            "the controller certificate {} is for {own}, not for the controller",
+                            config.tls.cert.display()
+                        );
+                    }
+                    Ok(())
+                }),
+        );
+        for (what, file) in [("tls.ca", &config.tls.ca), ("tls.key", &config.tls.key)] {
+            problems.take(
+                std::fs::File::open(file)
+                    .map(drop)
+                    .with_context(|| format!("{what}: cannot read {}", file.display())),
+            );
+        }
+        problems
+            .into_result()
+            .with_context(|| format!("controller configuration {}", path.display()))
     }
 
     /// `max_ttl`, between 1 s and [`MAX_TTL_LIMIT`]: every grant's end stays a date the

@@ -85,6 +85,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     .context("TLS configuration")?;
     tracing::info!(listen = %config.listen, "loggate controller serving");
     eprintln!("loggate controller listening on {}", config.listen);
+    // The audit file is open and the listener bound: systemd may consider the controller started.
+    loggate_core::notify::ready();
     tonic::transport::Server::builder()
         // A peer that stops answering HTTP/2 pings is dropped (the accept loop caps the
         // connections per identity and in all, and sets TCP keepalive).
@@ -98,6 +100,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         })
         .await
         .with_context(|| format!("controller server on {}", config.listen))?;
+    loggate_core::notify::stopping();
     audit.append(&events::ControllerStopped {})?;
     audit.checkpoint()?;
     eprintln!("loggate controller stopped");

@@ -47,6 +47,11 @@ enum Command {
     /// Check audit files.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the shell completion script for SHELL on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +102,12 @@ enum ControllerCommand {
         /// The controller's configuration file (see docs/configuration.md).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Check a configuration file as `serve` would load it and print every problem found, one
+    /// per line. Exit 0 when it is valid, 2 otherwise (the systemd unit's `ExecStartPre`).
+    CheckConfig {
+        /// The controller's configuration file.
+        file: PathBuf,
     },
 }
 
@@ -256,6 +267,23 @@ async fn run(cli: Cli) -> CliResult {
                 code: 1,
                 message: format!("{e:#}"),
             })
+        }
+        Command::Controller(ControllerCommand::CheckConfig { file }) => {
+            match config::ControllerConfig::check(&file) {
+                Ok(()) => {
+                    println!("{}: the controller configuration is valid", file.display());
+                    Ok(())
+                }
+                Err(e) => Err(Failure {
+                    code: 2,
+                    message: loggate_core::config_check::problem_lines(&e).join("\nloggate: "),
+                }),
+            }
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "loggate", &mut std::io::stdout());
+            Ok(())
         }
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
         Command::Audit(AuditCommand::Verify {

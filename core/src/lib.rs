@@ -3,8 +3,10 @@
 //! timestamp rules used to select time ranges of log lines.
 
 pub mod audit;
+pub mod config_check;
 pub mod grant;
 pub mod identity;
+pub mod notify;
 pub mod private_state;
 pub mod shutdown;
 pub mod timestamp;
