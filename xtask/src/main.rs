@@ -1,11 +1,12 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`,
-//! `cargo xtask bench audit|ebpf|redact`.
+//! `cargo xtask bench audit|ebpf|redact`, `cargo xtask package`.
 
 mod bench_audit;
 mod bench_ebpf;
 mod bench_redact;
 mod demo;
 mod ebpf;
+mod package;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -39,6 +40,9 @@ enum Task {
         #[command(subcommand)]
         what: Bench,
     },
+    /// Build the Debian packages `loggate-agent` and `loggate` (controller and CLI) with their
+    /// hardened systemd units into target/debian (see docs/operations.md).
+    Package(package::Args),
     /// Rebuild the eBPF objects in agent-ebpf/bpf/ from their C sources in agent-ebpf/src/
     /// (needs clang and llvm-strip; installs them as root with apt-get when missing).
     BuildEbpf {
@@ -230,6 +234,7 @@ fn main() -> ExitCode {
         Task::Bench {
             what: Bench::Redact(args),
         } => bench_redact::run_bench(&args),
+        Task::Package(args) => package::run_package(&args).map(drop),
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }
