@@ -30,7 +30,8 @@ enum Task {
         keep: Option<PathBuf>,
     },
     /// Install what the tests need (as root, from Debian's packages: clang and llvm, rsyslog and
-    /// rsyslog-gnutls, gcc-multilib; cargo-fuzz from crates.io) and run every test, plus the
+    /// rsyslog-gnutls, gcc-multilib, debootstrap and systemd-container; cargo-fuzz from
+    /// crates.io), build the .deb packages, and run every test, plus the
     /// formatting and clippy checks, the check that the committed eBPF objects match a rebuild
     /// of their sources, and the fuzz targets for a bounded time (see `FUZZ_TARGETS`).
     Test,
@@ -124,9 +125,19 @@ fn test() -> anyhow::Result<()> {
     ]))?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     let target = target_dir();
+    // The packages, from release binaries built once, for tests/tests/package.rs (which boots
+    // them under systemd-nspawn: debootstrap and systemd-container).
+    package::ensure_tools()?;
+    let debs = target.join("debian");
+    package::run_package(&package::Args {
+        bin_dir: None,
+        out: Some(debs.clone()),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })?;
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
-        .env("LOGGATE_BIN_DIR", target.join("debug")))?;
+        .env("LOGGATE_BIN_DIR", target.join("debug"))
+        .env("LOGGATE_DEB_DIR", debs))?;
     fuzz_targets()
 }
 
@@ -180,7 +191,7 @@ fn fuzz_targets() -> anyhow::Result<()> {
 /// Debian packages the SIEM tests need: rsyslog and its `gtls` network stream driver.
 const RSYSLOG_PACKAGES: [&str; 2] = ["rsyslog", "rsyslog-gnutls"];
 
-fn package_installed(name: &str) -> bool {
+pub fn package_installed(name: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", name])
         .output()

@@ -159,6 +159,20 @@ fn specs() -> [Spec; 2] {
     ]
 }
 
+/// What the package tests need besides dpkg-deb and systemd-analyze: debootstrap for the
+/// bookworm root and systemd-nspawn to boot it, installed with apt-get (without recommends:
+/// they would add libnss-mymachines to the host's nsswitch.conf).
+pub fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = ["debootstrap", "systemd-container"]
+        .into_iter()
+        .filter(|p| !crate::package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    crate::apt_install(&missing)
+}
+
 /// Builds both packages; returns the .deb files written.
 pub fn run_package(args: &Args) -> anyhow::Result<Vec<PathBuf>> {
     if !valid_version(&args.version) {
