@@ -864,3 +864,86 @@ fn packages_under_real_systemd_start_ready_serve_a_read_stop_cleanly_and_upgrade
     assert_eq!(c.show("loggate-controller.service", "Result"), "success");
     eprintln!("systemd test took {:?}", started.elapsed());
 }
+
+// ---------------------------------------------------------------------------------------------
+// check-config: what the units' ExecStartPre runs.
+
+#[test]
+fn check_config_lists_every_problem_at_once_and_exits_2() {
+    let cluster = Cluster::new(None).expect("PKI");
+    let dir = &cluster.dir;
+    let agent = dir.join("agent-bad.toml");
+    fs::write(
+        &agent,
+        "id = \"Web 1\"\nlisten = \"127.0.0.1:1\"\ncontroller = \"127.0.0.1:2\"\n\
+         grant_keys = [\"missing.pub\"]\nroots = [\"relative\"]\nmax_clock_skew = \"5m\"\n\
+         [tls]\nca = \"pki/ca.crt\"\ncert = \"pki/agents/web-1.crt\"\nkey = \"missing.key\"\n",
+    )
+    .expect("write");
+    let out = Command::new(cluster.bins.join("loggate-agent"))
+        .arg("check-config")
+        .arg(&agent)
+        .output()
+        .expect("check-config");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    for problem in [
+        "id \"Web 1\" must be lowercase letters",
+        "roots: relative must be an absolute path",
+        "grant_keys: cannot read",
+        "max_clock_skew must be at most 60s",
+        "not for agent Web 1",
+        "tls.key: cannot read",
+    ] {
+        assert_eq!(
+            stderr.lines().filter(|l| l.contains(problem)).count(),
+            1,
+            "{problem:?} on a line of its own in:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), 6, "{stderr}");
+
+    let good = Command::new(cluster.bins.join("loggate"))
+        .args(["controller", "check-config"])
+        .arg(&cluster.controller_config)
+        .output()
+        .expect("check-config");
+    let (stdout, stderr) = text(&good);
+    assert!(good.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("the controller configuration is valid"), "{stdout}");
+
+    let controller = dir.join("controller-bad.toml");
+    let text_good = fs::read_to_string(&cluster.controller_config).expect("config");
+    fs::write(
+        &controller,
+        text_good
+            .replace("max_ttl = \"8h\"", "max_ttl = \"0s\"")
+            .replace("admins = [\"admin\"]", "admins = [\"Not Valid\"]")
+            .replace("cert = \"pki/controller.crt\"", "cert = \"pki/agents/web-1.crt\""),
+    )
+    .expect("write");
+    // Others may read the signing key: refused.
+    let key = dir.join("pki/grant-signing.key");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let out = Command::new(cluster.bins.join("loggate"))
+        .args(["controller", "check-config"])
+        .arg(&controller)
+        .output()
+        .expect("check-config");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+    for problem in [
+        "max_ttl \"0s\" is out of range",
+        "admins: \"Not Valid\" is not a valid user name",
+        "is readable by others (mode 644); run chmod 600",
+        "not for the controller",
+    ] {
+        assert_eq!(
+            stderr.lines().filter(|l| l.contains(problem)).count(),
+            1,
+            "{problem:?} on a line of its own in:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), 4, "{stderr}");
+}
