@@ -910,7 +910,10 @@ fn check_config_lists_every_problem_at_once_and_exits_2() {
         .expect("check-config");
     let (stdout, stderr) = text(&good);
     assert!(good.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("the controller configuration is valid"), "{stdout}");
+    assert!(
+        stdout.contains("the controller configuration is valid"),
+        "{stdout}"
+    );
 
     let controller = dir.join("controller-bad.toml");
     let text_good = fs::read_to_string(&cluster.controller_config).expect("config");
@@ -919,7 +922,10 @@ fn check_config_lists_every_problem_at_once_and_exits_2() {
         text_good
             .replace("max_ttl = \"8h\"", "max_ttl = \"0s\"")
             .replace("admins = [\"admin\"]", "admins = [\"Not Valid\"]")
-            .replace("cert = \"pki/controller.crt\"", "cert = \"pki/agents/web-1.crt\""),
+            .replace(
+                "cert = \"pki/controller.crt\"",
+                "cert = \"pki/agents/web-1.crt\"",
+            ),
     )
     .expect("write");
     // Others may read the signing key: refused.
