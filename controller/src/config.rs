@@ -83,7 +83,7 @@ impl ControllerConfig {
 
     /// The parsed file with its paths resolved, and the problems of its fields (every one,
     /// for `loggate controller check-config`).
-    fn load_fields(path: &Path) -> anyhow::Result<(Self, Problems)> {
+    pub fn load_fields(path: &Path) -> anyhow::Result<(Self, Problems)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read controller configuration {}", path.display()))?;
         let mut config: ControllerConfig = toml::from_str(&text)
@@ -120,39 +120,6 @@ impl ControllerConfig {
             }
         }
         Ok((config, problems))
-    }
-
-    /// `loggate controller check-config`: the configuration as `serve` loads it, plus what
-    /// `serve` reads next — the grant-signing key (mode 0600), a certificate that is the
-    /// controller's, a readable key and CA. Ok, or every problem found (see
-    /// [`loggate_core::config_check::problem_lines`]).
-    pub fn check(path: &Path) -> anyhow::Result<()> {
-        let (config, mut problems) = Self::load_fields(path)?;
-        problems.take(crate::daemon::load_signing_key(&config.signing_key));
-        problems.take(
-            config
-                .tls
-                .own_identity(&config.trust_domain)
-                .and_then(|own| {
-                    if own.role() != loggate_core::identity::Role::Controller {
-                        bail!(
-                            "the controller certificate {} is for {own}, not for the controller",
-                            config.tls.cert.display()
-                        );
-                    }
-                    Ok(())
-                }),
-        );
-        for (what, file) in [("tls.ca", &config.tls.ca), ("tls.key", &config.tls.key)] {
-            problems.take(
-                std::fs::File::open(file)
-                    .map(drop)
-                    .with_context(|| format!("{what}: cannot read {}", file.display())),
-            );
-        }
-        problems
-            .into_result()
-            .with_context(|| format!("controller configuration {}", path.display()))
     }
 
     /// `max_ttl`, between 1 s and [`MAX_TTL_LIMIT`]: every grant's end stays a date the

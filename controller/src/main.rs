@@ -1,5 +1,6 @@
 //! `loggate`: the controller daemon and every human-facing command.
 
+mod check_config;
 mod cli;
 mod config;
 mod daemon;
@@ -269,7 +270,7 @@ async fn run(cli: Cli) -> CliResult {
             })
         }
         Command::Controller(ControllerCommand::CheckConfig { file }) => {
-            match config::ControllerConfig::check(&file) {
+            match check_config::check(&file) {
                 Ok(()) => {
                     println!("{}: the controller configuration is valid", file.display());
                     Ok(())
