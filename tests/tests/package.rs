@@ -370,15 +370,19 @@ impl Container {
             nspawn,
             cgroups,
         };
-        // The container's PID 1 is nspawn's child.
+        // The container's PID 1 is nspawn's child once it runs systemd (before that, nspawn's
+        // child is a short-lived set-up process).
         let deadline = Instant::now() + Duration::from_secs(30);
         let children = format!("/proc/{0}/task/{0}/children", container.nspawn.id());
         while container.leader == 0 {
             if let Some(pid) = fs::read_to_string(&children)
                 .unwrap_or_default()
                 .split_whitespace()
-                .next()
-                .and_then(|p| p.parse().ok())
+                .filter_map(|p| p.parse::<u32>().ok())
+                .find(|pid| {
+                    fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|comm| comm.trim() == "systemd")
+                })
             {
                 container.leader = pid;
             } else if Instant::now() > deadline {
@@ -707,6 +711,18 @@ fn packages_under_real_systemd_start_ready_serve_a_read_stop_cleanly_and_upgrade
         assert_eq!(c.show(unit, "Type"), "notify", "{unit}");
         assert_eq!(c.show(unit, "NRestarts"), "0", "{unit}");
         assert_eq!(c.show(unit, "User"), "loggate", "{unit}");
+        assert_eq!(c.show(unit, "WatchdogUSec"), "30s", "{unit}");
+    }
+    // The daemons ping their watchdog (every 15 s): systemd moves the watchdog timestamp it
+    // set at READY=1 only when a WATCHDOG=1 arrives.
+    let units = ["loggate-controller.service", "loggate-agent.service"];
+    let stamps = units.map(|u| c.show(u, "WatchdogTimestampMonotonic"));
+    for (unit, at_start) in units.iter().zip(&stamps) {
+        wait_until(
+            &format!("{unit} pings its watchdog"),
+            Duration::from_secs(20),
+            || c.show(unit, "WatchdogTimestampMonotonic") != *at_start,
+        );
     }
     let audit_file = c.path("/var/lib/loggate-agent/audit/audit.jsonl");
     let agent_audit = || -> Vec<serde_json::Value> {
@@ -761,6 +777,32 @@ fn packages_under_real_systemd_start_ready_serve_a_read_stop_cleanly_and_upgrade
     assert!(read.status.success(), "logs cat: {out}{err}");
     assert!(out.contains("GET /login user=alice"), "{out}");
     assert!(!out.contains("hunter2"), "served unredacted: {out}");
+
+    // A broken configuration is refused by ExecStartPre, every problem in the journal.
+    let good_config = fs::read(c.path("/etc/loggate/agent.toml")).expect("config");
+    edit(
+        "/etc/loggate/agent.toml",
+        "id = \"web-1\"",
+        "id = \"Web 1\"",
+    );
+    let restart = c.exec(&["systemctl", "restart", "loggate-agent.service"]);
+    assert!(
+        restart.is_err(),
+        "a broken configuration started: {restart:?}"
+    );
+    let journal = c
+        .exec(&["journalctl", "-u", "loggate-agent.service", "--no-pager"])
+        .unwrap_or_default();
+    assert!(
+        journal.contains("id \"Web 1\" must be lowercase letters")
+            && journal.contains("not for agent Web 1"),
+        "{journal}"
+    );
+    // Restart=on-failure retries it every RestartSec, failing the same way, until fixed.
+    assert_ne!(c.show("loggate-agent.service", "ActiveState"), "active");
+    fs::write(c.path("/etc/loggate/agent.toml"), good_config).expect("restore config");
+    c.exec(&["systemctl", "restart", "loggate-agent.service"])
+        .expect("start with the configuration fixed");
 
     // A clean stop: exit 0, `agent.stopped` written and sealed.
     c.exec(&["systemctl", "stop", "loggate-agent.service"])
