@@ -6,10 +6,11 @@ use crate::bypass::{BypassConfig, BypassFile};
 use crate::fs_access::LogRoot;
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
+use loggate_core::config_check::{ConfigProblems, Problems};
 use loggate_core::daemon::audit::{default_audit_keep_files, default_audit_rotate_bytes};
 use loggate_core::daemon::{AuditSettings, CheckpointsFile};
 use loggate_core::grant::VerifyingKey;
-use loggate_core::identity::is_valid_name;
+use loggate_core::identity::{is_valid_name, Role};
 use loggate_core::tls::TlsFiles;
 use loggate_redact::{Profiles, RedactionConfigFile};
 use serde::Deserialize;
@@ -256,54 +257,47 @@ impl AgentConfig {
             .with_context(|| format!("agent configuration {}", path.display()))
     }
 
+    /// Checks every field; on failure the error is a [`ConfigProblems`] listing every problem
+    /// found, not only the first (`loggate-agent check-config`).
+    ///
+    /// [`ConfigProblems`]: loggate_core::config_check::ConfigProblems
     fn validate(file: AgentConfigFile, base: &Path) -> anyhow::Result<Self> {
+        let mut problems = Problems::default();
         if !is_valid_name(&file.id) {
-            bail!(
+            problems.push(anyhow::anyhow!(
                 "id {:?} must be lowercase letters, digits and dashes",
                 file.id
-            );
+            ));
         }
-        if file.roots.is_empty() {
-            bail!("roots: name at least one folder this agent may serve");
-        }
-        let roots = file
-            .roots
-            .iter()
-            .map(|r| {
-                if !r.is_absolute() {
-                    bail!("roots: {} must be an absolute path", r.display());
-                }
-                LogRoot::new(r).map_err(|e| anyhow::anyhow!("roots: {}: {e}", r.display()))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if file.grant_keys.is_empty() {
-            bail!("grant_keys: name at least one controller public key file");
-        }
-        let grant_keys = file
-            .grant_keys
-            .iter()
-            .map(|p| {
-                let p = base.join(p);
-                let text = std::fs::read_to_string(&p)
-                    .with_context(|| format!("grant_keys: cannot read {}", p.display()))?;
-                VerifyingKey::from_paserk(&text)
-                    .with_context(|| format!("grant_keys: {}", p.display()))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let roots = problems.take(validate_roots(&file.roots));
+        let grant_keys = problems.take(load_grant_keys(&file.grant_keys, base));
         let max_clock_skew = file.max_clock_skew;
         if max_clock_skew > Duration::from_secs(60) {
-            bail!("max_clock_skew must be at most 60s");
+            problems.push(anyhow::anyhow!("max_clock_skew must be at most 60s"));
         }
-        check_limits(&file.limits)?;
-        let profiles = Profiles::load(file.redaction, base)?;
-        let bypass = file.bypass.clone().validate()?;
-        let sinks = validate_sinks(&file.audit.sinks, base)?;
-        let audit_settings = AuditSettings::validate(
+        problems.take(check_limits(&file.limits));
+        let profiles = problems.take(Profiles::load(file.redaction, base));
+        let bypass = problems.take(file.bypass.clone().validate());
+        let sinks = problems.take(validate_sinks(&file.audit.sinks, base));
+        let audit_settings = problems.take(AuditSettings::validate(
             file.audit_rotate_bytes,
             file.audit_keep_files,
             file.audit_max_bytes,
             &file.checkpoints,
-        )?;
+        ));
+        let (
+            Some(roots),
+            Some(grant_keys),
+            Some(profiles),
+            Some(bypass),
+            Some(sinks),
+            Some(audit_settings),
+        ) = (roots, grant_keys, profiles, bypass, sinks, audit_settings)
+        else {
+            problems.into_result()?;
+            bail!("the agent configuration is invalid");
+        };
+        problems.into_result()?;
         Ok(AgentConfig {
             audit_settings,
             bypass,
@@ -325,6 +319,78 @@ impl AgentConfig {
             tls: file.tls.relative_to(base),
         })
     }
+
+    /// `loggate-agent check-config`: the configuration as `run` loads it, plus what `run`
+    /// checks next before serving — the certificate is this agent's and its key and CA are
+    /// readable. Ok, or every problem found (see [`problem_lines`]).
+    ///
+    /// [`problem_lines`]: loggate_core::config_check::problem_lines
+    pub fn check(path: &Path) -> anyhow::Result<()> {
+        let file = Self::parse(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let tls = file.tls.relative_to(base);
+        let (id, trust_domain) = (file.id.clone(), file.trust_domain.clone());
+        let mut problems = Problems::default();
+        if let Err(e) = Self::validate(file, base) {
+            match e.downcast::<ConfigProblems>() {
+                Ok(list) => list.0.into_iter().for_each(|p| problems.push(p)),
+                Err(e) => problems.push(e),
+            }
+        }
+        problems.take(check_own_certificate(&tls, &trust_domain, &id));
+        for (what, file) in [("tls.ca", &tls.ca), ("tls.key", &tls.key)] {
+            problems.take(
+                std::fs::File::open(file)
+                    .map(drop)
+                    .with_context(|| format!("{what}: cannot read {}", file.display())),
+            );
+        }
+        problems
+            .into_result()
+            .with_context(|| format!("agent configuration {}", path.display()))
+    }
+}
+
+/// The certificate in `tls.cert` must be this agent's (`spiffe://<td>/agent/<id>`).
+pub fn check_own_certificate(tls: &TlsFiles, trust_domain: &str, id: &str) -> anyhow::Result<()> {
+    let own = tls.own_identity(trust_domain)?;
+    if own.role() != Role::Agent || own.name() != id {
+        bail!(
+            "the agent certificate {} is for {own}, not for agent {id}",
+            tls.cert.display()
+        );
+    }
+    Ok(())
+}
+
+fn validate_roots(roots: &[PathBuf]) -> anyhow::Result<Vec<LogRoot>> {
+    if roots.is_empty() {
+        bail!("roots: name at least one folder this agent may serve");
+    }
+    roots
+        .iter()
+        .map(|r| {
+            if !r.is_absolute() {
+                bail!("roots: {} must be an absolute path", r.display());
+            }
+            LogRoot::new(r).map_err(|e| anyhow::anyhow!("roots: {}: {e}", r.display()))
+        })
+        .collect()
+}
+
+fn load_grant_keys(files: &[PathBuf], base: &Path) -> anyhow::Result<Vec<VerifyingKey>> {
+    if files.is_empty() {
+        bail!("grant_keys: name at least one controller public key file");
+    }
+    files
+        .iter()
+        .map(|p| {
+            let p = base.join(p);
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("grant_keys: cannot read {}", p.display()))?;
+            VerifyingKey::from_paserk(&text).with_context(|| format!("grant_keys: {}", p.display()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -44,6 +44,17 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Check a configuration file as `run` would load it and print every problem found, one
+    /// per line. Exit 0 when it is valid, 2 otherwise (the systemd unit's `ExecStartPre`).
+    CheckConfig {
+        /// The agent's configuration file.
+        file: PathBuf,
+    },
+    /// Print the shell completion script for SHELL on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Redact FILE (or standard input) to standard output exactly as the agent would serve it
     /// with a grant naming PROFILE. Try a profile on a sample before you trust it.
     Redact {
@@ -193,6 +204,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
+    // The audit file is open and the listener bound: systemd may consider the agent started.
+    loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
     let denial_summaries = service.summaries();
     serve_mtls(
@@ -207,6 +220,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         loggate_core::shutdown::signal(),
     )
     .await?;
+    loggate_core::notify::stopping();
     // Denial records left out by the budget are summarised now, not lost with the process.
     tokio::task::block_in_place(|| denial_summaries.write_pending());
     AuditRuntime::stop(
@@ -322,6 +336,23 @@ fn redact_command(
     Ok(())
 }
 
+/// `loggate-agent check-config FILE`: every problem on standard error, one per line; exit 0
+/// when there is none, 2 otherwise.
+fn check_config(path: &Path) -> ExitCode {
+    match AgentConfig::check(path) {
+        Ok(()) => {
+            println!("{}: the agent configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for line in loggate_core::config_check::problem_lines(&e) {
+                eprintln!("loggate-agent: {line}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     loggate_core::daemon::init_tracing(loggate_core::daemon::LogDefault::Daemon);
     let cli = Cli::parse();
@@ -334,6 +365,12 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run { config } => runtime.block_on(run(&config)),
+        Command::CheckConfig { file } => return check_config(&file),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "loggate-agent", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Redact {
             profile,
             config,

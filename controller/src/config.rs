@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
+use loggate_core::config_check::Problems;
 use loggate_core::daemon::audit::{default_audit_keep_files, default_audit_rotate_bytes};
 use loggate_core::daemon::{AuditSettings, CheckpointsFile};
 use loggate_core::tls::TlsFiles;
@@ -95,6 +96,16 @@ pub struct ControllerConfig {
 
 impl ControllerConfig {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let (config, problems) = Self::load_fields(path)?;
+        problems
+            .into_result()
+            .with_context(|| format!("controller configuration {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// The parsed file with its paths resolved, and the problems of its fields (every one,
+    /// for `loggate controller check-config`).
+    pub fn load_fields(path: &Path) -> anyhow::Result<(Self, Problems)> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read controller configuration {}", path.display()))?;
         let mut config: ControllerConfig = toml::from_str(&text)
@@ -107,26 +118,32 @@ impl ControllerConfig {
         config.audit_log = base.join(&config.audit_log);
         config.policy = config.policy.map(|p| base.join(p));
         config.tls = config.tls.relative_to(base);
-        config.max_ttl_duration()?;
-        config.sinks = validate_sinks(&config.audit.sinks, base)
-            .with_context(|| format!("controller configuration {}", path.display()))?;
-        config
-            .audit_settings()
-            .with_context(|| format!("controller configuration {}", path.display()))?;
+        let mut problems = Problems::default();
+        problems.take(config.max_ttl_duration());
+        if let Some(sinks) = problems.take(validate_sinks(&config.audit.sinks, base)) {
+            config.sinks = sinks;
+        }
+        problems.take(config.audit_settings());
         if config.redaction_profiles.is_empty() {
-            bail!("redaction_profiles: name at least one profile (e.g. [\"default\"])");
+            problems.push(anyhow::anyhow!(
+                "redaction_profiles: name at least one profile (e.g. [\"default\"])"
+            ));
         }
         for profile in &config.redaction_profiles {
             if !loggate_core::grant::is_valid_redaction_name(profile) {
-                bail!("redaction_profiles: {profile:?} is not a profile name ([a-z0-9_-]{{1,64}})");
+                problems.push(anyhow::anyhow!(
+                    "redaction_profiles: {profile:?} is not a profile name ([a-z0-9_-]{{1,64}})"
+                ));
             }
         }
         for admin in &config.admins {
             if !loggate_core::identity::is_valid_name(admin) {
-                bail!("admins: {admin:?} is not a valid user name");
+                problems.push(anyhow::anyhow!(
+                    "admins: {admin:?} is not a valid user name"
+                ));
             }
         }
-        Ok(config)
+        Ok((config, problems))
     }
 
     /// The audit keys (`audit_rotate_bytes`, `audit_keep_files`, `audit_max_bytes`,

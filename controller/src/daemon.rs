@@ -97,6 +97,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(listen = %config.listen, "loggate controller serving");
     eprintln!("loggate controller listening on {}", config.listen);
+    // The audit file is open and the listener bound: systemd may consider the controller started.
+    loggate_core::notify::ready();
     serve_mtls(
         listener,
         MtlsSettings {
@@ -113,6 +115,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         },
     )
     .await?;
+    loggate_core::notify::stopping();
     summaries.abort();
     checkpoint_reports.write_summaries(&audit);
     AuditRuntime::stop(&audit, &events::ControllerStopped {})?;

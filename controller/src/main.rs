@@ -1,5 +1,6 @@
 //! `loggate`: the controller daemon and every human-facing command.
 
+mod check_config;
 mod cli;
 mod config;
 mod daemon;
@@ -59,6 +60,11 @@ enum Command {
     /// The periodic access review (admins).
     #[command(subcommand)]
     Access(AccessCommand),
+    /// Print the shell completion script for SHELL on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,7 +73,7 @@ enum AccessCommand {
     /// reviewed yet.
     Review {
         /// The period: this long until now ("30d").
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30d")]
+        #[arg(long, value_parser = loggate_core::duration::value_parser, default_value = "30d")]
         since: std::time::Duration,
         #[arg(long, value_enum, default_value = "text")]
         output: cli::governance::ReviewOutput,
@@ -152,6 +158,12 @@ enum ControllerCommand {
         /// The controller's configuration file (see docs/configuration.md).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Check a configuration file as `serve` would load it and print every problem found, one
+    /// per line. Exit 0 when it is valid, 2 otherwise (the systemd unit's `ExecStartPre`).
+    CheckConfig {
+        /// The controller's configuration file.
+        file: PathBuf,
     },
 }
 
@@ -351,6 +363,23 @@ async fn run(cli: Cli) -> CliResult {
         Command::Controller(ControllerCommand::Serve { config }) => {
             // Not `Failure::from`: whatever the cause, a daemon that stops on an error exits 1.
             daemon::serve(&config).await.map_err(|e| Failure::error(&e))
+        }
+        Command::Controller(ControllerCommand::CheckConfig { file }) => {
+            match check_config::check(&file) {
+                Ok(()) => {
+                    println!("{}: the controller configuration is valid", file.display());
+                    Ok(())
+                }
+                Err(e) => Err(Failure {
+                    code: cli::Exit::Usage,
+                    message: loggate_core::config_check::problem_lines(&e).join("\nloggate: "),
+                }),
+            }
+        }
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "loggate", &mut std::io::stdout());
+            Ok(())
         }
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
         Command::Audit(AuditCommand::Verify {

@@ -4,10 +4,12 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod config_check;
 pub mod daemon;
 pub mod duration;
 pub mod grant;
 pub mod identity;
+pub mod notify;
 pub mod private_state;
 pub mod shutdown;
 pub mod timestamp;

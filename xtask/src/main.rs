@@ -1,5 +1,5 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`,
-//! `cargo xtask bench audit|ebpf|redact|serve`.
+//! `cargo xtask bench audit|ebpf|redact|serve`, `cargo xtask package`.
 
 mod bench_audit;
 mod bench_ebpf;
@@ -7,6 +7,7 @@ mod bench_redact;
 mod bench_serve;
 mod demo;
 mod ebpf;
+mod package;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -30,7 +31,8 @@ enum Task {
         keep: Option<PathBuf>,
     },
     /// Install what the tests need (as root, from Debian's packages: clang and llvm, rsyslog and
-    /// rsyslog-gnutls, gcc-multilib; cargo-fuzz from crates.io) and run every test, plus the
+    /// rsyslog-gnutls, gcc-multilib, debootstrap and systemd-container; cargo-fuzz from
+    /// crates.io), build the .deb packages, and run every test, plus the
     /// formatting and clippy checks, the check that the committed eBPF objects match a rebuild
     /// of their sources, and the fuzz targets for a bounded time (see `FUZZ_TARGETS`).
     Test,
@@ -40,6 +42,9 @@ enum Task {
         #[command(subcommand)]
         what: Bench,
     },
+    /// Build the Debian packages `loggate-agent` and `loggate` (controller and CLI) with their
+    /// hardened systemd units into target/debian (see docs/operations.md).
+    Package(package::Args),
     /// Rebuild the eBPF objects in agent-ebpf/bpf/ from their C sources in agent-ebpf/src/
     /// (needs clang and llvm-strip; installs them as root with apt-get when missing).
     BuildEbpf {
@@ -124,9 +129,20 @@ fn test() -> anyhow::Result<()> {
     ]))?;
     run(cargo().args(["build", "--workspace", "--bins"]))?;
     let target = target_dir();
+    // The packages, for tests/tests/package.rs (which boots them under systemd-nspawn:
+    // debootstrap and systemd-container), from the debug binaries just built: the tests check
+    // the packaging, and a release build would cost two cores several minutes more.
+    package::ensure_tools()?;
+    let debs = target.join("debian");
+    package::run_package(&package::Args {
+        bin_dir: Some(target.join("debug")),
+        out: Some(debs.clone()),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })?;
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
-        .env("LOGGATE_BIN_DIR", target.join("debug")))?;
+        .env("LOGGATE_BIN_DIR", target.join("debug"))
+        .env("LOGGATE_DEB_DIR", debs))?;
     fuzz_targets()
 }
 
@@ -182,7 +198,7 @@ fn fuzz_targets() -> anyhow::Result<()> {
 /// Debian packages the SIEM tests need: rsyslog and its `gtls` network stream driver.
 const RSYSLOG_PACKAGES: [&str; 2] = ["rsyslog", "rsyslog-gnutls"];
 
-fn package_installed(name: &str) -> bool {
+pub fn package_installed(name: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", name])
         .output()
@@ -239,6 +255,7 @@ fn main() -> ExitCode {
         Task::Bench {
             what: Bench::Serve(args),
         } => bench_serve::run_bench(&args),
+        Task::Package(args) => package::run_package(&args).map(drop),
         Task::BuildEbpf { check: true } => {
             ebpf::ensure_tools().and_then(|()| ebpf::check(&target_dir()))
         }
