@@ -6,6 +6,8 @@
 //! The loader (`loggate-agent`, `agent/src/bypass/`) owns everything at run time: which programs
 //! to attach, the maps' Rust types, the event layout. This crate only names what is in the object.
 
+#![forbid(unsafe_code)]
+
 /// 8-byte alignment for an embedded ELF object: the ELF parser reads its headers in place.
 #[repr(C, align(8))]
 struct Aligned<B: ?Sized>(B);

@@ -1,5 +1,7 @@
 //! `loggate`: the controller daemon and every human-facing command.
 
+#![forbid(unsafe_code)]
+
 mod check_config;
 mod cli;
 mod config;

@@ -1518,11 +1518,9 @@ mod tests {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut after) },
-            0
-        );
+        // SAFETY: as above: getrlimit writes one rlimit into `after`, which outlives the call.
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut after) };
+        assert_eq!(got, 0);
         assert_eq!(after.rlim_cur, limit.rlim_max);
     }
 

@@ -11,6 +11,16 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The workspace root.
+/// For the tests marked `#[ignore = "needs root"]`, which `cargo xtask test` runs with
+/// `--include-ignored` when it is root (CI is): run without root, such a test fails saying so
+/// (it was asked for explicitly), instead of passing without having checked anything.
+pub fn require_root(what: &str) {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test needs root ({what}); run it as root, as `cargo xtask test` does in CI");
+    }
+}
+
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     here.parent().map(PathBuf::from).unwrap_or(here)

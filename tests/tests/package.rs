@@ -537,7 +537,9 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn packages_under_real_systemd_start_ready_serve_a_read_stop_cleanly_and_upgrade_keeping_state() {
+    loggate_tests::require_root("it boots a container with systemd-nspawn");
     let started = Instant::now();
     // The read is made with the host's CLI and a development PKI; the controller runs in the
     // container as its package sets it up, at the address the PKI's client configurations name.
