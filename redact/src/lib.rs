@@ -31,6 +31,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bytemask;
+mod family;
 mod finding;
 mod prefilter;
 mod profile;
@@ -97,7 +98,7 @@ impl Detector {
     }
 
     /// Whether the detector can find something in a segment with these prefilter candidates.
-    fn may_find(&self, candidates: u32) -> bool {
+    fn may_find(&self, candidates: u128) -> bool {
         match &self.kind {
             Kind::Builtin(b) => candidates & prefilter::bit(*b) != 0,
             _ => true,

@@ -16,28 +16,64 @@ use super::finding::Builtin;
 use aho_corasick::{packed, AhoCorasick, Input, MatchKind};
 
 /// The bit of a built-in detector in a candidate set.
-pub fn bit(b: Builtin) -> u32 {
-    1 << (b as u32)
+pub fn bit(b: Builtin) -> u128 {
+    1 << b.bit_index()
 }
+
+/// The most literals one search takes: `aho-corasick` builds Teddy for at most 64 (more would
+/// overwhelm its 16 buckets with false candidates to verify). A profile with more (the default
+/// profile's token families) runs several searches over the lowercased line, each over its
+/// own share. The hand-written detectors' literals come first, with the shortest (3-byte)
+/// family literals: Teddy fingerprints min(4, shortest literal) bytes, so the other searches,
+/// whose literals are all 4 bytes or longer, fingerprint 4 and verify fewer false candidates.
+/// A profile of hand-written detectors only (like the benchmark's `bench8`) runs one search,
+/// as before the families.
+const LITERALS_PER_SEARCH: usize = 64;
 
 #[derive(Debug)]
 pub struct Prefilter {
-    /// Every keyword literal of the profile's keyword detectors, lowercase, deduplicated.
-    keywords: Option<Keywords>,
-    /// For literal `i`, the detectors (bits) that need it.
-    owners: Vec<u32>,
+    /// The searches over the trigger literals of the profile's keyword detectors, with the
+    /// index of each one's first literal in `literals`.
+    keywords: Vec<(Keywords, usize)>,
+    /// The trigger literals, in the order of the searches' pattern ids (for the tests).
+    #[cfg(test)]
+    literals: Vec<String>,
+    /// For trigger `i`, which detectors (bits) it stands for.
+    owners: Vec<Owners>,
     /// The profile's keyword detectors.
-    keyword_kinds: u32,
+    keyword_kinds: u128,
     /// The profile's detectors tested here by shape.
-    shape_kinds: u32,
+    shape_kinds: u128,
     /// The profile's detectors that always run.
-    always: u32,
+    always: u128,
+}
+
+/// The detectors behind one trigger literal: those whose literal is the trigger itself, and
+/// those whose longer literal starts with it (verified at each hit, on the lowercased segment).
+#[derive(Debug, Default)]
+struct Owners {
+    exact: u128,
+    longer: Vec<(Vec<u8>, u128)>,
+}
+
+impl Owners {
+    /// The detectors whose literal occurs at `start` of `lower` (where the trigger occurs).
+    fn at(&self, lower: &[u8], start: usize) -> u128 {
+        let mut owners = self.exact;
+        for (literal, bits) in &self.longer {
+            if lower[start..].starts_with(literal) {
+                owners |= bits;
+            }
+        }
+        owners
+    }
 }
 
 fn gate(b: Builtin) -> Gate {
     match b {
         Builtin::Email | Builtin::Ssn | Builtin::Ipv6 => Gate::Shape,
         Builtin::Card | Builtin::Iban | Builtin::Ipv4 => Gate::Always,
+        Builtin::Phone | Builtin::MacAddress => Gate::Always,
         // Private keys are the redactor's line state machine, not a per-segment detector.
         Builtin::PrivateKey => Gate::Never,
         _ => Gate::Keyword,
@@ -95,11 +131,14 @@ impl Keywords {
 }
 
 impl Prefilter {
-    pub fn new(kinds: impl IntoIterator<Item = Builtin>) -> Result<Prefilter, String> {
-        let mut literals: Vec<String> = Vec::new();
-        let mut owners: Vec<u32> = Vec::new();
+    pub fn new<B: std::borrow::Borrow<Builtin>>(
+        kinds: impl IntoIterator<Item = B>,
+    ) -> Result<Prefilter, String> {
+        // (trigger, full literal, owner) of every literal, lowercase.
+        let mut entries: Vec<(String, String, u128)> = Vec::new();
         let (mut keyword_kinds, mut shape_kinds, mut always) = (0, 0, 0);
         for b in kinds {
+            let b = *b.borrow();
             match gate(b) {
                 Gate::Keyword => keyword_kinds |= bit(b),
                 Gate::Shape => shape_kinds |= bit(b),
@@ -111,25 +150,84 @@ impl Prefilter {
             }
             for l in b.literals() {
                 let l = l.to_ascii_lowercase();
-                match literals.iter().position(|x| *x == l) {
-                    Some(i) => owners[i] |= bit(b),
-                    None => {
-                        literals.push(l);
-                        owners.push(bit(b));
-                    }
+                entries.push((l.clone(), l, bit(b)));
+            }
+            let shapes = b.as_family().map_or(&[][..], |f| f.shapes);
+            for p in shapes.iter().flat_map(|s| s.prefixes) {
+                let full = p.to_ascii_lowercase();
+                entries.push((full.clone(), full, bit(b)));
+            }
+        }
+        // The triggers: no one a prefix of another, so at any position at most one matches,
+        // and leftmost-first search resumed one byte after each match reports every
+        // occurrence of every trigger (`triggers_are_prefix_free`). A trigger that starts
+        // with a shorter one is dropped; its literals hang on the shorter one.
+        // Hand-written detectors' literals first (bits below the families'), shortest first.
+        let mut sorted: Vec<(bool, String)> = entries
+            .iter()
+            .map(|e| (e.2 >> 16 != 0, e.0.clone()))
+            .collect();
+        sorted.sort_by_key(|(family, l)| (l.len(), *family));
+        let mut literals: Vec<String> = Vec::new();
+        for (_, l) in sorted {
+            if !literals.contains(&l) {
+                literals.push(l);
+            }
+        }
+        let mut kept: Vec<String> = Vec::new();
+        for l in literals {
+            if !kept.iter().any(|k| l.starts_with(k.as_str())) {
+                kept.push(l);
+            }
+        }
+        let mut owners: Vec<Owners> = kept.iter().map(|_| Owners::default()).collect();
+        for (trigger, full, bits) in entries {
+            let Some(i) = kept.iter().position(|k| trigger.starts_with(k.as_str())) else {
+                return Err(format!("the prefilter lost the literal {full:?}"));
+            };
+            let o = &mut owners[i];
+            if full == kept[i] {
+                o.exact |= bits;
+            } else {
+                match o.longer.iter_mut().find(|(l, _)| *l == full.as_bytes()) {
+                    Some((_, b)) => *b |= bits,
+                    None => o.longer.push((full.into_bytes(), bits)),
                 }
             }
         }
-        // No literal is a prefix of another (`literals_are_prefix_free`), so at any position
-        // at most one matches, and leftmost-first search resumed one byte after each match
-        // reports every occurrence of every literal.
-        let keywords = if literals.is_empty() {
-            None
-        } else {
-            Some(Keywords::new(&literals)?)
-        };
+        // Hand-written detectors' triggers and 3-byte ones first, then the others.
+        let mut order: Vec<usize> = (0..kept.len()).collect();
+        order.sort_by_key(|i| {
+            let o = &owners[*i];
+            let bits = o.exact | o.longer.iter().fold(0, |a, (_, b)| a | b);
+            bits & 0xffff == 0 && kept[*i].len() > 3
+        });
+        let literals: Vec<String> = order.iter().map(|i| kept[*i].clone()).collect();
+        let owners_bits = |o: &Owners| o.exact | o.longer.iter().fold(0, |a, (_, b)| a | b);
+        let first_len = order
+            .iter()
+            .take_while(|i| owners_bits(&owners[**i]) & 0xffff != 0 || kept[**i].len() <= 3)
+            .count();
+        let mut by_index: Vec<Option<Owners>> = owners.into_iter().map(Some).collect();
+        let owners: Vec<Owners> = order
+            .iter()
+            .map(|i| by_index[*i].take().unwrap_or_default())
+            .collect();
+        let first = first_len;
+        let rest = literals.len() - first;
+        let searches = rest.div_ceil(LITERALS_PER_SEARCH);
+        let per_search = rest.div_ceil(searches.max(1)).max(1);
+        let mut keywords = Vec::new();
+        if first > 0 {
+            keywords.push((Keywords::new(&literals[..first])?, 0));
+        }
+        for (k, chunk) in literals[first..].chunks(per_search).enumerate() {
+            keywords.push((Keywords::new(chunk)?, first + k * per_search));
+        }
         Ok(Prefilter {
             keywords,
+            #[cfg(test)]
+            literals,
             owners,
             keyword_kinds,
             shape_kinds,
@@ -139,25 +237,25 @@ impl Prefilter {
 
     /// The detectors (bits) that may find something in `seg`, whose byte masks (and lowercased
     /// copy) are `masks`.
-    pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u32 {
+    pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u128 {
         let mut hits = self.always;
-        if let Some(ac) = &self.keywords {
-            let lower = masks.lower();
-            let mut found = 0;
+        let lower = masks.lower();
+        let mut found = 0;
+        for (ac, first) in &self.keywords {
             let mut at = 0;
             while found != self.keyword_kinds && at < lower.len() {
                 let Some((pattern, start, end)) = ac.find(lower, at) else {
                     break;
                 };
-                let mut owners = self.owners[pattern];
+                let mut owners = self.owners[first + pattern].at(lower, start);
                 if owners & bit(Builtin::Secret) != 0 && !assignment_follows(lower, end) {
                     owners &= !bit(Builtin::Secret);
                 }
                 found |= owners;
                 at = start + 1;
             }
-            hits |= found;
         }
+        hits |= found;
         let shape = |b: Builtin, test: fn(&[u8], &SegmentMasks) -> bool| {
             if self.shape_kinds & bit(b) != 0 && test(seg, masks) {
                 bit(b)
@@ -262,21 +360,69 @@ fn has_ipv6_shape(seg: &[u8], masks: &SegmentMasks) -> bool {
 mod tests {
     use super::*;
 
+    /// The compiled triggers of every built-in detector (default and opt-in) are prefix-free,
+    /// few enough for Teddy, three bytes or longer, and every literal of every detector
+    /// starts with one of them.
     #[test]
-    fn literals_are_prefix_free() {
-        let all: Vec<String> = Builtin::ALL
-            .iter()
-            .filter(|b| matches!(gate(**b), Gate::Keyword))
-            .flat_map(|b| b.literals().iter().map(|l| l.to_ascii_lowercase()))
-            .collect();
-        for a in &all {
-            for b in &all {
+    fn triggers_are_prefix_free_and_cover_every_literal() {
+        let p = Prefilter::new(Builtin::ALL.into_iter().chain(Builtin::OPT_IN)).unwrap();
+        let all = &p.literals;
+        for a in all {
+            assert!(a.len() >= 3, "{a} is shorter than Teddy's fingerprint");
+            for b in all {
                 assert!(
                     a == b || !b.starts_with(a.as_str()),
                     "{a} is a prefix of {b}"
                 );
             }
         }
+        assert!(
+            p.keywords
+                .iter()
+                .all(|(k, _)| matches!(k, Keywords::Packed(_)) || !packed_available()),
+            "a search fell back to the automaton"
+        );
+        let keyword = Builtin::ALL
+            .into_iter()
+            .filter(|b| matches!(gate(*b), Gate::Keyword));
+        let literals = keyword.flat_map(|b| {
+            let family = b.as_family().map_or(&[][..], |f| f.shapes);
+            b.literals()
+                .iter()
+                .copied()
+                .chain(family.iter().flat_map(|s| s.prefixes.iter().copied()))
+        });
+        for l in literals {
+            let l = l.to_ascii_lowercase();
+            assert!(all.iter().any(|t| l.starts_with(t.as_str())), "{l}");
+        }
+    }
+
+    /// Whether this CPU can run Teddy at all (SSSE3 or AVX2).
+    fn packed_available() -> bool {
+        packed::Config::new()
+            .builder()
+            .extend(["abc", "def"])
+            .build()
+            .is_some()
+    }
+
+    /// A literal that shares a trigger with another (`key` and Mailgun's `key-`, `sk-` and
+    /// `sk-ant-api03-`) makes its detector a candidate only where the whole literal occurs.
+    #[test]
+    fn longer_literals_behind_a_shared_trigger_are_verified() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let mailgun = Builtin::from_name("mailgun_key").unwrap();
+        let anthropic = Builtin::from_name("anthropic_key").unwrap();
+        let candidates = |text: &[u8]| {
+            let mut m = SegmentMasks::default();
+            m.compute(text);
+            p.candidates(text, &m)
+        };
+        assert_eq!(candidates(b"the key is here") & bit(mailgun), 0);
+        assert_ne!(candidates(b"x KEY-abc") & bit(mailgun), 0);
+        assert_eq!(candidates(b"sk-proj-x") & bit(anthropic), 0);
+        assert_ne!(candidates(b"sk-ant-api03-x") & bit(anthropic), 0);
     }
 
     #[test]
@@ -333,13 +479,8 @@ mod tests {
     /// Teddy (slim or fat) and the Aho-Corasick automaton report the same literal occurrences.
     #[test]
     fn every_keyword_searcher_finds_the_same_occurrences() {
-        let literals: Vec<String> = Builtin::ALL
-            .iter()
-            .filter(|b| matches!(gate(**b), Gate::Keyword))
-            .flat_map(|b| b.literals().iter().map(|l| l.to_ascii_lowercase()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut literals = Prefilter::new(Builtin::ALL).unwrap().literals;
+        literals.sort();
         let automaton = Keywords::Automaton(
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostFirst)
@@ -347,7 +488,8 @@ mod tests {
                 .unwrap(),
         );
         let text = "x tokenpass://eyjakia ghp_ xoxb basic bearer authorization k_live_ aws \
-                    secretkey credential pwd github_pat_ aizasia -----begin token";
+                    secretkey credential pwd github_pat_ aizasia -----begin token sk_live_ xoxb- \
+                    hooks.slack.com sk-ant-api03- glpat- key- npm_ dop_v1_ hvs.";
         let all = |k: &Keywords| {
             let mut found = Vec::new();
             let mut at = 0;
