@@ -1316,6 +1316,37 @@ mod tests {
         }
     }
 
+    /// One token of every family form, several to a line between benign words, cut into two
+    /// chunks at every offset: the output and the counts are those of the whole, and no
+    /// token's secret part survives.
+    #[test]
+    fn every_family_token_straddling_any_chunk_boundary_is_redacted() {
+        let mut text = String::new();
+        let mut secrets = Vec::new();
+        for (i, f) in FAMILIES.iter().enumerate() {
+            for s in f.shapes {
+                let prefix = s.prefixes[i % s.prefixes.len()];
+                let body = bodies(s, prefix).remove(0);
+                let lead = fill(s.alphabet, usize::from(s.lead));
+                let token = format!("{lead}{prefix}{body}");
+                text.push_str(&format!("t={i} {token} ok"));
+                text.push(if i % 3 == 2 { '\n' } else { ' ' });
+                secrets.push(if s.keep_prefix { body } else { token });
+            }
+        }
+        let bytes = text.as_bytes();
+        let whole = Pipeline::redact_chunks(&DEFAULT, &[bytes], 64 * 1024);
+        let out = String::from_utf8_lossy(&whole.0).into_owned();
+        for body in &secrets {
+            assert!(!out.contains(body.as_str()), "{body} survived");
+        }
+        assert_eq!(whole.1.total(), secrets.len() as u64);
+        for a in 0..=bytes.len() {
+            let split = Pipeline::redact_chunks(&DEFAULT, &[&bytes[..a], &bytes[a..]], 64 * 1024);
+            assert!(split == whole, "split at {a}");
+        }
+    }
+
     /// Look-alikes written by hand: near misses a log really holds.
     #[test]
     fn hand_written_look_alikes_stay() {

@@ -20,15 +20,19 @@ pub fn bit(b: Builtin) -> u128 {
     1 << b.bit_index()
 }
 
-/// The most literals one search takes: `aho-corasick` builds Teddy for at most 64 (more would
-/// overwhelm its 16 buckets with false candidates to verify). A profile with more (the default
-/// profile's token families) runs several searches over the lowercased line, each over its
-/// own share. The hand-written detectors' literals come first, with the shortest (3-byte)
-/// family literals: Teddy fingerprints min(4, shortest literal) bytes, so the other searches,
-/// whose literals are all 4 bytes or longer, fingerprint 4 and verify fewer false candidates.
-/// A profile of hand-written detectors only (like the benchmark's `bench8`) runs one search,
-/// as before the families.
-const LITERALS_PER_SEARCH: usize = 64;
+/// The most literals of the first search, which holds the hand-written detectors' literals
+/// and the 3-byte ones (Teddy fingerprints min(4, shortest literal) bytes, so this one
+/// fingerprints 3): `aho-corasick`'s own limit for Teddy, beyond which its 16 buckets fill
+/// with false candidates to verify.
+const FIRST_SEARCH_LITERALS: usize = 64;
+
+/// The most literals of each further search (the default profile's token-family prefixes,
+/// all 4 bytes or longer, fingerprinted on 4 bytes: fewer false candidates per bucket, so
+/// Teddy's heuristic limit of 64 is lifted up to its hard limit of 128). Every search is one
+/// more pass over each line: the default profile makes two (the first search takes as many
+/// family literals as it has room for), a profile without families (like the benchmark's
+/// `bench8`) one, as before the families.
+const FURTHER_SEARCH_LITERALS: usize = 128;
 
 #[derive(Debug)]
 pub struct Prefilter {
@@ -97,10 +101,12 @@ enum Keywords {
 }
 
 impl Keywords {
-    fn new(literals: &[String]) -> Result<Keywords, String> {
+    /// `heuristic`: keep `aho-corasick`'s limit of 64 literals for Teddy (else up to 128).
+    fn new(literals: &[String], heuristic: bool) -> Result<Keywords, String> {
         let packed = |fat: Option<bool>| {
             packed::Config::new()
                 .match_kind(packed::MatchKind::LeftmostFirst)
+                .heuristic_pattern_limits(heuristic)
                 .only_teddy_fat(fat)
                 .builder()
                 .extend(literals)
@@ -213,16 +219,19 @@ impl Prefilter {
             .iter()
             .map(|i| by_index[*i].take().unwrap_or_default())
             .collect();
-        let first = first_len;
-        let rest = literals.len() - first;
-        let searches = rest.div_ceil(LITERALS_PER_SEARCH);
-        let per_search = rest.div_ceil(searches.max(1)).max(1);
+        let first = first_len.max(FIRST_SEARCH_LITERALS.min(literals.len()));
         let mut keywords = Vec::new();
-        if first > 0 {
-            keywords.push((Keywords::new(&literals[..first])?, 0));
+        let mut at = 0;
+        for chunk in literals[..first].chunks(FIRST_SEARCH_LITERALS) {
+            keywords.push((Keywords::new(chunk, true)?, at));
+            at += chunk.len();
         }
-        for (k, chunk) in literals[first..].chunks(per_search).enumerate() {
-            keywords.push((Keywords::new(chunk)?, first + k * per_search));
+        let rest = literals.len() - first;
+        let searches = rest.div_ceil(FURTHER_SEARCH_LITERALS);
+        let per_search = rest.div_ceil(searches.max(1)).max(1);
+        for chunk in literals[first..].chunks(per_search) {
+            keywords.push((Keywords::new(chunk, false)?, at));
+            at += chunk.len();
         }
         Ok(Prefilter {
             keywords,
@@ -502,7 +511,7 @@ mod tests {
         let want = all(&automaton);
         assert!(want.len() >= 18, "{want:?}");
         for small in [literals.len(), 8] {
-            let k = Keywords::new(&literals[..small]).unwrap();
+            let k = Keywords::new(&literals[..small], true).unwrap();
             let automaton = Keywords::Automaton(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::LeftmostFirst)
@@ -511,7 +520,8 @@ mod tests {
             );
             assert_eq!(all(&k), all(&automaton), "{small} literals");
         }
-        assert_eq!(all(&Keywords::new(&literals).unwrap()), want);
+        assert_eq!(all(&Keywords::new(&literals, true).unwrap()), want);
+        assert_eq!(all(&Keywords::new(&literals, false).unwrap()), want);
     }
 
     fn shape(test: fn(&[u8], &SegmentMasks) -> bool, text: &[u8]) -> bool {
