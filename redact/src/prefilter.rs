@@ -12,6 +12,7 @@
 //!   (bit masks of digits, dots), so a separate test would only scan twice.
 
 use super::bytemask::SegmentMasks;
+use super::family::{Check, Shape};
 use super::finding::Builtin;
 use aho_corasick::{packed, AhoCorasick, Input, MatchKind};
 
@@ -44,8 +45,10 @@ pub struct Prefilter {
     literals: Vec<String>,
     /// For trigger `i`, which detectors (bits) it stands for.
     owners: Vec<Owners>,
-    /// The profile's keyword detectors.
-    keyword_kinds: u128,
+    /// The detectors the searches can find (all keyword detectors but the word-gated ones).
+    searched: u128,
+    /// The token-family prefixes that can only start a word, looked up at word starts.
+    word_gate: WordGate,
     /// The profile's detectors tested here by shape.
     shape_kinds: u128,
     /// The profile's detectors that always run.
@@ -140,13 +143,14 @@ impl Prefilter {
     pub fn new<B: std::borrow::Borrow<Builtin>>(
         kinds: impl IntoIterator<Item = B>,
     ) -> Result<Prefilter, String> {
-        // (trigger, full literal, owner) of every literal, lowercase.
+        // (trigger, full literal, owner) of every literal searched by Teddy, lowercase.
         let mut entries: Vec<(String, String, u128)> = Vec::new();
-        let (mut keyword_kinds, mut shape_kinds, mut always) = (0, 0, 0);
+        let mut word_gate = WordGate::default();
+        let (mut shape_kinds, mut always) = (0, 0);
         for b in kinds {
             let b = *b.borrow();
             match gate(b) {
-                Gate::Keyword => keyword_kinds |= bit(b),
+                Gate::Keyword => {}
                 Gate::Shape => shape_kinds |= bit(b),
                 Gate::Always => always |= bit(b),
                 Gate::Never => continue,
@@ -159,9 +163,15 @@ impl Prefilter {
                 entries.push((l.clone(), l, bit(b)));
             }
             let shapes = b.as_family().map_or(&[][..], |f| f.shapes);
-            for p in shapes.iter().flat_map(|s| s.prefixes) {
-                let full = p.to_ascii_lowercase();
-                entries.push((full.clone(), full, bit(b)));
+            for s in shapes {
+                for p in s.prefixes {
+                    let full = p.to_ascii_lowercase();
+                    if starts_a_word(s, p) {
+                        word_gate.add(full.as_bytes(), bit(b));
+                    } else {
+                        entries.push((full.clone(), full, bit(b)));
+                    }
+                }
             }
         }
         // The triggers: no one a prefix of another, so at any position at most one matches,
@@ -186,6 +196,7 @@ impl Prefilter {
                 kept.push(l);
             }
         }
+        let searched = entries.iter().fold(0, |a, e| a | e.2);
         let mut owners: Vec<Owners> = kept.iter().map(|_| Owners::default()).collect();
         for (trigger, full, bits) in entries {
             let Some(i) = kept.iter().position(|k| trigger.starts_with(k.as_str())) else {
@@ -235,10 +246,11 @@ impl Prefilter {
         }
         Ok(Prefilter {
             keywords,
+            searched,
+            word_gate,
             #[cfg(test)]
             literals,
             owners,
-            keyword_kinds,
             shape_kinds,
             always,
         })
@@ -249,10 +261,10 @@ impl Prefilter {
     pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u128 {
         let mut hits = self.always;
         let lower = masks.lower();
-        let mut found = 0;
+        let mut found = self.word_gate.candidates(lower, masks);
         for (ac, first) in &self.keywords {
             let mut at = 0;
-            while found != self.keyword_kinds && at < lower.len() {
+            while found & self.searched != self.searched && at < lower.len() {
                 let Some((pattern, start, end)) = ac.find(lower, at) else {
                     break;
                 };
@@ -275,6 +287,138 @@ impl Prefilter {
         hits | shape(Builtin::Email, has_at_sign)
             | shape(Builtin::Ssn, has_ssn_shape)
             | shape(Builtin::Ipv6, has_ipv6_shape)
+    }
+}
+
+/// Whether every token of shape `s` found at prefix `p` starts a word, so that the prefix
+/// needs to be looked up only at word starts ([`WordGate`]): the token is the prefix and what
+/// follows (no `lead` bytes before it), the prefix's first byte is a word byte, and no
+/// `glued_if` checksum lifts the `\b` before it ([`super::family::Shape::match_at`] rejects a
+/// token whose first byte follows a word byte). The others (`?sig=`, `.atlasv1.`, `-us`,
+/// `0Q~`, `ghp_`, `npm_`) stay in the literal search.
+fn starts_a_word(s: &Shape, p: &str) -> bool {
+    s.lead == 0
+        && s.glued_if == Check::None
+        && p.len() >= 3
+        && p.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Bits in the word gate's table: 64 Kibit (8 KiB, in L1) for about 150 keys, so a word start
+/// whose first three bytes begin no prefix passes the table with a probability of about 0.2 %.
+const GATE_BITS: usize = 1 << 16;
+
+/// The token families whose prefixes start a word, found by looking up the first three
+/// lowercase bytes at each word start (the `word` mask of [`SegmentMasks`]) in a hashed bit
+/// table, then verifying the few hits against the prefixes themselves: one lookup per word
+/// instead of a literal search over ~190 prefixes at every byte, whose false candidates cost
+/// most of the engine's time (issue 16). On the benchmark's corpus about 1 % of word starts
+/// pass the table (most of them `api…`, the key of `api-` and `api_org_`).
+///
+/// Every prefix is keyed on its first three bytes: a word that starts with a prefix has the
+/// prefix's key at its start, so the table never misses one
+/// (`word_gate_finds_every_family_prefix_at_a_word_start`).
+#[derive(Debug)]
+struct WordGate {
+    table: Box<[u64]>,
+    /// Per key (sorted), the prefixes with that key and their detectors.
+    keys: Vec<(u32, Vec<GatedPrefix>)>,
+    /// Every detector of the gate.
+    kinds: u128,
+}
+
+/// A lowercase prefix of the word gate and the detectors it stands for.
+type GatedPrefix = (Vec<u8>, u128);
+
+impl Default for WordGate {
+    fn default() -> Self {
+        WordGate {
+            table: vec![0; GATE_BITS / 64].into_boxed_slice(),
+            keys: Vec::new(),
+            kinds: 0,
+        }
+    }
+}
+
+/// The key of a prefix or of a word's start: its first (up to) three bytes, zero-padded.
+fn gate_key(bytes: &[u8]) -> u32 {
+    let mut k = [0u8; 4];
+    let n = bytes.len().min(3);
+    k[..n].copy_from_slice(&bytes[..n]);
+    u32::from_le_bytes(k)
+}
+
+/// The key's bit in the table (Fibonacci hashing: the multiplication's top 16 bits).
+fn gate_bit(key: u32) -> usize {
+    (key.wrapping_mul(0x9E37_79B1) >> 16) as usize
+}
+
+impl WordGate {
+    /// Adds a lowercase prefix (three bytes or longer) of the detectors `bits`.
+    fn add(&mut self, prefix: &[u8], bits: u128) {
+        let key = gate_key(prefix);
+        let h = gate_bit(key);
+        self.table[h / 64] |= 1 << (h % 64);
+        self.kinds |= bits;
+        let at = match self.keys.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(at) => at,
+            Err(at) => {
+                self.keys.insert(at, (key, Vec::new()));
+                at
+            }
+        };
+        let group = &mut self.keys[at].1;
+        match group.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, b)) => *b |= bits,
+            None => group.push((prefix.to_vec(), bits)),
+        }
+    }
+
+    /// The detectors whose prefix starts at `p` of `lower`, which begins with `key`.
+    #[cold]
+    fn at(&self, lower: &[u8], p: usize, key: u32) -> u128 {
+        let Ok(i) = self.keys.binary_search_by_key(&key, |(k, _)| *k) else {
+            return 0;
+        };
+        let rest = lower.get(p..).unwrap_or_default();
+        self.keys[i]
+            .1
+            .iter()
+            .filter(|(prefix, _)| rest.starts_with(prefix))
+            .fold(0, |a, (_, b)| a | b)
+    }
+
+    /// The gate's detectors with a prefix at a word start of `lower` (the segment lowercased,
+    /// whose masks are `masks`).
+    fn candidates(&self, lower: &[u8], masks: &SegmentMasks) -> u128 {
+        if self.kinds == 0 {
+            return 0;
+        }
+        let mut found = 0;
+        // Whether the byte before the block is a word byte.
+        let mut carry = 0;
+        for k in 0..masks.len() {
+            let word = masks.get(k).word;
+            let mut starts = word & !((word << 1) | carry);
+            carry = word >> 63;
+            while starts != 0 {
+                let p = k * 64 + starts.trailing_zeros() as usize;
+                starts &= starts - 1;
+                let key = match lower.get(p..p + 3) {
+                    Some(&[a, b, c]) => u32::from_le_bytes([a, b, c, 0]),
+                    _ => gate_key(lower.get(p..).unwrap_or_default()),
+                };
+                let h = gate_bit(key);
+                if self.table[h / 64] & (1 << (h % 64)) != 0 {
+                    found |= self.at(lower, p, key);
+                }
+            }
+            if found == self.kinds {
+                break;
+            }
+        }
+        found
     }
 }
 
@@ -403,8 +547,46 @@ mod tests {
         });
         for l in literals {
             let l = l.to_ascii_lowercase();
-            assert!(all.iter().any(|t| l.starts_with(t.as_str())), "{l}");
+            let gated = p.word_gate.keys.iter().any(|(_, g)| {
+                g.iter()
+                    .any(|(prefix, _)| prefix.as_slice() == l.as_bytes())
+            });
+            assert!(
+                gated || all.iter().any(|t| l.starts_with(t.as_str())),
+                "{l}"
+            );
         }
+    }
+
+    /// Every word-gated family prefix, at a word start (the segment's start, after a space or
+    /// a `=`, at any offset across a block boundary), in any case, makes its detector a
+    /// candidate; glued to a word byte it does not (`Shape::match_at` would reject it there).
+    #[test]
+    fn word_gate_finds_every_family_prefix_at_a_word_start() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let candidates = |text: &[u8]| {
+            let mut m = SegmentMasks::default();
+            m.compute(text);
+            p.candidates(text, &m)
+        };
+        let mut gated = 0;
+        for (_, group) in &p.word_gate.keys {
+            for (prefix, bits) in group {
+                gated += 1;
+                let prefix = String::from_utf8(prefix.clone()).unwrap();
+                for pad in [0, 1, 60, 61, 62, 63, 64, 127] {
+                    for text in [
+                        format!("{}{prefix}", " ".repeat(pad)),
+                        format!("{}={}x", "a".repeat(pad), prefix.to_ascii_uppercase()),
+                    ] {
+                        assert_eq!(candidates(text.as_bytes()) & bits, *bits, "{text:?}");
+                    }
+                    let glued = format!("{}{prefix}", "a".repeat(pad + 1));
+                    assert_eq!(candidates(glued.as_bytes()) & bits, 0, "{glued:?}");
+                }
+            }
+        }
+        assert!(gated >= 150, "{gated} prefixes in the word gate");
     }
 
     /// Whether this CPU can run Teddy at all (SSSE3 or AVX2).
