@@ -68,6 +68,10 @@ enum Command {
         /// Print the counts per detector as JSON on standard error at the end.
         #[arg(long)]
         stats: bool,
+        /// Print the built-in detectors (name, profile, what each finds, the source of its
+        /// format) as tab-separated lines, and exit.
+        #[arg(long)]
+        list_detectors: bool,
         /// The file to redact (default: standard input).
         file: Option<PathBuf>,
     },
@@ -372,10 +376,21 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Redact {
+            list_detectors: true,
+            ..
+        } => {
+            use std::io::Write;
+            std::io::stdout()
+                .lock()
+                .write_all(redact::detector_table().as_bytes())
+                .context("writing standard output")
+        }
+        Command::Redact {
             profile,
             config,
             stats,
             file,
+            list_detectors: false,
         } => redact_command(&profile, config.as_deref(), stats, file.as_deref()),
         Command::BenchAttach {
             hooks,

@@ -2,8 +2,10 @@
 //!
 //! Asserts that no detector ever fails (a failure withholds a line: `lines_withheld` must stay
 //! 0), that the output and the counts do not depend on where chunks are cut (the same input in
-//! one piece gives the same bytes and counts), and that text which cannot hold a secret comes
-//! out unchanged.
+//! one piece gives the same bytes and counts), that text which cannot hold a secret comes
+//! out unchanged, and that a token of any family (one of [`loggate_redact::token_shapes`],
+//! its body made of input bytes mapped into the family's alphabet) planted between spaces in
+//! the text does not survive, whatever surrounds it and wherever the chunks are cut.
 //!
 //! The engine is the `loggate-redact` crate, which needs only a few crates and no other part of
 //! loggate: a build with the fuzzer's instrumentation stays short.
@@ -11,10 +13,17 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loggate_redact::{Pipeline, Redactor};
+use loggate_redact::{Pipeline, Redactor, TokenShape};
 use std::sync::{Arc, LazyLock};
 
 static DEFAULT: LazyLock<Arc<Redactor>> = LazyLock::new(|| Arc::new(Redactor::default_profile()));
+/// The token families' plain forms (no check, nothing before the prefix).
+static SHAPES: LazyLock<Vec<TokenShape>> = LazyLock::new(|| {
+    loggate_redact::token_shapes()
+        .into_iter()
+        .filter(|s| s.plain)
+        .collect()
+});
 
 /// `text` cut into pieces whose sizes cycle through `sizes` (each 1..=64).
 fn cut<'a>(text: &'a [u8], sizes: &[u8]) -> Vec<&'a [u8]> {
@@ -44,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         _ => 64 * 1024,
     };
     let r = &*DEFAULT;
+    plant_a_token(control, text, sizes);
     let (whole, whole_counts) = Pipeline::redact_chunks(r, &[text], max_line);
     let (pieces, pieces_counts) = Pipeline::redact_chunks(r, &cut(text, sizes), max_line);
     assert_eq!(whole_counts.lines_withheld, 0, "a detector failed");
@@ -70,3 +80,41 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(counts.total(), 0);
     }
 });
+
+/// Plants a token of the family form chosen by the control bytes, its body made of the text's
+/// bytes mapped into the form's alphabet, between spaces at a place in the text the control
+/// bytes choose; the body must not survive, in one piece or in chunks.
+fn plant_a_token(control: &[u8], text: &[u8], sizes: &[u8]) {
+    let (Some(&pick), Some(&len), Some(&at)) = (control.get(1), control.get(2), control.get(3))
+    else {
+        return;
+    };
+    let shape = &SHAPES[usize::from(pick) % SHAPES.len()];
+    let n = (shape.min + usize::from(len)).min(shape.max);
+    let body: Vec<u8> = text
+        .iter()
+        .chain(std::iter::repeat(&7u8))
+        .take(n)
+        .map(|b| shape.alphabet[usize::from(*b) % shape.alphabet.len()])
+        .collect();
+    // A body the text already holds elsewhere could survive there, rightly.
+    if memchr::memmem::find(text, &body).is_some() {
+        return;
+    }
+    let at = usize::from(at) * text.len() / 256;
+    let mut planted = text[..at].to_vec();
+    planted.push(b' ');
+    planted.extend_from_slice(shape.prefix.as_bytes());
+    planted.extend_from_slice(&body);
+    planted.push(b' ');
+    planted.extend_from_slice(&text[at..]);
+    for chunks in [vec![&planted[..]], cut(&planted, sizes)] {
+        let (out, counts) = Pipeline::redact_chunks(&DEFAULT, &chunks, 64 * 1024);
+        assert_eq!(counts.lines_withheld, 0, "a detector failed");
+        assert!(
+            memchr::memmem::find(&out, &body).is_none(),
+            "a {} token survived",
+            shape.detector
+        );
+    }
+}

@@ -32,6 +32,9 @@ pub struct Masks {
     pub colon: u64,
     /// `.`.
     pub dot: u64,
+    /// A word byte `[A-Za-z0-9_]`: where a word starts (`\b`), the token families' prefixes
+    /// are looked up (`super::prefilter`).
+    pub word: u64,
 }
 
 /// The instructions that compute the masks.
@@ -153,6 +156,7 @@ impl SegmentMasks {
                         at: m.at >> shift,
                         colon: m.colon >> shift,
                         dot: m.dot >> shift,
+                        word: m.word >> shift,
                     }
                 }
                 // A segment shorter than a block: padded with NUL, which is in no class.
@@ -282,6 +286,7 @@ fn scalar(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
         set(&mut m.at, *b == b'@');
         set(&mut m.colon, *b == b':');
         set(&mut m.dot, *b == b'.');
+        set(&mut m.word, b.is_ascii_alphanumeric() || *b == b'_');
         lower[i] = b.to_ascii_lowercase();
     }
     m
@@ -343,6 +348,10 @@ mod sse2 {
             at: each(&eq(b'@')),
             colon: each(&eq(b':')),
             dot: each(&eq(b'.')),
+            word: each(&|x| {
+                let letter = _mm_or_si128(upper(x), in_range(x, b'a', b'z'));
+                _mm_or_si128(_mm_or_si128(letter, in_range(x, b'0', b'9')), eq(b'_')(x))
+            }),
         }
     }
 }
@@ -395,6 +404,11 @@ mod avx2 {
         let (upper_a, upper_b) = (in_range(a, b'A', b'Z'), in_range(b, b'A', b'Z'));
         let case = _mm256_set1_epi8(0x20);
         let (dash_a, dash_b) = (eq(a, b'-'), eq(b, b'-'));
+        let (digit_a, digit_b) = (in_range(a, b'0', b'9'), in_range(b, b'0', b'9'));
+        let word = |x: __m256i, upper: __m256i, digit: __m256i| {
+            let letter = _mm256_or_si256(upper, in_range(x, b'a', b'z'));
+            _mm256_or_si256(_mm256_or_si256(letter, digit), eq(x, b'_'))
+        };
         // SAFETY: as above, for `lower`; `_mm256_storeu_si256` has no alignment requirement.
         unsafe {
             let out = lower.as_mut_ptr();
@@ -408,7 +422,7 @@ mod avx2 {
             );
         }
         Masks {
-            digit: join(in_range(a, b'0', b'9'), in_range(b, b'0', b'9')),
+            digit: join(digit_a, digit_b),
             upper: join(upper_a, upper_b),
             sep: join(
                 _mm256_or_si256(eq(a, b' '), dash_a),
@@ -418,6 +432,7 @@ mod avx2 {
             at: join(eq(a, b'@'), eq(b, b'@')),
             colon: join(eq(a, b':'), eq(b, b':')),
             dot: join(eq(a, b'.'), eq(b, b'.')),
+            word: join(word(a, upper_a, digit_a), word(b, upper_b, digit_b)),
         }
     }
 }

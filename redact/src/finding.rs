@@ -10,89 +10,99 @@
 //! ordinary input, and ASCII classes keep the automata small and fast.
 
 use super::bytemask::{Masks, SegmentMasks};
+use super::family::{self, Family, FAMILIES};
 use super::validate;
 use regex::bytes::{Regex, RegexBuilder};
 use std::sync::LazyLock;
 
-/// The built-in detectors, in priority order: when two findings start at the same byte, the
-/// earlier detector names the replacement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Builtin {
-    /// PEM private-key blocks, removed whole across lines (`mask` only).
-    PrivateKey,
-    /// JWTs (`eyJ….….…`) whose header is base64url JSON with an `alg`.
-    Jwt,
-    /// AWS access key ids (`AKIA…`, `ASIA…`).
-    AwsAccessKey,
-    /// 40-character AWS secret access keys, on a line that mentions AWS, a secret or a key id.
-    AwsSecretKey,
-    /// GitHub tokens (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`).
-    GithubToken,
-    /// Slack tokens (`xoxa-`, `xoxb-`, `xoxp-`, `xoxr-`, `xoxs-`).
-    SlackToken,
-    /// Google API keys (`AIza` + 35).
-    GoogleApiKey,
-    /// Stripe secret and restricted keys (`sk_live_`, `rk_live_`, `sk_test_`, `rk_test_`).
-    StripeKey,
-    /// The credentials of an `Authorization:` or `Proxy-Authorization:` header.
-    Authorization,
-    /// `bearer <token>` anywhere.
-    Bearer,
-    /// `Basic <base64>` that decodes to a printable `user:password`.
-    BasicAuth,
-    /// The password of `scheme://user:password@host`.
-    UrlCredentials,
-    /// The value of a password, secret, token or key in `k=v`, `k: v` or JSON.
-    Secret,
-    /// Email addresses.
-    Email,
-    /// Payment card numbers: Luhn and an issuer prefix of that length.
-    Card,
-    /// IBANs: known country, its length, mod-97.
-    Iban,
-    /// US social security numbers.
-    Ssn,
-    /// IPv4 addresses (version strings stay).
-    Ipv4,
-    /// IPv6 addresses.
-    Ipv6,
-}
+/// A built-in detector: a hand-written one (the constants below) or a token family of
+/// [`FAMILIES`] (data, see `super::family`). Its priority is its place in [`Builtin::ALL`]: when
+/// two findings start at the same byte, the earlier detector names the replacement.
+///
+/// The number is the detector's bit in the prefilter's candidate set (`u128`): hand-written
+/// detectors take bits 0–15, families 16 and up (`families_fit_the_candidate_set` proves it).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Builtin(u8);
 
+/// The first bit of the token families.
+const FAMILY_BASE: u8 = 16;
+#[cfg(test)]
+pub(crate) const FAMILY_BASE_FOR_TESTS: u8 = FAMILY_BASE;
+
+#[allow(non_upper_case_globals)]
 impl Builtin {
-    /// Every built-in detector, in priority order (the built-in `default` profile).
-    pub const ALL: [Builtin; 19] = [
-        Builtin::PrivateKey,
-        Builtin::Jwt,
-        Builtin::AwsAccessKey,
-        Builtin::AwsSecretKey,
-        Builtin::GithubToken,
-        Builtin::SlackToken,
-        Builtin::GoogleApiKey,
-        Builtin::StripeKey,
-        Builtin::Authorization,
-        Builtin::Bearer,
-        Builtin::BasicAuth,
-        Builtin::UrlCredentials,
-        Builtin::Secret,
-        Builtin::Email,
-        Builtin::Card,
-        Builtin::Iban,
-        Builtin::Ssn,
-        Builtin::Ipv4,
-        Builtin::Ipv6,
-    ];
+    /// PEM private-key blocks, removed whole across lines (`mask` only).
+    pub const PrivateKey: Builtin = Builtin(0);
+    /// JWTs (`eyJ….….…`) whose header is base64url JSON with an `alg`.
+    pub const Jwt: Builtin = Builtin(1);
+    /// 40-character AWS secret access keys, on a line that mentions AWS, a secret or a key id.
+    pub const AwsSecretKey: Builtin = Builtin(2);
+    /// The credentials of an `Authorization:` or `Proxy-Authorization:` header.
+    pub const Authorization: Builtin = Builtin(3);
+    /// `bearer <token>` anywhere.
+    pub const Bearer: Builtin = Builtin(4);
+    /// `Basic <base64>` that decodes to a printable `user:password`.
+    pub const BasicAuth: Builtin = Builtin(5);
+    /// The password of `scheme://user:password@host`.
+    pub const UrlCredentials: Builtin = Builtin(6);
+    /// The value of a password, secret, token or key in `k=v`, `k: v` or JSON.
+    pub const Secret: Builtin = Builtin(7);
+    /// Email addresses.
+    pub const Email: Builtin = Builtin(8);
+    /// Payment card numbers: Luhn and an issuer prefix of that length.
+    pub const Card: Builtin = Builtin(9);
+    /// IBANs: known country, its length, mod-97.
+    pub const Iban: Builtin = Builtin(10);
+    /// US social security numbers.
+    pub const Ssn: Builtin = Builtin(11);
+    /// IPv4 addresses (version strings stay).
+    pub const Ipv4: Builtin = Builtin(12);
+    /// IPv6 addresses.
+    pub const Ipv6: Builtin = Builtin(13);
+    /// Phone numbers in E.164 (`+4930123456`) and North American forms (opt-in: noisy).
+    pub const Phone: Builtin = Builtin(14);
+    /// MAC addresses (opt-in: device ids, not secrets, in most logs).
+    pub const MacAddress: Builtin = Builtin(15);
+    /// AWS access key ids (`AKIA…`, `ASIA…`), a token family.
+    pub const AwsAccessKey: Builtin = Builtin::family(family::AWS_ACCESS_KEY);
+    /// GitHub tokens (`ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_`, `github_pat_`), a token family.
+    pub const GithubToken: Builtin = Builtin::family(family::GITHUB_TOKEN);
+    /// Slack tokens (`xoxa-`, `xoxb-`, `xoxp-`, `xoxr-`, `xoxs-`), a token family.
+    pub const SlackToken: Builtin = Builtin::family(family::SLACK_TOKEN);
+    /// Google API keys (`AIza` + 35), a token family.
+    pub const GoogleApiKey: Builtin = Builtin::family(family::GOOGLE_API_KEY);
+    /// Stripe secret and restricted keys, a token family.
+    pub const StripeKey: Builtin = Builtin::family(family::STRIPE_KEY);
+
+    /// The detector of token family `i` of [`FAMILIES`].
+    const fn family(i: usize) -> Builtin {
+        Builtin(FAMILY_BASE + i as u8)
+    }
+
+    /// Every built-in detector of the `default` profile, in priority order: the first
+    /// prefixed detectors keep their places, the other families follow them.
+    pub const ALL: [Builtin; DEFAULT_LEN] = default_order();
+
+    /// Built-in detectors a profile must name to run (`detectors = ["phone"]`): too noisy, or
+    /// rarely sensitive, for every log.
+    pub const OPT_IN: [Builtin; 2] = [Builtin::Phone, Builtin::MacAddress];
+
+    /// The detector's bit in the prefilter's candidate set.
+    pub(crate) fn bit_index(self) -> u32 {
+        u32::from(self.0)
+    }
+
+    /// The token family behind this detector, if it is one.
+    pub(crate) fn as_family(self) -> Option<&'static Family> {
+        FAMILIES.get(usize::from(self.0.checked_sub(FAMILY_BASE)?))
+    }
 
     /// The detector's name in configuration, in `[REDACTED:name]` and in audit counts.
     pub fn name(self) -> &'static str {
         match self {
             Builtin::PrivateKey => "private_key",
             Builtin::Jwt => "jwt",
-            Builtin::AwsAccessKey => "aws_access_key",
             Builtin::AwsSecretKey => "aws_secret_key",
-            Builtin::GithubToken => "github_token",
-            Builtin::SlackToken => "slack_token",
-            Builtin::GoogleApiKey => "google_api_key",
-            Builtin::StripeKey => "stripe_key",
             Builtin::Authorization => "authorization",
             Builtin::Bearer => "bearer",
             Builtin::BasicAuth => "basic_auth",
@@ -104,38 +114,40 @@ impl Builtin {
             Builtin::Ssn => "ssn",
             Builtin::Ipv4 => "ipv4",
             Builtin::Ipv6 => "ipv6",
+            Builtin::Phone => "phone",
+            Builtin::MacAddress => "mac_address",
+            _ => self.as_family().map_or("unknown", |f| f.name),
         }
     }
 
-    /// The detector of that configuration name.
+    /// The detector of that configuration name (default or opt-in).
     pub fn from_name(name: &str) -> Option<Builtin> {
-        Builtin::ALL.into_iter().find(|b| b.name() == name)
+        Builtin::ALL
+            .into_iter()
+            .chain(Builtin::OPT_IN)
+            .find(|b| b.name() == name)
+    }
+
+    /// Whether the `default` profile runs it.
+    pub fn is_default(self) -> bool {
+        !Builtin::OPT_IN.contains(&self)
     }
 
     /// Literals (matched ASCII-case-insensitively) of which at least one must occur in a segment
-    /// for a keyword detector to run (`super::prefilter`). The other detectors are gated by the
-    /// shape of their values or find their own candidates.
+    /// for a hand-written keyword detector to run (`super::prefilter`). Token families are
+    /// gated by their prefixes ([`Family`]); the other detectors by the shape of their values,
+    /// or they find their own candidates.
     pub(crate) fn literals(self) -> &'static [&'static str] {
         match self {
             Builtin::PrivateKey => &["-----begin"],
             Builtin::Jwt => &["eyj"],
-            Builtin::AwsAccessKey => &["akia", "asia"],
             Builtin::AwsSecretKey => &["aws", "secret", "akia", "asia"],
-            Builtin::GithubToken => &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
-            Builtin::SlackToken => &["xox"],
-            Builtin::GoogleApiKey => &["aiza"],
-            Builtin::StripeKey => &["k_live_", "k_test_"],
             Builtin::Authorization => &["authorization"],
             Builtin::Bearer => &["bearer"],
             Builtin::BasicAuth => &["basic"],
             Builtin::UrlCredentials => &["://"],
             Builtin::Secret => &["pass", "pwd", "secret", "token", "key", "credential"],
-            Builtin::Email
-            | Builtin::Card
-            | Builtin::Iban
-            | Builtin::Ssn
-            | Builtin::Ipv4
-            | Builtin::Ipv6 => &[],
+            _ => &[],
         }
     }
 
@@ -153,14 +165,9 @@ impl Builtin {
             // Private keys span lines: the redactor's state machine handles them.
             Builtin::PrivateKey => {}
             Builtin::Jwt => regex_spans(&JWT, seg, 0, out, |v, _, _| validate::jwt(v)),
-            Builtin::AwsAccessKey => regex_spans(&AWS_ACCESS_KEY, seg, 0, out, |_, _, _| true),
             Builtin::AwsSecretKey => {
                 regex_spans(&AWS_SECRET_KEY, seg, 1, out, |v, _, _| mixed_case(v))
             }
-            Builtin::GithubToken => regex_spans(&GITHUB, seg, 0, out, |_, _, _| true),
-            Builtin::SlackToken => regex_spans(&SLACK, seg, 0, out, |_, _, _| true),
-            Builtin::GoogleApiKey => regex_spans(&GOOGLE, seg, 0, out, |_, _, _| true),
-            Builtin::StripeKey => regex_spans(&STRIPE, seg, 0, out, |_, _, _| true),
             Builtin::Authorization => find_authorization(seg, out),
             Builtin::Bearer => regex_spans(&BEARER, seg, 1, out, |v, _, _| {
                 validate::token_like(v) && !own_output(v)
@@ -186,8 +193,98 @@ impl Builtin {
             }),
             Builtin::Ipv4 => find_ipv4(seg, masks, out),
             Builtin::Ipv6 => find_ipv6(seg, out),
+            Builtin::Phone => regex_spans(&PHONE, seg, 1, out, |v, _, _| validate::phone(v)),
+            Builtin::MacAddress => regex_spans(&MAC_ADDRESS, seg, 1, out, |v, _, _| {
+                validate::mac_address(v)
+            }),
+            _ => {
+                if let Some(f) = self.as_family() {
+                    f.find(seg, out);
+                }
+            }
         }
     }
+}
+
+impl Builtin {
+    /// What the detector finds, its validator, and the specification or vendor documentation it
+    /// follows: one row of `loggate-agent redact --list-detectors`.
+    pub fn describe(self) -> (String, &'static str) {
+        let hand = |finds: &str, source: &'static str| (finds.to_string(), source);
+        match self {
+            Builtin::PrivateKey => hand("PEM private-key blocks, whole, across lines", "RFC 7468 (PEM); OpenSSH, PGP and PKCS#8 armour"),
+            Builtin::Jwt => hand("JWS/JWE eyJ….….…, header base64url JSON with alg", "RFC 7519, RFC 7515"),
+            Builtin::AwsSecretKey => hand("40-character secret access keys on a line naming aws, a secret or a key id; mixed case", "AWS IAM User Guide 'Managing access keys'"),
+            Builtin::Authorization => hand("credentials of Authorization / Proxy-Authorization headers", "RFC 9110 §11.6"),
+            Builtin::Bearer => hand("bearer <token>, token-like", "RFC 6750"),
+            Builtin::BasicAuth => hand("Basic <base64 of user:password>", "RFC 7617"),
+            Builtin::UrlCredentials => hand("the password of scheme://user:password@host (database URLs: postgres, mongodb+srv, redis, amqp…)", "RFC 3986 §3.2.1"),
+            Builtin::Secret => hand("the value after password / secret / token / api_key / private_key / credentials keys (also JDBC password=)", "(context rule)"),
+            Builtin::Email => hand("local@domain.tld", "RFC 5322 addr-spec (simplified)"),
+            Builtin::Card => hand("13–19 digit card numbers, Luhn and an issuer range of that length", "ISO/IEC 7812; issuer ranges of the card networks"),
+            Builtin::Iban => hand("IBANs, known country and length, mod-97", "ISO 13616; SWIFT IBAN registry"),
+            Builtin::Ssn => hand("US SSNs AAA-GG-SSSS, SSA area/group/serial rules", "SSA 'Social Security Number randomization'"),
+            Builtin::Ipv4 => hand("dotted quads, octets ≤ 255, not version strings", "RFC 791"),
+            Builtin::Ipv6 => hand("IPv6 addresses that parse", "RFC 4291, RFC 5952"),
+            Builtin::Phone => hand("E.164 +<8–15 digits> and North American (NPA) NXX-XXXX", "ITU-T E.164; NANP numbering plan"),
+            Builtin::MacAddress => hand("six hex pairs joined by : or -, not all-zero or broadcast", "IEEE 802 (EUI-48)"),
+            _ => match self.as_family() {
+                Some(f) => {
+                    let forms: Vec<String> = f
+                        .shapes
+                        .iter()
+                        .map(|s| {
+                            let len = if s.max == u16::MAX {
+                                format!("{}+", s.min)
+                            } else if s.min == s.max {
+                                s.min.to_string()
+                            } else {
+                                format!("{}–{}", s.min, s.max)
+                            };
+                            format!("{} + {}{{{len}}}", s.prefixes.join(" "), s.alphabet.describe())
+                        })
+                        .collect();
+                    (format!("{}: {}", f.what, forms.join("; ")), f.source)
+                }
+                None => (String::new(), ""),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Builtin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The number of detectors of the `default` profile: the hand-written ones that are not
+/// opt-in, and every token family.
+const DEFAULT_LEN: usize = 14 + FAMILIES.len();
+
+/// [`Builtin::ALL`]: private keys, JWTs, AWS access key ids and secret keys, the other token
+/// families, then the context and shape detectors, in the order the engine has always had.
+const fn default_order() -> [Builtin; DEFAULT_LEN] {
+    let mut all = [Builtin::PrivateKey; DEFAULT_LEN];
+    all[1] = Builtin::Jwt;
+    all[2] = Builtin::AwsAccessKey;
+    all[3] = Builtin::AwsSecretKey;
+    let mut n = 4;
+    let mut i = 0;
+    while i < FAMILIES.len() {
+        if i != family::AWS_ACCESS_KEY {
+            all[n] = Builtin::family(i);
+            n += 1;
+        }
+        i += 1;
+    }
+    let mut h = Builtin::Authorization.0;
+    while h <= Builtin::Ipv6.0 {
+        all[n] = Builtin(h);
+        n += 1;
+        h += 1;
+    }
+    all
 }
 
 fn build(pattern: &str) -> Regex {
@@ -200,16 +297,31 @@ fn build(pattern: &str) -> Regex {
 
 static JWT: LazyLock<Regex> =
     LazyLock::new(|| build(r"\beyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){2,4}"));
+/// The engine's first pattern of this token family, kept as the reference the family table
+/// is proven against (`ported_families_find_what_their_first_patterns_found`).
+#[cfg(test)]
 static AWS_ACCESS_KEY: LazyLock<Regex> = LazyLock::new(|| build(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"));
 /// A 40-character secret access key; the literal prefilter (`aws`, `secret`, a key id) is its
 /// context, the mixed-case check keeps 40-hex git SHAs out.
 static AWS_SECRET_KEY: LazyLock<Regex> =
     LazyLock::new(|| build(r"(?:^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"));
+/// The engine's first pattern of this token family, kept as the reference the family table
+/// is proven against (`ported_families_find_what_their_first_patterns_found`).
+#[cfg(test)]
 static GITHUB: LazyLock<Regex> = LazyLock::new(|| {
     build(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{20,255})\b")
 });
+/// The engine's first pattern of this token family, kept as the reference the family table
+/// is proven against (`ported_families_find_what_their_first_patterns_found`).
+#[cfg(test)]
 static SLACK: LazyLock<Regex> = LazyLock::new(|| build(r"\bxox[abprs]-[A-Za-z0-9-]{10,}"));
+/// The engine's first pattern of this token family, kept as the reference the family table
+/// is proven against (`ported_families_find_what_their_first_patterns_found`).
+#[cfg(test)]
 static GOOGLE: LazyLock<Regex> = LazyLock::new(|| build(r"\bAIza[0-9A-Za-z_-]{35,}"));
+/// The engine's first pattern of this token family, kept as the reference the family table
+/// is proven against (`ported_families_find_what_their_first_patterns_found`).
+#[cfg(test)]
 static STRIPE: LazyLock<Regex> = LazyLock::new(|| build(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{10,}"));
 static AUTHORIZATION: LazyLock<Regex> = LazyLock::new(|| {
     build(
@@ -234,6 +346,19 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
     )
 });
 static SSN: LazyLock<Regex> = LazyLock::new(|| build(r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b"));
+/// E.164 (`+` and 8 to 15 digits, the first not 0) or a North American number
+/// (`(415) 555-0132`, `415-555-0132`, `415.555.0132`); group 1 is the number.
+static PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    build(
+        r"(?:^|[^0-9A-Za-z_+.\-])(\+[1-9][0-9]{7,14}|\([2-9][0-9]{2}\) ?[2-9][0-9]{2}-[0-9]{4}|[2-9][0-9]{2}([-.])[2-9][0-9]{2}[-.][0-9]{4})(?:[^0-9A-Za-z_.\-]|\.(?:[^0-9A-Za-z]|$)|$)",
+    )
+});
+/// Six hex pairs joined by `:` or by `-` (one separator throughout); group 1 is the address.
+static MAC_ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
+    build(
+        r"(?:^|[^0-9A-Za-z_:.\-])((?i:[0-9a-f]{2}(?::[0-9a-f]{2}){5}|[0-9a-f]{2}(?:-[0-9a-f]{2}){5}))(?:[^0-9A-Za-z_:.\-]|\.(?:[^0-9A-Za-z]|$)|$)",
+    )
+});
 static IPV6: LazyLock<Regex> = LazyLock::new(|| build(r"(?i)[0-9a-f.]*:[0-9a-f.]*:[0-9a-f:.]*"));
 
 /// Runs `re` over `seg`, takes capture `group` (0: the whole match) as the value and keeps it
@@ -833,6 +958,82 @@ mod tests {
         ] {
             let _ = re.is_match(b"");
         }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// The first five token detectors, now rows of the family table, find exactly what
+        /// their first patterns found, on text built from their prefixes, alphabets and
+        /// boundaries.
+        #[test]
+        fn ported_families_find_what_their_first_patterns_found(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "AKIA", "ASIA", "ghp_", "gho_", "ghs_", "github_pat_", "xoxb-", "xoxs-", "xoxz-",
+                "AIza", "sk_live_", "rk_test_", "pk_live_", "A1B2C3D4", "a1b2c3d4e5", "ZZZZ",
+                "0123456789", "-", "_", " ", ".", "x", "=", "/", "%3D", "Q",
+            ]), 0..30),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            for (b, re) in [
+                (Builtin::AwsAccessKey, &AWS_ACCESS_KEY),
+                (Builtin::GithubToken, &GITHUB),
+                (Builtin::SlackToken, &SLACK),
+                (Builtin::GoogleApiKey, &GOOGLE),
+                (Builtin::StripeKey, &STRIPE),
+            ] {
+                let mut got = Vec::new();
+                b.find(&seg, &mut got);
+                got.sort_unstable();
+                // Overlapping findings are merged by the redactor: compare their unions.
+                let merge = |spans: Vec<(usize, usize)>| {
+                    let mut out: Vec<(usize, usize)> = Vec::new();
+                    for (s, e) in spans {
+                        match out.last_mut() {
+                            Some(last) if s < last.1 => last.1 = last.1.max(e),
+                            _ => out.push((s, e)),
+                        }
+                    }
+                    out
+                };
+                let want: Vec<(usize, usize)> =
+                    re.find_iter(&seg).map(|m| (m.start(), m.end())).collect();
+                proptest::prop_assert_eq!(
+                    merge(got), merge(want), "{:?} {:?}", b, String::from_utf8_lossy(&seg)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn opt_in_pii_phone_and_mac_address() {
+        assert_eq!(
+            found(
+                Builtin::Phone,
+                "call +4930123456 or (415) 555-0132, 415-555-0132."
+            ),
+            ["+4930123456", "(415) 555-0132", "415-555-0132"]
+        );
+        assert!(found(
+            Builtin::Phone,
+            "v1.415.555.0132 id=415-555-01329 +1111111111 2026-11-27 +123"
+        )
+        .is_empty());
+        assert_eq!(
+            found(
+                Builtin::MacAddress,
+                "hw 3c:22:fb:12:ab:9e and 3C-22-FB-12-AB-9E."
+            ),
+            ["3c:22:fb:12:ab:9e", "3C-22-FB-12-AB-9E"]
+        );
+        assert!(found(
+            Builtin::MacAddress,
+            "00:00:00:00:00:00 ff:ff:ff:ff:ff:ff 3c:22:fb:12:ab 07:49:22 3c:22-fb:12:ab:9e"
+        )
+        .is_empty());
+        assert!(
+            !Builtin::ALL.contains(&Builtin::Phone) && !Builtin::ALL.contains(&Builtin::MacAddress)
+        );
     }
 
     #[test]

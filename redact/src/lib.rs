@@ -31,6 +31,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bytemask;
+mod family;
 mod finding;
 mod prefilter;
 mod profile;
@@ -47,6 +48,61 @@ use regex::bytes::Regex;
 use std::sync::{Arc, LazyLock};
 use validate::Validator;
 pub use writing::{Counts, HashKey, Mode};
+
+/// The built-in detectors as `loggate-agent redact --list-detectors` prints them: a header,
+/// then one tab-separated line per detector (name, `default` or `opt-in`, what it finds and
+/// its shapes, the specification or vendor documentation followed), default profile first, in
+/// priority order.
+pub fn detector_table() -> String {
+    let mut out = String::from("name\tprofile\tfinds\tsource\n");
+    for b in Builtin::ALL.into_iter().chain(Builtin::OPT_IN) {
+        let (finds, source) = b.describe();
+        let profile = if b.is_default() { "default" } else { "opt-in" };
+        out.push_str(&format!("{}\t{profile}\t{finds}\t{source}\n", b.name()));
+    }
+    out
+}
+
+/// One written form of a token family, for tools that make or check tokens (the fuzz target
+/// plants them in random text): the detector, one literal prefix, the bytes that may follow it
+/// and how many. `plain` is false for forms with a checksum or structure check, or with bytes
+/// before the prefix (`lead`): a run of the alphabet is not a token of those.
+#[derive(Debug, Clone)]
+pub struct TokenShape {
+    /// The detector's name (`[REDACTED:name]`).
+    pub detector: &'static str,
+    /// A literal prefix (case-sensitive).
+    pub prefix: &'static str,
+    /// The bytes that may follow the prefix.
+    pub alphabet: Vec<u8>,
+    /// Shortest and longest run after the prefix.
+    pub min: usize,
+    /// See `min`.
+    pub max: usize,
+    /// Any run of `alphabet` of `min..=max` bytes after `prefix`, between spaces, is a token.
+    pub plain: bool,
+}
+
+/// Every prefix of every token family of the `default` profile, as [`TokenShape`]s.
+pub fn token_shapes() -> Vec<TokenShape> {
+    let mut out = Vec::new();
+    for f in family::FAMILIES {
+        for s in f.shapes {
+            let alphabet: Vec<u8> = (0..=255u8).filter(|b| s.alphabet.has(*b)).collect();
+            for prefix in s.prefixes {
+                out.push(TokenShape {
+                    detector: f.name,
+                    prefix,
+                    alphabet: alphabet.clone(),
+                    min: usize::from(s.min),
+                    max: usize::from(s.max),
+                    plain: s.lead == 0 && s.check == family::Check::None,
+                });
+            }
+        }
+    }
+    out
+}
 
 /// What replaces a line withheld because redaction failed on it.
 pub const WITHHELD_MARKER: &[u8] = b"[WITHHELD:redaction_failed]";
@@ -96,14 +152,6 @@ impl Detector {
         }
     }
 
-    /// Whether the detector can find something in a segment with these prefilter candidates.
-    fn may_find(&self, candidates: u32) -> bool {
-        match &self.kind {
-            Kind::Builtin(b) => candidates & prefilter::bit(*b) != 0,
-            _ => true,
-        }
-    }
-
     fn find(&self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
         match &self.kind {
             Kind::Builtin(b) => b.find_in(seg, masks, out),
@@ -139,6 +187,12 @@ pub struct Redactor {
     private_keys: bool,
     /// Which built-in detectors can find something in a segment.
     prefilter: Prefilter,
+    /// For each prefilter bit, the detectors (indices) it stands for: a line runs only the
+    /// detectors of its candidate bits, not a test per detector (the default profile has
+    /// 121).
+    by_bit: Vec<Vec<usize>>,
+    /// Detectors that run on every segment (custom ones).
+    unconditional: Vec<usize>,
     key: Option<Arc<HashKey>>,
 }
 
@@ -199,10 +253,20 @@ impl Redactor {
             Kind::Builtin(b) => Some(b),
             _ => None,
         }))?;
+        let mut by_bit: Vec<Vec<usize>> = vec![Vec::new(); 128];
+        let mut unconditional = Vec::new();
+        for (i, d) in detectors.iter().enumerate() {
+            match d.kind {
+                Kind::Builtin(b) => by_bit[b.bit_index() as usize].push(i),
+                _ => unconditional.push(i),
+            }
+        }
         Ok(Redactor {
             detectors,
             private_keys,
             prefilter,
+            by_bit,
+            unconditional,
             key,
         })
     }
@@ -312,15 +376,18 @@ impl Redactor {
     ) {
         let candidates = self.prefilter.candidates(seg, &state.masks);
         state.findings.clear();
-        for (i, d) in self.detectors.iter().enumerate() {
-            if !d.may_find(candidates) {
-                continue;
+        // The order findings are collected in does not matter: they are sorted below, and
+        // at equal spans the detector listed first wins by its index.
+        let mut bits = candidates;
+        while bits != 0 {
+            let b = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            for &i in &self.by_bit[b] {
+                self.run_detector(i, seg, state);
             }
-            state.spans.clear();
-            d.find(seg, &state.masks, &mut state.spans);
-            state
-                .findings
-                .extend(state.spans.iter().map(|(s, e)| (*s, *e, i)));
+        }
+        for &i in &self.unconditional {
+            self.run_detector(i, seg, state);
         }
         if state.findings.is_empty() {
             out.extend_from_slice(seg);
@@ -347,6 +414,14 @@ impl Redactor {
             cursor = self.replace(seg, cursor, done, counts, out);
         }
         out.extend_from_slice(&seg[cursor..]);
+    }
+
+    fn run_detector(&self, i: usize, seg: &[u8], state: &mut LineState) {
+        state.spans.clear();
+        self.detectors[i].find(seg, &state.masks, &mut state.spans);
+        state
+            .findings
+            .extend(state.spans.iter().map(|(s, e)| (*s, *e, i)));
     }
 
     fn replace(

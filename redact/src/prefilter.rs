@@ -12,32 +12,75 @@
 //!   (bit masks of digits, dots), so a separate test would only scan twice.
 
 use super::bytemask::SegmentMasks;
+use super::family::{Check, Shape};
 use super::finding::Builtin;
 use aho_corasick::{packed, AhoCorasick, Input, MatchKind};
 
 /// The bit of a built-in detector in a candidate set.
-pub fn bit(b: Builtin) -> u32 {
-    1 << (b as u32)
+pub fn bit(b: Builtin) -> u128 {
+    1 << b.bit_index()
 }
+
+/// The most literals of the first search, which holds the hand-written detectors' literals
+/// and the 3-byte ones (Teddy fingerprints min(4, shortest literal) bytes, so this one
+/// fingerprints 3): `aho-corasick`'s own limit for Teddy, beyond which its 16 buckets fill
+/// with false candidates to verify.
+const FIRST_SEARCH_LITERALS: usize = 64;
+
+/// The most literals of each further search (the default profile's token-family prefixes,
+/// all 4 bytes or longer, fingerprinted on 4 bytes: fewer false candidates per bucket, so
+/// Teddy's heuristic limit of 64 is lifted up to its hard limit of 128). Every search is one
+/// more pass over each line: the default profile makes two (the first search takes as many
+/// family literals as it has room for), a profile without families (like the benchmark's
+/// `bench8`) one, as before the families.
+const FURTHER_SEARCH_LITERALS: usize = 128;
 
 #[derive(Debug)]
 pub struct Prefilter {
-    /// Every keyword literal of the profile's keyword detectors, lowercase, deduplicated.
-    keywords: Option<Keywords>,
-    /// For literal `i`, the detectors (bits) that need it.
-    owners: Vec<u32>,
-    /// The profile's keyword detectors.
-    keyword_kinds: u32,
+    /// The searches over the trigger literals of the profile's keyword detectors, with the
+    /// index of each one's first literal in `literals`.
+    keywords: Vec<(Keywords, usize)>,
+    /// The trigger literals, in the order of the searches' pattern ids (for the tests).
+    #[cfg(test)]
+    literals: Vec<String>,
+    /// For trigger `i`, which detectors (bits) it stands for.
+    owners: Vec<Owners>,
+    /// The detectors the searches can find (all keyword detectors but the word-gated ones).
+    searched: u128,
+    /// The token-family prefixes that can only start a word, looked up at word starts.
+    word_gate: WordGate,
     /// The profile's detectors tested here by shape.
-    shape_kinds: u32,
+    shape_kinds: u128,
     /// The profile's detectors that always run.
-    always: u32,
+    always: u128,
+}
+
+/// The detectors behind one trigger literal: those whose literal is the trigger itself, and
+/// those whose longer literal starts with it (verified at each hit, on the lowercased segment).
+#[derive(Debug, Default)]
+struct Owners {
+    exact: u128,
+    longer: Vec<(Vec<u8>, u128)>,
+}
+
+impl Owners {
+    /// The detectors whose literal occurs at `start` of `lower` (where the trigger occurs).
+    fn at(&self, lower: &[u8], start: usize) -> u128 {
+        let mut owners = self.exact;
+        for (literal, bits) in &self.longer {
+            if lower[start..].starts_with(literal) {
+                owners |= bits;
+            }
+        }
+        owners
+    }
 }
 
 fn gate(b: Builtin) -> Gate {
     match b {
         Builtin::Email | Builtin::Ssn | Builtin::Ipv6 => Gate::Shape,
         Builtin::Card | Builtin::Iban | Builtin::Ipv4 => Gate::Always,
+        Builtin::Phone | Builtin::MacAddress => Gate::Always,
         // Private keys are the redactor's line state machine, not a per-segment detector.
         Builtin::PrivateKey => Gate::Never,
         _ => Gate::Keyword,
@@ -61,10 +104,12 @@ enum Keywords {
 }
 
 impl Keywords {
-    fn new(literals: &[String]) -> Result<Keywords, String> {
+    /// `heuristic`: keep `aho-corasick`'s limit of 64 literals for Teddy (else up to 128).
+    fn new(literals: &[String], heuristic: bool) -> Result<Keywords, String> {
         let packed = |fat: Option<bool>| {
             packed::Config::new()
                 .match_kind(packed::MatchKind::LeftmostFirst)
+                .heuristic_pattern_limits(heuristic)
                 .only_teddy_fat(fat)
                 .builder()
                 .extend(literals)
@@ -95,13 +140,18 @@ impl Keywords {
 }
 
 impl Prefilter {
-    pub fn new(kinds: impl IntoIterator<Item = Builtin>) -> Result<Prefilter, String> {
-        let mut literals: Vec<String> = Vec::new();
-        let mut owners: Vec<u32> = Vec::new();
-        let (mut keyword_kinds, mut shape_kinds, mut always) = (0, 0, 0);
+    pub fn new<B: std::borrow::Borrow<Builtin>>(
+        kinds: impl IntoIterator<Item = B>,
+    ) -> Result<Prefilter, String> {
+        // (trigger, full literal, owner) of every literal searched by Teddy, lowercase.
+        let mut entries: Vec<(String, String, u128)> = Vec::new();
+        // Family prefixes that can only start a word, with their detector.
+        let mut word_starts: Vec<(String, u128)> = Vec::new();
+        let (mut shape_kinds, mut always) = (0, 0);
         for b in kinds {
+            let b = *b.borrow();
             match gate(b) {
-                Gate::Keyword => keyword_kinds |= bit(b),
+                Gate::Keyword => {}
                 Gate::Shape => shape_kinds |= bit(b),
                 Gate::Always => always |= bit(b),
                 Gate::Never => continue,
@@ -111,27 +161,108 @@ impl Prefilter {
             }
             for l in b.literals() {
                 let l = l.to_ascii_lowercase();
-                match literals.iter().position(|x| *x == l) {
-                    Some(i) => owners[i] |= bit(b),
-                    None => {
-                        literals.push(l);
-                        owners.push(bit(b));
+                entries.push((l.clone(), l, bit(b)));
+            }
+            let shapes = b.as_family().map_or(&[][..], |f| f.shapes);
+            for s in shapes {
+                for p in s.prefixes {
+                    let full = p.to_ascii_lowercase();
+                    if starts_a_word(s, p) {
+                        word_starts.push((full, bit(b)));
+                    } else {
+                        entries.push((full.clone(), full, bit(b)));
                     }
                 }
             }
         }
-        // No literal is a prefix of another (`literals_are_prefix_free`), so at any position
-        // at most one matches, and leftmost-first search resumed one byte after each match
-        // reports every occurrence of every literal.
-        let keywords = if literals.is_empty() {
-            None
+        // The word gate pays only when the literals would not fit one search: otherwise the
+        // search runs anyway and the gate's lookup per word is extra (a profile with a few
+        // families, like the benchmark's `bench8` with `aws_access_key`, keeps one search).
+        let mut word_gate = WordGate::default();
+        if entries.len() + word_starts.len() <= FIRST_SEARCH_LITERALS {
+            entries.extend(word_starts.into_iter().map(|(l, b)| (l.clone(), l, b)));
         } else {
-            Some(Keywords::new(&literals)?)
-        };
+            for (l, b) in word_starts {
+                word_gate.add(l.as_bytes(), b);
+            }
+        }
+        // The triggers: no one a prefix of another, so at any position at most one matches,
+        // and leftmost-first search resumed one byte after each match reports every
+        // occurrence of every trigger (`triggers_are_prefix_free`). A trigger that starts
+        // with a shorter one is dropped; its literals hang on the shorter one.
+        // Hand-written detectors' literals first (bits below the families'), shortest first.
+        let mut sorted: Vec<(bool, String)> = entries
+            .iter()
+            .map(|e| (e.2 >> 16 != 0, e.0.clone()))
+            .collect();
+        sorted.sort_by_key(|(family, l)| (l.len(), *family));
+        let mut literals: Vec<String> = Vec::new();
+        for (_, l) in sorted {
+            if !literals.contains(&l) {
+                literals.push(l);
+            }
+        }
+        let mut kept: Vec<String> = Vec::new();
+        for l in literals {
+            if !kept.iter().any(|k| l.starts_with(k.as_str())) {
+                kept.push(l);
+            }
+        }
+        let searched = entries.iter().fold(0, |a, e| a | e.2);
+        let mut owners: Vec<Owners> = kept.iter().map(|_| Owners::default()).collect();
+        for (trigger, full, bits) in entries {
+            let Some(i) = kept.iter().position(|k| trigger.starts_with(k.as_str())) else {
+                return Err(format!("the prefilter lost the literal {full:?}"));
+            };
+            let o = &mut owners[i];
+            if full == kept[i] {
+                o.exact |= bits;
+            } else {
+                match o.longer.iter_mut().find(|(l, _)| *l == full.as_bytes()) {
+                    Some((_, b)) => *b |= bits,
+                    None => o.longer.push((full.into_bytes(), bits)),
+                }
+            }
+        }
+        // Hand-written detectors' triggers and 3-byte ones first, then the others.
+        let mut order: Vec<usize> = (0..kept.len()).collect();
+        order.sort_by_key(|i| {
+            let o = &owners[*i];
+            let bits = o.exact | o.longer.iter().fold(0, |a, (_, b)| a | b);
+            bits & 0xffff == 0 && kept[*i].len() > 3
+        });
+        let literals: Vec<String> = order.iter().map(|i| kept[*i].clone()).collect();
+        let owners_bits = |o: &Owners| o.exact | o.longer.iter().fold(0, |a, (_, b)| a | b);
+        let first_len = order
+            .iter()
+            .take_while(|i| owners_bits(&owners[**i]) & 0xffff != 0 || kept[**i].len() <= 3)
+            .count();
+        let mut by_index: Vec<Option<Owners>> = owners.into_iter().map(Some).collect();
+        let owners: Vec<Owners> = order
+            .iter()
+            .map(|i| by_index[*i].take().unwrap_or_default())
+            .collect();
+        let first = first_len.max(FIRST_SEARCH_LITERALS.min(literals.len()));
+        let mut keywords = Vec::new();
+        let mut at = 0;
+        for chunk in literals[..first].chunks(FIRST_SEARCH_LITERALS) {
+            keywords.push((Keywords::new(chunk, true)?, at));
+            at += chunk.len();
+        }
+        let rest = literals.len() - first;
+        let searches = rest.div_ceil(FURTHER_SEARCH_LITERALS);
+        let per_search = rest.div_ceil(searches.max(1)).max(1);
+        for chunk in literals[first..].chunks(per_search) {
+            keywords.push((Keywords::new(chunk, false)?, at));
+            at += chunk.len();
+        }
         Ok(Prefilter {
             keywords,
+            searched,
+            word_gate,
+            #[cfg(test)]
+            literals,
             owners,
-            keyword_kinds,
             shape_kinds,
             always,
         })
@@ -139,25 +270,25 @@ impl Prefilter {
 
     /// The detectors (bits) that may find something in `seg`, whose byte masks (and lowercased
     /// copy) are `masks`.
-    pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u32 {
+    pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u128 {
         let mut hits = self.always;
-        if let Some(ac) = &self.keywords {
-            let lower = masks.lower();
-            let mut found = 0;
+        let lower = masks.lower();
+        let mut found = self.word_gate.candidates(lower, masks);
+        for (ac, first) in &self.keywords {
             let mut at = 0;
-            while found != self.keyword_kinds && at < lower.len() {
+            while found & self.searched != self.searched && at < lower.len() {
                 let Some((pattern, start, end)) = ac.find(lower, at) else {
                     break;
                 };
-                let mut owners = self.owners[pattern];
+                let mut owners = self.owners[first + pattern].at(lower, start);
                 if owners & bit(Builtin::Secret) != 0 && !assignment_follows(lower, end) {
                     owners &= !bit(Builtin::Secret);
                 }
                 found |= owners;
                 at = start + 1;
             }
-            hits |= found;
         }
+        hits |= found;
         let shape = |b: Builtin, test: fn(&[u8], &SegmentMasks) -> bool| {
             if self.shape_kinds & bit(b) != 0 && test(seg, masks) {
                 bit(b)
@@ -168,6 +299,142 @@ impl Prefilter {
         hits | shape(Builtin::Email, has_at_sign)
             | shape(Builtin::Ssn, has_ssn_shape)
             | shape(Builtin::Ipv6, has_ipv6_shape)
+    }
+}
+
+/// Whether every token of shape `s` found at prefix `p` starts a word, so that the prefix
+/// needs to be looked up only at word starts ([`WordGate`]): the token is the prefix and what
+/// follows (no `lead` bytes before it), the prefix's first byte is a letter or `_` (numbers are
+/// not looked up: `1//0` stays in the literal search), and no
+/// `glued_if` checksum lifts the `\b` before it ([`super::family::Shape::match_at`] rejects a
+/// token whose first byte follows a word byte). The others (`?sig=`, `.atlasv1.`, `-us`,
+/// `0Q~`, `ghp_`, `npm_`) stay in the literal search.
+fn starts_a_word(s: &Shape, p: &str) -> bool {
+    s.lead == 0
+        && s.glued_if == Check::None
+        && p.len() >= 3
+        && p.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+}
+
+/// Bits in the word gate's table: 64 Kibit (8 KiB, in L1) for about 150 keys, so a word start
+/// whose first three bytes begin no prefix passes the table with a probability of about 0.2 %.
+const GATE_BITS: usize = 1 << 16;
+
+/// The token families whose prefixes start a word, found by looking up the first three
+/// lowercase bytes at each word start (the `word` mask of [`SegmentMasks`]) in a hashed bit
+/// table, then verifying the few hits against the prefixes themselves: one lookup per word
+/// instead of a literal search over ~190 prefixes at every byte, whose false candidates cost
+/// most of the engine's time (issue 16). On the benchmark's corpus about 1 % of word starts
+/// pass the table (most of them `api…`, the key of `api-` and `api_org_`).
+///
+/// Every prefix is keyed on its first three bytes: a word that starts with a prefix has the
+/// prefix's key at its start, so the table never misses one
+/// (`word_gate_finds_every_family_prefix_at_a_word_start`).
+#[derive(Debug)]
+struct WordGate {
+    table: Box<[u64]>,
+    /// Per key (sorted), the prefixes with that key and their detectors.
+    keys: Vec<(u32, Vec<GatedPrefix>)>,
+    /// Every detector of the gate.
+    kinds: u128,
+}
+
+/// A lowercase prefix of the word gate and the detectors it stands for.
+type GatedPrefix = (Vec<u8>, u128);
+
+impl Default for WordGate {
+    fn default() -> Self {
+        WordGate {
+            table: vec![0; GATE_BITS / 64].into_boxed_slice(),
+            keys: Vec::new(),
+            kinds: 0,
+        }
+    }
+}
+
+/// The key of a prefix or of a word's start: its first (up to) three bytes, zero-padded.
+fn gate_key(bytes: &[u8]) -> u32 {
+    let mut k = [0u8; 4];
+    let n = bytes.len().min(3);
+    k[..n].copy_from_slice(&bytes[..n]);
+    u32::from_le_bytes(k)
+}
+
+/// The key's bit in the table (Fibonacci hashing: the multiplication's top 16 bits).
+fn gate_bit(key: u32) -> usize {
+    (key.wrapping_mul(0x9E37_79B1) >> 16) as usize
+}
+
+impl WordGate {
+    /// Adds a lowercase prefix (three bytes or longer) of the detectors `bits`.
+    fn add(&mut self, prefix: &[u8], bits: u128) {
+        let key = gate_key(prefix);
+        let h = gate_bit(key);
+        self.table[h / 64] |= 1 << (h % 64);
+        self.kinds |= bits;
+        let at = match self.keys.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(at) => at,
+            Err(at) => {
+                self.keys.insert(at, (key, Vec::new()));
+                at
+            }
+        };
+        let group = &mut self.keys[at].1;
+        match group.iter_mut().find(|(p, _)| p == prefix) {
+            Some((_, b)) => *b |= bits,
+            None => group.push((prefix.to_vec(), bits)),
+        }
+    }
+
+    /// The detectors whose prefix starts at `p` of `lower`, which begins with `key`.
+    #[cold]
+    fn at(&self, lower: &[u8], p: usize, key: u32) -> u128 {
+        let Ok(i) = self.keys.binary_search_by_key(&key, |(k, _)| *k) else {
+            return 0;
+        };
+        let rest = lower.get(p..).unwrap_or_default();
+        self.keys[i]
+            .1
+            .iter()
+            .filter(|(prefix, _)| rest.starts_with(prefix))
+            .fold(0, |a, (_, b)| a | b)
+    }
+
+    /// The gate's detectors with a prefix at a word start of `lower` (the segment lowercased,
+    /// whose masks are `masks`).
+    fn candidates(&self, lower: &[u8], masks: &SegmentMasks) -> u128 {
+        if self.kinds == 0 {
+            return 0;
+        }
+        let mut found = 0;
+        // Whether the byte before the block is a word byte.
+        let mut carry = 0;
+        for k in 0..masks.len() {
+            let m = masks.get(k);
+            let word = m.word;
+            // No gated prefix starts with a digit (`starts_a_word`): numbers, a good part of
+            // a log's words, are skipped.
+            let mut starts = word & !((word << 1) | carry) & !m.digit;
+            carry = word >> 63;
+            while starts != 0 {
+                let p = k * 64 + starts.trailing_zeros() as usize;
+                starts &= starts - 1;
+                let key = match lower.get(p..p + 3) {
+                    Some(&[a, b, c]) => u32::from_le_bytes([a, b, c, 0]),
+                    _ => gate_key(lower.get(p..).unwrap_or_default()),
+                };
+                let h = gate_bit(key);
+                if self.table[h / 64] & (1 << (h % 64)) != 0 {
+                    found |= self.at(lower, p, key);
+                }
+            }
+            if found == self.kinds {
+                break;
+            }
+        }
+        found
     }
 }
 
@@ -262,21 +529,107 @@ fn has_ipv6_shape(seg: &[u8], masks: &SegmentMasks) -> bool {
 mod tests {
     use super::*;
 
+    /// The compiled triggers of every built-in detector (default and opt-in) are prefix-free,
+    /// few enough for Teddy, three bytes or longer, and every literal of every detector
+    /// starts with one of them.
     #[test]
-    fn literals_are_prefix_free() {
-        let all: Vec<String> = Builtin::ALL
-            .iter()
-            .filter(|b| matches!(gate(**b), Gate::Keyword))
-            .flat_map(|b| b.literals().iter().map(|l| l.to_ascii_lowercase()))
-            .collect();
-        for a in &all {
-            for b in &all {
+    fn triggers_are_prefix_free_and_cover_every_literal() {
+        let p = Prefilter::new(Builtin::ALL.into_iter().chain(Builtin::OPT_IN)).unwrap();
+        let all = &p.literals;
+        for a in all {
+            assert!(a.len() >= 3, "{a} is shorter than Teddy's fingerprint");
+            for b in all {
                 assert!(
                     a == b || !b.starts_with(a.as_str()),
                     "{a} is a prefix of {b}"
                 );
             }
         }
+        assert!(
+            p.keywords
+                .iter()
+                .all(|(k, _)| matches!(k, Keywords::Packed(_)) || !packed_available()),
+            "a search fell back to the automaton"
+        );
+        let keyword = Builtin::ALL
+            .into_iter()
+            .filter(|b| matches!(gate(*b), Gate::Keyword));
+        let literals = keyword.flat_map(|b| {
+            let family = b.as_family().map_or(&[][..], |f| f.shapes);
+            b.literals()
+                .iter()
+                .copied()
+                .chain(family.iter().flat_map(|s| s.prefixes.iter().copied()))
+        });
+        for l in literals {
+            let l = l.to_ascii_lowercase();
+            let gated = p.word_gate.keys.iter().any(|(_, g)| {
+                g.iter()
+                    .any(|(prefix, _)| prefix.as_slice() == l.as_bytes())
+            });
+            assert!(
+                gated || all.iter().any(|t| l.starts_with(t.as_str())),
+                "{l}"
+            );
+        }
+    }
+
+    /// Every word-gated family prefix, at a word start (the segment's start, after a space or
+    /// a `=`, at any offset across a block boundary), in any case, makes its detector a
+    /// candidate; glued to a word byte it does not (`Shape::match_at` would reject it there).
+    #[test]
+    fn word_gate_finds_every_family_prefix_at_a_word_start() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let candidates = |text: &[u8]| {
+            let mut m = SegmentMasks::default();
+            m.compute(text);
+            p.candidates(text, &m)
+        };
+        let mut gated = 0;
+        for (_, group) in &p.word_gate.keys {
+            for (prefix, bits) in group {
+                gated += 1;
+                let prefix = String::from_utf8(prefix.clone()).unwrap();
+                for pad in [0, 1, 60, 61, 62, 63, 64, 127] {
+                    for text in [
+                        format!("{}{prefix}", " ".repeat(pad)),
+                        format!("{}={}x", "a".repeat(pad), prefix.to_ascii_uppercase()),
+                    ] {
+                        assert_eq!(candidates(text.as_bytes()) & bits, *bits, "{text:?}");
+                    }
+                    let glued = format!("{}{prefix}", "a".repeat(pad + 1));
+                    assert_eq!(candidates(glued.as_bytes()) & bits, 0, "{glued:?}");
+                }
+            }
+        }
+        assert!(gated >= 150, "{gated} prefixes in the word gate");
+    }
+
+    /// Whether this CPU can run Teddy at all (SSSE3 or AVX2).
+    fn packed_available() -> bool {
+        packed::Config::new()
+            .builder()
+            .extend(["abc", "def"])
+            .build()
+            .is_some()
+    }
+
+    /// A literal that shares a trigger with another (`key` and Mailgun's `key-`, `sk-` and
+    /// `sk-ant-api03-`) makes its detector a candidate only where the whole literal occurs.
+    #[test]
+    fn longer_literals_behind_a_shared_trigger_are_verified() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let mailgun = Builtin::from_name("mailgun_key").unwrap();
+        let anthropic = Builtin::from_name("anthropic_key").unwrap();
+        let candidates = |text: &[u8]| {
+            let mut m = SegmentMasks::default();
+            m.compute(text);
+            p.candidates(text, &m)
+        };
+        assert_eq!(candidates(b"the key is here") & bit(mailgun), 0);
+        assert_ne!(candidates(b"x KEY-abc") & bit(mailgun), 0);
+        assert_eq!(candidates(b"sk-proj-x") & bit(anthropic), 0);
+        assert_ne!(candidates(b"sk-ant-api03-x") & bit(anthropic), 0);
     }
 
     #[test]
@@ -333,13 +686,8 @@ mod tests {
     /// Teddy (slim or fat) and the Aho-Corasick automaton report the same literal occurrences.
     #[test]
     fn every_keyword_searcher_finds_the_same_occurrences() {
-        let literals: Vec<String> = Builtin::ALL
-            .iter()
-            .filter(|b| matches!(gate(**b), Gate::Keyword))
-            .flat_map(|b| b.literals().iter().map(|l| l.to_ascii_lowercase()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut literals = Prefilter::new(Builtin::ALL).unwrap().literals;
+        literals.sort();
         let automaton = Keywords::Automaton(
             AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostFirst)
@@ -347,7 +695,8 @@ mod tests {
                 .unwrap(),
         );
         let text = "x tokenpass://eyjakia ghp_ xoxb basic bearer authorization k_live_ aws \
-                    secretkey credential pwd github_pat_ aizasia -----begin token";
+                    secretkey credential pwd github_pat_ aizasia -----begin token sk_live_ xoxb- \
+                    hooks.slack.com sk-ant-api03- glpat- key- npm_ dop_v1_ hvs.";
         let all = |k: &Keywords| {
             let mut found = Vec::new();
             let mut at = 0;
@@ -360,7 +709,7 @@ mod tests {
         let want = all(&automaton);
         assert!(want.len() >= 18, "{want:?}");
         for small in [literals.len(), 8] {
-            let k = Keywords::new(&literals[..small]).unwrap();
+            let k = Keywords::new(&literals[..small], true).unwrap();
             let automaton = Keywords::Automaton(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::LeftmostFirst)
@@ -369,7 +718,8 @@ mod tests {
             );
             assert_eq!(all(&k), all(&automaton), "{small} literals");
         }
-        assert_eq!(all(&Keywords::new(&literals).unwrap()), want);
+        assert_eq!(all(&Keywords::new(&literals, true).unwrap()), want);
+        assert_eq!(all(&Keywords::new(&literals, false).unwrap()), want);
     }
 
     fn shape(test: fn(&[u8], &SegmentMasks) -> bool, text: &[u8]) -> bool {

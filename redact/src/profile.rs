@@ -136,8 +136,13 @@ fn compile(name: &str, p: ProfileFile, key: Option<Arc<HashKey>>) -> anyhow::Res
             .map(|n| {
                 Builtin::from_name(n).with_context(|| {
                     format!(
-                        "detectors: unknown detector {n:?}; the built-in detectors are {}",
-                        Builtin::ALL.map(Builtin::name).join(", ")
+                        "detectors: unknown detector {n:?}; the built-in detectors are {} (`loggate-agent redact --list-detectors` describes them)",
+                        Builtin::ALL
+                            .into_iter()
+                            .chain(Builtin::OPT_IN)
+                            .map(Builtin::name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 })
             })
@@ -273,8 +278,8 @@ mod tests {
         let cases = [
             ("[profiles.raw]", "reserved"),
             (
-                "[profiles.x]\ndetectors = [\"phone\"]",
-                "unknown detector \"phone\"",
+                "[profiles.x]\ndetectors = [\"fax\"]",
+                "unknown detector \"fax\"",
             ),
             (
                 "[profiles.x]\nmodes = { nope = \"mask\" }",

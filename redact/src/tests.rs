@@ -482,3 +482,24 @@ proptest! {
         }
     }
 }
+
+/// The detector table has a line per built-in detector, default ones first, every line with
+/// its four fields and a source.
+#[test]
+fn detector_table_lists_every_builtin_detector() {
+    let table = detector_table();
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines[0], "name\tprofile\tfinds\tsource");
+    assert_eq!(lines.len(), 1 + Builtin::ALL.len() + Builtin::OPT_IN.len());
+    assert!(Builtin::ALL.len() >= 120);
+    for (line, b) in lines[1..]
+        .iter()
+        .zip(Builtin::ALL.into_iter().chain(Builtin::OPT_IN))
+    {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 4, "{line}");
+        assert_eq!(fields[0], b.name());
+        assert!(!fields[2].is_empty() && !fields[3].is_empty(), "{line}");
+    }
+    assert!(table.contains("phone\topt-in\t") && table.contains("github_token\tdefault\t"));
+}

@@ -304,6 +304,136 @@ pub fn token_like(value: &[u8]) -> bool {
     has_digit || has_symbol || (value.len() >= 20 && mixed)
 }
 
+/// CRC-32 (IEEE 802.3, the zlib one) of `data`; bitwise: it only runs on token candidates.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// `n` in base62 (`0-9A-Za-z`), left-padded with `0` to six characters (a CRC-32 needs six).
+fn base62_6(mut n: u32) -> [u8; 6] {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = [b'0'; 6];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    out
+}
+
+/// GitHub's (and npm's) token checksum: the last six characters of `body` (the token after
+/// its prefix) are the CRC-32 of the characters before them, in base62, left-padded with `0`
+/// (GitHub blog, "Behind GitHub's new authentication token formats", 2021-04-05).
+pub fn crc32_base62_tail(body: &[u8]) -> bool {
+    let Some(split) = body.len().checked_sub(6) else {
+        return false;
+    };
+    split > 0 && base62_6(crc32(&body[..split])) == body[split..]
+}
+
+/// A bech32 string (BIP-173) in upper case, `HRP1DATA`, whose checksum holds: what an age
+/// secret key (`AGE-SECRET-KEY-1…`) is.
+pub fn bech32_upper(s: &[u8]) -> bool {
+    const CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    const GEN: [u32; 5] = [
+        0x3b6a_57b2,
+        0x2650_8e6d,
+        0x1ea1_19fa,
+        0x3d42_33dd,
+        0x2a14_62b3,
+    ];
+    let Some(sep) = s.iter().rposition(|b| *b == b'1') else {
+        return false;
+    };
+    let (hrp, data) = (&s[..sep], &s[sep + 1..]);
+    if hrp.is_empty() || data.len() < 6 || s.iter().any(u8::is_ascii_lowercase) {
+        return false;
+    }
+    let mut chk = 1u32;
+    let mut step = |v: u32| {
+        let top = chk >> 25;
+        chk = ((chk & 0x01ff_ffff) << 5) ^ v;
+        for (i, g) in GEN.iter().enumerate() {
+            if (top >> i) & 1 == 1 {
+                chk ^= g;
+            }
+        }
+    };
+    for c in hrp {
+        if !(33..=126).contains(c) {
+            return false;
+        }
+        step(u32::from(c.to_ascii_lowercase() >> 5));
+    }
+    step(0);
+    for c in hrp {
+        step(u32::from(c.to_ascii_lowercase() & 31));
+    }
+    for c in data {
+        let Some(v) = CHARSET.iter().position(|x| *x == c.to_ascii_lowercase()) else {
+            return false;
+        };
+        step(v as u32);
+    }
+    chk == 1
+}
+
+/// `%XX` escapes decoded; `None` for a `%` not followed by two hex digits.
+pub fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hi = hex(*s.get(i + 1)?)?;
+            let lo = hex(*s.get(i + 2)?)?;
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// A lowercase UUID `8-4-4-4-12`.
+pub fn uuid_lower(s: &[u8]) -> bool {
+    s.len() == 36
+        && s.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
+        })
+}
+
+/// A phone number the `phone` detector found: 8 to 15 digits (E.164's limits; a North
+/// American number has 10), not one digit repeated (`+11111111` is a placeholder).
+pub fn phone(value: &[u8]) -> bool {
+    let digits: Vec<u8> = value.iter().copied().filter(u8::is_ascii_digit).collect();
+    (8..=15).contains(&digits.len()) && digits.iter().any(|d| *d != digits[0])
+}
+
+/// A MAC address worth hiding: not all zeros and not the broadcast address (neither names a
+/// device).
+pub fn mac_address(value: &[u8]) -> bool {
+    let hex: Vec<u8> = value
+        .iter()
+        .filter(|b| b.is_ascii_hexdigit())
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    hex.len() == 12 && hex.iter().any(|b| *b != b'0') && hex.iter().any(|b| *b != b'f')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +494,23 @@ mod tests {
         assert_eq!(base64_decode(b"YWI").as_deref(), Some(&b"ab"[..]));
         assert_eq!(base64_decode(b"a"), None);
         assert_eq!(base64_decode(b"a*bc"), None);
+    }
+
+    #[test]
+    fn phone_needs_e164_length_and_more_than_one_digit() {
+        assert!(phone(b"+4930123456"));
+        assert!(phone(b"(415) 555-0132"));
+        assert!(!phone(b"+1234567"));
+        assert!(!phone(b"+1111111111"));
+        assert!(!phone(b"+1234567890123456"));
+    }
+
+    #[test]
+    fn mac_address_is_not_all_zeros_or_broadcast() {
+        assert!(mac_address(b"3c:22:fb:12:ab:9e"));
+        assert!(mac_address(b"3C-22-FB-12-AB-9E"));
+        assert!(!mac_address(b"00:00:00:00:00:00"));
+        assert!(!mac_address(b"ff:ff:ff:ff:ff:ff"));
     }
 
     #[test]

@@ -230,3 +230,75 @@ fn redact_command_refuses_bad_input_with_one_clear_sentence() -> anyhow::Result<
     }
     Ok(())
 }
+
+#[test]
+fn list_detectors_prints_every_builtin_detector_with_its_source() -> anyhow::Result<()> {
+    let bins = loggate_tests::bin_dir()?;
+    let out = Command::new(bins.join("loggate-agent"))
+        .args(["redact", "--list-detectors"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let (stdout, _) = text(&out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "name\tprofile\tfinds\tsource");
+    let default = lines.iter().filter(|l| l.contains("\tdefault\t")).count();
+    assert!(default >= 120, "{default} default detectors");
+    for name in [
+        "github_token",
+        "gitlab_pat",
+        "anthropic_key",
+        "age_secret_key",
+        "card",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{name}\tdefault\t"))),
+            "{name}"
+        );
+    }
+    assert!(lines.iter().any(|l| l.starts_with("phone\topt-in\t")));
+    for l in &lines[1..] {
+        let fields: Vec<&str> = l.split('\t').collect();
+        assert!(fields.len() == 4 && !fields[3].is_empty(), "{l}");
+    }
+    Ok(())
+}
+
+#[test]
+fn vendor_tokens_are_redacted_in_the_served_stream_and_counted() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let gitlab = "glpat-a1B2c3D4e5F6g7H8k9xy";
+    let anthropic = format!("sk-ant-api03-{}", "a1B2-c3_D4e5F6g7H8k9".repeat(5));
+    let webhook_path = "T0123ABC/B0456DEF/a1B2c3D4e5F6g7H8k9XyZ0";
+    let digitalocean = format!("dop_v1_{}", "0a1b2c3d4e5f6789".repeat(4));
+    let content = format!(
+        "2026-11-27T08:00:00Z INFO push token {gitlab} ok\n\
+         2026-11-27T08:00:01Z DEBUG llm key {anthropic} and {digitalocean}\n\
+         2026-11-27T08:00:02Z INFO notify https://hooks.slack.com/services/{webhook_path} done\n\
+         2026-11-27T08:00:03Z INFO publishable pk_live_abcdefghijklmnop stays\n"
+    );
+    let path = plant(&f, "vendors.log", &content)?;
+    let grant = f.grant_with_profile("alice", "30m", "default")?;
+    let out = f.logs("alice", &["cat", &path])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        "2026-11-27T08:00:00Z INFO push token [REDACTED:gitlab_pat] ok\n\
+         2026-11-27T08:00:01Z DEBUG llm key [REDACTED:anthropic_key] and [REDACTED:digitalocean_token]\n\
+         2026-11-27T08:00:02Z INFO notify https://hooks.slack.com/services/[REDACTED:slack_webhook] done\n\
+         2026-11-27T08:00:03Z INFO publishable pk_live_abcdefghijklmnop stays\n"
+    );
+    let finished = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["grant_id"] == grant.as_str()
+        })?;
+    assert_eq!(
+        finished["redactions"],
+        serde_json::json!({"gitlab_pat": 1, "anthropic_key": 1, "digitalocean_token": 1, "slack_webhook": 1})
+    );
+    Ok(())
+}
