@@ -6,6 +6,9 @@
 //!   literals ([`Builtin::literals`]). All literals are searched at once, ASCII-case-insensitively,
 //!   over a lowercased copy of the segment: a case-sensitive set of lowercase literals keeps the
 //!   SIMD literal search (Teddy) that a case-insensitive automaton would give up.
+//! - Token families need one of their prefixes. Those that can only start a word (most of
+//!   them) are looked up at word starts in a hashed table ([`WordGate`]) when the profile has
+//!   more literals than one search holds; the others join the literal search.
 //! - Shape detectors need a byte shape: `email` an `@`, `ssn` `ddd-dd-dddd`, `ipv6` a `::` or
 //!   six colons joined by groups of hex digits.
 //! - `card`, `iban` and `ipv4` always run: their scanners find their own candidates quickly
@@ -30,9 +33,9 @@ const FIRST_SEARCH_LITERALS: usize = 64;
 /// The most literals of each further search (the default profile's token-family prefixes,
 /// all 4 bytes or longer, fingerprinted on 4 bytes: fewer false candidates per bucket, so
 /// Teddy's heuristic limit of 64 is lifted up to its hard limit of 128). Every search is one
-/// more pass over each line: the default profile makes two (the first search takes as many
-/// family literals as it has room for), a profile without families (like the benchmark's
-/// `bench8`) one, as before the families.
+/// more pass over each line. Since the word gate took the families' word-start prefixes, the
+/// default profile's literals fit one search; a second one is built only for a profile with
+/// more than 64 literals that cannot be gated.
 const FURTHER_SEARCH_LITERALS: usize = 128;
 
 #[derive(Debug)]
