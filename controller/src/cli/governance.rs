@@ -414,9 +414,10 @@ pub enum ReviewOutput {
 }
 
 /// One CSV field: quoted when it holds a comma, a quote or a line break (RFC 4180), and a
-/// leading `=`, `+`, `-` or `@` defused so that a spreadsheet does not run a reason as a formula.
+/// leading `=`, `+`, `-`, `@`, tab or carriage return defused (OWASP's list) so that a
+/// spreadsheet does not run a reason as a formula.
 fn csv_field(text: &str) -> String {
-    let text = if text.starts_with(['=', '+', '-', '@']) {
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{text}")
     } else {
         text.to_string()
@@ -572,5 +573,7 @@ mod tests {
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
         assert_eq!(csv_field("line\nbreak"), "\"line\nbreak\"");
+        assert_eq!(csv_field("\t=1+1"), "'\t=1+1");
+        assert_eq!(csv_field("\r=1+1"), "\"'\r=1+1\"");
     }
 }

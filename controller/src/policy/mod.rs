@@ -455,6 +455,11 @@ impl Policy {
                         "role {name}: a break_glass role takes no approvers count (its approver_groups are notified)"
                     ));
                 }
+                if raw.approver_groups.is_empty() {
+                    return Err(format!(
+                        "role {name}: a break_glass role needs approver_groups: they are notified at once and review the grant afterwards"
+                    ));
+                }
                 Approval::BreakGlass {
                     groups: raw.approver_groups.clone(),
                 }

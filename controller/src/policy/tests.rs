@@ -443,6 +443,7 @@ fn invalid_policies_are_refused_with_line_and_reason() {
         (role(&format!("{base}approval = \"approvers\"")), 4, "needs approver_groups"),
         (role(&format!("{base}approval = \"approvers\"\napprovers = 2\napprover_groups = [\"sre\"]")), 4, "needs 2 approvers but its approver_groups hold 1"),
         (role(&format!("{base}approval = \"auto\"\napprovers = 1")), 4, "takes no approvers"),
+        (role(&format!("{base}approval = \"break_glass\"")), 4, "needs approver_groups: they are notified"),
         (role("hosts = [\"web-1\"]\npaths = [\"var/log\"]\nmax_ttl = \"1h\"\napproval = \"auto\""), 4, "absolute"),
         (role("hosts = [\"web-1\"]\npaths = [\"/a/*.log\"]\nmax_ttl = \"400d\"\napproval = \"auto\""), 4, "out of range"),
         (role("selectors = [\"env in prod\"]\npaths = [\"/a/*.log\"]\nmax_ttl = \"1h\"\napproval = \"auto\""), 4, "parentheses"),

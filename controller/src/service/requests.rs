@@ -60,6 +60,19 @@ fn status_of(e: anyhow::Error) -> Status {
     }
 }
 
+/// Text a requester or reviewer writes (paths, reason, comment) is shown to other people: on
+/// approvers' terminals, in webhook messages, in the access review. A control character (C0,
+/// DEL, C1: escape sequences, carriage returns, line breaks) could rewrite what they read, so
+/// it is refused, whatever the client.
+fn check_plain_text(what: &str, text: &str) -> Result<(), Status> {
+    if text.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "{what} holds a control character (a line break, an escape, a carriage return…); write it on one line of plain text"
+        )));
+    }
+    Ok(())
+}
+
 fn check_request_id(id: &str) -> Result<(), Status> {
     let ok =
         id.len() == 18 && id.starts_with("r-") && id[2..].bytes().all(|b| b.is_ascii_hexdigit());
@@ -327,6 +340,7 @@ impl ControllerService {
             return Err(Status::invalid_argument("name at least one --path"));
         }
         for p in paths {
+            check_plain_text("--path", p)?;
             compile_path_glob(p).map_err(|e| match e {
                 GrantError::Malformed(detail) => {
                     Status::invalid_argument(format!("--path: {detail}"))
@@ -540,6 +554,7 @@ impl ControllerService {
                 "a --reason (ticket or incident id) is required, at most 1024 bytes",
             ));
         }
+        check_plain_text("--reason", &req.reason)?;
         if req.ttl_seconds == 0 {
             return Err(Status::invalid_argument("--ttl must be at least 1s"));
         }
@@ -774,7 +789,7 @@ impl ControllerService {
                 "--comment is longer than 1024 bytes",
             ));
         }
-        Ok(())
+        check_plain_text("--comment", &req.comment)
     }
 
     fn expire_now(&self) -> Result<(), Status> {
@@ -1146,6 +1161,7 @@ impl ControllerService {
                 "a --comment (the review's conclusion) is required, at most 1024 bytes",
             ));
         }
+        check_plain_text("--comment", &req.comment)?;
         let now = unix_now();
         let by = user.spiffe_id().to_string();
         let row = self
@@ -1195,5 +1211,25 @@ impl ControllerService {
             reviewed_by: by,
             reviewed_at_unix: now,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_plain_text;
+
+    #[test]
+    fn text_shown_to_other_people_refuses_control_characters() {
+        assert!(check_plain_text("--reason", "INC-42: api 5xx, see runbook §3").is_ok());
+        for bad in [
+            "/var/log/app/a\x1b[2K.log",
+            "INC-42\r\nApproved by security",
+            "tab\there",
+            "del\x7f",
+            "c1\u{9b}2K",
+        ] {
+            let err = check_plain_text("--reason", bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
     }
 }
