@@ -130,8 +130,12 @@ impl SharedAuditLog {
         let mut state = self.inner.lock();
         let rotated = state.log.rotate_if_due(policy);
         // Rotation syncs both files itself (not through the flusher): publish what is durable
-        // now, or readers would hold back the sealing checkpoint until the next sync.
+        // now, or readers would hold back the sealing checkpoint until the next sync, and wake
+        // the writers waiting in `wait_durable` — the flusher, finding nothing pending, would
+        // not, and a writer whose record the rotation made durable would wait forever (seen as
+        // a controller whose `grant issue` never returned while the timer rotated).
         self.inner.publish_durable(&state);
+        self.inner.changed.notify_all();
         rotated
     }
 
