@@ -1175,4 +1175,6 @@ pub fn catalogue_problems(record: &Value) -> Vec<String> {
 }
 
 #[cfg(test)]
+mod golden;
+#[cfg(test)]
 mod tests;

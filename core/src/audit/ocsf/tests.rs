@@ -21,7 +21,7 @@ fn fields(value: Value) -> Map<String, Value> {
 }
 
 /// A realistic value for every field of every event type (from demo and test runs).
-fn example(name: &str) -> Map<String, Value> {
+pub(super) fn example(name: &str) -> Map<String, Value> {
     const ALICE: &str = "spiffe://loggate.local/user/alice";
     const ADMIN: &str = "spiffe://loggate.local/user/admin";
     const KEY: &str = "5f2b0c6e9d4a8b7c1e3f5a7b9c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d";
@@ -233,7 +233,7 @@ fn example(name: &str) -> Map<String, Value> {
     })
 }
 
-fn stamp(i: usize) -> Stamp {
+pub(super) fn stamp(i: usize) -> Stamp {
     let ms = T0 + 1000 * i as i64;
     let uid = uuid::Builder::from_unix_timestamp_millis(ms as u64, &[i as u8; 10]).into_uuid();
     Stamp {
@@ -243,7 +243,7 @@ fn stamp(i: usize) -> Stamp {
 }
 
 /// The example line of each event type, chained in catalogue order as if one file held them.
-fn example_lines() -> Vec<String> {
+pub(super) fn example_lines() -> Vec<String> {
     let mut prev = "0".repeat(64);
     CATALOGUE
         .iter()

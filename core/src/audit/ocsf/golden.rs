@@ -1,0 +1,210 @@
+//! The golden corpus: `testdata/golden.jsonl` holds, for every event type, the exact bytes the
+//! shaping wrote before the OCSF objects came from the event types (issue 17): the catalogue's
+//! examples chained in catalogue order, then variants that take every other branch of the
+//! shaping (null and absent values, a denial without an identity, a stream cut by a read error,
+//! an allow-listed finding, a peer that is not an address, control characters in a path). The
+//! shaping must reproduce each line byte for byte: the audit file format is a contract.
+//!
+//! Each line carries its own inputs (host, log name, seq, prev, time, uid and the event's
+//! fields); [`reshape`] shapes them again with the current code.
+
+use super::tests::{example, stamp};
+use super::*;
+use crate::audit::record_fields;
+use serde_json::json;
+
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/src/audit/testdata/golden.jsonl"
+);
+
+/// Variants of the examples that take the shaping's other branches: (event, change).
+fn variants() -> Vec<(&'static str, Map<String, Value>)> {
+    let with = |name: &'static str, change: Value| {
+        let mut f = example(name);
+        for (k, v) in change.as_object().cloned().unwrap_or_default() {
+            f.insert(k, v);
+        }
+        (name, f)
+    };
+    vec![
+        with(
+            "read.denied",
+            json!({"subject": null, "key_sha256": null, "peer": null, "path": null,
+                   "path_bytes": null, "reason_code": "suppressed",
+                   "reason": "12 denials left out", "suppressed_before": 12}),
+        ),
+        with(
+            "read.denied",
+            json!({"peer": "unix:/run/x.sock", "path": "/var/log/a\nb\u{1b}[31m.log",
+                   "grant_id": "g-0000000000000001", "reason_code": "grant_expired",
+                   "path_sha256": "00ff"}),
+        ),
+        with(
+            "read.allowed",
+            json!({"peer": null, "pattern": null, "since_ms": null, "mode": "tail_follow"}),
+        ),
+        with(
+            "read.finished",
+            json!({"end_reason": "read_error", "error": "Input/output error (os error 5)",
+                   "redactions": {}, "peer": "[::1]:4000"}),
+        ),
+        with(
+            "read.finished",
+            json!({"end_reason": "grant_revoked", "redactions": {"email": 1, "jwt": 2}}),
+        ),
+        with(
+            "bypass.finding",
+            json!({"expected": true, "severity": "low", "allow_rule": "/usr/bin/vector",
+                   "subject": "spiffe://loggate.local/user/alice", "tid": null}),
+        ),
+        with(
+            "bypass.read",
+            json!({"tid": null, "ppid": null, "uid": null, "gid": null, "user": null,
+                   "comm": null, "exe": null, "cmdline": null, "process_exited": true,
+                   "cgroup_id": null, "cgroup": null, "path": null, "fd": null, "flags": null,
+                   "hook": "fanotify", "subject": "spiffe://loggate.local/user/bob",
+                   "holds_grant": true, "grant_ids": ["g-1"], "finding_uid": null,
+                   "severity": "low", "expected": true}),
+        ),
+        with(
+            "bypass.read_repeated",
+            json!({"uid": null, "comm": null, "path": null, "opened_name": "",
+                   "read_seq": null, "severity": "low"}),
+        ),
+        with(
+            "bypass.held_open",
+            json!({"ppid": null, "uid": null, "user": null, "comm": null, "exe": null,
+                   "cmdline": null, "cgroup": null, "severity": "low", "expected": true}),
+        ),
+        with("bypass.left_roots", json!({"new_path": null})),
+        with(
+            "access.approved",
+            json!({"grant_id": null, "approvals_needed": 2, "comment": ""}),
+        ),
+        with(
+            "grant.revoked",
+            json!({"subject": null, "revision": null}),
+        ),
+        with(
+            "grant.issued",
+            json!({"hosts": [], "labels": ["env=prod"], "paths": []}),
+        ),
+        with(
+            "tls.refused",
+            json!({"peer": null, "reason_code": "suppressed", "claimed_subject": null,
+                   "suppressed_before": 60, "service": "loggate controller"}),
+        ),
+        with(
+            "access.break_glass",
+            json!({"request_id": null, "role": null, "how": "grant_issue",
+                   "issuer": "spiffe://loggate.local/user/admin"}),
+        ),
+        with("policy.refused", json!({"kept_sha256": null})),
+        with(
+            "agent.started",
+            json!({"bypass_mode": "off", "bypass_hooks": [], "bypass_hooks_missing": null,
+                   "bypass_fd_lookup": null, "bypass_protected": null,
+                   "bypass_fallback_reason": "lsm: refused; fentry: refused"}),
+        ),
+        with(
+            "audit.checkpoint_conflict",
+            json!({"conflict": "sequence_went_backwards", "held_sealed_seq": 900,
+                   "held_head": null}),
+        ),
+        with(
+            "audit.checkpoint_key_enrolled",
+            json!({"how": "configured", "replaces": "ed25519:0000000000000000"}),
+        ),
+        with(
+            "audit.checkpoint_refused",
+            json!({"agent_id": "", "reason_code": "suppressed"}),
+        ),
+        with(
+            "notify.failed",
+            json!({"attempts": 0, "error": "the queue was full"}),
+        ),
+    ]
+}
+
+/// Shapes one golden line's inputs again with the current code.
+fn reshape(record: &Value) -> Vec<u8> {
+    let mut fields = record_fields(record).expect("unmapped.loggate").clone();
+    let seq = fields.remove("seq").and_then(|v| v.as_u64()).expect("seq");
+    let prev = fields.remove("prev").expect("prev");
+    let prev = prev.as_str().expect("prev is text");
+    let name = crate::audit::event_name(record).expect("event_code");
+    let host = record["device"]["hostname"].as_str().expect("host");
+    let log_name = record["metadata"]["log_name"].as_str().expect("log_name");
+    let stamp = Stamp {
+        time_ms: record["time"].as_i64().expect("time"),
+        uid: record["metadata"]["uid"].as_str().expect("uid").to_string(),
+    };
+    let source = Source {
+        host,
+        log_name: log_name.into(),
+    };
+    line(
+        &source,
+        seq,
+        prev,
+        event_type(name).expect("a catalogued event"),
+        fields,
+        stamp,
+    )
+    .expect("shaped")
+}
+
+/// The corpus as the current code writes it: the chained examples, then the variants.
+fn corpus() -> String {
+    let mut out: String = super::tests::example_lines()
+        .into_iter()
+        .map(|l| l + "\n")
+        .collect();
+    let mut prev = "0".repeat(64);
+    for (i, (name, fields)) in variants().into_iter().enumerate() {
+        let kind = event_type(name).expect("a catalogued event");
+        let host = if kind.writers == "controller" {
+            "controller"
+        } else {
+            "web-1"
+        };
+        let bytes = line(
+            &Source::new(host, Path::new("audit.jsonl")),
+            1000 + i as u64,
+            &prev,
+            kind,
+            fields,
+            stamp(100 + i),
+        )
+        .expect("shaped");
+        prev = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        out.push_str(std::str::from_utf8(&bytes).expect("utf-8"));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn golden_corpus_is_reproduced_byte_for_byte() {
+    if std::env::var_os("LOGGATE_BLESS_GOLDEN").is_some() {
+        std::fs::write(GOLDEN, corpus()).unwrap();
+        return;
+    }
+    let golden = std::fs::read_to_string(GOLDEN).expect("testdata/golden.jsonl");
+    let mut kinds = std::collections::BTreeSet::new();
+    for (n, line) in golden.lines().enumerate() {
+        let record: Value = serde_json::from_str(line).unwrap();
+        kinds.insert(crate::audit::event_name(&record).unwrap().to_string());
+        let again = reshape(&record);
+        assert!(
+            again == line.as_bytes(),
+            "golden line {} differs:\nwas: {line}\nnow: {}",
+            n + 1,
+            String::from_utf8_lossy(&again)
+        );
+    }
+    for kind in CATALOGUE {
+        assert!(kinds.contains(kind.name), "no golden line of {}", kind.name);
+    }
+}
