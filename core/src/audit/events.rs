@@ -1,37 +1,36 @@
 //! Every audit event loggate writes, one type each.
 //!
 //! An event is a struct whose fields are loggate's own fields of the record (kept, unchanged
-//! in name and value, under `unmapped.loggate`), and an [`AuditEvent`] impl that names it and
-//! says how it maps onto OCSF (class, activity, outcome, severity). The writer
+//! in name and value, under `unmapped.loggate`), and an [`AuditEvent`] impl that names it, says
+//! how it maps onto OCSF (class, activity, outcome, severity) and builds its OCSF objects and
+//! summary from its own typed fields ([`AuditEvent::ocsf`]). The writer
 //! ([`super::AuditLog::append`]) takes any `&impl AuditEvent`: a misspelt event is a type that
-//! does not exist and a missing field a struct literal that does not compile. [`CATALOGUE`]
-//! lists every type; `docs/audit-events.md` is generated from it (with each field's doc
-//! comment as its meaning), and the OCSF conformance tests check every entry.
+//! does not exist, a missing field a struct literal that does not compile, and a misspelt
+//! field in the OCSF mapping a field access that does not compile. [`CATALOGUE`] lists every
+//! type; `docs/audit-events.md` is generated from it (with each field's doc comment as its
+//! meaning), and the OCSF conformance tests check every entry.
 //!
 //! ## Adding an event
 //!
-//! 1. Write it with `audit_event!` below, next to its kind (reads, grants, bypass, lifecycle):
-//!    a doc comment saying when it is written (that is the catalogue's text), its name (dotted:
-//!    `area.what_happened`), who writes it, its OCSF class and activity (the activity's id must
-//!    mean what the event is: see the class in the OCSF schema), outcome and severity, then its
-//!    fields, each with a doc comment (its meaning in the catalogue). A field that may be
-//!    unknown is an `Option` (written as `null`). Field names `seq` and `prev` are reserved:
-//!    the chain's fields sit beside them in `unmapped.loggate`.
-//! 2. Add the type to [`CATALOGUE`].
-//! 3. Add an example of its fields to `ocsf/tests.rs` (`example`), run
-//!    `LOGGATE_BLESS=1 cargo test -p loggate-core audit_events_doc` and read the diff of
-//!    `docs/audit-events.md`; `cargo test -p loggate-core --lib audit::` checks it against the
-//!    OCSF schema.
-//! 4. Give it a one-line summary in `ocsf::message` (otherwise its `message` is
-//!    `<name> on <host>`); its OCSF objects and `observables` follow from its class and the
-//!    field names the class reads (`subject`, `peer`, `path`, `grant_id`, …: see
-//!    `ocsf::class_objects`).
-//! 5. Write it: `log.append(&MyEvent { … })`.
+//! 1. Write it with `audit_event!` below, next to its kind: a doc comment saying when it is
+//!    written (the catalogue's text), its dotted name (`area.what_happened`), writers, OCSF
+//!    class, activity (its id must mean what the event is), outcome and severity; its fields,
+//!    each with a doc comment (an `Option` where unknown; `seq` and `prev` are reserved).
+//! 2. End it with `ocsf: |e, on| …`: the constructor of its class ([`Ocsf::read`],
+//!    [`Ocsf::access`], [`Ocsf::authentication`], [`Ocsf::file_open`], [`Ocsf::event_log`])
+//!    given its one-line summary (`format!` of `e`'s fields and `on.host`) and the class's typed
+//!    inputs from `e`; add `.detail(Some(e.reason_code))` on a Failure outcome.
+//! 3. Add the type to [`CATALOGUE`], an example of its fields to `ocsf/tests.rs` (`example`,
+//!    and its type to `shaped`), then run `LOGGATE_BLESS=1 cargo test -p loggate-core
+//!    audit_events_doc` and `LOGGATE_BLESS_GOLDEN=1 cargo test -p loggate-core golden` and read
+//!    both diffs: an existing event's line must not change (the on-disk contract).
+//! 4. Write it: `log.append(&MyEvent { … })`.
 //!
 //! An event whose fields are another event's plus more (`bypass.finding`) is a struct with a
 //! `#[serde(flatten)]` field and a hand-written impl; see [`BypassFinding`].
 
-use super::ocsf::{Class, EventType, Outcome, Severity};
+use super::ocsf::{list, or_unknown, who, AccessChange, Logon, Ocsf, Opener, Privileges, ReadCall};
+use super::ocsf::{Class, EventType, Outcome, Severity, Source};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -40,6 +39,11 @@ use std::collections::BTreeMap;
 pub trait AuditEvent: Serialize {
     /// The event's catalogue entry: name, writers, OCSF class and activity, fields.
     const TYPE: &'static EventType;
+
+    /// The event's part of its OCSF record, from its own fields: its one-line summary, its
+    /// class's objects and observables, its grant, the reason code of a failure (see
+    /// [`Ocsf`]). `on` is where the record is written (the host, the audit file's name).
+    fn ocsf<'a>(&'a self, on: &'a Source<'_>) -> Ocsf<'a>;
 }
 
 const INFO: Severity = Severity::Fixed(1);
@@ -68,9 +72,11 @@ macro_rules! audit_event {
                 $field:ident : $fty:ty
             ),* $(,)?
         }
+        ocsf: |$e:ident, $on:ident| $ocsf:expr $(,)?
     ) => {
         $(#[doc = $about])*
         #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[cfg_attr(test, derive(serde::Deserialize))]
         pub struct $ty {
             $(
                 $(#[doc = $fdoc])*
@@ -90,6 +96,11 @@ macro_rules! audit_event {
                 severity: $sev,
                 fields: &[$((stringify!($field), concat!($($fdoc),*))),*],
             };
+
+            fn ocsf<'a>(&'a self, $on: &'a Source<'_>) -> Ocsf<'a> {
+                let $e = self;
+                $ocsf
+            }
         }
     };
 }
@@ -132,6 +143,22 @@ audit_event! {
         /// its size in bytes when opened
         size: u64,
     }
+    ocsf: |e, on| Ocsf::read(
+        format!(
+            "{} was allowed to read {} on {} ({}, grant {})",
+            e.subject, e.path, on.host, e.mode, e.grant_id
+        ),
+        on,
+        ReadCall {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            peer: e.peer.as_deref(),
+            grant_id: Some(&e.grant_id),
+            denied: false,
+            path: Some(&e.path),
+            duration_ms: None,
+        },
+    ),
 }
 
 audit_event! {
@@ -162,6 +189,22 @@ audit_event! {
         /// the inode of the file read until then
         previous_inode: u64,
     }
+    ocsf: |e, on| Ocsf::read(
+        format!(
+            "{}'s follow of {} on {} moved to the file that replaced it (grant {})",
+            e.subject, e.path, on.host, e.grant_id
+        ),
+        on,
+        ReadCall {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            peer: e.peer.as_deref(),
+            grant_id: Some(&e.grant_id),
+            denied: false,
+            path: Some(&e.path),
+            duration_ms: None,
+        },
+    ),
 }
 
 audit_event! {
@@ -201,6 +244,23 @@ audit_event! {
         /// left out
         suppressed_before: u64,
     }
+    ocsf: |e, on| Ocsf::read(
+        format!(
+            "{} was refused reading {} on {}: {}",
+            who(e.subject.as_deref()), or_unknown(&e.path), on.host, e.reason_code
+        ),
+        on,
+        ReadCall {
+            subject: e.subject.as_deref(),
+            key_sha256: e.key_sha256.as_deref(),
+            peer: e.peer.as_deref(),
+            grant_id: e.grant_id.as_deref(),
+            denied: true,
+            path: e.path.as_deref(),
+            duration_ms: None,
+        },
+    )
+    .detail(Some(e.reason_code)),
 }
 
 audit_event! {
@@ -243,6 +303,23 @@ audit_event! {
         /// block is shorter than the look-back)
         key_lookback_exhausted: bool,
     }
+    ocsf: |e, on| Ocsf::read(
+        format!(
+            "{}'s read of {} on {} ended ({}) after {} bytes",
+            e.subject, e.path, on.host, e.end_reason, e.bytes
+        ),
+        on,
+        ReadCall {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            peer: e.peer.as_deref(),
+            grant_id: Some(&e.grant_id),
+            denied: false,
+            path: Some(&e.path),
+            duration_ms: Some(e.duration_ms),
+        },
+    )
+    .detail(Some(e.end_reason)),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,6 +356,18 @@ audit_event! {
         /// the redaction profile streams get
         redaction_profile: String,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "{} issued grant {} to {} for {}",
+            e.issuer, e.grant_id, e.subject, list(&e.paths)
+        ),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: Some(&e.issuer),
+            privileges: Privileges::Read(&e.paths),
+            grant_id: Some(&e.grant_id),
+        },
+    ),
 }
 
 audit_event! {
@@ -307,6 +396,18 @@ audit_event! {
         /// the controller's grant revision this change arrived with
         revision: u64,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "{} installed grant {} for {} on {}",
+            _on.host, e.grant_id, e.subject, list(&e.paths)
+        ),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: Some(&e.approver),
+            privileges: Privileges::Read(&e.paths),
+            grant_id: Some(&e.grant_id),
+        },
+    ),
 }
 
 audit_event! {
@@ -326,6 +427,16 @@ audit_event! {
         /// the controller's grant revision this change arrived with
         revision: u64,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!("{} rejected grant {}: {}", _on.host, e.grant_id, e.reason_code),
+        AccessChange {
+            subject: None,
+            by: None,
+            privileges: Privileges::Grant(&e.grant_id),
+            grant_id: Some(&e.grant_id),
+        },
+    )
+    .detail(Some(e.reason_code)),
 }
 
 audit_event! {
@@ -347,6 +458,18 @@ audit_event! {
         /// (agent) the controller's grant revision of the revocation; null on the controller
         revision: Option<u64>,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "grant {} was revoked by {} on {}",
+            e.grant_id, e.revoked_by, _on.host
+        ),
+        AccessChange {
+            subject: e.subject.as_deref(),
+            by: Some(&e.revoked_by),
+            privileges: Privileges::Grant(&e.grant_id),
+            grant_id: Some(&e.grant_id),
+        },
+    ),
 }
 
 audit_event! {
@@ -365,6 +488,15 @@ audit_event! {
         /// when it ended (epoch s)
         not_after: i64,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!("grant {} of {} expired on {}", e.grant_id, e.subject, _on.host),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: None,
+            privileges: Privileges::Read(&e.paths),
+            grant_id: Some(&e.grant_id),
+        },
+    ),
 }
 
 audit_event! {
@@ -380,6 +512,15 @@ audit_event! {
         /// why it is no longer valid
         reason: String,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!("{} dropped stored grant {}: {}", _on.host, e.grant_id, e.reason),
+        AccessChange {
+            subject: None,
+            by: None,
+            privileges: Privileges::Grant(&e.grant_id),
+            grant_id: Some(&e.grant_id),
+        },
+    ),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,6 +559,18 @@ audit_event! {
         /// when it expires unless decided (epoch s)
         expires_at: i64,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "{} requested access to {} on {} under role {} ({})",
+            e.subject, list(&e.paths), list(&e.hosts), e.role, e.approval
+        ),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: None,
+            privileges: Privileges::Read(&e.paths),
+            grant_id: None,
+        },
+    ),
 }
 
 audit_event! {
@@ -443,6 +596,21 @@ audit_event! {
         /// the grant issued with this approval, or null while more are needed
         grant_id: Option<String>,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "{} approved request {} of {} ({} of {})",
+            e.approver, e.request_id, e.subject, e.approvals, e.approvals_needed
+        ),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: Some(&e.approver),
+            privileges: match &e.grant_id {
+                Some(grant) => Privileges::Grant(grant),
+                None => Privileges::Request(&e.request_id),
+            },
+            grant_id: e.grant_id.as_deref(),
+        },
+    ),
 }
 
 audit_event! {
@@ -462,6 +630,15 @@ audit_event! {
         /// why
         comment: String,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!("{} denied request {} of {}", e.approver, e.request_id, e.subject),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: Some(&e.approver),
+            privileges: Privileges::Request(&e.request_id),
+            grant_id: None,
+        },
+    ),
 }
 
 audit_event! {
@@ -482,6 +659,19 @@ audit_event! {
         /// (`status_detail`)
         reason_code: &'static str,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "{} was refused reviewing request {} of {}: {}",
+            e.approver, e.request_id, e.subject, e.reason_code
+        ),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: Some(&e.approver),
+            privileges: Privileges::Request(&e.request_id),
+            grant_id: None,
+        },
+    )
+    .detail(Some(e.reason_code)),
 }
 
 audit_event! {
@@ -498,6 +688,15 @@ audit_event! {
         /// who cancelled it
         cancelled_by: String,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!("request {} of {} was cancelled", e.request_id, e.subject),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: None,
+            privileges: Privileges::Request(&e.request_id),
+            grant_id: None,
+        },
+    ),
 }
 
 audit_event! {
@@ -517,6 +716,15 @@ audit_event! {
         /// when it expired (epoch s)
         expired_at: i64,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!("request {} of {} expired undecided", e.request_id, e.subject),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: None,
+            privileges: Privileges::Request(&e.request_id),
+            grant_id: None,
+        },
+    ),
 }
 
 audit_event! {
@@ -548,6 +756,18 @@ audit_event! {
         /// the people notified (the role's approver groups)
         notified: Vec<String>,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "BREAK-GLASS: {} was granted {} on {} without approval ({}, grant {})",
+            e.subject, list(&e.paths), list(&e.hosts), e.how, e.grant_id
+        ),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: Some(&e.issuer),
+            privileges: Privileges::Read(&e.paths),
+            grant_id: Some(&e.grant_id),
+        },
+    ),
 }
 
 audit_event! {
@@ -566,6 +786,18 @@ audit_event! {
         /// the reviewer's conclusion
         comment: String,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "{} reviewed break-glass grant {} of {}",
+            e.approver, e.grant_id, e.subject
+        ),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: Some(&e.approver),
+            privileges: Privileges::Grant(&e.grant_id),
+            grant_id: Some(&e.grant_id),
+        },
+    ),
 }
 
 audit_event! {
@@ -585,6 +817,10 @@ audit_event! {
         /// the last error
         error: String,
     }
+    ocsf: |e, on| Ocsf::event_log(format!(
+            "a notification of {} to {} failed after {} attempts: {}",
+            e.notified_event, e.webhook, e.attempts, e.error
+        ), on),
 }
 
 audit_event! {
@@ -608,6 +844,18 @@ audit_event! {
         /// `start`, `sighup`, or the admin's SPIFFE id
         triggered_by: String,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "the access policy {} was loaded ({} roles), by {}",
+            e.file, e.roles, e.triggered_by
+        ),
+        AccessChange {
+            subject: None,
+            by: None,
+            privileges: Privileges::Policy(&e.file),
+            grant_id: None,
+        },
+    ),
 }
 
 audit_event! {
@@ -626,6 +874,19 @@ audit_event! {
         /// `start`, `sighup`, or the admin's SPIFFE id
         triggered_by: String,
     }
+    ocsf: |e, _on| Ocsf::access(
+        format!(
+            "the access policy {} was refused, the one in force stays: {}",
+            e.file, e.reason
+        ),
+        AccessChange {
+            subject: None,
+            by: None,
+            privileges: Privileges::Policy(&e.file),
+            grant_id: None,
+        },
+    )
+    .detail(Some(&e.reason)),
 }
 
 audit_event! {
@@ -643,6 +904,15 @@ audit_event! {
         /// `first_contact`
         how: &'static str,
     }
+    ocsf: |e, _on| Ocsf::authentication(
+        format!("{}'s certificate key was enrolled on first contact", e.subject),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            service: None,
+            peer: None,
+        },
+    ),
 }
 
 audit_event! {
@@ -687,6 +957,19 @@ audit_event! {
         /// refusals left out before this one by the rate limit
         suppressed_before: u64,
     }
+    ocsf: |e, on| Ocsf::authentication(
+        format!(
+            "{} on {} refused a TLS handshake from {}: {}",
+            e.service, on.host, or_unknown(&e.peer), e.reason_code
+        ),
+        Logon {
+            subject: None,
+            key_sha256: None,
+            service: Some(&e.service),
+            peer: e.peer.as_deref(),
+        },
+    )
+    .detail(Some(e.reason_code)),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -774,6 +1057,14 @@ audit_event! {
         /// reader holds a grant
         finding_uid: Option<String>,
     }
+    ocsf: |e, on| Ocsf::file_open(
+        format!(
+            "{} (pid {}, uid {}) opened {} on {} around the gate",
+            or_unknown(&e.comm), e.pid, or_unknown(&e.uid), or_unknown(&e.path), on.host
+        ),
+        e.opener(),
+    )
+    .severity_from(e.severity),
 }
 
 /// Written right after a `bypass.read` whose reader holds no grant covering the file (or whose
@@ -804,6 +1095,50 @@ impl AuditEvent for BypassFinding {
             "the `seq` of the `bypass.read` record it is about",
         )],
     };
+
+    fn ocsf<'a>(&'a self, on: &'a Source<'_>) -> Ocsf<'a> {
+        let e = &self.read;
+        Ocsf::finding(
+            format!(
+                "{} (pid {}, uid {}) opened {} on {} around the gate, {}",
+                or_unknown(&e.comm),
+                e.pid,
+                or_unknown(&e.uid),
+                or_unknown(&e.path),
+                on.host,
+                if e.expected {
+                    "an allow-listed reader without a grant"
+                } else {
+                    "without a grant"
+                }
+            ),
+            e.opener(),
+            e.finding_uid.as_deref(),
+            e.expected,
+        )
+        .severity_from(e.severity)
+    }
+}
+
+impl BypassRead {
+    /// The opener and the file, as the OCSF objects of the read and of its finding.
+    fn opener(&self) -> Opener<'_> {
+        Opener {
+            pid: self.pid,
+            tid: self.tid,
+            ppid: self.ppid,
+            uid: self.uid,
+            user: self.user.as_deref(),
+            subject: self.subject.as_deref(),
+            comm: self.comm.as_deref(),
+            cmdline: self.cmdline.as_deref(),
+            exe: self.exe.as_deref(),
+            path: self.path.as_deref(),
+            opened_name: &self.opened_name,
+            device: &self.device,
+            inode: self.inode,
+        }
+    }
 }
 
 audit_event! {
@@ -843,6 +1178,28 @@ audit_event! {
         /// `low` for allow-listed readers, otherwise `high` (`severity_id`)
         severity: &'static str,
     }
+    ocsf: |e, on| Ocsf::file_open(
+        format!(
+            "{} (pid {}) opened {} on {} {} more times around the gate",
+            or_unknown(&e.comm), e.pid, or_unknown(&e.path), on.host, e.repeats
+        ),
+        Opener {
+            pid: e.pid,
+            tid: None,
+            ppid: None,
+            uid: e.uid,
+            user: None,
+            subject: None,
+            comm: e.comm.as_deref(),
+            cmdline: None,
+            exe: None,
+            path: e.path.as_deref(),
+            opened_name: &e.opened_name,
+            device: &e.device,
+            inode: e.inode,
+        },
+    )
+    .severity_from(e.severity),
 }
 
 audit_event! {
@@ -889,6 +1246,28 @@ audit_event! {
         /// `low` for allow-listed holders, otherwise `high` (`severity_id`)
         severity: &'static str,
     }
+    ocsf: |e, on| Ocsf::file_open(
+        format!(
+            "{} (pid {}, uid {}) held {} open on {} when the bypass audit started",
+            or_unknown(&e.comm), e.pid, or_unknown(&e.uid), e.path, on.host
+        ),
+        Opener {
+            pid: e.pid,
+            tid: None,
+            ppid: e.ppid,
+            uid: e.uid,
+            user: e.user.as_deref(),
+            subject: None,
+            comm: e.comm.as_deref(),
+            cmdline: e.cmdline.as_deref(),
+            exe: e.exe.as_deref(),
+            path: Some(&e.path),
+            opened_name: &e.opened_name,
+            device: &e.device,
+            inode: e.inode,
+        },
+    )
+    .severity_from(e.severity),
 }
 
 audit_event! {
@@ -912,6 +1291,10 @@ audit_event! {
         /// its link count now
         links: u64,
     }
+    ocsf: |e, on| Ocsf::event_log(format!(
+            "protected file {} left the roots on {} (now {}); it stays protected",
+            e.path, on.host, or_unknown(&e.new_path)
+        ), on),
 }
 
 audit_event! {
@@ -929,6 +1312,7 @@ audit_event! {
         /// overflow` (at once) (`status_detail`)
         reason: &'static str,
     }
+    ocsf: |e, on| Ocsf::event_log(format!("{} lost {} bypass events: {}", on.host, e.lost_since_last, e.reason), on).detail(Some(e.reason)),
 }
 
 audit_event! {
@@ -944,6 +1328,7 @@ audit_event! {
         /// why it is unavailable (`status_detail`)
         reason: String,
     }
+    ocsf: |e, on| Ocsf::event_log(format!("the bypass audit on {} is unavailable: {}", on.host, e.reason), on).detail(Some(&e.reason)),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -988,6 +1373,7 @@ audit_event! {
         /// files and folders in the kernel map; null when off
         bypass_protected: Option<u64>,
     }
+    ocsf: |e, on| Ocsf::event_log(format!("agent {} started (bypass audit: {})", on.host, e.bypass_mode), on),
 }
 
 audit_event! {
@@ -1000,6 +1386,7 @@ audit_event! {
         /// the agent's id
         agent_id: String,
     }
+    ocsf: |_e, on| Ocsf::event_log(format!("agent {} stopped", on.host), on),
 }
 
 audit_event! {
@@ -1016,6 +1403,7 @@ audit_event! {
         /// the grant revision in its store
         revision: u64,
     }
+    ocsf: |e, on| Ocsf::event_log(format!("the controller started on {}", e.listen), on),
 }
 
 audit_event! {
@@ -1025,6 +1413,7 @@ audit_event! {
         outcome: Success, severity: INFO,
     }
     {}
+    ocsf: |_e, on| Ocsf::event_log("the controller stopped".to_string(), on),
 }
 
 audit_event! {
@@ -1048,6 +1437,7 @@ audit_event! {
         /// Ed25519 signature over origin, sealed_seq, head and ts_ms (hex)
         sig: String,
     }
+    ocsf: |e, on| Ocsf::event_log(format!("{} sealed its audit chain through seq {}", on.host, e.sealed_seq), on),
 }
 
 audit_event! {
@@ -1065,6 +1455,7 @@ audit_event! {
         /// rotated files deleted now, beyond `audit_keep_files`
         deleted_files: Vec<String>,
     }
+    ocsf: |e, on| Ocsf::event_log(format!("{} rotated its audit file to {}", on.host, e.previous_file), on),
 }
 
 audit_event! {
@@ -1081,6 +1472,7 @@ audit_event! {
         /// `keep_files` (more than `audit_keep_files`) or `budget` (`audit_max_bytes` reached)
         reason: &'static str,
     }
+    ocsf: |_e, on| Ocsf::event_log(format!("audit.files_deleted on {}", on.host), on),
 }
 
 audit_event! {
@@ -1100,6 +1492,7 @@ audit_event! {
         /// sender
         waiting_for: Vec<String>,
     }
+    ocsf: |_e, on| Ocsf::event_log(format!("audit.budget_exhausted on {}", on.host), on),
 }
 
 audit_event! {
@@ -1115,6 +1508,7 @@ audit_event! {
         /// what the audit files take now
         used_bytes: u64,
     }
+    ocsf: |_e, on| Ocsf::event_log(format!("audit.budget_recovered on {}", on.host), on),
 }
 
 audit_event! {
@@ -1137,6 +1531,10 @@ audit_event! {
         /// the key id it replaces (configured only), null when none
         replaces: Option<String>,
     }
+    ocsf: |e, on| Ocsf::event_log(format!(
+            "the checkpoint key {} of agent {} was enrolled ({})",
+            e.key_id, e.agent_id, e.how
+        ), on),
 }
 
 audit_event! {
@@ -1155,6 +1553,10 @@ audit_event! {
         /// the refusal in one sentence
         reason: String,
     }
+    ocsf: |e, on| Ocsf::event_log(format!(
+            "checkpoints of agent {} were refused: {}",
+            e.agent_id, e.reason_code
+        ), on).detail(Some(e.reason_code)),
 }
 
 audit_event! {
@@ -1183,6 +1585,10 @@ audit_event! {
         /// head_changed: the head held for that seq
         held_head: Option<String>,
     }
+    ocsf: |e, on| Ocsf::event_log(format!(
+            "ALERT: a checkpoint of {} contradicts one held: {}",
+            e.origin, e.conflict
+        ), on),
 }
 
 audit_event! {
@@ -1196,6 +1602,10 @@ audit_event! {
         /// how many bytes were cut
         bytes_discarded: u64,
     }
+    ocsf: |e, on| Ocsf::event_log(format!(
+            "{} cut a torn last line of {} bytes from its audit file",
+            on.host, e.bytes_discarded
+        ), on),
 }
 
 /// Every event type loggate writes, in the order of `docs/audit-events.md`.
@@ -1274,4 +1684,8 @@ impl AuditEvent for TestEvent {
         severity: INFO,
         fields: &[("i", "a number"), ("tag", "a label")],
     };
+
+    fn ocsf<'a>(&'a self, on: &'a Source<'_>) -> Ocsf<'a> {
+        Ocsf::base(format!("{} on {}", Self::TYPE.name, on.host))
+    }
 }

@@ -13,8 +13,7 @@
 //! error (its action must not happen). Writers of records that were already durable are
 //! unaffected.
 
-use super::{AuditError, AuditEvent, AuditLog, RotationPolicy};
-use serde_json::{Map, Value};
+use super::{AuditError, AuditEvent, AuditLog, Encoded, RotationPolicy};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,10 +91,10 @@ impl SharedAuditLog {
 
     /// Appends one event and returns once it is on disk. Callers fail closed on error.
     pub fn append<E: AuditEvent>(&self, event: &E) -> Result<u64, AuditError> {
-        let fields = self.fields_of(event)?;
+        let record = Encoded::new(event, &self.path)?;
         let mut state = self.inner.lock();
         let generation = state.log.generation();
-        let seq = state.log.append_unsynced(E::TYPE, fields)?;
+        let seq = state.log.append_unsynced(record)?;
         self.inner.changed.notify_all();
         self.inner.wait_durable(state, seq, generation)?;
         Ok(seq)
@@ -105,15 +104,11 @@ impl SharedAuditLog {
     /// next sync. For events that no action waits on: a crash can lose the last few
     /// milliseconds of them, never part of a record, and never a gap in the chain.
     pub fn append_deferred<E: AuditEvent>(&self, event: &E) -> Result<u64, AuditError> {
-        let fields = self.fields_of(event)?;
-        let seq = self.inner.lock().log.append_unsynced(E::TYPE, fields)?;
+        // Encoded before the writer is locked (no other writer waits on it).
+        let record = Encoded::new(event, &self.path)?;
+        let seq = self.inner.lock().log.append_unsynced(record)?;
         self.inner.changed.notify_all();
         Ok(seq)
-    }
-
-    /// The event's fields, encoded before the writer is locked (no other writer waits on it).
-    fn fields_of(&self, event: &impl AuditEvent) -> Result<Map<String, Value>, AuditError> {
-        super::event_fields(event, &self.path)
     }
 
     /// Writes a signed checkpoint if one is due (see [`AuditLog::checkpoint_if_due`]).
@@ -257,11 +252,12 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::events::{AuditEvent, TestEvent};
+    use crate::audit::events::TestEvent;
     use crate::audit::{verify_chain, CheckpointKey, CheckpointPolicy, RotationPolicy};
 
-    fn test_fields(i: u64) -> Map<String, Value> {
-        crate::audit::event_fields(&TestEvent::n(i), std::path::Path::new("test")).unwrap()
+    /// Test event number `i`, encoded for `append_unsynced`.
+    fn encoded(event: &TestEvent) -> Encoded<'_, TestEvent> {
+        Encoded::new(event, std::path::Path::new("test")).unwrap()
     }
     use std::sync::Arc;
 
@@ -332,7 +328,7 @@ mod tests {
             for i in 0..500 {
                 state
                     .log
-                    .append_unsynced(TestEvent::TYPE, test_fields(i))
+                    .append_unsynced(encoded(&TestEvent::n(i)))
                     .unwrap();
             }
         }
@@ -409,7 +405,7 @@ mod tests {
         let generation = state.log.generation();
         let seq = state
             .log
-            .append_unsynced(TestEvent::TYPE, test_fields(901))
+            .append_unsynced(encoded(&TestEvent::n(901)))
             .unwrap();
         // A retention pass (run on the append path) writes its record and syncs: that fails
         // and cuts the waiting record off too.
@@ -418,7 +414,7 @@ mod tests {
         // The next record reuses the cut record's seq and becomes durable.
         let reused = state
             .log
-            .append_unsynced(TestEvent::TYPE, test_fields(2))
+            .append_unsynced(encoded(&TestEvent::n(2)))
             .unwrap();
         assert_eq!(reused, seq);
         state.log.sync().unwrap();
@@ -439,10 +435,8 @@ mod tests {
         let path = dir.join("audit.jsonl");
         let mut log = AuditLog::open(&path, "h").unwrap();
         log.append(&TestEvent::n(1)).unwrap();
-        log.append_unsynced(TestEvent::TYPE, test_fields(901))
-            .unwrap();
-        log.append_unsynced(TestEvent::TYPE, test_fields(902))
-            .unwrap();
+        log.append_unsynced(encoded(&TestEvent::n(901))).unwrap();
+        log.append_unsynced(encoded(&TestEvent::n(902))).unwrap();
         // What the group does when fdatasync fails:
         log.cut_to_durable(&io::Error::other("test"));
         assert_eq!(log.append(&TestEvent::n(2)).unwrap(), 2);

@@ -233,8 +233,8 @@ impl AuditLog {
     /// The record is shaped as an OCSF event (see [`ocsf`]); the event's fields are kept
     /// unchanged under `unmapped.loggate` and read back with [`record_field`].
     pub fn append<E: AuditEvent>(&mut self, event: &E) -> Result<u64, AuditError> {
-        let fields = event_fields(event, &self.path)?;
-        let seq = self.append_unsynced(E::TYPE, fields)?;
+        let record = Encoded::new(event, &self.path)?;
+        let seq = self.append_unsynced(record)?;
         self.sync()?;
         Ok(seq)
     }
@@ -256,13 +256,12 @@ impl AuditLog {
 
     /// Writes one event without syncing (a checkpoint follows when due). The record is not
     /// durable until a sync covers it: [`SharedAuditLog`] does that for many writers at once.
-    pub(crate) fn append_unsynced(
+    pub(crate) fn append_unsynced<E: AuditEvent>(
         &mut self,
-        kind: &'static EventType,
-        fields: Map<String, Value>,
+        record: Encoded<'_, E>,
     ) -> Result<u64, AuditError> {
-        self.check_budget(kind)?;
-        let seq = self.write_record(kind, fields)?;
+        self.check_budget(E::TYPE)?;
+        let seq = self.write_record(record)?;
         if let Some(c) = &mut self.checkpoints {
             c.since_last += 1;
             if c.since_last >= c.policy.every {
@@ -421,8 +420,7 @@ impl AuditLog {
             key_id: c.key.key_id().to_string(),
             sig,
         };
-        let fields = event_fields(&checkpoint, &self.path)?;
-        self.write_record(events::AuditCheckpoint::TYPE, fields)?;
+        self.write_record(Encoded::new(&checkpoint, &self.path)?)?;
         if let Some(c) = &mut self.checkpoints {
             c.since_last = 0;
             c.last = Instant::now();
@@ -430,10 +428,9 @@ impl AuditLog {
         Ok(())
     }
 
-    pub(crate) fn write_record(
+    pub(crate) fn write_record<E: AuditEvent>(
         &mut self,
-        kind: &'static EventType,
-        fields: Map<String, Value>,
+        record: Encoded<'_, E>,
     ) -> Result<u64, AuditError> {
         let seq = self.next_seq;
         let next_seq = seq.checked_add(1).ok_or_else(|| AuditError::Corrupt {
@@ -441,11 +438,18 @@ impl AuditLog {
             why: "the chain reached the largest seq; start a new audit file".into(),
         })?;
         let source = ocsf::Source::new(&self.host, &self.path);
-        let mut line = ocsf::line(&source, seq, &self.prev, kind, fields, ocsf::Stamp::now())
-            .map_err(|e| AuditError::Io {
-                path: self.path.clone(),
-                source: io::Error::other(e),
-            })?;
+        let mut line = ocsf::line(
+            &source,
+            seq,
+            &self.prev,
+            record.event,
+            &record.fields,
+            ocsf::Stamp::now(),
+        )
+        .map_err(|e| AuditError::Io {
+            path: self.path.clone(),
+            source: io::Error::other(e),
+        })?;
         let hash = hex::encode(Sha256::digest(&line));
         line.push(b'\n');
         let io_err = |path: &Path, source| AuditError::Io {
@@ -540,12 +544,27 @@ pub fn record_fields(record: &Value) -> Option<&Map<String, Value>> {
         .and_then(Value::as_object)
 }
 
+/// An event ready to be written: the event itself, which shapes its OCSF objects
+/// ([`AuditEvent::ocsf`]), and its own fields, encoded for `unmapped.loggate` before a writer
+/// takes the log's lock (see [`SharedAuditLog`]).
+pub(crate) struct Encoded<'e, E> {
+    event: &'e E,
+    fields: Map<String, Value>,
+}
+
+impl<'e, E: AuditEvent> Encoded<'e, E> {
+    /// Encodes `event`'s fields (`path`: the audit file, for the error).
+    pub(crate) fn new(event: &'e E, path: &Path) -> Result<Self, AuditError> {
+        Ok(Encoded {
+            event,
+            fields: event_fields(event, path)?,
+        })
+    }
+}
+
 /// An event's own fields, as they are kept under `unmapped.loggate` (`path`: the audit file,
 /// for the error).
-pub(crate) fn event_fields(
-    event: &impl AuditEvent,
-    path: &Path,
-) -> Result<Map<String, Value>, AuditError> {
+fn event_fields(event: &impl AuditEvent, path: &Path) -> Result<Map<String, Value>, AuditError> {
     let failed = |why: String| AuditError::Io {
         path: path.to_path_buf(),
         source: io::Error::other(format!("cannot encode an audit event: {why}")),

@@ -12,12 +12,19 @@
 //! host, the person, the client's IP, the file) and the class's own objects (`actor`, `user`,
 //! `api`, `file`, `finding_info`, …).
 //!
+//! Who fills what: this module keeps the envelope (classification, time, `metadata`, `device`,
+//! severity and status from the event type's rules) and the serialization; each event builds
+//! its own part — summary, class objects, observables, grant, reason code — from its typed
+//! fields through [`AuditEvent::ocsf`] and the class constructors of [`Ocsf`]. No field is
+//! looked up by name here, so a renamed field breaks the build, not the record. The bytes
+//! written are pinned by `testdata/golden.jsonl` (see `ocsf/golden.rs`).
+//!
 //! [`CATALOGUE`] lists every event type loggate writes (declared as types in
 //! [`super::events`]): its class, activity and fields. `docs/audit-events.md` is generated from
 //! it (a test fails when they differ), [`catalogue_problems`] checks a record against it, and
 //! the tests check every record kind against the official OCSF 1.8.0 schema.
 
-pub use super::events::CATALOGUE;
+pub use super::events::{AuditEvent, CATALOGUE};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::path::Path;
@@ -209,27 +216,32 @@ pub const CHAIN_FIELDS: [&str; 2] = ["seq", "prev"];
 /// The exact bytes of one record (without the newline):
 /// `{"unmapped":{"loggate":{"seq":…,"prev":"…",<the event's fields>}},<OCSF event>}`.
 ///
+/// `fields` are the event's own fields as [`super::AuditLog`] encodes them (a JSON object with
+/// sorted keys, kept under `unmapped.loggate`); the OCSF objects come from the typed event
+/// itself ([`AuditEvent::ocsf`]), the envelope from its type and `source`, `seq` and `stamp`.
+///
 /// The chain leads the line so that a reader finds `seq` without parsing the record (see
 /// `ship::spool::seq_of`); it sits under `unmapped`, the one place OCSF leaves free for a
 /// producer's own attributes, so the record is valid OCSF. Files written before this layout
 /// have `seq` and `prev` as the line's first two top-level keys; readers take both (see
 /// [`super::chain_link`]).
-pub fn line(
+pub fn line<E: AuditEvent>(
     source: &Source,
     seq: u64,
     prev: &str,
-    kind: &EventType,
-    fields: Map<String, Value>,
+    event: &E,
+    fields: &Map<String, Value>,
     stamp: Stamp,
 ) -> Result<Vec<u8>, serde_json::Error> {
+    let kind = E::TYPE;
     if let Some(reserved) = CHAIN_FIELDS.iter().find(|f| fields.contains_key(**f)) {
         return Err(serde::ser::Error::custom(format!(
             "event {} has a field named {reserved:?}, which is reserved for the chain",
             kind.name
         )));
     }
-    let body = serde_json::to_vec(&shape(source, seq, kind, &fields, &stamp))?;
-    let own = serde_json::to_vec(&fields)?;
+    let body = serde_json::to_vec(&shape(source, seq, kind, event.ocsf(source), &stamp))?;
+    let own = serde_json::to_vec(fields)?;
     let mut line = format!("{{\"unmapped\":{{\"loggate\":{{\"seq\":{seq},\"prev\":").into_bytes();
     line.extend(serde_json::to_vec(prev)?);
     // `own` is `{…}`: its members follow the chain's, in the same object.
@@ -342,7 +354,7 @@ struct ApiObjects<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     resources: Option<[Resource<'a>; 1]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    duration: Option<&'a Value>,
+    duration: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -472,10 +484,9 @@ struct Resource<'a> {
 
 #[derive(Serialize)]
 struct Process<'a> {
+    pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pid: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ptid: Option<&'a Value>,
+    ptid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -485,12 +496,12 @@ struct Process<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<User<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    parent_process: Option<Parent<'a>>,
+    parent_process: Option<Parent>,
 }
 
 #[derive(Serialize)]
-struct Parent<'a> {
-    pid: &'a Value,
+struct Parent {
+    pid: u32,
 }
 
 #[derive(Serialize)]
@@ -514,23 +525,36 @@ struct FindingInfo<'a> {
     types: [&'static str; 1],
 }
 
+/// The envelope around an event's own OCSF parts: classification from its type, time and uid
+/// from the stamp, the host from the source, severity and status from the type's rules.
 fn shape<'a>(
     source: &'a Source,
     seq: u64,
-    kind: &'a EventType,
-    fields: &'a Map<String, Value>,
+    kind: &'static EventType,
+    parts: Ocsf<'a>,
     stamp: &'a Stamp,
 ) -> Event<'a> {
-    let event = kind.name;
     let class = kind.class;
     let (activity_id, activity_name) = (kind.activity_id, kind.activity_name);
     let (category_uid, category_name) = class.category();
-    let (status_id, status_detail) = status(kind.outcome, fields);
+    let (status_id, status_detail) = match kind.outcome {
+        Outcome::Success | Outcome::NewFinding => (1, None),
+        Outcome::Failure => (2, parts.status_detail),
+        Outcome::StreamEnd if parts.status_detail == Some(READ_ERROR) => (2, parts.status_detail),
+        Outcome::StreamEnd => (1, parts.status_detail),
+    };
     let severity_id = match kind.severity {
         Severity::Fixed(n) => n,
-        Severity::FromField if text(fields, "severity") == Some("low") => 2,
-        Severity::FromField => 4,
+        Severity::FromField => parts.severity_id.unwrap_or(4),
     };
+    let mut observables = Vec::with_capacity(parts.observables.len() + 1);
+    observables.push(Observable {
+        name: "device.hostname",
+        type_id: 1,
+        kind: "Hostname",
+        value: source.host.to_string(),
+    });
+    observables.extend(parts.observables);
     Event {
         class_uid: class.uid(),
         class_name: class.name(),
@@ -550,14 +574,19 @@ fn shape<'a>(
             }
         ),
         severity_id,
-        severity: SEVERITY_NAMES[usize::from(severity_id)],
+        severity: SEVERITY_NAMES[usize::from(severity_id).min(SEVERITY_NAMES.len() - 1)],
         status_id,
         status: status_name(class, status_id),
         status_code: status_detail,
         status_detail,
         time: stamp.time_ms,
         timezone_offset: 0,
-        message: message(kind, fields, source.host),
+        // Control characters (a hostile path or reason) become spaces: the summary is one line.
+        message: parts
+            .message
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
         metadata: Metadata {
             version: OCSF_VERSION,
             profiles: class.device_from_profile().then_some(["host"]),
@@ -568,10 +597,10 @@ fn shape<'a>(
             },
             uid: &stamp.uid,
             sequence: seq,
-            event_code: event,
+            event_code: kind.name,
             log_name: &source.log_name,
             log_provider: "loggate",
-            correlation_uid: text(fields, "grant_id"),
+            correlation_uid: parts.correlation_uid,
         },
         device: Device {
             hostname: source.host,
@@ -580,307 +609,422 @@ fn shape<'a>(
             type_id: 1,
             kind: "Server",
         },
-        observables: observables(class, fields, source.host),
-        objects: class_objects(class, event, fields, source),
+        observables,
+        objects: parts.objects,
     }
 }
 
-/// A field as text for a summary: strings bare, other values as JSON, null or absent as
-/// `unknown`; control characters (a hostile path or reason) become spaces, so the summary is
-/// one line.
-fn shown(fields: &Map<String, Value>, key: &str) -> String {
-    let text = match fields.get(key) {
-        None | Some(Value::Null) => "unknown".to_string(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-    };
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+/// The `end_reason` of a stream cut by a read error: the one end that is a failure.
+pub const READ_ERROR: &str = "read_error";
+
+// ---------------------------------------------------------------------------------------------
+// What an event gives its record, from its own typed fields (see `AuditEvent::ocsf`).
+
+/// An event's part of its OCSF record, built from its typed fields by [`AuditEvent::ocsf`]:
+/// its one-line summary, its class's objects (actor, user, api, resources, file, finding, …)
+/// and the values a SIEM pivots on (`observables`), its grant (`metadata.correlation_uid`), the
+/// reason code of a failure (`status_detail`) and, for a type whose severity is
+/// [`Severity::FromField`], its severity. The writer adds the envelope (classification, time,
+/// metadata, device, status).
+///
+/// Start from the constructor of the event's class ([`Ocsf::read`], [`Ocsf::access`],
+/// [`Ocsf::authentication`], [`Ocsf::file_open`], [`Ocsf::finding`], [`Ocsf::event_log`]),
+/// then add what applies ([`Ocsf::detail`], [`Ocsf::severity_from`]).
+pub struct Ocsf<'a> {
+    message: String,
+    status_detail: Option<&'a str>,
+    severity_id: Option<u8>,
+    correlation_uid: Option<&'a str>,
+    observables: Vec<Observable>,
+    objects: Objects<'a>,
 }
 
-/// The record's one-line summary (OCSF `message`), for people reading the SIEM.
-fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
-    let v = |key: &str| shown(f, key);
-    let who = if present(f, "subject").is_some() {
-        v("subject")
-    } else {
-        "an unidentified caller".to_string()
-    };
-    let text = match kind.name {
-        "read.allowed" => format!(
-            "{who} was allowed to read {} on {host} ({}, grant {})",
-            v("path"),
-            v("mode"),
-            v("grant_id")
-        ),
-        "read.reopened" => format!(
-            "{who}'s follow of {} on {host} moved to the file that replaced it (grant {})",
-            v("path"),
-            v("grant_id")
-        ),
-        "read.denied" => format!(
-            "{who} was refused reading {} on {host}: {}",
-            v("path"),
-            v("reason_code")
-        ),
-        "read.finished" => format!(
-            "{who}'s read of {} on {host} ended ({}) after {} bytes",
-            v("path"),
-            v("end_reason"),
-            v("bytes")
-        ),
-        "grant.issued" => format!(
-            "{} issued grant {} to {who} for {}",
-            v("issuer"),
-            v("grant_id"),
-            v("paths")
-        ),
-        "grant.received" => format!(
-            "{host} installed grant {} for {who} on {}",
-            v("grant_id"),
-            v("paths")
-        ),
-        "grant.rejected" => format!(
-            "{host} rejected grant {}: {}",
-            v("grant_id"),
-            v("reason_code")
-        ),
-        "grant.revoked" => format!(
-            "grant {} was revoked by {} on {host}",
-            v("grant_id"),
-            v("revoked_by")
-        ),
-        "grant.expired" => format!("grant {} of {who} expired on {host}", v("grant_id")),
-        "grant.dropped" => format!(
-            "{host} dropped stored grant {}: {}",
-            v("grant_id"),
-            v("reason")
-        ),
-        "access.requested" => format!(
-            "{who} requested access to {} on {} under role {} ({})",
-            v("paths"),
-            v("hosts"),
-            v("role"),
-            v("approval")
-        ),
-        "access.approved" => format!(
-            "{} approved request {} of {who} ({} of {})",
-            v("approver"),
-            v("request_id"),
-            v("approvals"),
-            v("approvals_needed")
-        ),
-        "access.denied" => format!(
-            "{} denied request {} of {who}",
-            v("approver"),
-            v("request_id")
-        ),
-        "access.review_refused" => format!(
-            "{} was refused reviewing request {} of {who}: {}",
-            v("approver"),
-            v("request_id"),
-            v("reason_code")
-        ),
-        "access.cancelled" => format!("request {} of {who} was cancelled", v("request_id")),
-        "access.expired" => format!("request {} of {who} expired undecided", v("request_id")),
-        "access.break_glass" => format!(
-            "BREAK-GLASS: {who} was granted {} on {} without approval ({}, grant {})",
-            v("paths"),
-            v("hosts"),
-            v("how"),
-            v("grant_id")
-        ),
-        "access.break_glass_reviewed" => format!(
-            "{} reviewed break-glass grant {} of {who}",
-            v("approver"),
-            v("grant_id")
-        ),
-        "notify.failed" => format!(
-            "a notification of {} to {} failed after {} attempts: {}",
-            v("notified_event"),
-            v("webhook"),
-            v("attempts"),
-            v("error")
-        ),
-        "policy.reloaded" => format!(
-            "the access policy {} was loaded ({} roles), by {}",
-            v("file"),
-            v("roles"),
-            v("triggered_by")
-        ),
-        "policy.refused" => format!(
-            "the access policy {} was refused, the one in force stays: {}",
-            v("file"),
-            v("reason")
-        ),
-        "user.key_enrolled" => format!("{who}'s certificate key was enrolled on first contact"),
-        "tls.refused" => format!(
-            "{} on {host} refused a TLS handshake from {}: {}",
-            v("service"),
-            v("peer"),
-            v("reason_code")
-        ),
-        "bypass.read" | "bypass.finding" => format!(
-            "{} (pid {}, uid {}) opened {} on {host} around the gate{}",
-            v("comm"),
-            v("pid"),
-            v("uid"),
-            v("path"),
-            match (kind.name, f.get("expected").and_then(Value::as_bool)) {
-                ("bypass.finding", Some(true)) => ", an allow-listed reader without a grant",
-                ("bypass.finding", _) => ", without a grant",
-                _ => "",
-            }
-        ),
-        "bypass.held_open" => format!(
-            "{} (pid {}, uid {}) held {} open on {host} when the bypass audit started",
-            v("comm"),
-            v("pid"),
-            v("uid"),
-            v("path")
-        ),
-        "bypass.left_roots" => format!(
-            "protected file {} left the roots on {host} (now {}); it stays protected",
-            v("path"),
-            v("new_path")
-        ),
-        "bypass.read_repeated" => format!(
-            "{} (pid {}) opened {} on {host} {} more times around the gate",
-            v("comm"),
-            v("pid"),
-            v("path"),
-            v("repeats")
-        ),
-        "bypass.events_lost" => format!(
-            "{host} lost {} bypass events: {}",
-            v("lost_since_last"),
-            v("reason")
-        ),
-        "bypass.unavailable" => {
-            format!("the bypass audit on {host} is unavailable: {}", v("reason"))
-        }
-        "agent.started" => format!("agent {host} started (bypass audit: {})", v("bypass_mode")),
-        "agent.stopped" => format!("agent {host} stopped"),
-        "controller.started" => format!("the controller started on {}", v("listen")),
-        "controller.stopped" => "the controller stopped".to_string(),
-        "audit.checkpoint" => format!(
-            "{host} sealed its audit chain through seq {}",
-            v("sealed_seq")
-        ),
-        "audit.rotated" => format!("{host} rotated its audit file to {}", v("previous_file")),
-        "audit.checkpoint_key_enrolled" => format!(
-            "the checkpoint key {} of agent {} was enrolled ({})",
-            v("key_id"),
-            v("agent_id"),
-            v("how")
-        ),
-        "audit.checkpoint_refused" => format!(
-            "checkpoints of agent {} were refused: {}",
-            v("agent_id"),
-            v("reason_code")
-        ),
-        "audit.checkpoint_conflict" => format!(
-            "ALERT: a checkpoint of {} contradicts one held: {}",
-            v("origin"),
-            v("conflict")
-        ),
-        "audit.torn_tail_discarded" => format!(
-            "{host} cut a torn last line of {} bytes from its audit file",
-            v("bytes_discarded")
-        ),
-        other => format!("{other} on {host}"),
-    };
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+/// A read through the gate as OCSF API Activity (the `read.*` events).
+pub struct ReadCall<'a> {
+    /// The caller's SPIFFE id, when the certificate was a person's.
+    pub subject: Option<&'a str>,
+    /// The SHA-256 of the caller's certificate key.
+    pub key_sha256: Option<&'a str>,
+    /// The client's `ip:port` (another text is kept as the endpoint's name).
+    pub peer: Option<&'a str>,
+    /// The grant that allowed (or was involved in) the read.
+    pub grant_id: Option<&'a str>,
+    /// The read was refused (the grant's authorization is `Denied`, not applied).
+    pub denied: bool,
+    /// The file, as served or as requested.
+    pub path: Option<&'a str>,
+    /// How long the stream lasted.
+    pub duration_ms: Option<u64>,
 }
 
-/// The person's short name (the last segment of a SPIFFE id).
-fn short_name(id: &str) -> &str {
-    id.rsplit('/').next().unwrap_or(id)
+/// A change of who may read what, as OCSF User Access Management (grants, requests, policy).
+pub struct AccessChange<'a> {
+    /// Whose access it is (`user`); unknown when the event does not trust it.
+    pub subject: Option<&'a str>,
+    /// Who made the change (`actor.user`); loggate itself when none.
+    pub by: Option<&'a str>,
+    /// What was given or taken.
+    pub privileges: Privileges<'a>,
+    /// The grant it is about (`metadata.correlation_uid`).
+    pub grant_id: Option<&'a str>,
 }
 
-/// The record's observables: only values loggate knows to be true (no `unknown` user).
-fn observables(class: Class, f: &Map<String, Value>, host: &str) -> Vec<Observable> {
-    let user = |name, id: &str| Observable {
-        name,
-        type_id: 4,
-        kind: "User Name",
-        value: short_name(id).to_string(),
-    };
-    let file = |name, path: &str| Observable {
-        name,
-        type_id: 45,
-        kind: "File Path",
-        value: path.to_string(),
-    };
-    let ip = |name| {
-        text(f, "peer")
-            .and_then(|p| p.parse::<std::net::SocketAddr>().ok())
-            .map(|a| Observable {
-                name,
-                type_id: 2,
-                kind: "IP Address",
-                value: a.ip().to_string(),
-            })
-    };
-    let subject = text(f, "subject");
-    let path = text(f, "path");
-    let mut found = vec![Observable {
-        name: "device.hostname",
-        type_id: 1,
-        kind: "Hostname",
-        value: host.to_string(),
-    }];
-    match class {
-        Class::ApiActivity => {
-            found.extend(subject.map(|s| user("actor.user.name", s)));
-            found.extend(ip("src_endpoint.ip"));
-            found.extend(path.map(|p| file("resources.name", p)));
+/// What an access change gives or takes (`privileges`).
+pub enum Privileges<'a> {
+    /// Read access to these path globs: `read:<glob>` each.
+    Read(&'a [String]),
+    /// A grant, where the event does not name its paths: `grant:<id>`.
+    Grant(&'a str),
+    /// What a request asked for: `request:<id>`.
+    Request(&'a str),
+    /// Who may ask for what: `access policy:<file>`.
+    Policy(&'a str),
+}
+
+/// A mutual-TLS logon, accepted or refused, as OCSF Authentication.
+pub struct Logon<'a> {
+    /// The verified person (`user`); unknown for a refused handshake.
+    pub subject: Option<&'a str>,
+    /// The SHA-256 of their certificate key.
+    pub key_sha256: Option<&'a str>,
+    /// The service that was logged on to (`loggate controller` when none).
+    pub service: Option<&'a str>,
+    /// The client's `ip:port`.
+    pub peer: Option<&'a str>,
+}
+
+/// A process that opened (or held) a protected file around the gate, and the file.
+pub struct Opener<'a> {
+    /// Its process id.
+    pub pid: u32,
+    /// Its thread id.
+    pub tid: Option<u32>,
+    /// Its parent's process id.
+    pub ppid: Option<u32>,
+    /// Its real uid.
+    pub uid: Option<u32>,
+    /// The uid's name.
+    pub user: Option<&'a str>,
+    /// The person the uid maps to (`actor.user`).
+    pub subject: Option<&'a str>,
+    /// Its command name.
+    pub comm: Option<&'a str>,
+    /// Its command line.
+    pub cmdline: Option<&'a str>,
+    /// Its executable's path.
+    pub exe: Option<&'a str>,
+    /// The protected path (`file.path`).
+    pub path: Option<&'a str>,
+    /// The basename it opened (`file.name`).
+    pub opened_name: &'a str,
+    /// The file's device, `major:minor`.
+    pub device: &'a str,
+    /// The file's inode.
+    pub inode: u64,
+}
+
+impl<'a> Ocsf<'a> {
+    fn new(message: String, objects: Objects<'a>, observables: Vec<Observable>) -> Self {
+        Ocsf {
+            message,
+            status_detail: None,
+            severity_id: None,
+            correlation_uid: None,
+            observables,
+            objects,
         }
-        Class::UserAccessManagement => {
-            found.extend(subject.map(|s| user("user.name", s)));
-            let by = text(f, "approver")
-                .or_else(|| text(f, "issuer"))
-                .or_else(|| text(f, "revoked_by"));
-            found.extend(by.map(|b| user("actor.user.name", b)));
+    }
+
+    /// API Activity: a read through the gate (the agent's `loggate.v1.Agent` on `on.host`).
+    pub fn read(message: String, on: &'a Source, call: ReadCall<'a>) -> Self {
+        let observables = [
+            call.subject.map(|s| Observable::user("actor.user.name", s)),
+            Observable::ip("src_endpoint.ip", call.peer),
+            call.path.map(|p| Observable::file("resources.name", p)),
+        ];
+        let objects = Objects::Api(ApiObjects {
+            actor: Actor {
+                user: Some(user(call.subject, call.key_sha256)),
+                authorizations: call.grant_id.map(|uid| {
+                    [Authorization {
+                        decision: if call.denied { "Denied" } else { "Allowed" },
+                        policy: Policy {
+                            uid,
+                            name: "loggate grant",
+                            is_applied: (!call.denied).then_some(true),
+                        },
+                    }]
+                }),
+                ..Actor::default()
+            },
+            api: Api {
+                operation: "ReadLog",
+                service: Service {
+                    name: "loggate.v1.Agent",
+                    version: env!("CARGO_PKG_VERSION"),
+                },
+            },
+            src_endpoint: endpoint(call.peer),
+            dst_endpoint: Host {
+                hostname: on.host,
+                svc_name: "loggate agent",
+            },
+            resources: log_file(call.path),
+            duration: call.duration_ms,
+        });
+        let mut parts = Ocsf::new(
+            message,
+            objects,
+            observables.into_iter().flatten().collect(),
+        );
+        parts.correlation_uid = call.grant_id;
+        parts
+    }
+
+    /// User Access Management: access given or taken, asked for, or the policy changed.
+    pub fn access(message: String, change: AccessChange<'a>) -> Self {
+        let observables = [
+            change.subject.map(|s| Observable::user("user.name", s)),
+            change.by.map(|b| Observable::user("actor.user.name", b)),
+        ];
+        let objects = Objects::Access(AccessObjects {
+            user: user(change.subject, None),
+            actor: match change.by {
+                Some(by) => Actor {
+                    user: Some(user(Some(by), None)),
+                    ..Actor::default()
+                },
+                None => loggate_actor(),
+            },
+            privileges: match change.privileges {
+                Privileges::Read(paths) => paths.iter().map(|p| format!("read:{p}")).collect(),
+                Privileges::Grant(g) => vec![format!("grant:{g}")],
+                Privileges::Request(r) => vec![format!("request:{r}")],
+                Privileges::Policy(p) => vec![format!("access policy:{p}")],
+            },
+        });
+        let mut parts = Ocsf::new(
+            message,
+            objects,
+            observables.into_iter().flatten().collect(),
+        );
+        parts.correlation_uid = change.grant_id;
+        parts
+    }
+
+    /// Authentication: a mutual-TLS logon. A refused handshake has no verified user: `user` is
+    /// Unknown (what the certificate claimed stays under `unmapped.loggate`, where no per-user
+    /// rule reads it as a fact).
+    pub fn authentication(message: String, logon: Logon<'a>) -> Self {
+        let observables = [
+            logon.subject.map(|s| Observable::user("user.name", s)),
+            Observable::ip("src_endpoint.ip", logon.peer),
+        ];
+        let objects = Objects::Authentication(AuthenticationObjects {
+            user: user(logon.subject, logon.key_sha256),
+            auth_protocol_id: 99,
+            auth_protocol: "mTLS",
+            is_remote: true,
+            service: Service {
+                name: logon.service.unwrap_or("loggate controller"),
+                version: env!("CARGO_PKG_VERSION"),
+            },
+            src_endpoint: logon.peer.map(|p| endpoint(Some(p))),
+        });
+        Ocsf::new(
+            message,
+            objects,
+            observables.into_iter().flatten().collect(),
+        )
+    }
+
+    /// File System Activity: a process opened a protected file around the gate.
+    pub fn file_open(message: String, opener: Opener<'a>) -> Self {
+        let observables = opener.observables(false);
+        Ocsf::new(message, Objects::File(opener.objects()), observables)
+    }
+
+    /// Detection Finding: a bypass read by someone without a grant (`finding_uid`), an alert
+    /// unless the reader is allow-listed (`expected`).
+    pub fn finding(
+        message: String,
+        opener: Opener<'a>,
+        finding_uid: Option<&'a str>,
+        expected: bool,
+    ) -> Self {
+        let observables = opener.observables(true);
+        let resources = log_file(opener.path);
+        let objects = Objects::Finding(FindingObjects {
+            finding_info: FindingInfo {
+                uid: finding_uid,
+                title: "Protected log file read around the gate without a grant",
+                desc: "A process opened a file protected by loggate directly, and the person it runs as holds no grant covering it.",
+                types: ["loggate bypass read"],
+            },
+            is_alert: !expected,
+            evidences: [opener.objects()],
+            resources,
+        });
+        Ocsf::new(message, objects, observables)
+    }
+
+    /// Event Log Activity: the audit log (`on.log_name`) and the daemon that writes it.
+    pub fn event_log(message: String, on: &'a Source) -> Self {
+        let objects = Objects::EventLog(EventLogObjects {
+            actor: loggate_actor(),
+            log_name: &on.log_name,
+            log_provider: "loggate",
+            log_type_id: 2,
+            log_type: "Application",
+        });
+        Ocsf::new(message, objects, Vec::new())
+    }
+
+    /// A base event without class objects (only for event types outside [`CATALOGUE`]).
+    pub fn base(message: String) -> Self {
+        Ocsf::new(message, Objects::None {}, Vec::new())
+    }
+
+    /// The reason code of a failure, or of a stream's end (`status_detail`); ignored where the
+    /// type's outcome is a success.
+    pub fn detail(mut self, code: Option<&'a str>) -> Self {
+        self.status_detail = code;
+        self
+    }
+
+    /// The severity of a bypass record from its `severity` value: `low` is 2 Low, anything
+    /// else 4 High. Used where the type's severity is [`Severity::FromField`].
+    pub fn severity_from(mut self, severity: &str) -> Self {
+        self.severity_id = Some(if severity == "low" { 2 } else { 4 });
+        self
+    }
+}
+
+impl<'a> Opener<'a> {
+    /// The opener (its process and, when mapped, the person) and the protected file.
+    fn objects(&self) -> FileObjects<'a> {
+        let process = Process {
+            pid: self.pid,
+            ptid: self.tid,
+            name: self.comm,
+            cmd_line: self.cmdline,
+            file: self.exe.map(|exe| File {
+                path: Some(exe),
+                name: exe.rsplit('/').next().unwrap_or(exe),
+                type_id: 1,
+                kind: "Regular File",
+                uid: None,
+            }),
+            user: self.uid.map(|uid| User {
+                uid: Some(uid.to_string().into()),
+                name: self.user,
+                type_id: 1,
+                kind: "User",
+                programmatic_credentials: None,
+            }),
+            parent_process: self.ppid.map(|pid| Parent { pid }),
+        };
+        FileObjects {
+            actor: Actor {
+                process: Some(process),
+                user: self.subject.map(|s| user(Some(s), None)),
+                ..Actor::default()
+            },
+            file: File {
+                path: self.path,
+                name: self.opened_name,
+                type_id: 1,
+                kind: "Regular File",
+                uid: Some(format!("{}:{}", self.device, self.inode)),
+            },
         }
-        Class::Authentication => {
-            found.extend(subject.map(|s| user("user.name", s)));
-            found.extend(ip("src_endpoint.ip"));
-        }
-        Class::FileSystemActivity | Class::DetectionFinding => {
-            let at = |plain, nested| {
-                if class == Class::FileSystemActivity {
-                    plain
-                } else {
-                    nested
-                }
-            };
-            found.extend(
-                subject.map(|s| user(at("actor.user.name", "evidences.actor.user.name"), s)),
-            );
-            found.extend(text(f, "user").map(|u| {
-                user(
+    }
+
+    /// The person, the process's user and name and the file; under `evidences.` in a finding.
+    fn observables(&self, in_finding: bool) -> Vec<Observable> {
+        let at = |plain, nested| if in_finding { nested } else { plain };
+        [
+            self.subject
+                .map(|s| Observable::user(at("actor.user.name", "evidences.actor.user.name"), s)),
+            self.user.map(|u| {
+                Observable::user(
                     at(
                         "actor.process.user.name",
                         "evidences.actor.process.user.name",
                     ),
                     u,
                 )
-            }));
-            found.extend(text(f, "comm").map(|c| Observable {
+            }),
+            self.comm.map(|c| Observable {
                 name: at("actor.process.name", "evidences.actor.process.name"),
                 type_id: 9,
                 kind: "Process Name",
                 value: c.to_string(),
-            }));
-            found.extend(path.map(|p| file(at("file.path", "evidences.file.path"), p)));
-        }
-        Class::EventLogActivity | Class::Base => {}
+            }),
+            self.path
+                .map(|p| Observable::file(at("file.path", "evidences.file.path"), p)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
-    found
+}
+
+impl Observable {
+    /// A person, by their short name.
+    fn user(name: &'static str, id: &str) -> Observable {
+        Observable {
+            name,
+            type_id: 4,
+            kind: "User Name",
+            value: short_name(id).to_string(),
+        }
+    }
+
+    fn file(name: &'static str, path: &str) -> Observable {
+        Observable {
+            name,
+            type_id: 45,
+            kind: "File Path",
+            value: path.to_string(),
+        }
+    }
+
+    /// The client's IP, when `peer` is an `ip:port`.
+    fn ip(name: &'static str, peer: Option<&str>) -> Option<Observable> {
+        peer.and_then(|p| p.parse::<std::net::SocketAddr>().ok())
+            .map(|a| Observable {
+                name,
+                type_id: 2,
+                kind: "IP Address",
+                value: a.ip().to_string(),
+            })
+    }
+}
+
+// Helpers for events' summaries (`message`), which show values as earlier builds did.
+
+/// Who a summary names: the SPIFFE id, or "an unidentified caller".
+pub fn who(subject: Option<&str>) -> &str {
+    subject.unwrap_or("an unidentified caller")
+}
+
+/// A value that may be unknown, for a summary: the value, or `unknown`.
+pub fn or_unknown<T: std::fmt::Display>(value: &Option<T>) -> String {
+    match value {
+        Some(v) => v.to_string(),
+        None => "unknown".to_string(),
+    }
+}
+
+/// A list for a summary, as JSON: `["a","b"]`.
+pub fn list(values: &[String]) -> String {
+    serde_json::to_string(values).unwrap_or_default()
+}
+
+/// The person's short name (the last segment of a SPIFFE id).
+fn short_name(id: &str) -> &str {
+    id.rsplit('/').next().unwrap_or(id)
 }
 
 const SEVERITY_NAMES: [&str; 7] = [
@@ -893,20 +1037,6 @@ const SEVERITY_NAMES: [&str; 7] = [
     "Fatal",
 ];
 
-fn status(outcome: Outcome, fields: &Map<String, Value>) -> (u8, Option<&str>) {
-    match outcome {
-        Outcome::Success | Outcome::NewFinding => (1, None),
-        Outcome::Failure => (
-            2,
-            text(fields, "reason_code").or_else(|| text(fields, "reason")),
-        ),
-        Outcome::StreamEnd if text(fields, "end_reason") == Some("read_error") => {
-            (2, text(fields, "end_reason"))
-        }
-        Outcome::StreamEnd => (1, text(fields, "end_reason")),
-    }
-}
-
 fn status_name(class: Class, status_id: u8) -> &'static str {
     match (class, status_id) {
         (Class::DetectionFinding, 1) => "New",
@@ -914,15 +1044,6 @@ fn status_name(class: Class, status_id: u8) -> &'static str {
         (_, 2) => "Failure",
         _ => "Unknown",
     }
-}
-
-fn text<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    fields.get(key).and_then(Value::as_str)
-}
-
-/// A field's value unless it is absent or null.
-fn present<'a>(fields: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
-    fields.get(key).filter(|v| !v.is_null())
 }
 
 /// An OCSF `user` from a SPIFFE id (or a bare name) and, when known, the certificate key.
@@ -978,156 +1099,6 @@ fn log_file(path: Option<&str>) -> Option<[Resource<'_>; 1]> {
             name,
         }]
     })
-}
-
-/// A bypass open as OCSF objects: the opener (its process and, when mapped, the person) and
-/// the protected file.
-fn bypass_objects(f: &Map<String, Value>) -> FileObjects<'_> {
-    let process = Process {
-        pid: present(f, "pid"),
-        ptid: present(f, "tid"),
-        name: text(f, "comm"),
-        cmd_line: text(f, "cmdline"),
-        file: text(f, "exe").map(|exe| File {
-            path: Some(exe),
-            name: exe.rsplit('/').next().unwrap_or(exe),
-            type_id: 1,
-            kind: "Regular File",
-            uid: None,
-        }),
-        user: present(f, "uid").map(|uid| User {
-            uid: Some(uid.to_string().into()),
-            name: text(f, "user"),
-            type_id: 1,
-            kind: "User",
-            programmatic_credentials: None,
-        }),
-        parent_process: present(f, "ppid").map(|pid| Parent { pid }),
-    };
-    let file = File {
-        path: text(f, "path"),
-        name: text(f, "opened_name").unwrap_or_default(),
-        type_id: 1,
-        kind: "Regular File",
-        uid: match (text(f, "device"), present(f, "inode")) {
-            (Some(dev), Some(ino)) => Some(format!("{dev}:{ino}")),
-            _ => None,
-        },
-    };
-    FileObjects {
-        actor: Actor {
-            process: Some(process),
-            user: text(f, "subject").map(|s| user(Some(s), None)),
-            ..Actor::default()
-        },
-        file,
-    }
-}
-
-/// The class's own objects, filled from the event's fields.
-fn class_objects<'a>(
-    class: Class,
-    event: &str,
-    f: &'a Map<String, Value>,
-    source: &'a Source,
-) -> Objects<'a> {
-    match class {
-        Class::ApiActivity => Objects::Api(ApiObjects {
-            actor: Actor {
-                user: Some(user(text(f, "subject"), text(f, "key_sha256"))),
-                authorizations: text(f, "grant_id").map(|uid| {
-                    let denied = event == "read.denied";
-                    [Authorization {
-                        decision: if denied { "Denied" } else { "Allowed" },
-                        policy: Policy {
-                            uid,
-                            name: "loggate grant",
-                            is_applied: (!denied).then_some(true),
-                        },
-                    }]
-                }),
-                ..Actor::default()
-            },
-            api: Api {
-                operation: "ReadLog",
-                service: Service {
-                    name: "loggate.v1.Agent",
-                    version: env!("CARGO_PKG_VERSION"),
-                },
-            },
-            src_endpoint: endpoint(text(f, "peer")),
-            dst_endpoint: Host {
-                hostname: source.host,
-                svc_name: "loggate agent",
-            },
-            resources: log_file(text(f, "path")),
-            duration: present(f, "duration_ms"),
-        }),
-        Class::UserAccessManagement => {
-            let by = text(f, "approver")
-                .or_else(|| text(f, "issuer"))
-                .or_else(|| text(f, "revoked_by"));
-            Objects::Access(AccessObjects {
-                user: user(text(f, "subject"), None),
-                actor: match by {
-                    Some(by) => Actor {
-                        user: Some(user(Some(by), None)),
-                        ..Actor::default()
-                    },
-                    None => loggate_actor(),
-                },
-                // What was given or taken: read access to the grant's paths where the event
-                // names them, else the grant itself.
-                privileges: match f.get("paths").and_then(Value::as_array) {
-                    Some(ps) => ps
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .map(|p| format!("read:{p}"))
-                        .collect(),
-                    // A request (`access.*`) gives or withholds what it asked for; a policy
-                    // load changes who may ask for what.
-                    None => text(f, "grant_id")
-                        .map(|g| vec![format!("grant:{g}")])
-                        .or_else(|| text(f, "request_id").map(|r| vec![format!("request:{r}")]))
-                        .or_else(|| text(f, "file").map(|p| vec![format!("access policy:{p}")]))
-                        .unwrap_or_default(),
-                },
-            })
-        }
-        Class::Authentication => Objects::Authentication(AuthenticationObjects {
-            // A refused handshake has no verified user: `user` is Unknown (what the certificate
-            // claimed stays under unmapped.loggate, where no per-user rule reads it as a fact).
-            user: user(text(f, "subject"), text(f, "key_sha256")),
-            auth_protocol_id: 99,
-            auth_protocol: "mTLS",
-            is_remote: true,
-            service: Service {
-                name: text(f, "service").unwrap_or("loggate controller"),
-                version: env!("CARGO_PKG_VERSION"),
-            },
-            src_endpoint: text(f, "peer").map(|p| endpoint(Some(p))),
-        }),
-        Class::FileSystemActivity => Objects::File(bypass_objects(f)),
-        Class::DetectionFinding => Objects::Finding(FindingObjects {
-            finding_info: FindingInfo {
-                uid: text(f, "finding_uid"),
-                title: "Protected log file read around the gate without a grant",
-                desc: "A process opened a file protected by loggate directly, and the person it runs as holds no grant covering it.",
-                types: ["loggate bypass read"],
-            },
-            is_alert: f.get("expected").and_then(Value::as_bool) != Some(true),
-            evidences: [bypass_objects(f)],
-            resources: log_file(text(f, "path")),
-        }),
-        Class::EventLogActivity => Objects::EventLog(EventLogObjects {
-            actor: loggate_actor(),
-            log_name: &source.log_name,
-            log_provider: "loggate",
-            log_type_id: 2,
-            log_type: "Application",
-        }),
-        Class::Base => Objects::None {},
-    }
 }
 
 /// What is wrong with a record as loggate's catalogue sees it: an unknown event, a class,

@@ -275,8 +275,8 @@ impl AuditLog {
             previous_last_seq: last_seq,
             deleted_files: deleted.iter().map(|p| name(p)).collect(),
         };
-        let started = super::event_fields(&rotated_event, &path)
-            .and_then(|fields| self.write_record(AuditRotated::TYPE, fields))
+        let started = super::Encoded::new(&rotated_event, &path)
+            .and_then(|record| self.write_record(record))
             .and_then(|_| self.sync());
         if let Err(e) = started {
             let _ = std::fs::remove_file(&path);
@@ -415,8 +415,8 @@ impl AuditLog {
     /// Writes one of retention's own events (not synced, no budget check: retention runs
     /// inside both).
     fn write_event<E: AuditEvent>(&mut self, event: &E) -> Result<u64, AuditError> {
-        let fields = super::event_fields(event, &self.path)?;
-        self.write_record(E::TYPE, fields)
+        let record = super::Encoded::new(event, &self.path)?;
+        self.write_record(record)
     }
 }
 

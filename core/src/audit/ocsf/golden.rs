@@ -8,7 +8,7 @@
 //! Each line carries its own inputs (host, log name, seq, prev, time, uid and the event's
 //! fields); [`reshape`] shapes them again with the current code.
 
-use super::tests::{example, stamp};
+use super::tests::{example, shaped, stamp};
 use super::*;
 use crate::audit::record_fields;
 use serde_json::json;
@@ -82,10 +82,7 @@ fn variants() -> Vec<(&'static str, Map<String, Value>)> {
             "access.approved",
             json!({"grant_id": null, "approvals_needed": 2, "comment": ""}),
         ),
-        with(
-            "grant.revoked",
-            json!({"subject": null, "revision": null}),
-        ),
+        with("grant.revoked", json!({"subject": null, "revision": null})),
         with(
             "grant.issued",
             json!({"hosts": [], "labels": ["env=prod"], "paths": []}),
@@ -144,15 +141,7 @@ fn reshape(record: &Value) -> Vec<u8> {
         host,
         log_name: log_name.into(),
     };
-    line(
-        &source,
-        seq,
-        prev,
-        event_type(name).expect("a catalogued event"),
-        fields,
-        stamp,
-    )
-    .expect("shaped")
+    shaped(name, &source, seq, prev, fields, stamp)
 }
 
 /// The corpus as the current code writes it: the chained examples, then the variants.
@@ -169,15 +158,14 @@ fn corpus() -> String {
         } else {
             "web-1"
         };
-        let bytes = line(
+        let bytes = shaped(
+            name,
             &Source::new(host, Path::new("audit.jsonl")),
             1000 + i as u64,
             &prev,
-            kind,
             fields,
             stamp(100 + i),
-        )
-        .expect("shaped");
+        );
         prev = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         out.push_str(std::str::from_utf8(&bytes).expect("utf-8"));
         out.push('\n');
