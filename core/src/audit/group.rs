@@ -58,6 +58,10 @@ struct State {
     log: AuditLog,
     syncs: u64,
     closing: bool,
+    /// Tests: the flusher starts no sync while set, so a test can make something else (a
+    /// rotation) the one that makes a waiting writer's record durable.
+    #[cfg(test)]
+    flusher_paused: bool,
 }
 
 impl SharedAuditLog {
@@ -69,6 +73,8 @@ impl SharedAuditLog {
                 log,
                 syncs: 0,
                 closing: false,
+                #[cfg(test)]
+                flusher_paused: false,
             }),
             changed: Condvar::new(),
         });
@@ -199,6 +205,8 @@ impl Inner {
         let mut state = self.lock();
         loop {
             let pending = state.log.written().seq > state.log.durable_seq();
+            #[cfg(test)]
+            let pending = pending && !state.flusher_paused;
             if !pending {
                 if state.closing {
                     return;
@@ -371,6 +379,50 @@ mod tests {
         both.extend(std::fs::read(&path).unwrap());
         let summary = verify_chain(&both[..], &[]).unwrap();
         assert_eq!(summary.last_seq, seq);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_writer_waiting_for_durability_wakes_when_a_rotation_makes_its_record_durable() {
+        // The interleaving of 64f5f39: a writer's record is written and it waits in
+        // `wait_durable`; before the flusher syncs it, the timer rotates the file, which syncs
+        // the record itself. The flusher then finds nothing pending and wakes nobody: only
+        // the rotation's own wake-up lets the writer return.
+        let dir = crate::audit::scratch_dir();
+        let path = dir.join("audit.jsonl");
+        let shared = Arc::new(SharedAuditLog::new(AuditLog::open(&path, "h").unwrap()).unwrap());
+        shared.append(&TestEvent::n(0)).unwrap(); // 1: something to rotate
+        shared.inner.lock().flusher_paused = true;
+        let (done, returned) = std::sync::mpsc::channel();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let _ = done.send(shared.append(&TestEvent::n(1)));
+            })
+        };
+        // Bounded: the writer's record (seq 2) is written, and it waits for a sync.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while shared.inner.lock().log.written().seq < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never wrote its record"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(shared.durable().get(), 1, "the flusher is paused");
+        let policy = RotationPolicy {
+            max_bytes: 1,
+            keep: 5,
+        };
+        let rotated = shared.rotate_if_due(policy).unwrap();
+        assert!(rotated.is_some(), "rotated");
+        let outcome = returned
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the writer still waits although the rotation made its record durable");
+        assert_eq!(outcome.unwrap(), 2);
+        writer.join().unwrap();
+        shared.inner.lock().flusher_paused = false;
+        drop(shared);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
