@@ -23,7 +23,7 @@
 //! never of the agent or controller.
 
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod finding;
 mod schema;

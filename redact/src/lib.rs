@@ -27,7 +27,7 @@
 //! everywhere else it does not compile.
 
 #![deny(unsafe_code)]
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bytemask;

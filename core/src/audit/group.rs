@@ -13,6 +13,8 @@
 //! error (its action must not happen). Writers of records that were already durable are
 //! unaffected.
 
+#![deny(missing_docs)]
+
 use super::{AuditError, AuditEvent, AuditLog, Encoded, RotationPolicy};
 use std::io;
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 pub struct DurableSeq(Arc<AtomicU64>);
 
 impl DurableSeq {
+    /// The seq of the last durable record now (0 before any).
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
@@ -65,6 +68,7 @@ struct State {
 }
 
 impl SharedAuditLog {
+    /// Shares `log` and starts its flusher thread; an error when the thread cannot start.
     pub fn new(log: AuditLog) -> Result<Self, AuditError> {
         let path = log.path().to_path_buf();
         let inner = Arc::new(Inner {

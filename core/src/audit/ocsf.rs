@@ -24,6 +24,8 @@
 //! it (a test fails when they differ), [`catalogue_problems`] checks a record against it, and
 //! the tests check every record kind against the official OCSF 1.8.0 schema.
 
+#![deny(missing_docs)]
+
 pub use super::events::{AuditEvent, CATALOGUE};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -52,6 +54,7 @@ pub enum Class {
 }
 
 impl Class {
+    /// The class's `class_uid`.
     pub fn uid(self) -> u64 {
         match self {
             Class::FileSystemActivity => 1001,
@@ -73,6 +76,7 @@ impl Class {
         )
     }
 
+    /// The class's `class_name`, as the schema captions it.
     pub fn name(self) -> &'static str {
         match self {
             Class::FileSystemActivity => "File System Activity",
@@ -115,6 +119,7 @@ pub enum Outcome {
 /// How an event's `severity_id` is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// Always this `severity_id` (1 Informational … 4 High).
     Fixed(u8),
     /// From the `severity` field: `low` is 2 Low, anything else 4 High.
     FromField,
@@ -129,10 +134,15 @@ pub struct EventType {
     pub writers: &'static str,
     /// When it is written.
     pub about: &'static str,
+    /// Its OCSF class.
     pub class: Class,
+    /// Its `activity_id` in that class: it must mean what the event is (99 is "Other").
     pub activity_id: u64,
+    /// Its `activity_name`: the class's caption, or loggate's own label for activity 99.
     pub activity_name: &'static str,
+    /// How its `status_id` is decided.
     pub outcome: Outcome,
+    /// How its `severity_id` is decided.
     pub severity: Severity,
     /// loggate's own fields (under `unmapped.loggate`), each with its meaning.
     pub fields: &'static [(&'static str, &'static str)],
@@ -158,7 +168,9 @@ pub fn event_type(name: &str) -> Option<&'static EventType> {
 
 /// Where records are written: the host (agent id or `controller`) and the log's name.
 pub struct Source<'a> {
+    /// The host: the agent id, or `controller` (`device`).
     pub host: &'a str,
+    /// The audit file's name (`metadata.log_name`).
     pub log_name: std::borrow::Cow<'a, str>,
 }
 
@@ -177,12 +189,14 @@ impl<'a> Source<'a> {
 
 /// What differs between two otherwise equal records: when, and their unique id.
 pub struct Stamp {
+    /// When the record is written, epoch ms (`time`).
     pub time_ms: i64,
     /// UUIDv7 (`metadata.uid`).
     pub uid: String,
 }
 
 impl Stamp {
+    /// The stamp of a record written now, with a fresh uid.
     pub fn now() -> Stamp {
         let time_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
