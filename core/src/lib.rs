@@ -2,6 +2,15 @@
 //! certificates, grant signing and the one grant verifier, the audit writer, and the
 //! timestamp rules used to select time ranges of log lines.
 
+// A cast that can silently change a number fails the build here (issue 17 item 8): a u64
+// that wraps to a negative i64, a negative time that becomes a huge u64, a u128 of
+// milliseconds cut to u64. Convert with `try_from` and decide what out of range means.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod audit;
 pub mod backoff;
 pub mod config_check;

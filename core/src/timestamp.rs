@@ -267,7 +267,11 @@ fn parse_clf(b: &[u8]) -> Option<(i64, usize)> {
     }
     let name = &b[4..7];
     let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(name))?;
-    let ymd = (i64::from(num(b, 8, 4)), month as u32 + 1, num(b, 1, 2));
+    let ymd = (
+        i64::from(num(b, 8, 4)),
+        u32::try_from(month + 1).ok()?,
+        num(b, 1, 2),
+    );
     let hms = (num(b, 13, 2), num(b, 16, 2), num(b, 19, 2));
     let (off_min, len) = parse_offset(&b[22..])?;
     if b.get(22 + len) != Some(&b']') {
@@ -402,12 +406,12 @@ mod tests {
             x ^= x << 17;
             line.clear();
             for k in 0..(x % 200) {
-                let r = x.rotate_left(k as u32 * 7) ^ k;
-                let pick = alphabet[(r >> 1) as usize % alphabet.len()];
-                line.push(if r & 1 == 0 { pick } else { (r >> 8) as u8 });
+                let r = x.rotate_left(u32::try_from(k * 7 % 64).unwrap()) ^ k;
+                let pick = alphabet[usize::try_from(r >> 1).unwrap() % alphabet.len()];
+                line.push(if r & 1 == 0 { pick } else { r.to_le_bytes()[1] });
             }
             let _ = line_timestamp_ms(&line);
-            let _ = arg_ms(&String::from_utf8_lossy(&line), x as i64);
+            let _ = arg_ms(&String::from_utf8_lossy(&line), x.cast_signed());
         }
     }
 

@@ -336,8 +336,12 @@ pub(super) fn shaped(
 }
 
 pub(super) fn stamp(i: usize) -> Stamp {
-    let ms = T0 + 1000 * i as i64;
-    let uid = uuid::Builder::from_unix_timestamp_millis(ms as u64, &[i as u8; 10]).into_uuid();
+    let ms = T0 + 1000 * i64::try_from(i).unwrap();
+    let uid = uuid::Builder::from_unix_timestamp_millis(
+        u64::try_from(ms).unwrap(),
+        &[u8::try_from(i).unwrap(); 10],
+    )
+    .into_uuid();
     Stamp {
         time_ms: ms,
         uid: uid.to_string(),

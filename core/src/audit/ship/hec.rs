@@ -177,7 +177,7 @@ fn body(batch: &[Record], host: &str) -> Vec<u8> {
         let time = value.as_ref().and_then(epoch_ms).unwrap_or_else(|| {
             SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         });
         out.extend_from_slice(
             format!(
@@ -201,7 +201,7 @@ fn epoch_ms(record: &Value) -> Option<u64> {
             .ok()?
             .duration_since(UNIX_EPOCH)
             .ok()
-            .map(|d| d.as_millis() as u64),
+            .and_then(|d| u64::try_from(d.as_millis()).ok()),
         _ => None,
     }
 }

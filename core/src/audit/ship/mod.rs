@@ -564,7 +564,7 @@ impl<T: Transport> Shipper<T> {
         }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let status = serde_json::json!({
             "sink": self.name,
             "state": match (&self.halted, up, &self.health.refused) {
@@ -577,7 +577,10 @@ impl<T: Transport> Shipper<T> {
             "written_seq": self.written,
             "head_seq": self.health.head,
             "lag": lag,
-            "down_for_ms": self.health.down_since.map(|t| t.elapsed().as_millis() as u64),
+            "down_for_ms": self
+                .health
+                .down_since
+                .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
             "last_error": self.health.last_error,
             "updated_ms": now_ms,
         });
