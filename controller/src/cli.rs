@@ -1060,7 +1060,7 @@ mod tests {
         let ahead = crate::service::MAX_START_AHEAD;
         assert_eq!(
             start_time(now, ahead).unwrap(),
-            now + ahead.as_secs() as i64
+            now + i64::try_from(ahead.as_secs()).unwrap()
         );
         assert_eq!(
             start_time(now, Duration::from_secs(600)).unwrap(),

@@ -1,6 +1,14 @@
 //! `loggate`: the controller daemon and every human-facing command.
 
 #![forbid(unsafe_code)]
+// A cast that can silently change a number fails the build (issue 17 item 8): a duration's
+// seconds (u64) that wrap to a negative i64 make a grant or request end before it starts.
+// Convert with `try_from` and decide what out of range means.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 mod check_config;
 mod cli;

@@ -266,12 +266,14 @@ mod tests {
 
     fn now_secs() -> i64 {
         let now = SystemTime::now().duration_since(UNIX_EPOCH);
-        now.unwrap().as_secs() as i64
+        i64::try_from(now.unwrap().as_secs()).unwrap()
     }
 
     /// A validity window from `from` to `to` days relative to now.
     fn days(from: i64, to: i64) -> Option<Validity> {
-        let at = |d: i64| UNIX_EPOCH + Duration::from_secs((now_secs() + d * 86400) as u64);
+        let at = |d: i64| {
+            UNIX_EPOCH + Duration::from_secs(u64::try_from(now_secs() + d * 86400).unwrap())
+        };
         let (not_before, not_after) = (at(from), at(to));
         Some(Validity {
             not_before,

@@ -36,6 +36,13 @@ const MAX_LIST: usize = 64;
 /// not one of ours and would only grow log lines.
 pub const MAX_EPOCH_BYTES: usize = 64;
 
+/// A duration in whole seconds, for Unix-time arithmetic (`now + ttl`): saturating, so a
+/// duration beyond `i64::MAX` seconds stays far in the future instead of wrapping to before
+/// now (a grant or request that ends when it starts).
+pub(crate) fn seconds(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// What the controller's configuration allows when grants are issued.
 pub struct Policy {
     /// User names allowed to issue grants, list everyone's and revoke any.
@@ -197,8 +204,8 @@ pub fn grant_window(
     let not_before = if not_before_unix == 0 {
         now
     } else {
-        let earliest = now.saturating_sub(MAX_START_SKEW.as_secs() as i64);
-        let latest = now.saturating_add(MAX_START_AHEAD.as_secs() as i64);
+        let earliest = now.saturating_sub(seconds(MAX_START_SKEW));
+        let latest = now.saturating_add(seconds(MAX_START_AHEAD));
         if not_before_unix < earliest {
             return Err(Status::invalid_argument(format!(
                 "the grant's start ({not_before_unix}, Unix seconds) is in the past; omit it to start now"
@@ -743,6 +750,14 @@ impl Controller for ControllerService {
 mod window_tests {
     use super::*;
 
+    #[test]
+    fn a_duration_beyond_i64_seconds_saturates_instead_of_wrapping_to_before_now() {
+        // `as i64` made this -1: `now + ttl` an instant before now.
+        assert_eq!(seconds(Duration::from_secs(u64::MAX)), i64::MAX);
+        assert_eq!(NOW.saturating_add(seconds(Duration::MAX)), i64::MAX);
+        assert_eq!(seconds(Duration::from_secs(90)), 90);
+    }
+
     const NOW: i64 = 1_800_000_000;
     const MAX_TTL: Duration = Duration::from_secs(8 * 3600);
 
@@ -754,12 +769,20 @@ mod window_tests {
 
     #[test]
     fn a_start_inside_the_skew_window_is_now_and_no_grant_is_expired_when_issued() {
-        let skew = MAX_START_SKEW.as_secs() as i64;
+        let skew = seconds(MAX_START_SKEW);
         // The 5-minute allowance once made these grants end before they were signed.
-        for (start, ttl) in [(NOW - skew, 60), (NOW - 1, 1), (NOW - skew, skew as u64)] {
+        for (start, ttl) in [
+            (NOW - skew, 60),
+            (NOW - 1, 1),
+            (NOW - skew, skew.unsigned_abs()),
+        ] {
             let (not_before, not_after) = grant_window(NOW, start, ttl, MAX_TTL).unwrap();
             assert_eq!(not_before, NOW, "start {start} counts as now");
-            assert_eq!(not_after, NOW + ttl as i64, "start {start}, ttl {ttl}");
+            assert_eq!(
+                not_after,
+                NOW + i64::try_from(ttl).unwrap(),
+                "start {start}, ttl {ttl}"
+            );
             assert!(not_after > NOW);
         }
     }
@@ -770,8 +793,8 @@ mod window_tests {
             grant_window(NOW, 0, 3600, MAX_TTL).unwrap(),
             (NOW, NOW + 3600)
         );
-        let skew = MAX_START_SKEW.as_secs() as i64;
-        let ahead = MAX_START_AHEAD.as_secs() as i64;
+        let skew = seconds(MAX_START_SKEW);
+        let ahead = seconds(MAX_START_AHEAD);
         assert_eq!(
             grant_window(NOW, NOW + ahead, 60, MAX_TTL).unwrap(),
             (NOW + ahead, NOW + ahead + 60)

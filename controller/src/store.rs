@@ -213,7 +213,7 @@ fn grant_at(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<GrantRow> 
         profile: row.get(g(9))?,
         key_sha256: row.get(g(10))?,
         token: row.get(g(11))?,
-        revision: row.get::<_, i64>(g(12))? as u64,
+        revision: unsigned(row.get(g(12))?)?,
         revoked: match revoked_at {
             Some(at) => Some(Revoked {
                 at,
@@ -272,7 +272,7 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
-        let grant = make(next as u64)?;
+        let grant = make(unsigned(next)?)?;
         insert_grant_row(&tx, &grant, next)?;
         tx.commit()?;
         Ok(grant)
@@ -346,8 +346,9 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         ))?;
-        let rows = stmt.query_map(params![after as i64, limit], |row| {
-            let revision = row.get::<_, i64>(0)? as u64;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after, limit], |row| {
+            let revision = unsigned(row.get(0)?)?;
             let kind: String = row.get(1)?;
             let grant = grant_at(row, 2)?;
             Ok((revision, kind, grant))
@@ -385,7 +386,7 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
-        Ok(rev as u64)
+        Ok(unsigned(rev)?)
     }
 
     pub fn upsert_agent(&self, agent: &AgentRow) -> anyhow::Result<()> {
@@ -571,7 +572,7 @@ impl Store {
             (None, Some(held_head), ..) => Arrival::HeadChanged { held_head },
             // A second checkpoint of a state already held (same seq, same head) loses nothing.
             (None, None, None, Some(h)) if h > sealed => Arrival::SequenceWentBackwards {
-                held_sealed_seq: h as u64,
+                held_sealed_seq: unsigned(h)?,
             },
             _ => Arrival::New,
         };
@@ -602,7 +603,7 @@ impl Store {
             .query_row(
                 "SELECT sealed_seq, head FROM checkpoints WHERE origin = ?1 ORDER BY id DESC LIMIT 1",
                 params![origin],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                |r| Ok((unsigned(r.get(0)?)?, r.get(1)?)),
             )
             .optional()?)
     }
@@ -620,14 +621,17 @@ impl Store {
              WHERE origin = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )?;
         let rows = stmt
-            .query_map(params![origin, after_id as i64, limit], |r| {
-                Ok(CheckpointRow {
-                    id: r.get::<_, i64>(0)? as u64,
-                    line: r.get(1)?,
-                    received_at: r.get(2)?,
-                    status: r.get(3)?,
-                })
-            })?
+            .query_map(
+                params![origin, i64::try_from(after_id).unwrap_or(i64::MAX), limit],
+                |r| {
+                    Ok(CheckpointRow {
+                        id: unsigned(r.get(0)?)?,
+                        line: r.get(1)?,
+                        received_at: r.get(2)?,
+                        status: r.get(3)?,
+                    })
+                },
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -665,6 +669,12 @@ pub(crate) fn insert_grant_row(
 }
 
 /// The revision the next change gets (the caller's transaction).
+/// A stored revision, seq or row id, which is never negative: a negative one is a corrupt
+/// store, an error rather than a number near `u64::MAX`.
+pub(crate) fn unsigned(value: i64) -> rusqlite::Result<u64> {
+    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, value))
+}
+
 pub(crate) fn next_revision(tx: &Connection) -> rusqlite::Result<i64> {
     tx.query_row(
         "SELECT COALESCE(MAX(revision), 0) + 1 FROM revisions",

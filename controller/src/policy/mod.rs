@@ -438,7 +438,7 @@ impl Policy {
                     .filter_map(|g| groups.get(g))
                     .flatten()
                     .collect();
-                if (eligible.len() as u32) < count {
+                if u32::try_from(eligible.len()).unwrap_or(u32::MAX) < count {
                     return Err(format!(
                         "role {name}: needs {count} approvers but its approver_groups hold {} people",
                         eligible.len()

@@ -10,7 +10,7 @@
 //!   `not_after` = then + the TTL granted), never at the request;
 //! - every step is audited before it takes effect, inside the store's transaction.
 
-use super::{grant_info, internal, ControllerService, MAX_FIELD};
+use super::{grant_info, internal, seconds, ControllerService, MAX_FIELD};
 use crate::policy::notify::{Notice, Notifier};
 use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
 use crate::store::{GrantRow, RequestRow, RequestState, ReviewRow, Store};
@@ -194,7 +194,7 @@ pub(super) fn spawn_expiry(
             }
             let next = store.next_pending_expiry().ok().flatten();
             let wait = next
-                .map(|at| Duration::from_secs(at.saturating_sub(now).clamp(0, 60) as u64))
+                .map(|at| Duration::from_secs(at.saturating_sub(now).clamp(0, 60).unsigned_abs()))
                 .unwrap_or(Duration::from_secs(60));
             tokio::select! {
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
@@ -533,7 +533,7 @@ impl ControllerService {
                     .map(|p| p.display().to_string())
                     .unwrap_or_default(),
                 sha256: policy.digest.clone(),
-                roles: policy.roles.len() as u32,
+                roles: u32::try_from(policy.roles.len()).unwrap_or(u32::MAX),
             })),
             Err(e @ ReloadError::Audit(_)) => Err(Status::unavailable(e.to_string())),
             Err(e) => Err(Status::failed_precondition(e.to_string())),
@@ -581,7 +581,7 @@ impl ControllerService {
         let ttl = allowed.ttl.min(self.policy.max_ttl);
         let ttl_capped = Duration::from_secs(req.ttl_seconds) > ttl;
         let now = unix_now();
-        let expires = now.saturating_add(policy.pending_ttl.as_secs() as i64);
+        let expires = now.saturating_add(seconds(policy.pending_ttl));
         let row = RequestRow {
             id: new_request_id(),
             requester: user.spiffe_id().to_string(),
@@ -647,7 +647,7 @@ impl ControllerService {
                                 paths: &req.paths,
                                 now,
                                 not_before: now,
-                                not_after: now.saturating_add(ttl.as_secs() as i64),
+                                not_after: now.saturating_add(seconds(ttl)),
                                 profile: &profile,
                                 reason: &req.reason,
                                 issuer: &issuer,
@@ -859,7 +859,7 @@ impl ControllerService {
                             now,
                             not_before: now,
                             not_after: now
-                                .saturating_add(r.ttl_seconds.min(i64::MAX as u64) as i64),
+                                .saturating_add(i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX)),
                             profile: &r.profile,
                             reason: &r.reason,
                             issuer: &reviewer,
@@ -1029,7 +1029,7 @@ impl ControllerService {
             }
             // Wake at the request's own expiry too (the expiry task may be asleep until then).
             let until_expiry =
-                Duration::from_secs(r.expires.saturating_sub(unix_now()).max(0) as u64);
+                Duration::from_secs(r.expires.saturating_sub(unix_now()).max(0).unsigned_abs());
             let wake = deadline
                 .min(tokio::time::Instant::now() + until_expiry + Duration::from_millis(100));
             tokio::select! {
@@ -1098,8 +1098,9 @@ impl ControllerService {
                 never_requested: holders.difference(&requesters).cloned().collect(),
                 holders: holders.into_iter().collect(),
                 requesters: requesters.into_iter().collect(),
-                requests: under.len() as u32,
-                grants: under.iter().filter(|r| r.grant_id.is_some()).count() as u32,
+                requests: u32::try_from(under.len()).unwrap_or(u32::MAX),
+                grants: u32::try_from(under.iter().filter(|r| r.grant_id.is_some()).count())
+                    .unwrap_or(u32::MAX),
             });
         }
         let role_of = |grant_id: &str| {

@@ -6,7 +6,7 @@
 //! in one transaction together with the caller's audit record (the `record`/`check` callbacks
 //! run inside it): no change without its record, and a failed record changes nothing.
 
-use super::{from_json, insert_grant_row, next_revision, to_json, GrantRow, Store};
+use super::{from_json, insert_grant_row, next_revision, to_json, unsigned, GrantRow, Store};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(super) const REQUEST_SCHEMA: &str = "
@@ -123,7 +123,7 @@ pub struct RequestRow {
 impl RequestRow {
     /// Distinct approvals received.
     pub fn approvals(&self) -> u32 {
-        self.reviews.iter().filter(|r| r.approve).count() as u32
+        u32::try_from(self.reviews.iter().filter(|r| r.approve).count()).unwrap_or(u32::MAX)
     }
 }
 
@@ -171,12 +171,12 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
         requester: row.get(1)?,
         hosts: from_json(row.get(2)?),
         paths: from_json(row.get(3)?),
-        ttl_seconds: row.get::<_, i64>(4)?.max(0) as u64,
+        ttl_seconds: row.get::<_, i64>(4)?.max(0).unsigned_abs(),
         profile: row.get(5)?,
         reason: row.get(6)?,
         role: row.get(7)?,
         approval: row.get(8)?,
-        approvals_needed: row.get::<_, i64>(9)?.clamp(0, u32::MAX as i64) as u32,
+        approvals_needed: u32::try_from(row.get::<_, i64>(9)?.max(0)).unwrap_or(u32::MAX),
         approver_groups: from_json(row.get(10)?),
         state: RequestState::parse(&row.get::<_, String>(11)?),
         created: row.get(12)?,
@@ -292,7 +292,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let next = next_revision(&tx)?;
-        let grant = make(next as u64)?;
+        let grant = make(unsigned(next)?)?;
         insert_grant_row(&tx, &grant, next)?;
         let mut request = request.clone();
         request.state = RequestState::Approved;
@@ -433,7 +433,7 @@ impl Store {
         } else {
             None
         };
-        let grant = complete(&request, approvals, revision.map(|r| r as u64))?;
+        let grant = complete(&request, approvals, revision.map(unsigned).transpose()?)?;
         if let Some(revision) = revision {
             let grant = grant.ok_or_else(|| anyhow::anyhow!("no grant was made"))?;
             insert_grant_row(&tx, &grant, revision)?;
