@@ -1,6 +1,15 @@
 //! `loggate-agent`: the per-host daemon that serves local log files over mTLS under signed,
 //! time-limited grants, and audits every decision.
 
+// A cast that can silently change a number fails the build (issue 17 item 8): a negative
+// length or time read as a huge unsigned one, a 64-bit size cut to 32 bits. Convert with
+// `try_from` and decide what out of range means.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 mod anchor;
 mod bypass;
 mod config;

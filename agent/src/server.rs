@@ -246,7 +246,13 @@ fn seconds_to_refill(left: f64, per_minute: u32) -> u64 {
     let per_minute = f64::from(per_minute.max(1));
     let seconds = ((per_minute / 10.0 - left) / (per_minute / 60.0)).ceil();
     if seconds.is_finite() && seconds > 0.0 {
-        seconds.min(3600.0) as u64
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a whole number in 1..=3600 (ceil, checked positive, capped): exact"
+        )]
+        let whole = seconds.min(3600.0) as u64;
+        whole
     } else {
         1
     }
@@ -896,7 +902,7 @@ mod tests {
             per_window: 1,
             ..BudgetPolicy::default()
         });
-        let max = BudgetPolicy::default().max_sources as u32;
+        let max = u32::try_from(BudgetPolicy::default().max_sources).unwrap();
         for i in 0..(max + 100) {
             let ip = IpAddr::V4((0x0a00_0000 + (i << 8)).into());
             let source = DenialSource::Address(AddressPrefix::of(ip));

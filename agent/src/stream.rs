@@ -428,8 +428,9 @@ fn tail_offset(
     let mut skip_last = true;
     while end > 0 {
         check()?;
-        let start = end.saturating_sub(CHUNK as u64);
-        let n = (end - start) as usize;
+        // At most CHUNK bytes before `end`: a usize, and as u64 no larger than `end`.
+        let n = usize::try_from(end).map_or(CHUNK, |end| end.min(CHUNK));
+        let start = end - n as u64;
         file.read_exact_at(&mut buf[..n], start)
             .map_err(read_error)?;
         for i in (0..n).rev() {
@@ -744,7 +745,8 @@ fn prime(
         check()?;
         let step = LOOKBACK_STEP.min(end).min(limit - looked);
         let from = end - step;
-        buf.resize(step as usize, 0);
+        // At most LOOKBACK_STEP (1 MiB): fits a usize.
+        buf.resize(usize::try_from(step).unwrap_or(0), 0);
         file.read_exact_at(&mut buf, from).map_err(read_error)?;
         looked += step;
         // The window's first line may have begun before it: search whole lines only, and read
@@ -1193,7 +1195,11 @@ mod tests {
         let mut p = Pipeline::new(Some(Arc::new(Redactor::default_profile())), 1 << 20);
         let exhausted = prime(&file, from, limit, &mut p, &mut || Ok(())).expect("prime");
         let mut out = Vec::new();
-        p.push(&text[from as usize..], &mut |_| true, &mut out);
+        p.push(
+            &text[usize::try_from(from).unwrap()..],
+            &mut |_| true,
+            &mut out,
+        );
         p.finish(&mut |_| true, &mut out);
         (String::from_utf8_lossy(&out).into_owned(), exhausted)
     }
@@ -1262,7 +1268,7 @@ mod tests {
         // A line longer than a look-back step whose BEGIN the first window's edge cuts in two.
         let marker = "-----BEGIN RSA PRIVATE KEY-----";
         let mut text = "INFO a\n".repeat(1000);
-        let line_len = LOOKBACK_STEP as usize + 10;
+        let line_len = usize::try_from(LOOKBACK_STEP).unwrap() + 10;
         text.push_str(marker);
         text.push_str(&"z".repeat(line_len - marker.len() - 1));
         text.push('\n');

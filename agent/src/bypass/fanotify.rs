@@ -103,10 +103,10 @@ pub fn read_events(fd: &OwnedFd, own_pid: u32) -> std::io::Result<Vec<FanEvent>>
     let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: buf is a writable buffer of buf.len() bytes that outlives the call.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
+    // Negative: the read failed.
+    let Ok(n) = usize::try_from(n) else {
         return Err(std::io::Error::last_os_error());
-    }
-    let n = n as usize;
+    };
     let header = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -128,7 +128,8 @@ pub fn read_events(fd: &OwnedFd, own_pid: u32) -> std::io::Result<Vec<FanEvent>>
         }
         // SAFETY: the kernel installed this fd in our table for this event; we own it now.
         let file = unsafe { OwnedFd::from_raw_fd(meta.fd) };
-        let pid = meta.pid as u32;
+        // A pid the kernel never gives (negative) is audited as pid 0, not skipped.
+        let pid = u32::try_from(meta.pid).unwrap_or(0);
         if pid == own_pid {
             continue; // the agent's own opens (reads through the gate)
         }

@@ -9,7 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// MAX_HANDLE_SZ in the kernel.
-const MAX_HANDLE_SZ: usize = 128;
+const MAX_HANDLE_SZ: usize = HANDLE_BYTES as usize;
+/// The same, as `file_handle.handle_bytes` holds it.
+const HANDLE_BYTES: u32 = 128;
 /// `struct file_handle` (handle_bytes, handle_type) followed by up to MAX_HANDLE_SZ bytes, in
 /// u64 words for alignment.
 const WORDS: usize = (8 + MAX_HANDLE_SZ).div_ceil(8);
@@ -36,7 +38,7 @@ impl Handle {
         // MAX_HANDLE_SZ bytes, which is what handle_bytes tells the kernel it may write; `c`
         // is a NUL-terminated path and `mount_id` a live int, both outliving the call.
         let rc = unsafe {
-            (*fh).handle_bytes = MAX_HANDLE_SZ as u32;
+            (*fh).handle_bytes = HANDLE_BYTES;
             libc::name_to_handle_at(libc::AT_FDCWD, c.as_ptr(), fh, &mut mount_id, 0)
         };
         (rc == 0).then_some(Handle { buf })

@@ -305,7 +305,8 @@ impl Probe {
             .programs()
             .filter_map(|(_, p)| p.info().ok())
             .fold((0, 0), |(ns, n), info| {
-                (ns + info.run_time().as_nanos() as u64, n + info.run_count())
+                let run_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+                (ns.saturating_add(run_ns), n + info.run_count())
             })
     }
     /// Takes the maps out of the object (the programs keep their references to them).
@@ -438,7 +439,8 @@ impl ProtectedMaps {
 fn filter_words(inodes: impl Iterator<Item = u64>) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
     for ino in inodes {
-        let word = ((ino >> 6) % u64::from(names::INO_FILTER_WORDS)) as u32;
+        let word = u32::try_from((ino >> 6) % u64::from(names::INO_FILTER_WORDS))
+            .expect("a remainder of a u32 divisor fits a u32");
         *words.entry(word).or_insert(0) |= 1u64 << (ino & 63);
     }
     words

@@ -147,7 +147,7 @@ fn lookup_and_delete(map: &MapData, key: &SeenKey) -> anyhow::Result<Option<Seen
     const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
     let mut value = SeenVal::default();
     let attr = ElemAttr {
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
+        map_fd: u32::try_from(map.fd().as_fd().as_raw_fd())?,
         pad: 0,
         key: key as *const SeenKey as u64,
         value: &mut value as *mut SeenVal as u64,
@@ -183,9 +183,11 @@ pub fn monotonic_ns() -> u64 {
     };
     // SAFETY: `ts` is a valid timespec to write; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
+    // The monotonic clock is never negative.
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 /// Now in Unix ms.
