@@ -22,8 +22,9 @@
 //!    inputs from `e`; add `.detail(Some(e.reason_code))` on a Failure outcome.
 //! 3. Add the type to [`CATALOGUE`], an example of its fields to `ocsf/tests.rs` (`example`,
 //!    and its type to `shaped`), then run `LOGGATE_BLESS=1 cargo test -p loggate-core
-//!    audit_events_doc` and `LOGGATE_BLESS_GOLDEN=1 cargo test -p loggate-core golden` and read
-//!    both diffs: an existing event's line must not change (the on-disk contract).
+//!    audit_events_doc` (read the diff of the catalogue) and `LOGGATE_BLESS_GOLDEN=1 cargo
+//!    test -p loggate-core golden` (appends its line to `testdata/golden.jsonl`; existing
+//!    lines are the on-disk contract and never change).
 //! 4. Write it: `log.append(&MyEvent { … })`.
 //!
 //! An event whose fields are another event's plus more (`bypass.finding`) is a struct with a
@@ -398,10 +399,10 @@ audit_event! {
         /// the controller's grant revision this change arrived with
         revision: u64,
     }
-    ocsf: |e, _on| Ocsf::access(
+    ocsf: |e, on| Ocsf::access(
         format!(
             "{} installed grant {} for {} on {}",
-            _on.host, e.grant_id, e.subject, list(&e.paths)
+            on.host, e.grant_id, e.subject, list(&e.paths)
         ),
         AccessChange {
             subject: Some(&e.subject),
@@ -429,8 +430,8 @@ audit_event! {
         /// the controller's grant revision this change arrived with
         revision: u64,
     }
-    ocsf: |e, _on| Ocsf::access(
-        format!("{} rejected grant {}: {}", _on.host, e.grant_id, e.reason_code),
+    ocsf: |e, on| Ocsf::access(
+        format!("{} rejected grant {}: {}", on.host, e.grant_id, e.reason_code),
         AccessChange {
             subject: None,
             by: None,
@@ -460,10 +461,10 @@ audit_event! {
         /// (agent) the controller's grant revision of the revocation; null on the controller
         revision: Option<u64>,
     }
-    ocsf: |e, _on| Ocsf::access(
+    ocsf: |e, on| Ocsf::access(
         format!(
             "grant {} was revoked by {} on {}",
-            e.grant_id, e.revoked_by, _on.host
+            e.grant_id, e.revoked_by, on.host
         ),
         AccessChange {
             subject: e.subject.as_deref(),
@@ -490,8 +491,8 @@ audit_event! {
         /// when it ended (epoch s)
         not_after: i64,
     }
-    ocsf: |e, _on| Ocsf::access(
-        format!("grant {} of {} expired on {}", e.grant_id, e.subject, _on.host),
+    ocsf: |e, on| Ocsf::access(
+        format!("grant {} of {} expired on {}", e.grant_id, e.subject, on.host),
         AccessChange {
             subject: Some(&e.subject),
             by: None,
@@ -514,8 +515,8 @@ audit_event! {
         /// why it is no longer valid
         reason: String,
     }
-    ocsf: |e, _on| Ocsf::access(
-        format!("{} dropped stored grant {}: {}", _on.host, e.grant_id, e.reason),
+    ocsf: |e, on| Ocsf::access(
+        format!("{} dropped stored grant {}: {}", on.host, e.grant_id, e.reason),
         AccessChange {
             subject: None,
             by: None,

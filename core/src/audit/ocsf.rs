@@ -107,10 +107,11 @@ impl Class {
 pub enum Outcome {
     /// 1 Success.
     Success,
-    /// 2 Failure, with `status_detail` = the `reason_code` field (else `reason`).
+    /// 2 Failure, with `status_detail` = the reason code the event gives ([`Ocsf::detail`]:
+    /// its `reason_code`, else its `reason`, else none).
     Failure,
-    /// From `end_reason`: `read_error` is a failure, any other end a success;
-    /// `status_detail` = `end_reason`.
+    /// From the stream's end reason the event gives ([`Ocsf::detail`]): [`READ_ERROR`] is a
+    /// failure, any other end a success; `status_detail` = the end reason.
     StreamEnd,
     /// A finding's lifecycle status: 1 New.
     NewFinding,
@@ -121,7 +122,8 @@ pub enum Outcome {
 pub enum Severity {
     /// Always this `severity_id` (1 Informational … 4 High).
     Fixed(u8),
-    /// From the `severity` field: `low` is 2 Low, anything else 4 High.
+    /// From the event's `severity` field, through [`Ocsf::severity_from`]: `low` is 2 Low,
+    /// anything else 4 High (and High when the event gives none: an alert is not lost).
     FromField,
 }
 
