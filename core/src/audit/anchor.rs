@@ -23,7 +23,9 @@ pub struct Checkpoint {
     pub sealed_seq: u64,
     /// Lowercase hex SHA-256 of the line at `sealed_seq`.
     pub head: String,
+    /// When it was signed, epoch ms.
     pub ts_ms: i64,
+    /// The signing key, `ed25519:<id>`.
     pub key_id: String,
     sig: String,
 }

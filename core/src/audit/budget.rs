@@ -47,7 +47,10 @@ impl Default for BudgetPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
     /// Write it, carrying this many records of its sources left out before it.
-    Write { suppressed_before: u64 },
+    Write {
+        /// Records of its sources left out since the last one written.
+        suppressed_before: u64,
+    },
     /// Do not write it; it was counted against its first source over the budget.
     Suppressed,
 }
@@ -57,6 +60,7 @@ pub enum Admission {
 pub struct Summary<K> {
     /// `None`: the counts of evicted sources beyond `max_sources` pending summaries.
     pub source: Option<K>,
+    /// How many of its records were left out.
     pub left_out: u64,
 }
 
@@ -84,6 +88,7 @@ pub struct ReportBudget<K> {
 }
 
 impl<K: Eq + Hash + Clone> ReportBudget<K> {
+    /// A budget under `policy`, with nothing counted yet.
     pub fn new(policy: BudgetPolicy) -> Self {
         ReportBudget {
             policy,
@@ -95,6 +100,7 @@ impl<K: Eq + Hash + Clone> ReportBudget<K> {
         }
     }
 
+    /// The policy it counts under.
     pub fn policy(&self) -> BudgetPolicy {
         self.policy
     }

@@ -16,7 +16,9 @@ use std::time::Duration;
 /// When to write a checkpoint: after `every` records or `interval`, whichever comes first.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckpointPolicy {
+    /// Records written since the last checkpoint that call for the next one.
     pub every: u64,
+    /// Time since the last checkpoint that calls for the next one (if records were written).
     pub interval: Duration,
 }
 
@@ -74,10 +76,12 @@ impl CheckpointKey {
         Ok(key)
     }
 
+    /// The key's id, `ed25519:<16 hex digits of the public key's SHA-256>`.
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
 
+    /// The public half, to verify this key's checkpoints with.
     pub fn verify_key(&self) -> VerifyKey {
         VerifyKey {
             key_id: self.key_id.clone(),
@@ -98,6 +102,8 @@ pub struct VerifyKey {
 }
 
 impl VerifyKey {
+    /// Reads `ed25519:<id> <hex public key>`; an error when it is not that, or the id is not
+    /// the key's.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let mut parts = text.split_whitespace();
         let (Some(key_id), Some(hex_key), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -116,10 +122,12 @@ impl VerifyKey {
         })
     }
 
+    /// The key as [`VerifyKey::parse`] reads it.
     pub fn to_text(&self) -> String {
         format!("{} {}", self.key_id, hex::encode(&self.public))
     }
 
+    /// The key's id, `ed25519:<16 hex digits>`.
     pub fn key_id(&self) -> &str {
         &self.key_id
     }

@@ -30,8 +30,6 @@
 //! An event whose fields are another event's plus more (`bypass.finding`) is a struct with a
 //! `#[serde(flatten)]` field and a hand-written impl; see [`BypassFinding`].
 
-#![deny(missing_docs)]
-
 use super::ocsf::{list, or_unknown, who, AccessChange, Logon, Ocsf, Opener, Privileges, ReadCall};
 use super::ocsf::{Class, EventType, Outcome, Severity, Source};
 use serde::Serialize;

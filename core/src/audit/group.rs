@@ -13,8 +13,6 @@
 //! error (its action must not happen). Writers of records that were already durable are
 //! unaffected.
 
-#![deny(missing_docs)]
-
 use super::{AuditError, AuditEvent, AuditLog, Encoded, RotationPolicy};
 use std::io;
 use std::path::PathBuf;

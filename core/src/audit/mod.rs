@@ -11,6 +11,10 @@
 //! Fail closed: `append` returns an error when the line could not be written *and* synced; callers
 //! must then refuse the action (no bytes are served without their audit record on disk).
 
+// Every public item of the audit module says what it is for (issue 17 item 8): other crates,
+// the merges onto it and the generated catalogue read these docs.
+#![deny(missing_docs)]
+
 mod anchor;
 pub mod budget;
 mod checkpoint;
@@ -43,19 +47,36 @@ use std::time::{Instant, SystemTime};
 /// The longest line we look back for when recovering the chain head at start.
 const MAX_LINE: u64 = 1 << 20;
 
+/// Why an audit record could not be written or the log opened: the caller refuses the action.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// Reading, writing or syncing the file failed.
     #[error("audit log {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The audit file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file's last line is not a record this writer can continue the chain from.
     #[error("audit log {path}: last line is not a valid audit record ({why})")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The audit file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The disk budget is used up by rotated files a reader has not consumed yet (see
     /// [`Retention`]): events are refused until it catches up.
     #[error("audit log {path}: its disk budget ({budget} bytes) is used up ({used} bytes) by rotated files not yet delivered to: {waiting_for}; nothing is audited until they catch up (or raise audit_max_bytes)")]
     BudgetExhausted {
+        /// The audit file.
         path: PathBuf,
+        /// The budget, `audit_max_bytes`.
         budget: u64,
+        /// What the audit file and its rotated files take.
         used: u64,
+        /// The readers holding the oldest rotated file.
         waiting_for: String,
     },
 }
@@ -211,6 +232,7 @@ impl AuditLog {
         Ok(log)
     }
 
+    /// The audit file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -9,11 +9,15 @@ use std::collections::BTreeMap;
 /// What [`verify_chain`] found in an intact file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSummary {
+    /// How many records it holds.
     pub records: u64,
+    /// The `seq` of its first record.
     pub first_seq: u64,
+    /// The `seq` of its last record.
     pub last_seq: u64,
     /// SHA-256 of the last line (the chain head), hex; 64 zeros for an empty file.
     pub head: String,
+    /// How many checkpoint records it holds.
     pub checkpoints: u64,
     /// The sequence number of the last checkpoint, which seals everything up to it (0: none).
     pub sealed_through: u64,
@@ -33,6 +37,7 @@ pub struct ChainSummary {
 pub struct ChainBreak {
     /// 1-based line number.
     pub line: u64,
+    /// What is wrong there, in one sentence.
     pub reason: String,
 }
 

@@ -90,32 +90,46 @@ pub struct HecSinkFile {
 /// A validated sink.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
+    /// The sink's name (its cursor file, its status, its log lines).
     pub name: String,
+    /// Most records sent in one batch.
     pub batch_size: usize,
+    /// Where and how records are sent.
     pub target: Target,
 }
 
+/// Where a sink sends records.
 #[derive(Debug, Clone)]
 pub enum Target {
+    /// Syslog over TLS (RFC 5425).
     Syslog(SyslogTarget),
+    /// Splunk's HTTP Event Collector.
     Hec(HecTarget),
 }
 
+/// A syslog-over-TLS receiver.
 #[derive(Debug, Clone)]
 pub struct SyslogTarget {
+    /// `host:port` to connect to.
     pub address: String,
+    /// The name its certificate must carry.
     pub server_name: ServerName<'static>,
+    /// The TLS client settings (the receiver's CA, our certificate if any).
     pub tls: Arc<ClientConfig>,
+    /// The structured-data id records are sent under.
     pub sd_id: String,
 }
 
+/// A Splunk HTTP Event Collector.
 #[derive(Debug, Clone)]
 pub struct HecTarget {
+    /// The collector's URL.
     pub url: http::Uri,
     /// `host:port` to connect to.
     pub address: String,
     /// `Some` for https.
     pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// The collector's token.
     pub token: HecToken,
 }
 

@@ -19,6 +19,7 @@ const MAX_READ_BYTES: usize = 4 << 20;
 /// One audit record as it is in the file.
 #[derive(Debug, Clone)]
 pub struct Record {
+    /// Its sequence number.
     pub seq: u64,
     /// The line's exact bytes, without its `\n`.
     pub line: Vec<u8>,
@@ -29,13 +30,16 @@ pub struct Record {
 /// The first line of a file: its `seq` and the hex SHA-256 of its bytes (the chain identity).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirstLine {
+    /// Its sequence number.
     pub seq: u64,
+    /// The hex SHA-256 of its bytes.
     pub hash: String,
     /// Whether it is an `audit.rotated` record continuing the line the reader read last in
     /// the file it left (see [`Spool::advance`]); `false` when there is no such file.
     pub continues_left_file: bool,
 }
 
+/// A reader of an audit file that follows it across rotations, record by record.
 pub struct Spool {
     /// The audit file's path (the current file).
     path: PathBuf,
@@ -67,6 +71,7 @@ pub fn seq_of(line: &[u8]) -> Option<u64> {
 }
 
 impl Spool {
+    /// A reader of the audit file at `path`; nothing is opened yet.
     pub fn new(path: &Path) -> Spool {
         Spool {
             path: path.to_path_buf(),
@@ -126,6 +131,7 @@ impl Spool {
         &self.open_path
     }
 
+    /// The byte offset in the open file the next read starts at.
     pub fn offset(&self) -> u64 {
         self.offset
     }
