@@ -392,7 +392,7 @@ impl RuntimeCa {
         let not_after_unix = validity
             .not_after
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             .unwrap_or(0);
         Ok(Ok(Issued {
             pem: cert.pem(),

@@ -140,7 +140,7 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JoinToken> {
     Ok(JoinToken {
         id: r.get(0)?,
         labels: from_json(r.get(1)?),
-        uses_left: r.get::<_, i64>(2)?.clamp(0, i64::from(u32::MAX)) as u32,
+        uses_left: u32::try_from(r.get::<_, i64>(2)?.max(0)).unwrap_or(u32::MAX),
         expires_at: r.get(3)?,
         reenrol: r.get::<_, i64>(4)? != 0,
         created_by: r.get(5)?,

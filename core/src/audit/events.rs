@@ -1006,6 +1006,15 @@ audit_event! {
         /// enrolment attempts from the same address refused by its budget before this one
         suppressed_before: u64,
     }
+    ocsf: |e, on| Ocsf::authentication(
+        format!("{} on {}", Self::TYPE.name, on.host),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            service: Some(&e.service),
+            peer: e.peer.as_deref(),
+        },
+    ),
 }
 
 audit_event! {
@@ -1038,6 +1047,16 @@ audit_event! {
         /// summary: how many it stands for)
         suppressed_before: u64,
     }
+    ocsf: |e, on| Ocsf::authentication(
+        format!("{} on {}", Self::TYPE.name, on.host),
+        Logon {
+            subject: None,
+            key_sha256: None,
+            service: Some(&e.service),
+            peer: e.peer.as_deref(),
+        },
+    )
+    .detail(Some(e.reason_code)),
 }
 
 // ---------------------------------------------------------------------------------------------

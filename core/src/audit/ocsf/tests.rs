@@ -326,6 +326,8 @@ pub(super) fn shaped(
         NotifyFailed,
         UserKeyEnrolled,
         TlsRefused,
+        AgentEnrolled,
+        AgentEnrolRefused,
         BypassRead,
         BypassReadRepeated,
         BypassHeldOpen,
