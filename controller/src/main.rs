@@ -6,6 +6,7 @@ mod check_config;
 mod cli;
 mod config;
 mod daemon;
+mod oidc;
 mod pki;
 mod pki_cmd;
 mod policy;

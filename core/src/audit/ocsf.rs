@@ -715,6 +715,17 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
             v("reason")
         ),
         "user.key_enrolled" => format!("{who}'s certificate key was enrolled on first contact"),
+        "auth.sign_in" => format!("{who} signed in with {}", v("issuer")),
+        "auth.sign_in_refused" => format!(
+            "a sign-in from {} was refused: {}",
+            v("peer"),
+            v("reason_code")
+        ),
+        "auth.certificate_issued" => format!(
+            "a certificate for {who} was issued (serial {}), valid until {}",
+            v("serial"),
+            v("not_after_ms")
+        ),
         "tls.refused" => format!(
             "{} on {host} refused a TLS handshake from {}: {}",
             v("service"),
@@ -1098,8 +1109,13 @@ fn class_objects<'a>(
             // A refused handshake has no verified user: `user` is Unknown (what the certificate
             // claimed stays under unmapped.loggate, where no per-user rule reads it as a fact).
             user: user(text(f, "subject"), text(f, "key_sha256")),
-            auth_protocol_id: 99,
-            auth_protocol: "mTLS",
+            // Sign-in (`auth.*`) is OpenID Connect; every other authentication is mutual TLS.
+            auth_protocol_id: if event.starts_with("auth.") { 4 } else { 99 },
+            auth_protocol: if event.starts_with("auth.") {
+                "OpenID"
+            } else {
+                "mTLS"
+            },
             is_remote: true,
             service: Service {
                 name: text(f, "service").unwrap_or("loggate controller"),
