@@ -198,6 +198,12 @@ impl ControllerConfig {
                 "ca_cert and ca_key: give both (the CA certificate and its key) or neither"
             ));
         }
+        if config.oidc.is_some() && config.enrolment.is_none() {
+            problems.push(anyhow::anyhow!(
+                "[oidc] needs [enrolment]: people sign in on that port (listen) and get \
+                 certificates from its CA (ca_cert, ca_key)"
+            ));
+        }
         if let Some(enrolment) = &config.enrolment {
             if config.ca_cert.is_none() || config.ca_key.is_none() {
                 problems.push(anyhow::anyhow!(
@@ -260,13 +266,18 @@ impl ControllerConfig {
     }
 }
 
-/// The command-line client's configuration (`--config`, `$LOGGATE_CONFIG`, or
-/// `~/.config/loggate/client.toml`). `loggate pki init` writes one per user.
+/// The command-line client's configuration (`--config`, `$LOGGATE_CONFIG`, or `config.toml`
+/// in the configuration folder: see [`ClientConfig::default_path`]). `loggate pki init` writes
+/// one per user; `loggate login` writes one with `sign_in`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The controller's address, "host:port".
     pub controller: String,
+    /// The controller's sign-in address ("host:port") when the certificate comes from
+    /// `loggate login`: its expiry is then checked before connecting.
+    #[serde(default)]
+    pub sign_in: Option<String>,
     pub tls: TlsFiles,
 }
 
@@ -286,11 +297,27 @@ impl ClientConfig {
         Ok(config)
     }
 
-    pub fn default_path() -> PathBuf {
+    /// The client's configuration folder: `$LOGGATE_CONFIG_DIR`, else `~/.config/loggate`.
+    pub fn config_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("LOGGATE_CONFIG_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_default();
-        home.join(".config/loggate/client.toml")
+        home.join(".config/loggate")
+    }
+
+    /// The file read when neither `--config` nor `$LOGGATE_CONFIG` names one: `config.toml`
+    /// in [`ClientConfig::config_dir`], or `client.toml` (the older name) when only that exists.
+    pub fn default_path() -> PathBuf {
+        let dir = Self::config_dir();
+        let path = dir.join("config.toml");
+        let legacy = dir.join("client.toml");
+        if !path.exists() && legacy.exists() {
+            return legacy;
+        }
+        path
     }
 }
 
@@ -386,6 +413,11 @@ pub struct OidcFile {
     /// Accept an `http://` issuer on a loopback address (tests and local IdPs only).
     #[serde(default)]
     pub allow_http_loopback_issuer: bool,
+    /// Accept ID tokens without a nonce (the device flow: IdPs do not echo one there), which
+    /// cannot be bound to the request's key: each only once and within 5 minutes of its issue.
+    /// Off: `loggate login --device` is refused.
+    #[serde(default = "default_true")]
+    pub allow_unbound_device_tokens: bool,
 }
 
 /// `[oidc]`, checked.
@@ -403,6 +435,7 @@ pub struct OidcSettings {
     pub cert_ttl: Duration,
     pub max_clock_skew: Duration,
     pub jwks_refetch_interval: Duration,
+    pub allow_unbound_device_tokens: bool,
     /// The issuer is `http://` on loopback (allowed by `allow_http_loopback_issuer`): the
     /// controller then talks to it without any proxy.
     pub loopback_issuer: bool,
@@ -493,6 +526,7 @@ impl OidcFile {
             cert_ttl: self.cert_ttl,
             max_clock_skew: self.max_clock_skew,
             jwks_refetch_interval: self.jwks_refetch_interval,
+            allow_unbound_device_tokens: self.allow_unbound_device_tokens,
             loopback_issuer,
         })
     }

@@ -17,8 +17,8 @@ pub struct CheckedRequest {
     pub spki_der: Vec<u8>,
 }
 
-/// Parses `der`, verifies its self-signature, and accepts ECDSA P-256/P-384, Ed25519 and RSA
-/// of at least 2048 bits.
+/// Parses `der`, verifies its self-signature, and accepts ECDSA P-256, Ed25519 and RSA of at
+/// least 2048 bits (the keys the runtime CA certifies).
 pub fn check_request(der: &[u8]) -> Result<CheckedRequest, SignInRefused> {
     if der.is_empty() || der.len() > MAX_CSR_BYTES {
         return Err(SignInRefused::new(
@@ -60,7 +60,16 @@ pub fn check_request(der: &[u8]) -> Result<CheckedRequest, SignInRefused> {
             }
             true
         }
-        PublicKey::EC(point) => matches!(point.key_size(), 256 | 384),
+        // ECDSA on P-256 (prime256v1) only: another 256-bit curve is not what the CA signs.
+        PublicKey::EC(_) => {
+            spki.algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .map(|curve| curve.to_id_string())
+                .as_deref()
+                == Some("1.2.840.10045.3.1.7")
+        }
         // Ed25519 (1.3.101.112): x509-parser reports its key as Unknown.
         PublicKey::Unknown(_) => oid == "1.3.101.112",
         _ => false,
@@ -68,7 +77,7 @@ pub fn check_request(der: &[u8]) -> Result<CheckedRequest, SignInRefused> {
     if !ok {
         return Err(SignInRefused::new(
             RefusalReason::WeakKey,
-            format!("the certificate request's key ({oid}) is not accepted; use ECDSA P-256, P-384, Ed25519 or RSA of 2048 bits or more"),
+            format!("the certificate request's key ({oid}) is not accepted; use ECDSA P-256, Ed25519 or RSA of 2048 bits or more"),
         ));
     }
     csr.verify_signature().map_err(|e| {
@@ -80,6 +89,19 @@ pub fn check_request(der: &[u8]) -> Result<CheckedRequest, SignInRefused> {
     Ok(CheckedRequest {
         spki_der: spki.raw.to_vec(),
     })
+}
+
+/// SHA-256 (hex) of the public key in a certificate request, for the audit record of a
+/// refused sign-in; `None` when the request cannot be read. Nothing is trusted from it.
+pub fn spki_sha256(der: &[u8]) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    if der.len() > MAX_CSR_BYTES {
+        return None;
+    }
+    let (_, csr) = X509CertificationRequest::from_der(der).ok()?;
+    Some(hex::encode(Sha256::digest(
+        csr.certification_request_info.subject_pki.raw,
+    )))
 }
 
 #[cfg(test)]

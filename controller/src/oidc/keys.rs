@@ -51,11 +51,6 @@ impl IdpKeys {
         })
     }
 
-    /// The HTTP client for the IdP, shared with nothing else.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     /// The cached metadata and keys, discovering them on first use.
     pub async fn current(&self) -> Result<Snapshot, SignInRefused> {
         let mut cached = self.cached.lock().await;

@@ -36,8 +36,11 @@ pub enum RefusalReason {
     Algorithm,
     /// No key of the IdP has the token's `kid`, even after fetching the key set again.
     UnknownKey,
-    /// The nonce is missing, is not the one sent, or does not commit to the request's key.
+    /// The nonce is missing (and unbound tokens are not allowed, or this one is too old), is
+    /// not the one sent, or does not commit to the request's key.
     Nonce,
+    /// A token without a nonce (device flow) used a second time.
+    Replayed,
     /// `email_verified` is not `true` while it is required.
     EmailNotVerified,
     /// The e-mail's domain is not in `allowed_email_domains`.
@@ -68,6 +71,7 @@ impl RefusalReason {
             RefusalReason::Algorithm => "algorithm",
             RefusalReason::UnknownKey => "unknown_key",
             RefusalReason::Nonce => "nonce",
+            RefusalReason::Replayed => "replayed",
             RefusalReason::EmailNotVerified => "email_not_verified",
             RefusalReason::Domain => "domain_not_allowed",
             RefusalReason::MissingClaim => "missing_claim",

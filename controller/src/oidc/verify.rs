@@ -26,6 +26,10 @@ use std::time::SystemTime;
 
 /// The longest ID token read (real ones are 1–4 KiB).
 pub const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
+/// How long after its issue a token without a nonce is taken.
+pub const MAX_UNBOUND_AGE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Tokens without a nonce remembered at once (each for at most ~6 minutes).
+const MAX_UNBOUND_REMEMBERED: usize = 65_536;
 /// Groups kept from the groups claim, and the longest group name.
 const MAX_GROUPS: usize = 256;
 const MAX_GROUP_BYTES: usize = 256;
@@ -48,12 +52,18 @@ pub struct VerifiedSignIn {
 pub struct SignInVerifier {
     settings: Arc<OidcSettings>,
     keys: IdpKeys,
+    /// SHA-256 of the tokens without a nonce already used, and until when they are kept.
+    unbound_seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], i64>>,
 }
 
 impl SignInVerifier {
     pub fn new(settings: Arc<OidcSettings>) -> anyhow::Result<SignInVerifier> {
         let keys = IdpKeys::new(&settings)?;
-        Ok(SignInVerifier { settings, keys })
+        Ok(SignInVerifier {
+            settings,
+            keys,
+            unbound_seen: Default::default(),
+        })
     }
 
     pub fn settings(&self) -> &OidcSettings {
@@ -104,6 +114,14 @@ impl SignInVerifier {
         };
         let raw = raw_payload(id_token);
         self.check_not_before(&raw, now)?;
+        if claims.nonce().is_none() {
+            self.check_unbound(
+                id_token,
+                claims.issue_time().timestamp(),
+                claims.expiration().timestamp(),
+                now,
+            )?;
+        }
         if let Some(azp) = claims.authorized_party() {
             if azp.as_str() != self.settings.client_id {
                 return Err(SignInRefused::new(
@@ -170,15 +188,65 @@ impl SignInVerifier {
             }
         });
         let sent = Sha256::digest(nonce.as_bytes());
+        let allow_unbound = self.settings.allow_unbound_device_tokens;
         let nonce_check = |claim: Option<&Nonce>| match claim {
             Some(n) if Sha256::digest(n.secret().as_bytes()) == sent => Ok(()),
             Some(_) => Err("the token's nonce is not the one sent".to_string()),
-            None => Err("the token has no nonce".to_string()),
+            // The device flow has no nonce: see `check_unbound`.
+            None if allow_unbound => Ok(()),
+            None => {
+                Err("the token has no nonce (oidc.allow_unbound_device_tokens is off)".to_string())
+            }
         };
         token
             .clone()
             .into_claims(&verifier, nonce_check)
             .map_err(|e| classify(e, iat_in_future.load(Ordering::Relaxed)))
+    }
+
+    /// A token without a nonce (the device flow: RFC 8628 has none, and IdPs drop it) cannot
+    /// be bound to the request's key. It is taken only fresh (issued at most
+    /// [`MAX_UNBOUND_AGE`] ago) and only once: its SHA-256 is remembered until it could no
+    /// longer be fresh, so a copy of it is refused (`replayed`).
+    fn check_unbound(
+        &self,
+        id_token: &str,
+        iat: i64,
+        exp: i64,
+        now: SystemTime,
+    ) -> Result<(), SignInRefused> {
+        let now_s = unix_seconds(now);
+        let skew = self.settings.max_clock_skew.as_secs() as i64;
+        let max_age = MAX_UNBOUND_AGE.as_secs() as i64;
+        if now_s.saturating_sub(iat) > max_age + skew {
+            return Err(SignInRefused::new(
+                RefusalReason::Nonce,
+                format!(
+                    "a token without a nonce (device flow) must be used within {} minutes of \
+                     its issue: run `loggate login` again",
+                    max_age / 60
+                ),
+            ));
+        }
+        let digest: [u8; 32] = Sha256::digest(id_token.as_bytes()).into();
+        let forget_at = exp.min(iat.saturating_add(max_age + skew));
+        let mut seen = self.unbound_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.retain(|_, until| *until >= now_s);
+        if seen.contains_key(&digest) {
+            return Err(SignInRefused::new(
+                RefusalReason::Replayed,
+                "this ID token was used for a sign-in already (a token without a nonce is good \
+                 once): run `loggate login` again",
+            ));
+        }
+        if seen.len() >= MAX_UNBOUND_REMEMBERED {
+            return Err(SignInRefused::new(
+                RefusalReason::Replayed,
+                "too many device sign-ins in the last minutes; try again shortly",
+            ));
+        }
+        seen.insert(digest, forget_at);
+        Ok(())
     }
 
     fn check_not_before(
@@ -189,10 +257,7 @@ impl SignInVerifier {
         let Some(nbf) = raw.get("nbf") else {
             return Ok(());
         };
-        let now_s = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let now_s = unix_seconds(now);
         let skew = self.settings.max_clock_skew.as_secs() as i64;
         match nbf.as_i64() {
             Some(nbf) if nbf <= now_s.saturating_add(skew) => Ok(()),
@@ -303,6 +368,12 @@ impl SignInVerifier {
     }
 }
 
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// The payload of a token whose signature the library has verified, as JSON: for the claims
 /// it does not model (`nbf`, the groups claim). Never used before verification.
 fn raw_payload(token: &str) -> serde_json::Value {
@@ -332,5 +403,13 @@ fn classify(e: ClaimsVerificationError, iat_in_future: bool) -> SignInRefused {
         C::SignatureVerification(_) => RefusalReason::Signature,
         _ => RefusalReason::Malformed,
     };
-    SignInRefused::new(reason, format!("the ID token was refused: {detail}"))
+    let detail = match reason {
+        // The library reports a bad `iat` as "Expired: …".
+        RefusalReason::NotYetValid => format!(
+            "the ID token was issued in the future beyond the allowed clock skew ({detail}); \
+             check the clocks of this host and the IdP"
+        ),
+        _ => format!("the ID token was refused: {detail}"),
+    };
+    SignInRefused::new(reason, detail)
 }

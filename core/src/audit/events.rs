@@ -686,7 +686,9 @@ audit_event! {
         issuer: String,
         /// `malformed_token`, `issuer`, `audience`, `expired`, `not_yet_valid`, `signature`,
         /// `algorithm` (`none`, an HMAC, or one the IdP does not advertise), `unknown_key`,
-        /// `nonce` (not the one sent, or not committing to the request's key), `email_not_verified`,
+        /// `nonce` (not the one sent, not committing to the request's key, or absent from a token
+        /// too old to be taken unbound), `replayed` (a token without a nonce used again),
+        /// `email_not_verified`,
         /// `domain_not_allowed`, `missing_claim`, `invalid_username`, `weak_key`, `bad_request`,
         /// `idp_unavailable` or `not_configured` (`status_detail`)
         reason_code: &'static str,
