@@ -23,7 +23,7 @@ use loggate_proto as pb;
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, DeviceAuthorizationUrl, IssuerUrl, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, RedirectUrl, Scope,
+    PkceCodeChallenge, RedirectUrl, Scope,
 };
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -411,7 +411,6 @@ impl Idp {
 }
 
 fn id_token_of(token: &openidconnect::core::CoreTokenResponse) -> Result<String, Failure> {
-    let _ = token.access_token();
     token
         .extra_fields()
         .id_token()
