@@ -727,6 +727,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn oidc_without_the_sign_in_port_is_refused_by_check_config() {
+        let err = format!(
+            "{:#}",
+            load_with(
+                "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"c\"\n\
+                 allowed_email_domains = [\"example.com\"]"
+            )
+            .expect_err("no [enrolment]")
+        );
+        assert!(err.contains("[oidc] needs [enrolment]"), "{err}");
+    }
+
     mod oidc {
         use super::*;
 
