@@ -137,6 +137,12 @@ pub struct ControllerConfig {
     #[serde(skip)]
     pub sinks: Vec<SinkConfig>,
     pub tls: TlsFiles,
+    /// Sign-in with the organisation's OpenID Provider (`loggate login`; docs/identity.md).
+    #[serde(default)]
+    pub oidc: Option<OidcFile>,
+    /// `[oidc]`, checked by [`ControllerConfig::load`] (its secret file read).
+    #[serde(skip)]
+    pub oidc_settings: Option<OidcSettings>,
 }
 
 impl ControllerConfig {
@@ -165,7 +171,11 @@ impl ControllerConfig {
         config.ca_cert = config.ca_cert.map(|p| base.join(p));
         config.ca_key = config.ca_key.map(|p| base.join(p));
         config.tls = config.tls.relative_to(base);
+        config.oidc = config.oidc.take().map(|o| o.relative_to(base));
         let mut problems = Problems::default();
+        if let Some(oidc) = &config.oidc {
+            config.oidc_settings = problems.take(oidc.check());
+        }
         problems.take(config.max_ttl_duration());
         if let Some(sinks) = problems.take(validate_sinks(&config.audit.sinks, base)) {
             config.sinks = sinks;
@@ -186,6 +196,12 @@ impl ControllerConfig {
         if config.ca_cert.is_some() != config.ca_key.is_some() {
             problems.push(anyhow::anyhow!(
                 "ca_cert and ca_key: give both (the CA certificate and its key) or neither"
+            ));
+        }
+        if config.oidc.is_some() && config.enrolment.is_none() {
+            problems.push(anyhow::anyhow!(
+                "[oidc] needs [enrolment]: people sign in on that port (listen) and get \
+                 certificates from its CA (ca_cert, ca_key)"
             ));
         }
         if let Some(enrolment) = &config.enrolment {
@@ -250,13 +266,18 @@ impl ControllerConfig {
     }
 }
 
-/// The command-line client's configuration (`--config`, `$LOGGATE_CONFIG`, or
-/// `~/.config/loggate/client.toml`). `loggate pki init` writes one per user.
+/// The command-line client's configuration (`--config`, `$LOGGATE_CONFIG`, or `config.toml`
+/// in the configuration folder: see [`ClientConfig::default_path`]). `loggate pki init` writes
+/// one per user; `loggate login` writes one with `sign_in`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The controller's address, "host:port".
     pub controller: String,
+    /// The controller's sign-in address ("host:port") when the certificate comes from
+    /// `loggate login`: its expiry is then checked before connecting.
+    #[serde(default)]
+    pub sign_in: Option<String>,
     pub tls: TlsFiles,
 }
 
@@ -276,12 +297,296 @@ impl ClientConfig {
         Ok(config)
     }
 
-    pub fn default_path() -> PathBuf {
+    /// The client's configuration folder: `$LOGGATE_CONFIG_DIR`, else `~/.config/loggate`.
+    pub fn config_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("LOGGATE_CONFIG_DIR").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_default();
-        home.join(".config/loggate/client.toml")
+        home.join(".config/loggate")
     }
+
+    /// The file read when neither `--config` nor `$LOGGATE_CONFIG` names one: `config.toml`
+    /// in [`ClientConfig::config_dir`], or `client.toml` (the older name) when only that exists.
+    pub fn default_path() -> PathBuf {
+        let dir = Self::config_dir();
+        let path = dir.join("config.toml");
+        let legacy = dir.join("client.toml");
+        if !path.exists() && legacy.exists() {
+            return legacy;
+        }
+        path
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `[oidc]`: sign-in with the organisation's OpenID Provider (`loggate login`; docs/identity.md).
+
+/// The claim that names the person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsernameClaim {
+    /// The local part of `email` (which must then be in the one allowed domain).
+    Email,
+    /// `preferred_username` (Keycloak, Entra ID's UPN-like names: only if the IdP guarantees
+    /// it is unique and not chosen by the user).
+    PreferredUsername,
+    /// `sub`, the IdP's stable id for the person.
+    Sub,
+}
+
+impl UsernameClaim {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsernameClaim::Email => "email",
+            UsernameClaim::PreferredUsername => "preferred_username",
+            UsernameClaim::Sub => "sub",
+        }
+    }
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(String::from).to_vec()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_username_claim() -> UsernameClaim {
+    UsernameClaim::Email
+}
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(8 * 3600)
+}
+fn default_skew() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_jwks_refetch() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The longest certificate sign-in may give (a day): a person's certificate is a session,
+/// not a credential to keep.
+pub const MAX_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The largest clock skew allowed between the controller and the IdP.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// `[oidc]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFile {
+    /// The IdP's issuer URL, exactly as its discovery document says (`https://…`).
+    pub issuer: String,
+    /// The OAuth client id of `loggate login` at the IdP: the ID token's audience.
+    pub client_id: String,
+    /// A file (mode 0600) holding the client secret, for IdPs that give even a native app one
+    /// (Google's "Desktop app"); it is handed to `loggate login`, so never put a confidential
+    /// web-application secret here.
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_username_claim")]
+    pub username_claim: UsernameClaim,
+    #[serde(default = "default_true")]
+    pub require_email_verified: bool,
+    /// E-mail domains whose people may sign in (empty: any; required with
+    /// `username_claim = "email"`).
+    #[serde(default)]
+    pub allowed_email_domains: Vec<String>,
+    /// The claim holding the person's groups (recorded; the policy does not read it yet).
+    #[serde(default)]
+    pub groups_claim: Option<String>,
+    /// Validity of the certificate a sign-in gives.
+    #[serde(default = "default_cert_ttl", with = "loggate_core::duration::text")]
+    pub cert_ttl: Duration,
+    /// How far the IdP's clock may be from ours (`exp`, `iat`, `nbf`).
+    #[serde(default = "default_skew", with = "loggate_core::duration::text")]
+    pub max_clock_skew: Duration,
+    /// An unknown `kid` fetches the IdP's keys again at most this often.
+    #[serde(
+        default = "default_jwks_refetch",
+        with = "loggate_core::duration::text"
+    )]
+    pub jwks_refetch_interval: Duration,
+    /// Accept an `http://` issuer on a loopback address (tests and local IdPs only).
+    #[serde(default)]
+    pub allow_http_loopback_issuer: bool,
+    /// Accept ID tokens without a nonce (the device flow: IdPs do not echo one there), which
+    /// cannot be bound to the request's key: each only once and within 5 minutes of its issue.
+    /// Off: `loggate login --device` is refused.
+    #[serde(default = "default_true")]
+    pub allow_unbound_device_tokens: bool,
+}
+
+/// `[oidc]`, checked.
+#[derive(Debug, Clone)]
+pub struct OidcSettings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub scopes: Vec<String>,
+    pub username_claim: UsernameClaim,
+    pub require_email_verified: bool,
+    /// Lowercase.
+    pub allowed_email_domains: Vec<String>,
+    pub groups_claim: Option<String>,
+    pub cert_ttl: Duration,
+    pub max_clock_skew: Duration,
+    pub jwks_refetch_interval: Duration,
+    pub allow_unbound_device_tokens: bool,
+    /// The issuer is `http://` on loopback (allowed by `allow_http_loopback_issuer`): the
+    /// controller then talks to it without any proxy.
+    pub loopback_issuer: bool,
+}
+
+impl OidcFile {
+    /// Resolves `client_secret_file` against the configuration's folder.
+    pub fn relative_to(mut self, base: &Path) -> Self {
+        self.client_secret_file = self.client_secret_file.map(|p| base.join(p));
+        self
+    }
+
+    /// Every check of the section; the secret file is read (and its mode checked) here.
+    pub fn check(&self) -> anyhow::Result<OidcSettings> {
+        let (loopback, scheme) = issuer_host_is_loopback(&self.issuer)?;
+        let loopback_issuer = match scheme {
+            "https" => false,
+            "http" if loopback && self.allow_http_loopback_issuer => true,
+            "http" if loopback => bail!(
+                "oidc.issuer {:?} is http: set allow_http_loopback_issuer = true for a local \
+                 test IdP, or use its https address",
+                self.issuer
+            ),
+            _ => bail!(
+                "oidc.issuer {:?} must be an https URL (the IdP's issuer exactly as its \
+                 discovery document says)",
+                self.issuer
+            ),
+        };
+        if self.client_id.is_empty() || self.client_id.len() > 256 {
+            bail!("oidc.client_id must be the client id registered at the IdP (1 to 256 bytes)");
+        }
+        if !self.scopes.iter().any(|s| s == "openid") {
+            bail!("oidc.scopes must include \"openid\"");
+        }
+        for scope in &self.scopes {
+            if scope.is_empty() || !scope.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+                bail!("oidc.scopes: {scope:?} is not a scope name");
+            }
+        }
+        let allowed_email_domains: Vec<String> = self
+            .allowed_email_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        for domain in &allowed_email_domains {
+            if domain.is_empty() || domain.contains('@') || domain.starts_with('.') {
+                bail!(
+                    "oidc.allowed_email_domains: {domain:?} is not a domain (e.g. \"example.com\")"
+                );
+            }
+        }
+        if self.username_claim == UsernameClaim::Email && allowed_email_domains.len() != 1 {
+            bail!(
+                "oidc.username_claim = \"email\" names people by the e-mail's local part, so \
+                 list exactly one domain in allowed_email_domains (alice@a.example and \
+                 alice@b.example would be the same person), or use another username_claim"
+            );
+        }
+        if self.cert_ttl < Duration::from_secs(60) || self.cert_ttl > MAX_CERT_TTL {
+            bail!(
+                "oidc.cert_ttl \"{}\" is out of range; give between 1m and 24h",
+                loggate_core::duration::format(self.cert_ttl)
+            );
+        }
+        if self.max_clock_skew > MAX_CLOCK_SKEW {
+            bail!(
+                "oidc.max_clock_skew \"{}\" is over 5m; fix the clocks (NTP) instead",
+                loggate_core::duration::format(self.max_clock_skew)
+            );
+        }
+        if self.jwks_refetch_interval < Duration::from_secs(1) {
+            bail!("oidc.jwks_refetch_interval must be at least 1s");
+        }
+        let client_secret = match &self.client_secret_file {
+            None => None,
+            Some(path) => Some(read_secret(path)?),
+        };
+        Ok(OidcSettings {
+            issuer: self.issuer.clone(),
+            client_id: self.client_id.clone(),
+            client_secret,
+            scopes: self.scopes.clone(),
+            username_claim: self.username_claim,
+            require_email_verified: self.require_email_verified,
+            allowed_email_domains,
+            groups_claim: self.groups_claim.clone(),
+            cert_ttl: self.cert_ttl,
+            max_clock_skew: self.max_clock_skew,
+            jwks_refetch_interval: self.jwks_refetch_interval,
+            allow_unbound_device_tokens: self.allow_unbound_device_tokens,
+            loopback_issuer,
+        })
+    }
+}
+
+/// Whether the issuer URL's host is a loopback address, and its scheme (`https`, `http` or
+/// another). Refuses a URL with a user, query or fragment. (No URL crate here: this file is
+/// also compiled on its own by the `config` fuzz target.)
+fn issuer_host_is_loopback(issuer: &str) -> anyhow::Result<(bool, &str)> {
+    let Some((scheme, rest)) = issuer.split_once("://") else {
+        bail!("oidc.issuer {issuer:?} is not a URL (https://…)");
+    };
+    if rest.contains(['?', '#', '@'])
+        || rest.is_empty()
+        || issuer.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        bail!("oidc.issuer {issuer:?} must be a plain URL without user, query or fragment");
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
+    };
+    if host.is_empty() {
+        bail!("oidc.issuer {issuer:?} has no host");
+    }
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
+    Ok((loopback, scheme))
+}
+
+/// The client secret: one line, from a file nobody else may read.
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read oidc.client_secret_file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "oidc.client_secret_file {} is readable by others (mode {:o}); run chmod 600 on it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read oidc.client_secret_file {}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_string();
+    if secret.is_empty() || secret.contains('\n') {
+        bail!(
+            "oidc.client_secret_file {} must hold the secret on one line",
+            path.display()
+        );
+    }
+    Ok(secret)
 }
 
 #[cfg(test)]
@@ -419,6 +724,109 @@ mod tests {
         ] {
             let err = format!("{:#}", load_with(bad).expect_err(bad));
             assert!(err.contains(expect), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn oidc_without_the_sign_in_port_is_refused_by_check_config() {
+        let err = format!(
+            "{:#}",
+            load_with(
+                "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"c\"\n\
+                 allowed_email_domains = [\"example.com\"]"
+            )
+            .expect_err("no [enrolment]")
+        );
+        assert!(err.contains("[oidc] needs [enrolment]"), "{err}");
+    }
+
+    mod oidc {
+        use super::*;
+
+        fn parse(extra: &str) -> anyhow::Result<OidcSettings> {
+            let domains = if extra.contains("allowed_email_domains") {
+                ""
+            } else {
+                "allowed_email_domains = [\"Example.com\"]\n"
+            };
+            let file: OidcFile = toml::from_str(&format!(
+                "issuer = \"https://idp.example.com\"\nclient_id = \"loggate\"\n{domains}{extra}"
+            ))?;
+            file.check()
+        }
+
+        #[test]
+        fn oidc_defaults_are_the_safe_ones() {
+            let s = parse("").expect("minimal");
+            assert_eq!(s.username_claim, UsernameClaim::Email);
+            assert!(s.require_email_verified);
+            assert_eq!(s.cert_ttl, Duration::from_secs(8 * 3600));
+            assert_eq!(s.max_clock_skew, Duration::from_secs(60));
+            assert_eq!(s.allowed_email_domains, ["example.com"]);
+            assert_eq!(s.scopes, ["openid", "email", "profile"]);
+            assert!(!s.loopback_issuer);
+        }
+
+        #[test]
+        fn oidc_settings_refuse_what_would_weaken_sign_in() {
+            for (extra, expect) in [
+                ("cert_ttl = \"2d\"", "between 1m and 24h"),
+                ("cert_ttl = \"8x\"", "is not a duration"),
+                ("max_clock_skew = \"10m\"", "over 5m"),
+                ("scopes = [\"email\"]", "must include \"openid\""),
+                ("allowed_email_domains = []", "exactly one domain"),
+                (
+                    "allowed_email_domains = [\"a.com\", \"b.com\"]",
+                    "exactly one domain",
+                ),
+                (
+                    "client_secret_file = \"/nonexistent/secret\"",
+                    "cannot read",
+                ),
+                ("username_claim = \"name\"", "unknown variant"),
+            ] {
+                let err = format!("{:#}", parse(extra).expect_err(extra));
+                assert!(err.contains(expect), "{extra}: {err}");
+            }
+            let http = |extra: &str| -> anyhow::Result<OidcSettings> {
+                let file: OidcFile = toml::from_str(&format!(
+                    "client_id = \"c\"\nusername_claim = \"sub\"\n{extra}"
+                ))?;
+                file.check()
+            };
+            let err = format!(
+                "{:#}",
+                http("issuer = \"http://idp.example.com\"").expect_err("http")
+            );
+            assert!(err.contains("must be an https URL"), "{err}");
+            let err = format!(
+                "{:#}",
+                http("issuer = \"http://127.0.0.1:9\"").expect_err("opt-in")
+            );
+            assert!(err.contains("allow_http_loopback_issuer"), "{err}");
+            let ok = http("issuer = \"http://127.0.0.1:9\"\nallow_http_loopback_issuer = true")
+                .expect("loopback test IdP");
+            assert!(ok.loopback_issuer);
+        }
+
+        #[test]
+        fn client_secret_file_must_be_private() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("secret");
+            std::fs::write(&path, "s3cret\n").expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+            let extra = format!("client_secret_file = {:?}", path.display().to_string());
+            let err = format!("{:#}", parse(&extra).expect_err("0644"));
+            assert!(
+                err.contains("readable by others (mode 644); run chmod 600"),
+                "{err}"
+            );
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+            assert_eq!(
+                parse(&extra).expect("0600").client_secret.as_deref(),
+                Some("s3cret")
+            );
         }
     }
 }

@@ -74,16 +74,31 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             let (Some(ca_cert), Some(ca_key)) = (&config.ca_cert, &config.ca_key) else {
                 bail!("[enrolment] needs ca_cert and ca_key");
             };
-            let ca = crate::pki::RuntimeCa::load(ca_cert, ca_key).context("[enrolment] CA")?;
-            let service = Arc::new(EnrolmentService::new(
+            let ca =
+                Arc::new(crate::pki::RuntimeCa::load(ca_cert, ca_key).context("[enrolment] CA")?);
+            let service = EnrolmentService::new(
                 store.clone(),
-                Arc::new(ca),
+                ca.clone(),
                 config.trust_domain.clone(),
                 enrolment.agent_cert_ttl,
                 vec![signer.verifying_key().to_paserk()],
                 audit.clone(),
                 enrolment.attempts_per_minute,
-            ));
+            );
+            // Sign-in (`[oidc]`) is served on the same port, signed by the same CA.
+            let service = Arc::new(match &config.oidc_settings {
+                None => service,
+                Some(settings) => {
+                    service.with_sign_in(Arc::new(crate::service::signin::SignInService::new(
+                        crate::oidc::verify::SignInVerifier::new(Arc::new(settings.clone()))?,
+                        ca,
+                        store.clone(),
+                        config.trust_domain.clone(),
+                        audit.clone(),
+                        config.listen.port(),
+                    )))
+                }
+            });
             let listener = tokio::net::TcpListener::bind(enrolment.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} ([enrolment])", enrolment.listen))?;

@@ -14,6 +14,7 @@ mod check_config;
 mod cli;
 mod config;
 mod daemon;
+mod oidc;
 mod pki;
 mod pki_cmd;
 mod policy;
@@ -61,6 +62,28 @@ enum Command {
     Logs(LogsCommand),
     /// Show who the controller thinks you are (and enrol your certificate key).
     Whoami(ClientOpts),
+    /// Sign in with your organisation's identity provider and get a short-lived certificate
+    /// (kept in the configuration folder; the next commands use it).
+    Login {
+        /// The controller's sign-in address, HOST:PORT (its `[enrolment] listen`); remembered
+        /// in the configuration file.
+        #[arg(long)]
+        controller: Option<String>,
+        /// The loggate CA certificate (PEM) the controller's certificate is checked with;
+        /// default: the configuration file's.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Sign in on another device (a code to enter there), for a host without a browser.
+        #[arg(long)]
+        device: bool,
+        /// Make the identity provider ask for your password again, even with a session.
+        #[arg(long)]
+        fresh: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Delete the key and certificate of your last sign-in.
+    Logout(ClientOpts),
     /// Check audit files.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -179,7 +202,8 @@ enum ControllerCommand {
 
 #[derive(Args, Clone)]
 struct ClientOpts {
-    /// Client configuration: controller address, CA and your certificate and key.
+    /// Client configuration: controller address, CA and your certificate and key (default:
+    /// `config.toml` in `$LOGGATE_CONFIG_DIR` or `~/.config/loggate/`).
     #[arg(long, env = "LOGGATE_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
@@ -190,7 +214,9 @@ impl ClientOpts {
             .config
             .clone()
             .unwrap_or_else(ClientConfig::default_path);
-        ClientConfig::load(&path).map_err(|e| Failure::error(&e))
+        let config = ClientConfig::load(&path).map_err(|e| Failure::error(&e))?;
+        cli::config_file::check_sign_in_current(&config)?;
+        Ok(config)
     }
 }
 
@@ -392,6 +418,25 @@ async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
+        Command::Login {
+            controller,
+            ca,
+            device,
+            fresh,
+            client,
+        } => {
+            cli::login::login(cli::login::LoginArgs {
+                controller,
+                ca,
+                device,
+                fresh,
+                config_path: cli::login::config_path(client.config.as_deref()),
+            })
+            .await
+        }
+        Command::Logout(client) => {
+            cli::config_file::logout(&cli::login::config_path(client.config.as_deref()))
+        }
         Command::Audit(AuditCommand::Verify {
             files,
             keys,

@@ -5,6 +5,7 @@
 mod anchor;
 pub mod enrol;
 mod requests;
+pub mod signin;
 
 pub use anchor::enrol_checkpoint_keys;
 

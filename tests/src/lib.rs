@@ -2,6 +2,8 @@
 //! a real development PKI in a folder, and drives the real CLI. Used by the end-to-end tests in
 //! `tests/tests/` and by `cargo xtask demo`.
 
+pub mod oidc_provider;
+
 use anyhow::{bail, Context};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

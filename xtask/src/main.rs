@@ -114,6 +114,14 @@ fn test() -> anyhow::Result<()> {
         Err(e) if std::env::var_os("CI").is_some() => return Err(e),
         Err(e) => eprintln!("xtask: WARNING: the SIEM delivery tests will fail: {e:#}"),
     }
+    // Node.js ≥ 20.18 with npm: the sign-in tests (tests/tests/identity.rs) run a real OpenID
+    // Provider (tests/oidc-provider, `npm ci` from its lockfile). Missing or too old: a warning
+    // (those tests then fail saying so); in CI an error.
+    match ensure_node() {
+        Ok(()) => {}
+        Err(e) if std::env::var_os("CI").is_some() => return Err(e),
+        Err(e) => eprintln!("xtask: WARNING: the sign-in tests will fail: {e:#}"),
+    }
     // gcc-multilib for the strict-mode test's i386 helper (CI=true fails that test without it).
     if let Err(e) = ebpf::ensure_ia32_gcc() {
         eprintln!("xtask: WARNING: gcc cannot target i386: {e:#}");
@@ -233,6 +241,49 @@ fn ensure_rsyslog() -> anyhow::Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// The oldest Node.js the test OpenID Provider runs on: oidc-provider 9 calls `URL.parse`
+/// (Node 20.18) and `crypto.hash` (20.12). Debian 12's own `nodejs` (18) is too old.
+const MIN_NODE: (u64, u64) = (20, 18);
+
+/// Checks for Node.js ≥ [`MIN_NODE`] and npm, then installs the test provider's packages
+/// (`npm ci` in tests/oidc-provider) so that the tests do not race to do it.
+fn ensure_node() -> anyhow::Result<()> {
+    let advice = "install Node.js 20.18 or later with npm (NodeSource's nodejs 20 or 22 \
+                  package; Debian 12's nodejs 18 is too old)";
+    let version = Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .ok_or_else(|| anyhow::anyhow!("node is not installed; {advice}"))?;
+    let mut parts = version
+        .trim_start_matches('v')
+        .split('.')
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_NODE {
+        anyhow::bail!("node {version} is too old; {advice}");
+    }
+    let npm = Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !npm {
+        anyhow::bail!("npm is not installed; {advice}");
+    }
+    let fixture = workspace_root().join("tests/oidc-provider");
+    if !fixture
+        .join("node_modules/oidc-provider/package.json")
+        .exists()
+    {
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&fixture))?;
+    }
+    Ok(())
 }
 
 /// Whether this process runs as root.

@@ -48,6 +48,8 @@ pub struct EnrolmentService {
     grant_keys: Vec<String>,
     audit: Arc<SharedAuditLog>,
     attempts: Arc<ReportBudget<IpAddr>>,
+    /// People signing in (`SignIn`, `SignInConfig`), when `[oidc]` is configured.
+    sign_in: Option<Arc<super::signin::SignInService>>,
 }
 
 /// Why an enrolment was refused: its `reason_code`.
@@ -102,7 +104,14 @@ impl EnrolmentService {
                 window: Duration::from_secs(60),
                 max_sources: 4096,
             })),
+            sign_in: None,
         }
+    }
+
+    /// Serves sign-in too (`[oidc]`), under the same per-address attempt budget.
+    pub fn with_sign_in(mut self, sign_in: Arc<super::signin::SignInService>) -> Self {
+        self.sign_in = Some(sign_in);
+        self
     }
 
     /// Writes the summaries of attempts over their address's budget (one record per address);
@@ -290,4 +299,40 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
             }
         }
     }
+
+    async fn sign_in(
+        &self,
+        request: Request<pb::SignInRequest>,
+    ) -> Result<Response<pb::SignInResponse>, Status> {
+        let sign_in = self.sign_in.as_ref().ok_or_else(sign_in_not_configured)?;
+        let Some(peer) = request.remote_addr() else {
+            return Err(Status::internal(
+                "the connection has no peer address; the request is refused",
+            ));
+        };
+        if let Admission::Suppressed = self.attempts.admit(&[peer.ip().to_canonical()]) {
+            return Err(Status::resource_exhausted(
+                "too many attempts from this address; wait a minute and try again",
+            ));
+        }
+        sign_in
+            .sign_in(peer, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn sign_in_config(
+        &self,
+        _request: Request<pb::SignInConfigRequest>,
+    ) -> Result<Response<pb::SignInConfigResponse>, Status> {
+        let sign_in = self.sign_in.as_ref().ok_or_else(sign_in_not_configured)?;
+        Ok(Response::new(sign_in.config()))
+    }
+}
+
+fn sign_in_not_configured() -> Status {
+    Status::failed_precondition(
+        "sign-in is not configured on this controller (no [oidc]); ask an admin, or use the \
+         certificate they issued you",
+    )
 }

@@ -917,6 +917,118 @@ audit_event! {
 }
 
 audit_event! {
+    /// A person signed in with the organisation's OpenID Provider (`loggate login`): their ID
+    /// token passed every check (issuer, audience, signature, expiry, nonce bound to their key,
+    /// e-mail verified and in an allowed domain) and names a valid user. Written before the
+    /// certificate is signed.
+    AuthSignIn = "auth.sign_in" {
+        writers: "controller", class: Authentication, activity: 1 "Logon",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the person's SPIFFE id, from the configured claim of the token (`user.uid`)
+        subject: String,
+        /// SHA-256 of the public key the certificate will be for (`user.programmatic_credentials`)
+        key_sha256: String,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// the IdP (`iss`)
+        issuer: String,
+        /// the IdP's id for the person (`sub`)
+        idp_subject: String,
+        /// the verified e-mail address, or null
+        email: Option<String>,
+        /// the groups the IdP reported in `groups_claim` (not yet used by the policy)
+        groups: Vec<String>,
+    }
+    ocsf: |e, _on| Ocsf::authentication(
+        format!("{} signed in with {}", e.subject, e.issuer),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            service: None,
+            peer: e.peer.as_deref(),
+        },
+    )
+    .openid(),
+}
+
+audit_event! {
+    /// A sign-in was refused and no certificate issued; `reason_code` says which check failed
+    /// (`status_detail`). The token is never recorded.
+    AuthSignInRefused = "auth.sign_in_refused" {
+        writers: "controller", class: Authentication, activity: 1 "Logon",
+        outcome: Failure, severity: MEDIUM,
+    }
+    {
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// the configured IdP
+        issuer: String,
+        /// `malformed_token`, `issuer`, `audience`, `expired`, `not_yet_valid`, `signature`,
+        /// `algorithm` (`none`, an HMAC, or one the IdP does not advertise), `unknown_key`,
+        /// `nonce` (not the one sent, not committing to the request's key, or absent from a token
+        /// too old to be taken unbound), `replayed` (a token without a nonce used again),
+        /// `email_not_verified`,
+        /// `domain_not_allowed`, `missing_claim`, `invalid_username`, `weak_key`, `bad_request`,
+        /// `idp_unavailable` or `not_configured` (`status_detail`)
+        reason_code: &'static str,
+        /// the refusal in one sentence (the verifier's own words for the token checks)
+        reason: String,
+        /// SHA-256 of the certificate request's public key, null when it could not be read
+        key_sha256: Option<String>,
+    }
+    ocsf: |e, _on| Ocsf::authentication(
+        format!(
+            "a sign-in from {} was refused: {}",
+            or_unknown(&e.peer),
+            e.reason_code
+        ),
+        Logon {
+            subject: None,
+            key_sha256: e.key_sha256.as_deref(),
+            service: None,
+            peer: e.peer.as_deref(),
+        },
+    )
+    .openid()
+    .detail(Some(e.reason_code)),
+}
+
+audit_event! {
+    /// The controller signed a short-lived client certificate for a person who signed in.
+    AuthCertificateIssued = "auth.certificate_issued" {
+        writers: "controller", class: Authentication, activity: 99 "Certificate Issued",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the person's SPIFFE id, the certificate's only identity (`user.uid`)
+        subject: String,
+        /// SHA-256 of the certified public key (`user.programmatic_credentials`)
+        key_sha256: String,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// the certificate's serial number (hex)
+        serial: String,
+        /// when it stops being valid (epoch ms)
+        not_after_ms: i64,
+    }
+    ocsf: |e, _on| Ocsf::authentication(
+        format!(
+            "a certificate for {} was issued (serial {}), valid until {}",
+            e.subject, e.serial, e.not_after_ms
+        ),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            service: None,
+            peer: e.peer.as_deref(),
+        },
+    )
+    .openid(),
+}
+
+audit_event! {
     /// A connection's mutual-TLS handshake was refused before any request: a certificate from
     /// another CA, expired or not yet valid, none at all, a certificate without proof of its
     /// key, a client that refused ours, or no handshake within 5 s. At most 60 are written per
@@ -1719,6 +1831,9 @@ pub const CATALOGUE: &[&EventType] = &[
     PolicyRefused::TYPE,
     NotifyFailed::TYPE,
     UserKeyEnrolled::TYPE,
+    AuthSignIn::TYPE,
+    AuthSignInRefused::TYPE,
+    AuthCertificateIssued::TYPE,
     TlsRefused::TYPE,
     AgentEnrolled::TYPE,
     AgentEnrolRefused::TYPE,

@@ -906,6 +906,16 @@ impl<'a> Ocsf<'a> {
         self
     }
 
+    /// Authentication by OpenID Connect (the `auth.*` sign-in events): protocol 4 `OpenID`
+    /// instead of mutual TLS. No effect on another class.
+    pub fn openid(mut self) -> Self {
+        if let Objects::Authentication(auth) = &mut self.objects {
+            auth.auth_protocol_id = 4;
+            auth.auth_protocol = "OpenID";
+        }
+        self
+    }
+
     /// The severity of a bypass record from its `severity` value: `low` is 2 Low, anything
     /// else 4 High. Used where the type's severity is [`Severity::FromField`].
     pub fn severity_from(mut self, severity: &str) -> Self {

@@ -145,8 +145,16 @@ pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[(
 /// The methods of `loggate.v1.Enrolment`, the controller's pre-authentication service: every
 /// one [`MethodAccess::Anonymous`]. Kept apart from [`CONTROLLER_METHODS`] so that what is
 /// reachable without a certificate is this short list, and nothing else.
-pub const ENROLMENT_METHODS: &[(&str, MethodAccess)] =
-    &[("/loggate.v1.Enrolment/Enrol", MethodAccess::Anonymous)];
+pub const ENROLMENT_METHODS: &[(&str, MethodAccess)] = &[
+    ("/loggate.v1.Enrolment/Enrol", MethodAccess::Anonymous),
+    // A person signing in: judged on the ID token, nonce and CSR the request carries.
+    ("/loggate.v1.Enrolment/SignIn", MethodAccess::Anonymous),
+    // Public settings of the IdP (issuer, client id, scopes).
+    (
+        "/loggate.v1.Enrolment/SignInConfig",
+        MethodAccess::Anonymous,
+    ),
+];
 
 /// The method table of a gRPC service by its name (`NamedService::NAME`); an unknown
 /// service has none, so every call to it is refused.

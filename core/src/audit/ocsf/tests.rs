@@ -180,6 +180,21 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
         "user.key_enrolled" => json!({
             "subject": ALICE, "key_sha256": KEY, "how": "first_contact",
         }),
+        "auth.sign_in" => json!({
+            "subject": ALICE, "key_sha256": KEY, "peer": "203.0.113.7:50122",
+            "issuer": "https://login.example.com", "idp_subject": "00u1a2b3c4",
+            "email": "alice@example.com", "groups": ["sre", "payments"],
+        }),
+        "auth.sign_in_refused" => json!({
+            "peer": "203.0.113.7:50122", "issuer": "https://login.example.com",
+            "reason_code": "nonce",
+            "reason": "the nonce does not commit to the certificate request's key (a token obtained for another key): run `loggate login` again",
+            "key_sha256": KEY,
+        }),
+        "auth.certificate_issued" => json!({
+            "subject": ALICE, "key_sha256": KEY, "peer": "203.0.113.7:50122",
+            "serial": "5a1f0c", "not_after_ms": 1795795200000i64,
+        }),
         "bypass.read" => bypass,
         "bypass.finding" => {
             let mut finding = bypass;
@@ -325,6 +340,9 @@ pub(super) fn shaped(
         PolicyRefused,
         NotifyFailed,
         UserKeyEnrolled,
+        AuthSignIn,
+        AuthSignInRefused,
+        AuthCertificateIssued,
         TlsRefused,
         AgentEnrolled,
         AgentEnrolRefused,

@@ -1,0 +1,194 @@
+//! `SignIn` and `SignInConfig`, served on the pre-authentication port with `Enrol` (see
+//! `enrol.rs` for that port's bounds: request size, attempts per address and minute).
+//!
+//! `SignIn` takes an ID token from the organisation's IdP, the nonce `loggate login` sent it
+//! and a certificate request; [`crate::oidc::verify`] checks all three, and the runtime CA
+//! signs a certificate for `spiffe://<td>/user/<name>` (the name from the token's configured
+//! claim, never from the request) valid for `[oidc] cert_ttl`. Every outcome is one audit
+//! record, written before the answer: `auth.sign_in` then `auth.certificate_issued`, or
+//! `auth.sign_in_refused` with the reason. The token is never logged or recorded.
+
+use crate::oidc::verify::SignInVerifier;
+use crate::oidc::{RefusalReason, SignInRefused};
+use crate::pki::{Kind, RuntimeCa, Validity};
+use crate::store::Store;
+use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
+use loggate_proto as pb;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tonic::Status;
+
+/// What signing people in needs.
+pub struct SignInService {
+    verifier: SignInVerifier,
+    ca: Arc<RuntimeCa>,
+    store: Arc<Store>,
+    trust_domain: String,
+    audit: Arc<SharedAuditLog>,
+    /// The controller's commands port, told to the CLI for its configuration file.
+    controller_port: u16,
+}
+
+impl SignInService {
+    pub fn new(
+        verifier: SignInVerifier,
+        ca: Arc<RuntimeCa>,
+        store: Arc<Store>,
+        trust_domain: String,
+        audit: Arc<SharedAuditLog>,
+        controller_port: u16,
+    ) -> Self {
+        SignInService {
+            verifier,
+            ca,
+            store,
+            trust_domain,
+            audit,
+            controller_port,
+        }
+    }
+
+    /// What `loggate login` needs to sign in at the IdP.
+    pub fn config(&self) -> pb::SignInConfigResponse {
+        let s = self.verifier.settings();
+        pb::SignInConfigResponse {
+            issuer: s.issuer.clone(),
+            client_id: s.client_id.clone(),
+            scopes: s.scopes.clone(),
+            client_secret: s.client_secret.clone().unwrap_or_default(),
+        }
+    }
+
+    fn audit(&self, event: &impl AuditEvent) -> Result<(), Status> {
+        tokio::task::block_in_place(|| self.audit.append(event))
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!("audit write failed: {e:#}");
+                Status::unavailable("the controller cannot write its audit log; try again later")
+            })
+    }
+
+    /// One sign-in: verified, audited, certified.
+    pub async fn sign_in(
+        &self,
+        peer: SocketAddr,
+        request: pb::SignInRequest,
+    ) -> Result<pb::SignInResponse, Status> {
+        let issuer = self.verifier.settings().issuer.clone();
+        let verified = self
+            .verifier
+            .verify(
+                &request.id_token,
+                &request.nonce,
+                &request.csr_der,
+                SystemTime::now(),
+            )
+            .await;
+        let verified = match verified {
+            Ok(v) => v,
+            Err(refused) => return Err(self.refuse(peer, &issuer, &request.csr_der, refused)),
+        };
+        let subject = loggate_core::identity::user_spiffe_id(&self.trust_domain, &verified.user)
+            .map_err(|e| {
+                self.refuse(
+                    peer,
+                    &issuer,
+                    &request.csr_der,
+                    SignInRefused::new(RefusalReason::InvalidUsername, e.to_string()),
+                )
+            })?;
+        let key_sha256 = hex::encode(Sha256::digest(&verified.spki_der));
+        self.audit(&events::AuthSignIn {
+            subject: subject.to_string(),
+            key_sha256: key_sha256.clone(),
+            peer: Some(peer.to_string()),
+            issuer: issuer.clone(),
+            idp_subject: verified.idp_subject.clone(),
+            email: verified.email.clone(),
+            groups: verified.groups.clone(),
+        })?;
+        let ttl = self.verifier.settings().cert_ttl;
+        let issued = self
+            .ca
+            .issue_for_csr(
+                &request.csr_der,
+                &self.trust_domain,
+                Kind::User,
+                &verified.user,
+                Validity::for_lifetime(ttl),
+            )
+            .map_err(|e| {
+                tracing::error!("cannot sign a certificate for {subject}: {e:#}");
+                Status::internal("the controller could not sign the certificate; try again later")
+            })?
+            .map_err(|refused| {
+                // The verifier checked the request already; the CA's own check is the backstop.
+                self.refuse(
+                    peer,
+                    &issuer,
+                    &request.csr_der,
+                    SignInRefused::new(RefusalReason::WeakKey, refused.to_string()),
+                )
+            })?;
+        // The person's grants are bound to this key from now on (a new sign-in, a new key).
+        self.store
+            .set_user_key(
+                subject.as_str(),
+                &key_sha256,
+                loggate_core::grant::unix_now(),
+            )
+            .map_err(|e| {
+                tracing::error!("cannot record the key of {subject}: {e:#}");
+                Status::internal("the controller could not record your key; try again later")
+            })?;
+        self.audit(&events::AuthCertificateIssued {
+            subject: subject.to_string(),
+            key_sha256,
+            peer: Some(peer.to_string()),
+            serial: issued.serial.clone(),
+            not_after_ms: issued.not_after_unix.saturating_mul(1000),
+        })?;
+        tracing::info!(%subject, %peer, serial = %issued.serial, "signed in");
+        Ok(pb::SignInResponse {
+            certificate_pem: issued.pem,
+            ca_pem: self.ca.ca_pem().to_string(),
+            subject: subject.to_string(),
+            serial: issued.serial,
+            not_after_unix: issued.not_after_unix,
+            controller_port: u32::from(self.controller_port),
+        })
+    }
+
+    /// Records a refusal and makes the caller's status: permission denied for what the token
+    /// or the request got wrong, unavailable when the IdP could not be asked.
+    fn refuse(
+        &self,
+        peer: SocketAddr,
+        issuer: &str,
+        csr_der: &[u8],
+        refused: SignInRefused,
+    ) -> Status {
+        tracing::warn!(%peer, reason = refused.reason.as_str(), "sign-in refused: {}", refused.detail);
+        let record = self.audit(&events::AuthSignInRefused {
+            peer: Some(peer.to_string()),
+            issuer: issuer.to_string(),
+            reason_code: refused.reason.as_str(),
+            reason: refused.detail.chars().take(1024).collect(),
+            key_sha256: crate::oidc::csr::spki_sha256(csr_der),
+        });
+        if let Err(status) = record {
+            return status;
+        }
+        let message = format!("sign-in refused ({}): {}", refused.reason, refused.detail);
+        match refused.reason {
+            RefusalReason::IdpUnavailable => Status::unavailable(message),
+            RefusalReason::NotConfigured => Status::failed_precondition(message),
+            RefusalReason::BadRequest | RefusalReason::Malformed => {
+                Status::invalid_argument(message)
+            }
+            _ => Status::permission_denied(message),
+        }
+    }
+}

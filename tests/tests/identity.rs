@@ -1,0 +1,757 @@
+//! Sign-in with the organisation's IdP (`loggate login`, issue #22), end to end: the real
+//! `loggate` binaries, the controller's pre-authentication port with the development CA, and a
+//! real OpenID Provider (`tests/oidc-provider`, oidc-provider on Node.js) on loopback, driven
+//! over plain HTTP as a person's browser would.
+//!
+//! Refusals are proved with tokens the provider itself signs (its own keys, through its test
+//! hook), sent to `SignIn` directly with a certificate request made here as `loggate login`
+//! makes it; each is checked for its status and its `auth.sign_in_refused` record.
+
+use loggate_core::audit::{event_name, record_field};
+use loggate_proto as pb;
+use loggate_tests::oidc_provider::OidcProvider;
+use loggate_tests::{text, wait_for_port, Cluster};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A controller that signs people in at `idp`, with one agent `web-1`.
+struct SignInSetup {
+    cluster: Cluster,
+    idp: OidcProvider,
+    sign_in: SocketAddr,
+    /// The person's `$HOME` and `$LOGGATE_CONFIG_DIR`.
+    home: tempfile::TempDir,
+    log_dir: PathBuf,
+    /// For the gRPC calls (the browser side is blocking HTTP, outside any runtime).
+    rt: tokio::runtime::Runtime,
+}
+
+impl SignInSetup {
+    fn start(idp_env: &[(&str, &str)], oidc_extra: &str) -> anyhow::Result<SignInSetup> {
+        let idp = OidcProvider::start(idp_env)?;
+        let mut cluster = Cluster::new(None)?;
+        // Above the tests' attempts from one address in a minute.
+        let sign_in = cluster.enable_enrolment("attempts_per_minute = 200")?;
+        let mut config = std::fs::read_to_string(&cluster.controller_config)?;
+        config.push_str(&format!(
+            "\n[oidc]\nissuer = \"{}\"\nclient_id = \"loggate-cli\"\n\
+             allow_http_loopback_issuer = true\nallowed_email_domains = [\"example.com\"]\n\
+             scopes = [\"openid\", \"email\", \"profile\", \"groups\"]\ngroups_claim = \"groups\"\n\
+             jwks_refetch_interval = \"1s\"\n{oidc_extra}\n",
+            idp.issuer
+        ));
+        std::fs::write(&cluster.controller_config, config)?;
+        let log_dir = cluster.dir.join("logs");
+        std::fs::create_dir_all(&log_dir)?;
+        std::fs::write(log_dir.join("app.log"), "hello from web-1\n")?;
+        cluster.add_agent("web-1", &[&log_dir], "")?;
+        cluster.start_controller()?;
+        wait_for_port(sign_in, Duration::from_secs(20))?;
+        cluster.start_agent("web-1")?;
+        let home = tempfile::tempdir()?;
+        Ok(SignInSetup {
+            cluster,
+            idp,
+            sign_in,
+            home,
+            log_dir,
+            rt: tokio::runtime::Runtime::new()?,
+        })
+    }
+
+    fn config_dir(&self) -> PathBuf {
+        self.home.path().join("loggate")
+    }
+
+    /// `loggate ARGS` as the person: their own configuration folder, nothing else.
+    fn person(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.cluster.bins.join("loggate"));
+        cmd.args(args)
+            .env("HOME", self.home.path())
+            .env("LOGGATE_CONFIG_DIR", self.config_dir())
+            .env_remove("LOGGATE_CONFIG")
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn login_cmd(&self, extra: &[&str]) -> Command {
+        let addr = self.sign_in.to_string();
+        let ca = self.cluster.dir.join("pki/ca.crt");
+        let mut args = vec!["login", "--controller", &addr, "--ca"];
+        let ca = ca.display().to_string();
+        args.push(&ca);
+        args.extend_from_slice(extra);
+        self.person(&args)
+    }
+
+    /// The controller's `auth.*` records.
+    fn auth_records(&self, name: &str) -> Vec<Value> {
+        self.cluster
+            .controller_audit()
+            .into_iter()
+            .filter(|r| event_name(r) == Some(name))
+            .collect()
+    }
+
+    /// `SignIn` called directly, as `loggate login` calls it.
+    fn sign_in_rpc(
+        &self,
+        id_token: &str,
+        nonce: &str,
+        csr_der: &[u8],
+    ) -> Result<pb::SignInResponse, tonic::Status> {
+        self.rt.block_on(async {
+            let channel = self
+                .cluster
+                .anonymous_channel(self.sign_in)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+            pb::enrolment_client::EnrolmentClient::new(channel)
+                .sign_in(pb::SignInRequest {
+                    id_token: id_token.to_string(),
+                    nonce: nonce.to_string(),
+                    csr_der: csr_der.to_vec(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+    }
+}
+
+/// A running `loggate login`: its standard error, line by line.
+struct LoginRun {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl LoginRun {
+    fn spawn(mut cmd: Command) -> anyhow::Result<LoginRun> {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(LoginRun {
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// The first line satisfying `pred`, within 30 s.
+    fn line(&mut self, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return Ok(line);
+                    }
+                }
+                Err(e) => {
+                    anyhow::bail!("no such line from loggate login ({e}); saw {:?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Waits (at most 60 s) for the end; exit code and the rest of standard error.
+    fn finish(mut self) -> anyhow::Result<(i32, String)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                anyhow::bail!("loggate login did not finish; saw {:?}", self.seen);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        Ok((status.code().unwrap_or(-1), self.seen.join("\n")))
+    }
+}
+
+impl Drop for LoginRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A key pair, its certificate request and its SubjectPublicKeyInfo, as `loggate login`
+/// makes them.
+struct Key {
+    csr: Vec<u8>,
+    spki: Vec<u8>,
+}
+
+fn p256_key() -> Key {
+    use rcgen::PublicKeyData;
+    let key = rcgen::KeyPair::generate().expect("a P-256 key");
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .expect("a CSR")
+        .der()
+        .to_vec();
+    Key {
+        csr,
+        spki: key.subject_public_key_info(),
+    }
+}
+
+/// An RSA-1024 key's request, made by openssl (ring cannot make RSA keys).
+fn rsa1024_key(dir: &Path) -> anyhow::Result<Key> {
+    let key = dir.join("weak.key");
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("openssl").args(args).output()?;
+        anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", text(&out).1);
+        Ok(())
+    };
+    let key_s = key.display().to_string();
+    let csr = dir.join("weak.csr").display().to_string();
+    let spki = dir.join("weak.spki").display().to_string();
+    run(&["genrsa", "-out", &key_s, "1024"])?;
+    run(&[
+        "req", "-new", "-key", &key_s, "-subj", "/CN=weak", "-outform", "DER", "-out", &csr,
+    ])?;
+    run(&[
+        "rsa", "-in", &key_s, "-pubout", "-outform", "DER", "-out", &spki,
+    ])?;
+    Ok(Key {
+        csr: std::fs::read(&csr)?,
+        spki: std::fs::read(&spki)?,
+    })
+}
+
+/// The nonce `loggate login` sends for a key: base64url(SHA-256(SPKI) || 16 random bytes).
+fn nonce_for(spki: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut bytes = sha2::Sha256::digest(spki).to_vec();
+    bytes.extend_from_slice(&rand::random::<[u8; 16]>());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// What alice's ID token says, for `nonce`.
+fn alice_claims(issuer: &str, nonce: &str) -> Value {
+    json!({
+        "iss": issuer, "aud": "loggate-cli", "sub": "alice", "email": "alice@example.com",
+        "email_verified": true, "preferred_username": "alice", "groups": ["sre"],
+        "nonce": nonce, "iat": now_s(), "exp": now_s() + 600,
+    })
+}
+
+/// The certificate's SPIFFE id and validity (Unix seconds).
+fn certificate_facts(pem_path: &Path) -> anyhow::Result<(Vec<String>, i64, i64)> {
+    let pem = std::fs::read(pem_path)?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(&pem)?;
+    let cert = block.parse_x509()?;
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                uris.push(uri.to_string());
+            }
+        }
+    }
+    Ok((
+        uris,
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
+}
+
+#[test]
+fn code_flow_login_gives_an_8h_certificate_for_the_token_identity_that_reads_through_an_agent(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "")?;
+    let mut login = LoginRun::spawn(s.login_cmd(&[]))?;
+    let url = login.line(|l| l.starts_with(&format!("{}/auth?", s.idp.issuer)))?;
+    assert!(url.contains("code_challenge_method=S256"), "PKCE: {url}");
+    assert!(
+        url.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A"),
+        "loopback: {url}"
+    );
+    let browser = s.idp.browser()?;
+    let redirect = browser.sign_in(&url, "alice")?;
+    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    assert_eq!(browser.deliver(&redirect)?, 200);
+    let (code, stderr) = login.finish()?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("signed in as spiffe://loggate.local/user/alice"),
+        "{stderr}"
+    );
+
+    // The key, certificate and CA are private files in a private folder.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = s.config_dir();
+    assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o777, 0o700);
+    for file in ["user.key", "user.crt", "ca.crt", "config.toml"] {
+        let mode = std::fs::metadata(dir.join(file))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    let (uris, not_before, not_after) = certificate_facts(&dir.join("user.crt"))?;
+    assert_eq!(uris, ["spiffe://loggate.local/user/alice"]);
+    let lifetime = not_after - now_s();
+    assert!(
+        (8 * 3600 - 120..=8 * 3600 + 5).contains(&lifetime),
+        "valid for {lifetime} s more, not ~8 h (not_before {not_before})"
+    );
+
+    // Audited: the sign-in, then the certificate with its serial and key.
+    let signed = s.auth_records("auth.sign_in");
+    assert_eq!(signed.len(), 1, "{signed:?}");
+    assert_eq!(
+        record_field(&signed[0], "subject"),
+        Some(&json!("spiffe://loggate.local/user/alice"))
+    );
+    assert_eq!(
+        record_field(&signed[0], "groups"),
+        Some(&json!(["sre", "payments"]))
+    );
+    let issued = s.auth_records("auth.certificate_issued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(
+        record_field(&issued[0], "not_after_ms").and_then(Value::as_i64),
+        Some(not_after * 1000)
+    );
+    assert_eq!(
+        record_field(&issued[0], "key_sha256"),
+        record_field(&signed[0], "key_sha256")
+    );
+    assert_eq!(signed[0]["auth_protocol"], json!("OpenID"));
+
+    // The next command needs no flags: a grant to alice (bound to the key just certified)
+    // and a read through the agent with the signed-in certificate.
+    let path = s.log_dir.join("app.log").display().to_string();
+    s.cluster.grant("alice", "web-1", &path, "10m")?;
+    let out = s
+        .person(&["logs", "cat", "--host", "web-1", "--agent-addr"])
+        .arg(s.cluster.agent_addr("web-1"))
+        .arg(&path)
+        .output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "hello from web-1\n");
+
+    // logout deletes the key and the certificate; the next command says to sign in.
+    let out = s.person(&["logout"]).output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(!dir.join("user.key").exists() && !dir.join("user.crt").exists());
+    let out = s.person(&["whoami"]).output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("run `loggate login`"),
+        "{}",
+        text(&out).1
+    );
+    Ok(())
+}
+
+#[test]
+fn device_flow_login_gives_a_certificate_for_the_person_who_approved_it() -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "")?;
+    let mut login = LoginRun::spawn(s.login_cmd(&["--device"]))?;
+    let line = login.line(|l| l.contains("enter the code "))?;
+    let code = line
+        .rsplit("enter the code ")
+        .next()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(code.len(), 9, "{line}");
+    s.idp.browser()?.approve_device(&code, "bob")?;
+    let (exit, stderr) = login.finish()?;
+    assert_eq!(exit, 0, "{stderr}");
+    let (uris, _, _) = certificate_facts(&s.config_dir().join("user.crt"))?;
+    assert_eq!(uris, ["spiffe://loggate.local/user/bob"]);
+    assert_eq!(s.auth_records("auth.certificate_issued").len(), 1);
+    Ok(())
+}
+
+#[test]
+fn an_expired_sign_in_says_run_loggate_login_instead_of_a_tls_error() -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "")?;
+    let mut login = LoginRun::spawn(s.login_cmd(&[]))?;
+    let url = login.line(|l| l.starts_with(&format!("{}/auth?", s.idp.issuer)))?;
+    let browser = s.idp.browser()?;
+    browser.deliver(&browser.sign_in(&url, "alice")?)?;
+    let (code, stderr) = login.finish()?;
+    assert_eq!(code, 0, "{stderr}");
+    // The signed-in certificate replaced by one of the same CA that ended a minute ago.
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(s.cluster.dir.join("pki/ca.key"))?)?;
+    let ca = rcgen::Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(s.cluster.dir.join("pki/ca.crt"))?,
+        ca_key,
+    )?;
+    let user_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(s.config_dir().join("user.key"))?)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://loggate.local/user/alice".try_into()?,
+    )];
+    let ended = SystemTime::now() - Duration::from_secs(60);
+    params.not_before = (ended - Duration::from_secs(3600)).into();
+    params.not_after = ended.into();
+    let expired = params.signed_by(&user_key, &ca)?;
+    std::fs::write(s.config_dir().join("user.crt"), expired.pem())?;
+
+    let out = s.person(&["whoami"]).output()?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("your sign-in expired at ") && stderr.contains(": run `loggate login`"),
+        "{stderr}"
+    );
+    assert!(!stderr.to_lowercase().contains("tls"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -> anyhow::Result<()>
+{
+    let s = SignInSetup::start(&[], "")?;
+    let issuer = s.idp.issuer.clone();
+    let key = p256_key();
+    let nonce = nonce_for(&key.spki);
+    let claims = |f: &dyn Fn(&mut Value)| {
+        let mut c = alice_claims(&issuer, &nonce);
+        f(&mut c);
+        c
+    };
+
+    // The forging is sound: the provider's own signature over alice's claims is accepted.
+    let good = s.idp.sign("RS256", &claims(&|_| {}), false)?;
+    let issued = s.sign_in_rpc(&good, &nonce, &key.csr)?;
+    assert_eq!(issued.subject, "spiffe://loggate.local/user/alice");
+    let es = s.idp.sign("ES256", &claims(&|_| {}), false)?;
+    s.sign_in_rpc(&es, &nonce, &key.csr)?;
+
+    let other_key = p256_key();
+    let weak_dir = tempfile::tempdir()?;
+    let weak = rsa1024_key(weak_dir.path())?;
+    let weak_nonce = nonce_for(&weak.spki);
+    // One character in the middle of the signature changed (the last one may only carry
+    // padding bits).
+    let mut bad_signature = good.clone().into_bytes();
+    let middle = good.rfind('.').unwrap_or(0) + (good.len() - good.rfind('.').unwrap_or(0)) / 2;
+    bad_signature[middle] = if bad_signature[middle] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let bad_signature = String::from_utf8(bad_signature)?;
+    // (name, token, nonce sent, request, expected reason_code)
+    let cases: Vec<(&str, String, String, Vec<u8>, &str)> = vec![
+        (
+            "another issuer",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["iss"] = json!("http://127.0.0.1:1")),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "issuer",
+        ),
+        (
+            "another audience",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["aud"] = json!("another-app")),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "audience",
+        ),
+        (
+            "another authorized party",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["azp"] = json!("another-app")),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "audience",
+        ),
+        (
+            "expired",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| {
+                    c["exp"] = json!(now_s() - 120);
+                    c["iat"] = json!(now_s() - 720);
+                }),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "expired",
+        ),
+        (
+            "issued in the future",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| {
+                    c["iat"] = json!(now_s() + 600);
+                    c["exp"] = json!(now_s() + 1200);
+                }),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "not_yet_valid",
+        ),
+        (
+            "bad signature",
+            bad_signature,
+            nonce.clone(),
+            key.csr.clone(),
+            "signature",
+        ),
+        (
+            "alg none",
+            s.idp.sign("none", &claims(&|_| {}), false)?,
+            nonce.clone(),
+            key.csr.clone(),
+            "algorithm",
+        ),
+        (
+            "HS256 keyed with the public key",
+            s.idp.sign("HS256", &claims(&|_| {}), false)?,
+            nonce.clone(),
+            key.csr.clone(),
+            "algorithm",
+        ),
+        (
+            "a nonce other than the one sent",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["nonce"] = json!(nonce_for(&key.spki))),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "nonce",
+        ),
+        (
+            "no nonce, issued 10 minutes ago",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| {
+                    c.as_object_mut().map(|o| o.remove("nonce"));
+                    c["iat"] = json!(now_s() - 600);
+                }),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "nonce",
+        ),
+        (
+            "a token replayed with another key",
+            good.clone(),
+            nonce.clone(),
+            other_key.csr.clone(),
+            "nonce",
+        ),
+        (
+            "email not verified",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["email_verified"] = json!(false)),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "email_not_verified",
+        ),
+        (
+            "a domain not allowed",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["email"] = json!("alice@elsewhere.test")),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "domain_not_allowed",
+        ),
+        (
+            "no email",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| {
+                    c.as_object_mut().map(|o| o.remove("email"));
+                }),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "missing_claim",
+        ),
+        (
+            "a name that is no loggate name",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["email"] = json!("Alice.Smith@example.com")),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "invalid_username",
+        ),
+        (
+            "a weak key in the request",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["nonce"] = json!(weak_nonce.clone())),
+                false,
+            )?,
+            weak_nonce.clone(),
+            weak.csr.clone(),
+            "weak_key",
+        ),
+    ];
+    for (name, token, sent_nonce, csr, reason) in &cases {
+        let before = s.auth_records("auth.sign_in_refused").len();
+        let status = s.sign_in_rpc(token, sent_nonce, csr).expect_err(name);
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{name}: {status:?}"
+        );
+        assert!(
+            status.message().contains(&format!("({reason})")),
+            "{name}: {}",
+            status.message()
+        );
+        let refused = s.auth_records("auth.sign_in_refused");
+        assert_eq!(refused.len(), before + 1, "{name}: one record");
+        let record = &refused[before];
+        assert_eq!(
+            record_field(record, "reason_code"),
+            Some(&json!(reason)),
+            "{name}: {record}"
+        );
+        assert_eq!(record["status"], json!("Failure"), "{name}");
+        assert!(
+            !record.to_string().contains(token.as_str()),
+            "{name}: the token is recorded"
+        );
+    }
+    // A token without a nonce (what the device flow gives) is taken fresh and once: a copy
+    // of it, with another key, is refused.
+    let unbound = s.idp.sign(
+        "RS256",
+        &claims(&|c| {
+            c.as_object_mut().map(|o| o.remove("nonce"));
+        }),
+        false,
+    )?;
+    s.sign_in_rpc(&unbound, &nonce, &key.csr)?;
+    let other_nonce = nonce_for(&other_key.spki);
+    let status = s
+        .sign_in_rpc(&unbound, &other_nonce, &other_key.csr)
+        .expect_err("replayed");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("replayed"))
+    );
+    // Only the three good tokens got certificates.
+    assert_eq!(s.auth_records("auth.certificate_issued").len(), 3);
+    // Every record conforms to OCSF 1.8.0.
+    let schema = loggate_ocsf_validate::Schema::official()?;
+    for name in [
+        "auth.sign_in",
+        "auth.sign_in_refused",
+        "auth.certificate_issued",
+    ] {
+        for record in s.auth_records(name) {
+            let report = schema.validate(&record);
+            assert!(report.is_conformant(), "{report}\n{record}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn rotated_keys_are_fetched_for_an_unknown_kid_and_with_the_jwks_down_only_known_keys_verify(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "")?;
+    let issuer = s.idp.issuer.clone();
+    let sign_in = |alg: &str, unknown: bool| -> anyhow::Result<(String, String, Vec<u8>)> {
+        let key = p256_key();
+        let nonce = nonce_for(&key.spki);
+        let token = s.idp.sign(alg, &alice_claims(&issuer, &nonce), unknown)?;
+        Ok((token, nonce, key.csr))
+    };
+    // First sign-in: discovery and the key set [a].
+    let (t, n, c) = sign_in("RS256", false)?;
+    s.sign_in_rpc(&t, &n, &c)?;
+    // The IdP rotates to b: the unknown kid makes the controller fetch the keys again.
+    s.idp.rotate()?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let (t, n, c) = sign_in("RS256", false)?;
+    s.sign_in_rpc(&t, &n, &c)?;
+    // The JWKS endpoint goes down: a token with a known key (b) still verifies...
+    s.idp.set_jwks("down")?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let (t, n, c) = sign_in("ES256", false)?;
+    s.sign_in_rpc(&t, &n, &c)?;
+    // ...and one with a key the controller has never seen is refused.
+    let (t, n, c) = sign_in("RS256", true)?;
+    let status = s.sign_in_rpc(&t, &n, &c).expect_err("unknown kid");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        record_field(&refused[0], "reason_code"),
+        Some(&json!("unknown_key"))
+    );
+    // A burst of unknown kids costs the IdP at most one fetch per interval: all refused fast.
+    let started = Instant::now();
+    for _ in 0..5 {
+        let (t, n, c) = sign_in("RS256", true)?;
+        assert!(s.sign_in_rpc(&t, &n, &c).is_err());
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(s.auth_records("auth.certificate_issued").len(), 3);
+    Ok(())
+}
