@@ -4,6 +4,7 @@
 mod anchor;
 mod bypass;
 mod config;
+mod enrol;
 mod follow;
 mod fs_access;
 mod gate;
@@ -50,6 +51,9 @@ enum Command {
         /// The agent's configuration file.
         file: PathBuf,
     },
+    /// Join the fleet with a one-time join token: make this host's key, have the controller's
+    /// CA sign its certificate, and write them where the configuration expects them.
+    Enrol(enrol::EnrolArgs),
     /// Print the shell completion script for SHELL on standard output.
     Completions {
         #[arg(value_enum)]
@@ -370,6 +374,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => runtime.block_on(run(&config)),
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Enrol(args) => runtime.block_on(enrol::enrol(args)),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "loggate-agent", &mut std::io::stdout());

@@ -62,10 +62,44 @@ enum Command {
     /// The periodic access review (admins).
     #[command(subcommand)]
     Access(AccessCommand),
+    /// Agents: join tokens for enrolment (admins).
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Print the shell completion script for SHELL on standard output.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Join tokens for `loggate-agent enrol` (admins).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print it once (the controller keeps only its hash).
+    Create {
+        #[command(flatten)]
+        args: cli::agents::TokenCreateArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List the join tokens (never their secrets).
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a join token by its id (as `list` shows it).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
     },
 }
 
@@ -151,6 +185,12 @@ enum PkiCommand {
     Init(pki_cmd::InitArgs),
     /// Issue one more certificate from the CA in DIR.
     Issue(pki_cmd::IssueArgs),
+    /// Print the pin of a CA certificate for `loggate-agent enrol --ca-pin`: sha256 of its
+    /// public key (SubjectPublicKeyInfo).
+    Pin {
+        /// The CA certificate (PEM), e.g. DIR/ca.crt of `loggate pki init`.
+        ca: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -362,6 +402,7 @@ async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Pki(PkiCommand::Init(args)) => pki_cmd::init(args).map_err(Failure::from),
         Command::Pki(PkiCommand::Issue(args)) => pki_cmd::issue(args).map_err(Failure::from),
+        Command::Pki(PkiCommand::Pin { ca }) => pki_cmd::pin(&ca).map_err(Failure::from),
         Command::Controller(ControllerCommand::Serve { config }) => {
             // Not `Failure::from`: whatever the cause, a daemon that stops on an error exits 1.
             daemon::serve(&config).await.map_err(|e| Failure::error(&e))
@@ -463,6 +504,15 @@ async fn run(cli: Cli) -> CliResult {
             comment,
             client,
         }) => cli::governance::access_ack(&client.load()?, id, comment).await,
+        Command::Agent(AgentCommand::Token(TokenCommand::Create { args, client })) => {
+            cli::agents::token_create(&client.load()?, args).await
+        }
+        Command::Agent(AgentCommand::Token(TokenCommand::List { output, client })) => {
+            cli::agents::token_list(&client.load()?, matches!(output, Output::Json)).await
+        }
+        Command::Agent(AgentCommand::Token(TokenCommand::Revoke { id, client })) => {
+            cli::agents::token_revoke(&client.load()?, id).await
+        }
         Command::Policy(PolicyCommand::Reload { client }) => {
             cli::governance::policy_reload(&client.load()?).await
         }

@@ -294,10 +294,20 @@ impl Controller for ControllerService {
                 "after_epoch is longer than {MAX_EPOCH_BYTES} bytes; send the epoch the controller gave"
             )));
         }
+        // An enrolled agent has the labels its join token gave (the controller's word); the
+        // labels an agent announces count only when its certificate came from elsewhere.
+        let labels = match self
+            .store
+            .enrolled_labels(&req.agent_id)
+            .map_err(internal)?
+        {
+            Some(labels) => labels,
+            None => req.labels.clone(),
+        };
         self.store
             .upsert_agent(&AgentRow {
                 id: req.agent_id.clone(),
-                labels: req.labels.clone(),
+                labels: labels.clone(),
                 addr: req.listen_addr.clone(),
                 last_seen: unix_now(),
             })
@@ -347,7 +357,7 @@ impl Controller for ControllerService {
                     // revocations are always sent (the agent's clock may run behind ours).
                     let ended =
                         matches!(change, Change::Granted(_)) && grant.not_after <= unix_now();
-                    if covers(grant, &req.agent_id, &req.labels)
+                    if covers(grant, &req.agent_id, &labels)
                         && !ended
                         && tx
                             .send(Ok(change_event(&epoch, *revision, change)))
@@ -737,6 +747,27 @@ impl Controller for ControllerService {
         request: Request<pb::AckBreakGlassRequest>,
     ) -> Result<Response<pb::AckBreakGlassResponse>, Status> {
         self.ack_break_glass_rpc(request).await
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        self.create_join_token_rpc(request).await
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        self.list_join_tokens_rpc(request).await
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+        self.revoke_join_token_rpc(request).await
     }
 }
 

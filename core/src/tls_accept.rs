@@ -340,9 +340,13 @@ pub fn incoming_with(
         ClientAuth::Required => client_verifier(tls)?,
         ClientAuth::NotAsked => Arc::new(rustls::server::NoClientAuth),
     };
+    let mut key = certified_key(tls)?;
+    if options.client_auth == ClientAuth::NotAsked {
+        key = with_ca_in_chain(key, tls)?;
+    }
     let shared = Arc::new(Shared {
         verifier,
-        cert: Arc::new(OneCert(certified_key(tls)?)),
+        cert: Arc::new(OneCert(key)),
         provider: Arc::new(rustls::crypto::ring::default_provider()),
         trust_domain: trust_domain.to_string(),
     });
@@ -1182,6 +1186,22 @@ fn certified_key(tls: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| anyhow::anyhow!("private key {}: {e}", tls.key.display()))?;
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// `key` with the CA certificates of `tls.ca` appended to its chain (those not in it yet): a
+/// client without our CA (an agent enrolling) checks the chain against the CA key it was
+/// given a pin of (`loggate_core::tls::pinned_enrolment_endpoint`), so the CA must be sent.
+fn with_ca_in_chain(key: Arc<CertifiedKey>, tls: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
+    let cas = CertificateDer::pem_file_iter(&tls.ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("CA certificate {}: {e}", tls.ca.display()))?;
+    let mut chain = key.cert.clone();
+    for ca in cas {
+        if !chain.contains(&ca) {
+            chain.push(ca);
+        }
+    }
+    Ok(Arc::new(CertifiedKey::new(chain, key.key.clone())))
 }
 
 fn server_config(

@@ -164,3 +164,309 @@ async fn attempts_over_the_per_address_budget_are_refused_unchecked_and_summaris
     assert_eq!(field(summary, "suppressed_before"), 2);
     assert_eq!(field(summary, "peer"), "127.0.0.1");
 }
+
+/// A cluster with the enrolment port on, the controller running, and agent `id` configured
+/// (serving `root`) with files of its own that do not exist yet. Returns the port.
+fn enrolling_cluster(id: &str, root: &std::path::Path) -> (Cluster, std::net::SocketAddr) {
+    let mut cluster = Cluster::new(None).expect("cluster");
+    let enrolment = cluster.enable_enrolment("").expect("enrolment");
+    cluster.start_controller().expect("controller");
+    cluster.add_agent(id, &[root], "").expect("agent config");
+    cluster.use_enrolled_files(id).expect("own files");
+    (cluster, enrolment)
+}
+
+fn run(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run");
+    let (stdout, stderr) = loggate_tests::text(&out);
+    (out.status.success(), stdout, stderr)
+}
+
+#[test]
+fn an_agent_enrolled_with_a_token_serves_reads_under_the_tokens_labels() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let logs_dir = std::fs::canonicalize(logs.path()).expect("canonical");
+    std::fs::write(logs_dir.join("app.log"), "hello from web-7\n").expect("log");
+    let (mut cluster, enrolment) = enrolling_cluster("web-7", &logs_dir);
+    let token = cluster
+        .join_token(&[
+            "--labels",
+            "env=prod,team=payments",
+            "--ttl",
+            "1h",
+            "--uses",
+            "1",
+        ])
+        .expect("token");
+    assert!(token.starts_with("lgj_") && token.len() == 68, "{token}");
+    let pin = cluster.ca_pin().expect("pin");
+    let (ok, stdout, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "enrol failed: {stdout}{stderr}");
+    assert!(
+        stdout.contains("spiffe://loggate.local/agent/web-7"),
+        "{stdout}"
+    );
+    let dir = cluster.agents["web-7"].dir.clone();
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(dir.join(p))
+            .expect(p)
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("tls/agent.key"), 0o600, "the agent's key is private");
+    cluster
+        .start_agent("web-7")
+        .expect("the enrolled agent starts");
+    // The agent claims env=demo in its configuration; a grant for the token's label reaches it.
+    let out = cluster
+        .run_cli(
+            "admin",
+            &[
+                "grant",
+                "issue",
+                "--subject",
+                "alice",
+                "--label",
+                "team=payments",
+                "--path",
+                &format!("{}/*.log", logs_dir.display()),
+                "--ttl",
+                "10m",
+                "--reason",
+                "T-1",
+                "--json",
+            ],
+        )
+        .expect("grant issue");
+    assert!(out.status.success(), "{:?}", loggate_tests::text(&out));
+    let grant: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let grant_id = grant["id"].as_str().expect("id").to_string();
+    cluster
+        .wait_for_grant("web-7", &grant_id)
+        .expect("a grant by the token's label arrives");
+    let out = cluster
+        .logs_cmd(
+            "alice",
+            "web-7",
+            &["cat", &format!("{}/app.log", logs_dir.display())],
+        )
+        .output()
+        .expect("logs cat");
+    let (stdout, stderr) = loggate_tests::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "hello from web-7\n");
+    cluster.stop_agent("web-7");
+    cluster.stop_controller();
+    let enrolled = records(&cluster, "agent.enrolled");
+    assert_eq!(enrolled.len(), 1, "{enrolled:?}");
+    let record = &enrolled[0];
+    assert_eq!(field(record, "agent_id"), "web-7");
+    assert_eq!(
+        field(record, "subject"),
+        "spiffe://loggate.local/agent/web-7"
+    );
+    assert_eq!(
+        field(record, "labels"),
+        &serde_json::json!(["env=prod", "team=payments"])
+    );
+    assert!(field(record, "serial")
+        .as_str()
+        .is_some_and(|s| s.len() == 32));
+    assert!(field(record, "not_after").as_i64().is_some_and(|t| t > 0));
+    let created = records(&cluster, "agent.token_created");
+    assert_eq!(created.len(), 1);
+    assert_eq!(field(&created[0], "token_id"), field(record, "token_id"));
+    let audit = std::fs::read_to_string(cluster.dir.join("controller/audit.jsonl")).expect("audit");
+    assert!(
+        !audit.contains(&token),
+        "the token was written to the audit log"
+    );
+}
+
+#[test]
+fn reused_expired_and_unknown_tokens_are_refused_and_audited() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, enrolment) = enrolling_cluster("web-7", logs.path());
+    for id in ["web-8", "web-9", "web-10"] {
+        cluster
+            .add_agent(id, &[logs.path()], "")
+            .expect("agent config");
+        cluster.use_enrolled_files(id).expect("own files");
+    }
+    let pin = cluster.ca_pin().expect("pin");
+    let once = cluster.join_token(&["--uses", "1"]).expect("token");
+    let short = cluster.join_token(&["--ttl", "1s"]).expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &once, &pin));
+    assert!(ok, "{stderr}");
+    // Used up.
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-8", enrolment, &once, &pin));
+    assert!(
+        !ok && stderr.contains("used as often as it allows"),
+        "{stderr}"
+    );
+    // The same agent id again, with a fresh token that does not allow re-enrolment.
+    let another = cluster.join_token(&[]).expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &another, &pin));
+    assert!(!ok && stderr.contains("already enrolled"), "{stderr}");
+    // Expired.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-9", enrolment, &short, &pin));
+    assert!(!ok && stderr.contains("expired"), "{stderr}");
+    // Unknown.
+    let unknown = format!("lgj_{}", "0".repeat(64));
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-10", enrolment, &unknown, &pin));
+    assert!(!ok && stderr.contains("not known"), "{stderr}");
+    assert!(!cluster.agents["web-8"].dir.join("tls/agent.crt").exists());
+    cluster.stop_controller();
+    let refused = records(&cluster, "agent.enrol_refused");
+    let got: Vec<(String, String, bool)> = refused
+        .iter()
+        .map(|r| {
+            (
+                field(r, "reason_code")
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                field(r, "claimed_agent_id")
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                field(r, "token_id").is_string(),
+            )
+        })
+        .collect();
+    let expect = |c: &str, id: &str, known: bool| (c.to_string(), id.to_string(), known);
+    assert_eq!(
+        got,
+        [
+            expect("token_used_up", "web-8", true),
+            expect("already_enrolled", "web-7", true),
+            expect("token_expired", "web-9", true),
+            expect("token_unknown", "web-10", false),
+        ]
+    );
+    let audit = std::fs::read_to_string(cluster.dir.join("controller/audit.jsonl")).expect("audit");
+    for token in [&once, &short, &another, &unknown] {
+        assert!(
+            !audit.contains(token.as_str()),
+            "a token was written to the audit log"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_ca_pin_is_refused_by_the_agent_before_the_token_is_sent() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (cluster, enrolment) = enrolling_cluster("web-7", logs.path());
+    let token = cluster.join_token(&[]).expect("token");
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &wrong));
+    assert!(!ok, "enrolled against an unpinned CA");
+    assert!(stderr.contains("pinned CA key"), "{stderr}");
+    assert!(!cluster.agents["web-7"].dir.join("tls/agent.key").exists());
+    // The token never reached the controller: nothing was refused there, and it still works.
+    assert!(records(&cluster, "agent.enrol_refused").is_empty());
+    let pin = cluster.ca_pin().expect("pin");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_asking_for_another_identity_gets_the_tokens_agent_id_and_labels() {
+    let mut cluster = Cluster::new(None).expect("cluster");
+    let enrolment = cluster.enable_enrolment("").expect("enrolment");
+    cluster.start_controller().expect("controller");
+    let token = cluster
+        .join_token(&["--labels", "env=prod"])
+        .expect("token");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["loggate-controller".to_string()]).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://loggate.local/user/admin".try_into().expect("uri"),
+    ));
+    let csr = params.serialize_request(&key).expect("csr").der().to_vec();
+    let mut client =
+        EnrolmentClient::new(cluster.anonymous_channel(enrolment).await.expect("channel"));
+    let answer = client
+        .enrol(EnrolRequest {
+            token,
+            agent_id: "web-9".into(),
+            csr_der: csr,
+        })
+        .await
+        .expect("enrolled")
+        .into_inner();
+    assert_eq!(answer.labels, ["env=prod"]);
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(answer.certificate_pem.as_bytes())
+        .map(|d: rustls::pki_types::CertificateDer<'static>| d.to_vec())
+        .expect("pem");
+    let identity = loggate_core::identity::Identity::from_certificate(&der, "loggate.local")
+        .expect("identity");
+    assert_eq!(identity.spiffe_id(), "spiffe://loggate.local/agent/web-9");
+    let text = String::from_utf8_lossy(&der);
+    assert!(!text.contains("user/admin") && !text.contains("loggate-controller"));
+    cluster.stop_controller();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_labels_an_enrolled_agent_claims_are_ignored_for_the_tokens() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, enrolment) = enrolling_cluster("web-7", logs.path());
+    let token = cluster
+        .join_token(&["--labels", "env=prod"])
+        .expect("token");
+    let pin = cluster.ca_pin().expect("pin");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    // The agent, with its enrolled certificate, announces labels of its own choosing.
+    let tls = cluster.agents["web-7"].dir.join("tls");
+    let files = loggate_core::tls::TlsFiles {
+        ca: tls.join("ca.crt"),
+        cert: tls.join("agent.crt"),
+        key: tls.join("agent.key"),
+    };
+    let channel = files
+        .endpoint(
+            &cluster.controller_addr.to_string(),
+            loggate_core::tls::Server::Controller,
+        )
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("the enrolled certificate is accepted on the main port");
+    let mut agent = ControllerClient::new(channel);
+    let mut stream = agent
+        .watch_grants(loggate_proto::WatchGrantsRequest {
+            agent_id: "web-7".into(),
+            labels: vec!["team=payments".into(), "env=dev".into()],
+            listen_addr: "127.0.0.1:1".into(),
+            after_revision: 0,
+            after_epoch: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let _ = stream.message().await.expect("the first event");
+    let mut admin = cluster
+        .controller_client_as("users/admin")
+        .await
+        .expect("admin");
+    let resolved = admin
+        .resolve_agent(loggate_proto::ResolveAgentRequest {
+            agent_id: "web-7".into(),
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert_eq!(
+        resolved.labels,
+        ["env=prod"],
+        "the agent's claim replaced the token's labels"
+    );
+    assert_eq!(resolved.addr, "127.0.0.1:1");
+    drop(stream);
+    cluster.stop_controller();
+}

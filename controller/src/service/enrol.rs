@@ -291,3 +291,148 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
         }
     }
 }
+
+/// The longest a join token may be valid.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most agents one join token may enrol.
+pub const MAX_TOKEN_USES: u32 = 10_000;
+/// The most labels a join token may give.
+const MAX_TOKEN_LABELS: usize = 32;
+
+/// `key=value` labels as a token gives them: each part a label key or value of the selector
+/// grammar, no key twice.
+fn checked_labels(labels: &[String]) -> Result<Vec<String>, Status> {
+    if labels.len() > MAX_TOKEN_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "--labels: at most {MAX_TOKEN_LABELS} labels"
+        )));
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(labels.len());
+    for label in labels {
+        let valid = label.split_once('=').filter(|(k, v)| {
+            crate::policy::selector::is_valid_label_part(k)
+                && crate::policy::selector::is_valid_label_part(v)
+        });
+        let Some((key, _)) = valid else {
+            return Err(Status::invalid_argument(format!(
+                "--labels: {label:?} is not key=value (each of [A-Za-z0-9._/-], 1 to 63 characters)"
+            )));
+        };
+        if !keys.insert(key.to_string()) {
+            return Err(Status::invalid_argument(format!(
+                "--labels: the key {key:?} is given twice"
+            )));
+        }
+        out.push(label.clone());
+    }
+    Ok(out)
+}
+
+fn token_info(token: &crate::store::agents::JoinToken) -> pb::JoinTokenInfo {
+    pb::JoinTokenInfo {
+        id: token.id.clone(),
+        labels: token.labels.clone(),
+        uses_left: token.uses_left,
+        expires_at_unix: token.expires_at,
+        reenrol: token.reenrol,
+        created_by: token.created_by.clone(),
+        created_at_unix: token.created_at,
+        revoked_at_unix: token.revoked_at.unwrap_or(0),
+    }
+}
+
+impl super::ControllerService {
+    /// `CreateJoinToken` (admins): the token is made here, returned once, stored as its
+    /// SHA-256, and recorded (`agent.token_created`, its id only) before it is stored.
+    pub(super) async fn create_join_token_rpc(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "create join tokens")?;
+        let req = request.into_inner();
+        let labels = checked_labels(&req.labels)?;
+        if req.ttl_seconds == 0 || req.ttl_seconds > MAX_TOKEN_TTL.as_secs() {
+            return Err(Status::invalid_argument("--ttl: give between 1s and 30d"));
+        }
+        if req.uses == 0 || req.uses > MAX_TOKEN_USES {
+            return Err(Status::invalid_argument(format!(
+                "--uses: give between 1 and {MAX_TOKEN_USES}"
+            )));
+        }
+        let now = unix_now();
+        let (secret, digest, id) = crate::store::agents::new_join_token();
+        let token = crate::store::agents::JoinToken {
+            id,
+            labels,
+            uses_left: req.uses,
+            expires_at: now.saturating_add(req.ttl_seconds as i64),
+            reenrol: req.reenrol,
+            created_by: admin.spiffe_id().to_string(),
+            created_at: now,
+            revoked_at: None,
+        };
+        self.store
+            .create_join_token(&digest, &token, || {
+                self.audit(&events::AgentTokenCreated {
+                    subject: admin.spiffe_id().to_string(),
+                    token_id: token.id.clone(),
+                    labels: token.labels.clone(),
+                    uses: token.uses_left,
+                    expires_at: token.expires_at,
+                    reenrol: token.reenrol,
+                })
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            })
+            .map_err(super::internal)?;
+        tracing::info!(token = %token.id, by = %admin, "join token created");
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token: secret,
+            info: Some(token_info(&token)),
+        }))
+    }
+
+    /// `ListJoinTokens` (admins).
+    pub(super) async fn list_join_tokens_rpc(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "list join tokens")?;
+        let tokens = self.store.join_tokens().map_err(super::internal)?;
+        Ok(Response::new(pb::ListJoinTokensResponse {
+            tokens: tokens.iter().map(token_info).collect(),
+        }))
+    }
+
+    /// `RevokeJoinToken` (admins), recorded (`agent.token_revoked`) before it takes effect.
+    pub(super) async fn revoke_join_token_rpc(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "revoke join tokens")?;
+        let id = request.into_inner().id;
+        if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(format!(
+                "{id:?} is not a join token id (12 hex characters, as loggate agent token list shows)"
+            )));
+        }
+        let token = self
+            .store
+            .revoke_join_token(&id, unix_now(), |token| {
+                self.audit(&events::AgentTokenRevoked {
+                    subject: admin.spiffe_id().to_string(),
+                    token_id: token.id.clone(),
+                    uses_left: token.uses_left,
+                })
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            })
+            .map_err(super::internal)?
+            .ok_or_else(|| Status::not_found(format!("no join token {id}")))?;
+        Ok(Response::new(pb::RevokeJoinTokenResponse {
+            info: Some(token_info(&token)),
+        }))
+    }
+}

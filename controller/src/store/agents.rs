@@ -39,8 +39,6 @@ CREATE TABLE IF NOT EXISTS enrolled_agents (
 );
 ";
 
-// Used by `loggate agent token create` (the next commit).
-#[allow(dead_code)]
 /// The prefix of every join token.
 pub const TOKEN_PREFIX: &str = "lgj_";
 
@@ -51,8 +49,6 @@ pub fn token_digest(token: &str) -> (String, String) {
     (digest, id)
 }
 
-// Used by `loggate agent token create` (the next commit).
-#[allow(dead_code)]
 /// A new join token: the secret to print once, and its digest and id.
 pub fn new_join_token() -> (String, String, String) {
     let secret: [u8; 32] = rand::random();
@@ -152,9 +148,6 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JoinToken> {
 const TOKEN_COLUMNS: &str =
     "id, labels, uses_left, expires_at, reenrol, created_by, created_at, revoked_at";
 
-// `create_join_token`, `join_tokens`, `enrolled_labels`: used by `loggate agent token`
-// (the next commit).
-#[allow(dead_code)]
 impl Store {
     /// Stores a new join token by its digest. `record` (the audit event) runs inside the
     /// transaction, before the token is stored.
@@ -193,6 +186,40 @@ impl Store {
         ))?;
         let rows = stmt.query_map([], token_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes the join token `id` at `now`; `record` (the audit event, given the token) runs
+    /// inside the transaction. `None` when there is no such token; a token revoked already is
+    /// returned as it is, without a second record.
+    pub fn revoke_join_token(
+        &self,
+        id: &str,
+        now: i64,
+        record: impl FnOnce(&JoinToken) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Option<JoinToken>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let token = tx
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM join_tokens WHERE id = ?1"),
+                params![id],
+                token_from_row,
+            )
+            .optional()?;
+        let Some(mut token) = token else {
+            return Ok(None);
+        };
+        if token.revoked_at.is_some() {
+            return Ok(Some(token));
+        }
+        record(&token)?;
+        tx.execute(
+            "UPDATE join_tokens SET revoked_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        tx.commit()?;
+        token.revoked_at = Some(now);
+        Ok(Some(token))
     }
 
     /// Enrols `agent_id` with the token whose digest is `digest`, at `now` (see the module

@@ -690,6 +690,45 @@ audit_event! {
 }
 
 audit_event! {
+    /// An admin created a join token for agent enrolment. The token itself is shown to the
+    /// admin once and never recorded: only its id.
+    AgentTokenCreated = "agent.token_created" {
+        writers: "controller", class: Authentication, activity: 99 "Join Token Created",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the admin's SPIFFE id (`user.uid`)
+        subject: String,
+        /// the token's id (12 hex characters of its SHA-256)
+        token_id: String,
+        /// the labels agents enrolled with it get
+        labels: Vec<String>,
+        /// how many agents it may enrol
+        uses: u32,
+        /// when it expires (epoch s)
+        expires_at: i64,
+        /// whether it may enrol an agent id that is already enrolled
+        reenrol: bool,
+    }
+}
+
+audit_event! {
+    /// An admin revoked a join token: no agent enrols with it from then on.
+    AgentTokenRevoked = "agent.token_revoked" {
+        writers: "controller", class: Authentication, activity: 99 "Join Token Revoked",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the admin's SPIFFE id (`user.uid`)
+        subject: String,
+        /// the token's id
+        token_id: String,
+        /// the uses it had left
+        uses_left: u32,
+    }
+}
+
+audit_event! {
     /// An agent enrolled with a join token on the pre-authentication port: the controller's CA
     /// signed a certificate for the key of its CSR, for the identity and with the labels the
     /// token gives (the controller's word, not the agent's claim). Written before the
@@ -1290,6 +1329,8 @@ pub const CATALOGUE: &[&EventType] = &[
     NotifyFailed::TYPE,
     UserKeyEnrolled::TYPE,
     TlsRefused::TYPE,
+    AgentTokenCreated::TYPE,
+    AgentTokenRevoked::TYPE,
     AgentEnrolled::TYPE,
     AgentEnrolRefused::TYPE,
     BypassRead::TYPE,

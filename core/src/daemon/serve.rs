@@ -133,6 +133,18 @@ pub const CONTROLLER_METHODS: &[(&str, MethodAccess)] = &[
         "/loggate.v1.Controller/AckBreakGlass",
         MethodAccess::Role(Role::User),
     ),
+    (
+        "/loggate.v1.Controller/CreateJoinToken",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ListJoinTokens",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/RevokeJoinToken",
+        MethodAccess::Role(Role::User),
+    ),
 ];
 
 /// The methods of `loggate.v1.Agent` and who may call them.

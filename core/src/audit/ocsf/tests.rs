@@ -164,6 +164,13 @@ fn example(name: &str) -> Map<String, Value> {
             "kept_sha256": "8d4e1c0b7a2f5e3d9c6b4a1f0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
             "triggered_by": "sighup",
         }),
+        "agent.token_created" => json!({
+            "subject": ADMIN, "token_id": "3f9a0c2b7e1d", "labels": ["env=prod", "team=payments"],
+            "uses": 5, "expires_at": 1795770000_i64, "reenrol": false,
+        }),
+        "agent.token_revoked" => json!({
+            "subject": ADMIN, "token_id": "3f9a0c2b7e1d", "uses_left": 4,
+        }),
         "agent.enrolled" => json!({
             "subject": "spiffe://loggate.local/agent/web-7", "agent_id": "web-7",
             "peer": "10.0.4.17:40112", "service": "loggate enrolment",
