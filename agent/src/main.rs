@@ -223,6 +223,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             trust_domain: &shared.config.trust_domain,
             service_name: "loggate agent",
             audit: shared.clone(),
+            revocations: None,
         },
         AgentServer::new(service).max_decoding_message_size(max_request),
         loggate_core::shutdown::signal(),

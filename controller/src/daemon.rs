@@ -20,6 +20,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often the set of removed agents is reloaded from the store (a removal made through
+/// this controller takes effect at once).
+const REVOCATIONS_REFRESH: Duration = Duration::from_secs(10);
+
 /// Largest request message the controller decodes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -104,6 +108,23 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         epoch,
     )?
     .with_access_policy(access_policy);
+    // Removed agents' certificates are refused from the first request on; the set is reloaded
+    // after every removal and, for removals made elsewhere, on a timer.
+    service.refresh_revocations()?;
+    let service = Arc::new(service);
+    let revocations_refresh = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REVOCATIONS_REFRESH);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.refresh_revocations() {
+                    tracing::error!("reloading the removed agents failed: {e:#}");
+                }
+            }
+        })
+    };
     tokio::spawn(audit_runtime.run_timer(audit.clone(), |_| {}));
     // Once per window, the summaries of checkpoint refusals and conflicts left out by their
     // report budget; the last ones before `controller.stopped`.
@@ -153,6 +174,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                         trust_domain: &trust_domain,
                         service_name: "loggate enrolment",
                         audit,
+                        revocations: None,
                     },
                     EnrolmentServer::from_arc(service)
                         .max_decoding_message_size(MAX_ENROL_REQUEST_BYTES),
@@ -176,8 +198,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             trust_domain: &config.trust_domain,
             service_name: "loggate controller",
             audit: audit.clone(),
+            revocations: Some(service.revocations()),
         },
-        ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        ControllerServer::from_arc(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         async move {
             loggate_core::shutdown::signal().await;
             // End the agents' watch streams, or the graceful shutdown would wait for them.
@@ -197,6 +220,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     loggate_core::notify::stopping();
     summaries.abort();
+    revocations_refresh.abort();
     checkpoint_reports.write_summaries(&audit);
     AuditRuntime::stop(&audit, &events::ControllerStopped {})?;
     eprintln!("loggate controller stopped");

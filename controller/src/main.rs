@@ -62,7 +62,7 @@ enum Command {
     /// The periodic access review (admins).
     #[command(subcommand)]
     Access(AccessCommand),
-    /// Agents: join tokens for enrolment (admins).
+    /// Agents: list and remove them; join tokens for enrolment (admins).
     #[command(subcommand)]
     Agent(AgentCommand),
     /// Print the shell completion script for SHELL on standard output.
@@ -77,6 +77,24 @@ enum AgentCommand {
     /// Join tokens for `loggate-agent enrol` (admins).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The agents the controller knows: id, connected or not, address, last seen, certificate
+    /// end (enrolled agents), labels.
+    List {
+        /// A label selector ("env=prod,team=payments").
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Remove an agent (admins): its certificates are refused by the controller from now on and
+    /// its stream is cut; it may enrol again with a new join token.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -504,6 +522,16 @@ async fn run(cli: Cli) -> CliResult {
             comment,
             client,
         }) => cli::governance::access_ack(&client.load()?, id, comment).await,
+        Command::Agent(AgentCommand::List {
+            selector,
+            output,
+            client,
+        }) => {
+            cli::agents::agent_list(&client.load()?, selector, matches!(output, Output::Json)).await
+        }
+        Command::Agent(AgentCommand::Remove { id, client }) => {
+            cli::agents::agent_remove(&client.load()?, id).await
+        }
         Command::Agent(AgentCommand::Token(TokenCommand::Create { args, client })) => {
             cli::agents::token_create(&client.load()?, args).await
         }

@@ -67,6 +67,9 @@ pub struct ControllerService {
     notifier: Option<crate::policy::notify::Notifier>,
     /// The report budget of checkpoint refusals and conflicts (see `anchor`).
     checkpoint_reports: Arc<anchor::CheckpointReports>,
+    /// Removed agents' certificates (see `enrol`): refused by the identity interceptor, and
+    /// their watch streams cut.
+    revocations: Arc<loggate_core::daemon::Revocations>,
 }
 
 impl ControllerService {
@@ -96,6 +99,7 @@ impl ControllerService {
             checkpoint_reports: Arc::new(anchor::CheckpointReports::new(
                 loggate_core::audit::budget::BudgetPolicy::default(),
             )),
+            revocations: Arc::default(),
         })
     }
 
@@ -278,6 +282,7 @@ impl Controller for ControllerService {
         request: Request<pb::WatchGrantsRequest>,
     ) -> Result<Response<Self::WatchGrantsStream>, Status> {
         let agent = peer_identity(&request, Role::Agent)?;
+        let request_certs = request.peer_certs();
         let req = request.into_inner();
         if req.agent_id != agent.name() {
             return Err(Status::permission_denied(format!(
@@ -323,6 +328,10 @@ impl Controller for ControllerService {
         let connected = self.connected.clone();
         let mut stopping = self.stopping.clone();
         let epoch = self.epoch.clone();
+        // Cut when this agent is removed (`agent remove`): its certificate is revoked.
+        let revocations = self.revocations.clone();
+        let mut revocations_changed = revocations.subscribe();
+        let not_before = enrol::peer_not_before(&request_certs);
         connected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -393,6 +402,12 @@ impl Controller for ControllerService {
                     }
                     _ = tx.closed() => break,
                     _ = stopping.changed() => break,
+                    _ = revocations_changed.changed() => {
+                        if revocations.is_revoked(agent.spiffe_id(), not_before) {
+                            let _ = tx.send(Err(enrol::removed_status())).await;
+                            break;
+                        }
+                    }
                 }
             }
             connected
@@ -768,6 +783,20 @@ impl Controller for ControllerService {
         request: Request<pb::RevokeJoinTokenRequest>,
     ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
         self.revoke_join_token_rpc(request).await
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.list_agents_rpc(request).await
+    }
+
+    async fn remove_agent(
+        &self,
+        request: Request<pb::RemoveAgentRequest>,
+    ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
+        self.remove_agent_rpc(request).await
     }
 }
 

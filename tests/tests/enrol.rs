@@ -470,3 +470,163 @@ async fn the_labels_an_enrolled_agent_claims_are_ignored_for_the_tokens() {
     drop(stream);
     cluster.stop_controller();
 }
+
+/// A `WatchGrants` client holding agent `id`'s enrolled certificate (`tls/` of its folder).
+async fn enrolled_agent_client(
+    cluster: &Cluster,
+    id: &str,
+) -> Result<ControllerClient<tonic::transport::Channel>, String> {
+    let tls = cluster.agents[id].dir.join("tls");
+    let files = loggate_core::tls::TlsFiles {
+        ca: tls.join("ca.crt"),
+        cert: tls.join("agent.crt"),
+        key: tls.join("agent.key"),
+    };
+    let channel = files
+        .endpoint(
+            &cluster.controller_addr.to_string(),
+            loggate_core::tls::Server::Controller,
+        )
+        .map_err(|e| format!("{e:#}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(ControllerClient::new(channel))
+}
+
+fn watch_request(id: &str) -> loggate_proto::WatchGrantsRequest {
+    loggate_proto::WatchGrantsRequest {
+        agent_id: id.into(),
+        labels: vec![],
+        listen_addr: "127.0.0.1:1".into(),
+        after_revision: 0,
+        after_epoch: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_agent_is_refused_its_watch_cut_and_it_may_enrol_again() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, enrolment) = enrolling_cluster("web-7", logs.path());
+    let token = cluster
+        .join_token(&["--labels", "env=prod,team=payments"])
+        .expect("token");
+    let pin = cluster.ca_pin().expect("pin");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    let mut agent = enrolled_agent_client(&cluster, "web-7")
+        .await
+        .expect("client");
+    let mut stream = agent
+        .watch_grants(watch_request("web-7"))
+        .await
+        .expect("watch")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("caught up")
+        .expect("an event");
+    // Listed, with its labels, certificate end and connection; filtered by selector.
+    let out = cluster
+        .run_cli(
+            "alice",
+            &[
+                "agent",
+                "list",
+                "--selector",
+                "team=payments",
+                "--output",
+                "json",
+            ],
+        )
+        .expect("agent list");
+    assert!(out.status.success(), "{:?}", loggate_tests::text(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one json line");
+    assert_eq!(listed["id"], "web-7");
+    assert_eq!(listed["connected"], true);
+    assert_eq!(
+        listed["labels"],
+        serde_json::json!(["env=prod", "team=payments"])
+    );
+    assert!(listed["cert_not_after"].as_i64().is_some_and(|t| t > 0));
+    let out = cluster
+        .run_cli(
+            "alice",
+            &[
+                "agent",
+                "list",
+                "--selector",
+                "team=other",
+                "--output",
+                "json",
+            ],
+        )
+        .expect("agent list");
+    assert!(out.status.success() && out.stdout.is_empty());
+    // Only admins remove.
+    let out = cluster
+        .run_cli("alice", &["agent", "remove", "web-7"])
+        .expect("remove");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{:?}",
+        loggate_tests::text(&out)
+    );
+    let out = cluster
+        .run_cli("admin", &["agent", "remove", "web-7"])
+        .expect("remove");
+    let (stdout, stderr) = loggate_tests::text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("its stream was cut"), "{stdout}");
+    // The live stream is cut, saying why.
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream was not cut within 10 s");
+    let status = cut.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("removed"), "{status:?}");
+    // Its next call is refused.
+    let mut agent = enrolled_agent_client(&cluster, "web-7")
+        .await
+        .expect("client");
+    let status = agent
+        .watch_grants(watch_request("web-7"))
+        .await
+        .expect_err("a removed agent's certificate");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    let out = cluster
+        .run_cli("admin", &["agent", "list", "--output", "json"])
+        .expect("list");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("web-7"));
+    // A new token enrols it again, with a certificate issued after the removal.
+    let again = cluster.join_token(&[]).expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &again, &pin));
+    assert!(ok, "{stderr}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut agent = enrolled_agent_client(&cluster, "web-7")
+        .await
+        .expect("client");
+    agent
+        .watch_grants(watch_request("web-7"))
+        .await
+        .expect("the re-enrolled certificate is accepted");
+    cluster.stop_controller();
+    let removed = records(&cluster, "agent.removed");
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(field(&removed[0], "agent_id"), "web-7");
+    assert_eq!(field(&removed[0], "was_connected"), true);
+    assert_eq!(
+        field(&removed[0], "subject"),
+        "spiffe://loggate.local/user/admin"
+    );
+}

@@ -134,3 +134,72 @@ pub async fn token_revoke(config: &ClientConfig, id: String) -> CliResult {
         info.id, info.uses_left
     ))
 }
+
+/// `loggate agent list`: one line (or JSON object) per agent.
+pub async fn agent_list(config: &ClientConfig, selector: String, json: bool) -> CliResult {
+    let mut client = controller(config).await?;
+    let agents = client
+        .list_agents(pb::ListAgentsRequest { selector })
+        .await
+        .or_explain(config, &the_controller(config))
+        .await?
+        .into_inner()
+        .agents;
+    for a in &agents {
+        if json {
+            out(format_args!(
+                "{}",
+                serde_json::json!({
+                    "id": a.agent_id, "labels": a.labels, "addr": a.addr,
+                    "last_seen": a.last_seen_unix, "connected": a.connected,
+                    "cert_not_after": (a.cert_not_after_unix != 0).then_some(a.cert_not_after_unix),
+                    "cert_serial": (!a.cert_serial.is_empty()).then_some(&a.cert_serial),
+                })
+            ))?;
+        } else {
+            out(format_args!(
+                "{}  {}  {}  last seen {}  certificate {}  labels [{}]",
+                a.agent_id,
+                if a.connected {
+                    "connected"
+                } else {
+                    "not connected"
+                },
+                if a.addr.is_empty() { "-" } else { &a.addr },
+                format_time(a.last_seen_unix),
+                if a.cert_not_after_unix != 0 {
+                    format!("until {}", format_time(a.cert_not_after_unix))
+                } else {
+                    "not enrolled".to_string()
+                },
+                a.labels.join(", ")
+            ))?;
+        }
+    }
+    if agents.is_empty() && !json {
+        eprintln!("no agents");
+    }
+    Ok(())
+}
+
+/// `loggate agent remove ID` (admins).
+pub async fn agent_remove(config: &ClientConfig, id: String) -> CliResult {
+    let mut client = controller(config).await?;
+    let answer = client
+        .remove_agent(pb::RemoveAgentRequest {
+            agent_id: id.clone(),
+        })
+        .await
+        .or_explain(config, &the_controller(config))
+        .await?
+        .into_inner();
+    out(format_args!(
+        "agent {id} removed: its certificates issued until {} are refused{}",
+        format_time(answer.removed_at_unix),
+        if answer.was_connected {
+            "; its stream was cut"
+        } else {
+            ""
+        }
+    ))
+}

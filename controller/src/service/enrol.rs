@@ -163,8 +163,15 @@ impl EnrolmentService {
             String::new()
         };
         let now = unix_now();
-        let validity = Validity::for_lifetime(self.cert_ttl);
         let outcome = self.store.enrol_agent(&digest, agent_id, now, |context| {
+            let mut validity = Validity::for_lifetime(self.cert_ttl);
+            // After a removal, a new certificate starts after it: the removal's cut-off
+            // refuses every certificate of this id that starts at or before it.
+            if let Some(removed_at) = context.removed_at {
+                let after = std::time::UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(removed_at.saturating_add(1)).unwrap_or(0));
+                validity.not_before = validity.not_before.max(after);
+            }
             let issued = self.ca.issue_for_csr(
                 &request.csr_der,
                 &self.trust_domain,
@@ -433,6 +440,138 @@ impl super::ControllerService {
             .ok_or_else(|| Status::not_found(format!("no join token {id}")))?;
         Ok(Response::new(pb::RevokeJoinTokenResponse {
             info: Some(token_info(&token)),
+        }))
+    }
+}
+
+/// The start of the validity of the client certificate of a request (its `peer_certs()`),
+/// `i64::MIN` when unknown: revoked whenever its identity is.
+pub(super) fn peer_not_before(
+    certs: &Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+) -> i64 {
+    certs
+        .as_ref()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| loggate_core::daemon::serve::certificate_not_before(leaf.as_ref()))
+        .unwrap_or(i64::MIN)
+}
+
+/// What a removed agent's cut stream ends with.
+pub(super) fn removed_status() -> Status {
+    Status::unauthenticated(
+        "this agent was removed (loggate agent remove): its certificate is revoked; enrol it \
+         again with a new join token (loggate-agent enrol)",
+    )
+}
+
+impl super::ControllerService {
+    /// The revocation set the identity interceptor of the main port reads.
+    pub fn revocations(&self) -> Arc<loggate_core::daemon::Revocations> {
+        self.revocations.clone()
+    }
+
+    /// Reloads the revocation set from the store (at start, after a removal, and on a timer
+    /// for removals made by another replica).
+    pub fn refresh_revocations(&self) -> anyhow::Result<()> {
+        let removed = self.store.removed_agents()?;
+        self.revocations.replace(
+            removed
+                .into_iter()
+                .map(|(id, at)| (format!("spiffe://{}/agent/{id}", self.trust_domain), at))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// `ListAgents` (any person): the registry, filtered by a label selector.
+    pub(super) async fn list_agents_rpc(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.user(&request)?;
+        let selector = request.into_inner().selector;
+        let selector = if selector.trim().is_empty() {
+            None
+        } else {
+            Some(
+                crate::policy::selector::Selector::parse(&selector)
+                    .map_err(|e| Status::invalid_argument(format!("--selector: {e}")))?,
+            )
+        };
+        let connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let agents = self.store.list_agents().map_err(super::internal)?;
+        let agents = agents
+            .into_iter()
+            .filter(|a| {
+                selector.as_ref().is_none_or(|s| {
+                    s.matches(
+                        &a.labels
+                            .iter()
+                            .filter_map(|l| l.split_once('='))
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    )
+                })
+            })
+            .map(|a| pb::AgentListing {
+                connected: connected.contains(&a.id),
+                agent_id: a.id,
+                labels: a.labels,
+                addr: a.addr,
+                last_seen_unix: a.last_seen,
+                cert_not_after_unix: a.cert_not_after.unwrap_or(0),
+                cert_serial: a.cert_serial.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    /// `RemoveAgent` (admins): recorded (`agent.removed`) in the transaction that removes it;
+    /// then the revocation set is reloaded, which refuses its certificates and cuts its stream.
+    pub(super) async fn remove_agent_rpc(
+        &self,
+        request: Request<pb::RemoveAgentRequest>,
+    ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "remove agents")?;
+        let id = request.into_inner().agent_id;
+        if !is_valid_name(&id) {
+            return Err(Status::invalid_argument(format!(
+                "{id:?} is not a valid agent id"
+            )));
+        }
+        let was_connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id);
+        let now = unix_now();
+        let removed = self
+            .store
+            .remove_agent(&id, now, admin.spiffe_id().as_str(), || {
+                self.audit(&events::AgentRemoved {
+                    subject: admin.spiffe_id().to_string(),
+                    agent_id: id.clone(),
+                    revoked_before: now,
+                    was_connected,
+                })
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            })
+            .map_err(super::internal)?;
+        if !removed {
+            return Err(Status::not_found(format!(
+                "no agent {id} is registered (loggate agent list shows them)"
+            )));
+        }
+        self.refresh_revocations().map_err(super::internal)?;
+        tracing::info!(agent = %id, by = %admin, "agent removed");
+        Ok(Response::new(pb::RemoveAgentResponse {
+            removed_at_unix: now,
+            was_connected,
         }))
     }
 }

@@ -729,6 +729,27 @@ audit_event! {
 }
 
 audit_event! {
+    /// An admin removed an agent: every certificate of it issued until now is refused by the
+    /// controller from then on (`revoked_before`), and its `WatchGrants` stream is cut. It may
+    /// enrol again with a new join token.
+    AgentRemoved = "agent.removed" {
+        writers: "controller", class: Authentication, activity: 99 "Agent Removed",
+        outcome: Success, severity: MEDIUM,
+    }
+    {
+        /// the admin's SPIFFE id (`user.uid`)
+        subject: String,
+        /// the agent removed
+        agent_id: String,
+        /// certificates of the agent whose validity starts at or before this (epoch s) are
+        /// refused
+        revoked_before: i64,
+        /// whether it held a `WatchGrants` stream, now cut
+        was_connected: bool,
+    }
+}
+
+audit_event! {
     /// An agent enrolled with a join token on the pre-authentication port: the controller's CA
     /// signed a certificate for the key of its CSR, for the identity and with the labels the
     /// token gives (the controller's word, not the agent's claim). Written before the
@@ -1333,6 +1354,7 @@ pub const CATALOGUE: &[&EventType] = &[
     AgentTokenRevoked::TYPE,
     AgentEnrolled::TYPE,
     AgentEnrolRefused::TYPE,
+    AgentRemoved::TYPE,
     BypassRead::TYPE,
     BypassFinding::TYPE,
     BypassReadRepeated::TYPE,

@@ -171,6 +171,10 @@ fn example(name: &str) -> Map<String, Value> {
         "agent.token_revoked" => json!({
             "subject": ADMIN, "token_id": "3f9a0c2b7e1d", "uses_left": 4,
         }),
+        "agent.removed" => json!({
+            "subject": ADMIN, "agent_id": "web-7", "revoked_before": 1795766400_i64,
+            "was_connected": true,
+        }),
         "agent.enrolled" => json!({
             "subject": "spiffe://loggate.local/agent/web-7", "agent_id": "web-7",
             "peer": "10.0.4.17:40112", "service": "loggate enrolment",
