@@ -78,10 +78,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             let (Some(ca_cert), Some(ca_key)) = (&config.ca_cert, &config.ca_key) else {
                 bail!("[enrolment] needs ca_cert and ca_key");
             };
-            let ca = crate::pki::RuntimeCa::load(ca_cert, ca_key).context("[enrolment] CA")?;
+            let ca =
+                Arc::new(crate::pki::RuntimeCa::load(ca_cert, ca_key).context("[enrolment] CA")?);
             let service = Arc::new(EnrolmentService::new(
                 store.clone(),
-                Arc::new(ca),
+                ca.clone(),
                 config.trust_domain.clone(),
                 enrolment.agent_cert_ttl,
                 vec![signer.verifying_key().to_paserk()],
@@ -91,7 +92,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(enrolment.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} ([enrolment])", enrolment.listen))?;
-            Some((service, listener))
+            Some((service, listener, ca, enrolment.agent_cert_ttl))
         }
     };
     let service = ControllerService::new(
@@ -108,6 +109,12 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         epoch,
     )?
     .with_access_policy(access_policy);
+    let (service, enrolment) = match enrolment {
+        Some((enrol, listener, ca, lifetime)) => {
+            (service.with_agent_ca(ca, lifetime), Some((enrol, listener)))
+        }
+        None => (service, None),
+    };
     // Removed agents' certificates are refused from the first request on; the set is reloaded
     // after every removal and, for removals made elsewhere, on a timer.
     service.refresh_revocations()?;

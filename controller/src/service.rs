@@ -70,6 +70,9 @@ pub struct ControllerService {
     /// Removed agents' certificates (see `enrol`): refused by the identity interceptor, and
     /// their watch streams cut.
     revocations: Arc<loggate_core::daemon::Revocations>,
+    /// The run-time CA and agent certificate lifetime, for `RenewCertificate` (see `enrol`);
+    /// None without `[enrolment]`.
+    agent_ca: Option<(Arc<crate::pki::RuntimeCa>, Duration)>,
 }
 
 impl ControllerService {
@@ -100,6 +103,7 @@ impl ControllerService {
                 loggate_core::audit::budget::BudgetPolicy::default(),
             )),
             revocations: Arc::default(),
+            agent_ca: None,
         })
     }
 
@@ -797,6 +801,13 @@ impl Controller for ControllerService {
         request: Request<pb::RemoveAgentRequest>,
     ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
         self.remove_agent_rpc(request).await
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        self.renew_certificate_rpc(request).await
     }
 }
 

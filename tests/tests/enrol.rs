@@ -630,3 +630,82 @@ async fn a_removed_agent_is_refused_its_watch_cut_and_it_may_enrol_again() {
         "spiffe://loggate.local/user/admin"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_agent_renews_its_certificate_over_its_identity_and_it_is_audited() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, enrolment) = enrolling_cluster("web-7", logs.path());
+    let token = cluster.join_token(&[]).expect("token");
+    let pin = cluster.ca_pin().expect("pin");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    let mut agent = enrolled_agent_client(&cluster, "web-7")
+        .await
+        .expect("client");
+    // A new key, and a CSR asking for another identity: the answer is for web-7 anyway.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::URI(
+        "spiffe://loggate.local/user/admin".try_into().expect("uri"),
+    ));
+    let csr = params.serialize_request(&key).expect("csr").der().to_vec();
+    let renewed = agent
+        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr })
+        .await
+        .expect("renewed")
+        .into_inner();
+    let dir = cluster.agents["web-7"].dir.join("tls");
+    std::fs::write(dir.join("renewed.crt"), &renewed.certificate_pem).expect("write");
+    std::fs::write(dir.join("renewed.key"), key.serialize_pem()).expect("write");
+    let files = loggate_core::tls::TlsFiles {
+        ca: dir.join("ca.crt"),
+        cert: dir.join("renewed.crt"),
+        key: dir.join("renewed.key"),
+    };
+    let identity = files.own_identity("loggate.local").expect("identity");
+    assert_eq!(identity.spiffe_id(), "spiffe://loggate.local/agent/web-7");
+    let channel = files
+        .endpoint(
+            &cluster.controller_addr.to_string(),
+            loggate_core::tls::Server::Controller,
+        )
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("the renewed certificate is accepted");
+    ControllerClient::new(channel)
+        .watch_grants(watch_request("web-7"))
+        .await
+        .expect("watch with the renewed certificate");
+    // An agent whose certificate did not come from enrolment is told where to renew.
+    let mut pki_agent = cluster
+        .controller_client_as("agents/web-1")
+        .await
+        .expect("web-1 of pki init");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .der()
+        .to_vec();
+    let status = pki_agent
+        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr })
+        .await
+        .expect_err("not enrolled");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    cluster.stop_controller();
+    let enrolled = records(&cluster, "agent.enrolled");
+    let renewals = records(&cluster, "agent.certificate_renewed");
+    assert_eq!(renewals.len(), 1, "{renewals:?}");
+    assert_eq!(field(&renewals[0], "agent_id"), "web-7");
+    assert_eq!(
+        field(&renewals[0], "previous_serial"),
+        field(&enrolled[0], "serial")
+    );
+    assert_eq!(field(&renewals[0], "serial"), renewed.serial.as_str());
+    assert_ne!(
+        renewed.serial,
+        field(&enrolled[0], "serial").as_str().unwrap_or_default()
+    );
+}

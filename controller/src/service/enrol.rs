@@ -575,3 +575,81 @@ impl super::ControllerService {
         }))
     }
 }
+
+impl super::ControllerService {
+    /// Lets enrolled agents renew their certificates (`RenewCertificate`) with `ca`, for
+    /// `lifetime`.
+    pub fn with_agent_ca(mut self, ca: Arc<RuntimeCa>, lifetime: Duration) -> Self {
+        self.agent_ca = Some((ca, lifetime));
+        self
+    }
+
+    /// `RenewCertificate` (agents, over their current identity — a removed agent's is refused
+    /// before this runs): a certificate for the same identity and the key of a new CSR, with a
+    /// new lifetime; recorded (`agent.certificate_renewed`) before it is handed out.
+    pub(super) async fn renew_certificate_rpc(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let agent =
+            loggate_core::daemon::peer_identity(&request, loggate_core::identity::Role::Agent)?;
+        let Some((ca, lifetime)) = &self.agent_ca else {
+            return Err(Status::failed_precondition(
+                "this controller does not sign agent certificates (no [enrolment] in its \
+                 configuration); renew where the certificate was issued",
+            ));
+        };
+        let csr = request.into_inner().csr_der;
+        if csr.len() > MAX_ENROL_REQUEST_BYTES {
+            return Err(Status::invalid_argument("the CSR is larger than 16 KiB"));
+        }
+        let id = agent.name().to_string();
+        let renewed = self.store.renew_agent(&id, |previous| {
+            let issued = ca.issue_for_csr(
+                &csr,
+                &self.trust_domain,
+                Kind::Agent,
+                &id,
+                Validity::for_lifetime(*lifetime),
+            )??;
+            let identity = Identity::from_certificate(&issued.der, &self.trust_domain)?;
+            self.audit(&events::AgentCertificateRenewed {
+                subject: identity.spiffe_id().to_string(),
+                agent_id: id.clone(),
+                serial: issued.serial.clone(),
+                previous_serial: previous.to_string(),
+                not_after: issued.not_after_unix,
+                key_sha256: identity.key_sha256_hex(),
+            })
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            Ok((
+                EnrolledCert {
+                    serial: issued.serial.clone(),
+                    not_after: issued.not_after_unix,
+                },
+                issued,
+            ))
+        });
+        let issued = match renewed {
+            Ok(Some(issued)) => issued,
+            Ok(None) => {
+                return Err(Status::permission_denied(format!(
+                    "{agent} did not enrol with this controller; its certificate is renewed where \
+                     it was issued"
+                )))
+            }
+            Err(e) => {
+                return Err(match e.downcast_ref::<CsrRefused>() {
+                    Some(csr) => Status::invalid_argument(csr.to_string()),
+                    None => super::internal(e),
+                })
+            }
+        };
+        tracing::info!(agent = %id, serial = %issued.serial, "agent certificate renewed");
+        Ok(Response::new(pb::RenewCertificateResponse {
+            certificate_pem: issued.pem,
+            not_after_unix: issued.not_after_unix,
+            serial: issued.serial,
+        }))
+    }
+}

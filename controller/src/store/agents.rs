@@ -371,6 +371,35 @@ impl Store {
         Ok(true)
     }
 
+    /// Records a renewed certificate of enrolled agent `id`; `issue` (given the previous
+    /// serial) issues it and writes the audit record inside the transaction. `Ok(None)` when
+    /// `id` is not enrolled (nothing issued).
+    pub fn renew_agent<T>(
+        &self,
+        id: &str,
+        issue: impl FnOnce(&str) -> anyhow::Result<(EnrolledCert, T)>,
+    ) -> anyhow::Result<Option<T>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let previous: Option<String> = tx
+            .query_row(
+                "SELECT serial FROM enrolled_agents WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(previous) = previous else {
+            return Ok(None);
+        };
+        let (cert, value) = issue(&previous)?;
+        tx.execute(
+            "UPDATE enrolled_agents SET serial = ?2, not_after = ?3 WHERE id = ?1",
+            params![id, cert.serial, cert.not_after],
+        )?;
+        tx.commit()?;
+        Ok(Some(value))
+    }
+
     /// Every removed agent id and when it was removed: the controller's revocation set.
     pub fn removed_agents(&self) -> anyhow::Result<Vec<(String, i64)>> {
         let conn = self.conn();

@@ -729,6 +729,30 @@ audit_event! {
 }
 
 audit_event! {
+    /// An enrolled agent renewed its certificate over its current identity: the controller's
+    /// CA signed a new one for the key of its CSR (made on the host), same identity, a new
+    /// lifetime. Written before the certificate is handed out.
+    AgentCertificateRenewed = "agent.certificate_renewed" {
+        writers: "controller", class: Authentication, activity: 3 "Authentication Ticket",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the agent's SPIFFE id (`user.uid`)
+        subject: String,
+        /// the agent id
+        agent_id: String,
+        /// the new certificate's serial number (hex)
+        serial: String,
+        /// the serial of the certificate it replaces, as the controller issued it
+        previous_serial: String,
+        /// the new certificate's end (epoch s)
+        not_after: i64,
+        /// SHA-256 of the new certificate's public key (`user.programmatic_credentials`)
+        key_sha256: String,
+    }
+}
+
+audit_event! {
     /// An admin removed an agent: every certificate of it issued until now is refused by the
     /// controller from then on (`revoked_before`), and its `WatchGrants` stream is cut. It may
     /// enrol again with a new join token.
@@ -1355,6 +1379,7 @@ pub const CATALOGUE: &[&EventType] = &[
     AgentEnrolled::TYPE,
     AgentEnrolRefused::TYPE,
     AgentRemoved::TYPE,
+    AgentCertificateRenewed::TYPE,
     BypassRead::TYPE,
     BypassFinding::TYPE,
     BypassReadRepeated::TYPE,

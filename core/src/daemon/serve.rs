@@ -209,6 +209,10 @@ pub const CONTROLLER_METHODS: &[(&str, MethodAccess)] = &[
         "/loggate.v1.Controller/RemoveAgent",
         MethodAccess::Role(Role::User),
     ),
+    (
+        "/loggate.v1.Controller/RenewCertificate",
+        MethodAccess::Role(Role::Agent),
+    ),
 ];
 
 /// The methods of `loggate.v1.Agent` and who may call them.

@@ -171,6 +171,11 @@ fn example(name: &str) -> Map<String, Value> {
         "agent.token_revoked" => json!({
             "subject": ADMIN, "token_id": "3f9a0c2b7e1d", "uses_left": 4,
         }),
+        "agent.certificate_renewed" => json!({
+            "subject": "spiffe://loggate.local/agent/web-7", "agent_id": "web-7",
+            "serial": "6d2f1a4b8c0e3f5a7b9d1c3e5f7a9b0c", "previous_serial": "5c1e0f3a9b7d2e4f6a8c0b1d3e5f7a9b",
+            "not_after": 1795939200_i64, "key_sha256": KEY,
+        }),
         "agent.removed" => json!({
             "subject": ADMIN, "agent_id": "web-7", "revoked_before": 1795766400_i64,
             "was_connected": true,
