@@ -258,3 +258,141 @@ fn write_replacing(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }
+
+/// How long the skew allowance of issued certificates is (they start 5 minutes before they
+/// were signed): the time of issue is `not_before` + this.
+const ISSUE_SKEW: i64 = 5 * 60;
+
+/// When to renew a certificate valid until `not_after` and issued at `issued`: at two thirds
+/// of its lifetime, less a jitter of up to a tenth of it (so that a fleet enrolled at once does
+/// not renew at once).
+fn renewal_time(issued: i64, not_after: i64, jitter: f64) -> i64 {
+    let lifetime = (not_after - issued).max(0);
+    let jitter = (lifetime as f64 / 10.0 * jitter.clamp(0.0, 1.0)) as i64;
+    issued + lifetime * 2 / 3 - jitter
+}
+
+/// The renewal of an enrolled agent's certificate, for as long as the agent runs: at
+/// [`renewal_time`], a new key and CSR, `RenewCertificate` over the current identity, the
+/// answer checked, the files replaced, `enrolment.json` updated, the server's TLS
+/// configuration reloaded (`reload`), `agent.certificate_renewed` written. A failure is retried
+/// (every tenth of the time left, between 5 s and 5 minutes); a certificate that expired
+/// meanwhile cannot be renewed: the log says to enrol again with a new token.
+pub async fn renew_loop(
+    shared: std::sync::Arc<crate::Shared>,
+    reload: tokio::sync::watch::Sender<u64>,
+) {
+    let config = &shared.config;
+    loop {
+        let record = match EnrolmentRecord::load(&config.state_dir) {
+            Ok(Some(record)) if record.agent_id == config.id => record,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!("certificate renewal is off: {e:#}");
+                return;
+            }
+        };
+        let issued = std::fs::read(&config.tls.cert)
+            .ok()
+            .and_then(|pem| CertificateDer::from_pem_slice(&pem).ok())
+            .and_then(|der| loggate_core::daemon::serve::certificate_not_before(&der))
+            .map(|nb| (nb + ISSUE_SKEW).min(record.not_after_unix))
+            .unwrap_or(record.not_after_unix);
+        let at = renewal_time(issued, record.not_after_unix, rand::random::<f64>());
+        let now = loggate_core::grant::unix_now();
+        if at > now {
+            tokio::time::sleep(std::time::Duration::from_secs((at - now) as u64)).await;
+        }
+        match renew_once(&shared, &record).await {
+            Ok(()) => {
+                reload.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                let now = loggate_core::grant::unix_now();
+                if now >= record.not_after_unix {
+                    tracing::error!(
+                        "the agent's certificate expired at {} and could not be renewed ({e:#}); \
+                         the controller refuses it now: enrol again with a new join token \
+                         (loggate agent token create --reenrol, then loggate-agent enrol)",
+                        record.not_after_unix
+                    );
+                } else {
+                    tracing::warn!("renewing the agent's certificate failed, retrying: {e:#}");
+                }
+                let left = (record.not_after_unix - now).max(0);
+                let pause = (left / 10).clamp(5, 300);
+                tokio::time::sleep(std::time::Duration::from_secs(pause as u64)).await;
+            }
+        }
+    }
+}
+
+async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow::Result<()> {
+    let config = &shared.config;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, &config.id);
+    let csr = params.serialize_request(&key)?.der().to_vec();
+    let channel = config
+        .tls
+        .endpoint(&config.controller, loggate_core::tls::Server::Controller)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the controller {}", config.controller))?;
+    let answer = loggate_proto::controller_client::ControllerClient::new(channel)
+        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr })
+        .await
+        .map_err(|s| anyhow::anyhow!("the controller refused the renewal: {}", s.message()))?
+        .into_inner();
+    let cert_der = CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the controller's answer holds no certificate: {e}"))?;
+    let identity = Identity::from_certificate(&cert_der, &config.trust_domain)
+        .map_err(|e| anyhow::anyhow!("the renewed certificate: {e}"))?;
+    ensure!(
+        identity.role() == Role::Agent && identity.name() == config.id,
+        "the controller renewed a certificate for {identity}, not agent {}",
+        config.id
+    );
+    let spki = {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| anyhow::anyhow!("the renewed certificate: {e}"))?;
+        cert.public_key().raw.to_vec()
+    };
+    ensure!(
+        spki == key.subject_public_key_info(),
+        "the controller renewed a certificate for another key than ours"
+    );
+    write_replacing(&config.tls.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_replacing(&config.tls.cert, answer.certificate_pem.as_bytes(), 0o644)?;
+    let renewed = EnrolmentRecord {
+        serial: answer.serial.clone(),
+        not_after_unix: answer.not_after_unix,
+        ..record.clone()
+    };
+    renewed.save(&config.state_dir)?;
+    shared.audit(&loggate_core::audit::events::AgentCertificateRenewed {
+        subject: identity.spiffe_id().to_string(),
+        agent_id: config.id.clone(),
+        serial: answer.serial.clone(),
+        previous_serial: record.serial.clone(),
+        not_after: answer.not_after_unix,
+        key_sha256: identity.key_sha256_hex(),
+    })?;
+    tracing::info!(serial = %answer.serial, not_after = answer.not_after_unix, "agent certificate renewed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renewal_time;
+
+    #[test]
+    fn renewal_comes_at_two_thirds_of_the_lifetime_less_a_jitter_of_a_tenth() {
+        assert_eq!(renewal_time(0, 86_400, 0.0), 57_600);
+        assert_eq!(renewal_time(0, 86_400, 1.0), 57_600 - 8_640);
+        assert_eq!(renewal_time(100, 100, 0.5), 100);
+    }
+}

@@ -203,6 +203,11 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     });
 
     tokio::spawn(watch::run(shared.clone()));
+    // An enrolled agent renews its certificate at about two thirds of its lifetime and
+    // reloads its server's TLS configuration (new connections to the controller read the
+    // files anew); an agent whose certificate came from elsewhere has nothing to renew.
+    let (renewed, reload_cert) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(enrol::renew_loop(shared.clone(), renewed));
     // The one audit timer: checkpoints and rotation, then grant expiry, once a second.
     tokio::spawn(audit_runtime.run_timer(shared.clone(), expire_grants));
     tokio::spawn(anchor::run(shared.clone(), checkpoint_public));
@@ -224,6 +229,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             service_name: "loggate agent",
             audit: shared.clone(),
             revocations: None,
+            reload_cert: Some(reload_cert),
         },
         AgentServer::new(service).max_decoding_message_size(max_request),
         loggate_core::shutdown::signal(),

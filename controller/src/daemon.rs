@@ -182,6 +182,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                         service_name: "loggate enrolment",
                         audit,
                         revocations: None,
+                        reload_cert: None,
                     },
                     EnrolmentServer::from_arc(service)
                         .max_decoding_message_size(MAX_ENROL_REQUEST_BYTES),
@@ -206,6 +207,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             service_name: "loggate controller",
             audit: audit.clone(),
             revocations: Some(service.revocations()),
+            reload_cert: None,
         },
         ControllerServer::from_arc(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         async move {

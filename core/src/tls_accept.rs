@@ -344,18 +344,20 @@ pub fn incoming_with(
     if options.client_auth == ClientAuth::NotAsked {
         key = with_ca_in_chain(key, tls)?;
     }
+    key.keys_match()
+        .map_err(|e| anyhow::anyhow!("{} and {}: {e}", tls.cert.display(), tls.key.display()))?;
     let shared = Arc::new(Shared {
         verifier,
-        cert: Arc::new(OneCert(key)),
+        cert: Arc::new(OneCert(std::sync::RwLock::new(key))),
         provider: Arc::new(rustls::crypto::ring::default_provider()),
         trust_domain: trust_domain.to_string(),
     });
+    let reloader = CertReloader {
+        cert: shared.cert.clone(),
+        tls: tls.clone(),
+        with_ca: options.client_auth == ClientAuth::NotAsked,
+    };
     // Built once here so that a configuration rustls refuses fails the start, not each client.
-    shared
-        .cert
-        .0
-        .keys_match()
-        .map_err(|e| anyhow::anyhow!("{} and {}: {e}", tls.cert.display(), tls.key.display()))?;
     server_config(&shared, Arc::new(Witness::new(shared.verifier.clone())))?;
     let open_files = raise_open_file_limit();
     let capacity = pool_size(open_files).min(options.max_handshakes.max(2));
@@ -464,7 +466,38 @@ pub fn incoming_with(
         rx,
         accepting,
         summaries,
+        reloader,
     })
+}
+
+/// Reloads the certificate and key a listener presents from their files (a renewed
+/// certificate), without a restart: handshakes that start after [`CertReloader::reload`]
+/// get the new one; established connections keep theirs.
+#[derive(Debug, Clone)]
+pub struct CertReloader {
+    cert: Arc<OneCert>,
+    tls: TlsFiles,
+    with_ca: bool,
+}
+
+impl CertReloader {
+    /// Reads the files again; on any error (unreadable, a key that is not the certificate's)
+    /// the certificate in use stays, and the error says why.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let mut key = certified_key(&self.tls)?;
+        if self.with_ca {
+            key = with_ca_in_chain(key, &self.tls)?;
+        }
+        key.keys_match().map_err(|e| {
+            anyhow::anyhow!(
+                "{} and {}: {e}",
+                self.tls.cert.display(),
+                self.tls.key.display()
+            )
+        })?;
+        *self.cert.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force after.
@@ -1034,6 +1067,14 @@ pub struct Incoming {
     rx: mpsc::Receiver<std::io::Result<Connection>>,
     accepting: tokio::task::JoinHandle<()>,
     summaries: tokio::task::JoinHandle<()>,
+    reloader: CertReloader,
+}
+
+impl Incoming {
+    /// What reloads this listener's certificate from its files.
+    pub fn cert_reloader(&self) -> CertReloader {
+        self.reloader.clone()
+    }
 }
 
 impl tokio_stream::Stream for Incoming {
@@ -1219,13 +1260,13 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Our one certificate, whatever the client asks for.
+/// Our one certificate, whatever the client asks for; replaced by [`CertReloader`].
 #[derive(Debug)]
-struct OneCert(Arc<CertifiedKey>);
+struct OneCert(std::sync::RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for OneCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 

@@ -709,3 +709,146 @@ async fn an_enrolled_agent_renews_its_certificate_over_its_identity_and_it_is_au
         field(&enrolled[0], "serial").as_str().unwrap_or_default()
     );
 }
+
+/// The certificate (DER) agent `id` presents to a new TLS connection now (as alice).
+fn presented_certificate(cluster: &Cluster, id: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let pki = cluster.dir.join("pki");
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(pki.join("ca.crt")).expect("ca") {
+        roots.add(ca.expect("ca")).expect("root");
+    }
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(pki.join("users/alice.crt"))
+            .expect("cert")
+            .map(|c| c.expect("cert"))
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.join("users/alice.key")).expect("key");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client auth");
+    let name = ServerName::try_from(id.to_string()).expect("name");
+    let mut conn =
+        rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let mut tcp = std::net::TcpStream::connect(cluster.agent_addr(id)).expect("connect");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).expect("handshake");
+    }
+    conn.peer_certificates().expect("a server certificate")[0].to_vec()
+}
+
+fn file_certificate(path: &std::path::Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path)
+        .expect("pem")
+        .to_vec()
+}
+
+#[test]
+fn an_agent_renews_its_certificate_and_swaps_it_without_dropping_a_live_stream() {
+    use std::io::{BufRead, Write};
+    let logs = tempfile::tempdir().expect("tempdir");
+    let logs_dir = std::fs::canonicalize(logs.path()).expect("canonical");
+    let log = logs_dir.join("app.log");
+    std::fs::write(&log, "before the renewal\n").expect("log");
+    let mut cluster = Cluster::new(None).expect("cluster");
+    let enrolment = cluster
+        .enable_enrolment("agent_cert_ttl = \"30s\"")
+        .expect("enrolment");
+    cluster.start_controller().expect("controller");
+    cluster
+        .add_agent("web-7", &[&logs_dir], "")
+        .expect("agent config");
+    cluster.use_enrolled_files("web-7").expect("own files");
+    let token = cluster.join_token(&[]).expect("token");
+    let pin = cluster.ca_pin().expect("pin");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    cluster.start_agent("web-7").expect("agent");
+    let cert_file = cluster.agents["web-7"].dir.join("tls/agent.crt");
+    let first = file_certificate(&cert_file);
+    assert_eq!(presented_certificate(&cluster, "web-7"), first);
+    cluster
+        .grant(
+            "alice",
+            "web-7",
+            &format!("{}/*.log", logs_dir.display()),
+            "10m",
+        )
+        .expect("grant");
+    let mut child = cluster
+        .logs_cmd(
+            "alice",
+            "web-7",
+            &["tail", "--follow", &log.display().to_string()],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tail --follow");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(10);
+    assert_eq!(
+        lines.recv_timeout(wait).expect("first line"),
+        "before the renewal"
+    );
+    // Renewal at two thirds of 30 s, less up to 3 s of jitter.
+    cluster
+        .wait_for_audit("web-7", std::time::Duration::from_secs(40), |e| {
+            e["event"] == "agent.certificate_renewed"
+        })
+        .expect("the agent renewed its certificate");
+    let renewed = file_certificate(&cert_file);
+    assert_ne!(renewed, first, "the certificate file was not replaced");
+    // New connections get the new certificate; the live stream goes on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while presented_certificate(&cluster, "web-7") != renewed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent still presents its old certificate"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| f.write_all(b"after the renewal\n"))
+        .expect("append");
+    assert_eq!(
+        lines
+            .recv_timeout(wait)
+            .expect("the live stream survived the renewal"),
+        "after the renewal"
+    );
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "tail --follow ended"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = cluster
+        .logs_cmd("alice", "web-7", &["cat", &log.display().to_string()])
+        .output()
+        .expect("cat");
+    assert!(out.status.success(), "{:?}", loggate_tests::text(&out));
+    cluster.stop_agent("web-7");
+    cluster.stop_controller();
+    let renewals = records(&cluster, "agent.certificate_renewed");
+    assert!(!renewals.is_empty(), "the controller recorded no renewal");
+    assert_eq!(field(&renewals[0], "agent_id"), "web-7");
+}

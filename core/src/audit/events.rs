@@ -731,9 +731,10 @@ audit_event! {
 audit_event! {
     /// An enrolled agent renewed its certificate over its current identity: the controller's
     /// CA signed a new one for the key of its CSR (made on the host), same identity, a new
-    /// lifetime. Written before the certificate is handed out.
+    /// lifetime. The controller writes it before the certificate is handed out; the agent once
+    /// it has written the new files and reloaded its TLS configuration.
     AgentCertificateRenewed = "agent.certificate_renewed" {
-        writers: "controller", class: Authentication, activity: 3 "Authentication Ticket",
+        writers: "agent, controller", class: Authentication, activity: 3 "Authentication Ticket",
         outcome: Success, severity: INFO,
     }
     {

@@ -407,6 +407,9 @@ pub struct MtlsSettings<'a, D> {
     /// Certificates refused although they chain to the CA (removed agents), checked on every
     /// request; `None`: none are.
     pub revocations: Option<Arc<Revocations>>,
+    /// Each change reloads the certificate and key this server presents from `tls` (a
+    /// renewal), without a restart; a reload that fails keeps the one in use (logged).
+    pub reload_cert: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Serves `service` on `listener` over mutual TLS until `shutdown` resolves, then lets the
@@ -527,7 +530,21 @@ where
         move |refused| crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused),
     )
     .context("TLS configuration")?;
-    tonic::transport::Server::builder()
+    let reloading = settings.reload_cert.map(|mut changes| {
+        let reloader = incoming.cert_reloader();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                match reloader.reload() {
+                    Ok(()) => tracing::info!("{service_name}: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(
+                        "{service_name}: the renewed TLS certificate could not be loaded, the \
+                         one in use stays: {e:#}"
+                    ),
+                }
+            }
+        })
+    });
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
         .add_service(WithMethodPath(InterceptedService::new(
@@ -537,7 +554,11 @@ where
         )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .with_context(|| format!("{service_name} server on {addr}"))
+        .with_context(|| format!("{service_name} server on {addr}"));
+    if let Some(task) = reloading {
+        task.abort();
+    }
+    served
 }
 
 #[cfg(test)]
