@@ -113,7 +113,9 @@ enum TokenCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
-    /// Revoke a join token by its id (as `list` shows it).
+    /// Revoke a join token by its id (as `list` shows it); `remove` is the same command (the
+    /// name DESIGN.md lists).
+    #[command(alias = "remove")]
     Revoke {
         id: String,
         #[command(flatten)]
