@@ -297,19 +297,27 @@ impl AgentConfig {
             problems.into_result()?;
             bail!("the agent configuration is invalid");
         };
+        let state_dir = base.join(&file.state_dir);
+        // An enrolled agent carries the labels its join token gave (the controller's word,
+        // kept at enrolment); the configured `labels` are only the claim of an agent whose
+        // certificate came from elsewhere.
+        let labels = match problems.take(crate::enrol::EnrolmentRecord::load(&state_dir)) {
+            Some(Some(record)) if record.agent_id == file.id => record.labels,
+            _ => file.labels,
+        };
         problems.into_result()?;
         Ok(AgentConfig {
             audit_settings,
             bypass,
             advertise: file.advertise.unwrap_or_else(|| file.listen.to_string()),
             id: file.id,
-            labels: file.labels,
+            labels,
             listen: file.listen,
             controller: file.controller,
             trust_domain: file.trust_domain,
             grant_keys,
             roots,
-            state_dir: base.join(file.state_dir),
+            state_dir,
             audit_log: base.join(file.audit_log),
             max_clock_skew,
             allow_raw: file.allow_raw,

@@ -13,6 +13,7 @@
 mod anchor;
 mod bypass;
 mod config;
+mod enrol;
 mod follow;
 mod fs_access;
 mod gate;
@@ -59,6 +60,9 @@ enum Command {
         /// The agent's configuration file.
         file: PathBuf,
     },
+    /// Join the fleet with a one-time join token: make this host's key, have the controller's
+    /// CA sign its certificate, and write them where the configuration expects them.
+    Enrol(enrol::EnrolArgs),
     /// Print the shell completion script for SHELL on standard output.
     Completions {
         #[arg(value_enum)]
@@ -208,6 +212,11 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     });
 
     tokio::spawn(watch::run(shared.clone()));
+    // An enrolled agent renews its certificate at about two thirds of its lifetime and
+    // reloads its server's TLS configuration (new connections to the controller read the
+    // files anew); an agent whose certificate came from elsewhere has nothing to renew.
+    let (renewed, reload_cert) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(enrol::renew_loop(shared.clone(), renewed));
     // The one audit timer: checkpoints and rotation, then grant expiry, once a second.
     tokio::spawn(audit_runtime.run_timer(shared.clone(), expire_grants));
     tokio::spawn(anchor::run(shared.clone(), checkpoint_public));
@@ -228,6 +237,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             trust_domain: &shared.config.trust_domain,
             service_name: "loggate agent",
             audit: shared.clone(),
+            revocations: None,
+            reload_cert: Some(reload_cert),
         },
         AgentServer::new(service).max_decoding_message_size(max_request),
         loggate_core::shutdown::signal(),
@@ -379,6 +390,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => runtime.block_on(run(&config)),
         Command::CheckConfig { file } => return check_config(&file),
+        Command::Enrol(args) => runtime.block_on(enrol::enrol(args)),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "loggate-agent", &mut std::io::stdout());

@@ -1,6 +1,7 @@
 //! `loggate controller check-config FILE` (the unit's `ExecStartPre`): the configuration as
 //! `serve` loads it, plus what `serve` reads next — the grant-signing key (mode 0600), a
-//! certificate that is the controller's, a readable key and CA — every problem at once.
+//! certificate that is the controller's, a readable key and CA, the enrolment CA (`ca_cert`,
+//! `ca_key`) — every problem at once.
 //! (Apart from config.rs, which the `config` fuzz target compiles on its own.)
 
 use crate::config::ControllerConfig;
@@ -31,6 +32,14 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
             std::fs::File::open(file)
                 .map(drop)
                 .with_context(|| format!("{what}: cannot read {}", file.display())),
+        );
+    }
+    // The enrolment CA as `serve` loads it: key mode 0600, a CA, the key its key.
+    if let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) {
+        problems.take(
+            crate::pki::RuntimeCa::load(cert, key)
+                .map(drop)
+                .context("ca_cert/ca_key"),
         );
     }
     problems

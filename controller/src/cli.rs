@@ -1,6 +1,7 @@
 //! The human-facing commands that talk to the controller and to agents: grants and log reads.
 //! Every failure ends as one sentence on stderr and a non-zero exit code (see [`Failure`]).
 
+pub mod agents;
 pub mod config_file;
 pub mod governance;
 pub mod login;

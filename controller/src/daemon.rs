@@ -20,6 +20,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How often the set of removed agents is reloaded from the store (a removal made through
+/// this controller takes effect at once).
+const REVOCATIONS_REFRESH: Duration = Duration::from_secs(10);
+
 /// Largest request message the controller decodes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -91,7 +95,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 Some(settings) => {
                     service.with_sign_in(Arc::new(crate::service::signin::SignInService::new(
                         crate::oidc::verify::SignInVerifier::new(Arc::new(settings.clone()))?,
-                        ca,
+                        ca.clone(),
                         store.clone(),
                         config.trust_domain.clone(),
                         audit.clone(),
@@ -102,7 +106,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(enrolment.listen)
                 .await
                 .with_context(|| format!("cannot listen on {} ([enrolment])", enrolment.listen))?;
-            Some((service, listener))
+            Some((service, listener, ca, enrolment.agent_cert_ttl))
         }
     };
     let service = ControllerService::new(
@@ -119,6 +123,29 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         epoch,
     )?
     .with_access_policy(access_policy);
+    let (service, enrolment) = match enrolment {
+        Some((enrol, listener, ca, lifetime)) => {
+            (service.with_agent_ca(ca, lifetime), Some((enrol, listener)))
+        }
+        None => (service, None),
+    };
+    // Removed agents' certificates are refused from the first request on; the set is reloaded
+    // after every removal and, for removals made elsewhere, on a timer.
+    service.refresh_revocations()?;
+    let service = Arc::new(service);
+    let revocations_refresh = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REVOCATIONS_REFRESH);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = service.refresh_revocations() {
+                    tracing::error!("reloading the removed agents failed: {e:#}");
+                }
+            }
+        })
+    };
     tokio::spawn(audit_runtime.run_timer(audit.clone(), |_| {}));
     // Once per window, the summaries of checkpoint refusals and conflicts left out by their
     // report budget; the last ones before `controller.stopped`.
@@ -168,6 +195,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                         trust_domain: &trust_domain,
                         service_name: "loggate enrolment",
                         audit,
+                        revocations: None,
+                        reload_cert: None,
                     },
                     EnrolmentServer::from_arc(service)
                         .max_decoding_message_size(MAX_ENROL_REQUEST_BYTES),
@@ -191,8 +220,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             trust_domain: &config.trust_domain,
             service_name: "loggate controller",
             audit: audit.clone(),
+            revocations: Some(service.revocations()),
+            reload_cert: None,
         },
-        ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+        ControllerServer::from_arc(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         async move {
             loggate_core::shutdown::signal().await;
             // End the agents' watch streams, or the graceful shutdown would wait for them.
@@ -212,6 +243,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     }
     loggate_core::notify::stopping();
     summaries.abort();
+    revocations_refresh.abort();
     checkpoint_reports.write_summaries(&audit);
     AuditRuntime::stop(&audit, &events::ControllerStopped {})?;
     eprintln!("loggate controller stopped");

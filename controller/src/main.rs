@@ -93,10 +93,64 @@ enum Command {
     /// The periodic access review (admins).
     #[command(subcommand)]
     Access(AccessCommand),
+    /// Agents: list and remove them; join tokens for enrolment (admins).
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// Print the shell completion script for SHELL on standard output.
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Join tokens for `loggate-agent enrol` (admins).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The agents the controller knows: id, connected or not, address, last seen, certificate
+    /// end (enrolled agents), labels.
+    List {
+        /// A label selector ("env=prod,team=payments").
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Remove an agent (admins): its certificates are refused by the controller from now on and
+    /// its stream is cut; it may enrol again with a new join token.
+    Remove {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token and print it once (the controller keeps only its hash).
+    Create {
+        #[command(flatten)]
+        args: cli::agents::TokenCreateArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List the join tokens (never their secrets).
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Revoke a join token by its id (as `list` shows it); `remove` is the same command (the
+    /// name DESIGN.md lists).
+    #[command(alias = "remove")]
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
     },
 }
 
@@ -182,6 +236,12 @@ enum PkiCommand {
     Init(pki_cmd::InitArgs),
     /// Issue one more certificate from the CA in DIR.
     Issue(pki_cmd::IssueArgs),
+    /// Print the pin of a CA certificate for `loggate-agent enrol --ca-pin`: sha256 of its
+    /// public key (SubjectPublicKeyInfo).
+    Pin {
+        /// The CA certificate (PEM), e.g. DIR/ca.crt of `loggate pki init`.
+        ca: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -396,6 +456,7 @@ async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Pki(PkiCommand::Init(args)) => pki_cmd::init(args).map_err(Failure::from),
         Command::Pki(PkiCommand::Issue(args)) => pki_cmd::issue(args).map_err(Failure::from),
+        Command::Pki(PkiCommand::Pin { ca }) => pki_cmd::pin(&ca).map_err(Failure::from),
         Command::Controller(ControllerCommand::Serve { config }) => {
             // Not `Failure::from`: whatever the cause, a daemon that stops on an error exits 1.
             daemon::serve(&config).await.map_err(|e| Failure::error(&e))
@@ -516,6 +577,25 @@ async fn run(cli: Cli) -> CliResult {
             comment,
             client,
         }) => cli::governance::access_ack(&client.load()?, id, comment).await,
+        Command::Agent(AgentCommand::List {
+            selector,
+            output,
+            client,
+        }) => {
+            cli::agents::agent_list(&client.load()?, selector, matches!(output, Output::Json)).await
+        }
+        Command::Agent(AgentCommand::Remove { id, client }) => {
+            cli::agents::agent_remove(&client.load()?, id).await
+        }
+        Command::Agent(AgentCommand::Token(TokenCommand::Create { args, client })) => {
+            cli::agents::token_create(&client.load()?, args).await
+        }
+        Command::Agent(AgentCommand::Token(TokenCommand::List { output, client })) => {
+            cli::agents::token_list(&client.load()?, matches!(output, Output::Json)).await
+        }
+        Command::Agent(AgentCommand::Token(TokenCommand::Revoke { id, client })) => {
+            cli::agents::token_revoke(&client.load()?, id).await
+        }
         Command::Policy(PolicyCommand::Reload { client }) => {
             cli::governance::policy_reload(&client.load()?).await
         }

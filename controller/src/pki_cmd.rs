@@ -157,7 +157,12 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
     }
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "created development PKI in {}", args.dir.display())?;
-    writeln!(stdout, "  CA                  ca.crt (key ca.key)")?;
+    let ca_der = loggate_core::tls::read_certificate_der(&args.dir.join("ca.crt"))?;
+    writeln!(
+        stdout,
+        "  CA                  ca.crt (key ca.key), pin {} (loggate-agent enrol --ca-pin)",
+        loggate_core::tls::ca_pin(&ca_der)?
+    )?;
     writeln!(stdout, "  controller          controller.crt")?;
     for a in &args.agents {
         writeln!(stdout, "  agent {a:<13} agents/{a}.crt")?;
@@ -173,6 +178,14 @@ pub fn init(args: InitArgs) -> anyhow::Result<()> {
         "  grant-signing key   grant-signing.key (public: grant-signing.pub, key id {})",
         key.verifying_key().kid()
     )?;
+    Ok(())
+}
+
+/// `loggate pki pin CA`: the pin `loggate-agent enrol --ca-pin` takes.
+pub fn pin(ca: &Path) -> anyhow::Result<()> {
+    let der = loggate_core::tls::read_certificate_der(ca)?;
+    let pin = loggate_core::tls::ca_pin(&der).with_context(|| format!("{}", ca.display()))?;
+    writeln!(std::io::stdout().lock(), "{pin}")?;
     Ok(())
 }
 

@@ -75,6 +75,12 @@ pub struct ControllerService {
     notifier: Option<crate::policy::notify::Notifier>,
     /// The report budget of checkpoint refusals and conflicts (see `anchor`).
     checkpoint_reports: Arc<anchor::CheckpointReports>,
+    /// Removed agents' certificates (see `enrol`): refused by the identity interceptor, and
+    /// their watch streams cut.
+    revocations: Arc<loggate_core::daemon::Revocations>,
+    /// The run-time CA and agent certificate lifetime, for `RenewCertificate` (see `enrol`);
+    /// None without `[enrolment]`.
+    agent_ca: Option<(Arc<crate::pki::RuntimeCa>, Duration)>,
 }
 
 impl ControllerService {
@@ -104,6 +110,8 @@ impl ControllerService {
             checkpoint_reports: Arc::new(anchor::CheckpointReports::new(
                 loggate_core::audit::budget::BudgetPolicy::default(),
             )),
+            revocations: Arc::default(),
+            agent_ca: None,
         })
     }
 
@@ -286,6 +294,7 @@ impl Controller for ControllerService {
         request: Request<pb::WatchGrantsRequest>,
     ) -> Result<Response<Self::WatchGrantsStream>, Status> {
         let agent = peer_identity(&request, Role::Agent)?;
+        let request_certs = request.peer_certs();
         let req = request.into_inner();
         if req.agent_id != agent.name() {
             return Err(Status::permission_denied(format!(
@@ -302,10 +311,20 @@ impl Controller for ControllerService {
                 "after_epoch is longer than {MAX_EPOCH_BYTES} bytes; send the epoch the controller gave"
             )));
         }
+        // An enrolled agent has the labels its join token gave (the controller's word); the
+        // labels an agent announces count only when its certificate came from elsewhere.
+        let labels = match self
+            .store
+            .enrolled_labels(&req.agent_id)
+            .map_err(internal)?
+        {
+            Some(labels) => labels,
+            None => req.labels.clone(),
+        };
         self.store
             .upsert_agent(&AgentRow {
                 id: req.agent_id.clone(),
-                labels: req.labels.clone(),
+                labels: labels.clone(),
                 addr: req.listen_addr.clone(),
                 last_seen: unix_now(),
             })
@@ -321,6 +340,10 @@ impl Controller for ControllerService {
         let connected = self.connected.clone();
         let mut stopping = self.stopping.clone();
         let epoch = self.epoch.clone();
+        // Cut when this agent is removed (`agent remove`): its certificate is revoked.
+        let revocations = self.revocations.clone();
+        let mut revocations_changed = revocations.subscribe();
+        let not_before = enrol::peer_not_before(&request_certs);
         connected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -355,7 +378,7 @@ impl Controller for ControllerService {
                     // revocations are always sent (the agent's clock may run behind ours).
                     let ended =
                         matches!(change, Change::Granted(_)) && grant.not_after <= unix_now();
-                    if covers(grant, &req.agent_id, &req.labels)
+                    if covers(grant, &req.agent_id, &labels)
                         && !ended
                         && tx
                             .send(Ok(change_event(&epoch, *revision, change)))
@@ -391,6 +414,12 @@ impl Controller for ControllerService {
                     }
                     _ = tx.closed() => break,
                     _ = stopping.changed() => break,
+                    _ = revocations_changed.changed() => {
+                        if revocations.is_revoked(agent.spiffe_id(), not_before) {
+                            let _ = tx.send(Err(enrol::removed_status())).await;
+                            break;
+                        }
+                    }
                 }
             }
             connected
@@ -745,6 +774,48 @@ impl Controller for ControllerService {
         request: Request<pb::AckBreakGlassRequest>,
     ) -> Result<Response<pb::AckBreakGlassResponse>, Status> {
         self.ack_break_glass_rpc(request).await
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        self.create_join_token_rpc(request).await
+    }
+
+    async fn list_join_tokens(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        self.list_join_tokens_rpc(request).await
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+        self.revoke_join_token_rpc(request).await
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.list_agents_rpc(request).await
+    }
+
+    async fn remove_agent(
+        &self,
+        request: Request<pb::RemoveAgentRequest>,
+    ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
+        self.remove_agent_rpc(request).await
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        self.renew_certificate_rpc(request).await
     }
 }
 

@@ -252,6 +252,8 @@ impl Store {
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
         conn.execute_batch(agents::AGENTS_SCHEMA)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
+        conn.execute_batch(agents::REMOVED_AGENTS_SCHEMA)
+            .with_context(|| format!("cannot initialise database {}", path.display()))?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

@@ -236,6 +236,154 @@ pub fn read_certificate_der(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(der.as_ref().to_vec())
 }
 
+/// The pin of a CA certificate, as `loggate pki pin` prints it and `loggate-agent enrol
+/// --ca-pin` takes it: `sha256:` and the lowercase hex SHA-256 of the certificate's
+/// SubjectPublicKeyInfo (DER). The key, not the certificate: a CA re-issued with the same key
+/// (a new validity) keeps its pin (as kubeadm's `--discovery-token-ca-cert-hash`).
+pub fn ca_pin(cert_der: &[u8]) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| anyhow::anyhow!("not a valid X.509 certificate: {e}"))?;
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(cert.public_key().raw))
+    ))
+}
+
+/// A connection to the controller's pre-authentication port at `addr`, for a host that holds
+/// no certificate and no CA yet: no client certificate; the server's chain must hold a CA
+/// certificate whose [`ca_pin`] is `pin`, and the controller's certificate must chain to it
+/// (WebPKI: signature, validity, the DNS name `loggate-controller`) and name a
+/// `spiffe://…/controller` identity. The pin is checked before a byte of the request (the
+/// join token) is sent.
+pub fn pinned_enrolment_endpoint(addr: &str, pin: &str) -> anyhow::Result<Endpoint> {
+    let pin = pin.trim().to_ascii_lowercase();
+    let valid = pin
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !valid {
+        anyhow::bail!(
+            "--ca-pin {pin:?} is not sha256:<64 hex characters>; print it with loggate pki pin"
+        );
+    }
+    let tls = ClientTlsConfig::new().domain_name("loggate-controller");
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| anyhow::anyhow!("bad address {addr:?}: {e}"))?;
+    Ok(endpoint.tls_config_with_verifier(tls, Arc::new(PinnedCa { pin }))?)
+}
+
+/// The server verifier of [`pinned_enrolment_endpoint`].
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+}
+
+impl PinnedCa {
+    fn inner_for(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+        let anchor = intermediates
+            .iter()
+            .find(|c| ca_pin(c.as_ref()).is_ok_and(|p| p == self.pin));
+        let Some(anchor) = anchor else {
+            let presented: Vec<String> = std::iter::once(end_entity)
+                .chain(intermediates)
+                .filter_map(|c| ca_pin(c.as_ref()).ok())
+                .collect();
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(PinMismatch {
+                    pin: self.pin.clone(),
+                    presented: presented.join(", "),
+                })),
+            )));
+        };
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(anchor.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("pinned CA: {e}")))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| rustls::Error::General(format!("pinned CA: {e}")))
+    }
+}
+
+#[derive(thiserror::Error)]
+#[error("no certificate of the server's chain has the pinned CA key {pin} (found {presented}); check --ca-pin with loggate pki pin on the controller")]
+struct PinMismatch {
+    pin: String,
+    presented: String,
+}
+
+impl std::fmt::Debug for PinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let inner = self.inner_for(end_entity, intermediates)?;
+        let verified =
+            inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        match spiffe_uris(end_entity.as_ref()).as_slice() {
+            [only] if only.starts_with("spiffe://") && only.ends_with("/controller") => {
+                Ok(verified)
+            }
+            found => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(WrongServer {
+                    expected: "spiffe://<trust domain>/controller".into(),
+                    found: found.join(", "),
+                })),
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -340,18 +340,24 @@ pub fn incoming_with(
         ClientAuth::Required => client_verifier(tls)?,
         ClientAuth::NotAsked => Arc::new(rustls::server::NoClientAuth),
     };
+    let mut key = certified_key(tls)?;
+    if options.client_auth == ClientAuth::NotAsked {
+        key = with_ca_in_chain(key, tls)?;
+    }
+    key.keys_match()
+        .map_err(|e| anyhow::anyhow!("{} and {}: {e}", tls.cert.display(), tls.key.display()))?;
     let shared = Arc::new(Shared {
         verifier,
-        cert: Arc::new(OneCert(certified_key(tls)?)),
+        cert: Arc::new(OneCert(std::sync::RwLock::new(key))),
         provider: Arc::new(rustls::crypto::ring::default_provider()),
         trust_domain: trust_domain.to_string(),
     });
+    let reloader = CertReloader {
+        cert: shared.cert.clone(),
+        tls: tls.clone(),
+        with_ca: options.client_auth == ClientAuth::NotAsked,
+    };
     // Built once here so that a configuration rustls refuses fails the start, not each client.
-    shared
-        .cert
-        .0
-        .keys_match()
-        .map_err(|e| anyhow::anyhow!("{} and {}: {e}", tls.cert.display(), tls.key.display()))?;
     server_config(&shared, Arc::new(Witness::new(shared.verifier.clone())))?;
     let open_files = raise_open_file_limit();
     let capacity = pool_size(open_files).min(options.max_handshakes.max(2));
@@ -460,7 +466,38 @@ pub fn incoming_with(
         rx,
         accepting,
         summaries,
+        reloader,
     })
+}
+
+/// Reloads the certificate and key a listener presents from their files (a renewed
+/// certificate), without a restart: handshakes that start after [`CertReloader::reload`]
+/// get the new one; established connections keep theirs.
+#[derive(Debug, Clone)]
+pub struct CertReloader {
+    cert: Arc<OneCert>,
+    tls: TlsFiles,
+    with_ca: bool,
+}
+
+impl CertReloader {
+    /// Reads the files again; on any error (unreadable, a key that is not the certificate's)
+    /// the certificate in use stays, and the error says why.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let mut key = certified_key(&self.tls)?;
+        if self.with_ca {
+            key = with_ca_in_chain(key, &self.tls)?;
+        }
+        key.keys_match().map_err(|e| {
+            anyhow::anyhow!(
+                "{} and {}: {e}",
+                self.tls.cert.display(),
+                self.tls.key.display()
+            )
+        })?;
+        *self.cert.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit in force after.
@@ -1030,6 +1067,14 @@ pub struct Incoming {
     rx: mpsc::Receiver<std::io::Result<Connection>>,
     accepting: tokio::task::JoinHandle<()>,
     summaries: tokio::task::JoinHandle<()>,
+    reloader: CertReloader,
+}
+
+impl Incoming {
+    /// What reloads this listener's certificate from its files.
+    pub fn cert_reloader(&self) -> CertReloader {
+        self.reloader.clone()
+    }
 }
 
 impl tokio_stream::Stream for Incoming {
@@ -1184,6 +1229,22 @@ fn certified_key(tls: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
+/// `key` with the CA certificates of `tls.ca` appended to its chain (those not in it yet): a
+/// client without our CA (an agent enrolling) checks the chain against the CA key it was
+/// given a pin of (`loggate_core::tls::pinned_enrolment_endpoint`), so the CA must be sent.
+fn with_ca_in_chain(key: Arc<CertifiedKey>, tls: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
+    let cas = CertificateDer::pem_file_iter(&tls.ca)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("CA certificate {}: {e}", tls.ca.display()))?;
+    let mut chain = key.cert.clone();
+    for ca in cas {
+        if !chain.contains(&ca) {
+            chain.push(ca);
+        }
+    }
+    Ok(Arc::new(CertifiedKey::new(chain, key.key.clone())))
+}
+
 fn server_config(
     shared: &Shared,
     witness: Arc<Witness>,
@@ -1199,13 +1260,13 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Our one certificate, whatever the client asks for.
+/// Our one certificate, whatever the client asks for; replaced by [`CertReloader`].
 #[derive(Debug)]
-struct OneCert(Arc<CertifiedKey>);
+struct OneCert(std::sync::RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for OneCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
 

@@ -1017,3 +1017,59 @@ impl Cluster {
         )
     }
 }
+
+impl Cluster {
+    /// Points agent `id`'s configuration (from `add_agent`) at files of its own folder
+    /// (`tls/agent.key`, `tls/agent.crt`, `tls/ca.crt`, `tls/grant-signing.pub`), none of
+    /// which exist yet: what a host has before `loggate-agent enrol` writes them.
+    pub fn use_enrolled_files(&self, id: &str) -> anyhow::Result<()> {
+        let info = self.agents.get(id).context("unknown agent")?;
+        let text = std::fs::read_to_string(&info.config)?
+            .replace(&format!("../../pki/agents/{id}.crt"), "tls/agent.crt")
+            .replace(&format!("../../pki/agents/{id}.key"), "tls/agent.key")
+            .replace("ca = \"../../pki/ca.crt\"", "ca = \"tls/ca.crt\"")
+            .replace("../../pki/grant-signing.pub", "tls/grant-signing.pub");
+        std::fs::write(&info.config, text)?;
+        Ok(())
+    }
+
+    /// `loggate-agent enrol` for agent `id` against the enrolment port `enrolment`, not yet run.
+    pub fn enrol_cmd(&self, id: &str, enrolment: SocketAddr, token: &str, pin: &str) -> Command {
+        let mut cmd = Command::new(self.bins.join("loggate-agent"));
+        cmd.args(["enrol", "--controller", &enrolment.to_string()])
+            .args(["--token", token, "--ca-pin", pin, "--id", id, "--config"])
+            .arg(
+                self.agents
+                    .get(id)
+                    .map(|a| a.config.clone())
+                    .unwrap_or_default(),
+            )
+            .env("LOGGATE_LOG", "warn")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// A join token made by `loggate agent token create <args>` as admin.
+    pub fn join_token(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run_cli("admin", &[&["agent", "token", "create"], args].concat())?;
+        if !out.status.success() {
+            bail!(
+                "agent token create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The pin of the PKI's CA, as `loggate pki pin` prints it.
+    pub fn ca_pin(&self) -> anyhow::Result<String> {
+        let out = Command::new(self.bins.join("loggate"))
+            .args(["pki", "pin"])
+            .arg(self.dir.join("pki/ca.crt"))
+            .output()?;
+        if !out.status.success() {
+            bail!("pki pin failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}

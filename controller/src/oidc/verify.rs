@@ -216,8 +216,8 @@ impl SignInVerifier {
         now: SystemTime,
     ) -> Result<(), SignInRefused> {
         let now_s = unix_seconds(now);
-        let skew = self.settings.max_clock_skew.as_secs() as i64;
-        let max_age = MAX_UNBOUND_AGE.as_secs() as i64;
+        let skew = i64::try_from(self.settings.max_clock_skew.as_secs()).unwrap_or(i64::MAX);
+        let max_age = i64::try_from(MAX_UNBOUND_AGE.as_secs()).unwrap_or(i64::MAX);
         if now_s.saturating_sub(iat) > max_age + skew {
             return Err(SignInRefused::new(
                 RefusalReason::Nonce,
@@ -258,7 +258,7 @@ impl SignInVerifier {
             return Ok(());
         };
         let now_s = unix_seconds(now);
-        let skew = self.settings.max_clock_skew.as_secs() as i64;
+        let skew = i64::try_from(self.settings.max_clock_skew.as_secs()).unwrap_or(i64::MAX);
         match nbf.as_i64() {
             Some(nbf) if nbf <= now_s.saturating_add(skew) => Ok(()),
             _ => Err(SignInRefused::new(
@@ -370,7 +370,7 @@ impl SignInVerifier {
 
 fn unix_seconds(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 

@@ -172,8 +172,15 @@ impl EnrolmentService {
             String::new()
         };
         let now = unix_now();
-        let validity = Validity::for_lifetime(self.cert_ttl);
         let outcome = self.store.enrol_agent(&digest, agent_id, now, |context| {
+            let mut validity = Validity::for_lifetime(self.cert_ttl);
+            // After a removal, a new certificate starts after it: the removal's cut-off
+            // refuses every certificate of this id that starts at or before it.
+            if let Some(removed_at) = context.removed_at {
+                let after = std::time::UNIX_EPOCH
+                    + Duration::from_secs(u64::try_from(removed_at.saturating_add(1)).unwrap_or(0));
+                validity.not_before = validity.not_before.max(after);
+            }
             let issued = self.ca.issue_for_csr(
                 &request.csr_der,
                 &self.trust_domain,
@@ -335,4 +342,359 @@ fn sign_in_not_configured() -> Status {
         "sign-in is not configured on this controller (no [oidc]); ask an admin, or use the \
          certificate they issued you",
     )
+}
+
+/// The longest a join token may be valid.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most agents one join token may enrol.
+pub const MAX_TOKEN_USES: u32 = 10_000;
+/// The most labels a join token may give.
+const MAX_TOKEN_LABELS: usize = 32;
+
+/// `key=value` labels as a token gives them: each part a label key or value of the selector
+/// grammar, no key twice.
+fn checked_labels(labels: &[String]) -> Result<Vec<String>, Status> {
+    if labels.len() > MAX_TOKEN_LABELS {
+        return Err(Status::invalid_argument(format!(
+            "--labels: at most {MAX_TOKEN_LABELS} labels"
+        )));
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    let mut out = Vec::with_capacity(labels.len());
+    for label in labels {
+        let valid = label.split_once('=').filter(|(k, v)| {
+            crate::policy::selector::is_valid_label_part(k)
+                && crate::policy::selector::is_valid_label_part(v)
+        });
+        let Some((key, _)) = valid else {
+            return Err(Status::invalid_argument(format!(
+                "--labels: {label:?} is not key=value (each of [A-Za-z0-9._/-], 1 to 63 characters)"
+            )));
+        };
+        if !keys.insert(key.to_string()) {
+            return Err(Status::invalid_argument(format!(
+                "--labels: the key {key:?} is given twice"
+            )));
+        }
+        out.push(label.clone());
+    }
+    Ok(out)
+}
+
+fn token_info(token: &crate::store::agents::JoinToken) -> pb::JoinTokenInfo {
+    pb::JoinTokenInfo {
+        id: token.id.clone(),
+        labels: token.labels.clone(),
+        uses_left: token.uses_left,
+        expires_at_unix: token.expires_at,
+        reenrol: token.reenrol,
+        created_by: token.created_by.clone(),
+        created_at_unix: token.created_at,
+        revoked_at_unix: token.revoked_at.unwrap_or(0),
+    }
+}
+
+impl super::ControllerService {
+    /// `CreateJoinToken` (admins): the token is made here, returned once, stored as its
+    /// SHA-256, and recorded (`agent.token_created`, its id only) before it is stored.
+    pub(super) async fn create_join_token_rpc(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "create join tokens")?;
+        let req = request.into_inner();
+        let labels = checked_labels(&req.labels)?;
+        if req.ttl_seconds == 0 || req.ttl_seconds > MAX_TOKEN_TTL.as_secs() {
+            return Err(Status::invalid_argument("--ttl: give between 1s and 30d"));
+        }
+        if req.uses == 0 || req.uses > MAX_TOKEN_USES {
+            return Err(Status::invalid_argument(format!(
+                "--uses: give between 1 and {MAX_TOKEN_USES}"
+            )));
+        }
+        let now = unix_now();
+        let (secret, digest, id) = crate::store::agents::new_join_token();
+        let token = crate::store::agents::JoinToken {
+            id,
+            labels,
+            uses_left: req.uses,
+            expires_at: now.saturating_add(i64::try_from(req.ttl_seconds).unwrap_or(i64::MAX)),
+            reenrol: req.reenrol,
+            created_by: admin.spiffe_id().to_string(),
+            created_at: now,
+            revoked_at: None,
+        };
+        self.store
+            .create_join_token(&digest, &token, || {
+                self.audit(&events::AgentTokenCreated {
+                    subject: admin.spiffe_id().to_string(),
+                    token_id: token.id.clone(),
+                    labels: token.labels.clone(),
+                    uses: token.uses_left,
+                    expires_at: token.expires_at,
+                    reenrol: token.reenrol,
+                })
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            })
+            .map_err(super::internal)?;
+        tracing::info!(token = %token.id, by = %admin, "join token created");
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            token: secret,
+            info: Some(token_info(&token)),
+        }))
+    }
+
+    /// `ListJoinTokens` (admins).
+    pub(super) async fn list_join_tokens_rpc(
+        &self,
+        request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "list join tokens")?;
+        let tokens = self.store.join_tokens().map_err(super::internal)?;
+        Ok(Response::new(pb::ListJoinTokensResponse {
+            tokens: tokens.iter().map(token_info).collect(),
+        }))
+    }
+
+    /// `RevokeJoinToken` (admins), recorded (`agent.token_revoked`) before it takes effect.
+    pub(super) async fn revoke_join_token_rpc(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "revoke join tokens")?;
+        let id = request.into_inner().id;
+        if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(format!(
+                "{id:?} is not a join token id (12 hex characters, as loggate agent token list shows)"
+            )));
+        }
+        let token = self
+            .store
+            .revoke_join_token(&id, unix_now(), |token| {
+                self.audit(&events::AgentTokenRevoked {
+                    subject: admin.spiffe_id().to_string(),
+                    token_id: token.id.clone(),
+                    uses_left: token.uses_left,
+                })
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            })
+            .map_err(super::internal)?
+            .ok_or_else(|| Status::not_found(format!("no join token {id}")))?;
+        Ok(Response::new(pb::RevokeJoinTokenResponse {
+            info: Some(token_info(&token)),
+        }))
+    }
+}
+
+/// The start of the validity of the client certificate of a request (its `peer_certs()`),
+/// `i64::MIN` when unknown: revoked whenever its identity is.
+pub(super) fn peer_not_before(
+    certs: &Option<Arc<Vec<tonic::transport::CertificateDer<'static>>>>,
+) -> i64 {
+    certs
+        .as_ref()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| loggate_core::daemon::serve::certificate_not_before(leaf.as_ref()))
+        .unwrap_or(i64::MIN)
+}
+
+/// What a removed agent's cut stream ends with.
+pub(super) fn removed_status() -> Status {
+    Status::unauthenticated(
+        "this agent was removed (loggate agent remove): its certificate is revoked; enrol it \
+         again with a new join token (loggate-agent enrol)",
+    )
+}
+
+impl super::ControllerService {
+    /// The revocation set the identity interceptor of the main port reads.
+    pub fn revocations(&self) -> Arc<loggate_core::daemon::Revocations> {
+        self.revocations.clone()
+    }
+
+    /// Reloads the revocation set from the store (at start, after a removal, and on a timer
+    /// for removals made by another replica).
+    pub fn refresh_revocations(&self) -> anyhow::Result<()> {
+        let removed = self.store.removed_agents()?;
+        self.revocations.replace(
+            removed
+                .into_iter()
+                .map(|(id, at)| (format!("spiffe://{}/agent/{id}", self.trust_domain), at))
+                .collect(),
+        );
+        Ok(())
+    }
+
+    /// `ListAgents` (any person): the registry, filtered by a label selector.
+    pub(super) async fn list_agents_rpc(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.user(&request)?;
+        let selector = request.into_inner().selector;
+        let selector = if selector.trim().is_empty() {
+            None
+        } else {
+            Some(
+                crate::policy::selector::Selector::parse(&selector)
+                    .map_err(|e| Status::invalid_argument(format!("--selector: {e}")))?,
+            )
+        };
+        let connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let agents = self.store.list_agents().map_err(super::internal)?;
+        let agents = agents
+            .into_iter()
+            .filter(|a| {
+                selector.as_ref().is_none_or(|s| {
+                    s.matches(
+                        &a.labels
+                            .iter()
+                            .filter_map(|l| l.split_once('='))
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                    )
+                })
+            })
+            .map(|a| pb::AgentListing {
+                connected: connected.contains(&a.id),
+                agent_id: a.id,
+                labels: a.labels,
+                addr: a.addr,
+                last_seen_unix: a.last_seen,
+                cert_not_after_unix: a.cert_not_after.unwrap_or(0),
+                cert_serial: a.cert_serial.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAgentsResponse { agents }))
+    }
+
+    /// `RemoveAgent` (admins): recorded (`agent.removed`) in the transaction that removes it;
+    /// then the revocation set is reloaded, which refuses its certificates and cuts its stream.
+    pub(super) async fn remove_agent_rpc(
+        &self,
+        request: Request<pb::RemoveAgentRequest>,
+    ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "remove agents")?;
+        let id = request.into_inner().agent_id;
+        if !is_valid_name(&id) {
+            return Err(Status::invalid_argument(format!(
+                "{id:?} is not a valid agent id"
+            )));
+        }
+        let was_connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id);
+        let now = unix_now();
+        let removed = self
+            .store
+            .remove_agent(&id, now, admin.spiffe_id().as_str(), || {
+                self.audit(&events::AgentRemoved {
+                    subject: admin.spiffe_id().to_string(),
+                    agent_id: id.clone(),
+                    revoked_before: now,
+                    was_connected,
+                })
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))
+            })
+            .map_err(super::internal)?;
+        if !removed {
+            return Err(Status::not_found(format!(
+                "no agent {id} is registered (loggate agent list shows them)"
+            )));
+        }
+        self.refresh_revocations().map_err(super::internal)?;
+        tracing::info!(agent = %id, by = %admin, "agent removed");
+        Ok(Response::new(pb::RemoveAgentResponse {
+            removed_at_unix: now,
+            was_connected,
+        }))
+    }
+}
+
+impl super::ControllerService {
+    /// Lets enrolled agents renew their certificates (`RenewCertificate`) with `ca`, for
+    /// `lifetime`.
+    pub fn with_agent_ca(mut self, ca: Arc<RuntimeCa>, lifetime: Duration) -> Self {
+        self.agent_ca = Some((ca, lifetime));
+        self
+    }
+
+    /// `RenewCertificate` (agents, over their current identity — a removed agent's is refused
+    /// before this runs): a certificate for the same identity and the key of a new CSR, with a
+    /// new lifetime; recorded (`agent.certificate_renewed`) before it is handed out.
+    pub(super) async fn renew_certificate_rpc(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let agent =
+            loggate_core::daemon::peer_identity(&request, loggate_core::identity::Role::Agent)?;
+        let Some((ca, lifetime)) = &self.agent_ca else {
+            return Err(Status::failed_precondition(
+                "this controller does not sign agent certificates (no [enrolment] in its \
+                 configuration); renew where the certificate was issued",
+            ));
+        };
+        let csr = request.into_inner().csr_der;
+        if csr.len() > MAX_ENROL_REQUEST_BYTES {
+            return Err(Status::invalid_argument("the CSR is larger than 16 KiB"));
+        }
+        let id = agent.name().to_string();
+        let renewed = self.store.renew_agent(&id, |previous| {
+            let issued = ca.issue_for_csr(
+                &csr,
+                &self.trust_domain,
+                Kind::Agent,
+                &id,
+                Validity::for_lifetime(*lifetime),
+            )??;
+            let identity = Identity::from_certificate(&issued.der, &self.trust_domain)?;
+            self.audit(&events::AgentCertificateRenewed {
+                subject: identity.spiffe_id().to_string(),
+                agent_id: id.clone(),
+                serial: issued.serial.clone(),
+                previous_serial: previous.to_string(),
+                not_after: issued.not_after_unix,
+                key_sha256: identity.key_sha256_hex(),
+            })
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            Ok((
+                EnrolledCert {
+                    serial: issued.serial.clone(),
+                    not_after: issued.not_after_unix,
+                },
+                issued,
+            ))
+        });
+        let issued = match renewed {
+            Ok(Some(issued)) => issued,
+            Ok(None) => {
+                return Err(Status::permission_denied(format!(
+                    "{agent} did not enrol with this controller; its certificate is renewed where \
+                     it was issued"
+                )))
+            }
+            Err(e) => {
+                return Err(match e.downcast_ref::<CsrRefused>() {
+                    Some(csr) => Status::invalid_argument(csr.to_string()),
+                    None => super::internal(e),
+                })
+            }
+        };
+        tracing::info!(agent = %id, serial = %issued.serial, "agent certificate renewed");
+        Ok(Response::new(pb::RenewCertificateResponse {
+            certificate_pem: issued.pem,
+            not_after_unix: issued.not_after_unix,
+            serial: issued.serial,
+        }))
+    }
 }

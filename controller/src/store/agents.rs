@@ -39,8 +39,29 @@ CREATE TABLE IF NOT EXISTS enrolled_agents (
 );
 ";
 
-// Used by `loggate agent token create` (the next commit).
-#[allow(dead_code)]
+/// Added after the first: removed agents and when (every certificate of that agent id whose
+/// validity starts at or before `removed_at` is refused from then on).
+pub(super) const REMOVED_AGENTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS removed_agents (
+    id TEXT PRIMARY KEY,
+    removed_at INTEGER NOT NULL,
+    removed_by TEXT NOT NULL
+);
+";
+
+/// One agent of the registry, with what enrolment knows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentListing {
+    pub id: String,
+    pub labels: Vec<String>,
+    pub addr: String,
+    pub last_seen: i64,
+    /// The end of the certificate the controller issued it, `None` for an agent that did
+    /// not enrol.
+    pub cert_not_after: Option<i64>,
+    pub cert_serial: Option<String>,
+}
+
 /// The prefix of every join token.
 pub const TOKEN_PREFIX: &str = "lgj_";
 
@@ -51,8 +72,6 @@ pub fn token_digest(token: &str) -> (String, String) {
     (digest, id)
 }
 
-// Used by `loggate agent token create` (the next commit).
-#[allow(dead_code)]
 /// A new join token: the secret to print once, and its digest and id.
 pub fn new_join_token() -> (String, String, String) {
     let secret: [u8; 32] = rand::random();
@@ -127,6 +146,8 @@ pub struct EnrolContext {
     pub token: JoinToken,
     /// The agent id was enrolled (or registered) before.
     pub reenrol: bool,
+    /// When the agent id was last removed: a new certificate must start after it.
+    pub removed_at: Option<i64>,
 }
 
 /// What the caller's callback issued, to be registered.
@@ -152,9 +173,6 @@ fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JoinToken> {
 const TOKEN_COLUMNS: &str =
     "id, labels, uses_left, expires_at, reenrol, created_by, created_at, revoked_at";
 
-// `create_join_token`, `join_tokens`, `enrolled_labels`: used by `loggate agent token`
-// (the next commit).
-#[allow(dead_code)]
 impl Store {
     /// Stores a new join token by its digest. `record` (the audit event) runs inside the
     /// transaction, before the token is stored.
@@ -193,6 +211,40 @@ impl Store {
         ))?;
         let rows = stmt.query_map([], token_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes the join token `id` at `now`; `record` (the audit event, given the token) runs
+    /// inside the transaction. `None` when there is no such token; a token revoked already is
+    /// returned as it is, without a second record.
+    pub fn revoke_join_token(
+        &self,
+        id: &str,
+        now: i64,
+        record: impl FnOnce(&JoinToken) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Option<JoinToken>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let token = tx
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM join_tokens WHERE id = ?1"),
+                params![id],
+                token_from_row,
+            )
+            .optional()?;
+        let Some(mut token) = token else {
+            return Ok(None);
+        };
+        if token.revoked_at.is_some() {
+            return Ok(Some(token));
+        }
+        record(&token)?;
+        tx.execute(
+            "UPDATE join_tokens SET revoked_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        tx.commit()?;
+        token.revoked_at = Some(now);
+        Ok(Some(token))
     }
 
     /// Enrols `agent_id` with the token whose digest is `digest`, at `now` (see the module
@@ -242,9 +294,17 @@ impl Store {
         if known.is_some() && !token.reenrol {
             return Ok(Err((EnrolRefusal::AlreadyEnrolled, Some(token))));
         }
+        let removed_at: Option<i64> = tx
+            .query_row(
+                "SELECT removed_at FROM removed_agents WHERE id = ?1",
+                params![agent_id],
+                |r| r.get(0),
+            )
+            .optional()?;
         let context = EnrolContext {
             token,
             reenrol: known.is_some(),
+            removed_at,
         };
         let (cert, value) = issue(&context)?;
         let token = context.token;
@@ -275,6 +335,97 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(Ok(value))
+    }
+
+    /// Removes agent `id` at `now` by `by`: it leaves the registry and every certificate of
+    /// it issued until now is refused (see [`Store::removed_agents`]). `record` (the audit
+    /// event) runs inside the transaction. False when no such agent is registered.
+    pub fn remove_agent(
+        &self,
+        id: &str,
+        now: i64,
+        by: &str,
+        record: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let known: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM agents WHERE id = ?1 UNION SELECT 1 FROM enrolled_agents WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if known.is_none() {
+            return Ok(false);
+        }
+        record()?;
+        tx.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
+        tx.execute("DELETE FROM enrolled_agents WHERE id = ?1", params![id])?;
+        tx.execute(
+            "INSERT INTO removed_agents (id, removed_at, removed_by) VALUES (?1, ?2, ?3)
+             ON CONFLICT(id) DO UPDATE SET removed_at = ?2, removed_by = ?3",
+            params![id, now, by],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Records a renewed certificate of enrolled agent `id`; `issue` (given the previous
+    /// serial) issues it and writes the audit record inside the transaction. `Ok(None)` when
+    /// `id` is not enrolled (nothing issued).
+    pub fn renew_agent<T>(
+        &self,
+        id: &str,
+        issue: impl FnOnce(&str) -> anyhow::Result<(EnrolledCert, T)>,
+    ) -> anyhow::Result<Option<T>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let previous: Option<String> = tx
+            .query_row(
+                "SELECT serial FROM enrolled_agents WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(previous) = previous else {
+            return Ok(None);
+        };
+        let (cert, value) = issue(&previous)?;
+        tx.execute(
+            "UPDATE enrolled_agents SET serial = ?2, not_after = ?3 WHERE id = ?1",
+            params![id, cert.serial, cert.not_after],
+        )?;
+        tx.commit()?;
+        Ok(Some(value))
+    }
+
+    /// Every removed agent id and when it was removed: the controller's revocation set.
+    pub fn removed_agents(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, removed_at FROM removed_agents")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The registry, by id, with the enrolment of each agent that enrolled.
+    pub fn list_agents(&self) -> anyhow::Result<Vec<AgentListing>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT a.id, a.labels, a.addr, a.last_seen, e.not_after, e.serial
+             FROM agents a LEFT JOIN enrolled_agents e ON e.id = a.id ORDER BY a.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AgentListing {
+                id: r.get(0)?,
+                labels: from_json(r.get(1)?),
+                addr: r.get(2)?,
+                last_seen: r.get(3)?,
+                cert_not_after: r.get(4)?,
+                cert_serial: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The labels an enrolled agent was given by its token; `None` for an agent that did not

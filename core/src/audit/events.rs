@@ -1086,6 +1086,139 @@ audit_event! {
 }
 
 audit_event! {
+    /// An admin created a join token for agent enrolment. The token itself is shown to the
+    /// admin once and never recorded: only its id.
+    AgentTokenCreated = "agent.token_created" {
+        writers: "controller", class: Authentication, activity: 99 "Join Token Created",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the admin's SPIFFE id (`user.uid`)
+        subject: String,
+        /// the token's id (12 hex characters of its SHA-256)
+        token_id: String,
+        /// the labels agents enrolled with it get
+        labels: Vec<String>,
+        /// how many agents it may enrol
+        uses: u32,
+        /// when it expires (epoch s)
+        expires_at: i64,
+        /// whether it may enrol an agent id that is already enrolled
+        reenrol: bool,
+    }
+    ocsf: |e, on| Ocsf::authentication(
+        format!(
+            "{} created join token {} on {} for {} enrolment(s) with labels {}",
+            e.subject, e.token_id, on.host, e.uses, list(&e.labels)
+        ),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: None,
+            service: None,
+            peer: None,
+        },
+    ),
+}
+
+audit_event! {
+    /// An admin revoked a join token: no agent enrols with it from then on.
+    AgentTokenRevoked = "agent.token_revoked" {
+        writers: "controller", class: Authentication, activity: 99 "Join Token Revoked",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the admin's SPIFFE id (`user.uid`)
+        subject: String,
+        /// the token's id
+        token_id: String,
+        /// the uses it had left
+        uses_left: u32,
+    }
+    ocsf: |e, on| Ocsf::authentication(
+        format!(
+            "{} revoked join token {} on {} ({} uses left)",
+            e.subject, e.token_id, on.host, e.uses_left
+        ),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: None,
+            service: None,
+            peer: None,
+        },
+    ),
+}
+
+audit_event! {
+    /// An enrolled agent renewed its certificate over its current identity: the controller's
+    /// CA signed a new one for the key of its CSR (made on the host), same identity, a new
+    /// lifetime. The controller writes it before the certificate is handed out; the agent once
+    /// it has written the new files and reloaded its TLS configuration.
+    AgentCertificateRenewed = "agent.certificate_renewed" {
+        writers: "agent, controller", class: Authentication, activity: 3 "Authentication Ticket",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the agent's SPIFFE id (`user.uid`)
+        subject: String,
+        /// the agent id
+        agent_id: String,
+        /// the new certificate's serial number (hex)
+        serial: String,
+        /// the serial of the certificate it replaces, as the controller issued it
+        previous_serial: String,
+        /// the new certificate's end (epoch s)
+        not_after: i64,
+        /// SHA-256 of the new certificate's public key (`user.programmatic_credentials`)
+        key_sha256: String,
+    }
+    ocsf: |e, on| Ocsf::authentication(
+        format!(
+            "agent {} renewed its certificate on {} (serial {}, replacing {})",
+            e.agent_id, on.host, e.serial, e.previous_serial
+        ),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            service: None,
+            peer: None,
+        },
+    ),
+}
+
+audit_event! {
+    /// An admin removed an agent: every certificate of it issued until now is refused by the
+    /// controller from then on (`revoked_before`), and its `WatchGrants` stream is cut. It may
+    /// enrol again with a new join token.
+    AgentRemoved = "agent.removed" {
+        writers: "controller", class: Authentication, activity: 99 "Agent Removed",
+        outcome: Success, severity: MEDIUM,
+    }
+    {
+        /// the admin's SPIFFE id (`user.uid`)
+        subject: String,
+        /// the agent removed
+        agent_id: String,
+        /// certificates of the agent whose validity starts at or before this (epoch s) are
+        /// refused
+        revoked_before: i64,
+        /// whether it held a `WatchGrants` stream, now cut
+        was_connected: bool,
+    }
+    ocsf: |e, on| Ocsf::authentication(
+        format!(
+            "{} removed agent {} on {}: its certificates from before {} are refused",
+            e.subject, e.agent_id, on.host, e.revoked_before
+        ),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: None,
+            service: None,
+            peer: None,
+        },
+    ),
+}
+
+audit_event! {
     /// An agent enrolled with a join token on the pre-authentication port: the controller's CA
     /// signed a certificate for the key of its CSR, for the identity and with the labels the
     /// token gives (the controller's word, not the agent's claim). Written before the
@@ -1835,8 +1968,12 @@ pub const CATALOGUE: &[&EventType] = &[
     AuthSignInRefused::TYPE,
     AuthCertificateIssued::TYPE,
     TlsRefused::TYPE,
+    AgentTokenCreated::TYPE,
+    AgentTokenRevoked::TYPE,
     AgentEnrolled::TYPE,
     AgentEnrolRefused::TYPE,
+    AgentRemoved::TYPE,
+    AgentCertificateRenewed::TYPE,
     BypassRead::TYPE,
     BypassFinding::TYPE,
     BypassReadRepeated::TYPE,

@@ -43,6 +43,62 @@ enum PeerRefused {
     NoCertificate,
     /// A certificate that names no identity of our trust domain; the reason says why.
     Unusable(String),
+    /// A certificate of an identity removed after it was issued (`loggate agent remove`).
+    Revoked(String),
+}
+
+/// Identities whose certificates are refused: each SPIFFE id with a cut-off time, and every
+/// certificate of that id whose validity starts at or before the cut-off is revoked (so one
+/// issued later — a re-enrolment after a removal — is not). Kept in memory, read on every
+/// request by [`IdentifyPeer`]; the daemon refreshes it from its store. Watchers are told of
+/// every change ([`Revocations::subscribe`]) to cut the streams of identities revoked.
+#[derive(Debug)]
+pub struct Revocations {
+    cutoffs: std::sync::RwLock<std::collections::HashMap<String, i64>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Revocations {
+    fn default() -> Self {
+        Revocations {
+            cutoffs: Default::default(),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Revocations {
+    /// Replaces the whole set (a refresh from the store); watchers are woken when it changed.
+    pub fn replace(&self, cutoffs: std::collections::HashMap<String, i64>) {
+        let mut held = self.cutoffs.write().unwrap_or_else(|p| p.into_inner());
+        if *held != cutoffs {
+            *held = cutoffs;
+            drop(held);
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Whether a certificate for `spiffe_id` whose validity starts at `not_before` (Unix s)
+    /// is revoked.
+    pub fn is_revoked(&self, spiffe_id: &str, not_before: i64) -> bool {
+        self.cutoffs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(spiffe_id)
+            .is_some_and(|cutoff| not_before <= *cutoff)
+    }
+
+    /// Wakes on every change of the set.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// The start of a certificate's validity (Unix s), `None` when it does not parse.
+pub fn certificate_not_before(der: &[u8]) -> Option<i64> {
+    x509_parser::parse_x509_certificate(der)
+        .ok()
+        .map(|(_, cert)| cert.validity().not_before.timestamp())
 }
 
 /// Who may call a gRPC method.
@@ -133,6 +189,30 @@ pub const CONTROLLER_METHODS: &[(&str, MethodAccess)] = &[
         "/loggate.v1.Controller/AckBreakGlass",
         MethodAccess::Role(Role::User),
     ),
+    (
+        "/loggate.v1.Controller/CreateJoinToken",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ListJoinTokens",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/RevokeJoinToken",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ListAgents",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/RemoveAgent",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/RenewCertificate",
+        MethodAccess::Role(Role::Agent),
+    ),
 ];
 
 /// The methods of `loggate.v1.Agent` and who may call them.
@@ -208,6 +288,7 @@ where
 pub struct IdentifyPeer {
     trust_domain: Arc<str>,
     methods: &'static [(&'static str, MethodAccess)],
+    revocations: Option<Arc<Revocations>>,
 }
 
 impl IdentifyPeer {
@@ -215,7 +296,14 @@ impl IdentifyPeer {
         IdentifyPeer {
             trust_domain: trust_domain.into(),
             methods,
+            revocations: None,
         }
+    }
+
+    /// Refuses the certificates `revocations` lists, wherever the identity is taken.
+    pub fn with_revocations(mut self, revocations: Option<Arc<Revocations>>) -> Self {
+        self.revocations = revocations;
+        self
     }
 
     fn check<T>(&self, request: &Request<T>) -> PeerCheck {
@@ -225,8 +313,22 @@ impl IdentifyPeer {
         PeerCheck(match leaf {
             None => Err(PeerRefused::NoCertificate),
             Some(leaf) => Identity::from_certificate(leaf.as_ref(), &self.trust_domain)
-                .map_err(|e| PeerRefused::Unusable(e.to_string())),
+                .map_err(|e| PeerRefused::Unusable(e.to_string()))
+                .and_then(|identity| self.not_revoked(identity, leaf.as_ref())),
         })
+    }
+
+    fn not_revoked(&self, identity: Identity, leaf: &[u8]) -> Result<Identity, PeerRefused> {
+        let Some(revocations) = &self.revocations else {
+            return Ok(identity);
+        };
+        // A certificate whose start cannot be read is judged issued at the beginning of time:
+        // revoked whenever its identity is.
+        let not_before = certificate_not_before(leaf).unwrap_or(i64::MIN);
+        if revocations.is_revoked(identity.spiffe_id(), not_before) {
+            return Err(PeerRefused::Revoked(identity.spiffe_id().to_string()));
+        }
+        Ok(identity)
     }
 }
 
@@ -281,6 +383,12 @@ fn identity_of_role(PeerCheck(check): &PeerCheck, role: Role) -> Result<Identity
                 "unusable client certificate: {why}"
             )))
         }
+        Err(PeerRefused::Revoked(id)) => {
+            return Err(Status::unauthenticated(format!(
+                "the certificate of {id} was revoked (the agent was removed); enrol it again \
+                 with a new join token (loggate-agent enrol)"
+            )))
+        }
     };
     if identity.role() != role {
         return Err(Status::permission_denied(format!(
@@ -304,6 +412,12 @@ pub struct MtlsSettings<'a, D> {
     pub service_name: &'static str,
     /// The daemon whose audit log receives the `tls.refused` records.
     pub audit: Arc<D>,
+    /// Certificates refused although they chain to the CA (removed agents), checked on every
+    /// request; `None`: none are.
+    pub revocations: Option<Arc<Revocations>>,
+    /// Each change reloads the certificate and key this server presents from `tls` (a
+    /// renewal), without a restart; a reload that fails keeps the one in use (logged).
+    pub reload_cert: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Serves `service` on `listener` over mutual TLS until `shutdown` resolves, then lets the
@@ -415,6 +529,7 @@ where
         .context("the listening socket has no address")?;
     let auditor = settings.audit;
     let service_name = settings.service_name;
+    let revocations = settings.revocations.clone();
     let incoming = crate::tls_accept::incoming_with(
         listener,
         settings.tls,
@@ -423,16 +538,35 @@ where
         move |refused| crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused),
     )
     .context("TLS configuration")?;
-    tonic::transport::Server::builder()
+    let reloading = settings.reload_cert.map(|mut changes| {
+        let reloader = incoming.cert_reloader();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                match reloader.reload() {
+                    Ok(()) => tracing::info!("{service_name}: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(
+                        "{service_name}: the renewed TLS certificate could not be loaded, the \
+                         one in use stays: {e:#}"
+                    ),
+                }
+            }
+        })
+    });
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
         .add_service(WithMethodPath(InterceptedService::new(
             service,
-            IdentifyPeer::new(settings.trust_domain, methods_of(S::NAME)),
+            IdentifyPeer::new(settings.trust_domain, methods_of(S::NAME))
+                .with_revocations(revocations),
         )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .with_context(|| format!("{service_name} server on {addr}"))
+        .with_context(|| format!("{service_name} server on {addr}"));
+    if let Some(task) = reloading {
+        task.abort();
+    }
+    served
 }
 
 #[cfg(test)]
@@ -563,6 +697,34 @@ mod tests {
                 .expect_err("a Controller method on the enrolment port");
             assert_eq!(status.code(), tonic::Code::Unimplemented, "{method}");
         }
+    }
+
+    #[test]
+    fn a_removed_identitys_certificates_are_refused_until_one_issued_after_the_removal() {
+        let revocations = Arc::new(Revocations::default());
+        let changes = revocations.subscribe();
+        let interceptor = IdentifyPeer::new("loggate.local", CONTROLLER_METHODS)
+            .with_revocations(Some(revocations.clone()));
+        let agent = "spiffe://loggate.local/agent/web-1";
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(agent.try_into().expect("uri")));
+        params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+        let der = params.self_signed(&key).expect("cert").der().to_vec();
+        let identity = Identity::from_certificate(&der, "loggate.local").expect("identity");
+        assert!(interceptor.not_revoked(identity.clone(), &der).is_ok());
+        let issued = certificate_not_before(&der).expect("not_before");
+        revocations.replace([(agent.to_string(), issued)].into());
+        assert!(changes.has_changed().expect("open"), "watchers are told");
+        assert_eq!(
+            interceptor.not_revoked(identity.clone(), &der),
+            Err(PeerRefused::Revoked(agent.to_string()))
+        );
+        // Removed before it was issued: a re-enrolled certificate.
+        revocations.replace([(agent.to_string(), issued - 1)].into());
+        assert!(interceptor.not_revoked(identity, &der).is_ok());
     }
 
     /// The identity of a self-signed certificate carrying `spiffe_id`.

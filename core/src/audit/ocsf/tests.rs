@@ -164,6 +164,22 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "kept_sha256": "8d4e1c0b7a2f5e3d9c6b4a1f0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
             "triggered_by": "sighup",
         }),
+        "agent.token_created" => json!({
+            "subject": ADMIN, "token_id": "3f9a0c2b7e1d", "labels": ["env=prod", "team=payments"],
+            "uses": 5, "expires_at": 1795770000_i64, "reenrol": false,
+        }),
+        "agent.token_revoked" => json!({
+            "subject": ADMIN, "token_id": "3f9a0c2b7e1d", "uses_left": 4,
+        }),
+        "agent.certificate_renewed" => json!({
+            "subject": "spiffe://loggate.local/agent/web-7", "agent_id": "web-7",
+            "serial": "6d2f1a4b8c0e3f5a7b9d1c3e5f7a9b0c", "previous_serial": "5c1e0f3a9b7d2e4f6a8c0b1d3e5f7a9b",
+            "not_after": 1795939200_i64, "key_sha256": KEY,
+        }),
+        "agent.removed" => json!({
+            "subject": ADMIN, "agent_id": "web-7", "revoked_before": 1795766400_i64,
+            "was_connected": true,
+        }),
         "agent.enrolled" => json!({
             "subject": "spiffe://loggate.local/agent/web-7", "agent_id": "web-7",
             "peer": "10.0.4.17:40112", "service": "loggate enrolment",
@@ -344,8 +360,12 @@ pub(super) fn shaped(
         AuthSignInRefused,
         AuthCertificateIssued,
         TlsRefused,
+        AgentTokenCreated,
+        AgentTokenRevoked,
         AgentEnrolled,
         AgentEnrolRefused,
+        AgentRemoved,
+        AgentCertificateRenewed,
         BypassRead,
         BypassReadRepeated,
         BypassHeldOpen,

@@ -1,0 +1,410 @@
+//! `loggate-agent enrol`: a host without a certificate joins the fleet with a one-time join
+//! token. Its key is made here and never leaves the host (mode 0600); the controller's CA signs
+//! a certificate for `spiffe://<td>/agent/<id>` over the controller's pre-authentication port.
+//!
+//! The controller is authenticated before the token is sent: the CA in the server's chain
+//! must have the public key pinned by `--ca-pin` (`sha256:` + SHA-256 of its
+//! SubjectPublicKeyInfo, printed by `loggate pki pin` and `loggate pki init`), and the
+//! controller's certificate must chain to it and name `spiffe://…/controller`
+//! ([`loggate_core::tls::pinned_enrolment_endpoint`]). The answer is checked too: the
+//! certificate is for our key and our id, and the CA handed back is the pinned one.
+//!
+//! The files go where the agent's configuration expects them: `[tls] cert`, `key` and `ca`,
+//! and the first `grant_keys` file; each written to a temporary file and renamed into place,
+//! so a failed enrolment leaves the previous files as they were.
+
+use anyhow::{bail, ensure, Context};
+use loggate_core::identity::{is_valid_name, Identity, Role};
+use loggate_core::tls::{ca_pin, TlsFiles};
+use loggate_proto::enrolment_client::EnrolmentClient;
+use loggate_proto::EnrolRequest;
+use rcgen::{CertificateParams, DnType, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// `loggate-agent enrol`.
+#[derive(clap::Args)]
+pub struct EnrolArgs {
+    /// The controller's enrolment address, "host:port" (its `[enrolment] listen`).
+    #[arg(long)]
+    pub controller: String,
+    /// The join token from `loggate agent token create` (or set LOGGATE_JOIN_TOKEN, which keeps
+    /// it out of the process list).
+    #[arg(long, env = "LOGGATE_JOIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The pin of the controller's CA, "sha256:HEX" (`loggate pki pin ca.crt`).
+    #[arg(long)]
+    pub ca_pin: String,
+    /// This agent's id.
+    #[arg(long)]
+    pub id: String,
+    /// The agent's configuration: its `[tls]` cert, key and ca and its first `grant_keys` file
+    /// are written.
+    #[arg(long, default_value = "/etc/loggate/agent.toml")]
+    pub config: PathBuf,
+}
+
+/// Where the configuration wants the files (relative paths against its folder).
+#[derive(serde::Deserialize)]
+struct Places {
+    id: Option<String>,
+    trust_domain: Option<String>,
+    #[serde(default)]
+    grant_keys: Vec<PathBuf>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    tls: TlsFiles,
+}
+
+/// What the controller said at enrolment, kept in `<state_dir>/enrolment.json`: the agent's
+/// labels are the token's (the controller's word), and they replace the configuration's
+/// `labels` when the agent checks whom a grant covers (see `config.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EnrolmentRecord {
+    pub agent_id: String,
+    pub labels: Vec<String>,
+    /// The certificate's serial (hex) and end (Unix seconds).
+    pub serial: String,
+    pub not_after_unix: i64,
+    /// The controller's enrolment address it was issued by.
+    pub controller: String,
+}
+
+impl EnrolmentRecord {
+    pub const FILE: &'static str = "enrolment.json";
+
+    /// The record in `state_dir`, `None` when the agent did not enrol (its certificate came
+    /// from elsewhere).
+    pub fn load(state_dir: &Path) -> anyhow::Result<Option<EnrolmentRecord>> {
+        let path = state_dir.join(Self::FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is damaged; enrol again (loggate-agent enrol) to rewrite it",
+                    path.display()
+                )
+            })?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        loggate_core::private_state::create_private_dir(state_dir, "agent state folder")?;
+        write_replacing(
+            &state_dir.join(Self::FILE),
+            &serde_json::to_vec_pretty(self)?,
+            0o600,
+        )
+    }
+}
+
+fn places(config: &Path) -> anyhow::Result<(TlsFiles, PathBuf, PathBuf, Places)> {
+    let text = std::fs::read_to_string(config)
+        .with_context(|| format!("cannot read agent configuration {}", config.display()))?;
+    let places: Places = toml::from_str(&text)
+        .with_context(|| format!("invalid agent configuration {}", config.display()))?;
+    let base = config.parent().unwrap_or(Path::new("."));
+    let Some(grant_keys) = places.grant_keys.first() else {
+        bail!(
+            "{}: grant_keys names no file; name one where the controller's key is to be written",
+            config.display()
+        );
+    };
+    let state_dir = base.join(places.state_dir.as_deref().unwrap_or(Path::new("state")));
+    Ok((
+        places.tls.relative_to(base),
+        base.join(grant_keys),
+        state_dir,
+        places,
+    ))
+}
+
+/// Enrols (see the module docs); prints what was written.
+pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
+    ensure!(
+        is_valid_name(&args.id),
+        "--id {:?} is not a valid agent id: 1-63 characters of a-z, 0-9 and '-', starting with a \
+         letter or digit",
+        args.id
+    );
+    let (files, grant_key_file, state_dir, places) = places(&args.config)?;
+    if let Some(id) = &places.id {
+        ensure!(
+            *id == args.id,
+            "{} is the configuration of agent {id:?}, not {:?}; use --id {id} or fix id there",
+            args.config.display(),
+            args.id
+        );
+    }
+    let endpoint = loggate_core::tls::pinned_enrolment_endpoint(&args.controller, &args.ca_pin)?;
+    let pin = args.ca_pin.trim().to_ascii_lowercase();
+    // The key is made here, and only its public half leaves the host (in the CSR).
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, &args.id);
+    let csr = params.serialize_request(&key)?.der().to_vec();
+    let channel = endpoint.connect().await.with_context(|| {
+        format!(
+            "cannot connect to the controller's enrolment port {} (check the address, and that \
+             --ca-pin is the pin of its CA: loggate pki pin)",
+            args.controller
+        )
+    })?;
+    let answer = EnrolmentClient::new(channel)
+        .enrol(EnrolRequest {
+            token: args.token.trim().to_string(),
+            agent_id: args.id.clone(),
+            csr_der: csr,
+        })
+        .await
+        .map_err(|status| {
+            anyhow::anyhow!(
+                "the controller refused the enrolment: {} ({:?})",
+                status.message(),
+                status.code()
+            )
+        })?
+        .into_inner();
+    // Check the answer before anything is written.
+    let cert_der = CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the controller's answer holds no certificate: {e}"))?;
+    let identity = Identity::from_certificate(&cert_der, &answer.trust_domain)
+        .map_err(|e| anyhow::anyhow!("the certificate the controller issued: {e}"))?;
+    ensure!(
+        identity.role() == Role::Agent && identity.name() == args.id,
+        "the controller issued a certificate for {identity}, not agent {}",
+        args.id
+    );
+    let spki = {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| anyhow::anyhow!("the issued certificate: {e}"))?;
+        cert.public_key().raw.to_vec()
+    };
+    ensure!(
+        spki == key.subject_public_key_info(),
+        "the controller issued a certificate for another key than ours"
+    );
+    let ca_der = CertificateDer::from_pem_slice(answer.ca_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the controller's answer holds no CA certificate: {e}"))?;
+    ensure!(
+        ca_pin(&ca_der)? == pin,
+        "the CA the controller handed back is not the pinned one ({pin})"
+    );
+    if let Some(td) = &places.trust_domain {
+        ensure!(
+            *td == answer.trust_domain,
+            "{} says trust_domain {td:?}, the controller's is {:?}; fix trust_domain there",
+            args.config.display(),
+            answer.trust_domain
+        );
+    }
+    let Some(grant_key) = answer.grant_keys.first() else {
+        bail!("the controller's answer holds no grant-verification key");
+    };
+    write_replacing(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_replacing(&files.cert, answer.certificate_pem.as_bytes(), 0o644)?;
+    write_replacing(&files.ca, answer.ca_pem.as_bytes(), 0o644)?;
+    write_replacing(&grant_key_file, format!("{grant_key}\n").as_bytes(), 0o644)?;
+    EnrolmentRecord {
+        agent_id: args.id.clone(),
+        labels: answer.labels.clone(),
+        serial: answer.serial.clone(),
+        not_after_unix: answer.not_after_unix,
+        controller: args.controller.clone(),
+    }
+    .save(&state_dir)?;
+    let until = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(u64::try_from(answer.not_after_unix).unwrap_or(0));
+    println!(
+        "enrolled as {identity}: certificate {} (serial {}) until {}, labels [{}]",
+        files.cert.display(),
+        answer.serial,
+        humantime::format_rfc3339_seconds(until),
+        answer.labels.join(", ")
+    );
+    println!(
+        "key {} (0600, made on this host), CA {}, grant key {}",
+        files.key.display(),
+        files.ca.display(),
+        grant_key_file.display()
+    );
+    Ok(())
+}
+
+/// Writes `data` to `path` through a temporary file created with `mode` (never wider, even
+/// briefly), synced, then renamed over `path`.
+fn write_replacing(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".enrol-tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(data)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// How long the skew allowance of issued certificates is (they start 5 minutes before they
+/// were signed): the time of issue is `not_before` + this.
+const ISSUE_SKEW: i64 = 5 * 60;
+
+/// When to renew a certificate valid until `not_after` and issued at `issued`: at two thirds
+/// of its lifetime, less a jitter of up to a tenth of it (so that a fleet enrolled at once does
+/// not renew at once).
+fn renewal_time(issued: i64, not_after: i64, jitter: f64) -> i64 {
+    let lifetime = (not_after - issued).max(0);
+    // The factor is clamped to [0, 1] (a NaN becomes 0 in the cast), so the product lies in
+    // [0, lifetime / 10] and fits an i64 whatever it rounds to.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a finite value in [0, lifetime / 10]"
+    )]
+    let jitter = (lifetime as f64 / 10.0 * jitter.clamp(0.0, 1.0)) as i64;
+    issued + lifetime * 2 / 3 - jitter
+}
+
+/// The renewal of an enrolled agent's certificate, for as long as the agent runs: at
+/// [`renewal_time`], a new key and CSR, `RenewCertificate` over the current identity, the
+/// answer checked, the files replaced, `enrolment.json` updated, the server's TLS
+/// configuration reloaded (`reload`), `agent.certificate_renewed` written. A failure is retried
+/// (every tenth of the time left, between 5 s and 5 minutes); a certificate that expired
+/// meanwhile cannot be renewed: the log says to enrol again with a new token.
+pub async fn renew_loop(
+    shared: std::sync::Arc<crate::Shared>,
+    reload: tokio::sync::watch::Sender<u64>,
+) {
+    let config = &shared.config;
+    loop {
+        let record = match EnrolmentRecord::load(&config.state_dir) {
+            Ok(Some(record)) if record.agent_id == config.id => record,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!("certificate renewal is off: {e:#}");
+                return;
+            }
+        };
+        let issued = std::fs::read(&config.tls.cert)
+            .ok()
+            .and_then(|pem| CertificateDer::from_pem_slice(&pem).ok())
+            .and_then(|der| loggate_core::daemon::serve::certificate_not_before(&der))
+            .map(|nb| (nb + ISSUE_SKEW).min(record.not_after_unix))
+            .unwrap_or(record.not_after_unix);
+        let at = renewal_time(issued, record.not_after_unix, rand::random::<f64>());
+        let now = loggate_core::grant::unix_now();
+        if at > now {
+            tokio::time::sleep(std::time::Duration::from_secs(
+                u64::try_from(at - now).unwrap_or(0),
+            ))
+            .await;
+        }
+        match renew_once(&shared, &record).await {
+            Ok(()) => {
+                reload.send_modify(|n| *n += 1);
+            }
+            Err(e) => {
+                let now = loggate_core::grant::unix_now();
+                if now >= record.not_after_unix {
+                    tracing::error!(
+                        "the agent's certificate expired at {} and could not be renewed ({e:#}); \
+                         the controller refuses it now: enrol again with a new join token \
+                         (loggate agent token create --reenrol, then loggate-agent enrol)",
+                        record.not_after_unix
+                    );
+                } else {
+                    tracing::warn!("renewing the agent's certificate failed, retrying: {e:#}");
+                }
+                let left = (record.not_after_unix - now).max(0);
+                let pause = (left / 10).clamp(5, 300);
+                tokio::time::sleep(std::time::Duration::from_secs(
+                    u64::try_from(pause).unwrap_or(5),
+                ))
+                .await;
+            }
+        }
+    }
+}
+
+async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow::Result<()> {
+    let config = &shared.config;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, &config.id);
+    let csr = params.serialize_request(&key)?.der().to_vec();
+    let channel = config
+        .tls
+        .endpoint(&config.controller, loggate_core::tls::Server::Controller)?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to the controller {}", config.controller))?;
+    let answer = loggate_proto::controller_client::ControllerClient::new(channel)
+        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr })
+        .await
+        .map_err(|s| anyhow::anyhow!("the controller refused the renewal: {}", s.message()))?
+        .into_inner();
+    let cert_der = CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the controller's answer holds no certificate: {e}"))?;
+    let identity = Identity::from_certificate(&cert_der, &config.trust_domain)
+        .map_err(|e| anyhow::anyhow!("the renewed certificate: {e}"))?;
+    ensure!(
+        identity.role() == Role::Agent && identity.name() == config.id,
+        "the controller renewed a certificate for {identity}, not agent {}",
+        config.id
+    );
+    let spki = {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(&cert_der)
+            .map_err(|e| anyhow::anyhow!("the renewed certificate: {e}"))?;
+        cert.public_key().raw.to_vec()
+    };
+    ensure!(
+        spki == key.subject_public_key_info(),
+        "the controller renewed a certificate for another key than ours"
+    );
+    write_replacing(&config.tls.key, key.serialize_pem().as_bytes(), 0o600)?;
+    write_replacing(&config.tls.cert, answer.certificate_pem.as_bytes(), 0o644)?;
+    let renewed = EnrolmentRecord {
+        serial: answer.serial.clone(),
+        not_after_unix: answer.not_after_unix,
+        ..record.clone()
+    };
+    renewed.save(&config.state_dir)?;
+    shared.audit(&loggate_core::audit::events::AgentCertificateRenewed {
+        subject: identity.spiffe_id().to_string(),
+        agent_id: config.id.clone(),
+        serial: answer.serial.clone(),
+        previous_serial: record.serial.clone(),
+        not_after: answer.not_after_unix,
+        key_sha256: identity.key_sha256_hex(),
+    })?;
+    tracing::info!(serial = %answer.serial, not_after = answer.not_after_unix, "agent certificate renewed");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renewal_time;
+
+    #[test]
+    fn renewal_comes_at_two_thirds_of_the_lifetime_less_a_jitter_of_a_tenth() {
+        assert_eq!(renewal_time(0, 86_400, 0.0), 57_600);
+        assert_eq!(renewal_time(0, 86_400, 1.0), 57_600 - 8_640);
+        assert_eq!(renewal_time(100, 100, 0.5), 100);
+    }
+}
