@@ -7,10 +7,18 @@
 //! a grant token, a key or the webhook's own URL (which is itself a secret for Slack, and is
 //! never logged or audited: only its scheme and host are).
 //!
-//! Delivery never holds up a request: notices are queued (at most [`QUEUE`]; a full queue drops
-//! the notice, audited) and sent by one task, each retried with exponential back-off
-//! ([`ATTEMPTS`] tries, 1 s doubling), each try bounded by [`TRY_TIMEOUT`]. A notice that could
-//! not be delivered is audited (`notify.failed`).
+//! `text` is escaped for Slack's message formatting (`&`, `<`, `>` become `&amp;`, `&lt;`,
+//! `&gt;`): a reason or a path is shown as written and can never become a mention such as
+//! `<!channel>` or a link. The `loggate` object carries the same values unescaped (it is JSON).
+//!
+//! Delivery never holds up a request: notices are queued and sent by a task, each retried with
+//! exponential back-off ([`ATTEMPTS`] tries, 1 s doubling), each try bounded by
+//! [`TRY_TIMEOUT`]. A notice that could not be delivered is audited (`notify.failed`).
+//! Break-glass notices have their own queue and their own task ([`BREAK_GLASS_QUEUE`]), so
+//! that no number of ordinary notices (queued or being retried) delays or pushes one out; a
+//! full queue drops the notice, audited (`attempts` 0). Requesters cannot fill the ordinary
+//! queue on their own either: each has a bounded number of pending requests
+//! (`settings.max_pending_per_requester`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -22,8 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Notices waiting to be sent.
+/// Ordinary notices waiting to be sent.
 pub const QUEUE: usize = 1024;
+/// Break-glass notices waiting to be sent (their own queue and task).
+pub const BREAK_GLASS_QUEUE: usize = 256;
 /// Tries per notice.
 pub const ATTEMPTS: u32 = 5;
 /// The bound on one try (connect, TLS, request and answer).
@@ -92,54 +102,95 @@ impl Webhook {
     }
 }
 
+/// The event of a break-glass notice (its own queue).
+pub const BREAK_GLASS_EVENT: &str = "access.break_glass";
+
 /// One notice: the audit event it tells of and its fields.
 #[derive(Debug, Clone)]
 pub struct Notice {
     pub event: &'static str,
+    /// One line of plain text (escaped for Slack when sent, see [`body`]).
     pub text: String,
     pub fields: Value,
+}
+
+/// `text` with Slack's control characters escaped: `&`, `<` and `>` (and only those, as
+/// Slack documents), so that text someone else wrote cannot mention `<!channel>`, a user or
+/// a link.
+pub fn slack_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The JSON body of `notice`: `text` escaped for Slack, `loggate` as is.
+pub fn body(notice: &Notice) -> String {
+    serde_json::json!({ "text": slack_escape(&notice.text), "loggate": notice.fields }).to_string()
 }
 
 /// Queues notices for the webhook of the policy in force.
 #[derive(Clone)]
 pub struct Notifier {
     queue: mpsc::Sender<(Webhook, Notice)>,
+    break_glass: mpsc::Sender<(Webhook, Notice)>,
     audit: Arc<SharedAuditLog>,
 }
 
 impl Notifier {
-    /// Starts the delivery task.
+    /// Starts the delivery tasks: one for break-glass notices, one for the others.
     pub fn start(audit: Arc<SharedAuditLog>) -> Notifier {
-        let (queue, mut notices) = mpsc::channel::<(Webhook, Notice)>(QUEUE);
-        let auditor = audit.clone();
-        tokio::spawn(async move {
-            while let Some((hook, notice)) = notices.recv().await {
-                deliver(&hook, &notice, &auditor).await;
-            }
-        });
-        Notifier { queue, audit }
+        let spawn = |capacity: usize| {
+            let (queue, mut notices) = mpsc::channel::<(Webhook, Notice)>(capacity);
+            let auditor = audit.clone();
+            tokio::spawn(async move {
+                while let Some((hook, notice)) = notices.recv().await {
+                    deliver(&hook, &notice, &auditor).await;
+                }
+            });
+            queue
+        };
+        Notifier {
+            queue: spawn(QUEUE),
+            break_glass: spawn(BREAK_GLASS_QUEUE),
+            audit,
+        }
     }
 
-    /// Queues `notice` for `hook` (none: nothing to do).
+    /// Queues `notice` for `hook` (none: nothing to do): a break-glass notice in its own queue.
     pub fn send(&self, hook: Option<&Webhook>, notice: Notice) {
         let Some(hook) = hook else { return };
-        if let Err(e) = self.queue.try_send((hook.clone(), notice)) {
+        let queue = if notice.event == BREAK_GLASS_EVENT {
+            &self.break_glass
+        } else {
+            &self.queue
+        };
+        if let Err(e) = queue.try_send((hook.clone(), notice)) {
             let notice = match e {
                 mpsc::error::TrySendError::Full((_, n))
                 | mpsc::error::TrySendError::Closed((_, n)) => n,
             };
-            let _ = self.audit.append(&events::NotifyFailed {
+            let appended = self.audit.append(&events::NotifyFailed {
                 notified_event: notice.event.to_string(),
                 webhook: hook.shown(),
                 attempts: 0,
                 error: "the notification queue is full".into(),
             });
+            if let Err(e) = appended {
+                tracing::error!("cannot audit a dropped notification: {e}");
+            }
         }
     }
 }
 
 async fn deliver(hook: &Webhook, notice: &Notice, audit: &SharedAuditLog) {
-    let body = serde_json::json!({ "text": notice.text, "loggate": notice.fields }).to_string();
+    let body = body(notice);
     let mut backoff = FIRST_BACKOFF;
     let mut last_error = String::new();
     for attempt in 1..=ATTEMPTS {
@@ -267,5 +318,107 @@ mod tests {
             assert!(err.contains(expect), "{bad}: {err}");
             assert!(!err.contains("secret"), "{err}");
         }
+    }
+
+    #[test]
+    fn webhook_text_escapes_slacks_control_characters_and_keeps_the_fields_as_written() {
+        let reason = "INC-42 <!channel> & <https://evil.example|click> <@U123>";
+        let notice = Notice {
+            event: "access.requested",
+            text: format!("loggate: alice asks (reason {reason:?})"),
+            fields: serde_json::json!({ "reason": reason }),
+        };
+        let sent: Value = serde_json::from_str(&body(&notice)).unwrap();
+        let text = sent["text"].as_str().unwrap();
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(
+            text.contains(
+                "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt; &lt;@U123&gt;"
+            ),
+            "{text}"
+        );
+        // A generic receiver reads the JSON fields: the reason as written.
+        assert_eq!(sent["loggate"]["reason"], reason);
+        assert_eq!(slack_escape("a&amp;b"), "a&amp;amp;b");
+    }
+
+    /// A local receiver answering 200 to every POST, handing each body to the test.
+    async fn receiver() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some(end) = text.find("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            let _ = tx.send(text[end + 4..].to_string());
+                            let _ = conn
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                                .await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn break_glass_notices_are_delivered_while_ordinary_ones_fill_the_queue_and_stall() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = loggate_core::audit::AuditLog::open(&dir.path().join("a.jsonl"), "c").unwrap();
+        let audit = Arc::new(SharedAuditLog::new(log).unwrap());
+        let notifier = Notifier::start(audit);
+        // A webhook that accepts connections and never answers: every try waits its timeout.
+        let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stalled_hook = Webhook::parse(
+            &format!("http://{}/hook", stalled.local_addr().unwrap()),
+            None,
+        )
+        .unwrap();
+        let (addr, mut bodies) = receiver().await;
+        let live_hook = Webhook::parse(&format!("http://{addr}/hook"), None).unwrap();
+        let notice = |event: &'static str| Notice {
+            event,
+            text: format!("loggate: {event}"),
+            fields: serde_json::json!({ "event": event }),
+        };
+        // A requester's flood: more ordinary notices than the queue holds.
+        for _ in 0..QUEUE + 16 {
+            notifier.send(Some(&stalled_hook), notice("access.requested"));
+        }
+        notifier.send(Some(&live_hook), notice(BREAK_GLASS_EVENT));
+        let got = tokio::time::timeout(Duration::from_secs(5), bodies.recv())
+            .await
+            .expect("the break-glass notice arrives at once")
+            .expect("a body");
+        let got: Value = serde_json::from_str(&got).unwrap();
+        assert_eq!(got["loggate"]["event"], BREAK_GLASS_EVENT);
+        drop(stalled);
     }
 }
