@@ -4,11 +4,16 @@
 //! SHA-256) or changes nothing (audited `policy.refused` with `file:line: reason`). Requests
 //! already pending keep the role and rule they were accepted under; who may approve them is
 //! read from the policy in force at the approval.
+//!
+//! Reloads are serialized (one at a time, from reading the file to putting it in force): two
+//! overlapping reloads (a SIGHUP and `loggate policy reload`, say) cannot install an older read
+//! of the file over a newer one, and the digest in each `policy.reloaded` record is of the
+//! policy in force from that record on.
 
 use super::{Policy, PolicyError};
 use loggate_core::audit::{events, SharedAuditLog};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +28,8 @@ pub enum ReloadError {
 
 pub struct PolicyHandle {
     path: Option<PathBuf>,
+    /// Held by a reload from reading the file to installing it (see the module's contract).
+    reloading: Mutex<()>,
     current: RwLock<Option<Arc<Policy>>>,
     audit: Arc<SharedAuditLog>,
 }
@@ -36,6 +43,7 @@ impl PolicyHandle {
     ) -> Result<Arc<PolicyHandle>, ReloadError> {
         let handle = Arc::new(PolicyHandle {
             path,
+            reloading: Mutex::new(()),
             current: RwLock::new(None),
             audit,
         });
@@ -63,6 +71,7 @@ impl PolicyHandle {
     pub fn reload(&self, triggered_by: &str) -> Result<Arc<Policy>, ReloadError> {
         let path = self.path.as_ref().ok_or(ReloadError::NotConfigured)?;
         let file = path.display().to_string();
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         match Policy::load(path) {
             Ok(policy) => {
                 let policy = Arc::new(policy);
@@ -118,4 +127,68 @@ pub fn reload_on_sighup(handle: Arc<PolicyHandle>) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+
+    fn sha(text: &str) -> String {
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+
+    /// A reload that read the file first but is still finishing cannot install its older read
+    /// over a later reload's: the policy file is made a FIFO so the first reload's read is held
+    /// open (deterministically) while the file is replaced and reloaded again.
+    #[test]
+    fn overlapping_reloads_never_install_the_older_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "# version 0\n").unwrap();
+        let log =
+            loggate_core::audit::AuditLog::open(&dir.path().join("audit.jsonl"), "c").unwrap();
+        let audit = Arc::new(SharedAuditLog::new(log).unwrap());
+        let handle = PolicyHandle::start(Some(path.clone()), audit).unwrap();
+        assert_eq!(handle.current().unwrap().digest, sha("# version 0\n"));
+
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let older = "# version A (read first)\n";
+        let newer = "# version B (on disk at the end)\n";
+        let first = {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle.reload("first").map(|p| p.digest.clone()))
+        };
+        // Opening the FIFO for writing waits for the first reload to open it for reading.
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        writer.write_all(older.as_bytes()).unwrap();
+        // The file is replaced while the first reload still reads the FIFO (no end of file yet).
+        let staged = dir.path().join("policy.new");
+        std::fs::write(&staged, newer).unwrap();
+        std::fs::rename(&staged, &path).unwrap();
+        let second = {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle.reload("second").map(|p| p.digest.clone()))
+        };
+        // Give the second reload time to finish if nothing holds it back (bounded).
+        let until = Instant::now() + Duration::from_millis(500);
+        while !second.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        drop(writer);
+        assert_eq!(first.join().unwrap().unwrap(), sha(older));
+        assert_eq!(second.join().unwrap().unwrap(), sha(newer));
+        assert_eq!(
+            handle.current().unwrap().digest,
+            sha(newer),
+            "the file on disk is in force, not the older read"
+        );
+    }
 }
