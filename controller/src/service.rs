@@ -64,6 +64,8 @@ pub struct ControllerService {
     requests_changed: watch::Sender<u64>,
     /// Webhook notifications (`with_access_policy`).
     notifier: Option<crate::policy::notify::Notifier>,
+    /// Request states for `--wait` waiters and the budget of refused requests' records.
+    governance: Arc<requests::Governance>,
     /// The report budget of checkpoint refusals and conflicts (see `anchor`).
     checkpoint_reports: Arc<anchor::CheckpointReports>,
 }
@@ -92,6 +94,7 @@ impl ControllerService {
             access: None,
             requests_changed: watch::channel(0).0,
             notifier: None,
+            governance: Arc::new(requests::Governance::new()),
             checkpoint_reports: Arc::new(anchor::CheckpointReports::new(
                 loggate_core::audit::budget::BudgetPolicy::default(),
             )),
@@ -470,9 +473,10 @@ impl Controller for ControllerService {
             ))
             })?;
         let issuer = admin.spiffe_id().to_string();
+        // Stored and flagged for review in one transaction (issue 11).
         let grant = self
             .store
-            .insert_grant(|revision| {
+            .insert_break_glass_grant(now, |revision| {
                 let grant = self.sign_grant(
                     &requests::GrantSpec {
                         id: new_grant_id(),
@@ -510,18 +514,8 @@ impl Controller for ControllerService {
                 Ok(status) => status,
                 Err(e) => internal(e),
             })?;
-        if let Err(e) = self.store.flag_break_glass(&crate::store::BreakGlassRow {
-            grant_id: grant.id.clone(),
-            request_id: None,
-            subject: grant.subject.clone(),
-            issuer: grant.issuer.clone(),
-            reason: grant.reason.clone(),
-            at: now,
-            reviewed: None,
-        }) {
-            tracing::error!(grant = %grant.id, "cannot flag the break-glass grant for review: {e:#}");
-        }
         self.revision.send_replace(grant.revision);
+        self.notify_grant_issue(&grant);
         tracing::info!(grant = %grant.id, subject = %grant.subject, "grant issued");
         Ok(Response::new(pb::IssueGrantResponse {
             grant: Some(grant_info(&grant)),

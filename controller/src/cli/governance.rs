@@ -376,7 +376,10 @@ fn reviewed_grant_json(g: &pb::ReviewedGrant) -> serde_json::Value {
         "grant_id": g.grant_id, "subject": g.subject, "role": g.role,
         "approved_by": g.approved_by, "not_before": g.not_before_unix,
         "not_after": g.not_after_unix, "break_glass": g.break_glass, "reviewed": g.reviewed,
-        "reviewed_by": g.reviewed_by, "reason": g.reason,
+        "reviewed_by": g.reviewed_by, "reason": g.reason, "hosts": g.hosts,
+        "labels": g.labels, "paths": g.paths, "redaction_profile": g.redaction_profile,
+        "revoked_at": (g.revoked_at_unix != 0).then_some(g.revoked_at_unix),
+        "revoked_by": g.revoked_by,
     })
 }
 
@@ -400,6 +403,29 @@ fn print_reviewed_grant(out: &mut impl Write, g: &pb::ReviewedGrant) -> std::io:
             _ => String::new(),
         },
         g.reason
+    )?;
+    // What the grant allowed: the controller never receives the agents' read records (see
+    // docs/policy.md, "The access review").
+    writeln!(
+        out,
+        "      may read {} on {} (redaction {}){}",
+        g.paths.join(", "),
+        g.hosts
+            .iter()
+            .cloned()
+            .chain(g.labels.iter().map(|l| format!("label {l}")))
+            .collect::<Vec<_>>()
+            .join(", "),
+        g.redaction_profile,
+        if g.revoked_at_unix != 0 {
+            format!(
+                "; revoked at {} by {}",
+                format_time(g.revoked_at_unix),
+                g.revoked_by.rsplit('/').next().unwrap_or(&g.revoked_by)
+            )
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -432,7 +458,7 @@ fn csv_field(text: &str) -> String {
 fn review_csv(out: &mut impl Write, review: &pb::AccessReviewResponse) -> std::io::Result<()> {
     writeln!(
         out,
-        "grant_id,subject,role,approved_by,not_before,not_after,break_glass,reviewed,reviewed_by,reason"
+        "grant_id,subject,role,approved_by,not_before,not_after,break_glass,reviewed,reviewed_by,reason,hosts,paths,redaction_profile,revoked_at"
     )?;
     let mut seen = std::collections::HashSet::new();
     for g in review.grants.iter().chain(&review.unreviewed_break_glass) {
@@ -450,6 +476,19 @@ fn review_csv(out: &mut impl Write, review: &pb::AccessReviewResponse) -> std::i
             g.reviewed.to_string(),
             g.reviewed_by.clone(),
             g.reason.clone(),
+            g.hosts
+                .iter()
+                .cloned()
+                .chain(g.labels.iter().map(|l| format!("label {l}")))
+                .collect::<Vec<_>>()
+                .join(" "),
+            g.paths.join(" "),
+            g.redaction_profile.clone(),
+            if g.revoked_at_unix != 0 {
+                format_time(g.revoked_at_unix)
+            } else {
+                String::new()
+            },
         ];
         let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
         writeln!(out, "{}", row.join(","))?;
@@ -474,6 +513,10 @@ pub async fn access_review(
         .or_explain(config, &the_controller(config))
         .await?
         .into_inner();
+    // A list cut at the controller's bound is said on stderr whatever the output format.
+    for note in &review.truncated {
+        eprintln!("loggate: access review truncated: {note}");
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if output == ReviewOutput::Csv {
@@ -492,6 +535,7 @@ pub async fn access_review(
             "grants": review.grants.iter().map(reviewed_grant_json).collect::<Vec<_>>(),
             "unreviewed_break_glass":
                 review.unreviewed_break_glass.iter().map(reviewed_grant_json).collect::<Vec<_>>(),
+            "truncated": review.truncated,
         });
         writeln!(out, "{value}")?;
         return out.flush().map_err(Failure::from);
@@ -539,6 +583,9 @@ pub async fn access_review(
     )?;
     for g in &review.unreviewed_break_glass {
         print_reviewed_grant(&mut out, g)?;
+    }
+    for note in &review.truncated {
+        writeln!(out, "TRUNCATED: {note}")?;
     }
     out.flush().map_err(Failure::from)
 }

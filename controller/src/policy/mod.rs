@@ -41,6 +41,10 @@ use toml::Spanned;
 pub const MAX_PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The default wait of a pending request.
 pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(3600);
+/// The default of `settings.max_pending_per_requester`.
+pub const DEFAULT_MAX_PENDING: u32 = 20;
+/// The largest `settings.max_pending_per_requester`.
+pub const MAX_MAX_PENDING: u32 = 1000;
 /// The largest policy file read (bytes).
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
@@ -137,6 +141,10 @@ pub struct Policy {
     pub agent_labels: BTreeMap<String, BTreeMap<String, String>>,
     pub roles: Vec<Role>,
     pub pending_ttl: Duration,
+    /// The most pending requests one requester may have at once
+    /// (`settings.max_pending_per_requester`): one person cannot flood approvers' lists or
+    /// the notification queue.
+    pub max_pending_per_requester: u32,
     /// Where notifications go (`[notify]`), if anywhere.
     pub notify: Option<notify::Webhook>,
     /// SHA-256 (hex) of the file's bytes, audited with every load.
@@ -177,6 +185,7 @@ struct RawNotify {
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     pending_ttl: Option<String>,
+    max_pending_per_requester: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +287,19 @@ impl Policy {
             },
             None => DEFAULT_PENDING_TTL,
         };
+        let max_pending_per_requester = match &raw.settings {
+            Some(settings) => match settings.get_ref().max_pending_per_requester {
+                Some(n) if (1..=MAX_MAX_PENDING).contains(&n) => n,
+                Some(n) => {
+                    return Err((
+                        at(settings.span()),
+                        format!("settings.max_pending_per_requester {n} is out of range; give between 1 and {MAX_MAX_PENDING}"),
+                    ))
+                }
+                None => DEFAULT_MAX_PENDING,
+            },
+            None => DEFAULT_MAX_PENDING,
+        };
         let mut groups = BTreeMap::new();
         for (name, members) in &raw.groups {
             let line = at(members.span());
@@ -338,6 +360,7 @@ impl Policy {
             agent_labels,
             roles,
             pending_ttl,
+            max_pending_per_requester,
             notify,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
         })
@@ -521,12 +544,35 @@ impl Policy {
             .collect()
     }
 
+    /// Whether `person` is a member of group `group`: listed in `[groups]`, or holding it in
+    /// their certificate (`cert_groups`, see [`Query::cert_groups`]).
+    pub fn is_member(&self, group: &str, person: &str, cert_groups: &[String]) -> bool {
+        self.groups.get(group).is_some_and(|m| m.contains(person))
+            || cert_groups.iter().any(|g| g == group)
+    }
+
+    /// Whether `reviewer` (with the groups of their certificate) may review a request of
+    /// `requester` whose approver groups are `groups`: a member of one of them, never the
+    /// requester.
+    pub fn may_review(
+        &self,
+        groups: &[String],
+        requester: &str,
+        reviewer: &str,
+        cert_groups: &[String],
+    ) -> bool {
+        reviewer != requester
+            && groups
+                .iter()
+                .any(|g| self.is_member(g, reviewer, cert_groups))
+    }
+
     /// Why `role` does not allow `query` (None: it does).
     fn refusal(&self, role: &Role, q: &Query<'_>) -> Option<Refusal> {
         let in_group = role
             .groups
             .iter()
-            .any(|g| self.groups.get(g).is_some_and(|m| m.contains(q.subject)));
+            .any(|g| self.is_member(g, q.subject, q.cert_groups));
         if !role.users.contains(q.subject) && !in_group {
             return Some(Refusal::NotAMember);
         }
@@ -608,6 +654,11 @@ impl Policy {
 #[derive(Debug, Clone)]
 pub struct Query<'a> {
     pub subject: &'a str,
+    /// The groups the subject's certificate names (its subject's OU attributes), matched like
+    /// `[groups]` members. Only certificates of the configured CA reach the controller, so
+    /// these are groups our CA (or the controller's sign-in) wrote; empty for `policy check
+    /// --subject` about someone else, whose certificate the controller does not have.
+    pub cert_groups: &'a [String],
     pub hosts: &'a [String],
     pub paths: &'a [String],
     pub ttl: Duration,

@@ -11,20 +11,128 @@
 //! - every step is audited before it takes effect, inside the store's transaction.
 
 use super::{grant_info, internal, ControllerService, MAX_FIELD};
-use crate::policy::notify::{Notice, Notifier};
+use crate::policy::notify::{Notice, Notifier, BREAK_GLASS_EVENT};
 use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
-use crate::store::{GrantRow, RequestRow, RequestState, ReviewRow, Store};
+use crate::store::{
+    GrantRow, RequestRow, RequestState, ReviewGrantRow, ReviewRow, Store, TooManyPending,
+};
+use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget};
 use loggate_core::audit::{events, SharedAuditLog};
 use loggate_core::grant::{compile_path_glob, unix_now, GrantClaims, GrantError, MAX_TOKEN_LEN};
 use loggate_core::identity::{is_valid_name, Identity};
 use loggate_proto as pb;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
 /// The longest a `GetRequest` waits for a decision.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+/// The most requests `ListRequests` answers with (after filtering by who may see them).
+const MAX_LISTED: usize = 500;
+/// The most grants (and, separately, unreviewed break-glass grants, and requests) one access
+/// review reads; a list cut there says so.
+pub(super) const REVIEW_BOUND: usize = 10_000;
+/// Request states queued for `--wait` waiters; a waiter further behind reads the store once.
+const STATE_QUEUE: usize = 1024;
+
+/// Why a request was refused before anything was stored (`access.request_refused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestRefusal {
+    NoRole,
+    TooManyPending,
+    GrantTooLarge,
+    Suppressed,
+}
+
+impl RequestRefusal {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            RequestRefusal::NoRole => "no_role",
+            RequestRefusal::TooManyPending => "too_many_pending",
+            RequestRefusal::GrantTooLarge => "grant_too_large",
+            RequestRefusal::Suppressed => "suppressed",
+        }
+    }
+}
+
+/// What the governance layer shares between RPCs: every request's new state, told once to
+/// all `--wait` waiters (none of them reads the store for a change to another request), and
+/// the per-requester budget of `access.request_refused` records, so that a requester sending
+/// refused requests in a loop cannot flood (and with rotation push out) the audit.
+pub(crate) struct Governance {
+    states: broadcast::Sender<Arc<RequestRow>>,
+    refusals: ReportBudget<String>,
+}
+
+impl Governance {
+    pub(crate) fn new() -> Self {
+        Governance {
+            states: broadcast::channel(STATE_QUEUE).0,
+            refusals: ReportBudget::new(BudgetPolicy::default()),
+        }
+    }
+
+    /// Tells the waiters of request `r` its new state.
+    fn changed(&self, r: &RequestRow) {
+        // No receiver (nobody waits) is not an error.
+        let _ = self.states.send(Arc::new(r.clone()));
+    }
+
+    /// Writes one `suppressed` record per requester whose refusals the budget left out; the
+    /// expiry task calls it at least once a minute.
+    fn write_summaries(&self, audit: &SharedAuditLog) {
+        for summary in self.refusals.take_summaries() {
+            let record = events::AccessRequestRefused {
+                subject: summary.source.unwrap_or_default(),
+                hosts: Vec::new(),
+                paths: Vec::new(),
+                reason_code: RequestRefusal::Suppressed.as_str(),
+                reason: format!(
+                    "{} refused requests over the audit budget of {} a minute were not recorded one by one",
+                    summary.left_out,
+                    self.refusals.policy().per_window
+                ),
+                suppressed_before: summary.left_out,
+            };
+            if let Err(e) = audit.append(&record) {
+                tracing::error!("audit write failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// Waits until request `first` is decided or `deadline` passes, from the states `updates`
+/// tells of: a change to another request costs nothing; `reload` (which reads the store) runs
+/// only when this waiter fell behind the queue or at the request's own expiry (the expiry task
+/// may be asleep until then).
+pub(super) async fn wait_for_decision(
+    first: RequestRow,
+    updates: &mut broadcast::Receiver<Arc<RequestRow>>,
+    deadline: tokio::time::Instant,
+    mut reload: impl FnMut() -> Result<RequestRow, Status>,
+) -> Result<RequestRow, Status> {
+    let mut r = first;
+    loop {
+        let now = tokio::time::Instant::now();
+        if r.state != RequestState::Pending || now >= deadline {
+            return Ok(r);
+        }
+        let until_expiry = Duration::from_secs(r.expires.saturating_sub(unix_now()).max(0) as u64);
+        let wake = deadline.min(now + until_expiry + Duration::from_millis(100));
+        tokio::select! {
+            update = updates.recv() => match update {
+                Ok(row) if row.id == r.id => r = (*row).clone(),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => r = reload()?,
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Status::unavailable("the controller is stopping"))
+                }
+            },
+            _ = tokio::time::sleep_until(wake) => r = reload()?,
+        }
+    }
+}
 
 /// Everything a grant is made of, for [`ControllerService::sign_grant`].
 pub(super) struct GrantSpec<'a> {
@@ -175,13 +283,16 @@ pub(super) fn spawn_expiry(
     changed: watch::Sender<u64>,
     notifier: Notifier,
     handle: Arc<PolicyHandle>,
+    governance: Arc<Governance>,
 ) {
     let mut changes = changed.subscribe();
     tokio::spawn(async move {
         loop {
             let now = unix_now();
             let expired = tokio::task::block_in_place(|| {
+                governance.write_summaries(&audit);
                 expire_due(&store, &audit, now, |r| {
+                    governance.changed(r);
                     notify_expired(Some(&notifier), Some(&handle), r)
                 })
             });
@@ -214,6 +325,7 @@ impl ControllerService {
             self.requests_changed.clone(),
             notifier.clone(),
             handle.clone(),
+            self.governance.clone(),
         );
         self.access = Some(handle);
         self.notifier = Some(notifier);
@@ -230,6 +342,73 @@ impl ControllerService {
         }
     }
 
+    /// Tells the webhook of an admin's `grant issue`, the break-glass path, exactly as of a
+    /// break-glass request (event `access.break_glass`, its own queue).
+    pub(super) fn notify_grant_issue(&self, g: &GrantRow) {
+        let (Some(n), Some(p)) = (
+            &self.notifier,
+            self.access.as_ref().and_then(|h| h.current()),
+        ) else {
+            return;
+        };
+        let text = format!(
+            "loggate BREAK-GLASS: {} issued {} a grant to read {} on {} for {} (reason {:?}); granted without approval, to be reviewed",
+            short(&g.issuer),
+            short(&g.subject),
+            g.paths.join(", "),
+            g.hosts.iter().chain(&g.labels).cloned().collect::<Vec<_>>().join(", "),
+            loggate_core::duration::format(Duration::from_secs(
+                g.not_after.saturating_sub(g.not_before).max(0) as u64
+            )),
+            g.reason
+        );
+        let fields = serde_json::json!({
+            "event": BREAK_GLASS_EVENT, "request_id": null, "requester": short(&g.subject),
+            "issuer": short(&g.issuer), "how": "grant_issue", "hosts": g.hosts,
+            "labels": g.labels, "paths": g.paths,
+            "ttl_seconds": g.not_after.saturating_sub(g.not_before).max(0),
+            "redaction_profile": g.profile, "reason": g.reason, "grant_id": g.id,
+        });
+        n.send(
+            p.notify.as_ref(),
+            Notice {
+                event: BREAK_GLASS_EVENT,
+                text,
+                fields,
+            },
+        );
+    }
+
+    /// Audits a request refused before anything was stored (budgeted per requester) and
+    /// returns `status` to answer with. An audit failure is logged: the request is refused
+    /// either way.
+    fn refuse_request(
+        &self,
+        user: &Identity,
+        hosts: &[String],
+        paths: &[String],
+        code: RequestRefusal,
+        status: Status,
+    ) -> Status {
+        let subject = user.spiffe_id().to_string();
+        if let Admission::Write { suppressed_before } =
+            self.governance.refusals.admit(&[subject.clone()])
+        {
+            let record = events::AccessRequestRefused {
+                subject,
+                hosts: hosts.to_vec(),
+                paths: paths.to_vec(),
+                reason_code: code.as_str(),
+                reason: status.message().to_string(),
+                suppressed_before,
+            };
+            if let Err(e) = self.audit(&record) {
+                tracing::error!("cannot audit a refused request: {}", e.message());
+            }
+        }
+        status
+    }
+
     fn access_policy(&self) -> Result<Arc<Policy>, Status> {
         self.access
             .as_ref()
@@ -242,13 +421,8 @@ impl ControllerService {
             })
     }
 
-    /// Signs a grant, checks its size, and audits it (`grant.issued`): the caller stores it in
-    /// the same transaction. Errors are `Status` inside `anyhow`.
-    pub(super) fn sign_grant(
-        &self,
-        spec: &GrantSpec<'_>,
-        revision: u64,
-    ) -> anyhow::Result<GrantRow> {
+    /// The token of the grant `spec` describes, refused when it is larger than agents accept.
+    fn signed_token(&self, spec: &GrantSpec<'_>) -> Result<String, Status> {
         let claims = GrantClaims {
             jti: spec.id.to_string(),
             iss: format!("spiffe://{}/controller", self.trust_domain),
@@ -264,14 +438,24 @@ impl ControllerService {
             approver: spec.issuer.to_string(),
             key_sha256: spec.key_sha256.to_string(),
         };
-        let token = self.signer.sign(&claims)?;
+        let token = self.signer.sign(&claims).map_err(|e| internal(e.into()))?;
         if token.len() > MAX_TOKEN_LEN {
             return Err(Status::invalid_argument(format!(
                 "the grant would be {} bytes, over the {MAX_TOKEN_LEN}-byte limit agents accept; name fewer or shorter paths, hosts or labels",
                 token.len()
-            ))
-            .into());
+            )));
         }
+        Ok(token)
+    }
+
+    /// Signs a grant, checks its size, and audits it (`grant.issued`): the caller stores it in
+    /// the same transaction. Errors are `Status` inside `anyhow`.
+    pub(super) fn sign_grant(
+        &self,
+        spec: &GrantSpec<'_>,
+        revision: u64,
+    ) -> anyhow::Result<GrantRow> {
+        let token = self.signed_token(spec)?;
         let row = GrantRow {
             id: spec.id.to_string(),
             subject: spec.subject.to_string(),
@@ -463,8 +647,16 @@ impl ControllerService {
             req.ttl_seconds
                 .clamp(1, crate::config::MAX_TTL_LIMIT.as_secs()),
         );
+        // Only the caller's own certificate is at hand: its groups count for a check about
+        // oneself, none for a check about someone else.
+        let cert_groups: &[String] = if subject == user.name() {
+            user.groups()
+        } else {
+            &[]
+        };
         let decision = policy.evaluate(&Query {
             subject: &subject,
+            cert_groups,
             hosts: &hosts,
             paths: &req.paths,
             ttl,
@@ -563,6 +755,7 @@ impl ControllerService {
             Duration::from_secs(req.ttl_seconds.min(crate::config::MAX_TTL_LIMIT.as_secs()));
         let decision = policy.evaluate(&Query {
             subject: user.name(),
+            cert_groups: user.groups(),
             hosts: &hosts,
             paths: &req.paths,
             ttl: asked,
@@ -572,10 +765,13 @@ impl ControllerService {
         let allowed = match decision {
             Decision::Allowed(a) => a,
             Decision::Refused(refusals) => {
-                return Err(Status::permission_denied(Decision::refusal_sentence(
-                    &refusals,
-                    user.name(),
-                )))
+                return Err(self.refuse_request(
+                    &user,
+                    &hosts,
+                    &req.paths,
+                    RequestRefusal::NoRole,
+                    Status::permission_denied(Decision::refusal_sentence(&refusals, user.name())),
+                ))
             }
         };
         let ttl = allowed.ttl.min(self.policy.max_ttl);
@@ -599,6 +795,7 @@ impl ControllerService {
             expires,
             decided_at: None,
             grant_id: None,
+            requester_groups: user.groups().to_vec(),
             reviews: Vec::new(),
         };
         let requested = events::AccessRequested {
@@ -617,11 +814,55 @@ impl ControllerService {
         };
         let stored = match &allowed.approval {
             Approval::Approvers { .. } => {
-                self.store
-                    .insert_pending_request(&row, || {
-                        self.audit(&requested).map_err(anyhow::Error::from)
-                    })
-                    .map_err(status_of)?;
+                // Refused now, not at the approval, if the grant it would become cannot be
+                // signed small enough: measured with the longest approver id there can be.
+                let longest_approver = format!(
+                    "spiffe://{}/user/{}",
+                    self.trust_domain,
+                    // The longest user name `is_valid_name` accepts.
+                    "a".repeat(63)
+                );
+                let starts = expires;
+                self.signed_token(&GrantSpec {
+                    id: loggate_core::grant::new_grant_id(),
+                    subject: user.spiffe_id(),
+                    hosts: &hosts,
+                    labels: &[],
+                    paths: &req.paths,
+                    now: starts,
+                    not_before: starts,
+                    not_after: starts.saturating_add(ttl.as_secs() as i64),
+                    profile: &profile,
+                    reason: &req.reason,
+                    issuer: &longest_approver,
+                    key_sha256: &"0".repeat(64),
+                })
+                .map_err(|status| {
+                    self.refuse_request(
+                        &user,
+                        &hosts,
+                        &req.paths,
+                        RequestRefusal::GrantTooLarge,
+                        status,
+                    )
+                })?;
+                let inserted = self.store.insert_pending_request(
+                    &row,
+                    policy.max_pending_per_requester,
+                    || self.audit(&requested).map_err(anyhow::Error::from),
+                );
+                if let Err(e) = inserted {
+                    return Err(match e.downcast::<TooManyPending>() {
+                        Ok(too_many) => self.refuse_request(
+                            &user,
+                            &hosts,
+                            &req.paths,
+                            RequestRefusal::TooManyPending,
+                            Status::resource_exhausted(too_many.to_string()),
+                        ),
+                        Err(e) => status_of(e),
+                    });
+                }
                 row
             }
             Approval::Auto | Approval::BreakGlass { .. } => {
@@ -676,6 +917,7 @@ impl ControllerService {
                 stored
             }
         };
+        self.governance.changed(&stored);
         self.requests_changed.send_modify(|n| *n += 1);
         let what = format!(
             "{} asks to read {} on {} for {} (role {}, reason {:?})",
@@ -704,7 +946,7 @@ impl ControllerService {
                 format!("loggate: {what}; granted at once (auto)"),
             ),
             Approval::BreakGlass { .. } => self.notify(
-                "access.break_glass",
+                BREAK_GLASS_EVENT,
                 &stored,
                 &allowed.approvers,
                 format!(
@@ -759,7 +1001,12 @@ impl ControllerService {
             );
         }
         let eligible = policy.members_except(&r.approver_groups, short(&r.requester));
-        if !eligible.iter().any(|p| p == reviewer.name()) {
+        if !policy.may_review(
+            &r.approver_groups,
+            short(&r.requester),
+            reviewer.name(),
+            reviewer.groups(),
+        ) {
             return refuse(
                 "not_an_approver",
                 Status::permission_denied(format!(
@@ -782,6 +1029,43 @@ impl ControllerService {
         Ok(())
     }
 
+    /// Decides request `r` again under `policy` (the one in force at the approval that
+    /// completes it): the TTL it may have now (at most the one granted at the request), or
+    /// the refusal, audited (`access.review_refused`, `policy_changed`) with the reason.
+    fn reevaluate(
+        &self,
+        r: &RequestRow,
+        reviewer: &Identity,
+        policy: &Policy,
+    ) -> anyhow::Result<u64> {
+        let decision = policy.evaluate(&Query {
+            subject: short(&r.requester),
+            cert_groups: &r.requester_groups,
+            hosts: &r.hosts,
+            paths: &r.paths,
+            ttl: Duration::from_secs(r.ttl_seconds.max(1)),
+            profile: &r.profile,
+            break_glass: false,
+        });
+        match decision {
+            Decision::Allowed(a) => Ok(a.ttl.min(self.policy.max_ttl).as_secs().min(r.ttl_seconds)),
+            Decision::Refused(refusals) => {
+                self.audit(&events::AccessReviewRefused {
+                    request_id: r.id.clone(),
+                    subject: r.requester.clone(),
+                    approver: reviewer.spiffe_id().to_string(),
+                    reason_code: "policy_changed",
+                })?;
+                Err(Status::permission_denied(format!(
+                    "the access policy in force no longer allows request {}, so it was not approved: {}",
+                    r.id,
+                    Decision::refusal_sentence(&refusals, short(&r.requester))
+                ))
+                .into())
+            }
+        }
+    }
+
     fn review_args(&self, req: &pb::ReviewRequest) -> Result<(), Status> {
         check_request_id(&req.request_id)?;
         if req.comment.len() > MAX_FIELD {
@@ -795,6 +1079,7 @@ impl ControllerService {
     fn expire_now(&self) -> Result<(), Status> {
         let expired = tokio::task::block_in_place(|| {
             expire_due(&self.store, &self.audit, unix_now(), |r| {
+                self.governance.changed(r);
                 notify_expired(self.notifier.as_ref(), self.access.as_ref(), r)
             })
         })
@@ -835,6 +1120,13 @@ impl ControllerService {
                 &review,
                 |r| self.check_reviewer(r, &user, &policy, now, true),
                 |r, approvals, revision| {
+                    // The approval that completes the request decides it under the policy in
+                    // force now: a role removed or narrowed since the request refuses it.
+                    let ttl = if revision.is_some() {
+                        Some(self.reevaluate(r, &user, &policy)?)
+                    } else {
+                        None
+                    };
                     let grant_id = revision.map(|_| loggate_core::grant::new_grant_id());
                     self.audit(&events::AccessApproved {
                         request_id: r.id.clone(),
@@ -858,8 +1150,9 @@ impl ControllerService {
                             paths: &r.paths,
                             now,
                             not_before: now,
-                            not_after: now
-                                .saturating_add(r.ttl_seconds.min(i64::MAX as u64) as i64),
+                            not_after: now.saturating_add(
+                                ttl.unwrap_or(r.ttl_seconds).min(i64::MAX as u64) as i64,
+                            ),
                             profile: &r.profile,
                             reason: &r.reason,
                             issuer: &reviewer,
@@ -890,6 +1183,7 @@ impl ControllerService {
                 ),
             );
         }
+        self.governance.changed(&after);
         self.requests_changed.send_modify(|n| *n += 1);
         Ok(Response::new(self.response(&after, false)?))
     }
@@ -933,6 +1227,7 @@ impl ControllerService {
             )
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        self.governance.changed(&after);
         self.requests_changed.send_modify(|n| *n += 1);
         self.notify(
             "access.denied",
@@ -988,6 +1283,7 @@ impl ControllerService {
             )
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        self.governance.changed(&after);
         self.requests_changed.send_modify(|n| *n += 1);
         Ok(Response::new(self.response(&after, false)?))
     }
@@ -997,9 +1293,12 @@ impl ControllerService {
         r.requester == user.spiffe_id()
             || self.is_admin(user)
             || policy.is_some_and(|p| {
-                p.members_except(&r.approver_groups, short(&r.requester))
-                    .iter()
-                    .any(|m| m == user.name())
+                p.may_review(
+                    &r.approver_groups,
+                    short(&r.requester),
+                    user.name(),
+                    user.groups(),
+                )
             })
     }
 
@@ -1012,31 +1311,22 @@ impl ControllerService {
         check_request_id(&req.request_id)?;
         let wait = Duration::from_secs(u64::from(req.wait_seconds)).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
-        let mut changes = self.requests_changed.subscribe();
-        loop {
+        // Subscribed before the first read: no change after it is missed.
+        let mut updates = self.governance.states.subscribe();
+        let load = || -> Result<RequestRow, Status> {
             self.expire_now()?;
-            let r = self
-                .store
+            self.store
                 .request(&req.request_id)
                 .map_err(internal)?
-                .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
-            let policy = self.access.as_ref().and_then(|h| h.current());
-            if !self.may_see(&user, &r, policy.as_deref()) {
-                return Err(Status::not_found(format!("no request {}", req.request_id)));
-            }
-            if r.state != RequestState::Pending || tokio::time::Instant::now() >= deadline {
-                return Ok(Response::new(self.response(&r, false)?));
-            }
-            // Wake at the request's own expiry too (the expiry task may be asleep until then).
-            let until_expiry =
-                Duration::from_secs(r.expires.saturating_sub(unix_now()).max(0) as u64);
-            let wake = deadline
-                .min(tokio::time::Instant::now() + until_expiry + Duration::from_millis(100));
-            tokio::select! {
-                c = changes.changed() => if c.is_err() { return Err(Status::unavailable("the controller is stopping")) },
-                _ = tokio::time::sleep_until(wake) => {}
-            }
+                .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))
+        };
+        let first = load()?;
+        let policy = self.access.as_ref().and_then(|h| h.current());
+        if !self.may_see(&user, &first, policy.as_deref()) {
+            return Err(Status::not_found(format!("no request {}", req.request_id)));
         }
+        let r = wait_for_decision(first, &mut updates, deadline, load).await?;
+        Ok(Response::new(self.response(&r, false)?))
     }
 
     pub(super) async fn list_requests_rpc(
@@ -1047,13 +1337,15 @@ impl ControllerService {
         let req = request.into_inner();
         self.expire_now()?;
         let policy = self.access.as_ref().and_then(|h| h.current());
+        // Filtered before capped: others' requests never push the caller's out.
         let rows = self
             .store
-            .list_requests(req.pending_only)
+            .list_requests(req.pending_only, MAX_LISTED, |r| {
+                self.may_see(&user, r, policy.as_deref())
+            })
             .map_err(internal)?;
         let requests = rows
             .iter()
-            .filter(|r| self.may_see(&user, r, policy.as_deref()))
             .map(|r| self.request_info(r, policy.as_deref()))
             .collect();
         Ok(Response::new(pb::ListRequestsResponse { requests }))
@@ -1069,12 +1361,22 @@ impl ControllerService {
         self.require_admin(&user, "run the access review")?;
         let since = request.into_inner().since_unix;
         let policy = self.access_policy()?;
-        let requests = self.store.requests_since(since).map_err(internal)?;
-        let break_glass = self.store.break_glass_for_review(since).map_err(internal)?;
-        let grants = self
+        let (requests, requests_cut) = self
             .store
-            .list_grants(None, true, unix_now())
+            .requests_since(since, REVIEW_BOUND)
             .map_err(internal)?;
+        // Unreviewed break-glass grants are read by a query of their own, whenever they were
+        // given: newer grants never push one out of the review.
+        let review = self
+            .store
+            .review_grants(since, REVIEW_BOUND)
+            .map_err(internal)?;
+        let mut truncated = review.truncated.clone();
+        if requests_cut {
+            truncated.push(format!(
+                "only the first {REVIEW_BOUND} requests of the period are counted in the roles' use; review a shorter --since"
+            ));
+        }
         let mut roles = Vec::new();
         let mut unused_roles = Vec::new();
         for role in &policy.roles {
@@ -1102,47 +1404,34 @@ impl ControllerService {
                 grants: under.iter().filter(|r| r.grant_id.is_some()).count() as u32,
             });
         }
-        let role_of = |grant_id: &str| {
-            requests
-                .iter()
-                .find(|r| r.grant_id.as_deref() == Some(grant_id))
-                .map(|r| r.role.clone())
-                .unwrap_or_default()
-        };
-        let reviewed = |g: &GrantRow| -> pb::ReviewedGrant {
-            let bg = break_glass.iter().find(|b| b.grant_id == g.id);
+        let reviewed = |row: &ReviewGrantRow| -> pb::ReviewedGrant {
+            let g = &row.grant;
             pb::ReviewedGrant {
                 grant_id: g.id.clone(),
                 subject: g.subject.clone(),
-                role: role_of(&g.id),
+                role: row.role.clone().unwrap_or_default(),
                 approved_by: g.issuer.clone(),
                 not_before_unix: g.not_before,
                 not_after_unix: g.not_after,
-                break_glass: bg.is_some(),
-                reviewed: bg.is_some_and(|b| b.reviewed.is_some()),
-                reviewed_by: bg
-                    .and_then(|b| b.reviewed.as_ref().map(|r| r.0.clone()))
-                    .unwrap_or_default(),
+                break_glass: row.break_glass,
+                reviewed: row.reviewed_by.is_some(),
+                reviewed_by: row.reviewed_by.clone().unwrap_or_default(),
                 reason: g.reason.clone(),
+                hosts: g.hosts.clone(),
+                labels: g.labels.clone(),
+                paths: g.paths.clone(),
+                redaction_profile: g.profile.clone(),
+                revoked_at_unix: g.revoked.as_ref().map_or(0, |r| r.at),
+                revoked_by: g.revoked.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
             }
         };
-        let in_period: Vec<pb::ReviewedGrant> = grants
-            .iter()
-            .filter(|g| g.not_before >= since)
-            .map(reviewed)
-            .collect();
-        let unreviewed = break_glass
-            .iter()
-            .filter(|b| b.reviewed.is_none())
-            .filter_map(|b| grants.iter().find(|g| g.id == b.grant_id))
-            .map(reviewed)
-            .collect();
         Ok(Response::new(pb::AccessReviewResponse {
             roles,
             unused_roles,
-            grants: in_period,
-            unreviewed_break_glass: unreviewed,
+            grants: review.in_period.iter().map(reviewed).collect(),
+            unreviewed_break_glass: review.unreviewed.iter().map(reviewed).collect(),
             policy_sha256: policy.digest.clone(),
+            truncated,
         }))
     }
 
@@ -1216,7 +1505,64 @@ impl ControllerService {
 
 #[cfg(test)]
 mod tests {
-    use super::check_plain_text;
+    use super::*;
+
+    fn pending(id: &str) -> RequestRow {
+        RequestRow {
+            id: id.to_string(),
+            requester: "spiffe://loggate.local/user/alice".into(),
+            hosts: vec!["web-1".into()],
+            paths: vec!["/var/log/app/api.log".into()],
+            ttl_seconds: 3600,
+            profile: "default".into(),
+            reason: "INC-42".into(),
+            role: "payments-prod".into(),
+            approval: "approvers".into(),
+            approvals_needed: 1,
+            approver_groups: vec!["sre".into()],
+            state: RequestState::Pending,
+            created: unix_now(),
+            expires: unix_now() + 3600,
+            decided_at: None,
+            grant_id: None,
+            requester_groups: Vec::new(),
+            reviews: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_learn_the_decision_from_the_shared_notice_without_reading_the_store() {
+        let governance = Governance::new();
+        let mut waiters = Vec::new();
+        for _ in 0..8 {
+            let mut updates = governance.states.subscribe();
+            let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counted = reads.clone();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            waiters.push((
+                reads,
+                tokio::spawn(async move {
+                    wait_for_decision(pending("r-mine"), &mut updates, deadline, || {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok(pending("r-mine"))
+                    })
+                    .await
+                }),
+            ));
+        }
+        // Many changes to other requests, then this one's decision.
+        for i in 0..200 {
+            governance.changed(&pending(&format!("r-other{i}")));
+        }
+        let mut decided = pending("r-mine");
+        decided.state = RequestState::Approved;
+        governance.changed(&decided);
+        for (reads, waiter) in waiters {
+            let r = waiter.await.unwrap().unwrap();
+            assert_eq!(r.state, RequestState::Approved);
+            assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+        }
+    }
 
     #[test]
     fn text_shown_to_other_people_refuses_control_characters() {

@@ -6,7 +6,10 @@
 //! in one transaction together with the caller's audit record (the `record`/`check` callbacks
 //! run inside it): no change without its record, and a failed record changes nothing.
 
-use super::{from_json, insert_grant_row, next_revision, to_json, GrantRow, Store};
+use super::{
+    from_json, grant_from_row, insert_grant_row, next_revision, to_json, GrantRow, Store,
+    GRANT_COLUMNS,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(super) const REQUEST_SCHEMA: &str = "
@@ -26,9 +29,13 @@ CREATE TABLE IF NOT EXISTS requests (
     created INTEGER NOT NULL,
     expires INTEGER NOT NULL,
     decided_at INTEGER,
-    grant_id TEXT
+    grant_id TEXT,
+    requester_groups TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, expires);
+CREATE INDEX IF NOT EXISTS requests_by_requester ON requests (requester, state);
+CREATE INDEX IF NOT EXISTS requests_by_grant ON requests (grant_id);
+CREATE INDEX IF NOT EXISTS grants_by_start ON grants (not_before);
 CREATE TABLE IF NOT EXISTS request_reviews (
     request_id TEXT NOT NULL REFERENCES requests(id),
     reviewer TEXT NOT NULL,
@@ -117,6 +124,9 @@ pub struct RequestRow {
     pub expires: i64,
     pub decided_at: Option<i64>,
     pub grant_id: Option<String>,
+    /// The groups the requester's certificate named when they asked (see
+    /// `Identity::groups`): the approval re-evaluates the request with them.
+    pub requester_groups: Vec<String>,
     pub reviews: Vec<ReviewRow>,
 }
 
@@ -138,6 +148,38 @@ pub struct BreakGlassRow {
     pub at: i64,
     /// Who reviewed it afterwards (`access ack`), when, and what they said.
     pub reviewed: Option<(String, i64, String)>,
+}
+
+/// The most rows [`Store::list_requests`] reads to fill one answer.
+pub const MAX_SCANNED: i64 = 100_000;
+
+/// A requester already has as many pending requests as the policy allows
+/// (`settings.max_pending_per_requester`).
+#[derive(Debug, thiserror::Error)]
+#[error("you already have {pending} pending requests (the policy allows {max}); cancel one (`loggate grant cancel ID`) or wait for a decision")]
+pub struct TooManyPending {
+    pub pending: u64,
+    pub max: u32,
+}
+
+/// A grant as the access review shows it.
+#[derive(Debug, Clone)]
+pub struct ReviewGrantRow {
+    pub grant: GrantRow,
+    /// The role of the request it was issued for (None: an admin's `grant issue`).
+    pub role: Option<String>,
+    pub break_glass: bool,
+    /// Who reviewed it, when it is a reviewed break-glass grant.
+    pub reviewed_by: Option<String>,
+}
+
+/// The grants of an access review; see [`Store::review_grants`].
+#[derive(Debug, Clone, Default)]
+pub struct ReviewGrants {
+    pub in_period: Vec<ReviewGrantRow>,
+    pub unreviewed: Vec<ReviewGrantRow>,
+    /// One sentence per list that was cut at its bound.
+    pub truncated: Vec<String>,
 }
 
 const BREAK_GLASS_COLUMNS: &str =
@@ -163,7 +205,22 @@ fn break_glass_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BreakGlassRow
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, requester, hosts, paths, ttl_seconds, profile, reason, role, approval, approvals_needed, approver_groups, state, created, expires, decided_at, grant_id";
+const REQUEST_COLUMNS: &str = "id, requester, hosts, paths, ttl_seconds, profile, reason, role, approval, approvals_needed, approver_groups, state, created, expires, decided_at, grant_id, requester_groups";
+
+/// Brings a database made before a column existed up to date (run at every open).
+pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_groups: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = 'requester_groups'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_groups {
+        conn.execute_batch(
+            "ALTER TABLE requests ADD COLUMN requester_groups TEXT NOT NULL DEFAULT '[]'",
+        )?;
+    }
+    Ok(())
+}
 
 fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
     Ok(RequestRow {
@@ -183,6 +240,7 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
         expires: row.get(13)?,
         decided_at: row.get(14)?,
         grant_id: row.get(15)?,
+        requester_groups: from_json(row.get(16)?),
         reviews: Vec::new(),
     })
 }
@@ -221,7 +279,7 @@ fn reviews(conn: &Connection, id: &str) -> rusqlite::Result<Vec<ReviewRow>> {
 
 fn insert_request(conn: &Connection, r: &RequestRow) -> rusqlite::Result<()> {
     conn.execute(
-        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
         params![
             r.id,
             r.requester,
@@ -239,6 +297,7 @@ fn insert_request(conn: &Connection, r: &RequestRow) -> rusqlite::Result<()> {
             r.expires,
             r.decided_at,
             r.grant_id,
+            to_json(&r.requester_groups),
         ],
     )?;
     Ok(())
@@ -268,13 +327,29 @@ fn insert_break_glass(conn: &Connection, b: &BreakGlassRow) -> rusqlite::Result<
 
 impl Store {
     /// Records a pending request; `record` (its audit record) runs inside the transaction.
+    /// Refused with [`TooManyPending`] (nothing stored, `record` not run) when its requester
+    /// already has `max_pending` pending requests: counted in the same transaction, so
+    /// concurrent requests cannot pass the cap together.
     pub fn insert_pending_request(
         &self,
         request: &RequestRow,
+        max_pending: u32,
         record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let pending: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'",
+            params![request.requester],
+            |r| r.get(0),
+        )?;
+        if pending >= i64::from(max_pending) {
+            return Err(TooManyPending {
+                pending: pending.max(0) as u64,
+                max: max_pending,
+            }
+            .into());
+        }
         insert_request(&tx, request)?;
         record()?;
         tx.commit()?;
@@ -317,23 +392,88 @@ impl Store {
         Ok((request, grant))
     }
 
-    /// Flags a grant issued without approval (an admin's `grant issue`) for review.
-    pub fn flag_break_glass(&self, row: &BreakGlassRow) -> anyhow::Result<()> {
-        insert_break_glass(&self.conn(), row)?;
-        Ok(())
+    /// Records a grant issued without approval (an admin's `grant issue`, built by `make` from
+    /// its revision) and flags it for review, in one transaction: it is stored flagged, or not
+    /// at all.
+    pub fn insert_break_glass_grant(
+        &self,
+        at: i64,
+        make: impl FnOnce(u64) -> anyhow::Result<GrantRow>,
+    ) -> anyhow::Result<GrantRow> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let next = next_revision(&tx)?;
+        let grant = make(next as u64)?;
+        insert_grant_row(&tx, &grant, next)?;
+        insert_break_glass(
+            &tx,
+            &BreakGlassRow {
+                grant_id: grant.id.clone(),
+                request_id: None,
+                subject: grant.subject.clone(),
+                issuer: grant.issuer.clone(),
+                reason: grant.reason.clone(),
+                at,
+                reviewed: None,
+            },
+        )?;
+        tx.commit()?;
+        Ok(grant)
     }
 
-    /// Break-glass grants given since `since` and every one not reviewed yet, oldest first.
-    pub fn break_glass_for_review(&self, since: i64) -> anyhow::Result<Vec<BreakGlassRow>> {
+    /// What the access review shows of grants: those that started since `since` (oldest
+    /// first) and every break-glass grant not reviewed yet, whenever it was given — a query of
+    /// its own, never cut short by newer grants. Each list holds at most `bound` rows; a list
+    /// cut at its bound says so in `truncated`.
+    pub fn review_grants(&self, since: i64, bound: usize) -> anyhow::Result<ReviewGrants> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {BREAK_GLASS_COLUMNS} FROM break_glass
-             WHERE at >= ?1 OR reviewed_at IS NULL ORDER BY at, rowid LIMIT 5000"
-        ))?;
-        let rows = stmt
-            .query_map(params![since], break_glass_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        let limit = i64::try_from(bound).unwrap_or(i64::MAX).saturating_add(1);
+        let query = |filter: &str,
+                     args: &[&dyn rusqlite::ToSql]|
+         -> anyhow::Result<Vec<ReviewGrantRow>> {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {GRANT_COLUMNS},
+                    (SELECT r.role FROM requests r WHERE r.grant_id = grants.id LIMIT 1),
+                    EXISTS (SELECT 1 FROM break_glass b WHERE b.grant_id = grants.id),
+                    (SELECT b.reviewed_by FROM break_glass b WHERE b.grant_id = grants.id AND b.reviewed_at IS NOT NULL)
+                 FROM grants WHERE {filter} ORDER BY not_before, revision LIMIT ?1"
+            ))?;
+            let rows = stmt
+                .query_map(args, |row| {
+                    let n = GRANT_COLUMNS.split(',').count();
+                    Ok(ReviewGrantRow {
+                        grant: grant_from_row(row)?,
+                        role: row.get(n)?,
+                        break_glass: row.get(n + 1)?,
+                        reviewed_by: row.get(n + 2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        };
+        let mut in_period = query("not_before >= ?2", &[&limit, &since])?;
+        let mut unreviewed = query(
+            "id IN (SELECT grant_id FROM break_glass WHERE reviewed_at IS NULL)",
+            &[&limit],
+        )?;
+        let mut truncated = Vec::new();
+        if in_period.len() > bound {
+            in_period.truncate(bound);
+            truncated.push(format!(
+                "only the first {bound} grants of the period are listed; review a shorter --since"
+            ));
+        }
+        if unreviewed.len() > bound {
+            unreviewed.truncate(bound);
+            truncated.push(format!(
+                "only the oldest {bound} unreviewed break-glass grants are listed; ack them (`loggate access ack`) to see the others"
+            ));
+        }
+        Ok(ReviewGrants {
+            in_period,
+            unreviewed,
+            truncated,
+        })
     }
 
     /// Marks break-glass grant `grant_id` reviewed: `check` refuses what may not happen (an
@@ -372,34 +512,56 @@ impl Store {
         Ok(Some(row))
     }
 
-    /// Requests made since `since`, oldest first (at most 5000).
-    pub fn requests_since(&self, since: i64) -> anyhow::Result<Vec<RequestRow>> {
+    /// Requests made since `since`, oldest first, at most `bound`; true when more were left
+    /// out.
+    pub fn requests_since(
+        &self,
+        since: i64,
+        bound: usize,
+    ) -> anyhow::Result<(Vec<RequestRow>, bool)> {
         let conn = self.conn();
+        let limit = i64::try_from(bound).unwrap_or(i64::MAX).saturating_add(1);
         let mut stmt = conn.prepare(&format!(
-            "SELECT {REQUEST_COLUMNS} FROM requests WHERE created >= ?1 ORDER BY created, rowid LIMIT 5000"
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE created >= ?1 ORDER BY created, rowid LIMIT ?2"
         ))?;
-        let rows = stmt
-            .query_map(params![since], request_from_row)?
+        let mut rows = stmt
+            .query_map(params![since, limit], request_from_row)?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        let truncated = rows.len() > bound;
+        rows.truncate(bound);
+        Ok((rows, truncated))
     }
 
     pub fn request(&self, id: &str) -> anyhow::Result<Option<RequestRow>> {
         Ok(load_request(&self.conn(), id)?)
     }
 
-    /// Requests, newest first (at most 500): the pending ones only when `pending_only`.
-    pub fn list_requests(&self, pending_only: bool) -> anyhow::Result<Vec<RequestRow>> {
+    /// Requests that `keep` accepts, newest first, at most `max`: the pending ones only when
+    /// `pending_only`. The filter runs before the cap (rows are read one at a time from a
+    /// cursor), so one requester's flood of requests cannot hide others' from a caller who
+    /// may see them; at most [`MAX_SCANNED`] rows are read.
+    pub fn list_requests(
+        &self,
+        pending_only: bool,
+        max: usize,
+        mut keep: impl FnMut(&RequestRow) -> bool,
+    ) -> anyhow::Result<Vec<RequestRow>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE (NOT ?1 OR state = 'pending')
-             ORDER BY created DESC, rowid DESC LIMIT 500"
+             ORDER BY created DESC, rowid DESC LIMIT ?2"
         ))?;
-        let mut rows = stmt
-            .query_map(params![pending_only], request_from_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        for r in &mut rows {
-            r.reviews = reviews(&conn, &r.id)?;
+        let mut rows = Vec::new();
+        for row in stmt.query_map(params![pending_only, MAX_SCANNED], request_from_row)? {
+            let mut row = row?;
+            // Whoever may review a request is decided with its reviews at hand.
+            row.reviews = reviews(&conn, &row.id)?;
+            if keep(&row) {
+                rows.push(row);
+                if rows.len() >= max {
+                    break;
+                }
+            }
         }
         Ok(rows)
     }
@@ -513,5 +675,200 @@ impl Store {
             [],
             |r| r.get(0),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALICE: &str = "spiffe://loggate.local/user/alice";
+    const MALLORY: &str = "spiffe://loggate.local/user/mallory";
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
+
+    fn grant(id: &str, not_before: i64, revision: u64) -> GrantRow {
+        GrantRow {
+            id: id.to_string(),
+            subject: ALICE.to_string(),
+            hosts: vec!["web-1".into()],
+            labels: Vec::new(),
+            paths: vec!["/var/log/app/*.log".into()],
+            not_before,
+            not_after: not_before + 3600,
+            reason: "INC-42".into(),
+            issuer: "spiffe://loggate.local/user/admin".into(),
+            profile: "default".into(),
+            key_sha256: "0".repeat(64),
+            token: "token".into(),
+            revision,
+            revoked: None,
+        }
+    }
+
+    /// An ordinary (not break-glass) grant, as a request's approval stores it.
+    fn insert_plain(store: &Store, id: &str, not_before: i64) {
+        let mut conn = store.conn();
+        let tx = conn.transaction().unwrap();
+        let next = next_revision(&tx).unwrap();
+        insert_grant_row(&tx, &grant(id, not_before, next as u64), next).unwrap();
+        tx.commit().unwrap();
+    }
+
+    fn request(id: &str, requester: &str, created: i64) -> RequestRow {
+        RequestRow {
+            id: id.to_string(),
+            requester: requester.to_string(),
+            hosts: vec!["web-1".into()],
+            paths: vec!["/var/log/app/*.log".into()],
+            ttl_seconds: 3600,
+            profile: "default".into(),
+            reason: "INC-42".into(),
+            role: "payments-prod".into(),
+            approval: "approvers".into(),
+            approvals_needed: 1,
+            approver_groups: vec!["sre".into()],
+            state: RequestState::Pending,
+            created,
+            expires: created + 3600,
+            decided_at: None,
+            grant_id: None,
+            requester_groups: Vec::new(),
+            reviews: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_unreviewed_break_glass_grant_stays_in_the_review_behind_any_number_of_newer_grants() {
+        let (_dir, store) = store();
+        let glass = store
+            .insert_break_glass_grant(1_000, |rev| Ok(grant("g-glass", 1_000, rev)))
+            .unwrap();
+        for i in 0..1_100 {
+            insert_plain(&store, &format!("g-{i:05}"), 2_000 + i);
+        }
+        // The newest-1,000 list the review read before no longer holds it…
+        let newest = store.list_grants(None, true, 10_000).unwrap();
+        assert!(!newest.iter().any(|g| g.id == glass.id));
+        // …the review's own query does, whatever the period.
+        let review = store.review_grants(3_000, 10_000).unwrap();
+        let unreviewed: Vec<&str> = review
+            .unreviewed
+            .iter()
+            .map(|r| r.grant.id.as_str())
+            .collect();
+        assert_eq!(unreviewed, [glass.id.as_str()]);
+        assert!(review.unreviewed[0].break_glass);
+        assert!(review.truncated.is_empty(), "{:?}", review.truncated);
+        assert_eq!(review.in_period.len(), 100);
+
+        // A bound that cuts a list says so.
+        let cut = store.review_grants(0, 50).unwrap();
+        assert_eq!(cut.in_period.len(), 50);
+        assert_eq!(cut.in_period[0].grant.id, glass.id, "oldest first");
+        assert_eq!(cut.truncated.len(), 1, "{:?}", cut.truncated);
+        assert!(
+            cut.truncated[0].contains("first 50 grants"),
+            "{:?}",
+            cut.truncated
+        );
+    }
+
+    #[test]
+    fn an_admins_grant_is_stored_flagged_for_review_or_not_at_all() {
+        let (_dir, store) = store();
+        let flagged = store
+            .insert_break_glass_grant(1_000, |rev| Ok(grant("g-one", 1_000, rev)))
+            .unwrap();
+        let review = store.review_grants(0, 100).unwrap();
+        assert_eq!(review.unreviewed.len(), 1);
+        assert_eq!(review.unreviewed[0].grant.id, flagged.id);
+        // The flag cannot be written (its table is gone): the grant is not stored either.
+        store
+            .conn()
+            .execute_batch("DROP TABLE break_glass")
+            .unwrap();
+        let failed = store.insert_break_glass_grant(2_000, |rev| Ok(grant("g-two", 2_000, rev)));
+        assert!(failed.is_err());
+        assert!(store.grant("g-two").unwrap().is_none());
+    }
+
+    #[test]
+    fn pending_requests_are_capped_per_requester_in_the_transaction() {
+        let (_dir, store) = store();
+        for i in 0..3 {
+            store
+                .insert_pending_request(&request(&format!("r-a{i}"), ALICE, 100 + i), 3, || Ok(()))
+                .unwrap();
+        }
+        let mut recorded = false;
+        let refused = store
+            .insert_pending_request(&request("r-a3", ALICE, 200), 3, || {
+                recorded = true;
+                Ok(())
+            })
+            .unwrap_err();
+        let too_many = refused.downcast::<TooManyPending>().expect("typed refusal");
+        assert_eq!((too_many.pending, too_many.max), (3, 3));
+        assert!(!recorded, "nothing audited as requested");
+        assert!(store.request("r-a3").unwrap().is_none());
+        // Another requester is not affected; a decided request frees a place.
+        store
+            .insert_pending_request(&request("r-m0", MALLORY, 201), 3, || Ok(()))
+            .unwrap();
+        store
+            .end_request("r-a0", RequestState::Cancelled, 300, |_| Ok(()), |_| Ok(()))
+            .unwrap();
+        store
+            .insert_pending_request(&request("r-a4", ALICE, 301), 3, || Ok(()))
+            .unwrap();
+    }
+
+    #[test]
+    fn one_requesters_flood_does_not_hide_others_requests_from_a_list() {
+        let (_dir, store) = store();
+        store
+            .insert_pending_request(&request("r-alice", ALICE, 100), 1000, || Ok(()))
+            .unwrap();
+        for i in 0..600 {
+            store
+                .insert_pending_request(
+                    &request(&format!("r-m{i:04}"), MALLORY, 200 + i),
+                    1000,
+                    || Ok(()),
+                )
+                .unwrap();
+        }
+        // Capped first, filtered after (as before): alice's request is gone.
+        let capped_first: Vec<RequestRow> = store.list_requests(true, 500, |_| true).unwrap();
+        assert!(!capped_first.iter().any(|r| r.requester == ALICE));
+        // Filtered first: the caller sees what they may see.
+        let visible = store
+            .list_requests(true, 500, |r| r.requester == ALICE)
+            .unwrap();
+        assert_eq!(visible.len(), 1);
+        assert_eq!(visible[0].id, "r-alice");
+    }
+
+    #[test]
+    fn a_database_from_before_requester_groups_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        drop(Store::open(&path).unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("ALTER TABLE requests DROP COLUMN requester_groups")
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let mut r = request("r-x", ALICE, 1);
+        r.requester_groups = vec!["payments".into()];
+        store.insert_pending_request(&r, 20, || Ok(())).unwrap();
+        let back = store.request("r-x").unwrap().unwrap();
+        assert_eq!(back.requester_groups, ["payments"]);
     }
 }

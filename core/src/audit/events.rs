@@ -478,9 +478,37 @@ audit_event! {
         /// who tried to approve or deny it (`actor.user`)
         approver: String,
         /// `self_review` (nobody approves their own request), `not_an_approver` (not in the
-        /// role's approver groups), `already_reviewed` (each approver counts once)
+        /// role's approver groups), `already_reviewed` (each approver counts once),
+        /// `policy_changed` (the policy in force no longer allows the request)
         /// (`status_detail`)
         reason_code: &'static str,
+    }
+}
+
+audit_event! {
+    /// A request for access was refused and nothing was stored: no role of the access policy
+    /// allows it, its requester has too many pending requests, or its grant would be too
+    /// large. Budgeted per requester (at most 60 a minute; the rest are counted and written
+    /// as one record with `reason_code` `suppressed`).
+    AccessRequestRefused = "access.request_refused" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Request Refused",
+        outcome: Failure, severity: LOW,
+    }
+    {
+        /// who asked (`user`)
+        subject: String,
+        /// the agent ids asked for
+        hosts: Vec<String>,
+        /// the path globs asked for
+        paths: Vec<String>,
+        /// `no_role` (no role of the policy allows it), `too_many_pending` (the requester's
+        /// pending requests reached `settings.max_pending_per_requester`), `grant_too_large`,
+        /// `suppressed` (a summary of refusals over the budget) (`status_detail`)
+        reason_code: &'static str,
+        /// the refusal as the requester was told it, or the summary's count
+        reason: String,
+        /// refusals of this requester left out by the budget before this record
+        suppressed_before: u64,
     }
 }
 
@@ -1214,6 +1242,7 @@ pub const CATALOGUE: &[&EventType] = &[
     AccessApproved::TYPE,
     AccessDenied::TYPE,
     AccessReviewRefused::TYPE,
+    AccessRequestRefused::TYPE,
     AccessCancelled::TYPE,
     AccessExpired::TYPE,
     AccessBreakGlass::TYPE,

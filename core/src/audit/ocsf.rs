@@ -682,6 +682,7 @@ fn message(kind: &EventType, f: &Map<String, Value>, host: &str) -> String {
             v("request_id"),
             v("reason_code")
         ),
+        "access.request_refused" => format!("a request of {who} was refused: {}", v("reason_code")),
         "access.cancelled" => format!("request {} of {who} was cancelled", v("request_id")),
         "access.expired" => format!("request {} of {who} expired undecided", v("request_id")),
         "access.break_glass" => format!(

@@ -132,6 +132,11 @@ fn example(name: &str) -> Map<String, Value> {
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "approver": ALICE,
             "reason_code": "self_review",
         }),
+        "access.request_refused" => json!({
+            "subject": ALICE, "hosts": ["web-1"], "paths": [LOG], "reason_code": "no_role",
+            "reason": "no role of the access policy allows alice this access: role payments-prod does not cover host web-1",
+            "suppressed_before": 0,
+        }),
         "access.cancelled" => json!({
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "cancelled_by": ALICE,
         }),
