@@ -703,3 +703,262 @@ fn webhook_is_told_over_https_retried_and_a_failed_delivery_is_audited() -> anyh
     );
     Ok(())
 }
+
+#[test]
+fn refused_requests_are_audited_a_requester_is_capped_and_an_oversized_grant_is_refused_at_request(
+) -> anyhow::Result<()> {
+    let policy = format!("[settings]\nmax_pending_per_requester = 2\n{POLICY}");
+    let f = Fixture::start_with_policy(&policy)?;
+
+    // No role allows admin this: refused, one record.
+    let none = request(&f, "admin", &f.glob(), &[]);
+    assert_eq!(none.status.code(), Some(3), "{:?}", text(&none));
+
+    // A grant larger than agents accept is refused when asked, not after an approval.
+    let long: Vec<String> = (0..20)
+        .map(|i| format!("{}/{i:02}{}.log", f.logs.display(), "a".repeat(900)))
+        .collect();
+    let mut args = vec!["grant", "request", "--host", "web-1", "--ttl", "1h"];
+    for p in &long {
+        args.extend_from_slice(&["--path", p]);
+    }
+    args.extend_from_slice(&["--reason", "INC-42", "--json"]);
+    let large = f.cluster.run_cli("alice", &args)?;
+    assert_eq!(large.status.code(), Some(2), "{:?}", text(&large));
+    assert!(
+        text(&large).1.contains("-byte limit agents accept"),
+        "{:?}",
+        text(&large)
+    );
+    assert!(events(&f, "access.requested").is_empty(), "nothing stored");
+
+    // Two pending requests at most for alice; the third is refused with what to do.
+    for _ in 0..2 {
+        let ok = request(&f, "alice", &f.glob(), &[]);
+        assert!(ok.status.success(), "{:?}", text(&ok));
+    }
+    let third = request(&f, "alice", &f.glob(), &[]);
+    assert_eq!(third.status.code(), Some(1), "{:?}", text(&third));
+    assert!(
+        text(&third)
+            .1
+            .contains("you already have 2 pending requests (the policy allows 2)"),
+        "{:?}",
+        text(&third)
+    );
+    // Another requester is not held back by alice's requests.
+    let bob = request(
+        &f,
+        "bob",
+        &format!("{}/lead/app.log", f.logs.display()),
+        &[],
+    );
+    assert!(bob.status.success(), "{:?}", text(&bob));
+
+    let refused = events(&f, "access.request_refused");
+    let codes: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|e| {
+            (
+                e["subject"].as_str().unwrap_or_default(),
+                e["reason_code"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("spiffe://loggate.local/user/admin", "no_role"),
+            ("spiffe://loggate.local/user/alice", "grant_too_large"),
+            ("spiffe://loggate.local/user/alice", "too_many_pending"),
+        ]
+    );
+    assert!(refused[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no role of the access policy allows admin"));
+    assert_eq!(events(&f, "access.requested").len(), 3);
+    Ok(())
+}
+
+#[test]
+fn webhook_text_is_escaped_for_slack_and_an_admin_grant_issue_is_notified_as_break_glass(
+) -> anyhow::Result<()> {
+    use loggate_tests::HecReceiver;
+    let receiver = HecReceiver::start(0)?;
+    let policy = format!(
+        "[notify]\nwebhook = \"http://{}/hooks/T0/SECRET\"\n\n{POLICY}",
+        receiver.addr
+    );
+    let f = Fixture::start_with_policy(&policy)?;
+    let reason = "INC-42 <!channel> & <@U024BE7LH>";
+    let asked = f.cluster.run_cli(
+        "alice",
+        &[
+            "grant",
+            "request",
+            "--host",
+            "web-1",
+            "--path",
+            &f.glob(),
+            "--ttl",
+            "1h",
+            "--reason",
+            reason,
+            "--json",
+        ],
+    )?;
+    assert!(asked.status.success(), "{:?}", text(&asked));
+    let issued = f.cluster.issue_grant("alice", "web-1", &f.glob(), "5m")?;
+
+    let delivered = |event: &str| -> Vec<(String, Value)> {
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .filter_map(|r| {
+                let raw = String::from_utf8_lossy(&r.body).to_string();
+                let v = serde_json::from_str::<Value>(&raw).ok()?;
+                (v["loggate"]["event"] == event).then_some((raw, v))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered("access.requested").is_empty() || delivered("access.break_glass").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "notices missing: {:?}",
+            receiver.requests().len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (raw, requested) = &delivered("access.requested")[0];
+    let shown = requested["text"].as_str().unwrap_or_default();
+    assert!(
+        shown.contains("INC-42 &lt;!channel&gt; &amp; &lt;@U024BE7LH&gt;"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("<!channel>") && !raw.contains("\"text\":\"<"),
+        "{raw}"
+    );
+    assert_eq!(
+        requested["loggate"]["reason"], reason,
+        "the fields as written"
+    );
+
+    let (_, glass) = &delivered("access.break_glass")[0];
+    assert_eq!(glass["loggate"]["grant_id"], issued.as_str());
+    assert_eq!(glass["loggate"]["how"], "grant_issue");
+    assert!(
+        glass["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BREAK-GLASS: admin issued alice a grant"),
+        "{glass}"
+    );
+    for r in receiver.requests() {
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            !body.contains("v4.public") && !body.contains("key_sha256"),
+            "{body}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_final_approval_is_decided_under_the_policy_in_force_now() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let logs = f.logs.display().to_string();
+    let path = f.cluster.dir.join("policy.toml");
+
+    // alice left the payments group since she asked: the approval is refused, with why.
+    let removed = POLICY
+        .replace("payments = [\"alice\"]", "payments = []")
+        .replace("{logs}", &logs);
+    std::fs::write(&path, removed)?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+    let refused = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert_eq!(refused.status.code(), Some(3), "{:?}", text(&refused));
+    assert!(
+        text(&refused)
+            .1
+            .contains(&format!("no longer allows request {id}")),
+        "{:?}",
+        text(&refused)
+    );
+    assert!(
+        text(&refused).1.contains("not among its users or groups"),
+        "{:?}",
+        text(&refused)
+    );
+    let audited = events(&f, "access.review_refused");
+    assert_eq!(audited.len(), 1);
+    assert_eq!(audited[0]["reason_code"], "policy_changed");
+    assert!(events(&f, "access.approved").is_empty());
+
+    // She is back, and the role's max_ttl narrowed to 30m: approved for 30m, not the 1h asked.
+    let narrowed = POLICY
+        .replace("max_ttl = \"2h\"", "max_ttl = \"30m\"")
+        .replace("{logs}", &logs);
+    std::fs::write(&path, narrowed)?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+    let approved = f
+        .cluster
+        .run_cli("bob", &["grant", "approve", &id, "--json"])?;
+    assert!(approved.status.success(), "{:?}", text(&approved));
+    let grant = &json_of(&approved)["grant"];
+    assert_eq!(
+        grant["not_after"].as_i64().unwrap_or_default()
+            - grant["not_before"].as_i64().unwrap_or_default(),
+        1800,
+        "{grant}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_group_in_the_users_certificate_counts_like_a_groups_member() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let pki = f.cluster.dir.join("pki");
+    for (user, group) in [("carol", "payments"), ("erin", "sre"), ("dave", "ops")] {
+        let out = f
+            .cluster
+            .cli("admin")
+            .args(["pki", "issue"])
+            .arg(&pki)
+            .args(["--user", user, "--group", group])
+            .output()?;
+        assert!(out.status.success(), "{:?}", text(&out));
+    }
+    // dave's certificate names no group the policy gives a role: refused.
+    let dave = request(&f, "dave", &f.glob(), &[]);
+    assert_eq!(dave.status.code(), Some(3), "{:?}", text(&dave));
+    // carol is in no [groups] list; her certificate says payments.
+    let asked = request(&f, "carol", &f.glob(), &[]);
+    assert!(asked.status.success(), "{:?}", text(&asked));
+    let asked = json_of(&asked);
+    assert_eq!(asked["role"], "payments-prod");
+    let id = asked["id"].as_str().unwrap_or_default().to_string();
+    // dave may not approve it; erin's certificate makes her an sre approver.
+    let by_dave = f.cluster.run_cli("dave", &["grant", "approve", &id])?;
+    assert_eq!(by_dave.status.code(), Some(3), "{:?}", text(&by_dave));
+    let pending = f
+        .cluster
+        .run_cli("erin", &["grant", "list", "--pending", "--json"])?;
+    assert!(pending.status.success(), "{:?}", text(&pending));
+    assert!(text(&pending).0.contains(&id), "{:?}", text(&pending));
+    let by_erin = f
+        .cluster
+        .run_cli("erin", &["grant", "approve", &id, "--json"])?;
+    assert!(by_erin.status.success(), "{:?}", text(&by_erin));
+    assert_eq!(json_of(&by_erin)["state"], "approved");
+    Ok(())
+}
