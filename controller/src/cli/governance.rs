@@ -506,7 +506,11 @@ pub async fn access_review(
     let json = output == ReviewOutput::Json;
     let since_unix = loggate_core::grant::unix_now()
         .saturating_sub(i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
-    let mut client = controller(config).await?;
+    // Each of the review's two lists of grants holds at most about 16 MiB of text (the
+    // controller's bound): accept both, beyond the 4 MiB default.
+    let mut client = controller(config)
+        .await?
+        .max_decoding_message_size(64 << 20);
     let review = client
         .access_review(pb::AccessReviewRequest { since_unix })
         .await

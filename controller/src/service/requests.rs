@@ -391,8 +391,10 @@ impl ControllerService {
         status: Status,
     ) -> Status {
         let subject = user.spiffe_id().to_string();
-        if let Admission::Write { suppressed_before } =
-            self.governance.refusals.admit(&[subject.clone()])
+        if let Admission::Write { suppressed_before } = self
+            .governance
+            .refusals
+            .admit(std::slice::from_ref(&subject))
         {
             let record = events::AccessRequestRefused {
                 subject,
@@ -812,40 +814,44 @@ impl ControllerService {
             approvers: allowed.approvers.clone(),
             expires_at: expires,
         };
+        // Refused now, before anything is stored or audited as requested (not at the approval),
+        // if the grant it would become cannot be signed small enough: measured with the longest
+        // issuer there can be (an approver's id; the controller's and the requester's are
+        // no longer).
+        let longest_approver = format!(
+            "spiffe://{}/user/{}",
+            self.trust_domain,
+            // The longest user name `is_valid_name` accepts.
+            "a".repeat(63)
+        );
+        let starts = expires;
+        self.signed_token(&GrantSpec {
+            id: loggate_core::grant::new_grant_id(),
+            subject: user.spiffe_id(),
+            hosts: &hosts,
+            labels: &[],
+            paths: &req.paths,
+            now: starts,
+            not_before: starts,
+            not_after: starts.saturating_add(ttl.as_secs() as i64),
+            profile: &profile,
+            reason: &req.reason,
+            issuer: &longest_approver,
+            key_sha256: &"0".repeat(64),
+        })
+        .map_err(|status| match status.code() {
+            // `signed_token`'s size refusal; any other error is the controller's own.
+            tonic::Code::InvalidArgument => self.refuse_request(
+                &user,
+                &hosts,
+                &req.paths,
+                RequestRefusal::GrantTooLarge,
+                status,
+            ),
+            _ => status,
+        })?;
         let stored = match &allowed.approval {
             Approval::Approvers { .. } => {
-                // Refused now, not at the approval, if the grant it would become cannot be
-                // signed small enough: measured with the longest approver id there can be.
-                let longest_approver = format!(
-                    "spiffe://{}/user/{}",
-                    self.trust_domain,
-                    // The longest user name `is_valid_name` accepts.
-                    "a".repeat(63)
-                );
-                let starts = expires;
-                self.signed_token(&GrantSpec {
-                    id: loggate_core::grant::new_grant_id(),
-                    subject: user.spiffe_id(),
-                    hosts: &hosts,
-                    labels: &[],
-                    paths: &req.paths,
-                    now: starts,
-                    not_before: starts,
-                    not_after: starts.saturating_add(ttl.as_secs() as i64),
-                    profile: &profile,
-                    reason: &req.reason,
-                    issuer: &longest_approver,
-                    key_sha256: &"0".repeat(64),
-                })
-                .map_err(|status| {
-                    self.refuse_request(
-                        &user,
-                        &hosts,
-                        &req.paths,
-                        RequestRefusal::GrantTooLarge,
-                        status,
-                    )
-                })?;
                 let inserted = self.store.insert_pending_request(
                     &row,
                     policy.max_pending_per_requester,

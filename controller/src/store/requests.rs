@@ -150,6 +150,22 @@ pub struct BreakGlassRow {
     pub reviewed: Option<(String, i64, String)>,
 }
 
+/// About the most text one list of [`Store::review_grants`] holds (16 MiB): the answer stays
+/// within what a client accepts.
+pub const REVIEW_LIST_BYTES: usize = 16 << 20;
+
+/// The text of a grant the review shows, roughly (its lists, reason and names).
+fn shown_bytes(g: &GrantRow) -> usize {
+    let lists: usize = g
+        .hosts
+        .iter()
+        .chain(&g.labels)
+        .chain(&g.paths)
+        .map(|s| s.len() + 8)
+        .sum();
+    lists + g.reason.len() + g.subject.len() + g.issuer.len() + g.id.len() + 128
+}
+
 /// The most rows [`Store::list_requests`] reads to fill one answer.
 pub const MAX_SCANNED: i64 = 100_000;
 
@@ -423,50 +439,57 @@ impl Store {
 
     /// What the access review shows of grants: those that started since `since` (oldest
     /// first) and every break-glass grant not reviewed yet, whenever it was given — a query of
-    /// its own, never cut short by newer grants. Each list holds at most `bound` rows; a list
-    /// cut at its bound says so in `truncated`.
+    /// its own, never cut short by newer grants. Each list holds at most `bound` rows and about
+    /// [`REVIEW_LIST_BYTES`] of text (rows are read one at a time from a cursor, tokens left
+    /// out); a list cut short says so in `truncated`.
     pub fn review_grants(&self, since: i64, bound: usize) -> anyhow::Result<ReviewGrants> {
         let conn = self.conn();
-        let limit = i64::try_from(bound).unwrap_or(i64::MAX).saturating_add(1);
+        // The review never shows a token: read an empty one in its place.
+        let columns = GRANT_COLUMNS.replace(" token,", " '' AS token,");
         let query = |filter: &str,
                      args: &[&dyn rusqlite::ToSql]|
-         -> anyhow::Result<Vec<ReviewGrantRow>> {
+         -> anyhow::Result<(Vec<ReviewGrantRow>, bool)> {
             let mut stmt = conn.prepare(&format!(
-                "SELECT {GRANT_COLUMNS},
+                "SELECT {columns},
                     (SELECT r.role FROM requests r WHERE r.grant_id = grants.id LIMIT 1),
                     EXISTS (SELECT 1 FROM break_glass b WHERE b.grant_id = grants.id),
                     (SELECT b.reviewed_by FROM break_glass b WHERE b.grant_id = grants.id AND b.reviewed_at IS NOT NULL)
-                 FROM grants WHERE {filter} ORDER BY not_before, revision LIMIT ?1"
+                 FROM grants WHERE {filter} ORDER BY not_before, revision"
             ))?;
-            let rows = stmt
-                .query_map(args, |row| {
-                    let n = GRANT_COLUMNS.split(',').count();
-                    Ok(ReviewGrantRow {
-                        grant: grant_from_row(row)?,
-                        role: row.get(n)?,
-                        break_glass: row.get(n + 1)?,
-                        reviewed_by: row.get(n + 2)?,
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            let n = GRANT_COLUMNS.split(',').count();
+            let mut rows = stmt.query(args)?;
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            while let Some(row) = rows.next()? {
+                let grant = grant_from_row(row)?;
+                bytes = bytes.saturating_add(shown_bytes(&grant));
+                if out.len() >= bound || bytes > REVIEW_LIST_BYTES {
+                    return Ok((out, true));
+                }
+                out.push(ReviewGrantRow {
+                    grant,
+                    role: row.get(n)?,
+                    break_glass: row.get(n + 1)?,
+                    reviewed_by: row.get(n + 2)?,
+                });
+            }
+            Ok((out, false))
         };
-        let mut in_period = query("not_before >= ?2", &[&limit, &since])?;
-        let mut unreviewed = query(
+        let (in_period, period_cut) = query("not_before >= ?1", &[&since])?;
+        let (unreviewed, unreviewed_cut) = query(
             "id IN (SELECT grant_id FROM break_glass WHERE reviewed_at IS NULL)",
-            &[&limit],
+            &[],
         )?;
         let mut truncated = Vec::new();
-        if in_period.len() > bound {
-            in_period.truncate(bound);
+        if period_cut {
             truncated.push(format!(
-                "only the first {bound} grants of the period are listed; review a shorter --since"
+                "only the first {} grants of the period are listed; review a shorter --since",
+                in_period.len()
             ));
         }
-        if unreviewed.len() > bound {
-            unreviewed.truncate(bound);
+        if unreviewed_cut {
             truncated.push(format!(
-                "only the oldest {bound} unreviewed break-glass grants are listed; ack them (`loggate access ack`) to see the others"
+                "only the oldest {} unreviewed break-glass grants are listed; ack them (`loggate access ack`) to see the others",
+                unreviewed.len()
             ));
         }
         Ok(ReviewGrants {
@@ -776,6 +799,32 @@ mod tests {
             "{:?}",
             cut.truncated
         );
+    }
+
+    #[test]
+    fn a_review_list_is_cut_at_its_text_budget_and_says_so() {
+        let (_dir, store) = store();
+        let paths: Vec<String> = (0..64)
+            .map(|i| format!("/var/log/{i:02}{}.log", "a".repeat(1000)))
+            .collect();
+        for i in 0..300 {
+            let mut conn = store.conn();
+            let tx = conn.transaction().unwrap();
+            let next = next_revision(&tx).unwrap();
+            let mut g = grant(&format!("g-big{i:03}"), 1_000 + i, next as u64);
+            g.paths = paths.clone();
+            insert_grant_row(&tx, &g, next).unwrap();
+            tx.commit().unwrap();
+        }
+        let review = store.review_grants(0, 10_000).unwrap();
+        let shown: usize = review.in_period.iter().map(|r| shown_bytes(&r.grant)).sum();
+        assert!(shown <= REVIEW_LIST_BYTES, "{shown}");
+        assert!(review.in_period.len() < 300 && review.in_period.len() > 200);
+        assert!(
+            review.in_period.iter().all(|r| r.grant.token.is_empty()),
+            "no token read"
+        );
+        assert_eq!(review.truncated.len(), 1, "{:?}", review.truncated);
     }
 
     #[test]
