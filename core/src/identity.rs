@@ -318,8 +318,8 @@ impl Identity {
 
     /// The groups named in the certificate's subject (OU attributes that are valid names;
     /// others are ignored). Trusted as far as the certificate is: only certificates of the
-    /// configured CA are accepted, so these are groups that CA (or the controller's sign-in)
-    /// wrote. The access policy matches them like `[groups]` members.
+    /// configured CA are accepted, so these are groups that CA wrote. The access policy
+    /// matches them like `[groups]` members.
     pub fn groups(&self) -> &[String] {
         &self.groups
     }
