@@ -656,8 +656,8 @@ pub struct Query<'a> {
     pub subject: &'a str,
     /// The groups the subject's certificate names (its subject's OU attributes), matched like
     /// `[groups]` members. Only certificates of the configured CA reach the controller, so
-    /// these are groups our CA wrote; empty for `policy check
-    /// --subject` about someone else, whose certificate the controller does not have.
+    /// these are groups our CA wrote; empty for `policy check --subject` about someone else,
+    /// whose certificate the controller does not have.
     pub cert_groups: &'a [String],
     pub hosts: &'a [String],
     pub paths: &'a [String],
