@@ -344,8 +344,8 @@ fn insert_break_glass(conn: &Connection, b: &BreakGlassRow) -> rusqlite::Result<
 impl Store {
     /// Records a pending request; `record` (its audit record) runs inside the transaction.
     /// Refused with [`TooManyPending`] (nothing stored, `record` not run) when its requester
-    /// already has `max_pending` pending requests: counted in the same transaction, so
-    /// concurrent requests cannot pass the cap together.
+    /// already has `max_pending` pending requests not yet due to expire at its creation:
+    /// counted in the same transaction, so concurrent requests cannot pass the cap together.
     pub fn insert_pending_request(
         &self,
         request: &RequestRow,
@@ -355,8 +355,10 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let pending: i64 = tx.query_row(
-            "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending'",
-            params![request.requester],
+            // A pending request whose time ran out counts no more, even before the expiry
+            // task has marked it.
+            "SELECT COUNT(*) FROM requests WHERE requester = ?1 AND state = 'pending' AND expires > ?2",
+            params![request.requester, request.created],
             |r| r.get(0),
         )?;
         if pending >= i64::from(max_pending) {
@@ -874,6 +876,13 @@ mod tests {
             .unwrap();
         store
             .insert_pending_request(&request("r-a4", ALICE, 301), 3, || Ok(()))
+            .unwrap();
+        assert!(store
+            .insert_pending_request(&request("r-a5", ALICE, 302), 3, || Ok(()))
+            .is_err());
+        // Pending requests past their expiry (not marked yet) no longer count.
+        store
+            .insert_pending_request(&request("r-late", ALICE, 4_000), 3, || Ok(()))
             .unwrap();
     }
 
