@@ -14,7 +14,9 @@
 
 mod requests;
 
-pub use requests::{RequestRow, RequestState, ReviewGrantRow, ReviewRow, TooManyPending};
+pub use requests::{
+    RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, TooManyPending,
+};
 
 use anyhow::Context;
 use loggate_core::audit::Checkpoint;

@@ -926,7 +926,8 @@ fn the_final_approval_is_decided_under_the_policy_in_force_now() -> anyhow::Resu
 
 #[test]
 fn a_group_in_the_users_certificate_counts_like_a_groups_member() -> anyhow::Result<()> {
-    let f = Fixture::start_with_policy(POLICY)?;
+    let policy = format!("[settings]\ncertificate_groups = [\"payments\", \"sre\"]\n{POLICY}");
+    let f = Fixture::start_with_policy(&policy)?;
     let pki = f.cluster.dir.join("pki");
     for (user, group) in [("carol", "payments"), ("erin", "sre"), ("dave", "ops")] {
         let out = f
@@ -960,5 +961,137 @@ fn a_group_in_the_users_certificate_counts_like_a_groups_member() -> anyhow::Res
         .run_cli("erin", &["grant", "approve", &id, "--json"])?;
     assert!(by_erin.status.success(), "{:?}", text(&by_erin));
     assert_eq!(json_of(&by_erin)["state"], "approved");
+    Ok(())
+}
+
+/// Issues `user` a certificate of the fixture's CA naming `groups` (an OU each; `pki issue`
+/// takes one).
+fn issue_user(f: &Fixture, user: &str, groups: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = f.cluster.cli("admin");
+    cmd.args(["pki", "issue"])
+        .arg(f.cluster.dir.join("pki"))
+        .args(["--user", user]);
+    for g in groups {
+        cmd.args(["--group", g]);
+    }
+    let out = cmd.output()?;
+    assert!(out.status.success(), "{:?}", text(&out));
+    Ok(())
+}
+
+/// Writes `policy` (with `{logs}` filled in) as the fixture's policy file and reloads it.
+fn reload_with(f: &Fixture, policy: &str) -> anyhow::Result<()> {
+    let filled = policy.replace("{logs}", &f.logs.display().to_string());
+    std::fs::write(f.cluster.dir.join("policy.toml"), filled)?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+    Ok(())
+}
+
+#[test]
+fn a_certificate_group_counts_only_where_the_policy_opts_in_and_a_denied_user_is_refused(
+) -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    issue_user(&f, "carol", &["payments"])?;
+    issue_user(&f, "erin", &["sre"])?;
+    let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // No opt-in: carol's OU payments lets her request nothing, erin's OU sre approves nothing.
+    let carol = request(&f, "carol", &f.glob(), &[]);
+    assert_eq!(carol.status.code(), Some(3), "{:?}", text(&carol));
+    let by_erin = f.cluster.run_cli("erin", &["grant", "approve", &id])?;
+    assert_eq!(by_erin.status.code(), Some(3), "{:?}", text(&by_erin));
+    assert!(
+        text(&by_erin).1.contains("may not review request"),
+        "{:?}",
+        text(&by_erin)
+    );
+
+    // Opted in, and both denied: deny beats the certificate's OU.
+    reload_with(
+        &f,
+        &format!(
+            "[settings]\ncertificate_groups = [\"payments\", \"sre\"]\ndeny_users = [\"carol\", \"erin\"]\n{POLICY}"
+        ),
+    )?;
+    let carol = request(&f, "carol", &f.glob(), &[]);
+    assert_eq!(carol.status.code(), Some(3), "{:?}", text(&carol));
+    assert!(
+        text(&carol).1.contains("deny_users names you"),
+        "{:?}",
+        text(&carol)
+    );
+    let by_erin = f.cluster.run_cli("erin", &["grant", "approve", &id])?;
+    assert_eq!(by_erin.status.code(), Some(3), "{:?}", text(&by_erin));
+    assert!(events(&f, "access.approved").is_empty());
+
+    // Opted in and not denied: erin's OU makes her an approver.
+    reload_with(
+        &f,
+        &format!("[settings]\ncertificate_groups = [\"payments\", \"sre\"]\n{POLICY}"),
+    )?;
+    let by_erin = f
+        .cluster
+        .run_cli("erin", &["grant", "approve", &id, "--json"])?;
+    assert!(by_erin.status.success(), "{:?}", text(&by_erin));
+    assert_eq!(json_of(&by_erin)["state"], "approved");
+    Ok(())
+}
+
+#[test]
+fn approvals_count_only_under_the_rule_and_approver_groups_in_force_at_each_approval(
+) -> anyhow::Result<()> {
+    let sre3 = POLICY.replace("sre = [\"bob\"]", "sre = [\"bob\", \"carol\", \"erin\"]");
+    let f = Fixture::start_with_policy(&sre3)?;
+    issue_user(&f, "carol", &[])?;
+    issue_user(&f, "erin", &[])?;
+    let ask = || -> String {
+        json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let approve = |who: &str, id: &str| -> Value {
+        let out = f
+            .cluster
+            .run_cli(who, &["grant", "approve", id, "--json"])
+            .expect("grant approve runs");
+        assert!(out.status.success(), "{who}: {:?}", text(&out));
+        json_of(&out)
+    };
+    let two = sre3.replace(
+        "approvers = 1\napprover_groups = [\"sre\"]",
+        "approvers = 2\napprover_groups = [\"sre\"]",
+    );
+    assert_ne!(two, sre3);
+
+    // Asked under approvers = 1; the policy now needs 2: bob's approval does not grant.
+    let first = ask();
+    reload_with(&f, &two)?;
+    let after_bob = approve("bob", &first);
+    assert_eq!(after_bob["state"], "pending", "{after_bob}");
+    assert_eq!(after_bob["approvals_needed"], 2, "{after_bob}");
+
+    // bob approves, then leaves sre: carol's approval is the only one that counts.
+    let second = ask();
+    assert_eq!(approve("bob", &second)["state"], "pending");
+    reload_with(
+        &f,
+        &two.replace(
+            "sre = [\"bob\", \"carol\", \"erin\"]",
+            "sre = [\"carol\", \"erin\"]",
+        ),
+    )?;
+    let after_carol = approve("carol", &second);
+    assert_eq!(after_carol["state"], "pending", "{after_carol}");
+    let after_erin = approve("erin", &second);
+    assert_eq!(after_erin["state"], "approved", "{after_erin}");
+    let approved = events(&f, "access.approved");
+    let last = approved.last().cloned().unwrap_or_default();
+    assert_eq!(last["approvals"], 2, "{last}");
+    assert!(events(&f, "grant.issued").len() == 1, "one grant only");
     Ok(())
 }

@@ -534,6 +534,7 @@ pub async fn access_review(
                 "name": r.name, "approval": r.approval, "holders": r.holders,
                 "requesters": r.requesters, "never_requested": r.never_requested,
                 "requests": r.requests, "grants": r.grants,
+                "certificate_groups": r.certificate_groups,
             })).collect::<Vec<_>>(),
             "unused_roles": review.unused_roles,
             "grants": review.grants.iter().map(reviewed_grant_json).collect::<Vec<_>>(),
@@ -566,6 +567,13 @@ pub async fn access_review(
                 r.never_requested.join(", ")
             }
         )?;
+        if !r.certificate_groups.is_empty() {
+            writeln!(
+                out,
+                "    members of {} named only by their certificates are not known until they request",
+                r.certificate_groups.join(", ")
+            )?;
+        }
     }
     writeln!(
         out,

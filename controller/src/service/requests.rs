@@ -14,7 +14,8 @@ use super::{grant_info, internal, ControllerService, MAX_FIELD};
 use crate::policy::notify::{Notice, Notifier, BREAK_GLASS_EVENT};
 use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
 use crate::store::{
-    GrantRow, RequestRow, RequestState, ReviewGrantRow, ReviewRow, Store, TooManyPending,
+    GrantRow, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, Store,
+    TooManyPending,
 };
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget};
 use loggate_core::audit::{events, SharedAuditLog};
@@ -966,7 +967,9 @@ impl ControllerService {
     }
 
     /// Refuses a review that separation of duties forbids, audited: one's own request, a
-    /// reviewer outside the request's approver groups, a second review by the same person.
+    /// second approval by the same person, and for a denial a reviewer outside the request's
+    /// approver groups (an approver's groups are checked by [`Self::decide_approval`], under
+    /// the rule in force).
     fn check_reviewer(
         &self,
         r: &RequestRow,
@@ -1007,12 +1010,14 @@ impl ControllerService {
             );
         }
         let eligible = policy.members_except(&r.approver_groups, short(&r.requester));
-        if !policy.may_review(
-            &r.approver_groups,
-            short(&r.requester),
-            reviewer.name(),
-            reviewer.groups(),
-        ) {
+        if !approving
+            && !policy.may_review(
+                &r.approver_groups,
+                short(&r.requester),
+                reviewer.name(),
+                reviewer.groups(),
+            )
+        {
             return refuse(
                 "not_an_approver",
                 Status::permission_denied(format!(
@@ -1035,17 +1040,23 @@ impl ControllerService {
         Ok(())
     }
 
-    /// Decides request `r` again under `policy` (the one in force at the approval that
-    /// completes it): the TTL it may have now (at most the one granted at the request), or
-    /// the refusal, audited (`access.review_refused`, `policy_changed`) with the reason.
-    fn reevaluate(
+    /// Decides request `r` (its reviews including `reviewer`'s new approval) under `policy`,
+    /// the one in force now: the role that allows it now sets how many approvals it needs and
+    /// from which groups; the reviewer must be eligible under those groups, and only stored
+    /// approvals whose reviewer may still review under them count. A request no role allows
+    /// now is refused (`policy_changed`), a reviewer outside the groups too
+    /// (`not_an_approver`), both audited. Returns the rule the request stands under now, the
+    /// approvals that count, and the TTL of its grant when they are enough (at most the one
+    /// granted at the request).
+    fn decide_approval(
         &self,
         r: &RequestRow,
         reviewer: &Identity,
         policy: &Policy,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<(RequestRule, u32, Option<u64>)> {
+        let requester = short(&r.requester);
         let decision = policy.evaluate(&Query {
-            subject: short(&r.requester),
+            subject: requester,
             cert_groups: &r.requester_groups,
             hosts: &r.hosts,
             paths: &r.paths,
@@ -1053,23 +1064,70 @@ impl ControllerService {
             profile: &r.profile,
             break_glass: false,
         });
-        match decision {
-            Decision::Allowed(a) => Ok(a.ttl.min(self.policy.max_ttl).as_secs().min(r.ttl_seconds)),
-            Decision::Refused(refusals) => {
-                self.audit(&events::AccessReviewRefused {
-                    request_id: r.id.clone(),
-                    subject: r.requester.clone(),
-                    approver: reviewer.spiffe_id().to_string(),
-                    reason_code: "policy_changed",
-                })?;
-                Err(Status::permission_denied(format!(
-                    "the access policy in force no longer allows request {}, so it was not approved: {}",
-                    r.id,
-                    Decision::refusal_sentence(&refusals, short(&r.requester))
-                ))
-                .into())
+        let refuse = |code: &'static str, status: Status| -> anyhow::Error {
+            if let Err(e) = self.audit(&events::AccessReviewRefused {
+                request_id: r.id.clone(),
+                subject: r.requester.clone(),
+                approver: reviewer.spiffe_id().to_string(),
+                reason_code: code,
+            }) {
+                return e.into();
             }
+            status.into()
+        };
+        let allowed = match decision {
+            Decision::Allowed(a) => a,
+            Decision::Refused(refusals) => {
+                return Err(refuse(
+                    "policy_changed",
+                    Status::permission_denied(format!(
+                        "the access policy in force no longer allows request {}, so it was not approved: {}",
+                        r.id,
+                        Decision::refusal_sentence(&refusals, requester)
+                    )),
+                ))
+            }
+        };
+        // An `auto` role allows it now: the request's own approver groups still say who may
+        // approve it (one approval completes it).
+        let groups: Vec<String> = match &allowed.approval {
+            Approval::Approvers { groups, .. } => groups.clone(),
+            _ => r.approver_groups.clone(),
+        };
+        if !policy.may_review(&groups, requester, reviewer.name(), reviewer.groups()) {
+            return Err(refuse(
+                "not_an_approver",
+                Status::permission_denied(format!(
+                    "{reviewer} may not review request {}: its approvers are the groups {} ({})",
+                    r.id,
+                    groups.join(", "),
+                    policy.members_except(&groups, requester).join(", ")
+                )),
+            ));
         }
+        let counted = r
+            .reviews
+            .iter()
+            .filter(|v| {
+                v.approve
+                    && policy.may_review(&groups, requester, short(&v.reviewer), &v.reviewer_groups)
+            })
+            .count() as u32;
+        let needed = allowed.approval.needed().max(1);
+        let rule = RequestRule {
+            role: allowed.role.clone(),
+            approval: allowed.approval.as_str().to_string(),
+            approvals_needed: needed,
+            approver_groups: groups,
+        };
+        let ttl = (counted >= needed).then(|| {
+            allowed
+                .ttl
+                .min(self.policy.max_ttl)
+                .as_secs()
+                .min(r.ttl_seconds)
+        });
+        Ok((rule, counted, ttl))
     }
 
     fn review_args(&self, req: &pb::ReviewRequest) -> Result<(), Status> {
@@ -1118,6 +1176,7 @@ impl ControllerService {
             approve: true,
             comment: req.comment.clone(),
             at: now,
+            reviewer_groups: user.groups().to_vec(),
         };
         let after = self
             .store
@@ -1125,27 +1184,25 @@ impl ControllerService {
                 &req.request_id,
                 &review,
                 |r| self.check_reviewer(r, &user, &policy, now, true),
-                |r, approvals, revision| {
-                    // The approval that completes the request decides it under the policy in
-                    // force now: a role removed or narrowed since the request refuses it.
-                    let ttl = if revision.is_some() {
-                        Some(self.reevaluate(r, &user, &policy)?)
-                    } else {
-                        None
-                    };
-                    let grant_id = revision.map(|_| loggate_core::grant::new_grant_id());
+                |r, next_revision| {
+                    // Every approval decides the request under the policy in force now: a role
+                    // removed or narrowed since the request refuses it, a raised approver count
+                    // or a reviewer since removed from the approver groups keeps it pending.
+                    let (rule, approvals, ttl) = self.decide_approval(r, &user, &policy)?;
+                    let grant_id = ttl.map(|_| loggate_core::grant::new_grant_id());
                     self.audit(&events::AccessApproved {
                         request_id: r.id.clone(),
                         subject: r.requester.clone(),
                         approver: reviewer.clone(),
                         comment: req.comment.clone(),
                         approvals,
-                        approvals_needed: r.approvals_needed,
+                        approvals_needed: rule.approvals_needed,
                         grant_id: grant_id.as_ref().map(|g| g.to_string()),
                     })?;
-                    let (Some(revision), Some(id)) = (revision, grant_id) else {
-                        return Ok(None);
+                    let (Some(ttl), Some(id)) = (ttl, grant_id) else {
+                        return Ok((rule, None));
                     };
+                    let revision = next_revision()?;
                     // The access clock starts now, at the approval that completes the request.
                     let grant = self.sign_grant(
                         &GrantSpec {
@@ -1156,9 +1213,7 @@ impl ControllerService {
                             paths: &r.paths,
                             now,
                             not_before: now,
-                            not_after: now.saturating_add(
-                                ttl.unwrap_or(r.ttl_seconds).min(i64::MAX as u64) as i64,
-                            ),
+                            not_after: now.saturating_add(ttl.min(i64::MAX as u64) as i64),
                             profile: &r.profile,
                             reason: &r.reason,
                             issuer: &reviewer,
@@ -1166,7 +1221,7 @@ impl ControllerService {
                         },
                         revision,
                     )?;
-                    Ok(Some(grant))
+                    Ok((rule, Some(grant)))
                 },
             )
             .map_err(status_of)?
@@ -1214,6 +1269,7 @@ impl ControllerService {
             approve: false,
             comment: req.comment.clone(),
             at: now,
+            reviewer_groups: user.groups().to_vec(),
         };
         let after = self
             .store
@@ -1392,7 +1448,26 @@ impl ControllerService {
                     holders.extend(members.iter().cloned());
                 }
             }
+            holders.retain(|u| !policy.deny_users.contains(u));
             let under: Vec<&RequestRow> = requests.iter().filter(|r| r.role == role.name).collect();
+            // Members named only by their certificates are known once they ask: those seen
+            // in the period who hold the role now (with the groups their certificate named).
+            for r in &under {
+                let who = short(&r.requester);
+                if role
+                    .groups
+                    .iter()
+                    .any(|g| policy.is_member(g, who, &r.requester_groups))
+                {
+                    holders.insert(who.to_string());
+                }
+            }
+            let certificate_groups: Vec<String> = role
+                .groups
+                .iter()
+                .filter(|g| policy.certificate_groups.contains(*g))
+                .cloned()
+                .collect();
             let requesters: std::collections::BTreeSet<String> = under
                 .iter()
                 .map(|r| short(&r.requester).to_string())
@@ -1408,6 +1483,7 @@ impl ControllerService {
                 requesters: requesters.into_iter().collect(),
                 requests: under.len() as u32,
                 grants: under.iter().filter(|r| r.grant_id.is_some()).count() as u32,
+                certificate_groups,
             });
         }
         let reviewed = |row: &ReviewGrantRow| -> pb::ReviewedGrant {

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS request_reviews (
     decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
     comment TEXT NOT NULL,
     at INTEGER NOT NULL,
+    reviewer_groups TEXT NOT NULL DEFAULT '[]',
     UNIQUE (request_id, reviewer)
 );
 CREATE TABLE IF NOT EXISTS break_glass (
@@ -100,6 +101,19 @@ pub struct ReviewRow {
     pub approve: bool,
     pub comment: String,
     pub at: i64,
+    /// The groups the reviewer's certificate named at the review: an approval counts only
+    /// while its reviewer may still review under the policy in force, judged with them.
+    pub reviewer_groups: Vec<String>,
+}
+
+/// The rule a request is decided under (its role, how it is approved, by how many of whom),
+/// as the policy in force at the last approval has it.
+#[derive(Debug, Clone)]
+pub struct RequestRule {
+    pub role: String,
+    pub approval: String,
+    pub approvals_needed: u32,
+    pub approver_groups: Vec<String>,
 }
 
 /// A request as stored.
@@ -235,6 +249,16 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             "ALTER TABLE requests ADD COLUMN requester_groups TEXT NOT NULL DEFAULT '[]'",
         )?;
     }
+    let has_reviewer_groups: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('request_reviews') WHERE name = 'reviewer_groups'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_reviewer_groups {
+        conn.execute_batch(
+            "ALTER TABLE request_reviews ADD COLUMN reviewer_groups TEXT NOT NULL DEFAULT '[]'",
+        )?;
+    }
     Ok(())
 }
 
@@ -278,7 +302,7 @@ fn load_request(conn: &Connection, id: &str) -> rusqlite::Result<Option<RequestR
 
 fn reviews(conn: &Connection, id: &str) -> rusqlite::Result<Vec<ReviewRow>> {
     let mut stmt = conn.prepare(
-        "SELECT reviewer, decision, comment, at FROM request_reviews WHERE request_id = ?1 ORDER BY rowid",
+        "SELECT reviewer, decision, comment, at, reviewer_groups FROM request_reviews WHERE request_id = ?1 ORDER BY rowid",
     )?;
     let rows = stmt
         .query_map(params![id], |r| {
@@ -287,6 +311,7 @@ fn reviews(conn: &Connection, id: &str) -> rusqlite::Result<Vec<ReviewRow>> {
                 approve: r.get::<_, String>(1)? == "approve",
                 comment: r.get(2)?,
                 at: r.get(3)?,
+                reviewer_groups: from_json(r.get(4)?),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -593,36 +618,58 @@ impl Store {
 
     /// Adds an approval to request `id`. `check` sees the request as stored (with its reviews)
     /// and refuses what may not happen (an ended request, self-approval, a second review by the
-    /// same person, a non-approver); then the review is stored and `complete` runs with the
-    /// number of approvals and, when they reach what the request needs, the revision its grant
-    /// gets: it audits, and returns the grant to store (required then). Returns the request as
-    /// it is afterwards.
+    /// same person); then the review is stored and `complete` runs with the request and its
+    /// reviews including this one. `complete` decides under the policy in force: it audits,
+    /// and returns the rule the request stands under now (stored) and, when the approvals that
+    /// still count reach what that rule needs, the grant to store (its revision from the
+    /// function it is given, called at most once). Returns the request as it is afterwards.
     pub fn approve_request(
         &self,
         id: &str,
         review: &ReviewRow,
         check: impl FnOnce(&RequestRow) -> anyhow::Result<()>,
-        complete: impl FnOnce(&RequestRow, u32, Option<u64>) -> anyhow::Result<Option<GrantRow>>,
+        complete: impl FnOnce(
+            &RequestRow,
+            &mut dyn FnMut() -> anyhow::Result<u64>,
+        ) -> anyhow::Result<(RequestRule, Option<GrantRow>)>,
     ) -> anyhow::Result<Option<RequestRow>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let Some(request) = load_request(&tx, id)? else {
+        let Some(mut request) = load_request(&tx, id)? else {
             return Ok(None);
         };
         check(&request)?;
         tx.execute(
-            "INSERT INTO request_reviews (request_id, reviewer, decision, comment, at) VALUES (?1, ?2, 'approve', ?3, ?4)",
-            params![id, review.reviewer, review.comment, review.at],
+            "INSERT INTO request_reviews (request_id, reviewer, decision, comment, at, reviewer_groups) VALUES (?1, ?2, 'approve', ?3, ?4, ?5)",
+            params![id, review.reviewer, review.comment, review.at, to_json(&review.reviewer_groups)],
         )?;
-        let approvals = request.approvals() + 1;
-        let revision = if approvals >= request.approvals_needed {
-            Some(next_revision(&tx)?)
-        } else {
-            None
+        request.reviews.push(review.clone());
+        let mut revision = None;
+        let mut next = || -> anyhow::Result<u64> {
+            let r = match revision {
+                Some(r) => r,
+                None => {
+                    let r = next_revision(&tx)?;
+                    revision = Some(r);
+                    r
+                }
+            };
+            Ok(r.max(0) as u64)
         };
-        let grant = complete(&request, approvals, revision.map(|r| r as u64))?;
-        if let Some(revision) = revision {
-            let grant = grant.ok_or_else(|| anyhow::anyhow!("no grant was made"))?;
+        let (rule, grant) = complete(&request, &mut next)?;
+        tx.execute(
+            "UPDATE requests SET role = ?2, approval = ?3, approvals_needed = ?4, approver_groups = ?5 WHERE id = ?1 AND state = 'pending'",
+            params![
+                id,
+                rule.role,
+                rule.approval,
+                rule.approvals_needed,
+                to_json(&rule.approver_groups)
+            ],
+        )?;
+        if let Some(grant) = grant {
+            let revision =
+                revision.ok_or_else(|| anyhow::anyhow!("a grant was made without a revision"))?;
             insert_grant_row(&tx, &grant, revision)?;
             set_state(&tx, id, RequestState::Approved, review.at, Some(&grant.id))?;
         }
@@ -648,9 +695,9 @@ impl Store {
         check(&request)?;
         // A reviewer who approved earlier and now denies: the denial replaces the approval.
         tx.execute(
-            "INSERT INTO request_reviews (request_id, reviewer, decision, comment, at) VALUES (?1, ?2, 'deny', ?3, ?4)
-             ON CONFLICT(request_id, reviewer) DO UPDATE SET decision = 'deny', comment = ?3, at = ?4",
-            params![id, review.reviewer, review.comment, review.at],
+            "INSERT INTO request_reviews (request_id, reviewer, decision, comment, at, reviewer_groups) VALUES (?1, ?2, 'deny', ?3, ?4, ?5)
+             ON CONFLICT(request_id, reviewer) DO UPDATE SET decision = 'deny', comment = ?3, at = ?4, reviewer_groups = ?5",
+            params![id, review.reviewer, review.comment, review.at, to_json(&review.reviewer_groups)],
         )?;
         record(&request)?;
         set_state(&tx, id, RequestState::Denied, review.at, None)?;
