@@ -15,7 +15,7 @@
 mod requests;
 
 pub use requests::{
-    RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, TooManyPending,
+    ListScope, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, TooManyPending,
 };
 
 use anyhow::Context;

@@ -269,13 +269,18 @@ pub async fn grant_cancel(config: &ClientConfig, id: String) -> CliResult {
 /// `grant list --pending`: requests I can review, and my own.
 pub async fn requests_list(config: &ClientConfig, json: bool) -> CliResult {
     let mut client = controller(config).await?;
-    let requests = client
+    let answer = client
         .list_requests(pb::ListRequestsRequest { pending_only: true })
         .await
         .or_explain(config, &the_controller(config))
         .await?
-        .into_inner()
-        .requests;
+        .into_inner();
+    if answer.truncated {
+        eprintln!(
+            "loggate: more requests match than the controller lists at once; the newest are shown"
+        );
+    }
+    let requests = answer.requests;
     if json {
         let list: Vec<_> = requests
             .into_iter()

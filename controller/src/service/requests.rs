@@ -14,7 +14,7 @@ use super::{grant_info, internal, ControllerService, MAX_FIELD};
 use crate::policy::notify::{Notice, Notifier, BREAK_GLASS_EVENT};
 use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
 use crate::store::{
-    GrantRow, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, Store,
+    GrantRow, ListScope, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, Store,
     TooManyPending,
 };
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget};
@@ -1399,18 +1399,48 @@ impl ControllerService {
         let req = request.into_inner();
         self.expire_now()?;
         let policy = self.access.as_ref().and_then(|h| h.current());
-        // Filtered before capped: others' requests never push the caller's out.
-        let rows = self
-            .store
-            .list_requests(req.pending_only, MAX_LISTED, |r| {
-                self.may_see(&user, r, policy.as_deref())
+        // Selected in SQL (the caller's own requests, and the pending ones of the groups they
+        // review for now), then checked once more: others' requests are neither scanned nor
+        // able to push the caller's out.
+        let groups: Vec<String> = policy
+            .as_deref()
+            .map(|p| {
+                p.groups
+                    .keys()
+                    .filter(|g| p.is_member(g, user.name(), user.groups()))
+                    .cloned()
+                    .collect()
             })
-            .map_err(internal)?;
-        let requests = rows
+            .unwrap_or_default();
+        let scope = if self.is_admin(&user) {
+            ListScope::All
+        } else {
+            ListScope::Visible {
+                requester: user.spiffe_id(),
+                groups: &groups,
+            }
+        };
+        let list = tokio::task::block_in_place(|| {
+            self.store
+                .list_requests(req.pending_only, scope, MAX_LISTED, |r| {
+                    self.may_see(&user, r, policy.as_deref())
+                })
+        })
+        .map_err(internal)?;
+        tracing::debug!(
+            rows = list.rows.len(),
+            vm_steps = list.vm_steps,
+            "requests listed"
+        );
+        let requests = list
+            .rows
             .iter()
             .map(|r| self.request_info(r, policy.as_deref()))
             .collect();
-        Ok(Response::new(pb::ListRequestsResponse { requests }))
+        Ok(Response::new(pb::ListRequestsResponse {
+            requests,
+            truncated: list.truncated,
+        }))
     }
 }
 
