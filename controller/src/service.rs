@@ -422,6 +422,8 @@ impl Controller for ControllerService {
             return Err(Status::invalid_argument("name at least one --path glob"));
         }
         for p in &req.paths {
+            // Shown to approvers, in the webhook and the access review like a request's.
+            requests::check_plain_text("--path", p)?;
             // The glob's own sentence, not the verifier's "the grant token is malformed (…)":
             // at issue there is no token yet, only the admin's --path.
             compile_path_glob(p).map_err(|e| match e {
@@ -436,6 +438,7 @@ impl Controller for ControllerService {
                 "a --reason (ticket or incident id) is required, at most 1024 bytes",
             ));
         }
+        requests::check_plain_text("--reason", &req.reason)?;
         let profile = if req.redaction_profile.is_empty() {
             "default".to_string()
         } else {

@@ -1095,3 +1095,97 @@ fn approvals_count_only_under_the_rule_and_approver_groups_in_force_at_each_appr
     assert!(events(&f, "grant.issued").len() == 1, "one grant only");
     Ok(())
 }
+
+#[test]
+fn grant_issue_refuses_control_and_bidi_characters_in_paths_and_reasons() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let escape_path = format!("{}/x\x1b[2K.log", f.logs.display());
+    let cases = [
+        (escape_path.as_str(), "INC-42"),
+        (&*f.glob(), "INC-42\u{202e}24-CNI"),
+        (&*f.glob(), "INC-42\u{2028}approved by security"),
+    ];
+    for (path, reason) in cases {
+        let out = f.cluster.run_cli(
+            "admin",
+            &[
+                "grant",
+                "issue",
+                "--subject",
+                "alice",
+                "--host",
+                "web-1",
+                "--path",
+                path,
+                "--ttl",
+                "5m",
+                "--reason",
+                reason,
+            ],
+        )?;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{path:?} {reason:?}: {:?}",
+            text(&out)
+        );
+        assert!(
+            text(&out).1.contains("invisible formatting character"),
+            "{:?}",
+            text(&out)
+        );
+    }
+    assert!(events(&f, "grant.issued").is_empty());
+    Ok(())
+}
+
+#[test]
+fn refused_approvals_are_budgeted_and_a_refused_requests_record_is_bounded() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // alice approves her own request 200 times: each refused, at most 60 recorded.
+    for _ in 0..200 {
+        let own = f.cluster.run_cli("alice", &["grant", "approve", &id])?;
+        assert_eq!(own.status.code(), Some(3), "{:?}", text(&own));
+    }
+    let refused = events(&f, "access.review_refused");
+    assert!(
+        (1..=60).contains(&refused.len()),
+        "{} review_refused records",
+        refused.len()
+    );
+    assert!(refused.iter().all(|e| e["reason_code"] == "self_review"));
+
+    // 60 paths of 1 KiB (as many as fit in the controller's 64 KiB message limit) that no
+    // role allows admin: one record, under 4 KiB, the whole lists named by their SHA-256.
+    let paths: Vec<String> = (0..60)
+        .map(|i| {
+            let head = format!("{}/{i:02}", f.logs.display());
+            format!("{head}{}.log", "a".repeat(1024 - head.len() - 4))
+        })
+        .collect();
+    let mut args = vec!["grant", "request", "--host", "web-1", "--ttl", "1h"];
+    for p in &paths {
+        assert_eq!(p.len(), 1024);
+        args.extend_from_slice(&["--path", p]);
+    }
+    args.extend_from_slice(&["--reason", "INC-42"]);
+    let out = f.cluster.run_cli("admin", &args)?;
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    let lines: Vec<String> = std::fs::read_to_string(f.cluster.dir.join("controller/audit.jsonl"))?
+        .lines()
+        .filter(|l| l.contains("\"access.request_refused\""))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].len() < 4096, "{} bytes", lines[0].len());
+    let record = &events(&f, "access.request_refused")[0];
+    assert_eq!(record["paths_count"], 60, "{record}");
+    assert!(record["lists_sha256"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
+    Ok(())
+}

@@ -111,7 +111,14 @@ fn print_request(r: &pb::AccessRequestInfo) -> CliResult {
         r.approval,
         r.reason
     );
-    writeln!(std::io::stdout().lock(), "{line}").map_err(Failure::from)
+    // Text from the controller (paths, reasons written by others) is printed escaped: a
+    // control or bidi character cannot rewrite the reader's terminal line.
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        crate::policy::text::escaped(&line)
+    )
+    .map_err(Failure::from)
 }
 
 /// Prints a request's answer; the exit status of its state (0 granted or pending, 3 ended
@@ -389,6 +396,9 @@ fn reviewed_grant_json(g: &pb::ReviewedGrant) -> serde_json::Value {
 }
 
 fn print_reviewed_grant(out: &mut impl Write, g: &pb::ReviewedGrant) -> std::io::Result<()> {
+    // Text from the controller is printed escaped (see `print_request`).
+    let mut out = EscapedLines(out);
+    let out = &mut out;
     writeln!(
         out,
         "  {}  {}  role {}  approved by {}  {} .. {}{}  reason {:?}",
@@ -605,6 +615,23 @@ pub async fn access_review(
         writeln!(out, "TRUNCATED: {note}")?;
     }
     out.flush().map_err(Failure::from)
+}
+
+/// A writer that prints each `write!` with [`crate::policy::text::escaped`] applied.
+struct EscapedLines<'a, W: Write>(&'a mut W);
+
+impl<W: Write> Write for EscapedLines<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        // Line ends are the printer's own; everything else is escaped.
+        let shown: Vec<String> = text.split('\n').map(crate::policy::text::escaped).collect();
+        self.0.write_all(shown.join("\n").as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// `loggate access ack GRANT --comment …`: a break-glass grant reviewed (admins).

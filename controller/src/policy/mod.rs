@@ -22,6 +22,7 @@
 mod handle;
 pub mod notify;
 pub mod selector;
+pub mod text;
 
 pub use handle::{reload_on_sighup, PolicyHandle, ReloadError};
 #[cfg(test)]

@@ -88,9 +88,12 @@ impl Governance {
                 subject: summary.source.unwrap_or_default(),
                 hosts: Vec::new(),
                 paths: Vec::new(),
+                hosts_count: 0,
+                paths_count: 0,
+                lists_sha256: None,
                 reason_code: RequestRefusal::Suppressed.as_str(),
                 reason: format!(
-                    "{} refused requests over the audit budget of {} a minute were not recorded one by one",
+                    "{} refused requests or reviews over the audit budget of {} a minute were not recorded one by one",
                     summary.left_out,
                     self.refusals.policy().per_window
                 ),
@@ -100,6 +103,78 @@ impl Governance {
                 tracing::error!("audit write failed: {e:#}");
             }
         }
+    }
+}
+
+/// The most bytes of one path an `access.request_refused` record keeps (as `read.denied`).
+const AUDIT_PATH_BYTES: usize = 256;
+/// The most bytes of paths, and of hosts, one record keeps.
+const AUDIT_PATHS_BYTES: usize = 1024;
+const AUDIT_HOSTS_BYTES: usize = 512;
+/// The most bytes of a refusal's reason one record keeps.
+const AUDIT_REASON_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The first `items`, each cut to `each` bytes, that fit in `total` bytes; true when anything
+/// was cut or left out.
+fn bounded_items(items: &[String], each: usize, total: usize) -> (Vec<String>, bool) {
+    let mut kept = Vec::new();
+    let mut used = 0;
+    let mut cut_any = false;
+    for item in items {
+        let part = cut(item, each);
+        cut_any |= part.len() < item.len();
+        if used + part.len() > total {
+            return (kept, true);
+        }
+        used += part.len();
+        kept.push(part.to_string());
+    }
+    (kept, cut_any)
+}
+
+/// The `access.request_refused` record of a refusal: hosts, paths and reason bounded (a
+/// request may name 64 paths of 1 KiB), the whole lists named by their SHA-256 when cut.
+fn refused_record(
+    subject: String,
+    hosts: &[String],
+    paths: &[String],
+    code: RequestRefusal,
+    reason: &str,
+    suppressed_before: u64,
+) -> events::AccessRequestRefused {
+    use sha2::{Digest, Sha256};
+    let (kept_hosts, hosts_cut) = bounded_items(hosts, 64, AUDIT_HOSTS_BYTES);
+    let (kept_paths, paths_cut) = bounded_items(paths, AUDIT_PATH_BYTES, AUDIT_PATHS_BYTES);
+    let lists_sha256 = (hosts_cut || paths_cut).then(|| {
+        let mut digest = Sha256::new();
+        for item in hosts.iter().chain(paths) {
+            digest.update(item.as_bytes());
+            digest.update(b"\n");
+        }
+        hex::encode(digest.finalize())
+    });
+    events::AccessRequestRefused {
+        subject,
+        hosts: kept_hosts,
+        hosts_count: hosts.len() as u64,
+        paths: kept_paths,
+        paths_count: paths.len() as u64,
+        lists_sha256,
+        reason_code: code.as_str(),
+        reason: cut(reason, AUDIT_REASON_BYTES).to_string(),
+        suppressed_before,
     }
 }
 
@@ -169,14 +244,14 @@ fn status_of(e: anyhow::Error) -> Status {
     }
 }
 
-/// Text a requester or reviewer writes (paths, reason, comment) is shown to other people: on
-/// approvers' terminals, in webhook messages, in the access review. A control character (C0,
-/// DEL, C1: escape sequences, carriage returns, line breaks) could rewrite what they read, so
-/// it is refused, whatever the client.
-fn check_plain_text(what: &str, text: &str) -> Result<(), Status> {
-    if text.chars().any(char::is_control) {
+/// Text a requester, reviewer or admin writes (paths, reason, comment) is shown to other
+/// people: on approvers' terminals, in webhook messages, in the access review. A control,
+/// format or separator character (see [`crate::policy::text`]) could rewrite what they read,
+/// so it is refused, whatever the client.
+pub(super) fn check_plain_text(what: &str, text: &str) -> Result<(), Status> {
+    if text.chars().any(crate::policy::text::is_hidden_or_control) {
         return Err(Status::invalid_argument(format!(
-            "{what} holds a control character (a line break, an escape, a carriage return…); write it on one line of plain text"
+            "{what} holds a control or invisible formatting character (a line break, an escape, a bidi override, a zero-width space…); write it on one line of plain text"
         )));
     }
     Ok(())
@@ -397,19 +472,44 @@ impl ControllerService {
             .refusals
             .admit(std::slice::from_ref(&subject))
         {
-            let record = events::AccessRequestRefused {
+            let record = refused_record(
                 subject,
-                hosts: hosts.to_vec(),
-                paths: paths.to_vec(),
-                reason_code: code.as_str(),
-                reason: status.message().to_string(),
+                hosts,
+                paths,
+                code,
+                status.message(),
                 suppressed_before,
-            };
+            );
             if let Err(e) = self.audit(&record) {
                 tracing::error!("cannot audit a refused request: {}", e.message());
             }
         }
         status
+    }
+
+    /// Audits a refused review (`access.review_refused`), budgeted per reviewer with refused
+    /// requests: a reviewer refused in a loop (self-approvals) cannot flood the audit.
+    fn audit_review_refused(
+        &self,
+        r: &RequestRow,
+        reviewer: &Identity,
+        code: &'static str,
+    ) -> Result<(), Status> {
+        let approver = reviewer.spiffe_id().to_string();
+        match self
+            .governance
+            .refusals
+            .admit(std::slice::from_ref(&approver))
+        {
+            Admission::Write { suppressed_before } => self.audit(&events::AccessReviewRefused {
+                request_id: r.id.clone(),
+                subject: r.requester.clone(),
+                approver,
+                reason_code: code,
+                suppressed_before,
+            }),
+            Admission::Suppressed => Ok(()),
+        }
     }
 
     fn access_policy(&self) -> Result<Arc<Policy>, Status> {
@@ -989,12 +1089,7 @@ impl ControllerService {
             .into());
         }
         let refuse = |code: &'static str, status: Status| -> anyhow::Result<()> {
-            self.audit(&events::AccessReviewRefused {
-                request_id: r.id.clone(),
-                subject: r.requester.clone(),
-                approver: reviewer.spiffe_id().to_string(),
-                reason_code: code,
-            })?;
+            self.audit_review_refused(r, reviewer, code)?;
             Err(status.into())
         };
         if r.requester == reviewer.spiffe_id() {
@@ -1065,12 +1160,7 @@ impl ControllerService {
             break_glass: false,
         });
         let refuse = |code: &'static str, status: Status| -> anyhow::Error {
-            if let Err(e) = self.audit(&events::AccessReviewRefused {
-                request_id: r.id.clone(),
-                subject: r.requester.clone(),
-                approver: reviewer.spiffe_id().to_string(),
-                reason_code: code,
-            }) {
+            if let Err(e) = self.audit_review_refused(r, reviewer, code) {
                 return e.into();
             }
             status.into()
@@ -1685,6 +1775,11 @@ mod tests {
             "tab\there",
             "del\x7f",
             "c1\u{9b}2K",
+            "INC-42\u{2028}Approved by security",
+            "INC-42\u{2029}",
+            "/var/log/app/\u{202e}gol.exe",
+            "\u{2066}isolated\u{2069}",
+            "zero\u{200b}width",
         ] {
             let err = check_plain_text("--reason", bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");

@@ -482,6 +482,9 @@ audit_event! {
         /// `policy_changed` (the policy in force no longer allows the request)
         /// (`status_detail`)
         reason_code: &'static str,
+        /// refused requests and reviews of this approver left out by the audit budget before
+        /// this record (the budget `access.request_refused` uses)
+        suppressed_before: u64,
     }
 }
 
@@ -497,15 +500,23 @@ audit_event! {
     {
         /// who asked (`user`)
         subject: String,
-        /// the agent ids asked for
+        /// the agent ids asked for, the first ones that fit in 512 bytes
         hosts: Vec<String>,
-        /// the path globs asked for
+        /// how many agent ids were asked for
+        hosts_count: u64,
+        /// the path globs asked for, each cut to its first 256 bytes, the first ones that fit
+        /// in 1 KiB
         paths: Vec<String>,
+        /// how many path globs were asked for
+        paths_count: u64,
+        /// when a host or a path was cut or left out: the SHA-256 (hex) of the hosts and then
+        /// the paths as asked, each followed by a newline; else null
+        lists_sha256: Option<String>,
         /// `no_role` (no role of the policy allows it), `too_many_pending` (the requester's
         /// pending requests reached `settings.max_pending_per_requester`), `grant_too_large`,
         /// `suppressed` (a summary of refusals over the budget) (`status_detail`)
         reason_code: &'static str,
-        /// the refusal as the requester was told it, or the summary's count
+        /// the refusal as the requester was told it (cut to 1 KiB), or the summary's count
         reason: String,
         /// refusals of this requester left out by the budget before this record
         suppressed_before: u64,

@@ -130,10 +130,11 @@ fn example(name: &str) -> Map<String, Value> {
         }),
         "access.review_refused" => json!({
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "approver": ALICE,
-            "reason_code": "self_review",
+            "reason_code": "self_review", "suppressed_before": 0,
         }),
         "access.request_refused" => json!({
-            "subject": ALICE, "hosts": ["web-1"], "paths": [LOG], "reason_code": "no_role",
+            "subject": ALICE, "hosts": ["web-1"], "hosts_count": 1, "paths": [LOG],
+            "paths_count": 1, "lists_sha256": null, "reason_code": "no_role",
             "reason": "no role of the access policy allows alice this access: role payments-prod does not cover host web-1",
             "suppressed_before": 0,
         }),
