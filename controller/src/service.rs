@@ -476,6 +476,7 @@ impl Controller for ControllerService {
             ))
             })?;
         let issuer = admin.spiffe_id().to_string();
+        let policy_in_force = self.access.as_ref().and_then(|h| h.current());
         // Stored and flagged for review in one transaction (issue 11).
         let grant = self
             .store
@@ -510,6 +511,9 @@ impl Controller for ControllerService {
                     paths: grant.paths.clone(),
                     reason: grant.reason.clone(),
                     notified: Vec::new(),
+                    webhook: policy_in_force.as_ref().is_some_and(|p| p.notify.is_some())
+                        && self.notifier.is_some(),
+                    policy_sha256: policy_in_force.as_ref().map(|p| p.digest.clone()),
                 })?;
                 Ok(grant)
             })

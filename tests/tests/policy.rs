@@ -1092,6 +1092,12 @@ fn approvals_count_only_under_the_rule_and_approver_groups_in_force_at_each_appr
     let approved = events(&f, "access.approved");
     let last = approved.last().cloned().unwrap_or_default();
     assert_eq!(last["approvals"], 2, "{last}");
+    // Decided under the policy in force then, which its record names.
+    let reloaded = events(&f, "policy.reloaded");
+    let in_force = reloaded.last().cloned().unwrap_or_default();
+    assert_eq!(last["policy_sha256"], in_force["sha256"], "{last}");
+    let requested = events(&f, "access.requested");
+    assert_eq!(requested[0]["policy_sha256"], reloaded[0]["sha256"]);
     assert!(events(&f, "grant.issued").len() == 1, "one grant only");
     Ok(())
 }

@@ -31,7 +31,18 @@ pub struct PolicyHandle {
     /// Held by a reload from reading the file to installing it (see the module's contract).
     reloading: Mutex<()>,
     current: RwLock<Option<Arc<Policy>>>,
+    /// Read by a decision from its evaluation to its commit, written by a reload while it
+    /// installs a policy: a decision is made and stored under one policy, never across a
+    /// reload.
+    decisions: RwLock<()>,
     audit: Arc<SharedAuditLog>,
+}
+
+/// The policy a decision is made under, held in force until the guard is dropped (after the
+/// decision's transaction commits). Take one per decision, never two at once.
+pub struct DecisionGuard<'a> {
+    _held: std::sync::RwLockReadGuard<'a, ()>,
+    pub policy: Arc<Policy>,
 }
 
 impl PolicyHandle {
@@ -45,6 +56,7 @@ impl PolicyHandle {
             path,
             reloading: Mutex::new(()),
             current: RwLock::new(None),
+            decisions: RwLock::new(()),
             audit,
         });
         if handle.path.is_some() {
@@ -66,6 +78,16 @@ impl PolicyHandle {
             .clone()
     }
 
+    /// The policy in force, held in force (reloads wait) until the guard is dropped.
+    pub fn decide(&self) -> Option<DecisionGuard<'_>> {
+        let held = self.decisions.read().unwrap_or_else(|p| p.into_inner());
+        let policy = self.current()?;
+        Some(DecisionGuard {
+            _held: held,
+            policy,
+        })
+    }
+
     /// Loads the file again; see the module's contract. `triggered_by`: `start`, `sighup`, or
     /// the admin's SPIFFE id.
     pub fn reload(&self, triggered_by: &str) -> Result<Arc<Policy>, ReloadError> {
@@ -75,6 +97,8 @@ impl PolicyHandle {
         match Policy::load(path) {
             Ok(policy) => {
                 let policy = Arc::new(policy);
+                // Decisions in flight finish under the policy they started with first.
+                let _no_decision = self.decisions.write().unwrap_or_else(|p| p.into_inner());
                 let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
                 // Audited before it is in force: no policy change without its record.
                 self.audit
@@ -190,5 +214,38 @@ mod tests {
             sha(newer),
             "the file on disk is in force, not the older read"
         );
+    }
+
+    /// A decision holds the policy it evaluated in force until it commits: a reload waits
+    /// for it, so what is stored was decided under the policy its record names.
+    #[test]
+    fn a_reload_waits_for_the_decision_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "# version 0\n").unwrap();
+        let log =
+            loggate_core::audit::AuditLog::open(&dir.path().join("audit.jsonl"), "c").unwrap();
+        let audit = Arc::new(SharedAuditLog::new(log).unwrap());
+        let handle = PolicyHandle::start(Some(path.clone()), audit).unwrap();
+        let decision = handle.decide().unwrap();
+        assert_eq!(decision.policy.digest, sha("# version 0\n"));
+        std::fs::write(&path, "# version 1\n").unwrap();
+        let (started, started_rx) = std::sync::mpsc::channel();
+        let reload = {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                started.send(()).unwrap();
+                handle.reload("test").map(|p| p.digest.clone())
+            })
+        };
+        started_rx.recv().unwrap();
+        // Bounded wait: the reload thread has had ample time to install, yet the policy in
+        // force is still the decision's.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!reload.is_finished(), "the reload waits for the decision");
+        assert_eq!(handle.current().unwrap().digest, sha("# version 0\n"));
+        drop(decision);
+        assert_eq!(reload.join().unwrap().unwrap(), sha("# version 1\n"));
+        assert_eq!(handle.current().unwrap().digest, sha("# version 1\n"));
     }
 }

@@ -24,7 +24,7 @@ pub mod notify;
 pub mod selector;
 pub mod text;
 
-pub use handle::{reload_on_sighup, PolicyHandle, ReloadError};
+pub use handle::{reload_on_sighup, DecisionGuard, PolicyHandle, ReloadError};
 #[cfg(test)]
 mod tests;
 

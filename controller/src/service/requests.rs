@@ -291,6 +291,7 @@ fn notice(event: &'static str, r: &RequestRow, approvers: &[String], text: Strin
             "state": r.state.as_str(), "reason": r.reason, "approvers": approvers,
             "grant_id": r.grant_id,
         }),
+        from: Some(short(&r.requester).to_string()),
     }
 }
 
@@ -451,6 +452,7 @@ impl ControllerService {
                 event: BREAK_GLASS_EVENT,
                 text,
                 fields,
+                from: None,
             },
         );
     }
@@ -510,6 +512,20 @@ impl ControllerService {
             }),
             Admission::Suppressed => Ok(()),
         }
+    }
+
+    /// The policy in force for one decision, held in force until the guard is dropped (a
+    /// reload waits): evaluated and committed under the same policy.
+    fn decision_policy(&self) -> Result<crate::policy::DecisionGuard<'_>, Status> {
+        self.access
+            .as_ref()
+            .and_then(|h| h.decide())
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the controller has no access policy configured, so nothing can be requested; \
+                 ask an admin (docs/policy.md)",
+                )
+            })
     }
 
     fn access_policy(&self) -> Result<Arc<Policy>, Status> {
@@ -841,7 +857,8 @@ impl ControllerService {
     ) -> Result<Response<pb::AccessRequestResponse>, Status> {
         let user = self.user(&request)?;
         let req = request.into_inner();
-        let policy = self.access_policy()?;
+        let decision_guard = self.decision_policy()?;
+        let policy = decision_guard.policy.clone();
         let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
         Self::check_paths(&req.paths)?;
         if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
@@ -914,6 +931,7 @@ impl ControllerService {
             approvals_needed: row.approvals_needed,
             approvers: allowed.approvers.clone(),
             expires_at: expires,
+            policy_sha256: policy.digest.clone(),
         };
         // Refused now, before anything is stored or audited as requested (not at the approval),
         // if the grant it would become cannot be signed small enough: measured with the longest
@@ -1015,6 +1033,8 @@ impl ControllerService {
                                 paths: grant.paths.clone(),
                                 reason: grant.reason.clone(),
                                 notified: allowed.approvers.clone(),
+                                webhook: self.notifier.is_some() && policy.notify.is_some(),
+                                policy_sha256: Some(policy.digest.clone()),
                             })?;
                         }
                         Ok(grant)
@@ -1024,6 +1044,7 @@ impl ControllerService {
                 stored
             }
         };
+        drop(decision_guard);
         self.governance.changed(&stored);
         self.requests_changed.send_modify(|n| *n += 1);
         let what = format!(
@@ -1252,7 +1273,8 @@ impl ControllerService {
         let req = request.into_inner();
         self.review_args(&req)?;
         self.expire_now()?;
-        let policy = self.access_policy()?;
+        let decision_guard = self.decision_policy()?;
+        let policy = decision_guard.policy.clone();
         let before = self
             .store
             .request(&req.request_id)
@@ -1288,6 +1310,7 @@ impl ControllerService {
                         approvals,
                         approvals_needed: rule.approvals_needed,
                         grant_id: grant_id.as_ref().map(|g| g.to_string()),
+                        policy_sha256: policy.digest.clone(),
                     })?;
                     let (Some(ttl), Some(id)) = (ttl, grant_id) else {
                         return Ok((rule, None));
@@ -1316,6 +1339,7 @@ impl ControllerService {
             )
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        drop(decision_guard);
         if let Some(id) = &after.grant_id {
             if let Some(g) = self.store.grant(id).map_err(internal)? {
                 self.revision.send_replace(g.revision);

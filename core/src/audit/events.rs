@@ -417,6 +417,8 @@ audit_event! {
         approvers: Vec<String>,
         /// when it expires unless decided (epoch s)
         expires_at: i64,
+        /// SHA-256 of the access policy it was decided under (as in `policy.reloaded`)
+        policy_sha256: String,
     }
 }
 
@@ -442,6 +444,8 @@ audit_event! {
         approvals_needed: u32,
         /// the grant issued with this approval, or null while more are needed
         grant_id: Option<String>,
+        /// SHA-256 of the access policy the approval was decided under
+        policy_sha256: String,
     }
 }
 
@@ -584,8 +588,13 @@ audit_event! {
         paths: Vec<String>,
         /// the mandatory reason
         reason: String,
-        /// the people notified (the role's approver groups)
+        /// the people notified (the role's approver groups; empty for `grant_issue`, which
+        /// has no role)
         notified: Vec<String>,
+        /// true when a notice was queued for the policy's webhook (`[notify]`)
+        webhook: bool,
+        /// SHA-256 of the access policy in force, null when none is configured
+        policy_sha256: Option<String>,
     }
 }
 
@@ -623,6 +632,9 @@ audit_event! {
         attempts: u32,
         /// the last error
         error: String,
+        /// `notify.failed` records left out by their audit budget (60 a minute) before this
+        /// one; in a summary (`notified_event` `suppressed`), how many
+        suppressed_before: u64,
     }
 }
 

@@ -118,11 +118,12 @@ fn example(name: &str) -> Map<String, Value> {
             "paths": ["/var/log/app/*.log"], "ttl_seconds": 3600, "redaction_profile": "default",
             "reason": "INC-42", "role": "payments-prod", "approval": "approvers",
             "approvals_needed": 1, "approvers": ["bob", "carol"], "expires_at": 1795769940_i64,
+            "policy_sha256": "4f6c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7",
         }),
         "access.approved" => json!({
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
             "approver": "spiffe://loggate.local/user/bob", "comment": "ok for INC-42",
-            "approvals": 1, "approvals_needed": 1, "grant_id": GRANT,
+            "approvals": 1, "approvals_needed": 1, "grant_id": GRANT, "policy_sha256": "4f6c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7",
         }),
         "access.denied" => json!({
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
@@ -149,7 +150,7 @@ fn example(name: &str) -> Map<String, Value> {
             "grant_id": GRANT, "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
             "issuer": ALICE, "how": "request", "role": "sre-oncall", "hosts": ["web-1"],
             "paths": ["/var/log/**"], "reason": "INC-43 payments down",
-            "notified": ["erin"],
+            "notified": ["erin"], "webhook": true, "policy_sha256": "4f6c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7",
         }),
         "access.break_glass_reviewed" => json!({
             "grant_id": GRANT, "subject": ALICE, "approver": ADMIN,
@@ -158,6 +159,7 @@ fn example(name: &str) -> Map<String, Value> {
         "notify.failed" => json!({
             "notified_event": "access.requested", "webhook": "https://hooks.slack.com:443",
             "attempts": 5, "error": "the webhook answered 503 Service Unavailable",
+            "suppressed_before": 0,
         }),
         "policy.reloaded" => json!({
             "file": "/etc/loggate/policy.toml",
