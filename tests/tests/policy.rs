@@ -849,6 +849,16 @@ fn webhook_text_is_escaped_for_slack_and_an_admin_grant_issue_is_notified_as_bre
 
     let (_, glass) = &delivered("access.break_glass")[0];
     assert_eq!(glass["loggate"]["grant_id"], issued.as_str());
+    // Its audit record says the webhook was told, under which policy.
+    let record = events(&f, "access.break_glass")
+        .into_iter()
+        .find(|e| e["how"] == "grant_issue")
+        .expect("grant issue audited as break-glass");
+    assert_eq!(record["webhook"], true, "{record}");
+    assert_eq!(
+        record["policy_sha256"],
+        events(&f, "policy.reloaded")[0]["sha256"]
+    );
     assert_eq!(glass["loggate"]["how"], "grant_issue");
     assert!(
         glass["text"]
@@ -1193,5 +1203,33 @@ fn refused_approvals_are_budgeted_and_a_refused_requests_record_is_bounded() -> 
     assert!(record["lists_sha256"]
         .as_str()
         .is_some_and(|h| h.len() == 64));
+    Ok(())
+}
+
+#[test]
+fn an_oversized_break_glass_request_is_refused_before_any_grant() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    // bob's sre-oncall role grants at once with --break-glass: too large, nothing is granted.
+    let long: Vec<String> = (0..20)
+        .map(|i| format!("{}/{i:02}{}.log", f.logs.display(), "a".repeat(900)))
+        .collect();
+    let mut args = vec!["grant", "request", "--host", "web-1", "--ttl", "10m"];
+    for p in &long {
+        args.extend_from_slice(&["--path", p]);
+    }
+    args.extend_from_slice(&["--reason", "INC-43", "--break-glass"]);
+    let large = f.cluster.run_cli("bob", &args)?;
+    assert_eq!(large.status.code(), Some(2), "{:?}", text(&large));
+    assert!(
+        text(&large).1.contains("-byte limit agents accept"),
+        "{:?}",
+        text(&large)
+    );
+    assert!(events(&f, "access.requested").is_empty());
+    assert!(events(&f, "grant.issued").is_empty());
+    assert!(events(&f, "access.break_glass").is_empty());
+    let refused = events(&f, "access.request_refused");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["reason_code"], "grant_too_large");
     Ok(())
 }
