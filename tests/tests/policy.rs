@@ -1157,7 +1157,7 @@ fn grant_issue_refuses_control_and_bidi_characters_in_paths_and_reasons() -> any
 
 #[test]
 fn refused_approvals_are_budgeted_and_a_refused_requests_record_is_bounded() -> anyhow::Result<()> {
-    let f = Fixture::start_with_policy(POLICY)?;
+    let mut f = Fixture::start_with_policy(POLICY)?;
     let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
         .as_str()
         .unwrap_or_default()
@@ -1174,6 +1174,7 @@ fn refused_approvals_are_budgeted_and_a_refused_requests_record_is_bounded() -> 
         refused.len()
     );
     assert!(refused.iter().all(|e| e["reason_code"] == "self_review"));
+    let left_out = 200 - refused.len() as u64;
 
     // 60 paths of 1 KiB (as many as fit in the controller's 64 KiB message limit) that no
     // role allows admin: one record, under 4 KiB, the whole lists named by their SHA-256.
@@ -1203,6 +1204,17 @@ fn refused_approvals_are_budgeted_and_a_refused_requests_record_is_bounded() -> 
     assert!(record["lists_sha256"]
         .as_str()
         .is_some_and(|h| h.len() == 64));
+
+    // Stopped within the minute: what the budget left out is summarised before
+    // controller.stopped, not lost.
+    f.cluster.stop_controller();
+    let summary: Vec<Value> = events(&f, "access.request_refused")
+        .into_iter()
+        .filter(|e| e["reason_code"] == "suppressed")
+        .collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(summary[0]["suppressed_before"], left_out);
+    assert_eq!(summary[0]["subject"], "spiffe://loggate.local/user/alice");
     Ok(())
 }
 

@@ -81,8 +81,9 @@ impl Governance {
     }
 
     /// Writes one `suppressed` record per requester whose refusals the budget left out; the
-    /// expiry task calls it at least once a minute.
-    fn write_summaries(&self, audit: &SharedAuditLog) {
+    /// expiry task calls it at least once a minute, the daemon once more before
+    /// `controller.stopped`.
+    pub(crate) fn write_summaries(&self, audit: &SharedAuditLog) {
         for summary in self.refusals.take_summaries() {
             let record = events::AccessRequestRefused {
                 subject: summary.source.unwrap_or_default(),
@@ -393,6 +394,12 @@ pub(super) fn spawn_expiry(
 }
 
 impl ControllerService {
+    /// The refusal budget of requests and reviews, for the daemon's last summaries before
+    /// `controller.stopped`.
+    pub(crate) fn governance(&self) -> Arc<Governance> {
+        self.governance.clone()
+    }
+
     /// Turns on the governance layer: the policy in force and the pending-request expiry.
     pub fn with_access_policy(mut self, handle: Arc<PolicyHandle>) -> Self {
         let notifier = Notifier::start(self.audit.clone());
