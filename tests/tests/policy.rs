@@ -1245,3 +1245,78 @@ fn an_oversized_break_glass_request_is_refused_before_any_grant() -> anyhow::Res
     assert_eq!(refused[0]["reason_code"], "grant_too_large");
     Ok(())
 }
+
+#[test]
+fn the_size_check_at_request_counts_the_longest_approver_name_there_can_be() -> anyhow::Result<()> {
+    let policy = format!("[settings]\nmax_pending_per_requester = 100\n{POLICY}");
+    let f = Fixture::start_with_policy(&policy)?;
+    // Paths adding up to `total` bytes of file names, each under the 1 KiB field limit.
+    let paths_of = |total: usize| -> Vec<String> {
+        let mut left = total;
+        let mut out = Vec::new();
+        while left > 0 {
+            let part = left.min(900);
+            out.push(format!(
+                "{}/{:02}{}.log",
+                f.logs.display(),
+                out.len(),
+                "a".repeat(part)
+            ));
+            left -= part;
+        }
+        out
+    };
+    let ask = |total: usize| -> Option<i32> {
+        let paths = paths_of(total);
+        let mut args = vec!["grant", "request", "--host", "web-1", "--ttl", "1h"];
+        for p in &paths {
+            args.extend_from_slice(&["--path", p]);
+        }
+        args.extend_from_slice(&["--reason", "INC-42"]);
+        f.cluster
+            .run_cli("alice", &args)
+            .expect("grant request runs")
+            .status
+            .code()
+    };
+    // The largest request that is accepted, found by bisection (bounded: 16 steps).
+    let (mut fits, mut too_large) = (900, 20_000);
+    assert_eq!(ask(fits), Some(0));
+    assert_eq!(ask(too_large), Some(2));
+    for _ in 0..16 {
+        if too_large - fits <= 1 {
+            break;
+        }
+        let mid = (fits + too_large) / 2;
+        match ask(mid) {
+            Some(0) => fits = mid,
+            Some(2) => too_large = mid,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(too_large - fits, 1);
+    // The smallest refused request would fit as a grant issued by a short name (admin): the
+    // refusal comes from measuring with the longest approver name, so an approval by anyone
+    // can never fail on size.
+    let mut args = vec![
+        "grant",
+        "issue",
+        "--subject",
+        "alice",
+        "--host",
+        "web-1",
+        "--ttl",
+        "1h",
+        "--reason",
+        "INC-42",
+        "--redaction",
+        "default",
+    ];
+    let paths = paths_of(too_large);
+    for p in &paths {
+        args.extend_from_slice(&["--path", p]);
+    }
+    let issued = f.cluster.run_cli("admin", &args)?;
+    assert!(issued.status.success(), "{:?}", text(&issued));
+    Ok(())
+}
