@@ -150,6 +150,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // Once per window, the summaries of checkpoint refusals and conflicts left out by their
     // report budget; the last ones before `controller.stopped`.
     let checkpoint_reports = service.checkpoint_reports();
+    let governance = service.governance();
     let summaries = {
         let (reports, audit) = (checkpoint_reports.clone(), audit.clone());
         tokio::spawn(async move {
@@ -245,6 +246,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     summaries.abort();
     revocations_refresh.abort();
     checkpoint_reports.write_summaries(&audit);
+    governance.write_summaries(&audit);
     AuditRuntime::stop(&audit, &events::ControllerStopped {})?;
     eprintln!("loggate controller stopped");
     Ok(())

@@ -121,7 +121,7 @@ pub fn init(dir: &Path, trust_domain: &str, agents: &[String], users: &[String])
     let leaves = [(Kind::Controller, "")].into_iter();
     let leaves = leaves.chain(agents.iter().map(|n| (Kind::Agent, n.as_str())));
     for (kind, name) in leaves.chain(users.iter().map(|n| (Kind::User, n.as_str()))) {
-        issue_with(&issuer, dir, trust_domain, kind, name, None)?;
+        issue_with(&issuer, dir, trust_domain, kind, name, None, &[])?;
     }
     Ok(())
 }
@@ -137,7 +137,33 @@ pub fn issue(
     name: &str,
     validity: Option<Validity>,
 ) -> Result<PathBuf> {
+    issue_with_groups(dir, trust_domain, kind, name, validity, &[])
+}
+
+/// [`issue`], with `groups` written as the OU attribute of a user certificate's subject: the
+/// access policy matches it like `[groups]` members (docs/policy.md, "Groups"). At most one
+/// (rcgen writes one value per attribute type), a valid name; only a user certificate may
+/// carry a group.
+pub fn issue_with_groups(
+    dir: &Path,
+    trust_domain: &str,
+    kind: Kind,
+    name: &str,
+    validity: Option<Validity>,
+    groups: &[String],
+) -> Result<PathBuf> {
     validate_trust_domain(trust_domain)?;
+    ensure!(
+        groups.is_empty() || kind == Kind::User,
+        "only a user certificate carries a group (--group)"
+    );
+    ensure!(groups.len() <= 1, "give at most one --group");
+    for g in groups {
+        ensure!(
+            loggate_core::identity::is_valid_name(g),
+            "--group {g:?} is not a group name (lowercase letters, digits and '-', at most 63)"
+        );
+    }
     if kind != Kind::Controller {
         validate_name(name)?;
     }
@@ -150,7 +176,7 @@ pub fn issue(
     let matches = ca.public_key().raw == key.subject_public_key_info();
     ensure!(matches, "{}: ca.key does not match ca.crt", dir.display());
     let issuer = Issuer::from_ca_cert_der(&ca_der.into(), key).context("loading ca.crt")?;
-    issue_with(&issuer, dir, trust_domain, kind, name, validity)
+    issue_with(&issuer, dir, trust_domain, kind, name, validity, groups)
 }
 
 fn issue_with(
@@ -160,6 +186,7 @@ fn issue_with(
     kind: Kind,
     name: &str,
     validity: Option<Validity>,
+    groups: &[String],
 ) -> Result<PathBuf> {
     let (base, cn) = match kind {
         Kind::Controller => (dir.join("controller"), CONTROLLER_CN),
@@ -178,6 +205,11 @@ fn issue_with(
 
     let validity = validity.unwrap_or_else(|| Validity::from_now(365));
     let mut params = base_params(cn, &validity)?;
+    for g in groups {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, g.as_str());
+    }
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.use_authority_key_identifier_extension = true;

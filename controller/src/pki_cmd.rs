@@ -43,6 +43,10 @@ pub struct IssueArgs {
     /// Issue a user certificate with this name (or --agent, not both).
     #[arg(long)]
     user: Option<String>,
+    /// With --user: the group written in the certificate's subject (its OU), which the access
+    /// policy matches like a `[groups]` member (docs/policy.md).
+    #[arg(long, requires = "user")]
+    group: Option<String>,
     /// Start of validity (RFC 3339); default 5 minutes ago.
     #[arg(long, value_parser = loggate_core::timestamp::parse_absolute_time)]
     valid_from: Option<std::time::SystemTime>,
@@ -226,7 +230,12 @@ pub fn issue(args: IssueArgs) -> anyhow::Result<()> {
     if args.user.is_some() {
         check_controller_addr(&controller_addr)?;
     }
-    let cert = pki::issue(&args.dir, &trust_domain, kind, &name, validity)?;
+    let cert = match args.group {
+        None => pki::issue(&args.dir, &trust_domain, kind, &name, validity)?,
+        Some(group) => {
+            pki::issue_with_groups(&args.dir, &trust_domain, kind, &name, validity, &[group])?
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "issued {}", cert.display())?;
     if args.user.is_some() {
@@ -248,6 +257,7 @@ mod tests {
             trust_domain: trust_domain.map(str::to_string),
             agent: None,
             user: Some(user.to_string()),
+            group: None,
             valid_from: None,
             valid_until: None,
             controller_addr: None,
@@ -293,5 +303,37 @@ mod tests {
         for good in ["127.0.0.1:7400", "controller.example:7400", "[::1]:7400"] {
             check_controller_addr(good).expect(good);
         }
+    }
+
+    #[test]
+    fn a_user_certificate_carries_its_group_which_the_identity_reads() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("pki");
+        init(InitArgs {
+            dir: dir.clone(),
+            trust_domain: "loggate.local".into(),
+            agents: vec!["web-1".into()],
+            users: vec!["admin".into()],
+            controller_addr: "127.0.0.1:7400".into(),
+        })
+        .expect("init");
+        let mut args = issue_args(&dir, "gina", None);
+        args.group = Some("sre".into());
+        issue(args).expect("issue with a group");
+        let der = read_certificate_der(&dir.join("users/gina.crt")).expect("cert");
+        let who = Identity::from_certificate(&der, "loggate.local").expect("identity");
+        assert_eq!(who.groups(), ["sre"]);
+        let der = read_certificate_der(&dir.join("users/admin.crt")).expect("cert");
+        let admin = Identity::from_certificate(&der, "loggate.local").expect("identity");
+        assert!(admin.groups().is_empty());
+
+        let mut bad = issue_args(&dir, "hank", None);
+        bad.group = Some("SRE; admin".into());
+        let err = issue(bad).expect_err("not a group name");
+        assert!(
+            format!("{err:#}").contains("is not a group name"),
+            "{err:#}"
+        );
+        assert!(!dir.join("users/hank.crt").exists());
     }
 }

@@ -73,6 +73,8 @@ pub struct ControllerService {
     requests_changed: watch::Sender<u64>,
     /// Webhook notifications (`with_access_policy`).
     notifier: Option<crate::policy::notify::Notifier>,
+    /// Request states for `--wait` waiters and the budget of refused requests' records.
+    governance: Arc<requests::Governance>,
     /// The report budget of checkpoint refusals and conflicts (see `anchor`).
     checkpoint_reports: Arc<anchor::CheckpointReports>,
     /// Removed agents' certificates (see `enrol`): refused by the identity interceptor, and
@@ -107,6 +109,7 @@ impl ControllerService {
             access: None,
             requests_changed: watch::channel(0).0,
             notifier: None,
+            governance: Arc::new(requests::Governance::new()),
             checkpoint_reports: Arc::new(anchor::CheckpointReports::new(
                 loggate_core::audit::budget::BudgetPolicy::default(),
             )),
@@ -457,6 +460,8 @@ impl Controller for ControllerService {
             return Err(Status::invalid_argument("name at least one --path glob"));
         }
         for p in &req.paths {
+            // Shown to approvers, in the webhook and the access review like a request's.
+            requests::check_plain_text("--path", p)?;
             // The glob's own sentence, not the verifier's "the grant token is malformed (…)":
             // at issue there is no token yet, only the admin's --path.
             compile_path_glob(p).map_err(|e| match e {
@@ -471,6 +476,7 @@ impl Controller for ControllerService {
                 "a --reason (ticket or incident id) is required, at most 1024 bytes",
             ));
         }
+        requests::check_plain_text("--reason", &req.reason)?;
         let profile = if req.redaction_profile.is_empty() {
             "default".to_string()
         } else {
@@ -508,9 +514,11 @@ impl Controller for ControllerService {
             ))
             })?;
         let issuer = admin.spiffe_id().to_string();
+        let policy_in_force = self.access.as_ref().and_then(|h| h.current());
+        // Stored and flagged for review in one transaction (issue 11).
         let grant = self
             .store
-            .insert_grant(|revision| {
+            .insert_break_glass_grant(now, |revision| {
                 let grant = self.sign_grant(
                     &requests::GrantSpec {
                         id: new_grant_id(),
@@ -541,6 +549,9 @@ impl Controller for ControllerService {
                     paths: grant.paths.clone(),
                     reason: grant.reason.clone(),
                     notified: Vec::new(),
+                    webhook: policy_in_force.as_ref().is_some_and(|p| p.notify.is_some())
+                        && self.notifier.is_some(),
+                    policy_sha256: policy_in_force.as_ref().map(|p| p.digest.clone()),
                 })?;
                 Ok(grant)
             })
@@ -548,18 +559,8 @@ impl Controller for ControllerService {
                 Ok(status) => status,
                 Err(e) => internal(e),
             })?;
-        if let Err(e) = self.store.flag_break_glass(&crate::store::BreakGlassRow {
-            grant_id: grant.id.clone(),
-            request_id: None,
-            subject: grant.subject.clone(),
-            issuer: grant.issuer.clone(),
-            reason: grant.reason.clone(),
-            at: now,
-            reviewed: None,
-        }) {
-            tracing::error!(grant = %grant.id, "cannot flag the break-glass grant for review: {e:#}");
-        }
         self.revision.send_replace(grant.revision);
+        self.notify_grant_issue(&grant);
         tracing::info!(grant = %grant.id, subject = %grant.subject, "grant issued");
         Ok(Response::new(pb::IssueGrantResponse {
             grant: Some(grant_info(&grant)),

@@ -15,7 +15,9 @@
 pub mod agents;
 mod requests;
 
-pub use requests::{BreakGlassRow, RequestRow, RequestState, ReviewRow};
+pub use requests::{
+    ListScope, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, TooManyPending,
+};
 
 use anyhow::Context;
 use loggate_core::audit::Checkpoint;
@@ -254,6 +256,8 @@ impl Store {
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
         conn.execute_batch(agents::REMOVED_AGENTS_SCHEMA)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
+        requests::migrate(&conn)
+            .with_context(|| format!("cannot update database {}", path.display()))?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -263,24 +267,6 @@ impl Store {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Records a new grant built by `make` (which receives its revision) in one transaction.
-    pub fn insert_grant(
-        &self,
-        make: impl FnOnce(u64) -> anyhow::Result<GrantRow>,
-    ) -> anyhow::Result<GrantRow> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let next: i64 = tx.query_row(
-            "SELECT COALESCE(MAX(revision), 0) + 1 FROM revisions",
-            [],
-            |r| r.get(0),
-        )?;
-        let grant = make(unsigned(next)?)?;
-        insert_grant_row(&tx, &grant, next)?;
-        tx.commit()?;
-        Ok(grant)
     }
 
     /// Revokes a grant; `Ok(None)` when no such grant exists. Revoking twice keeps the first.

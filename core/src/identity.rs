@@ -203,7 +203,13 @@ pub struct Identity {
     name: String,
     spiffe_id: SpiffeId,
     key_sha256: [u8; 32],
+    /// The groups the certificate's subject names (its OU attributes that are valid names,
+    /// at most [`MAX_CERT_GROUPS`]); see [`Identity::groups`].
+    groups: Vec<String>,
 }
+
+/// The most groups read from one certificate.
+pub const MAX_CERT_GROUPS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
@@ -263,6 +269,16 @@ impl Identity {
         };
         let mut identity = Self::parse_spiffe_id(&spiffe_id, trust_domain)?;
         identity.key_sha256 = Sha256::digest(cert.public_key().raw).into();
+        identity.groups = cert
+            .subject()
+            .iter_organizational_unit()
+            .filter_map(|ou| ou.as_str().ok())
+            .filter(|g| is_valid_name(g))
+            .take(MAX_CERT_GROUPS)
+            .map(str::to_string)
+            .collect();
+        identity.groups.sort();
+        identity.groups.dedup();
         Ok(identity)
     }
 
@@ -284,6 +300,7 @@ impl Identity {
             name,
             spiffe_id: SpiffeId::new(spiffe_id).map_err(|_| unknown())?,
             key_sha256: [0; 32],
+            groups: Vec::new(),
         })
     }
 
@@ -297,6 +314,14 @@ impl Identity {
 
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The groups named in the certificate's subject (OU attributes that are valid names;
+    /// others are ignored). Trusted as far as the certificate is: only certificates of the
+    /// configured CA are accepted, so these are groups that CA wrote. The access policy
+    /// matches them like `[groups]` members.
+    pub fn groups(&self) -> &[String] {
+        &self.groups
     }
     pub fn name(&self) -> &str {
         &self.name

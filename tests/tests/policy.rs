@@ -703,3 +703,620 @@ fn webhook_is_told_over_https_retried_and_a_failed_delivery_is_audited() -> anyh
     );
     Ok(())
 }
+
+#[test]
+fn refused_requests_are_audited_a_requester_is_capped_and_an_oversized_grant_is_refused_at_request(
+) -> anyhow::Result<()> {
+    let policy = format!("[settings]\nmax_pending_per_requester = 2\n{POLICY}");
+    let f = Fixture::start_with_policy(&policy)?;
+
+    // No role allows admin this: refused, one record.
+    let none = request(&f, "admin", &f.glob(), &[]);
+    assert_eq!(none.status.code(), Some(3), "{:?}", text(&none));
+
+    // A grant larger than agents accept is refused when asked, not after an approval.
+    let long: Vec<String> = (0..20)
+        .map(|i| format!("{}/{i:02}{}.log", f.logs.display(), "a".repeat(900)))
+        .collect();
+    let mut args = vec!["grant", "request", "--host", "web-1", "--ttl", "1h"];
+    for p in &long {
+        args.extend_from_slice(&["--path", p]);
+    }
+    args.extend_from_slice(&["--reason", "INC-42", "--json"]);
+    let large = f.cluster.run_cli("alice", &args)?;
+    assert_eq!(large.status.code(), Some(2), "{:?}", text(&large));
+    assert!(
+        text(&large).1.contains("-byte limit agents accept"),
+        "{:?}",
+        text(&large)
+    );
+    assert!(events(&f, "access.requested").is_empty(), "nothing stored");
+
+    // Two pending requests at most for alice; the third is refused with what to do.
+    for _ in 0..2 {
+        let ok = request(&f, "alice", &f.glob(), &[]);
+        assert!(ok.status.success(), "{:?}", text(&ok));
+    }
+    let third = request(&f, "alice", &f.glob(), &[]);
+    assert_eq!(third.status.code(), Some(1), "{:?}", text(&third));
+    assert!(
+        text(&third)
+            .1
+            .contains("you already have 2 pending requests (the policy allows 2)"),
+        "{:?}",
+        text(&third)
+    );
+    // Another requester is not held back by alice's requests.
+    let bob = request(
+        &f,
+        "bob",
+        &format!("{}/lead/app.log", f.logs.display()),
+        &[],
+    );
+    assert!(bob.status.success(), "{:?}", text(&bob));
+
+    let refused = events(&f, "access.request_refused");
+    let codes: Vec<(&str, &str)> = refused
+        .iter()
+        .map(|e| {
+            (
+                e["subject"].as_str().unwrap_or_default(),
+                e["reason_code"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("spiffe://loggate.local/user/admin", "no_role"),
+            ("spiffe://loggate.local/user/alice", "grant_too_large"),
+            ("spiffe://loggate.local/user/alice", "too_many_pending"),
+        ]
+    );
+    assert!(refused[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no role of the access policy allows admin"));
+    assert_eq!(events(&f, "access.requested").len(), 3);
+    Ok(())
+}
+
+#[test]
+fn webhook_text_is_escaped_for_slack_and_an_admin_grant_issue_is_notified_as_break_glass(
+) -> anyhow::Result<()> {
+    use loggate_tests::HecReceiver;
+    let receiver = HecReceiver::start(0)?;
+    let policy = format!(
+        "[notify]\nwebhook = \"http://{}/hooks/T0/SECRET\"\n\n{POLICY}",
+        receiver.addr
+    );
+    let f = Fixture::start_with_policy(&policy)?;
+    let reason = "INC-42 <!channel> & <@U024BE7LH>";
+    let asked = f.cluster.run_cli(
+        "alice",
+        &[
+            "grant",
+            "request",
+            "--host",
+            "web-1",
+            "--path",
+            &f.glob(),
+            "--ttl",
+            "1h",
+            "--reason",
+            reason,
+            "--json",
+        ],
+    )?;
+    assert!(asked.status.success(), "{:?}", text(&asked));
+    let issued = f.cluster.issue_grant("alice", "web-1", &f.glob(), "5m")?;
+
+    let delivered = |event: &str| -> Vec<(String, Value)> {
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.status == 200)
+            .filter_map(|r| {
+                let raw = String::from_utf8_lossy(&r.body).to_string();
+                let v = serde_json::from_str::<Value>(&raw).ok()?;
+                (v["loggate"]["event"] == event).then_some((raw, v))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while delivered("access.requested").is_empty() || delivered("access.break_glass").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "notices missing: {:?}",
+            receiver.requests().len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (raw, requested) = &delivered("access.requested")[0];
+    let shown = requested["text"].as_str().unwrap_or_default();
+    assert!(
+        shown.contains("INC-42 &lt;!channel&gt; &amp; &lt;@U024BE7LH&gt;"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("<!channel>") && !raw.contains("\"text\":\"<"),
+        "{raw}"
+    );
+    assert_eq!(
+        requested["loggate"]["reason"], reason,
+        "the fields as written"
+    );
+
+    let (_, glass) = &delivered("access.break_glass")[0];
+    assert_eq!(glass["loggate"]["grant_id"], issued.as_str());
+    // Its audit record says the webhook was told, under which policy.
+    let record = events(&f, "access.break_glass")
+        .into_iter()
+        .find(|e| e["how"] == "grant_issue")
+        .expect("grant issue audited as break-glass");
+    assert_eq!(record["webhook"], true, "{record}");
+    assert_eq!(
+        record["policy_sha256"],
+        events(&f, "policy.reloaded")[0]["sha256"]
+    );
+    assert_eq!(glass["loggate"]["how"], "grant_issue");
+    assert!(
+        glass["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("BREAK-GLASS: admin issued alice a grant"),
+        "{glass}"
+    );
+    for r in receiver.requests() {
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            !body.contains("v4.public") && !body.contains("key_sha256"),
+            "{body}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn the_final_approval_is_decided_under_the_policy_in_force_now() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let logs = f.logs.display().to_string();
+    let path = f.cluster.dir.join("policy.toml");
+
+    // alice left the payments group since she asked: the approval is refused, with why.
+    let removed = POLICY
+        .replace("payments = [\"alice\"]", "payments = []")
+        .replace("{logs}", &logs);
+    std::fs::write(&path, removed)?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+    let refused = f.cluster.run_cli("bob", &["grant", "approve", &id])?;
+    assert_eq!(refused.status.code(), Some(3), "{:?}", text(&refused));
+    assert!(
+        text(&refused)
+            .1
+            .contains(&format!("no longer allows request {id}")),
+        "{:?}",
+        text(&refused)
+    );
+    assert!(
+        text(&refused).1.contains("not among its users or groups"),
+        "{:?}",
+        text(&refused)
+    );
+    let audited = events(&f, "access.review_refused");
+    assert_eq!(audited.len(), 1);
+    assert_eq!(audited[0]["reason_code"], "policy_changed");
+    assert!(events(&f, "access.approved").is_empty());
+
+    // She is back, and the role's max_ttl narrowed to 30m: approved for 30m, not the 1h asked.
+    let narrowed = POLICY
+        .replace("max_ttl = \"2h\"", "max_ttl = \"30m\"")
+        .replace("{logs}", &logs);
+    std::fs::write(&path, narrowed)?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+    let approved = f
+        .cluster
+        .run_cli("bob", &["grant", "approve", &id, "--json"])?;
+    assert!(approved.status.success(), "{:?}", text(&approved));
+    let grant = &json_of(&approved)["grant"];
+    assert_eq!(
+        grant["not_after"].as_i64().unwrap_or_default()
+            - grant["not_before"].as_i64().unwrap_or_default(),
+        1800,
+        "{grant}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_group_in_the_users_certificate_counts_like_a_groups_member() -> anyhow::Result<()> {
+    let policy = format!("[settings]\ncertificate_groups = [\"payments\", \"sre\"]\n{POLICY}");
+    let f = Fixture::start_with_policy(&policy)?;
+    let pki = f.cluster.dir.join("pki");
+    for (user, group) in [("carol", "payments"), ("erin", "sre"), ("dave", "ops")] {
+        let out = f
+            .cluster
+            .cli("admin")
+            .args(["pki", "issue"])
+            .arg(&pki)
+            .args(["--user", user, "--group", group])
+            .output()?;
+        assert!(out.status.success(), "{:?}", text(&out));
+    }
+    // dave's certificate names no group the policy gives a role: refused.
+    let dave = request(&f, "dave", &f.glob(), &[]);
+    assert_eq!(dave.status.code(), Some(3), "{:?}", text(&dave));
+    // carol is in no [groups] list; her certificate says payments.
+    let asked = request(&f, "carol", &f.glob(), &[]);
+    assert!(asked.status.success(), "{:?}", text(&asked));
+    let asked = json_of(&asked);
+    assert_eq!(asked["role"], "payments-prod");
+    let id = asked["id"].as_str().unwrap_or_default().to_string();
+    // dave may not approve it; erin's certificate makes her an sre approver.
+    let by_dave = f.cluster.run_cli("dave", &["grant", "approve", &id])?;
+    assert_eq!(by_dave.status.code(), Some(3), "{:?}", text(&by_dave));
+    let pending = f
+        .cluster
+        .run_cli("erin", &["grant", "list", "--pending", "--json"])?;
+    assert!(pending.status.success(), "{:?}", text(&pending));
+    assert!(text(&pending).0.contains(&id), "{:?}", text(&pending));
+    let by_erin = f
+        .cluster
+        .run_cli("erin", &["grant", "approve", &id, "--json"])?;
+    assert!(by_erin.status.success(), "{:?}", text(&by_erin));
+    assert_eq!(json_of(&by_erin)["state"], "approved");
+    Ok(())
+}
+
+/// Issues `user` a certificate of the fixture's CA naming `groups` (an OU each; `pki issue`
+/// takes one).
+fn issue_user(f: &Fixture, user: &str, groups: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = f.cluster.cli("admin");
+    cmd.args(["pki", "issue"])
+        .arg(f.cluster.dir.join("pki"))
+        .args(["--user", user]);
+    for g in groups {
+        cmd.args(["--group", g]);
+    }
+    let out = cmd.output()?;
+    assert!(out.status.success(), "{:?}", text(&out));
+    Ok(())
+}
+
+/// Writes `policy` (with `{logs}` filled in) as the fixture's policy file and reloads it.
+fn reload_with(f: &Fixture, policy: &str) -> anyhow::Result<()> {
+    let filled = policy.replace("{logs}", &f.logs.display().to_string());
+    std::fs::write(f.cluster.dir.join("policy.toml"), filled)?;
+    let reload = f.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(reload.status.success(), "{:?}", text(&reload));
+    Ok(())
+}
+
+#[test]
+fn a_certificate_group_counts_only_where_the_policy_opts_in_and_a_denied_user_is_refused(
+) -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    issue_user(&f, "carol", &["payments"])?;
+    issue_user(&f, "erin", &["sre"])?;
+    let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // No opt-in: carol's OU payments lets her request nothing, erin's OU sre approves nothing.
+    let carol = request(&f, "carol", &f.glob(), &[]);
+    assert_eq!(carol.status.code(), Some(3), "{:?}", text(&carol));
+    let by_erin = f.cluster.run_cli("erin", &["grant", "approve", &id])?;
+    assert_eq!(by_erin.status.code(), Some(3), "{:?}", text(&by_erin));
+    assert!(
+        text(&by_erin).1.contains("may not review request"),
+        "{:?}",
+        text(&by_erin)
+    );
+
+    // Opted in, and both denied: deny beats the certificate's OU.
+    reload_with(
+        &f,
+        &format!(
+            "[settings]\ncertificate_groups = [\"payments\", \"sre\"]\ndeny_users = [\"carol\", \"erin\"]\n{POLICY}"
+        ),
+    )?;
+    let carol = request(&f, "carol", &f.glob(), &[]);
+    assert_eq!(carol.status.code(), Some(3), "{:?}", text(&carol));
+    assert!(
+        text(&carol).1.contains("deny_users names you"),
+        "{:?}",
+        text(&carol)
+    );
+    let by_erin = f.cluster.run_cli("erin", &["grant", "approve", &id])?;
+    assert_eq!(by_erin.status.code(), Some(3), "{:?}", text(&by_erin));
+    assert!(events(&f, "access.approved").is_empty());
+
+    // Opted in and not denied: erin's OU makes her an approver.
+    reload_with(
+        &f,
+        &format!("[settings]\ncertificate_groups = [\"payments\", \"sre\"]\n{POLICY}"),
+    )?;
+    let by_erin = f
+        .cluster
+        .run_cli("erin", &["grant", "approve", &id, "--json"])?;
+    assert!(by_erin.status.success(), "{:?}", text(&by_erin));
+    assert_eq!(json_of(&by_erin)["state"], "approved");
+    Ok(())
+}
+
+#[test]
+fn approvals_count_only_under_the_rule_and_approver_groups_in_force_at_each_approval(
+) -> anyhow::Result<()> {
+    let sre3 = POLICY.replace("sre = [\"bob\"]", "sre = [\"bob\", \"carol\", \"erin\"]");
+    let f = Fixture::start_with_policy(&sre3)?;
+    issue_user(&f, "carol", &[])?;
+    issue_user(&f, "erin", &[])?;
+    let ask = || -> String {
+        json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let approve = |who: &str, id: &str| -> Value {
+        let out = f
+            .cluster
+            .run_cli(who, &["grant", "approve", id, "--json"])
+            .expect("grant approve runs");
+        assert!(out.status.success(), "{who}: {:?}", text(&out));
+        json_of(&out)
+    };
+    let two = sre3.replace(
+        "approvers = 1\napprover_groups = [\"sre\"]",
+        "approvers = 2\napprover_groups = [\"sre\"]",
+    );
+    assert_ne!(two, sre3);
+
+    // Asked under approvers = 1; the policy now needs 2: bob's approval does not grant.
+    let first = ask();
+    reload_with(&f, &two)?;
+    let after_bob = approve("bob", &first);
+    assert_eq!(after_bob["state"], "pending", "{after_bob}");
+    assert_eq!(after_bob["approvals_needed"], 2, "{after_bob}");
+
+    // bob approves, then leaves sre: carol's approval is the only one that counts.
+    let second = ask();
+    assert_eq!(approve("bob", &second)["state"], "pending");
+    reload_with(
+        &f,
+        &two.replace(
+            "sre = [\"bob\", \"carol\", \"erin\"]",
+            "sre = [\"carol\", \"erin\"]",
+        ),
+    )?;
+    let after_carol = approve("carol", &second);
+    assert_eq!(after_carol["state"], "pending", "{after_carol}");
+    let after_erin = approve("erin", &second);
+    assert_eq!(after_erin["state"], "approved", "{after_erin}");
+    let approved = events(&f, "access.approved");
+    let last = approved.last().cloned().unwrap_or_default();
+    assert_eq!(last["approvals"], 2, "{last}");
+    // Decided under the policy in force then, which its record names.
+    let reloaded = events(&f, "policy.reloaded");
+    let in_force = reloaded.last().cloned().unwrap_or_default();
+    assert_eq!(last["policy_sha256"], in_force["sha256"], "{last}");
+    let requested = events(&f, "access.requested");
+    assert_eq!(requested[0]["policy_sha256"], reloaded[0]["sha256"]);
+    assert!(events(&f, "grant.issued").len() == 1, "one grant only");
+    Ok(())
+}
+
+#[test]
+fn grant_issue_refuses_control_and_bidi_characters_in_paths_and_reasons() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    let escape_path = format!("{}/x\x1b[2K.log", f.logs.display());
+    let cases = [
+        (escape_path.as_str(), "INC-42"),
+        (&*f.glob(), "INC-42\u{202e}24-CNI"),
+        (&*f.glob(), "INC-42\u{2028}approved by security"),
+    ];
+    for (path, reason) in cases {
+        let out = f.cluster.run_cli(
+            "admin",
+            &[
+                "grant",
+                "issue",
+                "--subject",
+                "alice",
+                "--host",
+                "web-1",
+                "--path",
+                path,
+                "--ttl",
+                "5m",
+                "--reason",
+                reason,
+            ],
+        )?;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{path:?} {reason:?}: {:?}",
+            text(&out)
+        );
+        assert!(
+            text(&out).1.contains("invisible formatting character"),
+            "{:?}",
+            text(&out)
+        );
+    }
+    assert!(events(&f, "grant.issued").is_empty());
+    Ok(())
+}
+
+#[test]
+fn refused_approvals_are_budgeted_and_a_refused_requests_record_is_bounded() -> anyhow::Result<()> {
+    let mut f = Fixture::start_with_policy(POLICY)?;
+    let id = json_of(&request(&f, "alice", &f.glob(), &[]))["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // alice approves her own request 200 times: each refused, at most 60 recorded.
+    for _ in 0..200 {
+        let own = f.cluster.run_cli("alice", &["grant", "approve", &id])?;
+        assert_eq!(own.status.code(), Some(3), "{:?}", text(&own));
+    }
+    let refused = events(&f, "access.review_refused");
+    assert!(
+        (1..=60).contains(&refused.len()),
+        "{} review_refused records",
+        refused.len()
+    );
+    assert!(refused.iter().all(|e| e["reason_code"] == "self_review"));
+    let left_out = 200 - refused.len() as u64;
+
+    // 60 paths of 1 KiB (as many as fit in the controller's 64 KiB message limit) that no
+    // role allows admin: one record, under 4 KiB, the whole lists named by their SHA-256.
+    let paths: Vec<String> = (0..60)
+        .map(|i| {
+            let head = format!("{}/{i:02}", f.logs.display());
+            format!("{head}{}.log", "a".repeat(1024 - head.len() - 4))
+        })
+        .collect();
+    let mut args = vec!["grant", "request", "--host", "web-1", "--ttl", "1h"];
+    for p in &paths {
+        assert_eq!(p.len(), 1024);
+        args.extend_from_slice(&["--path", p]);
+    }
+    args.extend_from_slice(&["--reason", "INC-42"]);
+    let out = f.cluster.run_cli("admin", &args)?;
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+    let lines: Vec<String> = std::fs::read_to_string(f.cluster.dir.join("controller/audit.jsonl"))?
+        .lines()
+        .filter(|l| l.contains("\"access.request_refused\""))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].len() < 4096, "{} bytes", lines[0].len());
+    let record = &events(&f, "access.request_refused")[0];
+    assert_eq!(record["paths_count"], 60, "{record}");
+    assert!(record["lists_sha256"]
+        .as_str()
+        .is_some_and(|h| h.len() == 64));
+
+    // Stopped within the minute: what the budget left out is summarised before
+    // controller.stopped, not lost.
+    f.cluster.stop_controller();
+    let summary: Vec<Value> = events(&f, "access.request_refused")
+        .into_iter()
+        .filter(|e| e["reason_code"] == "suppressed")
+        .collect();
+    assert_eq!(summary.len(), 1, "{summary:?}");
+    assert_eq!(summary[0]["suppressed_before"], left_out);
+    assert_eq!(summary[0]["subject"], "spiffe://loggate.local/user/alice");
+    Ok(())
+}
+
+#[test]
+fn an_oversized_break_glass_request_is_refused_before_any_grant() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(POLICY)?;
+    // bob's sre-oncall role grants at once with --break-glass: too large, nothing is granted.
+    let long: Vec<String> = (0..20)
+        .map(|i| format!("{}/{i:02}{}.log", f.logs.display(), "a".repeat(900)))
+        .collect();
+    let mut args = vec!["grant", "request", "--host", "web-1", "--ttl", "10m"];
+    for p in &long {
+        args.extend_from_slice(&["--path", p]);
+    }
+    args.extend_from_slice(&["--reason", "INC-43", "--break-glass"]);
+    let large = f.cluster.run_cli("bob", &args)?;
+    assert_eq!(large.status.code(), Some(2), "{:?}", text(&large));
+    assert!(
+        text(&large).1.contains("-byte limit agents accept"),
+        "{:?}",
+        text(&large)
+    );
+    assert!(events(&f, "access.requested").is_empty());
+    assert!(events(&f, "grant.issued").is_empty());
+    assert!(events(&f, "access.break_glass").is_empty());
+    let refused = events(&f, "access.request_refused");
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["reason_code"], "grant_too_large");
+    Ok(())
+}
+
+#[test]
+fn the_size_check_at_request_counts_the_longest_approver_name_there_can_be() -> anyhow::Result<()> {
+    let policy = format!("[settings]\nmax_pending_per_requester = 100\n{POLICY}");
+    let f = Fixture::start_with_policy(&policy)?;
+    // Paths adding up to `total` bytes of file names, each under the 1 KiB field limit.
+    let paths_of = |total: usize| -> Vec<String> {
+        let mut left = total;
+        let mut out = Vec::new();
+        while left > 0 {
+            let part = left.min(900);
+            out.push(format!(
+                "{}/{:02}{}.log",
+                f.logs.display(),
+                out.len(),
+                "a".repeat(part)
+            ));
+            left -= part;
+        }
+        out
+    };
+    let ask = |total: usize| -> Option<i32> {
+        let paths = paths_of(total);
+        let mut args = vec!["grant", "request", "--host", "web-1", "--ttl", "1h"];
+        for p in &paths {
+            args.extend_from_slice(&["--path", p]);
+        }
+        args.extend_from_slice(&["--reason", "INC-42"]);
+        f.cluster
+            .run_cli("alice", &args)
+            .expect("grant request runs")
+            .status
+            .code()
+    };
+    // The largest request that is accepted, found by bisection (bounded: 16 steps).
+    let (mut fits, mut too_large) = (900, 20_000);
+    assert_eq!(ask(fits), Some(0));
+    assert_eq!(ask(too_large), Some(2));
+    for _ in 0..16 {
+        if too_large - fits <= 1 {
+            break;
+        }
+        let mid = (fits + too_large) / 2;
+        match ask(mid) {
+            Some(0) => fits = mid,
+            Some(2) => too_large = mid,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(too_large - fits, 1);
+    // The smallest refused request would fit as a grant issued by a short name (admin): the
+    // refusal comes from measuring with the longest approver name, so an approval by anyone
+    // can never fail on size.
+    let mut args = vec![
+        "grant",
+        "issue",
+        "--subject",
+        "alice",
+        "--host",
+        "web-1",
+        "--ttl",
+        "1h",
+        "--reason",
+        "INC-42",
+        "--redaction",
+        "default",
+    ];
+    let paths = paths_of(too_large);
+    for p in &paths {
+        args.extend_from_slice(&["--path", p]);
+    }
+    let issued = f.cluster.run_cli("admin", &args)?;
+    assert!(issued.status.success(), "{:?}", text(&issued));
+    Ok(())
+}

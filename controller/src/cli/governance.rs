@@ -111,7 +111,14 @@ fn print_request(r: &pb::AccessRequestInfo) -> CliResult {
         r.approval,
         r.reason
     );
-    writeln!(std::io::stdout().lock(), "{line}").map_err(Failure::from)
+    // Text from the controller (paths, reasons written by others) is printed escaped: a
+    // control or bidi character cannot rewrite the reader's terminal line.
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        crate::policy::text::escaped(&line)
+    )
+    .map_err(Failure::from)
 }
 
 /// Prints a request's answer; the exit status of its state (0 granted or pending, 3 ended
@@ -269,13 +276,18 @@ pub async fn grant_cancel(config: &ClientConfig, id: String) -> CliResult {
 /// `grant list --pending`: requests I can review, and my own.
 pub async fn requests_list(config: &ClientConfig, json: bool) -> CliResult {
     let mut client = controller(config).await?;
-    let requests = client
+    let answer = client
         .list_requests(pb::ListRequestsRequest { pending_only: true })
         .await
         .or_explain(config, &the_controller(config))
         .await?
-        .into_inner()
-        .requests;
+        .into_inner();
+    if answer.truncated {
+        eprintln!(
+            "loggate: more requests match than the controller lists at once; the newest are shown"
+        );
+    }
+    let requests = answer.requests;
     if json {
         let list: Vec<_> = requests
             .into_iter()
@@ -376,11 +388,17 @@ fn reviewed_grant_json(g: &pb::ReviewedGrant) -> serde_json::Value {
         "grant_id": g.grant_id, "subject": g.subject, "role": g.role,
         "approved_by": g.approved_by, "not_before": g.not_before_unix,
         "not_after": g.not_after_unix, "break_glass": g.break_glass, "reviewed": g.reviewed,
-        "reviewed_by": g.reviewed_by, "reason": g.reason,
+        "reviewed_by": g.reviewed_by, "reason": g.reason, "hosts": g.hosts,
+        "labels": g.labels, "paths": g.paths, "redaction_profile": g.redaction_profile,
+        "revoked_at": (g.revoked_at_unix != 0).then_some(g.revoked_at_unix),
+        "revoked_by": g.revoked_by,
     })
 }
 
 fn print_reviewed_grant(out: &mut impl Write, g: &pb::ReviewedGrant) -> std::io::Result<()> {
+    // Text from the controller is printed escaped (see `print_request`).
+    let mut out = EscapedLines(out);
+    let out = &mut out;
     writeln!(
         out,
         "  {}  {}  role {}  approved by {}  {} .. {}{}  reason {:?}",
@@ -400,6 +418,29 @@ fn print_reviewed_grant(out: &mut impl Write, g: &pb::ReviewedGrant) -> std::io:
             _ => String::new(),
         },
         g.reason
+    )?;
+    // What the grant allowed: the controller never receives the agents' read records (see
+    // docs/policy.md, "The access review").
+    writeln!(
+        out,
+        "      may read {} on {} (redaction {}){}",
+        g.paths.join(", "),
+        g.hosts
+            .iter()
+            .cloned()
+            .chain(g.labels.iter().map(|l| format!("label {l}")))
+            .collect::<Vec<_>>()
+            .join(", "),
+        g.redaction_profile,
+        if g.revoked_at_unix != 0 {
+            format!(
+                "; revoked at {} by {}",
+                format_time(g.revoked_at_unix),
+                g.revoked_by.rsplit('/').next().unwrap_or(&g.revoked_by)
+            )
+        } else {
+            String::new()
+        }
     )
 }
 
@@ -432,7 +473,7 @@ fn csv_field(text: &str) -> String {
 fn review_csv(out: &mut impl Write, review: &pb::AccessReviewResponse) -> std::io::Result<()> {
     writeln!(
         out,
-        "grant_id,subject,role,approved_by,not_before,not_after,break_glass,reviewed,reviewed_by,reason"
+        "grant_id,subject,role,approved_by,not_before,not_after,break_glass,reviewed,reviewed_by,reason,hosts,paths,redaction_profile,revoked_at"
     )?;
     let mut seen = std::collections::HashSet::new();
     for g in review.grants.iter().chain(&review.unreviewed_break_glass) {
@@ -450,6 +491,19 @@ fn review_csv(out: &mut impl Write, review: &pb::AccessReviewResponse) -> std::i
             g.reviewed.to_string(),
             g.reviewed_by.clone(),
             g.reason.clone(),
+            g.hosts
+                .iter()
+                .cloned()
+                .chain(g.labels.iter().map(|l| format!("label {l}")))
+                .collect::<Vec<_>>()
+                .join(" "),
+            g.paths.join(" "),
+            g.redaction_profile.clone(),
+            if g.revoked_at_unix != 0 {
+                format_time(g.revoked_at_unix)
+            } else {
+                String::new()
+            },
         ];
         let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
         writeln!(out, "{}", row.join(","))?;
@@ -467,13 +521,21 @@ pub async fn access_review(
     let json = output == ReviewOutput::Json;
     let since_unix = loggate_core::grant::unix_now()
         .saturating_sub(i64::try_from(since.as_secs()).unwrap_or(i64::MAX));
-    let mut client = controller(config).await?;
+    // Each of the review's two lists of grants holds at most about 16 MiB of text (the
+    // controller's bound): accept both, beyond the 4 MiB default.
+    let mut client = controller(config)
+        .await?
+        .max_decoding_message_size(64 << 20);
     let review = client
         .access_review(pb::AccessReviewRequest { since_unix })
         .await
         .or_explain(config, &the_controller(config))
         .await?
         .into_inner();
+    // A list cut at the controller's bound is said on stderr whatever the output format.
+    for note in &review.truncated {
+        eprintln!("loggate: access review truncated: {note}");
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     if output == ReviewOutput::Csv {
@@ -487,11 +549,13 @@ pub async fn access_review(
                 "name": r.name, "approval": r.approval, "holders": r.holders,
                 "requesters": r.requesters, "never_requested": r.never_requested,
                 "requests": r.requests, "grants": r.grants,
+                "certificate_groups": r.certificate_groups,
             })).collect::<Vec<_>>(),
             "unused_roles": review.unused_roles,
             "grants": review.grants.iter().map(reviewed_grant_json).collect::<Vec<_>>(),
             "unreviewed_break_glass":
                 review.unreviewed_break_glass.iter().map(reviewed_grant_json).collect::<Vec<_>>(),
+            "truncated": review.truncated,
         });
         writeln!(out, "{value}")?;
         return out.flush().map_err(Failure::from);
@@ -518,6 +582,13 @@ pub async fn access_review(
                 r.never_requested.join(", ")
             }
         )?;
+        if !r.certificate_groups.is_empty() {
+            writeln!(
+                out,
+                "    members of {} named only by their certificates are not known until they request",
+                r.certificate_groups.join(", ")
+            )?;
+        }
     }
     writeln!(
         out,
@@ -540,7 +611,27 @@ pub async fn access_review(
     for g in &review.unreviewed_break_glass {
         print_reviewed_grant(&mut out, g)?;
     }
+    for note in &review.truncated {
+        writeln!(out, "TRUNCATED: {note}")?;
+    }
     out.flush().map_err(Failure::from)
+}
+
+/// A writer that prints each `write!` with [`crate::policy::text::escaped`] applied.
+struct EscapedLines<'a, W: Write>(&'a mut W);
+
+impl<W: Write> Write for EscapedLines<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        // Line ends are the printer's own; everything else is escaped.
+        let shown: Vec<String> = text.split('\n').map(crate::policy::text::escaped).collect();
+        self.0.write_all(shown.join("\n").as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// `loggate access ack GRANT --comment …`: a break-glass grant reviewed (admins).

@@ -22,8 +22,9 @@
 mod handle;
 pub mod notify;
 pub mod selector;
+pub mod text;
 
-pub use handle::{reload_on_sighup, PolicyHandle, ReloadError};
+pub use handle::{reload_on_sighup, DecisionGuard, PolicyHandle, ReloadError};
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +42,10 @@ use toml::Spanned;
 pub const MAX_PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The default wait of a pending request.
 pub const DEFAULT_PENDING_TTL: Duration = Duration::from_secs(3600);
+/// The default of `settings.max_pending_per_requester`.
+pub const DEFAULT_MAX_PENDING: u32 = 20;
+/// The largest `settings.max_pending_per_requester`.
+pub const MAX_MAX_PENDING: u32 = 1000;
 /// The largest policy file read (bytes).
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
 
@@ -134,9 +139,21 @@ pub struct Role {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub groups: BTreeMap<String, BTreeSet<String>>,
+    /// The groups whose members may also be named by a user's certificate (an OU our CA
+    /// wrote; `settings.certificate_groups`): opt-in per group, so a certificate's OU never
+    /// makes anyone a member of any other group.
+    pub certificate_groups: BTreeSet<String>,
+    /// Users who hold no role and review nothing, whatever `[groups]` or their certificate
+    /// says (`settings.deny_users`): how someone whose certificate still names a group is
+    /// taken out of it before the certificate expires. Deny wins.
+    pub deny_users: BTreeSet<String>,
     pub agent_labels: BTreeMap<String, BTreeMap<String, String>>,
     pub roles: Vec<Role>,
     pub pending_ttl: Duration,
+    /// The most pending requests one requester may have at once
+    /// (`settings.max_pending_per_requester`): one person cannot flood approvers' lists or
+    /// the notification queue.
+    pub max_pending_per_requester: u32,
     /// Where notifications go (`[notify]`), if anywhere.
     pub notify: Option<notify::Webhook>,
     /// SHA-256 (hex) of the file's bytes, audited with every load.
@@ -177,6 +194,11 @@ struct RawNotify {
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     pending_ttl: Option<String>,
+    max_pending_per_requester: Option<u32>,
+    #[serde(default)]
+    certificate_groups: Vec<String>,
+    #[serde(default)]
+    deny_users: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +300,19 @@ impl Policy {
             },
             None => DEFAULT_PENDING_TTL,
         };
+        let max_pending_per_requester = match &raw.settings {
+            Some(settings) => match settings.get_ref().max_pending_per_requester {
+                Some(n) if (1..=MAX_MAX_PENDING).contains(&n) => n,
+                Some(n) => {
+                    return Err((
+                        at(settings.span()),
+                        format!("settings.max_pending_per_requester {n} is out of range; give between 1 and {MAX_MAX_PENDING}"),
+                    ))
+                }
+                None => DEFAULT_MAX_PENDING,
+            },
+            None => DEFAULT_MAX_PENDING,
+        };
         let mut groups = BTreeMap::new();
         for (name, members) in &raw.groups {
             let line = at(members.span());
@@ -301,6 +336,29 @@ impl Policy {
             }
             groups.insert(name.clone(), set);
         }
+        let mut certificate_groups = BTreeSet::new();
+        let mut deny_users = BTreeSet::new();
+        if let Some(settings) = &raw.settings {
+            let line = at(settings.span());
+            for g in &settings.get_ref().certificate_groups {
+                if !groups.contains_key(g) {
+                    return Err((
+                        line,
+                        format!("settings.certificate_groups names group {g:?}, which [groups] does not define (write `{g} = []` there if only certificates name its members)"),
+                    ));
+                }
+                certificate_groups.insert(g.clone());
+            }
+            for u in &settings.get_ref().deny_users {
+                if !is_valid_name(u) {
+                    return Err((
+                        line,
+                        format!("settings.deny_users: {u:?} is not a valid user name"),
+                    ));
+                }
+                deny_users.insert(u.clone());
+            }
+        }
         let mut agent_labels = BTreeMap::new();
         for (id, agent) in &raw.agents {
             let line = at(agent.span());
@@ -320,7 +378,8 @@ impl Policy {
         let mut roles: Vec<Role> = Vec::new();
         for spanned in &raw.roles {
             let line = at(spanned.span());
-            let role = Self::role(spanned.get_ref(), &groups).map_err(|e| (line, e))?;
+            let role =
+                Self::role(spanned.get_ref(), &groups, &deny_users).map_err(|e| (line, e))?;
             if roles.iter().any(|r| r.name == role.name) {
                 return Err((line, format!("role {:?} is defined twice", role.name)));
             }
@@ -335,15 +394,22 @@ impl Policy {
         };
         Ok(Policy {
             groups,
+            certificate_groups,
+            deny_users,
             agent_labels,
             roles,
             pending_ttl,
+            max_pending_per_requester,
             notify,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
         })
     }
 
-    fn role(raw: &RawRole, groups: &BTreeMap<String, BTreeSet<String>>) -> Result<Role, String> {
+    fn role(
+        raw: &RawRole,
+        groups: &BTreeMap<String, BTreeSet<String>>,
+        deny_users: &BTreeSet<String>,
+    ) -> Result<Role, String> {
         let name = &raw.name;
         if !is_valid_name(name) {
             return Err(format!(
@@ -437,6 +503,7 @@ impl Policy {
                     .iter()
                     .filter_map(|g| groups.get(g))
                     .flatten()
+                    .filter(|u| !deny_users.contains(*u))
                     .collect();
                 if u32::try_from(eligible.len()).unwrap_or(u32::MAX) < count {
                     return Err(format!(
@@ -505,8 +572,10 @@ impl Policy {
         self.members_except(approval.groups(), requester)
     }
 
-    /// The members of `groups` (as this policy defines them now) other than `requester`, in
-    /// name order: who may review a request stored with these approver groups.
+    /// The members of `groups` listed in `[groups]` (as this policy defines them now) other
+    /// than `requester` and the denied users, in name order: who may review a request with
+    /// these approver groups. Members named only by their certificates
+    /// (`settings.certificate_groups`) are not listed: the controller cannot know them.
     pub fn members_except(&self, groups: &[String], requester: &str) -> Vec<String> {
         let mut people: BTreeSet<&String> = BTreeSet::new();
         for g in groups {
@@ -516,17 +585,51 @@ impl Policy {
         }
         people
             .into_iter()
-            .filter(|p| p.as_str() != requester)
+            .filter(|p| p.as_str() != requester && !self.deny_users.contains(p.as_str()))
             .cloned()
             .collect()
     }
 
+    /// Whether `person` is a member of group `group`: only for a group this policy defines,
+    /// never for a user of `settings.deny_users`; listed in `[groups]`, or holding the group
+    /// in their certificate (`cert_groups`, see [`Query::cert_groups`]) when the group opts in
+    /// (`settings.certificate_groups`).
+    pub fn is_member(&self, group: &str, person: &str, cert_groups: &[String]) -> bool {
+        let Some(listed) = self.groups.get(group) else {
+            return false;
+        };
+        if self.deny_users.contains(person) {
+            return false;
+        }
+        listed.contains(person)
+            || (self.certificate_groups.contains(group) && cert_groups.iter().any(|g| g == group))
+    }
+
+    /// Whether `reviewer` (with the groups of their certificate) may review a request of
+    /// `requester` whose approver groups are `groups`: a member of one of them, never the
+    /// requester.
+    pub fn may_review(
+        &self,
+        groups: &[String],
+        requester: &str,
+        reviewer: &str,
+        cert_groups: &[String],
+    ) -> bool {
+        reviewer != requester
+            && groups
+                .iter()
+                .any(|g| self.is_member(g, reviewer, cert_groups))
+    }
+
     /// Why `role` does not allow `query` (None: it does).
     fn refusal(&self, role: &Role, q: &Query<'_>) -> Option<Refusal> {
+        if self.deny_users.contains(q.subject) {
+            return Some(Refusal::UserDenied);
+        }
         let in_group = role
             .groups
             .iter()
-            .any(|g| self.groups.get(g).is_some_and(|m| m.contains(q.subject)));
+            .any(|g| self.is_member(g, q.subject, q.cert_groups));
         if !role.users.contains(q.subject) && !in_group {
             return Some(Refusal::NotAMember);
         }
@@ -608,6 +711,11 @@ impl Policy {
 #[derive(Debug, Clone)]
 pub struct Query<'a> {
     pub subject: &'a str,
+    /// The groups the subject's certificate names (its subject's OU attributes), matched like
+    /// `[groups]` members. Only certificates of the configured CA reach the controller, so
+    /// these are groups our CA wrote; empty for `policy check --subject` about someone else,
+    /// whose certificate the controller does not have.
+    pub cert_groups: &'a [String],
     pub hosts: &'a [String],
     pub paths: &'a [String],
     pub ttl: Duration,
@@ -619,6 +727,8 @@ pub struct Query<'a> {
 /// Why one role does not allow a query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
+    /// The subject is in `settings.deny_users`.
+    UserDenied,
     NotAMember,
     HostNotCovered(String),
     PathNotCovered(String),
@@ -636,6 +746,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn as_str(&self) -> &'static str {
         match self {
+            Refusal::UserDenied => "user_denied",
             Refusal::NotAMember => "not_a_member",
             Refusal::HostNotCovered(_) => "host_not_covered",
             Refusal::PathNotCovered(_) => "path_not_covered",
@@ -649,6 +760,9 @@ impl Refusal {
     /// The reason as a phrase ("does not cover host web-2").
     pub fn describe(&self) -> String {
         match self {
+            Refusal::UserDenied => {
+                "does not apply: the policy's settings.deny_users names you".into()
+            }
             Refusal::NotAMember => "you are not among its users or groups".into(),
             Refusal::HostNotCovered(h) => format!("does not cover host {h}"),
             Refusal::PathNotCovered(p) => format!("does not cover path {p}"),

@@ -301,6 +301,7 @@ fn evaluation_picks_the_role_and_rule_or_says_why_none() {
         let paths: Vec<String> = c.paths.iter().map(|s| s.to_string()).collect();
         let decision = p.evaluate(&Query {
             subject: c.subject,
+            cert_groups: &[],
             hosts: &hosts,
             paths: &paths,
             ttl: c.ttl,
@@ -349,6 +350,7 @@ approver_groups = ["sre"]
     let paths = vec!["/var/log/syslog.log".to_string()];
     let q = Query {
         subject: "bob",
+        cert_groups: &[],
         hosts: &hosts,
         paths: &paths,
         ttl: H1,
@@ -397,6 +399,7 @@ approval = "auto"
     let paths = vec!["/var/log/a.log".to_string()];
     let q = Query {
         subject: "alice",
+        cert_groups: &[],
         hosts: &hosts,
         paths: &paths,
         ttl: H1,
@@ -489,4 +492,152 @@ fn approval_rules_describe_themselves() {
         ]
     );
     assert_eq!(hours(1), H1);
+}
+
+#[test]
+fn groups_from_the_certificate_count_like_group_members_for_requests_and_reviews() {
+    let p = Policy::parse(
+        r#"
+[settings]
+certificate_groups = ["payments", "sre"]
+
+[groups]
+payments = []
+sre = ["bob"]
+
+[[roles]]
+name = "payments-prod"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["/var/log/app/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+"#,
+    )
+    .unwrap_or_else(|(line, e)| panic!("line {line}: {e}"));
+    let hosts = vec!["web-1".to_string()];
+    let paths = vec!["/var/log/app/api.log".to_string()];
+    let payments = vec!["payments".to_string()];
+    let ask = |cert_groups: &[String]| {
+        p.evaluate(&Query {
+            subject: "carol",
+            cert_groups,
+            hosts: &hosts,
+            paths: &paths,
+            ttl: H1,
+            profile: "default",
+            break_glass: false,
+        })
+    };
+    assert!(matches!(ask(&[]), Decision::Refused(_)));
+    match ask(&payments) {
+        Decision::Allowed(a) => assert_eq!(a.role, "payments-prod"),
+        other => panic!("{other:?}"),
+    }
+    let sre = vec!["sre".to_string()];
+    let groups = vec!["sre".to_string()];
+    assert!(p.may_review(&groups, "carol", "dave", &sre));
+    assert!(p.may_review(&groups, "carol", "bob", &[]));
+    assert!(!p.may_review(&groups, "carol", "dave", &payments));
+    assert!(
+        !p.may_review(&groups, "carol", "carol", &sre),
+        "never one's own"
+    );
+}
+
+#[test]
+fn the_per_requester_cap_on_pending_requests_defaults_to_20_and_is_range_checked() {
+    assert_eq!(policy().max_pending_per_requester, 20);
+    let set = |n: &str| Policy::parse(&format!("[settings]\nmax_pending_per_requester = {n}\n"));
+    assert_eq!(set("3").unwrap().max_pending_per_requester, 3);
+    for bad in ["0", "1001"] {
+        let (line, e) = set(bad).unwrap_err();
+        assert_eq!(line, 1);
+        assert!(e.contains("out of range"), "{e}");
+    }
+}
+
+/// The policy of [`groups_from_the_certificate_count_like_group_members_for_requests_and_reviews`]
+/// with `settings` of its own.
+fn cert_policy(settings: &str) -> Policy {
+    Policy::parse(&format!(
+        r#"
+[settings]
+{settings}
+
+[groups]
+payments = ["alice"]
+sre = ["bob", "erin"]
+security = ["bob"]
+
+[[roles]]
+name = "payments-prod"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["/var/log/app/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+"#
+    ))
+    .unwrap_or_else(|(line, e)| panic!("line {line}: {e}"))
+}
+
+fn ask_as(p: &Policy, subject: &str, cert_groups: &[String]) -> Decision {
+    let hosts = vec!["web-1".to_string()];
+    let paths = vec!["/var/log/app/api.log".to_string()];
+    p.evaluate(&Query {
+        subject,
+        cert_groups,
+        hosts: &hosts,
+        paths: &paths,
+        ttl: H1,
+        profile: "default",
+        break_glass: false,
+    })
+}
+
+#[test]
+fn a_certificate_group_counts_only_for_groups_that_opt_in() {
+    let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // No opt-in: an OU of payments or sre makes nobody a member.
+    let p = cert_policy("");
+    assert!(matches!(
+        ask_as(&p, "carol", &groups(&["payments"])),
+        Decision::Refused(_)
+    ));
+    assert!(!p.may_review(&groups(&["sre"]), "alice", "dave", &groups(&["sre"])));
+    // sre opts in, payments does not: dave reviews, carol still cannot request.
+    let p = cert_policy(r#"certificate_groups = ["sre"]"#);
+    assert!(p.may_review(&groups(&["sre"]), "alice", "dave", &groups(&["sre"])));
+    assert!(matches!(
+        ask_as(&p, "carol", &groups(&["payments"])),
+        Decision::Refused(_)
+    ));
+    // A group the policy does not define is nobody's, whatever the certificate says.
+    assert!(!p.is_member("oncall", "dave", &groups(&["oncall"])));
+    // Opting in a group [groups] does not define is refused at load.
+    let (_, e) = Policy::parse("[settings]\ncertificate_groups = [\"oncall\"]\n").unwrap_err();
+    assert!(e.contains("which [groups] does not define"), "{e}");
+}
+
+#[test]
+fn a_denied_user_holds_no_role_and_reviews_nothing_whatever_their_certificate_says() {
+    let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let p = cert_policy(
+        r#"certificate_groups = ["payments", "sre"]
+deny_users = ["carol", "bob", "alice"]"#,
+    );
+    match ask_as(&p, "carol", &groups(&["payments"])) {
+        Decision::Refused(r) => assert_eq!(r[0].1, Refusal::UserDenied),
+        other => panic!("{other:?}"),
+    }
+    // Listed in [groups] and denied: deny wins.
+    assert!(matches!(ask_as(&p, "alice", &[]), Decision::Refused(_)));
+    assert!(!p.may_review(&groups(&["sre"]), "dave", "bob", &[]));
+    assert!(!p.may_review(&groups(&["sre"]), "dave", "carol", &groups(&["sre"])));
+    assert_eq!(p.members_except(&groups(&["sre"]), "dave"), ["erin"]);
 }

@@ -11,20 +11,206 @@
 //! - every step is audited before it takes effect, inside the store's transaction.
 
 use super::{grant_info, internal, seconds, ControllerService, MAX_FIELD};
-use crate::policy::notify::{Notice, Notifier};
+use crate::policy::notify::{Notice, Notifier, BREAK_GLASS_EVENT};
 use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
-use crate::store::{GrantRow, RequestRow, RequestState, ReviewRow, Store};
+use crate::store::{
+    GrantRow, ListScope, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, Store,
+    TooManyPending,
+};
+use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget};
 use loggate_core::audit::{events, SharedAuditLog};
 use loggate_core::grant::{compile_path_glob, unix_now, GrantClaims, GrantError, MAX_TOKEN_LEN};
 use loggate_core::identity::{is_valid_name, Identity};
 use loggate_proto as pb;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tonic::{Request, Response, Status};
 
 /// The longest a `GetRequest` waits for a decision.
 const MAX_WAIT: Duration = Duration::from_secs(30);
+/// The most requests `ListRequests` answers with (after filtering by who may see them).
+const MAX_LISTED: usize = 500;
+/// The most grants (and, separately, unreviewed break-glass grants, and requests) one access
+/// review reads; a list cut there says so.
+pub(super) const REVIEW_BOUND: usize = 10_000;
+/// Request states queued for `--wait` waiters; a waiter further behind reads the store once.
+const STATE_QUEUE: usize = 1024;
+
+/// Why a request was refused before anything was stored (`access.request_refused`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestRefusal {
+    NoRole,
+    TooManyPending,
+    GrantTooLarge,
+    Suppressed,
+}
+
+impl RequestRefusal {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            RequestRefusal::NoRole => "no_role",
+            RequestRefusal::TooManyPending => "too_many_pending",
+            RequestRefusal::GrantTooLarge => "grant_too_large",
+            RequestRefusal::Suppressed => "suppressed",
+        }
+    }
+}
+
+/// What the governance layer shares between RPCs: every request's new state, told once to
+/// all `--wait` waiters (none of them reads the store for a change to another request), and
+/// the per-requester budget of `access.request_refused` records, so that a requester sending
+/// refused requests in a loop cannot flood (and with rotation push out) the audit.
+pub(crate) struct Governance {
+    states: broadcast::Sender<Arc<RequestRow>>,
+    refusals: ReportBudget<String>,
+}
+
+impl Governance {
+    pub(crate) fn new() -> Self {
+        Governance {
+            states: broadcast::channel(STATE_QUEUE).0,
+            refusals: ReportBudget::new(BudgetPolicy::default()),
+        }
+    }
+
+    /// Tells the waiters of request `r` its new state.
+    fn changed(&self, r: &RequestRow) {
+        // No receiver (nobody waits) is not an error.
+        let _ = self.states.send(Arc::new(r.clone()));
+    }
+
+    /// Writes one `suppressed` record per requester whose refusals the budget left out; the
+    /// expiry task calls it at least once a minute, the daemon once more before
+    /// `controller.stopped`.
+    pub(crate) fn write_summaries(&self, audit: &SharedAuditLog) {
+        for summary in self.refusals.take_summaries() {
+            let record = events::AccessRequestRefused {
+                subject: summary.source.unwrap_or_default(),
+                hosts: Vec::new(),
+                paths: Vec::new(),
+                hosts_count: 0,
+                paths_count: 0,
+                lists_sha256: None,
+                reason_code: RequestRefusal::Suppressed.as_str(),
+                reason: format!(
+                    "{} refused requests or reviews over the audit budget of {} a minute were not recorded one by one",
+                    summary.left_out,
+                    self.refusals.policy().per_window
+                ),
+                suppressed_before: summary.left_out,
+            };
+            if let Err(e) = audit.append(&record) {
+                tracing::error!("audit write failed: {e:#}");
+            }
+        }
+    }
+}
+
+/// The most bytes of one path an `access.request_refused` record keeps (as `read.denied`).
+const AUDIT_PATH_BYTES: usize = 256;
+/// The most bytes of paths, and of hosts, one record keeps.
+const AUDIT_PATHS_BYTES: usize = 1024;
+const AUDIT_HOSTS_BYTES: usize = 512;
+/// The most bytes of a refusal's reason one record keeps.
+const AUDIT_REASON_BYTES: usize = 1024;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The first `items`, each cut to `each` bytes, that fit in `total` bytes; true when anything
+/// was cut or left out.
+fn bounded_items(items: &[String], each: usize, total: usize) -> (Vec<String>, bool) {
+    let mut kept = Vec::new();
+    let mut used = 0;
+    let mut cut_any = false;
+    for item in items {
+        let part = cut(item, each);
+        cut_any |= part.len() < item.len();
+        if used + part.len() > total {
+            return (kept, true);
+        }
+        used += part.len();
+        kept.push(part.to_string());
+    }
+    (kept, cut_any)
+}
+
+/// The `access.request_refused` record of a refusal: hosts, paths and reason bounded (a
+/// request may name 64 paths of 1 KiB), the whole lists named by their SHA-256 when cut.
+fn refused_record(
+    subject: String,
+    hosts: &[String],
+    paths: &[String],
+    code: RequestRefusal,
+    reason: &str,
+    suppressed_before: u64,
+) -> events::AccessRequestRefused {
+    use sha2::{Digest, Sha256};
+    let (kept_hosts, hosts_cut) = bounded_items(hosts, 64, AUDIT_HOSTS_BYTES);
+    let (kept_paths, paths_cut) = bounded_items(paths, AUDIT_PATH_BYTES, AUDIT_PATHS_BYTES);
+    let lists_sha256 = (hosts_cut || paths_cut).then(|| {
+        let mut digest = Sha256::new();
+        for item in hosts.iter().chain(paths) {
+            digest.update(item.as_bytes());
+            digest.update(b"\n");
+        }
+        hex::encode(digest.finalize())
+    });
+    events::AccessRequestRefused {
+        subject,
+        hosts: kept_hosts,
+        hosts_count: hosts.len() as u64,
+        paths: kept_paths,
+        paths_count: paths.len() as u64,
+        lists_sha256,
+        reason_code: code.as_str(),
+        reason: cut(reason, AUDIT_REASON_BYTES).to_string(),
+        suppressed_before,
+    }
+}
+
+/// Waits until request `first` is decided or `deadline` passes, from the states `updates`
+/// tells of: a change to another request costs nothing; `reload` (which reads the store) runs
+/// only when this waiter fell behind the queue or at the request's own expiry (the expiry task
+/// may be asleep until then).
+pub(super) async fn wait_for_decision(
+    first: RequestRow,
+    updates: &mut broadcast::Receiver<Arc<RequestRow>>,
+    deadline: tokio::time::Instant,
+    mut reload: impl FnMut() -> Result<RequestRow, Status>,
+) -> Result<RequestRow, Status> {
+    let mut r = first;
+    loop {
+        let now = tokio::time::Instant::now();
+        if r.state != RequestState::Pending || now >= deadline {
+            return Ok(r);
+        }
+        let until_expiry =
+            Duration::from_secs(r.expires.saturating_sub(unix_now()).max(0).unsigned_abs());
+        let wake = deadline.min(now + until_expiry + Duration::from_millis(100));
+        tokio::select! {
+            update = updates.recv() => match update {
+                Ok(row) if row.id == r.id => r = (*row).clone(),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => r = reload()?,
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Status::unavailable("the controller is stopping"))
+                }
+            },
+            _ = tokio::time::sleep_until(wake) => r = reload()?,
+        }
+    }
+}
 
 /// Everything a grant is made of, for [`ControllerService::sign_grant`].
 pub(super) struct GrantSpec<'a> {
@@ -60,14 +246,14 @@ fn status_of(e: anyhow::Error) -> Status {
     }
 }
 
-/// Text a requester or reviewer writes (paths, reason, comment) is shown to other people: on
-/// approvers' terminals, in webhook messages, in the access review. A control character (C0,
-/// DEL, C1: escape sequences, carriage returns, line breaks) could rewrite what they read, so
-/// it is refused, whatever the client.
-fn check_plain_text(what: &str, text: &str) -> Result<(), Status> {
-    if text.chars().any(char::is_control) {
+/// Text a requester, reviewer or admin writes (paths, reason, comment) is shown to other
+/// people: on approvers' terminals, in webhook messages, in the access review. A control,
+/// format or separator character (see [`crate::policy::text`]) could rewrite what they read,
+/// so it is refused, whatever the client.
+pub(super) fn check_plain_text(what: &str, text: &str) -> Result<(), Status> {
+    if text.chars().any(crate::policy::text::is_hidden_or_control) {
         return Err(Status::invalid_argument(format!(
-            "{what} holds a control character (a line break, an escape, a carriage return…); write it on one line of plain text"
+            "{what} holds a control or invisible formatting character (a line break, an escape, a bidi override, a zero-width space…); write it on one line of plain text"
         )));
     }
     Ok(())
@@ -107,6 +293,7 @@ fn notice(event: &'static str, r: &RequestRow, approvers: &[String], text: Strin
             "state": r.state.as_str(), "reason": r.reason, "approvers": approvers,
             "grant_id": r.grant_id,
         }),
+        from: Some(short(&r.requester).to_string()),
     }
 }
 
@@ -175,13 +362,16 @@ pub(super) fn spawn_expiry(
     changed: watch::Sender<u64>,
     notifier: Notifier,
     handle: Arc<PolicyHandle>,
+    governance: Arc<Governance>,
 ) {
     let mut changes = changed.subscribe();
     tokio::spawn(async move {
         loop {
             let now = unix_now();
             let expired = tokio::task::block_in_place(|| {
+                governance.write_summaries(&audit);
                 expire_due(&store, &audit, now, |r| {
+                    governance.changed(r);
                     notify_expired(Some(&notifier), Some(&handle), r)
                 })
             });
@@ -205,6 +395,12 @@ pub(super) fn spawn_expiry(
 }
 
 impl ControllerService {
+    /// The refusal budget of requests and reviews, for the daemon's last summaries before
+    /// `controller.stopped`.
+    pub(crate) fn governance(&self) -> Arc<Governance> {
+        self.governance.clone()
+    }
+
     /// Turns on the governance layer: the policy in force and the pending-request expiry.
     pub fn with_access_policy(mut self, handle: Arc<PolicyHandle>) -> Self {
         let notifier = Notifier::start(self.audit.clone());
@@ -214,6 +410,7 @@ impl ControllerService {
             self.requests_changed.clone(),
             notifier.clone(),
             handle.clone(),
+            self.governance.clone(),
         );
         self.access = Some(handle);
         self.notifier = Some(notifier);
@@ -230,6 +427,115 @@ impl ControllerService {
         }
     }
 
+    /// Tells the webhook of an admin's `grant issue`, the break-glass path, exactly as of a
+    /// break-glass request (event `access.break_glass`, its own queue).
+    pub(super) fn notify_grant_issue(&self, g: &GrantRow) {
+        let (Some(n), Some(p)) = (
+            &self.notifier,
+            self.access.as_ref().and_then(|h| h.current()),
+        ) else {
+            return;
+        };
+        let text = format!(
+            "loggate BREAK-GLASS: {} issued {} a grant to read {} on {} for {} (reason {:?}); granted without approval, to be reviewed",
+            short(&g.issuer),
+            short(&g.subject),
+            g.paths.join(", "),
+            g.hosts.iter().chain(&g.labels).cloned().collect::<Vec<_>>().join(", "),
+            loggate_core::duration::format(Duration::from_secs(
+                g.not_after.saturating_sub(g.not_before).max(0).unsigned_abs()
+            )),
+            g.reason
+        );
+        let fields = serde_json::json!({
+            "event": BREAK_GLASS_EVENT, "request_id": null, "requester": short(&g.subject),
+            "issuer": short(&g.issuer), "how": "grant_issue", "hosts": g.hosts,
+            "labels": g.labels, "paths": g.paths,
+            "ttl_seconds": g.not_after.saturating_sub(g.not_before).max(0),
+            "redaction_profile": g.profile, "reason": g.reason, "grant_id": g.id,
+        });
+        n.send(
+            p.notify.as_ref(),
+            Notice {
+                event: BREAK_GLASS_EVENT,
+                text,
+                fields,
+                from: None,
+            },
+        );
+    }
+
+    /// Audits a request refused before anything was stored (budgeted per requester) and
+    /// returns `status` to answer with. An audit failure is logged: the request is refused
+    /// either way.
+    fn refuse_request(
+        &self,
+        user: &Identity,
+        hosts: &[String],
+        paths: &[String],
+        code: RequestRefusal,
+        status: Status,
+    ) -> Status {
+        let subject = user.spiffe_id().to_string();
+        if let Admission::Write { suppressed_before } = self
+            .governance
+            .refusals
+            .admit(std::slice::from_ref(&subject))
+        {
+            let record = refused_record(
+                subject,
+                hosts,
+                paths,
+                code,
+                status.message(),
+                suppressed_before,
+            );
+            if let Err(e) = self.audit(&record) {
+                tracing::error!("cannot audit a refused request: {}", e.message());
+            }
+        }
+        status
+    }
+
+    /// Audits a refused review (`access.review_refused`), budgeted per reviewer with refused
+    /// requests: a reviewer refused in a loop (self-approvals) cannot flood the audit.
+    fn audit_review_refused(
+        &self,
+        r: &RequestRow,
+        reviewer: &Identity,
+        code: &'static str,
+    ) -> Result<(), Status> {
+        let approver = reviewer.spiffe_id().to_string();
+        match self
+            .governance
+            .refusals
+            .admit(std::slice::from_ref(&approver))
+        {
+            Admission::Write { suppressed_before } => self.audit(&events::AccessReviewRefused {
+                request_id: r.id.clone(),
+                subject: r.requester.clone(),
+                approver,
+                reason_code: code,
+                suppressed_before,
+            }),
+            Admission::Suppressed => Ok(()),
+        }
+    }
+
+    /// The policy in force for one decision, held in force until the guard is dropped (a
+    /// reload waits): evaluated and committed under the same policy.
+    fn decision_policy(&self) -> Result<crate::policy::DecisionGuard<'_>, Status> {
+        self.access
+            .as_ref()
+            .and_then(|h| h.decide())
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "the controller has no access policy configured, so nothing can be requested; \
+                 ask an admin (docs/policy.md)",
+                )
+            })
+    }
+
     fn access_policy(&self) -> Result<Arc<Policy>, Status> {
         self.access
             .as_ref()
@@ -242,13 +548,8 @@ impl ControllerService {
             })
     }
 
-    /// Signs a grant, checks its size, and audits it (`grant.issued`): the caller stores it in
-    /// the same transaction. Errors are `Status` inside `anyhow`.
-    pub(super) fn sign_grant(
-        &self,
-        spec: &GrantSpec<'_>,
-        revision: u64,
-    ) -> anyhow::Result<GrantRow> {
+    /// The token of the grant `spec` describes, refused when it is larger than agents accept.
+    fn signed_token(&self, spec: &GrantSpec<'_>) -> Result<String, Status> {
         let claims = GrantClaims {
             jti: spec.id.to_string(),
             iss: format!("spiffe://{}/controller", self.trust_domain),
@@ -264,14 +565,24 @@ impl ControllerService {
             approver: spec.issuer.to_string(),
             key_sha256: spec.key_sha256.to_string(),
         };
-        let token = self.signer.sign(&claims)?;
+        let token = self.signer.sign(&claims).map_err(|e| internal(e.into()))?;
         if token.len() > MAX_TOKEN_LEN {
             return Err(Status::invalid_argument(format!(
                 "the grant would be {} bytes, over the {MAX_TOKEN_LEN}-byte limit agents accept; name fewer or shorter paths, hosts or labels",
                 token.len()
-            ))
-            .into());
+            )));
         }
+        Ok(token)
+    }
+
+    /// Signs a grant, checks its size, and audits it (`grant.issued`): the caller stores it in
+    /// the same transaction. Errors are `Status` inside `anyhow`.
+    pub(super) fn sign_grant(
+        &self,
+        spec: &GrantSpec<'_>,
+        revision: u64,
+    ) -> anyhow::Result<GrantRow> {
+        let token = self.signed_token(spec)?;
         let row = GrantRow {
             id: spec.id.to_string(),
             subject: spec.subject.to_string(),
@@ -463,8 +774,16 @@ impl ControllerService {
             req.ttl_seconds
                 .clamp(1, crate::config::MAX_TTL_LIMIT.as_secs()),
         );
+        // Only the caller's own certificate is at hand: its groups count for a check about
+        // oneself, none for a check about someone else.
+        let cert_groups: &[String] = if subject == user.name() {
+            user.groups()
+        } else {
+            &[]
+        };
         let decision = policy.evaluate(&Query {
             subject: &subject,
+            cert_groups,
             hosts: &hosts,
             paths: &req.paths,
             ttl,
@@ -546,7 +865,8 @@ impl ControllerService {
     ) -> Result<Response<pb::AccessRequestResponse>, Status> {
         let user = self.user(&request)?;
         let req = request.into_inner();
-        let policy = self.access_policy()?;
+        let decision_guard = self.decision_policy()?;
+        let policy = decision_guard.policy.clone();
         let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
         Self::check_paths(&req.paths)?;
         if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
@@ -563,6 +883,7 @@ impl ControllerService {
             Duration::from_secs(req.ttl_seconds.min(crate::config::MAX_TTL_LIMIT.as_secs()));
         let decision = policy.evaluate(&Query {
             subject: user.name(),
+            cert_groups: user.groups(),
             hosts: &hosts,
             paths: &req.paths,
             ttl: asked,
@@ -572,10 +893,13 @@ impl ControllerService {
         let allowed = match decision {
             Decision::Allowed(a) => a,
             Decision::Refused(refusals) => {
-                return Err(Status::permission_denied(Decision::refusal_sentence(
-                    &refusals,
-                    user.name(),
-                )))
+                return Err(self.refuse_request(
+                    &user,
+                    &hosts,
+                    &req.paths,
+                    RequestRefusal::NoRole,
+                    Status::permission_denied(Decision::refusal_sentence(&refusals, user.name())),
+                ))
             }
         };
         let ttl = allowed.ttl.min(self.policy.max_ttl);
@@ -599,6 +923,7 @@ impl ControllerService {
             expires,
             decided_at: None,
             grant_id: None,
+            requester_groups: user.groups().to_vec(),
             reviews: Vec::new(),
         };
         let requested = events::AccessRequested {
@@ -614,14 +939,63 @@ impl ControllerService {
             approvals_needed: row.approvals_needed,
             approvers: allowed.approvers.clone(),
             expires_at: expires,
+            policy_sha256: policy.digest.clone(),
         };
+        // Refused now, before anything is stored or audited as requested (not at the approval),
+        // if the grant it would become cannot be signed small enough: measured with the longest
+        // issuer there can be (an approver's id; the controller's and the requester's are
+        // no longer).
+        let longest_approver = format!(
+            "spiffe://{}/user/{}",
+            self.trust_domain,
+            // The longest user name `is_valid_name` accepts.
+            "a".repeat(63)
+        );
+        let starts = expires;
+        self.signed_token(&GrantSpec {
+            id: loggate_core::grant::new_grant_id(),
+            subject: user.spiffe_id(),
+            hosts: &hosts,
+            labels: &[],
+            paths: &req.paths,
+            now: starts,
+            not_before: starts,
+            not_after: starts.saturating_add(seconds(ttl)),
+            profile: &profile,
+            reason: &req.reason,
+            issuer: &longest_approver,
+            key_sha256: &"0".repeat(64),
+        })
+        .map_err(|status| match status.code() {
+            // `signed_token`'s size refusal; any other error is the controller's own.
+            tonic::Code::InvalidArgument => self.refuse_request(
+                &user,
+                &hosts,
+                &req.paths,
+                RequestRefusal::GrantTooLarge,
+                status,
+            ),
+            _ => status,
+        })?;
         let stored = match &allowed.approval {
             Approval::Approvers { .. } => {
-                self.store
-                    .insert_pending_request(&row, || {
-                        self.audit(&requested).map_err(anyhow::Error::from)
-                    })
-                    .map_err(status_of)?;
+                let inserted = self.store.insert_pending_request(
+                    &row,
+                    policy.max_pending_per_requester,
+                    || self.audit(&requested).map_err(anyhow::Error::from),
+                );
+                if let Err(e) = inserted {
+                    return Err(match e.downcast::<TooManyPending>() {
+                        Ok(too_many) => self.refuse_request(
+                            &user,
+                            &hosts,
+                            &req.paths,
+                            RequestRefusal::TooManyPending,
+                            Status::resource_exhausted(too_many.to_string()),
+                        ),
+                        Err(e) => status_of(e),
+                    });
+                }
                 row
             }
             Approval::Auto | Approval::BreakGlass { .. } => {
@@ -667,6 +1041,8 @@ impl ControllerService {
                                 paths: grant.paths.clone(),
                                 reason: grant.reason.clone(),
                                 notified: allowed.approvers.clone(),
+                                webhook: self.notifier.is_some() && policy.notify.is_some(),
+                                policy_sha256: Some(policy.digest.clone()),
                             })?;
                         }
                         Ok(grant)
@@ -676,6 +1052,8 @@ impl ControllerService {
                 stored
             }
         };
+        drop(decision_guard);
+        self.governance.changed(&stored);
         self.requests_changed.send_modify(|n| *n += 1);
         let what = format!(
             "{} asks to read {} on {} for {} (role {}, reason {:?})",
@@ -704,7 +1082,7 @@ impl ControllerService {
                 format!("loggate: {what}; granted at once (auto)"),
             ),
             Approval::BreakGlass { .. } => self.notify(
-                "access.break_glass",
+                BREAK_GLASS_EVENT,
                 &stored,
                 &allowed.approvers,
                 format!(
@@ -718,7 +1096,9 @@ impl ControllerService {
     }
 
     /// Refuses a review that separation of duties forbids, audited: one's own request, a
-    /// reviewer outside the request's approver groups, a second review by the same person.
+    /// second approval by the same person, and for a denial a reviewer outside the request's
+    /// approver groups (an approver's groups are checked by [`Self::decide_approval`], under
+    /// the rule in force).
     fn check_reviewer(
         &self,
         r: &RequestRow,
@@ -738,12 +1118,7 @@ impl ControllerService {
             .into());
         }
         let refuse = |code: &'static str, status: Status| -> anyhow::Result<()> {
-            self.audit(&events::AccessReviewRefused {
-                request_id: r.id.clone(),
-                subject: r.requester.clone(),
-                approver: reviewer.spiffe_id().to_string(),
-                reason_code: code,
-            })?;
+            self.audit_review_refused(r, reviewer, code)?;
             Err(status.into())
         };
         if r.requester == reviewer.spiffe_id() {
@@ -759,7 +1134,14 @@ impl ControllerService {
             );
         }
         let eligible = policy.members_except(&r.approver_groups, short(&r.requester));
-        if !eligible.iter().any(|p| p == reviewer.name()) {
+        if !approving
+            && !policy.may_review(
+                &r.approver_groups,
+                short(&r.requester),
+                reviewer.name(),
+                reviewer.groups(),
+            )
+        {
             return refuse(
                 "not_an_approver",
                 Status::permission_denied(format!(
@@ -782,6 +1164,92 @@ impl ControllerService {
         Ok(())
     }
 
+    /// Decides request `r` (its reviews including `reviewer`'s new approval) under `policy`,
+    /// the one in force now: the role that allows it now sets how many approvals it needs and
+    /// from which groups; the reviewer must be eligible under those groups, and only stored
+    /// approvals whose reviewer may still review under them count. A request no role allows
+    /// now is refused (`policy_changed`), a reviewer outside the groups too
+    /// (`not_an_approver`), both audited. Returns the rule the request stands under now, the
+    /// approvals that count, and the TTL of its grant when they are enough (at most the one
+    /// granted at the request).
+    fn decide_approval(
+        &self,
+        r: &RequestRow,
+        reviewer: &Identity,
+        policy: &Policy,
+    ) -> anyhow::Result<(RequestRule, u32, Option<u64>)> {
+        let requester = short(&r.requester);
+        let decision = policy.evaluate(&Query {
+            subject: requester,
+            cert_groups: &r.requester_groups,
+            hosts: &r.hosts,
+            paths: &r.paths,
+            ttl: Duration::from_secs(r.ttl_seconds.max(1)),
+            profile: &r.profile,
+            break_glass: false,
+        });
+        let refuse = |code: &'static str, status: Status| -> anyhow::Error {
+            if let Err(e) = self.audit_review_refused(r, reviewer, code) {
+                return e.into();
+            }
+            status.into()
+        };
+        let allowed = match decision {
+            Decision::Allowed(a) => a,
+            Decision::Refused(refusals) => {
+                return Err(refuse(
+                    "policy_changed",
+                    Status::permission_denied(format!(
+                        "the access policy in force no longer allows request {}, so it was not approved: {}",
+                        r.id,
+                        Decision::refusal_sentence(&refusals, requester)
+                    )),
+                ))
+            }
+        };
+        // An `auto` role allows it now: the request's own approver groups still say who may
+        // approve it (one approval completes it).
+        let groups: Vec<String> = match &allowed.approval {
+            Approval::Approvers { groups, .. } => groups.clone(),
+            _ => r.approver_groups.clone(),
+        };
+        if !policy.may_review(&groups, requester, reviewer.name(), reviewer.groups()) {
+            return Err(refuse(
+                "not_an_approver",
+                Status::permission_denied(format!(
+                    "{reviewer} may not review request {}: its approvers are the groups {} ({})",
+                    r.id,
+                    groups.join(", "),
+                    policy.members_except(&groups, requester).join(", ")
+                )),
+            ));
+        }
+        let counted = r
+            .reviews
+            .iter()
+            .filter(|v| {
+                v.approve
+                    && policy.may_review(&groups, requester, short(&v.reviewer), &v.reviewer_groups)
+            })
+            .count();
+        let counted = u32::try_from(counted).unwrap_or(u32::MAX);
+        let needed = allowed.approval.needed().max(1);
+        let rule = RequestRule {
+            role: allowed.role.clone(),
+            approval: allowed.approval.as_str().to_string(),
+            approvals_needed: needed,
+            approver_groups: groups,
+        };
+        let ttl = (counted >= needed).then(|| {
+            allowed
+                .ttl
+                .min(self.policy.max_ttl)
+                .as_secs()
+                .min(r.ttl_seconds)
+        });
+        Ok((rule, counted, ttl))
+    }
+
     fn review_args(&self, req: &pb::ReviewRequest) -> Result<(), Status> {
         check_request_id(&req.request_id)?;
         if req.comment.len() > MAX_FIELD {
@@ -795,6 +1263,7 @@ impl ControllerService {
     fn expire_now(&self) -> Result<(), Status> {
         let expired = tokio::task::block_in_place(|| {
             expire_due(&self.store, &self.audit, unix_now(), |r| {
+                self.governance.changed(r);
                 notify_expired(self.notifier.as_ref(), self.access.as_ref(), r)
             })
         })
@@ -813,7 +1282,8 @@ impl ControllerService {
         let req = request.into_inner();
         self.review_args(&req)?;
         self.expire_now()?;
-        let policy = self.access_policy()?;
+        let decision_guard = self.decision_policy()?;
+        let policy = decision_guard.policy.clone();
         let before = self
             .store
             .request(&req.request_id)
@@ -827,6 +1297,7 @@ impl ControllerService {
             approve: true,
             comment: req.comment.clone(),
             at: now,
+            reviewer_groups: user.groups().to_vec(),
         };
         let after = self
             .store
@@ -834,20 +1305,26 @@ impl ControllerService {
                 &req.request_id,
                 &review,
                 |r| self.check_reviewer(r, &user, &policy, now, true),
-                |r, approvals, revision| {
-                    let grant_id = revision.map(|_| loggate_core::grant::new_grant_id());
+                |r, next_revision| {
+                    // Every approval decides the request under the policy in force now: a role
+                    // removed or narrowed since the request refuses it, a raised approver count
+                    // or a reviewer since removed from the approver groups keeps it pending.
+                    let (rule, approvals, ttl) = self.decide_approval(r, &user, &policy)?;
+                    let grant_id = ttl.map(|_| loggate_core::grant::new_grant_id());
                     self.audit(&events::AccessApproved {
                         request_id: r.id.clone(),
                         subject: r.requester.clone(),
                         approver: reviewer.clone(),
                         comment: req.comment.clone(),
                         approvals,
-                        approvals_needed: r.approvals_needed,
+                        approvals_needed: rule.approvals_needed,
                         grant_id: grant_id.as_ref().map(|g| g.to_string()),
+                        policy_sha256: policy.digest.clone(),
                     })?;
-                    let (Some(revision), Some(id)) = (revision, grant_id) else {
-                        return Ok(None);
+                    let (Some(ttl), Some(id)) = (ttl, grant_id) else {
+                        return Ok((rule, None));
                     };
+                    let revision = next_revision()?;
                     // The access clock starts now, at the approval that completes the request.
                     let grant = self.sign_grant(
                         &GrantSpec {
@@ -858,8 +1335,7 @@ impl ControllerService {
                             paths: &r.paths,
                             now,
                             not_before: now,
-                            not_after: now
-                                .saturating_add(i64::try_from(r.ttl_seconds).unwrap_or(i64::MAX)),
+                            not_after: now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
                             profile: &r.profile,
                             reason: &r.reason,
                             issuer: &reviewer,
@@ -867,11 +1343,12 @@ impl ControllerService {
                         },
                         revision,
                     )?;
-                    Ok(Some(grant))
+                    Ok((rule, Some(grant)))
                 },
             )
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        drop(decision_guard);
         if let Some(id) = &after.grant_id {
             if let Some(g) = self.store.grant(id).map_err(internal)? {
                 self.revision.send_replace(g.revision);
@@ -890,6 +1367,7 @@ impl ControllerService {
                 ),
             );
         }
+        self.governance.changed(&after);
         self.requests_changed.send_modify(|n| *n += 1);
         Ok(Response::new(self.response(&after, false)?))
     }
@@ -914,6 +1392,7 @@ impl ControllerService {
             approve: false,
             comment: req.comment.clone(),
             at: now,
+            reviewer_groups: user.groups().to_vec(),
         };
         let after = self
             .store
@@ -933,6 +1412,7 @@ impl ControllerService {
             )
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        self.governance.changed(&after);
         self.requests_changed.send_modify(|n| *n += 1);
         self.notify(
             "access.denied",
@@ -988,6 +1468,7 @@ impl ControllerService {
             )
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
+        self.governance.changed(&after);
         self.requests_changed.send_modify(|n| *n += 1);
         Ok(Response::new(self.response(&after, false)?))
     }
@@ -997,9 +1478,12 @@ impl ControllerService {
         r.requester == user.spiffe_id()
             || self.is_admin(user)
             || policy.is_some_and(|p| {
-                p.members_except(&r.approver_groups, short(&r.requester))
-                    .iter()
-                    .any(|m| m == user.name())
+                p.may_review(
+                    &r.approver_groups,
+                    short(&r.requester),
+                    user.name(),
+                    user.groups(),
+                )
             })
     }
 
@@ -1012,31 +1496,22 @@ impl ControllerService {
         check_request_id(&req.request_id)?;
         let wait = Duration::from_secs(u64::from(req.wait_seconds)).min(MAX_WAIT);
         let deadline = tokio::time::Instant::now() + wait;
-        let mut changes = self.requests_changed.subscribe();
-        loop {
+        // Subscribed before the first read: no change after it is missed.
+        let mut updates = self.governance.states.subscribe();
+        let load = || -> Result<RequestRow, Status> {
             self.expire_now()?;
-            let r = self
-                .store
+            self.store
                 .request(&req.request_id)
                 .map_err(internal)?
-                .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
-            let policy = self.access.as_ref().and_then(|h| h.current());
-            if !self.may_see(&user, &r, policy.as_deref()) {
-                return Err(Status::not_found(format!("no request {}", req.request_id)));
-            }
-            if r.state != RequestState::Pending || tokio::time::Instant::now() >= deadline {
-                return Ok(Response::new(self.response(&r, false)?));
-            }
-            // Wake at the request's own expiry too (the expiry task may be asleep until then).
-            let until_expiry =
-                Duration::from_secs(r.expires.saturating_sub(unix_now()).max(0).unsigned_abs());
-            let wake = deadline
-                .min(tokio::time::Instant::now() + until_expiry + Duration::from_millis(100));
-            tokio::select! {
-                c = changes.changed() => if c.is_err() { return Err(Status::unavailable("the controller is stopping")) },
-                _ = tokio::time::sleep_until(wake) => {}
-            }
+                .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))
+        };
+        let first = load()?;
+        let policy = self.access.as_ref().and_then(|h| h.current());
+        if !self.may_see(&user, &first, policy.as_deref()) {
+            return Err(Status::not_found(format!("no request {}", req.request_id)));
         }
+        let r = wait_for_decision(first, &mut updates, deadline, load).await?;
+        Ok(Response::new(self.response(&r, false)?))
     }
 
     pub(super) async fn list_requests_rpc(
@@ -1047,16 +1522,48 @@ impl ControllerService {
         let req = request.into_inner();
         self.expire_now()?;
         let policy = self.access.as_ref().and_then(|h| h.current());
-        let rows = self
-            .store
-            .list_requests(req.pending_only)
-            .map_err(internal)?;
-        let requests = rows
+        // Selected in SQL (the caller's own requests, and the pending ones of the groups they
+        // review for now), then checked once more: others' requests are neither scanned nor
+        // able to push the caller's out.
+        let groups: Vec<String> = policy
+            .as_deref()
+            .map(|p| {
+                p.groups
+                    .keys()
+                    .filter(|g| p.is_member(g, user.name(), user.groups()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let scope = if self.is_admin(&user) {
+            ListScope::All
+        } else {
+            ListScope::Visible {
+                requester: user.spiffe_id(),
+                groups: &groups,
+            }
+        };
+        let list = tokio::task::block_in_place(|| {
+            self.store
+                .list_requests(req.pending_only, scope, MAX_LISTED, |r| {
+                    self.may_see(&user, r, policy.as_deref())
+                })
+        })
+        .map_err(internal)?;
+        tracing::debug!(
+            rows = list.rows.len(),
+            vm_steps = list.vm_steps,
+            "requests listed"
+        );
+        let requests = list
+            .rows
             .iter()
-            .filter(|r| self.may_see(&user, r, policy.as_deref()))
             .map(|r| self.request_info(r, policy.as_deref()))
             .collect();
-        Ok(Response::new(pb::ListRequestsResponse { requests }))
+        Ok(Response::new(pb::ListRequestsResponse {
+            requests,
+            truncated: list.truncated,
+        }))
     }
 }
 
@@ -1069,12 +1576,22 @@ impl ControllerService {
         self.require_admin(&user, "run the access review")?;
         let since = request.into_inner().since_unix;
         let policy = self.access_policy()?;
-        let requests = self.store.requests_since(since).map_err(internal)?;
-        let break_glass = self.store.break_glass_for_review(since).map_err(internal)?;
-        let grants = self
+        let (requests, requests_cut) = self
             .store
-            .list_grants(None, true, unix_now())
+            .requests_since(since, REVIEW_BOUND)
             .map_err(internal)?;
+        // Unreviewed break-glass grants are read by a query of their own, whenever they were
+        // given: newer grants never push one out of the review.
+        let review = self
+            .store
+            .review_grants(since, REVIEW_BOUND)
+            .map_err(internal)?;
+        let mut truncated = review.truncated.clone();
+        if requests_cut {
+            truncated.push(format!(
+                "only the first {REVIEW_BOUND} requests of the period are counted in the roles' use; review a shorter --since"
+            ));
+        }
         let mut roles = Vec::new();
         let mut unused_roles = Vec::new();
         for role in &policy.roles {
@@ -1084,7 +1601,26 @@ impl ControllerService {
                     holders.extend(members.iter().cloned());
                 }
             }
+            holders.retain(|u| !policy.deny_users.contains(u));
             let under: Vec<&RequestRow> = requests.iter().filter(|r| r.role == role.name).collect();
+            // Members named only by their certificates are known once they ask: those seen
+            // in the period who hold the role now (with the groups their certificate named).
+            for r in &under {
+                let who = short(&r.requester);
+                if role
+                    .groups
+                    .iter()
+                    .any(|g| policy.is_member(g, who, &r.requester_groups))
+                {
+                    holders.insert(who.to_string());
+                }
+            }
+            let certificate_groups: Vec<String> = role
+                .groups
+                .iter()
+                .filter(|g| policy.certificate_groups.contains(*g))
+                .cloned()
+                .collect();
             let requesters: std::collections::BTreeSet<String> = under
                 .iter()
                 .map(|r| short(&r.requester).to_string())
@@ -1101,49 +1637,37 @@ impl ControllerService {
                 requests: u32::try_from(under.len()).unwrap_or(u32::MAX),
                 grants: u32::try_from(under.iter().filter(|r| r.grant_id.is_some()).count())
                     .unwrap_or(u32::MAX),
+                certificate_groups,
             });
         }
-        let role_of = |grant_id: &str| {
-            requests
-                .iter()
-                .find(|r| r.grant_id.as_deref() == Some(grant_id))
-                .map(|r| r.role.clone())
-                .unwrap_or_default()
-        };
-        let reviewed = |g: &GrantRow| -> pb::ReviewedGrant {
-            let bg = break_glass.iter().find(|b| b.grant_id == g.id);
+        let reviewed = |row: &ReviewGrantRow| -> pb::ReviewedGrant {
+            let g = &row.grant;
             pb::ReviewedGrant {
                 grant_id: g.id.clone(),
                 subject: g.subject.clone(),
-                role: role_of(&g.id),
+                role: row.role.clone().unwrap_or_default(),
                 approved_by: g.issuer.clone(),
                 not_before_unix: g.not_before,
                 not_after_unix: g.not_after,
-                break_glass: bg.is_some(),
-                reviewed: bg.is_some_and(|b| b.reviewed.is_some()),
-                reviewed_by: bg
-                    .and_then(|b| b.reviewed.as_ref().map(|r| r.0.clone()))
-                    .unwrap_or_default(),
+                break_glass: row.break_glass,
+                reviewed: row.reviewed_by.is_some(),
+                reviewed_by: row.reviewed_by.clone().unwrap_or_default(),
                 reason: g.reason.clone(),
+                hosts: g.hosts.clone(),
+                labels: g.labels.clone(),
+                paths: g.paths.clone(),
+                redaction_profile: g.profile.clone(),
+                revoked_at_unix: g.revoked.as_ref().map_or(0, |r| r.at),
+                revoked_by: g.revoked.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
             }
         };
-        let in_period: Vec<pb::ReviewedGrant> = grants
-            .iter()
-            .filter(|g| g.not_before >= since)
-            .map(reviewed)
-            .collect();
-        let unreviewed = break_glass
-            .iter()
-            .filter(|b| b.reviewed.is_none())
-            .filter_map(|b| grants.iter().find(|g| g.id == b.grant_id))
-            .map(reviewed)
-            .collect();
         Ok(Response::new(pb::AccessReviewResponse {
             roles,
             unused_roles,
-            grants: in_period,
-            unreviewed_break_glass: unreviewed,
+            grants: review.in_period.iter().map(reviewed).collect(),
+            unreviewed_break_glass: review.unreviewed.iter().map(reviewed).collect(),
             policy_sha256: policy.digest.clone(),
+            truncated,
         }))
     }
 
@@ -1217,7 +1741,64 @@ impl ControllerService {
 
 #[cfg(test)]
 mod tests {
-    use super::check_plain_text;
+    use super::*;
+
+    fn pending(id: &str) -> RequestRow {
+        RequestRow {
+            id: id.to_string(),
+            requester: "spiffe://loggate.local/user/alice".into(),
+            hosts: vec!["web-1".into()],
+            paths: vec!["/var/log/app/api.log".into()],
+            ttl_seconds: 3600,
+            profile: "default".into(),
+            reason: "INC-42".into(),
+            role: "payments-prod".into(),
+            approval: "approvers".into(),
+            approvals_needed: 1,
+            approver_groups: vec!["sre".into()],
+            state: RequestState::Pending,
+            created: unix_now(),
+            expires: unix_now() + 3600,
+            decided_at: None,
+            grant_id: None,
+            requester_groups: Vec::new(),
+            reviews: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_learn_the_decision_from_the_shared_notice_without_reading_the_store() {
+        let governance = Governance::new();
+        let mut waiters = Vec::new();
+        for _ in 0..8 {
+            let mut updates = governance.states.subscribe();
+            let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counted = reads.clone();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            waiters.push((
+                reads,
+                tokio::spawn(async move {
+                    wait_for_decision(pending("r-mine"), &mut updates, deadline, || {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok(pending("r-mine"))
+                    })
+                    .await
+                }),
+            ));
+        }
+        // Many changes to other requests, then this one's decision.
+        for i in 0..200 {
+            governance.changed(&pending(&format!("r-other{i}")));
+        }
+        let mut decided = pending("r-mine");
+        decided.state = RequestState::Approved;
+        governance.changed(&decided);
+        for (reads, waiter) in waiters {
+            let r = waiter.await.unwrap().unwrap();
+            assert_eq!(r.state, RequestState::Approved);
+            assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 0);
+        }
+    }
 
     #[test]
     fn text_shown_to_other_people_refuses_control_characters() {
@@ -1228,6 +1809,11 @@ mod tests {
             "tab\there",
             "del\x7f",
             "c1\u{9b}2K",
+            "INC-42\u{2028}Approved by security",
+            "INC-42\u{2029}",
+            "/var/log/app/\u{202e}gol.exe",
+            "\u{2066}isolated\u{2069}",
+            "zero\u{200b}width",
         ] {
             let err = check_plain_text("--reason", bad).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad:?}");

@@ -559,6 +559,8 @@ audit_event! {
         approvers: Vec<String>,
         /// when it expires unless decided (epoch s)
         expires_at: i64,
+        /// SHA-256 of the access policy it was decided under (as in `policy.reloaded`)
+        policy_sha256: String,
     }
     ocsf: |e, _on| Ocsf::access(
         format!(
@@ -596,6 +598,8 @@ audit_event! {
         approvals_needed: u32,
         /// the grant issued with this approval, or null while more are needed
         grant_id: Option<String>,
+        /// SHA-256 of the access policy the approval was decided under
+        policy_sha256: String,
     }
     ocsf: |e, _on| Ocsf::access(
         format!(
@@ -656,9 +660,13 @@ audit_event! {
         /// who tried to approve or deny it (`actor.user`)
         approver: String,
         /// `self_review` (nobody approves their own request), `not_an_approver` (not in the
-        /// role's approver groups), `already_reviewed` (each approver counts once)
+        /// role's approver groups), `already_reviewed` (each approver counts once),
+        /// `policy_changed` (the policy in force no longer allows the request)
         /// (`status_detail`)
         reason_code: &'static str,
+        /// refused requests and reviews of this approver left out by the audit budget before
+        /// this record (the budget `access.request_refused` uses)
+        suppressed_before: u64,
     }
     ocsf: |e, _on| Ocsf::access(
         format!(
@@ -669,6 +677,51 @@ audit_event! {
             subject: Some(&e.subject),
             by: Some(&e.approver),
             privileges: Privileges::Request(&e.request_id),
+            grant_id: None,
+        },
+    )
+    .detail(Some(e.reason_code)),
+}
+
+audit_event! {
+    /// A request for access was refused and nothing was stored: no role of the access policy
+    /// allows it, its requester has too many pending requests, or its grant would be too
+    /// large. Budgeted per requester (at most 60 a minute; the rest are counted and written
+    /// as one record with `reason_code` `suppressed`).
+    AccessRequestRefused = "access.request_refused" {
+        writers: "controller", class: UserAccessManagement, activity: 99 "Request Refused",
+        outcome: Failure, severity: LOW,
+    }
+    {
+        /// who asked (`user`)
+        subject: String,
+        /// the agent ids asked for, the first ones that fit in 512 bytes
+        hosts: Vec<String>,
+        /// how many agent ids were asked for
+        hosts_count: u64,
+        /// the path globs asked for, each cut to its first 256 bytes, the first ones that fit
+        /// in 1 KiB
+        paths: Vec<String>,
+        /// how many path globs were asked for
+        paths_count: u64,
+        /// when a host or a path was cut or left out: the SHA-256 (hex) of the hosts and then
+        /// the paths as asked, each followed by a newline; else null
+        lists_sha256: Option<String>,
+        /// `no_role` (no role of the policy allows it), `too_many_pending` (the requester's
+        /// pending requests reached `settings.max_pending_per_requester`), `grant_too_large`,
+        /// `suppressed` (a summary of refusals over the budget) (`status_detail`)
+        reason_code: &'static str,
+        /// the refusal as the requester was told it (cut to 1 KiB), or the summary's count
+        reason: String,
+        /// refusals of this requester left out by the budget before this record
+        suppressed_before: u64,
+    }
+    ocsf: |e, _on| Ocsf::access(
+        format!("a request of {} was refused: {}", e.subject, e.reason_code),
+        AccessChange {
+            subject: Some(&e.subject),
+            by: None,
+            privileges: Privileges::Read(&e.paths),
             grant_id: None,
         },
     )
@@ -754,8 +807,13 @@ audit_event! {
         paths: Vec<String>,
         /// the mandatory reason
         reason: String,
-        /// the people notified (the role's approver groups)
+        /// the people notified (the role's approver groups; empty for `grant_issue`, which
+        /// has no role)
         notified: Vec<String>,
+        /// true when a notice was queued for the policy's webhook (`[notify]`)
+        webhook: bool,
+        /// SHA-256 of the access policy in force, null when none is configured
+        policy_sha256: Option<String>,
     }
     ocsf: |e, _on| Ocsf::access(
         format!(
@@ -817,6 +875,9 @@ audit_event! {
         attempts: u32,
         /// the last error
         error: String,
+        /// `notify.failed` records left out by their audit budget (60 a minute) before this
+        /// one; in a summary (`notified_event` `suppressed`), how many
+        suppressed_before: u64,
     }
     ocsf: |e, on| Ocsf::event_log(format!(
             "a notification of {} to {} failed after {} attempts: {}",
@@ -1956,6 +2017,7 @@ pub const CATALOGUE: &[&EventType] = &[
     AccessApproved::TYPE,
     AccessDenied::TYPE,
     AccessReviewRefused::TYPE,
+    AccessRequestRefused::TYPE,
     AccessCancelled::TYPE,
     AccessExpired::TYPE,
     AccessBreakGlass::TYPE,

@@ -118,11 +118,12 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "paths": ["/var/log/app/*.log"], "ttl_seconds": 3600, "redaction_profile": "default",
             "reason": "INC-42", "role": "payments-prod", "approval": "approvers",
             "approvals_needed": 1, "approvers": ["bob", "carol"], "expires_at": 1795769940_i64,
+            "policy_sha256": "4f6c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7",
         }),
         "access.approved" => json!({
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
             "approver": "spiffe://loggate.local/user/bob", "comment": "ok for INC-42",
-            "approvals": 1, "approvals_needed": 1, "grant_id": GRANT,
+            "approvals": 1, "approvals_needed": 1, "grant_id": GRANT, "policy_sha256": "4f6c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7",
         }),
         "access.denied" => json!({
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
@@ -130,7 +131,13 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
         }),
         "access.review_refused" => json!({
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "approver": ALICE,
-            "reason_code": "self_review",
+            "reason_code": "self_review", "suppressed_before": 0,
+        }),
+        "access.request_refused" => json!({
+            "subject": ALICE, "hosts": ["web-1"], "hosts_count": 1, "paths": [LOG],
+            "paths_count": 1, "lists_sha256": null, "reason_code": "no_role",
+            "reason": "no role of the access policy allows alice this access: role payments-prod does not cover host web-1",
+            "suppressed_before": 0,
         }),
         "access.cancelled" => json!({
             "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE, "cancelled_by": ALICE,
@@ -143,7 +150,7 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "grant_id": GRANT, "request_id": "r-5c1f0a9e3b7d2468", "subject": ALICE,
             "issuer": ALICE, "how": "request", "role": "sre-oncall", "hosts": ["web-1"],
             "paths": ["/var/log/**"], "reason": "INC-43 payments down",
-            "notified": ["erin"],
+            "notified": ["erin"], "webhook": true, "policy_sha256": "4f6c1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7",
         }),
         "access.break_glass_reviewed" => json!({
             "grant_id": GRANT, "subject": ALICE, "approver": ADMIN,
@@ -152,6 +159,7 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
         "notify.failed" => json!({
             "notified_event": "access.requested", "webhook": "https://hooks.slack.com:443",
             "attempts": 5, "error": "the webhook answered 503 Service Unavailable",
+            "suppressed_before": 0,
         }),
         "policy.reloaded" => json!({
             "file": "/etc/loggate/policy.toml",
@@ -348,6 +356,7 @@ pub(super) fn shaped(
         AccessApproved,
         AccessDenied,
         AccessReviewRefused,
+        AccessRequestRefused,
         AccessCancelled,
         AccessExpired,
         AccessBreakGlass,
