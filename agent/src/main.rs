@@ -105,17 +105,31 @@ pub struct Shared {
 impl Shared {
     /// Appends one audit event and returns once it is on disk (group commit: concurrent events
     /// share a sync). Callers fail closed on error.
-    pub fn audit(&self, event: &impl AuditEvent) -> anyhow::Result<u64> {
+    pub fn audit<E: AuditEvent>(&self, event: &E) -> anyhow::Result<u64> {
         // Waiting for the disk blocks: let the runtime move its other tasks off this thread.
-        Ok(tokio::task::block_in_place(|| {
-            self.audit_log.append(event)
-        })?)
+        let seq = tokio::task::block_in_place(|| self.audit_log.append(event))?;
+        count_bypass_event::<E>();
+        Ok(seq)
     }
 
     /// Appends one audit event that no action waits on (an eBPF observation): written now,
     /// durable with the next group sync (see `SharedAuditLog::append_deferred`).
-    pub fn audit_deferred(&self, event: &impl AuditEvent) -> anyhow::Result<u64> {
-        Ok(self.audit_log.append_deferred(event)?)
+    pub fn audit_deferred<E: AuditEvent>(&self, event: &E) -> anyhow::Result<u64> {
+        let seq = self.audit_log.append_deferred(event)?;
+        count_bypass_event::<E>();
+        Ok(seq)
+    }
+}
+
+/// Bypass-audit records are counted by kind for `/metrics` (the event names are the
+/// catalogue's: a bounded set).
+fn count_bypass_event<E: AuditEvent>() {
+    let kind = E::TYPE.name;
+    if kind.starts_with("bypass.") {
+        loggate_core::metrics::agent()
+            .bypass_events
+            .get_or_create(&loggate_core::metrics::KindLabel { kind })
+            .inc();
     }
 }
 
@@ -182,6 +196,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             reason: reason.clone(),
         })?;
     }
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let (audit_log, audit_runtime) = startup.start(std::mem::take(&mut config.sinks))?;
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
@@ -207,6 +222,22 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    if let Some(metrics_listen) = shared.config.metrics {
+        let (shared, sinks_dir) = (shared.clone(), shared.config.state_dir.join("sinks"));
+        let refresh = move || {
+            let held = shared.grants.grants_count();
+            let m = loggate_core::metrics::agent();
+            m.grants_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+            loggate_core::metrics::common().refresh_sinks(&sinks_dir, &sink_names);
+        };
+        loggate_core::metrics::spawn(
+            metrics_listen,
+            loggate_core::metrics::Daemon::Agent,
+            refresh,
+            loggate_core::shutdown::signal(),
+        )
+        .await?;
+    }
     eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
     // The audit file is open and the listener bound: systemd may consider the agent started.
     loggate_core::notify::ready();

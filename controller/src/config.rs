@@ -91,6 +91,9 @@ pub struct ControllerConfig {
     /// `audit.sinks`, validated by [`ControllerConfig::load`].
     #[serde(skip)]
     pub sinks: Vec<SinkConfig>,
+    /// The Prometheus endpoint (`[metrics]`; off by default).
+    #[serde(default)]
+    pub metrics: loggate_core::metrics::MetricsFile,
     pub tls: TlsFiles,
 }
 
@@ -124,6 +127,7 @@ impl ControllerConfig {
             config.sinks = sinks;
         }
         problems.take(config.audit_settings());
+        problems.take(config.metrics.validate());
         if config.redaction_profiles.is_empty() {
             problems.push(anyhow::anyhow!(
                 "redaction_profiles: name at least one profile (e.g. [\"default\"])"

@@ -55,6 +55,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = &config.enrol_checkpoint_keys {
         crate::service::enrol_checkpoint_keys(&store, startup.log(), dir)?;
     }
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let (audit_log, audit_runtime) = startup.start(std::mem::take(&mut config.sinks))?;
     let audit = Arc::new(audit_log);
     // The access policy: an invalid one stops the start (there is none in force to keep).
@@ -95,6 +96,16 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    if let Some(metrics_listen) = config.metrics.validate()? {
+        let sinks_dir = audit_dir.join("sinks");
+        loggate_core::metrics::spawn(
+            metrics_listen,
+            loggate_core::metrics::Daemon::Controller,
+            move || loggate_core::metrics::common().refresh_sinks(&sinks_dir, &sink_names),
+            loggate_core::shutdown::signal(),
+        )
+        .await?;
+    }
     tracing::info!(listen = %config.listen, "loggate controller serving");
     eprintln!("loggate controller listening on {}", config.listen);
     // The audit file is open and the listener bound: systemd may consider the controller started.

@@ -12,6 +12,7 @@ use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::daemon::peer_identity;
 use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantError, SigningKey};
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
+use loggate_core::metrics;
 use loggate_proto as pb;
 use loggate_proto::controller_server::Controller;
 use std::collections::HashSet;
@@ -312,10 +313,11 @@ impl Controller for ControllerService {
         let connected = self.connected.clone();
         let mut stopping = self.stopping.clone();
         let epoch = self.epoch.clone();
-        connected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req.agent_id.clone());
+        {
+            let mut set = connected.lock().unwrap_or_else(|p| p.into_inner());
+            set.insert(req.agent_id.clone());
+            metrics::controller().connected_agents.set(set.len() as i64);
+        }
         tokio::spawn(async move {
             // Revision numbers only mean something within one epoch: an agent of another epoch
             // (or none yet, or one ahead of us) gets everything again, from revision 0, rather
@@ -346,14 +348,15 @@ impl Controller for ControllerService {
                     // revocations are always sent (the agent's clock may run behind ours).
                     let ended =
                         matches!(change, Change::Granted(_)) && grant.not_after <= unix_now();
-                    if covers(grant, &req.agent_id, &req.labels)
-                        && !ended
-                        && tx
+                    if covers(grant, &req.agent_id, &req.labels) && !ended {
+                        if tx
                             .send(Ok(change_event(&epoch, *revision, change)))
                             .await
                             .is_err()
-                    {
-                        break 'stream;
+                        {
+                            break 'stream;
+                        }
+                        metrics::controller().sent(*revision);
                     }
                 }
                 if !caught_up {
@@ -384,10 +387,11 @@ impl Controller for ControllerService {
                     _ = stopping.changed() => break,
                 }
             }
-            connected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&req.agent_id);
+            {
+                let mut set = connected.lock().unwrap_or_else(|p| p.into_inner());
+                set.remove(&req.agent_id);
+                metrics::controller().connected_agents.set(set.len() as i64);
+            }
             tracing::info!(agent = %req.agent_id, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -521,6 +525,8 @@ impl Controller for ControllerService {
         }) {
             tracing::error!(grant = %grant.id, "cannot flag the break-glass grant for review: {e:#}");
         }
+        metrics::controller().committed(grant.revision);
+        metrics::controller().grants_issued.inc();
         self.revision.send_replace(grant.revision);
         tracing::info!(grant = %grant.id, subject = %grant.subject, "grant issued");
         Ok(Response::new(pb::IssueGrantResponse {
@@ -600,8 +606,10 @@ impl Controller for ControllerService {
             .revoke(&req.grant_id, revoked)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no grant {:?}", req.grant_id)))?;
-        self.revision
-            .send_replace(self.store.latest_revision().map_err(internal)?);
+        let revision = self.store.latest_revision().map_err(internal)?;
+        metrics::controller().committed(revision);
+        metrics::controller().grants_revoked.inc();
+        self.revision.send_replace(revision);
         tracing::info!(grant = %grant.id, by = %user, "grant revoked");
         Ok(Response::new(pb::RevokeGrantResponse {
             grant: Some(grant_info(&grant)),

@@ -263,6 +263,7 @@ impl AuditLog {
     ) -> Result<u64, AuditError> {
         self.check_budget(kind)?;
         let seq = self.write_record(kind, fields)?;
+        crate::metrics::audit_record_written(kind.name);
         if let Some(c) = &mut self.checkpoints {
             c.since_last += 1;
             if c.since_last >= c.policy.every {

@@ -318,7 +318,10 @@ where
         listener,
         settings.tls,
         settings.trust_domain,
-        move |refused| crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused),
+        move |refused| {
+            crate::metrics::common().handshake_refused(&refused);
+            crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused)
+        },
     )
     .context("TLS configuration")?;
     tonic::transport::Server::builder()

@@ -1,0 +1,291 @@
+//! End-to-end: the Prometheus `/metrics` endpoints of the real agent and controller, scraped
+//! with real HTTP requests after real reads, denials, refused handshakes and grant changes: the
+//! counters move by exactly what happened, and no subject or path ever appears in them.
+
+use loggate_tests::{free_addr, text, Fixture};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// One HTTP/1.1 request to `addr`: the status code and the body.
+fn http_get(addr: SocketAddr, target: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no end of head in {response:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// The samples of a scrape: `name{labels}` → value (comments and `# EOF` left out).
+fn scrape(addr: SocketAddr) -> anyhow::Result<(HashMap<String, f64>, String)> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    anyhow::ensure!(status == 200, "scrape answered {status}: {body}");
+    anyhow::ensure!(body.ends_with("# EOF\n"), "not OpenMetrics: {body}");
+    let samples = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect();
+    Ok((samples, body))
+}
+
+fn value(samples: &HashMap<String, f64>, name: &str) -> f64 {
+    samples.get(name).copied().unwrap_or(0.0)
+}
+
+/// The sum of every series of `family` (`loggate_x_total{…}`).
+fn family_sum(samples: &HashMap<String, f64>, family: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|(k, _)| *k == family || k.starts_with(&format!("{family}{{")))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Scrapes until `done` holds (at most 10 s): gauges refreshed by other tasks, records counted
+/// when a stream's end is written.
+fn scrape_until(
+    addr: SocketAddr,
+    done: impl Fn(&HashMap<String, f64>) -> bool,
+) -> anyhow::Result<HashMap<String, f64>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (samples, body) = scrape(addr)?;
+        if done(&samples) {
+            return Ok(samples);
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("the metrics never reached the expected values:\n{body}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metrics_section(addr: SocketAddr) -> String {
+    format!("[metrics]\nenabled = true\nlisten = \"{addr}\"\n")
+}
+
+#[test]
+fn agent_metrics_count_requests_denials_bytes_redactions_and_refused_handshakes(
+) -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let f = Fixture::start_with(&metrics_section(metrics))?;
+    let secret_log = f.logs.join("secret.log");
+    std::fs::write(
+        &secret_log,
+        "INFO login ok password=hunter2hunter2\nINFO mail to someone@example.com\n",
+    )?;
+    let secret_path = secret_log.display().to_string();
+    let (before, _) = scrape(metrics)?;
+
+    f.grant_with_profile("alice", "30m", "default")?;
+    let out = f.logs("alice", &["cat", &secret_path])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    // bob holds no grant: one denial, `no_grant`.
+    let denied = f.logs("bob", &["cat", &secret_path])?;
+    assert!(!denied.status.success());
+    // A TLS handshake that is not one: refused and counted.
+    {
+        let mut raw = TcpStream::connect(f.cluster.agent_addr("web-1"))?;
+        raw.write_all(b"GET / HTTP/1.1\r\n\r\n")?;
+        let _ = raw.read(&mut [0u8; 64]);
+    }
+
+    let delta =
+        |after: &HashMap<String, f64>, name: &str| value(after, name) - value(&before, name);
+    let after = scrape_until(metrics, |s| {
+        delta(
+            s,
+            "loggate_audit_records_written_total{event=\"read.finished\"}",
+        ) >= 1.0
+            && family_sum(s, "loggate_tls_handshake_refusals_total")
+                > family_sum(&before, "loggate_tls_handshake_refusals_total")
+    })?;
+    assert_eq!(delta(&after, "loggate_agent_read_requests_total"), 2.0);
+    assert_eq!(
+        delta(
+            &after,
+            "loggate_agent_read_denials_total{reason=\"no_grant\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        family_sum(&after, "loggate_agent_read_denials_total")
+            - family_sum(&before, "loggate_agent_read_denials_total"),
+        1.0
+    );
+    assert_eq!(
+        delta(&after, "loggate_agent_served_bytes_total"),
+        stdout.len() as f64
+    );
+    assert_eq!(
+        delta(
+            &after,
+            "loggate_agent_redactions_total{detector=\"secret\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(&after, "loggate_agent_redactions_total{detector=\"email\"}"),
+        1.0
+    );
+    for event in ["read.allowed", "read.denied", "read.finished"] {
+        assert_eq!(
+            delta(
+                &after,
+                &format!("loggate_audit_records_written_total{{event=\"{event}\"}}")
+            ),
+            1.0,
+            "{event}"
+        );
+    }
+    assert_eq!(
+        family_sum(&after, "loggate_tls_handshake_refusals_total")
+            - family_sum(&before, "loggate_tls_handshake_refusals_total"),
+        1.0
+    );
+    assert_eq!(value(&after, "loggate_agent_live_streams"), 0.0);
+    assert_eq!(value(&after, "loggate_agent_grants_held"), 1.0);
+
+    // Who read what never shows: no subject, no path, no peer.
+    let (_, body) = scrape(metrics)?;
+    for private in ["alice", "bob", "secret.log", "spiffe://", "127.0.0.1"] {
+        assert!(!body.contains(private), "{private} in:\n{body}");
+    }
+    Ok(())
+}
+
+#[test]
+fn agent_metrics_count_a_live_stream_while_it_is_open() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let f = Fixture::start_with(&metrics_section(metrics))?;
+    f.grant("alice", "30m")?;
+    let mut follow = f
+        .cluster
+        .logs_cmd("alice", "web-1", &["tail", "-f", &f.api_log()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let open = scrape_until(metrics, |s| value(s, "loggate_agent_live_streams") == 1.0);
+    let _ = follow.kill();
+    let _ = follow.wait();
+    open?;
+    scrape_until(metrics, |s| value(s, "loggate_agent_live_streams") == 0.0)?;
+    Ok(())
+}
+
+#[test]
+fn metrics_endpoint_answers_only_get_metrics() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let _f = Fixture::start_with(&metrics_section(metrics))?;
+    assert_eq!(http_get(metrics, "/metrics")?.0, 200);
+    assert_eq!(http_get(metrics, "/")?.0, 404);
+    assert_eq!(http_get(metrics, "/metrics/../etc/passwd")?.0, 404);
+    // A head that never ends is cut at its bound, not buffered for ever.
+    let mut stream = TcpStream::connect(metrics)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let big = vec![b'a'; 64 * 1024];
+    let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nX: ");
+    let _ = stream.write_all(&big);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // Still serving.
+    assert_eq!(http_get(metrics, "/metrics")?.0, 200);
+    Ok(())
+}
+
+#[test]
+fn controller_metrics_count_agents_grants_requests_and_fanout_latency() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let mut cluster = loggate_tests::Cluster::new(None)?;
+    let logs = cluster.dir.join("logs/app");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::write(logs.join("api.log"), "one line\n")?;
+    let mut config = std::fs::read_to_string(&cluster.controller_config)?;
+    config.push_str(&format!("\n{}", metrics_section(metrics)));
+    std::fs::write(&cluster.controller_config, config)?;
+    cluster.add_agent("web-1", &[&logs], "")?;
+    cluster.start_controller()?;
+    cluster.start_agent("web-1")?;
+
+    let before = scrape_until(metrics, |s| {
+        value(s, "loggate_controller_connected_agents") == 1.0
+    })?;
+    let glob = format!("{}/*.log", logs.display());
+    let grant = cluster.issue_grant("alice", "web-1", &glob, "30m")?;
+    cluster.wait_for_grant("web-1", &grant)?;
+    let out = cluster.run_cli("admin", &["grant", "revoke", &grant, "--reason", "done"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let delta =
+        |after: &HashMap<String, f64>, name: &str| value(after, name) - value(&before, name);
+    let after = scrape_until(metrics, |s| {
+        delta(s, "loggate_controller_fanout_latency_seconds_count") >= 2.0
+    })?;
+    assert_eq!(delta(&after, "loggate_controller_grants_issued_total"), 1.0);
+    assert_eq!(
+        delta(&after, "loggate_controller_grants_revoked_total"),
+        1.0
+    );
+    // The grant and its revocation, each sent once on web-1's stream.
+    assert_eq!(
+        delta(&after, "loggate_controller_fanout_latency_seconds_count"),
+        2.0
+    );
+    assert!(value(&after, "loggate_controller_fanout_latency_seconds_sum") < 10.0);
+    assert_eq!(
+        delta(
+            &after,
+            "loggate_audit_records_written_total{event=\"grant.issued\"}"
+        ),
+        1.0
+    );
+
+    cluster.stop_agent("web-1");
+    scrape_until(metrics, |s| {
+        value(s, "loggate_controller_connected_agents") == 0.0
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_metrics_address_other_hosts_reach_needs_allow_remote() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let info = &f.cluster.agents["web-1"];
+    let config = std::fs::read_to_string(&info.config)?;
+    let remote = info.dir.join("remote.toml");
+    std::fs::write(
+        &remote,
+        config.replace(
+            "[tls]",
+            "[metrics]\nenabled = true\nlisten = \"0.0.0.0:9464\"\n\n[tls]",
+        ),
+    )?;
+    let out = Command::new(f.cluster.bins.join("loggate-agent"))
+        .arg("check-config")
+        .arg(&remote)
+        .output()?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("allow_remote = true"), "{stderr}");
+    Ok(())
+}
