@@ -18,7 +18,7 @@ use config::AgentConfig;
 use grants::GrantStore;
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::daemon::audit::AuditPlaces;
-use loggate_core::daemon::{serve_mtls, AuditRuntime, MtlsSettings};
+use loggate_core::daemon::{announce, serve_mtls, AuditRuntime, LogFormat, MtlsSettings};
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
 use loggate_proto::agent_server::AgentServer;
@@ -43,6 +43,10 @@ enum Command {
         /// The agent's configuration file (see docs/configuration.md).
         #[arg(long)]
         config: PathBuf,
+        /// How log lines are written on stderr: `text`, or `json` (one object per line).
+        #[arg(long, env = "LOGGATE_LOG_FORMAT", default_value = "text",
+              value_parser = clap::builder::PossibleValuesParser::new(LogFormat::NAMES))]
+        log_format: String,
     },
     /// Check a configuration file as `run` would load it and print every problem found, one
     /// per line. Exit 0 when it is valid, 2 otherwise (the systemd unit's `ExecStartPre`).
@@ -238,7 +242,10 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         )
         .await?;
     }
-    eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
+    announce(
+        tracing::Level::INFO,
+        &format!("loggate-agent {} listening on {listen}", shared.config.id),
+    );
     // The audit file is open and the listener bound: systemd may consider the agent started.
     loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
@@ -264,7 +271,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             agent_id: shared.config.id.clone(),
         },
     )?;
-    eprintln!("loggate-agent stopped");
+    announce(tracing::Level::INFO, "loggate-agent stopped");
     Ok(())
 }
 
@@ -389,8 +396,12 @@ fn check_config(path: &Path) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    loggate_core::daemon::init_tracing(loggate_core::daemon::LogDefault::Daemon);
     let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Run { log_format, .. } => LogFormat::from_name(log_format).unwrap_or_default(),
+        _ => LogFormat::Text,
+    };
+    loggate_core::daemon::init_tracing(loggate_core::daemon::LogDefault::Daemon, format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -399,7 +410,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run { config } => runtime.block_on(run(&config)),
+        Command::Run { config, .. } => runtime.block_on(run(&config)),
         Command::CheckConfig { file } => return check_config(&file),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -433,7 +444,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("loggate-agent: {e:#}");
+            announce(tracing::Level::ERROR, &format!("loggate-agent: {e:#}"));
             ExitCode::from(1)
         }
     }

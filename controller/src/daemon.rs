@@ -107,7 +107,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         .await?;
     }
     tracing::info!(listen = %config.listen, "loggate controller serving");
-    eprintln!("loggate controller listening on {}", config.listen);
+    loggate_core::daemon::announce(
+        tracing::Level::INFO,
+        &format!("loggate controller listening on {}", config.listen),
+    );
     // The audit file is open and the listener bound: systemd may consider the controller started.
     loggate_core::notify::ready();
     serve_mtls(
@@ -130,7 +133,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     summaries.abort();
     checkpoint_reports.write_summaries(&audit);
     AuditRuntime::stop(&audit, &events::ControllerStopped {})?;
-    eprintln!("loggate controller stopped");
+    loggate_core::daemon::announce(tracing::Level::INFO, "loggate controller stopped");
     Ok(())
 }
 

@@ -160,6 +160,10 @@ enum ControllerCommand {
         /// The controller's configuration file (see docs/configuration.md).
         #[arg(long)]
         config: PathBuf,
+        /// How log lines are written on stderr: `text`, or `json` (one object per line).
+        #[arg(long, env = "LOGGATE_LOG_FORMAT", default_value = "text",
+              value_parser = clap::builder::PossibleValuesParser::new(loggate_core::daemon::LogFormat::NAMES))]
+        log_format: String,
     },
     /// Check a configuration file as `serve` would load it and print every problem found, one
     /// per line. Exit 0 when it is valid, 2 otherwise (the systemd unit's `ExecStartPre`).
@@ -362,7 +366,7 @@ async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Pki(PkiCommand::Init(args)) => pki_cmd::init(args).map_err(Failure::from),
         Command::Pki(PkiCommand::Issue(args)) => pki_cmd::issue(args).map_err(Failure::from),
-        Command::Controller(ControllerCommand::Serve { config }) => {
+        Command::Controller(ControllerCommand::Serve { config, .. }) => {
             // Not `Failure::from`: whatever the cause, a daemon that stops on an error exits 1.
             daemon::serve(&config).await.map_err(|e| Failure::error(&e))
         }
@@ -514,10 +518,19 @@ fn main() -> ExitCode {
         Err(e) => return cli::exit_on_parse_error(e),
     };
     // The daemon logs as the agent does; the commands show warnings and errors only.
-    loggate_core::daemon::init_tracing(match cli.command {
-        Command::Controller(_) => loggate_core::daemon::LogDefault::Daemon,
-        _ => loggate_core::daemon::LogDefault::Command,
-    });
+    let format = match &cli.command {
+        Command::Controller(ControllerCommand::Serve { log_format, .. }) => {
+            loggate_core::daemon::LogFormat::from_name(log_format).unwrap_or_default()
+        }
+        _ => loggate_core::daemon::LogFormat::Text,
+    };
+    loggate_core::daemon::init_tracing(
+        match cli.command {
+            Command::Controller(_) => loggate_core::daemon::LogDefault::Daemon,
+            _ => loggate_core::daemon::LogDefault::Command,
+        },
+        format,
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -530,7 +543,11 @@ fn main() -> ExitCode {
         // Standard output was closed by its reader (`loggate logs cat … | head`): a clean end.
         Err(failure) if failure.code == cli::Exit::Ok => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("loggate: {}", failure.message);
+            // A JSON line when the controller daemon logs JSON; the plain line otherwise.
+            loggate_core::daemon::announce(
+                tracing::Level::ERROR,
+                &format!("loggate: {}", failure.message),
+            );
             ExitCode::from(failure.code.code())
         }
     }
