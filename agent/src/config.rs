@@ -93,6 +93,9 @@ pub struct AgentConfigFile {
     /// The Prometheus endpoint (`[metrics]`; off by default).
     #[serde(default)]
     metrics: MetricsFile,
+    /// User names who may ask this agent's status (`loggate agent status`); none by default.
+    #[serde(default)]
+    status_readers: Vec<String>,
     tls: TlsFiles,
 }
 
@@ -193,6 +196,8 @@ pub struct AgentConfig {
     pub sinks: Vec<SinkConfig>,
     /// Where `/metrics` is served; `None` when off.
     pub metrics: Option<SocketAddr>,
+    /// User names who may ask this agent's status (see `status.rs`).
+    pub status_readers: Vec<String>,
     pub tls: TlsFiles,
 }
 
@@ -286,6 +291,13 @@ impl AgentConfig {
         let bypass = problems.take(file.bypass.clone().validate());
         let sinks = problems.take(validate_sinks(&file.audit.sinks, base));
         let metrics = problems.take(file.metrics.validate());
+        for reader in &file.status_readers {
+            if !is_valid_name(reader) {
+                problems.push(anyhow::anyhow!(
+                    "status_readers: {reader:?} is not a user name (lowercase letters, digits and dashes)"
+                ));
+            }
+        }
         let audit_settings = problems.take(AuditSettings::validate(
             file.audit_rotate_bytes,
             file.audit_keep_files,
@@ -333,6 +345,7 @@ impl AgentConfig {
             profiles,
             sinks,
             metrics,
+            status_readers: file.status_readers,
             tls: file.tls.relative_to(base),
         })
     }

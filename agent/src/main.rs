@@ -9,6 +9,7 @@ mod fs_access;
 mod gate;
 mod grants;
 mod server;
+mod status;
 mod stream;
 mod watch;
 
@@ -104,6 +105,8 @@ pub struct Shared {
     slots: server::StreamSlots,
     /// The agent-wide cap on grep streams and each subject's grep time.
     grep: stream::GrepLimits,
+    /// What the status rpc reports of the agent's start.
+    facts: status::StartFacts,
 }
 
 impl Shared {
@@ -192,6 +195,16 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         bypass_protected: None,
     };
     bypass.describe(&mut started);
+    let bypass_mode = match started.bypass_mode {
+        "off" if config.bypass.mode != bypass::Mode::Off => "unavailable",
+        mode => mode,
+    };
+    let mut facts = status::StartFacts {
+        started: std::time::Instant::now(),
+        bypass_mode: bypass_mode.to_string(),
+        bypass_note: started.bypass_fallback_reason.clone(),
+        sink_names: Vec::new(),
+    };
     let mut startup = audit.started(&started)?;
     let checkpoint_public = startup.verify_key();
     for (id, reason) in &loaded.dropped {
@@ -201,6 +214,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         })?;
     }
     let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    facts.sink_names = sink_names.clone();
     let (audit_log, audit_runtime) = startup.start(std::mem::take(&mut config.sinks))?;
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
@@ -215,6 +229,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             Duration::from_secs(config.limits.grep_seconds_per_subject_per_minute.into()),
         ),
         config,
+        facts,
     });
 
     tokio::spawn(watch::run(shared.clone()));

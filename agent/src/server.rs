@@ -780,6 +780,13 @@ impl Agent for AgentService {
         let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
         Ok(Response::new(Box::pin(response)))
     }
+
+    async fn status(
+        &self,
+        request: Request<pb::AgentStatusRequest>,
+    ) -> Result<Response<pb::AgentStatusResponse>, Status> {
+        crate::status::answer(&self.shared, &request).map(Response::new)
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ enum Command {
     /// Check audit files.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Ask an agent about itself.
+    #[command(subcommand)]
+    Agent(AgentCommand),
     /// The access policy: check what it allows, reload it.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -89,6 +92,26 @@ enum AccessCommand {
         /// The review's conclusion (required).
         #[arg(long)]
         comment: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// An agent's version, uptime, grants held, bypass-audit mode, audit position, SIEM
+    /// sinks' state and certificate end, asked of the agent itself. Only users in the agent's
+    /// `status_readers` may ask (exit 3 otherwise).
+    ///
+    /// Example: loggate agent status web-1
+    Status {
+        /// The agent id.
+        host: String,
+        /// Dial this address instead of asking the controller where the agent is.
+        #[arg(long)]
+        agent_addr: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -388,6 +411,15 @@ async fn run(cli: Cli) -> CliResult {
             Ok(())
         }
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
+        Command::Agent(AgentCommand::Status {
+            host,
+            agent_addr,
+            output,
+            client,
+        }) => {
+            let json = matches!(output, Output::Json);
+            cli::status::agent_status(&client.load()?, &host, agent_addr, json).await
+        }
         Command::Audit(AuditCommand::Verify {
             files,
             keys,

@@ -132,11 +132,18 @@ pub const CONTROLLER_METHODS: &[(&str, MethodAccess)] = &[
 ];
 
 /// The methods of `loggate.v1.Agent` and who may call them.
-pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[(
-    "/loggate.v1.Agent/ReadLog",
-    // The handler audits `read.denied` (`identity_refused`) for any other caller.
-    MethodAccess::CheckedInHandler(Role::User),
-)];
+pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[
+    (
+        "/loggate.v1.Agent/ReadLog",
+        // The handler audits `read.denied` (`identity_refused`) for any other caller.
+        MethodAccess::CheckedInHandler(Role::User),
+    ),
+    (
+        "/loggate.v1.Agent/Status",
+        // Users only; the handler then requires a name in the agent's `status_readers`.
+        MethodAccess::Role(Role::User),
+    ),
+];
 
 /// The method table of a gRPC service by its name (`NamedService::NAME`); an unknown
 /// service has none, so every call to it is refused.
