@@ -80,6 +80,10 @@ enum Command {
         /// The file to redact (default: standard input).
         file: Option<PathBuf>,
     },
+    /// For `cargo xtask package`: write the man pages of this command and its subcommands
+    /// (roff, one file each) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// For `cargo xtask bench ebpf`: attach the bypass-audit programs and wait (see
     /// agent/src/bypass/bench.rs).
     #[command(hide = true)]
@@ -431,6 +435,10 @@ fn main() -> ExitCode {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "loggate-agent", &mut std::io::stdout());
             Ok(())
+        }
+        Command::Manpages { dir } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
         }
         Command::Redact {
             list_detectors: true,

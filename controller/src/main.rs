@@ -70,6 +70,9 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// For `cargo xtask package`: write the man pages of every command (roff) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -409,6 +412,11 @@ async fn run(cli: Cli) -> CliResult {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "loggate", &mut std::io::stdout());
             Ok(())
+        }
+        Command::Manpages { dir } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir).map_err(|e| {
+                Failure::from(format!("writing man pages into {}: {e}", dir.display()))
+            })
         }
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
         Command::Agent(AgentCommand::Status {
