@@ -289,3 +289,76 @@ fn a_metrics_address_other_hosts_reach_needs_allow_remote() -> anyhow::Result<()
     assert!(stderr.contains("allow_remote = true"), "{stderr}");
     Ok(())
 }
+
+/// alice may read web-1's logs once bob (sre) approves.
+const POLICY: &str = r#"
+[groups]
+sre = ["bob"]
+
+[agents.web-1]
+labels = { env = "prod" }
+
+[[roles]]
+name = "reads"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["{logs}/*.log"]
+max_ttl = "2h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+"#;
+
+#[test]
+fn controller_metrics_count_access_requests_by_the_state_they_enter() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let mut cluster = loggate_tests::Cluster::new(None)?;
+    let logs = cluster.dir.join("logs/app");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::write(logs.join("api.log"), "one line\n")?;
+    cluster.set_policy(&POLICY.replace("{logs}", &logs.display().to_string()))?;
+    let mut config = std::fs::read_to_string(&cluster.controller_config)?;
+    config.push_str(&format!("\n{}", metrics_section(metrics)));
+    std::fs::write(&cluster.controller_config, config)?;
+    cluster.add_agent("web-1", &[&logs], "")?;
+    cluster.start_controller()?;
+    cluster.start_agent("web-1")?;
+    let glob = format!("{}/*.log", logs.display());
+    let request = || -> anyhow::Result<String> {
+        let out = cluster.run_cli(
+            "alice",
+            &[
+                "grant", "request", "--host", "web-1", "--path", &glob, "--reason", "INC-7",
+                "--ttl", "1h", "--json",
+            ],
+        )?;
+        anyhow::ensure!(out.status.success(), "{:?}", text(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(json["id"].as_str().unwrap_or_default().to_string())
+    };
+    let (before, _) = scrape(metrics)?;
+
+    let approved = request()?;
+    let out = cluster.run_cli("bob", &["grant", "approve", &approved, "--comment", "ok"])?;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let denied = request()?;
+    let out = cluster.run_cli("bob", &["grant", "deny", &denied, "--comment", "no"])?;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let cancelled = request()?;
+    let out = cluster.run_cli("alice", &["grant", "cancel", &cancelled])?;
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let (after, _) = scrape(metrics)?;
+    let delta = |name: &str| value(&after, name) - value(&before, name);
+    let state = |s: &str| {
+        delta(&format!(
+            "loggate_controller_access_requests_total{{state=\"{s}\"}}"
+        ))
+    };
+    assert_eq!(state("pending"), 3.0);
+    assert_eq!(state("approved"), 1.0);
+    assert_eq!(state("denied"), 1.0);
+    assert_eq!(state("cancelled"), 1.0);
+    assert_eq!(delta("loggate_controller_grants_issued_total"), 1.0);
+    Ok(())
+}
