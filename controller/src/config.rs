@@ -32,6 +32,41 @@ fn default_redaction_profiles() -> Vec<String> {
     vec!["default".to_string()]
 }
 
+fn default_agent_cert_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_enrol_attempts_per_minute() -> u32 {
+    30
+}
+
+/// The shortest and longest agent certificate lifetime `[enrolment] agent_cert_ttl` may set:
+/// renewal happens at about two thirds of it, so under 10 minutes an agent would do little
+/// else; over 90 days a removed agent's certificate stays valid elsewhere too long.
+pub const AGENT_CERT_TTL_RANGE: (Duration, Duration) = (
+    Duration::from_secs(10 * 60),
+    Duration::from_secs(90 * 24 * 3600),
+);
+
+/// `[enrolment]`: the pre-authentication listener where agents enrol with a join token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolmentConfig {
+    /// Its listen address ("127.0.0.1:7401"): TLS with the controller's certificate, no client
+    /// certificate asked, only the `Enrolment` service.
+    pub listen: SocketAddr,
+    /// Lifetime of the certificates issued to agents (enrolment and renewal), default "24h".
+    #[serde(
+        default = "default_agent_cert_ttl",
+        with = "loggate_core::duration::text"
+    )]
+    pub agent_cert_ttl: Duration,
+    /// Enrolment attempts one source address may make per minute; the ones over are refused
+    /// (`resource_exhausted`) and counted in one `agent.enrol_refused` summary a minute.
+    #[serde(default = "default_enrol_attempts_per_minute")]
+    pub attempts_per_minute: u32,
+}
+
 /// `loggate controller serve --config FILE`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +103,16 @@ pub struct ControllerConfig {
     /// only admins' break-glass `grant issue` gives access.
     #[serde(default)]
     pub policy: Option<PathBuf>,
+    /// The CA certificate the controller signs agents' certificates with at run time
+    /// (`loggate pki init` writes `ca.crt`); needed by `[enrolment]`.
+    #[serde(default)]
+    pub ca_cert: Option<PathBuf>,
+    /// Its private key (`ca.key`, mode 0600, checked like the signing key).
+    #[serde(default)]
+    pub ca_key: Option<PathBuf>,
+    /// The pre-authentication enrolment listener; absent, agents cannot enrol with a token.
+    #[serde(default)]
+    pub enrolment: Option<EnrolmentConfig>,
     /// The controller's own audit file (JSON lines, hash-chained).
     #[serde(default = "default_controller_audit")]
     pub audit_log: PathBuf,
@@ -120,6 +165,8 @@ impl ControllerConfig {
         config.enrol_checkpoint_keys = config.enrol_checkpoint_keys.map(|p| base.join(p));
         config.audit_log = base.join(&config.audit_log);
         config.policy = config.policy.map(|p| base.join(p));
+        config.ca_cert = config.ca_cert.map(|p| base.join(p));
+        config.ca_key = config.ca_key.map(|p| base.join(p));
         config.tls = config.tls.relative_to(base);
         let mut problems = Problems::default();
         problems.take(config.max_ttl_duration());
@@ -137,6 +184,37 @@ impl ControllerConfig {
             if !loggate_core::grant::is_valid_redaction_name(profile) {
                 problems.push(anyhow::anyhow!(
                     "redaction_profiles: {profile:?} is not a profile name ([a-z0-9_-]{{1,64}})"
+                ));
+            }
+        }
+        if config.ca_cert.is_some() != config.ca_key.is_some() {
+            problems.push(anyhow::anyhow!(
+                "ca_cert and ca_key: give both (the CA certificate and its key) or neither"
+            ));
+        }
+        if let Some(enrolment) = &config.enrolment {
+            if config.ca_cert.is_none() || config.ca_key.is_none() {
+                problems.push(anyhow::anyhow!(
+                    "[enrolment] needs ca_cert and ca_key: the controller signs the agents' \
+                     certificates with them (loggate pki init writes ca.crt and ca.key)"
+                ));
+            }
+            let (shortest, longest) = AGENT_CERT_TTL_RANGE;
+            if enrolment.agent_cert_ttl < shortest || enrolment.agent_cert_ttl > longest {
+                problems.push(anyhow::anyhow!(
+                    "[enrolment] agent_cert_ttl \"{}\" is out of range; give between 10m and 90d",
+                    loggate_core::duration::format(enrolment.agent_cert_ttl)
+                ));
+            }
+            if enrolment.attempts_per_minute == 0 {
+                problems.push(anyhow::anyhow!(
+                    "[enrolment] attempts_per_minute must be at least 1"
+                ));
+            }
+            if enrolment.listen == config.listen {
+                problems.push(anyhow::anyhow!(
+                    "[enrolment] listen must differ from listen: the pre-authentication port is \
+                     its own listener"
                 ));
             }
         }
@@ -263,6 +341,38 @@ mod tests {
             ),
             ("[checkpoints]\nevery = 0", "every must be at least 1"),
             ("audit_keep = 3", "unknown field"),
+        ] {
+            let err = format!("{:#}", load_with(bad).expect_err(bad));
+            assert!(err.contains(expect), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn enrolment_needs_the_ca_and_has_checked_defaults() {
+        let config = load_with("").expect("minimal configuration");
+        assert!(config.enrolment.is_none());
+        let config = load_with(
+            "ca_cert = \"ca.crt\"\nca_key = \"ca.key\"\n[enrolment]\nlisten = \"127.0.0.1:7401\"",
+        )
+        .expect("enrolment");
+        let enrolment = config.enrolment.expect("set");
+        assert_eq!(enrolment.agent_cert_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(enrolment.attempts_per_minute, 30);
+        assert!(config.ca_key.expect("set").ends_with("ca.key"));
+        for (bad, expect) in [
+            (
+                "[enrolment]\nlisten = \"127.0.0.1:7401\"",
+                "[enrolment] needs ca_cert and ca_key",
+            ),
+            ("ca_cert = \"ca.crt\"", "give both"),
+            (
+                "ca_cert = \"c\"\nca_key = \"k\"\n[enrolment]\nlisten = \"127.0.0.1:7401\"\nagent_cert_ttl = \"1m\"",
+                "out of range; give between 10m and 90d",
+            ),
+            (
+                "ca_cert = \"c\"\nca_key = \"k\"\n[enrolment]\nlisten = \"127.0.0.1:7400\"",
+                "must differ from listen",
+            ),
         ] {
             let err = format!("{:#}", load_with(bad).expect_err(bad));
             assert!(err.contains(expect), "{bad}: {err}");

@@ -3,19 +3,22 @@
 //! SIGINT/SIGTERM.
 
 use crate::config::ControllerConfig;
+use crate::service::enrol::{EnrolmentService, MAX_ENROL_REQUEST_BYTES};
 use crate::service::ControllerService;
 use crate::store::Store;
 use anyhow::{bail, Context};
 use loggate_core::audit::events;
 use loggate_core::daemon::audit::AuditPlaces;
-use loggate_core::daemon::{serve_mtls, AuditRuntime, MtlsSettings};
+use loggate_core::daemon::{serve_mtls, serve_pre_auth, AuditRuntime, MtlsSettings};
 use loggate_core::grant::{unix_now, SigningKey};
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::read_certificate_der;
 use loggate_proto::controller_server::ControllerServer;
+use loggate_proto::enrolment_server::EnrolmentServer;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Largest request message the controller decodes.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -64,6 +67,30 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // Installed before serving: SIGHUP's default action would end the controller.
     crate::policy::reload_on_sighup(access_policy.clone())?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
+    // The pre-authentication enrolment port, when configured: its CA is loaded (and its key's
+    // mode checked) before anything is served, so a bad CA stops the start.
+    let enrolment = match &config.enrolment {
+        None => None,
+        Some(enrolment) => {
+            let (Some(ca_cert), Some(ca_key)) = (&config.ca_cert, &config.ca_key) else {
+                bail!("[enrolment] needs ca_cert and ca_key");
+            };
+            let ca = crate::pki::RuntimeCa::load(ca_cert, ca_key).context("[enrolment] CA")?;
+            let service = Arc::new(EnrolmentService::new(
+                store.clone(),
+                Arc::new(ca),
+                config.trust_domain.clone(),
+                enrolment.agent_cert_ttl,
+                vec![signer.verifying_key().to_paserk()],
+                audit.clone(),
+                enrolment.attempts_per_minute,
+            ));
+            let listener = tokio::net::TcpListener::bind(enrolment.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} ([enrolment])", enrolment.listen))?;
+            Some((service, listener))
+        }
+    };
     let service = ControllerService::new(
         store,
         signer,
@@ -106,6 +133,52 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         )
         .await?;
     }
+    let enrolment = enrolment.map(|(service, listener)| {
+        let addr = listener.local_addr().ok();
+        loggate_core::daemon::announce(
+            tracing::Level::INFO,
+            &format!(
+                "loggate controller enrolment listening on {}",
+                addr.map(|a| a.to_string()).unwrap_or_default()
+            ),
+        );
+        let mut stopping = stop.subscribe();
+        let tls = config.tls.clone();
+        let trust_domain = config.trust_domain.clone();
+        let audit = audit.clone();
+        let timer = {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    service.write_summaries();
+                }
+            })
+        };
+        let server = tokio::spawn({
+            let service = service.clone();
+            async move {
+                serve_pre_auth(
+                    listener,
+                    MtlsSettings {
+                        tls: &tls,
+                        trust_domain: &trust_domain,
+                        service_name: "loggate enrolment",
+                        audit,
+                    },
+                    EnrolmentServer::from_arc(service)
+                        .max_decoding_message_size(MAX_ENROL_REQUEST_BYTES),
+                    async move {
+                        let _ = stopping.wait_for(|stop| *stop).await;
+                    },
+                )
+                .await
+            }
+        });
+        (service, timer, server)
+    });
     tracing::info!(listen = %config.listen, "loggate controller serving");
     loggate_core::daemon::announce(
         tracing::Level::INFO,
@@ -129,6 +202,16 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // The shutdown above has set `stop`: the enrolment server finishes its open requests.
+    if let Some((service, timer, server)) = enrolment {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("enrolment server: {e:#}"),
+            Err(e) => tracing::error!("enrolment server: {e}"),
+        }
+        timer.abort();
+        service.write_summaries();
+    }
     loggate_core::notify::stopping();
     summaries.abort();
     checkpoint_reports.write_summaries(&audit);

@@ -242,6 +242,224 @@ fn write_new(path: &Path, data: &str, mode: u32) -> Result<()> {
     r.with_context(|| format!("writing {}", path.display()))
 }
 
+/// The CA the controller signs with at run time (enrolment, renewal): `ca_cert`/`ca_key` of
+/// its configuration, the files `loggate pki init` writes, or an organisation's own
+/// (intermediate) CA. The key file must be private (0600), like the grant-signing key.
+pub struct RuntimeCa {
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+impl std::fmt::Debug for RuntimeCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeCa").finish_non_exhaustive()
+    }
+}
+
+/// Why a CSR was refused: the `reason_code` of the refusal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsrRefused {
+    /// Not a DER PKCS#10 request.
+    #[error("the certificate signing request is not a DER PKCS#10 request")]
+    Unparsable,
+    /// Its signature does not verify with its own key: the sender does not hold the key.
+    #[error("the certificate signing request's signature does not verify with its key")]
+    BadSignature,
+    /// A key type other than ECDSA P-256, Ed25519 or RSA.
+    #[error("the key type is not accepted ({0}); use ECDSA P-256 or Ed25519")]
+    KeyType(String),
+    /// An RSA key under 2048 bits.
+    #[error(
+        "an RSA key of {0} bits is too weak; use ECDSA P-256, Ed25519 or RSA of 2048 bits or more"
+    )]
+    RsaTooSmall(usize),
+}
+
+impl CsrRefused {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CsrRefused::Unparsable => "csr_unparsable",
+            CsrRefused::BadSignature => "csr_bad_signature",
+            CsrRefused::KeyType(_) => "csr_key_type",
+            CsrRefused::RsaTooSmall(_) => "csr_key_too_small",
+        }
+    }
+}
+
+/// A certificate the runtime CA issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub pem: String,
+    pub der: Vec<u8>,
+    /// Its serial number, lowercase hex.
+    pub serial: String,
+    pub not_after_unix: i64,
+}
+
+impl RuntimeCa {
+    /// Loads `ca_cert` and `ca_key`, refusing a key file that others can read, a certificate
+    /// that is not a CA, and a key that is not the certificate's.
+    pub fn load(ca_cert: &Path, ca_key: &Path) -> Result<RuntimeCa> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(ca_key)
+            .with_context(|| format!("cannot read CA key {}", ca_key.display()))?;
+        ensure!(
+            meta.permissions().mode() & 0o077 == 0,
+            "CA key {} is readable by others (mode {:o}); run chmod 600 on it",
+            ca_key.display(),
+            meta.permissions().mode() & 0o777
+        );
+        let key_pem = std::fs::read_to_string(ca_key)
+            .with_context(|| format!("cannot read CA key {}", ca_key.display()))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .with_context(|| format!("CA key {}: not a PEM private key", ca_key.display()))?;
+        let ca_der = read_der(ca_cert)?;
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der)
+            .with_context(|| format!("CA certificate {}", ca_cert.display()))?;
+        ensure!(ca.is_ca(), "{} is not a CA certificate", ca_cert.display());
+        ensure!(
+            ca.public_key().raw == key.subject_public_key_info(),
+            "CA key {} does not match CA certificate {}",
+            ca_key.display(),
+            ca_cert.display()
+        );
+        let ca_pem = std::fs::read_to_string(ca_cert)
+            .with_context(|| format!("cannot read CA certificate {}", ca_cert.display()))?;
+        let issuer = Issuer::from_ca_cert_der(&ca_der.into(), key)
+            .with_context(|| format!("CA certificate {}", ca_cert.display()))?;
+        Ok(RuntimeCa { issuer, ca_pem })
+    }
+
+    /// The CA certificate (PEM), as handed to enrolling agents.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Issues a leaf for `spiffe://<trust_domain>/<kind>/<name>` valid over `validity`, for the
+    /// public key of `csr_der`. The CSR's signature is checked (its sender holds the key); its
+    /// subject, SANs and requested extensions are ignored: the identity, key usages and names
+    /// are the controller's, exactly as [`init`] makes them for that kind (an agent's DNS name
+    /// is its id: clients dial it by that name). Keys: ECDSA P-256, Ed25519, RSA ≥ 2048 bits;
+    /// anything else is refused ([`CsrRefused`]).
+    pub fn issue_for_csr(
+        &self,
+        csr_der: &[u8],
+        trust_domain: &str,
+        kind: Kind,
+        name: &str,
+        validity: Validity,
+    ) -> Result<std::result::Result<Issued, CsrRefused>> {
+        validate_trust_domain(trust_domain)?;
+        if kind != Kind::Controller {
+            validate_name(name)?;
+        }
+        let spki = match csr_public_key(csr_der) {
+            Ok(spki) => spki,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&spki)
+            .map_err(|_| CsrRefused::KeyType("not supported by the signer".into()));
+        let public_key = match public_key {
+            Ok(key) => key,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let cn = match kind {
+            Kind::Controller => CONTROLLER_CN,
+            Kind::Agent | Kind::User => name,
+        };
+        let mut params = base_params(cn, &validity)?;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.use_authority_key_identifier_extension = true;
+        params.subject_alt_names = vec![SanType::URI(
+            spiffe_id(trust_domain, &kind, name).try_into()?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if kind != Kind::User {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(cn.try_into()?));
+        }
+        // A random positive 127-bit serial (RFC 5280: unique per CA, at most 20 octets).
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] &= 0x7f;
+        serial[0] |= 0x01;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let cert = params.signed_by(&public_key, &self.issuer)?;
+        let not_after_unix = validity
+            .not_after
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        Ok(Ok(Issued {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            serial: hex::encode(serial),
+            not_after_unix,
+        }))
+    }
+}
+
+impl Validity {
+    /// From 5 minutes ago (clock skew) for `lifetime`.
+    pub fn for_lifetime(lifetime: Duration) -> Validity {
+        let now = SystemTime::now();
+        Validity {
+            not_before: now - SKEW,
+            not_after: now + lifetime,
+        }
+    }
+}
+
+/// The DER SubjectPublicKeyInfo of the key in `csr_der`, once its signature verifies and its
+/// type is accepted.
+fn csr_public_key(csr_der: &[u8]) -> std::result::Result<Vec<u8>, CsrRefused> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{
+        OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION, OID_SIG_ED25519,
+    };
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(csr_der).map_err(|_| CsrRefused::Unparsable)?;
+    if !rest.is_empty() {
+        return Err(CsrRefused::Unparsable);
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let algorithm = &spki.algorithm.algorithm;
+    if *algorithm == OID_SIG_ED25519 {
+        // accepted
+    } else if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok());
+        if curve.as_ref() != Some(&OID_EC_P256) {
+            return Err(CsrRefused::KeyType(match curve {
+                Some(oid) => format!("ECDSA on curve {oid}"),
+                None => "ECDSA without a named curve".into(),
+            }));
+        }
+    } else if *algorithm == OID_PKCS1_RSAENCRYPTION {
+        let bits = match spki.parsed() {
+            Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
+            _ => return Err(CsrRefused::Unparsable),
+        };
+        if bits < 2048 {
+            return Err(CsrRefused::RsaTooSmall(bits));
+        }
+    } else {
+        return Err(CsrRefused::KeyType(format!("algorithm {algorithm}")));
+    }
+    csr.verify_signature()
+        .map_err(|_| CsrRefused::BadSignature)?;
+    Ok(spki.raw.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,5 +673,109 @@ mod tests {
             assert!(client.verify_client_cert(&cert(&leaf), &[], now).is_ok());
         }
         assert!(client.verify_client_cert(&cert(&old), &[], now).is_err());
+    }
+
+    /// A runtime CA over the development PKI of `setup`.
+    fn runtime_ca(dir: &Path) -> RuntimeCa {
+        RuntimeCa::load(&dir.join("ca.crt"), &dir.join("ca.key")).unwrap()
+    }
+
+    /// A CSR for `key` asking for `spiffe_id` in its SANs.
+    fn csr_asking_for(key: &KeyPair, spiffe_id: &str) -> Vec<u8> {
+        let mut params = CertificateParams::new(vec!["evil".to_string()]).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::URI(spiffe_id.try_into().unwrap()));
+        params.distinguished_name.push(DnType::CommonName, "admin");
+        params.serialize_request(key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_csr_gets_the_identity_the_controller_sets_not_the_one_it_asks_for() {
+        let (_tmp, dir) = setup();
+        let ca = runtime_ca(&dir);
+        for alg in [&PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ED25519] {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let csr = csr_asking_for(&key, "spiffe://loggate.local/user/admin");
+            let validity = Validity::for_lifetime(Duration::from_secs(3600));
+            let issued = ca
+                .issue_for_csr(&csr, TD, Kind::Agent, "web-9", validity)
+                .unwrap()
+                .expect("accepted");
+            let der = CertificateDer::from(issued.der.clone());
+            let c = parse(&der);
+            let ca_der = cert(&dir.join("ca.crt"));
+            c.verify_signature(Some(parse(&ca_der).public_key()))
+                .unwrap();
+            assert_eq!(c.public_key().raw, key.subject_public_key_info());
+            let sans: Vec<String> = c
+                .subject_alternative_name()
+                .unwrap()
+                .unwrap()
+                .value
+                .general_names
+                .iter()
+                .map(|g| g.to_string())
+                .collect();
+            assert_eq!(
+                sans,
+                ["URI(spiffe://loggate.local/agent/web-9)", "DNSName(web-9)"]
+            );
+            assert_eq!(c.subject().to_string(), "CN=web-9");
+            assert_eq!(hex::encode(c.raw_serial()), issued.serial);
+            let lifetime = c.validity().not_after.timestamp() - c.validity().not_before.timestamp();
+            assert_eq!(lifetime, 3600 + 300);
+            let loggate = loggate_core::identity::Identity::from_certificate(&issued.der, TD)
+                .expect("a loggate identity");
+            assert_eq!(loggate.spiffe_id(), "spiffe://loggate.local/agent/web-9");
+        }
+    }
+
+    #[test]
+    fn a_csr_with_a_bad_signature_or_a_refused_key_type_is_refused() {
+        let (_tmp, dir) = setup();
+        let ca = runtime_ca(&dir);
+        let validity = || Validity::for_lifetime(Duration::from_secs(3600));
+        let issue = |csr: &[u8]| {
+            ca.issue_for_csr(csr, TD, Kind::Agent, "web-9", validity())
+                .unwrap()
+                .map(|_| ())
+        };
+        assert_eq!(issue(b"not a csr"), Err(CsrRefused::Unparsable));
+        // One bit of the signed part changed: the signature no longer verifies.
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut csr = csr_asking_for(&key, "spiffe://loggate.local/agent/web-9");
+        let at = csr
+            .windows(5)
+            .position(|w| w == b"admin")
+            .expect("the CN is in the CSR");
+        csr[at] = b'b';
+        assert_eq!(issue(&csr), Err(CsrRefused::BadSignature));
+        // P-384 is not accepted.
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let csr = csr_asking_for(&key, "spiffe://loggate.local/agent/web-9");
+        assert!(matches!(issue(&csr), Err(CsrRefused::KeyType(_))));
+        // RSA (ring cannot make RSA keys: fixtures made by `openssl req -newkey rsa:N`).
+        let der = |pem: &str| parse_x509_pem(pem.as_bytes()).unwrap().1.contents;
+        assert_eq!(
+            issue(&der(include_str!("pki_testdata/rsa1024.csr"))),
+            Err(CsrRefused::RsaTooSmall(1024))
+        );
+        assert_eq!(
+            issue(&der(include_str!("pki_testdata/rsa2048.csr"))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_runtime_ca_key_must_be_private_and_match_the_certificate() {
+        let (_tmp, dir) = setup();
+        let key = dir.join("ca.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = RuntimeCa::load(&dir.join("ca.crt"), &key).unwrap_err();
+        assert!(format!("{err:#}").contains("chmod 600"), "{err:#}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = RuntimeCa::load(&dir.join("controller.crt"), &key).unwrap_err();
+        assert!(format!("{err:#}").contains("not a CA"), "{err:#}");
     }
 }

@@ -3,6 +3,7 @@
 //! `WatchGrants` stream.
 
 mod anchor;
+pub mod enrol;
 mod requests;
 
 pub use anchor::enrol_checkpoint_keys;

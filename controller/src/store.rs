@@ -12,6 +12,7 @@
 //! its file is created 0600 (SQLite gives its `-wal`, `-shm` and `-journal` files the same mode)
 //! and a start refuses one that others can read.
 
+pub mod agents;
 mod requests;
 
 pub use requests::{BreakGlassRow, RequestRow, RequestState, ReviewRow};
@@ -248,6 +249,8 @@ impl Store {
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
         conn.execute_batch(requests::REQUEST_SCHEMA)
+            .with_context(|| format!("cannot initialise database {}", path.display()))?;
+        conn.execute_batch(agents::AGENTS_SCHEMA)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
         Ok(Self {
             conn: Mutex::new(conn),

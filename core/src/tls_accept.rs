@@ -283,6 +283,35 @@ struct Shared {
     trust_domain: String,
 }
 
+/// Whether a listener asks its clients for a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Mutual TLS: a certificate chained to the CA is required (the daemons' main ports).
+    Required,
+    /// None asked (the controller's pre-authentication `Enrolment` port): the caller proves
+    /// itself with what its request carries. Everything else — deadlines, the handshake pool,
+    /// the connection caps (counted per address prefix, as `anonymous <prefix>`), the HTTP/2
+    /// preface check and the refusal reports — is the same.
+    NotAsked,
+}
+
+/// How [`incoming_with`] accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptOptions {
+    pub client_auth: ClientAuth,
+    /// Handshakes in progress at once, at most (and never more than the open-file limit
+    /// allows, see [`MAX_HANDSHAKES`]).
+    pub max_handshakes: usize,
+}
+
+impl AcceptOptions {
+    /// The daemons' mutual-TLS ports.
+    pub const MUTUAL: AcceptOptions = AcceptOptions {
+        client_auth: ClientAuth::Required,
+        max_handshakes: MAX_HANDSHAKES,
+    };
+}
+
 /// Accepts connections on `listener`, completes their mTLS handshakes (client certificate
 /// required, chained to the CA of `tls`), and yields the established streams for
 /// `tonic::transport::Server::serve_with_incoming*`; every refused handshake goes to `refused`
@@ -296,8 +325,23 @@ pub fn incoming(
     trust_domain: &str,
     refused: impl Fn(Refused) + Send + Sync + 'static,
 ) -> anyhow::Result<Incoming> {
+    incoming_with(listener, tls, trust_domain, AcceptOptions::MUTUAL, refused)
+}
+
+/// [`incoming`] with its client authentication and handshake pool chosen by `options`.
+pub fn incoming_with(
+    listener: TcpListener,
+    tls: &TlsFiles,
+    trust_domain: &str,
+    options: AcceptOptions,
+    refused: impl Fn(Refused) + Send + Sync + 'static,
+) -> anyhow::Result<Incoming> {
+    let verifier: Arc<dyn ClientCertVerifier> = match options.client_auth {
+        ClientAuth::Required => client_verifier(tls)?,
+        ClientAuth::NotAsked => Arc::new(rustls::server::NoClientAuth),
+    };
     let shared = Arc::new(Shared {
-        verifier: client_verifier(tls)?,
+        verifier,
         cert: Arc::new(OneCert(certified_key(tls)?)),
         provider: Arc::new(rustls::crypto::ring::default_provider()),
         trust_domain: trust_domain.to_string(),
@@ -310,11 +354,12 @@ pub fn incoming(
         .map_err(|e| anyhow::anyhow!("{} and {}: {e}", tls.cert.display(), tls.key.display()))?;
     server_config(&shared, Arc::new(Witness::new(shared.verifier.clone())))?;
     let open_files = raise_open_file_limit();
-    let capacity = pool_size(open_files);
-    if capacity < MAX_HANDSHAKES {
+    let capacity = pool_size(open_files).min(options.max_handshakes.max(2));
+    if capacity < options.max_handshakes {
         tracing::warn!(
             "the open-file limit is {open_files}: at most {capacity} TLS handshakes can be in \
-             progress at once (raise LimitNOFILE to 4096 or more for {MAX_HANDSHAKES})"
+             progress at once (raise LimitNOFILE to 4096 or more for {})",
+            options.max_handshakes
         );
     }
     let admission = Arc::new(Admission::new(capacity));
@@ -853,15 +898,17 @@ impl Drop for ConnectionPlace {
 }
 
 /// The identity a connection is counted under: the first SPIFFE URI of the client's verified
-/// certificate, `""` if it has none.
-fn connection_identity(stream: &TlsStream<TcpStream>) -> String {
-    stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|der| crate::identity::spiffe_uris(der).into_iter().next())
-        .unwrap_or_default()
+/// certificate, `""` if it has none; a client that presented no certificate (the
+/// pre-authentication port) is counted under its address prefix, `anonymous <prefix>`, so that
+/// one network cannot take every anonymous connection.
+fn connection_identity(stream: &TlsStream<TcpStream>, peer: SocketAddr) -> String {
+    match stream.get_ref().1.peer_certificates() {
+        None => format!("anonymous {}", Prefix::of(peer.ip())),
+        Some(chain) => chain
+            .first()
+            .and_then(|der| crate::identity::spiffe_uris(der).into_iter().next())
+            .unwrap_or_default(),
+    }
 }
 
 /// After a completed handshake: a place among the established connections, then the HTTP/2
@@ -872,7 +919,7 @@ async fn establish(
     mut stream: TlsStream<TcpStream>,
     peer: SocketAddr,
 ) -> Option<Connection> {
-    let place = Connections::enter(connections, connection_identity(&stream))?;
+    let place = Connections::enter(connections, connection_identity(&stream, peer))?;
     let mut preface = [0u8; HTTP2_PREFACE.len()];
     let read = tokio::time::timeout(
         HTTP2_PREFACE_TIMEOUT,

@@ -978,3 +978,41 @@ fn serve_hec_connection<S: std::io::Read + std::io::Write>(
         writer.flush()?;
     }
 }
+
+impl Cluster {
+    /// Turns on the controller's pre-authentication enrolment port (`[enrolment]`, signing with
+    /// the development PKI's CA); `extra` goes into the `[enrolment]` section. Returns the
+    /// port's address. Call it before `start_controller`.
+    pub fn enable_enrolment(&mut self, extra: &str) -> anyhow::Result<SocketAddr> {
+        let addr = free_addr()?;
+        let text = std::fs::read_to_string(&self.controller_config)?;
+        let text = text.replacen(
+            "\n[tls]\n",
+            &format!(
+                "ca_cert = \"pki/ca.crt\"\nca_key = \"pki/ca.key\"\n\n\
+                 [enrolment]\nlisten = \"{addr}\"\n{extra}\n\n[tls]\n"
+            ),
+            1,
+        );
+        std::fs::write(&self.controller_config, text)?;
+        Ok(addr)
+    }
+
+    /// A gRPC channel to the enrolment port at `addr`, as an agent without a certificate
+    /// opens it: TLS, the controller's certificate checked against the PKI's CA, none of ours.
+    pub async fn anonymous_channel(
+        &self,
+        addr: SocketAddr,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        let ca = std::fs::read(self.dir.join("pki/ca.crt"))?;
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("loggate-controller");
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                .tls_config(tls)?
+                .connect()
+                .await?,
+        )
+    }
+}

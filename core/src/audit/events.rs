@@ -689,6 +689,73 @@ audit_event! {
     }
 }
 
+audit_event! {
+    /// An agent enrolled with a join token on the pre-authentication port: the controller's CA
+    /// signed a certificate for the key of its CSR, for the identity and with the labels the
+    /// token gives (the controller's word, not the agent's claim). Written before the
+    /// certificate is handed out; the token itself is never recorded, only its id.
+    AgentEnrolled = "agent.enrolled" {
+        writers: "controller", class: Authentication, activity: 3 "Authentication Ticket",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the agent's SPIFFE id, as its certificate names it (`user.uid`)
+        subject: String,
+        /// the agent id
+        agent_id: String,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// `loggate enrolment` (`service.name`)
+        service: String,
+        /// the labels the token gave the agent
+        labels: Vec<String>,
+        /// the certificate's serial number (hex)
+        serial: String,
+        /// the certificate's end (epoch s)
+        not_after: i64,
+        /// SHA-256 of the certificate's public key (`user.programmatic_credentials`)
+        key_sha256: String,
+        /// the join token's id (a fingerprint: 12 hex characters of its SHA-256)
+        token_id: String,
+        /// whether the agent id was enrolled before (a token that allows re-enrolment)
+        reenrolled: bool,
+        /// enrolment attempts from the same address refused by its budget before this one
+        suppressed_before: u64,
+    }
+}
+
+audit_event! {
+    /// An enrolment was refused: an unknown, expired, used-up or revoked join token, an agent
+    /// id already enrolled (without a re-enrolment token), a malformed request or CSR, or (in
+    /// a summary at the end of the minute, `peer` the address) attempts over the per-address
+    /// budget. Nothing was issued. The token is never recorded, only its id when it is known.
+    AgentEnrolRefused = "agent.enrol_refused" {
+        writers: "controller", class: Authentication, activity: 3 "Authentication Ticket",
+        outcome: Failure, severity: LOW,
+    }
+    {
+        /// the client's address, `ip:port`, or the address alone in a budget summary
+        /// (`src_endpoint`)
+        peer: Option<String>,
+        /// `loggate enrolment` (`service.name`)
+        service: String,
+        /// `token_unknown`, `token_expired`, `token_used_up`, `token_revoked`,
+        /// `already_enrolled`, `bad_agent_id`, `csr_unparsable`, `csr_bad_signature`,
+        /// `csr_key_type`, `csr_key_too_small`, or `rate_limited` for the summary of
+        /// attempts over the per-address budget (`status_detail`)
+        reason_code: &'static str,
+        /// the refusal in one sentence
+        reason: String,
+        /// the agent id asked for — what the caller claims, not verified; null when malformed
+        claimed_agent_id: Option<String>,
+        /// the join token's id when the token is known, else null
+        token_id: Option<String>,
+        /// attempts from the same address left out by its budget before this one (for the
+        /// summary: how many it stands for)
+        suppressed_before: u64,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bypass reads (agent, eBPF or fanotify).
 
@@ -1223,6 +1290,8 @@ pub const CATALOGUE: &[&EventType] = &[
     NotifyFailed::TYPE,
     UserKeyEnrolled::TYPE,
     TlsRefused::TYPE,
+    AgentEnrolled::TYPE,
+    AgentEnrolRefused::TYPE,
     BypassRead::TYPE,
     BypassFinding::TYPE,
     BypassReadRepeated::TYPE,

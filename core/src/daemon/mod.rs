@@ -15,7 +15,7 @@ pub mod audit;
 pub mod serve;
 
 pub use audit::{AuditOpened, AuditRuntime, AuditSettings, AuditStartup, CheckpointsFile};
-pub use serve::{peer_identity, serve_mtls, MethodAccess, MtlsSettings};
+pub use serve::{peer_identity, serve_mtls, serve_pre_auth, MethodAccess, MtlsSettings};
 
 /// The log level shown when `LOGGATE_LOG` is not set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,6 +53,10 @@ pub enum MethodAccess {
     /// Every caller reaches the handler, which checks for this role itself (with
     /// [`peer_identity`]) so that it can audit a refusal.
     CheckedInHandler(Role),
+    /// No identity at all: the pre-authentication service ([`ENROLMENT_METHODS`]), served
+    /// only by [`serve_pre_auth`] on a listener that asks for no certificate. The handler
+    /// judges the caller by what the request carries (a join token).
+    Anonymous,
 }
 
 /// The methods of `loggate.v1.Controller` and who may call them.
@@ -145,12 +149,19 @@ pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[
     ),
 ];
 
+/// The methods of `loggate.v1.Enrolment`, the controller's pre-authentication service: every
+/// one [`MethodAccess::Anonymous`]. Kept apart from [`CONTROLLER_METHODS`] so that what is
+/// reachable without a certificate is this short list, and nothing else.
+pub const ENROLMENT_METHODS: &[(&str, MethodAccess)] =
+    &[("/loggate.v1.Enrolment/Enrol", MethodAccess::Anonymous)];
+
 /// The method table of a gRPC service by its name (`NamedService::NAME`); an unknown
 /// service has none, so every call to it is refused.
 pub fn methods_of(service: &str) -> &'static [(&'static str, MethodAccess)] {
     match service {
         "loggate.v1.Controller" => CONTROLLER_METHODS,
         "loggate.v1.Agent" => AGENT_METHODS,
+        "loggate.v1.Enrolment" => ENROLMENT_METHODS,
         _ => &[],
     }
 }
@@ -316,15 +327,98 @@ where
     S::Future: Send + 'static,
     D: AsRef<SharedAuditLog> + Send + Sync + 'static,
 {
+    serve_tls(
+        listener,
+        settings,
+        crate::tls_accept::AcceptOptions::MUTUAL,
+        service,
+        shutdown,
+    )
+    .await
+}
+
+/// Handshakes in progress at once on a pre-authentication port, at most: it is reached by
+/// agents enrolling (a few at a time, a fleet roll-out at most) and people signing in, never by
+/// a fleet reconnecting, so it gets a quarter of the main port's pool.
+pub const PRE_AUTH_MAX_HANDSHAKES: usize = crate::tls_accept::MAX_HANDSHAKES / 4;
+
+/// Serves the pre-authentication `service` (only one whose methods are all
+/// [`MethodAccess::Anonymous`], e.g. `loggate.v1.Enrolment`) on `listener` over TLS with our
+/// certificate and **no client certificate asked**, until `shutdown` resolves. The accept
+/// loop's deadlines, pool ([`PRE_AUTH_MAX_HANDSHAKES`]), connection caps and audited refusals
+/// are the mutual-TLS ports'; the method table refuses every method that is not the
+/// service's (a `Controller` method sent here is unknown); the request size bound and the
+/// per-address attempt budget are the service's own.
+pub async fn serve_pre_auth<S, D>(
+    listener: TcpListener,
+    settings: MtlsSettings<'_, D>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    D: AsRef<SharedAuditLog> + Send + Sync + 'static,
+{
+    anyhow::ensure!(
+        !methods_of(S::NAME).is_empty()
+            && methods_of(S::NAME)
+                .iter()
+                .all(|(_, access)| *access == MethodAccess::Anonymous),
+        "{} is not a pre-authentication service; it is never served without client certificates",
+        S::NAME
+    );
+    serve_tls(
+        listener,
+        settings,
+        crate::tls_accept::AcceptOptions {
+            client_auth: crate::tls_accept::ClientAuth::NotAsked,
+            max_handshakes: PRE_AUTH_MAX_HANDSHAKES,
+        },
+        service,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_tls<S, D>(
+    listener: TcpListener,
+    settings: MtlsSettings<'_, D>,
+    options: crate::tls_accept::AcceptOptions,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    D: AsRef<SharedAuditLog> + Send + Sync + 'static,
+{
     let addr = listener
         .local_addr()
         .context("the listening socket has no address")?;
     let auditor = settings.audit;
     let service_name = settings.service_name;
-    let incoming = crate::tls_accept::incoming(
+    let incoming = crate::tls_accept::incoming_with(
         listener,
         settings.tls,
         settings.trust_domain,
+        options,
         move |refused| {
             crate::metrics::common().handshake_refused(&refused);
             crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused)
@@ -420,8 +514,12 @@ mod tests {
             in_proto.iter().map(|(s, _)| s.as_str()).collect();
         assert_eq!(
             services.into_iter().collect::<Vec<_>>(),
-            ["loggate.v1.Agent", "loggate.v1.Controller"],
-            "both services parsed"
+            [
+                "loggate.v1.Agent",
+                "loggate.v1.Controller",
+                "loggate.v1.Enrolment"
+            ],
+            "every service parsed"
         );
         for (svc, method) in &in_proto {
             let entries = methods_of(svc).iter().filter(|(m, _)| m == method).count();
@@ -433,6 +531,7 @@ mod tests {
         for (svc, table) in [
             ("loggate.v1.Controller", CONTROLLER_METHODS),
             ("loggate.v1.Agent", AGENT_METHODS),
+            ("loggate.v1.Enrolment", ENROLMENT_METHODS),
         ] {
             for (method, _) in table {
                 assert!(
@@ -440,6 +539,31 @@ mod tests {
                     "{method} is in the table but not in the proto"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn only_the_enrolment_service_is_anonymous_and_it_refuses_every_controller_method() {
+        // Nothing outside the pre-authentication table is reachable without an identity.
+        for table in [CONTROLLER_METHODS, AGENT_METHODS] {
+            assert!(
+                table.iter().all(|(_, a)| *a != MethodAccess::Anonymous),
+                "an anonymous method on an mTLS service"
+            );
+        }
+        assert!(ENROLMENT_METHODS
+            .iter()
+            .all(|(_, a)| *a == MethodAccess::Anonymous));
+        let mut interceptor = IdentifyPeer::new("loggate.local", ENROLMENT_METHODS);
+        tonic::service::Interceptor::call(
+            &mut interceptor,
+            request_for("/loggate.v1.Enrolment/Enrol"),
+        )
+        .expect("an anonymous caller reaches Enrol");
+        for (method, _) in CONTROLLER_METHODS {
+            let status = tonic::service::Interceptor::call(&mut interceptor, request_for(method))
+                .expect_err("a Controller method on the enrolment port");
+            assert_eq!(status.code(), tonic::Code::Unimplemented, "{method}");
         }
     }
 

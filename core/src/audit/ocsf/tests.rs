@@ -164,6 +164,19 @@ fn example(name: &str) -> Map<String, Value> {
             "kept_sha256": "8d4e1c0b7a2f5e3d9c6b4a1f0e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d",
             "triggered_by": "sighup",
         }),
+        "agent.enrolled" => json!({
+            "subject": "spiffe://loggate.local/agent/web-7", "agent_id": "web-7",
+            "peer": "10.0.4.17:40112", "service": "loggate enrolment",
+            "labels": ["env=prod", "team=payments"], "serial": "5c1e0f3a9b7d2e4f6a8c0b1d3e5f7a9b",
+            "not_after": 1795852800_i64, "key_sha256": KEY, "token_id": "3f9a0c2b7e1d",
+            "reenrolled": false, "suppressed_before": 0,
+        }),
+        "agent.enrol_refused" => json!({
+            "peer": "203.0.113.9:50122", "service": "loggate enrolment",
+            "reason_code": "token_used_up",
+            "reason": "this join token has been used as often as it allows; create a new one with loggate agent token create",
+            "claimed_agent_id": "web-8", "token_id": "3f9a0c2b7e1d", "suppressed_before": 0,
+        }),
         "user.key_enrolled" => json!({
             "subject": ALICE, "key_sha256": KEY, "how": "first_contact",
         }),

@@ -1,0 +1,383 @@
+//! Join tokens and enrolled agents.
+//!
+//! A join token is `lgj_` + 64 hex characters: 256 random bits. The store keeps only the
+//! SHA-256 of the whole token: a secret of 256 random bits cannot be guessed, so no salt or
+//! slow hash is needed (those protect low-entropy passwords); a copy of the database does not
+//! give the tokens, and a lookup by that hash reveals nothing through its timing. Its id — the
+//! first 12 hex characters of that hash — names it in listings and audit records.
+//!
+//! An enrolment is one transaction: the token is checked (known, not revoked, not expired,
+//! uses left), the agent id is checked (not enrolled yet, unless the token allows
+//! re-enrolment), the certificate is issued and the audit record written by the caller's
+//! callback, then a use is taken from the token and the agent is registered with the token's
+//! labels. No certificate is handed out without its record, and a failed record changes
+//! nothing.
+
+use super::{from_json, to_json, Store};
+use rusqlite::{params, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+pub(super) const AGENTS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS join_tokens (
+    id TEXT PRIMARY KEY,
+    secret_sha256 TEXT NOT NULL UNIQUE,
+    labels TEXT NOT NULL,
+    uses_left INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    reenrol INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS enrolled_agents (
+    id TEXT PRIMARY KEY,
+    labels TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    enrolled_at INTEGER NOT NULL
+);
+";
+
+// Used by `loggate agent token create` (the next commit).
+#[allow(dead_code)]
+/// The prefix of every join token.
+pub const TOKEN_PREFIX: &str = "lgj_";
+
+/// The SHA-256 (hex) the store keeps of `token`, and the token's id.
+pub fn token_digest(token: &str) -> (String, String) {
+    let digest = hex::encode(Sha256::digest(token.as_bytes()));
+    let id = digest[..12].to_string();
+    (digest, id)
+}
+
+// Used by `loggate agent token create` (the next commit).
+#[allow(dead_code)]
+/// A new join token: the secret to print once, and its digest and id.
+pub fn new_join_token() -> (String, String, String) {
+    let secret: [u8; 32] = rand::random();
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+    let (digest, id) = token_digest(&token);
+    (token, digest, id)
+}
+
+/// A join token as stored (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub id: String,
+    pub labels: Vec<String>,
+    pub uses_left: u32,
+    pub expires_at: i64,
+    /// Whether it may enrol an agent id that is already enrolled (replacing its certificate).
+    pub reenrol: bool,
+    pub created_by: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Why an enrolment was refused by the store's checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrolRefusal {
+    TokenUnknown,
+    TokenRevoked,
+    TokenExpired,
+    TokenUsedUp,
+    AlreadyEnrolled,
+}
+
+impl EnrolRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnrolRefusal::TokenUnknown => "token_unknown",
+            EnrolRefusal::TokenRevoked => "token_revoked",
+            EnrolRefusal::TokenExpired => "token_expired",
+            EnrolRefusal::TokenUsedUp => "token_used_up",
+            EnrolRefusal::AlreadyEnrolled => "already_enrolled",
+        }
+    }
+
+    /// The refusal in one sentence, with the next step.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            EnrolRefusal::TokenUnknown => {
+                "this join token is not known to the controller; check it was copied whole, or \
+                 create one with loggate agent token create"
+            }
+            EnrolRefusal::TokenRevoked => {
+                "this join token was revoked; create a new one with loggate agent token create"
+            }
+            EnrolRefusal::TokenExpired => {
+                "this join token has expired; create a new one with loggate agent token create"
+            }
+            EnrolRefusal::TokenUsedUp => {
+                "this join token has been used as often as it allows; create a new one with \
+                 loggate agent token create"
+            }
+            EnrolRefusal::AlreadyEnrolled => {
+                "this agent id is already enrolled; remove it first (loggate agent remove ID) \
+                 or use a token created with --reenrol"
+            }
+        }
+    }
+}
+
+/// What an enrolment that passed the store's checks is told about its token and agent.
+#[derive(Debug, Clone)]
+pub struct EnrolContext {
+    pub token: JoinToken,
+    /// The agent id was enrolled (or registered) before.
+    pub reenrol: bool,
+}
+
+/// What the caller's callback issued, to be registered.
+#[derive(Debug, Clone)]
+pub struct EnrolledCert {
+    pub serial: String,
+    pub not_after: i64,
+}
+
+fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JoinToken> {
+    Ok(JoinToken {
+        id: r.get(0)?,
+        labels: from_json(r.get(1)?),
+        uses_left: r.get::<_, i64>(2)?.clamp(0, i64::from(u32::MAX)) as u32,
+        expires_at: r.get(3)?,
+        reenrol: r.get::<_, i64>(4)? != 0,
+        created_by: r.get(5)?,
+        created_at: r.get(6)?,
+        revoked_at: r.get(7)?,
+    })
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, labels, uses_left, expires_at, reenrol, created_by, created_at, revoked_at";
+
+// `create_join_token`, `join_tokens`, `enrolled_labels`: used by `loggate agent token`
+// (the next commit).
+#[allow(dead_code)]
+impl Store {
+    /// Stores a new join token by its digest. `record` (the audit event) runs inside the
+    /// transaction, before the token is stored.
+    pub fn create_join_token(
+        &self,
+        digest: &str,
+        token: &JoinToken,
+        record: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        record()?;
+        tx.execute(
+            "INSERT INTO join_tokens (id, secret_sha256, labels, uses_left, expires_at, reenrol,
+             created_by, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)",
+            params![
+                token.id,
+                digest,
+                to_json(&token.labels),
+                i64::from(token.uses_left),
+                token.expires_at,
+                i64::from(token.reenrol),
+                token.created_by,
+                token.created_at,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every join token, newest first.
+    pub fn join_tokens(&self) -> anyhow::Result<Vec<JoinToken>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at DESC, id"
+        ))?;
+        let rows = stmt.query_map([], token_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Enrols `agent_id` with the token whose digest is `digest`, at `now` (see the module
+    /// docs). `Ok(Err(refusal, token))` when the token or the agent id is refused (the token
+    /// when it is known, for the audit record); nothing changes then. `issue` runs inside the
+    /// transaction once every check passed: it issues the certificate and writes the audit
+    /// record; its error changes nothing.
+    pub fn enrol_agent<T>(
+        &self,
+        digest: &str,
+        agent_id: &str,
+        now: i64,
+        issue: impl FnOnce(&EnrolContext) -> anyhow::Result<(EnrolledCert, T)>,
+    ) -> anyhow::Result<Result<T, (EnrolRefusal, Option<JoinToken>)>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let token = tx
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM join_tokens WHERE secret_sha256 = ?1"),
+                params![digest],
+                token_from_row,
+            )
+            .optional()?;
+        let Some(token) = token else {
+            return Ok(Err((EnrolRefusal::TokenUnknown, None)));
+        };
+        let refusal = if token.revoked_at.is_some() {
+            Some(EnrolRefusal::TokenRevoked)
+        } else if token.expires_at <= now {
+            Some(EnrolRefusal::TokenExpired)
+        } else if token.uses_left == 0 {
+            Some(EnrolRefusal::TokenUsedUp)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            return Ok(Err((refusal, Some(token))));
+        }
+        let known: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM enrolled_agents WHERE id = ?1
+                 UNION SELECT 1 FROM agents WHERE id = ?1",
+                params![agent_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if known.is_some() && !token.reenrol {
+            return Ok(Err((EnrolRefusal::AlreadyEnrolled, Some(token))));
+        }
+        let context = EnrolContext {
+            token,
+            reenrol: known.is_some(),
+        };
+        let (cert, value) = issue(&context)?;
+        let token = context.token;
+        tx.execute(
+            "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0",
+            params![token.id],
+        )?;
+        tx.execute(
+            "INSERT INTO enrolled_agents (id, labels, token_id, serial, not_after, enrolled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(id) DO UPDATE SET labels = ?2, token_id = ?3, serial = ?4,
+             not_after = ?5, enrolled_at = ?6",
+            params![
+                agent_id,
+                to_json(&token.labels),
+                token.id,
+                cert.serial,
+                cert.not_after,
+                now
+            ],
+        )?;
+        // The registry `ResolveAgent` and label selectors read: the token's labels; the address
+        // is learned when the agent connects.
+        tx.execute(
+            "INSERT INTO agents (id, labels, addr, last_seen) VALUES (?1, ?2, '', ?3)
+             ON CONFLICT(id) DO UPDATE SET labels = ?2",
+            params![agent_id, to_json(&token.labels), now],
+        )?;
+        tx.commit()?;
+        Ok(Ok(value))
+    }
+
+    /// The labels an enrolled agent was given by its token; `None` for an agent that did not
+    /// enrol (its certificate came from elsewhere: it keeps the labels it announces).
+    pub fn enrolled_labels(&self, agent_id: &str) -> anyhow::Result<Option<Vec<String>>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT labels FROM enrolled_agents WHERE id = ?1",
+                params![agent_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(from_json))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(uses: u32, expires_at: i64, reenrol: bool) -> (String, String, JoinToken) {
+        let (secret, digest, id) = new_join_token();
+        let row = JoinToken {
+            id,
+            labels: vec!["env=prod".into()],
+            uses_left: uses,
+            expires_at,
+            reenrol,
+            created_by: "spiffe://loggate.local/user/admin".into(),
+            created_at: 1,
+            revoked_at: None,
+        };
+        (secret, digest, row)
+    }
+
+    fn cert() -> EnrolledCert {
+        EnrolledCert {
+            serial: "01".into(),
+            not_after: 2000,
+        }
+    }
+
+    #[test]
+    fn a_token_enrols_as_often_as_it_allows_and_only_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let (secret, digest, row) = token(2, 100, false);
+        assert!(secret.starts_with(TOKEN_PREFIX) && secret.len() == 68);
+        assert_eq!(token_digest(&secret).0, digest);
+        store.create_join_token(&digest, &row, || Ok(())).unwrap();
+        let enrol = |id: &str, now: i64| {
+            store
+                .enrol_agent(&digest, id, now, |c| Ok((cert(), c.token.labels.clone())))
+                .unwrap()
+                .map_err(|(r, _)| r)
+        };
+        assert_eq!(enrol("web-1", 10), Ok(vec!["env=prod".to_string()]));
+        assert_eq!(enrol("web-1", 11), Err(EnrolRefusal::AlreadyEnrolled));
+        assert_eq!(enrol("web-2", 100), Err(EnrolRefusal::TokenExpired));
+        assert_eq!(enrol("web-2", 12), Ok(vec!["env=prod".to_string()]));
+        assert_eq!(enrol("web-3", 13), Err(EnrolRefusal::TokenUsedUp));
+        let unknown = store
+            .enrol_agent(&token_digest("lgj_00").0, "web-4", 14, |_| Ok((cert(), ())))
+            .unwrap();
+        assert_eq!(
+            unknown.map_err(|(r, t)| (r, t.is_none())),
+            Err((EnrolRefusal::TokenUnknown, true))
+        );
+        assert_eq!(
+            store.enrolled_labels("web-1").unwrap(),
+            Some(vec!["env=prod".to_string()])
+        );
+        assert_eq!(
+            store.agent("web-2").unwrap().map(|a| a.labels),
+            Some(vec!["env=prod".to_string()])
+        );
+        assert_eq!(store.join_tokens().unwrap()[0].uses_left, 0);
+    }
+
+    #[test]
+    fn a_failed_record_enrols_nothing_and_takes_no_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let (_, digest, row) = token(1, 100, false);
+        store.create_join_token(&digest, &row, || Ok(())).unwrap();
+        let failed = store.enrol_agent(
+            &digest,
+            "web-1",
+            10,
+            |_| -> anyhow::Result<(EnrolledCert, ())> { anyhow::bail!("disk full") },
+        );
+        assert!(failed.is_err());
+        assert_eq!(store.join_tokens().unwrap()[0].uses_left, 1);
+        assert_eq!(store.enrolled_labels("web-1").unwrap(), None);
+        // A re-enrolment token takes an enrolled id.
+        let (_, digest, row) = token(2, 100, true);
+        store.create_join_token(&digest, &row, || Ok(())).unwrap();
+        for now in [11, 12] {
+            let again = store
+                .enrol_agent(&digest, "web-1", now, |c| Ok((cert(), c.reenrol)))
+                .unwrap();
+            assert_eq!(again.map_err(|(r, _)| r), Ok(now == 12));
+        }
+    }
+}
