@@ -195,7 +195,7 @@ pub struct AgentConfig {
     /// Validated `[[audit.sinks]]`.
     pub sinks: Vec<SinkConfig>,
     /// Where `/metrics` is served; `None` when off.
-    pub metrics: Option<SocketAddr>,
+    pub metrics: Option<loggate_core::metrics::MetricsEndpoint>,
     /// User names who may ask this agent's status (see `status.rs`).
     pub status_readers: Vec<String>,
     pub tls: TlsFiles,
@@ -290,7 +290,7 @@ impl AgentConfig {
         let profiles = problems.take(Profiles::load(file.redaction, base));
         let bypass = problems.take(file.bypass.clone().validate());
         let sinks = problems.take(validate_sinks(&file.audit.sinks, base));
-        let metrics = problems.take(file.metrics.validate());
+        let metrics = problems.take(file.metrics.validate(loggate_core::metrics::Daemon::Agent));
         for reader in &file.status_readers {
             if !is_valid_name(reader) {
                 problems.push(anyhow::anyhow!(

@@ -154,6 +154,12 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             config.id
         );
     }
+    // The metrics port before the audit starts: a taken port stops the agent before its
+    // audit file records a start that never served.
+    let metrics = match &config.metrics {
+        Some(endpoint) => Some((endpoint.clone(), loggate_core::metrics::bind(endpoint)?)),
+        None => None,
+    };
     // Private from creation: it holds the grant store and the audit signing key.
     loggate_core::private_state::create_private_dir(&config.state_dir, "agent state folder")?;
     let verifier = GrantVerifier::new(config.grant_keys.clone(), config.max_clock_skew);
@@ -245,7 +251,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    if let Some(metrics_listen) = shared.config.metrics {
+    if let Some((endpoint, metrics_listener)) = metrics {
         let (shared, sinks_dir) = (shared.clone(), shared.config.state_dir.join("sinks"));
         let refresh = move || {
             let held = shared.grants.grants_count();
@@ -254,12 +260,12 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             loggate_core::metrics::common().refresh_sinks(&sinks_dir, &sink_names);
         };
         loggate_core::metrics::spawn(
-            metrics_listen,
+            metrics_listener,
             loggate_core::metrics::Daemon::Agent,
+            endpoint,
             refresh,
             loggate_core::shutdown::signal(),
-        )
-        .await?;
+        );
     }
     announce(
         tracing::Level::INFO,

@@ -174,7 +174,11 @@ impl ControllerConfig {
             config.sinks = sinks;
         }
         problems.take(config.audit_settings());
-        problems.take(config.metrics.validate());
+        problems.take(
+            config
+                .metrics
+                .validate(loggate_core::metrics::Daemon::Controller),
+        );
         if config.redaction_profiles.is_empty() {
             problems.push(anyhow::anyhow!(
                 "redaction_profiles: name at least one profile (e.g. [\"default\"])"

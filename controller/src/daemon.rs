@@ -25,6 +25,15 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let mut config = ControllerConfig::load(config_path)?;
+    // The metrics port before the audit starts: a taken port stops the controller before its
+    // audit file records a start that never served.
+    let metrics = match config
+        .metrics
+        .validate(loggate_core::metrics::Daemon::Controller)?
+    {
+        Some(endpoint) => Some((loggate_core::metrics::bind(&endpoint)?, endpoint)),
+        None => None,
+    };
     let signer = load_signing_key(&config.signing_key)?;
     let store = Arc::new(Store::open(&config.database)?);
     // Every start may be a restore of a backup (see Store::new_epoch): a new epoch makes every
@@ -123,15 +132,15 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    if let Some(metrics_listen) = config.metrics.validate()? {
+    if let Some((metrics_listener, endpoint)) = metrics {
         let sinks_dir = audit_dir.join("sinks");
         loggate_core::metrics::spawn(
-            metrics_listen,
+            metrics_listener,
             loggate_core::metrics::Daemon::Controller,
+            endpoint,
             move || loggate_core::metrics::common().refresh_sinks(&sinks_dir, &sink_names),
             loggate_core::shutdown::signal(),
-        )
-        .await?;
+        );
     }
     let enrolment = enrolment.map(|(service, listener)| {
         let addr = listener.local_addr().ok();

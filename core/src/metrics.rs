@@ -14,12 +14,28 @@
 //!
 //! # Who can scrape
 //!
-//! Off by default. When on (`[metrics] enabled = true`) it listens on `127.0.0.1:9464` unless
+//! Off by default. When on (`[metrics] enabled = true`) it listens on loopback — the agent on
+//! `127.0.0.1:9464`, the controller on `127.0.0.1:9465`, so both fit on one host — unless
 //! `listen` says otherwise; an address that is not loopback is refused at load unless
-//! `allow_remote = true` says the operator means it (the endpoint has no authentication: put
-//! it behind a firewall or a scraping sidecar). The server reads at most [`MAX_REQUEST_HEAD`]
-//! bytes of a request within [`REQUEST_TIMEOUT`], answers one request per connection, serves
-//! at most [`MAX_CONNECTIONS`] at once, and answers anything but `GET /metrics` with 404.
+//! `allow_remote = true` says the operator means it.
+//!
+//! Loopback is not a boundary between local users, and some series say what `status_readers`
+//! protects: `bypass_*` is a live "was my read of the file seen?" detector, `audit_sink_up`
+//! and the sink lag say whether the SIEM hears the audit right now. Those series are served
+//! only to a scraper that presents the bearer token of `[metrics] token_file` (Prometheus'
+//! `authorization.credentials_file`), compared in constant time; with a token configured a
+//! request without it gets 401 and no series at all; without one, the endpoint serves the
+//! other series only.
+//!
+//! # Bounds (a local user must not be able to blind the scraper)
+//!
+//! Connections are always accepted. A request head must arrive within [`HEAD_DEADLINE`] and
+//! fit in [`MAX_REQUEST_HEAD`] bytes; one request per connection. At most [`MAX_CONNECTIONS`]
+//! are served at once: when all are taken, the oldest connection still sending its head — of
+//! the source holding the most connections — is dropped for the new one, and when none is
+//! idle the new one gets 503 at once. A `Host` that is not an IP literal, `localhost` or a
+//! name of `[metrics] hosts` gets 421 (DNS rebinding: a web page must not read the metrics
+//! through the operator's browser). Anything but `GET /metrics` gets 404.
 
 use anyhow::{bail, Context};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -32,22 +48,28 @@ use serde::Deserialize;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The address the endpoint listens on when `[metrics]` names none: Prometheus' port range,
-/// loopback only.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+/// The agent's endpoint when `[metrics]` names none: Prometheus' port range, loopback only.
+pub const AGENT_DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+/// The controller's: the next port, so that a controller and an agent on one host both start.
+pub const CONTROLLER_DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9465);
 /// The longest request head (request line and headers) read; a longer one gets its connection
 /// closed.
 pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// A request must arrive whole within this.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections served at once; more wait in the listen queue.
+/// A request head must arrive whole within this (Prometheus sends it at once).
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(1);
+/// Writing the answer must finish within this.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections served at once; see the module docs for what happens to more.
 pub const MAX_CONNECTIONS: usize = 16;
+/// The shortest bearer token accepted from `token_file`.
+pub const MIN_TOKEN_BYTES: usize = 16;
 
 /// `[metrics]` as written in a daemon's configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -56,31 +78,102 @@ pub struct MetricsFile {
     /// Serve `/metrics` (default: no).
     #[serde(default)]
     pub enabled: bool,
-    /// Where (default `127.0.0.1:9464`).
+    /// Where (default `127.0.0.1:9464` for the agent, `127.0.0.1:9465` for the controller).
     #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// Whether `listen` may be an address other machines reach (default: no; see the module
     /// docs for why).
     #[serde(default)]
     pub allow_remote: bool,
+    /// A file holding the bearer token scrapers must present; without it the bypass and sink
+    /// series are not served.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Host names (besides IP literals and `localhost`) a request's `Host` may carry.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// The bearer token of `[metrics] token_file`; never printed.
+#[derive(Clone)]
+pub struct Token(Arc<[u8]>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// Whether `presented` is this token, in time that does not depend on where they differ
+    /// (both are hashed first, so not even on the presented length).
+    fn matches(&self, presented: &[u8]) -> bool {
+        use sha2::Digest;
+        let (a, b) = (
+            sha2::Sha256::digest(&self.0),
+            sha2::Sha256::digest(presented),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+/// A validated `[metrics]`: where to listen and who may read what.
+#[derive(Debug, Clone)]
+pub struct MetricsEndpoint {
+    pub listen: SocketAddr,
+    /// With a token, every series for whoever presents it and nothing for others; without,
+    /// the series that say nothing of bypass or sinks.
+    pub token: Option<Token>,
+    /// Host names accepted in `Host` besides IP literals and `localhost` (lowercase).
+    pub hosts: Vec<String>,
 }
 
 impl MetricsFile {
-    /// The address to serve on, `None` when metrics are off; an error for a non-loopback
-    /// address without `allow_remote = true`.
-    pub fn validate(&self) -> anyhow::Result<Option<SocketAddr>> {
+    /// The endpoint to serve, `None` when metrics are off; an error for a non-loopback
+    /// address without `allow_remote = true`, or a token file that cannot be read or is short.
+    pub fn validate(&self, daemon: Daemon) -> anyhow::Result<Option<MetricsEndpoint>> {
         if !self.enabled {
             return Ok(None);
         }
-        let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
+        let listen = self.listen.unwrap_or(match daemon {
+            Daemon::Agent => AGENT_DEFAULT_LISTEN,
+            Daemon::Controller => CONTROLLER_DEFAULT_LISTEN,
+        });
         if !listen.ip().is_loopback() && !self.allow_remote {
             bail!(
-                "metrics.listen {listen} is not a loopback address: the endpoint has no \
-                 authentication, so listen on 127.0.0.1 or set allow_remote = true once a \
-                 firewall limits who can reach it"
+                "metrics.listen {listen} is not a loopback address: listen on 127.0.0.1, or set \
+                 allow_remote = true (and a token_file) once a firewall limits who can reach it"
             );
         }
-        Ok(Some(listen))
+        let token = match &self.token_file {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "metrics.token_file {}: cannot read it; create it (mode 0640, group \
+                         loggate) with a random token",
+                        path.display()
+                    )
+                })?;
+                let token = text.trim();
+                if token.len() < MIN_TOKEN_BYTES || token.bytes().any(|b| b.is_ascii_whitespace()) {
+                    bail!(
+                        "metrics.token_file {}: the token must be one word of at least \
+                         {MIN_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`)",
+                        path.display()
+                    );
+                }
+                Some(Token(Arc::from(token.as_bytes())))
+            }
+        };
+        Ok(Some(MetricsEndpoint {
+            listen,
+            token,
+            hosts: self.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }))
     }
 }
 
@@ -315,8 +408,19 @@ pub enum Daemon {
     Controller,
 }
 
-/// The registry of `daemon`'s metrics (names prefixed `loggate_`; counters end in `_total`).
-pub fn registry(daemon: Daemon) -> Registry {
+/// Which series a scraper may read (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Every series: the scraper presented the token.
+    Trusted,
+    /// No token configured: everything but the bypass and sink series.
+    Anyone,
+}
+
+/// The registry of `daemon`'s metrics for `audience` (names prefixed `loggate_`; counters end
+/// in `_total`).
+pub fn registry(daemon: Daemon, audience: Audience) -> Registry {
+    let trusted = audience == Audience::Trusted;
     let mut r = Registry::with_prefix("loggate");
     let c = common();
     r.register(
@@ -329,16 +433,18 @@ pub fn registry(daemon: Daemon) -> Registry {
         "TLS handshakes refused, by reason",
         c.handshake_refusals.clone(),
     );
-    r.register(
-        "audit_sink_lag_records",
-        "Audit records not yet delivered to each SIEM sink",
-        c.sink_lag_records.clone(),
-    );
-    r.register(
-        "audit_sink_up",
-        "1 when the SIEM sink is connected and delivering",
-        c.sink_up.clone(),
-    );
+    if trusted {
+        r.register(
+            "audit_sink_lag_records",
+            "Audit records not yet delivered to each SIEM sink",
+            c.sink_lag_records.clone(),
+        );
+        r.register(
+            "audit_sink_up",
+            "1 when the SIEM sink is connected and delivering",
+            c.sink_up.clone(),
+        );
+    }
     match daemon {
         Daemon::Agent => {
             let a = agent();
@@ -368,16 +474,18 @@ pub fn registry(daemon: Daemon) -> Registry {
                 "Read streams open now",
                 a.live_streams.clone(),
             );
-            r.register(
-                "agent_bypass_events",
-                "Bypass-audit records written, by event name",
-                a.bypass_events.clone(),
-            );
-            r.register(
-                "agent_bypass_events_lost",
-                "Bypass events the kernel could not hand over (ring buffer full, fanotify overflow)",
-                a.bypass_events_lost.clone(),
-            );
+            if trusted {
+                r.register(
+                    "agent_bypass_events",
+                    "Bypass-audit records written, by event name",
+                    a.bypass_events.clone(),
+                );
+                r.register(
+                    "agent_bypass_events_lost",
+                    "Bypass events the kernel could not hand over (ring buffer full, fanotify overflow)",
+                    a.bypass_events_lost.clone(),
+                );
+            }
             r.register(
                 "agent_grants_held",
                 "Valid grants held",
@@ -417,27 +525,96 @@ pub fn registry(daemon: Daemon) -> Registry {
     r
 }
 
-/// Serves `registry` on `listener` until `shutdown` resolves. `refresh` runs before each
-/// scrape (it sets the gauges read from elsewhere: grants held, sink status).
+/// What one connection may be answered with (shared by the connection tasks).
+struct Served {
+    daemon: Daemon,
+    token: Option<Token>,
+    hosts: Vec<String>,
+    refresh: Box<dyn Fn() + Send + Sync>,
+}
+
+/// A connection being served, in [`Connections`].
+struct Conn {
+    id: u64,
+    peer: IpAddr,
+    /// Still reading its head.
+    idle: bool,
+    /// Dropping it (removing the entry) ends the connection's task.
+    _cancel: tokio::sync::oneshot::Sender<()>,
+}
+
+/// The connections served now (at most [`MAX_CONNECTIONS`], oldest first).
+#[derive(Default)]
+struct Connections {
+    conns: Vec<Conn>,
+    next_id: u64,
+}
+
+impl Connections {
+    /// Admits a connection from `peer`: a free place, or the place of the oldest idle
+    /// connection of the source holding the most connections (which is ended). `None` when
+    /// every place is taken by a connection past its head.
+    fn admit(&mut self, peer: IpAddr) -> Option<(u64, tokio::sync::oneshot::Receiver<()>)> {
+        if self.conns.len() >= MAX_CONNECTIONS {
+            let mut per_source: Vec<(IpAddr, usize)> = Vec::new();
+            for c in self.conns.iter().filter(|c| c.idle) {
+                match per_source.iter_mut().find(|(p, _)| *p == c.peer) {
+                    Some((_, n)) => *n += 1,
+                    None => per_source.push((c.peer, 1)),
+                }
+            }
+            let (busiest, _) = per_source.iter().max_by_key(|(_, n)| *n)?;
+            let at = self
+                .conns
+                .iter()
+                .position(|c| c.idle && c.peer == *busiest)?;
+            // Dropping the sender ends that connection's task.
+            self.conns.remove(at);
+        }
+        let (cancel, cancelled) = tokio::sync::oneshot::channel();
+        self.next_id += 1;
+        let id = self.next_id;
+        self.conns.push(Conn {
+            id,
+            peer,
+            idle: true,
+            _cancel: cancel,
+        });
+        Some((id, cancelled))
+    }
+
+    /// Connection `id` has its head: it may no longer be dropped for a newcomer.
+    fn busy(&mut self, id: u64) {
+        if let Some(c) = self.conns.iter_mut().find(|c| c.id == id) {
+            c.idle = false;
+        }
+    }
+
+    fn done(&mut self, id: u64) {
+        self.conns.retain(|c| c.id != id);
+    }
+}
+
+/// Serves `daemon`'s metrics on `listener` as `endpoint` says until `shutdown` resolves.
+/// `refresh` runs before each scrape (it sets the gauges read from elsewhere: grants held,
+/// sink status).
 pub async fn serve(
     listener: TcpListener,
-    registry: Registry,
+    daemon: Daemon,
+    endpoint: MetricsEndpoint,
     refresh: impl Fn() + Send + Sync + 'static,
     shutdown: impl Future<Output = ()>,
 ) {
-    let registry = Arc::new(registry);
-    let refresh = Arc::new(refresh);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let served = Arc::new(Served {
+        daemon,
+        token: endpoint.token,
+        hosts: endpoint.hosts,
+        refresh: Box::new(refresh),
+    });
+    let conns = Arc::new(Mutex::new(Connections::default()));
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            _ = &mut shutdown => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -449,32 +626,61 @@ pub async fn serve(
                 }
             },
         };
-        let (registry, refresh) = (registry.clone(), refresh.clone());
+        let admitted = conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(peer.ip());
+        let Some((id, cancelled)) = admitted else {
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(WRITE_DEADLINE, respond(stream, UNAVAILABLE)).await;
+            });
+            continue;
+        };
+        let (served, conns) = (served.clone(), conns.clone());
         tokio::spawn(async move {
-            let _slot = slot;
-            let answered =
-                tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &registry, refresh.as_ref()))
-                    .await;
-            if let Ok(Err(e)) = answered {
-                tracing::debug!("metrics: {e:#}");
+            tokio::select! {
+                answered = answer(stream, &served, || {
+                    conns.lock().unwrap_or_else(|p| p.into_inner()).busy(id)
+                }) => {
+                    if let Err(e) = answered {
+                        tracing::debug!("metrics: {e:#}");
+                    }
+                }
+                _ = cancelled => {}
             }
+            conns.lock().unwrap_or_else(|p| p.into_inner()).done(id);
         });
     }
 }
 
-/// Binds `listen` and serves `daemon`'s metrics there until `shutdown` (on a task of its own).
-pub async fn spawn(
-    listen: SocketAddr,
+/// Binds `endpoint.listen` (before anything else of the daemon starts, so that a taken port
+/// stops it before its audit file records a start).
+pub fn bind(endpoint: &MetricsEndpoint) -> anyhow::Result<TcpListener> {
+    let listen = endpoint.listen;
+    let bound = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(TcpListener::from_std)
+        .with_context(|| {
+            format!(
+                "metrics: cannot listen on {listen}; free the port or set [metrics] listen to \
+                 another"
+            )
+        })?;
+    Ok(bound)
+}
+
+/// Serves `daemon`'s metrics on `listener` (from [`bind`]) until `shutdown`, on a task of
+/// its own.
+pub fn spawn(
+    listener: TcpListener,
     daemon: Daemon,
+    endpoint: MetricsEndpoint,
     refresh: impl Fn() + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("metrics: cannot listen on {listen}"))?;
+) {
+    let listen = endpoint.listen;
     tracing::info!(%listen, "metrics served on /metrics");
-    tokio::spawn(serve(listener, registry(daemon), refresh, shutdown));
-    Ok(())
+    tokio::spawn(serve(listener, daemon, endpoint, refresh, shutdown));
 }
 
 /// What a request asked for.
@@ -484,47 +690,153 @@ enum Route {
     NotFound,
 }
 
-/// Reads one request head and answers it.
+/// A parsed request head: its route and the headers that decide the answer.
+#[derive(Debug, PartialEq, Eq)]
+struct Request {
+    route: Route,
+    host: Option<Vec<u8>>,
+    authorization: Option<Vec<u8>>,
+}
+
+type Response = (&'static str, &'static str, std::borrow::Cow<'static, str>);
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const UNAVAILABLE: Response = (
+    "503 Service Unavailable",
+    TEXT,
+    std::borrow::Cow::Borrowed("too many connections to the metrics endpoint; retry\n"),
+);
+
+/// Reads one request head (within [`HEAD_DEADLINE`]), calls `has_head`, and answers it.
 async fn answer(
     mut stream: TcpStream,
-    registry: &Registry,
-    refresh: &(dyn Fn() + Send + Sync),
+    served: &Served,
+    has_head: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    let request = tokio::time::timeout(HEAD_DEADLINE, read_head(&mut stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("no whole request head within {HEAD_DEADLINE:?}; closed"))??;
+    has_head();
+    let response = decide(&request, served);
+    tokio::time::timeout(WRITE_DEADLINE, respond(stream, response))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("the client did not take the answer within {WRITE_DEADLINE:?}")
+        })?
+}
+
+async fn read_head(stream: &mut TcpStream) -> anyhow::Result<Request> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    let route = loop {
+    loop {
         let n = stream.read(&mut buf).await.context("reading the request")?;
         if n == 0 {
             bail!("the client closed before its request was whole");
         }
         head.extend_from_slice(&buf[..n]);
-        if let Some(route) = route_of(&head) {
-            break route;
+        if let Some(request) = parse_head(&head) {
+            return Ok(request);
         }
         if head.len() > MAX_REQUEST_HEAD {
             bail!("request head over {MAX_REQUEST_HEAD} bytes; closed");
         }
-    };
-    let (status, content_type, body) = match route {
-        Route::Metrics => {
-            refresh();
-            let mut body = String::new();
-            prometheus_client::encoding::text::encode(&mut body, registry)
-                .map_err(|_| anyhow::anyhow!("encoding the metrics failed"))?;
-            (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                body,
-            )
+    }
+}
+
+/// The answer to `request`: the Host check, then the route, then the token.
+fn decide(request: &Request, served: &Served) -> Response {
+    use std::borrow::Cow::Borrowed;
+    if let Some(host) = &request.host {
+        if !host_allowed(host, &served.hosts) {
+            return (
+                "421 Misdirected Request",
+                TEXT,
+                Borrowed("this Host is not served here; scrape by IP address, localhost or a name of [metrics] hosts\n"),
+            );
         }
-        Route::NotFound => (
+    }
+    if request.route == Route::NotFound {
+        return (
             "404 Not Found",
-            "text/plain; charset=utf-8",
-            "only GET /metrics is served here\n".to_string(),
-        ),
+            TEXT,
+            Borrowed("only GET /metrics is served here\n"),
+        );
+    }
+    let audience = match &served.token {
+        None => Audience::Anyone,
+        Some(token) => {
+            let presented = request
+                .authorization
+                .as_deref()
+                .and_then(|a| a.strip_prefix(b"Bearer "))
+                .map(|t| t.trim_ascii());
+            match presented {
+                Some(p) if token.matches(p) => Audience::Trusted,
+                _ => {
+                    return (
+                        "401 Unauthorized",
+                        TEXT,
+                        Borrowed("present the token of [metrics] token_file as a bearer token\n"),
+                    )
+                }
+            }
+        }
+    };
+    (served.refresh)();
+    let mut body = String::new();
+    if prometheus_client::encoding::text::encode(&mut body, &registry(served.daemon, audience))
+        .is_err()
+    {
+        return (
+            "500 Internal Server Error",
+            TEXT,
+            Borrowed("encoding the metrics failed\n"),
+        );
+    }
+    (
+        "200 OK",
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        std::borrow::Cow::Owned(body),
+    )
+}
+
+/// Whether a `Host` value names this endpoint: an IP literal, `localhost`, or a configured
+/// name (any port).
+fn host_allowed(host: &[u8], names: &[String]) -> bool {
+    let Ok(host) = std::str::from_utf8(host.trim_ascii()) else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    if host.parse::<SocketAddr>().is_ok() || host.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host.as_str(),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.parse::<IpAddr>().is_ok()
+        || name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .is_some_and(|n| n.parse::<IpAddr>().is_ok())
+    {
+        return true;
+    }
+    name == "localhost" || names.iter().any(|n| n == name)
+}
+
+async fn respond(
+    mut stream: TcpStream,
+    (status, content_type, body): Response,
+) -> anyhow::Result<()> {
+    let extra = if status.starts_with("401") {
+        "www-authenticate: Bearer\r\n"
+    } else {
+        ""
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n{body}",
         body.len()
     );
     stream
@@ -535,30 +847,49 @@ async fn answer(
     Ok(())
 }
 
-/// The route of a request whose head (through the empty line) is in `head`; `None` while the
-/// head is incomplete. Only `GET /metrics` (with or without a query) is served.
-fn route_of(head: &[u8]) -> Option<Route> {
+/// The request whose head (through the empty line) is in `head`; `None` while the head is
+/// incomplete. Only `GET /metrics` (with or without a query) is routed to the metrics.
+fn parse_head(head: &[u8]) -> Option<Request> {
     let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = &head[..end];
-    let line_end = head
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(head.len());
-    let mut parts = head[..line_end].split(|b| *b == b' ');
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let first = lines.next().unwrap_or_default();
+    let mut parts = first.split(|b| *b == b' ');
     let (method, target, version) = (parts.next(), parts.next(), parts.next());
     let path = target.map(|t| t.split(|b| *b == b'?').next().unwrap_or(t));
     let is_http1 = version.is_some_and(|v| v.starts_with(b"HTTP/1."));
-    Some(
-        if method == Some(b"GET".as_slice())
-            && path == Some(b"/metrics".as_slice())
-            && is_http1
-            && parts.next().is_none()
-        {
-            Route::Metrics
-        } else {
-            Route::NotFound
-        },
-    )
+    let route = if method == Some(b"GET".as_slice())
+        && path == Some(b"/metrics".as_slice())
+        && is_http1
+        && parts.next().is_none()
+    {
+        Route::Metrics
+    } else {
+        Route::NotFound
+    };
+    let (mut host, mut authorization) = (None, None);
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"host") {
+            // Two Host headers: keep one that fails the check if either would.
+            host = Some(match host {
+                None => value.to_vec(),
+                Some(_) => b"\0".to_vec(),
+            });
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            authorization = Some(value.to_vec());
+        }
+    }
+    Some(Request {
+        route,
+        host,
+        authorization,
+    })
 }
 
 /// Counts one audit record appended (called by the audit writer).
@@ -576,21 +907,85 @@ mod tests {
     #[test]
     fn metrics_are_off_by_default_and_loopback_when_on() {
         let off: MetricsFile = toml::from_str("").expect("parses");
-        assert_eq!(off.validate().expect("valid"), None);
+        assert!(off.validate(Daemon::Agent).expect("valid").is_none());
         let on: MetricsFile = toml::from_str("enabled = true").expect("parses");
-        assert_eq!(on.validate().expect("valid"), Some(DEFAULT_LISTEN));
+        let listen = |d| on.validate(d).expect("valid").expect("on").listen;
+        assert_eq!(listen(Daemon::Agent), AGENT_DEFAULT_LISTEN);
+        assert_eq!(listen(Daemon::Controller), CONTROLLER_DEFAULT_LISTEN);
+        assert_ne!(AGENT_DEFAULT_LISTEN, CONTROLLER_DEFAULT_LISTEN);
     }
 
     #[test]
     fn a_remote_metrics_address_needs_allow_remote() {
         let remote: MetricsFile =
             toml::from_str("enabled = true\nlisten = \"0.0.0.0:9464\"").expect("parses");
-        let err = remote.validate().expect_err("refused");
+        let err = remote.validate(Daemon::Agent).expect_err("refused");
         assert!(err.to_string().contains("allow_remote"), "{err:#}");
         let allowed: MetricsFile =
             toml::from_str("enabled = true\nlisten = \"0.0.0.0:9464\"\nallow_remote = true")
                 .expect("parses");
-        assert!(allowed.validate().expect("valid").is_some());
+        assert!(allowed.validate(Daemon::Agent).expect("valid").is_some());
+    }
+
+    fn route_of(head: &[u8]) -> Option<Route> {
+        parse_head(head).map(|r| r.route)
+    }
+
+    #[test]
+    fn a_host_that_is_not_an_ip_localhost_or_configured_is_refused() {
+        let names = vec!["metrics.internal".to_string()];
+        for ok in [
+            "127.0.0.1:9464",
+            "127.0.0.1",
+            "[::1]:9464",
+            "[::1]",
+            "localhost:9464",
+            "LOCALHOST",
+            "metrics.internal:9464",
+        ] {
+            assert!(host_allowed(ok.as_bytes(), &names), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:9464",
+            "localhost.evil.example",
+            "",
+            "\0",
+        ] {
+            assert!(!host_allowed(bad.as_bytes(), &names), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_token_matches_only_itself() {
+        let token = Token(Arc::from(&b"0123456789abcdef"[..]));
+        assert!(token.matches(b"0123456789abcdef"));
+        assert!(!token.matches(b"0123456789abcdeF"));
+        assert!(!token.matches(b"0123456789abcdef0"));
+        assert!(!token.matches(b""));
+        assert_eq!(format!("{token:?}"), "Token(..)");
+    }
+
+    #[test]
+    fn a_full_table_drops_the_oldest_idle_connection_of_the_busiest_source() {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut t = Connections::default();
+        let mut kept = Vec::new();
+        let (first_b, _rx) = t.admit(b).expect("free");
+        kept.push(_rx);
+        for _ in 1..MAX_CONNECTIONS {
+            kept.push(t.admit(a).expect("free").1);
+        }
+        // Full: a newcomer from b takes the place of a's oldest, not of b's.
+        let (_, _rx) = t.admit(b).expect("an idle one is dropped");
+        assert!(t.conns.iter().any(|c| c.id == first_b));
+        assert_eq!(t.conns.len(), MAX_CONNECTIONS);
+        // Every connection past its head: the newcomer is refused.
+        let ids: Vec<u64> = t.conns.iter().map(|c| c.id).collect();
+        for id in ids {
+            t.busy(id);
+        }
+        assert!(t.admit(a).is_none());
     }
 
     #[test]

@@ -206,9 +206,13 @@ fn metrics_endpoint_answers_only_get_metrics() -> anyhow::Result<()> {
     let big = vec![b'a'; 64 * 1024];
     let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nX: ");
     let _ = stream.write_all(&big);
+    let start = Instant::now();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
     assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // Closed at the bound, not at the head deadline.
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(900), "closed after {took:?}");
     // Still serving.
     assert_eq!(http_get(metrics, "/metrics")?.0, 200);
     Ok(())
@@ -360,5 +364,169 @@ fn controller_metrics_count_access_requests_by_the_state_they_enter() -> anyhow:
     assert_eq!(state("denied"), 1.0);
     assert_eq!(state("cancelled"), 1.0);
     assert_eq!(delta("loggate_controller_grants_issued_total"), 1.0);
+    Ok(())
+}
+
+/// One raw request to `addr` (the head as given): the status code and the body.
+fn http_raw(addr: SocketAddr, head: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(head.as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no end of head in {response:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+const TOKEN: &str = "4f1c0de5a7b2e9d3c6f80a1b2c3d4e5f";
+
+#[test]
+fn metrics_with_a_token_file_serve_nothing_without_the_token() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let token_dir = tempfile::tempdir()?;
+    let token_file = token_dir.path().join("metrics.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+    let _f = Fixture::start_with(&format!(
+        "{}token_file = \"{}\"\n",
+        metrics_section(metrics),
+        token_file.display()
+    ))?;
+    let ask = |authorization: &str| {
+        http_raw(
+            metrics,
+            &format!("GET /metrics HTTP/1.1\r\nHost: {metrics}\r\n{authorization}\r\n"),
+        )
+    };
+    for refused in [
+        String::new(),
+        "Authorization: Bearer wrong-token-of-some-length\r\n".to_string(),
+        format!("Authorization: Basic {TOKEN}\r\n"),
+        format!("Authorization: Bearer {}\r\n", &TOKEN[..TOKEN.len() - 1]),
+    ] {
+        let (status, body) = ask(&refused)?;
+        assert_eq!(status, 401, "{refused:?}: {body}");
+        assert!(!body.contains("loggate_"), "{body}");
+    }
+    let (status, body) = ask(&format!("Authorization: Bearer {TOKEN}\r\n"))?;
+    assert_eq!(status, 200, "{body}");
+    // The series only a token holder reads.
+    assert!(
+        body.contains("loggate_agent_bypass_events_lost_total"),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[test]
+fn metrics_without_a_token_leave_out_the_bypass_and_sink_series() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let _f = Fixture::start_with(&metrics_section(metrics))?;
+    let (samples, body) = scrape(metrics)?;
+    assert!(
+        samples.contains_key("loggate_agent_read_requests_total"),
+        "{body}"
+    );
+    for hidden in ["bypass", "sink_up", "sink_lag"] {
+        assert!(
+            !body.contains(hidden),
+            "{hidden} served without a token:\n{body}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn metrics_refuse_a_host_that_is_not_this_endpoint() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let _f = Fixture::start_with(&metrics_section(metrics))?;
+    let (status, body) = http_raw(
+        metrics,
+        "GET /metrics HTTP/1.1\r\nHost: evil.example\r\n\r\n",
+    )?;
+    assert_eq!(status, 421, "{body}");
+    assert!(!body.contains("loggate_"), "{body}");
+    let (status, _) = http_raw(
+        metrics,
+        "GET /metrics HTTP/1.1\r\nHost: localhost:9464\r\n\r\n",
+    )?;
+    assert_eq!(status, 200);
+    Ok(())
+}
+
+#[test]
+fn idle_connections_and_a_flood_do_not_keep_the_scraper_waiting() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let _f = Fixture::start_with(&metrics_section(metrics))?;
+    // Every place taken by a connection that never sends its head, then more of them.
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(TcpStream::connect(metrics)?);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let (status, _) = http_get(metrics, "/metrics")?;
+    let took = start.elapsed();
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_secs(1), "the scrape took {took:?}");
+    // An idle connection is closed once its head deadline passes.
+    let mut one = TcpStream::connect(metrics)?;
+    one.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let start = Instant::now();
+    let mut answer = Vec::new();
+    let _ = one.read_to_end(&mut answer);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "an idle connection stayed {took:?}"
+    );
+    drop(idle);
+    Ok(())
+}
+
+#[test]
+fn a_taken_metrics_port_stops_the_agent_before_its_audit_starts() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let metrics = taken.local_addr()?;
+    let mut cluster = loggate_tests::Cluster::new(None)?;
+    let logs = cluster.dir.join("logs/app");
+    std::fs::create_dir_all(&logs)?;
+    cluster.add_agent("web-1", &[&logs], &metrics_section(metrics))?;
+    let info = &cluster.agents["web-1"];
+    let mut child = Command::new(cluster.bins.join("loggate-agent"))
+        .args(["run", "--config"])
+        .arg(&info.config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            anyhow::bail!("the agent kept running with its metrics port taken");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut stderr)?;
+    }
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("metrics"), "{stderr}");
+    let records = cluster.agent_audit_raw("web-1");
+    assert!(
+        records.is_empty(),
+        "audit written before the refusal: {records:?}"
+    );
+    drop(taken);
     Ok(())
 }
