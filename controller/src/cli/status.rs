@@ -67,13 +67,33 @@ fn as_json(s: &pb::AgentStatusResponse, now: i64) -> serde_json::Value {
         "certificate_not_after_unix": (s.certificate_not_after_unix != 0)
             .then_some(s.certificate_not_after_unix),
         "certificate_seconds_left": (s.certificate_not_after_unix != 0)
-            .then_some(s.certificate_not_after_unix - now),
+            .then_some(s.certificate_not_after_unix.saturating_sub(now)),
     })
 }
 
-/// The status for people, one fact per line.
+/// `text` with every control character (ESC, C1, newlines, …) written as `\u{…}`: the
+/// strings of a status come from the agent and from SIEM answers (`last_error` carries an
+/// HTTP body), and must not drive the reader's terminal (OSC 52 writes its clipboard).
+fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The status for people, one fact per line (every string from the agent made printable).
 fn as_text(s: &pb::AgentStatusResponse, now: i64) -> String {
-    let mut out = format!("agent {} (loggate-agent {})\n", s.agent_id, s.version);
+    let p = printable;
+    let mut out = format!(
+        "agent {} (loggate-agent {})\n",
+        p(&s.agent_id),
+        p(&s.version)
+    );
     let up = i64::try_from(s.uptime_seconds).unwrap_or(i64::MAX);
     out.push_str(&format!("  up:           {}\n", rough_duration(up)));
     out.push_str(&format!(
@@ -81,9 +101,9 @@ fn as_text(s: &pb::AgentStatusResponse, now: i64) -> String {
         s.grants_held, s.grant_revision
     ));
     out.push_str(&format!("  live streams: {}\n", s.live_streams));
-    out.push_str(&format!("  bypass audit: {}", s.bypass_mode));
+    out.push_str(&format!("  bypass audit: {}", p(&s.bypass_mode)));
     if !s.bypass_note.is_empty() {
-        out.push_str(&format!(" ({})", s.bypass_note));
+        out.push_str(&format!(" ({})", p(&s.bypass_note)));
     }
     out.push('\n');
     out.push_str(&format!("  audit:        seq {} on disk\n", s.audit_seq));
@@ -93,21 +113,23 @@ fn as_text(s: &pb::AgentStatusResponse, now: i64) -> String {
     for k in &s.sinks {
         out.push_str(&format!(
             "  sink {}: {}, {} records behind",
-            k.name, k.state, k.lag_records
+            p(&k.name),
+            p(&k.state),
+            k.lag_records
         ));
         if !k.last_error.is_empty() {
-            out.push_str(&format!(" (last error: {})", k.last_error));
+            out.push_str(&format!(" (last error: {})", p(&k.last_error)));
         }
         out.push('\n');
     }
     if s.certificate_not_after_unix == 0 {
         out.push_str("  certificate:  unreadable on the agent\n");
     } else {
-        let left = s.certificate_not_after_unix - now;
+        let left = s.certificate_not_after_unix.saturating_sub(now);
         let when = if left > 0 {
             format!("in {}", rough_duration(left))
         } else {
-            format!("EXPIRED {} ago", rough_duration(-left))
+            format!("EXPIRED {} ago", rough_duration(left.saturating_neg()))
         };
         out.push_str(&format!(
             "  certificate:  ends {} ({when})\n",
@@ -155,6 +177,37 @@ mod tests {
             "(in ",
         ] {
             assert!(text.contains(fact), "{fact:?} missing in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn status_text_escapes_control_characters_from_the_agent_and_the_siem() {
+        let mut s = sample();
+        s.sinks[0].last_error = "HEC 400: \u{1b}]52;c;ZWNobyBwd25lZA==\u{7}\r\nfake line".into();
+        s.bypass_note = "\u{9b}31m".into();
+        s.agent_id = "web-1\u{1b}[2J".into();
+        let text = as_text(&s, 1_000_000);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("\\u{1b}]52;c;"), "{text}");
+        assert_eq!(
+            text.lines().count(),
+            as_text(&sample(), 1_000_000).lines().count()
+        );
+    }
+
+    #[test]
+    fn status_survives_any_certificate_end_the_agent_sends() {
+        for end in [i64::MIN, i64::MIN + 1, -1, i64::MAX] {
+            let mut s = sample();
+            s.certificate_not_after_unix = end;
+            for now in [0, 1_000_000, i64::MAX, i64::MIN] {
+                let text = as_text(&s, now);
+                assert!(text.contains("certificate:"), "{text}");
+                let _ = as_json(&s, now);
+            }
         }
     }
 
