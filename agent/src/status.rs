@@ -67,7 +67,8 @@ pub fn answer<T>(shared: &Shared, request: &Request<T>) -> Result<pb::AgentStatu
     })
 }
 
-/// Sink `name`'s state from its status file; `unknown` before it wrote one.
+/// Sink `name`'s state from its status file; `unknown` before it wrote one, `stale` when an
+/// `up` was not rewritten for a while (see `loggate_core::metrics::read_sink_status_at`).
 fn sink_state(sinks_dir: &Path, name: &str) -> pb::SinkState {
     match loggate_core::metrics::read_sink_status(sinks_dir, name) {
         Some(s) => pb::SinkState {

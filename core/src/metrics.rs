@@ -366,7 +366,7 @@ impl CommonMetrics {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SinkStatus {
     pub sink: String,
-    /// `up`, `down`, `refused` or `chain_break`.
+    /// `up`, `down`, `refused` or `chain_break` as written; [`STALE`] once read from an old file.
     pub state: String,
     /// Records in the audit file not yet delivered.
     pub lag: u64,
@@ -374,12 +374,41 @@ pub struct SinkStatus {
     pub delivered_seq: u64,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// When the sink wrote it (Unix milliseconds).
+    #[serde(default)]
+    pub updated_ms: Option<u64>,
 }
 
-/// Sink `name`'s last status in `sinks_dir`, if it wrote one that parses.
-pub fn read_sink_status(sinks_dir: &Path, name: &str) -> Option<SinkStatus> {
+/// A sink rewrites its status file every second while its loop runs; a file older than this
+/// means the shipper is stuck (or gone), whatever state it last wrote.
+pub const SINK_STATUS_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// The state shown for a sink whose status file is older than [`SINK_STATUS_STALE_AFTER`].
+pub const STALE: &str = "stale";
+
+/// Sink `name`'s last status in `sinks_dir`, if it wrote one that parses. An `up` written
+/// more than [`SINK_STATUS_STALE_AFTER`] before `now_ms` (or without a time) reads as
+/// [`STALE`]: the shipper stopped rewriting it. The other states already say "not
+/// delivering" and are kept (a halted sink stops rewriting its `chain_break` on purpose).
+pub fn read_sink_status_at(sinks_dir: &Path, name: &str, now_ms: u64) -> Option<SinkStatus> {
     let bytes = std::fs::read(sinks_dir.join(format!("{name}.status.json"))).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let mut status: SinkStatus = serde_json::from_slice(&bytes).ok()?;
+    let fresh = status
+        .updated_ms
+        .is_some_and(|at| now_ms.saturating_sub(at) <= SINK_STATUS_STALE_AFTER.as_millis() as u64);
+    if !fresh && status.state == "up" {
+        status.state = STALE.to_string();
+    }
+    Some(status)
+}
+
+/// [`read_sink_status_at`] now.
+pub fn read_sink_status(sinks_dir: &Path, name: &str) -> Option<SinkStatus> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    read_sink_status_at(sinks_dir, name, now_ms)
 }
 
 static COMMON: LazyLock<CommonMetrics> = LazyLock::new(CommonMetrics::default);
@@ -925,6 +954,37 @@ mod tests {
             toml::from_str("enabled = true\nlisten = \"0.0.0.0:9464\"\nallow_remote = true")
                 .expect("parses");
         assert!(allowed.validate(Daemon::Agent).expect("valid").is_some());
+    }
+
+    #[test]
+    fn a_sink_status_file_the_shipper_stopped_rewriting_shows_the_sink_down() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        let write = |updated_ms: u64| {
+            std::fs::write(
+                dir.path().join("siem.status.json"),
+                format!(r#"{{"sink":"siem","state":"up","lag":0,"updated_ms":{updated_ms}}}"#),
+            )
+        };
+        let now = 1_000_000_000;
+        write(now - 500)?;
+        let fresh = read_sink_status_at(dir.path(), "siem", now).expect("parses");
+        assert_eq!(fresh.state, "up");
+        write(now - 60_000)?;
+        let stale = read_sink_status_at(dir.path(), "siem", now).expect("parses");
+        assert_eq!(stale.state, STALE);
+        // Through the gauge: a stale "up" is not up.
+        let c = CommonMetrics::default();
+        c.refresh_sinks(dir.path(), &["siem".to_string()]);
+        assert_eq!(
+            c.sink_up
+                .get_or_create(&SinkLabel {
+                    sink: "siem".into()
+                })
+                .get(),
+            0
+        );
+        Ok(())
     }
 
     fn route_of(head: &[u8]) -> Option<Route> {
