@@ -162,3 +162,46 @@ fn an_unknown_log_format_is_a_usage_error() -> anyhow::Result<()> {
     assert!(text(&out).1.contains("json"), "{}", text(&out).1);
     Ok(())
 }
+
+#[test]
+fn json_announce_lines_survive_a_log_filter_that_leaves_them_out() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(None)?;
+    let logs = cluster.dir.join("logs/app");
+    std::fs::create_dir_all(&logs)?;
+    cluster.add_agent("web-1", &[&logs], "")?;
+    let agent = cluster.agents["web-1"].clone_paths();
+    let log = cluster.dir.join("agent-narrow.log");
+    let file = std::fs::File::create(&log)?;
+    // A filter naming one module the announce lines are not from.
+    let child = Command::new(cluster.bins.join("loggate-agent"))
+        .args(["run", "--config", &agent.0, "--log-format", "json"])
+        .env("LOGGATE_LOG", "loggate_agent::bypass=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()?;
+    let mut daemon = Daemon(Some(child));
+    wait_for_port(agent.1, Duration::from_secs(20))?;
+    daemon.stop();
+    let text = std::fs::read_to_string(&log)?;
+    let messages: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).map_err(|e| anyhow::anyhow!("not JSON ({e}): {l:?}"))?;
+            Ok(v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string())
+        })
+        .collect::<anyhow::Result<_>>()?;
+    assert!(
+        messages.iter().any(|m| m.contains("listening on")),
+        "no listening line in:\n{text}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("stopped")),
+        "no stopped line in:\n{text}"
+    );
+    Ok(())
+}

@@ -75,8 +75,9 @@ static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 /// once, first.
 ///
 /// What goes into a log line is the caller's contract, in JSON as in text: never a log file's
-/// content, a grant token, a key or a join token (the end-to-end test `tests/tests/metrics.rs`
-/// serves a file with a planted secret and greps the daemons' stderr for it).
+/// content, a grant token, a key or a join token (the end-to-end test
+/// `tests/tests/log_format.rs` serves a file with a planted secret and greps the daemons'
+/// stderr for it). In JSON a panic is one JSON line too (its message and place).
 pub fn init_tracing(default: LogDefault, format: LogFormat) {
     let _ = FORMAT.set(format);
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOGGATE_LOG")
@@ -88,23 +89,52 @@ pub fn init_tracing(default: LogDefault, format: LogFormat) {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
-        LogFormat::Json => builder
-            .json()
-            .with_ansi(false)
-            .with_current_span(false)
-            .init(),
+        LogFormat::Json => {
+            builder
+                .json()
+                .with_ansi(false)
+                .with_current_span(false)
+                .init();
+            std::panic::set_hook(Box::new(|info| {
+                let message = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".to_string());
+                let place = info
+                    .location()
+                    .map(|l| format!("{}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                json_line("ERROR", &format!("panicked at {place}: {message}"));
+            }));
+        }
     }
 }
 
+/// One JSON line on stderr in the shape of the `tracing` JSON lines (timestamp, level, the
+/// message in `fields`), written directly: not subject to `LOGGATE_LOG`'s filter.
+fn json_line(level: &str, message: &str) {
+    let line = serde_json::json!({
+        "timestamp": jiff::Timestamp::now().to_string(),
+        "level": level,
+        "fields": { "message": message },
+        "target": "loggate::announce",
+    });
+    // stderr gone: nowhere left to say it.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr().lock(),
+        format!("{line}\n").as_bytes(),
+    );
+}
+
 /// A daemon's line for the operator (listening, stopped, the error it stops on): a plain
-/// stderr line in text, an event of `level` in JSON, so that every line of a JSON log parses.
+/// stderr line in text, one JSON line in JSON (so that every line of a JSON log parses).
+/// Written directly, never filtered by `LOGGATE_LOG`: an operator who narrows the log to one
+/// crate must still see the daemon start, stop and the error it stops on.
 pub fn announce(level: tracing::Level, line: &str) {
     if FORMAT.get().copied().unwrap_or_default() == LogFormat::Json {
-        match level {
-            tracing::Level::ERROR => tracing::error!("{line}"),
-            tracing::Level::WARN => tracing::warn!("{line}"),
-            _ => tracing::info!("{line}"),
-        }
+        json_line(level.as_str(), line);
     } else {
         eprintln!("{line}");
     }
