@@ -202,3 +202,28 @@ fn siem_rsyslog_receiver_block_passes_rsyslogd_config_check() -> anyhow::Result<
     check(rsyslogd, &["-N1", "-f"], &conf)?;
     Ok(())
 }
+
+#[test]
+fn siem_md_never_has_a_shipper_read_the_agents_audit_folder_or_join_group_loggate(
+) -> anyhow::Result<()> {
+    let siem = std::fs::read_to_string(workspace_root().join("docs/siem.md"))?;
+    // The agent's audit files are 0600, and group loggate reads the TLS key and the HEC token.
+    let shipper_paths: Vec<&str> = siem
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("- /var/lib/loggate"))
+        .collect();
+    assert!(
+        shipper_paths.is_empty(),
+        "a shipper reads the audit folder: {shipper_paths:?}"
+    );
+    assert!(
+        !siem.contains("Filebeat on the host, in group `loggate`"),
+        "siem.md still puts Filebeat in group loggate"
+    );
+    assert!(
+        siem.contains("- /var/log/loggate/*.jsonl"),
+        "Filebeat reads rsyslog's files"
+    );
+    Ok(())
+}
