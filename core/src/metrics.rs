@@ -212,7 +212,11 @@ pub struct DetectorLabel {
 /// What both daemons count.
 #[derive(Default)]
 pub struct CommonMetrics {
-    /// Audit records appended by this process, by event name (the catalogue).
+    /// Audit records appended by this process through its event log, by event name (the
+    /// catalogue), counted when appended — before the group sync that makes them durable.
+    /// Checkpoint and rotation records (`audit.checkpoint`, `audit.rotated`), written by the
+    /// audit runtime itself, are not counted: this counts what happened, not the chain's own
+    /// bookkeeping.
     pub audit_records: Family<EventLabel, Counter>,
     /// TLS handshakes refused, by [`crate::tls_accept::RefusalReason`]; those summarised
     /// (over the report rate, evicted) are counted too.
@@ -454,7 +458,7 @@ pub fn registry(daemon: Daemon, audience: Audience) -> Registry {
     let c = common();
     r.register(
         "audit_records_written",
-        "Audit records appended by this process, by event name",
+        "Audit records of events appended by this process, by event name (before their group sync; checkpoint and rotation records not counted)",
         c.audit_records.clone(),
     );
     r.register(
