@@ -16,7 +16,7 @@ use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
 use loggate_core::metrics;
 use loggate_proto as pb;
 use loggate_proto::controller_server::Controller;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,7 +54,10 @@ pub struct ControllerService {
     trust_domain: String,
     policy: Policy,
     revision: watch::Sender<u64>,
-    connected: Arc<Mutex<HashSet<String>>>,
+    /// Agents with a `WatchGrants` stream open, with how many each holds: an agent that
+    /// reconnects opens its new stream before the old one ends, and the old one's end must
+    /// not count it gone.
+    connected: Arc<Mutex<HashMap<String, usize>>>,
     audit: Arc<SharedAuditLog>,
     /// Becomes true when the daemon shuts down: watch streams end so connections can close.
     stopping: watch::Receiver<bool>,
@@ -315,9 +318,11 @@ impl Controller for ControllerService {
         let mut stopping = self.stopping.clone();
         let epoch = self.epoch.clone();
         {
-            let mut set = connected.lock().unwrap_or_else(|p| p.into_inner());
-            set.insert(req.agent_id.clone());
-            metrics::controller().connected_agents.set(set.len() as i64);
+            let mut streams = connected.lock().unwrap_or_else(|p| p.into_inner());
+            *streams.entry(req.agent_id.clone()).or_default() += 1;
+            metrics::controller()
+                .connected_agents
+                .set(streams.len() as i64);
         }
         tokio::spawn(async move {
             // Revision numbers only mean something within one epoch: an agent of another epoch
@@ -357,7 +362,11 @@ impl Controller for ControllerService {
                         {
                             break 'stream;
                         }
-                        metrics::controller().sent(*revision);
+                        // Fan-out latency is that of live changes: what an agent catching
+                        // up (reconnected, or started late) receives is not observed.
+                        if announced_caught_up {
+                            metrics::controller().sent(*revision);
+                        }
                     }
                 }
                 if !caught_up {
@@ -389,9 +398,16 @@ impl Controller for ControllerService {
                 }
             }
             {
-                let mut set = connected.lock().unwrap_or_else(|p| p.into_inner());
-                set.remove(&req.agent_id);
-                metrics::controller().connected_agents.set(set.len() as i64);
+                let mut streams = connected.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(open) = streams.get_mut(&req.agent_id) {
+                    *open = open.saturating_sub(1);
+                    if *open == 0 {
+                        streams.remove(&req.agent_id);
+                    }
+                }
+                metrics::controller()
+                    .connected_agents
+                    .set(streams.len() as i64);
             }
             tracing::info!(agent = %req.agent_id, "agent disconnected");
         });
@@ -635,7 +651,7 @@ impl Controller for ControllerService {
             .connected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&id);
+            .contains_key(&id);
         Ok(Response::new(pb::ResolveAgentResponse {
             agent_id: agent.id,
             addr: agent.addr,

@@ -530,3 +530,42 @@ fn a_taken_metrics_port_stops_the_agent_before_its_audit_starts() -> anyhow::Res
     drop(taken);
     Ok(())
 }
+
+#[test]
+fn fanout_latency_does_not_count_an_agent_catching_up() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let mut cluster = loggate_tests::Cluster::new(None)?;
+    let logs = cluster.dir.join("logs/app");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::write(logs.join("api.log"), "one line\n")?;
+    let mut config = std::fs::read_to_string(&cluster.controller_config)?;
+    config.push_str(&format!("\n{}", metrics_section(metrics)));
+    std::fs::write(&cluster.controller_config, config)?;
+    cluster.add_agent("web-1", &[&logs], "")?;
+    cluster.start_controller()?;
+    cluster.start_agent("web-1")?;
+    scrape_until(metrics, |s| {
+        value(s, "loggate_controller_connected_agents") == 1.0
+    })?;
+    cluster.stop_agent("web-1");
+    scrape_until(metrics, |s| {
+        value(s, "loggate_controller_connected_agents") == 0.0
+    })?;
+    let (before, _) = scrape(metrics)?;
+    // Issued while the agent is away: it arrives with the catch-up, seconds after its commit.
+    let glob = format!("{}/*.log", logs.display());
+    let grant = cluster.issue_grant("alice", "web-1", &glob, "30m")?;
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.start_agent("web-1")?;
+    cluster.wait_for_grant("web-1", &grant)?;
+    let after = scrape_until(metrics, |s| {
+        value(s, "loggate_controller_connected_agents") == 1.0
+    })?;
+    let count = "loggate_controller_fanout_latency_seconds_count";
+    assert_eq!(
+        value(&after, count),
+        value(&before, count),
+        "catch-up observed"
+    );
+    Ok(())
+}
