@@ -11,6 +11,7 @@ use loggate_core::daemon::audit::{default_audit_keep_files, default_audit_rotate
 use loggate_core::daemon::{AuditSettings, CheckpointsFile};
 use loggate_core::grant::VerifyingKey;
 use loggate_core::identity::{is_valid_name, Role};
+use loggate_core::metrics::MetricsFile;
 use loggate_core::tls::TlsFiles;
 use loggate_redact::{Profiles, RedactionConfigFile};
 use serde::Deserialize;
@@ -89,6 +90,12 @@ pub struct AgentConfigFile {
     /// When the audit writer seals the chain with a signed checkpoint (`[checkpoints]`).
     #[serde(default)]
     checkpoints: CheckpointsFile,
+    /// The Prometheus endpoint (`[metrics]`; off by default).
+    #[serde(default)]
+    metrics: MetricsFile,
+    /// User names who may ask this agent's status (`loggate agent status`); none by default.
+    #[serde(default)]
+    status_readers: Vec<String>,
     tls: TlsFiles,
 }
 
@@ -187,6 +194,10 @@ pub struct AgentConfig {
     pub profiles: Profiles,
     /// Validated `[[audit.sinks]]`.
     pub sinks: Vec<SinkConfig>,
+    /// Where `/metrics` is served; `None` when off.
+    pub metrics: Option<loggate_core::metrics::MetricsEndpoint>,
+    /// User names who may ask this agent's status (see `status.rs`).
+    pub status_readers: Vec<String>,
     pub tls: TlsFiles,
 }
 
@@ -279,6 +290,14 @@ impl AgentConfig {
         let profiles = problems.take(Profiles::load(file.redaction, base));
         let bypass = problems.take(file.bypass.clone().validate());
         let sinks = problems.take(validate_sinks(&file.audit.sinks, base));
+        let metrics = problems.take(file.metrics.validate(loggate_core::metrics::Daemon::Agent));
+        for reader in &file.status_readers {
+            if !is_valid_name(reader) {
+                problems.push(anyhow::anyhow!(
+                    "status_readers: {reader:?} is not a user name (lowercase letters, digits and dashes)"
+                ));
+            }
+        }
         let audit_settings = problems.take(AuditSettings::validate(
             file.audit_rotate_bytes,
             file.audit_keep_files,
@@ -292,7 +311,16 @@ impl AgentConfig {
             Some(bypass),
             Some(sinks),
             Some(audit_settings),
-        ) = (roots, grant_keys, profiles, bypass, sinks, audit_settings)
+            Some(metrics),
+        ) = (
+            roots,
+            grant_keys,
+            profiles,
+            bypass,
+            sinks,
+            audit_settings,
+            metrics,
+        )
         else {
             problems.into_result()?;
             bail!("the agent configuration is invalid");
@@ -324,6 +352,8 @@ impl AgentConfig {
             limits: file.limits,
             profiles,
             sinks,
+            metrics,
+            status_readers: file.status_readers,
             tls: file.tls.relative_to(base),
         })
     }

@@ -19,6 +19,7 @@ mod fs_access;
 mod gate;
 mod grants;
 mod server;
+mod status;
 mod stream;
 mod watch;
 
@@ -28,7 +29,7 @@ use config::AgentConfig;
 use grants::GrantStore;
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::daemon::audit::AuditPlaces;
-use loggate_core::daemon::{serve_mtls, AuditRuntime, MtlsSettings};
+use loggate_core::daemon::{announce, serve_mtls, AuditRuntime, LogFormat, MtlsSettings};
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
 use loggate_proto::agent_server::AgentServer;
@@ -53,6 +54,10 @@ enum Command {
         /// The agent's configuration file (see docs/configuration.md).
         #[arg(long)]
         config: PathBuf,
+        /// How log lines are written on stderr: `text`, or `json` (one object per line).
+        #[arg(long, env = "LOGGATE_LOG_FORMAT", default_value = "text",
+              value_parser = clap::builder::PossibleValuesParser::new(LogFormat::NAMES))]
+        log_format: String,
     },
     /// Check a configuration file as `run` would load it and print every problem found, one
     /// per line. Exit 0 when it is valid, 2 otherwise (the systemd unit's `ExecStartPre`).
@@ -88,6 +93,10 @@ enum Command {
         /// The file to redact (default: standard input).
         file: Option<PathBuf>,
     },
+    /// For `cargo xtask package`: write the man pages of this command and its subcommands
+    /// (roff, one file each) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// For `cargo xtask bench ebpf`: attach the bypass-audit programs and wait (see
     /// agent/src/bypass/bench.rs).
     #[command(hide = true)]
@@ -113,22 +122,38 @@ pub struct Shared {
     slots: server::StreamSlots,
     /// The agent-wide cap on grep streams and each subject's grep time.
     grep: stream::GrepLimits,
+    /// What the status rpc reports of the agent's start.
+    facts: status::StartFacts,
 }
 
 impl Shared {
     /// Appends one audit event and returns once it is on disk (group commit: concurrent events
     /// share a sync). Callers fail closed on error.
-    pub fn audit(&self, event: &impl AuditEvent) -> anyhow::Result<u64> {
+    pub fn audit<E: AuditEvent>(&self, event: &E) -> anyhow::Result<u64> {
         // Waiting for the disk blocks: let the runtime move its other tasks off this thread.
-        Ok(tokio::task::block_in_place(|| {
-            self.audit_log.append(event)
-        })?)
+        let seq = tokio::task::block_in_place(|| self.audit_log.append(event))?;
+        count_bypass_event::<E>();
+        Ok(seq)
     }
 
     /// Appends one audit event that no action waits on (an eBPF observation): written now,
     /// durable with the next group sync (see `SharedAuditLog::append_deferred`).
-    pub fn audit_deferred(&self, event: &impl AuditEvent) -> anyhow::Result<u64> {
-        Ok(self.audit_log.append_deferred(event)?)
+    pub fn audit_deferred<E: AuditEvent>(&self, event: &E) -> anyhow::Result<u64> {
+        let seq = self.audit_log.append_deferred(event)?;
+        count_bypass_event::<E>();
+        Ok(seq)
+    }
+}
+
+/// Bypass-audit records are counted by kind for `/metrics` (the event names are the
+/// catalogue's: a bounded set).
+fn count_bypass_event<E: AuditEvent>() {
+    let kind = E::TYPE.name;
+    if kind.starts_with("bypass.") {
+        loggate_core::metrics::agent()
+            .bypass_events
+            .get_or_create(&loggate_core::metrics::KindLabel { kind })
+            .inc();
     }
 }
 
@@ -142,6 +167,12 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             config.id
         );
     }
+    // The metrics port before the audit starts: a taken port stops the agent before its
+    // audit file records a start that never served.
+    let metrics = match &config.metrics {
+        Some(endpoint) => Some((endpoint.clone(), loggate_core::metrics::bind(endpoint)?)),
+        None => None,
+    };
     // Private from creation: it holds the grant store and the audit signing key.
     loggate_core::private_state::create_private_dir(&config.state_dir, "agent state folder")?;
     let verifier = GrantVerifier::new(config.grant_keys.clone(), config.max_clock_skew);
@@ -187,6 +218,16 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         bypass_protected: None,
     };
     bypass.describe(&mut started);
+    let bypass_mode = match started.bypass_mode {
+        "off" if config.bypass.mode != bypass::Mode::Off => "unavailable",
+        mode => mode,
+    };
+    let mut facts = status::StartFacts {
+        started: std::time::Instant::now(),
+        bypass_mode: bypass_mode.to_string(),
+        bypass_note: started.bypass_fallback_reason.clone(),
+        sink_names: Vec::new(),
+    };
     let mut startup = audit.started(&started)?;
     let checkpoint_public = startup.verify_key();
     for (id, reason) in &loaded.dropped {
@@ -195,6 +236,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             reason: reason.clone(),
         })?;
     }
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+    facts.sink_names = sink_names.clone();
     let (audit_log, audit_runtime) = startup.start(std::mem::take(&mut config.sinks))?;
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
@@ -209,6 +252,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             Duration::from_secs(config.limits.grep_seconds_per_subject_per_minute.into()),
         ),
         config,
+        facts,
     });
 
     tokio::spawn(watch::run(shared.clone()));
@@ -225,7 +269,26 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    eprintln!("loggate-agent {} listening on {listen}", shared.config.id);
+    if let Some((endpoint, metrics_listener)) = metrics {
+        let (shared, sinks_dir) = (shared.clone(), shared.config.state_dir.join("sinks"));
+        let refresh = move || {
+            let held = shared.grants.grants_count();
+            let m = loggate_core::metrics::agent();
+            m.grants_held.set(i64::try_from(held).unwrap_or(i64::MAX));
+            loggate_core::metrics::common().refresh_sinks(&sinks_dir, &sink_names);
+        };
+        loggate_core::metrics::spawn(
+            metrics_listener,
+            loggate_core::metrics::Daemon::Agent,
+            endpoint,
+            refresh,
+            loggate_core::shutdown::signal(),
+        );
+    }
+    announce(
+        tracing::Level::INFO,
+        &format!("loggate-agent {} listening on {listen}", shared.config.id),
+    );
     // The audit file is open and the listener bound: systemd may consider the agent started.
     loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
@@ -253,7 +316,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             agent_id: shared.config.id.clone(),
         },
     )?;
-    eprintln!("loggate-agent stopped");
+    announce(tracing::Level::INFO, "loggate-agent stopped");
     Ok(())
 }
 
@@ -378,8 +441,12 @@ fn check_config(path: &Path) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    loggate_core::daemon::init_tracing(loggate_core::daemon::LogDefault::Daemon);
     let cli = Cli::parse();
+    let format = match &cli.command {
+        Command::Run { log_format, .. } => LogFormat::from_name(log_format).unwrap_or_default(),
+        _ => LogFormat::Text,
+    };
+    loggate_core::daemon::init_tracing(loggate_core::daemon::LogDefault::Daemon, format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -388,13 +455,17 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Run { config } => runtime.block_on(run(&config)),
+        Command::Run { config, .. } => runtime.block_on(run(&config)),
         Command::CheckConfig { file } => return check_config(&file),
         Command::Enrol(args) => runtime.block_on(enrol::enrol(args)),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "loggate-agent", &mut std::io::stdout());
             Ok(())
+        }
+        Command::Manpages { dir } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))
         }
         Command::Redact {
             list_detectors: true,
@@ -423,7 +494,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("loggate-agent: {e:#}");
+            announce(tracing::Level::ERROR, &format!("loggate-agent: {e:#}"));
             ExitCode::from(1)
         }
     }

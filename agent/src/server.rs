@@ -383,6 +383,7 @@ impl AgentService {
         path: &str,
         denial: Denial,
     ) -> Status {
+        loggate_core::metrics::agent().denied(denial.code.as_str());
         // Charged to the verified reader; to the address only when there is none. A budget per
         // address for known readers would let one person's flood silence the audit of
         // everyone behind the same bastion or NAT.
@@ -561,6 +562,7 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ReadLogRequest>,
     ) -> Result<Response<Self::ReadLogStream>, Status> {
+        loggate_core::metrics::agent().read_requests.inc();
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string());
         let reader = match peer_identity(&request, Role::User) {
@@ -741,7 +743,17 @@ impl Agent for AgentService {
         let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current());
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
+            let metrics = loggate_core::metrics::agent();
+            metrics.live_streams.inc();
             let finished = stream::run(plan, &mut sink);
+            metrics.live_streams.dec();
+            metrics.bytes_served.inc_by(finished.bytes);
+            for (detector, n) in &finished.counts.redactions {
+                let detector = loggate_core::metrics::DetectorLabel {
+                    detector: detector.clone(),
+                };
+                metrics.redactions.get_or_create(&detector).inc_by(*n);
+            }
             // The stream is over: its stream slot and grep place are free before its
             // `read.finished` is written, so a reader who sees that record can start another.
             drop(slot);
@@ -773,6 +785,13 @@ impl Agent for AgentService {
         // All data first, then the final status (if the stream was cut or failed).
         let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
         Ok(Response::new(Box::pin(response)))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::AgentStatusRequest>,
+    ) -> Result<Response<pb::AgentStatusResponse>, Status> {
+        crate::status::answer(&self.shared, &request).map(Response::new)
     }
 }
 

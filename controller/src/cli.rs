@@ -5,6 +5,7 @@ pub mod agents;
 pub mod config_file;
 pub mod governance;
 pub mod login;
+pub mod status;
 
 use crate::config::ClientConfig;
 use loggate_core::grant::rough_duration;
@@ -732,6 +733,33 @@ pub struct ReadArgs {
     pub grant_token: Option<PathBuf>,
 }
 
+/// Where agent `host` listens: `given` (`--agent-addr`), or what the controller's registry says.
+async fn agent_addr(
+    config: &ClientConfig,
+    host: &str,
+    given: Option<String>,
+) -> Result<String, Failure> {
+    if let Some(addr) = given {
+        return Ok(addr);
+    }
+    let mut ctl = controller(config).await?;
+    let agent = ctl
+        .resolve_agent(pb::ResolveAgentRequest {
+            agent_id: host.to_string(),
+        })
+        .await
+        .or_explain(config, &the_controller(config))
+        .await?
+        .into_inner();
+    if agent.addr.is_empty() {
+        return Err(format!(
+            "agent {host} has not told the controller its address; pass --agent-addr"
+        )
+        .into());
+    }
+    Ok(agent.addr)
+}
+
 pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
     if !args.path.starts_with('/') {
         return Err(usage(format!(
@@ -749,28 +777,7 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             .to_string(),
         None => String::new(),
     };
-    let addr = match args.agent_addr {
-        Some(a) => a,
-        None => {
-            let mut ctl = controller(config).await?;
-            let agent = ctl
-                .resolve_agent(pb::ResolveAgentRequest {
-                    agent_id: args.host.clone(),
-                })
-                .await
-                .or_explain(config, &the_controller(config))
-                .await?
-                .into_inner();
-            if agent.addr.is_empty() {
-                return Err(format!(
-                    "agent {} has not told the controller its address; pass --agent-addr",
-                    args.host
-                )
-                .into());
-            }
-            agent.addr
-        }
-    };
+    let addr = agent_addr(config, &args.host, args.agent_addr).await?;
     let agent = Peer {
         name: format!("agent {}", args.host),
         addr: addr.clone(),

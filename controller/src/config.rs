@@ -135,6 +135,9 @@ pub struct ControllerConfig {
     /// `audit.sinks`, validated by [`ControllerConfig::load`].
     #[serde(skip)]
     pub sinks: Vec<SinkConfig>,
+    /// The Prometheus endpoint (`[metrics]`; off by default).
+    #[serde(default)]
+    pub metrics: loggate_core::metrics::MetricsFile,
     pub tls: TlsFiles,
     /// Sign-in with the organisation's OpenID Provider (`loggate login`; docs/identity.md).
     #[serde(default)]
@@ -180,6 +183,11 @@ impl ControllerConfig {
             config.sinks = sinks;
         }
         problems.take(config.audit_settings());
+        problems.take(
+            config
+                .metrics
+                .validate(loggate_core::metrics::Daemon::Controller),
+        );
         if config.redaction_profiles.is_empty() {
             problems.push(anyhow::anyhow!(
                 "redaction_profiles: name at least one profile (e.g. [\"default\"])"

@@ -29,6 +29,15 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let mut config = ControllerConfig::load(config_path)?;
+    // The metrics port before the audit starts: a taken port stops the controller before its
+    // audit file records a start that never served.
+    let metrics = match config
+        .metrics
+        .validate(loggate_core::metrics::Daemon::Controller)?
+    {
+        Some(endpoint) => Some((loggate_core::metrics::bind(&endpoint)?, endpoint)),
+        None => None,
+    };
     let signer = load_signing_key(&config.signing_key)?;
     let store = Arc::new(Store::open(&config.database)?);
     // Every start may be a restore of a backup (see Store::new_epoch): a new epoch makes every
@@ -62,6 +71,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = &config.enrol_checkpoint_keys {
         crate::service::enrol_checkpoint_keys(&store, startup.log(), dir)?;
     }
+    let sink_names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
     let (audit_log, audit_runtime) = startup.start(std::mem::take(&mut config.sinks))?;
     let audit = Arc::new(audit_log);
     // The access policy: an invalid one stops the start (there is none in force to keep).
@@ -165,11 +175,24 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    if let Some((metrics_listener, endpoint)) = metrics {
+        let sinks_dir = audit_dir.join("sinks");
+        loggate_core::metrics::spawn(
+            metrics_listener,
+            loggate_core::metrics::Daemon::Controller,
+            endpoint,
+            move || loggate_core::metrics::common().refresh_sinks(&sinks_dir, &sink_names),
+            loggate_core::shutdown::signal(),
+        );
+    }
     let enrolment = enrolment.map(|(service, listener)| {
         let addr = listener.local_addr().ok();
-        eprintln!(
-            "loggate controller enrolment listening on {}",
-            addr.map(|a| a.to_string()).unwrap_or_default()
+        loggate_core::daemon::announce(
+            tracing::Level::INFO,
+            &format!(
+                "loggate controller enrolment listening on {}",
+                addr.map(|a| a.to_string()).unwrap_or_default()
+            ),
         );
         let mut stopping = stop.subscribe();
         let tls = config.tls.clone();
@@ -211,7 +234,10 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         (service, timer, server)
     });
     tracing::info!(listen = %config.listen, "loggate controller serving");
-    eprintln!("loggate controller listening on {}", config.listen);
+    loggate_core::daemon::announce(
+        tracing::Level::INFO,
+        &format!("loggate controller listening on {}", config.listen),
+    );
     // The audit file is open and the listener bound: systemd may consider the controller started.
     loggate_core::notify::ready();
     serve_mtls(
@@ -248,7 +274,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     checkpoint_reports.write_summaries(&audit);
     governance.write_summaries(&audit);
     AuditRuntime::stop(&audit, &events::ControllerStopped {})?;
-    eprintln!("loggate controller stopped");
+    loggate_core::daemon::announce(tracing::Level::INFO, "loggate controller stopped");
     Ok(())
 }
 

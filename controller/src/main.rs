@@ -93,7 +93,7 @@ enum Command {
     /// The periodic access review (admins).
     #[command(subcommand)]
     Access(AccessCommand),
-    /// Agents: list and remove them; join tokens for enrolment (admins).
+    /// Agents: list, ask one about itself, remove them; join tokens for enrolment (admins).
     #[command(subcommand)]
     Agent(AgentCommand),
     /// Print the shell completion script for SHELL on standard output.
@@ -101,6 +101,9 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// For `cargo xtask package`: write the man pages of every command (roff) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +126,22 @@ enum AgentCommand {
     /// its stream is cut; it may enrol again with a new join token.
     Remove {
         id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// An agent's version, uptime, grants held, bypass-audit mode, audit position, SIEM
+    /// sinks' state and certificate end, asked of the agent itself. Only users in the agent's
+    /// `status_readers` may ask (exit 3 otherwise).
+    ///
+    /// Example: loggate agent status web-1
+    Status {
+        /// The agent id.
+        host: String,
+        /// Dial this address instead of asking the controller where the agent is.
+        #[arg(long)]
+        agent_addr: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -251,6 +270,10 @@ enum ControllerCommand {
         /// The controller's configuration file (see docs/configuration.md).
         #[arg(long)]
         config: PathBuf,
+        /// How log lines are written on stderr: `text`, or `json` (one object per line).
+        #[arg(long, env = "LOGGATE_LOG_FORMAT", default_value = "text",
+              value_parser = clap::builder::PossibleValuesParser::new(loggate_core::daemon::LogFormat::NAMES))]
+        log_format: String,
     },
     /// Check a configuration file as `serve` would load it and print every problem found, one
     /// per line. Exit 0 when it is valid, 2 otherwise (the systemd unit's `ExecStartPre`).
@@ -457,7 +480,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Pki(PkiCommand::Init(args)) => pki_cmd::init(args).map_err(Failure::from),
         Command::Pki(PkiCommand::Issue(args)) => pki_cmd::issue(args).map_err(Failure::from),
         Command::Pki(PkiCommand::Pin { ca }) => pki_cmd::pin(&ca).map_err(Failure::from),
-        Command::Controller(ControllerCommand::Serve { config }) => {
+        Command::Controller(ControllerCommand::Serve { config, .. }) => {
             // Not `Failure::from`: whatever the cause, a daemon that stops on an error exits 1.
             daemon::serve(&config).await.map_err(|e| Failure::error(&e))
         }
@@ -478,6 +501,11 @@ async fn run(cli: Cli) -> CliResult {
             clap_complete::generate(shell, &mut command, "loggate", &mut std::io::stdout());
             Ok(())
         }
+        Command::Manpages { dir } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir).map_err(|e| {
+                Failure::from(format!("writing man pages into {}: {e}", dir.display()))
+            })
+        }
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
         Command::Login {
             controller,
@@ -497,6 +525,15 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Logout(client) => {
             cli::config_file::logout(&cli::login::config_path(client.config.as_deref()))
+        }
+        Command::Agent(AgentCommand::Status {
+            host,
+            agent_addr,
+            output,
+            client,
+        }) => {
+            let json = matches!(output, Output::Json);
+            cli::status::agent_status(&client.load()?, &host, agent_addr, json).await
         }
         Command::Audit(AuditCommand::Verify {
             files,
@@ -647,10 +684,19 @@ fn main() -> ExitCode {
         Err(e) => return cli::exit_on_parse_error(e),
     };
     // The daemon logs as the agent does; the commands show warnings and errors only.
-    loggate_core::daemon::init_tracing(match cli.command {
-        Command::Controller(_) => loggate_core::daemon::LogDefault::Daemon,
-        _ => loggate_core::daemon::LogDefault::Command,
-    });
+    let format = match &cli.command {
+        Command::Controller(ControllerCommand::Serve { log_format, .. }) => {
+            loggate_core::daemon::LogFormat::from_name(log_format).unwrap_or_default()
+        }
+        _ => loggate_core::daemon::LogFormat::Text,
+    };
+    loggate_core::daemon::init_tracing(
+        match cli.command {
+            Command::Controller(_) => loggate_core::daemon::LogDefault::Daemon,
+            _ => loggate_core::daemon::LogDefault::Command,
+        },
+        format,
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -663,7 +709,11 @@ fn main() -> ExitCode {
         // Standard output was closed by its reader (`loggate logs cat … | head`): a clean end.
         Err(failure) if failure.code == cli::Exit::Ok => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("loggate: {}", failure.message);
+            // A JSON line when the controller daemon logs JSON; the plain line otherwise.
+            loggate_core::daemon::announce(
+                tracing::Level::ERROR,
+                &format!("loggate: {}", failure.message),
+            );
             ExitCode::from(failure.code.code())
         }
     }

@@ -14,9 +14,10 @@ use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::daemon::peer_identity;
 use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantError, SigningKey};
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
+use loggate_core::metrics;
 use loggate_proto as pb;
 use loggate_proto::controller_server::Controller;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -61,7 +62,10 @@ pub struct ControllerService {
     trust_domain: String,
     policy: Policy,
     revision: watch::Sender<u64>,
-    connected: Arc<Mutex<HashSet<String>>>,
+    /// Agents with a `WatchGrants` stream open, with how many each holds: an agent that
+    /// reconnects opens its new stream before the old one ends, and the old one's end must
+    /// not count it gone.
+    connected: Arc<Mutex<HashMap<String, usize>>>,
     audit: Arc<SharedAuditLog>,
     /// Becomes true when the daemon shuts down: watch streams end so connections can close.
     stopping: watch::Receiver<bool>,
@@ -347,10 +351,13 @@ impl Controller for ControllerService {
         let revocations = self.revocations.clone();
         let mut revocations_changed = revocations.subscribe();
         let not_before = enrol::peer_not_before(&request_certs);
-        connected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(req.agent_id.clone());
+        {
+            let mut streams = connected.lock().unwrap_or_else(|p| p.into_inner());
+            *streams.entry(req.agent_id.clone()).or_default() += 1;
+            metrics::controller()
+                .connected_agents
+                .set(i64::try_from(streams.len()).unwrap_or(i64::MAX));
+        }
         tokio::spawn(async move {
             // Revision numbers only mean something within one epoch: an agent of another epoch
             // (or none yet, or one ahead of us) gets everything again, from revision 0, rather
@@ -381,14 +388,19 @@ impl Controller for ControllerService {
                     // revocations are always sent (the agent's clock may run behind ours).
                     let ended =
                         matches!(change, Change::Granted(_)) && grant.not_after <= unix_now();
-                    if covers(grant, &req.agent_id, &labels)
-                        && !ended
-                        && tx
+                    if covers(grant, &req.agent_id, &labels) && !ended {
+                        if tx
                             .send(Ok(change_event(&epoch, *revision, change)))
                             .await
                             .is_err()
-                    {
-                        break 'stream;
+                        {
+                            break 'stream;
+                        }
+                        // Fan-out latency is that of live changes: what an agent catching
+                        // up (reconnected, or started late) receives is not observed.
+                        if announced_caught_up {
+                            metrics::controller().sent(*revision);
+                        }
                     }
                 }
                 if !caught_up {
@@ -425,10 +437,18 @@ impl Controller for ControllerService {
                     }
                 }
             }
-            connected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&req.agent_id);
+            {
+                let mut streams = connected.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(open) = streams.get_mut(&req.agent_id) {
+                    *open = open.saturating_sub(1);
+                    if *open == 0 {
+                        streams.remove(&req.agent_id);
+                    }
+                }
+                metrics::controller()
+                    .connected_agents
+                    .set(i64::try_from(streams.len()).unwrap_or(i64::MAX));
+            }
             tracing::info!(agent = %req.agent_id, "agent disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -559,6 +579,8 @@ impl Controller for ControllerService {
                 Ok(status) => status,
                 Err(e) => internal(e),
             })?;
+        metrics::controller().committed(grant.revision);
+        metrics::controller().grants_issued.inc();
         self.revision.send_replace(grant.revision);
         self.notify_grant_issue(&grant);
         tracing::info!(grant = %grant.id, subject = %grant.subject, "grant issued");
@@ -639,8 +661,10 @@ impl Controller for ControllerService {
             .revoke(&req.grant_id, revoked)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no grant {:?}", req.grant_id)))?;
-        self.revision
-            .send_replace(self.store.latest_revision().map_err(internal)?);
+        let revision = self.store.latest_revision().map_err(internal)?;
+        metrics::controller().committed(revision);
+        metrics::controller().grants_revoked.inc();
+        self.revision.send_replace(revision);
         tracing::info!(grant = %grant.id, by = %user, "grant revoked");
         Ok(Response::new(pb::RevokeGrantResponse {
             grant: Some(grant_info(&grant)),
@@ -665,7 +689,7 @@ impl Controller for ControllerService {
             .connected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&id);
+            .contains_key(&id);
         Ok(Response::new(pb::ResolveAgentResponse {
             agent_id: agent.id,
             addr: agent.addr,

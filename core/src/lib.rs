@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod duration;
 pub mod grant;
 pub mod identity;
+pub mod metrics;
 pub mod notify;
 pub mod private_state;
 pub mod shutdown;

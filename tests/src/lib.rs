@@ -80,7 +80,8 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> 
     bail!("nothing listens on {addr} after {timeout:?}")
 }
 
-fn terminate(child: &mut Child) {
+/// Stops `child` with SIGTERM (SIGKILL after 5 s) and reaps it.
+pub fn terminate(child: &mut Child) {
     // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped) has no memory
     // effects; at worst the process is already gone and kill returns ESRCH.
     unsafe {

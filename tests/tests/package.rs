@@ -175,6 +175,85 @@ fn packages_hold_binary_unit_conffile_completions_and_scripts_with_their_modes()
     }
 }
 
+#[test]
+fn packages_hold_gzipped_man_pages_that_render_and_share_no_path() {
+    let agent = contents(&deb("loggate-agent"));
+    let controller = contents(&deb("loggate"));
+    for (name, files, pages) in [
+        (
+            "loggate-agent",
+            &agent,
+            &[
+                "loggate-agent",
+                "loggate-agent-run",
+                "loggate-agent-check-config",
+            ][..],
+        ),
+        (
+            "loggate",
+            &controller,
+            &[
+                "loggate",
+                "loggate-logs-cat",
+                "loggate-grant-issue",
+                "loggate-agent-status",
+                "loggate-controller-serve",
+            ][..],
+        ),
+    ] {
+        for page in pages {
+            let path = format!("/usr/share/man/man1/{page}.1.gz");
+            let found = files.iter().find(|(p, _, _)| *p == path);
+            assert_eq!(
+                found.map(|(_, mode, owner)| (mode.as_str(), owner.as_str())),
+                Some(("-rw-r--r--", "root/root")),
+                "{name}: {path}"
+            );
+        }
+        // Hidden commands get none.
+        assert!(
+            !files
+                .iter()
+                .any(|(p, _, _)| p.contains("manpages") || p.contains("bench")),
+            "{name}"
+        );
+    }
+    // dpkg refuses to install two packages shipping one path.
+    for (path, _, _) in &agent {
+        assert!(
+            path.ends_with('/') || !controller.iter().any(|(p, _, _)| p == path),
+            "{path} is in both packages"
+        );
+    }
+    // Real gzip'd roff with the command's own text; rendered by man(1) where it is installed.
+    let dir = tempfile::tempdir().expect("tempdir");
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb("loggate"))
+        .arg(dir.path()))
+    .expect("dpkg-deb -x");
+    let page = dir
+        .path()
+        .join("usr/share/man/man1/loggate-agent-status.1.gz");
+    let roff = run(Command::new("gzip").arg("-dc").arg(&page)).expect("gzip -dc");
+    assert!(roff.starts_with(".ie") || roff.contains(".TH"), "{roff}");
+    assert!(roff.contains("status_readers"), "{roff}");
+    let has_man = Command::new("man")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_man {
+        let rendered = run(Command::new("man")
+            .arg("-l")
+            .arg(&page)
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100"))
+        .expect("man -l");
+        assert!(rendered.contains("loggate-agent-status"), "{rendered}");
+        assert!(rendered.contains("--agent-addr"), "{rendered}");
+    }
+}
+
 /// One file's text from a package.
 fn extract_file(deb: &Path, path: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");

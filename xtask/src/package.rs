@@ -11,6 +11,8 @@
 //! - the commented default configuration in `/etc/loggate/` (0644, a conffile: upgrades keep
 //!   the operator's edits; it holds paths, never a secret);
 //! - bash, zsh and fish completions generated from the binary's own clap definitions;
+//! - man pages in `/usr/share/man/man1/` (gzip'd, 0644), one per command and subcommand,
+//!   generated the same way (`<binary> manpages DIR`, clap_mangen);
 //! - maintainer scripts: the `loggate` system user and group and the state and audit folders
 //!   with owner and mode (made once, never changed by an upgrade), the unit enabled and started
 //!   only when `check-config` passes; removal keeps configuration, state and audit; purge
@@ -54,6 +56,8 @@ enum Source {
     Completions(&'static str),
     /// A file of the workspace (documentation).
     Workspace(&'static str),
+    /// Made while packaging (a gzip'd man page).
+    Generated(Vec<u8>),
 }
 
 /// What differs between the two packages.
@@ -194,7 +198,11 @@ pub fn run_package(args: &Args) -> anyhow::Result<Vec<PathBuf>> {
         .unwrap_or_else(|| target_dir().join("debian"));
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut debs = Vec::new();
-    for spec in specs() {
+    for mut spec in specs() {
+        let binary = bin_dir.join(spec.binary);
+        if binary.is_file() {
+            spec.files.extend(man_pages(&binary, spec.name)?);
+        }
         let deb = build_one(&spec, &bin_dir, &out, &args.version)
             .with_context(|| format!("package {}", spec.name))?;
         eprintln!("xtask: wrote {}", deb.display());
@@ -234,6 +242,7 @@ fn build_one(spec: &Spec, bin_dir: &Path, out: &Path, version: &str) -> anyhow::
             Source::Workspace(p) => read(&workspace_root().join(p))?,
             Source::Binary => read(&binary)?,
             Source::Completions(shell) => completions(&binary, shell)?,
+            Source::Generated(bytes) => bytes.clone(),
         };
         fs::write(&dest, bytes).with_context(|| format!("cannot write {}", dest.display()))?;
         fs::set_permissions(&dest, fs::Permissions::from_mode(entry.mode))?;
@@ -323,6 +332,51 @@ fn completions(binary: &Path, shell: &str) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(output.stdout)
+}
+
+/// `<binary> manpages DIR`, each page gzip'd (`-9n`: no name or time inside, so the same
+/// build gives the same package) as an entry of `/usr/share/man/man1/`.
+fn man_pages(binary: &Path, package: &str) -> anyhow::Result<Vec<Entry>> {
+    let dir = target_dir().join("debian-man").join(package);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    fs::create_dir_all(&dir)?;
+    run(Command::new(binary).arg("manpages").arg(&dir))?;
+    let mut pages: Vec<PathBuf> = fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "1"))
+        // `loggate agent` (the CLI's group of agent commands) would be `loggate-agent.1`, the
+        // agent package's own page: two packages shipping one path cannot both be installed.
+        // Its one subcommand keeps its page (`loggate-agent-status.1`), and loggate(1) lists it.
+        .filter(|p| !(package == "loggate" && p.ends_with("loggate-agent.1")))
+        .collect();
+    pages.sort();
+    if pages.is_empty() {
+        bail!("{} manpages wrote no page", binary.display());
+    }
+    pages
+        .iter()
+        .map(|page| {
+            let output = Command::new("gzip")
+                .args(["-9n", "-c"])
+                .arg(page)
+                .output()
+                .context("cannot run gzip")?;
+            if !output.status.success() {
+                bail!("gzip {} failed", page.display());
+            }
+            let name = page
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("a man page name that is not UTF-8")?;
+            Ok(Entry {
+                target: format!("/usr/share/man/man1/{name}.gz"),
+                source: Source::Generated(output.stdout),
+                mode: 0o644,
+            })
+        })
+        .collect()
 }
 
 /// `DEBIAN/md5sums`, what `dpkg --verify` and debsums check.

@@ -392,6 +392,9 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
 }
 
 fn audit_lost(shared: &Shared, total: u64, since_last: u64, reason: &'static str) {
+    loggate_core::metrics::agent()
+        .bypass_events_lost
+        .inc_by(since_last);
     let lost = events::BypassEventsLost {
         lost_total: total,
         lost_since_last: since_last,

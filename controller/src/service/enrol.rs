@@ -563,7 +563,7 @@ impl super::ControllerService {
                 })
             })
             .map(|a| pb::AgentListing {
-                connected: connected.contains(&a.id),
+                connected: connected.contains_key(&a.id),
                 agent_id: a.id,
                 labels: a.labels,
                 addr: a.addr,
@@ -593,7 +593,7 @@ impl super::ControllerService {
             .connected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&id);
+            .contains_key(&id);
         let now = unix_now();
         let removed = self
             .store

@@ -21,6 +21,7 @@ use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget};
 use loggate_core::audit::{events, SharedAuditLog};
 use loggate_core::grant::{compile_path_glob, unix_now, GrantClaims, GrantError, MAX_TOKEN_LEN};
 use loggate_core::identity::{is_valid_name, Identity};
+use loggate_core::metrics;
 use loggate_proto as pb;
 use std::sync::Arc;
 use std::time::Duration;
@@ -345,6 +346,7 @@ pub(super) fn expire_due(
         match ended {
             Ok(Some(r)) => {
                 expired += 1;
+                metrics::controller().request_entered(r.state.as_str());
                 on_expired(&r);
             }
             Ok(None) => {}
@@ -1048,6 +1050,8 @@ impl ControllerService {
                         Ok(grant)
                     })
                     .map_err(status_of)?;
+                metrics::controller().committed(grant.revision);
+                metrics::controller().grants_issued.inc();
                 self.revision.send_replace(grant.revision);
                 stored
             }
@@ -1091,6 +1095,7 @@ impl ControllerService {
                 ),
             ),
         }
+        metrics::controller().request_entered(stored.state.as_str());
         tracing::info!(request = %stored.id, role = %stored.role, state = stored.state.as_str(), "access requested");
         Ok(Response::new(self.response(&stored, ttl_capped)?))
     }
@@ -1351,6 +1356,9 @@ impl ControllerService {
         drop(decision_guard);
         if let Some(id) = &after.grant_id {
             if let Some(g) = self.store.grant(id).map_err(internal)? {
+                metrics::controller().committed(g.revision);
+                metrics::controller().grants_issued.inc();
+                metrics::controller().request_entered(after.state.as_str());
                 self.revision.send_replace(g.revision);
             }
             self.notify(
@@ -1413,6 +1421,7 @@ impl ControllerService {
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
         self.governance.changed(&after);
+        metrics::controller().request_entered(after.state.as_str());
         self.requests_changed.send_modify(|n| *n += 1);
         self.notify(
             "access.denied",
@@ -1469,6 +1478,7 @@ impl ControllerService {
             .map_err(status_of)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
         self.governance.changed(&after);
+        metrics::controller().request_entered(after.state.as_str());
         self.requests_changed.send_modify(|n| *n += 1);
         Ok(Response::new(self.response(&after, false)?))
     }

@@ -284,6 +284,7 @@ impl AuditLog {
     ) -> Result<u64, AuditError> {
         self.check_budget(E::TYPE)?;
         let seq = self.write_record(record)?;
+        crate::metrics::audit_record_written(E::TYPE.name);
         if let Some(c) = &mut self.checkpoints {
             c.since_last += 1;
             if c.since_last >= c.policy.every {

@@ -216,11 +216,18 @@ pub const CONTROLLER_METHODS: &[(&str, MethodAccess)] = &[
 ];
 
 /// The methods of `loggate.v1.Agent` and who may call them.
-pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[(
-    "/loggate.v1.Agent/ReadLog",
-    // The handler audits `read.denied` (`identity_refused`) for any other caller.
-    MethodAccess::CheckedInHandler(Role::User),
-)];
+pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[
+    (
+        "/loggate.v1.Agent/ReadLog",
+        // The handler audits `read.denied` (`identity_refused`) for any other caller.
+        MethodAccess::CheckedInHandler(Role::User),
+    ),
+    (
+        "/loggate.v1.Agent/Status",
+        // Users only; the handler then requires a name in the agent's `status_readers`.
+        MethodAccess::Role(Role::User),
+    ),
+];
 
 /// The methods of `loggate.v1.Enrolment`, the controller's pre-authentication service: every
 /// one [`MethodAccess::Anonymous`]. Kept apart from [`CONTROLLER_METHODS`] so that what is
@@ -535,7 +542,10 @@ where
         settings.tls,
         settings.trust_domain,
         options,
-        move |refused| crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused),
+        move |refused| {
+            crate::metrics::common().handshake_refused(&refused);
+            crate::tls_accept::audit_refusal((*auditor).as_ref(), service_name, refused)
+        },
     )
     .context("TLS configuration")?;
     let reloading = settings.reload_cert.map(|mut changes| {
