@@ -106,6 +106,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             trust_domain: &config.trust_domain,
             service_name: "loggate controller",
             audit: audit.clone(),
+            max_streams_per_connection: None,
         },
         ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
         async move {

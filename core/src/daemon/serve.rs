@@ -285,6 +285,9 @@ pub struct MtlsSettings<'a, D> {
     pub service_name: &'static str,
     /// The daemon whose audit log receives the `tls.refused` records.
     pub audit: Arc<D>,
+    /// HTTP/2 streams one connection may have open at once (`None`: the HTTP/2 library's
+    /// default, unbounded by this side).
+    pub max_streams_per_connection: Option<u32>,
 }
 
 /// Serves `service` on `listener` over mutual TLS until `shutdown` resolves, then lets the
@@ -324,6 +327,7 @@ where
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
+        .max_concurrent_streams(settings.max_streams_per_connection)
         .add_service(WithMethodPath(InterceptedService::new(
             service,
             IdentifyPeer::new(settings.trust_domain, methods_of(S::NAME)),
