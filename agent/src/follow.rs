@@ -12,8 +12,8 @@
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::future::poll_fn;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::Poll;

@@ -169,7 +169,11 @@ mod tests {
             assert_eq!(slots.live(), 2, "unread items keep the place");
             assert_eq!(read_to_end.next().await, None);
         });
-        assert_eq!(slots.live(), 1, "freed at the end, before the body is dropped");
+        assert_eq!(
+            slots.live(),
+            1,
+            "freed at the end, before the body is dropped"
+        );
         drop(never_read);
         assert_eq!(slots.live(), 0, "freed when the body is dropped");
     }

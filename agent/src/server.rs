@@ -2,8 +2,8 @@
 //! audited as allowed or denied (on disk before any content leaves), streams through
 //! [`crate::stream`], and ends with a `read.finished` audit event.
 
-use crate::limits::{Held, SlotRefusal};
 use crate::gate::{authorize, Denial, DenialCode, GateContext, Withdrawal};
+use crate::limits::{Held, SlotRefusal};
 use crate::stream::{self, ChannelSink, GrantStatus, GrantWatch, LineSelector, Plan};
 use crate::Shared;
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget, Summary};

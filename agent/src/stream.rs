@@ -1343,7 +1343,10 @@ mod tests {
             new.push_str(&format!("SECRETBODY{i:06}QUJDRA{}\n", "QUJDRA".repeat(5)));
         }
         new.push_str("-----END RSA PRIVATE KEY-----\nafter the key\n");
-        assert!(new.len() > 2 * old.len(), "the new content passes the position");
+        assert!(
+            new.len() > 2 * old.len(),
+            "the new content passes the position"
+        );
         let mut file = tempfile::NamedTempFile::new().expect("tempfile");
         file.write_all(old.as_bytes()).expect("write");
         let plan = Plan {
@@ -1370,7 +1373,9 @@ mod tests {
         let got = String::from_utf8_lossy(&sink.got);
         assert!(!got.contains("SECRETBODY"), "a key body line was served");
         let notice = truncated_notice(file.path());
-        let after_old = got.strip_prefix(old.as_str()).expect("the old content first");
+        let after_old = got
+            .strip_prefix(old.as_str())
+            .expect("the old content first");
         assert_eq!(
             after_old.lines().collect::<Vec<_>>(),
             [notice.trim_end(), "[REDACTED:private_key]", "after the key"],

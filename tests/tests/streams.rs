@@ -834,7 +834,9 @@ fn beyond_the_agents_stream_cap_a_read_is_refused_before_read_allowed() -> anyho
             e["event"] == "read.denied" && e["reason_code"] == "agent_busy"
         })?;
     assert!(
-        denied["subject"].as_str().is_some_and(|s| s.ends_with("/bob")),
+        denied["subject"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/bob")),
         "{denied}"
     );
     let bobs_allowed = f
@@ -842,7 +844,8 @@ fn beyond_the_agents_stream_cap_a_read_is_refused_before_read_allowed() -> anyho
         .agent_audit("web-1")
         .iter()
         .filter(|e| {
-            e["event"] == "read.allowed" && e["subject"].as_str().is_some_and(|s| s.ends_with("/bob"))
+            e["event"] == "read.allowed"
+                && e["subject"].as_str().is_some_and(|s| s.ends_with("/bob"))
         })
         .count();
     assert_eq!(bobs_allowed, 0, "refused before read.allowed");
@@ -854,7 +857,11 @@ fn beyond_the_agents_stream_cap_a_read_is_refused_before_read_allowed() -> anyho
         if out.status.success() {
             break;
         }
-        assert!(Instant::now() < deadline, "never admitted: {}", text(&out).1);
+        assert!(
+            Instant::now() < deadline,
+            "never admitted: {}",
+            text(&out).1
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
@@ -877,7 +884,10 @@ fn stopping_the_agent_ends_a_live_follow_promptly_with_its_records() -> anyhow::
     // SIGTERM, and SIGKILL after 5 s.
     f.cluster.stop_agent("web-1");
     let took = stopping.elapsed();
-    assert!(took < Duration::from_secs(3), "the agent took {took:?} to stop");
+    assert!(
+        took < Duration::from_secs(3),
+        "the agent took {took:?} to stop"
+    );
     wait_exit(&mut child, Duration::from_secs(5))?;
     let out = child.wait_with_output()?;
     let stderr = text(&out).1;
