@@ -103,8 +103,19 @@ pub struct AgentConfigFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// Concurrent streams one person may hold on this agent.
+    /// Concurrent streams one person may hold on this agent; one more is refused
+    /// (`too_many_streams`, audited). A stream holds its place until its response is over,
+    /// not only until its file is read (see `limits::StreamSlots`).
     pub max_streams_per_subject: usize,
+    /// Concurrent streams on this agent, all readers together; one more is refused
+    /// (`agent_busy`, retryable, audited) before `read.allowed`. Bounds the agent's memory
+    /// (each stream holds at most `stream::STREAM_BYTES_IN_FLIGHT`, see docs/performance.md)
+    /// and keeps streams well below the runtime's 512 blocking threads.
+    pub max_streams: usize,
+    /// HTTP/2 streams one connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`);
+    /// a client asking for more waits for one to end. Bounds what one connection can make the
+    /// agent hold before any check runs.
+    pub max_streams_per_connection: u32,
     /// Largest request message accepted (bytes).
     pub max_request_bytes: usize,
     /// Longest grep pattern accepted (bytes).
@@ -158,6 +169,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_streams_per_subject: 4,
+            max_streams: 64,
+            max_streams_per_connection: 8,
             max_request_bytes: 64 * 1024,
             max_pattern_bytes: 1024,
             max_regex_bytes: 256 * 1024,
@@ -235,10 +248,20 @@ impl RedactionSettings {
     }
 }
 
+/// The most streams `limits.max_streams` may allow: each live stream holds one of the runtime's
+/// 512 blocking threads, and the audit writer, the file opens and the eBPF loader need some.
+const MAX_STREAMS_CEILING: usize = 256;
+
 fn check_limits(l: &Limits) -> anyhow::Result<()> {
     if l.max_streams_per_subject == 0 || l.max_request_bytes < 1024 || l.max_line_bytes < 256 {
         bail!(
             "limits: max_streams_per_subject ≥ 1, max_request_bytes ≥ 1024, max_line_bytes ≥ 256"
+        );
+    }
+    if !(1..=MAX_STREAMS_CEILING).contains(&l.max_streams) || l.max_streams_per_connection == 0 {
+        bail!(
+            "limits: max_streams must be between 1 and {MAX_STREAMS_CEILING} (below the 512 \
+             blocking threads that run streams) and max_streams_per_connection ≥ 1"
         );
     }
     if l.grep_seconds_per_subject_per_minute == 0 || l.max_grep_streams == Some(0) {

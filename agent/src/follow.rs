@@ -9,9 +9,11 @@
 //! unavailable (no instances left, a filesystem without it), [`FileWatch::new`] returns `None`
 //! and the stream falls back to a slow poll ([`crate::stream`]).
 
-use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use std::ffi::OsString;
+use std::fs::File;
 use std::future::poll_fn;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::Poll;
@@ -27,6 +29,9 @@ pub struct Changes {
     pub file: bool,
     /// A file was created or moved into the followed name: maybe a rotation's new file.
     pub name: bool,
+    /// The file being read was moved or deleted (`IN_MOVE_SELF`, `IN_DELETE_SELF`): its path
+    /// may already name another file, so look for it at once (`tail -F`).
+    pub moved: bool,
     /// The watch broke (the kernel's queue overflowed, or reading it failed): anything may
     /// have changed; with a broken watch the stream polls instead.
     pub lost: bool,
@@ -47,17 +52,33 @@ const FILE_EVENTS: WatchMask = WatchMask::MODIFY
     .union(WatchMask::DELETE_SELF);
 const FOLDER_EVENTS: WatchMask = WatchMask::CREATE.union(WatchMask::MOVED_TO);
 
+/// A watch on the inode `file` holds: added through `/proc/self/fd/N`, which the kernel
+/// resolves to the open file itself, whatever its path names now. `None` when that fails
+/// (no `/proc`): the stream still wakes on its folder's events and its slow look.
+fn watch_held(watches: &mut Watches, file: &File) -> Option<WatchDescriptor> {
+    let by_descriptor = format!("/proc/self/fd/{}", file.as_raw_fd());
+    watches
+        .add(&by_descriptor, FILE_EVENTS)
+        .map_err(|e| tracing::debug!("cannot watch the followed file by its descriptor: {e}"))
+        .ok()
+}
+
 impl FileWatch {
-    /// Watches `path` (the file the stream opened) and its folder. Must run inside a tokio
-    /// runtime (the watch registers with its reactor). `None` where inotify is unavailable.
-    pub fn new(path: &Path) -> Option<FileWatch> {
+    /// Watches `file` (the one the stream opened and reads, by its descriptor) and the folder
+    /// of `path`, the name it was opened at. Must run inside a tokio runtime (the watch
+    /// registers with its reactor). `None` where inotify is unavailable.
+    ///
+    /// By descriptor, not by path: between the gate's open and this watch the path may have
+    /// been renamed away and replaced (a rotation), and a watch placed by path would then
+    /// follow the new file while the stream reads the old one, never woken by its appends.
+    pub fn new(file: &File, path: &Path) -> Option<FileWatch> {
         let (folder, name) = (path.parent()?, path.file_name()?.to_os_string());
         let inotify = Inotify::init()
             .map_err(|e| tracing::debug!("inotify unavailable, following by polling: {e}"))
             .ok()?;
         let mut watches = inotify.watches();
         let folder = watches.add(folder, FOLDER_EVENTS).ok()?;
-        let file = watches.add(path, FILE_EVENTS).ok();
+        let file = watch_held(&mut watches, file);
         let events = inotify.into_event_stream(vec![0u8; EVENT_BUFFER]).ok()?;
         Some(FileWatch {
             events,
@@ -68,14 +89,15 @@ impl FileWatch {
         })
     }
 
-    /// Watches the file that now has the followed path, after a rotation, instead of the old one.
-    pub fn rewatch(&mut self, path: &Path) {
+    /// Watches `file`, the one that replaced the old file after a rotation and is read now,
+    /// instead of the old one.
+    pub fn rewatch(&mut self, file: &File) {
         let mut watches = self.events.watches();
         if let Some(old) = self.file.take() {
             // Fails when the old file is gone (its watch went with it): nothing to remove.
             let _ = watches.remove(old);
         }
-        self.file = watches.add(path, FILE_EVENTS).ok();
+        self.file = watch_held(&mut watches, file);
     }
 
     /// True once the watch cannot be trusted to wake the stream any more.
@@ -101,6 +123,9 @@ impl FileWatch {
                         changes.name |= event.name.as_deref() == Some(self.name.as_os_str());
                     } else {
                         changes.file = true;
+                        changes.moved |= event
+                            .mask
+                            .intersects(EventMask::MOVE_SELF | EventMask::DELETE_SELF);
                     }
                 }
                 Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
@@ -114,5 +139,57 @@ impl FileWatch {
         })
         .await;
         changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::time::Duration;
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .expect("open for append");
+        f.write_all(text.as_bytes()).expect("append");
+    }
+
+    /// Issue #15 review: the watch was placed by path after the gate's open. When the path
+    /// was renamed away and replaced in between (logrotate's rename + create), the watch
+    /// followed the new file while the stream read the old one, and appends to the old one
+    /// (its writer not yet reopened) woke nothing.
+    #[tokio::test]
+    async fn the_watch_follows_the_file_held_not_what_its_path_names_now() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "first\n").expect("write");
+        let held = File::open(&path).expect("open");
+        let rotated = dir.path().join("app.log.1");
+        std::fs::rename(&path, &rotated).expect("rename");
+        std::fs::write(&path, "new file\n").expect("create");
+        let mut watch = FileWatch::new(&held, &path).expect("inotify works here");
+        append(&rotated, "second, to the held file\n");
+        let changes = tokio::time::timeout(Duration::from_secs(2), watch.changed())
+            .await
+            .expect("woken by an append to the file it reads");
+        assert!(changes.file, "{changes:?}");
+    }
+
+    /// A rename of the file being read says so at once (`moved`), so that the stream looks for
+    /// the file that takes its name without waiting for its slow look.
+    #[tokio::test]
+    async fn a_rename_of_the_followed_file_is_reported_as_moved() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app.log");
+        std::fs::write(&path, "first\n").expect("write");
+        let held = File::open(&path).expect("open");
+        let mut watch = FileWatch::new(&held, &path).expect("inotify works here");
+        std::fs::rename(&path, dir.path().join("app.log.1")).expect("rename");
+        let changes = tokio::time::timeout(Duration::from_secs(2), watch.changed())
+            .await
+            .expect("woken by the rename");
+        assert!(changes.moved, "{changes:?}");
     }
 }

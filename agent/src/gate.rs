@@ -62,6 +62,8 @@ pub enum DenialCode {
     GrepBudgetSpent,
     /// The agent already runs `limits.max_grep_streams` grep streams.
     GrepStreamsBusy,
+    /// The agent already serves `limits.max_streams` streams (retryable).
+    AgentBusy,
     /// Not a check: the summary of denial records left out by the audit budget.
     Suppressed,
 }
@@ -78,6 +80,7 @@ impl DenialCode {
             DenialCode::PatternTooComplex => "pattern_too_complex",
             DenialCode::GrepBudgetSpent => "grep_budget_spent",
             DenialCode::GrepStreamsBusy => "grep_streams_busy",
+            DenialCode::AgentBusy => "agent_busy",
             DenialCode::NoGrant => "no_grant",
             DenialCode::GrantMalformed => "grant_malformed",
             DenialCode::GrantUnknownKey => "grant_unknown_key",

@@ -3,6 +3,7 @@
 //! [`crate::stream`], and ends with a `read.finished` audit event.
 
 use crate::gate::{authorize, Denial, DenialCode, GateContext, Withdrawal};
+use crate::limits::{Held, SlotRefusal};
 use crate::stream::{self, ChannelSink, GrantStatus, GrantWatch, LineSelector, Plan};
 use crate::Shared;
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget, Summary};
@@ -14,10 +15,9 @@ use loggate_proto as pb;
 use loggate_proto::agent_server::Agent;
 use regex::bytes::RegexBuilder;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -258,48 +258,6 @@ fn seconds_to_refill(left: f64, per_minute: u32) -> u64 {
     }
 }
 
-/// Counts open streams per subject; a slot is released when its guard drops.
-#[derive(Default)]
-pub struct StreamSlots {
-    open: Mutex<HashMap<String, usize>>,
-}
-
-pub struct SlotGuard {
-    slots: Arc<Shared>,
-    subject: String,
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        let mut open = self
-            .slots
-            .slots
-            .open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.subject) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.subject);
-            }
-        }
-    }
-}
-
-fn take_slot(shared: &Arc<Shared>, subject: &str) -> Option<SlotGuard> {
-    let limit = shared.config.limits.max_streams_per_subject;
-    let mut open = shared.slots.open.lock().unwrap_or_else(|p| p.into_inner());
-    let n = open.entry(subject.to_string()).or_insert(0);
-    if *n >= limit {
-        return None;
-    }
-    *n += 1;
-    Some(SlotGuard {
-        slots: shared.clone(),
-        subject: subject.to_string(),
-    })
-}
-
 /// What the gate decides on, taken from the agent's state.
 fn gate_context(shared: &Shared) -> GateContext<'_> {
     GateContext {
@@ -421,6 +379,9 @@ impl AgentService {
         );
         let mut status = if bad_argument {
             Status::invalid_argument(denial.message)
+        } else if denial.code == DenialCode::AgentBusy {
+            // Not the reader's fault and not lasting: retry later.
+            Status::resource_exhausted(denial.message)
         } else {
             Status::permission_denied(denial.message)
         };
@@ -607,16 +568,32 @@ impl Agent for AgentService {
             unix_now(),
         )
         .map_err(refuse)?;
-        let Some(slot) = take_slot(&self.shared, reader.spiffe_id()) else {
-            return Err(refuse(Denial {
-                code: DenialCode::TooManyStreams,
-                message: format!(
-                    "you already have {} streams open on agent {}; close one first",
-                    limits.max_streams_per_subject, self.shared.config.id
+        // A place among the live streams before anything is allowed: beyond the caps the read
+        // is refused (and audited) now, not queued after its `read.allowed`.
+        let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
+            let (code, message) = match full {
+                SlotRefusal::Subject(max) => (
+                    DenialCode::TooManyStreams,
+                    format!(
+                        "you already have {max} streams open on agent {}; close one first",
+                        self.shared.config.id
+                    ),
                 ),
+                SlotRefusal::Agent(max) => (
+                    DenialCode::AgentBusy,
+                    format!(
+                        "agent {} is serving its limit of {max} streams; try again in a few \
+                         seconds",
+                        self.shared.config.id
+                    ),
+                ),
+            };
+            refuse(Denial {
+                code,
+                message,
                 grant_id: Some(authorized.grant.id().to_string()),
-            }));
-        };
+            })
+        })?;
         // Grep: the subject's matching time across its streams, and the agent-wide cap.
         let (selector, grep_place) = if mode == pb::ReadMode::Grep {
             let grep = &self.shared.grep;
@@ -715,7 +692,7 @@ impl Agent for AgentService {
         });
         // Registered with the runtime's reactor here, in the request's task.
         let file_watch = follow
-            .then(|| crate::follow::FileWatch::new(&file.path))
+            .then(|| crate::follow::FileWatch::new(&file.file, &file.path))
             .flatten();
         let plan = Plan {
             file: file.file,
@@ -740,7 +717,8 @@ impl Agent for AgentService {
         let shared = self.shared.clone();
         let subject = reader.spiffe_id().to_string();
         let key_sha256 = reader.key_sha256_hex();
-        let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current());
+        let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
+            .stopping_on(self.shared.stopping.subscribe());
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let metrics = loggate_core::metrics::agent();
@@ -754,9 +732,9 @@ impl Agent for AgentService {
                 };
                 metrics.redactions.get_or_create(&detector).inc_by(*n);
             }
-            // The stream is over: its stream slot and grep place are free before its
-            // `read.finished` is written, so a reader who sees that record can start another.
-            drop(slot);
+            // The read loop is over: its grep place is free before its `read.finished` is
+            // written, so a reader who sees that record can start another grep. Its stream
+            // place goes with the response (below), which may still hold unread chunks.
             drop(grep_place);
             let reason = finished.reason;
             let result = shared.audit(&events::ReadFinished {
@@ -784,7 +762,7 @@ impl Agent for AgentService {
         });
         // All data first, then the final status (if the stream was cut or failed).
         let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
-        Ok(Response::new(Box::pin(response)))
+        Ok(Response::new(Box::pin(Held::new(response, slot))))
     }
 
     async fn status(

@@ -82,6 +82,9 @@ pub enum EndReason {
     GrantRevoked,
     /// The grep pattern used up `limits.grep_time_budget`.
     BudgetExceeded,
+    /// The agent is shutting down (SIGTERM): every stream ends at once, so that shutdown does
+    /// not wait for a `--follow` that never ends.
+    AgentStopping,
     ReadError(String),
 }
 
@@ -93,6 +96,7 @@ impl EndReason {
             EndReason::GrantExpired => "grant_expired",
             EndReason::GrantRevoked => "grant_revoked",
             EndReason::BudgetExceeded => "budget_exceeded",
+            EndReason::AgentStopping => "agent_stopping",
             EndReason::ReadError(_) => "read_error",
         }
     }
@@ -485,9 +489,18 @@ pub struct ChannelSink {
     /// a withdrawal before the subscription).
     look_up: bool,
     runtime: tokio::runtime::Handle,
+    /// Becomes `true` when the agent stops (see [`ChannelSink::stopping_on`]).
+    stop: watch::Receiver<bool>,
     bytes: u64,
     /// How many times the stream went to sleep on an event (room, change, an end).
     pub waits: u64,
+}
+
+/// Resolves once the agent is stopping (never, when nothing can stop it).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Resolves on the grant store's next change (never, once the store is gone).
@@ -513,9 +526,18 @@ impl ChannelSink {
             watch,
             look_up: true,
             runtime,
+            stop: watch::channel(false).1,
             bytes: 0,
             waits: 0,
         }
+    }
+
+    /// Ends the stream (`agent_stopping`, the client told why) once `stop` becomes `true`,
+    /// whatever it waits on. The agent holds the sender; it waits at shutdown until every
+    /// sink's receiver is dropped, that is until every stream has written its `read.finished`.
+    pub fn stopping_on(mut self, stop: watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// The grant this sink's stream serves.
@@ -537,6 +559,14 @@ impl ChannelSink {
 
 impl ChunkSink for ChannelSink {
     fn check(&mut self) -> Result<(), EndReason> {
+        if *self.stop.borrow() {
+            return Err(self.cut(
+                EndReason::AgentStopping,
+                "the agent is stopping; the stream was cut; run the command again once the \
+                 agent is back"
+                    .into(),
+            ));
+        }
         // The store is looked up only when it says something changed (an atomic load otherwise).
         if self.look_up || self.withdrawals.has_changed().unwrap_or(true) {
             self.look_up = false;
@@ -574,12 +604,14 @@ impl ChunkSink for ChannelSink {
                 tx,
                 withdrawals,
                 runtime,
+                stop,
                 ..
             } = self;
             let gone = runtime.block_on(async {
                 tokio::select! {
                     permits = tx.reserve_many(ROOM_TO_RESUME.min(tx.max_capacity())) => permits.is_err(),
                     () = notified(withdrawals) => false,
+                    () = stopped(stop) => false,
                     () = tokio::time::sleep(limit) => false,
                 }
             });
@@ -606,6 +638,7 @@ impl ChunkSink for ChannelSink {
             tx,
             withdrawals,
             runtime,
+            stop,
             ..
         } = self;
         let changes = runtime.block_on(async {
@@ -619,6 +652,7 @@ impl ChunkSink for ChannelSink {
                 changes = file => changes,
                 () = tx.closed() => Changes::default(),
                 () = notified(withdrawals) => Changes::default(),
+                () = stopped(stop) => Changes::default(),
                 () = tokio::time::sleep(limit) => Changes::default(),
             }
         });
@@ -770,6 +804,56 @@ fn prime(
     Ok(false)
 }
 
+/// Bytes before the read position kept to recognise the file at the next read (see
+/// [`rewritten`]).
+const BEHIND: usize = 64;
+
+/// Keeps the last [`BEHIND`] bytes of what has been read, `data` being the newest.
+fn remember_behind(behind: &mut Vec<u8>, data: &[u8]) {
+    if data.len() >= BEHIND {
+        behind.clear();
+        behind.extend_from_slice(&data[data.len() - BEHIND..]);
+    } else {
+        let drop = (behind.len() + data.len()).saturating_sub(BEHIND);
+        behind.drain(..drop);
+        behind.extend_from_slice(data);
+    }
+}
+
+/// Whether the file no longer holds, just before `pos`, the bytes `behind` last read there:
+/// it was truncated (shorter than `pos`), or truncated and written again past `pos` before
+/// this read (a copytruncate rotation between two reads), which its size alone cannot show.
+/// One `pread` of at most [`BEHIND`] bytes per read of [`CHUNK`].
+///
+/// The limit, stated: new content that repeats the old one's exact bytes before `pos` is
+/// taken for the old file (log lines carry timestamps, so this needs the same lines written
+/// again in the same place).
+fn rewritten(file: &File, pos: u64, behind: &[u8]) -> std::io::Result<bool> {
+    if behind.is_empty() {
+        // Nothing read yet (a fresh start, or a `tail` start): only a shrink can be seen.
+        return Ok(pos > 0 && file.metadata()?.len() < pos);
+    }
+    let from = pos - behind.len() as u64;
+    let mut now = [0u8; BEHIND];
+    let now = &mut now[..behind.len()];
+    let mut got = 0;
+    while got < now.len() {
+        match file.read_at(&mut now[got..], from + got as u64) {
+            Ok(0) => return Ok(true),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(now != behind)
+}
+
+/// The line a following stream gets when its file was truncated under it and it starts again
+/// from the file's beginning (the path quoted: a file name is not trusted to be one line).
+fn truncated_notice(path: &std::path::Path) -> String {
+    format!("[loggate] {path:?} was truncated; reading it again from its start\n")
+}
+
 fn pump(
     plan: &mut Plan,
     start: u64,
@@ -791,7 +875,36 @@ fn pump(
     // Whether the raw bytes sent so far end a line (whole-chunk mode), so that the next file's
     // first line does not join the last one of the old file.
     let mut ends_line = true;
+    // The last bytes read, just before `pos`: seen again before every read, or the file was
+    // rewritten under us (see [`rewritten`]).
+    let mut behind: Vec<u8> = Vec::with_capacity(BEHIND);
     loop {
+        if rewritten(&plan.file, pos, &behind).map_err(io)? {
+            // Truncated, and perhaps written again past our position, since we last read (a
+            // copytruncate rotation): what follows `pos` now is another file's content, maybe
+            // the middle of a private-key block whose BEGIN lies before `pos`.
+            pipeline.abandon_partial_line();
+            behind.clear();
+            if !plan.follow {
+                // A `cat` ends with the whole lines it served, as at a shrunk end of file.
+                let mut out = Vec::new();
+                pipeline.finish(&mut |line| selector.keep(line), &mut out);
+                if !out.is_empty() {
+                    sink.send(out)?;
+                }
+                return Ok(());
+            }
+            // Following: start again from the beginning, where every marker is seen.
+            pos = plan.file.seek(SeekFrom::Start(0)).map_err(io)?;
+            let mut notice = Vec::new();
+            if whole_chunks && !ends_line {
+                notice.push(b'\n');
+            }
+            ends_line = true;
+            notice.extend_from_slice(truncated_notice(&plan.path).as_bytes());
+            sink.send(notice)?;
+            continue;
+        }
         let n = match plan.file.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -811,15 +924,10 @@ fn pump(
                 }
                 return Ok(());
             }
-            // copytruncate rotation: the file shrank under us; start again from its beginning.
-            // An unfinished line is dropped, and a private-key block still open stays open
-            // (as when following a renamed file): the new content may be the rest of the key.
-            let len = plan.file.metadata().map_err(io)?.len();
-            if len < pos {
-                pos = plan.file.seek(SeekFrom::Start(0)).map_err(io)?;
-                pipeline.abandon_partial_line();
-                continue;
-            }
+            // A copytruncate rotation that left the file shorter than our position is seen at
+            // the top of the loop ([`rewritten`]): an unfinished line is dropped, and a
+            // private-key block still open stays open (as when following a renamed file): the
+            // new content may be the rest of the key.
             let now = Instant::now();
             if let Some((next, _)) = replacement.take_if(|(_, at)| now >= *at) {
                 // Our file had no new data for ROTATION_GRACE since its replacement was found:
@@ -832,8 +940,9 @@ fn pump(
                 }
                 plan.file = next;
                 pos = 0;
+                behind.clear();
                 if let Some(w) = &mut watch {
-                    w.rewatch(&plan.path);
+                    w.rewatch(&plan.file);
                 }
                 continue;
             }
@@ -845,7 +954,7 @@ fn pump(
             };
             let changes = sink.idle(watch.as_mut().filter(|w| !w.broken()), until)?;
             if replacement.is_none()
-                && (changes.name || changes.lost || Instant::now() >= next_look)
+                && (changes.name || changes.moved || changes.lost || Instant::now() >= next_look)
             {
                 next_look = Instant::now() + LOOK_FOR_REPLACEMENT;
                 if let Some(reopen) = &mut plan.reopen {
@@ -861,6 +970,7 @@ fn pump(
         }
         pos += n as u64;
         let data = &buf[..n];
+        remember_behind(&mut behind, data);
         if whole_chunks {
             ends_line = data.last() == Some(&b'\n');
             sink.send(data.to_vec())?;
@@ -1028,7 +1138,8 @@ mod tests {
         let (last_tx, last) = mpsc::channel(1);
         let watch = {
             let _entered = rt.enter();
-            follow.then(|| FileWatch::new(file.path())).flatten()
+            let held = file.reopen().expect("reopen");
+            follow.then(|| FileWatch::new(&held, file.path())).flatten()
         };
         assert_eq!(watch.is_some(), follow, "inotify works here");
         let plan = Plan {
@@ -1185,6 +1296,93 @@ mod tests {
         s.rx = None;
         let (reason, _, _) = s.end();
         assert_eq!(reason, EndReason::ClientClosed);
+    }
+
+    /// A sink that rewrites the stream's file while the stream waits in its first `send`
+    /// (so that no read falls between the truncation and the new content), and ends the
+    /// stream when it goes idle.
+    struct RewritingSink {
+        file: PathBuf,
+        new_content: Option<Vec<u8>>,
+        got: Vec<u8>,
+    }
+
+    impl ChunkSink for RewritingSink {
+        fn check(&mut self) -> Result<(), EndReason> {
+            Ok(())
+        }
+        fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason> {
+            self.got.extend_from_slice(&data);
+            if let Some(content) = self.new_content.take() {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.file)
+                    .expect("open");
+                f.set_len(0).expect("truncate");
+                f.write_all(&content).expect("regrow");
+            }
+            Ok(())
+        }
+        fn idle(&mut self, _: Option<&mut FileWatch>, _: Instant) -> Result<Changes, EndReason> {
+            Err(EndReason::ClientClosed)
+        }
+        fn fail(&mut self, _: Status) {}
+        fn bytes(&self) -> u64 {
+            self.got.len() as u64
+        }
+    }
+
+    /// Issue #15 review: a file truncated and written again past the read position before the
+    /// next read was not seen as truncated (the check ran at end of file only), so the stream
+    /// went on mid-line in the new content — inside a key block whose BEGIN lay before the
+    /// position, whose body lines have no marker of their own. It is seen at the next read:
+    /// the stream says so and starts again from 0, where the BEGIN is seen.
+    #[test]
+    fn a_file_truncated_and_regrown_past_the_position_is_read_again_from_its_start() {
+        let old = "2026-12-04T10:00:00Z INFO old line before rotation\n".repeat(1000);
+        let mut new = String::from("-----BEGIN RSA PRIVATE KEY-----\n");
+        for i in 0..3000 {
+            new.push_str(&format!("SECRETBODY{i:06}QUJDRA{}\n", "QUJDRA".repeat(5)));
+        }
+        new.push_str("-----END RSA PRIVATE KEY-----\nafter the key\n");
+        assert!(
+            new.len() > 2 * old.len(),
+            "the new content passes the position"
+        );
+        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        file.write_all(old.as_bytes()).expect("write");
+        let plan = Plan {
+            file: file.reopen().expect("reopen"),
+            path: file.path().to_path_buf(),
+            agent: "web-1".into(),
+            profile: Profile::Redact(Arc::new(Redactor::default_profile())),
+            tail_lines: None,
+            len: old.len() as u64,
+            follow: true,
+            reopen: None,
+            watch: None,
+            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
+            max_line: 64 * 1024,
+            key_lookback: 1 << 20,
+        };
+        let mut sink = RewritingSink {
+            file: file.path().to_path_buf(),
+            new_content: Some(new.into_bytes()),
+            got: Vec::new(),
+        };
+        let finished = run(plan, &mut sink);
+        assert_eq!(finished.reason, EndReason::ClientClosed);
+        let got = String::from_utf8_lossy(&sink.got);
+        assert!(!got.contains("SECRETBODY"), "a key body line was served");
+        let notice = truncated_notice(file.path());
+        let after_old = got
+            .strip_prefix(old.as_str())
+            .expect("the old content first");
+        assert_eq!(
+            after_old.lines().collect::<Vec<_>>(),
+            [notice.trim_end(), "[REDACTED:private_key]", "after the key"],
+            "{after_old:.300}"
+        );
     }
 
     /// `tail` of `text` from its `from`-th byte through the default profile, primed with a

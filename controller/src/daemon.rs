@@ -221,6 +221,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                         audit,
                         revocations: None,
                         reload_cert: None,
+                        max_streams_per_connection: None,
                     },
                     EnrolmentServer::from_arc(service)
                         .max_decoding_message_size(MAX_ENROL_REQUEST_BYTES),
@@ -249,6 +250,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             audit: audit.clone(),
             revocations: Some(service.revocations()),
             reload_cert: None,
+            max_streams_per_connection: None,
         },
         ControllerServer::from_arc(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         async move {

@@ -299,6 +299,14 @@ fn follow_moves_to_the_file_that_replaced_a_rotated_one() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The line a following stream gets when api.log is truncated under it.
+fn truncated_notice(f: &Fixture) -> String {
+    format!(
+        "[loggate] {:?} was truncated; reading it again from its start",
+        f.api_log()
+    )
+}
+
 #[test]
 fn follow_starts_again_after_copytruncate() -> anyhow::Result<()> {
     let f = Fixture::start()?;
@@ -315,7 +323,11 @@ fn follow_starts_again_after_copytruncate() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     append(&log, "line-2 after truncation\n")?;
     let seen = until_line(&rx, "line-2", Duration::from_secs(5))?;
-    assert_eq!(seen, ["line-2 after truncation"]);
+    assert_eq!(
+        seen,
+        [truncated_notice(&f), "line-2 after truncation".into()],
+        "the stream says it starts again"
+    );
     let _ = child.kill();
     let _ = child.wait();
     Ok(())
@@ -628,7 +640,7 @@ fn copytruncate_keeps_an_open_private_key_block_closed() -> anyhow::Result<()> {
     let seen = until_line(&rx, "line-2", Duration::from_secs(5))?;
     assert_eq!(
         seen,
-        ["line-2 after the key"],
+        [truncated_notice(&f), "line-2 after the key".into()],
         "nothing of the key after truncation"
     );
     let _ = child.kill();
@@ -702,5 +714,193 @@ fn an_agent_killed_mid_stream_leaves_a_clear_client_error_and_its_read_allowed(
         .cluster
         .run_cli("admin", &["audit", "verify", &log.display().to_string()])?;
     assert!(verify.status.success(), "{}", text(&verify).1);
+    Ok(())
+}
+
+/// A client of the agent as `user`, on one connection whose HTTP/2 windows hold 64 KiB (the
+/// protocol's minimum default), so that what it does not read stays in the agent.
+async fn agent_client(
+    f: &Fixture,
+    user: &str,
+) -> anyhow::Result<loggate_proto::agent_client::AgentClient<tonic::transport::Channel>> {
+    let pki = f.cluster.dir.join("pki");
+    let files = loggate_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join(format!("users/{user}.crt")),
+        key: pki.join(format!("users/{user}.key")),
+    };
+    let channel = files
+        .endpoint(
+            &f.cluster.agent_addr("web-1"),
+            loggate_core::tls::Server::Agent("web-1"),
+        )?
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await?;
+    Ok(loggate_proto::agent_client::AgentClient::new(channel))
+}
+
+fn cat_request(path: &str) -> loggate_proto::ReadLogRequest {
+    loggate_proto::ReadLogRequest {
+        path: path.to_string(),
+        mode: loggate_proto::ReadMode::Cat as i32,
+        ..Default::default()
+    }
+}
+
+/// Issue #15 review (most severe): a stream's place was freed when its read loop ended, while
+/// its response still held what the client never read (here a 400 KiB file: past the client's
+/// 64 KiB window, fewer chunks than the channel holds, so the loop ends at once with the rest
+/// waiting in the agent). One reader could open stream after
+/// stream without reading, each held in the agent's memory. The place now goes with the
+/// response: the reader's cap refuses a third unread stream, and dropping the unread ones
+/// frees their places.
+#[tokio::test]
+async fn a_stream_holds_its_place_until_its_response_is_read_or_dropped() -> anyhow::Result<()> {
+    let (f, small) = tokio::task::spawn_blocking(|| -> anyhow::Result<(Fixture, String)> {
+        let f = Fixture::start_with("[limits]\nmax_streams_per_subject = 2")?;
+        let line = "2026-12-04T20:00:00Z INFO a line of a small log user=someone\n";
+        let small = f.logs.join("small.log");
+        std::fs::write(&small, line.repeat((400 << 10) / line.len()))?;
+        f.grant("alice", "30m")?;
+        Ok((f, small.display().to_string()))
+    })
+    .await??;
+    let mut client = agent_client(&f, "alice").await?;
+    let first = client.read_log(cat_request(&small)).await?.into_inner();
+    let second = client.read_log(cat_request(&small)).await?.into_inner();
+    // Both read loops have ended (each wrote its `read.finished`); nothing was read.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let finished = f
+            .cluster
+            .agent_audit("web-1")
+            .iter()
+            .filter(|e| e["event"] == "read.finished")
+            .count();
+        if finished >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the read loops never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let third = client.read_log(cat_request(&small)).await;
+    let status = third.expect_err("a third unread stream is refused");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("2 streams open on agent web-1"),
+        "{status:?}"
+    );
+    drop((first, second));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.read_log(cat_request(&small)).await {
+            Ok(_) => break,
+            Err(status) => assert!(
+                Instant::now() < deadline,
+                "the dropped streams never freed their places: {status:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}
+
+/// Issue #15: an agent-wide cap of live streams (`limits.max_streams`). Beyond it a new read
+/// is refused at once with a retryable error (exit 1), audited as a denial (`agent_busy`) and
+/// with no `read.allowed` — it used to queue silently after its `read.allowed`.
+#[test]
+fn beyond_the_agents_stream_cap_a_read_is_refused_before_read_allowed() -> anyhow::Result<()> {
+    let f = Fixture::start_with("[limits]\nmax_streams = 1")?;
+    f.grant("alice", "30m")?;
+    f.grant("bob", "30m")?;
+    let mut child = follow(&f)?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed"
+        })?;
+    let out = f.logs("bob", &["cat", &f.api_log()])?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("agent web-1 is serving its limit of 1 streams; try again"),
+        "{stderr}"
+    );
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "agent_busy"
+        })?;
+    assert!(
+        denied["subject"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/bob")),
+        "{denied}"
+    );
+    let bobs_allowed = f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .filter(|e| {
+            e["event"] == "read.allowed"
+                && e["subject"].as_str().is_some_and(|s| s.ends_with("/bob"))
+        })
+        .count();
+    assert_eq!(bobs_allowed, 0, "refused before read.allowed");
+    let _ = child.kill();
+    let _ = child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = f.logs("bob", &["cat", &f.api_log()])?;
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never admitted: {}",
+            text(&out).1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Issue #15 review: stopping the agent with a live `--follow` waited for the unit's stop
+/// timeout (the graceful shutdown waited for a stream that never ends). Every stream now ends
+/// at once: the client is told why (exit 4), `read.finished` says `agent_stopping`, and
+/// `agent.stopped` follows it.
+#[test]
+fn stopping_the_agent_ends_a_live_follow_promptly_with_its_records() -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    f.grant("alice", "30m")?;
+    let mut child = follow(&f)?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed"
+        })?;
+    let stopping = Instant::now();
+    // SIGTERM, and SIGKILL after 5 s.
+    f.cluster.stop_agent("web-1");
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "the agent took {took:?} to stop"
+    );
+    wait_exit(&mut child, Duration::from_secs(5))?;
+    let out = child.wait_with_output()?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("the agent is stopping"), "{stderr}");
+    let audit = f.cluster.agent_audit("web-1");
+    let finished = audit
+        .iter()
+        .position(|e| e["event"] == "read.finished" && e["end_reason"] == "agent_stopping");
+    let stopped = audit.iter().position(|e| e["event"] == "agent.stopped");
+    assert!(
+        matches!((finished, stopped), (Some(a), Some(b)) if a < b),
+        "read.finished then agent.stopped: {finished:?} {stopped:?}"
+    );
     Ok(())
 }

@@ -286,7 +286,10 @@ fn start_cluster(bins: &Path, root: &Path, readers: &[usize]) -> anyhow::Result<
     cluster.add_agent(
         "web-1",
         &[root],
-        &format!("[limits]\nmax_streams_per_subject = {most}\n"),
+        &format!(
+            "[limits]\nmax_streams_per_subject = {most}\nmax_streams = {}\n",
+            most.max(64)
+        ),
     )?;
     cluster.start_controller()?;
     cluster.start_agent("web-1")?;

@@ -232,7 +232,8 @@ audit_event! {
         /// the grant's id (`metadata.correlation_uid`), null when none was involved
         grant_id: Option<String>,
         /// the check that failed, e.g. `no_grant`, `grant_expired`, `path_outside_roots`,
-        /// `path_crosses_mount`, `identity_refused`, `too_many_streams`, a bad argument
+        /// `path_crosses_mount`, `identity_refused`, `too_many_streams`, `agent_busy` (the
+        /// agent serves `limits.max_streams` streams; retryable), a bad argument
         /// (`invalid_mode`, `tail_lines_over_limit`, `pattern_empty`, `pattern_too_long`,
         /// `pattern_invalid`, `pattern_too_complex`), a grep refused for CPU
         /// (`grep_budget_spent`, `grep_streams_busy`); `suppressed` for the summary of denials
@@ -286,7 +287,8 @@ audit_event! {
         /// how long the stream lasted (`duration`)
         duration_ms: u64,
         /// `eof`, `client_closed`, `grant_expired`, `grant_revoked`, `budget_exceeded` (the grep
-        /// pattern used up `limits.grep_time_budget`) or `read_error` (`status_detail`;
+        /// pattern used up `limits.grep_time_budget`), `agent_stopping` (the agent was stopped:
+        /// every stream ends before `agent.stopped`) or `read_error` (`status_detail`;
         /// `read_error` is a failure)
         end_reason: &'static str,
         /// the read error, or null

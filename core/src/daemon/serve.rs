@@ -425,6 +425,9 @@ pub struct MtlsSettings<'a, D> {
     /// Each change reloads the certificate and key this server presents from `tls` (a
     /// renewal), without a restart; a reload that fails keeps the one in use (logged).
     pub reload_cert: Option<tokio::sync::watch::Receiver<u64>>,
+    /// HTTP/2 streams one connection may have open at once (`None`: the HTTP/2 library's
+    /// default, unbounded by this side).
+    pub max_streams_per_connection: Option<u32>,
 }
 
 /// Serves `service` on `listener` over mutual TLS until `shutdown` resolves, then lets the
@@ -565,6 +568,7 @@ where
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
+        .max_concurrent_streams(settings.max_streams_per_connection)
         .add_service(WithMethodPath(InterceptedService::new(
             service,
             IdentifyPeer::new(settings.trust_domain, methods_of(S::NAME))

@@ -1,0 +1,180 @@
+//! The places for live streams: at most `limits.max_streams` on the agent and
+//! `limits.max_streams_per_subject` per reader, taken before `read.allowed` is written and held
+//! for as long as the stream's response exists.
+//!
+//! Why the response and not the read loop: the loop ends as soon as the last chunk is queued,
+//! while the response (its channel, tonic's encoder, the HTTP/2 send buffer) may still hold a
+//! stream's worth of bytes that a client never reads. A place freed at the loop's end would let
+//! one reader open stream after stream of a small file without reading any of them, each
+//! holding that memory. So a place goes with the response's body ([`Held`]): it is freed when
+//! the body has yielded its end or is dropped (the client reset the stream or left), whichever
+//! comes first — never while bytes of the stream can still sit in the agent.
+//!
+//! Beyond a cap a new read is refused at once (`too_many_streams` for the reader's own cap,
+//! `agent_busy` for the agent's), audited as a denial, instead of queueing silently after
+//! `read.allowed` for one of the blocking threads.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio_stream::Stream;
+
+/// Counts the live streams, agent-wide and per subject.
+pub struct StreamSlots {
+    max_streams: usize,
+    max_per_subject: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_subject: HashMap<String, usize>,
+}
+
+/// Why no place was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    /// The subject already holds `max_streams_per_subject` streams.
+    Subject(usize),
+    /// The agent already serves `max_streams` streams.
+    Agent(usize),
+}
+
+/// One live stream's place, freed on drop.
+pub struct SlotGuard {
+    slots: Arc<StreamSlots>,
+    subject: String,
+}
+
+impl StreamSlots {
+    pub fn new(max_streams: usize, max_per_subject: usize) -> Self {
+        StreamSlots {
+            max_streams,
+            max_per_subject,
+            open: Mutex::new(Open::default()),
+        }
+    }
+
+    /// A place for one more stream of `subject`, or why not (the subject's cap is looked at
+    /// first: its message tells the reader what to do).
+    pub fn take(self: &Arc<Self>, subject: &str) -> Result<SlotGuard, SlotRefusal> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = open.per_subject.get(subject).copied().unwrap_or(0);
+        if mine >= self.max_per_subject {
+            return Err(SlotRefusal::Subject(self.max_per_subject));
+        }
+        if open.total >= self.max_streams {
+            return Err(SlotRefusal::Agent(self.max_streams));
+        }
+        open.total += 1;
+        *open.per_subject.entry(subject.to_string()).or_insert(0) += 1;
+        Ok(SlotGuard {
+            slots: self.clone(),
+            subject: subject.to_string(),
+        })
+    }
+
+    /// Live streams on the agent.
+    #[cfg(test)]
+    pub fn live(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.per_subject.get_mut(&self.subject) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_subject.remove(&self.subject);
+            }
+        }
+    }
+}
+
+/// A response body that holds its stream's place until it has yielded its end or is dropped.
+pub struct Held<S> {
+    inner: S,
+    slot: Option<SlotGuard>,
+}
+
+impl<S> Held<S> {
+    pub fn new(inner: S, slot: SlotGuard) -> Self {
+        Held {
+            inner,
+            slot: Some(slot),
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for Held<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let next = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(None) = next {
+            // The end is known before the client can see it: a reader who has read the whole
+            // stream may start the next one at once.
+            self.slot = None;
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[test]
+    fn the_agent_and_each_subject_get_at_most_their_cap_of_streams() {
+        let slots = Arc::new(StreamSlots::new(3, 2));
+        let a1 = slots.take("alice").expect("alice 1");
+        let _a2 = slots.take("alice").expect("alice 2");
+        assert_eq!(slots.take("alice").err(), Some(SlotRefusal::Subject(2)));
+        let _b1 = slots.take("bob").expect("bob 1");
+        assert_eq!(
+            slots.take("bob").err(),
+            Some(SlotRefusal::Agent(3)),
+            "the agent is full though bob has room"
+        );
+        drop(a1);
+        assert!(slots.take("bob").is_ok(), "an ended stream frees its place");
+    }
+
+    /// Issue #15 review: the place was freed when the read loop ended, while the response
+    /// still held what the client had not read.
+    #[test]
+    fn a_place_is_held_until_the_response_ends_or_is_dropped() {
+        let slots = Arc::new(StreamSlots::new(8, 8));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut read_to_end = Held::new(
+            tokio_stream::iter(vec![1, 2]),
+            slots.take("alice").expect("place"),
+        );
+        let never_read = Held::new(
+            tokio_stream::iter(vec![1, 2]),
+            slots.take("alice").expect("place"),
+        );
+        assert_eq!(slots.live(), 2);
+        rt.block_on(async {
+            assert_eq!(read_to_end.next().await, Some(1));
+            assert_eq!(read_to_end.next().await, Some(2));
+            assert_eq!(slots.live(), 2, "unread items keep the place");
+            assert_eq!(read_to_end.next().await, None);
+        });
+        assert_eq!(
+            slots.live(),
+            1,
+            "freed at the end, before the body is dropped"
+        );
+        drop(never_read);
+        assert_eq!(slots.live(), 0, "freed when the body is dropped");
+    }
+}
