@@ -22,6 +22,7 @@ use loggate_core::private_state;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// A grant as the controller records it.
@@ -67,6 +68,9 @@ pub struct AgentRow {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Reads of the revision log (`changes_after`) since the store was opened: the fan-out's
+    /// contract is one read per change whatever the number of agents, and its tests count.
+    change_reads: AtomicU64,
 }
 
 /// How a checkpoint reported by an agent relates to the ones already held for its host.
@@ -251,6 +255,7 @@ impl Store {
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
         Ok(Self {
             conn: Mutex::new(conn),
+            change_reads: AtomicU64::new(0),
         })
     }
 
@@ -336,6 +341,7 @@ impl Store {
 
     /// The changes after `after`, oldest first, at most `limit`.
     pub fn changes_after(&self, after: u64, limit: u32) -> anyhow::Result<Vec<(u64, Change)>> {
+        self.change_reads.fetch_add(1, Ordering::Relaxed);
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT r.revision, r.kind, {} FROM revisions r JOIN grants g ON g.id = r.grant_id
@@ -377,6 +383,13 @@ impl Store {
             params![epoch],
         )?;
         Ok(epoch)
+    }
+
+    /// How many times the revision log was read ([`Store::changes_after`]) since `open`: the
+    /// test hook of the fan-out (one read per change, whatever the number of agents).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn change_reads(&self) -> u64 {
+        self.change_reads.load(Ordering::Relaxed)
     }
 
     pub fn latest_revision(&self) -> anyhow::Result<u64> {
