@@ -58,7 +58,8 @@
 //! send the HTTP/2 preface within [`HTTP2_PREFACE_TIMEOUT`] (5 s; read here, then given back to
 //! tonic in [`Connection`]); one SPIFFE identity may hold [`MAX_CONNECTIONS_PER_IDENTITY`]
 //! (1024) established connections and all of them together [`MAX_CONNECTIONS`] (65536, or half
-//! the open-file limit). A connection over either is closed at once; those and the ones without
+//! the open-file limit); people (`…/user/…` identities) may use [`PERSON_RESERVE`] (64) places
+//! beyond that, so an admin's command gets in while a fleet holds every place. A connection over either is closed at once; those and the ones without
 //! a preface are summarised every 10 s in one `tls.refused` record, `reason_code`
 //! `connection_limit`. Accepted sockets get TCP keepalive (60 s, then every 10 s), and the
 //! servers HTTP/2 keepalive pings (20 s, 20 s to answer), so a vanished peer's connection ends.
@@ -134,6 +135,12 @@ pub const MAX_CONNECTIONS_PER_IDENTITY: usize = 1024;
 /// Established connections in all, at most (fewer: half the open-file limit). The
 /// controller holds one per agent of the fleet.
 pub const MAX_CONNECTIONS: usize = 65_536;
+/// Established connections of people (`…/user/…` identities) allowed beyond the limit in all:
+/// when a fleet holds every place (more agents than the open-file limit allows, or a herd
+/// reconnecting into a controller whose limit is the fleet's size), an admin's command still
+/// gets in to see and act (`loggate grant revoke`, `agent list`). Small: each person is still
+/// capped by [`MAX_CONNECTIONS_PER_IDENTITY`], and the reserve is only for people.
+pub const PERSON_RESERVE: usize = 64;
 /// TCP keepalive on every accepted connection: probes after this long idle …
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// … and then this often.
@@ -788,7 +795,12 @@ impl Connections {
             }
             return None;
         }
-        if table.total >= this.limit {
+        let limit = if is_person(&identity) {
+            this.limit.saturating_add(PERSON_RESERVE)
+        } else {
+            this.limit
+        };
+        if table.total >= limit {
             table.over_total += 1;
             return None;
         }
@@ -850,6 +862,15 @@ impl Drop for ConnectionPlace {
             }
         }
     }
+}
+
+/// Whether a verified SPIFFE ID names a person (`spiffe://<td>/user/<name>`): they may use
+/// [`PERSON_RESERVE`].
+fn is_person(spiffe_id: &str) -> bool {
+    spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, path)| path.starts_with("user/"))
 }
 
 /// The identity a connection is counted under: the first SPIFFE URI of the client's verified
@@ -1447,6 +1468,39 @@ mod tests {
         drop(evict);
         let outcome = unless_evicted(std::future::pending::<&str>(), &mut evicted).await;
         assert_eq!(outcome, None);
+    }
+
+    #[test]
+    fn a_person_gets_in_when_agents_hold_every_place() {
+        let connections = Arc::new(Connections::new(100));
+        let agents: Vec<_> = (0..100)
+            .map(|i| Connections::enter(&connections, format!("spiffe://loggate.local/agent/a{i}")))
+            .collect();
+        assert!(agents.iter().all(Option::is_some));
+        assert!(
+            Connections::enter(&connections, "spiffe://loggate.local/agent/late".into()).is_none(),
+            "an agent over the limit in all is closed"
+        );
+        let admin = "spiffe://loggate.local/user/admin".to_string();
+        let people: Vec<_> = (0..PERSON_RESERVE)
+            .map(|_| Connections::enter(&connections, admin.clone()))
+            .collect();
+        assert!(
+            people.iter().all(Option::is_some),
+            "the admin's commands are refused while agents hold every place"
+        );
+        assert!(
+            Connections::enter(&connections, admin.clone()).is_none(),
+            "the reserve is bounded"
+        );
+        for not_a_person in [
+            "spiffe://loggate.local/agent/user",
+            "spiffe://user/agent/x",
+            "",
+            "user/admin",
+        ] {
+            assert!(!is_person(not_a_person), "{not_a_person}");
+        }
     }
 
     #[test]
