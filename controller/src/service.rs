@@ -160,6 +160,7 @@ impl ControllerService {
             self.revision.subscribe(),
             self.stopping.clone(),
             fanout::FEED_CAPACITY,
+            HEARTBEAT,
         )
         .map_err(internal)?;
         *feed = Some(started.clone());

@@ -19,11 +19,12 @@
 //! another epoch, or none, or claiming a revision ahead of ours, is sent everything again from
 //! revision 0; the first heartbeat after the catch-up tells it the resync is complete.
 
-use super::{internal, HEARTBEAT};
+use super::internal;
 use crate::store::{Change, GrantRow, Store};
 use loggate_core::grant::unix_now;
 use loggate_proto as pb;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tonic::Status;
 
@@ -124,6 +125,8 @@ pub type Outgoing = Result<Arc<pb::GrantEvent>, Status>;
 pub struct ChangeFeed {
     store: Arc<Store>,
     epoch: String,
+    /// The longest silence on a stream ([`super::HEARTBEAT`] in the service).
+    heartbeat: Duration,
     changes: broadcast::Sender<Arc<FeedChange>>,
 }
 
@@ -131,18 +134,21 @@ impl ChangeFeed {
     /// Starts the feed's task: from the latest revision of the log, it reads and publishes the
     /// new changes each time `revisions` (bumped by whoever commits a change) moves, and ends
     /// when `stopping` turns true or every sender of `revisions` is gone. `capacity` is the
-    /// number of changes held for the slowest watcher ([`FEED_CAPACITY`]).
+    /// number of changes held for the slowest watcher ([`FEED_CAPACITY`]); a stream is sent a
+    /// heartbeat after `heartbeat` without anything sent to it.
     pub fn start(
         store: Arc<Store>,
         epoch: String,
         mut revisions: watch::Receiver<u64>,
         mut stopping: watch::Receiver<bool>,
         capacity: usize,
+        heartbeat: Duration,
     ) -> anyhow::Result<Arc<ChangeFeed>> {
         let (changes, _) = broadcast::channel(capacity.max(1));
         let feed = Arc::new(ChangeFeed {
             store: store.clone(),
             epoch: epoch.clone(),
+            heartbeat,
             changes: changes.clone(),
         });
         let mut last = store.latest_revision()?;
@@ -189,9 +195,9 @@ impl ChangeFeed {
 
     /// Starts the watcher of one agent's stream: it sends to `tx` everything addressed to
     /// `agent_id` (holding `labels`) after `after_revision` of `after_epoch`, then every change
-    /// addressed to it as the feed publishes it, a heartbeat when it has caught up and every
-    /// [`HEARTBEAT`] of silence, until the agent goes away or `stopping` turns true. `done` runs
-    /// when it ends.
+    /// addressed to it as the feed publishes it, a heartbeat when it has caught up and after
+    /// every `heartbeat` of silence, until the agent goes away or `stopping` turns true.
+    /// `done` runs when it ends.
     pub fn watch(
         self: &Arc<Self>,
         agent: WatchRequest,
@@ -240,6 +246,9 @@ impl ChangeFeed {
         {
             return;
         }
+        // A heartbeat after `heartbeat` without anything sent to this agent: changes addressed
+        // to others do not put it off (the agent takes a long silence for a dead stream).
+        let mut next_beat = tokio::time::Instant::now() + self.heartbeat;
         loop {
             tokio::select! {
                 received = feed.recv() => match received {
@@ -258,10 +267,11 @@ impl ChangeFeed {
                             }
                         }
                         last = change.revision;
-                        if change.is_for(&agent.agent_id, &agent.labels, unix_now())
-                            && tx.send(Ok(change.event.clone())).await.is_err()
-                        {
-                            return;
+                        if change.is_for(&agent.agent_id, &agent.labels, unix_now()) {
+                            if tx.send(Ok(change.event.clone())).await.is_err() {
+                                return;
+                            }
+                            next_beat = tokio::time::Instant::now() + self.heartbeat;
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
@@ -275,10 +285,11 @@ impl ChangeFeed {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = tokio::time::sleep(HEARTBEAT) => {
+                _ = tokio::time::sleep_until(next_beat) => {
                     if tx.send(Ok(Arc::new(heartbeat(&self.epoch, last)))).await.is_err() {
                         return;
                     }
+                    next_beat = tokio::time::Instant::now() + self.heartbeat;
                 }
                 _ = tx.closed() => return,
                 _ = stopping.changed() => return,
@@ -336,7 +347,6 @@ pub struct WatchRequest {
 mod tests {
     use super::*;
     use crate::store::Revoked;
-    use std::time::Duration;
 
     const EPOCH: &str = "e1";
     const WAIT: Duration = Duration::from_secs(20);
@@ -370,6 +380,7 @@ mod tests {
                 self.revisions.subscribe(),
                 self.stopping.clone(),
                 capacity,
+                Duration::from_secs(10),
             )
             .unwrap()
         }
@@ -580,5 +591,43 @@ mod tests {
         assert_eq!(next_change(&mut rx).await, (first, "g-1".into()));
         assert_eq!(next_change(&mut rx).await, (second, "g-2".into()));
         caught_up(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_addressed_to_others_do_not_put_off_a_streams_heartbeat() {
+        let f = Fixture::new();
+        let beat = Duration::from_millis(300);
+        let feed = ChangeFeed::start(
+            f.store.clone(),
+            EPOCH.into(),
+            f.revisions.subscribe(),
+            f.stopping.clone(),
+            FEED_CAPACITY,
+            beat,
+        )
+        .unwrap();
+        let mut idle = f.watch(&feed, "idle", &["env=dev"], 64);
+        caught_up(&mut idle).await;
+        // A change for others every 100 ms for 1.5 s: five heartbeat periods.
+        let start = tokio::time::Instant::now();
+        for i in 0..15 {
+            f.grant(&format!("g-{i}"), &["env=prod"]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = start.elapsed();
+        let mut beats = 0;
+        while let Ok(event) = idle.try_recv() {
+            let event = event.unwrap();
+            assert!(
+                matches!(event.event, Some(pb::grant_event::Event::Heartbeat(_))),
+                "{event:?}"
+            );
+            beats += 1;
+        }
+        let expected = (elapsed.as_millis() / beat.as_millis()) as usize;
+        assert!(
+            beats + 1 >= expected,
+            "{beats} heartbeats in {elapsed:?} (every {beat:?}: {expected} expected)"
+        );
     }
 }
