@@ -25,16 +25,21 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 /// The pause between attempts to reach the controller (its grant stream, the checkpoint
-/// sender): 250 ms doubling to 30 s, jittered.
-pub const CONTROLLER_BACKOFF: Backoff =
-    Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+/// sender): the fleet's back-off, full jitter (see `loggate_core::backoff::FLEET`).
+pub const CONTROLLER_BACKOFF: Backoff = loggate_core::backoff::FLEET;
 /// A stream silent for this long (no heartbeat) is considered dead.
 const SILENCE: Duration = Duration::from_secs(35);
 
 pub async fn run(shared: Arc<Shared>) {
+    // A fleet started at one instant does not meet the controller in one burst.
+    tokio::time::sleep(loggate_core::backoff::fully_jittered(
+        loggate_core::backoff::FIRST_CONNECT_SPREAD,
+        rand::random(),
+    ))
+    .await;
     let mut backoff = CONTROLLER_BACKOFF;
     loop {
-        match watch_once(&shared).await {
+        match watch_once(&shared, &mut backoff).await {
             Ok(()) => {
                 tracing::warn!("controller closed the grant stream; reconnecting");
                 backoff.reset();
@@ -57,7 +62,10 @@ pub async fn connect(config: &AgentConfig) -> anyhow::Result<ControllerClient<Ch
     Ok(ControllerClient::new(channel).max_decoding_message_size(1 << 20))
 }
 
-async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
+/// One `WatchGrants` stream, until it ends. `backoff` is reset once the controller has
+/// answered: the pause after a long-lived stream breaks starts short again, whatever an
+/// earlier outage had grown it to.
+async fn watch_once(shared: &Shared, backoff: &mut Backoff) -> anyhow::Result<()> {
     let config = &shared.config;
     let mut client = connect(config).await?;
     let mut stream = client
@@ -70,6 +78,7 @@ async fn watch_once(shared: &Shared) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
+    backoff.reset();
     tracing::info!(
         after = shared.grants.revision(),
         epoch = %shared.grants.epoch(),

@@ -4,12 +4,13 @@
 
 mod anchor;
 pub mod enrol;
+pub mod fanout;
 mod requests;
 pub mod signin;
 
 pub use anchor::enrol_checkpoint_keys;
 
-use crate::store::{AgentRow, Change, GrantRow, Revoked, Store};
+use crate::store::{AgentRow, GrantRow, Revoked, Store};
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::daemon::peer_identity;
 use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantError, SigningKey};
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 /// How often an idle `WatchGrants` stream carries a heartbeat.
@@ -61,7 +62,11 @@ pub struct ControllerService {
     signer: Arc<SigningKey>,
     trust_domain: String,
     policy: Policy,
+    /// Bumped by whoever commits a change to the revision log: the change feed reads it.
     revision: watch::Sender<u64>,
+    /// The one reader of the revision log for every `WatchGrants` stream, started with the
+    /// first stream (it needs the runtime).
+    feed: Mutex<Option<Arc<fanout::ChangeFeed>>>,
     /// Agents with a `WatchGrants` stream open, with how many each holds: an agent that
     /// reconnects opens its new stream before the old one ends, and the old one's end must
     /// not count it gone.
@@ -106,6 +111,7 @@ impl ControllerService {
             trust_domain,
             policy,
             revision,
+            feed: Mutex::new(None),
             connected: Arc::default(),
             audit,
             stopping,
@@ -166,6 +172,25 @@ impl ControllerService {
         Ok(user)
     }
 
+    /// The change feed, started with the first stream.
+    fn change_feed(&self) -> Result<Arc<fanout::ChangeFeed>, Status> {
+        let mut feed = self.feed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(feed) = feed.as_ref() {
+            return Ok(feed.clone());
+        }
+        let started = fanout::ChangeFeed::start(
+            self.store.clone(),
+            self.epoch.clone(),
+            self.revision.subscribe(),
+            self.stopping.clone(),
+            fanout::FEED_CAPACITY,
+            HEARTBEAT,
+        )
+        .map_err(internal)?;
+        *feed = Some(started.clone());
+        Ok(started)
+    }
+
     fn is_admin(&self, user: &Identity) -> bool {
         self.policy.admins.contains(user.name())
     }
@@ -194,10 +219,6 @@ fn bounded_list(name: &str, list: &[String]) -> Result<(), Status> {
         )));
     }
     Ok(())
-}
-
-fn covers(grant: &GrantRow, agent_id: &str, labels: &[String]) -> bool {
-    grant.hosts.iter().any(|h| h == agent_id) || grant.labels.iter().any(|l| labels.contains(l))
 }
 
 /// The validity window `(not_before, not_after)` of a grant requested at `now`, or the
@@ -270,26 +291,6 @@ pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
     }
 }
 
-fn change_event(epoch: &str, revision: u64, change: &Change) -> pb::GrantEvent {
-    let event = match change {
-        Change::Granted(g) => pb::grant_event::Event::Grant(pb::SignedGrant {
-            grant_id: g.id.clone(),
-            token: g.token.clone(),
-        }),
-        Change::Revoked { grant, revoked } => pb::grant_event::Event::Revocation(pb::Revocation {
-            grant_id: grant.id.clone(),
-            revoked_at_unix: revoked.at,
-            revoked_by: revoked.by.clone(),
-            reason: revoked.reason.clone(),
-        }),
-    };
-    pb::GrantEvent {
-        revision,
-        event: Some(event),
-        epoch: epoch.to_string(),
-    }
-}
-
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GrantEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -341,15 +342,8 @@ impl Controller for ControllerService {
             "agent connected"
         );
 
-        let (tx, rx) = mpsc::channel(64);
-        let store = self.store.clone();
-        let mut revisions = self.revision.subscribe();
+        let (tx, rx) = mpsc::channel(fanout::STREAM_QUEUE);
         let connected = self.connected.clone();
-        let mut stopping = self.stopping.clone();
-        let epoch = self.epoch.clone();
-        // Cut when this agent is removed (`agent remove`): its certificate is revoked.
-        let revocations = self.revocations.clone();
-        let mut revocations_changed = revocations.subscribe();
         let not_before = enrol::peer_not_before(&request_certs);
         {
             let mut streams = connected.lock().unwrap_or_else(|p| p.into_inner());
@@ -358,100 +352,52 @@ impl Controller for ControllerService {
                 .connected_agents
                 .set(i64::try_from(streams.len()).unwrap_or(i64::MAX));
         }
-        tokio::spawn(async move {
-            // Revision numbers only mean something within one epoch: an agent of another epoch
-            // (or none yet, or one ahead of us) gets everything again, from revision 0, rather
-            // than resume at a number this database may have reused after a restore.
-            let latest = store.latest_revision().unwrap_or(0);
-            let mut last = if req.after_epoch != epoch || req.after_revision > latest {
-                0
-            } else {
-                req.after_revision
-            };
-            // One heartbeat as soon as the stream has caught up: the end of a resync.
-            let mut announced_caught_up = false;
-            'stream: loop {
-                let changes = match store.changes_after(last, 500) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.send(Err(internal(e))).await;
-                        break;
+        // Resolves when this agent is removed (`agent remove`): its certificate is revoked and
+        // its stream cut.
+        let removed = {
+            let revocations = self.revocations.clone();
+            let mut changed = revocations.subscribe();
+            let spiffe_id = agent.spiffe_id().to_string();
+            Box::pin(async move {
+                loop {
+                    if changed.changed().await.is_err() {
+                        std::future::pending::<()>().await;
                     }
-                };
-                let caught_up = changes.len() < 500;
-                for (revision, change) in &changes {
-                    last = *revision;
-                    let grant = match change {
-                        Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
-                    };
-                    // Grants that ended already are of no use to an agent catching up;
-                    // revocations are always sent (the agent's clock may run behind ours).
-                    let ended =
-                        matches!(change, Change::Granted(_)) && grant.not_after <= unix_now();
-                    if covers(grant, &req.agent_id, &labels) && !ended {
-                        if tx
-                            .send(Ok(change_event(&epoch, *revision, change)))
-                            .await
-                            .is_err()
-                        {
-                            break 'stream;
-                        }
-                        // Fan-out latency is that of live changes: what an agent catching
-                        // up (reconnected, or started late) receives is not observed.
-                        if announced_caught_up {
-                            metrics::controller().sent(*revision);
-                        }
+                    if revocations.is_revoked(&spiffe_id, not_before) {
+                        return;
                     }
                 }
-                if !caught_up {
-                    continue;
-                }
-                if !announced_caught_up {
-                    announced_caught_up = true;
-                    let beat = pb::GrantEvent {
-                        revision: last,
-                        event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
-                        epoch: epoch.clone(),
-                    };
-                    if tx.send(Ok(beat)).await.is_err() {
-                        break;
-                    }
-                }
-                tokio::select! {
-                    changed = revisions.changed() => if changed.is_err() { break },
-                    _ = tokio::time::sleep(HEARTBEAT) => {
-                        let beat = pb::GrantEvent {
-                            revision: last,
-                            event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
-                            epoch: epoch.clone(),
-                        };
-                        if tx.send(Ok(beat)).await.is_err() { break }
-                    }
-                    _ = tx.closed() => break,
-                    _ = stopping.changed() => break,
-                    _ = revocations_changed.changed() => {
-                        if revocations.is_revoked(agent.spiffe_id(), not_before) {
-                            let _ = tx.send(Err(enrol::removed_status())).await;
-                            break;
-                        }
-                    }
-                }
-            }
-            {
+            })
+        };
+        let agent_id = req.agent_id.clone();
+        self.change_feed()?.watch(
+            fanout::WatchRequest {
+                agent_id: req.agent_id,
+                labels,
+                after_revision: req.after_revision,
+                after_epoch: req.after_epoch,
+            },
+            tx,
+            self.stopping.clone(),
+            removed,
+            move || {
                 let mut streams = connected.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some(open) = streams.get_mut(&req.agent_id) {
+                if let Some(open) = streams.get_mut(&agent_id) {
                     *open = open.saturating_sub(1);
                     if *open == 0 {
-                        streams.remove(&req.agent_id);
+                        streams.remove(&agent_id);
                     }
                 }
                 metrics::controller()
                     .connected_agents
                     .set(i64::try_from(streams.len()).unwrap_or(i64::MAX));
-            }
-            tracing::info!(agent = %req.agent_id, "agent disconnected");
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+                drop(streams);
+                tracing::info!(agent = %agent_id, "agent disconnected");
+            },
+        );
+        // The queue holds shared events; each is copied only as tonic encodes it.
+        let events = ReceiverStream::new(rx).map(|event| event.map(Arc::unwrap_or_clone));
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn issue_grant(

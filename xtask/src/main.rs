@@ -1,8 +1,9 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`,
-//! `cargo xtask bench audit|ebpf|redact|serve`, `cargo xtask package`.
+//! `cargo xtask bench audit|ebpf|fleet|redact|serve`, `cargo xtask package`.
 
 mod bench_audit;
 mod bench_ebpf;
+mod bench_fleet;
 mod bench_redact;
 mod bench_serve;
 mod demo;
@@ -58,6 +59,10 @@ enum Task {
 enum Bench {
     /// Durable audit events per second with group commit, against one fsync per event.
     Audit,
+    /// Grants and revocations fanned out to N simulated agents (real TLS, real WatchGrants
+    /// streams, verified as an agent does) from one controller, and a controller restart under
+    /// them.
+    Fleet(bench_fleet::Args),
     /// The bypass audit's cost on opens of unprotected files and on getppid, against no program
     /// and against empty programs on the same hooks (as root).
     Ebpf(bench_ebpf::Args),
@@ -320,6 +325,9 @@ fn main() -> ExitCode {
         Task::Demo { keep } => demo::run(keep),
         Task::Test => test(),
         Task::Bench { what: Bench::Audit } => bench_audit::run_audit(),
+        Task::Bench {
+            what: Bench::Fleet(args),
+        } => bench_fleet::run_bench(&args),
         Task::Bench {
             what: Bench::Ebpf(args),
         } => bench_ebpf::run_bench(&args),

@@ -1,0 +1,648 @@
+//! The fan-out of grants and revocations to the agents' `WatchGrants` streams.
+//!
+//! **One change feed.** A change is read from the store once, whatever the number of agents
+//! watching: one task ([`ChangeFeed`]) follows the revision log, builds each change's
+//! [`pb::GrantEvent`] once (the grant's token is signed once, when it is issued) and hands it,
+//! behind an `Arc`, to every watcher through a bounded `tokio::sync::broadcast` channel. Each
+//! watcher keeps only what is addressed to it (its agent id, or one of its labels: [`covers`]),
+//! so every agent still receives exactly what it did when each stream queried the store itself.
+//!
+//! **The revision log stays the truth.** A watcher reads the log itself (`changes_after`) only
+//! to catch up: when it connects (from the revision and epoch the agent sent), when it fell
+//! behind the feed by more than the channel holds (`Lagged`: a slow agent costs the others no
+//! memory, it only loses its place in the channel), and when the feed hands it a revision that
+//! does not follow the last one it saw (a gap: whatever caused it, the log fills it). A watcher
+//! therefore never skips a revision: it sees every revision in order, from the log or from the
+//! feed, and sends the ones addressed to it.
+//!
+//! Revision numbers only mean something within one epoch (see `Store::new_epoch`): an agent of
+//! another epoch, or none, or claiming a revision ahead of ours, is sent everything again from
+//! revision 0; the first heartbeat after the catch-up tells it the resync is complete.
+
+use super::internal;
+use crate::store::{Change, GrantRow, Store};
+use loggate_core::grant::unix_now;
+use loggate_proto as pb;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::Status;
+
+/// Changes read from the store in one query (the catch-up of one watcher, or one step of the
+/// feed).
+pub const CHANGES_PER_READ: u32 = 500;
+/// Changes the feed's channel holds for its slowest watcher: one that falls further behind
+/// resumes from the revision log. Each holds an `Arc` of one change (about the size of its
+/// token, ~1 KiB), so the channel costs at most a few MiB whatever the number of agents.
+pub const FEED_CAPACITY: usize = 4096;
+/// Events queued for one agent's stream before its watcher waits for the agent to read.
+pub const STREAM_QUEUE: usize = 64;
+
+/// One change of the revision log as every watcher receives it: built once, shared.
+#[derive(Debug)]
+pub struct FeedChange {
+    pub revision: u64,
+    /// The agent ids the change is addressed to.
+    hosts: Vec<String>,
+    /// The labels the change is addressed to (an agent holding any of them is covered).
+    labels: Vec<String>,
+    /// For a grant: its end (a grant already ended when it would be sent is of no use to an
+    /// agent); `None` for a revocation, always sent (the agent's clock may run behind ours).
+    grant_ends: Option<i64>,
+    /// What is sent, the same for every agent it is addressed to: built once, shared by every
+    /// stream's queue (tonic encodes each stream's copy as it writes it).
+    pub event: Arc<pb::GrantEvent>,
+}
+
+impl FeedChange {
+    fn new(epoch: &str, revision: u64, change: &Change) -> FeedChange {
+        let grant: &GrantRow = match change {
+            Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
+        };
+        FeedChange {
+            revision,
+            hosts: grant.hosts.clone(),
+            labels: grant.labels.clone(),
+            grant_ends: match change {
+                Change::Granted(g) => Some(g.not_after),
+                Change::Revoked { .. } => None,
+            },
+            event: Arc::new(change_event(epoch, revision, change)),
+        }
+    }
+
+    /// Whether agent `agent_id` holding `labels` is sent this change at `now`.
+    fn is_for(&self, agent_id: &str, labels: &[String], now: i64) -> bool {
+        let ended = self.grant_ends.is_some_and(|end| end <= now);
+        !ended && covers(&self.hosts, &self.labels, agent_id, labels)
+    }
+}
+
+/// The addressing rule: a change is for the agents it names and for those holding one of its
+/// labels.
+pub fn covers(
+    hosts: &[String],
+    labels: &[String],
+    agent_id: &str,
+    agent_labels: &[String],
+) -> bool {
+    hosts.iter().any(|h| h == agent_id) || labels.iter().any(|l| agent_labels.contains(l))
+}
+
+fn change_event(epoch: &str, revision: u64, change: &Change) -> pb::GrantEvent {
+    let event = match change {
+        Change::Granted(g) => pb::grant_event::Event::Grant(pb::SignedGrant {
+            grant_id: g.id.clone(),
+            token: g.token.clone(),
+        }),
+        Change::Revoked { grant, revoked } => pb::grant_event::Event::Revocation(pb::Revocation {
+            grant_id: grant.id.clone(),
+            revoked_at_unix: revoked.at,
+            revoked_by: revoked.by.clone(),
+            reason: revoked.reason.clone(),
+        }),
+    };
+    pb::GrantEvent {
+        revision,
+        event: Some(event),
+        epoch: epoch.to_string(),
+    }
+}
+
+fn heartbeat(epoch: &str, revision: u64) -> pb::GrantEvent {
+    pb::GrantEvent {
+        revision,
+        event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
+        epoch: epoch.to_string(),
+    }
+}
+
+/// What a watcher queues for its agent's stream: a shared change, or an event of its own
+/// (a heartbeat, an error).
+pub type Outgoing = Result<Arc<pb::GrantEvent>, Status>;
+
+/// The one reader of the revision log for every watcher (module docs).
+pub struct ChangeFeed {
+    store: Arc<Store>,
+    epoch: String,
+    /// The longest silence on a stream ([`super::HEARTBEAT`] in the service).
+    heartbeat: Duration,
+    changes: broadcast::Sender<Arc<FeedChange>>,
+}
+
+impl ChangeFeed {
+    /// Starts the feed's task: from the latest revision of the log, it reads and publishes the
+    /// new changes each time `revisions` (bumped by whoever commits a change) moves, and ends
+    /// when `stopping` turns true or every sender of `revisions` is gone. `capacity` is the
+    /// number of changes held for the slowest watcher ([`FEED_CAPACITY`]); a stream is sent a
+    /// heartbeat after `heartbeat` without anything sent to it.
+    pub fn start(
+        store: Arc<Store>,
+        epoch: String,
+        mut revisions: watch::Receiver<u64>,
+        mut stopping: watch::Receiver<bool>,
+        capacity: usize,
+        heartbeat: Duration,
+    ) -> anyhow::Result<Arc<ChangeFeed>> {
+        let (changes, _) = broadcast::channel(capacity.max(1));
+        let feed = Arc::new(ChangeFeed {
+            store: store.clone(),
+            epoch: epoch.clone(),
+            heartbeat,
+            changes: changes.clone(),
+        });
+        let mut last = store.latest_revision()?;
+        tokio::spawn(async move {
+            loop {
+                // Marked seen before the read: a change committed during the read bumps it
+                // again, and is read on the next turn.
+                revisions.borrow_and_update();
+                let read = {
+                    let store = store.clone();
+                    tokio::task::spawn_blocking(move || store.changes_after(last, CHANGES_PER_READ))
+                        .await
+                };
+                let batch = match read {
+                    Ok(Ok(batch)) => batch,
+                    Ok(Err(e)) => {
+                        // Watchers are not told: each one's next gap or heartbeat is harmless,
+                        // and the next bump retries. The log keeps the change.
+                        tracing::error!("the change feed cannot read the revision log: {e:#}");
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        tracing::error!("the change feed's read failed: {e}");
+                        Vec::new()
+                    }
+                };
+                let full = batch.len() >= CHANGES_PER_READ as usize;
+                for (revision, change) in &batch {
+                    last = *revision;
+                    // No receiver (no agent connected) is not an error.
+                    let _ = changes.send(Arc::new(FeedChange::new(&epoch, *revision, change)));
+                }
+                if full {
+                    continue;
+                }
+                tokio::select! {
+                    changed = revisions.changed() => if changed.is_err() { break },
+                    _ = stopping.changed() => break,
+                }
+            }
+        });
+        Ok(feed)
+    }
+
+    /// Starts the watcher of one agent's stream: it sends to `tx` everything addressed to
+    /// `agent_id` (holding `labels`) after `after_revision` of `after_epoch`, then every change
+    /// addressed to it as the feed publishes it, a heartbeat when it has caught up and after
+    /// every `heartbeat` of silence, until the agent goes away or `stopping` turns true.
+    /// `done` runs when it ends.
+    pub fn watch(
+        self: &Arc<Self>,
+        agent: WatchRequest,
+        tx: mpsc::Sender<Outgoing>,
+        stopping: watch::Receiver<bool>,
+        removed: Removed,
+        done: impl FnOnce() + Send + 'static,
+    ) {
+        // Subscribed before the catch-up: whatever is published from now on is either in the
+        // channel or (published before the catch-up read it) in the log.
+        let feed = self.changes.subscribe();
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.run_watcher(agent, feed, tx, stopping, removed).await;
+            done();
+        });
+    }
+
+    async fn run_watcher(
+        &self,
+        agent: WatchRequest,
+        mut feed: broadcast::Receiver<Arc<FeedChange>>,
+        tx: mpsc::Sender<Outgoing>,
+        mut stopping: watch::Receiver<bool>,
+        mut removed: Removed,
+    ) {
+        let store = self.store.clone();
+        let latest = match tokio::task::block_in_place(|| store.latest_revision()) {
+            Ok(latest) => latest,
+            Err(e) => {
+                let _ = tx.send(Err(internal(e))).await;
+                return;
+            }
+        };
+        let mut last = if agent.after_epoch != self.epoch || agent.after_revision > latest {
+            0
+        } else {
+            agent.after_revision
+        };
+        if self.catch_up(&agent, &mut last, &tx).await.is_err() {
+            return;
+        }
+        // The end of the catch-up (for a resync: its completion).
+        if tx
+            .send(Ok(Arc::new(heartbeat(&self.epoch, last))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // A heartbeat after `heartbeat` without anything sent to this agent: changes addressed
+        // to others do not put it off (the agent takes a long silence for a dead stream).
+        let mut next_beat = tokio::time::Instant::now() + self.heartbeat;
+        loop {
+            tokio::select! {
+                received = feed.recv() => match received {
+                    Ok(change) => {
+                        if change.revision <= last {
+                            continue; // already read from the log
+                        }
+                        if change.revision != last + 1 {
+                            // Something between is missing from what this watcher saw: the
+                            // log has it.
+                            if self.catch_up(&agent, &mut last, &tx).await.is_err() {
+                                return;
+                            }
+                            if change.revision <= last {
+                                continue;
+                            }
+                        }
+                        last = change.revision;
+                        if change.is_for(&agent.agent_id, &agent.labels, unix_now()) {
+                            if tx.send(Ok(change.event.clone())).await.is_err() {
+                                return;
+                            }
+                            // Fan-out latency is that of live changes (what a catch-up sends
+                            // is not observed).
+                            loggate_core::metrics::controller().sent(change.revision);
+                            next_beat = tokio::time::Instant::now() + self.heartbeat;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        tracing::info!(
+                            agent = %agent.agent_id, skipped,
+                            "a slow grant stream resumes from the revision log"
+                        );
+                        if self.catch_up(&agent, &mut last, &tx).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tokio::time::sleep_until(next_beat) => {
+                    if tx.send(Ok(Arc::new(heartbeat(&self.epoch, last)))).await.is_err() {
+                        return;
+                    }
+                    next_beat = tokio::time::Instant::now() + self.heartbeat;
+                }
+                _ = tx.closed() => return,
+                _ = stopping.changed() => return,
+                () = &mut removed => {
+                    let _ = tx.send(Err(super::enrol::removed_status())).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends everything after `last` addressed to the agent, from the revision log, until the
+    /// log has nothing more; `last` follows. `Err` when the stream is gone (or the log cannot
+    /// be read: the agent was told and reconnects).
+    async fn catch_up(
+        &self,
+        agent: &WatchRequest,
+        last: &mut u64,
+        tx: &mpsc::Sender<Outgoing>,
+    ) -> Result<(), ()> {
+        loop {
+            let after = *last;
+            let read =
+                tokio::task::block_in_place(|| self.store.changes_after(after, CHANGES_PER_READ));
+            let changes = match read {
+                Ok(changes) => changes,
+                Err(e) => {
+                    let _ = tx.send(Err(internal(e))).await;
+                    return Err(());
+                }
+            };
+            let now = unix_now();
+            for (revision, change) in &changes {
+                *last = *revision;
+                let change = FeedChange::new(&self.epoch, *revision, change);
+                if change.is_for(&agent.agent_id, &agent.labels, now)
+                    && tx.send(Ok(change.event)).await.is_err()
+                {
+                    return Err(());
+                }
+            }
+            if changes.len() < CHANGES_PER_READ as usize {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Resolves when the watching agent is removed (`agent remove`): its stream is then cut with
+/// [`super::enrol::removed_status`]. Tests give one that never resolves.
+pub type Removed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Who watches, and from where: the agent's checked request.
+#[derive(Debug, Clone)]
+pub struct WatchRequest {
+    pub agent_id: String,
+    pub labels: Vec<String>,
+    pub after_revision: u64,
+    pub after_epoch: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Revoked;
+
+    const EPOCH: &str = "e1";
+    const WAIT: Duration = Duration::from_secs(20);
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<Store>,
+        revisions: watch::Sender<u64>,
+        _stop: watch::Sender<bool>,
+        stopping: watch::Receiver<bool>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(&dir.path().join("state.db")).unwrap());
+            let (stop, stopping) = watch::channel(false);
+            Fixture {
+                _dir: dir,
+                store,
+                revisions: watch::channel(0).0,
+                _stop: stop,
+                stopping,
+            }
+        }
+
+        fn feed(&self, capacity: usize) -> Arc<ChangeFeed> {
+            ChangeFeed::start(
+                self.store.clone(),
+                EPOCH.into(),
+                self.revisions.subscribe(),
+                self.stopping.clone(),
+                capacity,
+                Duration::from_secs(10),
+            )
+            .unwrap()
+        }
+
+        /// Records a grant for `labels` and bumps the revision, as the RPCs do.
+        fn grant(&self, id: &str, labels: &[&str]) -> u64 {
+            let now = unix_now();
+            let row = self
+                .store
+                .insert_grant(|revision| {
+                    Ok(GrantRow {
+                        id: id.into(),
+                        subject: "spiffe://loggate.local/user/alice".into(),
+                        hosts: vec![],
+                        labels: labels.iter().map(|l| l.to_string()).collect(),
+                        paths: vec!["/var/log/*.log".into()],
+                        not_before: now,
+                        not_after: now + 3600,
+                        reason: "T-1".into(),
+                        issuer: "spiffe://loggate.local/user/admin".into(),
+                        profile: "default".into(),
+                        key_sha256: "00".repeat(32),
+                        token: format!("token-of-{id}"),
+                        revision,
+                        revoked: None,
+                    })
+                })
+                .unwrap();
+            self.revisions.send_replace(row.revision);
+            row.revision
+        }
+
+        fn revoke(&self, id: &str) -> u64 {
+            let revoked = Revoked {
+                at: unix_now(),
+                by: "spiffe://loggate.local/user/admin".into(),
+                reason: "done".into(),
+            };
+            self.store.revoke(id, revoked).unwrap().unwrap();
+            let latest = self.store.latest_revision().unwrap();
+            self.revisions.send_replace(latest);
+            latest
+        }
+
+        fn watch(
+            &self,
+            feed: &Arc<ChangeFeed>,
+            id: &str,
+            labels: &[&str],
+            queue: usize,
+        ) -> mpsc::Receiver<Outgoing> {
+            let (tx, rx) = mpsc::channel(queue);
+            feed.watch(
+                WatchRequest {
+                    agent_id: id.into(),
+                    labels: labels.iter().map(|l| l.to_string()).collect(),
+                    after_revision: 0,
+                    after_epoch: EPOCH.into(),
+                },
+                tx,
+                self.stopping.clone(),
+                Box::pin(std::future::pending()),
+                || {},
+            );
+            rx
+        }
+    }
+
+    /// The next grant or revocation on a stream (heartbeats skipped), as (revision, grant id).
+    async fn next_change(rx: &mut mpsc::Receiver<Outgoing>) -> (u64, String) {
+        loop {
+            let event = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .expect("no error");
+            match &event.event {
+                Some(pb::grant_event::Event::Grant(g)) => {
+                    return (event.revision, g.grant_id.clone())
+                }
+                Some(pb::grant_event::Event::Revocation(r)) => {
+                    return (event.revision, r.grant_id.clone())
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the heartbeat that ends a new stream's catch-up.
+    async fn caught_up(rx: &mut mpsc::Receiver<Outgoing>) {
+        loop {
+            let event = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .expect("no error");
+            if matches!(event.event, Some(pb::grant_event::Event::Heartbeat(_))) {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_change_is_read_from_the_store_once_whatever_the_number_of_watchers() {
+        let f = Fixture::new();
+        let feed = f.feed(FEED_CAPACITY);
+        for watchers in [1usize, 200] {
+            let mut streams = Vec::new();
+            for i in 0..watchers {
+                // Half covered by the label, half not: both kinds cost no read of their own.
+                let label = if i % 2 == 0 { "env=prod" } else { "env=dev" };
+                streams.push((i % 2 == 0, f.watch(&feed, &format!("a-{i}"), &[label], 64)));
+            }
+            for (_, rx) in &mut streams {
+                caught_up(rx).await;
+            }
+            let before = f.store.change_reads();
+            let id = format!("g-{watchers}");
+            let revision = f.grant(&id, &["env=prod"]);
+            for (covered, rx) in &mut streams {
+                if *covered {
+                    assert_eq!(next_change(rx).await, (revision, id.clone()));
+                }
+            }
+            // The uncovered ones saw it too (and sent nothing): a revocation of the grant is
+            // the next thing each covered stream gets, and nothing reaches the others.
+            let revoked = f.revoke(&id);
+            for (covered, rx) in &mut streams {
+                if *covered {
+                    assert_eq!(next_change(rx).await, (revoked, id.clone()));
+                }
+            }
+            assert_eq!(
+                f.store.change_reads() - before,
+                2,
+                "{watchers} watchers: one read of the log per change"
+            );
+            for (covered, rx) in &mut streams {
+                if !*covered {
+                    while let Ok(event) = rx.try_recv() {
+                        let event = event.unwrap();
+                        assert!(
+                            matches!(event.event, Some(pb::grant_event::Event::Heartbeat(_))),
+                            "an uncovered agent was sent {event:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lagging_watcher_resumes_from_the_log_and_misses_nothing() {
+        let f = Fixture::new();
+        // A channel of 4 changes; a stream queue of 1: the slow watcher falls behind at once.
+        let feed = f.feed(4);
+        let mut slow = f.watch(&feed, "slow", &["env=prod"], 1);
+        let mut quick = f.watch(&feed, "quick", &["env=prod"], 256);
+        caught_up(&mut slow).await;
+        caught_up(&mut quick).await;
+        let mut expected = Vec::new();
+        for i in 0..40 {
+            let id = format!("g-{i}");
+            expected.push((f.grant(&id, &["env=prod"]), id.clone()));
+            if i % 3 == 0 {
+                expected.push((f.revoke(&id), id));
+            }
+        }
+        // The quick one keeps up; the slow one is read only now, long after the channel
+        // dropped what it had not taken.
+        for want in &expected {
+            assert_eq!(&next_change(&mut quick).await, want);
+        }
+        let reads_before_slow = f.store.change_reads();
+        for want in &expected {
+            assert_eq!(
+                &next_change(&mut slow).await,
+                want,
+                "in order, nothing skipped"
+            );
+        }
+        assert!(
+            f.store.change_reads() > reads_before_slow,
+            "the slow watcher filled its gap from the log"
+        );
+        // And it follows the feed again afterwards.
+        let revision = f.grant("g-after", &["env=prod"]);
+        assert_eq!(next_change(&mut slow).await, (revision, "g-after".into()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_of_another_epoch_is_sent_everything_again_then_a_heartbeat() {
+        let f = Fixture::new();
+        let feed = f.feed(FEED_CAPACITY);
+        let first = f.grant("g-1", &["env=prod"]);
+        let second = f.grant("g-2", &["env=prod"]);
+        let (tx, mut rx) = mpsc::channel(16);
+        feed.watch(
+            WatchRequest {
+                agent_id: "a".into(),
+                labels: vec!["env=prod".into()],
+                after_revision: second,
+                after_epoch: "an-older-epoch".into(),
+            },
+            tx,
+            f.stopping.clone(),
+            Box::pin(std::future::pending()),
+            || {},
+        );
+        assert_eq!(next_change(&mut rx).await, (first, "g-1".into()));
+        assert_eq!(next_change(&mut rx).await, (second, "g-2".into()));
+        caught_up(&mut rx).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_addressed_to_others_do_not_put_off_a_streams_heartbeat() {
+        let f = Fixture::new();
+        let beat = Duration::from_millis(300);
+        let feed = ChangeFeed::start(
+            f.store.clone(),
+            EPOCH.into(),
+            f.revisions.subscribe(),
+            f.stopping.clone(),
+            FEED_CAPACITY,
+            beat,
+        )
+        .unwrap();
+        let mut idle = f.watch(&feed, "idle", &["env=dev"], 64);
+        caught_up(&mut idle).await;
+        // A change for others every 100 ms for 1.5 s: five heartbeat periods.
+        let start = tokio::time::Instant::now();
+        for i in 0..15 {
+            f.grant(&format!("g-{i}"), &["env=prod"]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = start.elapsed();
+        let mut beats = 0;
+        while let Ok(event) = idle.try_recv() {
+            let event = event.unwrap();
+            assert!(
+                matches!(event.event, Some(pb::grant_event::Event::Heartbeat(_))),
+                "{event:?}"
+            );
+            beats += 1;
+        }
+        let expected = (elapsed.as_millis() / beat.as_millis()) as usize;
+        assert!(
+            beats + 1 >= expected,
+            "{beats} heartbeats in {elapsed:?} (every {beat:?}: {expected} expected)"
+        );
+    }
+}
