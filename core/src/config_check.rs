@@ -28,6 +28,7 @@ impl Problems {
         self.0.push(problem);
     }
 
+    /// Whether no check has failed so far.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

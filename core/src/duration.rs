@@ -35,12 +35,16 @@ impl DurationError {
 /// The kinds of mistake, each with one fixed sentence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DurationProblem {
+    /// Not in the grammar at all (empty, unknown unit, stray text).
     #[error("is not a duration")]
     NotADuration,
+    /// A negative amount (`-5m`, `5m ago`): a duration here is always a length of time forward.
     #[error("is negative; a duration is written without a sign (drop the '-' or \"ago\")")]
     Negative,
+    /// Years or months, refused because their length in seconds depends on the calendar.
     #[error("uses years or months, which have no fixed length (give days, e.g. 30d)")]
     CalendarUnit,
+    /// Too large to hold in whole seconds as a signed 64-bit number or as a `std::time::Duration`.
     #[error("is out of range")]
     OutOfRange,
 }
@@ -140,11 +144,14 @@ pub mod text {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
+    /// Reads a configuration string in the one duration grammar ([`super::parse`]); a refused text
+    /// is a deserialisation error that names the problem.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         super::parse(&text).map_err(serde::de::Error::custom)
     }
 
+    /// Writes the duration as [`super::format`] does, so a saved value reads back unchanged.
     pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&super::format(*value))
     }

@@ -41,6 +41,8 @@ pub struct GrantId(String);
 pub struct GrantIdError(String);
 
 impl GrantId {
+    /// Checks the shape (`g-` and 1 to 64 lowercase letters, digits or `-`) and refuses anything
+    /// else with a [`GrantIdError`] quoting at most 80 characters of it.
     pub fn new(text: impl Into<String>) -> Result<GrantId, GrantIdError> {
         let text = text.into();
         let ok = text.strip_prefix("g-").is_some_and(|rest| {
@@ -70,8 +72,11 @@ pub struct GrantClaims {
     pub iss: String,
     /// The reader's SPIFFE ID.
     pub sub: String,
+    /// Issued at (Unix seconds).
     pub iat: i64,
+    /// Not valid before (Unix seconds); the verifier tolerates its configured clock skew here only.
     pub nbf: i64,
+    /// Expiry (Unix seconds): not valid at or after it, with no skew tolerated.
     pub exp: i64,
     /// Agent ids this grant covers.
     #[serde(default)]
@@ -83,6 +88,7 @@ pub struct GrantClaims {
     pub paths: Vec<String>,
     /// Name of the redaction profile the agent applies.
     pub redaction: String,
+    /// Why the reader asked for access, as they wrote it; recorded in audit records.
     pub reason: String,
     /// Who issued or approved it (SPIFFE ID).
     pub approver: String,
@@ -99,22 +105,53 @@ struct Footer {
 /// written to the audit stream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrantError {
+    /// The token or its claims cannot be decoded or are out of shape (the detail says what).
     #[error("the grant token is malformed ({0})")]
     Malformed(String),
+    /// Signed by a key (by its PASERK id) that is not among this verifier's trusted keys.
     #[error("the grant is signed by key {0}, which this agent does not trust")]
     UnknownKey(String),
+    /// The signature does not verify with the key the footer names.
     #[error("the grant's signature is invalid")]
     BadSignature,
     #[error("grant {grant_id} is bound to another certificate key; present the certificate it was issued for")]
-    BoundToAnotherKey { grant_id: String },
+    /// The token is bound to a certificate key other than the presenter's (`key_sha256`).
+    BoundToAnotherKey {
+        /// The grant's id.
+        grant_id: String,
+    },
     #[error("grant {grant_id} was issued to {subject}, not to you")]
-    WrongSubject { grant_id: String, subject: String },
+    /// The grant's `sub` is not the presenter's SPIFFE ID.
+    WrongSubject {
+        /// The grant's id.
+        grant_id: String,
+        /// The SPIFFE ID the grant was issued to.
+        subject: String,
+    },
     #[error("grant {grant_id} does not cover host {host}")]
-    WrongHost { grant_id: String, host: String },
+    /// Neither the grant's `hosts` nor its `labels` cover this agent.
+    WrongHost {
+        /// The grant's id.
+        grant_id: String,
+        /// This agent's id.
+        host: String,
+    },
     #[error("grant {grant_id} is not valid yet; it starts in {starts_in}")]
-    NotYetValid { grant_id: String, starts_in: String },
+    /// The grant's `nbf`, less the tolerated clock skew, is still in the future.
+    NotYetValid {
+        /// The grant's id.
+        grant_id: String,
+        /// How long until it starts, rounded for people ([`rough_duration`]).
+        starts_in: String,
+    },
     #[error("grant {grant_id} expired {ago} ago; request a new one")]
-    Expired { grant_id: String, ago: String },
+    /// The time is at or after the grant's `exp`.
+    Expired {
+        /// The grant's id.
+        grant_id: String,
+        /// How long ago it expired, rounded for people ([`rough_duration`]).
+        ago: String,
+    },
 }
 
 impl GrantError {
@@ -143,10 +180,12 @@ pub fn rough_duration(seconds: i64) -> String {
     }
 }
 
+/// The current time in Unix seconds (see [`unix_seconds`]).
 pub fn unix_now() -> i64 {
     unix_seconds(SystemTime::now())
 }
 
+/// A time in Unix seconds; times before the epoch are negative, and times beyond `i64` saturate.
 pub fn unix_seconds(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
@@ -161,6 +200,7 @@ pub struct SigningKey {
 }
 
 impl SigningKey {
+    /// Generates a fresh random Ed25519 key (when the controller's signing key is created, and in tests).
     pub fn generate() -> Result<Self, GrantError> {
         let pair = AsymmetricKeyPair::<V4>::generate()
             .map_err(|_| GrantError::Malformed("key generation failed".into()))?;
@@ -182,6 +222,8 @@ impl SigningKey {
         })
     }
 
+    /// The key as a PASERK `k4.secret.…` string, for storing in the controller's key file: secret,
+    /// never log it.
     pub fn to_paserk(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -189,6 +231,7 @@ impl SigningKey {
         out
     }
 
+    /// The public half, which agents are configured to trust.
     pub fn verifying_key(&self) -> &VerifyingKey {
         &self.public
     }
@@ -234,12 +277,14 @@ impl VerifyingKey {
             .map_err(|_| GrantError::Malformed("not a k4.public PASERK".into()))
     }
 
+    /// The key as a PASERK `k4.public.…` string, for the agents' configuration.
     pub fn to_paserk(&self) -> String {
         let mut out = String::new();
         let _ = self.public.fmt(&mut out);
         out
     }
 
+    /// The key's PASERK id (`k4.pid.…`), carried in each token's footer to pick the verifying key.
     pub fn kid(&self) -> &str {
         &self.kid
     }
@@ -255,7 +300,9 @@ fn decode_key_hash(hex_text: &str) -> Result<[u8; 32], GrantError> {
 /// Where a grant is being checked: the agent's id and labels.
 #[derive(Debug, Clone)]
 pub struct Audience {
+    /// This agent's id, matched against a grant's `hosts`.
     pub agent_id: AgentId,
+    /// This agent's labels (`key=value`), matched against a grant's `labels`.
     pub labels: Vec<String>,
 }
 
@@ -271,6 +318,7 @@ pub struct ReceivedGrant {
 }
 
 impl ReceivedGrant {
+    /// The grant's claims as signed; checked for this agent but not yet for a reader or a time.
     pub fn claims(&self) -> &GrantClaims {
         &self.claims
     }
@@ -278,6 +326,7 @@ impl ReceivedGrant {
     pub fn id(&self) -> &GrantId {
         &self.id
     }
+    /// The signed token as received, so it can be verified again at each use.
     pub fn token(&self) -> &str {
         &self.token
     }
@@ -298,6 +347,7 @@ pub struct VerifiedGrant {
 }
 
 impl VerifiedGrant {
+    /// The claims as signed and verified.
     pub fn claims(&self) -> &GrantClaims {
         &self.claims
     }
@@ -305,6 +355,7 @@ impl VerifiedGrant {
     pub fn id(&self) -> &GrantId {
         &self.id
     }
+    /// The grant's expiry (Unix seconds); a stream reading under it is cut at this moment.
     pub fn not_after(&self) -> i64 {
         self.claims.exp
     }
@@ -472,6 +523,8 @@ pub struct GrantVerifier {
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 impl GrantVerifier {
+    /// A verifier that trusts grants signed by any of `keys` and tolerates `skew` (whole seconds)
+    /// of clock difference at a grant's start only.
     pub fn new(keys: Vec<VerifyingKey>, skew: Duration) -> Self {
         Self {
             keys,

@@ -41,9 +41,11 @@ pub fn is_valid_name(name: &str) -> bool {
 macro_rules! string_id {
     ($name:ident) => {
         impl $name {
+            /// The id as text, exactly as validated.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+            /// Gives up the id as its text, without copying.
             pub fn into_string(self) -> String {
                 self.0
             }
@@ -146,6 +148,8 @@ fn shown(text: &str) -> String {
 pub struct SpiffeId(String);
 
 impl SpiffeId {
+    /// Checks the shape of a SPIFFE ID (see the type) and refuses anything else with
+    /// [`IdentityError::NotASpiffeId`]; it does not check the trust domain.
     pub fn new(text: impl Into<String>) -> Result<SpiffeId, IdentityError> {
         let text = text.into();
         let ok = text.len() <= 2048
@@ -175,6 +179,8 @@ string_id!(SpiffeId);
 pub struct AgentId(String);
 
 impl AgentId {
+    /// Checks `text` is a valid agent name ([`is_valid_name`]) and refuses anything else with
+    /// [`IdentityError::NotAnAgentId`].
     pub fn new(text: impl Into<String>) -> Result<AgentId, IdentityError> {
         let text = text.into();
         if is_valid_name(&text) {
@@ -187,10 +193,16 @@ impl AgentId {
 
 string_id!(AgentId);
 
+/// Which kind of party a certificate's SPIFFE ID names: the access rules of every method are
+/// written in roles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
+    /// The controller (`spiffe://<domain>/controller`): issues and signs grants.
     Controller,
+    /// An agent (`spiffe://<domain>/agent/<id>`): serves its host's logs.
     Agent,
+    /// A person or tool (`spiffe://<domain>/user/<name>`): requests access and reads logs under
+    /// grants.
     User,
 }
 
@@ -211,23 +223,33 @@ pub struct Identity {
 /// The most groups read from one certificate.
 pub const MAX_CERT_GROUPS: usize = 32;
 
+/// Why a certificate, SPIFFE ID, user name or agent id was refused; each a one-sentence message
+/// that quotes (a cut of) the offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
+    /// The certificate is not valid DER X.509.
     #[error("the certificate could not be parsed")]
     Unparsable,
+    /// No `spiffe://` URI SAN of our trust domain (named in the message).
     #[error("the certificate carries no spiffe:// URI SAN in trust domain {0}")]
     NoSpiffeId(String),
+    /// More than one `spiffe://` URI SAN: refused rather than choosing one.
     #[error("the certificate carries more than one spiffe:// URI SAN")]
     SeveralSpiffeIds,
+    /// A SPIFFE ID of our trust domain whose path is not `/controller`, `/agent/<id>` or
+    /// `/user/<name>`.
     #[error("the certificate's SPIFFE ID {0} is not a loggate controller, agent or user identity")]
     UnknownShape(String),
+    /// Text given as a user that is neither a valid user name nor a user SPIFFE ID.
     #[error(
         "{0:?} is neither a user name (lowercase letters, digits and '-', at most 63, starting \
          with a letter or digit) nor a spiffe://<trust domain>/user/<name> ID"
     )]
     NotAUser(String),
+    /// Text not shaped like a SPIFFE ID ([`SpiffeId::new`]).
     #[error("{0} is not a SPIFFE ID (spiffe://<trust domain>/<path>, printable ASCII)")]
     NotASpiffeId(String),
+    /// Text that is not a valid agent id ([`AgentId::new`]).
     #[error(
         "{0} is not an agent id (lowercase letters, digits and '-', at most 63, starting with a \
          letter or digit)"
@@ -312,6 +334,7 @@ impl Identity {
         id
     }
 
+    /// Whether the peer is the controller, an agent or a user.
     pub fn role(&self) -> Role {
         self.role
     }
@@ -323,9 +346,11 @@ impl Identity {
     pub fn groups(&self) -> &[String] {
         &self.groups
     }
+    /// The user name or agent id from the SPIFFE ID's path; empty for the controller.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The peer's full SPIFFE ID, as the certificate carries it.
     pub fn spiffe_id(&self) -> &SpiffeId {
         &self.spiffe_id
     }
@@ -333,9 +358,12 @@ impl Identity {
     pub fn agent_id(&self) -> Option<AgentId> {
         (self.role == Role::Agent).then(|| AgentId(self.name.clone()))
     }
+    /// SHA-256 of the certificate's SubjectPublicKeyInfo: what a grant's `key_sha256` binds to.
     pub fn key_sha256(&self) -> &[u8; 32] {
         &self.key_sha256
     }
+    /// [`Identity::key_sha256`] as 64 lowercase hex digits, the form grants and audit records
+    /// carry.
     pub fn key_sha256_hex(&self) -> String {
         hex::encode(self.key_sha256)
     }

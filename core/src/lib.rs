@@ -5,6 +5,8 @@
 // A cast that can silently change a number fails the build here (issue 17 item 8): a u64
 // that wraps to a negative i64, a negative time that becomes a huge u64, a u128 of
 // milliseconds cut to u64. Convert with `try_from` and decide what out of range means.
+// Every public item says what it is for and its contract (issue 17 item 8).
+#![deny(missing_docs)]
 #![deny(
     clippy::cast_possible_truncation,
     clippy::cast_sign_loss,

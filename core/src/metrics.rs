@@ -123,6 +123,7 @@ impl Token {
 /// A validated `[metrics]`: where to listen and who may read what.
 #[derive(Debug, Clone)]
 pub struct MetricsEndpoint {
+    /// Address the `/metrics` HTTP listener binds: loopback unless `allow_remote` was set.
     pub listen: SocketAddr,
     /// With a token, every series for whoever presents it and nothing for others; without,
     /// the series that say nothing of bypass or sinks.
@@ -180,32 +181,42 @@ impl MetricsFile {
 /// One label `reason`, `event`, `detector`, … with a value from a bounded set.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    /// The value, from a fixed set of `&'static str` so the series count stays bounded.
     pub reason: &'static str,
 }
 
+/// One label `event`: an audit event name from the catalogue.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
+    /// The audit event name (`read.allowed`, `grant.issued`, …), a catalogue constant.
     pub event: &'static str,
 }
 
+/// One label `kind`: a bypass-audit event name.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
+    /// The bypass event name (`bypass.read`, `bypass.finding`, …), a fixed constant.
     pub kind: &'static str,
 }
 
+/// One label `state`: an access request's state.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
+    /// The state entered (`pending`, `approved`, `denied`, `cancelled`, `expired`).
     pub state: &'static str,
 }
 
 /// A name from the configuration (a sink's, a detector's): bounded by the configuration.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
+    /// The sink's name as configured.
     pub sink: String,
 }
 
+/// One label `detector`: a redaction detector's name, bounded by the redaction profiles.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DetectorLabel {
+    /// The detector's name as the redaction profile defines it.
     pub detector: String,
 }
 
@@ -253,7 +264,9 @@ pub struct AgentMetrics {
 pub struct ControllerMetrics {
     /// Agents with a `WatchGrants` stream open now.
     pub connected_agents: Gauge,
+    /// Grants signed and handed out, counted when issued (direct or on approval).
     pub grants_issued: Counter,
+    /// Grants revoked, counted once the store has recorded the revocation.
     pub grants_revoked: Counter,
     /// Access requests entering each state (`pending`, `approved`, `denied`, `cancelled`,
     /// `expired`).
@@ -369,13 +382,16 @@ impl CommonMetrics {
 /// The fields of a sink's status file (`core/src/audit/ship`) that are reported.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SinkStatus {
+    /// The sink's name, as configured.
     pub sink: String,
     /// `up`, `down`, `refused` or `chain_break` as written; [`STALE`] once read from an old file.
     pub state: String,
     /// Records in the audit file not yet delivered.
     pub lag: u64,
+    /// Sequence number of the last audit record the sink delivered (0 if absent from the file).
     #[serde(default)]
     pub delivered_seq: u64,
+    /// The sink's last delivery error as its status file wrote it, if any.
     #[serde(default)]
     pub last_error: Option<String>,
     /// When the sink wrote it (Unix milliseconds).
@@ -438,7 +454,9 @@ pub fn controller() -> &'static ControllerMetrics {
 /// Which daemon's counters a registry exposes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Daemon {
+    /// The agent (`loggate-agent`): its series are [`CommonMetrics`] and [`AgentMetrics`].
     Agent,
+    /// The controller: its series are [`CommonMetrics`] and [`ControllerMetrics`].
     Controller,
 }
 

@@ -30,6 +30,8 @@ pub struct TlsFiles {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// A TLS file (CA, certificate or key) that could not be read; names which file and keeps the I/O
+/// error as its source.
 #[error("cannot read {what} {path}: {source}")]
 pub struct TlsFileError {
     what: &'static str,
@@ -152,6 +154,7 @@ fn refuse_if_not_valid_yet(der: &[u8], path: &Path, now: UnixTime) -> anyhow::Re
 /// Whom a client expects at the other end of [`TlsFiles::endpoint`].
 #[derive(Debug, Clone, Copy)]
 pub enum Server<'a> {
+    /// The controller, whose certificate must carry the controller SPIFFE ID of the trust domain.
     Controller,
     /// An agent, by id.
     Agent(&'a str),

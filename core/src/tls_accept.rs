@@ -166,20 +166,30 @@ const MAX_PREFIXES_COUNTED: usize = 4096;
 /// Why a connection was refused: the `reason_code` of its `tls.refused` record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalReason {
+    /// The client certificate does not chain to the configured CA.
     UnknownIssuer,
     /// Chained by name to our CA but not signed by its key: another CA of the same name, or a
     /// forgery.
     BadSignature,
     /// A certificate of the CA presented without proof of its private key (a copied one?).
     KeyNotProven,
+    /// The client certificate's validity has ended.
     CertificateExpired,
     /// Its validity starts in the future: a clock or an issuing mistake, not an expiry.
     CertificateNotValidYet,
+    /// The client certificate is on the revocation list the verifier was given.
     CertificateRevoked,
+    /// Any other certificate failure rustls reports (bad encoding, wrong key usage, unsupported
+    /// name or extension).
     BadCertificate,
+    /// The client sent no certificate on a port that requires one ([`ClientAuth::Required`]).
     NoClientCertificate,
+    /// The client sent an alert refusing our certificate (bad, unknown CA, unknown or expired):
+    /// look at its trust store, not at it.
     PeerRefusedOurCertificate,
+    /// The handshake did not finish within the handshake deadline.
     HandshakeTimeout,
+    /// Any other TLS failure (protocol error, unsupported version or cipher).
     TlsError,
     /// The summary of refusals over the rate limit.
     Suppressed,
@@ -191,6 +201,8 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    /// The stable `reason_code` written to `tls.refused` records and the refusal metric's label;
+    /// never changes for an existing reason.
     pub fn as_str(self) -> &'static str {
         match self {
             RefusalReason::UnknownIssuer => "unknown_issuer",
@@ -216,6 +228,7 @@ impl RefusalReason {
 pub struct Refused {
     /// `None` only for the summaries (`suppressed`, `evicted`).
     pub peer: Option<SocketAddr>,
+    /// The classified reason, written as the record's `reason_code`.
     pub reason_code: RefusalReason,
     /// rustls' description of the failure.
     pub reason: String,
@@ -321,6 +334,7 @@ pub enum ClientAuth {
 /// How [`incoming_with`] accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcceptOptions {
+    /// Whether clients must present a certificate on this listener.
     pub client_auth: ClientAuth,
     /// Handshakes in progress at once, at most (and never more than the open-file limit
     /// allows, see [`MAX_HANDSHAKES`]).

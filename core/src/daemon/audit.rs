@@ -81,6 +81,8 @@ pub struct AuditSettings {
     pub rotation: Option<RotationPolicy>,
     /// The audit files' disk budget in bytes (0: none; only with rotation).
     pub budget_bytes: u64,
+    /// When the audit runtime writes a signed checkpoint record: after so many records or so
+    /// much time (the `[checkpoints]` table).
     pub checkpoints: CheckpointPolicy,
 }
 

@@ -42,8 +42,10 @@ impl LogDefault {
 /// line, for journald-to-SIEM pipelines and log processors).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
+    /// Human-readable lines (the default): what an operator reads in a terminal or `journalctl`.
     #[default]
     Text,
+    /// One JSON object per line, for pipelines that parse the daemon's own log.
     Json,
 }
 
@@ -51,6 +53,7 @@ impl LogFormat {
     /// The names `--log-format` accepts.
     pub const NAMES: &'static [&'static str] = &["text", "json"];
 
+    /// The name `--log-format` accepts for this format (one of [`LogFormat::NAMES`]).
     pub fn as_str(self) -> &'static str {
         match self {
             LogFormat::Text => "text",

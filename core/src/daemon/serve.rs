@@ -299,6 +299,9 @@ pub struct IdentifyPeer {
 }
 
 impl IdentifyPeer {
+    /// An interceptor for one daemon: peers must carry a certificate of `trust_domain`, and only
+    /// the methods in `methods` are served, each to the roles its [`MethodAccess`] names; no
+    /// certificate is checked for revocation until [`IdentifyPeer::with_revocations`] gives a list.
     pub fn new(trust_domain: &str, methods: &'static [(&'static str, MethodAccess)]) -> Self {
         IdentifyPeer {
             trust_domain: trust_domain.into(),
@@ -412,7 +415,9 @@ fn identity_of_role(PeerCheck(check): &PeerCheck, role: Role) -> Result<Identity
 
 /// How a daemon serves over mTLS.
 pub struct MtlsSettings<'a, D> {
+    /// The daemon's CA, certificate and key files (PEM) it serves with.
     pub tls: &'a TlsFiles,
+    /// The trust domain whose SPIFFE IDs are accepted; certificates of another domain are refused.
     pub trust_domain: &'a str,
     /// Who refuses in `tls.refused` records and what the server's errors name
     /// (`loggate agent`, `loggate controller`).
