@@ -415,8 +415,10 @@ pub struct OidcFile {
     pub allow_http_loopback_issuer: bool,
     /// Accept ID tokens without a nonce (the device flow: IdPs do not echo one there), which
     /// cannot be bound to the request's key: each only once and within 5 minutes of its issue.
-    /// Off: `loggate login --device` is refused.
-    #[serde(default = "default_true")]
+    /// Off by default (`loggate login --device` is refused): whoever starts a device flow gets
+    /// the certificate of whoever approves it, which makes device-code phishing possible
+    /// (RFC 8628 §5.4; docs/identity.md).
+    #[serde(default)]
     pub allow_unbound_device_tokens: bool,
 }
 
@@ -765,6 +767,10 @@ mod tests {
             assert_eq!(s.allowed_email_domains, ["example.com"]);
             assert_eq!(s.scopes, ["openid", "email", "profile"]);
             assert!(!s.loopback_issuer);
+            // Device-code phishing (RFC 8628 §5.4) needs no stolen token: opt in only.
+            assert!(!s.allow_unbound_device_tokens);
+            let on = parse("allow_unbound_device_tokens = true").expect("opt in");
+            assert!(on.allow_unbound_device_tokens);
         }
 
         #[test]
