@@ -14,6 +14,7 @@
 
 pub mod agents;
 mod requests;
+pub mod signins;
 
 pub use requests::{BreakGlassRow, RequestRow, RequestState, ReviewRow};
 
@@ -251,6 +252,8 @@ impl Store {
         conn.execute_batch(requests::REQUEST_SCHEMA)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
         conn.execute_batch(agents::AGENTS_SCHEMA)
+            .with_context(|| format!("cannot initialise database {}", path.display()))?;
+        conn.execute_batch(signins::SIGNINS_SCHEMA)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
         Ok(Self {
             conn: Mutex::new(conn),

@@ -255,6 +255,20 @@ fn nonce_for(spki: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// `token` with the last base64url character of its signature changed only in the bits that
+/// carry no data (a 256-byte RS256 signature is 342 characters, the last one holding 4 unused
+/// bits): a different string that decodes to the same signature.
+fn with_other_padding_bits(token: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = token.as_bytes().to_vec();
+    if let Some(last) = bytes.last_mut() {
+        if let Some(i) = ALPHABET.iter().position(|c| c == last) {
+            *last = ALPHABET[i ^ 1];
+        }
+    }
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
 fn now_s() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -381,7 +395,7 @@ fn code_flow_login_gives_an_8h_certificate_for_the_token_identity_that_reads_thr
 
 #[test]
 fn device_flow_login_gives_a_certificate_for_the_person_who_approved_it() -> anyhow::Result<()> {
-    let s = SignInSetup::start(&[], "")?;
+    let s = SignInSetup::start(&[], "allow_unbound_device_tokens = true")?;
     let mut login = LoginRun::spawn(s.login_cmd(&["--device"]))?;
     let line = login.line(|l| l.contains("enter the code "))?;
     let code = line
@@ -397,6 +411,33 @@ fn device_flow_login_gives_a_certificate_for_the_person_who_approved_it() -> any
     let (uris, _, _) = certificate_facts(&s.config_dir().join("user.crt"))?;
     assert_eq!(uris, ["spiffe://loggate.local/user/bob"]);
     assert_eq!(s.auth_records("auth.certificate_issued").len(), 1);
+    Ok(())
+}
+
+#[test]
+fn device_flow_login_is_refused_nonce_unless_unbound_device_tokens_are_allowed(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "")?;
+    let mut login = LoginRun::spawn(s.login_cmd(&["--device"]))?;
+    let line = login.line(|l| l.contains("enter the code "))?;
+    let code = line
+        .rsplit("enter the code ")
+        .next()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    s.idp.browser()?.approve_device(&code, "bob")?;
+    let (exit, stderr) = login.finish()?;
+    assert_ne!(exit, 0, "{stderr}");
+    assert!(stderr.contains("(nonce)"), "{stderr}");
+    assert!(!s.config_dir().join("user.crt").exists());
+    assert!(s.auth_records("auth.certificate_issued").is_empty());
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("nonce")),
+        "{refused:?}"
+    );
     Ok(())
 }
 
@@ -442,7 +483,7 @@ fn an_expired_sign_in_says_run_loggate_login_instead_of_a_tls_error() -> anyhow:
 #[test]
 fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -> anyhow::Result<()>
 {
-    let s = SignInSetup::start(&[], "")?;
+    let s = SignInSetup::start(&[], "allow_unbound_device_tokens = true")?;
     let issuer = s.idp.issuer.clone();
     let key = p256_key();
     let nonce = nonce_for(&key.spki);
@@ -646,6 +687,17 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
             weak.csr.clone(),
             "weak_key",
         ),
+        (
+            "alice's e-mail under another IdP account (a re-created or recycled name)",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["sub"] = json!("someone-else")),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "subject_changed",
+        ),
     ];
     for (name, token, sent_nonce, csr, reason) in &cases {
         let before = s.auth_records("auth.sign_in_refused").len();
@@ -688,6 +740,21 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
     let status = s
         .sign_in_rpc(&unbound, &other_nonce, &other_key.csr)
         .expect_err("replayed");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("replayed"))
+    );
+    // The same token with the last character of its signature changed in its unused
+    // padding bits (it decodes to the same signature, so it still verifies) is the same
+    // token: refused as a replay too.
+    let variant = with_other_padding_bits(&unbound);
+    assert_ne!(variant, unbound);
+    let third_key = p256_key();
+    let status = s
+        .sign_in_rpc(&variant, &nonce_for(&third_key.spki), &third_key.csr)
+        .expect_err("a re-encoded copy is a replay");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     let refused = s.auth_records("auth.sign_in_refused");
     assert_eq!(

@@ -139,7 +139,7 @@ pub fn check_sign_in_current(config: &ClientConfig) -> Result<(), Failure> {
     };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     if not_after <= now {
         return Err(Failure::new(

@@ -41,6 +41,10 @@ pub enum RefusalReason {
     Nonce,
     /// A token without a nonce (device flow) used a second time.
     Replayed,
+    /// Too many device sign-ins are remembered at once to take another now.
+    Busy,
+    /// The loggate name is bound to another IdP identity (`iss` + `sub`) than the token's.
+    SubjectChanged,
     /// `email_verified` is not `true` while it is required.
     EmailNotVerified,
     /// The e-mail's domain is not in `allowed_email_domains`.
@@ -72,6 +76,8 @@ impl RefusalReason {
             RefusalReason::UnknownKey => "unknown_key",
             RefusalReason::Nonce => "nonce",
             RefusalReason::Replayed => "replayed",
+            RefusalReason::Busy => "busy",
+            RefusalReason::SubjectChanged => "subject_changed",
             RefusalReason::EmailNotVerified => "email_not_verified",
             RefusalReason::Domain => "domain_not_allowed",
             RefusalReason::MissingClaim => "missing_claim",

@@ -28,8 +28,6 @@ use std::time::SystemTime;
 pub const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
 /// How long after its issue a token without a nonce is taken.
 pub const MAX_UNBOUND_AGE: std::time::Duration = std::time::Duration::from_secs(300);
-/// Tokens without a nonce remembered at once (each for at most ~6 minutes).
-const MAX_UNBOUND_REMEMBERED: usize = 65_536;
 /// Groups kept from the groups claim, and the longest group name.
 const MAX_GROUPS: usize = 256;
 const MAX_GROUP_BYTES: usize = 256;
@@ -46,24 +44,32 @@ pub struct VerifiedSignIn {
     pub groups: Vec<String>,
     /// The certificate request's SubjectPublicKeyInfo (DER).
     pub spki_der: Vec<u8>,
+    /// Set for a token without a nonce: the caller takes it once
+    /// ([`crate::store::Store::take_unbound_token`]) before issuing anything.
+    pub unbound: Option<UnboundToken>,
+}
+
+/// A token without a nonce that passed every check but its single use.
+#[derive(Debug, Clone)]
+pub struct UnboundToken {
+    /// SHA-256 (hex) of the signing input `header.payload`: what the IdP signed, the same for
+    /// every encoding of the signature.
+    pub signed_sha256: String,
+    /// Unix seconds after which the token can no longer be accepted (its use need not be
+    /// remembered beyond): `min(exp, iat + MAX_UNBOUND_AGE) + skew`.
+    pub forget_at: i64,
 }
 
 /// Verifies sign-ins against one IdP.
 pub struct SignInVerifier {
     settings: Arc<OidcSettings>,
     keys: IdpKeys,
-    /// SHA-256 of the tokens without a nonce already used, and until when they are kept.
-    unbound_seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], i64>>,
 }
 
 impl SignInVerifier {
     pub fn new(settings: Arc<OidcSettings>) -> anyhow::Result<SignInVerifier> {
         let keys = IdpKeys::new(&settings)?;
-        Ok(SignInVerifier {
-            settings,
-            keys,
-            unbound_seen: Default::default(),
-        })
+        Ok(SignInVerifier { settings, keys })
     }
 
     pub fn settings(&self) -> &OidcSettings {
@@ -114,14 +120,15 @@ impl SignInVerifier {
         };
         let raw = raw_payload(id_token);
         self.check_not_before(&raw, now)?;
-        if claims.nonce().is_none() {
-            self.check_unbound(
+        let unbound = match claims.nonce() {
+            Some(_) => None,
+            None => Some(self.check_unbound(
                 id_token,
                 claims.issue_time().timestamp(),
                 claims.expiration().timestamp(),
                 now,
-            )?;
-        }
+            )?),
+        };
         if let Some(azp) = claims.authorized_party() {
             if azp.as_str() != self.settings.client_id {
                 return Err(SignInRefused::new(
@@ -146,6 +153,7 @@ impl SignInVerifier {
             email,
             groups: self.groups(&raw),
             spki_der: request.spki_der,
+            unbound,
         })
     }
 
@@ -206,19 +214,19 @@ impl SignInVerifier {
 
     /// A token without a nonce (the device flow: RFC 8628 has none, and IdPs drop it) cannot
     /// be bound to the request's key. It is taken only fresh (issued at most
-    /// [`MAX_UNBOUND_AGE`] ago) and only once: its SHA-256 is remembered until it could no
-    /// longer be fresh, so a copy of it is refused (`replayed`).
+    /// [`MAX_UNBOUND_AGE`] ago) and only once: the caller records its [`UnboundToken`] in the
+    /// store, and a copy — however its signature is re-encoded — is refused (`replayed`).
     fn check_unbound(
         &self,
         id_token: &str,
         iat: i64,
         exp: i64,
         now: SystemTime,
-    ) -> Result<(), SignInRefused> {
+    ) -> Result<UnboundToken, SignInRefused> {
         let now_s = unix_seconds(now);
-        let skew = self.settings.max_clock_skew.as_secs() as i64;
-        let max_age = MAX_UNBOUND_AGE.as_secs() as i64;
-        if now_s.saturating_sub(iat) > max_age + skew {
+        let skew = i64::try_from(self.settings.max_clock_skew.as_secs()).unwrap_or(i64::MAX);
+        let max_age = i64::try_from(MAX_UNBOUND_AGE.as_secs()).unwrap_or(i64::MAX);
+        if now_s.saturating_sub(iat) > max_age.saturating_add(skew) {
             return Err(SignInRefused::new(
                 RefusalReason::Nonce,
                 format!(
@@ -228,25 +236,18 @@ impl SignInVerifier {
                 ),
             ));
         }
-        let digest: [u8; 32] = Sha256::digest(id_token.as_bytes()).into();
-        let forget_at = exp.min(iat.saturating_add(max_age + skew));
-        let mut seen = self.unbound_seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, until| *until >= now_s);
-        if seen.contains_key(&digest) {
+        // The library accepts the token until `exp + skew` (its clock runs `skew` behind).
+        let forget_at = exp.min(iat.saturating_add(max_age)).saturating_add(skew);
+        let Some((signing_input, _signature)) = id_token.rsplit_once('.') else {
             return Err(SignInRefused::new(
-                RefusalReason::Replayed,
-                "this ID token was used for a sign-in already (a token without a nonce is good \
-                 once): run `loggate login` again",
+                RefusalReason::Malformed,
+                "the ID token is not a signed JWT",
             ));
-        }
-        if seen.len() >= MAX_UNBOUND_REMEMBERED {
-            return Err(SignInRefused::new(
-                RefusalReason::Replayed,
-                "too many device sign-ins in the last minutes; try again shortly",
-            ));
-        }
-        seen.insert(digest, forget_at);
-        Ok(())
+        };
+        Ok(UnboundToken {
+            signed_sha256: hex::encode(Sha256::digest(signing_input.as_bytes())),
+            forget_at,
+        })
     }
 
     fn check_not_before(
@@ -258,7 +259,7 @@ impl SignInVerifier {
             return Ok(());
         };
         let now_s = unix_seconds(now);
-        let skew = self.settings.max_clock_skew.as_secs() as i64;
+        let skew = i64::try_from(self.settings.max_clock_skew.as_secs()).unwrap_or(i64::MAX);
         match nbf.as_i64() {
             Some(nbf) if nbf <= now_s.saturating_add(skew) => Ok(()),
             _ => Err(SignInRefused::new(
@@ -370,7 +371,7 @@ impl SignInVerifier {
 
 fn unix_seconds(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
