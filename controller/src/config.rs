@@ -347,6 +347,9 @@ impl UsernameClaim {
     }
 }
 
+/// Google's issuer, whose tokens need the `hd` check (`hosted_domain`).
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+
 fn default_scopes() -> Vec<String> {
     ["openid", "email", "profile"].map(String::from).to_vec()
 }
@@ -420,6 +423,11 @@ pub struct OidcFile {
     /// (RFC 8628 §5.4; docs/identity.md).
     #[serde(default)]
     pub allow_unbound_device_tokens: bool,
+    /// The Google Workspace domain (`hd` claim) a token must carry: a consumer Google account
+    /// can hold a verified address in any domain (a group's address, say), only `hd` proves
+    /// the account is the organisation's. Required with the issuer `https://accounts.google.com`.
+    #[serde(default)]
+    pub hosted_domain: Option<String>,
 }
 
 /// `[oidc]`, checked.
@@ -438,6 +446,8 @@ pub struct OidcSettings {
     pub max_clock_skew: Duration,
     pub jwks_refetch_interval: Duration,
     pub allow_unbound_device_tokens: bool,
+    /// Lowercase; the `hd` claim must equal it.
+    pub hosted_domain: Option<String>,
     /// The issuer is `http://` on loopback (allowed by `allow_http_loopback_issuer`): the
     /// controller then talks to it without any proxy.
     pub loopback_issuer: bool,
@@ -512,6 +522,19 @@ impl OidcFile {
         if self.jwks_refetch_interval < Duration::from_secs(1) {
             bail!("oidc.jwks_refetch_interval must be at least 1s");
         }
+        let hosted_domain = self.hosted_domain.as_ref().map(|d| d.to_ascii_lowercase());
+        if let Some(domain) = &hosted_domain {
+            if domain.is_empty() || domain.contains(['@', '"']) || domain.starts_with('.') {
+                bail!("oidc.hosted_domain: {domain:?} is not a domain (e.g. \"example.com\")");
+            }
+        }
+        if hosted_domain.is_none() && self.issuer.trim_end_matches('/') == GOOGLE_ISSUER {
+            bail!(
+                "oidc.issuer is Google: set hosted_domain to your Workspace domain (any Google \
+                 account can hold a verified address in your domain; only the hd claim proves \
+                 it is your organisation's)"
+            );
+        }
         let client_secret = match &self.client_secret_file {
             None => None,
             Some(path) => Some(read_secret(path)?),
@@ -529,6 +552,7 @@ impl OidcFile {
             max_clock_skew: self.max_clock_skew,
             jwks_refetch_interval: self.jwks_refetch_interval,
             allow_unbound_device_tokens: self.allow_unbound_device_tokens,
+            hosted_domain,
             loopback_issuer,
         })
     }
@@ -767,10 +791,25 @@ mod tests {
             assert_eq!(s.allowed_email_domains, ["example.com"]);
             assert_eq!(s.scopes, ["openid", "email", "profile"]);
             assert!(!s.loopback_issuer);
+            assert_eq!(s.hosted_domain, None);
+            let google = parse("hosted_domain = \"Example.com\"").expect("hd");
+            assert_eq!(google.hosted_domain.as_deref(), Some("example.com"));
             // Device-code phishing (RFC 8628 §5.4) needs no stolen token: opt in only.
             assert!(!s.allow_unbound_device_tokens);
             let on = parse("allow_unbound_device_tokens = true").expect("opt in");
             assert!(on.allow_unbound_device_tokens);
+        }
+
+        #[test]
+        fn a_google_issuer_needs_hosted_domain() {
+            let google = "issuer = \"https://accounts.google.com\"\nclient_id = \"c\"\n\
+                          allowed_email_domains = [\"example.com\"]\n";
+            let file: OidcFile = toml::from_str(google).expect("toml");
+            let err = format!("{:#}", file.check().expect_err("no hosted_domain"));
+            assert!(err.contains("set hosted_domain"), "{err}");
+            let file: OidcFile =
+                toml::from_str(&format!("{google}hosted_domain = \"example.com\"")).expect("toml");
+            assert!(file.check().is_ok());
         }
 
         #[test]

@@ -281,6 +281,7 @@ fn alice_claims(issuer: &str, nonce: &str) -> Value {
     json!({
         "iss": issuer, "aud": "loggate-cli", "sub": "alice", "email": "alice@example.com",
         "email_verified": true, "preferred_username": "alice", "groups": ["sre"],
+        "hd": "example.com",
         "nonce": nonce, "iat": now_s(), "exp": now_s() + 600,
     })
 }
@@ -483,7 +484,10 @@ fn an_expired_sign_in_says_run_loggate_login_instead_of_a_tls_error() -> anyhow:
 #[test]
 fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -> anyhow::Result<()>
 {
-    let s = SignInSetup::start(&[], "allow_unbound_device_tokens = true")?;
+    let s = SignInSetup::start(
+        &[],
+        "allow_unbound_device_tokens = true\nhosted_domain = \"example.com\"",
+    )?;
     let issuer = s.idp.issuer.clone();
     let key = p256_key();
     let nonce = nonce_for(&key.spki);
@@ -686,6 +690,27 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
             weak_nonce.clone(),
             weak.csr.clone(),
             "weak_key",
+        ),
+        (
+            "a verified e-mail in the domain from an account outside the Workspace (no hd)",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| {
+                    c.as_object_mut().map(|o| o.remove("hd"));
+                }),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "domain_not_allowed",
+        ),
+        (
+            "an account of another hosted domain",
+            s.idp
+                .sign("RS256", &claims(&|c| c["hd"] = json!("example.org")), false)?,
+            nonce.clone(),
+            key.csr.clone(),
+            "domain_not_allowed",
         ),
         (
             "alice's e-mail under another IdP account (a re-created or recycled name)",

@@ -142,6 +142,7 @@ impl SignInVerifier {
         }
         let email = claims.email().map(|e| e.as_str().to_string());
         self.check_email(email.as_deref(), claims.email_verified())?;
+        self.check_hosted_domain(&raw)?;
         let user = self.user_name(
             email.as_deref(),
             claims.preferred_username().map(|u| u.as_str()),
@@ -265,6 +266,32 @@ impl SignInVerifier {
             _ => Err(SignInRefused::new(
                 RefusalReason::NotYetValid,
                 "the token is not valid yet (nbf); check the clocks",
+            )),
+        }
+    }
+
+    /// With `hosted_domain` set, the token's `hd` claim (Google Workspace) must equal it: the
+    /// e-mail's domain alone does not prove the account is the organisation's.
+    fn check_hosted_domain(&self, raw: &serde_json::Value) -> Result<(), SignInRefused> {
+        let Some(wanted) = &self.settings.hosted_domain else {
+            return Ok(());
+        };
+        match raw.get("hd").and_then(|v| v.as_str()) {
+            Some(hd) if hd.eq_ignore_ascii_case(wanted) => Ok(()),
+            Some(hd) => Err(SignInRefused::new(
+                RefusalReason::Domain,
+                format!(
+                    "the account belongs to the hosted domain {:?}, not {wanted:?} \
+                     (oidc.hosted_domain)",
+                    hd.chars().take(256).collect::<String>()
+                ),
+            )),
+            None => Err(SignInRefused::new(
+                RefusalReason::Domain,
+                format!(
+                    "the account is not in the hosted domain {wanted:?} (the token has no hd \
+                     claim: a personal account; oidc.hosted_domain)"
+                ),
             )),
         }
     }
