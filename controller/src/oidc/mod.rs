@@ -106,10 +106,41 @@ pub struct SignInRefused {
 }
 
 impl SignInRefused {
+    /// `detail` may quote the unverified token (its `aud`, `iss`, header values through the
+    /// library's errors): control characters are escaped here (`\n` becomes the two
+    /// characters `\` `n`), so no caller can let a hostile token forge lines in the
+    /// controller's log or the person's terminal.
     pub fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
-        SignInRefused {
-            reason,
-            detail: detail.into(),
-        }
+        let detail: String = detail.into();
+        let detail = if detail.chars().any(char::is_control) {
+            detail
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            detail
+        };
+        SignInRefused { reason, detail }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_detail_quoting_the_token_cannot_forge_log_lines() {
+        let refused = SignInRefused::new(
+            RefusalReason::Audience,
+            "audience x\nINFO signed in subject=admin\r\u{1b}[2J is not loggate's",
+        );
+        assert!(!refused.detail.chars().any(char::is_control), "{refused:?}");
+        assert!(refused.detail.contains("x\\nINFO signed in"), "{refused:?}");
     }
 }
