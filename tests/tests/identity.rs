@@ -503,6 +503,18 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
     assert_eq!(issued.subject, "spiffe://loggate.local/user/alice");
     let es = s.idp.sign("ES256", &claims(&|_| {}), false)?;
     s.sign_in_rpc(&es, &nonce, &key.csr)?;
+    // A token carrying 300 groups (about 20 KiB, as IdPs that put groups in the ID token
+    // make) fits the sign-in port's request limit.
+    let many_groups: Vec<String> = (0..300)
+        .map(|i| format!("team-{i:03}-with-a-long-descriptive-group-name-at-the-idp"))
+        .collect();
+    let big = s.idp.sign(
+        "RS256",
+        &claims(&|c| c["groups"] = json!(many_groups)),
+        false,
+    )?;
+    assert!(big.len() > 20 * 1024, "{}", big.len());
+    s.sign_in_rpc(&big, &nonce, &key.csr)?;
 
     let other_key = p256_key();
     let weak_dir = tempfile::tempdir()?;
@@ -786,8 +798,8 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
         refused.last().and_then(|r| record_field(r, "reason_code")),
         Some(&json!("replayed"))
     );
-    // Only the three good tokens got certificates.
-    assert_eq!(s.auth_records("auth.certificate_issued").len(), 3);
+    // Only the four good tokens got certificates.
+    assert_eq!(s.auth_records("auth.certificate_issued").len(), 4);
     // Every record conforms to OCSF 1.8.0.
     let schema = loggate_ocsf_validate::Schema::official()?;
     for name in [

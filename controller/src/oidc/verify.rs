@@ -24,8 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// The longest ID token read (real ones are 1–4 KiB).
-pub const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
+/// The longest ID token read (most are 1–4 KiB; groups in the token make 20 KiB ones).
+/// With [`crate::oidc::csr::MAX_CSR_BYTES`] it fits the port's request limit
+/// ([`crate::service::enrol::MAX_ENROL_REQUEST_BYTES`]), so a longer one is refused here,
+/// audited (`malformed_token`), not by the transport.
+pub const MAX_ID_TOKEN_BYTES: usize = 48 * 1024;
 /// How long after its issue a token without a nonce is taken.
 pub const MAX_UNBOUND_AGE: std::time::Duration = std::time::Duration::from_secs(300);
 /// Groups kept from the groups claim, and the longest group name.

@@ -28,9 +28,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// Largest request the enrolment port decodes: a CSR (an RSA-4096 one is under 2 KiB) and a
-/// token are small.
-pub const MAX_ENROL_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest request the enrolment port decodes (one limit for the whole port, so sized for
+/// its largest method): `SignIn` carries an ID token of up to
+/// [`crate::oidc::verify::MAX_ID_TOKEN_BYTES`] (IdPs that put groups in the token make 20 KiB
+/// ones) and a CSR of up to [`crate::oidc::csr::MAX_CSR_BYTES`]; `Enrol`'s token and CSR are
+/// small and checked on their own.
+pub const MAX_ENROL_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Who refuses, in the records' `service` field.
 const SERVICE: &str = "loggate enrolment";
