@@ -283,7 +283,7 @@ mod tests {
             precious.exists(),
             "logout deleted a file the configuration named"
         );
-        assert_eq!(kept, [precious.clone()]);
+        assert_eq!(kept, std::slice::from_ref(&precious));
         assert_eq!(removed, [dir.join(KEY_FILE), dir.join(CERT_FILE)]);
     }
 
