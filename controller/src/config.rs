@@ -428,6 +428,14 @@ pub struct OidcFile {
     /// the account is the organisation's. Required with the issuer `https://accounts.google.com`.
     #[serde(default)]
     pub hosted_domain: Option<String>,
+    /// `SignIn` attempts per source address and minute, a budget of its own (an office behind
+    /// one NAT address signing in at 9 a.m. must not starve agent enrolment, nor the reverse).
+    #[serde(default = "default_sign_in_attempts_per_minute")]
+    pub attempts_per_minute: u32,
+}
+
+fn default_sign_in_attempts_per_minute() -> u32 {
+    30
 }
 
 /// `[oidc]`, checked.
@@ -448,6 +456,8 @@ pub struct OidcSettings {
     pub allow_unbound_device_tokens: bool,
     /// Lowercase; the `hd` claim must equal it.
     pub hosted_domain: Option<String>,
+    /// `SignIn` attempts per source address and minute.
+    pub attempts_per_minute: u32,
     /// The issuer is `http://` on loopback (allowed by `allow_http_loopback_issuer`): the
     /// controller then talks to it without any proxy.
     pub loopback_issuer: bool,
@@ -535,6 +545,9 @@ impl OidcFile {
                  it is your organisation's)"
             );
         }
+        if self.attempts_per_minute == 0 {
+            bail!("oidc.attempts_per_minute must be at least 1");
+        }
         let client_secret = match &self.client_secret_file {
             None => None,
             Some(path) => Some(read_secret(path)?),
@@ -553,6 +566,7 @@ impl OidcFile {
             jwks_refetch_interval: self.jwks_refetch_interval,
             allow_unbound_device_tokens: self.allow_unbound_device_tokens,
             hosted_domain,
+            attempts_per_minute: self.attempts_per_minute,
             loopback_issuer,
         })
     }

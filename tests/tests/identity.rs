@@ -443,6 +443,69 @@ fn device_flow_login_is_refused_nonce_unless_unbound_device_tokens_are_allowed(
 }
 
 #[test]
+fn sign_in_has_its_own_attempt_budget_and_its_refused_attempts_are_audited_as_sign_ins(
+) -> anyhow::Result<()> {
+    let mut s = SignInSetup::start(&[], "attempts_per_minute = 3")?;
+    let key = p256_key();
+    let nonce = nonce_for(&key.spki);
+    let mut exhausted = 0;
+    for _ in 0..5 {
+        let status = s
+            .sign_in_rpc("not-a-token", &nonce, &key.csr)
+            .expect_err("garbage");
+        if status.code() == tonic::Code::ResourceExhausted {
+            exhausted += 1;
+        }
+    }
+    assert_eq!(exhausted, 2, "sign-in's own budget is 3 a minute");
+    assert_eq!(s.auth_records("auth.sign_in_refused").len(), 3);
+    // Enrolment from the same address is still admitted: checked, and refused for its token.
+    let status =
+        s.rt.block_on(async {
+            let channel = s
+                .cluster
+                .anonymous_channel(s.sign_in)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+            pb::enrolment_client::EnrolmentClient::new(channel)
+                .enrol(pb::EnrolRequest {
+                    token: "lgj_00".to_string(),
+                    agent_id: "web-9".to_string(),
+                    csr_der: key.csr.clone(),
+                })
+                .await
+        })
+        .expect_err("an unknown join token");
+    assert_ne!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // At shutdown the two attempts over the budget are summarised as a sign-in refusal.
+    s.cluster.stop_controller();
+    let summaries: Vec<Value> = s
+        .auth_records("auth.sign_in_refused")
+        .into_iter()
+        .filter(|r| record_field(r, "reason_code") == Some(&json!("rate_limited")))
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let reason = record_field(&summaries[0], "reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(reason.starts_with("2 sign-in attempts"), "{reason}");
+    let enrol_summaries = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| {
+            event_name(r) == Some("agent.enrol_refused")
+                && record_field(r, "reason_code") == Some(&json!("rate_limited"))
+        })
+        .count();
+    assert_eq!(
+        enrol_summaries, 0,
+        "sign-ins are not summarised as enrolments"
+    );
+    Ok(())
+}
+
+#[test]
 fn an_expired_sign_in_says_run_loggate_login_instead_of_a_tls_error() -> anyhow::Result<()> {
     let s = SignInSetup::start(&[], "")?;
     let mut login = LoginRun::spawn(s.login_cmd(&[]))?;

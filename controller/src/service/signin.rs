@@ -62,6 +62,31 @@ impl SignInService {
         }
     }
 
+    /// `[oidc] attempts_per_minute`: the sign-in budget per source address.
+    pub fn attempts_per_minute(&self) -> u32 {
+        self.verifier.settings().attempts_per_minute
+    }
+
+    /// Records `count` sign-in attempts from `source` refused by its budget without being
+    /// checked: one `auth.sign_in_refused` (`rate_limited`), deferred like the enrolment
+    /// summaries (`None`: addresses evicted from the budget's table).
+    pub fn record_rate_limited(&self, source: Option<std::net::IpAddr>, count: u64) {
+        let event = events::AuthSignInRefused {
+            peer: source.map(|ip| ip.to_string()),
+            issuer: self.verifier.settings().issuer.clone(),
+            reason_code: "rate_limited",
+            reason: format!(
+                "{count} sign-in attempts over the limit of {} a minute from this address \
+                 were refused without being checked",
+                self.attempts_per_minute()
+            ),
+            key_sha256: None,
+        };
+        if let Err(e) = self.audit.append_deferred(&event) {
+            tracing::error!("audit write failed: {e:#}");
+        }
+    }
+
     fn audit(&self, event: &impl AuditEvent) -> Result<(), Status> {
         tokio::task::block_in_place(|| self.audit.append(event))
             .map(|_| ())

@@ -973,7 +973,8 @@ audit_event! {
         /// device sign-ins remembered at once), `subject_changed` (the loggate name is bound to
         /// another IdP account: `iss` + `sub`), `email_not_verified`,
         /// `domain_not_allowed`, `missing_claim`, `invalid_username`, `weak_key`, `bad_request`,
-        /// `idp_unavailable` or `not_configured` (`status_detail`)
+        /// `idp_unavailable`, `not_configured`, or `rate_limited` (a summary: `reason` says how
+        /// many attempts from `peer` went over `[oidc] attempts_per_minute`) (`status_detail`)
         reason_code: &'static str,
         /// the refusal in one sentence (the verifier's own words for the token checks)
         reason: String,
