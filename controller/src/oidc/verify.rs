@@ -121,7 +121,7 @@ impl SignInVerifier {
             }
             other => other?,
         };
-        let raw = raw_payload(id_token);
+        let raw = raw_payload(id_token)?;
         self.check_not_before(&raw, now)?;
         let unbound = match claims.nonce() {
             Some(_) => None,
@@ -406,14 +406,22 @@ fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 /// The payload of a token whose signature the library has verified, as JSON: for the claims
-/// it does not model (`nbf`, the groups claim). Never used before verification.
-fn raw_payload(token: &str) -> serde_json::Value {
+/// it does not model (`nbf`, the groups claim, `hd`). Never used before verification. A payload
+/// this strict decoding refuses (the library's allows trailing bits) is refused, not read as
+/// empty: an empty payload would let `nbf` and `hd` pass unchecked.
+fn raw_payload(token: &str) -> Result<serde_json::Value, SignInRefused> {
     token
         .split('.')
         .nth(1)
         .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(serde_json::Value::Null)
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| {
+            SignInRefused::new(
+                RefusalReason::Malformed,
+                "the ID token's payload is not canonical base64url JSON",
+            )
+        })
 }
 
 /// The refusal for a verifier error, by its type.
@@ -443,4 +451,41 @@ fn classify(e: ClaimsVerificationError, iat_in_future: bool) -> SignInRefused {
         _ => format!("the ID token was refused: {detail}"),
     };
     SignInRefused::new(reason, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_that_does_not_decode_strictly_is_refused_not_read_as_empty() {
+        // 19 bytes: 26 characters, the last one carrying 4 unused bits.
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"nbf": 4102444800}"#);
+        assert_eq!(payload.len(), 26);
+        let good = format!("e30.{payload}.sig");
+        assert_eq!(
+            raw_payload(&good).ok().and_then(|v| v.get("nbf").cloned()),
+            Some(serde_json::json!(4_102_444_800_u64))
+        );
+        // The same payload with non-zero trailing bits in its last character: the library
+        // accepts it; read as Null, `nbf` (year 2100) would pass.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut odd = payload.into_bytes();
+        if let Some(last) = odd.last_mut() {
+            if let Some(i) = ALPHABET.iter().position(|c| c == last) {
+                *last = ALPHABET[i ^ 1];
+            }
+        }
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            base64::engine::general_purpose::NO_PAD.with_decode_allow_trailing_bits(true),
+        );
+        assert!(
+            lenient.decode(&odd).is_ok(),
+            "the library's decoding takes it"
+        );
+        let odd = format!("e30.{}.sig", String::from_utf8_lossy(&odd));
+        let refused = raw_payload(&odd).expect_err("non-canonical");
+        assert_eq!(refused.reason, RefusalReason::Malformed);
+    }
 }
