@@ -320,6 +320,11 @@ fn code_flow_login_gives_an_8h_certificate_for_the_token_identity_that_reads_thr
     let browser = s.idp.browser()?;
     let redirect = browser.sign_in(&url, "alice")?;
     assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    // A request with another state (a local process, a port-scanning web page) is answered
+    // 400 and does not cancel the login: the real redirect still signs in.
+    let listener = redirect.split("/callback").next().unwrap_or_default();
+    let forged = format!("{listener}/callback?state=not-this-login&code=x");
+    assert_eq!(browser.deliver(&forged)?, 400);
     assert_eq!(browser.deliver(&redirect)?, 200);
     let (code, stderr) = login.finish()?;
     assert_eq!(code, 0, "{stderr}");
