@@ -413,6 +413,13 @@ pub struct OidcFile {
         with = "loggate_core::duration::text"
     )]
     pub jwks_refetch_interval: Duration,
+    /// The cached key set is replaced by the IdP's current one when older than this (a key
+    /// the IdP dropped stops verifying within it).
+    #[serde(
+        default = "default_jwks_max_age",
+        with = "loggate_core::duration::text"
+    )]
+    pub jwks_max_age: Duration,
     /// Accept an `http://` issuer on a loopback address (tests and local IdPs only).
     #[serde(default)]
     pub allow_http_loopback_issuer: bool,
@@ -434,6 +441,12 @@ pub struct OidcFile {
     pub attempts_per_minute: u32,
 }
 
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(3600)
+}
+/// The longest a key set is kept without asking the IdP again.
+const MAX_JWKS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 fn default_sign_in_attempts_per_minute() -> u32 {
     30
 }
@@ -453,6 +466,7 @@ pub struct OidcSettings {
     pub cert_ttl: Duration,
     pub max_clock_skew: Duration,
     pub jwks_refetch_interval: Duration,
+    pub jwks_max_age: Duration,
     pub allow_unbound_device_tokens: bool,
     /// Lowercase; the `hd` claim must equal it.
     pub hosted_domain: Option<String>,
@@ -529,6 +543,9 @@ impl OidcFile {
                 loggate_core::duration::format(self.max_clock_skew)
             );
         }
+        if self.jwks_max_age < Duration::from_secs(1) || self.jwks_max_age > MAX_JWKS_MAX_AGE {
+            bail!("oidc.jwks_max_age must be between 1s and 24h");
+        }
         if self.jwks_refetch_interval < Duration::from_secs(1) {
             bail!("oidc.jwks_refetch_interval must be at least 1s");
         }
@@ -564,6 +581,7 @@ impl OidcFile {
             cert_ttl: self.cert_ttl,
             max_clock_skew: self.max_clock_skew,
             jwks_refetch_interval: self.jwks_refetch_interval,
+            jwks_max_age: self.jwks_max_age,
             allow_unbound_device_tokens: self.allow_unbound_device_tokens,
             hosted_domain,
             attempts_per_minute: self.attempts_per_minute,

@@ -884,6 +884,31 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
 }
 
 #[test]
+fn a_key_the_idp_dropped_stops_verifying_once_the_key_set_is_older_than_jwks_max_age(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "jwks_max_age = \"2s\"")?;
+    let issuer = s.idp.issuer.clone();
+    let sign_in = || -> anyhow::Result<Result<pb::SignInResponse, tonic::Status>> {
+        let key = p256_key();
+        let nonce = nonce_for(&key.spki);
+        let token = s.idp.sign("RS256", &alice_claims(&issuer, &nonce), false)?;
+        Ok(s.sign_in_rpc(&token, &nonce, &key.csr))
+    };
+    // The key set [a] is cached; then the IdP withdraws every key (a compromise).
+    sign_in()??;
+    s.idp.set_jwks("empty")?;
+    std::thread::sleep(Duration::from_millis(2200));
+    let status = sign_in()?.expect_err("a dropped key");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("unknown_key"))
+    );
+    Ok(())
+}
+
+#[test]
 fn rotated_keys_are_fetched_for_an_unknown_kid_and_with_the_jwks_down_only_known_keys_verify(
 ) -> anyhow::Result<()> {
     let s = SignInSetup::start(&[], "")?;
