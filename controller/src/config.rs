@@ -354,6 +354,9 @@ impl UsernameClaim {
     }
 }
 
+/// Google's issuer, whose tokens need the `hd` check (`hosted_domain`).
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+
 fn default_scopes() -> Vec<String> {
     ["openid", "email", "profile"].map(String::from).to_vec()
 }
@@ -417,14 +420,42 @@ pub struct OidcFile {
         with = "loggate_core::duration::text"
     )]
     pub jwks_refetch_interval: Duration,
+    /// The cached key set is replaced by the IdP's current one when older than this (a key
+    /// the IdP dropped stops verifying within it).
+    #[serde(
+        default = "default_jwks_max_age",
+        with = "loggate_core::duration::text"
+    )]
+    pub jwks_max_age: Duration,
     /// Accept an `http://` issuer on a loopback address (tests and local IdPs only).
     #[serde(default)]
     pub allow_http_loopback_issuer: bool,
     /// Accept ID tokens without a nonce (the device flow: IdPs do not echo one there), which
     /// cannot be bound to the request's key: each only once and within 5 minutes of its issue.
-    /// Off: `loggate login --device` is refused.
-    #[serde(default = "default_true")]
+    /// Off by default (`loggate login --device` is refused): whoever starts a device flow gets
+    /// the certificate of whoever approves it, which makes device-code phishing possible
+    /// (RFC 8628 §5.4; docs/identity.md).
+    #[serde(default)]
     pub allow_unbound_device_tokens: bool,
+    /// The Google Workspace domain (`hd` claim) a token must carry: a consumer Google account
+    /// can hold a verified address in any domain (a group's address, say), only `hd` proves
+    /// the account is the organisation's. Required with the issuer `https://accounts.google.com`.
+    #[serde(default)]
+    pub hosted_domain: Option<String>,
+    /// `SignIn` attempts per source address and minute, a budget of its own (an office behind
+    /// one NAT address signing in at 9 a.m. must not starve agent enrolment, nor the reverse).
+    #[serde(default = "default_sign_in_attempts_per_minute")]
+    pub attempts_per_minute: u32,
+}
+
+fn default_jwks_max_age() -> Duration {
+    Duration::from_secs(3600)
+}
+/// The longest a key set is kept without asking the IdP again.
+const MAX_JWKS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+fn default_sign_in_attempts_per_minute() -> u32 {
+    30
 }
 
 /// `[oidc]`, checked.
@@ -442,7 +473,12 @@ pub struct OidcSettings {
     pub cert_ttl: Duration,
     pub max_clock_skew: Duration,
     pub jwks_refetch_interval: Duration,
+    pub jwks_max_age: Duration,
     pub allow_unbound_device_tokens: bool,
+    /// Lowercase; the `hd` claim must equal it.
+    pub hosted_domain: Option<String>,
+    /// `SignIn` attempts per source address and minute.
+    pub attempts_per_minute: u32,
     /// The issuer is `http://` on loopback (allowed by `allow_http_loopback_issuer`): the
     /// controller then talks to it without any proxy.
     pub loopback_issuer: bool,
@@ -514,8 +550,27 @@ impl OidcFile {
                 loggate_core::duration::format(self.max_clock_skew)
             );
         }
+        if self.jwks_max_age < Duration::from_secs(1) || self.jwks_max_age > MAX_JWKS_MAX_AGE {
+            bail!("oidc.jwks_max_age must be between 1s and 24h");
+        }
         if self.jwks_refetch_interval < Duration::from_secs(1) {
             bail!("oidc.jwks_refetch_interval must be at least 1s");
+        }
+        let hosted_domain = self.hosted_domain.as_ref().map(|d| d.to_ascii_lowercase());
+        if let Some(domain) = &hosted_domain {
+            if domain.is_empty() || domain.contains(['@', '"']) || domain.starts_with('.') {
+                bail!("oidc.hosted_domain: {domain:?} is not a domain (e.g. \"example.com\")");
+            }
+        }
+        if hosted_domain.is_none() && self.issuer.trim_end_matches('/') == GOOGLE_ISSUER {
+            bail!(
+                "oidc.issuer is Google: set hosted_domain to your Workspace domain (any Google \
+                 account can hold a verified address in your domain; only the hd claim proves \
+                 it is your organisation's)"
+            );
+        }
+        if self.attempts_per_minute == 0 {
+            bail!("oidc.attempts_per_minute must be at least 1");
         }
         let client_secret = match &self.client_secret_file {
             None => None,
@@ -533,7 +588,10 @@ impl OidcFile {
             cert_ttl: self.cert_ttl,
             max_clock_skew: self.max_clock_skew,
             jwks_refetch_interval: self.jwks_refetch_interval,
+            jwks_max_age: self.jwks_max_age,
             allow_unbound_device_tokens: self.allow_unbound_device_tokens,
+            hosted_domain,
+            attempts_per_minute: self.attempts_per_minute,
             loopback_issuer,
         })
     }
@@ -772,6 +830,25 @@ mod tests {
             assert_eq!(s.allowed_email_domains, ["example.com"]);
             assert_eq!(s.scopes, ["openid", "email", "profile"]);
             assert!(!s.loopback_issuer);
+            assert_eq!(s.hosted_domain, None);
+            let google = parse("hosted_domain = \"Example.com\"").expect("hd");
+            assert_eq!(google.hosted_domain.as_deref(), Some("example.com"));
+            // Device-code phishing (RFC 8628 §5.4) needs no stolen token: opt in only.
+            assert!(!s.allow_unbound_device_tokens);
+            let on = parse("allow_unbound_device_tokens = true").expect("opt in");
+            assert!(on.allow_unbound_device_tokens);
+        }
+
+        #[test]
+        fn a_google_issuer_needs_hosted_domain() {
+            let google = "issuer = \"https://accounts.google.com\"\nclient_id = \"c\"\n\
+                          allowed_email_domains = [\"example.com\"]\n";
+            let file: OidcFile = toml::from_str(google).expect("toml");
+            let err = format!("{:#}", file.check().expect_err("no hosted_domain"));
+            assert!(err.contains("set hosted_domain"), "{err}");
+            let file: OidcFile =
+                toml::from_str(&format!("{google}hosted_domain = \"example.com\"")).expect("toml");
+            assert!(file.check().is_ok());
         }
 
         #[test]

@@ -14,6 +14,7 @@
 
 pub mod agents;
 mod requests;
+pub mod signins;
 
 pub use requests::{
     ListScope, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, TooManyPending,
@@ -262,6 +263,8 @@ impl Store {
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
         requests::migrate(&conn)
             .with_context(|| format!("cannot update database {}", path.display()))?;
+        conn.execute_batch(signins::SIGNINS_SCHEMA)
+            .with_context(|| format!("cannot initialise database {}", path.display()))?;
         Ok(Self {
             conn: Mutex::new(conn),
             change_reads: AtomicU64::new(0),

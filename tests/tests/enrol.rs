@@ -41,13 +41,13 @@ async fn the_enrolment_port_refuses_every_controller_method_and_oversized_reques
         .await
         .expect_err("ListGrants on the enrolment port");
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
-    // A request over 16 KiB is refused before it is decoded, and nothing is recorded for it.
+    // A request over 64 KiB is refused before it is decoded, and nothing is recorded for it.
     let mut client = EnrolmentClient::new(channel);
     let status = client
         .enrol(EnrolRequest {
             token: "lgj_x".into(),
             agent_id: "web-9".into(),
-            csr_der: vec![0u8; 17 * 1024],
+            csr_der: vec![0u8; 65 * 1024],
         })
         .await
         .expect_err("an oversized request");

@@ -255,6 +255,20 @@ fn nonce_for(spki: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// `token` with the last base64url character of its signature changed only in the bits that
+/// carry no data (a 256-byte RS256 signature is 342 characters, the last one holding 4 unused
+/// bits): a different string that decodes to the same signature.
+fn with_other_padding_bits(token: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = token.as_bytes().to_vec();
+    if let Some(last) = bytes.last_mut() {
+        if let Some(i) = ALPHABET.iter().position(|c| c == last) {
+            *last = ALPHABET[i ^ 1];
+        }
+    }
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
 fn now_s() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -267,6 +281,7 @@ fn alice_claims(issuer: &str, nonce: &str) -> Value {
     json!({
         "iss": issuer, "aud": "loggate-cli", "sub": "alice", "email": "alice@example.com",
         "email_verified": true, "preferred_username": "alice", "groups": ["sre"],
+        "hd": "example.com",
         "nonce": nonce, "iat": now_s(), "exp": now_s() + 600,
     })
 }
@@ -305,6 +320,11 @@ fn code_flow_login_gives_an_8h_certificate_for_the_token_identity_that_reads_thr
     let browser = s.idp.browser()?;
     let redirect = browser.sign_in(&url, "alice")?;
     assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    // A request with another state (a local process, a port-scanning web page) is answered
+    // 400 and does not cancel the login: the real redirect still signs in.
+    let listener = redirect.split("/callback").next().unwrap_or_default();
+    let forged = format!("{listener}/callback?state=not-this-login&code=x");
+    assert_eq!(browser.deliver(&forged)?, 400);
     assert_eq!(browser.deliver(&redirect)?, 200);
     let (code, stderr) = login.finish()?;
     assert_eq!(code, 0, "{stderr}");
@@ -381,7 +401,7 @@ fn code_flow_login_gives_an_8h_certificate_for_the_token_identity_that_reads_thr
 
 #[test]
 fn device_flow_login_gives_a_certificate_for_the_person_who_approved_it() -> anyhow::Result<()> {
-    let s = SignInSetup::start(&[], "")?;
+    let s = SignInSetup::start(&[], "allow_unbound_device_tokens = true")?;
     let mut login = LoginRun::spawn(s.login_cmd(&["--device"]))?;
     let line = login.line(|l| l.contains("enter the code "))?;
     let code = line
@@ -397,6 +417,96 @@ fn device_flow_login_gives_a_certificate_for_the_person_who_approved_it() -> any
     let (uris, _, _) = certificate_facts(&s.config_dir().join("user.crt"))?;
     assert_eq!(uris, ["spiffe://loggate.local/user/bob"]);
     assert_eq!(s.auth_records("auth.certificate_issued").len(), 1);
+    Ok(())
+}
+
+#[test]
+fn device_flow_login_is_refused_nonce_unless_unbound_device_tokens_are_allowed(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "")?;
+    let mut login = LoginRun::spawn(s.login_cmd(&["--device"]))?;
+    let line = login.line(|l| l.contains("enter the code "))?;
+    let code = line
+        .rsplit("enter the code ")
+        .next()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    s.idp.browser()?.approve_device(&code, "bob")?;
+    let (exit, stderr) = login.finish()?;
+    assert_ne!(exit, 0, "{stderr}");
+    assert!(stderr.contains("(nonce)"), "{stderr}");
+    assert!(!s.config_dir().join("user.crt").exists());
+    assert!(s.auth_records("auth.certificate_issued").is_empty());
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("nonce")),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn sign_in_has_its_own_attempt_budget_and_its_refused_attempts_are_audited_as_sign_ins(
+) -> anyhow::Result<()> {
+    let mut s = SignInSetup::start(&[], "attempts_per_minute = 3")?;
+    let key = p256_key();
+    let nonce = nonce_for(&key.spki);
+    let mut exhausted = 0;
+    for _ in 0..5 {
+        let status = s
+            .sign_in_rpc("not-a-token", &nonce, &key.csr)
+            .expect_err("garbage");
+        if status.code() == tonic::Code::ResourceExhausted {
+            exhausted += 1;
+        }
+    }
+    assert_eq!(exhausted, 2, "sign-in's own budget is 3 a minute");
+    assert_eq!(s.auth_records("auth.sign_in_refused").len(), 3);
+    // Enrolment from the same address is still admitted: checked, and refused for its token.
+    let status =
+        s.rt.block_on(async {
+            let channel = s
+                .cluster
+                .anonymous_channel(s.sign_in)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("{e:#}")))?;
+            pb::enrolment_client::EnrolmentClient::new(channel)
+                .enrol(pb::EnrolRequest {
+                    token: "lgj_00".to_string(),
+                    agent_id: "web-9".to_string(),
+                    csr_der: key.csr.clone(),
+                })
+                .await
+        })
+        .expect_err("an unknown join token");
+    assert_ne!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // At shutdown the two attempts over the budget are summarised as a sign-in refusal.
+    s.cluster.stop_controller();
+    let summaries: Vec<Value> = s
+        .auth_records("auth.sign_in_refused")
+        .into_iter()
+        .filter(|r| record_field(r, "reason_code") == Some(&json!("rate_limited")))
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let reason = record_field(&summaries[0], "reason")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    assert!(reason.starts_with("2 sign-in attempts"), "{reason}");
+    let enrol_summaries = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| {
+            event_name(r) == Some("agent.enrol_refused")
+                && record_field(r, "reason_code") == Some(&json!("rate_limited"))
+        })
+        .count();
+    assert_eq!(
+        enrol_summaries, 0,
+        "sign-ins are not summarised as enrolments"
+    );
     Ok(())
 }
 
@@ -442,7 +552,10 @@ fn an_expired_sign_in_says_run_loggate_login_instead_of_a_tls_error() -> anyhow:
 #[test]
 fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -> anyhow::Result<()>
 {
-    let s = SignInSetup::start(&[], "")?;
+    let s = SignInSetup::start(
+        &[],
+        "allow_unbound_device_tokens = true\nhosted_domain = \"example.com\"",
+    )?;
     let issuer = s.idp.issuer.clone();
     let key = p256_key();
     let nonce = nonce_for(&key.spki);
@@ -458,6 +571,18 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
     assert_eq!(issued.subject, "spiffe://loggate.local/user/alice");
     let es = s.idp.sign("ES256", &claims(&|_| {}), false)?;
     s.sign_in_rpc(&es, &nonce, &key.csr)?;
+    // A token carrying 300 groups (about 20 KiB, as IdPs that put groups in the ID token
+    // make) fits the sign-in port's request limit.
+    let many_groups: Vec<String> = (0..300)
+        .map(|i| format!("team-{i:03}-with-a-long-descriptive-group-name-at-the-idp"))
+        .collect();
+    let big = s.idp.sign(
+        "RS256",
+        &claims(&|c| c["groups"] = json!(many_groups)),
+        false,
+    )?;
+    assert!(big.len() > 20 * 1024, "{}", big.len());
+    s.sign_in_rpc(&big, &nonce, &key.csr)?;
 
     let other_key = p256_key();
     let weak_dir = tempfile::tempdir()?;
@@ -646,6 +771,38 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
             weak.csr.clone(),
             "weak_key",
         ),
+        (
+            "a verified e-mail in the domain from an account outside the Workspace (no hd)",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| {
+                    c.as_object_mut().map(|o| o.remove("hd"));
+                }),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "domain_not_allowed",
+        ),
+        (
+            "an account of another hosted domain",
+            s.idp
+                .sign("RS256", &claims(&|c| c["hd"] = json!("example.org")), false)?,
+            nonce.clone(),
+            key.csr.clone(),
+            "domain_not_allowed",
+        ),
+        (
+            "alice's e-mail under another IdP account (a re-created or recycled name)",
+            s.idp.sign(
+                "RS256",
+                &claims(&|c| c["sub"] = json!("someone-else")),
+                false,
+            )?,
+            nonce.clone(),
+            key.csr.clone(),
+            "subject_changed",
+        ),
     ];
     for (name, token, sent_nonce, csr, reason) in &cases {
         let before = s.auth_records("auth.sign_in_refused").len();
@@ -694,8 +851,23 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
         refused.last().and_then(|r| record_field(r, "reason_code")),
         Some(&json!("replayed"))
     );
-    // Only the three good tokens got certificates.
-    assert_eq!(s.auth_records("auth.certificate_issued").len(), 3);
+    // The same token with the last character of its signature changed in its unused
+    // padding bits (it decodes to the same signature, so it still verifies) is the same
+    // token: refused as a replay too.
+    let variant = with_other_padding_bits(&unbound);
+    assert_ne!(variant, unbound);
+    let third_key = p256_key();
+    let status = s
+        .sign_in_rpc(&variant, &nonce_for(&third_key.spki), &third_key.csr)
+        .expect_err("a re-encoded copy is a replay");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("replayed"))
+    );
+    // Only the four good tokens got certificates.
+    assert_eq!(s.auth_records("auth.certificate_issued").len(), 4);
     // Every record conforms to OCSF 1.8.0.
     let schema = loggate_ocsf_validate::Schema::official()?;
     for name in [
@@ -708,6 +880,31 @@ fn forged_expired_and_misbound_tokens_are_refused_each_with_its_audit_record() -
             assert!(report.is_conformant(), "{report}\n{record}");
         }
     }
+    Ok(())
+}
+
+#[test]
+fn a_key_the_idp_dropped_stops_verifying_once_the_key_set_is_older_than_jwks_max_age(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "jwks_max_age = \"2s\"")?;
+    let issuer = s.idp.issuer.clone();
+    let sign_in = || -> anyhow::Result<Result<pb::SignInResponse, tonic::Status>> {
+        let key = p256_key();
+        let nonce = nonce_for(&key.spki);
+        let token = s.idp.sign("RS256", &alice_claims(&issuer, &nonce), false)?;
+        Ok(s.sign_in_rpc(&token, &nonce, &key.csr))
+    };
+    // The key set [a] is cached; then the IdP withdraws every key (a compromise).
+    sign_in()??;
+    s.idp.set_jwks("empty")?;
+    std::thread::sleep(Duration::from_millis(2200));
+    let status = sign_in()?.expect_err("a dropped key");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("unknown_key"))
+    );
     Ok(())
 }
 

@@ -166,18 +166,47 @@ pub fn certificate_not_after(pem: &[u8]) -> anyhow::Result<i64> {
 /// `loggate logout`: deletes the sign-in's key and certificate (the configuration stays, so
 /// `loggate login` knows where to sign in again).
 pub fn logout(config_path: &Path) -> Result<(), Failure> {
-    let dir = config_dir();
-    let mut removed = Vec::new();
-    let mut targets = vec![dir.join(KEY_FILE), dir.join(CERT_FILE)];
+    let (removed, kept) = remove_sign_in_files(&config_dir(), config_path)?;
+    let mut err = std::io::stderr().lock();
+    for path in &kept {
+        let _ = writeln!(
+            err,
+            "left in place {}: the configuration names it, but `loggate login` did not write it",
+            path.display()
+        );
+    }
+    if removed.is_empty() {
+        let _ = writeln!(err, "not signed in: no key or certificate to delete");
+    } else {
+        for path in &removed {
+            let _ = writeln!(err, "deleted {}", path.display());
+        }
+        let _ = writeln!(err, "signed out");
+    }
+    Ok(())
+}
+
+/// Deletes `user.key` and `user.crt` in the configuration folder `dir` — the only files
+/// `loggate login` writes — and nothing else: the paths a configuration file names are
+/// reported, never deleted (a hostile or copied `config.toml` naming `~/.ssh/id_ed25519`
+/// must not make `logout` delete it). Returns what was deleted and what was left.
+fn remove_sign_in_files(
+    dir: &Path,
+    config_path: &Path,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>), Failure> {
+    let ours = [dir.join(KEY_FILE), dir.join(CERT_FILE)];
+    let mut kept = Vec::new();
     if let Ok(config) = ClientConfig::load(config_path) {
         if config.sign_in.is_some() {
-            targets.push(config.tls.key.clone());
-            targets.push(config.tls.cert.clone());
+            for named in [&config.tls.key, &config.tls.cert] {
+                if !ours.contains(named) && named.exists() {
+                    kept.push(named.clone());
+                }
+            }
         }
     }
-    targets.sort();
-    targets.dedup();
-    for path in targets {
+    let mut removed = Vec::new();
+    for path in ours {
         match std::fs::remove_file(&path) {
             Ok(()) => removed.push(path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -189,16 +218,7 @@ pub fn logout(config_path: &Path) -> Result<(), Failure> {
             }
         }
     }
-    let mut err = std::io::stderr().lock();
-    if removed.is_empty() {
-        let _ = writeln!(err, "not signed in: no key or certificate to delete");
-    } else {
-        for path in &removed {
-            let _ = writeln!(err, "deleted {}", path.display());
-        }
-        let _ = writeln!(err, "signed out");
-    }
-    Ok(())
+    Ok((removed, kept))
 }
 
 #[cfg(test)]
@@ -235,6 +255,36 @@ mod tests {
             config.sign_in = None;
         }
         config
+    }
+
+    #[test]
+    fn logout_deletes_only_what_login_wrote_in_its_folder() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let dir = home.path().join("loggate");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let precious = home.path().join("id_ed25519");
+        std::fs::write(&precious, "not loggate's").expect("write");
+        std::fs::write(dir.join(KEY_FILE), "key").expect("write");
+        std::fs::write(dir.join(CERT_FILE), "cert").expect("write");
+        let path = dir.join("config.toml");
+        write_config(
+            &path,
+            &SignedIn {
+                controller: "127.0.0.1:7400",
+                sign_in: "127.0.0.1:7401",
+                ca: &dir.join("ca.crt"),
+                cert: &dir.join(CERT_FILE),
+                key: &precious,
+            },
+        )
+        .expect("write config");
+        let (removed, kept) = remove_sign_in_files(&dir, &path).expect("logout");
+        assert!(
+            precious.exists(),
+            "logout deleted a file the configuration named"
+        );
+        assert_eq!(kept, std::slice::from_ref(&precious));
+        assert_eq!(removed, [dir.join(KEY_FILE), dir.join(CERT_FILE)]);
     }
 
     #[test]

@@ -34,6 +34,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SIGN_IN_TIMEOUT: Duration = Duration::from_secs(300);
 /// Requests to the loopback listener that are not the redirect (a browser's favicon…).
 const MAX_STRAY_REQUESTS: usize = 16;
+/// Redirects to `/callback` with a state that is not this login's, ignored before giving up.
+const MAX_FOREIGN_REDIRECTS: usize = 64;
 /// The longest request head read from the browser.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
@@ -440,21 +442,28 @@ async fn wait_for_redirect(
     state: &CsrfToken,
     issuer: &IssuerUrl,
 ) -> Result<String, Failure> {
-    for _ in 0..=MAX_STRAY_REQUESTS {
+    let mut foreign = 0usize;
+    let mut stray = 0usize;
+    while stray <= MAX_STRAY_REQUESTS {
         let (mut stream, _) = listener
             .accept()
             .await
             .map_err(|e| fail(format!("the redirect listener failed: {e}")))?;
         let target = match read_request_target(&mut stream).await {
             Some(t) => t,
-            None => continue,
+            None => {
+                stray += 1;
+                continue;
+            }
         };
         let Ok(url) = url::Url::parse(&format!("http://127.0.0.1{target}")) else {
             respond(&mut stream, 400, "Bad request.").await;
+            stray += 1;
             continue;
         };
         if url.path() != "/callback" {
             respond(&mut stream, 404, "Not found.").await;
+            stray += 1;
             continue;
         }
         let param = |name: &str| {
@@ -462,11 +471,20 @@ async fn wait_for_redirect(
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.into_owned())
         };
+        // Another sign-in's state, or a local process or web page poking the port: answered
+        // and ignored (aborting would let anyone on this host cancel the login); the real
+        // redirect can still come. Bounded by the login's own deadline and `MAX_FOREIGN`.
         if param("state").as_deref() != Some(state.secret().as_str()) {
             respond(&mut stream, 400, "This sign-in was not started here.").await;
-            return Err(fail(
-                "the IdP's redirect carried another sign-in's state: run `loggate login` again",
-            ));
+            foreign += 1;
+            if foreign > MAX_FOREIGN_REDIRECTS {
+                return Err(fail(
+                    "too many redirects with another sign-in's state reached the sign-in \
+                     listener: run `loggate login` again (or `loggate login --device` on a \
+                     shared host)",
+                ));
+            }
+            continue;
         }
         if let Some(iss) = param("iss") {
             if iss != issuer.as_str() {

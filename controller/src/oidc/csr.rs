@@ -8,7 +8,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
 /// The largest certificate request read (a P-256 one is ~250 bytes, RSA-4096 ~1.2 KiB).
-pub const MAX_CSR_BYTES: usize = 16 * 1024;
+pub const MAX_CSR_BYTES: usize = 8 * 1024;
 
 /// A request whose self-signature verified, and whose key is acceptable.
 #[derive(Debug, Clone)]

@@ -36,6 +36,10 @@ pub struct IdpKeys {
     issuer: IssuerUrl,
     http: reqwest::Client,
     refetch_interval: Duration,
+    /// The key set is replaced by the IdP's current one when it is older than this, so a key
+    /// the IdP dropped (after a compromise) stops verifying; while the fetch fails the cached
+    /// keys stay (a JWKS outage must not stop known keys).
+    max_age: Duration,
     cached: Mutex<Option<Cached>>,
 }
 
@@ -47,6 +51,7 @@ impl IdpKeys {
             issuer,
             http: http_client(settings.loopback_issuer)?,
             refetch_interval: settings.jwks_refetch_interval,
+            max_age: settings.jwks_max_age,
             cached: Mutex::new(None),
         })
     }
@@ -54,7 +59,19 @@ impl IdpKeys {
     /// The cached metadata and keys, discovering them on first use.
     pub async fn current(&self) -> Result<Snapshot, SignInRefused> {
         let mut cached = self.cached.lock().await;
-        if let Some(c) = cached.as_ref() {
+        if let Some(c) = cached.as_mut() {
+            if c.keys_fetched.elapsed() >= self.max_age {
+                c.keys_fetched = Instant::now();
+                let uri = c.snapshot.metadata.jwks_uri().clone();
+                match CoreJsonWebKeySet::fetch_async(&uri, &self.http).await {
+                    Ok(keys) => c.snapshot.keys = Arc::new(keys),
+                    Err(e) => tracing::warn!(
+                        "cannot refresh the IdP's keys from {}: {}; the cached keys stay",
+                        uri.as_str(),
+                        error_chain(&e)
+                    ),
+                }
+            }
             return Ok(c.snapshot.clone());
         }
         let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)

@@ -41,6 +41,10 @@ pub enum RefusalReason {
     Nonce,
     /// A token without a nonce (device flow) used a second time.
     Replayed,
+    /// Too many device sign-ins are remembered at once to take another now.
+    Busy,
+    /// The loggate name is bound to another IdP identity (`iss` + `sub`) than the token's.
+    SubjectChanged,
     /// `email_verified` is not `true` while it is required.
     EmailNotVerified,
     /// The e-mail's domain is not in `allowed_email_domains`.
@@ -72,6 +76,8 @@ impl RefusalReason {
             RefusalReason::UnknownKey => "unknown_key",
             RefusalReason::Nonce => "nonce",
             RefusalReason::Replayed => "replayed",
+            RefusalReason::Busy => "busy",
+            RefusalReason::SubjectChanged => "subject_changed",
             RefusalReason::EmailNotVerified => "email_not_verified",
             RefusalReason::Domain => "domain_not_allowed",
             RefusalReason::MissingClaim => "missing_claim",
@@ -100,10 +106,41 @@ pub struct SignInRefused {
 }
 
 impl SignInRefused {
+    /// `detail` may quote the unverified token (its `aud`, `iss`, header values through the
+    /// library's errors): control characters are escaped here (`\n` becomes the two
+    /// characters `\` `n`), so no caller can let a hostile token forge lines in the
+    /// controller's log or the person's terminal.
     pub fn new(reason: RefusalReason, detail: impl Into<String>) -> Self {
-        SignInRefused {
-            reason,
-            detail: detail.into(),
-        }
+        let detail: String = detail.into();
+        let detail = if detail.chars().any(char::is_control) {
+            detail
+                .chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            detail
+        };
+        SignInRefused { reason, detail }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_detail_quoting_the_token_cannot_forge_log_lines() {
+        let refused = SignInRefused::new(
+            RefusalReason::Audience,
+            "audience x\nINFO signed in subject=admin\r\u{1b}[2J is not loggate's",
+        );
+        assert!(!refused.detail.chars().any(char::is_control), "{refused:?}");
+        assert!(refused.detail.contains("x\\nINFO signed in"), "{refused:?}");
     }
 }

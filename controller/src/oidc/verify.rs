@@ -24,12 +24,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// The longest ID token read (real ones are 1–4 KiB).
-pub const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
+/// The longest ID token read (most are 1–4 KiB; groups in the token make 20 KiB ones).
+/// With [`crate::oidc::csr::MAX_CSR_BYTES`] it fits the port's request limit
+/// ([`crate::service::enrol::MAX_ENROL_REQUEST_BYTES`]), so a longer one is refused here,
+/// audited (`malformed_token`), not by the transport.
+pub const MAX_ID_TOKEN_BYTES: usize = 48 * 1024;
 /// How long after its issue a token without a nonce is taken.
 pub const MAX_UNBOUND_AGE: std::time::Duration = std::time::Duration::from_secs(300);
-/// Tokens without a nonce remembered at once (each for at most ~6 minutes).
-const MAX_UNBOUND_REMEMBERED: usize = 65_536;
 /// Groups kept from the groups claim, and the longest group name.
 const MAX_GROUPS: usize = 256;
 const MAX_GROUP_BYTES: usize = 256;
@@ -46,24 +47,32 @@ pub struct VerifiedSignIn {
     pub groups: Vec<String>,
     /// The certificate request's SubjectPublicKeyInfo (DER).
     pub spki_der: Vec<u8>,
+    /// Set for a token without a nonce: the caller takes it once
+    /// ([`crate::store::Store::take_unbound_token`]) before issuing anything.
+    pub unbound: Option<UnboundToken>,
+}
+
+/// A token without a nonce that passed every check but its single use.
+#[derive(Debug, Clone)]
+pub struct UnboundToken {
+    /// SHA-256 (hex) of the signing input `header.payload`: what the IdP signed, the same for
+    /// every encoding of the signature.
+    pub signed_sha256: String,
+    /// Unix seconds after which the token can no longer be accepted (its use need not be
+    /// remembered beyond): `min(exp, iat + MAX_UNBOUND_AGE) + skew`.
+    pub forget_at: i64,
 }
 
 /// Verifies sign-ins against one IdP.
 pub struct SignInVerifier {
     settings: Arc<OidcSettings>,
     keys: IdpKeys,
-    /// SHA-256 of the tokens without a nonce already used, and until when they are kept.
-    unbound_seen: std::sync::Mutex<std::collections::HashMap<[u8; 32], i64>>,
 }
 
 impl SignInVerifier {
     pub fn new(settings: Arc<OidcSettings>) -> anyhow::Result<SignInVerifier> {
         let keys = IdpKeys::new(&settings)?;
-        Ok(SignInVerifier {
-            settings,
-            keys,
-            unbound_seen: Default::default(),
-        })
+        Ok(SignInVerifier { settings, keys })
     }
 
     pub fn settings(&self) -> &OidcSettings {
@@ -112,16 +121,17 @@ impl SignInVerifier {
             }
             other => other?,
         };
-        let raw = raw_payload(id_token);
+        let raw = raw_payload(id_token)?;
         self.check_not_before(&raw, now)?;
-        if claims.nonce().is_none() {
-            self.check_unbound(
+        let unbound = match claims.nonce() {
+            Some(_) => None,
+            None => Some(self.check_unbound(
                 id_token,
                 claims.issue_time().timestamp(),
                 claims.expiration().timestamp(),
                 now,
-            )?;
-        }
+            )?),
+        };
         if let Some(azp) = claims.authorized_party() {
             if azp.as_str() != self.settings.client_id {
                 return Err(SignInRefused::new(
@@ -135,6 +145,7 @@ impl SignInVerifier {
         }
         let email = claims.email().map(|e| e.as_str().to_string());
         self.check_email(email.as_deref(), claims.email_verified())?;
+        self.check_hosted_domain(&raw)?;
         let user = self.user_name(
             email.as_deref(),
             claims.preferred_username().map(|u| u.as_str()),
@@ -146,6 +157,7 @@ impl SignInVerifier {
             email,
             groups: self.groups(&raw),
             spki_der: request.spki_der,
+            unbound,
         })
     }
 
@@ -206,19 +218,19 @@ impl SignInVerifier {
 
     /// A token without a nonce (the device flow: RFC 8628 has none, and IdPs drop it) cannot
     /// be bound to the request's key. It is taken only fresh (issued at most
-    /// [`MAX_UNBOUND_AGE`] ago) and only once: its SHA-256 is remembered until it could no
-    /// longer be fresh, so a copy of it is refused (`replayed`).
+    /// [`MAX_UNBOUND_AGE`] ago) and only once: the caller records its [`UnboundToken`] in the
+    /// store, and a copy — however its signature is re-encoded — is refused (`replayed`).
     fn check_unbound(
         &self,
         id_token: &str,
         iat: i64,
         exp: i64,
         now: SystemTime,
-    ) -> Result<(), SignInRefused> {
+    ) -> Result<UnboundToken, SignInRefused> {
         let now_s = unix_seconds(now);
         let skew = i64::try_from(self.settings.max_clock_skew.as_secs()).unwrap_or(i64::MAX);
         let max_age = i64::try_from(MAX_UNBOUND_AGE.as_secs()).unwrap_or(i64::MAX);
-        if now_s.saturating_sub(iat) > max_age + skew {
+        if now_s.saturating_sub(iat) > max_age.saturating_add(skew) {
             return Err(SignInRefused::new(
                 RefusalReason::Nonce,
                 format!(
@@ -228,25 +240,18 @@ impl SignInVerifier {
                 ),
             ));
         }
-        let digest: [u8; 32] = Sha256::digest(id_token.as_bytes()).into();
-        let forget_at = exp.min(iat.saturating_add(max_age + skew));
-        let mut seen = self.unbound_seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.retain(|_, until| *until >= now_s);
-        if seen.contains_key(&digest) {
+        // The library accepts the token until `exp + skew` (its clock runs `skew` behind).
+        let forget_at = exp.min(iat.saturating_add(max_age)).saturating_add(skew);
+        let Some((signing_input, _signature)) = id_token.rsplit_once('.') else {
             return Err(SignInRefused::new(
-                RefusalReason::Replayed,
-                "this ID token was used for a sign-in already (a token without a nonce is good \
-                 once): run `loggate login` again",
+                RefusalReason::Malformed,
+                "the ID token is not a signed JWT",
             ));
-        }
-        if seen.len() >= MAX_UNBOUND_REMEMBERED {
-            return Err(SignInRefused::new(
-                RefusalReason::Replayed,
-                "too many device sign-ins in the last minutes; try again shortly",
-            ));
-        }
-        seen.insert(digest, forget_at);
-        Ok(())
+        };
+        Ok(UnboundToken {
+            signed_sha256: hex::encode(Sha256::digest(signing_input.as_bytes())),
+            forget_at,
+        })
     }
 
     fn check_not_before(
@@ -264,6 +269,32 @@ impl SignInVerifier {
             _ => Err(SignInRefused::new(
                 RefusalReason::NotYetValid,
                 "the token is not valid yet (nbf); check the clocks",
+            )),
+        }
+    }
+
+    /// With `hosted_domain` set, the token's `hd` claim (Google Workspace) must equal it: the
+    /// e-mail's domain alone does not prove the account is the organisation's.
+    fn check_hosted_domain(&self, raw: &serde_json::Value) -> Result<(), SignInRefused> {
+        let Some(wanted) = &self.settings.hosted_domain else {
+            return Ok(());
+        };
+        match raw.get("hd").and_then(|v| v.as_str()) {
+            Some(hd) if hd.eq_ignore_ascii_case(wanted) => Ok(()),
+            Some(hd) => Err(SignInRefused::new(
+                RefusalReason::Domain,
+                format!(
+                    "the account belongs to the hosted domain {:?}, not {wanted:?} \
+                     (oidc.hosted_domain)",
+                    hd.chars().take(256).collect::<String>()
+                ),
+            )),
+            None => Err(SignInRefused::new(
+                RefusalReason::Domain,
+                format!(
+                    "the account is not in the hosted domain {wanted:?} (the token has no hd \
+                     claim: a personal account; oidc.hosted_domain)"
+                ),
             )),
         }
     }
@@ -375,14 +406,22 @@ fn unix_seconds(t: SystemTime) -> i64 {
 }
 
 /// The payload of a token whose signature the library has verified, as JSON: for the claims
-/// it does not model (`nbf`, the groups claim). Never used before verification.
-fn raw_payload(token: &str) -> serde_json::Value {
+/// it does not model (`nbf`, the groups claim, `hd`). Never used before verification. A payload
+/// this strict decoding refuses (the library's allows trailing bits) is refused, not read as
+/// empty: an empty payload would let `nbf` and `hd` pass unchecked.
+fn raw_payload(token: &str) -> Result<serde_json::Value, SignInRefused> {
     token
         .split('.')
         .nth(1)
         .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(serde_json::Value::Null)
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| {
+            SignInRefused::new(
+                RefusalReason::Malformed,
+                "the ID token's payload is not canonical base64url JSON",
+            )
+        })
 }
 
 /// The refusal for a verifier error, by its type.
@@ -412,4 +451,41 @@ fn classify(e: ClaimsVerificationError, iat_in_future: bool) -> SignInRefused {
         _ => format!("the ID token was refused: {detail}"),
     };
     SignInRefused::new(reason, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_that_does_not_decode_strictly_is_refused_not_read_as_empty() {
+        // 19 bytes: 26 characters, the last one carrying 4 unused bits.
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"nbf": 4102444800}"#);
+        assert_eq!(payload.len(), 26);
+        let good = format!("e30.{payload}.sig");
+        assert_eq!(
+            raw_payload(&good).ok().and_then(|v| v.get("nbf").cloned()),
+            Some(serde_json::json!(4_102_444_800_u64))
+        );
+        // The same payload with non-zero trailing bits in its last character: the library
+        // accepts it; read as Null, `nbf` (year 2100) would pass.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut odd = payload.into_bytes();
+        if let Some(last) = odd.last_mut() {
+            if let Some(i) = ALPHABET.iter().position(|c| c == last) {
+                *last = ALPHABET[i ^ 1];
+            }
+        }
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            base64::engine::general_purpose::NO_PAD.with_decode_allow_trailing_bits(true),
+        );
+        assert!(
+            lenient.decode(&odd).is_ok(),
+            "the library's decoding takes it"
+        );
+        let odd = format!("e30.{}.sig", String::from_utf8_lossy(&odd));
+        let refused = raw_payload(&odd).expect_err("non-canonical");
+        assert_eq!(refused.reason, RefusalReason::Malformed);
+    }
 }

@@ -8,6 +8,8 @@
 //! attempt over it is refused at once, without touching the store or the CA, and counted; the
 //! counts are written as one `agent.enrol_refused` summary (`rate_limited`) per address and
 //! minute. Within the budget every attempt — refused or not — writes one audit record.
+//! `SignIn` has a budget of its own (`[oidc] attempts_per_minute`), summarised as
+//! `auth.sign_in_refused` (`rate_limited`).
 //!
 //! `Enrol`: the join token is checked first (known, not revoked, not expired, uses left), then
 //! the agent id (not enrolled yet unless the token allows re-enrolment), then the CSR (its
@@ -28,9 +30,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
 
-/// Largest request the enrolment port decodes: a CSR (an RSA-4096 one is under 2 KiB) and a
-/// token are small.
-pub const MAX_ENROL_REQUEST_BYTES: usize = 16 * 1024;
+/// Largest request the enrolment port decodes (one limit for the whole port, so sized for
+/// its largest method): `SignIn` carries an ID token of up to
+/// [`crate::oidc::verify::MAX_ID_TOKEN_BYTES`] (IdPs that put groups in the token make 20 KiB
+/// ones) and a CSR of up to [`crate::oidc::csr::MAX_CSR_BYTES`]; `Enrol`'s token and CSR are
+/// small and checked on their own.
+pub const MAX_ENROL_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Who refuses, in the records' `service` field.
 const SERVICE: &str = "loggate enrolment";
@@ -48,8 +53,9 @@ pub struct EnrolmentService {
     grant_keys: Vec<String>,
     audit: Arc<SharedAuditLog>,
     attempts: Arc<ReportBudget<IpAddr>>,
-    /// People signing in (`SignIn`, `SignInConfig`), when `[oidc]` is configured.
-    sign_in: Option<Arc<super::signin::SignInService>>,
+    /// People signing in (`SignIn`, `SignInConfig`), when `[oidc]` is configured, with their
+    /// own attempt budget (`[oidc] attempts_per_minute`).
+    sign_in: Option<(Arc<super::signin::SignInService>, ReportBudget<IpAddr>)>,
 }
 
 /// Why an enrolment was refused: its `reason_code`.
@@ -108,9 +114,14 @@ impl EnrolmentService {
         }
     }
 
-    /// Serves sign-in too (`[oidc]`), under the same per-address attempt budget.
+    /// Serves sign-in too (`[oidc]`), under its own per-address attempt budget.
     pub fn with_sign_in(mut self, sign_in: Arc<super::signin::SignInService>) -> Self {
-        self.sign_in = Some(sign_in);
+        let budget = ReportBudget::new(BudgetPolicy {
+            per_window: sign_in.attempts_per_minute(),
+            window: Duration::from_secs(60),
+            max_sources: 4096,
+        });
+        self.sign_in = Some((sign_in, budget));
         self
     }
 
@@ -134,6 +145,11 @@ impl EnrolmentService {
             };
             if let Err(e) = self.audit.append_deferred(&event) {
                 tracing::error!("audit write failed: {e:#}");
+            }
+        }
+        if let Some((sign_in, budget)) = &self.sign_in {
+            for summary in budget.take_summaries() {
+                sign_in.record_rate_limited(summary.source, summary.left_out);
             }
         }
     }
@@ -311,16 +327,24 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
         &self,
         request: Request<pb::SignInRequest>,
     ) -> Result<Response<pb::SignInResponse>, Status> {
-        let sign_in = self.sign_in.as_ref().ok_or_else(sign_in_not_configured)?;
+        let (sign_in, budget) = self.sign_in.as_ref().ok_or_else(sign_in_not_configured)?;
         let Some(peer) = request.remote_addr() else {
             return Err(Status::internal(
                 "the connection has no peer address; the request is refused",
             ));
         };
-        if let Admission::Suppressed = self.attempts.admit(&[peer.ip().to_canonical()]) {
-            return Err(Status::resource_exhausted(
-                "too many attempts from this address; wait a minute and try again",
-            ));
+        match budget.admit(&[peer.ip().to_canonical()]) {
+            Admission::Suppressed => {
+                return Err(Status::resource_exhausted(
+                    "too many sign-in attempts from this address; wait a minute and try again",
+                ))
+            }
+            // The attempts refused since the last record from this address: admitting resets
+            // their count, so they are recorded now or never.
+            Admission::Write { suppressed_before } if suppressed_before > 0 => {
+                sign_in.record_rate_limited(Some(peer.ip().to_canonical()), suppressed_before);
+            }
+            Admission::Write { .. } => {}
         }
         sign_in
             .sign_in(peer, request.into_inner())
@@ -332,7 +356,7 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
         &self,
         _request: Request<pb::SignInConfigRequest>,
     ) -> Result<Response<pb::SignInConfigResponse>, Status> {
-        let sign_in = self.sign_in.as_ref().ok_or_else(sign_in_not_configured)?;
+        let (sign_in, _) = self.sign_in.as_ref().ok_or_else(sign_in_not_configured)?;
         Ok(Response::new(sign_in.config()))
     }
 }

@@ -8,9 +8,10 @@
 //! record, written before the answer: `auth.sign_in` then `auth.certificate_issued`, or
 //! `auth.sign_in_refused` with the reason. The token is never logged or recorded.
 
-use crate::oidc::verify::SignInVerifier;
+use crate::oidc::verify::{SignInVerifier, UnboundToken, VerifiedSignIn};
 use crate::oidc::{RefusalReason, SignInRefused};
 use crate::pki::{Kind, RuntimeCa, Validity};
+use crate::store::signins::{Binding, UnboundUse};
 use crate::store::Store;
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_proto as pb;
@@ -61,6 +62,31 @@ impl SignInService {
         }
     }
 
+    /// `[oidc] attempts_per_minute`: the sign-in budget per source address.
+    pub fn attempts_per_minute(&self) -> u32 {
+        self.verifier.settings().attempts_per_minute
+    }
+
+    /// Records `count` sign-in attempts from `source` refused by its budget without being
+    /// checked: one `auth.sign_in_refused` (`rate_limited`), deferred like the enrolment
+    /// summaries (`None`: addresses evicted from the budget's table).
+    pub fn record_rate_limited(&self, source: Option<std::net::IpAddr>, count: u64) {
+        let event = events::AuthSignInRefused {
+            peer: source.map(|ip| ip.to_string()),
+            issuer: self.verifier.settings().issuer.clone(),
+            reason_code: "rate_limited",
+            reason: format!(
+                "{count} sign-in attempts over the limit of {} a minute from this address \
+                 were refused without being checked",
+                self.attempts_per_minute()
+            ),
+            key_sha256: None,
+        };
+        if let Err(e) = self.audit.append_deferred(&event) {
+            tracing::error!("audit write failed: {e:#}");
+        }
+    }
+
     fn audit(&self, event: &impl AuditEvent) -> Result<(), Status> {
         tokio::task::block_in_place(|| self.audit.append(event))
             .map(|_| ())
@@ -99,6 +125,10 @@ impl SignInService {
                     SignInRefused::new(RefusalReason::InvalidUsername, e.to_string()),
                 )
             })?;
+        self.check_binding(peer, &issuer, &request.csr_der, &verified)?;
+        if let Some(unbound) = &verified.unbound {
+            self.take_unbound(peer, &issuer, &request.csr_der, unbound)?;
+        }
         let key_sha256 = hex::encode(Sha256::digest(&verified.spki_der));
         self.audit(&events::AuthSignIn {
             subject: subject.to_string(),
@@ -161,6 +191,82 @@ impl SignInService {
         })
     }
 
+    /// The name's first sign-in binds it to the IdP's `iss` + `sub`; a later one with another
+    /// `sub` (a recycled or edited username, a re-created mailbox) is refused
+    /// `subject_changed` (see [`crate::store::signins`]).
+    fn check_binding(
+        &self,
+        peer: SocketAddr,
+        issuer: &str,
+        csr_der: &[u8],
+        verified: &VerifiedSignIn,
+    ) -> Result<(), Status> {
+        let binding = self
+            .store
+            .bind_subject(
+                &verified.user,
+                issuer,
+                &verified.idp_subject,
+                loggate_core::grant::unix_now(),
+            )
+            .map_err(|e| {
+                tracing::error!("cannot read the IdP binding of {:?}: {e:#}", verified.user);
+                Status::internal("the controller could not check your identity; try again later")
+            })?;
+        match binding {
+            Binding::Same => Ok(()),
+            Binding::Other { .. } => Err(self.refuse(
+                peer,
+                issuer,
+                csr_der,
+                SignInRefused::new(
+                    RefusalReason::SubjectChanged,
+                    format!(
+                        "the loggate name {:?} belongs to another account at the IdP (the \
+                         token's sub is {:?}); ask an admin to release the name if it is yours \
+                         now",
+                        verified.user, verified.idp_subject
+                    ),
+                ),
+            )),
+        }
+    }
+
+    /// A token without a nonce is good once: its signed content is recorded in the store
+    /// (surviving restarts) until it could no longer be accepted.
+    fn take_unbound(
+        &self,
+        peer: SocketAddr,
+        issuer: &str,
+        csr_der: &[u8],
+        unbound: &UnboundToken,
+    ) -> Result<(), Status> {
+        let taken = self
+            .store
+            .take_unbound_token(
+                &unbound.signed_sha256,
+                unbound.forget_at,
+                loggate_core::grant::unix_now(),
+            )
+            .map_err(|e| {
+                tracing::error!("cannot record a device sign-in's token: {e:#}");
+                Status::internal("the controller could not record your sign-in; try again later")
+            })?;
+        let refused = match taken {
+            UnboundUse::Taken => return Ok(()),
+            UnboundUse::Replayed => SignInRefused::new(
+                RefusalReason::Replayed,
+                "this ID token was used for a sign-in already (a token without a nonce is good \
+                 once): run `loggate login` again",
+            ),
+            UnboundUse::Full => SignInRefused::new(
+                RefusalReason::Busy,
+                "too many device sign-ins in the last minutes; try again shortly",
+            ),
+        };
+        Err(self.refuse(peer, issuer, csr_der, refused))
+    }
+
     /// Records a refusal and makes the caller's status: permission denied for what the token
     /// or the request got wrong, unavailable when the IdP could not be asked.
     fn refuse(
@@ -183,7 +289,7 @@ impl SignInService {
         }
         let message = format!("sign-in refused ({}): {}", refused.reason, refused.detail);
         match refused.reason {
-            RefusalReason::IdpUnavailable => Status::unavailable(message),
+            RefusalReason::IdpUnavailable | RefusalReason::Busy => Status::unavailable(message),
             RefusalReason::NotConfigured => Status::failed_precondition(message),
             RefusalReason::BadRequest | RefusalReason::Malformed => {
                 Status::invalid_argument(message)

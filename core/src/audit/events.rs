@@ -1031,10 +1031,13 @@ audit_event! {
         /// `malformed_token`, `issuer`, `audience`, `expired`, `not_yet_valid`, `signature`,
         /// `algorithm` (`none`, an HMAC, or one the IdP does not advertise), `unknown_key`,
         /// `nonce` (not the one sent, not committing to the request's key, or absent from a token
-        /// too old to be taken unbound), `replayed` (a token without a nonce used again),
-        /// `email_not_verified`,
+        /// too old to be taken unbound, or unbound tokens not allowed), `replayed` (a token
+        /// without a nonce used again, however its signature is encoded), `busy` (too many
+        /// device sign-ins remembered at once), `subject_changed` (the loggate name is bound to
+        /// another IdP account: `iss` + `sub`), `email_not_verified`,
         /// `domain_not_allowed`, `missing_claim`, `invalid_username`, `weak_key`, `bad_request`,
-        /// `idp_unavailable` or `not_configured` (`status_detail`)
+        /// `idp_unavailable`, `not_configured`, or `rate_limited` (a summary: `reason` says how
+        /// many attempts from `peer` went over `[oidc] attempts_per_minute`) (`status_detail`)
         reason_code: &'static str,
         /// the refusal in one sentence (the verifier's own words for the token checks)
         reason: String,
