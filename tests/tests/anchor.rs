@@ -50,12 +50,19 @@ fn checkpoint_lines(path: &Path) -> Vec<String> {
 }
 
 fn held_lines(fx: &Fixture) -> Vec<String> {
-    fx.cluster
-        .held_checkpoints("web-1")
-        .unwrap()
+    try_held_lines(fx).unwrap()
+}
+
+/// The checkpoints the controller holds of web-1; an error (e.g. "no agent has ever
+/// connected": agents spread their first connect over a second, and a checkpoint report can
+/// come first) is for a waiting loop to retry.
+fn try_held_lines(fx: &Fixture) -> anyhow::Result<Vec<String>> {
+    Ok(fx
+        .cluster
+        .held_checkpoints("web-1")?
         .iter()
-        .map(|c| c["line"].as_str().unwrap().to_string())
-        .collect()
+        .map(|c| c["line"].as_str().unwrap_or_default().to_string())
+        .collect())
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -74,7 +81,10 @@ fn wait_all_held(fx: &Fixture, min: usize, timeout: Duration) -> Vec<String> {
         timeout,
         || {
             local = checkpoint_lines(&audit_file(fx));
-            let held: HashSet<String> = held_lines(fx).into_iter().collect();
+            let Ok(held) = try_held_lines(fx) else {
+                return false;
+            };
+            let held: HashSet<String> = held.into_iter().collect();
             local.len() >= min && local.iter().all(|l| held.contains(l))
         },
     );
@@ -95,7 +105,10 @@ fn wait_sealed_and_held(fx: &Fixture, min: usize) -> Vec<String> {
                 .last()
                 .is_some_and(|l| Checkpoint::parse_line(l).is_ok());
             local = checkpoint_lines(&audit_file(fx));
-            let held: HashSet<String> = held_lines(fx).into_iter().collect();
+            let Ok(held) = try_held_lines(fx) else {
+                return false;
+            };
+            let held: HashSet<String> = held.into_iter().collect();
             sealed && local.len() >= min && local.iter().all(|l| held.contains(l))
         },
     );
@@ -667,7 +680,10 @@ fn checkpoints_of_files_rotated_during_a_controller_outage_and_an_agent_restart_
         "the controller holds the checkpoints of every rotated file",
         Duration::from_secs(60),
         || {
-            let held: HashSet<String> = held_lines(&fx).into_iter().collect();
+            let Ok(held) = try_held_lines(&fx) else {
+                return false;
+            };
+            let held: HashSet<String> = held.into_iter().collect();
             missing = written.iter().filter(|l| !held.contains(*l)).count();
             missing == 0
         },

@@ -224,6 +224,9 @@ impl Notifier {
         let summaries = notifier.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(BudgetPolicy::default().window);
+            // An interval's first tick is at once: the first summaries are due one window
+            // after the start, not while the first notices are still being counted.
+            tick.tick().await;
             loop {
                 tick.tick().await;
                 summaries.send_summaries();
