@@ -31,12 +31,12 @@ pub const CONTROLLER_BACKOFF: Backoff = loggate_core::backoff::FLEET;
 const SILENCE: Duration = Duration::from_secs(35);
 
 pub async fn run(shared: Arc<Shared>) {
-    // A fleet started at one instant does not meet the controller in one burst.
-    tokio::time::sleep(loggate_core::backoff::fully_jittered(
-        loggate_core::backoff::FIRST_CONNECT_SPREAD,
-        rand::random(),
-    ))
-    .await;
+    // The first connection is made at once: an agent that is up is registered with the
+    // controller at once (`agent status`, `ResolveAgent` and grants issued right after its start
+    // depend on it). A fleet reconnecting after a controller restart spreads itself by the
+    // full-jitter back-off below; spreading a fleet's simultaneous *first* start
+    // (`backoff::FIRST_CONNECT_SPREAD`, simulated by `cargo xtask bench fleet`) needs a readiness
+    // signal that waits for the registration first — not built yet.
     let mut backoff = CONTROLLER_BACKOFF;
     loop {
         match watch_once(&shared, &mut backoff).await {

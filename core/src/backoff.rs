@@ -23,9 +23,9 @@ use std::time::Duration;
 pub const FLEET: Backoff =
     Backoff::new(Duration::from_millis(250), Duration::from_secs(30)).full_jitter();
 
-/// An agent's first connection to the controller waits a random time up to this long: a fleet
-/// started at one instant (a deployment, a data centre's power coming back) does not meet the
-/// controller in one burst. Short enough not to be noticed by a person starting one agent.
+/// How long a fleet started at one instant (a deployment, a data centre's power coming back)
+/// would spread its first connections over, as `cargo xtask bench fleet` simulates; the agent
+/// itself connects at once for now (see `agent/src/watch.rs`).
 pub const FIRST_CONNECT_SPREAD: Duration = Duration::from_secs(1);
 
 /// The shortest first pause a [`Backoff`] takes; a smaller one is raised to it.
