@@ -58,16 +58,34 @@ pub fn inspect(proc_root: &Path, tgid: u32) -> ProcessInfo {
     }
 }
 
-/// Whether `/proc/<pid>/stat` (under `dir`) says the process is a zombie (state `Z`) or dead
-/// (`X`). The state follows the command name, which may itself hold `)`: it is read after
-/// the last one.
+/// `PF_EXITING` of the kernel's task flags (`include/linux/sched.h`): set as `do_exit` begins,
+/// before the process's memory and executable are released.
+const PF_EXITING: u64 = 0x4;
+
+/// Whether `/proc/<pid>/stat` (under `dir`) says the process is exiting: a zombie (state `Z`),
+/// dead (`X`), or still running `do_exit` (`PF_EXITING` in its flags, the ninth field), which
+/// is the window where `exe` and `cmdline` are already gone but the state is not yet `Z`. The
+/// fields follow the command name, which may itself hold `)`: they are read after the last one.
 fn is_zombie(dir: &Path) -> bool {
     let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
         return false;
     };
-    stat.rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-        .is_some_and(|state| state == "Z" || state == "X")
+    let Some(after_name) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    stat_says_exiting(after_name)
+}
+
+/// [`is_zombie`] on the fields after the command name: `state ppid pgrp session tty_nr tpgid
+/// flags …`.
+fn stat_says_exiting(after_name: &str) -> bool {
+    let fields: Vec<&str> = after_name.split_whitespace().take(7).collect();
+    let state_ended = fields.first().is_some_and(|s| *s == "Z" || *s == "X");
+    let flags_exiting = fields
+        .get(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0);
+    state_ended || flags_exiting
 }
 
 /// The file `/proc/<pid>/exe` leads to, (device in the kernel's encoding, inode): the
@@ -384,6 +402,13 @@ mod tests {
         std::fs::write(dir.join("cmdline"), "").expect("write");
         assert!(inspect(proc_root.path(), 4242).exited);
         std::fs::write(dir.join("stat"), "4242 (odd) name) S 1 4242 4242 0 -1").expect("w");
+        assert!(!inspect(proc_root.path(), 4242).exited);
+        // Still running do_exit: the state is R, but PF_EXITING (0x4) is in the flags.
+        let exiting = "4242 (odd) name) R 1 4242 4242 0 -1 4194564 0 0";
+        std::fs::write(dir.join("stat"), exiting).expect("w");
+        assert!(inspect(proc_root.path(), 4242).exited);
+        let running = "4242 (odd) name) R 1 4242 4242 0 -1 4194560 0 0";
+        std::fs::write(dir.join("stat"), running).expect("w");
         assert!(!inspect(proc_root.path(), 4242).exited);
     }
 
