@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod config_file;
+pub mod deadline;
 pub mod governance;
 pub mod login;
 pub mod status;
@@ -451,6 +452,14 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
         if let Some(tls) = tls_error_in(source) {
             return tls_failure(peer, tls, &message);
         }
+        if let Some(waited) = deadline::no_answer_in(source) {
+            return Failure {
+                code: Exit::Error,
+                message: format!(
+                    "{peer} gave {waited}; check that it is running and reachable, then try again"
+                ),
+            };
+        }
         return Failure {
             code: Exit::Error,
             message: format!(
@@ -481,11 +490,12 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
     }
 }
 
+/// A channel to `addr` whose every call has a deadline ([`deadline`]).
 async fn connect(
     addr: &str,
     config: &ClientConfig,
     server: Server<'_>,
-) -> Result<Channel, Failure> {
+) -> Result<deadline::Deadline<Channel>, Failure> {
     let name = match server {
         Server::Controller => "loggate-controller",
         Server::Agent(id) => id,
@@ -495,7 +505,19 @@ async fn connect(
         .endpoint(addr, server)
         .map_err(|e| Failure::from(format!("TLS configuration: {e:#}")))?
         .connect_timeout(Duration::from_secs(5));
-    endpoint.connect().await.map_err(|e| {
+    // connect_timeout bounds the TCP connect only: a peer that accepts and then stays silent
+    // through TLS's handshake is bounded here.
+    let Ok(connected) = tokio::time::timeout(deadline::CONNECT, endpoint.connect()).await else {
+        return Err(Failure {
+            code: Exit::Error,
+            message: format!(
+                "cannot connect to {name} at {addr}: no TLS handshake within {} s; check the \
+                 address and that the server is running",
+                deadline::CONNECT.as_secs()
+            ),
+        });
+    };
+    let channel = connected.map_err(|e| {
         let cause = error_chain(&e);
         if let Some(tls) = tls_error_in(&e) {
             return tls_failure(&format!("{name} at {addr}"), tls, &cause);
@@ -504,7 +526,8 @@ async fn connect(
             code: Exit::Error,
             message: format!("cannot connect to {name} at {addr}: {cause}"),
         }
-    })
+    })?;
+    Ok(deadline::Deadline::new(channel))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -520,7 +543,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-pub async fn controller(config: &ClientConfig) -> Result<ControllerClient<Channel>, Failure> {
+pub async fn controller(
+    config: &ClientConfig,
+) -> Result<ControllerClient<deadline::Deadline<Channel>>, Failure> {
     Ok(ControllerClient::new(
         connect(&config.controller, config, Server::Controller).await?,
     ))

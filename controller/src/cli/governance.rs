@@ -197,11 +197,14 @@ pub async fn grant_request(config: &ClientConfig, args: RequestArgs) -> CliResul
                 eprint!("\r{} waiting for a decision on {id} ", frames[turn % 4]);
                 turn += 1;
             }
+            // The call's own timeout tells the CLI's deadline (and the server) it waits long.
+            let mut ask = tonic::Request::new(pb::GetRequestRequest {
+                request_id: id.clone(),
+                wait_seconds: 30,
+            });
+            ask.set_timeout(Duration::from_secs(45));
             response = client
-                .get_request(pb::GetRequestRequest {
-                    request_id: id.clone(),
-                    wait_seconds: 30,
-                })
+                .get_request(ask)
                 .await
                 .or_explain(config, &peer)
                 .await?
