@@ -81,10 +81,12 @@ async fn anchor_once(
         checkpoint_key: key.to_text(),
         lines,
     };
-    let held = client
-        .report_checkpoints(report(Vec::new()))
-        .await?
-        .into_inner();
+    let held = watch::answered(
+        "a checkpoint report",
+        client.report_checkpoints(report(Vec::new())),
+    )
+    .await?
+    .into_inner();
     backoff.reset();
     let mut spool = Spool::open(
         &shared.config.audit_log,
@@ -104,10 +106,12 @@ async fn anchor_once(
             continue;
         }
         let sent = batch.lines.len();
-        let stored = client
-            .report_checkpoints(report(batch.lines))
-            .await?
-            .into_inner();
+        let stored = watch::answered(
+            "a checkpoint report",
+            client.report_checkpoints(report(batch.lines)),
+        )
+        .await?
+        .into_inner();
         tracing::debug!(
             sent,
             stored = stored.stored,

@@ -147,20 +147,37 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, &args.id);
     let csr = params.serialize_request(&key)?.der().to_vec();
-    let channel = endpoint.connect().await.with_context(|| {
-        format!(
+    let connecting = tokio::time::timeout(crate::watch::ANSWER_WITHIN, endpoint.connect());
+    let channel = connecting
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no answer within {} s",
+                crate::watch::ANSWER_WITHIN.as_secs()
+            )
+        })
+        .and_then(|connected| Ok(connected?))
+        .with_context(|| {
+            format!(
             "cannot connect to the controller's enrolment port {} (check the address, and that \
              --ca-pin is the pin of its CA: loggate pki pin)",
             args.controller
         )
-    })?;
-    let answer = EnrolmentClient::new(channel)
-        .enrol(EnrolRequest {
-            token: args.token.trim().to_string(),
-            agent_id: args.id.clone(),
-            csr_der: csr,
-        })
+        })?;
+    let mut client = EnrolmentClient::new(channel);
+    let enrolling = client.enrol(EnrolRequest {
+        token: args.token.trim().to_string(),
+        agent_id: args.id.clone(),
+        csr_der: csr,
+    });
+    let answer = tokio::time::timeout(crate::watch::ANSWER_WITHIN, enrolling)
         .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the controller did not answer the enrolment within {} s",
+                crate::watch::ANSWER_WITHIN.as_secs()
+            )
+        })?
         .map_err(|status| {
             anyhow::anyhow!(
                 "the controller refused the enrolment: {} ({:?})",
@@ -347,17 +364,19 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
         .distinguished_name
         .push(DnType::CommonName, &config.id);
     let csr = params.serialize_request(&key)?.der().to_vec();
-    let channel = config
-        .tls
-        .endpoint(&config.controller, loggate_core::tls::Server::Controller)?
-        .connect()
+    let mut client = crate::watch::connect(config)
         .await
         .with_context(|| format!("cannot connect to the controller {}", config.controller))?;
-    let answer = loggate_proto::controller_client::ControllerClient::new(channel)
-        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr })
-        .await
-        .map_err(|s| anyhow::anyhow!("the controller refused the renewal: {}", s.message()))?
-        .into_inner();
+    let renewal = client.renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr });
+    let answer = match tokio::time::timeout(crate::watch::ANSWER_WITHIN, renewal).await {
+        Err(_) => anyhow::bail!(
+            "the controller did not answer the renewal within {} s",
+            crate::watch::ANSWER_WITHIN.as_secs()
+        ),
+        Ok(answer) => answer
+            .map_err(|s| anyhow::anyhow!("the controller refused the renewal: {}", s.message()))?,
+    }
+    .into_inner();
     let cert_der = CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes())
         .map_err(|e| anyhow::anyhow!("the controller's answer holds no certificate: {e}"))?;
     let identity = Identity::from_certificate(&cert_der, &config.trust_domain)

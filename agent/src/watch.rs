@@ -29,6 +29,12 @@ use tonic::transport::Channel;
 pub const CONTROLLER_BACKOFF: Backoff = loggate_core::backoff::FLEET;
 /// A stream silent for this long (no heartbeat) is considered dead.
 const SILENCE: Duration = Duration::from_secs(35);
+/// The longest a connection to the controller may take to open, TCP and TLS together
+/// (`connect_timeout` bounds TCP only: a controller that accepts and stalls in the handshake
+/// would hold the agent there for ever, and every revocation made after it recovers unseen).
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// The longest a call to the controller may wait for its answer to begin.
+pub const ANSWER_WITHIN: Duration = SILENCE;
 
 pub async fn run(shared: Arc<Shared>) {
     // The first connection is made at once: an agent that is up is registered with the
@@ -52,14 +58,34 @@ pub async fn run(shared: Arc<Shared>) {
 
 /// A connection to the controller with the agent's mTLS identity.
 pub async fn connect(config: &AgentConfig) -> anyhow::Result<ControllerClient<Channel>> {
-    let channel = config
+    let endpoint = config
         .tls
         .endpoint(&config.controller, Server::Controller)?
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .connect()
-        .await?;
-    Ok(ControllerClient::new(channel).max_decoding_message_size(1 << 20))
+        .http2_keep_alive_interval(Duration::from_secs(20));
+    let Ok(connected) = tokio::time::timeout(CONNECT_WITHIN, endpoint.connect()).await else {
+        anyhow::bail!(
+            "no TLS handshake with the controller at {} within {} s",
+            config.controller,
+            CONNECT_WITHIN.as_secs()
+        );
+    };
+    Ok(ControllerClient::new(connected?).max_decoding_message_size(1 << 20))
+}
+
+/// `call`'s answer, or an error once [`ANSWER_WITHIN`] has passed without one: a call queued
+/// for a connection that died unseen must not hold its caller for ever.
+pub async fn answered<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(ANSWER_WITHIN, call).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => anyhow::bail!(
+            "the controller did not answer {what} within {} s",
+            ANSWER_WITHIN.as_secs()
+        ),
+    }
 }
 
 /// One `WatchGrants` stream, until it ends. `backoff` is reset once the controller has
@@ -68,14 +94,14 @@ pub async fn connect(config: &AgentConfig) -> anyhow::Result<ControllerClient<Ch
 async fn watch_once(shared: &Shared, backoff: &mut Backoff) -> anyhow::Result<()> {
     let config = &shared.config;
     let mut client = connect(config).await?;
-    let mut stream = client
-        .watch_grants(pb::WatchGrantsRequest {
-            agent_id: config.id.clone(),
-            labels: config.labels.clone(),
-            listen_addr: config.advertise.clone(),
-            after_revision: shared.grants.revision(),
-            after_epoch: shared.grants.epoch(),
-        })
+    let request = pb::WatchGrantsRequest {
+        agent_id: config.id.clone(),
+        labels: config.labels.clone(),
+        listen_addr: config.advertise.clone(),
+        after_revision: shared.grants.revision(),
+        after_epoch: shared.grants.epoch(),
+    };
+    let mut stream = answered("the grant stream", client.watch_grants(request))
         .await?
         .into_inner();
     backoff.reset();
