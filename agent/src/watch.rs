@@ -50,18 +50,14 @@ pub async fn run(shared: Arc<Shared>) {
         let (at, addr) = controllers.current();
         match watch_once(&shared, addr, &mut backoff).await {
             Ok(()) => {
-                tracing::warn!(controller = addr, "the controller closed the grant stream");
+                tracing::warn!(controller = %addr, "the controller closed the grant stream");
                 backoff.reset();
             }
-            Err(e) => tracing::warn!(controller = addr, "grant stream to the controller: {e:#}"),
+            Err(e) => tracing::warn!(controller = %addr, "grant stream to the controller: {e:#}"),
         }
         let next = controllers.advance_from(at);
         if next != addr {
-            tracing::info!(
-                from = addr,
-                to = next,
-                "moving to the next controller address"
-            );
+            tracing::info!(from = %addr, to = %next, "moving to the next controller address");
         }
         backoff.pause().await;
     }
@@ -108,7 +104,7 @@ async fn watch_once(shared: &Shared, addr: &str, backoff: &mut Backoff) -> anyho
         .into_inner();
     backoff.reset();
     tracing::info!(
-        controller = addr,
+        controller = %addr,
         after = shared.grants.revision(),
         epoch = %shared.grants.epoch(),
         "connected to the controller"

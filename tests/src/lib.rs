@@ -204,6 +204,55 @@ impl Cluster {
         }
     }
 
+    /// Kills the controller with SIGKILL (a crash: its streams are cut, not closed).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Moves the controller to `addr`: its configuration's `listen` and every user's client
+    /// configuration (`pki/clients/*.toml`); the agents' configurations are left as they are.
+    /// Takes effect at the controller's next start.
+    pub fn move_controller(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let old = self.controller_addr.to_string();
+        let text = std::fs::read_to_string(&self.controller_config)?;
+        let text = text.replacen(
+            &format!("\nlisten = \"{old}\"\n"),
+            &format!("\nlisten = \"{addr}\"\n"),
+            1,
+        );
+        std::fs::write(&self.controller_config, text)?;
+        for entry in std::fs::read_dir(self.dir.join("pki/clients"))? {
+            let path = entry?.path();
+            let text = std::fs::read_to_string(&path)?.replacen(
+                &format!("controller = \"{old}\""),
+                &format!("controller = \"{addr}\""),
+                1,
+            );
+            std::fs::write(&path, text)?;
+        }
+        self.controller_addr = addr;
+        Ok(())
+    }
+
+    /// Replaces agent `id`'s `controller = …` line (from `add_agent`) with
+    /// `controllers = [addrs…]`.
+    pub fn set_agent_controllers(&self, id: &str, addrs: &[String]) -> anyhow::Result<()> {
+        let info = self.agents.get(id).context("unknown agent")?;
+        let list: Vec<String> = addrs.iter().map(|a| format!("{a:?}")).collect();
+        let text = std::fs::read_to_string(&info.config)?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("controller = "))
+            .context("no controller line in the agent's configuration")?
+            .to_string();
+        let text = text.replacen(&line, &format!("controllers = [{}]", list.join(", ")), 1);
+        std::fs::write(&info.config, text)?;
+        Ok(())
+    }
+
     /// Writes the configuration of agent `id` serving `roots`; `extra` is appended to it.
     pub fn add_agent(&mut self, id: &str, roots: &[&Path], extra: &str) -> anyhow::Result<()> {
         let addr = free_addr()?;
