@@ -2,6 +2,7 @@
 //! a real development PKI in a folder, and drives the real CLI. Used by the end-to-end tests in
 //! `tests/tests/` and by `cargo xtask demo`.
 
+pub mod netns;
 pub mod oidc_provider;
 
 use anyhow::{bail, Context};
@@ -102,6 +103,8 @@ pub struct AgentInfo {
     pub addr: SocketAddr,
     pub config: PathBuf,
     pub dir: PathBuf,
+    /// The network namespace it runs in (`netns.rs`); `None`: the test's own.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -116,6 +119,10 @@ pub struct Cluster {
     pub agents: HashMap<String, AgentInfo>,
     /// Where child processes' stderr goes (inherit for the demo, a file for tests).
     pub quiet: bool,
+    /// The network namespace the controller runs in (`netns.rs`); `None`: the test's own.
+    pub controller_netns: Option<String>,
+    /// The network namespace [`Cluster::cli`] commands run in; `None`: the test's own.
+    pub cli_netns: Option<String>,
 }
 
 impl Cluster {
@@ -171,11 +178,22 @@ impl Cluster {
             controller: None,
             agents: HashMap::new(),
             quiet: true,
+            controller_netns: None,
+            cli_netns: None,
         })
     }
 
-    fn spawn(&self, program: &str, args: &[&str], log: &Path) -> anyhow::Result<Child> {
-        let mut cmd = Command::new(self.bins.join(program));
+    fn spawn(
+        &self,
+        program: &str,
+        args: &[&str],
+        log: &Path,
+        netns: Option<&str>,
+    ) -> anyhow::Result<Child> {
+        let mut cmd = match netns {
+            Some(ns) => netns::command_in(ns, &self.bins.join(program)),
+            None => Command::new(self.bins.join(program)),
+        };
         cmd.args(args).stdin(Stdio::null());
         if self.quiet {
             let file = std::fs::OpenOptions::new()
@@ -193,9 +211,13 @@ impl Cluster {
             "loggate",
             &["controller", "serve", "--config", &config],
             &self.dir.join("controller/stderr.log"),
+            self.controller_netns.as_deref(),
         )?;
         self.controller = Some(child);
-        wait_for_port(self.controller_addr, Duration::from_secs(20))
+        match &self.controller_netns {
+            Some(ns) => netns::wait_for_port_in(ns, self.controller_addr, Duration::from_secs(20)),
+            None => wait_for_port(self.controller_addr, Duration::from_secs(20)),
+        }
     }
 
     pub fn stop_controller(&mut self) {
@@ -234,6 +256,27 @@ impl Cluster {
             std::fs::write(&path, text)?;
         }
         self.controller_addr = addr;
+        Ok(())
+    }
+
+    /// Runs agent `id` (from `add_agent`) as a host of its own: in network namespace `ns`,
+    /// listening on `listen` (e.g. `0.0.0.0:7501`), reached and advertised at `addr`.
+    pub fn place_agent(
+        &mut self,
+        id: &str,
+        ns: &str,
+        listen: SocketAddr,
+        addr: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let info = self.agents.get_mut(id).context("unknown agent")?;
+        let text = std::fs::read_to_string(&info.config)?.replacen(
+            &format!("\nlisten = \"{}\"\n", info.addr),
+            &format!("\nlisten = \"{listen}\"\nadvertise = \"{addr}\"\n"),
+            1,
+        );
+        std::fs::write(&info.config, text)?;
+        info.addr = addr;
+        info.netns = Some(ns.to_string());
         Ok(())
     }
 
@@ -291,6 +334,7 @@ impl Cluster {
                 addr,
                 config,
                 dir,
+                netns: None,
                 child: None,
             },
         );
@@ -302,11 +346,20 @@ impl Cluster {
         let config = info.config.display().to_string();
         let log = info.dir.join("stderr.log");
         let addr = info.addr;
-        let child = self.spawn("loggate-agent", &["run", "--config", &config], &log)?;
+        let ns = info.netns.clone();
+        let child = self.spawn(
+            "loggate-agent",
+            &["run", "--config", &config],
+            &log,
+            ns.as_deref(),
+        )?;
         if let Some(info) = self.agents.get_mut(id) {
             info.child = Some(child);
         }
-        wait_for_port(addr, Duration::from_secs(20))
+        match ns {
+            Some(ns) => netns::wait_for_port_in(&ns, addr, Duration::from_secs(20)),
+            None => wait_for_port(addr, Duration::from_secs(20)),
+        }
     }
 
     pub fn stop_agent(&mut self, id: &str) {
@@ -333,7 +386,10 @@ impl Cluster {
 
     /// A `loggate` command run as `user` (its client configuration).
     pub fn cli(&self, user: &str) -> Command {
-        let mut cmd = Command::new(self.bins.join("loggate"));
+        let mut cmd = match &self.cli_netns {
+            Some(ns) => netns::command_in(ns, &self.bins.join("loggate")),
+            None => Command::new(self.bins.join("loggate")),
+        };
         cmd.env("LOGGATE_CONFIG", self.client_config(user));
         cmd.stdin(Stdio::null());
         cmd

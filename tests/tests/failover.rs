@@ -64,9 +64,7 @@ fn the_agent_follows_its_controller_to_the_other_address_and_misses_nothing() ->
     f.cluster.move_controller(second)?;
     f.cluster.start_controller()?;
     // Meanwhile (the agent is reconnecting, or has just reconnected): a grant and a revocation.
-    let new = f
-        .cluster
-        .issue_grant("admin", "web-1", &f.glob(), "30m")?;
+    let new = f.cluster.issue_grant("admin", "web-1", &f.glob(), "30m")?;
     let out = f
         .cluster
         .run_cli("admin", &["grant", "revoke", &old, "--reason", "T-12"])?;
@@ -96,9 +94,10 @@ fn the_agent_follows_its_controller_to_the_other_address_and_misses_nothing() ->
     // in its audit stream (as a revocation, or as a grant the controller no longer holds).
     let log = std::fs::read_to_string(f.cluster.dir.join("agents/web-1/stderr.log"))?;
     assert!(
-        log.lines().any(|l| l.contains("moving to the next controller address")
-            && l.contains(&format!("from={first}"))
-            && l.contains(&format!("to={second}"))),
+        log.lines()
+            .any(|l| l.contains("moving to the next controller address")
+                && l.contains(&format!("from={first}"))
+                && l.contains(&format!("to={second}"))),
         "no move from {first} to {second} in the agent's log:\n{log}"
     );
     let gone = f.cluster.agent_audit("web-1").into_iter().find(|e| {
@@ -137,7 +136,11 @@ fn controller_and_controllers_are_one_choice_checked_at_load() -> anyhow::Result
             format!("controller = \"{addr}\"\ncontrollers = [\"{addr}\"]"),
             "controller and controllers are both given",
         ),
-        ("neither.toml", String::new(), "name the controller's address"),
+        (
+            "neither.toml",
+            String::new(),
+            "name the controller's address",
+        ),
         (
             "empty.toml",
             "controllers = []".to_string(),
