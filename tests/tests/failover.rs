@@ -167,3 +167,55 @@ fn controller_and_controllers_are_one_choice_checked_at_load() -> anyhow::Result
     }
     Ok(())
 }
+
+#[test]
+fn enrolment_tries_each_listed_address_until_one_answers() -> anyhow::Result<()> {
+    let logs = tempfile::tempdir()?;
+    let mut cluster = loggate_tests::Cluster::new(None)?;
+    let live = cluster.enable_enrolment("")?;
+    cluster.start_controller()?;
+    cluster.add_agent("web-7", &[&std::fs::canonicalize(logs.path())?], "")?;
+    cluster.use_enrolled_files("web-7")?;
+    let pin = cluster.ca_pin()?;
+    let (dead_a, dead_b) = (free_addr()?, free_addr()?);
+
+    // Only dead addresses: each is tried once, and the error names them all.
+    let out = cluster
+        .enrol_cmd("web-7", dead_a, "lgj_unused", &pin)
+        .args(["--controller", &dead_b.to_string()])
+        .output()?;
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("cannot connect to the controller's enrolment port")
+            && stderr.contains(&dead_a.to_string())
+            && stderr.contains(&dead_b.to_string()),
+        "{stderr}"
+    );
+    // An address that is not host:port is refused before anything is tried.
+    let out = cluster
+        .enrol_cmd("web-7", live, "lgj_unused", &pin)
+        .args(["--controller", "https://ctl:7401"])
+        .output()?;
+    let (_, stderr) = text(&out);
+    assert!(
+        !out.status.success()
+            && stderr.contains("--controller: \"https://ctl:7401\" is not host:port"),
+        "{stderr}"
+    );
+
+    // A dead address beside the live one: the enrolment goes through the live one.
+    let token = cluster.join_token(&["--ttl", "1h", "--uses", "1"])?;
+    let out = cluster
+        .enrol_cmd("web-7", dead_a, &token, &pin)
+        .args(["--controller", &live.to_string()])
+        .output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        cluster.agents["web-7"].dir.join("state/enrolment.json"),
+    )?)?;
+    assert_eq!(record["controller"], live.to_string(), "{record}");
+    cluster.start_agent("web-7")?;
+    Ok(())
+}
