@@ -249,7 +249,10 @@ async fn connect_enrolment(
     let mut failures = Vec::new();
     for _ in 0..addrs.all().len() {
         let (at, addr) = addrs.current();
-        let endpoint = loggate_core::tls::pinned_enrolment_endpoint(addr, ca_pin)?;
+        // Bounded, so that an address whose packets are dropped does not hold the next one
+        // back for the system's TCP timeout (minutes).
+        let endpoint = loggate_core::tls::pinned_enrolment_endpoint(addr, ca_pin)?
+            .connect_timeout(std::time::Duration::from_secs(5));
         match endpoint.connect().await {
             Ok(channel) => return Ok((addr.to_string(), channel)),
             Err(e) => {

@@ -81,6 +81,16 @@ fn agents_on_separate_hosts_keep_enforcing_while_cut_off_and_catch_up_when_the_l
             "{id} served: {stdout}"
         );
     }
+    // By name alone: the CLI asks the controller where web-2 is (the address it advertised).
+    let out = cluster
+        .cli("alice")
+        .args(["logs", "cat", "--host", "web-2", &file(1)])
+        .output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success() && stdout.contains("web-2 line 0"),
+        "web-2 by name: {stdout}{stderr}"
+    );
     let old = cluster.grant("bob", "web-1", &glob(0), "30m")?;
 
     // web-1's cable is cut: the controller's host no longer reaches it.
