@@ -29,6 +29,7 @@ pub fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("network namespaces need root".into());
     }
+    remove_stale_labs();
     let probe = format!("{PREFIX}{}-probe", std::process::id());
     match Command::new("ip").args(["netns", "add", &probe]).output() {
         Err(e) => Some(format!("cannot run `ip` (iproute2): {e}")),
