@@ -75,7 +75,7 @@ async fn anchor_once(
 ) -> anyhow::Result<()> {
     let durable = shared.audit_log.durable();
     let cursor_file = cursor_path(&shared.config.state_dir);
-    let mut client = watch::connect(&shared.config).await?;
+    let mut client = watch::connect_current(&shared.config).await?;
     let report = |lines: Vec<String>| pb::ReportCheckpointsRequest {
         agent_id: shared.config.id.clone(),
         checkpoint_key: key.to_text(),

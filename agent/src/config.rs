@@ -3,6 +3,7 @@
 //! folder holding the configuration file.
 
 use crate::bypass::{BypassConfig, BypassFile};
+use crate::controllers::ControllerAddrs;
 use crate::fs_access::LogRoot;
 use anyhow::{bail, Context};
 use loggate_core::audit::ship::{validate_sinks, AuditSection, SinkConfig};
@@ -44,8 +45,13 @@ pub struct AgentConfigFile {
     /// The address published to the controller's registry (default: `listen`).
     #[serde(default)]
     advertise: Option<String>,
-    /// The controller's address ("host:port").
-    controller: String,
+    /// The controller's address ("host:port"); or `controllers`, not both.
+    #[serde(default)]
+    controller: Option<String>,
+    /// The addresses of the replicas of one controller ("host:port" each); see
+    /// `controllers.rs`.
+    #[serde(default)]
+    controllers: Option<Vec<String>>,
     #[serde(default = "default_trust_domain")]
     trust_domain: String,
     /// Files holding the controller's grant-verification keys (PASERK `k4.public.…`).
@@ -192,7 +198,8 @@ pub struct AgentConfig {
     pub labels: Vec<String>,
     pub listen: SocketAddr,
     pub advertise: String,
-    pub controller: String,
+    /// Where the controller is (one address, or its replicas') and which address is current.
+    pub controllers: ControllerAddrs,
     pub trust_domain: String,
     pub grant_keys: Vec<VerifyingKey>,
     pub roots: Vec<LogRoot>,
@@ -305,6 +312,10 @@ impl AgentConfig {
         }
         let roots = problems.take(validate_roots(&file.roots));
         let grant_keys = problems.take(load_grant_keys(&file.grant_keys, base));
+        let controllers = problems.take(ControllerAddrs::from_config(
+            file.controller,
+            file.controllers,
+        ));
         let max_clock_skew = file.max_clock_skew;
         if max_clock_skew > Duration::from_secs(60) {
             problems.push(anyhow::anyhow!("max_clock_skew must be at most 60s"));
@@ -335,6 +346,7 @@ impl AgentConfig {
             Some(sinks),
             Some(audit_settings),
             Some(metrics),
+            Some(controllers),
         ) = (
             roots,
             grant_keys,
@@ -343,6 +355,7 @@ impl AgentConfig {
             sinks,
             audit_settings,
             metrics,
+            controllers,
         )
         else {
             problems.into_result()?;
@@ -364,7 +377,7 @@ impl AgentConfig {
             id: file.id,
             labels,
             listen: file.listen,
-            controller: file.controller,
+            controllers,
             trust_domain: file.trust_domain,
             grant_keys,
             roots,

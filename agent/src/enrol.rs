@@ -28,9 +28,11 @@ use std::path::{Path, PathBuf};
 /// `loggate-agent enrol`.
 #[derive(clap::Args)]
 pub struct EnrolArgs {
-    /// The controller's enrolment address, "host:port" (its `[enrolment] listen`).
-    #[arg(long)]
-    pub controller: String,
+    /// The controller's enrolment address, "host:port" (its `[enrolment] listen`); repeat it
+    /// for the replicas of one controller: they are tried in turn, from a random one, until one
+    /// answers.
+    #[arg(long = "controller", required = true)]
+    pub controllers: Vec<String>,
     /// The join token from `loggate agent token create` (or set LOGGATE_JOIN_TOKEN, which keeps
     /// it out of the process list).
     #[arg(long, env = "LOGGATE_JOIN_TOKEN", hide_env_values = true)]
@@ -140,30 +142,20 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
             args.id
         );
     }
-    let endpoint = loggate_core::tls::pinned_enrolment_endpoint(&args.controller, &args.ca_pin)?;
+    for addr in &args.controllers {
+        crate::controllers::check_address(addr).context("--controller")?;
+    }
+    let addrs = crate::controllers::ControllerAddrs::new(
+        args.controllers.clone(),
+        usize::try_from(rand::random::<u32>()).unwrap_or(0),
+    )?;
     let pin = args.ca_pin.trim().to_ascii_lowercase();
     // The key is made here, and only its public half leaves the host (in the CSR).
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, &args.id);
     let csr = params.serialize_request(&key)?.der().to_vec();
-    let connecting = tokio::time::timeout(crate::watch::ANSWER_WITHIN, endpoint.connect());
-    let channel = connecting
-        .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "no answer within {} s",
-                crate::watch::ANSWER_WITHIN.as_secs()
-            )
-        })
-        .and_then(|connected| Ok(connected?))
-        .with_context(|| {
-            format!(
-            "cannot connect to the controller's enrolment port {} (check the address, and that \
-             --ca-pin is the pin of its CA: loggate pki pin)",
-            args.controller
-        )
-        })?;
+    let (controller, channel) = connect_enrolment(&addrs, &args.ca_pin).await?;
     let mut client = EnrolmentClient::new(channel);
     let enrolling = client.enrol(EnrolRequest {
         token: args.token.trim().to_string(),
@@ -232,7 +224,7 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         labels: answer.labels.clone(),
         serial: answer.serial.clone(),
         not_after_unix: answer.not_after_unix,
-        controller: args.controller.clone(),
+        controller,
     }
     .save(&state_dir)?;
     let until = std::time::UNIX_EPOCH
@@ -251,6 +243,44 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         grant_key_file.display()
     );
     Ok(())
+}
+
+/// A pinned connection to the first enrolment address that answers, tried in turn from the
+/// (random) current one, each once. Only a failed connection moves on: the join token is sent
+/// on the connection made, and a refusal there is final (another replica would refuse the same
+/// token, or count a second use of it).
+async fn connect_enrolment(
+    addrs: &crate::controllers::ControllerAddrs,
+    ca_pin: &str,
+) -> anyhow::Result<(String, tonic::transport::Channel)> {
+    let mut failures = Vec::new();
+    for _ in 0..addrs.all().len() {
+        let (at, addr) = addrs.current();
+        // Bounded, so that an address whose packets are dropped does not hold the next one
+        // back for the system's TCP timeout (minutes).
+        let endpoint = loggate_core::tls::pinned_enrolment_endpoint(addr, ca_pin)?
+            .connect_timeout(std::time::Duration::from_secs(5));
+        // connect_timeout bounds TCP only: a peer that stalls in TLS's handshake is bounded here.
+        match tokio::time::timeout(crate::watch::CONNECT_WITHIN, endpoint.connect()).await {
+            Ok(Ok(channel)) => return Ok((addr.to_string(), channel)),
+            Ok(Err(e)) => {
+                failures.push(format!("{addr}: {:#}", anyhow::Error::from(e)));
+                addrs.advance_from(at);
+            }
+            Err(_) => {
+                failures.push(format!(
+                    "{addr}: no TLS handshake within {} s",
+                    crate::watch::CONNECT_WITHIN.as_secs()
+                ));
+                addrs.advance_from(at);
+            }
+        }
+    }
+    bail!(
+        "cannot connect to the controller's enrolment port ({}); check the address, and that \
+         --ca-pin is the pin of its CA: loggate pki pin",
+        failures.join("; ")
+    )
 }
 
 /// Writes `data` to `path` through a temporary file created with `mode` (never wider, even
@@ -364,9 +394,8 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
         .distinguished_name
         .push(DnType::CommonName, &config.id);
     let csr = params.serialize_request(&key)?.der().to_vec();
-    let mut client = crate::watch::connect(config)
-        .await
-        .with_context(|| format!("cannot connect to the controller {}", config.controller))?;
+    // Whichever controller address is current (the grant stream moves it on a failure).
+    let mut client = crate::watch::connect_current(config).await?;
     let renewal = client.renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr });
     let answer = match tokio::time::timeout(crate::watch::ANSWER_WITHIN, renewal).await {
         Err(_) => anyhow::bail!(

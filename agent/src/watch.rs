@@ -1,7 +1,9 @@
 //! The agent's one long-lived `WatchGrants` stream to the controller: it dials out (hosts need
 //! no inbound port from the controller), resumes from the last revision it applied, verifies
 //! and persists every pushed grant and revocation, and reconnects with jittered exponential
-//! back-off so a controller restart does not meet every agent at the same instant.
+//! back-off so a controller restart does not meet every agent at the same instant. With several
+//! controller addresses (replicas of one controller) it moves to the next one whenever its
+//! stream fails or ends (see `controllers.rs`).
 //!
 //! A revision is only a position within the controller's **epoch** (new at every controller
 //! start, which may be the restore of a backup that reuses revision numbers). The agent sends
@@ -13,6 +15,7 @@
 use crate::config::AgentConfig;
 use crate::grants::{GrantStore, RevocationInfo};
 use crate::Shared;
+use anyhow::Context;
 use loggate_core::audit::{events, AuditEvent};
 use loggate_core::backoff::Backoff;
 use loggate_core::grant::{unix_now, GrantError, ReceivedGrant};
@@ -32,7 +35,7 @@ const SILENCE: Duration = Duration::from_secs(35);
 /// The longest a connection to the controller may take to open, TCP and TLS together
 /// (`connect_timeout` bounds TCP only: a controller that accepts and stalls in the handshake
 /// would hold the agent there for ever, and every revocation made after it recovers unseen).
-const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// The longest a call to the controller may wait for its answer to begin.
 pub const ANSWER_WITHIN: Duration = SILENCE;
 
@@ -43,34 +46,48 @@ pub async fn run(shared: Arc<Shared>) {
     // full-jitter back-off below; spreading a fleet's simultaneous *first* start
     // (`backoff::FIRST_CONNECT_SPREAD`, simulated by `cargo xtask bench fleet`) needs a readiness
     // signal that waits for the registration first — not built yet.
+    //
+    // With several controller addresses (the replicas of one controller, `controllers.rs`), a
+    // failed connection or an ended stream moves the agent to the next address, after the same
+    // back-off; the next stream resumes from the last revision applied, so nothing is missed.
+    let controllers = &shared.config.controllers;
     let mut backoff = CONTROLLER_BACKOFF;
     loop {
-        match watch_once(&shared, &mut backoff).await {
+        let (at, addr) = controllers.current();
+        match watch_once(&shared, addr, &mut backoff).await {
             Ok(()) => {
-                tracing::warn!("controller closed the grant stream; reconnecting");
+                tracing::warn!(controller = %addr, "the controller closed the grant stream");
                 backoff.reset();
             }
-            Err(e) => tracing::warn!("grant stream to the controller: {e:#}"),
+            Err(e) => tracing::warn!(controller = %addr, "grant stream to the controller: {e:#}"),
+        }
+        let next = controllers.advance_from(at);
+        if next != addr {
+            tracing::info!(from = %addr, to = %next, "moving to the next controller address");
         }
         backoff.pause().await;
     }
 }
 
-/// A connection to the controller with the agent's mTLS identity.
-pub async fn connect(config: &AgentConfig) -> anyhow::Result<ControllerClient<Channel>> {
+/// A connection to the controller at `addr` with the agent's mTLS identity.
+pub async fn connect(
+    config: &AgentConfig,
+    addr: &str,
+) -> anyhow::Result<ControllerClient<Channel>> {
     let endpoint = config
         .tls
-        .endpoint(&config.controller, Server::Controller)?
+        .endpoint(addr, Server::Controller)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20));
     let Ok(connected) = tokio::time::timeout(CONNECT_WITHIN, endpoint.connect()).await else {
         anyhow::bail!(
-            "no TLS handshake with the controller at {} within {} s",
-            config.controller,
+            "no TLS handshake with the controller at {addr} within {} s",
             CONNECT_WITHIN.as_secs()
         );
     };
-    Ok(ControllerClient::new(connected?).max_decoding_message_size(1 << 20))
+    let channel =
+        connected.with_context(|| format!("cannot connect to the controller at {addr}"))?;
+    Ok(ControllerClient::new(channel).max_decoding_message_size(1 << 20))
 }
 
 /// `call`'s answer, or an error once [`ANSWER_WITHIN`] has passed without one: a call queued
@@ -88,12 +105,19 @@ pub async fn answered<T>(
     }
 }
 
-/// One `WatchGrants` stream, until it ends. `backoff` is reset once the controller has
-/// answered: the pause after a long-lived stream breaks starts short again, whatever an
-/// earlier outage had grown it to.
-async fn watch_once(shared: &Shared, backoff: &mut Backoff) -> anyhow::Result<()> {
+/// A connection to the controller at its current address (`controllers.rs`): what the
+/// checkpoint sender and the certificate renewal use; only the grant stream moves the agent to
+/// another address.
+pub async fn connect_current(config: &AgentConfig) -> anyhow::Result<ControllerClient<Channel>> {
+    connect(config, config.controllers.current().1).await
+}
+
+/// One `WatchGrants` stream to the controller at `addr`, until it ends. `backoff` is reset once
+/// the controller has answered: the pause after a long-lived stream breaks starts short again,
+/// whatever an earlier outage had grown it to.
+async fn watch_once(shared: &Shared, addr: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
     let config = &shared.config;
-    let mut client = connect(config).await?;
+    let mut client = connect(config, addr).await?;
     let request = pb::WatchGrantsRequest {
         agent_id: config.id.clone(),
         labels: config.labels.clone(),
@@ -106,6 +130,7 @@ async fn watch_once(shared: &Shared, backoff: &mut Backoff) -> anyhow::Result<()
         .into_inner();
     backoff.reset();
     tracing::info!(
+        controller = %addr,
         after = shared.grants.revision(),
         epoch = %shared.grants.epoch(),
         "connected to the controller"

@@ -2,6 +2,7 @@
 //! a real development PKI in a folder, and drives the real CLI. Used by the end-to-end tests in
 //! `tests/tests/` and by `cargo xtask demo`.
 
+pub mod netns;
 pub mod oidc_provider;
 
 use anyhow::{bail, Context};
@@ -102,6 +103,8 @@ pub struct AgentInfo {
     pub addr: SocketAddr,
     pub config: PathBuf,
     pub dir: PathBuf,
+    /// The network namespace it runs in (`netns.rs`); `None`: the test's own.
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -116,6 +119,10 @@ pub struct Cluster {
     pub agents: HashMap<String, AgentInfo>,
     /// Where child processes' stderr goes (inherit for the demo, a file for tests).
     pub quiet: bool,
+    /// The network namespace the controller runs in (`netns.rs`); `None`: the test's own.
+    pub controller_netns: Option<String>,
+    /// The network namespace [`Cluster::cli`] commands run in; `None`: the test's own.
+    pub cli_netns: Option<String>,
 }
 
 impl Cluster {
@@ -171,11 +178,22 @@ impl Cluster {
             controller: None,
             agents: HashMap::new(),
             quiet: true,
+            controller_netns: None,
+            cli_netns: None,
         })
     }
 
-    fn spawn(&self, program: &str, args: &[&str], log: &Path) -> anyhow::Result<Child> {
-        let mut cmd = Command::new(self.bins.join(program));
+    fn spawn(
+        &self,
+        program: &str,
+        args: &[&str],
+        log: &Path,
+        netns: Option<&str>,
+    ) -> anyhow::Result<Child> {
+        let mut cmd = match netns {
+            Some(ns) => netns::command_in(ns, &self.bins.join(program)),
+            None => Command::new(self.bins.join(program)),
+        };
         cmd.args(args).stdin(Stdio::null());
         if self.quiet {
             let file = std::fs::OpenOptions::new()
@@ -193,15 +211,89 @@ impl Cluster {
             "loggate",
             &["controller", "serve", "--config", &config],
             &self.dir.join("controller/stderr.log"),
+            self.controller_netns.as_deref(),
         )?;
         self.controller = Some(child);
-        wait_for_port(self.controller_addr, Duration::from_secs(20))
+        match &self.controller_netns {
+            Some(ns) => netns::wait_for_port_in(ns, self.controller_addr, Duration::from_secs(20)),
+            None => wait_for_port(self.controller_addr, Duration::from_secs(20)),
+        }
     }
 
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {
             terminate(&mut c);
         }
+    }
+
+    /// Kills the controller with SIGKILL (a crash: its streams are cut, not closed).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Moves the controller to `addr`: its configuration's `listen` and every user's client
+    /// configuration (`pki/clients/*.toml`); the agents' configurations are left as they are.
+    /// Takes effect at the controller's next start.
+    pub fn move_controller(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let old = self.controller_addr.to_string();
+        let text = std::fs::read_to_string(&self.controller_config)?;
+        let text = text.replacen(
+            &format!("\nlisten = \"{old}\"\n"),
+            &format!("\nlisten = \"{addr}\"\n"),
+            1,
+        );
+        std::fs::write(&self.controller_config, text)?;
+        for entry in std::fs::read_dir(self.dir.join("pki/clients"))? {
+            let path = entry?.path();
+            let text = std::fs::read_to_string(&path)?.replacen(
+                &format!("controller = \"{old}\""),
+                &format!("controller = \"{addr}\""),
+                1,
+            );
+            std::fs::write(&path, text)?;
+        }
+        self.controller_addr = addr;
+        Ok(())
+    }
+
+    /// Runs agent `id` (from `add_agent`) as a host of its own: in network namespace `ns`,
+    /// listening on `listen` (e.g. `0.0.0.0:7501`), reached and advertised at `addr`.
+    pub fn place_agent(
+        &mut self,
+        id: &str,
+        ns: &str,
+        listen: SocketAddr,
+        addr: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let info = self.agents.get_mut(id).context("unknown agent")?;
+        let text = std::fs::read_to_string(&info.config)?.replacen(
+            &format!("\nlisten = \"{}\"\n", info.addr),
+            &format!("\nlisten = \"{listen}\"\nadvertise = \"{addr}\"\n"),
+            1,
+        );
+        std::fs::write(&info.config, text)?;
+        info.addr = addr;
+        info.netns = Some(ns.to_string());
+        Ok(())
+    }
+
+    /// Replaces agent `id`'s `controller = …` line (from `add_agent`) with
+    /// `controllers = [addrs…]`.
+    pub fn set_agent_controllers(&self, id: &str, addrs: &[String]) -> anyhow::Result<()> {
+        let info = self.agents.get(id).context("unknown agent")?;
+        let list: Vec<String> = addrs.iter().map(|a| format!("{a:?}")).collect();
+        let text = std::fs::read_to_string(&info.config)?;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("controller = "))
+            .context("no controller line in the agent's configuration")?
+            .to_string();
+        let text = text.replacen(&line, &format!("controllers = [{}]", list.join(", ")), 1);
+        std::fs::write(&info.config, text)?;
+        Ok(())
     }
 
     /// Writes the configuration of agent `id` serving `roots`; `extra` is appended to it.
@@ -242,6 +334,7 @@ impl Cluster {
                 addr,
                 config,
                 dir,
+                netns: None,
                 child: None,
             },
         );
@@ -253,11 +346,20 @@ impl Cluster {
         let config = info.config.display().to_string();
         let log = info.dir.join("stderr.log");
         let addr = info.addr;
-        let child = self.spawn("loggate-agent", &["run", "--config", &config], &log)?;
+        let ns = info.netns.clone();
+        let child = self.spawn(
+            "loggate-agent",
+            &["run", "--config", &config],
+            &log,
+            ns.as_deref(),
+        )?;
         if let Some(info) = self.agents.get_mut(id) {
             info.child = Some(child);
         }
-        wait_for_port(addr, Duration::from_secs(20))
+        match ns {
+            Some(ns) => netns::wait_for_port_in(&ns, addr, Duration::from_secs(20)),
+            None => wait_for_port(addr, Duration::from_secs(20)),
+        }
     }
 
     pub fn stop_agent(&mut self, id: &str) {
@@ -284,7 +386,10 @@ impl Cluster {
 
     /// A `loggate` command run as `user` (its client configuration).
     pub fn cli(&self, user: &str) -> Command {
-        let mut cmd = Command::new(self.bins.join("loggate"));
+        let mut cmd = match &self.cli_netns {
+            Some(ns) => netns::command_in(ns, &self.bins.join("loggate")),
+            None => Command::new(self.bins.join("loggate")),
+        };
         cmd.env("LOGGATE_CONFIG", self.client_config(user));
         cmd.stdin(Stdio::null());
         cmd
