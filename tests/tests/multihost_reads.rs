@@ -244,6 +244,33 @@ fn selector_glob_parallel_one_and_fail_fast_choose_and_bound_the_hosts() -> anyh
     assert_eq!(Fleet::of_host(&stdout, "web-1"), expected);
     assert_eq!(Fleet::of_host(&stdout, "web-2"), expected);
 
+    // JSON: one object per line naming its host and path.
+    let out = f.logs(&[
+        "cat",
+        "--output",
+        "json",
+        "--host",
+        "web-1",
+        "--host",
+        "web-2",
+        &f.path(),
+    ])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let records: Vec<serde_json::Value> = text(&out)
+        .0
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    for host in ["web-1", "web-2"] {
+        let lines: Vec<&str> = records
+            .iter()
+            .filter(|r| r["host"] == host && r["path"] == f.path().as_str())
+            .filter_map(|r| r["line"].as_str())
+            .collect();
+        assert_eq!(lines, f.lines, "{host}");
+    }
+    assert_eq!(records.len(), 2 * f.lines.len());
+
     // Nothing matches: an error, not an empty success.
     let out = f.logs(&["cat", "--selector", "team=nosuch", &f.path()])?;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out).1);

@@ -11,7 +11,8 @@
 //!   3 denied, 1 error, 4 stream ended) is the command's.
 //! - **Bounded.** At most `--parallel` agents are connected at once (1,000 hosts never open
 //!   1,000 connections); each host has at most [`LINES_IN_FLIGHT`] lines waiting to be written,
-//!   and its stream from the agent waits (gRPC flow control) until the writer catches up; a line
+//!   and its stream from the agent waits (gRPC flow control) until the writer catches up; a host
+//!   gives its connection slot to the next one only once its lines are written; a line
 //!   longer than [`MAX_LINE`] is written in pieces of that size, each a line of its own.
 //! - **Whole lines.** Lines of different hosts are never interleaved mid-line: one writer task
 //!   writes every line, the prefix and the line in one piece.
@@ -39,7 +40,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// Lines of one host received and not yet written; its stream waits beyond this.
-pub const LINES_IN_FLIGHT: usize = 256;
+pub const LINES_IN_FLIGHT: u16 = 256;
 /// The longest line kept whole; a longer one is written in pieces of this size.
 pub const MAX_LINE: usize = 1 << 20;
 /// With `--follow`, how long a line may wait for a quiet host's lines before it is written.
@@ -506,8 +507,19 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
             let Ok(_connection) = connections.acquire_owned().await else {
                 return;
             };
-            let room = Arc::new(Semaphore::new(LINES_IN_FLIGHT));
-            let result = read_host(config, index, target, request, room, events.clone()).await;
+            let room = Arc::new(Semaphore::new(usize::from(LINES_IN_FLIGHT)));
+            let result = read_host(
+                config,
+                index,
+                target,
+                request,
+                Arc::clone(&room),
+                events.clone(),
+            )
+            .await;
+            // Nor before its lines are written: a slow standard output cannot make finished
+            // hosts pile up lines (at most --parallel × LINES_IN_FLIGHT wait, in all).
+            let _written = room.acquire_many(u32::from(LINES_IN_FLIGHT)).await;
             let _ = events.send(Event::Done {
                 host: index,
                 result,
