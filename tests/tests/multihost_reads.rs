@@ -243,6 +243,50 @@ fn selector_glob_parallel_one_and_fail_fast_choose_and_bound_the_hosts() -> anyh
     assert!(!expected.is_empty());
     assert_eq!(Fleet::of_host(&stdout, "web-1"), expected);
     assert_eq!(Fleet::of_host(&stdout, "web-2"), expected);
+    // ... and one at a time: over a file that takes the agent a while to search, web-2's read
+    // begins only after web-1's search has run (its `read.allowed` time plus the `duration_ms`
+    // of its `read.finished`; 1 ms for the records' rounding).
+    let big = f.log.with_file_name("big.log");
+    let mut text_of_big = String::new();
+    for i in 0..200_000 {
+        text_of_big.push_str(&format!("2026-11-27T08:00:00Z INFO filler line {i}\n"));
+    }
+    std::fs::write(&big, text_of_big)?;
+    let big = big.display().to_string();
+    let out = f.logs(&[
+        "grep",
+        "nothing matches this",
+        "--host",
+        "web-1",
+        "--host",
+        "web-2",
+        "--parallel",
+        "1",
+        &big,
+    ])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let read_of = |host: &str, event: &str| -> anyhow::Result<serde_json::Value> {
+        f.cluster.wait_for_audit(host, Duration::from_secs(5), |e| {
+            e["event"] == event && e["path"] == big.as_str()
+        })
+    };
+    let web1_start = read_of("web-1", "read.allowed")?["time"]
+        .as_i64()
+        .unwrap_or(i64::MAX);
+    let web1_ran = read_of("web-1", "read.finished")?["duration_ms"]
+        .as_i64()
+        .unwrap_or(i64::MAX);
+    let web2_start = read_of("web-2", "read.allowed")?["time"]
+        .as_i64()
+        .unwrap_or(i64::MIN);
+    assert!(
+        web1_ran > 5,
+        "the search was too quick to tell: {web1_ran} ms"
+    );
+    assert!(
+        web2_start + 1 >= web1_start + web1_ran,
+        "--parallel 1 overlapped: web-2 began at {web2_start}, web-1 began at {web1_start} and searched {web1_ran} ms"
+    );
 
     // JSON: one object per line naming its host and path.
     let out = f.logs(&[
