@@ -323,6 +323,23 @@ fn selector_glob_parallel_one_and_fail_fast_choose_and_bound_the_hosts() -> anyh
         "{}",
         text(&out).1
     );
+    // A merge needs every host at once: more hosts than --parallel is bad usage, said so.
+    for args in [
+        &["tail", "--follow", "--host", "web-*", "--parallel", "2"][..],
+        &["cat", "--merge", "--host", "web-*", "--parallel", "2"][..],
+    ] {
+        let out = f.logs(&[args, &[f.path().as_str()]].concat())?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out).1);
+        assert!(
+            text(&out).1.contains("3 hosts match and --parallel is 2"),
+            "{}",
+            text(&out).1
+        );
+    }
+    // --agent-addr dials one agent.
+    let addr = f.cluster.agent_addr("web-1");
+    let out = f.logs(&["cat", "--host", "web-*", "--agent-addr", &addr, &f.path()])?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
     // --parallel 0 is bad usage.
     let out = f.logs(&["cat", "--host", "web-*", "--parallel", "0", &f.path()])?;
     assert_eq!(out.status.code(), Some(2));
