@@ -542,6 +542,7 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     let mut merge_state =
         merge.then(|| Merge::new(hosts.len(), args.read.follow.then_some(FOLLOW_WINDOW)));
     let mut done = 0usize;
+    let mut ended = vec![false; hosts.len()];
     let mut failed: Vec<(usize, Failure)> = Vec::new();
     let mut stop: Option<Failure> = None;
     let mut last_draw = Instant::now();
@@ -578,6 +579,7 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
             },
             Some(Event::Done { host, result }) => {
                 done += 1;
+                ended[host] = true;
                 if let Some(m) = &mut merge_state {
                     m.reading[host] = false;
                 }
@@ -623,6 +625,13 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
         }
     }
     tasks.abort_all();
+    // A reader that ended without a word (it panicked) failed; it is never counted as read.
+    if stop.is_none() {
+        for (host, _) in ended.iter().enumerate().filter(|(_, e)| !**e) {
+            eprintln!("loggate: {}: the read ended unexpectedly", hosts[host]);
+            failed.push((host, Failure::from("the read ended unexpectedly")));
+        }
+    }
     // What the hosts sent before the end is written, in order (a closed stdout writes nothing).
     if let Some(m) = &mut merge_state {
         if stop.as_ref().is_none_or(|f| f.code != Exit::Ok) {
@@ -642,6 +651,7 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     if failed.is_empty() {
         return Ok(());
     }
+    failed.sort_by_key(|(host, _)| *host);
     let names: Vec<&str> = failed.iter().map(|(h, _)| hosts[*h].as_str()).collect();
     let code = if failed.len() == hosts.len() {
         Exit::AllHostsFailed
