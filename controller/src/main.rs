@@ -414,7 +414,11 @@ struct ReadOpts {
     /// of the controller's registry: several hosts are read in parallel, each line prefixed
     /// with its host, and a host that fails is one line on stderr while the others go on (exit
     /// 6 some hosts failed, 7 all failed).
-    #[arg(long = "host", required_unless_present = "selector")]
+    #[arg(
+        long = "host",
+        value_name = "HOST",
+        required_unless_present = "selector"
+    )]
     hosts: Vec<String>,
     /// Read from every agent whose labels match this selector ("env=prod,team=payments",
     /// "env in (prod,staging)"), as `loggate agent list --selector` shows them; with --host,
