@@ -6,6 +6,7 @@ pub mod config_file;
 pub mod deadline;
 pub mod governance;
 pub mod login;
+pub mod reads;
 pub mod status;
 
 use crate::config::ClientConfig;
@@ -45,17 +46,24 @@ pub enum Exit {
     StreamEnded,
     /// `audit verify` found the chain or a checkpoint broken.
     AuditBroken,
+    /// A read from several hosts (`logs … --host 'web-*'`, `--selector`): some hosts failed,
+    /// the others were read whole.
+    SomeHostsFailed,
+    /// A read from several hosts: every host failed.
+    AllHostsFailed,
 }
 
 impl Exit {
     /// Every code, in order (for the help text and its test).
-    pub const ALL: [Exit; 6] = [
+    pub const ALL: [Exit; 8] = [
         Exit::Ok,
         Exit::Error,
         Exit::Usage,
         Exit::Denied,
         Exit::StreamEnded,
         Exit::AuditBroken,
+        Exit::SomeHostsFailed,
+        Exit::AllHostsFailed,
     ];
 
     /// The process exit status.
@@ -67,6 +75,8 @@ impl Exit {
             Exit::Denied => 3,
             Exit::StreamEnded => 4,
             Exit::AuditBroken => 5,
+            Exit::SomeHostsFailed => 6,
+            Exit::AllHostsFailed => 7,
         }
     }
 
@@ -79,6 +89,8 @@ impl Exit {
             Exit::Denied => "access denied",
             Exit::StreamEnded => "stream ended by the agent",
             Exit::AuditBroken => "audit verification failed",
+            Exit::SomeHostsFailed => "some hosts of a multi-host read failed",
+            Exit::AllHostsFailed => "every host of a multi-host read failed",
         }
     }
 }
@@ -785,16 +797,15 @@ async fn agent_addr(
     Ok(agent.addr)
 }
 
-pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
+/// The request a read sends to each agent: the path checked to be absolute, the grant token
+/// file (`--grant-token`) read once.
+pub fn read_request(args: &ReadArgs) -> Result<pb::ReadLogRequest, Failure> {
     if !args.path.starts_with('/') {
         return Err(usage(format!(
             "{:?} is not an absolute path; give the file's full path on the host",
             args.path
         )));
     }
-    // 0: no bound, as the request's fields say.
-    let since = args.since.map_or(0, |t| t.0);
-    let until = args.until.map_or(0, |t| t.0);
     let grant_token = match &args.grant_token {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| format!("cannot read grant token {}: {e}", p.display()))?
@@ -802,6 +813,21 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
             .to_string(),
         None => String::new(),
     };
+    Ok(pb::ReadLogRequest {
+        path: args.path.clone(),
+        mode: args.mode as i32,
+        follow: args.follow,
+        tail_lines: args.lines,
+        pattern: args.pattern.clone(),
+        // 0: no bound, as the request's fields say.
+        since_unix_ms: args.since.map_or(0, |t| t.0),
+        until_unix_ms: args.until.map_or(0, |t| t.0),
+        grant_token,
+    })
+}
+
+pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
+    let request = read_request(&args)?;
     let addr = agent_addr(config, &args.host, args.agent_addr).await?;
     let agent = Peer {
         name: format!("agent {}", args.host),
@@ -810,16 +836,7 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
     };
     let mut client = AgentClient::new(connect(&addr, config, Server::Agent(&args.host)).await?);
     let mut stream = client
-        .read_log(pb::ReadLogRequest {
-            path: args.path.clone(),
-            mode: args.mode as i32,
-            follow: args.follow,
-            tail_lines: args.lines,
-            pattern: args.pattern,
-            since_unix_ms: since,
-            until_unix_ms: until,
-            grant_token,
-        })
+        .read_log(request)
         .await
         .or_explain(config, &agent)
         .await?
@@ -1108,7 +1125,8 @@ mod tests {
         assert_eq!(
             exit_codes_help(),
             "Exit codes: 0 ok, 1 error, 2 bad usage, 3 access denied, 4 stream ended by the \
-             agent, 5 audit verification failed."
+             agent, 5 audit verification failed, 6 some hosts of a multi-host read failed, 7 \
+             every host of a multi-host read failed."
         );
     }
 

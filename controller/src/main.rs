@@ -410,12 +410,36 @@ enum GrantCommand {
 
 #[derive(Args)]
 struct ReadOpts {
-    /// The agent id (as in your grant).
+    /// The agent id (as in your grant). Repeatable, and a glob ("web-*") matches the agent ids
+    /// of the controller's registry: several hosts are read in parallel, each line prefixed
+    /// with its host, and a host that fails is one line on stderr while the others go on (exit
+    /// 6 some hosts failed, 7 all failed).
+    #[arg(
+        long = "host",
+        value_name = "HOST",
+        required_unless_present = "selector"
+    )]
+    hosts: Vec<String>,
+    /// Read from every agent whose labels match this selector ("env=prod,team=payments",
+    /// "env in (prod,staging)"), as `loggate agent list --selector` shows them; with --host,
+    /// an agent must match both.
     #[arg(long)]
-    host: String,
-    /// Dial this address instead of asking the controller where the agent is.
-    #[arg(long)]
+    selector: Option<String>,
+    /// Dial this address instead of asking the controller where the agent is (one --host only).
+    #[arg(long, conflicts_with = "selector")]
     agent_addr: Option<String>,
+    /// Several hosts: how many agents are connected at once (1 to 1024).
+    #[arg(long, default_value_t = cli::reads::DEFAULT_PARALLEL,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(cli::reads::MAX_PARALLEL)))]
+    parallel: u16,
+    /// Several hosts: stop at the first host that fails, with that host's exit code.
+    #[arg(long)]
+    fail_fast: bool,
+    /// Several hosts: write the lines of all hosts in timestamp order (always so with
+    /// `tail --follow`); each host's own order is kept, a line without a time follows its
+    /// predecessor. Needs every host at once (no more hosts than --parallel).
+    #[arg(long)]
+    merge: bool,
     /// Only lines at or after this time: a duration back from now ("10m", "1h 30m", "2d"), an
     /// RFC 3339 time ("2026-11-27T07:00:00Z"), a date-time taken as UTC ("2026-11-27 07:00")
     /// or a date ("2026-11-27").
@@ -657,23 +681,41 @@ async fn run(cli: Cli) -> CliResult {
                 } => (read, path, ReadMode::Grep, false, 0, pattern),
             };
             let config = read.client.load()?;
-            cli::read_log(
-                &config,
-                cli::ReadArgs {
-                    host: read.host,
-                    agent_addr: read.agent_addr,
-                    path,
-                    mode,
-                    follow,
-                    lines,
-                    pattern,
-                    since: read.since,
-                    until: read.until,
-                    json: matches!(read.output, Output::Json),
-                    grant_token: read.grant_token,
-                },
-            )
-            .await
+            let multi = cli::reads::is_multi_host(&read.hosts, read.selector.as_deref());
+            if multi && read.agent_addr.is_some() {
+                return Err(cli::usage(
+                    "--agent-addr dials one agent; give a single --host with it",
+                ));
+            }
+            let args = cli::ReadArgs {
+                host: read.hosts.first().cloned().unwrap_or_default(),
+                agent_addr: read.agent_addr,
+                path,
+                mode,
+                follow,
+                lines,
+                pattern,
+                since: read.since,
+                until: read.until,
+                json: matches!(read.output, Output::Json),
+                grant_token: read.grant_token,
+            };
+            if multi {
+                cli::reads::read_many(
+                    config,
+                    cli::reads::ManyArgs {
+                        hosts: read.hosts,
+                        selector: read.selector,
+                        parallel: read.parallel,
+                        fail_fast: read.fail_fast,
+                        merge: read.merge,
+                        read: args,
+                    },
+                )
+                .await
+            } else {
+                cli::read_log(&config, args).await
+            }
         }
     }
 }

@@ -163,7 +163,8 @@ fn help_states_the_exit_codes_and_the_duration_limits() -> anyhow::Result<()> {
     assert!(
         help.contains(
             "Exit codes: 0 ok, 1 error, 2 bad usage, 3 access denied, 4 stream ended by the \
-             agent, 5 audit verification failed."
+             agent, 5 audit verification failed, 6 some hosts of a multi-host read failed, 7 \
+             every host of a multi-host read failed."
         ),
         "{help}"
     );

@@ -1,0 +1,782 @@
+//! `loggate logs cat|tail|grep` over many agents in one command (issue 13): `--host` given
+//! several times or as a glob (`'web-*'`), `--selector env=prod` (the controller's agent
+//! registry, `ListAgents`), read in parallel and written as whole lines prefixed with the host.
+//!
+//! Contract:
+//! - **Each host is judged on its own.** A host that is down, unknown, or refuses the read (no
+//!   grant) is one line on stderr (`loggate: HOST: why`, the same sentence a single-host read
+//!   prints) and the others go on. Exit 0 when every host was read whole,
+//!   [`Exit::SomeHostsFailed`] (6) when some failed, [`Exit::AllHostsFailed`] (7) when all did;
+//!   with `--fail-fast` the first failure stops the read and its own exit code (as for one host:
+//!   3 denied, 1 error, 4 stream ended) is the command's.
+//! - **Bounded.** At most `--parallel` agents are connected at once (1,000 hosts never open
+//!   1,000 connections); each host has at most [`LINES_IN_FLIGHT`] lines waiting to be written,
+//!   and its stream from the agent waits (gRPC flow control) until the writer catches up; a host
+//!   gives its connection slot to the next one only once its lines are written; a line
+//!   longer than [`MAX_LINE`] is written in pieces of that size, each a line of its own.
+//! - **Whole lines.** Lines of different hosts are never interleaved mid-line: one writer task
+//!   writes every line, the prefix and the line in one piece.
+//! - **Merged order** (`--merge`, and `tail --follow` with several hosts): lines are written in
+//!   the order of their timestamps across hosts (RFC 3339 / ISO 8601, `YYYY-MM-DD HH:MM:SS[.fff]`,
+//!   the bracketed common log format, and syslog's `Mmm dd HH:MM:SS`), each host's own order
+//!   always kept: a line without a time takes its predecessor's. Without `--follow` the merge is
+//!   exact (a line is written when every host still reading has a line waiting, or has ended);
+//!   with `--follow` a quiet host cannot hold the others back longer than [`FOLLOW_WINDOW`].
+//!   Merging needs every host's stream at once, so it refuses more hosts than `--parallel`.
+//! - A progress line (hosts done/total, bytes) is drawn on stderr only when stderr is a
+//!   terminal, and never with `--follow`; piped, stderr holds only the failure lines.
+
+use super::{connect, controller, explain_at, the_controller, usage, Exit, Failure, OrExplain};
+use super::{CliResult, Peer, ReadArgs};
+use crate::config::ClientConfig;
+use loggate_core::tls::Server;
+use loggate_proto as pb;
+use loggate_proto::agent_client::AgentClient;
+use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Lines of one host received and not yet written; its stream waits beyond this.
+pub const LINES_IN_FLIGHT: u16 = 256;
+/// The longest line kept whole; a longer one is written in pieces of this size.
+pub const MAX_LINE: usize = 1 << 20;
+/// With `--follow`, how long a line may wait for a quiet host's lines before it is written.
+pub const FOLLOW_WINDOW: Duration = Duration::from_millis(500);
+/// The most agents `--parallel` may connect to at once.
+pub const MAX_PARALLEL: u16 = 1024;
+/// The default of `--parallel`.
+pub const DEFAULT_PARALLEL: u16 = 32;
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// What a multi-host read reads, from where, and how.
+pub struct ManyArgs {
+    /// `--host` values: agent ids or globs over them.
+    pub hosts: Vec<String>,
+    /// `--selector`: a label selector for the controller's registry.
+    pub selector: Option<String>,
+    /// `--parallel`: agents connected at once.
+    pub parallel: u16,
+    /// `--fail-fast`: stop at the first host that fails.
+    pub fail_fast: bool,
+    /// `--merge`: interleave the hosts' lines in timestamp order.
+    pub merge: bool,
+    /// The read itself (its `host` and `agent_addr` are not used).
+    pub read: ReadArgs,
+}
+
+/// True when `--host VALUE` is a glob over agent ids rather than one id.
+pub fn is_host_glob(value: &str) -> bool {
+    value.contains(['*', '?', '[', '{'])
+}
+
+/// True when the command line asks for the multi-host read (several `--host`, a glob, or a
+/// `--selector`), whose output is prefixed and whose exit codes are 6 and 7; one plain `--host`
+/// keeps the single-host read exactly as it was.
+pub fn is_multi_host(hosts: &[String], selector: Option<&str>) -> bool {
+    selector.is_some() || hosts.len() != 1 || hosts.iter().any(|h| is_host_glob(h))
+}
+
+/// One agent to read from: its id and where it listens, or why it cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    host: String,
+    addr: Result<String, String>,
+}
+
+/// The agents `patterns` and `selector` name, from the registry's `listing` (already filtered by
+/// the selector on the controller), sorted by id, each once. A plain id that is not in the
+/// listing stays a target that fails on its own (the user named it: silence would hide it).
+fn select_targets(
+    patterns: &[String],
+    selector_given: bool,
+    listing: &[pb::AgentListing],
+) -> Result<Vec<Target>, Failure> {
+    let mut globs = Vec::new();
+    let mut literals = Vec::new();
+    for p in patterns {
+        if is_host_glob(p) {
+            let glob = globset::Glob::new(p)
+                .map_err(|e| usage(format!("--host {p:?} is not a valid glob: {e}")))?;
+            globs.push(glob.compile_matcher());
+        } else {
+            literals.push(p.as_str());
+        }
+    }
+    let address = |a: &pb::AgentListing| {
+        if a.addr.is_empty() {
+            Err(format!(
+                "agent {} has not told the controller its address; read it alone with --agent-addr",
+                a.agent_id
+            ))
+        } else {
+            Ok(a.addr.clone())
+        }
+    };
+    let mut targets: Vec<Target> = listing
+        .iter()
+        .filter(|a| {
+            (patterns.is_empty() && selector_given)
+                || literals.contains(&a.agent_id.as_str())
+                || globs.iter().any(|g| g.is_match(&a.agent_id))
+        })
+        .map(|a| Target {
+            host: a.agent_id.clone(),
+            addr: address(a),
+        })
+        .collect();
+    for name in literals {
+        if !targets.iter().any(|t| t.host == name) {
+            let why = if selector_given {
+                format!("agent {name} does not match --selector (or has never contacted the controller)")
+            } else {
+                format!("agent {name} has never contacted the controller; check the id with 'loggate agent list'")
+            };
+            targets.push(Target {
+                host: name.to_string(),
+                addr: Err(why),
+            });
+        }
+    }
+    targets.sort_by(|a, b| a.host.cmp(&b.host));
+    targets.dedup_by(|a, b| a.host == b.host);
+    Ok(targets)
+}
+
+/// What a host's reader tells the writer.
+enum Event {
+    /// One whole line (without its newline); the permit is this host's room for it and is given
+    /// back when the line has been written.
+    Line {
+        host: usize,
+        line: Vec<u8>,
+        _room: OwnedSemaphorePermit,
+    },
+    /// The host's read ended: whole, or with the failure to report.
+    Done {
+        host: usize,
+        result: Result<(), Failure>,
+    },
+}
+
+/// Reads `target` and hands its lines to the writer, whole, holding at most
+/// [`LINES_IN_FLIGHT`] of them in flight.
+async fn read_host(
+    config: Arc<ClientConfig>,
+    index: usize,
+    target: Target,
+    request: pb::ReadLogRequest,
+    room: Arc<Semaphore>,
+    events: mpsc::UnboundedSender<Event>,
+) -> Result<(), Failure> {
+    let addr = target.addr.map_err(Failure::from)?;
+    let host = target.host;
+    let agent = Peer {
+        name: format!("agent {host}"),
+        addr: addr.clone(),
+        server: Server::Agent(&host),
+    };
+    let mut client = AgentClient::new(connect(&addr, &config, Server::Agent(&host)).await?);
+    let mut stream = match client.read_log(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Err(explain_at(&status, &config, &agent).await),
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let send = |line: Vec<u8>, permit: OwnedSemaphorePermit| {
+        // The writer is gone only when the command is ending (fail-fast, closed stdout).
+        events
+            .send(Event::Line {
+                host: index,
+                line,
+                _room: permit,
+            })
+            .map_err(|_| Failure::new(Exit::Ok, ""))
+    };
+    let acquire = || async {
+        Arc::clone(&room)
+            .acquire_owned()
+            .await
+            .map_err(|_| Failure::new(Exit::Ok, ""))
+    };
+    loop {
+        let chunk = match stream.message().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(status) => {
+                if !pending.is_empty() {
+                    send(std::mem::take(&mut pending), acquire().await?)?;
+                }
+                return Err(explain_at(&status, &config, &agent).await);
+            }
+        };
+        let Some(pb::read_log_chunk::Item::Data(data)) = chunk.item else {
+            continue;
+        };
+        let mut rest: &[u8] = &data;
+        while !rest.is_empty() {
+            match rest.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    pending.extend_from_slice(&rest[..i]);
+                    rest = &rest[i + 1..];
+                    send(std::mem::take(&mut pending), acquire().await?)?;
+                }
+                None => {
+                    pending.extend_from_slice(rest);
+                    rest = &[];
+                }
+            }
+            while pending.len() > MAX_LINE {
+                let tail = pending.split_off(MAX_LINE);
+                send(std::mem::replace(&mut pending, tail), acquire().await?)?;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        send(pending, acquire().await?)?;
+    }
+    Ok(())
+}
+
+/// The order key of a log line for merging: its timestamp in Unix milliseconds — the forms of
+/// [`loggate_core::timestamp::line_timestamp_ms`], and syslog's `Mmm dd HH:MM:SS` at the start
+/// of the line, with the year that puts it at most a day after `now_ms` (the stamp has none; a
+/// wrong year only misorders lines, it never selects or hides one).
+pub fn line_order_ms(line: &[u8], now_ms: i64) -> Option<i64> {
+    loggate_core::timestamp::line_timestamp_ms(line).or_else(|| syslog_ms(line, now_ms))
+}
+
+/// `Mmm dd HH:MM:SS` (RFC 3164, day space-padded or not) at the start of `line`.
+fn syslog_ms(line: &[u8], now_ms: i64) -> Option<i64> {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let month = MONTHS.iter().position(|m| line.get(..3) == Some(&m[..]))?;
+    let rest = line.get(3..)?.strip_prefix(b" ")?;
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    let digits = |s: &[u8]| -> Option<u32> {
+        if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?.parse().ok()
+    };
+    let day_end = rest.iter().position(|b| *b == b' ')?;
+    if day_end > 2 {
+        return None;
+    }
+    let day = digits(&rest[..day_end])?;
+    let clock = rest.get(day_end + 1..day_end + 9)?;
+    if clock[2] != b':' || clock[5] != b':' {
+        return None;
+    }
+    let (h, m, s) = (
+        digits(&clock[0..2])?,
+        digits(&clock[3..5])?,
+        digits(&clock[6..8])?,
+    );
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    let month = u32::try_from(month).ok()? + 1;
+    let at = |year: i64| {
+        let days = loggate_core::timestamp::days_from_civil(year, month, day);
+        days * 86_400_000 + i64::from(h * 3600 + m * 60 + s) * 1000
+    };
+    let this_year = 1970 + now_ms.div_euclid(86_400_000 * 365_2425 / 10_000);
+    // The year estimate above can be off by one near New Year: take the latest candidate year
+    // that is not more than a day ahead of now.
+    [this_year + 1, this_year, this_year - 1]
+        .into_iter()
+        .map(at)
+        .find(|t| *t <= now_ms + 86_400_000)
+}
+
+/// A line waiting in the merge.
+struct Waiting {
+    key: i64,
+    arrived: Instant,
+    line: Vec<u8>,
+    _room: OwnedSemaphorePermit,
+}
+
+/// The hosts' lines not yet written, for the merge: per host, in its own order.
+struct Merge {
+    queues: Vec<VecDeque<Waiting>>,
+    /// The key of each host's last line (inherited by a line without a time).
+    last_key: Vec<i64>,
+    reading: Vec<bool>,
+    /// `Some(window)` with `--follow`: a line waits at most this long for quiet hosts.
+    window: Option<Duration>,
+}
+
+impl Merge {
+    fn new(hosts: usize, window: Option<Duration>) -> Merge {
+        Merge {
+            queues: (0..hosts).map(|_| VecDeque::new()).collect(),
+            last_key: vec![i64::MIN; hosts],
+            reading: vec![true; hosts],
+            window,
+        }
+    }
+
+    fn push(&mut self, host: usize, line: Vec<u8>, room: OwnedSemaphorePermit, now_ms: i64) {
+        let key = line_order_ms(&line, now_ms).unwrap_or(self.last_key[host]);
+        self.last_key[host] = key;
+        self.queues[host].push_back(Waiting {
+            key,
+            arrived: Instant::now(),
+            line,
+            _room: room,
+        });
+    }
+
+    /// The next line to write, if one may be written now: the head with the smallest key (the
+    /// lowest host index on a tie), once every host still reading has a line waiting — or,
+    /// following, once some head has waited [`Merge::window`]; with `drain`, whatever waits.
+    fn pop(&mut self, now: Instant, drain: bool) -> Option<(usize, Waiting)> {
+        let (host, _) = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.front().map(|w| (i, w.key)))
+            .min_by_key(|(i, key)| (*key, *i))?;
+        let complete = self
+            .queues
+            .iter()
+            .zip(&self.reading)
+            .all(|(q, reading)| !reading || !q.is_empty());
+        let waited = self.window.is_some_and(|window| {
+            self.queues
+                .iter()
+                .filter_map(VecDeque::front)
+                .any(|w| now.duration_since(w.arrived) >= window)
+        });
+        if drain || complete || waited {
+            self.queues[host].pop_front().map(|w| (host, w))
+        } else {
+            None
+        }
+    }
+
+    /// When the oldest waiting line's window ends (following only).
+    fn deadline(&self) -> Option<Instant> {
+        let window = self.window?;
+        self.queues
+            .iter()
+            .filter_map(VecDeque::front)
+            .map(|w| w.arrived + window)
+            .min()
+    }
+}
+
+/// Writes the lines: `HOST: line` (text) or one JSON object per line with host and path.
+struct Writer {
+    out: std::io::BufWriter<std::io::Stdout>,
+    json: bool,
+    path: String,
+    bytes: u64,
+}
+
+impl Writer {
+    fn line(&mut self, host: &str, line: &[u8]) -> std::io::Result<()> {
+        self.bytes = self
+            .bytes
+            .saturating_add(u64::try_from(line.len()).unwrap_or(u64::MAX));
+        if self.json {
+            let record = serde_json::json!({
+                "host": host, "path": self.path, "line": String::from_utf8_lossy(line),
+            });
+            writeln!(self.out, "{record}")
+        } else {
+            // One buffer per line: the prefix and the line leave together.
+            let mut whole = Vec::with_capacity(host.len() + 2 + line.len() + 1);
+            whole.extend_from_slice(host.as_bytes());
+            whole.extend_from_slice(b": ");
+            whole.extend_from_slice(line);
+            whole.push(b'\n');
+            self.out.write_all(&whole)
+        }
+    }
+}
+
+/// The progress line on stderr, when it is a terminal: `N/M hosts done, X read`.
+struct Progress {
+    enabled: bool,
+    shown: bool,
+    total: usize,
+}
+
+impl Progress {
+    fn draw(&mut self, done: usize, bytes: u64) {
+        if !self.enabled {
+            return;
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r\x1b[2K{done}/{} hosts done, {} read",
+            self.total,
+            human_bytes(bytes)
+        );
+        let _ = err.flush();
+        self.shown = true;
+    }
+
+    /// Clears the line (before a failure line, and at the end).
+    fn clear(&mut self) {
+        if self.shown {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.shown = false;
+        }
+    }
+}
+
+/// `bytes` as "12.3 MiB".
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut unit = 0;
+    let mut whole = bytes;
+    let mut tenths = 0;
+    while whole >= 1024 && unit + 1 < UNITS.len() {
+        tenths = (whole % 1024) * 10 / 1024;
+        whole /= 1024;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{whole} B")
+    } else {
+        format!("{whole}.{tenths} {}", UNITS[unit])
+    }
+}
+
+/// Reads from every agent `args` names, in parallel, and writes their lines (see the module
+/// documentation for the contract).
+pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
+    let request = super::read_request(&args.read)?;
+    if let Some(selector) = &args.selector {
+        if selector.trim().is_empty() {
+            return Err(usage(
+                "--selector is empty; give labels such as env=prod,team=payments",
+            ));
+        }
+    }
+    let listing = controller(&config)
+        .await?
+        .list_agents(pb::ListAgentsRequest {
+            selector: args.selector.clone().unwrap_or_default(),
+        })
+        .await
+        .or_explain(&config, &the_controller(&config))
+        .await?
+        .into_inner()
+        .agents;
+    let targets = select_targets(&args.hosts, args.selector.is_some(), &listing)?;
+    if targets.is_empty() {
+        return Err(Failure::from(
+            "no agent matches --host/--selector; see the agents and their labels with 'loggate agent list'",
+        ));
+    }
+    let merge = args.merge || args.read.follow;
+    let parallel = usize::from(args.parallel.max(1));
+    if merge && targets.len() > parallel {
+        return Err(usage(format!(
+            "{} needs every host's stream at once, but {} hosts match and --parallel is {parallel}; \
+             raise --parallel or narrow --host/--selector",
+            if args.read.follow { "--follow" } else { "--merge" },
+            targets.len()
+        )));
+    }
+    let hosts: Vec<String> = targets.iter().map(|t| t.host.clone()).collect();
+    let config = Arc::new(config);
+    let connections = Arc::new(Semaphore::new(parallel));
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, target) in targets.into_iter().enumerate() {
+        let config = Arc::clone(&config);
+        let connections = Arc::clone(&connections);
+        let request = request.clone();
+        let events = events_tx.clone();
+        tasks.spawn(async move {
+            // The connection slot is held until `Done` is sent: with `--fail-fast`, no next
+            // host starts before the writer has seen this one's failure.
+            let Ok(_connection) = connections.acquire_owned().await else {
+                return;
+            };
+            let room = Arc::new(Semaphore::new(usize::from(LINES_IN_FLIGHT)));
+            let result = read_host(
+                config,
+                index,
+                target,
+                request,
+                Arc::clone(&room),
+                events.clone(),
+            )
+            .await;
+            // Nor before its lines are written: a slow standard output cannot make finished
+            // hosts pile up lines (at most --parallel × LINES_IN_FLIGHT wait, in all).
+            let _written = room.acquire_many(u32::from(LINES_IN_FLIGHT)).await;
+            let _ = events.send(Event::Done {
+                host: index,
+                result,
+            });
+        });
+    }
+    drop(events_tx);
+
+    let mut writer = Writer {
+        out: std::io::BufWriter::new(std::io::stdout()),
+        json: args.read.json,
+        path: args.read.path.clone(),
+        bytes: 0,
+    };
+    let mut progress = Progress {
+        enabled: std::io::stderr().is_terminal() && !args.read.follow,
+        shown: false,
+        total: hosts.len(),
+    };
+    let mut merge_state =
+        merge.then(|| Merge::new(hosts.len(), args.read.follow.then_some(FOLLOW_WINDOW)));
+    let mut done = 0usize;
+    let mut ended = vec![false; hosts.len()];
+    let mut failed: Vec<(usize, Failure)> = Vec::new();
+    let mut stop: Option<Failure> = None;
+    let mut last_draw = Instant::now();
+    progress.draw(0, 0);
+    while done < hosts.len() && stop.is_none() {
+        let deadline = merge_state.as_ref().and_then(Merge::deadline);
+        let tick = progress.enabled.then_some(last_draw + PROGRESS_EVERY);
+        let wake = deadline.into_iter().chain(tick).min();
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => Some(event),
+                // Every reader has ended (each sends `Done` first): nothing more can come.
+                None => break,
+            },
+            () = tokio::time::sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => None,
+        };
+        match event {
+            Some(Event::Line {
+                host,
+                line,
+                _room: room,
+            }) => match &mut merge_state {
+                Some(m) => m.push(
+                    host,
+                    line,
+                    room,
+                    loggate_core::timestamp::UnixMillis::now().0,
+                ),
+                None => {
+                    if let Err(e) = writer.line(&hosts[host], &line) {
+                        stop = Some(Failure::from(e));
+                    }
+                }
+            },
+            Some(Event::Done { host, result }) => {
+                done += 1;
+                ended[host] = true;
+                if let Some(m) = &mut merge_state {
+                    m.reading[host] = false;
+                }
+                match result {
+                    Ok(()) => {}
+                    // The writer's own end (fail-fast, closed stdout) is not a host's failure.
+                    Err(f) if f.code == Exit::Ok => {}
+                    Err(f) => {
+                        progress.clear();
+                        let _ = writer.out.flush();
+                        eprintln!("loggate: {}: {}", hosts[host], f.message);
+                        if args.fail_fast {
+                            stop = Some(Failure::new(
+                                f.code,
+                                format!(
+                                    "stopped at the first failure (--fail-fast): {}",
+                                    hosts[host]
+                                ),
+                            ));
+                        }
+                        failed.push((host, f));
+                    }
+                }
+            }
+            None => {}
+        }
+        if let Some(m) = &mut merge_state {
+            while let Some((host, waiting)) = m.pop(Instant::now(), false) {
+                if let Err(e) = writer.line(&hosts[host], &waiting.line) {
+                    stop = Some(Failure::from(e));
+                    break;
+                }
+            }
+        }
+        if events.is_empty() {
+            if let Err(e) = writer.out.flush() {
+                stop = Some(Failure::from(e));
+            }
+        }
+        if progress.enabled && last_draw.elapsed() >= PROGRESS_EVERY {
+            progress.draw(done, writer.bytes);
+            last_draw = Instant::now();
+        }
+    }
+    tasks.abort_all();
+    // A reader that ended without a word (it panicked) failed; it is never counted as read.
+    if stop.is_none() {
+        for (host, _) in ended.iter().enumerate().filter(|(_, e)| !**e) {
+            eprintln!("loggate: {}: the read ended unexpectedly", hosts[host]);
+            failed.push((host, Failure::from("the read ended unexpectedly")));
+        }
+    }
+    // What the hosts sent before the end is written, in order (a closed stdout writes nothing).
+    if let Some(m) = &mut merge_state {
+        if stop.as_ref().is_none_or(|f| f.code != Exit::Ok) {
+            while let Some((host, waiting)) = m.pop(Instant::now(), true) {
+                if writer.line(&hosts[host], &waiting.line).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let flushed = writer.out.flush();
+    progress.clear();
+    if let Some(f) = stop {
+        return Err(f);
+    }
+    flushed.map_err(Failure::from)?;
+    if failed.is_empty() {
+        return Ok(());
+    }
+    failed.sort_by_key(|(host, _)| *host);
+    let names: Vec<&str> = failed.iter().map(|(h, _)| hosts[*h].as_str()).collect();
+    let code = if failed.len() == hosts.len() {
+        Exit::AllHostsFailed
+    } else {
+        Exit::SomeHostsFailed
+    };
+    Err(Failure::new(
+        code,
+        format!(
+            "{} of {} hosts failed ({}); the others were read whole",
+            failed.len(),
+            hosts.len(),
+            names.join(", ")
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(id: &str, addr: &str) -> pb::AgentListing {
+        pb::AgentListing {
+            agent_id: id.to_string(),
+            addr: addr.to_string(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_plain_host_keeps_the_single_host_read() {
+        assert!(!is_multi_host(&["web-1".into()], None));
+        assert!(is_multi_host(&["web-*".into()], None));
+        assert!(is_multi_host(&["web-1".into(), "web-2".into()], None));
+        assert!(is_multi_host(&["web-1".into()], Some("env=prod")));
+    }
+
+    #[test]
+    fn globs_and_ids_select_from_the_registry_and_an_unknown_id_fails_alone() {
+        let agents = [
+            listing("web-1", "127.0.0.1:1"),
+            listing("web-2", ""),
+            listing("db-1", "127.0.0.1:3"),
+        ];
+        let t = select_targets(&["web-*".into(), "db-1".into()], false, &agents).unwrap();
+        let names: Vec<&str> = t.iter().map(|t| t.host.as_str()).collect();
+        assert_eq!(names, ["db-1", "web-1", "web-2"]);
+        assert!(t[2].addr.as_ref().unwrap_err().contains("has not told"));
+        let t = select_targets(&["nosuch".into(), "web-1".into()], false, &agents).unwrap();
+        assert_eq!(t.len(), 2);
+        assert!(t[0].addr.as_ref().unwrap_err().contains("never contacted"));
+        // A selector alone takes every agent the controller returned for it.
+        assert_eq!(select_targets(&[], true, &agents).unwrap().len(), 3);
+        assert_eq!(
+            select_targets(&["web-[".into()], false, &agents)
+                .unwrap_err()
+                .code,
+            Exit::Usage
+        );
+    }
+
+    #[test]
+    fn syslog_stamps_order_with_a_year_not_after_tomorrow() {
+        // 2026-12-04T12:00:00Z
+        let now = 1_796_385_600_000;
+        let dec = syslog_ms(b"Dec  4 11:59:59 host app: x", now).unwrap();
+        assert_eq!(dec, now - 1000);
+        // Late December seen in early January is last year's.
+        let jan_now = 1_798_848_000_000; // 2027-01-02T00:00:00Z
+        let late = syslog_ms(b"Dec 31 23:00:00 h a: x", jan_now).unwrap();
+        assert!(late < jan_now && jan_now - late < 2 * 86_400_000);
+        assert_eq!(syslog_ms(b"Dez 31 23:00:00", now), None);
+        assert_eq!(syslog_ms(b"Dec 31 25:00:00", now), None);
+        assert_eq!(syslog_ms(b"Dec", now), None);
+        assert_eq!(
+            line_order_ms(b"2026-11-27 07:00:00.250 x", now),
+            Some(1_795_762_800_250)
+        );
+    }
+
+    fn permit() -> OwnedSemaphorePermit {
+        Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap()
+    }
+
+    #[test]
+    fn the_merge_waits_for_every_reading_host_and_keeps_each_hosts_order() {
+        let now_ms = 1_796_385_600_000;
+        let mut m = Merge::new(2, None);
+        m.push(0, b"2026-11-27T07:00:02Z a2".to_vec(), permit(), now_ms);
+        m.push(0, b"no time: follows a2".to_vec(), permit(), now_ms);
+        m.push(
+            0,
+            b"2026-11-27T07:00:01Z a1, out of order within a".to_vec(),
+            permit(),
+            now_ms,
+        );
+        // Host 1 has nothing yet and is still reading: nothing may be written.
+        assert!(m.pop(Instant::now(), false).is_none());
+        m.push(1, b"2026-11-27T07:00:03Z b3".to_vec(), permit(), now_ms);
+        let mut order = Vec::new();
+        while let Some((_, w)) = m.pop(Instant::now(), false) {
+            order.push(String::from_utf8(w.line).unwrap());
+        }
+        // Host 0's three lines came first, in its own order; b3 waits for host 0's next line.
+        assert_eq!(order.len(), 3, "{order:?}");
+        assert!(order[0].ends_with("a2") && order[1].starts_with("no time"));
+        m.reading[0] = false;
+        let (host, _) = m.pop(Instant::now(), false).unwrap();
+        assert_eq!(host, 1);
+    }
+
+    #[test]
+    fn following_a_quiet_host_holds_the_others_back_one_window_at_most() {
+        let mut m = Merge::new(2, Some(Duration::from_millis(500)));
+        m.push(0, b"2026-11-27T07:00:02Z a".to_vec(), permit(), 0);
+        let now = Instant::now();
+        assert!(m.pop(now, false).is_none());
+        assert!(m.deadline().is_some());
+        assert!(m.pop(now + Duration::from_millis(600), false).is_some());
+    }
+
+    #[test]
+    fn bytes_read_are_shown_in_binary_units() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}
