@@ -354,7 +354,7 @@ impl Store {
         self.change_reads.fetch_add(1, Ordering::Relaxed);
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
-            "SELECT r.revision, r.kind, {} FROM revisions r JOIN grants g ON g.id = r.grant_id
+            "SELECT r.revision, {} FROM revisions r JOIN grants g ON g.id = r.grant_id
              WHERE r.revision > ?1 ORDER BY r.revision LIMIT ?2",
             GRANT_COLUMNS
                 .split(", ")
@@ -365,16 +365,18 @@ impl Store {
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![after, limit], |row| {
             let revision = unsigned(row.get(0)?)?;
-            let kind: String = row.get(1)?;
-            let grant = grant_at(row, 2)?;
-            Ok((revision, kind, grant))
+            let grant = grant_at(row, 1)?;
+            Ok((revision, grant))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (revision, kind, grant) = row?;
-            let change = match (kind.as_str(), grant.revoked.clone()) {
-                ("revoke", Some(revoked)) => Change::Revoked { grant, revoked },
-                _ => Change::Granted(grant),
+            let (revision, grant) = row?;
+            // A grant revoked since is sent as its revocation, even at the grant's own
+            // revision: an agent resynchronising from zero must never install a token that is
+            // revoked further down the log (a stream broken in between would leave it served).
+            let change = match grant.revoked.clone() {
+                Some(revoked) => Change::Revoked { grant, revoked },
+                None => Change::Granted(grant),
             };
             out.push((revision, change));
         }

@@ -585,6 +585,42 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watcher_reading_the_log_is_never_sent_the_token_of_a_grant_revoked_since() {
+        let f = Fixture::new();
+        let revoked_at_grant = f.grant("g-revoked", &["env=prod"]);
+        let kept = f.grant("g-kept", &["env=prod"]);
+        let revoked_at_revoke = f.revoke("g-revoked");
+        // A watcher starting from zero reads all three from the log.
+        let feed = f.feed(FEED_CAPACITY);
+        let mut rx = f.watch(&feed, "new", &["env=prod"], 256);
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .expect("no error");
+            match &event.event {
+                Some(pb::grant_event::Event::Grant(g)) => {
+                    seen.push((event.revision, "grant", g.grant_id.clone()))
+                }
+                Some(pb::grant_event::Event::Revocation(r)) => {
+                    seen.push((event.revision, "revocation", r.grant_id.clone()))
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (revoked_at_grant, "revocation", "g-revoked".to_string()),
+                (kept, "grant", "g-kept".to_string()),
+                (revoked_at_revoke, "revocation", "g-revoked".to_string()),
+            ]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watcher_of_another_epoch_is_sent_everything_again_then_a_heartbeat() {
         let f = Fixture::new();
         let feed = f.feed(FEED_CAPACITY);
