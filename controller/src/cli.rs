@@ -516,7 +516,12 @@ async fn connect(
         .tls
         .endpoint(addr, server)
         .map_err(|e| Failure::from(format!("TLS configuration: {e:#}")))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        // A peer whose host dies mid-stream sends no FIN and no RST: an unanswered ping ends
+        // the connection (and the read, with an error naming the peer) within ~35 s.
+        .http2_keep_alive_interval(deadline::KEEP_ALIVE)
+        .keep_alive_timeout(deadline::KEEP_ALIVE)
+        .keep_alive_while_idle(true);
     // connect_timeout bounds the TCP connect only: a peer that accepts and then stays silent
     // through TLS's handshake is bounded here.
     let Ok(connected) = tokio::time::timeout(deadline::CONNECT, endpoint.connect()).await else {

@@ -586,54 +586,71 @@ fn a_connection_dropped_without_a_tls_reason_is_exit_1() -> anyhow::Result<()> {
 #[test]
 fn a_server_that_accepts_and_stays_silent_ends_the_command_with_exit_1() -> anyhow::Result<()> {
     let cluster = Cluster::new(None)?;
-    // Accepts, keeps the connection open, and never says a word: no TLS handshake ever ends.
+    // Accepts, keeps every connection open, and never says a word: no TLS handshake ever ends.
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
     let server = std::thread::spawn(move || {
         let mut held = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(40);
-        while std::time::Instant::now() < deadline && held.is_empty() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while std::time::Instant::now() < deadline
+            && !stopping.load(std::sync::atomic::Ordering::Relaxed)
+        {
             match listener.accept() {
                 Ok((conn, _)) => held.push(conn),
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
-        // Hold it until the client has given up (or the bound passes).
-        std::thread::sleep(Duration::from_secs(15));
         drop(held);
     });
     let config = cluster.dir.join("silent.toml");
     let pki = cluster.dir.join("pki");
+    let ca = pki.join("ca.crt").display().to_string();
     std::fs::write(
         &config,
         format!(
-            "controller = \"{addr}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            pki.join("ca.crt").display().to_string(),
+            "controller = \"{addr}\"\n[tls]\nca = {ca:?}\ncert = {:?}\nkey = {:?}\n",
             pki.join("users/admin.crt").display().to_string(),
             pki.join("users/admin.key").display().to_string(),
         ),
     )?;
-    let started = std::time::Instant::now();
-    let mut child = Command::new(cluster.bins.join("loggate"))
-        .args(["grant", "list", "--config"])
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // The CLI's bound is 10 s; 30 s says "it never ends" without waiting for ever.
-    while child.try_wait()?.is_none() && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(50));
+    let login_dir = cluster.dir.join("login-config");
+    std::fs::create_dir_all(&login_dir)?;
+    let addr = addr.to_string();
+    let config = config.display().to_string();
+    let commands: [&[&str]; 2] = [
+        &["grant", "list", "--config", &config],
+        &["login", "--controller", &addr, "--ca", &ca],
+    ];
+    for args in commands {
+        let started = std::time::Instant::now();
+        let mut child = Command::new(cluster.bins.join("loggate"))
+            .args(args)
+            .env("LOGGATE_CONFIG_DIR", &login_dir)
+            .env_remove("LOGGATE_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // The CLI's bound is 10 s; 30 s says "it never ends" without waiting for ever.
+        while child.try_wait()?.is_none() && started.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if child.try_wait()?.is_none() {
+            let _ = child.kill();
+            anyhow::bail!("loggate {args:?} still waits on a silent server after 30 s");
+        }
+        let out = child.wait_with_output()?;
+        let stderr = text(&out).1;
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("no TLS handshake within 10 s"),
+            "{args:?}: {stderr}"
+        );
     }
-    if child.try_wait()?.is_none() {
-        let _ = child.kill();
-        anyhow::bail!("loggate grant list still waits on a silent server after 30 s");
-    }
-    let out = child.wait_with_output()?;
-    let stderr = text(&out).1;
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("no TLS handshake within 10 s"), "{stderr}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = server.join();
     Ok(())
 }

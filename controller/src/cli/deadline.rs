@@ -27,6 +27,9 @@ pub const DEFAULT: Duration = Duration::from_secs(20);
 /// The longest a connection may take, TCP's connect and TLS's handshake together.
 pub const CONNECT: Duration = Duration::from_secs(10);
 
+/// The interval of HTTP/2 pings on a connection, and how long one may go unanswered.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// What a call that set its own timeout gets on top of it.
 pub const SLACK: Duration = Duration::from_secs(10);
 
@@ -59,6 +62,16 @@ impl<S> Deadline<S> {
         Deadline {
             inner,
             default: DEFAULT,
+            slack: SLACK,
+        }
+    }
+
+    /// `inner` with `default` for calls that ask for no deadline of their own (a sign-in
+    /// waits on the IdP's keys behind the controller).
+    pub fn with_default(inner: S, default: Duration) -> Deadline<S> {
+        Deadline {
+            inner,
+            default,
             slack: SLACK,
         }
     }

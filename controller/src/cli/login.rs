@@ -191,7 +191,10 @@ fn with_port(addr: &str, port: u32) -> String {
 async fn sign_in_client(
     addr: &str,
     ca_pem: &[u8],
-) -> Result<pb::enrolment_client::EnrolmentClient<tonic::transport::Channel>, Failure> {
+) -> Result<
+    pb::enrolment_client::EnrolmentClient<super::deadline::Deadline<tonic::transport::Channel>>,
+    Failure,
+> {
     let tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
         .domain_name("loggate-controller");
@@ -201,13 +204,27 @@ async fn sign_in_client(
         .map_err(|e| fail(format!("TLS configuration: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
-    let channel = endpoint.connect().await.map_err(|e| {
-        fail(format!(
-            "cannot connect to the controller's sign-in address {addr}: {}",
-            error_chain(&e)
-        ))
-    })?;
-    Ok(pb::enrolment_client::EnrolmentClient::new(channel))
+    // connect_timeout bounds TCP only: a server silent through TLS's handshake is bounded here.
+    let connecting = tokio::time::timeout(super::deadline::CONNECT, endpoint.connect());
+    let channel = connecting
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "cannot connect to the controller's sign-in address {addr}: no TLS handshake \
+                 within {} s; check the address and that the controller is running",
+                super::deadline::CONNECT.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            fail(format!(
+                "cannot connect to the controller's sign-in address {addr}: {}",
+                error_chain(&e)
+            ))
+        })?;
+    // The controller's own bound on a sign-in is the endpoint's 30 s timeout; ours is past it.
+    Ok(pb::enrolment_client::EnrolmentClient::new(
+        super::deadline::Deadline::with_default(channel, Duration::from_secs(40)),
+    ))
 }
 
 /// The IdP, discovered from the issuer the controller named.
