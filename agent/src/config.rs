@@ -153,9 +153,24 @@ pub struct Limits {
     pub audit_denials_per_window: u32,
     #[serde(with = "loggate_core::duration::text")]
     pub audit_denial_window: Duration,
+    /// Most bytes one compressed file (`.gz`, `.zst`) is decompressed to for one stream; beyond
+    /// it the stream is cut (`read.finished` `decompression_limit`). Bounds a decompression
+    /// bomb's CPU and bandwidth (memory is bounded by the decoders' windows anyway).
+    pub max_decompressed_bytes: u64,
+    /// Most bytes out per compressed byte in (above the first MiB, which is always allowed):
+    /// a bomb's ratio is in the thousands, a log's in the tens.
+    pub max_decompression_ratio: u64,
 }
 
 impl Limits {
+    /// The bounds of the decoder of a compressed file.
+    pub fn decompression(&self) -> crate::decompress::DecompressionLimits {
+        crate::decompress::DecompressionLimits {
+            max_bytes: self.max_decompressed_bytes,
+            max_ratio: self.max_decompression_ratio,
+        }
+    }
+
     /// `max_grep_streams`, or its default: half the CPUs, at least one.
     pub fn grep_streams(&self) -> usize {
         self.max_grep_streams.unwrap_or_else(|| {
@@ -182,6 +197,8 @@ impl Default for Limits {
             tail_key_lookback_bytes: 16 << 20,
             audit_denials_per_window: 60,
             audit_denial_window: Duration::from_secs(60),
+            max_decompressed_bytes: 16 << 30,
+            max_decompression_ratio: 250,
         }
     }
 }
@@ -272,6 +289,12 @@ fn check_limits(l: &Limits) -> anyhow::Result<()> {
     }
     if l.audit_denials_per_window == 0 || l.audit_denial_window < Duration::from_secs(1) {
         bail!("limits: audit_denials_per_window ≥ 1 and audit_denial_window ≥ 1s");
+    }
+    if l.max_decompressed_bytes < 1 << 20 || l.max_decompression_ratio < 10 {
+        bail!(
+            "limits: max_decompressed_bytes ≥ 1048576 (1 MiB) and max_decompression_ratio ≥ 10 \
+             (ordinary logs compress 5–20 times)"
+        );
     }
     Ok(())
 }

@@ -64,6 +64,10 @@ pub enum DenialCode {
     GrepStreamsBusy,
     /// The agent already serves `limits.max_streams` streams (retryable).
     AgentBusy,
+    /// A file named as compressed (`.gz`, `.zst`) whose content is not (its magic bytes).
+    CompressionMismatch,
+    /// `tail` (with or without `--follow`) of a compressed file: a rotated file is read whole.
+    CompressedNotTailable,
     /// Not a check: the summary of denial records left out by the audit budget.
     Suppressed,
 }
@@ -103,6 +107,8 @@ impl DenialCode {
             DenialCode::PathHardLinked => "path_hard_linked",
             DenialCode::PathIoError => "path_io_error",
             DenialCode::TooManyStreams => "too_many_streams",
+            DenialCode::CompressionMismatch => "compression_mismatch",
+            DenialCode::CompressedNotTailable => "compressed_not_tailable",
             DenialCode::Suppressed => "suppressed",
         }
     }

@@ -13,6 +13,7 @@
 mod anchor;
 mod bypass;
 mod config;
+mod decompress;
 mod enrol;
 mod follow;
 mod fs_access;

@@ -376,9 +376,13 @@ impl AgentService {
                 | DenialCode::PatternTooLong
                 | DenialCode::PatternInvalid
                 | DenialCode::PatternTooComplex
+                | DenialCode::CompressedNotTailable
         );
         let mut status = if bad_argument {
             Status::invalid_argument(denial.message)
+        } else if denial.code == DenialCode::CompressionMismatch {
+            // The file is not what its name says: nothing the reader's access changes.
+            Status::failed_precondition(denial.message)
         } else if denial.code == DenialCode::AgentBusy {
             // Not the reader's fault and not lasting: retry later.
             Status::resource_exhausted(denial.message)
@@ -568,6 +572,29 @@ impl Agent for AgentService {
             unix_now(),
         )
         .map_err(refuse)?;
+        // A compressed file (by its magic bytes; its name must agree) is served decompressed,
+        // whole: it cannot be tailed nor followed (`tail --follow` follows the live file).
+        let grant_denial = |code, message| Denial {
+            code,
+            message,
+            grant_id: Some(authorized.grant.id().to_string()),
+        };
+        let compression = crate::decompress::detect(&authorized.file.file, &authorized.file.path)
+            .map_err(|e| {
+            refuse(grant_denial(DenialCode::CompressionMismatch, e.to_string()))
+        })?;
+        if compression != crate::decompress::Compression::None && mode == pb::ReadMode::Tail {
+            return Err(refuse(grant_denial(
+                DenialCode::CompressedNotTailable,
+                format!(
+                    "{} is compressed ({}): a rotated file is no longer written, so it cannot be \
+                     followed, and tail of it is not supported; use `logs cat` or `logs grep` \
+                     (with --since/--until to narrow), or tail the live file",
+                    authorized.file.path.display(),
+                    compression.as_str()
+                ),
+            )));
+        }
         // A place among the live streams before anything is allowed: beyond the caps the read
         // is refused (and audited) now, not queued after its `read.allowed`.
         let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
@@ -707,6 +734,8 @@ impl Agent for AgentService {
             selector,
             max_line: limits.max_line_bytes,
             key_lookback: limits.tail_key_lookback_bytes,
+            compressed: (compression != crate::decompress::Compression::None)
+                .then(|| (compression, limits.decompression())),
         };
         let watch = GrantWatch {
             grants: self.shared.clone(),
@@ -747,7 +776,9 @@ impl Agent for AgentService {
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 end_reason: reason.as_str(),
                 error: match &reason {
-                    stream::EndReason::ReadError(e) => Some(e.clone()),
+                    stream::EndReason::ReadError(e) | stream::EndReason::DecompressionLimit(e) => {
+                        Some(e.clone())
+                    }
                     _ => None,
                 },
                 redactions: finished.counts.redactions.clone(),

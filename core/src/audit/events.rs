@@ -288,10 +288,12 @@ audit_event! {
         duration_ms: u64,
         /// `eof`, `client_closed`, `grant_expired`, `grant_revoked`, `budget_exceeded` (the grep
         /// pattern used up `limits.grep_time_budget`), `agent_stopping` (the agent was stopped:
-        /// every stream ends before `agent.stopped`) or `read_error` (`status_detail`;
-        /// `read_error` is a failure)
+        /// every stream ends before `agent.stopped`), `read_error`, or `decompression_limit` (a
+        /// compressed file decompresses to more than `limits.max_decompressed_bytes` or
+        /// `limits.max_decompression_ratio` allow: perhaps a decompression bomb) (`status_detail`;
+        /// `read_error` and `decompression_limit` are failures)
         end_reason: &'static str,
-        /// the read error, or null
+        /// the read error or the decompression limit's sentence, or null
         error: Option<String>,
         /// findings per detector, e.g. `{"email": 3}`; never values (see redaction.md)
         redactions: BTreeMap<String, u64>,

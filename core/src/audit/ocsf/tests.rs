@@ -493,7 +493,7 @@ fn render() -> String {
         let status = match kind.outcome {
             Outcome::Success => "Success",
             Outcome::Failure => "Failure",
-            Outcome::StreamEnd => "Success; Failure on `read_error`",
+            Outcome::StreamEnd => "Success; Failure on `read_error`, `decompression_limit`",
             Outcome::NewFinding => "New",
         };
         let severity = match kind.severity {
