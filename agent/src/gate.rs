@@ -399,6 +399,56 @@ pub fn judge(
     }
 }
 
+/// The grants `reader` may use now on this agent, whatever the path (for a listing, which then
+/// shows only the files they cover): every check of the verifier and withdrawal; the profile
+/// is not judged (a listing serves no content). None usable: the best-ranked denial ([`rank`],
+/// as for a path no grant covers), so the reader learns why, as for a read.
+pub fn usable_grants(
+    ctx: &GateContext<'_>,
+    reader: &Identity,
+    presented_token: Option<&str>,
+    now: i64,
+) -> Result<Vec<VerifiedGrant>, Denial> {
+    let mut usable = Vec::new();
+    let mut best: Option<(u8, Denial)> = None;
+    for candidate in candidates(ctx, reader, presented_token)? {
+        let id = candidate.stored.as_ref().map(|g| g.claims().jti.clone());
+        let denial = match ctx
+            .verifier
+            .verify_for_use(&candidate.token, reader, ctx.audience, now)
+        {
+            Ok(grant) => match ctx.grants.withdrawal(grant.id()) {
+                None => {
+                    usable.push(grant);
+                    continue;
+                }
+                Some(_) => {
+                    let mut d = Denial::new(
+                        DenialCode::GrantRevoked,
+                        format!("grant {} was revoked; request a new one", grant.id()),
+                    );
+                    d.grant_id = Some(grant.id().to_string());
+                    d
+                }
+            },
+            Err(e) => Denial::from_grant(e, id),
+        };
+        let r = rank(denial.code, true, candidate.presented);
+        if best.as_ref().is_none_or(|(b, _)| r < *b) {
+            best = Some((r, denial));
+        }
+    }
+    if !usable.is_empty() {
+        return Ok(usable);
+    }
+    Err(best.map(|(_, d)| d).unwrap_or_else(|| {
+        Denial::new(
+            DenialCode::NoGrant,
+            format!("you hold no usable grant on agent {}", ctx.agent),
+        )
+    }))
+}
+
 /// Decides one read request by `reader` for `requested_path` at `now`, optionally presenting a
 /// token: the first usable candidate's file is opened beneath the roots (a refused open is the
 /// answer); with none usable, the best-ranked denial ([`rank`]) is.

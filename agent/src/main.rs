@@ -20,6 +20,7 @@ mod fs_access;
 mod gate;
 mod grants;
 mod limits;
+mod listing;
 mod server;
 mod status;
 mod stream;

@@ -796,6 +796,76 @@ impl Agent for AgentService {
         Ok(Response::new(Box::pin(Held::new(response, slot))))
     }
 
+    /// A listing: gated like a read (identity, then the reader's usable grants, each verified
+    /// whole), answered with only the files those grants cover and a read would open
+    /// ([`crate::listing`]), audited (`read.listed`, on disk first) before the answer leaves;
+    /// refused like a read (`read.denied`, the glob as its path).
+    async fn list_logs(
+        &self,
+        request: Request<pb::ListLogsRequest>,
+    ) -> Result<Response<pb::ListLogsResponse>, Status> {
+        let peer_addr = request.remote_addr();
+        let reader = match peer_identity(&request, Role::User) {
+            Ok(reader) => reader,
+            Err(status) => {
+                let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
+                let refused = self.deny(None, peer_addr, &request.get_ref().path_glob, denial);
+                return Err(match refused.code() {
+                    tonic::Code::Unavailable => refused,
+                    _ => status,
+                });
+            }
+        };
+        let req = request.into_inner();
+        let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path_glob, denial);
+        let filter = match req.path_glob.as_str() {
+            "" => None,
+            glob => Some(loggate_core::grant::compile_path_glob(glob).map_err(|e| {
+                refuse(Denial::new(
+                    DenialCode::PathInvalid,
+                    format!("the path glob is refused: {e}"),
+                ))
+            })?),
+        };
+        let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
+        let grants =
+            crate::gate::usable_grants(&gate_context(&self.shared), &reader, token, unix_now())
+                .map_err(refuse)?;
+        let shared = self.shared.clone();
+        let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
+        let grants_for_walk = grants.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the listing failed: {e}")))?;
+        self.shared
+            .audit(&events::ReadListed {
+                subject: reader.spiffe_id().to_string(),
+                key_sha256: reader.key_sha256_hex(),
+                peer: peer_addr.map(|a| a.to_string()),
+                grant_ids: grants.iter().map(|g| g.id().to_string()).collect(),
+                path_glob: (!req.path_glob.is_empty()).then(|| req.path_glob.clone()),
+                files: listing.files.len() as u64,
+                truncated: listing.truncated,
+            })
+            .map_err(audit_unavailable)?;
+        Ok(Response::new(pb::ListLogsResponse {
+            files: listing
+                .files
+                .into_iter()
+                .map(|f| pb::LogFileEntry {
+                    path: f.path,
+                    size: f.size,
+                    modified_unix: f.modified_unix,
+                    rotated: f.rotated,
+                    compression: f.compression.to_string(),
+                })
+                .collect(),
+            truncated: listing.truncated,
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<pb::AgentStatusRequest>,

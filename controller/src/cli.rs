@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod config_file;
 pub mod governance;
+pub mod listing;
 pub mod login;
 pub mod status;
 

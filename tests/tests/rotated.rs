@@ -232,3 +232,126 @@ fn tail_and_follow_of_a_compressed_file_are_refused_with_the_way_out() -> anyhow
     assert!(out.status.success(), "{}", text(&out).1);
     Ok(())
 }
+
+/// `loggate logs ls` as `user` on web-1, with extra arguments.
+fn ls(f: &Fixture, user: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let mut all = vec!["ls"];
+    all.extend_from_slice(args);
+    f.logs(user, &all)
+}
+
+#[test]
+fn ls_lists_exactly_the_covered_files_and_reveals_nothing_outside_the_grant() -> anyhow::Result<()>
+{
+    let f = rotated_fixture("")?;
+    let grant = rotations_grant(&f, "alice")?;
+    // Beside the granted files: a sibling outside the glob, a folder (with a file named like a
+    // granted one), a symlink whose name the glob covers, and a folder outside the root.
+    std::fs::write(f.logs.join("payments-secret.log"), "not yours\n")?;
+    std::fs::create_dir_all(f.logs.join("api.log.d"))?;
+    std::fs::write(f.logs.join("api.log.d/api.log"), "nested\n")?;
+    std::os::unix::fs::symlink(f.logs.join("payments-secret.log"), f.logs.join("api.log.9"))?;
+    let outside = f.logs.parent().expect("parent").join("elsewhere");
+    std::fs::create_dir_all(&outside)?;
+    std::fs::write(outside.join("api.log"), "outside the root\n")?;
+
+    let out = ls(&f, "alice", &["--output", "json"])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let listed: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let paths: Vec<&str> = listed.iter().filter_map(|e| e["path"].as_str()).collect();
+    let want: Vec<String> = ["api.log", "api.log.1", "api.log.2.gz", "api.log.3.zst"]
+        .iter()
+        .map(|n| path(&f, n))
+        .collect();
+    assert_eq!(paths, want, "{stdout}");
+    for hidden in [
+        "payments-secret",
+        "api.log.d",
+        "api.log.9",
+        "elsewhere",
+        "nested",
+    ] {
+        assert!(!stdout.contains(hidden), "{hidden} revealed: {stdout}");
+    }
+    let by_name = |n: &str| {
+        listed
+            .iter()
+            .find(|e| e["path"] == path(&f, n).as_str())
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(by_name("api.log")["rotated"], false);
+    assert_eq!(by_name("api.log")["compression"], serde_json::Value::Null);
+    assert_eq!(by_name("api.log.1")["rotated"], true);
+    assert_eq!(by_name("api.log.2.gz")["compression"], "gzip");
+    assert_eq!(by_name("api.log.3.zst")["compression"], "zstd");
+    assert_eq!(
+        by_name("api.log.1")["size"],
+        std::fs::metadata(f.logs.join("api.log.1"))?.len()
+    );
+    assert!(by_name("api.log")["modified_unix"].as_i64().unwrap_or(0) > 1_700_000_000);
+
+    let listed = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.listed"
+        })?;
+    assert_eq!(listed["subject"], "spiffe://loggate.local/user/alice");
+    assert_eq!(listed["files"], 4);
+    assert_eq!(listed["grant_ids"][0], grant.as_str());
+    assert_eq!(listed["path_glob"], serde_json::Value::Null);
+
+    // A glob narrows it (and is audited); text output names the kind of each file.
+    let glob = format!("{}/api.log.*", f.logs.display());
+    let out = ls(&f, "alice", &[&glob])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[1].contains("rotated,gzip") && lines[1].ends_with("api.log.2.gz"),
+        "{stdout}"
+    );
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.listed" && e["path_glob"] == glob.as_str() && e["files"] == 3
+        })?;
+    // A glob reaching outside the grant lists nothing of it.
+    let wide = format!("{}/**", f.logs.parent().expect("parent").display());
+    let out = ls(&f, "alice", &[&wide])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    assert!(
+        !stdout.contains("secret") && !stdout.contains("elsewhere"),
+        "{stdout}"
+    );
+    Ok(())
+}
+
+#[test]
+fn ls_without_a_grant_is_denied_and_audited() -> anyhow::Result<()> {
+    let f = rotated_fixture("")?;
+    rotations_grant(&f, "alice")?;
+    let out = ls(&f, "bob", &[])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("hold no grant on agent web-1"), "{stderr}");
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "no_grant"
+        })?;
+    assert_eq!(denied["subject"], "spiffe://loggate.local/user/bob");
+    assert!(f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .all(|e| e["event"] != "read.listed"));
+    Ok(())
+}

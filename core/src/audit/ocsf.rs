@@ -676,6 +676,8 @@ pub struct ReadCall<'a> {
     pub path: Option<&'a str>,
     /// How long the stream lasted.
     pub duration_ms: Option<u64>,
+    /// The agent's RPC (`api.operation`): `ReadLog`, or `ListLogs` for a listing.
+    pub operation: &'static str,
 }
 
 /// A change of who may read what, as OCSF User Access Management (grants, requests, policy).
@@ -779,7 +781,7 @@ impl<'a> Ocsf<'a> {
                 ..Actor::default()
             },
             api: Api {
-                operation: "ReadLog",
+                operation: call.operation,
                 service: Service {
                     name: "loggate.v1.Agent",
                     version: env!("CARGO_PKG_VERSION"),
