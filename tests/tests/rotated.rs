@@ -54,6 +54,30 @@ fn rotations_grant(f: &Fixture, subject: &str) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Every record web-1 wrote conforms to the official OCSF schema and to its catalogue entry,
+/// and names the event types `wanted` among them (the new ones included).
+fn conformant(f: &Fixture, wanted: &[&str]) {
+    let schema = loggate_ocsf_validate::Schema::official().expect("vendored OCSF schema");
+    let records = f.cluster.agent_audit_raw("web-1");
+    for r in &records {
+        assert_eq!(
+            loggate_core::audit::ocsf::catalogue_problems(r),
+            Vec::<String>::new(),
+            "{r}"
+        );
+        let report = schema.validate(r);
+        assert!(report.is_conformant(), "{report}\n{r}");
+    }
+    for name in wanted {
+        assert!(
+            records
+                .iter()
+                .any(|r| loggate_core::audit::event_name(r) == Some(name)),
+            "no {name} record"
+        );
+    }
+}
+
 fn finished(f: &Fixture, path: &str) -> anyhow::Result<serde_json::Value> {
     f.cluster
         .wait_for_audit("web-1", Duration::from_secs(5), |e| {
@@ -176,6 +200,14 @@ fn a_decompression_bomb_is_cut_with_a_clear_error_and_audited() -> anyhow::Resul
             "{done}"
         );
     }
+    // The cut stream's record is an OCSF failure, and conformant.
+    conformant(&f, &["read.finished"]);
+    let failed = f.cluster.agent_audit_raw("web-1").into_iter().find(|r| {
+        r["unmapped"]["loggate"]["end_reason"] == "decompression_limit"
+            || r["status_detail"] == "decompression_limit"
+    });
+    let failed = failed.expect("the decompression_limit record, raw");
+    assert_eq!(failed["status_id"], 2, "{failed}");
     Ok(())
 }
 
@@ -330,6 +362,7 @@ fn ls_lists_exactly_the_covered_files_and_reveals_nothing_outside_the_grant() ->
         !stdout.contains("secret") && !stdout.contains("elsewhere"),
         "{stdout}"
     );
+    conformant(&f, &["read.listed"]);
     Ok(())
 }
 
