@@ -395,6 +395,32 @@ impl AgentService {
         status
     }
 
+    /// The refusal of a request beyond the stream caps (`limits.max_streams_per_subject`,
+    /// `limits.max_streams`): reads and listings share them.
+    fn slot_denial(&self, full: SlotRefusal, grant_id: Option<String>) -> Denial {
+        let (code, message) = match full {
+            SlotRefusal::Subject(max) => (
+                DenialCode::TooManyStreams,
+                format!(
+                    "you already have {max} streams open on agent {}; close one first",
+                    self.shared.config.id
+                ),
+            ),
+            SlotRefusal::Agent(max) => (
+                DenialCode::AgentBusy,
+                format!(
+                    "agent {} is serving its limit of {max} streams; try again in a few seconds",
+                    self.shared.config.id
+                ),
+            ),
+        };
+        Denial {
+            code,
+            message,
+            grant_id,
+        }
+    }
+
     /// The request's line selection (grep pattern, time range), or the refusal of a bad
     /// argument. The pattern is bounded before it is compiled (length), while compiling
     /// (`max_regex_bytes`) and by its worst-case time per line ([`PATTERN_WORK_PER_LINE`]).
@@ -598,28 +624,7 @@ impl Agent for AgentService {
         // A place among the live streams before anything is allowed: beyond the caps the read
         // is refused (and audited) now, not queued after its `read.allowed`.
         let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
-            let (code, message) = match full {
-                SlotRefusal::Subject(max) => (
-                    DenialCode::TooManyStreams,
-                    format!(
-                        "you already have {max} streams open on agent {}; close one first",
-                        self.shared.config.id
-                    ),
-                ),
-                SlotRefusal::Agent(max) => (
-                    DenialCode::AgentBusy,
-                    format!(
-                        "agent {} is serving its limit of {max} streams; try again in a few \
-                         seconds",
-                        self.shared.config.id
-                    ),
-                ),
-            };
-            refuse(Denial {
-                code,
-                message,
-                grant_id: Some(authorized.grant.id().to_string()),
-            })
+            refuse(self.slot_denial(full, Some(authorized.grant.id().to_string())))
         })?;
         // Grep: the subject's matching time across its streams, and the agent-wide cap.
         let (selector, grep_place) = if mode == pb::ReadMode::Grep {
@@ -831,11 +836,19 @@ impl Agent for AgentService {
         let grants =
             crate::gate::usable_grants(&gate_context(&self.shared), &reader, token, unix_now())
                 .map_err(refuse)?;
+        // A walk holds one of the reader's stream places while it runs: listings are bounded
+        // by the same caps as reads, so a loop of `ls` cannot keep the agent's threads busy.
+        let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
+            refuse(self.slot_denial(full, grants.first().map(|g| g.id().to_string())))
+        })?;
         let shared = self.shared.clone();
         let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
         let grants_for_walk = grants.clone();
         let listing = tokio::task::spawn_blocking(move || {
-            crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches))
+            let listing =
+                crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches));
+            drop(slot);
+            listing
         })
         .await
         .map_err(|e| Status::internal(format!("the listing failed: {e}")))?;

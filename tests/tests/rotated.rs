@@ -388,3 +388,53 @@ fn ls_without_a_grant_is_denied_and_audited() -> anyhow::Result<()> {
         .all(|e| e["event"] != "read.listed"));
     Ok(())
 }
+
+/// A listing takes one of the reader's stream places while it walks: with
+/// `max_streams_per_subject = 1` and a `tail --follow` open, it is refused like a read.
+#[test]
+fn ls_is_bounded_by_the_readers_stream_places_like_a_read() -> anyhow::Result<()> {
+    let f = rotated_fixture("[limits]\nmax_streams_per_subject = 1\n")?;
+    rotations_grant(&f, "alice")?;
+    let mut follow = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["tail", "--follow", &path(&f, "api.log")],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(10), |e| {
+            e["event"] == "read.allowed" && e["mode"] == "tail_follow"
+        })?;
+    let out = ls(&f, "alice", &[]);
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let out = out?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("already have 1 streams open"), "{stderr}");
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "too_many_streams"
+        })?;
+    // With the follow gone (its place is freed once the agent sees the connection close), the
+    // listing is served again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ls(&f, "alice", &[])?;
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still refused: {}",
+            text(&out).1
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Ok(())
+}
