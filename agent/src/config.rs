@@ -482,6 +482,29 @@ mod duration_tests {
     use super::*;
 
     #[test]
+    fn decompression_limits_below_their_floors_are_refused_with_the_floors_named() {
+        for text in [
+            "max_decompressed_bytes = 1000",
+            "max_decompression_ratio = 2",
+        ] {
+            let limits: Limits = toml::from_str(text).unwrap();
+            let err = check_limits(&limits).unwrap_err().to_string();
+            assert!(
+                err.contains("max_decompressed_bytes ≥ 1048576")
+                    && err.contains("max_decompression_ratio ≥ 10"),
+                "{text}: {err}"
+            );
+        }
+        let defaults = Limits::default();
+        assert!(check_limits(&defaults).is_ok());
+        assert_eq!(defaults.decompression().cap_for(1 << 20), 250 << 20);
+        assert!(
+            toml::from_str::<Limits>("max_decompresed_bytes = 1").is_err(),
+            "a typo"
+        );
+    }
+
+    #[test]
     fn configuration_durations_share_the_one_grammar() {
         let limits: Limits = toml::from_str("grep_time_budget = \"1m 30s\"").unwrap();
         assert_eq!(limits.grep_time_budget, Duration::from_secs(90));
