@@ -159,9 +159,24 @@ pub struct Limits {
     pub audit_denials_per_window: u32,
     #[serde(with = "loggate_core::duration::text")]
     pub audit_denial_window: Duration,
+    /// Most bytes one compressed file (`.gz`, `.zst`) is decompressed to for one stream; beyond
+    /// it the stream is cut (`read.finished` `decompression_limit`). Bounds a decompression
+    /// bomb's CPU and bandwidth (memory is bounded by the decoders' windows anyway).
+    pub max_decompressed_bytes: u64,
+    /// Most bytes out per compressed byte in (above the first MiB, which is always allowed):
+    /// a bomb's ratio is in the thousands, a log's in the tens.
+    pub max_decompression_ratio: u64,
 }
 
 impl Limits {
+    /// The bounds of the decoder of a compressed file.
+    pub fn decompression(&self) -> crate::decompress::DecompressionLimits {
+        crate::decompress::DecompressionLimits {
+            max_bytes: self.max_decompressed_bytes,
+            max_ratio: self.max_decompression_ratio,
+        }
+    }
+
     /// `max_grep_streams`, or its default: half the CPUs, at least one.
     pub fn grep_streams(&self) -> usize {
         self.max_grep_streams.unwrap_or_else(|| {
@@ -188,6 +203,8 @@ impl Default for Limits {
             tail_key_lookback_bytes: 16 << 20,
             audit_denials_per_window: 60,
             audit_denial_window: Duration::from_secs(60),
+            max_decompressed_bytes: 16 << 30,
+            max_decompression_ratio: 250,
         }
     }
 }
@@ -279,6 +296,12 @@ fn check_limits(l: &Limits) -> anyhow::Result<()> {
     }
     if l.audit_denials_per_window == 0 || l.audit_denial_window < Duration::from_secs(1) {
         bail!("limits: audit_denials_per_window ≥ 1 and audit_denial_window ≥ 1s");
+    }
+    if l.max_decompressed_bytes < 1 << 20 || l.max_decompression_ratio < 10 {
+        bail!(
+            "limits: max_decompressed_bytes ≥ 1048576 (1 MiB) and max_decompression_ratio ≥ 10 \
+             (ordinary logs compress 5–20 times)"
+        );
     }
     Ok(())
 }
@@ -470,6 +493,29 @@ fn load_grant_keys(files: &[PathBuf], base: &Path) -> anyhow::Result<Vec<Verifyi
 #[cfg(test)]
 mod duration_tests {
     use super::*;
+
+    #[test]
+    fn decompression_limits_below_their_floors_are_refused_with_the_floors_named() {
+        for text in [
+            "max_decompressed_bytes = 1000",
+            "max_decompression_ratio = 2",
+        ] {
+            let limits: Limits = toml::from_str(text).unwrap();
+            let err = check_limits(&limits).unwrap_err().to_string();
+            assert!(
+                err.contains("max_decompressed_bytes ≥ 1048576")
+                    && err.contains("max_decompression_ratio ≥ 10"),
+                "{text}: {err}"
+            );
+        }
+        let defaults = Limits::default();
+        assert!(check_limits(&defaults).is_ok());
+        assert_eq!(defaults.decompression().cap_for(1 << 20), 250 << 20);
+        assert!(
+            toml::from_str::<Limits>("max_decompresed_bytes = 1").is_err(),
+            "a typo"
+        );
+    }
 
     #[test]
     fn configuration_durations_share_the_one_grammar() {

@@ -64,6 +64,10 @@ pub enum DenialCode {
     GrepStreamsBusy,
     /// The agent already serves `limits.max_streams` streams (retryable).
     AgentBusy,
+    /// A file named as compressed (`.gz`, `.zst`) whose content is not (its magic bytes).
+    CompressionMismatch,
+    /// `tail` (with or without `--follow`) of a compressed file: a rotated file is read whole.
+    CompressedNotTailable,
     /// Not a check: the summary of denial records left out by the audit budget.
     Suppressed,
 }
@@ -103,6 +107,8 @@ impl DenialCode {
             DenialCode::PathHardLinked => "path_hard_linked",
             DenialCode::PathIoError => "path_io_error",
             DenialCode::TooManyStreams => "too_many_streams",
+            DenialCode::CompressionMismatch => "compression_mismatch",
+            DenialCode::CompressedNotTailable => "compressed_not_tailable",
             DenialCode::Suppressed => "suppressed",
         }
     }
@@ -391,6 +397,56 @@ pub fn judge(
             refused(d, true)
         }
     }
+}
+
+/// The grants `reader` may use now on this agent, whatever the path (for a listing, which then
+/// shows only the files they cover): every check of the verifier and withdrawal; the profile
+/// is not judged (a listing serves no content). None usable: the best-ranked denial ([`rank`],
+/// as for a path no grant covers), so the reader learns why, as for a read.
+pub fn usable_grants(
+    ctx: &GateContext<'_>,
+    reader: &Identity,
+    presented_token: Option<&str>,
+    now: i64,
+) -> Result<Vec<VerifiedGrant>, Denial> {
+    let mut usable = Vec::new();
+    let mut best: Option<(u8, Denial)> = None;
+    for candidate in candidates(ctx, reader, presented_token)? {
+        let id = candidate.stored.as_ref().map(|g| g.claims().jti.clone());
+        let denial = match ctx
+            .verifier
+            .verify_for_use(&candidate.token, reader, ctx.audience, now)
+        {
+            Ok(grant) => match ctx.grants.withdrawal(grant.id()) {
+                None => {
+                    usable.push(grant);
+                    continue;
+                }
+                Some(_) => {
+                    let mut d = Denial::new(
+                        DenialCode::GrantRevoked,
+                        format!("grant {} was revoked; request a new one", grant.id()),
+                    );
+                    d.grant_id = Some(grant.id().to_string());
+                    d
+                }
+            },
+            Err(e) => Denial::from_grant(e, id),
+        };
+        let r = rank(denial.code, true, candidate.presented);
+        if best.as_ref().is_none_or(|(b, _)| r < *b) {
+            best = Some((r, denial));
+        }
+    }
+    if !usable.is_empty() {
+        return Ok(usable);
+    }
+    Err(best.map(|(_, d)| d).unwrap_or_else(|| {
+        Denial::new(
+            DenialCode::NoGrant,
+            format!("you hold no usable grant on agent {}", ctx.agent),
+        )
+    }))
 }
 
 /// Decides one read request by `reader` for `requested_path` at `now`, optionally presenting a

@@ -376,9 +376,13 @@ impl AgentService {
                 | DenialCode::PatternTooLong
                 | DenialCode::PatternInvalid
                 | DenialCode::PatternTooComplex
+                | DenialCode::CompressedNotTailable
         );
         let mut status = if bad_argument {
             Status::invalid_argument(denial.message)
+        } else if denial.code == DenialCode::CompressionMismatch {
+            // The file is not what its name says: nothing the reader's access changes.
+            Status::failed_precondition(denial.message)
         } else if denial.code == DenialCode::AgentBusy {
             // Not the reader's fault and not lasting: retry later.
             Status::resource_exhausted(denial.message)
@@ -389,6 +393,32 @@ impl AgentService {
             status.metadata_mut().insert("loggate-denial", v);
         }
         status
+    }
+
+    /// The refusal of a request beyond the stream caps (`limits.max_streams_per_subject`,
+    /// `limits.max_streams`): reads and listings share them.
+    fn slot_denial(&self, full: SlotRefusal, grant_id: Option<String>) -> Denial {
+        let (code, message) = match full {
+            SlotRefusal::Subject(max) => (
+                DenialCode::TooManyStreams,
+                format!(
+                    "you already have {max} streams open on agent {}; close one first",
+                    self.shared.config.id
+                ),
+            ),
+            SlotRefusal::Agent(max) => (
+                DenialCode::AgentBusy,
+                format!(
+                    "agent {} is serving its limit of {max} streams; try again in a few seconds",
+                    self.shared.config.id
+                ),
+            ),
+        };
+        Denial {
+            code,
+            message,
+            grant_id,
+        }
     }
 
     /// The request's line selection (grep pattern, time range), or the refusal of a bad
@@ -568,31 +598,33 @@ impl Agent for AgentService {
             unix_now(),
         )
         .map_err(refuse)?;
+        // A compressed file (by its magic bytes; its name must agree) is served decompressed,
+        // whole: it cannot be tailed nor followed (`tail --follow` follows the live file).
+        let grant_denial = |code, message| Denial {
+            code,
+            message,
+            grant_id: Some(authorized.grant.id().to_string()),
+        };
+        let compression = crate::decompress::detect(&authorized.file.file, &authorized.file.path)
+            .map_err(|e| {
+            refuse(grant_denial(DenialCode::CompressionMismatch, e.to_string()))
+        })?;
+        if compression != crate::decompress::Compression::None && mode == pb::ReadMode::Tail {
+            return Err(refuse(grant_denial(
+                DenialCode::CompressedNotTailable,
+                format!(
+                    "{} is compressed ({}): a rotated file is no longer written, so it cannot be \
+                     followed, and tail of it is not supported; use `logs cat` or `logs grep` \
+                     (with --since/--until to narrow), or tail the live file",
+                    authorized.file.path.display(),
+                    compression.as_str()
+                ),
+            )));
+        }
         // A place among the live streams before anything is allowed: beyond the caps the read
         // is refused (and audited) now, not queued after its `read.allowed`.
         let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
-            let (code, message) = match full {
-                SlotRefusal::Subject(max) => (
-                    DenialCode::TooManyStreams,
-                    format!(
-                        "you already have {max} streams open on agent {}; close one first",
-                        self.shared.config.id
-                    ),
-                ),
-                SlotRefusal::Agent(max) => (
-                    DenialCode::AgentBusy,
-                    format!(
-                        "agent {} is serving its limit of {max} streams; try again in a few \
-                         seconds",
-                        self.shared.config.id
-                    ),
-                ),
-            };
-            refuse(Denial {
-                code,
-                message,
-                grant_id: Some(authorized.grant.id().to_string()),
-            })
+            refuse(self.slot_denial(full, Some(authorized.grant.id().to_string())))
         })?;
         // Grep: the subject's matching time across its streams, and the agent-wide cap.
         let (selector, grep_place) = if mode == pb::ReadMode::Grep {
@@ -707,6 +739,8 @@ impl Agent for AgentService {
             selector,
             max_line: limits.max_line_bytes,
             key_lookback: limits.tail_key_lookback_bytes,
+            compressed: (compression != crate::decompress::Compression::None)
+                .then(|| (compression, limits.decompression())),
         };
         let watch = GrantWatch {
             grants: self.shared.clone(),
@@ -747,7 +781,9 @@ impl Agent for AgentService {
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 end_reason: reason.as_str(),
                 error: match &reason {
-                    stream::EndReason::ReadError(e) => Some(e.clone()),
+                    stream::EndReason::ReadError(e) | stream::EndReason::DecompressionLimit(e) => {
+                        Some(e.clone())
+                    }
                     _ => None,
                 },
                 redactions: finished.counts.redactions.clone(),
@@ -763,6 +799,84 @@ impl Agent for AgentService {
         // All data first, then the final status (if the stream was cut or failed).
         let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
         Ok(Response::new(Box::pin(Held::new(response, slot))))
+    }
+
+    /// A listing: gated like a read (identity, then the reader's usable grants, each verified
+    /// whole), answered with only the files those grants cover and a read would open
+    /// ([`crate::listing`]), audited (`read.listed`, on disk first) before the answer leaves;
+    /// refused like a read (`read.denied`, the glob as its path).
+    async fn list_logs(
+        &self,
+        request: Request<pb::ListLogsRequest>,
+    ) -> Result<Response<pb::ListLogsResponse>, Status> {
+        let peer_addr = request.remote_addr();
+        let reader = match peer_identity(&request, Role::User) {
+            Ok(reader) => reader,
+            Err(status) => {
+                let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
+                let refused = self.deny(None, peer_addr, &request.get_ref().path_glob, denial);
+                return Err(match refused.code() {
+                    tonic::Code::Unavailable => refused,
+                    _ => status,
+                });
+            }
+        };
+        let req = request.into_inner();
+        let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path_glob, denial);
+        let filter = match req.path_glob.as_str() {
+            "" => None,
+            glob => Some(loggate_core::grant::compile_path_glob(glob).map_err(|e| {
+                refuse(Denial::new(
+                    DenialCode::PathInvalid,
+                    format!("the path glob is refused: {e}"),
+                ))
+            })?),
+        };
+        let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
+        let grants =
+            crate::gate::usable_grants(&gate_context(&self.shared), &reader, token, unix_now())
+                .map_err(refuse)?;
+        // A walk holds one of the reader's stream places while it runs: listings are bounded
+        // by the same caps as reads, so a loop of `ls` cannot keep the agent's threads busy.
+        let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
+            refuse(self.slot_denial(full, grants.first().map(|g| g.id().to_string())))
+        })?;
+        let shared = self.shared.clone();
+        let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
+        let grants_for_walk = grants.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            let listing =
+                crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches));
+            drop(slot);
+            listing
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the listing failed: {e}")))?;
+        self.shared
+            .audit(&events::ReadListed {
+                subject: reader.spiffe_id().to_string(),
+                key_sha256: reader.key_sha256_hex(),
+                peer: peer_addr.map(|a| a.to_string()),
+                grant_ids: grants.iter().map(|g| g.id().to_string()).collect(),
+                path_glob: (!req.path_glob.is_empty()).then(|| req.path_glob.clone()),
+                files: listing.files.len() as u64,
+                truncated: listing.truncated,
+            })
+            .map_err(audit_unavailable)?;
+        Ok(Response::new(pb::ListLogsResponse {
+            files: listing
+                .files
+                .into_iter()
+                .map(|f| pb::LogFileEntry {
+                    path: f.path,
+                    size: f.size,
+                    modified_unix: f.modified_unix,
+                    rotated: f.rotated,
+                    compression: f.compression.to_string(),
+                })
+                .collect(),
+            truncated: listing.truncated,
+        }))
     }
 
     async fn status(

@@ -86,6 +86,9 @@ pub enum EndReason {
     /// not wait for a `--follow` that never ends.
     AgentStopping,
     ReadError(String),
+    /// A compressed file decompressed to more than the agent's limits allow
+    /// ([`crate::decompress::LimitExceeded`]'s sentence): perhaps a decompression bomb.
+    DecompressionLimit(String),
 }
 
 impl EndReason {
@@ -98,6 +101,7 @@ impl EndReason {
             EndReason::BudgetExceeded => "budget_exceeded",
             EndReason::AgentStopping => "agent_stopping",
             EndReason::ReadError(_) => "read_error",
+            EndReason::DecompressionLimit(_) => "decompression_limit",
         }
     }
 }
@@ -412,6 +416,12 @@ pub struct Plan {
     pub max_line: usize,
     /// How far before a `tail` start to look for the line deciding the private-key state.
     pub key_lookback: u64,
+    /// A compressed file (`Some`): served decompressed from its start through the bounded
+    /// decoder, never followed nor tailed (the server refuses both before this).
+    pub compressed: Option<(
+        crate::decompress::Compression,
+        crate::decompress::DecompressionLimits,
+    )>,
 }
 
 /// Where the `tail_lines`-th line from the end starts; `check` runs before every chunk read
@@ -726,6 +736,12 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     });
     let reason = match primed {
         Err(reason) => reason,
+        Ok(_) if plan.compressed.is_some() => {
+            match pump_compressed(&mut plan, &mut pipeline, sink) {
+                Ok(()) => EndReason::Eof,
+                Err(reason) => reason,
+            }
+        }
         Ok(start) => match pump(&mut plan, start, &mut pipeline, sink) {
             Ok(()) => EndReason::Eof,
             Err(reason) => reason,
@@ -735,8 +751,14 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     if let Some(charge) = &mut plan.selector.subject {
         charge.settle(plan.selector.spent);
     }
-    if let EndReason::ReadError(e) = &reason {
-        sink.fail(Status::internal(format!("reading the file failed: {e}")));
+    match &reason {
+        EndReason::ReadError(e) => {
+            sink.fail(Status::internal(format!("reading the file failed: {e}")));
+        }
+        EndReason::DecompressionLimit(e) => {
+            sink.fail(Status::aborted(format!("{}: {e}", plan.path.display())));
+        }
+        _ => {}
     }
     Finished {
         reason,
@@ -802,6 +824,87 @@ fn prime(
         end = next_end;
     }
     Ok(false)
+}
+
+/// Serves a compressed file: its decompressed content from the start, through the bounded
+/// decoder ([`crate::decompress`]), line by line like [`pump`] (redaction, grep, time range:
+/// `--since` is a scan from the start, since a compressed stream cannot be sought). The file
+/// is read, never mapped; it is not followed (a rotated file is no longer written).
+fn pump_compressed(
+    plan: &mut Plan,
+    pipeline: &mut Pipeline,
+    sink: &mut dyn ChunkSink,
+) -> Result<(), EndReason> {
+    use crate::decompress;
+    let Some((compression, limits)) = plan.compressed else {
+        return Err(EndReason::ReadError("not a compressed file".into()));
+    };
+    let file = plan.file.try_clone().map_err(read_error)?;
+    let mut decoder =
+        decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
+    let redacting = !matches!(plan.profile, Profile::Raw);
+    let whole_chunks = !redacting && plan.selector.passes_everything();
+    let per_line_checks = !plan.selector.passes_everything();
+    let selector = &mut plan.selector;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        sink.check()?;
+        let n = match decoder.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // What was decoded before the cut has been served; the rest of a cut line
+                // is dropped, not served (it may be half a secret).
+                pipeline.abandon_partial_line();
+                return Err(match decompress::limit_exceeded(&e) {
+                    Some(exceeded) => EndReason::DecompressionLimit(exceeded.to_string()),
+                    None => EndReason::ReadError(format!(
+                        "decompressing ({}) failed: {e}",
+                        compression.as_str()
+                    )),
+                });
+            }
+        };
+        if n == 0 {
+            let mut out = Vec::new();
+            pipeline.finish(&mut |line| selector.keep(line), &mut out);
+            if !out.is_empty() {
+                sink.send(out)?;
+            }
+            return Ok(());
+        }
+        let data = &buf[..n];
+        if whole_chunks {
+            sink.send(data.to_vec())?;
+            continue;
+        }
+        let mut out = Vec::with_capacity(n + n / 8);
+        if per_line_checks {
+            let mut stop = None;
+            let mut keep = |line: &[u8]| {
+                let go_on = stop.is_none() && {
+                    let checked = sink.check().and_then(|()| selector.budget_left());
+                    stop = checked.err();
+                    stop.is_none()
+                };
+                go_on && selector.keep(line)
+            };
+            pipeline.push(data, &mut keep, &mut out);
+            match stop {
+                Some(EndReason::BudgetExceeded) => {
+                    sink.fail(Status::aborted(budget_message(selector, &plan.agent)));
+                    return Err(EndReason::BudgetExceeded);
+                }
+                Some(reason) => return Err(reason),
+                None => {}
+            }
+        } else {
+            pipeline.push(data, &mut |_| true, &mut out);
+        }
+        if !out.is_empty() {
+            sink.send(out)?;
+        }
+    }
 }
 
 /// Bytes before the read position kept to recognise the file at the next read (see
@@ -1155,6 +1258,7 @@ mod tests {
             selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
             max_line: 64 * 1024,
             key_lookback: 1 << 20,
+            compressed: None,
         };
         let grant = GrantWatch {
             grants: status.clone(),
@@ -1364,6 +1468,7 @@ mod tests {
             selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
             max_line: 64 * 1024,
             key_lookback: 1 << 20,
+            compressed: None,
         };
         let mut sink = RewritingSink {
             file: file.path().to_path_buf(),

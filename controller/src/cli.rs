@@ -5,6 +5,7 @@ pub mod agents;
 pub mod config_file;
 pub mod deadline;
 pub mod governance;
+pub mod listing;
 pub mod login;
 pub mod reads;
 pub mod status;

@@ -497,6 +497,26 @@ enum LogsCommand {
         #[command(flatten)]
         read: ReadOpts,
     },
+    /// List the files your grants cover on the host: size, modification time, whether rotated
+    /// or compressed (nothing outside your grants is shown, not even a name).
+    Ls {
+        /// Only files this absolute path glob matches ("/var/log/app/api.log*").
+        glob: Option<String>,
+        /// The agent id (as in your grant).
+        #[arg(long)]
+        host: String,
+        /// Dial this address instead of asking the controller where the agent is.
+        #[arg(long)]
+        agent_addr: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        /// Present this grant token (a file) instead of relying on the one pushed to the agent.
+        #[arg(long)]
+        grant_token: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 async fn run(cli: Cli) -> CliResult {
@@ -663,6 +683,26 @@ async fn run(cli: Cli) -> CliResult {
         Command::Grant(GrantCommand::Revoke { id, reason, client }) => {
             cli::grant_revoke(&client.load()?, id, reason).await
         }
+        Command::Logs(LogsCommand::Ls {
+            glob,
+            host,
+            agent_addr,
+            output,
+            grant_token,
+            client,
+        }) => {
+            cli::listing::list_logs(
+                &client.load()?,
+                cli::listing::ListArgs {
+                    host,
+                    agent_addr,
+                    glob,
+                    json: matches!(output, Output::Json),
+                    grant_token,
+                },
+            )
+            .await
+        }
         Command::Logs(logs) => {
             let (read, path, mode, follow, lines, pattern) = match logs {
                 LogsCommand::Cat { path, read } => {
@@ -679,6 +719,7 @@ async fn run(cli: Cli) -> CliResult {
                     path,
                     read,
                 } => (read, path, ReadMode::Grep, false, 0, pattern),
+                LogsCommand::Ls { .. } => unreachable!("matched above"),
             };
             let config = read.client.load()?;
             let multi = cli::reads::is_multi_host(&read.hosts, read.selector.as_deref());

@@ -181,10 +181,11 @@ fn test() -> anyhow::Result<()> {
 /// under 3 minutes in all, after one shared build (with the `daemon-config` feature, which the
 /// `config` and `gate` targets need; every build and run passes the same features so none
 /// rebuilds).
-const FUZZ_TARGETS: [(&str, u32); 5] = [
+const FUZZ_TARGETS: [(&str, u32); 6] = [
     ("redact", 60),
     ("grant_token", 30),
     ("read_request", 30),
+    ("decompress", 20),
     ("config", 30),
     ("gate", 20),
 ];

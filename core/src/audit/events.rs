@@ -158,6 +158,7 @@ audit_event! {
             denied: false,
             path: Some(&e.path),
             duration_ms: None,
+            operation: "ReadLog",
         },
     ),
 }
@@ -204,6 +205,50 @@ audit_event! {
             denied: false,
             path: Some(&e.path),
             duration_ms: None,
+            operation: "ReadLog",
+        },
+    ),
+}
+
+audit_event! {
+    /// A listing (`loggate logs ls`) was served: the files the reader's usable grants cover
+    /// (and the reader's glob matches), and nothing else; written and synced before the answer
+    /// leaves. A refused listing is a `read.denied`, its `path` the glob asked for.
+    ReadListed = "read.listed" {
+        writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Success, severity: INFO,
+    }
+    {
+        /// the person's SPIFFE id, from their certificate (`actor.user.uid`)
+        subject: String,
+        /// SHA-256 of the person's certificate public key, which grants are bound to
+        /// (`actor.user.programmatic_credentials`)
+        key_sha256: String,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// the usable grants whose paths were listed (the first is `metadata.correlation_uid`)
+        grant_ids: Vec<String>,
+        /// the reader's path glob (`resources`, `observables`), or null: every covered file
+        path_glob: Option<String>,
+        /// how many files were listed
+        files: u64,
+        /// the listing was cut at the agent's bound (10,000 files, 100,000 entries looked at)
+        truncated: bool,
+    }
+    ocsf: |e, on| Ocsf::read(
+        format!(
+            "{} listed {} files ({}) on {}",
+            e.subject, e.files, e.path_glob.as_deref().unwrap_or("every covered path"), on.host
+        ),
+        on,
+        ReadCall {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            peer: e.peer.as_deref(),
+            grant_id: e.grant_ids.first().map(String::as_str),
+            denied: false,
+            path: e.path_glob.as_deref(),
+            duration_ms: None,
+            operation: "ListLogs",
         },
     ),
 }
@@ -260,6 +305,7 @@ audit_event! {
             denied: true,
             path: e.path.as_deref(),
             duration_ms: None,
+            operation: "ReadLog",
         },
     )
     .detail(Some(e.reason_code)),
@@ -288,10 +334,12 @@ audit_event! {
         duration_ms: u64,
         /// `eof`, `client_closed`, `grant_expired`, `grant_revoked`, `budget_exceeded` (the grep
         /// pattern used up `limits.grep_time_budget`), `agent_stopping` (the agent was stopped:
-        /// every stream ends before `agent.stopped`) or `read_error` (`status_detail`;
-        /// `read_error` is a failure)
+        /// every stream ends before `agent.stopped`), `read_error`, or `decompression_limit` (a
+        /// compressed file decompresses to more than `limits.max_decompressed_bytes` or
+        /// `limits.max_decompression_ratio` allow: perhaps a decompression bomb) (`status_detail`;
+        /// `read_error` and `decompression_limit` are failures)
         end_reason: &'static str,
-        /// the read error, or null
+        /// the read error or the decompression limit's sentence, or null
         error: Option<String>,
         /// findings per detector, e.g. `{"email": 3}`; never values (see redaction.md)
         redactions: BTreeMap<String, u64>,
@@ -320,6 +368,7 @@ audit_event! {
             denied: false,
             path: Some(&e.path),
             duration_ms: Some(e.duration_ms),
+            operation: "ReadLog",
         },
     )
     .detail(Some(e.end_reason)),
@@ -2010,6 +2059,7 @@ audit_event! {
 pub const CATALOGUE: &[&EventType] = &[
     ReadAllowed::TYPE,
     ReadReopened::TYPE,
+    ReadListed::TYPE,
     ReadDenied::TYPE,
     ReadFinished::TYPE,
     GrantIssued::TYPE,

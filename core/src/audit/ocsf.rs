@@ -108,7 +108,7 @@ pub enum Outcome {
     /// 2 Failure, with `status_detail` = the reason code the event gives ([`Ocsf::detail`]:
     /// its `reason_code`, else its `reason`, else none).
     Failure,
-    /// From the stream's end reason the event gives ([`Ocsf::detail`]): [`READ_ERROR`] is a
+    /// From the stream's end reason the event gives ([`Ocsf::detail`]): [`FAILED_ENDS`] are a
     /// failure, any other end a success; `status_detail` = the end reason.
     StreamEnd,
     /// A finding's lifecycle status: 1 New.
@@ -554,7 +554,9 @@ fn shape<'a>(
     let (status_id, status_detail) = match kind.outcome {
         Outcome::Success | Outcome::NewFinding => (1, None),
         Outcome::Failure => (2, parts.status_detail),
-        Outcome::StreamEnd if parts.status_detail == Some(READ_ERROR) => (2, parts.status_detail),
+        Outcome::StreamEnd if FAILED_ENDS.contains(&parts.status_detail.unwrap_or_default()) => {
+            (2, parts.status_detail)
+        }
         Outcome::StreamEnd => (1, parts.status_detail),
     };
     let severity_id = match kind.severity {
@@ -628,8 +630,13 @@ fn shape<'a>(
     }
 }
 
-/// The `end_reason` of a stream cut by a read error: the one end that is a failure.
+/// The `end_reason` of a stream cut by a read error: a failure.
 pub const READ_ERROR: &str = "read_error";
+/// The `end_reason` of a stream cut because its compressed file decompresses to more than the
+/// agent's limits (perhaps a decompression bomb): a failure.
+pub const DECOMPRESSION_LIMIT: &str = "decompression_limit";
+/// The stream ends that are failures (`status_id` 2); every other end is a success.
+pub const FAILED_ENDS: [&str; 2] = [READ_ERROR, DECOMPRESSION_LIMIT];
 
 // ---------------------------------------------------------------------------------------------
 // What an event gives its record, from its own typed fields (see `AuditEvent::ocsf`).
@@ -669,6 +676,8 @@ pub struct ReadCall<'a> {
     pub path: Option<&'a str>,
     /// How long the stream lasted.
     pub duration_ms: Option<u64>,
+    /// The agent's RPC (`api.operation`): `ReadLog`, or `ListLogs` for a listing.
+    pub operation: &'static str,
 }
 
 /// A change of who may read what, as OCSF User Access Management (grants, requests, policy).
@@ -772,7 +781,7 @@ impl<'a> Ocsf<'a> {
                 ..Actor::default()
             },
             api: Api {
-                operation: "ReadLog",
+                operation: call.operation,
                 service: Service {
                     name: "loggate.v1.Agent",
                     version: env!("CARGO_PKG_VERSION"),

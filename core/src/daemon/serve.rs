@@ -227,6 +227,12 @@ pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[
         // Users only; the handler then requires a name in the agent's `status_readers`.
         MethodAccess::Role(Role::User),
     ),
+    (
+        "/loggate.v1.Agent/ListLogs",
+        // Gated like a read: the handler audits `read.denied` (`identity_refused`) for any
+        // other caller, then needs a usable grant.
+        MethodAccess::CheckedInHandler(Role::User),
+    ),
 ];
 
 /// The methods of `loggate.v1.Enrolment`, the controller's pre-authentication service: every

@@ -63,6 +63,10 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "first_ms": 1795762800000_i64, "last_ms": 1795762801998_i64, "read_seq": 41,
             "expected": false, "severity": "high",
         }),
+        "read.listed" => json!({
+            "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_ids": [GRANT],
+            "path_glob": "/var/log/app/api.log*", "files": 3, "truncated": false,
+        }),
         "read.reopened" => json!({
             "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_id": GRANT,
             "path": LOG, "inode": 10182961, "device": 65024, "size": 0,
@@ -344,6 +348,7 @@ pub(super) fn shaped(
     by_name!(
         ReadAllowed,
         ReadReopened,
+        ReadListed,
         ReadDenied,
         ReadFinished,
         GrantIssued,
@@ -493,7 +498,7 @@ fn render() -> String {
         let status = match kind.outcome {
             Outcome::Success => "Success",
             Outcome::Failure => "Failure",
-            Outcome::StreamEnd => "Success; Failure on `read_error`",
+            Outcome::StreamEnd => "Success; Failure on `read_error`, `decompression_limit`",
             Outcome::NewFinding => "New",
         };
         let severity = match kind.severity {

@@ -1,0 +1,194 @@
+//! Discovery (`loggate logs ls`): the files a reader's grants cover on this agent.
+//!
+//! Contract: a listing reveals **nothing a read would not**. A file is listed only when one of
+//! the reader's usable grants covers its path (and the reader's own filter glob matches it) and
+//! it opens exactly as a read would open it ([`open_beneath`]: beneath a root, no symlink, no
+//! mount crossing, a regular file with one link). Folders are never listed, nor any name a
+//! grant does not cover: a sibling of a granted file, a folder beside the granted one, a file
+//! reached through a symlinked folder (its path opens with a symlink in it, so it is dropped).
+//!
+//! The walk starts at each grant glob's literal folder (the components before the first with
+//! a glob character), intersected with the roots, and goes only as deep as the glob can match
+//! (`**`: up to [`MAX_DEPTH`]). It is bounded: at most [`MAX_VISITED`] directory entries are
+//! looked at and [`MAX_LISTED`] files listed; beyond either the listing says it was cut.
+
+use crate::decompress;
+use crate::fs_access::{open_beneath, LogRoot};
+use loggate_core::grant::VerifiedGrant;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+/// Directory entries one listing looks at, at most.
+pub const MAX_VISITED: usize = 100_000;
+/// Files one listing returns, at most.
+pub const MAX_LISTED: usize = 10_000;
+/// Folder levels a `**` walks down, at most.
+pub const MAX_DEPTH: usize = 32;
+
+/// One listed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    pub path: String,
+    pub size: u64,
+    /// Unix seconds (0 when the file system does not say).
+    pub modified_unix: i64,
+    /// Its name looks rotated (`api.log.1`, `api.log.2.gz`, `api.log-20261204`).
+    pub rotated: bool,
+    /// `gzip`, `zstd`, `""` (plain), or `invalid` (named as compressed, but it is not: a read
+    /// of it is refused).
+    pub compression: &'static str,
+}
+
+/// What a listing found.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Sorted by path.
+    pub files: Vec<ListedFile>,
+    /// A bound ([`MAX_VISITED`], [`MAX_LISTED`]) cut the listing.
+    pub truncated: bool,
+}
+
+/// Where to walk for one grant glob: its literal folder, and how many levels below it the glob
+/// can match (`None`: any number, a `**`).
+fn walk_start(glob: &str) -> (PathBuf, Option<usize>) {
+    let wild = |c: &str| c.contains(['*', '?', '[', ']', '{', '}', '\\']);
+    let parts: Vec<&str> = glob.split('/').filter(|c| !c.is_empty()).collect();
+    // The last component names files: the folder is at most its parent.
+    let literal = parts
+        .iter()
+        .take(parts.len().saturating_sub(1))
+        .take_while(|c| !wild(c))
+        .count();
+    let base: PathBuf = std::iter::once("/")
+        .chain(parts[..literal].iter().copied())
+        .collect();
+    let rest = &parts[literal..];
+    let depth = (!rest.contains(&"**")).then_some(rest.len());
+    (base, depth)
+}
+
+/// Lists the files `grants` cover (and `filter` matches, when given) beneath `roots`.
+pub fn list(
+    roots: &[LogRoot],
+    grants: &[VerifiedGrant],
+    filter: Option<&dyn Fn(&str) -> bool>,
+) -> Listing {
+    let covered =
+        |path: &str| grants.iter().any(|g| g.covers_path(path)) && filter.is_none_or(|f| f(path));
+    let mut found: BTreeMap<String, ListedFile> = BTreeMap::new();
+    let mut visited = 0usize;
+    let mut truncated = false;
+    // (folder, levels left below it: None = unbounded up to MAX_DEPTH)
+    let mut stack: Vec<(PathBuf, usize)> = Vec::new();
+    for glob in grants.iter().flat_map(|g| g.claims().paths.iter()) {
+        let (base, depth) = walk_start(glob);
+        for root in roots {
+            let root = root.path();
+            let start = if base.starts_with(root) {
+                Some((base.clone(), depth))
+            } else if root.starts_with(&base) {
+                // The glob's folder is above the root: walk from the root, fewer levels left.
+                let below = root.components().count() - base.components().count();
+                match depth {
+                    None => Some((root.to_path_buf(), None)),
+                    Some(d) if d > below => Some((root.to_path_buf(), Some(d - below))),
+                    Some(_) => None,
+                }
+            } else {
+                None
+            };
+            if let Some((dir, depth)) = start {
+                stack.push((dir, depth.unwrap_or(MAX_DEPTH).min(MAX_DEPTH)));
+            }
+        }
+    }
+    let mut walked = std::collections::HashSet::new();
+    'walk: while let Some((dir, levels)) = stack.pop() {
+        if levels == 0 || !walked.insert((dir.clone(), levels)) {
+            continue;
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            visited += 1;
+            if visited > MAX_VISITED {
+                truncated = true;
+                break 'walk;
+            }
+            let Ok(entry) = entry else { continue };
+            // The entry's own type (lstat): a symlink is neither a folder nor a file here.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push((path, levels - 1));
+                continue;
+            }
+            if !kind.is_file() {
+                continue;
+            }
+            let Some(text) = path.to_str() else { continue };
+            if found.contains_key(text) || !covered(text) {
+                continue;
+            }
+            if found.len() >= MAX_LISTED {
+                truncated = true;
+                break 'walk;
+            }
+            if let Some(file) = describe(roots, text) {
+                found.insert(text.to_string(), file);
+            }
+        }
+    }
+    Listing {
+        files: found.into_values().collect(),
+        truncated,
+    }
+}
+
+/// The listing of one covered path, when it opens exactly as a read would open it.
+fn describe(roots: &[LogRoot], path: &str) -> Option<ListedFile> {
+    let opened = open_beneath(roots, path).ok()?;
+    let modified_unix = opened
+        .file
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(0);
+    let compression = match decompress::detect(&opened.file, &opened.path) {
+        Ok(c) => c.as_str(),
+        Err(_) => "invalid",
+    };
+    let name = Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    Some(ListedFile {
+        path: path.to_string(),
+        size: opened.len,
+        modified_unix,
+        rotated: decompress::looks_rotated(name),
+        compression,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_walk_starts_at_the_globs_literal_folder_and_goes_as_deep_as_it_can_match() {
+        let w = |g: &str| walk_start(g);
+        assert_eq!(w("/var/log/app/api.log*"), ("/var/log/app".into(), Some(1)));
+        assert_eq!(w("/var/log/app/api.log"), ("/var/log/app".into(), Some(1)));
+        assert_eq!(w("/var/log/*/api.log"), ("/var/log".into(), Some(2)));
+        assert_eq!(w("/var/log/**/*.log"), ("/var/log".into(), None));
+        assert_eq!(w("/**"), ("/".into(), None));
+        assert_eq!(w("/var/log/{a,b}/x.log"), ("/var/log".into(), Some(2)));
+    }
+}
