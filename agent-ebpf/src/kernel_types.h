@@ -129,6 +129,7 @@ struct fs_struct {
 
 struct task_struct {
 	struct thread_info thread_info;
+	unsigned int flags;
 	struct mm_struct *mm;
 	struct fs_struct *fs;
 	int tgid;
@@ -136,9 +137,17 @@ struct task_struct {
 	struct files_struct *files;
 };
 
-/* x86-64 registers at syscall entry (the sys_exit raw tracepoint's first argument). */
+/* x86-64 registers at syscall entry (the sys_exit raw tracepoint's first argument; a task's
+ * own by bpf_task_pt_regs): the syscall number, and the argument registers of 64-bit (di, si,
+ * dx, r10) and 32-bit (bx, cx, dx, si) syscalls. */
 struct pt_regs {
 	unsigned long orig_ax;
+	unsigned long bx;
+	unsigned long cx;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+	unsigned long r10;
 };
 
 /* io_uring's request and completion entry (the io_uring_complete tracepoint's arguments). */
@@ -162,9 +171,11 @@ static long (*bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *)16;
 static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)112;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
+static long (*bpf_probe_read_user_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)114;
 static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)115;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
+static struct pt_regs *(*bpf_task_pt_regs)(struct task_struct *task) = (void *)175;
 
 #endif

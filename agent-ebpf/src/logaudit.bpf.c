@@ -38,6 +38,8 @@
  *   price of running on every syscall exit.
  * - with `tracepoint` and `strict`, `tp_btf/io_uring_complete` for io_uring opens
  *   (IORING_OP_OPENAT/OPENAT2), which never pass the syscall tracepoints.
+ * - in every mode, the `timestamp` tracepoints for renames and links of protected files
+ *   (`report_move`, below): who moved a file out of the roots.
  * Bursts: the first open of a file by a process is reported at once; its repeats within
  * REPEAT_WINDOW_NS of the one before are counted in `seen` instead of queued, and the agent
  * flushes the counts as one record per (process, file) every second, so a burst of any size
@@ -86,6 +88,10 @@
 #define HOOK_IO_URING 5
 #define HOOK_LSM 6
 #define HOOK_FENTRY 7
+/* Moves (not opens): a rename or link of a protected file, or a move by io_uring. */
+#define HOOK_RENAME 8
+#define HOOK_LINK 9
+#define HOOK_MOVE_IO_URING 10
 #define HOOK_IA32 0x100
 
 #define IORING_OP_OPENAT 18
@@ -548,49 +554,20 @@ static __always_inline int counted_as_repeat(__u32 tgid, struct opened *o)
 	return 0;
 }
 
-/* Emits the event for a matched open, unless the opener is excluded or the open is a counted
- * repeat. */
-static __always_inline void emit(struct opened *o, long fd, __u16 hook)
+/* The process fields of an event: the current task's ids, command, cgroup, argv and
+ * executable, read now (a short-lived process may be gone before the agent reads /proc). */
+static __always_inline void fill_process(struct event *e, __u64 pid_tgid)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	struct task_struct *task;
-	const unsigned char *name = 0;
-	struct event *e;
-	__u64 uid_gid;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 uid_gid = bpf_get_current_uid_gid();
 
-	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
-		return;
-	if (counted_as_repeat(tgid, o))
-		return;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
-		return;
-	}
-	task = bpf_get_current_task_btf();
-	uid_gid = bpf_get_current_uid_gid();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->ino = o->ino;
-	e->dir_ino = o->matched == MATCH_DIR ? o->dir_ino : 0;
-	e->dev = o->dev;
-	e->dir_dev = o->matched == MATCH_DIR ? o->dir_dev : 0;
 	e->pid = (__u32)pid_tgid;
-	e->tgid = tgid;
+	e->tgid = pid_tgid >> 32;
 	e->ppid = task->real_parent->tgid;
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
-	e->fd = (__s32)fd;
-	e->flags = o->flags;
-	e->matched = o->matched;
-	e->hook = hook;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->name[0] = 0;
-	if (o->dentry) {
-		bpf_probe_read_kernel(&name, sizeof(name), &o->dentry->d_name.name);
-		if (name)
-			bpf_probe_read_kernel_str(e->name, sizeof(e->name), name);
-	}
 	e->cmdline_len = 0;
 	e->pad = 0;
 	if (task->mm) {
@@ -605,6 +582,41 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 			e->cmdline_len = len;
 	}
 	read_exe(task, e);
+}
+
+/* Emits the event for a matched open, unless the opener is excluded or the open is a counted
+ * repeat. */
+static __always_inline void emit(struct opened *o, long fd, __u16 hook)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	const unsigned char *name = 0;
+	struct event *e;
+
+	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
+		return;
+	if (counted_as_repeat(tgid, o))
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	fill_process(e, pid_tgid);
+	e->ino = o->ino;
+	e->dir_ino = o->matched == MATCH_DIR ? o->dir_ino : 0;
+	e->dev = o->dev;
+	e->dir_dev = o->matched == MATCH_DIR ? o->dir_dev : 0;
+	e->fd = (__s32)fd;
+	e->flags = o->flags;
+	e->matched = o->matched;
+	e->hook = hook;
+	e->name[0] = 0;
+	if (o->dentry) {
+		bpf_probe_read_kernel(&name, sizeof(name), &o->dentry->d_name.name);
+		if (name)
+			bpf_probe_read_kernel_str(e->name, sizeof(e->name), name);
+	}
 	read_sub(o, e);
 	bpf_ringbuf_submit(e, 0);
 }
@@ -840,6 +852,157 @@ SEC("fentry/security_file_open")
 int fentry_file_open(__u64 *ctx)
 {
 	return report_file((struct file *)ctx[0], HOOK_FENTRY);
+}
+
+/*
+ * Moves: who renamed or linked a protected file. A rename and a link both set the change time
+ * of the inode they move or link, in the mover's own task: the `timestamp` tracepoints (6.13+)
+ * that fire there are handed the inode, which is matched against the protected set like an
+ * opened file's (the filter bit, then the exact key). On a match, the syscall the task is in
+ * (its registers at entry) tells a rename or link from the other causes of a change-time
+ * update (a write, chmod, unlink...), which are dropped, and names the new name as the mover
+ * gave it. An io_uring worker, or a task inside io_uring_enter, is reported as an io_uring
+ * move (its request is not known here). Nothing of this runs on the open path: change-time
+ * updates of unprotected files pay the filter test only. Which move takes a file out of the
+ * roots is the agent's rescan's to say (agent/src/bypass/moves.rs).
+ */
+#define NR_RENAME 82
+#define NR_LINK 86
+#define NR_RENAMEAT 264
+#define NR_LINKAT 265
+#define NR_RENAMEAT2 316
+#define NR_IO_URING_ENTER 426
+#define NR_IA32_LINK 9
+#define NR_IA32_RENAME 38
+#define NR_IA32_RENAMEAT 302
+#define NR_IA32_LINKAT 303
+#define NR_IA32_RENAMEAT2 353
+#define NR_IA32_IO_URING_ENTER 426
+#define PF_IO_WORKER 0x00000010
+
+/* The move hook of the syscall in `regs`, and in *name the user address of its new name;
+ * 0 for any other syscall. */
+static __always_inline __u16 move_hook(struct pt_regs *regs, int ia32, unsigned long *name)
+{
+	unsigned long nr = regs->orig_ax;
+
+	if (ia32) {
+		switch (nr) {
+		case NR_IA32_RENAME:
+			*name = regs->cx;
+			return HOOK_IA32 | HOOK_RENAME;
+		case NR_IA32_LINK:
+			*name = regs->cx;
+			return HOOK_IA32 | HOOK_LINK;
+		case NR_IA32_RENAMEAT:
+		case NR_IA32_RENAMEAT2:
+			*name = regs->si;
+			return HOOK_IA32 | HOOK_RENAME;
+		case NR_IA32_LINKAT:
+			*name = regs->si;
+			return HOOK_IA32 | HOOK_LINK;
+		case NR_IA32_IO_URING_ENTER:
+			return HOOK_MOVE_IO_URING;
+		}
+		return 0;
+	}
+	switch (nr & ~(unsigned long)X32_SYSCALL_BIT) {
+	case NR_RENAME:
+		*name = regs->si;
+		return HOOK_RENAME;
+	case NR_LINK:
+		*name = regs->si;
+		return HOOK_LINK;
+	case NR_RENAMEAT:
+	case NR_RENAMEAT2:
+		*name = regs->r10;
+		return HOOK_RENAME;
+	case NR_LINKAT:
+		*name = regs->r10;
+		return HOOK_LINK;
+	case NR_IO_URING_ENTER:
+		return HOOK_MOVE_IO_URING;
+	}
+	return 0;
+}
+
+/* Reports a rename or link of a protected inode by the current task. */
+static __always_inline int report_move(struct inode *inode)
+{
+	struct task_struct *task;
+	struct file_key key = {};
+	unsigned long name = 0;
+	__u64 pid_tgid;
+	__u32 tgid, *kind;
+	struct event *e;
+	__u16 hook;
+
+	if (!inode)
+		return 0;
+	key.ino = inode->i_ino;
+	if (!maybe_protected(key.ino))
+		return 0;
+	if (inode->i_sb)
+		key.dev = inode->i_sb->s_dev;
+	kind = bpf_map_lookup_elem(&protected, &key);
+	if (!kind)
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (task->flags & PF_IO_WORKER)
+		hook = HOOK_MOVE_IO_URING;
+	else
+		hook = move_hook(bpf_task_pt_regs(task), task->thread_info.status & TS_COMPAT,
+				 &name);
+	if (!hook)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	fill_process(e, pid_tgid);
+	e->ino = key.ino;
+	e->dev = key.dev;
+	e->dir_ino = 0;
+	e->dir_dev = 0;
+	e->fd = -1;
+	e->flags = 0;
+	e->matched = *kind;
+	e->hook = hook;
+	e->dir_depth = 0;
+	e->sub_depth = 0;
+	e->name[0] = 0;
+	/* The new name as the mover gave it (relative to its directory fd or working folder). */
+	if (name)
+		bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)name);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* Non-multigrain filesystems: inode_set_ctime_to_ts(struct inode *, struct timespec64 *). */
+SEC("tp_btf/inode_set_ctime_to_ts")
+int move_ctime_set(__u64 *ctx)
+{
+	return report_move((struct inode *)ctx[0]);
+}
+
+/* Multigrain filesystems (ext4, xfs, btrfs, tmpfs): the change time was swapped in,
+ * ctime_ns_xchg(struct inode *, u32 old, u32 new, u32 cur)... */
+SEC("tp_btf/ctime_ns_xchg")
+int move_ctime_xchg(__u64 *ctx)
+{
+	return report_move((struct inode *)ctx[0]);
+}
+
+/* ...or was already the same: ctime_xchg_skip(struct inode *, struct timespec64 *). */
+SEC("tp_btf/ctime_xchg_skip")
+int move_ctime_skip(__u64 *ctx)
+{
+	return report_move((struct inode *)ctx[0]);
 }
 
 char LICENSE[] SEC("license") = "GPL";

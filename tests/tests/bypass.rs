@@ -666,6 +666,83 @@ fn a_protected_file_moved_or_linked_out_of_the_roots_stays_protected_and_its_dep
 
 #[test]
 #[ignore = "needs root"]
+fn who_moved_or_linked_a_protected_file_out_of_the_roots_is_recorded_at_once_and_a_rotation_is_not(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    // A rescan interval far beyond the wait: the record must come from the move itself.
+    let mut b = Bypass::prepare("rescan_interval = \"60s\"")?;
+    let other = b.logs.join("other.log");
+    write_world_readable(&other, "another protected file\n")?;
+    b.cluster.start_agent("web-1")?;
+    let started = b.started()?;
+    let hooks = started["bypass_hooks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(hooks.iter().any(|h| h == "ctime_ns_xchg"), "{started:#}");
+    for dir in [&b.logs, &b.outside] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+    }
+    // logrotate's rename within the roots, by another process: never taken for the mover.
+    let rotated = b.logs.join("app.log.1");
+    let rotator = as_root(&["mv", &s(&b.app_log()), &s(&rotated)])?;
+    // Renamed out by nobody.
+    let moved = b.outside.join("stolen.log");
+    let mover = as_nobody(&["mv", &s(&rotated), &s(&moved)])?;
+    let left = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.left_roots" && e["new_path"] == s(&moved).as_str()
+    })?;
+    // Its protected path at the scan before: the rotation may have woken one in between.
+    assert!(
+        left["path"] == s(&rotated).as_str() || left["path"] == s(&b.app_log()).as_str(),
+        "{left:#}"
+    );
+    assert_eq!(left["move_hook"], "rename", "{left:#}");
+    assert_eq!(left["move_name"], s(&moved).as_str(), "{left:#}");
+    assert_eq!(left["moved_by_pid"], mover, "{left:#}");
+    assert_ne!(left["moved_by_pid"], rotator, "{left:#}");
+    assert_eq!(left["moved_by_uid"], NOBODY, "{left:#}");
+    assert_eq!(left["moved_by_comm"], "mv", "{left:#}");
+    assert!(
+        left["moved_by_exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/mv")),
+        "{left:#}"
+    );
+    assert!(
+        left["moved_by_cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("stolen.log")),
+        "{left:#}"
+    );
+
+    // Linked outside (by root: protected_hardlinks refuses nobody a link to root's file), then
+    // its protected name removed: the linker is the mover.
+    let link = b.outside.join("innocent.log");
+    let linker = as_root(&["ln", &s(&other), &s(&link)])?;
+    as_root(&["rm", &s(&other)])?;
+    let left = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.left_roots" && e["new_path"] == s(&link).as_str()
+    })?;
+    assert_eq!(left["path"], s(&other).as_str(), "{left:#}");
+    assert_eq!(left["move_hook"], "link", "{left:#}");
+    assert_eq!(left["moved_by_pid"], linker, "{left:#}");
+    assert_eq!(left["moved_by_comm"], "ln", "{left:#}");
+    assert_eq!(left["moved_by_uid"], 0, "{left:#}");
+
+    // Nothing for the rotations.
+    let all: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.left_roots")
+        .collect();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
 fn unprotected_files_and_write_only_opens_produce_no_event() -> anyhow::Result<()> {
     require_bpf!();
     let b = Bypass::start("")?;

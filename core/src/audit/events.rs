@@ -1671,8 +1671,10 @@ audit_event! {
 audit_event! {
     /// A protected file left the roots (renamed out of them, or linked outside and its name
     /// beneath them removed): it stays protected, under its new name, for as long as a link to
-    /// it remains. Found by the agent's rescan (`bypass.rescan_interval`), which does not
-    /// know who moved it; a rename within the roots (log rotation) writes nothing.
+    /// it remains. Found by the agent's rescan (`bypass.rescan_interval`, or at once after a
+    /// move); the eBPF modes also name who renamed or linked it there (`moved_by_*`, from the
+    /// kernel at the rename or link; null in `fanotify` mode, on kernels before 6.13, and when
+    /// the move was not seen). A rename within the roots (log rotation) writes nothing.
     BypassLeftRoots = "bypass.left_roots" {
         writers: "agent", class: EventLogActivity, activity: 99 "Protected File Left Roots",
         outcome: Success, severity: HIGH,
@@ -1688,10 +1690,35 @@ audit_event! {
         device: String,
         /// its link count now
         links: u64,
+        /// how the mover moved it: `rename`, `link` (`_ia32` for a 32-bit syscall), or
+        /// `io_uring`; null when no move was seen
+        move_hook: Option<&'static str>,
+        /// the new name as the mover gave it (relative to its working folder or directory
+        /// descriptor; null for io_uring)
+        move_name: Option<String>,
+        /// the mover's process id
+        moved_by_pid: Option<u32>,
+        /// its real uid
+        moved_by_uid: Option<u32>,
+        /// the uid's name from `/etc/passwd`, or null
+        moved_by_user: Option<String>,
+        /// its command name
+        moved_by_comm: Option<String>,
+        /// its executable, as the kernel named it at the move
+        moved_by_exe: Option<String>,
+        /// its command line, as the kernel read it at the move
+        moved_by_cmdline: Option<String>,
     }
     ocsf: |e, on| Ocsf::event_log(format!(
-            "protected file {} left the roots on {} (now {}); it stays protected",
-            e.path, on.host, or_unknown(&e.new_path)
+            "protected file {} left the roots on {} (now {}{}); it stays protected",
+            e.path, on.host, or_unknown(&e.new_path),
+            match (&e.moved_by_comm, e.moved_by_pid, e.moved_by_uid) {
+                (comm, Some(pid), uid) => format!(
+                    ", {} by {} (pid {pid}, uid {})",
+                    e.move_hook.unwrap_or("moved"), or_unknown(comm), or_unknown(&uid)
+                ),
+                _ => String::new(),
+            }
         ), on),
 }
 

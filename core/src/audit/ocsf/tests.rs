@@ -55,7 +55,10 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
         }),
         "bypass.left_roots" => json!({
             "path": LOG, "new_path": "/tmp/api.log", "inode": 10182958, "device": "254:0",
-            "links": 1,
+            "links": 1, "move_hook": "rename", "move_name": "/tmp/api.log",
+            "moved_by_pid": 7120, "moved_by_uid": 1001, "moved_by_user": "mallory",
+            "moved_by_comm": "mv", "moved_by_exe": "/usr/bin/mv",
+            "moved_by_cmdline": "mv /var/log/app/api.log /tmp/api.log",
         }),
         "bypass.read_repeated" => json!({
             "pid": 6434, "uid": 65534, "comm": "cat", "path": LOG, "opened_name": "api.log",
