@@ -155,6 +155,44 @@ struct io_kiocb {
 	__u8 opcode;
 };
 
+/* An open request's own data, which lies at the start of its io_kiocb: file_slot is 0 for an
+ * open into the fd table, else the fixed-file slot + 1 (or IORING_FILE_INDEX_ALLOC). */
+struct io_open {
+	__u32 file_slot;
+};
+
+/* The ring's fixed-file table (6.13+): nodes[slot]->file_ptr is the file, its low bits flags. */
+struct io_rsrc_node {
+	unsigned long file_ptr;
+};
+
+struct io_rsrc_data {
+	unsigned int nr;
+	struct io_rsrc_node **nodes;
+};
+
+struct io_file_table {
+	struct io_rsrc_data data;
+};
+
+struct io_ring_ctx {
+	struct io_file_table file_table;
+};
+
+/* The same before 6.13: files[slot].file_ptr, nr_user_files slots. */
+struct io_fixed_file {
+	unsigned long file_ptr;
+};
+
+struct io_file_table___old {
+	struct io_fixed_file *files;
+};
+
+struct io_ring_ctx___old {
+	struct io_file_table___old file_table;
+	unsigned int nr_user_files;
+};
+
 struct io_uring_cqe {
 	__s32 res;
 };

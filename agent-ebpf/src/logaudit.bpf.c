@@ -44,9 +44,9 @@
  * REPEAT_WINDOW_NS of the one before are counted in `seen` instead of queued, and the agent
  * flushes the counts as one record per (process, file) every second, so a burst of any size
  * costs a bounded number of ring-buffer records. What cannot be queued is counted in `lost`.
- * Not seen (docs/audit.md): io_uring direct descriptors (they never enter the fd table), 32-bit
- * opens in `tracepoint` mode, and fds that were opened before the agent attached (those still
- * open when it starts are found by its sweep of /proc, agent/src/bypass/held.rs).
+ * Not seen (docs/audit.md): 32-bit opens in `tracepoint` mode, and fds that were opened before
+ * the agent attached (those still open when it starts are found by its sweep of /proc,
+ * agent/src/bypass/held.rs).
  *
  * The license must be GPL-compatible: bpf_probe_read_kernel is a GPL-only helper.
  */
@@ -92,10 +92,15 @@
 #define HOOK_RENAME 8
 #define HOOK_LINK 9
 #define HOOK_MOVE_IO_URING 10
+/* An io_uring open into a direct descriptor (the ring's fixed-file table). */
+#define HOOK_IO_URING_FIXED 11
 #define HOOK_IA32 0x100
 
 #define IORING_OP_OPENAT 18
 #define IORING_OP_OPENAT2 28
+#define IORING_FILE_INDEX_ALLOC (~0U)
+/* Flag bits in the low bits of a fixed-file table entry (FFS_NOWAIT, FFS_ISREG). */
+#define FFS_FLAGS 3UL
 
 /* x86 syscall numbers of the open family: 64-bit (x32 adds bit 30) and ia32. */
 #define NR_OPEN 2
@@ -812,14 +817,68 @@ int sys_exit_strict(__u64 *ctx)
 	return report_fd(ret, hook);
 }
 
+/* The file in slot `slot` of the ring's fixed-file table (0 if none), by whichever layout this
+ * kernel has. Read with bpf_probe_read_kernel: io_uring opens are rare, and a variable index
+ * through a typed pointer is refused. */
+static __always_inline unsigned long fixed_file(void *ring, __u32 slot)
+{
+	struct io_ring_ctx *r = ring;
+	struct io_ring_ctx___old *old = ring;
+	struct io_rsrc_node **nodes = 0, *node = 0;
+	struct io_fixed_file *files = 0;
+	unsigned long file_ptr = 0;
+	unsigned int nr = 0;
+
+	if (FIELD_EXISTS(r->file_table.data.nodes)) {
+		bpf_probe_read_kernel(&nr, sizeof(nr), &r->file_table.data.nr);
+		if (slot >= nr)
+			return 0;
+		bpf_probe_read_kernel(&nodes, sizeof(nodes), &r->file_table.data.nodes);
+		if (!nodes)
+			return 0;
+		bpf_probe_read_kernel(&node, sizeof(node), &nodes[slot]);
+		if (!node)
+			return 0;
+		bpf_probe_read_kernel(&file_ptr, sizeof(file_ptr), &node->file_ptr);
+	} else if (FIELD_EXISTS(old->file_table.files)) {
+		bpf_probe_read_kernel(&nr, sizeof(nr), &old->nr_user_files);
+		if (slot >= nr)
+			return 0;
+		bpf_probe_read_kernel(&files, sizeof(files), &old->file_table.files);
+		if (!files)
+			return 0;
+		bpf_probe_read_kernel(&file_ptr, sizeof(file_ptr), &files[slot].file_ptr);
+	}
+	return file_ptr & ~FFS_FLAGS;
+}
+
+/* The file at kernel address `addr`, matched against the protected set into `o`. */
+static __always_inline int match_file_at(unsigned long addr, struct opened *o)
+{
+#ifdef FD_SLOT_PROBE_READ
+	return addr && match_file_probe((struct file *)addr, o);
+#else
+	struct file *file;
+
+	if (!addr)
+		return 0;
+	file = rdonly_cast(addr, KERNEL_TYPE_ID(struct file));
+	return file && match_file_btf(file, o);
+#endif
+}
+
 /* io_uring_complete(struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe): runs in the
  * task posting the completion (the submitter or one of its io-wq worker threads, which share
- * its fd table), so the fd in cqe->res is looked up like a syscall's return value. */
+ * its fd table), so the fd in cqe->res is looked up like a syscall's return value. An open into
+ * a direct descriptor (the request's file_slot set) installs no fd: its file is taken from the
+ * ring's fixed-file table at the slot it went into (reported with fd -1). */
 SEC("tp_btf/io_uring_complete")
 int io_uring_complete(__u64 *ctx)
 {
 	struct io_kiocb *req = (struct io_kiocb *)ctx[1];
 	struct io_uring_cqe *cqe = (struct io_uring_cqe *)ctx[2];
+	struct opened o = {};
+	__u32 file_slot = 0, slot;
 	__u8 opcode = 0;
 	__s32 res = -1;
 
@@ -827,7 +886,16 @@ int io_uring_complete(__u64 *ctx)
 	if (opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2)
 		return 0;
 	bpf_probe_read_kernel(&res, sizeof(res), &cqe->res);
-	return report_fd(res, HOOK_IO_URING);
+	bpf_probe_read_kernel(&file_slot, sizeof(file_slot), &((struct io_open *)req)->file_slot);
+	if (!file_slot)
+		return report_fd(res, HOOK_IO_URING);
+	if (res < 0)
+		return 0;
+	/* IORING_FILE_INDEX_ALLOC: the kernel chose the slot and returned it. */
+	slot = file_slot == IORING_FILE_INDEX_ALLOC ? (__u32)res : file_slot - 1;
+	if (match_file_at(fixed_file((void *)ctx[0], slot), &o))
+		emit(&o, -1, HOOK_IO_URING_FIXED);
+	return 0;
 }
 
 /* The file being opened, before its fd exists (fd reported as -1). */

@@ -295,6 +295,104 @@ assert user_data == 7 and res >= 0, res
 print(os.read(res, 9).decode())
 "#;
 
+/// Opens argv[1] with IORING_OP_OPENAT into a direct descriptor (slot 0 of the ring's fixed
+/// file table, `file_index` 1): no fd is ever installed in the process's fd table. Then reads
+/// it through that slot (IORING_OP_READ with IOSQE_FIXED_FILE) and prints what it read.
+const IO_URING_DIRECT_OPEN_PY: &str = r#"import ctypes, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)  # io_uring_setup(4 entries)
+assert ring >= 0, os.strerror(ctypes.get_errno())
+sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+sq_head, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("7I", params, 40)
+cq_head, cq_tail, cq_mask, _, _, cqes = struct.unpack_from("6I", params, 80)
+sq = mmap.mmap(ring, sq_array + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cqes + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+# A sparse fixed-file table of one slot: io_uring_register(IORING_REGISTER_FILES, [-1], 1).
+table = (ctypes.c_int * 1)(-1)
+n = libc.syscall(427, ring, 2, table, 1)
+assert n == 0, os.strerror(ctypes.get_errno())
+def submit(sqe, user_data):
+    sqes[0:64] = bytes(sqe)
+    tail = struct.unpack_from("I", sq, sq_tail)[0]
+    struct.pack_into("I", sq, sq_array + (tail & struct.unpack_from("I", sq, sq_mask)[0]) * 4, 0)
+    struct.pack_into("I", sq, sq_tail, tail + 1)
+    n = libc.syscall(426, ring, 1, 1, 1, None, 0)  # io_uring_enter(1, 1, GETEVENTS)
+    assert n == 1, os.strerror(ctypes.get_errno())
+    head = struct.unpack_from("I", cq, cq_head)[0]
+    got, res = struct.unpack_from("Qi", cq, cqes + (head & struct.unpack_from("I", cq, cq_mask)[0]) * 16)
+    struct.pack_into("I", cq, cq_head, head + 1)
+    assert got == user_data, got
+    return res
+# IORING_OP_OPENAT, dirfd AT_FDCWD, addr = path, O_RDONLY, user_data 7, file_index 1 (slot 0).
+sqe = bytearray(64)
+struct.pack_into("BBHiQQIIQ", sqe, 0, 18, 0, 0, -100, 0, ctypes.addressof(path), 0, os.O_RDONLY, 7)
+struct.pack_into("I", sqe, 44, 1)
+res = submit(sqe, 7)
+assert res == 0, os.strerror(-res)
+# IORING_OP_READ, IOSQE_FIXED_FILE, slot 0, 9 bytes at offset 0, user_data 8.
+buf = ctypes.create_string_buffer(9)
+sqe = bytearray(64)
+struct.pack_into("BBHiQQIIQ", sqe, 0, 22, 1, 0, 0, 0, ctypes.addressof(buf), 9, 0, 8)
+res = submit(sqe, 8)
+assert res == 9, res
+print(buf.raw.decode())
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn io_uring_open_into_a_direct_descriptor_is_reported_with_the_submitting_process(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2")
+    {
+        eprintln!("SKIPPED: io_uring is disabled on this host (kernel.io_uring_disabled=2)");
+        return Ok(());
+    }
+    // Both builds: the kfunc one (typed loads) and the one without kfuncs (probe reads).
+    for toml in ["mode = \"tracepoint\"", "mode = \"tracepoint\"\nkfuncs = false"] {
+        io_uring_direct_open_seen(toml)?;
+    }
+    Ok(())
+}
+
+fn io_uring_direct_open_seen(toml: &str) -> anyhow::Result<()> {
+    let b = Bypass::start(toml)?;
+    b.started()?;
+    let log = b.app_log();
+    let mut cmd = Command::new("setpriv");
+    let uid = NOBODY.to_string();
+    cmd.args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", IO_URING_DIRECT_OPEN_PY, &s(&log)]);
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The read through the slot got the protected bytes: the open really happened.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "protected");
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["hook"] == "io_uring_fixed"
+    })?;
+    assert_eq!(e["uid"], NOBODY, "{e:#}");
+    assert_eq!(e["path"], s(&log).as_str(), "{e:#}");
+    // No descriptor: the file is in the ring's fixed table.
+    assert_eq!(e["fd"], -1, "{e:#}");
+    let comm = e["comm"].as_str().unwrap_or_default();
+    assert!(comm == "python3" || comm.starts_with("iou-"), "{e:#}");
+    assert!(
+        e["cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("python3")),
+        "{e:#}"
+    );
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn io_uring_open_is_reported_by_the_io_uring_hook() -> anyhow::Result<()> {

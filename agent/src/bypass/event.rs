@@ -150,6 +150,7 @@ impl RawEvent {
             3 => "openat2",
             4 => "open_by_handle_at",
             5 => "io_uring",
+            11 => "io_uring_fixed",
             6 => "lsm",
             7 => "fentry",
             0x101 => "open_ia32",

@@ -1431,13 +1431,15 @@ audit_event! {
         /// its device, `major:minor`
         device: String,
         /// the descriptor returned (null in `fanotify` mode; -1 in `lsm`/`fentry` modes, which
-        /// see the open before the descriptor exists)
+        /// see the open before the descriptor exists, and for an io_uring open into a direct
+        /// descriptor, hook `io_uring_fixed`, which installs none)
         fd: Option<i32>,
         /// the open flags, e.g. `O_RDONLY|O_CLOEXEC` (null in `fanotify` mode)
         flags: Option<String>,
         /// how it was opened: `open`, `openat`, `openat2`, `open_by_handle_at`, the same with
         /// `_ia32` for a 32-bit syscall (`strict` mode), `io_uring` (`comm` may then be an
-        /// `iou-wrk-…` worker), `lsm`, `fentry` or `fanotify`
+        /// `iou-wrk-…` worker), `io_uring_fixed` (into a direct descriptor), `lsm`, `fentry`
+        /// or `fanotify`
         hook: &'static str,
         /// an allow-list rule matched (a log shipper)
         expected: bool,
