@@ -353,7 +353,10 @@ fn io_uring_open_into_a_direct_descriptor_is_reported_with_the_submitting_proces
         return Ok(());
     }
     // Both builds: the kfunc one (typed loads) and the one without kfuncs (probe reads).
-    for toml in ["mode = \"tracepoint\"", "mode = \"tracepoint\"\nkfuncs = false"] {
+    for toml in [
+        "mode = \"tracepoint\"",
+        "mode = \"tracepoint\"\nkfuncs = false",
+    ] {
         io_uring_direct_open_seen(toml)?;
     }
     Ok(())
@@ -385,9 +388,7 @@ fn io_uring_direct_open_seen(toml: &str) -> anyhow::Result<()> {
     let comm = e["comm"].as_str().unwrap_or_default();
     assert!(comm == "python3" || comm.starts_with("iou-"), "{e:#}");
     assert!(
-        e["cmdline"]
-            .as_str()
-            .is_some_and(|c| c.contains("python3")),
+        e["cmdline"].as_str().is_some_and(|c| c.contains("python3")),
         "{e:#}"
     );
     Ok(())
@@ -1278,6 +1279,89 @@ fn strict_mode_sees_a_32_bit_open_that_tracepoint_mode_misses() -> anyhow::Resul
         default.reads_by(missed).is_empty(),
         "{:#?}",
         default.reads_by(missed)
+    );
+    Ok(())
+}
+
+/// What this host's kernel says about 32-bit syscalls, read independently of the agent:
+/// `enabled` when its configuration has IA32 emulation and the command line does not turn it
+/// off; `None` when this test cannot tell.
+fn ia32_expected() -> Option<&'static str> {
+    let config = Command::new("zcat").arg("/proc/config.gz").output().ok()?;
+    let config = String::from_utf8_lossy(&config.stdout).into_owned();
+    if !config.contains("IA32_EMULATION") {
+        return None;
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    let off = cmdline.split(" -- ").next()?.split_whitespace().any(|w| {
+        [
+            "ia32_emulation=0",
+            "ia32_emulation=off",
+            "ia32_emulation=false",
+            "ia32_emulation=n",
+        ]
+        .contains(&w)
+    });
+    Some(if !config.lines().any(|l| l == "CONFIG_IA32_EMULATION=y") {
+        "not_built"
+    } else if off
+        || config
+            .lines()
+            .any(|l| l == "CONFIG_IA32_EMULATION_DEFAULT_DISABLED=y")
+    {
+        "disabled"
+    } else {
+        "enabled"
+    })
+}
+
+#[test]
+#[ignore = "needs root"]
+fn agent_started_says_whether_32_bit_syscalls_run_and_what_the_active_mode_misses(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let Some(expected) = ia32_expected() else {
+        anyhow::ensure!(
+            std::env::var_os("CI").is_none(),
+            "this kernel has no /proc/config.gz to check the agent against"
+        );
+        eprintln!("SKIPPED: this kernel has no /proc/config.gz to check the agent against");
+        return Ok(());
+    };
+    let notes = |e: &serde_json::Value| -> Vec<String> {
+        e["bypass_notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect()
+    };
+    let tracepoint = Bypass::start("mode = \"tracepoint\"")?;
+    let started = tracepoint.started()?;
+    assert_eq!(started["bypass_ia32_syscalls"], expected, "{started:#}");
+    assert_eq!(started["bypass_ia32_seen"], false, "{started:#}");
+    let warned = notes(&started)
+        .iter()
+        .any(|n| n.contains("32-bit") && n.contains("strict") && n.contains("ia32_emulation=0"));
+    assert_eq!(warned, expected == "enabled", "{started:#}");
+    drop(tracepoint);
+
+    let strict = Bypass::start("mode = \"strict\"")?;
+    let started = strict.started()?;
+    assert_eq!(started["bypass_ia32_syscalls"], expected, "{started:#}");
+    assert_eq!(started["bypass_ia32_seen"], true, "{started:#}");
+    assert!(notes(&started).is_empty(), "{started:#}");
+    drop(strict);
+
+    let fanotify = Bypass::start("mode = \"fanotify\"")?;
+    let started = fanotify.started()?;
+    assert_eq!(started["bypass_mode"], "fanotify", "{started:#}");
+    assert_eq!(started["bypass_ia32_seen"], true, "{started:#}");
+    assert!(
+        notes(&started)
+            .iter()
+            .any(|n| n.contains("fanotify") && n.contains("often null for short-lived readers")),
+        "{started:#}"
     );
     Ok(())
 }

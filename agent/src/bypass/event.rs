@@ -138,7 +138,10 @@ impl RawEvent {
 
     /// Whether this is a move (a rename or link of a protected file, `moves`), not an open.
     pub fn is_move(&self) -> bool {
-        matches!(self.hook & 0xff, HOOK_RENAME | HOOK_LINK | HOOK_MOVE_IO_URING)
+        matches!(
+            self.hook & 0xff,
+            HOOK_RENAME | HOOK_LINK | HOOK_MOVE_IO_URING
+        )
     }
 
     /// The hook that saw the open (or move); `_ia32` marks a 32-bit syscall (an open: seen in

@@ -197,7 +197,13 @@ impl Probe {
             }
             Objects::Agent { kfuncs: false } => {
                 let reason = "configuration: bypass.kfuncs = false".to_string();
-                Self::load_object(probe_read, hooks, &btf, FdLookup::ProbeRead { reason }, true)
+                Self::load_object(
+                    probe_read,
+                    hooks,
+                    &btf,
+                    FdLookup::ProbeRead { reason },
+                    true,
+                )
             }
             Objects::Agent { kfuncs: true } => {
                 Self::load_agent(kfunc::rdonly_cast_id(&btf), hooks, &btf)

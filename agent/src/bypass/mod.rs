@@ -14,6 +14,7 @@ mod event;
 mod fanotify;
 mod handle;
 mod held;
+mod ia32;
 mod inventory;
 mod kfunc;
 mod loader;
@@ -35,8 +36,8 @@ use record::{bypass_record, Opened};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::Notify;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 
 /// The bypass audit as started: which mechanism is active, or none and why.
 pub enum Startup {
@@ -189,7 +190,25 @@ impl Startup {
                 started.bypass_protected = Some(inventory.len() as u64);
                 started.bypass_fallback_reason = ebpf_error.clone();
             }
-            Startup::Inactive { .. } => {}
+            Startup::Inactive { .. } => return,
+        }
+        let ia32 = ia32::detect();
+        let seen = !matches!(self, Startup::Ebpf(a) if a.probe.hooks == Hooks::Tracepoint);
+        started.bypass_ia32_syscalls = Some(ia32.as_str());
+        started.bypass_ia32_seen = Some(seen);
+        if !seen && matches!(ia32, ia32::Ia32::Enabled | ia32::Ia32::Unknown) {
+            let runs = match ia32 {
+                ia32::Ia32::Enabled => "this kernel runs 32-bit syscalls",
+                _ => "whether this kernel runs 32-bit syscalls is unknown",
+            };
+            started.bypass_notes.push(format!(
+                "32-bit (int 0x80) opens are not seen in tracepoint mode and {runs}: set bypass.mode = \"strict\", or boot with ia32_emulation=0 where nothing needs 32-bit programs"
+            ));
+        }
+        if matches!(self, Startup::Fanotify { .. }) {
+            started.bypass_notes.push(
+                "fanotify reports only a pid: uid, command, executable and command line are read from /proc afterwards and are often null for short-lived readers (about 40 % of them); the eBPF modes read them in the kernel at the open".to_string(),
+            );
         }
     }
 

@@ -1799,6 +1799,16 @@ audit_event! {
         bypass_fd_lookup_reason: Option<String>,
         /// files and folders in the kernel map; null when off
         bypass_protected: Option<u64>,
+        /// whether this kernel runs 32-bit (`int 0x80`) syscalls: `enabled`, `disabled`
+        /// (`ia32_emulation=0`, or off by default), `not_built` (no IA32 emulation), or
+        /// `unknown` (neither its build configuration nor its command line says); null when off
+        bypass_ia32_syscalls: Option<&'static str>,
+        /// whether the active mode sees 32-bit opens (`tracepoint` does not); null when off
+        bypass_ia32_seen: Option<bool>,
+        /// what the active mode does not see or report, in a sentence each, with the way out:
+        /// 32-bit opens in `tracepoint` mode on a kernel that runs them; `fanotify`'s process
+        /// fields, often null for short-lived readers; empty when there is nothing to say
+        bypass_notes: Vec<String>,
     }
     ocsf: |e, on| Ocsf::event_log(format!("agent {} started (bypass audit: {})", on.host, e.bypass_mode), on),
 }

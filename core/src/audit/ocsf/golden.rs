@@ -108,6 +108,7 @@ fn variants() -> Vec<(&'static str, Map<String, Value>)> {
             "agent.started",
             json!({"bypass_mode": "off", "bypass_hooks": [], "bypass_hooks_missing": null,
                    "bypass_fd_lookup": null, "bypass_protected": null,
+                   "bypass_ia32_syscalls": null, "bypass_ia32_seen": null, "bypass_notes": [],
                    "bypass_fallback_reason": "lsm: refused; fentry: refused"}),
         ),
         with(
