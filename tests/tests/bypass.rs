@@ -1363,6 +1363,13 @@ fn agent_started_says_whether_32_bit_syscalls_run_and_what_the_active_mode_misse
             .any(|n| n.contains("fanotify") && n.contains("often null for short-lived readers")),
         "{started:#}"
     );
+    // Its merges cannot be counted: said, with what a record then stands for.
+    assert!(
+        notes(&started)
+            .iter()
+            .any(|n| n.contains("merges") && n.contains("one or more opens")),
+        "{started:#}"
+    );
     Ok(())
 }
 

@@ -209,6 +209,9 @@ impl Startup {
             started.bypass_notes.push(
                 "fanotify reports only a pid: uid, command, executable and command line are read from /proc afterwards and are often null for short-lived readers (about 40 % of them); the eBPF modes read them in the kernel at the open".to_string(),
             );
+            started.bypass_notes.push(
+                "fanotify merges an open into an identical one still queued (same process, same file) and counts nothing: each bypass.read stands for one or more opens, so a burst by one process is under-counted, never hidden; the eBPF modes count every repeat".to_string(),
+            );
         }
     }
 
