@@ -110,7 +110,7 @@ fn cmdline_switch(cmdline: &str) -> Option<bool> {
             v if v.starts_with(['0', 'n', 'f']) => Some(false),
             _ => None,
         })
-        .last()
+        .next_back()
 }
 
 /// Whether the release string (`6.18.44-…`) is at least `major.minor`.

@@ -127,7 +127,8 @@ mod tests {
     fn moves_are_bounded_in_number_and_age() {
         let t = Instant::now();
         let mut moves = Moves::default();
-        for i in 0..(MAX_MOVES as u32 + 10) {
+        for i in 0..MAX_MOVES + 10 {
+            let i = u32::try_from(i).expect("a few thousand fit a u32");
             moves.record(mv(FileKey::new(1, u64::from(i)), "link", "a", i, t));
         }
         assert_eq!(moves.recent.len(), MAX_MOVES);
