@@ -840,6 +840,70 @@ fn who_moved_or_linked_a_protected_file_out_of_the_roots_is_recorded_at_once_and
     Ok(())
 }
 
+/// Renames argv[1] to argv[2] with IORING_OP_RENAMEAT through raw io_uring syscalls: no
+/// rename(2)-family syscall is made.
+const IO_URING_RENAME_PY: &str = r#"import ctypes, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+old = ctypes.create_string_buffer(sys.argv[1].encode())
+new = ctypes.create_string_buffer(sys.argv[2].encode())
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)  # io_uring_setup(4 entries)
+assert ring >= 0, os.strerror(ctypes.get_errno())
+sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+sq_head, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("7I", params, 40)
+cq_head, cq_tail, cq_mask, _, _, cqes = struct.unpack_from("6I", params, 80)
+sq = mmap.mmap(ring, sq_array + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cqes + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+# IORING_OP_RENAMEAT: fd = old dirfd AT_FDCWD, off = new path, addr = old path,
+# len = new dirfd AT_FDCWD, rename_flags 0, user_data 9.
+sqe = bytearray(64)
+struct.pack_into("BBHiQQiIQ", sqe, 0, 35, 0, 0, -100, ctypes.addressof(new), ctypes.addressof(old), -100, 0, 9)
+sqes[0:64] = bytes(sqe)
+tail = struct.unpack_from("I", sq, sq_tail)[0]
+struct.pack_into("I", sq, sq_array + (tail & struct.unpack_from("I", sq, sq_mask)[0]) * 4, 0)
+struct.pack_into("I", sq, sq_tail, tail + 1)
+n = libc.syscall(426, ring, 1, 1, 1, None, 0)  # io_uring_enter(1, 1, GETEVENTS)
+assert n == 1, os.strerror(ctypes.get_errno())
+head = struct.unpack_from("I", cq, cq_head)[0]
+user_data, res = struct.unpack_from("Qi", cq, cqes + (head & struct.unpack_from("I", cq, cq_mask)[0]) * 16)
+assert user_data == 9 and res == 0, os.strerror(-res)
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn a_protected_file_moved_out_by_io_uring_names_the_submitting_process() -> anyhow::Result<()> {
+    require_bpf!();
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2")
+    {
+        eprintln!("SKIPPED: io_uring is disabled on this host (kernel.io_uring_disabled=2)");
+        return Ok(());
+    }
+    let b = Bypass::start("rescan_interval = \"60s\"")?;
+    b.started()?;
+    for dir in [&b.logs, &b.outside] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+    }
+    let moved = b.outside.join("stolen.log");
+    let py = as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        IO_URING_RENAME_PY,
+        &s(&b.app_log()),
+        &s(&moved),
+    ])?;
+    anyhow::ensure!(moved.exists(), "the io_uring rename did not happen");
+    let left = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.left_roots" && e["new_path"] == s(&moved).as_str()
+    })?;
+    assert_eq!(left["path"], s(&b.app_log()).as_str(), "{left:#}");
+    assert_eq!(left["move_hook"], "io_uring", "{left:#}");
+    assert_eq!(left["moved_by_pid"], py, "{left:#}");
+    assert_eq!(left["moved_by_uid"], NOBODY, "{left:#}");
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn unprotected_files_and_write_only_opens_produce_no_event() -> anyhow::Result<()> {
