@@ -456,7 +456,7 @@ async fn maintain(
         }
         let moves = {
             let mut m = movers.moves.lock().unwrap_or_else(|p| p.into_inner());
-            m.prune(std::time::Instant::now());
+            m.prune(std::time::Instant::now(), |k| fresh.contains(k));
             let found: Vec<Option<moves::Move>> = fresh
                 .left
                 .iter()

@@ -9,8 +9,11 @@
 //! `api.log` → `api.log.1`) is kept until it ages out and never written: nothing left.
 //!
 //! Bounded: at most `MAX_MOVES` moves are kept (the oldest are dropped first; a flood of renames
-//! can then push out the move that mattered, and the record says the mover is unknown), each for
-//! at most `KEEP` after it was read.
+//! can then push out the move that mattered, and the record says the mover is unknown). A rename
+//! is kept for `KEEP` after it was read: its departure, if any, is found by the rescan it wakes.
+//! A link is kept for as long as its inode is protected: the file leaves the roots only when its
+//! protected name is removed, which may be days later (a rotation deleting old logs), and the
+//! record must still name who made the name outside.
 
 use super::inventory::FileKey;
 use std::collections::VecDeque;
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// Moves kept at most.
 const MAX_MOVES: usize = 4096;
-/// How long a move is kept: several rescans after it (a rescan follows a move within
+/// How long a rename is kept: several rescans after it (a rescan follows a move within
 /// `MOVE_RESCAN_GAP`, and the default interval is 2 s).
 pub const KEEP: Duration = Duration::from_secs(30);
 
@@ -56,15 +59,16 @@ impl Moves {
         self.recent.push_back(m);
     }
 
-    /// Forgets the moves read before `now - KEEP`.
-    pub fn prune(&mut self, now: Instant) {
-        while self
-            .recent
-            .front()
-            .is_some_and(|m| now.duration_since(m.at) > KEEP)
-        {
-            self.recent.pop_front();
-        }
+    /// Forgets the renames read before `now - KEEP`, and the links of inodes no longer
+    /// `protected`.
+    pub fn prune(&mut self, now: Instant, protected: impl Fn(&FileKey) -> bool) {
+        self.recent.retain(|m| {
+            if m.hook.starts_with("link") {
+                protected(&m.key)
+            } else {
+                now.duration_since(m.at) <= KEEP
+            }
+        });
     }
 
     /// The move that took `key` to `now_at` (one of its names now): the latest of its moves
@@ -133,7 +137,16 @@ mod tests {
         }
         assert_eq!(moves.recent.len(), MAX_MOVES);
         assert_eq!(moves.recent.front().map(|m| m.pid), Some(10));
-        moves.prune(t + KEEP + Duration::from_secs(1));
+        // Links stay while their inode is protected; renames only for KEEP.
+        let mut moves = Moves::default();
+        moves.record(mv(FileKey::new(1, 1), "rename", "a", 1, t));
+        moves.record(mv(FileKey::new(1, 2), "link", "b", 2, t));
+        moves.record(mv(FileKey::new(1, 3), "link_ia32", "c", 3, t));
+        let later = t + KEEP + Duration::from_secs(3600);
+        moves.prune(later, |k| k.ino != 3);
+        let left: Vec<u32> = moves.recent.iter().map(|m| m.pid).collect();
+        assert_eq!(left, vec![2]);
+        moves.prune(later, |_| false);
         assert!(moves.recent.is_empty());
     }
 }
