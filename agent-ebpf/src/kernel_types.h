@@ -129,6 +129,7 @@ struct fs_struct {
 
 struct task_struct {
 	struct thread_info thread_info;
+	unsigned int flags;
 	struct mm_struct *mm;
 	struct fs_struct *fs;
 	int tgid;
@@ -136,14 +137,60 @@ struct task_struct {
 	struct files_struct *files;
 };
 
-/* x86-64 registers at syscall entry (the sys_exit raw tracepoint's first argument). */
+/* x86-64 registers at syscall entry (the sys_exit raw tracepoint's first argument; a task's
+ * own by bpf_task_pt_regs): the syscall number, and the argument registers of 64-bit (di, si,
+ * dx, r10) and 32-bit (bx, cx, dx, si) syscalls. */
 struct pt_regs {
 	unsigned long orig_ax;
+	unsigned long bx;
+	unsigned long cx;
+	unsigned long dx;
+	unsigned long si;
+	unsigned long di;
+	unsigned long r10;
 };
 
 /* io_uring's request and completion entry (the io_uring_complete tracepoint's arguments). */
 struct io_kiocb {
 	__u8 opcode;
+};
+
+/* An open request's own data, which lies at the start of its io_kiocb: file_slot is 0 for an
+ * open into the fd table, else the fixed-file slot + 1 (or IORING_FILE_INDEX_ALLOC). */
+struct io_open {
+	__u32 file_slot;
+};
+
+/* The ring's fixed-file table (6.13+): nodes[slot]->file_ptr is the file, its low bits flags. */
+struct io_rsrc_node {
+	unsigned long file_ptr;
+};
+
+struct io_rsrc_data {
+	unsigned int nr;
+	struct io_rsrc_node **nodes;
+};
+
+struct io_file_table {
+	struct io_rsrc_data data;
+};
+
+struct io_ring_ctx {
+	struct io_file_table file_table;
+};
+
+/* The same before 6.13: files[slot].file_ptr, nr_user_files slots. */
+struct io_fixed_file {
+	unsigned long file_ptr;
+};
+
+struct io_file_table___old {
+	struct io_fixed_file *files;
+};
+
+struct io_ring_ctx___old {
+	struct io_file_table___old file_table;
+	unsigned int nr_user_files;
 };
 
 struct io_uring_cqe {
@@ -162,9 +209,11 @@ static long (*bpf_get_current_comm)(void *buf, __u32 size_of_buf) = (void *)16;
 static __u64 (*bpf_get_current_cgroup_id)(void) = (void *)80;
 static long (*bpf_probe_read_user)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)112;
 static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)113;
+static long (*bpf_probe_read_user_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)114;
 static long (*bpf_probe_read_kernel_str)(void *dst, __u32 size, const void *unsafe_ptr) = (void *)115;
 static void *(*bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
 static void (*bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static struct task_struct *(*bpf_get_current_task_btf)(void) = (void *)158;
+static struct pt_regs *(*bpf_task_pt_regs)(struct task_struct *task) = (void *)175;
 
 #endif

@@ -58,6 +58,14 @@ pub mod names {
     ];
     /// The BTF tracepoint program for io_uring opens: (C function name, tracepoint name).
     pub const IO_URING_PROGRAM: (&str, &str) = ("io_uring_complete", "io_uring_complete");
+    /// The BTF tracepoint programs that see a rename or link of a protected file, in every
+    /// mode: (C function name, tracepoint name). They fire where an inode's change time is set
+    /// (the `timestamp` tracepoints, Linux 6.13+); one is enough on a given filesystem.
+    pub const MOVE_PROGRAMS: [(&str, &str); 3] = [
+        ("move_ctime_set", "inode_set_ctime_to_ts"),
+        ("move_ctime_xchg", "ctime_ns_xchg"),
+        ("move_ctime_skip", "ctime_xchg_skip"),
+    ];
     /// Strict mode's BTF tracepoint on every syscall exit: (C function name, tracepoint name).
     pub const STRICT_PROGRAM: (&str, &str) = ("sys_exit_strict", "sys_exit");
     /// The BPF LSM program: (C function name, LSM hook).

@@ -38,13 +38,15 @@
  *   price of running on every syscall exit.
  * - with `tracepoint` and `strict`, `tp_btf/io_uring_complete` for io_uring opens
  *   (IORING_OP_OPENAT/OPENAT2), which never pass the syscall tracepoints.
+ * - in every mode, the `timestamp` tracepoints for renames and links of protected files
+ *   (`report_move`, below): who moved a file out of the roots.
  * Bursts: the first open of a file by a process is reported at once; its repeats within
  * REPEAT_WINDOW_NS of the one before are counted in `seen` instead of queued, and the agent
  * flushes the counts as one record per (process, file) every second, so a burst of any size
  * costs a bounded number of ring-buffer records. What cannot be queued is counted in `lost`.
- * Not seen (docs/audit.md): io_uring direct descriptors (they never enter the fd table), 32-bit
- * opens in `tracepoint` mode, and fds that were opened before the agent attached (those still
- * open when it starts are found by its sweep of /proc, agent/src/bypass/held.rs).
+ * Not seen (docs/audit.md): 32-bit opens in `tracepoint` mode, and fds that were opened before
+ * the agent attached (those still open when it starts are found by its sweep of /proc,
+ * agent/src/bypass/held.rs).
  *
  * The license must be GPL-compatible: bpf_probe_read_kernel is a GPL-only helper.
  */
@@ -86,10 +88,19 @@
 #define HOOK_IO_URING 5
 #define HOOK_LSM 6
 #define HOOK_FENTRY 7
+/* Moves (not opens): a rename or link of a protected file, or a move by io_uring. */
+#define HOOK_RENAME 8
+#define HOOK_LINK 9
+#define HOOK_MOVE_IO_URING 10
+/* An io_uring open into a direct descriptor (the ring's fixed-file table). */
+#define HOOK_IO_URING_FIXED 11
 #define HOOK_IA32 0x100
 
 #define IORING_OP_OPENAT 18
 #define IORING_OP_OPENAT2 28
+#define IORING_FILE_INDEX_ALLOC (~0U)
+/* Flag bits in the low bits of a fixed-file table entry (FFS_NOWAIT, FFS_ISREG). */
+#define FFS_FLAGS 3UL
 
 /* x86 syscall numbers of the open family: 64-bit (x32 adds bit 30) and ia32. */
 #define NR_OPEN 2
@@ -548,49 +559,20 @@ static __always_inline int counted_as_repeat(__u32 tgid, struct opened *o)
 	return 0;
 }
 
-/* Emits the event for a matched open, unless the opener is excluded or the open is a counted
- * repeat. */
-static __always_inline void emit(struct opened *o, long fd, __u16 hook)
+/* The process fields of an event: the current task's ids, command, cgroup, argv and
+ * executable, read now (a short-lived process may be gone before the agent reads /proc). */
+static __always_inline void fill_process(struct event *e, __u64 pid_tgid)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32;
-	struct task_struct *task;
-	const unsigned char *name = 0;
-	struct event *e;
-	__u64 uid_gid;
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 uid_gid = bpf_get_current_uid_gid();
 
-	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
-		return;
-	if (counted_as_repeat(tgid, o))
-		return;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
-		return;
-	}
-	task = bpf_get_current_task_btf();
-	uid_gid = bpf_get_current_uid_gid();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->ino = o->ino;
-	e->dir_ino = o->matched == MATCH_DIR ? o->dir_ino : 0;
-	e->dev = o->dev;
-	e->dir_dev = o->matched == MATCH_DIR ? o->dir_dev : 0;
 	e->pid = (__u32)pid_tgid;
-	e->tgid = tgid;
+	e->tgid = pid_tgid >> 32;
 	e->ppid = task->real_parent->tgid;
 	e->uid = (__u32)uid_gid;
 	e->gid = uid_gid >> 32;
-	e->fd = (__s32)fd;
-	e->flags = o->flags;
-	e->matched = o->matched;
-	e->hook = hook;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->name[0] = 0;
-	if (o->dentry) {
-		bpf_probe_read_kernel(&name, sizeof(name), &o->dentry->d_name.name);
-		if (name)
-			bpf_probe_read_kernel_str(e->name, sizeof(e->name), name);
-	}
 	e->cmdline_len = 0;
 	e->pad = 0;
 	if (task->mm) {
@@ -605,6 +587,41 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 			e->cmdline_len = len;
 	}
 	read_exe(task, e);
+}
+
+/* Emits the event for a matched open, unless the opener is excluded or the open is a counted
+ * repeat. */
+static __always_inline void emit(struct opened *o, long fd, __u16 hook)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	const unsigned char *name = 0;
+	struct event *e;
+
+	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
+		return;
+	if (counted_as_repeat(tgid, o))
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return;
+	}
+	fill_process(e, pid_tgid);
+	e->ino = o->ino;
+	e->dir_ino = o->matched == MATCH_DIR ? o->dir_ino : 0;
+	e->dev = o->dev;
+	e->dir_dev = o->matched == MATCH_DIR ? o->dir_dev : 0;
+	e->fd = (__s32)fd;
+	e->flags = o->flags;
+	e->matched = o->matched;
+	e->hook = hook;
+	e->name[0] = 0;
+	if (o->dentry) {
+		bpf_probe_read_kernel(&name, sizeof(name), &o->dentry->d_name.name);
+		if (name)
+			bpf_probe_read_kernel_str(e->name, sizeof(e->name), name);
+	}
 	read_sub(o, e);
 	bpf_ringbuf_submit(e, 0);
 }
@@ -800,14 +817,68 @@ int sys_exit_strict(__u64 *ctx)
 	return report_fd(ret, hook);
 }
 
+/* The file in slot `slot` of the ring's fixed-file table (0 if none), by whichever layout this
+ * kernel has. Read with bpf_probe_read_kernel: io_uring opens are rare, and a variable index
+ * through a typed pointer is refused. */
+static __always_inline unsigned long fixed_file(void *ring, __u32 slot)
+{
+	struct io_ring_ctx *r = ring;
+	struct io_ring_ctx___old *old = ring;
+	struct io_rsrc_node **nodes = 0, *node = 0;
+	struct io_fixed_file *files = 0;
+	unsigned long file_ptr = 0;
+	unsigned int nr = 0;
+
+	if (FIELD_EXISTS(r->file_table.data.nodes)) {
+		bpf_probe_read_kernel(&nr, sizeof(nr), &r->file_table.data.nr);
+		if (slot >= nr)
+			return 0;
+		bpf_probe_read_kernel(&nodes, sizeof(nodes), &r->file_table.data.nodes);
+		if (!nodes)
+			return 0;
+		bpf_probe_read_kernel(&node, sizeof(node), &nodes[slot]);
+		if (!node)
+			return 0;
+		bpf_probe_read_kernel(&file_ptr, sizeof(file_ptr), &node->file_ptr);
+	} else if (FIELD_EXISTS(old->file_table.files)) {
+		bpf_probe_read_kernel(&nr, sizeof(nr), &old->nr_user_files);
+		if (slot >= nr)
+			return 0;
+		bpf_probe_read_kernel(&files, sizeof(files), &old->file_table.files);
+		if (!files)
+			return 0;
+		bpf_probe_read_kernel(&file_ptr, sizeof(file_ptr), &files[slot].file_ptr);
+	}
+	return file_ptr & ~FFS_FLAGS;
+}
+
+/* The file at kernel address `addr`, matched against the protected set into `o`. */
+static __always_inline int match_file_at(unsigned long addr, struct opened *o)
+{
+#ifdef FD_SLOT_PROBE_READ
+	return addr && match_file_probe((struct file *)addr, o);
+#else
+	struct file *file;
+
+	if (!addr)
+		return 0;
+	file = rdonly_cast(addr, KERNEL_TYPE_ID(struct file));
+	return file && match_file_btf(file, o);
+#endif
+}
+
 /* io_uring_complete(struct io_ring_ctx *ctx, void *req, struct io_uring_cqe *cqe): runs in the
  * task posting the completion (the submitter or one of its io-wq worker threads, which share
- * its fd table), so the fd in cqe->res is looked up like a syscall's return value. */
+ * its fd table), so the fd in cqe->res is looked up like a syscall's return value. An open into
+ * a direct descriptor (the request's file_slot set) installs no fd: its file is taken from the
+ * ring's fixed-file table at the slot it went into (reported with fd -1). */
 SEC("tp_btf/io_uring_complete")
 int io_uring_complete(__u64 *ctx)
 {
 	struct io_kiocb *req = (struct io_kiocb *)ctx[1];
 	struct io_uring_cqe *cqe = (struct io_uring_cqe *)ctx[2];
+	struct opened o = {};
+	__u32 file_slot = 0, slot;
 	__u8 opcode = 0;
 	__s32 res = -1;
 
@@ -815,7 +886,16 @@ int io_uring_complete(__u64 *ctx)
 	if (opcode != IORING_OP_OPENAT && opcode != IORING_OP_OPENAT2)
 		return 0;
 	bpf_probe_read_kernel(&res, sizeof(res), &cqe->res);
-	return report_fd(res, HOOK_IO_URING);
+	bpf_probe_read_kernel(&file_slot, sizeof(file_slot), &((struct io_open *)req)->file_slot);
+	if (!file_slot)
+		return report_fd(res, HOOK_IO_URING);
+	if (res < 0)
+		return 0;
+	/* IORING_FILE_INDEX_ALLOC: the kernel chose the slot and returned it. */
+	slot = file_slot == IORING_FILE_INDEX_ALLOC ? (__u32)res : file_slot - 1;
+	if (match_file_at(fixed_file((void *)ctx[0], slot), &o))
+		emit(&o, -1, HOOK_IO_URING_FIXED);
+	return 0;
 }
 
 /* The file being opened, before its fd exists (fd reported as -1). */
@@ -840,6 +920,157 @@ SEC("fentry/security_file_open")
 int fentry_file_open(__u64 *ctx)
 {
 	return report_file((struct file *)ctx[0], HOOK_FENTRY);
+}
+
+/*
+ * Moves: who renamed or linked a protected file. A rename and a link both set the change time
+ * of the inode they move or link, in the mover's own task: the `timestamp` tracepoints (6.13+)
+ * that fire there are handed the inode, which is matched against the protected set like an
+ * opened file's (the filter bit, then the exact key). On a match, the syscall the task is in
+ * (its registers at entry) tells a rename or link from the other causes of a change-time
+ * update (a write, chmod, unlink...), which are dropped, and names the new name as the mover
+ * gave it. An io_uring worker, or a task inside io_uring_enter, is reported as an io_uring
+ * move (its request is not known here). Nothing of this runs on the open path: change-time
+ * updates of unprotected files pay the filter test only. Which move takes a file out of the
+ * roots is the agent's rescan's to say (agent/src/bypass/moves.rs).
+ */
+#define NR_RENAME 82
+#define NR_LINK 86
+#define NR_RENAMEAT 264
+#define NR_LINKAT 265
+#define NR_RENAMEAT2 316
+#define NR_IO_URING_ENTER 426
+#define NR_IA32_LINK 9
+#define NR_IA32_RENAME 38
+#define NR_IA32_RENAMEAT 302
+#define NR_IA32_LINKAT 303
+#define NR_IA32_RENAMEAT2 353
+#define NR_IA32_IO_URING_ENTER 426
+#define PF_IO_WORKER 0x00000010
+
+/* The move hook of the syscall in `regs`, and in *name the user address of its new name;
+ * 0 for any other syscall. */
+static __always_inline __u16 move_hook(struct pt_regs *regs, int ia32, unsigned long *name)
+{
+	unsigned long nr = regs->orig_ax;
+
+	if (ia32) {
+		switch (nr) {
+		case NR_IA32_RENAME:
+			*name = regs->cx;
+			return HOOK_IA32 | HOOK_RENAME;
+		case NR_IA32_LINK:
+			*name = regs->cx;
+			return HOOK_IA32 | HOOK_LINK;
+		case NR_IA32_RENAMEAT:
+		case NR_IA32_RENAMEAT2:
+			*name = regs->si;
+			return HOOK_IA32 | HOOK_RENAME;
+		case NR_IA32_LINKAT:
+			*name = regs->si;
+			return HOOK_IA32 | HOOK_LINK;
+		case NR_IA32_IO_URING_ENTER:
+			return HOOK_MOVE_IO_URING;
+		}
+		return 0;
+	}
+	switch (nr & ~(unsigned long)X32_SYSCALL_BIT) {
+	case NR_RENAME:
+		*name = regs->si;
+		return HOOK_RENAME;
+	case NR_LINK:
+		*name = regs->si;
+		return HOOK_LINK;
+	case NR_RENAMEAT:
+	case NR_RENAMEAT2:
+		*name = regs->r10;
+		return HOOK_RENAME;
+	case NR_LINKAT:
+		*name = regs->r10;
+		return HOOK_LINK;
+	case NR_IO_URING_ENTER:
+		return HOOK_MOVE_IO_URING;
+	}
+	return 0;
+}
+
+/* Reports a rename or link of a protected inode by the current task. */
+static __always_inline int report_move(struct inode *inode)
+{
+	struct task_struct *task;
+	struct file_key key = {};
+	unsigned long name = 0;
+	__u64 pid_tgid;
+	__u32 tgid, *kind;
+	struct event *e;
+	__u16 hook;
+
+	if (!inode)
+		return 0;
+	key.ino = inode->i_ino;
+	if (!maybe_protected(key.ino))
+		return 0;
+	if (inode->i_sb)
+		key.dev = inode->i_sb->s_dev;
+	kind = bpf_map_lookup_elem(&protected, &key);
+	if (!kind)
+		return 0;
+	task = bpf_get_current_task_btf();
+	if (task->flags & PF_IO_WORKER)
+		hook = HOOK_MOVE_IO_URING;
+	else
+		hook = move_hook(bpf_task_pt_regs(task), task->thread_info.status & TS_COMPAT,
+				 &name);
+	if (!hook)
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	fill_process(e, pid_tgid);
+	e->ino = key.ino;
+	e->dev = key.dev;
+	e->dir_ino = 0;
+	e->dir_dev = 0;
+	e->fd = -1;
+	e->flags = 0;
+	e->matched = *kind;
+	e->hook = hook;
+	e->dir_depth = 0;
+	e->sub_depth = 0;
+	e->name[0] = 0;
+	/* The new name as the mover gave it (relative to its directory fd or working folder). */
+	if (name)
+		bpf_probe_read_user_str(e->name, sizeof(e->name), (void *)name);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+/* Non-multigrain filesystems: inode_set_ctime_to_ts(struct inode *, struct timespec64 *). */
+SEC("tp_btf/inode_set_ctime_to_ts")
+int move_ctime_set(__u64 *ctx)
+{
+	return report_move((struct inode *)ctx[0]);
+}
+
+/* Multigrain filesystems (ext4, xfs, btrfs, tmpfs): the change time was swapped in,
+ * ctime_ns_xchg(struct inode *, u32 old, u32 new, u32 cur)... */
+SEC("tp_btf/ctime_ns_xchg")
+int move_ctime_xchg(__u64 *ctx)
+{
+	return report_move((struct inode *)ctx[0]);
+}
+
+/* ...or was already the same: ctime_xchg_skip(struct inode *, struct timespec64 *). */
+SEC("tp_btf/ctime_xchg_skip")
+int move_ctime_skip(__u64 *ctx)
+{
+	return report_move((struct inode *)ctx[0]);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -224,6 +224,9 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         bypass_fd_lookup: None,
         bypass_fd_lookup_reason: None,
         bypass_protected: None,
+        bypass_ia32_syscalls: None,
+        bypass_ia32_seen: None,
+        bypass_notes: Vec::new(),
     };
     bypass.describe(&mut started);
     let bypass_mode = match started.bypass_mode {

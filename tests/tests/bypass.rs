@@ -295,6 +295,105 @@ assert user_data == 7 and res >= 0, res
 print(os.read(res, 9).decode())
 "#;
 
+/// Opens argv[1] with IORING_OP_OPENAT into a direct descriptor (slot 0 of the ring's fixed
+/// file table, `file_index` 1): no fd is ever installed in the process's fd table. Then reads
+/// it through that slot (IORING_OP_READ with IOSQE_FIXED_FILE) and prints what it read.
+const IO_URING_DIRECT_OPEN_PY: &str = r#"import ctypes, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+path = ctypes.create_string_buffer(sys.argv[1].encode())
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)  # io_uring_setup(4 entries)
+assert ring >= 0, os.strerror(ctypes.get_errno())
+sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+sq_head, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("7I", params, 40)
+cq_head, cq_tail, cq_mask, _, _, cqes = struct.unpack_from("6I", params, 80)
+sq = mmap.mmap(ring, sq_array + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cqes + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+# A sparse fixed-file table of one slot: io_uring_register(IORING_REGISTER_FILES, [-1], 1).
+table = (ctypes.c_int * 1)(-1)
+n = libc.syscall(427, ring, 2, table, 1)
+assert n == 0, os.strerror(ctypes.get_errno())
+def submit(sqe, user_data):
+    sqes[0:64] = bytes(sqe)
+    tail = struct.unpack_from("I", sq, sq_tail)[0]
+    struct.pack_into("I", sq, sq_array + (tail & struct.unpack_from("I", sq, sq_mask)[0]) * 4, 0)
+    struct.pack_into("I", sq, sq_tail, tail + 1)
+    n = libc.syscall(426, ring, 1, 1, 1, None, 0)  # io_uring_enter(1, 1, GETEVENTS)
+    assert n == 1, os.strerror(ctypes.get_errno())
+    head = struct.unpack_from("I", cq, cq_head)[0]
+    got, res = struct.unpack_from("Qi", cq, cqes + (head & struct.unpack_from("I", cq, cq_mask)[0]) * 16)
+    struct.pack_into("I", cq, cq_head, head + 1)
+    assert got == user_data, got
+    return res
+# IORING_OP_OPENAT, dirfd AT_FDCWD, addr = path, O_RDONLY, user_data 7, file_index 1 (slot 0).
+sqe = bytearray(64)
+struct.pack_into("BBHiQQIIQ", sqe, 0, 18, 0, 0, -100, 0, ctypes.addressof(path), 0, os.O_RDONLY, 7)
+struct.pack_into("I", sqe, 44, 1)
+res = submit(sqe, 7)
+assert res == 0, os.strerror(-res)
+# IORING_OP_READ, IOSQE_FIXED_FILE, slot 0, 9 bytes at offset 0, user_data 8.
+buf = ctypes.create_string_buffer(9)
+sqe = bytearray(64)
+struct.pack_into("BBHiQQIIQ", sqe, 0, 22, 1, 0, 0, 0, ctypes.addressof(buf), 9, 0, 8)
+res = submit(sqe, 8)
+assert res == 9, res
+print(buf.raw.decode())
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn io_uring_open_into_a_direct_descriptor_is_reported_with_the_submitting_process(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2")
+    {
+        eprintln!("SKIPPED: io_uring is disabled on this host (kernel.io_uring_disabled=2)");
+        return Ok(());
+    }
+    // Both builds: the kfunc one (typed loads) and the one without kfuncs (probe reads).
+    for toml in [
+        "mode = \"tracepoint\"",
+        "mode = \"tracepoint\"\nkfuncs = false",
+    ] {
+        io_uring_direct_open_seen(toml)?;
+    }
+    Ok(())
+}
+
+fn io_uring_direct_open_seen(toml: &str) -> anyhow::Result<()> {
+    let b = Bypass::start(toml)?;
+    b.started()?;
+    let log = b.app_log();
+    let mut cmd = Command::new("setpriv");
+    let uid = NOBODY.to_string();
+    cmd.args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", IO_URING_DIRECT_OPEN_PY, &s(&log)]);
+    let out = cmd.output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The read through the slot got the protected bytes: the open really happened.
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "protected");
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["hook"] == "io_uring_fixed"
+    })?;
+    assert_eq!(e["uid"], NOBODY, "{e:#}");
+    assert_eq!(e["path"], s(&log).as_str(), "{e:#}");
+    // No descriptor: the file is in the ring's fixed table.
+    assert_eq!(e["fd"], -1, "{e:#}");
+    let comm = e["comm"].as_str().unwrap_or_default();
+    assert!(comm == "python3" || comm.starts_with("iou-"), "{e:#}");
+    assert!(
+        e["cmdline"].as_str().is_some_and(|c| c.contains("python3")),
+        "{e:#}"
+    );
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn io_uring_open_is_reported_by_the_io_uring_hook() -> anyhow::Result<()> {
@@ -661,6 +760,147 @@ fn a_protected_file_moved_or_linked_out_of_the_roots_stays_protected_and_its_dep
         .filter(|e| e["event"] == "bypass.left_roots")
         .collect();
     assert_eq!(all.len(), 2, "{all:#?}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn who_moved_or_linked_a_protected_file_out_of_the_roots_is_recorded_at_once_and_a_rotation_is_not(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    // A rescan interval far beyond the wait: the record must come from the move itself.
+    let mut b = Bypass::prepare("rescan_interval = \"60s\"")?;
+    let other = b.logs.join("other.log");
+    write_world_readable(&other, "another protected file\n")?;
+    b.cluster.start_agent("web-1")?;
+    let started = b.started()?;
+    let hooks = started["bypass_hooks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(hooks.iter().any(|h| h == "ctime_ns_xchg"), "{started:#}");
+    for dir in [&b.logs, &b.outside] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+    }
+    // logrotate's rename within the roots, by another process: never taken for the mover.
+    let rotated = b.logs.join("app.log.1");
+    let rotator = as_root(&["mv", &s(&b.app_log()), &s(&rotated)])?;
+    // Renamed out by nobody.
+    let moved = b.outside.join("stolen.log");
+    let mover = as_nobody(&["mv", &s(&rotated), &s(&moved)])?;
+    let left = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.left_roots" && e["new_path"] == s(&moved).as_str()
+    })?;
+    // Its protected path at the scan before: the rotation may have woken one in between.
+    assert!(
+        left["path"] == s(&rotated).as_str() || left["path"] == s(&b.app_log()).as_str(),
+        "{left:#}"
+    );
+    assert_eq!(left["move_hook"], "rename", "{left:#}");
+    assert_eq!(left["move_name"], s(&moved).as_str(), "{left:#}");
+    assert_eq!(left["moved_by_pid"], mover, "{left:#}");
+    assert_ne!(left["moved_by_pid"], rotator, "{left:#}");
+    assert_eq!(left["moved_by_uid"], NOBODY, "{left:#}");
+    assert_eq!(left["moved_by_comm"], "mv", "{left:#}");
+    assert!(
+        left["moved_by_exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("/mv")),
+        "{left:#}"
+    );
+    assert!(
+        left["moved_by_cmdline"]
+            .as_str()
+            .is_some_and(|c| c.contains("stolen.log")),
+        "{left:#}"
+    );
+
+    // Linked outside (by root: protected_hardlinks refuses nobody a link to root's file), then
+    // its protected name removed: the linker is the mover.
+    let link = b.outside.join("innocent.log");
+    let linker = as_root(&["ln", &s(&other), &s(&link)])?;
+    as_root(&["rm", &s(&other)])?;
+    let left = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.left_roots" && e["new_path"] == s(&link).as_str()
+    })?;
+    assert_eq!(left["path"], s(&other).as_str(), "{left:#}");
+    assert_eq!(left["move_hook"], "link", "{left:#}");
+    assert_eq!(left["moved_by_pid"], linker, "{left:#}");
+    assert_eq!(left["moved_by_comm"], "ln", "{left:#}");
+    assert_eq!(left["moved_by_uid"], 0, "{left:#}");
+
+    // Nothing for the rotations.
+    let all: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.left_roots")
+        .collect();
+    assert_eq!(all.len(), 2, "{all:#?}");
+    Ok(())
+}
+
+/// Renames argv[1] to argv[2] with IORING_OP_RENAMEAT through raw io_uring syscalls: no
+/// rename(2)-family syscall is made.
+const IO_URING_RENAME_PY: &str = r#"import ctypes, mmap, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+old = ctypes.create_string_buffer(sys.argv[1].encode())
+new = ctypes.create_string_buffer(sys.argv[2].encode())
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 4, params)  # io_uring_setup(4 entries)
+assert ring >= 0, os.strerror(ctypes.get_errno())
+sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+sq_head, sq_tail, sq_mask, _, _, _, sq_array = struct.unpack_from("7I", params, 40)
+cq_head, cq_tail, cq_mask, _, _, cqes = struct.unpack_from("6I", params, 80)
+sq = mmap.mmap(ring, sq_array + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cqes + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+# IORING_OP_RENAMEAT: fd = old dirfd AT_FDCWD, off = new path, addr = old path,
+# len = new dirfd AT_FDCWD, rename_flags 0, user_data 9.
+sqe = bytearray(64)
+struct.pack_into("BBHiQQiIQ", sqe, 0, 35, 0, 0, -100, ctypes.addressof(new), ctypes.addressof(old), -100, 0, 9)
+sqes[0:64] = bytes(sqe)
+tail = struct.unpack_from("I", sq, sq_tail)[0]
+struct.pack_into("I", sq, sq_array + (tail & struct.unpack_from("I", sq, sq_mask)[0]) * 4, 0)
+struct.pack_into("I", sq, sq_tail, tail + 1)
+n = libc.syscall(426, ring, 1, 1, 1, None, 0)  # io_uring_enter(1, 1, GETEVENTS)
+assert n == 1, os.strerror(ctypes.get_errno())
+head = struct.unpack_from("I", cq, cq_head)[0]
+user_data, res = struct.unpack_from("Qi", cq, cqes + (head & struct.unpack_from("I", cq, cq_mask)[0]) * 16)
+assert user_data == 9 and res == 0, os.strerror(-res)
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn a_protected_file_moved_out_by_io_uring_names_the_submitting_process() -> anyhow::Result<()> {
+    require_bpf!();
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() == "2")
+    {
+        eprintln!("SKIPPED: io_uring is disabled on this host (kernel.io_uring_disabled=2)");
+        return Ok(());
+    }
+    let b = Bypass::start("rescan_interval = \"60s\"")?;
+    b.started()?;
+    for dir in [&b.logs, &b.outside] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
+    }
+    let moved = b.outside.join("stolen.log");
+    let py = as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        IO_URING_RENAME_PY,
+        &s(&b.app_log()),
+        &s(&moved),
+    ])?;
+    anyhow::ensure!(moved.exists(), "the io_uring rename did not happen");
+    let left = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.left_roots" && e["new_path"] == s(&moved).as_str()
+    })?;
+    assert_eq!(left["path"], s(&b.app_log()).as_str(), "{left:#}");
+    assert_eq!(left["move_hook"], "io_uring", "{left:#}");
+    assert_eq!(left["moved_by_pid"], py, "{left:#}");
+    assert_eq!(left["moved_by_uid"], NOBODY, "{left:#}");
     Ok(())
 }
 
@@ -1103,6 +1343,96 @@ fn strict_mode_sees_a_32_bit_open_that_tracepoint_mode_misses() -> anyhow::Resul
         default.reads_by(missed).is_empty(),
         "{:#?}",
         default.reads_by(missed)
+    );
+    Ok(())
+}
+
+/// What this host's kernel says about 32-bit syscalls, read independently of the agent:
+/// `enabled` when its configuration has IA32 emulation and the command line does not turn it
+/// off; `None` when this test cannot tell.
+fn ia32_expected() -> Option<&'static str> {
+    let config = Command::new("zcat").arg("/proc/config.gz").output().ok()?;
+    let config = String::from_utf8_lossy(&config.stdout).into_owned();
+    if !config.contains("IA32_EMULATION") {
+        return None;
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    let off = cmdline.split(" -- ").next()?.split_whitespace().any(|w| {
+        [
+            "ia32_emulation=0",
+            "ia32_emulation=off",
+            "ia32_emulation=false",
+            "ia32_emulation=n",
+        ]
+        .contains(&w)
+    });
+    Some(if !config.lines().any(|l| l == "CONFIG_IA32_EMULATION=y") {
+        "not_built"
+    } else if off
+        || config
+            .lines()
+            .any(|l| l == "CONFIG_IA32_EMULATION_DEFAULT_DISABLED=y")
+    {
+        "disabled"
+    } else {
+        "enabled"
+    })
+}
+
+#[test]
+#[ignore = "needs root"]
+fn agent_started_says_whether_32_bit_syscalls_run_and_what_the_active_mode_misses(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let Some(expected) = ia32_expected() else {
+        anyhow::ensure!(
+            std::env::var_os("CI").is_none(),
+            "this kernel has no /proc/config.gz to check the agent against"
+        );
+        eprintln!("SKIPPED: this kernel has no /proc/config.gz to check the agent against");
+        return Ok(());
+    };
+    let notes = |e: &serde_json::Value| -> Vec<String> {
+        e["bypass_notes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect()
+    };
+    let tracepoint = Bypass::start("mode = \"tracepoint\"")?;
+    let started = tracepoint.started()?;
+    assert_eq!(started["bypass_ia32_syscalls"], expected, "{started:#}");
+    assert_eq!(started["bypass_ia32_seen"], false, "{started:#}");
+    let warned = notes(&started)
+        .iter()
+        .any(|n| n.contains("32-bit") && n.contains("strict") && n.contains("ia32_emulation=0"));
+    assert_eq!(warned, expected == "enabled", "{started:#}");
+    drop(tracepoint);
+
+    let strict = Bypass::start("mode = \"strict\"")?;
+    let started = strict.started()?;
+    assert_eq!(started["bypass_ia32_syscalls"], expected, "{started:#}");
+    assert_eq!(started["bypass_ia32_seen"], true, "{started:#}");
+    assert!(notes(&started).is_empty(), "{started:#}");
+    drop(strict);
+
+    let fanotify = Bypass::start("mode = \"fanotify\"")?;
+    let started = fanotify.started()?;
+    assert_eq!(started["bypass_mode"], "fanotify", "{started:#}");
+    assert_eq!(started["bypass_ia32_seen"], true, "{started:#}");
+    assert!(
+        notes(&started)
+            .iter()
+            .any(|n| n.contains("fanotify") && n.contains("often null for short-lived readers")),
+        "{started:#}"
+    );
+    // Its merges cannot be counted: said, with what a record then stands for.
+    assert!(
+        notes(&started)
+            .iter()
+            .any(|n| n.contains("merges") && n.contains("one or more opens")),
+        "{started:#}"
     );
     Ok(())
 }

@@ -43,6 +43,11 @@ const _: () = assert!(size_of::<RawEvent>() == 2040);
 /// `exe_reach` values: how far up the kernel's walk from the executable got.
 const EXE_ROOT: u32 = 1;
 
+/// `hook` values of moves (`HOOK_RENAME`... in logaudit.bpf.c; 0x100 marks a 32-bit syscall).
+const HOOK_RENAME: u16 = 8;
+const HOOK_LINK: u16 = 9;
+const HOOK_MOVE_IO_URING: u16 = 10;
+
 /// `matched` values.
 pub const MATCH_FILE: u16 = 1;
 pub const MATCH_DIR: u16 = 2;
@@ -131,7 +136,16 @@ impl RawEvent {
         c_string(&self.name)
     }
 
-    /// The hook that saw the open; `_ia32` marks a 32-bit syscall (seen in strict mode only).
+    /// Whether this is a move (a rename or link of a protected file, `moves`), not an open.
+    pub fn is_move(&self) -> bool {
+        matches!(
+            self.hook & 0xff,
+            HOOK_RENAME | HOOK_LINK | HOOK_MOVE_IO_URING
+        )
+    }
+
+    /// The hook that saw the open (or move); `_ia32` marks a 32-bit syscall (an open: seen in
+    /// strict mode only).
     pub fn hook(&self) -> &'static str {
         match self.hook {
             1 => "open",
@@ -139,12 +153,18 @@ impl RawEvent {
             3 => "openat2",
             4 => "open_by_handle_at",
             5 => "io_uring",
+            11 => "io_uring_fixed",
             6 => "lsm",
             7 => "fentry",
             0x101 => "open_ia32",
             0x102 => "openat_ia32",
             0x103 => "openat2_ia32",
             0x104 => "open_by_handle_at_ia32",
+            8 => "rename",
+            9 => "link",
+            10 => "io_uring",
+            0x108 => "rename_ia32",
+            0x109 => "link_ia32",
             _ => "unknown",
         }
     }

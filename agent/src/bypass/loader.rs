@@ -187,16 +187,23 @@ impl Probe {
                 hooks,
                 &btf,
                 FdLookup::None,
+                false,
             ),
             // These hooks are handed the file: their programs look up no fd and call no kfunc
             // (the same in both builds), so they never depend on the kfunc, and a refusal of
             // them is never the kfunc's doing.
             Objects::Agent { .. } if !hooks.looks_up_fds() => {
-                Self::load_object(probe_read, hooks, &btf, FdLookup::None)
+                Self::load_object(probe_read, hooks, &btf, FdLookup::None, true)
             }
             Objects::Agent { kfuncs: false } => {
                 let reason = "configuration: bypass.kfuncs = false".to_string();
-                Self::load_object(probe_read, hooks, &btf, FdLookup::ProbeRead { reason })
+                Self::load_object(
+                    probe_read,
+                    hooks,
+                    &btf,
+                    FdLookup::ProbeRead { reason },
+                    true,
+                )
             }
             Objects::Agent { kfuncs: true } => {
                 Self::load_agent(kfunc::rdonly_cast_id(&btf), hooks, &btf)
@@ -214,13 +221,13 @@ impl Probe {
         let with_kfuncs = kfunc_id
             .and_then(|id| kfunc::link_rdonly_cast(loggate_agent_ebpf::object(), id))
             .map_err(anyhow::Error::from)
-            .and_then(|(object, _)| Self::load_object(&object, hooks, btf, FdLookup::Cast));
+            .and_then(|(object, _)| Self::load_object(&object, hooks, btf, FdLookup::Cast, true));
         let Err(e) = with_kfuncs else {
             return with_kfuncs;
         };
         let reason = format!("{e:#}");
         let probe_read = loggate_agent_ebpf::probe_read_object();
-        Self::load_object(probe_read, hooks, btf, FdLookup::ProbeRead { reason }).map_err(
+        Self::load_object(probe_read, hooks, btf, FdLookup::ProbeRead { reason }, true).map_err(
             |fallback_error| {
                 fallback_error.context(format!(
                     "the build without kfuncs failed too (the kfunc build: {e:#})"
@@ -230,12 +237,14 @@ impl Probe {
     }
 
     /// Loads one object and attaches the programs of `hooks`. The main hook is required;
-    /// io_uring's is attached when the kernel allows it and listed in `missing` otherwise.
+    /// io_uring's, and with `moves` the move programs (who renamed or linked a protected file),
+    /// are attached when the kernel allows them and listed in `missing` otherwise.
     fn load_object(
         object: &[u8],
         hooks: Hooks,
         btf: &Btf,
         fd_lookup: FdLookup,
+        moves: bool,
     ) -> anyhow::Result<Probe> {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(btf))
@@ -287,6 +296,16 @@ impl Probe {
             match attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint) {
                 Ok(()) => attached.push(tracepoint),
                 Err(e) => missing.push(format!("{tracepoint}: {e:#}")),
+            }
+        }
+        if moves {
+            // A kernel before 6.13 has none of them: moves out of the roots are then recorded
+            // by the rescan without their mover (`bypass.left_roots`, `moved_by_*` null).
+            for (function, tracepoint) in names::MOVE_PROGRAMS {
+                match attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint) {
+                    Ok(()) => attached.push(tracepoint),
+                    Err(e) => missing.push(format!("{tracepoint}: {e:#}")),
+                }
             }
         }
         Ok(Probe {

@@ -4,7 +4,8 @@
 //! The kernel side (`loggate-agent-ebpf`) matches opens on (device, inode) of the protected files
 //! and directories; this side loads it, keeps its maps equal to what the configured roots hold
 //! (`inventory`), reads its ring buffer, adds what `/proc` knows about the opener (`process`),
-//! resolves the path, checks whether the opener holds a grant, and audits (`record`). When the
+//! resolves the path, checks whether the opener holds a grant, and audits (`record`); renames
+//! and links of protected files are kept (`moves`) to name who took one out of the roots. When the
 //! program cannot be loaded, `auto` falls back to fanotify (`fanotify`); when nothing can start
 //! the agent keeps serving and says so (`bypass.unavailable`).
 
@@ -13,9 +14,11 @@ mod event;
 mod fanotify;
 mod handle;
 mod held;
+mod ia32;
 mod inventory;
 mod kfunc;
 mod loader;
+mod moves;
 mod process;
 mod record;
 mod repeats;
@@ -32,8 +35,9 @@ use loggate_core::audit::events;
 use record::{bypass_record, Opened};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
 
 /// The bypass audit as started: which mechanism is active, or none and why.
 pub enum Startup {
@@ -186,7 +190,28 @@ impl Startup {
                 started.bypass_protected = Some(inventory.len() as u64);
                 started.bypass_fallback_reason = ebpf_error.clone();
             }
-            Startup::Inactive { .. } => {}
+            Startup::Inactive { .. } => return,
+        }
+        let ia32 = ia32::detect();
+        let seen = !matches!(self, Startup::Ebpf(a) if a.probe.hooks == Hooks::Tracepoint);
+        started.bypass_ia32_syscalls = Some(ia32.as_str());
+        started.bypass_ia32_seen = Some(seen);
+        if !seen && matches!(ia32, ia32::Ia32::Enabled | ia32::Ia32::Unknown) {
+            let runs = match ia32 {
+                ia32::Ia32::Enabled => "this kernel runs 32-bit syscalls",
+                _ => "whether this kernel runs 32-bit syscalls is unknown",
+            };
+            started.bypass_notes.push(format!(
+                "32-bit (int 0x80) opens are not seen in tracepoint mode and {runs}: set bypass.mode = \"strict\", or boot with ia32_emulation=0 where nothing needs 32-bit programs"
+            ));
+        }
+        if matches!(self, Startup::Fanotify { .. }) {
+            started.bypass_notes.push(
+                "fanotify reports only a pid: uid, command, executable and command line are read from /proc afterwards and are often null for short-lived readers (about 40 % of them); the eBPF modes read them in the kernel at the open".to_string(),
+            );
+            started.bypass_notes.push(
+                "fanotify merges an open into an identical one still queued (same process, same file) and counts nothing: each bypass.read stands for one or more opens, so a burst by one process is under-counted, never hidden; the eBPF modes count every repeat".to_string(),
+            );
         }
     }
 
@@ -227,7 +252,14 @@ impl Startup {
                     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
                 tokio::spawn(read_fanotify(shared.clone(), fd, inventory.clone()));
                 tokio::spawn(report_held(shared.clone(), inventory.clone()));
-                tokio::spawn(maintain(shared, Maintained::Fanotify(fan), inventory));
+                // fanotify sees no movers: the departures are recorded without one.
+                let movers = Movers::default();
+                tokio::spawn(maintain(
+                    shared,
+                    Maintained::Fanotify(fan),
+                    inventory,
+                    movers,
+                ));
             }
             Startup::Ebpf(audit) => {
                 let EbpfAudit {
@@ -262,11 +294,18 @@ impl Startup {
                     AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
                 }?;
                 let counters = Counters { lost, seen };
+                let movers = Movers {
+                    seen: loggate_agent_ebpf::names::MOVE_PROGRAMS
+                        .iter()
+                        .any(|(_, tp)| probe.attached.contains(tp)),
+                    ..Movers::default()
+                };
                 tokio::spawn(read_events(
                     shared.clone(),
                     ring,
                     counters,
                     inventory.clone(),
+                    movers.clone(),
                 ));
                 tokio::spawn(report_held(shared.clone(), inventory.clone()));
                 tokio::spawn(maintain(
@@ -276,6 +315,7 @@ impl Startup {
                         maps,
                     })),
                     inventory,
+                    movers,
                 ));
             }
         }
@@ -328,11 +368,34 @@ struct Counters {
     seen: aya::maps::HashMap<aya::maps::MapData, repeats::SeenKey, repeats::SeenVal>,
 }
 
+/// The moves of protected files the event reader has read, and the bell it rings for the
+/// rescan after each.
+#[derive(Clone, Default)]
+struct Movers {
+    moves: Arc<Mutex<moves::Moves>>,
+    wake: Arc<Notify>,
+    /// Whether the kernel reports moves at all (the move hooks are attached).
+    seen: bool,
+}
+
+/// The least time between two rescans when moves wake it: a flood of renames costs at most
+/// five walks of the roots a second.
+const MOVE_RESCAN_GAP: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a departure found with no mover waits for the move's event still on its way from
+/// the ring buffer (the rescan can run between a rename and the agent's read of it).
+const MOVE_EVENT_GRACE: std::time::Duration = std::time::Duration::from_millis(150);
+
 /// How often counted repeats and lost events are written: within a second of happening.
 const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Rescans the roots into the kernel's protected set every `rescan_interval`.
-async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<RwLock<Inventory>>) {
+/// Rescans the roots into the kernel's protected set every `rescan_interval`, and soon after a
+/// move of a protected file, whose departure from the roots it then records with its mover.
+async fn maintain(
+    shared: Arc<Shared>,
+    mut target: Maintained,
+    inventory: Arc<RwLock<Inventory>>,
+    movers: Movers,
+) {
     let config = &shared.config.bypass;
     let roots: Vec<PathBuf> = shared
         .config
@@ -345,8 +408,15 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
     let first = tokio::time::Instant::now() + config.rescan_interval;
     let mut tick = tokio::time::interval_at(first, config.rescan_interval);
     let mut skipped_reported = 0usize;
+    let mut last_scan = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = movers.wake.notified() => {
+                tokio::time::sleep_until(last_scan + MOVE_RESCAN_GAP).await;
+            }
+        }
+        last_scan = tokio::time::Instant::now();
         // A walk of the roots blocks on the filesystem: off the runtime's workers.
         let (scan_roots, max) = (roots.clone(), config.max_protected);
         let previous = inventory.clone();
@@ -375,13 +445,43 @@ async fn maintain(shared: Arc<Shared>, mut target: Maintained, inventory: Arc<Rw
             );
         }
         skipped_reported = fresh.skipped;
-        for left in &fresh.left {
+        let unnamed = |m: &moves::Moves| {
+            fresh
+                .left
+                .iter()
+                .any(|l| m.mover_of(&l.key, l.to.as_deref()).is_none())
+        };
+        if movers.seen && unnamed(&movers.moves.lock().unwrap_or_else(|p| p.into_inner())) {
+            tokio::time::sleep(MOVE_EVENT_GRACE).await;
+        }
+        let moves = {
+            let mut m = movers.moves.lock().unwrap_or_else(|p| p.into_inner());
+            m.prune(std::time::Instant::now(), |k| fresh.contains(k));
+            let found: Vec<Option<moves::Move>> = fresh
+                .left
+                .iter()
+                .map(|l| m.mover_of(&l.key, l.to.as_deref()).cloned())
+                .collect();
+            found
+        };
+        for (left, mover) in fresh.left.iter().zip(moves) {
             let record = events::BypassLeftRoots {
                 path: left.from.display().to_string(),
                 new_path: left.to.as_ref().map(|p| p.display().to_string()),
                 inode: left.key.ino,
                 device: inventory::dev_text(left.key.dev),
                 links: left.links,
+                move_hook: mover.as_ref().map(|m| m.hook),
+                move_name: mover
+                    .as_ref()
+                    .filter(|m| !m.name.is_empty())
+                    .map(|m| m.name.clone()),
+                moved_by_pid: mover.as_ref().map(|m| m.pid),
+                moved_by_uid: mover.as_ref().map(|m| m.uid),
+                moved_by_user: mover.as_ref().and_then(|m| m.user.clone()),
+                moved_by_comm: mover.as_ref().map(|m| m.comm.clone()),
+                moved_by_exe: mover.as_ref().and_then(|m| m.exe.clone()),
+                moved_by_cmdline: mover.and_then(|m| m.cmdline),
             };
             if let Err(e) = shared.audit(&record) {
                 tracing::error!("audit write failed: {e:#}");
@@ -413,6 +513,7 @@ async fn read_events(
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     mut counters: Counters,
     inventory: Arc<RwLock<Inventory>>,
+    movers: Movers,
 ) {
     let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     let mut repeats = repeats::Repeats::default();
@@ -431,12 +532,12 @@ async fn read_events(
                 };
                 let batch = drain(guard.get_inner_mut(), &mut names);
                 guard.clear_ready();
-                audit_batch(&shared, &inventory, &mut repeats, batch);
+                audit_batch(&shared, &inventory, &mut repeats, &movers, batch);
             }
             _ = flush.tick() => {
                 // What is queued first: a repeat's record follows the read it repeats.
                 let batch = drain(ring.get_mut(), &mut names);
-                audit_batch(&shared, &inventory, &mut repeats, batch);
+                audit_batch(&shared, &inventory, &mut repeats, &movers, batch);
                 flush_repeats(&shared, &mut repeats, &mut counters.seen);
                 let total = counters.lost.get(&0, 0).unwrap_or(0);
                 if total > lost_reported {
@@ -486,9 +587,31 @@ fn audit_batch(
     shared: &Shared,
     inventory: &RwLock<Inventory>,
     repeats: &mut repeats::Repeats,
+    movers: &Movers,
     batch: Vec<(RawEvent, process::ProcessInfo)>,
 ) {
     for (raw, info) in batch {
+        if raw.is_move() {
+            let m = moves::Move {
+                key: inventory::FileKey::new(raw.dev, raw.ino),
+                hook: raw.hook(),
+                name: raw.name(),
+                pid: raw.tgid,
+                uid: raw.uid,
+                user: info.user,
+                comm: raw.comm(),
+                exe: info.exe,
+                cmdline: info.cmdline,
+                at: std::time::Instant::now(),
+            };
+            movers
+                .moves
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(m);
+            movers.wake.notify_one();
+            continue;
+        }
         let opened = {
             let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
             Opened::from_kernel(&inv, &raw)

@@ -1480,13 +1480,15 @@ audit_event! {
         /// its device, `major:minor`
         device: String,
         /// the descriptor returned (null in `fanotify` mode; -1 in `lsm`/`fentry` modes, which
-        /// see the open before the descriptor exists)
+        /// see the open before the descriptor exists, and for an io_uring open into a direct
+        /// descriptor, hook `io_uring_fixed`, which installs none)
         fd: Option<i32>,
         /// the open flags, e.g. `O_RDONLY|O_CLOEXEC` (null in `fanotify` mode)
         flags: Option<String>,
         /// how it was opened: `open`, `openat`, `openat2`, `open_by_handle_at`, the same with
         /// `_ia32` for a 32-bit syscall (`strict` mode), `io_uring` (`comm` may then be an
-        /// `iou-wrk-…` worker), `lsm`, `fentry` or `fanotify`
+        /// `iou-wrk-…` worker), `io_uring_fixed` (into a direct descriptor), `lsm`, `fentry`
+        /// or `fanotify`
         hook: &'static str,
         /// an allow-list rule matched (a log shipper)
         expected: bool,
@@ -1720,8 +1722,10 @@ audit_event! {
 audit_event! {
     /// A protected file left the roots (renamed out of them, or linked outside and its name
     /// beneath them removed): it stays protected, under its new name, for as long as a link to
-    /// it remains. Found by the agent's rescan (`bypass.rescan_interval`), which does not
-    /// know who moved it; a rename within the roots (log rotation) writes nothing.
+    /// it remains. Found by the agent's rescan (`bypass.rescan_interval`, or at once after a
+    /// move); the eBPF modes also name who renamed or linked it there (`moved_by_*`, from the
+    /// kernel at the rename or link; null in `fanotify` mode, on kernels before 6.13, and when
+    /// the move was not seen). A rename within the roots (log rotation) writes nothing.
     BypassLeftRoots = "bypass.left_roots" {
         writers: "agent", class: EventLogActivity, activity: 99 "Protected File Left Roots",
         outcome: Success, severity: HIGH,
@@ -1737,10 +1741,35 @@ audit_event! {
         device: String,
         /// its link count now
         links: u64,
+        /// how the mover moved it: `rename`, `link` (`_ia32` for a 32-bit syscall), or
+        /// `io_uring`; null when no move was seen
+        move_hook: Option<&'static str>,
+        /// the new name as the mover gave it (relative to its working folder or directory
+        /// descriptor; null for io_uring)
+        move_name: Option<String>,
+        /// the mover's process id
+        moved_by_pid: Option<u32>,
+        /// its real uid
+        moved_by_uid: Option<u32>,
+        /// the uid's name from `/etc/passwd`, or null
+        moved_by_user: Option<String>,
+        /// its command name
+        moved_by_comm: Option<String>,
+        /// its executable, as the kernel named it at the move
+        moved_by_exe: Option<String>,
+        /// its command line, as the kernel read it at the move
+        moved_by_cmdline: Option<String>,
     }
     ocsf: |e, on| Ocsf::event_log(format!(
-            "protected file {} left the roots on {} (now {}); it stays protected",
-            e.path, on.host, or_unknown(&e.new_path)
+            "protected file {} left the roots on {} (now {}{}); it stays protected",
+            e.path, on.host, or_unknown(&e.new_path),
+            match (&e.moved_by_comm, e.moved_by_pid, e.moved_by_uid) {
+                (comm, Some(pid), uid) => format!(
+                    ", {} by {} (pid {pid}, uid {})",
+                    e.move_hook.unwrap_or("moved"), or_unknown(comm), or_unknown(&uid)
+                ),
+                _ => String::new(),
+            }
         ), on),
 }
 
@@ -1819,6 +1848,16 @@ audit_event! {
         bypass_fd_lookup_reason: Option<String>,
         /// files and folders in the kernel map; null when off
         bypass_protected: Option<u64>,
+        /// whether this kernel runs 32-bit (`int 0x80`) syscalls: `enabled`, `disabled`
+        /// (`ia32_emulation=0`, or off by default), `not_built` (no IA32 emulation), or
+        /// `unknown` (neither its build configuration nor its command line says); null when off
+        bypass_ia32_syscalls: Option<&'static str>,
+        /// whether the active mode sees 32-bit opens (`tracepoint` does not); null when off
+        bypass_ia32_seen: Option<bool>,
+        /// what the active mode does not see or report, in a sentence each, with the way out:
+        /// 32-bit opens in `tracepoint` mode on a kernel that runs them; `fanotify`'s process
+        /// fields, often null for short-lived readers; empty when there is nothing to say
+        bypass_notes: Vec<String>,
     }
     ocsf: |e, on| Ocsf::event_log(format!("agent {} started (bypass audit: {})", on.host, e.bypass_mode), on),
 }

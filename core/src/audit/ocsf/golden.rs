@@ -78,7 +78,12 @@ fn variants() -> Vec<(&'static str, Map<String, Value>)> {
             json!({"ppid": null, "uid": null, "user": null, "comm": null, "exe": null,
                    "cmdline": null, "cgroup": null, "severity": "low", "expected": true}),
         ),
-        with("bypass.left_roots", json!({"new_path": null})),
+        with(
+            "bypass.left_roots",
+            json!({"new_path": null, "move_hook": null, "move_name": null,
+                   "moved_by_pid": null, "moved_by_uid": null, "moved_by_user": null,
+                   "moved_by_comm": null, "moved_by_exe": null, "moved_by_cmdline": null}),
+        ),
         with(
             "access.approved",
             json!({"grant_id": null, "approvals_needed": 2, "comment": ""}),
@@ -103,6 +108,7 @@ fn variants() -> Vec<(&'static str, Map<String, Value>)> {
             "agent.started",
             json!({"bypass_mode": "off", "bypass_hooks": [], "bypass_hooks_missing": null,
                    "bypass_fd_lookup": null, "bypass_protected": null,
+                   "bypass_ia32_syscalls": null, "bypass_ia32_seen": null, "bypass_notes": [],
                    "bypass_fallback_reason": "lsm: refused; fentry: refused"}),
         ),
         with(

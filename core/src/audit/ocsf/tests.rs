@@ -55,7 +55,10 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
         }),
         "bypass.left_roots" => json!({
             "path": LOG, "new_path": "/tmp/api.log", "inode": 10182958, "device": "254:0",
-            "links": 1,
+            "links": 1, "move_hook": "rename", "move_name": "/tmp/api.log",
+            "moved_by_pid": 7120, "moved_by_uid": 1001, "moved_by_user": "mallory",
+            "moved_by_comm": "mv", "moved_by_exe": "/usr/bin/mv",
+            "moved_by_cmdline": "mv /var/log/app/api.log /tmp/api.log",
         }),
         "bypass.read_repeated" => json!({
             "pid": 6434, "uid": 65534, "comm": "cat", "path": LOG, "opened_name": "api.log",
@@ -243,6 +246,8 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "bypass_hooks": ["sys_exit_open", "sys_exit_openat", "sys_exit_openat2", "sys_exit_open_by_handle_at", "io_uring_complete"],
             "bypass_hooks_missing": [], "bypass_fd_lookup": "rdonly_cast",
             "bypass_fd_lookup_reason": null, "bypass_protected": 4,
+            "bypass_ia32_syscalls": "enabled", "bypass_ia32_seen": false,
+            "bypass_notes": ["32-bit (int 0x80) opens are not seen in tracepoint mode and this kernel runs 32-bit syscalls: set bypass.mode = \"strict\", or boot with ia32_emulation=0 where nothing needs 32-bit programs"],
         }),
         "agent.stopped" => json!({ "agent_id": "web-1" }),
         "controller.started" => json!({
