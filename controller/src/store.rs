@@ -74,6 +74,8 @@ pub struct AgentRow {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// PostgreSQL's URL (for the change feed's listening connection); `None` on SQLite.
+    postgres_url: Option<String>,
     /// Reads of the revision log (`changes_after`) since the store was opened: the fan-out's
     /// contract is one read per change whatever the number of agents, and its tests count.
     change_reads: AtomicU64,
@@ -288,7 +290,23 @@ impl Store {
     pub fn open_postgres(url: &str) -> anyhow::Result<Self> {
         let mut conn = Connection::Postgres(db::PgConnection::connect(url)?);
         migrations::postgres(&mut conn).context("cannot initialise the PostgreSQL database")?;
-        Ok(Self::with(conn))
+        let mut store = Self::with(conn);
+        store.postgres_url = Some(url.to_owned());
+        Ok(store)
+    }
+
+    /// On PostgreSQL, wakes `wake` whenever any controller sharing the database commits a grant
+    /// or a revocation ([`db::listen_for_changes`]), until `wake` is dropped: the change feed of
+    /// every replica follows the one revision log. On SQLite (one controller) nothing: the
+    /// service's own revision counter wakes the feed.
+    pub fn wake_on_commits(
+        &self,
+        wake: std::sync::Weak<tokio::sync::Notify>,
+    ) -> anyhow::Result<()> {
+        match &self.postgres_url {
+            Some(url) => db::listen_for_changes(url, wake),
+            None => Ok(()),
+        }
     }
 
     /// Opens the configured database: SQLite's file or PostgreSQL.
@@ -302,6 +320,7 @@ impl Store {
     fn with(conn: Connection) -> Self {
         Self {
             conn: Mutex::new(conn),
+            postgres_url: None,
             change_reads: AtomicU64::new(0),
         }
     }
@@ -833,21 +852,21 @@ mod checkpoint_tests {
                 vec![3, 7, 11]
             );
             for c in &first {
-                assert_eq!(add(&store, c), Arrival::New);
+                assert_eq!(add(store, c), Arrival::New);
             }
-            assert_eq!(add(&store, &first[1]), Arrival::Duplicate);
+            assert_eq!(add(store, &first[1]), Arrival::Duplicate);
             // The file was reset: a new chain seals 2 (lower, never held) and 3 (held, other head).
             let reset = chain(dir, "reset", 2, 2);
             assert_eq!(reset[0].0.sealed_seq, 2);
             assert_eq!(
-                add(&store, &reset[0]),
+                add(store, &reset[0]),
                 Arrival::SequenceWentBackwards {
                     held_sealed_seq: 11
                 }
             );
             let rewrite = chain(dir, "rewrite", 3, 3);
             assert_eq!(
-                add(&store, &rewrite[0]),
+                add(store, &rewrite[0]),
                 Arrival::HeadChanged {
                     held_head: first[0].0.head.clone()
                 }
@@ -869,7 +888,7 @@ mod checkpoint_tests {
     fn a_failed_alert_stores_nothing() {
         testing::on_each_backend(|store, dir| {
             let first = chain(dir, "first", 3, 6);
-            add(&store, &first[1]);
+            add(store, &first[1]);
             let (c, line) = &first[0];
             let result = store.add_checkpoint(c, line, 0, |_| anyhow::bail!("audit disk full"));
             assert!(result.is_err());
@@ -880,7 +899,7 @@ mod checkpoint_tests {
     #[test]
     fn held_checkpoints_and_keys_cannot_be_changed_or_deleted() {
         testing::on_each_backend(|store, dir| {
-            add(&store, &chain(dir, "first", 3, 3)[0]);
+            add(store, &chain(dir, "first", 3, 3)[0]);
             store
                 .check_checkpoint_key("web-1", "ed25519:k1 00", 0, || Ok(()))
                 .unwrap();

@@ -3,6 +3,7 @@
 //! `tests/tests/` and by `cargo xtask demo`.
 
 pub mod oidc_provider;
+pub mod postgres;
 
 use anyhow::{bail, Context};
 use std::collections::HashMap;

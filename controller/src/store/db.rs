@@ -426,9 +426,91 @@ impl Connection {
     pub fn lock_revisions(&self) -> Result<()> {
         match self {
             Connection::Sqlite(_) => Ok(()),
-            Connection::Postgres(c) => {
-                c.batch(&format!("SELECT pg_advisory_xact_lock({REVISIONS_LOCK})"))
+            // The NOTIFY is delivered when the transaction commits (and dropped if it rolls
+            // back): every replica's change feed wakes ([`listen_for_changes`]).
+            Connection::Postgres(c) => c.batch(&format!(
+                "SELECT pg_advisory_xact_lock({REVISIONS_LOCK}); NOTIFY {CHANGES_CHANNEL}"
+            )),
+        }
+    }
+}
+
+/// The channel every replica's change feed listens on: a commit of a grant or revocation
+/// notifies it. A notification is only a wake-up; the revision log stays the truth.
+pub const CHANGES_CHANNEL: &str = "loggate_revisions";
+
+/// Wakes `wake` (a change feed's) each time any controller on the PostgreSQL database at
+/// `url` commits a change of the revision log (`LISTEN`), and once each time listening
+/// (re)starts, so that what was committed while not listening is read too. Runs on a thread of
+/// its own with a connection of its own; a lost connection is retried with backoff (100 ms up
+/// to 5 s), and the thread ends within a second of the last `wake` being dropped.
+pub fn listen_for_changes(
+    url: &str,
+    wake: std::sync::Weak<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    let config: postgres::Config = url.parse().map_err(|e| {
+        anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
+    })?;
+    std::thread::Builder::new()
+        .name("postgres-listen".into())
+        .spawn(move || {
+            let min = std::time::Duration::from_millis(100);
+            let mut backoff = min;
+            while wake.strong_count() > 0 {
+                match listen_until_lost(&config, &wake, &mut backoff) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(
+                            "the change feed's PostgreSQL listener lost its connection \
+                             (retrying in {backoff:?}): {}",
+                            Error::from(e)
+                        );
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
             }
+        })?;
+    Ok(())
+}
+
+/// Listens until the connection fails (`Err`) or nobody waits any more (`Ok`); `backoff` is
+/// reset once listening.
+fn listen_until_lost(
+    config: &postgres::Config,
+    wake: &std::sync::Weak<tokio::sync::Notify>,
+    backoff: &mut std::time::Duration,
+) -> Result<(), postgres::Error> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut client = config.connect(postgres::NoTls)?;
+    client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))?;
+    *backoff = std::time::Duration::from_millis(100);
+    let poke = || match wake.upgrade() {
+        Some(notify) => {
+            notify.notify_one();
+            true
+        }
+        None => false,
+    };
+    if !poke() {
+        return Ok(());
+    }
+    loop {
+        let next = {
+            // A second without a notification: check that the feed still waits.
+            let mut notifications = client.notifications();
+            let mut within_a_second = notifications.timeout_iter(std::time::Duration::from_secs(1));
+            within_a_second.next()?
+        };
+        if next.is_some() && !poke() {
+            return Ok(());
+        }
+        if wake.strong_count() == 0 {
+            return Ok(());
+        }
+        if client.is_closed() {
+            // Surfaced as an error by the next query.
+            client.batch_execute("SELECT 1")?;
         }
     }
 }

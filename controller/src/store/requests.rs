@@ -941,7 +941,7 @@ mod tests {
                 .insert_break_glass_grant(1_000, |rev| Ok(grant("g-glass", 1_000, rev)))
                 .unwrap();
             for i in 0..1_100 {
-                insert_plain(&store, &format!("g-{i:05}"), 2_000 + i);
+                insert_plain(store, &format!("g-{i:05}"), 2_000 + i);
             }
             // The newest-1,000 list the review read before no longer holds it…
             let newest = store.list_grants(None, true, 10_000).unwrap();
