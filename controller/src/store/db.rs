@@ -673,6 +673,10 @@ type Job = Box<dyn FnOnce(&mut PgSession) + Send>;
 pub struct PgSession {
     client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
+    /// Between the store's BEGIN and its COMMIT or ROLLBACK: a connection lost then is not
+    /// replaced (the transaction's work is gone; its next statement fails and the caller's
+    /// transaction is dropped, rolled back).
+    in_transaction: bool,
 }
 
 impl PgSession {
@@ -719,9 +723,26 @@ impl PgConnection {
                 let mut session = PgSession {
                     client,
                     statements: HashMap::new(),
+                    in_transaction: false,
                 };
                 // Ends when the store (every sender) is dropped, closing the connection.
                 while let Ok(job) = queue.recv() {
+                    // The database restarted (or the network failed): the call that met it
+                    // failed with its error; the next one, outside a transaction, connects
+                    // anew. One attempt per call, no retry loop: a database still down fails
+                    // the call at once with the connection error.
+                    if session.client.is_closed() && !session.in_transaction {
+                        match config.connect(postgres::NoTls) {
+                            Ok(client) => {
+                                tracing::info!("reconnected to PostgreSQL");
+                                session.client = client;
+                                session.statements.clear();
+                            }
+                            Err(e) => {
+                                tracing::warn!("cannot reconnect to PostgreSQL: {}", Error::from(e))
+                            }
+                        }
+                    }
                     job(&mut session);
                 }
             })?;
@@ -759,7 +780,16 @@ impl PgConnection {
 
     fn batch(&self, sql: &str) -> Result<()> {
         let sql = sql.to_owned();
-        self.call(move |s| Ok(s.client.batch_execute(&sql)?))
+        self.call(move |s| {
+            // The store's transactions (Connection::transaction) are the only BEGIN, COMMIT
+            // and ROLLBACK sent.
+            match sql.as_str() {
+                "BEGIN" => s.in_transaction = true,
+                "COMMIT" | "ROLLBACK" => s.in_transaction = false,
+                _ => {}
+            }
+            Ok(s.client.batch_execute(&sql)?)
+        })
     }
 
     fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<Vec<Value>>> {
