@@ -165,7 +165,9 @@ impl TestPostgres {
                 self.dir.path().display()
             ))
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=50"])
+            // Light enough that the suite's parallel tests can each run one.
+            .args(["-c", "shared_buffers=16MB"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
