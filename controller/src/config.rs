@@ -66,6 +66,90 @@ pub struct EnrolmentConfig {
     pub attempts_per_minute: u32,
 }
 
+/// The `database` key: a SQLite file, or a PostgreSQL URL (`postgres://` or `postgresql://`).
+/// Any other `scheme://` is refused at load, so a typo does not become a file named after it.
+#[derive(Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(DatabaseUrl),
+}
+
+/// A PostgreSQL URL, which may hold a password: shown with the password masked.
+#[derive(Clone)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for the connection only (never for a log line).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // postgres://user:secret@host/db → postgres://user:***@host/db; key=value strings and
+        // query parameters (`?password=`) are masked whole.
+        let text = &self.0;
+        if text.contains("password") {
+            return f.write_str("postgres://***");
+        }
+        match (text.find("://"), text.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &text[scheme + 3..at];
+                match userinfo.find(':') {
+                    Some(colon) => write!(
+                        f,
+                        "{}{}:***{}",
+                        &text[..scheme + 3],
+                        &userinfo[..colon],
+                        &text[at..]
+                    ),
+                    None => f.write_str(text),
+                }
+            }
+            _ => f.write_str(text),
+        }
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(url) => f.debug_tuple("Postgres").field(url).finish(),
+        }
+    }
+}
+
+impl TryFrom<String> for Database {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(Database::Postgres(DatabaseUrl(text)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            return Err(format!(
+                "database: {scheme}:// is not supported; use a SQLite file path or a postgres:// URL"
+            ));
+        }
+        if text.is_empty() {
+            return Err("database: empty; use a SQLite file path or a postgres:// URL".into());
+        }
+        Ok(Database::Sqlite(PathBuf::from(text)))
+    }
+}
+
+impl Database {
+    /// A relative SQLite path is taken from the configuration file's folder.
+    fn relative_to(self, base: &Path) -> Self {
+        match self {
+            Database::Sqlite(path) => Database::Sqlite(base.join(path)),
+            postgres => postgres,
+        }
+    }
+}
+
 /// `loggate controller serve --config FILE`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,8 +158,9 @@ pub struct ControllerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
-    /// SQLite database file (created if missing).
-    pub database: PathBuf,
+    /// Where the controller's state lives: a SQLite database file (created if missing; the
+    /// default), or `postgres://…` for several controller replicas sharing PostgreSQL.
+    pub database: Database,
     /// The Ed25519 grant-signing key, PASERK `k4.secret.…` in a file (mode 0600).
     pub signing_key: PathBuf,
     /// User names allowed to issue, list all and revoke grants.
@@ -164,7 +249,7 @@ impl ControllerConfig {
         let mut config: ControllerConfig = toml::from_str(&text)
             .with_context(|| format!("invalid controller configuration {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        config.database = base.join(&config.database);
+        config.database = config.database.relative_to(base);
         config.signing_key = base.join(&config.signing_key);
         config.enrol_user_certs = config.enrol_user_certs.map(|p| base.join(p));
         config.enrol_checkpoint_keys = config.enrol_checkpoint_keys.map(|p| base.join(p));

@@ -39,7 +39,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         None => None,
     };
     let signer = load_signing_key(&config.signing_key)?;
-    let store = Arc::new(Store::open(&config.database)?);
+    let store = Arc::new(Store::open_database(&config.database)?);
     // Every start may be a restore of a backup (see Store::new_epoch): a new epoch makes every
     // agent resynchronise instead of resuming at a revision number this database may reuse.
     let epoch = store.new_epoch()?;

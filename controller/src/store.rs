@@ -13,6 +13,8 @@
 //! and a start refuses one that others can read.
 
 pub mod agents;
+pub mod db;
+pub mod migrations;
 mod requests;
 pub mod signins;
 
@@ -21,9 +23,9 @@ pub use requests::{
 };
 
 use anyhow::Context;
+use db::{params, Connection, OptionalExtension};
 use loggate_core::audit::Checkpoint;
 use loggate_core::private_state;
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +74,8 @@ pub struct AgentRow {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// PostgreSQL's URL (for the change feed's listening connection); `None` on SQLite.
+    postgres_url: Option<String>,
     /// Reads of the revision log (`changes_after`) since the store was opened: the fan-out's
     /// contract is one read per change whatever the number of agents, and its tests count.
     change_reads: AtomicU64,
@@ -120,9 +124,14 @@ pub enum KeyCheck {
     Differs(String),
 }
 
-const SCHEMA: &str = "
+/// The settings of every SQLite connection (not stored in the file: set at every open).
+const SQLITE_PRAGMAS: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
+";
+
+/// SQLite's schema (version 1 of [`migrations`], idempotent, run at every open).
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS grants (
     id TEXT PRIMARY KEY,
     subject TEXT NOT NULL,
@@ -200,12 +209,12 @@ pub(crate) fn from_json(text: String) -> Vec<String> {
 
 pub(crate) const GRANT_COLUMNS: &str = "id, subject, hosts, labels, paths, not_before, not_after, reason, issuer, profile, key_sha256, token, revision, revoked_at, revoked_by, revoke_reason";
 
-pub(crate) fn grant_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRow> {
+pub(crate) fn grant_from_row(row: &db::Row<'_>) -> db::Result<GrantRow> {
     grant_at(row, 0)
 }
 
 /// Reads the `GRANT_COLUMNS` of a row, starting at column `base`.
-fn grant_at(row: &rusqlite::Row<'_>, base: usize) -> rusqlite::Result<GrantRow> {
+fn grant_at(row: &db::Row<'_>, base: usize) -> db::Result<GrantRow> {
     let g = |i: usize| base + i;
     let revoked_at: Option<i64> = row.get(g(13))?;
     Ok(GrantRow {
@@ -251,24 +260,69 @@ impl Store {
             side.push(suffix);
             private_state::refuse_if_shared(Path::new(&side), "controller database file", "600")?;
         }
-        let conn = Connection::open(path)
+        let conn = rusqlite::Connection::open(path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
-        conn.execute_batch(SCHEMA)
+        let conn = Connection::Sqlite(conn);
+        conn.execute_batch(SQLITE_PRAGMAS)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
-        conn.execute_batch(requests::REQUEST_SCHEMA)
-            .with_context(|| format!("cannot initialise database {}", path.display()))?;
-        conn.execute_batch(agents::AGENTS_SCHEMA)
-            .with_context(|| format!("cannot initialise database {}", path.display()))?;
-        conn.execute_batch(agents::REMOVED_AGENTS_SCHEMA)
-            .with_context(|| format!("cannot initialise database {}", path.display()))?;
-        requests::migrate(&conn)
-            .with_context(|| format!("cannot update database {}", path.display()))?;
-        conn.execute_batch(signins::SIGNINS_SCHEMA)
-            .with_context(|| format!("cannot initialise database {}", path.display()))?;
-        Ok(Self {
-            conn: Mutex::new(conn),
-            change_reads: AtomicU64::new(0),
+        migrations::sqlite(&conn, |conn| {
+            conn.execute_batch(SCHEMA)
+                .with_context(|| format!("cannot initialise database {}", path.display()))?;
+            conn.execute_batch(requests::REQUEST_SCHEMA)
+                .with_context(|| format!("cannot initialise database {}", path.display()))?;
+            conn.execute_batch(agents::AGENTS_SCHEMA)
+                .with_context(|| format!("cannot initialise database {}", path.display()))?;
+            conn.execute_batch(agents::REMOVED_AGENTS_SCHEMA)
+                .with_context(|| format!("cannot initialise database {}", path.display()))?;
+            requests::migrate(conn)
+                .with_context(|| format!("cannot update database {}", path.display()))?;
+            conn.execute_batch(signins::SIGNINS_SCHEMA)
+                .with_context(|| format!("cannot initialise database {}", path.display()))?;
+            Ok(())
         })
+        .with_context(|| format!("database {}", path.display()))?;
+        Ok(Self::with(conn))
+    }
+
+    /// Connects to PostgreSQL at `url` (several controller replicas share it) and brings its
+    /// schema up to date; a schema newer than this binary is refused
+    /// ([`migrations::SchemaTooNew`]). The URL's password is never printed.
+    pub fn open_postgres(url: &str) -> anyhow::Result<Self> {
+        let mut conn = Connection::Postgres(db::PgConnection::connect(url)?);
+        migrations::postgres(&mut conn).context("cannot initialise the PostgreSQL database")?;
+        let mut store = Self::with(conn);
+        store.postgres_url = Some(url.to_owned());
+        Ok(store)
+    }
+
+    /// On PostgreSQL, wakes `wake` whenever any controller sharing the database commits a grant
+    /// or a revocation ([`db::listen_for_changes`]), until `wake` is dropped: the change feed of
+    /// every replica follows the one revision log. On SQLite (one controller) nothing: the
+    /// service's own revision counter wakes the feed.
+    pub fn wake_on_commits(
+        &self,
+        wake: std::sync::Weak<tokio::sync::Notify>,
+    ) -> anyhow::Result<()> {
+        match &self.postgres_url {
+            Some(url) => db::listen_for_changes(url, wake),
+            None => Ok(()),
+        }
+    }
+
+    /// Opens the configured database: SQLite's file or PostgreSQL.
+    pub fn open_database(database: &crate::config::Database) -> anyhow::Result<Self> {
+        match database {
+            crate::config::Database::Sqlite(path) => Self::open(path),
+            crate::config::Database::Postgres(url) => Self::open_postgres(url.expose()),
+        }
+    }
+
+    fn with(conn: Connection) -> Self {
+        Self {
+            conn: Mutex::new(conn),
+            postgres_url: None,
+            change_reads: AtomicU64::new(0),
+        }
     }
 
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -302,9 +356,12 @@ impl Store {
             params![id, revoked.at, revoked.by, revoked.reason],
         )?;
         if changed == 1 {
+            // The revision as a grant's is taken (MAX + 1, under the revision lock), which on
+            // SQLite is what AUTOINCREMENT gave: revisions are never deleted.
+            let next = next_revision(&tx)?;
             tx.execute(
-                "INSERT INTO revisions (kind, grant_id) VALUES ('revoke', ?1)",
-                params![id],
+                "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'revoke', ?2)",
+                params![next, id],
             )?;
         }
         let grant = tx
@@ -339,7 +396,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT {GRANT_COLUMNS} FROM grants
-             WHERE (?1 IS NULL OR subject = ?1)
+             WHERE (CAST(?1 AS TEXT) IS NULL OR subject = ?1)
                AND (?2 OR (revoked_at IS NULL AND not_after > ?3))
              ORDER BY revision DESC LIMIT 1000"
         ))?;
@@ -423,6 +480,20 @@ impl Store {
     /// under the store's lock). Every other write stays FULL.
     pub fn upsert_agent(&self, agent: &AgentRow) -> anyhow::Result<()> {
         let conn = self.conn();
+        if conn.is_postgres() {
+            // PostgreSQL commits every write durably; its registry write is the same upsert.
+            conn.execute(
+                "INSERT INTO agents (id, labels, addr, last_seen) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4",
+                params![
+                    agent.id,
+                    to_json(&agent.labels),
+                    agent.addr,
+                    agent.last_seen
+                ],
+            )?;
+            return Ok(());
+        }
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let written = conn.execute(
             "INSERT INTO agents (id, labels, addr, last_seen) VALUES (?1, ?2, ?3, ?4)
@@ -584,7 +655,7 @@ impl Store {
         let tx = conn.transaction()?;
         let origin = &checkpoint.origin;
         let head = &checkpoint.head;
-        let exists = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> rusqlite::Result<Option<String>> {
+        let exists = |sql: &str, p: &[&dyn db::ToSql]| -> db::Result<Option<String>> {
             tx.query_row(sql, p, |r| r.get(0)).optional()
         };
         let duplicate = exists(
@@ -675,11 +746,7 @@ impl Store {
 }
 
 /// Inserts `grant` and its revision `revision` (the caller's transaction).
-pub(crate) fn insert_grant_row(
-    tx: &Connection,
-    grant: &GrantRow,
-    revision: i64,
-) -> rusqlite::Result<()> {
+pub(crate) fn insert_grant_row(tx: &Connection, grant: &GrantRow, revision: i64) -> db::Result<()> {
     tx.execute(
         &format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL, NULL, NULL)"),
         params![
@@ -708,11 +775,12 @@ pub(crate) fn insert_grant_row(
 /// The revision the next change gets (the caller's transaction).
 /// A stored revision, seq or row id, which is never negative: a negative one is a corrupt
 /// store, an error rather than a number near `u64::MAX`.
-pub(crate) fn unsigned(value: i64) -> rusqlite::Result<u64> {
-    u64::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, value))
+pub(crate) fn unsigned(value: i64) -> db::Result<u64> {
+    u64::try_from(value).map_err(|_| db::Error::OutOfRange(value))
 }
 
-pub(crate) fn next_revision(tx: &Connection) -> rusqlite::Result<i64> {
+pub(crate) fn next_revision(tx: &Connection) -> db::Result<i64> {
+    tx.lock_revisions()?;
     tx.query_row(
         "SELECT COALESCE(MAX(revision), 0) + 1 FROM revisions",
         [],
@@ -720,7 +788,7 @@ pub(crate) fn next_revision(tx: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
-fn current_checkpoint_key(conn: &Connection, agent_id: &str) -> rusqlite::Result<Option<String>> {
+fn current_checkpoint_key(conn: &Connection, agent_id: &str) -> db::Result<Option<String>> {
     conn.query_row(
         "SELECT key FROM checkpoint_keys WHERE agent_id = ?1 ORDER BY id DESC LIMIT 1",
         params![agent_id],
@@ -735,7 +803,7 @@ fn append_checkpoint_key(
     key: &str,
     now: i64,
     how: &str,
-) -> rusqlite::Result<()> {
+) -> db::Result<()> {
     conn.execute(
         "INSERT INTO checkpoint_keys (agent_id, key, enrolled_at, how) VALUES (?1, ?2, ?3, ?4)",
         params![agent_id, key, now, how],
@@ -778,110 +846,110 @@ mod checkpoint_tests {
 
     #[test]
     fn checkpoints_are_classified_against_those_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        // Seals 3, 7, 11.
-        let first = chain(dir.path(), "first", 3, 9);
-        assert_eq!(
-            first.iter().map(|(c, _)| c.sealed_seq).collect::<Vec<_>>(),
-            vec![3, 7, 11]
-        );
-        for c in &first {
-            assert_eq!(add(&store, c), Arrival::New);
-        }
-        assert_eq!(add(&store, &first[1]), Arrival::Duplicate);
-        // The file was reset: a new chain seals 2 (lower, never held) and 3 (held, other head).
-        let reset = chain(dir.path(), "reset", 2, 2);
-        assert_eq!(reset[0].0.sealed_seq, 2);
-        assert_eq!(
-            add(&store, &reset[0]),
-            Arrival::SequenceWentBackwards {
-                held_sealed_seq: 11
+        testing::on_each_backend(|store, dir| {
+            // Seals 3, 7, 11.
+            let first = chain(dir, "first", 3, 9);
+            assert_eq!(
+                first.iter().map(|(c, _)| c.sealed_seq).collect::<Vec<_>>(),
+                vec![3, 7, 11]
+            );
+            for c in &first {
+                assert_eq!(add(store, c), Arrival::New);
             }
-        );
-        let rewrite = chain(dir.path(), "rewrite", 3, 3);
-        assert_eq!(
-            add(&store, &rewrite[0]),
-            Arrival::HeadChanged {
-                held_head: first[0].0.head.clone()
-            }
-        );
-        let rows = store.checkpoints("web-1", 0, 100).unwrap();
-        let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
-        assert_eq!(
-            statuses,
-            vec!["ok", "ok", "ok", "sequence_went_backwards", "head_changed"]
-        );
-        assert_eq!(
-            store.last_checkpoint("web-1").unwrap(),
-            Some((3, rewrite[0].0.head.clone()))
-        );
+            assert_eq!(add(store, &first[1]), Arrival::Duplicate);
+            // The file was reset: a new chain seals 2 (lower, never held) and 3 (held, other head).
+            let reset = chain(dir, "reset", 2, 2);
+            assert_eq!(reset[0].0.sealed_seq, 2);
+            assert_eq!(
+                add(store, &reset[0]),
+                Arrival::SequenceWentBackwards {
+                    held_sealed_seq: 11
+                }
+            );
+            let rewrite = chain(dir, "rewrite", 3, 3);
+            assert_eq!(
+                add(store, &rewrite[0]),
+                Arrival::HeadChanged {
+                    held_head: first[0].0.head.clone()
+                }
+            );
+            let rows = store.checkpoints("web-1", 0, 100).unwrap();
+            let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+            assert_eq!(
+                statuses,
+                vec!["ok", "ok", "ok", "sequence_went_backwards", "head_changed"]
+            );
+            assert_eq!(
+                store.last_checkpoint("web-1").unwrap(),
+                Some((3, rewrite[0].0.head.clone()))
+            );
+        });
     }
 
     #[test]
     fn a_failed_alert_stores_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let first = chain(dir.path(), "first", 3, 6);
-        add(&store, &first[1]);
-        let (c, line) = &first[0];
-        let result = store.add_checkpoint(c, line, 0, |_| anyhow::bail!("audit disk full"));
-        assert!(result.is_err());
-        assert_eq!(store.checkpoints("web-1", 0, 100).unwrap().len(), 1);
+        testing::on_each_backend(|store, dir| {
+            let first = chain(dir, "first", 3, 6);
+            add(store, &first[1]);
+            let (c, line) = &first[0];
+            let result = store.add_checkpoint(c, line, 0, |_| anyhow::bail!("audit disk full"));
+            assert!(result.is_err());
+            assert_eq!(store.checkpoints("web-1", 0, 100).unwrap().len(), 1);
+        });
     }
 
     #[test]
     fn held_checkpoints_and_keys_cannot_be_changed_or_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        add(&store, &chain(dir.path(), "first", 3, 3)[0]);
-        store
-            .check_checkpoint_key("web-1", "ed25519:k1 00", 0, || Ok(()))
-            .unwrap();
-        let conn = store.conn();
-        for sql in [
-            "UPDATE checkpoints SET head = 'x'",
-            "DELETE FROM checkpoints",
-            "UPDATE checkpoint_keys SET key = 'x'",
-            "DELETE FROM checkpoint_keys",
-        ] {
-            let err = conn.execute(sql, []).unwrap_err();
-            assert!(err.to_string().contains("append-only"), "{sql}: {err}");
-        }
+        testing::on_each_backend(|store, dir| {
+            add(store, &chain(dir, "first", 3, 3)[0]);
+            store
+                .check_checkpoint_key("web-1", "ed25519:k1 00", 0, || Ok(()))
+                .unwrap();
+            let conn = store.conn();
+            for sql in [
+                "UPDATE checkpoints SET head = 'x'",
+                "DELETE FROM checkpoints",
+                "UPDATE checkpoint_keys SET key = 'x'",
+                "DELETE FROM checkpoint_keys",
+            ] {
+                let err = conn.execute(sql, []).unwrap_err();
+                assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+            }
+        });
     }
 
     #[test]
     fn checkpoint_key_is_enrolled_once_and_never_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
-        let mut audited = 0;
-        let check = |key: &str, audited: &mut i32| {
-            store
-                .check_checkpoint_key("web-1", key, 0, || {
-                    *audited += 1;
+        testing::on_each_backend(|store, _dir| {
+            let mut audited = 0;
+            let check = |key: &str, audited: &mut i32| {
+                store
+                    .check_checkpoint_key("web-1", key, 0, || {
+                        *audited += 1;
+                        Ok(())
+                    })
+                    .unwrap()
+            };
+            assert_eq!(check("k1", &mut audited), KeyCheck::Enrolled);
+            assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
+            assert_eq!(check("k2", &mut audited), KeyCheck::Differs("k1".into()));
+            assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
+            assert_eq!(audited, 1, "only the enrolment is audited here");
+            // An admin's configuration replaces it; the old key stays on record.
+            let enrolled = store
+                .enrol_checkpoint_key("web-1", "k2", 0, |old| {
+                    assert_eq!(old, Some("k1"));
                     Ok(())
                 })
-                .unwrap()
-        };
-        assert_eq!(check("k1", &mut audited), KeyCheck::Enrolled);
-        assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
-        assert_eq!(check("k2", &mut audited), KeyCheck::Differs("k1".into()));
-        assert_eq!(check("k1", &mut audited), KeyCheck::Matches);
-        assert_eq!(audited, 1, "only the enrolment is audited here");
-        // An admin's configuration replaces it; the old key stays on record.
-        let enrolled = store
-            .enrol_checkpoint_key("web-1", "k2", 0, |old| {
-                assert_eq!(old, Some("k1"));
-                Ok(())
-            })
-            .unwrap();
-        assert!(enrolled);
-        assert!(!store
-            .enrol_checkpoint_key("web-1", "k2", 0, |_| panic!("enrolled twice"))
-            .unwrap());
-        assert_eq!(check("k2", &mut audited), KeyCheck::Matches);
-        assert_eq!(check("k1", &mut audited), KeyCheck::Differs("k2".into()));
-        assert_eq!(store.checkpoint_keys("web-1").unwrap(), vec!["k1", "k2"]);
+                .unwrap();
+            assert!(enrolled);
+            assert!(!store
+                .enrol_checkpoint_key("web-1", "k2", 0, |_| panic!("enrolled twice"))
+                .unwrap());
+            assert_eq!(check("k2", &mut audited), KeyCheck::Matches);
+            assert_eq!(check("k1", &mut audited), KeyCheck::Differs("k2".into()));
+            assert_eq!(store.checkpoint_keys("web-1").unwrap(), vec!["k1", "k2"]);
+        });
     }
 }
 
@@ -891,29 +959,30 @@ mod user_key_tests {
 
     #[test]
     fn a_first_use_key_is_stored_only_with_its_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
-        let alice = "spiffe://loggate.local/user/alice";
-        // The audit record cannot be written: the key is not enrolled.
-        let failed = store.enrol_user_key_if_absent(alice, "k1", 1, || anyhow::bail!("disk full"));
-        assert!(failed.is_err());
-        let mut recorded = 0;
-        let enrolled = store
-            .enrol_user_key_if_absent(alice, "k1", 2, || {
-                recorded += 1;
-                Ok(())
-            })
-            .unwrap();
-        assert!(enrolled);
-        // Known now: no second record, no change.
-        let again = store
-            .enrol_user_key_if_absent(alice, "k2", 3, || {
-                recorded += 1;
-                Ok(())
-            })
-            .unwrap();
-        assert!(!again);
-        assert_eq!(recorded, 1);
+        testing::on_each_backend(|store, _dir| {
+            let alice = "spiffe://loggate.local/user/alice";
+            // The audit record cannot be written: the key is not enrolled.
+            let failed =
+                store.enrol_user_key_if_absent(alice, "k1", 1, || anyhow::bail!("disk full"));
+            assert!(failed.is_err());
+            let mut recorded = 0;
+            let enrolled = store
+                .enrol_user_key_if_absent(alice, "k1", 2, || {
+                    recorded += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert!(enrolled);
+            // Known now: no second record, no change.
+            let again = store
+                .enrol_user_key_if_absent(alice, "k2", 3, || {
+                    recorded += 1;
+                    Ok(())
+                })
+                .unwrap();
+            assert!(!again);
+            assert_eq!(recorded, 1);
+        });
     }
 }
 
@@ -964,12 +1033,12 @@ mod state_tests {
 
     #[test]
     fn every_start_begins_a_new_epoch() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.db")).unwrap();
-        let first = store.new_epoch().unwrap();
-        let second = store.new_epoch().unwrap();
-        assert_eq!(first.len(), 32);
-        assert_ne!(first, second);
+        testing::on_each_backend(|store, _dir| {
+            let first = store.new_epoch().unwrap();
+            let second = store.new_epoch().unwrap();
+            assert_eq!(first.len(), 32);
+            assert_ne!(first, second);
+        });
     }
 
     #[test]
@@ -1002,5 +1071,126 @@ mod state_tests {
             "FULL again after the registry's write"
         );
         assert_eq!(store.agent("web-1").unwrap().unwrap().last_seen, 2);
+    }
+}
+
+/// The test PostgreSQL server of the end-to-end tests, shared with the store's unit tests.
+#[cfg(test)]
+#[path = "../../tests/src/postgres.rs"]
+#[allow(dead_code)] // The end-to-end tests use more of it than the unit tests.
+pub(crate) mod postgres_server;
+
+/// The store's tests run on both backends: [`testing::on_each_backend`] runs a test body on a
+/// SQLite store in a scratch folder, then on a PostgreSQL store on a server of its own
+/// (`tests/src/postgres.rs`, compiled in here), each torn down after.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Store;
+    use std::path::Path;
+
+    pub(crate) use super::postgres_server;
+
+    /// A store under test with what keeps it alive: its scratch folder, its server.
+    pub(crate) struct TestStore {
+        pub store: Store,
+        pub dir: tempfile::TempDir,
+        pub server: Option<postgres_server::TestPostgres>,
+    }
+
+    impl TestStore {
+        pub fn sqlite() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = Store::open(&dir.path().join("db.sqlite")).expect("open SQLite");
+            Self {
+                store,
+                dir,
+                server: None,
+            }
+        }
+
+        pub fn postgres() -> Self {
+            let server = postgres_server::TestPostgres::start().expect(
+                "cannot start a test PostgreSQL (apt-get install postgresql; cargo xtask test does it)",
+            );
+            let store = Store::open_postgres(&server.url()).expect("open PostgreSQL");
+            Self {
+                store,
+                dir: tempfile::tempdir().expect("tempdir"),
+                server: Some(server),
+            }
+        }
+
+        /// The same database opened anew (a controller restart).
+        pub fn reopen(&mut self) {
+            let store = match &self.server {
+                Some(server) => Store::open_postgres(&server.url()).expect("reopen PostgreSQL"),
+                None => Store::open(&self.dir.path().join("db.sqlite")).expect("reopen SQLite"),
+            };
+            self.store = store;
+        }
+
+        pub fn backend(&self) -> &'static str {
+            if self.server.is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            }
+        }
+    }
+
+    /// A PostgreSQL restart (a failover, an upgrade) costs the calls made while it is down,
+    /// not the controller: the next call connects anew, and nothing committed is lost.
+    #[test]
+    fn a_postgres_store_reconnects_after_the_database_restarts() {
+        let mut t = TestStore::postgres();
+        t.store.new_epoch().expect("epoch");
+        let epoch_before: String = t
+            .store
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
+            .expect("epoch stored");
+        t.server
+            .as_mut()
+            .expect("a server")
+            .restart()
+            .expect("restart");
+        let mut failures = Vec::new();
+        let mut read = None;
+        for _ in 0..3 {
+            match t
+                .store
+                .conn()
+                .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                    r.get::<_, String>(0)
+                }) {
+                Ok(v) => {
+                    read = Some(v);
+                    break;
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        assert_eq!(read.as_deref(), Some(epoch_before.as_str()), "{failures:?}");
+        assert!(failures.len() <= 1, "{failures:?}");
+        // Writes work again too.
+        t.store.new_epoch().expect("a write after the restart");
+    }
+
+    /// Runs `test` with a fresh store of each backend and a scratch folder.
+    pub(crate) fn on_each_backend(mut test: impl FnMut(&Store, &Path)) {
+        for make in [TestStore::sqlite, TestStore::postgres] {
+            let t = make();
+            test(&t.store, t.dir.path());
+        }
+    }
+
+    /// As [`on_each_backend`], with the whole [`TestStore`] (to reopen it).
+    pub(crate) fn on_each_test_store(mut test: impl FnMut(&mut TestStore)) {
+        for make in [TestStore::sqlite, TestStore::postgres] {
+            let mut t = make();
+            test(&mut t);
+        }
     }
 }

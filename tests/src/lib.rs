@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod oidc_provider;
+pub mod postgres;
 
 use anyhow::{bail, Context};
 use std::collections::HashMap;

@@ -119,6 +119,15 @@ fn test() -> anyhow::Result<()> {
         Err(e) if std::env::var_os("CI").is_some() => return Err(e),
         Err(e) => eprintln!("xtask: WARNING: the SIEM delivery tests will fail: {e:#}"),
     }
+    // PostgreSQL (Debian's `postgresql`): the controller's store tests and the PostgreSQL
+    // end-to-end tests start their own server (tests/src/postgres.rs: initdb in a scratch
+    // folder). Missing and not installable: a warning (those tests then fail saying so); in CI
+    // an error.
+    match ensure_postgresql() {
+        Ok(()) => {}
+        Err(e) if std::env::var_os("CI").is_some() => return Err(e),
+        Err(e) => eprintln!("xtask: WARNING: the PostgreSQL tests will fail: {e:#}"),
+    }
     // Node.js ≥ 20.18 with npm: the sign-in tests (tests/tests/identity.rs) run a real OpenID
     // Provider (tests/oidc-provider, `npm ci` from its lockfile). Missing or too old: a warning
     // (those tests then fail saying so); in CI an error.
@@ -247,6 +256,20 @@ fn ensure_rsyslog() -> anyhow::Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// Installs Debian's PostgreSQL server when no `initdb` is found where the test helper looks
+/// (`/usr/lib/postgresql/*/bin`).
+fn ensure_postgresql() -> anyhow::Result<()> {
+    let installed = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").is_file());
+    if installed {
+        return Ok(());
+    }
+    apt_install(&["postgresql"])
 }
 
 /// The oldest Node.js the test OpenID Provider runs on: oidc-provider 9 calls `URL.parse`

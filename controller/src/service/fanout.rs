@@ -152,6 +152,11 @@ impl ChangeFeed {
             changes: changes.clone(),
         });
         let mut last = store.latest_revision()?;
+        // Several replicas on PostgreSQL: a change committed by another replica never moves
+        // this one's `revisions`; its NOTIFY wakes the feed instead (a wake-up only: the read
+        // below is the same).
+        let committed = Arc::new(tokio::sync::Notify::new());
+        store.wake_on_commits(Arc::downgrade(&committed))?;
         tokio::spawn(async move {
             loop {
                 // Marked seen before the read: a change committed during the read bumps it
@@ -186,6 +191,7 @@ impl ChangeFeed {
                 }
                 tokio::select! {
                     changed = revisions.changed() => if changed.is_err() { break },
+                    _ = committed.notified() => {}
                     _ = stopping.changed() => break,
                 }
             }
@@ -680,5 +686,53 @@ mod tests {
             beats + 1 >= expected,
             "{beats} heartbeats in {elapsed:?} (every {beat:?}: {expected} expected)"
         );
+    }
+
+    /// Two controllers on one PostgreSQL database: a grant and a revocation committed by
+    /// replica A reach an agent watching replica B, whose own revision counter never moves
+    /// (only A's NOTIFY can wake B's feed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_committed_by_another_replica_reaches_this_ones_agents() {
+        let server = crate::store::postgres_server::TestPostgres::start().unwrap();
+        let open = || Arc::new(Store::open_postgres(&server.url()).unwrap());
+        let (replica_a, replica_b) = (open(), open());
+        let (_stop, stopping) = watch::channel(false);
+        let b = Fixture {
+            _dir: tempfile::tempdir().unwrap(),
+            store: replica_b,
+            revisions: watch::channel(0).0,
+            _stop,
+            stopping,
+        };
+        let feed = b.feed(FEED_CAPACITY);
+        let mut rx = b.watch(&feed, "web-1", &["env=prod"], 16);
+        caught_up(&mut rx).await;
+        let a = Fixture {
+            store: replica_a,
+            ..Fixture::new()
+        };
+        let granted = tokio::task::spawn_blocking(move || {
+            let rev = a.grant("g-on-a", &["env=prod"]);
+            (a, rev)
+        })
+        .await
+        .unwrap();
+        let (a, granted_rev) = granted;
+        // Bounded: without the wake the stream only sees heartbeats, for ever.
+        let change = tokio::time::timeout(WAIT, next_change(&mut rx)).await;
+        assert_eq!(
+            change.expect("the change committed on replica A in time"),
+            (granted_rev, "g-on-a".to_string())
+        );
+        let revoked_rev = tokio::task::spawn_blocking(move || a.revoke("g-on-a"))
+            .await
+            .unwrap();
+        // Bounded: without the wake the stream only sees heartbeats, for ever.
+        let change = tokio::time::timeout(WAIT, next_change(&mut rx)).await;
+        assert_eq!(
+            change.expect("the change committed on replica A in time"),
+            (revoked_rev, "g-on-a".to_string())
+        );
+        assert_eq!(*b.revisions.borrow(), 0, "B's own counter never moved");
     }
 }

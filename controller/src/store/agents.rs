@@ -13,8 +13,8 @@
 //! labels. No certificate is handed out without its record, and a failed record changes
 //! nothing.
 
+use super::db::{params, OptionalExtension};
 use super::{from_json, to_json, Store};
-use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 pub(super) const AGENTS_SCHEMA: &str = "
@@ -157,7 +157,7 @@ pub struct EnrolledCert {
     pub not_after: i64,
 }
 
-fn token_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JoinToken> {
+fn token_from_row(r: &super::db::Row<'_>) -> super::db::Result<JoinToken> {
     Ok(JoinToken {
         id: r.get(0)?,
         labels: from_json(r.get(1)?),
@@ -471,64 +471,64 @@ mod tests {
 
     #[test]
     fn a_token_enrols_as_often_as_it_allows_and_only_until_it_expires() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
-        let (secret, digest, row) = token(2, 100, false);
-        assert!(secret.starts_with(TOKEN_PREFIX) && secret.len() == 68);
-        assert_eq!(token_digest(&secret).0, digest);
-        store.create_join_token(&digest, &row, || Ok(())).unwrap();
-        let enrol = |id: &str, now: i64| {
-            store
-                .enrol_agent(&digest, id, now, |c| Ok((cert(), c.token.labels.clone())))
-                .unwrap()
-                .map_err(|(r, _)| r)
-        };
-        assert_eq!(enrol("web-1", 10), Ok(vec!["env=prod".to_string()]));
-        assert_eq!(enrol("web-1", 11), Err(EnrolRefusal::AlreadyEnrolled));
-        assert_eq!(enrol("web-2", 100), Err(EnrolRefusal::TokenExpired));
-        assert_eq!(enrol("web-2", 12), Ok(vec!["env=prod".to_string()]));
-        assert_eq!(enrol("web-3", 13), Err(EnrolRefusal::TokenUsedUp));
-        let unknown = store
-            .enrol_agent(&token_digest("lgj_00").0, "web-4", 14, |_| Ok((cert(), ())))
-            .unwrap();
-        assert_eq!(
-            unknown.map_err(|(r, t)| (r, t.is_none())),
-            Err((EnrolRefusal::TokenUnknown, true))
-        );
-        assert_eq!(
-            store.enrolled_labels("web-1").unwrap(),
-            Some(vec!["env=prod".to_string()])
-        );
-        assert_eq!(
-            store.agent("web-2").unwrap().map(|a| a.labels),
-            Some(vec!["env=prod".to_string()])
-        );
-        assert_eq!(store.join_tokens().unwrap()[0].uses_left, 0);
+        crate::store::testing::on_each_backend(|store, _dir| {
+            let (secret, digest, row) = token(2, 100, false);
+            assert!(secret.starts_with(TOKEN_PREFIX) && secret.len() == 68);
+            assert_eq!(token_digest(&secret).0, digest);
+            store.create_join_token(&digest, &row, || Ok(())).unwrap();
+            let enrol = |id: &str, now: i64| {
+                store
+                    .enrol_agent(&digest, id, now, |c| Ok((cert(), c.token.labels.clone())))
+                    .unwrap()
+                    .map_err(|(r, _)| r)
+            };
+            assert_eq!(enrol("web-1", 10), Ok(vec!["env=prod".to_string()]));
+            assert_eq!(enrol("web-1", 11), Err(EnrolRefusal::AlreadyEnrolled));
+            assert_eq!(enrol("web-2", 100), Err(EnrolRefusal::TokenExpired));
+            assert_eq!(enrol("web-2", 12), Ok(vec!["env=prod".to_string()]));
+            assert_eq!(enrol("web-3", 13), Err(EnrolRefusal::TokenUsedUp));
+            let unknown = store
+                .enrol_agent(&token_digest("lgj_00").0, "web-4", 14, |_| Ok((cert(), ())))
+                .unwrap();
+            assert_eq!(
+                unknown.map_err(|(r, t)| (r, t.is_none())),
+                Err((EnrolRefusal::TokenUnknown, true))
+            );
+            assert_eq!(
+                store.enrolled_labels("web-1").unwrap(),
+                Some(vec!["env=prod".to_string()])
+            );
+            assert_eq!(
+                store.agent("web-2").unwrap().map(|a| a.labels),
+                Some(vec!["env=prod".to_string()])
+            );
+            assert_eq!(store.join_tokens().unwrap()[0].uses_left, 0);
+        });
     }
 
     #[test]
     fn a_failed_record_enrols_nothing_and_takes_no_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
-        let (_, digest, row) = token(1, 100, false);
-        store.create_join_token(&digest, &row, || Ok(())).unwrap();
-        let failed = store.enrol_agent(
-            &digest,
-            "web-1",
-            10,
-            |_| -> anyhow::Result<(EnrolledCert, ())> { anyhow::bail!("disk full") },
-        );
-        assert!(failed.is_err());
-        assert_eq!(store.join_tokens().unwrap()[0].uses_left, 1);
-        assert_eq!(store.enrolled_labels("web-1").unwrap(), None);
-        // A re-enrolment token takes an enrolled id.
-        let (_, digest, row) = token(2, 100, true);
-        store.create_join_token(&digest, &row, || Ok(())).unwrap();
-        for now in [11, 12] {
-            let again = store
-                .enrol_agent(&digest, "web-1", now, |c| Ok((cert(), c.reenrol)))
-                .unwrap();
-            assert_eq!(again.map_err(|(r, _)| r), Ok(now == 12));
-        }
+        crate::store::testing::on_each_backend(|store, _dir| {
+            let (_, digest, row) = token(1, 100, false);
+            store.create_join_token(&digest, &row, || Ok(())).unwrap();
+            let failed = store.enrol_agent(
+                &digest,
+                "web-1",
+                10,
+                |_| -> anyhow::Result<(EnrolledCert, ())> { anyhow::bail!("disk full") },
+            );
+            assert!(failed.is_err());
+            assert_eq!(store.join_tokens().unwrap()[0].uses_left, 1);
+            assert_eq!(store.enrolled_labels("web-1").unwrap(), None);
+            // A re-enrolment token takes an enrolled id.
+            let (_, digest, row) = token(2, 100, true);
+            store.create_join_token(&digest, &row, || Ok(())).unwrap();
+            for now in [11, 12] {
+                let again = store
+                    .enrol_agent(&digest, "web-1", now, |c| Ok((cert(), c.reenrol)))
+                    .unwrap();
+                assert_eq!(again.map_err(|(r, _)| r), Ok(now == 12));
+            }
+        });
     }
 }

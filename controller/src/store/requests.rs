@@ -6,11 +6,11 @@
 //! in one transaction together with the caller's audit record (the `record`/`check` callbacks
 //! run inside it): no change without its record, and a failed record changes nothing.
 
+use super::db::{params, Connection, OptionalExtension};
 use super::{
     from_json, grant_from_row, insert_grant_row, next_revision, to_json, unsigned, GrantRow, Store,
     GRANT_COLUMNS,
 };
-use rusqlite::{params, Connection, OptionalExtension};
 
 pub(super) const REQUEST_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -246,7 +246,7 @@ pub struct ReviewGrants {
 const BREAK_GLASS_COLUMNS: &str =
     "grant_id, request_id, subject, issuer, reason, at, reviewed_by, reviewed_at, review_comment";
 
-fn break_glass_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BreakGlassRow> {
+fn break_glass_from_row(r: &super::db::Row<'_>) -> super::db::Result<BreakGlassRow> {
     let reviewed_at: Option<i64> = r.get(7)?;
     Ok(BreakGlassRow {
         grant_id: r.get(0)?,
@@ -269,7 +269,7 @@ fn break_glass_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BreakGlassRow
 const REQUEST_COLUMNS: &str = "id, requester, hosts, paths, ttl_seconds, profile, reason, role, approval, approvals_needed, approver_groups, state, created, expires, decided_at, grant_id, requester_groups";
 
 /// Brings a database made before a column existed up to date (run at every open).
-pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+pub(super) fn migrate(conn: &Connection) -> super::db::Result<()> {
     let has_groups: bool = conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = 'requester_groups'",
         [],
@@ -311,7 +311,7 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
+fn request_from_row(row: &super::db::Row<'_>) -> super::db::Result<RequestRow> {
     Ok(RequestRow {
         id: row.get(0)?,
         requester: row.get(1)?,
@@ -334,7 +334,7 @@ fn request_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
     })
 }
 
-fn load_request(conn: &Connection, id: &str) -> rusqlite::Result<Option<RequestRow>> {
+fn load_request(conn: &Connection, id: &str) -> super::db::Result<Option<RequestRow>> {
     let Some(mut request) = conn
         .query_row(
             &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE id = ?1"),
@@ -349,7 +349,7 @@ fn load_request(conn: &Connection, id: &str) -> rusqlite::Result<Option<RequestR
     Ok(Some(request))
 }
 
-fn reviews(conn: &Connection, id: &str) -> rusqlite::Result<Vec<ReviewRow>> {
+fn reviews(conn: &Connection, id: &str) -> super::db::Result<Vec<ReviewRow>> {
     let mut stmt = conn.prepare(
         "SELECT reviewer, decision, comment, at, reviewer_groups FROM request_reviews WHERE request_id = ?1 ORDER BY rowid",
     )?;
@@ -367,7 +367,7 @@ fn reviews(conn: &Connection, id: &str) -> rusqlite::Result<Vec<ReviewRow>> {
     Ok(rows)
 }
 
-fn insert_request(conn: &Connection, r: &RequestRow) -> rusqlite::Result<()> {
+fn insert_request(conn: &Connection, r: &RequestRow) -> super::db::Result<()> {
     conn.execute(
         &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
         params![
@@ -397,7 +397,7 @@ fn insert_request(conn: &Connection, r: &RequestRow) -> rusqlite::Result<()> {
 }
 
 /// Makes `groups` the approver groups of pending request `id` in `pending_request_groups`.
-fn set_pending_groups(conn: &Connection, id: &str, groups: &[String]) -> rusqlite::Result<()> {
+fn set_pending_groups(conn: &Connection, id: &str, groups: &[String]) -> super::db::Result<()> {
     conn.execute(
         "DELETE FROM pending_request_groups WHERE request_id = ?1",
         params![id],
@@ -417,7 +417,7 @@ fn set_state(
     state: RequestState,
     now: i64,
     grant_id: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> super::db::Result<()> {
     conn.execute(
         "UPDATE requests SET state = ?2, decided_at = ?3, grant_id = ?4 WHERE id = ?1 AND state = 'pending'",
         params![id, state.as_str(), now, grant_id],
@@ -431,7 +431,7 @@ fn set_state(
     Ok(())
 }
 
-fn insert_break_glass(conn: &Connection, b: &BreakGlassRow) -> rusqlite::Result<()> {
+fn insert_break_glass(conn: &Connection, b: &BreakGlassRow) -> super::db::Result<()> {
     conn.execute(
         "INSERT INTO break_glass (grant_id, request_id, subject, issuer, reason, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![b.grant_id, b.request_id, b.subject, b.issuer, b.reason, b.at],
@@ -547,7 +547,7 @@ impl Store {
         // The review never shows a token: read an empty one in its place.
         let columns = GRANT_COLUMNS.replace(" token,", " '' AS token,");
         let query = |filter: &str,
-                     args: &[&dyn rusqlite::ToSql]|
+                     args: &[&dyn super::db::ToSql]|
          -> anyhow::Result<(Vec<ReviewGrantRow>, bool)> {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {columns},
@@ -560,7 +560,7 @@ impl Store {
             let mut rows = stmt.query(args)?;
             let (mut out, mut bytes) = (Vec::new(), 0usize);
             while let Some(row) = rows.next()? {
-                let grant = grant_from_row(row)?;
+                let grant = grant_from_row(&row)?;
                 bytes = bytes.saturating_add(shown_bytes(&grant));
                 if out.len() >= bound || bytes > REVIEW_LIST_BYTES {
                     return Ok((out, true));
@@ -677,10 +677,10 @@ impl Store {
         } else {
             ""
         };
-        let mut values: Vec<rusqlite::types::Value> = vec![limit.into()];
+        let mut values: Vec<super::db::Value> = vec![limit.into()];
         let sql = match scope {
             ListScope::All => format!(
-                "SELECT {REQUEST_COLUMNS} FROM requests WHERE 1 {state} ORDER BY created DESC, rowid DESC LIMIT ?1"
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE TRUE {state} ORDER BY created DESC, rowid DESC LIMIT ?1"
             ),
             ListScope::Visible { requester, groups } => {
                 values.push(requester.to_string().into());
@@ -693,7 +693,7 @@ impl Store {
                     })
                     .collect();
                 let own = format!(
-                    "SELECT * FROM (SELECT {REQUEST_COLUMNS} FROM requests WHERE requester = ?2 {state} ORDER BY created DESC LIMIT ?1)"
+                    "SELECT * FROM (SELECT {REQUEST_COLUMNS} FROM requests WHERE requester = ?2 {state} ORDER BY created DESC LIMIT ?1) AS own"
                 );
                 if marks.is_empty() {
                     format!("{own} ORDER BY created DESC, id LIMIT ?1")
@@ -701,7 +701,7 @@ impl Store {
                     format!(
                         "{own} UNION SELECT * FROM (SELECT {REQUEST_COLUMNS} FROM requests WHERE id IN
                            (SELECT request_id FROM pending_request_groups WHERE grp IN ({}))
-                           ORDER BY created DESC LIMIT ?1)
+                           ORDER BY created DESC LIMIT ?1) AS theirs
                          ORDER BY created DESC, id LIMIT ?1",
                         marks.join(", ")
                     )
@@ -712,9 +712,9 @@ impl Store {
         let mut rows = Vec::new();
         let mut truncated = false;
         let found = stmt
-            .query_map(rusqlite::params_from_iter(values.iter()), request_from_row)?
+            .query_map(super::db::params_from_iter(values.iter()), request_from_row)?
             .collect::<Result<Vec<_>, _>>()?;
-        let vm_steps = stmt.get_status(rusqlite::StatementStatus::VmStep);
+        let vm_steps = stmt.vm_steps();
         drop(stmt);
         for row in found {
             if keep(&row) {
@@ -936,159 +936,167 @@ mod tests {
 
     #[test]
     fn an_unreviewed_break_glass_grant_stays_in_the_review_behind_any_number_of_newer_grants() {
-        let (_dir, store) = store();
-        let glass = store
-            .insert_break_glass_grant(1_000, |rev| Ok(grant("g-glass", 1_000, rev)))
-            .unwrap();
-        for i in 0..1_100 {
-            insert_plain(&store, &format!("g-{i:05}"), 2_000 + i);
-        }
-        // The newest-1,000 list the review read before no longer holds it…
-        let newest = store.list_grants(None, true, 10_000).unwrap();
-        assert!(!newest.iter().any(|g| g.id == glass.id));
-        // …the review's own query does, whatever the period.
-        let review = store.review_grants(3_000, 10_000).unwrap();
-        let unreviewed: Vec<&str> = review
-            .unreviewed
-            .iter()
-            .map(|r| r.grant.id.as_str())
-            .collect();
-        assert_eq!(unreviewed, [glass.id.as_str()]);
-        assert!(review.unreviewed[0].break_glass);
-        assert!(review.truncated.is_empty(), "{:?}", review.truncated);
-        assert_eq!(review.in_period.len(), 100);
+        crate::store::testing::on_each_backend(|store, _dir| {
+            let glass = store
+                .insert_break_glass_grant(1_000, |rev| Ok(grant("g-glass", 1_000, rev)))
+                .unwrap();
+            for i in 0..1_100 {
+                insert_plain(store, &format!("g-{i:05}"), 2_000 + i);
+            }
+            // The newest-1,000 list the review read before no longer holds it…
+            let newest = store.list_grants(None, true, 10_000).unwrap();
+            assert!(!newest.iter().any(|g| g.id == glass.id));
+            // …the review's own query does, whatever the period.
+            let review = store.review_grants(3_000, 10_000).unwrap();
+            let unreviewed: Vec<&str> = review
+                .unreviewed
+                .iter()
+                .map(|r| r.grant.id.as_str())
+                .collect();
+            assert_eq!(unreviewed, [glass.id.as_str()]);
+            assert!(review.unreviewed[0].break_glass);
+            assert!(review.truncated.is_empty(), "{:?}", review.truncated);
+            assert_eq!(review.in_period.len(), 100);
 
-        // A bound that cuts a list says so.
-        let cut = store.review_grants(0, 50).unwrap();
-        assert_eq!(cut.in_period.len(), 50);
-        assert_eq!(cut.in_period[0].grant.id, glass.id, "oldest first");
-        assert_eq!(cut.truncated.len(), 1, "{:?}", cut.truncated);
-        assert!(
-            cut.truncated[0].contains("first 50 grants"),
-            "{:?}",
-            cut.truncated
-        );
+            // A bound that cuts a list says so.
+            let cut = store.review_grants(0, 50).unwrap();
+            assert_eq!(cut.in_period.len(), 50);
+            assert_eq!(cut.in_period[0].grant.id, glass.id, "oldest first");
+            assert_eq!(cut.truncated.len(), 1, "{:?}", cut.truncated);
+            assert!(
+                cut.truncated[0].contains("first 50 grants"),
+                "{:?}",
+                cut.truncated
+            );
+        });
     }
 
     #[test]
     fn a_review_list_is_cut_at_its_text_budget_and_says_so() {
-        let (_dir, store) = store();
-        let paths: Vec<String> = (0..64)
-            .map(|i| format!("/var/log/{i:02}{}.log", "a".repeat(1000)))
-            .collect();
-        for i in 0..300 {
-            let mut conn = store.conn();
-            let tx = conn.transaction().unwrap();
-            let next = next_revision(&tx).unwrap();
-            let mut g = grant(&format!("g-big{i:03}"), 1_000 + i, unsigned(next).unwrap());
-            g.paths = paths.clone();
-            insert_grant_row(&tx, &g, next).unwrap();
-            tx.commit().unwrap();
-        }
-        let review = store.review_grants(0, 10_000).unwrap();
-        let shown: usize = review.in_period.iter().map(|r| shown_bytes(&r.grant)).sum();
-        assert!(shown <= REVIEW_LIST_BYTES, "{shown}");
-        assert!(review.in_period.len() < 300 && review.in_period.len() > 200);
-        assert!(
-            review.in_period.iter().all(|r| r.grant.token.is_empty()),
-            "no token read"
-        );
-        assert_eq!(review.truncated.len(), 1, "{:?}", review.truncated);
+        crate::store::testing::on_each_backend(|store, _dir| {
+            let paths: Vec<String> = (0..64)
+                .map(|i| format!("/var/log/{i:02}{}.log", "a".repeat(1000)))
+                .collect();
+            for i in 0..300 {
+                let mut conn = store.conn();
+                let tx = conn.transaction().unwrap();
+                let next = next_revision(&tx).unwrap();
+                let mut g = grant(&format!("g-big{i:03}"), 1_000 + i, unsigned(next).unwrap());
+                g.paths = paths.clone();
+                insert_grant_row(&tx, &g, next).unwrap();
+                tx.commit().unwrap();
+            }
+            let review = store.review_grants(0, 10_000).unwrap();
+            let shown: usize = review.in_period.iter().map(|r| shown_bytes(&r.grant)).sum();
+            assert!(shown <= REVIEW_LIST_BYTES, "{shown}");
+            assert!(review.in_period.len() < 300 && review.in_period.len() > 200);
+            assert!(
+                review.in_period.iter().all(|r| r.grant.token.is_empty()),
+                "no token read"
+            );
+            assert_eq!(review.truncated.len(), 1, "{:?}", review.truncated);
+        });
     }
 
     #[test]
     fn an_admins_grant_is_stored_flagged_for_review_or_not_at_all() {
-        let (_dir, store) = store();
-        let flagged = store
-            .insert_break_glass_grant(1_000, |rev| Ok(grant("g-one", 1_000, rev)))
-            .unwrap();
-        let review = store.review_grants(0, 100).unwrap();
-        assert_eq!(review.unreviewed.len(), 1);
-        assert_eq!(review.unreviewed[0].grant.id, flagged.id);
-        // The flag cannot be written (its table is gone): the grant is not stored either.
-        store
-            .conn()
-            .execute_batch("DROP TABLE break_glass")
-            .unwrap();
-        let failed = store.insert_break_glass_grant(2_000, |rev| Ok(grant("g-two", 2_000, rev)));
-        assert!(failed.is_err());
-        assert!(store.grant("g-two").unwrap().is_none());
+        crate::store::testing::on_each_backend(|store, _dir| {
+            let flagged = store
+                .insert_break_glass_grant(1_000, |rev| Ok(grant("g-one", 1_000, rev)))
+                .unwrap();
+            let review = store.review_grants(0, 100).unwrap();
+            assert_eq!(review.unreviewed.len(), 1);
+            assert_eq!(review.unreviewed[0].grant.id, flagged.id);
+            // The flag cannot be written (its table is gone): the grant is not stored either.
+            store
+                .conn()
+                .execute_batch("DROP TABLE break_glass")
+                .unwrap();
+            let failed =
+                store.insert_break_glass_grant(2_000, |rev| Ok(grant("g-two", 2_000, rev)));
+            assert!(failed.is_err());
+            assert!(store.grant("g-two").unwrap().is_none());
+        });
     }
 
     #[test]
     fn pending_requests_are_capped_per_requester_in_the_transaction() {
-        let (_dir, store) = store();
-        for i in 0..3 {
+        crate::store::testing::on_each_backend(|store, _dir| {
+            for i in 0..3 {
+                store
+                    .insert_pending_request(&request(&format!("r-a{i}"), ALICE, 100 + i), 3, || {
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            let mut recorded = false;
+            let refused = store
+                .insert_pending_request(&request("r-a3", ALICE, 200), 3, || {
+                    recorded = true;
+                    Ok(())
+                })
+                .unwrap_err();
+            let too_many = refused.downcast::<TooManyPending>().expect("typed refusal");
+            assert_eq!((too_many.pending, too_many.max), (3, 3));
+            assert!(!recorded, "nothing audited as requested");
+            assert!(store.request("r-a3").unwrap().is_none());
+            // Another requester is not affected; a decided request frees a place.
             store
-                .insert_pending_request(&request(&format!("r-a{i}"), ALICE, 100 + i), 3, || Ok(()))
+                .insert_pending_request(&request("r-m0", MALLORY, 201), 3, || Ok(()))
                 .unwrap();
-        }
-        let mut recorded = false;
-        let refused = store
-            .insert_pending_request(&request("r-a3", ALICE, 200), 3, || {
-                recorded = true;
-                Ok(())
-            })
-            .unwrap_err();
-        let too_many = refused.downcast::<TooManyPending>().expect("typed refusal");
-        assert_eq!((too_many.pending, too_many.max), (3, 3));
-        assert!(!recorded, "nothing audited as requested");
-        assert!(store.request("r-a3").unwrap().is_none());
-        // Another requester is not affected; a decided request frees a place.
-        store
-            .insert_pending_request(&request("r-m0", MALLORY, 201), 3, || Ok(()))
-            .unwrap();
-        store
-            .end_request("r-a0", RequestState::Cancelled, 300, |_| Ok(()), |_| Ok(()))
-            .unwrap();
-        store
-            .insert_pending_request(&request("r-a4", ALICE, 301), 3, || Ok(()))
-            .unwrap();
-        assert!(store
-            .insert_pending_request(&request("r-a5", ALICE, 302), 3, || Ok(()))
-            .is_err());
-        // Pending requests past their expiry (not marked yet) no longer count.
-        store
-            .insert_pending_request(&request("r-late", ALICE, 4_000), 3, || Ok(()))
-            .unwrap();
+            store
+                .end_request("r-a0", RequestState::Cancelled, 300, |_| Ok(()), |_| Ok(()))
+                .unwrap();
+            store
+                .insert_pending_request(&request("r-a4", ALICE, 301), 3, || Ok(()))
+                .unwrap();
+            assert!(store
+                .insert_pending_request(&request("r-a5", ALICE, 302), 3, || Ok(()))
+                .is_err());
+            // Pending requests past their expiry (not marked yet) no longer count.
+            store
+                .insert_pending_request(&request("r-late", ALICE, 4_000), 3, || Ok(()))
+                .unwrap();
+        });
     }
 
     #[test]
     fn one_requesters_flood_does_not_hide_others_requests_from_a_list() {
-        let (_dir, store) = store();
-        store
-            .insert_pending_request(&request("r-alice", ALICE, 100), 1000, || Ok(()))
-            .unwrap();
-        for i in 0..600 {
+        crate::store::testing::on_each_backend(|store, _dir| {
             store
-                .insert_pending_request(
-                    &request(&format!("r-m{i:04}"), MALLORY, 200 + i),
-                    1000,
-                    || Ok(()),
+                .insert_pending_request(&request("r-alice", ALICE, 100), 1000, || Ok(()))
+                .unwrap();
+            for i in 0..600 {
+                store
+                    .insert_pending_request(
+                        &request(&format!("r-m{i:04}"), MALLORY, 200 + i),
+                        1000,
+                        || Ok(()),
+                    )
+                    .unwrap();
+            }
+            // Filtered first: the caller sees what they may see.
+            let visible = store
+                .list_requests(
+                    true,
+                    ListScope::Visible {
+                        requester: ALICE,
+                        groups: &[],
+                    },
+                    500,
+                    |_| true,
                 )
                 .unwrap();
-        }
-        // Filtered first: the caller sees what they may see.
-        let visible = store
-            .list_requests(
-                true,
-                ListScope::Visible {
-                    requester: ALICE,
-                    groups: &[],
-                },
-                500,
-                |_| true,
-            )
-            .unwrap();
-        assert_eq!(visible.rows.len(), 1);
-        assert_eq!(visible.rows[0].id, "r-alice");
-        assert!(!visible.truncated);
-        // An admin's list is cut at 500 and says so.
-        let all = store
-            .list_requests(true, ListScope::All, 500, |_| true)
-            .unwrap();
-        assert_eq!(all.rows.len(), 500);
-        assert!(all.truncated);
+            assert_eq!(visible.rows.len(), 1);
+            assert_eq!(visible.rows[0].id, "r-alice");
+            assert!(!visible.truncated);
+            // An admin's list is cut at 500 and says so.
+            let all = store
+                .list_requests(true, ListScope::All, 500, |_| true)
+                .unwrap();
+            assert_eq!(all.rows.len(), 500);
+            assert!(all.truncated);
+        });
     }
 
     #[test]
@@ -1152,7 +1160,7 @@ mod tests {
                 .filter(|r| r.requester == ALICE)
                 .count();
             assert_eq!(read, 1);
-            assert!(old.get_status(rusqlite::StatementStatus::VmStep) > 500_000);
+            assert!(old.vm_steps() > 500_000);
         }
         // An approval waiting for the lock while a list runs goes through right after it.
         let lister = std::thread::scope(|scope| {
@@ -1208,7 +1216,7 @@ mod tests {
         let path = dir.path().join("db");
         drop(Store::open(&path).unwrap());
         {
-            let conn = Connection::open(&path).unwrap();
+            let conn = rusqlite::Connection::open(&path).unwrap();
             conn.execute_batch("ALTER TABLE requests DROP COLUMN requester_groups")
                 .unwrap();
         }

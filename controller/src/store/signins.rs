@@ -16,8 +16,8 @@
 //!   decision; there is no command yet: `DELETE FROM oidc_subjects WHERE name = '…'` on the
 //!   stopped controller's database (docs/identity.md).
 
+use super::db::{params, OptionalExtension};
 use super::Store;
-use rusqlite::{params, OptionalExtension};
 
 pub(super) const SIGNINS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS oidc_unbound_tokens (
@@ -131,63 +131,58 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("state/db.sqlite")).expect("open");
-        (dir, store)
-    }
-
     #[test]
     fn an_unbound_token_is_taken_once_until_it_is_forgotten_and_across_a_reopen() {
-        let (dir, store) = store();
-        assert_eq!(
-            store.take_unbound_token("aa", 100, 10).ok(),
-            Some(UnboundUse::Taken)
-        );
-        assert_eq!(
-            store.take_unbound_token("aa", 100, 50).ok(),
-            Some(UnboundUse::Replayed)
-        );
-        drop(store);
-        let store = Store::open(&dir.path().join("state/db.sqlite")).expect("reopen");
-        assert_eq!(
-            store.take_unbound_token("aa", 100, 100).ok(),
-            Some(UnboundUse::Replayed)
-        );
-        // Past `forget_at` the token could not be accepted any more; the row goes.
-        assert_eq!(
-            store.take_unbound_token("aa", 200, 101).ok(),
-            Some(UnboundUse::Taken)
-        );
+        crate::store::testing::on_each_test_store(|t| {
+            assert_eq!(
+                t.store.take_unbound_token("aa", 100, 10).ok(),
+                Some(UnboundUse::Taken)
+            );
+            assert_eq!(
+                t.store.take_unbound_token("aa", 100, 50).ok(),
+                Some(UnboundUse::Replayed)
+            );
+            t.reopen();
+            assert_eq!(
+                t.store.take_unbound_token("aa", 100, 100).ok(),
+                Some(UnboundUse::Replayed)
+            );
+            // Past `forget_at` the token could not be accepted any more; the row goes.
+            assert_eq!(
+                t.store.take_unbound_token("aa", 200, 101).ok(),
+                Some(UnboundUse::Taken)
+            );
+        });
     }
 
     #[test]
     fn a_name_stays_bound_to_its_first_idp_subject() {
-        let (_dir, store) = store();
-        let iss = "https://idp.example";
-        assert_eq!(
-            store.bind_subject("alice", iss, "A", 1).ok(),
-            Some(Binding::Same)
-        );
-        assert_eq!(
-            store.bind_subject("alice", iss, "A", 2).ok(),
-            Some(Binding::Same)
-        );
-        assert_eq!(
-            store.bind_subject("alice", iss, "B", 3).ok(),
-            Some(Binding::Other {
-                issuer: iss.to_string(),
-                subject: "A".to_string()
-            })
-        );
-        assert_eq!(
-            store
-                .bind_subject("alice", "https://other.example", "A", 4)
-                .ok(),
-            Some(Binding::Other {
-                issuer: iss.to_string(),
-                subject: "A".to_string()
-            })
-        );
+        crate::store::testing::on_each_backend(|store, _dir| {
+            let iss = "https://idp.example";
+            assert_eq!(
+                store.bind_subject("alice", iss, "A", 1).ok(),
+                Some(Binding::Same)
+            );
+            assert_eq!(
+                store.bind_subject("alice", iss, "A", 2).ok(),
+                Some(Binding::Same)
+            );
+            assert_eq!(
+                store.bind_subject("alice", iss, "B", 3).ok(),
+                Some(Binding::Other {
+                    issuer: iss.to_string(),
+                    subject: "A".to_string()
+                })
+            );
+            assert_eq!(
+                store
+                    .bind_subject("alice", "https://other.example", "A", 4)
+                    .ok(),
+                Some(Binding::Other {
+                    issuer: iss.to_string(),
+                    subject: "A".to_string()
+                })
+            );
+        });
     }
 }

@@ -1,0 +1,910 @@
+//! The store's one seam between its SQL and the two databases it runs on: embedded SQLite (the
+//! default) and PostgreSQL (`database = "postgres://…"`, several controller replicas).
+//!
+//! The store keeps one body of SQL, written with SQLite's numbered placeholders (`?1`); this
+//! module offers the subset of rusqlite's API the store uses (`execute`, `query_row`,
+//! `prepare`/`query_map`, `transaction`, `optional`, `params!`) over either backend, and makes
+//! the dialect differences in one place ([`postgres_sql`]): `?N` becomes `$N`, `INSERT OR
+//! IGNORE` becomes `ON CONFLICT DO NOTHING`, and a value is converted to the column type
+//! PostgreSQL asks for (an integer into `BOOL`, a bool into `BIGINT`, as SQLite takes them). The
+//! schemas are per backend (SQLite's in the store's modules, PostgreSQL's in
+//! `postgres_schema.sql`), both versioned by [`super::migrations`].
+//!
+//! On SQLite every call goes straight to rusqlite, as before this seam existed: the same
+//! statements, the same transactions (`BEGIN DEFERRED`), the same errors.
+//!
+//! **Why PostgreSQL connections live on a thread of their own.** The store's methods are
+//! synchronous and are called from tokio's worker threads (as the SQLite store always was:
+//! short, local, under one lock). The synchronous `postgres` client runs each call on a
+//! runtime of its own and panics when called from inside a tokio runtime, and
+//! `block_in_place` would panic on the current-thread runtimes of the tests. So each
+//! PostgreSQL connection is owned by a plain thread; a call sends it the SQL and owned values
+//! and waits for the owned rows. The caller blocks exactly as it did on SQLite's lock.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+
+/// What a database call fails with; SQLite's and PostgreSQL's own errors are kept as causes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL's error, with the server's own message (the client's `Display` alone says
+    /// only "db error").
+    #[error("{}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
+    /// `query_row` found no row (rusqlite's own text, so messages stay the same).
+    #[error("Query returned no rows")]
+    NoRows,
+    #[error("column {index}: a stored {found} cannot be read as {wanted}")]
+    ColumnType {
+        index: usize,
+        wanted: &'static str,
+        found: &'static str,
+    },
+    /// A stored number outside the range its reader allows (a corrupt store).
+    #[error("stored value {0} is out of range")]
+    OutOfRange(i64),
+    #[error("column {0} is of a type the store does not read ({1})")]
+    UnsupportedColumn(usize, String),
+    /// The connection's thread is gone (it panicked): the controller must restart.
+    #[error("the PostgreSQL connection's thread has stopped; restart the controller")]
+    ConnectionGone,
+}
+
+fn postgres_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("PostgreSQL {}: {}", db.severity(), db.message()),
+        None => format!("PostgreSQL: {e}"),
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An owned value: a parameter on its way in, or a PostgreSQL column on its way out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+    Bool(bool),
+}
+
+/// A borrowed column value, as both backends hand them to [`FromSql`].
+#[derive(Debug, Clone, Copy)]
+pub enum ValueRef<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+    Bool(bool),
+}
+
+impl ValueRef<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            ValueRef::Null => "NULL",
+            ValueRef::Int(_) => "integer",
+            ValueRef::Real(_) => "real",
+            ValueRef::Text(_) => "text",
+            ValueRef::Blob(_) => "blob",
+            ValueRef::Bool(_) => "bool",
+        }
+    }
+}
+
+impl Value {
+    fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Int(v) => ValueRef::Int(*v),
+            Value::Real(v) => ValueRef::Real(*v),
+            Value::Text(v) => ValueRef::Text(v),
+            Value::Blob(v) => ValueRef::Blob(v),
+            Value::Bool(v) => ValueRef::Bool(*v),
+        }
+    }
+}
+
+/// A parameter the store binds.
+pub trait ToSql {
+    fn to_value(&self) -> Value;
+}
+
+macro_rules! to_sql_int {
+    ($($t:ty),*) => {$(
+        impl ToSql for $t {
+            fn to_value(&self) -> Value {
+                Value::Int(i64::from(*self))
+            }
+        }
+    )*};
+}
+to_sql_int!(i64, i32, u32, i16, u16, u8);
+
+impl ToSql for bool {
+    fn to_value(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
+impl ToSql for str {
+    fn to_value(&self) -> Value {
+        Value::Text(self.to_owned())
+    }
+}
+impl ToSql for String {
+    fn to_value(&self) -> Value {
+        Value::Text(self.clone())
+    }
+}
+impl ToSql for [u8] {
+    fn to_value(&self) -> Value {
+        Value::Blob(self.to_vec())
+    }
+}
+impl ToSql for Vec<u8> {
+    fn to_value(&self) -> Value {
+        Value::Blob(self.clone())
+    }
+}
+impl ToSql for Value {
+    fn to_value(&self) -> Value {
+        self.clone()
+    }
+}
+impl<T: ToSql + ?Sized> ToSql for &T {
+    fn to_value(&self) -> Value {
+        (**self).to_value()
+    }
+}
+impl<T: ToSql> ToSql for Option<T> {
+    fn to_value(&self) -> Value {
+        match self {
+            Some(v) => v.to_value(),
+            None => Value::Null,
+        }
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+
+/// The parameters of one statement (rusqlite's `Params`, for the shapes the store uses).
+pub trait Params {
+    fn into_values(self) -> Vec<Value>;
+}
+impl Params for &[&dyn ToSql] {
+    fn into_values(self) -> Vec<Value> {
+        self.iter().map(|p| p.to_value()).collect()
+    }
+}
+impl Params for [&dyn ToSql; 0] {
+    fn into_values(self) -> Vec<Value> {
+        Vec::new()
+    }
+}
+/// Parameters from an iterator ([`params_from_iter`]).
+pub struct ParamsFromIter<I>(I);
+impl<I> Params for ParamsFromIter<I>
+where
+    I: IntoIterator,
+    I::Item: ToSql,
+{
+    fn into_values(self) -> Vec<Value> {
+        self.0.into_iter().map(|p| p.to_value()).collect()
+    }
+}
+pub fn params_from_iter<I>(iter: I) -> ParamsFromIter<I>
+where
+    I: IntoIterator,
+    I::Item: ToSql,
+{
+    ParamsFromIter(iter)
+}
+
+/// rusqlite's `params!`: `params![a, b]` is a `&[&dyn ToSql]`.
+macro_rules! params {
+    () => {
+        &[] as &[&dyn $crate::store::db::ToSql]
+    };
+    ($($param:expr),+ $(,)?) => {
+        &[$(&$param as &dyn $crate::store::db::ToSql),+] as &[&dyn $crate::store::db::ToSql]
+    };
+}
+pub(crate) use params;
+
+/// A column value the store reads.
+pub trait FromSql: Sized {
+    fn from_sql(value: ValueRef<'_>) -> std::result::Result<Self, &'static str>;
+}
+
+impl FromSql for i64 {
+    fn from_sql(value: ValueRef<'_>) -> std::result::Result<Self, &'static str> {
+        match value {
+            ValueRef::Int(v) => Ok(v),
+            ValueRef::Bool(b) => Ok(i64::from(b)),
+            _ => Err("integer"),
+        }
+    }
+}
+macro_rules! from_sql_int {
+    ($($t:ty),*) => {$(
+        impl FromSql for $t {
+            fn from_sql(value: ValueRef<'_>) -> std::result::Result<Self, &'static str> {
+                <$t>::try_from(i64::from_sql(value)?).map_err(|_| stringify!($t))
+            }
+        }
+    )*};
+}
+from_sql_int!(i32, u32, u64, usize);
+impl FromSql for bool {
+    fn from_sql(value: ValueRef<'_>) -> std::result::Result<Self, &'static str> {
+        match value {
+            ValueRef::Int(v) => Ok(v != 0),
+            ValueRef::Bool(b) => Ok(b),
+            _ => Err("bool"),
+        }
+    }
+}
+impl FromSql for f64 {
+    fn from_sql(value: ValueRef<'_>) -> std::result::Result<Self, &'static str> {
+        match value {
+            ValueRef::Real(v) => Ok(v),
+            _ => Err("real"),
+        }
+    }
+}
+impl FromSql for String {
+    fn from_sql(value: ValueRef<'_>) -> std::result::Result<Self, &'static str> {
+        match value {
+            ValueRef::Text(v) => Ok(v.to_owned()),
+            _ => Err("text"),
+        }
+    }
+}
+impl FromSql for Vec<u8> {
+    fn from_sql(value: ValueRef<'_>) -> std::result::Result<Self, &'static str> {
+        match value {
+            ValueRef::Blob(v) => Ok(v.to_vec()),
+            _ => Err("blob"),
+        }
+    }
+}
+impl<T: FromSql> FromSql for Option<T> {
+    fn from_sql(value: ValueRef<'_>) -> std::result::Result<Self, &'static str> {
+        match value {
+            ValueRef::Null => Ok(None),
+            v => T::from_sql(v).map(Some),
+        }
+    }
+}
+
+/// A column index (rusqlite's `RowIndex`, positions only).
+pub trait RowIndex {
+    fn index(self) -> usize;
+}
+impl RowIndex for usize {
+    fn index(self) -> usize {
+        self
+    }
+}
+
+/// One row of a result, from either backend.
+pub enum Row<'a> {
+    Sqlite(&'a rusqlite::Row<'a>),
+    Owned(&'a [Value]),
+}
+
+impl Row<'_> {
+    /// The value of column `idx`, as rusqlite's `Row::get`.
+    pub fn get<I: RowIndex, T: FromSql>(&self, idx: I) -> Result<T> {
+        let index = idx.index();
+        let value = match self {
+            Row::Sqlite(row) => {
+                use rusqlite::types::ValueRef as R;
+                match row.get_ref(index)? {
+                    R::Null => ValueRef::Null,
+                    R::Integer(v) => ValueRef::Int(v),
+                    R::Real(v) => ValueRef::Real(v),
+                    R::Text(v) => ValueRef::Text(std::str::from_utf8(v).map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            index,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })?),
+                    R::Blob(v) => ValueRef::Blob(v),
+                }
+            }
+            Row::Owned(values) => values
+                .get(index)
+                .map(Value::as_ref)
+                .ok_or(Error::Sqlite(rusqlite::Error::InvalidColumnIndex(index)))?,
+        };
+        T::from_sql(value).map_err(|wanted| Error::ColumnType {
+            index,
+            wanted,
+            found: value.kind(),
+        })
+    }
+}
+
+/// rusqlite's `OptionalExtension`: no row is `Ok(None)`.
+pub trait OptionalExtension<T> {
+    fn optional(self) -> Result<Option<T>>;
+}
+impl<T> OptionalExtension<T> for Result<T> {
+    fn optional(self) -> Result<Option<T>> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::NoRows | Error::Sqlite(rusqlite::Error::QueryReturnedNoRows)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A connection to either backend.
+pub enum Connection {
+    Sqlite(rusqlite::Connection),
+    Postgres(PgConnection),
+}
+
+impl Connection {
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Connection::Postgres(_))
+    }
+
+    pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
+        let values = params.into_values();
+        match self {
+            Connection::Sqlite(c) => Ok(c.execute(sql, rusqlite::params_from_iter(values))?),
+            Connection::Postgres(c) => c.execute(sql, values),
+        }
+    }
+
+    /// Runs statements without parameters (a schema, `BEGIN`): on PostgreSQL as they are
+    /// written, so only dialect-neutral text or PostgreSQL's own goes through here.
+    pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        match self {
+            Connection::Sqlite(c) => Ok(c.execute_batch(sql)?),
+            Connection::Postgres(c) => c.batch(sql),
+        }
+    }
+
+    pub fn query_row<T, P, F>(&self, sql: &str, params: P, f: F) -> Result<T>
+    where
+        P: Params,
+        F: FnOnce(&Row<'_>) -> Result<T>,
+    {
+        let mut stmt = self.prepare(sql)?;
+        let mut rows = stmt.query(params)?;
+        match rows.next()? {
+            Some(row) => f(&row),
+            None => Err(Error::NoRows),
+        }
+    }
+
+    pub fn prepare(&self, sql: &str) -> Result<Statement<'_>> {
+        match self {
+            Connection::Sqlite(c) => Ok(Statement::Sqlite(c.prepare(sql)?)),
+            Connection::Postgres(c) => Ok(Statement::Postgres {
+                conn: c,
+                sql: sql.to_owned(),
+            }),
+        }
+    }
+
+    /// Begins a transaction (`BEGIN DEFERRED` on SQLite, as rusqlite's `transaction`), rolled
+    /// back when dropped uncommitted.
+    pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        self.execute_batch(match self {
+            Connection::Sqlite(_) => "BEGIN DEFERRED",
+            Connection::Postgres(_) => "BEGIN",
+        })?;
+        Ok(Transaction {
+            conn: self,
+            done: false,
+        })
+    }
+
+    /// Serialises the writers of the revision log across every controller sharing the
+    /// database, until the caller's transaction ends: revisions are handed out as `MAX + 1`
+    /// and must commit in order, or a change feed reading "after N" could pass over one that
+    /// commits late. SQLite has one writer at a time already; PostgreSQL takes a
+    /// transaction-scoped advisory lock.
+    pub fn lock_revisions(&self) -> Result<()> {
+        match self {
+            Connection::Sqlite(_) => Ok(()),
+            // The NOTIFY is delivered when the transaction commits (and dropped if it rolls
+            // back): every replica's change feed wakes ([`listen_for_changes`]).
+            Connection::Postgres(c) => c.batch(&format!(
+                "SELECT pg_advisory_xact_lock({REVISIONS_LOCK}); NOTIFY {CHANGES_CHANNEL}"
+            )),
+        }
+    }
+}
+
+/// The channel every replica's change feed listens on: a commit of a grant or revocation
+/// notifies it. A notification is only a wake-up; the revision log stays the truth.
+pub const CHANGES_CHANNEL: &str = "loggate_revisions";
+
+/// Wakes `wake` (a change feed's) each time any controller on the PostgreSQL database at
+/// `url` commits a change of the revision log (`LISTEN`), and once each time listening
+/// (re)starts, so that what was committed while not listening is read too. Runs on a thread of
+/// its own with a connection of its own; a lost connection is retried with backoff (100 ms up
+/// to 5 s), and the thread ends within a second of the last `wake` being dropped.
+pub fn listen_for_changes(
+    url: &str,
+    wake: std::sync::Weak<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    let config: postgres::Config = url.parse().map_err(|e| {
+        anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
+    })?;
+    std::thread::Builder::new()
+        .name("postgres-listen".into())
+        .spawn(move || {
+            let min = std::time::Duration::from_millis(100);
+            let mut backoff = min;
+            while wake.strong_count() > 0 {
+                match listen_until_lost(&config, &wake, &mut backoff) {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(
+                            "the change feed's PostgreSQL listener lost its connection \
+                             (retrying in {backoff:?}): {}",
+                            Error::from(e)
+                        );
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Listens until the connection fails (`Err`) or nobody waits any more (`Ok`); `backoff` is
+/// reset once listening.
+fn listen_until_lost(
+    config: &postgres::Config,
+    wake: &std::sync::Weak<tokio::sync::Notify>,
+    backoff: &mut std::time::Duration,
+) -> Result<(), postgres::Error> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut client = config.connect(postgres::NoTls)?;
+    client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))?;
+    *backoff = std::time::Duration::from_millis(100);
+    let poke = || match wake.upgrade() {
+        Some(notify) => {
+            notify.notify_one();
+            true
+        }
+        None => false,
+    };
+    if !poke() {
+        return Ok(());
+    }
+    loop {
+        let next = {
+            // A second without a notification: check that the feed still waits.
+            let mut notifications = client.notifications();
+            let mut within_a_second = notifications.timeout_iter(std::time::Duration::from_secs(1));
+            within_a_second.next()?
+        };
+        if next.is_some() && !poke() {
+            return Ok(());
+        }
+        if wake.strong_count() == 0 {
+            return Ok(());
+        }
+        if client.is_closed() {
+            // Surfaced as an error by the next query.
+            client.batch_execute("SELECT 1")?;
+        }
+    }
+}
+
+/// The advisory lock key of the revision log's writers ("lgrevs" in ASCII).
+pub const REVISIONS_LOCK: i64 = 0x6c67_7265_7673;
+
+/// rusqlite's `Transaction`: derefs to the connection, rolls back unless committed.
+pub struct Transaction<'c> {
+    conn: &'c mut Connection,
+    done: bool,
+}
+
+impl Transaction<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        self.conn.execute_batch("COMMIT")
+    }
+}
+
+impl std::ops::Deref for Transaction<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Best effort, as rusqlite's: a failed rollback leaves the connection to fail its
+            // next BEGIN, which reports the cause.
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// A prepared statement: SQLite's own, or the text PostgreSQL prepares (and caches) on its
+/// connection's thread.
+pub enum Statement<'c> {
+    Sqlite(rusqlite::Statement<'c>),
+    Postgres { conn: &'c PgConnection, sql: String },
+}
+
+impl Statement<'_> {
+    pub fn query<P: Params>(&mut self, params: P) -> Result<Rows<'_>> {
+        let values = params.into_values();
+        match self {
+            Statement::Sqlite(s) => Ok(Rows::Sqlite(s.query(rusqlite::params_from_iter(values))?)),
+            Statement::Postgres { conn, sql } => Ok(Rows::Owned {
+                rows: conn.query(sql, values)?.into_iter(),
+                current: None,
+            }),
+        }
+    }
+
+    /// rusqlite's `query_map`, read to the end (every caller collects the rows).
+    pub fn query_map<T, P, F>(
+        &mut self,
+        params: P,
+        mut f: F,
+    ) -> Result<std::vec::IntoIter<Result<T>>>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> Result<T>,
+    {
+        let mut rows = self.query(params)?;
+        let mut out = Vec::new();
+        loop {
+            match rows.next() {
+                Ok(Some(row)) => {
+                    let mapped = f(&row);
+                    let failed = mapped.is_err();
+                    out.push(mapped);
+                    if failed {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    out.push(Err(e));
+                    break;
+                }
+            }
+        }
+        Ok(out.into_iter())
+    }
+
+    /// SQLite's virtual-machine steps of this statement (the test hook that proves a query
+    /// uses its index); PostgreSQL has no such count: 0.
+    pub fn vm_steps(&self) -> i32 {
+        match self {
+            Statement::Sqlite(s) => s.get_status(rusqlite::StatementStatus::VmStep),
+            Statement::Postgres { .. } => 0,
+        }
+    }
+}
+
+/// The rows of a query: SQLite's cursor (read one at a time), or PostgreSQL's rows as received.
+pub enum Rows<'s> {
+    Sqlite(rusqlite::Rows<'s>),
+    Owned {
+        rows: std::vec::IntoIter<Vec<Value>>,
+        current: Option<Vec<Value>>,
+    },
+}
+
+impl Rows<'_> {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Row<'_>>> {
+        match self {
+            Rows::Sqlite(rows) => Ok(rows.next()?.map(Row::Sqlite)),
+            Rows::Owned { rows, current } => {
+                *current = rows.next();
+                Ok(current.as_deref().map(Row::Owned))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// Rewrites the store's SQLite-dialect statement for PostgreSQL: `?N` placeholders become
+/// `$N` (outside quoted text), and `INSERT OR IGNORE INTO … VALUES (…)` becomes `INSERT INTO …
+/// VALUES (…) ON CONFLICT DO NOTHING`. Everything else the store writes is valid in both.
+pub fn postgres_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut quote: Option<char> = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                if c == q {
+                    quote = None;
+                }
+                out.push(c);
+            }
+            None => match c {
+                '\'' | '"' => {
+                    quote = Some(c);
+                    out.push(c);
+                }
+                '?' if chars.peek().is_some_and(char::is_ascii_digit) => out.push('$'),
+                _ => out.push(c),
+            },
+        }
+    }
+    const IGNORE: &str = "INSERT OR IGNORE INTO";
+    if let Some(at) = out.find(IGNORE) {
+        out.replace_range(at..at + IGNORE.len(), "INSERT INTO");
+        out.push_str(" ON CONFLICT DO NOTHING");
+    }
+    out
+}
+
+type Job = Box<dyn FnOnce(&mut PgSession) + Send>;
+
+/// The connection's state on its own thread: the client and its prepared statements.
+pub struct PgSession {
+    client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
+    /// Between the store's BEGIN and its COMMIT or ROLLBACK: a connection lost then is not
+    /// replaced (the transaction's work is gone; its next statement fails and the caller's
+    /// transaction is dropped, rolled back).
+    in_transaction: bool,
+}
+
+impl PgSession {
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.client.prepare(&postgres_sql(sql))?;
+        // Bounded: the store's statements are a fixed set, but a list's `IN (…)` varies.
+        if self.statements.len() >= 512 {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), prepared.clone());
+        Ok(prepared)
+    }
+}
+
+/// One PostgreSQL connection, owned by a thread of its own (see the module's doc).
+pub struct PgConnection {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl PgConnection {
+    /// Connects to `url` (a `postgres://` URL or key=value string) on a new thread. TLS to the
+    /// database is not offered yet: a URL that asks for it (`sslmode=require`) is refused by
+    /// the client, so a deployment reaches PostgreSQL over a unix socket or a protected network.
+    pub fn connect(url: &str) -> anyhow::Result<Self> {
+        let config: postgres::Config = url.parse().map_err(|e| {
+            anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
+        })?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready_tx, ready) = mpsc::sync_channel::<Result<()>>(1);
+        std::thread::Builder::new()
+            .name("postgres".into())
+            .spawn(move || {
+                let client = match config.connect(postgres::NoTls) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let mut session = PgSession {
+                    client,
+                    statements: HashMap::new(),
+                    in_transaction: false,
+                };
+                // Ends when the store (every sender) is dropped, closing the connection.
+                while let Ok(job) = queue.recv() {
+                    // The database restarted (or the network failed): the call that met it
+                    // failed with its error; the next one, outside a transaction, connects
+                    // anew. One attempt per call, no retry loop: a database still down fails
+                    // the call at once with the connection error.
+                    if session.client.is_closed() && !session.in_transaction {
+                        match config.connect(postgres::NoTls) {
+                            Ok(client) => {
+                                tracing::info!("reconnected to PostgreSQL");
+                                session.client = client;
+                                session.statements.clear();
+                            }
+                            Err(e) => {
+                                tracing::warn!("cannot reconnect to PostgreSQL: {}", Error::from(e))
+                            }
+                        }
+                    }
+                    job(&mut session);
+                }
+            })?;
+        ready
+            .recv()
+            .map_err(|_| Error::ConnectionGone)?
+            .map_err(|e| anyhow::Error::new(e).context("cannot connect to PostgreSQL"))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the connection's thread and waits for its result.
+    pub fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut PgSession) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move |session| {
+                let _ = tx.send(f(session));
+            }))
+            .map_err(|_| Error::ConnectionGone)?;
+        rx.recv().map_err(|_| Error::ConnectionGone)?
+    }
+
+    fn execute(&self, sql: &str, values: Vec<Value>) -> Result<usize> {
+        let sql = sql.to_owned();
+        let n = self.call(move |s| {
+            let stmt = s.statement(&sql)?;
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                values.iter().map(|v| v as _).collect();
+            Ok(s.client.execute(&stmt, &refs)?)
+        })?;
+        usize::try_from(n).map_err(|_| Error::OutOfRange(i64::MAX))
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        let sql = sql.to_owned();
+        self.call(move |s| {
+            // The store's transactions (Connection::transaction) are the only BEGIN, COMMIT
+            // and ROLLBACK sent.
+            match sql.as_str() {
+                "BEGIN" => s.in_transaction = true,
+                "COMMIT" | "ROLLBACK" => s.in_transaction = false,
+                _ => {}
+            }
+            Ok(s.client.batch_execute(&sql)?)
+        })
+    }
+
+    fn query(&self, sql: &str, values: Vec<Value>) -> Result<Vec<Vec<Value>>> {
+        let sql = sql.to_owned();
+        self.call(move |s| {
+            let stmt = s.statement(&sql)?;
+            let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                values.iter().map(|v| v as _).collect();
+            let rows = s.client.query(&stmt, &refs)?;
+            rows.iter().map(row_values).collect()
+        })
+    }
+}
+
+/// A PostgreSQL row as owned values, by each column's type.
+fn row_values(row: &postgres::Row) -> Result<Vec<Value>> {
+    use postgres::types::Type;
+    let mut out = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let ty = column.type_();
+        let value = if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)?.map(Value::Int)
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Int(v.into()))
+        } else if *ty == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i)?
+                .map(|v| Value::Int(v.into()))
+        } else if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)?.map(Value::Bool)
+        } else if [Type::TEXT, Type::VARCHAR, Type::NAME, Type::BPCHAR].contains(ty) {
+            row.try_get::<_, Option<String>>(i)?.map(Value::Text)
+        } else if *ty == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(i)?.map(Value::Blob)
+        } else if *ty == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(i)?.map(Value::Real)
+        } else {
+            return Err(Error::UnsupportedColumn(i, ty.name().to_owned()));
+        };
+        out.push(value.unwrap_or(Value::Null));
+    }
+    Ok(out)
+}
+
+impl postgres::types::ToSql for Value {
+    /// Converts to the type PostgreSQL inferred for the parameter, as SQLite's loose typing
+    /// would store it: integers into `BOOL` (non-zero), bools into integers (1/0).
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
+        use postgres::types::Type;
+        let text = [
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::NAME,
+            Type::BPCHAR,
+            Type::UNKNOWN,
+        ];
+        match self {
+            Value::Null => Ok(postgres::types::IsNull::Yes),
+            Value::Int(v) if *ty == Type::INT8 => v.to_sql(ty, out),
+            Value::Int(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+            Value::Int(v) if *ty == Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+            Value::Int(v) if *ty == Type::BOOL => (*v != 0).to_sql(ty, out),
+            Value::Bool(b) if *ty == Type::BOOL => b.to_sql(ty, out),
+            Value::Bool(b) if *ty == Type::INT8 => i64::from(*b).to_sql(ty, out),
+            Value::Bool(b) if *ty == Type::INT4 => i32::from(*b).to_sql(ty, out),
+            Value::Text(s) if text.contains(ty) => s.as_str().to_sql(ty, out),
+            Value::Blob(b) if *ty == Type::BYTEA => b.as_slice().to_sql(ty, out),
+            Value::Real(v) if *ty == Type::FLOAT8 => v.to_sql(ty, out),
+            other => Err(format!("cannot bind {other:?} to a {ty} parameter").into()),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef as R};
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(R::Null),
+            Value::Int(v) => ToSqlOutput::Borrowed(R::Integer(*v)),
+            Value::Real(v) => ToSqlOutput::Borrowed(R::Real(*v)),
+            Value::Text(v) => ToSqlOutput::Borrowed(R::Text(v.as_bytes())),
+            Value::Blob(v) => ToSqlOutput::Borrowed(R::Blob(v)),
+            Value::Bool(v) => ToSqlOutput::Borrowed(R::Integer(i64::from(*v))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::postgres_sql;
+
+    #[test]
+    fn placeholders_become_postgres_ones_outside_quoted_text() {
+        assert_eq!(
+            postgres_sql("SELECT a FROM t WHERE b = ?1 AND c = '?2' AND d = ?12"),
+            "SELECT a FROM t WHERE b = $1 AND c = '?2' AND d = $12"
+        );
+    }
+
+    #[test]
+    fn insert_or_ignore_becomes_on_conflict_do_nothing() {
+        assert_eq!(
+            postgres_sql("INSERT OR IGNORE INTO t (a) VALUES (?1)"),
+            "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING"
+        );
+    }
+}

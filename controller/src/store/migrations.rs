@@ -1,0 +1,180 @@
+//! Versioned schema migrations, run at every start on both backends.
+//!
+//! The version is `meta.schema_version`. A database whose version is newer than
+//! [`LATEST`] was written by a newer loggate: the controller refuses to start on it (it would
+//! misread or damage tables it does not know) with [`SchemaTooNew`].
+//!
+//! - **SQLite**: version 1 is the schema as it was before versions existed, written as
+//!   idempotent `CREATE … IF NOT EXISTS` statements (and `requests::migrate`'s column checks)
+//!   that still run at every open, exactly as before; an unversioned database is version 0 and
+//!   becomes 1 without change. A change that is not an idempotent `CREATE … IF NOT EXISTS` is a
+//!   new numbered step here, on both backends.
+//! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
+//!   transaction, under an advisory lock: replicas starting together migrate once.
+
+use super::db::{Connection, OptionalExtension};
+use anyhow::Context;
+
+/// The schema version this binary reads and writes.
+pub const LATEST: u32 = 1;
+
+/// PostgreSQL's scripts, by version (index 0 is version 1).
+const POSTGRES: &[&str] = &[include_str!("migrations/postgres_v1.sql")];
+
+/// The advisory lock the replicas' migrations take ("lgmigr").
+const MIGRATIONS_LOCK: i64 = 0x6c67_6d69_6772;
+
+/// The database was written by a newer loggate than this one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database's schema is version {found}, newer than this loggate knows (up to {known}): \
+     run the loggate release that upgraded it (or a newer one), or restore the backup taken \
+     before that upgrade"
+)]
+pub struct SchemaTooNew {
+    pub found: u32,
+    pub known: u32,
+}
+
+/// The stored schema version; 0 when none is (a new database, or SQLite's from before
+/// versions). `meta_exists` says whether the `meta` table is there to ask.
+fn stored_version(conn: &Connection, meta_exists: bool) -> anyhow::Result<u32> {
+    if !meta_exists {
+        return Ok(0);
+    }
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match value {
+        None => Ok(0),
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("the database's schema_version {v:?} is not a number")),
+    }
+}
+
+fn refuse_newer(found: u32) -> anyhow::Result<()> {
+    if found > LATEST {
+        return Err(SchemaTooNew {
+            found,
+            known: LATEST,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn set_version(conn: &Connection, version: u32) -> anyhow::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = ?1",
+        super::db::params![version.to_string()],
+    )?;
+    Ok(())
+}
+
+/// SQLite: refuses a newer database before touching it, then runs `baseline` (the idempotent
+/// version-1 schema) and records the version.
+pub(super) fn sqlite(
+    conn: &Connection,
+    baseline: impl FnOnce(&Connection) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let meta_exists: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    let found = stored_version(conn, meta_exists)?;
+    refuse_newer(found)?;
+    baseline(conn)?;
+    if found < LATEST {
+        set_version(conn, LATEST)?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: in one transaction under the migrations' advisory lock, refuses a newer
+/// database and runs the scripts it lacks.
+pub(super) fn postgres(conn: &mut Connection) -> anyhow::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(&format!("SELECT pg_advisory_xact_lock({MIGRATIONS_LOCK})"))?;
+    let meta_exists: bool =
+        tx.query_row("SELECT to_regclass('meta') IS NOT NULL", [], |r| r.get(0))?;
+    let found = stored_version(&tx, meta_exists)?;
+    refuse_newer(found)?;
+    for (index, script) in POSTGRES.iter().enumerate() {
+        let version = u32::try_from(index + 1)?;
+        if version > found {
+            tx.execute_batch(script)
+                .with_context(|| format!("cannot apply schema version {version}"))?;
+        }
+    }
+    if found < LATEST {
+        set_version(&tx, LATEST)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::on_each_test_store;
+
+    #[test]
+    fn a_new_database_is_at_the_latest_version_and_reopens() {
+        on_each_test_store(|t| {
+            let version = |store: &crate::store::Store| {
+                store
+                    .conn()
+                    .query_row(
+                        "SELECT value FROM meta WHERE key = 'schema_version'",
+                        [],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .unwrap()
+            };
+            assert_eq!(version(&t.store), LATEST.to_string(), "{}", t.backend());
+            t.reopen();
+            assert_eq!(version(&t.store), LATEST.to_string(), "{}", t.backend());
+        });
+    }
+
+    #[test]
+    fn a_database_newer_than_the_binary_is_refused_and_left_alone() {
+        on_each_test_store(|t| {
+            t.store
+                .conn()
+                .execute(
+                    "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
+                    [],
+                )
+                .unwrap();
+            let reopened = match &t.server {
+                Some(server) => crate::store::Store::open_postgres(&server.url()),
+                None => crate::store::Store::open(&t.dir.path().join("db.sqlite")),
+            };
+            let err = reopened.err().expect("a newer schema was opened");
+            let too_new = err
+                .chain()
+                .find_map(|e| e.downcast_ref::<SchemaTooNew>())
+                .unwrap_or_else(|| panic!("{}: {err:#}", t.backend()));
+            assert_eq!((too_new.found, too_new.known), (7, LATEST));
+            assert!(format!("{err:#}").contains("newer than this loggate knows"));
+            let kept: String = t
+                .store
+                .conn()
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'schema_version'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(kept, "7", "{}", t.backend());
+        });
+    }
+}
