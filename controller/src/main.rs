@@ -14,6 +14,7 @@ mod check_config;
 mod cli;
 mod config;
 mod daemon;
+mod examples;
 mod oidc;
 mod pki;
 mod pki_cmd;
@@ -541,15 +542,12 @@ async fn run(cli: Cli) -> CliResult {
             }
         }
         Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut command = cli_command();
             clap_complete::generate(shell, &mut command, "loggate", &mut std::io::stdout());
             Ok(())
         }
-        Command::Manpages { dir } => {
-            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir).map_err(|e| {
-                Failure::from(format!("writing man pages into {}: {e}", dir.display()))
-            })
-        }
+        Command::Manpages { dir } => clap_mangen::generate_to(cli_command(), &dir)
+            .map_err(|e| Failure::from(format!("writing man pages into {}: {e}", dir.display()))),
         Command::Whoami(client) => cli::whoami(&client.load()?).await,
         Command::Login {
             controller,
@@ -761,8 +759,17 @@ async fn run(cli: Cli) -> CliResult {
     }
 }
 
+/// The command tree of `loggate`, with every command's examples ([`examples`]): what is
+/// parsed, completed and written as man pages.
+fn cli_command() -> clap::Command {
+    examples::attach(<Cli as clap::CommandFactory>::command())
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = cli_command()
+        .try_get_matches()
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => return cli::exit_on_parse_error(e),
     };
