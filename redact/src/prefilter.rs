@@ -52,6 +52,8 @@ pub struct Prefilter {
     searched: u128,
     /// The token-family prefixes that can only start a word, looked up at word starts.
     word_gate: WordGate,
+    /// The token-family prefixes that hold a `~`, looked up at each `~` of a segment.
+    tilde_gate: TildeGate,
     /// The profile's detectors tested here by shape.
     shape_kinds: u128,
     /// The profile's detectors that always run.
@@ -148,8 +150,10 @@ impl Prefilter {
     ) -> Result<Prefilter, String> {
         // (trigger, full literal, owner) of every literal searched by Teddy, lowercase.
         let mut entries: Vec<(String, String, u128)> = Vec::new();
-        // Family prefixes that can only start a word, with their detector.
-        let mut word_starts: Vec<(String, u128)> = Vec::new();
+        // Family prefixes whose word part can only start a word, with the bytes before that
+        // part (0 or 1) and their detector.
+        let mut word_starts: Vec<(String, usize, u128)> = Vec::new();
+        let mut tilde_gate = TildeGate::default();
         let (mut shape_kinds, mut always) = (0, 0);
         for b in kinds {
             let b = *b.borrow();
@@ -170,8 +174,10 @@ impl Prefilter {
             for s in shapes {
                 for p in s.prefixes {
                     let full = p.to_ascii_lowercase();
-                    if starts_a_word(s, p) {
-                        word_starts.push((full, bit(b)));
+                    if let Some(back) = word_part(s, p) {
+                        word_starts.push((full, back, bit(b)));
+                    } else if full.contains('~') {
+                        tilde_gate.add(full.as_bytes(), bit(b));
                     } else {
                         entries.push((full.clone(), full, bit(b)));
                     }
@@ -183,10 +189,10 @@ impl Prefilter {
         // families, like the benchmark's `bench8` with `aws_access_key`, keeps one search).
         let mut word_gate = WordGate::default();
         if entries.len() + word_starts.len() <= FIRST_SEARCH_LITERALS {
-            entries.extend(word_starts.into_iter().map(|(l, b)| (l.clone(), l, b)));
+            entries.extend(word_starts.into_iter().map(|(l, _, b)| (l.clone(), l, b)));
         } else {
-            for (l, b) in word_starts {
-                word_gate.add(l.as_bytes(), b);
+            for (l, back, b) in word_starts {
+                word_gate.add(l.as_bytes(), back, b);
             }
         }
         // The triggers: no one a prefix of another, so at any position at most one matches,
@@ -263,6 +269,7 @@ impl Prefilter {
             keywords,
             searched,
             word_gate,
+            tilde_gate,
             #[cfg(test)]
             literals,
             owners,
@@ -276,7 +283,7 @@ impl Prefilter {
     pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u128 {
         let mut hits = self.always;
         let lower = masks.lower();
-        let mut found = self.word_gate.candidates(lower, masks);
+        let mut found = self.word_gate.candidates(lower, masks) | self.tilde_gate.candidates(lower);
         for (ac, first) in &self.keywords {
             let mut at = 0;
             while found & self.searched != self.searched && at < lower.len() {
@@ -305,20 +312,80 @@ impl Prefilter {
     }
 }
 
-/// Whether every token of shape `s` found at prefix `p` starts a word, so that the prefix
-/// needs to be looked up only at word starts ([`WordGate`]): the token is the prefix and what
-/// follows (no `lead` bytes before it), the prefix's first byte is a letter or `_` (numbers are
-/// not looked up: `1//0` stays in the literal search), and no
-/// `glued_if` checksum lifts the `\b` before it ([`super::family::Shape::match_at`] rejects a
-/// token whose first byte follows a word byte). The others (`?sig=`, `.atlasv1.`, `-us`,
-/// `0Q~`, `ghp_`, `npm_`) stay in the literal search.
-fn starts_a_word(s: &Shape, p: &str) -> bool {
-    s.lead == 0
-        && s.glued_if == Check::None
-        && p.len() >= 3
-        && p.bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+/// How many bytes of prefix `p` (of shape `s`) come before a part that starts a word wherever
+/// a token of the shape can be found, so that the prefix needs to be looked up only at word
+/// starts ([`WordGate`]), or `None` if no part of it must:
+///
+/// - `Some(0)`: every token found at `p` starts a word: the token is the prefix and what
+///   follows (no `lead` bytes before it), the prefix's first byte is a letter or `_` (numbers
+///   are not looked up: `1//0` stays in the literal search), and no `glued_if` checksum lifts
+///   the `\b` before it ([`super::family::Shape::match_at`] rejects a token whose first byte
+///   follows a word byte);
+/// - `Some(1)`: the prefix opens with one byte that is not a word byte, then a letter or `_`
+///   (`?sig=`, `&sig=`, `.atlasv1.`): whatever comes before it, the rest of the prefix starts
+///   a word, so it is looked up there and the byte before verified;
+/// - `None` for the others (`-us`, `0Q~`, `ghp_`, `npm_`): the literal search or the `~`
+///   gate ([`TildeGate`]) finds them.
+///
+/// The part looked up is three bytes or longer (the gate's key).
+fn word_part(s: &Shape, p: &str) -> Option<usize> {
+    let b = p.as_bytes();
+    let letter = |c: u8| c.is_ascii_alphabetic() || c == b'_';
+    if s.lead == 0 && s.glued_if == Check::None && b.len() >= 3 && letter(b[0]) {
+        return Some(0);
+    }
+    let opener = b
+        .first()
+        .is_some_and(|c| !c.is_ascii_alphanumeric() && *c != b'_');
+    if opener && b.len() >= 4 && letter(b[1]) {
+        return Some(1);
+    }
+    None
+}
+
+/// The token-family prefixes that hold a `~` (Microsoft Entra's `8Q~`…: a word byte before
+/// them, so the word gate cannot take them), looked up at each `~` of a segment: a `~` is
+/// rare in logs and `memchr` finds it at a few instructions per 32 bytes, where ten more
+/// literals in the literal search cost about 3 % of all the default profile's instructions
+/// (callgrind, `docs/performance.md`).
+#[derive(Debug, Default)]
+struct TildeGate {
+    /// Each lowercase prefix, the offset of its (first) `~`, and its detectors.
+    prefixes: Vec<(Vec<u8>, usize, u128)>,
+    /// Every detector of the gate.
+    kinds: u128,
+}
+
+impl TildeGate {
+    /// Adds a lowercase prefix that holds a `~`, of the detectors `bits`.
+    fn add(&mut self, prefix: &[u8], bits: u128) {
+        if let Some(at) = prefix.iter().position(|b| *b == b'~') {
+            self.prefixes.push((prefix.to_vec(), at, bits));
+            self.kinds |= bits;
+        }
+    }
+
+    /// The gate's detectors with a prefix anywhere in `lower`.
+    fn candidates(&self, lower: &[u8]) -> u128 {
+        if self.kinds == 0 {
+            return 0;
+        }
+        let mut found = 0;
+        for t in memchr::memchr_iter(b'~', lower) {
+            for (prefix, at, bits) in &self.prefixes {
+                if t.checked_sub(*at)
+                    .and_then(|start| lower.get(start..))
+                    .is_some_and(|rest| rest.starts_with(prefix))
+                {
+                    found |= bits;
+                }
+            }
+            if found == self.kinds {
+                break;
+            }
+        }
+        found
+    }
 }
 
 /// Bits in the word gate's table: 64 Kibit (8 KiB, in L1) for about 150 keys, so a word start
@@ -337,20 +404,22 @@ const GATE_BITS: usize = 1 << 16;
 /// (`word_gate_finds_every_family_prefix_at_a_word_start`).
 #[derive(Debug)]
 struct WordGate {
-    table: Box<[u64]>,
+    /// A fixed size, so that indexing it with a 16-bit hash needs no bounds check.
+    table: Box<[u64; GATE_BITS / 64]>,
     /// Per key (sorted), the prefixes with that key and their detectors.
     keys: Vec<(u32, Vec<GatedPrefix>)>,
     /// Every detector of the gate.
     kinds: u128,
 }
 
-/// A lowercase prefix of the word gate and the detectors it stands for.
-type GatedPrefix = (Vec<u8>, u128);
+/// A lowercase prefix of the word gate, how many of its bytes come before the word start it
+/// is looked up at (0 or 1, [`word_part`]), and the detectors it stands for.
+type GatedPrefix = (Vec<u8>, usize, u128);
 
 impl Default for WordGate {
     fn default() -> Self {
         WordGate {
-            table: vec![0; GATE_BITS / 64].into_boxed_slice(),
+            table: Box::new([0; GATE_BITS / 64]),
             keys: Vec::new(),
             kinds: 0,
         }
@@ -371,9 +440,10 @@ fn gate_bit(key: u32) -> usize {
 }
 
 impl WordGate {
-    /// Adds a lowercase prefix (three bytes or longer) of the detectors `bits`.
-    fn add(&mut self, prefix: &[u8], bits: u128) {
-        let key = gate_key(prefix);
+    /// Adds a lowercase prefix of the detectors `bits`, looked up at word starts after its
+    /// first `back` bytes (at least three bytes follow them).
+    fn add(&mut self, prefix: &[u8], back: usize, bits: u128) {
+        let key = gate_key(prefix.get(back..).unwrap_or_default());
         let h = gate_bit(key);
         self.table[h / 64] |= 1 << (h % 64);
         self.kinds |= bits;
@@ -385,9 +455,9 @@ impl WordGate {
             }
         };
         let group = &mut self.keys[at].1;
-        match group.iter_mut().find(|(p, _)| p == prefix) {
-            Some((_, b)) => *b |= bits,
-            None => group.push((prefix.to_vec(), bits)),
+        match group.iter_mut().find(|(p, k, _)| p == prefix && *k == back) {
+            Some((_, _, b)) => *b |= bits,
+            None => group.push((prefix.to_vec(), back, bits)),
         }
     }
 
@@ -397,12 +467,15 @@ impl WordGate {
         let Ok(i) = self.keys.binary_search_by_key(&key, |(k, _)| *k) else {
             return 0;
         };
-        let rest = lower.get(p..).unwrap_or_default();
         self.keys[i]
             .1
             .iter()
-            .filter(|(prefix, _)| rest.starts_with(prefix))
-            .fold(0, |a, (_, b)| a | b)
+            .filter(|(prefix, back, _)| {
+                p.checked_sub(*back)
+                    .and_then(|start| lower.get(start..))
+                    .is_some_and(|rest| rest.starts_with(prefix))
+            })
+            .fold(0, |a, (_, _, b)| a | b)
     }
 
     /// The gate's detectors with a prefix at a word start of `lower` (the segment lowercased,
@@ -417,7 +490,7 @@ impl WordGate {
         for k in 0..masks.len() {
             let m = masks.get(k);
             let word = m.word;
-            // No gated prefix starts with a digit (`starts_a_word`): numbers, a good part of
+            // No gated prefix starts with a digit (`word_part`): numbers, a good part of
             // a log's words, are skipped.
             let mut starts = word & !((word << 1) | carry) & !m.digit;
             carry = word >> 63;
@@ -479,6 +552,11 @@ fn has_at_sign(_: &[u8], masks: &SegmentMasks) -> bool {
 fn has_ssn_shape(_: &[u8], masks: &SegmentMasks) -> bool {
     (0..masks.len()).any(|k| {
         let (cur, next) = (masks.get(k), masks.get(k + 1));
+        // A shape starting in this block has its dashes at +3 and +6: in this block, or in
+        // the next block's first six bytes. Most blocks of a log have none there.
+        if cur.dash == 0 && next.dash & 0x3f == 0 {
+            return false;
+        }
         let w = |m: u64, n: u64| u128::from(m) | (u128::from(n) << 64);
         let (d, h) = (w(cur.digit, next.digit), w(cur.dash, next.dash));
         let shape = d
@@ -568,8 +646,12 @@ mod tests {
             let l = l.to_ascii_lowercase();
             let gated = p.word_gate.keys.iter().any(|(_, g)| {
                 g.iter()
-                    .any(|(prefix, _)| prefix.as_slice() == l.as_bytes())
-            });
+                    .any(|(prefix, _, _)| prefix.as_slice() == l.as_bytes())
+            }) || p
+                .tilde_gate
+                .prefixes
+                .iter()
+                .any(|(prefix, _, _)| prefix == l.as_bytes());
             assert!(
                 gated || all.iter().any(|t| l.starts_with(t.as_str())),
                 "{l}"
@@ -590,7 +672,7 @@ mod tests {
         };
         let mut gated = 0;
         for (_, group) in &p.word_gate.keys {
-            for (prefix, bits) in group {
+            for (prefix, back, bits) in group {
                 gated += 1;
                 let prefix = String::from_utf8(prefix.clone()).unwrap();
                 for pad in [0, 1, 60, 61, 62, 63, 64, 127] {
@@ -600,12 +682,58 @@ mod tests {
                     ] {
                         assert_eq!(candidates(text.as_bytes()) & bits, *bits, "{text:?}");
                     }
+                    // A prefix that opens with a non-word byte (`?sig=`) is found glued too:
+                    // its word part starts a word wherever it is.
                     let glued = format!("{}{prefix}", "a".repeat(pad + 1));
-                    assert_eq!(candidates(glued.as_bytes()) & bits, 0, "{glued:?}");
+                    let want = if *back == 0 { 0 } else { *bits };
+                    assert_eq!(candidates(glued.as_bytes()) & bits, want, "{glued:?}");
                 }
             }
         }
         assert!(gated >= 150, "{gated} prefixes in the word gate");
+    }
+
+    /// The prefixes that open with a non-word byte (`?sig=`, `&sig=`, `.atlasv1.`) are in the
+    /// word gate, and the Entra prefixes (`8Q~`) in the `~` gate: neither is in the literal
+    /// search any more, and each is found at any offset, glued to word bytes, in any case.
+    #[test]
+    fn opener_and_tilde_prefixes_are_gated_out_of_the_literal_search() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let candidates = |text: &[u8]| {
+            let mut m = SegmentMasks::default();
+            m.compute(text);
+            p.candidates(text, &m)
+        };
+        let sas = bit(Builtin::from_name("azure_sas_signature").unwrap());
+        let atlas = Builtin::from_name("terraform_token").unwrap();
+        let entra = bit(Builtin::from_name("azure_client_secret").unwrap());
+        for gated in ["?sig=", "&sig=", ".atlasv1.", "0q~", "5q~", "9q~"] {
+            assert!(
+                !p.literals.iter().any(|l| gated.starts_with(l.as_str())),
+                "{gated} is still a literal"
+            );
+        }
+        assert_eq!(p.tilde_gate.prefixes.len(), 10);
+        for pad in [0, 1, 62, 63, 64, 127] {
+            let x = "x".repeat(pad);
+            assert_ne!(
+                candidates(format!("{x}a.b/c?sv=1&SIG=abc").as_bytes()) & sas,
+                0
+            );
+            assert_ne!(candidates(format!("{x}c?sig=abc").as_bytes()) & sas, 0);
+            assert_eq!(candidates(format!("{x} sig=abc").as_bytes()) & sas, 0);
+            assert_ne!(
+                candidates(format!("{x}abc.ATLASV1.x").as_bytes()) & bit(atlas),
+                0
+            );
+            assert_eq!(
+                candidates(format!("{x}atlasv1.x").as_bytes()) & bit(atlas),
+                0
+            );
+            assert_ne!(candidates(format!("{x}abc8Q~def").as_bytes()) & entra, 0);
+            assert_ne!(candidates(format!("{x}7q~").as_bytes()) & entra, 0);
+            assert_eq!(candidates(format!("{x}~ aQ~ 8Q 8~").as_bytes()) & entra, 0);
+        }
     }
 
     /// Whether this CPU can run Teddy at all (SSSE3 or AVX2).
@@ -736,9 +864,10 @@ mod tests {
         let has_ssn_shape = |t: &[u8]| shape(has_ssn_shape, t);
         let has_ipv6_shape = |t: &[u8]| shape(has_ipv6_shape, t);
         // Across a block boundary too.
-        assert!(has_ssn_shape(
-            format!("{}123-45-6789", "x".repeat(60)).as_bytes()
-        ));
+        for pad in 58..=66 {
+            let text = format!("{}123-45-6789", "x".repeat(pad));
+            assert!(has_ssn_shape(text.as_bytes()), "{text}");
+        }
         assert!(has_ipv6_shape(
             format!("{}1:2:3:4:5:6:7:8", "x".repeat(60)).as_bytes()
         ));

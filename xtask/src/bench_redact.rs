@@ -27,6 +27,11 @@ pub struct Args {
     /// Skip the 10 GiB bounded-memory run.
     #[arg(long)]
     no_big: bool,
+    /// Another build of `loggate-agent` (an older commit's, copied aside) whose default
+    /// profile runs in the same rounds, interleaved, as (a0): before/after under the same
+    /// load of this shared machine.
+    #[arg(long, value_name = "AGENT")]
+    baseline: Option<PathBuf>,
 }
 
 /// The eight patterns of the comparison (`shared/notes/redaction.md`, §7), for ripgrep and sed.
@@ -92,7 +97,7 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         sed_cmd.extend(["-e".to_string(), format!("s#{p}#[REDACTED]#g")]);
     }
     sed_cmd.push(corpus_string.clone());
-    let tools: Vec<Tool> = vec![
+    let mut tools: Vec<Tool> = vec![
         Tool::new(
             "(a) loggate default profile",
             [agent_arg, "redact", corpus_arg],
@@ -113,6 +118,20 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         Tool::new("(d) LC_ALL=C sed -E, 8 patterns", sed_cmd).env("LC_ALL", "C"),
         Tool::new("    cat (plain reading, reference)", ["cat", corpus_arg]),
     ];
+    // Appended last, so that (a)–(d) keep their indices.
+    let baseline = match &args.baseline {
+        Some(path) => {
+            let path = std::fs::canonicalize(path)
+                .with_context(|| format!("cannot find the baseline agent {}", path.display()))?;
+            let path = path.display().to_string();
+            tools.push(Tool::new(
+                "(a0) baseline agent, default profile",
+                [path.as_str(), "redact", corpus_arg],
+            ));
+            Some(tools.len() - 1)
+        }
+        None => None,
+    };
 
     println!(
         "rg:     {}",
@@ -187,6 +206,15 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         cpu_medians[2] / cpu_medians[1],
         cpu_medians[2] / cpu_medians[0]
     );
+    if let Some(a0) = baseline {
+        println!(
+            "baseline: (a0)/(c) = {:.2}x wall, {:.2}x CPU; per round {}; (a0)/(a) time = {:.2}x",
+            medians[2] / medians[a0],
+            cpu_medians[2] / cpu_medians[a0],
+            per_round(a0),
+            medians[a0] / medians[0]
+        );
+    }
 
     if !args.no_big {
         let repeat = 10;
