@@ -288,6 +288,33 @@ fn dropped_without_reason(e: &(dyn std::error::Error + 'static)) -> bool {
     tls_error_in(e).is_none()
 }
 
+/// How a command prints what it shows: `--output text|json`, the one flag every command that
+/// prints records takes (`--json`, its older spelling, stays accepted).
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct Format {
+    /// Output format: text for people, json for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+    /// The same as `--output json`.
+    #[arg(long, hide = true)]
+    json: bool,
+}
+
+impl Format {
+    /// Whether JSON was asked for, by either spelling.
+    pub fn json(&self) -> bool {
+        self.json || matches!(self.output, OutputFormat::Json)
+    }
+}
+
+/// The values of `--output`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// Whom a command talks to: for messages, and to probe a dropped connection.
 pub struct Peer<'a> {
     /// "the controller", "agent web-1".

@@ -57,7 +57,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     ),
     (
         "grant list",
-        &["loggate grant list", "loggate grant list --all --subject alice --json"],
+        &["loggate grant list", "loggate grant list --all --subject alice --output json"],
     ),
     (
         "grant revoke",
@@ -130,7 +130,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     ),
     (
         "policy check",
-        &["loggate policy check --subject alice --selector env=prod --path '/var/log/app/*.log' --ttl 4h --json"],
+        &["loggate policy check --subject alice --selector env=prod --path '/var/log/app/*.log' --ttl 4h --output json"],
     ),
     ("policy reload", &["loggate policy reload"]),
     ("access", &["loggate access review --since 30d"]),
@@ -154,7 +154,7 @@ const EXAMPLES: &[(&str, &[&str])] = &[
         "agent token create",
         &[
             "loggate agent token create --labels env=prod,team=payments --ttl 1h --uses 20",
-            "loggate agent token create --reenrol --json",
+            "loggate agent token create --reenrol --output json",
         ],
     ),
     ("agent token list", &["loggate agent token list"]),
@@ -313,6 +313,17 @@ mod tests {
             help.contains("Examples:\n  loggate grant issue --subject alice"),
             "{help}"
         );
+        // `--json`, the older spelling of `--output json`, is accepted but not shown.
+        assert!(!help.contains("--json"), "{help}");
+        assert!(help.contains("--output <OUTPUT>"), "{help}");
+        let old = crate::cli_command()
+            .try_get_matches_from(["loggate", "grant", "list", "--json"])
+            .expect("--json still parses");
+        let list = old
+            .subcommand_matches("grant")
+            .and_then(|g| g.subcommand_matches("list"))
+            .expect("grant list");
+        assert!(list.get_flag("json"));
         let top = crate::cli_command().render_long_help().to_string();
         assert!(
             top.contains("Exit codes: 0 ok"),

@@ -320,8 +320,8 @@ enum GrantCommand {
         id: String,
         #[arg(long, default_value = "")]
         comment: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: cli::Format,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -332,8 +332,8 @@ enum GrantCommand {
         /// Why (required).
         #[arg(long)]
         comment: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: cli::Format,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -373,9 +373,8 @@ enum GrantCommand {
         /// 366 days ahead.
         #[arg(long, value_parser = cli::start_in_arg, allow_hyphen_values = true)]
         start_in: Option<std::time::Duration>,
-        /// Print the grant as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: cli::Format,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -387,9 +386,8 @@ enum GrantCommand {
         /// Only this subject's grants (admins).
         #[arg(long, default_value = "")]
         subject: String,
-        /// Print the grants as a JSON array.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: cli::Format,
         /// List pending requests instead: those you can review, and your own.
         #[arg(long)]
         pending: bool,
@@ -596,7 +594,7 @@ async fn run(cli: Cli) -> CliResult {
             reason,
             redaction,
             start_in,
-            json,
+            format,
             client,
         }) => {
             let args = cli::IssueArgs {
@@ -608,38 +606,42 @@ async fn run(cli: Cli) -> CliResult {
                 ttl,
                 reason,
                 redaction,
-                json,
+                json: format.json(),
             };
             cli::grant_issue(&client.load()?, args).await
         }
         Command::Grant(GrantCommand::List {
             pending: true,
-            json,
+            format,
             client,
             ..
-        }) => cli::governance::requests_list(&client.load()?, json).await,
+        }) => cli::governance::requests_list(&client.load()?, format.json()).await,
         Command::Grant(GrantCommand::List {
             all,
             subject,
-            json,
+            format,
             client,
             ..
-        }) => cli::grant_list(&client.load()?, all, subject, json).await,
+        }) => cli::grant_list(&client.load()?, all, subject, format.json()).await,
         Command::Grant(GrantCommand::Request { args, client }) => {
             cli::governance::grant_request(&client.load()?, args).await
         }
         Command::Grant(GrantCommand::Approve {
             id,
             comment,
-            json,
+            format,
             client,
-        }) => cli::governance::grant_review(&client.load()?, id, comment, true, json).await,
+        }) => {
+            cli::governance::grant_review(&client.load()?, id, comment, true, format.json()).await
+        }
         Command::Grant(GrantCommand::Deny {
             id,
             comment,
-            json,
+            format,
             client,
-        }) => cli::governance::grant_review(&client.load()?, id, comment, false, json).await,
+        }) => {
+            cli::governance::grant_review(&client.load()?, id, comment, false, format.json()).await
+        }
         Command::Grant(GrantCommand::Cancel { id, client }) => {
             cli::governance::grant_cancel(&client.load()?, id).await
         }

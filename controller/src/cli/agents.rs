@@ -24,9 +24,8 @@ pub struct TokenCreateArgs {
     /// a host rebuilt, or one whose certificate lapsed while the controller was down).
     #[arg(long)]
     pub reenrol: bool,
-    /// Print the token and its details as one JSON object.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub format: super::Format,
 }
 
 fn token_json(info: &pb::JoinTokenInfo) -> serde_json::Value {
@@ -62,7 +61,7 @@ pub async fn token_create(config: &ClientConfig, args: TokenCreateArgs) -> CliRe
         .await?
         .into_inner();
     let info = answer.info.unwrap_or_default();
-    if args.json {
+    if args.format.json() {
         let mut json = token_json(&info);
         json["token"] = serde_json::Value::String(answer.token);
         return out(format_args!("{json}"));

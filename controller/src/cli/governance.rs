@@ -41,9 +41,8 @@ pub struct RequestArgs {
     /// Wait for the decision; exit 0 when granted, 3 when denied, cancelled or expired.
     #[arg(long)]
     pub wait: bool,
-    /// Print the request (and its grant) as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub format: super::Format,
 }
 
 /// `loggate policy check`.
@@ -64,8 +63,8 @@ pub struct CheckArgs {
     pub redaction: String,
     #[arg(long)]
     pub break_glass: bool,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub format: super::Format,
 }
 
 fn request_json(r: &pb::AccessRequestResponse) -> serde_json::Value {
@@ -185,7 +184,7 @@ pub async fn grant_request(config: &ClientConfig, args: RequestArgs) -> CliResul
             .map(|r| r.id.clone())
             .unwrap_or_default();
         let capped = response.ttl_capped;
-        if !args.json {
+        if !args.format.json() {
             report(&response, false)?;
         }
         let spinner = std::io::stderr().is_terminal();
@@ -214,7 +213,7 @@ pub async fn grant_request(config: &ClientConfig, args: RequestArgs) -> CliResul
             eprintln!();
         }
         response.ttl_capped = capped;
-        if args.json {
+        if args.format.json() {
             return report(&response, true);
         }
         let req = response.request.clone().unwrap_or_default();
@@ -229,7 +228,7 @@ pub async fn grant_request(config: &ClientConfig, args: RequestArgs) -> CliResul
             }),
         };
     }
-    report(&response, args.json)
+    report(&response, args.format.json())
 }
 
 /// `grant approve ID` (`approve` true) or `grant deny ID --comment`.
@@ -335,7 +334,7 @@ pub async fn policy_check(config: &ClientConfig, args: CheckArgs) -> CliResult {
         .or_explain(config, &the_controller(config))
         .await?
         .into_inner();
-    if args.json {
+    if args.format.json() {
         let value = serde_json::json!({
             "allowed": answer.allowed, "role": answer.role, "approval": answer.approval,
             "approvals_needed": answer.approvals_needed, "approvers": answer.approvers,
