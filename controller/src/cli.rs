@@ -6,6 +6,7 @@ pub mod config_file;
 pub mod governance;
 pub mod login;
 pub mod status;
+pub mod users;
 
 use crate::config::ClientConfig;
 use loggate_core::grant::rough_duration;

@@ -48,6 +48,24 @@ pub const DEFAULT_MAX_PENDING: u32 = 20;
 pub const MAX_MAX_PENDING: u32 = 1000;
 /// The largest policy file read (bytes).
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+/// A `[groups]` entry starting with this names an IdP group (`"idp:payments-oncall"`): every
+/// person whose verified sign-in carried that group is a member. The controller adds the groups
+/// of a caller's sign-in to the caller's groups with this prefix; a certificate's OU can never
+/// carry it (an OU counts only when it is a valid name, which has no `:`), so no certificate
+/// can claim an IdP group.
+pub const IDP_GROUP_PREFIX: &str = "idp:";
+/// The longest IdP group name a policy may name (the verifier keeps no longer ones).
+pub const MAX_IDP_GROUP_BYTES: usize = 256;
+
+/// Whether `name` may be an IdP group of the policy: 1 to [`MAX_IDP_GROUP_BYTES`] bytes, no
+/// control or format character (IdPs name groups freely: `Payments On-Call`, `/team/sre`, an
+/// Entra object id), no surrounding space.
+fn is_valid_idp_group(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IDP_GROUP_BYTES
+        && name.trim() == name
+        && !name.chars().any(text::is_hidden_or_control)
+}
 
 /// How a role's requests are decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +161,11 @@ pub struct Policy {
     /// wrote; `settings.certificate_groups`): opt-in per group, so a certificate's OU never
     /// makes anyone a member of any other group.
     pub certificate_groups: BTreeSet<String>,
+    /// The IdP groups whose members are members of a policy group (`idp:<name>` entries of
+    /// `[groups]`): policy group → IdP group names. A person is in them through the groups of
+    /// their last verified sign-in, which the controller keeps server-side keyed by the
+    /// certificate key it signed (see [`IDP_GROUP_PREFIX`]).
+    pub idp_groups: BTreeMap<String, BTreeSet<String>>,
     /// Users who hold no role and review nothing, whatever `[groups]` or their certificate
     /// says (`settings.deny_users`): how someone whose certificate still names a group is
     /// taken out of it before the certificate expires. Deny wins.
@@ -314,6 +337,7 @@ impl Policy {
             None => DEFAULT_MAX_PENDING,
         };
         let mut groups = BTreeMap::new();
+        let mut idp_groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (name, members) in &raw.groups {
             let line = at(members.span());
             if !is_valid_name(name) {
@@ -326,10 +350,25 @@ impl Policy {
             }
             let mut set = BTreeSet::new();
             for m in members.get_ref() {
+                if let Some(idp) = m.strip_prefix(IDP_GROUP_PREFIX) {
+                    if !is_valid_idp_group(idp) {
+                        return Err((
+                            line,
+                            format!("group {name}: {m:?} is not an IdP group (idp: then 1 to {MAX_IDP_GROUP_BYTES} bytes, no control characters or surrounding spaces)"),
+                        ));
+                    }
+                    idp_groups
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(idp.to_string());
+                    continue;
+                }
                 if !is_valid_name(m) {
                     return Err((
                         line,
-                        format!("group {name}: {m:?} is not a valid user name"),
+                        format!(
+                            "group {name}: {m:?} is not a valid user name (or idp:<IdP group>)"
+                        ),
                     ));
                 }
                 set.insert(m.clone());
@@ -395,6 +434,7 @@ impl Policy {
         Ok(Policy {
             groups,
             certificate_groups,
+            idp_groups,
             deny_users,
             agent_labels,
             roles,
@@ -590,10 +630,17 @@ impl Policy {
             .collect()
     }
 
+    /// Whether this policy names any IdP group: then a sign-in whose token lacks the groups
+    /// claim is refused (its person's memberships could not be known).
+    pub fn uses_idp_groups(&self) -> bool {
+        !self.idp_groups.is_empty()
+    }
+
     /// Whether `person` is a member of group `group`: only for a group this policy defines,
     /// never for a user of `settings.deny_users`; listed in `[groups]`, or holding the group
     /// in their certificate (`cert_groups`, see [`Query::cert_groups`]) when the group opts in
-    /// (`settings.certificate_groups`).
+    /// (`settings.certificate_groups`), or holding (`idp:<name>` in `cert_groups`, added by
+    /// the controller from the person's verified sign-in) an IdP group the group names.
     pub fn is_member(&self, group: &str, person: &str, cert_groups: &[String]) -> bool {
         let Some(listed) = self.groups.get(group) else {
             return false;
@@ -601,8 +648,17 @@ impl Policy {
         if self.deny_users.contains(person) {
             return false;
         }
+        let by_idp = || {
+            self.idp_groups.get(group).is_some_and(|idp| {
+                cert_groups
+                    .iter()
+                    .filter_map(|g| g.strip_prefix(IDP_GROUP_PREFIX))
+                    .any(|g| idp.contains(g))
+            })
+        };
         listed.contains(person)
             || (self.certificate_groups.contains(group) && cert_groups.iter().any(|g| g == group))
+            || by_idp()
     }
 
     /// Whether `reviewer` (with the groups of their certificate) may review a request of
@@ -712,7 +768,8 @@ impl Policy {
 pub struct Query<'a> {
     pub subject: &'a str,
     /// The groups the subject's certificate names (its subject's OU attributes), matched like
-    /// `[groups]` members. Only certificates of the configured CA reach the controller, so
+    /// `[groups]` members, and the IdP groups of the sign-in that certified its key, each as
+    /// `idp:<name>` (matched against the `idp:` entries of `[groups]`). Only certificates of the configured CA reach the controller, so
     /// these are groups our CA wrote; empty for `policy check --subject` about someone else,
     /// whose certificate the controller does not have.
     pub cert_groups: &'a [String],

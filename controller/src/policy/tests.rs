@@ -641,3 +641,58 @@ deny_users = ["carol", "bob", "alice"]"#,
     assert!(!p.may_review(&groups(&["sre"]), "dave", "carol", &groups(&["sre"])));
     assert_eq!(p.members_except(&groups(&["sre"]), "dave"), ["erin"]);
 }
+
+#[test]
+fn an_idp_group_named_in_groups_makes_its_members_members_and_no_certificate_can_claim_it() {
+    let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let p = Policy::parse(
+        r#"
+[groups]
+payments = ["alice", "idp:Payments On-Call"]
+sre = ["bob", "idp:/team/sre"]
+
+[[roles]]
+name = "payments-prod"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["/var/log/app/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+"#,
+    )
+    .unwrap_or_else(|(line, e)| panic!("line {line}: {e}"));
+    assert!(p.uses_idp_groups());
+    // The IdP group (as the controller adds it from a verified sign-in) gives the role.
+    match ask_as(&p, "carol", &groups(&["idp:Payments On-Call"])) {
+        Decision::Allowed(a) => assert_eq!(a.role, "payments-prod"),
+        other => panic!("{other:?}"),
+    }
+    assert!(p.may_review(
+        &groups(&["sre"]),
+        "alice",
+        "dave",
+        &groups(&["idp:/team/sre"])
+    ));
+    // Another IdP group, the policy group's own name, or the bare IdP name: nothing.
+    for held in [&["idp:dev"][..], &["payments"], &["Payments On-Call"], &[]] {
+        assert!(
+            matches!(ask_as(&p, "carol", &groups(held)), Decision::Refused(_)),
+            "{held:?}"
+        );
+    }
+    // The policy's own members keep working; IdP groups are not people in approver lists.
+    assert!(matches!(ask_as(&p, "alice", &[]), Decision::Allowed(_)));
+    assert_eq!(p.members_except(&groups(&["sre"]), "alice"), ["bob"]);
+    // A policy without idp: entries does not need the groups claim.
+    assert!(!policy().uses_idp_groups());
+    // Malformed IdP group names are refused at load.
+    // (as written in the TOML string: a raw U+202E, an escaped newline)
+    for bad in ["idp:", "idp: x", "idp:a\u{202e}b", "idp:a\\nb"] {
+        let text = format!("[groups]\ng = [\"{bad}\"]\n");
+        let (line, e) = Policy::parse(&text).unwrap_err();
+        assert_eq!(line, 2, "{bad:?}");
+        assert!(e.contains("is not an IdP group"), "{bad:?}: {e}");
+    }
+}

@@ -76,7 +76,7 @@ impl Governance {
     }
 
     /// Tells the waiters of request `r` its new state.
-    fn changed(&self, r: &RequestRow) {
+    pub(super) fn changed(&self, r: &RequestRow) {
         // No receiver (nobody waits) is not an error.
         let _ = self.states.send(Arc::new(r.clone()));
     }
