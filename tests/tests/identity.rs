@@ -1184,6 +1184,14 @@ fn a_locked_user_is_cut_off_everywhere_and_signs_in_again_only_after_an_unlock(
         "{}",
         text(&out).1
     );
+    // No grant can be issued for her (it would be bound to the stolen laptop's key).
+    let issued = s.cluster.issue_grant("alice", "web-1", &path, "30m");
+    assert!(
+        issued
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("no certificate key is known")),
+        "{issued:?}"
+    );
     // Her sign-in is refused while locked, and audited.
     let (code, stderr) = s.try_login_as("alice")?;
     assert_ne!(code, 0, "{stderr}");

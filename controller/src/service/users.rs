@@ -11,6 +11,9 @@
 //!    streams reading under a revoked grant — so within the revocation latency no agent serves
 //!    the person anything, since every read needs a grant.
 //!
+//! The lock also forgets their enrolled key, so no grant can be issued for them (bound to the
+//! key of a certificate from before the lock) until they sign in again.
+//!
 //! An unlock lets them sign in again; certificates from before the lock stay refused (the
 //! stolen laptop's), the new sign-in's certificate starts after it.
 
@@ -62,22 +65,30 @@ impl ControllerService {
         let by = admin.spiffe_id().to_string();
         let changed = self
             .store
-            .set_user_lock(&name, req.locked, &by, &req.reason, now, || {
-                let recorded = if req.locked {
-                    self.audit(&events::UserLocked {
-                        subject: subject.to_string(),
-                        locked_by: by.clone(),
-                        reason: req.reason.clone(),
-                    })
-                } else {
-                    self.audit(&events::UserUnlocked {
-                        subject: subject.to_string(),
-                        unlocked_by: by.clone(),
-                        reason: req.reason.clone(),
-                    })
-                };
-                recorded.map_err(|s| anyhow::anyhow!("{}", s.message()))
-            })
+            .set_user_lock(
+                &name,
+                subject.as_str(),
+                req.locked,
+                &by,
+                &req.reason,
+                now,
+                || {
+                    let recorded = if req.locked {
+                        self.audit(&events::UserLocked {
+                            subject: subject.to_string(),
+                            locked_by: by.clone(),
+                            reason: req.reason.clone(),
+                        })
+                    } else {
+                        self.audit(&events::UserUnlocked {
+                            subject: subject.to_string(),
+                            unlocked_by: by.clone(),
+                            reason: req.reason.clone(),
+                        })
+                    };
+                    recorded.map_err(|s| anyhow::anyhow!("{}", s.message()))
+                },
+            )
             .map_err(internal)?;
         self.refresh_revocations().map_err(internal)?;
         let (mut requests_cancelled, mut grants_revoked) = (0u32, 0u32);

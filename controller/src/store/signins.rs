@@ -227,12 +227,21 @@ impl Store {
 }
 
 impl Store {
-    /// Locks (`locked`) or unlocks `name`, recording who and why; `record` runs inside the
-    /// transaction before the change is committed (it writes the audit record: no change
-    /// without its record). Returns false, changing nothing, when the name already is so.
+    /// Locks (`locked`) or unlocks `name` (SPIFFE id `subject`), recording who and why;
+    /// `record` runs inside the transaction before the change is committed (it writes the
+    /// audit record: no change without its record). Returns false, changing nothing, when the
+    /// name already is so.
+    ///
+    /// A lock also forgets the person's enrolled key (`user_keys`): grants are bound to it, and
+    /// agents accept any certificate of the CA, so a grant issued for the locked person (an
+    /// admin's `grant issue`, now or after the unlock but before their next sign-in) would
+    /// otherwise be bound to the key of a certificate the lock meant to stop — the stolen
+    /// laptop's. Without a key no grant can be issued for them until they contact the
+    /// controller again with a certificate it accepts.
     pub fn set_user_lock(
         &self,
         name: &str,
+        subject: &str,
         locked: bool,
         by: &str,
         reason: &str,
@@ -268,6 +277,9 @@ impl Store {
                  changed_by = ?5, reason = ?6",
             params![name, i64::from(locked), cutoff, now, by, reason],
         )?;
+        if locked {
+            tx.execute("DELETE FROM user_keys WHERE subject = ?1", params![subject])?;
+        }
         tx.commit()?;
         Ok(true)
     }
@@ -397,18 +409,21 @@ mod tests {
         );
     }
 
+    const ALICE: &str = "spiffe://loggate.local/user/alice";
+
     #[test]
     fn a_lock_refuses_every_certificate_and_an_unlock_keeps_those_from_before_it_refused() {
         let (_dir, store) = store();
+        store.set_user_key(ALICE, "stolen", 1).expect("key");
         let ok = || Ok(());
         assert_eq!(
             store
-                .set_user_lock("alice", true, "admin", "INC-9", 100, ok)
+                .set_user_lock("alice", ALICE, true, "admin", "INC-9", 100, ok)
                 .ok(),
             Some(true)
         );
         // Locking twice changes nothing and writes no second record.
-        let twice = store.set_user_lock("alice", true, "admin", "again", 101, || {
+        let twice = store.set_user_lock("alice", ALICE, true, "admin", "again", 101, || {
             anyhow::bail!("recorded twice")
         });
         assert_eq!(twice.ok(), Some(false));
@@ -421,9 +436,11 @@ mod tests {
             .ok()
             .flatten()
             .is_some_and(|l| l.locked));
+        // No grant can be bound to the key of a certificate from before the lock.
+        assert_eq!(store.user_key(ALICE).ok(), Some(None));
         assert_eq!(
             store
-                .set_user_lock("alice", false, "admin", "ok", 200, ok)
+                .set_user_lock("alice", ALICE, false, "admin", "ok", 200, ok)
                 .ok(),
             Some(true)
         );
@@ -433,7 +450,7 @@ mod tests {
             Some(vec![("alice".to_string(), 99)])
         );
         // A failed record changes nothing.
-        let failed = store.set_user_lock("alice", true, "admin", "x", 300, || {
+        let failed = store.set_user_lock("alice", ALICE, true, "admin", "x", 300, || {
             anyhow::bail!("audit down")
         });
         assert!(failed.is_err());
