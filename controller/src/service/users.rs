@@ -18,6 +18,7 @@
 //! stolen laptop's), the new sign-in's certificate starts after it.
 
 use super::{internal, ControllerService, MAX_FIELD};
+use crate::store::signins::LockChange;
 use crate::store::Revoked;
 use crate::store::{ListScope, RequestState};
 use loggate_core::audit::events;
@@ -66,12 +67,14 @@ impl ControllerService {
         let changed = self
             .store
             .set_user_lock(
-                &name,
-                subject.as_str(),
-                req.locked,
-                &by,
-                &req.reason,
-                now,
+                &LockChange {
+                    name: &name,
+                    subject: subject.as_str(),
+                    locked: req.locked,
+                    by: &by,
+                    reason: &req.reason,
+                    now,
+                },
                 || {
                     let recorded = if req.locked {
                         self.audit(&events::UserLocked {

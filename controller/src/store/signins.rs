@@ -72,6 +72,22 @@ pub struct LockState {
     pub reason: String,
 }
 
+/// A lock or unlock of one person ([`Store::set_user_lock`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LockChange<'a> {
+    /// The loggate user name.
+    pub name: &'a str,
+    /// Its SPIFFE id (`user_keys` is keyed by it).
+    pub subject: &'a str,
+    /// Lock (true) or unlock.
+    pub locked: bool,
+    /// The admin's SPIFFE id.
+    pub by: &'a str,
+    pub reason: &'a str,
+    /// Unix s.
+    pub now: i64,
+}
+
 /// One person of `loggate user list`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UserListing {
@@ -240,14 +256,17 @@ impl Store {
     /// controller again with a certificate it accepts.
     pub fn set_user_lock(
         &self,
-        name: &str,
-        subject: &str,
-        locked: bool,
-        by: &str,
-        reason: &str,
-        now: i64,
+        change: &LockChange<'_>,
         record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<bool> {
+        let LockChange {
+            name,
+            subject,
+            locked,
+            by,
+            reason,
+            now,
+        } = *change;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let was: Option<(i64, i64)> = tx
@@ -411,19 +430,28 @@ mod tests {
 
     const ALICE: &str = "spiffe://loggate.local/user/alice";
 
+    fn change(locked: bool, reason: &str, now: i64) -> LockChange<'_> {
+        LockChange {
+            name: "alice",
+            subject: ALICE,
+            locked,
+            by: "admin",
+            reason,
+            now,
+        }
+    }
+
     #[test]
     fn a_lock_refuses_every_certificate_and_an_unlock_keeps_those_from_before_it_refused() {
         let (_dir, store) = store();
         store.set_user_key(ALICE, "stolen", 1).expect("key");
         let ok = || Ok(());
         assert_eq!(
-            store
-                .set_user_lock("alice", ALICE, true, "admin", "INC-9", 100, ok)
-                .ok(),
+            store.set_user_lock(&change(true, "INC-9", 100), ok).ok(),
             Some(true)
         );
         // Locking twice changes nothing and writes no second record.
-        let twice = store.set_user_lock("alice", ALICE, true, "admin", "again", 101, || {
+        let twice = store.set_user_lock(&change(true, "again", 101), || {
             anyhow::bail!("recorded twice")
         });
         assert_eq!(twice.ok(), Some(false));
@@ -439,9 +467,7 @@ mod tests {
         // No grant can be bound to the key of a certificate from before the lock.
         assert_eq!(store.user_key(ALICE).ok(), Some(None));
         assert_eq!(
-            store
-                .set_user_lock("alice", ALICE, false, "admin", "ok", 200, ok)
-                .ok(),
+            store.set_user_lock(&change(false, "ok", 200), ok).ok(),
             Some(true)
         );
         // Certificates that started before the lock stay refused.
@@ -450,9 +476,7 @@ mod tests {
             Some(vec![("alice".to_string(), 99)])
         );
         // A failed record changes nothing.
-        let failed = store.set_user_lock("alice", ALICE, true, "admin", "x", 300, || {
-            anyhow::bail!("audit down")
-        });
+        let failed = store.set_user_lock(&change(true, "x", 300), || anyhow::bail!("audit down"));
         assert!(failed.is_err());
         assert!(store
             .user_lock("alice")
