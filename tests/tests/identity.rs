@@ -1256,3 +1256,80 @@ fn a_locked_user_is_cut_off_everywhere_and_signs_in_again_only_after_an_unlock(
     );
     Ok(())
 }
+
+#[test]
+fn a_step_up_role_needs_a_recent_sign_in_and_multi_factor_where_the_idp_reports_it(
+) -> anyhow::Result<()> {
+    let policy = r#"
+[groups]
+payments = ["idp:payments"]
+
+[[roles]]
+name = "recent"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+step_up = { max_age = "5s" }
+
+[[roles]]
+name = "raw-mfa"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+redaction = ["raw"]
+approval = "auto"
+step_up = { mfa = true }
+"#;
+    let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    let request = |extra: &[&str]| {
+        let mut args = vec![
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-8",
+        ];
+        args.extend_from_slice(extra);
+        s.person(&args).output()
+    };
+    s.login_as("alice")?;
+    let out = request(&[])?;
+    assert!(out.status.success(), "just signed in: {}", text(&out).1);
+    // The provider's password login reports amr ["pwd"]: not multi-factor.
+    let out = request(&["--redaction", "raw"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("role raw-mfa needs multi-factor authentication"),
+        "{}",
+        text(&out).1
+    );
+    // Older than max_age: refused with the way out; a fresh sign-in gives it again.
+    std::thread::sleep(Duration::from_secs(6));
+    let out = request(&[])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("run `loggate login --fresh`"),
+        "{}",
+        text(&out).1
+    );
+    let (code, stderr) = {
+        let mut login = LoginRun::spawn(s.login_cmd(&["--fresh"]))?;
+        let url = login.line(|l| l.starts_with(&format!("{}/auth?", s.idp.issuer)))?;
+        assert!(url.contains("prompt=login"), "{url}");
+        let browser = s.idp.browser()?;
+        let redirect = browser.sign_in(&url, "alice")?;
+        browser.deliver(&redirect)?;
+        login.finish()?
+    };
+    assert_eq!(code, 0, "{stderr}");
+    let out = request(&[])?;
+    assert!(
+        out.status.success(),
+        "after login --fresh: {}",
+        text(&out).1
+    );
+    Ok(())
+}

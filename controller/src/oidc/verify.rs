@@ -47,6 +47,11 @@ pub struct VerifiedSignIn {
     /// token does not carry it as a list (the person's groups are then unknown, which the
     /// sign-in refuses when the access policy names IdP groups).
     pub groups: Option<Vec<String>>,
+    /// When the person last authenticated at the IdP (`auth_time`, else `iat`; unix s): a
+    /// policy's step-up `max_age` is measured from it.
+    pub auth_time: i64,
+    /// How they authenticated (`amr`, RFC 8176; at most 16 values kept), when the IdP says.
+    pub amr: Vec<String>,
     /// The certificate request's SubjectPublicKeyInfo (DER).
     pub spki_der: Vec<u8>,
     /// Set for a token without a nonce: the caller takes it once
@@ -158,6 +163,20 @@ impl SignInVerifier {
             idp_subject: claims.subject().as_str().to_string(),
             email,
             groups: self.groups(&raw),
+            auth_time: claims
+                .auth_time()
+                .unwrap_or_else(|| claims.issue_time())
+                .timestamp(),
+            amr: claims
+                .auth_method_refs()
+                .map(|refs| {
+                    refs.iter()
+                        .map(|r| r.as_str().to_string())
+                        .filter(|r| r.len() <= 64)
+                        .take(16)
+                        .collect()
+                })
+                .unwrap_or_default(),
             spki_der: request.spki_der,
             unbound,
         })

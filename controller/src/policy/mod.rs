@@ -151,6 +151,47 @@ pub struct Role {
     pub max_ttl: Duration,
     pub redaction: Vec<String>,
     pub approval: Approval,
+    /// A recent and/or multi-factor sign-in required to request under this role (`step_up`).
+    pub step_up: Option<StepUp>,
+}
+
+/// A role's step-up rule: the requester's sign-in at the IdP must be at most `max_age` old
+/// and/or multi-factor (`amr` holding `mfa`), or the role does not apply
+/// (`step_up_required`: run `loggate login --fresh`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    pub max_age: Option<Duration>,
+    pub mfa: bool,
+}
+
+/// The longest `step_up.max_age`.
+pub const MAX_STEP_UP_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How the requester signed in, for step-up rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInStrength {
+    /// Not judged here: the re-evaluation of a request at its approval (judged when it was
+    /// made), or a check about someone else (whose sign-in is not at hand).
+    NotChecked,
+    /// No sign-in is behind the caller's key (a development certificate, an older sign-in's):
+    /// no step-up rule is met.
+    Unknown,
+    /// The sign-in behind the caller's key: how long ago the person authenticated at the IdP,
+    /// and whether the IdP reported multi-factor.
+    Known { age: Duration, mfa: bool },
+}
+
+impl SignInStrength {
+    /// Whether it meets `rule`.
+    fn meets(self, rule: &StepUp) -> bool {
+        match self {
+            SignInStrength::NotChecked => true,
+            SignInStrength::Unknown => false,
+            SignInStrength::Known { age, mfa } => {
+                rule.max_age.is_none_or(|max| age <= max) && (!rule.mfa || mfa)
+            }
+        }
+    }
 }
 
 /// A validated policy.
@@ -251,6 +292,15 @@ struct RawRole {
     approvers: Option<u32>,
     #[serde(default)]
     approver_groups: Vec<String>,
+    step_up: Option<RawStepUp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStepUp {
+    max_age: Option<String>,
+    #[serde(default)]
+    mfa: bool,
 }
 
 fn default_redaction() -> Vec<String> {
@@ -577,8 +627,31 @@ impl Policy {
             ))
             }
         };
+        let step_up = match &raw.step_up {
+            None => None,
+            Some(s) => {
+                let max_age = match &s.max_age {
+                    Some(t) => Some(duration(
+                        t,
+                        &format!("role {name}: step_up.max_age"),
+                        MAX_STEP_UP_AGE,
+                    )?),
+                    None => None,
+                };
+                if max_age.is_none() && !s.mfa {
+                    return Err(format!(
+                        "role {name}: step_up needs max_age (e.g. \"15m\") and/or mfa = true"
+                    ));
+                }
+                Some(StepUp {
+                    max_age,
+                    mfa: s.mfa,
+                })
+            }
+        };
         Ok(Role {
             name: name.clone(),
+            step_up,
             users: raw.users.iter().cloned().collect(),
             groups: raw.groups.clone(),
             hosts: HostRule {
@@ -714,6 +787,11 @@ impl Policy {
         if !role.redaction.iter().any(|p| p == q.profile) {
             return Some(Refusal::ProfileNotAllowed(q.profile.to_string()));
         }
+        if let Some(rule) = &role.step_up {
+            if !q.sign_in.meets(rule) {
+                return Some(Refusal::StepUpRequired(rule.clone()));
+            }
+        }
         let is_break_glass = matches!(role.approval, Approval::BreakGlass { .. });
         if is_break_glass && !q.break_glass {
             return Some(Refusal::BreakGlassOnly);
@@ -779,6 +857,8 @@ pub struct Query<'a> {
     pub profile: &'a str,
     /// The requester asks for break-glass access (`grant request --break-glass`).
     pub break_glass: bool,
+    /// How the requester signed in (for roles with `step_up`).
+    pub sign_in: SignInStrength,
 }
 
 /// Why one role does not allow a query.
@@ -798,6 +878,8 @@ pub enum Refusal {
         needed: usize,
         eligible: usize,
     },
+    /// The role needs a more recent or a multi-factor sign-in (`step_up`).
+    StepUpRequired(StepUp),
 }
 
 impl Refusal {
@@ -811,6 +893,7 @@ impl Refusal {
             Refusal::BreakGlassOnly => "break_glass_only",
             Refusal::NotBreakGlass => "not_break_glass",
             Refusal::TooFewApprovers { .. } => "too_few_approvers",
+            Refusal::StepUpRequired(_) => "step_up_required",
         }
     }
 
@@ -831,6 +914,22 @@ impl Refusal {
             Refusal::TooFewApprovers { needed, eligible } => format!(
                 "needs {needed} approvers other than you, and its approver groups hold {eligible}"
             ),
+            Refusal::StepUpRequired(rule) => {
+                let mut needs = Vec::new();
+                if let Some(max) = rule.max_age {
+                    needs.push(format!(
+                        "a sign-in at the IdP within the last {}",
+                        loggate_core::duration::format(max)
+                    ));
+                }
+                if rule.mfa {
+                    needs.push("multi-factor authentication".to_string());
+                }
+                format!(
+                    "needs {}: run `loggate login --fresh` and ask again",
+                    needs.join(" and ")
+                )
+            }
         }
     }
 }

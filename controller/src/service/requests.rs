@@ -12,7 +12,7 @@
 
 use super::{grant_info, internal, seconds, ControllerService, MAX_FIELD};
 use crate::policy::notify::{Notice, Notifier, BREAK_GLASS_EVENT};
-use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
+use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError, SignInStrength};
 use crate::store::{
     GrantRow, ListScope, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, Store,
     TooManyPending,
@@ -791,6 +791,11 @@ impl ControllerService {
             ttl,
             profile: &profile,
             break_glass: req.break_glass,
+            sign_in: if subject == user.name() {
+                self.sign_in_strength(&user)?
+            } else {
+                SignInStrength::NotChecked
+            },
         });
         let mut out = pb::CheckPolicyResponse {
             hosts,
@@ -891,6 +896,7 @@ impl ControllerService {
             ttl: asked,
             profile: &profile,
             break_glass: req.break_glass,
+            sign_in: self.sign_in_strength(&user)?,
         });
         let allowed = match decision {
             Decision::Allowed(a) => a,
@@ -1192,6 +1198,8 @@ impl ControllerService {
             ttl: Duration::from_secs(r.ttl_seconds.max(1)),
             profile: &r.profile,
             break_glass: false,
+            // Judged when the request was made.
+            sign_in: SignInStrength::NotChecked,
         });
         let refuse = |code: &'static str, status: Status| -> anyhow::Error {
             if let Err(e) = self.audit_review_refused(r, reviewer, code) {

@@ -11,7 +11,7 @@
 use crate::oidc::verify::{SignInVerifier, UnboundToken, VerifiedSignIn};
 use crate::oidc::{RefusalReason, SignInRefused};
 use crate::pki::{Kind, RuntimeCa, Validity};
-use crate::store::signins::{Binding, UnboundUse};
+use crate::store::signins::{Binding, SignInRecord, UnboundUse};
 use crate::store::Store;
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_proto as pb;
@@ -183,13 +183,15 @@ impl SignInService {
             )
             .and_then(|()| {
                 // The groups count for the policy only with this key (`ControllerService::user`).
-                self.store.record_sign_in(
-                    &verified.user,
-                    &key_sha256,
-                    verified.groups.as_deref().unwrap_or_default(),
-                    loggate_core::grant::unix_now(),
-                    issued.not_after_unix,
-                )
+                self.store.record_sign_in(&SignInRecord {
+                    name: &verified.user,
+                    key_sha256: &key_sha256,
+                    groups: verified.groups.as_deref().unwrap_or_default(),
+                    now: loggate_core::grant::unix_now(),
+                    cert_not_after: issued.not_after_unix,
+                    auth_time: verified.auth_time,
+                    amr: &verified.amr,
+                })
             })
             .map_err(|e| {
                 tracing::error!("cannot record the key of {subject}: {e:#}");

@@ -197,6 +197,27 @@ impl ControllerService {
         Ok(revoked)
     }
 
+    /// How `user` signed in (the sign-in behind their certificate's key), for the policy's
+    /// step-up rules: multi-factor when the IdP's `amr` holds `mfa` (RFC 8176).
+    pub(super) fn sign_in_strength(
+        &self,
+        user: &loggate_core::identity::Identity,
+    ) -> Result<crate::policy::SignInStrength, Status> {
+        let facts = self
+            .store
+            .sign_in_facts(user.name(), &user.key_sha256_hex())
+            .map_err(internal)?;
+        Ok(match facts {
+            None => crate::policy::SignInStrength::Unknown,
+            Some(f) => crate::policy::SignInStrength::Known {
+                age: std::time::Duration::from_secs(
+                    u64::try_from(unix_now().saturating_sub(f.auth_time)).unwrap_or(0),
+                ),
+                mfa: f.amr.iter().any(|m| m == "mfa"),
+            },
+        })
+    }
+
     /// `ListUsers` (admins): the people signed in with the IdP or ever locked, by name.
     pub(super) async fn list_users_rpc(
         &self,

@@ -48,7 +48,9 @@ CREATE TABLE IF NOT EXISTS oidc_users (
     key_sha256 TEXT NOT NULL,
     groups TEXT NOT NULL,
     last_sign_in INTEGER NOT NULL,
-    cert_not_after INTEGER NOT NULL
+    cert_not_after INTEGER NOT NULL,
+    auth_time INTEGER NOT NULL,
+    amr TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS user_locks (
     name TEXT PRIMARY KEY,
@@ -70,6 +72,34 @@ pub struct LockState {
     pub changed_at: i64,
     pub changed_by: String,
     pub reason: String,
+}
+
+/// One verified sign-in, as [`Store::record_sign_in`] keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInRecord<'a> {
+    /// The loggate user name.
+    pub name: &'a str,
+    /// SHA-256 (hex) of the key the sign-in certified.
+    pub key_sha256: &'a str,
+    /// The IdP groups of its token.
+    pub groups: &'a [String],
+    /// When (unix s).
+    pub now: i64,
+    /// The end of the certificate it gave.
+    pub cert_not_after: i64,
+    /// When the person authenticated at the IdP (`auth_time`, else `iat`).
+    pub auth_time: i64,
+    /// The token's `amr`.
+    pub amr: &'a [String],
+}
+
+/// How the sign-in behind a caller's key authenticated, for step-up rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInFacts {
+    /// When the person authenticated at the IdP (unix s).
+    pub auth_time: i64,
+    /// The token's `amr` (RFC 8176).
+    pub amr: Vec<String>,
 }
 
 /// A lock or unlock of one person ([`Store::set_user_lock`]).
@@ -199,28 +229,46 @@ impl Store {
     /// Records a sign-in of `name`: the key certified (SHA-256 hex of its SPKI), the IdP
     /// groups of its verified token, when (unix s) and the certificate's end. Replaces the
     /// previous sign-in's: the groups follow the latest token.
-    pub fn record_sign_in(
-        &self,
-        name: &str,
-        key_sha256: &str,
-        groups: &[String],
-        now: i64,
-        cert_not_after: i64,
-    ) -> anyhow::Result<()> {
+    pub fn record_sign_in(&self, r: &SignInRecord<'_>) -> anyhow::Result<()> {
         self.conn().execute(
-            "INSERT INTO oidc_users (name, key_sha256, groups, last_sign_in, cert_not_after)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO oidc_users
+                 (name, key_sha256, groups, last_sign_in, cert_not_after, auth_time, amr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(name) DO UPDATE SET key_sha256 = ?2, groups = ?3, last_sign_in = ?4,
-                 cert_not_after = ?5",
+                 cert_not_after = ?5, auth_time = ?6, amr = ?7",
             params![
-                name,
-                key_sha256,
-                super::to_json(groups),
-                now,
-                cert_not_after
+                r.name,
+                r.key_sha256,
+                super::to_json(r.groups),
+                r.now,
+                r.cert_not_after,
+                r.auth_time,
+                super::to_json(r.amr)
             ],
         )?;
         Ok(())
+    }
+
+    /// How fresh and strong the sign-in behind `name`'s key `key_sha256` (hex) was, when its
+    /// last sign-in certified that key; `None` for another key.
+    pub fn sign_in_facts(
+        &self,
+        name: &str,
+        key_sha256: &str,
+    ) -> anyhow::Result<Option<SignInFacts>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT auth_time, amr FROM oidc_users WHERE name = ?1 AND key_sha256 = ?2",
+                params![name, key_sha256],
+                |r| {
+                    Ok(SignInFacts {
+                        auth_time: r.get(0)?,
+                        amr: super::from_json(r.get(1)?),
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// The IdP groups of `name`'s last sign-in when it certified the key `key_sha256` (hex);
@@ -407,21 +455,42 @@ mod tests {
         );
     }
 
+    fn record<'a>(name: &'a str, key: &'a str, groups: &'a [String], now: i64) -> SignInRecord<'a> {
+        SignInRecord {
+            name,
+            key_sha256: key,
+            groups,
+            now,
+            cert_not_after: now + 100,
+            auth_time: now - 1,
+            amr: &[],
+        }
+    }
+
     #[test]
     fn idp_groups_count_only_for_the_key_the_last_sign_in_certified() {
         let (_dir, store) = store();
         let groups = vec!["payments".to_string(), "Payments On-Call".to_string()];
         store
-            .record_sign_in("alice", "k1", &groups, 10, 100)
+            .record_sign_in(&record("alice", "k1", &groups, 10))
             .expect("record");
         assert_eq!(store.idp_groups_for("alice", "k1").ok(), Some(Some(groups)));
         assert_eq!(store.idp_groups_for("alice", "k2").ok(), Some(None));
         assert_eq!(store.idp_groups_for("bob", "k1").ok(), Some(None));
         // A new sign-in (a new key, other groups) replaces the old one's.
         store
-            .record_sign_in("alice", "k2", &["dev".to_string()], 20, 200)
+            .record_sign_in(&record("alice", "k2", &["dev".to_string()], 20))
             .expect("record");
         assert_eq!(store.idp_groups_for("alice", "k1").ok(), Some(None));
+        assert_eq!(store.sign_in_facts("alice", "k1").ok(), Some(None));
+        assert_eq!(
+            store
+                .sign_in_facts("alice", "k2")
+                .ok()
+                .flatten()
+                .map(|f| f.auth_time),
+            Some(19)
+        );
         assert_eq!(
             store.idp_groups_for("alice", "k2").ok(),
             Some(Some(vec!["dev".to_string()]))
@@ -484,7 +553,7 @@ mod tests {
             .flatten()
             .is_some_and(|l| !l.locked));
         store
-            .record_sign_in("bob", "k", &["dev".to_string()], 5, 50)
+            .record_sign_in(&record("bob", "k", &["dev".to_string()], 5))
             .expect("record");
         let (users, truncated) = store.list_users(10).expect("list");
         assert!(!truncated);
