@@ -1333,3 +1333,64 @@ step_up = { mfa = true }
     );
     Ok(())
 }
+
+#[test]
+fn approving_under_a_step_up_role_needs_the_approvers_recent_sign_in() -> anyhow::Result<()> {
+    let policy = r#"
+[groups]
+payments = ["idp:payments"]
+sre = ["bob"]
+
+[[roles]]
+name = "two-person"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+step_up = { max_age = "5s" }
+"#;
+    let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    s.login_as("alice")?;
+    let out = s
+        .person(&[
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-10", "--json",
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let request: Value = serde_json::from_str(text(&out).0.trim())?;
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(request["state"], "pending", "{request}");
+    s.person(&["logout"]).output()?;
+    s.login_as("bob")?;
+    std::thread::sleep(Duration::from_secs(6));
+    // bob's sign-in is older than the role's max_age: refused, audited, still pending.
+    let out = s.person(&["grant", "approve", &id]).output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("run `loggate login --fresh`"),
+        "{}",
+        text(&out).1
+    );
+    let refused: Vec<Value> = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| event_name(r) == Some("access.review_refused"))
+        .collect();
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("step_up_required")),
+        "{refused:?}"
+    );
+    // After a fresh sign-in the approval counts.
+    s.login_as("bob")?;
+    let out = s.person(&["grant", "approve", &id]).output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("approved: grant"), "{}", text(&out).0);
+    Ok(())
+}

@@ -157,7 +157,8 @@ pub struct Role {
 
 /// A role's step-up rule: the requester's sign-in at the IdP must be at most `max_age` old
 /// and/or multi-factor (`amr` holding `mfa`), or the role does not apply
-/// (`step_up_required`: run `loggate login --fresh`).
+/// (`step_up_required`: run `loggate login --fresh`); so must an approver's, to approve a
+/// request under it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepUp {
     pub max_age: Option<Duration>,
@@ -183,7 +184,7 @@ pub enum SignInStrength {
 
 impl SignInStrength {
     /// Whether it meets `rule`.
-    fn meets(self, rule: &StepUp) -> bool {
+    pub fn meets(self, rule: &StepUp) -> bool {
         match self {
             SignInStrength::NotChecked => true,
             SignInStrength::Unknown => false,
