@@ -9,6 +9,7 @@ pub mod listing;
 pub mod login;
 pub mod reads;
 pub mod status;
+pub mod users;
 
 use crate::config::ClientConfig;
 use loggate_core::grant::rough_duration;

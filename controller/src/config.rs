@@ -490,7 +490,8 @@ pub struct OidcFile {
     /// `username_claim = "email"`).
     #[serde(default)]
     pub allowed_email_domains: Vec<String>,
-    /// The claim holding the person's groups (recorded; the policy does not read it yet).
+    /// The claim holding the person's groups: recorded, and kept with the sign-in for the
+    /// access policy's `idp:` group members (docs/policy.md).
     #[serde(default)]
     pub groups_claim: Option<String>,
     /// Validity of the certificate a sign-in gives.

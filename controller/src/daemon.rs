@@ -102,16 +102,17 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             // Sign-in (`[oidc]`) is served on the same port, signed by the same CA.
             let service = Arc::new(match &config.oidc_settings {
                 None => service,
-                Some(settings) => {
-                    service.with_sign_in(Arc::new(crate::service::signin::SignInService::new(
+                Some(settings) => service.with_sign_in(Arc::new(
+                    crate::service::signin::SignInService::new(
                         crate::oidc::verify::SignInVerifier::new(Arc::new(settings.clone()))?,
                         ca.clone(),
                         store.clone(),
                         config.trust_domain.clone(),
                         audit.clone(),
                         config.listen.port(),
-                    )))
-                }
+                    )
+                    .with_policy(access_policy.clone()),
+                )),
             });
             let listener = tokio::net::TcpListener::bind(enrolment.listen)
                 .await

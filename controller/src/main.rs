@@ -97,6 +97,9 @@ enum Command {
     /// Agents: list, ask one about itself, remove them; join tokens for enrolment (admins).
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// People (admins): lock someone out everywhere, unlock them, list who signed in.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Print the shell completion script for SHELL on standard output.
     Completions {
         #[arg(value_enum)]
@@ -105,6 +108,42 @@ enum Command {
     /// For `cargo xtask package`: write the man pages of every command (roff) into DIR.
     #[command(hide = true)]
     Manpages { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Lock a person out: every certificate of theirs refused by the controller at once, their
+    /// grants revoked (agents cut their live streams), their pending requests cancelled, and
+    /// `loggate login` refused until `loggate user unlock`.
+    ///
+    /// Example: loggate user lock alice --reason "laptop stolen, INC-9"
+    Lock {
+        /// A user name or spiffe://…/user/NAME.
+        name: String,
+        /// Why (recorded in user.locked).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Let a locked person sign in again; their certificates from before the lock stay
+    /// refused.
+    Unlock {
+        name: String,
+        /// Why (recorded in user.unlocked).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// The people who signed in with the IdP or were locked: last sign-in, certificate end,
+    /// IdP groups, locked or not.
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 #[derive(Subcommand)]
@@ -664,6 +703,19 @@ async fn run(cli: Cli) -> CliResult {
             client,
         }) => {
             cli::agents::agent_list(&client.load()?, selector, matches!(output, Output::Json)).await
+        }
+        Command::User(UserCommand::Lock {
+            name,
+            reason,
+            client,
+        }) => cli::users::set_lock(&client.load()?, name, true, reason).await,
+        Command::User(UserCommand::Unlock {
+            name,
+            reason,
+            client,
+        }) => cli::users::set_lock(&client.load()?, name, false, reason).await,
+        Command::User(UserCommand::List { output, client }) => {
+            cli::users::list(&client.load()?, matches!(output, Output::Json)).await
         }
         Command::Agent(AgentCommand::Remove { id, client }) => {
             cli::agents::agent_remove(&client.load()?, id).await

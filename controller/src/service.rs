@@ -7,6 +7,7 @@ pub mod enrol;
 pub mod fanout;
 mod requests;
 pub mod signin;
+mod users;
 
 pub use anchor::enrol_checkpoint_keys;
 
@@ -169,7 +170,16 @@ impl ControllerService {
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))
             })
             .map_err(internal)?;
-        Ok(user)
+        // The IdP groups of the sign-in that certified this very key (kept server-side, never
+        // read from the certificate), for the access policy's `idp:` members.
+        match self
+            .store
+            .idp_groups_for(user.name(), &key)
+            .map_err(internal)?
+        {
+            Some(groups) => Ok(user.with_idp_groups(&groups)),
+            None => Ok(user),
+        }
     }
 
     /// The change feed, started with the first stream.
@@ -773,6 +783,20 @@ impl Controller for ControllerService {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         self.list_agents_rpc(request).await
+    }
+
+    async fn set_user_lock(
+        &self,
+        request: Request<pb::SetUserLockRequest>,
+    ) -> Result<Response<pb::SetUserLockResponse>, Status> {
+        self.set_user_lock_rpc(request).await
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        self.list_users_rpc(request).await
     }
 
     async fn remove_agent(

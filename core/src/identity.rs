@@ -346,6 +346,15 @@ impl Identity {
     pub fn groups(&self) -> &[String] {
         &self.groups
     }
+    /// This identity with the groups of the person's verified sign-in at the IdP added, each
+    /// as `idp:<group>` (kept server-side by the controller, keyed by the certificate key it
+    /// signed; never read from the certificate). A certificate's OU can never look like one:
+    /// an OU counts only when it is a valid name, which holds no `:`.
+    pub fn with_idp_groups(mut self, idp_groups: &[String]) -> Self {
+        self.groups
+            .extend(idp_groups.iter().map(|g| format!("idp:{g}")));
+        self
+    }
     /// The user name or agent id from the SPIFFE ID's path; empty for the controller.
     pub fn name(&self) -> &str {
         &self.name

@@ -33,6 +33,16 @@ struct SignInSetup {
 
 impl SignInSetup {
     fn start(idp_env: &[(&str, &str)], oidc_extra: &str) -> anyhow::Result<SignInSetup> {
+        Self::start_with_policy(idp_env, oidc_extra, None)
+    }
+
+    /// [`Self::start`] with an access policy (`LOG_DIR` in it stands for the agent's log
+    /// folder).
+    fn start_with_policy(
+        idp_env: &[(&str, &str)],
+        oidc_extra: &str,
+        policy: Option<&str>,
+    ) -> anyhow::Result<SignInSetup> {
         let idp = OidcProvider::start(idp_env)?;
         let mut cluster = Cluster::new(None)?;
         // Above the tests' attempts from one address in a minute.
@@ -50,6 +60,9 @@ impl SignInSetup {
         std::fs::create_dir_all(&log_dir)?;
         std::fs::write(log_dir.join("app.log"), "hello from web-1\n")?;
         cluster.add_agent("web-1", &[&log_dir], "")?;
+        if let Some(policy) = policy {
+            cluster.set_policy(&policy.replace("LOG_DIR", &log_dir.display().to_string()))?;
+        }
         cluster.start_controller()?;
         wait_for_port(sign_in, Duration::from_secs(20))?;
         cluster.start_agent("web-1")?;
@@ -89,6 +102,24 @@ impl SignInSetup {
         args.push(&ca);
         args.extend_from_slice(extra);
         self.person(&args)
+    }
+
+    /// `loggate login` (code flow) as `who` at the IdP; panics with its output unless it
+    /// signs in.
+    fn login_as(&self, who: &str) -> anyhow::Result<()> {
+        let (code, stderr) = self.try_login_as(who)?;
+        anyhow::ensure!(code == 0, "login as {who}: exit {code}: {stderr}");
+        Ok(())
+    }
+
+    /// `loggate login` (code flow) as `who`: its exit code and standard error.
+    fn try_login_as(&self, who: &str) -> anyhow::Result<(i32, String)> {
+        let mut login = LoginRun::spawn(self.login_cmd(&[]))?;
+        let url = login.line(|l| l.starts_with(&format!("{}/auth?", self.idp.issuer)))?;
+        let browser = self.idp.browser()?;
+        let redirect = browser.sign_in(&url, who)?;
+        browser.deliver(&redirect)?;
+        login.finish()
     }
 
     /// The controller's `auth.*` records.
@@ -950,5 +981,416 @@ fn rotated_keys_are_fetched_for_an_unknown_kid_and_with_the_jwks_down_only_known
     }
     assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(s.auth_records("auth.certificate_issued").len(), 3);
+    Ok(())
+}
+
+/// The policy of the IdP-group tests: the IdP group `payments` (alice's, not bob's) holds the
+/// role over the agent's logs.
+const IDP_GROUP_POLICY: &str = r#"
+[groups]
+payments = ["idp:payments"]
+
+[[roles]]
+name = "payments-logs"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+"#;
+
+#[test]
+fn an_idp_group_named_by_the_policy_gives_its_role_to_the_people_the_idp_puts_in_it(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start_with_policy(&[], "", Some(IDP_GROUP_POLICY))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    let request = |s: &SignInSetup| {
+        s.person(&[
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-7",
+        ])
+        .output()
+    };
+    // alice: the IdP says payments (and sre); the role is hers, and she reads.
+    s.login_as("alice")?;
+    let out = request(&s)?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = s
+        .person(&["logs", "cat", "--host", "web-1", "--agent-addr"])
+        .arg(s.cluster.agent_addr("web-1"))
+        .arg(&path)
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0, "hello from web-1\n");
+    // bob: the IdP says dev; no role, exit 3, the role named with its reason.
+    s.person(&["logout"]).output()?;
+    s.login_as("bob")?;
+    let out = request(&s)?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("role payments-logs you are not among its users or groups"),
+        "{}",
+        text(&out).1
+    );
+    Ok(())
+}
+
+#[test]
+fn a_token_without_the_groups_claim_is_refused_when_the_policy_names_idp_groups(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start_with_policy(&[], "", Some(IDP_GROUP_POLICY))?;
+    let issuer = s.idp.issuer.clone();
+    let key = p256_key();
+    let nonce = nonce_for(&key.spki);
+    // With the claim (even an empty list): signed in.
+    let mut claims = alice_claims(&issuer, &nonce);
+    claims["groups"] = json!([]);
+    s.sign_in_rpc(&s.idp.sign("RS256", &claims, false)?, &nonce, &key.csr)?;
+    // Without it: refused missing_claim, audited, no certificate.
+    let key = p256_key();
+    let nonce = nonce_for(&key.spki);
+    let mut claims = alice_claims(&issuer, &nonce);
+    claims.as_object_mut().map(|c| c.remove("groups"));
+    let refused = s
+        .sign_in_rpc(&s.idp.sign("RS256", &claims, false)?, &nonce, &key.csr)
+        .expect_err("a token without groups");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("no \"groups\" claim"),
+        "{refused:?}"
+    );
+    let records = s.auth_records("auth.sign_in_refused");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        record_field(&records[0], "reason_code"),
+        Some(&json!("missing_claim"))
+    );
+    assert_eq!(s.auth_records("auth.certificate_issued").len(), 1);
+    Ok(())
+}
+
+/// Waits (at most `timeout`) for `child` to end.
+fn wait_exit(child: &mut Child, timeout: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if child.try_wait()?.is_some() {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    anyhow::bail!("the process did not end within {timeout:?}")
+}
+
+/// Copies the files of directory `from` into `to` (a snapshot of a person's configuration).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_locked_user_is_cut_off_everywhere_and_signs_in_again_only_after_an_unlock(
+) -> anyhow::Result<()> {
+    let policy = IDP_GROUP_POLICY
+        .replace(
+            "payments = [\"idp:payments\"]",
+            "payments = [\"idp:payments\"]\nsre = [\"bob\"]",
+        )
+        .replace(
+            "approval = \"auto\"",
+            "approval = \"approvers\"\napprovers = 1\napprover_groups = [\"sre\"]",
+        );
+    let s = SignInSetup::start_with_policy(&[], "", Some(&policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    s.login_as("alice")?;
+    // A copy of alice's signed-in files: the stolen laptop.
+    let stolen = s.home.path().join("stolen");
+    copy_dir(&s.config_dir(), &stolen)?;
+    let config = std::fs::read_to_string(stolen.join("config.toml"))?;
+    std::fs::write(
+        stolen.join("config.toml"),
+        config.replace(
+            &s.config_dir().display().to_string(),
+            &stolen.display().to_string(),
+        ),
+    )?;
+    // A pending request of hers, and a grant under which she follows the log.
+    let out = s
+        .person(&[
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-9",
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("pending"), "{}", text(&out).0);
+    let grant = s.cluster.grant("alice", "web-1", &path, "30m")?;
+    let mut follow = s
+        .person(&[
+            "logs",
+            "tail",
+            "--follow",
+            "--host",
+            "web-1",
+            "--agent-addr",
+        ])
+        .arg(s.cluster.agent_addr("web-1"))
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    s.cluster
+        .wait_for_audit("web-1", Duration::from_secs(10), |e| {
+            e["event"] == "read.allowed"
+        })?;
+
+    // Locked: the live follow is cut, the request cancelled, the grant revoked.
+    let out = s.cluster.run_cli(
+        "admin",
+        &["user", "lock", "alice", "--reason", "laptop stolen, INC-9"],
+    )?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(
+        text(&out).0.contains("1 grant(s) revoked")
+            && text(&out).0.contains("1 pending request(s) cancelled"),
+        "{}",
+        text(&out).0
+    );
+    let took = wait_exit(&mut follow, Duration::from_secs(10))?;
+    let out = follow.wait_with_output()?;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains(&format!("grant {grant} was revoked")),
+        "{}",
+        text(&out).1
+    );
+    assert!(took <= Duration::from_secs(3), "cut after {took:?}");
+    // The next read is refused by the agent (no grant), the controller refuses her certificate.
+    let out = s
+        .person(&["logs", "cat", "--host", "web-1", "--agent-addr"])
+        .arg(s.cluster.agent_addr("web-1"))
+        .arg(&path)
+        .output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    let out = s.person(&["grant", "list"]).output()?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("loggate user lock"),
+        "{}",
+        text(&out).1
+    );
+    // No grant can be issued for her (it would be bound to the stolen laptop's key).
+    let issued = s.cluster.issue_grant("alice", "web-1", &path, "30m");
+    assert!(
+        issued
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("no certificate key is known")),
+        "{issued:?}"
+    );
+    // Her sign-in is refused while locked, and audited.
+    let (code, stderr) = s.try_login_as("alice")?;
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("locked out"), "{stderr}");
+    let refused = s.auth_records("auth.sign_in_refused");
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("locked")),
+        "{refused:?}"
+    );
+    // Audited: the lock (Account Change, Lock), the cancellation and the revocation.
+    let audit = s.cluster.controller_audit();
+    let locked: Vec<&Value> = audit
+        .iter()
+        .filter(|r| event_name(r) == Some("user.locked"))
+        .collect();
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0]["class_uid"], json!(3001));
+    assert_eq!(locked[0]["activity_id"], json!(9));
+    assert!(audit
+        .iter()
+        .any(|r| event_name(r) == Some("access.cancelled")));
+    assert!(audit.iter().any(|r| event_name(r) == Some("grant.revoked")
+        && record_field(r, "grant_id") == Some(&json!(grant))));
+    // The admin's list says so, with her IdP groups.
+    let out = s
+        .cluster
+        .run_cli("admin", &["user", "list", "--output", "json"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let alice: Value = text(&out)
+        .0
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|u| u["name"] == "alice")
+        .ok_or_else(|| anyhow::anyhow!("alice not listed: {}", text(&out).0))?;
+    assert_eq!(alice["locked"], json!(true));
+    assert_eq!(alice["groups"], json!(["sre", "payments"]));
+    assert!(alice["last_sign_in"].is_i64() && alice["cert_not_after"].is_i64());
+
+    // Unlocked: she signs in again and is served; the stolen certificate stays refused.
+    let out = s.cluster.run_cli(
+        "admin",
+        &["user", "unlock", "alice", "--reason", "new laptop"],
+    )?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    s.login_as("alice")?;
+    let out = s.person(&["grant", "list"]).output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = Command::new(s.cluster.bins.join("loggate"))
+        .args(["grant", "list"])
+        .env("HOME", s.home.path())
+        .env("LOGGATE_CONFIG_DIR", &stolen)
+        .env_remove("LOGGATE_CONFIG")
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(!out.status.success(), "the stolen certificate still works");
+    assert!(text(&out).1.contains("revoked"), "{}", text(&out).1);
+    assert_eq!(
+        s.auth_records("auth.sign_in").len(),
+        2,
+        "signed in before the lock and after the unlock"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_step_up_role_needs_a_recent_sign_in_and_multi_factor_where_the_idp_reports_it(
+) -> anyhow::Result<()> {
+    let policy = r#"
+[groups]
+payments = ["idp:payments"]
+
+[[roles]]
+name = "recent"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+step_up = { max_age = "5s" }
+
+[[roles]]
+name = "raw-mfa"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+redaction = ["raw"]
+approval = "auto"
+step_up = { mfa = true }
+"#;
+    let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    let request = |extra: &[&str]| {
+        let mut args = vec![
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-8",
+        ];
+        args.extend_from_slice(extra);
+        s.person(&args).output()
+    };
+    s.login_as("alice")?;
+    let out = request(&[])?;
+    assert!(out.status.success(), "just signed in: {}", text(&out).1);
+    // The provider's password login reports amr ["pwd"]: not multi-factor.
+    let out = request(&["--redaction", "raw"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("role raw-mfa needs multi-factor authentication"),
+        "{}",
+        text(&out).1
+    );
+    // Older than max_age: refused with the way out; a fresh sign-in gives it again.
+    std::thread::sleep(Duration::from_secs(6));
+    let out = request(&[])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("run `loggate login --fresh`"),
+        "{}",
+        text(&out).1
+    );
+    let (code, stderr) = {
+        let mut login = LoginRun::spawn(s.login_cmd(&["--fresh"]))?;
+        let url = login.line(|l| l.starts_with(&format!("{}/auth?", s.idp.issuer)))?;
+        assert!(url.contains("prompt=login"), "{url}");
+        let browser = s.idp.browser()?;
+        let redirect = browser.sign_in(&url, "alice")?;
+        browser.deliver(&redirect)?;
+        login.finish()?
+    };
+    assert_eq!(code, 0, "{stderr}");
+    let out = request(&[])?;
+    assert!(
+        out.status.success(),
+        "after login --fresh: {}",
+        text(&out).1
+    );
+    Ok(())
+}
+
+#[test]
+fn approving_under_a_step_up_role_needs_the_approvers_recent_sign_in() -> anyhow::Result<()> {
+    let policy = r#"
+[groups]
+payments = ["idp:payments"]
+sre = ["bob"]
+
+[[roles]]
+name = "two-person"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+step_up = { max_age = "5s" }
+"#;
+    let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    s.login_as("alice")?;
+    let out = s
+        .person(&[
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-10", "--json",
+        ])
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let request: Value = serde_json::from_str(text(&out).0.trim())?;
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(request["state"], "pending", "{request}");
+    s.person(&["logout"]).output()?;
+    s.login_as("bob")?;
+    std::thread::sleep(Duration::from_secs(6));
+    // bob's sign-in is older than the role's max_age: refused, audited, still pending.
+    let out = s.person(&["grant", "approve", &id]).output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("run `loggate login --fresh`"),
+        "{}",
+        text(&out).1
+    );
+    let refused: Vec<Value> = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| event_name(r) == Some("access.review_refused"))
+        .collect();
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("step_up_required")),
+        "{refused:?}"
+    );
+    // After a fresh sign-in the approval counts.
+    s.login_as("bob")?;
+    let out = s.person(&["grant", "approve", &id]).output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("approved: grant"), "{}", text(&out).0);
     Ok(())
 }

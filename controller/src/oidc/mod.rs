@@ -49,7 +49,10 @@ pub enum RefusalReason {
     EmailNotVerified,
     /// The e-mail's domain is not in `allowed_email_domains`.
     Domain,
-    /// A claim loggate needs (the username claim, `email`) is absent.
+    /// The person is locked out (`loggate user lock`) until an admin unlocks them.
+    Locked,
+    /// A claim loggate needs (the username claim, `email`, the groups claim when the access
+    /// policy names IdP groups) is absent.
     MissingClaim,
     /// The username claim's value cannot be a loggate user name.
     InvalidUsername,
@@ -80,6 +83,7 @@ impl RefusalReason {
             RefusalReason::SubjectChanged => "subject_changed",
             RefusalReason::EmailNotVerified => "email_not_verified",
             RefusalReason::Domain => "domain_not_allowed",
+            RefusalReason::Locked => "locked",
             RefusalReason::MissingClaim => "missing_claim",
             RefusalReason::InvalidUsername => "invalid_username",
             RefusalReason::WeakKey => "weak_key",

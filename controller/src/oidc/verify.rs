@@ -43,8 +43,15 @@ pub struct VerifiedSignIn {
     /// The IdP's `sub`.
     pub idp_subject: String,
     pub email: Option<String>,
-    /// From `groups_claim` when configured and present (bounded).
-    pub groups: Vec<String>,
+    /// From `groups_claim` (bounded); `None` when no `groups_claim` is configured or the
+    /// token does not carry it as a list (the person's groups are then unknown, which the
+    /// sign-in refuses when the access policy names IdP groups).
+    pub groups: Option<Vec<String>>,
+    /// When the person last authenticated at the IdP (`auth_time`, else `iat`; unix s): a
+    /// policy's step-up `max_age` is measured from it.
+    pub auth_time: i64,
+    /// How they authenticated (`amr`, RFC 8176; at most 16 values kept), when the IdP says.
+    pub amr: Vec<String>,
     /// The certificate request's SubjectPublicKeyInfo (DER).
     pub spki_der: Vec<u8>,
     /// Set for a token without a nonce: the caller takes it once
@@ -156,6 +163,20 @@ impl SignInVerifier {
             idp_subject: claims.subject().as_str().to_string(),
             email,
             groups: self.groups(&raw),
+            auth_time: claims
+                .auth_time()
+                .unwrap_or_else(|| claims.issue_time())
+                .timestamp(),
+            amr: claims
+                .auth_method_refs()
+                .map(|refs| {
+                    refs.iter()
+                        .map(|r| r.as_str().to_string())
+                        .filter(|r| r.len() <= 64)
+                        .take(16)
+                        .collect()
+                })
+                .unwrap_or_default(),
             spki_der: request.spki_der,
             unbound,
         })
@@ -380,22 +401,17 @@ impl SignInVerifier {
         Ok(value.to_string())
     }
 
-    fn groups(&self, raw: &serde_json::Value) -> Vec<String> {
-        let Some(name) = &self.settings.groups_claim else {
-            return Vec::new();
-        };
-        raw.get(name)
-            .and_then(|v| v.as_array())
-            .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|g| g.as_str())
-                    .filter(|g| !g.is_empty() && g.len() <= MAX_GROUP_BYTES)
-                    .take(MAX_GROUPS)
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
+    fn groups(&self, raw: &serde_json::Value) -> Option<Vec<String>> {
+        let name = self.settings.groups_claim.as_ref()?;
+        raw.get(name).and_then(|v| v.as_array()).map(|items| {
+            items
+                .iter()
+                .filter_map(|g| g.as_str())
+                .filter(|g| !g.is_empty() && g.len() <= MAX_GROUP_BYTES)
+                .take(MAX_GROUPS)
+                .map(String::from)
+                .collect()
+        })
     }
 }
 

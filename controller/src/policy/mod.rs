@@ -48,6 +48,24 @@ pub const DEFAULT_MAX_PENDING: u32 = 20;
 pub const MAX_MAX_PENDING: u32 = 1000;
 /// The largest policy file read (bytes).
 pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+/// A `[groups]` entry starting with this names an IdP group (`"idp:payments-oncall"`): every
+/// person whose verified sign-in carried that group is a member. The controller adds the groups
+/// of a caller's sign-in to the caller's groups with this prefix; a certificate's OU can never
+/// carry it (an OU counts only when it is a valid name, which has no `:`), so no certificate
+/// can claim an IdP group.
+pub const IDP_GROUP_PREFIX: &str = "idp:";
+/// The longest IdP group name a policy may name (the verifier keeps no longer ones).
+pub const MAX_IDP_GROUP_BYTES: usize = 256;
+
+/// Whether `name` may be an IdP group of the policy: 1 to [`MAX_IDP_GROUP_BYTES`] bytes, no
+/// control or format character (IdPs name groups freely: `Payments On-Call`, `/team/sre`, an
+/// Entra object id), no surrounding space.
+fn is_valid_idp_group(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IDP_GROUP_BYTES
+        && name.trim() == name
+        && !name.chars().any(text::is_hidden_or_control)
+}
 
 /// How a role's requests are decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +151,48 @@ pub struct Role {
     pub max_ttl: Duration,
     pub redaction: Vec<String>,
     pub approval: Approval,
+    /// A recent and/or multi-factor sign-in required to request under this role (`step_up`).
+    pub step_up: Option<StepUp>,
+}
+
+/// A role's step-up rule: the requester's sign-in at the IdP must be at most `max_age` old
+/// and/or multi-factor (`amr` holding `mfa`), or the role does not apply
+/// (`step_up_required`: run `loggate login --fresh`); so must an approver's, to approve a
+/// request under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepUp {
+    pub max_age: Option<Duration>,
+    pub mfa: bool,
+}
+
+/// The longest `step_up.max_age`.
+pub const MAX_STEP_UP_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// How the requester signed in, for step-up rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInStrength {
+    /// Not judged here: the re-evaluation of a request at its approval (judged when it was
+    /// made), or a check about someone else (whose sign-in is not at hand).
+    NotChecked,
+    /// No sign-in is behind the caller's key (a development certificate, an older sign-in's):
+    /// no step-up rule is met.
+    Unknown,
+    /// The sign-in behind the caller's key: how long ago the person authenticated at the IdP,
+    /// and whether the IdP reported multi-factor.
+    Known { age: Duration, mfa: bool },
+}
+
+impl SignInStrength {
+    /// Whether it meets `rule`.
+    pub fn meets(self, rule: &StepUp) -> bool {
+        match self {
+            SignInStrength::NotChecked => true,
+            SignInStrength::Unknown => false,
+            SignInStrength::Known { age, mfa } => {
+                rule.max_age.is_none_or(|max| age <= max) && (!rule.mfa || mfa)
+            }
+        }
+    }
 }
 
 /// A validated policy.
@@ -143,6 +203,11 @@ pub struct Policy {
     /// wrote; `settings.certificate_groups`): opt-in per group, so a certificate's OU never
     /// makes anyone a member of any other group.
     pub certificate_groups: BTreeSet<String>,
+    /// The IdP groups whose members are members of a policy group (`idp:<name>` entries of
+    /// `[groups]`): policy group → IdP group names. A person is in them through the groups of
+    /// their last verified sign-in, which the controller keeps server-side keyed by the
+    /// certificate key it signed (see [`IDP_GROUP_PREFIX`]).
+    pub idp_groups: BTreeMap<String, BTreeSet<String>>,
     /// Users who hold no role and review nothing, whatever `[groups]` or their certificate
     /// says (`settings.deny_users`): how someone whose certificate still names a group is
     /// taken out of it before the certificate expires. Deny wins.
@@ -228,6 +293,15 @@ struct RawRole {
     approvers: Option<u32>,
     #[serde(default)]
     approver_groups: Vec<String>,
+    step_up: Option<RawStepUp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStepUp {
+    max_age: Option<String>,
+    #[serde(default)]
+    mfa: bool,
 }
 
 fn default_redaction() -> Vec<String> {
@@ -314,6 +388,7 @@ impl Policy {
             None => DEFAULT_MAX_PENDING,
         };
         let mut groups = BTreeMap::new();
+        let mut idp_groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (name, members) in &raw.groups {
             let line = at(members.span());
             if !is_valid_name(name) {
@@ -326,10 +401,25 @@ impl Policy {
             }
             let mut set = BTreeSet::new();
             for m in members.get_ref() {
+                if let Some(idp) = m.strip_prefix(IDP_GROUP_PREFIX) {
+                    if !is_valid_idp_group(idp) {
+                        return Err((
+                            line,
+                            format!("group {name}: {m:?} is not an IdP group (idp: then 1 to {MAX_IDP_GROUP_BYTES} bytes, no control characters or surrounding spaces)"),
+                        ));
+                    }
+                    idp_groups
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(idp.to_string());
+                    continue;
+                }
                 if !is_valid_name(m) {
                     return Err((
                         line,
-                        format!("group {name}: {m:?} is not a valid user name"),
+                        format!(
+                            "group {name}: {m:?} is not a valid user name (or idp:<IdP group>)"
+                        ),
                     ));
                 }
                 set.insert(m.clone());
@@ -395,6 +485,7 @@ impl Policy {
         Ok(Policy {
             groups,
             certificate_groups,
+            idp_groups,
             deny_users,
             agent_labels,
             roles,
@@ -537,8 +628,31 @@ impl Policy {
             ))
             }
         };
+        let step_up = match &raw.step_up {
+            None => None,
+            Some(s) => {
+                let max_age = match &s.max_age {
+                    Some(t) => Some(duration(
+                        t,
+                        &format!("role {name}: step_up.max_age"),
+                        MAX_STEP_UP_AGE,
+                    )?),
+                    None => None,
+                };
+                if max_age.is_none() && !s.mfa {
+                    return Err(format!(
+                        "role {name}: step_up needs max_age (e.g. \"15m\") and/or mfa = true"
+                    ));
+                }
+                Some(StepUp {
+                    max_age,
+                    mfa: s.mfa,
+                })
+            }
+        };
         Ok(Role {
             name: name.clone(),
+            step_up,
             users: raw.users.iter().cloned().collect(),
             groups: raw.groups.clone(),
             hosts: HostRule {
@@ -590,10 +704,17 @@ impl Policy {
             .collect()
     }
 
+    /// Whether this policy names any IdP group: then a sign-in whose token lacks the groups
+    /// claim is refused (its person's memberships could not be known).
+    pub fn uses_idp_groups(&self) -> bool {
+        !self.idp_groups.is_empty()
+    }
+
     /// Whether `person` is a member of group `group`: only for a group this policy defines,
     /// never for a user of `settings.deny_users`; listed in `[groups]`, or holding the group
     /// in their certificate (`cert_groups`, see [`Query::cert_groups`]) when the group opts in
-    /// (`settings.certificate_groups`).
+    /// (`settings.certificate_groups`), or holding (`idp:<name>` in `cert_groups`, added by
+    /// the controller from the person's verified sign-in) an IdP group the group names.
     pub fn is_member(&self, group: &str, person: &str, cert_groups: &[String]) -> bool {
         let Some(listed) = self.groups.get(group) else {
             return false;
@@ -601,8 +722,17 @@ impl Policy {
         if self.deny_users.contains(person) {
             return false;
         }
+        let by_idp = || {
+            self.idp_groups.get(group).is_some_and(|idp| {
+                cert_groups
+                    .iter()
+                    .filter_map(|g| g.strip_prefix(IDP_GROUP_PREFIX))
+                    .any(|g| idp.contains(g))
+            })
+        };
         listed.contains(person)
             || (self.certificate_groups.contains(group) && cert_groups.iter().any(|g| g == group))
+            || by_idp()
     }
 
     /// Whether `reviewer` (with the groups of their certificate) may review a request of
@@ -658,6 +788,11 @@ impl Policy {
         if !role.redaction.iter().any(|p| p == q.profile) {
             return Some(Refusal::ProfileNotAllowed(q.profile.to_string()));
         }
+        if let Some(rule) = &role.step_up {
+            if !q.sign_in.meets(rule) {
+                return Some(Refusal::StepUpRequired(rule.clone()));
+            }
+        }
         let is_break_glass = matches!(role.approval, Approval::BreakGlass { .. });
         if is_break_glass && !q.break_glass {
             return Some(Refusal::BreakGlassOnly);
@@ -712,7 +847,8 @@ impl Policy {
 pub struct Query<'a> {
     pub subject: &'a str,
     /// The groups the subject's certificate names (its subject's OU attributes), matched like
-    /// `[groups]` members. Only certificates of the configured CA reach the controller, so
+    /// `[groups]` members, and the IdP groups of the sign-in that certified its key, each as
+    /// `idp:<name>` (matched against the `idp:` entries of `[groups]`). Only certificates of the configured CA reach the controller, so
     /// these are groups our CA wrote; empty for `policy check --subject` about someone else,
     /// whose certificate the controller does not have.
     pub cert_groups: &'a [String],
@@ -722,6 +858,8 @@ pub struct Query<'a> {
     pub profile: &'a str,
     /// The requester asks for break-glass access (`grant request --break-glass`).
     pub break_glass: bool,
+    /// How the requester signed in (for roles with `step_up`).
+    pub sign_in: SignInStrength,
 }
 
 /// Why one role does not allow a query.
@@ -741,6 +879,8 @@ pub enum Refusal {
         needed: usize,
         eligible: usize,
     },
+    /// The role needs a more recent or a multi-factor sign-in (`step_up`).
+    StepUpRequired(StepUp),
 }
 
 impl Refusal {
@@ -754,6 +894,7 @@ impl Refusal {
             Refusal::BreakGlassOnly => "break_glass_only",
             Refusal::NotBreakGlass => "not_break_glass",
             Refusal::TooFewApprovers { .. } => "too_few_approvers",
+            Refusal::StepUpRequired(_) => "step_up_required",
         }
     }
 
@@ -774,6 +915,22 @@ impl Refusal {
             Refusal::TooFewApprovers { needed, eligible } => format!(
                 "needs {needed} approvers other than you, and its approver groups hold {eligible}"
             ),
+            Refusal::StepUpRequired(rule) => {
+                let mut needs = Vec::new();
+                if let Some(max) = rule.max_age {
+                    needs.push(format!(
+                        "a sign-in at the IdP within the last {}",
+                        loggate_core::duration::format(max)
+                    ));
+                }
+                if rule.mfa {
+                    needs.push("multi-factor authentication".to_string());
+                }
+                format!(
+                    "needs {}: run `loggate login --fresh` and ask again",
+                    needs.join(" and ")
+                )
+            }
         }
     }
 }

@@ -307,6 +307,7 @@ fn evaluation_picks_the_role_and_rule_or_says_why_none() {
             ttl: c.ttl,
             profile: c.profile,
             break_glass: c.break_glass,
+            sign_in: SignInStrength::NotChecked,
         });
         match (&decision, &c.expect) {
             (Decision::Allowed(a), Ok((role, rule, ttl))) => {
@@ -356,6 +357,7 @@ approver_groups = ["sre"]
         ttl: H1,
         profile: "default",
         break_glass: false,
+        sign_in: SignInStrength::NotChecked,
     };
     // Two approvers needed, only carol is left besides bob: refused, never pending for ever.
     match p.evaluate(&q) {
@@ -405,6 +407,7 @@ approval = "auto"
         ttl: H1,
         profile: "default",
         break_glass: false,
+        sign_in: SignInStrength::NotChecked,
     };
     let Decision::Allowed(a) = p.evaluate(&q) else {
         panic!("refused")
@@ -529,6 +532,7 @@ approver_groups = ["sre"]
             ttl: H1,
             profile: "default",
             break_glass: false,
+            sign_in: SignInStrength::NotChecked,
         })
     };
     assert!(matches!(ask(&[]), Decision::Refused(_)));
@@ -597,6 +601,7 @@ fn ask_as(p: &Policy, subject: &str, cert_groups: &[String]) -> Decision {
         ttl: H1,
         profile: "default",
         break_glass: false,
+        sign_in: SignInStrength::NotChecked,
     })
 }
 
@@ -640,4 +645,136 @@ deny_users = ["carol", "bob", "alice"]"#,
     assert!(!p.may_review(&groups(&["sre"]), "dave", "bob", &[]));
     assert!(!p.may_review(&groups(&["sre"]), "dave", "carol", &groups(&["sre"])));
     assert_eq!(p.members_except(&groups(&["sre"]), "dave"), ["erin"]);
+}
+
+#[test]
+fn an_idp_group_named_in_groups_makes_its_members_members_and_no_certificate_can_claim_it() {
+    let groups = |g: &[&str]| g.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let p = Policy::parse(
+        r#"
+[groups]
+payments = ["alice", "idp:Payments On-Call"]
+sre = ["bob", "idp:/team/sre"]
+
+[[roles]]
+name = "payments-prod"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["/var/log/app/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+"#,
+    )
+    .unwrap_or_else(|(line, e)| panic!("line {line}: {e}"));
+    assert!(p.uses_idp_groups());
+    // The IdP group (as the controller adds it from a verified sign-in) gives the role.
+    match ask_as(&p, "carol", &groups(&["idp:Payments On-Call"])) {
+        Decision::Allowed(a) => assert_eq!(a.role, "payments-prod"),
+        other => panic!("{other:?}"),
+    }
+    assert!(p.may_review(
+        &groups(&["sre"]),
+        "alice",
+        "dave",
+        &groups(&["idp:/team/sre"])
+    ));
+    // Another IdP group, the policy group's own name, or the bare IdP name: nothing.
+    for held in [&["idp:dev"][..], &["payments"], &["Payments On-Call"], &[]] {
+        assert!(
+            matches!(ask_as(&p, "carol", &groups(held)), Decision::Refused(_)),
+            "{held:?}"
+        );
+    }
+    // The policy's own members keep working; IdP groups are not people in approver lists.
+    assert!(matches!(ask_as(&p, "alice", &[]), Decision::Allowed(_)));
+    assert_eq!(p.members_except(&groups(&["sre"]), "alice"), ["bob"]);
+    // A policy without idp: entries does not need the groups claim.
+    assert!(!policy().uses_idp_groups());
+    // Malformed IdP group names are refused at load.
+    // (as written in the TOML string: a raw U+202E, an escaped newline)
+    for bad in ["idp:", "idp: x", "idp:a\u{202e}b", "idp:a\\nb"] {
+        let text = format!("[groups]\ng = [\"{bad}\"]\n");
+        let (line, e) = Policy::parse(&text).unwrap_err();
+        assert_eq!(line, 2, "{bad:?}");
+        assert!(e.contains("is not an IdP group"), "{bad:?}: {e}");
+    }
+}
+
+#[test]
+fn a_step_up_role_needs_a_recent_and_multi_factor_sign_in() {
+    let p = Policy::parse(
+        r#"
+[groups]
+sre = ["bob"]
+
+[[roles]]
+name = "raw-logs"
+users = ["carol"]
+hosts = ["web-1"]
+paths = ["/var/log/app/*.log"]
+max_ttl = "1h"
+redaction = ["raw"]
+approval = "auto"
+step_up = { max_age = "15m", mfa = true }
+"#,
+    )
+    .unwrap_or_else(|(line, e)| panic!("line {line}: {e}"));
+    let hosts = vec!["web-1".to_string()];
+    let paths = vec!["/var/log/app/api.log".to_string()];
+    let ask = |sign_in: SignInStrength| {
+        p.evaluate(&Query {
+            subject: "carol",
+            cert_groups: &[],
+            hosts: &hosts,
+            paths: &paths,
+            ttl: H1,
+            profile: "raw",
+            break_glass: false,
+            sign_in,
+        })
+    };
+    let minutes = |m: u64| Duration::from_secs(m * 60);
+    assert!(matches!(
+        ask(SignInStrength::Known {
+            age: minutes(1),
+            mfa: true
+        }),
+        Decision::Allowed(_)
+    ));
+    for weak in [
+        SignInStrength::Known {
+            age: minutes(16),
+            mfa: true,
+        },
+        SignInStrength::Known {
+            age: minutes(1),
+            mfa: false,
+        },
+        SignInStrength::Unknown,
+    ] {
+        match ask(weak) {
+            Decision::Refused(r) => {
+                assert_eq!(r[0].1.as_str(), "step_up_required", "{weak:?}");
+                assert!(r[0].1.describe().contains("loggate login --fresh"));
+            }
+            other => panic!("{weak:?}: {other:?}"),
+        }
+    }
+    // Re-evaluated at an approval: judged when the request was made.
+    assert!(matches!(
+        ask(SignInStrength::NotChecked),
+        Decision::Allowed(_)
+    ));
+    // A rule that asks for nothing, or a max_age out of range, is refused at load.
+    let base = "[[roles]]\nname = \"r\"\nusers = [\"carol\"]\nhosts = [\"web-1\"]\npaths = [\"/x\"]\nmax_ttl = \"1h\"\napproval = \"auto\"\n";
+    for (rule, why) in [
+        ("step_up = {}", "needs max_age"),
+        ("step_up = { max_age = \"2d\" }", "out of range"),
+        ("step_up = { mfa = true, often = 1 }", "unknown field"),
+    ] {
+        let (_, e) = Policy::parse(&format!("{base}{rule}\n")).unwrap_err();
+        assert!(e.contains(why), "{rule}: {e}");
+    }
 }

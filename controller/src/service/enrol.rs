@@ -543,10 +543,17 @@ impl super::ControllerService {
     /// for removals made by another replica).
     pub fn refresh_revocations(&self) -> anyhow::Result<()> {
         let removed = self.store.removed_agents()?;
+        // People locked out (`loggate user lock`, see `users.rs`) are revoked the same way.
+        let locked = self.store.user_cutoffs()?;
         self.revocations.replace(
             removed
                 .into_iter()
                 .map(|(id, at)| (format!("spiffe://{}/agent/{id}", self.trust_domain), at))
+                .chain(
+                    locked.into_iter().map(|(name, at)| {
+                        (format!("spiffe://{}/user/{name}", self.trust_domain), at)
+                    }),
+                )
                 .collect(),
         );
         Ok(())

@@ -12,7 +12,7 @@
 
 use super::{grant_info, internal, seconds, ControllerService, MAX_FIELD};
 use crate::policy::notify::{Notice, Notifier, BREAK_GLASS_EVENT};
-use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError};
+use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError, SignInStrength};
 use crate::store::{
     GrantRow, ListScope, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, Store,
     TooManyPending,
@@ -76,7 +76,7 @@ impl Governance {
     }
 
     /// Tells the waiters of request `r` its new state.
-    fn changed(&self, r: &RequestRow) {
+    pub(super) fn changed(&self, r: &RequestRow) {
         // No receiver (nobody waits) is not an error.
         let _ = self.states.send(Arc::new(r.clone()));
     }
@@ -791,6 +791,11 @@ impl ControllerService {
             ttl,
             profile: &profile,
             break_glass: req.break_glass,
+            sign_in: if subject == user.name() {
+                self.sign_in_strength(&user)?
+            } else {
+                SignInStrength::NotChecked
+            },
         });
         let mut out = pb::CheckPolicyResponse {
             hosts,
@@ -891,6 +896,7 @@ impl ControllerService {
             ttl: asked,
             profile: &profile,
             break_glass: req.break_glass,
+            sign_in: self.sign_in_strength(&user)?,
         });
         let allowed = match decision {
             Decision::Allowed(a) => a,
@@ -1181,6 +1187,8 @@ impl ControllerService {
         &self,
         r: &RequestRow,
         reviewer: &Identity,
+        // Read before the approval's transaction (the store is not re-entrant).
+        reviewer_sign_in: SignInStrength,
         policy: &Policy,
     ) -> anyhow::Result<(RequestRule, u32, Option<u64>)> {
         let requester = short(&r.requester);
@@ -1192,6 +1200,8 @@ impl ControllerService {
             ttl: Duration::from_secs(r.ttl_seconds.max(1)),
             profile: &r.profile,
             break_glass: false,
+            // Judged when the request was made.
+            sign_in: SignInStrength::NotChecked,
         });
         let refuse = |code: &'static str, status: Status| -> anyhow::Error {
             if let Err(e) = self.audit_review_refused(r, reviewer, code) {
@@ -1228,6 +1238,26 @@ impl ControllerService {
                     policy.members_except(&groups, requester).join(", ")
                 )),
             ));
+        }
+        // The role's step-up rule holds for its approvers too.
+        if let Some(rule) = policy
+            .roles
+            .iter()
+            .find(|role| role.name == allowed.role)
+            .and_then(|role| role.step_up.as_ref())
+        {
+            if !reviewer_sign_in.meets(rule) {
+                return Err(refuse(
+                    "step_up_required",
+                    Status::permission_denied(format!(
+                        "approving request {} under role {}: role {} {}",
+                        r.id,
+                        allowed.role,
+                        allowed.role,
+                        crate::policy::Refusal::StepUpRequired(rule.clone()).describe()
+                    )),
+                ));
+            }
         }
         let counted = r
             .reviews
@@ -1295,6 +1325,7 @@ impl ControllerService {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
         let key = self.key_of(&before.requester)?;
+        let reviewer_sign_in = self.sign_in_strength(&user)?;
         let now = unix_now();
         let reviewer = user.spiffe_id().to_string();
         let review = ReviewRow {
@@ -1314,7 +1345,8 @@ impl ControllerService {
                     // Every approval decides the request under the policy in force now: a role
                     // removed or narrowed since the request refuses it, a raised approver count
                     // or a reviewer since removed from the approver groups keeps it pending.
-                    let (rule, approvals, ttl) = self.decide_approval(r, &user, &policy)?;
+                    let (rule, approvals, ttl) =
+                        self.decide_approval(r, &user, reviewer_sign_in, &policy)?;
                     let grant_id = ttl.map(|_| loggate_core::grant::new_grant_id());
                     self.audit(&events::AccessApproved {
                         request_id: r.id.clone(),

@@ -11,7 +11,7 @@
 use crate::oidc::verify::{SignInVerifier, UnboundToken, VerifiedSignIn};
 use crate::oidc::{RefusalReason, SignInRefused};
 use crate::pki::{Kind, RuntimeCa, Validity};
-use crate::store::signins::{Binding, UnboundUse};
+use crate::store::signins::{Binding, SignInRecord, UnboundUse};
 use crate::store::Store;
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_proto as pb;
@@ -30,6 +30,9 @@ pub struct SignInService {
     audit: Arc<SharedAuditLog>,
     /// The controller's commands port, told to the CLI for its configuration file.
     controller_port: u16,
+    /// The access policy in force, when there is one: a policy that names IdP groups needs
+    /// every sign-in's token to carry the groups claim.
+    policy: Option<Arc<crate::policy::PolicyHandle>>,
 }
 
 impl SignInService {
@@ -48,7 +51,14 @@ impl SignInService {
             trust_domain,
             audit,
             controller_port,
+            policy: None,
         }
+    }
+
+    /// Reads the access policy in force at each sign-in (see [`Self::check_groups`]).
+    pub fn with_policy(mut self, policy: Arc<crate::policy::PolicyHandle>) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     /// What `loggate login` needs to sign in at the IdP.
@@ -125,6 +135,8 @@ impl SignInService {
                     SignInRefused::new(RefusalReason::InvalidUsername, e.to_string()),
                 )
             })?;
+        let unlocked_at = self.check_not_locked(peer, &issuer, &request.csr_der, &verified)?;
+        self.check_groups(peer, &issuer, &request.csr_der, &verified)?;
         self.check_binding(peer, &issuer, &request.csr_der, &verified)?;
         if let Some(unbound) = &verified.unbound {
             self.take_unbound(peer, &issuer, &request.csr_der, unbound)?;
@@ -137,7 +149,7 @@ impl SignInService {
             issuer: issuer.clone(),
             idp_subject: verified.idp_subject.clone(),
             email: verified.email.clone(),
-            groups: verified.groups.clone(),
+            groups: verified.groups.clone().unwrap_or_default(),
         })?;
         let ttl = self.verifier.settings().cert_ttl;
         let issued = self
@@ -147,7 +159,7 @@ impl SignInService {
                 &self.trust_domain,
                 Kind::User,
                 &verified.user,
-                Validity::for_lifetime(ttl),
+                starting_after(Validity::for_lifetime(ttl), unlocked_at),
             )
             .map_err(|e| {
                 tracing::error!("cannot sign a certificate for {subject}: {e:#}");
@@ -169,6 +181,18 @@ impl SignInService {
                 &key_sha256,
                 loggate_core::grant::unix_now(),
             )
+            .and_then(|()| {
+                // The groups count for the policy only with this key (`ControllerService::user`).
+                self.store.record_sign_in(&SignInRecord {
+                    name: &verified.user,
+                    key_sha256: &key_sha256,
+                    groups: verified.groups.as_deref().unwrap_or_default(),
+                    now: loggate_core::grant::unix_now(),
+                    cert_not_after: issued.not_after_unix,
+                    auth_time: verified.auth_time,
+                    amr: &verified.amr,
+                })
+            })
             .map_err(|e| {
                 tracing::error!("cannot record the key of {subject}: {e:#}");
                 Status::internal("the controller could not record your key; try again later")
@@ -189,6 +213,78 @@ impl SignInService {
             not_after_unix: issued.not_after_unix,
             controller_port: u32::from(self.controller_port),
         })
+    }
+
+    /// A locked person (`loggate user lock`) is refused (`locked`). Otherwise: the cut-off
+    /// of their certificates (unix s) when they were locked once and unlocked since — the
+    /// new certificate must start after it, or it would be refused as one from before the
+    /// lock.
+    fn check_not_locked(
+        &self,
+        peer: SocketAddr,
+        issuer: &str,
+        csr_der: &[u8],
+        verified: &VerifiedSignIn,
+    ) -> Result<Option<i64>, Status> {
+        let lock = self.store.user_lock(&verified.user).map_err(|e| {
+            tracing::error!("cannot read the lock of {:?}: {e:#}", verified.user);
+            Status::internal("the controller could not check your account; try again later")
+        })?;
+        match lock {
+            Some(lock) if lock.locked => Err(self.refuse(
+                peer,
+                issuer,
+                csr_der,
+                SignInRefused::new(
+                    RefusalReason::Locked,
+                    format!(
+                        "{} is locked out of loggate (since {}); ask an admin to unlock you \
+                         (loggate user unlock)",
+                        verified.user,
+                        crate::cli::format_time(lock.changed_at)
+                    ),
+                ),
+            )),
+            Some(lock) => Ok(Some(lock.cutoff)),
+            None => Ok(None),
+        }
+    }
+
+    /// A policy that names IdP groups (`idp:<name>` in `[groups]`) decides by the person's
+    /// groups: a token without the groups claim would make them silently a member of none,
+    /// so the sign-in is refused (`missing_claim`) and the person or the IdP's configuration
+    /// is told.
+    fn check_groups(
+        &self,
+        peer: SocketAddr,
+        issuer: &str,
+        csr_der: &[u8],
+        verified: &VerifiedSignIn,
+    ) -> Result<(), Status> {
+        let needed = self
+            .policy
+            .as_ref()
+            .and_then(|p| p.current())
+            .is_some_and(|p| p.uses_idp_groups());
+        if !needed || verified.groups.is_some() {
+            return Ok(());
+        }
+        let detail = match &self.verifier.settings().groups_claim {
+            Some(claim) => format!(
+                "the ID token carries no {claim:?} claim (a list of groups), and the access \
+                 policy names IdP groups; ask the IdP's admin to add the groups claim to \
+                 loggate's ID tokens"
+            ),
+            None => "the access policy names IdP groups but oidc.groups_claim is not set; ask \
+                     an admin to set it"
+                .to_string(),
+        };
+        Err(self.refuse(
+            peer,
+            issuer,
+            csr_der,
+            SignInRefused::new(RefusalReason::MissingClaim, detail),
+        ))
     }
 
     /// The name's first sign-in binds it to the IdP's `iss` + `sub`; a later one with another
@@ -297,4 +393,16 @@ impl SignInService {
             _ => Status::permission_denied(message),
         }
     }
+}
+
+/// `validity`, starting no earlier than one second after `cutoff` (unix s) when there is one:
+/// the controller refuses a person's certificates that start at or before their cut-off.
+fn starting_after(mut validity: Validity, cutoff: Option<i64>) -> Validity {
+    if let Some(cutoff) = cutoff.and_then(|c| u64::try_from(c.saturating_add(1)).ok()) {
+        let after = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(cutoff);
+        if validity.not_before < after {
+            validity.not_before = after;
+        }
+    }
+    validity
 }

@@ -8,7 +8,8 @@
 //!   idempotent `CREATE … IF NOT EXISTS` statements (and `requests::migrate`'s column checks)
 //!   that still run at every open, exactly as before; an unversioned database is version 0 and
 //!   becomes 1 without change. A change that is not an idempotent `CREATE … IF NOT EXISTS` is a
-//!   new numbered step here, on both backends.
+//!   new numbered step here, on both backends. Version 2 (IdP groups and user locks) only adds
+//!   tables: on SQLite they are in the idempotent schema, on PostgreSQL in `postgres_v2.sql`.
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
 
@@ -16,10 +17,13 @@ use super::db::{Connection, OptionalExtension};
 use anyhow::Context;
 
 /// The schema version this binary reads and writes.
-pub const LATEST: u32 = 1;
+pub const LATEST: u32 = 2;
 
 /// PostgreSQL's scripts, by version (index 0 is version 1).
-const POSTGRES: &[&str] = &[include_str!("migrations/postgres_v1.sql")];
+const POSTGRES: &[&str] = &[
+    include_str!("migrations/postgres_v1.sql"),
+    include_str!("migrations/postgres_v2.sql"),
+];
 
 /// The advisory lock the replicas' migrations take ("lgmigr").
 const MIGRATIONS_LOCK: i64 = 0x6c67_6d69_6772;

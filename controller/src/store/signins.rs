@@ -15,6 +15,19 @@
 //!   binding (a person renamed at the IdP, an account re-created on purpose) is an admin's
 //!   decision; there is no command yet: `DELETE FROM oidc_subjects WHERE name = '…'` on the
 //!   stopped controller's database (docs/identity.md).
+//! - **Signed-in users** (`oidc_users`): per loggate name, the key its last sign-in certified,
+//!   the IdP groups that sign-in's verified token carried, when, and the certificate's end.
+//!   The groups count for the access policy only for a caller presenting that key (proved by
+//!   the TLS handshake): they are the IdP's word kept by the controller, never something the
+//!   person's certificate or request says, so nobody can claim a group they were not given.
+//!
+//! - **Locks** (`user_locks`): `loggate user lock` / `unlock`. A locked name's certificates
+//!   are all refused (its revocation cut-off is "everything"); after an unlock the cut-off is
+//!   the second before the lock, so certificates that started before it (the stolen laptop's)
+//!   stay refused and a new sign-in's certificate starts no earlier than the lock (none is
+//!   issued while locked).
+//!
+//! SQL here is plain and standard (no SQLite-only functions), so it ports to PostgreSQL.
 
 use super::db::{params, OptionalExtension};
 use super::Store;
@@ -30,7 +43,92 @@ CREATE TABLE IF NOT EXISTS oidc_subjects (
     subject TEXT NOT NULL,
     bound_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS oidc_users (
+    name TEXT PRIMARY KEY,
+    key_sha256 TEXT NOT NULL,
+    groups TEXT NOT NULL,
+    last_sign_in INTEGER NOT NULL,
+    cert_not_after INTEGER NOT NULL,
+    auth_time INTEGER NOT NULL,
+    amr TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user_locks (
+    name TEXT PRIMARY KEY,
+    locked INTEGER NOT NULL,
+    cutoff INTEGER NOT NULL,
+    changed_at INTEGER NOT NULL,
+    changed_by TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 ";
+
+/// A person's lock state, as `user_locks` holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockState {
+    pub locked: bool,
+    /// Certificates whose validity starts at or before this (unix s) are refused (all of
+    /// them while locked).
+    pub cutoff: i64,
+    pub changed_at: i64,
+    pub changed_by: String,
+    pub reason: String,
+}
+
+/// One verified sign-in, as [`Store::record_sign_in`] keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct SignInRecord<'a> {
+    /// The loggate user name.
+    pub name: &'a str,
+    /// SHA-256 (hex) of the key the sign-in certified.
+    pub key_sha256: &'a str,
+    /// The IdP groups of its token.
+    pub groups: &'a [String],
+    /// When (unix s).
+    pub now: i64,
+    /// The end of the certificate it gave.
+    pub cert_not_after: i64,
+    /// When the person authenticated at the IdP (`auth_time`, else `iat`).
+    pub auth_time: i64,
+    /// The token's `amr`.
+    pub amr: &'a [String],
+}
+
+/// How the sign-in behind a caller's key authenticated, for step-up rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignInFacts {
+    /// When the person authenticated at the IdP (unix s).
+    pub auth_time: i64,
+    /// The token's `amr` (RFC 8176).
+    pub amr: Vec<String>,
+}
+
+/// A lock or unlock of one person ([`Store::set_user_lock`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LockChange<'a> {
+    /// The loggate user name.
+    pub name: &'a str,
+    /// Its SPIFFE id (`user_keys` is keyed by it).
+    pub subject: &'a str,
+    /// Lock (true) or unlock.
+    pub locked: bool,
+    /// The admin's SPIFFE id.
+    pub by: &'a str,
+    pub reason: &'a str,
+    /// Unix s.
+    pub now: i64,
+}
+
+/// One person of `loggate user list`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserListing {
+    pub name: String,
+    /// Last sign-in with the IdP (unix s), if any.
+    pub last_sign_in: Option<i64>,
+    /// The end of the certificate that sign-in gave.
+    pub cert_not_after: Option<i64>,
+    pub groups: Vec<String>,
+    pub lock: Option<LockState>,
+}
 
 /// Rows of `oidc_unbound_tokens` at most (each lives ~6 minutes): beyond it, device sign-ins
 /// wait.
@@ -127,6 +225,202 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records a sign-in of `name`: the key certified (SHA-256 hex of its SPKI), the IdP
+    /// groups of its verified token, when (unix s) and the certificate's end. Replaces the
+    /// previous sign-in's: the groups follow the latest token.
+    pub fn record_sign_in(&self, r: &SignInRecord<'_>) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO oidc_users
+                 (name, key_sha256, groups, last_sign_in, cert_not_after, auth_time, amr)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(name) DO UPDATE SET key_sha256 = ?2, groups = ?3, last_sign_in = ?4,
+                 cert_not_after = ?5, auth_time = ?6, amr = ?7",
+            params![
+                r.name,
+                r.key_sha256,
+                super::to_json(r.groups),
+                r.now,
+                r.cert_not_after,
+                r.auth_time,
+                super::to_json(r.amr)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// How fresh and strong the sign-in behind `name`'s key `key_sha256` (hex) was, when its
+    /// last sign-in certified that key; `None` for another key.
+    pub fn sign_in_facts(
+        &self,
+        name: &str,
+        key_sha256: &str,
+    ) -> anyhow::Result<Option<SignInFacts>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT auth_time, amr FROM oidc_users WHERE name = ?1 AND key_sha256 = ?2",
+                params![name, key_sha256],
+                |r| {
+                    Ok(SignInFacts {
+                        auth_time: r.get(0)?,
+                        amr: super::from_json(r.get(1)?),
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The IdP groups of `name`'s last sign-in when it certified the key `key_sha256` (hex);
+    /// `None` for another key (an older sign-in's certificate, a development certificate).
+    pub fn idp_groups_for(
+        &self,
+        name: &str,
+        key_sha256: &str,
+    ) -> anyhow::Result<Option<Vec<String>>> {
+        let groups: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT groups FROM oidc_users WHERE name = ?1 AND key_sha256 = ?2",
+                params![name, key_sha256],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(groups.map(super::from_json))
+    }
+}
+
+impl Store {
+    /// Locks (`locked`) or unlocks `name` (SPIFFE id `subject`), recording who and why;
+    /// `record` runs inside the transaction before the change is committed (it writes the
+    /// audit record: no change without its record). Returns false, changing nothing, when the
+    /// name already is so.
+    ///
+    /// A lock also forgets the person's enrolled key (`user_keys`): grants are bound to it, and
+    /// agents accept any certificate of the CA, so a grant issued for the locked person (an
+    /// admin's `grant issue`, now or after the unlock but before their next sign-in) would
+    /// otherwise be bound to the key of a certificate the lock meant to stop — the stolen
+    /// laptop's. Without a key no grant can be issued for them until they contact the
+    /// controller again with a certificate it accepts.
+    pub fn set_user_lock(
+        &self,
+        change: &LockChange<'_>,
+        record: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<bool> {
+        let LockChange {
+            name,
+            subject,
+            locked,
+            by,
+            reason,
+            now,
+        } = *change;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let was: Option<(i64, i64)> = tx
+            .query_row(
+                "SELECT locked, changed_at FROM user_locks WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if was.map_or(0, |w| w.0) == i64::from(locked) {
+            return Ok(false);
+        }
+        record()?;
+        // Locked: every certificate refused, whatever its start. Unlocked: those that started
+        // before the lock stay refused (none was issued while locked: sign-in is refused
+        // then); the next sign-in's starts at the lock's second at the earliest, which is not
+        // in the future.
+        let cutoff = match was {
+            _ if locked => i64::MAX,
+            Some((_, locked_at)) => locked_at.saturating_sub(1),
+            None => now.saturating_sub(1),
+        };
+        tx.execute(
+            "INSERT INTO user_locks (name, locked, cutoff, changed_at, changed_by, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(name) DO UPDATE SET locked = ?2, cutoff = ?3, changed_at = ?4,
+                 changed_by = ?5, reason = ?6",
+            params![name, i64::from(locked), cutoff, now, by, reason],
+        )?;
+        if locked {
+            tx.execute("DELETE FROM user_keys WHERE subject = ?1", params![subject])?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// `name`'s lock state; `None` when it was never locked.
+    pub fn user_lock(&self, name: &str) -> anyhow::Result<Option<LockState>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT locked, cutoff, changed_at, changed_by, reason FROM user_locks
+                 WHERE name = ?1",
+                params![name],
+                lock_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Every name ever locked with its certificate cut-off (unix s), for the revocation set.
+    pub fn user_cutoffs(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, cutoff FROM user_locks")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The people signed in with the IdP or locked, by name, at most `max` (and whether more
+    /// there were).
+    pub fn list_users(&self, max: usize) -> anyhow::Result<(Vec<UserListing>, bool)> {
+        let conn = self.conn();
+        let mut users: std::collections::BTreeMap<String, UserListing> = Default::default();
+        let mut stmt =
+            conn.prepare("SELECT name, last_sign_in, cert_not_after, groups FROM oidc_users")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(UserListing {
+                name: r.get(0)?,
+                last_sign_in: Some(r.get(1)?),
+                cert_not_after: Some(r.get(2)?),
+                groups: super::from_json(r.get(3)?),
+                lock: None,
+            })
+        })?;
+        for row in rows {
+            let row = row?;
+            users.insert(row.name.clone(), row);
+        }
+        let mut stmt = conn.prepare(
+            "SELECT locked, cutoff, changed_at, changed_by, reason, name FROM user_locks",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(5)?, lock_from_row(r)?)))?;
+        for row in rows {
+            let (name, lock) = row?;
+            users
+                .entry(name.clone())
+                .or_insert_with(|| UserListing {
+                    name,
+                    ..UserListing::default()
+                })
+                .lock = Some(lock);
+        }
+        let truncated = users.len() > max;
+        Ok((users.into_values().take(max).collect(), truncated))
+    }
+}
+
+fn lock_from_row(r: &super::db::Row<'_>) -> super::db::Result<LockState> {
+    Ok(LockState {
+        locked: r.get::<_, i64>(0)? != 0,
+        cutoff: r.get(1)?,
+        changed_at: r.get(2)?,
+        changed_by: r.get(3)?,
+        reason: r.get(4)?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +446,119 @@ mod tests {
                 t.store.take_unbound_token("aa", 200, 101).ok(),
                 Some(UnboundUse::Taken)
             );
+        });
+    }
+
+    fn record<'a>(name: &'a str, key: &'a str, groups: &'a [String], now: i64) -> SignInRecord<'a> {
+        SignInRecord {
+            name,
+            key_sha256: key,
+            groups,
+            now,
+            cert_not_after: now + 100,
+            auth_time: now - 1,
+            amr: &[],
+        }
+    }
+
+    #[test]
+    fn idp_groups_count_only_for_the_key_the_last_sign_in_certified() {
+        crate::store::testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let groups = vec!["payments".to_string(), "Payments On-Call".to_string()];
+            store
+                .record_sign_in(&record("alice", "k1", &groups, 10))
+                .expect("record");
+            assert_eq!(store.idp_groups_for("alice", "k1").ok(), Some(Some(groups)));
+            assert_eq!(store.idp_groups_for("alice", "k2").ok(), Some(None));
+            assert_eq!(store.idp_groups_for("bob", "k1").ok(), Some(None));
+            // A new sign-in (a new key, other groups) replaces the old one's.
+            store
+                .record_sign_in(&record("alice", "k2", &["dev".to_string()], 20))
+                .expect("record");
+            assert_eq!(store.idp_groups_for("alice", "k1").ok(), Some(None));
+            assert_eq!(store.sign_in_facts("alice", "k1").ok(), Some(None));
+            assert_eq!(
+                store
+                    .sign_in_facts("alice", "k2")
+                    .ok()
+                    .flatten()
+                    .map(|f| f.auth_time),
+                Some(19)
+            );
+            assert_eq!(
+                store.idp_groups_for("alice", "k2").ok(),
+                Some(Some(vec!["dev".to_string()]))
+            );
+        });
+    }
+
+    const ALICE: &str = "spiffe://loggate.local/user/alice";
+
+    fn change(locked: bool, reason: &str, now: i64) -> LockChange<'_> {
+        LockChange {
+            name: "alice",
+            subject: ALICE,
+            locked,
+            by: "admin",
+            reason,
+            now,
+        }
+    }
+
+    #[test]
+    fn a_lock_refuses_every_certificate_and_an_unlock_keeps_those_from_before_it_refused() {
+        crate::store::testing::on_each_test_store(|t| {
+            let store = &t.store;
+            store.set_user_key(ALICE, "stolen", 1).expect("key");
+            let ok = || Ok(());
+            assert_eq!(
+                store.set_user_lock(&change(true, "INC-9", 100), ok).ok(),
+                Some(true)
+            );
+            // Locking twice changes nothing and writes no second record.
+            let twice = store.set_user_lock(&change(true, "again", 101), || {
+                anyhow::bail!("recorded twice")
+            });
+            assert_eq!(twice.ok(), Some(false));
+            assert_eq!(
+                store.user_cutoffs().ok(),
+                Some(vec![("alice".to_string(), i64::MAX)])
+            );
+            assert!(store
+                .user_lock("alice")
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.locked));
+            // No grant can be bound to the key of a certificate from before the lock.
+            assert_eq!(store.user_key(ALICE).ok(), Some(None));
+            assert_eq!(
+                store.set_user_lock(&change(false, "ok", 200), ok).ok(),
+                Some(true)
+            );
+            // Certificates that started before the lock stay refused.
+            assert_eq!(
+                store.user_cutoffs().ok(),
+                Some(vec![("alice".to_string(), 99)])
+            );
+            // A failed record changes nothing.
+            let failed =
+                store.set_user_lock(&change(true, "x", 300), || anyhow::bail!("audit down"));
+            assert!(failed.is_err());
+            assert!(store
+                .user_lock("alice")
+                .ok()
+                .flatten()
+                .is_some_and(|l| !l.locked));
+            store
+                .record_sign_in(&record("bob", "k", &["dev".to_string()], 5))
+                .expect("record");
+            let (users, truncated) = store.list_users(10).expect("list");
+            assert!(!truncated);
+            assert_eq!(users.len(), 2);
+            assert_eq!(users[0].name, "alice");
+            assert_eq!(users[1].groups, ["dev"]);
+            assert_eq!(users[1].last_sign_in, Some(5));
         });
     }
 

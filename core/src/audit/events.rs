@@ -1334,6 +1334,52 @@ audit_event! {
 }
 
 audit_event! {
+    /// An admin locked a person out (`loggate user lock`): every certificate of theirs is
+    /// refused by the controller from now on, their active grants are revoked (agents cut their
+    /// streams when the revocations arrive), their pending requests cancelled, and they cannot
+    /// sign in until unlocked. Written before the lock is stored.
+    UserLocked = "user.locked" {
+        writers: "controller", class: AccountChange, activity: 9 "Lock",
+        outcome: Success, severity: MEDIUM,
+    }
+    {
+        /// the person locked out, as a SPIFFE id (`user.uid`)
+        subject: String,
+        /// the admin's SPIFFE id (`actor.user.uid`)
+        locked_by: String,
+        /// why, as the admin gave it
+        reason: String,
+    }
+    ocsf: |e, _on| Ocsf::account_change(
+        format!("{} locked {} out: {}", e.locked_by, e.subject, e.reason),
+        &e.subject,
+        &e.locked_by,
+    ),
+}
+
+audit_event! {
+    /// An admin unlocked a person (`loggate user unlock`): they may sign in again. Their
+    /// certificates from before the unlock stay refused; a new sign-in gives a new one.
+    UserUnlocked = "user.unlocked" {
+        writers: "controller", class: AccountChange, activity: 12 "Unlock",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the person unlocked, as a SPIFFE id (`user.uid`)
+        subject: String,
+        /// the admin's SPIFFE id (`actor.user.uid`)
+        unlocked_by: String,
+        /// why, as the admin gave it
+        reason: String,
+    }
+    ocsf: |e, _on| Ocsf::account_change(
+        format!("{} unlocked {}: {}", e.unlocked_by, e.subject, e.reason),
+        &e.subject,
+        &e.unlocked_by,
+    ),
+}
+
+audit_event! {
     /// An agent enrolled with a join token on the pre-authentication port: the controller's CA
     /// signed a certificate for the key of its CSR, for the identity and with the labels the
     /// token gives (the controller's word, not the agent's claim). Written before the
@@ -2129,6 +2175,8 @@ pub const CATALOGUE: &[&EventType] = &[
     AgentEnrolled::TYPE,
     AgentEnrolRefused::TYPE,
     AgentRemoved::TYPE,
+    UserLocked::TYPE,
+    UserUnlocked::TYPE,
     AgentCertificateRenewed::TYPE,
     BypassRead::TYPE,
     BypassFinding::TYPE,

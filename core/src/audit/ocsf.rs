@@ -41,6 +41,8 @@ pub enum Class {
     EventLogActivity,
     /// 2004: a bypass read by someone without a grant.
     DetectionFinding,
+    /// 3001: a person's account was locked or unlocked.
+    AccountChange,
     /// 3002: a person's certificate was accepted (mTLS).
     Authentication,
     /// 3005: grants given and taken away.
@@ -58,6 +60,7 @@ impl Class {
             Class::FileSystemActivity => 1001,
             Class::EventLogActivity => 1008,
             Class::DetectionFinding => 2004,
+            Class::AccountChange => 3001,
             Class::Authentication => 3002,
             Class::UserAccessManagement => 3005,
             Class::ApiActivity => 6003,
@@ -70,7 +73,10 @@ impl Class {
     pub fn device_from_profile(self) -> bool {
         matches!(
             self,
-            Class::ApiActivity | Class::UserAccessManagement | Class::Authentication
+            Class::ApiActivity
+                | Class::UserAccessManagement
+                | Class::Authentication
+                | Class::AccountChange
         )
     }
 
@@ -80,6 +86,7 @@ impl Class {
             Class::FileSystemActivity => "File System Activity",
             Class::EventLogActivity => "Event Log Activity",
             Class::DetectionFinding => "Detection Finding",
+            Class::AccountChange => "Account Change",
             Class::Authentication => "Authentication",
             Class::UserAccessManagement => "User Access Management",
             Class::ApiActivity => "API Activity",
@@ -91,7 +98,7 @@ impl Class {
         match self {
             Class::FileSystemActivity | Class::EventLogActivity => (1, "System Activity"),
             Class::DetectionFinding => (2, "Findings"),
-            Class::Authentication | Class::UserAccessManagement => {
+            Class::AccountChange | Class::Authentication | Class::UserAccessManagement => {
                 (3, "Identity & Access Management")
             }
             Class::ApiActivity => (6, "Application Activity"),
@@ -353,6 +360,7 @@ enum Objects<'a> {
     Api(ApiObjects<'a>),
     Access(AccessObjects<'a>),
     Authentication(AuthenticationObjects<'a>),
+    Account(AccessObjects<'a>),
     File(FileObjects<'a>),
     Finding(FindingObjects<'a>),
     EventLog(EventLogObjects<'a>),
@@ -833,6 +841,23 @@ impl<'a> Ocsf<'a> {
         );
         parts.correlation_uid = change.grant_id;
         parts
+    }
+
+    /// Account Change: `subject`'s account locked or unlocked by `by`.
+    pub fn account_change(message: String, subject: &'a str, by: &'a str) -> Self {
+        let observables = vec![
+            Observable::user("user.name", subject),
+            Observable::user("actor.user.name", by),
+        ];
+        let objects = Objects::Account(AccessObjects {
+            user: user(Some(subject), None),
+            actor: Actor {
+                user: Some(user(Some(by), None)),
+                ..Actor::default()
+            },
+            privileges: Vec::new(),
+        });
+        Ocsf::new(message, objects, observables)
     }
 
     /// Authentication: a mutual-TLS logon. A refused handshake has no verified user: `user` is

@@ -94,6 +94,15 @@ impl Revocations {
     }
 }
 
+/// Whether a revoked SPIFFE id is a person's (`spiffe://<td>/user/<name>`): locked out, not
+/// removed.
+fn identity_is_user(spiffe_id: &str) -> bool {
+    spiffe_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, path)| path.starts_with("user/"))
+}
+
 /// The start of a certificate's validity (Unix s), `None` when it does not parse.
 pub fn certificate_not_before(der: &[u8]) -> Option<i64> {
     x509_parser::parse_x509_certificate(der)
@@ -207,6 +216,14 @@ pub const CONTROLLER_METHODS: &[(&str, MethodAccess)] = &[
     ),
     (
         "/loggate.v1.Controller/RemoveAgent",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/SetUserLock",
+        MethodAccess::Role(Role::User),
+    ),
+    (
+        "/loggate.v1.Controller/ListUsers",
         MethodAccess::Role(Role::User),
     ),
     (
@@ -397,6 +414,12 @@ fn identity_of_role(PeerCheck(check): &PeerCheck, role: Role) -> Result<Identity
         Err(PeerRefused::Unusable(why)) => {
             return Err(Status::unauthenticated(format!(
                 "unusable client certificate: {why}"
+            )))
+        }
+        Err(PeerRefused::Revoked(id)) if identity_is_user(id) => {
+            return Err(Status::unauthenticated(format!(
+                "the certificate of {id} was revoked (an admin locked this person out with \
+                 `loggate user lock`); once an admin unlocks them, run `loggate login`"
             )))
         }
         Err(PeerRefused::Revoked(id)) => {

@@ -191,6 +191,16 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "serial": "6d2f1a4b8c0e3f5a7b9d1c3e5f7a9b0c", "previous_serial": "5c1e0f3a9b7d2e4f6a8c0b1d3e5f7a9b",
             "not_after": 1795939200_i64, "key_sha256": KEY,
         }),
+        "user.locked" => json!({
+            "subject": "spiffe://loggate.local/user/alice",
+            "locked_by": "spiffe://loggate.local/user/admin",
+            "reason": "laptop stolen, INC-9",
+        }),
+        "user.unlocked" => json!({
+            "subject": "spiffe://loggate.local/user/alice",
+            "unlocked_by": "spiffe://loggate.local/user/admin",
+            "reason": "new laptop",
+        }),
         "agent.removed" => json!({
             "subject": ADMIN, "agent_id": "web-7", "revoked_before": 1795766400_i64,
             "was_connected": true,
@@ -384,6 +394,8 @@ pub(super) fn shaped(
         AgentEnrolled,
         AgentEnrolRefused,
         AgentRemoved,
+        UserLocked,
+        UserUnlocked,
         AgentCertificateRenewed,
         BypassRead,
         BypassReadRepeated,

@@ -1,0 +1,248 @@
+//! `SetUserLock` and `ListUsers` (admins): locking a person out everywhere, and the people the
+//! controller knows from sign-ins and locks (`loggate user lock|unlock|list`, issue #22).
+//!
+//! A lock, in this order, each step audited:
+//! 1. recorded (`user.locked`, in the transaction that stores it) and the revocation set
+//!    reloaded: from then on the controller refuses every certificate of the person (the
+//!    identity interceptor, before any handler) and their sign-ins (`locked`);
+//! 2. their pending requests are cancelled (`access.cancelled`, by the admin);
+//! 3. their active grants are revoked (`grant.revoked`): each revocation travels to the agents
+//!    over the `WatchGrants` stream like any other (docs/grants.md), and an agent cuts the
+//!    streams reading under a revoked grant — so within the revocation latency no agent serves
+//!    the person anything, since every read needs a grant.
+//!
+//! The lock also forgets their enrolled key, so no grant can be issued for them (bound to the
+//! key of a certificate from before the lock) until they sign in again.
+//!
+//! An unlock lets them sign in again; certificates from before the lock stay refused (the
+//! stolen laptop's), the new sign-in's certificate starts after it.
+
+use super::{internal, ControllerService, MAX_FIELD};
+use crate::store::signins::LockChange;
+use crate::store::Revoked;
+use crate::store::{ListScope, RequestState};
+use loggate_core::audit::events;
+use loggate_core::grant::unix_now;
+use loggate_core::identity::user_spiffe_id;
+use loggate_core::metrics;
+use loggate_proto as pb;
+use tonic::{Request, Response, Status};
+
+/// The most people `ListUsers` answers with.
+const MAX_LISTED: usize = 10_000;
+/// Rounds of "revoke the active grants, look again" a lock makes (each round up to the
+/// store's page of 1,000 grants).
+const MAX_REVOKE_ROUNDS: usize = 100;
+
+impl ControllerService {
+    /// `SetUserLock` (admins): see the module's contract.
+    pub(super) async fn set_user_lock_rpc(
+        &self,
+        request: Request<pb::SetUserLockRequest>,
+    ) -> Result<Response<pb::SetUserLockResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "lock or unlock people")?;
+        let req = request.into_inner();
+        let subject = user_spiffe_id(&self.trust_domain, &req.user)
+            .map_err(|e| Status::invalid_argument(format!("user: {e}")))?;
+        let name = subject
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
+            return Err(Status::invalid_argument(format!(
+                "give a --reason of 1 to {MAX_FIELD} bytes"
+            )));
+        }
+        super::requests::check_plain_text("reason", &req.reason)?;
+        if req.locked && name == admin.name() {
+            return Err(Status::invalid_argument(
+                "you cannot lock yourself out; ask another admin",
+            ));
+        }
+        let now = unix_now();
+        let by = admin.spiffe_id().to_string();
+        let changed = self
+            .store
+            .set_user_lock(
+                &LockChange {
+                    name: &name,
+                    subject: subject.as_str(),
+                    locked: req.locked,
+                    by: &by,
+                    reason: &req.reason,
+                    now,
+                },
+                || {
+                    let recorded = if req.locked {
+                        self.audit(&events::UserLocked {
+                            subject: subject.to_string(),
+                            locked_by: by.clone(),
+                            reason: req.reason.clone(),
+                        })
+                    } else {
+                        self.audit(&events::UserUnlocked {
+                            subject: subject.to_string(),
+                            unlocked_by: by.clone(),
+                            reason: req.reason.clone(),
+                        })
+                    };
+                    recorded.map_err(|s| anyhow::anyhow!("{}", s.message()))
+                },
+            )
+            .map_err(internal)?;
+        self.refresh_revocations().map_err(internal)?;
+        let (mut requests_cancelled, mut grants_revoked) = (0u32, 0u32);
+        if req.locked {
+            requests_cancelled = self.cancel_pending_of(subject.as_str(), &by)?;
+            grants_revoked = self.revoke_grants_of(subject.as_str(), &by, &req.reason)?;
+        }
+        tracing::info!(
+            user = %subject, by = %admin, locked = req.locked, changed, grants_revoked,
+            requests_cancelled, "user lock set"
+        );
+        Ok(Response::new(pb::SetUserLockResponse {
+            subject: subject.to_string(),
+            changed,
+            grants_revoked,
+            requests_cancelled,
+        }))
+    }
+
+    /// Cancels every pending request of `subject`, each audited as cancelled by `by`.
+    fn cancel_pending_of(&self, subject: &str, by: &str) -> Result<u32, Status> {
+        let pending = self
+            .store
+            .list_requests(
+                true,
+                ListScope::Visible {
+                    requester: subject,
+                    groups: &[],
+                },
+                usize::try_from(u32::MAX).unwrap_or(usize::MAX),
+                |r| r.requester == subject,
+            )
+            .map_err(internal)?;
+        let mut cancelled = 0u32;
+        for row in pending.rows {
+            let after = self.store.end_request(
+                &row.id,
+                RequestState::Cancelled,
+                unix_now(),
+                |r| {
+                    anyhow::ensure!(r.state == RequestState::Pending, "decided meanwhile");
+                    Ok(())
+                },
+                |r| {
+                    self.audit(&events::AccessCancelled {
+                        request_id: r.id.clone(),
+                        subject: r.requester.clone(),
+                        cancelled_by: by.to_string(),
+                    })
+                    .map_err(|s| anyhow::anyhow!("{}", s.message()))
+                },
+            );
+            // A request decided between the listing and now is not cancelled; a grant it
+            // became is revoked next.
+            if let Ok(Some(after)) = after {
+                self.governance.changed(&after);
+                metrics::controller().request_entered(after.state.as_str());
+                cancelled = cancelled.saturating_add(1);
+            }
+        }
+        self.requests_changed.send_modify(|n| *n += 1);
+        Ok(cancelled)
+    }
+
+    /// Revokes every active grant of `subject`, each audited (`grant.revoked`) before it is
+    /// committed, and wakes the fan-out that pushes the revocations to the agents.
+    fn revoke_grants_of(&self, subject: &str, by: &str, reason: &str) -> Result<u32, Status> {
+        let reason = format!("user locked: {reason}");
+        let mut revoked = 0u32;
+        for _ in 0..MAX_REVOKE_ROUNDS {
+            let active = self
+                .store
+                .list_grants(Some(subject), false, unix_now())
+                .map_err(internal)?;
+            if active.is_empty() {
+                break;
+            }
+            for grant in active {
+                self.audit(&events::GrantRevoked {
+                    grant_id: grant.id.clone(),
+                    subject: Some(grant.subject.clone()),
+                    revoked_by: by.to_string(),
+                    reason: reason.clone(),
+                    revision: None,
+                })?;
+                self.store
+                    .revoke(
+                        &grant.id,
+                        Revoked {
+                            at: unix_now(),
+                            by: by.to_string(),
+                            reason: reason.clone(),
+                        },
+                    )
+                    .map_err(internal)?;
+                metrics::controller().grants_revoked.inc();
+                revoked = revoked.saturating_add(1);
+            }
+            let revision = self.store.latest_revision().map_err(internal)?;
+            metrics::controller().committed(revision);
+            self.revision.send_replace(revision);
+        }
+        Ok(revoked)
+    }
+
+    /// How `user` signed in (the sign-in behind their certificate's key), for the policy's
+    /// step-up rules: multi-factor when the IdP's `amr` holds `mfa` (RFC 8176).
+    pub(super) fn sign_in_strength(
+        &self,
+        user: &loggate_core::identity::Identity,
+    ) -> Result<crate::policy::SignInStrength, Status> {
+        let facts = self
+            .store
+            .sign_in_facts(user.name(), &user.key_sha256_hex())
+            .map_err(internal)?;
+        Ok(match facts {
+            None => crate::policy::SignInStrength::Unknown,
+            Some(f) => crate::policy::SignInStrength::Known {
+                age: std::time::Duration::from_secs(
+                    u64::try_from(unix_now().saturating_sub(f.auth_time)).unwrap_or(0),
+                ),
+                mfa: f.amr.iter().any(|m| m == "mfa"),
+            },
+        })
+    }
+
+    /// `ListUsers` (admins): the people signed in with the IdP or ever locked, by name.
+    pub(super) async fn list_users_rpc(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let admin = self.user(&request)?;
+        self.require_admin(&admin, "list users")?;
+        let (users, truncated) = self.store.list_users(MAX_LISTED).map_err(internal)?;
+        let users = users
+            .into_iter()
+            .map(|u| pb::UserInfo {
+                name: u.name,
+                last_sign_in_unix: u.last_sign_in.unwrap_or(0),
+                cert_not_after_unix: u.cert_not_after.unwrap_or(0),
+                groups: u.groups,
+                locked: u.lock.as_ref().is_some_and(|l| l.locked),
+                lock_changed_unix: u.lock.as_ref().map_or(0, |l| l.changed_at),
+                lock_changed_by: u
+                    .lock
+                    .as_ref()
+                    .map(|l| l.changed_by.clone())
+                    .unwrap_or_default(),
+                lock_reason: u.lock.map(|l| l.reason).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListUsersResponse { users, truncated }))
+    }
+}
