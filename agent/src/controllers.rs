@@ -1,11 +1,11 @@
 //! The controller addresses an agent may dial (`controller = "host:port"`, or the replicas of one
 //! controller: `controllers = ["a:7443", "b:7443"]`) and which of them is current.
 //!
-//! The contract: every address is a replica of **one** controller (the same database, CA and
-//! grant keys); the agent uses one at a time. It starts at a random one, so that a fleet
-//! configured with the same list spreads over the replicas, and only the grant stream
-//! (`watch.rs`) moves on: when its connection fails or its stream ends, it goes to the next
-//! address (round robin) after the fleet's back-off. The certificate renewal and the checkpoint
+//! The contract: every address is **one** controller cluster (the same database, CA and grant
+//! keys; `cluster.rs` refuses an address presenting another cluster id); the agent uses one at a
+//! time. It starts at a random one, so that a fleet configured with the same list spreads over
+//! the replicas, and only the grant stream (`watch.rs`) moves on: when its connection fails, it
+//! is refused, or its stream ends, it goes to a random other address after the fleet's back-off. The certificate renewal and the checkpoint
 //! sender use whichever address is current at their next attempt. Nothing is missed by a move:
 //! the stream resumes from the agent's last revision, and a replica of another epoch sends
 //! everything again (the epoch rules of `watch.rs`).
