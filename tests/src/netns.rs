@@ -122,6 +122,11 @@ impl Drop for LabLock {
     }
 }
 
+/// [`ip`], for methods whose parameter is named `ip`.
+fn ip_cmd(args: &[&str]) -> anyhow::Result<()> {
+    ip(args)
+}
+
 /// `ip ARGS`, an error with its stderr when it fails.
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
@@ -287,6 +292,20 @@ impl Lab {
             ip: host_ip,
             port,
         })
+    }
+
+    /// Gives `host` a further address `ip/24` on its link (one host reachable at two
+    /// addresses).
+    pub fn add_address(&self, host: &Host, ip: Ipv4Addr) -> anyhow::Result<()> {
+        ip_cmd(&[
+            "-n",
+            &host.ns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ])
     }
 
     /// Cuts `host`'s cable: its switch port goes down (the host keeps its address; nothing
