@@ -87,6 +87,8 @@ async fn anchor_once(
     )
     .await?
     .into_inner();
+    // Checkpoints go only to the agent's own controller cluster (`cluster.rs`).
+    shared.cluster.check(&held.cluster_id)?;
     backoff.reset();
     let mut spool = Spool::open(
         &shared.config.audit_log,
@@ -117,6 +119,8 @@ async fn anchor_once(
             stored = stored.stored,
             "checkpoints sent to the controller"
         );
+        // A cursor advances only on the pinned cluster's acknowledgement.
+        shared.cluster.check(&stored.cluster_id)?;
         if let Some(at) = batch.through {
             store_cursor(&cursor_file, &at);
         }

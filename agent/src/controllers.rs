@@ -1,11 +1,11 @@
 //! The controller addresses an agent may dial (`controller = "host:port"`, or the replicas of one
 //! controller: `controllers = ["a:7443", "b:7443"]`) and which of them is current.
 //!
-//! The contract: every address is a replica of **one** controller (the same database, CA and
-//! grant keys); the agent uses one at a time. It starts at a random one, so that a fleet
-//! configured with the same list spreads over the replicas, and only the grant stream
-//! (`watch.rs`) moves on: when its connection fails or its stream ends, it goes to the next
-//! address (round robin) after the fleet's back-off. The certificate renewal and the checkpoint
+//! The contract: every address is **one** controller cluster (the same database, CA and grant
+//! keys; `cluster.rs` refuses an address presenting another cluster id); the agent uses one at a
+//! time. It starts at a random one, so that a fleet configured with the same list spreads over
+//! the replicas, and only the grant stream (`watch.rs`) moves on: when its connection fails, it
+//! is refused, or its stream ends, it goes to a random other address after the fleet's back-off. The certificate renewal and the checkpoint
 //! sender use whichever address is current at their next attempt. Nothing is missed by a move:
 //! the stream resumes from the agent's last revision, and a replica of another epoch sends
 //! everything again (the epoch rules of `watch.rs`).
@@ -60,27 +60,33 @@ impl ControllerAddrs {
                 check_address(&one).map_err(|e| anyhow::anyhow!("controller: {e}"))?;
                 vec![one]
             }
-            (None, Some(list)) => {
-                ensure!(
-                    !list.is_empty(),
-                    "controllers: the list is empty; name at least one \"host:port\""
-                );
-                ensure!(
-                    list.len() <= MAX_CONTROLLERS,
-                    "controllers: {} addresses given, at most {MAX_CONTROLLERS} are allowed",
-                    list.len()
-                );
-                for (i, addr) in list.iter().enumerate() {
-                    check_address(addr).map_err(|e| anyhow::anyhow!("controllers: {e}"))?;
-                    if list[..i].contains(addr) {
-                        bail!("controllers: {addr:?} is listed twice; name each address once");
-                    }
-                }
-                list
-            }
+            (None, Some(list)) => return Self::from_list("controllers", list),
         };
         let start = rand::random::<u32>();
         Self::new(addrs, usize::try_from(start).unwrap_or(0))
+    }
+
+    /// A list of addresses (`controllers`, or `enrol --controller` repeated), checked as one:
+    /// non-empty, at most [`MAX_CONTROLLERS`], each valid, none twice; the current one is
+    /// picked at random. `what` names the setting in the errors.
+    pub fn from_list(what: &str, list: Vec<String>) -> anyhow::Result<Self> {
+        ensure!(
+            !list.is_empty(),
+            "{what}: the list is empty; name at least one \"host:port\""
+        );
+        ensure!(
+            list.len() <= MAX_CONTROLLERS,
+            "{what}: {} addresses given, at most {MAX_CONTROLLERS} are allowed",
+            list.len()
+        );
+        for (i, addr) in list.iter().enumerate() {
+            check_address(addr).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+            if list[..i].contains(addr) {
+                bail!("{what}: {addr:?} is listed twice; name each address once");
+            }
+        }
+        let start = rand::random::<u32>();
+        Self::new(list, usize::try_from(start).unwrap_or(0))
     }
 
     /// The current address and its position (give the position back to
@@ -90,10 +96,20 @@ impl ControllerAddrs {
         (i, &self.addrs[i])
     }
 
-    /// After the address at `failed` failed: the next one becomes current, unless another
-    /// caller has moved on already (then its choice stands). Returns the new current address.
+    /// After the address at `failed` failed: a random other one becomes current, unless
+    /// another caller has moved on already (then its choice stands). Returns the new current
+    /// address. Random, not the next in the list: when one replica dies, its agents spread
+    /// over all the others instead of doubling the load of its neighbour.
     pub fn advance_from(&self, failed: usize) -> &str {
-        let next = (failed + 1) % self.addrs.len();
+        let len = self.addrs.len();
+        let next = match len {
+            1 => 0,
+            // One of the len - 1 others: an offset of 1 ..= len - 1 from `failed`.
+            _ => {
+                let offset = 1 + usize::try_from(rand::random::<u32>()).unwrap_or(0) % (len - 1);
+                (failed % len + offset) % len
+            }
+        };
         // Only a move from `failed` counts: two callers that saw the same failure move once.
         let _ = self
             .current
@@ -107,8 +123,9 @@ impl ControllerAddrs {
     }
 }
 
-/// `host:port` as a client dials it: a DNS name (letters, digits, `-`, `.`), an IPv4 address or
-/// a bracketed IPv6 address, and a port 1–65535. Anything else (a scheme, a path, spaces, a
+/// `host:port` as a client dials it: a host name (letters, digits, `-`, `_`, `.`: resolvers and
+/// container service names accept `_`), an IPv4 address or a bracketed IPv6 address (with a
+/// zone id, `[fe80::1%eth0]`), and a port 1–65535. Anything else (a scheme, a path, spaces, a
 /// user) is refused with the reason.
 pub fn check_address(addr: &str) -> anyhow::Result<()> {
     let bad = || anyhow::anyhow!("{addr:?} is not host:port (e.g. \"controller.example:7443\")");
@@ -117,13 +134,23 @@ pub fn check_address(addr: &str) -> anyhow::Result<()> {
         && port.bytes().all(|b| b.is_ascii_digit())
         && port.parse::<u16>().is_ok_and(|p| p != 0);
     let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        v6.parse::<std::net::Ipv6Addr>().is_ok()
+        let (ip, zone) = match v6.split_once('%') {
+            Some((ip, zone)) => (ip, Some(zone)),
+            None => (v6, None),
+        };
+        ip.parse::<std::net::Ipv6Addr>().is_ok()
+            && zone.is_none_or(|z| {
+                !z.is_empty()
+                    && z.len() <= 64
+                    && z.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            })
     } else {
         !host.is_empty()
             && host.len() <= 253
             && host
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             && !host.starts_with(['-', '.'])
     };
     if !host_ok || !port_ok {
@@ -141,28 +168,84 @@ mod tests {
     }
 
     #[test]
-    fn advancing_goes_round_the_list_from_the_starting_address() {
+    fn advancing_leaves_the_failed_address_for_another() {
         let c = ControllerAddrs::new(list(&["a:1", "b:2", "c:3"]), 4).unwrap();
         assert_eq!(
             c.current(),
             (1, "b:2"),
             "the start is taken modulo the length"
         );
-        assert_eq!(c.advance_from(1), "c:3");
-        assert_eq!(c.advance_from(2), "a:1", "after the last comes the first");
-        assert_eq!(c.advance_from(0), "b:2");
+        for _ in 0..100 {
+            let (at, addr) = c.current();
+            let next = c.advance_from(at);
+            assert_ne!(next, addr, "a failed address is never chosen again at once");
+        }
+        let two = ControllerAddrs::new(list(&["a:1", "b:2"]), 0).unwrap();
+        assert_eq!(two.advance_from(0), "b:2", "of two, the other one");
+        assert_eq!(two.advance_from(1), "a:1");
         let one = ControllerAddrs::new(list(&["only:1"]), 7).unwrap();
         assert_eq!(one.advance_from(0), "only:1", "one address stays current");
+    }
+
+    #[test]
+    fn the_agents_of_a_failed_address_spread_over_all_the_others() {
+        let addrs = list(&["a:1", "b:2", "c:3", "d:4"]);
+        let mut counts = [0_u32; 4];
+        for _ in 0..1000 {
+            let c = ControllerAddrs::new(addrs.clone(), 1).unwrap();
+            c.advance_from(1);
+            counts[c.current().0] += 1;
+        }
+        assert_eq!(counts[1], 0, "{counts:?}");
+        // A third each (333); a fair die leaves 250..420 with overwhelming probability.
+        for i in [0, 2, 3] {
+            assert!((250..420).contains(&counts[i]), "{counts:?}");
+        }
     }
 
     #[test]
     fn a_failure_reported_twice_moves_only_once() {
         let c = ControllerAddrs::new(list(&["a:1", "b:2", "c:3"]), 0).unwrap();
         let (seen, _) = c.current();
-        assert_eq!(c.advance_from(seen), "b:2");
+        let moved = c.advance_from(seen).to_string();
+        assert_ne!(moved, "a:1");
         // A second task saw the same failure of "a:1": the move already happened.
-        assert_eq!(c.advance_from(seen), "b:2");
-        assert_eq!(c.current(), (1, "b:2"));
+        assert_eq!(c.advance_from(seen), moved);
+        assert_eq!(c.current().1, moved);
+    }
+
+    #[test]
+    fn a_list_is_checked_whole_wherever_it_comes_from() {
+        let twice = ControllerAddrs::from_list("--controller", list(&["a:1", "a:1"])).unwrap_err();
+        assert_eq!(
+            format!("{twice}"),
+            "--controller: \"a:1\" is listed twice; name each address once"
+        );
+        let many: Vec<String> = (1..=33).map(|p| format!("ctl:{p}")).collect();
+        let too_many = ControllerAddrs::from_list("--controller", many).unwrap_err();
+        assert!(format!("{too_many}").contains("at most 32"), "{too_many}");
+    }
+
+    #[test]
+    fn underscores_and_ipv6_zone_ids_are_accepted_as_before() {
+        for good in [
+            "loggate_ctl:7400",
+            "ctl_b.svc_net:7400",
+            "[fe80::1%eth0]:7400",
+            "[fe80::1%25]:7400",
+        ] {
+            check_address(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let one = ControllerAddrs::from_config(Some("loggate_ctl:7400".into()), None).unwrap();
+        assert_eq!(one.all(), ["loggate_ctl:7400"]);
+        for bad in [
+            "[fe80::1%]:7400",
+            "[fe80::1%a b]:7400",
+            "[fe80::1%eth0/x]:7400",
+            "_:",
+        ] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

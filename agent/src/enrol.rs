@@ -142,13 +142,9 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
             args.id
         );
     }
-    for addr in &args.controllers {
-        crate::controllers::check_address(addr).context("--controller")?;
-    }
-    let addrs = crate::controllers::ControllerAddrs::new(
-        args.controllers.clone(),
-        usize::try_from(rand::random::<u32>()).unwrap_or(0),
-    )?;
+    // The same checks as the configuration's `controllers` (duplicates, at most 32).
+    let addrs =
+        crate::controllers::ControllerAddrs::from_list("--controller", args.controllers.clone())?;
     let pin = args.ca_pin.trim().to_ascii_lowercase();
     // The key is made here, and only its public half leaves the host (in the CSR).
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;

@@ -12,6 +12,7 @@
 
 mod anchor;
 mod bypass;
+mod cluster;
 mod config;
 mod controllers;
 mod decompress;
@@ -122,6 +123,8 @@ pub struct Shared {
     pub verifier: GrantVerifier,
     pub audience: Audience,
     pub grants: GrantStore,
+    /// The controller cluster this agent follows (`cluster.rs`).
+    pub cluster: cluster::ClusterPin,
     audit_log: SharedAuditLog,
     /// The live streams' places under `limits.max_streams` and `max_streams_per_subject`.
     slots: Arc<limits::StreamSlots>,
@@ -253,7 +256,9 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     let listen = config.listen;
     let max_request = config.limits.max_request_bytes;
     let max_streams_per_connection = config.limits.max_streams_per_connection;
+    let cluster = cluster::ClusterPin::open(&config.state_dir)?;
     let shared = Arc::new(Shared {
+        cluster,
         verifier,
         audience,
         grants: loaded.store,

@@ -118,12 +118,13 @@ pub async fn connect_current(config: &AgentConfig) -> anyhow::Result<ControllerC
 async fn watch_once(shared: &Shared, addr: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
     let config = &shared.config;
     let mut client = connect(config, addr).await?;
+    let (after_revision, after_epoch) = (shared.grants.revision(), shared.grants.epoch());
     let request = pb::WatchGrantsRequest {
         agent_id: config.id.clone(),
         labels: config.labels.clone(),
         listen_addr: config.advertise.clone(),
-        after_revision: shared.grants.revision(),
-        after_epoch: shared.grants.epoch(),
+        after_revision,
+        after_epoch: after_epoch.clone(),
     };
     let mut stream = answered("the grant stream", client.watch_grants(request))
         .await?
@@ -137,6 +138,7 @@ async fn watch_once(shared: &Shared, addr: &str, backoff: &mut Backoff) -> anyho
     );
     // Each connection starts following the stored epoch; an interrupted resync starts over.
     let mut session = Session::default();
+    let mut first = true;
     loop {
         let event = match tokio::time::timeout(SILENCE, stream.message()).await {
             Err(_) => anyhow::bail!("no heartbeat from the controller for {SILENCE:?}"),
@@ -145,6 +147,28 @@ async fn watch_once(shared: &Shared, addr: &str, backoff: &mut Backoff) -> anyho
                 None => return Ok(()),
             },
         };
+        // Nothing is applied from a controller of another cluster (`cluster.rs`): the stream is
+        // dropped and the address counts as failed.
+        if let Err(e) = shared.cluster.check(&event.cluster_id) {
+            if let Some(mismatch) = e.downcast_ref::<crate::cluster::Mismatch>() {
+                shared.audit(&events::ControllerRefused {
+                    address: addr.to_string(),
+                    reason_code: "cluster_mismatch",
+                    expected_cluster_id: mismatch.expected.clone(),
+                    got_cluster_id: mismatch.got.clone(),
+                })?;
+            }
+            return Err(e.context(format!("refusing the controller at {addr}")));
+        }
+        if first {
+            first = false;
+            shared.audit(&events::ControllerConnected {
+                address: addr.to_string(),
+                epoch: event.epoch.clone(),
+                after_revision,
+                after_epoch: after_epoch.clone(),
+            })?;
+        }
         apply(shared, &mut session, event)?;
     }
 }
@@ -278,14 +302,22 @@ pub fn apply(
         }
         Some(pb::grant_event::Event::Heartbeat(_)) => match session.resync.take() {
             Some(resync) => {
+                let from_epoch = store.epoch();
                 let forgotten =
                     store.finish_resync(&resync.epoch, event.revision, &resync.sent, unix_now())?;
+                let dropped = u64::try_from(forgotten.len()).unwrap_or(u64::MAX);
                 for id in forgotten {
                     shared.audit(&events::GrantDropped {
                         grant_id: id,
                         reason: DROPPED_AUDIT_REASON.into(),
                     })?;
                 }
+                shared.audit(&events::ControllerResynced {
+                    from_epoch,
+                    to_epoch: resync.epoch.clone(),
+                    revision: event.revision,
+                    dropped,
+                })?;
                 tracing::info!(epoch = %resync.epoch, revision = event.revision, "grants resynchronised");
             }
             None => store.set_revision(event.revision)?,
@@ -384,6 +416,7 @@ mod tests {
         pb::GrantEvent {
             revision,
             epoch: epoch.into(),
+            cluster_id: String::new(),
             event: Some(pb::grant_event::Event::Grant(pb::SignedGrant {
                 grant_id: String::new(),
                 token,
@@ -395,6 +428,7 @@ mod tests {
         pb::GrantEvent {
             revision,
             epoch: epoch.into(),
+            cluster_id: String::new(),
             event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
         }
     }
@@ -442,6 +476,22 @@ mod tests {
         );
         assert_eq!(agent.events("grant.received", "g-kept"), 1);
         assert_eq!(agent.events("grant.dropped", "g-other"), 1);
+        let resynced: Vec<_> = agent
+            .audited
+            .borrow()
+            .iter()
+            .filter(|e| e["event"] == "controller.resynced" && e["to_epoch"] == "e2")
+            .cloned()
+            .collect();
+        assert_eq!(
+            resynced.len(),
+            1,
+            "one completed resync into e2, one record: {resynced:?}"
+        );
+        assert_eq!(resynced[0]["from_epoch"], "e1");
+        assert_eq!(resynced[0]["to_epoch"], "e2");
+        assert_eq!(resynced[0]["revision"], 2);
+        assert_eq!(resynced[0]["dropped"], 1);
         assert!(agent.store.revocation("g-other").is_some());
         assert!(agent.store.revocation("g-kept").is_none());
     }

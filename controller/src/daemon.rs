@@ -44,6 +44,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     // agent resynchronise instead of resuming at a revision number this database may reuse.
     let epoch = store.new_epoch()?;
     tracing::info!(%epoch, "new epoch of the revision log");
+    let cluster_id = store.cluster_id()?;
+    tracing::info!(%cluster_id, "controller cluster");
     if let Some(dir) = &config.enrol_user_certs {
         enrol_user_certs(&store, dir, &config.trust_domain)?;
     }
@@ -133,6 +135,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         stopping,
         epoch,
     )?
+    .with_cluster_id(cluster_id)
     .with_access_policy(access_policy);
     let (service, enrolment) = match enrolment {
         Some((enrol, listener, ca, lifetime)) => {

@@ -77,6 +77,10 @@ pub struct ControllerService {
     stopping: watch::Receiver<bool>,
     /// This run's epoch of the revision log (see `Store::new_epoch`), sent with every event.
     epoch: String,
+    /// The controller cluster's id (see `Store::cluster_id`), sent with every grant event and
+    /// checkpoint answer so agents refuse an independent controller; empty until
+    /// [`ControllerService::with_cluster_id`].
+    cluster_id: String,
     /// The access policy in force (`with_access_policy`); None: requests are refused.
     access: Option<Arc<crate::policy::PolicyHandle>>,
     /// Bumped whenever a request changes state: `GetRequest` waiters and the expiry task wake.
@@ -117,6 +121,7 @@ impl ControllerService {
             audit,
             stopping,
             epoch,
+            cluster_id: String::new(),
             access: None,
             requests_changed: watch::channel(0).0,
             notifier: None,
@@ -127,6 +132,12 @@ impl ControllerService {
             revocations: Arc::default(),
             agent_ca: None,
         })
+    }
+
+    /// Presents `cluster_id` (see `Store::cluster_id`) to agents.
+    pub fn with_cluster_id(mut self, cluster_id: String) -> Self {
+        self.cluster_id = cluster_id;
+        self
     }
 
     fn audit(&self, event: &impl AuditEvent) -> Result<(), Status> {
@@ -406,7 +417,15 @@ impl Controller for ControllerService {
             },
         );
         // The queue holds shared events; each is copied only as tonic encodes it.
-        let events = ReceiverStream::new(rx).map(|event| event.map(Arc::unwrap_or_clone));
+        // Every event carries the cluster id: the agent refuses a controller of another cluster
+        // before it applies anything.
+        let cluster_id = self.cluster_id.clone();
+        let events = ReceiverStream::new(rx).map(move |event| {
+            event.map(|shared| pb::GrantEvent {
+                cluster_id: cluster_id.clone(),
+                ..Arc::unwrap_or_clone(shared)
+            })
+        });
         Ok(Response::new(Box::pin(events)))
     }
 

@@ -440,6 +440,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The controller cluster's id: a random id made once, with the database (`meta.cluster_id`),
+    /// and the same ever after, so every controller sharing this database presents the same one.
+    /// Agents pin it and refuse an address that presents another (an independent controller
+    /// that shares the CA and grant key). A copy of the database keeps it: a copy is the same
+    /// cluster, so never copy a database to make a second, independent controller.
+    pub fn cluster_id(&self) -> anyhow::Result<String> {
+        let fresh = hex::encode(rand::random::<[u8; 16]>());
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('cluster_id', ?1) ON CONFLICT(key) DO NOTHING",
+            params![fresh],
+        )?;
+        let id: String = conn.query_row(
+            "SELECT value FROM meta WHERE key = 'cluster_id'",
+            [],
+            |row| row.get(0),
+        )?;
+        Ok(id)
+    }
+
     /// Starts a new epoch of the revision log: a fresh random id, stored, returned. Called at
     /// every controller start. A restored backup cannot be told apart from the database it
     /// replaces by what it holds (a cold copy is exactly the database as it was), so every start
@@ -1028,6 +1048,29 @@ mod state_tests {
         assert!(
             err.contains("state.db-wal") && err.contains("chmod 600"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_cluster_id_is_made_once_and_kept_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("loggate.db");
+        let first = Store::open(&path).unwrap().cluster_id().unwrap();
+        assert_eq!(first.len(), 32, "{first}");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.cluster_id().unwrap(), first);
+        store.new_epoch().unwrap();
+        assert_eq!(
+            store.cluster_id().unwrap(),
+            first,
+            "a new epoch keeps the cluster"
+        );
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere = Store::open(&other.path().join("loggate.db")).unwrap();
+        assert_ne!(
+            elsewhere.cluster_id().unwrap(),
+            first,
+            "another database, another cluster"
         );
     }
 

@@ -91,7 +91,7 @@ fn the_agent_follows_its_controller_to_the_other_address_and_misses_nothing() ->
     assert!(out.status.success(), "the kept grant: {}", text(&out).1);
 
     // The agent's own word: it left the first address for the second, and the revocation is
-    // in its audit stream (as a revocation, or as a grant the controller no longer holds).
+    // in its audit stream as a revocation (one database: a drop would hide a lost revocation).
     let log = std::fs::read_to_string(f.cluster.dir.join("agents/web-1/stderr.log"))?;
     assert!(
         log.lines()
@@ -100,11 +100,204 @@ fn the_agent_follows_its_controller_to_the_other_address_and_misses_nothing() ->
                 && l.contains(&format!("to={second}"))),
         "no move from {first} to {second} in the agent's log:\n{log}"
     );
-    let gone = f.cluster.agent_audit("web-1").into_iter().find(|e| {
-        (e["event"] == "grant.revoked" || e["event"] == "grant.dropped")
-            && e["grant_id"] == old.as_str()
-    });
-    assert!(gone.is_some(), "the agent never recorded the end of {old}");
+    let audit = f.cluster.agent_audit("web-1");
+    let revoked = audit
+        .iter()
+        .any(|e| e["event"] == "grant.revoked" && e["grant_id"] == old.as_str());
+    assert!(revoked, "the agent never recorded the revocation of {old}");
+    let dropped = audit
+        .iter()
+        .any(|e| e["event"] == "grant.dropped" && e["grant_id"] == old.as_str());
+    assert!(!dropped, "{old} was dropped, not revoked");
+
+    // Which controller address it followed, in order, and the resync the move caused.
+    let connected: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|e| e["event"] == "controller.connected")
+        .collect();
+    let on_first = connected
+        .iter()
+        .rposition(|e| e["address"] == first.to_string().as_str())
+        .unwrap_or_else(|| panic!("no controller.connected to {first}: {connected:?}"));
+    let on_second = connected
+        .iter()
+        .rposition(|e| e["address"] == second.to_string().as_str())
+        .unwrap_or_else(|| panic!("no controller.connected to {second}: {connected:?}"));
+    assert!(on_first < on_second, "{connected:?}");
+    let (from, to) = (
+        &connected[on_first]["epoch"],
+        &connected[on_second]["epoch"],
+    );
+    assert_ne!(from, to, "a restarted controller has a new epoch");
+    assert_eq!(
+        connected[on_second]["after_epoch"], *from,
+        "the agent resumed from the first address's epoch"
+    );
+    let resynced = audit
+        .iter()
+        .find(|e| e["event"] == "controller.resynced" && e["to_epoch"] == *to)
+        .unwrap_or_else(|| panic!("no controller.resynced into {to}"));
+    assert_eq!(resynced["from_epoch"], *from, "{resynced}");
+    Ok(())
+}
+
+/// A second controller started beside the first, with the same CA and grant key but its own
+/// database: an independent controller, not a replica (issue 12, finding 1).
+struct OtherController {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    admin_config: std::path::PathBuf,
+}
+
+impl OtherController {
+    fn start(f: &Fixture) -> anyhow::Result<OtherController> {
+        let addr = free_addr()?;
+        let dir = &f.cluster.dir;
+        std::fs::create_dir_all(dir.join("controller-b"))?;
+        let config = std::fs::read_to_string(&f.cluster.controller_config)?
+            .replacen(
+                &format!("listen = \"{}\"", f.cluster.controller_addr),
+                &format!("listen = \"{addr}\""),
+                1,
+            )
+            .replacen("\"controller/", "\"controller-b/", 2);
+        assert!(
+            config.contains("controller-b/state.db") && config.contains("controller-b/audit.jsonl")
+        );
+        let config_path = dir.join("controller-b.toml");
+        std::fs::write(&config_path, config)?;
+        // Beside the other client configurations: their paths are relative to their folder.
+        let admin_config = dir.join("pki/clients/admin-of-b.toml");
+        std::fs::write(
+            &admin_config,
+            std::fs::read_to_string(f.cluster.client_config("admin"))?.replacen(
+                &format!("controller = \"{}\"", f.cluster.controller_addr),
+                &format!("controller = \"{addr}\""),
+                1,
+            ),
+        )?;
+        let log = std::fs::File::create(dir.join("controller-b/stderr.log"))?;
+        let child = Command::new(f.cluster.bins.join("loggate"))
+            .args(["controller", "serve", "--config"])
+            .arg(&config_path)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let other = OtherController {
+            child,
+            addr,
+            admin_config,
+        };
+        loggate_tests::wait_for_port(addr, Duration::from_secs(20))?;
+        Ok(other)
+    }
+
+    fn cli(&self, f: &Fixture, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(f.cluster.bins.join("loggate"))
+            .env("LOGGATE_CONFIG", &self.admin_config)
+            .args(args)
+            .output()?)
+    }
+}
+
+impl Drop for OtherController {
+    fn drop(&mut self) {
+        loggate_tests::terminate(&mut self.child);
+    }
+}
+
+#[test]
+fn an_independent_controller_sharing_the_ca_and_grant_key_is_refused() -> anyhow::Result<()> {
+    let mut f = Fixture::start()?;
+    let a = f.cluster.controller_addr;
+    // The agent knows A (and pins A's cluster) before B exists.
+    let kept = f.grant("alice", "30m")?;
+    let b = OtherController::start(&f)?;
+    let out = b.cli(
+        &f,
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "bob",
+            "--host",
+            "web-1",
+            "--path",
+            &f.glob(),
+            "--ttl",
+            "30m",
+            "--reason",
+            "T-12",
+            "--redaction",
+            "raw",
+        ],
+    )?;
+    assert!(out.status.success(), "a grant on B: {}", text(&out).1);
+
+    f.cluster.stop_agent("web-1");
+    f.cluster
+        .set_agent_controllers("web-1", &[a.to_string(), b.addr.to_string()])?;
+    // With A down, B is the only address that answers: the agent must refuse it.
+    f.cluster.kill_controller();
+    f.cluster.start_agent("web-1")?;
+    let refused = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(30), |e| {
+            e["event"] == "controller.refused" && e["address"] == b.addr.to_string().as_str()
+        })?;
+    assert_eq!(refused["reason_code"], "cluster_mismatch", "{refused}");
+    assert_ne!(refused["got_cluster_id"], "", "{refused}");
+    assert_ne!(
+        refused["got_cluster_id"], refused["expected_cluster_id"],
+        "{refused}"
+    );
+
+    // A comes back: the agent follows it, and a revocation made on A takes effect.
+    f.cluster.start_controller()?;
+    let out = f
+        .cluster
+        .run_cli("admin", &["grant", "revoke", &kept, "--reason", "T-12"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = f.logs("alice", &["cat", &f.api_log()])?;
+        if out.status.code() == Some(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the grant revoked on A still serves 15 s later: {:?} {}",
+            out.status,
+            text(&out).1
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing was ever taken from B: B's grant never arrived, and it does not serve.
+    let out = f.logs("bob", &["cat", &f.api_log()])?;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "B's grant serves: {}",
+        text(&out).1
+    );
+    let audit = f.cluster.agent_audit("web-1");
+    let from_b = audit
+        .iter()
+        .filter(|e| e["event"] == "grant.received" && e["grant_id"] != kept.as_str())
+        .count();
+    assert_eq!(from_b, 0, "the agent took a grant from B");
+    let dropped = audit
+        .iter()
+        .any(|e| e["event"] == "grant.dropped" && e["grant_id"] == kept.as_str());
+    assert!(!dropped, "following B dropped A's grant");
+    assert!(
+        !audit
+            .iter()
+            .any(|e| e["event"] == "controller.connected"
+                && e["address"] == b.addr.to_string().as_str()),
+        "the agent followed B"
+    );
     Ok(())
 }
 
@@ -129,6 +322,21 @@ fn controller_and_controllers_are_one_choice_checked_at_load() -> anyhow::Result
     )?;
     let out = check_config(&f, &list)?;
     assert!(out.status.success(), "{}", text(&out).1);
+    // Valid before `controllers` existed, so valid still: `_` in a host name (container service
+    // names) and an IPv6 zone id.
+    for (name, replacement) in [
+        (
+            "underscore.toml",
+            "controller = \"loggate_ctl:7400\"".to_string(),
+        ),
+        (
+            "zone.toml",
+            "controllers = [\"[fe80::1%eth0]:7400\", \"ctl_b:7400\"]".to_string(),
+        ),
+    ] {
+        let out = check_config(&f, &variant(name, &replacement)?)?;
+        assert!(out.status.success(), "{name}: {}", text(&out).1);
+    }
 
     for (name, replacement, says) in [
         (
@@ -201,6 +409,18 @@ fn enrolment_tries_each_listed_address_until_one_answers() -> anyhow::Result<()>
     assert!(
         !out.status.success()
             && stderr.contains("--controller: \"https://ctl:7401\" is not host:port"),
+        "{stderr}"
+    );
+
+    // A list given twice over the command line is checked as the configuration's is.
+    let out = cluster
+        .enrol_cmd("web-7", live, "lgj_unused", &pin)
+        .args(["--controller", &live.to_string()])
+        .output()?;
+    let (_, stderr) = text(&out);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("--controller: \"{live}\" is listed twice")),
         "{stderr}"
     );
 

@@ -4,13 +4,14 @@
 //! address; then one agent's cable is cut: a grant is issued and an older one revoked
 //! meanwhile, the agent keeps enforcing what it holds (a read through its gate from its own
 //! host), and once the cable is back the grant issued meanwhile arrives and the revoked one is
-//! refused.
+//! refused. The controller is reachable at two addresses of its host, which the agents list
+//! (`controllers`); at the end it leaves the first one, and both agents follow it to the second.
 //!
 //! Needs root (network namespaces); run as another user it says why it skipped. CI runs as root.
 
 use loggate_tests::netns::{self, Lab};
 use loggate_tests::{text, Cluster};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,8 +46,29 @@ fn agents_on_separate_hosts_keep_enforcing_while_cut_off_and_catch_up_when_the_l
     let mut lab = Lab::new()?;
     let ctl = lab.add_host("ctl")?;
     let hosts = [lab.add_host("web1")?, lab.add_host("web2")?];
+    // The controller's host has a second address; the controller listens on both.
+    let second_ip = Ipv4Addr::new(10, 77, 0, 201);
+    lab.add_address(&ctl, second_ip)?;
+    let first: SocketAddr = SocketAddrV4::new(ctl.ip, CONTROLLER_PORT).into();
+    let second: SocketAddr = SocketAddrV4::new(second_ip, CONTROLLER_PORT).into();
     let mut cluster = Cluster::new(None)?;
-    cluster.move_controller(SocketAddrV4::new(ctl.ip, CONTROLLER_PORT).into())?;
+    cluster.move_controller(first)?;
+    let controller_config = cluster.controller_config.clone();
+    let listen_on = |from: &str, to: &str| -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&controller_config)?;
+        let (from, to) = (
+            format!("\nlisten = \"{from}\"\n"),
+            format!("\nlisten = \"{to}\"\n"),
+        );
+        anyhow::ensure!(
+            text.contains(&from),
+            "no {from:?} in the controller's configuration"
+        );
+        std::fs::write(&controller_config, text.replacen(&from, &to, 1))?;
+        Ok(())
+    };
+    let any = format!("0.0.0.0:{CONTROLLER_PORT}");
+    listen_on(&first.to_string(), &any)?;
     cluster.controller_netns = Some(ctl.ns.clone());
     // The people's CLI sits on the controller's host: it reaches every agent over the network.
     cluster.cli_netns = Some(ctl.ns.clone());
@@ -61,6 +83,7 @@ fn agents_on_separate_hosts_keep_enforcing_while_cut_off_and_catch_up_when_the_l
             SocketAddr::from(([0, 0, 0, 0], AGENT_PORT)),
             SocketAddrV4::new(host.ip, AGENT_PORT).into(),
         )?;
+        cluster.set_agent_controllers(id, &[first.to_string(), second.to_string()])?;
         logs.push(folder);
     }
     cluster.start_controller()?;
@@ -170,5 +193,26 @@ fn agents_on_separate_hosts_keep_enforcing_while_cut_off_and_catch_up_when_the_l
         "alice on web-2 after: {}",
         text(&out).1
     );
+
+    // The controller restarts on its second address only: both agents follow it there and
+    // receive what it issues next.
+    cluster.stop_controller();
+    listen_on(&any, &first.to_string())?;
+    cluster.move_controller(second)?;
+    cluster.start_controller()?;
+    for (i, id) in ids.iter().enumerate() {
+        cluster.grant("bob", id, &glob(i), "30m")?;
+        let connected: Vec<_> = cluster
+            .agent_audit(id)
+            .into_iter()
+            .filter(|e| e["event"] == "controller.connected")
+            .collect();
+        let last = connected.last().map(|e| e["address"].clone());
+        assert_eq!(
+            last,
+            Some(second.to_string().into()),
+            "{id} does not follow the controller at {second}: {connected:?}"
+        );
+    }
     Ok(())
 }

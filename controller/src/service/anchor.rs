@@ -213,6 +213,7 @@ impl ControllerService {
             last_sealed_seq,
             last_head,
             stored,
+            cluster_id: self.cluster_id.clone(),
         }))
     }
 

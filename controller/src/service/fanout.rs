@@ -106,6 +106,8 @@ fn change_event(epoch: &str, revision: u64, change: &Change) -> pb::GrantEvent {
         revision,
         event: Some(event),
         epoch: epoch.to_string(),
+        // Set per stream by `watch_grants` (the service knows the cluster id).
+        cluster_id: String::new(),
     }
 }
 
@@ -114,6 +116,8 @@ fn heartbeat(epoch: &str, revision: u64) -> pb::GrantEvent {
         revision,
         event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
         epoch: epoch.to_string(),
+        // Set per stream by `watch_grants` (the service knows the cluster id).
+        cluster_id: String::new(),
     }
 }
 

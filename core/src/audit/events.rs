@@ -1301,6 +1301,105 @@ audit_event! {
 }
 
 audit_event! {
+    /// The agent's grant stream to a controller address is established and the controller
+    /// proved it is the agent's cluster (its first event): which address the agent follows,
+    /// from which position. Written at every (re)connection, so a SIEM sees every move between
+    /// addresses; bounded by the agent's back-off.
+    ControllerConnected = "controller.connected" {
+        writers: "agent", class: Authentication, activity: 99 "Controller Connected",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the controller address dialled, `host:port`
+        address: String,
+        /// the controller's current epoch of its revision log
+        epoch: String,
+        /// the revision the agent resumed after
+        after_revision: u64,
+        /// the epoch that revision belongs to (empty: none yet)
+        after_epoch: String,
+    }
+    ocsf: |e, on| Ocsf::authentication(
+        format!(
+            "{} follows the controller at {} (epoch {}), resuming after revision {} of epoch {:?}",
+            on.host, e.address, e.epoch, e.after_revision, e.after_epoch
+        ),
+        Logon {
+            subject: None,
+            key_sha256: None,
+            service: Some("loggate controller"),
+            peer: None,
+        },
+    ),
+}
+
+audit_event! {
+    /// Alert: a controller address answered for another controller cluster than the one the
+    /// agent is pinned to (an independent controller sharing the CA and grant key, or a
+    /// migration the operator did not re-pin for). The agent dropped the connection, took
+    /// nothing from it, and counts the address failed.
+    ControllerRefused = "controller.refused" {
+        writers: "agent", class: Authentication, activity: 99 "Controller Refused",
+        outcome: Failure, severity: HIGH,
+    }
+    {
+        /// the controller address dialled, `host:port`
+        address: String,
+        /// `cluster_mismatch` (`status_detail`)
+        reason_code: &'static str,
+        /// the cluster id the agent is pinned to
+        expected_cluster_id: String,
+        /// the cluster id the address presented (empty: none)
+        got_cluster_id: String,
+    }
+    ocsf: |e, on| Ocsf::authentication(
+        format!(
+            "ALERT: {} refused the controller at {}: cluster {:?}, pinned to {:?}",
+            on.host, e.address, e.got_cluster_id, e.expected_cluster_id
+        ),
+        Logon {
+            subject: None,
+            key_sha256: None,
+            service: Some("loggate controller"),
+            peer: None,
+        },
+    )
+    .detail(Some(e.reason_code)),
+}
+
+audit_event! {
+    /// The agent finished resynchronising its grants with a controller of another epoch (a
+    /// controller restart, a restore, or a move to another address): it now follows the new
+    /// epoch and forgot the grants the controller no longer holds (each also `grant.dropped`).
+    ControllerResynced = "controller.resynced" {
+        writers: "agent", class: Authentication, activity: 99 "Controller Resynced",
+        outcome: Success, severity: INFO,
+    }
+    {
+        /// the epoch the agent followed before (empty: none)
+        from_epoch: String,
+        /// the epoch it follows now
+        to_epoch: String,
+        /// its position in the new epoch
+        revision: u64,
+        /// how many grants it forgot
+        dropped: u64,
+    }
+    ocsf: |e, on| Ocsf::authentication(
+        format!(
+            "{} resynchronised its grants to epoch {} at revision {} ({} dropped)",
+            on.host, e.to_epoch, e.revision, e.dropped
+        ),
+        Logon {
+            subject: None,
+            key_sha256: None,
+            service: Some("loggate controller"),
+            peer: None,
+        },
+    ),
+}
+
+audit_event! {
     /// An admin removed an agent: every certificate of it issued until now is refused by the
     /// controller from then on (`revoked_before`), and its `WatchGrants` stream is cut. It may
     /// enrol again with a new join token.
@@ -2178,6 +2277,9 @@ pub const CATALOGUE: &[&EventType] = &[
     UserLocked::TYPE,
     UserUnlocked::TYPE,
     AgentCertificateRenewed::TYPE,
+    ControllerConnected::TYPE,
+    ControllerRefused::TYPE,
+    ControllerResynced::TYPE,
     BypassRead::TYPE,
     BypassFinding::TYPE,
     BypassReadRepeated::TYPE,

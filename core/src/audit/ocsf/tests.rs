@@ -201,6 +201,19 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "unlocked_by": "spiffe://loggate.local/user/admin",
             "reason": "new laptop",
         }),
+        "controller.connected" => json!({
+            "address": "ctl-b.example:7443", "epoch": "9f1c2e3d4b5a69788796a5b4c3d2e1f0",
+            "after_revision": 412, "after_epoch": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+        }),
+        "controller.refused" => json!({
+            "address": "ctl-b.example:7443", "reason_code": "cluster_mismatch",
+            "expected_cluster_id": "c4e1a9b27f3d5e6081c2d3e4f5a6b7c8",
+            "got_cluster_id": "7d2e3f4a5b6c7d8e9f0a1b2c3d4e5f60",
+        }),
+        "controller.resynced" => json!({
+            "from_epoch": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+            "to_epoch": "9f1c2e3d4b5a69788796a5b4c3d2e1f0", "revision": 418, "dropped": 2,
+        }),
         "agent.removed" => json!({
             "subject": ADMIN, "agent_id": "web-7", "revoked_before": 1795766400_i64,
             "was_connected": true,
@@ -397,6 +410,9 @@ pub(super) fn shaped(
         UserLocked,
         UserUnlocked,
         AgentCertificateRenewed,
+        ControllerConnected,
+        ControllerRefused,
+        ControllerResynced,
         BypassRead,
         BypassReadRepeated,
         BypassHeldOpen,

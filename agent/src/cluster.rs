@@ -1,0 +1,207 @@
+//! The controller cluster this agent belongs to, pinned on first sight.
+//!
+//! Every controller address an agent lists (`controllers.rs`) must be the same controller: one
+//! database, so one set of grants and revocations. An independent controller that shares the
+//! CA and grant key passes TLS and grant verification, yet a revocation made on the other one
+//! never reaches an agent that follows it. The controller therefore presents its cluster id (a
+//! random id made once with its database, see the controller's `Store::cluster_id`) on every
+//! grant event and checkpoint answer. The agent pins the first non-empty id it sees in
+//! `<state_dir>/controller-cluster.id` (mode 0600) and refuses every address that presents
+//! another one or none: the connection is dropped before anything from it is applied, the
+//! address counts as failed, and the grant stream audits `controller.refused`.
+//!
+//! An agent that has never seen an id (a new agent, or one upgraded from a version without
+//! ids) pins the first. After a deliberate migration to another controller cluster, the
+//! operator re-pins by deleting the file and restarting the agent (docs/operations.md).
+//! An empty id from a controller (an older version) is accepted only while nothing is pinned.
+
+use anyhow::{bail, Context};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The file under the state directory that holds the pinned id.
+pub const PIN_FILE: &str = "controller-cluster.id";
+/// The longest id accepted (ours are 32 hex characters).
+const MAX_ID: usize = 64;
+
+/// A controller presented another cluster's id than the pinned one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The pinned id.
+    pub expected: String,
+    /// What the controller presented (empty: none), cut to [`MAX_ID`] characters.
+    pub got: String,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the controller belongs to cluster {:?}, this agent is pinned to {:?}; if the move is \
+             deliberate, delete {PIN_FILE} in the agent's state directory and restart it",
+            self.got, self.expected
+        )
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+/// The pinned cluster id (if any) and where it is kept.
+#[derive(Debug)]
+pub struct ClusterPin {
+    path: PathBuf,
+    pinned: Mutex<Option<String>>,
+}
+
+impl ClusterPin {
+    /// Loads the pin from `state_dir` (none yet when the file does not exist). A file that does
+    /// not hold one id is refused: the agent does not guess which cluster it belongs to.
+    pub fn open(state_dir: &Path) -> anyhow::Result<ClusterPin> {
+        let path = state_dir.join(PIN_FILE);
+        let pinned = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let text = std::str::from_utf8(&bytes).ok().map(str::trim);
+                match text.filter(|t| is_valid_id(t)) {
+                    Some(id) => Some(id.to_string()),
+                    None => bail!(
+                        "{} does not hold a controller cluster id; delete it to pin the next \
+                         controller's",
+                        path.display()
+                    ),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", path.display()));
+            }
+        };
+        Ok(ClusterPin {
+            path,
+            pinned: Mutex::new(pinned),
+        })
+    }
+
+    /// The pinned id, if any.
+    pub fn pinned(&self) -> Option<String> {
+        self.lock().clone()
+    }
+
+    /// Whether a controller presenting `got` may be followed. With nothing pinned, a valid id
+    /// is pinned (on disk before this returns Ok) and an empty one accepted; otherwise only the
+    /// pinned id is. Err(`Mismatch`) for a refusal; another error when the pin cannot be stored
+    /// (nothing is accepted unpinned then).
+    pub fn check(&self, got: &str) -> anyhow::Result<()> {
+        let mut pinned = self.lock();
+        match pinned.as_deref() {
+            Some(expected) if expected == got => Ok(()),
+            Some(expected) => Err(Mismatch {
+                expected: expected.to_string(),
+                got: got.chars().take(MAX_ID).collect(),
+            }
+            .into()),
+            None if got.is_empty() => Ok(()),
+            None if !is_valid_id(got) => Err(Mismatch {
+                expected: String::new(),
+                got: got.chars().take(MAX_ID).collect(),
+            }
+            .into()),
+            None => {
+                store(&self.path, got)?;
+                tracing::info!(cluster_id = %got, "pinned the controller cluster");
+                *pinned = Some(got.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// 1 to [`MAX_ID`] lowercase hex digits or ASCII letters, digits and `-` (an id, nothing that
+/// could carry a line break or markup into a log).
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Writes the pin durably: a temporary file (0600), synced, renamed over the pin file.
+fn store(path: &Path, id: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("id.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(format!("{id}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_first_id_is_pinned_on_disk_and_another_is_refused_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = ClusterPin::open(dir.path()).unwrap();
+        pin.check("").unwrap();
+        assert_eq!(
+            pin.pinned(),
+            None,
+            "an older controller's empty id pins nothing"
+        );
+        pin.check("aaaa1111").unwrap();
+        pin.check("aaaa1111").unwrap();
+        let file = dir.path().join(PIN_FILE);
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let again = ClusterPin::open(dir.path()).unwrap();
+        assert_eq!(again.pinned().as_deref(), Some("aaaa1111"));
+        let refused = again.check("bbbb2222").unwrap_err();
+        let mismatch = refused.downcast_ref::<Mismatch>().expect("a Mismatch");
+        assert_eq!(mismatch.expected, "aaaa1111");
+        assert_eq!(mismatch.got, "bbbb2222");
+        assert!(format!("{refused}").contains(PIN_FILE), "{refused}");
+        let empty = again.check("").unwrap_err();
+        assert!(
+            empty.downcast_ref::<Mismatch>().is_some(),
+            "no id once pinned"
+        );
+
+        // Re-pinning after a deliberate migration: delete the file.
+        std::fs::remove_file(&file).unwrap();
+        let repinned = ClusterPin::open(dir.path()).unwrap();
+        repinned.check("bbbb2222").unwrap();
+        assert_eq!(repinned.pinned().as_deref(), Some("bbbb2222"));
+    }
+
+    #[test]
+    fn a_hostile_id_is_neither_pinned_nor_accepted_and_a_bad_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = ClusterPin::open(dir.path()).unwrap();
+        for bad in ["a\nb", "x".repeat(65).as_str(), "a b", "../x"] {
+            assert!(pin.check(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(pin.pinned(), None);
+        std::fs::write(dir.path().join(PIN_FILE), "not an id\n").unwrap();
+        let e = ClusterPin::open(dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("delete it"), "{e:#}");
+    }
+}
