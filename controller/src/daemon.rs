@@ -314,8 +314,15 @@ fn enrol_user_certs(store: &Store, dir: &Path, trust_domain: &str) -> anyhow::Re
         if identity.role() != Role::User {
             continue;
         }
-        store.set_user_key(identity.spiffe_id(), &identity.key_sha256_hex(), unix_now())?;
-        tracing::info!(user = %identity, "enrolled user certificate");
+        match store.set_user_key(identity.spiffe_id(), &identity.key_sha256_hex(), unix_now()) {
+            Ok(()) => tracing::info!(user = %identity, "enrolled user certificate"),
+            // A locked person's certificate in the folder is not enrolled (and not refused
+            // loudly enough to stop the controller): the lock stands until an unlock.
+            Err(e) if e.downcast_ref::<crate::store::UserLocked>().is_some() => {
+                tracing::warn!(user = %identity, "not enrolling a locked person's certificate: {e:#}");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

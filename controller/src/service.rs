@@ -229,6 +229,10 @@ impl ControllerService {
 }
 
 fn internal(e: anyhow::Error) -> Status {
+    // A lock that committed while the call was on its way: the store refused, say so.
+    if let Some(locked) = e.downcast_ref::<crate::store::UserLocked>() {
+        return Status::permission_denied(locked.to_string());
+    }
     tracing::error!("{e:#}");
     Status::internal("the controller hit an internal error; see its log")
 }

@@ -31,6 +31,36 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// The person is locked out (`loggate user lock`): no key is enrolled and no grant stored for
+/// them until an unlock.
+#[derive(Debug, thiserror::Error)]
+#[error("{subject} is locked out (loggate user lock): nothing is enrolled or granted for them until they are unlocked")]
+pub struct UserLocked {
+    pub subject: String,
+}
+
+/// [`UserLocked`] when `subject` (a user's SPIFFE ID, `…/user/NAME`) is locked, read in `tx`.
+/// Other identities (agents) are never locked.
+fn refuse_if_locked(tx: &db::Transaction<'_>, subject: &str) -> anyhow::Result<()> {
+    let Some((_, name)) = subject.rsplit_once("/user/") else {
+        return Ok(());
+    };
+    let locked: Option<i64> = tx
+        .query_row(
+            "SELECT locked FROM user_locks WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if locked.unwrap_or(0) != 0 {
+        return Err(UserLocked {
+            subject: subject.to_string(),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// A grant as the controller records it.
 #[derive(Debug, Clone)]
 pub struct GrantRow {
@@ -342,6 +372,9 @@ impl Store {
         let tx = conn.transaction()?;
         let next = next_revision(&tx)?;
         let grant = make(unsigned(next)?)?;
+        // Checked here, in the grant's own transaction: a call that passed the service's
+        // checks before a lock committed (on this replica or another) stores nothing.
+        refuse_if_locked(&tx, &grant.subject)?;
         insert_grant_row(&tx, &grant, next)?;
         tx.commit()?;
         Ok(grant)
@@ -571,6 +604,7 @@ impl Store {
         if known.is_some() {
             return Ok(false);
         }
+        refuse_if_locked(&tx, subject)?;
         record()?;
         tx.execute(
             "INSERT INTO user_keys (subject, key_sha256, updated) VALUES (?1, ?2, ?3)",
@@ -580,13 +614,19 @@ impl Store {
         Ok(true)
     }
 
-    /// Enrols (or re-enrols) a key by an admin's configuration.
+    /// Enrols (or re-enrols) a key by an admin's configuration or a sign-in; refused with
+    /// [`UserLocked`] while the person is locked out (checked in the same transaction, so a
+    /// sign-in or a start racing a lock cannot bring the locked key back).
     pub fn set_user_key(&self, subject: &str, key_sha256: &str, now: i64) -> anyhow::Result<()> {
-        self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        refuse_if_locked(&tx, subject)?;
+        tx.execute(
             "INSERT INTO user_keys (subject, key_sha256, updated) VALUES (?1, ?2, ?3)
              ON CONFLICT(subject) DO UPDATE SET key_sha256 = ?2, updated = ?3",
             params![subject, key_sha256, now],
         )?;
+        tx.commit()?;
         Ok(())
     }
 

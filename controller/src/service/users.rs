@@ -34,6 +34,9 @@ const MAX_LISTED: usize = 10_000;
 /// store's page of 1,000 grants).
 const MAX_REVOKE_ROUNDS: usize = 100;
 
+/// How far ahead of the controller's clock a sign-in's `auth_time` may be (IdP clock skew).
+const FUTURE_AUTH_TIME_SKEW: i64 = 60;
+
 impl ControllerService {
     /// `SetUserLock` (admins): see the module's contract.
     pub(super) async fn set_user_lock_rpc(
@@ -209,6 +212,11 @@ impl ControllerService {
             .map_err(internal)?;
         Ok(match facts {
             None => crate::policy::SignInStrength::Unknown,
+            // A sign-in "in the future" (an IdP clock far ahead, a forged claim the IdP
+            // signed) would never age: it meets no freshness rule.
+            Some(f) if f.auth_time > unix_now().saturating_add(FUTURE_AUTH_TIME_SKEW) => {
+                crate::policy::SignInStrength::Unknown
+            }
             Some(f) => crate::policy::SignInStrength::Known {
                 age: std::time::Duration::from_secs(
                     u64::try_from(unix_now().saturating_sub(f.auth_time)).unwrap_or(0),

@@ -507,6 +507,56 @@ mod tests {
     }
 
     #[test]
+    fn while_locked_no_key_is_enrolled_and_no_grant_stored_for_the_person() {
+        crate::store::testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let ok = || Ok(());
+            assert_eq!(
+                store.set_user_lock(&change(true, "INC-9", 100), ok).ok(),
+                Some(true)
+            );
+            let locked = |e: anyhow::Error| e.downcast_ref::<crate::store::UserLocked>().is_some();
+            // A sign-in or a start that raced the lock cannot put the key back...
+            assert!(store.set_user_key(ALICE, "stolen", 101).is_err_and(locked));
+            assert!(store
+                .enrol_user_key_if_absent(ALICE, "stolen", 101, ok)
+                .is_err_and(locked));
+            assert_eq!(store.user_key(ALICE).ok(), Some(None));
+            // ...and a grant that passed the service's checks before the lock stores nothing.
+            let grant = |revision| {
+                Ok(crate::store::GrantRow {
+                    id: "g-raced".into(),
+                    subject: ALICE.into(),
+                    hosts: vec!["web-1".into()],
+                    labels: vec![],
+                    paths: vec!["/var/log/app.log".into()],
+                    not_before: 100,
+                    not_after: 200,
+                    reason: "INC-9".into(),
+                    issuer: "spiffe://loggate.local/user/admin".into(),
+                    profile: "default".into(),
+                    key_sha256: "00".repeat(32),
+                    token: "token".into(),
+                    revision,
+                    revoked: None,
+                })
+            };
+            assert!(store.insert_grant(grant).is_err_and(locked));
+            assert_eq!(store.grant("g-raced").ok().flatten().map(|g| g.id), None);
+            // Someone else is not concerned; after the unlock the person is not either.
+            assert!(store
+                .set_user_key("spiffe://loggate.local/user/bob", "k", 101)
+                .is_ok());
+            assert_eq!(
+                store.set_user_lock(&change(false, "ok", 200), ok).ok(),
+                Some(true)
+            );
+            assert!(store.set_user_key(ALICE, "new", 201).is_ok());
+            assert!(store.insert_grant(grant).is_ok());
+        });
+    }
+
+    #[test]
     fn a_lock_refuses_every_certificate_and_an_unlock_keeps_those_from_before_it_refused() {
         crate::store::testing::on_each_test_store(|t| {
             let store = &t.store;
