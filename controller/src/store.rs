@@ -309,6 +309,12 @@ impl Store {
         }
     }
 
+    /// Whether this store is on PostgreSQL (shared by replicas whose commits this process only
+    /// learns of by NOTIFY).
+    pub fn is_postgres(&self) -> bool {
+        self.postgres_url.is_some()
+    }
+
     /// Opens the configured database: SQLite's file or PostgreSQL.
     pub fn open_database(database: &crate::config::Database) -> anyhow::Result<Self> {
         match database {
@@ -1176,6 +1182,102 @@ pub(crate) mod testing {
         assert!(failures.len() <= 1, "{failures:?}");
         // Writes work again too.
         t.store.new_epoch().expect("a write after the restart");
+    }
+
+    /// The first call after a restart being a transaction (an agent's checkpoint, a revoke)
+    /// costs that call at most: a `BEGIN` that meets the dead connection leaves no transaction
+    /// behind, so the next call connects anew instead of failing until the controller restarts.
+    #[test]
+    fn a_transaction_as_the_first_call_after_a_database_restart_fails_at_most_once() {
+        let mut t = TestStore::postgres();
+        t.server
+            .as_mut()
+            .expect("a server")
+            .restart()
+            .expect("restart");
+        let revoke = || {
+            t.store.revoke(
+                "g-none",
+                super::Revoked {
+                    at: 1,
+                    by: "spiffe://loggate.local/user/admin".into(),
+                    reason: "test".into(),
+                },
+            )
+        };
+        let mut failures = Vec::new();
+        let mut done = false;
+        for _ in 0..4 {
+            match revoke() {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+        assert!(
+            done,
+            "every transaction failed after the restart: {failures:?}"
+        );
+        assert!(failures.len() <= 1, "{failures:?}");
+    }
+
+    /// A replica stuck while holding the store's lock (here: another session holding it)
+    /// fails the others' writes after `lock_timeout`, with PostgreSQL's lock-timeout error,
+    /// instead of hanging them (and the store's mutex, and the tokio worker) for ever.
+    #[test]
+    fn a_write_waiting_on_a_held_store_lock_fails_within_the_lock_timeout() {
+        let t = TestStore::postgres();
+        let url = t.server.as_ref().expect("a server").url();
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut client =
+                postgres::Client::connect(&url, postgres::NoTls).expect("a second session");
+            let mut tx = client.transaction().expect("begin");
+            tx.batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock({})",
+                super::db::REVISIONS_LOCK
+            ))
+            .expect("lock");
+            held_tx.send(()).expect("tell");
+            let _ = released.recv_timeout(std::time::Duration::from_secs(60));
+            drop(tx);
+        });
+        held.recv().expect("the lock is held");
+        let start = std::time::Instant::now();
+        let result = t.store.revoke(
+            "g-none",
+            super::Revoked {
+                at: 1,
+                by: "spiffe://loggate.local/user/admin".into(),
+                reason: "test".into(),
+            },
+        );
+        let waited = start.elapsed();
+        let _ = release.send(());
+        holder.join().expect("holder");
+        let err = result.expect_err("a write cannot pass a held lock");
+        let code = err
+            .chain()
+            .find_map(|c| match c.downcast_ref::<super::db::Error>() {
+                Some(super::db::Error::Postgres(e)) => e.code().cloned(),
+                _ => None,
+            });
+        assert_eq!(
+            code,
+            Some(postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "{err:#}"
+        );
+        assert!(
+            waited >= std::time::Duration::from_secs(9)
+                && waited < std::time::Duration::from_secs(14),
+            "waited {waited:?} (lock_timeout {})",
+            super::db::PG_LOCK_TIMEOUT
+        );
+        // The store works again once the lock is free.
+        t.store.latest_revision().expect("a read after the timeout");
     }
 
     /// Runs `test` with a fresh store of each backend and a scratch folder.

@@ -50,6 +50,10 @@ pub enum Error {
     /// The connection's thread is gone (it panicked): the controller must restart.
     #[error("the PostgreSQL connection's thread has stopped; restart the controller")]
     ConnectionGone,
+    /// A write that must change exactly one row changed another number: another controller
+    /// changed the row first (the transaction is rolled back, nothing is stored).
+    #[error("{0} was changed by another controller at the same time; nothing was stored, retry")]
+    Conflict(&'static str),
 }
 
 fn postgres_message(e: &postgres::Error) -> String {
@@ -407,11 +411,20 @@ impl Connection {
 
     /// Begins a transaction (`BEGIN DEFERRED` on SQLite, as rusqlite's `transaction`), rolled
     /// back when dropped uncommitted.
+    ///
+    /// On PostgreSQL every store transaction first takes the one advisory lock
+    /// [`REVISIONS_LOCK`] (transaction-scoped), so the store's transactions run one at a time
+    /// across every replica sharing the database, as SQLite's single writer ran them: a
+    /// read-check-write (a request still pending, a join token with uses left, a pending cap)
+    /// cannot interleave with another replica's under READ COMMITTED. It is the same lock the
+    /// revision log's writers take ([`Connection::lock_revisions`], re-entrant within the
+    /// transaction), so the two cannot deadlock. A wait longer than the session's
+    /// `lock_timeout` ([`PG_LOCK_TIMEOUT`]) fails the call.
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
-        self.execute_batch(match self {
-            Connection::Sqlite(_) => "BEGIN DEFERRED",
-            Connection::Postgres(_) => "BEGIN",
-        })?;
+        match self {
+            Connection::Sqlite(c) => c.execute_batch("BEGIN DEFERRED")?,
+            Connection::Postgres(c) => c.begin()?,
+        }
         Ok(Transaction {
             conn: self,
             done: false,
@@ -451,6 +464,7 @@ pub fn listen_for_changes(
     let config: postgres::Config = url.parse().map_err(|e| {
         anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
     })?;
+    let config = with_timeouts(config);
     std::thread::Builder::new()
         .name("postgres-listen".into())
         .spawn(move || {
@@ -515,8 +529,42 @@ fn listen_until_lost(
     }
 }
 
-/// The advisory lock key of the revision log's writers ("lgrevs" in ASCII).
+/// The advisory lock key of the revision log's writers ("lgrevs" in ASCII), which every store
+/// transaction on PostgreSQL takes first ([`Connection::transaction`]).
 pub const REVISIONS_LOCK: i64 = 0x6c67_7265_7673;
+
+/// How long a connection attempt to PostgreSQL may take (a black-holed host otherwise waits
+/// for the kernel's TCP timeout, about two minutes, holding the store's lock).
+pub const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Idle time before TCP keepalives probe an established connection (a peer that vanished is
+/// found in about a minute rather than the kernel's two hours).
+pub const PG_KEEPALIVES_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// `statement_timeout` of every store session: the longest one statement may run. The
+/// store's statements are small and indexed; one running longer is a stuck database.
+pub const PG_STATEMENT_TIMEOUT: &str = "15s";
+/// `lock_timeout` of every store session: the longest a statement waits for a lock, the
+/// store's advisory lock included. A replica stuck while holding it fails the others' writes
+/// after this long instead of hanging them for ever.
+pub const PG_LOCK_TIMEOUT: &str = "10s";
+
+/// `config` with the store's connection timeouts ([`PG_CONNECT_TIMEOUT`], keepalives).
+fn with_timeouts(mut config: postgres::Config) -> postgres::Config {
+    config
+        .connect_timeout(PG_CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(PG_KEEPALIVES_IDLE);
+    config
+}
+
+/// Connects with `config` and sets the session's timeouts ([`PG_STATEMENT_TIMEOUT`],
+/// [`PG_LOCK_TIMEOUT`]); set after connecting, so they hold whatever the URL's `options` say.
+fn connect_session(config: &postgres::Config) -> Result<postgres::Client, postgres::Error> {
+    let mut client = config.connect(postgres::NoTls)?;
+    client.batch_execute(&format!(
+        "SET statement_timeout = '{PG_STATEMENT_TIMEOUT}'; SET lock_timeout = '{PG_LOCK_TIMEOUT}'"
+    ))?;
+    Ok(client)
+}
 
 /// rusqlite's `Transaction`: derefs to the connection, rolls back unless committed.
 pub struct Transaction<'c> {
@@ -707,12 +755,13 @@ impl PgConnection {
         let config: postgres::Config = url.parse().map_err(|e| {
             anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
         })?;
+        let config = with_timeouts(config);
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready_tx, ready) = mpsc::sync_channel::<Result<()>>(1);
         std::thread::Builder::new()
             .name("postgres".into())
             .spawn(move || {
-                let client = match config.connect(postgres::NoTls) {
+                let client = match connect_session(&config) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.into()));
@@ -732,7 +781,7 @@ impl PgConnection {
                     // anew. One attempt per call, no retry loop: a database still down fails
                     // the call at once with the connection error.
                     if session.client.is_closed() && !session.in_transaction {
-                        match config.connect(postgres::NoTls) {
+                        match connect_session(&config) {
                             Ok(client) => {
                                 tracing::info!("reconnected to PostgreSQL");
                                 session.client = client;
@@ -778,15 +827,35 @@ impl PgConnection {
         usize::try_from(n).map_err(|_| Error::OutOfRange(i64::MAX))
     }
 
+    /// Begins a store transaction and takes the store's advisory lock
+    /// ([`Connection::transaction`]). The connection counts as in a transaction only once
+    /// `BEGIN` succeeded: a `BEGIN` that fails (the first call after the database restarted)
+    /// leaves no transaction to protect, so the next call connects anew. A lock that cannot be
+    /// taken rolls the transaction back here, since the caller gets no `Transaction` to drop.
+    fn begin(&self) -> Result<()> {
+        self.call(|s| {
+            s.client.batch_execute("BEGIN")?;
+            s.in_transaction = true;
+            if let Err(e) = s
+                .client
+                .batch_execute(&format!("SELECT pg_advisory_xact_lock({REVISIONS_LOCK})"))
+            {
+                let _ = s.client.batch_execute("ROLLBACK");
+                s.in_transaction = false;
+                return Err(e.into());
+            }
+            Ok(())
+        })
+    }
+
     fn batch(&self, sql: &str) -> Result<()> {
         let sql = sql.to_owned();
         self.call(move |s| {
-            // The store's transactions (Connection::transaction) are the only BEGIN, COMMIT
-            // and ROLLBACK sent.
-            match sql.as_str() {
-                "BEGIN" => s.in_transaction = true,
-                "COMMIT" | "ROLLBACK" => s.in_transaction = false,
-                _ => {}
+            // The store's transactions (Connection::transaction, through `begin`) are the only
+            // BEGIN, COMMIT and ROLLBACK sent; COMMIT and ROLLBACK end the transaction whether
+            // they succeed or not (a failed one leaves none open on the server).
+            if matches!(sql.as_str(), "COMMIT" | "ROLLBACK") {
+                s.in_transaction = false;
             }
             Ok(s.client.batch_execute(&sql)?)
         })
