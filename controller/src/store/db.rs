@@ -369,6 +369,16 @@ impl Connection {
         matches!(self, Connection::Postgres(_))
     }
 
+    /// Rows PostgreSQL sent this connection so far ([`PgConnection`]'s test hook); none on
+    /// SQLite, which reads rows one at a time from a cursor.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn rows_received(&self) -> u64 {
+        match self {
+            Connection::Sqlite(_) => 0,
+            Connection::Postgres(c) => c.rows_received.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
         let values = params.into_values();
         match self {
@@ -745,6 +755,9 @@ impl PgSession {
 /// One PostgreSQL connection, owned by a thread of its own (see the module's doc).
 pub struct PgConnection {
     jobs: mpsc::Sender<Job>,
+    /// Rows received from the server since connecting: the test hook that proves a query's
+    /// `LIMIT` bounds what is read into memory (the client receives a result whole).
+    rows_received: std::sync::atomic::AtomicU64,
 }
 
 impl PgConnection {
@@ -799,7 +812,10 @@ impl PgConnection {
             .recv()
             .map_err(|_| Error::ConnectionGone)?
             .map_err(|e| anyhow::Error::new(e).context("cannot connect to PostgreSQL"))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            rows_received: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Runs `f` on the connection's thread and waits for its result.
@@ -868,7 +884,12 @@ impl PgConnection {
             let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                 values.iter().map(|v| v as _).collect();
             let rows = s.client.query(&stmt, &refs)?;
-            rows.iter().map(row_values).collect()
+            rows.iter().map(row_values).collect::<Result<Vec<_>>>()
+        })
+        .inspect(|rows| {
+            let n = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+            self.rows_received
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         })
     }
 }

@@ -547,24 +547,31 @@ impl Store {
     /// What the access review shows of grants: those that started since `since` (oldest
     /// first) and every break-glass grant not reviewed yet, whenever it was given — a query of
     /// its own, never cut short by newer grants. Each list holds at most `bound` rows and about
-    /// [`REVIEW_LIST_BYTES`] of text (rows are read one at a time from a cursor, tokens left
-    /// out); a list cut short says so in `truncated`.
+    /// [`REVIEW_LIST_BYTES`] of text (tokens left out); a list cut short says so in
+    /// `truncated`. Each query asks for at most `bound + 1` rows (`LIMIT`): PostgreSQL's client
+    /// receives a result whole, so the limit, not the loop, bounds what is read into memory
+    /// (SQLite reads the rows one at a time from a cursor either way).
     pub fn review_grants(&self, since: i64, bound: usize) -> anyhow::Result<ReviewGrants> {
         let conn = self.conn();
         // The review never shows a token: read an empty one in its place.
         let columns = GRANT_COLUMNS.replace(" token,", " '' AS token,");
+        // One row beyond the bound tells that the list was cut.
+        let limit = i64::try_from(bound.saturating_add(1)).unwrap_or(i64::MAX);
         let query = |filter: &str,
                      args: &[&dyn super::db::ToSql]|
          -> anyhow::Result<(Vec<ReviewGrantRow>, bool)> {
+            let limit_mark = args.len() + 1;
+            let mut args = args.to_vec();
+            args.push(&limit);
             let mut stmt = conn.prepare(&format!(
                 "SELECT {columns},
                     (SELECT r.role FROM requests r WHERE r.grant_id = grants.id LIMIT 1),
                     EXISTS (SELECT 1 FROM break_glass b WHERE b.grant_id = grants.id),
                     (SELECT b.reviewed_by FROM break_glass b WHERE b.grant_id = grants.id AND b.reviewed_at IS NOT NULL)
-                 FROM grants WHERE {filter} ORDER BY not_before, revision"
+                 FROM grants WHERE {filter} ORDER BY not_before, revision LIMIT ?{limit_mark}"
             ))?;
             let n = GRANT_COLUMNS.split(',').count();
-            let mut rows = stmt.query(args)?;
+            let mut rows = stmt.query(args.as_slice())?;
             let (mut out, mut bytes) = (Vec::new(), 0usize);
             while let Some(row) = rows.next()? {
                 let grant = grant_from_row(&row)?;
@@ -1333,5 +1340,21 @@ mod tests {
                 other => panic!("undecided ({other:?}): {context}"),
             }
         }
+    }
+    /// The access review's lists are bounded in what is read, not only in what is shown: on
+    /// PostgreSQL (whose client receives a result whole) a review of 300 grants with a bound
+    /// of 50 receives at most 51 rows.
+    #[test]
+    fn a_review_reads_at_most_its_bound_of_rows_from_postgres() {
+        let t = crate::store::testing::TestStore::postgres();
+        for i in 0..300 {
+            insert_plain(&t.store, &format!("g-{i}"), 1000 + i);
+        }
+        let before = t.store.conn().rows_received();
+        let review = t.store.review_grants(0, 50).expect("review");
+        let received = t.store.conn().rows_received() - before;
+        assert_eq!(review.in_period.len(), 50);
+        assert!(!review.truncated.is_empty());
+        assert!(received <= 51, "{received} rows received for a bound of 50");
     }
 }
