@@ -431,7 +431,7 @@ impl Store {
             let grant = grant_at(row, 1)?;
             Ok((revision, grant))
         })?;
-        let mut out = Vec::new();
+        let mut out: Vec<(u64, Change)> = Vec::new();
         for row in rows {
             let (revision, grant) = row?;
             // A grant revoked since is sent as its revocation, even at the grant's own
@@ -442,6 +442,12 @@ impl Store {
                 None => Change::Granted(grant),
             };
             out.push((revision, change));
+        }
+        if let Some((revision, change)) = out.last() {
+            let grant_id = match change {
+                Change::Granted(g) | Change::Revoked { grant: g, .. } => &g.id,
+            };
+            conn.note_revision_read(i64::try_from(*revision)?, grant_id)?;
         }
         Ok(out)
     }
@@ -1278,6 +1284,75 @@ pub(crate) mod testing {
         );
         // The store works again once the lock is free.
         t.store.latest_revision().expect("a read after the timeout");
+    }
+
+    /// A database restored (or failed over to a lagging standby) under a running controller:
+    /// the revision it last read is gone, and numbers would be handed out again under its
+    /// epoch. After the reconnect every call fails with [`super::db::Error::DatabaseRestored`]
+    /// (the change feed then ends the process, for a restart with a new epoch).
+    #[test]
+    fn a_database_that_lost_revisions_this_store_read_is_refused_after_reconnecting() {
+        let mut t = TestStore::postgres();
+        for i in 1..=3 {
+            t.store
+                .insert_grant(|revision| Ok(test_grant(&format!("g-{i}"), revision)))
+                .expect("a grant");
+        }
+        assert_eq!(t.store.changes_after(0, 10).expect("read").len(), 3);
+        let server = t.server.as_mut().expect("a server");
+        // What a dump taken after revision 1 holds: the tail is gone.
+        server
+            .psql(
+                "postgres",
+                "DELETE FROM revisions WHERE revision > 1; DELETE FROM grants WHERE revision > 1",
+            )
+            .expect("lose the tail");
+        server.restart().expect("restart");
+        let restored = |e: &anyhow::Error| {
+            e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<super::db::Error>(),
+                    Some(super::db::Error::DatabaseRestored(3))
+                )
+            })
+        };
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            match t
+                .store
+                .insert_grant(|revision| Ok(test_grant("g-after", revision)))
+            {
+                Ok(g) => panic!("revision {} handed out again: {errors:?}", g.revision),
+                Err(e) => errors.push(e),
+            }
+        }
+        // The first may meet the dead connection; every one after is refused as restored.
+        assert!(errors[1..].iter().all(restored), "{errors:?}");
+        let err = t.store.latest_revision().expect_err("reads too");
+        assert!(restored(&err), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("restart the controller"),
+            "{err:#}"
+        );
+    }
+
+    fn test_grant(id: &str, revision: u64) -> super::GrantRow {
+        super::GrantRow {
+            id: id.to_string(),
+            subject: "spiffe://loggate.local/user/alice".into(),
+            hosts: vec!["web-1".into()],
+            labels: Vec::new(),
+            paths: vec!["/var/log/app/*.log".into()],
+            not_before: 1,
+            not_after: 3600,
+            reason: "INC-42".into(),
+            issuer: "spiffe://loggate.local/user/admin".into(),
+            profile: "default".into(),
+            key_sha256: "0".repeat(64),
+            token: "token".into(),
+            revision,
+            revoked: None,
+        }
     }
 
     /// Runs `test` with a fresh store of each backend and a scratch folder.

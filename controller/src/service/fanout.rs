@@ -125,6 +125,16 @@ const RETRY_MIN: Duration = Duration::from_millis(250);
 /// ... doubled at each failure up to this.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Whether `e` says the database was restored under this process ([`crate::store::db::Error::DatabaseRestored`]).
+fn is_restored(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::store::db::Error>(),
+            Some(crate::store::db::Error::DatabaseRestored(_))
+        )
+    })
+}
+
 /// The wait before the next retry of a failed read, after `previous` (none: the first).
 fn next_retry(previous: Option<Duration>) -> Duration {
     previous.map_or(RETRY_MIN, |p| (p * 2).min(RETRY_MAX))
@@ -191,6 +201,14 @@ impl ChangeFeed {
                     Ok(Ok(batch)) => {
                         retry = None;
                         batch
+                    }
+                    Ok(Err(e)) if is_restored(&e) => {
+                        // Revision numbers would be reused under this epoch: end the process
+                        // (the service manager starts it again, with a new epoch), which ends
+                        // every stream; agents resynchronise on reconnecting.
+                        tracing::error!("{e:#}");
+                        eprintln!("loggate controller: {e:#}");
+                        std::process::exit(1);
                     }
                     Ok(Err(e)) => {
                         // Watchers are not told: each one's next gap or heartbeat is harmless,

@@ -54,6 +54,17 @@ pub enum Error {
     /// changed the row first (the transaction is rolled back, nothing is stored).
     #[error("{0} was changed by another controller at the same time; nothing was stored, retry")]
     Conflict(&'static str),
+    /// After a reconnect, the database no longer holds the revision this controller last read
+    /// as it read it: it was restored, or failed over to a standby that lagged. Revision
+    /// numbers would be handed out again under this process's epoch, so every call fails from
+    /// then on; the change feed ends the process for the service manager to start it again
+    /// with a new epoch.
+    #[error(
+        "the PostgreSQL database no longer holds revision {0} as this controller read it (a \
+         restore, or a failover to a standby that lagged); restart the controller so that its \
+         agents resynchronise under a new epoch"
+    )]
+    DatabaseRestored(i64),
 }
 
 fn postgres_message(e: &postgres::Error) -> String {
@@ -367,6 +378,25 @@ pub enum Connection {
 impl Connection {
     pub fn is_postgres(&self) -> bool {
         matches!(self, Connection::Postgres(_))
+    }
+
+    /// Notes that `revision` (of grant `grant_id`) was read committed from the revision log:
+    /// after a reconnect, the database must still hold it ([`Error::DatabaseRestored`]).
+    /// Nothing on SQLite (a file restored under a running controller is out of scope: it is
+    /// replaced only while the controller is stopped, and every start is a new epoch).
+    pub fn note_revision_read(&self, revision: i64, grant_id: &str) -> Result<()> {
+        match self {
+            Connection::Sqlite(_) => Ok(()),
+            Connection::Postgres(c) => {
+                let grant_id = grant_id.to_owned();
+                c.call(move |s| {
+                    if s.last_read.as_ref().is_none_or(|(r, _)| *r < revision) {
+                        s.last_read = Some((revision, grant_id));
+                    }
+                    Ok(())
+                })
+            }
+        }
     }
 
     /// Rows PostgreSQL sent this connection so far ([`PgConnection`]'s test hook); none on
@@ -735,6 +765,34 @@ pub struct PgSession {
     /// replaced (the transaction's work is gone; its next statement fails and the caller's
     /// transaction is dropped, rolled back).
     in_transaction: bool,
+    /// The newest revision read from the log, with its grant ([`Connection::note_revision_read`]).
+    last_read: Option<(i64, String)>,
+    /// Set when a reconnect found `last_read` gone: every call fails from then on.
+    restored: Option<i64>,
+}
+
+impl PgSession {
+    /// After a reconnect: whether the database still holds the newest revision read as it
+    /// was read. A query that fails is not a verdict (the call that follows reports it).
+    fn check_not_restored(&mut self) {
+        let Some((revision, grant_id)) = &self.last_read else {
+            return;
+        };
+        let found = self.client.query(
+            "SELECT grant_id FROM revisions WHERE revision = $1",
+            &[revision],
+        );
+        if let Ok(rows) = found {
+            let same = rows
+                .first()
+                .and_then(|r| r.try_get::<_, String>(0).ok())
+                .is_some_and(|g| g == *grant_id);
+            if !same {
+                tracing::error!("{}", Error::DatabaseRestored(*revision));
+                self.restored = Some(*revision);
+            }
+        }
+    }
 }
 
 impl PgSession {
@@ -786,6 +844,8 @@ impl PgConnection {
                     client,
                     statements: HashMap::new(),
                     in_transaction: false,
+                    last_read: None,
+                    restored: None,
                 };
                 // Ends when the store (every sender) is dropped, closing the connection.
                 while let Ok(job) = queue.recv() {
@@ -799,6 +859,7 @@ impl PgConnection {
                                 tracing::info!("reconnected to PostgreSQL");
                                 session.client = client;
                                 session.statements.clear();
+                                session.check_not_restored();
                             }
                             Err(e) => {
                                 tracing::warn!("cannot reconnect to PostgreSQL: {}", Error::from(e))
@@ -826,7 +887,11 @@ impl PgConnection {
         let (tx, rx) = mpsc::sync_channel(1);
         self.jobs
             .send(Box::new(move |session| {
-                let _ = tx.send(f(session));
+                let result = match session.restored {
+                    Some(revision) => Err(Error::DatabaseRestored(revision)),
+                    None => f(session),
+                };
+                let _ = tx.send(result);
             }))
             .map_err(|_| Error::ConnectionGone)?;
         rx.recv().map_err(|_| Error::ConnectionGone)?
