@@ -1355,6 +1355,23 @@ pub(crate) mod testing {
         }
     }
 
+    /// The test server (which trusts its connections) is reachable only through the unix
+    /// socket in its private folder: nothing listens on its port over TCP, so no other local
+    /// user can connect as its superuser.
+    #[test]
+    fn the_test_postgres_server_takes_no_tcp_connection() {
+        let t = TestStore::postgres();
+        let server = t.server.as_ref().expect("a server");
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", server.port()));
+        assert!(
+            tcp.is_err(),
+            "the test server accepts TCP on {}",
+            server.port()
+        );
+        // Its own URL (the socket) works.
+        t.store.latest_revision().expect("through the socket");
+    }
+
     /// Runs `test` with a fresh store of each backend and a scratch folder.
     pub(crate) fn on_each_backend(mut test: impl FnMut(&Store, &Path)) {
         for make in [TestStore::sqlite, TestStore::postgres] {
