@@ -84,6 +84,44 @@ impl DatabaseUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether the URL carries a password (`user:pw@` or a `password` parameter).
+    pub fn has_password(&self) -> bool {
+        let text = &self.0;
+        if text.contains("password") {
+            return true;
+        }
+        match (text.find("://"), text.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => text[scheme + 3..at].contains(':'),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a line of a configuration file may hold a secret (a URL's `user:pw@`, a password
+/// key): a TOML error on it is reported without the line, which the error would otherwise
+/// quote.
+fn may_hold_a_secret(line: &str) -> bool {
+    line.contains("://") || line.to_ascii_lowercase().contains("password")
+}
+
+/// A TOML error of the file `text`, as `toml` shows it (with the offending line quoted),
+/// unless that line may hold a secret: then only its line number and the parser's message.
+fn toml_error(text: &str, e: toml::de::Error) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return e.into();
+    };
+    let start = text.get(..span.start).unwrap_or_default();
+    let line_no = start.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    if may_hold_a_secret(line) {
+        anyhow::anyhow!(
+            "line {line_no}: {} (the line is not shown: it may hold a password)",
+            e.message().trim_end()
+        )
+    } else {
+        e.into()
+    }
 }
 
 impl std::fmt::Debug for DatabaseUrl {
@@ -148,6 +186,25 @@ impl Database {
             postgres => postgres,
         }
     }
+}
+
+/// Refuses a controller configuration file that others (not its owner, not its group) can
+/// read, once it holds the database's password; the service's group may read it (0640).
+fn refuse_if_others_can_read(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the mode of {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    anyhow::ensure!(
+        mode & 0o007 == 0,
+        "database: the URL holds a password and {} is readable by others (mode {mode:03o}); \
+         chmod o-rwx {} (0640 or 0600)",
+        path.display(),
+        path.display()
+    );
+    Ok(())
 }
 
 /// `loggate controller serve --config FILE`.
@@ -247,6 +304,7 @@ impl ControllerConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read controller configuration {}", path.display()))?;
         let mut config: ControllerConfig = toml::from_str(&text)
+            .map_err(|e| toml_error(&text, e))
             .with_context(|| format!("invalid controller configuration {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.database = config.database.relative_to(base);
@@ -260,6 +318,11 @@ impl ControllerConfig {
         config.tls = config.tls.relative_to(base);
         config.oidc = config.oidc.take().map(|o| o.relative_to(base));
         let mut problems = Problems::default();
+        if let Database::Postgres(url) = &config.database {
+            if url.has_password() {
+                problems.take(refuse_if_others_can_read(path));
+            }
+        }
         if let Some(oidc) = &config.oidc {
             config.oidc_settings = problems.take(oidc.check());
         }
@@ -755,6 +818,53 @@ mod tests {
             ),
         )?;
         ControllerConfig::load(&path)
+    }
+
+    /// A configuration file with only `database` (a PostgreSQL URL) beside the minimum, at `mode`.
+    fn load_database(database: &str, mode: u32) -> anyhow::Result<ControllerConfig> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("controller.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:7400\"\ndatabase = \"{database}\"\nsigning_key = \"k\"\n\
+                 [tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n"
+            ),
+        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        ControllerConfig::load(&path)
+    }
+
+    #[test]
+    fn a_misspelt_database_scheme_is_refused_without_printing_the_password() {
+        let err = load_database("postgress://loggate:S3cretPw@db.internal/loggate", 0o600)
+            .expect_err("a misspelt scheme");
+        let text = format!("{err:#} {err:?}");
+        assert!(text.contains("postgress:// is not supported"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+        assert!(!text.contains("S3cretPw"), "{text}");
+        // A misspelt key with a password-bearing URL: not printed either.
+        let err = load_with("databse = \"postgres://loggate:S3cretPw@db/loggate\"")
+            .expect_err("an unknown key");
+        let text = format!("{err:#} {err:?}");
+        assert!(text.contains("databse"), "{text}");
+        assert!(!text.contains("S3cretPw"), "{text}");
+        // Lines that cannot hold a secret are still quoted.
+        let err = load_with("no_such_key = 1").expect_err("an unknown key");
+        assert!(format!("{err:#}").contains("no_such_key = 1"), "{err:#}");
+    }
+
+    #[test]
+    fn a_database_password_in_a_file_others_can_read_is_refused_naming_the_mode() {
+        let url = "postgres://loggate:S3cretPw@db.internal/loggate";
+        let err = load_database(url, 0o644).expect_err("others can read the password");
+        let text = format!("{err:#}");
+        assert!(text.contains("readable by others (mode 644)"), "{text}");
+        assert!(!text.contains("S3cretPw"), "{text}");
+        assert!(load_database(url, 0o640).is_ok());
+        // Without a password (a unix socket, peer or certificate authentication) any mode.
+        assert!(load_database("postgres://loggate@db.internal/loggate", 0o644).is_ok());
     }
 
     #[test]

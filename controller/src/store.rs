@@ -339,6 +339,12 @@ impl Store {
         }
     }
 
+    /// Whether this store is on PostgreSQL (shared by replicas whose commits this process only
+    /// learns of by NOTIFY).
+    pub fn is_postgres(&self) -> bool {
+        self.postgres_url.is_some()
+    }
+
     /// Opens the configured database: SQLite's file or PostgreSQL.
     pub fn open_database(database: &crate::config::Database) -> anyhow::Result<Self> {
         match database {
@@ -458,7 +464,7 @@ impl Store {
             let grant = grant_at(row, 1)?;
             Ok((revision, grant))
         })?;
-        let mut out = Vec::new();
+        let mut out: Vec<(u64, Change)> = Vec::new();
         for row in rows {
             let (revision, grant) = row?;
             // A grant revoked since is sent as its revocation, even at the grant's own
@@ -469,6 +475,12 @@ impl Store {
                 None => Change::Granted(grant),
             };
             out.push((revision, change));
+        }
+        if let Some((revision, change)) = out.last() {
+            let grant_id = match change {
+                Change::Granted(g) | Change::Revoked { grant: g, .. } => &g.id,
+            };
+            conn.note_revision_read(i64::try_from(*revision)?, grant_id)?;
         }
         Ok(out)
     }
@@ -1259,6 +1271,236 @@ pub(crate) mod testing {
         assert!(failures.len() <= 1, "{failures:?}");
         // Writes work again too.
         t.store.new_epoch().expect("a write after the restart");
+    }
+
+    /// The first call after a restart being a transaction (an agent's checkpoint, a revoke)
+    /// costs that call at most: a `BEGIN` that meets the dead connection leaves no transaction
+    /// behind, so the next call connects anew instead of failing until the controller restarts.
+    #[test]
+    fn a_transaction_as_the_first_call_after_a_database_restart_fails_at_most_once() {
+        let mut t = TestStore::postgres();
+        t.server
+            .as_mut()
+            .expect("a server")
+            .restart()
+            .expect("restart");
+        let revoke = || {
+            t.store.revoke(
+                "g-none",
+                super::Revoked {
+                    at: 1,
+                    by: "spiffe://loggate.local/user/admin".into(),
+                    reason: "test".into(),
+                },
+            )
+        };
+        let mut failures = Vec::new();
+        let mut done = false;
+        for _ in 0..4 {
+            match revoke() {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(e) => failures.push(format!("{e:#}")),
+            }
+        }
+        assert!(
+            done,
+            "every transaction failed after the restart: {failures:?}"
+        );
+        assert!(failures.len() <= 1, "{failures:?}");
+    }
+
+    /// A replica stuck while holding the store's lock (here: another session holding it)
+    /// fails the others' writes after `lock_timeout`, with PostgreSQL's lock-timeout error,
+    /// instead of hanging them (and the store's mutex, and the tokio worker) for ever.
+    #[test]
+    fn a_write_waiting_on_a_held_store_lock_fails_within_the_lock_timeout() {
+        let t = TestStore::postgres();
+        let url = t.server.as_ref().expect("a server").url();
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let mut client =
+                postgres::Client::connect(&url, postgres::NoTls).expect("a second session");
+            let mut tx = client.transaction().expect("begin");
+            tx.batch_execute(&format!(
+                "SELECT pg_advisory_xact_lock({})",
+                super::db::REVISIONS_LOCK
+            ))
+            .expect("lock");
+            held_tx.send(()).expect("tell");
+            let _ = released.recv_timeout(std::time::Duration::from_secs(60));
+            drop(tx);
+        });
+        held.recv().expect("the lock is held");
+        let start = std::time::Instant::now();
+        let result = t.store.revoke(
+            "g-none",
+            super::Revoked {
+                at: 1,
+                by: "spiffe://loggate.local/user/admin".into(),
+                reason: "test".into(),
+            },
+        );
+        let waited = start.elapsed();
+        let _ = release.send(());
+        holder.join().expect("holder");
+        let err = result.expect_err("a write cannot pass a held lock");
+        let code = err
+            .chain()
+            .find_map(|c| match c.downcast_ref::<super::db::Error>() {
+                Some(super::db::Error::Postgres(e)) => e.code().cloned(),
+                _ => None,
+            });
+        assert_eq!(
+            code,
+            Some(postgres::error::SqlState::LOCK_NOT_AVAILABLE),
+            "{err:#}"
+        );
+        assert!(
+            waited >= std::time::Duration::from_secs(9)
+                && waited < std::time::Duration::from_secs(14),
+            "waited {waited:?} (lock_timeout {})",
+            super::db::PG_LOCK_TIMEOUT
+        );
+        // The store works again once the lock is free.
+        t.store.latest_revision().expect("a read after the timeout");
+    }
+
+    /// A database restored (or failed over to a lagging standby) under a running controller:
+    /// the revision it last read is gone, and numbers would be handed out again under its
+    /// epoch. After the reconnect every call fails with [`super::db::Error::DatabaseRestored`]
+    /// (the change feed then ends the process, for a restart with a new epoch).
+    #[test]
+    fn a_database_that_lost_revisions_this_store_read_is_refused_after_reconnecting() {
+        let mut t = TestStore::postgres();
+        for i in 1..=3 {
+            t.store
+                .insert_grant(|revision| Ok(test_grant(&format!("g-{i}"), revision)))
+                .expect("a grant");
+        }
+        assert_eq!(t.store.changes_after(0, 10).expect("read").len(), 3);
+        let server = t.server.as_mut().expect("a server");
+        // What a dump taken after revision 1 holds: the tail is gone.
+        server
+            .psql(
+                "postgres",
+                "DELETE FROM revisions WHERE revision > 1; DELETE FROM grants WHERE revision > 1",
+            )
+            .expect("lose the tail");
+        server.restart().expect("restart");
+        let restored = |e: &anyhow::Error| {
+            e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<super::db::Error>(),
+                    Some(super::db::Error::DatabaseRestored(3))
+                )
+            })
+        };
+        let mut errors = Vec::new();
+        for _ in 0..3 {
+            match t
+                .store
+                .insert_grant(|revision| Ok(test_grant("g-after", revision)))
+            {
+                Ok(g) => panic!("revision {} handed out again: {errors:?}", g.revision),
+                Err(e) => errors.push(e),
+            }
+        }
+        // The first may meet the dead connection; every one after is refused as restored.
+        assert!(errors[1..].iter().all(restored), "{errors:?}");
+        let err = t.store.latest_revision().expect_err("reads too");
+        assert!(restored(&err), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("restart the controller"),
+            "{err:#}"
+        );
+    }
+
+    /// Revisions in order across replicas: two stores on one database commit grants from four
+    /// threads while a reader follows the log "after the last one seen"; it sees every
+    /// revision, 1 to the last, none skipped (a revision committing after a higher one would
+    /// be passed over).
+    #[test]
+    fn a_reader_following_two_replicas_writing_at_once_never_skips_a_revision() {
+        let t = TestStore::postgres();
+        let other = super::Store::open_postgres(&t.server.as_ref().expect("a server").url())
+            .expect("a second replica");
+        let reader = super::Store::open_postgres(&t.server.as_ref().expect("a server").url())
+            .expect("a reader");
+        const PER_THREAD: usize = 25;
+        let writing = std::sync::atomic::AtomicUsize::new(4);
+        let seen = std::thread::scope(|scope| {
+            for w in 0..4 {
+                let (store, writing) = (if w % 2 == 0 { &t.store } else { &other }, &writing);
+                scope.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        store
+                            .insert_grant(|revision| {
+                                Ok(test_grant(&format!("g-{w}-{i}"), revision))
+                            })
+                            .expect("a grant");
+                    }
+                    writing.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            }
+            let mut seen = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let done = writing.load(std::sync::atomic::Ordering::SeqCst) == 0;
+                let after = seen.last().copied().unwrap_or(0);
+                seen.extend(
+                    reader
+                        .changes_after(after, 1000)
+                        .expect("read")
+                        .into_iter()
+                        .map(|(r, _)| r),
+                );
+                if done || std::time::Instant::now() > deadline {
+                    break seen;
+                }
+            }
+        });
+        let expected: Vec<u64> = (1..=u64::try_from(4 * PER_THREAD).expect("small")).collect();
+        assert_eq!(seen, expected);
+    }
+
+    fn test_grant(id: &str, revision: u64) -> super::GrantRow {
+        super::GrantRow {
+            id: id.to_string(),
+            subject: "spiffe://loggate.local/user/alice".into(),
+            hosts: vec!["web-1".into()],
+            labels: Vec::new(),
+            paths: vec!["/var/log/app/*.log".into()],
+            not_before: 1,
+            not_after: 3600,
+            reason: "INC-42".into(),
+            issuer: "spiffe://loggate.local/user/admin".into(),
+            profile: "default".into(),
+            key_sha256: "0".repeat(64),
+            token: "token".into(),
+            revision,
+            revoked: None,
+        }
+    }
+
+    /// The test server (which trusts its connections) is reachable only through the unix
+    /// socket in its private folder: nothing listens on its port over TCP, so no other local
+    /// user can connect as its superuser.
+    #[test]
+    fn the_test_postgres_server_takes_no_tcp_connection() {
+        let t = TestStore::postgres();
+        let server = t.server.as_ref().expect("a server");
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", server.port()));
+        assert!(
+            tcp.is_err(),
+            "the test server accepts TCP on {}",
+            server.port()
+        );
+        // Its own URL (the socket) works.
+        t.store.latest_revision().expect("through the socket");
     }
 
     /// Runs `test` with a fresh store of each backend and a scratch folder.

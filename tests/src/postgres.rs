@@ -1,10 +1,12 @@
 //! A PostgreSQL server of a test's own, for the controller's PostgreSQL backend.
 //!
 //! [`TestPostgres::start`] runs Debian's `initdb` in a fresh scratch folder, starts `postgres`
-//! on a free loopback port with its unix socket inside that folder, waits until it accepts
+//! listening only on a unix socket inside that folder (mode 0700: only its owner, and root, can
+//! reach it; no TCP at all, so no other local user can connect), waits until it accepts
 //! connections, and stops it (`pg_ctl stop -m fast`, then a kill) and removes the folder on
-//! drop: no state is shared between tests. The server trusts every local connection (it listens
-//! on 127.0.0.1 and a private socket only) and runs without fsync (a test's data is thrown away).
+//! drop: no state is shared between tests. It trusts connections on that socket (TCP is
+//! rejected in `pg_hba.conf` too) and runs without fsync (a test's data is thrown away). Its
+//! URLs name the socket's folder, percent-encoded, as the host.
 //!
 //! PostgreSQL refuses to run as root: when the test runs as root, `initdb`, `postgres` and
 //! `pg_ctl` run as the `postgres` user (Debian's package creates it), or `nobody`, through
@@ -77,7 +79,8 @@ fn unprivileged_owner() -> anyhow::Result<Option<(u32, u32)>> {
     bail!("running as root and neither a postgres nor a nobody user exists to run PostgreSQL as")
 }
 
-/// A loopback port nothing listens on now.
+/// A loopback port nothing listens on now: a number for the socket file that no other
+/// server of this host uses.
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
@@ -115,7 +118,8 @@ impl TestPostgres {
                 "data",
                 "-U",
                 USER,
-                "--auth=trust",
+                "--auth-local=trust",
+                "--auth-host=reject",
                 "-E",
                 "UTF8",
                 "--no-sync",
@@ -158,7 +162,7 @@ impl TestPostgres {
         let mut child = self
             .command("postgres")
             .args(["-D", "data", "-p", &self.port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "listen_addresses="])
             .arg("-c")
             .arg(format!(
                 "unix_socket_directories={}",
@@ -185,7 +189,7 @@ impl TestPostgres {
                 .args([
                     "-q",
                     "-h",
-                    "127.0.0.1",
+                    &self.socket_dir(),
                     "-p",
                     &self.port.to_string(),
                     "-U",
@@ -205,9 +209,14 @@ impl TestPostgres {
         }
     }
 
-    /// The loopback port it listens on.
+    /// The port number of its socket (`.s.PGSQL.<port>` in [`TestPostgres::dir`]).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The folder of its unix socket, as text.
+    fn socket_dir(&self) -> String {
+        self.dir.path().display().to_string()
     }
 
     /// The scratch folder (its `server.log` tells why a test's query failed).
@@ -222,7 +231,18 @@ impl TestPostgres {
 
     /// A URL of database `name` on this server.
     pub fn url_of(&self, name: &str) -> String {
-        format!("postgres://{USER}@127.0.0.1:{}/{name}", self.port)
+        // The socket's folder as the host, percent-encoded.
+        let host: String = self
+            .socket_dir()
+            .bytes()
+            .map(|b| match b {
+                b if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') => {
+                    char::from(b).to_string()
+                }
+                b => format!("%{b:02X}"),
+            })
+            .collect();
+        format!("postgres://{USER}@{host}:{}/{name}", self.port)
     }
 
     /// Runs SQL with `psql` (for what a test does around the controller: e.g. a schema version
@@ -237,7 +257,7 @@ impl TestPostgres {
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-h",
-                "127.0.0.1",
+                &self.socket_dir(),
             ])
             .args([
                 "-p",

@@ -139,3 +139,53 @@ fn a_controller_refuses_a_postgres_schema_newer_than_it_knows() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// `loggate controller check-config` (the unit's `ExecStartPre`, whose output goes to the
+/// journal) never prints the database password: not for a misspelt scheme, whose TOML error
+/// would quote the line, and a password in a file others can read is refused, naming the mode.
+#[test]
+fn check_config_never_prints_the_database_password_and_refuses_it_readable_by_others(
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bins = loggate_tests::bin_dir()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("controller.toml");
+    let write = |database: &str, mode: u32| -> anyhow::Result<()> {
+        std::fs::write(
+            &path,
+            format!(
+                "listen = \"127.0.0.1:7400\"\ndatabase = \"{database}\"\nsigning_key = \"k\"\n\
+                 [tls]\nca = \"ca.crt\"\ncert = \"c.crt\"\nkey = \"c.key\"\n"
+            ),
+        )?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+    let check = || {
+        Command::new(bins.join("loggate"))
+            .args(["controller", "check-config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .output()
+    };
+    write("postgress://loggate:S3cretPw@db.internal/loggate", 0o600)?;
+    let out = check()?;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("postgress:// is not supported"), "{stderr}");
+    assert!(
+        !format!("{stdout}{stderr}").contains("S3cretPw"),
+        "{stdout}{stderr}"
+    );
+
+    write("postgres://loggate:S3cretPw@db.internal/loggate", 0o644)?;
+    let out = check()?;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("readable by others (mode 644)"), "{stderr}");
+    assert!(
+        !format!("{stdout}{stderr}").contains("S3cretPw"),
+        "{stdout}{stderr}"
+    );
+    Ok(())
+}

@@ -121,6 +121,29 @@ fn heartbeat(epoch: &str, revision: u64) -> pb::GrantEvent {
     }
 }
 
+/// How often the feed reads the revision log without being woken, when a NOTIFY listener
+/// (PostgreSQL) wakes it: the bound on a change whose notification was missed.
+pub const SAFETY_READ: Duration = Duration::from_secs(5);
+/// The first wait before a failed read of the revision log is retried ...
+const RETRY_MIN: Duration = Duration::from_millis(250);
+/// ... doubled at each failure up to this.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Whether `e` says the database was restored under this process ([`crate::store::db::Error::DatabaseRestored`]).
+fn is_restored(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<crate::store::db::Error>(),
+            Some(crate::store::db::Error::DatabaseRestored(_))
+        )
+    })
+}
+
+/// The wait before the next retry of a failed read, after `previous` (none: the first).
+fn next_retry(previous: Option<Duration>) -> Duration {
+    previous.map_or(RETRY_MIN, |p| (p * 2).min(RETRY_MAX))
+}
+
 /// What a watcher queues for its agent's stream: a shared change, or an event of its own
 /// (a heartbeat, an error).
 pub type Outgoing = Result<Arc<pb::GrantEvent>, Status>;
@@ -161,7 +184,14 @@ impl ChangeFeed {
         // below is the same).
         let committed = Arc::new(tokio::sync::Notify::new());
         store.wake_on_commits(Arc::downgrade(&committed))?;
+        // On PostgreSQL a NOTIFY can be missed (this replica's listener away while another
+        // replica commits, a wake-up that met a dead store connection): a safety read every
+        // [`SAFETY_READ`] bounds how long a change can wait for the next one.
+        let safety = store.is_postgres().then_some(SAFETY_READ);
         tokio::spawn(async move {
+            // Set after a failed read: the read is tried again after this long (doubling up to
+            // [`RETRY_MAX`]), not only at the next change.
+            let mut retry: Option<Duration> = None;
             loop {
                 // Marked seen before the read: a change committed during the read bumps it
                 // again, and is read on the next turn.
@@ -172,15 +202,34 @@ impl ChangeFeed {
                         .await
                 };
                 let batch = match read {
-                    Ok(Ok(batch)) => batch,
+                    Ok(Ok(batch)) => {
+                        retry = None;
+                        batch
+                    }
+                    Ok(Err(e)) if is_restored(&e) => {
+                        // Revision numbers would be reused under this epoch: end the process
+                        // (the service manager starts it again, with a new epoch), which ends
+                        // every stream; agents resynchronise on reconnecting.
+                        tracing::error!("{e:#}");
+                        eprintln!("loggate controller: {e:#}");
+                        std::process::exit(1);
+                    }
                     Ok(Err(e)) => {
                         // Watchers are not told: each one's next gap or heartbeat is harmless,
-                        // and the next bump retries. The log keeps the change.
-                        tracing::error!("the change feed cannot read the revision log: {e:#}");
+                        // and the read is retried on a timer. The log keeps the change.
+                        let wait = next_retry(retry);
+                        tracing::error!(
+                            "the change feed cannot read the revision log (retrying in {wait:?}): {e:#}"
+                        );
+                        retry = Some(wait);
                         Vec::new()
                     }
                     Err(e) => {
-                        tracing::error!("the change feed's read failed: {e}");
+                        let wait = next_retry(retry);
+                        tracing::error!(
+                            "the change feed's read failed (retrying in {wait:?}): {e}"
+                        );
+                        retry = Some(wait);
                         Vec::new()
                     }
                 };
@@ -193,10 +242,19 @@ impl ChangeFeed {
                 if full {
                     continue;
                 }
+                let timer = retry.or(safety);
                 tokio::select! {
                     changed = revisions.changed() => if changed.is_err() { break },
                     _ = committed.notified() => {}
                     _ = stopping.changed() => break,
+                    // A failed read's retry, or the periodic safety read; none on SQLite
+                    // while reads succeed (its commits always bump `revisions`).
+                    _ = async {
+                        match timer {
+                            Some(wait) => tokio::time::sleep(wait).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {}
                 }
             }
         });
@@ -745,5 +803,94 @@ mod tests {
             (revoked_rev, "g-on-a".to_string())
         );
         assert_eq!(*b.revisions.borrow(), 0, "B's own counter never moved");
+    }
+    /// A change committed by replica A while every connection of replica B (its store's and
+    /// its NOTIFY listener's) is cut and cannot come back: B's listener is away when the
+    /// NOTIFY is sent, and the one wake-up it gives when it is back meets B's dead store
+    /// connection. The feed's retry (and its safety read) still brings the change to B's
+    /// watcher within the bound.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_committed_while_this_replicas_connections_are_cut_reaches_its_agents() {
+        let server = crate::store::postgres_server::TestPostgres::start().unwrap();
+        let replica_b = Arc::new(Store::open_postgres(&server.url()).unwrap());
+        let (_stop, stopping) = watch::channel(false);
+        let b = Fixture {
+            _dir: tempfile::tempdir().unwrap(),
+            store: replica_b,
+            revisions: watch::channel(0).0,
+            _stop,
+            stopping,
+        };
+        let feed = b.feed(FEED_CAPACITY);
+        let mut rx = b.watch(&feed, "web-1", &["env=prod"], 16);
+        caught_up(&mut rx).await;
+        // B's backends: its store's connection and its listener's (psql runs on template1).
+        let of_b = "SELECT pid FROM pg_stat_activity WHERE datname = 'postgres' \
+                    AND backend_type = 'client backend'";
+        let b_pids = server
+            .psql(
+                "template1",
+                &format!("SELECT string_agg(pid::text, ',') FROM ({of_b}) p"),
+            )
+            .unwrap();
+        let b_pids = b_pids.trim().to_string();
+        assert_eq!(
+            b_pids.split(',').count(),
+            2,
+            "B's store and listener: {b_pids}"
+        );
+        let a = Fixture {
+            store: Arc::new(Store::open_postgres(&server.url()).unwrap()),
+            ..Fixture::new()
+        };
+        server
+            .psql(
+                "template1",
+                "ALTER DATABASE postgres ALLOW_CONNECTIONS false",
+            )
+            .unwrap();
+        server
+            .psql(
+                "template1",
+                &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({b_pids})"),
+            )
+            .unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        while server
+            .psql(
+                "template1",
+                &format!("SELECT count(*) FROM pg_stat_activity WHERE pid IN ({b_pids})"),
+            )
+            .unwrap()
+            .trim()
+            != "0"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B's backends survived"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (a, granted) = tokio::task::spawn_blocking(move || {
+            let rev = a.grant("g-while-cut", &["env=prod"]);
+            (a, rev)
+        })
+        .await
+        .unwrap();
+        // B's listener retries and fails meanwhile; then it may come back.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        server
+            .psql(
+                "template1",
+                "ALTER DATABASE postgres ALLOW_CONNECTIONS true",
+            )
+            .unwrap();
+        // Bounded: without the retry the feed waits for a next change, for ever.
+        let change = tokio::time::timeout(WAIT, next_change(&mut rx)).await;
+        assert_eq!(
+            change.expect("the change committed on replica A reaches B's watcher in time"),
+            (granted, "g-while-cut".to_string())
+        );
+        drop(a);
     }
 }

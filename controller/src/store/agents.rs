@@ -308,10 +308,14 @@ impl Store {
         };
         let (cert, value) = issue(&context)?;
         let token = context.token;
-        tx.execute(
+        // One use taken, or nothing is stored: a token used up meanwhile enrols no one more.
+        let taken = tx.execute(
             "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0",
             params![token.id],
         )?;
+        if taken != 1 {
+            return Err(super::db::Error::Conflict("the join token").into());
+        }
         tx.execute(
             "INSERT INTO enrolled_agents (id, labels, token_id, serial, not_after, enrolled_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -530,5 +534,52 @@ mod tests {
                 assert_eq!(again.map_err(|(r, _)| r), Ok(now == 12));
             }
         });
+    }
+    /// A one-use join token presented to two controllers on one PostgreSQL database at the
+    /// same moment (the first held inside its transaction while the second runs) enrols one
+    /// host, never two.
+    #[test]
+    fn a_one_use_token_used_on_two_replicas_at_once_enrols_once() {
+        use std::time::Duration;
+        let t = crate::store::testing::TestStore::postgres();
+        let other = Store::open_postgres(&t.server.as_ref().expect("a server").url())
+            .expect("a second replica");
+        for round in 0..3 {
+            let (_, digest, row) = token(1, 100, false);
+            t.store
+                .create_join_token(&digest, &row, || Ok(()))
+                .expect("a token");
+            let (inside_tx, inside) = std::sync::mpsc::channel();
+            let (other, digest) = (&other, digest.as_str());
+            let (first, second) = std::thread::scope(|scope| {
+                let first = scope.spawn(|| {
+                    t.store
+                        .enrol_agent(digest, &format!("web-{round}-a"), 10, |_| {
+                            let _ = inside_tx.send(());
+                            std::thread::sleep(Duration::from_millis(400));
+                            Ok((cert(), ()))
+                        })
+                        .map(|r| r.map_err(|(refusal, _)| refusal))
+                });
+                let second = scope.spawn(move || {
+                    let _ = inside.recv_timeout(Duration::from_secs(5));
+                    other
+                        .enrol_agent(digest, &format!("web-{round}-b"), 10, |_| Ok((cert(), ())))
+                        .map(|r| r.map_err(|(refusal, _)| refusal))
+                });
+                (first.join().expect("first"), second.join().expect("second"))
+            });
+            let enrolled = [&first, &second]
+                .iter()
+                .filter(|r| matches!(r, Ok(Ok(()))))
+                .count();
+            assert_eq!(
+                enrolled,
+                1,
+                "round {round}: {:?} / {:?}",
+                first.map_err(|e| format!("{e:#}")),
+                second.map_err(|e| format!("{e:#}"))
+            );
+        }
     }
 }

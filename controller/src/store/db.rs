@@ -50,6 +50,21 @@ pub enum Error {
     /// The connection's thread is gone (it panicked): the controller must restart.
     #[error("the PostgreSQL connection's thread has stopped; restart the controller")]
     ConnectionGone,
+    /// A write that must change exactly one row changed another number: another controller
+    /// changed the row first (the transaction is rolled back, nothing is stored).
+    #[error("{0} was changed by another controller at the same time; nothing was stored, retry")]
+    Conflict(&'static str),
+    /// After a reconnect, the database no longer holds the revision this controller last read
+    /// as it read it: it was restored, or failed over to a standby that lagged. Revision
+    /// numbers would be handed out again under this process's epoch, so every call fails from
+    /// then on; the change feed ends the process for the service manager to start it again
+    /// with a new epoch.
+    #[error(
+        "the PostgreSQL database no longer holds revision {0} as this controller read it (a \
+         restore, or a failover to a standby that lagged); restart the controller so that its \
+         agents resynchronise under a new epoch"
+    )]
+    DatabaseRestored(i64),
 }
 
 fn postgres_message(e: &postgres::Error) -> String {
@@ -365,6 +380,35 @@ impl Connection {
         matches!(self, Connection::Postgres(_))
     }
 
+    /// Notes that `revision` (of grant `grant_id`) was read committed from the revision log:
+    /// after a reconnect, the database must still hold it ([`Error::DatabaseRestored`]).
+    /// Nothing on SQLite (a file restored under a running controller is out of scope: it is
+    /// replaced only while the controller is stopped, and every start is a new epoch).
+    pub fn note_revision_read(&self, revision: i64, grant_id: &str) -> Result<()> {
+        match self {
+            Connection::Sqlite(_) => Ok(()),
+            Connection::Postgres(c) => {
+                let grant_id = grant_id.to_owned();
+                c.call(move |s| {
+                    if s.last_read.as_ref().is_none_or(|(r, _)| *r < revision) {
+                        s.last_read = Some((revision, grant_id));
+                    }
+                    Ok(())
+                })
+            }
+        }
+    }
+
+    /// Rows PostgreSQL sent this connection so far ([`PgConnection`]'s test hook); none on
+    /// SQLite, which reads rows one at a time from a cursor.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn rows_received(&self) -> u64 {
+        match self {
+            Connection::Sqlite(_) => 0,
+            Connection::Postgres(c) => c.rows_received.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
         let values = params.into_values();
         match self {
@@ -407,11 +451,20 @@ impl Connection {
 
     /// Begins a transaction (`BEGIN DEFERRED` on SQLite, as rusqlite's `transaction`), rolled
     /// back when dropped uncommitted.
+    ///
+    /// On PostgreSQL every store transaction first takes the one advisory lock
+    /// [`REVISIONS_LOCK`] (transaction-scoped), so the store's transactions run one at a time
+    /// across every replica sharing the database, as SQLite's single writer ran them: a
+    /// read-check-write (a request still pending, a join token with uses left, a pending cap)
+    /// cannot interleave with another replica's under READ COMMITTED. It is the same lock the
+    /// revision log's writers take ([`Connection::lock_revisions`], re-entrant within the
+    /// transaction), so the two cannot deadlock. A wait longer than the session's
+    /// `lock_timeout` ([`PG_LOCK_TIMEOUT`]) fails the call.
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
-        self.execute_batch(match self {
-            Connection::Sqlite(_) => "BEGIN DEFERRED",
-            Connection::Postgres(_) => "BEGIN",
-        })?;
+        match self {
+            Connection::Sqlite(c) => c.execute_batch("BEGIN DEFERRED")?,
+            Connection::Postgres(c) => c.begin()?,
+        }
         Ok(Transaction {
             conn: self,
             done: false,
@@ -451,6 +504,7 @@ pub fn listen_for_changes(
     let config: postgres::Config = url.parse().map_err(|e| {
         anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
     })?;
+    let config = with_timeouts(config);
     std::thread::Builder::new()
         .name("postgres-listen".into())
         .spawn(move || {
@@ -515,8 +569,42 @@ fn listen_until_lost(
     }
 }
 
-/// The advisory lock key of the revision log's writers ("lgrevs" in ASCII).
+/// The advisory lock key of the revision log's writers ("lgrevs" in ASCII), which every store
+/// transaction on PostgreSQL takes first ([`Connection::transaction`]).
 pub const REVISIONS_LOCK: i64 = 0x6c67_7265_7673;
+
+/// How long a connection attempt to PostgreSQL may take (a black-holed host otherwise waits
+/// for the kernel's TCP timeout, about two minutes, holding the store's lock).
+pub const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Idle time before TCP keepalives probe an established connection (a peer that vanished is
+/// found in about a minute rather than the kernel's two hours).
+pub const PG_KEEPALIVES_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// `statement_timeout` of every store session: the longest one statement may run. The
+/// store's statements are small and indexed; one running longer is a stuck database.
+pub const PG_STATEMENT_TIMEOUT: &str = "15s";
+/// `lock_timeout` of every store session: the longest a statement waits for a lock, the
+/// store's advisory lock included. A replica stuck while holding it fails the others' writes
+/// after this long instead of hanging them for ever.
+pub const PG_LOCK_TIMEOUT: &str = "10s";
+
+/// `config` with the store's connection timeouts ([`PG_CONNECT_TIMEOUT`], keepalives).
+fn with_timeouts(mut config: postgres::Config) -> postgres::Config {
+    config
+        .connect_timeout(PG_CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(PG_KEEPALIVES_IDLE);
+    config
+}
+
+/// Connects with `config` and sets the session's timeouts ([`PG_STATEMENT_TIMEOUT`],
+/// [`PG_LOCK_TIMEOUT`]); set after connecting, so they hold whatever the URL's `options` say.
+fn connect_session(config: &postgres::Config) -> Result<postgres::Client, postgres::Error> {
+    let mut client = config.connect(postgres::NoTls)?;
+    client.batch_execute(&format!(
+        "SET statement_timeout = '{PG_STATEMENT_TIMEOUT}'; SET lock_timeout = '{PG_LOCK_TIMEOUT}'"
+    ))?;
+    Ok(client)
+}
 
 /// rusqlite's `Transaction`: derefs to the connection, rolls back unless committed.
 pub struct Transaction<'c> {
@@ -677,6 +765,34 @@ pub struct PgSession {
     /// replaced (the transaction's work is gone; its next statement fails and the caller's
     /// transaction is dropped, rolled back).
     in_transaction: bool,
+    /// The newest revision read from the log, with its grant ([`Connection::note_revision_read`]).
+    last_read: Option<(i64, String)>,
+    /// Set when a reconnect found `last_read` gone: every call fails from then on.
+    restored: Option<i64>,
+}
+
+impl PgSession {
+    /// After a reconnect: whether the database still holds the newest revision read as it
+    /// was read. A query that fails is not a verdict (the call that follows reports it).
+    fn check_not_restored(&mut self) {
+        let Some((revision, grant_id)) = &self.last_read else {
+            return;
+        };
+        let found = self.client.query(
+            "SELECT grant_id FROM revisions WHERE revision = $1",
+            &[revision],
+        );
+        if let Ok(rows) = found {
+            let same = rows
+                .first()
+                .and_then(|r| r.try_get::<_, String>(0).ok())
+                .is_some_and(|g| g == *grant_id);
+            if !same {
+                tracing::error!("{}", Error::DatabaseRestored(*revision));
+                self.restored = Some(*revision);
+            }
+        }
+    }
 }
 
 impl PgSession {
@@ -697,6 +813,9 @@ impl PgSession {
 /// One PostgreSQL connection, owned by a thread of its own (see the module's doc).
 pub struct PgConnection {
     jobs: mpsc::Sender<Job>,
+    /// Rows received from the server since connecting: the test hook that proves a query's
+    /// `LIMIT` bounds what is read into memory (the client receives a result whole).
+    rows_received: std::sync::atomic::AtomicU64,
 }
 
 impl PgConnection {
@@ -707,12 +826,13 @@ impl PgConnection {
         let config: postgres::Config = url.parse().map_err(|e| {
             anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
         })?;
+        let config = with_timeouts(config);
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready_tx, ready) = mpsc::sync_channel::<Result<()>>(1);
         std::thread::Builder::new()
             .name("postgres".into())
             .spawn(move || {
-                let client = match config.connect(postgres::NoTls) {
+                let client = match connect_session(&config) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e.into()));
@@ -724,6 +844,8 @@ impl PgConnection {
                     client,
                     statements: HashMap::new(),
                     in_transaction: false,
+                    last_read: None,
+                    restored: None,
                 };
                 // Ends when the store (every sender) is dropped, closing the connection.
                 while let Ok(job) = queue.recv() {
@@ -732,11 +854,12 @@ impl PgConnection {
                     // anew. One attempt per call, no retry loop: a database still down fails
                     // the call at once with the connection error.
                     if session.client.is_closed() && !session.in_transaction {
-                        match config.connect(postgres::NoTls) {
+                        match connect_session(&config) {
                             Ok(client) => {
                                 tracing::info!("reconnected to PostgreSQL");
                                 session.client = client;
                                 session.statements.clear();
+                                session.check_not_restored();
                             }
                             Err(e) => {
                                 tracing::warn!("cannot reconnect to PostgreSQL: {}", Error::from(e))
@@ -750,7 +873,10 @@ impl PgConnection {
             .recv()
             .map_err(|_| Error::ConnectionGone)?
             .map_err(|e| anyhow::Error::new(e).context("cannot connect to PostgreSQL"))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            rows_received: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     /// Runs `f` on the connection's thread and waits for its result.
@@ -761,7 +887,11 @@ impl PgConnection {
         let (tx, rx) = mpsc::sync_channel(1);
         self.jobs
             .send(Box::new(move |session| {
-                let _ = tx.send(f(session));
+                let result = match session.restored {
+                    Some(revision) => Err(Error::DatabaseRestored(revision)),
+                    None => f(session),
+                };
+                let _ = tx.send(result);
             }))
             .map_err(|_| Error::ConnectionGone)?;
         rx.recv().map_err(|_| Error::ConnectionGone)?
@@ -778,15 +908,35 @@ impl PgConnection {
         usize::try_from(n).map_err(|_| Error::OutOfRange(i64::MAX))
     }
 
+    /// Begins a store transaction and takes the store's advisory lock
+    /// ([`Connection::transaction`]). The connection counts as in a transaction only once
+    /// `BEGIN` succeeded: a `BEGIN` that fails (the first call after the database restarted)
+    /// leaves no transaction to protect, so the next call connects anew. A lock that cannot be
+    /// taken rolls the transaction back here, since the caller gets no `Transaction` to drop.
+    fn begin(&self) -> Result<()> {
+        self.call(|s| {
+            s.client.batch_execute("BEGIN")?;
+            s.in_transaction = true;
+            if let Err(e) = s
+                .client
+                .batch_execute(&format!("SELECT pg_advisory_xact_lock({REVISIONS_LOCK})"))
+            {
+                let _ = s.client.batch_execute("ROLLBACK");
+                s.in_transaction = false;
+                return Err(e.into());
+            }
+            Ok(())
+        })
+    }
+
     fn batch(&self, sql: &str) -> Result<()> {
         let sql = sql.to_owned();
         self.call(move |s| {
-            // The store's transactions (Connection::transaction) are the only BEGIN, COMMIT
-            // and ROLLBACK sent.
-            match sql.as_str() {
-                "BEGIN" => s.in_transaction = true,
-                "COMMIT" | "ROLLBACK" => s.in_transaction = false,
-                _ => {}
+            // The store's transactions (Connection::transaction, through `begin`) are the only
+            // BEGIN, COMMIT and ROLLBACK sent; COMMIT and ROLLBACK end the transaction whether
+            // they succeed or not (a failed one leaves none open on the server).
+            if matches!(sql.as_str(), "COMMIT" | "ROLLBACK") {
+                s.in_transaction = false;
             }
             Ok(s.client.batch_execute(&sql)?)
         })
@@ -799,7 +949,12 @@ impl PgConnection {
             let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                 values.iter().map(|v| v as _).collect();
             let rows = s.client.query(&stmt, &refs)?;
-            rows.iter().map(row_values).collect()
+            rows.iter().map(row_values).collect::<Result<Vec<_>>>()
+        })
+        .inspect(|rows| {
+            let n = u64::try_from(rows.len()).unwrap_or(u64::MAX);
+            self.rows_received
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         })
     }
 }

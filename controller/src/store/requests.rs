@@ -411,6 +411,8 @@ fn set_pending_groups(conn: &Connection, id: &str, groups: &[String]) -> super::
     Ok(())
 }
 
+/// Moves pending request `id` to `state`; [`super::db::Error::Conflict`] when it is no longer
+/// pending.
 fn set_state(
     conn: &Connection,
     id: &str,
@@ -418,10 +420,15 @@ fn set_state(
     now: i64,
     grant_id: Option<&str>,
 ) -> super::db::Result<()> {
-    conn.execute(
+    // Exactly the one pending request, or the caller's transaction is rolled back: a request
+    // decided meanwhile must not also be approved (and granted), denied or ended.
+    let changed = conn.execute(
         "UPDATE requests SET state = ?2, decided_at = ?3, grant_id = ?4 WHERE id = ?1 AND state = 'pending'",
         params![id, state.as_str(), now, grant_id],
     )?;
+    if changed != 1 {
+        return Err(super::db::Error::Conflict("the request"));
+    }
     if state != RequestState::Pending {
         conn.execute(
             "DELETE FROM pending_request_groups WHERE request_id = ?1",
@@ -540,24 +547,31 @@ impl Store {
     /// What the access review shows of grants: those that started since `since` (oldest
     /// first) and every break-glass grant not reviewed yet, whenever it was given — a query of
     /// its own, never cut short by newer grants. Each list holds at most `bound` rows and about
-    /// [`REVIEW_LIST_BYTES`] of text (rows are read one at a time from a cursor, tokens left
-    /// out); a list cut short says so in `truncated`.
+    /// [`REVIEW_LIST_BYTES`] of text (tokens left out); a list cut short says so in
+    /// `truncated`. Each query asks for at most `bound + 1` rows (`LIMIT`): PostgreSQL's client
+    /// receives a result whole, so the limit, not the loop, bounds what is read into memory
+    /// (SQLite reads the rows one at a time from a cursor either way).
     pub fn review_grants(&self, since: i64, bound: usize) -> anyhow::Result<ReviewGrants> {
         let conn = self.conn();
         // The review never shows a token: read an empty one in its place.
         let columns = GRANT_COLUMNS.replace(" token,", " '' AS token,");
+        // One row beyond the bound tells that the list was cut.
+        let limit = i64::try_from(bound.saturating_add(1)).unwrap_or(i64::MAX);
         let query = |filter: &str,
                      args: &[&dyn super::db::ToSql]|
          -> anyhow::Result<(Vec<ReviewGrantRow>, bool)> {
+            let limit_mark = args.len() + 1;
+            let mut args = args.to_vec();
+            args.push(&limit);
             let mut stmt = conn.prepare(&format!(
                 "SELECT {columns},
                     (SELECT r.role FROM requests r WHERE r.grant_id = grants.id LIMIT 1),
                     EXISTS (SELECT 1 FROM break_glass b WHERE b.grant_id = grants.id),
                     (SELECT b.reviewed_by FROM break_glass b WHERE b.grant_id = grants.id AND b.reviewed_at IS NOT NULL)
-                 FROM grants WHERE {filter} ORDER BY not_before, revision"
+                 FROM grants WHERE {filter} ORDER BY not_before, revision LIMIT ?{limit_mark}"
             ))?;
             let n = GRANT_COLUMNS.split(',').count();
-            let mut rows = stmt.query(args)?;
+            let mut rows = stmt.query(args.as_slice())?;
             let (mut out, mut bytes) = (Vec::new(), 0usize);
             while let Some(row) = rows.next()? {
                 let grant = grant_from_row(&row)?;
@@ -1226,5 +1240,121 @@ mod tests {
         store.insert_pending_request(&r, 20, || Ok(())).unwrap();
         let back = store.request("r-x").unwrap().unwrap();
         assert_eq!(back.requester_groups, ["payments"]);
+    }
+    /// Two controllers on one PostgreSQL database deciding one request at the same moment
+    /// (approve against deny, approve against approve), the first held inside its transaction
+    /// while the second runs: exactly one decision is stored, a denied request has no grant,
+    /// an approved one has exactly the grant it names.
+    #[test]
+    fn one_decision_wins_when_two_replicas_decide_a_request_at_once() {
+        use std::time::Duration;
+        let t = crate::store::testing::TestStore::postgres();
+        let other = Store::open_postgres(&t.server.as_ref().expect("a server").url())
+            .expect("a second replica");
+        let pending = |r: &RequestRow| -> anyhow::Result<()> {
+            anyhow::ensure!(r.state == RequestState::Pending, "already decided");
+            Ok(())
+        };
+        let review = |reviewer: &str, approve: bool| ReviewRow {
+            reviewer: format!("spiffe://loggate.local/user/{reviewer}"),
+            approve,
+            comment: String::new(),
+            at: 200,
+            reviewer_groups: Vec::new(),
+        };
+        let approve = |store: &Store,
+                       id: &str,
+                       reviewer: &str,
+                       grant_id: &str,
+                       inside: Option<std::sync::mpsc::Sender<()>>| {
+            store.approve_request(id, &review(reviewer, true), pending, |r, next| {
+                if let Some(inside) = inside {
+                    let _ = inside.send(());
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                let revision = next()?;
+                Ok((
+                    RequestRule {
+                        role: r.role.clone(),
+                        approval: r.approval.clone(),
+                        approvals_needed: 1,
+                        approver_groups: r.approver_groups.clone(),
+                    },
+                    Some(grant(grant_id, 200, revision)),
+                ))
+            })
+        };
+        for round in 0..6 {
+            let id = format!("r-{round}");
+            let (first_grant, second_grant) = (format!("g-{round}-a"), format!("g-{round}-b"));
+            t.store
+                .insert_pending_request(&request(&id, ALICE, 100), 100, || Ok(()))
+                .expect("a pending request");
+            let against_deny = round % 2 == 0;
+            let (inside_tx, inside) = std::sync::mpsc::channel();
+            let (other, id, second_grant) = (&other, id.as_str(), second_grant.as_str());
+            let (first, second) = std::thread::scope(|scope| {
+                let first =
+                    scope.spawn(|| approve(&t.store, id, "bob", &first_grant, Some(inside_tx)));
+                let second = scope.spawn(move || {
+                    // Once the first is inside its transaction (bounded: with the store lock
+                    // the first may simply be done by then).
+                    let _ = inside.recv_timeout(Duration::from_secs(5));
+                    if against_deny {
+                        other
+                            .deny_request(id, &review("carol", false), pending, |_| Ok(()))
+                            .map(|r| r.map(|r| r.state))
+                    } else {
+                        approve(other, id, "carol", second_grant, None).map(|r| r.map(|r| r.state))
+                    }
+                });
+                (first.join().expect("first"), second.join().expect("second"))
+            });
+            let after = t.store.request(id).expect("read").expect("the request");
+            let stored: Vec<String> = [first_grant.as_str(), second_grant]
+                .into_iter()
+                .filter(|g| t.store.grant(g).expect("read").is_some())
+                .map(str::to_owned)
+                .collect();
+            let context = format!(
+                "round {round}: first {:?}, second {:?}, request {:?} {:?}, grants {stored:?}",
+                first
+                    .as_ref()
+                    .map(|r| r.as_ref().map(|r| r.state))
+                    .map_err(|e| format!("{e:#}")),
+                second.as_ref().map_err(|e| format!("{e:#}")),
+                after.state,
+                after.grant_id,
+            );
+            assert_eq!(
+                usize::from(first.is_ok()) + usize::from(second.is_ok()),
+                1,
+                "exactly one decision: {context}"
+            );
+            match after.state {
+                RequestState::Denied => assert!(stored.is_empty(), "{context}"),
+                RequestState::Approved => {
+                    assert_eq!(stored.len(), 1, "{context}");
+                    assert_eq!(after.grant_id.as_ref(), stored.first(), "{context}");
+                }
+                other => panic!("undecided ({other:?}): {context}"),
+            }
+        }
+    }
+    /// The access review's lists are bounded in what is read, not only in what is shown: on
+    /// PostgreSQL (whose client receives a result whole) a review of 300 grants with a bound
+    /// of 50 receives at most 51 rows.
+    #[test]
+    fn a_review_reads_at_most_its_bound_of_rows_from_postgres() {
+        let t = crate::store::testing::TestStore::postgres();
+        for i in 0..300 {
+            insert_plain(&t.store, &format!("g-{i}"), 1000 + i);
+        }
+        let before = t.store.conn().rows_received();
+        let review = t.store.review_grants(0, 50).expect("review");
+        let received = t.store.conn().rows_received() - before;
+        assert_eq!(review.in_period.len(), 50);
+        assert!(!review.truncated.is_empty());
+        assert!(received <= 51, "{received} rows received for a bound of 50");
     }
 }
