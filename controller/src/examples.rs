@@ -166,6 +166,19 @@ const EXAMPLES: &[(&str, &[&str])] = &[
     ("agent remove", &["loggate agent remove web-1"]),
     ("agent status", &["loggate agent status web-1"]),
     (
+        "user",
+        &["loggate user lock alice --reason 'laptop stolen, INC-4712'", "loggate user list"],
+    ),
+    (
+        "user lock",
+        &["loggate user lock alice --reason 'laptop stolen, INC-4712'"],
+    ),
+    (
+        "user unlock",
+        &["loggate user unlock alice --reason 'new laptop issued'"],
+    ),
+    ("user list", &["loggate user list --output json"]),
+    (
         "completions",
         &["loggate completions bash > /etc/bash_completion.d/loggate"],
     ),
