@@ -66,6 +66,12 @@ pub enum DenialCode {
     AgentBusy,
     /// A file named as compressed (`.gz`, `.zst`) whose content is not (its magic bytes).
     CompressionMismatch,
+    /// A file compressed in a format the agent does not decode (xz, bzip2, lz4, zip, `.Z`, …),
+    /// under a redacting profile: served raw it would bypass redaction.
+    CompressionUnsupported,
+    /// A plain file whose first block holds NUL bytes, under a redacting profile: binary
+    /// content redaction cannot see into.
+    ContentBinary,
     /// `tail` (with or without `--follow`) of a compressed file: a rotated file is read whole.
     CompressedNotTailable,
     /// Not a check: the summary of denial records left out by the audit budget.
@@ -108,6 +114,8 @@ impl DenialCode {
             DenialCode::PathIoError => "path_io_error",
             DenialCode::TooManyStreams => "too_many_streams",
             DenialCode::CompressionMismatch => "compression_mismatch",
+            DenialCode::CompressionUnsupported => "compression_unsupported",
+            DenialCode::ContentBinary => "content_binary",
             DenialCode::CompressedNotTailable => "compressed_not_tailable",
             DenialCode::Suppressed => "suppressed",
         }

@@ -35,8 +35,9 @@ pub struct ListedFile {
     pub modified_unix: i64,
     /// Its name looks rotated (`api.log.1`, `api.log.2.gz`, `api.log-20261204`).
     pub rotated: bool,
-    /// `gzip`, `zstd`, `""` (plain), or `invalid` (named as compressed, but it is not: a read
-    /// of it is refused).
+    /// `gzip`, `zstd`, `""` (plain), `invalid` (named as compressed, but it is not: a read
+    /// of it is refused) or `unsupported` (compressed in a format the agent does not decode: a
+    /// read of it under a redacting profile is refused).
     pub compression: &'static str,
 }
 
@@ -162,6 +163,7 @@ fn describe(roots: &[LogRoot], path: &str) -> Option<ListedFile> {
         .unwrap_or(0);
     let compression = match decompress::detect(&opened.file, &opened.path) {
         Ok(c) => c.as_str(),
+        Err(decompress::CompressionRefusal::Unsupported { .. }) => "unsupported",
         Err(_) => "invalid",
     };
     let name = Path::new(path)

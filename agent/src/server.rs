@@ -380,7 +380,12 @@ impl AgentService {
         );
         let mut status = if bad_argument {
             Status::invalid_argument(denial.message)
-        } else if denial.code == DenialCode::CompressionMismatch {
+        } else if matches!(
+            denial.code,
+            DenialCode::CompressionMismatch
+                | DenialCode::CompressionUnsupported
+                | DenialCode::ContentBinary
+        ) {
             // The file is not what its name says: nothing the reader's access changes.
             Status::failed_precondition(denial.message)
         } else if denial.code == DenialCode::AgentBusy {
@@ -605,10 +610,54 @@ impl Agent for AgentService {
             message,
             grant_id: Some(authorized.grant.id().to_string()),
         };
-        let compression = crate::decompress::detect(&authorized.file.file, &authorized.file.path)
-            .map_err(|e| {
-            refuse(grant_denial(DenialCode::CompressionMismatch, e.to_string()))
-        })?;
+        // Under a redacting profile, content the redactor cannot see into is never served: a
+        // compression the agent does not decode (xz, bzip2, …: by magic, or by a name whose
+        // content is not text), or, as a backstop, a plain file whose first block holds NUL
+        // bytes. The `raw` profile serves bytes as they are, so it is not refused either.
+        let redacting = !matches!(authorized.profile, crate::gate::Profile::Raw);
+        let compression =
+            match crate::decompress::detect(&authorized.file.file, &authorized.file.path) {
+                Ok(c) => c,
+                Err(crate::decompress::CompressionRefusal::Unsupported { .. }) if !redacting => {
+                    crate::decompress::Compression::None
+                }
+                Err(e @ crate::decompress::CompressionRefusal::Unsupported { .. }) => {
+                    return Err(refuse(grant_denial(
+                        DenialCode::CompressionUnsupported,
+                        e.to_string(),
+                    )))
+                }
+                Err(e) => {
+                    return Err(refuse(grant_denial(
+                        DenialCode::CompressionMismatch,
+                        e.to_string(),
+                    )))
+                }
+            };
+        if redacting && compression == crate::decompress::Compression::None {
+            let binary = crate::decompress::starts_binary(&authorized.file.file).map_err(|e| {
+                refuse(grant_denial(
+                    DenialCode::PathIoError,
+                    format!(
+                        "could not read the start of {}: {e}",
+                        authorized.file.path.display()
+                    ),
+                ))
+            })?;
+            if binary {
+                return Err(refuse(grant_denial(
+                    DenialCode::ContentBinary,
+                    format!(
+                        "{} holds NUL bytes in its first {} KiB: it is binary (perhaps compressed \
+                         in a format the agent does not know), so redaction could not see into \
+                         it and it is not served; read the text it came from, or ask for a grant \
+                         with the raw profile if the agent allows it",
+                        authorized.file.path.display(),
+                        crate::decompress::TEXT_PROBE_BYTES / 1024
+                    ),
+                )));
+            }
+        }
         if compression != crate::decompress::Compression::None && mode == pb::ReadMode::Tail {
             return Err(refuse(grant_denial(
                 DenialCode::CompressedNotTailable,

@@ -851,13 +851,22 @@ fn pump_compressed(
         sink.check()?;
         let n = match decoder.read(&mut buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A MiB of input gave no output (empty members, skippable frames): back to the
+            // loop's top, which checks the grant, the client and the agent stopping.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 // What was decoded before the cut has been served; the rest of a cut line
                 // is dropped, not served (it may be half a secret).
                 pipeline.abandon_partial_line();
-                return Err(match decompress::limit_exceeded(&e) {
-                    Some(exceeded) => EndReason::DecompressionLimit(exceeded.to_string()),
+                return Err(match decompress::limit_message(&e) {
+                    Some(message) => EndReason::DecompressionLimit(message),
                     None => EndReason::ReadError(format!(
                         "decompressing ({}) failed: {e}",
                         compression.as_str()
