@@ -143,6 +143,8 @@ impl DenialSummaries {
 /// The longest requested path a denial record keeps, and the longest reason (the caller
 /// still gets the whole message): a record's size must not be the requester's choice.
 const AUDIT_PATH_BYTES: usize = 256;
+/// The longest path glob a listing accepts: a read's longest path.
+const MAX_LIST_GLOB_BYTES: usize = 4096;
 const AUDIT_REASON_BYTES: usize = 1024;
 
 impl AgentService {
@@ -872,15 +874,18 @@ impl Agent for AgentService {
         };
         let req = request.into_inner();
         let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path_glob, denial);
-        let filter = match req.path_glob.as_str() {
-            "" => None,
-            glob => Some(loggate_core::grant::compile_path_glob(glob).map_err(|e| {
-                refuse(Denial::new(
-                    DenialCode::PathInvalid,
-                    format!("the path glob is refused: {e}"),
-                ))
-            })?),
-        };
+        // As long as a read's path, at most: compiling a glob costs CPU with its length, and
+        // it is compiled only once a stream place is held, in the blocking task.
+        if req.path_glob.len() > MAX_LIST_GLOB_BYTES {
+            return Err(refuse(Denial::new(
+                DenialCode::PathInvalid,
+                format!(
+                    "the path glob is {} bytes long; at most {MAX_LIST_GLOB_BYTES} are accepted: \
+                     use a shorter glob",
+                    req.path_glob.len()
+                ),
+            )));
+        }
         let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
         let grants =
             crate::gate::usable_grants(&gate_context(&self.shared), &reader, token, unix_now())
@@ -891,23 +896,44 @@ impl Agent for AgentService {
             refuse(self.slot_denial(full, grants.first().map(|g| g.id().to_string())))
         })?;
         let shared = self.shared.clone();
-        let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
         let grants_for_walk = grants.clone();
+        let glob = req.path_glob.clone();
         let listing = tokio::task::spawn_blocking(move || {
+            let filter = match glob.as_str() {
+                "" => None,
+                glob => match loggate_core::grant::compile_path_glob(glob) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        drop(slot);
+                        return Err(e);
+                    }
+                },
+            };
+            let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
             let listing =
                 crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches));
             drop(slot);
-            listing
+            Ok(listing)
         })
         .await
-        .map_err(|e| Status::internal(format!("the listing failed: {e}")))?;
+        .map_err(|e| Status::internal(format!("the listing failed: {e}")))?
+        .map_err(|e| {
+            refuse(Denial::new(
+                DenialCode::PathInvalid,
+                format!("the path glob is refused: {e}"),
+            ))
+        })?;
         self.shared
             .audit(&events::ReadListed {
                 subject: reader.spiffe_id().to_string(),
                 key_sha256: reader.key_sha256_hex(),
                 peer: peer_addr.map(|a| a.to_string()),
                 grant_ids: grants.iter().map(|g| g.id().to_string()).collect(),
-                path_glob: (!req.path_glob.is_empty()).then(|| req.path_glob.clone()),
+                path_glob: (!req.path_glob.is_empty())
+                    .then(|| cut(&req.path_glob, AUDIT_PATH_BYTES).to_string()),
+                path_glob_bytes: (!req.path_glob.is_empty()).then_some(req.path_glob.len() as u64),
+                path_glob_sha256: (req.path_glob.len() > AUDIT_PATH_BYTES)
+                    .then(|| sha256_hex(&req.path_glob)),
                 files: listing.files.len() as u64,
                 truncated: listing.truncated,
             })

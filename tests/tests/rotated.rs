@@ -541,3 +541,87 @@ fn an_xz_or_bzip2_rotated_file_is_refused_not_served_raw() -> anyhow::Result<()>
     conformant(&f, &["read.denied"]);
     Ok(())
 }
+
+/// A listing's glob is bounded like a read's path: 60 KB is refused before anything is
+/// compiled, and its `read.denied` keeps 256 bytes (with the length and hash); a glob under
+/// the bound is recorded cut the same way in `read.listed`.
+#[test]
+fn ls_with_a_60kb_glob_is_refused_and_its_record_is_bounded() -> anyhow::Result<()> {
+    let f = rotated_fixture("")?;
+    rotations_grant(&f, "alice")?;
+    let huge = format!("{}/{}", f.logs.display(), "{a,b}*".repeat(10_000));
+    let out = ls(&f, "alice", &[&huge])?;
+    let (stdout, stderr) = text(&out);
+    let stderr: String = stderr
+        .chars()
+        .rev()
+        .take(300)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("at most 4096 are accepted"), "{stderr}");
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "path_invalid"
+        })?;
+    assert_eq!(denied["path_bytes"], huge.len() as u64);
+    let longest = f
+        .cluster
+        .agent_audit_raw("web-1")
+        .iter()
+        .map(|r| r.to_string().len())
+        .max()
+        .unwrap_or(0);
+    assert!(longest < 4096, "a record of {longest} bytes");
+
+    // 3 KB (allowed): listed, and recorded as 256 bytes, its length and its hash.
+    let long = format!("{}/[{}]pi.log*", f.logs.display(), "a".repeat(3_000));
+    let out = ls(&f, "alice", &[&long])?;
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let listed = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.listed" && e["path_glob_bytes"] == long.len() as u64
+        })?;
+    assert!(listed["path_glob"].as_str().is_some_and(|g| g.len() <= 256));
+    assert!(listed["path_glob_sha256"].is_string(), "{listed}");
+    conformant(&f, &["read.listed", "read.denied"]);
+    Ok(())
+}
+
+/// `ls` reveals nothing a read would not: under a grant whose profile the agent refuses
+/// (every read of it is `profile_unavailable`), the listing is refused the same way.
+#[test]
+fn ls_under_a_grant_whose_profile_the_agent_refuses_is_denied() -> anyhow::Result<()> {
+    let f = rotated_fixture("")?;
+    let glob = format!("{}/api.log*", f.logs.display());
+    let id = f
+        .cluster
+        .issue_grant_with_profile("alice", "web-1", &glob, "30m", "nosuch")?;
+    f.cluster.wait_for_grant("web-1", &id)?;
+    let out = f.logs("alice", &["cat", &path(&f, "api.log.1")])?;
+    assert!(!out.status.success(), "the read is refused");
+    let out = ls(&f, "alice", &[])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("does not provide"), "{stderr}");
+    assert!(f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .all(|e| e["event"] != "read.listed"));
+    let denied = f
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "read.denied")
+        .count();
+    assert_eq!(denied, 2, "the read and the listing, each audited");
+    Ok(())
+}
