@@ -25,6 +25,13 @@ pub const MAX_VISITED: usize = 100_000;
 pub const MAX_LISTED: usize = 10_000;
 /// Folder levels a `**` walks down, at most.
 pub const MAX_DEPTH: usize = 32;
+/// The most bytes of paths (with a per-file allowance for the other fields) one answer
+/// carries: well under the 4 MiB a gRPC client decodes by default, so a listing of long paths
+/// is cut by the agent and says so (`truncated`), rather than failing on the reader's side.
+pub const MAX_LISTED_BYTES: usize = 3 << 20;
+/// What a listed file costs in the answer besides its path (size, time, flags, compression,
+/// protobuf framing), generously.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 /// One listed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +55,27 @@ pub struct Listing {
     pub files: Vec<ListedFile>,
     /// A bound ([`MAX_VISITED`], [`MAX_LISTED`]) cut the listing.
     pub truncated: bool,
+}
+
+impl Listing {
+    /// Keeps the first files (by path) whose answer fits in `max_bytes` ([`MAX_LISTED_BYTES`]
+    /// in the agent); when some are left out, the listing says it was cut.
+    pub fn cut_to_bytes(&mut self, max_bytes: usize) {
+        let mut used = 0usize;
+        let keep = self
+            .files
+            .iter()
+            .take_while(|f| {
+                used =
+                    used.saturating_add(f.path.len() + f.compression.len() + ENTRY_OVERHEAD_BYTES);
+                used <= max_bytes
+            })
+            .count();
+        if keep < self.files.len() {
+            self.files.truncate(keep);
+            self.truncated = true;
+        }
+    }
 }
 
 /// Where to walk for one grant glob: its literal folder, and how many levels below it the glob
@@ -182,6 +210,34 @@ fn describe(roots: &[LogRoot], path: &str) -> Option<ListedFile> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 10,000 files of 4 KiB paths (40 MB) would fail on the reader's side (a 4 MiB decode
+    /// limit): the agent keeps what fits and says the listing was cut.
+    #[test]
+    fn a_listing_larger_than_a_client_decodes_is_cut_and_says_so() {
+        let file = |i: usize| ListedFile {
+            path: format!("/var/log/{i:05}{}", "x".repeat(4_000)),
+            size: 1,
+            modified_unix: 0,
+            rotated: false,
+            compression: "",
+        };
+        let mut big = Listing {
+            files: (0..10_000).map(file).collect(),
+            truncated: false,
+        };
+        big.cut_to_bytes(MAX_LISTED_BYTES);
+        assert!(big.truncated);
+        let bytes: usize = big.files.iter().map(|f| f.path.len() + 64).sum();
+        assert!(bytes <= MAX_LISTED_BYTES && bytes < 4 << 20, "{bytes}");
+        assert!(big.files.len() > 500, "{}", big.files.len());
+        let mut small = Listing {
+            files: (0..10).map(file).collect(),
+            truncated: false,
+        };
+        small.cut_to_bytes(MAX_LISTED_BYTES);
+        assert_eq!((small.files.len(), small.truncated), (10, false));
+    }
 
     #[test]
     fn a_walk_starts_at_the_globs_literal_folder_and_goes_as_deep_as_it_can_match() {

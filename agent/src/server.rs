@@ -910,9 +910,10 @@ impl Agent for AgentService {
                 },
             };
             let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
-            let listing =
+            let mut listing =
                 crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches));
             drop(slot);
+            listing.cut_to_bytes(crate::listing::MAX_LISTED_BYTES);
             Ok(listing)
         })
         .await
