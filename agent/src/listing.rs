@@ -348,6 +348,32 @@ mod tests {
         assert!(!walked.truncated);
     }
 
+    /// The globs the docs recommend for a file and its rotations (grants.md): `api.log` and
+    /// `api.log[.-][0-9]*` cover the file, its numbered and dated rotations, compressed or not,
+    /// and no sibling that merely starts with `api.log` (the grammar has no empty alternative:
+    /// `api.log{,.*}` does not match `api.log` itself).
+    #[test]
+    fn the_documented_rotation_globs_cover_rotations_not_siblings() {
+        let globs = ["/var/log/app/api.log", "/var/log/app/api.log[.-][0-9]*"]
+            .map(|g| loggate_core::grant::compile_path_glob(g).expect("the grant grammar"));
+        let covers = |p: &str| globs.iter().any(|g| g.is_match(p));
+        for covered in [
+            "/var/log/app/api.log",
+            "/var/log/app/api.log.1",
+            "/var/log/app/api.log.2.gz",
+            "/var/log/app/api.log-20261204.zst",
+        ] {
+            assert!(covers(covered), "{covered}");
+        }
+        for sibling in [
+            "/var/log/app/api.logins.csv",
+            "/var/log/app/api.log.bak",
+            "/var/log/app/api.log.1/x",
+        ] {
+            assert!(!covers(sibling), "{sibling}");
+        }
+    }
+
     /// 10,000 files of 4 KiB paths (40 MB) would fail on the reader's side (a 4 MiB decode
     /// limit): the agent keeps what fits and says the listing was cut.
     #[test]
