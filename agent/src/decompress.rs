@@ -159,11 +159,15 @@ fn looks_like_text(bytes: &[u8]) -> bool {
     }
 }
 
-/// Whether the first [`TEXT_PROBE_BYTES`] of `file` hold a NUL byte: the backstop that keeps
-/// binary content (a compression not recognised, an archive) from being served under a
-/// redacting profile, where redaction could not see into it. Log text holds no NUL.
+/// Whether the first [`TEXT_PROBE_BYTES`] of `file` hold a NUL byte after any leading run of
+/// them: the backstop that keeps binary content (a compression not recognised, an archive,
+/// UTF-16 text) from being served under a redacting profile, where redaction could not see
+/// into it. Log text holds no NUL; a leading run of NULs is what logrotate's `copytruncate`
+/// leaves when the writer goes on at its old offset (a hole), and text follows it.
 pub fn starts_binary(file: &File) -> std::io::Result<bool> {
-    Ok(read_start(file, TEXT_PROBE_BYTES)?.contains(&0))
+    let start = read_start(file, TEXT_PROBE_BYTES)?;
+    let text_from = start.iter().position(|&b| b != 0).unwrap_or(start.len());
+    Ok(start[text_from..].contains(&0))
 }
 
 /// The compression of `file` (opened at `path`): its magic bytes decide; a name ending in
@@ -606,6 +610,16 @@ mod tests {
         let (f, _) = file_with(dir.path(), "a", b"text\n\0\0more\n");
         assert!(starts_binary(&f).expect("read"));
         let (f, _) = file_with(dir.path(), "b", "text, caf\u{e9}\n".as_bytes());
+        assert!(!starts_binary(&f).expect("read"));
+        // UTF-16: NULs between the characters, where no redactor pattern would match.
+        let (f, _) = file_with(dir.path(), "c", b"\0p\0a\0s\0s\0=\0x\0\n");
+        assert!(starts_binary(&f).expect("read"));
+        // copytruncate's hole: a run of NULs, then text.
+        let mut holed = vec![0u8; 100_000];
+        holed.extend_from_slice(b"2026-12-04T10:00:00Z after the hole\n");
+        let (f, _) = file_with(dir.path(), "d", &holed);
+        assert!(!starts_binary(&f).expect("read"));
+        let (f, _) = file_with(dir.path(), "e", &holed[99_990..]);
         assert!(!starts_binary(&f).expect("read"));
     }
 
