@@ -21,16 +21,64 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// gzip's magic (RFC 1952: ID1 ID2).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// A zstd frame's magic number, little-endian (RFC 8878 §3.1.1).
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The last three bytes of a zstd *skippable* frame's magic (`0x184D2A50`..`0x184D2A5F`,
+/// little-endian: the first byte is `0x5?`): what `pzstd` puts first. libzstd skips such
+/// frames, so a file starting with one is zstd.
+const ZSTD_SKIPPABLE_MAGIC_TAIL: [u8; 3] = [0x2a, 0x4d, 0x18];
+/// Compressions the agent does not decode, by their magic bytes. Their bytes carry no text a
+/// redactor could find, and a reader decompresses them locally: served as they are, they would
+/// bypass redaction whole. So they are refused ([`CompressionRefusal::Unsupported`]).
+const UNSUPPORTED_MAGIC: [(&[u8], &str); 8] = [
+    (&[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], "xz"),
+    (&[0x42, 0x5a, 0x68], "bzip2"),
+    (&[0x04, 0x22, 0x4d, 0x18], "lz4"),
+    (&[0x02, 0x21, 0x4c, 0x18], "lz4 (legacy)"),
+    (&[0x50, 0x4b, 0x03, 0x04], "zip"),
+    (&[0x1f, 0x9d], "compress (.Z)"),
+    (&[0x4c, 0x5a, 0x49, 0x50], "lzip"),
+    (&[0x37, 0x7a, 0xbc, 0xaf, 0x27, 0x1c], "7z"),
+];
+/// Name endings that claim a compression the agent does not decode. Some (lzma-alone, brotli)
+/// have no reliable magic, so a file so named is refused unless its start is plain text.
+const UNSUPPORTED_NAMES: [(&str, &str); 9] = [
+    (".xz", "xz"),
+    (".bz2", "bzip2"),
+    (".lz4", "lz4"),
+    (".zip", "zip"),
+    (".Z", "compress (.Z)"),
+    (".lz", "lzip"),
+    (".lzma", "lzma"),
+    (".br", "brotli"),
+    (".7z", "7z"),
+];
+/// How much of a file's start is judged as text or binary: the first block.
+pub const TEXT_PROBE_BYTES: usize = 64 * 1024;
 /// The largest zstd window accepted, as a power of two: 8 MiB.
 pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 /// A compressed file may always decompress to this much, whatever its ratio: a tiny file of
 /// repeated lines compresses far beyond any ratio worth refusing.
 pub const RATIO_FLOOR_BYTES: u64 = 1 << 20;
+/// Compressed input a decoder may consume without producing a byte before it hands control
+/// back to the stream (an `ErrorKind::WouldBlock`), so that revocation, a client gone and the
+/// agent stopping are seen while a file of empty gzip members or skippable zstd frames is
+/// chewed through.
+pub const YIELD_AFTER_INPUT_BYTES: u64 = 1 << 20;
+/// Compressed input always allowed beyond [`INPUT_PER_OUTPUT`] times the output: the
+/// decoders' read-ahead (8 KiB for gzip, 128 KiB for zstd) and a file's headers, many times
+/// over. An inverse bomb is cut after about this much input (under a second of CPU).
+pub const INPUT_FLOOR_BYTES: u64 = 4 << 20;
+/// Compressed bytes consumed per decompressed byte beyond which a stream is cut (past
+/// [`INPUT_FLOOR_BYTES`]). Real compressed logs give out more than they take in (even
+/// incompressible data stored in gzip is about 1:1); a file of empty members or skippable
+/// frames takes in megabytes and gives out nothing: an inverse bomb that costs CPU, not output.
+pub const INPUT_PER_OUTPUT: u64 = 4;
 
 /// How a served file is compressed, decided by its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +111,7 @@ impl Compression {
     }
 }
 
-/// A file whose name claims a compression its content does not have.
+/// A file whose compression the agent will not serve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompressionRefusal {
     #[error(
@@ -71,39 +119,94 @@ pub enum CompressionRefusal {
          {claimed}'s magic); it is not served: check how it was rotated"
     )]
     NameDisagrees { path: String, claimed: &'static str },
+    /// Compressed with a format the agent does not decode (by magic, or by a name whose content
+    /// is not plain text): served raw it would bypass redaction, so it is refused.
+    #[error(
+        "{path} is compressed with {format}, which this agent does not decompress, so it cannot \
+         be redacted and is not served; the agent reads gzip and zstd: have it rotated with \
+         gzip or zstd (logrotate's compresscmd), or decompress a copy beside it on the host"
+    )]
+    Unsupported { path: String, format: &'static str },
     #[error("could not read the start of {path}: {error}")]
     Io { path: String, error: String },
 }
 
-/// The compression of `file` (opened at `path`): its magic bytes decide; a name ending in
-/// `.gz` or `.zst` must agree with them. A file with a compression's magic but no matching
-/// name is decompressed too (logrotate's `compressext` may be anything). Reads at most four
-/// bytes at offset 0 (`pread`: the file's position is untouched).
-pub fn detect(file: &File, path: &Path) -> Result<Compression, CompressionRefusal> {
-    let mut head = [0u8; 4];
+/// Up to `n` bytes from the start of `file` (`pread`: the file's position is untouched).
+fn read_start(file: &File, n: usize) -> std::io::Result<Vec<u8>> {
+    let mut head = vec![0u8; n];
     let mut got = 0;
     while got < head.len() {
         match file.read_at(&mut head[got..], got as u64) {
             Ok(0) => break,
-            Ok(n) => got += n,
+            Ok(k) => got += k,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(CompressionRefusal::Io {
-                    path: path.display().to_string(),
-                    error: e.to_string(),
-                })
-            }
+            Err(e) => return Err(e),
         }
     }
-    let head = &head[..got];
+    head.truncate(got);
+    Ok(head)
+}
+
+/// Whether `bytes` (a file's first block) read as text: no NUL byte, and UTF-8 but for a
+/// character cut at the block's end. Compressed or other binary data fails both within bytes.
+fn looks_like_text(bytes: &[u8]) -> bool {
+    if bytes.contains(&0) {
+        return false;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    }
+}
+
+/// Whether the first [`TEXT_PROBE_BYTES`] of `file` hold a NUL byte after any leading run of
+/// them: the backstop that keeps binary content (a compression not recognised, an archive,
+/// UTF-16 text) from being served under a redacting profile, where redaction could not see
+/// into it. Log text holds no NUL; a leading run of NULs is what logrotate's `copytruncate`
+/// leaves when the writer goes on at its old offset (a hole), and text follows it.
+pub fn starts_binary(file: &File) -> std::io::Result<bool> {
+    let start = read_start(file, TEXT_PROBE_BYTES)?;
+    let text_from = start.iter().position(|&b| b != 0).unwrap_or(start.len());
+    Ok(start[text_from..].contains(&0))
+}
+
+/// The compression of `file` (opened at `path`): its magic bytes decide; a name ending in
+/// `.gz` or `.zst` must agree with them. A file with a compression's magic but no matching
+/// name is decompressed too (logrotate's `compressext` may be anything); a zstd skippable
+/// frame (`pzstd`) counts as zstd. A compression the agent does not decode is refused by its
+/// magic, or by its name (`.xz`, `.bz2`, …) unless the file starts as plain text. Reads the
+/// file's start with `pread` (its position is untouched).
+pub fn detect(file: &File, path: &Path) -> Result<Compression, CompressionRefusal> {
+    let io = |e: std::io::Error| CompressionRefusal::Io {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    };
+    let head = read_start(file, 8).map_err(io)?;
+    let unsupported = |format| CompressionRefusal::Unsupported {
+        path: path.display().to_string(),
+        format,
+    };
+    if let Some((_, format)) = UNSUPPORTED_MAGIC.iter().find(|(m, _)| head.starts_with(m)) {
+        return Err(unsupported(format));
+    }
     let by_magic = if head.starts_with(&GZIP_MAGIC) {
         Compression::Gzip
-    } else if head == ZSTD_MAGIC {
+    } else if head.starts_with(&ZSTD_MAGIC)
+        || (head.len() >= 4 && head[0] & 0xf0 == 0x50 && head[1..4] == ZSTD_SKIPPABLE_MAGIC_TAIL)
+    {
         Compression::Zstd
     } else {
         Compression::None
     };
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if by_magic == Compression::None {
+        if let Some((_, format)) = UNSUPPORTED_NAMES.iter().find(|(e, _)| name.ends_with(e)) {
+            let start = read_start(file, TEXT_PROBE_BYTES).map_err(io)?;
+            if !looks_like_text(&start) {
+                return Err(unsupported(format));
+            }
+        }
+    }
     match Compression::claimed_by(name) {
         Compression::None => Ok(by_magic),
         claimed if claimed == by_magic => Ok(by_magic),
@@ -161,13 +264,85 @@ pub struct LimitExceeded {
     pub max_ratio: u64,
 }
 
+/// The decoder took in far more compressed input than it gave out (more than
+/// [`INPUT_PER_OUTPUT`] bytes in per byte out, past [`INPUT_FLOOR_BYTES`]): a file of empty
+/// gzip members or skippable zstd frames, built to burn CPU. The stream is cut there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the file took {input} compressed bytes to give {output} bytes of text (more than \
+     {INPUT_PER_OUTPUT} bytes in per byte out): the stream was cut there; it may be a \
+     decompression bomb of empty members or frames, not a log"
+)]
+pub struct InputBudgetExceeded {
+    pub input: u64,
+    pub output: u64,
+}
+
+/// What the metered input and the bounded output share: counted by [`Metered`] under the
+/// decoder, reset by [`Bounded`] above it when text comes out.
+#[derive(Debug, Default)]
+struct Meter {
+    /// Compressed bytes read from the file since the last decompressed byte came out.
+    since_output: AtomicU64,
+    /// Compressed bytes read from the file in all.
+    input: AtomicU64,
+    /// Decompressed bytes given out in all.
+    output: AtomicU64,
+}
+
+/// The compressed file under the decoder, metered: after [`YIELD_AFTER_INPUT_BYTES`] of input
+/// with no output it fails one read with `ErrorKind::WouldBlock` (the stream checks its grant,
+/// its client and the agent stopping, then reads again: flate2 and libzstd keep their state
+/// across an error of their input), and past the input budget it fails with
+/// [`InputBudgetExceeded`].
+struct Metered<R> {
+    inner: R,
+    meter: Arc<Meter>,
+}
+
+impl<R: Read> Read for Metered<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let input = self.meter.input.load(Ordering::Relaxed);
+        let output = self.meter.output.load(Ordering::Relaxed);
+        if input
+            > output
+                .saturating_mul(INPUT_PER_OUTPUT)
+                .saturating_add(INPUT_FLOOR_BYTES)
+        {
+            return Err(std::io::Error::other(InputBudgetExceeded { input, output }));
+        }
+        if self.meter.since_output.load(Ordering::Relaxed) >= YIELD_AFTER_INPUT_BYTES {
+            self.meter.since_output.store(0, Ordering::Relaxed);
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        let n = self.inner.read(buf)?;
+        self.meter.input.fetch_add(n as u64, Ordering::Relaxed);
+        self.meter
+            .since_output
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
 /// A reader that yields at most `cap` bytes of `inner`; reading past them fails with a
-/// [`LimitExceeded`] inside an `std::io::Error` (find it with [`limit_exceeded`]).
+/// [`LimitExceeded`] inside an `std::io::Error` (find it with [`limit_exceeded`]). A read may
+/// also fail with `ErrorKind::WouldBlock` (input without output, see [`Metered`]: read again
+/// after checking the stream) or [`InputBudgetExceeded`].
 pub struct Bounded<R> {
     inner: R,
     out: u64,
     cap: u64,
     exceeded: LimitExceeded,
+    meter: Arc<Meter>,
+}
+
+impl<R: Read> Bounded<R> {
+    /// Compressed bytes read from the file so far (the tests' and the fuzz target's measure of
+    /// how much input one read consumed).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn input_bytes(&self) -> u64 {
+        self.meter.input.load(Ordering::Relaxed)
+    }
 }
 
 impl<R: Read> Read for Bounded<R> {
@@ -187,17 +362,37 @@ impl<R: Read> Read for Bounded<R> {
         let want = buf.len().min(room);
         let n = self.inner.read(&mut buf[..want])?;
         self.out += n as u64;
+        if n > 0 {
+            self.meter.since_output.store(0, Ordering::Relaxed);
+            self.meter.output.store(self.out, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }
 
-/// The [`LimitExceeded`] an I/O error carries, if it is one (by type, never by its text).
+/// The [`LimitExceeded`] an I/O error carries, if it is one (by type, never by its text; the
+/// stream uses [`limit_message`], the tests and the fuzz target this).
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn limit_exceeded(e: &std::io::Error) -> Option<&LimitExceeded> {
     e.get_ref().and_then(|inner| inner.downcast_ref())
 }
 
+/// The sentence of a decompression bound an I/O error carries ([`LimitExceeded`] or
+/// [`InputBudgetExceeded`]), if it is one (by type, never by its text).
+pub fn limit_message(e: &std::io::Error) -> Option<String> {
+    let inner = e.get_ref()?;
+    if let Some(l) = inner.downcast_ref::<LimitExceeded>() {
+        return Some(l.to_string());
+    }
+    inner
+        .downcast_ref::<InputBudgetExceeded>()
+        .map(|b| b.to_string())
+}
+
 /// The decompressed content of `file` (`compressed_len` bytes, compressed with `compression`,
-/// read from its start), bounded by `limits`. `Compression::None` is refused: plain files are
+/// read from its start), bounded by `limits`. Only the first `compressed_len` bytes are read
+/// (the size the cap was set from: a file still being written gives a read error at its
+/// snapshot's end, never a false bomb alarm). `Compression::None` is refused: plain files are
 /// served by the ordinary path, which can seek and follow.
 pub fn decoder(
     file: File,
@@ -205,12 +400,17 @@ pub fn decoder(
     compressed_len: u64,
     limits: DecompressionLimits,
 ) -> std::io::Result<Bounded<Box<dyn Read + Send>>> {
+    let meter = Arc::new(Meter::default());
+    let input = Metered {
+        inner: file.take(compressed_len),
+        meter: meter.clone(),
+    };
     let inner: Box<dyn Read + Send> = match compression {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(
-            file,
+            input,
         ))),
         Compression::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(file)?;
+            let mut d = zstd::stream::read::Decoder::new(input)?;
             d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
             Box::new(d)
         }
@@ -230,6 +430,7 @@ pub fn decoder(
             max_bytes: limits.max_bytes,
             max_ratio: limits.max_ratio,
         },
+        meter,
     })
 }
 
@@ -261,12 +462,173 @@ mod tests {
         Ok(out)
     }
 
+    fn xz_magic_and_junk() -> Vec<u8> {
+        let mut v = vec![0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00, 0x00, 0x04];
+        v.extend([0xe6u8, 0xd6, 0xb4, 0x46, 0x02, 0x00, 0x21, 0x01]);
+        v
+    }
+
+    /// A zstd skippable frame (what `pzstd` writes first) before `frames`.
+    fn skippable_then(frames: &[u8]) -> Vec<u8> {
+        let mut v = vec![0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0, 1, 2, 3, 4];
+        v.extend_from_slice(frames);
+        v
+    }
+
+    /// One gzip member holding nothing (about 20 bytes).
+    fn empty_member() -> Vec<u8> {
+        gzip(b"")
+    }
+
+    /// Reads `d` to its end, reading again after each `WouldBlock`; returns the output and the
+    /// most compressed input any one `read` call consumed.
+    fn read_yielding(d: &mut Bounded<Box<dyn Read + Send>>) -> (std::io::Result<Vec<u8>>, u64) {
+        let mut out = Vec::new();
+        let mut most = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let before = d.input_bytes();
+            let got = d.read(&mut buf);
+            most = most.max(d.input_bytes() - before);
+            match got {
+                Ok(0) => return (Ok(out), most),
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return (Err(e), most),
+            }
+        }
+    }
+
+    /// 150,000 empty gzip members (3 MB) and then a line: every `read` returns (with output or
+    /// `WouldBlock`) after at most a MiB of input (plus one read-ahead buffer), so the stream
+    /// can check its grant and client; the decoder's state survives and the line comes out.
+    #[test]
+    fn input_without_output_yields_control_every_mib() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut bytes = empty_member().repeat(150_000);
+        bytes.extend(gzip(b"the one line\n"));
+        let (f, _) = file_with(dir.path(), "hollow.gz", &bytes);
+        let mut d = decoder(f, Compression::Gzip, bytes.len() as u64, LIMITS).expect("d");
+        let (out, most) = read_yielding(&mut d);
+        assert_eq!(out.expect("decodes"), b"the one line\n");
+        assert!(
+            most <= (1 << 20) + 64 * 1024,
+            "one read consumed {most} bytes of input"
+        );
+        assert_eq!(d.input_bytes(), bytes.len() as u64);
+    }
+
+    /// 1,000,000 empty gzip members (20 MB) giving nothing: cut with the typed error once the
+    /// input passes its budget, not decoded to the end.
+    #[test]
+    fn a_file_of_empty_members_is_cut_by_the_input_budget() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut bytes = empty_member().repeat(1_000_000);
+        bytes.extend(gzip(b"too late\n"));
+        let (f, _) = file_with(dir.path(), "hollow.gz", &bytes);
+        let limits = DecompressionLimits {
+            max_bytes: 16 << 30,
+            max_ratio: 250,
+        };
+        let mut d = decoder(f, Compression::Gzip, bytes.len() as u64, limits).expect("d");
+        let (out, _) = read_yielding(&mut d);
+        let err = out.expect_err("cut");
+        let message = limit_message(&err).expect("a typed bound");
+        assert!(message.contains("decompression bomb"), "{message}");
+        assert!(d.input_bytes() <= (5 << 20), "{}", d.input_bytes());
+    }
+
+    /// A file still being written (logrotate compresses progressively): the decoder reads only
+    /// the size the cap was set from, so the rest is a read error, never a bomb alarm.
+    #[test]
+    fn a_gzip_growing_while_read_is_never_cut_as_a_bomb() {
+        let dir = tempfile::tempdir().expect("dir");
+        let full = gzip(&b"2026-12-04T10:00:00Z a line of the log\n".repeat(20_000));
+        let half = &full[..full.len() / 2];
+        let path = dir.path().join("growing.gz");
+        std::fs::write(&path, half).expect("write");
+        let f = File::open(&path).expect("open");
+        let len = f.metadata().expect("stat").len();
+        let mut w = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("append");
+        w.write_all(&full[full.len() / 2..]).expect("rest");
+        w.write_all(&gzip(&vec![b'x'; 4 << 20]))
+            .expect("another member");
+        let limits = DecompressionLimits {
+            max_bytes: 1 << 30,
+            max_ratio: 2,
+        };
+        let got = read_all(&mut decoder(f, Compression::Gzip, len, limits).expect("d"));
+        let err = got.expect_err("the snapshot ends mid-member");
+        assert!(limit_message(&err).is_none(), "a false bomb alarm: {err}");
+    }
+
+    /// The fuzz target's committed bomb seed still reaches the cap under the target's limits,
+    /// read the way the target reads it (a file rewound to its start): the target is not
+    /// vacuous (before its rewind, the decoder saw only EOF and no seed ever decoded a byte).
+    #[test]
+    fn the_fuzz_targets_bomb_seed_is_cut_at_its_cap() {
+        use std::io::{Seek, Write};
+        let seed = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/decompress/seed-bomb-gz"),
+        )
+        .expect("the seed");
+        let (_, data) = seed.split_first().expect("a seed");
+        let mut f = tempfile::tempfile().expect("file");
+        f.write_all(data).expect("write");
+        f.rewind().expect("rewind");
+        assert_eq!(
+            detect(&f, Path::new("x.gz")).expect("gzip"),
+            Compression::Gzip
+        );
+        let limits = DecompressionLimits {
+            max_bytes: 8 << 20,
+            max_ratio: 10,
+        };
+        let mut d = decoder(f, Compression::Gzip, data.len() as u64, limits).expect("d");
+        let err = read_all(&mut d).expect_err("cut");
+        assert!(limit_exceeded(&err).is_some(), "{err}");
+    }
+
+    #[test]
+    fn a_pzstd_file_with_a_skippable_frame_first_decompresses() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = b"2026-12-04T10:00:00Z hello\n".repeat(50);
+        let bytes = skippable_then(&zstd::encode_all(&text[..], 3).expect("zstd"));
+        let (f, _) = file_with(dir.path(), "p.zst", &bytes);
+        let got =
+            read_all(&mut decoder(f, Compression::Zstd, bytes.len() as u64, LIMITS).expect("d"))
+                .expect("read");
+        assert_eq!(got, text);
+    }
+
+    #[test]
+    fn a_file_starting_with_nul_bytes_is_binary() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (f, _) = file_with(dir.path(), "a", b"text\n\0\0more\n");
+        assert!(starts_binary(&f).expect("read"));
+        let (f, _) = file_with(dir.path(), "b", "text, caf\u{e9}\n".as_bytes());
+        assert!(!starts_binary(&f).expect("read"));
+        // UTF-16: NULs between the characters, where no redactor pattern would match.
+        let (f, _) = file_with(dir.path(), "c", b"\0p\0a\0s\0s\0=\0x\0\n");
+        assert!(starts_binary(&f).expect("read"));
+        // copytruncate's hole: a run of NULs, then text.
+        let mut holed = vec![0u8; 100_000];
+        holed.extend_from_slice(b"2026-12-04T10:00:00Z after the hole\n");
+        let (f, _) = file_with(dir.path(), "d", &holed);
+        assert!(!starts_binary(&f).expect("read"));
+        let (f, _) = file_with(dir.path(), "e", &holed[99_990..]);
+        assert!(!starts_binary(&f).expect("read"));
+    }
+
     #[test]
     fn compression_is_decided_by_magic_and_a_name_must_agree() {
         let dir = tempfile::tempdir().expect("dir");
         let text = b"2026-12-04T10:00:00Z hello\n";
         let z = zstd::encode_all(&text[..], 3).expect("zstd");
-        let cases: [(&str, &[u8], Result<Compression, &str>); 8] = [
+        let cases: [(&str, &[u8], Result<Compression, &str>); 18] = [
             ("api.log", text, Ok(Compression::None)),
             ("api.log.1", text, Ok(Compression::None)),
             ("api.log.2.gz", &gzip(text), Ok(Compression::Gzip)),
@@ -277,6 +639,19 @@ mod tests {
             ("api.log.5.gz", text, Err("gzip")),
             ("api.log.6.zst", &gzip(text), Err("zstd")),
             ("empty.gz", b"", Err("gzip")),
+            // Compressions the agent does not decode: refused by magic, whatever the name.
+            ("api.log.7.xz", &xz_magic_and_junk(), Err("xz")),
+            ("api.log.8", &xz_magic_and_junk(), Err("xz")),
+            ("api.log.9.bz2", b"BZh91AY&SY\x01\x02", Err("bzip2")),
+            ("api.log.10.lz4", b"\x04\x22\x4d\x18\x64\x40", Err("lz4")),
+            ("api.log.11.zip", b"PK\x03\x04\x14\x00", Err("zip")),
+            ("api.log.12.Z", b"\x1f\x9d\x90\x32", Err("compress (.Z)")),
+            // A name claiming one: refused unless the content is plain text.
+            ("api.log.13.br", b"\x8b\x03\x80hello\x03", Err("brotli")),
+            ("notes.xz", text, Ok(Compression::None)),
+            // pzstd: a skippable frame first, then the frames: zstd.
+            ("api.log.14.zst", &skippable_then(&z), Ok(Compression::Zstd)),
+            ("api.log.15", &skippable_then(&z), Ok(Compression::Zstd)),
         ];
         for (name, bytes, want) in cases {
             let (f, p) = file_with(dir.path(), name, bytes);
@@ -284,6 +659,9 @@ mod tests {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
                 (Err(CompressionRefusal::NameDisagrees { claimed, .. }), Err(want)) => {
                     assert_eq!(claimed, want, "{name}")
+                }
+                (Err(CompressionRefusal::Unsupported { format, .. }), Err(want)) => {
+                    assert_eq!(format, want, "{name}")
                 }
                 (got, want) => panic!("{name}: {got:?}, wanted {want:?}"),
             }

@@ -149,6 +149,72 @@ fn open_beneath_with(
     inspect(fd, path)
 }
 
+/// A folder beneath a root, held by an `O_PATH` descriptor that was opened without following a
+/// symlink or crossing a mount (the same rules as [`open_beneath`]): a listing walks folders by
+/// these descriptors, so a folder swapped for a symlink (to `/`, `/proc`, a hung NFS mount)
+/// between two steps of the walk is refused, never followed out of the roots.
+#[derive(Debug)]
+pub struct DirBeneath {
+    fd: OwnedFd,
+}
+
+impl DirBeneath {
+    /// Opens folder `dir` beneath its root (`None` when it is outside the roots, missing, a
+    /// symlink or a mount, or not a folder).
+    pub fn open(roots: &[LogRoot], dir: &Path) -> Option<DirBeneath> {
+        let path = normalise_request(dir.to_str()?).ok()?;
+        let (root, relative) = select_root(roots, &path)?;
+        let root_fd = open_root(root).ok()?;
+        if relative.as_os_str().is_empty() {
+            return Some(DirBeneath { fd: root_fd });
+        }
+        let fd = resolve_dir_beneath(root_fd.as_fd(), relative).ok()?;
+        Some(DirBeneath { fd })
+    }
+
+    /// Opens the sub-folder `name` (one component) of this folder, by descriptor, under the
+    /// same rules (`None` when it is a symlink, a mount, or not a folder any more).
+    pub fn child(&self, name: &std::ffi::OsStr) -> Option<DirBeneath> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.contains(&b'/') || bytes == b"." || bytes == b".." {
+            return None;
+        }
+        let fd = resolve_dir_beneath(self.fd.as_fd(), Path::new(name)).ok()?;
+        Some(DirBeneath { fd })
+    }
+
+    /// The folder's entries, read through the descriptor (`/proc/self/fd/N` re-opens the very
+    /// folder held, re-resolving no name).
+    pub fn entries(&self) -> std::io::Result<std::fs::ReadDir> {
+        std::fs::read_dir(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+}
+
+/// Opens folder `relative` beneath `root` as an `O_PATH` handle: openat2 with the read path's
+/// confinement, or the component walk (each folder `O_NOFOLLOW`, on the root's device).
+fn resolve_dir_beneath(root: BorrowedFd<'_>, relative: &Path) -> Result<OwnedFd, i32> {
+    let name = cstring(relative)?;
+    let how = OpenHow {
+        flags: DIR_FLAGS as u64,
+        mode: 0,
+        resolve: RESOLVE_FLAGS,
+    };
+    match sys_openat2(root.as_raw_fd(), &name, &how) {
+        Err(libc::ENOSYS | libc::EPERM) => {
+            let root_dev = stat_at(root.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?.st_dev;
+            let mut dir: Option<OwnedFd> = None;
+            for part in relative.iter() {
+                let at = dir.as_ref().map_or(root.as_raw_fd(), AsRawFd::as_raw_fd);
+                let next = sys_openat(at, &cstring(part)?, DIR_FLAGS)?;
+                same_device(&next, root_dev)?;
+                dir = Some(next);
+            }
+            dir.ok_or(libc::ENOENT)
+        }
+        other => other,
+    }
+}
+
 /// Opens the root directory itself as an `O_PATH` handle for `*at` resolution.
 fn open_root(root: &LogRoot) -> Result<OwnedFd, PathDenied> {
     let fd = cstring(root.path()).and_then(|c| sys_openat(libc::AT_FDCWD, &c, ROOT_FLAGS));

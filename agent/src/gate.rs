@@ -66,6 +66,12 @@ pub enum DenialCode {
     AgentBusy,
     /// A file named as compressed (`.gz`, `.zst`) whose content is not (its magic bytes).
     CompressionMismatch,
+    /// A file compressed in a format the agent does not decode (xz, bzip2, lz4, zip, `.Z`, …),
+    /// under a redacting profile: served raw it would bypass redaction.
+    CompressionUnsupported,
+    /// A plain file whose first block holds NUL bytes, under a redacting profile: binary
+    /// content redaction cannot see into.
+    ContentBinary,
     /// `tail` (with or without `--follow`) of a compressed file: a rotated file is read whole.
     CompressedNotTailable,
     /// Not a check: the summary of denial records left out by the audit budget.
@@ -108,6 +114,8 @@ impl DenialCode {
             DenialCode::PathIoError => "path_io_error",
             DenialCode::TooManyStreams => "too_many_streams",
             DenialCode::CompressionMismatch => "compression_mismatch",
+            DenialCode::CompressionUnsupported => "compression_unsupported",
+            DenialCode::ContentBinary => "content_binary",
             DenialCode::CompressedNotTailable => "compressed_not_tailable",
             DenialCode::Suppressed => "suppressed",
         }
@@ -400,8 +408,9 @@ pub fn judge(
 }
 
 /// The grants `reader` may use now on this agent, whatever the path (for a listing, which then
-/// shows only the files they cover): every check of the verifier and withdrawal; the profile
-/// is not judged (a listing serves no content). None usable: the best-ranked denial ([`rank`],
+/// shows only the files they cover): every check of the verifier and withdrawal, and the
+/// profile (a grant whose profile the agent refuses serves no read, so it lists nothing: a
+/// listing reveals nothing a read would not). None usable: the best-ranked denial ([`rank`],
 /// as for a path no grant covers), so the reader learns why, as for a read.
 pub fn usable_grants(
     ctx: &GateContext<'_>,
@@ -418,10 +427,24 @@ pub fn usable_grants(
             .verify_for_use(&candidate.token, reader, ctx.audience, now)
         {
             Ok(grant) => match ctx.grants.withdrawal(grant.id()) {
-                None => {
-                    usable.push(grant);
-                    continue;
-                }
+                // A grant whose profile the agent refuses serves no read, so it lists nothing
+                // either (a listing reveals nothing a read would not).
+                None => match resolve_profile(
+                    &grant.claims().redaction,
+                    ctx.profiles,
+                    ctx.allow_raw,
+                    ctx.agent,
+                ) {
+                    Ok(_) => {
+                        usable.push(grant);
+                        continue;
+                    }
+                    Err(message) => {
+                        let mut d = Denial::new(DenialCode::ProfileUnavailable, message);
+                        d.grant_id = Some(grant.id().to_string());
+                        d
+                    }
+                },
                 Some(_) => {
                     let mut d = Denial::new(
                         DenialCode::GrantRevoked,
@@ -814,6 +837,40 @@ mod tests {
                 grants.reverse();
             }
         }
+    }
+
+    /// A listing uses only the grants a read could use: one whose profile the agent refuses
+    /// (raw where it is not allowed, a profile it lacks) lists nothing, and says why.
+    #[test]
+    fn a_listing_uses_no_grant_whose_profile_the_agent_refuses() {
+        let agent = Agent::new();
+        let ctx_for = |held: &Held| -> Result<Vec<String>, (DenialCode, Option<String>)> {
+            let ctx = GateContext {
+                agent: "web-1",
+                verifier: &agent.verifier,
+                audience: &agent.audience,
+                grants: held,
+                roots: &agent.roots,
+                profiles: &agent.profiles,
+                allow_raw: false,
+            };
+            usable_grants(&ctx, &agent.alice, None, NOW)
+                .map(|g| g.iter().map(|g| g.id().to_string()).collect())
+                .map_err(|d| (d.code, d.grant_id))
+        };
+        let held = |specs: &[Spec]| Held {
+            grants: specs.iter().map(|s| agent.received(*s)).collect(),
+            ..Held::default()
+        };
+        assert_eq!(
+            ctx_for(&held(&[RAW])),
+            Err((DenialCode::ProfileUnavailable, Some("g-raw".into())))
+        );
+        assert_eq!(
+            ctx_for(&held(&[STRICT])),
+            Err((DenialCode::ProfileUnavailable, Some("g-strict".into())))
+        );
+        assert_eq!(ctx_for(&held(&[RAW, GOOD])), Ok(vec!["g-good".into()]));
     }
 
     /// A presented token is judged alone: its own refusal is the answer, even when the reader

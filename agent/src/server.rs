@@ -143,6 +143,8 @@ impl DenialSummaries {
 /// The longest requested path a denial record keeps, and the longest reason (the caller
 /// still gets the whole message): a record's size must not be the requester's choice.
 const AUDIT_PATH_BYTES: usize = 256;
+/// The longest path glob a listing accepts: a read's longest path.
+const MAX_LIST_GLOB_BYTES: usize = 4096;
 const AUDIT_REASON_BYTES: usize = 1024;
 
 impl AgentService {
@@ -380,7 +382,12 @@ impl AgentService {
         );
         let mut status = if bad_argument {
             Status::invalid_argument(denial.message)
-        } else if denial.code == DenialCode::CompressionMismatch {
+        } else if matches!(
+            denial.code,
+            DenialCode::CompressionMismatch
+                | DenialCode::CompressionUnsupported
+                | DenialCode::ContentBinary
+        ) {
             // The file is not what its name says: nothing the reader's access changes.
             Status::failed_precondition(denial.message)
         } else if denial.code == DenialCode::AgentBusy {
@@ -605,10 +612,54 @@ impl Agent for AgentService {
             message,
             grant_id: Some(authorized.grant.id().to_string()),
         };
-        let compression = crate::decompress::detect(&authorized.file.file, &authorized.file.path)
-            .map_err(|e| {
-            refuse(grant_denial(DenialCode::CompressionMismatch, e.to_string()))
-        })?;
+        // Under a redacting profile, content the redactor cannot see into is never served: a
+        // compression the agent does not decode (xz, bzip2, …: by magic, or by a name whose
+        // content is not text), or, as a backstop, a plain file whose first block holds NUL
+        // bytes. The `raw` profile serves bytes as they are, so it is not refused either.
+        let redacting = !matches!(authorized.profile, crate::gate::Profile::Raw);
+        let compression =
+            match crate::decompress::detect(&authorized.file.file, &authorized.file.path) {
+                Ok(c) => c,
+                Err(crate::decompress::CompressionRefusal::Unsupported { .. }) if !redacting => {
+                    crate::decompress::Compression::None
+                }
+                Err(e @ crate::decompress::CompressionRefusal::Unsupported { .. }) => {
+                    return Err(refuse(grant_denial(
+                        DenialCode::CompressionUnsupported,
+                        e.to_string(),
+                    )))
+                }
+                Err(e) => {
+                    return Err(refuse(grant_denial(
+                        DenialCode::CompressionMismatch,
+                        e.to_string(),
+                    )))
+                }
+            };
+        if redacting && compression == crate::decompress::Compression::None {
+            let binary = crate::decompress::starts_binary(&authorized.file.file).map_err(|e| {
+                refuse(grant_denial(
+                    DenialCode::PathIoError,
+                    format!(
+                        "could not read the start of {}: {e}",
+                        authorized.file.path.display()
+                    ),
+                ))
+            })?;
+            if binary {
+                return Err(refuse(grant_denial(
+                    DenialCode::ContentBinary,
+                    format!(
+                        "{} holds NUL bytes in its first {} KiB: it is binary (perhaps compressed \
+                         in a format the agent does not know), so redaction could not see into \
+                         it and it is not served; read the text it came from, or ask for a grant \
+                         with the raw profile if the agent allows it",
+                        authorized.file.path.display(),
+                        crate::decompress::TEXT_PROBE_BYTES / 1024
+                    ),
+                )));
+            }
+        }
         if compression != crate::decompress::Compression::None && mode == pb::ReadMode::Tail {
             return Err(refuse(grant_denial(
                 DenialCode::CompressedNotTailable,
@@ -823,15 +874,18 @@ impl Agent for AgentService {
         };
         let req = request.into_inner();
         let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path_glob, denial);
-        let filter = match req.path_glob.as_str() {
-            "" => None,
-            glob => Some(loggate_core::grant::compile_path_glob(glob).map_err(|e| {
-                refuse(Denial::new(
-                    DenialCode::PathInvalid,
-                    format!("the path glob is refused: {e}"),
-                ))
-            })?),
-        };
+        // As long as a read's path, at most: compiling a glob costs CPU with its length, and
+        // it is compiled only once a stream place is held, in the blocking task.
+        if req.path_glob.len() > MAX_LIST_GLOB_BYTES {
+            return Err(refuse(Denial::new(
+                DenialCode::PathInvalid,
+                format!(
+                    "the path glob is {} bytes long; at most {MAX_LIST_GLOB_BYTES} are accepted: \
+                     use a shorter glob",
+                    req.path_glob.len()
+                ),
+            )));
+        }
         let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
         let grants =
             crate::gate::usable_grants(&gate_context(&self.shared), &reader, token, unix_now())
@@ -842,23 +896,45 @@ impl Agent for AgentService {
             refuse(self.slot_denial(full, grants.first().map(|g| g.id().to_string())))
         })?;
         let shared = self.shared.clone();
-        let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
         let grants_for_walk = grants.clone();
+        let glob = req.path_glob.clone();
         let listing = tokio::task::spawn_blocking(move || {
-            let listing =
+            let filter = match glob.as_str() {
+                "" => None,
+                glob => match loggate_core::grant::compile_path_glob(glob) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        drop(slot);
+                        return Err(e);
+                    }
+                },
+            };
+            let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
+            let mut listing =
                 crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches));
             drop(slot);
-            listing
+            listing.cut_to_bytes(crate::listing::MAX_LISTED_BYTES);
+            Ok(listing)
         })
         .await
-        .map_err(|e| Status::internal(format!("the listing failed: {e}")))?;
+        .map_err(|e| Status::internal(format!("the listing failed: {e}")))?
+        .map_err(|e| {
+            refuse(Denial::new(
+                DenialCode::PathInvalid,
+                format!("the path glob is refused: {e}"),
+            ))
+        })?;
         self.shared
             .audit(&events::ReadListed {
                 subject: reader.spiffe_id().to_string(),
                 key_sha256: reader.key_sha256_hex(),
                 peer: peer_addr.map(|a| a.to_string()),
                 grant_ids: grants.iter().map(|g| g.id().to_string()).collect(),
-                path_glob: (!req.path_glob.is_empty()).then(|| req.path_glob.clone()),
+                path_glob: (!req.path_glob.is_empty())
+                    .then(|| cut(&req.path_glob, AUDIT_PATH_BYTES).to_string()),
+                path_glob_bytes: (!req.path_glob.is_empty()).then_some(req.path_glob.len() as u64),
+                path_glob_sha256: (req.path_glob.len() > AUDIT_PATH_BYTES)
+                    .then(|| sha256_hex(&req.path_glob)),
                 files: listing.files.len() as u64,
                 truncated: listing.truncated,
             })

@@ -851,13 +851,22 @@ fn pump_compressed(
         sink.check()?;
         let n = match decoder.read(&mut buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // A MiB of input gave no output (empty members, skippable frames): back to the
+            // loop's top, which checks the grant, the client and the agent stopping.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue
+            }
             Err(e) => {
                 // What was decoded before the cut has been served; the rest of a cut line
                 // is dropped, not served (it may be half a secret).
                 pipeline.abandon_partial_line();
-                return Err(match decompress::limit_exceeded(&e) {
-                    Some(exceeded) => EndReason::DecompressionLimit(exceeded.to_string()),
+                return Err(match decompress::limit_message(&e) {
+                    Some(message) => EndReason::DecompressionLimit(message),
                     None => EndReason::ReadError(format!(
                         "decompressing ({}) failed: {e}",
                         compression.as_str()
@@ -1488,6 +1497,99 @@ mod tests {
             [notice.trim_end(), "[REDACTED:private_key]", "after the key"],
             "{after_old:.300}"
         );
+    }
+
+    /// A gzip file of `members`, each compressed on its own (what `cat a.gz b.gz` makes).
+    fn gzip_members(members: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in members {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(m).expect("gzip");
+            out.extend(e.finish().expect("gzip"));
+        }
+        out
+    }
+
+    /// A private key whose BEGIN line straddles the first decompressed chunk's edge (offset
+    /// 65,530), whose body is the second gzip member and whose END is in the third; served
+    /// through the compressed path with `limits`: what the reader got, and how it ended.
+    fn serve_key_across_members(
+        limits: crate::decompress::DecompressionLimits,
+    ) -> (String, EndReason) {
+        let begin = "-----BEGIN RSA PRIVATE KEY-----\n";
+        let mut first = "x".repeat(65_530 - 1);
+        first.push('\n');
+        first.push_str(begin);
+        assert!(first.len() > CHUNK && first.len() - begin.len() < CHUNK);
+        let mut body = String::new();
+        for i in 0..2000 {
+            body.push_str(&format!("SECRETBODY{i:06}QUJDRA{}\n", "QUJDRA".repeat(5)));
+        }
+        let last = "-----END RSA PRIVATE KEY-----\nafter the key\n";
+        let bytes = gzip_members(&[first.as_bytes(), body.as_bytes(), last.as_bytes()]);
+        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        file.write_all(&bytes).expect("write");
+        let plan = Plan {
+            file: file.reopen().expect("reopen"),
+            path: file.path().to_path_buf(),
+            agent: "web-1".into(),
+            profile: Profile::Redact(Arc::new(Redactor::default_profile())),
+            tail_lines: None,
+            len: bytes.len() as u64,
+            follow: false,
+            reopen: None,
+            watch: None,
+            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
+            max_line: 64 * 1024,
+            key_lookback: 1 << 20,
+            compressed: Some((crate::decompress::Compression::Gzip, limits)),
+        };
+        let mut sink = RewritingSink {
+            file: file.path().to_path_buf(),
+            new_content: None,
+            got: Vec::new(),
+        };
+        let finished = run(plan, &mut sink);
+        (
+            String::from_utf8_lossy(&sink.got).into_owned(),
+            finished.reason,
+        )
+    }
+
+    #[test]
+    fn a_key_block_split_across_chunks_and_members_is_withheld() {
+        let (got, reason) = serve_key_across_members(crate::decompress::DecompressionLimits {
+            max_bytes: 1 << 30,
+            max_ratio: 1000,
+        });
+        assert_eq!(reason, EndReason::Eof);
+        assert!(!got.contains("SECRETBODY"), "a key body line was served");
+        assert!(
+            !got.contains("BEGIN RSA"),
+            "the key's BEGIN line was served"
+        );
+        let tail: Vec<&str> = got.lines().skip(1).collect();
+        assert_eq!(
+            tail,
+            ["[REDACTED:private_key]", "after the key"],
+            "{got:.300}"
+        );
+    }
+
+    /// The decompression cap falls inside the key's body: the stream is cut there and no body
+    /// line (nor the half line at the cut) was served.
+    #[test]
+    fn a_decompression_cut_inside_a_key_block_serves_no_body() {
+        let (got, reason) = serve_key_across_members(crate::decompress::DecompressionLimits {
+            max_bytes: 70_000,
+            max_ratio: 1000,
+        });
+        assert!(
+            matches!(reason, EndReason::DecompressionLimit(_)),
+            "{reason:?}"
+        );
+        assert!(!got.contains("SECRETBODY"), "a key body line was served");
+        assert!(!got.contains("QUJDRA"), "part of a body line was served");
     }
 
     /// `tail` of `text` from its `from`-th byte through the default profile, primed with a

@@ -438,3 +438,190 @@ fn ls_is_bounded_by_the_readers_stream_places_like_a_read() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// `data` compressed by the real `tool` (`xz`, `bzip2`, `pzstd`…), from standard input.
+fn compressed_by(tool: &str, args: &[&str], data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let mut child = std::process::Command::new(tool)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {tool} (Debian: xz-utils, bzip2, zstd)"))?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let data = data.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output()?;
+    feeder.join().map_err(|_| anyhow::anyhow!("feeder"))??;
+    anyhow::ensure!(out.status.success(), "{tool} failed");
+    Ok(out.stdout)
+}
+
+/// xz and bzip2 (logrotate's `compresscmd`) are not decoded by the agent: served raw their
+/// bytes would carry the secret past redaction to a reader who decompresses locally. They are
+/// refused by magic (whatever the name) with `compression_unsupported`, audited before any
+/// `read.allowed`; a plain file holding NUL bytes is refused as binary; a `pzstd` file (a
+/// skippable frame first) is zstd and served redacted.
+#[test]
+fn an_xz_or_bzip2_rotated_file_is_refused_not_served_raw() -> anyhow::Result<()> {
+    let f = rotated_fixture("")?;
+    rotations_grant(&f, "alice")?;
+    let day = day_log();
+    let xz = compressed_by("xz", &["-c"], day.as_bytes())?;
+    std::fs::write(f.logs.join("api.log.2.xz"), &xz)?;
+    std::fs::write(
+        f.logs.join("api.log.3.bz2"),
+        compressed_by("bzip2", &["-c"], day.as_bytes())?,
+    )?;
+    std::fs::write(f.logs.join("api.log.4"), &xz)?;
+    for (name, format) in [
+        ("api.log.2.xz", "xz"),
+        ("api.log.3.bz2", "bzip2"),
+        ("api.log.4", "xz"),
+    ] {
+        let file = path(&f, name);
+        let out = f.logs("alice", &["cat", &file])?;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(stdout.is_empty(), "{name}: nothing of it is served");
+        assert!(
+            stderr.contains(&format!(
+                "is compressed with {format}, which this agent does not"
+            )) && stderr.contains("gzip or zstd"),
+            "{name}: {stderr}"
+        );
+        let denied = f
+            .cluster
+            .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+                e["event"] == "read.denied" && e["path"] == file.as_str()
+            })?;
+        assert_eq!(denied["reason_code"], "compression_unsupported", "{name}");
+        assert!(denied["grant_id"].is_string(), "{denied}");
+        let allowed = f
+            .cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .any(|e| e["event"] == "read.allowed" && e["path"] == file.as_str());
+        assert!(!allowed, "{name}: allowed before refused");
+    }
+
+    // The backstop: binary content the agent does not recognise is not served under redaction.
+    std::fs::write(
+        f.logs.join("api.log.5"),
+        b"\x00\x01\x02password=hunter2\x00\n",
+    )?;
+    let file = path(&f, "api.log.5");
+    let out = f.logs("alice", &["cat", &file])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("holds NUL bytes"), "{stderr}");
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["path"] == file.as_str()
+        })?;
+    assert_eq!(denied["reason_code"], "content_binary");
+
+    // pzstd: a skippable frame first, then zstd frames: decompressed and redacted.
+    let pz = compressed_by("pzstd", &["-c", "-q"], day.as_bytes())?;
+    assert_eq!(
+        pz[1..4],
+        [0x2a, 0x4d, 0x18],
+        "pzstd writes a skippable frame"
+    );
+    std::fs::write(f.logs.join("api.log.6"), &pz)?;
+    let out = f.logs("alice", &["cat", &path(&f, "api.log.6")])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        day.replace("password=hunter2", "password=[REDACTED:secret]")
+    );
+    conformant(&f, &["read.denied"]);
+    Ok(())
+}
+
+/// A listing's glob is bounded like a read's path: 60 KB is refused before anything is
+/// compiled, and its `read.denied` keeps 256 bytes (with the length and hash); a glob under
+/// the bound is recorded cut the same way in `read.listed`.
+#[test]
+fn ls_with_a_60kb_glob_is_refused_and_its_record_is_bounded() -> anyhow::Result<()> {
+    let f = rotated_fixture("")?;
+    rotations_grant(&f, "alice")?;
+    let huge = format!("{}/{}", f.logs.display(), "{a,b}*".repeat(10_000));
+    let out = ls(&f, "alice", &[&huge])?;
+    let (stdout, stderr) = text(&out);
+    let stderr: String = stderr
+        .chars()
+        .rev()
+        .take(300)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("at most 4096 are accepted"), "{stderr}");
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "path_invalid"
+        })?;
+    assert_eq!(denied["path_bytes"], huge.len() as u64);
+    let longest = f
+        .cluster
+        .agent_audit_raw("web-1")
+        .iter()
+        .map(|r| r.to_string().len())
+        .max()
+        .unwrap_or(0);
+    assert!(longest < 4096, "a record of {longest} bytes");
+
+    // 3 KB (allowed): listed, and recorded as 256 bytes, its length and its hash.
+    let long = format!("{}/[{}]pi.log*", f.logs.display(), "a".repeat(3_000));
+    let out = ls(&f, "alice", &[&long])?;
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let listed = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.listed" && e["path_glob_bytes"] == long.len() as u64
+        })?;
+    assert!(listed["path_glob"].as_str().is_some_and(|g| g.len() <= 256));
+    assert!(listed["path_glob_sha256"].is_string(), "{listed}");
+    conformant(&f, &["read.listed", "read.denied"]);
+    Ok(())
+}
+
+/// `ls` reveals nothing a read would not: under a grant whose profile the agent refuses
+/// (every read of it is `profile_unavailable`), the listing is refused the same way.
+#[test]
+fn ls_under_a_grant_whose_profile_the_agent_refuses_is_denied() -> anyhow::Result<()> {
+    let f = rotated_fixture("")?;
+    let glob = format!("{}/api.log*", f.logs.display());
+    let id = f
+        .cluster
+        .issue_grant_with_profile("alice", "web-1", &glob, "30m", "nosuch")?;
+    f.cluster.wait_for_grant("web-1", &id)?;
+    let out = f.logs("alice", &["cat", &path(&f, "api.log.1")])?;
+    assert!(!out.status.success(), "the read is refused");
+    let out = ls(&f, "alice", &[])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("does not provide"), "{stderr}");
+    assert!(f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .all(|e| e["event"] != "read.listed"));
+    let denied = f
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "read.denied")
+        .count();
+    assert_eq!(denied, 2, "the read and the listing, each audited");
+    Ok(())
+}

@@ -67,20 +67,7 @@ pub async fn list_logs(config: &ClientConfig, args: ListArgs) -> CliResult {
             });
             text.push_str(&format!("{record}\n"));
         } else {
-            let kind = match (f.rotated, f.compression.as_str()) {
-                (_, "invalid") => "invalid".to_string(),
-                (true, "") => "rotated".to_string(),
-                (true, c) => format!("rotated,{c}"),
-                (false, "") => "live".to_string(),
-                (false, c) => c.to_string(),
-            };
-            text.push_str(&format!(
-                "{:>12}  {}  {:<14}  {}\n",
-                f.size,
-                format_time(f.modified_unix),
-                kind,
-                f.path
-            ));
+            text.push_str(&entry_line(f));
         }
     }
     std::io::stdout()
@@ -99,9 +86,73 @@ pub async fn list_logs(config: &ClientConfig, args: ListArgs) -> CliResult {
             args.host,
             args.glob
                 .as_ref()
-                .map(|g| format!(" matching {g}"))
+                .map(|g| format!(" matching {}", printable(g)))
                 .unwrap_or_default()
         );
     }
     Ok(())
+}
+
+/// One text line of the listing: size, modification time, kind, path. The agent's strings are
+/// not trusted to be printable (a compromised agent could send terminal escapes that look like
+/// trusted metadata): control characters are shown escaped.
+fn entry_line(f: &pb::LogFileEntry) -> String {
+    let kind = match (f.rotated, f.compression.as_str()) {
+        (_, "invalid") => "invalid".to_string(),
+        (true, "") => "rotated".to_string(),
+        (true, c) => format!("rotated,{}", printable(c)),
+        (false, "") => "live".to_string(),
+        (false, c) => printable(c).into_owned(),
+    };
+    format!(
+        "{:>12}  {}  {:<14}  {}\n",
+        f.size,
+        format_time(f.modified_unix),
+        kind,
+        printable(&f.path)
+    )
+}
+
+/// `text` with every control character (C0, DEL, C1: what a terminal may act on) escaped as
+/// `\u{..}`, and a backslash doubled so an escape cannot be forged.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_path_with_control_characters_is_printed_escaped() {
+        let entry = pb::LogFileEntry {
+            path: "/var/log/a\u{1b}[2J\u{9b}31mb\r\\u{1b}.log".into(),
+            size: 3,
+            modified_unix: 0,
+            rotated: true,
+            compression: "gzip\u{7}".into(),
+        };
+        let line = entry_line(&entry);
+        assert!(
+            !line.trim_end_matches('\n').chars().any(char::is_control),
+            "{line:?}"
+        );
+        assert!(
+            line.contains("/var/log/a\\u{1b}[2J\\u{9b}31mb\\r\\\\u{1b}.log"),
+            "{line}"
+        );
+        assert!(line.contains("rotated,gzip\\u{7}"), "{line}");
+        assert_eq!(printable("/var/log/app/api.log"), "/var/log/app/api.log");
+    }
 }

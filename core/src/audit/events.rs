@@ -70,6 +70,7 @@ macro_rules! audit_event {
         {
             $(
                 $(#[doc = $fdoc:literal])*
+                $(#[serde($($fserde:tt)*)])?
                 $field:ident : $fty:ty
             ),* $(,)?
         }
@@ -81,6 +82,7 @@ macro_rules! audit_event {
         pub struct $ty {
             $(
                 $(#[doc = $fdoc])*
+                $(#[serde($($fserde)*)])?
                 pub $field: $fty,
             )*
         }
@@ -227,8 +229,16 @@ audit_event! {
         peer: Option<String>,
         /// the usable grants whose paths were listed (the first is `metadata.correlation_uid`)
         grant_ids: Vec<String>,
-        /// the reader's path glob (`resources`, `observables`), or null: every covered file
+        /// the reader's path glob (`resources`, `observables`), cut to its first 256 bytes, or
+        /// null: every covered file
         path_glob: Option<String>,
+        /// the glob's whole length in bytes (at most 4,096: a longer one is refused); absent
+        /// without a glob (and in records written before it was added)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_glob_bytes: Option<u64>,
+        /// the SHA-256 (hex) of the whole glob when `path_glob` was cut; absent otherwise
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_glob_sha256: Option<String>,
         /// how many files were listed
         files: u64,
         /// the listing was cut at the agent's bound (10,000 files, 100,000 entries looked at)

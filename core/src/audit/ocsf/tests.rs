@@ -68,7 +68,9 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
         }),
         "read.listed" => json!({
             "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_ids": [GRANT],
-            "path_glob": "/var/log/app/api.log*", "files": 3, "truncated": false,
+            "path_glob": "/var/log/app/api.log*", "path_glob_bytes": 21,
+            "path_glob_sha256": "3c1f0e4b2a6d8c9e7f5a1b3d5c7e9f0a2b4d6c8e0f1a3b5c7d9e1f2a4b6c8d0e",
+            "files": 3, "truncated": false,
         }),
         "read.reopened" => json!({
             "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_id": GRANT,
