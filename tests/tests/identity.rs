@@ -1319,6 +1319,8 @@ step_up = { mfa = true }
         let mut login = LoginRun::spawn(s.login_cmd(&["--fresh"]))?;
         let url = login.line(|l| l.starts_with(&format!("{}/auth?", s.idp.issuer)))?;
         assert!(url.contains("prompt=login"), "{url}");
+        // max_age obliges the IdP to send auth_time, which the rule is judged on.
+        assert!(url.contains("max_age=0"), "{url}");
         let browser = s.idp.browser()?;
         let redirect = browser.sign_in(&url, "alice")?;
         browser.deliver(&redirect)?;

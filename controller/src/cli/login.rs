@@ -330,7 +330,11 @@ impl Idp {
             request = request.add_scope(Scope::new(scope.clone()));
         }
         if fresh {
-            request = request.add_prompt(openidconnect::core::CoreAuthPrompt::Login);
+            // max_age=0 also obliges the IdP to say when the person authenticated
+            // (`auth_time`), which step-up rules are judged on.
+            request = request
+                .add_prompt(openidconnect::core::CoreAuthPrompt::Login)
+                .set_max_age(Duration::ZERO);
         }
         let (url, state, _) = request.url();
         say(&format!("Open this address to sign in:\n{url}"));
@@ -367,7 +371,9 @@ impl Idp {
             request = request.add_scope(Scope::new(scope.clone()));
         }
         if fresh {
-            request = request.add_extra_param("prompt", "login");
+            request = request
+                .add_extra_param("prompt", "login")
+                .add_extra_param("max_age", "0");
         }
         let details: openidconnect::core::CoreDeviceAuthorizationResponse =
             request.request_async(&self.http).await.map_err(|e| {

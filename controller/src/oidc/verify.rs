@@ -47,7 +47,7 @@ pub struct VerifiedSignIn {
     /// token does not carry it as a list (the person's groups are then unknown, which the
     /// sign-in refuses when the access policy names IdP groups).
     pub groups: Option<Vec<String>>,
-    /// When the person last authenticated at the IdP (`auth_time`, else `iat`; unix s): a
+    /// When the person last authenticated at the IdP (`auth_time`; 0 when the IdP did not say; unix s): a
     /// policy's step-up `max_age` is measured from it.
     pub auth_time: i64,
     /// How they authenticated (`amr`, RFC 8176; at most 16 values kept), when the IdP says.
@@ -163,10 +163,11 @@ impl SignInVerifier {
             idp_subject: claims.subject().as_str().to_string(),
             email,
             groups: self.groups(&raw),
-            auth_time: claims
-                .auth_time()
-                .unwrap_or_else(|| claims.issue_time())
-                .timestamp(),
+            // No `auth_time`: the token says when it was issued, not when the person last
+            // proved who they are (a silent SSO login issues fresh tokens from an old session).
+            // 0 meets no `max_age` rule; `loggate login --fresh` asks with `max_age=0`, which
+            // obliges the IdP to send it.
+            auth_time: claims.auth_time().map_or(0, |t| t.timestamp()),
             amr: claims
                 .auth_method_refs()
                 .map(|refs| {

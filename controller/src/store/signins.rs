@@ -87,7 +87,7 @@ pub struct SignInRecord<'a> {
     pub now: i64,
     /// The end of the certificate it gave.
     pub cert_not_after: i64,
-    /// When the person authenticated at the IdP (`auth_time`, else `iat`).
+    /// When the person authenticated at the IdP (`auth_time`; 0 when the IdP did not say).
     pub auth_time: i64,
     /// The token's `amr`.
     pub amr: &'a [String],
