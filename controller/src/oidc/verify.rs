@@ -408,12 +408,22 @@ impl SignInVerifier {
             items
                 .iter()
                 .filter_map(|g| g.as_str())
-                .filter(|g| !g.is_empty() && g.len() <= MAX_GROUP_BYTES)
+                .filter(|g| usable_group(g))
                 .take(MAX_GROUPS)
                 .map(String::from)
                 .collect()
         })
     }
+}
+
+/// Whether an IdP group name is kept: not empty, at most [`MAX_GROUP_BYTES`], and with no
+/// control, format (bidi, zero-width) or separator character — such a name shown in
+/// `user list`, a notice or the audit could pass for another (`pay\u{202E}stnemyap`), and no
+/// policy can name it usefully. A dropped group gives nothing: it fails closed.
+fn usable_group(g: &str) -> bool {
+    !g.is_empty()
+        && g.len() <= MAX_GROUP_BYTES
+        && !g.chars().any(crate::policy::text::is_hidden_or_control)
 }
 
 fn unix_seconds(t: SystemTime) -> i64 {
@@ -473,6 +483,24 @@ fn classify(e: ClaimsVerificationError, iat_in_future: bool) -> SignInRefused {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idp_group_names_with_hidden_or_control_characters_are_dropped() {
+        assert!(usable_group("payments-oncall"));
+        assert!(usable_group("Payments On-Call"));
+        assert!(usable_group("équipe paiements"));
+        for hidden in [
+            "",
+            "pay\u{202E}stnemyap",
+            "pay\u{200B}ments",
+            "pay\nments",
+            "pay\u{2028}ments",
+            "pay\u{7}",
+        ] {
+            assert!(!usable_group(hidden), "{hidden:?}");
+        }
+        assert!(!usable_group(&"g".repeat(MAX_GROUP_BYTES + 1)));
+    }
 
     #[test]
     fn a_payload_that_does_not_decode_strictly_is_refused_not_read_as_empty() {

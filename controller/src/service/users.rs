@@ -30,6 +30,8 @@ use tonic::{Request, Response, Status};
 
 /// The most people `ListUsers` answers with.
 const MAX_LISTED: usize = 10_000;
+/// The most `ListUsers` answers with, encoded (below a client's default 4 MiB decode limit).
+const MAX_ANSWER_BYTES: usize = 3 << 20;
 /// Rounds of "revoke the active grants, look again" a lock makes (each round up to the
 /// store's page of 1,000 grants).
 const MAX_REVOKE_ROUNDS: usize = 100;
@@ -233,24 +235,70 @@ impl ControllerService {
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let admin = self.user(&request)?;
         self.require_admin(&admin, "list users")?;
-        let (users, truncated) = self.store.list_users(MAX_LISTED).map_err(internal)?;
-        let users = users
-            .into_iter()
-            .map(|u| pb::UserInfo {
-                name: u.name,
-                last_sign_in_unix: u.last_sign_in.unwrap_or(0),
-                cert_not_after_unix: u.cert_not_after.unwrap_or(0),
-                groups: u.groups,
-                locked: u.lock.as_ref().is_some_and(|l| l.locked),
-                lock_changed_unix: u.lock.as_ref().map_or(0, |l| l.changed_at),
-                lock_changed_by: u
-                    .lock
-                    .as_ref()
-                    .map(|l| l.changed_by.clone())
-                    .unwrap_or_default(),
-                lock_reason: u.lock.map(|l| l.reason).unwrap_or_default(),
-            })
-            .collect();
+        let (users, mut truncated) = self.store.list_users(MAX_LISTED).map_err(internal)?;
+        let all = users.into_iter().map(|u| pb::UserInfo {
+            name: u.name,
+            last_sign_in_unix: u.last_sign_in.unwrap_or(0),
+            cert_not_after_unix: u.cert_not_after.unwrap_or(0),
+            groups: u.groups,
+            locked: u.lock.as_ref().is_some_and(|l| l.locked),
+            lock_changed_unix: u.lock.as_ref().map_or(0, |l| l.changed_at),
+            lock_changed_by: u
+                .lock
+                .as_ref()
+                .map(|l| l.changed_by.clone())
+                .unwrap_or_default(),
+            lock_reason: u.lock.map(|l| l.reason).unwrap_or_default(),
+        });
+        // Bounded by size as well as by count (many people with many groups): what a client
+        // decodes by default (4 MiB) always holds the answer, cut with `truncated`.
+        let (users, cut) = within_bytes(all, MAX_ANSWER_BYTES);
+        truncated |= cut;
         Ok(Response::new(pb::ListUsersResponse { users, truncated }))
+    }
+}
+
+/// The first `items` whose encodings (with a field's few bytes of framing each) fit in `max`
+/// bytes, and whether any was left out.
+fn within_bytes<M: prost::Message>(
+    items: impl IntoIterator<Item = M>,
+    max: usize,
+) -> (Vec<M>, bool) {
+    let mut kept = Vec::new();
+    let mut bytes = 0usize;
+    for item in items {
+        bytes = bytes.saturating_add(item.encoded_len().saturating_add(8));
+        if bytes > max {
+            return (kept, true);
+        }
+        kept.push(item);
+    }
+    (kept, false)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn a_user_list_is_cut_by_its_encoded_size_and_says_so() {
+        let user = |i: usize| pb::UserInfo {
+            name: format!("user-{i}"),
+            groups: vec!["g".repeat(200); 200],
+            ..pb::UserInfo::default()
+        };
+        let one = prost::Message::encoded_len(&user(0)) + 8;
+        let (kept, cut) = within_bytes((0..100).map(user), one * 10);
+        assert_eq!((kept.len(), cut), (10, true));
+        let (kept, cut) = within_bytes((0..5).map(user), one * 10);
+        assert_eq!((kept.len(), cut), (5, false));
+        // 3 MiB of them: under the client's 4 MiB, whatever the number of people.
+        let (kept, cut) = within_bytes((0..1000).map(user), MAX_ANSWER_BYTES);
+        assert!(cut);
+        let answer = pb::ListUsersResponse {
+            users: kept,
+            truncated: cut,
+        };
+        assert!(prost::Message::encoded_len(&answer) < 4 << 20);
     }
 }
