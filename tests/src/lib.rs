@@ -583,7 +583,7 @@ impl Cluster {
     /// Waits until agent `id` has received grant `grant_id` (its audit record) and installed it
     /// (its log line: the record is written before the install, audit before action).
     pub fn wait_for_grant(&self, id: &str, grant_id: &str) -> anyhow::Result<()> {
-        let timeout = Duration::from_secs(15);
+        let timeout = Duration::from_secs(30);
         self.wait_for_audit(id, timeout, |e| {
             e["event"] == "grant.received" && e["grant_id"] == grant_id
         })?;
