@@ -1703,3 +1703,77 @@ fn a_pin_folder_others_can_write_or_owned_by_another_user_is_refused_and_the_aud
     }
     Ok(())
 }
+
+/// Forks argv[2] children that each open argv[1] for reading once and exit: as many readers,
+/// each a new process (so the kernel queues each, rather than counting repeats).
+const FORKED_READERS_PY: &str = r#"import os, sys
+for _ in range(int(sys.argv[2])):
+    pid = os.fork()
+    if pid == 0:
+        open(sys.argv[1]).close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn reads_beyond_the_pinned_queue_while_the_agent_is_stopped_are_reported_as_lost_once(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    // 512 KiB of ring buffer holds 256 records of 2,040 bytes (and an 8-byte header each).
+    const READERS: u64 = 400;
+    let pins = PinFolder::new("lost")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    b.cluster.stop_agent("web-1");
+    let log = s(&b.app_log());
+    as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        FORKED_READERS_PY,
+        &log,
+        &READERS.to_string(),
+    ])?;
+    b.cluster.start_agent("web-1")?;
+    let lost = b
+        .cluster
+        .wait_for_audit("web-1", WAIT, |e| e["event"] == "bypass.events_lost")?;
+    assert_eq!(lost["reason"], "ring buffer full", "{lost:#}");
+    let lost_count = lost["lost_since_last"].as_u64().unwrap_or_default();
+    assert!(lost_count > 0, "{lost:#}");
+    let reads = |b: &Bypass| {
+        b.cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .filter(|e| e["event"] == "bypass.read" && e["path"] == log.as_str())
+            .count() as u64
+    };
+    // Every read is either reported or counted as lost.
+    let deadline = std::time::Instant::now() + WAIT;
+    while reads(&b) + lost_count < READERS && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        reads(&b) + lost_count,
+        READERS,
+        "reads and losses account for every reader"
+    );
+    // The losses were reported once: another restart does not report them again.
+    b.cluster.stop_agent("web-1");
+    b.cluster.start_agent("web-1")?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while starts(&b).len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let third = starts(&b).pop().unwrap_or_default();
+    assert_eq!(third["bypass_pins"], "adopted", "{third:#}");
+    std::thread::sleep(Duration::from_millis(2500)); // two flushes of the loss counter
+    let losses: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.events_lost")
+        .collect();
+    assert_eq!(losses.len(), 1, "{losses:#?}\n{third:#}");
+    Ok(())
+}
