@@ -285,11 +285,7 @@ impl PinDir {
         let markers: Vec<(String, String)> = self
             .entries()?
             .into_iter()
-            .filter_map(|n| {
-                let rest = n.strip_prefix(MARKER_PREFIX)?;
-                let (id, lookup) = (rest.get(..64)?, rest.get(64..)?.strip_prefix('_')?);
-                Some((id.to_string(), lookup.to_string()))
-            })
+            .filter_map(|n| parse_marker(&n))
             .collect();
         Ok(match markers.as_slice() {
             [one] => Some(one.clone()),
@@ -327,6 +323,14 @@ impl PinDir {
         self.clear()?;
         std::fs::remove_dir(&self.path)
     }
+}
+
+/// The identity and fd lookup a marker's name carries (`loaded_<64 hex>_<fd lookup>`).
+fn parse_marker(name: &str) -> Option<(String, String)> {
+    let rest = name.strip_prefix(MARKER_PREFIX)?;
+    let (id, lookup) = (rest.get(..64)?, rest.get(64..)?.strip_prefix('_')?);
+    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    (id.chars().all(hex) && !lookup.is_empty()).then(|| (id.to_string(), lookup.to_string()))
 }
 
 /// What identifies the programs a set of pins holds: the SHA-256 of both builds of the object,
@@ -390,6 +394,29 @@ mod tests {
         let other = unsafe { libc::geteuid() }.wrapping_add(4242);
         let owner = trusted_owner_and_mode(&stat_with(other, 0o700)).unwrap_err();
         assert!(owner.contains("owned by uid"), "{owner}");
+    }
+
+    #[test]
+    fn a_marker_names_the_identity_and_fd_lookup_and_nothing_else_is_one() {
+        let id = identity("tracepoint", true, 2040);
+        assert_eq!(
+            parse_marker(&format!("loaded_{id}_rdonly_cast")),
+            Some((id.clone(), "rdonly_cast".to_string()))
+        );
+        assert_eq!(
+            parse_marker(&format!("loaded_{id}_probe_read")),
+            Some((id.clone(), "probe_read".to_string()))
+        );
+        for other in [
+            format!("loaded_{id}"),
+            format!("loaded_{id}_"),
+            format!("loaded_{}_none", "Z".repeat(64)),
+            "loaded_short_none".to_string(),
+            "link_sys_exit_openat".to_string(),
+            "events".to_string(),
+        ] {
+            assert_eq!(parse_marker(&other), None, "{other}");
+        }
     }
 
     #[test]
