@@ -98,6 +98,9 @@ enum Command {
         /// The file to redact (default: standard input).
         file: Option<PathBuf>,
     },
+    /// The bypass audit's programs pinned in bpffs (see docs/security.md, "Bypass audit").
+    #[command(subcommand)]
+    Bypass(BypassCommand),
     /// For `cargo xtask package`: write the man pages of this command and its subcommands
     /// (roff, one file each) into DIR.
     #[command(hide = true)]
@@ -114,6 +117,17 @@ enum Command {
         no_kfuncs: bool,
         #[arg(long)]
         protect: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BypassCommand {
+    /// Remove the pinned eBPF programs and maps (they detach at once; what they queued is not
+    /// reported). Refused while an agent runs with them: stop it first.
+    Unpin {
+        /// The pin folder (`bypass.pin_dir`).
+        #[arg(long, default_value = bypass::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
 }
 
@@ -230,6 +244,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         bypass_ia32_syscalls: None,
         bypass_ia32_seen: None,
         bypass_notes: Vec::new(),
+        bypass_pins: None,
+        bypass_pins_reason: None,
     };
     bypass.describe(&mut started);
     let bypass_mode = match started.bypass_mode {
@@ -546,6 +562,16 @@ fn main() -> ExitCode {
             file,
             list_detectors: false,
         } => redact_command(&profile, config.as_deref(), stats, file.as_deref()),
+        Command::Bypass(BypassCommand::Unpin { pin_dir }) => {
+            bypass::pins::unpin(&pin_dir).map(|removed| {
+                let what = if removed {
+                    "removed"
+                } else {
+                    "nothing to remove in"
+                };
+                println!("{what} {}", pin_dir.display());
+            })
+        }
         Command::BenchAttach {
             hooks,
             empty,

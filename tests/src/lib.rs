@@ -665,6 +665,16 @@ impl Drop for Cluster {
             self.stop_agent(&id);
         }
         self.stop_controller();
+        // Stopped agents leave their bypass programs pinned in the default bpffs folder (they
+        // stay attached by design): remove them, so that no test leaves programs running on the
+        // host. Refused (and harmless) while another test's agent holds the folder.
+        if let Ok(dir) = bin_dir() {
+            let _ = Command::new(dir.join("loggate-agent"))
+                .args(["bypass", "unpin"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

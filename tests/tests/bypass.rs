@@ -38,6 +38,8 @@ macro_rules! require_bpf {
 /// which holds `app.log`.
 struct Bypass {
     cluster: Cluster,
+    /// Its own pin folder (unless the test names one), removed after the agent stops.
+    _pins: Option<PinFolder>,
     _world: tempfile::TempDir,
     logs: PathBuf,
     /// A folder outside the roots, on the same filesystem.
@@ -69,10 +71,29 @@ impl Bypass {
             "protected line 1\nprotected line 2\n",
         )?;
         write_world_readable(&outside.join("free.log"), "nothing to see\n")?;
-        cluster.add_agent("web-1", &[&logs], &format!("[bypass]\n{bypass_toml}"))?;
+        // Each test's agent pins in a folder of its own: the default one is shared by every
+        // agent on the host, and a test's stopped agent would leave the next one its queue.
+        let pins = if bypass_toml.contains("pin_dir") {
+            None
+        } else {
+            Some(PinFolder::new(&format!(
+                "t{}",
+                PIN_FOLDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ))?)
+        };
+        let pin_dir = pins
+            .as_ref()
+            .map(|p| format!("pin_dir = {:?}\n", s(&p.0)))
+            .unwrap_or_default();
+        cluster.add_agent(
+            "web-1",
+            &[&logs],
+            &format!("[bypass]\n{pin_dir}{bypass_toml}"),
+        )?;
         cluster.start_controller()?;
         Ok(Bypass {
             cluster,
+            _pins: pins,
             _world: world,
             logs,
             outside,
@@ -1494,5 +1515,265 @@ fn agent_without_bpf_or_fanotify_privilege_serves_and_reports_why_the_audit_is_u
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, "served anyway\n");
+    Ok(())
+}
+
+/// Pin folders made in this process so far (each test gets its own).
+static PIN_FOLDERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A pin folder of its own for one test (the default one is shared by every agent on the host),
+/// removed with what it holds when dropped, so that no test leaves programs attached.
+struct PinFolder(PathBuf);
+
+impl PinFolder {
+    fn new(test: &str) -> anyhow::Result<PinFolder> {
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/loggate-test-{test}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        Ok(PinFolder(path))
+    }
+
+    fn toml(&self) -> String {
+        format!("mode = \"tracepoint\"\npin_dir = {:?}\n", s(&self.0))
+    }
+
+    /// The completion markers' names (`loaded_<identity>_<fd lookup>`).
+    fn markers(&self) -> anyhow::Result<Vec<String>> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(&self.0)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if name.starts_with("loaded_") {
+                found.push(name);
+            }
+        }
+        Ok(found)
+    }
+}
+
+impl Drop for PinFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn agent_bin() -> anyhow::Result<PathBuf> {
+    Ok(loggate_tests::bin_dir()?.join("loggate-agent"))
+}
+
+/// The `agent.started` records, in order.
+fn starts(b: &Bypass) -> Vec<serde_json::Value> {
+    b.cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "agent.started")
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_read_while_the_agent_is_stopped_is_reported_after_its_restart_from_the_pinned_queue(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("restart")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    let first = b.started()?;
+    assert_eq!(first["bypass_mode"], "tracepoint", "{first:#}");
+    assert_eq!(first["bypass_pins"], "created", "{first:#}");
+    // While it runs, the agent holds the folder: an unpin is refused.
+    let out = Command::new(agent_bin()?)
+        .args(["bypass", "unpin", "--pin-dir", &s(&pins.0)])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another running agent holds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    b.cluster.stop_agent("web-1"); // SIGTERM: a clean stop
+    let pid = as_nobody(&["cat", &s(&b.app_log())])?;
+    assert!(b.reads_by(pid).is_empty(), "no agent ran");
+    b.cluster.start_agent("web-1")?;
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["pid"] == pid
+    })?;
+    assert_read(&e, pid, NOBODY, "cat", &b.app_log());
+    assert_eq!(e["process_exited"], true, "the reader was gone: {e:#}");
+    let starts = starts(&b);
+    assert_eq!(starts.len(), 2, "{starts:#?}");
+    assert_eq!(starts[1]["bypass_pins"], "adopted", "{:#}", starts[1]);
+    assert_eq!(starts[1]["bypass_hooks"], starts[0]["bypass_hooks"]);
+    // The adopted programs report new reads, once, and never the agent's own.
+    let again = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.the_read_by(again)?;
+    // Stopped, the pins can be removed; the programs detach.
+    b.cluster.stop_agent("web-1");
+    let out = Command::new(agent_bin()?)
+        .args(["bypass", "unpin", "--pin-dir", &s(&pins.0)])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pins.0.exists());
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_their_queue_is_reported(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("upgrade")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    b.cluster.stop_agent("web-1");
+    // An upgrade: the pins' marker names another object's hash.
+    let ours = pins.markers()?;
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    std::fs::remove_dir(pins.0.join(&ours[0]))?;
+    let other = format!("loaded_{}_rdonly_cast", "0".repeat(64));
+    std::fs::create_dir(pins.0.join(&other))?;
+    std::fs::set_permissions(pins.0.join(&other), std::fs::Permissions::from_mode(0o700))?;
+    let queued = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.cluster.start_agent("web-1")?;
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["pid"] == queued
+    })?;
+    assert_read(&e, queued, NOBODY, "cat", &b.app_log());
+    let starts = starts(&b);
+    assert_eq!(starts.len(), 2, "{starts:#?}");
+    assert_eq!(starts[1]["bypass_pins"], "replaced", "{:#}", starts[1]);
+    let why = starts[1]["bypass_pins_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("other objects"), "{why}");
+    assert_eq!(
+        pins.markers()?,
+        ours,
+        "the new programs' marker replaced the old"
+    );
+    // The old programs are detached: a new read is reported once, not by both.
+    let after = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.the_read_by(after)?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_pin_folder_others_can_write_or_owned_by_another_user_is_refused_and_the_audit_runs_unpinned(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("refused")?;
+    let b = Bypass::prepare(&pins.toml())?;
+    let mut b = b;
+    // The agent mounts bpffs when it is not; so does this test before making the folder.
+    let mounted = Command::new("stat")
+        .args(["-f", "-c", "%T", "/sys/fs/bpf"])
+        .output()?;
+    if !String::from_utf8_lossy(&mounted.stdout).contains("bpf") {
+        let ok = Command::new("mount")
+            .args(["-t", "bpf", "-o", "mode=0700", "bpf", "/sys/fs/bpf"])
+            .status()?;
+        anyhow::ensure!(ok.success(), "mounting bpffs on /sys/fs/bpf failed");
+    }
+    std::fs::create_dir(&pins.0)?;
+    for (uid, mode, why) in [
+        (0, 0o770, "mode 0770"),
+        (NOBODY, 0o700, "owned by uid 65534"),
+    ] {
+        std::fs::set_permissions(&pins.0, std::fs::Permissions::from_mode(mode))?;
+        std::os::unix::fs::chown(&pins.0, Some(uid), None)?;
+        b.cluster.start_agent("web-1")?;
+        let started = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+            e["event"] == "agent.started"
+                && e["bypass_pins_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(why))
+        })?;
+        assert_eq!(started["bypass_pins"], "refused", "{started:#}");
+        assert_eq!(started["bypass_mode"], "tracepoint", "{started:#}");
+        let reason = started["bypass_pins_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(&s(&pins.0)), "{reason}");
+        // Fail closed: the audit runs all the same, and nothing was pinned there.
+        let pid = as_nobody(&["cat", &s(&b.app_log())])?;
+        b.the_read_by(pid)?;
+        assert_eq!(std::fs::read_dir(&pins.0)?.count(), 0);
+        b.cluster.stop_agent("web-1");
+    }
+    Ok(())
+}
+
+/// Forks argv[2] children that each open argv[1] for reading once and exit: as many readers,
+/// each a new process (so the kernel queues each, rather than counting repeats).
+const FORKED_READERS_PY: &str = r#"import os, sys
+for _ in range(int(sys.argv[2])):
+    pid = os.fork()
+    if pid == 0:
+        open(sys.argv[1]).close()
+        os._exit(0)
+    os.waitpid(pid, 0)
+"#;
+
+#[test]
+#[ignore = "needs root"]
+fn reads_beyond_the_pinned_queue_while_the_agent_is_stopped_are_reported_as_lost_once(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    // 512 KiB of ring buffer holds 256 records of 2,040 bytes (and an 8-byte header each).
+    const READERS: u64 = 400;
+    let pins = PinFolder::new("lost")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    b.cluster.stop_agent("web-1");
+    let log = s(&b.app_log());
+    as_nobody(&[
+        "/usr/bin/python3",
+        "-c",
+        FORKED_READERS_PY,
+        &log,
+        &READERS.to_string(),
+    ])?;
+    b.cluster.start_agent("web-1")?;
+    let lost = b
+        .cluster
+        .wait_for_audit("web-1", WAIT, |e| e["event"] == "bypass.events_lost")?;
+    assert_eq!(lost["reason"], "ring buffer full", "{lost:#}");
+    let lost_count = lost["lost_since_last"].as_u64().unwrap_or_default();
+    assert!(lost_count > 0, "{lost:#}");
+    let reads = |b: &Bypass| {
+        b.cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .filter(|e| e["event"] == "bypass.read" && e["path"] == log.as_str())
+            .count() as u64
+    };
+    // Every read is either reported or counted as lost.
+    let deadline = std::time::Instant::now() + WAIT;
+    while reads(&b) + lost_count < READERS && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        reads(&b) + lost_count,
+        READERS,
+        "reads and losses account for every reader"
+    );
+    // The losses were reported once: another restart does not report them again.
+    b.cluster.stop_agent("web-1");
+    b.cluster.start_agent("web-1")?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while starts(&b).len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let third = starts(&b).pop().unwrap_or_default();
+    assert_eq!(third["bypass_pins"], "adopted", "{third:#}");
+    std::thread::sleep(Duration::from_millis(2500)); // two flushes of the loss counter
+    let losses: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.events_lost")
+        .collect();
+    assert_eq!(losses.len(), 1, "{losses:#?}\n{third:#}");
     Ok(())
 }

@@ -16,7 +16,8 @@
 //! - maintainer scripts: the `loggate` system user and group and the state and audit folders
 //!   with owner and mode (made once, never changed by an upgrade), the unit enabled and started
 //!   only when `check-config` passes; removal keeps configuration, state and audit; purge
-//!   deletes state and audit (see docs/operations.md).
+//!   deletes state and audit (see docs/operations.md) and the bypass audit's pins in
+//!   `/sys/fs/bpf/loggate`.
 
 use crate::{cargo, run, target_dir, workspace_root};
 use anyhow::{bail, Context};

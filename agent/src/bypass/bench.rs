@@ -44,7 +44,7 @@ pub fn attach(
     let mut kept = None;
     let mut protected = 0;
     if !empty {
-        let (mut maps, outputs) = probe.split()?;
+        let (mut maps, outputs) = probe.split(None)?;
         maps.exclude_tgid(std::process::id())?;
         let inventory = Inventory::scan(protect, usize::MAX);
         maps.sync(&inventory)?;

@@ -4,17 +4,27 @@
 
 use super::inventory::{FileKey, Inventory};
 use super::kfunc;
+use super::pins::{self, PinDir};
 use super::repeats::{SeenKey, SeenVal};
-use aya::maps::{Array, HashMap, MapData, RingBuf};
+use aya::maps::{Array, HashMap, Map, MapData, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{BtfTracePoint, FEntry, Lsm, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
 use loggate_agent_ebpf::names;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// The loaded, attached program and its maps. The programs stay attached while `ebpf` lives.
+/// The loaded, attached program and its maps. The programs stay attached while this lives (and
+/// after, while their links are pinned: see `pins`).
 pub struct Probe {
-    ebpf: Ebpf,
+    /// The object as loaded; `None` when the programs were adopted from pins.
+    ebpf: Option<Ebpf>,
+    /// The attached hooks' links, taken out of the programs so that they can be pinned.
+    links: Vec<(&'static str, FdLink)>,
+    /// The links once pinned (or adopted from pins).
+    pinned: Vec<PinnedLink>,
+    /// Why these links cannot be pinned, if they cannot (the kernel lacks BPF perf links).
+    pub unpinnable: Option<String>,
     pub hooks: Hooks,
     pub attached: Vec<&'static str>,
     /// Optional hooks that could not be attached, and why.
@@ -76,6 +86,8 @@ pub struct Outputs {
     pub events: RingBuf<MapData>,
     pub lost: Array<MapData, u64>,
     pub seen: HashMap<MapData, SeenKey, SeenVal>,
+    /// With pins: how much of `lost` has been audited, kept across restarts.
+    pub lost_reported: Option<Array<MapData, u64>>,
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -251,19 +263,23 @@ impl Probe {
             .load(object)
             .map_err(|e| anyhow::Error::new(e).context("loading the BPF object failed"))?;
         let mut attached = Vec::new();
+        let mut links = Vec::new();
+        let mut unpinnable = None;
         match hooks {
             Hooks::Lsm => {
                 let (function, hook) = names::LSM_PROGRAM;
                 let p: &mut Lsm = program(&mut ebpf, function)?;
                 p.load(hook, btf).map_err(refused(function))?;
-                p.attach()?;
+                let id = p.attach()?;
+                links.push((hook, FdLink::from(p.take_link(id)?)));
                 attached.push(hook);
             }
             Hooks::Fentry => {
                 let (function, target) = names::FENTRY_PROGRAM;
                 let p: &mut FEntry = program(&mut ebpf, function)?;
                 p.load(target, btf).map_err(refused(function))?;
-                p.attach()?;
+                let id = p.attach()?;
+                links.push((target, FdLink::from(p.take_link(id)?)));
                 attached.push(target);
             }
             Hooks::Tracepoint => {
@@ -277,16 +293,31 @@ impl Probe {
                     }
                     let p: &mut TracePoint = program(&mut ebpf, function)?;
                     p.load().map_err(refused(function))?;
-                    p.attach(category, tracepoint).map_err(|e| {
+                    let id = p.attach(category, tracepoint).map_err(|e| {
                         anyhow::Error::new(e)
                             .context(format!("attaching {function} to {category}/{tracepoint}"))
                     })?;
+                    // A perf-event link is a BPF link (pinnable) only where the kernel has BPF
+                    // perf links (5.15+); elsewhere it stays in the program, unpinned.
+                    if aya::features().bpf_perf_link() {
+                        let link = FdLink::try_from(p.take_link(id)?).map_err(|e| {
+                            anyhow::Error::new(e).context(format!("link of {function}"))
+                        })?;
+                        links.push((tracepoint, link));
+                    } else {
+                        unpinnable = Some(
+                            "this kernel has no BPF perf links (Linux 5.15+): tracepoint programs cannot stay attached without the agent".to_string(),
+                        );
+                    }
                     attached.push(tracepoint);
                 }
             }
             Hooks::Strict => {
                 let (function, tracepoint) = names::STRICT_PROGRAM;
-                attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint)?;
+                links.push((
+                    tracepoint,
+                    attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint)?,
+                ));
                 attached.push(tracepoint);
             }
         }
@@ -294,7 +325,10 @@ impl Probe {
         if hooks.looks_up_fds() {
             let (function, tracepoint) = names::IO_URING_PROGRAM;
             match attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint) {
-                Ok(()) => attached.push(tracepoint),
+                Ok(link) => {
+                    links.push((tracepoint, link));
+                    attached.push(tracepoint);
+                }
                 Err(e) => missing.push(format!("{tracepoint}: {e:#}")),
             }
         }
@@ -303,13 +337,19 @@ impl Probe {
             // by the rescan without their mover (`bypass.left_roots`, `moved_by_*` null).
             for (function, tracepoint) in names::MOVE_PROGRAMS {
                 match attach_btf_tracepoint(&mut ebpf, btf, function, tracepoint) {
-                    Ok(()) => attached.push(tracepoint),
+                    Ok(link) => {
+                        links.push((tracepoint, link));
+                        attached.push(tracepoint);
+                    }
                     Err(e) => missing.push(format!("{tracepoint}: {e:#}")),
                 }
             }
         }
         Ok(Probe {
-            ebpf,
+            ebpf: Some(ebpf),
+            links,
+            pinned: Vec::new(),
+            unpinnable,
             hooks,
             attached,
             missing,
@@ -320,20 +360,32 @@ impl Probe {
     /// Time spent in, and runs of, every loaded program since load (counted by the kernel only
     /// while `kernel.bpf_stats_enabled` is 1).
     pub fn run_stats(&self) -> (u64, u64) {
-        self.ebpf
-            .programs()
+        let Some(ebpf) = &self.ebpf else {
+            return (0, 0);
+        };
+        ebpf.programs()
             .filter_map(|(_, p)| p.info().ok())
             .fold((0, 0), |(ns, n), info| {
                 let run_ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
                 (ns.saturating_add(run_ns), n + info.run_count())
             })
     }
-    /// Takes the maps out of the object (the programs keep their references to them).
-    pub fn split(&mut self) -> anyhow::Result<(ProtectedMaps, Outputs)> {
+    /// Takes the maps out of the object (the programs keep their references to them), and with
+    /// `pin_to` pins each in that folder under its name.
+    pub fn split(&mut self, pin_to: Option<&Path>) -> anyhow::Result<(ProtectedMaps, Outputs)> {
+        let ebpf = self
+            .ebpf
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("adopted programs have no object to take maps from"))?;
         let mut take = |name: &str| {
-            self.ebpf
+            let map = ebpf
                 .take_map(name)
-                .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))
+                .ok_or_else(|| anyhow::anyhow!("map {name} missing from the object"))?;
+            if let Some(dir) = pin_to {
+                map.pin(dir.join(name))
+                    .map_err(|e| anyhow::Error::new(e).context(format!("pinning map {name}")))?;
+            }
+            Ok::<Map, anyhow::Error>(map)
         };
         let typed = |name: &str, e: aya::maps::MapError| anyhow::anyhow!("map {name}: {e}");
         let protected =
@@ -348,6 +400,10 @@ impl Probe {
             RingBuf::try_from(take(names::EVENTS)?).map_err(|e| typed(names::EVENTS, e))?;
         let lost = Array::try_from(take(names::LOST)?).map_err(|e| typed(names::LOST, e))?;
         let seen = HashMap::try_from(take(names::SEEN)?).map_err(|e| typed(names::SEEN, e))?;
+        let lost_reported = match pin_to {
+            Some(dir) => Some(new_lost_reported(dir)?),
+            None => None,
+        };
         Ok((
             ProtectedMaps {
                 protected,
@@ -357,8 +413,238 @@ impl Probe {
                 current: BTreeSet::new(),
                 words: BTreeMap::new(),
             },
-            Outputs { events, lost, seen },
+            Outputs {
+                events,
+                lost,
+                seen,
+                lost_reported,
+            },
         ))
+    }
+
+    /// Pins every attached hook's link in `dir` (`link_<hook>`). Fails when the links cannot be
+    /// pinned; a link whose pinning fails is lost (detached), so the caller must then load
+    /// afresh rather than run on.
+    pub fn pin_links(&mut self, dir: &Path) -> anyhow::Result<()> {
+        self.check_pinnable(dir)?;
+        for (hook, link) in std::mem::take(&mut self.links) {
+            let pinned = link
+                .pin(dir.join(format!("{}{hook}", pins::LINK_PREFIX)))
+                .map_err(|e| {
+                    anyhow::Error::new(e).context(format!("pinning the link of {hook}"))
+                })?;
+            self.pinned.push(pinned);
+        }
+        Ok(())
+    }
+
+    /// Whether these programs can be pinned in `dir`, asked without losing anything: the
+    /// links are pinnable BPF links, and the kernel pins one of the loaded programs (then
+    /// unpinned at once).
+    pub fn check_pinnable(&mut self, dir: &Path) -> anyhow::Result<()> {
+        if let Some(why) = &self.unpinnable {
+            anyhow::bail!("{why}");
+        }
+        // A link whose pin fails is lost (detached) with it; a program's is not: ask the kernel
+        // with a loaded program first.
+        if let Some(ebpf) = self.ebpf.as_mut() {
+            let probe_path = dir.join("probe");
+            if let Some((name, p)) = ebpf.programs_mut().find(|(_, p)| p.fd().is_ok()) {
+                p.pin(&probe_path).map_err(|e| {
+                    anyhow::Error::new(e)
+                        .context(format!("the kernel refused to pin program {name}"))
+                })?;
+                std::fs::remove_file(&probe_path)
+                    .map_err(|e| anyhow::Error::new(e).context("removing the probe pin"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the programs pinned in `dir` by an earlier agent with the same objects and
+    /// settings (the caller checked the marker): their links (so they stay attached while this
+    /// agent runs, and after) and their maps. `fd_lookup` is the marker's. Fails, changing
+    /// nothing, when a pin is missing or of the wrong kind: the caller then replaces them.
+    pub fn adopt(
+        dir: &PinDir,
+        hooks: Hooks,
+        fd_lookup: &str,
+    ) -> anyhow::Result<(Probe, ProtectedMaps, Outputs)> {
+        let fd_lookup = match fd_lookup {
+            "rdonly_cast" => FdLookup::Cast,
+            "probe_read" => FdLookup::ProbeRead {
+                reason: "the pinned programs are the build without kfuncs (chosen when they were first loaded)".to_string(),
+            },
+            "none" => FdLookup::None,
+            other => anyhow::bail!("unknown fd lookup {other:?} in the pin marker"),
+        };
+        let known: Vec<&'static str> = known_hooks();
+        let mut attached = Vec::new();
+        let mut pinned = Vec::new();
+        let entries = dir.entries()?;
+        for name in &entries {
+            if let Some(hook) = name.strip_prefix(pins::LINK_PREFIX) {
+                anyhow::ensure!(known.contains(&hook), "unknown pinned link {name:?}");
+            }
+        }
+        // In the order the agent attaches them, as `agent.started` lists them.
+        for hook in known {
+            let name = format!("{}{hook}", pins::LINK_PREFIX);
+            if !entries.contains(&name) {
+                continue;
+            }
+            let link = PinnedLink::from_pin(dir.path().join(&name))
+                .map_err(|e| anyhow::Error::new(e).context(format!("opening pinned {name}")))?;
+            attached.push(hook);
+            pinned.push(link);
+        }
+        let main = match hooks {
+            Hooks::Lsm => names::LSM_PROGRAM.1,
+            Hooks::Fentry => names::FENTRY_PROGRAM.1,
+            Hooks::Tracepoint => "sys_exit_openat",
+            Hooks::Strict => names::STRICT_PROGRAM.1,
+        };
+        anyhow::ensure!(
+            attached.contains(&main),
+            "the pinned link of {main} is missing"
+        );
+        // What the pinning agent could not attach is not attached now either.
+        let mut missing = Vec::new();
+        let optional = hooks
+            .looks_up_fds()
+            .then_some(names::IO_URING_PROGRAM.1)
+            .into_iter()
+            .chain(names::MOVE_PROGRAMS.iter().map(|(_, tp)| *tp));
+        for hook in optional {
+            if !attached.contains(&hook) {
+                missing.push(format!(
+                    "{hook}: not attached by the agent that pinned the programs"
+                ));
+            }
+        }
+        let open = |name: &str| -> anyhow::Result<Map> {
+            let data = MapData::from_pin(dir.path().join(name))
+                .map_err(|e| anyhow::Error::new(e).context(format!("opening pinned map {name}")))?;
+            Map::from_map_data(data).map_err(|e| anyhow::anyhow!("pinned map {name}: {e}"))
+        };
+        let typed = |name: &str, e: aya::maps::MapError| anyhow::anyhow!("pinned map {name}: {e}");
+        let protected =
+            HashMap::try_from(open(names::PROTECTED)?).map_err(|e| typed(names::PROTECTED, e))?;
+        let filter =
+            Array::try_from(open(names::INO_FILTER)?).map_err(|e| typed(names::INO_FILTER, e))?;
+        let epoch =
+            Array::try_from(open(names::SCAN_EPOCH)?).map_err(|e| typed(names::SCAN_EPOCH, e))?;
+        let excluded = HashMap::try_from(open(names::EXCLUDED_TGIDS)?)
+            .map_err(|e| typed(names::EXCLUDED_TGIDS, e))?;
+        let events =
+            RingBuf::try_from(open(names::EVENTS)?).map_err(|e| typed(names::EVENTS, e))?;
+        let lost = Array::try_from(open(names::LOST)?).map_err(|e| typed(names::LOST, e))?;
+        let seen = HashMap::try_from(open(names::SEEN)?).map_err(|e| typed(names::SEEN, e))?;
+        let lost_reported = Array::try_from(open(pins::LOST_REPORTED)?)
+            .map_err(|e| typed(pins::LOST_REPORTED, e))?;
+        let mut maps = ProtectedMaps {
+            protected,
+            filter,
+            epoch,
+            excluded,
+            current: BTreeSet::new(),
+            words: BTreeMap::new(),
+        };
+        maps.read_back()?;
+        let probe = Probe {
+            ebpf: None,
+            links: Vec::new(),
+            pinned,
+            unpinnable: None,
+            hooks,
+            attached,
+            missing,
+            fd_lookup,
+        };
+        Ok((
+            probe,
+            maps,
+            Outputs {
+                events,
+                lost,
+                seen,
+                lost_reported: Some(lost_reported),
+            },
+        ))
+    }
+}
+
+/// Every hook name a pinned link can carry, in the order `load_object` attaches them.
+fn known_hooks() -> Vec<&'static str> {
+    let mut known: Vec<&'static str> = vec![names::LSM_PROGRAM.1, names::FENTRY_PROGRAM.1];
+    known.extend(names::OPEN_EXIT_PROGRAMS.iter().map(|(_, _, tp)| *tp));
+    known.extend([names::STRICT_PROGRAM.1, names::IO_URING_PROGRAM.1]);
+    known.extend(names::MOVE_PROGRAMS.iter().map(|(_, tp)| *tp));
+    known
+}
+
+/// Makes and pins the agent's own `lost_reported` counter in `dir`, at zero.
+fn new_lost_reported(dir: &Path) -> anyhow::Result<Array<MapData, u64>> {
+    let map: Array<MapData, u64> = Array::create(1, 0)
+        .map_err(|e| anyhow::anyhow!("creating the map {}: {e}", pins::LOST_REPORTED))?;
+    map.pin(dir.join(pins::LOST_REPORTED))
+        .map_err(|e| anyhow::Error::new(e).context(format!("pinning {}", pins::LOST_REPORTED)))?;
+    let data = MapData::from_pin(dir.join(pins::LOST_REPORTED))
+        .map_err(|e| anyhow::Error::new(e).context(format!("opening {}", pins::LOST_REPORTED)))?;
+    Map::from_map_data(data)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", pins::LOST_REPORTED))
+        .and_then(|m| {
+            Array::try_from(m).map_err(|e| anyhow::anyhow!("{}: {e}", pins::LOST_REPORTED))
+        })
+}
+
+/// The pins an earlier agent left that this one replaces: held open so that the old programs
+/// stay attached until the new ones are (no window), then detached, and their queue drained.
+pub struct OldPins {
+    links: Vec<PinnedLink>,
+    /// The old ring buffer, to drain once the old programs are detached.
+    pub events: Option<RingBuf<MapData>>,
+    /// The old loss counter and how much of it was audited.
+    pub lost: Option<(u64, u64)>,
+}
+
+impl OldPins {
+    /// Opens whatever of an earlier agent's pins in `dir` can be opened (nothing is required:
+    /// they may be incomplete, or of another layout).
+    pub fn open(dir: &PinDir) -> OldPins {
+        let mut links = Vec::new();
+        for name in dir.entries().unwrap_or_default() {
+            if name.starts_with(pins::LINK_PREFIX) {
+                match PinnedLink::from_pin(dir.path().join(&name)) {
+                    Ok(l) => links.push(l),
+                    Err(e) => tracing::warn!("bypass audit: old pinned link {name}: {e}"),
+                }
+            }
+        }
+        let open = |name: &str| {
+            MapData::from_pin(dir.path().join(name))
+                .ok()
+                .and_then(|d| Map::from_map_data(d).ok())
+        };
+        let events = open(names::EVENTS).and_then(|m| RingBuf::try_from(m).ok());
+        let counter = |name: &str| {
+            open(name)
+                .and_then(|m| Array::<MapData, u64>::try_from(m).ok())
+                .and_then(|a| a.get(&0, 0).ok())
+        };
+        let lost =
+            counter(names::LOST).map(|total| (total, counter(pins::LOST_REPORTED).unwrap_or(0)));
+        OldPins {
+            links,
+            events,
+            lost,
+        }
+    }
+
+    /// Detaches the old programs (their pins must be gone already): nothing more enters the
+    /// old ring buffer, which can then be drained to its end.
+    pub fn detach(&mut self) {
+        self.links.clear();
     }
 }
 
@@ -369,14 +655,35 @@ fn attach_btf_tracepoint(
     btf: &Btf,
     function: &str,
     tracepoint: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<FdLink> {
     let p: &mut BtfTracePoint = program(ebpf, function)?;
     p.load(tracepoint, btf).map_err(refused(function))?;
-    p.attach()?;
-    Ok(())
+    let id = p.attach()?;
+    Ok(FdLink::from(p.take_link(id)?))
 }
 
 impl ProtectedMaps {
+    /// Learns what adopted maps hold (the protected keys, the filter's nonzero words), so
+    /// that `sync` changes only the difference, and forgets the processes excluded by the
+    /// agent that pinned them (its pid may belong to anyone by now).
+    fn read_back(&mut self) -> anyhow::Result<()> {
+        for key in self.protected.keys() {
+            self.current
+                .insert(key.map_err(|e| anyhow::anyhow!("reading the pinned protected map: {e}"))?);
+        }
+        for (word, bits) in self.filter.iter().enumerate() {
+            let bits = bits.map_err(|e| anyhow::anyhow!("reading the pinned ino_filter: {e}"))?;
+            if bits != 0 {
+                self.words.insert(u32::try_from(word)?, bits);
+            }
+        }
+        let stale: Vec<u32> = self.excluded.keys().filter_map(Result::ok).collect();
+        for tgid in stale {
+            let _ = self.excluded.remove(&tgid);
+        }
+        Ok(())
+    }
+
     /// Never report opens by this thread group (the agent serving a read through the gate).
     pub fn exclude_tgid(&mut self, tgid: u32) -> anyhow::Result<()> {
         self.excluded
@@ -450,6 +757,14 @@ impl ProtectedMaps {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for ProtectedMaps {
+    /// At a stop the pinned programs stay attached: this process's pid must not stay excluded
+    /// while no agent runs (another process could be given it before the next agent starts).
+    fn drop(&mut self) {
+        let _ = self.excluded.remove(&std::process::id());
     }
 }
 

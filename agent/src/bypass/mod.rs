@@ -19,19 +19,21 @@ mod inventory;
 mod kfunc;
 mod loader;
 mod moves;
+pub mod pins;
 mod process;
 mod record;
 mod repeats;
 mod settings;
 
-pub use settings::{BypassConfig, BypassFile, Mode};
+pub use settings::{BypassConfig, BypassFile, Mode, DEFAULT_PIN_DIR};
 
 use crate::Shared;
 use event::RawEvent;
 use fanotify::{FanEvent, Fanotify};
 use inventory::Inventory;
-use loader::{FdLookup, Hooks, Objects, Outputs, Probe, ProtectedMaps};
+use loader::{FdLookup, Hooks, Objects, OldPins, Outputs, Probe, ProtectedMaps};
 use loggate_core::audit::events;
+use pins::{PinDir, PinOutcome};
 use record::{bypass_record, Opened};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -47,11 +49,15 @@ pub enum Startup {
         inventory: Inventory,
         /// Why eBPF was not used (`auto` fell back), if it was tried.
         ebpf_error: Option<String>,
+        /// Pins an earlier eBPF start left, removed (`mode = "fanotify"`).
+        pins: Option<PinReport>,
     },
     Inactive {
         requested: Mode,
         /// `None` when switched off by configuration.
         reason: Option<String>,
+        /// Pins an earlier eBPF start left, removed (`mode = "off"`).
+        pins: Option<PinReport>,
     },
 }
 
@@ -62,6 +68,53 @@ pub struct EbpfAudit {
     maps: ProtectedMaps,
     outputs: Outputs,
     inventory: Inventory,
+    pinning: Pinning,
+}
+
+/// What became of the pin folder at start, for `agent.started`.
+#[derive(Clone, Debug)]
+pub struct PinReport {
+    pub outcome: PinOutcome,
+    /// Why the pins were refused, failed or replaced; null when created or adopted.
+    pub reason: Option<String>,
+}
+
+/// The pin folder as the eBPF audit holds it.
+struct Pinning {
+    report: PinReport,
+    /// The folder, locked for as long as the agent runs (`None` when not pinned).
+    dir: Option<PinDir>,
+    /// An earlier agent's programs, detached already, whose queue is drained first.
+    old: Option<OldPins>,
+}
+
+impl Pinning {
+    fn unpinned(outcome: PinOutcome, reason: Option<String>) -> Pinning {
+        Pinning {
+            report: PinReport { outcome, reason },
+            dir: None,
+            old: None,
+        }
+    }
+}
+
+/// Removes the pins an earlier eBPF start left in `bypass.pin_dir` (bypass off or fanotify:
+/// nothing would drain their queue). `None` when there were none.
+fn remove_pins(config: &BypassConfig) -> Option<PinReport> {
+    if !config.pin_dir.exists() {
+        return None;
+    }
+    let reason = match pins::unpin(&config.pin_dir) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "the pins in {} were left in place: {e:#}",
+            config.pin_dir.display()
+        )),
+    };
+    Some(PinReport {
+        outcome: PinOutcome::Off,
+        reason,
+    })
 }
 
 impl Startup {
@@ -73,6 +126,7 @@ impl Startup {
             return Startup::Inactive {
                 requested: Mode::Off,
                 reason: None,
+                pins: remove_pins(config),
             };
         }
         // Scanned once, whichever mechanism takes it.
@@ -81,20 +135,28 @@ impl Startup {
             Mode::Off | Mode::Fanotify => None,
             Mode::Auto | Mode::Lsm | Mode::Fentry | Mode::Tracepoint | Mode::Strict => {
                 match Self::load_ebpf(config, &inventory) {
-                    Ok((probe, fallback, maps, outputs)) => {
+                    Ok((loaded, fallback)) => {
+                        let Loaded {
+                            probe,
+                            maps,
+                            outputs,
+                            pinning,
+                        } = loaded;
                         return Startup::Ebpf(Box::new(EbpfAudit {
                             probe,
                             fallback,
                             maps,
                             outputs,
                             inventory,
-                        }))
+                            pinning,
+                        }));
                     }
                     Err(e) if config.mode == Mode::Auto => Some(e),
                     Err(e) => {
                         return Startup::Inactive {
                             requested: config.mode,
                             reason: Some(e),
+                            pins: None,
                         }
                     }
                 }
@@ -105,6 +167,10 @@ impl Startup {
                 fan,
                 inventory,
                 ebpf_error,
+                // `auto` fell back: pins still attached keep their queue for the next eBPF start.
+                pins: (config.mode == Mode::Fanotify)
+                    .then(|| remove_pins(config))
+                    .flatten(),
             },
             Err(e) => Startup::Inactive {
                 requested: config.mode,
@@ -112,6 +178,7 @@ impl Startup {
                     Some(ebpf) => format!("eBPF: {ebpf}; fanotify: {e:#}"),
                     None => format!("fanotify: {e:#}"),
                 }),
+                pins: None,
             },
         }
     }
@@ -122,30 +189,186 @@ impl Startup {
     fn load_ebpf(
         config: &BypassConfig,
         inventory: &Inventory,
-    ) -> Result<(Probe, Vec<String>, ProtectedMaps, Outputs), String> {
+    ) -> Result<(Loaded, Vec<String>), String> {
         let mut refused = Vec::new();
         for &hooks in config.mode.ebpf_hooks() {
             match Self::load_hooks(config, inventory, hooks) {
-                Ok((probe, maps, outputs)) => return Ok((probe, refused, maps, outputs)),
+                Ok(loaded) => return Ok((loaded, refused)),
                 Err(e) => refused.push(format!("{}: {e:#}", hooks.name())),
             }
         }
         Err(refused.join("; "))
     }
 
+    /// Loads the programs of `hooks`, or adopts them from the pin folder (see `pins`): pins of
+    /// the same objects are adopted; others are replaced with no window (the new programs are
+    /// attached before the old ones are detached, and the old queue is drained); a folder that
+    /// is not safe is left alone and the programs run unpinned. When the hooks cannot be
+    /// loaded at all, the pins stay as they were (still attached, still queueing).
     fn load_hooks(
         config: &BypassConfig,
         inventory: &Inventory,
         hooks: Hooks,
-    ) -> anyhow::Result<(Probe, ProtectedMaps, Outputs)> {
-        let objects = Objects::Agent {
-            kfuncs: config.kfuncs,
+    ) -> anyhow::Result<Loaded> {
+        if !config.pin {
+            let mut loaded = Self::load_fresh(config, inventory, hooks, None)?;
+            loaded.pinning.report = remove_pins(config).unwrap_or(PinReport {
+                outcome: PinOutcome::Off,
+                reason: None,
+            });
+            return Ok(loaded);
+        }
+        let dir = match PinDir::open(&config.pin_dir) {
+            Ok(dir) => dir,
+            Err(refusal) => {
+                let reason = refusal.to_string();
+                let mut loaded = Self::load_fresh(config, inventory, hooks, None)?;
+                loaded.pinning = Pinning::unpinned(PinOutcome::Refused, Some(reason));
+                return Ok(loaded);
+            }
         };
-        let mut probe = Probe::load(objects, hooks)?;
-        let (mut maps, outputs) = probe.split()?;
+        let identity = pins::identity(
+            hooks.name(),
+            config.kfuncs,
+            std::mem::size_of::<event::RawEvent>(),
+        );
+        let stale = match dir.marker()? {
+            Some((id, lookup)) if id == identity => match Probe::adopt(&dir, hooks, &lookup) {
+                Ok((probe, mut maps, outputs)) => {
+                    maps.exclude_tgid(std::process::id())?;
+                    maps.sync(inventory)?;
+                    return Ok(Loaded {
+                        probe,
+                        maps,
+                        outputs,
+                        pinning: Pinning {
+                            report: PinReport {
+                                outcome: PinOutcome::Adopted,
+                                reason: None,
+                            },
+                            dir: Some(dir),
+                            old: None,
+                        },
+                    });
+                }
+                Err(e) => Some(format!("the pins could not be adopted: {e:#}")),
+            },
+            Some(_) => Some(
+                "the pins were made by other objects or settings (an upgrade, or another mode)"
+                    .to_string(),
+            ),
+            None if dir.entries()?.is_empty() => None,
+            None => Some("the pins were incomplete (an agent stopped while pinning)".to_string()),
+        };
+        // Loaded first, touching no pin: when these hooks are refused (`auto` tries several),
+        // the pins stay as they are, still attached and queueing.
+        let mut probe = Probe::load(Self::objects(config), hooks)?;
+        // The old programs stay attached (held open here) until the new ones are pinned.
+        let old = stale.is_some().then(|| OldPins::open(&dir));
+        if let Err(e) = probe.check_pinnable(dir.path()) {
+            // Nothing was pinned: the programs run as loaded; the old ones are detached (their
+            // queue drained) all the same, since this agent's programs now see the opens.
+            let mut loaded = Self::finish(probe, inventory, None)?;
+            let _ = dir.clear();
+            loaded.pinning = Pinning::unpinned(
+                PinOutcome::Failed,
+                Some(format!(
+                    "{e:#}; opens while the agent restarts are not seen"
+                )),
+            );
+            if let Some(mut old) = old {
+                old.detach();
+                loaded.pinning.old = Some(old);
+            }
+            return Ok(loaded);
+        }
+        let mut loaded = match Self::finish(probe, inventory, Some(&dir)) {
+            Ok(mut loaded) => match dir.mark_complete(&identity, loaded.probe.fd_lookup.name()) {
+                Ok(()) => {
+                    loaded.pinning = Pinning {
+                        report: PinReport {
+                            outcome: if stale.is_some() {
+                                PinOutcome::Replaced
+                            } else {
+                                PinOutcome::Created
+                            },
+                            reason: stale,
+                        },
+                        dir: Some(dir),
+                        old: None,
+                    };
+                    loaded
+                }
+                Err(e) => {
+                    let _ = dir.clear();
+                    loaded.pinning = Pinning::unpinned(
+                        PinOutcome::Failed,
+                        Some(format!("marking the pins complete: {e}")),
+                    );
+                    loaded
+                }
+            },
+            Err(e) => {
+                // A link whose pin failed was detached with it: load afresh, unpinned.
+                let _ = dir.clear();
+                let mut loaded = Self::load_fresh(config, inventory, hooks, None)?;
+                loaded.pinning = Pinning::unpinned(
+                    PinOutcome::Failed,
+                    Some(format!("pinning in {}: {e:#}", dir.path().display())),
+                );
+                loaded
+            }
+        };
+        if let Some(mut old) = old {
+            old.detach();
+            loaded.pinning.old = Some(old);
+        }
+        Ok(loaded)
+    }
+
+    fn objects(config: &BypassConfig) -> Objects {
+        Objects::Agent {
+            kfuncs: config.kfuncs,
+        }
+    }
+
+    /// Loads and attaches the programs, unpinned unless `pin_to`.
+    fn load_fresh(
+        config: &BypassConfig,
+        inventory: &Inventory,
+        hooks: Hooks,
+        pin_to: Option<&PinDir>,
+    ) -> anyhow::Result<Loaded> {
+        Self::finish(
+            Probe::load(Self::objects(config), hooks)?,
+            inventory,
+            pin_to,
+        )
+    }
+
+    /// Takes the loaded programs' maps; with `pin_to`, first empties that folder (an earlier
+    /// agent's pins, held open by the caller) and pins the links and maps there. Then
+    /// excludes this process and fills the protected set.
+    fn finish(
+        mut probe: Probe,
+        inventory: &Inventory,
+        pin_to: Option<&PinDir>,
+    ) -> anyhow::Result<Loaded> {
+        if let Some(dir) = pin_to {
+            dir.clear()?;
+        }
+        if let Some(dir) = pin_to {
+            probe.pin_links(dir.path())?;
+        }
+        let (mut maps, outputs) = probe.split(pin_to.map(PinDir::path))?;
         maps.exclude_tgid(std::process::id())?;
         maps.sync(inventory)?;
-        Ok((probe, maps, outputs))
+        Ok(Loaded {
+            probe,
+            maps,
+            outputs,
+            pinning: Pinning::unpinned(PinOutcome::Created, None),
+        })
     }
 
     fn start_fanotify(inventory: &Inventory) -> anyhow::Result<Fanotify> {
@@ -180,17 +403,26 @@ impl Startup {
                 started.bypass_protected = Some(a.inventory.len() as u64);
                 started.bypass_fallback_reason =
                     (!a.fallback.is_empty()).then(|| a.fallback.join("; "));
+                started.bypass_pins = Some(a.pinning.report.outcome.as_str());
+                started.bypass_pins_reason = a.pinning.report.reason.clone();
             }
             Startup::Fanotify {
                 inventory,
                 ebpf_error,
+                pins,
                 ..
             } => {
                 started.bypass_hooks = vec!["fanotify:FAN_OPEN".to_string()];
                 started.bypass_protected = Some(inventory.len() as u64);
                 started.bypass_fallback_reason = ebpf_error.clone();
+                started.bypass_pins = pins.as_ref().map(|p| p.outcome.as_str());
+                started.bypass_pins_reason = pins.as_ref().and_then(|p| p.reason.clone());
             }
-            Startup::Inactive { .. } => return,
+            Startup::Inactive { pins, .. } => {
+                started.bypass_pins = pins.as_ref().map(|p| p.outcome.as_str());
+                started.bypass_pins_reason = pins.as_ref().and_then(|p| p.reason.clone());
+                return;
+            }
         }
         let ia32 = ia32::detect();
         let seen = !matches!(self, Startup::Ebpf(a) if a.probe.hooks == Hooks::Tracepoint);
@@ -212,6 +444,9 @@ impl Startup {
             started.bypass_notes.push(
                 "fanotify merges an open into an identical one still queued (same process, same file) and counts nothing: each bypass.read stands for one or more opens, so a burst by one process is under-counted, never hidden; the eBPF modes count every repeat".to_string(),
             );
+            started.bypass_notes.push(
+                "fanotify cannot outlive the agent (its marks belong to the agent's file descriptor): opens while the agent restarts are not seen; the eBPF modes pin their programs in bpffs and report them after the restart".to_string(),
+            );
         }
     }
 
@@ -222,6 +457,7 @@ impl Startup {
             Startup::Inactive {
                 requested,
                 reason: Some(reason),
+                ..
             } => {
                 tracing::warn!(
                     "bypass audit UNAVAILABLE: direct reads of protected files are not audited on this host: {reason}"
@@ -238,6 +474,7 @@ impl Startup {
                 fan,
                 inventory,
                 ebpf_error,
+                ..
             } => {
                 if let Some(e) = ebpf_error {
                     tracing::warn!(
@@ -268,7 +505,20 @@ impl Startup {
                     maps,
                     outputs,
                     inventory,
+                    pinning,
                 } = *audit;
+                let Pinning { report, dir, old } = pinning;
+                match report.outcome {
+                    PinOutcome::Refused | PinOutcome::Failed => tracing::warn!(
+                        "bypass audit: the programs are not pinned, so opens while the agent restarts will not be seen: {}",
+                        report.reason.as_deref().unwrap_or("")
+                    ),
+                    PinOutcome::Replaced => tracing::info!(
+                        "bypass audit: replaced the pinned programs: {}",
+                        report.reason.as_deref().unwrap_or("")
+                    ),
+                    _ => {}
+                }
                 for refused in &fallback {
                     tracing::warn!(
                         "bypass audit: using {} mode because the kernel refused {refused}",
@@ -286,14 +536,23 @@ impl Startup {
                     );
                 }
                 let inventory = Arc::new(RwLock::new(inventory));
-                let Outputs { events, lost, seen } = outputs;
+                let Outputs {
+                    events,
+                    lost,
+                    seen,
+                    lost_reported,
+                } = outputs;
                 // SAFETY: the ring buffer owns its map's file descriptor (an OwnedFd inside
                 // MapData, never replaced), so the fd is open and the same for as long as the
                 // RingBuf lives, and the AsyncFd owns the RingBuf.
                 let ring = unsafe {
                     AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE)
                 }?;
-                let counters = Counters { lost, seen };
+                let counters = Counters {
+                    lost,
+                    seen,
+                    lost_reported,
+                };
                 let movers = Movers {
                     seen: loggate_agent_ebpf::names::MOVE_PROGRAMS
                         .iter()
@@ -304,6 +563,7 @@ impl Startup {
                     shared.clone(),
                     ring,
                     counters,
+                    old,
                     inventory.clone(),
                     movers.clone(),
                 ));
@@ -313,6 +573,7 @@ impl Startup {
                     Maintained::Ebpf(Box::new(EbpfMaintained {
                         _probe: probe,
                         maps,
+                        _pins: dir,
                     })),
                     inventory,
                     movers,
@@ -348,6 +609,14 @@ async fn report_held(shared: Arc<Shared>, inventory: Arc<RwLock<Inventory>>) {
     }
 }
 
+/// The programs as loaded or adopted, with their maps and pins.
+struct Loaded {
+    probe: Probe,
+    maps: ProtectedMaps,
+    outputs: Outputs,
+    pinning: Pinning,
+}
+
 /// What the maintenance task keeps up to date.
 enum Maintained {
     /// Owns the probe: the programs stay attached as long as the task runs.
@@ -358,6 +627,8 @@ enum Maintained {
 struct EbpfMaintained {
     _probe: Probe,
     maps: ProtectedMaps,
+    /// The pin folder's lock, held while the agent runs.
+    _pins: Option<PinDir>,
 }
 
 /// The kernel's counters the event reader flushes every second.
@@ -366,6 +637,8 @@ struct Counters {
     lost: aya::maps::Array<aya::maps::MapData, u64>,
     /// Repeated opens per (process, file), see `repeats`.
     seen: aya::maps::HashMap<aya::maps::MapData, repeats::SeenKey, repeats::SeenVal>,
+    /// With pins: how much of `lost` was audited (by this agent or the ones before it).
+    lost_reported: Option<aya::maps::Array<aya::maps::MapData, u64>>,
 }
 
 /// The moves of protected files the event reader has read, and the bell it rings for the
@@ -512,12 +785,30 @@ async fn read_events(
     shared: Arc<Shared>,
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     mut counters: Counters,
+    old: Option<OldPins>,
     inventory: Arc<RwLock<Inventory>>,
     movers: Movers,
 ) {
     let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     let mut repeats = repeats::Repeats::default();
-    let mut lost_reported = 0u64;
+    // What an earlier agent's replaced programs queued, first (they are detached already).
+    if let Some(mut old) = old {
+        if let Some(events) = old.events.as_mut() {
+            let batch = drain(events, &mut names);
+            audit_batch(&shared, &inventory, &mut repeats, &movers, batch);
+        }
+        if let Some((total, reported)) = old.lost {
+            if total > reported {
+                audit_lost(&shared, total, total - reported, "ring buffer full");
+            }
+        }
+    }
+    // With pins, what was lost while no agent ran is reported at the first flush.
+    let mut lost_reported = counters
+        .lost_reported
+        .as_ref()
+        .and_then(|r| r.get(&0, 0).ok())
+        .unwrap_or(0);
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -543,6 +834,11 @@ async fn read_events(
                 if total > lost_reported {
                     audit_lost(&shared, total, total - lost_reported, "ring buffer full");
                     lost_reported = total;
+                    if let Some(r) = counters.lost_reported.as_mut() {
+                        if let Err(e) = r.set(0, total, 0) {
+                            tracing::error!("bypass audit: recording the losses reported: {e}");
+                        }
+                    }
                 }
             }
         }

@@ -5,11 +5,14 @@ use super::loader::Hooks;
 use anyhow::bail;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
 use std::time::Duration;
 
 /// Entries the kernel maps hold at most (`max_entries` in logaudit.bpf.c).
 const MAP_CAPACITY: usize = 65536;
+
+/// Where the eBPF programs' links and maps are pinned by default (`bypass.pin_dir`).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/loggate";
 
 /// `[bypass]` in the agent configuration (documented in docs/configuration.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -23,6 +26,8 @@ pub struct BypassFile {
     max_protected: usize,
     uid_subjects: BTreeMap<String, String>,
     kfuncs: bool,
+    pin: bool,
+    pin_dir: PathBuf,
 }
 
 impl Default for BypassFile {
@@ -35,6 +40,8 @@ impl Default for BypassFile {
             max_protected: MAP_CAPACITY,
             uid_subjects: BTreeMap::new(),
             kfuncs: true,
+            pin: true,
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
         }
     }
 }
@@ -107,6 +114,12 @@ pub struct BypassConfig {
     /// Whether the eBPF program may call kfuncs (`bpf_rdonly_cast`); when false the agent loads
     /// the build that reads grown fd tables with `bpf_probe_read_kernel`.
     pub kfuncs: bool,
+    /// Whether the eBPF programs' links and maps are pinned in bpffs, so that they stay
+    /// attached and keep queueing while the agent restarts (`bypass.pin`; see `pins`).
+    pub pin: bool,
+    /// The bpffs folder of the pins (`bypass.pin_dir`); with `pin = false` the agent removes
+    /// what an earlier start left there.
+    pub pin_dir: PathBuf,
 }
 
 impl Default for BypassConfig {
@@ -150,6 +163,18 @@ impl BypassFile {
         if self.max_protected == 0 || self.max_protected > MAP_CAPACITY {
             bail!("bypass.max_protected must be between 1 and {MAP_CAPACITY}");
         }
+        if !self.pin_dir.is_absolute()
+            || self.pin_dir.parent().is_none()
+            || self
+                .pin_dir
+                .components()
+                .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        {
+            bail!(
+                "bypass.pin_dir: {} must be an absolute folder path without `.` or `..`, e.g. {DEFAULT_PIN_DIR}",
+                self.pin_dir.display()
+            );
+        }
         let mut uid_subjects = BTreeMap::new();
         for (uid, name) in self.uid_subjects {
             let Ok(id) = uid.parse::<u32>() else {
@@ -172,6 +197,8 @@ impl BypassFile {
             max_protected: self.max_protected,
             uid_subjects,
             kfuncs: self.kfuncs,
+            pin: self.pin,
+            pin_dir: self.pin_dir,
         })
     }
 }
@@ -228,5 +255,19 @@ mod tests {
         assert!(parse("").expect("defaults").kfuncs);
         assert!(!parse("kfuncs = false").expect("valid").kfuncs);
         assert!(parse("kfuncs = \"no\"").is_err());
+    }
+
+    #[test]
+    fn pins_are_made_in_an_absolute_bpffs_folder_unless_switched_off() {
+        let defaults = parse("").expect("defaults");
+        assert!(defaults.pin);
+        assert_eq!(defaults.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        let off = parse("pin = false").expect("valid");
+        assert!(!off.pin);
+        let moved = parse("pin_dir = \"/sys/fs/bpf/lg\"").expect("valid");
+        assert_eq!(moved.pin_dir, PathBuf::from("/sys/fs/bpf/lg"));
+        for bad in ["\"loggate\"", "\"/\"", "\"/sys/fs/bpf/../lg\"", "1"] {
+            assert!(parse(&format!("pin_dir = {bad}")).is_err(), "{bad}");
+        }
     }
 }

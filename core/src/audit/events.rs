@@ -2013,6 +2013,18 @@ audit_event! {
         /// 32-bit opens in `tracepoint` mode on a kernel that runs them; `fanotify`'s process
         /// fields, often null for short-lived readers; empty when there is nothing to say
         bypass_notes: Vec<String>,
+        /// eBPF modes: what became of the programs pinned in bpffs (`bypass.pin_dir`):
+        /// `created`, `adopted` (an earlier agent's, with what they queued while no agent ran),
+        /// `replaced` (other objects: an upgrade; the new programs were attached first),
+        /// `refused` (the folder is not safe, or another agent holds it: not pinned), `failed`
+        /// (not pinned); `off` when `bypass.pin = false` (an earlier start's pins removed),
+        /// or when `mode = "off"` or `"fanotify"` removed an earlier start's pins; null in
+        /// those modes when there were none
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bypass_pins: Option<&'static str>,
+        /// why the pins were refused, failed or replaced (or could not be removed)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bypass_pins_reason: Option<String>,
     }
     ocsf: |e, on| Ocsf::event_log(format!("agent {} started (bypass audit: {})", on.host, e.bypass_mode), on),
 }

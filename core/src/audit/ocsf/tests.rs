@@ -273,6 +273,8 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "bypass_fd_lookup_reason": null, "bypass_protected": 4,
             "bypass_ia32_syscalls": "enabled", "bypass_ia32_seen": false,
             "bypass_notes": ["32-bit (int 0x80) opens are not seen in tracepoint mode and this kernel runs 32-bit syscalls: set bypass.mode = \"strict\", or boot with ia32_emulation=0 where nothing needs 32-bit programs"],
+            "bypass_pins": "replaced",
+            "bypass_pins_reason": "the pins were made by other objects or settings (an upgrade, or another mode)",
         }),
         "agent.stopped" => json!({ "agent_id": "web-1" }),
         "controller.started" => json!({
