@@ -19,7 +19,9 @@
 //! runtime of its own and panics when called from inside a tokio runtime, and
 //! `block_in_place` would panic on the current-thread runtimes of the tests. So each
 //! PostgreSQL connection is owned by a plain thread; a call sends it the SQL and owned values
-//! and waits for the owned rows. The caller blocks exactly as it did on SQLite's lock.
+//! and waits for the owned rows. The caller's thread blocks as it did on SQLite's lock, but a
+//! tokio worker hands its other tasks to another thread meanwhile ([`off_the_worker`]): a
+//! statement waiting on the network or on another replica's lock does not stall them.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -65,6 +67,38 @@ pub enum Error {
          agents resynchronise under a new epoch"
     )]
     DatabaseRestored(i64),
+}
+
+/// Whether `e` failed because the PostgreSQL server could not be reached or went away (it is
+/// down, restarting, refusing connections, or the connection broke): a condition that passes,
+/// for which the caller should retry later, unlike an error of the statement or the data.
+/// Classified by the error's type and SQLSTATE, never by its text.
+pub fn database_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let pg = match cause.downcast_ref::<Error>() {
+            Some(Error::Postgres(pg)) => pg,
+            Some(_) => return false,
+            None => match cause.downcast_ref::<postgres::Error>() {
+                Some(pg) => pg,
+                None => return false,
+            },
+        };
+        match pg.as_db_error() {
+            // No answer from a server: the connection failed, closed or timed out.
+            None => true,
+            Some(db) => {
+                use postgres::error::SqlState;
+                let code = db.code();
+                code.code().starts_with("08")
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                    ]
+                    .contains(code)
+            }
+        }
+    })
 }
 
 fn postgres_message(e: &postgres::Error) -> String {
@@ -569,6 +603,94 @@ fn listen_until_lost(
     }
 }
 
+/// The advisory lock key of the singleton jobs ("lgjobs"): the replica whose session holds it
+/// runs the jobs that must run once for the whole cluster ([`lead_singleton_jobs`]).
+pub const JOBS_LOCK: i64 = 0x6c67_6a6f_6273;
+
+/// How often a replica that does not lead tries to take [`JOBS_LOCK`], and how often the
+/// leader checks that the session holding it is still alive: a leader killed (its session ends
+/// and PostgreSQL releases the lock) is replaced within about this long, a leader cut off from
+/// the database stops leading within about this long plus the client's timeouts.
+pub const JOBS_LEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps `leader` (a store's) true while this process holds the singleton jobs' session-scoped
+/// advisory lock [`JOBS_LOCK`] on the PostgreSQL database at `url`, on a dedicated connection
+/// and thread: a replica that does not lead tries `pg_try_advisory_lock` every
+/// [`JOBS_LEASE_RETRY`]; the leader checks its session as often and gives the lead up
+/// (`leader` false) the moment a check fails, then competes again on a new connection. The
+/// lock belongs to the session, so a leader that dies, however it dies, releases it when
+/// PostgreSQL sees its connection end. Who leads is logged (`replica`, with the database's
+/// backend pid). The thread ends, closing its connection and so releasing the lock, within
+/// [`JOBS_LEASE_RETRY`] of the last strong reference to `leader` being dropped.
+pub fn lead_singleton_jobs(
+    url: &str,
+    leader: std::sync::Weak<std::sync::atomic::AtomicBool>,
+    replica: String,
+) -> anyhow::Result<()> {
+    let config: postgres::Config = url.parse().map_err(|e| {
+        anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
+    })?;
+    let config = with_timeouts(config);
+    std::thread::Builder::new()
+        .name("postgres-jobs".into())
+        .spawn(move || {
+            while leader.strong_count() > 0 {
+                if let Err(e) = hold_jobs_lock(&config, &leader, &replica) {
+                    tracing::warn!(
+                        %replica,
+                        "the singleton jobs' PostgreSQL session failed (retrying in {JOBS_LEASE_RETRY:?}): {}",
+                        Error::from(e)
+                    );
+                }
+                set_leader(&leader, false, &replica);
+                std::thread::sleep(JOBS_LEASE_RETRY);
+            }
+        })?;
+    Ok(())
+}
+
+/// Sets the store's leader flag, logging each change of who leads.
+fn set_leader(leader: &std::sync::Weak<std::sync::atomic::AtomicBool>, leads: bool, replica: &str) {
+    let Some(flag) = leader.upgrade() else { return };
+    let was = flag.swap(leads, std::sync::atomic::Ordering::SeqCst);
+    if was && !leads {
+        tracing::warn!(%replica, "this replica no longer runs the singleton jobs");
+    }
+}
+
+/// One session of [`lead_singleton_jobs`]: competes for the lock, then holds it, until the
+/// connection fails (`Err`) or the store is gone (`Ok`).
+fn hold_jobs_lock(
+    config: &postgres::Config,
+    leader: &std::sync::Weak<std::sync::atomic::AtomicBool>,
+    replica: &str,
+) -> Result<(), postgres::Error> {
+    let mut client = connect_session(config)?;
+    let backend_pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+    loop {
+        let Some(flag) = leader.upgrade() else {
+            return Ok(());
+        };
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            // Leading: the lock stays held as long as this session lives.
+            client.batch_execute("SELECT 1")?;
+        } else {
+            let taken: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&JOBS_LOCK])?
+                .get(0);
+            if taken {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(
+                    %replica, backend_pid,
+                    "this replica now runs the singleton jobs (request expiry)"
+                );
+            }
+        }
+        drop(flag);
+        std::thread::sleep(JOBS_LEASE_RETRY);
+    }
+}
+
 /// The advisory lock key of the revision log's writers ("lgrevs" in ASCII), which every store
 /// transaction on PostgreSQL takes first ([`Connection::transaction`]).
 pub const REVISIONS_LOCK: i64 = 0x6c67_7265_7673;
@@ -810,6 +932,23 @@ impl PgSession {
     }
 }
 
+/// Runs `wait` (a wait on a PostgreSQL connection's thread, which waits on the network, the
+/// server or another replica's lock, up to [`PG_LOCK_TIMEOUT`] and [`PG_STATEMENT_TIMEOUT`])
+/// without holding up the other tasks of the tokio worker thread it is called on: on a
+/// multi-thread runtime's worker through `block_in_place` (the runtime hands the worker's
+/// other tasks to another thread meanwhile); on a plain thread, or a current-thread runtime
+/// (where `block_in_place` would panic), as it is. The store stays synchronous for its
+/// callers; this is what keeps a slow database from stalling the agents' streams and the
+/// CLI's calls that share the worker.
+pub fn off_the_worker<R>(wait: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
 /// One PostgreSQL connection, owned by a thread of its own (see the module's doc).
 pub struct PgConnection {
     jobs: mpsc::Sender<Job>,
@@ -894,7 +1033,7 @@ impl PgConnection {
                 let _ = tx.send(result);
             }))
             .map_err(|_| Error::ConnectionGone)?;
-        rx.recv().map_err(|_| Error::ConnectionGone)?
+        off_the_worker(|| rx.recv()).map_err(|_| Error::ConnectionGone)?
     }
 
     fn execute(&self, sql: &str, values: Vec<Value>) -> Result<usize> {
