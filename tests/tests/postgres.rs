@@ -204,7 +204,10 @@ struct ReplicaB {
 
 impl ReplicaB {
     fn start(cluster: &Cluster) -> anyhow::Result<ReplicaB> {
-        let addr = loggate_tests::free_addr()?;
+        Self::start_at(cluster, loggate_tests::free_addr()?)
+    }
+
+    fn start_at(cluster: &Cluster, addr: std::net::SocketAddr) -> anyhow::Result<ReplicaB> {
         let dir = cluster.dir.join("controller-b");
         std::fs::create_dir_all(&dir)?;
         let config = std::fs::read_to_string(&cluster.controller_config)?
@@ -388,21 +391,59 @@ fn two_replicas_serve_agents_spread_over_both_and_a_killed_ones_agent_moves_miss
     cluster.add_agent("web-2", &[&logs], "")?;
     name_replica_a(&cluster)?;
     cluster.start_controller()?;
-    let mut b = ReplicaB::start(&cluster)?;
-    let (a_addr, b_addr) = (cluster.controller_addr.to_string(), b.addr.to_string());
-    cluster.set_agent_controllers("web-1", &[a_addr.clone(), b_addr.clone()])?;
-    cluster.set_agent_controllers("web-2", &[b_addr.clone(), a_addr.clone()])?;
+    let b_addr = loggate_tests::free_addr()?;
+    let a_addr = cluster.controller_addr.to_string();
+    cluster.set_agent_controllers("web-1", &[a_addr.clone(), b_addr.to_string()])?;
+    cluster.set_agent_controllers("web-2", &[b_addr.to_string(), a_addr.clone()])?;
+    let listed_on = |cluster: &Cluster, id: &str| -> anyhow::Result<Option<(bool, String)>> {
+        Ok(
+            agent_list_on(|args: &[&str]| cluster.run_cli("admin", args))?
+                .get(id)
+                .cloned(),
+        )
+    };
+    // web-1 starts while B is not running yet: wherever it starts, it ends on A.
     cluster.start_agent("web-1")?;
-    cluster.start_agent("web-2")?;
+    wait_until("web-1 on replica-a", Duration::from_secs(30), || {
+        Ok(listed_on(&cluster, "web-1")? == Some((true, "replica-a".to_string())))
+    })?;
+    let mut b = ReplicaB::start_at(&cluster, b_addr)?;
+    // An agent starts at a random address of its list: web-2 is started again (bounded) until
+    // it is on B, so that each replica has an agent.
+    let connected_to = |cluster: &Cluster, b: &ReplicaB| -> anyhow::Result<(bool, bool)> {
+        let on_b = agent_list_on(|args: &[&str]| b.cli("admin", args))?;
+        Ok((
+            listed_on(cluster, "web-2")?.is_some_and(|(c, _)| c),
+            on_b.get("web-2").is_some_and(|(c, _)| *c),
+        ))
+    };
+    let mut on_b_at_last = false;
+    for _ in 0..12 {
+        cluster.start_agent("web-2")?;
+        wait_until("web-2 connected", Duration::from_secs(30), || {
+            let (a, b) = connected_to(&cluster, &b)?;
+            Ok(a || b)
+        })?;
+        if connected_to(&cluster, &b)?.1 {
+            on_b_at_last = true;
+            break;
+        }
+        cluster.stop_agent("web-2");
+        wait_until("web-2 gone from A", Duration::from_secs(30), || {
+            Ok(!connected_to(&cluster, &b)?.0)
+        })?;
+    }
+    anyhow::ensure!(
+        on_b_at_last,
+        "web-2 never started on replica B in 12 starts"
+    );
     let on_a = |args: &[&str]| cluster.run_cli("admin", args);
     let on_b = |args: &[&str]| b.cli("admin", args);
 
-    // Each agent on its first address; each replica's listing names where each one is.
-    wait_until("both agents registered", Duration::from_secs(20), || {
-        let listed = agent_list_on(on_a)?;
-        Ok(listed.get("web-1").is_some_and(|(_, r)| r == "replica-a")
-            && listed.get("web-2").is_some_and(|(_, r)| r == "replica-b"))
-    })?;
+    // Each replica's listing names where each agent is; `connected` is true on that replica.
+    let from_a = agent_list_on(on_a)?;
+    assert_eq!(from_a["web-1"], (true, "replica-a".to_string()));
+    assert_eq!(from_a["web-2"], (false, "replica-b".to_string()));
     let from_b = agent_list_on(on_b)?;
     assert_eq!(from_b["web-1"], (false, "replica-a".to_string()));
     assert_eq!(from_b["web-2"], (true, "replica-b".to_string()));
@@ -472,8 +513,9 @@ approver_groups = ["sre"]
 const LEADS: &str = "this replica now runs the singleton jobs";
 
 /// Of two replicas on one PostgreSQL exactly one runs the request expiry sweep (the log says
-/// which): a request made on the other expires once, recorded by the leader alone. The leader
-/// SIGKILLed, the other takes the lead within a bounded time and the sweep still runs there.
+/// which): while the leader is paused, a request made on the other stays pending past its
+/// expiry; resumed, the leader expires it, once. The leader SIGKILLed, the other takes the
+/// lead within a bounded time and the sweep still runs there.
 #[test]
 fn one_of_two_replicas_runs_the_request_expiry_and_the_other_takes_over_when_it_is_killed(
 ) -> anyhow::Result<()> {
@@ -531,12 +573,45 @@ fn one_of_two_replicas_runs_the_request_expiry_and_the_other_takes_over_when_it_
             .filter(|e| e["event"] == "access.expired" && e["request_id"] == id)
             .count()
     };
-    // Made on the replica that does not lead (whose own timer would expire it first).
-    let id = if a_leads_now {
-        request(&on_b)?
+    // The leader paused (SIGSTOP: its session, and so the lock, stay alive): a request made
+    // on the other replica (whose own timer would expire it) stays pending past its expiry,
+    // since the other replica does not run the sweep.
+    let leader_pid = if a_leads_now {
+        cluster.controller_pid()
     } else {
-        request(&on_a)?
+        b.child.as_ref().map(|c| c.id())
+    }
+    .map(|pid| pid.to_string())
+    .ok_or_else(|| anyhow::anyhow!("no leader process"))?;
+    let signal = |name: &str| -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([name, leader_pid.as_str()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill {name} {leader_pid}");
+        Ok(())
     };
+    signal("-STOP")?;
+    let paused = (|| {
+        let id = if a_leads_now {
+            request(&on_b)?
+        } else {
+            request(&on_a)?
+        };
+        // Due after 2 s; three more sweeps' worth of time.
+        std::thread::sleep(Duration::from_secs(8));
+        let state = pg.psql(
+            "loggate",
+            &format!("SELECT state FROM requests WHERE id = '{id}'"),
+        )?;
+        Ok::<_, anyhow::Error>((id, state))
+    })();
+    signal("-CONT")?;
+    let (id, state) = paused?;
+    assert_eq!(
+        state.trim(),
+        "pending",
+        "expired while its leader was paused"
+    );
     let (leader_events, other_events): (
         Box<dyn Fn() -> Vec<serde_json::Value>>,
         Box<dyn Fn() -> Vec<serde_json::Value>>,
@@ -551,6 +626,7 @@ fn one_of_two_replicas_runs_the_request_expiry_and_the_other_takes_over_when_it_
             Box::new(|| cluster.controller_events()),
         )
     };
+    // Resumed, the leader expires it.
     wait_until("the request expired", Duration::from_secs(20), || {
         Ok(expired_in(leader_events(), &id) + expired_in(other_events(), &id) > 0)
     })?;
