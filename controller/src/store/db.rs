@@ -52,6 +52,16 @@ pub enum Error {
     /// The connection's thread is gone (it panicked): the controller must restart.
     #[error("the PostgreSQL connection's thread has stopped; restart the controller")]
     ConnectionGone,
+    /// Connecting (TCP, TLS and authentication together) took longer than its bound
+    /// ([`PG_CONNECT_TOTAL`]): the server, or something in front of it, does not answer.
+    #[error(
+        "connecting to PostgreSQL took longer than {0:?}; check that the database server answers"
+    )]
+    ConnectTimedOut(std::time::Duration),
+    /// Earlier connection attempts still wait on a server that does not answer (or no thread
+    /// could be started for one): no new one is made until they end.
+    #[error("{0} earlier connection attempts to PostgreSQL still wait for the server to answer; check that the database server answers")]
+    ConnectStalled(usize),
     /// A write that must change exactly one row changed another number: another controller
     /// changed the row first (the transaction is rolled back, nothing is stored).
     #[error("{0} was changed by another controller at the same time; nothing was stored, retry")]
@@ -77,6 +87,7 @@ pub fn database_unavailable(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
         let pg = match cause.downcast_ref::<Error>() {
             Some(Error::Postgres(pg)) => pg,
+            Some(Error::ConnectTimedOut(_) | Error::ConnectStalled(_)) => return true,
             Some(_) => return false,
             None => match cause.downcast_ref::<postgres::Error>() {
                 Some(pg) => pg,
@@ -551,7 +562,7 @@ pub fn listen_for_changes(
                         tracing::warn!(
                             "the change feed's PostgreSQL listener lost its connection \
                              (retrying in {backoff:?}): {}",
-                            Error::from(e)
+                            e
                         );
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
@@ -568,9 +579,9 @@ fn listen_until_lost(
     config: &postgres::Config,
     wake: &std::sync::Weak<tokio::sync::Notify>,
     backoff: &mut std::time::Duration,
-) -> Result<(), postgres::Error> {
+) -> Result<()> {
     use postgres::fallible_iterator::FallibleIterator;
-    let mut client = config.connect(postgres::NoTls)?;
+    let mut client = connect_within(config, PG_CONNECT_TOTAL)?;
     client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))?;
     *backoff = std::time::Duration::from_millis(100);
     let poke = || match wake.upgrade() {
@@ -639,7 +650,7 @@ pub fn lead_singleton_jobs(
                     tracing::warn!(
                         %replica,
                         "the singleton jobs' PostgreSQL session failed (retrying in {JOBS_LEASE_RETRY:?}): {}",
-                        Error::from(e)
+                        e
                     );
                 }
                 set_leader(&leader, false, &replica);
@@ -664,7 +675,7 @@ fn hold_jobs_lock(
     config: &postgres::Config,
     leader: &std::sync::Weak<std::sync::atomic::AtomicBool>,
     replica: &str,
-) -> Result<(), postgres::Error> {
+) -> Result<()> {
     let mut client = connect_session(config)?;
     let backend_pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
     loop {
@@ -709,6 +720,72 @@ pub const PG_STATEMENT_TIMEOUT: &str = "15s";
 /// after this long instead of hanging them for ever.
 pub const PG_LOCK_TIMEOUT: &str = "10s";
 
+/// The longest connecting to PostgreSQL may take as a whole: the TCP connect, TLS and
+/// authentication together ([`connect_within`]). The client's own `connect_timeout`
+/// ([`PG_CONNECT_TIMEOUT`]) bounds only the TCP connect: a server (or a proxy) that accepts the
+/// connection and then never answers would otherwise hold the caller for ever.
+pub const PG_CONNECT_TOTAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connection attempts given up by [`connect_within`] whose threads still wait on a server that
+/// does not answer; while this many wait, a new attempt is refused at once, so a server that
+/// stalls every connection costs a bounded number of threads and sockets.
+const MAX_ABANDONED_CONNECTS: usize = 4;
+static ABANDONED_CONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Connects with `config`, giving up after `total` ([`PG_CONNECT_TOTAL`]) whatever stage the
+/// connection is at. The blocking client cannot be interrupted, so the attempt runs on a thread
+/// of its own: given up, that thread is left to end when the server answers or the connection
+/// fails (a client it then gets is dropped, closing it); at most [`MAX_ABANDONED_CONNECTS`]
+/// are left waiting at a time.
+fn connect_within(
+    config: &postgres::Config,
+    total: std::time::Duration,
+) -> Result<postgres::Client> {
+    use std::sync::atomic::Ordering;
+    if ABANDONED_CONNECTS.load(Ordering::SeqCst) >= MAX_ABANDONED_CONNECTS {
+        return Err(Error::ConnectStalled(MAX_ABANDONED_CONNECTS));
+    }
+    #[derive(Default)]
+    struct Attempt {
+        result: Option<Result<postgres::Client, postgres::Error>>,
+        abandoned: bool,
+    }
+    let shared = std::sync::Arc::new((
+        std::sync::Mutex::new(Attempt::default()),
+        std::sync::Condvar::new(),
+    ));
+    let config = config.clone();
+    let theirs = shared.clone();
+    std::thread::Builder::new()
+        .name("postgres-connect".into())
+        .spawn(move || {
+            let result = config.connect(postgres::NoTls);
+            let (attempt, done) = &*theirs;
+            let mut attempt = attempt.lock().unwrap_or_else(|p| p.into_inner());
+            if attempt.abandoned {
+                // Nobody waits: the client (if any) is dropped here, closing its connection.
+                ABANDONED_CONNECTS.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                attempt.result = Some(result);
+                done.notify_one();
+            }
+        })
+        .map_err(|_| Error::ConnectStalled(0))?;
+    let (attempt, done) = &*shared;
+    let attempt = attempt.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut attempt, _) = done
+        .wait_timeout_while(attempt, total, |a| a.result.is_none())
+        .unwrap_or_else(|p| p.into_inner());
+    match attempt.result.take() {
+        Some(result) => Ok(result?),
+        None => {
+            attempt.abandoned = true;
+            ABANDONED_CONNECTS.fetch_add(1, Ordering::SeqCst);
+            Err(Error::ConnectTimedOut(total))
+        }
+    }
+}
+
 /// `config` with the store's connection timeouts ([`PG_CONNECT_TIMEOUT`], keepalives).
 fn with_timeouts(mut config: postgres::Config) -> postgres::Config {
     config
@@ -720,8 +797,8 @@ fn with_timeouts(mut config: postgres::Config) -> postgres::Config {
 
 /// Connects with `config` and sets the session's timeouts ([`PG_STATEMENT_TIMEOUT`],
 /// [`PG_LOCK_TIMEOUT`]); set after connecting, so they hold whatever the URL's `options` say.
-fn connect_session(config: &postgres::Config) -> Result<postgres::Client, postgres::Error> {
-    let mut client = config.connect(postgres::NoTls)?;
+fn connect_session(config: &postgres::Config) -> Result<postgres::Client> {
+    let mut client = connect_within(config, PG_CONNECT_TOTAL)?;
     client.batch_execute(&format!(
         "SET statement_timeout = '{PG_STATEMENT_TIMEOUT}'; SET lock_timeout = '{PG_LOCK_TIMEOUT}'"
     ))?;
@@ -974,7 +1051,7 @@ impl PgConnection {
                 let client = match connect_session(&config) {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.into()));
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
@@ -1001,7 +1078,7 @@ impl PgConnection {
                                 session.check_not_restored();
                             }
                             Err(e) => {
-                                tracing::warn!("cannot reconnect to PostgreSQL: {}", Error::from(e))
+                                tracing::warn!("cannot reconnect to PostgreSQL: {e}")
                             }
                         }
                     }
@@ -1185,6 +1262,40 @@ impl rusqlite::ToSql for Value {
 #[cfg(test)]
 mod tests {
     use super::postgres_sql;
+
+    /// A server that accepts the TCP connection and then never answers (a stalled database or
+    /// proxy) fails the connection after [`super::PG_CONNECT_TOTAL`], as the database being
+    /// unavailable, instead of holding the controller for ever; the client's `connect_timeout`
+    /// alone bounds only the TCP connect.
+    #[test]
+    fn connecting_to_a_server_that_never_answers_fails_within_the_total_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // Accepts and holds connections, answering nothing (bounded: ends with the test).
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().take(8) {
+                held.push(conn);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        });
+        let url = format!("postgres://loggate@127.0.0.1:{port}/loggate");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::time::Instant::now();
+        std::thread::spawn(move || {
+            let _ = tx.send(super::PgConnection::connect(&url).map(|_| ()));
+        });
+        let result = rx
+            .recv_timeout(super::PG_CONNECT_TOTAL + std::time::Duration::from_secs(5))
+            .expect("connecting did not end within its bound");
+        let err = result.expect_err("connected to a server that never answers");
+        assert!(started.elapsed() >= super::PG_CONNECT_TOTAL, "{err:#}");
+        assert!(super::database_unavailable(&err), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("took longer than 10s"),
+            "{err:#}"
+        );
+    }
 
     #[test]
     fn placeholders_become_postgres_ones_outside_quoted_text() {
