@@ -852,6 +852,26 @@ mod tests {
         ControllerConfig::load(&path)
     }
 
+    /// `replica_name` (shown by `agent list`, stored with registrations) takes a plain name
+    /// and defaults to the host's; anything else refuses the load, naming the rule.
+    #[test]
+    fn replica_name_is_a_plain_name_and_defaults_to_the_hosts() {
+        let named = load_with("replica_name = \"ctl-a.eu_1\"").expect("a plain name");
+        assert_eq!(named.replica_name().expect("valid"), "ctl-a.eu_1");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+        let default = load_with("").expect("no replica_name");
+        assert_eq!(default.replica_name().expect("the host's"), host.trim());
+        for bad in ["", "a b", "ctl\\u001b[31m", "é", &"x".repeat(65)] {
+            let err = load_with(&format!("replica_name = \"{bad}\""))
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was taken"));
+            assert!(
+                format!("{err:#}").contains("is not a valid replica name: use 1 to 64 ASCII"),
+                "{bad:?}: {err:#}"
+            );
+        }
+    }
+
     /// A configuration file with only `database` (a PostgreSQL URL) beside the minimum, at `mode`.
     fn load_database(database: &str, mode: u32) -> anyhow::Result<ControllerConfig> {
         use std::os::unix::fs::PermissionsExt;

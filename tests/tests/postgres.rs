@@ -196,7 +196,6 @@ fn check_config_never_prints_the_database_password_and_refuses_it_readable_by_ot
 /// address, audit file and `replica_name`; its users' client configurations point at it.
 struct ReplicaB {
     child: Option<std::process::Child>,
-    addr: std::net::SocketAddr,
     dir: PathBuf,
     clients: PathBuf,
     bins: PathBuf,
@@ -254,7 +253,6 @@ impl ReplicaB {
             .spawn()?;
         let b = ReplicaB {
             child: Some(child),
-            addr,
             dir,
             clients,
             bins: cluster.bins.clone(),
@@ -509,6 +507,12 @@ approval = "approvers"
 approver_groups = ["sre"]
 "#;
 
+/// A replica's audit records, read when called.
+type Events<'a> = Box<dyn Fn() -> Vec<serde_json::Value> + 'a>;
+
+/// The grants a load loop issued, and its failed calls (exit code, stderr).
+type LoadOutcome = (Vec<String>, Vec<(Option<i32>, String)>);
+
 /// The log line of the replica that runs the singleton jobs (store::db::lead_singleton_jobs).
 const LEADS: &str = "this replica now runs the singleton jobs";
 
@@ -612,10 +616,7 @@ fn one_of_two_replicas_runs_the_request_expiry_and_the_other_takes_over_when_it_
         "pending",
         "expired while its leader was paused"
     );
-    let (leader_events, other_events): (
-        Box<dyn Fn() -> Vec<serde_json::Value>>,
-        Box<dyn Fn() -> Vec<serde_json::Value>>,
-    ) = if a_leads_now {
+    let (leader_events, other_events): (Events<'_>, Events<'_>) = if a_leads_now {
         (
             Box::new(|| cluster.controller_events()),
             Box::new(|| b.events()),
@@ -688,53 +689,51 @@ fn the_database_restarted_under_load_loses_nothing_and_the_cli_names_it_meanwhil
             glob.clone(),
             stop.clone(),
         );
-        std::thread::spawn(
-            move || -> anyhow::Result<(Vec<String>, Vec<(Option<i32>, String)>)> {
-                let (mut issued, mut failed) = (Vec::new(), Vec::new());
-                // Bounded in count and time.
-                let deadline = Instant::now() + Duration::from_secs(90);
-                for _ in 0..400 {
-                    if stop.load(std::sync::atomic::Ordering::SeqCst) || Instant::now() > deadline {
-                        break;
-                    }
-                    let started = Instant::now();
-                    let out = Command::new(bins.join("loggate"))
-                        .env("LOGGATE_CONFIG", &config)
-                        .stdin(Stdio::null())
-                        .args([
-                            "grant",
-                            "issue",
-                            "--subject",
-                            "alice",
-                            "--host",
-                            "web-1",
-                            "--path",
-                            &glob,
-                            "--ttl",
-                            "1h",
-                            "--reason",
-                            "LOAD-1",
-                            "--redaction",
-                            "raw",
-                            "--json",
-                        ])
-                        .output()?;
-                    anyhow::ensure!(
-                        started.elapsed() < Duration::from_secs(30),
-                        "a call took {:?}",
-                        started.elapsed()
-                    );
-                    if out.status.success() {
-                        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-                        issued.push(v["id"].as_str().unwrap_or_default().to_owned());
-                    } else {
-                        failed.push((out.status.code(), text(&out).1));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
+        std::thread::spawn(move || -> anyhow::Result<LoadOutcome> {
+            let (mut issued, mut failed) = (Vec::new(), Vec::new());
+            // Bounded in count and time.
+            let deadline = Instant::now() + Duration::from_secs(90);
+            for _ in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
                 }
-                Ok((issued, failed))
-            },
-        )
+                let started = Instant::now();
+                let out = Command::new(bins.join("loggate"))
+                    .env("LOGGATE_CONFIG", &config)
+                    .stdin(Stdio::null())
+                    .args([
+                        "grant",
+                        "issue",
+                        "--subject",
+                        "alice",
+                        "--host",
+                        "web-1",
+                        "--path",
+                        &glob,
+                        "--ttl",
+                        "1h",
+                        "--reason",
+                        "LOAD-1",
+                        "--redaction",
+                        "raw",
+                        "--json",
+                    ])
+                    .output()?;
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "a call took {:?}",
+                    started.elapsed()
+                );
+                if out.status.success() {
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                    issued.push(v["id"].as_str().unwrap_or_default().to_owned());
+                } else {
+                    failed.push((out.status.code(), text(&out).1));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok((issued, failed))
+        })
     };
     std::thread::sleep(Duration::from_secs(2));
     pg.stop();
