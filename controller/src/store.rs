@@ -1348,6 +1348,26 @@ pub(crate) mod testing {
         );
     }
 
+    /// A failure because PostgreSQL is down counts as the database being unavailable (the CLI
+    /// is told so, to retry); an error of the statement itself does not.
+    #[test]
+    fn only_a_database_that_is_down_counts_as_unavailable() {
+        let mut t = TestStore::postgres();
+        let bad = t
+            .store
+            .conn()
+            .execute("INSERT INTO no_such_table (a) VALUES (1)", [])
+            .map_err(anyhow::Error::from)
+            .expect_err("no such table");
+        assert!(!super::db::database_unavailable(&bad), "{bad:#}");
+        t.server.as_mut().expect("a server").stop();
+        let down = t
+            .store
+            .latest_revision()
+            .expect_err("a stopped server answered");
+        assert!(super::db::database_unavailable(&down), "{down:#}");
+    }
+
     /// Of two replicas on one database exactly one leads the singleton jobs; when its session
     /// ends (here: the replica stops, closing it), the other takes the lead within a bounded
     /// time. SQLite's one controller always leads.
