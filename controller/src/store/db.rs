@@ -58,10 +58,13 @@ pub enum Error {
         "connecting to PostgreSQL took longer than {0:?}; check that the database server answers"
     )]
     ConnectTimedOut(std::time::Duration),
-    /// Earlier connection attempts still wait on a server that does not answer (or no thread
-    /// could be started for one): no new one is made until they end.
+    /// Earlier connection attempts still wait on a server that does not answer: no new one is
+    /// made until they end.
     #[error("{0} earlier connection attempts to PostgreSQL still wait for the server to answer; check that the database server answers")]
     ConnectStalled(usize),
+    /// No thread could be started for a connection attempt (the process is out of threads).
+    #[error("cannot start a thread to connect to PostgreSQL: {0}")]
+    ConnectThread(std::io::Error),
     /// A write that must change exactly one row changed another number: another controller
     /// changed the row first (the transaction is rolled back, nothing is stored).
     #[error("{0} was changed by another controller at the same time; nothing was stored, retry")]
@@ -770,7 +773,7 @@ fn connect_within(
                 done.notify_one();
             }
         })
-        .map_err(|_| Error::ConnectStalled(0))?;
+        .map_err(Error::ConnectThread)?;
     let (attempt, done) = &*shared;
     let attempt = attempt.lock().unwrap_or_else(|p| p.into_inner());
     let (mut attempt, _) = done
