@@ -218,6 +218,11 @@ pub struct ControllerConfig {
     /// Where the controller's state lives: a SQLite database file (created if missing; the
     /// default), or `postgres://…` for several controller replicas sharing PostgreSQL.
     pub database: Database,
+    /// This controller replica's name (default: the host's name): `loggate agent list` shows
+    /// it for the agents connected to it, and the log says which replica runs the singleton
+    /// jobs. Read through [`ControllerConfig::replica_name`].
+    #[serde(default)]
+    replica_name: Option<String>,
     /// The Ed25519 grant-signing key, PASERK `k4.secret.…` in a file (mode 0600).
     pub signing_key: PathBuf,
     /// User names allowed to issue, list all and revoke grants.
@@ -298,6 +303,32 @@ impl ControllerConfig {
         Ok(config)
     }
 
+    /// This replica's name: `replica_name`, else the host's name (the kernel's). Either must be
+    /// 1 to 64 ASCII letters, digits, `.`, `-` or `_` (it is shown to people and stored).
+    pub fn replica_name(&self) -> anyhow::Result<String> {
+        let (name, from) = match &self.replica_name {
+            Some(name) => (name.clone(), "replica_name"),
+            None => (
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .context("cannot read the host's name for replica_name; set replica_name")?
+                    .trim()
+                    .to_owned(),
+                "the host's name (the default of replica_name)",
+            ),
+        };
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !valid {
+            bail!(
+                "{from} {:?} is not a valid replica name: use 1 to 64 ASCII letters, digits, '.', '-' or '_'",
+                name.chars().take(80).collect::<String>()
+            );
+        }
+        Ok(name)
+    }
+
     /// The parsed file with its paths resolved, and the problems of its fields (every one,
     /// for `loggate controller check-config`).
     pub fn load_fields(path: &Path) -> anyhow::Result<(Self, Problems)> {
@@ -326,6 +357,7 @@ impl ControllerConfig {
         if let Some(oidc) = &config.oidc {
             config.oidc_settings = problems.take(oidc.check());
         }
+        problems.take(config.replica_name());
         problems.take(config.max_ttl_duration());
         if let Some(sinks) = problems.take(validate_sinks(&config.audit.sinks, base)) {
             config.sinks = sinks;
@@ -818,6 +850,26 @@ mod tests {
             ),
         )?;
         ControllerConfig::load(&path)
+    }
+
+    /// `replica_name` (shown by `agent list`, stored with registrations) takes a plain name
+    /// and defaults to the host's; anything else refuses the load, naming the rule.
+    #[test]
+    fn replica_name_is_a_plain_name_and_defaults_to_the_hosts() {
+        let named = load_with("replica_name = \"ctl-a.eu_1\"").expect("a plain name");
+        assert_eq!(named.replica_name().expect("valid"), "ctl-a.eu_1");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+        let default = load_with("").expect("no replica_name");
+        assert_eq!(default.replica_name().expect("the host's"), host.trim());
+        for bad in ["", "a b", "ctl\\u001b[31m", "é", &"x".repeat(65)] {
+            let err = load_with(&format!("replica_name = \"{bad}\""))
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was taken"));
+            assert!(
+                format!("{err:#}").contains("is not a valid replica name: use 1 to 64 ASCII"),
+                "{bad:?}: {err:#}"
+            );
+        }
     }
 
     /// A configuration file with only `database` (a PostgreSQL URL) beside the minimum, at `mode`.

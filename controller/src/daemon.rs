@@ -45,7 +45,11 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     let epoch = store.new_epoch()?;
     tracing::info!(%epoch, "new epoch of the revision log");
     let cluster_id = store.cluster_id()?;
-    tracing::info!(%cluster_id, "controller cluster");
+    let replica = config.replica_name()?;
+    tracing::info!(%cluster_id, %replica, "controller cluster");
+    // On PostgreSQL one replica at a time runs the singleton jobs (the request expiry sweep);
+    // the log says which (store::db::lead_singleton_jobs).
+    store.compete_for_singleton_jobs(&replica)?;
     if let Some(dir) = &config.enrol_user_certs {
         enrol_user_certs(&store, dir, &config.trust_domain)?;
     }
@@ -136,6 +140,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         epoch,
     )?
     .with_cluster_id(cluster_id)
+    .with_replica_name(replica)
     .with_access_policy(access_policy);
     let (service, enrolment) = match enrolment {
         Some((enrol, listener, ca, lifetime)) => {

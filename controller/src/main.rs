@@ -151,8 +151,8 @@ enum AgentCommand {
     /// Join tokens for `loggate-agent enrol` (admins).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// The agents the controller knows: id, connected or not, address, last seen, certificate
-    /// end (enrolled agents), labels.
+    /// The agents the controller knows: id, connected or not, address, the controller replica
+    /// it last connected to, last seen, certificate end (enrolled agents), labels.
     List {
         /// A label selector ("env=prod,team=payments").
         #[arg(long, default_value = "")]

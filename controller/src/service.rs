@@ -81,6 +81,8 @@ pub struct ControllerService {
     /// checkpoint answer so agents refuse an independent controller; empty until
     /// [`ControllerService::with_cluster_id`].
     cluster_id: String,
+    /// This replica's name (`replica_name`), stored with each agent's registration.
+    replica: String,
     /// The access policy in force (`with_access_policy`); None: requests are refused.
     access: Option<Arc<crate::policy::PolicyHandle>>,
     /// Bumped whenever a request changes state: `GetRequest` waiters and the expiry task wake.
@@ -122,6 +124,7 @@ impl ControllerService {
             stopping,
             epoch,
             cluster_id: String::new(),
+            replica: String::new(),
             access: None,
             requests_changed: watch::channel(0).0,
             notifier: None,
@@ -137,6 +140,12 @@ impl ControllerService {
     /// Presents `cluster_id` (see `Store::cluster_id`) to agents.
     pub fn with_cluster_id(mut self, cluster_id: String) -> Self {
         self.cluster_id = cluster_id;
+        self
+    }
+
+    /// Names this replica (`replica_name`) in the registration of the agents connected to it.
+    pub fn with_replica_name(mut self, replica: String) -> Self {
+        self.replica = replica;
         self
     }
 
@@ -232,6 +241,13 @@ fn internal(e: anyhow::Error) -> Status {
     // A lock that committed while the call was on its way: the store refused, say so.
     if let Some(locked) = e.downcast_ref::<crate::store::UserLocked>() {
         return Status::permission_denied(locked.to_string());
+    }
+    // PostgreSQL down or restarting: a condition that passes, said as such (and retryable).
+    if crate::store::db::database_unavailable(&e) {
+        tracing::warn!("the database is unavailable: {e:#}");
+        return Status::unavailable(
+            "the controller's database (PostgreSQL) is unavailable; retry once it is back (the controller's log says why)",
+        );
     }
     tracing::error!("{e:#}");
     Status::internal("the controller hit an internal error; see its log")
@@ -360,6 +376,7 @@ impl Controller for ControllerService {
                 labels: labels.clone(),
                 addr: req.listen_addr.clone(),
                 last_seen: unix_now(),
+                replica: self.replica.clone(),
             })
             .map_err(internal)?;
         tracing::info!(

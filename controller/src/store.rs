@@ -100,6 +100,9 @@ pub struct AgentRow {
     pub labels: Vec<String>,
     pub addr: String,
     pub last_seen: i64,
+    /// The controller replica the agent last connected to (`replica_name`; empty for an
+    /// agent registered before schema version 3).
+    pub replica: String,
 }
 
 pub struct Store {
@@ -109,6 +112,10 @@ pub struct Store {
     /// Reads of the revision log (`changes_after`) since the store was opened: the fan-out's
     /// contract is one read per change whatever the number of agents, and its tests count.
     change_reads: AtomicU64,
+    /// Whether this process runs the cluster's singleton jobs (the request expiry sweep):
+    /// always on SQLite (one controller); on PostgreSQL while it holds the jobs' advisory lock
+    /// ([`Store::compete_for_singleton_jobs`]).
+    jobs_leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How a checkpoint reported by an agent relates to the ones already held for its host.
@@ -304,6 +311,8 @@ impl Store {
                 .with_context(|| format!("cannot initialise database {}", path.display()))?;
             conn.execute_batch(agents::REMOVED_AGENTS_SCHEMA)
                 .with_context(|| format!("cannot initialise database {}", path.display()))?;
+            agents::migrate_sqlite(conn)
+                .with_context(|| format!("cannot update database {}", path.display()))?;
             requests::migrate(conn)
                 .with_context(|| format!("cannot update database {}", path.display()))?;
             conn.execute_batch(signins::SIGNINS_SCHEMA)
@@ -322,6 +331,8 @@ impl Store {
         migrations::postgres(&mut conn).context("cannot initialise the PostgreSQL database")?;
         let mut store = Self::with(conn);
         store.postgres_url = Some(url.to_owned());
+        // Replicas share the database: none runs the singleton jobs until it holds their lock.
+        store.jobs_leader.store(false, Ordering::SeqCst);
         Ok(store)
     }
 
@@ -358,13 +369,42 @@ impl Store {
             conn: Mutex::new(conn),
             postgres_url: None,
             change_reads: AtomicU64::new(0),
+            jobs_leader: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+
+    /// Whether this process should run the cluster's singleton jobs now: on SQLite always; on
+    /// PostgreSQL only while it holds the jobs' lock (one replica at a time), so false until
+    /// [`Store::compete_for_singleton_jobs`] has won it.
+    pub fn leads_singleton_jobs(&self) -> bool {
+        self.jobs_leader.load(Ordering::SeqCst)
+    }
+
+    /// On PostgreSQL, starts competing with the other replicas for the singleton jobs
+    /// ([`db::lead_singleton_jobs`]; `replica` names this one in the log); on SQLite nothing
+    /// (this process leads). Called once, by the daemon.
+    pub fn compete_for_singleton_jobs(&self, replica: &str) -> anyhow::Result<()> {
+        match &self.postgres_url {
+            Some(url) => db::lead_singleton_jobs(
+                url,
+                std::sync::Arc::downgrade(&self.jobs_leader),
+                replica.to_owned(),
+            ),
+            None => Ok(()),
         }
     }
 
     pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is safe to reuse.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let lock = || self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if self.postgres_url.is_some() {
+            // The holder may be waiting on the network or on another replica's lock: wait
+            // off the tokio worker (db::off_the_worker), as every PostgreSQL call does.
+            db::off_the_worker(lock)
+        } else {
+            lock()
+        }
     }
 
     /// Records a new grant built by `make` (which receives its revision) in one transaction:
@@ -548,26 +588,28 @@ impl Store {
         if conn.is_postgres() {
             // PostgreSQL commits every write durably; its registry write is the same upsert.
             conn.execute(
-                "INSERT INTO agents (id, labels, addr, last_seen) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4",
+                "INSERT INTO agents (id, labels, addr, last_seen, replica) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4, replica = ?5",
                 params![
                     agent.id,
                     to_json(&agent.labels),
                     agent.addr,
-                    agent.last_seen
+                    agent.last_seen,
+                    agent.replica
                 ],
             )?;
             return Ok(());
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let written = conn.execute(
-            "INSERT INTO agents (id, labels, addr, last_seen) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4",
+            "INSERT INTO agents (id, labels, addr, last_seen, replica) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4, replica = ?5",
             params![
                 agent.id,
                 to_json(&agent.labels),
                 agent.addr,
-                agent.last_seen
+                agent.last_seen,
+                agent.replica
             ],
         );
         conn.execute_batch("PRAGMA synchronous = FULL")
@@ -580,7 +622,7 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                "SELECT id, labels, addr, last_seen FROM agents WHERE id = ?1",
+                "SELECT id, labels, addr, last_seen, replica FROM agents WHERE id = ?1",
                 params![id],
                 |r| {
                     Ok(AgentRow {
@@ -588,6 +630,7 @@ impl Store {
                         labels: from_json(r.get(1)?),
                         addr: r.get(2)?,
                         last_seen: r.get(3)?,
+                        replica: r.get(4)?,
                     })
                 },
             )
@@ -1152,6 +1195,7 @@ mod state_tests {
             labels: vec!["env=prod".into()],
             addr: "127.0.0.1:7401".into(),
             last_seen: 1,
+            replica: "controller-a".into(),
         };
         store.upsert_agent(&agent).unwrap();
         store
@@ -1231,6 +1275,150 @@ pub(crate) mod testing {
                 "sqlite"
             }
         }
+    }
+
+    /// A store call waiting on PostgreSQL (here: another session holds the store's advisory
+    /// lock for 1.5 s) does not stall the other tasks of the tokio worker it runs on: with a
+    /// single worker thread, a ticker task keeps ticking while the call waits.
+    #[test]
+    fn a_store_call_waiting_on_postgres_leaves_the_other_tasks_of_its_worker_running() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+        let t = TestStore::postgres();
+        let server = t.server.as_ref().expect("a server");
+        let mut holder =
+            postgres::Client::connect(&server.url(), postgres::NoTls).expect("connect");
+        holder
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                super::db::REVISIONS_LOCK
+            ))
+            .expect("lock taken");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            holder.batch_execute("COMMIT").expect("lock released");
+        });
+        let store = Arc::new(t.store);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ticks = Arc::new(AtomicU32::new(0));
+        let during = runtime.block_on({
+            let (store, ticks) = (store.clone(), ticks.clone());
+            async move {
+                let ticker = tokio::spawn({
+                    let ticks = ticks.clone();
+                    async move {
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            ticks.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+                // Let the ticker start on the worker before the call takes it.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let during = tokio::spawn(async move {
+                    let before = ticks.load(Ordering::SeqCst);
+                    let started = std::time::Instant::now();
+                    // A store transaction takes the advisory lock first: it waits for it.
+                    let mut conn = store.conn();
+                    let tx = conn.transaction().expect("transaction after the wait");
+                    tx.commit().expect("commit");
+                    drop(conn);
+                    (ticks.load(Ordering::SeqCst) - before, started.elapsed())
+                })
+                .await
+                .expect("the call's task");
+                ticker.abort();
+                during
+            }
+        });
+        release.join().expect("holder");
+        let (ticked, waited) = during;
+        assert!(
+            waited >= std::time::Duration::from_millis(1000),
+            "the call did not wait for the lock ({waited:?})"
+        );
+        // 20 ms ticks over at least a second: tens of them unless the worker was stalled.
+        assert!(
+            ticked >= 10,
+            "the worker's other task ticked {ticked} times while the store call waited {waited:?}"
+        );
+    }
+
+    /// A failure because PostgreSQL is down counts as the database being unavailable (the CLI
+    /// is told so, to retry); an error of the statement itself does not.
+    #[test]
+    fn only_a_database_that_is_down_counts_as_unavailable() {
+        let mut t = TestStore::postgres();
+        let bad = t
+            .store
+            .conn()
+            .execute("INSERT INTO no_such_table (a) VALUES (1)", [])
+            .map_err(anyhow::Error::from)
+            .expect_err("no such table");
+        assert!(!super::db::database_unavailable(&bad), "{bad:#}");
+        t.server.as_mut().expect("a server").stop();
+        let down = t
+            .store
+            .latest_revision()
+            .expect_err("a stopped server answered");
+        assert!(super::db::database_unavailable(&down), "{down:#}");
+    }
+
+    /// Of two replicas on one database exactly one leads the singleton jobs; when its session
+    /// ends (here: the replica stops, closing it), the other takes the lead within a bounded
+    /// time. SQLite's one controller always leads.
+    #[test]
+    fn one_replica_leads_the_singleton_jobs_and_another_takes_over_when_it_goes() {
+        let sqlite = TestStore::sqlite();
+        assert!(sqlite.store.leads_singleton_jobs());
+        sqlite
+            .store
+            .compete_for_singleton_jobs("solo")
+            .expect("nothing to compete for");
+        assert!(sqlite.store.leads_singleton_jobs());
+
+        let t = TestStore::postgres();
+        let url = t.server.as_ref().expect("a server").url();
+        let a = t.store;
+        let b = Store::open_postgres(&url).expect("second replica");
+        assert!(!a.leads_singleton_jobs() && !b.leads_singleton_jobs());
+        a.compete_for_singleton_jobs("replica-a")
+            .expect("compete a");
+        b.compete_for_singleton_jobs("replica-b")
+            .expect("compete b");
+        let bound = super::db::JOBS_LEASE_RETRY * 4;
+        let wait_until = |what: &str, f: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + bound;
+            while !f() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what} not within {bound:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        };
+        wait_until("a leader", &|| {
+            a.leads_singleton_jobs() || b.leads_singleton_jobs()
+        });
+        // Several rounds of the lease: never both.
+        for _ in 0..60 {
+            assert!(!(a.leads_singleton_jobs() && b.leads_singleton_jobs()));
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (leader, other) = if a.leads_singleton_jobs() {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert!(!other.leads_singleton_jobs());
+        drop(leader);
+        wait_until("the other replica leading", &|| {
+            other.leads_singleton_jobs()
+        });
     }
 
     /// A PostgreSQL restart (a failover, an upgrade) costs the calls made while it is down,

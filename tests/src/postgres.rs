@@ -307,6 +307,16 @@ impl TestPostgres {
         self.stop();
         self.launch()
     }
+
+    /// Starts a server [`TestPostgres::stop`]ped before, on the same port and data (the end of
+    /// an outage a test made last a while).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.server.is_none(),
+            "the test PostgreSQL is still running"
+        );
+        self.launch()
+    }
 }
 
 impl Drop for TestPostgres {

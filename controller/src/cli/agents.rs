@@ -134,7 +134,9 @@ pub async fn token_revoke(config: &ClientConfig, id: String) -> CliResult {
     ))
 }
 
-/// `loggate agent list`: one line (or JSON object) per agent.
+/// `loggate agent list`: one line (or JSON object) per agent. `connected` is whether the
+/// agent holds a stream to the replica that answered; `replica` is the replica it last
+/// connected to (with several replicas, the one it is connected to unless that one died).
 pub async fn agent_list(config: &ClientConfig, selector: String, json: bool) -> CliResult {
     let mut client = controller(config).await?;
     let agents = client
@@ -151,13 +153,14 @@ pub async fn agent_list(config: &ClientConfig, selector: String, json: bool) -> 
                 serde_json::json!({
                     "id": a.agent_id, "labels": a.labels, "addr": a.addr,
                     "last_seen": a.last_seen_unix, "connected": a.connected,
+                    "replica": (!a.replica.is_empty()).then_some(&a.replica),
                     "cert_not_after": (a.cert_not_after_unix != 0).then_some(a.cert_not_after_unix),
                     "cert_serial": (!a.cert_serial.is_empty()).then_some(&a.cert_serial),
                 })
             ))?;
         } else {
             out(format_args!(
-                "{}  {}  {}  last seen {}  certificate {}  labels [{}]",
+                "{}  {}  {}  replica {}  last seen {}  certificate {}  labels [{}]",
                 a.agent_id,
                 if a.connected {
                     "connected"
@@ -165,6 +168,11 @@ pub async fn agent_list(config: &ClientConfig, selector: String, json: bool) -> 
                     "not connected"
                 },
                 if a.addr.is_empty() { "-" } else { &a.addr },
+                if a.replica.is_empty() {
+                    "-"
+                } else {
+                    &a.replica
+                },
                 format_time(a.last_seen_unix),
                 if a.cert_not_after_unix != 0 {
                     format!("until {}", format_time(a.cert_not_after_unix))

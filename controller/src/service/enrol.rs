@@ -601,6 +601,7 @@ impl super::ControllerService {
                 last_seen_unix: a.last_seen,
                 cert_not_after_unix: a.cert_not_after.unwrap_or(0),
                 cert_serial: a.cert_serial.unwrap_or_default(),
+                replica: a.replica,
             })
             .collect();
         Ok(Response::new(pb::ListAgentsResponse { agents }))

@@ -357,7 +357,13 @@ pub(super) fn expire_due(
 }
 
 /// Expires pending requests when their time runs out: sleeps until the next expiry or until a
-/// request changes, whichever comes first.
+/// request changes, whichever comes first. The sweep is a singleton job: on PostgreSQL only the
+/// replica that leads ([`Store::leads_singleton_jobs`]) runs it (the others look again every
+/// [`crate::store::db::JOBS_LEASE_RETRY`], so a new leader takes over the sweep within about
+/// that long, and the leader looks as often for requests made on other replicas); an RPC that reads requests still expires the due ones first on any replica
+/// (`expire_now`), and each expiry is one transaction that re-checks the request, so a request
+/// expires once whichever replica ends it. The refusal summaries stay on every replica: each
+/// counts only what it refused itself.
 pub(super) fn spawn_expiry(
     store: Arc<Store>,
     audit: Arc<SharedAuditLog>,
@@ -370,8 +376,12 @@ pub(super) fn spawn_expiry(
     tokio::spawn(async move {
         loop {
             let now = unix_now();
+            let leads = store.leads_singleton_jobs();
             let expired = tokio::task::block_in_place(|| {
                 governance.write_summaries(&audit);
+                if !leads {
+                    return Ok(0);
+                }
                 expire_due(&store, &audit, now, |r| {
                     governance.changed(r);
                     notify_expired(Some(&notifier), Some(&handle), r)
@@ -388,6 +398,16 @@ pub(super) fn spawn_expiry(
             let wait = next
                 .map(|at| Duration::from_secs(at.saturating_sub(now).clamp(0, 60).unsigned_abs()))
                 .unwrap_or(Duration::from_secs(60));
+            // On PostgreSQL a request made on another replica wakes no one here: the leader
+            // looks for new expiries every JOBS_LEASE_RETRY (one indexed query), and a replica
+            // that does not lead looks as often whether it leads now.
+            let wait = if !leads {
+                crate::store::db::JOBS_LEASE_RETRY
+            } else if store.is_postgres() {
+                wait.min(crate::store::db::JOBS_LEASE_RETRY)
+            } else {
+                wait
+            };
             tokio::select! {
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(200))) => {}
                 c = changes.changed() => if c.is_err() { break },

@@ -60,6 +60,23 @@ pub struct AgentListing {
     /// not enrol.
     pub cert_not_after: Option<i64>,
     pub cert_serial: Option<String>,
+    /// The controller replica it last connected to (empty: registered before schema
+    /// version 3, or never connected).
+    pub replica: String,
+}
+
+/// SQLite's step to schema version 3 (`agents.replica`), idempotent like the baseline: the
+/// column is added when missing. PostgreSQL's is `migrations/postgres_v3.sql`.
+pub(super) fn migrate_sqlite(conn: &super::db::Connection) -> super::db::Result<()> {
+    let has_replica: bool = conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('agents') WHERE name = 'replica'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_replica {
+        conn.execute_batch("ALTER TABLE agents ADD COLUMN replica TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
 }
 
 /// The prefix of every join token.
@@ -416,7 +433,7 @@ impl Store {
     pub fn list_agents(&self) -> anyhow::Result<Vec<AgentListing>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT a.id, a.labels, a.addr, a.last_seen, e.not_after, e.serial
+            "SELECT a.id, a.labels, a.addr, a.last_seen, e.not_after, e.serial, a.replica
              FROM agents a LEFT JOIN enrolled_agents e ON e.id = a.id ORDER BY a.id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -427,6 +444,7 @@ impl Store {
                 last_seen: r.get(3)?,
                 cert_not_after: r.get(4)?,
                 cert_serial: r.get(5)?,
+                replica: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

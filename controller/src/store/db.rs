@@ -19,7 +19,9 @@
 //! runtime of its own and panics when called from inside a tokio runtime, and
 //! `block_in_place` would panic on the current-thread runtimes of the tests. So each
 //! PostgreSQL connection is owned by a plain thread; a call sends it the SQL and owned values
-//! and waits for the owned rows. The caller blocks exactly as it did on SQLite's lock.
+//! and waits for the owned rows. The caller's thread blocks as it did on SQLite's lock, but a
+//! tokio worker hands its other tasks to another thread meanwhile ([`off_the_worker`]): a
+//! statement waiting on the network or on another replica's lock does not stall them.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -50,6 +52,19 @@ pub enum Error {
     /// The connection's thread is gone (it panicked): the controller must restart.
     #[error("the PostgreSQL connection's thread has stopped; restart the controller")]
     ConnectionGone,
+    /// Connecting (TCP, TLS and authentication together) took longer than its bound
+    /// ([`PG_CONNECT_TOTAL`]): the server, or something in front of it, does not answer.
+    #[error(
+        "connecting to PostgreSQL took longer than {0:?}; check that the database server answers"
+    )]
+    ConnectTimedOut(std::time::Duration),
+    /// Earlier connection attempts still wait on a server that does not answer: no new one is
+    /// made until they end.
+    #[error("{0} earlier connection attempts to PostgreSQL still wait for the server to answer; check that the database server answers")]
+    ConnectStalled(usize),
+    /// No thread could be started for a connection attempt (the process is out of threads).
+    #[error("cannot start a thread to connect to PostgreSQL: {0}")]
+    ConnectThread(std::io::Error),
     /// A write that must change exactly one row changed another number: another controller
     /// changed the row first (the transaction is rolled back, nothing is stored).
     #[error("{0} was changed by another controller at the same time; nothing was stored, retry")]
@@ -65,6 +80,39 @@ pub enum Error {
          agents resynchronise under a new epoch"
     )]
     DatabaseRestored(i64),
+}
+
+/// Whether `e` failed because the PostgreSQL server could not be reached or went away (it is
+/// down, restarting, refusing connections, or the connection broke): a condition that passes,
+/// for which the caller should retry later, unlike an error of the statement or the data.
+/// Classified by the error's type and SQLSTATE, never by its text.
+pub fn database_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let pg = match cause.downcast_ref::<Error>() {
+            Some(Error::Postgres(pg)) => pg,
+            Some(Error::ConnectTimedOut(_) | Error::ConnectStalled(_)) => return true,
+            Some(_) => return false,
+            None => match cause.downcast_ref::<postgres::Error>() {
+                Some(pg) => pg,
+                None => return false,
+            },
+        };
+        match pg.as_db_error() {
+            // No answer from a server: the connection failed, closed or timed out.
+            None => true,
+            Some(db) => {
+                use postgres::error::SqlState;
+                let code = db.code();
+                code.code().starts_with("08")
+                    || [
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                    ]
+                    .contains(code)
+            }
+        }
+    })
 }
 
 fn postgres_message(e: &postgres::Error) -> String {
@@ -517,7 +565,7 @@ pub fn listen_for_changes(
                         tracing::warn!(
                             "the change feed's PostgreSQL listener lost its connection \
                              (retrying in {backoff:?}): {}",
-                            Error::from(e)
+                            e
                         );
                         std::thread::sleep(backoff);
                         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
@@ -534,9 +582,9 @@ fn listen_until_lost(
     config: &postgres::Config,
     wake: &std::sync::Weak<tokio::sync::Notify>,
     backoff: &mut std::time::Duration,
-) -> Result<(), postgres::Error> {
+) -> Result<()> {
     use postgres::fallible_iterator::FallibleIterator;
-    let mut client = config.connect(postgres::NoTls)?;
+    let mut client = connect_within(config, PG_CONNECT_TOTAL)?;
     client.batch_execute(&format!("LISTEN {CHANGES_CHANNEL}"))?;
     *backoff = std::time::Duration::from_millis(100);
     let poke = || match wake.upgrade() {
@@ -569,6 +617,94 @@ fn listen_until_lost(
     }
 }
 
+/// The advisory lock key of the singleton jobs ("lgjobs"): the replica whose session holds it
+/// runs the jobs that must run once for the whole cluster ([`lead_singleton_jobs`]).
+pub const JOBS_LOCK: i64 = 0x6c67_6a6f_6273;
+
+/// How often a replica that does not lead tries to take [`JOBS_LOCK`], and how often the
+/// leader checks that the session holding it is still alive: a leader killed (its session ends
+/// and PostgreSQL releases the lock) is replaced within about this long, a leader cut off from
+/// the database stops leading within about this long plus the client's timeouts.
+pub const JOBS_LEASE_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps `leader` (a store's) true while this process holds the singleton jobs' session-scoped
+/// advisory lock [`JOBS_LOCK`] on the PostgreSQL database at `url`, on a dedicated connection
+/// and thread: a replica that does not lead tries `pg_try_advisory_lock` every
+/// [`JOBS_LEASE_RETRY`]; the leader checks its session as often and gives the lead up
+/// (`leader` false) the moment a check fails, then competes again on a new connection. The
+/// lock belongs to the session, so a leader that dies, however it dies, releases it when
+/// PostgreSQL sees its connection end. Who leads is logged (`replica`, with the database's
+/// backend pid). The thread ends, closing its connection and so releasing the lock, within
+/// [`JOBS_LEASE_RETRY`] of the last strong reference to `leader` being dropped.
+pub fn lead_singleton_jobs(
+    url: &str,
+    leader: std::sync::Weak<std::sync::atomic::AtomicBool>,
+    replica: String,
+) -> anyhow::Result<()> {
+    let config: postgres::Config = url.parse().map_err(|e| {
+        anyhow::anyhow!("the database URL is not a valid PostgreSQL connection string: {e}")
+    })?;
+    let config = with_timeouts(config);
+    std::thread::Builder::new()
+        .name("postgres-jobs".into())
+        .spawn(move || {
+            while leader.strong_count() > 0 {
+                if let Err(e) = hold_jobs_lock(&config, &leader, &replica) {
+                    tracing::warn!(
+                        %replica,
+                        "the singleton jobs' PostgreSQL session failed (retrying in {JOBS_LEASE_RETRY:?}): {}",
+                        e
+                    );
+                }
+                set_leader(&leader, false, &replica);
+                std::thread::sleep(JOBS_LEASE_RETRY);
+            }
+        })?;
+    Ok(())
+}
+
+/// Sets the store's leader flag, logging each change of who leads.
+fn set_leader(leader: &std::sync::Weak<std::sync::atomic::AtomicBool>, leads: bool, replica: &str) {
+    let Some(flag) = leader.upgrade() else { return };
+    let was = flag.swap(leads, std::sync::atomic::Ordering::SeqCst);
+    if was && !leads {
+        tracing::warn!(%replica, "this replica no longer runs the singleton jobs");
+    }
+}
+
+/// One session of [`lead_singleton_jobs`]: competes for the lock, then holds it, until the
+/// connection fails (`Err`) or the store is gone (`Ok`).
+fn hold_jobs_lock(
+    config: &postgres::Config,
+    leader: &std::sync::Weak<std::sync::atomic::AtomicBool>,
+    replica: &str,
+) -> Result<()> {
+    let mut client = connect_session(config)?;
+    let backend_pid: i32 = client.query_one("SELECT pg_backend_pid()", &[])?.get(0);
+    loop {
+        let Some(flag) = leader.upgrade() else {
+            return Ok(());
+        };
+        if flag.load(std::sync::atomic::Ordering::SeqCst) {
+            // Leading: the lock stays held as long as this session lives.
+            client.batch_execute("SELECT 1")?;
+        } else {
+            let taken: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&JOBS_LOCK])?
+                .get(0);
+            if taken {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(
+                    %replica, backend_pid,
+                    "this replica now runs the singleton jobs (request expiry)"
+                );
+            }
+        }
+        drop(flag);
+        std::thread::sleep(JOBS_LEASE_RETRY);
+    }
+}
+
 /// The advisory lock key of the revision log's writers ("lgrevs" in ASCII), which every store
 /// transaction on PostgreSQL takes first ([`Connection::transaction`]).
 pub const REVISIONS_LOCK: i64 = 0x6c67_7265_7673;
@@ -587,6 +723,72 @@ pub const PG_STATEMENT_TIMEOUT: &str = "15s";
 /// after this long instead of hanging them for ever.
 pub const PG_LOCK_TIMEOUT: &str = "10s";
 
+/// The longest connecting to PostgreSQL may take as a whole: the TCP connect, TLS and
+/// authentication together ([`connect_within`]). The client's own `connect_timeout`
+/// ([`PG_CONNECT_TIMEOUT`]) bounds only the TCP connect: a server (or a proxy) that accepts the
+/// connection and then never answers would otherwise hold the caller for ever.
+pub const PG_CONNECT_TOTAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connection attempts given up by [`connect_within`] whose threads still wait on a server that
+/// does not answer; while this many wait, a new attempt is refused at once, so a server that
+/// stalls every connection costs a bounded number of threads and sockets.
+const MAX_ABANDONED_CONNECTS: usize = 4;
+static ABANDONED_CONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Connects with `config`, giving up after `total` ([`PG_CONNECT_TOTAL`]) whatever stage the
+/// connection is at. The blocking client cannot be interrupted, so the attempt runs on a thread
+/// of its own: given up, that thread is left to end when the server answers or the connection
+/// fails (a client it then gets is dropped, closing it); at most [`MAX_ABANDONED_CONNECTS`]
+/// are left waiting at a time.
+fn connect_within(
+    config: &postgres::Config,
+    total: std::time::Duration,
+) -> Result<postgres::Client> {
+    use std::sync::atomic::Ordering;
+    if ABANDONED_CONNECTS.load(Ordering::SeqCst) >= MAX_ABANDONED_CONNECTS {
+        return Err(Error::ConnectStalled(MAX_ABANDONED_CONNECTS));
+    }
+    #[derive(Default)]
+    struct Attempt {
+        result: Option<Result<postgres::Client, postgres::Error>>,
+        abandoned: bool,
+    }
+    let shared = std::sync::Arc::new((
+        std::sync::Mutex::new(Attempt::default()),
+        std::sync::Condvar::new(),
+    ));
+    let config = config.clone();
+    let theirs = shared.clone();
+    std::thread::Builder::new()
+        .name("postgres-connect".into())
+        .spawn(move || {
+            let result = config.connect(postgres::NoTls);
+            let (attempt, done) = &*theirs;
+            let mut attempt = attempt.lock().unwrap_or_else(|p| p.into_inner());
+            if attempt.abandoned {
+                // Nobody waits: the client (if any) is dropped here, closing its connection.
+                ABANDONED_CONNECTS.fetch_sub(1, Ordering::SeqCst);
+            } else {
+                attempt.result = Some(result);
+                done.notify_one();
+            }
+        })
+        .map_err(Error::ConnectThread)?;
+    let (attempt, done) = &*shared;
+    let attempt = attempt.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut attempt, _) = done
+        .wait_timeout_while(attempt, total, |a| a.result.is_none())
+        .unwrap_or_else(|p| p.into_inner());
+    match attempt.result.take() {
+        Some(result) => Ok(result?),
+        None => {
+            attempt.abandoned = true;
+            ABANDONED_CONNECTS.fetch_add(1, Ordering::SeqCst);
+            Err(Error::ConnectTimedOut(total))
+        }
+    }
+}
+
 /// `config` with the store's connection timeouts ([`PG_CONNECT_TIMEOUT`], keepalives).
 fn with_timeouts(mut config: postgres::Config) -> postgres::Config {
     config
@@ -598,8 +800,8 @@ fn with_timeouts(mut config: postgres::Config) -> postgres::Config {
 
 /// Connects with `config` and sets the session's timeouts ([`PG_STATEMENT_TIMEOUT`],
 /// [`PG_LOCK_TIMEOUT`]); set after connecting, so they hold whatever the URL's `options` say.
-fn connect_session(config: &postgres::Config) -> Result<postgres::Client, postgres::Error> {
-    let mut client = config.connect(postgres::NoTls)?;
+fn connect_session(config: &postgres::Config) -> Result<postgres::Client> {
+    let mut client = connect_within(config, PG_CONNECT_TOTAL)?;
     client.batch_execute(&format!(
         "SET statement_timeout = '{PG_STATEMENT_TIMEOUT}'; SET lock_timeout = '{PG_LOCK_TIMEOUT}'"
     ))?;
@@ -810,6 +1012,23 @@ impl PgSession {
     }
 }
 
+/// Runs `wait` (a wait on a PostgreSQL connection's thread, which waits on the network, the
+/// server or another replica's lock, up to [`PG_LOCK_TIMEOUT`] and [`PG_STATEMENT_TIMEOUT`])
+/// without holding up the other tasks of the tokio worker thread it is called on: on a
+/// multi-thread runtime's worker through `block_in_place` (the runtime hands the worker's
+/// other tasks to another thread meanwhile); on a plain thread, or a current-thread runtime
+/// (where `block_in_place` would panic), as it is. The store stays synchronous for its
+/// callers; this is what keeps a slow database from stalling the agents' streams and the
+/// CLI's calls that share the worker.
+pub fn off_the_worker<R>(wait: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
 /// One PostgreSQL connection, owned by a thread of its own (see the module's doc).
 pub struct PgConnection {
     jobs: mpsc::Sender<Job>,
@@ -835,7 +1054,7 @@ impl PgConnection {
                 let client = match connect_session(&config) {
                     Ok(c) => c,
                     Err(e) => {
-                        let _ = ready_tx.send(Err(e.into()));
+                        let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
@@ -862,7 +1081,7 @@ impl PgConnection {
                                 session.check_not_restored();
                             }
                             Err(e) => {
-                                tracing::warn!("cannot reconnect to PostgreSQL: {}", Error::from(e))
+                                tracing::warn!("cannot reconnect to PostgreSQL: {e}")
                             }
                         }
                     }
@@ -894,7 +1113,7 @@ impl PgConnection {
                 let _ = tx.send(result);
             }))
             .map_err(|_| Error::ConnectionGone)?;
-        rx.recv().map_err(|_| Error::ConnectionGone)?
+        off_the_worker(|| rx.recv()).map_err(|_| Error::ConnectionGone)?
     }
 
     fn execute(&self, sql: &str, values: Vec<Value>) -> Result<usize> {
@@ -1046,6 +1265,40 @@ impl rusqlite::ToSql for Value {
 #[cfg(test)]
 mod tests {
     use super::postgres_sql;
+
+    /// A server that accepts the TCP connection and then never answers (a stalled database or
+    /// proxy) fails the connection after [`super::PG_CONNECT_TOTAL`], as the database being
+    /// unavailable, instead of holding the controller for ever; the client's `connect_timeout`
+    /// alone bounds only the TCP connect.
+    #[test]
+    fn connecting_to_a_server_that_never_answers_fails_within_the_total_bound() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        // Accepts and holds connections, answering nothing (bounded: ends with the test).
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming().take(8) {
+                held.push(conn);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        });
+        let url = format!("postgres://loggate@127.0.0.1:{port}/loggate");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = std::time::Instant::now();
+        std::thread::spawn(move || {
+            let _ = tx.send(super::PgConnection::connect(&url).map(|_| ()));
+        });
+        let result = rx
+            .recv_timeout(super::PG_CONNECT_TOTAL + std::time::Duration::from_secs(5))
+            .expect("connecting did not end within its bound");
+        let err = result.expect_err("connected to a server that never answers");
+        assert!(started.elapsed() >= super::PG_CONNECT_TOTAL, "{err:#}");
+        assert!(super::database_unavailable(&err), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("took longer than 10s"),
+            "{err:#}"
+        );
+    }
 
     #[test]
     fn placeholders_become_postgres_ones_outside_quoted_text() {
