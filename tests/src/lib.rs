@@ -324,9 +324,18 @@ impl Cluster {
                  [tls]\n\
                  ca = \"../../pki/ca.crt\"\n\
                  cert = \"../../pki/agents/{id}.crt\"\n\
-                 key = \"../../pki/agents/{id}.key\"\n",
+                 key = \"../../pki/agents/{id}.key\"\n\
+                 {pins}",
                 self.controller_addr,
-                roots.join(", ")
+                roots.join(", "),
+                pins = if extra.contains("[bypass]") {
+                    ""
+                } else {
+                    // Test agents pin nothing unless the test says where: the default bpffs
+                    // folder is one per host, and a stopped test agent would hand the next test's
+                    // agent its programs and queued reads.
+                    "\n[bypass]\npin = false\n"
+                },
             ),
         )?;
         self.agents.insert(
@@ -665,16 +674,6 @@ impl Drop for Cluster {
             self.stop_agent(&id);
         }
         self.stop_controller();
-        // Stopped agents leave their bypass programs pinned in the default bpffs folder (they
-        // stay attached by design): remove them, so that no test leaves programs running on the
-        // host. Refused (and harmless) while another test's agent holds the folder.
-        if let Ok(dir) = bin_dir() {
-            let _ = Command::new(dir.join("loggate-agent"))
-                .args(["bypass", "unpin"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
     }
 }
 
