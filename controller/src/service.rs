@@ -185,7 +185,7 @@ impl ControllerService {
         // read from the certificate), for the access policy's `idp:` members.
         match self
             .store
-            .idp_groups_for(user.name(), &key)
+            .idp_groups_for(user.name(), &key, unix_now())
             .map_err(internal)?
         {
             Some(groups) => Ok(user.with_idp_groups(&groups)),

@@ -1396,3 +1396,144 @@ step_up = { max_age = "5s" }
     assert!(text(&out).0.contains("approved: grant"), "{}", text(&out).0);
     Ok(())
 }
+
+/// Runs `grant request … --json` (`cmd`): the request's JSON.
+fn request_json(mut cmd: Command) -> anyhow::Result<Value> {
+    let out = cmd.output()?;
+    anyhow::ensure!(out.status.success(), "grant request: {}", text(&out).1);
+    Ok(serde_json::from_str(text(&out).0.trim())?)
+}
+
+#[test]
+fn an_approval_never_picks_a_role_whose_step_up_the_requester_did_not_meet_when_asking(
+) -> anyhow::Result<()> {
+    // "mfa-auto" would give the access at once, to a multi-factor sign-in only; the provider's
+    // password login is not one, so alice's request waits under "two-person".
+    let policy = r#"
+[groups]
+payments = ["idp:payments"]
+sre = ["bob", "admin"]
+
+[[roles]]
+name = "mfa-auto"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+step_up = { mfa = true }
+
+[[roles]]
+name = "two-person"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 2
+approver_groups = ["sre"]
+"#;
+    let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    s.login_as("alice")?;
+    let request = request_json(s.person(&[
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-11", "--json",
+    ]))?;
+    assert_eq!(request["role"], "two-person", "{request}");
+    assert_eq!(request["state"], "pending", "{request}");
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    // One approval: re-picked at the approval, "mfa-auto" would complete it with one
+    // approval although alice never met its step-up. It stays pending under "two-person".
+    let out = s
+        .cluster
+        .run_cli("bob", &["grant", "approve", &id, "--json"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let after: Value = serde_json::from_str(text(&out).0.trim())?;
+    assert_eq!(after["state"], "pending", "{after}");
+    assert_eq!(after["role"], "two-person", "{after}");
+    assert_eq!(after["grant_id"], "", "{after}");
+    // The second approval completes it, under the role alice qualified for.
+    let out = s
+        .cluster
+        .run_cli("admin", &["grant", "approve", &id, "--json"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let after: Value = serde_json::from_str(text(&out).0.trim())?;
+    assert_eq!(after["state"], "approved", "{after}");
+    assert_eq!(after["role"], "two-person", "{after}");
+    Ok(())
+}
+
+#[test]
+fn a_step_up_added_by_a_policy_reload_holds_for_requests_already_pending() -> anyhow::Result<()> {
+    let policy = |step_up: &str| {
+        format!(
+            r#"
+[groups]
+sre = ["bob"]
+
+[[roles]]
+name = "one-person"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+{step_up}
+"#
+        )
+    };
+    let s = SignInSetup::start_with_policy(&[], "", Some(&policy("")))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    // alice asks with a development certificate: no sign-in at the IdP is behind it.
+    let mut cmd = s.cluster.cli("alice");
+    cmd.args([
+        "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+        "INC-12", "--json",
+    ]);
+    let request = request_json(cmd)?;
+    assert_eq!(request["state"], "pending", "{request}");
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    s.cluster.set_policy(
+        &policy("step_up = { max_age = \"1h\" }")
+            .replace("LOG_DIR", &s.log_dir.display().to_string()),
+    )?;
+    let out = s.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    // bob's own sign-in meets the new rule; alice's request was never judged by it and
+    // cannot be: refused, audited, still pending.
+    s.login_as("bob")?;
+    let out = s.person(&["grant", "approve", &id]).output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("no longer allows"),
+        "{}",
+        text(&out).1
+    );
+    assert!(
+        text(&out).1.contains("run `loggate login --fresh`"),
+        "{}",
+        text(&out).1
+    );
+    let refused: Vec<Value> = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| event_name(r) == Some("access.review_refused"))
+        .collect();
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("policy_changed")),
+        "{refused:?}"
+    );
+    let issued = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| event_name(r) == Some("grant.issued"))
+        .count();
+    assert_eq!(issued, 0);
+    Ok(())
+}

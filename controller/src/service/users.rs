@@ -210,7 +210,7 @@ impl ControllerService {
     ) -> Result<crate::policy::SignInStrength, Status> {
         let facts = self
             .store
-            .sign_in_facts(user.name(), &user.key_sha256_hex())
+            .sign_in_facts(user.name(), &user.key_sha256_hex(), unix_now())
             .map_err(internal)?;
         Ok(match facts {
             None => crate::policy::SignInStrength::Unknown,

@@ -10,6 +10,8 @@
 //!   becomes 1 without change. A change that is not an idempotent `CREATE … IF NOT EXISTS` is a
 //!   new numbered step here, on both backends. Version 2 (IdP groups and user locks) only adds
 //!   tables: on SQLite they are in the idempotent schema, on PostgreSQL in `postgres_v2.sql`.
+//!   Version 3 (a pending request's sign-in, `request_sign_ins`) only adds a table too
+//!   (`postgres_v3_request_sign_ins.sql`).
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
 
@@ -17,12 +19,13 @@ use super::db::{Connection, OptionalExtension};
 use anyhow::Context;
 
 /// The schema version this binary reads and writes.
-pub const LATEST: u32 = 2;
+pub const LATEST: u32 = 3;
 
 /// PostgreSQL's scripts, by version (index 0 is version 1).
 const POSTGRES: &[&str] = &[
     include_str!("migrations/postgres_v1.sql"),
     include_str!("migrations/postgres_v2.sql"),
+    include_str!("migrations/postgres_v3_request_sign_ins.sql"),
 ];
 
 /// The advisory lock the replicas' migrations take ("lgmigr").
