@@ -1537,3 +1537,62 @@ approver_groups = ["sre"]
     assert_eq!(issued, 0);
     Ok(())
 }
+
+#[test]
+fn a_lock_whose_revocations_fail_halfway_says_so_records_no_revocation_and_finishes_when_run_again(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "")?;
+    let path = s.log_dir.join("*.log").display().to_string();
+    let grant = s.cluster.issue_grant("alice", "web-1", &path, "1h")?;
+    // The store refuses every revocation (a failing disk, a lost database connection).
+    let db = rusqlite::Connection::open(s.cluster.dir.join("controller/state.db"))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    db.execute_batch(
+        "CREATE TRIGGER refuse_revoke BEFORE UPDATE OF revoked_at ON grants
+         BEGIN SELECT RAISE(ABORT, 'injected: the store refuses revocations'); END;",
+    )?;
+    let lock = || {
+        s.cluster
+            .run_cli("admin", &["user", "lock", "alice", "--reason", "INC-13"])
+    };
+    let out = lock()?;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("alice is locked; revocation incomplete"),
+        "{}",
+        text(&out).1
+    );
+    assert!(
+        text(&out).1.contains("run `loggate user lock alice"),
+        "{}",
+        text(&out).1
+    );
+    let revoked = |s: &SignInSetup| {
+        s.cluster
+            .controller_audit()
+            .into_iter()
+            .filter(|r| event_name(r) == Some("grant.revoked"))
+            .count()
+    };
+    // No record claims the revocation the store did not take.
+    assert_eq!(revoked(&s), 0);
+    // Run again once the store works: finished, each revocation recorded once.
+    db.execute_batch("DROP TRIGGER refuse_revoke;")?;
+    let out = lock()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(revoked(&s), 1);
+    let records: Vec<Value> = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| event_name(r) == Some("grant.revoked"))
+        .collect();
+    assert_eq!(
+        record_field(&records[0], "grant_id"),
+        Some(&json!(grant)),
+        "{records:?}"
+    );
+    Ok(())
+}

@@ -1060,7 +1060,8 @@ audit_event! {
         idp_subject: String,
         /// the verified e-mail address, or null
         email: Option<String>,
-        /// the groups the IdP reported in `groups_claim` (not yet used by the policy)
+        /// the groups the IdP reported in `groups_claim` (the policy's `idp:` members, while
+        /// the certificate this sign-in gives is valid)
         groups: Vec<String>,
     }
     ocsf: |e, _on| Ocsf::authentication(
