@@ -1596,3 +1596,70 @@ fn a_lock_whose_revocations_fail_halfway_says_so_records_no_revocation_and_finis
     );
     Ok(())
 }
+
+/// `loggate login --fresh` as `who` (code flow, `prompt=login` and `max_age=0` at the IdP).
+fn fresh_login_as(s: &SignInSetup, who: &str) -> anyhow::Result<()> {
+    let mut login = LoginRun::spawn(s.login_cmd(&["--fresh"]))?;
+    let url = login.line(|l| l.starts_with(&format!("{}/auth?", s.idp.issuer)))?;
+    let browser = s.idp.browser()?;
+    let redirect = browser.sign_in(&url, who)?;
+    browser.deliver(&redirect)?;
+    let (code, stderr) = login.finish()?;
+    anyhow::ensure!(code == 0, "login --fresh as {who}: exit {code}: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_max_age_step_up_is_not_met_by_a_token_without_auth_time_and_is_after_login_fresh(
+) -> anyhow::Result<()> {
+    let policy = r#"
+[groups]
+payments = ["idp:payments"]
+
+[[roles]]
+name = "recent"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+step_up = { max_age = "1h" }
+"#;
+    // The provider leaves auth_time out unless asked (max_age, prompt=login), like Google's
+    // and Entra ID's by default.
+    let s = SignInSetup::start_with_policy(&[("AUTH_TIME", "on_request")], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    let request = || {
+        s.person(&[
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-14",
+        ])
+        .output()
+    };
+    // A sign-in that just happened, but whose token does not say when the person
+    // authenticated (an IdP session of any age answers it silently): not fresh.
+    s.login_as("alice")?;
+    let out = request()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("role recent needs a sign-in at the IdP within the last 1h"),
+        "{}",
+        text(&out).1
+    );
+    assert!(
+        text(&out).1.contains("run `loggate login --fresh`"),
+        "{}",
+        text(&out).1
+    );
+    // --fresh asks with max_age=0, which obliges the IdP to send auth_time.
+    fresh_login_as(&s, "alice")?;
+    let out = request()?;
+    assert!(
+        out.status.success(),
+        "after login --fresh: {}",
+        text(&out).1
+    );
+    Ok(())
+}
