@@ -50,6 +50,7 @@ const USERS = {
   carol: { email: 'carol@example.com', email_verified: false, preferred_username: 'carol', groups: ['dev'] },
   dave: { email: 'dave@elsewhere.test', email_verified: true, preferred_username: 'dave', groups: [] },
   eve: { email: 'eve@example.com', email_verified: true, preferred_username: "eve o'hara", groups: [] },
+  admin: { email: 'admin@example.com', email_verified: true, preferred_username: 'admin', groups: ['sre'] },
 };
 
 async function makeKey(alg, kid) {

@@ -1663,3 +1663,79 @@ step_up = { max_age = "1h" }
     );
     Ok(())
 }
+
+#[test]
+fn admin_actions_need_the_admin_step_up_and_a_development_certificate_never_meets_it(
+) -> anyhow::Result<()> {
+    let policy = r#"
+[settings]
+admin_step_up = { max_age = "5s" }
+
+[[roles]]
+name = "someone"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+"#;
+    let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    let issue: Vec<&str> = vec![
+        "grant", "issue", "--subject", "alice", "--host", "web-1", "--path", &path, "--ttl",
+        "10m", "--reason", "INC-15",
+    ];
+    let refused_actions = |s: &SignInSetup| -> Vec<String> {
+        s.cluster
+            .controller_audit()
+            .into_iter()
+            .filter(|r| event_name(r) == Some("admin.step_up_refused"))
+            .filter_map(|r| record_field(&r, "action").and_then(|a| a.as_str().map(String::from)))
+            .collect()
+    };
+    // The harness's admin certificate comes from `pki init`: no sign-in is behind it, so
+    // every action that changes who gets access is refused, each audited.
+    let actions: [(&[&str], &str); 6] = [
+        (issue.as_slice(), "grant_issue"),
+        (&["user", "lock", "bob", "--reason", "INC-15"], "user_lock"),
+        (&["user", "unlock", "bob", "--reason", "INC-15"], "user_unlock"),
+        (&["agent", "remove", "web-9"], "agent_remove"),
+        (&["agent", "token", "create", "--labels", "env=prod"], "agent_token_create"),
+        (&["policy", "reload"], "policy_reload"),
+    ];
+    for (args, _) in &actions {
+        let out = s.cluster.run_cli("admin", args)?;
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out).1);
+        let err = text(&out).1;
+        assert!(err.contains("step_up_required"), "{args:?}: {err}");
+        assert!(
+            err.contains("no sign-in with the IdP is behind your certificate"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("run `loggate login --fresh`"), "{args:?}: {err}");
+    }
+    assert_eq!(
+        refused_actions(&s),
+        actions.iter().map(|(_, a)| a.to_string()).collect::<Vec<_>>()
+    );
+    // Read-only admin commands are not held to it.
+    let out = s.cluster.run_cli("admin", &["user", "list"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    // An admin who just signed in at the IdP may; once the sign-in is older than max_age,
+    // not, until `loggate login --fresh`.
+    s.login_as("admin")?;
+    let out = s.person(&issue).output()?;
+    assert!(out.status.success(), "fresh admin: {}", text(&out).1);
+    std::thread::sleep(Duration::from_secs(6));
+    let out = s.person(&issue).output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("an admin needs a sign-in at the IdP within the last 5s"),
+        "{}",
+        text(&out).1
+    );
+    fresh_login_as(&s, "admin")?;
+    let out = s.person(&issue).output()?;
+    assert!(out.status.success(), "after login --fresh: {}", text(&out).1);
+    Ok(())
+}

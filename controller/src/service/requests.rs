@@ -846,7 +846,7 @@ impl ControllerService {
         request: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let user = self.user(&request)?;
-        self.require_admin(&user, "reload the access policy")?;
+        self.require_admin_for(&user, super::AdminAction::PolicyReload)?;
         let handle = self
             .access
             .clone()

@@ -17,7 +17,7 @@
 //! An unlock lets them sign in again; certificates from before the lock stay refused (the
 //! stolen laptop's), the new sign-in's certificate starts after it.
 
-use super::{internal, ControllerService, MAX_FIELD};
+use super::{internal, AdminAction, ControllerService, MAX_FIELD};
 use crate::store::signins::LockChange;
 use crate::store::Revoked;
 use crate::store::{ListScope, RequestState};
@@ -46,7 +46,12 @@ impl ControllerService {
         request: Request<pb::SetUserLockRequest>,
     ) -> Result<Response<pb::SetUserLockResponse>, Status> {
         let admin = self.user(&request)?;
-        self.require_admin(&admin, "lock or unlock people")?;
+        let action = if request.get_ref().locked {
+            AdminAction::UserLock
+        } else {
+            AdminAction::UserUnlock
+        };
+        self.require_admin_for(&admin, action)?;
         let req = request.into_inner();
         let subject = user_spiffe_id(&self.trust_domain, &req.user)
             .map_err(|e| Status::invalid_argument(format!("user: {e}")))?;
