@@ -1437,8 +1437,8 @@ approver_groups = ["sre"]
     let path = s.log_dir.join("app.log").display().to_string();
     s.login_as("alice")?;
     let request = request_json(s.person(&[
-            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
-            "INC-11", "--json",
+        "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+        "INC-11", "--json",
     ]))?;
     assert_eq!(request["role"], "two-person", "{request}");
     assert_eq!(request["state"], "pending", "{request}");
@@ -1682,8 +1682,18 @@ approval = "auto"
     let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
     let path = s.log_dir.join("app.log").display().to_string();
     let issue: Vec<&str> = vec![
-        "grant", "issue", "--subject", "alice", "--host", "web-1", "--path", &path, "--ttl",
-        "10m", "--reason", "INC-15",
+        "grant",
+        "issue",
+        "--subject",
+        "alice",
+        "--host",
+        "web-1",
+        "--path",
+        &path,
+        "--ttl",
+        "10m",
+        "--reason",
+        "INC-15",
     ];
     let refused_actions = |s: &SignInSetup| -> Vec<String> {
         s.cluster
@@ -1698,9 +1708,15 @@ approval = "auto"
     let actions: [(&[&str], &str); 6] = [
         (issue.as_slice(), "grant_issue"),
         (&["user", "lock", "bob", "--reason", "INC-15"], "user_lock"),
-        (&["user", "unlock", "bob", "--reason", "INC-15"], "user_unlock"),
+        (
+            &["user", "unlock", "bob", "--reason", "INC-15"],
+            "user_unlock",
+        ),
         (&["agent", "remove", "web-9"], "agent_remove"),
-        (&["agent", "token", "create", "--labels", "env=prod"], "agent_token_create"),
+        (
+            &["agent", "token", "create", "--labels", "env=prod"],
+            "agent_token_create",
+        ),
         (&["policy", "reload"], "policy_reload"),
     ];
     for (args, _) in &actions {
@@ -1712,11 +1728,17 @@ approval = "auto"
             err.contains("no sign-in with the IdP is behind your certificate"),
             "{args:?}: {err}"
         );
-        assert!(err.contains("run `loggate login --fresh`"), "{args:?}: {err}");
+        assert!(
+            err.contains("run `loggate login --fresh`"),
+            "{args:?}: {err}"
+        );
     }
     assert_eq!(
         refused_actions(&s),
-        actions.iter().map(|(_, a)| a.to_string()).collect::<Vec<_>>()
+        actions
+            .iter()
+            .map(|(_, a)| a.to_string())
+            .collect::<Vec<_>>()
     );
     // Read-only admin commands are not held to it.
     let out = s.cluster.run_cli("admin", &["user", "list"])?;
@@ -1730,12 +1752,18 @@ approval = "auto"
     let out = s.person(&issue).output()?;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
     assert!(
-        text(&out).1.contains("an admin needs a sign-in at the IdP within the last 5s"),
+        text(&out)
+            .1
+            .contains("an admin needs a sign-in at the IdP within the last 5s"),
         "{}",
         text(&out).1
     );
     fresh_login_as(&s, "admin")?;
     let out = s.person(&issue).output()?;
-    assert!(out.status.success(), "after login --fresh: {}", text(&out).1);
+    assert!(
+        out.status.success(),
+        "after login --fresh: {}",
+        text(&out).1
+    );
     Ok(())
 }

@@ -431,7 +431,8 @@ impl Policy {
         let admin_step_up = match &raw.settings {
             Some(settings) => match &settings.get_ref().admin_step_up {
                 Some(rule) => Some(
-                    step_up(rule, "settings.admin_step_up").map_err(|e| (at(settings.span()), e))?,
+                    step_up(rule, "settings.admin_step_up")
+                        .map_err(|e| (at(settings.span()), e))?,
                 ),
                 None => None,
             },

@@ -798,8 +798,14 @@ fn admin_step_up_is_read_from_settings_and_refused_when_empty_or_out_of_range() 
             r#"admin_step_up = { max_age = "2d" }"#,
             "settings.admin_step_up.max_age \"2d\" is out of range",
         ),
-        (r#"admin_step_up = { max_age = "soon" }"#, "settings.admin_step_up.max_age"),
-        (r#"admin_step_up = { mfa = true, amr = "otp" }"#, "unknown field"),
+        (
+            r#"admin_step_up = { max_age = "soon" }"#,
+            "settings.admin_step_up.max_age",
+        ),
+        (
+            r#"admin_step_up = { mfa = true, amr = "otp" }"#,
+            "unknown field",
+        ),
     ] {
         match parse(bad) {
             Ok(_) => panic!("{bad} was accepted"),

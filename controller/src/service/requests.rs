@@ -1009,7 +1009,10 @@ impl ControllerService {
                 );
                 if let Err(e) = inserted {
                     if let Err(forget) = self.store.forget_request_sign_in(&row.id) {
-                        tracing::warn!("cannot forget the sign-in of request {}: {forget:#}", row.id);
+                        tracing::warn!(
+                            "cannot forget the sign-in of request {}: {forget:#}",
+                            row.id
+                        );
                     }
                     return Err(match e.downcast::<TooManyPending>() {
                         Ok(too_many) => self.refuse_request(
@@ -1384,14 +1387,13 @@ impl ControllerService {
                     // Every approval decides the request under the policy in force now: a role
                     // removed or narrowed since the request refuses it, a raised approver count
                     // or a reviewer since removed from the approver groups keeps it pending.
-                    let (rule, approvals, ttl) =
-                        self.decide_approval(
-                            r,
-                            &user,
-                            reviewer_sign_in,
-                            requester_sign_in,
-                            &policy,
-                        )?;
+                    let (rule, approvals, ttl) = self.decide_approval(
+                        r,
+                        &user,
+                        reviewer_sign_in,
+                        requester_sign_in,
+                        &policy,
+                    )?;
                     let grant_id = ttl.map(|_| loggate_core::grant::new_grant_id());
                     self.audit(&events::AccessApproved {
                         request_id: r.id.clone(),

@@ -551,7 +551,10 @@ mod tests {
             store
                 .record_sign_in(&record("alice", "k1", &groups, 10))
                 .expect("record");
-            assert_eq!(store.idp_groups_for("alice", "k1", 10).ok(), Some(Some(groups)));
+            assert_eq!(
+                store.idp_groups_for("alice", "k1", 10).ok(),
+                Some(Some(groups))
+            );
             assert_eq!(store.idp_groups_for("alice", "k2", 20).ok(), Some(None));
             assert_eq!(store.idp_groups_for("bob", "k1", 10).ok(), Some(None));
             // A new sign-in (a new key, other groups) replaces the old one's.
