@@ -194,7 +194,7 @@ impl ControllerService {
         // read from the certificate), for the access policy's `idp:` members.
         match self
             .store
-            .idp_groups_for(user.name(), &key)
+            .idp_groups_for(user.name(), &key, unix_now())
             .map_err(internal)?
         {
             Some(groups) => Ok(user.with_idp_groups(&groups)),
@@ -233,6 +233,93 @@ impl ControllerService {
             Err(Status::permission_denied(format!(
                 "{user} is not a loggate admin; only admins may {what}"
             )))
+        }
+    }
+
+    /// [`Self::require_admin`] for an action that changes who gets access, and the access
+    /// policy's `settings.admin_step_up` on top: an admin whose sign-in at the IdP is older
+    /// than its `max_age` or not multi-factor is refused (`step_up_required`, audited as
+    /// `admin.step_up_refused`) with the way out, `loggate login --fresh`. A certificate with
+    /// no sign-in behind it (`loggate pki issue`, an older sign-in's) meets no rule: fail
+    /// closed. Without an access policy, or without the setting, any admin certificate will
+    /// do. A reload by SIGHUP (root on the controller's host) is not an admin action and is
+    /// not held to it: the way back from a rule nobody can meet.
+    fn require_admin_for(&self, user: &Identity, action: AdminAction) -> Result<(), Status> {
+        self.require_admin(user, action.what())?;
+        let Some(rule) = self
+            .access
+            .as_ref()
+            .and_then(|h| h.current())
+            .and_then(|p| p.admin_step_up.clone())
+        else {
+            return Ok(());
+        };
+        let strength = self.sign_in_strength(user)?;
+        if strength.meets(&rule) {
+            return Ok(());
+        }
+        let reason = format!(
+            "step_up_required: to {}, an admin needs {}{}: run `loggate login --fresh` and \
+             try again",
+            action.what(),
+            rule.needs(),
+            if strength == crate::policy::SignInStrength::Unknown {
+                " (no sign-in with the IdP is behind your certificate)"
+            } else {
+                ""
+            }
+        );
+        self.audit(&events::AdminStepUpRefused {
+            subject: user.spiffe_id().to_string(),
+            key_sha256: user.key_sha256_hex(),
+            action: action.as_str(),
+            reason: reason.clone(),
+        })?;
+        tracing::warn!(admin = %user, action = action.as_str(), "admin action refused: step-up required");
+        Err(Status::permission_denied(reason))
+    }
+}
+
+/// The admin actions that change who gets access, held to `settings.admin_step_up`
+/// ([`ControllerService::require_admin_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AdminAction {
+    /// `grant issue`: break-glass, any profile including `raw`.
+    GrantIssue,
+    /// `user lock`.
+    UserLock,
+    /// `user unlock`: lets a person locked out back in.
+    UserUnlock,
+    /// `agent remove`.
+    AgentRemove,
+    /// `agent token create`: a new host joins the fleet.
+    AgentTokenCreate,
+    /// `policy reload`: new roles, groups, approvers.
+    PolicyReload,
+}
+
+impl AdminAction {
+    /// The code in `admin.step_up_refused`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AdminAction::GrantIssue => "grant_issue",
+            AdminAction::UserLock => "user_lock",
+            AdminAction::UserUnlock => "user_unlock",
+            AdminAction::AgentRemove => "agent_remove",
+            AdminAction::AgentTokenCreate => "agent_token_create",
+            AdminAction::PolicyReload => "policy_reload",
+        }
+    }
+
+    /// The action in a sentence ("only admins may …").
+    fn what(self) -> &'static str {
+        match self {
+            AdminAction::GrantIssue => "issue grants",
+            AdminAction::UserLock => "lock people out",
+            AdminAction::UserUnlock => "unlock people",
+            AdminAction::AgentRemove => "remove agents",
+            AdminAction::AgentTokenCreate => "create join tokens",
+            AdminAction::PolicyReload => "reload the access policy",
         }
     }
 }
@@ -455,7 +542,7 @@ impl Controller for ControllerService {
         request: Request<pb::IssueGrantRequest>,
     ) -> Result<Response<pb::IssueGrantResponse>, Status> {
         let admin = self.user(&request)?;
-        self.require_admin(&admin, "issue grants; ask an admin to issue the grant")?;
+        self.require_admin_for(&admin, AdminAction::GrantIssue)?;
         let req = request.into_inner();
         let subject = user_spiffe_id(&self.trust_domain, &req.subject)
             .map_err(|e| Status::invalid_argument(format!("subject: {e}")))?;

@@ -428,6 +428,19 @@ impl Store {
 
     /// Revokes a grant; `Ok(None)` when no such grant exists. Revoking twice keeps the first.
     pub fn revoke(&self, id: &str, revoked: Revoked) -> anyhow::Result<Option<GrantRow>> {
+        self.revoke_recorded(id, revoked, || Ok(()))
+    }
+
+    /// [`Self::revoke`], with `record` run inside the transaction when this call is the one
+    /// that revokes the grant, before the commit (it writes the audit record: no revocation
+    /// without its record, and no record of a revocation the store did not take; an error
+    /// from `record` changes nothing).
+    pub fn revoke_recorded(
+        &self,
+        id: &str,
+        revoked: Revoked,
+        record: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Option<GrantRow>> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let changed = tx.execute(
@@ -435,6 +448,7 @@ impl Store {
             params![id, revoked.at, revoked.by, revoked.reason],
         )?;
         if changed == 1 {
+            record()?;
             // The revision as a grant's is taken (MAX + 1, under the revision lock), which on
             // SQLite is what AUTOINCREMENT gave: revisions are never deleted.
             let next = next_revision(&tx)?;

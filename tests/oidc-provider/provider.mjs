@@ -10,10 +10,15 @@
 //   SKEW            seconds added to the provider's clock (-300: tokens already expired)
 //   ID_TOKEN_TTL    ID token lifetime in seconds (default 3600)
 //   CONFORM=1       ID tokens carry only the protocol claims (the rest at /me), as some IdPs do
+//   AUTH_TIME=on_request  ID tokens leave `auth_time` out unless the request asks for it
+//                   (`max_age`, or `prompt=login`), as Google's and Entra ID's do by default: the
+//                   clients are registered without `require_auth_time` (OIDC Core 3.1.2.1 and
+//                   oidc-provider 9's `assignClaims`)
 //
 // Users (password `<name>-pw`): alice (alice@example.com, verified, groups sre+payments),
 // bob (bob@example.com, verified, dev), carol (carol@example.com, NOT verified),
-// dave (dave@elsewhere.test, verified), "eve o'hara" (a preferred_username that is no name).
+// dave (dave@elsewhere.test, verified), "eve o'hara" (a preferred_username that is no name),
+// admin (admin@example.com, verified, sre; the loopback harness's controller admin).
 //
 // Test hooks (outside the provider, for tests only; the fixture only ever listens on loopback):
 //   GET  /__test/jwks?mode=down|empty|up   the JWKS endpoint answers 503 / no keys / normally
@@ -37,6 +42,7 @@ const { generateKeyPair, exportJWK, SignJWT, importJWK } = await import('jose');
 
 const ID_TOKEN_TTL = Number(process.env.ID_TOKEN_TTL || 3600);
 const CONFORM = process.env.CONFORM === '1';
+const AUTH_TIME_ON_REQUEST = process.env.AUTH_TIME === 'on_request';
 
 const USERS = {
   alice: { email: 'alice@example.com', email_verified: true, preferred_username: 'alice', groups: ['sre', 'payments'] },
@@ -44,6 +50,7 @@ const USERS = {
   carol: { email: 'carol@example.com', email_verified: false, preferred_username: 'carol', groups: ['dev'] },
   dave: { email: 'dave@elsewhere.test', email_verified: true, preferred_username: 'dave', groups: [] },
   eve: { email: 'eve@example.com', email_verified: true, preferred_username: "eve o'hara", groups: [] },
+  admin: { email: 'admin@example.com', email_verified: true, preferred_username: 'admin', groups: ['sre'] },
 };
 
 async function makeKey(alg, kid) {
@@ -69,7 +76,7 @@ function makeProvider(keys) {
     redirect_uris: ['http://127.0.0.1/callback'],
     grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
     response_types: ['code'],
-    require_auth_time: true,
+    require_auth_time: !AUTH_TIME_ON_REQUEST,
   });
   const provider = new Provider(issuer, {
     jwks: { keys: keys.map((k) => k.jwk) },

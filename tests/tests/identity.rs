@@ -1396,3 +1396,374 @@ step_up = { max_age = "5s" }
     assert!(text(&out).0.contains("approved: grant"), "{}", text(&out).0);
     Ok(())
 }
+
+/// Runs `grant request … --json` (`cmd`): the request's JSON.
+fn request_json(mut cmd: Command) -> anyhow::Result<Value> {
+    let out = cmd.output()?;
+    anyhow::ensure!(out.status.success(), "grant request: {}", text(&out).1);
+    Ok(serde_json::from_str(text(&out).0.trim())?)
+}
+
+#[test]
+fn an_approval_never_picks_a_role_whose_step_up_the_requester_did_not_meet_when_asking(
+) -> anyhow::Result<()> {
+    // "mfa-auto" would give the access at once, to a multi-factor sign-in only; the provider's
+    // password login is not one, so alice's request waits under "two-person".
+    let policy = r#"
+[groups]
+payments = ["idp:payments"]
+sre = ["bob", "admin"]
+
+[[roles]]
+name = "mfa-auto"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+step_up = { mfa = true }
+
+[[roles]]
+name = "two-person"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 2
+approver_groups = ["sre"]
+"#;
+    let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    s.login_as("alice")?;
+    let request = request_json(s.person(&[
+        "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+        "INC-11", "--json",
+    ]))?;
+    assert_eq!(request["role"], "two-person", "{request}");
+    assert_eq!(request["state"], "pending", "{request}");
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    // One approval: re-picked at the approval, "mfa-auto" would complete it with one
+    // approval although alice never met its step-up. It stays pending under "two-person".
+    let out = s
+        .cluster
+        .run_cli("bob", &["grant", "approve", &id, "--json"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let after: Value = serde_json::from_str(text(&out).0.trim())?;
+    assert_eq!(after["state"], "pending", "{after}");
+    assert_eq!(after["role"], "two-person", "{after}");
+    assert_eq!(after["grant_id"], "", "{after}");
+    // The second approval completes it, under the role alice qualified for.
+    let out = s
+        .cluster
+        .run_cli("admin", &["grant", "approve", &id, "--json"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let after: Value = serde_json::from_str(text(&out).0.trim())?;
+    assert_eq!(after["state"], "approved", "{after}");
+    assert_eq!(after["role"], "two-person", "{after}");
+    Ok(())
+}
+
+#[test]
+fn a_step_up_added_by_a_policy_reload_holds_for_requests_already_pending() -> anyhow::Result<()> {
+    let policy = |step_up: &str| {
+        format!(
+            r#"
+[groups]
+sre = ["bob"]
+
+[[roles]]
+name = "one-person"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "approvers"
+approvers = 1
+approver_groups = ["sre"]
+{step_up}
+"#
+        )
+    };
+    let s = SignInSetup::start_with_policy(&[], "", Some(&policy("")))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    // alice asks with a development certificate: no sign-in at the IdP is behind it.
+    let mut cmd = s.cluster.cli("alice");
+    cmd.args([
+        "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+        "INC-12", "--json",
+    ]);
+    let request = request_json(cmd)?;
+    assert_eq!(request["state"], "pending", "{request}");
+    let id = request["id"].as_str().unwrap_or_default().to_string();
+    s.cluster.set_policy(
+        &policy("step_up = { max_age = \"1h\" }")
+            .replace("LOG_DIR", &s.log_dir.display().to_string()),
+    )?;
+    let out = s.cluster.run_cli("admin", &["policy", "reload"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    // bob's own sign-in meets the new rule; alice's request was never judged by it and
+    // cannot be: refused, audited, still pending.
+    s.login_as("bob")?;
+    let out = s.person(&["grant", "approve", &id]).output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("no longer allows"),
+        "{}",
+        text(&out).1
+    );
+    assert!(
+        text(&out).1.contains("run `loggate login --fresh`"),
+        "{}",
+        text(&out).1
+    );
+    let refused: Vec<Value> = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| event_name(r) == Some("access.review_refused"))
+        .collect();
+    assert_eq!(
+        refused.last().and_then(|r| record_field(r, "reason_code")),
+        Some(&json!("policy_changed")),
+        "{refused:?}"
+    );
+    let issued = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| event_name(r) == Some("grant.issued"))
+        .count();
+    assert_eq!(issued, 0);
+    Ok(())
+}
+
+#[test]
+fn a_lock_whose_revocations_fail_halfway_says_so_records_no_revocation_and_finishes_when_run_again(
+) -> anyhow::Result<()> {
+    let s = SignInSetup::start(&[], "")?;
+    let path = s.log_dir.join("*.log").display().to_string();
+    let grant = s.cluster.issue_grant("alice", "web-1", &path, "1h")?;
+    // The store refuses every revocation (a failing disk, a lost database connection).
+    let db = rusqlite::Connection::open(s.cluster.dir.join("controller/state.db"))?;
+    db.busy_timeout(Duration::from_secs(10))?;
+    db.execute_batch(
+        "CREATE TRIGGER refuse_revoke BEFORE UPDATE OF revoked_at ON grants
+         BEGIN SELECT RAISE(ABORT, 'injected: the store refuses revocations'); END;",
+    )?;
+    let lock = || {
+        s.cluster
+            .run_cli("admin", &["user", "lock", "alice", "--reason", "INC-13"])
+    };
+    let out = lock()?;
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("alice is locked; revocation incomplete"),
+        "{}",
+        text(&out).1
+    );
+    assert!(
+        text(&out).1.contains("run `loggate user lock alice"),
+        "{}",
+        text(&out).1
+    );
+    let revoked = |s: &SignInSetup| {
+        s.cluster
+            .controller_audit()
+            .into_iter()
+            .filter(|r| event_name(r) == Some("grant.revoked"))
+            .count()
+    };
+    // No record claims the revocation the store did not take.
+    assert_eq!(revoked(&s), 0);
+    // Run again once the store works: finished, each revocation recorded once.
+    db.execute_batch("DROP TRIGGER refuse_revoke;")?;
+    let out = lock()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(revoked(&s), 1);
+    let records: Vec<Value> = s
+        .cluster
+        .controller_audit()
+        .into_iter()
+        .filter(|r| event_name(r) == Some("grant.revoked"))
+        .collect();
+    assert_eq!(
+        record_field(&records[0], "grant_id"),
+        Some(&json!(grant)),
+        "{records:?}"
+    );
+    Ok(())
+}
+
+/// `loggate login --fresh` as `who` (code flow, `prompt=login` and `max_age=0` at the IdP).
+fn fresh_login_as(s: &SignInSetup, who: &str) -> anyhow::Result<()> {
+    let mut login = LoginRun::spawn(s.login_cmd(&["--fresh"]))?;
+    let url = login.line(|l| l.starts_with(&format!("{}/auth?", s.idp.issuer)))?;
+    let browser = s.idp.browser()?;
+    let redirect = browser.sign_in(&url, who)?;
+    browser.deliver(&redirect)?;
+    let (code, stderr) = login.finish()?;
+    anyhow::ensure!(code == 0, "login --fresh as {who}: exit {code}: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_max_age_step_up_is_not_met_by_a_token_without_auth_time_and_is_after_login_fresh(
+) -> anyhow::Result<()> {
+    let policy = r#"
+[groups]
+payments = ["idp:payments"]
+
+[[roles]]
+name = "recent"
+groups = ["payments"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+step_up = { max_age = "1h" }
+"#;
+    // The provider leaves auth_time out unless asked (max_age, prompt=login), like Google's
+    // and Entra ID's by default.
+    let s = SignInSetup::start_with_policy(&[("AUTH_TIME", "on_request")], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    let request = || {
+        s.person(&[
+            "grant", "request", "--host", "web-1", "--path", &path, "--ttl", "10m", "--reason",
+            "INC-14",
+        ])
+        .output()
+    };
+    // A sign-in that just happened, but whose token does not say when the person
+    // authenticated (an IdP session of any age answers it silently): not fresh.
+    s.login_as("alice")?;
+    let out = request()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("role recent needs a sign-in at the IdP within the last 1h"),
+        "{}",
+        text(&out).1
+    );
+    assert!(
+        text(&out).1.contains("run `loggate login --fresh`"),
+        "{}",
+        text(&out).1
+    );
+    // --fresh asks with max_age=0, which obliges the IdP to send auth_time.
+    fresh_login_as(&s, "alice")?;
+    let out = request()?;
+    assert!(
+        out.status.success(),
+        "after login --fresh: {}",
+        text(&out).1
+    );
+    Ok(())
+}
+
+#[test]
+fn admin_actions_need_the_admin_step_up_and_a_development_certificate_never_meets_it(
+) -> anyhow::Result<()> {
+    let policy = r#"
+[settings]
+admin_step_up = { max_age = "5s" }
+
+[[roles]]
+name = "someone"
+users = ["alice"]
+hosts = ["web-1"]
+paths = ["LOG_DIR/*.log"]
+max_ttl = "1h"
+approval = "auto"
+"#;
+    let s = SignInSetup::start_with_policy(&[], "", Some(policy))?;
+    let path = s.log_dir.join("app.log").display().to_string();
+    let issue: Vec<&str> = vec![
+        "grant",
+        "issue",
+        "--subject",
+        "alice",
+        "--host",
+        "web-1",
+        "--path",
+        &path,
+        "--ttl",
+        "10m",
+        "--reason",
+        "INC-15",
+    ];
+    let refused_actions = |s: &SignInSetup| -> Vec<String> {
+        s.cluster
+            .controller_audit()
+            .into_iter()
+            .filter(|r| event_name(r) == Some("admin.step_up_refused"))
+            .filter_map(|r| record_field(&r, "action").and_then(|a| a.as_str().map(String::from)))
+            .collect()
+    };
+    // The harness's admin certificate comes from `pki init`: no sign-in is behind it, so
+    // every action that changes who gets access is refused, each audited.
+    let actions: [(&[&str], &str); 6] = [
+        (issue.as_slice(), "grant_issue"),
+        (&["user", "lock", "bob", "--reason", "INC-15"], "user_lock"),
+        (
+            &["user", "unlock", "bob", "--reason", "INC-15"],
+            "user_unlock",
+        ),
+        (&["agent", "remove", "web-9"], "agent_remove"),
+        (
+            &["agent", "token", "create", "--labels", "env=prod"],
+            "agent_token_create",
+        ),
+        (&["policy", "reload"], "policy_reload"),
+    ];
+    for (args, _) in &actions {
+        let out = s.cluster.run_cli("admin", args)?;
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", text(&out).1);
+        let err = text(&out).1;
+        assert!(err.contains("step_up_required"), "{args:?}: {err}");
+        assert!(
+            err.contains("no sign-in with the IdP is behind your certificate"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("run `loggate login --fresh`"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        refused_actions(&s),
+        actions
+            .iter()
+            .map(|(_, a)| a.to_string())
+            .collect::<Vec<_>>()
+    );
+    // Read-only admin commands are not held to it.
+    let out = s.cluster.run_cli("admin", &["user", "list"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    // An admin who just signed in at the IdP may; once the sign-in is older than max_age,
+    // not, until `loggate login --fresh`.
+    s.login_as("admin")?;
+    let out = s.person(&issue).output()?;
+    assert!(out.status.success(), "fresh admin: {}", text(&out).1);
+    std::thread::sleep(Duration::from_secs(6));
+    let out = s.person(&issue).output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .contains("an admin needs a sign-in at the IdP within the last 5s"),
+        "{}",
+        text(&out).1
+    );
+    fresh_login_as(&s, "admin")?;
+    let out = s.person(&issue).output()?;
+    assert!(
+        out.status.success(),
+        "after login --fresh: {}",
+        text(&out).1
+    );
+    Ok(())
+}

@@ -165,14 +165,33 @@ pub struct StepUp {
     pub mfa: bool,
 }
 
+impl StepUp {
+    /// What the rule needs, as a phrase ("a sign-in at the IdP within the last 15m and
+    /// multi-factor authentication").
+    pub fn needs(&self) -> String {
+        let mut needs = Vec::new();
+        if let Some(max) = self.max_age {
+            needs.push(format!(
+                "a sign-in at the IdP within the last {}",
+                loggate_core::duration::format(max)
+            ));
+        }
+        if self.mfa {
+            needs.push("multi-factor authentication".to_string());
+        }
+        needs.join(" and ")
+    }
+}
+
 /// The longest `step_up.max_age`.
 pub const MAX_STEP_UP_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// How the requester signed in, for step-up rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SignInStrength {
-    /// Not judged here: the re-evaluation of a request at its approval (judged when it was
-    /// made), or a check about someone else (whose sign-in is not at hand).
+    /// Not judged here: a check about someone else (`policy check --subject`, whose sign-in
+    /// is not at hand). Never for a decision that gives access: an approval judges the
+    /// requester with the sign-in recorded when they asked (`Known`, or `Unknown`).
     NotChecked,
     /// No sign-in is behind the caller's key (a development certificate, an older sign-in's):
     /// no step-up rule is met.
@@ -219,6 +238,10 @@ pub struct Policy {
     /// (`settings.max_pending_per_requester`): one person cannot flood approvers' lists or
     /// the notification queue.
     pub max_pending_per_requester: u32,
+    /// The sign-in an admin needs for the actions that change who gets access
+    /// (`settings.admin_step_up`: `grant issue`, `user lock|unlock`, `agent remove`,
+    /// `agent token create`, `policy reload`); `None`: any admin certificate will do.
+    pub admin_step_up: Option<StepUp>,
     /// Where notifications go (`[notify]`), if anywhere.
     pub notify: Option<notify::Webhook>,
     /// SHA-256 (hex) of the file's bytes, audited with every load.
@@ -264,6 +287,7 @@ struct RawSettings {
     certificate_groups: Vec<String>,
     #[serde(default)]
     deny_users: Vec<String>,
+    admin_step_up: Option<RawStepUp>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +326,23 @@ struct RawStepUp {
     max_age: Option<String>,
     #[serde(default)]
     mfa: bool,
+}
+
+/// A validated step-up rule; `what` names it in the error (`role x: step_up`).
+fn step_up(raw: &RawStepUp, what: &str) -> Result<StepUp, String> {
+    let max_age = match &raw.max_age {
+        Some(t) => Some(duration(t, &format!("{what}.max_age"), MAX_STEP_UP_AGE)?),
+        None => None,
+    };
+    if max_age.is_none() && !raw.mfa {
+        return Err(format!(
+            "{what} needs max_age (e.g. \"15m\") and/or mfa = true"
+        ));
+    }
+    Ok(StepUp {
+        max_age,
+        mfa: raw.mfa,
+    })
 }
 
 fn default_redaction() -> Vec<String> {
@@ -386,6 +427,16 @@ impl Policy {
                 None => DEFAULT_MAX_PENDING,
             },
             None => DEFAULT_MAX_PENDING,
+        };
+        let admin_step_up = match &raw.settings {
+            Some(settings) => match &settings.get_ref().admin_step_up {
+                Some(rule) => Some(
+                    step_up(rule, "settings.admin_step_up")
+                        .map_err(|e| (at(settings.span()), e))?,
+                ),
+                None => None,
+            },
+            None => None,
         };
         let mut groups = BTreeMap::new();
         let mut idp_groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -491,6 +542,7 @@ impl Policy {
             roles,
             pending_ttl,
             max_pending_per_requester,
+            admin_step_up,
             notify,
             digest: hex::encode(Sha256::digest(text.as_bytes())),
         })
@@ -630,25 +682,7 @@ impl Policy {
         };
         let step_up = match &raw.step_up {
             None => None,
-            Some(s) => {
-                let max_age = match &s.max_age {
-                    Some(t) => Some(duration(
-                        t,
-                        &format!("role {name}: step_up.max_age"),
-                        MAX_STEP_UP_AGE,
-                    )?),
-                    None => None,
-                };
-                if max_age.is_none() && !s.mfa {
-                    return Err(format!(
-                        "role {name}: step_up needs max_age (e.g. \"15m\") and/or mfa = true"
-                    ));
-                }
-                Some(StepUp {
-                    max_age,
-                    mfa: s.mfa,
-                })
-            }
+            Some(s) => Some(step_up(s, &format!("role {name}: step_up"))?),
         };
         Ok(Role {
             name: name.clone(),
@@ -916,19 +950,9 @@ impl Refusal {
                 "needs {needed} approvers other than you, and its approver groups hold {eligible}"
             ),
             Refusal::StepUpRequired(rule) => {
-                let mut needs = Vec::new();
-                if let Some(max) = rule.max_age {
-                    needs.push(format!(
-                        "a sign-in at the IdP within the last {}",
-                        loggate_core::duration::format(max)
-                    ));
-                }
-                if rule.mfa {
-                    needs.push("multi-factor authentication".to_string());
-                }
                 format!(
                     "needs {}: run `loggate login --fresh` and ask again",
-                    needs.join(" and ")
+                    rule.needs()
                 )
             }
         }

@@ -778,3 +778,38 @@ step_up = { max_age = "15m", mfa = true }
         assert!(e.contains(why), "{rule}: {e}");
     }
 }
+
+#[test]
+fn admin_step_up_is_read_from_settings_and_refused_when_empty_or_out_of_range() {
+    let parse = |settings: &str| Policy::parse(&format!("[settings]\n{settings}\n"));
+    let p = parse(r#"admin_step_up = { max_age = "15m", mfa = true }"#)
+        .unwrap_or_else(|(line, e)| panic!("line {line}: {e}"));
+    assert_eq!(
+        p.admin_step_up,
+        Some(StepUp {
+            max_age: Some(Duration::from_secs(15 * 60)),
+            mfa: true
+        })
+    );
+    assert_eq!(parse("").map(|p| p.admin_step_up).ok(), Some(None));
+    for (bad, why) in [
+        ("admin_step_up = {}", "settings.admin_step_up needs max_age"),
+        (
+            r#"admin_step_up = { max_age = "2d" }"#,
+            "settings.admin_step_up.max_age \"2d\" is out of range",
+        ),
+        (
+            r#"admin_step_up = { max_age = "soon" }"#,
+            "settings.admin_step_up.max_age",
+        ),
+        (
+            r#"admin_step_up = { mfa = true, amr = "otp" }"#,
+            "unknown field",
+        ),
+    ] {
+        match parse(bad) {
+            Ok(_) => panic!("{bad} was accepted"),
+            Err((_, e)) => assert!(e.contains(why), "{bad}: {e}"),
+        }
+    }
+}

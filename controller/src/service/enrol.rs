@@ -426,7 +426,7 @@ impl super::ControllerService {
         request: Request<pb::CreateJoinTokenRequest>,
     ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
         let admin = self.user(&request)?;
-        self.require_admin(&admin, "create join tokens")?;
+        self.require_admin_for(&admin, super::AdminAction::AgentTokenCreate)?;
         let req = request.into_inner();
         let labels = checked_labels(&req.labels)?;
         if req.ttl_seconds == 0 || req.ttl_seconds > MAX_TOKEN_TTL.as_secs() {
@@ -614,7 +614,7 @@ impl super::ControllerService {
         request: Request<pb::RemoveAgentRequest>,
     ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
         let admin = self.user(&request)?;
-        self.require_admin(&admin, "remove agents")?;
+        self.require_admin_for(&admin, super::AdminAction::AgentRemove)?;
         let id = request.into_inner().agent_id;
         if !is_valid_name(&id) {
             return Err(Status::invalid_argument(format!(

@@ -13,6 +13,7 @@
 use super::{grant_info, internal, seconds, ControllerService, MAX_FIELD};
 use crate::policy::notify::{Notice, Notifier, BREAK_GLASS_EVENT};
 use crate::policy::{Approval, Decision, Policy, PolicyHandle, Query, ReloadError, SignInStrength};
+use crate::store::signins::RequestSignIn;
 use crate::store::{
     GrantRow, ListScope, RequestRow, RequestRule, RequestState, ReviewGrantRow, ReviewRow, Store,
     TooManyPending,
@@ -865,7 +866,7 @@ impl ControllerService {
         request: Request<pb::ReloadPolicyRequest>,
     ) -> Result<Response<pb::ReloadPolicyResponse>, Status> {
         let user = self.user(&request)?;
-        self.require_admin(&user, "reload the access policy")?;
+        self.require_admin_for(&user, super::AdminAction::PolicyReload)?;
         let handle = self
             .access
             .clone()
@@ -908,6 +909,7 @@ impl ControllerService {
         let profile = self.profile_or_default(&req.redaction_profile)?;
         let asked =
             Duration::from_secs(req.ttl_seconds.min(crate::config::MAX_TTL_LIMIT.as_secs()));
+        let sign_in = self.sign_in_strength(&user)?;
         let decision = policy.evaluate(&Query {
             subject: user.name(),
             cert_groups: user.groups(),
@@ -916,7 +918,7 @@ impl ControllerService {
             ttl: asked,
             profile: &profile,
             break_glass: req.break_glass,
-            sign_in: self.sign_in_strength(&user)?,
+            sign_in,
         });
         let allowed = match decision {
             Decision::Allowed(a) => a,
@@ -1007,12 +1009,31 @@ impl ControllerService {
         })?;
         let stored = match &allowed.approval {
             Approval::Approvers { .. } => {
+                // Its approval judges the step-up of the role it stands under then with the
+                // sign-in the request was made with (store/signins.rs `request_sign_ins`).
+                if let SignInStrength::Known { age, mfa } = sign_in {
+                    self.store
+                        .record_request_sign_in(
+                            &row.id,
+                            RequestSignIn {
+                                age_seconds: age.as_secs(),
+                                mfa,
+                            },
+                        )
+                        .map_err(internal)?;
+                }
                 let inserted = self.store.insert_pending_request(
                     &row,
                     policy.max_pending_per_requester,
                     || self.audit(&requested).map_err(anyhow::Error::from),
                 );
                 if let Err(e) = inserted {
+                    if let Err(forget) = self.store.forget_request_sign_in(&row.id) {
+                        tracing::warn!(
+                            "cannot forget the sign-in of request {}: {forget:#}",
+                            row.id
+                        );
+                    }
                     return Err(match e.downcast::<TooManyPending>() {
                         Ok(too_many) => self.refuse_request(
                             &user,
@@ -1203,12 +1224,19 @@ impl ControllerService {
     /// (`not_an_approver`), both audited. Returns the rule the request stands under now, the
     /// approvals that count, and the TTL of its grant when they are enough (at most the one
     /// granted at the request).
+    ///
+    /// The role picked now is judged with `sign_in`, how the requester had signed in when
+    /// they made the request (its age then): a requester never gets a grant under a role
+    /// whose `step_up` they did not meet when they asked — neither another role that refused
+    /// them then, nor a `step_up` a `policy reload` added since. Without a record (a
+    /// development certificate, a request from before schema version 3) no step-up is met.
     fn decide_approval(
         &self,
         r: &RequestRow,
         reviewer: &Identity,
-        // Read before the approval's transaction (the store is not re-entrant).
+        // Both read before the approval's transaction (the store is not re-entrant).
         reviewer_sign_in: SignInStrength,
+        requester_sign_in: SignInStrength,
         policy: &Policy,
     ) -> anyhow::Result<(RequestRule, u32, Option<u64>)> {
         let requester = short(&r.requester);
@@ -1220,8 +1248,7 @@ impl ControllerService {
             ttl: Duration::from_secs(r.ttl_seconds.max(1)),
             profile: &r.profile,
             break_glass: false,
-            // Judged when the request was made.
-            sign_in: SignInStrength::NotChecked,
+            sign_in: requester_sign_in,
         });
         let refuse = |code: &'static str, status: Status| -> anyhow::Error {
             if let Err(e) = self.audit_review_refused(r, reviewer, code) {
@@ -1305,6 +1332,20 @@ impl ControllerService {
         Ok((rule, counted, ttl))
     }
 
+    /// How the requester of `request_id` had signed in when they made it, for the step-up
+    /// of the role its approval picks (see [`Self::decide_approval`]).
+    fn requester_sign_in(&self, request_id: &str) -> Result<SignInStrength, Status> {
+        Ok(
+            match self.store.request_sign_in(request_id).map_err(internal)? {
+                Some(f) => SignInStrength::Known {
+                    age: Duration::from_secs(f.age_seconds),
+                    mfa: f.mfa,
+                },
+                None => SignInStrength::Unknown,
+            },
+        )
+    }
+
     fn review_args(&self, req: &pb::ReviewRequest) -> Result<(), Status> {
         check_request_id(&req.request_id)?;
         if req.comment.len() > MAX_FIELD {
@@ -1346,6 +1387,7 @@ impl ControllerService {
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
         let key = self.key_of(&before.requester)?;
         let reviewer_sign_in = self.sign_in_strength(&user)?;
+        let requester_sign_in = self.requester_sign_in(&before.id)?;
         let now = unix_now();
         let reviewer = user.spiffe_id().to_string();
         let review = ReviewRow {
@@ -1365,8 +1407,13 @@ impl ControllerService {
                     // Every approval decides the request under the policy in force now: a role
                     // removed or narrowed since the request refuses it, a raised approver count
                     // or a reviewer since removed from the approver groups keeps it pending.
-                    let (rule, approvals, ttl) =
-                        self.decide_approval(r, &user, reviewer_sign_in, &policy)?;
+                    let (rule, approvals, ttl) = self.decide_approval(
+                        r,
+                        &user,
+                        reviewer_sign_in,
+                        requester_sign_in,
+                        &policy,
+                    )?;
                     let grant_id = ttl.map(|_| loggate_core::grant::new_grant_id());
                     self.audit(&events::AccessApproved {
                         request_id: r.id.clone(),

@@ -17,7 +17,7 @@
 //! An unlock lets them sign in again; certificates from before the lock stay refused (the
 //! stolen laptop's), the new sign-in's certificate starts after it.
 
-use super::{internal, ControllerService, MAX_FIELD};
+use super::{internal, AdminAction, ControllerService, MAX_FIELD};
 use crate::store::signins::LockChange;
 use crate::store::Revoked;
 use crate::store::{ListScope, RequestState};
@@ -46,7 +46,12 @@ impl ControllerService {
         request: Request<pb::SetUserLockRequest>,
     ) -> Result<Response<pb::SetUserLockResponse>, Status> {
         let admin = self.user(&request)?;
-        self.require_admin(&admin, "lock or unlock people")?;
+        let action = if request.get_ref().locked {
+            AdminAction::UserLock
+        } else {
+            AdminAction::UserUnlock
+        };
+        self.require_admin_for(&admin, action)?;
         let req = request.into_inner();
         let subject = user_spiffe_id(&self.trust_domain, &req.user)
             .map_err(|e| Status::invalid_argument(format!("user: {e}")))?;
@@ -98,12 +103,34 @@ impl ControllerService {
                 },
             )
             .map_err(internal)?;
-        self.refresh_revocations().map_err(internal)?;
-        let (mut requests_cancelled, mut grants_revoked) = (0u32, 0u32);
-        if req.locked {
-            requests_cancelled = self.cancel_pending_of(subject.as_str(), &by)?;
-            grants_revoked = self.revoke_grants_of(subject.as_str(), &by, &req.reason)?;
-        }
+        // The lock is recorded now; what follows can fail halfway (the store, the audit log).
+        // Running the same command again finishes it: a lock already in place still reloads
+        // the revocation set, cancels and revokes.
+        let finish = || -> Result<(u32, u32), Status> {
+            self.refresh_revocations().map_err(internal)?;
+            if !req.locked {
+                return Ok((0, 0));
+            }
+            let cancelled = self.cancel_pending_of(subject.as_str(), &by)?;
+            let revoked = self.revoke_grants_of(subject.as_str(), &by, &req.reason)?;
+            Ok((cancelled, revoked))
+        };
+        let (requests_cancelled, grants_revoked) = finish().map_err(|status| {
+            let (state, command) = if req.locked {
+                ("locked", "lock")
+            } else {
+                ("unlocked", "unlock")
+            };
+            tracing::error!(user = %subject, "{state}, but not finished: {}", status.message());
+            Status::new(
+                status.code(),
+                format!(
+                    "{name} is {state}; revocation incomplete ({}): run `loggate user {command} \
+                     {name} --reason …` again",
+                    status.message()
+                ),
+            )
+        })?;
         tracing::info!(
             user = %subject, by = %admin, locked = req.locked, changed, grants_revoked,
             requests_cancelled, "user lock set"
@@ -175,25 +202,36 @@ impl ControllerService {
                 break;
             }
             for grant in active {
-                self.audit(&events::GrantRevoked {
-                    grant_id: grant.id.clone(),
-                    subject: Some(grant.subject.clone()),
-                    revoked_by: by.to_string(),
-                    reason: reason.clone(),
-                    revision: None,
-                })?;
+                // Recorded in the revocation's own transaction: a store that fails writes no
+                // `grant.revoked` for a grant still active, and a grant revoked meanwhile by
+                // someone else gets no second record.
+                let mut recorded = false;
                 self.store
-                    .revoke(
+                    .revoke_recorded(
                         &grant.id,
                         Revoked {
                             at: unix_now(),
                             by: by.to_string(),
                             reason: reason.clone(),
                         },
+                        || {
+                            self.audit(&events::GrantRevoked {
+                                grant_id: grant.id.clone(),
+                                subject: Some(grant.subject.clone()),
+                                revoked_by: by.to_string(),
+                                reason: reason.clone(),
+                                revision: None,
+                            })
+                            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+                            recorded = true;
+                            Ok(())
+                        },
                     )
                     .map_err(internal)?;
-                metrics::controller().grants_revoked.inc();
-                revoked = revoked.saturating_add(1);
+                if recorded {
+                    metrics::controller().grants_revoked.inc();
+                    revoked = revoked.saturating_add(1);
+                }
             }
             let revision = self.store.latest_revision().map_err(internal)?;
             metrics::controller().committed(revision);
@@ -210,7 +248,7 @@ impl ControllerService {
     ) -> Result<crate::policy::SignInStrength, Status> {
         let facts = self
             .store
-            .sign_in_facts(user.name(), &user.key_sha256_hex())
+            .sign_in_facts(user.name(), &user.key_sha256_hex(), unix_now())
             .map_err(internal)?;
         Ok(match facts {
             None => crate::policy::SignInStrength::Unknown,

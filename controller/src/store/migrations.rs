@@ -13,6 +13,8 @@
 //!   Version 3 adds `agents.replica` (the controller replica an agent last connected to): on
 //!   SQLite an idempotent column check (`agents::migrate_sqlite`), on PostgreSQL
 //!   `postgres_v3.sql`.
+//!   Version 4 (a pending request's sign-in, `request_sign_ins`) only adds a table
+//!   (`postgres_v4.sql`; on SQLite in the idempotent schema).
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
 
@@ -20,13 +22,14 @@ use super::db::{Connection, OptionalExtension};
 use anyhow::Context;
 
 /// The schema version this binary reads and writes.
-pub const LATEST: u32 = 3;
+pub const LATEST: u32 = 4;
 
 /// PostgreSQL's scripts, by version (index 0 is version 1).
 const POSTGRES: &[&str] = &[
     include_str!("migrations/postgres_v1.sql"),
     include_str!("migrations/postgres_v2.sql"),
     include_str!("migrations/postgres_v3.sql"),
+    include_str!("migrations/postgres_v4.sql"),
 ];
 
 /// The advisory lock the replicas' migrations take ("lgmigr").

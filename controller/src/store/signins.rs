@@ -18,14 +18,22 @@
 //! - **Signed-in users** (`oidc_users`): per loggate name, the key its last sign-in certified,
 //!   the IdP groups that sign-in's verified token carried, when, and the certificate's end.
 //!   The groups count for the access policy only for a caller presenting that key (proved by
-//!   the TLS handshake): they are the IdP's word kept by the controller, never something the
-//!   person's certificate or request says, so nobody can claim a group they were not given.
+//!   the TLS handshake) and only while that sign-in's certificate is valid: they are the IdP's
+//!   word kept by the controller, never something the person's certificate or request says,
+//!   so nobody can claim a group they were not given.
 //!
 //! - **Locks** (`user_locks`): `loggate user lock` / `unlock`. A locked name's certificates
 //!   are all refused (its revocation cut-off is "everything"); after an unlock the cut-off is
 //!   the second before the lock, so certificates that started before it (the stolen laptop's)
 //!   stay refused and a new sign-in's certificate starts no earlier than the lock (none is
 //!   issued while locked).
+//!
+//! - **A request's sign-in** (`request_sign_ins`, schema version 3): how the requester had
+//!   signed in when they made a pending request — the age of that sign-in at the request's
+//!   creation and whether it was multi-factor. Its approval picks the role again under the
+//!   policy in force then, and judges that role's `step_up` with these facts, so a requester
+//!   never gets a grant under a role whose step-up they did not meet when they asked. No row
+//!   (a development certificate, a request from before version 3): no step-up is met.
 //!
 //! SQL here is plain and standard (no SQLite-only functions), so it ports to PostgreSQL.
 
@@ -51,6 +59,11 @@ CREATE TABLE IF NOT EXISTS oidc_users (
     cert_not_after INTEGER NOT NULL,
     auth_time INTEGER NOT NULL,
     amr TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS request_sign_ins (
+    request_id TEXT PRIMARY KEY,
+    age_seconds INTEGER NOT NULL,
+    mfa INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS user_locks (
     name TEXT PRIMARY KEY,
@@ -100,6 +113,16 @@ pub struct SignInFacts {
     pub auth_time: i64,
     /// The token's `amr` (RFC 8176).
     pub amr: Vec<String>,
+}
+
+/// How the requester of a pending request had signed in when they made it
+/// ([`Store::record_request_sign_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSignIn {
+    /// The sign-in's age (s) at the request's creation.
+    pub age_seconds: u64,
+    /// Whether the IdP reported multi-factor (`amr` holding `mfa`).
+    pub mfa: bool,
 }
 
 /// A lock or unlock of one person ([`Store::set_user_lock`]).
@@ -250,17 +273,20 @@ impl Store {
     }
 
     /// How fresh and strong the sign-in behind `name`'s key `key_sha256` (hex) was, when its
-    /// last sign-in certified that key; `None` for another key.
+    /// last sign-in certified that key and the certificate it gave is still valid at `now`
+    /// (unix s); `None` otherwise (see [`Self::idp_groups_for`]).
     pub fn sign_in_facts(
         &self,
         name: &str,
         key_sha256: &str,
+        now: i64,
     ) -> anyhow::Result<Option<SignInFacts>> {
         Ok(self
             .conn()
             .query_row(
-                "SELECT auth_time, amr FROM oidc_users WHERE name = ?1 AND key_sha256 = ?2",
-                params![name, key_sha256],
+                "SELECT auth_time, amr FROM oidc_users
+                 WHERE name = ?1 AND key_sha256 = ?2 AND cert_not_after >= ?3",
+                params![name, key_sha256, now],
                 |r| {
                     Ok(SignInFacts {
                         auth_time: r.get(0)?,
@@ -271,22 +297,78 @@ impl Store {
             .optional()?)
     }
 
-    /// The IdP groups of `name`'s last sign-in when it certified the key `key_sha256` (hex);
-    /// `None` for another key (an older sign-in's certificate, a development certificate).
+    /// The IdP groups of `name`'s last sign-in when it certified the key `key_sha256` (hex)
+    /// and the certificate it gave is still valid at `now` (unix s: `now <= cert_not_after`);
+    /// `None` for another key (an older sign-in's certificate, a development certificate) and
+    /// once that certificate has expired: another certificate for the same key (an admin's
+    /// `pki issue` for the laptop's request, a client that reuses its key) would otherwise
+    /// inherit the IdP's groups long after the IdP last vouched for them.
     pub fn idp_groups_for(
         &self,
         name: &str,
         key_sha256: &str,
+        now: i64,
     ) -> anyhow::Result<Option<Vec<String>>> {
         let groups: Option<String> = self
             .conn()
             .query_row(
-                "SELECT groups FROM oidc_users WHERE name = ?1 AND key_sha256 = ?2",
-                params![name, key_sha256],
+                "SELECT groups FROM oidc_users
+                 WHERE name = ?1 AND key_sha256 = ?2 AND cert_not_after >= ?3",
+                params![name, key_sha256, now],
                 |r| r.get(0),
             )
             .optional()?;
         Ok(groups.map(super::from_json))
+    }
+}
+
+impl Store {
+    /// Records how the requester of request `request_id` had signed in when they made it
+    /// (written before the request is stored; see the module's contract).
+    pub fn record_request_sign_in(
+        &self,
+        request_id: &str,
+        facts: RequestSignIn,
+    ) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO request_sign_ins (request_id, age_seconds, mfa) VALUES (?1, ?2, ?3)
+             ON CONFLICT(request_id) DO UPDATE SET age_seconds = ?2, mfa = ?3",
+            params![
+                request_id,
+                i64::try_from(facts.age_seconds).unwrap_or(i64::MAX),
+                i64::from(facts.mfa)
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// How the requester of `request_id` had signed in when they made it; `None` when nothing
+    /// was recorded (no sign-in behind their key, or a request from before schema version 3).
+    pub fn request_sign_in(&self, request_id: &str) -> anyhow::Result<Option<RequestSignIn>> {
+        let row: Option<(i64, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT age_seconds, mfa FROM request_sign_ins WHERE request_id = ?1",
+                params![request_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        // A negative age is no age this code wrote: it meets nothing.
+        Ok(row.and_then(|(age, mfa)| {
+            Some(RequestSignIn {
+                age_seconds: u64::try_from(age).ok()?,
+                mfa: mfa != 0,
+            })
+        }))
+    }
+
+    /// Forgets what [`Self::record_request_sign_in`] wrote for a request that was not stored.
+    pub fn forget_request_sign_in(&self, request_id: &str) -> anyhow::Result<()> {
+        self.conn().execute(
+            "DELETE FROM request_sign_ins WHERE request_id = ?1",
+            params![request_id],
+        )?;
+        Ok(())
     }
 }
 
@@ -469,27 +551,71 @@ mod tests {
             store
                 .record_sign_in(&record("alice", "k1", &groups, 10))
                 .expect("record");
-            assert_eq!(store.idp_groups_for("alice", "k1").ok(), Some(Some(groups)));
-            assert_eq!(store.idp_groups_for("alice", "k2").ok(), Some(None));
-            assert_eq!(store.idp_groups_for("bob", "k1").ok(), Some(None));
+            assert_eq!(
+                store.idp_groups_for("alice", "k1", 10).ok(),
+                Some(Some(groups))
+            );
+            assert_eq!(store.idp_groups_for("alice", "k2", 20).ok(), Some(None));
+            assert_eq!(store.idp_groups_for("bob", "k1", 10).ok(), Some(None));
             // A new sign-in (a new key, other groups) replaces the old one's.
             store
                 .record_sign_in(&record("alice", "k2", &["dev".to_string()], 20))
                 .expect("record");
-            assert_eq!(store.idp_groups_for("alice", "k1").ok(), Some(None));
-            assert_eq!(store.sign_in_facts("alice", "k1").ok(), Some(None));
+            assert_eq!(store.idp_groups_for("alice", "k1", 10).ok(), Some(None));
+            assert_eq!(store.sign_in_facts("alice", "k1", 20).ok(), Some(None));
             assert_eq!(
                 store
-                    .sign_in_facts("alice", "k2")
+                    .sign_in_facts("alice", "k2", 20)
                     .ok()
                     .flatten()
                     .map(|f| f.auth_time),
                 Some(19)
             );
             assert_eq!(
-                store.idp_groups_for("alice", "k2").ok(),
+                store.idp_groups_for("alice", "k2", 20).ok(),
                 Some(Some(vec!["dev".to_string()]))
             );
+        });
+    }
+
+    #[test]
+    fn idp_groups_and_sign_in_facts_count_only_while_that_sign_ins_certificate_is_valid() {
+        crate::store::testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let groups = vec!["payments".to_string()];
+            // The certificate of this sign-in ends at 110.
+            store
+                .record_sign_in(&record("alice", "k1", &groups, 10))
+                .expect("record");
+            assert_eq!(
+                store.idp_groups_for("alice", "k1", 110).ok(),
+                Some(Some(groups))
+            );
+            assert!(store
+                .sign_in_facts("alice", "k1", 110)
+                .is_ok_and(|f| f.is_some()));
+            // Another certificate for the same key (a `pki issue` of the laptop's request)
+            // after the sign-in's certificate ended inherits nothing.
+            assert_eq!(store.idp_groups_for("alice", "k1", 111).ok(), Some(None));
+            assert_eq!(store.sign_in_facts("alice", "k1", 111).ok(), Some(None));
+        });
+    }
+
+    #[test]
+    fn a_requests_sign_in_is_kept_by_request_and_forgotten_on_demand() {
+        crate::store::testing::on_each_test_store(|t| {
+            let store = &t.store;
+            assert_eq!(store.request_sign_in("r-1").ok(), Some(None));
+            let facts = RequestSignIn {
+                age_seconds: 42,
+                mfa: true,
+            };
+            store.record_request_sign_in("r-1", facts).expect("record");
+            t.reopen();
+            assert_eq!(t.store.request_sign_in("r-1").ok(), Some(Some(facts)));
+            assert_eq!(t.store.request_sign_in("r-2").ok(), Some(None));
+            t.store.forget_request_sign_in("r-1").expect("forget");
+            assert_eq!(t.store.request_sign_in("r-1").ok(), Some(None));
         });
     }
 

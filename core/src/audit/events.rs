@@ -1060,7 +1060,8 @@ audit_event! {
         idp_subject: String,
         /// the verified e-mail address, or null
         email: Option<String>,
-        /// the groups the IdP reported in `groups_claim` (not yet used by the policy)
+        /// the groups the IdP reported in `groups_claim` (the policy's `idp:` members, while
+        /// the certificate this sign-in gives is valid)
         groups: Vec<String>,
     }
     ocsf: |e, _on| Ocsf::authentication(
@@ -1486,6 +1487,38 @@ audit_event! {
         &e.subject,
         &e.unlocked_by,
     ),
+}
+
+audit_event! {
+    /// An admin action that changes who gets access was refused, and changed nothing: the
+    /// admin's sign-in does not meet the access policy's `settings.admin_step_up` (older than
+    /// its `max_age`, not multi-factor, or no sign-in with the IdP behind the certificate at
+    /// all, such as a `loggate pki issue` one). The way out is `loggate login --fresh`.
+    AdminStepUpRefused = "admin.step_up_refused" {
+        writers: "controller", class: Authentication, activity: 99 "Step-Up Refused",
+        outcome: Failure, severity: MEDIUM,
+    }
+    {
+        /// the admin's SPIFFE id (`user.uid`)
+        subject: String,
+        /// SHA-256 of the admin's certificate public key (`user.programmatic_credentials`)
+        key_sha256: String,
+        /// what was refused: `grant_issue`, `user_lock`, `user_unlock`, `agent_remove`,
+        /// `agent_token_create` or `policy_reload`
+        action: &'static str,
+        /// the refusal as the admin was told it
+        reason: String,
+    }
+    ocsf: |e, _on| Ocsf::authentication(
+        format!("{} was refused {}: step-up required", e.subject, e.action),
+        Logon {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            service: None,
+            peer: None,
+        },
+    )
+    .detail(Some("step_up_required")),
 }
 
 audit_event! {
@@ -2298,6 +2331,7 @@ pub const CATALOGUE: &[&EventType] = &[
     AgentRemoved::TYPE,
     UserLocked::TYPE,
     UserUnlocked::TYPE,
+    AdminStepUpRefused::TYPE,
     AgentCertificateRenewed::TYPE,
     ControllerConnected::TYPE,
     ControllerRefused::TYPE,

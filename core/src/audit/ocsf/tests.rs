@@ -203,6 +203,11 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
             "unlocked_by": "spiffe://loggate.local/user/admin",
             "reason": "new laptop",
         }),
+        "admin.step_up_refused" => json!({
+            "subject": ADMIN, "key_sha256": KEY, "action": "grant_issue",
+            "reason": "issuing grants needs a sign-in at the IdP within the last 15m: run \
+                       `loggate login --fresh` and try again",
+        }),
         "controller.connected" => json!({
             "address": "ctl-b.example:7443", "epoch": "9f1c2e3d4b5a69788796a5b4c3d2e1f0",
             "after_revision": 412, "after_epoch": "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
@@ -413,6 +418,7 @@ pub(super) fn shaped(
         AgentRemoved,
         UserLocked,
         UserUnlocked,
+        AdminStepUpRefused,
         AgentCertificateRenewed,
         ControllerConnected,
         ControllerRefused,
