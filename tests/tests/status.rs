@@ -111,6 +111,53 @@ fn agent_status_is_off_until_status_readers_names_someone() -> anyhow::Result<()
     Ok(())
 }
 
+/// Issue 14: each sink's spool lag in bytes (what an outage costs in disk) beside its records,
+/// asked while the sink's receiver is down.
+#[test]
+fn agent_status_reports_a_down_sinks_lag_in_bytes() -> anyhow::Result<()> {
+    let nobody = loggate_tests::free_addr()?; // nothing listens there: the receiver is down
+    let secrets = tempfile::tempdir()?;
+    let token_file = secrets.path().join("hec.token");
+    std::fs::write(&token_file, "status-test-token\n")?;
+    let f = Fixture::start_with(&format!(
+        "status_readers = [\"alice\"]\n\
+         [[audit.sinks]]\nname = \"siem\"\nkind = \"hec\"\n\
+         url = \"http://{nobody}/services/collector/event\"\ntoken_file = {:?}\n",
+        token_file.display().to_string()
+    ))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let sink = loop {
+        let out = status(&f, "alice")?;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout)?;
+        let sink = report["sinks"][0].clone();
+        if sink["state"] == "down" && sink["lag_records"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(report["audit_lag_bytes"], sink["lag_bytes"], "{report}");
+            break sink;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "sink never down: {report}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Nothing was delivered: the bytes behind are the audit file's, at least a few hundred
+    // bytes a record (an OCSF record is about a KiB), at most the whole file.
+    let lag_records = sink["lag_records"].as_u64().unwrap_or(0);
+    let lag_bytes = sink["lag_bytes"].as_u64().unwrap_or(0);
+    let file = std::fs::metadata(f.cluster.dir.join("agents/web-1/audit.jsonl"))?.len();
+    assert!(lag_bytes >= 200 * lag_records, "{sink}");
+    assert!(lag_bytes <= file, "{sink} vs a file of {file} bytes");
+
+    let out = f
+        .cluster
+        .cli("alice")
+        .args(["agent", "status", "web-1"])
+        .output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("bytes) behind"), "{stdout}");
+    Ok(())
+}
+
 const ALICE: &str = "spiffe://loggate.local/user/alice";
 const BOB: &str = "spiffe://loggate.local/user/bob";
 
