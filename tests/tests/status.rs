@@ -5,6 +5,17 @@
 use loggate_tests::{text, Fixture, HecReceiver};
 use std::time::{Duration, Instant};
 
+/// A fixture whose agent has followed the controller (`controller.connected`): `agent status`
+/// finds the agent's address through the controller, which knows it only from then on.
+fn started(agent_extra: &str) -> anyhow::Result<Fixture> {
+    let f = Fixture::start_with(agent_extra)?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(20), |e| {
+            e["event"] == "controller.connected"
+        })?;
+    Ok(f)
+}
+
 /// `loggate agent status web-1 --output json` as `user`.
 fn status(f: &Fixture, user: &str) -> anyhow::Result<std::process::Output> {
     Ok(f.cluster
@@ -19,7 +30,7 @@ fn agent_status_reports_version_grants_bypass_audit_sink_and_certificate() -> an
     let secrets = tempfile::tempdir()?;
     let token_file = secrets.path().join("hec.token");
     std::fs::write(&token_file, "status-test-token\n")?;
-    let f = Fixture::start_with(&format!(
+    let f = started(&format!(
         "status_readers = [\"alice\"]\n\
          [[audit.sinks]]\nname = \"splunk\"\nkind = \"hec\"\n\
          url = \"http://{}/services/collector/event\"\ntoken_file = {:?}\n",
@@ -92,7 +103,7 @@ fn agent_status_reports_version_grants_bypass_audit_sink_and_certificate() -> an
 
 #[test]
 fn agent_status_is_refused_to_users_not_in_status_readers() -> anyhow::Result<()> {
-    let f = Fixture::start_with("status_readers = [\"alice\"]")?;
+    let f = started("status_readers = [\"alice\"]")?;
     let out = status(&f, "bob")?;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
@@ -103,7 +114,7 @@ fn agent_status_is_refused_to_users_not_in_status_readers() -> anyhow::Result<()
 
 #[test]
 fn agent_status_is_off_until_status_readers_names_someone() -> anyhow::Result<()> {
-    let f = Fixture::start()?;
+    let f = started("")?;
     let out = status(&f, "admin")?;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
@@ -119,7 +130,7 @@ fn agent_status_reports_a_down_sinks_lag_in_bytes() -> anyhow::Result<()> {
     let secrets = tempfile::tempdir()?;
     let token_file = secrets.path().join("hec.token");
     std::fs::write(&token_file, "status-test-token\n")?;
-    let f = Fixture::start_with(&format!(
+    let f = started(&format!(
         "status_readers = [\"alice\"]\n\
          [[audit.sinks]]\nname = \"siem\"\nkind = \"hec\"\n\
          url = \"http://{nobody}/services/collector/event\"\ntoken_file = {:?}\n",
@@ -177,7 +188,7 @@ fn assert_agent_audit_is_valid_ocsf(f: &Fixture) -> anyhow::Result<()> {
 /// reaches the SIEM is itself audited, answered or refused.
 #[test]
 fn agent_status_asks_answered_and_refused_each_leave_a_valid_ocsf_record() -> anyhow::Result<()> {
-    let f = Fixture::start_with("status_readers = [\"alice\"]")?;
+    let f = started("status_readers = [\"alice\"]")?;
     let out = status(&f, "alice")?;
     assert!(out.status.success(), "{}", text(&out).1);
     let out = status(&f, "bob")?;
@@ -220,7 +231,7 @@ fn agent_status_asks_answered_and_refused_each_leave_a_valid_ocsf_record() -> an
 /// cannot fill the audit, and what is left out is counted in the summary.
 #[test]
 fn refused_status_asks_share_the_denial_budget_of_refused_reads() -> anyhow::Result<()> {
-    let mut f = Fixture::start_with(
+    let mut f = started(
         "status_readers = [\"alice\"]\n\
          [limits]\naudit_denials_per_window = 2\naudit_denial_window = \"1h\"",
     )?;
