@@ -17,6 +17,7 @@ mod config;
 mod controllers;
 mod decompress;
 mod enrol;
+mod examples;
 mod follow;
 mod fs_access;
 mod gate;
@@ -517,9 +518,22 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// The command tree of `loggate-agent`, with every command's examples ([`examples`]): what is
+/// parsed, completed and written as man pages.
+fn cli_command() -> clap::Command {
+    examples::attach(<Cli as clap::CommandFactory>::command())
+}
+
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    let cli = match cli_command()
+        .try_get_matches()
+        .and_then(|matches| <Cli as clap::FromArgMatches>::from_arg_matches(&matches))
+    {
+        Ok(cli) => cli,
+        // Help and version to stdout with 0; bad usage to stderr with 2, as `Cli::parse` did.
+        Err(e) => e.exit(),
+    };
     let format = match &cli.command {
         Command::Run { log_format, .. } => LogFormat::from_name(log_format).unwrap_or_default(),
         _ => LogFormat::Text,
@@ -537,14 +551,12 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => return check_config(&file),
         Command::Enrol(args) => runtime.block_on(enrol::enrol(args)),
         Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut command = cli_command();
             clap_complete::generate(shell, &mut command, "loggate-agent", &mut std::io::stdout());
             Ok(())
         }
-        Command::Manpages { dir } => {
-            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
-                .with_context(|| format!("writing man pages into {}", dir.display()))
-        }
+        Command::Manpages { dir } => clap_mangen::generate_to(cli_command(), &dir)
+            .with_context(|| format!("writing man pages into {}", dir.display())),
         Command::Redact {
             list_detectors: true,
             ..

@@ -959,7 +959,7 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::AgentStatusRequest>,
     ) -> Result<Response<pb::AgentStatusResponse>, Status> {
-        crate::status::answer(&self.shared, &request).map(Response::new)
+        crate::status::answer(&self.shared, &self.denials, &request).map(Response::new)
     }
 }
 

@@ -9,15 +9,49 @@
 //! certificate": the answer says whether the bypass audit runs and whether the audit reaches
 //! the SIEM, which is what someone planning to read around the gate wants to know. Nothing in
 //! it names a subject, a grant or a path. A refused ask is answered `PERMISSION_DENIED` with
-//! the next step; it reads nothing and changes nothing, so it is not audited.
+//! the next step.
+//!
+//! # Audit
+//!
+//! Both outcomes are audited, because who learns whether the bypass audit runs matters: an
+//! answer is an `agent.status_read` record on disk before the answer leaves (none, and
+//! `UNAVAILABLE`, when it cannot be written: fail closed); a refusal an `agent.status_denied`
+//! charged to the same denial budget as `read.denied` ([`DenialBudgets`]: per subject, or per
+//! address prefix without one), so a flood of refused asks cannot fill the audit.
 
+use crate::server::{AddressPrefix, DenialBudgets, DenialSource};
 use crate::Shared;
+use loggate_core::audit::budget::Admission;
+use loggate_core::audit::events;
 use loggate_core::daemon::peer_identity;
-use loggate_core::identity::Role;
+use loggate_core::identity::{Identity, Role};
 use loggate_proto as pb;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 use tonic::{Request, Status};
+
+/// Why an ask for the status was refused (`agent.status_denied`'s `reason_code`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusRefusal {
+    /// A user of our trust domain not named in `status_readers`.
+    NotAStatusReader,
+    /// A certificate that is not a usable user's (an agent's, a revoked one).
+    IdentityRefused,
+}
+
+impl StatusRefusal {
+    /// The code on the wire and in the audit record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusRefusal::NotAStatusReader => "not_a_status_reader",
+            StatusRefusal::IdentityRefused => "identity_refused",
+        }
+    }
+}
+
+/// The longest refusal message a record keeps (the caller still gets all of it).
+const AUDIT_REASON_BYTES: usize = 1024;
 
 /// What the agent knows of itself from its start, for the status answer.
 pub struct StartFacts {
@@ -30,22 +64,55 @@ pub struct StartFacts {
     pub sink_names: Vec<String>,
 }
 
-/// Answers a status request from `request`'s caller, or refuses it (see the module docs).
-pub fn answer<T>(shared: &Shared, request: &Request<T>) -> Result<pb::AgentStatusResponse, Status> {
-    let caller = peer_identity(request, Role::User)?;
+/// Answers a status request from `request`'s caller, or refuses it, auditing either (see the
+/// module docs); refusals are charged to `denials`.
+pub fn answer<T>(
+    shared: &Shared,
+    denials: &DenialBudgets,
+    request: &Request<T>,
+) -> Result<pb::AgentStatusResponse, Status> {
+    let peer = request.remote_addr();
+    let caller = match peer_identity(request, Role::User) {
+        Ok(caller) => caller,
+        Err(status) => {
+            return Err(refuse(
+                shared,
+                denials,
+                None,
+                peer,
+                StatusRefusal::IdentityRefused,
+                status,
+            ))
+        }
+    };
     if !shared
         .config
         .status_readers
         .iter()
         .any(|r| r == caller.name())
     {
-        return Err(Status::permission_denied(format!(
+        let status = Status::permission_denied(format!(
             "{caller} may not read the status of agent {}: add \"{}\" to status_readers in its \
              configuration",
             shared.config.id,
             caller.name()
-        )));
+        ));
+        return Err(refuse(
+            shared,
+            denials,
+            Some(&caller),
+            peer,
+            StatusRefusal::NotAStatusReader,
+            status,
+        ));
     }
+    shared
+        .audit(&events::AgentStatusRead {
+            subject: caller.spiffe_id().to_string(),
+            key_sha256: caller.key_sha256_hex(),
+            peer: peer.map(|p| p.to_string()),
+        })
+        .map_err(audit_unavailable)?;
     let facts = &shared.facts;
     let sinks_dir = shared.config.state_dir.join("sinks");
     Ok(pb::AgentStatusResponse {
@@ -67,6 +134,55 @@ pub fn answer<T>(shared: &Shared, request: &Request<T>) -> Result<pb::AgentStatu
     })
 }
 
+/// The caller gets `status`; the `agent.status_denied` record is written (on disk first)
+/// unless the caller's (or, without a verified caller, the address prefix's) denial budget is
+/// spent, in which case it is counted for the next record or the window's summary.
+fn refuse(
+    shared: &Shared,
+    denials: &DenialBudgets,
+    caller: Option<&Identity>,
+    peer: Option<SocketAddr>,
+    why: StatusRefusal,
+    status: Status,
+) -> Status {
+    let source = match (caller, peer) {
+        (Some(c), _) => Some(DenialSource::Subject(c.spiffe_id().to_string())),
+        (None, Some(p)) => Some(DenialSource::Address(AddressPrefix::of(p.ip()))),
+        (None, None) => None,
+    };
+    if let Admission::Write { suppressed_before } = denials.admit(source.as_ref()) {
+        let audited = shared.audit(&events::AgentStatusDenied {
+            subject: caller.map(|c| c.spiffe_id().to_string()),
+            key_sha256: caller.map(Identity::key_sha256_hex),
+            peer: peer.map(|p| p.to_string()),
+            reason_code: why.as_str(),
+            reason: cut(status.message(), AUDIT_REASON_BYTES).to_string(),
+            suppressed_before,
+        });
+        if let Err(e) = audited {
+            return audit_unavailable(e);
+        }
+    }
+    status
+}
+
+fn audit_unavailable(e: anyhow::Error) -> Status {
+    tracing::error!("audit write failed: {e:#}");
+    Status::unavailable("the agent cannot write its audit log, so it answers nothing (fail closed)")
+}
+
+/// `text` cut to at most `max` bytes on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Sink `name`'s state from its status file; `unknown` before it wrote one, `stale` when an
 /// `up` was not rewritten for a while (see `loggate_core::metrics::read_sink_status_at`).
 fn sink_state(sinks_dir: &Path, name: &str) -> pb::SinkState {
@@ -75,6 +191,7 @@ fn sink_state(sinks_dir: &Path, name: &str) -> pb::SinkState {
             name: name.to_string(),
             state: s.state,
             lag_records: s.lag,
+            lag_bytes: s.lag_bytes.unwrap_or(0),
             delivered_seq: s.delivered_seq,
             last_error: s.last_error.unwrap_or_default(),
         },

@@ -1,11 +1,13 @@
 //! An example on every command's `--help` (and man page): one table, attached to clap's
 //! command tree at start, checked by tests so that every command has one and every example
-//! parses as the command it illustrates.
+//! parses as the command it illustrates (the mechanism, shared with `loggate-agent`, is
+//! `loggate_core::cli_examples`).
 
 use clap::Command;
+use loggate_core::cli_examples::{self, Examples};
 
 /// (command path below `loggate`, example lines). The examples are parsed by the tests.
-const EXAMPLES: &[(&str, &[&str])] = &[
+const EXAMPLES: &Examples = &[
     ("pki", &["loggate pki init ./pki --agent web-1 --user alice --user admin"]),
     (
         "pki init",
@@ -186,131 +188,21 @@ const EXAMPLES: &[(&str, &[&str])] = &[
 
 /// `command` (the tree of `loggate`) with each command's examples after its help.
 pub fn attach(command: Command) -> Command {
-    attach_at(command, "")
-}
-
-fn attach_at(command: Command, path: &str) -> Command {
-    let command = match EXAMPLES.iter().find(|(p, _)| *p == path) {
-        Some((_, lines)) => {
-            let text = lines
-                .iter()
-                .map(|l| format!("  {l}"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            let before = command
-                .get_after_help()
-                .map(|h| format!("{h}\n\n"))
-                .unwrap_or_default();
-            command.after_help(format!("{before}Examples:\n{text}"))
-        }
-        None => command,
-    };
-    command.mut_subcommands(|sub| {
-        let name = sub.get_name().to_string();
-        let path = if path.is_empty() {
-            name
-        } else {
-            format!("{path} {name}")
-        };
-        attach_at(sub, &path)
-    })
+    cli_examples::attach(command, EXAMPLES)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every command path of the tree, hidden ones and `help` left out.
-    fn paths(command: &Command, path: &str, out: &mut Vec<String>) {
-        for sub in command.get_subcommands() {
-            if sub.is_hide_set() || sub.get_name() == "help" {
-                continue;
-            }
-            let p = if path.is_empty() {
-                sub.get_name().to_string()
-            } else {
-                format!("{path} {}", sub.get_name())
-            };
-            paths(sub, &p, out);
-            out.push(p);
-        }
-    }
-
+    /// Every visible command has an example, and every example parses as the command it is
+    /// listed under, down to `Cli`'s typed arguments.
     #[test]
-    fn every_command_has_an_example() {
-        let mut all = Vec::new();
-        paths(&crate::cli_command(), "", &mut all);
-        let missing: Vec<_> = all
-            .iter()
-            .filter(|p| !EXAMPLES.iter().any(|(e, _)| e == p))
-            .collect();
-        assert!(
-            missing.is_empty(),
-            "commands without an example: {missing:#?}"
-        );
-        let unknown: Vec<_> = EXAMPLES
-            .iter()
-            .filter(|(e, _)| !all.iter().any(|p| p == e))
-            .collect();
-        assert!(unknown.is_empty(), "examples of no command: {unknown:#?}");
-    }
-
-    /// `line` split as a shell would split it here: words, single quotes, and a redirection
-    /// that ends the command.
-    fn words(line: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut word = String::new();
-        let mut quoted = false;
-        let mut any = false;
-        for c in line.chars() {
-            match c {
-                '\'' => {
-                    quoted = !quoted;
-                    any = true;
-                }
-                ' ' if !quoted => {
-                    if any {
-                        out.push(std::mem::take(&mut word));
-                    }
-                    any = false;
-                }
-                '>' if !quoted => break,
-                _ => {
-                    word.push(c);
-                    any = true;
-                }
-            }
-        }
-        if any {
-            out.push(word);
-        }
-        out
-    }
-
-    #[test]
-    fn every_example_parses_as_the_command_it_illustrates() {
-        for (path, lines) in EXAMPLES {
-            for line in *lines {
-                let args = words(line);
-                let matches = crate::cli_command()
-                    .try_get_matches_from(&args)
-                    .unwrap_or_else(|e| panic!("{line}: {e}"));
-                let mut named = Vec::new();
-                let mut at = &matches;
-                while let Some((name, sub)) = at.subcommand() {
-                    named.push(name);
-                    at = sub;
-                }
-                // An example of a group shows one of its commands.
-                let shown = named.join(" ");
-                assert!(
-                    shown == *path || shown.starts_with(&format!("{path} ")),
-                    "{line}: parses as `{shown}`, listed under `{path}`"
-                );
-                <crate::Cli as clap::FromArgMatches>::from_arg_matches(&matches)
-                    .unwrap_or_else(|e| panic!("{line}: {e}"));
-            }
-        }
+    fn every_command_has_an_example_that_parses_as_it() {
+        let problems = cli_examples::problems(&crate::cli_command(), EXAMPLES, |m| {
+            <crate::Cli as clap::FromArgMatches>::from_arg_matches(m).map(|_| ())
+        });
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 
     #[test]

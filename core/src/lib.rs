@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod backoff;
+pub mod cli_examples;
 pub mod config_check;
 pub mod daemon;
 pub mod duration;

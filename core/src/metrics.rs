@@ -235,6 +235,9 @@ pub struct CommonMetrics {
     /// Records of the audit file not yet delivered to each SIEM sink (from the sink's status
     /// file, refreshed at each scrape).
     pub sink_lag_records: Family<SinkLabel, Gauge>,
+    /// Bytes of the audit files not yet delivered to each SIEM sink (from the sink's status
+    /// file, refreshed at each scrape): what an outage costs in disk.
+    pub sink_lag_bytes: Family<SinkLabel, Gauge>,
     /// 1 when the sink's receiver is connected and delivering, else 0.
     pub sink_up: Family<SinkLabel, Gauge>,
 }
@@ -360,20 +363,24 @@ impl CommonMetrics {
     }
 
     /// Sets the sink gauges from the `<name>.status.json` files the sinks write in
-    /// `sinks_dir`. A sink whose status is missing or unreadable shows as down, lag unchanged.
+    /// `sinks_dir`. A sink whose status is missing or unreadable shows as down, lag unchanged
+    /// (lag in bytes too when the file, written by an older build, has none).
     pub fn refresh_sinks(&self, sinks_dir: &Path, names: &[String]) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         for name in names {
             let label = SinkLabel { sink: name.clone() };
             let status = read_sink_status(sinks_dir, name);
-            let (up, lag) = match &status {
-                Some(s) => (s.state == "up", Some(s.lag)),
-                None => (false, None),
+            self.sink_up
+                .get_or_create(&label)
+                .set(i64::from(status.as_ref().is_some_and(|s| s.state == "up")));
+            let Some(status) = status else {
+                continue;
             };
-            self.sink_up.get_or_create(&label).set(i64::from(up));
-            if let Some(lag) = lag {
-                self.sink_lag_records
-                    .get_or_create(&label)
-                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            self.sink_lag_records
+                .get_or_create(&label)
+                .set(gauge(status.lag));
+            if let Some(bytes) = status.lag_bytes {
+                self.sink_lag_bytes.get_or_create(&label).set(gauge(bytes));
             }
         }
     }
@@ -388,6 +395,9 @@ pub struct SinkStatus {
     pub state: String,
     /// Records in the audit file not yet delivered.
     pub lag: u64,
+    /// Bytes of the audit files not yet delivered (absent from files of earlier builds).
+    #[serde(default)]
+    pub lag_bytes: Option<u64>,
     /// Sequence number of the last audit record the sink delivered (0 if absent from the file).
     #[serde(default)]
     pub delivered_seq: u64,
@@ -490,6 +500,12 @@ pub fn registry(daemon: Daemon, audience: Audience) -> Registry {
             "audit_sink_lag_records",
             "Audit records not yet delivered to each SIEM sink",
             c.sink_lag_records.clone(),
+        );
+        r.register_with_unit(
+            "audit_sink_lag",
+            "Bytes of the audit files not yet delivered to each SIEM sink",
+            Unit::Bytes,
+            c.sink_lag_bytes.clone(),
         );
         r.register(
             "audit_sink_up",

@@ -215,3 +215,40 @@ fn pki_issue_takes_exactly_one_of_agent_or_user() -> anyhow::Result<()> {
     assert!(dir.join("agents/web-9.crt").exists());
     Ok(())
 }
+
+/// Issue 14: every `loggate-agent` command shows an example after its `--help` and in its man
+/// page, from the one table (agent/src/examples.rs); bad usage still exits 2.
+#[test]
+fn every_agent_command_shows_an_example_in_its_help_and_man_page() -> anyhow::Result<()> {
+    let agent = bin_dir()?.join("loggate-agent");
+    let man = tempfile::tempdir()?;
+    let out = Command::new(&agent)
+        .arg("manpages")
+        .arg(man.path())
+        .output()?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    for command in ["run", "check-config", "enrol", "completions", "redact"] {
+        let out = Command::new(&agent).args([command, "--help"]).output()?;
+        let help = text(&out).0;
+        assert!(out.status.success(), "{command}: {}", text(&out).1);
+        assert!(
+            help.contains(&format!("Examples:\n  loggate-agent {command}"))
+                || help.contains("Examples:\n  LOGGATE_JOIN_TOKEN="),
+            "{command} --help:\n{help}"
+        );
+        let page = std::fs::read_to_string(man.path().join(format!("loggate-agent-{command}.1")))?;
+        // After the synopsis, which names the command too: the examples' section.
+        let examples = page.split_once("Examples:").map(|(_, rest)| rest);
+        assert!(
+            examples.is_some_and(
+                |e| e.contains(&format!("loggate\\-agent {}", command.replace('-', "\\-")))
+            ),
+            "{command}.1:\n{page}"
+        );
+    }
+    let out = Command::new(&agent)
+        .args(["run", "--no-such-flag"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+    Ok(())
+}

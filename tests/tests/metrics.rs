@@ -569,3 +569,138 @@ fn fanout_latency_does_not_count_an_agent_catching_up() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The samples of a scrape presenting the bearer token.
+fn scrape_with_token(addr: SocketAddr) -> anyhow::Result<HashMap<String, f64>> {
+    let (status, body) = http_raw(
+        addr,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"),
+    )?;
+    anyhow::ensure!(status == 200, "scrape answered {status}: {body}");
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// Issue 14: the spool lag of each sink in bytes (what an outage costs in disk), beside the
+/// records, scraped while the sink's receiver is down.
+#[test]
+fn metrics_report_a_down_sinks_lag_in_bytes() -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let nobody = free_addr()?; // nothing listens there: the receiver is down
+    let secrets = tempfile::tempdir()?;
+    let token_file = secrets.path().join("metrics.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+    let hec_token = secrets.path().join("hec.token");
+    std::fs::write(&hec_token, "lag-test-token\n")?;
+    let f = Fixture::start_with(&format!(
+        "{}token_file = \"{}\"\n\
+         [[audit.sinks]]\nname = \"siem\"\nkind = \"hec\"\n\
+         url = \"http://{nobody}/services/collector/event\"\ntoken_file = \"{}\"\n",
+        metrics_section(metrics),
+        token_file.display(),
+        hec_token.display()
+    ))?;
+    let up = "loggate_audit_sink_up{sink=\"siem\"}";
+    let records = "loggate_audit_sink_lag_records{sink=\"siem\"}";
+    let bytes = "loggate_audit_sink_lag_bytes{sink=\"siem\"}";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let samples = loop {
+        let s = scrape_with_token(metrics)?;
+        if s.get(up) == Some(&0.0) && value(&s, records) > 0.0 && s.contains_key(bytes) {
+            break s;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no lag reported: {s:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Nothing was delivered: the bytes behind are the audit file's, at least a few hundred
+    // bytes a record (an OCSF record is about a KiB), at most the whole file.
+    let file = std::fs::metadata(f.cluster.dir.join("agents/web-1/audit.jsonl"))?.len();
+    let lag_bytes = value(&samples, bytes);
+    assert!(
+        lag_bytes >= 200.0 * value(&samples, records),
+        "{lag_bytes} bytes for {} records",
+        value(&samples, records)
+    );
+    #[expect(clippy::cast_precision_loss, reason = "a test file of a few KiB")]
+    let file = file as f64;
+    assert!(lag_bytes <= file, "{lag_bytes} > {file}");
+    Ok(())
+}
+
+/// The controller's log lines saying an agent's grant stream ended.
+fn disconnections(cluster: &loggate_tests::Cluster) -> usize {
+    std::fs::read_to_string(cluster.dir.join("controller/stderr.log"))
+        .unwrap_or_default()
+        .matches("agent disconnected")
+        .count()
+}
+
+/// Observe review, finding 4: an agent that reconnects opens its new `WatchGrants` stream before
+/// the controller has seen the old one end; the old one's end must not count it gone (nor may
+/// the two streams count it twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn connected_agents_counts_a_reconnecting_agent_once_while_its_old_stream_ends(
+) -> anyhow::Result<()> {
+    let metrics = free_addr()?;
+    let cluster = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut cluster = loggate_tests::Cluster::new(None)?;
+        let logs = cluster.dir.join("logs/app");
+        std::fs::create_dir_all(&logs)?;
+        let mut config = std::fs::read_to_string(&cluster.controller_config)?;
+        config.push_str(&format!("\n{}", metrics_section(metrics)));
+        std::fs::write(&cluster.controller_config, config)?;
+        // web-1's certificate, no agent process: the test holds its streams.
+        cluster.add_agent("web-1", &[&logs], "")?;
+        cluster.start_controller()?;
+        Ok(cluster)
+    })
+    .await??;
+    let gauge = "loggate_controller_connected_agents";
+    let wait_for = |want: f64| {
+        tokio::task::spawn_blocking(move || scrape_until(metrics, |s| value(s, gauge) == want))
+    };
+    let watch = || loggate_proto::WatchGrantsRequest {
+        agent_id: "web-1".into(),
+        ..Default::default()
+    };
+    let mut old_client = cluster.controller_client_as("agents/web-1").await?;
+    let old = old_client.watch_grants(watch()).await?.into_inner();
+    wait_for(1.0).await??;
+    // The reconnect: a second stream while the first is still open.
+    let mut new_client = cluster.controller_client_as("agents/web-1").await?;
+    let new = new_client.watch_grants(watch()).await?.into_inner();
+    // Both are registered once the second has been answered; still one agent.
+    let (samples, _) = tokio::task::spawn_blocking(move || scrape(metrics)).await??;
+    assert_eq!(value(&samples, gauge), 1.0, "counted twice");
+
+    // The old stream ends; wait until the controller has seen it end.
+    drop(old);
+    drop(old_client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while disconnections(&cluster) < 1 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the controller never saw the old stream end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (samples, _) = tokio::task::spawn_blocking(move || scrape(metrics)).await??;
+    assert_eq!(
+        value(&samples, gauge),
+        1.0,
+        "the old stream's end counted the agent gone while its new stream is open"
+    );
+
+    // The new one ends too: gone.
+    drop(new);
+    drop(new_client);
+    wait_for(0.0).await??;
+    tokio::task::spawn_blocking(move || drop(cluster)).await?;
+    Ok(())
+}

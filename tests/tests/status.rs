@@ -5,6 +5,17 @@
 use loggate_tests::{text, Fixture, HecReceiver};
 use std::time::{Duration, Instant};
 
+/// A fixture whose agent has followed the controller (`controller.connected`): `agent status`
+/// finds the agent's address through the controller, which knows it only from then on.
+fn started(agent_extra: &str) -> anyhow::Result<Fixture> {
+    let f = Fixture::start_with(agent_extra)?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(20), |e| {
+            e["event"] == "controller.connected"
+        })?;
+    Ok(f)
+}
+
 /// `loggate agent status web-1 --output json` as `user`.
 fn status(f: &Fixture, user: &str) -> anyhow::Result<std::process::Output> {
     Ok(f.cluster
@@ -19,7 +30,7 @@ fn agent_status_reports_version_grants_bypass_audit_sink_and_certificate() -> an
     let secrets = tempfile::tempdir()?;
     let token_file = secrets.path().join("hec.token");
     std::fs::write(&token_file, "status-test-token\n")?;
-    let f = Fixture::start_with(&format!(
+    let f = started(&format!(
         "status_readers = [\"alice\"]\n\
          [[audit.sinks]]\nname = \"splunk\"\nkind = \"hec\"\n\
          url = \"http://{}/services/collector/event\"\ntoken_file = {:?}\n",
@@ -92,7 +103,7 @@ fn agent_status_reports_version_grants_bypass_audit_sink_and_certificate() -> an
 
 #[test]
 fn agent_status_is_refused_to_users_not_in_status_readers() -> anyhow::Result<()> {
-    let f = Fixture::start_with("status_readers = [\"alice\"]")?;
+    let f = started("status_readers = [\"alice\"]")?;
     let out = status(&f, "bob")?;
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
@@ -103,10 +114,159 @@ fn agent_status_is_refused_to_users_not_in_status_readers() -> anyhow::Result<()
 
 #[test]
 fn agent_status_is_off_until_status_readers_names_someone() -> anyhow::Result<()> {
-    let f = Fixture::start()?;
+    let f = started("")?;
     let out = status(&f, "admin")?;
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("status_readers"), "{stderr}");
     Ok(())
+}
+
+/// Issue 14: each sink's spool lag in bytes (what an outage costs in disk) beside its records,
+/// asked while the sink's receiver is down.
+#[test]
+fn agent_status_reports_a_down_sinks_lag_in_bytes() -> anyhow::Result<()> {
+    let nobody = loggate_tests::free_addr()?; // nothing listens there: the receiver is down
+    let secrets = tempfile::tempdir()?;
+    let token_file = secrets.path().join("hec.token");
+    std::fs::write(&token_file, "status-test-token\n")?;
+    let f = started(&format!(
+        "status_readers = [\"alice\"]\n\
+         [[audit.sinks]]\nname = \"siem\"\nkind = \"hec\"\n\
+         url = \"http://{nobody}/services/collector/event\"\ntoken_file = {:?}\n",
+        token_file.display().to_string()
+    ))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let sink = loop {
+        let out = status(&f, "alice")?;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        let report: serde_json::Value = serde_json::from_str(&stdout)?;
+        let sink = report["sinks"][0].clone();
+        if sink["state"] == "down" && sink["lag_records"].as_u64().unwrap_or(0) > 0 {
+            assert_eq!(report["audit_lag_bytes"], sink["lag_bytes"], "{report}");
+            break sink;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "sink never down: {report}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Nothing was delivered: the bytes behind are the audit file's, at least a few hundred
+    // bytes a record (an OCSF record is about a KiB), at most the whole file.
+    let lag_records = sink["lag_records"].as_u64().unwrap_or(0);
+    let lag_bytes = sink["lag_bytes"].as_u64().unwrap_or(0);
+    let file = std::fs::metadata(f.cluster.dir.join("agents/web-1/audit.jsonl"))?.len();
+    assert!(lag_bytes >= 200 * lag_records, "{sink}");
+    assert!(lag_bytes <= file, "{sink} vs a file of {file} bytes");
+
+    let out = f
+        .cluster
+        .cli("alice")
+        .args(["agent", "status", "web-1"])
+        .output()?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("bytes) behind"), "{stdout}");
+    Ok(())
+}
+
+const ALICE: &str = "spiffe://loggate.local/user/alice";
+const BOB: &str = "spiffe://loggate.local/user/bob";
+
+/// Every record of the agent's audit log is an event of the catalogue and valid OCSF.
+fn assert_agent_audit_is_valid_ocsf(f: &Fixture) -> anyhow::Result<()> {
+    let schema = loggate_ocsf_validate::Schema::official()?;
+    for raw in f.cluster.agent_audit_raw("web-1") {
+        let problems = loggate_core::audit::ocsf::catalogue_problems(&raw);
+        assert!(problems.is_empty(), "{problems:?}: {raw}");
+        let report = schema.validate(&raw);
+        assert!(report.is_conformant(), "{report}\n{raw}");
+    }
+    Ok(())
+}
+
+/// Observe review, finding 7: who learns whether the bypass audit runs and whether the audit
+/// reaches the SIEM is itself audited, answered or refused.
+#[test]
+fn agent_status_asks_answered_and_refused_each_leave_a_valid_ocsf_record() -> anyhow::Result<()> {
+    let f = started("status_readers = [\"alice\"]")?;
+    let out = status(&f, "alice")?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = status(&f, "bob")?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+
+    // Both are on disk before the answer leaves: no waiting.
+    let records = f.cluster.agent_audit("web-1");
+    let read: Vec<_> = records
+        .iter()
+        .filter(|e| e["event"] == "agent.status_read")
+        .collect();
+    assert_eq!(read.len(), 1, "{read:?}");
+    assert_eq!(read[0]["subject"], ALICE);
+    assert!(
+        read[0]["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{}",
+        read[0]
+    );
+    let denied: Vec<_> = records
+        .iter()
+        .filter(|e| e["event"] == "agent.status_denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0]["subject"], BOB);
+    assert_eq!(denied[0]["reason_code"], "not_a_status_reader");
+    assert!(
+        denied[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("status_readers")),
+        "{}",
+        denied[0]
+    );
+    assert_eq!(denied[0]["suppressed_before"], 0);
+    assert_agent_audit_is_valid_ocsf(&f)
+}
+
+/// Refused status asks are charged to the same denial budget as refused reads: a flood of them
+/// cannot fill the audit, and what is left out is counted in the summary.
+#[test]
+fn refused_status_asks_share_the_denial_budget_of_refused_reads() -> anyhow::Result<()> {
+    let mut f = started(
+        "status_readers = [\"alice\"]\n\
+         [limits]\naudit_denials_per_window = 2\naudit_denial_window = \"1h\"",
+    )?;
+    for _ in 0..5 {
+        let out = status(&f, "bob")?;
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    }
+    // A refused read of bob's now is over the same budget.
+    let out = f
+        .cluster
+        .cli("bob")
+        .args(["logs", "cat", "--host", "web-1", &f.api_log()])
+        .output()?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    let bobs = |event: &str| {
+        f.cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .filter(|e| e["event"] == event && e["subject"] == BOB)
+            .count()
+    };
+    assert_eq!(bobs("agent.status_denied"), 2);
+    assert_eq!(
+        bobs("read.denied"),
+        0,
+        "the read's record was over the budget"
+    );
+
+    // The left-out ones are counted in the summary written before `agent.stopped`.
+    f.cluster.stop_agent("web-1");
+    let records = f.cluster.agent_audit("web-1");
+    let summary = records
+        .iter()
+        .find(|e| e["reason_code"] == "suppressed" && e["subject"] == BOB)
+        .ok_or_else(|| anyhow::anyhow!("no summary of bob's left-out refusals"))?;
+    assert_eq!(summary["suppressed_before"], 4, "{summary}");
+    assert_agent_audit_is_valid_ocsf(&f)
 }

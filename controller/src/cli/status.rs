@@ -57,10 +57,12 @@ fn as_json(s: &pb::AgentStatusResponse, now: i64) -> serde_json::Value {
         "bypass_note": (!s.bypass_note.is_empty()).then_some(&s.bypass_note),
         "audit_seq": s.audit_seq,
         "audit_lag_records": s.sinks.iter().map(|k| k.lag_records).max(),
+        "audit_lag_bytes": s.sinks.iter().map(|k| k.lag_bytes).max(),
         "sinks": s.sinks.iter().map(|k| serde_json::json!({
             "name": k.name,
             "state": k.state,
             "lag_records": k.lag_records,
+            "lag_bytes": k.lag_bytes,
             "delivered_seq": k.delivered_seq,
             "last_error": (!k.last_error.is_empty()).then_some(&k.last_error),
         })).collect::<Vec<_>>(),
@@ -112,10 +114,11 @@ fn as_text(s: &pb::AgentStatusResponse, now: i64) -> String {
     }
     for k in &s.sinks {
         out.push_str(&format!(
-            "  sink {}: {}, {} records behind",
+            "  sink {}: {}, {} records ({} bytes) behind",
             p(&k.name),
             p(&k.state),
-            k.lag_records
+            k.lag_records,
+            k.lag_bytes
         ));
         if !k.last_error.is_empty() {
             out.push_str(&format!(" (last error: {})", p(&k.last_error)));
@@ -158,6 +161,7 @@ mod tests {
                 name: "siem".into(),
                 state: "down".into(),
                 lag_records: 42,
+                lag_bytes: 51_234,
                 delivered_seq: 1192,
                 last_error: "connection refused".into(),
             }],
@@ -173,7 +177,7 @@ mod tests {
             "grants held:  3 (revision 17)",
             "bypass audit: fanotify (eBPF: no BTF)",
             "seq 1234 on disk",
-            "sink siem: down, 42 records behind (last error: connection refused)",
+            "sink siem: down, 42 records (51234 bytes) behind (last error: connection refused)",
             "(in ",
         ] {
             assert!(text.contains(fact), "{fact:?} missing in:\n{text}");
@@ -215,6 +219,8 @@ mod tests {
     fn status_json_gives_the_largest_sink_lag_and_seconds_left() {
         let json = as_json(&sample(), 1_000_000);
         assert_eq!(json["audit_lag_records"], 42);
+        assert_eq!(json["audit_lag_bytes"], 51_234);
+        assert_eq!(json["sinks"][0]["lag_bytes"], 51_234);
         assert_eq!(json["certificate_seconds_left"], 86_400);
         assert_eq!(json["sinks"][0]["state"], "down");
     }

@@ -385,6 +385,88 @@ audit_event! {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The agent's own state (`loggate agent status`).
+
+audit_event! {
+    /// A person in the agent's `status_readers` was told the agent's status (`loggate agent
+    /// status`): its bypass-audit mode and whether its audit reaches the SIEM, which someone
+    /// planning to read around the gate wants to know. Written and synced before the answer
+    /// leaves; no answer when it cannot be written.
+    AgentStatusRead = "agent.status_read" {
+        writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Success, severity: INFO,
+    }
+    {
+        /// the person's SPIFFE id, from their certificate (`actor.user.uid`)
+        subject: String,
+        /// SHA-256 of the person's certificate public key (`actor.user.programmatic_credentials`)
+        key_sha256: String,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+    }
+    ocsf: |e, on| Ocsf::read(
+        format!("{} was told the status of agent {}", e.subject, on.host),
+        on,
+        ReadCall {
+            subject: Some(&e.subject),
+            key_sha256: Some(&e.key_sha256),
+            peer: e.peer.as_deref(),
+            grant_id: None,
+            denied: false,
+            path: None,
+            duration_ms: None,
+            operation: "Status",
+        },
+    ),
+}
+
+audit_event! {
+    /// An ask for the agent's status was refused; `reason_code` says why (`status_detail`).
+    /// Refusals share the budget of `read.denied` (`limits.audit_denials_per_window` per
+    /// subject, or per address prefix without one): those over it are not written one by one
+    /// but counted in the next record of the same source (`suppressed_before`) or in the
+    /// window's `read.denied` summary (`reason_code` `suppressed`).
+    AgentStatusDenied = "agent.status_denied" {
+        writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Failure, severity: LOW,
+    }
+    {
+        /// the caller's SPIFFE id (`actor.user.uid`); null when the certificate was not a
+        /// user's
+        subject: Option<String>,
+        /// SHA-256 of the caller's certificate public key (`actor.user.programmatic_credentials`);
+        /// null when the certificate was not a user's
+        key_sha256: Option<String>,
+        /// the client's address, `ip:port` (`src_endpoint`)
+        peer: Option<String>,
+        /// `not_a_status_reader` (a user not named in `status_readers`), or `identity_refused`
+        /// (a certificate that is not a usable user's) (`status_detail`)
+        reason_code: &'static str,
+        /// the message the caller was given (cut to 1 KiB)
+        reason: String,
+        /// denial records (of any kind) of this subject or address left out by the audit budget
+        /// before this one
+        suppressed_before: u64,
+    }
+    ocsf: |e, on| Ocsf::read(
+        format!(
+            "{} was refused the status of agent {}: {}",
+            who(e.subject.as_deref()), on.host, e.reason_code
+        ),
+        on,
+        ReadCall {
+            subject: e.subject.as_deref(),
+            key_sha256: e.key_sha256.as_deref(),
+            peer: e.peer.as_deref(),
+            grant_id: None,
+            denied: true,
+            path: None,
+            duration_ms: None,
+            operation: "Status",
+        },
+    )
+    .detail(Some(e.reason_code)),
+}
+
+// ---------------------------------------------------------------------------------------------
 // Grants and people (controller and agent).
 
 audit_event! {
@@ -2356,6 +2438,8 @@ pub const CATALOGUE: &[&EventType] = &[
     AuditCheckpointRefused::TYPE,
     AuditCheckpointConflict::TYPE,
     AuditTornTailDiscarded::TYPE,
+    AgentStatusRead::TYPE,
+    AgentStatusDenied::TYPE,
 ];
 
 /// An event for the audit module's own tests: numbered, outside the catalogue.

@@ -684,7 +684,7 @@ pub struct ReadCall<'a> {
     pub path: Option<&'a str>,
     /// How long the stream lasted.
     pub duration_ms: Option<u64>,
-    /// The agent's RPC (`api.operation`): `ReadLog`, or `ListLogs` for a listing.
+    /// The agent's RPC (`api.operation`): `ReadLog`, `ListLogs` for a listing, or `Status`.
     pub operation: &'static str,
 }
 

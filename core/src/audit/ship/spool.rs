@@ -126,6 +126,11 @@ impl Spool {
         self.open_path == self.path
     }
 
+    /// The current audit file's path (where rotated files are found beside).
+    pub fn current_path(&self) -> &Path {
+        &self.path
+    }
+
     /// The path of the file open now (the current file or a rotated one).
     pub fn open_path(&self) -> &Path {
         &self.open_path
