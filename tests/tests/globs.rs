@@ -162,15 +162,21 @@ fn a_path_glob_reads_every_covered_file_oldest_first_each_line_prefixed_with_hos
         1
     );
 
-    // grep and tail -n take a glob too; tail of the compressed one fails alone, its line
-    // naming the file, and the others are read.
+    // grep and tail -n take a glob too (tail -n of the compressed one included).
     let out = f.logs("alice", &["grep", "line 1[89]$", &glob])?;
     assert!(out.status.success(), "{}", text(&out).1);
     assert_eq!(text(&out).0.lines().count(), 6, "{}", text(&out).0);
     let out = f.logs("alice", &["tail", "-n", "2", &glob])?;
     let (stdout, stderr) = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert_eq!(stdout.lines().count(), 4, "{stdout}");
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "web-1:{}: 2026-12-03T10:18:00Z INFO rotated line 18\n",
+            order[0]
+        )),
+        "{stdout}"
+    );
     assert!(
         stdout.ends_with(&format!(
             "web-1:{}: 2026-11-27T07:49:00Z INFO line 49\n",
@@ -178,14 +184,28 @@ fn a_path_glob_reads_every_covered_file_oldest_first_each_line_prefixed_with_hos
         )),
         "{stdout}"
     );
+    // A file that fails is one line naming it, and the others are still read: a binary file
+    // the grant covers (listed, then refused by the agent as content_binary, exit 1).
+    let binary = f.logs.join("api.log.old");
+    std::fs::write(&binary, b"text\0\0\0binary\n")?;
+    std::fs::File::options()
+        .write(true)
+        .open(&binary)?
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(36 * 3600))?;
+    let binary = binary.display().to_string();
+    let out = f.logs("alice", &["cat", &glob])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stdout.lines().count(), 20 + 20 + 50, "{stdout}");
     let errors: Vec<&str> = stderr.lines().collect();
     assert_eq!(errors.len(), 2, "{stderr}");
     assert!(
-        errors[0].starts_with(&format!("loggate: web-1:{}: ", order[0]))
-            && errors[0].contains("is compressed (gzip)"),
+        errors[0].starts_with(&format!("loggate: web-1:{binary}: "))
+            && errors[0].contains("NUL bytes"),
         "{stderr}"
     );
-    assert!(errors[1].contains("1 of the 3 files matching"), "{stderr}");
+    assert!(errors[1].contains("1 of the 4 files matching"), "{stderr}");
+    std::fs::remove_file(&binary)?;
 
     // A glob that matches nothing is one clear line and a failure.
     let none = format!("{}/nothing*.log", f.logs.display());
