@@ -634,6 +634,17 @@ fn a_single_host_read_shows_bytes_and_rate_on_a_terminal_only() -> anyhow::Resul
     ))?;
     assert!(tty.contains(" read, ") && tty.contains("/s"), "{tty:?}");
     assert_eq!(std::fs::read_to_string(&saved)?, content);
+    // One host's path glob: the same bar.
+    let tty = under_a_terminal(&format!(
+        "{loggate} logs cat --host web-1 '{}' >{}",
+        big.with_file_name("big*.log").display(),
+        saved.display()
+    ))?;
+    assert!(tty.contains(" read, ") && tty.contains("/s"), "{tty:?}");
+    let prefix = format!("web-1:{}: ", big.display());
+    let saved_lines = std::fs::read_to_string(&saved)?;
+    assert_eq!(saved_lines.lines().count(), 200_000);
+    assert!(saved_lines.lines().all(|l| l.starts_with(&prefix)));
     // stdout on the same terminal: no bar (it would garble the lines), single or multi-host.
     for hosts in ["--host web-1", "--host 'web-*'"] {
         let tty = under_a_terminal(&format!("{loggate} logs cat {hosts} {}", f.path()))?;

@@ -632,15 +632,23 @@ impl Writer {
     }
 }
 
-/// The progress line on stderr, when it is a terminal: `N/M hosts done, X read`.
+/// The progress line on stderr, when it is a terminal: `N/M hosts done, X read` (several
+/// hosts), or the single-host read's byte bar ([`byte_progress`]) when one host's path glob is
+/// read.
 struct Progress {
     enabled: bool,
     shown: bool,
     total: usize,
+    bytes_bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
     fn draw(&mut self, done: usize, bytes: u64) {
+        if let Some(bar) = &self.bytes_bar {
+            // indicatif limits the redraws itself.
+            bar.set_position(bytes);
+            return;
+        }
         if !self.enabled {
             return;
         }
@@ -653,6 +661,25 @@ impl Progress {
         );
         let _ = err.flush();
         self.shown = true;
+    }
+
+    /// Writes `line` on stderr with the progress out of its way.
+    fn say(&mut self, line: &str) {
+        match &self.bytes_bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => {
+                self.clear();
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// Clears the progress for good (at the end).
+    fn finish(&mut self) {
+        if let Some(bar) = self.bytes_bar.take() {
+            bar.finish_and_clear();
+        }
+        self.clear();
     }
 
     /// Clears the line (before a failure line, and at the end).
@@ -797,6 +824,12 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
         enabled: multi && progress_wanted(args.read.follow),
         shown: false,
         total: hosts.len(),
+        // One host, a path glob: the single-host read's bar.
+        bytes_bar: if multi {
+            None
+        } else {
+            byte_progress(args.read.follow)
+        },
     };
     let mut merge_state =
         merge.then(|| Merge::new(hosts.len(), args.read.follow.then_some(FOLLOW_WINDOW)));
@@ -843,14 +876,13 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
                 file,
                 failure,
             }) => {
-                progress.clear();
                 let _ = writer.out.flush();
-                eprintln!(
+                progress.say(&format!(
                     "loggate: {}:{}: {}",
                     hosts[host],
                     printable(&file),
                     failure.message
-                );
+                ));
             }
             Some(Event::Done { host, result }) => {
                 done += 1;
@@ -865,9 +897,8 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
                     // One host (a path glob): its failure is the command's, said once, below.
                     Err(f) if !multi => failed.push((host, f)),
                     Err(f) => {
-                        progress.clear();
                         let _ = writer.out.flush();
-                        eprintln!("loggate: {}: {}", hosts[host], f.message);
+                        progress.say(&format!("loggate: {}: {}", hosts[host], f.message));
                         if args.fail_fast {
                             stop = Some(Failure::new(
                                 f.code,
@@ -896,7 +927,9 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
                 stop = Some(Failure::from(e));
             }
         }
-        if progress.enabled && last_draw.elapsed() >= PROGRESS_EVERY {
+        if progress.bytes_bar.is_some()
+            || (progress.enabled && last_draw.elapsed() >= PROGRESS_EVERY)
+        {
             progress.draw(done, writer.bytes);
             last_draw = Instant::now();
         }
@@ -905,7 +938,10 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     // A reader that ended without a word (it panicked) failed; it is never counted as read.
     if stop.is_none() {
         for (host, _) in ended.iter().enumerate().filter(|(_, e)| !**e) {
-            eprintln!("loggate: {}: the read ended unexpectedly", hosts[host]);
+            progress.say(&format!(
+                "loggate: {}: the read ended unexpectedly",
+                hosts[host]
+            ));
             failed.push((host, Failure::from("the read ended unexpectedly")));
         }
     }
@@ -923,7 +959,7 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
         }
     }
     let flushed = writer.out.flush();
-    progress.clear();
+    progress.finish();
     if let Some(f) = stop {
         return Err(f);
     }
