@@ -434,6 +434,47 @@ pub fn decoder(
     })
 }
 
+/// The number of lines in a decompressed stream (`decoded`, from [`decoder`]): its newlines,
+/// plus one for a last line without a newline. `tail -n N` of a compressed file reads it
+/// twice: this count first, then the content, serving the lines after the first `count - N`
+/// (a compressed stream cannot be read from its end, and a ring of the last `N` lines would
+/// hold up to `N` × the longest line; two passes hold nothing). `check` runs before every
+/// chunk (the grant, the client, the agent stopping); a read error, a decompression bound
+/// included, ends the count through `failed`.
+pub fn count_lines<E>(
+    decoded: &mut dyn Read,
+    check: &mut dyn FnMut() -> Result<(), E>,
+    failed: &dyn Fn(std::io::Error) -> E,
+) -> Result<u64, E> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut lines = 0u64;
+    let mut last = b'\n';
+    loop {
+        check()?;
+        let n = match decoded.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            // A MiB of input gave no output (empty members): check again, then go on.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::Interrupted | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        let newlines = buf[..n].iter().filter(|b| **b == b'\n').count();
+        lines = lines.saturating_add(u64::try_from(newlines).unwrap_or(u64::MAX));
+        last = buf[n - 1];
+    }
+    if last != b'\n' {
+        lines = lines.saturating_add(1);
+    }
+    Ok(lines)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -443,6 +484,28 @@ mod tests {
         let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(data).expect("gzip");
         e.finish().expect("gzip")
+    }
+
+    #[test]
+    fn lines_of_a_decompressed_stream_are_counted_with_an_unended_last_line() {
+        let count = |text: &[u8]| {
+            let gz = gzip(text);
+            let mut d = flate2::read::MultiGzDecoder::new(&gz[..]);
+            count_lines(&mut d, &mut || Ok::<(), String>(()), &|e| e.to_string())
+        };
+        assert_eq!(count(b""), Ok(0));
+        assert_eq!(count(b"a\nb\n"), Ok(2));
+        assert_eq!(count(b"a\nb"), Ok(2));
+        assert_eq!(count(b"\n\n\n"), Ok(3));
+        let big = "x\n".repeat(100_000);
+        assert_eq!(count(big.as_bytes()), Ok(100_000));
+        // The check ends it: a grant that ended mid-count.
+        let gz = gzip(big.as_bytes());
+        let mut d = flate2::read::MultiGzDecoder::new(&gz[..]);
+        assert_eq!(
+            count_lines(&mut d, &mut || Err("ended".to_string()), &|e| e.to_string()),
+            Err("ended".to_string())
+        );
     }
 
     fn file_with(dir: &Path, name: &str, bytes: &[u8]) -> (File, std::path::PathBuf) {

@@ -72,7 +72,7 @@ pub enum DenialCode {
     /// A plain file whose first block holds NUL bytes, under a redacting profile: binary
     /// content redaction cannot see into.
     ContentBinary,
-    /// `tail` (with or without `--follow`) of a compressed file: a rotated file is read whole.
+    /// `tail --follow` of a compressed file: a rotated file is no longer written.
     CompressedNotTailable,
     /// Not a check: the summary of denial records left out by the audit budget.
     Suppressed,

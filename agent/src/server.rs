@@ -605,8 +605,8 @@ impl Agent for AgentService {
             unix_now(),
         )
         .map_err(refuse)?;
-        // A compressed file (by its magic bytes; its name must agree) is served decompressed,
-        // whole: it cannot be tailed nor followed (`tail --follow` follows the live file).
+        // A compressed file (by its magic bytes; its name must agree) is served decompressed:
+        // it cannot be followed (`tail --follow` follows the live file).
         let grant_denial = |code, message| Denial {
             code,
             message,
@@ -660,13 +660,16 @@ impl Agent for AgentService {
                 )));
             }
         }
-        if compression != crate::decompress::Compression::None && mode == pb::ReadMode::Tail {
+        // `tail -n` of it is served (stream.rs counts its lines first); following is not.
+        if compression != crate::decompress::Compression::None
+            && mode == pb::ReadMode::Tail
+            && req.follow
+        {
             return Err(refuse(grant_denial(
                 DenialCode::CompressedNotTailable,
                 format!(
                     "{} is compressed ({}): a rotated file is no longer written, so it cannot be \
-                     followed, and tail of it is not supported; use `logs cat` or `logs grep` \
-                     (with --since/--until to narrow), or tail the live file",
+                     followed; use `logs tail -n N` without --follow, or follow the live file",
                     authorized.file.path.display(),
                     compression.as_str()
                 ),

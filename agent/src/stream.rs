@@ -417,7 +417,8 @@ pub struct Plan {
     /// How far before a `tail` start to look for the line deciding the private-key state.
     pub key_lookback: u64,
     /// A compressed file (`Some`): served decompressed from its start through the bounded
-    /// decoder, never followed nor tailed (the server refuses both before this).
+    /// decoder, never followed (the server refuses it before this); `tail -n` of it serves the
+    /// lines after a first pass has counted them ([`pump_compressed`]).
     pub compressed: Option<(
         crate::decompress::Compression,
         crate::decompress::DecompressionLimits,
@@ -722,9 +723,12 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
     let mut key_lookback_exhausted = false;
     // Where to start: with `tail_lines`, found by reading the file, here off the async runtime.
+    // (A compressed file's tail is found by `pump_compressed`: its offsets are not the file's.)
     let start = match plan.tail_lines {
-        Some(lines) => tail_offset(&plan.file, plan.len, lines, &mut || sink.check()),
-        None => Ok(0),
+        Some(lines) if plan.compressed.is_none() => {
+            tail_offset(&plan.file, plan.len, lines, &mut || sink.check())
+        }
+        _ => Ok(0),
     };
     let primed = start.and_then(|start| {
         if start > 0 && pipeline.removes_private_keys() {
@@ -839,7 +843,34 @@ fn pump_compressed(
     let Some((compression, limits)) = plan.compressed else {
         return Err(EndReason::ReadError("not a compressed file".into()));
     };
-    let file = plan.file.try_clone().map_err(read_error)?;
+    let decode_error = |e: std::io::Error| match decompress::limit_message(&e) {
+        Some(message) => EndReason::DecompressionLimit(message),
+        None => EndReason::ReadError(format!(
+            "decompressing ({}) failed: {e}",
+            compression.as_str()
+        )),
+    };
+    // `tail -n N`: a first pass counts the lines; the ones before the last N are then run
+    // through the redactor for its state only (a tail that starts inside a private-key block
+    // must not serve its body), neither served nor counted.
+    // Each pass reads the file from its start (a clone shares the descriptor's offset).
+    let from_start = |file: &File| {
+        let mut file = file.try_clone()?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok::<File, std::io::Error>(file)
+    };
+    let mut skip_lines = match plan.tail_lines {
+        Some(lines) => {
+            let file = from_start(&plan.file).map_err(read_error)?;
+            let mut counting =
+                decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
+            decompress::count_lines(&mut counting, &mut || sink.check(), &decode_error)?
+                .saturating_sub(lines)
+        }
+        None => 0,
+    };
+    let mut skipped_part: Vec<u8> = Vec::new();
+    let file = from_start(&plan.file).map_err(read_error)?;
     let mut decoder =
         decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
     let redacting = !matches!(plan.profile, Profile::Raw);
@@ -865,15 +896,18 @@ fn pump_compressed(
                 // What was decoded before the cut has been served; the rest of a cut line
                 // is dropped, not served (it may be half a secret).
                 pipeline.abandon_partial_line();
-                return Err(match decompress::limit_message(&e) {
-                    Some(message) => EndReason::DecompressionLimit(message),
-                    None => EndReason::ReadError(format!(
-                        "decompressing ({}) failed: {e}",
-                        compression.as_str()
-                    )),
-                });
+                return Err(decode_error(e));
             }
         };
+        let mut data = &buf[..n];
+        if skip_lines > 0 && n > 0 {
+            let (skipped, rest) = split_after_lines(data, &mut skip_lines);
+            prime_skipped(pipeline, &mut skipped_part, skipped);
+            data = rest;
+            if data.is_empty() {
+                continue;
+            }
+        }
         if n == 0 {
             let mut out = Vec::new();
             pipeline.finish(&mut |line| selector.keep(line), &mut out);
@@ -882,7 +916,6 @@ fn pump_compressed(
             }
             return Ok(());
         }
-        let data = &buf[..n];
         if whole_chunks {
             sink.send(data.to_vec())?;
             continue;
@@ -915,6 +948,44 @@ fn pump_compressed(
         }
     }
 }
+
+/// `data` cut after its `*lines`-th newline (all of it when it holds fewer), `*lines` lessened
+/// by the newlines given to the first part.
+fn split_after_lines<'a>(data: &'a [u8], lines: &mut u64) -> (&'a [u8], &'a [u8]) {
+    let mut at = 0;
+    while *lines > 0 {
+        match data[at..].iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                at += i + 1;
+                *lines -= 1;
+            }
+            None => return (data, &[]),
+        }
+    }
+    data.split_at(at)
+}
+
+/// Runs `skipped` (decompressed content before a `tail -n` start) through the redactor for its
+/// private-key state, whole lines at a time: the end of a line is kept in `part` until its
+/// newline comes. A part longer than [`PRIME_PART_MAX`] is primed as it is (a line that long is
+/// no key marker), so memory stays bounded.
+fn prime_skipped(pipeline: &mut Pipeline, part: &mut Vec<u8>, skipped: &[u8]) {
+    if !pipeline.removes_private_keys() {
+        return;
+    }
+    part.extend_from_slice(skipped);
+    if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
+        pipeline.prime(&part[..=i]);
+        part.drain(..=i);
+    }
+    if part.len() > PRIME_PART_MAX {
+        pipeline.prime(part);
+        part.clear();
+    }
+}
+
+/// The longest unfinished line [`prime_skipped`] keeps.
+const PRIME_PART_MAX: usize = 1 << 20;
 
 /// Bytes before the read position kept to recognise the file at the next read (see
 /// [`rewritten`]).

@@ -883,12 +883,20 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
         host: &args.host,
         path: &args.path,
     };
+    // On a terminal, while the output goes elsewhere: bytes and rate on stderr (issue 14).
+    let progress = reads::byte_progress(args.follow);
+    let clear = || {
+        if let Some(bar) = &progress {
+            bar.finish_and_clear();
+        }
+    };
     loop {
         let chunk = match stream.message().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(status) => {
                 let _ = out.flush(true);
+                clear();
                 return Err(explain_at(&status, config, &agent).await);
             }
         };
@@ -897,12 +905,19 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
                 tracing::debug!(grant = %start.grant_id, "stream started");
             }
             Some(pb::read_log_chunk::Item::Data(data)) => {
+                if let Some(bar) = &progress {
+                    bar.inc(u64::try_from(data.len()).unwrap_or(u64::MAX));
+                }
                 out.pending.extend_from_slice(&data);
-                out.flush(false)?;
+                if let Err(e) = out.flush(false) {
+                    clear();
+                    return Err(e.into());
+                }
             }
             None => {}
         }
     }
+    clear();
     out.flush(true)?;
     Ok(())
 }

@@ -78,6 +78,7 @@ const EXAMPLES: &Examples = &[
             "loggate logs cat --host web-1 /var/log/app/api.log --since 1h",
             "loggate logs cat --host 'web-*' --merge /var/log/app/api.log",
             "loggate logs cat --host web-1 /var/log/app/api.log.2.gz",
+            "loggate logs cat --host web-1 '/var/log/app/api.log*' --since 1d",
         ],
     ),
     (
@@ -85,6 +86,7 @@ const EXAMPLES: &Examples = &[
         &[
             "loggate logs tail -n 100 --host web-1 /var/log/app/api.log",
             "loggate logs tail --follow --host web-1 --host web-2 /var/log/app/api.log",
+            "loggate logs tail --follow --host 'web-*' '/var/log/app/api.log*'",
         ],
     ),
     (
@@ -92,6 +94,7 @@ const EXAMPLES: &Examples = &[
         &[
             "loggate logs grep --host web-1 'timeout|refused' /var/log/app/api.log --since 30m",
             "loggate logs grep --selector team=payments --parallel 8 ERROR /var/log/app/api.log",
+            "loggate logs grep --host web-1 'status=5[0-9][0-9]' '/var/log/app/*.log'",
         ],
     ),
     (
@@ -99,6 +102,7 @@ const EXAMPLES: &Examples = &[
         &[
             "loggate logs ls --host web-1",
             "loggate logs ls --host web-1 '/var/log/app/api.log*' --output json",
+            "loggate logs ls --selector env=prod,team=payments '/var/log/app/*'",
         ],
     ),
     ("whoami", &["loggate whoami"]),

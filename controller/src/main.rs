@@ -506,20 +506,25 @@ enum Output {
 enum LogsCommand {
     /// Print a whole file.
     Cat {
-        /// Absolute path of the file on the agent, as the grant names it.
+        /// Absolute path of the file on the agent, as the grant names it, or a glob
+        /// ('/var/log/app/*.log'): every file your grants cover that it matches, each line
+        /// prefixed with its host and file.
         path: String,
         #[command(flatten)]
         read: ReadOpts,
     },
     /// Print the last lines of a file, and with --follow keep printing new ones.
     Tail {
-        /// Absolute path of the file on the agent, as the grant names it.
+        /// Absolute path of the file on the agent, as the grant names it, or a glob
+        /// ('/var/log/app/*.log'): every file your grants cover that it matches, each line
+        /// prefixed with its host and file.
         path: String,
         /// How many of the last lines to print first (0: none, with --follow only new ones).
         #[arg(short = 'n', long, default_value_t = 10)]
         lines: u64,
         /// Keep the stream open and print lines as they are written (until Ctrl-C, the
-        /// grant's end or its revocation).
+        /// grant's end or its revocation). With a path glob, the one live file (not rotated,
+        /// not compressed) it matches on each host is followed.
         #[arg(short, long)]
         follow: bool,
         #[command(flatten)]
@@ -530,7 +535,9 @@ enum LogsCommand {
         /// A regular expression (Rust `regex` syntax), matched on the agent against each line
         /// as redacted: a redacted value cannot be searched for.
         pattern: String,
-        /// Absolute path of the file on the agent, as the grant names it.
+        /// Absolute path of the file on the agent, as the grant names it, or a glob
+        /// ('/var/log/app/*.log'): every file your grants cover that it matches, each line
+        /// prefixed with its host and file.
         path: String,
         #[command(flatten)]
         read: ReadOpts,
@@ -540,12 +547,29 @@ enum LogsCommand {
     Ls {
         /// Only files this absolute path glob matches ("/var/log/app/api.log*").
         glob: Option<String>,
-        /// The agent id (as in your grant).
+        /// The agent id (as in your grant). Repeatable, and a glob ("web-*") over the agent ids
+        /// of the controller's registry: every agent is asked, each line prefixed with its host
+        /// (exit 6 some hosts failed, 7 all failed).
+        #[arg(
+            long = "host",
+            value_name = "HOST",
+            required_unless_present = "selector"
+        )]
+        hosts: Vec<String>,
+        /// List on every agent whose labels match this selector ("env=prod,team=payments"); with
+        /// --host, an agent must match both.
         #[arg(long)]
-        host: String,
-        /// Dial this address instead of asking the controller where the agent is.
-        #[arg(long)]
+        selector: Option<String>,
+        /// Dial this address instead of asking the controller where the agent is (one --host only).
+        #[arg(long, conflicts_with = "selector")]
         agent_addr: Option<String>,
+        /// Several hosts: how many agents are asked at once (1 to 1024).
+        #[arg(long, default_value_t = cli::reads::DEFAULT_PARALLEL,
+              value_parser = clap::value_parser!(u16).range(1..=i64::from(cli::reads::MAX_PARALLEL)))]
+        parallel: u16,
+        /// Several hosts: stop at the first host that fails, with that host's exit code.
+        #[arg(long)]
+        fail_fast: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
@@ -737,16 +761,22 @@ async fn run(cli: Cli) -> CliResult {
         }
         Command::Logs(LogsCommand::Ls {
             glob,
-            host,
+            hosts,
+            selector,
             agent_addr,
+            parallel,
+            fail_fast,
             output,
             grant_token,
             client,
         }) => {
             cli::listing::list_logs(
-                &client.load()?,
+                client.load()?,
                 cli::listing::ListArgs {
-                    host,
+                    hosts,
+                    selector,
+                    parallel,
+                    fail_fast,
                     agent_addr,
                     glob,
                     json: matches!(output, Output::Json),
@@ -775,6 +805,7 @@ async fn run(cli: Cli) -> CliResult {
             };
             let config = read.client.load()?;
             let multi = cli::reads::is_multi_host(&read.hosts, read.selector.as_deref());
+            let path_glob = cli::reads::is_path_glob(&path);
             if multi && read.agent_addr.is_some() {
                 return Err(cli::usage(
                     "--agent-addr dials one agent; give a single --host with it",
@@ -793,7 +824,7 @@ async fn run(cli: Cli) -> CliResult {
                 json: matches!(read.output, Output::Json),
                 grant_token: read.grant_token,
             };
-            if multi {
+            if multi || path_glob {
                 cli::reads::read_many(
                     config,
                     cli::reads::ManyArgs {

@@ -69,3 +69,242 @@ fn a_negated_class_does_not_cover_a_separator() -> anyhow::Result<()> {
         })?;
     Ok(())
 }
+
+/// `api.log.2.gz` (oldest), `api.log.1`, then the live `api.log` (the fixture's, newest) and a
+/// sibling `payments.log` the grant does not cover; alice holds `<logs>/api.log*`.
+fn rotated_set() -> anyhow::Result<(Fixture, Vec<String>)> {
+    use std::io::Write as _;
+    let f = Fixture::start()?;
+    let mut day = String::new();
+    for i in 0..20 {
+        if i == 7 {
+            day.push_str("2026-12-03T10:07:00Z INFO login password=hunter2 ok\n");
+        } else {
+            day.push_str(&format!("2026-12-03T10:{i:02}:00Z INFO rotated line {i}\n"));
+        }
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(day.as_bytes())?;
+    std::fs::write(f.logs.join("api.log.2.gz"), gz.finish()?)?;
+    std::fs::write(
+        f.logs.join("api.log.1"),
+        day.replace("rotated", "yesterday"),
+    )?;
+    std::fs::write(f.logs.join("payments.log"), "not alice's\n")?;
+    let age = |name: &str, hours: u64| -> anyhow::Result<()> {
+        let at = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(f.logs.join(name))?
+            .set_modified(at)?;
+        Ok(())
+    };
+    age("api.log.2.gz", 48)?;
+    age("api.log.1", 24)?;
+    let glob = format!("{}/api.log*", f.logs.display());
+    let id = f
+        .cluster
+        .issue_grant_with_profile("alice", "web-1", &glob, "30m", "default")?;
+    f.cluster.wait_for_grant("web-1", &id)?;
+    let order = ["api.log.2.gz", "api.log.1", "api.log"]
+        .iter()
+        .map(|n| f.logs.join(n).display().to_string())
+        .collect();
+    Ok((f, order))
+}
+
+#[test]
+fn a_path_glob_reads_every_covered_file_oldest_first_each_line_prefixed_with_host_and_file(
+) -> anyhow::Result<()> {
+    let (f, order) = rotated_set()?;
+    let glob = format!("{}/api.log*", f.logs.display());
+    let out = f.logs("alice", &["cat", &glob])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    // Every line names its host and file; the files come oldest first, each whole.
+    let mut files_seen: Vec<String> = Vec::new();
+    for line in stdout.lines() {
+        let rest = line.strip_prefix("web-1:").expect("host prefix");
+        let (file, _) = rest.split_once(": ").expect("file prefix");
+        if files_seen.last().map(String::as_str) != Some(file) {
+            files_seen.push(file.to_string());
+        }
+    }
+    assert_eq!(files_seen, order, "{stdout}");
+    assert_eq!(stdout.lines().count(), 20 + 20 + 50, "{stdout}");
+    assert!(!stdout.contains("hunter2"), "redacted as any read");
+    assert!(stdout.contains(&format!(
+        "web-1:{}: 2026-12-03T10:07:00Z INFO login password=[REDACTED:secret] ok",
+        order[0]
+    )));
+    assert!(
+        !stdout.contains("not alice's"),
+        "payments.log is not granted"
+    );
+    // One listing and a separately gated and audited read per file.
+    for path in &order {
+        f.cluster
+            .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+                e["event"] == "read.finished" && e["path"] == path.as_str()
+            })?;
+    }
+    let audit = f.cluster.agent_audit("web-1");
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e["event"] == "read.allowed")
+            .count(),
+        3
+    );
+    assert_eq!(
+        audit.iter().filter(|e| e["event"] == "read.listed").count(),
+        1
+    );
+
+    // grep and tail -n take a glob too (tail -n of the compressed one included).
+    let out = f.logs("alice", &["grep", "line 1[89]$", &glob])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0.lines().count(), 6, "{}", text(&out).0);
+    let out = f.logs("alice", &["tail", "-n", "2", &glob])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 6, "{stdout}");
+    assert!(
+        stdout.starts_with(&format!(
+            "web-1:{}: 2026-12-03T10:18:00Z INFO rotated line 18\n",
+            order[0]
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.ends_with(&format!(
+            "web-1:{}: 2026-11-27T07:49:00Z INFO line 49\n",
+            order[2]
+        )),
+        "{stdout}"
+    );
+    // A file that fails is one line naming it, and the others are still read: a binary file
+    // the grant covers (listed, then refused by the agent as content_binary, exit 1).
+    let binary = f.logs.join("api.log.old");
+    std::fs::write(&binary, b"text\0\0\0binary\n")?;
+    std::fs::File::options()
+        .write(true)
+        .open(&binary)?
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(36 * 3600))?;
+    let binary = binary.display().to_string();
+    let out = f.logs("alice", &["cat", &glob])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stdout.lines().count(), 20 + 20 + 50, "{stdout}");
+    let errors: Vec<&str> = stderr.lines().collect();
+    assert_eq!(errors.len(), 2, "{stderr}");
+    assert!(
+        errors[0].starts_with(&format!("loggate: web-1:{binary}: "))
+            && errors[0].contains("NUL bytes"),
+        "{stderr}"
+    );
+    assert!(errors[1].contains("1 of the 4 files matching"), "{stderr}");
+    std::fs::remove_file(&binary)?;
+
+    // A glob that matches nothing is one clear line and a failure.
+    let none = format!("{}/nothing*.log", f.logs.display());
+    let out = f.logs("alice", &["cat", &none])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.is_empty());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no file your grants cover on agent web-1 matches"),
+        "{stderr}"
+    );
+    // Without a grant the listing itself is denied (exit 3), as a read is.
+    let out = f.logs("bob", &["cat", &glob])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    assert!(text(&out).0.is_empty());
+    Ok(())
+}
+
+#[test]
+fn tail_follow_with_a_path_glob_follows_the_one_live_file() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write as _};
+    let (f, order) = rotated_set()?;
+    let glob = format!("{}/api.log*", f.logs.display());
+    let mut child = f
+        .cluster
+        .logs_cmd("alice", "web-1", &["tail", "-n", "1", "--follow", &glob])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let live = &order[2];
+    let first = rx.recv_timeout(Duration::from_secs(15))?;
+    assert_eq!(
+        first,
+        format!("web-1:{live}: 2026-11-27T07:49:00Z INFO line 49")
+    );
+    let mut file = std::fs::OpenOptions::new().append(true).open(live)?;
+    file.write_all(b"2026-11-27T08:00:00Z INFO appended\n")?;
+    drop(file);
+    let next = rx.recv_timeout(Duration::from_secs(15));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        next?,
+        format!("web-1:{live}: 2026-11-27T08:00:00Z INFO appended")
+    );
+    // Only the live file was read: the rotated ones were never opened.
+    let allowed: Vec<serde_json::Value> = f
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "read.allowed")
+        .collect();
+    assert_eq!(allowed.len(), 1, "{allowed:?}");
+    assert_eq!(allowed[0]["path"], live.as_str());
+
+    // Two live files match: following is refused, naming them.
+    std::fs::write(f.logs.join("api.logins"), "x\n")?;
+    let out = f.logs("alice", &["tail", "--follow", &glob])?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--follow follows one live file") && stderr.contains("api.logins"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_path_glob_over_more_files_than_the_bound_is_refused_before_any_read() -> anyhow::Result<()> {
+    let (f, _) = rotated_set()?;
+    for i in 10..1010 {
+        std::fs::write(f.logs.join(format!("api.log.{i}")), "x\n")?;
+    }
+    let glob = format!("{}/api.log*", f.logs.display());
+    let out = f.logs("alice", &["cat", &glob])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("matches more than 1000 files on agent web-1"),
+        "{stderr}"
+    );
+    assert!(
+        !f.cluster
+            .agent_audit("web-1")
+            .iter()
+            .any(|e| e["event"] == "read.allowed"),
+        "no file was read"
+    );
+    Ok(())
+}

@@ -508,3 +508,154 @@ fn the_progress_line_is_drawn_on_a_terminal_only() -> anyhow::Result<()> {
     assert_eq!(stderr.lines().count(), 2, "{stderr}");
     Ok(())
 }
+
+#[test]
+fn a_path_glob_over_several_hosts_reads_every_covered_file_of_each_host() -> anyhow::Result<()> {
+    let f = fleet()?;
+    let other = f.log.with_file_name("other.log");
+    std::fs::write(&other, "2026-11-27T09:00:00Z INFO other\n")?;
+    // other.log is the newer: each host reads app.log, then other.log.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&f.log)?
+        .set_modified(old)?;
+    let glob = format!("{}/*.log", f.log.parent().expect("folder").display());
+    let out = f.logs(&["cat", "--host", "web-*", &glob])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    let other = other.display().to_string();
+    for host in ["web-1", "web-2"] {
+        let mut want: Vec<String> = f
+            .lines
+            .iter()
+            .map(|l| format!("{}: {l}", f.path()))
+            .collect();
+        want.push(format!("{other}: 2026-11-27T09:00:00Z INFO other"));
+        let got: Vec<String> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{host}:")).map(str::to_string))
+            .collect();
+        assert_eq!(got, want, "{host}");
+        assert_eq!(f.read_events(host, "read.allowed"), 2, "{host}");
+    }
+    assert!(
+        stderr.contains("loggate: web-3: access denied by agent web-3"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 of 3 hosts failed (web-3)"), "{stderr}");
+
+    // Matching nothing is each host's failure, one line each.
+    let none = format!("{}/nothing*.log", f.log.parent().expect("folder").display());
+    let out = f.logs(&["cat", "--host", "web-1", "--host", "web-2", &none])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(7), "{stderr}");
+    assert!(stdout.is_empty());
+    for host in ["web-1", "web-2"] {
+        assert!(
+            stderr.contains(&format!(
+                "loggate: {host}: no file your grants cover on agent {host} matches"
+            )),
+            "{stderr}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn ls_over_several_hosts_prefixes_each_host_and_judges_each_on_its_own() -> anyhow::Result<()> {
+    let f = fleet()?;
+    let out = f.logs(&["ls", "--host", "web-*"])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("web-1: ") && lines[0].ends_with(&f.path()));
+    assert!(lines[1].starts_with("web-2: ") && lines[1].ends_with(&f.path()));
+    assert!(
+        stderr.contains("loggate: web-3: access denied by agent web-3"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 of 3 hosts failed (web-3)"), "{stderr}");
+    for host in ["web-1", "web-2"] {
+        assert_eq!(f.read_events(host, "read.listed"), 1, "{host}");
+    }
+
+    // A selector, JSON: every record names its host.
+    let out = f.logs(&["ls", "--selector", "team=payments", "--output", "json"])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let hosts: Vec<String> = stdout
+        .lines()
+        .map(serde_json::from_str::<serde_json::Value>)
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .filter_map(|r| r["host"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(hosts, ["web-1", "web-2"]);
+
+    // --fail-fast: db-1 (down, first by id) stops it with its own code, nothing listed.
+    let out = f.logs(&["ls", "--host", "*", "--parallel", "1", "--fail-fast"])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("stopped at the first failure (--fail-fast): db-1"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_single_host_read_shows_bytes_and_rate_on_a_terminal_only() -> anyhow::Result<()> {
+    let f = fleet()?;
+    let big = f.log.with_file_name("big.log");
+    let mut content = String::new();
+    for i in 0..200_000 {
+        content.push_str(&format!("2026-11-27T08:00:00Z INFO filler line {i}\n"));
+    }
+    std::fs::write(&big, &content)?;
+    let config = f.cluster.client_config("alice");
+    let loggate = f.cluster.bins.join("loggate").display().to_string();
+    let under_a_terminal = |command: &str| -> anyhow::Result<String> {
+        let out = Command::new("script")
+            .args(["-qec", command, "/dev/null"])
+            .env("LOGGATE_CONFIG", &config)
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(text(&out).0)
+    };
+    // stderr a terminal, stdout a file: the bar is drawn on the terminal, never in the file.
+    let saved = f.cluster.dir.join("saved.log");
+    let tty = under_a_terminal(&format!(
+        "{loggate} logs cat --host web-1 {} >{}",
+        big.display(),
+        saved.display()
+    ))?;
+    assert!(tty.contains(" read, ") && tty.contains("/s"), "{tty:?}");
+    assert_eq!(std::fs::read_to_string(&saved)?, content);
+    // One host's path glob: the same bar.
+    let tty = under_a_terminal(&format!(
+        "{loggate} logs cat --host web-1 '{}' >{}",
+        big.with_file_name("big*.log").display(),
+        saved.display()
+    ))?;
+    assert!(tty.contains(" read, ") && tty.contains("/s"), "{tty:?}");
+    let prefix = format!("web-1:{}: ", big.display());
+    let saved_lines = std::fs::read_to_string(&saved)?;
+    assert_eq!(saved_lines.lines().count(), 200_000);
+    assert!(saved_lines.lines().all(|l| l.starts_with(&prefix)));
+    // stdout on the same terminal: no bar (it would garble the lines), single or multi-host.
+    for hosts in ["--host web-1", "--host 'web-*'"] {
+        let tty = under_a_terminal(&format!("{loggate} logs cat {hosts} {}", f.path()))?;
+        assert!(
+            !tty.contains(" read, ") && !tty.contains("hosts done"),
+            "{hosts}: {tty:?}"
+        );
+    }
+    // Piped: stderr holds nothing.
+    let out = f.logs(&["cat", "--host", "web-1", &big.display().to_string()])?;
+    assert!(out.status.success());
+    assert_eq!(text(&out).1, "");
+    Ok(())
+}

@@ -236,23 +236,18 @@ fn a_gz_file_that_is_not_gzip_is_refused_clearly_and_audited() -> anyhow::Result
 }
 
 #[test]
-fn tail_and_follow_of_a_compressed_file_are_refused_with_the_way_out() -> anyhow::Result<()> {
+fn follow_of_a_compressed_file_is_refused_with_the_way_out() -> anyhow::Result<()> {
     let f = rotated_fixture("")?;
     rotations_grant(&f, "alice")?;
     let file = path(&f, "api.log.2.gz");
-    for args in [
-        vec!["tail", "--follow", file.as_str()],
-        vec!["tail", "-n", "5", file.as_str()],
-    ] {
-        let out = f.logs("alice", &args)?;
-        let (stdout, stderr) = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stdout.is_empty());
-        assert!(
-            stderr.contains("is compressed (gzip)") && stderr.contains("tail the live file"),
-            "{stderr}"
-        );
-    }
+    let out = f.logs("alice", &["tail", "--follow", &file])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("is compressed (gzip)") && stderr.contains("follow the live file"),
+        "{stderr}"
+    );
     let denied = f
         .cluster
         .wait_for_audit("web-1", Duration::from_secs(5), |e| {
@@ -262,6 +257,100 @@ fn tail_and_follow_of_a_compressed_file_are_refused_with_the_way_out() -> anyhow
     // The live file still follows.
     let out = f.logs("alice", &["tail", "-n", "1", &path(&f, "api.log")])?;
     assert!(out.status.success(), "{}", text(&out).1);
+    Ok(())
+}
+
+/// The `read.finished` records of `path` on web-1 once there are `count` of them.
+fn finished_reads(f: &Fixture, path: &str, count: usize) -> anyhow::Result<Vec<serde_json::Value>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let done: Vec<serde_json::Value> = f
+            .cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .filter(|e| e["event"] == "read.finished" && e["path"] == path)
+            .collect();
+        if done.len() >= count {
+            return Ok(done);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} read.finished for {path}",
+            done.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tail_n_of_a_compressed_file_serves_its_last_lines_redacted_with_since() -> anyhow::Result<()> {
+    let f = rotated_fixture("")?;
+    rotations_grant(&f, "alice")?;
+    let redacted = day_log().replace("password=hunter2", "password=[REDACTED:secret]");
+    let last = |n: usize| -> String {
+        let lines: Vec<&str> = redacted.lines().collect();
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    for name in ["api.log.2.gz", "api.log.3.zst"] {
+        let file = path(&f, name);
+        // The last 30 lines hold the planted secret (10:30), served redacted and counted.
+        let out = f.logs("alice", &["tail", "-n", "30", &file])?;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert_eq!(stdout, last(30), "{name}");
+        // The last 5 do not: the skipped lines are neither served nor counted.
+        let out = f.logs("alice", &["tail", "-n", "5", &file])?;
+        assert!(out.status.success(), "{name}: {}", text(&out).1);
+        assert_eq!(text(&out).0, last(5), "{name}");
+        let done = finished_reads(&f, &file, 2)?;
+        assert_eq!(done[0]["end_reason"], "eof", "{name}");
+        assert_eq!(done[0]["redactions"]["secret"], 1, "{name}: {}", done[0]);
+        assert_eq!(done[1]["bytes"], last(5).len() as u64, "{name}");
+        assert!(
+            done[1]["redactions"]["secret"].as_u64().unwrap_or(0) == 0,
+            "{name}: {}",
+            done[1]
+        );
+        // --since narrows the tail's lines; more lines than the file has: all of it; 0: none.
+        let out = f.logs(
+            "alice",
+            &["tail", "-n", "5", "--since", "2026-12-03T10:57:00Z", &file],
+        )?;
+        assert_eq!(text(&out).0, last(3), "{name}: {}", text(&out).1);
+        let out = f.logs("alice", &["tail", "-n", "1000", &file])?;
+        assert_eq!(text(&out).0, redacted, "{name}");
+        let out = f.logs("alice", &["tail", "-n", "0", &file])?;
+        assert!(out.status.success(), "{name}: {}", text(&out).1);
+        assert_eq!(text(&out).0, "", "{name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn tail_n_of_a_compressed_file_starting_inside_a_key_block_serves_none_of_it() -> anyhow::Result<()>
+{
+    let f = rotated_fixture("")?;
+    rotations_grant(&f, "alice")?;
+    let mut text_of_key = "2026-12-04T10:00:00Z INFO before the key\n".repeat(50);
+    text_of_key.push_str("-----BEGIN RSA PRIVATE KEY-----\n");
+    for i in 0..40 {
+        text_of_key.push_str(&format!("KEYBODY{i:04}{}\n", "QUJD".repeat(13)));
+    }
+    text_of_key.push_str("-----END RSA PRIVATE KEY-----\n");
+    text_of_key.push_str("2026-12-04T10:00:01Z INFO after the key\n");
+    let file = path(&f, "api.log.4.gz");
+    std::fs::write(&file, gzip(text_of_key.as_bytes()))?;
+    let out = f.logs("alice", &["tail", "-n", "6", &file])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stdout.contains("KEYBODY") && !stdout.contains("-----END"),
+        "key served: {stdout}"
+    );
+    assert_eq!(stdout, "2026-12-04T10:00:01Z INFO after the key\n");
     Ok(())
 }
 

@@ -1,18 +1,36 @@
-//! `loggate logs ls --host HOST [PATH-GLOB]`: the files your grants cover on one agent, asked
+//! `loggate logs ls --host HOST [PATH-GLOB]`: the files your grants cover on an agent, asked
 //! of the agent itself over mTLS with your certificate (`ListLogs`). The agent shows only files
 //! a read of yours would open (agent/src/listing.rs) and audits the listing as `read.listed`;
 //! a refusal exits 3 with the agent's reason, as a read's does.
+//!
+//! With several `--host`, a glob over agent ids or `--selector` (the reads' way of choosing
+//! agents, [`super::reads::registry_targets`]), every agent is asked, at most `--parallel` at
+//! once, and the listings are written in the order of the agents' ids, each line prefixed with
+//! its host (`web-1: …`; JSON records carry `host` anyway). As for a multi-host read, a host
+//! that fails is one line on stderr and the others go on: exit 6 when some failed, 7 when all
+//! did; `--fail-fast` stops at the first, with its own code. At most `--parallel` listings are
+//! held at once (each is at most 3 MiB, the agent's bound), whatever the number of hosts.
 
-use super::{agent_addr, connect, format_time, usage, CliResult, Failure, OrExplain, Peer};
+use super::reads::{is_multi_host, registry_targets, Target};
+use super::{agent_addr, connect, format_time, usage, CliResult, Exit, Failure, OrExplain, Peer};
 use crate::config::ClientConfig;
 use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::agent_client::AgentClient;
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub struct ListArgs {
-    pub host: String,
+    /// `--host` values: one agent id, or several, or globs over them.
+    pub hosts: Vec<String>,
+    /// `--selector`: a label selector for the controller's registry.
+    pub selector: Option<String>,
+    /// Several hosts: agents asked at once.
+    pub parallel: u16,
+    /// Several hosts: stop at the first that fails.
+    pub fail_fast: bool,
     pub agent_addr: Option<String>,
     /// Only files this glob matches (the grammar of a grant's paths); `None`: every one.
     pub glob: Option<String>,
@@ -20,9 +38,10 @@ pub struct ListArgs {
     pub grant_token: Option<PathBuf>,
 }
 
-/// Lists the files `args.host` serves you, one per line (size, modification time, kind, path)
-/// or one JSON object per file.
-pub async fn list_logs(config: &ClientConfig, args: ListArgs) -> CliResult {
+/// Lists the files the agents `args` names serve you, one per line (size, modification time,
+/// kind, path; prefixed with the host when several agents are asked) or one JSON object per
+/// file.
+pub async fn list_logs(config: ClientConfig, args: ListArgs) -> CliResult {
     if let Some(glob) = &args.glob {
         if !glob.starts_with('/') {
             return Err(usage(format!(
@@ -31,6 +50,12 @@ pub async fn list_logs(config: &ClientConfig, args: ListArgs) -> CliResult {
             )));
         }
     }
+    let multi = is_multi_host(&args.hosts, args.selector.as_deref());
+    if multi && args.agent_addr.is_some() {
+        return Err(usage(
+            "--agent-addr dials one agent; give a single --host with it",
+        ));
+    }
     let grant_token = match &args.grant_token {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| format!("cannot read grant token {}: {e}", p.display()))?
@@ -38,27 +63,53 @@ pub async fn list_logs(config: &ClientConfig, args: ListArgs) -> CliResult {
             .to_string(),
         None => String::new(),
     };
-    let addr = agent_addr(config, &args.host, args.agent_addr).await?;
-    let peer = Peer {
-        name: format!("agent {}", args.host),
-        addr: addr.clone(),
-        server: Server::Agent(&args.host),
+    let request = pb::ListLogsRequest {
+        path_glob: args.glob.clone().unwrap_or_default(),
+        grant_token,
     };
-    let mut client = AgentClient::new(connect(&addr, config, Server::Agent(&args.host)).await?);
-    let listing = client
-        .list_logs(pb::ListLogsRequest {
-            path_glob: args.glob.clone().unwrap_or_default(),
-            grant_token,
-        })
+    if multi {
+        return list_many(Arc::new(config), &args, request).await;
+    }
+    let host = args.hosts.first().cloned().unwrap_or_default();
+    let addr = agent_addr(&config, &host, args.agent_addr.clone()).await?;
+    let listing = fetch(&config, &host, &addr, request).await?;
+    write_listing(&host, &listing, &args, false)
+}
+
+/// Asks agent `host` at `addr` for the listing.
+async fn fetch(
+    config: &ClientConfig,
+    host: &str,
+    addr: &str,
+    request: pb::ListLogsRequest,
+) -> Result<pb::ListLogsResponse, Failure> {
+    let peer = Peer {
+        name: format!("agent {host}"),
+        addr: addr.to_string(),
+        server: Server::Agent(host),
+    };
+    let mut client = AgentClient::new(connect(addr, config, Server::Agent(host)).await?);
+    Ok(client
+        .list_logs(request)
         .await
         .or_explain(config, &peer)
         .await?
-        .into_inner();
+        .into_inner())
+}
+
+/// Writes `host`'s listing on stdout (each text line prefixed with the host when `prefixed`),
+/// and on stderr whether it was cut or empty.
+fn write_listing(
+    host: &str,
+    listing: &pb::ListLogsResponse,
+    args: &ListArgs,
+    prefixed: bool,
+) -> CliResult {
     let mut text = String::new();
     for f in &listing.files {
         if args.json {
             let record = serde_json::json!({
-                "host": args.host,
+                "host": host,
                 "path": f.path,
                 "size": f.size,
                 "modified_unix": f.modified_unix,
@@ -67,6 +118,10 @@ pub async fn list_logs(config: &ClientConfig, args: ListArgs) -> CliResult {
             });
             text.push_str(&format!("{record}\n"));
         } else {
+            if prefixed {
+                text.push_str(host);
+                text.push_str(": ");
+            }
             text.push_str(&entry_line(f));
         }
     }
@@ -75,15 +130,11 @@ pub async fn list_logs(config: &ClientConfig, args: ListArgs) -> CliResult {
         .write_all(text.as_bytes())
         .map_err(|e| Failure::from(format!("writing standard output: {e}")))?;
     if listing.truncated {
-        eprintln!(
-            "loggate: agent {} cut the listing at its bound; give a narrower PATH-GLOB",
-            args.host
-        );
+        eprintln!("loggate: agent {host} cut the listing at its bound; give a narrower PATH-GLOB");
     }
     if listing.files.is_empty() {
         eprintln!(
-            "loggate: your grants on agent {} cover no file{}",
-            args.host,
+            "loggate: your grants on agent {host} cover no file{}",
             args.glob
                 .as_ref()
                 .map(|g| format!(" matching {}", printable(g)))
@@ -91,6 +142,81 @@ pub async fn list_logs(config: &ClientConfig, args: ListArgs) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// `ls` over several agents (see the module documentation): asked in parallel, written in
+/// the agents' order. The window of `--parallel` listings in flight moves on only as the
+/// oldest is written, so at most that many are held.
+async fn list_many(
+    config: Arc<ClientConfig>,
+    args: &ListArgs,
+    request: pb::ListLogsRequest,
+) -> CliResult {
+    let targets = registry_targets(&config, &args.hosts, args.selector.as_deref()).await?;
+    let total = targets.len();
+    let parallel = usize::from(args.parallel.max(1));
+    let mut pending = targets.into_iter();
+    let mut in_flight: VecDeque<(
+        String,
+        tokio::task::JoinHandle<Result<pb::ListLogsResponse, Failure>>,
+    )> = VecDeque::new();
+    let spawn = |target: Target| {
+        let config = Arc::clone(&config);
+        let request = request.clone();
+        let host = target.host.clone();
+        let handle = tokio::spawn(async move {
+            let addr = target.addr.map_err(Failure::from)?;
+            fetch(&config, &target.host, &addr, request).await
+        });
+        (host, handle)
+    };
+    let mut failed: Vec<String> = Vec::new();
+    loop {
+        while in_flight.len() < parallel {
+            match pending.next() {
+                Some(target) => in_flight.push_back(spawn(target)),
+                None => break,
+            }
+        }
+        let Some((host, handle)) = in_flight.pop_front() else {
+            break;
+        };
+        let result = handle
+            .await
+            .unwrap_or_else(|_| Err(Failure::from("the listing ended unexpectedly")));
+        match result {
+            Ok(listing) => write_listing(&host, &listing, args, true)?,
+            Err(f) => {
+                eprintln!("loggate: {host}: {}", f.message);
+                if args.fail_fast {
+                    for (_, handle) in &in_flight {
+                        handle.abort();
+                    }
+                    return Err(Failure::new(
+                        f.code,
+                        format!("stopped at the first failure (--fail-fast): {host}"),
+                    ));
+                }
+                failed.push(host);
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let code = if failed.len() == total {
+        Exit::AllHostsFailed
+    } else {
+        Exit::SomeHostsFailed
+    };
+    Err(Failure::new(
+        code,
+        format!(
+            "{} of {total} hosts failed ({}); the others were listed",
+            failed.len(),
+            failed.join(", ")
+        ),
+    ))
 }
 
 /// One text line of the listing: size, modification time, kind, path. The agent's strings are
@@ -115,7 +241,7 @@ fn entry_line(f: &pb::LogFileEntry) -> String {
 
 /// `text` with every control character (C0, DEL, C1: what a terminal may act on) escaped as
 /// `\u{..}`, and a backslash doubled so an escape cannot be forged.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() || c == '\\') {
         return std::borrow::Cow::Borrowed(text);
     }

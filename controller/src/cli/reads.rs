@@ -23,17 +23,32 @@
 //!   exact (a line is written when every host still reading has a line waiting, or has ended);
 //!   with `--follow` a quiet host cannot hold the others back longer than [`FOLLOW_WINDOW`].
 //!   Merging needs every host's stream at once, so it refuses more hosts than `--parallel`.
+//! - **A path glob** (`'/var/log/app/*.log'`, [`is_path_glob`]) is asked of each agent with
+//!   `ListLogs` (the files your grants cover there, nothing more) and every listed file is then
+//!   read, one after the other on the host's one connection, oldest modification first (so
+//!   `'api.log*'` reads a rotated set in the order it was written), each a read of its own that
+//!   the agent gates and audits as any other. Every line is prefixed with its host and file
+//!   (`web-1:/var/log/app/a.log: line`), even on one host. A glob that matches nothing on a
+//!   host is that host's failure (one stderr line); a file that fails is one stderr line
+//!   (`loggate: HOST:FILE: why`) and the host's other files are still read, the host then
+//!   counting as failed. At most [`MAX_FILES_PER_HOST`] files a host and [`MAX_FILES_TOTAL`]
+//!   in all: beyond, the host fails with a clear error rather than starting thousands of reads.
+//!   `tail --follow` with a glob follows the **live** file only (not rotated, not compressed):
+//!   the glob must match exactly one live file on each host.
 //! - A progress line (hosts done/total, bytes) is drawn on stderr only when stderr is a
-//!   terminal, and never with `--follow`; piped, stderr holds only the failure lines.
+//!   terminal and standard output is not ([`progress_wanted`]), and never with `--follow`;
+//!   piped, stderr holds only the failure lines.
 
-use super::{connect, controller, explain_at, the_controller, usage, Exit, Failure, OrExplain};
-use super::{CliResult, Peer, ReadArgs};
+use super::listing::printable;
+use super::{agent_addr, connect, controller, explain_at, the_controller, usage, Exit, Failure};
+use super::{CliResult, OrExplain, Peer, ReadArgs};
 use crate::config::ClientConfig;
 use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::agent_client::AgentClient;
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -51,6 +66,10 @@ pub const MAX_PARALLEL: u16 = 1024;
 pub const DEFAULT_PARALLEL: u16 = 32;
 /// How often the progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// The most files a path glob may take from one host.
+pub const MAX_FILES_PER_HOST: usize = 1000;
+/// The most files a path glob may take across all the hosts of one command.
+pub const MAX_FILES_TOTAL: usize = 10_000;
 
 /// What a multi-host read reads, from where, and how.
 pub struct ManyArgs {
@@ -64,9 +83,46 @@ pub struct ManyArgs {
     pub fail_fast: bool,
     /// `--merge`: interleave the hosts' lines in timestamp order.
     pub merge: bool,
-    /// The read itself (its `host` and `agent_addr` are not used).
+    /// The read itself: its `host` and `agent_addr` are the one host read when the command
+    /// is not a multi-host one ([`is_multi_host`]) but its path is a glob.
     pub read: ReadArgs,
 }
+
+/// True when a path argument is a glob (the grammar of a grant's paths) to be expanded by
+/// each agent's `ListLogs`, rather than one file.
+pub fn is_path_glob(path: &str) -> bool {
+    path.contains(['*', '?', '[', '{'])
+}
+
+/// Whether a progress display belongs on stderr: only for a person watching a terminal whose
+/// output goes elsewhere (stderr a terminal, standard output not one: a bar redrawn between
+/// lines written to the same terminal would garble them), and never while following (a
+/// stream with no end has no progress to show). Piped or redirected stderr stays clean.
+pub fn progress_wanted(follow: bool) -> bool {
+    !follow && std::io::stderr().is_terminal() && !std::io::stdout().is_terminal()
+}
+
+/// The progress bar of a single-host read when [`progress_wanted`]: bytes written and the rate,
+/// on stderr, redrawn five times a second; `None` otherwise. The caller adds the bytes it
+/// writes and clears the bar (`finish_and_clear`) before printing anything else on stderr.
+pub fn byte_progress(follow: bool) -> Option<indicatif::ProgressBar> {
+    if !progress_wanted(follow) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        None,
+        indicatif::ProgressDrawTarget::stderr_with_hz(5),
+    );
+    // The template is a constant: it parses (the unit test `the_byte_progress_template_parses`).
+    if let Ok(style) = indicatif::ProgressStyle::with_template(BYTE_PROGRESS_TEMPLATE) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(PROGRESS_EVERY);
+    Some(bar)
+}
+
+/// What the single-host progress bar shows: "12.3 MiB read, 4.1 MiB/s, 3s".
+const BYTE_PROGRESS_TEMPLATE: &str = "{bytes} read, {binary_bytes_per_sec}, {elapsed}";
 
 /// True when `--host VALUE` is a glob over agent ids rather than one id.
 pub fn is_host_glob(value: &str) -> bool {
@@ -82,9 +138,9 @@ pub fn is_multi_host(hosts: &[String], selector: Option<&str>) -> bool {
 
 /// One agent to read from: its id and where it listens, or why it cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    addr: Result<String, String>,
+pub(super) struct Target {
+    pub(super) host: String,
+    pub(super) addr: Result<String, String>,
 }
 
 /// The agents `patterns` and `selector` name, from the registry's `listing` (already filtered by
@@ -148,12 +204,20 @@ fn select_targets(
 
 /// What a host's reader tells the writer.
 enum Event {
-    /// One whole line (without its newline); the permit is this host's room for it and is given
-    /// back when the line has been written.
+    /// One whole line (without its newline) of `file` (`None`: the one path of a read without
+    /// a path glob); the permit is this host's room for it and is given back when the line has
+    /// been written.
     Line {
         host: usize,
+        file: Option<Arc<str>>,
         line: Vec<u8>,
         _room: OwnedSemaphorePermit,
+    },
+    /// One file of a path glob could not be read (the host's other files go on).
+    FileFailed {
+        host: usize,
+        file: Arc<str>,
+        failure: Failure,
     },
     /// The host's read ended: whole, or with the failure to report.
     Done {
@@ -162,44 +226,192 @@ enum Event {
     },
 }
 
-/// Reads `target` and hands its lines to the writer, whole, holding at most
-/// [`LINES_IN_FLIGHT`] of them in flight.
-async fn read_host(
+/// One host's part of the command: what to read there and where its lines go.
+struct HostJob {
     config: Arc<ClientConfig>,
     index: usize,
     target: Target,
     request: pb::ReadLogRequest,
+    /// The request's path is a glob to expand with `ListLogs`.
+    glob: bool,
+    /// Stop at the first file that fails.
+    fail_fast: bool,
+    /// Files the path glob has taken across every host so far ([`MAX_FILES_TOTAL`]).
+    files_total: Arc<AtomicUsize>,
     room: Arc<Semaphore>,
     events: mpsc::UnboundedSender<Event>,
-) -> Result<(), Failure> {
-    let addr = target.addr.map_err(Failure::from)?;
-    let host = target.host;
+}
+
+/// The writer is gone only when the command is ending (fail-fast, closed stdout): the reader
+/// stops with this, which is nobody's failure.
+fn writer_gone() -> Failure {
+    Failure::new(Exit::Ok, "")
+}
+
+/// Reads `job`'s host: its one path, or every file its path glob lists there, one after the
+/// other on one connection, handing the lines to the writer.
+async fn read_host(job: HostJob) -> Result<(), Failure> {
+    let addr = job.target.addr.clone().map_err(Failure::from)?;
+    let host = job.target.host.as_str();
     let agent = Peer {
         name: format!("agent {host}"),
         addr: addr.clone(),
-        server: Server::Agent(&host),
+        server: Server::Agent(host),
     };
-    let mut client = AgentClient::new(connect(&addr, &config, Server::Agent(&host)).await?);
+    let mut client = AgentClient::new(connect(&addr, &job.config, Server::Agent(host)).await?);
+    if !job.glob {
+        return read_file(&mut client, &job, &agent, job.request.clone(), None).await;
+    }
+    let files = matching_files(&mut client, &job, &agent).await?;
+    let mut failed: Vec<Exit> = Vec::new();
+    for path in &files {
+        let file: Arc<str> = Arc::from(path.as_str());
+        let request = pb::ReadLogRequest {
+            path: path.clone(),
+            ..job.request.clone()
+        };
+        match read_file(&mut client, &job, &agent, request, Some(Arc::clone(&file))).await {
+            Ok(()) => {}
+            Err(f) if f.code == Exit::Ok => return Err(f),
+            Err(failure) => {
+                failed.push(failure.code);
+                job.events
+                    .send(Event::FileFailed {
+                        host: job.index,
+                        file,
+                        failure,
+                    })
+                    .map_err(|_| writer_gone())?;
+                if job.fail_fast {
+                    break;
+                }
+            }
+        }
+    }
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => Err(Failure::new(
+            *first,
+            format!(
+                "{} of the {} files matching {} could not be read{}",
+                failed.len(),
+                files.len(),
+                printable(&job.request.path),
+                if job.fail_fast && failed.len() < files.len() {
+                    " (--fail-fast: the rest were not tried)"
+                } else {
+                    ""
+                }
+            ),
+        )),
+    }
+}
+
+/// The files `job`'s path glob names on its host: what the agent's `ListLogs` shows this
+/// reader (only files its grants cover), oldest modification first, bounded by
+/// [`MAX_FILES_PER_HOST`] and, across hosts, [`MAX_FILES_TOTAL`]; with `--follow`, the one
+/// live file (neither rotated nor compressed) among them. Nothing matching is a failure.
+async fn matching_files(
+    client: &mut AgentClient<super::deadline::Deadline<tonic::transport::Channel>>,
+    job: &HostJob,
+    agent: &Peer<'_>,
+) -> Result<Vec<String>, Failure> {
+    let glob = printable(&job.request.path).into_owned();
+    let host = &job.target.host;
+    let listing = match client
+        .list_logs(pb::ListLogsRequest {
+            path_glob: job.request.path.clone(),
+            grant_token: job.request.grant_token.clone(),
+        })
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Err(explain_at(&status, &job.config, agent).await),
+    };
+    if listing.truncated || listing.files.len() > MAX_FILES_PER_HOST {
+        return Err(Failure::from(format!(
+            "{glob} matches more than {MAX_FILES_PER_HOST} files on agent {host} (the most one \
+             read takes from a host); narrow the glob, and see the files with 'loggate logs ls \
+             --host {host} GLOB'"
+        )));
+    }
+    let mut files = listing.files;
+    if job.request.follow {
+        files.retain(|f| !f.rotated && f.compression.is_empty());
+    }
+    files.sort_by(|a, b| (a.modified_unix, &a.path).cmp(&(b.modified_unix, &b.path)));
+    files.dedup_by(|a, b| a.path == b.path);
+    if files.is_empty() {
+        return Err(Failure::from(format!(
+            "no {}file your grants cover on agent {host} matches {glob}; see the files you \
+             may read with 'loggate logs ls --host {host}'",
+            if job.request.follow { "live " } else { "" }
+        )));
+    }
+    if job.request.follow && files.len() > 1 {
+        let names: Vec<String> = files
+            .iter()
+            .take(3)
+            .map(|f| printable(&f.path).into_owned())
+            .collect();
+        return Err(usage(format!(
+            "--follow follows one live file, and {glob} matches {} on agent {host} ({}{}); \
+             give the path of the one to follow",
+            files.len(),
+            names.join(", "),
+            if files.len() > 3 { ", …" } else { "" }
+        )));
+    }
+    let count = files.len();
+    if !take_files(&job.files_total, count) {
+        return Err(Failure::from(format!(
+            "{glob} matches {count} files on agent {host}, which would take this read past \
+             {MAX_FILES_TOTAL} files across its hosts; narrow the glob or the hosts"
+        )));
+    }
+    Ok(files.into_iter().map(|f| f.path).collect())
+}
+
+/// Counts `count` more files against [`MAX_FILES_TOTAL`] in `total` (shared by the hosts of
+/// one command) and says whether they fit; files that do not fit are not counted, so a host
+/// refused for its many files does not use up the room of the hosts after it.
+fn take_files(total: &AtomicUsize, count: usize) -> bool {
+    total
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |sum| {
+            sum.checked_add(count).filter(|sum| *sum <= MAX_FILES_TOTAL)
+        })
+        .is_ok()
+}
+
+/// Reads one file (`request`) and hands its lines to the writer, whole, holding at most
+/// [`LINES_IN_FLIGHT`] of the host's lines in flight.
+async fn read_file(
+    client: &mut AgentClient<super::deadline::Deadline<tonic::transport::Channel>>,
+    job: &HostJob,
+    agent: &Peer<'_>,
+    request: pb::ReadLogRequest,
+    file: Option<Arc<str>>,
+) -> Result<(), Failure> {
     let mut stream = match client.read_log(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => return Err(explain_at(&status, &config, &agent).await),
+        Err(status) => return Err(explain_at(&status, &job.config, agent).await),
     };
     let mut pending: Vec<u8> = Vec::new();
     let send = |line: Vec<u8>, permit: OwnedSemaphorePermit| {
-        // The writer is gone only when the command is ending (fail-fast, closed stdout).
-        events
+        job.events
             .send(Event::Line {
-                host: index,
+                host: job.index,
+                file: file.clone(),
                 line,
                 _room: permit,
             })
-            .map_err(|_| Failure::new(Exit::Ok, ""))
+            .map_err(|_| writer_gone())
     };
     let acquire = || async {
-        Arc::clone(&room)
+        Arc::clone(&job.room)
             .acquire_owned()
             .await
-            .map_err(|_| Failure::new(Exit::Ok, ""))
+            .map_err(|_| writer_gone())
     };
     loop {
         let chunk = match stream.message().await {
@@ -209,7 +421,7 @@ async fn read_host(
                 if !pending.is_empty() {
                     send(std::mem::take(&mut pending), acquire().await?)?;
                 }
-                return Err(explain_at(&status, &config, &agent).await);
+                return Err(explain_at(&status, &job.config, agent).await);
             }
         };
         let Some(pb::read_log_chunk::Item::Data(data)) = chunk.item else {
@@ -298,6 +510,7 @@ fn syslog_ms(line: &[u8], now_ms: i64) -> Option<i64> {
 struct Waiting {
     key: i64,
     arrived: Instant,
+    file: Option<Arc<str>>,
     line: Vec<u8>,
     _room: OwnedSemaphorePermit,
 }
@@ -322,12 +535,20 @@ impl Merge {
         }
     }
 
-    fn push(&mut self, host: usize, line: Vec<u8>, room: OwnedSemaphorePermit, now_ms: i64) {
+    fn push(
+        &mut self,
+        host: usize,
+        file: Option<Arc<str>>,
+        line: Vec<u8>,
+        room: OwnedSemaphorePermit,
+        now_ms: i64,
+    ) {
         let key = line_order_ms(&line, now_ms).unwrap_or(self.last_key[host]);
         self.last_key[host] = key;
         self.queues[host].push_back(Waiting {
             key,
             arrived: Instant::now(),
+            file,
             line,
             _room: room,
         });
@@ -372,7 +593,8 @@ impl Merge {
     }
 }
 
-/// Writes the lines: `HOST: line` (text) or one JSON object per line with host and path.
+/// Writes the lines: `HOST: line`, or `HOST:FILE: line` for the files of a path glob (text),
+/// or one JSON object per line with host and path.
 struct Writer {
     out: std::io::BufWriter<std::io::Stdout>,
     json: bool,
@@ -381,19 +603,27 @@ struct Writer {
 }
 
 impl Writer {
-    fn line(&mut self, host: &str, line: &[u8]) -> std::io::Result<()> {
+    fn line(&mut self, host: &str, file: Option<&str>, line: &[u8]) -> std::io::Result<()> {
         self.bytes = self
             .bytes
             .saturating_add(u64::try_from(line.len()).unwrap_or(u64::MAX));
         if self.json {
             let record = serde_json::json!({
-                "host": host, "path": self.path, "line": String::from_utf8_lossy(line),
+                "host": host, "path": file.unwrap_or(&self.path),
+                "line": String::from_utf8_lossy(line),
             });
             writeln!(self.out, "{record}")
         } else {
+            // The agent's listed path is not trusted to be printable (listing.rs says why).
+            let file = file.map(printable);
+            let file_len = file.as_ref().map_or(0, |f| f.len() + 1);
             // One buffer per line: the prefix and the line leave together.
-            let mut whole = Vec::with_capacity(host.len() + 2 + line.len() + 1);
+            let mut whole = Vec::with_capacity(host.len() + file_len + 2 + line.len() + 1);
             whole.extend_from_slice(host.as_bytes());
+            if let Some(file) = &file {
+                whole.push(b':');
+                whole.extend_from_slice(file.as_bytes());
+            }
             whole.extend_from_slice(b": ");
             whole.extend_from_slice(line);
             whole.push(b'\n');
@@ -402,15 +632,23 @@ impl Writer {
     }
 }
 
-/// The progress line on stderr, when it is a terminal: `N/M hosts done, X read`.
+/// The progress line on stderr, when it is a terminal: `N/M hosts done, X read` (several
+/// hosts), or the single-host read's byte bar ([`byte_progress`]) when one host's path glob is
+/// read.
 struct Progress {
     enabled: bool,
     shown: bool,
     total: usize,
+    bytes_bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
     fn draw(&mut self, done: usize, bytes: u64) {
+        if let Some(bar) = &self.bytes_bar {
+            // indicatif limits the redraws itself.
+            bar.set_position(bytes);
+            return;
+        }
         if !self.enabled {
             return;
         }
@@ -423,6 +661,25 @@ impl Progress {
         );
         let _ = err.flush();
         self.shown = true;
+    }
+
+    /// Writes `line` on stderr with the progress out of its way.
+    fn say(&mut self, line: &str) {
+        match &self.bytes_bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => {
+                self.clear();
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    /// Clears the progress for good (at the end).
+    fn finish(&mut self) {
+        if let Some(bar) = self.bytes_bar.take() {
+            bar.finish_and_clear();
+        }
+        self.clear();
     }
 
     /// Clears the line (before a failure line, and at the end).
@@ -454,33 +711,56 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Reads from every agent `args` names, in parallel, and writes their lines (see the module
-/// documentation for the contract).
-pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
-    let request = super::read_request(&args.read)?;
-    if let Some(selector) = &args.selector {
+/// The agents `hosts` (ids and globs) and `selector` name, from the controller's registry
+/// (sorted by id); none is an error.
+pub(super) async fn registry_targets(
+    config: &ClientConfig,
+    hosts: &[String],
+    selector: Option<&str>,
+) -> Result<Vec<Target>, Failure> {
+    if let Some(selector) = selector {
         if selector.trim().is_empty() {
             return Err(usage(
                 "--selector is empty; give labels such as env=prod,team=payments",
             ));
         }
     }
-    let listing = controller(&config)
+    let listing = controller(config)
         .await?
         .list_agents(pb::ListAgentsRequest {
-            selector: args.selector.clone().unwrap_or_default(),
+            selector: selector.unwrap_or_default().to_string(),
         })
         .await
-        .or_explain(&config, &the_controller(&config))
+        .or_explain(config, &the_controller(config))
         .await?
         .into_inner()
         .agents;
-    let targets = select_targets(&args.hosts, args.selector.is_some(), &listing)?;
+    let targets = select_targets(hosts, selector.is_some(), &listing)?;
     if targets.is_empty() {
         return Err(Failure::from(
             "no agent matches --host/--selector; see the agents and their labels with 'loggate agent list'",
         ));
     }
+    Ok(targets)
+}
+
+/// Reads from every agent `args` names, in parallel, or every file a path glob names on one
+/// or more agents, and writes their lines (see the module documentation for the contract).
+pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
+    let request = super::read_request(&args.read)?;
+    let multi = is_multi_host(&args.hosts, args.selector.as_deref());
+    let glob = is_path_glob(&args.read.path);
+    let targets = if multi {
+        registry_targets(&config, &args.hosts, args.selector.as_deref()).await?
+    } else {
+        // One host, a path glob: the single-host read's way to the agent (--agent-addr too).
+        let host = args.read.host.clone();
+        let addr = agent_addr(&config, &host, args.read.agent_addr.clone()).await?;
+        vec![Target {
+            host,
+            addr: Ok(addr),
+        }]
+    };
     let merge = args.merge || args.read.follow;
     let parallel = usize::from(args.parallel.max(1));
     if merge && targets.len() > parallel {
@@ -493,6 +773,7 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     }
     let hosts: Vec<String> = targets.iter().map(|t| t.host.clone()).collect();
     let config = Arc::new(config);
+    let files_total = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(Semaphore::new(parallel));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut tasks = tokio::task::JoinSet::new();
@@ -501,6 +782,8 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
         let connections = Arc::clone(&connections);
         let request = request.clone();
         let events = events_tx.clone();
+        let files_total = Arc::clone(&files_total);
+        let fail_fast = args.fail_fast;
         tasks.spawn(async move {
             // The connection slot is held until `Done` is sent: with `--fail-fast`, no next
             // host starts before the writer has seen this one's failure.
@@ -508,14 +791,17 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
                 return;
             };
             let room = Arc::new(Semaphore::new(usize::from(LINES_IN_FLIGHT)));
-            let result = read_host(
+            let result = read_host(HostJob {
                 config,
                 index,
                 target,
                 request,
-                Arc::clone(&room),
-                events.clone(),
-            )
+                glob,
+                fail_fast,
+                files_total,
+                room: Arc::clone(&room),
+                events: events.clone(),
+            })
             .await;
             // Nor before its lines are written: a slow standard output cannot make finished
             // hosts pile up lines (at most --parallel × LINES_IN_FLIGHT wait, in all).
@@ -535,9 +821,15 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
         bytes: 0,
     };
     let mut progress = Progress {
-        enabled: std::io::stderr().is_terminal() && !args.read.follow,
+        enabled: multi && progress_wanted(args.read.follow),
         shown: false,
         total: hosts.len(),
+        // One host, a path glob: the single-host read's bar.
+        bytes_bar: if multi {
+            None
+        } else {
+            byte_progress(args.read.follow)
+        },
     };
     let mut merge_state =
         merge.then(|| Merge::new(hosts.len(), args.read.follow.then_some(FOLLOW_WINDOW)));
@@ -562,21 +854,36 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
         match event {
             Some(Event::Line {
                 host,
+                file,
                 line,
                 _room: room,
             }) => match &mut merge_state {
                 Some(m) => m.push(
                     host,
+                    file,
                     line,
                     room,
                     loggate_core::timestamp::UnixMillis::now().0,
                 ),
                 None => {
-                    if let Err(e) = writer.line(&hosts[host], &line) {
+                    if let Err(e) = writer.line(&hosts[host], file.as_deref(), &line) {
                         stop = Some(Failure::from(e));
                     }
                 }
             },
+            Some(Event::FileFailed {
+                host,
+                file,
+                failure,
+            }) => {
+                let _ = writer.out.flush();
+                progress.say(&format!(
+                    "loggate: {}:{}: {}",
+                    hosts[host],
+                    printable(&file),
+                    failure.message
+                ));
+            }
             Some(Event::Done { host, result }) => {
                 done += 1;
                 ended[host] = true;
@@ -587,10 +894,11 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
                     Ok(()) => {}
                     // The writer's own end (fail-fast, closed stdout) is not a host's failure.
                     Err(f) if f.code == Exit::Ok => {}
+                    // One host (a path glob): its failure is the command's, said once, below.
+                    Err(f) if !multi => failed.push((host, f)),
                     Err(f) => {
-                        progress.clear();
                         let _ = writer.out.flush();
-                        eprintln!("loggate: {}: {}", hosts[host], f.message);
+                        progress.say(&format!("loggate: {}: {}", hosts[host], f.message));
                         if args.fail_fast {
                             stop = Some(Failure::new(
                                 f.code,
@@ -608,7 +916,7 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
         }
         if let Some(m) = &mut merge_state {
             while let Some((host, waiting)) = m.pop(Instant::now(), false) {
-                if let Err(e) = writer.line(&hosts[host], &waiting.line) {
+                if let Err(e) = writer.line(&hosts[host], waiting.file.as_deref(), &waiting.line) {
                     stop = Some(Failure::from(e));
                     break;
                 }
@@ -619,7 +927,9 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
                 stop = Some(Failure::from(e));
             }
         }
-        if progress.enabled && last_draw.elapsed() >= PROGRESS_EVERY {
+        if progress.bytes_bar.is_some()
+            || (progress.enabled && last_draw.elapsed() >= PROGRESS_EVERY)
+        {
             progress.draw(done, writer.bytes);
             last_draw = Instant::now();
         }
@@ -628,7 +938,10 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     // A reader that ended without a word (it panicked) failed; it is never counted as read.
     if stop.is_none() {
         for (host, _) in ended.iter().enumerate().filter(|(_, e)| !**e) {
-            eprintln!("loggate: {}: the read ended unexpectedly", hosts[host]);
+            progress.say(&format!(
+                "loggate: {}: the read ended unexpectedly",
+                hosts[host]
+            ));
             failed.push((host, Failure::from("the read ended unexpectedly")));
         }
     }
@@ -636,19 +949,30 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     if let Some(m) = &mut merge_state {
         if stop.as_ref().is_none_or(|f| f.code != Exit::Ok) {
             while let Some((host, waiting)) = m.pop(Instant::now(), true) {
-                if writer.line(&hosts[host], &waiting.line).is_err() {
+                if writer
+                    .line(&hosts[host], waiting.file.as_deref(), &waiting.line)
+                    .is_err()
+                {
                     break;
                 }
             }
         }
     }
     let flushed = writer.out.flush();
-    progress.clear();
+    progress.finish();
     if let Some(f) = stop {
         return Err(f);
     }
     flushed.map_err(Failure::from)?;
     if failed.is_empty() {
+        return Ok(());
+    }
+    if !multi {
+        // One host: its own failure and exit code (3 denied, 1 error, 4 ended, 2 usage), as a
+        // single-host read's.
+        if let Some((_, f)) = failed.into_iter().next() {
+            return Err(f);
+        }
         return Ok(());
     }
     failed.sort_by_key(|(host, _)| *host);
@@ -740,17 +1064,30 @@ mod tests {
     fn the_merge_waits_for_every_reading_host_and_keeps_each_hosts_order() {
         let now_ms = 1_796_385_600_000;
         let mut m = Merge::new(2, None);
-        m.push(0, b"2026-11-27T07:00:02Z a2".to_vec(), permit(), now_ms);
-        m.push(0, b"no time: follows a2".to_vec(), permit(), now_ms);
         m.push(
             0,
+            None,
+            b"2026-11-27T07:00:02Z a2".to_vec(),
+            permit(),
+            now_ms,
+        );
+        m.push(0, None, b"no time: follows a2".to_vec(), permit(), now_ms);
+        m.push(
+            0,
+            None,
             b"2026-11-27T07:00:01Z a1, out of order within a".to_vec(),
             permit(),
             now_ms,
         );
         // Host 1 has nothing yet and is still reading: nothing may be written.
         assert!(m.pop(Instant::now(), false).is_none());
-        m.push(1, b"2026-11-27T07:00:03Z b3".to_vec(), permit(), now_ms);
+        m.push(
+            1,
+            None,
+            b"2026-11-27T07:00:03Z b3".to_vec(),
+            permit(),
+            now_ms,
+        );
         let mut order = Vec::new();
         while let Some((_, w)) = m.pop(Instant::now(), false) {
             order.push(String::from_utf8(w.line).unwrap());
@@ -766,11 +1103,41 @@ mod tests {
     #[test]
     fn following_a_quiet_host_holds_the_others_back_one_window_at_most() {
         let mut m = Merge::new(2, Some(Duration::from_millis(500)));
-        m.push(0, b"2026-11-27T07:00:02Z a".to_vec(), permit(), 0);
+        m.push(0, None, b"2026-11-27T07:00:02Z a".to_vec(), permit(), 0);
         let now = Instant::now();
         assert!(m.pop(now, false).is_none());
         assert!(m.deadline().is_some());
         assert!(m.pop(now + Duration::from_millis(600), false).is_some());
+    }
+
+    #[test]
+    fn a_path_glob_takes_at_most_the_total_bound_of_files_across_hosts() {
+        let total = AtomicUsize::new(0);
+        assert!(take_files(&total, MAX_FILES_PER_HOST));
+        assert!(take_files(&total, MAX_FILES_TOTAL - MAX_FILES_PER_HOST));
+        // Full: one more file does not fit, and a refused host takes nothing.
+        assert!(!take_files(&total, 1));
+        assert_eq!(total.load(Ordering::SeqCst), MAX_FILES_TOTAL);
+        assert!(!take_files(&total, usize::MAX));
+        assert!(take_files(&total, 0));
+    }
+
+    #[test]
+    fn path_globs_are_told_from_plain_paths() {
+        assert!(is_path_glob("/var/log/app/*.log"));
+        assert!(is_path_glob("/var/log/app/api.log.[0-9]"));
+        assert!(is_path_glob("/var/log/{a,b}.log"));
+        assert!(!is_path_glob("/var/log/app/api.log.2.gz"));
+    }
+
+    #[test]
+    fn the_byte_progress_template_parses() {
+        assert!(indicatif::ProgressStyle::with_template(BYTE_PROGRESS_TEMPLATE).is_ok());
+        // Not on a terminal (the test's stderr is captured): no bar at all.
+        if !std::io::stderr().is_terminal() {
+            assert!(byte_progress(false).is_none());
+        }
+        assert!(byte_progress(true).is_none(), "never while following");
     }
 
     #[test]
