@@ -21,6 +21,7 @@ mod follow;
 mod fs_access;
 mod gate;
 mod grants;
+mod journal;
 mod limits;
 mod listing;
 mod server;

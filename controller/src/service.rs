@@ -161,6 +161,7 @@ impl ControllerService {
             not_after: grant.not_after,
             reason: grant.reason.clone(),
             redaction_profile: grant.profile.clone(),
+            units: grant.units.clone(),
         })
     }
 
@@ -237,6 +238,17 @@ fn internal(e: anyhow::Error) -> Status {
     Status::internal("the controller hit an internal error; see its log")
 }
 
+/// A request's or an issue's journal units: bounded like every list, and each a systemd unit
+/// name (no glob: a grant names units exactly).
+fn check_units(units: &[String]) -> Result<(), Status> {
+    bounded_list("units", units)?;
+    for u in units {
+        loggate_core::grant::UnitName::new(u)
+            .map_err(|e| Status::invalid_argument(format!("--unit: {e}")))?;
+    }
+    Ok(())
+}
+
 fn bounded_list(name: &str, list: &[String]) -> Result<(), Status> {
     if list.len() > MAX_LIST || list.iter().any(|s| s.len() > MAX_FIELD || s.is_empty()) {
         return Err(Status::invalid_argument(format!(
@@ -302,6 +314,7 @@ pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
         hosts: g.hosts.clone(),
         labels: g.labels.clone(),
         paths: g.paths.clone(),
+        units: g.units.clone(),
         not_before_unix: g.not_before,
         not_after_unix: g.not_after,
         reason: g.reason.clone(),
@@ -455,8 +468,11 @@ impl Controller for ControllerService {
                 "host {bad:?} is not a valid agent id"
             )));
         }
-        if req.paths.is_empty() {
-            return Err(Status::invalid_argument("name at least one --path glob"));
+        check_units(&req.units)?;
+        if req.paths.is_empty() && req.units.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one --path glob or --unit",
+            ));
         }
         for p in &req.paths {
             // Shown to approvers, in the webhook and the access review like a request's.
@@ -525,6 +541,7 @@ impl Controller for ControllerService {
                         hosts: &req.hosts,
                         labels: &req.labels,
                         paths: &req.paths,
+                        units: &req.units,
                         now,
                         not_before,
                         not_after,

@@ -220,6 +220,8 @@ pub(super) struct GrantSpec<'a> {
     pub hosts: &'a [String],
     pub labels: &'a [String],
     pub paths: &'a [String],
+    /// systemd journal units (checked names).
+    pub units: &'a [String],
     pub now: i64,
     pub not_before: i64,
     pub not_after: i64,
@@ -562,6 +564,7 @@ impl ControllerService {
             hosts: spec.hosts.to_vec(),
             labels: spec.labels.to_vec(),
             paths: spec.paths.to_vec(),
+            units: spec.units.to_vec(),
             redaction: spec.profile.to_string(),
             reason: spec.reason.to_string(),
             approver: spec.issuer.to_string(),
@@ -591,6 +594,7 @@ impl ControllerService {
             hosts: spec.hosts.to_vec(),
             labels: spec.labels.to_vec(),
             paths: spec.paths.to_vec(),
+            units: spec.units.to_vec(),
             not_before: spec.not_before,
             not_after: spec.not_after,
             reason: spec.reason.to_string(),
@@ -647,10 +651,14 @@ impl ControllerService {
         Ok(all)
     }
 
-    fn check_paths(paths: &[String]) -> Result<(), Status> {
+    /// A request's resources: path globs and journal units, at least one of either.
+    fn check_paths(paths: &[String], units: &[String]) -> Result<(), Status> {
         super::bounded_list("paths", paths)?;
-        if paths.is_empty() {
-            return Err(Status::invalid_argument("name at least one --path"));
+        super::check_units(units)?;
+        if paths.is_empty() && units.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one --path or --unit",
+            ));
         }
         for p in paths {
             check_plain_text("--path", p)?;
@@ -697,6 +705,7 @@ impl ControllerService {
             requester: r.requester.clone(),
             hosts: r.hosts.clone(),
             paths: r.paths.clone(),
+            units: r.units.clone(),
             ttl_seconds: r.ttl_seconds,
             redaction_profile: r.profile.clone(),
             reason: r.reason.clone(),
@@ -770,7 +779,7 @@ impl ControllerService {
             req.subject.clone()
         };
         let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
-        Self::check_paths(&req.paths)?;
+        Self::check_paths(&req.paths, &req.units)?;
         let profile = self.profile_or_default(&req.redaction_profile)?;
         let ttl = Duration::from_secs(
             req.ttl_seconds
@@ -788,6 +797,7 @@ impl ControllerService {
             cert_groups,
             hosts: &hosts,
             paths: &req.paths,
+            units: &req.units,
             ttl,
             profile: &profile,
             break_glass: req.break_glass,
@@ -875,7 +885,7 @@ impl ControllerService {
         let decision_guard = self.decision_policy()?;
         let policy = decision_guard.policy.clone();
         let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
-        Self::check_paths(&req.paths)?;
+        Self::check_paths(&req.paths, &req.units)?;
         if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
             return Err(Status::invalid_argument(
                 "a --reason (ticket or incident id) is required, at most 1024 bytes",
@@ -893,6 +903,7 @@ impl ControllerService {
             cert_groups: user.groups(),
             hosts: &hosts,
             paths: &req.paths,
+            units: &req.units,
             ttl: asked,
             profile: &profile,
             break_glass: req.break_glass,
@@ -919,6 +930,7 @@ impl ControllerService {
             requester: user.spiffe_id().to_string(),
             hosts: hosts.clone(),
             paths: req.paths.clone(),
+            units: req.units.clone(),
             ttl_seconds: ttl.as_secs(),
             profile: profile.clone(),
             reason: req.reason.clone(),
@@ -966,6 +978,7 @@ impl ControllerService {
             hosts: &hosts,
             labels: &[],
             paths: &req.paths,
+            units: &req.units,
             now: starts,
             not_before: starts,
             not_after: starts.saturating_add(seconds(ttl)),
@@ -1027,6 +1040,7 @@ impl ControllerService {
                                 hosts: &hosts,
                                 labels: &[],
                                 paths: &req.paths,
+                                units: &req.units,
                                 now,
                                 not_before: now,
                                 not_after: now.saturating_add(seconds(ttl)),
@@ -1197,6 +1211,7 @@ impl ControllerService {
             cert_groups: &r.requester_groups,
             hosts: &r.hosts,
             paths: &r.paths,
+            units: &r.units,
             ttl: Duration::from_secs(r.ttl_seconds.max(1)),
             profile: &r.profile,
             break_glass: false,
@@ -1370,6 +1385,7 @@ impl ControllerService {
                             hosts: &r.hosts,
                             labels: &[],
                             paths: &r.paths,
+                            units: &r.units,
                             now,
                             not_before: now,
                             not_after: now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
@@ -1791,6 +1807,7 @@ mod tests {
             requester: "spiffe://loggate.local/user/alice".into(),
             hosts: vec!["web-1".into()],
             paths: vec!["/var/log/app/api.log".into()],
+            units: vec![],
             ttl_seconds: 3600,
             profile: "default".into(),
             reason: "INC-42".into(),

@@ -10,6 +10,9 @@
 //!   becomes 1 without change. A change that is not an idempotent `CREATE … IF NOT EXISTS` is a
 //!   new numbered step here, on both backends. Version 2 (IdP groups and user locks) only adds
 //!   tables: on SQLite they are in the idempotent schema, on PostgreSQL in `postgres_v2.sql`.
+//!   Version 3 (journal units, issue 13) adds a `units` column (a JSON list, `'[]'` for every
+//!   existing row) to `grants` and `requests`: on SQLite [`sqlite_journal_units`] adds each
+//!   where it is missing (idempotent), on PostgreSQL `postgres_v3.sql`.
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
 
@@ -17,12 +20,13 @@ use super::db::{Connection, OptionalExtension};
 use anyhow::Context;
 
 /// The schema version this binary reads and writes.
-pub const LATEST: u32 = 2;
+pub const LATEST: u32 = 3;
 
 /// PostgreSQL's scripts, by version (index 0 is version 1).
 const POSTGRES: &[&str] = &[
     include_str!("migrations/postgres_v1.sql"),
     include_str!("migrations/postgres_v2.sql"),
+    include_str!("migrations/postgres_v3.sql"),
 ];
 
 /// The advisory lock the replicas' migrations take ("lgmigr").
@@ -97,6 +101,24 @@ pub(super) fn sqlite(
     baseline(conn)?;
     if found < LATEST {
         set_version(conn, LATEST)?;
+    }
+    Ok(())
+}
+
+/// SQLite, version 3: the `units` columns of `grants` and `requests`, added where missing (a
+/// database made before them); existing grants and requests name no unit.
+pub(super) fn sqlite_journal_units(conn: &Connection) -> anyhow::Result<()> {
+    for table in ["grants", "requests"] {
+        let has_units: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'units'"),
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_units {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN units TEXT NOT NULL DEFAULT '[]'"
+            ))?;
+        }
     }
     Ok(())
 }

@@ -127,9 +127,11 @@ audit_event! {
         peer: Option<String>,
         /// the grant's id (`metadata.correlation_uid`)
         grant_id: String,
-        /// the file served, beneath the agent's roots (`resources`, `observables`)
+        /// the file served, beneath the agent's roots, or `journal:<unit>` for a journal read
+        /// (`resources`, `observables`)
         path: String,
-        /// `cat`, `tail`, `tail_follow` or `grep`
+        /// `cat`, `tail`, `tail_follow` or `grep`; for the journal `journal`, `journal_follow`
+        /// or `journal_grep`
         mode: &'static str,
         /// the grep pattern, or null
         pattern: Option<String>,
@@ -336,7 +338,7 @@ audit_event! {
         peer: Option<String>,
         /// the grant's id (`metadata.correlation_uid`)
         grant_id: String,
-        /// the file served (`resources`, `observables`)
+        /// the file served, or `journal:<unit>` (`resources`, `observables`)
         path: String,
         /// bytes sent
         bytes: u64,
@@ -417,11 +419,22 @@ audit_event! {
         reason: String,
         /// the redaction profile streams get
         redaction_profile: String,
+        /// the systemd journal units it allows (`loggate logs journal`); absent when none
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        units: Vec<String>,
     }
     ocsf: |e, _on| Ocsf::access(
         format!(
-            "{} issued grant {} to {} for {}",
-            e.issuer, e.grant_id, e.subject, list(&e.paths)
+            "{} issued grant {} to {} for {}{}",
+            e.issuer,
+            e.grant_id,
+            e.subject,
+            list(&e.paths),
+            if e.units.is_empty() {
+                String::new()
+            } else {
+                format!(" and the journal of {}", list(&e.units))
+            }
         ),
         AccessChange {
             subject: Some(&e.subject),
