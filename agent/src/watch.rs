@@ -259,7 +259,7 @@ pub fn apply(
                     shared.audit(&events::GrantReceived {
                         grant_id: c.jti.clone(),
                         subject: c.sub,
-                        paths: c.paths,
+                        paths: loggate_core::grant::resource_names(&c.paths, &c.units),
                         not_before: c.nbf,
                         not_after: c.exp,
                         approver: c.approver,

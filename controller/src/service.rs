@@ -14,7 +14,9 @@ pub use anchor::enrol_checkpoint_keys;
 use crate::store::{AgentRow, GrantRow, Revoked, Store};
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::daemon::peer_identity;
-use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantError, SigningKey};
+use loggate_core::grant::{
+    compile_path_glob, new_grant_id, resource_names, unix_now, GrantError, SigningKey,
+};
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
 use loggate_core::metrics;
 use loggate_proto as pb;
@@ -156,12 +158,11 @@ impl ControllerService {
             issuer: grant.issuer.clone(),
             hosts: grant.hosts.clone(),
             labels: grant.labels.clone(),
-            paths: grant.paths.clone(),
+            paths: resource_names(&grant.paths, &grant.units),
             not_before: grant.not_before,
             not_after: grant.not_after,
             reason: grant.reason.clone(),
             redaction_profile: grant.profile.clone(),
-            units: grant.units.clone(),
         })
     }
 
@@ -562,7 +563,7 @@ impl Controller for ControllerService {
                     how: "grant_issue",
                     role: None,
                     hosts: grant.hosts.clone(),
-                    paths: grant.paths.clone(),
+                    paths: resource_names(&grant.paths, &grant.units),
                     reason: grant.reason.clone(),
                     notified: Vec::new(),
                     webhook: policy_in_force.as_ref().is_some_and(|p| p.notify.is_some())

@@ -382,6 +382,16 @@ impl VerifiedGrant {
     }
 }
 
+/// What a grant (or a request) allows, as the audit stream names it: its path globs, then
+/// `journal:<unit>` for each journal unit (the resource name of a journal read).
+pub fn resource_names(paths: &[String], units: &[String]) -> Vec<String> {
+    paths
+        .iter()
+        .cloned()
+        .chain(units.iter().map(|u| format!("journal:{u}")))
+        .collect()
+}
+
 /// The unit types systemd knows, by suffix: a unit name must end in one of them.
 pub const UNIT_SUFFIXES: &[&str] = &[
     "service",

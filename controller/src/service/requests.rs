@@ -886,6 +886,8 @@ impl ControllerService {
         let policy = decision_guard.policy.clone();
         let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
         Self::check_paths(&req.paths, &req.units)?;
+        // What a refusal's record names: the paths, and `journal:<unit>` for each unit.
+        let resources = loggate_core::grant::resource_names(&req.paths, &req.units);
         if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
             return Err(Status::invalid_argument(
                 "a --reason (ticket or incident id) is required, at most 1024 bytes",
@@ -915,7 +917,7 @@ impl ControllerService {
                 return Err(self.refuse_request(
                     &user,
                     &hosts,
-                    &req.paths,
+                    &resources,
                     RequestRefusal::NoRole,
                     Status::permission_denied(Decision::refusal_sentence(&refusals, user.name())),
                 ))
@@ -950,7 +952,7 @@ impl ControllerService {
             request_id: row.id.clone(),
             subject: row.requester.clone(),
             hosts: row.hosts.clone(),
-            paths: row.paths.clone(),
+            paths: loggate_core::grant::resource_names(&row.paths, &row.units),
             ttl_seconds: row.ttl_seconds,
             redaction_profile: row.profile.clone(),
             reason: row.reason.clone(),
@@ -992,7 +994,7 @@ impl ControllerService {
             tonic::Code::InvalidArgument => self.refuse_request(
                 &user,
                 &hosts,
-                &req.paths,
+                &resources,
                 RequestRefusal::GrantTooLarge,
                 status,
             ),
@@ -1010,7 +1012,7 @@ impl ControllerService {
                         Ok(too_many) => self.refuse_request(
                             &user,
                             &hosts,
-                            &req.paths,
+                            &resources,
                             RequestRefusal::TooManyPending,
                             Status::resource_exhausted(too_many.to_string()),
                         ),
@@ -1060,7 +1062,10 @@ impl ControllerService {
                                 how: "request",
                                 role: Some(allowed.role.clone()),
                                 hosts: grant.hosts.clone(),
-                                paths: grant.paths.clone(),
+                                paths: loggate_core::grant::resource_names(
+                                    &grant.paths,
+                                    &grant.units,
+                                ),
                                 reason: grant.reason.clone(),
                                 notified: allowed.approvers.clone(),
                                 webhook: self.notifier.is_some() && policy.notify.is_some(),
@@ -1713,7 +1718,7 @@ impl ControllerService {
                 reason: g.reason.clone(),
                 hosts: g.hosts.clone(),
                 labels: g.labels.clone(),
-                paths: g.paths.clone(),
+                paths: loggate_core::grant::resource_names(&g.paths, &g.units),
                 redaction_profile: g.profile.clone(),
                 revoked_at_unix: g.revoked.as_ref().map_or(0, |r| r.at),
                 revoked_by: g.revoked.as_ref().map(|r| r.by.clone()).unwrap_or_default(),

@@ -409,7 +409,7 @@ audit_event! {
         hosts: Vec<String>,
         /// the agent labels it covers
         labels: Vec<String>,
-        /// the path globs it allows (`privileges`)
+        /// the path globs it allows, and `journal:<unit>` for each journal unit (`privileges`)
         paths: Vec<String>,
         /// start of validity (epoch s)
         not_before: i64,
@@ -419,22 +419,11 @@ audit_event! {
         reason: String,
         /// the redaction profile streams get
         redaction_profile: String,
-        /// the systemd journal units it allows (`loggate logs journal`); absent when none
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        units: Vec<String>,
     }
     ocsf: |e, _on| Ocsf::access(
         format!(
-            "{} issued grant {} to {} for {}{}",
-            e.issuer,
-            e.grant_id,
-            e.subject,
-            list(&e.paths),
-            if e.units.is_empty() {
-                String::new()
-            } else {
-                format!(" and the journal of {}", list(&e.units))
-            }
+            "{} issued grant {} to {} for {}",
+            e.issuer, e.grant_id, e.subject, list(&e.paths)
         ),
         AccessChange {
             subject: Some(&e.subject),
@@ -456,7 +445,7 @@ audit_event! {
         grant_id: String,
         /// who may read (`user`)
         subject: String,
-        /// the path globs it allows (`privileges`)
+        /// the path globs it allows, and `journal:<unit>` for each journal unit (`privileges`)
         paths: Vec<String>,
         /// start of validity (epoch s)
         not_before: i64,
@@ -877,7 +866,7 @@ audit_event! {
         role: Option<String>,
         /// the agent ids it covers
         hosts: Vec<String>,
-        /// the path globs it allows (`privileges`)
+        /// the path globs it allows, and `journal:<unit>` for each journal unit (`privileges`)
         paths: Vec<String>,
         /// the mandatory reason
         reason: String,
