@@ -170,6 +170,64 @@ mod tests {
         });
     }
 
+    /// Version 3 (issue 13): a version-2 database, whose `grants` and `requests` have no
+    /// `units` column, gains them on open; its grants name no unit and new ones keep theirs.
+    #[test]
+    fn a_version_2_database_gains_the_journal_units_columns() {
+        on_each_test_store(|t| {
+            let old = crate::store::GrantRow {
+                id: "g-old".into(),
+                subject: "spiffe://loggate.local/user/alice".into(),
+                hosts: vec!["web-1".into()],
+                labels: vec![],
+                paths: vec!["/var/log/app/*.log".into()],
+                units: vec![],
+                not_before: 1,
+                not_after: 3600,
+                reason: "INC-1".into(),
+                issuer: "spiffe://loggate.local/user/admin".into(),
+                profile: "default".into(),
+                key_sha256: "0".repeat(64),
+                token: "token".into(),
+                revision: 0,
+                revoked: None,
+            };
+            t.store.insert_grant(|revision| Ok(crate::store::GrantRow { revision, ..old.clone() })).unwrap();
+            // Back to version 2's shape.
+            t.store
+                .conn()
+                .execute_batch(
+                    "ALTER TABLE grants DROP COLUMN units;
+                     ALTER TABLE requests DROP COLUMN units;
+                     UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+            t.reopen();
+            let version: String = t
+                .store
+                .conn()
+                .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version, LATEST.to_string(), "{}", t.backend());
+            let kept = t.store.grant("g-old").unwrap().expect("kept");
+            assert!(kept.units.is_empty(), "{}", t.backend());
+            assert_eq!(kept.paths, old.paths);
+            let units = vec!["nginx.service".to_string()];
+            t.store
+                .insert_grant(|revision| {
+                    Ok(crate::store::GrantRow {
+                        id: "g-new".into(),
+                        paths: vec![],
+                        units: units.clone(),
+                        revision,
+                        ..old.clone()
+                    })
+                })
+                .unwrap();
+            assert_eq!(t.store.grant("g-new").unwrap().expect("stored").units, units);
+        });
+    }
+
     #[test]
     fn a_database_newer_than_the_binary_is_refused_and_left_alone() {
         on_each_test_store(|t| {
