@@ -174,7 +174,8 @@ fn single_value(entry: &Entry, name: &str) -> Option<Vec<u8>> {
 /// Whether an entry belongs to `unit` (see the module's contract): its own processes'
 /// (`_SYSTEMD_UNIT`), or systemd's own message about it (`_PID` 1 and `UNIT`).
 pub fn entry_unit_matches(entry: &Entry, unit: &UnitName) -> bool {
-    let is = |field: &str| single_value(entry, field).is_some_and(|v| v == unit.as_str().as_bytes());
+    let is =
+        |field: &str| single_value(entry, field).is_some_and(|v| v == unit.as_str().as_bytes());
     is("_SYSTEMD_UNIT") || (single_value(entry, "_PID").as_deref() == Some(b"1") && is("UNIT"))
 }
 
@@ -193,7 +194,10 @@ pub fn entry_lines(entry: &Entry, unit: &UnitName, agent: &str) -> Option<Vec<u8
         .filter(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
         .map(|p| String::from_utf8_lossy(&p).into_owned());
     let source = match pid.as_deref() {
-        Some("1") if single_value(entry, "_SYSTEMD_UNIT").as_deref() != Some(unit.as_str().as_bytes()) => {
+        Some("1")
+            if single_value(entry, "_SYSTEMD_UNIT").as_deref()
+                != Some(unit.as_str().as_bytes()) =>
+        {
             "systemd[1]".to_string()
         }
         Some(pid) => format!("{unit}[{pid}]"),
@@ -229,7 +233,9 @@ pub fn authorize_unit(
             .verifier
             .verify_for_use(&candidate.token, reader, ctx.audience, now)
         {
-            Err(e) => Denial::from_grant(e, candidate.stored.as_ref().map(|g| g.claims().jti.clone())),
+            Err(e) => {
+                Denial::from_grant(e, candidate.stored.as_ref().map(|g| g.claims().jti.clone()))
+            }
             Ok(grant) => {
                 let id = Some(grant.id().to_string());
                 if let Some(w) = ctx.grants.withdrawal(grant.id()) {
@@ -238,7 +244,10 @@ pub fn authorize_unit(
                     };
                     Denial {
                         code: DenialCode::GrantRevoked,
-                        message: format!("grant {} was revoked by {by}; request a new one", grant.id()),
+                        message: format!(
+                            "grant {} was revoked by {by}; request a new one",
+                            grant.id()
+                        ),
                         grant_id: id,
                     }
                 } else if !grant.covers_unit(unit) {
@@ -425,7 +434,10 @@ async fn stream(
         {
             return Some((
                 EndReason::GrantRevoked,
-                format!("grant {} was revoked by {by}; the stream was cut", plan.grant_id),
+                format!(
+                    "grant {} was revoked by {by}; the stream was cut",
+                    plan.grant_id
+                ),
             ));
         }
         (loggate_core::grant::unix_now() >= plan.not_after).then(|| {
@@ -619,7 +631,9 @@ async fn stream(
             _ => EndReason::Eof,
         },
         EndReason::ReadError(e) => {
-            let _ = last.try_send(Err(Status::internal(format!("reading the journal failed: {e}"))));
+            let _ = last.try_send(Err(Status::internal(format!(
+                "reading the journal failed: {e}"
+            ))));
             EndReason::ReadError(e)
         }
         other => other,
@@ -645,7 +659,12 @@ mod tests {
 
     #[test]
     fn journalctl_runs_with_a_fixed_argument_vector() {
-        let args = journalctl_args(&nginx(), Some(Path::new("/tmp/j")), Some(1_700_000_000_999), true);
+        let args = journalctl_args(
+            &nginx(),
+            Some(Path::new("/tmp/j")),
+            Some(1_700_000_000_999),
+            true,
+        );
         assert_eq!(
             args,
             [
@@ -662,7 +681,10 @@ mod tests {
             ]
         );
         let args = journalctl_args(&nginx(), None, None, true);
-        assert_eq!(&args[5..], ["--unit=nginx.service", "--follow", "--lines=0"]);
+        assert_eq!(
+            &args[5..],
+            ["--unit=nginx.service", "--follow", "--lines=0"]
+        );
         assert_eq!(journalctl_args(&nginx(), None, None, false).len(), 6);
     }
 
@@ -679,9 +701,11 @@ mod tests {
         let about = entry(
             r#"{"__REALTIME_TIMESTAMP":"1796436938732502","_SYSTEMD_UNIT":"init.scope","UNIT":"nginx.service","_PID":"1","MESSAGE":"Started nginx."}"#,
         );
-        assert!(String::from_utf8(entry_lines(&about, &unit, "web-1").unwrap())
-            .unwrap()
-            .ends_with(" web-1 systemd[1]: Started nginx.\n"));
+        assert!(
+            String::from_utf8(entry_lines(&about, &unit, "web-1").unwrap())
+                .unwrap()
+                .ends_with(" web-1 systemd[1]: Started nginx.\n")
+        );
         for other in [
             // Another unit.
             r#"{"__REALTIME_TIMESTAMP":"1","_SYSTEMD_UNIT":"sshd.service","_PID":"7","MESSAGE":"x"}"#,
@@ -693,7 +717,10 @@ mod tests {
             r#"{"__REALTIME_TIMESTAMP":"1","_SYSTEMD_UNIT":"nginx.service.d","_PID":"7","MESSAGE":"x"}"#,
             r#"{"__REALTIME_TIMESTAMP":"1","_PID":"7","MESSAGE":"x"}"#,
         ] {
-            assert!(entry_lines(&entry(other), &unit, "web-1").is_none(), "{other}");
+            assert!(
+                entry_lines(&entry(other), &unit, "web-1").is_none(),
+                "{other}"
+            );
         }
     }
 
@@ -740,7 +767,10 @@ mod tests {
             .contains("absolute path"));
         let file: JournalFile = toml::from_str("directory = \"j\"").unwrap();
         let config = file.validate(Path::new("/etc/loggate")).unwrap();
-        assert_eq!(config.directory.as_deref(), Some(Path::new("/etc/loggate/j")));
+        assert_eq!(
+            config.directory.as_deref(),
+            Some(Path::new("/etc/loggate/j"))
+        );
         assert_eq!(config.journalctl, Path::new(DEFAULT_JOURNALCTL));
         assert!(toml::from_str::<JournalFile>("shell = \"sh\"").is_err());
     }

@@ -448,10 +448,9 @@ impl UnitName {
                 "it holds a glob character (*, ?, [ or ]); name one unit exactly, e.g. nginx.service",
             );
         }
-        if !text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'\\' | b'@'))
-        {
+        if !text.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'\\' | b'@')
+        }) {
             return refuse("only ASCII letters, digits and :-_.\\@ are allowed");
         }
         let Some((stem, suffix)) = text.rsplit_once('.') else {
@@ -1182,7 +1181,10 @@ mod tests {
             "a:b_c.socket",
             &format!("{}.service", "a".repeat(MAX_UNIT_NAME_LEN - 8)),
         ] {
-            assert_eq!(UnitName::new(good).map(|u| u.to_string()), Ok(good.to_string()));
+            assert_eq!(
+                UnitName::new(good).map(|u| u.to_string()),
+                Ok(good.to_string())
+            );
         }
         for bad in [
             "",
@@ -1207,7 +1209,10 @@ mod tests {
             &format!("{}.service", "a".repeat(MAX_UNIT_NAME_LEN - 7)),
         ] {
             let e = UnitName::new(bad).unwrap_err();
-            assert!(e.to_string().contains("is not a systemd unit name"), "{bad:?}: {e}");
+            assert!(
+                e.to_string().contains("is not a systemd unit name"),
+                "{bad:?}: {e}"
+            );
         }
         assert!(UnitName::new("nginx*")
             .unwrap_err()

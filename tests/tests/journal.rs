@@ -49,14 +49,20 @@ fn write_journal(dir: &Path, export: &str) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot run {JOURNAL_REMOTE} (install systemd-journal-remote): {e}"))?;
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run {JOURNAL_REMOTE} (install systemd-journal-remote): {e}")
+        })?;
     child
         .stdin
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdin"))?
         .write_all(export.as_bytes())?;
     let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -82,7 +88,11 @@ fn fixture() -> anyhow::Result<(Fixture, PathBuf)> {
     export.push_str(&entry(
         now - 120 * minute,
         1,
-        &[("_SYSTEMD_UNIT", "nginx.service"), ("_PID", "1234"), ("MESSAGE", "old entry from two hours ago")],
+        &[
+            ("_SYSTEMD_UNIT", "nginx.service"),
+            ("_PID", "1234"),
+            ("MESSAGE", "old entry from two hours ago"),
+        ],
     ));
     export.push_str(&entry(
         now - 10 * minute,
@@ -90,13 +100,20 @@ fn fixture() -> anyhow::Result<(Fixture, PathBuf)> {
         &[
             ("_SYSTEMD_UNIT", "nginx.service"),
             ("_PID", "1234"),
-            ("MESSAGE", &format!("GET /login user=alice password={SECRET} status=200")),
+            (
+                "MESSAGE",
+                &format!("GET /login user=alice password={SECRET} status=200"),
+            ),
         ],
     ));
     export.push_str(&entry(
         now - 9 * minute,
         3,
-        &[("_SYSTEMD_UNIT", "sshd.service"), ("_PID", "42"), ("MESSAGE", &format!("Accepted publickey {OTHER_UNIT}"))],
+        &[
+            ("_SYSTEMD_UNIT", "sshd.service"),
+            ("_PID", "42"),
+            ("MESSAGE", &format!("Accepted publickey {OTHER_UNIT}")),
+        ],
     ));
     export.push_str(&entry(
         now - 8 * minute,
@@ -105,7 +122,10 @@ fn fixture() -> anyhow::Result<(Fixture, PathBuf)> {
             ("_SYSTEMD_UNIT", "init.scope"),
             ("_PID", "1"),
             ("UNIT", "nginx.service"),
-            ("MESSAGE", "Started nginx.service - A high performance web server."),
+            (
+                "MESSAGE",
+                "Started nginx.service - A high performance web server.",
+            ),
         ],
     ));
     export.push_str(&entry(
@@ -122,7 +142,11 @@ fn fixture() -> anyhow::Result<(Fixture, PathBuf)> {
     export.push_str(&entry(
         now - 6 * minute,
         6,
-        &[("_SYSTEMD_UNIT", "nginx.service"), ("_PID", "1234"), ("MESSAGE", "GET /health status=200")],
+        &[
+            ("_SYSTEMD_UNIT", "nginx.service"),
+            ("_PID", "1234"),
+            ("MESSAGE", "GET /health status=200"),
+        ],
     ));
     write_journal(&journal, &export)?;
     // journalctl itself returns the foreign entry for nginx: the agent's own check is what
@@ -145,8 +169,19 @@ fn unit_grant(f: &Fixture, subject: &str, unit: &str) -> anyhow::Result<String> 
     let out = f.cluster.run_cli(
         "admin",
         &[
-            "grant", "issue", "--subject", subject, "--host", "web-1", "--unit", unit, "--ttl",
-            "30m", "--reason", "TEST-13", "--json",
+            "grant",
+            "issue",
+            "--subject",
+            subject,
+            "--host",
+            "web-1",
+            "--unit",
+            unit,
+            "--ttl",
+            "30m",
+            "--reason",
+            "TEST-13",
+            "--json",
         ],
     )?;
     anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
@@ -188,29 +223,54 @@ fn journal_read_serves_the_granted_units_entries_redacted_and_no_other_units() -
     assert!(out.status.success(), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{stdout}");
-    assert!(lines[0].ends_with(" web-1 nginx.service[1234]: old entry from two hours ago"), "{stdout}");
-    assert!(lines[1].contains(" web-1 nginx.service[1234]: GET /login user=alice password="), "{stdout}");
-    assert!(lines[2].ends_with(" web-1 systemd[1]: Started nginx.service - A high performance web server."), "{stdout}");
-    assert!(lines[3].ends_with(" web-1 nginx.service[1234]: GET /health status=200"), "{stdout}");
+    assert!(
+        lines[0].ends_with(" web-1 nginx.service[1234]: old entry from two hours ago"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains(" web-1 nginx.service[1234]: GET /login user=alice password="),
+        "{stdout}"
+    );
+    assert!(
+        lines[2]
+            .ends_with(" web-1 systemd[1]: Started nginx.service - A high performance web server."),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].ends_with(" web-1 nginx.service[1234]: GET /health status=200"),
+        "{stdout}"
+    );
     // An RFC 3339 UTC time with microseconds first.
     let stamp = lines[0].split(' ').next().unwrap_or_default();
-    assert!(stamp.len() == 27 && stamp.ends_with('Z') && stamp.as_bytes()[19] == b'.', "{stamp}");
+    assert!(
+        stamp.len() == 27 && stamp.ends_with('Z') && stamp.as_bytes()[19] == b'.',
+        "{stamp}"
+    );
     assert!(!stdout.contains(SECRET), "the secret was served: {stdout}");
-    assert!(!stdout.contains(OTHER_UNIT), "another unit's entry was served: {stdout}");
+    assert!(
+        !stdout.contains(OTHER_UNIT),
+        "another unit's entry was served: {stdout}"
+    );
 
-    let allowed = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.allowed" && e["path"] == "journal:nginx.service"
-    })?;
+    let allowed = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed" && e["path"] == "journal:nginx.service"
+        })?;
     assert_eq!(allowed["grant_id"], id.as_str());
     assert_eq!(allowed["mode"], "journal");
     assert_eq!(allowed["subject"], "spiffe://loggate.local/user/alice");
-    let finished = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
-    })?;
+    let finished = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
+        })?;
     assert_eq!(finished["end_reason"], "eof", "{finished}");
     assert_eq!(finished["bytes"], stdout.len() as u64, "{finished}");
     assert!(
-        finished["redactions"].as_object().is_some_and(|r| !r.is_empty()),
+        finished["redactions"]
+            .as_object()
+            .is_some_and(|r| !r.is_empty()),
         "{finished}"
     );
 
@@ -220,7 +280,11 @@ fn journal_read_serves_the_granted_units_entries_redacted_and_no_other_units() -
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.lines().count(), 3, "{stdout}");
     assert!(!stdout.contains("two hours ago"), "{stdout}");
-    let out = journal(&f, "alice", &["--unit", "nginx.service", "--grep", "status=200"])?;
+    let out = journal(
+        &f,
+        "alice",
+        &["--unit", "nginx.service", "--grep", "status=200"],
+    )?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
@@ -233,10 +297,15 @@ fn journal_read_serves_the_granted_units_entries_redacted_and_no_other_units() -
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
-    assert!(stderr.contains("not the journal of sshd.service"), "{stderr}");
-    let denied = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.denied" && e["path"] == "journal:sshd.service"
-    })?;
+    assert!(
+        stderr.contains("not the journal of sshd.service"),
+        "{stderr}"
+    );
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["path"] == "journal:sshd.service"
+        })?;
     assert_eq!(denied["reason_code"], "unit_not_covered");
     conformant(&f);
     Ok(())
@@ -252,10 +321,15 @@ fn a_file_grant_does_not_open_the_journal_and_a_unit_grant_opens_no_file() -> an
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
-    assert!(stderr.contains("no journal unit (it is a grant for files)"), "{stderr}");
-    let denied = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.denied" && e["path"] == "journal:nginx.service"
-    })?;
+    assert!(
+        stderr.contains("no journal unit (it is a grant for files)"),
+        "{stderr}"
+    );
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["path"] == "journal:nginx.service"
+        })?;
     assert_eq!(denied["reason_code"], "unit_not_covered");
     assert_eq!(denied["subject"], "spiffe://loggate.local/user/alice");
 
@@ -263,18 +337,22 @@ fn a_file_grant_does_not_open_the_journal_and_a_unit_grant_opens_no_file() -> an
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
-    let denied = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.denied" && e["subject"] == "spiffe://loggate.local/user/bob"
-    })?;
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["subject"] == "spiffe://loggate.local/user/bob"
+        })?;
     assert_eq!(denied["reason_code"], "path_not_covered");
     // Nor does a listing show bob a file.
     let out = f.logs("bob", &["ls"])?;
     assert!(text(&out).0.is_empty(), "{}", text(&out).0);
-    assert!(!f
-        .cluster
-        .agent_audit("web-1")
-        .iter()
-        .any(|e| e["event"] == "read.allowed" && e["subject"] == "spiffe://loggate.local/user/bob"));
+    assert!(
+        !f.cluster
+            .agent_audit("web-1")
+            .iter()
+            .any(|e| e["event"] == "read.allowed"
+                && e["subject"] == "spiffe://loggate.local/user/bob")
+    );
     Ok(())
 }
 
@@ -305,7 +383,14 @@ async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::
         .connect()
         .await?;
     let mut client = loggate_proto::agent_client::AgentClient::new(channel);
-    for unit in ["*", "nginx*", "ngin?.service", "[n]ginx.service", "--directory=/", "nginx"] {
+    for unit in [
+        "*",
+        "nginx*",
+        "ngin?.service",
+        "[n]ginx.service",
+        "--directory=/",
+        "nginx",
+    ] {
         let refused = client
             .read_journal(loggate_proto::ReadJournalRequest {
                 unit: unit.to_string(),
@@ -313,8 +398,15 @@ async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::
             })
             .await
             .expect_err("refused");
-        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{unit}: {refused:?}");
-        assert!(refused.message().contains("is not a systemd unit name"), "{refused:?}");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{unit}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("is not a systemd unit name"),
+            "{refused:?}"
+        );
     }
     let f = tokio::task::spawn_blocking(move || f).await?;
     let denials: Vec<_> = f
@@ -354,22 +446,34 @@ fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<
     let id = unit_grant(&f, "alice", "nginx.service")?;
     let mut child = f
         .cluster
-        .logs_cmd("alice", "web-1", &["journal", "--unit", "nginx.service", "--follow"])
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["journal", "--unit", "nginx.service", "--follow"],
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
         }
     });
-    let allowed = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.allowed" && e["path"] == "journal:nginx.service"
-    })?;
+    let allowed = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed" && e["path"] == "journal:nginx.service"
+        })?;
     assert_eq!(allowed["mode"], "journal_follow");
     // New entries arrive while following (only new ones: no --since), the other unit's not.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -381,16 +485,38 @@ fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<
     let now = now_micros();
     write_journal(
         &dir,
-        &(entry(now, 100, &[("_SYSTEMD_UNIT", "sshd.service"), ("_PID", "42"), ("MESSAGE", OTHER_UNIT)])
-            + &entry(now + 1, 101, &[("_SYSTEMD_UNIT", "nginx.service"), ("_PID", "1234"), ("MESSAGE", &format!("live password={SECRET}"))])),
+        &(entry(
+            now,
+            100,
+            &[
+                ("_SYSTEMD_UNIT", "sshd.service"),
+                ("_PID", "42"),
+                ("MESSAGE", OTHER_UNIT),
+            ],
+        ) + &entry(
+            now + 1,
+            101,
+            &[
+                ("_SYSTEMD_UNIT", "nginx.service"),
+                ("_PID", "1234"),
+                ("MESSAGE", &format!("live password={SECRET}")),
+            ],
+        )),
     )?;
     let line = rx.recv_timeout(Duration::from_secs(10))?;
-    assert!(line.contains(" web-1 nginx.service[1234]: live password="), "{line}");
-    assert!(!line.contains(SECRET) && !line.contains(OTHER_UNIT), "{line}");
+    assert!(
+        line.contains(" web-1 nginx.service[1234]: live password="),
+        "{line}"
+    );
+    assert!(
+        !line.contains(SECRET) && !line.contains(OTHER_UNIT),
+        "{line}"
+    );
 
-    let out = f
-        .cluster
-        .run_cli("admin", &["grant", "revoke", &id, "--reason", "incident closed"])?;
+    let out = f.cluster.run_cli(
+        "admin",
+        &["grant", "revoke", &id, "--reason", "incident closed"],
+    )?;
     assert!(out.status.success(), "{}", text(&out).1);
     let revoked = Instant::now();
     while child.try_wait()?.is_none() {
@@ -404,11 +530,16 @@ fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<
     let out = child.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains(&format!("grant {id} was revoked")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("grant {id} was revoked")),
+        "{stderr}"
+    );
     assert!(took <= Duration::from_secs(2), "cut after {took:?}");
-    let finished = f.cluster.wait_for_audit("web-1", Duration::from_secs(5), |e| {
-        e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
-    })?;
+    let finished = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
+        })?;
     assert_eq!(finished["end_reason"], "grant_revoked", "{finished}");
     // The agent's journalctl is gone with the stream.
     let deadline = Instant::now() + Duration::from_secs(5);

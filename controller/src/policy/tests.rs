@@ -826,14 +826,21 @@ approval = "auto"
         })
     };
     let units = |list: &[&str]| list.iter().map(|u| u.to_string()).collect::<Vec<_>>();
-    for granted in [&["nginx.service"][..], &["app-web.service", "nginx.service"]] {
+    for granted in [
+        &["nginx.service"][..],
+        &["app-web.service", "nginx.service"],
+    ] {
         match ask("alice", &[], &units(granted)) {
             Decision::Allowed(a) => assert_eq!(a.role, "web-journal", "{granted:?}"),
             other => panic!("{granted:?}: {other:?}"),
         }
     }
     // Another unit, or a unit of another type: no role covers it.
-    for refused in [&["sshd.service"][..], &["app-web.socket"], &["nginx.service", "sshd.service"]] {
+    for refused in [
+        &["sshd.service"][..],
+        &["app-web.socket"],
+        &["nginx.service", "sshd.service"],
+    ] {
         match ask("alice", &[], &units(refused)) {
             Decision::Refused(r) => assert!(
                 r.iter().any(|(role, why)| role == "web-journal"
@@ -862,8 +869,18 @@ approval = "auto"
         Decision::Allowed(a) => assert_eq!(a.role, "files-only"),
         other => panic!("{other:?}"),
     }
-    assert_eq!(Refusal::UnitNotCovered("x".into()).as_str(), "unit_not_covered");
-    for bad in ["*", "nginx.*", "nginx", "[a]pp.service", "ngin x.service", "a/b.service"] {
+    assert_eq!(
+        Refusal::UnitNotCovered("x".into()).as_str(),
+        "unit_not_covered"
+    );
+    for bad in [
+        "*",
+        "nginx.*",
+        "nginx",
+        "[a]pp.service",
+        "ngin x.service",
+        "a/b.service",
+    ] {
         let text = format!(
             "[[roles]]\nname = \"r\"\nusers = [\"a\"]\nhosts = [\"web-1\"]\nunits = [{bad:?}]\nmax_ttl = \"1h\"\napproval = \"auto\"\n"
         );

@@ -192,7 +192,14 @@ mod tests {
                 revision: 0,
                 revoked: None,
             };
-            t.store.insert_grant(|revision| Ok(crate::store::GrantRow { revision, ..old.clone() })).unwrap();
+            t.store
+                .insert_grant(|revision| {
+                    Ok(crate::store::GrantRow {
+                        revision,
+                        ..old.clone()
+                    })
+                })
+                .unwrap();
             // Back to version 2's shape.
             t.store
                 .conn()
@@ -206,7 +213,11 @@ mod tests {
             let version: String = t
                 .store
                 .conn()
-                .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'schema_version'",
+                    [],
+                    |r| r.get(0),
+                )
                 .unwrap();
             assert_eq!(version, LATEST.to_string(), "{}", t.backend());
             let kept = t.store.grant("g-old").unwrap().expect("kept");
@@ -224,7 +235,10 @@ mod tests {
                     })
                 })
                 .unwrap();
-            assert_eq!(t.store.grant("g-new").unwrap().expect("stored").units, units);
+            assert_eq!(
+                t.store.grant("g-new").unwrap().expect("stored").units,
+                units
+            );
         });
     }
 
