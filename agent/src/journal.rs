@@ -696,7 +696,7 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(entry_lines(&own, &unit, "web-1").unwrap()).unwrap(),
-            "2026-12-04T02:15:38.732502Z web-1 nginx.service[1234]: hello\n"
+            "2026-12-05T02:15:38.732502Z web-1 nginx.service[1234]: hello\n"
         );
         let about = entry(
             r#"{"__REALTIME_TIMESTAMP":"1796436938732502","_SYSTEMD_UNIT":"init.scope","UNIT":"nginx.service","_PID":"1","MESSAGE":"Started nginx."}"#,
