@@ -554,3 +554,97 @@ fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<
     conformant(&f);
     Ok(())
 }
+
+/// The request path: a role's `units` decide which units may be asked for (`grant request
+/// --unit`); the grant names them and no path, the agent installs it (its `grant.received`
+/// names `journal:<unit>`), and a unit or a path the role does not list is refused.
+#[test]
+fn a_request_for_a_unit_is_granted_only_under_a_role_listing_it() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(
+        r#"
+[[roles]]
+name = "web-journal"
+users = ["alice"]
+hosts = ["web-1"]
+units = ["nginx.service", "app-*.service"]
+max_ttl = "1h"
+approval = "auto"
+"#,
+    )?;
+    let request = |args: &[&str]| {
+        let mut all = vec![
+            "grant", "request", "--host", "web-1", "--ttl", "10m", "--reason", "INC-13", "--json",
+        ];
+        all.extend_from_slice(args);
+        f.cluster.run_cli("alice", &all)
+    };
+    let out = request(&["--unit", "nginx.service", "--unit", "app-web.service"])?;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["state"], "approved", "{r}");
+    assert_eq!(r["role"], "web-journal");
+    assert_eq!(
+        r["units"],
+        serde_json::json!(["nginx.service", "app-web.service"])
+    );
+    assert_eq!(
+        r["grant"]["units"],
+        serde_json::json!(["nginx.service", "app-web.service"])
+    );
+    assert_eq!(r["grant"]["paths"], serde_json::json!([]));
+    let id = r["grant_id"].as_str().unwrap_or_default().to_string();
+    f.cluster.wait_for_grant("web-1", &id)?;
+    let received = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "grant.received" && e["grant_id"] == id.as_str()
+        })?;
+    assert_eq!(
+        received["paths"],
+        serde_json::json!(["journal:nginx.service", "journal:app-web.service"])
+    );
+    // The grant opens no file.
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+
+    for (args, says) in [
+        (
+            &["--unit", "sshd.service"][..],
+            "does not cover journal unit sshd.service",
+        ),
+        (
+            &["--path", "/var/log/syslog"][..],
+            "does not cover path /var/log/syslog",
+        ),
+    ] {
+        let out = request(args)?;
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {:?}", text(&out));
+        assert!(text(&out).1.contains(says), "{args:?}: {}", text(&out).1);
+    }
+    let out = request(&["--unit", "nginx*"])?;
+    assert!(!out.status.success(), "{:?}", text(&out));
+    assert!(text(&out).1.contains("glob character"), "{}", text(&out).1);
+    let refused: Vec<_> = f
+        .cluster
+        .controller_events()
+        .into_iter()
+        .filter(|e| e["event"] == "access.request_refused")
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["paths"] == serde_json::json!(["journal:sshd.service"])),
+        "{refused:?}"
+    );
+    let schema = loggate_ocsf_validate::Schema::official().expect("vendored OCSF schema");
+    for r in f
+        .cluster
+        .controller_audit_raw()
+        .iter()
+        .chain(&f.cluster.agent_audit_raw("web-1"))
+    {
+        let report = schema.validate(r);
+        assert!(report.is_conformant(), "{report}\n{r}");
+    }
+    Ok(())
+}

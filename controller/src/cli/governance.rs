@@ -78,7 +78,7 @@ fn request_json(r: &pb::AccessRequestResponse) -> serde_json::Value {
     let req = r.request.clone().unwrap_or_default();
     serde_json::json!({
         "id": req.id, "requester": req.requester, "hosts": req.hosts, "paths": req.paths,
-        "ttl_seconds": req.ttl_seconds, "redaction_profile": req.redaction_profile,
+        "units": req.units, "ttl_seconds": req.ttl_seconds, "redaction_profile": req.redaction_profile,
         "reason": req.reason, "role": req.role, "approval": req.approval,
         "approvals_needed": req.approvals_needed, "approvers": req.approvers,
         "reviews": req.reviews.iter().map(|v| serde_json::json!({
