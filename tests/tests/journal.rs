@@ -648,3 +648,79 @@ approval = "auto"
     }
     Ok(())
 }
+
+/// Waits until no `journalctl` reads `dir`; fails after 5 s naming the ones left.
+fn no_journalctl_reading(dir: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !journalctl_reading(dir).is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "journalctl still runs after its stream ended: {:?}",
+            journalctl_reading(dir)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A following read whose client goes away, and one whose agent stops: each stream ends
+/// (`client_closed`, `agent_stopping`, audited) and its `journalctl` with it.
+#[test]
+fn the_journalctl_of_a_follow_ends_when_the_client_leaves_or_the_agent_stops() -> anyhow::Result<()>
+{
+    let (mut f, dir) = fixture()?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    let follow = |f: &Fixture| {
+        f.cluster
+            .logs_cmd(
+                "alice",
+                "web-1",
+                &["journal", "--unit", "nginx.service", "--follow"],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    let started = |f: &Fixture, n: usize| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f
+            .cluster
+            .agent_audit("web-1")
+            .iter()
+            .filter(|e| e["event"] == "read.allowed" && e["mode"] == "journal_follow")
+            .count()
+            < n
+            || journalctl_reading(&dir).is_empty()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "the follow did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let mut client = follow(&f)?;
+    started(&f, 1)?;
+    client.kill()?;
+    client.wait()?;
+    no_journalctl_reading(&dir)?;
+    let end = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
+        })?;
+    assert_eq!(end["end_reason"], "client_closed", "{end}");
+
+    let mut client = follow(&f)?;
+    started(&f, 2)?;
+    f.cluster.stop_agent("web-1");
+    no_journalctl_reading(&dir)?;
+    let _ = client.wait()?;
+    let ends: Vec<_> = f
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "read.finished" && e["path"] == "journal:nginx.service")
+        .map(|e| e["end_reason"].clone())
+        .collect();
+    assert_eq!(ends, ["client_closed", "agent_stopping"], "{ends:?}");
+    Ok(())
+}
