@@ -291,7 +291,7 @@ fn notice(event: &'static str, r: &RequestRow, approvers: &[String], text: Strin
         text,
         fields: serde_json::json!({
             "event": event, "request_id": r.id, "requester": short(&r.requester),
-            "hosts": r.hosts, "paths": r.paths, "ttl_seconds": r.ttl_seconds,
+            "hosts": r.hosts, "paths": r.paths, "units": r.units, "ttl_seconds": r.ttl_seconds,
             "redaction_profile": r.profile, "role": r.role, "approval": r.approval,
             "state": r.state.as_str(), "reason": r.reason, "approvers": approvers,
             "grant_id": r.grant_id,
@@ -309,7 +309,7 @@ fn notify_expired(notifier: Option<&Notifier>, handle: Option<&Arc<PolicyHandle>
         "loggate: request {} of {} for {} on {} expired undecided",
         r.id,
         short(&r.requester),
-        r.paths.join(", "),
+        loggate_core::grant::resource_names(&r.paths, &r.units).join(", "),
         r.hosts.join(", ")
     );
     n.send(p.notify.as_ref(), notice("access.expired", r, &[], text));
@@ -444,7 +444,7 @@ impl ControllerService {
             "loggate BREAK-GLASS: {} issued {} a grant to read {} on {} for {} (reason {:?}); granted without approval, to be reviewed",
             short(&g.issuer),
             short(&g.subject),
-            g.paths.join(", "),
+            loggate_core::grant::resource_names(&g.paths, &g.units).join(", "),
             g.hosts.iter().chain(&g.labels).cloned().collect::<Vec<_>>().join(", "),
             loggate_core::duration::format(Duration::from_secs(
                 g.not_after.saturating_sub(g.not_before).max(0).unsigned_abs()
@@ -454,7 +454,7 @@ impl ControllerService {
         let fields = serde_json::json!({
             "event": BREAK_GLASS_EVENT, "request_id": null, "requester": short(&g.subject),
             "issuer": short(&g.issuer), "how": "grant_issue", "hosts": g.hosts,
-            "labels": g.labels, "paths": g.paths,
+            "labels": g.labels, "paths": g.paths, "units": g.units,
             "ttl_seconds": g.not_after.saturating_sub(g.not_before).max(0),
             "redaction_profile": g.profile, "reason": g.reason, "grant_id": g.id,
         });
@@ -1087,7 +1087,7 @@ impl ControllerService {
         let what = format!(
             "{} asks to read {} on {} for {} (role {}, reason {:?})",
             user.name(),
-            stored.paths.join(", "),
+            loggate_core::grant::resource_names(&stored.paths, &stored.units).join(", "),
             stored.hosts.join(", "),
             loggate_core::duration::format(ttl),
             stored.role,
@@ -1423,7 +1423,7 @@ impl ControllerService {
                     user.name(),
                     after.id,
                     short(&after.requester),
-                    after.paths.join(", "),
+                    loggate_core::grant::resource_names(&after.paths, &after.units).join(", "),
                     after.hosts.join(", ")
                 ),
             );
