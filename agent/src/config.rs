@@ -102,6 +102,9 @@ pub struct AgentConfigFile {
     /// User names who may ask this agent's status (`loggate agent status`); none by default.
     #[serde(default)]
     status_readers: Vec<String>,
+    /// How the systemd journal is read (`[journal]`, see `journal.rs`).
+    #[serde(default)]
+    journal: crate::journal::JournalFile,
     tls: TlsFiles,
 }
 
@@ -235,6 +238,8 @@ pub struct AgentConfig {
     pub metrics: Option<loggate_core::metrics::MetricsEndpoint>,
     /// User names who may ask this agent's status (see `status.rs`).
     pub status_readers: Vec<String>,
+    /// How the systemd journal is read (`[journal]`).
+    pub journal: crate::journal::JournalConfig,
     pub tls: TlsFiles,
 }
 
@@ -348,6 +353,7 @@ impl AgentConfig {
         let bypass = problems.take(file.bypass.clone().validate());
         let sinks = problems.take(validate_sinks(&file.audit.sinks, base));
         let metrics = problems.take(file.metrics.validate(loggate_core::metrics::Daemon::Agent));
+        let journal = problems.take(file.journal.clone().validate(base));
         for reader in &file.status_readers {
             if !is_valid_name(reader) {
                 problems.push(anyhow::anyhow!(
@@ -370,6 +376,7 @@ impl AgentConfig {
             Some(audit_settings),
             Some(metrics),
             Some(controllers),
+            Some(journal),
         ) = (
             roots,
             grant_keys,
@@ -379,6 +386,7 @@ impl AgentConfig {
             audit_settings,
             metrics,
             controllers,
+            journal,
         )
         else {
             problems.into_result()?;
@@ -413,6 +421,7 @@ impl AgentConfig {
             sinks,
             metrics,
             status_readers: file.status_readers,
+            journal,
             tls: file.tls.relative_to(base),
         })
     }

@@ -74,6 +74,10 @@ pub enum DenialCode {
     ContentBinary,
     /// `tail --follow` of a compressed file: a rotated file is no longer written.
     CompressedNotTailable,
+    /// A journal read naming something that is not a systemd unit name (a glob among them).
+    UnitInvalid,
+    /// No grant of the reader's names the journal unit asked for (a file grant never does).
+    UnitNotCovered,
     /// Not a check: the summary of denial records left out by the audit budget.
     Suppressed,
 }
@@ -117,6 +121,8 @@ impl DenialCode {
             DenialCode::CompressionUnsupported => "compression_unsupported",
             DenialCode::ContentBinary => "content_binary",
             DenialCode::CompressedNotTailable => "compressed_not_tailable",
+            DenialCode::UnitInvalid => "unit_invalid",
+            DenialCode::UnitNotCovered => "unit_not_covered",
             DenialCode::Suppressed => "suppressed",
         }
     }
@@ -153,7 +159,7 @@ impl Denial {
         }
     }
 
-    fn from_grant(e: GrantError, grant_id: Option<String>) -> Self {
+    pub(crate) fn from_grant(e: GrantError, grant_id: Option<String>) -> Self {
         Denial {
             code: DenialCode::of_grant_error(&e),
             message: e.to_string(),
@@ -674,6 +680,7 @@ mod tests {
                     hosts: vec!["web-1".into()],
                     labels: vec![],
                     paths: vec![s.glob.replace("{root}", &self.root)],
+                    units: vec![],
                     redaction: s.profile.into(),
                     reason: "T-1".into(),
                     approver: "spiffe://loggate.local/user/admin".into(),

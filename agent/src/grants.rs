@@ -471,6 +471,7 @@ mod tests {
                 hosts: vec!["web-1".into()],
                 labels: vec![],
                 paths: vec!["/var/log/*.log".into()],
+                units: vec![],
                 redaction: "default".into(),
                 reason: "T-1".into(),
                 approver: "spiffe://loggate.local/user/admin".into(),

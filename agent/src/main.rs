@@ -22,6 +22,7 @@ mod follow;
 mod fs_access;
 mod gate;
 mod grants;
+mod journal;
 mod limits;
 mod listing;
 mod server;
@@ -390,7 +391,7 @@ fn expire_grants(shared: &Shared) {
                 if let Err(e) = shared.audit(&events::GrantExpired {
                     grant_id: c.jti.clone(),
                     subject: c.sub.clone(),
-                    paths: c.paths.clone(),
+                    paths: loggate_core::grant::resource_names(&c.paths, &c.units),
                     not_after: c.exp,
                 }) {
                     tracing::error!("audit write failed: {e:#}");

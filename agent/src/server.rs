@@ -379,6 +379,7 @@ impl AgentService {
                 | DenialCode::PatternInvalid
                 | DenialCode::PatternTooComplex
                 | DenialCode::CompressedNotTailable
+                | DenialCode::UnitInvalid
         );
         let mut status = if bad_argument {
             Status::invalid_argument(denial.message)
@@ -496,7 +497,7 @@ fn pattern_cost_states(pattern: &str, max_regex_bytes: usize) -> Option<u64> {
 
 /// Compiles a grep pattern within the configured limits; a refusal says which limit and what
 /// to do instead.
-fn compile_pattern(
+pub(crate) fn compile_pattern(
     pattern: &str,
     limits: &crate::config::Limits,
 ) -> Result<regex::bytes::Regex, Denial> {
@@ -956,6 +957,148 @@ impl Agent for AgentService {
                 .collect(),
             truncated: listing.truncated,
         }))
+    }
+
+    type ReadJournalStream = ChunkStream;
+
+    /// A journal read ([`crate::journal`]): gated like a file read (identity, request limits,
+    /// the reader's grants, each verified whole, one naming this unit exactly), audited as
+    /// `read.allowed` (on disk first) with the resource `journal:<unit>`, streamed through the
+    /// redaction of the grant's profile, and ended with `read.finished`.
+    async fn read_journal(
+        &self,
+        request: Request<pb::ReadJournalRequest>,
+    ) -> Result<Response<Self::ReadJournalStream>, Status> {
+        loggate_core::metrics::agent().read_requests.inc();
+        let peer_addr = request.remote_addr();
+        let peer = peer_addr.map(|a| a.to_string());
+        let requested = format!("journal:{}", request.get_ref().unit);
+        let reader = match peer_identity(&request, Role::User) {
+            Ok(reader) => reader,
+            Err(status) => {
+                let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
+                let refused = self.deny(None, peer_addr, &requested, denial);
+                return Err(match refused.code() {
+                    tonic::Code::Unavailable => refused,
+                    _ => status,
+                });
+            }
+        };
+        let req = request.into_inner();
+        let limits = &self.shared.config.limits;
+        let refuse = |denial| self.deny(Some(&reader), peer_addr, &requested, denial);
+        let unit = loggate_core::grant::UnitName::new(&req.unit)
+            .map_err(|e| refuse(Denial::new(DenialCode::UnitInvalid, e.to_string())))?;
+        let pattern = if req.pattern.is_empty() {
+            None
+        } else {
+            Some(compile_pattern(&req.pattern, limits).map_err(refuse)?)
+        };
+        let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
+        let (grant, profile) = crate::journal::authorize_unit(
+            &gate_context(&self.shared),
+            &reader,
+            &unit,
+            token,
+            unix_now(),
+        )
+        .map_err(refuse)?;
+        let slot = self
+            .shared
+            .slots
+            .take(reader.spiffe_id())
+            .map_err(|full| refuse(self.slot_denial(full, Some(grant.id().to_string()))))?;
+        let resource = crate::journal::resource_name(&unit);
+        let mode = match (req.follow, pattern.is_some()) {
+            (true, _) => "journal_follow",
+            (false, true) => "journal_grep",
+            (false, false) => "journal",
+        };
+        let since = (req.since_unix_ms != 0).then_some(req.since_unix_ms);
+        self.shared
+            .audit(&events::ReadAllowed {
+                subject: reader.spiffe_id().to_string(),
+                key_sha256: reader.key_sha256_hex(),
+                peer: peer.clone(),
+                grant_id: grant.id().to_string(),
+                path: resource.clone(),
+                mode,
+                pattern: (!req.pattern.is_empty()).then(|| req.pattern.clone()),
+                since_ms: since,
+                until_ms: None,
+                redaction_profile: grant.claims().redaction.clone(),
+                inode: 0,
+                device: 0,
+                size: 0,
+            })
+            .map_err(audit_unavailable)?;
+        let (tx, rx) = mpsc::channel(stream::CHANNEL_CAPACITY);
+        let (last_tx, last_rx) = mpsc::channel(1);
+        let opening = pb::ReadLogChunk {
+            item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
+                grant_id: grant.id().to_string(),
+                grant_not_after_unix: grant.not_after(),
+                redaction_profile: grant.claims().redaction.clone(),
+                path: resource.clone(),
+            })),
+        };
+        let _ = tx.try_send(Ok(opening));
+        let plan = crate::journal::JournalPlan {
+            config: self.shared.config.journal.clone(),
+            unit,
+            agent: self.shared.config.id.clone(),
+            since_unix_ms: since,
+            follow: req.follow,
+            profile,
+            pattern,
+            grep_budget: limits.grep_time_budget,
+            max_line: limits.max_line_bytes,
+            grant_id: grant.id().to_string(),
+            not_after: grant.not_after(),
+        };
+        let shared = self.shared.clone();
+        let grants: Arc<dyn GrantStatus> = self.shared.clone();
+        let stop = self.shared.stopping.subscribe();
+        // Held until `read.finished` is written: shutdown waits for every receiver to go.
+        let stop_held = self.shared.stopping.subscribe();
+        let subject = reader.spiffe_id().to_string();
+        let key_sha256 = reader.key_sha256_hex();
+        let grant_id = grant.id().to_string();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let metrics = loggate_core::metrics::agent();
+            metrics.live_streams.inc();
+            let finished = crate::journal::run(plan, grants, tx, last_tx, stop, runtime);
+            metrics.live_streams.dec();
+            metrics.bytes_served.inc_by(finished.bytes);
+            let reason = finished.reason;
+            let result = shared.audit(&events::ReadFinished {
+                subject,
+                key_sha256,
+                peer,
+                grant_id,
+                path: resource,
+                bytes: finished.bytes,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                end_reason: reason.as_str(),
+                error: match &reason {
+                    stream::EndReason::ReadError(e) => Some(e.clone()),
+                    _ => None,
+                },
+                redactions: finished.counts.redactions.clone(),
+                lines_withheld: finished.counts.lines_withheld,
+                lines_cut: finished.counts.lines_cut,
+                pattern_ms: u64::try_from(finished.pattern_time.as_millis()).unwrap_or(u64::MAX),
+                key_lookback_exhausted: false,
+            });
+            if let Err(e) = result {
+                tracing::error!("audit write failed at stream end: {e:#}");
+            }
+            drop(stop_held);
+        });
+        let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
+        Ok(Response::new(Box::pin(Held::new(response, slot))))
     }
 
     async fn status(

@@ -259,7 +259,7 @@ pub fn apply(
                     shared.audit(&events::GrantReceived {
                         grant_id: c.jti.clone(),
                         subject: c.sub,
-                        paths: c.paths,
+                        paths: loggate_core::grant::resource_names(&c.paths, &c.units),
                         not_before: c.nbf,
                         not_after: c.exp,
                         approver: c.approver,
@@ -395,6 +395,7 @@ mod tests {
                     hosts: vec!["web-1".into()],
                     labels: vec![],
                     paths: vec!["/var/log/*.log".into()],
+                    units: vec![],
                     redaction: "default".into(),
                     reason: "T-1".into(),
                     approver: "spiffe://loggate.local/user/admin".into(),

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod config_file;
 pub mod deadline;
 pub mod governance;
+pub mod journal;
 pub mod listing;
 pub mod login;
 pub mod reads;
@@ -603,6 +604,7 @@ pub struct IssueArgs {
     pub hosts: Vec<String>,
     pub labels: Vec<String>,
     pub paths: Vec<String>,
+    pub units: Vec<String>,
     pub ttl: Duration,
     pub reason: String,
     pub redaction: String,
@@ -636,11 +638,16 @@ fn print_grant(g: &pb::GrantInfo) -> Result<(), Failure> {
     let mut scope: Vec<String> = g.hosts.clone();
     scope.extend(g.labels.iter().map(|l| format!("label:{l}")));
     outln!(
-        "{}  {}  on {}  paths {}  until {}  ({})  profile {}  reason {:?}",
+        "{}  {}  on {}  paths {}{}  until {}  ({})  profile {}  reason {:?}",
         g.id,
         g.subject,
         scope.join(","),
         g.paths.join(","),
+        if g.units.is_empty() {
+            String::new()
+        } else {
+            format!("  units {}", g.units.join(","))
+        },
         format_time(g.not_after_unix),
         state,
         g.redaction_profile,
@@ -651,7 +658,7 @@ fn print_grant(g: &pb::GrantInfo) -> Result<(), Failure> {
 fn grant_json(g: &pb::GrantInfo) -> serde_json::Value {
     serde_json::json!({
         "id": g.id, "subject": g.subject, "hosts": g.hosts, "labels": g.labels, "paths": g.paths,
-        "not_before": g.not_before_unix, "not_after": g.not_after_unix, "reason": g.reason,
+        "units": g.units, "not_before": g.not_before_unix, "not_after": g.not_after_unix, "reason": g.reason,
         "issuer": g.issuer, "redaction_profile": g.redaction_profile, "revoked": g.revoked,
         "revoked_at": g.revoked_at_unix, "revoked_by": g.revoked_by, "revision": g.revision,
         "key_sha256": g.key_sha256, "token": g.token,
@@ -692,6 +699,7 @@ pub async fn grant_issue(config: &ClientConfig, args: IssueArgs) -> CliResult {
             reason: args.reason,
             redaction_profile: args.redaction,
             not_before_unix,
+            units: args.units,
         })
         .await
         .or_explain(config, &the_controller(config))

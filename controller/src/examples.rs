@@ -45,6 +45,7 @@ const EXAMPLES: &Examples = &[
         &[
             "loggate grant request --host web-1 --path /var/log/app/api.log --ttl 1h --reason INC-4711 --wait",
             "loggate grant request --selector env=prod,team=payments --path '/var/log/app/*.log' --ttl 30m --reason INC-4711 --break-glass",
+            "loggate grant request --host web-1 --unit nginx.service --ttl 1h --reason INC-4711",
         ],
     ),
     ("grant approve", &["loggate grant approve r-5f2c9e1a"]),
@@ -95,6 +96,13 @@ const EXAMPLES: &Examples = &[
             "loggate logs grep --host web-1 'timeout|refused' /var/log/app/api.log --since 30m",
             "loggate logs grep --selector team=payments --parallel 8 ERROR /var/log/app/api.log",
             "loggate logs grep --host web-1 'status=5[0-9][0-9]' '/var/log/app/*.log'",
+        ],
+    ),
+    (
+        "logs journal",
+        &[
+            "loggate logs journal --host web-1 --unit nginx.service --since 1h",
+            "loggate logs journal --host web-1 --unit nginx.service --follow --grep 'status=5'",
         ],
     ),
     (

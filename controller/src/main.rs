@@ -395,8 +395,12 @@ enum GrantCommand {
         #[arg(long = "label")]
         labels: Vec<String>,
         /// Absolute path glob ("/var/log/app/*.log"; `**` crosses folders) (repeatable).
-        #[arg(long = "path", required = true)]
+        #[arg(long = "path", required_unless_present = "units")]
         paths: Vec<String>,
+        /// A systemd journal unit, named exactly ("nginx.service") (repeatable); a unit never
+        /// covers a file, a path never covers the journal.
+        #[arg(long = "unit")]
+        units: Vec<String>,
         /// How long the grant lasts ("30m", "2h", "1h 30m"): at least 1s, at most the
         /// controller's max_ttl (8h unless configured; never more than 366 days).
         #[arg(long, value_parser = loggate_core::duration::value_parser, allow_hyphen_values = true)]
@@ -542,6 +546,39 @@ enum LogsCommand {
         #[command(flatten)]
         read: ReadOpts,
     },
+    /// Print the systemd journal entries of one unit a grant of yours names (`grant request
+    /// --unit`), redacted on the agent: one line per entry, "TIME HOST UNIT[PID]: message".
+    Journal {
+        /// The agent id (as in your grant).
+        #[arg(long)]
+        host: String,
+        /// The systemd unit, named exactly ("nginx.service"; no globs).
+        #[arg(long)]
+        unit: String,
+        /// Only entries at or after this time: a duration back from now ("10m", "1h"), an RFC
+        /// 3339 time, a date-time taken as UTC or a date (as `logs cat --since`).
+        #[arg(long, value_parser = cli::time_arg, allow_hyphen_values = true)]
+        since: Option<loggate_core::timestamp::UnixMillis>,
+        /// Keep the stream open and print entries as they are written (until Ctrl-C, the
+        /// grant's end or its revocation); without --since, only new entries.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only lines matching this regular expression (Rust `regex` syntax), matched on the
+        /// agent against each line as redacted.
+        #[arg(long = "grep", value_name = "PATTERN")]
+        pattern: Option<String>,
+        /// Dial this address instead of asking the controller where the agent is.
+        #[arg(long)]
+        agent_addr: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        /// Present this grant token (a file) instead of relying on the one pushed to the agent.
+        #[arg(long)]
+        grant_token: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// List the files your grants cover on the host: size, modification time, whether rotated
     /// or compressed (nothing outside your grants is shown, not even a name).
     Ls {
@@ -653,6 +690,7 @@ async fn run(cli: Cli) -> CliResult {
             hosts,
             labels,
             paths,
+            units,
             ttl,
             reason,
             redaction,
@@ -666,6 +704,7 @@ async fn run(cli: Cli) -> CliResult {
                 hosts,
                 labels,
                 paths,
+                units,
                 ttl,
                 reason,
                 redaction,
@@ -785,6 +824,32 @@ async fn run(cli: Cli) -> CliResult {
             )
             .await
         }
+        Command::Logs(LogsCommand::Journal {
+            host,
+            unit,
+            since,
+            follow,
+            pattern,
+            agent_addr,
+            output,
+            grant_token,
+            client,
+        }) => {
+            cli::journal::read_journal(
+                &client.load()?,
+                cli::journal::JournalArgs {
+                    host,
+                    agent_addr,
+                    unit,
+                    since,
+                    follow,
+                    pattern: pattern.unwrap_or_default(),
+                    json: matches!(output, Output::Json),
+                    grant_token,
+                },
+            )
+            .await
+        }
         Command::Logs(logs) => {
             let (read, path, mode, follow, lines, pattern) = match logs {
                 LogsCommand::Cat { path, read } => {
@@ -801,7 +866,9 @@ async fn run(cli: Cli) -> CliResult {
                     path,
                     read,
                 } => (read, path, ReadMode::Grep, false, 0, pattern),
-                LogsCommand::Ls { .. } => unreachable!("matched above"),
+                LogsCommand::Ls { .. } | LogsCommand::Journal { .. } => {
+                    unreachable!("matched above")
+                }
             };
             let config = read.client.load()?;
             let multi = cli::reads::is_multi_host(&read.hosts, read.selector.as_deref());

@@ -14,7 +14,9 @@ pub use anchor::enrol_checkpoint_keys;
 use crate::store::{AgentRow, GrantRow, Revoked, Store};
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::daemon::peer_identity;
-use loggate_core::grant::{compile_path_glob, new_grant_id, unix_now, GrantError, SigningKey};
+use loggate_core::grant::{
+    compile_path_glob, new_grant_id, resource_names, unix_now, GrantError, SigningKey,
+};
 use loggate_core::identity::{is_valid_name, user_spiffe_id, Identity, Role};
 use loggate_core::metrics;
 use loggate_proto as pb;
@@ -165,7 +167,7 @@ impl ControllerService {
             issuer: grant.issuer.clone(),
             hosts: grant.hosts.clone(),
             labels: grant.labels.clone(),
-            paths: grant.paths.clone(),
+            paths: resource_names(&grant.paths, &grant.units),
             not_before: grant.not_before,
             not_after: grant.not_after,
             reason: grant.reason.clone(),
@@ -340,6 +342,17 @@ fn internal(e: anyhow::Error) -> Status {
     Status::internal("the controller hit an internal error; see its log")
 }
 
+/// A request's or an issue's journal units: bounded like every list, and each a systemd unit
+/// name (no glob: a grant names units exactly).
+fn check_units(units: &[String]) -> Result<(), Status> {
+    bounded_list("units", units)?;
+    for u in units {
+        loggate_core::grant::UnitName::new(u)
+            .map_err(|e| Status::invalid_argument(format!("--unit: {e}")))?;
+    }
+    Ok(())
+}
+
 fn bounded_list(name: &str, list: &[String]) -> Result<(), Status> {
     if list.len() > MAX_LIST || list.iter().any(|s| s.len() > MAX_FIELD || s.is_empty()) {
         return Err(Status::invalid_argument(format!(
@@ -405,6 +418,7 @@ pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
         hosts: g.hosts.clone(),
         labels: g.labels.clone(),
         paths: g.paths.clone(),
+        units: g.units.clone(),
         not_before_unix: g.not_before,
         not_after_unix: g.not_after,
         reason: g.reason.clone(),
@@ -559,8 +573,11 @@ impl Controller for ControllerService {
                 "host {bad:?} is not a valid agent id"
             )));
         }
-        if req.paths.is_empty() {
-            return Err(Status::invalid_argument("name at least one --path glob"));
+        check_units(&req.units)?;
+        if req.paths.is_empty() && req.units.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one --path glob or --unit",
+            ));
         }
         for p in &req.paths {
             // Shown to approvers, in the webhook and the access review like a request's.
@@ -629,6 +646,7 @@ impl Controller for ControllerService {
                         hosts: &req.hosts,
                         labels: &req.labels,
                         paths: &req.paths,
+                        units: &req.units,
                         now,
                         not_before,
                         not_after,
@@ -649,7 +667,7 @@ impl Controller for ControllerService {
                     how: "grant_issue",
                     role: None,
                     hosts: grant.hosts.clone(),
-                    paths: grant.paths.clone(),
+                    paths: resource_names(&grant.paths, &grant.units),
                     reason: grant.reason.clone(),
                     notified: Vec::new(),
                     webhook: policy_in_force.as_ref().is_some_and(|p| p.notify.is_some())

@@ -69,6 +69,8 @@ pub struct GrantRow {
     pub hosts: Vec<String>,
     pub labels: Vec<String>,
     pub paths: Vec<String>,
+    /// systemd journal units the grant covers (checked unit names; empty: none).
+    pub units: Vec<String>,
     pub not_before: i64,
     pub not_after: i64,
     pub reason: String,
@@ -185,7 +187,8 @@ CREATE TABLE IF NOT EXISTS grants (
     revision INTEGER NOT NULL,
     revoked_at INTEGER,
     revoked_by TEXT,
-    revoke_reason TEXT
+    revoke_reason TEXT,
+    units TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS revisions (
     revision INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -244,7 +247,7 @@ pub(crate) fn from_json(text: String) -> Vec<String> {
     serde_json::from_str(&text).unwrap_or_default()
 }
 
-pub(crate) const GRANT_COLUMNS: &str = "id, subject, hosts, labels, paths, not_before, not_after, reason, issuer, profile, key_sha256, token, revision, revoked_at, revoked_by, revoke_reason";
+pub(crate) const GRANT_COLUMNS: &str = "id, subject, hosts, labels, paths, not_before, not_after, reason, issuer, profile, key_sha256, token, revision, revoked_at, revoked_by, revoke_reason, units";
 
 pub(crate) fn grant_from_row(row: &db::Row<'_>) -> db::Result<GrantRow> {
     grant_at(row, 0)
@@ -260,6 +263,7 @@ fn grant_at(row: &db::Row<'_>, base: usize) -> db::Result<GrantRow> {
         hosts: from_json(row.get(g(2))?),
         labels: from_json(row.get(g(3))?),
         paths: from_json(row.get(g(4))?),
+        units: from_json(row.get(g(16))?),
         not_before: row.get(g(5))?,
         not_after: row.get(g(6))?,
         reason: row.get(g(7))?,
@@ -314,6 +318,8 @@ impl Store {
             agents::migrate_sqlite(conn)
                 .with_context(|| format!("cannot update database {}", path.display()))?;
             requests::migrate(conn)
+                .with_context(|| format!("cannot update database {}", path.display()))?;
+            migrations::sqlite_journal_units(conn)
                 .with_context(|| format!("cannot update database {}", path.display()))?;
             conn.execute_batch(signins::SIGNINS_SCHEMA)
                 .with_context(|| format!("cannot initialise database {}", path.display()))?;
@@ -877,7 +883,7 @@ impl Store {
 /// Inserts `grant` and its revision `revision` (the caller's transaction).
 pub(crate) fn insert_grant_row(tx: &Connection, grant: &GrantRow, revision: i64) -> db::Result<()> {
     tx.execute(
-        &format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL, NULL, NULL)"),
+        &format!("INSERT INTO grants ({GRANT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL, NULL, NULL, ?14)"),
         params![
             grant.id,
             grant.subject,
@@ -891,7 +897,8 @@ pub(crate) fn insert_grant_row(tx: &Connection, grant: &GrantRow, revision: i64)
             grant.profile,
             grant.key_sha256,
             grant.token,
-            revision
+            revision,
+            to_json(&grant.units)
         ],
     )?;
     tx.execute(
@@ -1676,6 +1683,7 @@ pub(crate) mod testing {
             hosts: vec!["web-1".into()],
             labels: Vec::new(),
             paths: vec!["/var/log/app/*.log".into()],
+            units: vec![],
             not_before: 1,
             not_after: 3600,
             reason: "INC-42".into(),

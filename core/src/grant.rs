@@ -84,8 +84,17 @@ pub struct GrantClaims {
     /// Agent labels (`key=value`); an agent carrying any of them is covered.
     #[serde(default)]
     pub labels: Vec<String>,
-    /// Absolute path globs (`*` stays within one path component, `**` crosses them).
+    /// Absolute path globs (`*` stays within one path component, `**` crosses them). Empty in
+    /// a grant for journal units only: such a grant covers no file. Always serialised, so an
+    /// agent from before `units` refuses a units-only grant on receipt ("grant names no
+    /// paths") rather than reading it as something else: it fails closed.
     pub paths: Vec<String>,
+    /// systemd journal units this grant covers ([`UnitName`]s, exact: no globs). A unit grant
+    /// never covers a file and a path grant never covers the journal. Absent from tokens that
+    /// name no unit, so a file grant's token is exactly what it was before units existed, and
+    /// older tokens (without the claim) still verify.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<String>,
     /// Name of the redaction profile the agent applies.
     pub redaction: String,
     /// Why the reader asked for access, as they wrote it; recorded in audit records.
@@ -335,6 +344,10 @@ impl ReceivedGrant {
     pub fn covers_path(&self, path: &str) -> bool {
         self.globs.iter().any(|g| g.is_match(path))
     }
+    /// Whether the grant names this journal unit (exactly).
+    pub fn covers_unit(&self, unit: &UnitName) -> bool {
+        self.claims.units.iter().any(|u| u == unit.as_str())
+    }
 }
 
 /// A grant that passed every check for one reader on this agent at one moment. Only
@@ -362,6 +375,116 @@ impl VerifiedGrant {
     /// Whether a normalised absolute path is matched by one of the grant's globs.
     pub fn covers_path(&self, path: &str) -> bool {
         self.globs.iter().any(|g| g.is_match(path))
+    }
+    /// Whether the grant names this journal unit (exactly: a grant's units hold no globs).
+    pub fn covers_unit(&self, unit: &UnitName) -> bool {
+        self.claims.units.iter().any(|u| u == unit.as_str())
+    }
+}
+
+/// What a grant (or a request) allows, as the audit stream names it: its path globs, then
+/// `journal:<unit>` for each journal unit (the resource name of a journal read).
+pub fn resource_names(paths: &[String], units: &[String]) -> Vec<String> {
+    paths
+        .iter()
+        .cloned()
+        .chain(units.iter().map(|u| format!("journal:{u}")))
+        .collect()
+}
+
+/// The unit types systemd knows, by suffix: a unit name must end in one of them.
+pub const UNIT_SUFFIXES: &[&str] = &[
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
+];
+
+/// The longest unit name systemd accepts (`UNIT_NAME_MAX` less its NUL).
+pub const MAX_UNIT_NAME_LEN: usize = 255;
+
+/// A systemd unit name checked against systemd's own rules (`unit_name_is_valid`): 1 to 255
+/// bytes of ASCII letters, digits and `:-_.\`, a non-empty name, at most one `@` followed by a
+/// non-empty instance, and a known type suffix ([`UNIT_SUFFIXES`]).
+///
+/// Why this strict: unit names come from readers (a read request), requesters and grants, and
+/// the agent passes one to `journalctl --unit=`, which takes a glob when the text holds `*`, `?`
+/// or `[`. None of those characters (nor `/`, a space, a control character or a leading `-`)
+/// can be in a `UnitName`, so a reader can never widen a read to other units.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnitName(String);
+
+/// A text that is not a [`UnitName`]; the message quotes (at most 80 characters of) it and
+/// says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{shown} is not a systemd unit name: {why}")]
+pub struct UnitNameError {
+    shown: String,
+    why: &'static str,
+}
+
+impl UnitName {
+    /// Checks `text` against systemd's unit-name rules (see [`UnitName`]).
+    pub fn new(text: &str) -> Result<UnitName, UnitNameError> {
+        let refuse = |why| {
+            let cut: String = text.chars().take(80).collect();
+            Err(UnitNameError {
+                shown: format!("{cut:?}"),
+                why,
+            })
+        };
+        if text.is_empty() || text.len() > MAX_UNIT_NAME_LEN {
+            return refuse("it must be 1 to 255 characters long");
+        }
+        if text.contains(['*', '?', '[', ']']) {
+            return refuse(
+                "it holds a glob character (*, ?, [ or ]); name one unit exactly, e.g. nginx.service",
+            );
+        }
+        if !text.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b':' | b'-' | b'_' | b'.' | b'\\' | b'@')
+        }) {
+            return refuse("only ASCII letters, digits and :-_.\\@ are allowed");
+        }
+        let Some((stem, suffix)) = text.rsplit_once('.') else {
+            return refuse("it needs a type suffix such as .service");
+        };
+        if !UNIT_SUFFIXES.contains(&suffix) {
+            return refuse("its type suffix is not one systemd knows (.service, .socket, .timer, .scope, .slice, .mount, …)");
+        }
+        let (prefix, instance) = match stem.split_once('@') {
+            Some((p, i)) => (p, Some(i)),
+            None => (stem, None),
+        };
+        // A leading '-' is systemd's own (`-.mount`, `-.slice`); it reaches journalctl only
+        // inside `--unit=…`, never as an option of its own.
+        if prefix.is_empty() || prefix.starts_with('.') {
+            return refuse("its name part is empty or starts with '.'");
+        }
+        if let Some(instance) = instance {
+            if instance.is_empty() || instance.contains('@') {
+                return refuse("a template needs exactly one '@' and a non-empty instance");
+            }
+        }
+        Ok(UnitName(text.to_string()))
+    }
+
+    /// The name as checked.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UnitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -589,8 +712,13 @@ impl GrantVerifier {
     fn check_shape(claims: &GrantClaims) -> Result<(GrantId, Vec<GlobMatcher>), GrantError> {
         let id =
             GrantId::new(claims.jti.as_str()).map_err(|e| GrantError::Malformed(e.to_string()))?;
-        if claims.paths.is_empty() {
-            return Err(GrantError::Malformed("grant names no paths".into()));
+        if claims.paths.is_empty() && claims.units.is_empty() {
+            return Err(GrantError::Malformed(
+                "grant names no paths and no journal units".into(),
+            ));
+        }
+        if let Some(bad) = claims.units.iter().find_map(|u| UnitName::new(u).err()) {
+            return Err(GrantError::Malformed(bad.to_string()));
         }
         if claims.exp <= claims.nbf {
             return Err(GrantError::Malformed("grant ends before it starts".into()));
@@ -1040,6 +1168,115 @@ mod tests {
     }
 
     #[test]
+    fn unit_names_follow_systemds_rules_and_never_hold_a_glob() {
+        for good in [
+            "nginx.service",
+            "app-web.service",
+            "getty@tty1.service",
+            "systemd-fsck@dev-disk-by\\x2duuid-1.service",
+            "-.mount",
+            "user-1000.slice",
+            "session-2.scope",
+            "logrotate.timer",
+            "a:b_c.socket",
+            &format!("{}.service", "a".repeat(MAX_UNIT_NAME_LEN - 8)),
+        ] {
+            assert_eq!(
+                UnitName::new(good).map(|u| u.to_string()),
+                Ok(good.to_string())
+            );
+        }
+        for bad in [
+            "",
+            "nginx",
+            "nginx.",
+            ".service",
+            "nginx.exe",
+            "*.service",
+            "nginx*",
+            "ngin?.service",
+            "[n]ginx.service",
+            "nginx.service ",
+            "--directory=/tmp.service",
+            "a/b.service",
+            "a b.service",
+            "nginx\n.service",
+            "n\u{1b}[31m.service",
+            "getty@.service",
+            "a@b@c.service",
+            "@x.service",
+            "ng\u{e9}.service",
+            &format!("{}.service", "a".repeat(MAX_UNIT_NAME_LEN - 7)),
+        ] {
+            let e = UnitName::new(bad).unwrap_err();
+            assert!(
+                e.to_string().contains("is not a systemd unit name"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(UnitName::new("nginx*")
+            .unwrap_err()
+            .to_string()
+            .contains("glob character"));
+    }
+
+    /// A unit grant and a file grant are resources of their own: a units-only grant covers
+    /// no path, a paths-only grant no unit. A file grant's token carries no `units` claim (an
+    /// older agent reads it exactly as before), and a units-only token carries `"paths":[]`,
+    /// which an older agent refuses on receipt: it never serves a file for it.
+    #[test]
+    fn unit_grants_and_file_grants_cover_only_their_own_resources() {
+        let key = SigningKey::generate().unwrap();
+        let verifier =
+            GrantVerifier::new(vec![key.verifying_key().clone()], Duration::from_secs(60));
+        let web1 = Audience {
+            agent_id: AgentId::new("web-1").unwrap(),
+            labels: vec![],
+        };
+        let nginx = UnitName::new("nginx.service").unwrap();
+        let file_grant = claims(&"ab".repeat(32));
+        let payload = serde_json::to_string(&file_grant).unwrap();
+        assert!(!payload.contains("units"), "{payload}");
+        let received = verifier
+            .verify_on_receipt(&key.sign(&file_grant).unwrap(), &web1, 150)
+            .unwrap();
+        assert!(received.covers_path("/var/log/a.log"));
+        assert!(!received.covers_unit(&nginx));
+
+        let mut unit_grant = claims(&"ab".repeat(32));
+        unit_grant.paths = vec![];
+        unit_grant.units = vec!["nginx.service".into()];
+        let payload = serde_json::to_string(&unit_grant).unwrap();
+        assert!(payload.contains(r#""paths":[]"#), "{payload}");
+        let received = verifier
+            .verify_on_receipt(&key.sign(&unit_grant).unwrap(), &web1, 150)
+            .unwrap();
+        assert!(received.covers_unit(&nginx));
+        assert!(!received.covers_unit(&UnitName::new("sshd.service").unwrap()));
+        for path in ["/", "/var/log/a.log", "/run/log/journal/x.journal"] {
+            assert!(!received.covers_path(path), "{path}");
+        }
+        // Older claims (no `units` at all) still decode.
+        let old = payload.replace(r#","units":["nginx.service"]"#, "");
+        let decoded: GrantClaims = serde_json::from_str(&old).unwrap();
+        assert!(decoded.units.is_empty());
+
+        // A grant naming neither, or a unit that is not one (a glob), is malformed.
+        let mut neither = claims(&"ab".repeat(32));
+        neither.paths = vec![];
+        assert!(matches!(
+            verifier.verify_on_receipt(&key.sign(&neither).unwrap(), &web1, 150),
+            Err(GrantError::Malformed(m)) if m.contains("no paths and no journal units")
+        ));
+        let mut globbed = claims(&"ab".repeat(32));
+        globbed.units = vec!["*.service".into()];
+        assert!(matches!(
+            verifier.verify_on_receipt(&key.sign(&globbed).unwrap(), &web1, 150),
+            Err(GrantError::Malformed(m)) if m.contains("glob character")
+        ));
+    }
+
+    #[test]
     fn relative_and_dotdot_globs_are_refused() {
         assert!(compile_path_glob("var/log/*.log").is_err());
         assert!(compile_path_glob("/var/log/../etc/*").is_err());
@@ -1056,6 +1293,7 @@ mod tests {
             hosts: vec!["web-1".into()],
             labels: vec!["env=prod".into()],
             paths: vec!["/var/log/*.log".into()],
+            units: vec![],
             redaction: "default".into(),
             reason: "r".into(),
             approver: "spiffe://t/user/admin".into(),

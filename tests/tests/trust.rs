@@ -55,6 +55,7 @@ fn foreign_token(f: &Fixture) -> anyhow::Result<String> {
         hosts: vec!["web-1".into()],
         labels: vec![],
         paths: vec![f.glob()],
+        units: vec![],
         redaction: "raw".into(),
         reason: "forged".into(),
         approver: "spiffe://loggate.local/user/admin".into(),

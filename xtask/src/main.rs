@@ -11,7 +11,7 @@ mod ebpf;
 mod package;
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 #[derive(Parser)]
@@ -32,7 +32,7 @@ enum Task {
         keep: Option<PathBuf>,
     },
     /// Install what the tests need (as root, from Debian's packages: clang and llvm, rsyslog and
-    /// rsyslog-gnutls, gcc-multilib, debootstrap and systemd-container; cargo-fuzz from
+    /// rsyslog-gnutls, systemd-journal-remote, gcc-multilib, debootstrap and systemd-container; cargo-fuzz from
     /// crates.io), build the .deb packages, and run every test, plus the
     /// formatting and clippy checks, the check that the committed eBPF objects match a rebuild
     /// of their sources, and the fuzz targets for a bounded time (see `FUZZ_TARGETS`).
@@ -118,6 +118,14 @@ fn test() -> anyhow::Result<()> {
         Ok(()) => {}
         Err(e) if std::env::var_os("CI").is_some() => return Err(e),
         Err(e) => eprintln!("xtask: WARNING: the SIEM delivery tests will fail: {e:#}"),
+    }
+    // systemd-journal-remote: the journal tests (tests/tests/journal.rs) write a real journal
+    // with it. Missing and not installable: a warning (those tests then fail saying so, they
+    // do not skip); in CI an error.
+    match ensure_journal_remote() {
+        Ok(()) => {}
+        Err(e) if std::env::var_os("CI").is_some() => return Err(e),
+        Err(e) => eprintln!("xtask: WARNING: the journal tests will fail: {e:#}"),
     }
     // PostgreSQL (Debian's `postgresql`): the controller's store tests and the PostgreSQL
     // end-to-end tests start their own server (tests/src/postgres.rs: initdb in a scratch
@@ -258,6 +266,15 @@ fn ensure_rsyslog() -> anyhow::Result<()> {
         return Ok(());
     }
     apt_install(&missing)
+}
+
+/// Installs Debian's `systemd-journal-remote` (the journal writer the journal tests feed)
+/// when it is missing.
+fn ensure_journal_remote() -> anyhow::Result<()> {
+    if Path::new("/lib/systemd/systemd-journal-remote").is_file() {
+        return Ok(());
+    }
+    apt_install(&["systemd-journal-remote"])
 }
 
 /// Installs Debian's PostgreSQL server when no `initdb` is found where the test helper looks

@@ -22,9 +22,13 @@ pub struct RequestArgs {
     /// access policy gives matching labels.
     #[arg(long, default_value = "")]
     pub selector: String,
-    /// Absolute path or path glob, as a role allows it (repeatable).
-    #[arg(long = "path", required = true)]
+    /// Absolute path or path glob, as a role allows it (repeatable); or --unit, or both.
+    #[arg(long = "path", required_unless_present = "units")]
     pub paths: Vec<String>,
+    /// A systemd journal unit, named exactly ("nginx.service"), as a role's `units` allow it
+    /// (repeatable); read with `loggate logs journal`.
+    #[arg(long = "unit")]
+    pub units: Vec<String>,
     /// How long the access lasts once granted, counted from the approval ("30m", "2h");
     /// capped at the role's max_ttl.
     #[arg(long, value_parser = loggate_core::duration::value_parser, allow_hyphen_values = true)]
@@ -55,8 +59,11 @@ pub struct CheckArgs {
     pub hosts: Vec<String>,
     #[arg(long, default_value = "")]
     pub selector: String,
-    #[arg(long = "path", required = true)]
+    #[arg(long = "path", required_unless_present = "units")]
     pub paths: Vec<String>,
+    /// A systemd journal unit (repeatable), as `grant request --unit`.
+    #[arg(long = "unit")]
+    pub units: Vec<String>,
     #[arg(long, value_parser = loggate_core::duration::value_parser, allow_hyphen_values = true, default_value = "1h")]
     pub ttl: Duration,
     #[arg(long, default_value = "default")]
@@ -71,7 +78,7 @@ fn request_json(r: &pb::AccessRequestResponse) -> serde_json::Value {
     let req = r.request.clone().unwrap_or_default();
     serde_json::json!({
         "id": req.id, "requester": req.requester, "hosts": req.hosts, "paths": req.paths,
-        "ttl_seconds": req.ttl_seconds, "redaction_profile": req.redaction_profile,
+        "units": req.units, "ttl_seconds": req.ttl_seconds, "redaction_profile": req.redaction_profile,
         "reason": req.reason, "role": req.role, "approval": req.approval,
         "approvals_needed": req.approvals_needed, "approvers": req.approvers,
         "reviews": req.reviews.iter().map(|v| serde_json::json!({
@@ -170,6 +177,7 @@ pub async fn grant_request(config: &ClientConfig, args: RequestArgs) -> CliResul
             reason: args.reason,
             redaction_profile: args.redaction,
             break_glass: args.break_glass,
+            units: args.units,
         })
         .await
         .or_explain(config, &peer)
@@ -329,6 +337,7 @@ pub async fn policy_check(config: &ClientConfig, args: CheckArgs) -> CliResult {
             ttl_seconds: args.ttl.as_secs(),
             redaction_profile: args.redaction,
             break_glass: args.break_glass,
+            units: args.units,
         })
         .await
         .or_explain(config, &the_controller(config))

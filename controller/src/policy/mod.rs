@@ -148,6 +148,9 @@ pub struct Role {
     pub hosts: HostRule,
     /// Path globs, as written (each checked with the grant verifier's own glob rules).
     pub paths: Vec<String>,
+    /// systemd journal units it may grant, as written: unit names where `*` and `?` may stand
+    /// for characters of a name (`app-*.service`). None: the role grants no journal unit.
+    pub units: Vec<String>,
     pub max_ttl: Duration,
     pub redaction: Vec<String>,
     pub approval: Approval,
@@ -309,7 +312,10 @@ struct RawRole {
     hosts: Vec<String>,
     #[serde(default)]
     selectors: Vec<String>,
+    #[serde(default)]
     paths: Vec<String>,
+    #[serde(default)]
+    units: Vec<String>,
     max_ttl: String,
     #[serde(default = "default_redaction")]
     redaction: Vec<String>,
@@ -596,11 +602,16 @@ impl Policy {
             .iter()
             .map(|s| Selector::parse(s).map_err(|e| format!("role {name}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        if raw.paths.is_empty() {
-            return Err(format!("role {name}: name at least one path glob"));
+        if raw.paths.is_empty() && raw.units.is_empty() {
+            return Err(format!(
+                "role {name}: name at least one path glob (paths) or journal unit (units)"
+            ));
         }
         for p in &raw.paths {
             compile_path_glob(p).map_err(|e| format!("role {name}: {e}"))?;
+        }
+        for u in &raw.units {
+            unit_pattern(u).map_err(|e| format!("role {name}: units: {e}"))?;
         }
         let max_ttl = duration(
             &raw.max_ttl,
@@ -694,6 +705,7 @@ impl Policy {
                 selectors,
             },
             paths: raw.paths.clone(),
+            units: raw.units.clone(),
             max_ttl,
             redaction: raw.redaction.clone(),
             approval,
@@ -819,6 +831,16 @@ impl Policy {
                 return Some(Refusal::PathNotCovered(path.clone()));
             }
         }
+        for unit in q.units {
+            // Checked at load too: a pattern that failed now would match nothing (fail closed).
+            let covered = role
+                .units
+                .iter()
+                .any(|p| unit_pattern(p).is_ok_and(|m| m.is_match(unit)));
+            if !covered {
+                return Some(Refusal::UnitNotCovered(unit.clone()));
+            }
+        }
         if !role.redaction.iter().any(|p| p == q.profile) {
             return Some(Refusal::ProfileNotAllowed(q.profile.to_string()));
         }
@@ -875,6 +897,34 @@ impl Policy {
     }
 }
 
+/// A role's journal-unit pattern: a unit name in which `*` and `?` may stand for characters
+/// (`app-*.service`), compiled to a matcher over whole unit names. What stands for a wildcard
+/// must leave a valid unit name, so a pattern cannot cover a name systemd would refuse, nor
+/// change a unit's type (`*` alone, `nginx.*`).
+pub fn unit_pattern(pattern: &str) -> Result<globset::GlobMatcher, String> {
+    if pattern.contains(['[', ']', '{', '}']) {
+        return Err(format!(
+            "{pattern:?}: only * and ? may be used as wildcards in a unit pattern"
+        ));
+    }
+    loggate_core::grant::UnitName::new(&pattern.replace(['*', '?'], "x"))
+        .map_err(|e| format!("{pattern:?} is not a unit name pattern ({e})"))?;
+    if pattern
+        .rsplit_once('.')
+        .is_none_or(|(_, suffix)| suffix.contains(['*', '?']))
+    {
+        return Err(format!(
+            "{pattern:?}: the unit type (.service, .socket, …) must be written out"
+        ));
+    }
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(false)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("{pattern:?}: {e}"))
+}
+
 /// What is asked: `subject` (a user name) wants to read `paths` on `hosts` (agent ids) for
 /// `ttl` with redaction `profile`.
 #[derive(Debug, Clone)]
@@ -888,6 +938,8 @@ pub struct Query<'a> {
     pub cert_groups: &'a [String],
     pub hosts: &'a [String],
     pub paths: &'a [String],
+    /// systemd journal units (checked unit names), each to be covered by the role's `units`.
+    pub units: &'a [String],
     pub ttl: Duration,
     pub profile: &'a str,
     /// The requester asks for break-glass access (`grant request --break-glass`).
@@ -904,6 +956,8 @@ pub enum Refusal {
     NotAMember,
     HostNotCovered(String),
     PathNotCovered(String),
+    /// The role's `units` do not cover this journal unit (a role without `units` covers none).
+    UnitNotCovered(String),
     ProfileNotAllowed(String),
     /// The role is break-glass and the request did not ask for it.
     BreakGlassOnly,
@@ -924,6 +978,7 @@ impl Refusal {
             Refusal::NotAMember => "not_a_member",
             Refusal::HostNotCovered(_) => "host_not_covered",
             Refusal::PathNotCovered(_) => "path_not_covered",
+            Refusal::UnitNotCovered(_) => "unit_not_covered",
             Refusal::ProfileNotAllowed(_) => "profile_not_allowed",
             Refusal::BreakGlassOnly => "break_glass_only",
             Refusal::NotBreakGlass => "not_break_glass",
@@ -941,6 +996,7 @@ impl Refusal {
             Refusal::NotAMember => "you are not among its users or groups".into(),
             Refusal::HostNotCovered(h) => format!("does not cover host {h}"),
             Refusal::PathNotCovered(p) => format!("does not cover path {p}"),
+            Refusal::UnitNotCovered(u) => format!("does not cover journal unit {u}"),
             Refusal::ProfileNotAllowed(p) => format!("does not allow redaction profile {p:?}"),
             Refusal::BreakGlassOnly => {
                 "is a break-glass role; ask again with --break-glass and a reason".into()

@@ -304,6 +304,7 @@ fn evaluation_picks_the_role_and_rule_or_says_why_none() {
             cert_groups: &[],
             hosts: &hosts,
             paths: &paths,
+            units: &[],
             ttl: c.ttl,
             profile: c.profile,
             break_glass: c.break_glass,
@@ -354,6 +355,7 @@ approver_groups = ["sre"]
         cert_groups: &[],
         hosts: &hosts,
         paths: &paths,
+        units: &[],
         ttl: H1,
         profile: "default",
         break_glass: false,
@@ -404,6 +406,7 @@ approval = "auto"
         cert_groups: &[],
         hosts: &hosts,
         paths: &paths,
+        units: &[],
         ttl: H1,
         profile: "default",
         break_glass: false,
@@ -529,6 +532,7 @@ approver_groups = ["sre"]
             cert_groups,
             hosts: &hosts,
             paths: &paths,
+            units: &[],
             ttl: H1,
             profile: "default",
             break_glass: false,
@@ -598,6 +602,7 @@ fn ask_as(p: &Policy, subject: &str, cert_groups: &[String]) -> Decision {
         cert_groups,
         hosts: &hosts,
         paths: &paths,
+        units: &[],
         ttl: H1,
         profile: "default",
         break_glass: false,
@@ -729,6 +734,7 @@ step_up = { max_age = "15m", mfa = true }
             cert_groups: &[],
             hosts: &hosts,
             paths: &paths,
+            units: &[],
             ttl: H1,
             profile: "raw",
             break_glass: false,
@@ -812,4 +818,113 @@ fn admin_step_up_is_read_from_settings_and_refused_when_empty_or_out_of_range() 
             Err((_, e)) => assert!(e.contains(why), "{bad}: {e}"),
         }
     }
+}
+
+/// Issue 13: journal units are a resource of their own. A role grants the units its `units`
+/// patterns cover and no other; a role without `units` grants none (its paths never cover the
+/// journal); a role may name units only; a pattern that could change a unit's type, or is not
+/// a unit name, is refused at load.
+#[test]
+fn roles_grant_only_the_journal_units_they_list() {
+    let p = Policy::parse(
+        r#"
+[[roles]]
+name = "web-journal"
+users = ["alice"]
+hosts = ["web-1"]
+units = ["nginx.service", "app-*.service"]
+max_ttl = "1h"
+approval = "auto"
+
+[[roles]]
+name = "files-only"
+users = ["alice", "bob"]
+hosts = ["web-1"]
+paths = ["/var/log/**"]
+max_ttl = "1h"
+approval = "auto"
+"#,
+    )
+    .unwrap();
+    let hosts = vec!["web-1".to_string()];
+    let ask = |subject: &str, paths: &[String], units: &[String]| {
+        p.evaluate(&Query {
+            subject,
+            cert_groups: &[],
+            hosts: &hosts,
+            paths,
+            units,
+            ttl: H1,
+            profile: "default",
+            break_glass: false,
+            sign_in: SignInStrength::NotChecked,
+        })
+    };
+    let units = |list: &[&str]| list.iter().map(|u| u.to_string()).collect::<Vec<_>>();
+    for granted in [
+        &["nginx.service"][..],
+        &["app-web.service", "nginx.service"],
+    ] {
+        match ask("alice", &[], &units(granted)) {
+            Decision::Allowed(a) => assert_eq!(a.role, "web-journal", "{granted:?}"),
+            other => panic!("{granted:?}: {other:?}"),
+        }
+    }
+    // Another unit, or a unit of another type: no role covers it.
+    for refused in [
+        &["sshd.service"][..],
+        &["app-web.socket"],
+        &["nginx.service", "sshd.service"],
+    ] {
+        match ask("alice", &[], &units(refused)) {
+            Decision::Refused(r) => assert!(
+                r.iter().any(|(role, why)| role == "web-journal"
+                    && matches!(why, Refusal::UnitNotCovered(_))),
+                "{refused:?}: {r:?}"
+            ),
+            other => panic!("{refused:?}: {other:?}"),
+        }
+    }
+    // bob's role covers every file but no unit.
+    match ask("bob", &[], &units(&["nginx.service"])) {
+        Decision::Refused(r) => assert_eq!(
+            r,
+            vec![
+                ("web-journal".to_string(), Refusal::NotAMember),
+                (
+                    "files-only".to_string(),
+                    Refusal::UnitNotCovered("nginx.service".into())
+                ),
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A role naming units only covers no path.
+    match ask("alice", &["/var/log/a.log".to_string()], &[]) {
+        Decision::Allowed(a) => assert_eq!(a.role, "files-only"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        Refusal::UnitNotCovered("x".into()).as_str(),
+        "unit_not_covered"
+    );
+    for bad in [
+        "*",
+        "nginx.*",
+        "nginx",
+        "[a]pp.service",
+        "ngin x.service",
+        "a/b.service",
+    ] {
+        let text = format!(
+            "[[roles]]\nname = \"r\"\nusers = [\"a\"]\nhosts = [\"web-1\"]\nunits = [{bad:?}]\nmax_ttl = \"1h\"\napproval = \"auto\"\n"
+        );
+        let e = Policy::parse(&text).expect_err(bad);
+        assert!(e.1.contains("units"), "{bad}: {}", e.1);
+    }
+    let neither = "[[roles]]\nname = \"r\"\nusers = [\"a\"]\nhosts = [\"web-1\"]\nmax_ttl = \"1h\"\napproval = \"auto\"\n";
+    assert!(Policy::parse(neither)
+        .expect_err("neither")
+        .1
+        .contains("name at least one path glob (paths) or journal unit (units)"));
 }

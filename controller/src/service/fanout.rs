@@ -478,6 +478,7 @@ mod tests {
                         hosts: vec![],
                         labels: labels.iter().map(|l| l.to_string()).collect(),
                         paths: vec!["/var/log/*.log".into()],
+                        units: vec![],
                         not_before: now,
                         not_after: now + 3600,
                         reason: "T-1".into(),

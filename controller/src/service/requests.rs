@@ -221,6 +221,8 @@ pub(super) struct GrantSpec<'a> {
     pub hosts: &'a [String],
     pub labels: &'a [String],
     pub paths: &'a [String],
+    /// systemd journal units (checked names).
+    pub units: &'a [String],
     pub now: i64,
     pub not_before: i64,
     pub not_after: i64,
@@ -290,7 +292,7 @@ fn notice(event: &'static str, r: &RequestRow, approvers: &[String], text: Strin
         text,
         fields: serde_json::json!({
             "event": event, "request_id": r.id, "requester": short(&r.requester),
-            "hosts": r.hosts, "paths": r.paths, "ttl_seconds": r.ttl_seconds,
+            "hosts": r.hosts, "paths": r.paths, "units": r.units, "ttl_seconds": r.ttl_seconds,
             "redaction_profile": r.profile, "role": r.role, "approval": r.approval,
             "state": r.state.as_str(), "reason": r.reason, "approvers": approvers,
             "grant_id": r.grant_id,
@@ -308,7 +310,7 @@ fn notify_expired(notifier: Option<&Notifier>, handle: Option<&Arc<PolicyHandle>
         "loggate: request {} of {} for {} on {} expired undecided",
         r.id,
         short(&r.requester),
-        r.paths.join(", "),
+        loggate_core::grant::resource_names(&r.paths, &r.units).join(", "),
         r.hosts.join(", ")
     );
     n.send(p.notify.as_ref(), notice("access.expired", r, &[], text));
@@ -463,7 +465,7 @@ impl ControllerService {
             "loggate BREAK-GLASS: {} issued {} a grant to read {} on {} for {} (reason {:?}); granted without approval, to be reviewed",
             short(&g.issuer),
             short(&g.subject),
-            g.paths.join(", "),
+            loggate_core::grant::resource_names(&g.paths, &g.units).join(", "),
             g.hosts.iter().chain(&g.labels).cloned().collect::<Vec<_>>().join(", "),
             loggate_core::duration::format(Duration::from_secs(
                 g.not_after.saturating_sub(g.not_before).max(0).unsigned_abs()
@@ -473,7 +475,7 @@ impl ControllerService {
         let fields = serde_json::json!({
             "event": BREAK_GLASS_EVENT, "request_id": null, "requester": short(&g.subject),
             "issuer": short(&g.issuer), "how": "grant_issue", "hosts": g.hosts,
-            "labels": g.labels, "paths": g.paths,
+            "labels": g.labels, "paths": g.paths, "units": g.units,
             "ttl_seconds": g.not_after.saturating_sub(g.not_before).max(0),
             "redaction_profile": g.profile, "reason": g.reason, "grant_id": g.id,
         });
@@ -583,6 +585,7 @@ impl ControllerService {
             hosts: spec.hosts.to_vec(),
             labels: spec.labels.to_vec(),
             paths: spec.paths.to_vec(),
+            units: spec.units.to_vec(),
             redaction: spec.profile.to_string(),
             reason: spec.reason.to_string(),
             approver: spec.issuer.to_string(),
@@ -612,6 +615,7 @@ impl ControllerService {
             hosts: spec.hosts.to_vec(),
             labels: spec.labels.to_vec(),
             paths: spec.paths.to_vec(),
+            units: spec.units.to_vec(),
             not_before: spec.not_before,
             not_after: spec.not_after,
             reason: spec.reason.to_string(),
@@ -668,10 +672,14 @@ impl ControllerService {
         Ok(all)
     }
 
-    fn check_paths(paths: &[String]) -> Result<(), Status> {
+    /// A request's resources: path globs and journal units, at least one of either.
+    fn check_paths(paths: &[String], units: &[String]) -> Result<(), Status> {
         super::bounded_list("paths", paths)?;
-        if paths.is_empty() {
-            return Err(Status::invalid_argument("name at least one --path"));
+        super::check_units(units)?;
+        if paths.is_empty() && units.is_empty() {
+            return Err(Status::invalid_argument(
+                "name at least one --path or --unit",
+            ));
         }
         for p in paths {
             check_plain_text("--path", p)?;
@@ -718,6 +726,7 @@ impl ControllerService {
             requester: r.requester.clone(),
             hosts: r.hosts.clone(),
             paths: r.paths.clone(),
+            units: r.units.clone(),
             ttl_seconds: r.ttl_seconds,
             redaction_profile: r.profile.clone(),
             reason: r.reason.clone(),
@@ -791,7 +800,7 @@ impl ControllerService {
             req.subject.clone()
         };
         let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
-        Self::check_paths(&req.paths)?;
+        Self::check_paths(&req.paths, &req.units)?;
         let profile = self.profile_or_default(&req.redaction_profile)?;
         let ttl = Duration::from_secs(
             req.ttl_seconds
@@ -809,6 +818,7 @@ impl ControllerService {
             cert_groups,
             hosts: &hosts,
             paths: &req.paths,
+            units: &req.units,
             ttl,
             profile: &profile,
             break_glass: req.break_glass,
@@ -896,7 +906,9 @@ impl ControllerService {
         let decision_guard = self.decision_policy()?;
         let policy = decision_guard.policy.clone();
         let hosts = Self::resolve_hosts(&policy, &req.hosts, &req.selector)?;
-        Self::check_paths(&req.paths)?;
+        Self::check_paths(&req.paths, &req.units)?;
+        // What a refusal's record names: the paths, and `journal:<unit>` for each unit.
+        let resources = loggate_core::grant::resource_names(&req.paths, &req.units);
         if req.reason.trim().is_empty() || req.reason.len() > MAX_FIELD {
             return Err(Status::invalid_argument(
                 "a --reason (ticket or incident id) is required, at most 1024 bytes",
@@ -915,6 +927,7 @@ impl ControllerService {
             cert_groups: user.groups(),
             hosts: &hosts,
             paths: &req.paths,
+            units: &req.units,
             ttl: asked,
             profile: &profile,
             break_glass: req.break_glass,
@@ -926,7 +939,7 @@ impl ControllerService {
                 return Err(self.refuse_request(
                     &user,
                     &hosts,
-                    &req.paths,
+                    &resources,
                     RequestRefusal::NoRole,
                     Status::permission_denied(Decision::refusal_sentence(&refusals, user.name())),
                 ))
@@ -941,6 +954,7 @@ impl ControllerService {
             requester: user.spiffe_id().to_string(),
             hosts: hosts.clone(),
             paths: req.paths.clone(),
+            units: req.units.clone(),
             ttl_seconds: ttl.as_secs(),
             profile: profile.clone(),
             reason: req.reason.clone(),
@@ -960,7 +974,7 @@ impl ControllerService {
             request_id: row.id.clone(),
             subject: row.requester.clone(),
             hosts: row.hosts.clone(),
-            paths: row.paths.clone(),
+            paths: loggate_core::grant::resource_names(&row.paths, &row.units),
             ttl_seconds: row.ttl_seconds,
             redaction_profile: row.profile.clone(),
             reason: row.reason.clone(),
@@ -988,6 +1002,7 @@ impl ControllerService {
             hosts: &hosts,
             labels: &[],
             paths: &req.paths,
+            units: &req.units,
             now: starts,
             not_before: starts,
             not_after: starts.saturating_add(seconds(ttl)),
@@ -1001,7 +1016,7 @@ impl ControllerService {
             tonic::Code::InvalidArgument => self.refuse_request(
                 &user,
                 &hosts,
-                &req.paths,
+                &resources,
                 RequestRefusal::GrantTooLarge,
                 status,
             ),
@@ -1038,7 +1053,7 @@ impl ControllerService {
                         Ok(too_many) => self.refuse_request(
                             &user,
                             &hosts,
-                            &req.paths,
+                            &resources,
                             RequestRefusal::TooManyPending,
                             Status::resource_exhausted(too_many.to_string()),
                         ),
@@ -1068,6 +1083,7 @@ impl ControllerService {
                                 hosts: &hosts,
                                 labels: &[],
                                 paths: &req.paths,
+                                units: &req.units,
                                 now,
                                 not_before: now,
                                 not_after: now.saturating_add(seconds(ttl)),
@@ -1087,7 +1103,10 @@ impl ControllerService {
                                 how: "request",
                                 role: Some(allowed.role.clone()),
                                 hosts: grant.hosts.clone(),
-                                paths: grant.paths.clone(),
+                                paths: loggate_core::grant::resource_names(
+                                    &grant.paths,
+                                    &grant.units,
+                                ),
                                 reason: grant.reason.clone(),
                                 notified: allowed.approvers.clone(),
                                 webhook: self.notifier.is_some() && policy.notify.is_some(),
@@ -1109,7 +1128,7 @@ impl ControllerService {
         let what = format!(
             "{} asks to read {} on {} for {} (role {}, reason {:?})",
             user.name(),
-            stored.paths.join(", "),
+            loggate_core::grant::resource_names(&stored.paths, &stored.units).join(", "),
             stored.hosts.join(", "),
             loggate_core::duration::format(ttl),
             stored.role,
@@ -1245,6 +1264,7 @@ impl ControllerService {
             cert_groups: &r.requester_groups,
             hosts: &r.hosts,
             paths: &r.paths,
+            units: &r.units,
             ttl: Duration::from_secs(r.ttl_seconds.max(1)),
             profile: &r.profile,
             break_glass: false,
@@ -1437,6 +1457,7 @@ impl ControllerService {
                             hosts: &r.hosts,
                             labels: &[],
                             paths: &r.paths,
+                            units: &r.units,
                             now,
                             not_before: now,
                             not_after: now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
@@ -1469,7 +1490,7 @@ impl ControllerService {
                     user.name(),
                     after.id,
                     short(&after.requester),
-                    after.paths.join(", "),
+                    loggate_core::grant::resource_names(&after.paths, &after.units).join(", "),
                     after.hosts.join(", ")
                 ),
             );
@@ -1764,7 +1785,7 @@ impl ControllerService {
                 reason: g.reason.clone(),
                 hosts: g.hosts.clone(),
                 labels: g.labels.clone(),
-                paths: g.paths.clone(),
+                paths: loggate_core::grant::resource_names(&g.paths, &g.units),
                 redaction_profile: g.profile.clone(),
                 revoked_at_unix: g.revoked.as_ref().map_or(0, |r| r.at),
                 revoked_by: g.revoked.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
@@ -1858,6 +1879,7 @@ mod tests {
             requester: "spiffe://loggate.local/user/alice".into(),
             hosts: vec!["web-1".into()],
             paths: vec!["/var/log/app/api.log".into()],
+            units: vec![],
             ttl_seconds: 3600,
             profile: "default".into(),
             reason: "INC-42".into(),

@@ -15,6 +15,9 @@
 //!   `postgres_v3.sql`.
 //!   Version 4 (a pending request's sign-in, `request_sign_ins`) only adds a table
 //!   (`postgres_v4.sql`; on SQLite in the idempotent schema).
+//!   Version 5 (journal units, issue 13) adds a `units` column (a JSON list, `'[]'` for every
+//!   existing row) to `grants` and `requests`: on SQLite [`sqlite_journal_units`] adds each
+//!   where it is missing (idempotent), on PostgreSQL `postgres_v5.sql`.
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
 
@@ -22,7 +25,7 @@ use super::db::{Connection, OptionalExtension};
 use anyhow::Context;
 
 /// The schema version this binary reads and writes.
-pub const LATEST: u32 = 4;
+pub const LATEST: u32 = 5;
 
 /// PostgreSQL's scripts, by version (index 0 is version 1).
 const POSTGRES: &[&str] = &[
@@ -30,6 +33,7 @@ const POSTGRES: &[&str] = &[
     include_str!("migrations/postgres_v2.sql"),
     include_str!("migrations/postgres_v3.sql"),
     include_str!("migrations/postgres_v4.sql"),
+    include_str!("migrations/postgres_v5.sql"),
 ];
 
 /// The advisory lock the replicas' migrations take ("lgmigr").
@@ -108,6 +112,24 @@ pub(super) fn sqlite(
     Ok(())
 }
 
+/// SQLite, version 5: the `units` columns of `grants` and `requests`, added where missing (a
+/// database made before them); existing grants and requests name no unit.
+pub(super) fn sqlite_journal_units(conn: &Connection) -> anyhow::Result<()> {
+    for table in ["grants", "requests"] {
+        let has_units: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'units'"),
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_units {
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN units TEXT NOT NULL DEFAULT '[]'"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
 /// PostgreSQL: in one transaction under the migrations' advisory lock, refuses a newer
 /// database and runs the scripts it lacks.
 pub(super) fn postgres(conn: &mut Connection) -> anyhow::Result<()> {
@@ -152,6 +174,78 @@ mod tests {
             assert_eq!(version(&t.store), LATEST.to_string(), "{}", t.backend());
             t.reopen();
             assert_eq!(version(&t.store), LATEST.to_string(), "{}", t.backend());
+        });
+    }
+
+    /// Version 5 (issue 13): a version-4 database, whose `grants` and `requests` have no
+    /// `units` column, gains them on open; its grants name no unit and new ones keep theirs.
+    #[test]
+    fn a_version_4_database_gains_the_journal_units_columns() {
+        on_each_test_store(|t| {
+            let old = crate::store::GrantRow {
+                id: "g-old".into(),
+                subject: "spiffe://loggate.local/user/alice".into(),
+                hosts: vec!["web-1".into()],
+                labels: vec![],
+                paths: vec!["/var/log/app/*.log".into()],
+                units: vec![],
+                not_before: 1,
+                not_after: 3600,
+                reason: "INC-1".into(),
+                issuer: "spiffe://loggate.local/user/admin".into(),
+                profile: "default".into(),
+                key_sha256: "0".repeat(64),
+                token: "token".into(),
+                revision: 0,
+                revoked: None,
+            };
+            t.store
+                .insert_grant(|revision| {
+                    Ok(crate::store::GrantRow {
+                        revision,
+                        ..old.clone()
+                    })
+                })
+                .unwrap();
+            // Back to version 4's shape.
+            t.store
+                .conn()
+                .execute_batch(
+                    "ALTER TABLE grants DROP COLUMN units;
+                     ALTER TABLE requests DROP COLUMN units;
+                     UPDATE meta SET value = '4' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+            t.reopen();
+            let version: String = t
+                .store
+                .conn()
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'schema_version'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(version, LATEST.to_string(), "{}", t.backend());
+            let kept = t.store.grant("g-old").unwrap().expect("kept");
+            assert!(kept.units.is_empty(), "{}", t.backend());
+            assert_eq!(kept.paths, old.paths);
+            let units = vec!["nginx.service".to_string()];
+            t.store
+                .insert_grant(|revision| {
+                    Ok(crate::store::GrantRow {
+                        id: "g-new".into(),
+                        paths: vec![],
+                        units: units.clone(),
+                        revision,
+                        ..old.clone()
+                    })
+                })
+                .unwrap();
+            assert_eq!(
+                t.store.grant("g-new").unwrap().expect("stored").units,
+                units
+            );
         });
     }
 

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS requests (
     expires INTEGER NOT NULL,
     decided_at INTEGER,
     grant_id TEXT,
-    requester_groups TEXT NOT NULL DEFAULT '[]'
+    requester_groups TEXT NOT NULL DEFAULT '[]',
+    units TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS requests_by_state ON requests (state, expires);
 CREATE INDEX IF NOT EXISTS requests_by_requester ON requests (requester, state);
@@ -133,6 +134,8 @@ pub struct RequestRow {
     pub requester: String,
     pub hosts: Vec<String>,
     pub paths: Vec<String>,
+    /// systemd journal units asked for (checked unit names; empty: none).
+    pub units: Vec<String>,
     /// The access granted on approval lasts this long from the approval.
     pub ttl_seconds: u64,
     pub profile: String,
@@ -266,7 +269,7 @@ fn break_glass_from_row(r: &super::db::Row<'_>) -> super::db::Result<BreakGlassR
     })
 }
 
-const REQUEST_COLUMNS: &str = "id, requester, hosts, paths, ttl_seconds, profile, reason, role, approval, approvals_needed, approver_groups, state, created, expires, decided_at, grant_id, requester_groups";
+const REQUEST_COLUMNS: &str = "id, requester, hosts, paths, ttl_seconds, profile, reason, role, approval, approvals_needed, approver_groups, state, created, expires, decided_at, grant_id, requester_groups, units";
 
 /// Brings a database made before a column existed up to date (run at every open).
 pub(super) fn migrate(conn: &Connection) -> super::db::Result<()> {
@@ -330,6 +333,7 @@ fn request_from_row(row: &super::db::Row<'_>) -> super::db::Result<RequestRow> {
         decided_at: row.get(14)?,
         grant_id: row.get(15)?,
         requester_groups: from_json(row.get(16)?),
+        units: from_json(row.get(17)?),
         reviews: Vec::new(),
     })
 }
@@ -369,7 +373,7 @@ fn reviews(conn: &Connection, id: &str) -> super::db::Result<Vec<ReviewRow>> {
 
 fn insert_request(conn: &Connection, r: &RequestRow) -> super::db::Result<()> {
     conn.execute(
-        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+        &format!("INSERT INTO requests ({REQUEST_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
         params![
             r.id,
             r.requester,
@@ -388,6 +392,7 @@ fn insert_request(conn: &Connection, r: &RequestRow) -> super::db::Result<()> {
             r.decided_at,
             r.grant_id,
             to_json(&r.requester_groups),
+            to_json(&r.units),
         ],
     )?;
     if r.state == RequestState::Pending {
@@ -904,6 +909,7 @@ mod tests {
             hosts: vec!["web-1".into()],
             labels: Vec::new(),
             paths: vec!["/var/log/app/*.log".into()],
+            units: vec![],
             not_before,
             not_after: not_before + 3600,
             reason: "INC-42".into(),
@@ -931,6 +937,7 @@ mod tests {
             requester: requester.to_string(),
             hosts: vec!["web-1".into()],
             paths: vec!["/var/log/app/*.log".into()],
+            units: vec![],
             ttl_seconds: 3600,
             profile: "default".into(),
             reason: "INC-42".into(),

@@ -656,6 +656,7 @@ mod tests {
                     hosts: vec!["web-1".into()],
                     labels: vec![],
                     paths: vec!["/var/log/app.log".into()],
+                    units: vec![],
                     not_before: 100,
                     not_after: 200,
                     reason: "INC-9".into(),

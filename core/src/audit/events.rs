@@ -127,9 +127,11 @@ audit_event! {
         peer: Option<String>,
         /// the grant's id (`metadata.correlation_uid`)
         grant_id: String,
-        /// the file served, beneath the agent's roots (`resources`, `observables`)
+        /// the file served, beneath the agent's roots, or `journal:<unit>` for a journal read
+        /// (`resources`, `observables`)
         path: String,
-        /// `cat`, `tail`, `tail_follow` or `grep`
+        /// `cat`, `tail`, `tail_follow` or `grep`; for the journal `journal`, `journal_follow`
+        /// or `journal_grep`
         mode: &'static str,
         /// the grep pattern, or null
         pattern: Option<String>,
@@ -336,7 +338,7 @@ audit_event! {
         peer: Option<String>,
         /// the grant's id (`metadata.correlation_uid`)
         grant_id: String,
-        /// the file served (`resources`, `observables`)
+        /// the file served, or `journal:<unit>` (`resources`, `observables`)
         path: String,
         /// bytes sent
         bytes: u64,
@@ -489,7 +491,7 @@ audit_event! {
         hosts: Vec<String>,
         /// the agent labels it covers
         labels: Vec<String>,
-        /// the path globs it allows (`privileges`)
+        /// the path globs it allows, and `journal:<unit>` for each journal unit (`privileges`)
         paths: Vec<String>,
         /// start of validity (epoch s)
         not_before: i64,
@@ -525,7 +527,7 @@ audit_event! {
         grant_id: String,
         /// who may read (`user`)
         subject: String,
-        /// the path globs it allows (`privileges`)
+        /// the path globs it allows, and `journal:<unit>` for each journal unit (`privileges`)
         paths: Vec<String>,
         /// start of validity (epoch s)
         not_before: i64,
@@ -946,7 +948,7 @@ audit_event! {
         role: Option<String>,
         /// the agent ids it covers
         hosts: Vec<String>,
-        /// the path globs it allows (`privileges`)
+        /// the path globs it allows, and `journal:<unit>` for each journal unit (`privileges`)
         paths: Vec<String>,
         /// the mandatory reason
         reason: String,

@@ -250,6 +250,12 @@ pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[
         // other caller, then needs a usable grant.
         MethodAccess::CheckedInHandler(Role::User),
     ),
+    (
+        "/loggate.v1.Agent/ReadJournal",
+        // A read of the journal: the handler audits `read.denied` (`identity_refused`) for any
+        // other caller, then needs a grant naming the unit.
+        MethodAccess::CheckedInHandler(Role::User),
+    ),
 ];
 
 /// The methods of `loggate.v1.Enrolment`, the controller's pre-authentication service: every

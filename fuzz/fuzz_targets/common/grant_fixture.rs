@@ -39,6 +39,7 @@ pub fn claims(alice_key: &str, paths: &[&str]) -> Vec<GrantClaims> {
         hosts: vec!["web-1".into()],
         labels: vec![],
         paths: paths.iter().map(|p| p.to_string()).collect(),
+        units: vec![],
         redaction: "default".into(),
         reason: "INC-1".into(),
         approver: "spiffe://loggate.local/user/admin".into(),

@@ -1,0 +1,117 @@
+//! `loggate logs journal --host HOST --unit UNIT [--since T] [--follow] [--grep PATTERN]`: the
+//! systemd journal entries of one unit on one agent, asked of the agent itself over mTLS with
+//! your certificate (`ReadJournal`). The agent serves only entries of a unit a grant of yours
+//! names (`grant request --unit`), redacted with the grant's profile, one line per entry
+//! (`2026-12-05T02:30:00.123456Z web-1 nginx.service[1234]: message`), and audits the read like
+//! a file's (`read.allowed`/`read.finished`, resource `journal:<unit>`). A refusal exits 3 with
+//! the agent's reason; a stream the agent cuts (revocation, expiry) exits 4.
+
+use super::{agent_addr, connect, explain_at, usage, CliResult, Failure, OrExplain, Peer};
+use crate::config::ClientConfig;
+use loggate_core::grant::UnitName;
+use loggate_core::timestamp::UnixMillis;
+use loggate_core::tls::Server;
+use loggate_proto as pb;
+use loggate_proto::agent_client::AgentClient;
+use std::io::Write;
+use std::path::PathBuf;
+
+pub struct JournalArgs {
+    pub host: String,
+    pub agent_addr: Option<String>,
+    /// One unit, exactly (checked here for a clear usage error; the agent checks it again).
+    pub unit: String,
+    pub since: Option<UnixMillis>,
+    pub follow: bool,
+    /// `--grep`: matched on the agent against each redacted line (empty: none).
+    pub pattern: String,
+    pub json: bool,
+    pub grant_token: Option<PathBuf>,
+}
+
+/// Streams the unit's entries to standard output, as text or one JSON object per line
+/// (`{"host", "unit", "line"}`).
+pub async fn read_journal(config: &ClientConfig, args: JournalArgs) -> CliResult {
+    let unit = UnitName::new(&args.unit).map_err(|e| usage(e.to_string()))?;
+    let grant_token = match &args.grant_token {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read grant token {}: {e}", p.display()))?
+            .trim()
+            .to_string(),
+        None => String::new(),
+    };
+    let addr = agent_addr(config, &args.host, args.agent_addr.clone()).await?;
+    let peer = Peer {
+        name: format!("agent {}", args.host),
+        addr: addr.clone(),
+        server: Server::Agent(&args.host),
+    };
+    let mut client = AgentClient::new(connect(&addr, config, Server::Agent(&args.host)).await?);
+    let mut stream = client
+        .read_journal(pb::ReadJournalRequest {
+            unit: unit.to_string(),
+            since_unix_ms: args.since.map_or(0, |t| t.0),
+            follow: args.follow,
+            pattern: args.pattern.clone(),
+            grant_token,
+        })
+        .await
+        .or_explain(config, &peer)
+        .await?
+        .into_inner();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut pending: Vec<u8> = Vec::new();
+    let write_failed = |e: std::io::Error| Failure::from(format!("writing standard output: {e}"));
+    loop {
+        let chunk = match stream.message().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(status) => {
+                let _ = flush(&mut out, &mut pending, &args, &unit, true);
+                return Err(explain_at(&status, config, &peer).await);
+            }
+        };
+        if let Some(pb::read_log_chunk::Item::Data(data)) = chunk.item {
+            pending.extend_from_slice(&data);
+            flush(&mut out, &mut pending, &args, &unit, false).map_err(write_failed)?;
+        }
+    }
+    flush(&mut out, &mut pending, &args, &unit, true).map_err(write_failed)?;
+    Ok(())
+}
+
+/// Writes what was received: as it came for text; whole lines as JSON objects (all of it when
+/// `all`).
+fn flush(
+    out: &mut impl Write,
+    pending: &mut Vec<u8>,
+    args: &JournalArgs,
+    unit: &UnitName,
+    all: bool,
+) -> std::io::Result<()> {
+    if !args.json {
+        out.write_all(pending)?;
+        pending.clear();
+        return out.flush();
+    }
+    let end = if all {
+        pending.len()
+    } else {
+        match pending.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None => return Ok(()),
+        }
+    };
+    for line in pending[..end].split(|b| *b == b'\n') {
+        if line.is_empty() {
+            continue;
+        }
+        let record = serde_json::json!({
+            "host": args.host, "unit": unit.as_str(), "line": String::from_utf8_lossy(line),
+        });
+        writeln!(out, "{record}")?;
+    }
+    pending.drain(..end);
+    out.flush()
+}

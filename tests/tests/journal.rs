@@ -1,0 +1,726 @@
+//! End-to-end: the systemd journal as a resource of its own (`loggate logs journal`). A real
+//! journal is written in a scratch folder by `systemd-journal-remote` (fed the journal export
+//! format) and read by the agent's `journalctl --directory` (`[journal] directory`): entries
+//! of the granted unit are served redacted, other units' never; a file grant does not open the
+//! journal and a unit grant opens no file; a glob is refused by the agent itself; revocation
+//! cuts a `--follow` and ends its `journalctl`; every read is audited on the agent.
+
+use loggate_tests::{text, Fixture};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// systemd's journal writer, fed the export format on stdin (`cargo xtask test` installs the
+/// `systemd-journal-remote` package; without it these tests fail, they do not skip).
+const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+
+/// The secret planted in an nginx entry (the default profile redacts `password=…`).
+const SECRET: &str = "hunter2-journal";
+/// Text only sshd's entries (and another unit's message about nginx) hold.
+const OTHER_UNIT: &str = "sshd-only-marker";
+
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros()
+}
+
+/// One entry in the journal export format.
+fn entry(at_micros: u128, seq: u64, fields: &[(&str, &str)]) -> String {
+    let mut e = format!(
+        "__REALTIME_TIMESTAMP={at_micros}\n__MONOTONIC_TIMESTAMP={seq}\n\
+         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=web-1\n"
+    );
+    for (k, v) in fields {
+        e.push_str(&format!("{k}={v}\n"));
+    }
+    e.push('\n');
+    e
+}
+
+/// Appends `export` (journal export format) to the journal file in `dir`.
+fn write_journal(dir: &Path, export: &str) -> anyhow::Result<()> {
+    let mut child = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", dir.join("remote.journal").display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run {JOURNAL_REMOTE} (install systemd-journal-remote): {e}")
+        })?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(export.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// The journal the tests read: nginx's own entries (one two hours old, one holding a secret),
+/// systemd's message about nginx, sshd's entries, and a root process of sshd's naming nginx as
+/// the object of its message (`journalctl --unit nginx.service` returns that one; the agent
+/// must not serve it: it is not nginx's).
+fn fixture() -> anyhow::Result<(Fixture, PathBuf)> {
+    // `[journal] directory` is relative to the agent's configuration; it need not exist when
+    // the agent starts.
+    let f = Fixture::start_with("[journal]\ndirectory = \"journal\"\n")?;
+    let journal = f
+        .cluster
+        .agents
+        .get("web-1")
+        .ok_or_else(|| anyhow::anyhow!("no web-1"))?
+        .dir
+        .join("journal");
+    std::fs::create_dir_all(&journal)?;
+    let now = now_micros();
+    let minute = 60_000_000u128;
+    let mut export = String::new();
+    export.push_str(&entry(
+        now - 120 * minute,
+        1,
+        &[
+            ("_SYSTEMD_UNIT", "nginx.service"),
+            ("_PID", "1234"),
+            ("MESSAGE", "old entry from two hours ago"),
+        ],
+    ));
+    export.push_str(&entry(
+        now - 10 * minute,
+        2,
+        &[
+            ("_SYSTEMD_UNIT", "nginx.service"),
+            ("_PID", "1234"),
+            (
+                "MESSAGE",
+                &format!("GET /login user=alice password={SECRET} status=200"),
+            ),
+        ],
+    ));
+    export.push_str(&entry(
+        now - 9 * minute,
+        3,
+        &[
+            ("_SYSTEMD_UNIT", "sshd.service"),
+            ("_PID", "42"),
+            ("MESSAGE", &format!("Accepted publickey {OTHER_UNIT}")),
+        ],
+    ));
+    export.push_str(&entry(
+        now - 8 * minute,
+        4,
+        &[
+            ("_SYSTEMD_UNIT", "init.scope"),
+            ("_PID", "1"),
+            ("UNIT", "nginx.service"),
+            (
+                "MESSAGE",
+                "Started nginx.service - A high performance web server.",
+            ),
+        ],
+    ));
+    export.push_str(&entry(
+        now - 7 * minute,
+        5,
+        &[
+            ("_SYSTEMD_UNIT", "sshd.service"),
+            ("_PID", "43"),
+            ("_UID", "0"),
+            ("OBJECT_SYSTEMD_UNIT", "nginx.service"),
+            ("MESSAGE", &format!("about nginx, from sshd {OTHER_UNIT}")),
+        ],
+    ));
+    export.push_str(&entry(
+        now - 6 * minute,
+        6,
+        &[
+            ("_SYSTEMD_UNIT", "nginx.service"),
+            ("_PID", "1234"),
+            ("MESSAGE", "GET /health status=200"),
+        ],
+    ));
+    write_journal(&journal, &export)?;
+    // journalctl itself returns the foreign entry for nginx: the agent's own check is what
+    // keeps it out (the test would prove nothing otherwise).
+    let direct = Command::new("journalctl")
+        .args(["--output=cat", "--no-pager", "--unit=nginx.service"])
+        .arg(format!("--directory={}", journal.display()))
+        .output()?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&direct.stdout).contains(OTHER_UNIT),
+        "journalctl --unit did not return the other unit's entry about nginx: {}",
+        String::from_utf8_lossy(&direct.stdout)
+    );
+    Ok((f, journal))
+}
+
+/// Issues `subject` a grant for journal unit `unit` on web-1 (default redaction) and waits
+/// until web-1 holds it.
+fn unit_grant(f: &Fixture, subject: &str, unit: &str) -> anyhow::Result<String> {
+    let out = f.cluster.run_cli(
+        "admin",
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            subject,
+            "--host",
+            "web-1",
+            "--unit",
+            unit,
+            "--ttl",
+            "30m",
+            "--reason",
+            "TEST-13",
+            "--json",
+        ],
+    )?;
+    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    anyhow::ensure!(v["units"] == serde_json::json!([unit]), "{v}");
+    anyhow::ensure!(v["paths"] == serde_json::json!([]), "{v}");
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    f.cluster.wait_for_grant("web-1", &id)?;
+    Ok(id)
+}
+
+fn journal(f: &Fixture, user: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let mut all = vec!["journal"];
+    all.extend_from_slice(args);
+    f.logs(user, &all)
+}
+
+/// Every record web-1 wrote conforms to the official OCSF schema and its catalogue entry.
+fn conformant(f: &Fixture) {
+    let schema = loggate_ocsf_validate::Schema::official().expect("vendored OCSF schema");
+    for r in &f.cluster.agent_audit_raw("web-1") {
+        assert_eq!(
+            loggate_core::audit::ocsf::catalogue_problems(r),
+            Vec::<String>::new(),
+            "{r}"
+        );
+        let report = schema.validate(r);
+        assert!(report.is_conformant(), "{report}\n{r}");
+    }
+}
+
+#[test]
+fn journal_read_serves_the_granted_units_entries_redacted_and_no_other_units() -> anyhow::Result<()>
+{
+    let (f, _dir) = fixture()?;
+    let id = unit_grant(&f, "alice", "nginx.service")?;
+    let out = journal(&f, "alice", &["--unit", "nginx.service"])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        lines[0].ends_with(" web-1 nginx.service[1234]: old entry from two hours ago"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains(" web-1 nginx.service[1234]: GET /login user=alice password="),
+        "{stdout}"
+    );
+    assert!(
+        lines[2]
+            .ends_with(" web-1 systemd[1]: Started nginx.service - A high performance web server."),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].ends_with(" web-1 nginx.service[1234]: GET /health status=200"),
+        "{stdout}"
+    );
+    // An RFC 3339 UTC time with microseconds first.
+    let stamp = lines[0].split(' ').next().unwrap_or_default();
+    assert!(
+        stamp.len() == 27 && stamp.ends_with('Z') && stamp.as_bytes()[19] == b'.',
+        "{stamp}"
+    );
+    assert!(!stdout.contains(SECRET), "the secret was served: {stdout}");
+    assert!(
+        !stdout.contains(OTHER_UNIT),
+        "another unit's entry was served: {stdout}"
+    );
+
+    let allowed = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed" && e["path"] == "journal:nginx.service"
+        })?;
+    assert_eq!(allowed["grant_id"], id.as_str());
+    assert_eq!(allowed["mode"], "journal");
+    assert_eq!(allowed["subject"], "spiffe://loggate.local/user/alice");
+    let finished = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
+        })?;
+    assert_eq!(finished["end_reason"], "eof", "{finished}");
+    assert_eq!(finished["bytes"], stdout.len() as u64, "{finished}");
+    assert!(
+        finished["redactions"]
+            .as_object()
+            .is_some_and(|r| !r.is_empty()),
+        "{finished}"
+    );
+
+    // --since: the two-hour-old entry is left out; --grep: on the redacted line.
+    let out = journal(&f, "alice", &["--unit", "nginx.service", "--since", "1h"])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    assert!(!stdout.contains("two hours ago"), "{stdout}");
+    let out = journal(
+        &f,
+        "alice",
+        &["--unit", "nginx.service", "--grep", "status=200"],
+    )?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    let out = journal(&f, "alice", &["--unit", "nginx.service", "--grep", SECRET])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert_eq!(text(&out).0, "", "a redacted value was found by grep");
+
+    // A unit alice holds no grant for: refused and audited.
+    let out = journal(&f, "alice", &["--unit", "sshd.service"])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("not the journal of sshd.service"),
+        "{stderr}"
+    );
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["path"] == "journal:sshd.service"
+        })?;
+    assert_eq!(denied["reason_code"], "unit_not_covered");
+    conformant(&f);
+    Ok(())
+}
+
+#[test]
+fn a_file_grant_does_not_open_the_journal_and_a_unit_grant_opens_no_file() -> anyhow::Result<()> {
+    let (f, _dir) = fixture()?;
+    // alice: a grant for every file under the root; bob: for nginx's journal only.
+    f.grant("alice", "30m")?;
+    unit_grant(&f, "bob", "nginx.service")?;
+    let out = journal(&f, "alice", &["--unit", "nginx.service"])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("no journal unit (it is a grant for files)"),
+        "{stderr}"
+    );
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["path"] == "journal:nginx.service"
+        })?;
+    assert_eq!(denied["reason_code"], "unit_not_covered");
+    assert_eq!(denied["subject"], "spiffe://loggate.local/user/alice");
+
+    let out = f.logs("bob", &["cat", &f.api_log()])?;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let denied = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["subject"] == "spiffe://loggate.local/user/bob"
+        })?;
+    assert_eq!(denied["reason_code"], "path_not_covered");
+    // Nor does a listing show bob a file.
+    let out = f.logs("bob", &["ls"])?;
+    assert!(text(&out).0.is_empty(), "{}", text(&out).0);
+    assert!(
+        !f.cluster
+            .agent_audit("web-1")
+            .iter()
+            .any(|e| e["event"] == "read.allowed"
+                && e["subject"] == "spiffe://loggate.local/user/bob")
+    );
+    Ok(())
+}
+
+/// The CLI refuses a glob, and so does the agent itself when a client sends one: journalctl's
+/// `--unit` would take it as a pattern over every unit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::Result<()> {
+    let (f, _dir) = tokio::task::spawn_blocking(fixture).await??;
+    let f = tokio::task::spawn_blocking(move || -> anyhow::Result<Fixture> {
+        unit_grant(&f, "alice", "nginx.service")?;
+        let out = journal(&f, "alice", &["--unit", "*"])?;
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out).1);
+        assert!(text(&out).1.contains("glob character"), "{}", text(&out).1);
+        Ok(f)
+    })
+    .await??;
+    let pki = f.cluster.dir.join("pki");
+    let files = loggate_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("users/alice.crt"),
+        key: pki.join("users/alice.key"),
+    };
+    let channel = files
+        .endpoint(
+            &f.cluster.agent_addr("web-1"),
+            loggate_core::tls::Server::Agent("web-1"),
+        )?
+        .connect()
+        .await?;
+    let mut client = loggate_proto::agent_client::AgentClient::new(channel);
+    for unit in [
+        "*",
+        "nginx*",
+        "ngin?.service",
+        "[n]ginx.service",
+        "--directory=/",
+        "nginx",
+    ] {
+        let refused = client
+            .read_journal(loggate_proto::ReadJournalRequest {
+                unit: unit.to_string(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{unit}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("is not a systemd unit name"),
+            "{refused:?}"
+        );
+    }
+    let f = tokio::task::spawn_blocking(move || f).await?;
+    let denials: Vec<_> = f
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "read.denied" && e["reason_code"] == "unit_invalid")
+        .collect();
+    assert_eq!(denials.len(), 6, "{denials:?}");
+    assert!(!f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .any(|e| e["event"] == "read.allowed"));
+    Ok(())
+}
+
+/// The `journalctl` processes reading `dir` now.
+fn journalctl_reading(dir: &Path) -> Vec<u32> {
+    let wanted = format!("--directory={}", dir.display());
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|a| a == wanted.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<()> {
+    let (f, dir) = fixture()?;
+    let id = unit_grant(&f, "alice", "nginx.service")?;
+    let mut child = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["journal", "--unit", "nginx.service", "--follow"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let allowed = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed" && e["path"] == "journal:nginx.service"
+        })?;
+    assert_eq!(allowed["mode"], "journal_follow");
+    // New entries arrive while following (only new ones: no --since), the other unit's not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journalctl_reading(&dir).is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "no journalctl started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let now = now_micros();
+    write_journal(
+        &dir,
+        &(entry(
+            now,
+            100,
+            &[
+                ("_SYSTEMD_UNIT", "sshd.service"),
+                ("_PID", "42"),
+                ("MESSAGE", OTHER_UNIT),
+            ],
+        ) + &entry(
+            now + 1,
+            101,
+            &[
+                ("_SYSTEMD_UNIT", "nginx.service"),
+                ("_PID", "1234"),
+                ("MESSAGE", &format!("live password={SECRET}")),
+            ],
+        )),
+    )?;
+    let line = rx.recv_timeout(Duration::from_secs(10))?;
+    assert!(
+        line.contains(" web-1 nginx.service[1234]: live password="),
+        "{line}"
+    );
+    assert!(
+        !line.contains(SECRET) && !line.contains(OTHER_UNIT),
+        "{line}"
+    );
+
+    let out = f.cluster.run_cli(
+        "admin",
+        &["grant", "revoke", &id, "--reason", "incident closed"],
+    )?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let revoked = Instant::now();
+    while child.try_wait()?.is_none() {
+        if revoked.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            anyhow::bail!("the journal stream was not cut within 5 s of the revocation");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = revoked.elapsed();
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("grant {id} was revoked")),
+        "{stderr}"
+    );
+    assert!(took <= Duration::from_secs(2), "cut after {took:?}");
+    let finished = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
+        })?;
+    assert_eq!(finished["end_reason"], "grant_revoked", "{finished}");
+    // The agent's journalctl is gone with the stream.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !journalctl_reading(&dir).is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "journalctl still runs after the stream ended: {:?}",
+            journalctl_reading(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    conformant(&f);
+    Ok(())
+}
+
+/// The request path: a role's `units` decide which units may be asked for (`grant request
+/// --unit`); the grant names them and no path, the agent installs it (its `grant.received`
+/// names `journal:<unit>`), and a unit or a path the role does not list is refused.
+#[test]
+fn a_request_for_a_unit_is_granted_only_under_a_role_listing_it() -> anyhow::Result<()> {
+    let f = Fixture::start_with_policy(
+        r#"
+[[roles]]
+name = "web-journal"
+users = ["alice"]
+hosts = ["web-1"]
+units = ["nginx.service", "app-*.service"]
+max_ttl = "1h"
+approval = "auto"
+"#,
+    )?;
+    let request = |args: &[&str]| {
+        let mut all = vec![
+            "grant", "request", "--host", "web-1", "--ttl", "10m", "--reason", "INC-13", "--json",
+        ];
+        all.extend_from_slice(args);
+        f.cluster.run_cli("alice", &all)
+    };
+    let out = request(&["--unit", "nginx.service", "--unit", "app-web.service"])?;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["state"], "approved", "{r}");
+    assert_eq!(r["role"], "web-journal");
+    assert_eq!(
+        r["units"],
+        serde_json::json!(["nginx.service", "app-web.service"])
+    );
+    assert_eq!(
+        r["grant"]["units"],
+        serde_json::json!(["nginx.service", "app-web.service"])
+    );
+    assert_eq!(r["grant"]["paths"], serde_json::json!([]));
+    let id = r["grant_id"].as_str().unwrap_or_default().to_string();
+    f.cluster.wait_for_grant("web-1", &id)?;
+    let received = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "grant.received" && e["grant_id"] == id.as_str()
+        })?;
+    assert_eq!(
+        received["paths"],
+        serde_json::json!(["journal:nginx.service", "journal:app-web.service"])
+    );
+    // The grant opens no file.
+    let out = f.logs("alice", &["cat", &f.api_log()])?;
+    assert_eq!(out.status.code(), Some(3), "{:?}", text(&out));
+
+    for (args, says) in [
+        (
+            &["--unit", "sshd.service"][..],
+            "does not cover journal unit sshd.service",
+        ),
+        (
+            &["--path", "/var/log/syslog"][..],
+            "does not cover path /var/log/syslog",
+        ),
+    ] {
+        let out = request(args)?;
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {:?}", text(&out));
+        assert!(text(&out).1.contains(says), "{args:?}: {}", text(&out).1);
+    }
+    let out = request(&["--unit", "nginx*"])?;
+    assert!(!out.status.success(), "{:?}", text(&out));
+    assert!(text(&out).1.contains("glob character"), "{}", text(&out).1);
+    let refused: Vec<_> = f
+        .cluster
+        .controller_events()
+        .into_iter()
+        .filter(|e| e["event"] == "access.request_refused")
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["paths"] == serde_json::json!(["journal:sshd.service"])),
+        "{refused:?}"
+    );
+    let schema = loggate_ocsf_validate::Schema::official().expect("vendored OCSF schema");
+    for r in f
+        .cluster
+        .controller_audit_raw()
+        .iter()
+        .chain(&f.cluster.agent_audit_raw("web-1"))
+    {
+        let report = schema.validate(r);
+        assert!(report.is_conformant(), "{report}\n{r}");
+    }
+    Ok(())
+}
+
+/// Waits until no `journalctl` reads `dir`; fails after 5 s naming the ones left.
+fn no_journalctl_reading(dir: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !journalctl_reading(dir).is_empty() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "journalctl still runs after its stream ended: {:?}",
+            journalctl_reading(dir)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A following read whose client goes away, and one whose agent stops: each stream ends
+/// (`client_closed`, `agent_stopping`, audited) and its `journalctl` with it.
+#[test]
+fn the_journalctl_of_a_follow_ends_when_the_client_leaves_or_the_agent_stops() -> anyhow::Result<()>
+{
+    let (mut f, dir) = fixture()?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    let follow = |f: &Fixture| {
+        f.cluster
+            .logs_cmd(
+                "alice",
+                "web-1",
+                &["journal", "--unit", "nginx.service", "--follow"],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    let started = |f: &Fixture, n: usize| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f
+            .cluster
+            .agent_audit("web-1")
+            .iter()
+            .filter(|e| e["event"] == "read.allowed" && e["mode"] == "journal_follow")
+            .count()
+            < n
+            || journalctl_reading(&dir).is_empty()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "the follow did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    let mut client = follow(&f)?;
+    started(&f, 1)?;
+    client.kill()?;
+    client.wait()?;
+    no_journalctl_reading(&dir)?;
+    let end = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
+        })?;
+    assert_eq!(end["end_reason"], "client_closed", "{end}");
+
+    let mut client = follow(&f)?;
+    started(&f, 2)?;
+    f.cluster.stop_agent("web-1");
+    no_journalctl_reading(&dir)?;
+    let _ = client.wait()?;
+    let ends: Vec<_> = f
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "read.finished" && e["path"] == "journal:nginx.service")
+        .map(|e| e["end_reason"].clone())
+        .collect();
+    assert_eq!(ends, ["client_closed", "agent_stopping"], "{ends:?}");
+    Ok(())
+}
