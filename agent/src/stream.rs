@@ -915,9 +915,7 @@ fn pump_compressed(
     let file = plan.file.try_clone().map_err(read_error)?;
     let mut decoder =
         decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
-    let redacting = !matches!(plan.profile, Profile::Raw);
-    let whole_chunks = !redacting && plan.selector.passes_everything();
-    let per_line_checks = !plan.selector.passes_everything();
+    let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -948,45 +946,94 @@ fn pump_compressed(
             }
         };
         if n == 0 {
-            let mut out = Vec::new();
-            pipeline.finish(&mut |line| selector.keep(line), &mut out);
-            if !out.is_empty() {
-                sink.send(out)?;
-            }
-            return Ok(());
+            return serve_rest(pipeline, selector, sink);
         }
-        let data = &buf[..n];
-        if whole_chunks {
-            sink.send(data.to_vec())?;
-            continue;
-        }
-        let mut out = Vec::with_capacity(n + n / 8);
-        if per_line_checks {
-            let mut stop = None;
-            let mut keep = |line: &[u8]| {
-                let go_on = stop.is_none() && {
-                    let checked = sink.check().and_then(|()| selector.budget_left());
-                    stop = checked.err();
-                    stop.is_none()
-                };
-                go_on && selector.keep(line)
-            };
-            pipeline.push(data, &mut keep, &mut out);
-            match stop {
-                Some(EndReason::BudgetExceeded) => {
-                    sink.fail(Status::aborted(budget_message(selector, &plan.agent)));
-                    return Err(EndReason::BudgetExceeded);
-                }
-                Some(reason) => return Err(reason),
-                None => {}
-            }
-        } else {
-            pipeline.push(data, &mut |_| true, &mut out);
-        }
-        if !out.is_empty() {
-            sink.send(out)?;
+        serve_block(&buf[..n], &mode, pipeline, selector, sink)?;
+    }
+}
+
+/// How a stream turns what it reads into messages (the same for plain and compressed files).
+struct Mode<'a> {
+    /// `raw` without line selection: whole chunks are sent as read.
+    whole_chunks: bool,
+    /// A grep or a time range: the grant, the client and the grep budget are looked at
+    /// between lines, not only per chunk.
+    per_line_checks: bool,
+    /// The agent's id, for the message of a cut grep.
+    agent: &'a str,
+}
+
+impl<'a> Mode<'a> {
+    fn of(profile: &Profile, selector: &LineSelector, agent: &'a str) -> Self {
+        let redacting = !matches!(profile, Profile::Raw);
+        Mode {
+            whole_chunks: !redacting && selector.passes_everything(),
+            per_line_checks: !selector.passes_everything(),
+            agent,
         }
     }
+}
+
+/// Serves one block of content read from the file (or its decoder): as it is, or through the
+/// redaction pipeline and the line selector, as one message.
+fn serve_block(
+    data: &[u8],
+    mode: &Mode<'_>,
+    pipeline: &mut Pipeline,
+    selector: &mut LineSelector,
+    sink: &mut dyn ChunkSink,
+) -> Result<(), EndReason> {
+    if mode.whole_chunks {
+        return sink.send(data.to_vec());
+    }
+    sink.check()?;
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+    if mode.per_line_checks {
+        // Between two lines: the client, the grant and the grep budget are looked at, so
+        // that a chunk of slow-to-match lines that yields nothing still ends within a
+        // line's time.
+        let mut stop = None;
+        let mut keep = |line: &[u8]| {
+            let go_on = stop.is_none() && {
+                let checked = sink.check().and_then(|()| selector.budget_left());
+                stop = checked.err();
+                stop.is_none()
+            };
+            go_on && selector.keep(line)
+        };
+        pipeline.push(data, &mut keep, &mut out);
+        match stop {
+            Some(EndReason::BudgetExceeded) => {
+                sink.fail(Status::aborted(budget_message(selector, mode.agent)));
+                return Err(EndReason::BudgetExceeded);
+            }
+            Some(reason) => return Err(reason),
+            None => {}
+        }
+    } else {
+        // Every line passes: redaction's time per chunk is linear in its size, so a check
+        // per chunk keeps the cut prompt.
+        pipeline.push(data, &mut |_| true, &mut out);
+    }
+    if !out.is_empty() {
+        sink.send(out)?;
+    }
+    Ok(())
+}
+
+/// At the end of what is served: the pipeline's carried line (a last line without a newline),
+/// through the selector, as a last message.
+fn serve_rest(
+    pipeline: &mut Pipeline,
+    selector: &mut LineSelector,
+    sink: &mut dyn ChunkSink,
+) -> Result<(), EndReason> {
+    let mut out = Vec::new();
+    pipeline.finish(&mut |line| selector.keep(line), &mut out);
+    if !out.is_empty() {
+        sink.send(out)?;
+    }
+    Ok(())
 }
 
 /// Bytes before the read position kept to recognise the file at the next read (see
@@ -1046,11 +1093,9 @@ fn pump(
     sink: &mut dyn ChunkSink,
 ) -> Result<(), EndReason> {
     let io = read_error;
-    let redacting = !matches!(plan.profile, Profile::Raw);
     let mut pos = plan.file.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut buf = vec![0u8; CHUNK];
-    let whole_chunks = !redacting && plan.selector.passes_everything();
-    let per_line_checks = !plan.selector.passes_everything();
+    let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
     let mut watch = plan.watch.take();
     // The file that replaced ours, found while idle, and when to switch to it: once ours has
@@ -1072,17 +1117,12 @@ fn pump(
             behind.clear();
             if !plan.follow {
                 // A `cat` ends with the whole lines it served, as at a shrunk end of file.
-                let mut out = Vec::new();
-                pipeline.finish(&mut |line| selector.keep(line), &mut out);
-                if !out.is_empty() {
-                    sink.send(out)?;
-                }
-                return Ok(());
+                return serve_rest(pipeline, selector, sink);
             }
             // Following: start again from the beginning, where every marker is seen.
             pos = plan.file.seek(SeekFrom::Start(0)).map_err(io)?;
             let mut notice = Vec::new();
-            if whole_chunks && !ends_line {
+            if mode.whole_chunks && !ends_line {
                 notice.push(b'\n');
             }
             ends_line = true;
@@ -1102,12 +1142,7 @@ fn pump(
                 if plan.file.metadata().map_err(io)?.len() < pos {
                     pipeline.abandon_partial_line();
                 }
-                let mut out = Vec::new();
-                pipeline.finish(&mut |line| selector.keep(line), &mut out);
-                if !out.is_empty() {
-                    sink.send(out)?;
-                }
-                return Ok(());
+                return serve_rest(pipeline, selector, sink);
             }
             // A copytruncate rotation that left the file shorter than our position is seen at
             // the top of the loop ([`rewritten`]): an unfinished line is dropped, and a
@@ -1119,7 +1154,7 @@ fn pump(
                 // its writers have moved on. An unfinished last line is dropped, not served: it
                 // may be half a secret. A private-key block still open stays open (fail closed).
                 pipeline.abandon_partial_line();
-                if whole_chunks && !ends_line {
+                if mode.whole_chunks && !ends_line {
                     sink.send(b"\n".to_vec())?;
                     ends_line = true;
                 }
@@ -1156,43 +1191,10 @@ fn pump(
         pos += n as u64;
         let data = &buf[..n];
         remember_behind(&mut behind, data);
-        if whole_chunks {
+        if mode.whole_chunks {
             ends_line = data.last() == Some(&b'\n');
-            sink.send(data.to_vec())?;
-            continue;
         }
-        sink.check()?;
-        let mut out = Vec::with_capacity(n + n / 8);
-        if per_line_checks {
-            // Between two lines: the client, the grant and the grep budget are looked at, so
-            // that a chunk of slow-to-match lines that yields nothing still ends within a
-            // line's time.
-            let mut stop = None;
-            let mut keep = |line: &[u8]| {
-                let go_on = stop.is_none() && {
-                    let checked = sink.check().and_then(|()| selector.budget_left());
-                    stop = checked.err();
-                    stop.is_none()
-                };
-                go_on && selector.keep(line)
-            };
-            pipeline.push(data, &mut keep, &mut out);
-            match stop {
-                Some(EndReason::BudgetExceeded) => {
-                    sink.fail(Status::aborted(budget_message(selector, &plan.agent)));
-                    return Err(EndReason::BudgetExceeded);
-                }
-                Some(reason) => return Err(reason),
-                None => {}
-            }
-        } else {
-            // Every line passes: redaction's time per chunk is linear in its size, so a check
-            // per chunk keeps the cut prompt.
-            pipeline.push(data, &mut |_| true, &mut out);
-        }
-        if !out.is_empty() {
-            sink.send(out)?;
-        }
+        serve_block(data, &mode, pipeline, selector, sink)?;
     }
 }
 
