@@ -93,11 +93,13 @@ impl QueueBudget {
     }
 
     /// Bytes of the budget not taken now.
+    #[cfg(test)]
     pub fn available_bytes(&self) -> usize {
         self.units.available_permits().saturating_mul(BUDGET_UNIT)
     }
 
     /// The whole budget in bytes.
+    #[cfg(test)]
     pub fn total_bytes(&self) -> usize {
         usize::try_from(self.total)
             .unwrap_or(usize::MAX)
