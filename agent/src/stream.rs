@@ -1304,6 +1304,9 @@ mod tests {
         last: Option<mpsc::Receiver<Item>>,
         stream: std::thread::JoinHandle<(EndReason, u64)>,
         file: tempfile::NamedTempFile,
+        /// The file's own folder: a following stream wakes on every file created beside its
+        /// own (a rotation's new file), so other tests' files in a shared folder would wake it.
+        _folder: tempfile::TempDir,
         started: Instant,
     }
 
@@ -1325,7 +1328,8 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        let folder = tempfile::tempdir().expect("tempdir");
+        let mut file = tempfile::NamedTempFile::new_in(folder.path()).expect("tempfile");
         file.write_all(content).expect("write");
         let status = Arc::new(FakeStore {
             withdrawn: Mutex::new(None),
@@ -1375,6 +1379,7 @@ mod tests {
             last: Some(last),
             stream,
             file,
+            _folder: folder,
             started: Instant::now(),
         }
     }
