@@ -118,9 +118,15 @@ pub struct Limits {
     pub max_streams_per_subject: usize,
     /// Concurrent streams on this agent, all readers together; one more is refused
     /// (`agent_busy`, retryable, audited) before `read.allowed`. Bounds the agent's memory
-    /// (each stream holds at most `stream::STREAM_BYTES_IN_FLIGHT`, see docs/performance.md)
+    /// (each stream queues one message plus its share of `stream_queue_bytes`, see
+    /// docs/performance.md)
     /// and keeps streams well below the runtime's 512 blocking threads.
     pub max_streams: usize,
+    /// Bytes of read content all streams together may keep queued for their responses beyond
+    /// each stream's one message in flight (`limits::QueueBudget`): one stream alone queues up
+    /// to `stream::CHANNEL_CAPACITY` messages, many streams share this much, and a reader that
+    /// stops reading holds no more than what it had queued. Between 64 KiB and 1 GiB.
+    pub stream_queue_bytes: usize,
     /// HTTP/2 streams one connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`);
     /// a client asking for more waits for one to end. Bounds what one connection can make the
     /// agent hold before any check runs.
@@ -194,6 +200,7 @@ impl Default for Limits {
         Limits {
             max_streams_per_subject: 4,
             max_streams: 64,
+            stream_queue_bytes: 4 << 20,
             max_streams_per_connection: 8,
             max_request_bytes: 64 * 1024,
             max_pattern_bytes: 1024,
@@ -277,6 +284,12 @@ impl RedactionSettings {
     }
 }
 
+/// The least `limits.stream_queue_bytes`: one read of a file.
+const STREAM_QUEUE_FLOOR: usize = 64 * 1024;
+/// The most `limits.stream_queue_bytes`: far above any host's need, and still a bound (a typo
+/// does not remove it).
+const STREAM_QUEUE_CEILING: usize = 1 << 30;
+
 /// The most streams `limits.max_streams` may allow: each live stream holds one of the runtime's
 /// 512 blocking threads, and the audit writer, the file opens and the eBPF loader need some.
 const MAX_STREAMS_CEILING: usize = 256;
@@ -291,6 +304,12 @@ fn check_limits(l: &Limits) -> anyhow::Result<()> {
         bail!(
             "limits: max_streams must be between 1 and {MAX_STREAMS_CEILING} (below the 512 \
              blocking threads that run streams) and max_streams_per_connection ≥ 1"
+        );
+    }
+    if !(STREAM_QUEUE_FLOOR..=STREAM_QUEUE_CEILING).contains(&l.stream_queue_bytes) {
+        bail!(
+            "limits: stream_queue_bytes must be between {STREAM_QUEUE_FLOOR} (64 KiB, one \
+             read) and {STREAM_QUEUE_CEILING} (1 GiB); the default is 4194304 (4 MiB)"
         );
     }
     if l.grep_seconds_per_subject_per_minute == 0 || l.max_grep_streams == Some(0) {
@@ -524,6 +543,25 @@ mod duration_tests {
             toml::from_str::<Limits>("max_decompresed_bytes = 1").is_err(),
             "a typo"
         );
+    }
+
+    #[test]
+    fn a_stream_queue_budget_outside_its_bounds_is_refused_with_the_bounds_named() {
+        for text in [
+            "stream_queue_bytes = 1000",
+            "stream_queue_bytes = 2147483648",
+        ] {
+            let limits: Limits = toml::from_str(text).unwrap();
+            let err = check_limits(&limits).unwrap_err().to_string();
+            assert!(
+                err.contains("stream_queue_bytes must be between 65536")
+                    && err.contains("1073741824"),
+                "{text}: {err}"
+            );
+        }
+        let limits: Limits = toml::from_str("stream_queue_bytes = 65536").unwrap();
+        assert!(check_limits(&limits).is_ok());
+        assert!(toml::from_str::<Limits>("stream_queue_bytes = -1").is_err());
     }
 
     #[test]

@@ -24,6 +24,17 @@ const EXAMPLES: &Examples = &[
         &["LOGGATE_JOIN_TOKEN=lgj_3f9a0c2b7e1d4a5b loggate-agent enrol --controller ctl-1.example.org:7401 --controller ctl-2.example.org:7401 --ca-pin sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 --id web-7"],
     ),
     (
+        "bypass",
+        &["loggate-agent bypass unpin --pin-dir /sys/fs/bpf/loggate"],
+    ),
+    (
+        "bypass unpin",
+        &[
+            "loggate-agent bypass unpin",
+            "loggate-agent bypass unpin --pin-dir /sys/fs/bpf/loggate-staging",
+        ],
+    ),
+    (
         "completions",
         &["loggate-agent completions bash > /etc/bash_completion.d/loggate-agent"],
     ),

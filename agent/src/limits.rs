@@ -13,18 +13,107 @@
 //! Beyond a cap a new read is refused at once (`too_many_streams` for the reader's own cap,
 //! `agent_busy` for the agent's), audited as a denial, instead of queueing silently after
 //! `read.allowed` for one of the blocking threads.
+//!
+//! The bytes streams queue for their responses share one budget ([`QueueBudget`],
+//! `limits.stream_queue_bytes`): a stream may always queue one message (so none is starved,
+//! however many readers have stopped reading), and every further message takes its size from
+//! the budget until the response hands it to the encoder. With 64 streams the queues hold at
+//! most 64 messages plus the budget, not 64 full channels (issue #15: the agent's peak RSS
+//! with 64 readers was 120 MiB, most of it full queues to readers slower than the agent).
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
+
+/// The unit in which [`QueueBudget`] counts bytes: one permit of its semaphore.
+const BUDGET_UNIT: usize = 1024;
+
+/// Bytes of stream content queued in the agent beyond each stream's first message, shared by
+/// all streams: a semaphore of [`BUDGET_UNIT`]s. Fair (first come, first served), so a stream
+/// that waits for budget gets it before a later one; a stream waits on it with its other
+/// events (grant end, client leaving), never by sleeping.
+pub struct QueueBudget {
+    units: Arc<Semaphore>,
+    total: u32,
+}
+
+/// A queued message's share of the [`QueueBudget`], given back on drop (when the response
+/// has taken the message).
+pub struct BudgetShare {
+    _units: OwnedSemaphorePermit,
+}
+
+impl QueueBudget {
+    /// A budget of `bytes` (rounded up to whole [`BUDGET_UNIT`]s, at least one).
+    pub fn new(bytes: usize) -> Self {
+        let total = u32::try_from(bytes.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        QueueBudget {
+            units: Arc::new(Semaphore::new(
+                usize::try_from(total).unwrap_or(Semaphore::MAX_PERMITS),
+            )),
+            total,
+        }
+    }
+
+    /// The units a message of `len` bytes takes; a message larger than the whole budget takes
+    /// all of it (it waits until nothing else is queued, rather than for ever).
+    fn units_for(&self, len: usize) -> u32 {
+        u32::try_from(len.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total)
+    }
+
+    /// A share for a message of `len` bytes if the budget has it now.
+    pub fn try_take(&self, len: usize) -> Option<BudgetShare> {
+        self.units
+            .clone()
+            .try_acquire_many_owned(self.units_for(len))
+            .ok()
+            .map(|units| BudgetShare { _units: units })
+    }
+
+    /// Waits for a share for a message of `len` bytes (in turn: the semaphore is fair).
+    pub async fn take(&self, len: usize) -> BudgetShare {
+        match self
+            .units
+            .clone()
+            .acquire_many_owned(self.units_for(len))
+            .await
+        {
+            Ok(units) => BudgetShare { _units: units },
+            // The semaphore is never closed; were it, waiting for ever is the closed-fail
+            // answer (the stream's other events still end it).
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Bytes of the budget not taken now.
+    #[cfg(test)]
+    pub fn available_bytes(&self) -> usize {
+        self.units.available_permits().saturating_mul(BUDGET_UNIT)
+    }
+
+    /// The whole budget in bytes.
+    #[cfg(test)]
+    pub fn total_bytes(&self) -> usize {
+        usize::try_from(self.total)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(BUDGET_UNIT)
+    }
+}
 
 /// Counts the live streams, agent-wide and per subject.
 pub struct StreamSlots {
     max_streams: usize,
     max_per_subject: usize,
     open: Mutex<Open>,
+    /// What the live streams' queued messages share.
+    queue: Arc<QueueBudget>,
 }
 
 #[derive(Default)]
@@ -49,12 +138,19 @@ pub struct SlotGuard {
 }
 
 impl StreamSlots {
-    pub fn new(max_streams: usize, max_per_subject: usize) -> Self {
+    /// Places for `max_streams` (`max_per_subject` each), whose queues share `queue_bytes`.
+    pub fn new(max_streams: usize, max_per_subject: usize, queue_bytes: usize) -> Self {
         StreamSlots {
             max_streams,
             max_per_subject,
             open: Mutex::new(Open::default()),
+            queue: Arc::new(QueueBudget::new(queue_bytes)),
         }
+    }
+
+    /// The budget the live streams' queued messages share.
+    pub fn queue_budget(&self) -> Arc<QueueBudget> {
+        self.queue.clone()
     }
 
     /// A place for one more stream of `subject`, or why not (the subject's cap is looked at
@@ -132,7 +228,7 @@ mod tests {
 
     #[test]
     fn the_agent_and_each_subject_get_at_most_their_cap_of_streams() {
-        let slots = Arc::new(StreamSlots::new(3, 2));
+        let slots = Arc::new(StreamSlots::new(3, 2, 1 << 20));
         let a1 = slots.take("alice").expect("alice 1");
         let _a2 = slots.take("alice").expect("alice 2");
         assert_eq!(slots.take("alice").err(), Some(SlotRefusal::Subject(2)));
@@ -150,7 +246,7 @@ mod tests {
     /// still held what the client had not read.
     #[test]
     fn a_place_is_held_until_the_response_ends_or_is_dropped() {
-        let slots = Arc::new(StreamSlots::new(8, 8));
+        let slots = Arc::new(StreamSlots::new(8, 8, 1 << 20));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -176,5 +272,34 @@ mod tests {
         );
         drop(never_read);
         assert_eq!(slots.live(), 0, "freed when the body is dropped");
+    }
+
+    #[test]
+    fn the_queue_budget_is_given_in_turn_and_comes_back_when_a_share_is_dropped() {
+        let budget = Arc::new(QueueBudget::new(100 * 1024));
+        assert_eq!(budget.total_bytes(), 100 * 1024);
+        let a = budget.try_take(60 * 1024).expect("room for the first");
+        assert!(budget.try_take(60 * 1024).is_none(), "over the budget");
+        let small = budget.try_take(1).expect("one unit left over");
+        assert_eq!(budget.available_bytes(), 39 * 1024);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let waiting = {
+            let budget = budget.clone();
+            rt.spawn(async move { budget.take(60 * 1024).await })
+        };
+        rt.block_on(tokio::task::yield_now());
+        assert!(!waiting.is_finished(), "waits while the budget is short");
+        drop(a);
+        let b = rt
+            .block_on(waiting)
+            .expect("given once the first share is back");
+        drop((b, small));
+        assert_eq!(budget.available_bytes(), 100 * 1024, "everything came back");
+        // A message larger than the whole budget takes all of it, not never.
+        let huge = budget.try_take(1 << 30).expect("the whole budget");
+        assert_eq!(budget.available_bytes(), 0);
+        drop(huge);
     }
 }

@@ -284,6 +284,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         slots: Arc::new(limits::StreamSlots::new(
             config.limits.max_streams,
             config.limits.max_streams_per_subject,
+            config.limits.stream_queue_bytes,
         )),
         stopping: tokio::sync::watch::Sender::new(false),
         grep: stream::GrepLimits::new(

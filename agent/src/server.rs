@@ -758,7 +758,7 @@ impl Agent for AgentService {
                 path: path.clone(),
             })),
         };
-        let _ = tx.try_send(Ok(opening));
+        let _ = tx.try_send(stream::Queued::unbudgeted(Ok(opening)));
         let follow = req.follow && mode == pb::ReadMode::Tail;
         let reopen = follow.then(|| {
             rotation_follower(
@@ -807,7 +807,8 @@ impl Agent for AgentService {
         let subject = reader.spiffe_id().to_string();
         let key_sha256 = reader.key_sha256_hex();
         let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
-            .stopping_on(self.shared.stopping.subscribe());
+            .stopping_on(self.shared.stopping.subscribe())
+            .sharing(self.shared.slots.queue_budget());
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let metrics = loggate_core::metrics::agent();
@@ -851,8 +852,11 @@ impl Agent for AgentService {
                 tracing::error!("audit write failed at stream end: {e:#}");
             }
         });
-        // All data first, then the final status (if the stream was cut or failed).
-        let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
+        // All data first, then the final status (if the stream was cut or failed). A message's
+        // share of the queue budget is given back as the encoder takes it.
+        let response = ReceiverStream::new(rx)
+            .map(stream::Queued::into_item)
+            .chain(ReceiverStream::new(last_rx));
         Ok(Response::new(Box::pin(Held::new(response, slot))))
     }
 

@@ -24,6 +24,7 @@
 
 use crate::follow::{Changes, FileWatch};
 use crate::gate::{Profile, Withdrawal};
+use crate::limits::{BudgetShare, QueueBudget};
 use loggate_core::grant::{rough_duration, unix_now};
 use loggate_core::timestamp::line_timestamp_ms;
 use loggate_proto as pb;
@@ -43,8 +44,10 @@ use tonic::Status;
 
 /// Bytes read from a file at a time.
 pub const CHUNK: usize = 64 * 1024;
-/// Chunks queued for the gRPC response per stream: with [`CHUNK`], at most 512 KiB of a
-/// stream's content waits in the agent (memory stays bounded with 64 streams).
+/// Messages queued for the gRPC response per stream. Beyond the first, each takes its size
+/// from the agent's shared [`QueueBudget`] (`limits.stream_queue_bytes`): one stream alone may
+/// queue this many chunks (its throughput), 64 streams together no more than the budget plus
+/// one message each (the agent's memory).
 pub const CHANNEL_CAPACITY: usize = 8;
 /// A stream that found the channel full sleeps until this many places are free, so that it
 /// wakes once per few chunks the client takes, not once per chunk.
@@ -70,6 +73,26 @@ const LOOK_FOR_REPLACEMENT: Duration = Duration::from_secs(1);
 pub type Reopen = Box<dyn FnMut(&File) -> Result<Option<File>, EndReason> + Send>;
 
 pub type Item = Result<pb::ReadLogChunk, Status>;
+
+/// One message in a stream's queue to its response, with the share of the agent's
+/// [`QueueBudget`] it holds (none for the first message queued, see [`ChannelSink`]); the share
+/// is given back when the response takes the message ([`Queued::into_item`]).
+pub struct Queued {
+    item: Item,
+    share: Option<BudgetShare>,
+}
+
+impl Queued {
+    /// A message that holds no share of the budget (the stream's opening message).
+    pub fn unbudgeted(item: Item) -> Self {
+        Queued { item, share: None }
+    }
+
+    /// The message, its share of the budget given back.
+    pub fn into_item(self) -> Item {
+        self.item
+    }
+}
 
 /// Why a stream ended (`end_reason` in the `read.finished` audit event).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -488,11 +511,20 @@ pub trait ChunkSink {
 /// capacity 1 for the final status (`last`, read by the response after all data: a cut always
 /// has room, however full the data channel is, so it is never mistaken for an end).
 ///
+/// Memory: a message goes into an empty channel freely, so every stream always progresses
+/// whatever the others hold; a message queued behind others takes its size from the agent's
+/// [`QueueBudget`] (when one is set, [`ChannelSink::sharing`]), waiting for it with the
+/// stream's other events. A stream whose channel is full waits for room, not for budget, so a
+/// reader that stops reading holds only what is already queued.
+///
 /// Its waits run on the blocking thread through the runtime's handle (`Handle::block_on`, which
 /// drives timers and I/O on a multi-thread runtime), so the read-and-redact loop stays off the
 /// async workers while it sleeps on events like any task.
 pub struct ChannelSink {
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::Sender<Queued>,
+    /// What queued messages beyond the first take their size from (`None`: the channel's
+    /// capacity alone bounds the queue).
+    budget: Option<Arc<QueueBudget>>,
     last: mpsc::Sender<Item>,
     watch: GrantWatch,
     withdrawals: watch::Receiver<u64>,
@@ -525,7 +557,7 @@ impl ChannelSink {
     /// Subscribes to the store's changes before the first look at the grant, so that no
     /// withdrawal falls between the gate's decision and the stream's watch.
     pub fn new(
-        tx: mpsc::Sender<Item>,
+        tx: mpsc::Sender<Queued>,
         last: mpsc::Sender<Item>,
         watch: GrantWatch,
         runtime: tokio::runtime::Handle,
@@ -533,6 +565,7 @@ impl ChannelSink {
         ChannelSink {
             withdrawals: watch.grants.subscribe(),
             tx,
+            budget: None,
             last,
             watch,
             look_up: true,
@@ -548,6 +581,13 @@ impl ChannelSink {
     /// sink's receiver is dropped, that is until every stream has written its `read.finished`.
     pub fn stopping_on(mut self, stop: watch::Receiver<bool>) -> Self {
         self.stop = stop;
+        self
+    }
+
+    /// Messages queued behind the stream's first take their size from `budget` (see
+    /// [`ChannelSink`]).
+    pub fn sharing(mut self, budget: Arc<QueueBudget>) -> Self {
+        self.budget = Some(budget);
         self
     }
 
@@ -596,21 +636,43 @@ impl ChunkSink for ChannelSink {
 
     fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason> {
         self.check()?;
-        let len = data.len() as u64;
-        let mut item = Ok(pb::ReadLogChunk {
+        let len = data.len();
+        let mut queued = Queued::unbudgeted(Ok(pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Data(data)),
-        });
+        }));
         loop {
-            match self.tx.try_send(item) {
-                Ok(()) => break,
-                Err(TrySendError::Closed(_)) => return Err(EndReason::ClientClosed),
-                Err(TrySendError::Full(back)) => item = back,
+            let capacity = self.tx.capacity();
+            let empty = capacity == self.tx.max_capacity();
+            if queued.share.is_none() && !empty {
+                if let Some(budget) = &self.budget {
+                    queued.share = budget.try_take(len);
+                }
             }
-            // Full: sleep until there is room for a few chunks (the permits are given back at
-            // once: this stream is the channel's only sender, so the next `try_send` finds
-            // room), the grant may have ended, or the client left (`reserve_many` fails).
+            // Whether the message may go now: into an empty channel, or with its share.
+            let may_go = empty || queued.share.is_some() || self.budget.is_none();
+            if may_go && capacity > 0 {
+                match self.tx.try_send(queued) {
+                    Ok(()) => break,
+                    Err(TrySendError::Closed(_)) => return Err(EndReason::ClientClosed),
+                    Err(TrySendError::Full(back)) => queued = back,
+                }
+            }
+            // Sleep until the message may go, the grant may have ended, or the client left
+            // (`reserve_many` fails). Full: until there is room for a few messages (so the
+            // stream wakes once per few the client takes; the permits are given back at once:
+            // this stream is the channel's only sender, so the next `try_send` finds room).
+            // Room but no budget: until a share is free or the channel has emptied.
             self.waits += 1;
             let limit = self.sleep_limit();
+            let room = if capacity == 0 || queued.share.is_some() {
+                ROOM_TO_RESUME.min(self.tx.max_capacity())
+            } else {
+                self.tx.max_capacity()
+            };
+            let budget = self
+                .budget
+                .clone()
+                .filter(|_| capacity > 0 && queued.share.is_none());
             let ChannelSink {
                 tx,
                 withdrawals,
@@ -618,9 +680,20 @@ impl ChunkSink for ChannelSink {
                 stop,
                 ..
             } = self;
+            let share = &mut queued.share;
             let gone = runtime.block_on(async {
+                let budget_free = async {
+                    match &budget {
+                        Some(budget) => budget.take(len).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    permits = tx.reserve_many(ROOM_TO_RESUME.min(tx.max_capacity())) => permits.is_err(),
+                    permits = tx.reserve_many(room) => permits.is_err(),
+                    taken = budget_free => {
+                        *share = Some(taken);
+                        false
+                    }
                     () = notified(withdrawals) => false,
                     () = stopped(stop) => false,
                     () = tokio::time::sleep(limit) => false,
@@ -632,7 +705,7 @@ impl ChunkSink for ChannelSink {
             self.look_up = true;
             self.check()?;
         }
-        self.bytes += len;
+        self.bytes += len as u64;
         Ok(())
     }
 
@@ -873,9 +946,7 @@ fn pump_compressed(
     let file = from_start(&plan.file).map_err(read_error)?;
     let mut decoder =
         decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
-    let redacting = !matches!(plan.profile, Profile::Raw);
-    let whole_chunks = !redacting && plan.selector.passes_everything();
-    let per_line_checks = !plan.selector.passes_everything();
+    let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -909,42 +980,30 @@ fn pump_compressed(
             }
         }
         if n == 0 {
-            let mut out = Vec::new();
-            pipeline.finish(&mut |line| selector.keep(line), &mut out);
-            if !out.is_empty() {
-                sink.send(out)?;
-            }
-            return Ok(());
+            return serve_rest(pipeline, selector, sink);
         }
-        if whole_chunks {
-            sink.send(data.to_vec())?;
-            continue;
-        }
-        let mut out = Vec::with_capacity(n + n / 8);
-        if per_line_checks {
-            let mut stop = None;
-            let mut keep = |line: &[u8]| {
-                let go_on = stop.is_none() && {
-                    let checked = sink.check().and_then(|()| selector.budget_left());
-                    stop = checked.err();
-                    stop.is_none()
-                };
-                go_on && selector.keep(line)
-            };
-            pipeline.push(data, &mut keep, &mut out);
-            match stop {
-                Some(EndReason::BudgetExceeded) => {
-                    sink.fail(Status::aborted(budget_message(selector, &plan.agent)));
-                    return Err(EndReason::BudgetExceeded);
-                }
-                Some(reason) => return Err(reason),
-                None => {}
-            }
-        } else {
-            pipeline.push(data, &mut |_| true, &mut out);
-        }
-        if !out.is_empty() {
-            sink.send(out)?;
+        serve_block(data, &mode, pipeline, selector, sink)?;
+    }
+}
+
+/// How a stream turns what it reads into messages (the same for plain and compressed files).
+struct Mode<'a> {
+    /// `raw` without line selection: whole chunks are sent as read.
+    whole_chunks: bool,
+    /// A grep or a time range: the grant, the client and the grep budget are looked at
+    /// between lines, not only per chunk.
+    per_line_checks: bool,
+    /// The agent's id, for the message of a cut grep.
+    agent: &'a str,
+}
+
+impl<'a> Mode<'a> {
+    fn of(profile: &Profile, selector: &LineSelector, agent: &'a str) -> Self {
+        let redacting = !matches!(profile, Profile::Raw);
+        Mode {
+            whole_chunks: !redacting && selector.passes_everything(),
+            per_line_checks: !selector.passes_everything(),
+            agent,
         }
     }
 }
@@ -986,6 +1045,68 @@ fn prime_skipped(pipeline: &mut Pipeline, part: &mut Vec<u8>, skipped: &[u8]) {
 
 /// The longest unfinished line [`prime_skipped`] keeps.
 const PRIME_PART_MAX: usize = 1 << 20;
+
+/// Serves one block of content read from the file (or its decoder): as it is, or through the
+/// redaction pipeline and the line selector, as one message.
+fn serve_block(
+    data: &[u8],
+    mode: &Mode<'_>,
+    pipeline: &mut Pipeline,
+    selector: &mut LineSelector,
+    sink: &mut dyn ChunkSink,
+) -> Result<(), EndReason> {
+    if mode.whole_chunks {
+        return sink.send(data.to_vec());
+    }
+    sink.check()?;
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+    if mode.per_line_checks {
+        // Between two lines: the client, the grant and the grep budget are looked at, so
+        // that a chunk of slow-to-match lines that yields nothing still ends within a
+        // line's time.
+        let mut stop = None;
+        let mut keep = |line: &[u8]| {
+            let go_on = stop.is_none() && {
+                let checked = sink.check().and_then(|()| selector.budget_left());
+                stop = checked.err();
+                stop.is_none()
+            };
+            go_on && selector.keep(line)
+        };
+        pipeline.push(data, &mut keep, &mut out);
+        match stop {
+            Some(EndReason::BudgetExceeded) => {
+                sink.fail(Status::aborted(budget_message(selector, mode.agent)));
+                return Err(EndReason::BudgetExceeded);
+            }
+            Some(reason) => return Err(reason),
+            None => {}
+        }
+    } else {
+        // Every line passes: redaction's time per chunk is linear in its size, so a check
+        // per chunk keeps the cut prompt.
+        pipeline.push(data, &mut |_| true, &mut out);
+    }
+    if !out.is_empty() {
+        sink.send(out)?;
+    }
+    Ok(())
+}
+
+/// At the end of what is served: the pipeline's carried line (a last line without a newline),
+/// through the selector, as a last message.
+fn serve_rest(
+    pipeline: &mut Pipeline,
+    selector: &mut LineSelector,
+    sink: &mut dyn ChunkSink,
+) -> Result<(), EndReason> {
+    let mut out = Vec::new();
+    pipeline.finish(&mut |line| selector.keep(line), &mut out);
+    if !out.is_empty() {
+        sink.send(out)?;
+    }
+    Ok(())
+}
 
 /// Bytes before the read position kept to recognise the file at the next read (see
 /// [`rewritten`]).
@@ -1044,11 +1165,9 @@ fn pump(
     sink: &mut dyn ChunkSink,
 ) -> Result<(), EndReason> {
     let io = read_error;
-    let redacting = !matches!(plan.profile, Profile::Raw);
     let mut pos = plan.file.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut buf = vec![0u8; CHUNK];
-    let whole_chunks = !redacting && plan.selector.passes_everything();
-    let per_line_checks = !plan.selector.passes_everything();
+    let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
     let mut watch = plan.watch.take();
     // The file that replaced ours, found while idle, and when to switch to it: once ours has
@@ -1070,17 +1189,12 @@ fn pump(
             behind.clear();
             if !plan.follow {
                 // A `cat` ends with the whole lines it served, as at a shrunk end of file.
-                let mut out = Vec::new();
-                pipeline.finish(&mut |line| selector.keep(line), &mut out);
-                if !out.is_empty() {
-                    sink.send(out)?;
-                }
-                return Ok(());
+                return serve_rest(pipeline, selector, sink);
             }
             // Following: start again from the beginning, where every marker is seen.
             pos = plan.file.seek(SeekFrom::Start(0)).map_err(io)?;
             let mut notice = Vec::new();
-            if whole_chunks && !ends_line {
+            if mode.whole_chunks && !ends_line {
                 notice.push(b'\n');
             }
             ends_line = true;
@@ -1100,12 +1214,7 @@ fn pump(
                 if plan.file.metadata().map_err(io)?.len() < pos {
                     pipeline.abandon_partial_line();
                 }
-                let mut out = Vec::new();
-                pipeline.finish(&mut |line| selector.keep(line), &mut out);
-                if !out.is_empty() {
-                    sink.send(out)?;
-                }
-                return Ok(());
+                return serve_rest(pipeline, selector, sink);
             }
             // A copytruncate rotation that left the file shorter than our position is seen at
             // the top of the loop ([`rewritten`]): an unfinished line is dropped, and a
@@ -1117,7 +1226,7 @@ fn pump(
                 // its writers have moved on. An unfinished last line is dropped, not served: it
                 // may be half a secret. A private-key block still open stays open (fail closed).
                 pipeline.abandon_partial_line();
-                if whole_chunks && !ends_line {
+                if mode.whole_chunks && !ends_line {
                     sink.send(b"\n".to_vec())?;
                     ends_line = true;
                 }
@@ -1154,43 +1263,10 @@ fn pump(
         pos += n as u64;
         let data = &buf[..n];
         remember_behind(&mut behind, data);
-        if whole_chunks {
+        if mode.whole_chunks {
             ends_line = data.last() == Some(&b'\n');
-            sink.send(data.to_vec())?;
-            continue;
         }
-        sink.check()?;
-        let mut out = Vec::with_capacity(n + n / 8);
-        if per_line_checks {
-            // Between two lines: the client, the grant and the grep budget are looked at, so
-            // that a chunk of slow-to-match lines that yields nothing still ends within a
-            // line's time.
-            let mut stop = None;
-            let mut keep = |line: &[u8]| {
-                let go_on = stop.is_none() && {
-                    let checked = sink.check().and_then(|()| selector.budget_left());
-                    stop = checked.err();
-                    stop.is_none()
-                };
-                go_on && selector.keep(line)
-            };
-            pipeline.push(data, &mut keep, &mut out);
-            match stop {
-                Some(EndReason::BudgetExceeded) => {
-                    sink.fail(Status::aborted(budget_message(selector, &plan.agent)));
-                    return Err(EndReason::BudgetExceeded);
-                }
-                Some(reason) => return Err(reason),
-                None => {}
-            }
-        } else {
-            // Every line passes: redaction's time per chunk is linear in its size, so a check
-            // per chunk keeps the cut prompt.
-            pipeline.push(data, &mut |_| true, &mut out);
-        }
-        if !out.is_empty() {
-            sink.send(out)?;
-        }
+        serve_block(data, &mode, pipeline, selector, sink)?;
     }
 }
 
@@ -1296,22 +1372,36 @@ mod tests {
     struct Running {
         rt: tokio::runtime::Runtime,
         status: Arc<FakeStore>,
-        rx: Option<mpsc::Receiver<Item>>,
+        rx: Option<mpsc::Receiver<Queued>>,
         last: Option<mpsc::Receiver<Item>>,
         stream: std::thread::JoinHandle<(EndReason, u64)>,
         file: tempfile::NamedTempFile,
+        /// The file's own folder: a following stream wakes on every file created beside its
+        /// own (a rotation's new file), so other tests' files in a shared folder would wake it.
+        _folder: tempfile::TempDir,
         started: Instant,
     }
 
     /// Starts a stream of a new file holding `content` on its own thread, as the agent does, on
     /// a runtime of one worker.
     fn start(content: &[u8], follow: bool, not_after: i64) -> Running {
+        start_sharing(content, follow, not_after, None)
+    }
+
+    /// [`start`], its queue sharing `budget` when one is given.
+    fn start_sharing(
+        content: &[u8],
+        follow: bool,
+        not_after: i64,
+        budget: Option<Arc<QueueBudget>>,
+    ) -> Running {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("runtime");
-        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        let folder = tempfile::tempdir().expect("tempdir");
+        let mut file = tempfile::NamedTempFile::new_in(folder.path()).expect("tempfile");
         file.write_all(content).expect("write");
         let status = Arc::new(FakeStore {
             withdrawn: Mutex::new(None),
@@ -1347,6 +1437,9 @@ mod tests {
             path_glob_hint: "/var/log/*.log".into(),
         };
         let mut sink = ChannelSink::new(tx, last_tx, grant, rt.handle().clone());
+        if let Some(budget) = budget {
+            sink = sink.sharing(budget);
+        }
         let stream = std::thread::spawn(move || {
             let finished = run(plan, &mut sink);
             (finished.reason, sink.waits)
@@ -1358,6 +1451,7 @@ mod tests {
             last: Some(last),
             stream,
             file,
+            _folder: folder,
             started: Instant::now(),
         }
     }
@@ -1388,6 +1482,7 @@ mod tests {
                 tokio::time::timeout(Duration::from_secs(10), rx.recv())
                     .await
                     .expect("an item within 10 s")
+                    .map(Queued::into_item)
             })
         }
 
@@ -1456,6 +1551,77 @@ mod tests {
                 assert!(waits <= allowed, "{case}: {waits} sleeps in {took:?}");
             }
         }
+    }
+
+    /// Issue #15: with 64 readers the agent's peak RSS was 120 MiB, most of it full queues (8
+    /// chunks of 64 KiB per stream) to readers slower than the agent. Streams whose readers
+    /// read nothing now queue one message each plus what the shared budget holds, not a full
+    /// channel each; and another stream still reads its whole file while they hold the budget.
+    #[test]
+    fn streams_whose_readers_stop_queue_no_more_than_the_shared_budget_and_starve_no_one() {
+        const STALLED: usize = 4;
+        let budget = Arc::new(QueueBudget::new(256 * 1024));
+        let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
+        let big = line.repeat((4 << 20) / line.len());
+        let mut stalled: Vec<Running> = (0..STALLED)
+            .map(|_| start_sharing(&big, false, unix_now() + 3600, Some(budget.clone())))
+            .collect();
+        // Every stalled stream has queued its first message, and either the budget is spent
+        // or its channel is full (the old behaviour: every channel full).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let queued: Vec<usize> = stalled
+                .iter()
+                .map(|s| s.rx.as_ref().map_or(0, |rx| rx.len()))
+                .collect();
+            let settled = queued.iter().all(|&n| n >= 1)
+                && (budget.available_bytes() < CHUNK + CHUNK / 8
+                    || queued.iter().all(|&n| n == CHANNEL_CAPACITY));
+            if settled {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the streams never filled: {queued:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let messages: usize = stalled
+            .iter()
+            .map(|s| s.rx.as_ref().map_or(0, |rx| rx.len()))
+            .sum();
+        // One free message per stream, and budgeted ones of about a chunk each (63+ KiB).
+        let budgeted_at_most = budget.total_bytes() / (63 * 1024);
+        assert!(
+            messages <= STALLED + budgeted_at_most,
+            "{messages} messages queued by {STALLED} stalled streams (a full channel each \
+             would be {})",
+            STALLED * CHANNEL_CAPACITY
+        );
+        // Another stream reads its whole file though the budget is spent.
+        let mut reader = start_sharing(&big, false, unix_now() + 3600, Some(budget.clone()));
+        let mut got = 0usize;
+        while let Some(item) = reader.next() {
+            if let Ok(pb::ReadLogChunk {
+                item: Some(pb::read_log_chunk::Item::Data(d)),
+            }) = item
+            {
+                got += d.len();
+            }
+        }
+        assert_eq!(got, big.len(), "the reading stream got its whole file");
+        let (reason, _, _) = reader.end();
+        assert_eq!(reason, EndReason::Eof);
+        for mut s in stalled.drain(..) {
+            s.rx = None;
+            let (reason, _, _) = s.end();
+            assert_eq!(reason, EndReason::ClientClosed);
+        }
+        assert_eq!(
+            budget.available_bytes(),
+            budget.total_bytes(),
+            "every share came back"
+        );
     }
 
     /// `--follow` sleeps until the file changes (inotify), and the appended line arrives.

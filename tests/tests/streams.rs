@@ -904,3 +904,100 @@ fn stopping_the_agent_ends_a_live_follow_promptly_with_its_records() -> anyhow::
     );
     Ok(())
 }
+
+/// The agent's resident memory (`VmRSS`), in KiB.
+fn agent_rss_kib(f: &Fixture) -> anyhow::Result<u64> {
+    let pid = f
+        .cluster
+        .agent_pid("web-1")
+        .ok_or_else(|| anyhow::anyhow!("the agent is not running"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Reads a whole `cat` of `path` on `client`; the content bytes received.
+async fn read_to_end(
+    client: &mut loggate_proto::agent_client::AgentClient<tonic::transport::Channel>,
+    path: &str,
+) -> anyhow::Result<usize> {
+    let mut stream = client.read_log(cat_request(path)).await?.into_inner();
+    let mut got = 0;
+    while let Some(chunk) = stream.message().await? {
+        if let Some(loggate_proto::read_log_chunk::Item::Data(d)) = chunk.item {
+            got += d.len();
+        }
+    }
+    Ok(got)
+}
+
+/// Issue #15: with 64 readers the agent's peak RSS was 120 MiB, most of it streams' full
+/// queues (8 chunks of 64 KiB each) to readers slower than the agent. Readers that stop
+/// reading now make the agent hold one message each plus the shared `stream_queue_bytes` (4 MiB
+/// by default), not a full queue each; and another reader still reads its whole file meanwhile
+/// (no one is starved by the budget they hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_stop_reading_hold_the_shared_queue_budget_not_a_full_queue_each(
+) -> anyhow::Result<()> {
+    const STALLED: usize = 48;
+    let (f, big, size) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
+        let f = Fixture::start_with(
+            "[limits]\nmax_streams_per_subject = 60\nmax_streams = 64\n\
+             max_streams_per_connection = 64",
+        )?;
+        let line = "2026-12-05T03:00:00Z INFO a line of a big log user=someone\n";
+        let big = f.logs.join("big.log");
+        let content = line.repeat((8 << 20) / line.len());
+        std::fs::write(&big, &content)?;
+        f.grant("alice", "30m")?;
+        Ok((f, big.display().to_string(), content.len()))
+    })
+    .await??;
+    // A first read to the end: the engine's caches and the runtime's threads exist before
+    // the memory is measured.
+    let mut reader = agent_client(&f, "alice").await?;
+    assert_eq!(read_to_end(&mut reader, &big).await?, size);
+    let before = agent_rss_kib(&f)?;
+    // Readers that read nothing: one connection whose window (64 KiB) the first stream fills,
+    // so whatever the agent reads for them stays in the agent.
+    let mut stalled_client = agent_client(&f, "alice").await?;
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        stalled.push(
+            stalled_client
+                .read_log(cat_request(&big))
+                .await?
+                .into_inner(),
+        );
+    }
+    // Until every stalled stream has filled what it may hold: the agent's memory stops growing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = agent_rss_kib(&f)?;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = agent_rss_kib(&f)?;
+        if now <= last + 64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent's memory kept growing");
+        last = now;
+    }
+    let grown = agent_rss_kib(&f)?.saturating_sub(before);
+    // A full queue each would be 8 × 64 KiB = 512 KiB per stream; one message each plus the
+    // budget is 64 + 4096 / 48 ≈ 150 KiB per stream, and the rest of a stream (its thread's
+    // stack, read buffer and HTTP/2 state) stays well under the difference.
+    let per_stream = grown / STALLED as u64;
+    eprintln!("{STALLED} stalled streams grew the agent by {grown} KiB ({per_stream} KiB each)");
+    assert!(
+        per_stream < 350,
+        "{STALLED} stalled streams grew the agent by {grown} KiB ({per_stream} KiB each)"
+    );
+    // Meanwhile another reader reads its whole file.
+    assert_eq!(read_to_end(&mut reader, &big).await?, size);
+    drop(stalled);
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}

@@ -12,7 +12,9 @@
 //!   (`loggate-agent redact`) and local `cat`: MB/s of the file, CPU seconds per GiB of client
 //!   and server (the agent's, or sshd's sessions');
 //! - 1, 8 and 64 concurrent `loggate logs cat` of a smaller file (`--concurrent-mib` each):
-//!   aggregate MB/s, the slowest reader's share, agent peak RSS and CPU seconds per GiB;
+//!   aggregate MB/s, the slowest reader's rate, each reader's rate and share of the aggregate
+//!   while all of them ran (until the first one ended: min / max, the issue's "no reader
+//!   starved" is a least share of at least 1/128), agent peak RSS and CPU seconds per GiB;
 //! - time to first byte of a one-line file, p50/p99 (`loggate logs cat`, `ssh cat`);
 //! - `--follow` latency, append to the reader's pipe, p50/p99 over `--follow-lines` lines
 //!   (`loggate logs tail --follow`, `ssh tail -F`).
@@ -26,6 +28,8 @@ use loggate_tests::{free_addr, wait_for_port, Cluster};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
@@ -48,6 +52,10 @@ pub struct Args {
     /// Lines appended to measure `--follow` latency.
     #[arg(long, default_value_t = 300)]
     follow_lines: usize,
+    /// Measure the `loggate` and `loggate-agent` binaries in this folder instead of building
+    /// the release ones (a copy of an earlier build: before / after a change, in one session).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -56,16 +64,23 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     if args.runs == 0 || args.size_mib == 0 || args.concurrent_mib == 0 {
         bail!("--runs, --size-mib and --concurrent-mib must be at least 1");
     }
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "loggate",
-        "-p",
-        "loggate-agent",
-        "--bins",
-    ]))?;
-    let bins = target_dir().join("release");
+    let bins = match &args.bin_dir {
+        Some(dir) => {
+            std::path::absolute(dir).with_context(|| format!("--bin-dir {}", dir.display()))?
+        }
+        None => {
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "loggate",
+                "-p",
+                "loggate-agent",
+                "--bins",
+            ]))?;
+            target_dir().join("release")
+        }
+    };
     let bench = target_dir().join("bench");
     let root = bench.join("serve-logs");
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
@@ -169,15 +184,26 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         small_size >> 20,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("| readers | aggregate MB/s | first / last reader done (s) | slowest reader's MB/s | agent peak RSS MiB | agent CPU s/GiB | load |\n| ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| readers | aggregate MB/s | first / last reader done (s) | slowest reader's MB/s | per reader while all ran, min / max MB/s | least share (target >= 1/128) | agent peak RSS MiB | agent CPU s/GiB | load |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     for &n in &args.readers {
         reset_peak_rss(agent_pid);
         let cpu_before = cpu_seconds(agent_pid, false)?;
         let start = Instant::now();
+        // What every reader had received when the first one's output ended: the shares of a
+        // time when all of them were running.
+        let counts: Arc<Vec<Arc<AtomicU64>>> =
+            Arc::new((0..n).map(|_| Arc::new(AtomicU64::new(0))).collect());
+        let first_end: Arc<OnceLock<(f64, Vec<u64>)>> = Arc::new(OnceLock::new());
         let readers: Vec<_> = (0..n)
-            .map(|_| {
+            .map(|i| {
                 let mut cmd = cluster.logs_cmd("alice", "web-1", &["cat", &small_file]);
-                spawn_drained(&mut cmd)
+                let (all, first_end) = (counts.clone(), first_end.clone());
+                spawn_counted(&mut cmd, counts[i].clone(), move || {
+                    first_end.get_or_init(|| {
+                        let got = all.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+                        (start.elapsed().as_secs_f64(), got)
+                    });
+                })
             })
             .collect::<anyhow::Result<_>>()?;
         // One waiter per reader, so that each one's end is timed when it happens.
@@ -211,8 +237,19 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         // most starved reader got (at least aggregate / 128 is the issue's target).
         let slowest = mb_per_s(small_size, wall);
         let cpu = cpu_seconds(agent_pid, false)? - cpu_before;
+        let (at, got) = first_end.get().cloned().unwrap_or_default();
+        let least = got.iter().copied().min().unwrap_or(0);
+        let most = got.iter().copied().max().unwrap_or(0);
+        let sum: u64 = got.iter().sum();
+        let share = match (sum, least) {
+            (0, _) => String::from("-"),
+            (_, 0) => String::from("0 (starved)"),
+            _ => format!("1/{:.0}", sum as f64 / least as f64),
+        };
         println!(
-            "| {n} | {aggregate:.0} | {first:.1} / {wall:.1} | {slowest:.1} | {:.1} | {:.2} | {} |",
+            "| {n} | {aggregate:.0} | {first:.1} / {wall:.1} | {slowest:.1} | {:.1} / {:.1} | {share} | {:.1} | {:.2} | {} |",
+            mb_per_s(least, at),
+            mb_per_s(most, at),
             peak_rss_kib(agent_pid)? as f64 / 1024.0,
             cpu / (small_size as f64 * n as f64 / GIB),
             load_average()
@@ -327,6 +364,16 @@ fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
 fn spawn_drained(
     cmd: &mut Command,
 ) -> anyhow::Result<(Child, std::thread::JoinHandle<std::io::Result<u64>>)> {
+    spawn_counted(cmd, Arc::new(AtomicU64::new(0)), || {})
+}
+
+/// [`spawn_drained`], adding what it reads to `count` as it goes and calling `at_end` when
+/// the output ends.
+fn spawn_counted(
+    cmd: &mut Command,
+    count: Arc<AtomicU64>,
+    at_end: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<(Child, std::thread::JoinHandle<std::io::Result<u64>>)> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -338,8 +385,14 @@ fn spawn_drained(
         let mut total = 0u64;
         loop {
             match stdout.read(&mut buf)? {
-                0 => return Ok(total),
-                n => total += n as u64,
+                0 => {
+                    at_end();
+                    return Ok(total);
+                }
+                n => {
+                    total += n as u64;
+                    count.fetch_add(n as u64, Ordering::Relaxed);
+                }
             }
         }
     });
