@@ -329,9 +329,26 @@ fn internal(e: anyhow::Error) -> Status {
     if let Some(locked) = e.downcast_ref::<crate::store::UserLocked>() {
         return Status::permission_denied(locked.to_string());
     }
-    // PostgreSQL down or restarting: a condition that passes, said as such (and retryable).
+    // PostgreSQL down, restarting or busy: conditions that pass, said as such (and
+    // retryable); logged at most every 10 s, since every call then fails the same way.
+    static UNAVAILABLE: crate::store::db::RateLimitedWarning =
+        crate::store::db::RateLimitedWarning::new(std::time::Duration::from_secs(10));
+    if crate::store::db::database_busy(&e) {
+        if let Some(left_out) = UNAVAILABLE.admit() {
+            tracing::warn!(
+                "the database is busy ({left_out} such warnings left out before): {e:#}"
+            );
+        }
+        return Status::unavailable(
+            "the controller's database (PostgreSQL) is busy; retry in a few seconds (the controller's log says why)",
+        );
+    }
     if crate::store::db::database_unavailable(&e) {
-        tracing::warn!("the database is unavailable: {e:#}");
+        if let Some(left_out) = UNAVAILABLE.admit() {
+            tracing::warn!(
+                "the database is unavailable ({left_out} such warnings left out before): {e:#}"
+            );
+        }
         return Status::unavailable(
             "the controller's database (PostgreSQL) is unavailable; retry once it is back (the controller's log says why)",
         );

@@ -142,6 +142,7 @@ mod tests {
             let version = |store: &crate::store::Store| {
                 store
                     .conn()
+                    .expect("the store's connection")
                     .query_row(
                         "SELECT value FROM meta WHERE key = 'schema_version'",
                         [],
@@ -160,6 +161,7 @@ mod tests {
         on_each_test_store(|t| {
             t.store
                 .conn()
+                .expect("the store's connection")
                 .execute(
                     "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
                     [],
@@ -179,6 +181,7 @@ mod tests {
             let kept: String = t
                 .store
                 .conn()
+                .expect("the store's connection")
                 .query_row(
                     "SELECT value FROM meta WHERE key = 'schema_version'",
                     [],
