@@ -959,6 +959,25 @@ impl Controller for ControllerService {
 }
 
 #[cfg(test)]
+mod database_error_tests {
+    /// A busy database (too many callers waiting, a lock wait over `lock_timeout`) is told
+    /// to the client as retryable UNAVAILABLE "busy", not as an internal error; an error that
+    /// is neither busy nor unavailable stays internal.
+    #[test]
+    fn a_busy_database_is_a_retryable_busy_status_and_other_errors_stay_internal() {
+        let busy = super::internal(anyhow::Error::new(crate::store::db::Error::Busy(64)));
+        assert_eq!(busy.code(), tonic::Code::Unavailable);
+        assert!(
+            busy.message().contains("is busy; retry"),
+            "{}",
+            busy.message()
+        );
+        let other = super::internal(anyhow::Error::new(crate::store::db::Error::OutOfRange(7)));
+        assert_eq!(other.code(), tonic::Code::Internal);
+    }
+}
+
+#[cfg(test)]
 mod window_tests {
     use super::*;
 
