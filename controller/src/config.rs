@@ -303,30 +303,32 @@ impl ControllerConfig {
         Ok(config)
     }
 
-    /// This replica's name: `replica_name`, else the host's name (the kernel's). Either must be
-    /// 1 to 64 ASCII letters, digits, `.`, `-` or `_` (it is shown to people and stored).
+    /// This replica's name: `replica_name`, else the host's name (the kernel's). A name set in
+    /// `replica_name` must be 1 to 64 ASCII letters, digits, `.`, `-` or `_` (it is shown to
+    /// people and stored). The host's name is taken sanitised ([`sanitised_replica_name`]), so
+    /// an unusual host name never keeps a controller (or `check-config` on a workstation)
+    /// from starting; a host name that cannot be read is an error only with PostgreSQL, where
+    /// the name tells replicas apart (SQLite's one controller is then `controller`).
     pub fn replica_name(&self) -> anyhow::Result<String> {
-        let (name, from) = match &self.replica_name {
-            Some(name) => (name.clone(), "replica_name"),
-            None => (
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .context("cannot read the host's name for replica_name; set replica_name")?
-                    .trim()
-                    .to_owned(),
-                "the host's name (the default of replica_name)",
-            ),
-        };
-        let valid = (1..=64).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-        if !valid {
-            bail!(
-                "{from} {:?} is not a valid replica name: use 1 to 64 ASCII letters, digits, '.', '-' or '_'",
-                name.chars().take(80).collect::<String>()
-            );
+        if let Some(name) = &self.replica_name {
+            let valid = (1..=64).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+            if !valid {
+                bail!(
+                    "replica_name {:?} is not a valid replica name: use 1 to 64 ASCII letters, digits, '.', '-' or '_'",
+                    name.chars().take(80).collect::<String>()
+                );
+            }
+            return Ok(name.clone());
         }
-        Ok(name)
+        match std::fs::read("/proc/sys/kernel/hostname") {
+            Ok(host) => Ok(sanitised_replica_name(&host)),
+            Err(e) if matches!(self.database, Database::Postgres(_)) => Err(anyhow::Error::new(e)
+                .context("cannot read the host's name for replica_name; set replica_name")),
+            Err(_) => Ok(DEFAULT_REPLICA_NAME.to_owned()),
+        }
     }
 
     /// The parsed file with its paths resolved, and the problems of its fields (every one,
@@ -835,8 +837,51 @@ fn read_secret(path: &Path) -> anyhow::Result<String> {
     Ok(secret)
 }
 
+/// The replica name used when the host's name cannot be used at all.
+const DEFAULT_REPLICA_NAME: &str = "controller";
+
+/// A host name (the kernel's, any bytes) as a replica name: surrounding white space trimmed,
+/// every byte other than an ASCII letter, digit, `.`, `-` or `_` replaced by `-`, at most 64
+/// bytes; [`DEFAULT_REPLICA_NAME`] when nothing is left.
+fn sanitised_replica_name(host: &[u8]) -> String {
+    let name: String = host
+        .trim_ascii()
+        .iter()
+        .take(64)
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+                char::from(b)
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        DEFAULT_REPLICA_NAME.to_owned()
+    } else {
+        name
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// An unusual host name (any bytes the kernel accepts) gives a usable replica name rather
+    /// than a controller that does not start; only an explicit `replica_name` is refused.
+    #[test]
+    fn an_unusual_host_name_becomes_a_sanitised_replica_name() {
+        assert_eq!(
+            super::sanitised_replica_name(b"web-1.example\n"),
+            "web-1.example"
+        );
+        assert_eq!(
+            super::sanitised_replica_name(b"caf\xc3\xa9 host"),
+            "caf---host"
+        );
+        assert_eq!(super::sanitised_replica_name(b" \n"), "controller");
+        assert_eq!(super::sanitised_replica_name(&[b'a'; 300]).len(), 64);
+    }
+
     use super::*;
 
     fn load_with(extra: &str) -> anyhow::Result<ControllerConfig> {

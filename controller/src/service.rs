@@ -331,9 +331,26 @@ fn internal(e: anyhow::Error) -> Status {
     if let Some(locked) = e.downcast_ref::<crate::store::UserLocked>() {
         return Status::permission_denied(locked.to_string());
     }
-    // PostgreSQL down or restarting: a condition that passes, said as such (and retryable).
+    // PostgreSQL down, restarting or busy: conditions that pass, said as such (and
+    // retryable); logged at most every 10 s, since every call then fails the same way.
+    static UNAVAILABLE: crate::store::db::RateLimitedWarning =
+        crate::store::db::RateLimitedWarning::new(std::time::Duration::from_secs(10));
+    if crate::store::db::database_busy(&e) {
+        if let Some(left_out) = UNAVAILABLE.admit() {
+            tracing::warn!(
+                "the database is busy ({left_out} such warnings left out before): {e:#}"
+            );
+        }
+        return Status::unavailable(
+            "the controller's database (PostgreSQL) is busy; retry in a few seconds (the controller's log says why)",
+        );
+    }
     if crate::store::db::database_unavailable(&e) {
-        tracing::warn!("the database is unavailable: {e:#}");
+        if let Some(left_out) = UNAVAILABLE.admit() {
+            tracing::warn!(
+                "the database is unavailable ({left_out} such warnings left out before): {e:#}"
+            );
+        }
         return Status::unavailable(
             "the controller's database (PostgreSQL) is unavailable; retry once it is back (the controller's log says why)",
         );
@@ -956,6 +973,25 @@ impl Controller for ControllerService {
         request: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
         self.renew_certificate_rpc(request).await
+    }
+}
+
+#[cfg(test)]
+mod database_error_tests {
+    /// A busy database (too many callers waiting, a lock wait over `lock_timeout`) is told
+    /// to the client as retryable UNAVAILABLE "busy", not as an internal error; an error that
+    /// is neither busy nor unavailable stays internal.
+    #[test]
+    fn a_busy_database_is_a_retryable_busy_status_and_other_errors_stay_internal() {
+        let busy = super::internal(anyhow::Error::new(crate::store::db::Error::Busy(64)));
+        assert_eq!(busy.code(), tonic::Code::Unavailable);
+        assert!(
+            busy.message().contains("is busy; retry"),
+            "{}",
+            busy.message()
+        );
+        let other = super::internal(anyhow::Error::new(crate::store::db::Error::OutOfRange(7)));
+        assert_eq!(other.code(), tonic::Code::Internal);
     }
 }
 

@@ -118,6 +118,11 @@ pub struct Store {
     /// always on SQLite (one controller); on PostgreSQL while it holds the jobs' advisory lock
     /// ([`Store::compete_for_singleton_jobs`]).
     jobs_leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Callers waiting for `conn` on PostgreSQL now (each pins a thread of tokio's blocking
+    /// pool while it waits), and how many may ([`db::MAX_STORE_WAITERS`]): above it a call
+    /// fails at once with [`db::Error::Busy`].
+    waiters: std::sync::atomic::AtomicUsize,
+    max_waiters: usize,
 }
 
 /// How a checkpoint reported by an agent relates to the ones already held for its host.
@@ -376,6 +381,8 @@ impl Store {
             postgres_url: None,
             change_reads: AtomicU64::new(0),
             jobs_leader: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            waiters: std::sync::atomic::AtomicUsize::new(0),
+            max_waiters: db::MAX_STORE_WAITERS,
         }
     }
 
@@ -400,17 +407,35 @@ impl Store {
         }
     }
 
-    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    /// The store's connection. Taken at once when free; on PostgreSQL a caller that must wait
+    /// (the holder may be waiting on the network or on another replica's lock) waits off the
+    /// tokio worker ([`db::off_the_worker`]), and only while fewer than `max_waiters` others
+    /// wait: beyond that it fails at once with [`db::Error::Busy`] (retryable) rather than pin
+    /// one more thread of tokio's blocking pool, whose exhaustion would stall the runtime.
+    pub(crate) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, db::Error> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is safe to reuse.
-        let lock = || self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if self.postgres_url.is_some() {
-            // The holder may be waiting on the network or on another replica's lock: wait
-            // off the tokio worker (db::off_the_worker), as every PostgreSQL call does.
-            db::off_the_worker(lock)
-        } else {
-            lock()
+        match self.conn.try_lock() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => {}
         }
+        let lock = || self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if self.postgres_url.is_none() {
+            return Ok(lock());
+        }
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let before = self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiters);
+        if before >= self.max_waiters {
+            return Err(db::Error::Busy(before));
+        }
+        Ok(db::off_the_worker(lock))
     }
 
     /// Records a new grant built by `make` (which receives its revision) in one transaction:
@@ -420,7 +445,7 @@ impl Store {
         &self,
         make: impl FnOnce(u64) -> anyhow::Result<GrantRow>,
     ) -> anyhow::Result<GrantRow> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let next = next_revision(&tx)?;
         let grant = make(unsigned(next)?)?;
@@ -447,7 +472,7 @@ impl Store {
         revoked: Revoked,
         record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<Option<GrantRow>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let changed = tx.execute(
             "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 WHERE id = ?1 AND revoked_at IS NULL",
@@ -476,7 +501,7 @@ impl Store {
 
     pub fn grant(&self, id: &str) -> anyhow::Result<Option<GrantRow>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
                 params![id],
@@ -492,7 +517,7 @@ impl Store {
         include_inactive: bool,
         now: i64,
     ) -> anyhow::Result<Vec<GrantRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {GRANT_COLUMNS} FROM grants
              WHERE (CAST(?1 AS TEXT) IS NULL OR subject = ?1)
@@ -508,7 +533,7 @@ impl Store {
     /// The changes after `after`, oldest first, at most `limit`.
     pub fn changes_after(&self, after: u64, limit: u32) -> anyhow::Result<Vec<(u64, Change)>> {
         self.change_reads.fetch_add(1, Ordering::Relaxed);
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT r.revision, {} FROM revisions r JOIN grants g ON g.id = r.grant_id
              WHERE r.revision > ?1 ORDER BY r.revision LIMIT ?2",
@@ -552,7 +577,7 @@ impl Store {
     /// cluster, so never copy a database to make a second, independent controller.
     pub fn cluster_id(&self) -> anyhow::Result<String> {
         let fresh = hex::encode(rand::random::<[u8; 16]>());
-        let conn = self.conn();
+        let conn = self.conn()?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('cluster_id', ?1) ON CONFLICT(key) DO NOTHING",
             params![fresh],
@@ -572,7 +597,7 @@ impl Store {
     /// (docs/grants.md, "Epochs").
     pub fn new_epoch(&self) -> anyhow::Result<String> {
         let epoch = hex::encode(rand::random::<[u8; 16]>());
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO meta (key, value) VALUES ('epoch', ?1)
              ON CONFLICT(key) DO UPDATE SET value = ?1",
             params![epoch],
@@ -588,7 +613,7 @@ impl Store {
     }
 
     pub fn latest_revision(&self) -> anyhow::Result<u64> {
-        let rev: i64 = self.conn().query_row(
+        let rev: i64 = self.conn()?.query_row(
             "SELECT COALESCE(MAX(revision), 0) FROM revisions",
             [],
             |r| r.get(0),
@@ -604,7 +629,7 @@ impl Store {
     /// agent (~7 ms each on this machine's disk: over a minute for 10,000 agents, serialised
     /// under the store's lock). Every other write stays FULL.
     pub fn upsert_agent(&self, agent: &AgentRow) -> anyhow::Result<()> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         if conn.is_postgres() {
             // PostgreSQL commits every write durably; its registry write is the same upsert.
             conn.execute(
@@ -640,7 +665,7 @@ impl Store {
 
     pub fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRow>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT id, labels, addr, last_seen, replica FROM agents WHERE id = ?1",
                 params![id],
@@ -667,7 +692,7 @@ impl Store {
         now: i64,
         record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<bool> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let known: Option<i64> = tx
             .query_row(
@@ -693,7 +718,7 @@ impl Store {
     /// [`UserLocked`] while the person is locked out (checked in the same transaction, so a
     /// sign-in or a start racing a lock cannot bring the locked key back).
     pub fn set_user_key(&self, subject: &str, key_sha256: &str, now: i64) -> anyhow::Result<()> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         refuse_if_locked(&tx, subject)?;
         tx.execute(
@@ -707,7 +732,7 @@ impl Store {
 
     pub fn user_key(&self, subject: &str) -> anyhow::Result<Option<String>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT key_sha256 FROM user_keys WHERE subject = ?1",
                 params![subject],
@@ -726,7 +751,7 @@ impl Store {
         now: i64,
         record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<KeyCheck> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let check = match current_checkpoint_key(&tx, agent_id)? {
             Some(k) if k == key => KeyCheck::Matches,
@@ -751,7 +776,7 @@ impl Store {
         now: i64,
         record: impl FnOnce(Option<&str>) -> anyhow::Result<()>,
     ) -> anyhow::Result<bool> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let current = current_checkpoint_key(&tx, agent_id)?;
         if current.as_deref() == Some(key) {
@@ -765,7 +790,7 @@ impl Store {
 
     /// Every checkpoint key ever enrolled for `agent_id`, oldest first.
     pub fn checkpoint_keys(&self, agent_id: &str) -> anyhow::Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt =
             conn.prepare("SELECT key FROM checkpoint_keys WHERE agent_id = ?1 ORDER BY id")?;
         let keys = stmt
@@ -786,7 +811,7 @@ impl Store {
     ) -> anyhow::Result<Arrival> {
         let line_sha256 = hex::encode(Sha256::digest(line.as_bytes()));
         let sealed = i64::try_from(checkpoint.sealed_seq).context("sealed_seq is too large")?;
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let origin = &checkpoint.origin;
         let head = &checkpoint.head;
@@ -842,7 +867,7 @@ impl Store {
     /// The (sealed_seq, head) of the checkpoint received last for `origin`.
     pub fn last_checkpoint(&self, origin: &str) -> anyhow::Result<Option<(u64, String)>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT sealed_seq, head FROM checkpoints WHERE origin = ?1 ORDER BY id DESC LIMIT 1",
                 params![origin],
@@ -858,7 +883,7 @@ impl Store {
         after_id: u64,
         limit: u32,
     ) -> anyhow::Result<Vec<CheckpointRow>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT id, line, received_at, status FROM checkpoints
              WHERE origin = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
@@ -1041,7 +1066,7 @@ mod checkpoint_tests {
             store
                 .check_checkpoint_key("web-1", "ed25519:k1 00", 0, || Ok(()))
                 .unwrap();
-            let conn = store.conn();
+            let conn = store.conn().expect("the store's connection");
             for sql in [
                 "UPDATE checkpoints SET head = 'x'",
                 "DELETE FROM checkpoints",
@@ -1207,6 +1232,7 @@ mod state_tests {
         let synchronous = |store: &Store| -> i64 {
             store
                 .conn()
+                .expect("the store's connection")
                 .query_row("PRAGMA synchronous", [], |r| r.get(0))
                 .unwrap()
         };
@@ -1344,7 +1370,7 @@ pub(crate) mod testing {
                     let before = ticks.load(Ordering::SeqCst);
                     let started = std::time::Instant::now();
                     // A store transaction takes the advisory lock first: it waits for it.
-                    let mut conn = store.conn();
+                    let mut conn = store.conn().expect("the store's connection");
                     let tx = conn.transaction().expect("transaction after the wait");
                     tx.commit().expect("commit");
                     drop(conn);
@@ -1369,6 +1395,102 @@ pub(crate) mod testing {
         );
     }
 
+    /// Callers that must wait for the store's PostgreSQL connection are capped: with tokio's
+    /// blocking pool smaller than the callers (8 threads, 32 callers, the cap 4), the calls
+    /// over the cap fail at once as busy, and the worker's other tasks keep running while the
+    /// store waits on another session's lock (uncapped, the waiters take every blocking
+    /// thread and the runtime stalls).
+    #[test]
+    fn callers_over_the_waiting_cap_fail_at_once_as_busy_and_the_runtime_keeps_running() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::Arc;
+        let t = TestStore::postgres();
+        let server = t.server.as_ref().expect("a server");
+        let mut holder =
+            postgres::Client::connect(&server.url(), postgres::NoTls).expect("connect");
+        holder
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                super::db::REVISIONS_LOCK
+            ))
+            .expect("lock taken");
+        let hold = std::time::Duration::from_millis(2000);
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(hold);
+            holder.batch_execute("COMMIT").expect("lock released");
+        });
+        let mut store = t.store;
+        store.max_waiters = 4;
+        let store = Arc::new(store);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(8)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ticks = Arc::new(AtomicU32::new(0));
+        let (ticked, busy, fast) = runtime.block_on({
+            let (store, ticks) = (store.clone(), ticks.clone());
+            async move {
+                let ticker = tokio::spawn({
+                    let ticks = ticks.clone();
+                    async move {
+                        loop {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            ticks.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let before = ticks.load(Ordering::SeqCst);
+                let calls: Vec<_> =
+                    (0..32)
+                        .map(|_| {
+                            let store = store.clone();
+                            tokio::spawn(async move {
+                                let started = std::time::Instant::now();
+                                let result = store.conn().map_err(anyhow::Error::from).and_then(
+                                    |mut conn| {
+                                        let tx = conn.transaction()?;
+                                        tx.commit()?;
+                                        Ok(())
+                                    },
+                                );
+                                (result, started.elapsed())
+                            })
+                        })
+                        .collect();
+                // Ticks while the store waits on the held lock.
+                tokio::time::sleep(hold / 2).await;
+                let ticked = ticks.load(Ordering::SeqCst) - before;
+                let (mut busy, mut fast) = (0, 0);
+                for call in calls {
+                    let (result, took) = call.await.expect("call task");
+                    if let Err(e) = result {
+                        assert!(super::db::database_busy(&e), "{e:#}");
+                        busy += 1;
+                        if took < std::time::Duration::from_millis(200) {
+                            fast += 1;
+                        }
+                    }
+                }
+                ticker.abort();
+                (ticked, busy, fast)
+            }
+        });
+        release.join().expect("holder");
+        assert!(
+            ticked >= 10,
+            "the worker's other task ticked {ticked} times in {:?}",
+            hold / 2
+        );
+        assert!(
+            busy >= 32 - 1 - 4,
+            "only {busy} calls over the cap failed as busy"
+        );
+        assert_eq!(fast, busy, "calls over the cap waited before failing");
+    }
+
     /// A failure because PostgreSQL is down counts as the database being unavailable (the CLI
     /// is told so, to retry); an error of the statement itself does not.
     #[test]
@@ -1377,6 +1499,7 @@ pub(crate) mod testing {
         let bad = t
             .store
             .conn()
+            .expect("the store's connection")
             .execute("INSERT INTO no_such_table (a) VALUES (1)", [])
             .map_err(anyhow::Error::from)
             .expect_err("no such table");
@@ -1451,6 +1574,7 @@ pub(crate) mod testing {
         let epoch_before: String = t
             .store
             .conn()
+            .expect("the store's connection")
             .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
                 r.get(0)
             })
@@ -1463,12 +1587,11 @@ pub(crate) mod testing {
         let mut failures = Vec::new();
         let mut read = None;
         for _ in 0..3 {
-            match t
-                .store
-                .conn()
-                .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
-                    r.get::<_, String>(0)
-                }) {
+            match t.store.conn().expect("the store's connection").query_row(
+                "SELECT value FROM meta WHERE key = 'epoch'",
+                [],
+                |r| r.get::<_, String>(0),
+            ) {
                 Ok(v) => {
                     read = Some(v);
                     break;

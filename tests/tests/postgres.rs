@@ -126,7 +126,7 @@ fn a_controller_refuses_a_postgres_schema_newer_than_it_knows() -> anyhow::Resul
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!status.success());
     assert!(
-        err.contains("schema is version 999, newer than this loggate knows (up to 3)"),
+        err.contains("schema is version 999, newer than this loggate knows (up to "),
         "{err}"
     );
     // The password-free URL may be printed; nothing was changed.

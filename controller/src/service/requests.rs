@@ -82,9 +82,29 @@ impl Governance {
         let _ = self.states.send(Arc::new(r.clone()));
     }
 
+    /// [`Self::write_summaries`] when a budget window has passed since `last` (then `last`
+    /// becomes `now`): the expiry task wakes far more often than once a window on PostgreSQL
+    /// (every [`crate::store::db::JOBS_LEASE_RETRY`]), and a summary per wake would undo the
+    /// budget it summarises. The first call only starts the window.
+    pub(crate) fn write_summaries_if_due(
+        &self,
+        audit: &SharedAuditLog,
+        last: &mut Option<std::time::Instant>,
+        now: std::time::Instant,
+    ) {
+        match last {
+            None => *last = Some(now),
+            Some(at) if now.saturating_duration_since(*at) >= self.refusals.policy().window => {
+                *last = Some(now);
+                self.write_summaries(audit);
+            }
+            Some(_) => {}
+        }
+    }
+
     /// Writes one `suppressed` record per requester whose refusals the budget left out; the
-    /// expiry task calls it at least once a minute, the daemon once more before
-    /// `controller.stopped`.
+    /// expiry task calls it once a budget window ([`Self::write_summaries_if_due`]), the daemon
+    /// once more before `controller.stopped`.
     pub(crate) fn write_summaries(&self, audit: &SharedAuditLog) {
         for summary in self.refusals.take_summaries() {
             let record = events::AccessRequestRefused {
@@ -377,11 +397,16 @@ pub(super) fn spawn_expiry(
 ) {
     let mut changes = changed.subscribe();
     tokio::spawn(async move {
+        let mut last_summaries = None;
         loop {
             let now = unix_now();
             let leads = store.leads_singleton_jobs();
             let expired = tokio::task::block_in_place(|| {
-                governance.write_summaries(&audit);
+                governance.write_summaries_if_due(
+                    &audit,
+                    &mut last_summaries,
+                    std::time::Instant::now(),
+                );
                 if !leads {
                     return Ok(0);
                 }
@@ -397,15 +422,21 @@ pub(super) fn spawn_expiry(
                 }
                 Err(e) => tracing::error!("expiring pending requests failed: {e:#}"),
             }
-            let next = store.next_pending_expiry().ok().flatten();
-            let wait = next
-                .map(|at| Duration::from_secs(at.saturating_sub(now).clamp(0, 60).unsigned_abs()))
-                .unwrap_or(Duration::from_secs(60));
             // On PostgreSQL a request made on another replica wakes no one here: the leader
             // looks for new expiries every JOBS_LEASE_RETRY (one indexed query), and a replica
-            // that does not lead looks as often whether it leads now.
+            // that does not lead looks as often whether it leads now (without the query: it
+            // would not use the answer).
             let wait = if !leads {
                 crate::store::db::JOBS_LEASE_RETRY
+            } else {
+                let next = store.next_pending_expiry().ok().flatten();
+                next.map(|at| {
+                    Duration::from_secs(at.saturating_sub(now).clamp(0, 60).unsigned_abs())
+                })
+                .unwrap_or(Duration::from_secs(60))
+            };
+            let wait = if !leads {
+                wait
             } else if store.is_postgres() {
                 wait.min(crate::store::db::JOBS_LEASE_RETRY)
             } else {
@@ -1929,6 +1960,43 @@ mod tests {
             assert_eq!(r.state, RequestState::Approved);
             assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 0);
         }
+    }
+
+    /// The expiry task wakes every 2 s on PostgreSQL; a requester refused over the budget on
+    /// every wake still costs one `suppressed` summary per budget window (a minute), not one
+    /// per wake.
+    #[test]
+    fn refused_request_summaries_are_written_once_a_window_however_often_the_expiry_task_wakes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.jsonl");
+        let log = loggate_core::audit::AuditLog::open(&path, "c").expect("audit log");
+        let audit = SharedAuditLog::new(log).expect("shared audit log");
+        let governance = Governance::new();
+        let policy = governance.refusals.policy();
+        let source = vec!["spiffe://loggate.local/user/mallory".to_string()];
+        let start = std::time::Instant::now();
+        let mut last = None;
+        let wake = crate::store::db::JOBS_LEASE_RETRY;
+        // Five windows of wakes every JOBS_LEASE_RETRY, each after more refusals than the
+        // budget writes.
+        let wakes =
+            u32::try_from(policy.window.as_millis() * 5 / wake.as_millis()).expect("a small count");
+        for i in 1..=wakes {
+            for _ in 0..policy.per_window {
+                let _ = governance.refusals.admit(&source);
+            }
+            governance.write_summaries_if_due(&audit, &mut last, start + wake * i);
+        }
+        drop(audit);
+        let text = std::fs::read_to_string(&path).expect("read the audit");
+        let summaries = text
+            .lines()
+            .filter(|l| l.contains("\"suppressed\""))
+            .count();
+        assert!(
+            (4..=5).contains(&summaries),
+            "{summaries} summaries over 5 windows of {wakes} wakes"
+        );
     }
 
     #[test]

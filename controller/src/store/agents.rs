@@ -199,7 +199,7 @@ impl Store {
         token: &JoinToken,
         record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         record()?;
         tx.execute(
@@ -222,7 +222,7 @@ impl Store {
 
     /// Every join token, newest first.
     pub fn join_tokens(&self) -> anyhow::Result<Vec<JoinToken>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {TOKEN_COLUMNS} FROM join_tokens ORDER BY created_at DESC, id"
         ))?;
@@ -239,7 +239,7 @@ impl Store {
         now: i64,
         record: impl FnOnce(&JoinToken) -> anyhow::Result<()>,
     ) -> anyhow::Result<Option<JoinToken>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let token = tx
             .query_row(
@@ -276,7 +276,7 @@ impl Store {
         now: i64,
         issue: impl FnOnce(&EnrolContext) -> anyhow::Result<(EnrolledCert, T)>,
     ) -> anyhow::Result<Result<T, (EnrolRefusal, Option<JoinToken>)>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let token = tx
             .query_row(
@@ -368,7 +368,7 @@ impl Store {
         by: &str,
         record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<bool> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let known: Option<i64> = tx
             .query_row(
@@ -400,7 +400,7 @@ impl Store {
         id: &str,
         issue: impl FnOnce(&str) -> anyhow::Result<(EnrolledCert, T)>,
     ) -> anyhow::Result<Option<T>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let previous: Option<String> = tx
             .query_row(
@@ -423,7 +423,7 @@ impl Store {
 
     /// Every removed agent id and when it was removed: the controller's revocation set.
     pub fn removed_agents(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT id, removed_at FROM removed_agents")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -431,7 +431,7 @@ impl Store {
 
     /// The registry, by id, with the enrolment of each agent that enrolled.
     pub fn list_agents(&self) -> anyhow::Result<Vec<AgentListing>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT a.id, a.labels, a.addr, a.last_seen, e.not_after, e.serial, a.replica
              FROM agents a LEFT JOIN enrolled_agents e ON e.id = a.id ORDER BY a.id",
@@ -454,7 +454,7 @@ impl Store {
     /// enrol (its certificate came from elsewhere: it keeps the labels it announces).
     pub fn enrolled_labels(&self, agent_id: &str) -> anyhow::Result<Option<Vec<String>>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT labels FROM enrolled_agents WHERE id = ?1",
                 params![agent_id],

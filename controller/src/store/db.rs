@@ -65,6 +65,16 @@ pub enum Error {
     /// No thread could be started for a connection attempt (the process is out of threads).
     #[error("cannot start a thread to connect to PostgreSQL: {0}")]
     ConnectThread(std::io::Error),
+    /// The PostgreSQL client panicked while connecting (it does when the process cannot
+    /// create its event loop, e.g. out of file descriptors).
+    #[error(
+        "the PostgreSQL client failed while connecting (is the process out of file descriptors?)"
+    )]
+    ConnectPanicked,
+    /// More callers already wait for this replica's PostgreSQL connection than it lets wait
+    /// ([`MAX_STORE_WAITERS`]): the call fails at once instead of pinning another thread.
+    #[error("{0} calls already wait for the database; retry shortly")]
+    Busy(usize),
     /// A write that must change exactly one row changed another number: another controller
     /// changed the row first (the transaction is rolled back, nothing is stored).
     #[error("{0} was changed by another controller at the same time; nothing was stored, retry")]
@@ -85,34 +95,69 @@ pub enum Error {
 /// Whether `e` failed because the PostgreSQL server could not be reached or went away (it is
 /// down, restarting, refusing connections, or the connection broke): a condition that passes,
 /// for which the caller should retry later, unlike an error of the statement or the data.
-/// Classified by the error's type and SQLSTATE, never by its text.
+/// Classified positively, by the error's type and SQLSTATE, never by its text: a closed
+/// connection, an I/O error among the causes, SQLSTATE class 08 (connection exception) or
+/// 57P01–57P03 (the server shutting down or starting). A client-side error (a value that does
+/// not fit its parameter, a column read as the wrong type) is a bug of the store, not an
+/// outage, and stays internal.
 pub fn database_unavailable(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        let pg = match cause.downcast_ref::<Error>() {
-            Some(Error::Postgres(pg)) => pg,
-            Some(Error::ConnectTimedOut(_) | Error::ConnectStalled(_)) => return true,
-            Some(_) => return false,
-            None => match cause.downcast_ref::<postgres::Error>() {
-                Some(pg) => pg,
-                None => return false,
-            },
-        };
-        match pg.as_db_error() {
-            // No answer from a server: the connection failed, closed or timed out.
-            None => true,
-            Some(db) => {
-                use postgres::error::SqlState;
-                let code = db.code();
-                code.code().starts_with("08")
-                    || [
-                        SqlState::ADMIN_SHUTDOWN,
-                        SqlState::CRASH_SHUTDOWN,
-                        SqlState::CANNOT_CONNECT_NOW,
-                    ]
-                    .contains(code)
-            }
-        }
+    e.chain().any(|cause| match cause.downcast_ref::<Error>() {
+        Some(Error::Postgres(pg)) => postgres_unavailable(pg),
+        Some(Error::ConnectTimedOut(_) | Error::ConnectStalled(_)) => true,
+        Some(_) => false,
+        None => cause
+            .downcast_ref::<postgres::Error>()
+            .is_some_and(postgres_unavailable),
     })
+}
+
+/// Whether `e` failed because the database is busy rather than down: a statement waited for a
+/// lock longer than [`PG_LOCK_TIMEOUT`] (SQLSTATE 55P03, another replica holds the store's
+/// lock), ran longer than [`PG_STATEMENT_TIMEOUT`] (57014), or more callers already wait for
+/// this replica's connection than it lets wait ([`Error::Busy`]). Retryable, as
+/// [`database_unavailable`] is, but said differently: the server answers, slowly.
+pub fn database_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| match cause.downcast_ref::<Error>() {
+        Some(Error::Postgres(pg)) => postgres_busy(pg),
+        Some(Error::Busy(_)) => true,
+        Some(_) => false,
+        None => cause
+            .downcast_ref::<postgres::Error>()
+            .is_some_and(postgres_busy),
+    })
+}
+
+fn postgres_unavailable(pg: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    if pg.is_closed() {
+        return true;
+    }
+    if let Some(db) = pg.as_db_error() {
+        let code = db.code();
+        return code.code().starts_with("08")
+            || [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+            ]
+            .contains(code);
+    }
+    // The connection failed underneath: an I/O error (refused, reset, timed out) among the
+    // client error's causes.
+    let mut source = std::error::Error::source(pg);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+fn postgres_busy(pg: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    pg.code()
+        .is_some_and(|c| *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::QUERY_CANCELED)
 }
 
 fn postgres_message(e: &postgres::Error) -> String {
@@ -648,13 +693,17 @@ pub fn lead_singleton_jobs(
     std::thread::Builder::new()
         .name("postgres-jobs".into())
         .spawn(move || {
+            // While the database is down this fails every JOBS_LEASE_RETRY: logged once a minute.
+            let warning = RateLimitedWarning::new(std::time::Duration::from_secs(60));
             while leader.strong_count() > 0 {
                 if let Err(e) = hold_jobs_lock(&config, &leader, &replica) {
-                    tracing::warn!(
-                        %replica,
-                        "the singleton jobs' PostgreSQL session failed (retrying in {JOBS_LEASE_RETRY:?}): {}",
-                        e
-                    );
+                    if let Some(left_out) = warning.admit() {
+                        tracing::warn!(
+                            %replica,
+                            "the singleton jobs' PostgreSQL session failed (retrying every {JOBS_LEASE_RETRY:?}; {left_out} such failures not logged since the last): {}",
+                            e
+                        );
+                    }
                 }
                 set_leader(&leader, false, &replica);
                 std::thread::sleep(JOBS_LEASE_RETRY);
@@ -712,9 +761,26 @@ pub const REVISIONS_LOCK: i64 = 0x6c67_7265_7673;
 /// How long a connection attempt to PostgreSQL may take (a black-holed host otherwise waits
 /// for the kernel's TCP timeout, about two minutes, holding the store's lock).
 pub const PG_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Idle time before TCP keepalives probe an established connection (a peer that vanished is
-/// found in about a minute rather than the kernel's two hours).
-pub const PG_KEEPALIVES_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Idle time before the client's TCP keepalives probe an established connection.
+pub const PG_KEEPALIVES_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Time between the client's keepalive probes.
+pub const PG_KEEPALIVES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// Unanswered keepalive probes after which the client drops the connection.
+pub const PG_KEEPALIVES_RETRIES: u32 = 3;
+/// How long data the client sent may stay unacknowledged before its connection is closed
+/// (`TCP_USER_TIMEOUT`): a leader whose database host vanished while it sent its checks stops
+/// leading after this long, not after the kernel's retransmissions (about 15 minutes).
+pub const PG_TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// The server's side of the same bounds, set in every session ([`connect_session`]): the
+/// backend of a replica whose host vanished notices within `tcp_keepalives_idle` +
+/// `tcp_user_timeout` (about 25 s) and ends its session, releasing the session's locks (the
+/// singleton jobs' [`JOBS_LOCK`] among them). PostgreSQL ignores the `tcp_*` settings on a
+/// unix socket. `idle_in_transaction_session_timeout` ends a session that stays inside a
+/// transaction without a statement for 30 s, so a replica stuck while holding
+/// [`REVISIONS_LOCK`] cannot hold up every other replica's writes for longer.
+pub const PG_SERVER_SESSION_SETTINGS: &str = "SET tcp_keepalives_idle = 10; \
+     SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3; \
+     SET tcp_user_timeout = 15000; SET idle_in_transaction_session_timeout = '30s'";
 /// `statement_timeout` of every store session: the longest one statement may run. The
 /// store's statements are small and indexed; one running longer is a stuck database.
 pub const PG_STATEMENT_TIMEOUT: &str = "15s";
@@ -733,45 +799,131 @@ pub const PG_CONNECT_TOTAL: std::time::Duration = std::time::Duration::from_secs
 /// does not answer; while this many wait, a new attempt is refused at once, so a server that
 /// stalls every connection costs a bounded number of threads and sockets.
 const MAX_ABANDONED_CONNECTS: usize = 4;
-static ABANDONED_CONNECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The connection attempts given up whose threads have not ended yet ([`connect_within`]).
+/// An attempt stops counting when its thread ends (however it ends: a drop guard releases
+/// it, a panic included), or once it is older than twice the bound it was given up after:
+/// a peer that keeps a connection open for ever (a stopped server, a proxy with no backend)
+/// then costs a thread, but does not keep the controller from connecting elsewhere.
+#[derive(Default)]
+pub(crate) struct AbandonedConnects {
+    attempts: std::sync::Mutex<Vec<(u64, std::time::Instant)>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl AbandonedConnects {
+    const fn new() -> Self {
+        Self {
+            attempts: std::sync::Mutex::new(Vec::new()),
+            next_id: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, std::time::Instant)>> {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many still count, forgetting (and logging) those abandoned more than `max_age` ago.
+    pub(crate) fn counting(&self, max_age: std::time::Duration) -> usize {
+        let mut attempts = self.lock();
+        let before = attempts.len();
+        attempts.retain(|(_, at)| at.elapsed() < max_age);
+        if attempts.len() < before {
+            tracing::warn!(
+                "{} connection attempts to PostgreSQL have waited for over {max_age:?}; they no longer hold up new ones",
+                before - attempts.len()
+            );
+        }
+        attempts.len()
+    }
+
+    fn add(&self, id: u64) {
+        self.lock().push((id, std::time::Instant::now()));
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().retain(|(i, _)| *i != id);
+    }
+}
+
+static ABANDONED_CONNECTS: AbandonedConnects = AbandonedConnects::new();
 
 /// Connects with `config`, giving up after `total` ([`PG_CONNECT_TOTAL`]) whatever stage the
-/// connection is at. The blocking client cannot be interrupted, so the attempt runs on a thread
-/// of its own: given up, that thread is left to end when the server answers or the connection
-/// fails (a client it then gets is dropped, closing it); at most [`MAX_ABANDONED_CONNECTS`]
-/// are left waiting at a time.
+/// connection is at ([`connect_within_with`]).
 fn connect_within(
     config: &postgres::Config,
     total: std::time::Duration,
 ) -> Result<postgres::Client> {
+    let config = config.clone();
+    connect_within_with(
+        &ABANDONED_CONNECTS,
+        move || Ok(config.connect(postgres::NoTls)?),
+        total,
+    )
+}
+
+/// Runs `connect`, giving up after `total`. The blocking client cannot be interrupted, so the
+/// attempt runs on a thread of its own: given up, that thread is left to end when the server
+/// answers or the connection fails (a client it then gets is dropped, closing it); at most
+/// [`MAX_ABANDONED_CONNECTS`] given up in the last 2 × `total` are left waiting at a time
+/// (`abandoned`). A `connect` that panics fails the attempt with [`Error::ConnectPanicked`]
+/// and holds no place.
+pub(crate) fn connect_within_with<T: Send + 'static>(
+    abandoned: &'static AbandonedConnects,
+    connect: impl FnOnce() -> Result<T> + Send + 'static,
+    total: std::time::Duration,
+) -> Result<T> {
     use std::sync::atomic::Ordering;
-    if ABANDONED_CONNECTS.load(Ordering::SeqCst) >= MAX_ABANDONED_CONNECTS {
+    if abandoned.counting(total * 2) >= MAX_ABANDONED_CONNECTS {
         return Err(Error::ConnectStalled(MAX_ABANDONED_CONNECTS));
     }
-    #[derive(Default)]
-    struct Attempt {
-        result: Option<Result<postgres::Client, postgres::Error>>,
+    struct Attempt<T> {
+        result: Option<Result<T>>,
         abandoned: bool,
     }
-    let shared = std::sync::Arc::new((
-        std::sync::Mutex::new(Attempt::default()),
+    type Shared<T> = std::sync::Arc<(std::sync::Mutex<Attempt<T>>, std::sync::Condvar)>;
+    /// Hands the attempt's outcome over when the thread ends, however it ends: to the waiter,
+    /// or, given up, releases the attempt's place in `abandoned` (dropping a client it got).
+    struct Finish<T> {
+        shared: Shared<T>,
+        abandoned: &'static AbandonedConnects,
+        id: u64,
+        result: Option<Result<T>>,
+    }
+    impl<T> Drop for Finish<T> {
+        fn drop(&mut self) {
+            let (attempt, done) = &*self.shared;
+            let mut attempt = attempt.lock().unwrap_or_else(|p| p.into_inner());
+            if attempt.abandoned {
+                self.abandoned.remove(self.id);
+            } else {
+                attempt.result = Some(self.result.take().unwrap_or(Err(Error::ConnectPanicked)));
+                done.notify_one();
+            }
+        }
+    }
+    let shared: Shared<T> = std::sync::Arc::new((
+        std::sync::Mutex::new(Attempt {
+            result: None,
+            abandoned: false,
+        }),
         std::sync::Condvar::new(),
     ));
-    let config = config.clone();
-    let theirs = shared.clone();
+    let id = abandoned.next_id.fetch_add(1, Ordering::Relaxed);
+    let finish = Finish {
+        shared: shared.clone(),
+        abandoned,
+        id,
+        result: None,
+    };
     std::thread::Builder::new()
         .name("postgres-connect".into())
         .spawn(move || {
-            let result = config.connect(postgres::NoTls);
-            let (attempt, done) = &*theirs;
-            let mut attempt = attempt.lock().unwrap_or_else(|p| p.into_inner());
-            if attempt.abandoned {
-                // Nobody waits: the client (if any) is dropped here, closing its connection.
-                ABANDONED_CONNECTS.fetch_sub(1, Ordering::SeqCst);
-            } else {
-                attempt.result = Some(result);
-                done.notify_one();
-            }
+            let mut finish = finish;
+            let result = connect();
+            // Not reached when `connect` panics: `finish` then drops while unwinding.
+            finish.result = Some(result);
+            drop(finish);
         })
         .map_err(Error::ConnectThread)?;
     let (attempt, done) = &*shared;
@@ -780,32 +932,66 @@ fn connect_within(
         .wait_timeout_while(attempt, total, |a| a.result.is_none())
         .unwrap_or_else(|p| p.into_inner());
     match attempt.result.take() {
-        Some(result) => Ok(result?),
+        Some(result) => result,
         None => {
+            // Under the attempt's lock: the thread cannot finish between these two lines.
             attempt.abandoned = true;
-            ABANDONED_CONNECTS.fetch_add(1, Ordering::SeqCst);
+            abandoned.add(id);
             Err(Error::ConnectTimedOut(total))
         }
     }
 }
 
-/// `config` with the store's connection timeouts ([`PG_CONNECT_TIMEOUT`], keepalives).
+/// `config` with the store's client-side connection bounds ([`PG_CONNECT_TIMEOUT`],
+/// keepalives, [`PG_TCP_USER_TIMEOUT`]).
 fn with_timeouts(mut config: postgres::Config) -> postgres::Config {
     config
         .connect_timeout(PG_CONNECT_TIMEOUT)
         .keepalives(true)
-        .keepalives_idle(PG_KEEPALIVES_IDLE);
+        .keepalives_idle(PG_KEEPALIVES_IDLE)
+        .keepalives_interval(PG_KEEPALIVES_INTERVAL)
+        .keepalives_retries(PG_KEEPALIVES_RETRIES)
+        .tcp_user_timeout(PG_TCP_USER_TIMEOUT);
     config
 }
 
 /// Connects with `config` and sets the session's timeouts ([`PG_STATEMENT_TIMEOUT`],
-/// [`PG_LOCK_TIMEOUT`]); set after connecting, so they hold whatever the URL's `options` say.
+/// [`PG_LOCK_TIMEOUT`], [`PG_SERVER_SESSION_SETTINGS`]); set after connecting, so they hold
+/// whatever the URL's `options` say.
 fn connect_session(config: &postgres::Config) -> Result<postgres::Client> {
     let mut client = connect_within(config, PG_CONNECT_TOTAL)?;
     client.batch_execute(&format!(
-        "SET statement_timeout = '{PG_STATEMENT_TIMEOUT}'; SET lock_timeout = '{PG_LOCK_TIMEOUT}'"
+        "SET statement_timeout = '{PG_STATEMENT_TIMEOUT}'; SET lock_timeout = '{PG_LOCK_TIMEOUT}'; {PG_SERVER_SESSION_SETTINGS}"
     ))?;
     Ok(client)
+}
+
+/// A warning that may repeat (the database is down: every call and every retry fails the
+/// same way) logged at most once per `every`, with the number left out since.
+pub struct RateLimitedWarning {
+    every: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimitedWarning {
+    pub const fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(left out since the last one)` when this occurrence should be logged.
+    pub fn admit(&self) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, left_out) = &mut *state;
+        if last.is_some_and(|at| at.elapsed() < self.every) {
+            *left_out = left_out.saturating_add(1);
+            return None;
+        }
+        *last = Some(std::time::Instant::now());
+        Some(std::mem::take(left_out))
+    }
 }
 
 /// rusqlite's `Transaction`: derefs to the connection, rolls back unless committed.
@@ -1028,6 +1214,12 @@ pub fn off_the_worker<R>(wait: impl FnOnce() -> R) -> R {
         _ => wait(),
     }
 }
+
+/// How many callers may wait for one store's PostgreSQL connection at a time (each waits on
+/// a thread of tokio's blocking pool, [`off_the_worker`]; tokio allows 512 by default, and the
+/// runtime stalls when they are all taken). A caller beyond it fails at once with
+/// [`Error::Busy`], which the client is told to retry.
+pub const MAX_STORE_WAITERS: usize = 64;
 
 /// One PostgreSQL connection, owned by a thread of its own (see the module's doc).
 pub struct PgConnection {
@@ -1269,18 +1461,17 @@ mod tests {
     /// A server that accepts the TCP connection and then never answers (a stalled database or
     /// proxy) fails the connection after [`super::PG_CONNECT_TOTAL`], as the database being
     /// unavailable, instead of holding the controller for ever; the client's `connect_timeout`
-    /// alone bounds only the TCP connect.
+    /// alone bounds only the TCP connect. Once the server closes the connection, the
+    /// abandoned attempt ends and no longer counts.
     #[test]
     fn connecting_to_a_server_that_never_answers_fails_within_the_total_bound() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        // Accepts and holds connections, answering nothing (bounded: ends with the test).
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for conn in listener.incoming().take(8) {
-                held.push(conn);
-            }
-            std::thread::sleep(std::time::Duration::from_secs(60));
+        // Accepts the one connection and holds it, answering nothing, then closes it.
+        let server = std::thread::spawn(move || {
+            let held = listener.accept();
+            std::thread::sleep(super::PG_CONNECT_TOTAL + std::time::Duration::from_secs(1));
+            drop(held);
         });
         let url = format!("postgres://loggate@127.0.0.1:{port}/loggate");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -1298,6 +1489,127 @@ mod tests {
             format!("{err:#}").contains("took longer than 10s"),
             "{err:#}"
         );
+        server.join().expect("server thread");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while super::ABANDONED_CONNECTS.counting(std::time::Duration::from_secs(600)) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the abandoned attempt still counts after its connection closed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// A connect that panics (the `postgres` client does when it cannot create its event
+    /// loop, out of file descriptors) fails its attempt and holds no place: the next attempt
+    /// is made, not refused as stalled.
+    #[test]
+    fn a_connect_that_panics_fails_its_attempt_and_frees_its_place() {
+        static ABANDONED: super::AbandonedConnects = super::AbandonedConnects::new();
+        let total = std::time::Duration::from_millis(300);
+        for _ in 0..super::MAX_ABANDONED_CONNECTS + 2 {
+            let err = super::connect_within_with::<()>(&ABANDONED, || panic!("no epoll"), total)
+                .expect_err("a panicking connect succeeded");
+            assert!(matches!(err, super::Error::ConnectPanicked), "{err}");
+        }
+        assert_eq!(ABANDONED.counting(total * 100), 0);
+        super::connect_within_with(&ABANDONED, || Ok(()), total).expect("next attempt made");
+    }
+
+    /// Attempts abandoned on a peer that never answers stop a new attempt only while they
+    /// wait: they stop counting when they end (however), and once older than twice the bound
+    /// even if they never end.
+    #[test]
+    fn stalled_connects_stop_refusing_new_ones_when_they_end_or_grow_old() {
+        static ENDING: super::AbandonedConnects = super::AbandonedConnects::new();
+        static NEVER: super::AbandonedConnects = super::AbandonedConnects::new();
+        let total = std::time::Duration::from_millis(200);
+        let stall = |registry: &'static super::AbandonedConnects| {
+            let (release, wait) = std::sync::mpsc::channel::<()>();
+            let err = super::connect_within_with(
+                registry,
+                move || {
+                    let _ = wait.recv_timeout(std::time::Duration::from_secs(30));
+                    Ok(())
+                },
+                total,
+            )
+            .expect_err("a stalled connect returned");
+            assert!(matches!(err, super::Error::ConnectTimedOut(_)), "{err}");
+            release
+        };
+        // At the same time, so that none is old yet when the fifth attempt comes.
+        let stall_all = |registry: &'static super::AbandonedConnects| {
+            std::thread::scope(|scope| {
+                let stalling: Vec<_> = (0..super::MAX_ABANDONED_CONNECTS)
+                    .map(|_| scope.spawn(|| stall(registry)))
+                    .collect();
+                stalling
+                    .into_iter()
+                    .map(|s| s.join().expect("stalling attempt"))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let releases = stall_all(&ENDING);
+        let refused = super::connect_within_with(&ENDING, || Ok(()), total)
+            .expect_err("a fifth attempt was made while four stalled");
+        assert!(
+            matches!(refused, super::Error::ConnectStalled(_)),
+            "{refused}"
+        );
+        drop(releases);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while ENDING.counting(std::time::Duration::from_secs(600)) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ended attempts still count"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        super::connect_within_with(&ENDING, || Ok(()), total).expect("attempt after they ended");
+
+        // Never released (the threads end with the test process, at most 30 s later).
+        let _held = stall_all(&NEVER);
+        super::connect_within_with(&NEVER, || Ok(()), total)
+            .expect_err("a fifth attempt was made while four stalled");
+        std::thread::sleep(total * 2);
+        super::connect_within_with(&NEVER, || Ok(()), total)
+            .expect("attempt after the stalled ones grew old");
+    }
+
+    /// Only a server that is gone counts as unavailable; a value that does not fit its
+    /// parameter (a client-side error) is internal; a lock wait over `lock_timeout` is busy.
+    #[test]
+    fn unavailable_is_classified_positively_and_lock_timeouts_are_busy() {
+        let server = crate::store::postgres_server::TestPostgres::start().expect("PostgreSQL");
+        let conn = super::PgConnection::connect(&server.url()).expect("connect");
+        let overflow = conn
+            .query("SELECT ?1::int4", vec![super::Value::Int(i64::MAX)])
+            .map_err(anyhow::Error::from)
+            .expect_err("i64::MAX bound as INT4");
+        assert!(!super::database_unavailable(&overflow), "{overflow:#}");
+        assert!(!super::database_busy(&overflow), "{overflow:#}");
+
+        let mut holder = postgres::Client::connect(&server.url(), postgres::NoTls).expect("holder");
+        holder
+            .batch_execute(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({})",
+                super::REVISIONS_LOCK
+            ))
+            .expect("lock taken");
+        conn.batch("SET lock_timeout = '300ms'").expect("set");
+        let waited = conn
+            .begin()
+            .map_err(anyhow::Error::from)
+            .expect_err("took a held lock");
+        assert!(super::database_busy(&waited), "{waited:#}");
+        assert!(!super::database_unavailable(&waited), "{waited:#}");
+        holder.batch_execute("COMMIT").expect("released");
+
+        let settings = conn
+            .query("SHOW idle_in_transaction_session_timeout", Vec::new())
+            .expect("show");
+        assert_eq!(settings, vec![vec![super::Value::Text("30s".into())]]);
     }
 
     #[test]

@@ -164,6 +164,7 @@ mod tests {
             let version = |store: &crate::store::Store| {
                 store
                     .conn()
+                    .expect("the store's connection")
                     .query_row(
                         "SELECT value FROM meta WHERE key = 'schema_version'",
                         [],
@@ -254,6 +255,7 @@ mod tests {
         on_each_test_store(|t| {
             t.store
                 .conn()
+                .expect("the store's connection")
                 .execute(
                     "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
                     [],
@@ -273,6 +275,7 @@ mod tests {
             let kept: String = t
                 .store
                 .conn()
+                .expect("the store's connection")
                 .query_row(
                     "SELECT value FROM meta WHERE key = 'schema_version'",
                     [],

@@ -462,7 +462,7 @@ impl Store {
         max_pending: u32,
         record: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let pending: i64 = tx.query_row(
             // A pending request whose time ran out counts no more, even before the expiry
@@ -492,7 +492,7 @@ impl Store {
         break_glass: bool,
         make: impl FnOnce(u64) -> anyhow::Result<GrantRow>,
     ) -> anyhow::Result<(RequestRow, GrantRow)> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let next = next_revision(&tx)?;
         let grant = make(unsigned(next)?)?;
@@ -528,7 +528,7 @@ impl Store {
         at: i64,
         make: impl FnOnce(u64) -> anyhow::Result<GrantRow>,
     ) -> anyhow::Result<GrantRow> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let next = next_revision(&tx)?;
         let grant = make(unsigned(next)?)?;
@@ -557,7 +557,7 @@ impl Store {
     /// receives a result whole, so the limit, not the loop, bounds what is read into memory
     /// (SQLite reads the rows one at a time from a cursor either way).
     pub fn review_grants(&self, since: i64, bound: usize) -> anyhow::Result<ReviewGrants> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         // The review never shows a token: read an empty one in its place.
         let columns = GRANT_COLUMNS.replace(" token,", " '' AS token,");
         // One row beyond the bound tells that the list was cut.
@@ -629,7 +629,7 @@ impl Store {
         check: impl FnOnce(&BreakGlassRow) -> anyhow::Result<()>,
         record: impl FnOnce(&BreakGlassRow) -> anyhow::Result<()>,
     ) -> anyhow::Result<Option<BreakGlassRow>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let Some(row) = tx
             .query_row(
@@ -661,7 +661,7 @@ impl Store {
         since: i64,
         bound: usize,
     ) -> anyhow::Result<(Vec<RequestRow>, bool)> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let limit = i64::try_from(bound).unwrap_or(i64::MAX).saturating_add(1);
         let mut stmt = conn.prepare(&format!(
             "SELECT {REQUEST_COLUMNS} FROM requests WHERE created >= ?1 ORDER BY created, rowid LIMIT ?2"
@@ -675,7 +675,7 @@ impl Store {
     }
 
     pub fn request(&self, id: &str) -> anyhow::Result<Option<RequestRow>> {
-        Ok(load_request(&self.conn(), id)?)
+        Ok(load_request(&*self.conn()?, id)?)
     }
 
     /// The requests `scope` selects (in SQL, by index: never a scan of others' requests) that
@@ -689,7 +689,7 @@ impl Store {
         max: usize,
         mut keep: impl FnMut(&RequestRow) -> bool,
     ) -> anyhow::Result<RequestList> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let limit = i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1);
         let state = if pending_only {
             "AND state = 'pending'"
@@ -771,7 +771,7 @@ impl Store {
             &mut dyn FnMut() -> anyhow::Result<u64>,
         ) -> anyhow::Result<(RequestRule, Option<GrantRow>)>,
     ) -> anyhow::Result<Option<RequestRow>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let Some(mut request) = load_request(&tx, id)? else {
             return Ok(None);
@@ -826,7 +826,7 @@ impl Store {
         check: impl FnOnce(&RequestRow) -> anyhow::Result<()>,
         record: impl FnOnce(&RequestRow) -> anyhow::Result<()>,
     ) -> anyhow::Result<Option<RequestRow>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let Some(request) = load_request(&tx, id)? else {
             return Ok(None);
@@ -854,7 +854,7 @@ impl Store {
         check: impl FnOnce(&RequestRow) -> anyhow::Result<()>,
         record: impl FnOnce(&RequestRow) -> anyhow::Result<()>,
     ) -> anyhow::Result<Option<RequestRow>> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let Some(request) = load_request(&tx, id)? else {
             return Ok(None);
@@ -869,7 +869,7 @@ impl Store {
 
     /// Ids of the pending requests whose time ran out by `now`.
     pub fn pending_due(&self, now: i64) -> anyhow::Result<Vec<String>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT id FROM requests WHERE state = 'pending' AND expires <= ?1 ORDER BY expires LIMIT 1000",
         )?;
@@ -881,7 +881,7 @@ impl Store {
 
     /// When the next pending request expires.
     pub fn next_pending_expiry(&self) -> anyhow::Result<Option<i64>> {
-        Ok(self.conn().query_row(
+        Ok(self.conn()?.query_row(
             "SELECT MIN(expires) FROM requests WHERE state = 'pending'",
             [],
             |r| r.get(0),
@@ -924,7 +924,7 @@ mod tests {
 
     /// An ordinary (not break-glass) grant, as a request's approval stores it.
     fn insert_plain(store: &Store, id: &str, not_before: i64) {
-        let mut conn = store.conn();
+        let mut conn = store.conn().expect("the store's connection");
         let tx = conn.transaction().unwrap();
         let next = next_revision(&tx).unwrap();
         insert_grant_row(&tx, &grant(id, not_before, unsigned(next).unwrap()), next).unwrap();
@@ -999,7 +999,7 @@ mod tests {
                 .map(|i| format!("/var/log/{i:02}{}.log", "a".repeat(1000)))
                 .collect();
             for i in 0..300 {
-                let mut conn = store.conn();
+                let mut conn = store.conn().expect("the store's connection");
                 let tx = conn.transaction().unwrap();
                 let next = next_revision(&tx).unwrap();
                 let mut g = grant(&format!("g-big{i:03}"), 1_000 + i, unsigned(next).unwrap());
@@ -1031,6 +1031,7 @@ mod tests {
             // The flag cannot be written (its table is gone): the grant is not stored either.
             store
                 .conn()
+                .expect("the store's connection")
                 .execute_batch("DROP TABLE break_glass")
                 .unwrap();
             let failed =
@@ -1125,7 +1126,7 @@ mod tests {
         let (_dir, store) = store();
         const FLOOD: i64 = 50_000;
         {
-            let mut conn = store.conn();
+            let mut conn = store.conn().expect("the store's connection");
             let tx = conn.transaction().unwrap();
             for i in 0..FLOOD {
                 let mut r = request(&format!("r-{i:016x}"), MALLORY, 1_000 + i);
@@ -1168,7 +1169,7 @@ mod tests {
         // The list as it was read before (every request newest first from one cursor,
         // filtered in Rust): the flood is read row by row under the lock.
         {
-            let conn = store.conn();
+            let conn = store.conn().expect("the store's connection");
             let mut old = conn
                 .prepare(&format!(
                     "SELECT {REQUEST_COLUMNS} FROM requests ORDER BY created DESC, rowid DESC LIMIT 100000"
@@ -1357,9 +1358,18 @@ mod tests {
         for i in 0..300 {
             insert_plain(&t.store, &format!("g-{i}"), 1000 + i);
         }
-        let before = t.store.conn().rows_received();
+        let before = t
+            .store
+            .conn()
+            .expect("the store's connection")
+            .rows_received();
         let review = t.store.review_grants(0, 50).expect("review");
-        let received = t.store.conn().rows_received() - before;
+        let received = t
+            .store
+            .conn()
+            .expect("the store's connection")
+            .rows_received()
+            - before;
         assert_eq!(review.in_period.len(), 50);
         assert!(!review.truncated.is_empty());
         assert!(received <= 51, "{received} rows received for a bound of 50");

@@ -186,7 +186,7 @@ impl Store {
         forget_at: i64,
         now: i64,
     ) -> anyhow::Result<UnboundUse> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         tx.execute(
             "DELETE FROM oidc_unbound_tokens WHERE forget_at < ?1",
@@ -224,7 +224,7 @@ impl Store {
         subject: &str,
         now: i64,
     ) -> anyhow::Result<Binding> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO oidc_subjects (name, issuer, subject, bound_at) VALUES (?1, ?2, ?3, ?4)
@@ -253,7 +253,7 @@ impl Store {
     /// groups of its verified token, when (unix s) and the certificate's end. Replaces the
     /// previous sign-in's: the groups follow the latest token.
     pub fn record_sign_in(&self, r: &SignInRecord<'_>) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO oidc_users
                  (name, key_sha256, groups, last_sign_in, cert_not_after, auth_time, amr)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -282,7 +282,7 @@ impl Store {
         now: i64,
     ) -> anyhow::Result<Option<SignInFacts>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT auth_time, amr FROM oidc_users
                  WHERE name = ?1 AND key_sha256 = ?2 AND cert_not_after >= ?3",
@@ -310,7 +310,7 @@ impl Store {
         now: i64,
     ) -> anyhow::Result<Option<Vec<String>>> {
         let groups: Option<String> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT groups FROM oidc_users
                  WHERE name = ?1 AND key_sha256 = ?2 AND cert_not_after >= ?3",
@@ -330,7 +330,7 @@ impl Store {
         request_id: &str,
         facts: RequestSignIn,
     ) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "INSERT INTO request_sign_ins (request_id, age_seconds, mfa) VALUES (?1, ?2, ?3)
              ON CONFLICT(request_id) DO UPDATE SET age_seconds = ?2, mfa = ?3",
             params![
@@ -346,7 +346,7 @@ impl Store {
     /// was recorded (no sign-in behind their key, or a request from before schema version 3).
     pub fn request_sign_in(&self, request_id: &str) -> anyhow::Result<Option<RequestSignIn>> {
         let row: Option<(i64, i64)> = self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT age_seconds, mfa FROM request_sign_ins WHERE request_id = ?1",
                 params![request_id],
@@ -364,7 +364,7 @@ impl Store {
 
     /// Forgets what [`Self::record_request_sign_in`] wrote for a request that was not stored.
     pub fn forget_request_sign_in(&self, request_id: &str) -> anyhow::Result<()> {
-        self.conn().execute(
+        self.conn()?.execute(
             "DELETE FROM request_sign_ins WHERE request_id = ?1",
             params![request_id],
         )?;
@@ -397,7 +397,7 @@ impl Store {
             reason,
             now,
         } = *change;
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let was: Option<(i64, i64)> = tx
             .query_row(
@@ -436,7 +436,7 @@ impl Store {
     /// `name`'s lock state; `None` when it was never locked.
     pub fn user_lock(&self, name: &str) -> anyhow::Result<Option<LockState>> {
         Ok(self
-            .conn()
+            .conn()?
             .query_row(
                 "SELECT locked, cutoff, changed_at, changed_by, reason FROM user_locks
                  WHERE name = ?1",
@@ -448,7 +448,7 @@ impl Store {
 
     /// Every name ever locked with its certificate cut-off (unix s), for the revocation set.
     pub fn user_cutoffs(&self) -> anyhow::Result<Vec<(String, i64)>> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT name, cutoff FROM user_locks")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -457,7 +457,7 @@ impl Store {
     /// The people signed in with the IdP or locked, by name, at most `max` (and whether more
     /// there were).
     pub fn list_users(&self, max: usize) -> anyhow::Result<(Vec<UserListing>, bool)> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut users: std::collections::BTreeMap<String, UserListing> = Default::default();
         let mut stmt =
             conn.prepare("SELECT name, last_sign_in, cert_not_after, groups FROM oidc_users")?;
