@@ -1176,6 +1176,52 @@ mod state_tests {
         );
         assert_eq!(store.agent("web-1").unwrap().unwrap().last_seen, 2);
     }
+
+    /// PostgreSQL's registration commits with `SET LOCAL synchronous_commit = off`: the
+    /// setting ends with its transaction, so the session's next commits (a grant, a
+    /// revocation) still wait for the disk.
+    #[test]
+    fn registering_an_agent_on_postgres_leaves_later_commits_durable() {
+        testing::on_each_backend(|store, _dir| {
+            if !store.is_postgres() {
+                return; // SQLite: registering_an_agent_leaves_every_other_write_synchronous
+            }
+            let setting = |store: &Store| -> String {
+                store
+                    .conn()
+                    .query_row("SELECT current_setting('synchronous_commit')", [], |r| {
+                        r.get(0)
+                    })
+                    .unwrap()
+            };
+            // The tests' server runs without synchronous commits: the session asks for them,
+            // as a production server's default.
+            store
+                .conn()
+                .execute_batch("SET synchronous_commit = on")
+                .unwrap();
+            assert_eq!(setting(store), "on");
+            let agent = AgentRow {
+                id: "web-1".into(),
+                labels: vec!["env=prod".into()],
+                addr: "127.0.0.1:7401".into(),
+                last_seen: 1,
+            };
+            store.upsert_agent(&agent).unwrap();
+            store
+                .upsert_agent(&AgentRow {
+                    last_seen: 2,
+                    ..agent
+                })
+                .unwrap();
+            assert_eq!(
+                setting(store),
+                "on",
+                "durable again after the registry's write"
+            );
+            assert_eq!(store.agent("web-1").unwrap().unwrap().last_seen, 2);
+        });
+    }
 }
 
 /// The test PostgreSQL server of the end-to-end tests, shared with the store's unit tests.
