@@ -1119,7 +1119,11 @@ fn per_replica<T>(values: &[T], format: impl Fn(&T) -> String) -> String {
     values.iter().map(format).collect::<Vec<_>>().join(" / ")
 }
 
+/// KiB as MiB; 0 is a replica not running (killed for the failover).
 fn mib(kib: &u64) -> String {
+    if *kib == 0 {
+        return "not running".into();
+    }
     format!("{:.1} MiB", *kib as f64 / 1024.0)
 }
 
