@@ -34,6 +34,9 @@ pub struct TestPostgres {
     port: u16,
     owner: Option<(u32, u32)>,
     server: Option<Child>,
+    /// Whether commits wait for the disk (`fsync`, `synchronous_commit` on): a benchmark's
+    /// server; a test's runs without (its data is thrown away).
+    durable: bool,
 }
 
 /// The folder holding `initdb`, `postgres` and `pg_ctl`, if PostgreSQL is installed.
@@ -94,11 +97,27 @@ impl TestPostgres {
 
     /// Initialises and starts a fresh server (see the module's doc).
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None, false)
+    }
+
+    /// A fresh server whose scratch folder is made in `parent` (a benchmark's folder under
+    /// `target/bench`) and whose commits wait for the disk as a production server's do
+    /// (`fsync` and `synchronous_commit` left on); otherwise as [`TestPostgres::start`].
+    pub fn start_durable_in(parent: &Path) -> anyhow::Result<Self> {
+        Self::start_with(Some(parent), true)
+    }
+
+    fn start_with(parent: Option<&Path>, durable: bool) -> anyhow::Result<Self> {
         let bin = binaries().context(
             "PostgreSQL is not installed: apt-get install postgresql (cargo xtask test does it)",
         )?;
         let owner = unprivileged_owner()?;
-        let dir = tempfile::Builder::new().prefix("loggate-pg").tempdir()?;
+        let mut scratch = tempfile::Builder::new();
+        scratch.prefix("loggate-pg");
+        let dir = match parent {
+            Some(parent) => scratch.tempdir_in(parent)?,
+            None => scratch.tempdir()?,
+        };
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
@@ -110,6 +129,7 @@ impl TestPostgres {
             port: 0,
             owner,
             server: None,
+            durable,
         };
         let init = server
             .command("initdb")
@@ -159,17 +179,21 @@ impl TestPostgres {
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::chown(self.dir.path().join("server.log"), Some(uid), Some(gid))?;
         }
-        let mut child = self
-            .command("postgres")
+        let mut postgres = self.command("postgres");
+        postgres
             .args(["-D", "data", "-p", &self.port.to_string()])
             .args(["-c", "listen_addresses="])
             .arg("-c")
             .arg(format!(
                 "unix_socket_directories={}",
                 self.dir.path().display()
-            ))
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=50"])
+            ));
+        if !self.durable {
+            postgres.args(["-c", "fsync=off", "-c", "synchronous_commit=off"]);
+            postgres.args(["-c", "full_page_writes=off"]);
+        }
+        let mut child = postgres
+            .args(["-c", "max_connections=50"])
             // Light enough that the suite's parallel tests can each run one.
             .args(["-c", "shared_buffers=16MB"])
             .stdout(Stdio::null())

@@ -1,29 +1,42 @@
-//! `cargo xtask bench fleet [--agents N]`: grants fanned out to N agents, and a controller
-//! restart under them (docs/performance.md, issue #12).
+//! `cargo xtask bench fleet [--agents N] [--postgres [--replicas R]]`: grants fanned out to N
+//! agents, and controller restarts under them (docs/performance.md, issue #12).
 //!
-//! One real controller process (`loggate controller serve`, embedded SQLite; a debug build
-//! unless `--release`) on loopback, and N simulated agents in this one process: each has its own
-//! agent certificate (issued here from the harness's development CA with rcgen, written next to
-//! the harness's PKI), its own TLS connection from its own loopback address (127.1.x.y: one
-//! address per host, a /24 per 250 agents, as a fleet spread over networks; `--one-address`
-//! puts them all on 127.0.0.1, as behind one NAT), and a real `WatchGrants` stream on which it
-//! verifies every grant it receives with the agent's verifier (`GrantVerifier::
-//! verify_on_receipt`, core) and follows the epoch and revision as an agent does. Agents
-//! reconnect with the agent's own back-off (`loggate_core::backoff::FLEET`, full jitter) after
-//! a first connect spread like the agent's.
+//! Real controller processes (`loggate controller serve`; a debug build unless `--release`) on
+//! loopback: one on embedded SQLite, or with `--postgres` R replicas (default 1) sharing a
+//! PostgreSQL server the bench starts for itself (`initdb` in a scratch folder under
+//! `target/bench/fleet`, a unix socket only, commits waiting for the disk as in production,
+//! stopped at the end: the test helper `loggate_tests::postgres`). N simulated agents run in this
+//! one process: each has its own agent certificate (issued here from the harness's development
+//! CA with rcgen, written next to the harness's PKI), its own TLS connection from its own
+//! loopback address (127.1.x.y: one address per host, a /24 per 250 agents, as a fleet spread
+//! over networks; `--one-address` puts them all on 127.0.0.1, as behind one NAT), and a real
+//! `WatchGrants` stream on which it verifies every grant it receives with the agent's verifier
+//! (`GrantVerifier::verify_on_receipt`, core) and follows the epoch and revision as an agent
+//! does. Each agent lists every replica (`controllers = [a, b]`), starts at a random one and
+//! moves to a random other one when its stream fails, as the agent does (`agent/src/
+//! controllers.rs`); it reconnects with the agent's own back-off (`loggate_core::backoff::FLEET`,
+//! full jitter) after a first connect spread like the agent's.
 //!
-//! Measured: time until every agent is connected and caught up at start; for grants addressed
-//! to a label every agent holds, and for their revocations, the time from the request sent by
-//! the admin until each agent holds it (p50, p99, max over agents and changes); controller CPU
-//! per change, its RSS (now and peak); after a SIGKILL and a new start of the controller,
-//! connections per second (peak second and mean) and the time until every agent is back and
-//! resynchronised, the `tls.refused` records of that restart, and how long the admin's
-//! `loggate grant list` took in the middle of the herd.
+//! Measured: time until every agent is connected and caught up at start, and how the agents
+//! spread over the replicas; for grants addressed to a label every agent holds, issued through
+//! the first replica, and for their revocations, the time from the request sent by the admin
+//! until each agent holds it (p50, p99, max over agents and changes); CPU per change of every
+//! replica and of this bench process itself (its simulated agents share the cores), every
+//! replica's RSS (now and peak). With several replicas: one replica killed (SIGKILL), the time
+//! until all its agents are back on the others and resynchronised. Then every controller process
+//! killed and started again: connections per second (peak second and mean) and the time until
+//! every agent is back and resynchronised, the `tls.refused` records of that restart, and how
+//! long the admin's `loggate grant list` took in the middle of the herd.
 //!
-//! Bounded: at most 20,000 agents, at most `--grants` (≤ 100) grants, every wait ends after
-//! `--timeout-secs`; it stops everything it started. The open-file limit of this process is
-//! raised to its hard limit (the controller raises its own): each agent holds one socket.
-//! Nothing here asserts a time: it prints figures, with the machine's load.
+//! `--nice N` runs the simulated agents' threads at that lower priority (`setpriority(2)` on
+//! each of the runtime's threads; the controllers, started from the main thread, keep the
+//! normal priority): the controller then goes first when they compete for the CPU, and the
+//! bench's own share is measured either way.
+//!
+//! Bounded: at most 20,000 agents, at most `--grants` (≤ 100) grants, at most 4 replicas, every
+//! wait ends after `--timeout-secs`; it stops everything it started. The open-file limit of this
+//! process is raised to its hard limit (the controller raises its own): each agent holds one
+//! socket. Nothing here asserts a time: it prints figures, with the machine's load.
 
 use crate::bench_redact::load_average;
 use crate::{cargo, run, target_dir};
@@ -34,17 +47,19 @@ use loggate_core::identity::AgentId;
 use loggate_core::tls::{Server, TlsFiles};
 use loggate_proto as pb;
 use loggate_proto::controller_client::ControllerClient;
-use loggate_tests::Cluster;
+use loggate_tests::postgres::TestPostgres;
+use loggate_tests::{flat_audit_record, free_addr, read_audit_file, wait_for_port, Cluster};
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -65,6 +80,18 @@ pub struct Args {
     /// address of its own.
     #[arg(long)]
     one_address: bool,
+    /// Keep the controller's state in a PostgreSQL server the bench starts for itself (under
+    /// target/bench/fleet) instead of embedded SQLite.
+    #[arg(long)]
+    postgres: bool,
+    /// Controller replicas sharing the PostgreSQL database (needs --postgres); every agent
+    /// lists all of them.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Run the simulated agents at this lower CPU priority (0–19; 0: the same as the
+    /// controllers).
+    #[arg(long, default_value_t = 0)]
+    nice: i32,
     /// The longest any one phase may take.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -72,6 +99,7 @@ pub struct Args {
 
 const MAX_AGENTS: usize = 20_000;
 const MAX_GRANTS: usize = 100;
+const MAX_REPLICAS: usize = 4;
 const LABEL: &str = "fleet=bench";
 /// A stream silent this long is dead (as the agent's SILENCE).
 const SILENCE: Duration = Duration::from_secs(35);
@@ -82,6 +110,19 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     }
     if args.grants == 0 || args.grants > MAX_GRANTS {
         bail!("--grants must be between 1 and {MAX_GRANTS}");
+    }
+    if args.replicas == 0 || args.replicas > MAX_REPLICAS {
+        bail!("--replicas must be between 1 and {MAX_REPLICAS}");
+    }
+    if args.replicas > 1 && !args.postgres {
+        bail!(
+            "--replicas {} needs --postgres: controllers on separate SQLite files are not \
+             replicas of one controller",
+            args.replicas
+        );
+    }
+    if !(0..=19).contains(&args.nice) {
+        bail!("--nice must be between 0 and 19");
     }
     let profile = if args.release { "release" } else { "debug" };
     let bins = match &args.bin_dir {
@@ -111,7 +152,22 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("cannot remove the last run's {}", dir.display()))?;
     }
-    let mut cluster = Cluster::new(Some(dir.clone()))?;
+    let cluster = Cluster::new(Some(dir.clone()))?;
+    // Declared after the replicas' owner (the cluster) and before the replicas: dropped after
+    // them, so the database outlives every controller using it.
+    let postgres = if args.postgres {
+        let server = TestPostgres::start_durable_in(&cluster.dir)?;
+        let url = server.create_database("loggate")?;
+        Some((server, url))
+    } else {
+        None
+    };
+    let mut replicas = Replicas::configure(
+        &cluster,
+        &bins,
+        args.replicas,
+        postgres.as_ref().map(|(_, url)| url.as_str()),
+    )?;
     let pki = cluster.dir.join("pki");
     let started = Instant::now();
     let ids = issue_agent_certificates(&pki, args.agents)?;
@@ -124,55 +180,279 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         &std::fs::read_to_string(pki.join("grant-signing.pub"))
             .context("reading the grant-signing public key")?,
     )?;
-    cluster.start_controller()?;
-    let controller_pid = cluster
-        .controller_pid()
-        .context("the controller did not start")?;
+    replicas.start_all()?;
 
     let load_before = load_average();
     let uptime_before = uptime();
+    let nice = args.nice;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_start(move || lower_this_threads_priority(nice))
         .build()?;
     let report = runtime.block_on(measure(
         args,
-        &mut cluster,
-        controller_pid,
+        &cluster,
+        &mut replicas,
         &pki,
         ids,
         verifying_key,
     ));
     runtime.shutdown_timeout(Duration::from_secs(5));
+    replicas.kill_all();
+    drop(postgres);
     let report = report?;
     print_report(args, &bins, &load_before, &uptime_before, &report);
     Ok(())
+}
+
+/// Lowers the calling thread's priority by `nice` (Linux: `setpriority(PRIO_PROCESS, 0)` is
+/// the calling thread alone). A failure only leaves the normal priority: it is printed.
+fn lower_this_threads_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: setpriority takes no pointers; it changes only this thread's scheduling.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        eprintln!(
+            "bench fleet: cannot lower a thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The controller processes of the bench: one (SQLite, or one on PostgreSQL) or the replicas
+/// of one controller on PostgreSQL; killed when dropped.
+struct Replicas {
+    bins: PathBuf,
+    list: Vec<Replica>,
+}
+
+struct Replica {
+    addr: SocketAddr,
+    config: PathBuf,
+    audit: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replicas {
+    /// Writes the configuration of `count` controllers: the harness's (replica 0, the address
+    /// the admin's client configuration names) and copies of it that differ only by their
+    /// listening address and audit file. `database`: the PostgreSQL URL they share.
+    fn configure(
+        cluster: &Cluster,
+        bins: &Path,
+        count: usize,
+        database: Option<&str>,
+    ) -> anyhow::Result<Replicas> {
+        let text = std::fs::read_to_string(&cluster.controller_config)?;
+        let text = match database {
+            Some(url) => {
+                let line = "\ndatabase = \"controller/state.db\"\n";
+                anyhow::ensure!(text.contains(line), "the harness's database line moved");
+                text.replacen(line, &format!("\ndatabase = \"{url}\"\n"), 1)
+            }
+            None => text,
+        };
+        std::fs::write(&cluster.controller_config, &text)?;
+        let mut list = Vec::with_capacity(count);
+        for i in 0..count {
+            let (addr, config, audit) = if i == 0 {
+                (
+                    cluster.controller_addr,
+                    cluster.controller_config.clone(),
+                    cluster.dir.join("controller/audit.jsonl"),
+                )
+            } else {
+                let addr = free_addr()?;
+                let listen = format!("\nlisten = \"{}\"\n", cluster.controller_addr);
+                let audit = "\naudit_log = \"controller/audit.jsonl\"\n";
+                anyhow::ensure!(
+                    text.contains(&listen) && text.contains(audit),
+                    "the harness's listen or audit_log line moved"
+                );
+                let own = text
+                    .replacen(&listen, &format!("\nlisten = \"{addr}\"\n"), 1)
+                    .replacen(
+                        audit,
+                        &format!("\naudit_log = \"controller/audit-{i}.jsonl\"\n"),
+                        1,
+                    );
+                let config = cluster.dir.join(format!("controller-{i}.toml"));
+                std::fs::write(&config, own)?;
+                (
+                    addr,
+                    config,
+                    cluster.dir.join(format!("controller/audit-{i}.jsonl")),
+                )
+            };
+            list.push(Replica {
+                addr,
+                config,
+                audit,
+                log: cluster.dir.join(format!("controller/stderr-{i}.log")),
+                child: None,
+            });
+        }
+        Ok(Replicas {
+            bins: bins.to_path_buf(),
+            list,
+        })
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.list.iter().map(|r| r.addr.to_string()).collect()
+    }
+
+    /// Starts replica `i` and waits until it listens; returns its pid.
+    fn start(&mut self, i: usize) -> anyhow::Result<u32> {
+        let replica = &mut self.list[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&replica.log)?;
+        let child = Command::new(self.bins.join("loggate"))
+            .args(["controller", "serve", "--config"])
+            .arg(&replica.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting a controller")?;
+        let pid = child.id();
+        replica.child = Some(child);
+        wait_for_port(replica.addr, Duration::from_secs(20)).with_context(|| {
+            format!(
+                "controller {i} did not listen; see {}",
+                replica.log.display()
+            )
+        })?;
+        Ok(pid)
+    }
+
+    fn start_all(&mut self) -> anyhow::Result<()> {
+        for i in 0..self.list.len() {
+            self.start(i)?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs replica `i` (a crash: its streams are cut, not closed) and reaps it.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.list[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn kill_all(&mut self) {
+        for i in 0..self.list.len() {
+            self.kill(i);
+        }
+    }
+
+    fn pid(&self, i: usize) -> anyhow::Result<u32> {
+        self.list[i]
+            .child
+            .as_ref()
+            .map(Child::id)
+            .with_context(|| format!("controller {i} is not running"))
+    }
+
+    /// The CPU time of every running replica (zero for one that is not).
+    fn cpu(&self) -> Vec<Duration> {
+        (0..self.list.len())
+            .map(|i| self.pid(i).and_then(cpu_time).unwrap_or_default())
+            .collect()
+    }
+
+    /// A line of /proc/PID/status of every running replica, in KiB (0 for one not running).
+    fn status(&self, field: &str) -> Vec<u64> {
+        (0..self.list.len())
+            .map(|i| {
+                self.pid(i)
+                    .and_then(|pid| proc_status(pid, field))
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// The number of audit records of every replica (to count what a phase added).
+    fn audit_lengths(&self) -> Vec<usize> {
+        self.list
+            .iter()
+            .map(|r| read_audit_file(&r.audit).len())
+            .collect()
+    }
+
+    /// The `tls.refused` records every replica wrote after `before` ([`Replicas::audit_lengths`]),
+    /// and the evicted handshakes they sum.
+    fn refused_since(&self, before: &[usize]) -> (usize, u64) {
+        let mut records = 0;
+        let mut evicted = 0;
+        for (replica, skip) in self.list.iter().zip(before) {
+            for raw in read_audit_file(&replica.audit).iter().skip(*skip) {
+                let e = flat_audit_record(raw);
+                if e["event"] != "tls.refused" {
+                    continue;
+                }
+                records += 1;
+                if e["reason_code"] == "evicted" {
+                    evicted += e["suppressed_before"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+        (records, evicted)
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// A fleet coming back after controllers were killed, measured.
+struct Comeback {
+    took: Duration,
+    /// Agents back and resynchronised when `took` was taken (all, unless it timed out).
+    back: usize,
+    /// How many had to come back.
+    of: usize,
+    rate: (f64, usize),
+    /// CPU of each replica during it.
+    cpu: Vec<Duration>,
+    bench_cpu: Duration,
+    /// Peak RSS of each replica, KiB.
+    rss_peak_kib: Vec<u64>,
+    refused_records: usize,
+    evicted: u64,
+    admin_cli: Option<(Duration, bool)>,
 }
 
 /// Everything measured, for the table.
 struct Report {
     first_connect: Duration,
     first_connect_rate: (f64, usize),
-    rss_connected_kib: u64,
+    /// Agents caught up on each replica once all were connected.
+    spread: Vec<usize>,
+    rss_connected_kib: Vec<u64>,
     grant_latencies: Vec<Duration>,
     revoke_latencies: Vec<Duration>,
-    cpu_per_change: Duration,
-    rss_after_changes_kib: u64,
-    reconnect: Duration,
-    /// Agents back and resynchronised when `reconnect` was taken (all, unless it timed out).
-    back: usize,
-    reconnect_rate: (f64, usize),
-    reconnect_cpu: Duration,
-    rss_peak_kib: u64,
-    refused_records: usize,
-    evicted: u64,
-    admin_cli: Option<(Duration, bool)>,
+    cpu_per_change: Vec<Duration>,
+    bench_cpu_per_change: Duration,
+    rss_after_changes_kib: Vec<u64>,
+    /// One replica killed, its agents back on the others (several replicas only).
+    failover: Option<Comeback>,
+    /// Every controller process killed and started again.
+    restart: Comeback,
     rejected: usize,
 }
 
 async fn measure(
     args: &Args,
-    cluster: &mut Cluster,
-    controller_pid: u32,
+    cluster: &Cluster,
+    replicas: &mut Replicas,
     pki: &Path,
     ids: Vec<String>,
     verifying_key: VerifyingKey,
@@ -184,7 +464,7 @@ async fn measure(
     ));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (stop, stopping) = watch::channel(false);
-    let addr = cluster.controller_addr.to_string();
+    let controllers = Arc::new(replicas.addrs());
     let spawned = Instant::now();
     for (i, id) in ids.iter().enumerate() {
         let agent = SimAgent {
@@ -195,9 +475,10 @@ async fn measure(
                 cert: pki.join("agents").join(format!("{id}.crt")),
                 key: pki.join("agents").join(format!("{id}.key")),
             },
-            endpoint: None,
+            endpoints: vec![None; controllers.len()],
             source: (!args.one_address).then(|| source_address(i)),
-            controller: addr.clone(),
+            controllers: controllers.clone(),
+            current: usize::try_from(rand::random::<u32>()).unwrap_or(0) % controllers.len(),
             verifier: verifier.clone(),
             events: events_tx.clone(),
             stopping: stopping.clone(),
@@ -207,26 +488,29 @@ async fn measure(
     drop(events_tx);
     let n = ids.len();
     let mut fleet = Fleet::default();
+    let bench = std::process::id();
 
     // 1. The first connection of every agent.
+    let none = HashSet::new();
     fleet
         .wait(&mut events, timeout, "every agent connected", |f| {
-            f.caught_up_in_epoch_other_than("") >= n
+            f.caught_up_outside(&none) >= n
         })
         .await?;
     // From the agents' own timestamps: the bench may take the events later than they came.
     let first_connect = fleet
-        .last_caught_up_outside("")
+        .last_caught_up_outside(&none)
         .map_or(spawned.elapsed(), |at| {
             at.saturating_duration_since(spawned)
         });
     let first_connect_rate = rate(&fleet.connects, spawned);
-    let old_epoch = fleet.epoch_of_most();
-    let rss_connected_kib = proc_status(controller_pid, "VmRSS:")?;
+    let spread = fleet.spread(replicas.list.len());
+    let rss_connected_kib = replicas.status("VmRSS:");
 
-    // 2. Grants to the fleet's label and their revocations.
+    // 2. Grants to the fleet's label and their revocations, issued through replica 0.
     let mut admin = cluster.controller_client_as("users/admin").await?;
-    let cpu_before = cpu_time(controller_pid)?;
+    let cpu_before = replicas.cpu();
+    let bench_before = cpu_time(bench)?;
     let (mut grant_latencies, mut revoke_latencies) = (Vec::new(), Vec::new());
     for g in 0..args.grants {
         let sent = Instant::now();
@@ -272,95 +556,167 @@ async fn measure(
                 .map(|t| t.saturating_duration_since(sent)),
         );
     }
-    let cpu_per_change = (cpu_time(controller_pid)? - cpu_before) / (2 * args.grants) as u32;
+    let changes = u32::try_from(2 * args.grants)?;
+    let cpu_per_change = replicas
+        .cpu()
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after.saturating_sub(*before) / changes)
+        .collect();
+    let bench_cpu_per_change = cpu_time(bench)?.saturating_sub(bench_before) / changes;
     eprintln!(
         "bench fleet: all {n} connected in {:.1}s; grant p99 {}, revocation p99 {}",
         first_connect.as_secs_f64(),
         ms(percentile_of(&grant_latencies, 0.99)),
         ms(percentile_of(&revoke_latencies, 0.99)),
     );
-    let rss_after_changes_kib = proc_status(controller_pid, "VmRSS:")?;
+    let rss_after_changes_kib = replicas.status("VmRSS:");
     drop(admin);
 
-    // 3. A controller killed and started again under the fleet.
-    let events_before_restart = cluster.controller_events().len();
-    // SAFETY: kill(2) on the pid of the controller this process started and has not reaped.
-    unsafe {
-        libc::kill(controller_pid as libc::pid_t, libc::SIGKILL);
-    }
-    cluster.stop_controller(); // reaps it
-    let connects_before = fleet.connects.len();
-    let restarted = Instant::now();
-    cluster.start_controller()?;
-    let new_pid = cluster
-        .controller_pid()
-        .context("the controller did not restart")?;
-    let cpu_before = cpu_time(new_pid)?;
-    // The admin's command in the middle of the herd.
-    let admin_cli = {
-        let mut cli = cluster.cli("admin");
-        cli.args(["grant", "list"]);
-        let herd = fleet
-            .wait(&mut events, Duration::from_secs(1), "", |_| false)
-            .await;
-        drop(herd);
-        let started = Instant::now();
-        let out = tokio::task::spawn_blocking(move || cli.output()).await??;
-        Some((started.elapsed(), out.status.success()))
-    };
-    // A fleet not all back in time is a figure too (how many were), not an error.
-    let all_back = fleet
-        .wait(
+    // 3. One replica killed: its agents move to the others.
+    let failover = if replicas.list.len() > 1 {
+        let victim = replicas.list.len() - 1;
+        let old = fleet.epochs_on(victim);
+        let moving = fleet.spread(replicas.list.len())[victim];
+        let comeback = comeback(
+            &mut fleet,
             &mut events,
+            replicas,
+            &[victim],
+            old,
+            n,
+            moving,
             timeout,
-            "every agent back after the restart",
-            |f| f.caught_up_in_epoch_other_than(&old_epoch) >= n,
+            None,
         )
-        .await;
-    if let Err(e) = &all_back {
-        eprintln!("bench fleet: {e:#}");
-    }
-    let back = fleet.caught_up_in_epoch_other_than(&old_epoch);
-    let reconnect = fleet
-        .last_caught_up_outside(&old_epoch)
-        .map_or(restarted.elapsed(), |at| {
-            at.saturating_duration_since(restarted)
-        });
-    let reconnect_rate = rate(&fleet.connects[connects_before..], restarted);
-    let reconnect_cpu = cpu_time(new_pid)? - cpu_before;
-    let rss_peak_kib = proc_status(new_pid, "VmHWM:")?;
+        .await?;
+        // Back for the whole-cluster restart below.
+        replicas.start(victim)?;
+        Some(comeback)
+    } else {
+        None
+    };
+
+    // 4. Every controller killed and started again under the fleet.
+    let all: Vec<usize> = (0..replicas.list.len()).collect();
+    let old = fleet.caught_up.values().cloned().collect();
+    let restart = comeback(
+        &mut fleet,
+        &mut events,
+        replicas,
+        &all,
+        old,
+        n,
+        n,
+        timeout,
+        Some(cluster),
+    )
+    .await?;
     let _ = stop.send(true);
-    // Refusals are summarised every 10 s (tls_accept::PRESSURE_SUMMARY_INTERVAL): wait for
-    // the summary of the herd's last seconds.
-    tokio::time::sleep(Duration::from_secs(11)).await;
-    let refused: Vec<_> = cluster
-        .controller_events()
-        .into_iter()
-        .skip(events_before_restart)
-        .filter(|e| e["event"] == "tls.refused")
-        .collect();
-    let evicted = refused
-        .iter()
-        .filter(|e| e["reason_code"] == "evicted")
-        .map(|e| e["suppressed_before"].as_u64().unwrap_or(0))
-        .sum();
     Ok(Report {
         first_connect,
         first_connect_rate,
+        spread,
         rss_connected_kib,
         grant_latencies,
         revoke_latencies,
         cpu_per_change,
+        bench_cpu_per_change,
         rss_after_changes_kib,
-        reconnect,
+        failover,
+        restart,
+        rejected: fleet.rejected,
+    })
+}
+
+/// Kills the replicas `victims` (SIGKILL), starts them again unless others remain (a failover:
+/// their agents move), and measures until every agent is caught up in an epoch outside `old`
+/// (the epochs of the killed processes). `cli`: run the admin's `loggate grant list` 1 s into
+/// the herd.
+#[allow(clippy::too_many_arguments)]
+async fn comeback(
+    fleet: &mut Fleet,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    replicas: &mut Replicas,
+    victims: &[usize],
+    old: HashSet<String>,
+    n: usize,
+    of: usize,
+    timeout: Duration,
+    cli: Option<&Cluster>,
+) -> anyhow::Result<Comeback> {
+    let audit_before = replicas.audit_lengths();
+    let restart = victims.len() == replicas.list.len();
+    for &i in victims {
+        replicas.kill(i);
+    }
+    let connects_before = fleet.connects.len();
+    let killed = Instant::now();
+    if restart {
+        for &i in victims {
+            replicas.start(i)?;
+        }
+    }
+    let cpu_before = replicas.cpu();
+    let bench_before = cpu_time(std::process::id())?;
+    // The admin's command in the middle of the herd, from a thread of the normal priority
+    // (the runtime's threads may run lowered: `--nice`).
+    let admin_cli = match cli {
+        Some(cluster) => {
+            let mut command = cluster.cli("admin");
+            command.args(["grant", "list"]);
+            let _ = fleet
+                .wait(events, Duration::from_secs(1), "", |_| false)
+                .await;
+            let (tx, rx) = oneshot::channel();
+            let started = Instant::now();
+            std::thread::spawn(move || {
+                let _ = tx.send(command.output());
+            });
+            let out = rx.await.context("the admin's command's thread ended")??;
+            Some((started.elapsed(), out.status.success()))
+        }
+        None => None,
+    };
+    // A fleet not all back in time is a figure too (how many were), not an error.
+    let all_back = fleet
+        .wait(events, timeout, "every agent back", |f| {
+            f.caught_up_outside(&old) >= n
+        })
+        .await;
+    if let Err(e) = &all_back {
+        eprintln!("bench fleet: {e:#}");
+    }
+    let back = fleet.caught_up_outside(&old).saturating_sub(n - of);
+    let took = fleet
+        .last_caught_up_outside(&old)
+        .map_or(killed.elapsed(), |at| at.saturating_duration_since(killed));
+    let rate = rate(&fleet.connects[connects_before..], killed);
+    let cpu = replicas
+        .cpu()
+        .iter()
+        .zip(&cpu_before)
+        .map(|(after, before)| after.saturating_sub(*before))
+        .collect();
+    let bench_cpu = cpu_time(std::process::id())?.saturating_sub(bench_before);
+    let rss_peak_kib = replicas.status("VmHWM:");
+    // Refusals are summarised every 10 s (tls_accept::PRESSURE_SUMMARY_INTERVAL): wait for
+    // the summary of the herd's last seconds (events keep being taken meanwhile).
+    let _ = fleet
+        .wait(events, Duration::from_secs(11), "", |_| false)
+        .await;
+    let (refused_records, evicted) = replicas.refused_since(&audit_before);
+    Ok(Comeback {
+        took,
         back,
-        reconnect_rate,
-        reconnect_cpu,
+        of,
+        rate,
+        cpu,
+        bench_cpu,
         rss_peak_kib,
-        refused_records: refused.len(),
+        refused_records,
         evicted,
         admin_cli,
-        rejected: fleet.rejected,
     })
 }
 
@@ -369,6 +725,8 @@ async fn measure(
 struct Fleet {
     /// The epoch each agent last caught up in.
     caught_up: HashMap<usize, String>,
+    /// The replica each agent last caught up on.
+    replica_of: HashMap<usize, usize>,
     /// How many agents last caught up in each epoch, and when the last of them did (kept as
     /// events arrive: a wait's condition must not walk 10,000 agents per event).
     per_epoch: HashMap<String, (usize, Instant)>,
@@ -379,39 +737,49 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn caught_up_in_epoch_other_than(&self, epoch: &str) -> usize {
+    /// Agents caught up in an epoch not in `old`.
+    fn caught_up_outside(&self, old: &HashSet<String>) -> usize {
         self.per_epoch
             .iter()
-            .filter(|(e, _)| *e != epoch)
+            .filter(|(e, _)| !old.contains(*e))
             .map(|(_, (n, _))| n)
             .sum()
     }
 
-    /// When the last agent caught up in an epoch other than `epoch`.
-    fn last_caught_up_outside(&self, epoch: &str) -> Option<Instant> {
+    /// When the last agent caught up in an epoch not in `old`.
+    fn last_caught_up_outside(&self, old: &HashSet<String>) -> Option<Instant> {
         self.per_epoch
             .iter()
-            .filter(|(e, _)| *e != epoch)
+            .filter(|(e, _)| !old.contains(*e))
             .map(|(_, (_, at))| *at)
             .max()
     }
 
-    fn epoch_of_most(&self) -> String {
-        let mut counts: HashMap<&String, usize> = HashMap::new();
-        for e in self.caught_up.values() {
-            *counts.entry(e).or_default() += 1;
+    /// The epochs agents caught up in on `replica` (one: a controller process's).
+    fn epochs_on(&self, replica: usize) -> HashSet<String> {
+        self.replica_of
+            .iter()
+            .filter(|(_, r)| **r == replica)
+            .filter_map(|(agent, _)| self.caught_up.get(agent).cloned())
+            .collect()
+    }
+
+    /// Agents caught up on each of `replicas`.
+    fn spread(&self, replicas: usize) -> Vec<usize> {
+        let mut counts = vec![0; replicas];
+        for r in self.replica_of.values() {
+            if let Some(c) = counts.get_mut(*r) {
+                *c += 1;
+            }
         }
         counts
-            .into_iter()
-            .max_by_key(|(_, c)| *c)
-            .map(|(e, _)| e.clone())
-            .unwrap_or_default()
     }
 
     fn apply(&mut self, event: Event) {
         match event.what {
             What::Connected => self.connects.push(event.at),
-            What::CaughtUp(epoch) => {
+            What::CaughtUp { epoch, replica } => {
+                self.replica_of.insert(event.agent, replica);
                 if let Some(before) = self.caught_up.insert(event.agent, epoch.clone()) {
                     if let Some((n, _)) = self.per_epoch.get_mut(&before) {
                         *n = n.saturating_sub(1);
@@ -457,7 +825,7 @@ struct Event {
 
 enum What {
     Connected,
-    CaughtUp(String),
+    CaughtUp { epoch: String, replica: usize },
     Grant(String),
     Revoked(String),
     Rejected,
@@ -468,9 +836,12 @@ struct SimAgent {
     index: usize,
     id: String,
     files: TlsFiles,
-    endpoint: Option<tonic::transport::Endpoint>,
+    /// One per controller address, built at its first use.
+    endpoints: Vec<Option<tonic::transport::Endpoint>>,
     source: Option<IpAddr>,
-    controller: String,
+    controllers: Arc<Vec<String>>,
+    /// The address in use (an index of `controllers`).
+    current: usize,
     verifier: Arc<GrantVerifier>,
     events: mpsc::UnboundedSender<Event>,
     stopping: watch::Receiver<bool>,
@@ -497,6 +868,12 @@ impl SimAgent {
                 _ = self.stream(&audience, &mut backoff, &mut revision, &mut epoch) => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
+            // As the agent: a failed or ended stream moves to a random other address.
+            let count = self.controllers.len();
+            if count > 1 {
+                let step = usize::try_from(rand::random::<u32>()).unwrap_or(0) % (count - 1);
+                self.current = (self.current + 1 + step) % count;
+            }
             tokio::select! {
                 _ = backoff.pause() => {}
                 _ = stopping.wait_for(|s| *s) => return,
@@ -520,12 +897,20 @@ impl SimAgent {
         revision: &mut u64,
         epoch: &mut String,
     ) -> anyhow::Result<()> {
-        // Built once per agent (files read, key parsed), as the first connect of a real
-        // agent; each reconnect clones it. The bench's own CPU is the controller's neighbour.
-        if self.endpoint.is_none() {
-            self.endpoint = Some(self.files.endpoint(&self.controller, Server::Controller)?);
-        }
-        let endpoint = self.endpoint.clone().context("no endpoint")?;
+        // Built once per agent and address (files read, key parsed), as the first connect of
+        // a real agent; each reconnect clones it. The bench's own CPU is the controller's
+        // neighbour.
+        let current = self.current;
+        let endpoint = match &self.endpoints[current] {
+            Some(endpoint) => endpoint.clone(),
+            None => {
+                let endpoint = self
+                    .files
+                    .endpoint(&self.controllers[current], Server::Controller)?;
+                self.endpoints[current] = Some(endpoint.clone());
+                endpoint
+            }
+        };
         let channel = endpoint
             .local_address(self.source)
             .connect_timeout(Duration::from_secs(5))
@@ -566,7 +951,10 @@ impl SimAgent {
                 Some(pb::grant_event::Event::Heartbeat(_)) if !caught_up => {
                     caught_up = true;
                     *epoch = event.epoch.clone();
-                    self.report(What::CaughtUp(event.epoch.clone()));
+                    self.report(What::CaughtUp {
+                        epoch: event.epoch.clone(),
+                        replica: current,
+                    });
                 }
                 _ => {}
             }
@@ -726,6 +1114,57 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// `values` of every replica, formatted, joined with " / ".
+fn per_replica<T>(values: &[T], format: impl Fn(&T) -> String) -> String {
+    values.iter().map(format).collect::<Vec<_>>().join(" / ")
+}
+
+/// KiB as MiB; 0 is a replica not running (killed for the failover).
+fn mib(kib: &u64) -> String {
+    if *kib == 0 {
+        return "not running".into();
+    }
+    format!("{:.1} MiB", *kib as f64 / 1024.0)
+}
+
+fn seconds(d: &Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn print_comeback(what: &str, c: &Comeback) {
+    println!(
+        "| {} {what} | {:.1} s ({:.0} connects/s, peak second {}) |",
+        if c.back >= c.of {
+            format!("all {} back", c.of)
+        } else {
+            format!("NOT all back: {} of {}", c.back, c.of)
+        },
+        c.took.as_secs_f64(),
+        c.rate.0,
+        c.rate.1
+    );
+    println!(
+        "| controller CPU for it (per replica) / the bench's | {} / bench {} |",
+        per_replica(&c.cpu, seconds),
+        seconds(&c.bench_cpu)
+    );
+    println!(
+        "| controller peak RSS (VmHWM, per replica) | {} |",
+        per_replica(&c.rss_peak_kib, mib)
+    );
+    println!(
+        "| tls.refused records (evicted handshakes) | {} ({}) |",
+        c.refused_records, c.evicted
+    );
+    if let Some((took, ok)) = c.admin_cli {
+        println!(
+            "| admin `loggate grant list` 1 s into the herd | {} ({}) |",
+            ms(took),
+            if ok { "ok" } else { "FAILED" }
+        );
+    }
+}
+
 fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &Report) {
     let mut grants = r.grant_latencies.clone();
     grants.sort();
@@ -733,14 +1172,20 @@ fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &R
     revokes.sort();
     println!();
     println!(
-        "bench fleet: {} agents ({}), controller {}, SQLite",
+        "bench fleet: {} agents ({}), controller {}, {}, simulated agents at nice {}",
         args.agents,
         if args.one_address {
             "all from 127.0.0.1"
         } else {
             "one loopback address each"
         },
-        bins.join("loggate").display()
+        bins.join("loggate").display(),
+        if args.postgres {
+            format!("PostgreSQL, {} replica(s)", args.replicas)
+        } else {
+            "SQLite".to_string()
+        },
+        args.nice
     );
     println!("load at start: {uptime_before}");
     println!("load average at start: {load}; at end: {}", load_average());
@@ -753,8 +1198,12 @@ fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &R
         r.first_connect_rate.1
     );
     println!(
-        "| controller RSS, all connected | {:.1} MiB |",
-        r.rss_connected_kib as f64 / 1024.0
+        "| agents per replica | {} |",
+        per_replica(&r.spread, usize::to_string)
+    );
+    println!(
+        "| controller RSS, all connected (per replica) | {} |",
+        per_replica(&r.rss_connected_kib, mib)
     );
     for (name, list) in [("grant", &grants), ("revocation", &revokes)] {
         println!(
@@ -767,42 +1216,23 @@ fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &R
         );
     }
     println!(
-        "| controller CPU per change (grant or revocation) | {} |",
-        ms(r.cpu_per_change)
+        "| CPU per change (grant or revocation), per replica / the bench's | {} / bench {} |",
+        per_replica(&r.cpu_per_change, |d| ms(*d)),
+        ms(r.bench_cpu_per_change)
     );
     println!(
-        "| controller RSS after the changes | {:.1} MiB |",
-        r.rss_after_changes_kib as f64 / 1024.0
+        "| controller RSS after the changes (per replica) | {} |",
+        per_replica(&r.rss_after_changes_kib, mib)
     );
-    println!(
-        "| {} after SIGKILL + start | {:.1} s ({:.0} connects/s, peak second {}) |",
-        if r.back >= args.agents {
-            "all back".to_string()
-        } else {
-            format!("NOT all back: {} of {}", r.back, args.agents)
-        },
-        r.reconnect.as_secs_f64(),
-        r.reconnect_rate.0,
-        r.reconnect_rate.1
-    );
-    println!(
-        "| controller CPU for the reconnection | {:.1} s |",
-        r.reconnect_cpu.as_secs_f64()
-    );
-    println!(
-        "| controller peak RSS after the restart | {:.1} MiB |",
-        r.rss_peak_kib as f64 / 1024.0
-    );
-    println!(
-        "| tls.refused records after the restart (evicted handshakes) | {} ({}) |",
-        r.refused_records, r.evicted
-    );
-    if let Some((took, ok)) = r.admin_cli {
-        println!(
-            "| admin `loggate grant list` 1 s into the herd | {} ({}) |",
-            ms(took),
-            if ok { "ok" } else { "FAILED" }
+    if let Some(failover) = &r.failover {
+        print_comeback(
+            "on the other replicas after one replica's SIGKILL",
+            failover,
         );
     }
+    print_comeback(
+        "and resynchronised after every controller's SIGKILL + start",
+        &r.restart,
+    );
     println!("| grants that failed verification | {} |", r.rejected);
 }

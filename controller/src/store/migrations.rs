@@ -211,6 +211,7 @@ mod tests {
             // Back to version 4's shape.
             t.store
                 .conn()
+                .expect("the store's connection")
                 .execute_batch(
                     "ALTER TABLE grants DROP COLUMN units;
                      ALTER TABLE requests DROP COLUMN units;
@@ -221,6 +222,7 @@ mod tests {
             let version: String = t
                 .store
                 .conn()
+                .expect("the store's connection")
                 .query_row(
                     "SELECT value FROM meta WHERE key = 'schema_version'",
                     [],
