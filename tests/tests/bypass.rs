@@ -1623,6 +1623,103 @@ fn a_read_while_the_agent_is_stopped_is_reported_after_its_restart_from_the_pinn
 
 #[test]
 #[ignore = "needs root"]
+fn without_pinning_a_read_while_the_agent_is_stopped_is_never_reported() -> anyhow::Result<()> {
+    require_bpf!();
+    // The negative control of the restart test: the same stop, read, start, unpinned.
+    let mut b = Bypass::start("mode = \"tracepoint\"\npin = false")?;
+    assert_eq!(b.started()?["bypass_pins"], "off");
+    b.cluster.stop_agent("web-1");
+    let pid = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.cluster.start_agent("web-1")?;
+    // The agent runs and reports a later read; the one while it was stopped stays unseen.
+    let later = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.the_read_by(later)?;
+    assert!(b.reads_by(pid).is_empty(), "{:#?}", b.reads_by(pid));
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_queued_read_is_judged_on_the_grants_of_its_whole_window_not_those_valid_at_the_restart(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("window")?;
+    let mut b = Bypass::start(&format!(
+        "{}uid_subjects = {{ \"{NOBODY}\" = \"alice\" }}\n",
+        pins.toml()
+    ))?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    // A covering grant that starts in a few seconds: installed now, valid only later.
+    let glob = format!("{}/*.log", s(&b.logs));
+    let issued = std::time::Instant::now();
+    let out = b.cluster.run_cli(
+        "admin",
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "alice",
+            "--host",
+            "web-1",
+            "--path",
+            &glob,
+            "--ttl",
+            "30m",
+            "--start-in",
+            "6s",
+            "--reason",
+            "TEST-1",
+            "--json",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let grant = v["id"].as_str().unwrap_or_default().to_string();
+    b.cluster.wait_for_grant("web-1", &grant)?;
+    b.cluster.stop_agent("web-1"); // a clean stop: the window's start is known
+                                   // Read without a valid grant while no agent runs, then let the grant begin.
+    let pid = as_nobody(&["cat", &s(&b.app_log())])?;
+    assert!(
+        issued.elapsed() < Duration::from_secs(6),
+        "too slow to read before the grant"
+    );
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(issued.elapsed()));
+    b.cluster.start_agent("web-1")?;
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["pid"] == pid
+    })?;
+    assert_read(&e, pid, NOBODY, "cat", &b.app_log());
+    assert_eq!(
+        e["holds_grant"], false,
+        "the grant began inside the window: {e:#}"
+    );
+    assert_eq!(e["queued"], true, "{e:#}");
+    assert_eq!(
+        e["process_exited"], true,
+        "its pid may be another's by now: {e:#}"
+    );
+    let (after, before) = (
+        e["opened_after_ms"].as_i64().unwrap_or(0),
+        e["opened_before_ms"].as_i64().unwrap_or(0),
+    );
+    assert!(0 < after && after < before, "the window is known: {e:#}");
+    b.cluster.wait_for_audit("web-1", WAIT, |f| {
+        f["event"] == "bypass.finding" && f["pid"] == pid
+    })?;
+    // A live read, now inside the grant: holds it, and is not marked queued.
+    let live = as_nobody(&["cat", &s(&b.app_log())])?;
+    let e = b.the_read_by(live)?;
+    assert_eq!(e["holds_grant"], true, "{e:#}");
+    assert!(e.get("queued").is_none(), "{e:#}");
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
 fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_their_queue_is_reported(
 ) -> anyhow::Result<()> {
     require_bpf!();
