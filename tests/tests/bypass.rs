@@ -1718,6 +1718,67 @@ fn a_queued_read_is_judged_on_the_grants_of_its_whole_window_not_those_valid_at_
     Ok(())
 }
 
+/// Switches the test agent's `bypass.mode` in its configuration (for its next start).
+fn set_mode(b: &Bypass, from: &str, to: &str) -> anyhow::Result<()> {
+    let config = b
+        .cluster
+        .dir
+        .join("agents")
+        .join("web-1")
+        .join("agent.toml");
+    let text = std::fs::read_to_string(&config)?;
+    let (from, to) = (format!("mode = {from:?}"), format!("mode = {to:?}"));
+    anyhow::ensure!(text.contains(&from), "no {from} in {text}");
+    std::fs::write(&config, text.replacen(&from, &to, 1))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_pinned_queue_is_reported_when_the_next_start_uses_fanotify_and_counted_when_the_audit_is_off(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("tofan")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    b.cluster.stop_agent("web-1");
+    let pid = as_nobody(&["cat", &s(&b.app_log())])?;
+    set_mode(&b, "tracepoint", "fanotify")?;
+    b.cluster.start_agent("web-1")?;
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["pid"] == pid
+    })?;
+    assert_read(&e, pid, NOBODY, "cat", &b.app_log());
+    assert_eq!(e["queued"], true, "{e:#}");
+    let started = starts(&b);
+    assert_eq!(started[1]["bypass_mode"], "fanotify", "{:#}", started[1]);
+    assert_eq!(started[1]["bypass_pins"], "off", "{:#}", started[1]);
+    assert!(
+        !pins.0.exists(),
+        "the old programs are unpinned and detached"
+    );
+    // Pinned again, then the audit switched off: the queued read is counted as lost.
+    b.cluster.stop_agent("web-1");
+    set_mode(&b, "fanotify", "tracepoint")?;
+    b.cluster.start_agent("web-1")?;
+    b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "agent.started" && e["bypass_pins"] == "created"
+    })?;
+    b.cluster.stop_agent("web-1");
+    as_nobody(&["cat", &s(&b.app_log())])?;
+    set_mode(&b, "tracepoint", "off")?;
+    b.cluster.start_agent("web-1")?;
+    let lost = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.events_lost"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("the bypass audit is off"))
+    })?;
+    assert_eq!(lost["lost_since_last"], 1, "{lost:#}");
+    assert!(!pins.0.exists());
+    Ok(())
+}
+
 #[test]
 #[ignore = "needs root"]
 fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_their_queue_is_reported(
