@@ -1779,6 +1779,70 @@ fn a_pinned_queue_is_reported_when_the_next_start_uses_fanotify_and_counted_when
     Ok(())
 }
 
+/// The kernel's ids of the BPF links pinned in `dir` (`link_*`), read through the bpf syscall
+/// (BPF_OBJ_GET, then the fd's fdinfo); each fd is closed again, so the links are not held.
+fn pinned_link_ids(dir: &Path) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if !e.file_name().to_string_lossy().starts_with("link_") {
+            continue;
+        }
+        let path = std::ffi::CString::new(e.path().as_os_str().as_encoded_bytes())?;
+        // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64;
+        // SAFETY: attr is a zeroed bpf_attr-sized buffer whose pathname points at a
+        // NUL-terminated string alive for the call; BPF_OBJ_GET (7) only reads it.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                7,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        anyhow::ensure!(
+            fd >= 0,
+            "BPF_OBJ_GET {}: {}",
+            e.path().display(),
+            std::io::Error::last_os_error()
+        );
+        let fd = i32::try_from(fd)?;
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"));
+        // SAFETY: fd was returned by the kernel above and is closed only here.
+        unsafe { libc::close(fd) };
+        let id = info?
+            .lines()
+            .find_map(|l| l.strip_prefix("link_id:"))
+            .and_then(|v| v.trim().parse().ok());
+        ids.push(id.ok_or_else(|| anyhow::anyhow!("no link_id for {}", e.path().display()))?);
+    }
+    Ok(ids)
+}
+
+/// Whether the BPF link `id` still exists (BPF_LINK_GET_FD_BY_ID succeeds; the fd is closed).
+fn link_exists(id: u32) -> bool {
+    // union bpf_attr for BPF_LINK_GET_FD_BY_ID: link_id (u32) first.
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer; BPF_LINK_GET_FD_BY_ID (30) only reads it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            30,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor the kernel just returned, closed once.
+        unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
+        return true;
+    }
+    false
+}
+
 #[test]
 #[ignore = "needs root"]
 fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_their_queue_is_reported(
@@ -1788,6 +1852,9 @@ fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_the
     let mut b = Bypass::start(&pins.toml())?;
     assert_eq!(b.started()?["bypass_pins"], "created");
     b.cluster.stop_agent("web-1");
+    let old_links = pinned_link_ids(&pins.0)?;
+    assert!(!old_links.is_empty());
+    assert!(old_links.iter().all(|id| link_exists(*id)), "{old_links:?}");
     // An upgrade: the pins' marker names another object's hash.
     let ours = pins.markers()?;
     assert_eq!(ours.len(), 1, "{ours:?}");
@@ -1811,7 +1878,12 @@ fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_the
         ours,
         "the new programs' marker replaced the old"
     );
-    // The old programs are detached: a new read is reported once, not by both.
+    // The old programs are detached: their links are gone, and a new read is reported once.
+    let alive: Vec<u32> = old_links
+        .into_iter()
+        .filter(|id| link_exists(*id))
+        .collect();
+    assert!(alive.is_empty(), "old links still attached: {alive:?}");
     let after = as_nobody(&["cat", &s(&b.app_log())])?;
     b.the_read_by(after)?;
     Ok(())
