@@ -1845,6 +1845,33 @@ fn link_exists(id: u32) -> bool {
 
 #[test]
 #[ignore = "needs root"]
+fn unpin_refuses_a_folder_it_did_not_make_by_name_and_removes_nothing() -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("junk")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    b.cluster.stop_agent("web-1");
+    std::fs::create_dir(pins.0.join("junk"))?;
+    std::fs::set_permissions(pins.0.join("junk"), std::fs::Permissions::from_mode(0o700))?;
+    let before = pins.markers()?;
+    let entries = std::fs::read_dir(&pins.0)?.count();
+    let out = Command::new(agent_bin()?)
+        .args(["bypass", "unpin", "--pin-dir", &s(&pins.0)])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("\"junk\""), "{stderr}");
+    assert_eq!(pins.markers()?, before, "the marker is left: {stderr}");
+    assert_eq!(
+        std::fs::read_dir(&pins.0)?.count(),
+        entries,
+        "nothing removed"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
 fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_their_queue_is_reported(
 ) -> anyhow::Result<()> {
     require_bpf!();
