@@ -577,13 +577,14 @@ fn main() -> ExitCode {
             list_detectors: false,
         } => redact_command(&profile, config.as_deref(), stats, file.as_deref()),
         Command::Bypass(BypassCommand::Unpin { pin_dir }) => {
-            bypass::pins::unpin(&pin_dir).map(|removed| {
-                let what = if removed {
-                    "removed"
-                } else {
-                    "nothing to remove in"
-                };
-                println!("{what} {}", pin_dir.display());
+            bypass::unpin(&pin_dir).map(|removed| match removed {
+                Some(d) => println!(
+                    "removed {}; discarded {} queued bypass reads and {} lost ones not yet audited (no agent ran to report them)",
+                    pin_dir.display(),
+                    d.reads,
+                    d.lost
+                ),
+                None => println!("nothing to remove in {}", pin_dir.display()),
             })
         }
         Command::BenchAttach {

@@ -1623,6 +1623,255 @@ fn a_read_while_the_agent_is_stopped_is_reported_after_its_restart_from_the_pinn
 
 #[test]
 #[ignore = "needs root"]
+fn without_pinning_a_read_while_the_agent_is_stopped_is_never_reported() -> anyhow::Result<()> {
+    require_bpf!();
+    // The negative control of the restart test: the same stop, read, start, unpinned.
+    let mut b = Bypass::start("mode = \"tracepoint\"\npin = false")?;
+    assert_eq!(b.started()?["bypass_pins"], "off");
+    b.cluster.stop_agent("web-1");
+    let pid = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.cluster.start_agent("web-1")?;
+    // The agent runs and reports a later read; the one while it was stopped stays unseen.
+    let later = as_nobody(&["cat", &s(&b.app_log())])?;
+    b.the_read_by(later)?;
+    assert!(b.reads_by(pid).is_empty(), "{:#?}", b.reads_by(pid));
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_queued_read_is_judged_on_the_grants_of_its_whole_window_not_those_valid_at_the_restart(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("window")?;
+    let mut b = Bypass::start(&format!(
+        "{}uid_subjects = {{ \"{NOBODY}\" = \"alice\" }}\n",
+        pins.toml()
+    ))?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    // A covering grant that starts in a few seconds: installed now, valid only later.
+    let glob = format!("{}/*.log", s(&b.logs));
+    let issued = std::time::Instant::now();
+    let out = b.cluster.run_cli(
+        "admin",
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "alice",
+            "--host",
+            "web-1",
+            "--path",
+            &glob,
+            "--ttl",
+            "30m",
+            "--start-in",
+            "6s",
+            "--reason",
+            "TEST-1",
+            "--json",
+        ],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let grant = v["id"].as_str().unwrap_or_default().to_string();
+    b.cluster.wait_for_grant("web-1", &grant)?;
+    b.cluster.stop_agent("web-1"); // a clean stop: the window's start is known
+                                   // Read without a valid grant while no agent runs, then let the grant begin.
+    let pid = as_nobody(&["cat", &s(&b.app_log())])?;
+    assert!(
+        issued.elapsed() < Duration::from_secs(6),
+        "too slow to read before the grant"
+    );
+    std::thread::sleep(Duration::from_secs(7).saturating_sub(issued.elapsed()));
+    b.cluster.start_agent("web-1")?;
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["pid"] == pid
+    })?;
+    assert_read(&e, pid, NOBODY, "cat", &b.app_log());
+    assert_eq!(
+        e["holds_grant"], false,
+        "the grant began inside the window: {e:#}"
+    );
+    assert_eq!(e["queued"], true, "{e:#}");
+    assert_eq!(
+        e["process_exited"], true,
+        "its pid may be another's by now: {e:#}"
+    );
+    let (after, before) = (
+        e["opened_after_ms"].as_i64().unwrap_or(0),
+        e["opened_before_ms"].as_i64().unwrap_or(0),
+    );
+    assert!(0 < after && after < before, "the window is known: {e:#}");
+    b.cluster.wait_for_audit("web-1", WAIT, |f| {
+        f["event"] == "bypass.finding" && f["pid"] == pid
+    })?;
+    // A live read, now inside the grant: holds it, and is not marked queued.
+    let live = as_nobody(&["cat", &s(&b.app_log())])?;
+    let e = b.the_read_by(live)?;
+    assert_eq!(e["holds_grant"], true, "{e:#}");
+    assert!(e.get("queued").is_none(), "{e:#}");
+    Ok(())
+}
+
+/// Switches the test agent's `bypass.mode` in its configuration (for its next start).
+fn set_mode(b: &Bypass, from: &str, to: &str) -> anyhow::Result<()> {
+    let config = b
+        .cluster
+        .dir
+        .join("agents")
+        .join("web-1")
+        .join("agent.toml");
+    let text = std::fs::read_to_string(&config)?;
+    let (from, to) = (format!("mode = {from:?}"), format!("mode = {to:?}"));
+    anyhow::ensure!(text.contains(&from), "no {from} in {text}");
+    std::fs::write(&config, text.replacen(&from, &to, 1))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_pinned_queue_is_reported_when_the_next_start_uses_fanotify_and_counted_when_the_audit_is_off(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("tofan")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    b.cluster.stop_agent("web-1");
+    let pid = as_nobody(&["cat", &s(&b.app_log())])?;
+    set_mode(&b, "tracepoint", "fanotify")?;
+    b.cluster.start_agent("web-1")?;
+    let e = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.read" && e["pid"] == pid
+    })?;
+    assert_read(&e, pid, NOBODY, "cat", &b.app_log());
+    assert_eq!(e["queued"], true, "{e:#}");
+    let started = starts(&b);
+    assert_eq!(started[1]["bypass_mode"], "fanotify", "{:#}", started[1]);
+    assert_eq!(started[1]["bypass_pins"], "off", "{:#}", started[1]);
+    assert!(
+        !pins.0.exists(),
+        "the old programs are unpinned and detached"
+    );
+    // Pinned again, then the audit switched off: the queued read is counted as lost.
+    b.cluster.stop_agent("web-1");
+    set_mode(&b, "fanotify", "tracepoint")?;
+    b.cluster.start_agent("web-1")?;
+    b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "agent.started" && e["bypass_pins"] == "created"
+    })?;
+    b.cluster.stop_agent("web-1");
+    as_nobody(&["cat", &s(&b.app_log())])?;
+    set_mode(&b, "tracepoint", "off")?;
+    b.cluster.start_agent("web-1")?;
+    let lost = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "bypass.events_lost"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("the bypass audit is off"))
+    })?;
+    assert_eq!(lost["lost_since_last"], 1, "{lost:#}");
+    assert!(!pins.0.exists());
+    Ok(())
+}
+
+/// The kernel's ids of the BPF links pinned in `dir` (`link_*`), read through the bpf syscall
+/// (BPF_OBJ_GET, then the fd's fdinfo); each fd is closed again, so the links are not held.
+fn pinned_link_ids(dir: &Path) -> anyhow::Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if !e.file_name().to_string_lossy().starts_with("link_") {
+            continue;
+        }
+        let path = std::ffi::CString::new(e.path().as_os_str().as_encoded_bytes())?;
+        // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+        let mut attr = [0u64; 16];
+        attr[0] = path.as_ptr() as u64;
+        // SAFETY: attr is a zeroed bpf_attr-sized buffer whose pathname points at a
+        // NUL-terminated string alive for the call; BPF_OBJ_GET (7) only reads it.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                7,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        anyhow::ensure!(
+            fd >= 0,
+            "BPF_OBJ_GET {}: {}",
+            e.path().display(),
+            std::io::Error::last_os_error()
+        );
+        let fd = i32::try_from(fd)?;
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"));
+        // SAFETY: fd was returned by the kernel above and is closed only here.
+        unsafe { libc::close(fd) };
+        let id = info?
+            .lines()
+            .find_map(|l| l.strip_prefix("link_id:"))
+            .and_then(|v| v.trim().parse().ok());
+        ids.push(id.ok_or_else(|| anyhow::anyhow!("no link_id for {}", e.path().display()))?);
+    }
+    Ok(ids)
+}
+
+/// Whether the BPF link `id` still exists (BPF_LINK_GET_FD_BY_ID succeeds; the fd is closed).
+fn link_exists(id: u32) -> bool {
+    // union bpf_attr for BPF_LINK_GET_FD_BY_ID: link_id (u32) first.
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(id);
+    // SAFETY: attr is a zeroed bpf_attr-sized buffer; BPF_LINK_GET_FD_BY_ID (30) only reads it.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            30,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor the kernel just returned, closed once.
+        unsafe { libc::close(i32::try_from(fd).unwrap_or(-1)) };
+        return true;
+    }
+    false
+}
+
+#[test]
+#[ignore = "needs root"]
+fn unpin_refuses_a_folder_it_did_not_make_by_name_and_removes_nothing() -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("junk")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    b.cluster.stop_agent("web-1");
+    std::fs::create_dir(pins.0.join("junk"))?;
+    std::fs::set_permissions(pins.0.join("junk"), std::fs::Permissions::from_mode(0o700))?;
+    let before = pins.markers()?;
+    let entries = std::fs::read_dir(&pins.0)?.count();
+    let out = Command::new(agent_bin()?)
+        .args(["bypass", "unpin", "--pin-dir", &s(&pins.0)])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("\"junk\""), "{stderr}");
+    assert_eq!(pins.markers()?, before, "the marker is left: {stderr}");
+    assert_eq!(
+        std::fs::read_dir(&pins.0)?.count(),
+        entries,
+        "nothing removed"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "needs root"]
 fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_their_queue_is_reported(
 ) -> anyhow::Result<()> {
     require_bpf!();
@@ -1630,6 +1879,9 @@ fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_the
     let mut b = Bypass::start(&pins.toml())?;
     assert_eq!(b.started()?["bypass_pins"], "created");
     b.cluster.stop_agent("web-1");
+    let old_links = pinned_link_ids(&pins.0)?;
+    assert!(!old_links.is_empty());
+    assert!(old_links.iter().all(|id| link_exists(*id)), "{old_links:?}");
     // An upgrade: the pins' marker names another object's hash.
     let ours = pins.markers()?;
     assert_eq!(ours.len(), 1, "{ours:?}");
@@ -1653,7 +1905,12 @@ fn pins_made_by_other_objects_are_replaced_after_the_new_programs_attach_and_the
         ours,
         "the new programs' marker replaced the old"
     );
-    // The old programs are detached: a new read is reported once, not by both.
+    // The old programs are detached: their links are gone, and a new read is reported once.
+    let alive: Vec<u32> = old_links
+        .into_iter()
+        .filter(|id| link_exists(*id))
+        .collect();
+    assert!(alive.is_empty(), "old links still attached: {alive:?}");
     let after = as_nobody(&["cat", &s(&b.app_log())])?;
     b.the_read_by(after)?;
     Ok(())

@@ -133,6 +133,22 @@ fn packages_hold_binary_unit_conffile_completions_and_scripts_with_their_modes()
                 "{name}: {path} in {files:?}"
             );
         }
+        if name == "loggate-agent" {
+            // The bypass audit's bpffs pin folder, made for loggate at boot.
+            let path = "/usr/lib/tmpfiles.d/loggate-agent.conf";
+            assert_eq!(
+                mode_of(path),
+                Some(("-rw-r--r--", "root/root")),
+                "{files:?}"
+            );
+            let entry = extract_file(&deb, path);
+            assert!(
+                entry
+                    .lines()
+                    .any(|l| l == "d /sys/fs/bpf/loggate 0700 loggate loggate -"),
+                "{entry}"
+            );
+        }
         // Nothing writable by group or others, nothing set-id.
         for (path, mode, owner) in &files {
             assert_eq!(owner, "root/root", "{name}: {path}");
@@ -816,6 +832,26 @@ fn packages_under_real_systemd_start_ready_serve_a_read_stop_cleanly_and_upgrade
         agent_audit().iter().any(|e| e["event"] == "agent.started"),
         "ready implies the audit is open and written"
     );
+    // The unit can pin the bypass programs where the container has bpffs and an eBPF mode
+    // runs (the tmpfiles.d folder, writable through ReadWritePaths): `created`, not `refused`.
+    let agent_started = agent_audit()
+        .into_iter()
+        .find(|e| e["event"] == "agent.started")
+        .unwrap_or_default();
+    let bpffs = c
+        .exec(&["stat", "-f", "-c", "%T", "/sys/fs/bpf"])
+        .map(|t| t.trim() == "bpf_fs")
+        .unwrap_or(false);
+    let ebpf = ["tracepoint", "strict", "lsm", "fentry"]
+        .contains(&agent_started["bypass_mode"].as_str().unwrap_or_default());
+    if bpffs && ebpf {
+        assert_eq!(agent_started["bypass_pins"], "created", "{agent_started:#}");
+    } else {
+        eprintln!(
+            "bypass pinning not checked in the container: bpffs {bpffs}, mode {}",
+            agent_started["bypass_mode"]
+        );
+    }
     // The agent process runs as loggate with exactly the unit's capabilities.
     let pid = c.show("loggate-agent.service", "MainPID");
     let status = c

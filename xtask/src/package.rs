@@ -124,6 +124,12 @@ fn specs() -> [Spec; 2] {
             source: Source::Packaging("agent/agent.toml"),
             mode: 0o644,
         },
+        // The bpffs folder the bypass audit pins its programs in, made at boot for loggate.
+        Entry {
+            target: "/usr/lib/tmpfiles.d/loggate-agent.conf".into(),
+            source: Source::Packaging("agent/loggate-agent.tmpfiles"),
+            mode: 0o644,
+        },
     ]);
     let mut controller = common("loggate", "loggate");
     controller.extend([

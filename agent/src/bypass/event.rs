@@ -65,6 +65,16 @@ impl RawEvent {
         Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<RawEvent>()) })
     }
 
+    /// Copies a record queued by pinned programs, which may be an earlier agent's with another
+    /// `struct event`: `None` unless it is exactly this layout's size (a longer record parsed
+    /// as this layout would be misread, a shorter one cannot be read).
+    pub fn parse_exact(bytes: &[u8]) -> Option<RawEvent> {
+        if bytes.len() != size_of::<RawEvent>() {
+            return None;
+        }
+        RawEvent::parse(bytes)
+    }
+
     pub fn comm(&self) -> String {
         c_string(&self.comm)
     }
@@ -222,6 +232,14 @@ mod tests {
         assert_eq!((e.pid, e.uid), (4242, 65534));
         assert_eq!(e.comm(), "cat");
         assert_eq!(e.name(), "api.log");
+    }
+
+    #[test]
+    fn a_queued_record_of_another_layout_is_refused_whether_shorter_or_longer() {
+        let size = size_of::<RawEvent>();
+        assert!(RawEvent::parse_exact(&vec![0u8; size - 8]).is_none());
+        assert!(RawEvent::parse_exact(&vec![0u8; size + 8]).is_none());
+        assert!(RawEvent::parse_exact(&vec![0u8; size]).is_some());
     }
 
     #[test]

@@ -583,12 +583,23 @@ fn known_hooks() -> Vec<&'static str> {
     known
 }
 
-/// Makes and pins the agent's own `lost_reported` counter in `dir`, at zero.
+/// The slot of `lost_reported` where an agent stopping cleanly leaves the time (Unix ms) from
+/// which the reads still queued can date (see `super::StopClock`); 0 when unknown (a crash,
+/// or pins made before the slot existed, whose map has one slot only).
+pub const STOPPED_SLOT: u32 = 1;
+
+/// Makes and pins the agent's own `lost_reported` counter in `dir`, at zero: slot 0 is how
+/// much of `lost` was audited, slot [`STOPPED_SLOT`] the previous agent's stop time.
 fn new_lost_reported(dir: &Path) -> anyhow::Result<Array<MapData, u64>> {
-    let map: Array<MapData, u64> = Array::create(1, 0)
+    let map: Array<MapData, u64> = Array::create(2, 0)
         .map_err(|e| anyhow::anyhow!("creating the map {}: {e}", pins::LOST_REPORTED))?;
     map.pin(dir.join(pins::LOST_REPORTED))
         .map_err(|e| anyhow::Error::new(e).context(format!("pinning {}", pins::LOST_REPORTED)))?;
+    open_lost_reported(dir)
+}
+
+/// Opens the pinned `lost_reported` of `dir` (another handle on the same kernel map).
+pub fn open_lost_reported(dir: &Path) -> anyhow::Result<Array<MapData, u64>> {
     let data = MapData::from_pin(dir.join(pins::LOST_REPORTED))
         .map_err(|e| anyhow::Error::new(e).context(format!("opening {}", pins::LOST_REPORTED)))?;
     Map::from_map_data(data)
@@ -598,14 +609,32 @@ fn new_lost_reported(dir: &Path) -> anyhow::Result<Array<MapData, u64>> {
         })
 }
 
+/// Takes the previous agent's stop time out of `lost_reported` (Unix ms; `None` when it did
+/// not stop cleanly), and clears it, so that a crash of this agent leaves it unknown.
+pub fn take_stop_time(lost_reported: &mut Array<MapData, u64>) -> Option<i64> {
+    let stopped = lost_reported.get(&STOPPED_SLOT, 0).ok()?;
+    if stopped == 0 {
+        return None;
+    }
+    if let Err(e) = lost_reported.set(STOPPED_SLOT, 0, 0) {
+        tracing::warn!("bypass audit: clearing the pinned stop time: {e}");
+    }
+    i64::try_from(stopped).ok()
+}
+
 /// The pins an earlier agent left that this one replaces: held open so that the old programs
 /// stay attached until the new ones are (no window), then detached, and their queue drained.
 pub struct OldPins {
     links: Vec<PinnedLink>,
     /// The old ring buffer, to drain once the old programs are detached.
     pub events: Option<RingBuf<MapData>>,
-    /// The old loss counter and how much of it was audited.
-    pub lost: Option<(u64, u64)>,
+    /// The old loss counter, read once the old programs are detached (losses during the
+    /// overlap count too).
+    lost: Option<Array<MapData, u64>>,
+    /// How much of the old `lost` was audited.
+    reported: u64,
+    /// When the agent that ran them stopped reading (Unix ms), if it stopped cleanly.
+    pub stopped_ms: Option<i64>,
 }
 
 impl OldPins {
@@ -627,17 +656,20 @@ impl OldPins {
                 .and_then(|d| Map::from_map_data(d).ok())
         };
         let events = open(names::EVENTS).and_then(|m| RingBuf::try_from(m).ok());
-        let counter = |name: &str| {
-            open(name)
-                .and_then(|m| Array::<MapData, u64>::try_from(m).ok())
-                .and_then(|a| a.get(&0, 0).ok())
-        };
-        let lost =
-            counter(names::LOST).map(|total| (total, counter(pins::LOST_REPORTED).unwrap_or(0)));
+        let counter = |name: &str| open(name).and_then(|m| Array::<MapData, u64>::try_from(m).ok());
+        let lost = counter(names::LOST);
+        let mut reported_map = counter(pins::LOST_REPORTED);
+        let reported = reported_map
+            .as_ref()
+            .and_then(|a| a.get(&0, 0).ok())
+            .unwrap_or(0);
+        let stopped_ms = reported_map.as_mut().and_then(take_stop_time);
         OldPins {
             links,
             events,
             lost,
+            reported,
+            stopped_ms,
         }
     }
 
@@ -645,6 +677,13 @@ impl OldPins {
     /// old ring buffer, which can then be drained to its end.
     pub fn detach(&mut self) {
         self.links.clear();
+    }
+
+    /// The old programs' losses, `(total, already audited)`, read now: call it after
+    /// [`OldPins::detach`], so that the losses of the overlap are in.
+    pub fn lost(&self) -> Option<(u64, u64)> {
+        let total = self.lost.as_ref()?.get(&0, 0).ok()?;
+        Some((total, self.reported))
     }
 }
 

@@ -34,9 +34,10 @@ use inventory::Inventory;
 use loader::{FdLookup, Hooks, Objects, OldPins, Outputs, Probe, ProtectedMaps};
 use loggate_core::audit::events;
 use pins::{PinDir, PinOutcome};
-use record::{bypass_record, Opened};
+use record::{bypass_record, Opened, Window};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
@@ -49,8 +50,10 @@ pub enum Startup {
         inventory: Inventory,
         /// Why eBPF was not used (`auto` fell back), if it was tried.
         ebpf_error: Option<String>,
-        /// Pins an earlier eBPF start left, removed (`mode = "fanotify"`).
+        /// Pins an earlier eBPF start left, removed (`mode = "fanotify"`, or `auto` fell back).
         pins: Option<PinReport>,
+        /// What those pins had queued, audited before any live read.
+        queue: Option<Queue>,
     },
     Inactive {
         requested: Mode,
@@ -58,6 +61,9 @@ pub enum Startup {
         reason: Option<String>,
         /// Pins an earlier eBPF start left, removed (`mode = "off"`).
         pins: Option<PinReport>,
+        /// What those pins had queued: counted as lost (the audit is off), never dropped
+        /// uncounted.
+        queue: Option<Queue>,
     },
 }
 
@@ -84,8 +90,9 @@ struct Pinning {
     report: PinReport,
     /// The folder, locked for as long as the agent runs (`None` when not pinned).
     dir: Option<PinDir>,
-    /// An earlier agent's programs, detached already, whose queue is drained first.
-    old: Option<OldPins>,
+    /// What the pinned programs queued while no agent ran, taken out of the ring buffer at
+    /// start (adopted pins), or out of the replaced programs' once they were detached.
+    queue: Option<Queue>,
 }
 
 impl Pinning {
@@ -93,28 +100,121 @@ impl Pinning {
         Pinning {
             report: PinReport { outcome, reason },
             dir: None,
-            old: None,
+            queue: None,
         }
     }
 }
 
-/// Removes the pins an earlier eBPF start left in `bypass.pin_dir` (bypass off or fanotify:
-/// nothing would drain their queue). `None` when there were none.
-fn remove_pins(config: &BypassConfig) -> Option<PinReport> {
-    if !config.pin_dir.exists() {
+/// The reads pinned programs queued while no agent ran, audited before any live one.
+pub struct Queue {
+    events: Vec<RawEvent>,
+    /// Records of another layout (an earlier agent's programs): counted, audited as lost.
+    unreadable: u64,
+    /// When they can have happened.
+    window: Window,
+    /// The replaced programs' losses, `(total, already audited)`, read after they were
+    /// detached (`None` for adopted pins: their counter is this agent's).
+    lost: Option<(u64, u64)>,
+}
+
+/// Why records of a queue could not be read.
+const OTHER_LAYOUT: &str = "queued by an earlier agent in another event layout";
+
+/// Takes every record out of `ring` now, without looking at /proc (the readers' pids may have
+/// been reused since): the events, and how many records were not of this agent's layout (an
+/// earlier agent's programs write another size; parsed as ours they would be misread).
+fn take_queue(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> (Vec<RawEvent>, u64) {
+    let mut events = Vec::new();
+    let mut unreadable = 0u64;
+    while let Some(item) = ring.next() {
+        sort_queued(&item, &mut events, &mut unreadable);
+    }
+    (events, unreadable)
+}
+
+/// One queued record: an event of this layout, or counted as unreadable (never dropped
+/// uncounted).
+fn sort_queued(bytes: &[u8], events: &mut Vec<RawEvent>, unreadable: &mut u64) {
+    match RawEvent::parse_exact(bytes) {
+        Some(raw) => events.push(raw),
+        None => *unreadable += 1,
+    }
+}
+
+/// Detaches replaced programs (their pins are gone) and takes their queue, then reads their
+/// losses (those of the overlap included).
+fn drain_old(mut old: OldPins) -> Queue {
+    old.detach();
+    let before_ms = repeats::unix_now_ms();
+    let (events, unreadable) = old.events.as_mut().map(take_queue).unwrap_or_default();
+    Queue {
+        events,
+        unreadable,
+        window: Window {
+            after_ms: old.stopped_ms,
+            before_ms,
+        },
+        lost: old.lost(),
+    }
+}
+
+/// Removes the pins an earlier eBPF start left in `bypass.pin_dir` (bypass off, fanotify, or
+/// `pin = false`: nothing would drain their queue again), detaching their programs, and takes
+/// what they queued and lost (see [`drain_old`]) for the caller to report. `None` when there
+/// were none.
+fn remove_pins(config: &BypassConfig) -> Option<(PinReport, Option<Queue>)> {
+    if std::fs::symlink_metadata(&config.pin_dir).is_err() {
         return None;
     }
-    let reason = match pins::unpin(&config.pin_dir) {
-        Ok(_) => None,
-        Err(e) => Some(format!(
+    let left = |e: &dyn std::fmt::Display| {
+        Some(format!(
             "the pins in {} were left in place: {e:#}",
             config.pin_dir.display()
-        )),
+        ))
     };
-    Some(PinReport {
-        outcome: PinOutcome::Off,
-        reason,
-    })
+    let (reason, queue) = match PinDir::open(&config.pin_dir) {
+        Err(e) => (left(&e), None),
+        Ok(dir) => {
+            // Held open: still attached, and still queueing, until their pins are gone.
+            let old = OldPins::open(&dir);
+            match dir.remove() {
+                Ok(()) => (None, Some(drain_old(old))),
+                Err(e) => (left(&e), None),
+            }
+        }
+    };
+    Some((
+        PinReport {
+            outcome: PinOutcome::Off,
+            reason,
+        },
+        queue,
+    ))
+}
+
+/// What `bypass unpin` discarded: the queued records, and the losses not yet audited.
+pub struct Discarded {
+    pub reads: u64,
+    pub lost: u64,
+}
+
+/// `loggate-agent bypass unpin`: removes the pins in `path` and detaches their programs;
+/// `None` when there were none, else what their queue held (no agent runs to audit it: the
+/// caller says how much was discarded).
+pub fn unpin(path: &Path) -> anyhow::Result<Option<Discarded>> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(None);
+    }
+    let dir = pins::open_for_unpin(path)?;
+    let old = OldPins::open(&dir);
+    dir.remove()
+        .map_err(|e| anyhow::Error::new(e).context(format!("removing {}", path.display())))?;
+    let queue = drain_old(old);
+    let lost = queue.lost.map_or(0, |(t, r)| t.saturating_sub(r));
+    let reads = u64::try_from(queue.events.len())
+        .unwrap_or(u64::MAX)
+        .saturating_add(queue.unreadable);
+    Ok(Some(Discarded { reads, lost }))
 }
 
 impl Startup {
@@ -123,10 +223,12 @@ impl Startup {
     /// read is already covered.
     pub fn begin(config: &BypassConfig, roots: &[PathBuf]) -> Startup {
         if config.mode == Mode::Off {
+            let (pins, queue) = remove_pins(config).unzip();
             return Startup::Inactive {
                 requested: Mode::Off,
                 reason: None,
-                pins: remove_pins(config),
+                pins,
+                queue: queue.flatten(),
             };
         }
         // Scanned once, whichever mechanism takes it.
@@ -157,21 +259,25 @@ impl Startup {
                             requested: config.mode,
                             reason: Some(e),
                             pins: None,
+                            queue: None,
                         }
                     }
                 }
             }
         };
         match Self::start_fanotify(&inventory) {
-            Ok(fan) => Startup::Fanotify {
-                fan,
-                inventory,
-                ebpf_error,
-                // `auto` fell back: pins still attached keep their queue for the next eBPF start.
-                pins: (config.mode == Mode::Fanotify)
-                    .then(|| remove_pins(config))
-                    .flatten(),
-            },
+            Ok(fan) => {
+                // fanotify is up (`fanotify`, or `auto` fell back): the pinned programs are
+                // detached, their queue reported, never left attached queueing for ever.
+                let (pins, queue) = remove_pins(config).unzip();
+                Startup::Fanotify {
+                    fan,
+                    inventory,
+                    ebpf_error,
+                    pins,
+                    queue: queue.flatten(),
+                }
+            }
             Err(e) => Startup::Inactive {
                 requested: config.mode,
                 reason: Some(match ebpf_error {
@@ -179,6 +285,7 @@ impl Startup {
                     None => format!("fanotify: {e:#}"),
                 }),
                 pins: None,
+                queue: None,
             },
         }
     }
@@ -212,10 +319,16 @@ impl Startup {
     ) -> anyhow::Result<Loaded> {
         if !config.pin {
             let mut loaded = Self::load_fresh(config, inventory, hooks, None)?;
-            loaded.pinning.report = remove_pins(config).unwrap_or(PinReport {
-                outcome: PinOutcome::Off,
-                reason: None,
-            });
+            // The new programs attached first: the old ones' queue is then complete.
+            let (report, queue) = remove_pins(config).unwrap_or((
+                PinReport {
+                    outcome: PinOutcome::Off,
+                    reason: None,
+                },
+                None,
+            ));
+            loaded.pinning.report = report;
+            loaded.pinning.queue = queue;
             return Ok(loaded);
         }
         let dir = match PinDir::open(&config.pin_dir) {
@@ -234,7 +347,24 @@ impl Startup {
         );
         let stale = match dir.marker()? {
             Some((id, lookup)) if id == identity => match Probe::adopt(&dir, hooks, &lookup) {
-                Ok((probe, mut maps, outputs)) => {
+                Ok((probe, mut maps, mut outputs)) => {
+                    // What was queued while no agent ran, taken out now, before this agent
+                    // serves: those records are told from live ones, and judged as queued.
+                    let after_ms = outputs
+                        .lost_reported
+                        .as_mut()
+                        .and_then(loader::take_stop_time);
+                    let before_ms = repeats::unix_now_ms();
+                    let (events, unreadable) = take_queue(&mut outputs.events);
+                    let queue = Queue {
+                        events,
+                        unreadable,
+                        window: Window {
+                            after_ms,
+                            before_ms,
+                        },
+                        lost: None,
+                    };
                     maps.exclude_tgid(std::process::id())?;
                     maps.sync(inventory)?;
                     return Ok(Loaded {
@@ -247,7 +377,7 @@ impl Startup {
                                 reason: None,
                             },
                             dir: Some(dir),
-                            old: None,
+                            queue: Some(queue),
                         },
                     });
                 }
@@ -276,10 +406,7 @@ impl Startup {
                     "{e:#}; opens while the agent restarts are not seen"
                 )),
             );
-            if let Some(mut old) = old {
-                old.detach();
-                loaded.pinning.old = Some(old);
-            }
+            loaded.pinning.queue = old.map(drain_old);
             return Ok(loaded);
         }
         let mut loaded = match Self::finish(probe, inventory, Some(&dir)) {
@@ -295,7 +422,7 @@ impl Startup {
                             reason: stale,
                         },
                         dir: Some(dir),
-                        old: None,
+                        queue: None,
                     };
                     loaded
                 }
@@ -319,10 +446,7 @@ impl Startup {
                 loaded
             }
         };
-        if let Some(mut old) = old {
-            old.detach();
-            loaded.pinning.old = Some(old);
-        }
+        loaded.pinning.queue = old.map(drain_old);
         Ok(loaded)
     }
 
@@ -457,8 +581,10 @@ impl Startup {
             Startup::Inactive {
                 requested,
                 reason: Some(reason),
+                queue,
                 ..
             } => {
+                audit_discarded(&shared, queue);
                 tracing::warn!(
                     "bypass audit UNAVAILABLE: direct reads of protected files are not audited on this host: {reason}"
                 );
@@ -467,13 +593,19 @@ impl Startup {
                     reason,
                 })?;
             }
-            Startup::Inactive { reason: None, .. } => {
+            Startup::Inactive {
+                reason: None,
+                queue,
+                ..
+            } => {
                 tracing::info!("bypass audit is off by configuration");
+                audit_discarded(&shared, queue);
             }
             Startup::Fanotify {
                 fan,
                 inventory,
                 ebpf_error,
+                queue,
                 ..
             } => {
                 if let Some(e) = ebpf_error {
@@ -482,6 +614,23 @@ impl Startup {
                     );
                 }
                 let inventory = Arc::new(RwLock::new(inventory));
+                // fanotify sees no movers: the departures are recorded without one.
+                let movers = Movers::default();
+                if let Some(queue) = queue {
+                    let mut names =
+                        process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
+                    let mut repeats = repeats::Repeats::default();
+                    tokio::task::block_in_place(|| {
+                        audit_queue(
+                            &shared,
+                            &inventory,
+                            &mut repeats,
+                            &movers,
+                            &mut names,
+                            queue,
+                        )
+                    });
+                }
                 let fd = fan.fd().try_clone()?;
                 // SAFETY: the AsyncFd owns this OwnedFd (a duplicate of the fanotify fd), which
                 // stays open and the same until the AsyncFd drops it.
@@ -489,8 +638,6 @@ impl Startup {
                     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
                 tokio::spawn(read_fanotify(shared.clone(), fd, inventory.clone()));
                 tokio::spawn(report_held(shared.clone(), inventory.clone()));
-                // fanotify sees no movers: the departures are recorded without one.
-                let movers = Movers::default();
                 tokio::spawn(maintain(
                     shared,
                     Maintained::Fanotify(fan),
@@ -507,7 +654,7 @@ impl Startup {
                     inventory,
                     pinning,
                 } = *audit;
-                let Pinning { report, dir, old } = pinning;
+                let Pinning { report, dir, queue } = pinning;
                 match report.outcome {
                     PinOutcome::Refused | PinOutcome::Failed => tracing::warn!(
                         "bypass audit: the programs are not pinned, so opens while the agent restarts will not be seen: {}",
@@ -553,6 +700,19 @@ impl Startup {
                     seen,
                     lost_reported,
                 };
+                // At a clean stop, the time from which the reads left queued can date.
+                let last_drain = Arc::new(AtomicI64::new(repeats::unix_now_ms()));
+                let stop_clock = match dir.as_ref().map(|d| loader::open_lost_reported(d.path())) {
+                    Some(Ok(map)) => Some(StopClock {
+                        map,
+                        last_drain: last_drain.clone(),
+                    }),
+                    Some(Err(e)) => {
+                        tracing::warn!("bypass audit: the stop time cannot be kept in the pins, reads queued after this agent stops will be judged with an unknown window: {e:#}");
+                        None
+                    }
+                    None => None,
+                };
                 let movers = Movers {
                     seen: loggate_agent_ebpf::names::MOVE_PROGRAMS
                         .iter()
@@ -563,7 +723,8 @@ impl Startup {
                     shared.clone(),
                     ring,
                     counters,
-                    old,
+                    queue,
+                    last_drain,
                     inventory.clone(),
                     movers.clone(),
                 ));
@@ -571,6 +732,7 @@ impl Startup {
                 tokio::spawn(maintain(
                     shared,
                     Maintained::Ebpf(Box::new(EbpfMaintained {
+                        _stop_clock: stop_clock,
                         _probe: probe,
                         maps,
                         _pins: dir,
@@ -625,10 +787,30 @@ enum Maintained {
 }
 
 struct EbpfMaintained {
+    /// Dropped first: the stop time is stored while the folder is still this agent's.
+    _stop_clock: Option<StopClock>,
     _probe: Probe,
     maps: ProtectedMaps,
     /// The pin folder's lock, held while the agent runs.
     _pins: Option<PinDir>,
+}
+
+/// Leaves in the pins, at a clean stop, the time from which the reads still queued can date:
+/// the start of the reader's last drain, less a second (a record reserved before a drain
+/// but committed after it stays in the ring). The next agent judges them with it.
+struct StopClock {
+    map: aya::maps::Array<aya::maps::MapData, u64>,
+    last_drain: Arc<AtomicI64>,
+}
+
+impl Drop for StopClock {
+    fn drop(&mut self) {
+        let at = self.last_drain.load(Ordering::Relaxed).saturating_sub(1000);
+        let Ok(at) = u64::try_from(at) else { return };
+        if let Err(e) = self.map.set(loader::STOPPED_SLOT, at.max(1), 0) {
+            tracing::warn!("bypass audit: storing the stop time in the pins: {e}");
+        }
+    }
 }
 
 /// The kernel's counters the event reader flushes every second.
@@ -764,6 +946,27 @@ async fn maintain(
     }
 }
 
+/// The queue of pins removed while the audit is off: counted and audited as lost.
+fn audit_discarded(shared: &Shared, queue: Option<Queue>) {
+    let Some(queue) = queue else { return };
+    let reads = u64::try_from(queue.events.len())
+        .unwrap_or(u64::MAX)
+        .saturating_add(queue.unreadable);
+    if reads > 0 {
+        audit_lost(
+            shared,
+            reads,
+            reads,
+            "queued by pinned programs while no agent ran, discarded: the bypass audit is off",
+        );
+    }
+    if let Some((total, reported)) = queue.lost {
+        if total > reported {
+            audit_lost(shared, total, total - reported, "ring buffer full");
+        }
+    }
+}
+
 fn audit_lost(shared: &Shared, total: u64, since_last: u64, reason: &'static str) {
     loggate_core::metrics::agent()
         .bypass_events_lost
@@ -785,23 +988,23 @@ async fn read_events(
     shared: Arc<Shared>,
     mut ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     mut counters: Counters,
-    old: Option<OldPins>,
+    queue: Option<Queue>,
+    last_drain: Arc<AtomicI64>,
     inventory: Arc<RwLock<Inventory>>,
     movers: Movers,
 ) {
     let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     let mut repeats = repeats::Repeats::default();
-    // What an earlier agent's replaced programs queued, first (they are detached already).
-    if let Some(mut old) = old {
-        if let Some(events) = old.events.as_mut() {
-            let batch = drain(events, &mut names);
-            audit_batch(&shared, &inventory, &mut repeats, &movers, batch);
-        }
-        if let Some((total, reported)) = old.lost {
-            if total > reported {
-                audit_lost(&shared, total, total - reported, "ring buffer full");
-            }
-        }
+    // What was queued while no agent ran, first (taken out of the ring at start).
+    if let Some(queue) = queue {
+        audit_queue(
+            &shared,
+            &inventory,
+            &mut repeats,
+            &movers,
+            &mut names,
+            queue,
+        );
     }
     // With pins, what was lost while no agent ran is reported at the first flush.
     let mut lost_reported = counters
@@ -821,14 +1024,16 @@ async fn read_events(
                         return;
                     }
                 };
+                last_drain.store(repeats::unix_now_ms(), Ordering::Relaxed);
                 let batch = drain(guard.get_inner_mut(), &mut names);
                 guard.clear_ready();
-                audit_batch(&shared, &inventory, &mut repeats, &movers, batch);
+                audit_batch(&shared, &inventory, &mut repeats, &movers, batch, None);
             }
             _ = flush.tick() => {
                 // What is queued first: a repeat's record follows the read it repeats.
+                last_drain.store(repeats::unix_now_ms(), Ordering::Relaxed);
                 let batch = drain(ring.get_mut(), &mut names);
-                audit_batch(&shared, &inventory, &mut repeats, &movers, batch);
+                audit_batch(&shared, &inventory, &mut repeats, &movers, batch, None);
                 flush_repeats(&shared, &mut repeats, &mut counters.seen);
                 let total = counters.lost.get(&0, 0).unwrap_or(0);
                 if total > lost_reported {
@@ -879,12 +1084,68 @@ fn drain(
     batch
 }
 
+/// Audits a queue (see [`Queue`]): each read marked queued with its window and judged on it,
+/// with what the kernel read at the open only (see [`queued_info`]); then its unreadable
+/// records and the replaced programs' losses as `bypass.events_lost`.
+fn audit_queue(
+    shared: &Shared,
+    inventory: &RwLock<Inventory>,
+    repeats: &mut repeats::Repeats,
+    movers: &Movers,
+    names: &mut process::Names,
+    queue: Queue,
+) {
+    let batch = queue
+        .events
+        .into_iter()
+        .map(|raw| {
+            let info = queued_info(&raw, names);
+            (raw, info)
+        })
+        .collect();
+    audit_batch(
+        shared,
+        inventory,
+        repeats,
+        movers,
+        batch,
+        Some(queue.window),
+    );
+    if queue.unreadable > 0 {
+        audit_lost(shared, queue.unreadable, queue.unreadable, OTHER_LAYOUT);
+    }
+    if let Some((total, reported)) = queue.lost {
+        if total > reported {
+            audit_lost(shared, total, total - reported, "ring buffer full");
+        }
+    }
+}
+
+/// What is known of a queued read's process: only what the kernel read at the open. Its pid
+/// may have been reused by another process since (the queue can be as old as the agent's
+/// downtime), so /proc is not read: the process counts as exited.
+fn queued_info(raw: &RawEvent, names: &mut process::Names) -> process::ProcessInfo {
+    let exe = raw.exe();
+    let cgroup = tokio::task::block_in_place(|| names.cgroup_path(raw.cgroup_id));
+    process::ProcessInfo {
+        exe_from_kernel: exe.is_some(),
+        exe,
+        cmdline: raw.cmdline_bytes().map(process::cmdline_text),
+        container_id: cgroup.as_deref().and_then(process::container_id),
+        cgroup,
+        user: names.user(raw.uid),
+        exe_id: raw.exe_id(),
+        exited: true,
+    }
+}
+
 fn audit_batch(
     shared: &Shared,
     inventory: &RwLock<Inventory>,
     repeats: &mut repeats::Repeats,
     movers: &Movers,
     batch: Vec<(RawEvent, process::ProcessInfo)>,
+    queued: Option<Window>,
 ) {
     for (raw, info) in batch {
         if raw.is_move() {
@@ -910,7 +1171,11 @@ fn audit_batch(
         }
         let opened = {
             let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
-            Opened::from_kernel(&inv, &raw)
+            let opened = Opened::from_kernel(&inv, &raw);
+            match queued {
+                Some(window) => opened.queued(window),
+                None => opened,
+            }
         };
         let (read, read_seq) = audit_open(shared, &opened, &info);
         let key = repeats::SeenKey {
@@ -1059,4 +1324,36 @@ fn stopped(shared: &Shared, reason: &str) {
         requested_mode: shared.config.bypass.mode.name(),
         reason: reason.to_string(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queued_record_of_another_layout_is_counted_not_dropped() {
+        let size = std::mem::size_of::<RawEvent>();
+        let (mut events, mut unreadable) = (Vec::new(), 0u64);
+        // An earlier agent's smaller and larger events, then one of this layout.
+        sort_queued(&vec![0u8; size - 16], &mut events, &mut unreadable);
+        sort_queued(&vec![0u8; size + 16], &mut events, &mut unreadable);
+        sort_queued(&vec![0u8; size], &mut events, &mut unreadable);
+        assert_eq!((events.len(), unreadable), (1, 2));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_queued_reads_process_is_taken_from_the_kernel_never_from_proc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut names = process::Names::new(&dir.path().join("passwd"), dir.path());
+        let bytes = vec![0u8; std::mem::size_of::<RawEvent>()];
+        let mut raw = RawEvent::parse_exact(&bytes).expect("event");
+        // Our own pid: /proc/<pid> exists and is another process than the reader was.
+        raw.tgid = std::process::id();
+        raw.cmdline[..3].copy_from_slice(b"cat");
+        raw.cmdline_len = 3;
+        let info = queued_info(&raw, &mut names);
+        assert!(info.exited, "a queued reader's pid may be reused: {info:?}");
+        assert_eq!(info.exe, None, "no executable from /proc: {info:?}");
+        assert_eq!(info.cmdline.as_deref(), Some("cat"));
+    }
 }

@@ -304,8 +304,18 @@ impl PinDir {
 
     /// Removes every entry (the marker first: a crash half-way leaves a stale folder, never a
     /// complete-looking one). Pinned objects still held open elsewhere stay alive until closed.
+    /// A folder that is not a marker (nothing the agent makes) is refused before anything is
+    /// removed, naming it: no half-cleared state.
     pub fn clear(&self) -> std::io::Result<()> {
         let mut entries = self.entries()?;
+        for name in entries.iter().filter(|n| !n.starts_with(MARKER_PREFIX)) {
+            if lstat(&self.path.join(name))?.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                return Err(std::io::Error::other(format!(
+                    "{} holds a folder the agent did not make, {name:?}: look at it, then remove it by hand",
+                    self.path.display()
+                )));
+            }
+        }
         entries.sort_by_key(|n| !n.starts_with(MARKER_PREFIX));
         for name in entries {
             let p = self.path.join(&name);
@@ -351,24 +361,16 @@ pub fn identity(hooks_name: &str, kfuncs: bool, event_size: usize) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `loggate-agent bypass unpin`: removes the pin folder at `path` (the programs detach once no
-/// running agent holds them). Refused while an agent runs with it, and when the folder is not
-/// one the agent would trust (remove such a folder by hand after looking at it).
-pub fn unpin(path: &Path) -> anyhow::Result<bool> {
-    match lstat(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}", path.display()))),
-        Ok(_) => {}
-    }
-    let dir = PinDir::open(path).map_err(|e| match e {
+/// Opens the pin folder `path` for `loggate-agent bypass unpin` (see `super::unpin`): refused
+/// while an agent runs with it, and when the folder is not one the agent would trust (remove
+/// such a folder by hand after looking at it).
+pub fn open_for_unpin(path: &Path) -> anyhow::Result<PinDir> {
+    PinDir::open(path).map_err(|e| match e {
         FolderRefused::Untrusted { path, why } => anyhow::anyhow!(
             "{path} is not a pin folder the agent trusts ({why}): look at what it holds, then remove it by hand (rm -r {path})"
         ),
         other => anyhow::Error::new(other),
-    })?;
-    dir.remove()
-        .map_err(|e| anyhow::Error::new(e).context(format!("removing {}", path.display())))?;
-    Ok(true)
+    })
 }
 
 #[cfg(test)]

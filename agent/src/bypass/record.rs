@@ -29,9 +29,25 @@ pub struct Opened {
     fd: Option<i32>,
     flags: Option<String>,
     hook: &'static str,
+    /// Queued while no agent ran (see [`Window`]); `None` for a live open.
+    queued: Option<Window>,
+}
+
+/// When a queued open can have happened: after the previous agent stopped reading (`None`:
+/// unknown, it did not stop cleanly) and before this agent took the queue over (Unix ms).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub after_ms: Option<i64>,
+    pub before_ms: i64,
 }
 
 impl Opened {
+    /// Marks this open as queued while no agent ran, within `window`.
+    pub fn queued(mut self, window: Window) -> Opened {
+        self.queued = Some(window);
+        self
+    }
+
     /// Resolves the protected path: the inventory's path of the file, or of its folder joined
     /// with the opened name. `path` is `None` if the entry left the inventory meanwhile.
     pub fn from_kernel(inv: &Inventory, raw: &RawEvent) -> Opened {
@@ -64,6 +80,7 @@ impl Opened {
             fd: Some(raw.fd),
             flags: Some(event::flags_text(raw.flags)),
             hook: raw.hook(),
+            queued: None,
         }
     }
 
@@ -113,6 +130,7 @@ impl Opened {
             fd: None,
             flags: None,
             hook: "fanotify",
+            queued: None,
         })
     }
 }
@@ -144,23 +162,48 @@ pub(super) fn allow_rule(
         .map(|cg| format!("cgroup:{cg}"))
 }
 
-/// The grants a subject holds, now, whose paths cover `path` (not revoked, inside their
-/// window). The certificate-key binding cannot be checked for a local process: this answers
-/// "was this person entitled to read this file through the gate".
-fn covering_grants(shared: &Shared, subject: &str, path: &str, now: i64) -> Vec<String> {
+/// The grants a subject holds whose paths cover `path`, not revoked, and valid at every moment
+/// the open can have happened: now for a live open; for a queued one, the whole window
+/// (fail closed: a grant that began or ended inside it, or any grant when the window's start
+/// is unknown, does not count, so a read made without a grant while the agent was down raises
+/// its finding). The certificate-key binding cannot be checked for a local process: this
+/// answers "was this person entitled to read this file through the gate".
+fn covering_grants(
+    shared: &Shared,
+    subject: &str,
+    path: &str,
+    now: i64,
+    queued: Option<Window>,
+) -> Vec<String> {
     shared
         .grants
         .grants_for(subject)
         .into_iter()
         .filter(|g| {
             let c = g.claims();
-            c.nbf <= now
-                && now < c.exp
+            covers_time(c.nbf, c.exp, now, queued)
                 && shared.grants.revocation(&c.jti).is_none()
                 && g.covers_path(path)
         })
         .map(|g| g.claims().jti.clone())
         .collect()
+}
+
+/// Whether a grant valid from `nbf` until `exp` (Unix seconds, `exp` excluded) covers the open:
+/// at `now` (seconds) for a live one; over the whole window for a queued one.
+fn covers_time(nbf: i64, exp: i64, now: i64, queued: Option<Window>) -> bool {
+    match queued {
+        None => nbf <= now && now < exp,
+        Some(Window { after_ms: None, .. }) => false,
+        Some(Window {
+            after_ms: Some(after),
+            before_ms,
+        }) => {
+            nbf.saturating_mul(1000) <= after
+                && before_ms < exp.saturating_mul(1000)
+                && after <= before_ms
+        }
+    }
 }
 
 pub fn bypass_record(shared: &Shared, opened: &Opened, info: &ProcessInfo) -> BypassRead {
@@ -172,7 +215,7 @@ pub fn bypass_record(shared: &Shared, opened: &Opened, info: &ProcessInfo) -> By
     let subject = mapped.map(|name| format!("spiffe://{}/user/{name}", shared.config.trust_domain));
     let (holds_grant, grant_ids, grant_check) = match (opened.uid, &subject, &path) {
         (Some(uid), Some(subject), Some(path)) => {
-            let ids = covering_grants(shared, subject, path, unix_now());
+            let ids = covering_grants(shared, subject, path, unix_now(), opened.queued);
             (!ids.is_empty(), ids, format!("uid {uid} is {subject}"))
         }
         (Some(_), Some(_), None) => (false, Vec::new(), "path unknown".to_string()),
@@ -218,6 +261,9 @@ pub fn bypass_record(shared: &Shared, opened: &Opened, info: &ProcessInfo) -> By
         grant_check,
         // The finding this open raises (see `super::audit_open`), if the reader holds no grant.
         finding_uid: (!holds_grant).then(loggate_core::audit::ocsf::new_uid),
+        queued: opened.queued.is_some(),
+        opened_after_ms: opened.queued.and_then(|w| w.after_ms),
+        opened_before_ms: opened.queued.map(|w| w.before_ms),
     }
 }
 
@@ -265,6 +311,50 @@ pub fn held_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queued_open_counts_a_grant_only_if_it_covered_the_whole_window() {
+        let (nbf, exp) = (1_000, 2_000); // seconds
+        let window = |after_ms, before_ms| {
+            Some(Window {
+                after_ms,
+                before_ms,
+            })
+        };
+        // Live: judged now.
+        assert!(covers_time(nbf, exp, 1_500, None));
+        assert!(!covers_time(nbf, exp, 2_000, None));
+        // Queued, inside the grant from start to end: counted, whatever "now" is.
+        assert!(covers_time(
+            nbf,
+            exp,
+            5_000,
+            window(Some(1_100_000), 1_900_000)
+        ));
+        // Issued (nbf) inside the window: the read may predate it.
+        assert!(!covers_time(
+            nbf,
+            exp,
+            1_500,
+            window(Some(900_000), 1_200_000)
+        ));
+        // Expired inside the window: the read may postdate it.
+        assert!(!covers_time(
+            nbf,
+            exp,
+            1_500,
+            window(Some(1_100_000), 2_000_000)
+        ));
+        // The window's start is unknown (the previous agent did not stop cleanly): no grant.
+        assert!(!covers_time(nbf, exp, 1_500, window(None, 1_200_000)));
+        // A window that ends before it starts (a clock step back) is not trusted.
+        assert!(!covers_time(
+            nbf,
+            exp,
+            1_500,
+            window(Some(1_300_000), 1_200_000)
+        ));
+    }
 
     #[test]
     fn the_allow_list_matches_the_executable_file_not_its_path() {

@@ -1777,6 +1777,23 @@ audit_event! {
         /// the `finding_info.uid` of the `bypass.finding` this open raised; null when the
         /// reader holds a grant
         finding_uid: Option<String>,
+        /// the open was queued in the pinned programs' ring buffer while no agent ran and is
+        /// reported by the next agent: it happened between `opened_after_ms` and
+        /// `opened_before_ms`, not at this record's `time`; `holds_grant` then counts only a
+        /// grant that covered that whole window, and the process fields come from the kernel
+        /// alone (`process_exited` true: its pid may belong to another process by now). Absent
+        /// for a live open (and in records written before it was added)
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        queued: bool,
+        /// a queued open: the earliest it can have happened (Unix ms), from the time the
+        /// previous agent stopped reading, stored in the pin folder at its clean stop; absent
+        /// when unknown (that agent did not stop cleanly) or for a live open
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        opened_after_ms: Option<i64>,
+        /// a queued open: the latest it can have happened (Unix ms), when this agent took the
+        /// queue over; absent for a live open
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        opened_before_ms: Option<i64>,
     }
     ocsf: |e, on| Ocsf::file_open(
         format!(

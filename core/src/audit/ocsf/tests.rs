@@ -37,6 +37,7 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
         "expected": false, "allow_rule": null, "severity": "high", "holds_grant": false,
         "grant_ids": [], "grant_check": "no subject is mapped to uid 65534 (bypass.uid_subjects)",
         "finding_uid": "019ac4a1-7c80-7000-8000-0000000000aa",
+        "queued": true, "opened_after_ms": 1795762790000_i64, "opened_before_ms": 1795762800000_i64,
     });
     fields(match name {
         "read.allowed" => json!({
