@@ -247,7 +247,7 @@ impl ControllerService {
     /// do. A reload by SIGHUP (root on the controller's host) is not an admin action and is
     /// not held to it: the way back from a rule nobody can meet.
     fn require_admin_for(&self, user: &Identity, action: AdminAction) -> Result<(), Status> {
-        self.require_admin(user, action.what())?;
+        self.require_admin(user, action.not_admin())?;
         let Some(rule) = self
             .access
             .as_ref()
@@ -298,6 +298,9 @@ pub(crate) enum AdminAction {
     AgentTokenCreate,
     /// `policy reload`: new roles, groups, approvers.
     PolicyReload,
+    /// `access ack`: marks someone's break-glass grant reviewed, which takes it off
+    /// `access review`'s list (closes the detective control).
+    BreakGlassAck,
 }
 
 impl AdminAction {
@@ -310,6 +313,7 @@ impl AdminAction {
             AdminAction::AgentRemove => "agent_remove",
             AdminAction::AgentTokenCreate => "agent_token_create",
             AdminAction::PolicyReload => "policy_reload",
+            AdminAction::BreakGlassAck => "break_glass_ack",
         }
     }
 
@@ -322,6 +326,16 @@ impl AdminAction {
             AdminAction::AgentRemove => "remove agents",
             AdminAction::AgentTokenCreate => "create join tokens",
             AdminAction::PolicyReload => "reload the access policy",
+            AdminAction::BreakGlassAck => "review break-glass grants",
+        }
+    }
+
+    /// What a non-admin is told: the action, and their way to what they wanted when there is
+    /// one.
+    fn not_admin(self) -> &'static str {
+        match self {
+            AdminAction::GrantIssue => "issue grants; ask an admin to issue the grant",
+            other => other.what(),
         }
     }
 }
@@ -766,23 +780,46 @@ impl Controller for ControllerService {
             by: user.spiffe_id().to_string(),
             reason: req.reason.clone(),
         };
-        // Audited before the revocation is committed: an audit failure changes nothing.
-        self.audit(&events::GrantRevoked {
-            grant_id: existing.id.clone(),
-            subject: Some(existing.subject.clone()),
-            revoked_by: user.spiffe_id().to_string(),
-            reason: req.reason.clone(),
-            revision: None,
-        })?;
+        // Recorded in the revocation's own transaction, only by the call that revokes it:
+        // a store that fails writes no `grant.revoked` for a grant still active, an audit
+        // failure changes nothing, and of two revokes racing the second gets no record.
+        let mut recorded = None;
         let grant = self
             .store
-            .revoke(&req.grant_id, revoked)
-            .map_err(internal)?
+            .revoke_recorded(&req.grant_id, revoked, |revision| {
+                self.audit(&events::GrantRevoked {
+                    grant_id: existing.id.clone(),
+                    subject: Some(existing.subject.clone()),
+                    revoked_by: user.spiffe_id().to_string(),
+                    reason: req.reason.clone(),
+                    revision: None,
+                })
+                .map_err(anyhow::Error::from)?;
+                recorded = Some(revision);
+                Ok(())
+            })
+            // The audit's refusal comes back out as itself (`unavailable`).
+            .map_err(|e| e.downcast::<Status>().unwrap_or_else(internal))?
             .ok_or_else(|| Status::not_found(format!("no grant {:?}", req.grant_id)))?;
-        let revision = self.store.latest_revision().map_err(internal)?;
+        let Some(revision) = recorded else {
+            // Revoked by someone else between the check above and this call.
+            let r = grant.revoked.as_ref();
+            return Err(Status::failed_precondition(format!(
+                "grant {} was already revoked by {} at {}",
+                grant.id,
+                r.map_or("someone else", |r| r.by.as_str()),
+                r.map_or_else(|| "just now".to_string(), |r| crate::cli::format_time(r.at))
+            )));
+        };
         metrics::controller().committed(revision);
         metrics::controller().grants_revoked.inc();
-        self.revision.send_replace(revision);
+        self.revision.send_if_modified(|now| {
+            let newer = revision > *now;
+            if newer {
+                *now = revision;
+            }
+            newer
+        });
         tracing::info!(grant = %grant.id, by = %user, "grant revoked");
         Ok(Response::new(pb::RevokeGrantResponse {
             grant: Some(grant_info(&grant)),

@@ -458,19 +458,25 @@ impl Store {
     }
 
     /// Revokes a grant; `Ok(None)` when no such grant exists. Revoking twice keeps the first.
+    /// (The service always records its revocations: [`Self::revoke_recorded`].)
+    #[cfg(test)]
     pub fn revoke(&self, id: &str, revoked: Revoked) -> anyhow::Result<Option<GrantRow>> {
-        self.revoke_recorded(id, revoked, || Ok(()))
+        self.revoke_recorded(id, revoked, |_| Ok(()))
     }
 
     /// [`Self::revoke`], with `record` run inside the transaction when this call is the one
-    /// that revokes the grant, before the commit (it writes the audit record: no revocation
-    /// without its record, and no record of a revocation the store did not take; an error
-    /// from `record` changes nothing).
+    /// that revokes the grant, given the revocation's revision: it writes the audit record.
+    /// It runs last, after the revision lock is taken and every row is written, just before
+    /// the commit: no revocation without its record, and no record of a revocation the store
+    /// did not take (a lock timeout, a refused write, a lost connection before it); an error
+    /// from `record` changes nothing. What remains is a failing commit after the record, the
+    /// residue of every write audited in its transaction. A grant already revoked (by a
+    /// concurrent call too) runs no `record`: one record per revocation.
     pub fn revoke_recorded(
         &self,
         id: &str,
         revoked: Revoked,
-        record: impl FnOnce() -> anyhow::Result<()>,
+        record: impl FnOnce(u64) -> anyhow::Result<()>,
     ) -> anyhow::Result<Option<GrantRow>> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
@@ -478,8 +484,7 @@ impl Store {
             "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, revoked.at, revoked.by, revoked.reason],
         )?;
-        if changed == 1 {
-            record()?;
+        let revision = if changed == 1 {
             // The revision as a grant's is taken (MAX + 1, under the revision lock), which on
             // SQLite is what AUTOINCREMENT gave: revisions are never deleted.
             let next = next_revision(&tx)?;
@@ -487,7 +492,10 @@ impl Store {
                 "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'revoke', ?2)",
                 params![next, id],
             )?;
-        }
+            Some(unsigned(next)?)
+        } else {
+            None
+        };
         let grant = tx
             .query_row(
                 &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
@@ -495,6 +503,9 @@ impl Store {
                 grant_from_row,
             )
             .optional()?;
+        if let Some(revision) = revision {
+            record(revision)?;
+        }
         tx.commit()?;
         Ok(grant)
     }

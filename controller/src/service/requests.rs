@@ -257,6 +257,30 @@ fn new_request_id() -> String {
     format!("r-{}", hex::encode(rand::random::<[u8; 8]>()))
 }
 
+/// The requester of a pending request as its approval judges them
+/// (`ControllerService::requester_now`).
+struct RequesterNow {
+    /// The step-up facts for the key the grant would bind to.
+    sign_in: SignInStrength,
+    /// The IdP groups (without `idp:`) the sign-in behind that key vouches for now.
+    idp_groups: Vec<String>,
+}
+
+impl RequesterNow {
+    /// The request's stored groups that still count: every non-IdP group, and an `idp:`
+    /// group only while the IdP still vouches for it (a request never gains a group).
+    fn groups_of(&self, stored: &[String]) -> Vec<String> {
+        stored
+            .iter()
+            .filter(|g| match g.strip_prefix("idp:") {
+                Some(idp) => self.idp_groups.iter().any(|now| now == idp),
+                None => true,
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 /// The short name of a SPIFFE id (`alice` of `spiffe://td/user/alice`).
 fn short(id: &str) -> &str {
     id.rsplit('/').next().unwrap_or(id)
@@ -1061,9 +1085,10 @@ impl ControllerService {
                     self.store
                         .record_request_sign_in(
                             &row.id,
-                            RequestSignIn {
+                            &RequestSignIn {
                                 age_seconds: age.as_secs(),
                                 mfa,
+                                key_sha256: user.key_sha256_hex(),
                             },
                         )
                         .map_err(internal)?;
@@ -1275,24 +1300,29 @@ impl ControllerService {
     /// approvals that count, and the TTL of its grant when they are enough (at most the one
     /// granted at the request).
     ///
-    /// The role picked now is judged with `sign_in`, how the requester had signed in when
-    /// they made the request (its age then): a requester never gets a grant under a role
-    /// whose `step_up` they did not meet when they asked — neither another role that refused
-    /// them then, nor a `step_up` a `policy reload` added since. Without a record (a
-    /// development certificate, a request from before schema version 3) no step-up is met.
+    /// The role picked now is judged with `requester`'s facts ([`Self::requester_now`]): how
+    /// the requester had signed in when they made the request (its age then) while the key
+    /// the grant binds to is the one they asked with, and otherwise the sign-in behind that
+    /// key now: a requester never gets a grant, for a key whose sign-in did not meet it, under
+    /// a role with a `step_up` — neither another role that refused them then, nor a `step_up`
+    /// a `policy reload` added since. Without a record (a development certificate, a request
+    /// from before schema version 4) no step-up is met. The requester's `idp:` groups count
+    /// only where the sign-in behind that key still vouches for them.
     fn decide_approval(
         &self,
         r: &RequestRow,
         reviewer: &Identity,
         // Both read before the approval's transaction (the store is not re-entrant).
         reviewer_sign_in: SignInStrength,
-        requester_sign_in: SignInStrength,
+        requester: &RequesterNow,
         policy: &Policy,
     ) -> anyhow::Result<(RequestRule, u32, Option<u64>)> {
+        let requester_groups = requester.groups_of(&r.requester_groups);
+        let requester_sign_in = requester.sign_in;
         let requester = short(&r.requester);
         let decision = policy.evaluate(&Query {
             subject: requester,
-            cert_groups: &r.requester_groups,
+            cert_groups: &requester_groups,
             hosts: &r.hosts,
             paths: &r.paths,
             units: &r.units,
@@ -1383,18 +1413,33 @@ impl ControllerService {
         Ok((rule, counted, ttl))
     }
 
-    /// How the requester of `request_id` had signed in when they made it, for the step-up
-    /// of the role its approval picks (see [`Self::decide_approval`]).
-    fn requester_sign_in(&self, request_id: &str) -> Result<SignInStrength, Status> {
-        Ok(
-            match self.store.request_sign_in(request_id).map_err(internal)? {
-                Some(f) => SignInStrength::Known {
-                    age: Duration::from_secs(f.age_seconds),
-                    mfa: f.mfa,
-                },
-                None => SignInStrength::Unknown,
+    /// What the approval of `r` judges its requester with, for the grant that binds to their
+    /// enrolled key `key` (see [`Self::decide_approval`]):
+    /// - the step-up facts: those recorded at the request when it was made with `key`; after
+    ///   a new sign-in with another key (a weaker one, or someone else's with the person's
+    ///   password), that key's own sign-in aged now, never the old key's facts; without a
+    ///   record, none (`Unknown`);
+    /// - the IdP groups the sign-in behind `key` vouches for now (none once its certificate
+    ///   has ended), which bound the `idp:` groups stored with the request.
+    fn requester_now(&self, r: &RequestRow, key: &str) -> Result<RequesterNow, Status> {
+        let name = short(&r.requester);
+        let sign_in = match self.store.request_sign_in(&r.id).map_err(internal)? {
+            Some(f) if f.key_sha256 == key => SignInStrength::Known {
+                age: Duration::from_secs(f.age_seconds),
+                mfa: f.mfa,
             },
-        )
+            Some(_) => self.sign_in_strength_of(name, key)?,
+            None => SignInStrength::Unknown,
+        };
+        let idp_groups = self
+            .store
+            .idp_groups_for(name, key, unix_now())
+            .map_err(internal)?
+            .unwrap_or_default();
+        Ok(RequesterNow {
+            sign_in,
+            idp_groups,
+        })
     }
 
     fn review_args(&self, req: &pb::ReviewRequest) -> Result<(), Status> {
@@ -1438,7 +1483,7 @@ impl ControllerService {
             .ok_or_else(|| Status::not_found(format!("no request {}", req.request_id)))?;
         let key = self.key_of(&before.requester)?;
         let reviewer_sign_in = self.sign_in_strength(&user)?;
-        let requester_sign_in = self.requester_sign_in(&before.id)?;
+        let requester_now = self.requester_now(&before, &key)?;
         let now = unix_now();
         let reviewer = user.spiffe_id().to_string();
         let review = ReviewRow {
@@ -1458,13 +1503,8 @@ impl ControllerService {
                     // Every approval decides the request under the policy in force now: a role
                     // removed or narrowed since the request refuses it, a raised approver count
                     // or a reviewer since removed from the approver groups keeps it pending.
-                    let (rule, approvals, ttl) = self.decide_approval(
-                        r,
-                        &user,
-                        reviewer_sign_in,
-                        requester_sign_in,
-                        &policy,
-                    )?;
+                    let (rule, approvals, ttl) =
+                        self.decide_approval(r, &user, reviewer_sign_in, &requester_now, &policy)?;
                     let grant_id = ttl.map(|_| loggate_core::grant::new_grant_id());
                     self.audit(&events::AccessApproved {
                         request_id: r.id.clone(),
@@ -1837,7 +1877,7 @@ impl ControllerService {
         request: Request<pb::AckBreakGlassRequest>,
     ) -> Result<Response<pb::AckBreakGlassResponse>, Status> {
         let user = self.user(&request)?;
-        self.require_admin(&user, "review break-glass grants")?;
+        self.require_admin_for(&user, super::AdminAction::BreakGlassAck)?;
         let req = request.into_inner();
         if req.grant_id.len() > 64 {
             return Err(Status::invalid_argument("the grant id is too long"));

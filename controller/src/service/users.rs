@@ -28,6 +28,12 @@ use loggate_core::metrics;
 use loggate_proto as pb;
 use tonic::{Request, Response, Status};
 
+/// A request a lock meant to cancel was decided (approved, denied, cancelled, expired)
+/// between the listing and its cancellation: skipped, not a failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the request was decided meanwhile")]
+struct DecidedMeanwhile;
+
 /// The most people `ListUsers` answers with.
 const MAX_LISTED: usize = 10_000;
 /// The most `ListUsers` answers with, encoded (below a client's default 4 MiB decode limit).
@@ -111,21 +117,25 @@ impl ControllerService {
             if !req.locked {
                 return Ok((0, 0));
             }
-            let cancelled = self.cancel_pending_of(subject.as_str(), &by)?;
-            let revoked = self.revoke_grants_of(subject.as_str(), &by, &req.reason)?;
-            Ok((cancelled, revoked))
+            // Both run whatever the other gives: a failed cancellation never keeps the
+            // person's grants from being revoked; either failure is reported (incomplete).
+            let cancelled = self.cancel_pending_of(subject.as_str(), &by);
+            let revoked = self.revoke_grants_of(subject.as_str(), &by, &req.reason);
+            Ok((cancelled?, revoked?))
         };
         let (requests_cancelled, grants_revoked) = finish().map_err(|status| {
-            let (state, command) = if req.locked {
-                ("locked", "lock")
+            // A lock's unfinished part takes access away (cancellations, revocations); an
+            // unlock's only reloads the refusal set.
+            let (state, command, unfinished) = if req.locked {
+                ("locked", "lock", "revocation incomplete")
             } else {
-                ("unlocked", "unlock")
+                ("unlocked", "unlock", "not finished")
             };
             tracing::error!(user = %subject, "{state}, but not finished: {}", status.message());
             Status::new(
                 status.code(),
                 format!(
-                    "{name} is {state}; revocation incomplete ({}): run `loggate user {command} \
+                    "{name} is {state}; {unfinished} ({}): run `loggate user {command} \
                      {name} --reason …` again",
                     status.message()
                 ),
@@ -143,7 +153,10 @@ impl ControllerService {
         }))
     }
 
-    /// Cancels every pending request of `subject`, each audited as cancelled by `by`.
+    /// Cancels every pending request of `subject`, each audited as cancelled by `by`. A
+    /// request decided (or gone) between the listing and its cancellation is skipped; any
+    /// other failure (the store, the audit log) is returned once every request was tried, so
+    /// a partial lock says so and a re-run cancels what is left.
     fn cancel_pending_of(&self, subject: &str, by: &str) -> Result<u32, Status> {
         let pending = self
             .store
@@ -158,14 +171,18 @@ impl ControllerService {
             )
             .map_err(internal)?;
         let mut cancelled = 0u32;
+        let mut failed: Option<Status> = None;
         for row in pending.rows {
             let after = self.store.end_request(
                 &row.id,
                 RequestState::Cancelled,
                 unix_now(),
                 |r| {
-                    anyhow::ensure!(r.state == RequestState::Pending, "decided meanwhile");
-                    Ok(())
+                    if r.state == RequestState::Pending {
+                        Ok(())
+                    } else {
+                        Err(DecidedMeanwhile.into())
+                    }
                 },
                 |r| {
                     self.audit(&events::AccessCancelled {
@@ -176,23 +193,42 @@ impl ControllerService {
                     .map_err(|s| anyhow::anyhow!("{}", s.message()))
                 },
             );
-            // A request decided between the listing and now is not cancelled; a grant it
-            // became is revoked next.
-            if let Ok(Some(after)) = after {
-                self.governance.changed(&after);
-                metrics::controller().request_entered(after.state.as_str());
-                cancelled = cancelled.saturating_add(1);
+            match after {
+                Ok(Some(after)) => {
+                    self.governance.changed(&after);
+                    metrics::controller().request_entered(after.state.as_str());
+                    cancelled = cancelled.saturating_add(1);
+                }
+                // Gone, or decided meanwhile: not cancelled; a grant it became is revoked
+                // next.
+                Ok(None) => {}
+                Err(e) if e.downcast_ref::<DecidedMeanwhile>().is_some() => {}
+                Err(e) => {
+                    if failed.is_none() {
+                        failed = Some(internal(
+                            e.context(format!("cannot cancel request {}", row.id)),
+                        ));
+                    }
+                }
             }
         }
         self.requests_changed.send_modify(|n| *n += 1);
-        Ok(cancelled)
+        match failed {
+            Some(status) => Err(status),
+            None => Ok(cancelled),
+        }
     }
 
-    /// Revokes every active grant of `subject`, each audited (`grant.revoked`) before it is
-    /// committed, and wakes the fan-out that pushes the revocations to the agents.
+    /// Revokes every active grant of `subject`, each audited (`grant.revoked`) in the
+    /// revocation's own transaction, and wakes the fan-out that pushes the revocations to the
+    /// agents — also when a later revocation fails: a revocation that committed is pushed at
+    /// once whatever follows (on SQLite nothing else would wake the feed), and a re-run that
+    /// finds nothing left to revoke still wakes it.
     fn revoke_grants_of(&self, subject: &str, by: &str, reason: &str) -> Result<u32, Status> {
         let reason = format!("user locked: {reason}");
         let mut revoked = 0u32;
+        // Whether this call committed (and pushed) a revocation.
+        let mut pushed = false;
         for _ in 0..MAX_REVOKE_ROUNDS {
             let active = self
                 .store
@@ -202,10 +238,10 @@ impl ControllerService {
                 break;
             }
             for grant in active {
-                // Recorded in the revocation's own transaction: a store that fails writes no
-                // `grant.revoked` for a grant still active, and a grant revoked meanwhile by
-                // someone else gets no second record.
-                let mut recorded = false;
+                // Recorded in the revocation's own transaction: a store that fails writes
+                // no `grant.revoked` for a grant still active, and a grant revoked
+                // meanwhile by someone else gets no second record.
+                let mut recorded = None;
                 self.store
                     .revoke_recorded(
                         &grant.id,
@@ -214,7 +250,7 @@ impl ControllerService {
                             by: by.to_string(),
                             reason: reason.clone(),
                         },
-                        || {
+                        |revision| {
                             self.audit(&events::GrantRevoked {
                                 grant_id: grant.id.clone(),
                                 subject: Some(grant.subject.clone()),
@@ -223,21 +259,38 @@ impl ControllerService {
                                 revision: None,
                             })
                             .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-                            recorded = true;
+                            recorded = Some(revision);
                             Ok(())
                         },
                     )
                     .map_err(internal)?;
-                if recorded {
+                if let Some(revision) = recorded {
                     metrics::controller().grants_revoked.inc();
                     revoked = revoked.saturating_add(1);
+                    pushed = true;
+                    self.push_revision(revision);
                 }
             }
+        }
+        // Nothing revoked by this call (a re-run after a failure): the feed is woken anyway,
+        // at the latest revision, so what an earlier run committed reaches the agents.
+        if !pushed {
             let revision = self.store.latest_revision().map_err(internal)?;
-            metrics::controller().committed(revision);
-            self.revision.send_replace(revision);
+            self.push_revision(revision);
         }
         Ok(revoked)
+    }
+
+    /// Wakes the change feed (fan-out to the agents) for `revision`, never moving it back.
+    fn push_revision(&self, revision: u64) {
+        metrics::controller().committed(revision);
+        self.revision.send_if_modified(|now| {
+            let newer = revision > *now;
+            if newer {
+                *now = revision;
+            }
+            newer
+        });
     }
 
     /// How `user` signed in (the sign-in behind their certificate's key), for the policy's
@@ -246,9 +299,19 @@ impl ControllerService {
         &self,
         user: &loggate_core::identity::Identity,
     ) -> Result<crate::policy::SignInStrength, Status> {
+        self.sign_in_strength_of(user.name(), &user.key_sha256_hex())
+    }
+
+    /// How the sign-in that certified `name`'s key `key_sha256` (hex) authenticated, aged now;
+    /// `Unknown` when no valid sign-in is behind that key (see [`Self::sign_in_strength`]).
+    pub(super) fn sign_in_strength_of(
+        &self,
+        name: &str,
+        key_sha256: &str,
+    ) -> Result<crate::policy::SignInStrength, Status> {
         let facts = self
             .store
-            .sign_in_facts(user.name(), &user.key_sha256_hex(), unix_now())
+            .sign_in_facts(name, key_sha256, unix_now())
             .map_err(internal)?;
         Ok(match facts {
             None => crate::policy::SignInStrength::Unknown,

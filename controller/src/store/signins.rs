@@ -28,12 +28,16 @@
 //!   stay refused and a new sign-in's certificate starts no earlier than the lock (none is
 //!   issued while locked).
 //!
-//! - **A request's sign-in** (`request_sign_ins`, schema version 3): how the requester had
+//! - **A request's sign-in** (`request_sign_ins`, schema version 4): how the requester had
 //!   signed in when they made a pending request — the age of that sign-in at the request's
-//!   creation and whether it was multi-factor. Its approval picks the role again under the
-//!   policy in force then, and judges that role's `step_up` with these facts, so a requester
-//!   never gets a grant under a role whose step-up they did not meet when they asked. No row
-//!   (a development certificate, a request from before version 3): no step-up is met.
+//!   creation, whether it was multi-factor, and the key (SHA-256 of the public key) that
+//!   sign-in certified. Its approval picks the role again under the policy in force then, and
+//!   judges that role's `step_up` with these facts while the requester's enrolled key is still
+//!   that key (the grant binds to the enrolled key); after a new sign-in with another key the
+//!   new key's own sign-in is judged instead, so the certificate that receives the grant is
+//!   always one whose sign-in met the step-up. No row (a development certificate, a request
+//!   from before version 4): no step-up is met. A row is kept after its request ends, as a
+//!   record of what the approval was judged with (a few dozen bytes per request).
 //!
 //! SQL here is plain and standard (no SQLite-only functions), so it ports to PostgreSQL.
 
@@ -63,7 +67,8 @@ CREATE TABLE IF NOT EXISTS oidc_users (
 CREATE TABLE IF NOT EXISTS request_sign_ins (
     request_id TEXT PRIMARY KEY,
     age_seconds INTEGER NOT NULL,
-    mfa INTEGER NOT NULL
+    mfa INTEGER NOT NULL,
+    key_sha256 TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS user_locks (
     name TEXT PRIMARY KEY,
@@ -117,12 +122,15 @@ pub struct SignInFacts {
 
 /// How the requester of a pending request had signed in when they made it
 /// ([`Store::record_request_sign_in`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestSignIn {
     /// The sign-in's age (s) at the request's creation.
     pub age_seconds: u64,
     /// Whether the IdP reported multi-factor (`amr` holding `mfa`).
     pub mfa: bool,
+    /// SHA-256 (hex) of the key that sign-in certified, the one the request was made with:
+    /// the facts describe that key's sign-in only.
+    pub key_sha256: String,
 }
 
 /// A lock or unlock of one person ([`Store::set_user_lock`]).
@@ -328,36 +336,39 @@ impl Store {
     pub fn record_request_sign_in(
         &self,
         request_id: &str,
-        facts: RequestSignIn,
+        facts: &RequestSignIn,
     ) -> anyhow::Result<()> {
         self.conn()?.execute(
-            "INSERT INTO request_sign_ins (request_id, age_seconds, mfa) VALUES (?1, ?2, ?3)
-             ON CONFLICT(request_id) DO UPDATE SET age_seconds = ?2, mfa = ?3",
+            "INSERT INTO request_sign_ins (request_id, age_seconds, mfa, key_sha256)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(request_id) DO UPDATE SET age_seconds = ?2, mfa = ?3, key_sha256 = ?4",
             params![
                 request_id,
                 i64::try_from(facts.age_seconds).unwrap_or(i64::MAX),
-                i64::from(facts.mfa)
+                i64::from(facts.mfa),
+                facts.key_sha256
             ],
         )?;
         Ok(())
     }
 
     /// How the requester of `request_id` had signed in when they made it; `None` when nothing
-    /// was recorded (no sign-in behind their key, or a request from before schema version 3).
+    /// was recorded (no sign-in behind their key, or a request from before schema version 4).
     pub fn request_sign_in(&self, request_id: &str) -> anyhow::Result<Option<RequestSignIn>> {
-        let row: Option<(i64, i64)> = self
+        let row: Option<(i64, i64, String)> = self
             .conn()?
             .query_row(
-                "SELECT age_seconds, mfa FROM request_sign_ins WHERE request_id = ?1",
+                "SELECT age_seconds, mfa, key_sha256 FROM request_sign_ins WHERE request_id = ?1",
                 params![request_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         // A negative age is no age this code wrote: it meets nothing.
-        Ok(row.and_then(|(age, mfa)| {
+        Ok(row.and_then(|(age, mfa, key_sha256)| {
             Some(RequestSignIn {
                 age_seconds: u64::try_from(age).ok()?,
                 mfa: mfa != 0,
+                key_sha256,
             })
         }))
     }
@@ -609,8 +620,9 @@ mod tests {
             let facts = RequestSignIn {
                 age_seconds: 42,
                 mfa: true,
+                key_sha256: "k1".into(),
             };
-            store.record_request_sign_in("r-1", facts).expect("record");
+            store.record_request_sign_in("r-1", &facts).expect("record");
             t.reopen();
             assert_eq!(t.store.request_sign_in("r-1").ok(), Some(Some(facts)));
             assert_eq!(t.store.request_sign_in("r-2").ok(), Some(None));

@@ -3,5 +3,6 @@
 CREATE TABLE request_sign_ins (
     request_id TEXT PRIMARY KEY,
     age_seconds BIGINT NOT NULL,
-    mfa BIGINT NOT NULL
+    mfa BIGINT NOT NULL,
+    key_sha256 TEXT NOT NULL
 );
