@@ -1060,3 +1060,80 @@ fn a_journal_grep_takes_a_grep_stream_place() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Whether process `pid` is gone (or a zombie waiting to be reaped).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// Review finding 5 (and J4's gap): a SIGKILLed agent could not kill its `journalctl`; a
+/// following one lived on until its next write. Now `PR_SET_PDEATHSIG(SIGKILL)` ends it with
+/// the agent. A stub `journalctl` (configured path) records its pid and capabilities, then
+/// waits without writing.
+#[test]
+fn the_journalctl_of_a_sigkilled_agent_dies_with_it_and_holds_no_ambient_capability(
+) -> anyhow::Result<()> {
+    let stub_dir =
+        std::env::temp_dir().join(format!("loggate-journal-stub-{}", std::process::id()));
+    std::fs::create_dir_all(&stub_dir)?;
+    let stub = stub_dir.join("journalctl");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *--reverse*) exit 0;; esac\n\
+             grep -E '^Cap(Amb|Eff)' /proc/self/status > {dir}/caps\n\
+             echo $$ > {dir}/pid.tmp && mv {dir}/pid.tmp {dir}/pid\nexec sleep 600\n",
+            dir = stub_dir.display()
+        ),
+    )?;
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut f = Fixture::start_with(&format!("[journal]\njournalctl = \"{}\"\n", stub.display()))?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    let mut child = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["journal", "--unit", "nginx.service", "--follow"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: u32 = loop {
+        if let Ok(pid) = std::fs::read_to_string(stub_dir.join("pid")) {
+            break pid.trim().parse()?;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the stub journalctl never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let caps = std::fs::read_to_string(stub_dir.join("caps"))?;
+    assert!(
+        caps.lines()
+            .any(|l| l.starts_with("CapAmb:") && l.ends_with("0000000000000000")),
+        "{caps}"
+    );
+    assert!(!gone(pid));
+    f.cluster.kill_agent("web-1");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !gone(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = !gone(pid);
+    if survived {
+        // SAFETY: kill(2) on a pid this test's stub wrote; no memory involved.
+        unsafe {
+            libc::kill(i32::try_from(pid)?, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&stub_dir);
+    assert!(!survived, "journalctl outlived the SIGKILLed agent");
+    Ok(())
+}
