@@ -1137,3 +1137,48 @@ fn the_journalctl_of_a_sigkilled_agent_dies_with_it_and_holds_no_ambient_capabil
     assert!(!survived, "journalctl outlived the SIGKILLed agent");
     Ok(())
 }
+
+/// Review finding 3, the reader's grep time: with one second of matching a minute, spent by a
+/// slow file grep (cut `budget_exceeded`), a journal grep is refused `grep_budget_spent`,
+/// audited, as a second file grep is; before, the journal grep ran on its own budget.
+#[test]
+fn a_journal_grep_is_refused_once_the_readers_grep_time_is_spent() -> anyhow::Result<()> {
+    const SLOW_PATTERN: &str = r"(?s-u:.){0,3000}[\x80-\xff]";
+    let (f, _dir) = fixture_with(
+        "[limits]\nmax_regex_bytes = 1048576\nmax_line_bytes = 2048\n\
+         grep_seconds_per_subject_per_minute = 1\n",
+    )?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    f.grant("alice", "30m")?;
+    let line = format!("2026-12-04T10:00:00Z INFO {}\n", "abcdefghij".repeat(147));
+    let slow = f.logs.join("slow.log");
+    std::fs::write(&slow, line.repeat(3000))?;
+    let out = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["grep", SLOW_PATTERN, &slow.display().to_string()],
+        )
+        .output()?;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("you used up your grep time"),
+        "{}",
+        text(&out).1
+    );
+    let out = journal(&f, "alice", &["--unit", "nginx.service", "--grep", "GET"])?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("you used up your grep time"), "{stderr}");
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied"
+                && e["reason_code"] == "grep_budget_spent"
+                && e["path"] == "journal:nginx.service"
+        })?;
+    // Not a grep: not charged.
+    let out = journal(&f, "alice", &["--unit", "nginx.service"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    Ok(())
+}
