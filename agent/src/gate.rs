@@ -76,6 +76,8 @@ pub enum DenialCode {
     CompressedNotTailable,
     /// A journal read naming something that is not a systemd unit name (a glob among them).
     UnitInvalid,
+    /// A journal read whose `since_unix_ms` no journal can hold (negative, or in the future).
+    SinceInvalid,
     /// No grant of the reader's names the journal unit asked for (a file grant never does).
     UnitNotCovered,
     /// Not a check: the summary of denial records left out by the audit budget.
@@ -122,6 +124,7 @@ impl DenialCode {
             DenialCode::ContentBinary => "content_binary",
             DenialCode::CompressedNotTailable => "compressed_not_tailable",
             DenialCode::UnitInvalid => "unit_invalid",
+            DenialCode::SinceInvalid => "since_invalid",
             DenialCode::UnitNotCovered => "unit_not_covered",
             DenialCode::Suppressed => "suppressed",
         }

@@ -33,10 +33,9 @@
 use crate::gate::{
     candidates, rank, resolve_profile, Denial, DenialCode, GateContext, Profile, Withdrawal,
 };
-use crate::stream::{EndReason, GrantStatus, Item};
+use crate::stream::{ChunkSink, EndReason, GrantStatus, GrepBuckets, Queued, CHUNK};
 use loggate_core::grant::{UnitName, VerifiedGrant};
 use loggate_core::identity::Identity;
-use loggate_proto as pb;
 use loggate_redact::{Counts, Pipeline};
 use regex::bytes::Regex;
 use serde::Deserialize;
@@ -113,14 +112,9 @@ pub fn resource_name(unit: &UnitName) -> String {
     format!("journal:{unit}")
 }
 
-/// The arguments `journalctl` runs with: fixed, and nothing of the reader's but a checked unit
-/// name (inside `--unit=`) and a number.
-pub fn journalctl_args(
-    unit: &UnitName,
-    directory: Option<&Path>,
-    since_unix_ms: Option<i64>,
-    follow: bool,
-) -> Vec<String> {
+/// The arguments every `journalctl` run starts with: fixed, and nothing of the reader's but a
+/// checked unit name (inside `--unit=`).
+fn base_args(unit: &UnitName, directory: Option<&Path>) -> Vec<String> {
     let mut args = vec![
         "--output=json".to_string(),
         "--output-fields=MESSAGE,_SYSTEMD_UNIT,UNIT,_PID".to_string(),
@@ -133,18 +127,43 @@ pub fn journalctl_args(
     if let Some(d) = directory {
         args.push(format!("--directory={}", d.display()));
     }
-    if let Some(ms) = since_unix_ms {
-        args.push(format!("--since=@{}", ms.div_euclid(1000)));
+    args
+}
+
+/// A time for `--since`/`--until`: `@seconds.microseconds` (journalctl takes the fraction).
+fn at(micros: u64) -> String {
+    format!("@{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// The arguments of the stream's `journalctl`: [`base_args`], and the start (µs) as a number.
+pub fn journalctl_args(
+    unit: &UnitName,
+    directory: Option<&Path>,
+    since_micros: Option<u64>,
+    follow: bool,
+) -> Vec<String> {
+    let mut args = base_args(unit, directory);
+    if let Some(us) = since_micros {
+        args.push(format!("--since={}", at(us)));
     }
     if follow {
         args.push("--follow".to_string());
-        // Following from now, or from --since with everything since.
-        args.push(if since_unix_ms.is_some() {
+        // Following from the start, or from now with nothing before.
+        args.push(if since_micros.is_some() {
             "--lines=all".to_string()
         } else {
             "--lines=0".to_string()
         });
     }
+    args
+}
+
+/// The arguments of the look-back before a start (µs): the unit's entries up to it, newest
+/// first ([`prime_before`]).
+fn prime_args(unit: &UnitName, directory: Option<&Path>, until_micros: u64) -> Vec<String> {
+    let mut args = base_args(unit, directory);
+    args.push(format!("--until={}", at(until_micros)));
+    args.push("--reverse".to_string());
     args
 }
 
@@ -179,9 +198,35 @@ pub fn entry_unit_matches(entry: &Entry, unit: &UnitName) -> bool {
     is("_SYSTEMD_UNIT") || (single_value(entry, "_PID").as_deref() == Some(b"1") && is("UNIT"))
 }
 
-/// The lines one entry is served as (before redaction), each ending in `\n`; `None` when the
-/// entry does not belong to `unit` or has no usable time.
-pub fn entry_lines(entry: &Entry, unit: &UnitName, agent: &str) -> Option<Vec<u8>> {
+/// At most this many lines are served of one entry; the rest are cut (`lines_cut`). One
+/// entry's text is attacker-controlled (a native-protocol sender keeps its newlines): without
+/// a bound, 400 KB of `\n` became 11 MB of prefixed lines, past the client's message limit.
+pub const MAX_ENTRY_LINES: usize = 4096;
+
+/// One entry as it is served (before redaction).
+#[derive(Debug)]
+pub struct EntryText {
+    /// The entry's `__REALTIME_TIMESTAMP` (µs since the epoch).
+    pub micros: u64,
+    /// Its lines, each with the prefix and ending in `\n`: at most [`MAX_ENTRY_LINES`] and
+    /// about `max_bytes` (a line is added whole while the text is under `max_bytes`).
+    pub lines: Vec<u8>,
+    /// Message lines left out by those bounds.
+    pub lines_cut: u64,
+    /// The message line holding its last private-key `BEGIN`/`END` marker, with its `\n`
+    /// (what primes the redactor for a stream that starts after this entry).
+    pub key_marker_line: Option<Vec<u8>>,
+}
+
+/// The lines one entry is served as (see [`EntryText`]); `None` when the entry does not belong
+/// to `unit` or has no usable time. `max_bytes` bounds the text one entry can produce (the
+/// stream passes [`max_json_line`]`(max_line)`, what the entry's JSON itself could hold).
+pub fn entry_lines(
+    entry: &Entry,
+    unit: &UnitName,
+    agent: &str,
+    max_bytes: usize,
+) -> Option<EntryText> {
     if !entry_unit_matches(entry, unit) {
         return None;
     }
@@ -204,13 +249,61 @@ pub fn entry_lines(entry: &Entry, unit: &UnitName, agent: &str) -> Option<Vec<u8
         None => unit.to_string(),
     };
     let message = single_value(entry, "MESSAGE").unwrap_or_default();
-    let mut out = Vec::with_capacity(message.len() + 64);
+    let prefix = format!("{time} {agent} {source}: ");
+    let mut out = Vec::with_capacity(message.len().min(max_bytes) + 64);
+    let (mut served, mut lines_cut) = (0usize, 0u64);
     for line in message.split(|b| *b == b'\n') {
-        out.extend_from_slice(format!("{time} {agent} {source}: ").as_bytes());
+        if served >= MAX_ENTRY_LINES || out.len() >= max_bytes {
+            lines_cut += 1;
+            continue;
+        }
+        served += 1;
+        out.extend_from_slice(prefix.as_bytes());
         out.extend(line.iter().copied().filter(|b| *b != b'\r'));
         out.push(b'\n');
     }
-    Some(out)
+    Some(EntryText {
+        micros,
+        lines: out,
+        lines_cut,
+        key_marker_line: key_marker_line(&message),
+    })
+}
+
+/// The line of `message` that holds its last private-key marker, with a `\n`.
+fn key_marker_line(message: &[u8]) -> Option<Vec<u8>> {
+    let m = loggate_redact::last_private_key_marker(message)?;
+    let from = message[..m]
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let to = message[m..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(message.len(), |i| m + i);
+    let mut line = message[from..to].to_vec();
+    line.push(b'\n');
+    Some(line)
+}
+
+/// `data` in pieces of at most `max` bytes, cut after a newline where one is in reach.
+pub fn pieces(data: &[u8], max: usize) -> Vec<&[u8]> {
+    let max = max.max(1);
+    let mut rest = data;
+    let mut out = Vec::new();
+    while rest.len() > max {
+        let at = rest[..max]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(max, |i| i + 1);
+        let (head, tail) = rest.split_at(at);
+        out.push(head);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
 }
 
 /// Why no grant serves a unit read: the best-ranked denial of the reader's grants (a grant
@@ -299,42 +392,46 @@ pub fn authorize_unit(
     }))
 }
 
+/// A journal grep's charge to its reader's matching time across streams
+/// (`limits.grep_seconds_per_subject_per_minute`), as a file grep is charged.
+pub struct SubjectGrep {
+    pub buckets: Arc<GrepBuckets>,
+    pub subject: String,
+}
+
+/// Matching time spent before it is charged to the reader's bucket (as the file path does).
+const SETTLE: Duration = Duration::from_millis(20);
+
 /// Everything one journal stream needs.
 pub struct JournalPlan {
     pub config: JournalConfig,
     pub unit: UnitName,
     pub agent: String,
+    /// Where the reader asked to start (ms since the epoch; checked > 0 by the server).
     pub since_unix_ms: Option<i64>,
     pub follow: bool,
     pub profile: Profile,
     pub pattern: Option<Regex>,
     /// Time the pattern may spend matching over the whole stream.
     pub grep_budget: Duration,
+    /// The reader's matching time across streams, charged as it is spent (grep only).
+    pub subject_grep: Option<SubjectGrep>,
     pub max_line: usize,
-    pub grant_id: String,
+    /// How much of the journal before the start is looked through for a private-key marker
+    /// (`limits.tail_key_lookback_bytes`, counted in `journalctl`'s JSON bytes).
+    pub key_lookback: u64,
     pub not_after: i64,
 }
 
 /// How a journal stream ended.
 pub struct JournalFinished {
     pub reason: EndReason,
+    /// Content bytes handed to the response (queued), as the file path counts them.
     pub bytes: u64,
     pub counts: Counts,
     pub pattern_time: Duration,
-}
-
-/// Resolves once the agent is stopping (never, when nothing can stop it).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|stopping| *stopping).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Resolves on the grant store's next change (never, once the store is gone).
-async fn notified(rx: &mut watch::Receiver<u64>) {
-    if rx.changed().await.is_err() {
-        std::future::pending::<()>().await;
-    }
+    /// The look-back before the start ran out without finding a private-key marker.
+    pub key_lookback_exhausted: bool,
 }
 
 /// Reads the rest of one line of at most `max` bytes (without its `\n`) into `buf`;
@@ -394,97 +491,147 @@ async fn end_child(child: &mut tokio::process::Child) {
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
 }
 
-/// Runs `journalctl` for `plan` and streams its entries to `tx` until the journal ends (not
-/// following), the grant is withdrawn or expires, the client leaves or the agent stops. A cut
-/// or a failure is sent on `last` (after all data). Runs on a blocking thread (the redaction
-/// and matching work is done inline) driving its waits through `runtime`.
-pub fn run(
-    plan: JournalPlan,
-    grants: Arc<dyn GrantStatus>,
-    tx: mpsc::Sender<Item>,
-    last: mpsc::Sender<Item>,
-    stop: watch::Receiver<bool>,
-    runtime: tokio::runtime::Handle,
-) -> JournalFinished {
-    runtime.block_on(stream(plan, grants, tx, last, stop))
+/// Resolves once the agent is stopping (never, when nothing can stop it).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
-async fn stream(
-    plan: JournalPlan,
-    grants: Arc<dyn GrantStatus>,
-    tx: mpsc::Sender<Item>,
-    last: mpsc::Sender<Item>,
-    mut stop: watch::Receiver<bool>,
-) -> JournalFinished {
-    let mut withdrawals = grants.subscribe();
-    let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
-    let mut finished = JournalFinished {
-        reason: EndReason::Eof,
-        bytes: 0,
-        counts: Counts::default(),
-        pattern_time: Duration::ZERO,
-    };
-    let cut = |reason: EndReason, message: String| {
-        let _ = last.try_send(Err(Status::aborted(message)));
-        reason
-    };
-    let ended = |grants: &Arc<dyn GrantStatus>| -> Option<(EndReason, String)> {
-        if let Some(Withdrawal::Revoked { by, .. } | Withdrawal::Dropped { by, .. }) =
-            grants.withdrawal(&plan.grant_id)
-        {
-            return Some((
-                EndReason::GrantRevoked,
-                format!(
-                    "grant {} was revoked by {by}; the stream was cut",
-                    plan.grant_id
-                ),
-            ));
-        }
-        (loggate_core::grant::unix_now() >= plan.not_after).then(|| {
-            (
-                EndReason::GrantExpired,
-                format!(
-                    "grant {} for the journal of {} expired; the stream was cut; request a new grant",
-                    plan.grant_id, plan.unit
-                ),
-            )
-        })
-    };
-    if let Some((reason, message)) = ended(&grants) {
-        finished.reason = cut(reason, message);
-        return finished;
+/// Resolves on the grant store's next change (never, once the store is gone).
+async fn notified(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
-    let args = journalctl_args(
-        &plan.unit,
-        plan.config.directory.as_deref(),
-        plan.since_unix_ms,
-        plan.follow,
-    );
-    let spawned = tokio::process::Command::new(&plan.config.journalctl)
-        .args(&args)
+}
+
+/// What a blocked read of `journalctl`'s output also waits on: the agent stopping, a
+/// withdrawal, the client leaving, the grant's end by the clock. On any of them the read
+/// returns `None` and the caller asks the sink whether the stream goes on (the sink sends the
+/// cut's message).
+struct Waits {
+    stop: watch::Receiver<bool>,
+    withdrawals: watch::Receiver<u64>,
+    client: mpsc::Sender<Queued>,
+    not_after: i64,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Waits {
+    fn read_line<R: AsyncBufRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        buf: &mut Vec<u8>,
+        max: usize,
+        cut: &mut bool,
+    ) -> Option<std::io::Result<bool>> {
+        let Waits {
+            stop,
+            withdrawals,
+            client,
+            not_after,
+            runtime,
+        } = self;
+        let limit = wait_limit(*not_after);
+        runtime.block_on(async {
+            tokio::select! {
+                biased;
+                () = stopped(stop) => None,
+                () = notified(withdrawals) => None,
+                () = client.closed() => None,
+                () = tokio::time::sleep(limit) => None,
+                next = read_bounded_line(reader, buf, max, cut) => Some(next),
+            }
+        })
+    }
+}
+
+/// `CAP_DAC_READ_SEARCH` (linux/capability.h): the one capability `journalctl` may keep.
+const CAP_DAC_READ_SEARCH: libc::c_ulong = 2;
+
+/// Starts `journalctl` with `args`: no shell, an empty environment, stdin closed, its own
+/// process group, killed on drop; and, in the child before `exec`:
+///
+/// - `PR_SET_PDEATHSIG(SIGKILL)`: killed when the thread that spawned it ends, even when the
+///   agent is `SIGKILL`ed (the stream's blocking thread lives as long as the stream);
+/// - its ambient capabilities cleared (the agent's unit gives it `CAP_BPF`, `CAP_PERFMON`: a
+///   large parser of journal files needs neither), `CAP_DAC_READ_SEARCH` raised again where
+///   the agent holds it, since reading the system journal may rest on it.
+///
+/// Must be called on the stream's own thread (within `Handle::block_on`).
+fn spawn_journalctl(
+    config: &JournalConfig,
+    args: &[String],
+) -> std::io::Result<tokio::process::Child> {
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    let sigkill = libc::c_ulong::try_from(libc::SIGKILL).unwrap_or(9);
+    let clear_all = libc::c_ulong::try_from(libc::PR_CAP_AMBIENT_CLEAR_ALL).unwrap_or(4);
+    let raise = libc::c_ulong::try_from(libc::PR_CAP_AMBIENT_RAISE).unwrap_or(2);
+    let mut command = tokio::process::Command::new(&config.journalctl);
+    command
+        .args(args)
         .env_clear()
         .env("SYSTEMD_COLORS", "0")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
+        .kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
+    // calls are allowed: it makes only the system calls prctl(2), getppid(2) and _exit(2),
+    // allocates nothing and takes no lock (`last_os_error` reads errno into a plain value).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: the signal will never come.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            if libc::prctl(libc::PR_CAP_AMBIENT, clear_all, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Fails (and is ignored) unless the agent holds it permitted and inheritable.
+            let _ = libc::prctl(libc::PR_CAP_AMBIENT, raise, CAP_DAC_READ_SEARCH, 0, 0);
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Whether a `journalctl` run reads on after a line.
+enum Flow {
+    More,
+    Done,
+}
+
+/// Runs `journalctl` with `args` and hands each JSON line to `on_line` (`None` for a line
+/// over [`max_json_line`], dropped unread), until the output ends, `on_line` is done or fails,
+/// or the stream must end (`sink.check`). The child is killed and reaped on every way out;
+/// a non-zero exit at the end of its output is a read error (sent to the client).
+fn each_line(
+    plan: &JournalPlan,
+    args: &[String],
+    sink: &mut dyn ChunkSink,
+    waits: &mut Waits,
+    mut on_line: impl FnMut(&mut dyn ChunkSink, Option<&[u8]>) -> Result<Flow, EndReason>,
+) -> Result<(), EndReason> {
+    let runtime = waits.runtime.clone();
+    let mut child = match runtime.block_on(async { spawn_journalctl(&plan.config, args) }) {
         Ok(c) => c,
         Err(e) => {
             let message = format!(
                 "cannot run {} to read the journal: {e}; check [journal] journalctl in the agent's configuration",
                 plan.config.journalctl.display()
             );
-            let _ = last.try_send(Err(Status::internal(message.clone())));
-            finished.reason = EndReason::ReadError(message);
-            return finished;
+            sink.fail(Status::internal(message.clone()));
+            return Err(EndReason::ReadError(message));
         }
     };
     // Its first 4 KiB kept for an error message; the rest read and dropped, so it never blocks.
     let stderr_task = child.stderr.take().map(|mut err| {
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let mut kept = Vec::new();
             let mut chunk = [0u8; 4096];
             while let Ok(n) = err.read(&mut chunk).await {
@@ -497,152 +644,261 @@ async fn stream(
             String::from_utf8_lossy(&kept).into_owned()
         })
     });
-    let Some(stdout) = child.stdout.take() else {
-        end_child(&mut child).await;
-        finished.reason = EndReason::ReadError("journalctl gave no output pipe".into());
-        return finished;
+    let outcome = match child.stdout.take() {
+        None => Err(EndReason::ReadError(
+            "journalctl gave no output pipe".into(),
+        )),
+        Some(stdout) => {
+            let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
+            let max_json = max_json_line(plan.max_line);
+            let (mut json, mut line_cut) = (Vec::new(), false);
+            loop {
+                match waits.read_line(&mut reader, &mut json, max_json, &mut line_cut) {
+                    None => {
+                        if let Err(reason) = sink.check() {
+                            break Err(reason);
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        break Err(EndReason::ReadError(format!(
+                            "reading journalctl's output: {e}"
+                        )))
+                    }
+                    Some(Ok(false)) => break Ok(true),
+                    Some(Ok(true)) => {}
+                }
+                // Looked at between lines as well: a busy journal is cut as promptly as an
+                // idle one.
+                if let Err(reason) = sink.check() {
+                    break Err(reason);
+                }
+                // Taken whole: a wait above that ends early leaves a partial line where it is.
+                let (line, was_cut) = (std::mem::take(&mut json), std::mem::take(&mut line_cut));
+                match on_line(sink, (!was_cut).then_some(line.as_slice())) {
+                    Ok(Flow::More) => {}
+                    Ok(Flow::Done) => break Ok(false),
+                    Err(reason) => break Err(reason),
+                }
+            }
+        }
     };
-    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
+    if matches!(outcome, Ok(true)) {
+        // The output is over: let journalctl say how it ended before it is killed.
+        let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(2), child.wait()));
+    }
+    runtime.block_on(end_child(&mut child));
+    let stderr = match stderr_task {
+        Some(t) => runtime.block_on(t).unwrap_or_default(),
+        None => String::new(),
+    };
+    match outcome {
+        Ok(true) => match child.try_wait() {
+            Ok(Some(status)) if !status.success() && status.code().is_some() => {
+                let said = stderr.lines().next().unwrap_or("").trim();
+                let message = format!("journalctl failed ({status}): {said}");
+                sink.fail(Status::internal(format!(
+                    "reading the journal failed: {message}"
+                )));
+                Err(EndReason::ReadError(message))
+            }
+            _ => Ok(()),
+        },
+        Ok(false) => Ok(()),
+        Err(EndReason::ReadError(e)) => {
+            sink.fail(Status::internal(format!("reading the journal failed: {e}")));
+            Err(EndReason::ReadError(e))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Where a stream starts, in µs since the epoch: `--since`, or now for `--follow` (the
+/// entries before it are not served, so the redactor must learn whether it starts inside a
+/// private-key block); `None` from the journal's beginning.
+fn start_micros(since_unix_ms: Option<i64>, follow: bool) -> Option<u64> {
+    match since_unix_ms {
+        Some(ms) => Some(u64::try_from(ms).unwrap_or(0).saturating_mul(1000)),
+        None if follow => Some(
+            u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_micros(),
+            )
+            .unwrap_or(u64::MAX),
+        ),
+        None => None,
+    }
+}
+
+/// Primes the redactor for a stream that starts at `start` (µs): the unit's entries before it
+/// are read newest first (`journalctl --reverse --until`) until one holds a private-key
+/// `BEGIN`/`END` marker, and that message line alone is run through the redactor (only a
+/// marker changes its state), as the file `tail` does. `Ok(true)` when `plan.key_lookback`
+/// JSON bytes held no marker: the start is then taken as outside a key (a key is shorter than
+/// the look-back), and the audit record says the look-back ran out.
+fn prime_before(
+    plan: &JournalPlan,
+    start: u64,
+    sink: &mut dyn ChunkSink,
+    waits: &mut Waits,
+    pipeline: &mut Pipeline,
+) -> Result<bool, EndReason> {
+    let args = prime_args(&plan.unit, plan.config.directory.as_deref(), start);
     let max_json = max_json_line(plan.max_line);
-    let mut json = Vec::new();
+    let (mut looked, mut exhausted) = (0u64, false);
+    each_line(plan, &args, sink, waits, |_, line| {
+        let len = line.map_or(max_json, <[u8]>::len).saturating_add(1);
+        looked = looked.saturating_add(u64::try_from(len).unwrap_or(u64::MAX));
+        let marker = line
+            .and_then(|l| serde_json::from_slice::<Entry>(l).ok())
+            .and_then(|entry| entry_lines(&entry, &plan.unit, &plan.agent, max_json))
+            .filter(|text| text.micros < start)
+            .and_then(|text| text.key_marker_line);
+        if let Some(line) = marker {
+            pipeline.prime(&line);
+            return Ok(Flow::Done);
+        }
+        if looked >= plan.key_lookback {
+            exhausted = true;
+            return Ok(Flow::Done);
+        }
+        Ok(Flow::More)
+    })?;
+    Ok(exhausted)
+}
+
+/// Runs `journalctl` for `plan` and streams its entries into `sink` (the same budgeted queue
+/// file streams use) until the journal ends (not following), the grant is withdrawn or
+/// expires, the client leaves or the agent stops. `client` is a sender of the sink's channel,
+/// only waited on for the client leaving. Runs on a blocking thread (the redaction and
+/// matching work is done inline) driving its waits through `runtime`.
+pub fn run(
+    plan: JournalPlan,
+    sink: &mut dyn ChunkSink,
+    client: mpsc::Sender<Queued>,
+    grants: Arc<dyn GrantStatus>,
+    stop: watch::Receiver<bool>,
+    runtime: tokio::runtime::Handle,
+) -> JournalFinished {
+    let mut waits = Waits {
+        stop,
+        withdrawals: grants.subscribe(),
+        client,
+        not_after: plan.not_after,
+        runtime,
+    };
+    let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
+    let mut finished = JournalFinished {
+        reason: EndReason::Eof,
+        bytes: 0,
+        counts: Counts::default(),
+        pattern_time: Duration::ZERO,
+        key_lookback_exhausted: false,
+    };
+    let mut charged = Duration::ZERO;
+    let result = serve(
+        &plan,
+        sink,
+        &mut waits,
+        &mut pipeline,
+        &mut finished,
+        &mut charged,
+    );
+    if let Some(g) = &plan.subject_grep {
+        g.buckets
+            .charge(&g.subject, finished.pattern_time.saturating_sub(charged));
+    }
+    finished.reason = match result {
+        Ok(()) => EndReason::Eof,
+        Err(reason) => reason,
+    };
+    finished.bytes = sink.bytes();
+    finished.counts.redactions = pipeline.counts().redactions.clone();
+    finished.counts.lines_withheld = pipeline.counts().lines_withheld;
+    finished.counts.lines_cut += pipeline.counts().lines_cut;
+    finished
+}
+
+fn serve(
+    plan: &JournalPlan,
+    sink: &mut dyn ChunkSink,
+    waits: &mut Waits,
+    pipeline: &mut Pipeline,
+    finished: &mut JournalFinished,
+    charged: &mut Duration,
+) -> Result<(), EndReason> {
+    sink.check()?;
+    let start = start_micros(plan.since_unix_ms, plan.follow);
+    if let Some(start) = start {
+        if pipeline.removes_private_keys() {
+            finished.key_lookback_exhausted = prime_before(plan, start, sink, waits, pipeline)?;
+        }
+    }
+    let args = journalctl_args(
+        &plan.unit,
+        plan.config.directory.as_deref(),
+        start,
+        plan.follow,
+    );
+    let max_json = max_json_line(plan.max_line);
     let mut out = Vec::new();
-    let mut pattern_time = Duration::ZERO;
-    let mut line_cut = false;
-    let reason = loop {
-        let next = tokio::select! {
-            biased;
-            () = stopped(&mut stop) => break cut(
-                EndReason::AgentStopping,
-                "the agent is stopping; the stream was cut; run the command again once the agent is back".into(),
-            ),
-            () = notified(&mut withdrawals) => {
-                if let Some((reason, message)) = ended(&grants) {
-                    break cut(reason, message);
-                }
-                continue;
-            }
-            () = tokio::time::sleep(wait_limit(plan.not_after)) => {
-                if let Some((reason, message)) = ended(&grants) {
-                    break cut(reason, message);
-                }
-                continue;
-            }
-            () = tx.closed() => break EndReason::ClientClosed,
-            next = read_bounded_line(&mut reader, &mut json, max_json, &mut line_cut) => next,
-        };
-        match next {
-            Err(e) => break EndReason::ReadError(format!("reading journalctl's output: {e}")),
-            Ok(false) => break EndReason::Eof,
-            Ok(true) => {}
-        }
-        // Looked at between lines as well: a busy journal is cut as promptly as an idle one.
-        if let Some((reason, message)) = ended(&grants) {
-            break cut(reason, message);
-        }
-        // Taken whole: a wait above that ends early leaves a partial line where it is.
-        let (line, was_cut) = (std::mem::take(&mut json), std::mem::take(&mut line_cut));
-        if was_cut {
+    each_line(plan, &args, sink, waits, |sink, line| {
+        let Some(line) = line else {
             finished.counts.lines_cut += 1;
-            continue;
+            return Ok(Flow::More);
+        };
+        let Some(text) = serde_json::from_slice::<Entry>(line)
+            .ok()
+            .and_then(|entry| entry_lines(&entry, &plan.unit, &plan.agent, max_json))
+        else {
+            return Ok(Flow::More);
+        };
+        // journalctl's `--since` is looked at again to the microsecond.
+        if start.is_some_and(|s| text.micros < s) {
+            return Ok(Flow::More);
         }
-        let Ok(entry) = serde_json::from_slice::<Entry>(&line) else {
-            continue;
-        };
-        let Some(lines) = entry_lines(&entry, &plan.unit, &plan.agent) else {
-            continue;
-        };
+        finished.counts.lines_cut += text.lines_cut;
         out.clear();
+        let pattern_time = &mut finished.pattern_time;
         let mut keep = |line: &[u8]| match &plan.pattern {
             None => true,
             Some(p) => {
                 let started = Instant::now();
                 let matched = p.is_match(line);
-                pattern_time += started.elapsed();
+                *pattern_time += started.elapsed();
                 matched
             }
         };
-        pipeline.push(&lines, &mut keep, &mut out);
-        if pattern_time > plan.grep_budget {
-            break cut(
-                EndReason::BudgetExceeded,
-                format!(
-                    "the grep pattern used up its time budget of {} on agent {}; the stream was cut; use a simpler pattern or a later --since",
-                    humantime::format_duration(plan.grep_budget),
-                    plan.agent
-                ),
-            );
+        pipeline.push(&text.lines, &mut keep, &mut out);
+        if finished.pattern_time > plan.grep_budget {
+            sink.fail(Status::aborted(format!(
+                "the grep pattern used up its time budget of {} on agent {}; the stream was cut; use a simpler pattern or a later --since",
+                humantime::format_duration(plan.grep_budget),
+                plan.agent
+            )));
+            return Err(EndReason::BudgetExceeded);
         }
-        if out.is_empty() {
-            continue;
-        }
-        let len = out.len() as u64;
-        let item = Ok(pb::ReadLogChunk {
-            item: Some(pb::read_log_chunk::Item::Data(std::mem::take(&mut out))),
-        });
-        let mut item = Some(item);
-        let sent = loop {
-            tokio::select! {
-                biased;
-                () = stopped(&mut stop) => break Err(cut(
-                    EndReason::AgentStopping,
-                    "the agent is stopping; the stream was cut; run the command again once the agent is back".into(),
-                )),
-                () = notified(&mut withdrawals) => if let Some((reason, message)) = ended(&grants) {
-                    break Err(cut(reason, message));
-                },
-                () = tokio::time::sleep(wait_limit(plan.not_after)) => if let Some((reason, message)) = ended(&grants) {
-                    break Err(cut(reason, message));
-                },
-                permit = tx.reserve() => match permit {
-                    Ok(permit) => {
-                        if let Some(item) = item.take() {
-                            permit.send(item);
-                        }
-                        break Ok(());
-                    }
-                    Err(_) => break Err(EndReason::ClientClosed),
-                },
+        if let Some(g) = &plan.subject_grep {
+            let due = finished.pattern_time.saturating_sub(*charged);
+            if due >= SETTLE {
+                *charged = finished.pattern_time;
+                if g.buckets.charge(&g.subject, due) <= 0.0 {
+                    sink.fail(Status::aborted(format!(
+                        "you used up your grep time on agent {} ({} s of matching per minute across your streams); the stream was cut; try again later with a simpler pattern or a later --since",
+                        plan.agent,
+                        g.buckets.per_minute().as_secs()
+                    )));
+                    return Err(EndReason::BudgetExceeded);
+                }
             }
-        };
-        match sent {
-            Ok(()) => finished.bytes += len,
-            Err(reason) => break reason,
         }
-    };
-    if reason == EndReason::Eof {
-        // The output is over: let journalctl say how it ended before it is killed.
-        let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-    }
-    end_child(&mut child).await;
-    let stderr = match stderr_task {
-        Some(t) => t.await.unwrap_or_default(),
-        None => String::new(),
-    };
-    finished.reason = match reason {
-        EndReason::Eof => match child.try_wait() {
-            Ok(Some(status)) if !status.success() && status.code().is_some() => {
-                let said = stderr.lines().next().unwrap_or("").trim();
-                let message = format!("journalctl failed ({status}): {said}");
-                let _ = last.try_send(Err(Status::internal(format!(
-                    "reading the journal failed: {message}"
-                ))));
-                EndReason::ReadError(message)
-            }
-            _ => EndReason::Eof,
-        },
-        EndReason::ReadError(e) => {
-            let _ = last.try_send(Err(Status::internal(format!(
-                "reading the journal failed: {e}"
-            ))));
-            EndReason::ReadError(e)
+        for piece in pieces(&out, CHUNK) {
+            sink.send(piece.to_vec())?;
         }
-        other => other,
-    };
-    finished.counts.redactions = pipeline.counts().redactions.clone();
-    finished.counts.lines_withheld = pipeline.counts().lines_withheld;
-    finished.counts.lines_cut += pipeline.counts().lines_cut;
-    finished.pattern_time = pattern_time;
-    finished
+        Ok(Flow::More)
+    })
 }
 
 #[cfg(test)]
@@ -662,7 +918,7 @@ mod tests {
         let args = journalctl_args(
             &nginx(),
             Some(Path::new("/tmp/j")),
-            Some(1_700_000_000_999),
+            Some(1_700_000_000_999_001),
             true,
         );
         assert_eq!(
@@ -675,7 +931,8 @@ mod tests {
                 "--quiet",
                 "--unit=nginx.service",
                 "--directory=/tmp/j",
-                "--since=@1700000000",
+                // To the microsecond, not the whole second (review finding 2).
+                "--since=@1700000000.999001",
                 "--follow",
                 "--lines=all",
             ]
@@ -686,6 +943,14 @@ mod tests {
             ["--unit=nginx.service", "--follow", "--lines=0"]
         );
         assert_eq!(journalctl_args(&nginx(), None, None, false).len(), 6);
+        assert_eq!(
+            &prime_args(&nginx(), None, 1_700_000_000_000_042)[5..],
+            [
+                "--unit=nginx.service",
+                "--until=@1700000000.000042",
+                "--reverse"
+            ]
+        );
     }
 
     #[test]
@@ -695,14 +960,14 @@ mod tests {
             r#"{"__REALTIME_TIMESTAMP":"1796436938732502","_SYSTEMD_UNIT":"nginx.service","_PID":"1234","MESSAGE":"hello"}"#,
         );
         assert_eq!(
-            String::from_utf8(entry_lines(&own, &unit, "web-1").unwrap()).unwrap(),
+            String::from_utf8(entry_lines(&own, &unit, "web-1", 1 << 20).unwrap().lines).unwrap(),
             "2026-12-05T02:15:38.732502Z web-1 nginx.service[1234]: hello\n"
         );
         let about = entry(
             r#"{"__REALTIME_TIMESTAMP":"1796436938732502","_SYSTEMD_UNIT":"init.scope","UNIT":"nginx.service","_PID":"1","MESSAGE":"Started nginx."}"#,
         );
         assert!(
-            String::from_utf8(entry_lines(&about, &unit, "web-1").unwrap())
+            String::from_utf8(entry_lines(&about, &unit, "web-1", 1 << 20).unwrap().lines)
                 .unwrap()
                 .ends_with(" web-1 systemd[1]: Started nginx.\n")
         );
@@ -718,7 +983,7 @@ mod tests {
             r#"{"__REALTIME_TIMESTAMP":"1","_PID":"7","MESSAGE":"x"}"#,
         ] {
             assert!(
-                entry_lines(&entry(other), &unit, "web-1").is_none(),
+                entry_lines(&entry(other), &unit, "web-1", 1 << 20).is_none(),
                 "{other}"
             );
         }
@@ -731,11 +996,62 @@ mod tests {
         let e = entry(
             r#"{"__REALTIME_TIMESTAMP":"0","_SYSTEMD_UNIT":"nginx.service","MESSAGE":[97,10,98,13,255]}"#,
         );
-        let lines = entry_lines(&e, &unit, "h").unwrap();
+        let lines = entry_lines(&e, &unit, "h", 1 << 20).unwrap().lines;
         assert_eq!(
             lines,
             b"1970-01-01T00:00:00.000000Z h nginx.service: a\n1970-01-01T00:00:00.000000Z h nginx.service: b\xff\n"
         );
+    }
+
+    /// Review finding 1: 200,000 newlines gave 200,001 prefixed lines (11 MB in one message).
+    #[test]
+    fn one_entry_yields_a_bounded_text_and_counts_the_rest_as_cut() {
+        let unit = nginx();
+        let message: Vec<String> = (0..200_000).map(|_| "10".to_string()).collect();
+        let json = format!(
+            r#"{{"__REALTIME_TIMESTAMP":"0","_SYSTEMD_UNIT":"nginx.service","MESSAGE":[{}]}}"#,
+            message.join(",")
+        );
+        let text = entry_lines(&entry(&json), &unit, "h", max_json_line(64 * 1024)).unwrap();
+        let served = text.lines.iter().filter(|b| **b == b'\n').count();
+        assert!(served <= MAX_ENTRY_LINES, "{served}");
+        assert_eq!(u64::try_from(served).unwrap() + text.lines_cut, 200_001);
+        assert!(text.lines.len() <= max_json_line(64 * 1024) + 64 * 1024);
+        // The byte bound holds for long lines too.
+        let long = format!(
+            r#"{{"__REALTIME_TIMESTAMP":"0","_SYSTEMD_UNIT":"nginx.service","MESSAGE":"{}"}}"#,
+            format!("{}\\n", "x".repeat(1000)).repeat(100)
+        );
+        let text = entry_lines(&entry(&long), &unit, "h", 10_000).unwrap();
+        assert!(text.lines.len() < 10_000 + 1100, "{}", text.lines.len());
+        assert!(text.lines_cut > 80, "{}", text.lines_cut);
+    }
+
+    #[test]
+    fn output_goes_in_pieces_no_larger_than_a_chunk_cut_after_newlines() {
+        let data: Vec<u8> = b"0123456789\n".repeat(20_000);
+        let parts = pieces(&data, CHUNK);
+        assert!(parts.iter().all(|p| p.len() <= CHUNK && p.ends_with(b"\n")));
+        assert_eq!(parts.concat(), data);
+        let one_line = vec![b'x'; 3 * CHUNK + 5];
+        let parts = pieces(&one_line, CHUNK);
+        assert_eq!(parts.len(), 4);
+        assert!(parts.iter().all(|p| p.len() <= CHUNK));
+        assert!(pieces(b"", CHUNK).is_empty());
+    }
+
+    #[test]
+    fn the_line_holding_the_last_key_marker_is_found() {
+        let unit = nginx();
+        let e = entry(
+            r#"{"__REALTIME_TIMESTAMP":"5","_SYSTEMD_UNIT":"nginx.service","MESSAGE":"key:\n-----BEGIN PRIVATE KEY-----\nMIIE"}"#,
+        );
+        let text = entry_lines(&e, &unit, "h", 1 << 20).unwrap();
+        assert_eq!(
+            text.key_marker_line.as_deref(),
+            Some(&b"-----BEGIN PRIVATE KEY-----\n"[..])
+        );
+        assert_eq!(text.micros, 5);
     }
 
     #[tokio::test]

@@ -380,6 +380,7 @@ impl AgentService {
                 | DenialCode::PatternTooComplex
                 | DenialCode::CompressedNotTailable
                 | DenialCode::UnitInvalid
+                | DenialCode::SinceInvalid
         );
         let mut status = if bad_argument {
             Status::invalid_argument(denial.message)
@@ -993,6 +994,22 @@ impl Agent for AgentService {
         let refuse = |denial| self.deny(Some(&reader), peer_addr, &requested, denial);
         let unit = loggate_core::grant::UnitName::new(&req.unit)
             .map_err(|e| refuse(Denial::new(DenialCode::UnitInvalid, e.to_string())))?;
+        /// How far past the agent's clock a `--since` may be (the reader's clock may be ahead).
+        const SINCE_SKEW_SECS: i64 = 300;
+        // A start the journal cannot have (negative, or past the clock plus a skew) is bad input:
+        // refused before anything is allowed, not handed to journalctl to fail on.
+        let since = match req.since_unix_ms {
+            0 => None,
+            ms if ms > 0 && ms <= unix_now().saturating_add(SINCE_SKEW_SECS).saturating_mul(1000) => Some(ms),
+            ms => {
+                return Err(refuse(Denial::new(
+                    DenialCode::SinceInvalid,
+                    format!(
+                        "since_unix_ms {ms} is not a time the journal can hold (it must be after 1970 and not in the future); give --since as a past time such as 10m or 2026-12-05T02:00:00Z"
+                    ),
+                )))
+            }
+        };
         let pattern = if req.pattern.is_empty() {
             None
         } else {
@@ -1012,13 +1029,52 @@ impl Agent for AgentService {
             .slots
             .take(reader.spiffe_id())
             .map_err(|full| refuse(self.slot_denial(full, Some(grant.id().to_string()))))?;
+        // Grep: the reader's matching time across its streams and the agent-wide cap, as a file
+        // grep (the same denials, audited).
+        let (subject_grep, grep_place) = if pattern.is_some() {
+            let grep = &self.shared.grep;
+            let left = grep.left(reader.spiffe_id());
+            let per_minute = f64::from(limits.grep_seconds_per_subject_per_minute);
+            if left < per_minute / 10.0 {
+                return Err(refuse(Denial {
+                    code: DenialCode::GrepBudgetSpent,
+                    message: format!(
+                        "you used up your grep time on agent {} ({} s of matching per minute \
+                         across your streams); try again in {} s, or use a simpler pattern or a \
+                         narrower time range (--since)",
+                        self.shared.config.id,
+                        limits.grep_seconds_per_subject_per_minute,
+                        seconds_to_refill(left, limits.grep_seconds_per_subject_per_minute)
+                    ),
+                    grant_id: Some(grant.id().to_string()),
+                }));
+            }
+            let Some(place) = grep.start() else {
+                return Err(refuse(Denial {
+                    code: DenialCode::GrepStreamsBusy,
+                    message: format!(
+                        "agent {} is already running its limit of {} grep streams; try again \
+                         in a few seconds",
+                        self.shared.config.id,
+                        grep.max_streams()
+                    ),
+                    grant_id: Some(grant.id().to_string()),
+                }));
+            };
+            let charge = crate::journal::SubjectGrep {
+                buckets: grep.buckets.clone(),
+                subject: reader.spiffe_id().to_string(),
+            };
+            (Some(charge), Some(place))
+        } else {
+            (None, None)
+        };
         let resource = crate::journal::resource_name(&unit);
         let mode = match (req.follow, pattern.is_some()) {
             (true, _) => "journal_follow",
             (false, true) => "journal_grep",
             (false, false) => "journal",
         };
-        let since = (req.since_unix_ms != 0).then_some(req.since_unix_ms);
         self.shared
             .audit(&events::ReadAllowed {
                 subject: reader.spiffe_id().to_string(),
@@ -1046,7 +1102,17 @@ impl Agent for AgentService {
                 path: resource.clone(),
             })),
         };
-        let _ = tx.try_send(Ok(opening));
+        let _ = tx.try_send(stream::Queued::unbudgeted(Ok(opening)));
+        let watch = GrantWatch {
+            grants: self.shared.clone(),
+            grant_id: grant.id().to_string(),
+            not_after: grant.not_after(),
+            path_glob_hint: format!("the journal of {unit}"),
+        };
+        let client = tx.clone();
+        let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
+            .stopping_on(self.shared.stopping.subscribe())
+            .sharing(self.shared.slots.queue_budget());
         let plan = crate::journal::JournalPlan {
             config: self.shared.config.journal.clone(),
             unit,
@@ -1056,8 +1122,9 @@ impl Agent for AgentService {
             profile,
             pattern,
             grep_budget: limits.grep_time_budget,
+            subject_grep,
             max_line: limits.max_line_bytes,
-            grant_id: grant.id().to_string(),
+            key_lookback: limits.tail_key_lookback_bytes,
             not_after: grant.not_after(),
         };
         let shared = self.shared.clone();
@@ -1073,9 +1140,11 @@ impl Agent for AgentService {
             let started = Instant::now();
             let metrics = loggate_core::metrics::agent();
             metrics.live_streams.inc();
-            let finished = crate::journal::run(plan, grants, tx, last_tx, stop, runtime);
+            let finished = crate::journal::run(plan, &mut sink, client, grants, stop, runtime);
             metrics.live_streams.dec();
             metrics.bytes_served.inc_by(finished.bytes);
+            // Its grep place is free before `read.finished` is written, as for a file grep.
+            drop(grep_place);
             let reason = finished.reason;
             let result = shared.audit(&events::ReadFinished {
                 subject,
@@ -1094,14 +1163,18 @@ impl Agent for AgentService {
                 lines_withheld: finished.counts.lines_withheld,
                 lines_cut: finished.counts.lines_cut,
                 pattern_ms: u64::try_from(finished.pattern_time.as_millis()).unwrap_or(u64::MAX),
-                key_lookback_exhausted: false,
+                key_lookback_exhausted: finished.key_lookback_exhausted,
             });
             if let Err(e) = result {
                 tracing::error!("audit write failed at stream end: {e:#}");
             }
             drop(stop_held);
+            drop(sink);
         });
-        let response = ReceiverStream::new(rx).chain(ReceiverStream::new(last_rx));
+        // A message's share of the queue budget is given back as the encoder takes it.
+        let response = ReceiverStream::new(rx)
+            .map(stream::Queued::into_item)
+            .chain(ReceiverStream::new(last_rx));
         Ok(Response::new(Box::pin(Held::new(response, slot))))
     }
 

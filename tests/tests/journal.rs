@@ -42,6 +42,26 @@ fn entry(at_micros: u128, seq: u64, fields: &[(&str, &str)]) -> String {
 
 /// Appends `export` (journal export format) to the journal file in `dir`.
 fn write_journal(dir: &Path, export: &str) -> anyhow::Result<()> {
+    write_journal_bytes(dir, export.as_bytes())
+}
+
+/// One entry whose MESSAGE is `message` in the export format's binary form (any bytes,
+/// newlines kept, as a native-protocol sender gets them into the journal).
+fn binary_entry(at_micros: u128, seq: u64, unit: &str, message: &[u8]) -> Vec<u8> {
+    let mut e = format!(
+        "__REALTIME_TIMESTAMP={at_micros}\n__MONOTONIC_TIMESTAMP={seq}\n\
+         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=web-1\n\
+         _SYSTEMD_UNIT={unit}\n_PID=77\nMESSAGE\n"
+    )
+    .into_bytes();
+    e.extend_from_slice(&(message.len() as u64).to_le_bytes());
+    e.extend_from_slice(message);
+    e.extend_from_slice(b"\n\n");
+    e
+}
+
+/// Appends `export` (journal export format, any bytes) to the journal file in `dir`.
+fn write_journal_bytes(dir: &Path, export: &[u8]) -> anyhow::Result<()> {
     let mut child = Command::new(JOURNAL_REMOTE)
         .arg(format!("--output={}", dir.join("remote.journal").display()))
         .arg("-")
@@ -56,7 +76,7 @@ fn write_journal(dir: &Path, export: &str) -> anyhow::Result<()> {
         .stdin
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(export.as_bytes())?;
+        .write_all(export)?;
     let out = child.wait_with_output()?;
     anyhow::ensure!(
         out.status.success(),
@@ -71,9 +91,14 @@ fn write_journal(dir: &Path, export: &str) -> anyhow::Result<()> {
 /// the object of its message (`journalctl --unit nginx.service` returns that one; the agent
 /// must not serve it: it is not nginx's).
 fn fixture() -> anyhow::Result<(Fixture, PathBuf)> {
+    fixture_with("")
+}
+
+/// [`fixture`], with `extra` added to the agent's configuration.
+fn fixture_with(extra: &str) -> anyhow::Result<(Fixture, PathBuf)> {
     // `[journal] directory` is relative to the agent's configuration; it need not exist when
     // the agent starts.
-    let f = Fixture::start_with("[journal]\ndirectory = \"journal\"\n")?;
+    let f = Fixture::start_with(&format!("{extra}\n[journal]\ndirectory = \"journal\"\n"))?;
     let journal = f
         .cluster
         .agents
@@ -722,5 +747,438 @@ fn the_journalctl_of_a_follow_ends_when_the_client_leaves_or_the_agent_stops() -
         .map(|e| e["end_reason"].clone())
         .collect();
     assert_eq!(ends, ["client_closed", "agent_stopping"], "{ends:?}");
+    Ok(())
+}
+
+/// Review finding 1: one entry of 200,000 newlines (400 KB in the journal) became one 11 MB
+/// message, past the client's 4 MiB decode limit: every read of the unit failed, while the
+/// audit said 11 MB were served. Now one entry yields a bounded number of lines, sent in
+/// pieces of at most 64 KiB through the shared queue budget; the rest is counted as cut, the
+/// entries after it are served, and `bytes` is what the client got.
+#[test]
+fn an_entry_of_many_newlines_is_bounded_and_the_entries_after_it_are_served() -> anyhow::Result<()>
+{
+    let (f, dir) = fixture()?;
+    unit_grant(&f, "alice", "app.service")?;
+    let now = now_micros();
+    let mut export = entry(
+        now - 3_000_000,
+        200,
+        &[
+            ("_SYSTEMD_UNIT", "app.service"),
+            ("_PID", "77"),
+            ("MESSAGE", "before poison"),
+        ],
+    )
+    .into_bytes();
+    export.extend(binary_entry(
+        now - 2_000_000,
+        201,
+        "app.service",
+        &vec![b'\n'; 200_000],
+    ));
+    export.extend(
+        entry(
+            now - 1_000_000,
+            202,
+            &[
+                ("_SYSTEMD_UNIT", "app.service"),
+                ("_PID", "77"),
+                ("MESSAGE", "after poison"),
+            ],
+        )
+        .into_bytes(),
+    );
+    write_journal_bytes(&dir, &export)?;
+    let out = journal(&f, "alice", &["--unit", "app.service"])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("app.service[77]: before poison"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("app.service[77]: after poison"), "{stderr}");
+    assert!(stdout.len() < 4 << 20, "{} bytes served", stdout.len());
+    let finished = f
+        .cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.finished" && e["path"] == "journal:app.service"
+        })?;
+    assert_eq!(finished["end_reason"], "eof", "{finished}");
+    assert!(
+        finished["lines_cut"].as_u64().unwrap_or(0) >= 1,
+        "{finished}"
+    );
+    assert_eq!(finished["bytes"], stdout.len() as u64, "{finished}");
+    conformant(&f);
+    Ok(())
+}
+
+/// A private key an application printed to stdout: one journal entry per line.
+fn key_entries(start_micros: u128, seq: u64) -> String {
+    let key = |at, seq, message: &str| {
+        entry(
+            at,
+            seq,
+            &[
+                ("_SYSTEMD_UNIT", "app.service"),
+                ("_PID", "77"),
+                ("MESSAGE", message),
+            ],
+        )
+    };
+    key(start_micros, seq, "-----BEGIN RSA PRIVATE KEY-----")
+        + &key(
+            start_micros + 10_000_000,
+            seq + 1,
+            "MIIEpAIBAAKCAQEA0Z3VS5JJcds3xfnKEYBODYSECRET",
+        )
+        + &key(
+            start_micros + 20_000_000,
+            seq + 2,
+            "-----END RSA PRIVATE KEY-----",
+        )
+}
+
+/// Review finding 2: `--since` 25 s back started between a key's BEGIN (30 s back) and its
+/// body, so the redactor never saw BEGIN and served the body. Now the entries before the
+/// start are looked through (newest first, bounded) for the last key marker.
+#[test]
+fn a_since_starting_inside_a_private_key_block_does_not_serve_its_body() -> anyhow::Result<()> {
+    let (f, dir) = fixture()?;
+    unit_grant(&f, "alice", "app.service")?;
+    write_journal(&dir, &key_entries(now_micros() - 30_000_000, 300))?;
+    let out = journal(&f, "alice", &["--unit", "app.service"])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("KEYBODY"), "{stdout}");
+    let out = journal(&f, "alice", &["--unit", "app.service", "--since", "25s"])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stdout.contains("KEYBODY"),
+        "the key's body was served: {stdout}"
+    );
+    Ok(())
+}
+
+/// Review finding 2, `--follow`: started after a key's BEGIN was written, the body that
+/// follows is not served; an entry after the key's END is.
+#[test]
+fn a_follow_started_inside_a_private_key_block_does_not_serve_its_body() -> anyhow::Result<()> {
+    let (f, dir) = fixture()?;
+    unit_grant(&f, "alice", "app.service")?;
+    let begin = now_micros() - 5_000_000;
+    let all = key_entries(begin, 400);
+    // BEGIN only, before the follow starts.
+    let split = all
+        .find("\n\n")
+        .ok_or_else(|| anyhow::anyhow!("no entry"))?
+        + 2;
+    write_journal(&dir, &all[..split])?;
+    let mut child = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["journal", "--unit", "app.service", "--follow"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follow's own journalctl (not its look-back) is running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let following = journalctl_reading(&dir).into_iter().any(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|a| a == b"--follow")
+        });
+        if following {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no following journalctl");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let now = now_micros();
+    let body_and_end = key_entries(now, 500);
+    let body_and_end = &body_and_end[body_and_end
+        .find("\n\n")
+        .ok_or_else(|| anyhow::anyhow!("no entry"))?
+        + 2..];
+    let after = entry(
+        now + 30_000_000,
+        510,
+        &[
+            ("_SYSTEMD_UNIT", "app.service"),
+            ("_PID", "77"),
+            ("MESSAGE", "after the key"),
+        ],
+    );
+    write_journal(&dir, &(body_and_end.to_string() + &after))?;
+    let mut served = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !served.iter().any(|l: &String| l.contains("after the key")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        anyhow::ensure!(!left.is_zero(), "not served: {served:?}");
+        if let Ok(line) = rx.recv_timeout(left) {
+            served.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !served.iter().any(|l| l.contains("KEYBODY")),
+        "the key's body was served: {served:?}"
+    );
+    Ok(())
+}
+
+/// Review finding 6: a `since_unix_ms` no journal can hold (negative, past the clock) was
+/// allowed, audited as `read.allowed` and then failed in journalctl. Now it is refused first,
+/// as bad input, and audited as a denial.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_read_with_an_impossible_since_is_refused_before_it_is_allowed(
+) -> anyhow::Result<()> {
+    let (f, dir) = tokio::task::spawn_blocking(fixture).await??;
+    let f = tokio::task::spawn_blocking(move || -> anyhow::Result<Fixture> {
+        unit_grant(&f, "alice", "nginx.service")?;
+        Ok(f)
+    })
+    .await??;
+    let pki = f.cluster.dir.join("pki");
+    let files = loggate_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("users/alice.crt"),
+        key: pki.join("users/alice.key"),
+    };
+    let channel = files
+        .endpoint(
+            &f.cluster.agent_addr("web-1"),
+            loggate_core::tls::Server::Agent("web-1"),
+        )?
+        .connect()
+        .await?;
+    let mut client = loggate_proto::agent_client::AgentClient::new(channel);
+    for since in [-5000, 9_223_372_036_854_775_000] {
+        let refused = client
+            .read_journal(loggate_proto::ReadJournalRequest {
+                unit: "nginx.service".to_string(),
+                since_unix_ms: since,
+                ..Default::default()
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            refused.code(),
+            tonic::Code::InvalidArgument,
+            "{since}: {refused:?}"
+        );
+        assert!(refused.message().contains("--since"), "{refused:?}");
+        assert!(journalctl_reading(&dir).is_empty());
+    }
+    let f = tokio::task::spawn_blocking(move || f).await?;
+    let audit = f.cluster.agent_audit("web-1");
+    let denials = audit
+        .iter()
+        .filter(|e| e["event"] == "read.denied" && e["reason_code"] == "since_invalid")
+        .count();
+    assert_eq!(denials, 2, "{audit:?}");
+    assert!(!audit.iter().any(|e| e["event"] == "read.allowed"));
+    Ok(())
+}
+
+/// Review finding 3: a journal grep took no place under `limits.max_grep_streams` (nor the
+/// reader's grep time). Now, with the one place taken by a following journal grep, a second
+/// journal grep is refused `grep_streams_busy`, audited; once the first ends, it runs.
+#[test]
+fn a_journal_grep_takes_a_grep_stream_place() -> anyhow::Result<()> {
+    let (f, dir) = fixture_with("[limits]\nmax_grep_streams = 1\n")?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    let mut child = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &[
+                "journal",
+                "--unit",
+                "nginx.service",
+                "--follow",
+                "--grep",
+                "status",
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.allowed" && e["mode"] == "journal_follow"
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journalctl_reading(&dir).is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "no journalctl started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = journal(&f, "alice", &["--unit", "nginx.service", "--grep", "GET"])?;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!out.status.success(), "{}", text(&out).0);
+    assert!(text(&out).1.contains("grep streams"), "{}", text(&out).1);
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "grep_streams_busy"
+        })?;
+    // The follow's place is given back when it ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = journal(&f, "alice", &["--unit", "nginx.service", "--grep", "GET"])?;
+        if out.status.success() {
+            assert_eq!(text(&out).0.lines().count(), 2, "{}", text(&out).0);
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{}", text(&out).1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// Whether process `pid` is gone (or a zombie waiting to be reaped).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+/// Review finding 5 (and J4's gap): a SIGKILLed agent could not kill its `journalctl`; a
+/// following one lived on until its next write. Now `PR_SET_PDEATHSIG(SIGKILL)` ends it with
+/// the agent. A stub `journalctl` (configured path) records its pid and capabilities, then
+/// waits without writing.
+#[test]
+fn the_journalctl_of_a_sigkilled_agent_dies_with_it_and_holds_no_ambient_capability(
+) -> anyhow::Result<()> {
+    let stub_dir =
+        std::env::temp_dir().join(format!("loggate-journal-stub-{}", std::process::id()));
+    std::fs::create_dir_all(&stub_dir)?;
+    let stub = stub_dir.join("journalctl");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *--reverse*) exit 0;; esac\n\
+             grep -E '^Cap(Amb|Eff)' /proc/self/status > {dir}/caps\n\
+             echo $$ > {dir}/pid.tmp && mv {dir}/pid.tmp {dir}/pid\nexec sleep 600\n",
+            dir = stub_dir.display()
+        ),
+    )?;
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut f = Fixture::start_with(&format!("[journal]\njournalctl = \"{}\"\n", stub.display()))?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    let mut child = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["journal", "--unit", "nginx.service", "--follow"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: u32 = loop {
+        if let Ok(pid) = std::fs::read_to_string(stub_dir.join("pid")) {
+            break pid.trim().parse()?;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the stub journalctl never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let caps = std::fs::read_to_string(stub_dir.join("caps"))?;
+    assert!(
+        caps.lines()
+            .any(|l| l.starts_with("CapAmb:") && l.ends_with("0000000000000000")),
+        "{caps}"
+    );
+    assert!(!gone(pid));
+    f.cluster.kill_agent("web-1");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !gone(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let survived = !gone(pid);
+    if survived {
+        // SAFETY: kill(2) on a pid this test's stub wrote; no memory involved.
+        unsafe {
+            libc::kill(i32::try_from(pid)?, libc::SIGKILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&stub_dir);
+    assert!(!survived, "journalctl outlived the SIGKILLed agent");
+    Ok(())
+}
+
+/// Review finding 3, the reader's grep time: with one second of matching a minute, spent by a
+/// slow file grep (cut `budget_exceeded`), a journal grep is refused `grep_budget_spent`,
+/// audited, as a second file grep is; before, the journal grep ran on its own budget.
+#[test]
+fn a_journal_grep_is_refused_once_the_readers_grep_time_is_spent() -> anyhow::Result<()> {
+    const SLOW_PATTERN: &str = r"(?s-u:.){0,3000}[\x80-\xff]";
+    let (f, _dir) = fixture_with(
+        "[limits]\nmax_regex_bytes = 1048576\nmax_line_bytes = 2048\n\
+         grep_seconds_per_subject_per_minute = 1\n",
+    )?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    f.grant("alice", "30m")?;
+    let line = format!("2026-12-04T10:00:00Z INFO {}\n", "abcdefghij".repeat(147));
+    let slow = f.logs.join("slow.log");
+    std::fs::write(&slow, line.repeat(3000))?;
+    let out = f
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &["grep", SLOW_PATTERN, &slow.display().to_string()],
+        )
+        .output()?;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("you used up your grep time"),
+        "{}",
+        text(&out).1
+    );
+    let out = journal(&f, "alice", &["--unit", "nginx.service", "--grep", "GET"])?;
+    let stderr = text(&out).1;
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("you used up your grep time"), "{stderr}");
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied"
+                && e["reason_code"] == "grep_budget_spent"
+                && e["path"] == "journal:nginx.service"
+        })?;
+    // Not a grep: not charged.
+    let out = journal(&f, "alice", &["--unit", "nginx.service"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
     Ok(())
 }
