@@ -3,8 +3,9 @@
 //!
 //! # Who may ask
 //!
-//! Only a **user** certificate of our trust domain (the identity interceptor refuses agents
-//! and the controller before this runs) **whose name is in the agent's `status_readers`**
+//! Only a **user** certificate of our trust domain (any other caller, an agent's or a revoked
+//! certificate, reaches this handler and is refused here, audited) **whose name is in the
+//! agent's `status_readers`**
 //! (default: none, so status is off until an operator names its readers). Not "anyone with a
 //! certificate": the answer says whether the bypass audit runs and whether the audit reaches
 //! the SIEM, which is what someone planning to read around the gate wants to know. Nothing in
