@@ -248,7 +248,7 @@ fn sink_state(sinks_dir: &Path, name: &str) -> pb::SinkState {
             name: name.to_string(),
             state: s.state,
             lag_records: s.lag,
-            lag_bytes: s.lag_bytes.unwrap_or(0),
+            lag_bytes: s.lag_bytes,
             delivered_seq: s.delivered_seq,
             last_error: s.last_error.unwrap_or_default(),
         },
