@@ -68,7 +68,7 @@ impl QueueBudget {
             .clamp(1, self.total)
     }
 
-    /// A share for a message of `len` bytes if the budget has it now.
+    /// A share for a message holding `len` bytes (its allocation) if the budget has it now.
     pub fn try_take(&self, len: usize) -> Option<BudgetShare> {
         self.units
             .clone()

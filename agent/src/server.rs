@@ -29,6 +29,8 @@ pub struct AgentService {
     /// The audit budget of `read.denied` records, per reader (per address prefix for
     /// non-readers).
     denials: Arc<DenialBudgets>,
+    /// The budget of answered status asks, per reader (see [`crate::status`]).
+    status_asks: crate::status::StatusAsks,
 }
 
 /// Whom a denial record is charged to: the reader (a verified identity), or the address prefix
@@ -169,7 +171,12 @@ impl AgentService {
                 summaries.write_pending();
             }
         });
-        Self { shared, denials }
+        let status_asks = crate::status::StatusAsks::new(&shared.config.limits);
+        Self {
+            shared,
+            denials,
+            status_asks,
+        }
     }
 
     /// What writes the pending denial summaries; the agent calls it at shutdown.
@@ -1182,7 +1189,8 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::AgentStatusRequest>,
     ) -> Result<Response<pb::AgentStatusResponse>, Status> {
-        crate::status::answer(&self.shared, &self.denials, &request).map(Response::new)
+        crate::status::answer(&self.shared, &self.denials, &self.status_asks, &request)
+            .map(Response::new)
     }
 }
 

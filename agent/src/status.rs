@@ -3,8 +3,9 @@
 //!
 //! # Who may ask
 //!
-//! Only a **user** certificate of our trust domain (the identity interceptor refuses agents
-//! and the controller before this runs) **whose name is in the agent's `status_readers`**
+//! Only a **user** certificate of our trust domain (any other caller, an agent's or a revoked
+//! certificate, reaches this handler and is refused here, audited) **whose name is in the
+//! agent's `status_readers`**
 //! (default: none, so status is off until an operator names its readers). Not "anyone with a
 //! certificate": the answer says whether the bypass audit runs and whether the audit reaches
 //! the SIEM, which is what someone planning to read around the gate wants to know. Nothing in
@@ -18,10 +19,18 @@
 //! `UNAVAILABLE`, when it cannot be written: fail closed); a refusal an `agent.status_denied`
 //! charged to the same denial budget as `read.denied` ([`DenialBudgets`]: per subject, or per
 //! address prefix without one), so a flood of refused asks cannot fill the audit.
+//!
+//! Answered asks are budgeted too ([`StatusAsks`]): a `status_readers` member is answered (and
+//! recorded) at most `limits.audit_denials_per_window` times per `limits.audit_denial_window`;
+//! an ask over that is refused `RESOURCE_EXHAUSTED` (`agent.status_denied` `too_many_asks`,
+//! itself charged to the denial budget), never answered unrecorded. A poller asking every
+//! 10 s stays far under the default 60 a minute; a loop cannot fill `audit_max_bytes` (each
+//! answer is a synced record) and so get everyone's reads refused by the audit's disk budget.
 
+use crate::config::Limits;
 use crate::server::{AddressPrefix, DenialBudgets, DenialSource};
 use crate::Shared;
-use loggate_core::audit::budget::Admission;
+use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget};
 use loggate_core::audit::events;
 use loggate_core::daemon::peer_identity;
 use loggate_core::identity::{Identity, Role};
@@ -38,6 +47,8 @@ pub enum StatusRefusal {
     NotAStatusReader,
     /// A certificate that is not a usable user's (an agent's, a revoked one).
     IdentityRefused,
+    /// A status reader over its budget of answered asks ([`StatusAsks`]).
+    TooManyAsks,
 }
 
 impl StatusRefusal {
@@ -46,7 +57,34 @@ impl StatusRefusal {
         match self {
             StatusRefusal::NotAStatusReader => "not_a_status_reader",
             StatusRefusal::IdentityRefused => "identity_refused",
+            StatusRefusal::TooManyAsks => "too_many_asks",
         }
+    }
+}
+
+/// The budget of answered status asks, per subject: each answer is a synced audit record, so
+/// a reader asking in a loop is refused beyond `limits.audit_denials_per_window` answers per
+/// `limits.audit_denial_window` (see the module docs) rather than answered unrecorded.
+pub struct StatusAsks(ReportBudget<String>);
+
+impl StatusAsks {
+    /// The budget the agent's `limits` give.
+    pub fn new(limits: &Limits) -> Self {
+        StatusAsks(ReportBudget::new(BudgetPolicy {
+            per_window: limits.audit_denials_per_window,
+            window: limits.audit_denial_window,
+            ..BudgetPolicy::default()
+        }))
+    }
+
+    /// Whether `subject` may be answered now (its answer then recorded).
+    fn admit(&self, subject: &str) -> bool {
+        // What was left out is not summarised here: every ask over the budget is refused and
+        // that refusal goes through the denial budget, which counts and summarises it.
+        matches!(
+            self.0.admit(&[subject.to_string()]),
+            Admission::Write { .. }
+        )
     }
 }
 
@@ -65,10 +103,11 @@ pub struct StartFacts {
 }
 
 /// Answers a status request from `request`'s caller, or refuses it, auditing either (see the
-/// module docs); refusals are charged to `denials`.
+/// module docs); answers are charged to `asks`, refusals to `denials`.
 pub fn answer<T>(
     shared: &Shared,
     denials: &DenialBudgets,
+    asks: &StatusAsks,
     request: &Request<T>,
 ) -> Result<pb::AgentStatusResponse, Status> {
     let peer = request.remote_addr();
@@ -103,6 +142,24 @@ pub fn answer<T>(
             Some(&caller),
             peer,
             StatusRefusal::NotAStatusReader,
+            status,
+        ));
+    }
+    if !asks.admit(caller.spiffe_id()) {
+        let limits = &shared.config.limits;
+        let status = Status::resource_exhausted(format!(
+            "{caller} asked for the status of agent {} more than {} times in {}s (each answer \
+             is an audit record); ask less often, and again after that window",
+            shared.config.id,
+            limits.audit_denials_per_window,
+            limits.audit_denial_window.as_secs()
+        ));
+        return Err(refuse(
+            shared,
+            denials,
+            Some(&caller),
+            peer,
+            StatusRefusal::TooManyAsks,
             status,
         ));
     }
@@ -191,7 +248,7 @@ fn sink_state(sinks_dir: &Path, name: &str) -> pb::SinkState {
             name: name.to_string(),
             state: s.state,
             lag_records: s.lag,
-            lag_bytes: s.lag_bytes.unwrap_or(0),
+            lag_bytes: s.lag_bytes,
             delivered_seq: s.delivered_seq,
             last_error: s.last_error.unwrap_or_default(),
         },

@@ -637,6 +637,9 @@ impl ChunkSink for ChannelSink {
     fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason> {
         self.check()?;
         let len = data.len();
+        // The budget bounds memory, so a message is charged what it holds allocated, not its
+        // length (a grep's buffer of one matching line was charged 1 KiB for 72 KiB held).
+        let charge = data.capacity();
         let mut queued = Queued::unbudgeted(Ok(pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Data(data)),
         }));
@@ -645,7 +648,7 @@ impl ChunkSink for ChannelSink {
             let empty = capacity == self.tx.max_capacity();
             if queued.share.is_none() && !empty {
                 if let Some(budget) = &self.budget {
-                    queued.share = budget.try_take(len);
+                    queued.share = budget.try_take(charge);
                 }
             }
             // Whether the message may go now: into an empty channel, or with its share.
@@ -684,7 +687,7 @@ impl ChunkSink for ChannelSink {
             let gone = runtime.block_on(async {
                 let budget_free = async {
                     match &budget {
-                        Some(budget) => budget.take(len).await,
+                        Some(budget) => budget.take(charge).await,
                         None => std::future::pending().await,
                     }
                 };
@@ -1088,9 +1091,21 @@ fn serve_block(
         pipeline.push(data, &mut |_| true, &mut out);
     }
     if !out.is_empty() {
-        sink.send(out)?;
+        sink.send(fit_for_queue(out))?;
     }
     Ok(())
+}
+
+/// `out` with its spare capacity given back when it holds less than half of it (a grep or a
+/// time range keeping a few lines of a chunk): a queued message holds its allocation until the
+/// client takes it, and the queue budget charges that allocation ([`ChannelSink`]), so a
+/// sparse message is copied to its size (a few bytes) rather than kept at a chunk's 72 KiB. A
+/// full chunk (`cat`, most of a `tail`) is sent as it is: no copy on the fast path.
+fn fit_for_queue(mut out: Vec<u8>) -> Vec<u8> {
+    if out.len() < out.capacity() / 2 {
+        out.shrink_to_fit();
+    }
+    out
 }
 
 /// At the end of what is served: the pipeline's carried line (a last line without a newline),
@@ -1395,6 +1410,18 @@ mod tests {
         not_after: i64,
         budget: Option<Arc<QueueBudget>>,
     ) -> Running {
+        let every_line = LineSelector::new(None, None, None, Duration::from_secs(30));
+        start_selecting(content, follow, not_after, budget, every_line)
+    }
+
+    /// [`start_sharing`], keeping only the lines `selector` keeps (a grep, a time range).
+    fn start_selecting(
+        content: &[u8],
+        follow: bool,
+        not_after: i64,
+        budget: Option<Arc<QueueBudget>>,
+        selector: LineSelector,
+    ) -> Running {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -1425,7 +1452,7 @@ mod tests {
             follow,
             reopen: None,
             watch,
-            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
+            selector,
             max_line: 64 * 1024,
             key_lookback: 1 << 20,
             compressed: None,
@@ -1612,6 +1639,85 @@ mod tests {
         assert_eq!(got, big.len(), "the reading stream got its whole file");
         let (reason, _, _) = reader.end();
         assert_eq!(reason, EndReason::Eof);
+        for mut s in stalled.drain(..) {
+            s.rx = None;
+            let (reason, _, _) = s.end();
+            assert_eq!(reason, EndReason::ClientClosed);
+        }
+        assert_eq!(
+            budget.available_bytes(),
+            budget.total_bytes(),
+            "every share came back"
+        );
+    }
+
+    /// Review S1 (issue #15): the budget charged a message's length, but a grep keeping one
+    /// line of a chunk queued that line in the chunk's 72 KiB buffer, charged 1 KiB: stalled
+    /// grep readers filled their channels as before the budget. What they hold queued (the
+    /// allocations) is now within the budget plus one chunk's buffer per stream (its free
+    /// first message).
+    #[test]
+    fn stalled_grep_readers_hold_no_more_allocated_than_the_shared_budget() {
+        const STALLED: usize = 4;
+        let budget = Arc::new(QueueBudget::new(256 * 1024));
+        let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
+        // One matching line in about every chunk read.
+        let mut block = line.repeat(CHUNK / line.len());
+        block.extend_from_slice(b"2026-12-04T10:00:01Z GET /match 500 user=bob\n");
+        let big = block.repeat(64);
+        let grep = || {
+            let pattern = Regex::new("/match").expect("regex");
+            LineSelector::new(Some(pattern), None, None, Duration::from_secs(30))
+        };
+        let mut stalled: Vec<Running> = (0..STALLED)
+            .map(|_| start_selecting(&big, false, unix_now() + 3600, Some(budget.clone()), grep()))
+            .collect();
+        // Every stream has queued until its channel is full or the budget is spent.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let queued: Vec<usize> = stalled
+                .iter()
+                .map(|s| s.rx.as_ref().map_or(0, |rx| rx.len()))
+                .collect();
+            let settled = queued.iter().all(|&n| n >= 1)
+                && (budget.available_bytes() < CHUNK + CHUNK / 8
+                    || queued.iter().all(|&n| n == CHANNEL_CAPACITY));
+            if settled {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the streams never filled: {queued:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // What is queued now, taken out but kept (so its shares stay held).
+        let mut held = Vec::new();
+        for s in &mut stalled {
+            let rx = s.rx.as_mut().expect("client");
+            for _ in 0..rx.len() {
+                if let Ok(queued) = rx.try_recv() {
+                    held.push(queued);
+                }
+            }
+        }
+        let allocated: usize = held
+            .iter()
+            .map(|q| match &q.item {
+                Ok(pb::ReadLogChunk {
+                    item: Some(pb::read_log_chunk::Item::Data(d)),
+                }) => d.capacity(),
+                _ => 0,
+            })
+            .sum();
+        let bound = budget.total_bytes() + STALLED * (CHUNK + CHUNK / 8);
+        assert!(
+            allocated <= bound,
+            "{} messages queued by {STALLED} stalled grep streams hold {allocated} bytes \
+             allocated, more than the budget plus a chunk per stream ({bound})",
+            held.len()
+        );
+        drop(held);
         for mut s in stalled.drain(..) {
             s.rx = None;
             let (reason, _, _) = s.end();

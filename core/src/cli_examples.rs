@@ -68,26 +68,55 @@ fn paths(command: &Command, path: &str, out: &mut Vec<String>) {
     }
 }
 
-/// `line` split as a shell would split it here: words, single quotes, and a redirection (`>`
-/// or `<`) that ends the command. Leading `NAME=value` words (environment assignments) are returned apart.
+/// `line` split as a POSIX shell would split it here: words separated by blanks, single quotes
+/// (everything literal), double quotes (literal but for `\` before `"`, `\`, `$` or a
+/// backquote), a backslash escaping the next character outside quotes, and a redirection
+/// (`>` or `<`, unquoted) that ends the command. Leading `NAME=value` words (environment
+/// assignments) are returned apart. The examples are checked as a reader's shell would run
+/// them, so `-e "status=5.. timeout"` is one argument, as it is to the shell.
 pub fn shell_words(line: &str) -> (Vec<(String, String)>, Vec<String>) {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Quote {
+        None,
+        Single,
+        Double,
+    }
     let mut out = Vec::new();
     let mut word = String::new();
-    let mut quoted = false;
+    let mut quote = Quote::None;
     let mut any = false;
-    for c in line.chars() {
-        match c {
-            '\'' => {
-                quoted = !quoted;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Quote::None, '\'') => {
+                quote = Quote::Single;
                 any = true;
             }
-            ' ' if !quoted => {
+            (Quote::Single, '\'') | (Quote::Double, '"') => quote = Quote::None,
+            (Quote::None, '"') => {
+                quote = Quote::Double;
+                any = true;
+            }
+            (Quote::None, '\\') => {
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+                any = true;
+            }
+            (Quote::Double, '\\') => match chars.peek() {
+                Some(&next @ ('"' | '\\' | '$' | '`')) => {
+                    word.push(next);
+                    chars.next();
+                }
+                _ => word.push(c),
+            },
+            (Quote::None, ' ' | '\t') => {
                 if any {
                     out.push(std::mem::take(&mut word));
                 }
                 any = false;
             }
-            '>' | '<' if !quoted => break,
+            (Quote::None, '>' | '<') => break,
             _ => {
                 word.push(c);
                 any = true;
@@ -221,6 +250,30 @@ mod tests {
             )
             .subcommand(Command::new("run"))
             .subcommand(Command::new("secret").hide(true))
+    }
+
+    /// Review O5: double quotes and backslashes were taken as ordinary characters, so an
+    /// example's `"a b"` was checked as two words where the shell passes one.
+    #[test]
+    fn shell_words_split_double_quotes_and_backslashes_as_a_shell_does() {
+        assert_eq!(
+            shell_words(r#"tool run "a b""#).1,
+            vec!["tool", "run", "a b"]
+        );
+        assert_eq!(
+            shell_words(r#"tool -e "status=5.. timeout" x"#).1,
+            vec!["tool", "-e", "status=5.. timeout", "x"]
+        );
+        assert_eq!(shell_words(r"tool a\ b c").1, vec!["tool", "a b", "c"]);
+        assert_eq!(
+            shell_words(r#"tool "say \"hi\" \$HOME \n" 'x\"y'"#).1,
+            vec!["tool", r#"say "hi" $HOME \n"#, r#"x\"y"#]
+        );
+        assert_eq!(shell_words(r#"tool "" ''"#).1, vec!["tool", "", ""]);
+        assert_eq!(
+            shell_words(r#"tool "a > b" > out"#).1,
+            vec!["tool", "a > b"]
+        );
     }
 
     #[test]

@@ -33,14 +33,16 @@ fn agent_status_reports_version_grants_bypass_audit_sink_and_certificate() -> an
     let f = started(&format!(
         "status_readers = [\"alice\"]\n\
          [[audit.sinks]]\nname = \"splunk\"\nkind = \"hec\"\n\
-         url = \"http://{}/services/collector/event\"\ntoken_file = {:?}\n",
+         url = \"http://{}/services/collector/event\"\ntoken_file = {:?}\n\
+         [limits]\naudit_denials_per_window = 1000\n",
         hec.addr,
         token_file.display().to_string()
     ))?;
     f.grant("bob", "30m")?;
     f.grant("admin", "30m")?;
 
-    // The sink writes its status once a second: ask until it is up and caught up.
+    // The sink writes its status once a second: ask until it is up and caught up (a poll:
+    // the budget of answered asks is raised above the default 60 a minute).
     let deadline = Instant::now() + Duration::from_secs(15);
     let report = loop {
         let out = status(&f, "alice")?;
@@ -133,9 +135,11 @@ fn agent_status_reports_a_down_sinks_lag_in_bytes() -> anyhow::Result<()> {
     let f = started(&format!(
         "status_readers = [\"alice\"]\n\
          [[audit.sinks]]\nname = \"siem\"\nkind = \"hec\"\n\
-         url = \"http://{nobody}/services/collector/event\"\ntoken_file = {:?}\n",
+         url = \"http://{nobody}/services/collector/event\"\ntoken_file = {:?}\n\
+         [limits]\naudit_denials_per_window = 1000\n",
         token_file.display().to_string()
     ))?;
+    // A poll: the budget of answered asks is raised above the default 60 a minute.
     let deadline = Instant::now() + Duration::from_secs(15);
     let sink = loop {
         let out = status(&f, "alice")?;
@@ -268,5 +272,144 @@ fn refused_status_asks_share_the_denial_budget_of_refused_reads() -> anyhow::Res
         .find(|e| e["reason_code"] == "suppressed" && e["subject"] == BOB)
         .ok_or_else(|| anyhow::anyhow!("no summary of bob's left-out refusals"))?;
     assert_eq!(summary["suppressed_before"], 4, "{summary}");
+    assert_agent_audit_is_valid_ocsf(&f)
+}
+
+/// `Status` on agent web-1 as `who` (`pki/<who>.crt`, e.g. `agents/web-1`), `times` times on
+/// one connection, sent as a raw gRPC call (the CLI would not send an agent's certificate).
+fn raw_status_asks(f: &Fixture, who: &str, times: usize) -> anyhow::Result<Vec<tonic::Status>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let pki = f.cluster.dir.join("pki");
+        let files = loggate_core::tls::TlsFiles {
+            ca: pki.join("ca.crt"),
+            cert: pki.join(format!("{who}.crt")),
+            key: pki.join(format!("{who}.key")),
+        };
+        let channel = files
+            .endpoint(
+                &f.cluster.agent_addr("web-1"),
+                loggate_core::tls::Server::Agent("web-1"),
+            )?
+            .connect()
+            .await?;
+        let mut client = loggate_proto::agent_client::AgentClient::new(channel);
+        let mut refusals = Vec::new();
+        for _ in 0..times {
+            match client.status(loggate_proto::AgentStatusRequest {}).await {
+                Ok(answer) => anyhow::bail!("{who} was answered: {:?}", answer.get_ref()),
+                Err(refused) => refusals.push(refused),
+            }
+        }
+        Ok(refusals)
+    })
+}
+
+/// Review O2: an agent's certificate asking for the status (what someone planning to read
+/// around the gate wants to know) was refused by the identity filter before the handler, with
+/// no record. It is now refused by the handler and audited as `agent.status_denied`
+/// (`identity_refused`, no subject, the peer), within the denial budget of its address prefix.
+#[test]
+fn an_agent_certificate_asking_for_the_status_is_refused_and_audited_within_the_budget(
+) -> anyhow::Result<()> {
+    let mut f = started(
+        "status_readers = [\"alice\"]\n\
+         [limits]\naudit_denials_per_window = 2\naudit_denial_window = \"1h\"",
+    )?;
+    let refusals = raw_status_asks(&f, "agents/web-1", 3)?;
+    for refused in &refusals {
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(!refused.message().is_empty(), "{refused:?}");
+    }
+    let denied: Vec<_> = f
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "agent.status_denied")
+        .collect();
+    assert_eq!(
+        denied.len(),
+        2,
+        "two written, the third over the budget: {denied:?}"
+    );
+    for d in &denied {
+        assert_eq!(d["reason_code"], "identity_refused", "{d}");
+        assert!(d["subject"].is_null(), "{d}");
+        assert!(
+            d["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "{d}"
+        );
+    }
+    // The third is counted in the summary written before `agent.stopped`.
+    f.cluster.stop_agent("web-1");
+    let records = f.cluster.agent_audit("web-1");
+    assert!(
+        records
+            .iter()
+            .any(|e| e["reason_code"] == "suppressed" && e["suppressed_before"] == 1),
+        "no summary of the left-out refusal"
+    );
+    assert_agent_audit_is_valid_ocsf(&f)
+}
+
+/// Review O3: every answered ask is a synced record, and a status reader asking in a loop
+/// wrote one per ask (with the SIEM down, enough to fill `audit_max_bytes` and get everyone's
+/// reads refused). Answers are now budgeted per reader: over the budget an ask is refused,
+/// never answered unrecorded, and the refusals go through the denial budget.
+#[test]
+fn a_status_reader_asking_in_a_loop_is_answered_and_recorded_only_within_its_budget(
+) -> anyhow::Result<()> {
+    let mut f = started(
+        "status_readers = [\"alice\"]\n\
+         [limits]\naudit_denials_per_window = 2\naudit_denial_window = \"1h\"",
+    )?;
+    let mut answered = 0;
+    for _ in 0..6 {
+        let out = status(&f, "alice")?;
+        let (_, stderr) = text(&out);
+        if out.status.success() {
+            answered += 1;
+        } else {
+            assert!(
+                stderr.contains("ask less often"),
+                "a refused ask says why: {stderr}"
+            );
+        }
+    }
+    let alices = |event: &str| -> Vec<serde_json::Value> {
+        f.cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .filter(|e| e["event"] == event && e["subject"] == ALICE)
+            .collect()
+    };
+    assert_eq!(answered, 2, "two answers in the window, the rest refused");
+    assert_eq!(
+        alices("agent.status_read").len(),
+        2,
+        "one record per answer"
+    );
+    let denied = alices("agent.status_denied");
+    assert_eq!(
+        denied.len(),
+        2,
+        "refusals under the denial budget: {denied:?}"
+    );
+    assert!(
+        denied.iter().all(|d| d["reason_code"] == "too_many_asks"),
+        "{denied:?}"
+    );
+    // The other two refusals are counted in the summary written before `agent.stopped`.
+    f.cluster.stop_agent("web-1");
+    let records = f.cluster.agent_audit("web-1");
+    let summary = records
+        .iter()
+        .find(|e| e["reason_code"] == "suppressed" && e["subject"] == ALICE)
+        .ok_or_else(|| anyhow::anyhow!("no summary of alice's left-out refusals"))?;
+    assert_eq!(summary["suppressed_before"], 2, "{summary}");
     assert_agent_audit_is_valid_ocsf(&f)
 }

@@ -57,7 +57,13 @@ fn as_json(s: &pb::AgentStatusResponse, now: i64) -> serde_json::Value {
         "bypass_note": (!s.bypass_note.is_empty()).then_some(&s.bypass_note),
         "audit_seq": s.audit_seq,
         "audit_lag_records": s.sinks.iter().map(|k| k.lag_records).max(),
-        "audit_lag_bytes": s.sinks.iter().map(|k| k.lag_bytes).max(),
+        // Unknown (null) when any sink's is: an agent of an earlier build sends none.
+        "audit_lag_bytes": s
+            .sinks
+            .iter()
+            .map(|k| k.lag_bytes)
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|b| b.into_iter().max()),
         "sinks": s.sinks.iter().map(|k| serde_json::json!({
             "name": k.name,
             "state": k.state,
@@ -113,12 +119,15 @@ fn as_text(s: &pb::AgentStatusResponse, now: i64) -> String {
         out.push_str("  sinks:        none configured\n");
     }
     for k in &s.sinks {
+        // An agent of an earlier build sends no byte count: unknown, not 0.
+        let bytes = k
+            .lag_bytes
+            .map_or_else(|| "bytes unknown".to_string(), |b| format!("{b} bytes"));
         out.push_str(&format!(
-            "  sink {}: {}, {} records ({} bytes) behind",
+            "  sink {}: {}, {} records ({bytes}) behind",
             p(&k.name),
             p(&k.state),
             k.lag_records,
-            k.lag_bytes
         ));
         if !k.last_error.is_empty() {
             out.push_str(&format!(" (last error: {})", p(&k.last_error)));
@@ -161,7 +170,7 @@ mod tests {
                 name: "siem".into(),
                 state: "down".into(),
                 lag_records: 42,
-                lag_bytes: 51_234,
+                lag_bytes: Some(51_234),
                 delivered_seq: 1192,
                 last_error: "connection refused".into(),
             }],
@@ -213,6 +222,27 @@ mod tests {
                 let _ = as_json(&s, now);
             }
         }
+    }
+
+    /// Review O4: an agent of an earlier build sends no byte count; it was shown as "0
+    /// bytes" behind (and `audit_lag_bytes` 0) while records lagged.
+    #[test]
+    fn an_older_agents_missing_lag_bytes_are_shown_unknown_not_zero() {
+        let mut s = sample();
+        s.sinks[0].lag_bytes = None;
+        let text = as_text(&s, 1_000_000);
+        assert!(
+            text.contains("sink siem: down, 42 records (bytes unknown) behind"),
+            "{text}"
+        );
+        let json = as_json(&s, 1_000_000);
+        assert!(json["audit_lag_bytes"].is_null(), "{json}");
+        assert!(json["sinks"][0]["lag_bytes"].is_null(), "{json}");
+        assert_eq!(json["audit_lag_records"], 42);
+        // An agent of this build with nothing behind says 0 bytes.
+        s.sinks[0].lag_bytes = Some(0);
+        assert!(as_text(&s, 1_000_000).contains("(0 bytes) behind"));
+        assert_eq!(as_json(&s, 1_000_000)["audit_lag_bytes"], 0);
     }
 
     #[test]

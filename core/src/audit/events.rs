@@ -393,7 +393,9 @@ audit_event! {
     /// A person in the agent's `status_readers` was told the agent's status (`loggate agent
     /// status`): its bypass-audit mode and whether its audit reaches the SIEM, which someone
     /// planning to read around the gate wants to know. Written and synced before the answer
-    /// leaves; no answer when it cannot be written.
+    /// leaves; no answer when it cannot be written. At most `limits.audit_denials_per_window`
+    /// answers per reader per window: an ask over it is refused (`agent.status_denied`
+    /// `too_many_asks`), never answered unrecorded.
     AgentStatusRead = "agent.status_read" {
         writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Success, severity: INFO,
     }
@@ -439,8 +441,10 @@ audit_event! {
         key_sha256: Option<String>,
         /// the client's address, `ip:port` (`src_endpoint`)
         peer: Option<String>,
-        /// `not_a_status_reader` (a user not named in `status_readers`), or `identity_refused`
-        /// (a certificate that is not a usable user's) (`status_detail`)
+        /// `not_a_status_reader` (a user not named in `status_readers`), `identity_refused`
+        /// (a certificate that is not a usable user's), or `too_many_asks` (a reader over its
+        /// budget of answered asks, `limits.audit_denials_per_window` per window)
+        /// (`status_detail`)
         reason_code: &'static str,
         /// the message the caller was given (cut to 1 KiB)
         reason: String,

@@ -13,7 +13,7 @@
 //! the proto): a method not in it is refused, and a caller of another role is refused before
 //! the handler runs, so a handler that forgets [`peer_identity`] is still never anonymous.
 //! Entries marked [`MethodAccess::CheckedInHandler`] pass every caller on: their handler
-//! checks the identity itself, to audit a refusal (the agent's `ReadLog`).
+//! checks the identity itself, to audit a refusal (the agent's `ReadLog`, `Status`).
 
 use crate::audit::SharedAuditLog;
 use crate::identity::{Identity, Role};
@@ -241,8 +241,10 @@ pub const AGENT_METHODS: &[(&str, MethodAccess)] = &[
     ),
     (
         "/loggate.v1.Agent/Status",
-        // Users only; the handler then requires a name in the agent's `status_readers`.
-        MethodAccess::Role(Role::User),
+        // Users only: the handler audits `agent.status_denied` (`identity_refused`) for any
+        // other caller (who probes whether the bypass audit runs matters), then requires a
+        // name in the agent's `status_readers`.
+        MethodAccess::CheckedInHandler(Role::User),
     ),
     (
         "/loggate.v1.Agent/ListLogs",

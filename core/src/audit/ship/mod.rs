@@ -471,21 +471,40 @@ impl<T: Transport> Shipper<T> {
     /// then the current one). What a SIEM outage costs in disk, which the record count does not
     /// say (records range from 300 bytes to a few KiB). Includes a last line still being
     /// written. 0 when nothing can be read (no file yet).
+    ///
+    /// The open file is measured through the reader's handle and every other file is told
+    /// apart from it by (device, inode), never by path: during an outage the reader keeps the
+    /// file it had open while rotations rename it and put new files at the current path, so
+    /// the path names another file (a measure by path read ~0 after the first rotation).
     fn lag_bytes(&self) -> u64 {
-        let len = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
-        let open = self.spool.open_path();
-        let mut bytes = len(open).saturating_sub(self.delivered.offset);
-        if !self.spool.is_current() {
-            let current = self.spool.current_path();
-            let later = crate::audit::rotated_files(current).unwrap_or_default();
-            bytes = later
-                .iter()
-                .filter(|p| p.as_path() > open)
-                .map(|p| len(p))
-                .fold(bytes, u64::saturating_add)
-                .saturating_add(len(current));
-        }
-        bytes
+        use std::os::unix::fs::MetadataExt;
+        let Some(open_len) = self.spool.open_len() else {
+            return 0;
+        };
+        let open_id = self.spool.open_id();
+        // A file other than the open one, measured by path; 0 when it is gone or is the open one.
+        let other = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .filter(|m| (m.dev(), m.ino()) != open_id)
+                .map_or(0, |m| m.len())
+        };
+        let current = self.spool.current_path();
+        // Rotated files are named after the last seq they hold: those after the delivered
+        // record are (wholly) not delivered, except the open one counted above.
+        let later = crate::audit::rotated_files(current)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| {
+                crate::audit::rotated_last_seq(p).is_some_and(|seq| seq > self.delivered.seq)
+            });
+        later
+            .map(|p| other(&p))
+            .fold(
+                open_len.saturating_sub(self.delivered.offset),
+                u64::saturating_add,
+            )
+            .saturating_add(other(current))
     }
 
     fn failed(&mut self, why: &str) {
@@ -1077,6 +1096,79 @@ mod tests {
             file_len(&ctx.audit_log) - before,
             "{status}"
         );
+    }
+
+    #[test]
+    fn a_down_sink_counts_the_file_it_holds_and_every_rotation_since_in_its_lag_bytes() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(dir.path());
+        std::fs::create_dir_all(&ctx.state_dir).unwrap();
+        let mut log = AuditLog::open(&ctx.audit_log, "h").unwrap();
+        for _ in 0..3 {
+            log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
+        }
+        let fake = Fake::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let worker = {
+            let (ctx, fake, stop) = (ctx.clone(), fake.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let shipper = Shipper::new("t", 4, fake, &ctx);
+                    tokio::select! {
+                        _ = shipper.run() => {}
+                        _ = async { while !stop.load(SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        } } => {}
+                    }
+                });
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !fake.sent.lock().unwrap().contains(&3) {
+            assert!(Instant::now() < deadline, "3 never sent");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Delivered through the end of the file the sink holds open (confirmed at once).
+        let delivered = file_len(&ctx.audit_log);
+        // The SIEM goes away; the file the sink holds is rotated twice meanwhile.
+        fake.down.store(true, SeqCst);
+        append_and_rotate(&mut log, 2);
+        append_and_rotate(&mut log, 2);
+        log.append(&crate::audit::events::TestEvent::n(0)).unwrap();
+        let last = log.written().seq;
+        let files: Vec<_> = crate::audit::rotated_files(&ctx.audit_log)
+            .unwrap()
+            .into_iter()
+            .chain([ctx.audit_log.clone()])
+            .collect();
+        assert_eq!(files.len(), 3, "{files:?}");
+        let behind = files.iter().map(|f| file_len(f)).sum::<u64>() - delivered;
+        let status_path = ctx.state_dir.join("t.status.json");
+        let read_status = || -> serde_json::Value {
+            std::fs::read(&status_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut status = read_status();
+        while status["head_seq"] != last || status["state"] != "down" {
+            assert!(
+                Instant::now() < deadline,
+                "no status at head {last}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            status = read_status();
+        }
+        stop.store(true, SeqCst);
+        worker.join().unwrap();
+        assert_eq!(status["delivered_seq"], 3, "{status}");
+        assert_eq!(status["lag_bytes"], behind, "{status}");
     }
 
     fn append_and_rotate(log: &mut AuditLog, n: usize) {

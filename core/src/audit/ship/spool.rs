@@ -136,6 +136,19 @@ impl Spool {
         &self.open_path
     }
 
+    /// The length of the file open now, measured through the handle the reader holds (not
+    /// its path: a rotation renames it and puts a new file at the path, and the reader keeps
+    /// the old one until it has read it all); `None` when nothing is open.
+    pub fn open_len(&self) -> Option<u64> {
+        self.file.as_ref()?.metadata().ok().map(|m| m.len())
+    }
+
+    /// The (device, inode) of the file open now, valid while [`Spool::open_len`] is `Some`:
+    /// tells the open file apart from the files at the rotated and current paths.
+    pub fn open_id(&self) -> (u64, u64) {
+        self.id
+    }
+
     /// The byte offset in the open file the next read starts at.
     pub fn offset(&self) -> u64 {
         self.offset
