@@ -239,15 +239,21 @@ fn entry_line(f: &pb::LogFileEntry) -> String {
     )
 }
 
-/// `text` with every control character (C0, DEL, C1: what a terminal may act on) escaped as
-/// `\u{..}`, and a backslash doubled so an escape cannot be forged.
+/// `text` with every control character (C0, DEL, C1: what a terminal may act on) and every
+/// character that changes how the text around it is shown without being visible itself (bidi
+/// overrides and isolates, zero-width and line/paragraph separators:
+/// [`crate::policy::text::is_hidden_or_control`]) escaped as `\u{..}`, and a backslash doubled
+/// so an escape cannot be forged. For all text that comes from an agent or the controller: a
+/// listed path, a refusal's message.
 pub(super) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() || c == '\\') {
+    use crate::policy::text::is_hidden_or_control;
+    let escaped = |c: char| c == '\\' || is_hidden_or_control(c);
+    if !text.chars().any(escaped) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() || c == '\\' {
+        if escaped(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -280,5 +286,19 @@ mod tests {
         );
         assert!(line.contains("rotated,gzip\\u{7}"), "{line}");
         assert_eq!(printable("/var/log/app/api.log"), "/var/log/app/api.log");
+    }
+
+    #[test]
+    fn bidi_overrides_and_line_separators_are_printed_escaped() {
+        let shown =
+            printable("/l/a\u{202e}gol.txt\u{2066}x\u{2069}\u{2028}y\u{2029}\u{200f}\u{feff}");
+        for c in [
+            '\u{202e}', '\u{2066}', '\u{2069}', '\u{2028}', '\u{2029}', '\u{200f}', '\u{feff}',
+        ] {
+            assert!(!shown.contains(c), "{c:?} printed raw: {shown:?}");
+        }
+        assert!(shown.starts_with("/l/a\\u{202e}gol.txt"), "{shown}");
+        // Letters of other scripts are text, not format characters.
+        assert_eq!(printable("/l/журнал-日志.log"), "/l/журнал-日志.log");
     }
 }

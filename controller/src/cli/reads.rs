@@ -614,22 +614,27 @@ impl Writer {
             });
             writeln!(self.out, "{record}")
         } else {
-            // The agent's listed path is not trusted to be printable (listing.rs says why).
-            let file = file.map(printable);
-            let file_len = file.as_ref().map_or(0, |f| f.len() + 1);
             // One buffer per line: the prefix and the line leave together.
-            let mut whole = Vec::with_capacity(host.len() + file_len + 2 + line.len() + 1);
-            whole.extend_from_slice(host.as_bytes());
-            if let Some(file) = &file {
-                whole.push(b':');
-                whole.extend_from_slice(file.as_bytes());
-            }
-            whole.extend_from_slice(b": ");
-            whole.extend_from_slice(line);
-            whole.push(b'\n');
-            self.out.write_all(&whole)
+            self.out.write_all(&prefixed_line(host, file, line))
         }
     }
+}
+
+/// `HOST: line` or `HOST:FILE: line`, with its newline. The agent's listed path is not trusted
+/// to be printable (listing.rs says why); the line itself is the served content.
+fn prefixed_line(host: &str, file: Option<&str>, line: &[u8]) -> Vec<u8> {
+    let file = file.map(printable);
+    let file_len = file.as_ref().map_or(0, |f| f.len() + 1);
+    let mut whole = Vec::with_capacity(host.len() + file_len + 2 + line.len() + 1);
+    whole.extend_from_slice(host.as_bytes());
+    if let Some(file) = &file {
+        whole.push(b':');
+        whole.extend_from_slice(file.as_bytes());
+    }
+    whole.extend_from_slice(b": ");
+    whole.extend_from_slice(line);
+    whole.push(b'\n');
+    whole
 }
 
 /// The progress line on stderr, when it is a terminal: `N/M hosts done, X read` (several
@@ -1120,6 +1125,30 @@ mod tests {
         assert_eq!(total.load(Ordering::SeqCst), MAX_FILES_TOTAL);
         assert!(!take_files(&total, usize::MAX));
         assert!(take_files(&total, 0));
+    }
+
+    #[test]
+    fn a_listed_file_name_with_a_bidi_override_is_prefixed_escaped() {
+        let line = prefixed_line("web-1", Some("/l/a\u{202e}gol.txt"), b"hello");
+        let line = String::from_utf8(line).expect("utf-8");
+        assert!(!line.contains('\u{202e}'), "{line:?}");
+        assert_eq!(line, "web-1:/l/a\\u{202e}gol.txt: hello\n");
+    }
+
+    #[test]
+    fn an_agents_refusal_message_is_shown_without_terminal_sequences() {
+        let status = tonic::Status::failed_precondition("bad\u{1b}]0;x\u{7}\u{202e} file");
+        let failure = super::super::explain(&status, "agent web-1");
+        assert!(
+            !failure.message.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+            "{:?}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("bad\\u{1b}]0;x\\u{7}"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]
