@@ -834,12 +834,25 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     if let Some(charge) = &mut plan.selector.subject {
         charge.settle(plan.selector.spent);
     }
+    // Ends that concern this file only carry their code as `loggate-end` metadata: a reader of
+    // many files (a path glob) goes on with the next one, and stops on any other end.
+    let with_end = |mut status: Status| {
+        if let Ok(v) = reason.as_str().parse() {
+            status.metadata_mut().insert("loggate-end", v);
+        }
+        status
+    };
     match &reason {
         EndReason::ReadError(e) => {
-            sink.fail(Status::internal(format!("reading the file failed: {e}")));
+            sink.fail(with_end(Status::internal(format!(
+                "reading the file failed: {e}"
+            ))));
         }
         EndReason::DecompressionLimit(e) => {
-            sink.fail(Status::aborted(format!("{}: {e}", plan.path.display())));
+            sink.fail(with_end(Status::aborted(format!(
+                "{}: {e}",
+                plan.path.display()
+            ))));
         }
         _ => {}
     }

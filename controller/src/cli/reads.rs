@@ -260,11 +260,16 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
     };
     let mut client = AgentClient::new(connect(&addr, &job.config, Server::Agent(host)).await?);
     if !job.glob {
-        return read_file(&mut client, &job, &agent, job.request.clone(), None).await;
+        return read_file(&mut client, &job, &agent, job.request.clone(), None)
+            .await
+            .map_err(|f| f.failure);
     }
     let files = matching_files(&mut client, &job, &agent).await?;
     let mut failed: Vec<Exit> = Vec::new();
+    let mut stopped: Option<&str> = None;
+    let mut tried = 0usize;
     for path in &files {
+        tried += 1;
         let file: Arc<str> = Arc::from(path.as_str());
         let request = pb::ReadLogRequest {
             path: path.clone(),
@@ -272,8 +277,10 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
         };
         match read_file(&mut client, &job, &agent, request, Some(Arc::clone(&file))).await {
             Ok(()) => {}
-            Err(f) if f.code == Exit::Ok => return Err(f),
-            Err(failure) => {
+            Err(f) if f.failure.code == Exit::Ok => return Err(f.failure),
+            // A refusal that reaches the host (the grant, the reader, the agent): the other
+            // files would be refused alike, each an audited denial, so they are not asked for.
+            Err(FileFailure { failure, reach }) => {
                 failed.push(failure.code);
                 job.events
                     .send(Event::FileFailed {
@@ -282,12 +289,18 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
                         failure,
                     })
                     .map_err(|_| writer_gone())?;
+                if reach == Reach::Host {
+                    stopped = Some("the refusal holds for every file");
+                    break;
+                }
                 if job.fail_fast {
+                    stopped = Some("--fail-fast");
                     break;
                 }
             }
         }
     }
+    let untried = files.len().saturating_sub(tried);
     match failed.first() {
         None => Ok(()),
         Some(first) => Err(Failure::new(
@@ -297,10 +310,9 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
                 failed.len(),
                 files.len(),
                 printable(&job.request.path),
-                if job.fail_fast && failed.len() < files.len() {
-                    " (--fail-fast: the rest were not tried)"
-                } else {
-                    ""
+                match stopped {
+                    Some(why) if untried > 0 => format!(" ({why}: {untried} files not tried)"),
+                    _ => String::new(),
                 }
             ),
         )),
@@ -383,6 +395,78 @@ fn take_files(total: &AtomicUsize, count: usize) -> bool {
         .is_ok()
 }
 
+/// How far a failed read of one of a glob's files reaches: whether the host's other files are
+/// still worth asking for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// This file only (what it is, where it is, how it decompresses): go on with the next.
+    File,
+    /// The grant, the reader or the agent (revoked, expired, busy, refused identity, a broken
+    /// connection): every other file would fail the same way, each an audited denial.
+    Host,
+}
+
+/// The agent's refusal codes (`loggate-denial`, before a stream) and end codes (`loggate-end`,
+/// a stream cut) that concern one file only. Anything else, or no code, reaches the host: the
+/// glob stops there (fail closed: trying more files is what is avoided).
+const PER_FILE_CODES: &[&str] = &[
+    "content_binary",
+    "compression_mismatch",
+    "compression_unsupported",
+    "compressed_not_tailable",
+    "path_not_covered",
+    "path_invalid",
+    "path_traversal",
+    "path_outside_roots",
+    "path_symlink",
+    "path_crosses_mount",
+    "path_not_found",
+    "path_not_regular_file",
+    "path_hard_linked",
+    "path_io_error",
+    "decompression_limit",
+    "read_error",
+];
+
+/// What `status` (an agent's refusal or end of one file's read) reaches, by its code.
+fn reach_of(status: &tonic::Status) -> Reach {
+    let code = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    match code("loggate-denial").or_else(|| code("loggate-end")) {
+        Some(code) if PER_FILE_CODES.contains(&code.as_str()) => Reach::File,
+        _ => Reach::Host,
+    }
+}
+
+/// A failed read of one file, with how far it reaches.
+struct FileFailure {
+    failure: Failure,
+    reach: Reach,
+}
+
+impl From<Failure> for FileFailure {
+    /// A failure of the CLI's own (the writer gone, a connection): it reaches the host.
+    fn from(failure: Failure) -> Self {
+        FileFailure {
+            failure,
+            reach: Reach::Host,
+        }
+    }
+}
+
+/// The failure of `status`, explained, with its reach.
+async fn file_failure(status: &tonic::Status, job: &HostJob, agent: &Peer<'_>) -> FileFailure {
+    FileFailure {
+        failure: explain_at(status, &job.config, agent).await,
+        reach: reach_of(status),
+    }
+}
+
 /// Reads one file (`request`) and hands its lines to the writer, whole, holding at most
 /// [`LINES_IN_FLIGHT`] of the host's lines in flight.
 async fn read_file(
@@ -391,10 +475,10 @@ async fn read_file(
     agent: &Peer<'_>,
     request: pb::ReadLogRequest,
     file: Option<Arc<str>>,
-) -> Result<(), Failure> {
+) -> Result<(), FileFailure> {
     let mut stream = match client.read_log(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => return Err(explain_at(&status, &job.config, agent).await),
+        Err(status) => return Err(file_failure(&status, job, agent).await),
     };
     let mut pending: Vec<u8> = Vec::new();
     let send = |line: Vec<u8>, permit: OwnedSemaphorePermit| {
@@ -421,7 +505,7 @@ async fn read_file(
                 if !pending.is_empty() {
                     send(std::mem::take(&mut pending), acquire().await?)?;
                 }
-                return Err(explain_at(&status, &job.config, agent).await);
+                return Err(file_failure(&status, job, agent).await);
             }
         };
         let Some(pb::read_log_chunk::Item::Data(data)) = chunk.item else {
@@ -1149,6 +1233,52 @@ mod tests {
             "{}",
             failure.message
         );
+    }
+
+    #[test]
+    fn a_glob_goes_on_after_a_per_file_refusal_and_stops_at_any_other() {
+        let with = |key: &str, code: &str| {
+            let mut s = tonic::Status::permission_denied("refused");
+            s.metadata_mut().insert(
+                key.to_owned()
+                    .parse::<tonic::metadata::MetadataKey<_>>()
+                    .expect("key"),
+                code.parse().expect("value"),
+            );
+            s
+        };
+        for code in ["content_binary", "path_not_found", "compression_mismatch"] {
+            assert_eq!(
+                reach_of(&with("loggate-denial", code)),
+                Reach::File,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            reach_of(&with("loggate-end", "decompression_limit")),
+            Reach::File
+        );
+        for code in [
+            "grant_revoked",
+            "grant_expired",
+            "too_many_streams",
+            "agent_busy",
+            "identity_refused",
+            "no_grant",
+        ] {
+            assert_eq!(
+                reach_of(&with("loggate-denial", code)),
+                Reach::Host,
+                "{code}"
+            );
+        }
+        // A stream cut by revocation or expiry carries no per-file code; nor does a broken
+        // connection.
+        assert_eq!(
+            reach_of(&tonic::Status::aborted("grant revoked")),
+            Reach::Host
+        );
+        assert_eq!(reach_of(&with("loggate-end", "grant_revoked")), Reach::Host);
     }
 
     #[test]
