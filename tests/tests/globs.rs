@@ -372,3 +372,33 @@ fn a_glob_stops_at_a_revoked_grant_instead_of_asking_for_every_other_file() -> a
     assert!(stderr.contains("20 files not tried"), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn literal_reads_a_file_whose_name_holds_glob_characters_as_it_is() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let dir = f.logs.join("reports");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("report[1].log"), "the bracketed report\n")?;
+    std::fs::write(dir.join("report1.log"), "the other report\n")?;
+    f.cluster.grant(
+        "alice",
+        "web-1",
+        &format!("{}/report*", dir.display()),
+        "30m",
+    )?;
+    let name = format!("{}/report[1].log", dir.display());
+    let out = f.logs("alice", &["cat", "--literal", &name])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    // The one file, as a single-file read writes it: no HOST:FILE prefix.
+    assert_eq!(stdout, "the bracketed report\n");
+    // Without --literal the same path is a glob, as documented: `[1]` is a class.
+    let out = f.logs("alice", &["cat", &name])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("web-1:{}/report1.log: the other report\n", dir.display())
+    );
+    Ok(())
+}

@@ -23,7 +23,8 @@
 //!   exact (a line is written when every host still reading has a line waiting, or has ended);
 //!   with `--follow` a quiet host cannot hold the others back longer than [`FOLLOW_WINDOW`].
 //!   Merging needs every host's stream at once, so it refuses more hosts than `--parallel`.
-//! - **A path glob** (`'/var/log/app/*.log'`, [`is_path_glob`]) is asked of each agent with
+//! - **A path glob** (`'/var/log/app/*.log'`: any path holding `*?[{`, [`is_path_glob`];
+//!   `--literal` reads such a path as one file's name instead) is asked of each agent with
 //!   `ListLogs` (the files your grants cover there, nothing more) and every listed file is then
 //!   read, one after the other on the host's one connection, oldest modification first (so
 //!   `'api.log*'` reads a rotated set in the order it was written), each a read of its own that
@@ -83,6 +84,8 @@ pub struct ManyArgs {
     pub fail_fast: bool,
     /// `--merge`: interleave the hosts' lines in timestamp order.
     pub merge: bool,
+    /// `--literal`: the path is one file's name even with `*?[{` in it, never a glob.
+    pub literal: bool,
     /// The read itself: its `host` and `agent_addr` are the one host read when the command
     /// is not a multi-host one ([`is_multi_host`]) but its path is a glob.
     pub read: ReadArgs,
@@ -838,7 +841,7 @@ pub(super) async fn registry_targets(
 pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     let request = super::read_request(&args.read)?;
     let multi = is_multi_host(&args.hosts, args.selector.as_deref());
-    let glob = is_path_glob(&args.read.path);
+    let glob = !args.literal && is_path_glob(&args.read.path);
     let targets = if multi {
         registry_targets(&config, &args.hosts, args.selector.as_deref()).await?
     } else {
