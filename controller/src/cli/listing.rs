@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(listing_window(u16::MAX), MAX_LISTINGS_HELD);
         assert_eq!(listing_window(4), 4);
         assert_eq!(listing_window(0), 1);
-        assert!(MAX_LISTINGS_HELD * 4 * 1024 * 1024 <= 64 * 1024 * 1024);
+        const { assert!(MAX_LISTINGS_HELD * 4 * 1024 * 1024 <= 64 * 1024 * 1024) };
     }
 
     #[test]
