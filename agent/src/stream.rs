@@ -809,8 +809,14 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     let primed = start.and_then(|start| {
         if start > 0 && pipeline.removes_private_keys() {
             let check = &mut || sink.check();
-            key_lookback_exhausted =
-                prime(&plan.file, start, plan.key_lookback, &mut pipeline, check)?;
+            key_lookback_exhausted = prime(
+                &plan.file,
+                start,
+                plan.key_lookback,
+                plan.max_line,
+                &mut pipeline,
+                check,
+            )?;
         }
         Ok(start)
     });
@@ -831,12 +837,25 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     if let Some(charge) = &mut plan.selector.subject {
         charge.settle(plan.selector.spent);
     }
+    // Ends that concern this file only carry their code as `loggate-end` metadata: a reader of
+    // many files (a path glob) goes on with the next one, and stops on any other end.
+    let with_end = |mut status: Status| {
+        if let Ok(v) = reason.as_str().parse() {
+            status.metadata_mut().insert("loggate-end", v);
+        }
+        status
+    };
     match &reason {
         EndReason::ReadError(e) => {
-            sink.fail(Status::internal(format!("reading the file failed: {e}")));
+            sink.fail(with_end(Status::internal(format!(
+                "reading the file failed: {e}"
+            ))));
         }
         EndReason::DecompressionLimit(e) => {
-            sink.fail(Status::aborted(format!("{}: {e}", plan.path.display())));
+            sink.fail(with_end(Status::aborted(format!(
+                "{}: {e}",
+                plan.path.display()
+            ))));
         }
         _ => {}
     }
@@ -866,12 +885,21 @@ fn prime(
     file: &File,
     start: u64,
     limit: u64,
+    max_line: usize,
     pipeline: &mut Pipeline,
     check: &mut dyn FnMut() -> Result<(), EndReason>,
 ) -> Result<bool, EndReason> {
     /// Kept from one window in the next when a window holds no whole line, so that a marker
     /// cut by the window's edge is seen whole (markers are much shorter).
     const OVERLAP: u64 = 256;
+    // A window holding no whole line lies inside one line whose start is not known: it is not
+    // primed (its markers may lie past `max_line`), and the next window overlaps it by
+    // `overlap`, so that the line's first `max_line` bytes are read from the line's start. A
+    // window is more than twice that, so that the look-back moves on.
+    let overlap = u64::try_from(max_line)
+        .unwrap_or(u64::MAX / 4)
+        .saturating_add(OVERLAP);
+    let window = LOOKBACK_STEP.max(overlap.saturating_mul(2));
     let mut buf = Vec::new();
     let (mut end, mut looked) = (start, 0u64);
     while end > 0 {
@@ -879,27 +907,31 @@ fn prime(
             return Ok(true);
         }
         check()?;
-        let step = LOOKBACK_STEP.min(end).min(limit - looked);
+        let step = window.min(end).min(limit - looked);
         let from = end - step;
-        // At most LOOKBACK_STEP (1 MiB): fits a usize.
+        // At most the window (1 MiB, or twice a line): a line is held in memory, so it fits.
         buf.resize(usize::try_from(step).unwrap_or(0), 0);
         file.read_exact_at(&mut buf, from).map_err(read_error)?;
         looked += step;
         // The window's first line may have begun before it: search whole lines only, and read
         // that line again with the next window — unless the window holds no whole line.
         let first_newline = memchr::memchr(b'\n', &buf).filter(|i| i + 1 < buf.len());
-        let (skip, next_end) = match first_newline {
-            _ if from == 0 => (0, 0),
-            Some(i) => (i + 1, from + i as u64 + 1),
-            None if step > OVERLAP => (0, from + OVERLAP),
-            None => (0, from),
+        let (region, next_end) = match first_newline {
+            _ if from == 0 => (Some(0), 0),
+            Some(i) => (Some(i + 1), from + i as u64 + 1),
+            None if step > overlap => (None, from + overlap),
+            None => (None, from),
         };
-        let region = &buf[skip..];
-        if let Some(m) = crate::redact::last_private_key_marker(region) {
-            let line_start = memchr::memrchr(b'\n', &region[..m]).map_or(0, |i| i + 1);
-            let line_end = memchr::memchr(b'\n', &region[m..]).map_or(region.len(), |i| m + i + 1);
-            pipeline.prime(&region[line_start..line_end]);
-            return Ok(false);
+        // Whole lines from a line start, cut as serving cuts them: the last marker line that
+        // serving would see decides the state.
+        if let Some(skip) = region {
+            let region = &buf[skip..];
+            if crate::redact::last_private_key_marker(region).is_some() {
+                let primed = pipeline.prime(region) + pipeline.prime_end();
+                if primed > 0 {
+                    return Ok(false);
+                }
+            }
         }
         end = next_end;
     }
@@ -945,7 +977,6 @@ fn pump_compressed(
         }
         None => 0,
     };
-    let mut skipped_part: Vec<u8> = Vec::new();
     let file = from_start(&plan.file).map_err(read_error)?;
     let mut decoder =
         decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
@@ -976,7 +1007,7 @@ fn pump_compressed(
         let mut data = &buf[..n];
         if skip_lines > 0 && n > 0 {
             let (skipped, rest) = split_after_lines(data, &mut skip_lines);
-            prime_skipped(pipeline, &mut skipped_part, skipped);
+            prime_skipped(pipeline, skipped);
             data = rest;
             if data.is_empty() {
                 continue;
@@ -1027,27 +1058,15 @@ fn split_after_lines<'a>(data: &'a [u8], lines: &mut u64) -> (&'a [u8], &'a [u8]
     data.split_at(at)
 }
 
-/// Runs `skipped` (decompressed content before a `tail -n` start) through the redactor for its
-/// private-key state, whole lines at a time: the end of a line is kept in `part` until its
-/// newline comes. A part longer than [`PRIME_PART_MAX`] is primed as it is (a line that long is
-/// no key marker), so memory stays bounded.
-fn prime_skipped(pipeline: &mut Pipeline, part: &mut Vec<u8>, skipped: &[u8]) {
-    if !pipeline.removes_private_keys() {
-        return;
-    }
-    part.extend_from_slice(skipped);
-    if let Some(i) = part.iter().rposition(|b| *b == b'\n') {
-        pipeline.prime(&part[..=i]);
-        part.drain(..=i);
-    }
-    if part.len() > PRIME_PART_MAX {
-        pipeline.prime(part);
-        part.clear();
+/// Runs `skipped` (decompressed content before a `tail -n` start) through the pipeline's
+/// priming for its private-key state ([`Pipeline::prime`]): lines are cut as serving cuts them
+/// (so memory stays one line), and only lines holding a key marker reach the redactor, so the
+/// skipped content costs its decompression and a substring search, not the detectors.
+fn prime_skipped(pipeline: &mut Pipeline, skipped: &[u8]) {
+    if pipeline.removes_private_keys() {
+        pipeline.prime(skipped);
     }
 }
-
-/// The longest unfinished line [`prime_skipped`] keeps.
-const PRIME_PART_MAX: usize = 1 << 20;
 
 /// Serves one block of content read from the file (or its decoder): as it is, or through the
 /// redaction pipeline and the line selector, as one message.
@@ -1941,7 +1960,7 @@ mod tests {
         let mut file = tempfile::tempfile().expect("tempfile");
         file.write_all(text).expect("write");
         let mut p = Pipeline::new(Some(Arc::new(Redactor::default_profile())), 1 << 20);
-        let exhausted = prime(&file, from, limit, &mut p, &mut || Ok(())).expect("prime");
+        let exhausted = prime(&file, from, limit, 1 << 20, &mut p, &mut || Ok(())).expect("prime");
         let mut out = Vec::new();
         p.push(
             &text[usize::try_from(from).unwrap()..],
@@ -2018,7 +2037,9 @@ mod tests {
         let mut text = "INFO a\n".repeat(1000);
         let line_len = usize::try_from(LOOKBACK_STEP).unwrap() + 10;
         text.push_str(marker);
-        text.push_str(&"z".repeat(line_len - marker.len() - 1));
+        // A word: the cut line's trimmed tail is the z's, not the marker (as `cat` serves it).
+        text.push_str(" x ");
+        text.push_str(&"z".repeat(line_len - marker.len() - 4));
         text.push('\n');
         let start = text.len() as u64;
         text.push_str("MIIEowIBAAKCAQEA\n");

@@ -482,7 +482,8 @@ fn tls_refused(peer: &str, cause: &str) -> Failure {
 /// denied (exit 3) exactly when a TLS error is in its source chain; other transport failures
 /// are errors (exit 1). Classified by type, never by the text of a message.
 pub fn explain(status: &Status, peer: &str) -> Failure {
-    let mut message = status.message().to_string();
+    // The message is the peer's text: escaped before it can reach a terminal.
+    let mut message = listing::printable(status.message()).into_owned();
     if let Some(source) = std::error::Error::source(status) {
         // Transport failures (a TLS alert from the peer, a reset) carry their cause here.
         let cause = error_chain(source);

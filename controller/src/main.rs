@@ -496,6 +496,11 @@ struct ReadOpts {
     /// Present this grant token (a file) instead of relying on the one pushed to the agent.
     #[arg(long)]
     grant_token: Option<PathBuf>,
+    /// The path is one file's name, read as it is, even when it holds `*`, `?`, `[` or `{`
+    /// (without this flag such a path is a glob: '/var/log/report[1].log' would read
+    /// 'report1.log').
+    #[arg(long)]
+    literal: bool,
     #[command(flatten)]
     client: ClientOpts,
 }
@@ -511,8 +516,9 @@ enum LogsCommand {
     /// Print a whole file.
     Cat {
         /// Absolute path of the file on the agent, as the grant names it, or a glob
-        /// ('/var/log/app/*.log'): every file your grants cover that it matches, each line
-        /// prefixed with its host and file.
+        /// ('/var/log/app/*.log': any path with `*?[{`; --literal reads such a name as it is):
+        /// every file your grants cover that it matches, each line prefixed with its host and
+        /// file.
         path: String,
         #[command(flatten)]
         read: ReadOpts,
@@ -520,8 +526,9 @@ enum LogsCommand {
     /// Print the last lines of a file, and with --follow keep printing new ones.
     Tail {
         /// Absolute path of the file on the agent, as the grant names it, or a glob
-        /// ('/var/log/app/*.log'): every file your grants cover that it matches, each line
-        /// prefixed with its host and file.
+        /// ('/var/log/app/*.log': any path with `*?[{`; --literal reads such a name as it is):
+        /// every file your grants cover that it matches, each line prefixed with its host and
+        /// file.
         path: String,
         /// How many of the last lines to print first (0: none, with --follow only new ones).
         #[arg(short = 'n', long, default_value_t = 10)]
@@ -540,8 +547,9 @@ enum LogsCommand {
         /// as redacted: a redacted value cannot be searched for.
         pattern: String,
         /// Absolute path of the file on the agent, as the grant names it, or a glob
-        /// ('/var/log/app/*.log'): every file your grants cover that it matches, each line
-        /// prefixed with its host and file.
+        /// ('/var/log/app/*.log': any path with `*?[{`; --literal reads such a name as it is):
+        /// every file your grants cover that it matches, each line prefixed with its host and
+        /// file.
         path: String,
         #[command(flatten)]
         read: ReadOpts,
@@ -872,7 +880,7 @@ async fn run(cli: Cli) -> CliResult {
             };
             let config = read.client.load()?;
             let multi = cli::reads::is_multi_host(&read.hosts, read.selector.as_deref());
-            let path_glob = cli::reads::is_path_glob(&path);
+            let path_glob = !read.literal && cli::reads::is_path_glob(&path);
             if multi && read.agent_addr.is_some() {
                 return Err(cli::usage(
                     "--agent-addr dials one agent; give a single --host with it",
@@ -900,6 +908,7 @@ async fn run(cli: Cli) -> CliResult {
                         parallel: read.parallel,
                         fail_fast: read.fail_fast,
                         merge: read.merge,
+                        literal: read.literal,
                         read: args,
                     },
                 )

@@ -214,6 +214,9 @@ static PEM_BEGIN_LITERAL: LazyLock<memchr::memmem::Finder<'static>> =
     LazyLock::new(|| memchr::memmem::Finder::new(b"-----BEGIN"));
 static PEM_END: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"-----END[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
+/// The five dashes every private-key marker starts with: the prefilter of [`PEM_MARKER`].
+static FIVE_DASHES: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(b"-----"));
 /// Either of [`PEM_BEGIN`] and [`PEM_END`]: the lines that decide the key state.
 static PEM_MARKER: LazyLock<Regex> =
     LazyLock::new(|| pattern(r"-----(?:BEGIN|END)[A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"));
@@ -487,6 +490,8 @@ fn trim_cut_tail(bytes: &[u8]) -> &[u8] {
 /// `redactor = None` is the `raw` profile (lines pass unchanged; cut lines are not trimmed).
 pub struct Pipeline {
     lines: LineSplitter,
+    /// Splits input given to [`Pipeline::prime`], cut at the same `max_line` as `lines`.
+    priming: LineSplitter,
     redactor: Option<(Arc<Redactor>, LineState)>,
     counts: Counts,
 }
@@ -497,6 +502,7 @@ impl Pipeline {
     pub fn new(redactor: Option<Arc<Redactor>>, max_line: usize) -> Pipeline {
         Pipeline {
             lines: LineSplitter::new(max_line),
+            priming: LineSplitter::new(max_line),
             redactor: redactor.map(|r| (r, LineState::default())),
             counts: Counts::default(),
         }
@@ -509,6 +515,7 @@ impl Pipeline {
             lines,
             redactor,
             counts,
+            ..
         } = self;
         lines.push(data, |line| handle_line(line, redactor, counts, keep, out));
     }
@@ -519,6 +526,7 @@ impl Pipeline {
             lines,
             redactor,
             counts,
+            ..
         } = self;
         lines.finish(|line| handle_line(line, redactor, counts, keep, out));
     }
@@ -544,21 +552,50 @@ impl Pipeline {
     }
 
     /// Runs `data` (input that precedes where serving starts, from a line start) through the
-    /// redactor for its state only: a `tail` that starts inside a private-key block must not
-    /// serve the block's body. Nothing is written or counted.
-    pub fn prime(&mut self, data: &[u8]) {
-        let Some((r, state)) = &mut self.redactor else {
-            return;
+    /// redactor for its private-key state only: a `tail` that starts inside a private-key block
+    /// must not serve the block's body. Nothing is written or counted. `data` may be cut
+    /// anywhere: an unfinished last line is carried to the next call (see [`Pipeline::prime_end`]).
+    ///
+    /// Lines are cut exactly as [`Pipeline::push`] cuts what it serves (at `max_line`, the rest
+    /// dropped, the cut line trimmed), so a marker that serving would never see (past
+    /// `max_line`) never changes the state here either. Only a line holding a `BEGIN`/`END`
+    /// marker can change the state (outside a block a line needs a `BEGIN` to enter one; inside,
+    /// an `END` to leave), so only those lines reach the redactor, in order: the cost of priming
+    /// is a substring search, not the detectors. Returns how many lines reached the redactor.
+    pub fn prime(&mut self, data: &[u8]) -> usize {
+        let Pipeline {
+            priming, redactor, ..
+        } = self;
+        let Some((r, state)) = redactor else {
+            return 0;
         };
-        let mut counts = Counts::default();
-        let mut sink = Vec::new();
-        let mut lines = LineSplitter::new(usize::MAX / 2);
-        let mut follow = |line: reading::Line<'_>| {
-            sink.clear();
-            r.redact_line(line.bytes, state, &mut counts, &mut sink);
+        let mut primed = 0;
+        let mut follow = |line: Line<'_>| {
+            if prime_line(r, state, line) {
+                primed += 1;
+            }
         };
-        lines.push(data, &mut follow);
-        lines.finish(&mut follow);
+        priming.push(data, &mut follow);
+        primed
+    }
+
+    /// Ends input given to [`Pipeline::prime`]: a carried unfinished last line is primed as the
+    /// last line of the input. Returns how many lines reached the redactor (0 or 1).
+    pub fn prime_end(&mut self) -> usize {
+        let Pipeline {
+            priming, redactor, ..
+        } = self;
+        let Some((r, state)) = redactor else {
+            priming.reset();
+            return 0;
+        };
+        let mut primed = 0;
+        priming.finish(|line| {
+            if prime_line(r, state, line) {
+                primed += 1;
+            }
+        });
+        primed
     }
 
     /// What redaction did so far (cut lines are counted with every profile, `raw` too).
@@ -583,6 +620,35 @@ impl Pipeline {
     }
 }
 
+/// The bytes of `line` that [`handle_line`] hands the redactor: a cut line loses its last,
+/// possibly halved, token.
+fn served_bytes<'a>(line: &Line<'a>) -> &'a [u8] {
+    if line.cut {
+        trim_cut_tail(line.bytes)
+    } else {
+        line.bytes
+    }
+}
+
+/// Runs one primed line through the redactor if it holds a private-key marker as served; true
+/// when it did.
+fn prime_line(r: &Redactor, state: &mut LineState, line: Line<'_>) -> bool {
+    if !r.private_keys {
+        return false;
+    }
+    let bytes = served_bytes(&line);
+    if FIVE_DASHES.find(bytes).is_none() || !PEM_MARKER.is_match(bytes) {
+        return false;
+    }
+    let mut sink = Vec::new();
+    let mut counts = Counts::default();
+    // A detector that panics withholds the line when serving; priming only needs the state.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        r.redact_line(bytes, state, &mut counts, &mut sink)
+    }));
+    true
+}
+
 /// Writes one line's output (redacted, or the withheld marker) at the end of `out`, then takes
 /// it back if `keep` refuses it: each line is written once, in place.
 fn handle_line(
@@ -599,11 +665,7 @@ fn handle_line(
     match redactor {
         None => out.extend_from_slice(line.bytes),
         Some((r, state)) => {
-            let bytes = if line.cut {
-                trim_cut_tail(line.bytes)
-            } else {
-                line.bytes
-            };
+            let bytes = served_bytes(&line);
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 r.redact_line(bytes, state, counts, out)
             }));

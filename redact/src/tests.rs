@@ -136,6 +136,124 @@ fn tail_primed_inside_a_pem_block_serves_no_body() {
     assert_eq!(out, b"after\n");
 }
 
+/// Serves `text` whole (`cat`) and from after its first `skip` lines (`tail`, primed with the
+/// skipped lines given in chunks of `chunk` bytes): both outputs, with a 64 KiB line cut.
+fn cat_and_primed_tail(text: &[u8], skip: usize, chunk: usize) -> (Vec<u8>, Vec<u8>) {
+    let r = Arc::new(Redactor::default_profile());
+    let (cat, _) = Pipeline::redact_chunks(&r, &[text], 64 * 1024);
+    let at = text
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(skip - 1)
+        .map(|(i, _)| i + 1)
+        .expect("enough lines");
+    let mut p = Pipeline::new(Some(r), 64 * 1024);
+    for part in text[..at].chunks(chunk) {
+        p.prime(part);
+    }
+    let mut tail = Vec::new();
+    p.push(&text[at..], &mut |_| true, &mut tail);
+    p.finish(&mut |_| true, &mut tail);
+    (cat, tail)
+}
+
+/// A key dump with one hostile line whose END marker lies past the 64 KiB line cut: serving
+/// cuts it off, so the block stays open until the real END.
+fn key_with_end_past_the_cut() -> Vec<u8> {
+    let mut t = b"before\n-----BEGIN RSA PRIVATE KEY-----\nKEYBODY1\n".to_vec();
+    t.extend_from_slice(&vec![b'A'; 70_000]);
+    t.extend_from_slice(b"-----END RSA PRIVATE KEY-----\nKEYBODY2\nKEYBODY3\n");
+    t.extend_from_slice(b"-----END RSA PRIVATE KEY-----\nafter\n");
+    t
+}
+
+#[test]
+fn priming_cuts_lines_as_serving_does_so_an_end_past_the_cut_does_not_close_the_block() {
+    let text = key_with_end_past_the_cut();
+    for chunk in [7, 4096, 1 << 20] {
+        let (cat, tail) = cat_and_primed_tail(&text, 4, chunk);
+        let (cat, tail) = (
+            String::from_utf8_lossy(&cat),
+            String::from_utf8_lossy(&tail),
+        );
+        assert!(!cat.contains("KEYBODY"), "cat served key body: {cat}");
+        assert!(
+            !tail.contains("KEYBODY"),
+            "tail (chunk {chunk}) served key body: {tail}"
+        );
+        assert!(tail.ends_with("after\n"), "{tail}");
+    }
+}
+
+#[test]
+fn priming_a_70_kib_line_ending_in_end_leaves_the_block_open() {
+    let r = Arc::new(Redactor::default_profile());
+    let mut p = Pipeline::new(Some(r), 64 * 1024);
+    p.prime(b"-----BEGIN PRIVATE KEY-----\n");
+    let mut long = vec![b'A'; 70_000];
+    long.extend_from_slice(b"-----END PRIVATE KEY-----\n");
+    p.prime(&long);
+    let mut out = Vec::new();
+    p.push(b"KEYBODY\n", &mut |_| true, &mut out);
+    assert_eq!(out, b"");
+}
+
+#[test]
+fn priming_runs_the_redactor_on_marker_lines_only() {
+    let r = Arc::new(Redactor::default_profile());
+    let mut p = Pipeline::new(Some(r), 64 * 1024);
+    let line = b"2026-01-01 user=alice token=abcdef0123456789 ip=10.0.0.1 -- ok\n";
+    let mut skipped = Vec::new();
+    while skipped.len() < 10 << 20 {
+        skipped.extend_from_slice(line);
+    }
+    assert_eq!(
+        p.prime(&skipped),
+        0,
+        "no marker line: the redactor never runs"
+    );
+    assert_eq!(p.prime(b"x\n-----BEGIN PRIVATE KEY-----\nAAAA\n"), 1);
+    assert_eq!(p.prime_end(), 0);
+    let mut out = Vec::new();
+    p.push(b"BODY\n", &mut |_| true, &mut out);
+    assert_eq!(out, b"", "the one marker line opened the block");
+}
+
+#[test]
+fn priming_only_marker_lines_matches_serving_every_line() {
+    // Key states reached through escaped JSON keys, END then BEGIN on one line, blocks left
+    // open: a tail primed from any line serves what `cat` serves from there.
+    let text: &[u8] =
+        b"a\n-----BEGIN PRIVATE KEY-----\nB1\n{\"k\":\"-----BEGIN PRIVATE KEY-----\\nZZ\"} x\nB2\n\
+-----END PRIVATE KEY----- y -----BEGIN EC PRIVATE KEY-----\nB3\n-----END EC PRIVATE KEY-----\nc\n\
+{\"k\":\"-----BEGIN PRIVATE KEY-----\\nZZ\"} d\ne\n-----BEGIN PRIVATE KEY-----\nB4\n";
+    let r = Arc::new(Redactor::default_profile());
+    let lines = text.iter().filter(|b| **b == b'\n').count();
+    for skip in 1..lines {
+        let (_, tail) = cat_and_primed_tail(text, skip, 3);
+        let at = text
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(skip - 1)
+            .map(|(i, _)| i + 1)
+            .expect("line");
+        // Every skipped line served (and discarded) by the live pipeline.
+        let mut p = Pipeline::new(Some(r.clone()), 64 * 1024);
+        let mut discard = Vec::new();
+        p.push(&text[..at], &mut |_| false, &mut discard);
+        let mut want = Vec::new();
+        p.push(&text[at..], &mut |_| true, &mut want);
+        p.finish(&mut |_| true, &mut want);
+        assert_eq!(
+            String::from_utf8_lossy(&tail),
+            String::from_utf8_lossy(&want),
+            "tail after {skip} lines"
+        );
+    }
+}
+
 #[test]
 fn over_long_lines_are_cut_scanned_and_their_tail_token_dropped() {
     let r = Arc::new(Redactor::default_profile());

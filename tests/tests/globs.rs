@@ -308,3 +308,97 @@ fn a_path_glob_over_more_files_than_the_bound_is_refused_before_any_read() -> an
     );
     Ok(())
 }
+
+#[test]
+fn a_glob_stops_at_a_revoked_grant_instead_of_asking_for_every_other_file() -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let f = Fixture::start()?;
+    let dir = f.logs.join("many");
+    std::fs::create_dir_all(&dir)?;
+    // The first file (by name, same second) is large: with its output not read, its stream
+    // waits on the pipe until the grant is revoked.
+    let big = dir.join("a-big.log");
+    std::fs::write(
+        &big,
+        "2026-12-04T10:00:00Z INFO a line of the big file\n".repeat(600_000),
+    )?;
+    for i in 0..20 {
+        std::fs::write(dir.join(format!("b-{i:02}.log")), "small\n")?;
+    }
+    let glob = format!("{}/*.log", dir.display());
+    let id = f.cluster.grant("alice", "web-1", &glob, "30m")?;
+    let mut child = f
+        .cluster
+        .logs_cmd("alice", "web-1", &["cat", &glob])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let big_path = big.display().to_string();
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(20), |e| {
+            e["event"] == "read.allowed" && e["path"] == big_path.as_str()
+        })?;
+    let revoke = f
+        .cluster
+        .run_cli("admin", &["grant", "revoke", &id, "--reason", "TEST-3"])?;
+    assert!(revoke.status.success(), "{}", text(&revoke).1);
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(20), |e| {
+            e["event"] == "read.finished" && e["path"] == big_path.as_str()
+        })?;
+    // Drain the output now (bounded: the big file at most), then the end.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut sink = Vec::new();
+    stdout.read_to_end(&mut sink)?;
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)?;
+    let status = child.wait()?;
+    assert!(!status.success(), "{stderr}");
+    let denied = f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .filter(|e| e["event"] == "read.denied")
+        .count();
+    assert!(
+        denied <= 1,
+        "{denied} denied reads after the revocation; {stderr}"
+    );
+    assert!(stderr.lines().count() <= 2, "{stderr}");
+    assert!(stderr.contains("20 files not tried"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn literal_reads_a_file_whose_name_holds_glob_characters_as_it_is() -> anyhow::Result<()> {
+    let f = Fixture::start()?;
+    let dir = f.logs.join("reports");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("report[1].log"), "the bracketed report\n")?;
+    std::fs::write(dir.join("report1.log"), "the other report\n")?;
+    f.cluster.grant(
+        "alice",
+        "web-1",
+        &format!("{}/report*", dir.display()),
+        "30m",
+    )?;
+    let name = format!("{}/report[1].log", dir.display());
+    let out = f.logs("alice", &["cat", "--literal", &name])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    // The one file, as a single-file read writes it: no HOST:FILE prefix.
+    assert_eq!(stdout, "the bracketed report\n");
+    // Without --literal the same path is a glob, as documented: `[1]` is a class.
+    let out = f.logs("alice", &["cat", &name])?;
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        format!("web-1:{}/report1.log: the other report\n", dir.display())
+    );
+    Ok(())
+}

@@ -625,20 +625,23 @@ fn a_single_host_read_shows_bytes_and_rate_on_a_terminal_only() -> anyhow::Resul
             .output()?;
         Ok(text(&out).0)
     };
-    // stderr a terminal, stdout a file: the bar is drawn on the terminal, never in the file.
+    // stderr a terminal, stdout not one: the bar is drawn on the terminal, never in the output.
+    // The output goes to a pipe whose reader starts a second late, so the read lasts past the
+    // bar's first redraw on any machine (not only on a slow debug build).
     let saved = f.cluster.dir.join("saved.log");
+    let late_reader = |saved: &std::path::Path| format!("| (sleep 1; cat >{})", saved.display());
     let tty = under_a_terminal(&format!(
-        "{loggate} logs cat --host web-1 {} >{}",
+        "{loggate} logs cat --host web-1 {} {}",
         big.display(),
-        saved.display()
+        late_reader(&saved)
     ))?;
     assert!(tty.contains(" read, ") && tty.contains("/s"), "{tty:?}");
     assert_eq!(std::fs::read_to_string(&saved)?, content);
     // One host's path glob: the same bar.
     let tty = under_a_terminal(&format!(
-        "{loggate} logs cat --host web-1 '{}' >{}",
+        "{loggate} logs cat --host web-1 '{}' {}",
         big.with_file_name("big*.log").display(),
-        saved.display()
+        late_reader(&saved)
     ))?;
     assert!(tty.contains(" read, ") && tty.contains("/s"), "{tty:?}");
     let prefix = format!("web-1:{}: ", big.display());

@@ -354,6 +354,45 @@ fn tail_n_of_a_compressed_file_starting_inside_a_key_block_serves_none_of_it() -
     Ok(())
 }
 
+/// A key dump holding one hostile line (a logged request) whose END marker lies past the
+/// 64 KiB line cut: `cat` cuts it off and stays inside the block until the real END.
+fn key_with_a_hostile_end_past_the_line_cut() -> Vec<u8> {
+    let mut t =
+        b"2026-12-04T10:00:00Z INFO before\n-----BEGIN RSA PRIVATE KEY-----\nKEYBODY1\n".to_vec();
+    t.extend_from_slice(&vec![b'A'; 70_000]);
+    t.extend_from_slice(b"-----END RSA PRIVATE KEY-----\nKEYBODY2\nKEYBODY3\n");
+    t.extend_from_slice(b"-----END RSA PRIVATE KEY-----\n2026-12-04T10:00:01Z INFO after\n");
+    t
+}
+
+#[test]
+fn tail_n_serves_no_key_body_that_cat_removes_when_an_end_lies_past_the_line_cut(
+) -> anyhow::Result<()> {
+    let f = rotated_fixture("")?;
+    rotations_grant(&f, "alice")?;
+    let content = key_with_a_hostile_end_past_the_line_cut();
+    let gz = path(&f, "api.log.4.gz");
+    std::fs::write(&gz, gzip(&content))?;
+    let plain = path(&f, "api.log.5");
+    std::fs::write(&plain, &content)?;
+    for file in [&gz, &plain] {
+        for args in [
+            vec!["cat", file.as_str()],
+            vec!["tail", "-n", "4", file.as_str()],
+        ] {
+            let out = f.logs("alice", &args)?;
+            let (stdout, stderr) = text(&out);
+            assert!(out.status.success(), "{args:?}: {stderr}");
+            assert!(
+                !stdout.contains("KEYBODY"),
+                "{args:?} served key body: {stdout}"
+            );
+            assert!(stdout.ends_with("INFO after\n"), "{args:?}: {stdout}");
+        }
+    }
+    Ok(())
+}
+
 /// `loggate logs ls` as `user` on web-1, with extra arguments.
 fn ls(f: &Fixture, user: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
     let mut all = vec!["ls"];

@@ -8,8 +8,9 @@
 //! once, and the listings are written in the order of the agents' ids, each line prefixed with
 //! its host (`web-1: …`; JSON records carry `host` anyway). As for a multi-host read, a host
 //! that fails is one line on stderr and the others go on: exit 6 when some failed, 7 when all
-//! did; `--fail-fast` stops at the first, with its own code. At most `--parallel` listings are
-//! held at once (each is at most 3 MiB, the agent's bound), whatever the number of hosts.
+//! did; `--fail-fast` stops at the first, with its own code. At most `--parallel` listings, and
+//! never more than [`MAX_LISTINGS_HELD`], are held at once (each is at most 3 MiB from an honest
+//! agent, 4 MiB from a hostile one: 64 MiB in all), whatever the number of hosts.
 
 use super::reads::{is_multi_host, registry_targets, Target};
 use super::{agent_addr, connect, format_time, usage, CliResult, Exit, Failure, OrExplain, Peer};
@@ -105,8 +106,12 @@ fn write_listing(
     args: &ListArgs,
     prefixed: bool,
 ) -> CliResult {
+    // Straight to the locked stdout (buffered): no second copy of the listing is built.
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
     let mut text = String::new();
     for f in &listing.files {
+        text.clear();
         if args.json {
             let record = serde_json::json!({
                 "host": host,
@@ -124,11 +129,12 @@ fn write_listing(
             }
             text.push_str(&entry_line(f));
         }
+        out.write_all(text.as_bytes())
+            .map_err(|e| Failure::from(format!("writing standard output: {e}")))?;
     }
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
+    out.flush()
         .map_err(|e| Failure::from(format!("writing standard output: {e}")))?;
+    drop(out);
     if listing.truncated {
         eprintln!("loggate: agent {host} cut the listing at its bound; give a narrower PATH-GLOB");
     }
@@ -144,9 +150,20 @@ fn write_listing(
     Ok(())
 }
 
+/// The most listings `ls` holds at once (fetched or being fetched, not yet written): each may
+/// be up to 4 MiB (tonic's decode cap, what a hostile agent can send), so 16 bound the memory
+/// to 64 MiB whatever `--parallel` says (1024 would allow 4 GiB).
+pub const MAX_LISTINGS_HELD: usize = 16;
+
+/// How many agents `ls` asks at once: `--parallel`, at most [`MAX_LISTINGS_HELD`].
+fn listing_window(parallel: u16) -> usize {
+    usize::from(parallel.max(1)).min(MAX_LISTINGS_HELD)
+}
+
 /// `ls` over several agents (see the module documentation): asked in parallel, written in
-/// the agents' order. The window of `--parallel` listings in flight moves on only as the
-/// oldest is written, so at most that many are held.
+/// the agents' order. The window of listings in flight ([`listing_window`]) moves on only as
+/// the oldest is written, so at most that many are held (a slow host holds the ones after it
+/// back, within that bound).
 async fn list_many(
     config: Arc<ClientConfig>,
     args: &ListArgs,
@@ -154,7 +171,7 @@ async fn list_many(
 ) -> CliResult {
     let targets = registry_targets(&config, &args.hosts, args.selector.as_deref()).await?;
     let total = targets.len();
-    let parallel = usize::from(args.parallel.max(1));
+    let parallel = listing_window(args.parallel);
     let mut pending = targets.into_iter();
     let mut in_flight: VecDeque<(
         String,
@@ -239,15 +256,21 @@ fn entry_line(f: &pb::LogFileEntry) -> String {
     )
 }
 
-/// `text` with every control character (C0, DEL, C1: what a terminal may act on) escaped as
-/// `\u{..}`, and a backslash doubled so an escape cannot be forged.
+/// `text` with every control character (C0, DEL, C1: what a terminal may act on) and every
+/// character that changes how the text around it is shown without being visible itself (bidi
+/// overrides and isolates, zero-width and line/paragraph separators:
+/// [`crate::policy::text::is_hidden_or_control`]) escaped as `\u{..}`, and a backslash doubled
+/// so an escape cannot be forged. For all text that comes from an agent or the controller: a
+/// listed path, a refusal's message.
 pub(super) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() || c == '\\') {
+    use crate::policy::text::is_hidden_or_control;
+    let escaped = |c: char| c == '\\' || is_hidden_or_control(c);
+    if !text.chars().any(escaped) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() || c == '\\' {
+        if escaped(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -280,5 +303,28 @@ mod tests {
         );
         assert!(line.contains("rotated,gzip\\u{7}"), "{line}");
         assert_eq!(printable("/var/log/app/api.log"), "/var/log/app/api.log");
+    }
+
+    #[test]
+    fn ls_holds_at_most_sixteen_listings_whatever_parallel_says() {
+        assert_eq!(listing_window(1024), MAX_LISTINGS_HELD);
+        assert_eq!(listing_window(u16::MAX), MAX_LISTINGS_HELD);
+        assert_eq!(listing_window(4), 4);
+        assert_eq!(listing_window(0), 1);
+        const { assert!(MAX_LISTINGS_HELD * 4 * 1024 * 1024 <= 64 * 1024 * 1024) };
+    }
+
+    #[test]
+    fn bidi_overrides_and_line_separators_are_printed_escaped() {
+        let shown =
+            printable("/l/a\u{202e}gol.txt\u{2066}x\u{2069}\u{2028}y\u{2029}\u{200f}\u{feff}");
+        for c in [
+            '\u{202e}', '\u{2066}', '\u{2069}', '\u{2028}', '\u{2029}', '\u{200f}', '\u{feff}',
+        ] {
+            assert!(!shown.contains(c), "{c:?} printed raw: {shown:?}");
+        }
+        assert!(shown.starts_with("/l/a\\u{202e}gol.txt"), "{shown}");
+        // Letters of other scripts are text, not format characters.
+        assert_eq!(printable("/l/журнал-日志.log"), "/l/журнал-日志.log");
     }
 }

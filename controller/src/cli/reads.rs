@@ -23,7 +23,8 @@
 //!   exact (a line is written when every host still reading has a line waiting, or has ended);
 //!   with `--follow` a quiet host cannot hold the others back longer than [`FOLLOW_WINDOW`].
 //!   Merging needs every host's stream at once, so it refuses more hosts than `--parallel`.
-//! - **A path glob** (`'/var/log/app/*.log'`, [`is_path_glob`]) is asked of each agent with
+//! - **A path glob** (`'/var/log/app/*.log'`: any path holding `*?[{`, [`is_path_glob`];
+//!   `--literal` reads such a path as one file's name instead) is asked of each agent with
 //!   `ListLogs` (the files your grants cover there, nothing more) and every listed file is then
 //!   read, one after the other on the host's one connection, oldest modification first (so
 //!   `'api.log*'` reads a rotated set in the order it was written), each a read of its own that
@@ -83,6 +84,8 @@ pub struct ManyArgs {
     pub fail_fast: bool,
     /// `--merge`: interleave the hosts' lines in timestamp order.
     pub merge: bool,
+    /// `--literal`: the path is one file's name even with `*?[{` in it, never a glob.
+    pub literal: bool,
     /// The read itself: its `host` and `agent_addr` are the one host read when the command
     /// is not a multi-host one ([`is_multi_host`]) but its path is a glob.
     pub read: ReadArgs,
@@ -260,11 +263,16 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
     };
     let mut client = AgentClient::new(connect(&addr, &job.config, Server::Agent(host)).await?);
     if !job.glob {
-        return read_file(&mut client, &job, &agent, job.request.clone(), None).await;
+        return read_file(&mut client, &job, &agent, job.request.clone(), None)
+            .await
+            .map_err(|f| f.failure);
     }
     let files = matching_files(&mut client, &job, &agent).await?;
     let mut failed: Vec<Exit> = Vec::new();
+    let mut stopped: Option<&str> = None;
+    let mut tried = 0usize;
     for path in &files {
+        tried += 1;
         let file: Arc<str> = Arc::from(path.as_str());
         let request = pb::ReadLogRequest {
             path: path.clone(),
@@ -272,8 +280,10 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
         };
         match read_file(&mut client, &job, &agent, request, Some(Arc::clone(&file))).await {
             Ok(()) => {}
-            Err(f) if f.code == Exit::Ok => return Err(f),
-            Err(failure) => {
+            Err(f) if f.failure.code == Exit::Ok => return Err(f.failure),
+            // A refusal that reaches the host (the grant, the reader, the agent): the other
+            // files would be refused alike, each an audited denial, so they are not asked for.
+            Err(FileFailure { failure, reach }) => {
                 failed.push(failure.code);
                 job.events
                     .send(Event::FileFailed {
@@ -282,12 +292,18 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
                         failure,
                     })
                     .map_err(|_| writer_gone())?;
+                if reach == Reach::Host {
+                    stopped = Some("the refusal holds for every file");
+                    break;
+                }
                 if job.fail_fast {
+                    stopped = Some("--fail-fast");
                     break;
                 }
             }
         }
     }
+    let untried = files.len().saturating_sub(tried);
     match failed.first() {
         None => Ok(()),
         Some(first) => Err(Failure::new(
@@ -297,10 +313,9 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
                 failed.len(),
                 files.len(),
                 printable(&job.request.path),
-                if job.fail_fast && failed.len() < files.len() {
-                    " (--fail-fast: the rest were not tried)"
-                } else {
-                    ""
+                match stopped {
+                    Some(why) if untried > 0 => format!(" ({why}: {untried} files not tried)"),
+                    _ => String::new(),
                 }
             ),
         )),
@@ -383,6 +398,78 @@ fn take_files(total: &AtomicUsize, count: usize) -> bool {
         .is_ok()
 }
 
+/// How far a failed read of one of a glob's files reaches: whether the host's other files are
+/// still worth asking for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// This file only (what it is, where it is, how it decompresses): go on with the next.
+    File,
+    /// The grant, the reader or the agent (revoked, expired, busy, refused identity, a broken
+    /// connection): every other file would fail the same way, each an audited denial.
+    Host,
+}
+
+/// The agent's refusal codes (`loggate-denial`, before a stream) and end codes (`loggate-end`,
+/// a stream cut) that concern one file only. Anything else, or no code, reaches the host: the
+/// glob stops there (fail closed: trying more files is what is avoided).
+const PER_FILE_CODES: &[&str] = &[
+    "content_binary",
+    "compression_mismatch",
+    "compression_unsupported",
+    "compressed_not_tailable",
+    "path_not_covered",
+    "path_invalid",
+    "path_traversal",
+    "path_outside_roots",
+    "path_symlink",
+    "path_crosses_mount",
+    "path_not_found",
+    "path_not_regular_file",
+    "path_hard_linked",
+    "path_io_error",
+    "decompression_limit",
+    "read_error",
+];
+
+/// What `status` (an agent's refusal or end of one file's read) reaches, by its code.
+fn reach_of(status: &tonic::Status) -> Reach {
+    let code = |key: &str| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    match code("loggate-denial").or_else(|| code("loggate-end")) {
+        Some(code) if PER_FILE_CODES.contains(&code.as_str()) => Reach::File,
+        _ => Reach::Host,
+    }
+}
+
+/// A failed read of one file, with how far it reaches.
+struct FileFailure {
+    failure: Failure,
+    reach: Reach,
+}
+
+impl From<Failure> for FileFailure {
+    /// A failure of the CLI's own (the writer gone, a connection): it reaches the host.
+    fn from(failure: Failure) -> Self {
+        FileFailure {
+            failure,
+            reach: Reach::Host,
+        }
+    }
+}
+
+/// The failure of `status`, explained, with its reach.
+async fn file_failure(status: &tonic::Status, job: &HostJob, agent: &Peer<'_>) -> FileFailure {
+    FileFailure {
+        failure: explain_at(status, &job.config, agent).await,
+        reach: reach_of(status),
+    }
+}
+
 /// Reads one file (`request`) and hands its lines to the writer, whole, holding at most
 /// [`LINES_IN_FLIGHT`] of the host's lines in flight.
 async fn read_file(
@@ -391,10 +478,10 @@ async fn read_file(
     agent: &Peer<'_>,
     request: pb::ReadLogRequest,
     file: Option<Arc<str>>,
-) -> Result<(), Failure> {
+) -> Result<(), FileFailure> {
     let mut stream = match client.read_log(request).await {
         Ok(response) => response.into_inner(),
-        Err(status) => return Err(explain_at(&status, &job.config, agent).await),
+        Err(status) => return Err(file_failure(&status, job, agent).await),
     };
     let mut pending: Vec<u8> = Vec::new();
     let send = |line: Vec<u8>, permit: OwnedSemaphorePermit| {
@@ -421,7 +508,7 @@ async fn read_file(
                 if !pending.is_empty() {
                     send(std::mem::take(&mut pending), acquire().await?)?;
                 }
-                return Err(explain_at(&status, &job.config, agent).await);
+                return Err(file_failure(&status, job, agent).await);
             }
         };
         let Some(pb::read_log_chunk::Item::Data(data)) = chunk.item else {
@@ -614,22 +701,27 @@ impl Writer {
             });
             writeln!(self.out, "{record}")
         } else {
-            // The agent's listed path is not trusted to be printable (listing.rs says why).
-            let file = file.map(printable);
-            let file_len = file.as_ref().map_or(0, |f| f.len() + 1);
             // One buffer per line: the prefix and the line leave together.
-            let mut whole = Vec::with_capacity(host.len() + file_len + 2 + line.len() + 1);
-            whole.extend_from_slice(host.as_bytes());
-            if let Some(file) = &file {
-                whole.push(b':');
-                whole.extend_from_slice(file.as_bytes());
-            }
-            whole.extend_from_slice(b": ");
-            whole.extend_from_slice(line);
-            whole.push(b'\n');
-            self.out.write_all(&whole)
+            self.out.write_all(&prefixed_line(host, file, line))
         }
     }
+}
+
+/// `HOST: line` or `HOST:FILE: line`, with its newline. The agent's listed path is not trusted
+/// to be printable (listing.rs says why); the line itself is the served content.
+fn prefixed_line(host: &str, file: Option<&str>, line: &[u8]) -> Vec<u8> {
+    let file = file.map(printable);
+    let file_len = file.as_ref().map_or(0, |f| f.len() + 1);
+    let mut whole = Vec::with_capacity(host.len() + file_len + 2 + line.len() + 1);
+    whole.extend_from_slice(host.as_bytes());
+    if let Some(file) = &file {
+        whole.push(b':');
+        whole.extend_from_slice(file.as_bytes());
+    }
+    whole.extend_from_slice(b": ");
+    whole.extend_from_slice(line);
+    whole.push(b'\n');
+    whole
 }
 
 /// The progress line on stderr, when it is a terminal: `N/M hosts done, X read` (several
@@ -749,7 +841,7 @@ pub(super) async fn registry_targets(
 pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     let request = super::read_request(&args.read)?;
     let multi = is_multi_host(&args.hosts, args.selector.as_deref());
-    let glob = is_path_glob(&args.read.path);
+    let glob = !args.literal && is_path_glob(&args.read.path);
     let targets = if multi {
         registry_targets(&config, &args.hosts, args.selector.as_deref()).await?
     } else {
@@ -1120,6 +1212,76 @@ mod tests {
         assert_eq!(total.load(Ordering::SeqCst), MAX_FILES_TOTAL);
         assert!(!take_files(&total, usize::MAX));
         assert!(take_files(&total, 0));
+    }
+
+    #[test]
+    fn a_listed_file_name_with_a_bidi_override_is_prefixed_escaped() {
+        let line = prefixed_line("web-1", Some("/l/a\u{202e}gol.txt"), b"hello");
+        let line = String::from_utf8(line).expect("utf-8");
+        assert!(!line.contains('\u{202e}'), "{line:?}");
+        assert_eq!(line, "web-1:/l/a\\u{202e}gol.txt: hello\n");
+    }
+
+    #[test]
+    fn an_agents_refusal_message_is_shown_without_terminal_sequences() {
+        let status = tonic::Status::failed_precondition("bad\u{1b}]0;x\u{7}\u{202e} file");
+        let failure = super::super::explain(&status, "agent web-1");
+        assert!(
+            !failure.message.contains(['\u{1b}', '\u{7}', '\u{202e}']),
+            "{:?}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("bad\\u{1b}]0;x\\u{7}"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn a_glob_goes_on_after_a_per_file_refusal_and_stops_at_any_other() {
+        let with = |key: &str, code: &str| {
+            let mut s = tonic::Status::permission_denied("refused");
+            s.metadata_mut().insert(
+                key.to_owned()
+                    .parse::<tonic::metadata::MetadataKey<_>>()
+                    .expect("key"),
+                code.parse().expect("value"),
+            );
+            s
+        };
+        for code in ["content_binary", "path_not_found", "compression_mismatch"] {
+            assert_eq!(
+                reach_of(&with("loggate-denial", code)),
+                Reach::File,
+                "{code}"
+            );
+        }
+        assert_eq!(
+            reach_of(&with("loggate-end", "decompression_limit")),
+            Reach::File
+        );
+        for code in [
+            "grant_revoked",
+            "grant_expired",
+            "too_many_streams",
+            "agent_busy",
+            "identity_refused",
+            "no_grant",
+        ] {
+            assert_eq!(
+                reach_of(&with("loggate-denial", code)),
+                Reach::Host,
+                "{code}"
+            );
+        }
+        // A stream cut by revocation or expiry carries no per-file code; nor does a broken
+        // connection.
+        assert_eq!(
+            reach_of(&tonic::Status::aborted("grant revoked")),
+            Reach::Host
+        );
+        assert_eq!(reach_of(&with("loggate-end", "grant_revoked")), Reach::Host);
     }
 
     #[test]
