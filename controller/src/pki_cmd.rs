@@ -407,7 +407,10 @@ mod tests {
         let other = tmp.path().join("other.key");
         std::fs::write(tmp.path().join("other.pub"), "x").expect("pub");
         let err = new_signing_key(NewSigningKeyArgs { out: other.clone() }).expect_err("pub");
-        assert!(format!("{err:#}").contains("other.pub already exists"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("other.pub already exists"),
+            "{err:#}"
+        );
         assert!(!other.exists());
 
         let err = new_signing_key(NewSigningKeyArgs {

@@ -52,6 +52,42 @@ fn kid_of_public_key(path: &Path) -> anyhow::Result<String> {
         .to_string())
 }
 
+/// The `jq` program of docs/operations.md's "grants still valid, with the key that signed each"
+/// line, run on `loggate grant list --output json` as admin: one line per grant, `ID SUBJECT until
+/// NOT_AFTER KID`. `None` where `jq` is not installed.
+fn doc_jq_listing(c: &Cluster) -> anyhow::Result<Option<String>> {
+    let doc = std::fs::read_to_string(loggate_tests::workspace_root().join("docs/operations.md"))?;
+    let line = doc
+        .lines()
+        .find(|l| l.contains("loggate grant list --output json | jq -r '"))
+        .ok_or_else(|| anyhow::anyhow!("operations.md lost its grant-key jq line"))?;
+    let program = line
+        .split_once("jq -r '")
+        .and_then(|(_, rest)| rest.rsplit_once('\''))
+        .map(|(p, _)| p)
+        .ok_or_else(|| anyhow::anyhow!("unquoted jq program in {line:?}"))?;
+    let list = c.run_cli("admin", &["grant", "list", "--output", "json"])?;
+    anyhow::ensure!(list.status.success(), "grant list: {}", text(&list).1);
+    let mut jq = match std::process::Command::new("jq")
+        .args(["-r", program])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(jq) => jq,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    {
+        use std::io::Write;
+        let mut stdin = jq.stdin.take().ok_or_else(|| anyhow::anyhow!("jq stdin"))?;
+        stdin.write_all(&list.stdout)?;
+    }
+    let out = jq.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "jq: {}", text(&out).1);
+    Ok(Some(text(&out).0))
+}
+
 fn replace_in(path: &Path, from: &str, to: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path)?;
     anyhow::ensure!(text.contains(from), "{} lacks {from:?}", path.display());
@@ -114,17 +150,31 @@ fn grant_key_rotation_serves_both_keys_during_the_overlap_then_refuses_the_old_k
     assert_eq!(signing_kid(&token_of(&c, &new_grant)?)?, new_kid);
     let out = cat(&c, "bob", &api_log)?;
     assert_eq!(out.status.code(), Some(0), "new key: {}", text(&out).1);
+    // The page's listing names the key of each grant.
+    if let Some(listing) = doc_jq_listing(&c)? {
+        let line_of = |id: &str| {
+            listing
+                .lines()
+                .find(|l| l.starts_with(id))
+                .map(str::to_string)
+        };
+        let old_line = line_of(&old_grant).unwrap_or_default();
+        let new_line = line_of(&new_grant).unwrap_or_default();
+        assert!(old_line.ends_with(&old_kid), "{listing}");
+        assert!(new_line.ends_with(&new_kid), "{listing}");
+    }
     let out = cat(&c, "alice", &api_log)?;
-    assert_eq!(out.status.code(), Some(0), "old key, overlap: {}", text(&out).1);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "old key, overlap: {}",
+        text(&out).1
+    );
 
     // Step 4: the old public key leaves the agent (restart): its grant is dropped, with the key
     // named; the new key's grant survives the restart.
     c.stop_agent("web-1");
-    replace_in(
-        &agent_config,
-        "\"../../pki/grant-signing.pub\", ",
-        "",
-    )?;
+    replace_in(&agent_config, "\"../../pki/grant-signing.pub\", ", "")?;
     c.start_agent("web-1")?;
     let dropped = c.wait_for_audit("web-1", WAIT, |e| {
         e["event"] == "grant.dropped" && e["grant_id"] == old_grant.as_str()
@@ -141,9 +191,19 @@ fn grant_key_rotation_serves_both_keys_during_the_overlap_then_refuses_the_old_k
         "the new key's grant must survive"
     );
     let out = cat(&c, "bob", &api_log)?;
-    assert_eq!(out.status.code(), Some(0), "new key after: {}", text(&out).1);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "new key after: {}",
+        text(&out).1
+    );
     let out = cat(&c, "alice", &api_log)?;
-    assert_eq!(out.status.code(), Some(3), "old grant after: {}", text(&out).0);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "old grant after: {}",
+        text(&out).0
+    );
     assert!(!text(&out).0.contains("INFO rotated"));
 
     // The old token presented by its holder: refused as signed by an untrusted key, audited.
@@ -153,7 +213,12 @@ fn grant_key_rotation_serves_both_keys_during_the_overlap_then_refuses_the_old_k
         .logs_cmd(
             "alice",
             "web-1",
-            &["cat", "--grant-token", &presented.display().to_string(), &api_log],
+            &[
+                "cat",
+                "--grant-token",
+                &presented.display().to_string(),
+                &api_log,
+            ],
         )
         .output()?;
     assert_eq!(out.status.code(), Some(3));
