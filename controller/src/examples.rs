@@ -22,6 +22,10 @@ const EXAMPLES: &Examples = &[
     ),
     ("pki pin", &["loggate pki pin ./pki/ca.crt"]),
     (
+        "pki new-signing-key",
+        &["loggate pki new-signing-key --out /etc/loggate/controller/grant-signing-2.key"],
+    ),
+    (
         "controller",
         &["loggate controller serve --config /etc/loggate/controller.toml"],
     ),

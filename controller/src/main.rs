@@ -301,6 +301,9 @@ enum PkiCommand {
         /// The CA certificate (PEM), e.g. DIR/ca.crt of `loggate pki init`.
         ca: PathBuf,
     },
+    /// Make a new grant-signing key alone (for a key rotation): FILE (0600) and FILE's name
+    /// with `.pub` for the agents' `grant_keys`; an existing file is never overwritten.
+    NewSigningKey(pki_cmd::NewSigningKeyArgs),
 }
 
 #[derive(Subcommand)]
@@ -631,6 +634,9 @@ async fn run(cli: Cli) -> CliResult {
         Command::Pki(PkiCommand::Init(args)) => pki_cmd::init(args).map_err(Failure::from),
         Command::Pki(PkiCommand::Issue(args)) => pki_cmd::issue(args).map_err(Failure::from),
         Command::Pki(PkiCommand::Pin { ca }) => pki_cmd::pin(&ca).map_err(Failure::from),
+        Command::Pki(PkiCommand::NewSigningKey(args)) => {
+            pki_cmd::new_signing_key(args).map_err(Failure::from)
+        }
         Command::Controller(ControllerCommand::Serve { config, .. }) => {
             // Not `Failure::from`: whatever the cause, a daemon that stops on an error exits 1.
             daemon::serve(&config).await.map_err(|e| Failure::error(&e))

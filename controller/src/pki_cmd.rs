@@ -1,5 +1,7 @@
-//! `loggate pki init|issue`: the development PKI (see [`crate::pki`]) plus what loggate needs
-//! beside certificates: the controller's grant-signing key and one client configuration per user.
+//! `loggate pki init|issue|pin|new-signing-key`: the development PKI (see [`crate::pki`]) plus
+//! what loggate needs beside certificates: the controller's grant-signing key (made by `init`, and
+//! alone by `new-signing-key` for a key rotation, docs/operations.md) and one client configuration
+//! per user.
 
 use crate::pki;
 use anyhow::{bail, Context};
@@ -57,6 +59,14 @@ pub struct IssueArgs {
     /// `pki init` recorded in DIR/pki.toml ("127.0.0.1:7400" without it).
     #[arg(long)]
     controller_addr: Option<String>,
+}
+
+#[derive(Args)]
+pub struct NewSigningKeyArgs {
+    /// Where to write the new private key (0600, never overwritten); its public key is written
+    /// beside it with the extension `.pub` (e.g. grant-signing-2.key and grant-signing-2.pub).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// What `pki init` chose, recorded in DIR/pki.toml so that `pki issue` uses the same.
@@ -193,6 +203,74 @@ pub fn pin(ca: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The public key's file for the private key at `out`: the same name with the extension `.pub`.
+/// A name ending in `.pub` is refused (the key and its public half would be one file), as is a
+/// name without a file name.
+fn public_key_path(out: &Path) -> anyhow::Result<PathBuf> {
+    if out.file_name().is_none() {
+        bail!(
+            "--out {} names no file; give the new key's file, e.g. --out /etc/loggate/grant-signing-2.key",
+            out.display()
+        );
+    }
+    if out.extension().is_some_and(|e| e == "pub") {
+        bail!(
+            "--out {} ends in .pub, the name of the public key written beside it; name the \
+             private key, e.g. grant-signing-2.key",
+            out.display()
+        );
+    }
+    Ok(out.with_extension("pub"))
+}
+
+/// `loggate pki new-signing-key --out FILE`: a new Ed25519 grant-signing key alone (no CA), for
+/// a rotation. The key is written 0600 and never over an existing file (the key in use must not
+/// be lost by a typo); its public key goes to FILE with the extension `.pub`, for the agents'
+/// `grant_keys`. Nothing is left behind when either file cannot be written.
+pub fn new_signing_key(args: NewSigningKeyArgs) -> anyhow::Result<()> {
+    let public = public_key_path(&args.out)?;
+    for path in [&args.out, &public] {
+        if path.symlink_metadata().is_ok() {
+            bail!(
+                "{} already exists; a new key never replaces a file (it may be the key in use): \
+                 choose another --out",
+                path.display()
+            );
+        }
+    }
+    let key = SigningKey::generate()?;
+    write_private(&args.out, &format!("{}\n", key.to_paserk()))?;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&public)
+        .and_then(|mut f| {
+            f.write_all(format!("{}\n", key.verifying_key().to_paserk()).as_bytes())?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        // Best effort: a key without its public half is of no use and must not linger.
+        let _ = std::fs::remove_file(&args.out);
+        return Err(e).with_context(|| format!("cannot create {}", public.display()));
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "grant-signing key {} (0600), public key {}, key id {}",
+        args.out.display(),
+        public.display(),
+        key.verifying_key().kid()
+    )?;
+    writeln!(
+        stdout,
+        "next: add {} to every agent's grant_keys, then set the controller's signing_key \
+         (docs/operations.md, Key rotation)",
+        public.display()
+    )?;
+    Ok(())
+}
+
 pub fn issue(args: IssueArgs) -> anyhow::Result<()> {
     let (kind, name) = match (&args.agent, &args.user) {
         (Some(a), None) => (pki::Kind::Agent, a.clone()),
@@ -303,6 +381,49 @@ mod tests {
         for good in ["127.0.0.1:7400", "controller.example:7400", "[::1]:7400"] {
             check_controller_addr(good).expect(good);
         }
+    }
+
+    #[test]
+    fn new_signing_key_writes_a_private_key_and_its_public_key_and_never_overwrites() {
+        use loggate_core::grant::VerifyingKey;
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let out = tmp.path().join("grant-signing-2.key");
+        new_signing_key(NewSigningKeyArgs { out: out.clone() }).expect("new key");
+        let mode = std::fs::metadata(&out).expect("key").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let private = std::fs::read_to_string(&out).expect("key");
+        let key = SigningKey::from_paserk(private.trim()).expect("a signing key");
+        let public = std::fs::read_to_string(tmp.path().join("grant-signing-2.pub")).expect("pub");
+        let verifying = VerifyingKey::from_paserk(public.trim()).expect("a public key");
+        assert_eq!(verifying.kid(), key.verifying_key().kid());
+
+        // A second run over the same name is refused and changes nothing.
+        let err = new_signing_key(NewSigningKeyArgs { out: out.clone() }).expect_err("exists");
+        assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+        assert_eq!(std::fs::read_to_string(&out).expect("key"), private);
+
+        // Only the public key's name taken: refused before the private key is written.
+        let other = tmp.path().join("other.key");
+        std::fs::write(tmp.path().join("other.pub"), "x").expect("pub");
+        let err = new_signing_key(NewSigningKeyArgs { out: other.clone() }).expect_err("pub");
+        assert!(
+            format!("{err:#}").contains("other.pub already exists"),
+            "{err:#}"
+        );
+        assert!(!other.exists());
+
+        let err = new_signing_key(NewSigningKeyArgs {
+            out: tmp.path().join("k.pub"),
+        })
+        .expect_err(".pub");
+        assert!(format!("{err:#}").contains("ends in .pub"), "{err:#}");
+        let err = new_signing_key(NewSigningKeyArgs {
+            out: tmp.path().join("missing/k.key"),
+        })
+        .expect_err("no folder");
+        assert!(format!("{err:#}").contains("cannot create"), "{err:#}");
+        assert!(!tmp.path().join("missing").exists());
     }
 
     #[test]
