@@ -1,9 +1,10 @@
 //! Developer and operator tasks: `cargo xtask demo`, `cargo xtask test`, `cargo xtask build-ebpf`,
-//! `cargo xtask bench audit|ebpf|fleet|redact|serve`, `cargo xtask package`.
+//! `cargo xtask bench audit|ebpf|fleet|reads|redact|serve`, `cargo xtask package`.
 
 mod bench_audit;
 mod bench_ebpf;
 mod bench_fleet;
+mod bench_reads;
 mod bench_redact;
 mod bench_serve;
 mod demo;
@@ -66,6 +67,9 @@ enum Bench {
     /// The bypass audit's cost on opens of unprotected files and on getppid, against no program
     /// and against empty programs on the same hooks (as root).
     Ebpf(bench_ebpf::Args),
+    /// One `loggate logs cat --selector` over N real agents on loopback with each
+    /// `--parallel K`: wall time, the CLI's peak connections and memory, whole output.
+    Reads(bench_reads::Args),
     /// The redaction engine next to ripgrep and sed, single core, on a generated corpus.
     Redact(bench_redact::Args),
     /// The serving path end to end next to plain ssh (throughput, concurrency, time to first
@@ -374,6 +378,9 @@ fn main() -> ExitCode {
         Task::Bench {
             what: Bench::Ebpf(args),
         } => bench_ebpf::run_bench(&args),
+        Task::Bench {
+            what: Bench::Reads(args),
+        } => bench_reads::run_bench(&args),
         Task::Bench {
             what: Bench::Redact(args),
         } => bench_redact::run_bench(&args),

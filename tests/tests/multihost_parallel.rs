@@ -1,0 +1,208 @@
+//! End-to-end: `--parallel K` bounds the reads a multi-host command has in flight (issue 13,
+//! "a 1,000-host read does not open 1,000 connections at once"), proved without timing from
+//! the agents' own audit records: each read lasts from its `read.allowed` time to that time
+//! plus the `duration_ms` of its `read.finished`, and with `--parallel 3` over 12 agents no
+//! more than 3 of those intervals overlap. The same command with `--parallel 12` must overlap
+//! more than 3, so the test can see a missing bound (a control, run first).
+
+use loggate_tests::{text, Cluster};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const AGENTS: usize = 12;
+const SELECTOR: &str = "fleet=bound";
+/// Lines in the file each agent searches: enough that one search takes the agent many
+/// milliseconds (the audit times are in milliseconds), so that overlapping reads show.
+const LINES: usize = 150_000;
+
+struct Fleet {
+    cluster: Cluster,
+    log: PathBuf,
+    ids: Vec<String>,
+}
+
+fn fleet() -> anyhow::Result<Fleet> {
+    let mut cluster = Cluster::new(None)?;
+    let pki = cluster.dir.join("pki");
+    let ids: Vec<String> = (1..=AGENTS).map(|i| format!("bound-{i:02}")).collect();
+    let logs = cluster.dir.join("logs/app");
+    std::fs::create_dir_all(&logs)?;
+    let mut content = String::new();
+    for i in 0..LINES {
+        content.push_str(&format!("2026-11-27T08:00:00Z INFO filler line {i}\n"));
+    }
+    let log = logs.join("big.log");
+    std::fs::write(&log, content)?;
+    for id in &ids {
+        let out = Command::new(cluster.bins.join("loggate"))
+            .args(["pki", "issue"])
+            .arg(&pki)
+            .args(["--agent", id])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "pki issue {id}: {:?}", text(&out));
+        cluster.add_agent(id, &[&logs], "")?;
+        let config = cluster.agents[id.as_str()].config.clone();
+        let toml = std::fs::read_to_string(&config)?.replace(
+            "labels = [\"env=demo\"]",
+            &format!("labels = [\"env=demo\", \"{SELECTOR}\"]"),
+        );
+        std::fs::write(&config, toml)?;
+    }
+    cluster.start_controller()?;
+    for id in &ids {
+        cluster.start_agent(id)?;
+    }
+    // One grant for all of them, by label.
+    let glob = format!("{}/*.log", logs.display());
+    let out = cluster.run_cli(
+        "admin",
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "alice",
+            "--label",
+            SELECTOR,
+            "--path",
+            &glob,
+            "--ttl",
+            "30m",
+            "--reason",
+            "TEST-13",
+            "--redaction",
+            "raw",
+            "--json",
+        ],
+    )?;
+    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
+    let grant: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let grant_id = grant["id"].as_str().unwrap_or_default().to_string();
+    anyhow::ensure!(!grant_id.is_empty(), "no id in {grant}");
+    for id in &ids {
+        cluster.wait_for_grant(id, &grant_id)?;
+    }
+    wait_registered(&cluster, AGENTS)?;
+    Ok(Fleet { cluster, log, ids })
+}
+
+/// Waits until the controller's registry knows `count` agents with their addresses.
+fn wait_registered(cluster: &Cluster, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cluster.run_cli("admin", &["agent", "list", "--output", "json"])?;
+        let known = text(&out)
+            .0
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|a| a["addr"].as_str().is_some_and(|s| !s.is_empty()))
+            .count();
+        if known >= count {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {known} agents registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Fleet {
+    /// Searches every agent's big file (nothing matches: the agent reads it whole and sends
+    /// nothing) with `--parallel parallel`, then returns each agent's read of it as
+    /// (start ms, duration ms) from its audit records, the `seen` earlier reads skipped.
+    fn search(&self, parallel: &str, seen: usize) -> anyhow::Result<Vec<(i64, i64)>> {
+        let path = self.log.display().to_string();
+        let out = self
+            .cluster
+            .cli("alice")
+            .args([
+                "logs",
+                "grep",
+                "nothing matches this",
+                "--selector",
+                SELECTOR,
+            ])
+            .args(["--parallel", parallel, &path])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "--parallel {parallel}: {}",
+            text(&out).1
+        );
+        let mut reads = Vec::new();
+        for id in &self.ids {
+            let of = |event: &str| -> anyhow::Result<serde_json::Value> {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let found: Vec<serde_json::Value> = self
+                        .cluster
+                        .agent_audit(id)
+                        .into_iter()
+                        .filter(|e| e["event"] == event && e["path"] == path.as_str())
+                        .collect();
+                    if let Some(e) = found.get(seen) {
+                        return Ok(e.clone());
+                    }
+                    anyhow::ensure!(Instant::now() < deadline, "{id}: no {event} #{seen}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            };
+            let start = of("read.allowed")?["time"].as_i64().unwrap_or(i64::MAX);
+            let finished = of("read.finished")?;
+            anyhow::ensure!(finished["end_reason"] == "eof", "{id}: {finished}");
+            let ran = finished["duration_ms"].as_i64().unwrap_or(0);
+            reads.push((start, ran));
+        }
+        Ok(reads)
+    }
+}
+
+/// The most reads in flight at one moment: each read is the interval
+/// `[start, start + duration - 1)` in milliseconds (1 ms given up at its end for the records'
+/// rounding, as the single-host `--parallel 1` check does), counted at every read's start.
+fn most_in_flight(reads: &[(i64, i64)]) -> usize {
+    reads
+        .iter()
+        .map(|&(at, _)| {
+            reads
+                .iter()
+                .filter(|&&(start, ran)| start <= at && at < start + ran - 1)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn parallel_three_keeps_at_most_three_of_twelve_agents_reading_at_once() -> anyhow::Result<()> {
+    let f = fleet()?;
+    // The control: without a bound below the fleet's size, the reads overlap beyond 3, so the
+    // records can show a bound that is not kept.
+    let unbounded = f.search("12", 0)?;
+    assert!(
+        unbounded.iter().all(|&(_, ran)| ran > 5),
+        "the searches were too quick to tell: {unbounded:?}"
+    );
+    let most = most_in_flight(&unbounded);
+    assert!(
+        most > 3,
+        "with --parallel 12 only {most} reads overlapped: the check could not see a missing bound ({unbounded:?})"
+    );
+
+    let bounded = f.search("3", 1)?;
+    assert_eq!(bounded.len(), AGENTS, "every agent read once");
+    assert!(
+        bounded.iter().all(|&(_, ran)| ran > 5),
+        "the searches were too quick to tell: {bounded:?}"
+    );
+    let most = most_in_flight(&bounded);
+    assert!(
+        most <= 3,
+        "--parallel 3 had {most} reads in flight at once: {bounded:?}"
+    );
+    // ... and it did use its 3 connections (not one at a time).
+    assert!(
+        most >= 2,
+        "--parallel 3 read one host at a time: {bounded:?}"
+    );
+    Ok(())
+}
