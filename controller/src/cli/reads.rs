@@ -49,7 +49,7 @@ use loggate_proto as pb;
 use loggate_proto::agent_client::AgentClient;
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -868,42 +868,61 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     let files_total = Arc::new(AtomicUsize::new(0));
     let connections = Arc::new(Semaphore::new(parallel));
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    // Hosts start in id order: one dispatcher takes each connection slot before it starts
+    // that host's task (tasks spawned at once would race for the slots in any order). With
+    // `--fail-fast`, a failed host marks `stopping` before it gives its slot back, so no host
+    // starts after the first failure.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let fail_fast = args.fail_fast;
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, target) in targets.into_iter().enumerate() {
-        let config = Arc::clone(&config);
-        let connections = Arc::clone(&connections);
-        let request = request.clone();
-        let events = events_tx.clone();
-        let files_total = Arc::clone(&files_total);
-        let fail_fast = args.fail_fast;
-        tasks.spawn(async move {
-            // The connection slot is held until `Done` is sent: with `--fail-fast`, no next
-            // host starts before the writer has seen this one's failure.
-            let Ok(_connection) = connections.acquire_owned().await else {
-                return;
+    let events_for_hosts = events_tx.clone();
+    tasks.spawn(async move {
+        let events_tx = events_for_hosts;
+        let mut readers = tokio::task::JoinSet::new();
+        for (index, target) in targets.into_iter().enumerate() {
+            let Ok(connection) = Arc::clone(&connections).acquire_owned().await else {
+                break;
             };
-            let room = Arc::new(Semaphore::new(usize::from(LINES_IN_FLIGHT)));
-            let result = read_host(HostJob {
-                config,
-                index,
-                target,
-                request,
-                glob,
-                fail_fast,
-                files_total,
-                room: Arc::clone(&room),
-                events: events.clone(),
-            })
-            .await;
-            // Nor before its lines are written: a slow standard output cannot make finished
-            // hosts pile up lines (at most --parallel × LINES_IN_FLIGHT wait, in all).
-            let _written = room.acquire_many(u32::from(LINES_IN_FLIGHT)).await;
-            let _ = events.send(Event::Done {
-                host: index,
-                result,
+            if stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let config = Arc::clone(&config);
+            let request = request.clone();
+            let events = events_tx.clone();
+            let files_total = Arc::clone(&files_total);
+            let stopping = Arc::clone(&stopping);
+            readers.spawn(async move {
+                // The connection slot is held until `Done` is sent: with `--fail-fast`, no
+                // next host starts before the writer has seen this one's failure.
+                let _connection = connection;
+                let room = Arc::new(Semaphore::new(usize::from(LINES_IN_FLIGHT)));
+                let result = read_host(HostJob {
+                    config,
+                    index,
+                    target,
+                    request,
+                    glob,
+                    fail_fast,
+                    files_total,
+                    room: Arc::clone(&room),
+                    events: events.clone(),
+                })
+                .await;
+                if fail_fast && result.is_err() {
+                    stopping.store(true, Ordering::Release);
+                }
+                // Nor before its lines are written: a slow standard output cannot make finished
+                // hosts pile up lines (at most --parallel × LINES_IN_FLIGHT wait, in all).
+                let _written = room.acquire_many(u32::from(LINES_IN_FLIGHT)).await;
+                let _ = events.send(Event::Done {
+                    host: index,
+                    result,
+                });
             });
-        });
-    }
+        }
+        // The readers are this task's: aborting it (the command ending) aborts them.
+        while readers.join_next().await.is_some() {}
+    });
     drop(events_tx);
 
     let mut writer = Writer {
