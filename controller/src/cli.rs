@@ -9,6 +9,7 @@ pub mod journal;
 pub mod listing;
 pub mod login;
 pub mod reads;
+pub mod socket_slot;
 pub mod status;
 pub mod users;
 
@@ -375,8 +376,7 @@ async fn probe_refusal(config: &ClientConfig, peer: &Peer<'_>) -> Option<rustls:
 /// a refused certificate is always exit 3 and a connection dropped for another cause exit 1.
 pub async fn explain_at(status: &Status, config: &ClientConfig, peer: &Peer<'_>) -> Failure {
     let failure = explain(status, &peer.name);
-    let dropped = std::error::Error::source(status).is_some_and(dropped_without_reason);
-    if !dropped {
+    if !needs_probe(status) {
         return failure;
     }
     match probe_refusal(config, peer).await {
@@ -539,11 +539,20 @@ async fn connect(
     config: &ClientConfig,
     server: Server<'_>,
 ) -> Result<deadline::Deadline<Channel>, Failure> {
-    let name = match server {
-        Server::Controller => "loggate-controller",
-        Server::Agent(id) => id,
-    };
-    let endpoint = config
+    let endpoint = endpoint(addr, config, server)?;
+    let connected = within_connect_deadline(endpoint.connect()).await;
+    connected
+        .map(deadline::Deadline::new)
+        .map_err(|e| connect_failure(addr, server, &e))
+}
+
+/// The endpoint of `addr` with the CLI's TLS identity and connection settings.
+fn endpoint(
+    addr: &str,
+    config: &ClientConfig,
+    server: Server<'_>,
+) -> Result<tonic::transport::Endpoint, Failure> {
+    Ok(config
         .tls
         .endpoint(addr, server)
         .map_err(|e| Failure::from(format!("TLS configuration: {e:#}")))?
@@ -552,30 +561,65 @@ async fn connect(
         // the connection (and the read, with an error naming the peer) within ~35 s.
         .http2_keep_alive_interval(deadline::KEEP_ALIVE)
         .keep_alive_timeout(deadline::KEEP_ALIVE)
-        .keep_alive_while_idle(true);
-    // connect_timeout bounds the TCP connect only: a peer that accepts and then stays silent
-    // through TLS's handshake is bounded here.
-    let Ok(connected) = tokio::time::timeout(deadline::CONNECT, endpoint.connect()).await else {
-        return Err(Failure {
+        .keep_alive_while_idle(true))
+}
+
+/// Why a connection could not be made: kept as a type (not yet a sentence) so that a caller
+/// can tell a transient failure from a refusal by its cause ([`reads`]' one retry).
+#[derive(Debug)]
+pub(super) enum ConnectError {
+    /// TCP's connect and TLS's handshake took longer than [`deadline::CONNECT`].
+    NoHandshake,
+    /// The transport's own error (tonic's), with its cause chain (an I/O error, a TLS alert).
+    Failed(Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+/// `connecting`, bounded by [`deadline::CONNECT`]: `connect_timeout` bounds the TCP connect
+/// only, and a peer that accepts and then stays silent through TLS's handshake is bounded here.
+async fn within_connect_deadline(
+    connecting: impl std::future::Future<Output = Result<Channel, tonic::transport::Error>>,
+) -> Result<Channel, ConnectError> {
+    match tokio::time::timeout(deadline::CONNECT, connecting).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(ConnectError::Failed(Box::new(e))),
+        Err(_) => Err(ConnectError::NoHandshake),
+    }
+}
+
+/// The sentence and exit code of a failed connection to `server` at `addr`: a refused
+/// certificate is access denied (exit 3), anything else an error (exit 1).
+fn connect_failure(addr: &str, server: Server<'_>, e: &ConnectError) -> Failure {
+    let name = match server {
+        Server::Controller => "loggate-controller",
+        Server::Agent(id) => id,
+    };
+    match e {
+        ConnectError::NoHandshake => Failure {
             code: Exit::Error,
             message: format!(
                 "cannot connect to {name} at {addr}: no TLS handshake within {} s; check the \
                  address and that the server is running",
                 deadline::CONNECT.as_secs()
             ),
-        });
-    };
-    let channel = connected.map_err(|e| {
-        let cause = error_chain(&e);
-        if let Some(tls) = tls_error_in(&e) {
-            return tls_failure(&format!("{name} at {addr}"), tls, &cause);
+        },
+        ConnectError::Failed(e) => {
+            let cause = error_chain(e.as_ref());
+            if let Some(tls) = tls_error_in(e.as_ref()) {
+                return tls_failure(&format!("{name} at {addr}"), tls, &cause);
+            }
+            Failure {
+                code: Exit::Error,
+                message: format!("cannot connect to {name} at {addr}: {cause}"),
+            }
         }
-        Failure {
-            code: Exit::Error,
-            message: format!("cannot connect to {name} at {addr}: {cause}"),
-        }
-    })?;
-    Ok(deadline::Deadline::new(channel))
+    }
+}
+
+/// True when [`explain_at`] would probe the peer with a connection of its own for `status`
+/// (a transport failure without a TLS reason): a caller that bounds its connections waits for
+/// its broken one to close first.
+pub(super) fn needs_probe(status: &Status) -> bool {
+    std::error::Error::source(status).is_some_and(dropped_without_reason)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

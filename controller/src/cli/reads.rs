@@ -41,12 +41,14 @@
 //!   piped, stderr holds only the failure lines.
 
 use super::listing::printable;
-use super::{agent_addr, connect, controller, explain_at, the_controller, usage, Exit, Failure};
+use super::socket_slot::{self, Socket, CLOSE_WAIT};
+use super::{agent_addr, explain_at, the_controller, usage, Exit, Failure};
 use super::{CliResult, OrExplain, Peer, ReadArgs};
 use crate::config::ClientConfig;
 use loggate_core::tls::Server;
 use loggate_proto as pb;
 use loggate_proto::agent_client::AgentClient;
+use loggate_proto::controller_client::ControllerClient;
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -229,13 +231,32 @@ enum Event {
     },
 }
 
+/// What is read on every host of one command.
+#[derive(Debug, Clone)]
+pub(super) enum Source {
+    /// A file, or every file a path glob lists (`logs cat|tail|grep`).
+    File(pb::ReadLogRequest),
+    /// One journal unit's entries (`logs journal`): each line starts with the entry's own
+    /// realtime timestamp (RFC 3339), which is what `--merge` orders by.
+    Journal(pb::ReadJournalRequest),
+}
+
+impl Source {
+    fn follow(&self) -> bool {
+        match self {
+            Source::File(r) => r.follow,
+            Source::Journal(r) => r.follow,
+        }
+    }
+}
+
 /// One host's part of the command: what to read there and where its lines go.
 struct HostJob {
     config: Arc<ClientConfig>,
     index: usize,
     target: Target,
-    request: pb::ReadLogRequest,
-    /// The request's path is a glob to expand with `ListLogs`.
+    request: Source,
+    /// The request is a file read whose path is a glob to expand with `ListLogs`.
     glob: bool,
     /// Stop at the first file that fails.
     fail_fast: bool,
@@ -243,6 +264,8 @@ struct HostJob {
     files_total: Arc<AtomicUsize>,
     room: Arc<Semaphore>,
     events: mpsc::UnboundedSender<Event>,
+    /// The host's one connection: the reader keeps its `--parallel` slot until it is closed.
+    socket: Socket,
 }
 
 /// The writer is gone only when the command is ending (fail-fast, closed stdout): the reader
@@ -251,8 +274,10 @@ fn writer_gone() -> Failure {
     Failure::new(Exit::Ok, "")
 }
 
-/// Reads `job`'s host: its one path, or every file its path glob lists there, one after the
-/// other on one connection, handing the lines to the writer.
+/// Reads `job`'s host: its one path or journal unit, or every file its path glob lists there,
+/// one after the other on one connection, handing the lines to the writer. Returns once the
+/// connection's socket is closed (at most [`CLOSE_WAIT`] after the read), so that the caller's
+/// `--parallel` slot never covers two sockets.
 async fn read_host(job: HostJob) -> Result<(), Failure> {
     let addr = job.target.addr.clone().map_err(Failure::from)?;
     let host = job.target.host.as_str();
@@ -261,24 +286,51 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
         addr: addr.clone(),
         server: Server::Agent(host),
     };
-    let mut client = AgentClient::new(connect(&addr, &job.config, Server::Agent(host)).await?);
-    if !job.glob {
-        return read_file(&mut client, &job, &agent, job.request.clone(), None)
-            .await
-            .map_err(|f| f.failure);
+    let result =
+        match socket_slot::connect(&addr, &job.config, Server::Agent(host), &job.socket).await {
+            Ok(channel) => {
+                let mut client = AgentClient::new(channel);
+                read_host_on(&mut client, &job, &agent).await
+                // `client` (the connection) is dropped here; tonic closes its socket on its own
+                // tasks, a moment later.
+            }
+            Err(failure) => Err(failure),
+        };
+    if !job.socket.closed(CLOSE_WAIT).await {
+        tracing::warn!(
+            "the connection to agent {host} was still open {} s after its read ended",
+            CLOSE_WAIT.as_secs()
+        );
     }
-    let files = matching_files(&mut client, &job, &agent).await?;
+    result
+}
+
+/// [`read_host`] on its connection `client`.
+async fn read_host_on(
+    client: &mut AgentClient<super::deadline::Deadline<tonic::transport::Channel>>,
+    job: &HostJob,
+    agent: &Peer<'_>,
+) -> Result<(), Failure> {
+    let request = match &job.request {
+        Source::File(request) if job.glob => request,
+        source => {
+            return read_file(client, job, agent, source.clone(), None)
+                .await
+                .map_err(|f| f.failure);
+        }
+    };
+    let files = matching_files(client, job, request, agent).await?;
     let mut failed: Vec<Exit> = Vec::new();
     let mut stopped: Option<&str> = None;
     let mut tried = 0usize;
     for path in &files {
         tried += 1;
         let file: Arc<str> = Arc::from(path.as_str());
-        let request = pb::ReadLogRequest {
+        let one = Source::File(pb::ReadLogRequest {
             path: path.clone(),
-            ..job.request.clone()
-        };
-        match read_file(&mut client, &job, &agent, request, Some(Arc::clone(&file))).await {
+            ..request.clone()
+        });
+        match read_file(client, job, agent, one, Some(Arc::clone(&file))).await {
             Ok(()) => {}
             Err(f) if f.failure.code == Exit::Ok => return Err(f.failure),
             // A refusal that reaches the host (the grant, the reader, the agent): the other
@@ -312,7 +364,7 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
                 "{} of the {} files matching {} could not be read{}",
                 failed.len(),
                 files.len(),
-                printable(&job.request.path),
+                printable(&request.path),
                 match stopped {
                     Some(why) if untried > 0 => format!(" ({why}: {untried} files not tried)"),
                     _ => String::new(),
@@ -329,19 +381,20 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
 async fn matching_files(
     client: &mut AgentClient<super::deadline::Deadline<tonic::transport::Channel>>,
     job: &HostJob,
+    request: &pb::ReadLogRequest,
     agent: &Peer<'_>,
 ) -> Result<Vec<String>, Failure> {
-    let glob = printable(&job.request.path).into_owned();
+    let glob = printable(&request.path).into_owned();
     let host = &job.target.host;
     let listing = match client
         .list_logs(pb::ListLogsRequest {
-            path_glob: job.request.path.clone(),
-            grant_token: job.request.grant_token.clone(),
+            path_glob: request.path.clone(),
+            grant_token: request.grant_token.clone(),
         })
         .await
     {
         Ok(response) => response.into_inner(),
-        Err(status) => return Err(explain_at(&status, &job.config, agent).await),
+        Err(status) => return Err(explain_host(&status, job, agent).await),
     };
     if listing.truncated || listing.files.len() > MAX_FILES_PER_HOST {
         return Err(Failure::from(format!(
@@ -351,7 +404,7 @@ async fn matching_files(
         )));
     }
     let mut files = listing.files;
-    if job.request.follow {
+    if request.follow {
         files.retain(|f| !f.rotated && f.compression.is_empty());
     }
     files.sort_by(|a, b| (a.modified_unix, &a.path).cmp(&(b.modified_unix, &b.path)));
@@ -360,10 +413,10 @@ async fn matching_files(
         return Err(Failure::from(format!(
             "no {}file your grants cover on agent {host} matches {glob}; see the files you \
              may read with 'loggate logs ls --host {host}'",
-            if job.request.follow { "live " } else { "" }
+            if request.follow { "live " } else { "" }
         )));
     }
-    if job.request.follow && files.len() > 1 {
+    if request.follow && files.len() > 1 {
         let names: Vec<String> = files
             .iter()
             .take(3)
@@ -465,21 +518,39 @@ impl From<Failure> for FileFailure {
 /// The failure of `status`, explained, with its reach.
 async fn file_failure(status: &tonic::Status, job: &HostJob, agent: &Peer<'_>) -> FileFailure {
     FileFailure {
-        failure: explain_at(status, &job.config, agent).await,
+        failure: explain_host(status, job, agent).await,
         reach: reach_of(status),
     }
 }
 
-/// Reads one file (`request`) and hands its lines to the writer, whole, holding at most
-/// [`LINES_IN_FLIGHT`] of the host's lines in flight.
+/// [`explain_at`] for a host of a multi-host read: when it probes the agent with a connection
+/// of its own (the read's connection was dropped without a reason), the probe waits until the
+/// read's socket is closed and keeps the host to that one connection; a socket still open after
+/// [`CLOSE_WAIT`] gives the explanation without the probe rather than a second connection.
+async fn explain_host(status: &tonic::Status, job: &HostJob, agent: &Peer<'_>) -> Failure {
+    if !super::needs_probe(status) {
+        return explain_at(status, &job.config, agent).await;
+    }
+    match job.socket.hold_closed(CLOSE_WAIT).await {
+        Some(_only) => explain_at(status, &job.config, agent).await,
+        None => super::explain(status, &agent.name),
+    }
+}
+
+/// Reads one file or journal unit (`request`) and hands its lines to the writer, whole,
+/// holding at most [`LINES_IN_FLIGHT`] of the host's lines in flight.
 async fn read_file(
     client: &mut AgentClient<super::deadline::Deadline<tonic::transport::Channel>>,
     job: &HostJob,
     agent: &Peer<'_>,
-    request: pb::ReadLogRequest,
+    request: Source,
     file: Option<Arc<str>>,
 ) -> Result<(), FileFailure> {
-    let mut stream = match client.read_log(request).await {
+    let opened = match request {
+        Source::File(request) => client.read_log(request).await,
+        Source::Journal(request) => client.read_journal(request).await,
+    };
+    let mut stream = match opened {
         Ok(response) => response.into_inner(),
         Err(status) => return Err(file_failure(&status, job, agent).await),
     };
@@ -685,7 +756,8 @@ impl Merge {
 struct Writer {
     out: std::io::BufWriter<std::io::Stdout>,
     json: bool,
-    path: String,
+    /// The JSON field naming what was read, and its value for a line of no listed file.
+    json_key: (&'static str, String),
     bytes: u64,
 }
 
@@ -695,11 +767,12 @@ impl Writer {
             .bytes
             .saturating_add(u64::try_from(line.len()).unwrap_or(u64::MAX));
         if self.json {
-            let record = serde_json::json!({
-                "host": host, "path": file.unwrap_or(&self.path),
-                "line": String::from_utf8_lossy(line),
-            });
-            writeln!(self.out, "{record}")
+            let (key, value) = &self.json_key;
+            let mut record = serde_json::Map::new();
+            record.insert("host".into(), host.into());
+            record.insert((*key).into(), file.unwrap_or(value).into());
+            record.insert("line".into(), String::from_utf8_lossy(line).into());
+            writeln!(self.out, "{}", serde_json::Value::Object(record))
         } else {
             // One buffer per line: the prefix and the line leave together.
             self.out.write_all(&prefixed_line(host, file, line))
@@ -817,12 +890,22 @@ pub(super) async fn registry_targets(
             ));
         }
     }
-    let listing = controller(config)
-        .await?
-        .list_agents(pb::ListAgentsRequest {
-            selector: selector.unwrap_or_default().to_string(),
-        })
-        .await
+    // The controller's connection is closed before any agent's opens: the agents' connections
+    // are then the command's only ones, at most `--parallel` of them.
+    let socket = Socket::default();
+    let listed =
+        match socket_slot::connect(&config.controller, config, Server::Controller, &socket).await {
+            Ok(channel) => {
+                ControllerClient::new(channel)
+                    .list_agents(pb::ListAgentsRequest {
+                        selector: selector.unwrap_or_default().to_string(),
+                    })
+                    .await
+            }
+            Err(failure) => return Err(failure),
+        };
+    socket.closed(CLOSE_WAIT).await;
+    let listing = listed
         .or_explain(config, &the_controller(config))
         .await?
         .into_inner()
@@ -853,13 +936,85 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
             addr: Ok(addr),
         }]
     };
-    let merge = args.merge || args.read.follow;
-    let parallel = usize::from(args.parallel.max(1));
+    let plan = Plan {
+        source: Source::File(request),
+        glob,
+        multi,
+        json: args.read.json,
+        json_key: ("path", args.read.path.clone()),
+        hosts: HostsArgs {
+            parallel: args.parallel,
+            fail_fast: args.fail_fast,
+            merge: args.merge,
+        },
+    };
+    read_hosts(config, targets, plan).await
+}
+
+/// How a multi-host command spreads over its hosts: `--parallel`, `--fail-fast`, `--merge`.
+#[derive(Debug, Clone, Copy)]
+pub struct HostsArgs {
+    /// `--parallel`: agents connected at once.
+    pub parallel: u16,
+    /// `--fail-fast`: stop at the first host that fails.
+    pub fail_fast: bool,
+    /// `--merge`: interleave the hosts' lines in timestamp order (always so when following).
+    pub merge: bool,
+}
+
+/// What [`read_hosts`] reads and how it writes it.
+struct Plan {
+    source: Source,
+    /// The source is a file read whose path is a glob ([`is_path_glob`]).
+    glob: bool,
+    /// Several hosts (prefixed lines, exit codes 6 and 7), not one host's path glob.
+    multi: bool,
+    /// `--output json`: one JSON object per line.
+    json: bool,
+    /// The field naming what was read in a JSON line, and its value when no file is named:
+    /// `("path", PATH)` for files, `("unit", UNIT)` for the journal.
+    json_key: (&'static str, String),
+    hosts: HostsArgs,
+}
+
+/// `loggate logs journal` over several agents (`--host` repeated or globbed, `--selector`):
+/// `request` asked of every agent `hosts` and `selector` name, with the same contract as a
+/// multi-host file read (the module documentation): lines prefixed with the host, each host
+/// judged on its own, exit 6 or 7, `--merge` (and `--follow`) in the entries' time order.
+pub async fn read_journal_many(
+    config: ClientConfig,
+    hosts: &[String],
+    selector: Option<&str>,
+    how: HostsArgs,
+    request: pb::ReadJournalRequest,
+    json: bool,
+) -> CliResult {
+    let targets = registry_targets(&config, hosts, selector).await?;
+    let unit = request.unit.clone();
+    let plan = Plan {
+        source: Source::Journal(request),
+        glob: false,
+        multi: true,
+        json,
+        json_key: ("unit", unit),
+        hosts: how,
+    };
+    read_hosts(config, targets, plan).await
+}
+
+/// Reads `plan` from every one of `targets`, in parallel, and writes their lines (see the
+/// module documentation for the contract).
+async fn read_hosts(config: ClientConfig, targets: Vec<Target>, plan: Plan) -> CliResult {
+    let follow = plan.source.follow();
+    let multi = plan.multi;
+    let glob = plan.glob;
+    let merge = plan.hosts.merge || follow;
+    let parallel = usize::from(plan.hosts.parallel.max(1));
     if merge && targets.len() > parallel {
         return Err(usage(format!(
             "{} needs every host's stream at once, but {} hosts match and --parallel is {parallel}; \
              raise --parallel or narrow --host/--selector",
-            if args.read.follow { "--follow" } else { "--merge" },
+            if follow { "--follow" } else { "--merge" },
             targets.len()
         )));
     }
@@ -873,7 +1028,8 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
     // `--fail-fast`, a failed host marks `stopping` before it gives its slot back, so no host
     // starts after the first failure.
     let stopping = Arc::new(AtomicBool::new(false));
-    let fail_fast = args.fail_fast;
+    let fail_fast = plan.hosts.fail_fast;
+    let request = plan.source;
     let mut tasks = tokio::task::JoinSet::new();
     let events_for_hosts = events_tx.clone();
     tasks.spawn(async move {
@@ -893,7 +1049,8 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
             let stopping = Arc::clone(&stopping);
             readers.spawn(async move {
                 // The connection slot is held until `Done` is sent: with `--fail-fast`, no
-                // next host starts before the writer has seen this one's failure.
+                // next host starts before the writer has seen this one's failure. `read_host`
+                // returns once the host's socket is closed, so a slot never covers two sockets.
                 let _connection = connection;
                 let room = Arc::new(Semaphore::new(usize::from(LINES_IN_FLIGHT)));
                 let result = read_host(HostJob {
@@ -906,6 +1063,7 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
                     files_total,
                     room: Arc::clone(&room),
                     events: events.clone(),
+                    socket: Socket::default(),
                 })
                 .await;
                 if fail_fast && result.is_err() {
@@ -927,23 +1085,18 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
 
     let mut writer = Writer {
         out: std::io::BufWriter::new(std::io::stdout()),
-        json: args.read.json,
-        path: args.read.path.clone(),
+        json: plan.json,
+        json_key: plan.json_key,
         bytes: 0,
     };
     let mut progress = Progress {
-        enabled: multi && progress_wanted(args.read.follow),
+        enabled: multi && progress_wanted(follow),
         shown: false,
         total: hosts.len(),
         // One host, a path glob: the single-host read's bar.
-        bytes_bar: if multi {
-            None
-        } else {
-            byte_progress(args.read.follow)
-        },
+        bytes_bar: if multi { None } else { byte_progress(follow) },
     };
-    let mut merge_state =
-        merge.then(|| Merge::new(hosts.len(), args.read.follow.then_some(FOLLOW_WINDOW)));
+    let mut merge_state = merge.then(|| Merge::new(hosts.len(), follow.then_some(FOLLOW_WINDOW)));
     let mut done = 0usize;
     let mut ended = vec![false; hosts.len()];
     let mut failed: Vec<(usize, Failure)> = Vec::new();
@@ -1010,7 +1163,7 @@ pub async fn read_many(config: ClientConfig, args: ManyArgs) -> CliResult {
                     Err(f) => {
                         let _ = writer.out.flush();
                         progress.say(&format!("loggate: {}: {}", hosts[host], f.message));
-                        if args.fail_fast {
+                        if fail_fast {
                             stop = Some(Failure::new(
                                 f.code,
                                 format!(
@@ -1165,6 +1318,36 @@ mod tests {
             line_order_ms(b"2026-11-27 07:00:00.250 x", now),
             Some(1_795_762_800_250)
         );
+    }
+
+    #[test]
+    fn a_journal_line_is_ordered_by_its_entrys_own_realtime_timestamp() {
+        // As the agent serves an entry: `TIME AGENT UNIT[PID]: message`, TIME in microseconds.
+        let day = loggate_core::timestamp::days_from_civil(2026, 12, 5) * 86_400_000;
+        let at = |line: &[u8]| line_order_ms(line, day);
+        assert_eq!(
+            at(b"2026-12-05T02:30:00.123456Z web-1 nginx.service[1234]: GET / 2026-01-01"),
+            Some(day + 9_000_000 + 123)
+        );
+        let mut m = Merge::new(2, None);
+        m.push(
+            0,
+            None,
+            b"2026-12-05T02:30:00.500000Z web-1 nginx.service[1]: b".to_vec(),
+            permit(),
+            day,
+        );
+        m.push(
+            1,
+            None,
+            b"2026-12-05T02:30:00.250000Z web-2 nginx.service[1]: a".to_vec(),
+            permit(),
+            day,
+        );
+        let (first, _) = m
+            .pop(Instant::now(), false)
+            .expect("both hosts have a line");
+        assert_eq!(first, 1, "the earlier entry first, whatever the host order");
     }
 
     fn permit() -> OwnedSemaphorePermit {

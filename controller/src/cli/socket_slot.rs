@@ -1,0 +1,323 @@
+//! The connections of a multi-host read (`logs … --host 'web-*'`, `logs ls`, `logs journal`):
+//! one socket per peer whose closing can be waited for, and one bounded retry of a transient
+//! connect failure.
+//!
+//! **Why the socket is ours.** tonic closes a dropped channel's TCP connection later, on tasks
+//! of its own (the channel's buffer worker, then hyper's connection task sending GOAWAY). A read
+//! that gave its `--parallel` slot back as soon as it had dropped its channel let the next host
+//! connect while that socket was still open: `cargo xtask bench reads` counted 144 sockets at
+//! `--parallel 128`. Here the TCP connection is made by our own connector, and the socket holds
+//! the one permit of its [`Socket`] until the socket itself is dropped; [`Socket::closed`]
+//! waits for that, so a reader keeps its slot until its socket is really gone, and a reconnect
+//! (or the refusal probe of [`super::explain_at`]) never overlaps the socket before it.
+//!
+//! **Why one retry.** Under load (a 500-wide `--merge` on a machine at load 20) an agent's
+//! accept queue overflows and a few connects are refused, reset or time out although the agent
+//! is up: [`connect`] tries such a connect once more after a random pause of
+//! [`RETRY_PAUSE_MS`] (so that hundreds of retries do not arrive together). Only the transport
+//! failing before TLS has said anything is retried ([`is_transient`]); a TLS refusal, an
+//! unexpected server and every gRPC answer (a refused grant, above all) are never retried, and
+//! a host is tried at most twice.
+
+use super::deadline::Deadline;
+use super::{chain_has_io_kind, connect_failure, endpoint, tls_error_in, within_connect_deadline};
+use super::{ConnectError, Failure};
+use crate::config::ClientConfig;
+use hyper_util::rt::TokioIo;
+use loggate_core::tls::Server;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::codegen::http::Uri;
+use tonic::codegen::Service;
+use tonic::transport::Channel;
+
+/// The pause before the one retry of a transient connect failure, in milliseconds: drawn at
+/// random in this range.
+pub const RETRY_PAUSE_MS: std::ops::RangeInclusive<u64> = 100..=400;
+
+/// The longest a reader waits for its dropped connection's socket to close before it gives its
+/// slot back anyway (tonic closes it within a few scheduler turns; this only bounds a bug).
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The socket to one peer: at most one is open at a time, and its closing can be waited for.
+#[derive(Debug, Clone)]
+pub struct Socket {
+    /// One permit, held by the open socket (inside the connection) until it is dropped.
+    open: Arc<Semaphore>,
+}
+
+impl Default for Socket {
+    fn default() -> Self {
+        Socket {
+            open: Arc::new(Semaphore::new(1)),
+        }
+    }
+}
+
+impl Socket {
+    /// Waits until no socket to the peer is open, at most `bound`; true when none is.
+    pub async fn closed(&self, bound: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(bound, self.open.acquire()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Waits (at most `bound`) until no socket to the peer is open and keeps it so while the
+    /// returned permit lives (a probe connection of one's own is then the only one); `None`
+    /// when the socket did not close in time.
+    pub async fn hold_closed(&self, bound: Duration) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(bound, Arc::clone(&self.open).acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// A channel to `server` at `addr` whose TCP connection is `socket`'s, with every call under a
+/// deadline; a transient connect failure is tried once more (module documentation).
+pub async fn connect(
+    addr: &str,
+    config: &ClientConfig,
+    server: Server<'_>,
+    socket: &Socket,
+) -> Result<Deadline<Channel>, Failure> {
+    let endpoint = endpoint(addr, config, server)?;
+    let attempt = || {
+        within_connect_deadline(endpoint.connect_with_connector(Connector {
+            addr: addr.to_string(),
+            open: Arc::clone(&socket.open),
+        }))
+    };
+    let pause = || async {
+        // The failed attempt's socket is gone before the next one opens.
+        socket.closed(CLOSE_WAIT).await;
+        let ms = rand::random_range(RETRY_PAUSE_MS);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    };
+    match once_more_if_transient(attempt, pause).await {
+        Ok(channel) => Ok(Deadline::new(channel)),
+        Err((e, tries)) => {
+            let mut failure = connect_failure(addr, server, &e);
+            if tries > 1 {
+                failure.message.push_str(" (tried twice)");
+            }
+            Err(failure)
+        }
+    }
+}
+
+/// Runs `attempt`; when it fails transiently ([`is_transient`]), waits for `pause` and runs it
+/// once more. The error comes with the number of attempts made (1 or 2).
+async fn once_more_if_transient<T, A, AF, P, PF>(
+    mut attempt: A,
+    pause: P,
+) -> Result<T, (ConnectError, u8)>
+where
+    A: FnMut() -> AF,
+    AF: Future<Output = Result<T, ConnectError>>,
+    P: FnOnce() -> PF,
+    PF: Future<Output = ()>,
+{
+    match attempt().await {
+        Ok(value) => Ok(value),
+        Err(e) if is_transient(&e) => {
+            pause().await;
+            attempt().await.map_err(|e| (e, 2))
+        }
+        Err(e) => Err((e, 1)),
+    }
+}
+
+/// True for a connect that failed in the transport before TLS said anything: refused, reset,
+/// aborted or timed out (by the I/O error kinds of its cause chain, never by message text), or
+/// no handshake within the deadline. A TLS error anywhere in the chain (our certificate refused,
+/// an unexpected server) is never transient.
+pub(super) fn is_transient(e: &ConnectError) -> bool {
+    match e {
+        ConnectError::NoHandshake => true,
+        ConnectError::Failed(e) => {
+            tls_error_in(e.as_ref()).is_none()
+                && [
+                    io::ErrorKind::ConnectionRefused,
+                    io::ErrorKind::ConnectionReset,
+                    io::ErrorKind::ConnectionAborted,
+                    io::ErrorKind::TimedOut,
+                ]
+                .into_iter()
+                .any(|kind| chain_has_io_kind(e.as_ref(), kind))
+        }
+    }
+}
+
+/// Opens the TCP connection to `addr` once the peer has no other socket open, and hands it over
+/// holding that peer's one permit ([`HeldSocket`]).
+#[derive(Clone)]
+struct Connector {
+    addr: String,
+    open: Arc<Semaphore>,
+}
+
+impl Service<Uri> for Connector {
+    type Response = HeldSocket;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<HeldSocket>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let addr = self.addr.clone();
+        let open = Arc::clone(&self.open);
+        Box::pin(async move {
+            // A reconnect waits here until the connection before it has dropped its socket.
+            let permit = open
+                .acquire_owned()
+                .await
+                .map_err(|_| io::Error::other("the connection's socket slot is gone"))?;
+            let tcp = TcpStream::connect(addr.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            Ok(HeldSocket {
+                io: TokioIo::new(tcp),
+                _open: permit,
+            })
+        })
+    }
+}
+
+/// A TCP connection that holds its peer's one permit until it is dropped (closed).
+struct HeldSocket {
+    io: TokioIo<TcpStream>,
+    _open: OwnedSemaphorePermit,
+}
+
+impl hyper::rt::Read for HeldSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for HeldSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    /// A failed connect whose cause chain holds an I/O error of `kind` (as hyper's connector
+    /// reports a refused TCP connect, under tonic's own error).
+    fn io_failure(kind: io::ErrorKind) -> ConnectError {
+        #[derive(Debug)]
+        struct Wrapped(io::Error);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        ConnectError::Failed(Box::new(Wrapped(io::Error::from(kind))))
+    }
+
+    /// Runs [`once_more_if_transient`] over attempts that fail with `first` then `then`;
+    /// returns (attempts made, pauses made, the attempts the error reports).
+    async fn tries(first: ConnectError, then: ConnectError) -> (u8, u8, u8) {
+        let made = AtomicU8::new(0);
+        let paused = AtomicU8::new(0);
+        let errors = std::sync::Mutex::new(vec![then, first]);
+        let result: Result<(), _> = once_more_if_transient(
+            || async {
+                made.fetch_add(1, Ordering::SeqCst);
+                let next = errors.lock().expect("lock").pop();
+                Err(next.unwrap_or(ConnectError::NoHandshake))
+            },
+            || async {
+                paused.fetch_add(1, Ordering::SeqCst);
+            },
+        )
+        .await;
+        let reported = result.err().map_or(0, |(_, n)| n);
+        (made.into_inner(), paused.into_inner(), reported)
+    }
+
+    #[tokio::test]
+    async fn a_transient_connect_failure_is_tried_once_more_and_no_more() {
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::TimedOut,
+        ] {
+            assert_eq!(
+                tries(io_failure(kind), io_failure(kind)).await,
+                (2, 1, 2),
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            tries(ConnectError::NoHandshake, ConnectError::NoHandshake).await,
+            (2, 1, 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tls_refusal_or_other_failure_is_never_retried() {
+        let tls = ConnectError::Failed(Box::new(io::Error::other(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ))));
+        assert!(!is_transient(&tls));
+        assert_eq!(tries(tls, ConnectError::NoHandshake).await, (1, 0, 1));
+        let other = io_failure(io::ErrorKind::InvalidData);
+        assert_eq!(tries(other, ConnectError::NoHandshake).await, (1, 0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_socket_is_closed_once_its_holder_is_dropped() {
+        let socket = Socket::default();
+        let held = Arc::clone(&socket.open).try_acquire_owned().expect("free");
+        assert!(!socket.closed(Duration::from_millis(50)).await);
+        drop(held);
+        assert!(socket.closed(Duration::from_millis(50)).await);
+    }
+}
