@@ -560,9 +560,32 @@ enum LogsCommand {
     /// Print the systemd journal entries of one unit a grant of yours names (`grant request
     /// --unit`), redacted on the agent: one line per entry, "TIME HOST UNIT[PID]: message".
     Journal {
-        /// The agent id (as in your grant).
+        /// The agent id (as in your grant). Repeatable, and a glob ("web-*") matches the agent
+        /// ids of the controller's registry: several hosts are read in parallel, each line
+        /// prefixed with its host, and a host that fails is one line on stderr while the others
+        /// go on (exit 6 some hosts failed, 7 all failed).
+        #[arg(
+            long = "host",
+            value_name = "HOST",
+            required_unless_present = "selector"
+        )]
+        hosts: Vec<String>,
+        /// Read from every agent whose labels match this selector ("env=prod,team=payments"),
+        /// as `loggate agent list --selector` shows them; with --host, an agent must match both.
         #[arg(long)]
-        host: String,
+        selector: Option<String>,
+        /// Several hosts: how many agents are connected at once (1 to 1024).
+        #[arg(long, default_value_t = cli::reads::DEFAULT_PARALLEL,
+              value_parser = clap::value_parser!(u16).range(1..=i64::from(cli::reads::MAX_PARALLEL)))]
+        parallel: u16,
+        /// Several hosts: stop at the first host that fails, with that host's exit code.
+        #[arg(long)]
+        fail_fast: bool,
+        /// Several hosts: write the entries of all hosts in the order of their timestamps
+        /// (always so with --follow); each host's own order is kept. Needs every host at once
+        /// (no more hosts than --parallel).
+        #[arg(long)]
+        merge: bool,
         /// The systemd unit, named exactly ("nginx.service"; no globs).
         #[arg(long)]
         unit: String,
@@ -578,8 +601,9 @@ enum LogsCommand {
         /// agent against each line as redacted.
         #[arg(long = "grep", value_name = "PATTERN")]
         pattern: Option<String>,
-        /// Dial this address instead of asking the controller where the agent is.
-        #[arg(long)]
+        /// Dial this address instead of asking the controller where the agent is (one --host
+        /// only).
+        #[arg(long, conflicts_with = "selector")]
         agent_addr: Option<String>,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
@@ -839,7 +863,11 @@ async fn run(cli: Cli) -> CliResult {
             .await
         }
         Command::Logs(LogsCommand::Journal {
-            host,
+            hosts,
+            selector,
+            parallel,
+            fail_fast,
+            merge,
             unit,
             since,
             follow,
@@ -850,9 +878,15 @@ async fn run(cli: Cli) -> CliResult {
             client,
         }) => {
             cli::journal::read_journal(
-                &client.load()?,
+                client.load()?,
                 cli::journal::JournalArgs {
-                    host,
+                    hosts,
+                    selector,
+                    many: cli::reads::HostsArgs {
+                        parallel,
+                        fail_fast,
+                        merge,
+                    },
                     agent_addr,
                     unit,
                     since,
