@@ -107,6 +107,7 @@ const EXAMPLES: &Examples = &[
         &[
             "loggate logs journal --host web-1 --unit nginx.service --since 1h",
             "loggate logs journal --host web-1 --unit nginx.service --follow --grep 'status=5'",
+            "loggate logs journal --host 'web-*' --unit nginx.service --since 1h --merge",
         ],
     ),
     (

@@ -1,6 +1,7 @@
-//! `loggate logs cat|tail|grep` over many agents in one command (issue 13): `--host` given
-//! several times or as a glob (`'web-*'`), `--selector env=prod` (the controller's agent
+//! `loggate logs cat|tail|grep|journal` over many agents in one command (issue 13): `--host`
+//! given several times or as a glob (`'web-*'`), `--selector env=prod` (the controller's agent
 //! registry, `ListAgents`), read in parallel and written as whole lines prefixed with the host.
+//! Files and a journal unit are one machinery ([`Source`], [`read_hosts`]).
 //!
 //! Contract:
 //! - **Each host is judged on its own.** A host that is down, unknown, or refuses the read (no
@@ -10,7 +11,9 @@
 //!   with `--fail-fast` the first failure stops the read and its own exit code (as for one host:
 //!   3 denied, 1 error, 4 stream ended) is the command's.
 //! - **Bounded.** At most `--parallel` agents are connected at once (1,000 hosts never open
-//!   1,000 connections); each host has at most [`LINES_IN_FLIGHT`] lines waiting to be written,
+//!   1,000 connections), counted in open sockets: a host keeps its slot until its socket is
+//!   closed, and the registry lookup's socket is closed before any agent is dialled
+//!   ([`socket_slot`]); each host has at most [`LINES_IN_FLIGHT`] lines waiting to be written,
 //!   and its stream from the agent waits (gRPC flow control) until the writer catches up; a host
 //!   gives its connection slot to the next one only once its lines are written; a line
 //!   longer than [`MAX_LINE`] is written in pieces of that size, each a line of its own.

@@ -13,7 +13,7 @@
 //!
 //! **Why one retry.** Under load (a 500-wide `--merge` on a machine at load 20) an agent's
 //! accept queue overflows and a few connects are refused, reset or time out although the agent
-//! is up: [`connect`] tries such a connect once more after a random pause of
+//! is up (the bench saw "Broken pipe" at connect): [`connect`] tries such a connect once more after a random pause of
 //! [`RETRY_PAUSE_MS`] (so that hundreds of retries do not arrive together). Only the transport
 //! failing before TLS has said anything is retried ([`is_transient`]); a TLS refusal, an
 //! unexpected server and every gRPC answer (a refused grant, above all) are never retried, and
@@ -136,8 +136,9 @@ where
 }
 
 /// True for a connect that failed in the transport before TLS said anything: refused, reset,
-/// aborted or timed out (by the I/O error kinds of its cause chain, never by message text), or
-/// no handshake within the deadline. A TLS error anywhere in the chain (our certificate refused,
+/// aborted, a broken pipe or an early end (the agent's accept loop shedding a handshake under
+/// load: the bench's "Broken pipe"), or timed out (by the I/O error kinds of its cause chain,
+/// never by message text), or no handshake within the deadline. A TLS error anywhere in the chain (our certificate refused,
 /// an unexpected server) is never transient.
 pub(super) fn is_transient(e: &ConnectError) -> bool {
     match e {
@@ -148,6 +149,8 @@ pub(super) fn is_transient(e: &ConnectError) -> bool {
                     io::ErrorKind::ConnectionRefused,
                     io::ErrorKind::ConnectionReset,
                     io::ErrorKind::ConnectionAborted,
+                    io::ErrorKind::BrokenPipe,
+                    io::ErrorKind::UnexpectedEof,
                     io::ErrorKind::TimedOut,
                 ]
                 .into_iter()
@@ -287,6 +290,8 @@ mod tests {
         for kind in [
             io::ErrorKind::ConnectionRefused,
             io::ErrorKind::ConnectionReset,
+            io::ErrorKind::BrokenPipe,
+            io::ErrorKind::UnexpectedEof,
             io::ErrorKind::TimedOut,
         ] {
             assert_eq!(
