@@ -361,3 +361,87 @@ fn journal_fail_fast_stops_at_the_first_failed_host_with_its_exit_code() -> anyh
     assert!(stderr.contains("loggate: web-3: "), "{stderr}");
     Ok(())
 }
+
+#[test]
+fn journal_follow_over_two_hosts_streams_each_hosts_new_entries_of_the_unit_only(
+) -> anyhow::Result<()> {
+    use std::io::BufRead;
+    let f = fleet()?;
+    let mut child = f
+        .cluster
+        .cli("alice")
+        .args(["logs", "journal", "--unit", "nginx.service", "--follow"])
+        .args(["--host", "web-1", "--host", "web-2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    for host in ["web-1", "web-2"] {
+        let allowed = f
+            .cluster
+            .wait_for_audit(host, Duration::from_secs(10), |e| {
+                e["event"] == "read.allowed" && e["path"] == "journal:nginx.service"
+            })?;
+        assert_eq!(allowed["mode"], "journal_follow", "{host}");
+    }
+    // The followers' journalctl are started; new entries of both units are written to both.
+    std::thread::sleep(Duration::from_millis(1000));
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
+    for (n, host) in ["web-1", "web-2"].into_iter().enumerate() {
+        let dir = f.cluster.agents[host].dir.join("journal");
+        let at = now + n as u128;
+        write_journal(
+            &dir,
+            &(entry(at, 100, host, "sshd.service", OTHER_UNIT)
+                + &entry(
+                    at + 10,
+                    101,
+                    host,
+                    "nginx.service",
+                    &format!("live on {host} password={SECRET}"),
+                )),
+        )?;
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while got.len() < 2 && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            got.push(line);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for host in ["web-1", "web-2"] {
+        let want = format!("{host}: ");
+        let line = got
+            .iter()
+            .find(|l| l.starts_with(&want))
+            .unwrap_or_else(|| panic!("no line of {host}: {got:?}"));
+        assert!(
+            line.contains(&format!(
+                " {host} nginx.service[1234]: live on {host} password="
+            )),
+            "{line}"
+        );
+        assert!(
+            !line.contains(SECRET) && !line.contains(OTHER_UNIT),
+            "{line}"
+        );
+    }
+    Ok(())
+}
