@@ -445,3 +445,31 @@ fn journal_follow_over_two_hosts_streams_each_hosts_new_entries_of_the_unit_only
     }
     Ok(())
 }
+
+#[test]
+fn journal_over_several_hosts_draws_the_progress_line_on_a_terminal_only() -> anyhow::Result<()> {
+    let f = fleet()?;
+    // stderr a terminal (script(1) gives the command a pty), standard output not: the progress
+    // line is drawn.
+    let command = format!(
+        "{} logs journal --unit nginx.service --host 'web-*' >/dev/null",
+        f.cluster.bins.join("loggate").display(),
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("LOGGATE_CONFIG", f.cluster.client_config("alice"))
+        .stdin(Stdio::null())
+        .output()?;
+    let (tty, _) = text(&out);
+    assert!(tty.contains("/3 hosts done"), "{tty:?}");
+    // Piped: stderr holds the failure line and the summary only.
+    let out = f.journal(&["--host", "web-*"])?;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(
+        !stderr.contains("hosts done") && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    Ok(())
+}
