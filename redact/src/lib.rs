@@ -105,6 +105,20 @@ pub fn token_shapes() -> Vec<TokenShape> {
     out
 }
 
+/// A valid national identifier for tools that test the engine (the fuzz target plants them):
+/// detector `pick` (modulo the number of national detectors) in its written form `form`
+/// (modulo its forms), built from `seed`'s bytes with its check characters completed. `None`
+/// when `seed` gives no valid one (a date out of range, an unissued first digit); the name
+/// is the detector's.
+pub fn national_id_example(
+    pick: usize,
+    form: usize,
+    seed: &[u8],
+) -> Option<(&'static str, Vec<u8>)> {
+    let id = national::ALL[pick % national::ALL.len()];
+    id.example_from(form, seed).map(|v| (id.name(), v))
+}
+
 /// What replaces a line withheld because redaction failed on it.
 pub const WITHHELD_MARKER: &[u8] = b"[WITHHELD:redaction_failed]";
 

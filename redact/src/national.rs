@@ -212,25 +212,42 @@ impl NationalId {
             NationalId::BrCnpj => not_one_digit(c) && cnpj(c),
             NationalId::InAadhaar => {
                 let bare = value.len() == 12;
-                not_one_digit(c)
+                c.len() == 12
+                    && not_one_digit(c)
                     && matches!(c[0], b'2'..=b'9')
                     && verhoeff(c)
                     && !(bare && timestamp_yyyymmddhhmm(c))
             }
             NationalId::CaSin => {
-                not_one_digit(c) && matches!(c[0], b'1'..=b'7' | b'9') && validate::luhn(c)
+                c.len() == 9
+                    && not_one_digit(c)
+                    && matches!(c[0], b'1'..=b'7' | b'9')
+                    && validate::luhn(c)
             }
-            NationalId::EsDni => not_one_digit(&c[..8]) && dni_letter(&c[..8]) == Some(c[8]),
+            NationalId::EsDni => {
+                c.len() == 9 && not_one_digit(&c[..8]) && dni_letter(&c[..8]) == Some(c[8])
+            }
             NationalId::EsNie => {
-                let mut n = [0u8; 8];
-                n[0] = b'0' + (c[0] - b'X');
+                let lead = match c.first() {
+                    Some(b'X') => b'0',
+                    Some(b'Y') => b'1',
+                    Some(b'Z') => b'2',
+                    _ => return false,
+                };
+                if c.len() != 9 {
+                    return false;
+                }
+                let mut n = [lead; 8];
                 n[1..].copy_from_slice(&c[1..8]);
                 not_one_digit(&c[1..8]) && dni_letter(&n) == Some(c[8])
             }
             NationalId::ItCodiceFiscale => codice_fiscale(c),
             NationalId::FrNir => nir(c),
             NationalId::UkNhs => {
-                not_one_digit(c) && matches!(c[0], b'3' | b'4' | b'6' | b'7') && nhs(c)
+                c.len() == 10
+                    && not_one_digit(c)
+                    && matches!(c[0], b'3' | b'4' | b'6' | b'7')
+                    && nhs(c)
             }
             NationalId::DeTaxId => not_one_digit(c) && de_tax_id(c),
             NationalId::BeNationalNumber => not_one_digit(c) && be_national_number(c),
@@ -268,6 +285,133 @@ impl NationalId {
             }
         }
     }
+}
+
+impl NationalId {
+    /// A value of this detector in its form `form` (modulo the number of forms), its class
+    /// positions filled from `seed` and its last `check_len` characters searched until the
+    /// value is valid: `None` when the seed gives none (a date out of range, an unissued
+    /// first digit). For the fuzz target, which plants such values in random text.
+    pub(crate) fn example_from(self, form: usize, seed: &[u8]) -> Option<Vec<u8>> {
+        let forms = self.forms();
+        let template = forms[form % forms.len()];
+        let mut seed = seed.iter().copied().chain(std::iter::repeat(7u8));
+        let mut v: Vec<u8> = template
+            .iter()
+            .map(|c| {
+                let r = seed.next().unwrap_or(7);
+                let pick = |set: &[u8]| set[usize::from(r) % set.len()];
+                match *c {
+                    DIGIT => pick(b"0123456789"),
+                    LETTER => pick(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+                    OMOCODE => pick(b"0123456789LMNPQRSTUV"),
+                    MRZ => pick(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789<"),
+                    MRZ_ALPHA => pick(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ<"),
+                    DIGIT_OR_FILLER => pick(b"0123456789<"),
+                    SEX => pick(b"MFX<"),
+                    TD1_CODE => pick(b"ACI"),
+                    NIR_DEPT => pick(b"0123456789"),
+                    NIE_LEAD => pick(b"XYZ"),
+                    literal => literal,
+                }
+            })
+            .collect();
+        let filled = v.clone();
+        let r = |i: usize| seed_byte(&filled, i);
+        match (self, v.len()) {
+            (NationalId::PassportMrz, 44) => {
+                // A document number starts with its first character, never a filler.
+                if v[0] == b'<' {
+                    v[0] = b'P';
+                }
+                set_date(&mut v, 13, r(0));
+                set_date(&mut v, 21, r(1));
+                for (field, at) in [(0..9, 9), (13..19, 19), (21..27, 27), (28..42, 42)] {
+                    v[at] = mrz_check_digit(&v[field])?;
+                }
+                let composite = [&v[0..10], &v[13..20], &v[21..43]].concat();
+                v[43] = mrz_check_digit(&composite)?;
+                return Some(v);
+            }
+            (NationalId::PassportMrz, _) if v[0].is_ascii_digit() => {
+                set_date(&mut v, 0, r(0));
+                set_date(&mut v, 8, r(1));
+                v[6] = mrz_check_digit(&v[0..6])?;
+                v[14] = mrz_check_digit(&v[8..14])?;
+                return Some(v);
+            }
+            (NationalId::PassportMrz, _) => {
+                v[13] = b'0' + r(2) % 10;
+                v[29] = b'<';
+                v[14] = mrz_check_digit(&v[5..14])?;
+                return Some(v);
+            }
+            (NationalId::DeTaxId, _) => {
+                // Ten different digits in a seeded order, then one of them written twice.
+                let at: Vec<usize> = (0..v.len()).filter(|i| v[*i].is_ascii_digit()).collect();
+                let mut digits: Vec<u8> = (b'0'..=b'9').collect();
+                for i in (1..10).rev() {
+                    digits.swap(i, usize::from(r(i)) % (i + 1));
+                }
+                let j = usize::from(r(10)) % 9 + 1;
+                digits[j] = digits[(j + 1) % 10];
+                if digits[0] == b'0' {
+                    digits.swap(0, 9);
+                }
+                for (k, p) in at.iter().take(10).enumerate() {
+                    v[*p] = digits[k];
+                }
+            }
+            _ => {}
+        }
+        // The trailing check characters (two for CPF, CNPJ, NIR, the Belgian number).
+        let positions: Vec<usize> = (0..v.len())
+            .rev()
+            .filter(|i| matches!(template[*i], DIGIT | LETTER))
+            .take(match self {
+                NationalId::BrCpf | NationalId::BrCnpj | NationalId::FrNir => 2,
+                NationalId::BeNationalNumber => 2,
+                _ => 1,
+            })
+            .collect();
+        let first = *positions.first()?;
+        let alphabet: &[u8] = if template[first] == LETTER {
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        } else {
+            b"0123456789"
+        };
+        let tries = alphabet.len().pow(u32::try_from(positions.len()).ok()?);
+        for t in 0..tries {
+            let mut k = t;
+            for p in &positions {
+                v[*p] = alphabet[k % alphabet.len()];
+                k /= alphabet.len();
+            }
+            if self.valid(&v) {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+/// A byte derived from the value being built (for the seeded choices of `example_from`).
+fn seed_byte(v: &[u8], i: usize) -> u8 {
+    v.iter()
+        .enumerate()
+        .fold(u8::try_from(i % 256).unwrap_or(0), |a, (k, b)| {
+            a.wrapping_mul(31)
+                .wrapping_add(*b ^ u8::try_from(k % 256).unwrap_or(0))
+        })
+}
+
+/// Writes a valid `yymmdd` at `at` (month and day from `r`).
+fn set_date(v: &mut [u8], at: usize, r: u8) {
+    let (m, d) = (r % 12 + 1, r % 28 + 1);
+    v[at + 2] = b'0' + m / 10;
+    v[at + 3] = b'0' + m % 10;
+    v[at + 4] = b'0' + d / 10;
+    v[at + 5] = b'0' + d % 10;
 }
 
 fn is_word(b: u8) -> bool {

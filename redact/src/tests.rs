@@ -683,7 +683,15 @@ const NATIONAL_LOOK_ALIKES: &[(&str, &[&str])] = &[
     ("br_cnpj", &["20261205061500"]),
     // 202612050604 passes Verhoeff but reads as yyyymmddhhmm; +917012345678 passes Verhoeff
     // but is an E.164 phone number.
-    ("in_aadhaar", &["202612050604", "+917012345678"]),
+    // The last group of a UUID (a valid Aadhaar number) is hyphenated to the others.
+    (
+        "in_aadhaar",
+        &[
+            "202612050604",
+            "+917012345678",
+            "123e4567-e89b-12d3-a45f-234123412346",
+        ],
+    ),
     // Not issued: first digit 0 (the Luhn-valid textbook 046 454 286) and 8.
     ("ca_sin", &["046 454 286", "800000002"]),
     ("es_dni", &["20261205T"]),
@@ -882,5 +890,34 @@ fn documented_national_false_positives_hold() {
             want,
             "{name}"
         );
+    }
+}
+
+/// The fuzz target's planted national ids are valid and found, for most seeds of every
+/// detector (a seed can give a date out of range or an unissued first digit: then `None`).
+#[test]
+fn national_id_examples_are_valid_and_found() {
+    for (pick, (name, forms)) in NATIONAL_FORMS.iter().enumerate() {
+        let r = national_profile(&[name]);
+        let mut made = 0;
+        for seed in 0u8..40 {
+            for form in 0..forms.len() {
+                let seed: Vec<u8> = (0..44u8)
+                    .map(|i| seed.wrapping_mul(31).wrapping_add(i.wrapping_mul(7)))
+                    .collect();
+                let Some((detector, v)) = national_id_example(pick, form, &seed) else {
+                    continue;
+                };
+                assert_eq!(detector, *name);
+                made += 1;
+                let text = format!("a {} b", String::from_utf8(v).unwrap());
+                assert_eq!(
+                    redact_with(&r, &text),
+                    format!("a [REDACTED:{name}] b"),
+                    "{text}"
+                );
+            }
+        }
+        assert!(made > 0, "{name}: no example from 40 seeds");
     }
 }
