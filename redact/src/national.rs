@@ -146,7 +146,7 @@ impl NationalId {
             NationalId::EsNie => "Spanish NIE: X1234567L or X-1234567-L (X, Y, Z), check letter mod 23",
             NationalId::ItCodiceFiscale => "Italian codice fiscale: 16 characters (RSSMRA85T10A562S, omocodia letters too), month letter, day, check character",
             NationalId::FrNir => "French NIR: 15 digits or 2 55 08 14 168 025 38, sex 1–4/7/8, month, Corsica 2A/2B, key 97 − (n mod 97)",
-            NationalId::UkNhs => "UK NHS number: 943 476 5919 or 10 digits, mod 11, issued ranges (first digit 3, 4, 6, 7)",
+            NationalId::UkNhs => "UK NHS number: 401 023 2137 or 10 digits, mod 11, issued ranges (first digit 3, 4, 6, 7)",
             NationalId::DeTaxId => "German Steuer-IdNr: 11 digits or 86 095 742 719, one digit repeated 2–3 times in the first 10, ISO 7064 MOD 11,10",
             NationalId::BeNationalNumber => "Belgian national number: 85.07.30-033.28 or 11 digits, date fields, 97 − (n mod 97) (births from 2000 too)",
         }
@@ -793,9 +793,10 @@ mod tests {
         out.iter().map(|(s, e)| text[*s..*e].to_string()).collect()
     }
 
-    /// ICAO 9303 Part 3's worked example: the check digit of the date 27 July 1952 (`520727`)
-    /// is 3; Part 4's specimen TD3 line 2 (Anna Maria Eriksson) holds four checks and the
-    /// composite one; Part 5's specimen TD1 lines 1 and 2 hold theirs.
+    /// ICAO 9303 Part 3's worked example (the date `520727` has check digit 3); Part 4's
+    /// specimen TD3 line 2 (Anna Maria Eriksson) holds its four checks and the composite one;
+    /// Part 5's specimen TD1 lines 1 and 2 hold theirs (the composite of line 2, over both
+    /// lines, is 6: computed, not checked by the one-line detector).
     #[test]
     fn mrz_check_digits_match_the_icao_examples() {
         assert_eq!(mrz_check_digit(b"520727"), Some(b'3'));
@@ -811,8 +812,8 @@ mod tests {
         assert!(!mrz_line(b"7408122F1204158UTO<<<<<<<<<<<6"));
     }
 
-    /// 111222333 and 123456782 are the 11-proof examples the Dutch government's test
-    /// guidance uses; one digit off fails.
+    /// 123456782 is the worked 11-proof example of BSN guides (9·1 + 8·2 + … + 2·8 − 2 = 154 =
+    /// 14·11); 111222333 passes too; one digit off fails.
     #[test]
     fn bsn_eleven_proof() {
         assert!(bsn(b"111222333"));
