@@ -5,7 +5,9 @@
 //! one piece gives the same bytes and counts), that text which cannot hold a secret comes
 //! out unchanged, and that a token of any family (one of [`loggate_redact::token_shapes`],
 //! its body made of input bytes mapped into the family's alphabet) planted between spaces in
-//! the text does not survive, whatever surrounds it and wherever the chunks are cut.
+//! the text does not survive, whatever surrounds it and wherever the chunks are cut. The same
+//! holds for a profile with every detector, the opt-in ones too, and a valid national
+//! identifier ([`loggate_redact::national_id_example`]) planted the same way.
 //!
 //! The engine is the `loggate-redact` crate, which needs only a few crates and no other part of
 //! loggate: a build with the fuzzer's instrumentation stays short.
@@ -13,10 +15,22 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use loggate_redact::{Pipeline, Redactor, TokenShape};
+use loggate_redact::{Builtin, Detector, Mode, Pipeline, Redactor, TokenShape};
 use std::sync::{Arc, LazyLock};
 
 static DEFAULT: LazyLock<Arc<Redactor>> = LazyLock::new(|| Arc::new(Redactor::default_profile()));
+/// Every built-in detector, the opt-in ones (phone, MAC, national identifiers) too.
+static EVERYTHING: LazyLock<Arc<Redactor>> = LazyLock::new(|| {
+    let detectors = Builtin::ALL
+        .into_iter()
+        .chain(Builtin::OPT_IN)
+        .map(|b| Detector::builtin(b, Mode::Mask))
+        .collect();
+    match Redactor::new(detectors, None) {
+        Ok(r) => Arc::new(r),
+        Err(e) => panic!("the profile of every detector does not build: {e}"),
+    }
+});
 /// The token families' plain forms (no check, nothing before the prefix).
 static SHAPES: LazyLock<Vec<TokenShape>> = LazyLock::new(|| {
     loggate_redact::token_shapes()
@@ -62,6 +76,15 @@ fuzz_target!(|data: &[u8]| {
         pieces_counts, whole_counts,
         "counts depend on chunk boundaries"
     );
+    let (whole, whole_counts) = Pipeline::redact_chunks(&EVERYTHING, &[text], max_line);
+    let (pieces, pieces_counts) = Pipeline::redact_chunks(&EVERYTHING, &cut(text, sizes), max_line);
+    assert_eq!(whole_counts.lines_withheld, 0, "an opt-in detector failed");
+    assert_eq!(pieces, whole, "opt-in output depends on chunk boundaries");
+    assert_eq!(
+        pieces_counts, whole_counts,
+        "opt-in counts depend on chunk boundaries"
+    );
+    plant_a_national_id(control, text, sizes);
 
     // Lowercase words without `basic` hold no secret of any kind: no digit, capital, `@`, `=`,
     // `:`, `-`, `_`, `.` or `/` for a value or a key, and a `bearer` token needs a digit, a
@@ -115,6 +138,37 @@ fn plant_a_token(control: &[u8], text: &[u8], sizes: &[u8]) {
             memchr::memmem::find(&out, &body).is_none(),
             "a {} token survived",
             shape.detector
+        );
+    }
+}
+
+/// Plants a valid national identifier (detector, form and body chosen by the control bytes
+/// and the text) between spaces; with every detector enabled it must not survive.
+fn plant_a_national_id(control: &[u8], text: &[u8], sizes: &[u8]) {
+    let (Some(&pick), Some(&form), Some(&at)) = (control.get(4), control.get(5), control.get(6))
+    else {
+        return;
+    };
+    let Some((detector, value)) =
+        loggate_redact::national_id_example(usize::from(pick), usize::from(form), text)
+    else {
+        return;
+    };
+    if memchr::memmem::find(text, &value).is_some() {
+        return;
+    }
+    let at = usize::from(at) * text.len() / 256;
+    let mut planted = text[..at].to_vec();
+    planted.push(b' ');
+    planted.extend_from_slice(&value);
+    planted.push(b' ');
+    planted.extend_from_slice(&text[at..]);
+    for chunks in [vec![&planted[..]], cut(&planted, sizes)] {
+        let (out, counts) = Pipeline::redact_chunks(&EVERYTHING, &chunks, 64 * 1024);
+        assert_eq!(counts.lines_withheld, 0, "a detector failed");
+        assert!(
+            memchr::memmem::find(&out, &value).is_none(),
+            "a {detector} value survived"
         );
     }
 }

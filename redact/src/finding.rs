@@ -11,6 +11,7 @@
 
 use super::bytemask::{Masks, SegmentMasks};
 use super::family::{self, Family, FAMILIES};
+use super::national::{self, NationalId};
 use super::validate;
 use regex::bytes::{Regex, RegexBuilder};
 use std::sync::LazyLock;
@@ -21,11 +22,15 @@ use std::sync::LazyLock;
 ///
 /// The number is the detector's bit in the prefilter's candidate set (`u128`): hand-written
 /// detectors take bits 0–15, families 16 and up (`families_fit_the_candidate_set` proves it).
+/// The opt-in national identifiers are numbered from 128 on: they have no bit (the redactor
+/// runs them on every segment of a profile that names them, see `super::national`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Builtin(u8);
 
 /// The first bit of the token families.
 const FAMILY_BASE: u8 = 16;
+/// The number of the first national-identifier detector: past the candidate set's 128 bits.
+const NATIONAL_BASE: u8 = 128;
 #[cfg(test)]
 pub(crate) const FAMILY_BASE_FOR_TESTS: u8 = FAMILY_BASE;
 
@@ -85,7 +90,7 @@ impl Builtin {
 
     /// Built-in detectors a profile must name to run (`detectors = ["phone"]`): too noisy, or
     /// rarely sensitive, for every log.
-    pub const OPT_IN: [Builtin; 2] = [Builtin::Phone, Builtin::MacAddress];
+    pub const OPT_IN: [Builtin; 2 + national::ALL.len()] = opt_in_order();
 
     /// The detector's bit in the prefilter's candidate set.
     pub(crate) fn bit_index(self) -> u32 {
@@ -94,7 +99,17 @@ impl Builtin {
 
     /// The token family behind this detector, if it is one.
     pub(crate) fn as_family(self) -> Option<&'static Family> {
+        if self.0 >= NATIONAL_BASE {
+            return None;
+        }
         FAMILIES.get(usize::from(self.0.checked_sub(FAMILY_BASE)?))
+    }
+
+    /// The national identifier behind this detector, if it is one (it has no prefilter bit).
+    pub(crate) fn as_national(self) -> Option<NationalId> {
+        national::ALL
+            .get(usize::from(self.0.checked_sub(NATIONAL_BASE)?))
+            .copied()
     }
 
     /// The detector's name in configuration, in `[REDACTED:name]` and in audit counts.
@@ -116,7 +131,10 @@ impl Builtin {
             Builtin::Ipv6 => "ipv6",
             Builtin::Phone => "phone",
             Builtin::MacAddress => "mac_address",
-            _ => self.as_family().map_or("unknown", |f| f.name),
+            _ => match self.as_national() {
+                Some(n) => n.name(),
+                None => self.as_family().map_or("unknown", |f| f.name),
+            },
         }
     }
 
@@ -198,7 +216,9 @@ impl Builtin {
                 validate::mac_address(v)
             }),
             _ => {
-                if let Some(f) = self.as_family() {
+                if let Some(n) = self.as_national() {
+                    n.find(seg, out);
+                } else if let Some(f) = self.as_family() {
                     f.find(seg, out);
                 }
             }
@@ -228,8 +248,9 @@ impl Builtin {
             Builtin::Ipv6 => hand("IPv6 addresses that parse", "RFC 4291, RFC 5952"),
             Builtin::Phone => hand("E.164 +<8–15 digits> and North American (NPA) NXX-XXXX", "ITU-T E.164; NANP numbering plan"),
             Builtin::MacAddress => hand("six hex pairs joined by : or -, not all-zero or broadcast", "IEEE 802 (EUI-48)"),
-            _ => match self.as_family() {
-                Some(f) => {
+            _ => match (self.as_national(), self.as_family()) {
+                (Some(n), _) => (n.what().to_string(), n.source()),
+                (None, Some(f)) => {
                     let forms: Vec<String> = f
                         .shapes
                         .iter()
@@ -246,7 +267,7 @@ impl Builtin {
                         .collect();
                     (format!("{}: {}", f.what, forms.join("; ")), f.source)
                 }
-                None => (String::new(), ""),
+                (None, None) => (String::new(), ""),
             },
         }
     }
@@ -283,6 +304,19 @@ const fn default_order() -> [Builtin; DEFAULT_LEN] {
         all[n] = Builtin(h);
         n += 1;
         h += 1;
+    }
+    all
+}
+
+/// [`Builtin::OPT_IN`]: phone numbers, MAC addresses, then the national identifiers.
+const fn opt_in_order() -> [Builtin; 2 + national::ALL.len()] {
+    let mut all = [Builtin::Phone; 2 + national::ALL.len()];
+    all[1] = Builtin::MacAddress;
+    let mut i = 0;
+    while i < national::ALL.len() {
+        // At most 13 national detectors: 128 + i fits a u8.
+        all[2 + i] = Builtin(NATIONAL_BASE + i as u8);
+        i += 1;
     }
     all
 }

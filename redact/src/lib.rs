@@ -33,6 +33,7 @@
 mod bytemask;
 mod family;
 mod finding;
+mod national;
 mod prefilter;
 mod profile;
 mod reading;
@@ -102,6 +103,20 @@ pub fn token_shapes() -> Vec<TokenShape> {
         }
     }
     out
+}
+
+/// A valid national identifier for tools that test the engine (the fuzz target plants them):
+/// detector `pick` (modulo the number of national detectors) in its written form `form`
+/// (modulo its forms), built from `seed`'s bytes with its check characters completed. `None`
+/// when `seed` gives no valid one (a date out of range, an unissued first digit); the name
+/// is the detector's.
+pub fn national_id_example(
+    pick: usize,
+    form: usize,
+    seed: &[u8],
+) -> Option<(&'static str, Vec<u8>)> {
+    let id = national::ALL[pick % national::ALL.len()];
+    id.example_from(form, seed).map(|v| (id.name(), v))
 }
 
 /// What replaces a line withheld because redaction failed on it.
@@ -191,7 +206,7 @@ pub struct Redactor {
     /// detectors of its candidate bits, not a test per detector (the default profile has
     /// 121).
     by_bit: Vec<Vec<usize>>,
-    /// Detectors that run on every segment (custom ones).
+    /// Detectors that run on every segment (custom ones and national identifiers).
     unconditional: Vec<usize>,
     key: Option<Arc<HashKey>>,
 }
@@ -252,15 +267,19 @@ impl Redactor {
         let private_keys = detectors
             .iter()
             .any(|d| matches!(d.kind, Kind::Builtin(Builtin::PrivateKey)));
+        // National identifiers have no prefilter bit: they run on every segment, like custom
+        // detectors (opt-in only, so the default profile is not slowed).
         let prefilter = Prefilter::new(detectors.iter().filter_map(|d| match d.kind {
-            Kind::Builtin(b) => Some(b),
+            Kind::Builtin(b) if b.as_national().is_none() => Some(b),
             _ => None,
         }))?;
         let mut by_bit: Vec<Vec<usize>> = vec![Vec::new(); 128];
         let mut unconditional = Vec::new();
         for (i, d) in detectors.iter().enumerate() {
             match d.kind {
-                Kind::Builtin(b) => by_bit[b.bit_index() as usize].push(i),
+                Kind::Builtin(b) if b.as_national().is_none() => {
+                    by_bit[b.bit_index() as usize].push(i)
+                }
                 _ => unconditional.push(i),
             }
         }
