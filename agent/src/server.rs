@@ -1133,6 +1133,7 @@ impl Agent for AgentService {
             max_line: limits.max_line_bytes,
             key_lookback: limits.tail_key_lookback_bytes,
             not_after: grant.not_after(),
+            children: self.shared.bypass_children.clone(),
         };
         let shared = self.shared.clone();
         let grants: Arc<dyn GrantStatus> = self.shared.clone();

@@ -11,6 +11,7 @@
 
 pub mod bench;
 mod event;
+mod exclusions;
 mod fanotify;
 mod handle;
 mod held;
@@ -25,6 +26,7 @@ mod record;
 mod repeats;
 mod settings;
 
+pub use exclusions::{ChildExclusion, ChildExclusions};
 pub use settings::{BypassConfig, BypassFile, Mode, DEFAULT_PIN_DIR};
 
 use crate::Shared;
@@ -48,6 +50,8 @@ pub enum Startup {
     Fanotify {
         fan: Fanotify,
         inventory: Inventory,
+        /// The agent's children its reader does not report.
+        children: ChildExclusions,
         /// Why eBPF was not used (`auto` fell back), if it was tried.
         ebpf_error: Option<String>,
         /// Pins an earlier eBPF start left, removed (`mode = "fanotify"`, or `auto` fell back).
@@ -273,6 +277,7 @@ impl Startup {
                 Startup::Fanotify {
                     fan,
                     inventory,
+                    children: ChildExclusions::fanotify(),
                     ebpf_error,
                     pins,
                     queue: queue.flatten(),
@@ -501,6 +506,16 @@ impl Startup {
         Ok(fan)
     }
 
+    /// Where the agent's own children (a journal read's `journalctl`) are excluded from the
+    /// running audit (see [`ChildExclusions`]).
+    pub fn child_exclusions(&self) -> ChildExclusions {
+        match self {
+            Startup::Ebpf(a) => ChildExclusions::ebpf(a.maps.excluded()),
+            Startup::Fanotify { children, .. } => children.clone(),
+            Startup::Inactive { .. } => ChildExclusions::off(),
+        }
+    }
+
     /// The active mode's name, as reported in `agent.started`: `lsm`, `fentry`, `tracepoint`,
     /// `strict`, `fanotify`, `off`.
     pub fn mode_name(&self) -> &'static str {
@@ -604,6 +619,7 @@ impl Startup {
             Startup::Fanotify {
                 fan,
                 inventory,
+                children,
                 ebpf_error,
                 queue,
                 ..
@@ -636,7 +652,12 @@ impl Startup {
                 // stays open and the same until the AsyncFd drops it.
                 let fd =
                     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
-                tokio::spawn(read_fanotify(shared.clone(), fd, inventory.clone()));
+                tokio::spawn(read_fanotify(
+                    shared.clone(),
+                    fd,
+                    inventory.clone(),
+                    children,
+                ));
                 tokio::spawn(report_held(shared.clone(), inventory.clone()));
                 tokio::spawn(maintain(
                     shared,
@@ -1269,6 +1290,7 @@ async fn read_fanotify(
     shared: Arc<Shared>,
     fd: AsyncFd<OwnedFd>,
     inventory: Arc<RwLock<Inventory>>,
+    children: ChildExclusions,
 ) {
     let own = std::process::id();
     let mut overflows = 0u64;
@@ -1281,7 +1303,11 @@ async fn read_fanotify(
                 return;
             }
         };
-        let events = match guard.try_io(|fd| fanotify::read_events(fd.get_ref(), own)) {
+        // The agent's own opens (reads through the gate), and its children's while they are
+        // excluded: judged by when this read starts (see `exclusions`).
+        let read_started = std::time::Instant::now();
+        let skip = |pid: u32| pid == own || children.hides(pid, read_started);
+        let events = match guard.try_io(|fd| fanotify::read_events(fd.get_ref(), &skip)) {
             Ok(Ok(events)) => events,
             Ok(Err(e)) => {
                 stopped(&shared, &format!("fanotify read failed: {e}"));
