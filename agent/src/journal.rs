@@ -38,7 +38,7 @@ use crate::bypass::{ChildExclusion, ChildExclusions};
 use crate::gate::{
     candidates, rank, resolve_profile, Denial, DenialCode, GateContext, Profile, Withdrawal,
 };
-use crate::stream::{ChunkSink, EndReason, GrantStatus, GrepBuckets, Queued, CHUNK};
+use crate::stream::{ChunkSink, EndReason, Finished, GrantStatus, GrepBuckets, Queued, CHUNK};
 use loggate_core::grant::{UnitName, VerifiedGrant};
 use loggate_core::identity::Identity;
 use loggate_redact::{Counts, Pipeline};
@@ -429,17 +429,6 @@ pub struct JournalPlan {
     pub not_after: i64,
     /// Where its `journalctl` is excluded from the bypass audit.
     pub children: ChildExclusions,
-}
-
-/// How a journal stream ended.
-pub struct JournalFinished {
-    pub reason: EndReason,
-    /// Content bytes handed to the response (queued), as the file path counts them.
-    pub bytes: u64,
-    pub counts: Counts,
-    pub pattern_time: Duration,
-    /// The look-back before the start ran out without finding a private-key marker.
-    pub key_lookback_exhausted: bool,
 }
 
 /// Reads the rest of one line of at most `max` bytes (without its `\n`) into `buf`;
@@ -962,7 +951,7 @@ pub fn run(
     grants: Arc<dyn GrantStatus>,
     stop: watch::Receiver<bool>,
     runtime: tokio::runtime::Handle,
-) -> JournalFinished {
+) -> Finished {
     let mut waits = Waits {
         stop,
         withdrawals: grants.subscribe(),
@@ -971,7 +960,7 @@ pub fn run(
         runtime,
     };
     let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
-    let mut finished = JournalFinished {
+    let mut finished = Finished {
         reason: EndReason::Eof,
         bytes: 0,
         counts: Counts::default(),
@@ -1007,7 +996,7 @@ fn serve(
     sink: &mut dyn ChunkSink,
     waits: &mut Waits,
     pipeline: &mut Pipeline,
-    finished: &mut JournalFinished,
+    finished: &mut Finished,
     charged: &mut Duration,
 ) -> Result<(), EndReason> {
     sink.check()?;
