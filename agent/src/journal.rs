@@ -496,10 +496,9 @@ fn end_child(run: &mut Journalctl, runtime: &tokio::runtime::Handle) {
     if let Some(exclusion) = run.exclusion.take() {
         exclusion.release();
     }
-    let _ = runtime.block_on(tokio::time::timeout(
-        Duration::from_secs(5),
-        run.child.wait(),
-    ));
+    let child = &mut run.child;
+    let _ = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), child.wait()).await });
 }
 
 /// Resolves once the agent is stopping (never, when nothing can stop it).
@@ -1241,6 +1240,50 @@ mod tests {
         assert!(next(&mut buf, &mut cut).await);
         assert_eq!((buf.as_slice(), cut), (&b"next"[..], false));
         assert!(!next(&mut buf, &mut cut).await);
+    }
+
+    /// The start handshake excludes the child's own pid before it execs, and `end_child`
+    /// releases it once the child has exited and before reaping it.
+    #[test]
+    fn a_child_is_excluded_from_before_exec_until_it_has_exited() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let children = ChildExclusions::fanotify();
+        let config = JournalConfig {
+            journalctl: PathBuf::from("/bin/sleep"),
+            directory: None,
+        };
+        let mut run = runtime
+            .block_on(async { spawn_journalctl(&config, &["30".to_string()], &children) })
+            .expect("spawned");
+        let pid = run.child.id().expect("running");
+        assert_eq!(children.excluded_now(), vec![pid]);
+        assert_eq!(run.exclusion.as_ref().map(ChildExclusion::pid), Some(pid));
+        assert!(run.pidfd.is_some(), "this kernel has pidfd_open");
+        end_child(&mut run, runtime.handle());
+        assert!(children.excluded_now().is_empty(), "released at its end");
+        assert!(run.child.id().is_none(), "reaped");
+    }
+
+    /// A child that cannot exec (no such program) leaves nothing excluded.
+    #[test]
+    fn a_child_that_fails_to_start_leaves_nothing_excluded() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let children = ChildExclusions::fanotify();
+        let config = JournalConfig {
+            journalctl: PathBuf::from("/nonexistent/journalctl"),
+            directory: None,
+        };
+        let spawned = runtime.block_on(async { spawn_journalctl(&config, &[], &children) });
+        assert!(spawned.is_err());
+        assert!(children.excluded_now().is_empty());
     }
 
     #[test]

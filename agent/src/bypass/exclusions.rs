@@ -62,7 +62,7 @@ impl ChildExclusions {
         ChildExclusions(Arc::new(Mechanism::Ebpf(map)))
     }
 
-    pub(super) fn fanotify() -> ChildExclusions {
+    pub fn fanotify() -> ChildExclusions {
         ChildExclusions(Arc::new(Mechanism::Fanotify(Mutex::new(HashMap::new()))))
     }
 
@@ -95,6 +95,22 @@ impl ChildExclusions {
             pid,
             owner: Some(self.0.clone()),
         })
+    }
+
+    /// The pids excluded now (not released), in the fanotify filter; empty for the other
+    /// mechanisms.
+    #[cfg(test)]
+    pub fn excluded_now(&self) -> Vec<u32> {
+        match &*self.0 {
+            Mechanism::Fanotify(children) => children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter(|(_, released)| released.is_none())
+                .map(|(pid, _)| *pid)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether the fanotify reader hides an open by `pid` returned by a `read(2)` that
