@@ -2166,5 +2166,49 @@ fn journal_read_is_not_a_bypass_read(mode: &str) -> anyhow::Result<()> {
         );
         assert_eq!(bypass.len(), round + 1, "only the cats: {bypass:#?}");
     }
+    // A follow, cut by its client leaving: journalctl is killed, and excluded until then.
+    let mut follow = b
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &[
+                "journal",
+                "--unit",
+                "nginx.service",
+                "--follow",
+                "--since",
+                "1h",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.stdout.take().expect("piped")),
+        &mut first,
+    )?;
+    assert!(first.contains("journal line for the gate"), "{first}");
+    let cat = as_root(&["cat", &s(&journal_file)])?;
+    b.the_read_by(cat)?;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "read.finished" && e["end_reason"] != "eof"
+    })?;
+    let cat = as_root(&["cat", &s(&journal_file)])?;
+    b.the_read_by(cat)?;
+    let bypass: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.read")
+        .collect();
+    assert!(
+        bypass.iter().all(|e| e["comm"] != "journalctl"),
+        "the following journalctl was reported: {bypass:#?}"
+    );
+    assert_eq!(bypass.len(), 4, "only the cats: {bypass:#?}");
     Ok(())
 }

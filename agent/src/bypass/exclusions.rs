@@ -17,22 +17,30 @@
 //!   the agent: at a stop every pid is removed from it (see `ProtectedMaps`'s `Drop`), and an
 //!   agent that adopts pins clears what the previous agent left (a `SIGKILL`ed agent's
 //!   children die with it: `PR_SET_PDEATHSIG`).
-//! - **fanotify:** a filter in user space. Its events are read after the fact, so a released
-//!   child's entry is kept as a tombstone with the time of its release: an event is hidden
-//!   only when the `read(2)` that returned it started before the release (it happened while
-//!   the child lived); later reads report that pid again (the child's own late events are then
+//! - **fanotify:** a filter in user space, and its events are read after the fact: a release
+//!   asks the reader for a `read(2)` that starts after the child's end and finds the queue
+//!   empty (every event of the child's has then been handled), waits for it (at most
+//!   [`DRAIN_WAIT`]), and only then reports the pid again. When the reader does not answer in
+//!   time the entry is kept as a tombstone with the time of the release: an event is hidden
+//!   only when the read that returned it started before the release (it happened while the
+//!   child lived); later reads report that pid again (the child's own late events are then
 //!   over-reported). A pid that an earlier process held, with an open of that process still
 //!   queued when the child was given the pid, would be hidden: the queue is read as it fills,
 //!   so that needs a pid reused within that moment.
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// The kernel's `excluded_tgids` map, shared by the protected maps (the agent's own pid) and
 /// [`ChildExclusions`].
 pub type ExcludedMap = Arc<Mutex<BpfHashMap<MapData, u32, u32>>>;
+
+/// How long a release waits for the fanotify reader to have handled every event queued before
+/// it; past it, the release over-reports rather than wait on.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a released child's fanotify tombstone is kept when no event comes to purge it:
 /// far longer than one batch of events takes to handle. Dropping it earlier only
@@ -48,8 +56,35 @@ enum Mechanism {
     /// The bypass audit is off: nothing reports the agent's children.
     Off,
     Ebpf(ExcludedMap),
-    /// pid → when it was released (`None` while the child lives).
-    Fanotify(Mutex<HashMap<u32, Option<Instant>>>),
+    Fanotify(FanotifyFilter),
+}
+
+/// The fanotify reader's filter of the agent's children.
+struct FanotifyFilter {
+    /// pid → when it was released without the reader catching up (`None` while excluded).
+    children: Mutex<HashMap<u32, Option<Instant>>>,
+    /// When the latest `read(2)` that found the queue empty started: every event queued
+    /// before then has been handled.
+    drained: Mutex<Option<Instant>>,
+    drained_changed: Condvar,
+    /// A release asking the reader for such a read.
+    drain: Notify,
+}
+
+impl FanotifyFilter {
+    /// Waits (at most [`DRAIN_WAIT`]) until a read that started at or after `after` found the
+    /// queue empty; whether one did.
+    fn wait_drained(&self, after: Instant) -> bool {
+        self.drain.notify_one();
+        let drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        let waited = self
+            .drained_changed
+            .wait_timeout_while(drained, DRAIN_WAIT, |d| d.is_none_or(|at| at < after));
+        match waited {
+            Ok((_, timeout)) => !timeout.timed_out(),
+            Err(_) => false,
+        }
+    }
 }
 
 impl ChildExclusions {
@@ -63,7 +98,12 @@ impl ChildExclusions {
     }
 
     pub fn fanotify() -> ChildExclusions {
-        ChildExclusions(Arc::new(Mechanism::Fanotify(Mutex::new(HashMap::new()))))
+        ChildExclusions(Arc::new(Mechanism::Fanotify(FanotifyFilter {
+            children: Mutex::new(HashMap::new()),
+            drained: Mutex::new(None),
+            drained_changed: Condvar::new(),
+            drain: Notify::new(),
+        })))
     }
 
     /// Excludes the agent's child `pid` until the returned guard is released or dropped.
@@ -82,8 +122,8 @@ impl ChildExclusions {
                 .map_err(|e| {
                     anyhow::anyhow!("adding pid {pid} to the kernel's excluded_tgids map: {e}")
                 })?,
-            Mechanism::Fanotify(children) => {
-                let mut children = children.lock().unwrap_or_else(|p| p.into_inner());
+            Mechanism::Fanotify(filter) => {
+                let mut children = filter.children.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
                 children.retain(|_, released| {
                     released.is_none_or(|at| now.saturating_duration_since(at) < TOMBSTONE_KEPT)
@@ -102,7 +142,8 @@ impl ChildExclusions {
     #[cfg(test)]
     pub fn excluded_now(&self) -> Vec<u32> {
         match &*self.0 {
-            Mechanism::Fanotify(children) => children
+            Mechanism::Fanotify(filter) => filter
+                .children
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
@@ -117,10 +158,10 @@ impl ChildExclusions {
     /// started at `read_started` (see the module's contract); forgets the tombstones no later
     /// read can match. Always `false` for the other mechanisms (the kernel filters).
     pub(super) fn hides(&self, pid: u32, read_started: Instant) -> bool {
-        let Mechanism::Fanotify(children) = &*self.0 else {
+        let Mechanism::Fanotify(filter) = &*self.0 else {
             return false;
         };
-        let mut children = children.lock().unwrap_or_else(|p| p.into_inner());
+        let mut children = filter.children.lock().unwrap_or_else(|p| p.into_inner());
         let hidden = match children.get(&pid) {
             Some(None) => true,
             Some(Some(released)) => read_started <= *released,
@@ -128,6 +169,26 @@ impl ChildExclusions {
         };
         children.retain(|_, released| released.is_none_or(|at| at >= read_started));
         hidden
+    }
+
+    /// Resolves when a release asks the fanotify reader for a read that empties the queue
+    /// (never, for the other mechanisms).
+    pub(super) async fn drain_asked(&self) {
+        match &*self.0 {
+            Mechanism::Fanotify(filter) => filter.drain.notified().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// The fanotify reader found the queue empty with a read that started at `read_started`.
+    pub(super) fn drained(&self, read_started: Instant) {
+        if let Mechanism::Fanotify(filter) = &*self.0 {
+            let mut drained = filter.drained.lock().unwrap_or_else(|p| p.into_inner());
+            if drained.is_none_or(|at| at < read_started) {
+                *drained = Some(read_started);
+            }
+            filter.drained_changed.notify_all();
+        }
     }
 }
 
@@ -145,7 +206,9 @@ impl ChildExclusion {
         self.pid
     }
 
-    /// Reports the pid again. Call it once the child has exited and before reaping it.
+    /// Reports the pid again. Call it once the child has exited and before reaping it; in
+    /// fanotify mode it blocks (at most [`DRAIN_WAIT`]) until the reader has handled the
+    /// child's events.
     pub fn release(mut self) {
         self.release_now();
     }
@@ -165,9 +228,14 @@ impl ChildExclusion {
                     }
                 }
             }
-            Some(Mechanism::Fanotify(children)) => {
-                let mut children = children.lock().unwrap_or_else(|p| p.into_inner());
-                children.insert(pid, Some(Instant::now()));
+            Some(Mechanism::Fanotify(filter)) => {
+                let caught_up = filter.wait_drained(Instant::now());
+                let mut children = filter.children.lock().unwrap_or_else(|p| p.into_inner());
+                if caught_up {
+                    children.remove(&pid);
+                } else {
+                    children.insert(pid, Some(Instant::now()));
+                }
             }
         }
     }
@@ -199,6 +267,29 @@ mod tests {
         assert!(!children.hides(4242, after), "released: reported");
         // The tombstone is gone: even an older read time no longer matches.
         assert!(!children.hides(4242, before));
+    }
+
+    #[test]
+    fn a_fanotify_release_waits_for_the_reader_to_catch_up_and_then_keeps_nothing() {
+        let children = ChildExclusions::fanotify();
+        let guard = children.exclude(11).expect("excluded");
+        let during = Instant::now();
+        // The reader: an empty read every 10 ms (bounded).
+        let reader = {
+            let children = children.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    std::thread::sleep(Duration::from_millis(10));
+                    children.drained(Instant::now());
+                }
+            })
+        };
+        let asked = Instant::now();
+        guard.release();
+        assert!(asked.elapsed() < DRAIN_WAIT, "did not wait for the timeout");
+        // Caught up: no tombstone, so not even a read older than the release hides it.
+        assert!(!children.hides(11, during));
+        reader.join().expect("reader");
     }
 
     #[test]

@@ -98,7 +98,8 @@ impl Fanotify {
     }
 }
 
-/// Reads what is queued (non-blocking); `Ok(empty)` when nothing is. Opens by a pid `skip`
+/// Reads what is queued (non-blocking): `WouldBlock` when nothing is; `Ok(empty)` when all it
+/// read was left out. Opens by a pid `skip`
 /// names are left out (the agent's own, and its excluded children's).
 pub fn read_events(fd: &OwnedFd, skip: &dyn Fn(u32) -> bool) -> std::io::Result<Vec<FanEvent>> {
     let mut buf = vec![0u8; 16 * 1024];
@@ -108,6 +109,10 @@ pub fn read_events(fd: &OwnedFd, skip: &dyn Fn(u32) -> bool) -> std::io::Result<
     let Ok(n) = usize::try_from(n) else {
         return Err(std::io::Error::last_os_error());
     };
+    // Never seen on a fanotify descriptor; taken as an empty queue so no caller loops on it.
+    if n == 0 {
+        return Err(std::io::ErrorKind::WouldBlock.into());
+    }
     let header = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut out = Vec::new();
     let mut at = 0usize;

@@ -1296,51 +1296,74 @@ async fn read_fanotify(
     let mut overflows = 0u64;
     let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     loop {
-        let mut guard = match fd.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                stopped(&shared, &format!("fanotify poll failed: {e}"));
-                return;
-            }
-        };
-        // The agent's own opens (reads through the gate), and its children's while they are
-        // excluded: judged by when this read starts (see `exclusions`).
-        let read_started = std::time::Instant::now();
-        let skip = |pid: u32| pid == own || children.hides(pid, read_started);
-        let events = match guard.try_io(|fd| fanotify::read_events(fd.get_ref(), &skip)) {
-            Ok(Ok(events)) => events,
-            Ok(Err(e)) => {
-                stopped(&shared, &format!("fanotify read failed: {e}"));
-                return;
-            }
-            Err(_would_block) => continue,
-        };
-        let mut batch = Vec::new();
-        for event in events {
-            match event {
-                FanEvent::Overflow => {
-                    overflows += 1;
-                    audit_lost(&shared, overflows, 1, "fanotify queue overflow");
+        // Woken by the kernel, or by a journal stream whose `journalctl` has ended and that
+        // waits for a read finding the queue empty before it reports that pid again (see
+        // `exclusions`). Readiness is cleared first, then the queue read until it is empty: an
+        // event queued meanwhile makes the descriptor ready again.
+        tokio::select! {
+            ready = fd.readable() => match ready {
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    stopped(&shared, &format!("fanotify poll failed: {e}"));
+                    return;
                 }
-                FanEvent::Open(open) => {
-                    let mut info = process::inspect(Path::new("/proc"), open.pid);
-                    info.exe_id = process::exe_id(Path::new("/proc"), open.pid);
-                    let status = process::status(Path::new("/proc"), open.pid);
-                    info.user = status.uid.and_then(|uid| names.user(uid));
-                    batch.push((open, status, info));
+            },
+            () = children.drain_asked() => {}
+        }
+        loop {
+            // The agent's own opens (reads through the gate), and its children's while they
+            // are excluded: judged by when this read starts (see `exclusions`).
+            let read_started = std::time::Instant::now();
+            let skip = |pid: u32| pid == own || children.hides(pid, read_started);
+            let events = match fanotify::read_events(fd.get_ref(), &skip) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    children.drained(read_started);
+                    break;
                 }
+                Err(e) => {
+                    stopped(&shared, &format!("fanotify read failed: {e}"));
+                    return;
+                }
+            };
+            handle_fanotify(&shared, &inventory, &mut names, &mut overflows, events);
+        }
+    }
+}
+
+/// Audits one batch of fanotify events (see [`read_fanotify`]).
+fn handle_fanotify(
+    shared: &Shared,
+    inventory: &RwLock<Inventory>,
+    names: &mut process::Names,
+    overflows: &mut u64,
+    events: Vec<FanEvent>,
+) {
+    let mut batch = Vec::new();
+    for event in events {
+        match event {
+            FanEvent::Overflow => {
+                *overflows += 1;
+                audit_lost(shared, *overflows, 1, "fanotify queue overflow");
+            }
+            FanEvent::Open(open) => {
+                let mut info = process::inspect(Path::new("/proc"), open.pid);
+                info.exe_id = process::exe_id(Path::new("/proc"), open.pid);
+                let status = process::status(Path::new("/proc"), open.pid);
+                info.user = status.uid.and_then(|uid| names.user(uid));
+                batch.push((open, status, info));
             }
         }
-        for (open, status, info) in batch {
-            let opened = {
-                let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
-                Opened::from_fanotify(&inv, &open, status, &info)
-            };
-            let Some(opened) = opened else {
-                continue; // not (or no longer) protected
-            };
-            audit_open(&shared, &opened, &info);
-        }
+    }
+    for (open, status, info) in batch {
+        let opened = {
+            let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
+            Opened::from_fanotify(&inv, &open, status, &info)
+        };
+        let Some(opened) = opened else {
+            continue; // not (or no longer) protected
+        };
+        audit_open(shared, &opened, &info);
     }
 }
 
