@@ -1,6 +1,10 @@
-//! The agent's gRPC service: `ReadLog`. Each request passes the gate ([`crate::gate`]), is
-//! audited as allowed or denied (on disk before any content leaves), streams through
-//! [`crate::stream`], and ends with a `read.finished` audit event.
+//! The agent's gRPC service: `ReadLog`, `ReadJournal`, `ListLogs`, `Status`. Each read passes
+//! the gate ([`crate::gate`]), is audited as allowed or denied (on disk before any content
+//! leaves), streams through [`crate::stream`] (a file) or [`crate::journal`] (a unit's
+//! journal), and ends with a `read.finished` audit event. File and journal reads share every
+//! step but what they check of the resource and how they read it: the caller's identity
+//! (`reader`), the stream and grep places (`take_places`), `read.allowed` and the response
+//! (`allow`), the run and `read.finished` (`spawn_stream`).
 
 use crate::gate::{authorize, Denial, DenialCode, GateContext, Withdrawal};
 use crate::limits::{Held, SlotGuard, SlotRefusal};
