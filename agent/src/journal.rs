@@ -24,21 +24,27 @@
 //!   revocation, expiry, the client leaving, the agent stopping) its process group is killed
 //!   and reaped; `kill_on_drop` covers every other way out. A `SIGKILL`ed agent cannot kill it:
 //!   a following `journalctl` then ends at its next write, on the closed pipe.
+//! - **Not a bypass read, and nothing else hidden.** The journal files may lie beneath the
+//!   protected roots; the child is excluded from the bypass audit by its pid from before its
+//!   `exec` (a pipe handshake) until it has exited, and reported again before it is reaped
+//!   (see [`crate::bypass::ChildExclusions`]). An exclusion that fails over-reports.
 //!
 //! Output: one line per entry (a multi-line message gives one line per message line, each with
 //! the same prefix), `2026-12-05T02:30:00.123456Z web-1 nginx.service[1234]: message`: the
 //! entry's time in UTC with microseconds, the agent id, the unit and the entry's `_PID`
 //! (`systemd[1]` for systemd's own messages about the unit). `--grep` matches the redacted line.
 
+use crate::bypass::{ChildExclusion, ChildExclusions};
 use crate::gate::{
     candidates, rank, resolve_profile, Denial, DenialCode, GateContext, Profile, Withdrawal,
 };
-use crate::stream::{ChunkSink, EndReason, GrantStatus, GrepBuckets, Queued, CHUNK};
+use crate::stream::{ChunkSink, EndReason, Finished, GrantStatus, GrepBuckets, Queued, CHUNK};
 use loggate_core::grant::{UnitName, VerifiedGrant};
 use loggate_core::identity::Identity;
 use loggate_redact::{Counts, Pipeline};
 use regex::bytes::Regex;
 use serde::Deserialize;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -421,17 +427,8 @@ pub struct JournalPlan {
     /// (`limits.tail_key_lookback_bytes`, counted in `journalctl`'s JSON bytes).
     pub key_lookback: u64,
     pub not_after: i64,
-}
-
-/// How a journal stream ended.
-pub struct JournalFinished {
-    pub reason: EndReason,
-    /// Content bytes handed to the response (queued), as the file path counts them.
-    pub bytes: u64,
-    pub counts: Counts,
-    pub pattern_time: Duration,
-    /// The look-back before the start ran out without finding a private-key marker.
-    pub key_lookback_exhausted: bool,
+    /// Where its `journalctl` is excluded from the bypass audit.
+    pub children: ChildExclusions,
 }
 
 /// Reads the rest of one line of at most `max` bytes (without its `\n`) into `buf`;
@@ -476,9 +473,12 @@ fn wait_limit(not_after: i64) -> Duration {
     Duration::from_secs(u64::try_from(left).unwrap_or(0)).min(crate::stream::SAFETY_RECHECK)
 }
 
-/// Kills `journalctl`'s whole process group, then reaps it (bounded).
-async fn end_child(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
+/// Kills `journalctl`'s whole process group, waits (bounded) until it has exited, releases
+/// its bypass exclusion, then reaps it: the pid is reported again only once the child cannot
+/// open anything, and stops being its own only after that (see
+/// [`crate::bypass::ChildExclusions`]). Blocks the calling thread (a stream's own).
+fn end_child(run: &mut Journalctl, runtime: &tokio::runtime::Handle) {
+    if let Some(pid) = run.child.id().and_then(|p| libc::pid_t::try_from(p).ok()) {
         // SAFETY: kill(2) with a negative pid signals the process group the child leads
         // (spawned with `process_group(0)`, so its group id is its pid and the agent is not
         // in it); no memory is involved. The child is not reaped yet (we still hold it), so
@@ -487,8 +487,18 @@ async fn end_child(child: &mut tokio::process::Child) {
             libc::kill(-pid, libc::SIGKILL);
         }
     }
-    let _ = child.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    let _ = run.child.start_kill();
+    if let Some(pidfd) = &run.pidfd {
+        // Not gone within the bound (stuck in the kernel): released all the same, so that
+        // it is reaped later with nothing excluded (over-reporting, never hiding).
+        exited_unreaped(pidfd, Duration::from_secs(5));
+    }
+    if let Some(exclusion) = run.exclusion.take() {
+        exclusion.release();
+    }
+    let child = &mut run.child;
+    let _ = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), child.wait()).await });
 }
 
 /// Resolves once the agent is stopping (never, when nothing can stop it).
@@ -549,6 +559,62 @@ impl Waits {
 /// `CAP_DAC_READ_SEARCH` (linux/capability.h): the one capability `journalctl` may keep.
 const CAP_DAC_READ_SEARCH: libc::c_ulong = 2;
 
+/// A running `journalctl`: the process, a pidfd to see it exit without reaping it, and its
+/// exclusion from the bypass audit (see [`crate::bypass::ChildExclusions`]).
+///
+/// Fields drop in order: on an unexpected way out the exclusion goes first (over-reporting
+/// at worst), before `kill_on_drop` hands the child to the runtime to be reaped.
+struct Journalctl {
+    exclusion: Option<ChildExclusion>,
+    child: tokio::process::Child,
+    /// `None` where the kernel has no `pidfd_open` (before 5.3): the exclusion is then
+    /// released before the child is reaped, and an open still in flight may be over-reported.
+    pidfd: Option<OwnedFd>,
+}
+
+/// A pipe, both ends close-on-exec: `(read, write)`.
+fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2(2) writes two descriptors into the array it is given, which is ours.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The agent's side of the start handshake, on a thread of its own while `spawn` waits for
+/// the `exec`: reads the child's pid (EOF: the child ended before it got there), excludes it
+/// from the bypass audit, then lets it exec whatever became of the exclusion (a failure is
+/// logged and over-reports; it never stops the read).
+fn admit_child(
+    pid_from_child: OwnedFd,
+    go: OwnedFd,
+    children: &ChildExclusions,
+) -> Option<ChildExclusion> {
+    use std::io::{Read, Write};
+    let mut pid = [0u8; 4];
+    let got = std::fs::File::from(pid_from_child).read_exact(&mut pid);
+    let exclusion = match got.ok().map(|()| libc::pid_t::from_ne_bytes(pid)) {
+        None => None,
+        Some(pid) => match u32::try_from(pid)
+            .map_err(anyhow::Error::from)
+            .and_then(|p| children.exclude(p))
+        {
+            Ok(exclusion) => Some(exclusion),
+            Err(e) => {
+                tracing::warn!(
+                    "journal read: journalctl (pid {pid}) could not be excluded from the bypass audit, so its opens of protected journal files may be reported as bypass reads: {e:#}"
+                );
+                None
+            }
+        },
+    };
+    // Dropped without a byte on a panic above: the child then ends instead of waiting.
+    let _ = std::fs::File::from(go).write_all(&[1]);
+    exclusion
+}
+
 /// Starts `journalctl` with `args`: no shell, an empty environment, stdin closed, its own
 /// process group, killed on drop; and, in the child before `exec`:
 ///
@@ -556,17 +622,30 @@ const CAP_DAC_READ_SEARCH: libc::c_ulong = 2;
 ///   agent is `SIGKILL`ed (the stream's blocking thread lives as long as the stream);
 /// - its ambient capabilities cleared (the agent's unit gives it `CAP_BPF`, `CAP_PERFMON`: a
 ///   large parser of journal files needs neither), `CAP_DAC_READ_SEARCH` raised again where
-///   the agent holds it, since reading the system journal may rest on it.
+///   the agent holds it, since reading the system journal may rest on it;
+/// - the bypass handshake: it writes its pid on one pipe and waits on another until the agent
+///   has excluded that pid from the bypass audit ([`admit_child`]), so that none of its opens
+///   of the journal files (beneath the protected roots on a packaged host) is reported as a
+///   bypass read. Its pid is known only after `fork`, and `spawn` returns only after `exec`:
+///   hence the pipe and the agent's thread reading it.
 ///
 /// Must be called on the stream's own thread (within `Handle::block_on`).
 fn spawn_journalctl(
     config: &JournalConfig,
     args: &[String],
-) -> std::io::Result<tokio::process::Child> {
+    children: &ChildExclusions,
+) -> std::io::Result<Journalctl> {
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
     let sigkill = libc::c_ulong::try_from(libc::SIGKILL).unwrap_or(9);
     let clear_all = libc::c_ulong::try_from(libc::PR_CAP_AMBIENT_CLEAR_ALL).unwrap_or(4);
     let raise = libc::c_ulong::try_from(libc::PR_CAP_AMBIENT_RAISE).unwrap_or(2);
+    let (pid_read, pid_write) = cloexec_pipe()?;
+    let (go_read, go_write) = cloexec_pipe()?;
+    let (pid_w, go_r, go_w) = (
+        pid_write.as_raw_fd(),
+        go_read.as_raw_fd(),
+        go_write.as_raw_fd(),
+    );
     let mut command = tokio::process::Command::new(&config.journalctl);
     command
         .args(args)
@@ -578,8 +657,10 @@ fn spawn_journalctl(
         .process_group(0)
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
-    // calls are allowed: it makes only the system calls prctl(2), getppid(2) and _exit(2),
-    // allocates nothing and takes no lock (`last_os_error` reads errno into a plain value).
+    // calls are allowed: it makes only the system calls prctl(2), getppid(2), getpid(2),
+    // close(2), write(2), read(2) and _exit(2), allocates nothing and takes no lock
+    // (`last_os_error` and `from_raw_os_error` build a plain value). The three descriptors are
+    // the child's copies of pipes the parent keeps open until `spawn` returns.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0 {
@@ -594,10 +675,80 @@ fn spawn_journalctl(
             }
             // Fails (and is ignored) unless the agent holds it permitted and inheritable.
             let _ = libc::prctl(libc::PR_CAP_AMBIENT, raise, CAP_DAC_READ_SEARCH, 0, 0);
-            Ok(())
+            // Only the agent's copy of the go pipe's writing end is left: if the agent gives
+            // up without a byte, the read below sees the end of the pipe.
+            libc::close(go_w);
+            let pid = libc::getpid().to_ne_bytes();
+            if libc::write(pid_w, pid.as_ptr().cast(), pid.len()) != 4 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut go = 0u8;
+            loop {
+                match libc::read(go_r, std::ptr::addr_of_mut!(go).cast(), 1) {
+                    1 => return Ok(()),
+                    0 => return Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
+                    _ if std::io::Error::last_os_error().kind()
+                        == std::io::ErrorKind::Interrupted => {}
+                    _ => return Err(std::io::Error::last_os_error()),
+                }
+            }
         });
     }
-    command.spawn()
+    let (spawned, exclusion) = std::thread::scope(|scope| {
+        let admit = std::thread::Builder::new()
+            .name("journalctl-admit".into())
+            .spawn_scoped(scope, move || admit_child(pid_read, go_write, children))?;
+        let spawned = command.spawn();
+        // The child's copy is gone (exec'd or ended): a child that never wrote its pid now
+        // gives the thread the end of the pipe.
+        drop(pid_write);
+        drop(go_read);
+        let exclusion = admit.join().ok().flatten();
+        Ok::<_, std::io::Error>((spawned, exclusion))
+    })?;
+    // A child that failed to exec was reaped inside `spawn`: its exclusion goes now (a
+    // moment in which only a process given that very pid at once could be hidden).
+    let child = spawned?;
+    let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
+    // Our own child, not yet reaped: the pid is its own, and nobody else's.
+    let exclusion =
+        exclusion.filter(|e| pid.is_some_and(|p| u32::try_from(p).ok() == Some(e.pid())));
+    let pidfd = pid.and_then(|p| {
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1; the
+        // pid is our unreaped child's, so the descriptor names exactly it.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, p, 0) };
+        let fd = libc::c_int::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: a new descriptor that only we own.
+        Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    });
+    Ok(Journalctl {
+        child,
+        pidfd,
+        exclusion,
+    })
+}
+
+/// Waits until the child the pidfd names has exited (it stays unreaped), at most `limit`;
+/// whether it has. Blocks the calling thread (a stream's own).
+fn exited_unreaped(pidfd: &OwnedFd, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        let mut poll = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours, alive for the call.
+        let n = unsafe { libc::poll(&mut poll, 1, ms) };
+        if n > 0 {
+            return true;
+        }
+        if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
 }
 
 /// Whether a `journalctl` run reads on after a line.
@@ -618,7 +769,9 @@ fn each_line(
     mut on_line: impl FnMut(&mut dyn ChunkSink, Option<&[u8]>) -> Result<Flow, EndReason>,
 ) -> Result<(), EndReason> {
     let runtime = waits.runtime.clone();
-    let mut child = match runtime.block_on(async { spawn_journalctl(&plan.config, args) }) {
+    let mut run = match runtime
+        .block_on(async { spawn_journalctl(&plan.config, args, &plan.children) })
+    {
         Ok(c) => c,
         Err(e) => {
             let message = format!(
@@ -630,7 +783,7 @@ fn each_line(
         }
     };
     // Its first 4 KiB kept for an error message; the rest read and dropped, so it never blocks.
-    let stderr_task = child.stderr.take().map(|mut err| {
+    let stderr_task = run.child.stderr.take().map(|mut err| {
         runtime.spawn(async move {
             let mut kept = Vec::new();
             let mut chunk = [0u8; 4096];
@@ -644,7 +797,7 @@ fn each_line(
             String::from_utf8_lossy(&kept).into_owned()
         })
     });
-    let outcome = match child.stdout.take() {
+    let outcome = match run.child.stdout.take() {
         None => Err(EndReason::ReadError(
             "journalctl gave no output pipe".into(),
         )),
@@ -684,16 +837,32 @@ fn each_line(
         }
     };
     if matches!(outcome, Ok(true)) {
-        // The output is over: let journalctl say how it ended before it is killed.
-        let _ = runtime.block_on(tokio::time::timeout(Duration::from_secs(2), child.wait()));
+        // The output is over: let journalctl say how it ended before it is killed (it stays
+        // unreaped until its bypass exclusion is released, in `end_child`).
+        match &run.pidfd {
+            Some(pidfd) => {
+                exited_unreaped(pidfd, Duration::from_secs(2));
+            }
+            None => {
+                // No way to see it exit without reaping it: released first (over-reporting
+                // an open in flight at worst), so that no reaped pid stays excluded.
+                if let Some(exclusion) = run.exclusion.take() {
+                    exclusion.release();
+                }
+                let _ = runtime.block_on(tokio::time::timeout(
+                    Duration::from_secs(2),
+                    run.child.wait(),
+                ));
+            }
+        }
     }
-    runtime.block_on(end_child(&mut child));
+    end_child(&mut run, &runtime);
     let stderr = match stderr_task {
         Some(t) => runtime.block_on(t).unwrap_or_default(),
         None => String::new(),
     };
     match outcome {
-        Ok(true) => match child.try_wait() {
+        Ok(true) => match run.child.try_wait() {
             Ok(Some(status)) if !status.success() && status.code().is_some() => {
                 let said = stderr.lines().next().unwrap_or("").trim();
                 let message = format!("journalctl failed ({status}): {said}");
@@ -781,7 +950,7 @@ pub fn run(
     grants: Arc<dyn GrantStatus>,
     stop: watch::Receiver<bool>,
     runtime: tokio::runtime::Handle,
-) -> JournalFinished {
+) -> Finished {
     let mut waits = Waits {
         stop,
         withdrawals: grants.subscribe(),
@@ -790,7 +959,7 @@ pub fn run(
         runtime,
     };
     let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
-    let mut finished = JournalFinished {
+    let mut finished = Finished {
         reason: EndReason::Eof,
         bytes: 0,
         counts: Counts::default(),
@@ -826,7 +995,7 @@ fn serve(
     sink: &mut dyn ChunkSink,
     waits: &mut Waits,
     pipeline: &mut Pipeline,
-    finished: &mut JournalFinished,
+    finished: &mut Finished,
     charged: &mut Duration,
 ) -> Result<(), EndReason> {
     sink.check()?;
@@ -1071,6 +1240,50 @@ mod tests {
         assert!(next(&mut buf, &mut cut).await);
         assert_eq!((buf.as_slice(), cut), (&b"next"[..], false));
         assert!(!next(&mut buf, &mut cut).await);
+    }
+
+    /// The start handshake excludes the child's own pid before it execs, and `end_child`
+    /// releases it once the child has exited and before reaping it.
+    #[test]
+    fn a_child_is_excluded_from_before_exec_until_it_has_exited() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let children = ChildExclusions::fanotify();
+        let config = JournalConfig {
+            journalctl: PathBuf::from("/bin/sleep"),
+            directory: None,
+        };
+        let mut run = runtime
+            .block_on(async { spawn_journalctl(&config, &["30".to_string()], &children) })
+            .expect("spawned");
+        let pid = run.child.id().expect("running");
+        assert_eq!(children.excluded_now(), vec![pid]);
+        assert_eq!(run.exclusion.as_ref().map(ChildExclusion::pid), Some(pid));
+        assert!(run.pidfd.is_some(), "this kernel has pidfd_open");
+        end_child(&mut run, runtime.handle());
+        assert!(children.excluded_now().is_empty(), "released at its end");
+        assert!(run.child.id().is_none(), "reaped");
+    }
+
+    /// A child that cannot exec (no such program) leaves nothing excluded.
+    #[test]
+    fn a_child_that_fails_to_start_leaves_nothing_excluded() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let children = ChildExclusions::fanotify();
+        let config = JournalConfig {
+            journalctl: PathBuf::from("/nonexistent/journalctl"),
+            directory: None,
+        };
+        let spawned = runtime.block_on(async { spawn_journalctl(&config, &[], &children) });
+        assert!(spawned.is_err());
+        assert!(children.excluded_now().is_empty());
     }
 
     #[test]

@@ -151,6 +151,8 @@ pub struct Shared {
     grep: stream::GrepLimits,
     /// What the status rpc reports of the agent's start.
     facts: status::StartFacts,
+    /// Where a journal read's `journalctl` is excluded from the bypass audit.
+    bypass_children: bypass::ChildExclusions,
 }
 
 impl Shared {
@@ -293,6 +295,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         ),
         config,
         facts,
+        bypass_children: bypass.child_exclusions(),
     });
 
     tokio::spawn(watch::run(shared.clone()));

@@ -1,15 +1,19 @@
-//! The agent's gRPC service: `ReadLog`. Each request passes the gate ([`crate::gate`]), is
-//! audited as allowed or denied (on disk before any content leaves), streams through
-//! [`crate::stream`], and ends with a `read.finished` audit event.
+//! The agent's gRPC service: `ReadLog`, `ReadJournal`, `ListLogs`, `Status`. Each read passes
+//! the gate ([`crate::gate`]), is audited as allowed or denied (on disk before any content
+//! leaves), streams through [`crate::stream`] (a file) or [`crate::journal`] (a unit's
+//! journal), and ends with a `read.finished` audit event. File and journal reads share every
+//! step but what they check of the resource and how they read it: the caller's identity
+//! (`reader`), the stream and grep places (`take_places`), `read.allowed` and the response
+//! (`allow`), the run and `read.finished` (`spawn_stream`).
 
 use crate::gate::{authorize, Denial, DenialCode, GateContext, Withdrawal};
-use crate::limits::{Held, SlotRefusal};
-use crate::stream::{self, ChannelSink, GrantStatus, GrantWatch, LineSelector, Plan};
+use crate::limits::{Held, SlotGuard, SlotRefusal};
+use crate::stream::{self, ChannelSink, GrantStatus, GrantWatch, GrepGuard, LineSelector, Plan};
 use crate::Shared;
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget, Summary};
 use loggate_core::audit::events;
 use loggate_core::daemon::peer_identity;
-use loggate_core::grant::unix_now;
+use loggate_core::grant::{unix_now, VerifiedGrant};
 use loggate_core::identity::{Identity, Role};
 use loggate_proto as pb;
 use loggate_proto::agent_server::Agent;
@@ -455,6 +459,197 @@ impl AgentService {
             limits.grep_time_budget,
         ))
     }
+
+    /// The first step of every read and listing: the caller's identity, from its user
+    /// certificate. A certificate from our CA but of another kind (an agent's, say) is refused
+    /// and audited (`identity_refused`, with `requested` as its path); certificates from
+    /// elsewhere never get past the TLS handshake.
+    fn reader<T>(&self, request: &Request<T>, requested: &str) -> Result<Identity, Status> {
+        peer_identity(request, Role::User).map_err(|status| {
+            let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
+            let refused = self.deny(None, request.remote_addr(), requested, denial);
+            match refused.code() {
+                tonic::Code::Unavailable => refused,
+                _ => status,
+            }
+        })
+    }
+
+    /// The places a read holds while it streams, taken once its grant is found and before its
+    /// `read.allowed`, so that a read beyond the caps is refused (and audited), never queued
+    /// after it was allowed: a place among the live streams (`limits.max_streams`,
+    /// `max_streams_per_subject`), and for a grep one of the agent's grep streams, given only
+    /// while the reader's matching time across its streams holds a tenth of its bucket (a grep
+    /// that starts on a few milliseconds would only overdraw it again). `narrower` is the
+    /// read's option for a narrower time range, named in the refusal.
+    fn take_places(
+        &self,
+        reader: &Identity,
+        grant_id: &str,
+        grep: bool,
+        narrower: &str,
+    ) -> Result<(SlotGuard, Option<GrepGuard>), Denial> {
+        let slot = self
+            .shared
+            .slots
+            .take(reader.spiffe_id())
+            .map_err(|full| self.slot_denial(full, Some(grant_id.to_string())))?;
+        if !grep {
+            return Ok((slot, None));
+        }
+        let limits = &self.shared.config.limits;
+        let grep = &self.shared.grep;
+        let left = grep.left(reader.spiffe_id());
+        let per_minute = f64::from(limits.grep_seconds_per_subject_per_minute);
+        if left < per_minute / 10.0 {
+            return Err(Denial {
+                code: DenialCode::GrepBudgetSpent,
+                message: format!(
+                    "you used up your grep time on agent {} ({} s of matching per minute \
+                     across your streams); try again in {} s, or use a simpler pattern or a \
+                     narrower time range ({narrower})",
+                    self.shared.config.id,
+                    limits.grep_seconds_per_subject_per_minute,
+                    seconds_to_refill(left, limits.grep_seconds_per_subject_per_minute)
+                ),
+                grant_id: Some(grant_id.to_string()),
+            });
+        }
+        let Some(place) = grep.start() else {
+            return Err(Denial {
+                code: DenialCode::GrepStreamsBusy,
+                message: format!(
+                    "agent {} is already running its limit of {} grep streams; try again \
+                     in a few seconds",
+                    self.shared.config.id,
+                    grep.max_streams()
+                ),
+                grant_id: Some(grant_id.to_string()),
+            });
+        };
+        Ok((slot, Some(place)))
+    }
+
+    /// Writes the read's `read.allowed` (on disk before anything else: fail closed) and opens
+    /// its response: the first message names the grant, its end, the profile and the resource
+    /// served; the sink is what the stream writes into, cut when the grant is withdrawn or
+    /// ends (`path_glob_hint` names what it covered, for the message), the client leaves or the
+    /// agent stops. Also returns a sender of the sink's channel (waited on for the client
+    /// leaving) and the response's receivers.
+    fn allow(
+        &self,
+        allowed: &events::ReadAllowed,
+        grant: &VerifiedGrant,
+        path_glob_hint: String,
+    ) -> Result<(ChannelSink, mpsc::Sender<stream::Queued>, Receivers), Status> {
+        self.shared.audit(allowed).map_err(audit_unavailable)?;
+        let (tx, rx) = mpsc::channel(stream::CHANNEL_CAPACITY);
+        let (last_tx, last_rx) = mpsc::channel(1);
+        let opening = pb::ReadLogChunk {
+            item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
+                grant_id: grant.id().to_string(),
+                grant_not_after_unix: grant.not_after(),
+                redaction_profile: grant.claims().redaction.clone(),
+                path: allowed.path.clone(),
+            })),
+        };
+        let _ = tx.try_send(stream::Queued::unbudgeted(Ok(opening)));
+        let watch = GrantWatch {
+            grants: self.shared.clone(),
+            grant_id: grant.id().to_string(),
+            not_after: grant.not_after(),
+            path_glob_hint,
+        };
+        let client = tx.clone();
+        let sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
+            .stopping_on(self.shared.stopping.subscribe())
+            .sharing(self.shared.slots.queue_budget());
+        Ok((sink, client, Receivers { rx, last_rx }))
+    }
+
+    /// Runs `serve` (a file's or a journal's stream) on a blocking thread and writes the read's
+    /// `read.finished` when it ends. Its grep place is given back first, so a reader who sees
+    /// that record can start another grep; its stream place goes with the response, which may
+    /// still hold unread chunks. The sink (holding a receiver of the agent's stop) is dropped
+    /// only after the record: shutdown waits for it.
+    fn spawn_stream(
+        &self,
+        reading: Reading,
+        mut sink: ChannelSink,
+        grep_place: Option<GrepGuard>,
+        serve: impl FnOnce(&mut ChannelSink) -> stream::Finished + Send + 'static,
+    ) {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let metrics = loggate_core::metrics::agent();
+            metrics.live_streams.inc();
+            let finished = serve(&mut sink);
+            metrics.live_streams.dec();
+            metrics.bytes_served.inc_by(finished.bytes);
+            for (detector, n) in &finished.counts.redactions {
+                let detector = loggate_core::metrics::DetectorLabel {
+                    detector: detector.clone(),
+                };
+                metrics.redactions.get_or_create(&detector).inc_by(*n);
+            }
+            drop(grep_place);
+            let reason = finished.reason;
+            let result = shared.audit(&events::ReadFinished {
+                subject: reading.subject,
+                key_sha256: reading.key_sha256,
+                peer: reading.peer,
+                grant_id: sink.grant_id().to_string(),
+                path: reading.path,
+                bytes: finished.bytes,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                end_reason: reason.as_str(),
+                error: match &reason {
+                    stream::EndReason::ReadError(e) | stream::EndReason::DecompressionLimit(e) => {
+                        Some(e.clone())
+                    }
+                    _ => None,
+                },
+                redactions: finished.counts.redactions.clone(),
+                lines_withheld: finished.counts.lines_withheld,
+                lines_cut: finished.counts.lines_cut,
+                pattern_ms: u64::try_from(finished.pattern_time.as_millis()).unwrap_or(u64::MAX),
+                key_lookback_exhausted: finished.key_lookback_exhausted,
+            });
+            if let Err(e) = result {
+                tracing::error!("audit write failed at stream end: {e:#}");
+            }
+            drop(sink);
+        });
+    }
+}
+
+/// Who reads what, for the read's records from `read.allowed` to `read.finished`.
+struct Reading {
+    subject: String,
+    key_sha256: String,
+    peer: Option<String>,
+    /// The file served, or `journal:<unit>`.
+    path: String,
+}
+
+/// The receiving ends of a read's response: its chunks, then its final status (if the stream
+/// was cut or failed).
+struct Receivers {
+    rx: mpsc::Receiver<stream::Queued>,
+    last_rx: mpsc::Receiver<stream::Item>,
+}
+
+impl Receivers {
+    /// The response: all data first, then the final status, the stream place held until the
+    /// client has taken it all. A message's share of the queue budget is given back as the
+    /// encoder takes it.
+    fn respond(self, slot: SlotGuard) -> Response<ChunkStream> {
+        let response = ReceiverStream::new(self.rx)
+            .map(stream::Queued::into_item)
+            .chain(ReceiverStream::new(self.last_rx));
+        Response::new(Box::pin(Held::new(response, slot)))
+    }
 }
 
 /// Worst-case matching work one grep pattern may cost on one line, in NFA-state × byte steps:
@@ -572,19 +767,7 @@ impl Agent for AgentService {
         loggate_core::metrics::agent().read_requests.inc();
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string());
-        let reader = match peer_identity(&request, Role::User) {
-            Ok(reader) => reader,
-            Err(status) => {
-                // A certificate from our CA but of the wrong kind (an agent's, say): refused and
-                // audited. Certificates from elsewhere never get past the TLS handshake.
-                let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
-                let refused = self.deny(None, peer_addr, &request.get_ref().path, denial);
-                return Err(match refused.code() {
-                    tonic::Code::Unavailable => refused,
-                    _ => status,
-                });
-            }
-        };
+        let reader = self.reader(&request, &request.get_ref().path)?;
         let req = request.into_inner();
         let limits = &self.shared.config.limits;
         let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path, denial);
@@ -684,49 +867,21 @@ impl Agent for AgentService {
                 ),
             )));
         }
-        // A place among the live streams before anything is allowed: beyond the caps the read
-        // is refused (and audited) now, not queued after its `read.allowed`.
-        let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
-            refuse(self.slot_denial(full, Some(authorized.grant.id().to_string())))
-        })?;
-        // Grep: the subject's matching time across its streams, and the agent-wide cap.
-        let (selector, grep_place) = if mode == pb::ReadMode::Grep {
-            let grep = &self.shared.grep;
-            // A new grep needs a tenth of the bucket: one that starts on a few milliseconds
-            // would only overdraw it again.
-            let left = grep.left(reader.spiffe_id());
-            let per_minute = f64::from(limits.grep_seconds_per_subject_per_minute);
-            if left < per_minute / 10.0 {
-                return Err(refuse(Denial {
-                    code: DenialCode::GrepBudgetSpent,
-                    message: format!(
-                        "you used up your grep time on agent {} ({} s of matching per minute \
-                         across your streams); try again in {} s, or use a simpler pattern or a \
-                         narrower time range (--since/--until)",
-                        self.shared.config.id,
-                        limits.grep_seconds_per_subject_per_minute,
-                        seconds_to_refill(left, limits.grep_seconds_per_subject_per_minute)
-                    ),
-                    grant_id: Some(authorized.grant.id().to_string()),
-                }));
-            }
-            let Some(place) = grep.start() else {
-                return Err(refuse(Denial {
-                    code: DenialCode::GrepStreamsBusy,
-                    message: format!(
-                        "agent {} is already running its limit of {} grep streams; try again \
-                         in a few seconds",
-                        self.shared.config.id,
-                        grep.max_streams()
-                    ),
-                    grant_id: Some(authorized.grant.id().to_string()),
-                }));
-            };
-            let charge =
-                stream::SubjectCharge::new(grep.buckets.clone(), reader.spiffe_id().to_string());
-            (selector.charging(charge), Some(place))
-        } else {
-            (selector, None)
+        let (slot, grep_place) = self
+            .take_places(
+                &reader,
+                authorized.grant.id(),
+                mode == pb::ReadMode::Grep,
+                "--since/--until",
+            )
+            .map_err(refuse)?;
+        // A grep's matching time is charged to the reader's bucket as it is spent.
+        let selector = match grep_place {
+            Some(_) => selector.charging(stream::SubjectCharge::new(
+                self.shared.grep.buckets.clone(),
+                reader.spiffe_id().to_string(),
+            )),
+            None => selector,
         };
         let grant = authorized.grant;
         let file = authorized.file;
@@ -737,8 +892,8 @@ impl Agent for AgentService {
             pb::ReadMode::Grep => "grep",
             _ => "cat",
         };
-        self.shared
-            .audit(&events::ReadAllowed {
+        let (sink, _, receivers) = self.allow(
+            &events::ReadAllowed {
                 subject: reader.spiffe_id().to_string(),
                 key_sha256: reader.key_sha256_hex(),
                 peer: peer.clone(),
@@ -752,21 +907,11 @@ impl Agent for AgentService {
                 inode: file.ino,
                 device: file.dev,
                 size: file.len,
-            })
-            .map_err(audit_unavailable)?;
-
+            },
+            &grant,
+            grant.claims().paths.join(", "),
+        )?;
         let tail_lines = (mode == pb::ReadMode::Tail).then_some(req.tail_lines);
-        let (tx, rx) = mpsc::channel(stream::CHANNEL_CAPACITY);
-        let (last_tx, last_rx) = mpsc::channel(1);
-        let opening = pb::ReadLogChunk {
-            item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
-                grant_id: grant.id().to_string(),
-                grant_not_after_unix: grant.not_after(),
-                redaction_profile: grant.claims().redaction.clone(),
-                path: path.clone(),
-            })),
-        };
-        let _ = tx.try_send(stream::Queued::unbudgeted(Ok(opening)));
         let follow = req.follow && mode == pb::ReadMode::Tail;
         let reopen = follow.then(|| {
             rotation_follower(
@@ -805,67 +950,16 @@ impl Agent for AgentService {
             compressed: (compression != crate::decompress::Compression::None)
                 .then(|| (compression, limits.decompression())),
         };
-        let watch = GrantWatch {
-            grants: self.shared.clone(),
-            grant_id: grant.id().to_string(),
-            not_after: grant.not_after(),
-            path_glob_hint: grant.claims().paths.join(", "),
+        let reading = Reading {
+            subject: reader.spiffe_id().to_string(),
+            key_sha256: reader.key_sha256_hex(),
+            peer,
+            path,
         };
-        let shared = self.shared.clone();
-        let subject = reader.spiffe_id().to_string();
-        let key_sha256 = reader.key_sha256_hex();
-        let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
-            .stopping_on(self.shared.stopping.subscribe())
-            .sharing(self.shared.slots.queue_budget());
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let metrics = loggate_core::metrics::agent();
-            metrics.live_streams.inc();
-            let finished = stream::run(plan, &mut sink);
-            metrics.live_streams.dec();
-            metrics.bytes_served.inc_by(finished.bytes);
-            for (detector, n) in &finished.counts.redactions {
-                let detector = loggate_core::metrics::DetectorLabel {
-                    detector: detector.clone(),
-                };
-                metrics.redactions.get_or_create(&detector).inc_by(*n);
-            }
-            // The read loop is over: its grep place is free before its `read.finished` is
-            // written, so a reader who sees that record can start another grep. Its stream
-            // place goes with the response (below), which may still hold unread chunks.
-            drop(grep_place);
-            let reason = finished.reason;
-            let result = shared.audit(&events::ReadFinished {
-                subject,
-                key_sha256,
-                peer,
-                grant_id: sink.grant_id().to_string(),
-                path,
-                bytes: finished.bytes,
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                end_reason: reason.as_str(),
-                error: match &reason {
-                    stream::EndReason::ReadError(e) | stream::EndReason::DecompressionLimit(e) => {
-                        Some(e.clone())
-                    }
-                    _ => None,
-                },
-                redactions: finished.counts.redactions.clone(),
-                lines_withheld: finished.counts.lines_withheld,
-                lines_cut: finished.counts.lines_cut,
-                pattern_ms: u64::try_from(finished.pattern_time.as_millis()).unwrap_or(u64::MAX),
-                key_lookback_exhausted: finished.key_lookback_exhausted,
-            });
-            if let Err(e) = result {
-                tracing::error!("audit write failed at stream end: {e:#}");
-            }
+        self.spawn_stream(reading, sink, grep_place, move |sink| {
+            stream::run(plan, sink)
         });
-        // All data first, then the final status (if the stream was cut or failed). A message's
-        // share of the queue budget is given back as the encoder takes it.
-        let response = ReceiverStream::new(rx)
-            .map(stream::Queued::into_item)
-            .chain(ReceiverStream::new(last_rx));
-        Ok(Response::new(Box::pin(Held::new(response, slot))))
+        Ok(receivers.respond(slot))
     }
 
     /// A listing: gated like a read (identity, then the reader's usable grants, each verified
@@ -877,17 +971,7 @@ impl Agent for AgentService {
         request: Request<pb::ListLogsRequest>,
     ) -> Result<Response<pb::ListLogsResponse>, Status> {
         let peer_addr = request.remote_addr();
-        let reader = match peer_identity(&request, Role::User) {
-            Ok(reader) => reader,
-            Err(status) => {
-                let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
-                let refused = self.deny(None, peer_addr, &request.get_ref().path_glob, denial);
-                return Err(match refused.code() {
-                    tonic::Code::Unavailable => refused,
-                    _ => status,
-                });
-            }
-        };
+        let reader = self.reader(&request, &request.get_ref().path_glob)?;
         let req = request.into_inner();
         let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path_glob, denial);
         // As long as a read's path, at most: compiling a glob costs CPU with its length, and
@@ -985,17 +1069,7 @@ impl Agent for AgentService {
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string());
         let requested = format!("journal:{}", request.get_ref().unit);
-        let reader = match peer_identity(&request, Role::User) {
-            Ok(reader) => reader,
-            Err(status) => {
-                let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
-                let refused = self.deny(None, peer_addr, &requested, denial);
-                return Err(match refused.code() {
-                    tonic::Code::Unavailable => refused,
-                    _ => status,
-                });
-            }
-        };
+        let reader = self.reader(&request, &requested)?;
         let req = request.into_inner();
         let limits = &self.shared.config.limits;
         let refuse = |denial| self.deny(Some(&reader), peer_addr, &requested, denial);
@@ -1031,59 +1105,22 @@ impl Agent for AgentService {
             unix_now(),
         )
         .map_err(refuse)?;
-        let slot = self
-            .shared
-            .slots
-            .take(reader.spiffe_id())
-            .map_err(|full| refuse(self.slot_denial(full, Some(grant.id().to_string()))))?;
-        // Grep: the reader's matching time across its streams and the agent-wide cap, as a file
-        // grep (the same denials, audited).
-        let (subject_grep, grep_place) = if pattern.is_some() {
-            let grep = &self.shared.grep;
-            let left = grep.left(reader.spiffe_id());
-            let per_minute = f64::from(limits.grep_seconds_per_subject_per_minute);
-            if left < per_minute / 10.0 {
-                return Err(refuse(Denial {
-                    code: DenialCode::GrepBudgetSpent,
-                    message: format!(
-                        "you used up your grep time on agent {} ({} s of matching per minute \
-                         across your streams); try again in {} s, or use a simpler pattern or a \
-                         narrower time range (--since)",
-                        self.shared.config.id,
-                        limits.grep_seconds_per_subject_per_minute,
-                        seconds_to_refill(left, limits.grep_seconds_per_subject_per_minute)
-                    ),
-                    grant_id: Some(grant.id().to_string()),
-                }));
-            }
-            let Some(place) = grep.start() else {
-                return Err(refuse(Denial {
-                    code: DenialCode::GrepStreamsBusy,
-                    message: format!(
-                        "agent {} is already running its limit of {} grep streams; try again \
-                         in a few seconds",
-                        self.shared.config.id,
-                        grep.max_streams()
-                    ),
-                    grant_id: Some(grant.id().to_string()),
-                }));
-            };
-            let charge = crate::journal::SubjectGrep {
-                buckets: grep.buckets.clone(),
-                subject: reader.spiffe_id().to_string(),
-            };
-            (Some(charge), Some(place))
-        } else {
-            (None, None)
-        };
+        let (slot, grep_place) = self
+            .take_places(&reader, grant.id(), pattern.is_some(), "--since")
+            .map_err(refuse)?;
+        // A grep's matching time is charged to the reader's bucket as it is spent.
+        let subject_grep = grep_place.as_ref().map(|_| crate::journal::SubjectGrep {
+            buckets: self.shared.grep.buckets.clone(),
+            subject: reader.spiffe_id().to_string(),
+        });
         let resource = crate::journal::resource_name(&unit);
         let mode = match (req.follow, pattern.is_some()) {
             (true, _) => "journal_follow",
             (false, true) => "journal_grep",
             (false, false) => "journal",
         };
-        self.shared
-            .audit(&events::ReadAllowed {
+        let (sink, client, receivers) = self.allow(
+            &events::ReadAllowed {
                 subject: reader.spiffe_id().to_string(),
                 key_sha256: reader.key_sha256_hex(),
                 peer: peer.clone(),
@@ -1097,29 +1134,10 @@ impl Agent for AgentService {
                 inode: 0,
                 device: 0,
                 size: 0,
-            })
-            .map_err(audit_unavailable)?;
-        let (tx, rx) = mpsc::channel(stream::CHANNEL_CAPACITY);
-        let (last_tx, last_rx) = mpsc::channel(1);
-        let opening = pb::ReadLogChunk {
-            item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
-                grant_id: grant.id().to_string(),
-                grant_not_after_unix: grant.not_after(),
-                redaction_profile: grant.claims().redaction.clone(),
-                path: resource.clone(),
-            })),
-        };
-        let _ = tx.try_send(stream::Queued::unbudgeted(Ok(opening)));
-        let watch = GrantWatch {
-            grants: self.shared.clone(),
-            grant_id: grant.id().to_string(),
-            not_after: grant.not_after(),
-            path_glob_hint: format!("the journal of {unit}"),
-        };
-        let client = tx.clone();
-        let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
-            .stopping_on(self.shared.stopping.subscribe())
-            .sharing(self.shared.slots.queue_budget());
+            },
+            &grant,
+            format!("the journal of {unit}"),
+        )?;
         let plan = crate::journal::JournalPlan {
             config: self.shared.config.journal.clone(),
             unit,
@@ -1133,56 +1151,21 @@ impl Agent for AgentService {
             max_line: limits.max_line_bytes,
             key_lookback: limits.tail_key_lookback_bytes,
             not_after: grant.not_after(),
+            children: self.shared.bypass_children.clone(),
         };
-        let shared = self.shared.clone();
         let grants: Arc<dyn GrantStatus> = self.shared.clone();
         let stop = self.shared.stopping.subscribe();
-        // Held until `read.finished` is written: shutdown waits for every receiver to go.
-        let stop_held = self.shared.stopping.subscribe();
-        let subject = reader.spiffe_id().to_string();
-        let key_sha256 = reader.key_sha256_hex();
-        let grant_id = grant.id().to_string();
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let metrics = loggate_core::metrics::agent();
-            metrics.live_streams.inc();
-            let finished = crate::journal::run(plan, &mut sink, client, grants, stop, runtime);
-            metrics.live_streams.dec();
-            metrics.bytes_served.inc_by(finished.bytes);
-            // Its grep place is free before `read.finished` is written, as for a file grep.
-            drop(grep_place);
-            let reason = finished.reason;
-            let result = shared.audit(&events::ReadFinished {
-                subject,
-                key_sha256,
-                peer,
-                grant_id,
-                path: resource,
-                bytes: finished.bytes,
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                end_reason: reason.as_str(),
-                error: match &reason {
-                    stream::EndReason::ReadError(e) => Some(e.clone()),
-                    _ => None,
-                },
-                redactions: finished.counts.redactions.clone(),
-                lines_withheld: finished.counts.lines_withheld,
-                lines_cut: finished.counts.lines_cut,
-                pattern_ms: u64::try_from(finished.pattern_time.as_millis()).unwrap_or(u64::MAX),
-                key_lookback_exhausted: finished.key_lookback_exhausted,
-            });
-            if let Err(e) = result {
-                tracing::error!("audit write failed at stream end: {e:#}");
-            }
-            drop(stop_held);
-            drop(sink);
+        let reading = Reading {
+            subject: reader.spiffe_id().to_string(),
+            key_sha256: reader.key_sha256_hex(),
+            peer,
+            path: resource,
+        };
+        self.spawn_stream(reading, sink, grep_place, move |sink| {
+            crate::journal::run(plan, sink, client, grants, stop, runtime)
         });
-        // A message's share of the queue budget is given back as the encoder takes it.
-        let response = ReceiverStream::new(rx)
-            .map(stream::Queued::into_item)
-            .chain(ReceiverStream::new(last_rx));
-        Ok(Response::new(Box::pin(Held::new(response, slot))))
+        Ok(receivers.respond(slot))
     }
 
     async fn status(

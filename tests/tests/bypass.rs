@@ -55,6 +55,15 @@ impl Bypass {
 
     /// The controller runs and the files exist; the agent is not started yet.
     fn prepare(bypass_toml: &str) -> anyhow::Result<Bypass> {
+        Bypass::prepare_with(bypass_toml, |_| String::new())
+    }
+
+    /// [`Bypass::prepare`], with `more(logs)` added to the agent's configuration after its
+    /// `[bypass]` section.
+    fn prepare_with(
+        bypass_toml: &str,
+        more: impl FnOnce(&Path) -> String,
+    ) -> anyhow::Result<Bypass> {
         let mut cluster = Cluster::new(None)?;
         let world = tempfile::Builder::new()
             .prefix("loggate-bypass-")
@@ -88,7 +97,7 @@ impl Bypass {
         cluster.add_agent(
             "web-1",
             &[&logs],
-            &format!("[bypass]\n{pin_dir}{bypass_toml}"),
+            &format!("[bypass]\n{pin_dir}{bypass_toml}\n{}", more(&logs)),
         )?;
         cluster.start_controller()?;
         Ok(Bypass {
@@ -2032,5 +2041,174 @@ fn reads_beyond_the_pinned_queue_while_the_agent_is_stopped_are_reported_as_lost
         .filter(|e| e["event"] == "bypass.events_lost")
         .collect();
     assert_eq!(losses.len(), 1, "{losses:#?}\n{third:#}");
+    Ok(())
+}
+
+/// systemd's journal writer, fed the export format on stdin (as in tests/journal.rs).
+const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+
+/// Writes a journal file in `dir` holding one entry of `nginx.service`.
+fn write_nginx_journal(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let file = dir.join("remote.journal");
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_micros();
+    let export = format!(
+        "__REALTIME_TIMESTAMP={at}\n__MONOTONIC_TIMESTAMP=1\n\
+         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=web-1\n\
+         _SYSTEMD_UNIT=nginx.service\n_PID=1234\nMESSAGE=journal line for the gate\n\n"
+    );
+    let mut child = Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", file.display()))
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run {JOURNAL_REMOTE} (install systemd-journal-remote): {e}")
+        })?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
+        .write_all(export.as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(file)
+}
+
+/// Issue #13: with the journal folder beneath the protected roots (the packaged default:
+/// `/var/log/journal` under `/var/log`), the `journalctl` the agent runs for a journal read
+/// opens protected files. It is the gate's own read (audited as `read.allowed`/`finished`)
+/// and must not be reported as a bypass read; another process reading the same journal file
+/// still is (so the audit is on and sees that file). Read twice: a released child's pid is
+/// reported again, and the next child is excluded in its turn.
+#[test]
+#[ignore = "needs root"]
+fn a_journal_read_by_the_agent_is_no_bypass_read_and_another_reader_of_the_journal_is(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    journal_read_is_not_a_bypass_read("tracepoint")
+}
+
+/// The same in fanotify mode, whose filter runs in user space.
+#[test]
+#[ignore = "needs root"]
+fn in_fanotify_mode_a_journal_read_by_the_agent_is_no_bypass_read_and_another_readers_is(
+) -> anyhow::Result<()> {
+    require_bpf!();
+    journal_read_is_not_a_bypass_read("fanotify")
+}
+
+fn journal_read_is_not_a_bypass_read(mode: &str) -> anyhow::Result<()> {
+    let mut b = Bypass::prepare_with(&format!("mode = \"{mode}\"\n"), |logs| {
+        format!("[journal]\ndirectory = {:?}\n", s(&logs.join("journal")))
+    })?;
+    let journal_file = write_nginx_journal(&b.logs.join("journal"))?;
+    b.cluster.start_agent("web-1")?;
+    let started = b.started()?;
+    assert_eq!(started["bypass_mode"], mode, "{started:#}");
+    let out = b.cluster.run_cli(
+        "admin",
+        &[
+            "grant",
+            "issue",
+            "--subject",
+            "alice",
+            "--host",
+            "web-1",
+            "--unit",
+            "nginx.service",
+            "--ttl",
+            "30m",
+            "--reason",
+            "TEST-13",
+            "--json",
+        ],
+    )?;
+    assert!(out.status.success(), "grant issue: {}", text(&out).1);
+    let grant: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let grant = grant["id"].as_str().unwrap_or_default().to_string();
+    b.cluster.wait_for_grant("web-1", &grant)?;
+    for round in 0..2 {
+        let out = b
+            .cluster
+            .logs_cmd("alice", "web-1", &["journal", "--unit", "nginx.service"])
+            .output()?;
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("journal line for the gate"), "{stdout}");
+        let finished = b.cluster.wait_for_audit("web-1", WAIT, |e| {
+            e["event"] == "read.finished" && e["path"] == "journal:nginx.service"
+        })?;
+        assert_eq!(finished["end_reason"], "eof", "{finished}");
+        // Another process reading the same journal file is reported; events arrive in order,
+        // so once its record is in, a record of journalctl's opens would be too.
+        let cat = as_root(&["cat", &s(&journal_file)])?;
+        let e = b.the_read_by(cat)?;
+        assert_eq!(e["path"], s(&journal_file).as_str(), "{e:#}");
+        let bypass: Vec<_> = b
+            .cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .filter(|e| e["event"] == "bypass.read")
+            .collect();
+        assert!(
+            bypass.iter().all(|e| e["comm"] != "journalctl"),
+            "round {round}: the agent's journalctl was reported: {bypass:#?}"
+        );
+        assert_eq!(bypass.len(), round + 1, "only the cats: {bypass:#?}");
+    }
+    // A follow, cut by its client leaving: journalctl is killed, and excluded until then.
+    let mut follow = b
+        .cluster
+        .logs_cmd(
+            "alice",
+            "web-1",
+            &[
+                "journal",
+                "--unit",
+                "nginx.service",
+                "--follow",
+                "--since",
+                "1h",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.stdout.take().expect("piped")),
+        &mut first,
+    )?;
+    assert!(first.contains("journal line for the gate"), "{first}");
+    let cat = as_root(&["cat", &s(&journal_file)])?;
+    b.the_read_by(cat)?;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "read.finished" && e["end_reason"] != "eof"
+    })?;
+    let cat = as_root(&["cat", &s(&journal_file)])?;
+    b.the_read_by(cat)?;
+    let bypass: Vec<_> = b
+        .cluster
+        .agent_audit("web-1")
+        .into_iter()
+        .filter(|e| e["event"] == "bypass.read")
+        .collect();
+    assert!(
+        bypass.iter().all(|e| e["comm"] != "journalctl"),
+        "the following journalctl was reported: {bypass:#?}"
+    );
+    assert_eq!(bypass.len(), 4, "only the cats: {bypass:#?}");
     Ok(())
 }

@@ -98,8 +98,10 @@ impl Fanotify {
     }
 }
 
-/// Reads what is queued (non-blocking); `Ok(empty)` when nothing is.
-pub fn read_events(fd: &OwnedFd, own_pid: u32) -> std::io::Result<Vec<FanEvent>> {
+/// Reads what is queued (non-blocking): `WouldBlock` when nothing is; `Ok(empty)` when all it
+/// read was left out. Opens by a pid `skip`
+/// names are left out (the agent's own, and its excluded children's).
+pub fn read_events(fd: &OwnedFd, skip: &dyn Fn(u32) -> bool) -> std::io::Result<Vec<FanEvent>> {
     let mut buf = vec![0u8; 16 * 1024];
     // SAFETY: buf is a writable buffer of buf.len() bytes that outlives the call.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
@@ -107,6 +109,10 @@ pub fn read_events(fd: &OwnedFd, own_pid: u32) -> std::io::Result<Vec<FanEvent>>
     let Ok(n) = usize::try_from(n) else {
         return Err(std::io::Error::last_os_error());
     };
+    // Never seen on a fanotify descriptor; taken as an empty queue so no caller loops on it.
+    if n == 0 {
+        return Err(std::io::ErrorKind::WouldBlock.into());
+    }
     let header = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -130,8 +136,8 @@ pub fn read_events(fd: &OwnedFd, own_pid: u32) -> std::io::Result<Vec<FanEvent>>
         let file = unsafe { OwnedFd::from_raw_fd(meta.fd) };
         // A pid the kernel never gives (negative) is audited as pid 0, not skipped.
         let pid = u32::try_from(meta.pid).unwrap_or(0);
-        if pid == own_pid {
-            continue; // the agent's own opens (reads through the gate)
+        if skip(pid) {
+            continue;
         }
         let link = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let path = std::fs::read_link(&link).ok();

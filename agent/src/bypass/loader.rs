@@ -74,7 +74,8 @@ pub struct ProtectedMaps {
     filter: Array<MapData, u64>,
     /// `scan_epoch`: the start of the scan in `protected` (see `sync`).
     epoch: Array<MapData, i64>,
-    excluded: HashMap<MapData, u32, u32>,
+    /// Shared with [`super::ChildExclusions`], which excludes the agent's own children.
+    excluded: super::exclusions::ExcludedMap,
     /// What is in the kernel maps now.
     current: BTreeSet<FileKey>,
     /// The nonzero words of `filter` now.
@@ -396,6 +397,7 @@ impl Probe {
             Array::try_from(take(names::SCAN_EPOCH)?).map_err(|e| typed(names::SCAN_EPOCH, e))?;
         let excluded = HashMap::try_from(take(names::EXCLUDED_TGIDS)?)
             .map_err(|e| typed(names::EXCLUDED_TGIDS, e))?;
+        let excluded = std::sync::Arc::new(std::sync::Mutex::new(excluded));
         let events =
             RingBuf::try_from(take(names::EVENTS)?).map_err(|e| typed(names::EVENTS, e))?;
         let lost = Array::try_from(take(names::LOST)?).map_err(|e| typed(names::LOST, e))?;
@@ -536,6 +538,7 @@ impl Probe {
             Array::try_from(open(names::SCAN_EPOCH)?).map_err(|e| typed(names::SCAN_EPOCH, e))?;
         let excluded = HashMap::try_from(open(names::EXCLUDED_TGIDS)?)
             .map_err(|e| typed(names::EXCLUDED_TGIDS, e))?;
+        let excluded = std::sync::Arc::new(std::sync::Mutex::new(excluded));
         let events =
             RingBuf::try_from(open(names::EVENTS)?).map_err(|e| typed(names::EVENTS, e))?;
         let lost = Array::try_from(open(names::LOST)?).map_err(|e| typed(names::LOST, e))?;
@@ -704,7 +707,8 @@ fn attach_btf_tracepoint(
 impl ProtectedMaps {
     /// Learns what adopted maps hold (the protected keys, the filter's nonzero words), so
     /// that `sync` changes only the difference, and forgets the processes excluded by the
-    /// agent that pinned them (its pid may belong to anyone by now).
+    /// agent that pinned them (its pid, and its `journalctl` children's, may belong to anyone
+    /// by now).
     fn read_back(&mut self) -> anyhow::Result<()> {
         for key in self.protected.keys() {
             self.current
@@ -716,9 +720,10 @@ impl ProtectedMaps {
                 self.words.insert(u32::try_from(word)?, bits);
             }
         }
-        let stale: Vec<u32> = self.excluded.keys().filter_map(Result::ok).collect();
+        let mut excluded = self.excluded.lock().unwrap_or_else(|p| p.into_inner());
+        let stale: Vec<u32> = excluded.keys().filter_map(Result::ok).collect();
         for tgid in stale {
-            let _ = self.excluded.remove(&tgid);
+            let _ = excluded.remove(&tgid);
         }
         Ok(())
     }
@@ -726,8 +731,16 @@ impl ProtectedMaps {
     /// Never report opens by this thread group (the agent serving a read through the gate).
     pub fn exclude_tgid(&mut self, tgid: u32) -> anyhow::Result<()> {
         self.excluded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .insert(tgid, 1, 0)
             .map_err(|e| anyhow::anyhow!("excluding tgid {tgid}: {e}"))
+    }
+
+    /// The kernel's map of excluded processes, for the agent's own children (see
+    /// [`super::ChildExclusions`]).
+    pub fn excluded(&self) -> super::exclusions::ExcludedMap {
+        self.excluded.clone()
     }
 
     /// Makes the kernel maps hold exactly `inventory`. The filter always covers the entries:
@@ -800,10 +813,16 @@ impl ProtectedMaps {
 }
 
 impl Drop for ProtectedMaps {
-    /// At a stop the pinned programs stay attached: this process's pid must not stay excluded
-    /// while no agent runs (another process could be given it before the next agent starts).
+    /// At a stop the pinned programs stay attached: no pid may stay excluded while no agent
+    /// runs (another process could be given it before the next agent starts): neither this
+    /// process's nor a child's still being ended (its open after this is over-reported, never
+    /// hidden).
     fn drop(&mut self) {
-        let _ = self.excluded.remove(&std::process::id());
+        let mut excluded = self.excluded.lock().unwrap_or_else(|p| p.into_inner());
+        let all: Vec<u32> = excluded.keys().filter_map(Result::ok).collect();
+        for tgid in all {
+            let _ = excluded.remove(&tgid);
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod bench;
 mod event;
+mod exclusions;
 mod fanotify;
 mod handle;
 mod held;
@@ -25,6 +26,7 @@ mod record;
 mod repeats;
 mod settings;
 
+pub use exclusions::{ChildExclusion, ChildExclusions};
 pub use settings::{BypassConfig, BypassFile, Mode, DEFAULT_PIN_DIR};
 
 use crate::Shared;
@@ -48,6 +50,8 @@ pub enum Startup {
     Fanotify {
         fan: Fanotify,
         inventory: Inventory,
+        /// The agent's children its reader does not report.
+        children: ChildExclusions,
         /// Why eBPF was not used (`auto` fell back), if it was tried.
         ebpf_error: Option<String>,
         /// Pins an earlier eBPF start left, removed (`mode = "fanotify"`, or `auto` fell back).
@@ -273,6 +277,7 @@ impl Startup {
                 Startup::Fanotify {
                     fan,
                     inventory,
+                    children: ChildExclusions::fanotify(),
                     ebpf_error,
                     pins,
                     queue: queue.flatten(),
@@ -501,6 +506,16 @@ impl Startup {
         Ok(fan)
     }
 
+    /// Where the agent's own children (a journal read's `journalctl`) are excluded from the
+    /// running audit (see [`ChildExclusions`]).
+    pub fn child_exclusions(&self) -> ChildExclusions {
+        match self {
+            Startup::Ebpf(a) => ChildExclusions::ebpf(a.maps.excluded()),
+            Startup::Fanotify { children, .. } => children.clone(),
+            Startup::Inactive { .. } => ChildExclusions::off(),
+        }
+    }
+
     /// The active mode's name, as reported in `agent.started`: `lsm`, `fentry`, `tracepoint`,
     /// `strict`, `fanotify`, `off`.
     pub fn mode_name(&self) -> &'static str {
@@ -604,6 +619,7 @@ impl Startup {
             Startup::Fanotify {
                 fan,
                 inventory,
+                children,
                 ebpf_error,
                 queue,
                 ..
@@ -636,7 +652,12 @@ impl Startup {
                 // stays open and the same until the AsyncFd drops it.
                 let fd =
                     unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
-                tokio::spawn(read_fanotify(shared.clone(), fd, inventory.clone()));
+                tokio::spawn(read_fanotify(
+                    shared.clone(),
+                    fd,
+                    inventory.clone(),
+                    children,
+                ));
                 tokio::spawn(report_held(shared.clone(), inventory.clone()));
                 tokio::spawn(maintain(
                     shared,
@@ -1269,52 +1290,80 @@ async fn read_fanotify(
     shared: Arc<Shared>,
     fd: AsyncFd<OwnedFd>,
     inventory: Arc<RwLock<Inventory>>,
+    children: ChildExclusions,
 ) {
     let own = std::process::id();
     let mut overflows = 0u64;
     let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     loop {
-        let mut guard = match fd.readable().await {
-            Ok(g) => g,
-            Err(e) => {
-                stopped(&shared, &format!("fanotify poll failed: {e}"));
-                return;
-            }
-        };
-        let events = match guard.try_io(|fd| fanotify::read_events(fd.get_ref(), own)) {
-            Ok(Ok(events)) => events,
-            Ok(Err(e)) => {
-                stopped(&shared, &format!("fanotify read failed: {e}"));
-                return;
-            }
-            Err(_would_block) => continue,
-        };
-        let mut batch = Vec::new();
-        for event in events {
-            match event {
-                FanEvent::Overflow => {
-                    overflows += 1;
-                    audit_lost(&shared, overflows, 1, "fanotify queue overflow");
+        // Woken by the kernel, or by a journal stream whose `journalctl` has ended and that
+        // waits for a read finding the queue empty before it reports that pid again (see
+        // `exclusions`). Readiness is cleared first, then the queue read until it is empty: an
+        // event queued meanwhile makes the descriptor ready again.
+        tokio::select! {
+            ready = fd.readable() => match ready {
+                Ok(mut guard) => guard.clear_ready(),
+                Err(e) => {
+                    stopped(&shared, &format!("fanotify poll failed: {e}"));
+                    return;
                 }
-                FanEvent::Open(open) => {
-                    let mut info = process::inspect(Path::new("/proc"), open.pid);
-                    info.exe_id = process::exe_id(Path::new("/proc"), open.pid);
-                    let status = process::status(Path::new("/proc"), open.pid);
-                    info.user = status.uid.and_then(|uid| names.user(uid));
-                    batch.push((open, status, info));
+            },
+            () = children.drain_asked() => {}
+        }
+        loop {
+            // The agent's own opens (reads through the gate), and its children's while they
+            // are excluded: judged by when this read starts (see `exclusions`).
+            let read_started = std::time::Instant::now();
+            let skip = |pid: u32| pid == own || children.hides(pid, read_started);
+            let events = match fanotify::read_events(fd.get_ref(), &skip) {
+                Ok(events) => events,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    children.drained(read_started);
+                    break;
                 }
+                Err(e) => {
+                    stopped(&shared, &format!("fanotify read failed: {e}"));
+                    return;
+                }
+            };
+            handle_fanotify(&shared, &inventory, &mut names, &mut overflows, events);
+        }
+    }
+}
+
+/// Audits one batch of fanotify events (see [`read_fanotify`]).
+fn handle_fanotify(
+    shared: &Shared,
+    inventory: &RwLock<Inventory>,
+    names: &mut process::Names,
+    overflows: &mut u64,
+    events: Vec<FanEvent>,
+) {
+    let mut batch = Vec::new();
+    for event in events {
+        match event {
+            FanEvent::Overflow => {
+                *overflows += 1;
+                audit_lost(shared, *overflows, 1, "fanotify queue overflow");
+            }
+            FanEvent::Open(open) => {
+                let mut info = process::inspect(Path::new("/proc"), open.pid);
+                info.exe_id = process::exe_id(Path::new("/proc"), open.pid);
+                let status = process::status(Path::new("/proc"), open.pid);
+                info.user = status.uid.and_then(|uid| names.user(uid));
+                batch.push((open, status, info));
             }
         }
-        for (open, status, info) in batch {
-            let opened = {
-                let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
-                Opened::from_fanotify(&inv, &open, status, &info)
-            };
-            let Some(opened) = opened else {
-                continue; // not (or no longer) protected
-            };
-            audit_open(&shared, &opened, &info);
-        }
+    }
+    for (open, status, info) in batch {
+        let opened = {
+            let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
+            Opened::from_fanotify(&inv, &open, status, &info)
+        };
+        let Some(opened) = opened else {
+            continue; // not (or no longer) protected
+        };
+        audit_open(shared, &opened, &info);
     }
 }
 

@@ -114,6 +114,16 @@ macro_rules! audit_event {
 audit_event! {
     /// A read through the gate passed every check; written and synced before the first byte of
     /// content leaves.
+    ///
+    /// A journal read (`journal:<unit>` as its path) keeps the file read's OCSF shape, a
+    /// `resources` entry of type `Log File` and a `File Path` observable, in this record, in
+    /// `read.finished` and in `read.denied`: the journal is a log and the `journal:` name
+    /// cannot be taken for a file (every file served is an absolute path). A closer valid shape
+    /// exists — `resources[].type` `Journal Unit` and the observable typed `38` (Resource
+    /// Details Object: name) — but choosing it needs a typed resource kind in these three
+    /// events, not a guess from the path's text (a refused request's path is the requester's
+    /// own text, which may start with `journal:`), and a golden variant of each; it is left
+    /// for the change that adds that field.
     ReadAllowed = "read.allowed" {
         writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Success, severity: INFO,
     }
