@@ -20,12 +20,16 @@ use std::sync::LazyLock;
 /// two findings start at the same byte, the earlier detector names the replacement.
 ///
 /// The number is the detector's bit in the prefilter's candidate set (`u128`): hand-written
-/// detectors take bits 0–15, families 16 and up (`families_fit_the_candidate_set` proves it).
+/// detectors take bits 0–15, families 16 and up; the families past bit 126 share bit 127 (a
+/// segment with the literal of one of them runs them all, each finding only its own tokens),
+/// so the table may grow past 112 families (`families_fit_the_candidate_set` proves it).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Builtin(u8);
 
 /// The first bit of the token families.
 const FAMILY_BASE: u8 = 16;
+/// The last bit of the candidate set, shared by every family from it on.
+const SHARED_BIT: u32 = 127;
 #[cfg(test)]
 pub(crate) const FAMILY_BASE_FOR_TESTS: u8 = FAMILY_BASE;
 
@@ -87,9 +91,10 @@ impl Builtin {
     /// rarely sensitive, for every log.
     pub const OPT_IN: [Builtin; 2] = [Builtin::Phone, Builtin::MacAddress];
 
-    /// The detector's bit in the prefilter's candidate set.
+    /// The detector's bit in the prefilter's candidate set: its number, or the shared
+    /// [`SHARED_BIT`] past it.
     pub(crate) fn bit_index(self) -> u32 {
-        u32::from(self.0)
+        u32::from(self.0).min(SHARED_BIT)
     }
 
     /// The token family behind this detector, if it is one.
@@ -179,8 +184,8 @@ impl Builtin {
                 regex_spans(&URL_CREDENTIALS, seg, 1, out, |v, _, _| !own_output(v))
             }
             Builtin::Secret => find_key_value(seg, masks.lower(), true, out),
-            Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |_, s, line| {
-                !after_url_userinfo(line, s)
+            Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |v, s, line| {
+                !after_url_userinfo(line, s) && !family::claimed_userinfo(line, s, v)
             }),
             Builtin::Card => find_cards(seg, masks, out),
             Builtin::Iban => find_ibans(seg, masks, out),
@@ -199,7 +204,7 @@ impl Builtin {
             }),
             _ => {
                 if let Some(f) = self.as_family() {
-                    f.find(seg, out);
+                    f.find(seg, masks.lower(), out);
                 }
             }
         }
@@ -241,7 +246,14 @@ impl Builtin {
                             } else {
                                 format!("{}–{}", s.min, s.max)
                             };
-                            format!("{} + {}{{{len}}}", s.prefixes.join(" "), s.alphabet.describe())
+                            let literals = s.prefixes.join(" ");
+                            let alphabet = s.alphabet.describe();
+                            match s.context {
+                                family::Context::Prefix => {
+                                    format!("{literals} + {alphabet}{{{len}}}")
+                                }
+                                c => format!("{alphabet}{{{len}}} {} {literals}", c.describe()),
+                            }
                         })
                         .collect();
                     (format!("{}: {}", f.what, forms.join("; ")), f.source)
