@@ -17,7 +17,8 @@ use loggate_redact::{Pipeline, Redactor, TokenShape};
 use std::sync::{Arc, LazyLock};
 
 static DEFAULT: LazyLock<Arc<Redactor>> = LazyLock::new(|| Arc::new(Redactor::default_profile()));
-/// The token families' plain forms (no check, nothing before the prefix).
+/// The token families' plain forms (no check, nothing before the prefix), the values bound to
+/// a vendor's key or scheme included (their prefix is `dd_api_key=`, `ssws `…).
 static SHAPES: LazyLock<Vec<TokenShape>> = LazyLock::new(|| {
     loggate_redact::token_shapes()
         .into_iter()
