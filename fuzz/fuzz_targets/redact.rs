@@ -31,7 +31,8 @@ static EVERYTHING: LazyLock<Arc<Redactor>> = LazyLock::new(|| {
         Err(e) => panic!("the profile of every detector does not build: {e}"),
     }
 });
-/// The token families' plain forms (no check, nothing before the prefix).
+/// The token families' plain forms (no check, nothing before the prefix), the values bound to
+/// a vendor's key or scheme included (their prefix is `dd_api_key=`, `ssws `…).
 static SHAPES: LazyLock<Vec<TokenShape>> = LazyLock::new(|| {
     loggate_redact::token_shapes()
         .into_iter()

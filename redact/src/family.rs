@@ -17,6 +17,14 @@
 //! The span replaced is the whole token, or only what follows the prefix when `keep_prefix`
 //! (a webhook URL keeps its host readable, `AccountKey=` its key name).
 //!
+//! Tokens without a distinctive prefix (a Datadog API key is 32 hex digits, like any MD5) are
+//! rows too, bound to their context ([`Context`]): the literal is a vendor's key name
+//! (`DD_API_KEY`, `Fastly-Key`), an authorization scheme (`SSWS`) or a host (a Sentry DSN's
+//! `sentry.io`), matched in any case where it starts a word; the value after the key's `=` or
+//! `:` (or the scheme's spaces, or before the host's `@`) must be a whole run of the alphabet
+//! of the row's length. Only the value is replaced: the key stays readable. The literal search
+//! finds the key like any prefix, so a line without one costs nothing more.
+//!
 //! Every function here takes hostile bytes and never panics on any input.
 
 use super::validate;
@@ -54,6 +62,10 @@ pub enum Alphabet {
     LowerAlnumDollar,
     /// `[A-Za-z0-9_~.-]`: Microsoft Entra client secrets.
     AzureSecret,
+    /// `[A-Za-z0-9_+-]`: PagerDuty REST API keys.
+    Base64UrlPlus,
+    /// `[a-z2-7]`: lowercase base32 (RFC 4648), Azure DevOps' first PAT format.
+    Base32Lower,
 }
 
 impl Alphabet {
@@ -79,6 +91,8 @@ impl Alphabet {
             Alphabet::AzureSecret => {
                 b.is_ascii_alphanumeric() || matches!(b, b'_' | b'~' | b'.' | b'-')
             }
+            Alphabet::Base64UrlPlus => b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-'),
+            Alphabet::Base32Lower => b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b),
         }
     }
 
@@ -100,6 +114,8 @@ impl Alphabet {
             Alphabet::UrlPath => "[A-Za-z0-9_/-]",
             Alphabet::LowerAlnumDollar => "[a-z0-9$]",
             Alphabet::AzureSecret => "[A-Za-z0-9_~.-]",
+            Alphabet::Base64UrlPlus => "[A-Za-z0-9_+-]",
+            Alphabet::Base32Lower => "[a-z2-7]",
         }
     }
 }
@@ -114,6 +130,38 @@ pub enum End {
     Any,
     /// Not a word byte `[A-Za-z0-9_]` (a `\b` after the token).
     Word,
+}
+
+/// Where a shape's literal stands relative to its token: before it as its prefix, or as the
+/// context that says what an otherwise unremarkable value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// The literal is the token's own prefix (case-sensitive): `ghp_…`.
+    Prefix,
+    /// The literal is a key name, in any case, starting a word; then an optional backslash and
+    /// quote (a JSON key's closing quote, also escaped), spaces, `=` or `:`, spaces, an optional
+    /// backslash and quote, and the value: `DD_API_KEY=…`, `dd_api_key: …`, `"dd_api_key":
+    /// "…"`, `DD-API-KEY: …` (a header). Only the value is replaced.
+    Key,
+    /// The literal is an authorization scheme, in any case, starting a word; then spaces and the
+    /// value: `SSWS 00…` of `Authorization: SSWS 00…`. Only the value is replaced.
+    Scheme,
+    /// The literal ends a URL's host, in any case, after a `.` or the `@`; the value is the
+    /// whole user part between `://` and that `@`: the key of a Sentry DSN
+    /// `https://<key>@o1.ingest.sentry.io/2`. Only the value is replaced; the host stays.
+    UserinfoAtHost,
+}
+
+impl Context {
+    /// A short description for `--list-detectors` and the docs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Context::Prefix => "prefix",
+            Context::Key => "after the key (any case) and `=`/`:`",
+            Context::Scheme => "after the scheme (any case) and spaces",
+            Context::UserinfoAtHost => "the user part of `://<value>@…` whose host ends with",
+        }
+    }
 }
 
 /// A check on the whole token (prefix included), beyond its alphabet and length.
@@ -190,6 +238,8 @@ pub struct Shape {
     pub glued_if: Check,
     /// Replace only what follows the prefix.
     pub keep_prefix: bool,
+    /// What the literals are: the token's prefix, or its context (a key, a scheme, a host).
+    pub context: Context,
 }
 
 /// A shape with the usual defaults: no lead, a `\b` after, no check, the prefix replaced too.
@@ -204,6 +254,42 @@ const fn shape(prefixes: &'static [&'static str], alphabet: Alphabet, min: u16, 
         check: Check::None,
         glued_if: Check::None,
         keep_prefix: false,
+        context: Context::Prefix,
+    }
+}
+
+/// A value bound to a vendor's key names (lowercase here, matched in any case): `min..=max`
+/// bytes of `alphabet` after `KEY=` / `key: ` / `"key": "` ([`Context::Key`]).
+const fn keyed(keys: &'static [&'static str], alphabet: Alphabet, min: u16, max: u16) -> Shape {
+    Shape {
+        keep_prefix: true,
+        context: Context::Key,
+        ..shape(keys, alphabet, min, max)
+    }
+}
+
+/// A value after an authorization scheme (lowercase here, matched in any case)
+/// ([`Context::Scheme`]).
+const fn scheme(schemes: &'static [&'static str], alphabet: Alphabet, min: u16, max: u16) -> Shape {
+    Shape {
+        keep_prefix: true,
+        context: Context::Scheme,
+        ..shape(schemes, alphabet, min, max)
+    }
+}
+
+/// A URL's user part before the `@` of a host ending with one of `hosts` (lowercase)
+/// ([`Context::UserinfoAtHost`]).
+const fn userinfo_at(
+    hosts: &'static [&'static str],
+    alphabet: Alphabet,
+    min: u16,
+    max: u16,
+) -> Shape {
+    Shape {
+        keep_prefix: true,
+        context: Context::UserinfoAtHost,
+        ..shape(hosts, alphabet, min, max)
     }
 }
 
@@ -233,6 +319,15 @@ impl Shape {
     /// The span to replace if `prefix` (one of [`Shape::prefixes`]), found at `p` in `seg`,
     /// starts a token of this shape.
     pub fn match_at(&self, seg: &[u8], p: usize, prefix: &[u8]) -> Option<(usize, usize)> {
+        match self.context {
+            Context::Prefix => self.prefixed_at(seg, p, prefix),
+            Context::Key | Context::Scheme => self.after_key_at(seg, p, prefix.len()),
+            Context::UserinfoAtHost => self.userinfo_before(seg, p, prefix.len()),
+        }
+    }
+
+    /// [`Shape::match_at`] for [`Context::Prefix`].
+    fn prefixed_at(&self, seg: &[u8], p: usize, prefix: &[u8]) -> Option<(usize, usize)> {
         let lead = usize::from(self.lead);
         let start = p.checked_sub(lead)?;
         if !seg[start..p].iter().all(|b| self.alphabet.has(*b)) {
@@ -270,6 +365,121 @@ impl Shape {
     }
 }
 
+impl Shape {
+    /// [`Shape::match_at`] for [`Context::Key`] and [`Context::Scheme`]: the key of `key_len`
+    /// bytes at `p` starts a word, the separator follows it, then the value.
+    fn after_key_at(&self, seg: &[u8], p: usize, key_len: usize) -> Option<(usize, usize)> {
+        if p > 0 && is_word(seg[p - 1]) {
+            return None;
+        }
+        let at = |i: usize| seg.get(i).copied();
+        let blanks = |mut i: usize| {
+            while matches!(at(i), Some(b' ' | b'\t')) {
+                i += 1;
+            }
+            i
+        };
+        let mut i = p + key_len;
+        if self.context == Context::Scheme {
+            let v = blanks(i);
+            return if v == i { None } else { self.value_at(seg, v) };
+        }
+        if at(i) == Some(b'\\') {
+            i += 1;
+        }
+        if matches!(at(i), Some(b'"' | b'\'')) {
+            i += 1;
+        }
+        i = blanks(i);
+        if !matches!(at(i), Some(b'=' | b':')) {
+            return None;
+        }
+        i = blanks(i + 1);
+        if at(i) == Some(b'\\') {
+            i += 1;
+        }
+        if matches!(at(i), Some(b'"' | b'\'')) {
+            i += 1;
+        }
+        self.value_at(seg, i)
+    }
+
+    /// [`Shape::match_at`] for [`Context::UserinfoAtHost`]: the host literal of `host_len`
+    /// bytes at `p` ends the host (after a `.` or the `@`), and the user part between `://`
+    /// and the `@` is the value.
+    fn userinfo_before(&self, seg: &[u8], p: usize, host_len: usize) -> Option<(usize, usize)> {
+        let in_host = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-');
+        if p == 0 || !matches!(seg[p - 1], b'.' | b'@') {
+            return None;
+        }
+        if seg.get(p + host_len).is_some_and(|b| in_host(*b)) {
+            return None;
+        }
+        // The `@`: the host's labels before the literal are at most 253 bytes (RFC 1035).
+        let from = p.saturating_sub(254);
+        let at = p - 1 - seg[from..p].iter().rev().position(|b| !in_host(*b))?;
+        if seg[at] != b'@' {
+            return None;
+        }
+        let from = at.saturating_sub(usize::from(self.max) + 1);
+        let run = seg[from..at]
+            .iter()
+            .rev()
+            .position(|b| !self.alphabet.has(*b))
+            .unwrap_or(at - from);
+        let start = at - run;
+        if run < usize::from(self.min)
+            || run > usize::from(self.max)
+            || !seg[..start].ends_with(b"://")
+            || !self.check.holds(&seg[start..at], 0, 0)
+        {
+            return None;
+        }
+        Some((start, at))
+    }
+
+    /// The value at `v`: a whole run of the alphabet, `min..=max` bytes, a word boundary after
+    /// it with [`End::Word`], and the check holding on it.
+    fn value_at(&self, seg: &[u8], v: usize) -> Option<(usize, usize)> {
+        let limit = seg.len().min(v + usize::from(self.max) + 1);
+        let run = seg
+            .get(v..limit)?
+            .iter()
+            .position(|b| !self.alphabet.has(*b))
+            .unwrap_or(limit - v);
+        if run < usize::from(self.min) || run > usize::from(self.max) {
+            return None;
+        }
+        let end = v + run;
+        if self.end == End::Word && seg.get(end).is_some_and(|b| is_word(*b)) {
+            return None;
+        }
+        if !self.check.holds(&seg[v..end], 0, 0) {
+            return None;
+        }
+        Some((v, end))
+    }
+}
+
+/// Whether the e-mail-shaped `user@host` at `start` of `seg` (`value`) is a value that a
+/// [`Context::UserinfoAtHost`] row finds there (the key of a Sentry DSN): that row names the
+/// finding and keeps the host readable, so the `email` detector leaves it. Any other user part
+/// of a URL stays the `email` detector's, as before.
+pub fn claimed_userinfo(seg: &[u8], start: usize, value: &[u8]) -> bool {
+    FAMILIES.iter().flat_map(|f| f.shapes).any(|s| {
+        s.context == Context::UserinfoAtHost
+            && s.prefixes.iter().any(|h| {
+                let Some(p) = (start + value.len()).checked_sub(h.len()) else {
+                    return false;
+                };
+                seg.get(p..p + h.len())
+                    .is_some_and(|host| host.eq_ignore_ascii_case(h.as_bytes()))
+                    && s.userinfo_before(seg, p, h.len())
+                        .is_some_and(|(from, _)| from == start)
+            })
+    })
+}
+
 fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
@@ -285,12 +495,18 @@ pub struct Family {
 }
 
 impl Family {
-    /// Appends the spans of this family's tokens in `seg`.
-    pub fn find(&self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+    /// Appends the spans of this family's tokens in `seg`; `lower` is `seg` in lowercase (the
+    /// context literals are matched in any case).
+    pub fn find(&self, seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
         for s in self.shapes {
+            let hay = if s.context == Context::Prefix {
+                seg
+            } else {
+                lower
+            };
             for prefix in s.prefixes {
                 let prefix = prefix.as_bytes();
-                for p in memchr::memmem::find_iter(seg, prefix) {
+                for p in memchr::memmem::find_iter(hay, prefix) {
                     if let Some(span) = s.match_at(seg, p, prefix) {
                         out.push(span);
                     }
@@ -1077,6 +1293,193 @@ pub const FAMILIES: &[Family] = &[
         "SonarQube docs 'Managing your tokens' (squ_, sqp_, sqa_ + 40 hex)",
         &[shape(&["squ_", "sqp_", "sqa_"], HexLower, 40, 40)],
     ),
+    // ---- values without a prefix, bound to their context (keys lowercase: any case) ----
+    fam(
+        "datadog_api_key",
+        "Datadog API keys (32 hex) after DD_API_KEY / DATADOG_API_KEY or the DD-API-KEY header",
+        "Datadog docs 'API and Application Keys', API reference 'Authentication' (DD-API-KEY header, DD_API_KEY)",
+        &[keyed(
+            &["dd_api_key", "dd-api-key", "datadog_api_key", "datadog-api-key", "dd_apikey"],
+            Hex,
+            32,
+            32,
+        )],
+    ),
+    fam(
+        "datadog_app_key",
+        "Datadog application keys (40 hex) after DD_APP_KEY / DD_APPLICATION_KEY or the DD-APPLICATION-KEY header",
+        "Datadog docs 'API and Application Keys', API reference 'Authentication' (DD-APPLICATION-KEY header, DD_APP_KEY)",
+        &[keyed(
+            &[
+                "dd_app_key",
+                "dd-app-key",
+                "dd_application_key",
+                "dd-application-key",
+                "datadog_app_key",
+                "datadog_application_key",
+                "dd_appkey",
+            ],
+            Hex,
+            40,
+            40,
+        )],
+    ),
+    fam(
+        "twilio_auth_token",
+        "Twilio account auth tokens (32 hex) after TWILIO_AUTH_TOKEN",
+        "Twilio docs 'Auth Tokens and how to change them' (32 hex; the AC… account SID is an id)",
+        &[keyed(
+            &["twilio_auth_token", "twilio-auth-token", "twilio_authtoken", "twilio_token"],
+            Hex,
+            32,
+            32,
+        )],
+    ),
+    fam(
+        "twilio_api_secret",
+        "Twilio API key secrets (32 alphanumerics) after TWILIO_API_SECRET",
+        "Twilio docs 'API keys overview' (the SK… key SID is an id, its secret is shown once)",
+        &[keyed(
+            &["twilio_api_secret", "twilio_api_key_secret", "twilio-api-secret", "twilio_secret"],
+            Alnum,
+            32,
+            32,
+        )],
+    ),
+    fam(
+        "cohere_key",
+        "Cohere API keys (40 alphanumerics) after CO_API_KEY / COHERE_API_KEY",
+        "Cohere docs 'Rate limits and API keys', SDK readme (CO_API_KEY environment variable)",
+        &[keyed(&["co_api_key", "cohere_api_key", "cohere-api-key", "cohere_key"], Alnum, 40, 40)],
+    ),
+    fam(
+        "fastly_token",
+        "Fastly API tokens (32) after FASTLY_API_TOKEN or the Fastly-Key header",
+        "Fastly docs 'Fastly-Key' HTTP header, 'Authenticate with the Fastly CLI' (FASTLY_API_TOKEN)",
+        &[keyed(
+            &["fastly-key", "fastly_key", "fastly_api_token", "fastly_api_key", "fastly_token"],
+            Base64Url,
+            32,
+            32,
+        )],
+    ),
+    fam(
+        "pagerduty_key",
+        "PagerDuty REST API keys (20) after PAGERDUTY_TOKEN, Events integration (routing) keys (32 hex)",
+        "PagerDuty developer docs 'API access keys' (REST API keys), Events API v2 'routing_key' (integration key)",
+        &[
+            keyed(
+                &["pagerduty_token", "pagerduty_api_token", "pagerduty_api_key", "pagerduty-token"],
+                Base64UrlPlus,
+                20,
+                20,
+            ),
+            keyed(
+                &[
+                    "pagerduty_integration_key",
+                    "pagerduty_routing_key",
+                    "pagerduty_service_key",
+                    "routing_key",
+                ],
+                Hex,
+                32,
+                32,
+            ),
+        ],
+    ),
+    fam(
+        "okta_token",
+        "Okta API tokens 00… after the SSWS authorization scheme or OKTA_API_TOKEN",
+        "Okta developer docs 'Create an API token' (Authorization: SSWS 00QCjAl4MlV-…, 42 characters)",
+        &[
+            scheme(&["ssws"], Base64Url, 42, 42).check(Check::LiteralAt(0, "00")),
+            keyed(&["okta_api_token", "okta-api-token", "okta_token"], Base64Url, 42, 42)
+                .check(Check::LiteralAt(0, "00")),
+        ],
+    ),
+    fam(
+        "auth0_client_secret",
+        "Auth0 application client secrets after AUTH0_CLIENT_SECRET",
+        "Auth0 docs 'Application credentials' (client secret); Auth0 SDK quickstarts (AUTH0_CLIENT_SECRET)",
+        &[keyed(
+            &["auth0_client_secret", "auth0-client-secret", "auth0_clientsecret"],
+            Base64Url,
+            32,
+            128,
+        )],
+    ),
+    fam(
+        "auth0_token",
+        "Auth0 Management API tokens after AUTH0_API_TOKEN / AUTH0_MANAGEMENT_TOKEN",
+        "Auth0 docs 'Management API access tokens' (a JWT; the jwt detector names it when it is one)",
+        &[keyed(
+            &["auth0_api_token", "auth0_management_token", "auth0_management_api_token", "auth0_token"],
+            Base64UrlDot,
+            32,
+            8192,
+        )],
+    ),
+    fam(
+        "cloudflare_api_token",
+        "Cloudflare API tokens: 40 characters after CF_API_TOKEN / CLOUDFLARE_API_TOKEN; cfut_/cfat_",
+        "Cloudflare docs 'Create API token' (CLOUDFLARE_API_TOKEN), 'Token formats' (cfut_, cfat_ + 40 + checksum)",
+        &[
+            keyed(
+                &["cf_api_token", "cloudflare_api_token", "cloudflare-api-token", "cf_token", "cloudflare_token"],
+                Base64Url,
+                40,
+                40,
+            ),
+            shape(&["cfut_", "cfat_"], Alnum, 48, 48),
+        ],
+    ),
+    fam(
+        "cloudflare_global_api_key",
+        "Cloudflare Global API keys: 37 hex after X-Auth-Key / CF_API_KEY / CLOUDFLARE_API_KEY; cfk_",
+        "Cloudflare docs 'Get Global API key (legacy)' (X-Auth-Key header), 'Token formats' (cfk_ + 40 + checksum)",
+        &[
+            keyed(
+                &[
+                    "x-auth-key",
+                    "cf_api_key",
+                    "cloudflare_api_key",
+                    "cloudflare-api-key",
+                    "cf_global_api_key",
+                    "cloudflare_global_api_key",
+                ],
+                Hex,
+                37,
+                37,
+            ),
+            shape(&["cfk_"], Alnum, 48, 48),
+        ],
+    ),
+    fam(
+        "azure_devops_pat",
+        "Azure DevOps personal access tokens (52 base32, or 84 with AZDO) after AZURE_DEVOPS_PAT",
+        "Microsoft Learn 'Use personal access tokens' (Azure DevOps), AZURE_DEVOPS_EXT_PAT of the az devops CLI",
+        &[
+            keyed(
+                &["azure_devops_pat", "azure_devops_ext_pat", "azure_devops_token", "ado_pat"],
+                Base32Lower,
+                52,
+                52,
+            ),
+            keyed(
+                &["azure_devops_pat", "azure_devops_ext_pat", "azure_devops_token", "ado_pat"],
+                Alnum,
+                84,
+                84,
+            )
+            .check(Check::LiteralAt(76, "AZDO")),
+        ],
+    ),
+    fam(
+        "sentry_dsn",
+        "Sentry DSN keys: the 32-hex key of https://<key>@o<n>.ingest.sentry.io/<project>",
+        "Sentry docs 'Data Source Name (DSN)' (https://{PUBLIC_KEY}@o{ORG_ID}.ingest.sentry.io/{PROJECT_ID})",
+        &[userinfo_at(&["sentry.io"], Hex, 32, 32)],
+    ),
 ];
 
 #[cfg(test)]
@@ -1113,7 +1516,55 @@ mod tests {
             UrlPath => "T0123ABC/B0456DEF/a1B2c3D4e5F6g7H8k9",
             LowerAlnumDollar => "a1b2c3d4e5$f6g7h8k9",
             AzureSecret => "a1B2~c3.D4_e5-F6g7H8k9",
+            Base64UrlPlus => "a1B2+c3_D4-e5F6g7H8k9",
+            Base32Lower => "a2b3c4d5e6f7gh",
         }
+    }
+
+    /// A token of shape `s` written with `prefix` (its literal) and `body` the way logs write
+    /// it: the prefix and body, a key's assignment (`KEY=body`), a scheme's header, a DSN. With
+    /// `glued`, the literal is glued to a word byte before it (a look-alike).
+    fn written(s: &Shape, prefix: &str, body: &str, glued: bool) -> String {
+        let x = if glued { "x" } else { "" };
+        let lead = fill(s.alphabet, usize::from(s.lead));
+        match s.context {
+            Context::Prefix => format!("{x}{lead}{prefix}{body}"),
+            Context::Key => format!("{x}{}={body}", prefix.to_ascii_uppercase()),
+            Context::Scheme => format!("Authorization: {x}{} {body}", prefix.to_ascii_uppercase()),
+            Context::UserinfoAtHost => format!("https://{body}@o12.ingest.{x}{prefix}/34"),
+        }
+    }
+
+    /// Every written form of a token (text, and the text with its secret part replaced): the
+    /// forms of [`written`], and for a key the other ways configuration and logs assign it
+    /// (YAML, JSON, JSON inside a JSON string, quoted, spaced, the key in any case).
+    fn forms(s: &Shape, prefix: &str, body: &str, name: &str) -> Vec<(String, String)> {
+        let r = format!("[REDACTED:{name}]");
+        let lead = fill(s.alphabet, usize::from(s.lead));
+        if s.context == Context::Prefix && !s.keep_prefix {
+            return vec![(written(s, prefix, body, false), r)];
+        }
+        if s.context == Context::Prefix {
+            return vec![(
+                written(s, prefix, body, false),
+                format!("{lead}{prefix}{r}"),
+            )];
+        }
+        let up = prefix.to_ascii_uppercase();
+        let mut templates = vec![written(s, prefix, "\u{1}", false)];
+        if s.context == Context::Key {
+            templates.extend([
+                format!("{prefix}: \u{1}"),
+                format!("\"{prefix}\": \"\u{1}\""),
+                format!("{{\"msg\":\"{{\\\"{up}\\\":\\\"\u{1}\\\"}}\"}}"),
+                format!("{up} = '\u{1}'"),
+                format!("--{prefix}=\u{1}"),
+            ]);
+        }
+        templates
+            .into_iter()
+            .map(|t| (t.replace('\u{1}', body), t.replace('\u{1}', &r)))
+            .collect()
     }
 
     fn fill(a: Alphabet, n: usize) -> String {
@@ -1245,24 +1696,19 @@ mod tests {
         }
     }
 
-    /// Every documented form of every family (each shape, each prefix, shortest and longest)
-    /// is redacted under its own name by the default profile, and nothing of its secret part
-    /// survives.
+    /// Every documented form of every family (each shape, each prefix, shortest and longest,
+    /// each way of writing a key) is redacted under its own name by the default profile, and
+    /// nothing of its secret part survives.
     #[test]
     fn every_family_redacts_each_documented_form() {
         for f in FAMILIES {
             for s in f.shapes {
                 for prefix in s.prefixes {
                     for body in bodies(s, prefix) {
-                        let lead = fill(s.alphabet, usize::from(s.lead));
-                        let token = format!("{lead}{prefix}{body}");
-                        let out = redact(&format!("sent {token} ok"));
-                        let want = if s.keep_prefix {
-                            format!("sent {lead}{prefix}[REDACTED:{}] ok", f.name)
-                        } else {
-                            format!("sent [REDACTED:{}] ok", f.name)
-                        };
-                        assert_eq!(out, want, "{}: {token}", f.name);
+                        for (text, want) in forms(s, prefix, &body, f.name) {
+                            let out = redact(&format!("sent {text} ok"));
+                            assert_eq!(out, format!("sent {want} ok"), "{}: {text}", f.name);
+                        }
                     }
                 }
             }
@@ -1270,26 +1716,24 @@ mod tests {
     }
 
     /// Look-alikes of every form are not this family's: a body one byte too short or too long,
-    /// and the token glued to a word before it. They stay whole unless another family's token
-    /// is inside them (`xoxe.xoxp-…` one byte short is still a Slack `xoxp-` token).
+    /// and the token (or its key, scheme or host) glued to a word before it. They stay whole
+    /// unless another family's token is inside them (`xoxe.xoxp-…` one byte short is still a
+    /// Slack `xoxp-` token) or another detector finds them (`secret` after `MY_DD_API_KEY=`).
     #[test]
     fn every_family_leaves_its_look_alikes() {
         for f in FAMILIES {
             for s in f.shapes {
                 for prefix in s.prefixes {
-                    let lead = fill(s.alphabet, usize::from(s.lead));
                     let body = bodies(s, prefix).remove(0);
                     let short = fill(s.alphabet, usize::from(s.min) - 1);
-                    let mut look_alikes = vec![format!("{lead}{prefix}{short}")];
+                    let mut look_alikes = vec![written(s, prefix, &short, false)];
                     if s.check == Check::None && s.max < 2048 {
-                        look_alikes.push(format!(
-                            "{lead}{prefix}{}",
-                            fill(s.alphabet, usize::from(s.max) + 1)
-                        ));
+                        let long = fill(s.alphabet, usize::from(s.max) + 1);
+                        look_alikes.push(written(s, prefix, &long, false));
                     }
-                    let token = format!("{lead}{prefix}{body}");
-                    if token.as_bytes()[0].is_ascii_alphanumeric() {
-                        look_alikes.push(format!("x{token}"));
+                    let token = written(s, prefix, &body, false);
+                    if s.context != Context::Prefix || token.as_bytes()[0].is_ascii_alphanumeric() {
+                        look_alikes.push(written(s, prefix, &body, true));
                     }
                     for text in look_alikes {
                         let line = format!("sent {text} ok");
@@ -1327,8 +1771,7 @@ mod tests {
             for s in f.shapes {
                 let prefix = s.prefixes[i % s.prefixes.len()];
                 let body = bodies(s, prefix).remove(0);
-                let lead = fill(s.alphabet, usize::from(s.lead));
-                let token = format!("{lead}{prefix}{body}");
+                let token = written(s, prefix, &body, false);
                 text.push_str(&format!("t={i} {token} ok"));
                 text.push(if i % 3 == 2 { '\n' } else { ' ' });
                 secrets.push(if s.keep_prefix { body } else { token });
@@ -1380,6 +1823,101 @@ mod tests {
         let bad = format!("ghp_{}", with_crc("a1B2c3D4e5F6g7H8k9a1B2c3D4e5F7")).replace("F7", "F6");
         let line = format!("u=/x?t%3D{bad}&y");
         assert_eq!(redact(&line), line);
+    }
+
+    /// The vendor values without a prefix, as real configuration dumps, requests and
+    /// environments write them: each under its vendor's name, the key, header, scheme or host
+    /// kept readable, the ids next to them (Twilio `AC…`, the DSN's org and project) kept.
+    #[test]
+    fn context_bound_vendor_values_in_realistic_lines() {
+        let hex32 = "9f86d081884c7d659a2feaa0c55ad015";
+        let hex40 = "3f786850e387550fdab836ed7e6dc881de23001b";
+        let hex37 = "c2547eb745079dac9320b638f5e225cf483cc";
+        let okta = "00QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4";
+        let pat = "a".repeat(26) + &"b2".repeat(13);
+        for (text, want) in [
+            (
+                format!("export DD_API_KEY={hex32}"),
+                "export DD_API_KEY=[REDACTED:datadog_api_key]".to_string(),
+            ),
+            (
+                format!("curl -H 'DD-API-KEY: {hex32}' -H 'DD-APPLICATION-KEY: {hex40}'"),
+                "curl -H 'DD-API-KEY: [REDACTED:datadog_api_key]' -H 'DD-APPLICATION-KEY: [REDACTED:datadog_app_key]'".to_string(),
+            ),
+            (
+                format!(r#"{{"account_sid":"AC{hex32}","twilio_auth_token":"{hex32}"}}"#),
+                format!(r#"{{"account_sid":"AC{hex32}","twilio_auth_token":"[REDACTED:twilio_auth_token]"}}"#),
+            ),
+            (
+                format!("GET /api/v1/users Authorization: SSWS {okta}"),
+                "GET /api/v1/users Authorization: SSWS [REDACTED:okta_token]".to_string(),
+            ),
+            (
+                "Fastly-Key: Ab3dEf6hIj9lMn2pQr5tUv8xYz1b4D7f".to_string(),
+                "Fastly-Key: [REDACTED:fastly_token]".to_string(),
+            ),
+            (
+                format!("X-Auth-Email: ops@example.com X-Auth-Key: {hex37}"),
+                "X-Auth-Email: [REDACTED:email] X-Auth-Key: [REDACTED:cloudflare_global_api_key]"
+                    .to_string(),
+            ),
+            (
+                format!("SENTRY_DSN=https://{hex32}@o4504.ingest.us.sentry.io/4508"),
+                "SENTRY_DSN=https://[REDACTED:sentry_dsn]@o4504.ingest.us.sentry.io/4508"
+                    .to_string(),
+            ),
+            (
+                format!("dsn: 'https://{hex32}@sentry.io/12'"),
+                "dsn: 'https://[REDACTED:sentry_dsn]@sentry.io/12'".to_string(),
+            ),
+            (
+                format!("AZURE_DEVOPS_EXT_PAT={pat}"),
+                "AZURE_DEVOPS_EXT_PAT=[REDACTED:azure_devops_pat]".to_string(),
+            ),
+            (
+                format!(r#"{{"routing_key":"{hex32}","event_action":"trigger"}}"#),
+                r#"{"routing_key":"[REDACTED:pagerduty_key]","event_action":"trigger"}"#
+                    .to_string(),
+            ),
+        ] {
+            assert_eq!(redact(&format!("{text}\n")), format!("{want}\n"), "{text}");
+        }
+    }
+
+    /// Values of a vendor's alphabet and length without its context stay: a 32-hex trace id or
+    /// MD5, a git SHA, a UUID, a DSN-like URL on another host; a key name that continues
+    /// (`DD_API_KEY_ID`) or is prose; a value of the wrong length after the right key. A value
+    /// after a key that ends in a secret word is still the `secret` detector's, as before.
+    #[test]
+    fn context_bound_look_alikes_stay() {
+        for text in [
+            "trace_id=4bf92f3577b34da6a3ce929d0e0e4736 md5 9e107d9d372bb6826bd81d3542a419d6",
+            "commit 3f786850e387550fdab836ed7e6dc881de23001b id=123e4567-e89b-12d3-a456-426614174000",
+            "DD_API_KEY_ID=4bf92f3577b34da6a3ce929d0e0e4736",
+            "X-Auth-Key: 3f786850e387550fdab836ed7e6dc881de23001b",
+            "routing_key=orders.created, the dd_api_key is rotated",
+            "Authorization scheme SSWS 00short; ssws: 00",
+            "see https://sentry.io/organizations/acme/issues/ and https://docs.sentry.io/",
+            "Fastly-Key: 4bf92f3577b34da6a3ce929d0e0e473",
+        ] {
+            let line = format!("{text}\n");
+            assert_eq!(redact(&line), line, "{text}");
+        }
+        // The `secret` detector's, not a vendor's: wrong shape, or a key that only ends like one.
+        assert_eq!(
+            redact("DD_API_KEY=123e4567-e89b-12d3-a456-426614174000\n"),
+            "DD_API_KEY=[REDACTED:secret]\n"
+        );
+        assert_eq!(
+            redact("MY_DD_API_KEY=4bf92f3577b34da6a3ce929d0e0e4736\n"),
+            "MY_DD_API_KEY=[REDACTED:secret]\n"
+        );
+        // Not a DSN: the user part of a URL on another host is an e-mail-shaped finding, as
+        // before.
+        assert_eq!(
+            redact("https://4bf92f3577b34da6a3ce929d0e0e4736@example.com/1\n"),
+            "https://[REDACTED:email]/1\n"
+        );
     }
 
     #[test]
@@ -1450,8 +1988,9 @@ mod tests {
     }
 
     /// Names are unique, valid configuration names, not a hand-written detector's; the
-    /// families fit the prefilter's 128-bit candidate set; the default profile has at least
-    /// 120 detectors.
+    /// families' numbers fit a `u8` (those past bit 126 share the candidate set's bit 127);
+    /// every context literal is lowercase (it is matched in the lowercased segment); the
+    /// default profile has at least 120 detectors.
     #[test]
     fn families_fit_the_candidate_set() {
         let mut names: Vec<&str> = Builtin::ALL
@@ -1466,12 +2005,20 @@ mod tests {
         for name in &names {
             assert!(crate::is_valid_redaction_name(name), "{name}");
         }
-        assert!(usize::from(super::super::finding::FAMILY_BASE_FOR_TESTS) + FAMILIES.len() <= 128);
+        assert!(usize::from(super::super::finding::FAMILY_BASE_FOR_TESTS) + FAMILIES.len() <= 256);
+        for b in Builtin::ALL.iter().chain(Builtin::OPT_IN.iter()) {
+            assert!(b.bit_index() < 128, "{}", b.name());
+        }
         assert!(Builtin::ALL.len() >= 120, "{}", Builtin::ALL.len());
         for f in FAMILIES {
             for s in f.shapes {
                 assert!(s.min >= 1 && s.min <= s.max, "{}", f.name);
                 assert!(!s.prefixes.is_empty(), "{}", f.name);
+                if s.context != Context::Prefix {
+                    for p in s.prefixes {
+                        assert_eq!(*p, p.to_ascii_lowercase(), "{}", f.name);
+                    }
+                }
             }
         }
     }

@@ -21,16 +21,22 @@ use std::sync::LazyLock;
 /// two findings start at the same byte, the earlier detector names the replacement.
 ///
 /// The number is the detector's bit in the prefilter's candidate set (`u128`): hand-written
-/// detectors take bits 0–15, families 16 and up (`families_fit_the_candidate_set` proves it).
-/// The opt-in national identifiers are numbered from 128 on: they have no bit (the redactor
-/// runs them on every segment of a profile that names them, see `super::national`).
+/// detectors take bits 0–15, families 16 and up; the families past bit 126 share bit 127 (a
+/// segment with the literal of one of them runs them all, each finding only its own tokens),
+/// so the table may grow past 112 families (`families_fit_the_candidate_set` proves it).
+/// The opt-in national identifiers are numbered after the last family: they have no bit (the
+/// redactor runs them on every segment of a profile that names them, see `super::national`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Builtin(u8);
 
 /// The first bit of the token families.
 const FAMILY_BASE: u8 = 16;
-/// The number of the first national-identifier detector: past the candidate set's 128 bits.
-const NATIONAL_BASE: u8 = 128;
+/// The number of the first national-identifier detector: after the last token family (the
+/// `const` assertion below proves every number fits a `u8`).
+const NATIONAL_BASE: u8 = FAMILY_BASE + FAMILIES.len() as u8;
+const _: () = assert!(FAMILY_BASE as usize + FAMILIES.len() + national::ALL.len() <= 255);
+/// The last bit of the candidate set, shared by every family from it on.
+const SHARED_BIT: u32 = 127;
 #[cfg(test)]
 pub(crate) const FAMILY_BASE_FOR_TESTS: u8 = FAMILY_BASE;
 
@@ -92,9 +98,10 @@ impl Builtin {
     /// rarely sensitive, for every log.
     pub const OPT_IN: [Builtin; 2 + national::ALL.len()] = opt_in_order();
 
-    /// The detector's bit in the prefilter's candidate set.
+    /// The detector's bit in the prefilter's candidate set: its number, or the shared
+    /// [`SHARED_BIT`] past it.
     pub(crate) fn bit_index(self) -> u32 {
-        u32::from(self.0)
+        u32::from(self.0).min(SHARED_BIT)
     }
 
     /// The token family behind this detector, if it is one.
@@ -197,8 +204,8 @@ impl Builtin {
                 regex_spans(&URL_CREDENTIALS, seg, 1, out, |v, _, _| !own_output(v))
             }
             Builtin::Secret => find_key_value(seg, masks.lower(), true, out),
-            Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |_, s, line| {
-                !after_url_userinfo(line, s)
+            Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |v, s, line| {
+                !after_url_userinfo(line, s) && !family::claimed_userinfo(line, s, v)
             }),
             Builtin::Card => find_cards(seg, masks, out),
             Builtin::Iban => find_ibans(seg, masks, out),
@@ -219,7 +226,7 @@ impl Builtin {
                 if let Some(n) = self.as_national() {
                     n.find(seg, out);
                 } else if let Some(f) = self.as_family() {
-                    f.find(seg, out);
+                    f.find(seg, masks.lower(), out);
                 }
             }
         }
@@ -262,7 +269,14 @@ impl Builtin {
                             } else {
                                 format!("{}–{}", s.min, s.max)
                             };
-                            format!("{} + {}{{{len}}}", s.prefixes.join(" "), s.alphabet.describe())
+                            let literals = s.prefixes.join(" ");
+                            let alphabet = s.alphabet.describe();
+                            match s.context {
+                                family::Context::Prefix => {
+                                    format!("{literals} + {alphabet}{{{len}}}")
+                                }
+                                c => format!("{alphabet}{{{len}}} {} {literals}", c.describe()),
+                            }
                         })
                         .collect();
                     (format!("{}: {}", f.what, forms.join("; ")), f.source)
@@ -314,7 +328,7 @@ const fn opt_in_order() -> [Builtin; 2 + national::ALL.len()] {
     all[1] = Builtin::MacAddress;
     let mut i = 0;
     while i < national::ALL.len() {
-        // At most 13 national detectors: 128 + i fits a u8.
+        // The `const` assertion on NATIONAL_BASE proves NATIONAL_BASE + i fits a u8.
         all[2 + i] = Builtin(NATIONAL_BASE + i as u8);
         i += 1;
     }

@@ -72,8 +72,9 @@ pub fn detector_table() -> String {
 pub struct TokenShape {
     /// The detector's name (`[REDACTED:name]`).
     pub detector: &'static str,
-    /// A literal prefix (case-sensitive).
-    pub prefix: &'static str,
+    /// What is written before the body: a literal prefix (case-sensitive), or a vendor's key
+    /// and `=` (`dd_api_key=`) or scheme and a space (`ssws `) for a value bound to its context.
+    pub prefix: String,
     /// The bytes that may follow the prefix.
     pub alphabet: Vec<u8>,
     /// Shortest and longest run after the prefix.
@@ -91,13 +92,20 @@ pub fn token_shapes() -> Vec<TokenShape> {
         for s in f.shapes {
             let alphabet: Vec<u8> = (0..=255u8).filter(|b| s.alphabet.has(*b)).collect();
             for prefix in s.prefixes {
+                let (prefix, written) = match s.context {
+                    family::Context::Prefix => (prefix.to_string(), true),
+                    family::Context::Key => (format!("{prefix}="), true),
+                    family::Context::Scheme => (format!("{prefix} "), true),
+                    // The value comes before its literal (`://<key>@…sentry.io`).
+                    family::Context::UserinfoAtHost => (prefix.to_string(), false),
+                };
                 out.push(TokenShape {
                     detector: f.name,
                     prefix,
                     alphabet: alphabet.clone(),
                     min: usize::from(s.min),
                     max: usize::from(s.max),
-                    plain: s.lead == 0 && s.check == family::Check::None,
+                    plain: written && s.lead == 0 && s.check == family::Check::None,
                 });
             }
         }

@@ -436,6 +436,11 @@ fn secret_strategy() -> impl Strategy<Value = (String, String)> {
             }),
         "[A-Za-z0-9]{8,16}"
             .prop_map(|p| (p.clone(), format!("redis://app:{p}@cache.internal:6379"))),
+        // Vendor values without a prefix, bound to their key, scheme or host.
+        "[0-9a-f]{32}".prop_map(|t| (t.clone(), format!("DD-API-KEY: {t}"))),
+        "[0-9a-f]{40}".prop_map(|t| (t.clone(), format!("\"dd_app_key\":\"{t}\""))),
+        "[A-Za-z0-9_-]{40}".prop_map(|t| (t.clone(), format!("Authorization: SSWS 00{t}"))),
+        "[0-9a-f]{32}".prop_map(|t| (t.clone(), format!("https://{t}@o1.ingest.sentry.io/2"))),
         "[A-Za-z0-9+/]{64}".prop_map(|b| (
             b.clone(),
             format!("-----BEGIN RSA PRIVATE KEY-----\n{b}\n{b}\n-----END RSA PRIVATE KEY-----")
