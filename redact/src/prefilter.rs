@@ -347,10 +347,10 @@ fn word_part(s: &Shape, p: &str) -> Option<usize> {
 }
 
 /// The token-family prefixes that hold a `~` (Microsoft Entra's `8Q~`…: a word byte before
-/// them, so the word gate cannot take them), looked up at each `~` of a segment: a `~` is
-/// rare in logs and `memchr` finds it at a few instructions per 32 bytes, where ten more
-/// literals in the literal search cost about 3 % of all the default profile's instructions
-/// (callgrind, `docs/performance.md`).
+/// them, so the word gate cannot take them), looked up at each `~` of a segment (the `tilde`
+/// class of the byte masks): a `~` is rare in logs, and ten more literals in the literal
+/// search cost about 3 % of all the default profile's instructions (callgrind,
+/// `docs/performance.md`). The word gate's loop says when a segment has no `~` at all.
 #[derive(Debug, Default)]
 struct TildeGate {
     /// Each lowercase prefix, the offset of its (first) `~`, and its detectors.
