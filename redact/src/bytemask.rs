@@ -35,6 +35,9 @@ pub struct Masks {
     /// A word byte `[A-Za-z0-9_]`: where a word starts (`\b`), the token families' prefixes
     /// are looked up (`super::prefilter`).
     pub word: u64,
+    /// `~`: where the prefixes that hold one (Microsoft Entra's `8Q~`) are compared; a line
+    /// without one (nearly every line) skips them without a search of its own.
+    pub tilde: u64,
 }
 
 /// The instructions that compute the masks.
@@ -157,6 +160,7 @@ impl SegmentMasks {
                         colon: m.colon >> shift,
                         dot: m.dot >> shift,
                         word: m.word >> shift,
+                        tilde: m.tilde >> shift,
                     }
                 }
                 // A segment shorter than a block: padded with NUL, which is in no class.
@@ -287,6 +291,7 @@ fn scalar(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
         set(&mut m.colon, *b == b':');
         set(&mut m.dot, *b == b'.');
         set(&mut m.word, b.is_ascii_alphanumeric() || *b == b'_');
+        set(&mut m.tilde, *b == b'~');
         lower[i] = b.to_ascii_lowercase();
     }
     m
@@ -348,6 +353,7 @@ mod sse2 {
             at: each(&eq(b'@')),
             colon: each(&eq(b':')),
             dot: each(&eq(b'.')),
+            tilde: each(&eq(b'~')),
             word: each(&|x| {
                 let letter = _mm_or_si128(upper(x), in_range(x, b'a', b'z'));
                 _mm_or_si128(_mm_or_si128(letter, in_range(x, b'0', b'9')), eq(b'_')(x))
@@ -433,6 +439,7 @@ mod avx2 {
             colon: join(eq(a, b':'), eq(b, b':')),
             dot: join(eq(a, b'.'), eq(b, b'.')),
             word: join(word(a, upper_a, digit_a), word(b, upper_b, digit_b)),
+            tilde: join(eq(a, b'~'), eq(b, b'~')),
         }
     }
 }

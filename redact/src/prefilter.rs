@@ -283,7 +283,10 @@ impl Prefilter {
     pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u128 {
         let mut hits = self.always;
         let lower = masks.lower();
-        let mut found = self.word_gate.candidates(lower, masks) | self.tilde_gate.candidates(lower);
+        let (mut found, tilde) = self.word_gate.candidates(lower, masks);
+        if tilde {
+            found |= self.tilde_gate.candidates(lower, masks);
+        }
         for (ac, first) in &self.keywords {
             let mut at = 0;
             while found & self.searched != self.searched && at < lower.len() {
@@ -344,10 +347,10 @@ fn word_part(s: &Shape, p: &str) -> Option<usize> {
 }
 
 /// The token-family prefixes that hold a `~` (Microsoft Entra's `8Q~`…: a word byte before
-/// them, so the word gate cannot take them), looked up at each `~` of a segment: a `~` is
-/// rare in logs and `memchr` finds it at a few instructions per 32 bytes, where ten more
-/// literals in the literal search cost about 3 % of all the default profile's instructions
-/// (callgrind, `docs/performance.md`).
+/// them, so the word gate cannot take them), looked up at each `~` of a segment (the `tilde`
+/// class of the byte masks): a `~` is rare in logs, and ten more literals in the literal
+/// search cost about 3 % of all the default profile's instructions (callgrind,
+/// `docs/performance.md`). The word gate's loop says when a segment has no `~` at all.
 #[derive(Debug, Default)]
 struct TildeGate {
     /// Each lowercase prefix, the offset of its (first) `~`, and its detectors.
@@ -365,19 +368,26 @@ impl TildeGate {
         }
     }
 
-    /// The gate's detectors with a prefix anywhere in `lower`.
-    fn candidates(&self, lower: &[u8]) -> u128 {
+    /// The gate's detectors with a prefix anywhere in `lower`, whose masks are `masks`: the
+    /// `~`s come from the masks' `tilde` class, so a line without one costs a test per block,
+    /// not a search of its own.
+    fn candidates(&self, lower: &[u8], masks: &SegmentMasks) -> u128 {
         if self.kinds == 0 {
             return 0;
         }
         let mut found = 0;
-        for t in memchr::memchr_iter(b'~', lower) {
-            for (prefix, at, bits) in &self.prefixes {
-                if t.checked_sub(*at)
-                    .and_then(|start| lower.get(start..))
-                    .is_some_and(|rest| rest.starts_with(prefix))
-                {
-                    found |= bits;
+        for k in 0..masks.len() {
+            let mut tildes = masks.get(k).tilde;
+            while tildes != 0 {
+                let t = k * 64 + tildes.trailing_zeros() as usize;
+                tildes &= tildes - 1;
+                for (prefix, at, bits) in &self.prefixes {
+                    if t.checked_sub(*at)
+                        .and_then(|start| lower.get(start..))
+                        .is_some_and(|rest| rest.starts_with(prefix))
+                    {
+                        found |= bits;
+                    }
                 }
             }
             if found == self.kinds {
@@ -414,7 +424,47 @@ struct WordGate {
 
 /// A lowercase prefix of the word gate, how many of its bytes come before the word start it
 /// is looked up at (0 or 1, [`word_part`]), and the detectors it stands for.
-type GatedPrefix = (Vec<u8>, usize, u128);
+#[derive(Debug)]
+struct GatedPrefix {
+    prefix: Vec<u8>,
+    back: usize,
+    bits: u128,
+    /// A prefix of eight bytes or fewer as a little-endian word (zero-padded) and the mask of
+    /// its bytes: verified with one masked 64-bit compare where eight bytes follow its start.
+    /// Every table hit is verified (about 1 % of word starts, most of them `api…`), and a
+    /// `memcmp` call per prefix there was a visible share of the default profile's time.
+    word: Option<(u64, u64)>,
+}
+
+impl GatedPrefix {
+    fn new(prefix: &[u8], back: usize, bits: u128) -> GatedPrefix {
+        let word = (prefix.len() <= 8).then(|| {
+            let mut w = [0u8; 8];
+            w[..prefix.len()].copy_from_slice(prefix);
+            let mask = u32::try_from(8 * (8 - prefix.len()))
+                .ok()
+                .and_then(|shift| u64::MAX.checked_shr(shift))
+                .unwrap_or(0);
+            (u64::from_le_bytes(w), mask)
+        });
+        GatedPrefix {
+            prefix: prefix.to_vec(),
+            back,
+            bits,
+            word,
+        }
+    }
+
+    /// Whether the prefix occurs at `start` of `hay` (false where it would run past the end).
+    #[inline]
+    fn occurs_at(&self, hay: &[u8], start: usize) -> bool {
+        let rest = hay.get(start..).unwrap_or_default();
+        match (self.word, rest.first_chunk::<8>()) {
+            (Some((word, mask)), Some(eight)) => u64::from_le_bytes(*eight) & mask == word,
+            _ => rest.starts_with(&self.prefix),
+        }
+    }
+}
 
 impl Default for WordGate {
     fn default() -> Self {
@@ -455,9 +505,12 @@ impl WordGate {
             }
         };
         let group = &mut self.keys[at].1;
-        match group.iter_mut().find(|(p, k, _)| p == prefix && *k == back) {
-            Some((_, _, b)) => *b |= bits,
-            None => group.push((prefix.to_vec(), back, bits)),
+        match group
+            .iter_mut()
+            .find(|g| g.prefix == prefix && g.back == back)
+        {
+            Some(g) => g.bits |= bits,
+            None => group.push(GatedPrefix::new(prefix, back, bits)),
         }
     }
 
@@ -470,25 +523,29 @@ impl WordGate {
         self.keys[i]
             .1
             .iter()
-            .filter(|(prefix, back, _)| {
-                p.checked_sub(*back)
-                    .and_then(|start| lower.get(start..))
-                    .is_some_and(|rest| rest.starts_with(prefix))
+            .filter(|g| {
+                p.checked_sub(g.back)
+                    .is_some_and(|start| g.occurs_at(lower, start))
             })
-            .fold(0, |a, (_, _, b)| a | b)
+            .fold(0, |a, g| a | g.bits)
     }
 
     /// The gate's detectors with a prefix at a word start of `lower` (the segment lowercased,
-    /// whose masks are `masks`).
-    fn candidates(&self, lower: &[u8], masks: &SegmentMasks) -> u128 {
+    /// whose masks are `masks`), and whether the segment may hold a `~`: the loop reads every
+    /// block's masks anyway, so it tells the `~` gate ([`TildeGate`]) for free when the
+    /// segment has none (nearly every line). `true` when it could not tell (an empty gate, or
+    /// every detector found before the last block).
+    fn candidates(&self, lower: &[u8], masks: &SegmentMasks) -> (u128, bool) {
         if self.kinds == 0 {
-            return 0;
+            return (0, true);
         }
         let mut found = 0;
+        let mut tilde = 0;
         // Whether the byte before the block is a word byte.
         let mut carry = 0;
         for k in 0..masks.len() {
             let m = masks.get(k);
+            tilde |= m.tilde;
             let word = m.word;
             // No gated prefix starts with a digit (`word_part`): numbers, a good part of
             // a log's words, are skipped.
@@ -507,10 +564,10 @@ impl WordGate {
                 }
             }
             if found == self.kinds {
-                break;
+                return (found, true);
             }
         }
-        found
+        (found, tilde != 0)
     }
 }
 
@@ -644,14 +701,15 @@ mod tests {
         });
         for l in literals {
             let l = l.to_ascii_lowercase();
-            let gated = p.word_gate.keys.iter().any(|(_, g)| {
-                g.iter()
-                    .any(|(prefix, _, _)| prefix.as_slice() == l.as_bytes())
-            }) || p
-                .tilde_gate
-                .prefixes
+            let gated = p
+                .word_gate
+                .keys
                 .iter()
-                .any(|(prefix, _, _)| prefix == l.as_bytes());
+                .any(|(_, g)| g.iter().any(|g| g.prefix.as_slice() == l.as_bytes()))
+                || p.tilde_gate
+                    .prefixes
+                    .iter()
+                    .any(|(prefix, _, _)| prefix == l.as_bytes());
             assert!(
                 gated || all.iter().any(|t| l.starts_with(t.as_str())),
                 "{l}"
@@ -672,7 +730,10 @@ mod tests {
         };
         let mut gated = 0;
         for (_, group) in &p.word_gate.keys {
-            for (prefix, back, bits) in group {
+            for GatedPrefix {
+                prefix, back, bits, ..
+            } in group
+            {
                 gated += 1;
                 let prefix = String::from_utf8(prefix.clone()).unwrap();
                 for pad in [0, 1, 60, 61, 62, 63, 64, 127] {
@@ -733,6 +794,32 @@ mod tests {
             assert_ne!(candidates(format!("{x}abc8Q~def").as_bytes()) & entra, 0);
             assert_ne!(candidates(format!("{x}7q~").as_bytes()) & entra, 0);
             assert_eq!(candidates(format!("{x}~ aQ~ 8Q 8~").as_bytes()) & entra, 0);
+        }
+    }
+
+    /// The word gate's masked 64-bit compare says what `starts_with` says, for every gated
+    /// prefix (short and long), at every start near the end of the haystack and past it.
+    #[test]
+    fn gated_prefix_compare_equals_starts_with() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        for (_, group) in &p.word_gate.keys {
+            for g in group {
+                let mut hay = b"xx".to_vec();
+                hay.extend_from_slice(&g.prefix);
+                hay.extend_from_slice(b"tail");
+                for end in 0..=hay.len() {
+                    let hay = &hay[..end];
+                    for start in 0..=end + 1 {
+                        let want = hay.get(start..).is_some_and(|r| r.starts_with(&g.prefix));
+                        assert_eq!(
+                            g.occurs_at(hay, start),
+                            want,
+                            "{:?} {start} {end}",
+                            g.prefix
+                        );
+                    }
+                }
+            }
         }
     }
 
