@@ -539,24 +539,33 @@ async fn connect(
     config: &ClientConfig,
     server: Server<'_>,
 ) -> Result<deadline::Deadline<Channel>, Failure> {
-    let endpoint = endpoint(addr, config, server)?;
+    let endpoint = endpoint(addr, config, server, true)?;
     let connected = within_connect_deadline(endpoint.connect()).await;
     connected
         .map(deadline::Deadline::new)
         .map_err(|e| connect_failure(addr, server, &e))
 }
 
-/// The endpoint of `addr` with the CLI's TLS identity and connection settings.
+/// The endpoint of `addr` with the CLI's TLS identity and connection settings. With
+/// `tcp_timeout`, hyper's connector bounds the TCP connect to 5 s; without it (an endpoint
+/// used with a connector of one's own, which bounds TCP itself), no `connect_timeout` is set,
+/// since tonic would wrap the whole connector, TLS's handshake included, in it.
 fn endpoint(
     addr: &str,
     config: &ClientConfig,
     server: Server<'_>,
+    tcp_timeout: bool,
 ) -> Result<tonic::transport::Endpoint, Failure> {
-    Ok(config
+    let endpoint = config
         .tls
         .endpoint(addr, server)
-        .map_err(|e| Failure::from(format!("TLS configuration: {e:#}")))?
-        .connect_timeout(Duration::from_secs(5))
+        .map_err(|e| Failure::from(format!("TLS configuration: {e:#}")))?;
+    let endpoint = if tcp_timeout {
+        endpoint.connect_timeout(Duration::from_secs(5))
+    } else {
+        endpoint
+    };
+    Ok(endpoint
         // A peer whose host dies mid-stream sends no FIN and no RST: an unanswered ping ends
         // the connection (and the read, with an error naming the peer) within ~35 s.
         .http2_keep_alive_interval(deadline::KEEP_ALIVE)

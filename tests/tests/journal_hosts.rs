@@ -398,34 +398,52 @@ fn journal_follow_over_two_hosts_streams_each_hosts_new_entries_of_the_unit_only
             })?;
         assert_eq!(allowed["mode"], "journal_follow", "{host}");
     }
-    // The followers' journalctl are started; new entries of both units are written to both.
-    std::thread::sleep(Duration::from_millis(1000));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
-    for (n, host) in ["web-1", "web-2"].into_iter().enumerate() {
-        let dir = f.cluster.agents[host].dir.join("journal");
-        let at = now + n as u128;
-        write_journal(
-            &dir,
-            &(entry(at, 100, host, "sshd.service", OTHER_UNIT)
-                + &entry(
-                    at + 10,
-                    101,
-                    host,
-                    "nginx.service",
-                    &format!("live on {host} password={SECRET}"),
-                )),
-        )?;
-    }
-    let mut got = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while got.len() < 2 && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
-            got.push(line);
+    // New entries of both units are written to both hosts, again every half second until a
+    // line of each host has arrived: an entry written before a follower's journalctl has
+    // started is never shown (it follows new entries only), so no fixed wait is relied on.
+    let mut got: Vec<String> = Vec::new();
+    let seen = |got: &[String], host: &str| got.iter().any(|l| l.starts_with(&format!("{host}: ")));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut round: u64 = 0;
+    while !(seen(&got, "web-1") && seen(&got, "web-2")) && Instant::now() < deadline {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
+        for (n, host) in ["web-1", "web-2"].into_iter().enumerate() {
+            let dir = f.cluster.agents[host].dir.join("journal");
+            let at = now + n as u128;
+            write_journal(
+                &dir,
+                &(entry(at, 100 + 2 * round, host, "sshd.service", OTHER_UNIT)
+                    + &entry(
+                        at + 10,
+                        101 + 2 * round,
+                        host,
+                        "nginx.service",
+                        &format!("live on {host} password={SECRET}"),
+                    )),
+            )?;
+        }
+        round += 1;
+        let wait_until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < wait_until {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(50)) {
+                got.push(line);
+            }
         }
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(seen(&got, "web-1") && seen(&got, "web-2"), "{got:?}");
+    // Only the unit's entries, redacted, each prefixed with its host.
+    for line in &got {
+        assert!(
+            line.starts_with("web-1: ") || line.starts_with("web-2: "),
+            "{line}"
+        );
+        assert!(
+            !line.contains(SECRET) && !line.contains(OTHER_UNIT),
+            "{line}"
+        );
+    }
     for host in ["web-1", "web-2"] {
         let want = format!("{host}: ");
         let line = got

@@ -142,12 +142,45 @@ impl Fleet {
     /// Runs `logs cat --selector … --parallel K` once, sampling the CLI's open TCP sockets
     /// until it ends; returns the most seen at once and how many samples saw any.
     fn cat_sampled(&self, parallel: usize) -> anyhow::Result<(usize, usize)> {
+        let (most, seen, out) = self.sampled("cat", parallel, Some(&self.log))?;
+        // Every host read whole.
+        for i in 1..=AGENTS {
+            let prefix = format!("sock-{i:02}: ");
+            let lines = out.lines().filter(|l| l.starts_with(&prefix)).count();
+            anyhow::ensure!(lines == LINES, "{prefix}{lines} lines of {LINES}");
+        }
+        Ok((most, seen))
+    }
+
+    /// [`Self::cat_sampled`] for `logs ls --selector … --parallel K`: every host lists its file.
+    fn ls_sampled(&self, parallel: usize) -> anyhow::Result<(usize, usize)> {
+        let (most, seen, out) = self.sampled("ls", parallel, None)?;
+        for i in 1..=AGENTS {
+            let prefix = format!("sock-{i:02}: ");
+            anyhow::ensure!(
+                out.lines()
+                    .any(|l| l.starts_with(&prefix) && l.ends_with("small.log")),
+                "{prefix}listed nothing: {out}"
+            );
+        }
+        Ok((most, seen))
+    }
+
+    /// Runs `logs VERB --selector … --parallel K [PATH]` once, sampling the CLI's open TCP
+    /// sockets until it ends; returns the most seen at once, how many samples saw any, and its
+    /// standard output.
+    fn sampled(
+        &self,
+        verb: &str,
+        parallel: usize,
+        path: Option<&PathBuf>,
+    ) -> anyhow::Result<(usize, usize, String)> {
         let mut child = self
             .cluster
             .cli("alice")
-            .args(["logs", "cat", "--selector", SELECTOR])
+            .args(["logs", verb, "--selector", SELECTOR])
             .args(["--parallel", &parallel.to_string()])
-            .arg(&self.log)
+            .args(path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
@@ -178,14 +211,8 @@ impl Fleet {
         let out = reader
             .join()
             .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-        anyhow::ensure!(status.success(), "--parallel {parallel}: {status}");
-        // Every host read whole.
-        for i in 1..=AGENTS {
-            let prefix = format!("sock-{i:02}: ");
-            let lines = out.lines().filter(|l| l.starts_with(&prefix)).count();
-            anyhow::ensure!(lines == LINES, "{prefix}{lines} lines of {LINES}");
-        }
-        Ok((most, seen))
+        anyhow::ensure!(status.success(), "{verb} --parallel {parallel}: {status}");
+        Ok((most, seen, out))
     }
 }
 
@@ -205,5 +232,25 @@ fn parallel_two_never_holds_more_than_two_sockets_open() -> anyhow::Result<()> {
         most <= 2,
         "--parallel 2 held {most} TCP sockets open at once"
     );
+    Ok(())
+}
+
+#[test]
+fn ls_over_many_hosts_never_holds_more_sockets_open_than_parallel() -> anyhow::Result<()> {
+    let f = fleet()?;
+    for parallel in [1, 2] {
+        let mut most = 0;
+        let mut seen = 0;
+        for _ in 0..RUNS {
+            let (run_most, run_seen) = f.ls_sampled(parallel)?;
+            most = most.max(run_most);
+            seen += run_seen;
+        }
+        assert!(seen > 0, "no sample saw an open socket");
+        assert!(
+            most <= parallel,
+            "ls --parallel {parallel} held {most} TCP sockets open at once"
+        );
+    }
     Ok(())
 }

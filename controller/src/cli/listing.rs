@@ -13,7 +13,9 @@
 //! agent, 4 MiB from a hostile one: 64 MiB in all), whatever the number of hosts.
 
 use super::reads::{is_multi_host, registry_targets, Target};
-use super::{agent_addr, connect, format_time, usage, CliResult, Exit, Failure, OrExplain, Peer};
+use super::socket_slot::{self, Socket, CLOSE_WAIT};
+use super::{agent_addr, connect, explain, explain_at, format_time, needs_probe, usage};
+use super::{CliResult, Exit, Failure, OrExplain, Peer};
 use crate::config::ClientConfig;
 use loggate_core::tls::Server;
 use loggate_proto as pb;
@@ -73,29 +75,53 @@ pub async fn list_logs(config: ClientConfig, args: ListArgs) -> CliResult {
     }
     let host = args.hosts.first().cloned().unwrap_or_default();
     let addr = agent_addr(&config, &host, args.agent_addr.clone()).await?;
-    let listing = fetch(&config, &host, &addr, request).await?;
+    let listing = fetch(&config, &host, &addr, request, None).await?;
     write_listing(&host, &listing, &args, false)
 }
 
-/// Asks agent `host` at `addr` for the listing.
+/// Asks agent `host` at `addr` for the listing. With `socket` (one host of several), the
+/// connection is the socket slot's ([`socket_slot::connect`]: one retry of a transient connect
+/// failure) and this returns only once its socket is closed, so that the window of `ls` over
+/// many hosts never covers more sockets than listings; a refusal probe (a connection dropped
+/// without a reason) is made only after that, never beside the listing's own socket.
 async fn fetch(
     config: &ClientConfig,
     host: &str,
     addr: &str,
     request: pb::ListLogsRequest,
+    socket: Option<&Socket>,
 ) -> Result<pb::ListLogsResponse, Failure> {
     let peer = Peer {
         name: format!("agent {host}"),
         addr: addr.to_string(),
         server: Server::Agent(host),
     };
-    let mut client = AgentClient::new(connect(addr, config, Server::Agent(host)).await?);
-    Ok(client
-        .list_logs(request)
-        .await
-        .or_explain(config, &peer)
-        .await?
-        .into_inner())
+    let Some(socket) = socket else {
+        let mut client = AgentClient::new(connect(addr, config, Server::Agent(host)).await?);
+        return Ok(client
+            .list_logs(request)
+            .await
+            .or_explain(config, &peer)
+            .await?
+            .into_inner());
+    };
+    let answer = match socket_slot::connect(addr, config, Server::Agent(host), socket).await {
+        // The client (the connection) is dropped at the end of this arm; tonic closes its
+        // socket on its own tasks, a moment later.
+        Ok(channel) => AgentClient::new(channel).list_logs(request).await,
+        Err(failure) => {
+            socket.closed(CLOSE_WAIT).await;
+            return Err(failure);
+        }
+    };
+    let closed = socket.closed(CLOSE_WAIT).await;
+    match answer {
+        Ok(response) => Ok(response.into_inner()),
+        Err(status) if closed || !needs_probe(&status) => {
+            Err(explain_at(&status, config, &peer).await)
+        }
+        Err(status) => Err(explain(&status, &peer.name)),
+    }
 }
 
 /// Writes `host`'s listing on stdout (each text line prefixed with the host when `prefixed`),
@@ -183,7 +209,14 @@ async fn list_many(
         let host = target.host.clone();
         let handle = tokio::spawn(async move {
             let addr = target.addr.map_err(Failure::from)?;
-            fetch(&config, &target.host, &addr, request).await
+            fetch(
+                &config,
+                &target.host,
+                &addr,
+                request,
+                Some(&Socket::default()),
+            )
+            .await
         });
         (host, handle)
     };

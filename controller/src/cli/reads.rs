@@ -43,6 +43,7 @@
 //!   terminal and standard output is not ([`progress_wanted`]), and never with `--follow`;
 //!   piped, stderr holds only the failure lines.
 
+use super::deadline::NoAnswer;
 use super::listing::printable;
 use super::socket_slot::{self, Socket, CLOSE_WAIT};
 use super::{agent_addr, explain_at, the_controller, usage, Exit, Failure};
@@ -529,15 +530,47 @@ async fn file_failure(status: &tonic::Status, job: &HostJob, agent: &Peer<'_>) -
 /// [`explain_at`] for a host of a multi-host read: when it probes the agent with a connection
 /// of its own (the read's connection was dropped without a reason), the probe waits until the
 /// read's socket is closed and keeps the host to that one connection; a socket still open after
-/// [`CLOSE_WAIT`] gives the explanation without the probe rather than a second connection.
+/// [`CLOSE_WAIT`] gives the explanation without the probe rather than a second connection. A
+/// status that leaves the connection up ([`connection_still_up`]) is explained at once: its
+/// socket will not close while the read holds it, so there is nothing to wait for.
 async fn explain_host(status: &tonic::Status, job: &HostJob, agent: &Peer<'_>) -> Failure {
+    explain_on(status, &job.config, &job.socket, agent).await
+}
+
+/// [`explain_host`] with the host's configuration and socket.
+async fn explain_on(
+    status: &tonic::Status,
+    config: &ClientConfig,
+    socket: &Socket,
+    agent: &Peer<'_>,
+) -> Failure {
     if !super::needs_probe(status) {
-        return explain_at(status, &job.config, agent).await;
+        return explain_at(status, config, agent).await;
     }
-    match job.socket.hold_closed(CLOSE_WAIT).await {
-        Some(_only) => explain_at(status, &job.config, agent).await,
+    if connection_still_up(status) {
+        return super::explain(status, &agent.name);
+    }
+    match socket.hold_closed(CLOSE_WAIT).await {
+        Some(_only) => explain_at(status, config, agent).await,
         None => super::explain(status, &agent.name),
     }
+}
+
+/// True when `status` ended one call but not its connection: the CLI's own deadline
+/// ([`NoAnswer`]) or a reset of the one stream (h2's `RST_STREAM`), told by type along the
+/// cause chain. A refused certificate never looks like this (it ends the connection).
+fn connection_still_up(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if c.is::<NoAnswer>()
+            || c.downcast_ref::<h2::Error>()
+                .is_some_and(h2::Error::is_reset)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Reads one file or journal unit (`request`) and hands its lines to the writer, whole,
@@ -1263,6 +1296,40 @@ async fn read_hosts(config: ClientConfig, targets: Vec<Target>, plan: Plan) -> C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failure_that_leaves_the_connection_up_is_explained_without_waiting_for_it() {
+        let config = ClientConfig {
+            controller: "127.0.0.1:1".to_string(),
+            sign_in: None,
+            tls: loggate_core::tls::TlsFiles {
+                ca: "/nonexistent/ca.crt".into(),
+                cert: "/nonexistent/user.crt".into(),
+                key: "/nonexistent/user.key".into(),
+            },
+        };
+        let socket = Socket::default();
+        // The read's connection is still open: its socket holds the one permit.
+        let _open = socket
+            .hold_closed(Duration::from_secs(1))
+            .await
+            .expect("free");
+        let status = tonic::Status::from_error(Box::new(NoAnswer(Duration::from_secs(30))));
+        assert!(super::super::needs_probe(&status));
+        let agent = Peer {
+            name: "agent web-1".to_string(),
+            addr: "127.0.0.1:1".to_string(),
+            server: Server::Agent("web-1"),
+        };
+        let started = std::time::Instant::now();
+        let failure = explain_on(&status, &config, &socket, &agent).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "waited {:?} for a socket that stays open",
+            started.elapsed()
+        );
+        assert_eq!(failure.code, Exit::Error);
+    }
 
     fn listing(id: &str, addr: &str) -> pb::AgentListing {
         pb::AgentListing {

@@ -17,11 +17,19 @@
 //! [`RETRY_PAUSE_MS`] (so that hundreds of retries do not arrive together). Only the transport
 //! failing before TLS has said anything is retried ([`is_transient`]); a TLS refusal, an
 //! unexpected server and every gRPC answer (a refused grant, above all) are never retried, and
-//! a host is tried at most twice.
+//! a host is tried at most twice. A connection that broke after TLS's handshake (a broken pipe,
+//! a reset or an early end at HTTP/2's preface) may be the peer refusing our certificate with
+//! its alert lost (docs/security.md, 11c): it is probed for that reason first
+//! ([`super::probe_refusal`]), and a refusal ends the host with exit 3, not retried.
+//!
+//! **Time limits.** The TCP connect is bounded by [`TCP_CONNECT`] inside our connector (after
+//! the wait for the peer's socket slot), and the whole connect, TLS's handshake included, by
+//! `deadline::CONNECT` (10 s). The endpoint has no `connect_timeout`: tonic would wrap the whole
+//! connector, TLS included, in it (5 s for TCP and TLS together).
 
 use super::deadline::Deadline;
 use super::{chain_has_io_kind, connect_failure, endpoint, tls_error_in, within_connect_deadline};
-use super::{ConnectError, Failure};
+use super::{probe_refusal, tls_failure, ConnectError, Failure, Peer};
 use crate::config::ClientConfig;
 use hyper_util::rt::TokioIo;
 use loggate_core::tls::Server;
@@ -44,6 +52,10 @@ pub const RETRY_PAUSE_MS: std::ops::RangeInclusive<u64> = 100..=400;
 /// The longest a reader waits for its dropped connection's socket to close before it gives its
 /// slot back anyway (tonic closes it within a few scheduler turns; this only bounds a bug).
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// The longest the TCP connect itself may take (the wait for the peer's socket slot before it
+/// and TLS's handshake after it are not counted).
+pub const TCP_CONNECT: Duration = Duration::from_secs(5);
 
 /// The socket to one peer: at most one is open at a time, and its closing can be waited for.
 #[derive(Debug, Clone)]
@@ -88,22 +100,42 @@ pub async fn connect(
     server: Server<'_>,
     socket: &Socket,
 ) -> Result<Deadline<Channel>, Failure> {
-    let endpoint = endpoint(addr, config, server)?;
+    // No connect_timeout: the connector bounds TCP itself, within_connect_deadline the rest.
+    let endpoint = endpoint(addr, config, server, false)?;
     let attempt = || {
         within_connect_deadline(endpoint.connect_with_connector(Connector {
-            addr: addr.to_string(),
             open: Arc::clone(&socket.open),
         }))
     };
-    let pause = || async {
-        // The failed attempt's socket is gone before the next one opens.
+    let name = match server {
+        Server::Controller => "loggate-controller",
+        Server::Agent(id) => id,
+    };
+    let before_retry = |past_tls: bool| async move {
+        // The failed attempt's socket is gone before the probe or the next attempt opens one.
         socket.closed(CLOSE_WAIT).await;
+        if past_tls {
+            let peer = Peer {
+                name: name.to_string(),
+                addr: addr.to_string(),
+                server,
+            };
+            if let Some(tls) = probe_refusal(config, &peer).await {
+                return Err(tls_failure(
+                    &format!("{name} at {addr}"),
+                    &tls,
+                    &tls.to_string(),
+                ));
+            }
+        }
         let ms = rand::random_range(RETRY_PAUSE_MS);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
     };
-    match once_more_if_transient(attempt, pause).await {
+    match once_more_if_transient(attempt, before_retry).await {
         Ok(channel) => Ok(Deadline::new(channel)),
-        Err((e, tries)) => {
+        Err(Stop::Refused(failure)) => Err(failure),
+        Err(Stop::Failed(e, tries)) => {
             let mut failure = connect_failure(addr, server, &e);
             if tries > 1 {
                 failure.message.push_str(" (tried twice)");
@@ -113,26 +145,50 @@ pub async fn connect(
     }
 }
 
-/// Runs `attempt`; when it fails transiently ([`is_transient`]), waits for `pause` and runs it
-/// once more. The error comes with the number of attempts made (1 or 2).
-async fn once_more_if_transient<T, A, AF, P, PF>(
-    mut attempt: A,
-    pause: P,
-) -> Result<T, (ConnectError, u8)>
+/// Why [`once_more_if_transient`] gave up.
+#[derive(Debug)]
+enum Stop {
+    /// The last attempt's error, with the number of attempts made (1 or 2).
+    Failed(ConnectError, u8),
+    /// The check before the retry found the peer refusing us (exit 3): not tried again.
+    Refused(Failure),
+}
+
+/// Runs `attempt`; when it fails transiently ([`is_transient`]), runs `before_retry` (told
+/// whether the connection had got past TLS's handshake, [`past_tls`]) and, unless that finds
+/// a refusal, `attempt` once more.
+async fn once_more_if_transient<T, A, AF, P, PF>(mut attempt: A, before_retry: P) -> Result<T, Stop>
 where
     A: FnMut() -> AF,
     AF: Future<Output = Result<T, ConnectError>>,
-    P: FnOnce() -> PF,
-    PF: Future<Output = ()>,
+    P: FnOnce(bool) -> PF,
+    PF: Future<Output = Result<(), Failure>>,
 {
     match attempt().await {
         Ok(value) => Ok(value),
         Err(e) if is_transient(&e) => {
-            pause().await;
-            attempt().await.map_err(|e| (e, 2))
+            before_retry(past_tls(&e)).await.map_err(Stop::Refused)?;
+            attempt().await.map_err(|e| Stop::Failed(e, 2))
         }
-        Err(e) => Err((e, 1)),
+        Err(e) => Err(Stop::Failed(e, 1)),
     }
+}
+
+/// True when the failed connect had got past TLS's handshake: the error came from HTTP/2's
+/// handshake on the TLS stream (hyper's error is in the chain, by type), where a peer refusing
+/// our certificate under TLS 1.3 closes the connection.
+fn past_tls(e: &ConnectError) -> bool {
+    let ConnectError::Failed(e) = e else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+    while let Some(c) = cause {
+        if c.is::<hyper::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// True for a connect that failed in the transport before TLS said anything: refused, reset,
@@ -159,11 +215,11 @@ pub(super) fn is_transient(e: &ConnectError) -> bool {
     }
 }
 
-/// Opens the TCP connection to `addr` once the peer has no other socket open, and hands it over
-/// holding that peer's one permit ([`HeldSocket`]).
+/// Opens the TCP connection to the endpoint's URI (its host, its port or 443, as hyper's own
+/// connector does) once the peer has no other socket open, within [`TCP_CONNECT`], and hands it
+/// over holding that peer's one permit ([`HeldSocket`]).
 #[derive(Clone)]
 struct Connector {
-    addr: String,
     open: Arc<Semaphore>,
 }
 
@@ -176,16 +232,28 @@ impl Service<Uri> for Connector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let addr = self.addr.clone();
+    fn call(&mut self, uri: Uri) -> Self::Future {
         let open = Arc::clone(&self.open);
         Box::pin(async move {
-            // A reconnect waits here until the connection before it has dropped its socket.
+            let host = uri
+                .host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host to dial"))?;
+            let port = uri.port_u16().unwrap_or(443);
+            // A reconnect waits here until the connection before it has dropped its socket;
+            // the wait is not part of TCP's time limit.
             let permit = open
                 .acquire_owned()
                 .await
                 .map_err(|_| io::Error::other("the connection's socket slot is gone"))?;
-            let tcp = TcpStream::connect(addr.as_str()).await?;
+            let tcp = tokio::time::timeout(TCP_CONNECT, TcpStream::connect((host.as_str(), port)))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no TCP connection within {} s", TCP_CONNECT.as_secs()),
+                    )
+                })??;
             tcp.set_nodelay(true)?;
             Ok(HeldSocket {
                 io: TokioIo::new(tcp),
@@ -267,6 +335,11 @@ mod tests {
     /// Runs [`once_more_if_transient`] over attempts that fail with `first` then `then`;
     /// returns (attempts made, pauses made, the attempts the error reports).
     async fn tries(first: ConnectError, then: ConnectError) -> (u8, u8, u8) {
+        tries_probing(first, then, false).await
+    }
+
+    /// [`tries`], with a check before the retry that finds a refusal when `refused`.
+    async fn tries_probing(first: ConnectError, then: ConnectError, refused: bool) -> (u8, u8, u8) {
         let made = AtomicU8::new(0);
         let paused = AtomicU8::new(0);
         let errors = std::sync::Mutex::new(vec![then, first]);
@@ -276,13 +349,57 @@ mod tests {
                 let next = errors.lock().expect("lock").pop();
                 Err(next.unwrap_or(ConnectError::NoHandshake))
             },
-            || async {
+            |_past_tls| async {
                 paused.fetch_add(1, Ordering::SeqCst);
+                if refused {
+                    Err(Failure::new(super::super::Exit::Denied, "refused"))
+                } else {
+                    Ok(())
+                }
             },
         )
         .await;
-        let reported = result.err().map_or(0, |(_, n)| n);
+        let reported = match result {
+            Ok(()) => 0,
+            Err(Stop::Failed(_, n)) => n,
+            Err(Stop::Refused(f)) => {
+                assert_eq!(f.code, super::super::Exit::Denied);
+                u8::MAX
+            }
+        };
         (made.into_inner(), paused.into_inner(), reported)
+    }
+
+    #[tokio::test]
+    async fn a_refusal_found_before_the_retry_is_not_tried_again() {
+        let broken = || io_failure(io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            tries_probing(broken(), broken(), true).await,
+            (1, 1, u8::MAX)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_connector_dials_the_uris_host_and_port_and_443_by_default() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut connector = Connector {
+            open: Arc::new(Semaphore::new(1)),
+        };
+        let uri: Uri = format!("https://127.0.0.1:{port}").parse().expect("uri");
+        let held = connector
+            .call(uri)
+            .await
+            .expect("connects to the URI's port");
+        drop(held);
+        // No port: 443, as hyper's connector dials (a refused or failed connect, never the
+        // "invalid socket address" of dialling the bare string).
+        let bare = connector.call(Uri::from_static("https://127.0.0.1")).await;
+        if let Err(e) = bare {
+            assert_ne!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+        }
     }
 
     #[tokio::test]
