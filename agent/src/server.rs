@@ -20,8 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 pub struct AgentService {
@@ -814,9 +813,13 @@ impl Agent for AgentService {
         let shared = self.shared.clone();
         let subject = reader.spiffe_id().to_string();
         let key_sha256 = reader.key_sha256_hex();
+        // All data first, then the final status (if the stream was cut or failed). A message's
+        // share of the queue budget is given back as the encoder takes it, or at a cut.
+        let response = stream::ResponseBody::new(rx, last_rx);
         let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
             .stopping_on(self.shared.stopping.subscribe())
-            .sharing(self.shared.slots.queue_budget());
+            .sharing(self.shared.slots.queue_budget())
+            .freeing_on_cut(&response);
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let metrics = loggate_core::metrics::agent();
@@ -842,6 +845,7 @@ impl Agent for AgentService {
                 grant_id: sink.grant_id().to_string(),
                 path,
                 bytes: finished.bytes,
+                bytes_read: Some(finished.bytes_read),
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 end_reason: reason.as_str(),
                 error: match &reason {
@@ -860,11 +864,6 @@ impl Agent for AgentService {
                 tracing::error!("audit write failed at stream end: {e:#}");
             }
         });
-        // All data first, then the final status (if the stream was cut or failed). A message's
-        // share of the queue budget is given back as the encoder takes it.
-        let response = ReceiverStream::new(rx)
-            .map(stream::Queued::into_item)
-            .chain(ReceiverStream::new(last_rx));
         Ok(Response::new(Box::pin(Held::new(response, slot))))
     }
 
@@ -1117,9 +1116,13 @@ impl Agent for AgentService {
             path_glob_hint: format!("the journal of {unit}"),
         };
         let client = tx.clone();
+        // A message's share of the queue budget is given back as the encoder takes it, or at
+        // a cut.
+        let response = stream::ResponseBody::new(rx, last_rx);
         let mut sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
             .stopping_on(self.shared.stopping.subscribe())
-            .sharing(self.shared.slots.queue_budget());
+            .sharing(self.shared.slots.queue_budget())
+            .freeing_on_cut(&response);
         let plan = crate::journal::JournalPlan {
             config: self.shared.config.journal.clone(),
             unit,
@@ -1160,6 +1163,7 @@ impl Agent for AgentService {
                 grant_id,
                 path: resource,
                 bytes: finished.bytes,
+                bytes_read: None,
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 end_reason: reason.as_str(),
                 error: match &reason {
@@ -1178,10 +1182,6 @@ impl Agent for AgentService {
             drop(stop_held);
             drop(sink);
         });
-        // A message's share of the queue budget is given back as the encoder takes it.
-        let response = ReceiverStream::new(rx)
-            .map(stream::Queued::into_item)
-            .chain(ReceiverStream::new(last_rx));
         Ok(Response::new(Box::pin(Held::new(response, slot))))
     }
 
