@@ -962,6 +962,7 @@ pub fn run(
     let mut finished = Finished {
         reason: EndReason::Eof,
         bytes: 0,
+        bytes_read: 0,
         counts: Counts::default(),
         pattern_time: Duration::ZERO,
         key_lookback_exhausted: false,

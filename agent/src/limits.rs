@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -38,6 +39,23 @@ const BUDGET_UNIT: usize = 1024;
 pub struct QueueBudget {
     units: Arc<Semaphore>,
     total: u32,
+    /// Streams sharing the budget now ([`QueueBudget::join`]).
+    sharers: Arc<AtomicUsize>,
+}
+
+/// One stream's membership of a [`QueueBudget`], ended on drop.
+pub struct Sharer {
+    sharers: Arc<AtomicUsize>,
+}
+
+impl Drop for Sharer {
+    fn drop(&mut self) {
+        if self.sharers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last live stream has ended: what the burst of streams freed (their buffers
+            // and messages) goes back to the kernel, not kept by the allocator until the next.
+            crate::release_freed_memory();
+        }
+    }
 }
 
 /// A queued message's share of the [`QueueBudget`], given back on drop (when the response
@@ -57,7 +75,22 @@ impl QueueBudget {
                 usize::try_from(total).unwrap_or(Semaphore::MAX_PERMITS),
             )),
             total,
+            sharers: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Counts a stream among those sharing the budget until the returned [`Sharer`] is
+    /// dropped: how many do decides how much each reads at a time (`stream::ChannelSink`).
+    pub fn join(&self) -> Sharer {
+        self.sharers.fetch_add(1, Ordering::AcqRel);
+        Sharer {
+            sharers: self.sharers.clone(),
+        }
+    }
+
+    /// Streams sharing the budget now.
+    pub fn sharers(&self) -> usize {
+        self.sharers.load(Ordering::Acquire)
     }
 
     /// The units a message of `len` bytes takes; a message larger than the whole budget takes

@@ -332,6 +332,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::Level::INFO,
         &format!("loggate-agent {} listening on {listen}", shared.config.id),
     );
+    // What the start allocated and freed (the redaction engine's compilation) goes back.
+    release_freed_memory();
     // The audit file is open and the listener bound: systemd may consider the agent started.
     loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
@@ -520,6 +522,20 @@ fn limit_malloc_arenas() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
         }
+    }
+}
+
+/// Gives the allocator's free memory back to the kernel (glibc's `malloc_trim`): what a
+/// burst of streams, or the start (compiling the redaction engine), freed stays in glibc's
+/// arenas otherwise, fragmented, and counts in the agent's RSS until reused (issue #15: the
+/// agent's peak RSS with 64 readers, docs/performance.md). Called at start, once the engine is
+/// built, and whenever the last live stream ends; it costs a walk of the free lists.
+pub fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer; it only returns free pages of glibc's own heaps,
+    // under the allocator's locks, so it is safe from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -24,8 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 pub struct AgentService {
@@ -561,10 +560,14 @@ impl AgentService {
             path_glob_hint,
         };
         let client = tx.clone();
+        // A message's share of the queue budget is given back as the encoder takes it, or at
+        // a cut (which drops what the client had not read).
+        let response = stream::ResponseBody::new(rx, last_rx);
         let sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
             .stopping_on(self.shared.stopping.subscribe())
-            .sharing(self.shared.slots.queue_budget());
-        Ok((sink, client, Receivers { rx, last_rx }))
+            .sharing(self.shared.slots.queue_budget())
+            .freeing_on_cut(&response);
+        Ok((sink, client, Receivers { response }))
     }
 
     /// Runs `serve` (a file's or a journal's stream) on a blocking thread and writes the read's
@@ -602,6 +605,7 @@ impl AgentService {
                 grant_id: sink.grant_id().to_string(),
                 path: reading.path,
                 bytes: finished.bytes,
+                bytes_read: reading.file.then_some(finished.bytes_read),
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 end_reason: reason.as_str(),
                 error: match &reason {
@@ -631,13 +635,15 @@ struct Reading {
     peer: Option<String>,
     /// The file served, or `journal:<unit>`.
     path: String,
+    /// A file's read counts the content it read (`read.finished`'s `bytes_read`); a journal
+    /// read has none.
+    file: bool,
 }
 
-/// The receiving ends of a read's response: its chunks, then its final status (if the stream
+/// The receiving end of a read's response: its chunks, then its final status (if the stream
 /// was cut or failed).
 struct Receivers {
-    rx: mpsc::Receiver<stream::Queued>,
-    last_rx: mpsc::Receiver<stream::Item>,
+    response: stream::ResponseBody,
 }
 
 impl Receivers {
@@ -645,10 +651,7 @@ impl Receivers {
     /// client has taken it all. A message's share of the queue budget is given back as the
     /// encoder takes it.
     fn respond(self, slot: SlotGuard) -> Response<ChunkStream> {
-        let response = ReceiverStream::new(self.rx)
-            .map(stream::Queued::into_item)
-            .chain(ReceiverStream::new(self.last_rx));
-        Response::new(Box::pin(Held::new(response, slot)))
+        Response::new(Box::pin(Held::new(self.response, slot)))
     }
 }
 
@@ -955,6 +958,7 @@ impl Agent for AgentService {
             key_sha256: reader.key_sha256_hex(),
             peer,
             path,
+            file: true,
         };
         self.spawn_stream(reading, sink, grep_place, move |sink| {
             stream::run(plan, sink)
@@ -1161,6 +1165,7 @@ impl Agent for AgentService {
             key_sha256: reader.key_sha256_hex(),
             peer,
             path: resource,
+            file: false,
         };
         self.spawn_stream(reading, sink, grep_place, move |sink| {
             crate::journal::run(plan, sink, client, grants, stop, runtime)

@@ -24,7 +24,7 @@
 
 use crate::follow::{Changes, FileWatch};
 use crate::gate::{Profile, Withdrawal};
-use crate::limits::{BudgetShare, QueueBudget};
+use crate::limits::{BudgetShare, QueueBudget, Sharer};
 use loggate_core::grant::{rough_duration, unix_now};
 use loggate_core::timestamp::line_timestamp_ms;
 use loggate_proto as pb;
@@ -36,14 +36,24 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::watch;
 use tonic::Status;
 
-/// Bytes read from a file at a time.
+/// Bytes read from a file at a time while few streams run (at most [`FEW_STREAMS`]): one
+/// message each, so one stream's throughput pays per-message costs once per 64 KiB.
 pub const CHUNK: usize = 64 * 1024;
+/// Bytes read at a time while more than [`FEW_STREAMS`] streams share the agent's queue
+/// budget. What a stream holds scales with its read: the read buffer, the message it may
+/// always queue, the one the encoder is copying and the encoder's buffer (issue #15: with 64
+/// readers they were most of the agent's heap). Many streams share the cores, so none of them
+/// is fast enough for the per-message cost to matter, and the TLS records under them are
+/// 16 KiB whatever the message.
+pub const SMALL_CHUNK: usize = 16 * 1024;
+/// Streams that may read [`CHUNK`] at a time; beyond, every stream reads [`SMALL_CHUNK`].
+pub const FEW_STREAMS: usize = 8;
 /// Messages queued for the gRPC response per stream. Beyond the first, each takes its size
 /// from the agent's shared [`QueueBudget`] (`limits.stream_queue_bytes`): one stream alone may
 /// queue this many chunks (its throughput), 64 streams together no more than the budget plus
@@ -91,6 +101,70 @@ impl Queued {
     /// The message, its share of the budget given back.
     pub fn into_item(self) -> Item {
         self.item
+    }
+}
+
+/// The response's side of a stream's queue: every queued message, then the final status
+/// (`last`, see [`ChannelSink`]).
+///
+/// The response owns the data channel's receiver; its sink holds it only weakly
+/// ([`ChannelSink::freeing_on_cut`]), to empty it when the grant is cut. Without that, what a
+/// reader had not read when its grant was revoked or expired stayed queued (with its share of
+/// the [`QueueBudget`]) until the reader read on or closed its connection: a reader who stopped
+/// reading held a stream's worth of the agent's memory after its grant had ended. Weakly, so
+/// that the response going away still drops the receiver and the stream sees its client leave.
+pub struct ResponseBody {
+    data: Option<Arc<Mutex<mpsc::Receiver<Queued>>>>,
+    last: mpsc::Receiver<Item>,
+}
+
+impl ResponseBody {
+    /// The response of a stream writing to `data` and, at its end, to `last`.
+    pub fn new(data: mpsc::Receiver<Queued>, last: mpsc::Receiver<Item>) -> Self {
+        ResponseBody {
+            data: Some(Arc::new(Mutex::new(data))),
+            last,
+        }
+    }
+
+    /// Messages queued now (the tests' view of what a reader has not read).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.data.as_ref().map_or(0, |data| lock(data).len())
+    }
+
+    /// Takes the next queued message without giving its share back (tests).
+    #[cfg(test)]
+    fn try_take(&mut self) -> Option<Queued> {
+        self.data
+            .as_ref()
+            .and_then(|data| lock(data).try_recv().ok())
+    }
+}
+
+/// The queue's lock, even if a holder panicked (the queue holds no invariant a panic breaks).
+fn lock(data: &Mutex<mpsc::Receiver<Queued>>) -> std::sync::MutexGuard<'_, mpsc::Receiver<Queued>> {
+    data.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl tokio_stream::Stream for ResponseBody {
+    type Item = Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Item>> {
+        use std::task::Poll;
+        if let Some(data) = &self.data {
+            match lock(data).poll_recv(cx) {
+                Poll::Ready(Some(queued)) => return Poll::Ready(Some(queued.into_item())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {}
+            }
+            // Every sender is gone: all data was yielded, the final status follows.
+            self.data = None;
+        }
+        self.last.poll_recv(cx)
     }
 }
 
@@ -505,6 +579,11 @@ pub trait ChunkSink {
     fn fail(&mut self, status: Status);
     /// Content bytes sent so far.
     fn bytes(&self) -> u64;
+    /// Bytes to read from the file at a time now (the size of the next message, before
+    /// redaction): [`CHUNK`] unless the sink knows better (see [`SMALL_CHUNK`]).
+    fn read_size(&self) -> usize {
+        CHUNK
+    }
 }
 
 /// The agent's sink: a bounded channel to the gRPC response (`tx`), and a second one of
@@ -522,9 +601,13 @@ pub trait ChunkSink {
 /// async workers while it sleeps on events like any task.
 pub struct ChannelSink {
     tx: mpsc::Sender<Queued>,
+    /// The response's receiver, emptied when the grant is cut (see [`ResponseBody`]).
+    queue: Weak<Mutex<mpsc::Receiver<Queued>>>,
     /// What queued messages beyond the first take their size from (`None`: the channel's
     /// capacity alone bounds the queue).
     budget: Option<Arc<QueueBudget>>,
+    /// This stream counted among the budget's sharers (how many decides the read size).
+    _sharer: Option<Sharer>,
     last: mpsc::Sender<Item>,
     watch: GrantWatch,
     withdrawals: watch::Receiver<u64>,
@@ -565,7 +648,9 @@ impl ChannelSink {
         ChannelSink {
             withdrawals: watch.grants.subscribe(),
             tx,
+            queue: Weak::new(),
             budget: None,
+            _sharer: None,
             last,
             watch,
             look_up: true,
@@ -587,7 +672,20 @@ impl ChannelSink {
     /// Messages queued behind the stream's first take their size from `budget` (see
     /// [`ChannelSink`]).
     pub fn sharing(mut self, budget: Arc<QueueBudget>) -> Self {
+        self._sharer = Some(budget.join());
         self.budget = Some(budget);
+        self
+    }
+
+    /// At a cut (the grant revoked or expired, the agent stopping), the messages still queued
+    /// for `response` are dropped, their shares of the budget given back, before the final
+    /// status is queued: the reader gets the cut, not the rest of what it had not read (see
+    /// [`ResponseBody`]).
+    pub fn freeing_on_cut(mut self, response: &ResponseBody) -> Self {
+        self.queue = response
+            .data
+            .as_ref()
+            .map_or_else(Weak::new, Arc::downgrade);
         self
     }
 
@@ -597,6 +695,13 @@ impl ChannelSink {
     }
 
     fn cut(&mut self, reason: EndReason, message: String) -> EndReason {
+        if let Some(queue) = self.queue.upgrade() {
+            // Only this sink sends on the channel, so nothing is added while it empties.
+            let mut queue = lock(&queue);
+            while let Ok(dropped) = queue.try_recv() {
+                drop(dropped);
+            }
+        }
         let _ = self.last.try_send(Err(Status::aborted(message)));
         reason
     }
@@ -755,6 +860,13 @@ impl ChunkSink for ChannelSink {
     fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    fn read_size(&self) -> usize {
+        match &self.budget {
+            Some(budget) if budget.sharers() > FEW_STREAMS => SMALL_CHUNK,
+            _ => CHUNK,
+        }
+    }
 }
 
 /// The message of a stream cut for its grep budget (the stream's, or the subject's across
@@ -779,6 +891,10 @@ fn budget_message(selector: &LineSelector, agent: &str) -> String {
 pub struct Finished {
     pub reason: EndReason,
     pub bytes: u64,
+    /// Bytes of the file's content read to serve it, decompressed for a compressed file (every
+    /// pass: a `tail -n` of one decompresses it twice), from the stream's start (a plain
+    /// `tail`'s start) on: with `bytes`, what the stream cost the agent and what it served.
+    pub bytes_read: u64,
     pub counts: Counts,
     /// Time spent matching the grep pattern.
     pub pattern_time: Duration,
@@ -798,6 +914,7 @@ fn read_error(e: std::io::Error) -> EndReason {
 pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     let mut pipeline = Pipeline::new(plan.profile.redactor(), plan.max_line);
     let mut key_lookback_exhausted = false;
+    let mut bytes_read = 0u64;
     // Where to start: with `tail_lines`, found by reading the file, here off the async runtime.
     // (A compressed file's tail is found by `pump_compressed`: its offsets are not the file's.)
     let start = match plan.tail_lines {
@@ -823,12 +940,12 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     let reason = match primed {
         Err(reason) => reason,
         Ok(_) if plan.compressed.is_some() => {
-            match pump_compressed(&mut plan, &mut pipeline, sink) {
+            match pump_compressed(&mut plan, &mut pipeline, sink, &mut bytes_read) {
                 Ok(()) => EndReason::Eof,
                 Err(reason) => reason,
             }
         }
-        Ok(start) => match pump(&mut plan, start, &mut pipeline, sink) {
+        Ok(start) => match pump(&mut plan, start, &mut pipeline, sink, &mut bytes_read) {
             Ok(()) => EndReason::Eof,
             Err(reason) => reason,
         },
@@ -862,6 +979,7 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     Finished {
         reason,
         bytes: sink.bytes(),
+        bytes_read,
         counts: pipeline.counts().clone(),
         pattern_time: plan.selector.spent,
         key_lookback_exhausted,
@@ -946,6 +1064,7 @@ fn pump_compressed(
     plan: &mut Plan,
     pipeline: &mut Pipeline,
     sink: &mut dyn ChunkSink,
+    bytes_read: &mut u64,
 ) -> Result<(), EndReason> {
     use crate::decompress;
     let Some((compression, limits)) = plan.compressed else {
@@ -970,8 +1089,12 @@ fn pump_compressed(
     let mut skip_lines = match plan.tail_lines {
         Some(lines) => {
             let file = from_start(&plan.file).map_err(read_error)?;
-            let mut counting =
+            let decoder =
                 decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
+            let mut counting = Counted {
+                inner: decoder,
+                bytes: bytes_read,
+            };
             decompress::count_lines(&mut counting, &mut || sink.check(), &decode_error)?
                 .saturating_sub(lines)
         }
@@ -982,11 +1105,15 @@ fn pump_compressed(
         decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
     let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = Vec::new();
     loop {
         sink.check()?;
+        fit_read_buffer(&mut buf, sink.read_size());
         let n = match decoder.read(&mut buf) {
-            Ok(n) => n,
+            Ok(n) => {
+                *bytes_read += n as u64;
+                n
+            }
             // A MiB of input gave no output (empty members, skippable frames): back to the
             // loop's top, which checks the grant, the client and the agent stopping.
             Err(e)
@@ -1017,6 +1144,21 @@ fn pump_compressed(
             return serve_rest(pipeline, selector, sink);
         }
         serve_block(data, &mode, pipeline, selector, sink)?;
+    }
+}
+
+/// A reader that adds what it reads to `bytes` (the first pass of a compressed `tail -n`,
+/// counted in `read.finished`'s `bytes_read` like the pass that serves).
+struct Counted<'a, R> {
+    inner: R,
+    bytes: &'a mut u64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.bytes += n as u64;
+        Ok(n)
     }
 }
 
@@ -1115,6 +1257,14 @@ fn serve_block(
     Ok(())
 }
 
+/// Makes `buf` a read buffer of `size` bytes, allocated anew when the size changes (so that
+/// a stream going from [`CHUNK`] to [`SMALL_CHUNK`] reads gives the larger buffer back).
+fn fit_read_buffer(buf: &mut Vec<u8>, size: usize) {
+    if buf.len() != size {
+        *buf = vec![0u8; size];
+    }
+}
+
 /// `out` with its spare capacity given back when it holds less than half of it (a grep or a
 /// time range keeping a few lines of a chunk): a queued message holds its allocation until the
 /// client takes it, and the queue budget charges that allocation ([`ChannelSink`]), so a
@@ -1197,10 +1347,11 @@ fn pump(
     start: u64,
     pipeline: &mut Pipeline,
     sink: &mut dyn ChunkSink,
+    bytes_read: &mut u64,
 ) -> Result<(), EndReason> {
     let io = read_error;
     let mut pos = plan.file.seek(SeekFrom::Start(start)).map_err(io)?;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = Vec::new();
     let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
     let mut watch = plan.watch.take();
@@ -1236,6 +1387,7 @@ fn pump(
             sink.send(notice)?;
             continue;
         }
+        fit_read_buffer(&mut buf, sink.read_size());
         let n = match plan.file.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -1295,6 +1447,7 @@ fn pump(
             *at = Instant::now() + ROTATION_GRACE;
         }
         pos += n as u64;
+        *bytes_read += n as u64;
         let data = &buf[..n];
         remember_behind(&mut behind, data);
         if mode.whole_chunks {
@@ -1309,6 +1462,7 @@ mod tests {
     use super::*;
     use crate::redact::Redactor;
     use std::io::Write;
+    use tokio_stream::StreamExt;
 
     /// Issue #10 review: each stream had its own grep budget, so a subject re-requesting
     /// streams burned CPU for ever. The bucket is shared by the subject's streams and refills
@@ -1406,8 +1560,8 @@ mod tests {
     struct Running {
         rt: tokio::runtime::Runtime,
         status: Arc<FakeStore>,
-        rx: Option<mpsc::Receiver<Queued>>,
-        last: Option<mpsc::Receiver<Item>>,
+        /// The client's side: the stream's response (`None`: the client left).
+        rx: Option<ResponseBody>,
         stream: std::thread::JoinHandle<(EndReason, u64)>,
         file: tempfile::NamedTempFile,
         /// The file's own folder: a following stream wakes on every file created beside its
@@ -1453,8 +1607,9 @@ mod tests {
             withdrawn: Mutex::new(None),
             changed: watch::channel(0).0,
         });
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (last_tx, last) = mpsc::channel(1);
+        let response = ResponseBody::new(rx, last);
         let watch = {
             let _entered = rt.enter();
             let held = file.reopen().expect("reopen");
@@ -1482,7 +1637,8 @@ mod tests {
             not_after,
             path_glob_hint: "/var/log/*.log".into(),
         };
-        let mut sink = ChannelSink::new(tx, last_tx, grant, rt.handle().clone());
+        let mut sink =
+            ChannelSink::new(tx, last_tx, grant, rt.handle().clone()).freeing_on_cut(&response);
         if let Some(budget) = budget {
             sink = sink.sharing(budget);
         }
@@ -1493,8 +1649,7 @@ mod tests {
         Running {
             rt,
             status,
-            rx: Some(rx),
-            last: Some(last),
+            rx: Some(response),
             stream,
             file,
             _folder: folder,
@@ -1510,8 +1665,8 @@ mod tests {
             loop {
                 let ready = match doing {
                     // The opening chunk of content was sent: the rest is waiting.
-                    Doing::FollowingIdle => !rx.is_empty(),
-                    Doing::BlockedOnAFullChannel => rx.len() == rx.max_capacity(),
+                    Doing::FollowingIdle => rx.queued() > 0,
+                    Doing::BlockedOnAFullChannel => rx.queued() == CHANNEL_CAPACITY,
                 };
                 if ready {
                     return;
@@ -1525,26 +1680,34 @@ mod tests {
         fn next(&mut self) -> Option<Item> {
             let rx = self.rx.as_mut().expect("client");
             self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                tokio::time::timeout(Duration::from_secs(10), rx.next())
                     .await
                     .expect("an item within 10 s")
-                    .map(Queued::into_item)
             })
         }
 
-        /// How the stream ended, its sleeps, and the final status the client got.
-        fn end(mut self) -> (EndReason, u64, Option<Status>) {
+        /// Waits (at most 10 s) until the stream's loop has ended.
+        fn ended(&self) {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !self.stream.is_finished() {
                 assert!(Instant::now() < deadline, "the stream was never cut");
                 std::thread::sleep(Duration::from_millis(5));
             }
+        }
+
+        /// How the stream ended, its sleeps, and the final status the client got (after
+        /// whatever data was still queued for it).
+        fn end(mut self) -> (EndReason, u64, Option<Status>) {
+            self.ended();
+            let mut last = None;
+            while self.rx.is_some() {
+                match self.next() {
+                    Some(Err(status)) => last = Some(status),
+                    Some(Ok(_)) => {}
+                    None => break,
+                }
+            }
             let (reason, waits) = self.stream.join().expect("stream thread");
-            let last = self
-                .last
-                .as_mut()
-                .and_then(|l| l.try_recv().ok())
-                .and_then(Result::err);
             (reason, waits, last)
         }
     }
@@ -1576,7 +1739,6 @@ mod tests {
                     End::Expired => {}
                     End::ClientGone => {
                         s.rx = None;
-                        s.last = None;
                     }
                 }
                 let started = s.started;
@@ -1618,7 +1780,7 @@ mod tests {
         loop {
             let queued: Vec<usize> = stalled
                 .iter()
-                .map(|s| s.rx.as_ref().map_or(0, |rx| rx.len()))
+                .map(|s| s.rx.as_ref().map_or(0, ResponseBody::queued))
                 .collect();
             let settled = queued.iter().all(|&n| n >= 1)
                 && (budget.available_bytes() < CHUNK + CHUNK / 8
@@ -1634,7 +1796,7 @@ mod tests {
         }
         let messages: usize = stalled
             .iter()
-            .map(|s| s.rx.as_ref().map_or(0, |rx| rx.len()))
+            .map(|s| s.rx.as_ref().map_or(0, ResponseBody::queued))
             .sum();
         // One free message per stream, and budgeted ones of about a chunk each (63+ KiB).
         let budgeted_at_most = budget.total_bytes() / (63 * 1024);
@@ -1670,6 +1832,88 @@ mod tests {
         );
     }
 
+    /// Issue #15: a stream cut by its grant's revocation or expiry left what its reader had not
+    /// read queued (up to a full channel, with its shares of the agent's budget) until the
+    /// reader read on or closed its connection, so a reader who stopped reading held that
+    /// memory after its grant had ended. The cut now empties the queue and gives the shares
+    /// back at once; the reader, still connected and reading nothing, gets the cut next.
+    #[test]
+    fn a_cut_frees_what_a_stalled_reader_had_not_read_and_gives_its_budget_back() {
+        let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
+        let big = line.repeat((4 << 20) / line.len());
+        let budget = Arc::new(QueueBudget::new(1 << 20));
+        for end in [End::Revoked, End::Expired] {
+            let not_after = match end {
+                End::Expired => unix_now() + 2,
+                _ => unix_now() + 3600,
+            };
+            let mut s = start_sharing(&big, false, not_after, Some(budget.clone()));
+            s.until(Doing::BlockedOnAFullChannel);
+            assert!(
+                budget.available_bytes() < budget.total_bytes(),
+                "{end:?}: the queue holds shares of the budget"
+            );
+            if end == End::Revoked {
+                s.status.revoke();
+            }
+            s.ended();
+            let queued = s.rx.as_ref().map_or(0, ResponseBody::queued);
+            assert_eq!(
+                queued, 0,
+                "{end:?}: messages still queued for a reader whose grant has ended"
+            );
+            assert_eq!(
+                budget.available_bytes(),
+                budget.total_bytes(),
+                "{end:?}: the cut stream still holds shares of the budget"
+            );
+            let first = s.next().expect("the cut");
+            let status = first.expect_err("the cut, not more data");
+            assert_eq!(status.code(), tonic::Code::Aborted, "{end:?}");
+            let (reason, _, _) = s.end();
+            let want = match end {
+                End::Expired => EndReason::GrantExpired,
+                _ => EndReason::GrantRevoked,
+            };
+            assert_eq!(reason, want);
+        }
+    }
+
+    /// Issue #15: with 64 readers the agent's RSS was 85 MiB against 64, much of it
+    /// per-stream buffers of a 64 KiB read (the read buffer, the message a stream may always
+    /// queue, the one being encoded). While more than `FEW_STREAMS` streams share the queue
+    /// budget each reads `SMALL_CHUNK` at a time; a few streams still read `CHUNK`.
+    #[test]
+    fn streams_read_less_at_a_time_while_many_share_the_agent() {
+        let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
+        let big = line.repeat((1 << 20) / line.len());
+        let budget = Arc::new(QueueBudget::new(4 << 20));
+        let largest_message = |budget: &Arc<QueueBudget>| {
+            let mut s = start_sharing(&big, false, unix_now() + 3600, Some(budget.clone()));
+            let mut largest = 0;
+            while let Some(item) = s.next() {
+                if let Ok(pb::ReadLogChunk {
+                    item: Some(pb::read_log_chunk::Item::Data(d)),
+                }) = item
+                {
+                    largest = largest.max(d.len());
+                }
+            }
+            largest
+        };
+        let alone = largest_message(&budget);
+        assert!(alone > SMALL_CHUNK + SMALL_CHUNK / 8, "{alone} bytes");
+        let others: Vec<_> = (0..FEW_STREAMS).map(|_| budget.join()).collect();
+        let among_many = largest_message(&budget);
+        assert!(
+            among_many <= SMALL_CHUNK + SMALL_CHUNK / 8,
+            "{among_many} bytes in one message among {} streams",
+            others.len() + 1
+        );
+        drop(others);
+        assert_eq!(budget.sharers(), 0, "every stream left the count");
+    }
+
     /// Review S1 (issue #15): the budget charged a message's length, but a grep keeping one
     /// line of a chunk queued that line in the chunk's 72 KiB buffer, charged 1 KiB: stalled
     /// grep readers filled their channels as before the budget. What they hold queued (the
@@ -1696,7 +1940,7 @@ mod tests {
         loop {
             let queued: Vec<usize> = stalled
                 .iter()
-                .map(|s| s.rx.as_ref().map_or(0, |rx| rx.len()))
+                .map(|s| s.rx.as_ref().map_or(0, ResponseBody::queued))
                 .collect();
             let settled = queued.iter().all(|&n| n >= 1)
                 && (budget.available_bytes() < CHUNK + CHUNK / 8
@@ -1714,10 +1958,8 @@ mod tests {
         let mut held = Vec::new();
         for s in &mut stalled {
             let rx = s.rx.as_mut().expect("client");
-            for _ in 0..rx.len() {
-                if let Ok(queued) = rx.try_recv() {
-                    held.push(queued);
-                }
+            while let Some(queued) = rx.try_take() {
+                held.push(queued);
             }
         }
         let allocated: usize = held
@@ -1936,6 +2178,69 @@ mod tests {
             ["[REDACTED:private_key]", "after the key"],
             "{got:.300}"
         );
+    }
+
+    /// Serves `content` (gzip-compressed when `gzip`) with `tail_lines`, through the default
+    /// profile: what was served, and the stream's `Finished`.
+    fn serve_to_end(content: &[u8], gzip: bool, tail_lines: Option<u64>) -> (Vec<u8>, Finished) {
+        let bytes = if gzip {
+            gzip_members(&[content])
+        } else {
+            content.to_vec()
+        };
+        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        file.write_all(&bytes).expect("write");
+        let limits = crate::decompress::DecompressionLimits {
+            max_bytes: 1 << 30,
+            max_ratio: 1000,
+        };
+        let plan = Plan {
+            file: file.reopen().expect("reopen"),
+            path: file.path().to_path_buf(),
+            agent: "web-1".into(),
+            profile: Profile::Redact(Arc::new(Redactor::default_profile())),
+            tail_lines,
+            len: bytes.len() as u64,
+            follow: false,
+            reopen: None,
+            watch: None,
+            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
+            max_line: 64 * 1024,
+            key_lookback: 1 << 20,
+            compressed: gzip.then_some((crate::decompress::Compression::Gzip, limits)),
+        };
+        let mut sink = RewritingSink {
+            file: file.path().to_path_buf(),
+            new_content: None,
+            got: Vec::new(),
+        };
+        let finished = run(plan, &mut sink);
+        (sink.got, finished)
+    }
+
+    /// Issue #15 (the reads stop's remainder): `read.finished` of a compressed tail said what
+    /// was served but not what the agent decompressed for it (the whole file, twice). A stream
+    /// now counts the content it read, decompressed, every pass: a compressed `cat` as much as
+    /// a plain one, a compressed `tail -n` the file twice, a plain `tail -n` from its start.
+    #[test]
+    fn a_stream_counts_the_content_it_read_decompressed_and_what_it_served() {
+        let mut text = Vec::new();
+        for i in 0..3000 {
+            text.extend_from_slice(format!("2026-12-04T10:00:00Z INFO item {i} done\n").as_bytes());
+        }
+        let len = text.len() as u64;
+        let last_two = b"2026-12-04T10:00:00Z INFO item 2998 done\n\
+                         2026-12-04T10:00:00Z INFO item 2999 done\n";
+        for gzip in [false, true] {
+            let (got, cat) = serve_to_end(&text, gzip, None);
+            assert_eq!(got, text, "gzip {gzip}");
+            assert_eq!((cat.bytes, cat.bytes_read), (len, len), "cat, gzip {gzip}");
+            let (got, tail) = serve_to_end(&text, gzip, Some(2));
+            assert_eq!(got, last_two, "gzip {gzip}");
+            assert_eq!(tail.bytes, last_two.len() as u64, "tail, gzip {gzip}");
+            let read = if gzip { 2 * len } else { last_two.len() as u64 };
+            assert_eq!(tail.bytes_read, read, "tail, gzip {gzip}");
+        }
     }
 
     /// The decompression cap falls inside the key's body: the stream is cut there and no body

@@ -352,6 +352,12 @@ audit_event! {
         path: String,
         /// bytes sent
         bytes: u64,
+        /// bytes of the file's content read to serve the stream, from its start (a `tail`'s
+        /// start) on, decompressed for a `.gz` or `.zst` file, every pass counted (a `tail -n`
+        /// of a compressed file decompresses it twice: to count its lines, then to serve the
+        /// last ones); with `bytes`, what the stream cost the agent against what it served;
+        /// null for a journal stream (absent from records written before it existed)
+        bytes_read: Option<u64>,
         /// how long the stream lasted (`duration`)
         duration_ms: u64,
         /// `eof`, `client_closed`, `grant_expired`, `grant_revoked`, `budget_exceeded` (the grep

@@ -102,7 +102,8 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
         }),
         "read.finished" => json!({
             "subject": ALICE, "key_sha256": KEY, "peer": "127.0.0.1:51234", "grant_id": GRANT,
-            "path": LOG, "bytes": 156, "duration_ms": 3, "end_reason": "eof", "error": null,
+            "path": LOG, "bytes": 156, "bytes_read": 160, "duration_ms": 3, "end_reason": "eof",
+            "error": null,
             "redactions": { "email": 3 }, "lines_withheld": 0, "lines_cut": 0,
             "pattern_ms": 0, "key_lookback_exhausted": false,
         }),
