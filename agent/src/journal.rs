@@ -706,9 +706,20 @@ fn spawn_journalctl(
         let exclusion = admit.join().ok().flatten();
         Ok::<_, std::io::Error>((spawned, exclusion))
     })?;
-    // A child that failed to exec was reaped inside `spawn`: its exclusion goes now (a
-    // moment in which only a process given that very pid at once could be hidden).
-    let child = spawned?;
+    // A child that failed to exec was reaped inside `spawn`: its pid is free, so its
+    // exclusion goes at once, without waiting for the fanotify reader (a moment in which only
+    // a process given that very pid at once could be hidden).
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(exclusion) = exclusion {
+                #[cfg(test)]
+                tests::REAPED_PID.with(|p| p.set(Some(exclusion.pid())));
+                exclusion.release_reaped();
+            }
+            return Err(e);
+        }
+    };
     let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
     // Our own child, not yet reaped: the pid is its own, and nobody else's.
     let exclusion =
@@ -1074,6 +1085,12 @@ fn serve(
 mod tests {
     use super::*;
 
+    thread_local! {
+        /// The pid of the child whose `exec` failed in `spawn_journalctl`, on this thread.
+        pub(super) static REAPED_PID: std::cell::Cell<Option<u32>> =
+            const { std::cell::Cell::new(None) };
+    }
+
     fn entry(json: &str) -> Entry {
         serde_json::from_str(json).unwrap()
     }
@@ -1281,9 +1298,18 @@ mod tests {
             journalctl: PathBuf::from("/nonexistent/journalctl"),
             directory: None,
         };
+        let started = Instant::now();
         let spawned = runtime.block_on(async { spawn_journalctl(&config, &[], &children) });
+        let took = started.elapsed();
         assert!(spawned.is_err());
         assert!(children.excluded_now().is_empty());
+        // Reaped inside `spawn`: released at once, not after the fanotify reader's wait
+        // (there is no reader here, so a wait would last the whole 2 s).
+        assert!(took < Duration::from_millis(200), "took {took:?}");
+        let pid = REAPED_PID
+            .with(std::cell::Cell::get)
+            .expect("the child was excluded");
+        assert_eq!(children.tracked(), vec![(pid, true)], "only a tombstone");
     }
 
     #[test]

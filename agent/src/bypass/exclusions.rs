@@ -154,6 +154,45 @@ impl ChildExclusions {
         }
     }
 
+    /// Every pid the fanotify filter still tracks, with whether it was released (a
+    /// tombstone); empty for the other mechanisms.
+    #[cfg(test)]
+    pub fn tracked(&self) -> Vec<(u32, bool)> {
+        match &*self.0 {
+            Mechanism::Fanotify(filter) => filter
+                .children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(pid, released)| (*pid, released.is_some()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether `pid` is one of the agent's children excluded now (not released): in the
+    /// kernel's map (eBPF) or the reader's filter (fanotify). The sweep of open files at
+    /// start leaves such a process out, as it does the agent itself. A failed map lookup
+    /// counts as not excluded (the process is reported).
+    pub(super) fn is_excluded(&self, pid: u32) -> bool {
+        match &*self.0 {
+            Mechanism::Off => false,
+            Mechanism::Ebpf(map) => map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&pid, 0)
+                .is_ok(),
+            Mechanism::Fanotify(filter) => matches!(
+                filter
+                    .children
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&pid),
+                Some(None)
+            ),
+        }
+    }
+
     /// Whether the fanotify reader hides an open by `pid` returned by a `read(2)` that
     /// started at `read_started` (see the module's contract); forgets the tombstones no later
     /// read can match. Always `false` for the other mechanisms (the kernel filters).
@@ -210,6 +249,24 @@ impl ChildExclusion {
     /// fanotify mode it blocks (at most [`DRAIN_WAIT`]) until the reader has handled the
     /// child's events.
     pub fn release(mut self) {
+        self.release_now();
+    }
+
+    /// Reports the pid again at once, for a child that is already reaped (its `exec` failed
+    /// and `spawn` reaped it): its pid is free, so waiting for the fanotify reader would hide
+    /// whichever process is given it meanwhile. Only reads that started before now still
+    /// hide it (a tombstone), so the child's own late events may be over-reported, never a
+    /// new process's hidden.
+    pub fn release_reaped(mut self) {
+        let pid = self.pid;
+        if let Some(Mechanism::Fanotify(filter)) = self.owner.as_deref() {
+            filter
+                .children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pid, Some(Instant::now()));
+            self.owner = None;
+        }
         self.release_now();
     }
 

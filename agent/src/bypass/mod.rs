@@ -656,9 +656,9 @@ impl Startup {
                     shared.clone(),
                     fd,
                     inventory.clone(),
-                    children,
+                    children.clone(),
                 ));
-                tokio::spawn(report_held(shared.clone(), inventory.clone()));
+                tokio::spawn(report_held(shared.clone(), inventory.clone(), children));
                 tokio::spawn(maintain(
                     shared,
                     Maintained::Fanotify(fan),
@@ -749,7 +749,11 @@ impl Startup {
                     inventory.clone(),
                     movers.clone(),
                 ));
-                tokio::spawn(report_held(shared.clone(), inventory.clone()));
+                tokio::spawn(report_held(
+                    shared.clone(),
+                    inventory.clone(),
+                    ChildExclusions::ebpf(maps.excluded()),
+                ));
                 tokio::spawn(maintain(
                     shared,
                     Maintained::Ebpf(Box::new(EbpfMaintained {
@@ -769,11 +773,19 @@ impl Startup {
 
 /// Writes `bypass.held_open` for every process that already held a protected file open for
 /// reading when the hooks were attached (they are, by the time this runs: see `held`).
-async fn report_held(shared: Arc<Shared>, inventory: Arc<RwLock<Inventory>>) {
+/// The agent itself and its children excluded at that moment (a journal read's
+/// `journalctl`, started while the sweep walks) are left out: their opens are the gate's own.
+async fn report_held(
+    shared: Arc<Shared>,
+    inventory: Arc<RwLock<Inventory>>,
+    children: ChildExclusions,
+) {
     let own = std::process::id();
     let swept = tokio::task::spawn_blocking(move || {
         let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
-        held::sweep(Path::new("/proc"), &inv, own)
+        held::sweep(Path::new("/proc"), &inv, &|pid| {
+            pid == own || children.is_excluded(pid)
+        })
     })
     .await;
     let held = match swept {
