@@ -18,8 +18,9 @@
 //!   agent that adopts pins clears what the previous agent left (a `SIGKILL`ed agent's
 //!   children die with it: `PR_SET_PDEATHSIG`).
 //! - **fanotify:** a filter in user space, and its events are read after the fact: a release
-//!   asks the reader for a `read(2)` that starts after the child's end and finds the queue
-//!   empty (every event of the child's has then been handled), waits for it (at most
+//!   asks the reader for a `read(2)` that starts after the child's end and takes all that is
+//!   queued (finds the queue empty, or leaves room in its buffer: every event of the child's
+//!   has then been filtered, even under a steady flood of other opens), waits for it (at most
 //!   [`DRAIN_WAIT`]), and only then reports the pid again. When the reader does not answer in
 //!   time the entry is kept as a tombstone with the time of the release: an event is hidden
 //!   only when the read that returned it started before the release (it happened while the
@@ -63,8 +64,8 @@ enum Mechanism {
 struct FanotifyFilter {
     /// pid → when it was released without the reader catching up (`None` while excluded).
     children: Mutex<HashMap<u32, Option<Instant>>>,
-    /// When the latest `read(2)` that found the queue empty started: every event queued
-    /// before then has been handled.
+    /// When the latest `read(2)` that took all that was queued started: every event queued
+    /// before then has been filtered.
     drained: Mutex<Option<Instant>>,
     drained_changed: Condvar,
     /// A release asking the reader for such a read.
@@ -73,7 +74,7 @@ struct FanotifyFilter {
 
 impl FanotifyFilter {
     /// Waits (at most [`DRAIN_WAIT`]) until a read that started at or after `after` found the
-    /// queue empty; whether one did.
+    /// queue empty or left room in its buffer (it took all that was queued); whether one did.
     fn wait_drained(&self, after: Instant) -> bool {
         self.drain.notify_one();
         let drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
@@ -219,7 +220,8 @@ impl ChildExclusions {
         }
     }
 
-    /// The fanotify reader found the queue empty with a read that started at `read_started`.
+    /// The fanotify reader took all that was queued (found the queue empty, or left room in
+    /// its buffer) with a read that started at `read_started`.
     pub(super) fn drained(&self, read_started: Instant) {
         if let Mechanism::Fanotify(filter) = &*self.0 {
             let mut drained = filter.drained.lock().unwrap_or_else(|p| p.into_inner());
