@@ -1084,6 +1084,7 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bypass::Seen;
 
     thread_local! {
         /// The pid of the child whose `exec` failed in `spawn_journalctl`, on this thread.
@@ -1260,7 +1261,10 @@ mod tests {
     }
 
     /// The start handshake excludes the child's own pid before it execs, and `end_child`
-    /// releases it once the child has exited and before reaping it.
+    /// releases it once the child has exited and before reaping it: what the filter saw of
+    /// the process at each step proves the order (at the exclusion it still runs this test
+    /// binary, not yet `sleep`; at the release it is a zombie). A reader answers the release,
+    /// so it does not end in the tombstone path.
     #[test]
     fn a_child_is_excluded_from_before_exec_until_it_has_exited() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1280,9 +1284,34 @@ mod tests {
         assert_eq!(children.excluded_now(), vec![pid]);
         assert_eq!(run.exclusion.as_ref().map(ChildExclusion::pid), Some(pid));
         assert!(run.pidfd.is_some(), "this kernel has pidfd_open");
+        // The fanotify reader, finding the queue empty every 10 ms (bounded).
+        let reader = {
+            let children = children.clone();
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    std::thread::sleep(Duration::from_millis(10));
+                    children.drained(Instant::now());
+                }
+            })
+        };
+        let ending = Instant::now();
         end_child(&mut run, runtime.handle());
-        assert!(children.excluded_now().is_empty(), "released at its end");
+        assert!(
+            ending.elapsed() < Duration::from_secs(2),
+            "the reader answered"
+        );
+        assert!(children.tracked().is_empty(), "released, no tombstone");
         assert!(run.child.id().is_none(), "reaped");
+        let me = std::env::current_exe().expect("this test binary");
+        assert_eq!(
+            children.seen(),
+            vec![
+                Seen::Excluded(pid, Some(me)),
+                Seen::Released(pid, Some("Z".to_string())),
+            ],
+            "excluded before exec, released after exit and before reaping"
+        );
+        reader.join().expect("reader");
     }
 
     /// A child that cannot exec (no such program) leaves nothing excluded.

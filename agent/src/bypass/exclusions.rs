@@ -100,6 +100,20 @@ struct FanotifyFilter {
     drained_changed: Condvar,
     /// A release asking the reader for such a read.
     drain: Notify,
+    /// What the process was at each step, for the tests of the order the caller keeps.
+    #[cfg(test)]
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// A process as the fanotify filter saw it (tests only): when excluded, what it runs
+/// (`/proc/<pid>/exe`); when released, its state (field 3 of `/proc/<pid>/stat`).
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Excluded while running this executable.
+    Excluded(u32, Option<std::path::PathBuf>),
+    /// Released in this state (`Z`: exited, not reaped).
+    Released(u32, Option<String>),
 }
 
 impl FanotifyFilter {
@@ -131,6 +145,8 @@ impl ChildExclusions {
     pub fn fanotify() -> ChildExclusions {
         ChildExclusions(Arc::new(Mechanism::Fanotify(FanotifyFilter {
             children: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            seen: Mutex::new(Vec::new()),
             drained: Mutex::new(None),
             drained_changed: Condvar::new(),
             drain: Notify::new(),
@@ -156,6 +172,11 @@ impl ChildExclusions {
                     })?
             }
             Mechanism::Fanotify(filter) => {
+                #[cfg(test)]
+                filter.seen.lock().unwrap().push(Seen::Excluded(
+                    pid,
+                    std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+                ));
                 let mut children = filter.children.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
                 children.retain(|_, released| {
@@ -199,6 +220,15 @@ impl ChildExclusions {
                 .iter()
                 .map(|(pid, released)| (*pid, released.is_some()))
                 .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the fanotify filter saw of each process it excluded and released, in order.
+    #[cfg(test)]
+    pub fn seen(&self) -> Vec<Seen> {
+        match &*self.0 {
+            Mechanism::Fanotify(filter) => filter.seen.lock().unwrap().clone(),
             _ => Vec::new(),
         }
     }
@@ -254,7 +284,7 @@ impl ChildExclusions {
 
     /// The fanotify reader took all that was queued (found the queue empty, or left room in
     /// its buffer) with a read that started at `read_started`.
-    pub(super) fn drained(&self, read_started: Instant) {
+    pub(crate) fn drained(&self, read_started: Instant) {
         if let Mechanism::Fanotify(filter) = &*self.0 {
             let mut drained = filter.drained.lock().unwrap_or_else(|p| p.into_inner());
             if drained.is_none_or(|at| at < read_started) {
@@ -320,6 +350,16 @@ impl ChildExclusion {
                 }
             }
             Some(Mechanism::Fanotify(filter)) => {
+                #[cfg(test)]
+                filter.seen.lock().unwrap().push(Seen::Released(
+                    pid,
+                    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .ok()
+                        .and_then(|stat| {
+                            let (_, rest) = stat.rsplit_once(')')?;
+                            rest.split_ascii_whitespace().next().map(str::to_string)
+                        }),
+                ));
                 let caught_up = filter.wait_drained(Instant::now());
                 let mut children = filter.children.lock().unwrap_or_else(|p| p.into_inner());
                 if caught_up {

@@ -26,6 +26,8 @@ mod record;
 mod repeats;
 mod settings;
 
+#[cfg(test)]
+pub use exclusions::Seen;
 pub use exclusions::{ChildExclusion, ChildExclusions};
 pub use settings::{BypassConfig, BypassFile, Mode, DEFAULT_PIN_DIR};
 
