@@ -134,6 +134,9 @@ struct task_struct {
 	struct fs_struct *fs;
 	int tgid;
 	struct task_struct *real_parent;
+	struct task_struct *group_leader;
+	/* Boot-based start time in ns (since 5.5; /proc/<pid>/stat's field 22 in clock ticks). */
+	__u64 start_boottime;
 	struct files_struct *files;
 };
 

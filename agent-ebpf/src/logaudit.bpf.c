@@ -219,12 +219,17 @@ struct {
 	__type(value, __s64);
 } scan_epoch SEC(".maps");
 
-/* Thread-group ids whose opens are never reported (the agent itself). */
+/* Thread-group ids whose opens are not reported (the agent itself, and a journal read's
+ * journalctl while it runs), each with the start time of the process that holds it, in clock
+ * ticks since boot (field 22 of /proc/<pid>/stat, read by the agent). An entry hides only that
+ * very process: one left behind (the agent was SIGKILLed) hides nothing once its pid is reused.
+ * Room for the agent and one journalctl per stream at the highest limits.max_streams (256), with
+ * a margin; the agent checks it at load time (EXCLUDED_TGIDS_MAX in loader.rs). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
+	__uint(max_entries, 512);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } excluded_tgids SEC(".maps");
 
 struct {
@@ -559,6 +564,24 @@ static __always_inline int counted_as_repeat(__u32 tgid, struct opened *o)
 	return 0;
 }
 
+/* USER_HZ: /proc shows start times in 1/100 s ticks on every architecture the agent runs on
+ * (the agent refuses to exclude anything where sysconf(_SC_CLK_TCK) differs). */
+#define NS_PER_CLOCK_TICK 10000000ULL
+
+/* Whether the current process is excluded: its tgid is in excluded_tgids with its own start
+ * time. The start time is read only when the tgid is there (the agent's own opens and its
+ * journalctl's), so an open by any other process costs the one lookup it always did. */
+static __always_inline int excluded(__u32 tgid)
+{
+	__u64 *started = bpf_map_lookup_elem(&excluded_tgids, &tgid);
+	struct task_struct *task;
+
+	if (!started)
+		return 0;
+	task = bpf_get_current_task_btf();
+	return task->group_leader->start_boottime / NS_PER_CLOCK_TICK == *started;
+}
+
 /* The process fields of an event: the current task's ids, command, cgroup, argv and
  * executable, read now (a short-lived process may be gone before the agent reads /proc). */
 static __always_inline void fill_process(struct event *e, __u64 pid_tgid)
@@ -598,7 +621,7 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 	const unsigned char *name = 0;
 	struct event *e;
 
-	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
+	if (excluded(tgid))
 		return;
 	if (counted_as_repeat(tgid, o))
 		return;
@@ -1025,7 +1048,7 @@ static __always_inline int report_move(struct inode *inode)
 		return 0;
 	pid_tgid = bpf_get_current_pid_tgid();
 	tgid = pid_tgid >> 32;
-	if (bpf_map_lookup_elem(&excluded_tgids, &tgid))
+	if (excluded(tgid))
 		return 0;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {

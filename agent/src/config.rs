@@ -292,7 +292,7 @@ const STREAM_QUEUE_CEILING: usize = 1 << 30;
 
 /// The most streams `limits.max_streams` may allow: each live stream holds one of the runtime's
 /// 512 blocking threads, and the audit writer, the file opens and the eBPF loader need some.
-const MAX_STREAMS_CEILING: usize = 256;
+pub(crate) const MAX_STREAMS_CEILING: usize = 256;
 
 fn check_limits(l: &Limits) -> anyhow::Result<()> {
     if l.max_streams_per_subject == 0 || l.max_request_bytes < 1024 || l.max_line_bytes < 256 {

@@ -706,9 +706,20 @@ fn spawn_journalctl(
         let exclusion = admit.join().ok().flatten();
         Ok::<_, std::io::Error>((spawned, exclusion))
     })?;
-    // A child that failed to exec was reaped inside `spawn`: its exclusion goes now (a
-    // moment in which only a process given that very pid at once could be hidden).
-    let child = spawned?;
+    // A child that failed to exec was reaped inside `spawn`: its pid is free, so its
+    // exclusion goes at once, without waiting for the fanotify reader (a moment in which only
+    // a process given that very pid at once could be hidden).
+    let child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            if let Some(exclusion) = exclusion {
+                #[cfg(test)]
+                tests::REAPED_PID.with(|p| p.set(Some(exclusion.pid())));
+                exclusion.release_reaped();
+            }
+            return Err(e);
+        }
+    };
     let pid = child.id().and_then(|p| libc::pid_t::try_from(p).ok());
     // Our own child, not yet reaped: the pid is its own, and nobody else's.
     let exclusion =
@@ -1074,6 +1085,13 @@ fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bypass::Seen;
+
+    thread_local! {
+        /// The pid of the child whose `exec` failed in `spawn_journalctl`, on this thread.
+        pub(super) static REAPED_PID: std::cell::Cell<Option<u32>> =
+            const { std::cell::Cell::new(None) };
+    }
 
     fn entry(json: &str) -> Entry {
         serde_json::from_str(json).unwrap()
@@ -1244,7 +1262,10 @@ mod tests {
     }
 
     /// The start handshake excludes the child's own pid before it execs, and `end_child`
-    /// releases it once the child has exited and before reaping it.
+    /// releases it once the child has exited and before reaping it: what the filter saw of
+    /// the process at each step proves the order (at the exclusion it still runs this test
+    /// binary, not yet `sleep`; at the release it is a zombie). A reader answers the release,
+    /// so it does not end in the tombstone path.
     #[test]
     fn a_child_is_excluded_from_before_exec_until_it_has_exited() {
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -1264,9 +1285,34 @@ mod tests {
         assert_eq!(children.excluded_now(), vec![pid]);
         assert_eq!(run.exclusion.as_ref().map(ChildExclusion::pid), Some(pid));
         assert!(run.pidfd.is_some(), "this kernel has pidfd_open");
+        // The fanotify reader, finding the queue empty every 10 ms (bounded).
+        let reader = {
+            let children = children.clone();
+            std::thread::spawn(move || {
+                for _ in 0..300 {
+                    std::thread::sleep(Duration::from_millis(10));
+                    children.drained(Instant::now());
+                }
+            })
+        };
+        let ending = Instant::now();
         end_child(&mut run, runtime.handle());
-        assert!(children.excluded_now().is_empty(), "released at its end");
+        assert!(
+            ending.elapsed() < Duration::from_secs(2),
+            "the reader answered"
+        );
+        assert!(children.tracked().is_empty(), "released, no tombstone");
         assert!(run.child.id().is_none(), "reaped");
+        let me = std::env::current_exe().expect("this test binary");
+        assert_eq!(
+            children.seen(),
+            vec![
+                Seen::Excluded(pid, Some(me)),
+                Seen::Released(pid, Some("Z".to_string())),
+            ],
+            "excluded before exec, released after exit and before reaping"
+        );
+        reader.join().expect("reader");
     }
 
     /// A child that cannot exec (no such program) leaves nothing excluded.
@@ -1282,9 +1328,18 @@ mod tests {
             journalctl: PathBuf::from("/nonexistent/journalctl"),
             directory: None,
         };
+        let started = Instant::now();
         let spawned = runtime.block_on(async { spawn_journalctl(&config, &[], &children) });
+        let took = started.elapsed();
         assert!(spawned.is_err());
         assert!(children.excluded_now().is_empty());
+        // Reaped inside `spawn`: released at once, not after the fanotify reader's wait
+        // (there is no reader here, so a wait would last the whole 2 s).
+        assert!(took < Duration::from_millis(200), "took {took:?}");
+        let pid = REAPED_PID
+            .with(std::cell::Cell::get)
+            .expect("the child was excluded");
+        assert_eq!(children.tracked(), vec![(pid, true)], "only a tombstone");
     }
 
     #[test]

@@ -13,13 +13,17 @@
 //! - **Fail toward over-reporting.** When the exclusion cannot be added, the read goes on and
 //!   its opens are reported (a false `bypass.read`), never the other way round. When the audit
 //!   is off nothing is excluded (nothing would report).
-//! - **eBPF:** the kernel's `excluded_tgids` map, checked at each open. Pinned maps outlive
-//!   the agent: at a stop every pid is removed from it (see `ProtectedMaps`'s `Drop`), and an
-//!   agent that adopts pins clears what the previous agent left (a `SIGKILL`ed agent's
-//!   children die with it: `PR_SET_PDEATHSIG`).
+//! - **eBPF:** the kernel's `excluded_tgids` map, checked at each open: pid → the process's
+//!   start time ([`start_ticks`], read while the child waits before `exec`), which the program
+//!   compares with the opener's, so an entry hides only the process it was made for. Pinned
+//!   maps outlive the agent: at a stop every pid is removed from it (see `ProtectedMaps`'s
+//!   `Drop`), and an agent that adopts pins clears what the previous agent left (a
+//!   `SIGKILL`ed agent's children die with it: `PR_SET_PDEATHSIG`); until then, the entries
+//!   of a `SIGKILL`ed agent and its children hide no process given one of their pids.
 //! - **fanotify:** a filter in user space, and its events are read after the fact: a release
-//!   asks the reader for a `read(2)` that starts after the child's end and finds the queue
-//!   empty (every event of the child's has then been handled), waits for it (at most
+//!   asks the reader for a `read(2)` that starts after the child's end and takes all that is
+//!   queued (finds the queue empty, or leaves room in its buffer: every event of the child's
+//!   has then been filtered, even under a steady flood of other opens), waits for it (at most
 //!   [`DRAIN_WAIT`]), and only then reports the pid again. When the reader does not answer in
 //!   time the entry is kept as a tombstone with the time of the release: an event is hidden
 //!   only when the read that returned it started before the release (it happened while the
@@ -35,8 +39,35 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// The kernel's `excluded_tgids` map, shared by the protected maps (the agent's own pid) and
-/// [`ChildExclusions`].
-pub type ExcludedMap = Arc<Mutex<BpfHashMap<MapData, u32, u32>>>;
+/// [`ChildExclusions`]: tgid → the start time of the process holding it (see [`start_ticks`]).
+pub type ExcludedMap = Arc<Mutex<BpfHashMap<MapData, u32, u64>>>;
+
+/// When process `pid` started, in clock ticks since boot: field 22 of `/proc/<pid>/stat`,
+/// the value `excluded_tgids` holds. The BPF program compares it with the opener's own start
+/// time, so an entry hides only the process it was made for, never a later one given its pid
+/// (an entry left behind by a `SIGKILL`ed agent, or one whose removal failed). Fails where
+/// clock ticks are not 1/100 s (the program's scale) or `/proc` cannot say: nothing is then
+/// excluded, and the process's opens are reported.
+pub fn start_ticks(pid: u32) -> anyhow::Result<u64> {
+    // SAFETY: sysconf(3) takes a name and returns a value; it touches no memory of ours.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz != 100 {
+        anyhow::bail!("clock ticks are 1/{hz} s here, and the BPF program counts in 1/100 s");
+    }
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading {path} for the process's start time: {e}"))?;
+    parse_start_ticks(&stat)
+        .ok_or_else(|| anyhow::anyhow!("{path} has no start time in field 22: {stat:?}"))
+}
+
+/// Field 22 (`starttime`) of a `/proc/<pid>/stat` line. The command (field 2) is in
+/// parentheses and may hold spaces and parentheses itself: fields are counted after the last
+/// `)`, where field 3 begins.
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+}
 
 /// How long a release waits for the fanotify reader to have handled every event queued before
 /// it; past it, the release over-reports rather than wait on.
@@ -63,17 +94,31 @@ enum Mechanism {
 struct FanotifyFilter {
     /// pid → when it was released without the reader catching up (`None` while excluded).
     children: Mutex<HashMap<u32, Option<Instant>>>,
-    /// When the latest `read(2)` that found the queue empty started: every event queued
-    /// before then has been handled.
+    /// When the latest `read(2)` that took all that was queued started: every event queued
+    /// before then has been filtered.
     drained: Mutex<Option<Instant>>,
     drained_changed: Condvar,
     /// A release asking the reader for such a read.
     drain: Notify,
+    /// What the process was at each step, for the tests of the order the caller keeps.
+    #[cfg(test)]
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// A process as the fanotify filter saw it (tests only): when excluded, what it runs
+/// (`/proc/<pid>/exe`); when released, its state (field 3 of `/proc/<pid>/stat`).
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Excluded while running this executable.
+    Excluded(u32, Option<std::path::PathBuf>),
+    /// Released in this state (`Z`: exited, not reaped).
+    Released(u32, Option<String>),
 }
 
 impl FanotifyFilter {
     /// Waits (at most [`DRAIN_WAIT`]) until a read that started at or after `after` found the
-    /// queue empty; whether one did.
+    /// queue empty or left room in its buffer (it took all that was queued); whether one did.
     fn wait_drained(&self, after: Instant) -> bool {
         self.drain.notify_one();
         let drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
@@ -100,6 +145,8 @@ impl ChildExclusions {
     pub fn fanotify() -> ChildExclusions {
         ChildExclusions(Arc::new(Mechanism::Fanotify(FanotifyFilter {
             children: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            seen: Mutex::new(Vec::new()),
             drained: Mutex::new(None),
             drained_changed: Condvar::new(),
             drain: Notify::new(),
@@ -115,14 +162,21 @@ impl ChildExclusions {
         }
         match &*self.0 {
             Mechanism::Off => return Ok(ChildExclusion { pid, owner: None }),
-            Mechanism::Ebpf(map) => map
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(pid, 1, 0)
-                .map_err(|e| {
-                    anyhow::anyhow!("adding pid {pid} to the kernel's excluded_tgids map: {e}")
-                })?,
+            Mechanism::Ebpf(map) => {
+                let started = start_ticks(pid)?;
+                map.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(pid, started, 0)
+                    .map_err(|e| {
+                        anyhow::anyhow!("adding pid {pid} to the kernel's excluded_tgids map: {e}")
+                    })?
+            }
             Mechanism::Fanotify(filter) => {
+                #[cfg(test)]
+                filter.seen.lock().unwrap().push(Seen::Excluded(
+                    pid,
+                    std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+                ));
                 let mut children = filter.children.lock().unwrap_or_else(|p| p.into_inner());
                 let now = Instant::now();
                 children.retain(|_, released| {
@@ -154,6 +208,54 @@ impl ChildExclusions {
         }
     }
 
+    /// Every pid the fanotify filter still tracks, with whether it was released (a
+    /// tombstone); empty for the other mechanisms.
+    #[cfg(test)]
+    pub fn tracked(&self) -> Vec<(u32, bool)> {
+        match &*self.0 {
+            Mechanism::Fanotify(filter) => filter
+                .children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(pid, released)| (*pid, released.is_some()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// What the fanotify filter saw of each process it excluded and released, in order.
+    #[cfg(test)]
+    pub fn seen(&self) -> Vec<Seen> {
+        match &*self.0 {
+            Mechanism::Fanotify(filter) => filter.seen.lock().unwrap().clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether `pid` is one of the agent's children excluded now (not released): in the
+    /// kernel's map (eBPF) or the reader's filter (fanotify). The sweep of open files at
+    /// start leaves such a process out, as it does the agent itself. A failed map lookup
+    /// counts as not excluded (the process is reported).
+    pub(super) fn is_excluded(&self, pid: u32) -> bool {
+        match &*self.0 {
+            Mechanism::Off => false,
+            Mechanism::Ebpf(map) => map
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&pid, 0)
+                .is_ok(),
+            Mechanism::Fanotify(filter) => matches!(
+                filter
+                    .children
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&pid),
+                Some(None)
+            ),
+        }
+    }
+
     /// Whether the fanotify reader hides an open by `pid` returned by a `read(2)` that
     /// started at `read_started` (see the module's contract); forgets the tombstones no later
     /// read can match. Always `false` for the other mechanisms (the kernel filters).
@@ -180,8 +282,9 @@ impl ChildExclusions {
         }
     }
 
-    /// The fanotify reader found the queue empty with a read that started at `read_started`.
-    pub(super) fn drained(&self, read_started: Instant) {
+    /// The fanotify reader took all that was queued (found the queue empty, or left room in
+    /// its buffer) with a read that started at `read_started`.
+    pub(crate) fn drained(&self, read_started: Instant) {
         if let Mechanism::Fanotify(filter) = &*self.0 {
             let mut drained = filter.drained.lock().unwrap_or_else(|p| p.into_inner());
             if drained.is_none_or(|at| at < read_started) {
@@ -213,6 +316,24 @@ impl ChildExclusion {
         self.release_now();
     }
 
+    /// Reports the pid again at once, for a child that is already reaped (its `exec` failed
+    /// and `spawn` reaped it): its pid is free, so waiting for the fanotify reader would hide
+    /// whichever process is given it meanwhile. Only reads that started before now still
+    /// hide it (a tombstone), so the child's own late events may be over-reported, never a
+    /// new process's hidden.
+    pub fn release_reaped(mut self) {
+        let pid = self.pid;
+        if let Some(Mechanism::Fanotify(filter)) = self.owner.as_deref() {
+            filter
+                .children
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(pid, Some(Instant::now()));
+            self.owner = None;
+        }
+        self.release_now();
+    }
+
     fn release_now(&mut self) {
         let pid = self.pid;
         match self.owner.take().as_deref() {
@@ -222,13 +343,23 @@ impl ChildExclusion {
                 if let Err(e) = map.remove(&pid) {
                     // Absent is fine (a stop cleared the map); anything else leaves it there.
                     if map.get(&pid, 0).is_ok() {
-                        tracing::error!(
-                            "bypass audit: pid {pid} (an ended journalctl) could not be removed from the kernel's excluded_tgids map, so opens by a process given that pid are not reported until the agent restarts: {e}"
+                        tracing::warn!(
+                            "bypass audit: pid {pid} (an ended journalctl) could not be removed from the kernel's excluded_tgids map; it hides no other process (the entry holds the ended one's start time) and the next agent start clears it: {e}"
                         );
                     }
                 }
             }
             Some(Mechanism::Fanotify(filter)) => {
+                #[cfg(test)]
+                filter.seen.lock().unwrap().push(Seen::Released(
+                    pid,
+                    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .ok()
+                        .and_then(|stat| {
+                            let (_, rest) = stat.rsplit_once(')')?;
+                            rest.split_ascii_whitespace().next().map(str::to_string)
+                        }),
+                ));
                 let caught_up = filter.wait_drained(Instant::now());
                 let mut children = filter.children.lock().unwrap_or_else(|p| p.into_inner());
                 if caught_up {
@@ -307,19 +438,125 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_start_time_is_field_22_counted_after_the_command() {
+        let stat = "4242 (a) (b c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 \
+                    1000 10 18446744073709551615";
+        assert_eq!(parse_start_ticks(stat), Some(98765));
+        assert_eq!(parse_start_ticks("4242 (cut) S 1 2"), None);
+        assert_eq!(parse_start_ticks("no parenthesis"), None);
+        let me = start_ticks(std::process::id()).expect("our own start time");
+        assert!(me > 0);
+    }
+
+    /// A child waiting on its standard input, then reading `file` (`cat`, same pid).
+    fn waiting_reader(file: &std::path::Path) -> std::process::Child {
+        std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("read x; exec cat \"$0\"")
+            .arg(file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("sh")
+    }
+
+    fn let_read(mut child: std::process::Child) {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("write");
+        drop(stdin);
+        assert!(child.wait().expect("wait").success());
+    }
+
+    /// The kernel program hides an excluded pid only while it is held by the process the
+    /// entry was made for: an entry with another start time (one left behind by a
+    /// `SIGKILL`ed agent, whose pid a new process now has) hides nothing. Needs root (loads
+    /// and attaches the agent's programs): run with `--include-ignored` as root, as CI does.
+    #[test]
+    #[ignore = "needs root"]
+    fn an_excluded_pid_hides_only_the_process_that_started_when_the_entry_says() {
+        use super::super::inventory::Inventory;
+        use super::super::loader::{Hooks, Objects, Probe};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("protected.log");
+        std::fs::write(&file, "x").expect("write");
+        let mut probe = Probe::load(Objects::Agent { kfuncs: true }, Hooks::Tracepoint)
+            .expect("loading the programs needs root");
+        let (mut maps, mut outputs) = probe.split(None).expect("maps");
+        maps.sync(&Inventory::scan(&[dir.path().to_path_buf()], 100))
+            .expect("protected");
+        let map = maps.excluded();
+        let children = ChildExclusions::ebpf(map.clone());
+        let mut reported = |pid: u32| {
+            let mut seen = false;
+            while let Some(item) = outputs.events.next() {
+                let event = super::super::event::RawEvent::parse_exact(&item).expect("event");
+                seen |= event.tgid == pid;
+            }
+            seen
+        };
+
+        // A stale entry: this pid, but another process's start time.
+        let stale = waiting_reader(&file);
+        let pid = stale.id();
+        let started = start_ticks(pid).expect("start time");
+        map.lock()
+            .unwrap()
+            .insert(pid, started + 1, 0)
+            .expect("inserted");
+        let_read(stale);
+        assert!(reported(pid), "a stale entry hid the read of pid {pid}");
+        let _ = map.lock().unwrap().remove(&pid);
+
+        // The entry made for the process itself hides it.
+        let child = waiting_reader(&file);
+        let pid = child.id();
+        let guard = children.exclude(pid).expect("excluded");
+        let_read(child);
+        drop(guard);
+        assert!(!reported(pid), "the excluded child's read was reported");
+        drop(maps);
+    }
+
+    #[test]
+    fn the_kernel_map_has_room_for_the_agent_and_a_journalctl_per_stream() {
+        let object = aya_obj::Object::parse(loggate_agent_ebpf::object()).expect("object");
+        let map = object
+            .maps
+            .get(loggate_agent_ebpf::names::EXCLUDED_TGIDS)
+            .expect("excluded_tgids");
+        let needed = super::super::loader::EXCLUDED_TGIDS_NEEDED;
+        assert!(usize::try_from(map.max_entries()).unwrap() >= needed);
+        assert!(needed > crate::config::MAX_STREAMS_CEILING);
+    }
+
     /// Needs root (a real BPF map): run with `--include-ignored` as root, as CI does.
     #[test]
     #[ignore = "needs root"]
     fn ebpf_exclusion_is_in_the_kernel_map_until_released() {
-        let map: BpfHashMap<MapData, u32, u32> =
+        let map: BpfHashMap<MapData, u32, u64> =
             BpfHashMap::create(16, 0).expect("creating a BPF hash map needs root");
         let map: ExcludedMap = Arc::new(Mutex::new(map));
         let children = ChildExclusions::ebpf(map.clone());
-        let guard = children.exclude(4242).expect("excluded");
-        assert_eq!(map.lock().unwrap().get(&4242, 0).ok(), Some(1));
+        let mut child = std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let guard = children.exclude(pid).expect("excluded");
+        assert_eq!(
+            map.lock().unwrap().get(&pid, 0).ok(),
+            Some(start_ticks(pid).expect("start time")),
+            "keyed by pid, with its start time"
+        );
+        assert!(children.is_excluded(pid));
         guard.release();
-        assert!(map.lock().unwrap().get(&4242, 0).is_err(), "released");
-        drop(children.exclude(4243).expect("excluded"));
-        assert!(map.lock().unwrap().get(&4243, 0).is_err(), "dropped");
+        assert!(map.lock().unwrap().get(&pid, 0).is_err(), "released");
+        assert!(!children.is_excluded(pid));
+        drop(children.exclude(pid).expect("excluded"));
+        assert!(map.lock().unwrap().get(&pid, 0).is_err(), "dropped");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

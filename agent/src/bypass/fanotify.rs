@@ -98,11 +98,24 @@ impl Fanotify {
     }
 }
 
-/// Reads what is queued (non-blocking): `WouldBlock` when nothing is; `Ok(empty)` when all it
-/// read was left out. Opens by a pid `skip`
-/// names are left out (the agent's own, and its excluded children's).
-pub fn read_events(fd: &OwnedFd, skip: &dyn Fn(u32) -> bool) -> std::io::Result<Vec<FanEvent>> {
-    let mut buf = vec![0u8; 16 * 1024];
+/// One `read(2)` of the fanotify queue.
+pub struct Batch {
+    /// The events read, but those left out.
+    pub events: Vec<FanEvent>,
+    /// The read left room for another event, so it took every event queued when it ran: the
+    /// queue was empty right after it (events are metadata only, without info records, so
+    /// the kernel stops filling the buffer only when the queue is empty or the buffer full).
+    pub emptied: bool,
+}
+
+/// The size of one read: room for 682 events.
+const READ_BUF: usize = 16 * 1024;
+
+/// Reads what is queued (non-blocking): `WouldBlock` when nothing is; an empty batch when all
+/// it read was left out. Opens by a pid `skip` names are left out (the agent's own, and its
+/// excluded children's).
+pub fn read_events(fd: &OwnedFd, skip: &dyn Fn(u32) -> bool) -> std::io::Result<Batch> {
+    let mut buf = vec![0u8; READ_BUF];
     // SAFETY: buf is a writable buffer of buf.len() bytes that outlives the call.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     // Negative: the read failed.
@@ -154,5 +167,8 @@ pub fn read_events(fd: &OwnedFd, skip: &dyn Fn(u32) -> bool) -> std::io::Result<
             path,
         }));
     }
-    Ok(out)
+    Ok(Batch {
+        events: out,
+        emptied: buf.len().saturating_sub(n) >= header,
+    })
 }

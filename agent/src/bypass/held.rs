@@ -25,10 +25,11 @@ pub struct Held {
     pub flags: u32,
 }
 
-/// Every descriptor, in every process under `proc_root` but `own`, of a file in `inventory`
-/// that is open for reading (not write-only, not `O_PATH`). Processes and descriptors that
-/// vanish during the sweep are skipped.
-pub fn sweep(proc_root: &Path, inventory: &Inventory, own: u32) -> Vec<Held> {
+/// Every descriptor, in every process under `proc_root` but those `skip` names (the agent
+/// itself and its children excluded from the audit, whose opens are the gate's own reads), of
+/// a file in `inventory` that is open for reading (not write-only, not `O_PATH`). Processes
+/// and descriptors that vanish during the sweep are skipped.
+pub fn sweep(proc_root: &Path, inventory: &Inventory, skip: &dyn Fn(u32) -> bool) -> Vec<Held> {
     let mut held = Vec::new();
     let Ok(procs) = std::fs::read_dir(proc_root) else {
         return held;
@@ -41,7 +42,7 @@ pub fn sweep(proc_root: &Path, inventory: &Inventory, own: u32) -> Vec<Held> {
         else {
             continue;
         };
-        if pid == own {
+        if skip(pid) {
             continue;
         }
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
@@ -96,6 +97,7 @@ fn fdinfo_flags(text: &str) -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ChildExclusions;
     use super::*;
     use std::os::fd::AsRawFd;
 
@@ -121,8 +123,8 @@ mod tests {
             .append(true)
             .open(&write_path)
             .expect("open");
-        // This process as seen by the sweep of another: `own` is someone else.
-        let held = sweep(Path::new("/proc"), &inv, 0);
+        // This process as seen by the sweep of another: nothing is skipped.
+        let held = sweep(Path::new("/proc"), &inv, &|_| false);
         let me = std::process::id();
         let mine: Vec<&Held> = held.iter().filter(|h| h.pid == me).collect();
         assert_eq!(mine.len(), 1, "{held:?}");
@@ -132,8 +134,46 @@ mod tests {
             .iter()
             .all(|h| h.fd != writer.as_raw_fd() || h.pid != me));
         // …and never the agent itself.
-        assert!(sweep(Path::new("/proc"), &inv, me)
+        assert!(sweep(Path::new("/proc"), &inv, &|pid| pid == me)
             .iter()
             .all(|h| h.pid != me));
+    }
+
+    #[test]
+    fn the_sweep_leaves_out_an_excluded_child_of_the_agent() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("system.journal");
+        std::fs::write(&path, "j").expect("write");
+        let inv = Inventory::scan(&[root.path().to_path_buf()], 100);
+        // A child holding the protected file open, as a journalctl holds the journal files.
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("exec 3<\"$0\"; exec sleep 30")
+            .arg(&path)
+            .spawn()
+            .expect("sh");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while std::time::Instant::now() < deadline {
+            seen = sweep(Path::new("/proc"), &inv, &|_| false);
+            if seen.iter().any(|h| h.pid == pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let excluded = ChildExclusions::fanotify();
+        let guard = excluded.exclude(pid).expect("excluded");
+        let skipped = sweep(Path::new("/proc"), &inv, &|p| excluded.is_excluded(p));
+        guard.release_reaped();
+        let after = sweep(Path::new("/proc"), &inv, &|p| excluded.is_excluded(p));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(seen.iter().any(|h| h.pid == pid), "not excluded: reported");
+        assert!(skipped.iter().all(|h| h.pid != pid), "excluded: left out");
+        assert!(
+            after.iter().any(|h| h.pid == pid),
+            "released: reported again"
+        );
     }
 }

@@ -395,7 +395,7 @@ impl Probe {
             Array::try_from(take(names::INO_FILTER)?).map_err(|e| typed(names::INO_FILTER, e))?;
         let epoch =
             Array::try_from(take(names::SCAN_EPOCH)?).map_err(|e| typed(names::SCAN_EPOCH, e))?;
-        let excluded = HashMap::try_from(take(names::EXCLUDED_TGIDS)?)
+        let excluded = HashMap::try_from(roomy_excluded(take(names::EXCLUDED_TGIDS)?)?)
             .map_err(|e| typed(names::EXCLUDED_TGIDS, e))?;
         let excluded = std::sync::Arc::new(std::sync::Mutex::new(excluded));
         let events =
@@ -536,7 +536,7 @@ impl Probe {
             Array::try_from(open(names::INO_FILTER)?).map_err(|e| typed(names::INO_FILTER, e))?;
         let epoch =
             Array::try_from(open(names::SCAN_EPOCH)?).map_err(|e| typed(names::SCAN_EPOCH, e))?;
-        let excluded = HashMap::try_from(open(names::EXCLUDED_TGIDS)?)
+        let excluded = HashMap::try_from(roomy_excluded(open(names::EXCLUDED_TGIDS)?)?)
             .map_err(|e| typed(names::EXCLUDED_TGIDS, e))?;
         let excluded = std::sync::Arc::new(std::sync::Mutex::new(excluded));
         let events =
@@ -704,6 +704,29 @@ fn attach_btf_tracepoint(
     Ok(FdLink::from(p.take_link(id)?))
 }
 
+/// The fewest entries `excluded_tgids` must hold: the agent, and one `journalctl` for each
+/// stream at the highest `limits.max_streams` (a journal stream runs one at a time).
+pub const EXCLUDED_TGIDS_NEEDED: usize = 1 + crate::config::MAX_STREAMS_CEILING;
+
+/// `map` (`excluded_tgids`), refused when it cannot hold [`EXCLUDED_TGIDS_NEEDED`] entries:
+/// a full map would make journal reads report their own `journalctl` as bypass reads under
+/// load. The object is built with room for it; this catches an object built otherwise.
+fn roomy_excluded(map: Map) -> anyhow::Result<Map> {
+    if let Map::HashMap(data) = &map {
+        let max = data
+            .info()
+            .map_err(|e| anyhow::anyhow!("reading map {}'s size: {e}", names::EXCLUDED_TGIDS))?
+            .max_entries();
+        if usize::try_from(max).is_ok_and(|max| max < EXCLUDED_TGIDS_NEEDED) {
+            anyhow::bail!(
+                "map {} holds {max} entries, fewer than the agent and one journalctl per stream ({EXCLUDED_TGIDS_NEEDED}): rebuild the object with `cargo xtask build-ebpf`",
+                names::EXCLUDED_TGIDS
+            );
+        }
+    }
+    Ok(map)
+}
+
 impl ProtectedMaps {
     /// Learns what adopted maps hold (the protected keys, the filter's nonzero words), so
     /// that `sync` changes only the difference, and forgets the processes excluded by the
@@ -729,11 +752,14 @@ impl ProtectedMaps {
     }
 
     /// Never report opens by this thread group (the agent serving a read through the gate).
+    /// The entry holds its start time: left behind by a `SIGKILL`, it hides no later process
+    /// given that pid (see [`super::exclusions::start_ticks`]).
     pub fn exclude_tgid(&mut self, tgid: u32) -> anyhow::Result<()> {
+        let started = super::exclusions::start_ticks(tgid)?;
         self.excluded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(tgid, 1, 0)
+            .insert(tgid, started, 0)
             .map_err(|e| anyhow::anyhow!("excluding tgid {tgid}: {e}"))
     }
 

@@ -26,6 +26,8 @@ mod record;
 mod repeats;
 mod settings;
 
+#[cfg(test)]
+pub use exclusions::Seen;
 pub use exclusions::{ChildExclusion, ChildExclusions};
 pub use settings::{BypassConfig, BypassFile, Mode, DEFAULT_PIN_DIR};
 
@@ -656,9 +658,9 @@ impl Startup {
                     shared.clone(),
                     fd,
                     inventory.clone(),
-                    children,
+                    children.clone(),
                 ));
-                tokio::spawn(report_held(shared.clone(), inventory.clone()));
+                tokio::spawn(report_held(shared.clone(), inventory.clone(), children));
                 tokio::spawn(maintain(
                     shared,
                     Maintained::Fanotify(fan),
@@ -749,7 +751,11 @@ impl Startup {
                     inventory.clone(),
                     movers.clone(),
                 ));
-                tokio::spawn(report_held(shared.clone(), inventory.clone()));
+                tokio::spawn(report_held(
+                    shared.clone(),
+                    inventory.clone(),
+                    ChildExclusions::ebpf(maps.excluded()),
+                ));
                 tokio::spawn(maintain(
                     shared,
                     Maintained::Ebpf(Box::new(EbpfMaintained {
@@ -769,11 +775,19 @@ impl Startup {
 
 /// Writes `bypass.held_open` for every process that already held a protected file open for
 /// reading when the hooks were attached (they are, by the time this runs: see `held`).
-async fn report_held(shared: Arc<Shared>, inventory: Arc<RwLock<Inventory>>) {
+/// The agent itself and its children excluded at that moment (a journal read's
+/// `journalctl`, started while the sweep walks) are left out: their opens are the gate's own.
+async fn report_held(
+    shared: Arc<Shared>,
+    inventory: Arc<RwLock<Inventory>>,
+    children: ChildExclusions,
+) {
     let own = std::process::id();
     let swept = tokio::task::spawn_blocking(move || {
         let inv = inventory.read().unwrap_or_else(|p| p.into_inner());
-        held::sweep(Path::new("/proc"), &inv, own)
+        held::sweep(Path::new("/proc"), &inv, &|pid| {
+            pid == own || children.is_excluded(pid)
+        })
     })
     .await;
     let held = match swept {
@@ -1297,7 +1311,7 @@ async fn read_fanotify(
     let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     loop {
         // Woken by the kernel, or by a journal stream whose `journalctl` has ended and that
-        // waits for a read finding the queue empty before it reports that pid again (see
+        // waits for a read taking all that is queued before it reports that pid again (see
         // `exclusions`). Readiness is cleared first, then the queue read until it is empty: an
         // event queued meanwhile makes the descriptor ready again.
         tokio::select! {
@@ -1310,24 +1324,49 @@ async fn read_fanotify(
             },
             () = children.drain_asked() => {}
         }
-        loop {
-            // The agent's own opens (reads through the gate), and its children's while they
-            // are excluded: judged by when this read starts (see `exclusions`).
-            let read_started = std::time::Instant::now();
-            let skip = |pid: u32| pid == own || children.hides(pid, read_started);
-            let events = match fanotify::read_events(fd.get_ref(), &skip) {
-                Ok(events) => events,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    children.drained(read_started);
-                    break;
-                }
-                Err(e) => {
-                    stopped(&shared, &format!("fanotify read failed: {e}"));
-                    return;
-                }
-            };
+        let handled = drain_fanotify(&fd, &children, own, &mut |events| {
             handle_fanotify(&shared, &inventory, &mut names, &mut overflows, events);
+        })
+        .await;
+        if let Err(e) = handled {
+            stopped(&shared, &format!("fanotify read failed: {e}"));
+            return;
         }
+    }
+}
+
+/// Reads the fanotify queue until it is empty, handing each batch to `handle`. The agent's
+/// own opens (reads through the gate), and its children's while they are excluded, are left
+/// out, judged by when each read starts (see `exclusions`).
+///
+/// A read that left room for another event took everything queued when it started, and its
+/// events are filtered by then: it answers a release waiting for the reader to catch up
+/// (`ChildExclusions::drained`) even when more events came meanwhile, so that a steady flood
+/// of opens does not hold every journal stream's end for the whole wait. The task yields to
+/// the runtime after each batch: a flood never holds a worker.
+async fn drain_fanotify(
+    fd: &AsyncFd<OwnedFd>,
+    children: &ChildExclusions,
+    own: u32,
+    handle: &mut (dyn FnMut(Vec<FanEvent>) + Send),
+) -> std::io::Result<()> {
+    loop {
+        let read_started = std::time::Instant::now();
+        let skip = |pid: u32| pid == own || children.hides(pid, read_started);
+        match fanotify::read_events(fd.get_ref(), &skip) {
+            Ok(batch) => {
+                if batch.emptied {
+                    children.drained(read_started);
+                }
+                handle(batch.events);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                children.drained(read_started);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -1378,6 +1417,104 @@ fn stopped(shared: &Shared, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under a steady flood of opens (one a millisecond, each batch handled in 20 ms as an
+    /// fsync might take, so the queue never empties), the reader still lets other tasks of
+    /// its runtime run, and a journal stream's release is answered by a short read instead of
+    /// waiting out `DRAIN_WAIT`. Needs root (fanotify): run with `--include-ignored` as root,
+    /// as CI does.
+    #[test]
+    #[ignore = "needs root"]
+    fn a_fanotify_flood_neither_holds_the_runtime_nor_a_release_for_the_whole_wait() {
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Many files, opened in turn: the kernel merges a queued open with a new one of the
+        // same file by the same process, which would keep the queue at one event.
+        let files: Vec<PathBuf> = (0..200)
+            .map(|i| dir.path().join(format!("{i}.log")))
+            .collect();
+        for file in &files {
+            std::fs::write(file, "x").expect("write");
+        }
+        let inventory = Inventory::scan(&[dir.path().to_path_buf()], 1000);
+        let mut fan = fanotify::Fanotify::init().expect("fanotify needs CAP_SYS_ADMIN");
+        fan.sync(&inventory).expect("marked");
+        let children = ChildExclusions::fanotify();
+        let flood_for = Duration::from_millis(2500);
+        let flood = std::thread::spawn(move || {
+            let end = Instant::now() + flood_for;
+            let mut opens = 0u32;
+            for file in files.iter().cycle() {
+                if Instant::now() >= end {
+                    break;
+                }
+                let _ = std::fs::File::open(file);
+                opens += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            opens
+        });
+        let releaser = {
+            let children = children.clone();
+            std::thread::spawn(move || {
+                let guard = children.exclude(4242).expect("excluded");
+                std::thread::sleep(Duration::from_millis(300));
+                let asked = Instant::now();
+                guard.release();
+                asked.elapsed()
+            })
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (largest_gap, batches) = runtime.block_on(async {
+            let fd = fan.fd().try_clone().expect("dup");
+            // SAFETY: the AsyncFd owns this OwnedFd (a duplicate of the fanotify fd), which
+            // stays open and the same until the AsyncFd drops it.
+            let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                .expect("fd");
+            let ticker = tokio::spawn(async {
+                let mut largest = Duration::ZERO;
+                for _ in 0..100 {
+                    let at = Instant::now();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    largest = largest.max(at.elapsed());
+                }
+                largest
+            });
+            let mut batches = 0u32;
+            let end = Instant::now() + flood_for;
+            while Instant::now() < end {
+                tokio::select! {
+                    ready = fd.readable() => ready.expect("poll").clear_ready(),
+                    () = children.drain_asked() => {}
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+                drain_fanotify(&fd, &children, std::process::id(), &mut |_| {
+                    batches += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                })
+                .await
+                .expect("read");
+            }
+            (ticker.await.expect("ticker"), batches)
+        });
+        let opens = flood.join().expect("flood");
+        let release = releaser.join().expect("releaser");
+        assert!(
+            opens > 200 && batches > 10,
+            "a flood: {opens} opens, {batches} batches"
+        );
+        assert!(
+            largest_gap < Duration::from_millis(300),
+            "another task waited {largest_gap:?}"
+        );
+        assert!(
+            release < Duration::from_secs(1),
+            "the release waited {release:?}"
+        );
+    }
 
     #[test]
     fn a_queued_record_of_another_layout_is_counted_not_dropped() {
