@@ -278,8 +278,14 @@ impl Prefilter {
         })
     }
 
+    /// Whether [`Prefilter::candidates`] reads the `tilde` class of the masks (the profile has a
+    /// prefix that holds a `~`): the masks must then be computed with it.
+    pub fn reads_tilde(&self) -> bool {
+        self.tilde_gate.kinds != 0
+    }
+
     /// The detectors (bits) that may find something in `seg`, whose byte masks (and lowercased
-    /// copy) are `masks`.
+    /// copy) are `masks`, computed with the `tilde` class if [`Prefilter::reads_tilde`].
     pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u128 {
         let mut hits = self.always;
         let lower = masks.lower();

@@ -653,6 +653,46 @@ proptest! {
     }
 }
 
+/// The `tilde` class is computed for a profile that reads it and only then: an Entra secret
+/// is redacted by the default profile and by a profile of that one detector (both after a
+/// block of `~`), and the benchmark's eight detectors do not ask for the class.
+#[test]
+fn tilde_class_is_computed_exactly_for_profiles_with_a_tilde_prefix() {
+    let entra = Builtin::from_name("azure_client_secret").unwrap();
+    let bench8 = [
+        Builtin::Email,
+        Builtin::Ipv4,
+        Builtin::Bearer,
+        Builtin::Jwt,
+        Builtin::AwsAccessKey,
+        Builtin::Card,
+        Builtin::Secret,
+        Builtin::PrivateKey,
+    ];
+    let only = Redactor::new(vec![Detector::builtin(entra, Mode::Mask)], None).unwrap();
+    let bench8 = Redactor::new(
+        bench8.map(|b| Detector::builtin(b, Mode::Mask)).into(),
+        None,
+    )
+    .unwrap();
+    assert!(Redactor::default_profile().prefilter.reads_tilde());
+    assert!(only.prefilter.reads_tilde());
+    assert!(!bench8.prefilter.reads_tilde());
+    let line = format!(
+        "{} id=abc8Q~a1B2~c3.D4_e5-F6g7H8k9a1B2~c3.D4_e ok\n",
+        "~".repeat(70)
+    );
+    for r in [Redactor::default_profile(), only] {
+        let (out, counts) = Pipeline::redact_chunks(&Arc::new(r), &[line.as_bytes()], MAX_LINE);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("id=[REDACTED:azure_client_secret] ok"),
+            "{out}"
+        );
+        assert_eq!(counts.total(), 1);
+    }
+}
+
 /// The detector table has a line per built-in detector, default ones first, every line with
 /// its four fields and a source.
 #[test]
