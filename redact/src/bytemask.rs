@@ -36,7 +36,8 @@ pub struct Masks {
     /// are looked up (`super::prefilter`).
     pub word: u64,
     /// `~`: where the prefixes that hold one (Microsoft Entra's `8Q~`) are compared; a line
-    /// without one (nearly every line) skips them without a search of its own.
+    /// without one (nearly every line) skips them without a search of its own. Computed only
+    /// when asked ([`SegmentMasks::compute_classes`]): 0 in every block otherwise.
     pub tilde: u64,
 }
 
@@ -114,8 +115,17 @@ impl SegmentMasks {
         }
     }
 
-    /// Computes the masks and the lowercased copy of `seg`, reusing this value's memory.
+    /// Computes the masks (every class) and the lowercased copy of `seg`, reusing this
+    /// value's memory (the tests' entry; the engine asks for the classes its profile reads).
+    #[cfg(test)]
     pub fn compute(&mut self, seg: &[u8]) {
+        self.compute_classes(seg, true);
+    }
+
+    /// [`SegmentMasks::compute`], with the `tilde` class only if `tilde` (else 0 in every
+    /// block): a profile without a prefix that holds a `~` does not pay for the class (two
+    /// compares and two mask moves per block).
+    pub fn compute_classes(&mut self, seg: &[u8], tilde: bool) {
         self.blocks.clear();
         let n = seg.len().div_ceil(64);
         // Whole blocks, written in place; only grown, never cleared (no fill per segment).
@@ -128,13 +138,23 @@ impl SegmentMasks {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Avx2` is only chosen when the CPU reports AVX2 (`Isa::available`).
-            Isa::Avx2 => unsafe { avx2::blocks(whole, lower_blocks, &mut self.blocks) },
+            Isa::Avx2 if tilde => unsafe {
+                avx2::blocks::<true>(whole, lower_blocks, &mut self.blocks)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { avx2::blocks::<false>(whole, lower_blocks, &mut self.blocks) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: SSE2 is part of the x86-64 baseline: every CPU this target runs on has it.
-            Isa::Sse2 => unsafe { sse2::blocks(whole, lower_blocks, &mut self.blocks) },
+            Isa::Sse2 if tilde => unsafe {
+                sse2::blocks::<true>(whole, lower_blocks, &mut self.blocks)
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Sse2 => unsafe { sse2::blocks::<false>(whole, lower_blocks, &mut self.blocks) },
             _ => {
                 for (b, l) in whole.iter().zip(lower_blocks.iter_mut()) {
-                    self.blocks.push(scalar(b, l));
+                    self.blocks.push(scalar(b, l, tilde));
                 }
             }
         }
@@ -149,7 +169,7 @@ impl SegmentMasks {
                 // (the bits shifted in are zeros: past the end, in no class). Their lowercase
                 // overwrites the previous block's with the same bytes.
                 (Some(window), Some(lower)) => {
-                    let m = one_block(self.isa, window, lower);
+                    let m = one_block(self.isa, window, lower, tilde);
                     let shift = 64 - rest.len() as u32;
                     Masks {
                         digit: m.digit >> shift,
@@ -168,7 +188,7 @@ impl SegmentMasks {
                     let mut padded = [0u8; 64];
                     padded[..len].copy_from_slice(seg);
                     let mut lower = [0u8; 64];
-                    let m = one_block(self.isa, &padded, &mut lower);
+                    let m = one_block(self.isa, &padded, &mut lower, tilde);
                     self.lower[..len].copy_from_slice(&lower[..len]);
                     m
                 }
@@ -264,21 +284,27 @@ impl SegmentMasks {
     }
 }
 
-/// One block with `isa` (the last, padded block of a segment).
-fn one_block(isa: Isa, bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
+/// One block with `isa` (the last, padded block of a segment), the `tilde` class if `tilde`.
+fn one_block(isa: Isa, bytes: &[u8; 64], lower: &mut [u8; 64], tilde: bool) -> Masks {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Avx2` is only chosen when the CPU reports AVX2 (`Isa::available`).
-        Isa::Avx2 => unsafe { avx2::block(bytes, lower) },
+        Isa::Avx2 if tilde => unsafe { avx2::block::<true>(bytes, lower) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { avx2::block::<false>(bytes, lower) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: SSE2 is part of the x86-64 baseline.
-        Isa::Sse2 => unsafe { sse2::block(bytes, lower) },
-        _ => scalar(bytes, lower),
+        Isa::Sse2 if tilde => unsafe { sse2::block::<true>(bytes, lower) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE2 is part of the x86-64 baseline.
+        Isa::Sse2 => unsafe { sse2::block::<false>(bytes, lower) },
+        _ => scalar(bytes, lower, tilde),
     }
 }
 
 /// The reference: one block byte by byte.
-fn scalar(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
+fn scalar(bytes: &[u8; 64], lower: &mut [u8; 64], tilde: bool) -> Masks {
     let mut m = Masks::default();
     for (i, b) in bytes.iter().enumerate() {
         let bit = 1u64 << i;
@@ -291,7 +317,7 @@ fn scalar(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
         set(&mut m.colon, *b == b':');
         set(&mut m.dot, *b == b'.');
         set(&mut m.word, b.is_ascii_alphanumeric() || *b == b'_');
-        set(&mut m.tilde, *b == b'~');
+        set(&mut m.tilde, tilde && *b == b'~');
         lower[i] = b.to_ascii_lowercase();
     }
     m
@@ -323,16 +349,20 @@ mod sse2 {
     }
 
     #[target_feature(enable = "sse2")]
-    pub fn blocks(whole: &[[u8; 64]], lower: &mut [[u8; 64]], out: &mut Vec<super::Masks>) {
+    pub fn blocks<const TILDE: bool>(
+        whole: &[[u8; 64]],
+        lower: &mut [[u8; 64]],
+        out: &mut Vec<super::Masks>,
+    ) {
         for (b, l) in whole.iter().zip(lower.iter_mut()) {
-            out.push(block(b, l));
+            out.push(block::<TILDE>(b, l));
         }
     }
 
     // Not inlined, as `avx2::block`.
     #[target_feature(enable = "sse2")]
     #[inline(never)]
-    pub fn block(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
+    pub fn block<const TILDE: bool>(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
         // SAFETY: bytes `16j .. 16j+16` of a 64-byte array are in bounds for j < 4, and
         // `_mm_loadu_si128` has no alignment requirement.
         let v: [__m128i; 4] =
@@ -353,7 +383,7 @@ mod sse2 {
             at: each(&eq(b'@')),
             colon: each(&eq(b':')),
             dot: each(&eq(b'.')),
-            tilde: each(&eq(b'~')),
+            tilde: if TILDE { each(&eq(b'~')) } else { 0 },
             word: each(&|x| {
                 let letter = _mm_or_si128(upper(x), in_range(x, b'a', b'z'));
                 _mm_or_si128(_mm_or_si128(letter, in_range(x, b'0', b'9')), eq(b'_')(x))
@@ -387,9 +417,13 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub fn blocks(whole: &[[u8; 64]], lower: &mut [[u8; 64]], out: &mut Vec<super::Masks>) {
+    pub fn blocks<const TILDE: bool>(
+        whole: &[[u8; 64]],
+        lower: &mut [[u8; 64]],
+        out: &mut Vec<super::Masks>,
+    ) {
         for (b, l) in whole.iter().zip(lower.iter_mut()) {
-            out.push(block(b, l));
+            out.push(block::<TILDE>(b, l));
         }
     }
 
@@ -397,7 +431,7 @@ mod avx2 {
     // shuffles the compare results byte by byte (three times the instructions, measured).
     #[target_feature(enable = "avx2")]
     #[inline(never)]
-    pub fn block(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
+    pub fn block<const TILDE: bool>(bytes: &[u8; 64], lower: &mut [u8; 64]) -> Masks {
         // SAFETY: bytes `0..32` and `32..64` of a 64-byte array are in bounds, and
         // `_mm256_loadu_si256` has no alignment requirement.
         let (a, b) = unsafe {
@@ -439,7 +473,11 @@ mod avx2 {
             colon: join(eq(a, b':'), eq(b, b':')),
             dot: join(eq(a, b'.'), eq(b, b'.')),
             word: join(word(a, upper_a, digit_a), word(b, upper_b, digit_b)),
-            tilde: join(eq(a, b'~'), eq(b, b'~')),
+            tilde: if TILDE {
+                join(eq(a, b'~'), eq(b, b'~'))
+            } else {
+                0
+            },
         }
     }
 }
@@ -461,6 +499,7 @@ mod tests {
         for isa in ISAS.into_iter().filter(|i| i.available()) {
             let mut got = SegmentMasks::with_isa(isa);
             let mut want = SegmentMasks::with_isa(Isa::Scalar);
+            let mut without = SegmentMasks::with_isa(isa);
             for start in 0..64 {
                 for len in (0..=200).filter(|l| start + l <= text.len()) {
                     let seg = &text[start..start + len];
@@ -469,7 +508,29 @@ mod tests {
                     assert_eq!(got.blocks, want.blocks, "{isa:?} at {start}+{len}");
                     assert_eq!(got.lower(), want.lower(), "{isa:?} at {start}+{len}");
                     assert_eq!(got.lower(), seg.to_ascii_lowercase());
+                    // Without the `tilde` class: the same but for `tilde`, 0 everywhere.
+                    without.compute_classes(seg, false);
+                    let no_tilde = |m: &Masks| Masks { tilde: 0, ..*m };
+                    let want: Vec<Masks> = want.blocks.iter().map(no_tilde).collect();
+                    assert_eq!(without.blocks, want, "{isa:?} at {start}+{len}");
+                    assert_eq!(without.lower(), seg.to_ascii_lowercase());
                 }
+            }
+        }
+    }
+
+    /// The `tilde` class is computed when asked, and only then, on every path (whole blocks,
+    /// the shifted last block, a short segment).
+    #[test]
+    fn tilde_class_only_when_asked() {
+        for isa in ISAS.into_iter().filter(|i| i.available()) {
+            let mut m = SegmentMasks::with_isa(isa);
+            for len in [3, 64, 100, 128] {
+                let seg = vec![b'~'; len];
+                m.compute_classes(&seg, true);
+                assert_eq!(m.count(|m| m.tilde, 0, len), len, "{isa:?} {len}");
+                m.compute_classes(&seg, false);
+                assert!(!m.any(|m| m.tilde), "{isa:?} {len}");
             }
         }
     }

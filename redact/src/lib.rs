@@ -343,7 +343,9 @@ impl Redactor {
         if pos == 0 {
             // The common case, a line outside a private-key block: its masks are computed
             // once, and without five dashes in a row it cannot start a block.
-            state.masks.compute(line);
+            state
+                .masks
+                .compute_classes(line, self.prefilter.reads_tilde());
             if !(self.private_keys && state.masks.has_five_dashes()) {
                 self.redact_masked(line, state, counts, out);
                 return LineOutcome::Written;
@@ -392,7 +394,9 @@ impl Redactor {
         if seg.is_empty() {
             return;
         }
-        state.masks.compute(seg);
+        state
+            .masks
+            .compute_classes(seg, self.prefilter.reads_tilde());
         self.redact_masked(seg, state, counts, out);
     }
 

@@ -278,15 +278,21 @@ impl Prefilter {
         })
     }
 
+    /// Whether [`Prefilter::candidates`] reads the `tilde` class of the masks (the profile has a
+    /// prefix that holds a `~`): the masks must then be computed with it.
+    pub fn reads_tilde(&self) -> bool {
+        self.tilde_gate.kinds != 0
+    }
+
     /// The detectors (bits) that may find something in `seg`, whose byte masks (and lowercased
-    /// copy) are `masks`.
+    /// copy) are `masks`, computed with the `tilde` class if [`Prefilter::reads_tilde`].
     pub fn candidates(&self, seg: &[u8], masks: &SegmentMasks) -> u128 {
         let mut hits = self.always;
         let lower = masks.lower();
-        let (mut found, tilde) = self.word_gate.candidates(lower, masks);
-        if tilde {
-            found |= self.tilde_gate.candidates(lower, masks);
-        }
+        // Each gate reads the masks it needs on its own: no gate's early exit decides
+        // whether another runs (`tilde_gate_runs_whatever_the_word_gate_found`).
+        let mut found =
+            self.word_gate.candidates(lower, masks) | self.tilde_gate.candidates(lower, masks);
         for (ac, first) in &self.keywords {
             let mut at = 0;
             while found & self.searched != self.searched && at < lower.len() {
@@ -350,22 +356,75 @@ fn word_part(s: &Shape, p: &str) -> Option<usize> {
 /// them, so the word gate cannot take them), looked up at each `~` of a segment (the `tilde`
 /// class of the byte masks): a `~` is rare in logs, and ten more literals in the literal
 /// search cost about 3 % of all the default profile's instructions (callgrind,
-/// `docs/performance.md`). The word gate's loop says when a segment has no `~` at all.
+/// `docs/performance.md`).
+///
+/// The gate reads the `tilde` class of every block itself, so whether it runs never depends
+/// on another gate's loop (an early exit there once decided it). A `~` is compared against
+/// the prefixes only where the bytes just before it are ones some prefix has there (`q`, then
+/// a digit, for the Entra prefixes): a line of `~`s (a separator, `~/` paths, a hostile
+/// User-Agent) costs two table lookups per `~`, not one compare per prefix
+/// (`tilde_runs_cost_no_prefix_compare`).
 #[derive(Debug, Default)]
 struct TildeGate {
     /// Each lowercase prefix, the offset of its (first) `~`, and its detectors.
     prefixes: Vec<(Vec<u8>, usize, u128)>,
+    /// How many bytes before the `~` every prefix has (the least `~` offset, at most
+    /// [`TILDE_LOOK_BACK`]): the bytes checked against `before`.
+    depth: usize,
+    /// For the byte `d + 1` places before a `~` (`d < depth`): the set (256 bits) of bytes
+    /// some prefix has there.
+    before: [[u64; 4]; TILDE_LOOK_BACK],
     /// Every detector of the gate.
     kinds: u128,
+}
+
+/// How many bytes before a `~` the [`TildeGate`] checks before comparing prefixes.
+const TILDE_LOOK_BACK: usize = 2;
+
+#[cfg(test)]
+thread_local! {
+    /// Prefix compares made by [`TildeGate::candidates`] on this thread (for the tests).
+    static TILDE_COMPARES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl TildeGate {
     /// Adds a lowercase prefix that holds a `~`, of the detectors `bits`.
     fn add(&mut self, prefix: &[u8], bits: u128) {
-        if let Some(at) = prefix.iter().position(|b| *b == b'~') {
-            self.prefixes.push((prefix.to_vec(), at, bits));
-            self.kinds |= bits;
+        let Some(at) = prefix.iter().position(|b| *b == b'~') else {
+            return;
+        };
+        self.prefixes.push((prefix.to_vec(), at, bits));
+        self.kinds |= bits;
+        self.depth = self
+            .prefixes
+            .iter()
+            .map(|(_, at, _)| *at)
+            .min()
+            .unwrap_or(0)
+            .min(TILDE_LOOK_BACK);
+        self.before = [[0; 4]; TILDE_LOOK_BACK];
+        for (p, at, _) in &self.prefixes {
+            for (d, set) in self.before.iter_mut().enumerate().take(self.depth) {
+                if let Some(b) = at.checked_sub(d + 1).and_then(|i| p.get(i)) {
+                    set[usize::from(*b) / 64] |= 1u64 << (b % 64);
+                }
+            }
         }
+    }
+
+    /// Whether the bytes before the `~` at `t` of `lower` are ones a prefix has there: the
+    /// cheap test before the prefix compares.
+    #[inline]
+    fn may_end_before(&self, lower: &[u8], t: usize) -> bool {
+        self.before
+            .iter()
+            .take(self.depth)
+            .enumerate()
+            .all(|(d, set)| {
+                t.checked_sub(d + 1)
+                    .and_then(|i| lower.get(i))
+                    .is_some_and(|b| set[usize::from(*b) / 64] & (1u64 << (b % 64)) != 0)
+            })
     }
 
     /// The gate's detectors with a prefix anywhere in `lower`, whose masks are `masks`: the
@@ -381,7 +440,12 @@ impl TildeGate {
             while tildes != 0 {
                 let t = k * 64 + tildes.trailing_zeros() as usize;
                 tildes &= tildes - 1;
+                if !self.may_end_before(lower, t) {
+                    continue;
+                }
                 for (prefix, at, bits) in &self.prefixes {
+                    #[cfg(test)]
+                    TILDE_COMPARES.with(|c| c.set(c.get() + 1));
                     if t.checked_sub(*at)
                         .and_then(|start| lower.get(start..))
                         .is_some_and(|rest| rest.starts_with(prefix))
@@ -531,21 +595,16 @@ impl WordGate {
     }
 
     /// The gate's detectors with a prefix at a word start of `lower` (the segment lowercased,
-    /// whose masks are `masks`), and whether the segment may hold a `~`: the loop reads every
-    /// block's masks anyway, so it tells the `~` gate ([`TildeGate`]) for free when the
-    /// segment has none (nearly every line). `true` when it could not tell (an empty gate, or
-    /// every detector found before the last block).
-    fn candidates(&self, lower: &[u8], masks: &SegmentMasks) -> (u128, bool) {
+    /// whose masks are `masks`).
+    fn candidates(&self, lower: &[u8], masks: &SegmentMasks) -> u128 {
         if self.kinds == 0 {
-            return (0, true);
+            return 0;
         }
         let mut found = 0;
-        let mut tilde = 0;
         // Whether the byte before the block is a word byte.
         let mut carry = 0;
         for k in 0..masks.len() {
             let m = masks.get(k);
-            tilde |= m.tilde;
             let word = m.word;
             // No gated prefix starts with a digit (`word_part`): numbers, a good part of
             // a log's words, are skipped.
@@ -564,10 +623,10 @@ impl WordGate {
                 }
             }
             if found == self.kinds {
-                return (found, true);
+                return found;
             }
         }
-        (found, tilde != 0)
+        found
     }
 }
 
@@ -797,6 +856,78 @@ mod tests {
         }
     }
 
+    /// The `~` gate runs whatever the word gate found: a line holding a prefix of every
+    /// word-gated family (so the word gate's loop stops early), then an Entra secret two
+    /// blocks later, makes `azure_client_secret` a candidate.
+    #[test]
+    fn tilde_gate_runs_whatever_the_word_gate_found() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let entra = bit(Builtin::from_name("azure_client_secret").unwrap());
+        let prefixes: Vec<String> = p
+            .word_gate
+            .keys
+            .iter()
+            .flat_map(|(_, g)| g.iter())
+            .map(|g| String::from_utf8_lossy(&g.prefix).into_owned())
+            .collect();
+        let line = format!(
+            "{} {}abc8Q~{}",
+            prefixes.join(" "),
+            "x".repeat(128),
+            "a1B2~c3.D4_e5-F6g7H8k9".repeat(2).get(..34).unwrap()
+        );
+        let mut m = SegmentMasks::default();
+        m.compute(line.as_bytes());
+        let lower = m.lower();
+        // The word gate finds all its detectors before the secret's block.
+        let head = &line.as_bytes()[..prefixes.join(" ").len()];
+        let mut head_masks = SegmentMasks::default();
+        head_masks.compute(head);
+        assert_eq!(
+            p.word_gate.candidates(head_masks.lower(), &head_masks),
+            p.word_gate.kinds
+        );
+        assert_eq!(p.word_gate.candidates(lower, &m), p.word_gate.kinds);
+        assert_ne!(p.candidates(line.as_bytes(), &m) & entra, 0);
+    }
+
+    /// The prefix compares made by the `~` gate on `text`, and its candidates.
+    fn tilde_gate_on(p: &Prefilter, text: &[u8]) -> (usize, u128) {
+        let mut m = SegmentMasks::default();
+        m.compute(text);
+        TILDE_COMPARES.with(|c| c.set(0));
+        let found = p.tilde_gate.candidates(m.lower(), &m);
+        (TILDE_COMPARES.with(std::cell::Cell::get), found)
+    }
+
+    /// A `~` not preceded by `q` and a digit (what every Entra prefix has before its `~`) is
+    /// passed without comparing any prefix: a line of 4096 `~` (or of `q~`) makes none.
+    #[test]
+    fn tilde_runs_cost_no_prefix_compare() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let entra = bit(Builtin::from_name("azure_client_secret").unwrap());
+        assert_eq!(p.tilde_gate.depth, 2);
+        for text in [
+            "~".repeat(4096),
+            "q~".repeat(2048),
+            "~q~".repeat(1365),
+            "aq~".to_string(),
+            "8~~".to_string(),
+            "q8~".to_string(),
+        ] {
+            assert_eq!(tilde_gate_on(&p, text.as_bytes()), (0, 0), "{:.12}", text);
+        }
+        for text in ["8q~", "8Q~", "x~~5Q~", "~~~~0q~~~~"] {
+            let (compares, found) = tilde_gate_on(&p, text.as_bytes());
+            assert_eq!(found, entra, "{text}");
+            assert_eq!(compares, p.tilde_gate.prefixes.len(), "{text}");
+        }
+        // Dense real prefixes: the gate stops after the first block that has one.
+        let (compares, found) = tilde_gate_on(&p, "8q~".repeat(1400).as_bytes());
+        assert_eq!(found, entra);
+        assert!(compares <= 22 * p.tilde_gate.prefixes.len(), "{compares}");
+    }
+
     /// The word gate's masked 64-bit compare says what `starts_with` says, for every gated
     /// prefix (short and long), at every start near the end of the haystack and past it.
     #[test]
@@ -807,16 +938,27 @@ mod tests {
                 let mut hay = b"xx".to_vec();
                 hay.extend_from_slice(&g.prefix);
                 hay.extend_from_slice(b"tail");
-                for end in 0..=hay.len() {
-                    let hay = &hay[..end];
-                    for start in 0..=end + 1 {
-                        let want = hay.get(start..).is_some_and(|r| r.starts_with(&g.prefix));
-                        assert_eq!(
-                            g.occurs_at(hay, start),
-                            want,
-                            "{:?} {start} {end}",
-                            g.prefix
-                        );
+                // The prefix with its last byte changed, then eight bytes: a mask one byte
+                // too short (the last byte not compared) says it occurs.
+                let mut near = b"xx".to_vec();
+                near.extend_from_slice(&g.prefix);
+                if let Some(last) = near.last_mut() {
+                    *last ^= 0x01;
+                }
+                near.extend_from_slice(b"tailtail");
+                assert!(!g.occurs_at(&near, 2), "{:?} near miss", g.prefix);
+                for hay in [hay, near] {
+                    for end in 0..=hay.len() {
+                        let hay = &hay[..end];
+                        for start in 0..=end + 1 {
+                            let want = hay.get(start..).is_some_and(|r| r.starts_with(&g.prefix));
+                            assert_eq!(
+                                g.occurs_at(hay, start),
+                                want,
+                                "{:?} {start} {end}",
+                                g.prefix
+                            );
+                        }
                     }
                 }
             }

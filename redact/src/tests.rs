@@ -606,6 +606,98 @@ proptest! {
     }
 }
 
+/// A piece of a line for the prefilter's differential test: a byte of a small alphabet heavy
+/// in `~`, `Q` and digits, a prefix or near-prefix, or an Entra-shaped secret.
+fn prefilter_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(b"abqQx~8059 _-.=:@/Z".to_vec()).prop_map(|b| char::from(b).to_string()),
+        2 => prop::sample::select(vec![
+            "8Q~", "q~", "Q~", "~", "~/", "0q~", "sha256~", "ghp_", "api_key=", "?sig=", "xoxb-",
+            "AKIA", "eyJ", "password=", "Bearer ", "glpat-", "ssws ", "123-45-6789", "::1",
+        ])
+        .prop_map(str::to_string),
+        1 => ("[A-Za-z0-9_~.-]{3}", 0u8..10, "[A-Za-z0-9_~.-]{34}")
+            .prop_map(|(lead, d, tail)| format!("{lead}{d}Q~{tail}")),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Every detector that finds something in a line when all of them run is among the
+    /// prefilter's candidates for it: the prefilter never skips a detector that would have
+    /// found something (the `~` gate included: Entra secrets are planted).
+    #[test]
+    fn every_detector_that_finds_something_is_a_prefilter_candidate(
+        pieces in prop::collection::vec(prefilter_piece(), 0..40),
+        cut in 0usize..=300,
+    ) {
+        let kinds: Vec<Builtin> = Builtin::ALL
+            .into_iter()
+            .chain(Builtin::OPT_IN)
+            .filter(|b| *b != Builtin::PrivateKey)
+            .collect();
+        let p = prefilter::Prefilter::new(&kinds).unwrap();
+        let line = pieces.concat();
+        let line = &line.as_bytes()[..cut.min(line.len())];
+        let mut masks = SegmentMasks::default();
+        masks.compute(line);
+        let candidates = p.candidates(line, &masks);
+        let mut out = Vec::new();
+        for b in kinds {
+            out.clear();
+            b.find_in(line, &masks, &mut out);
+            prop_assert!(
+                out.is_empty() || candidates & prefilter::bit(b) != 0,
+                "{} finds {:?} in {:?} but is no candidate",
+                b.name(),
+                out,
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+}
+
+/// The `tilde` class is computed for a profile that reads it and only then: an Entra secret
+/// is redacted by the default profile and by a profile of that one detector (both after a
+/// block of `~`), and the benchmark's eight detectors do not ask for the class.
+#[test]
+fn tilde_class_is_computed_exactly_for_profiles_with_a_tilde_prefix() {
+    let entra = Builtin::from_name("azure_client_secret").unwrap();
+    let bench8 = [
+        Builtin::Email,
+        Builtin::Ipv4,
+        Builtin::Bearer,
+        Builtin::Jwt,
+        Builtin::AwsAccessKey,
+        Builtin::Card,
+        Builtin::Secret,
+        Builtin::PrivateKey,
+    ];
+    let only = Redactor::new(vec![Detector::builtin(entra, Mode::Mask)], None).unwrap();
+    let bench8 = Redactor::new(
+        bench8.map(|b| Detector::builtin(b, Mode::Mask)).into(),
+        None,
+    )
+    .unwrap();
+    assert!(Redactor::default_profile().prefilter.reads_tilde());
+    assert!(only.prefilter.reads_tilde());
+    assert!(!bench8.prefilter.reads_tilde());
+    let line = format!(
+        "{} id=abc8Q~a1B2~c3.D4_e5-F6g7H8k9a1B2~c3.D4_e ok\n",
+        "~".repeat(70)
+    );
+    for r in [Redactor::default_profile(), only] {
+        let (out, counts) = Pipeline::redact_chunks(&Arc::new(r), &[line.as_bytes()], MAX_LINE);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("id=[REDACTED:azure_client_secret] ok"),
+            "{out}"
+        );
+        assert_eq!(counts.total(), 1);
+    }
+}
+
 /// The detector table has a line per built-in detector, default ones first, every line with
 /// its four fields and a source.
 #[test]

@@ -479,7 +479,8 @@ pub(crate) mod corpus {
     use super::*;
 
     /// Bump when the generator's output changes, so an old corpus is not reused.
-    const GENERATOR_VERSION: u32 = 1;
+    /// 2: Entra client secrets among the sensitive values, and `~`-dense lines (issue 16).
+    const GENERATOR_VERSION: u32 = 2;
 
     /// The corpus of `size` bytes in `dir`, generated unless a copy with a matching checksum
     /// is already there.
@@ -555,6 +556,13 @@ pub(crate) mod corpus {
                 .map(|_| char::from(A[self.below(A.len() as u64) as usize]))
                 .collect()
         }
+        /// `n` bytes of a Microsoft Entra client secret's alphabet (`~` included).
+        fn entra(&mut self, n: usize) -> String {
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_~.-";
+            (0..n)
+                .map(|_| char::from(A[self.below(A.len() as u64) as usize]))
+                .collect()
+        }
         fn digits(&mut self, n: usize) -> String {
             (0..n)
                 .map(|_| char::from(b'0' + self.below(10) as u8))
@@ -612,7 +620,7 @@ pub(crate) mod corpus {
 
     /// A sensitive value of a random kind, as it appears in a log line.
     fn secret(r: &mut Rng) -> String {
-        match r.below(12) {
+        match r.below(13) {
             0 => format!(
                 "user={}.{}@{}.example.com",
                 r.pick(&["jane", "li", "omar"]),
@@ -649,6 +657,8 @@ pub(crate) mod corpus {
                 let c = luhn_complete(d);
                 format!("pan={} {} {} {}", &c[0..4], &c[4..8], &c[8..12], &c[12..16])
             }
+            // A Microsoft Entra client secret (`abc8Q~` + 34): the prefilter's `~` gate.
+            11 => format!("entra={}{}Q~{}", r.entra(3), r.below(10), r.entra(34)),
             _ => format!(
                 "ssn={:03}-{:02}-{:04}",
                 100 + r.below(500),
@@ -713,6 +723,17 @@ pub(crate) mod corpus {
                 );
             }
         }
+        // `~`-dense lines (home paths, a separator): every `~` is looked at by the prefilter's
+        // `~` gate, so this slice shows what a `~` costs (issue 16).
+        if r.below(200) == 0 {
+            let _ = writeln!(
+                out,
+                "{ts} DEBUG {svc} shell: cd ~/{svc} && ls ~{}/.cache ~/tmp/~{} {}",
+                r.pick(&["jane", "li", "omar"]),
+                r.hex(6),
+                "~".repeat(60 + r.below(100) as usize)
+            );
+        }
         if r.below(5000) == 0 {
             let _ = writeln!(
                 out,
@@ -754,5 +775,40 @@ pub(crate) mod corpus {
         drop(w);
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::corpus;
+
+    /// The generated corpus reaches the prefilter's `~` gate: Entra client secrets of the
+    /// detector's exact shape (3 bytes, a digit, `Q~`, 34 bytes, then a byte outside the
+    /// alphabet), and `~`-dense lines.
+    #[test]
+    fn corpus_holds_entra_secrets_and_tilde_dense_lines() {
+        let dir = std::env::temp_dir().join(format!("loggate-corpus-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = corpus::ensure(&dir, 4 << 20).unwrap();
+        let text = std::fs::read(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let entra_byte = |b: u8| b.is_ascii_alphanumeric() || b"_~.-".contains(&b);
+        let secrets = memchr::memmem::find_iter(&text, b"entra=")
+            .filter(|at| {
+                let t = &text[at + 6..];
+                t.len() > 40
+                    && t[..3].iter().all(|b| entra_byte(*b))
+                    && t[3].is_ascii_digit()
+                    && &t[4..6] == b"Q~"
+                    && t[6..40].iter().all(|b| entra_byte(*b))
+                    && !entra_byte(t[40])
+            })
+            .count();
+        assert!(secrets >= 20, "{secrets} Entra secrets");
+        let dense = text
+            .split(|b| *b == b'\n')
+            .filter(|l| l.iter().filter(|b| **b == b'~').count() >= 60)
+            .count();
+        assert!(dense >= 50, "{dense} ~-dense lines");
     }
 }
