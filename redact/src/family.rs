@@ -461,12 +461,14 @@ impl Shape {
     }
 }
 
-/// Whether the e-mail-shaped `user@host` at `start` of `seg` (`value`) is a value that a
-/// [`Context::UserinfoAtHost`] row finds there (the key of a Sentry DSN): that row names the
-/// finding and keeps the host readable, so the `email` detector leaves it. Any other user part
-/// of a URL stays the `email` detector's, as before.
-pub fn claimed_userinfo(seg: &[u8], start: usize, value: &[u8]) -> bool {
-    FAMILIES.iter().flat_map(|f| f.shapes).any(|s| {
+/// Whether the e-mail-shaped `user@host` at `start` of `seg` (`value`) is a value that one of
+/// `rows` (the running profile's families with a [`Context::UserinfoAtHost`] shape, the key of
+/// a Sentry DSN) finds there: that row names the finding and keeps the host readable, so the
+/// `email` detector leaves it. Only the profile's own rows count: a profile without
+/// `sentry_dsn` has no one else to redact the key, so `email` keeps it (fail closed). Any
+/// other user part of a URL stays the `email` detector's, as before.
+pub fn claimed_userinfo(rows: &[&Family], seg: &[u8], start: usize, value: &[u8]) -> bool {
+    rows.iter().flat_map(|f| f.shapes).any(|s| {
         s.context == Context::UserinfoAtHost
             && s.prefixes.iter().any(|h| {
                 let Some(p) = (start + value.len()).checked_sub(h.len()) else {
@@ -495,6 +497,14 @@ pub struct Family {
 }
 
 impl Family {
+    /// Whether one of its shapes is a URL's user part ([`Context::UserinfoAtHost`]): a profile
+    /// running it lets this family, not `email`, name that value ([`claimed_userinfo`]).
+    pub fn claims_userinfo(&self) -> bool {
+        self.shapes
+            .iter()
+            .any(|s| s.context == Context::UserinfoAtHost)
+    }
+
     /// Appends the spans of this family's tokens in `seg`; `lower` is `seg` in lowercase (the
     /// context literals are matched in any case).
     pub fn find(&self, seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
@@ -1918,6 +1928,42 @@ mod tests {
             redact("https://4bf92f3577b34da6a3ce929d0e0e4736@example.com/1\n"),
             "https://[REDACTED:email]/1\n"
         );
+    }
+
+    /// `text` redacted by a profile running only the detectors `names`, in that order.
+    fn redact_with(names: &[&str], text: &str) -> String {
+        let detectors = names
+            .iter()
+            .map(|n| match Builtin::from_name(n) {
+                Some(b) => crate::Detector::builtin(b, crate::Mode::Mask),
+                None => panic!("no detector {n}"),
+            })
+            .collect();
+        let r = match Redactor::new(detectors, None) {
+            Ok(r) => Arc::new(r),
+            Err(e) => panic!("{e}"),
+        };
+        let (out, _) = Pipeline::redact_chunks(&r, &[text.as_bytes()], 64 * 1024);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// A Sentry DSN's key is redacted by every profile that runs `email`: `email` leaves it
+    /// only to a `sentry_dsn` row the profile itself runs (a profile listing its detectors
+    /// without `sentry_dsn` still removes it).
+    #[test]
+    fn sentry_dsn_key_is_redacted_by_email_when_the_profile_lacks_sentry_dsn() {
+        let line =
+            "SENTRY_DSN=https://9f86d081884c7d659a2feaa0c55ad015@o4504.ingest.us.sentry.io/4508\n";
+        let by_email = "SENTRY_DSN=https://[REDACTED:email]/4508\n";
+        let by_sentry = "SENTRY_DSN=https://[REDACTED:sentry_dsn]@o4504.ingest.us.sentry.io/4508\n";
+        assert_eq!(redact_with(&["email"], line), by_email);
+        assert_eq!(
+            redact_with(&["email", "url_credentials", "secret"], line),
+            by_email
+        );
+        assert_eq!(redact_with(&["email", "sentry_dsn"], line), by_sentry);
+        assert_eq!(redact_with(&["sentry_dsn", "email"], line), by_sentry);
+        assert_eq!(redact(line), by_sentry);
     }
 
     #[test]

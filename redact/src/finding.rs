@@ -156,16 +156,25 @@ impl Builtin {
         }
     }
 
-    /// Appends the spans of this detector's values in `seg` to `out` (the tests' entry).
+    /// Appends the spans of this detector's values in `seg` to `out` (the tests' entry: the
+    /// detector alone, no other family claims a URL's user part).
     #[cfg(test)]
     pub(crate) fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
         let mut masks = SegmentMasks::default();
         masks.compute(seg);
-        self.find_in(seg, &masks, out);
+        self.find_in(seg, &masks, &[], out);
     }
 
-    /// [`Builtin::find`] with the segment's byte masks already computed.
-    pub(crate) fn find_in(self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
+    /// [`Builtin::find`] with the segment's byte masks already computed; `userinfo_rows` are
+    /// the running profile's families that name a URL's user part ([`Family::claims_userinfo`]):
+    /// `email` leaves the values they find to them.
+    pub(crate) fn find_in(
+        self,
+        seg: &[u8],
+        masks: &SegmentMasks,
+        userinfo_rows: &[&Family],
+        out: &mut Vec<(usize, usize)>,
+    ) {
         match self {
             // Private keys span lines: the redactor's state machine handles them.
             Builtin::PrivateKey => {}
@@ -185,7 +194,7 @@ impl Builtin {
             }
             Builtin::Secret => find_key_value(seg, masks.lower(), true, out),
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |v, s, line| {
-                !after_url_userinfo(line, s) && !family::claimed_userinfo(line, s, v)
+                !after_url_userinfo(line, s) && !family::claimed_userinfo(userinfo_rows, line, s, v)
             }),
             Builtin::Card => find_cards(seg, masks, out),
             Builtin::Iban => find_ibans(seg, masks, out),
