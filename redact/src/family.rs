@@ -367,7 +367,8 @@ impl Shape {
 
 impl Shape {
     /// [`Shape::match_at`] for [`Context::Key`] and [`Context::Scheme`]: the key of `key_len`
-    /// bytes at `p` starts a word, the separator follows it, then the value.
+    /// bytes at `p` starts a word, the separator (`=`, `:`, `=>`, then an optional `[` of a
+    /// list of values) follows it, then the value.
     fn after_key_at(&self, seg: &[u8], p: usize, key_len: usize) -> Option<(usize, usize)> {
         if p > 0 && is_word(seg[p - 1]) {
             return None;
@@ -394,7 +395,15 @@ impl Shape {
         if !matches!(at(i), Some(b'=' | b':')) {
             return None;
         }
+        // Ruby's and Perl's `key => "v"`.
+        if at(i) == Some(b'=') && at(i + 1) == Some(b'>') {
+            i += 1;
+        }
         i = blanks(i + 1);
+        // A header map's list of values (Go's `http.Header`: `"Dd-Api-Key":["v"]`).
+        if at(i) == Some(b'[') {
+            i = blanks(i + 1);
+        }
         if at(i) == Some(b'\\') {
             i += 1;
         }
@@ -1569,6 +1578,8 @@ mod tests {
                 format!("{{\"msg\":\"{{\\\"{up}\\\":\\\"\u{1}\\\"}}\"}}"),
                 format!("{up} = '\u{1}'"),
                 format!("--{prefix}=\u{1}"),
+                format!("{{\"{up}\":[\"\u{1}\"]}}"),
+                format!("{prefix} => \"\u{1}\""),
             ]);
         }
         templates

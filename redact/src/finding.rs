@@ -355,10 +355,11 @@ static BASIC: LazyLock<Regex> =
     LazyLock::new(|| build(r"(?i)\bbasic\s+([A-Za-z0-9+/]{4,}={0,2})(?:[^A-Za-z0-9+/=]|$)"));
 static URL_CREDENTIALS: LazyLock<Regex> =
     LazyLock::new(|| build(r"(?i)\b[a-z][a-z0-9+.-]{1,30}://[^\s/?#@:]*:([^\s/?#@]+)@"));
-/// `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a string) for keys
-/// that end with a secret-ish name. Group 1 is the key; 2–5 the value in its quoting. A quote
+/// `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a string),
+/// `key => "value"` and a header map's `"key":["value"]` for keys that end with a secret-ish
+/// name. Group 1 is the key; 2–5 the value in its quoting. A quote
 /// that never closes (a truncated record) takes the value to the end of the line.
-const KEY_VALUE_PATTERN: &str = r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]\s*(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?|([^\s"'&,;}\])\\]+))"#;
+const KEY_VALUE_PATTERN: &str = r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]>?\s*(?:(?:\[\s*)?(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?)|([^\s"'&,;}\])\\]+))"#;
 /// [`KEY_VALUE_PATTERN`], anchored: [`find_key_value`] runs it only where a key can start.
 static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| build(&format!("^(?:{KEY_VALUE_PATTERN})")));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
@@ -565,8 +566,11 @@ fn find_key_value(seg: &[u8], lower: &[u8], bound_run_on: bool, out: &mut Vec<(u
             .map_or(&b""[..], |(ks, ke)| &seg[start + ks..start + ke]);
         let v = &seg[vs..ve];
         let bare = locations.get(5).is_some();
-        // `PWD=/home/x` in an environment dump is the working directory, not a password.
+        // `PWD=/home/x` in an environment dump is the working directory, not a password. A
+        // value of only `[`, `{` or `>` (a list or object that is not one value, `=>` with
+        // nothing after it) removes nothing: counting it would say a secret was redacted.
         if placeholder(v)
+            || v.iter().all(|b| matches!(b, b'[' | b'{' | b'>'))
             || (bare && status_word(v))
             || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/'))
         {
@@ -1328,6 +1332,7 @@ mod tests {
             let v = value.as_bytes();
             let bare = c.get(5).is_some();
             if placeholder(v)
+                || v.iter().all(|b| matches!(b, b'[' | b'{' | b'>'))
                 || (bare && status_word(v))
                 || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/'))
             {
