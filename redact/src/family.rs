@@ -368,7 +368,8 @@ impl Shape {
 impl Shape {
     /// [`Shape::match_at`] for [`Context::Key`] and [`Context::Scheme`]: the key of `key_len`
     /// bytes at `p` starts a word, the separator (`=`, `:`, `=>`, then an optional `[` of a
-    /// list of values) follows it, then the value.
+    /// list of values) follows it, then the value. A quoted key may also be the name of a
+    /// name/value pair whose `"value"` follows ([`name_value_pair`]).
     fn after_key_at(&self, seg: &[u8], p: usize, key_len: usize) -> Option<(usize, usize)> {
         if p > 0 && is_word(seg[p - 1]) {
             return None;
@@ -388,10 +389,14 @@ impl Shape {
         if at(i) == Some(b'\\') {
             i += 1;
         }
-        if matches!(at(i), Some(b'"' | b'\'')) {
+        let quoted = matches!(at(i), Some(b'"' | b'\''));
+        if quoted {
             i += 1;
         }
         i = blanks(i);
+        if quoted && at(i) == Some(b',') {
+            i = name_value_pair(seg, i)?;
+        }
         if !matches!(at(i), Some(b'=' | b':')) {
             return None;
         }
@@ -489,6 +494,34 @@ pub fn claimed_userinfo(rows: &[&Family], seg: &[u8], start: usize, value: &[u8]
                         .is_some_and(|(from, _)| from == start)
             })
     })
+}
+
+/// Where the `:` of a name/value pair's value key is, when the quoted name just read ends at
+/// the `,` at `comma`: `{"name":"DD_API_KEY","value":"<key>"}` (Kubernetes and ECS
+/// environments), also escaped inside a JSON string. The look-ahead is bounded: blanks, then
+/// exactly `"value"`; anything else is not this form (`None`).
+fn name_value_pair(seg: &[u8], comma: usize) -> Option<usize> {
+    let at = |i: usize| seg.get(i).copied();
+    let blanks = |mut i: usize| {
+        while matches!(at(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = blanks(comma + 1);
+    let escaped = at(i) == Some(b'\\');
+    if escaped {
+        i += 1;
+    }
+    if at(i) != Some(b'"') {
+        return None;
+    }
+    i += 1;
+    let closing: &[u8] = if escaped { b"value\\\"" } else { b"value\"" };
+    if !seg.get(i..)?.starts_with(closing) {
+        return None;
+    }
+    Some(blanks(i + closing.len()))
 }
 
 fn is_word(b: u8) -> bool {
@@ -1580,6 +1613,11 @@ mod tests {
                 format!("--{prefix}=\u{1}"),
                 format!("{{\"{up}\":[\"\u{1}\"]}}"),
                 format!("{prefix} => \"\u{1}\""),
+                format!("{{\"name\":\"{up}\",\"value\":\"\u{1}\"}}"),
+                format!("- {{ \"name\": \"{prefix}\", \"value\": \"\u{1}\" }}"),
+                format!(
+                    "{{\"msg\":\"{{\\\"name\\\":\\\"{up}\\\",\\\"value\\\":\\\"\u{1}\\\"}}\"}}"
+                ),
             ]);
         }
         templates
@@ -1896,6 +1934,13 @@ mod tests {
                 "AZURE_DEVOPS_EXT_PAT=[REDACTED:azure_devops_pat]".to_string(),
             ),
             (
+                format!(
+                    r#"{{"env":[{{"name":"DD_SITE","value":"datadoghq.eu"}},{{"name":"DD_API_KEY","value":"{hex32}"}}]}}"#
+                ),
+                r#"{"env":[{"name":"DD_SITE","value":"datadoghq.eu"},{"name":"DD_API_KEY","value":"[REDACTED:datadog_api_key]"}]}"#
+                    .to_string(),
+            ),
+            (
                 format!(r#"{{"routing_key":"{hex32}","event_action":"trigger"}}"#),
                 r#"{"routing_key":"[REDACTED:pagerduty_key]","event_action":"trigger"}"#
                     .to_string(),
@@ -1920,6 +1965,8 @@ mod tests {
             "Authorization scheme SSWS 00short; ssws: 00",
             "see https://sentry.io/organizations/acme/issues/ and https://docs.sentry.io/",
             "Fastly-Key: 4bf92f3577b34da6a3ce929d0e0e473",
+            r#"{"name":"DD_API_KEY","valueFrom":{"secretKeyRef":{"name":"dd","key":"k"}}}"#,
+            r#"["DD_API_KEY", "9f86d081884c7d659a2feaa0c55ad015"]"#,
         ] {
             let line = format!("{text}\n");
             assert_eq!(redact(&line), line, "{text}");
