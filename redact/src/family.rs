@@ -2149,10 +2149,16 @@ mod tests {
         }
     }
 
-    /// Every detector has its row in docs/redaction.md's table.
+    /// Every detector has its row in docs/redaction.md's table, and the docs give the number
+    /// of detectors the `default` profile runs (what `--list-detectors` prints as `default`).
     #[test]
     fn every_detector_is_documented() {
         let doc = include_str!("../../docs/redaction.md");
+        let runs = format!("profile runs {} detectors", Builtin::ALL.len());
+        assert!(
+            doc.replace('\n', " ").contains(&runs),
+            "docs/redaction.md does not say `{runs}`"
+        );
         for b in Builtin::ALL.iter().chain(Builtin::OPT_IN.iter()) {
             assert!(
                 doc.contains(&format!("| `{}` |", b.name())),
