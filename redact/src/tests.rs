@@ -47,7 +47,7 @@ fn header_maps_and_ruby_hashes_lose_the_value_and_count_only_values() {
             vec![("datadog_api_key", 1), ("fastly_token", 1)],
         ),
         (
-            format!(r#"{{"X-Api-Key": [ "s3cr3tV4lue" ], "X-Session-Token":["t0k3nV4lue"]}}"#),
+            r#"{"X-Api-Key": [ "s3cr3tV4lue" ], "X-Session-Token":["t0k3nV4lue"]}"#.to_string(),
             r#"{"X-Api-Key": [ "[REDACTED:secret]" ], "X-Session-Token":["[REDACTED:secret]"]}"#.to_string(),
             vec![("secret", 2)],
         ),
