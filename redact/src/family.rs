@@ -1528,9 +1528,12 @@ pub const FAMILIES: &[Family] = &[
     ),
     fam(
         "sentry_dsn",
-        "Sentry DSN keys: the 32-hex key of https://<key>@o<n>.ingest.sentry.io/<project>",
-        "Sentry docs 'Data Source Name (DSN)' (https://{PUBLIC_KEY}@o{ORG_ID}.ingest.sentry.io/{PROJECT_ID})",
-        &[userinfo_at(&["sentry.io"], Hex, 32, 32)],
+        "Sentry DSN keys: the 32-hex key of https://<key>@o<n>.ingest.sentry.io/<project>, and the same key as sentry_key= (envelope URLs, X-Sentry-Auth)",
+        "Sentry docs 'Data Source Name (DSN)' (https://{PUBLIC_KEY}@o{ORG_ID}.ingest.sentry.io/{PROJECT_ID}); Sentry SDK developer docs 'Overview, Authentication' (develop.sentry.dev/sdk/overview/#authentication: X-Sentry-Auth: Sentry sentry_key=…, or sentry_key and sentry_version=7 in the query)",
+        &[
+            userinfo_at(&["sentry.io"], Hex, 32, 32),
+            keyed(&["sentry_key"], Hex, 32, 32),
+        ],
     ),
 ];
 
@@ -1928,6 +1931,20 @@ mod tests {
             (
                 format!("dsn: 'https://{hex32}@sentry.io/12'"),
                 "dsn: 'https://[REDACTED:sentry_dsn]@sentry.io/12'".to_string(),
+            ),
+            (
+                format!("POST /api/2/envelope/?sentry_key={hex32}&sentry_version=7 HTTP/1.1"),
+                "POST /api/2/envelope/?sentry_key=[REDACTED:sentry_dsn]&sentry_version=7 HTTP/1.1"
+                    .to_string(),
+            ),
+            (
+                format!("X-Sentry-Auth: Sentry sentry_key={hex32}, sentry_version=7"),
+                "X-Sentry-Auth: Sentry sentry_key=[REDACTED:sentry_dsn], sentry_version=7"
+                    .to_string(),
+            ),
+            (
+                "Authorization: Splunk 1f2e3d4c-5b6a-4789-8abc-def012345678".to_string(),
+                "Authorization: Splunk [REDACTED:authorization]".to_string(),
             ),
             (
                 format!("AZURE_DEVOPS_EXT_PAT={pat}"),

@@ -451,7 +451,49 @@ fn find_authorization(seg: &[u8], out: &mut Vec<(usize, usize)>) {
         if plausible && !own_output(value.as_bytes()) {
             out.push((value.start(), value.end()));
         }
+        // RFC 9110 §11.4: `credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]`. A
+        // scheme the pattern does not list (`SSWS`, `Splunk`, `GenieKey`) is the first word,
+        // and the credential is the next one.
+        if scheme.is_none() && auth_scheme_word(value.as_bytes()) {
+            if let Some(span) = credential_after_scheme(seg, value.end()) {
+                out.push(span);
+            }
+        }
     }
+}
+
+/// Whether `word` can be an authorization scheme: a letter, then letters, digits, `-`, `_`
+/// or `.` (RFC 9110's `token`, narrowed to what schemes are written with).
+fn auth_scheme_word(word: &[u8]) -> bool {
+    word.first().is_some_and(u8::is_ascii_alphabetic)
+        && word
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The credential after an authorization scheme that ends at `end`: blanks, then a run up to
+/// the next blank, quote, backslash, `,` or `;`. Kept when it looks like a credential
+/// (token-like, or 16 bytes or more) and is not a placeholder, so that prose after
+/// `authorization:` (`authorization: denied for bob`) stays.
+fn credential_after_scheme(seg: &[u8], end: usize) -> Option<(usize, usize)> {
+    let rest = seg.get(end..)?;
+    let blanks = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    if blanks == 0 {
+        return None;
+    }
+    let start = end + blanks;
+    let run = seg[start..]
+        .iter()
+        .take_while(|b| {
+            !b.is_ascii_whitespace() && !matches!(b, b'"' | b'\'' | b'\\' | b',' | b';')
+        })
+        .count();
+    let v = &seg[start..start + run];
+    let credential = validate::token_like(v) || v.len() >= 16;
+    (credential && !placeholder(v)).then_some((start, start + run))
 }
 
 /// Values that configuration dumps print instead of a secret.
@@ -1296,6 +1338,48 @@ mod tests {
             (r#"password":" token":"v2"#, &["v2"]),
         ] {
             assert_eq!(found(Builtin::Secret, text), values, "{text}");
+        }
+    }
+
+    /// An authorization scheme the pattern does not list is the first word (RFC 9110): the
+    /// credential after it is redacted whatever its length or vendor, and prose stays.
+    #[test]
+    fn authorization_with_an_unknown_scheme_loses_its_credential() {
+        for (text, credential) in [
+            ("Authorization: SSWS 00abc", "00abc"),
+            (
+                "Authorization: SSWS 00QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4AB",
+                "00QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4AB",
+            ),
+            (
+                "Authorization: SSWS 01QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4",
+                "01QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4",
+            ),
+            (
+                "Authorization: Splunk 1f2e3d4c-5b6a-4789-8abc-def012345678",
+                "1f2e3d4c-5b6a-4789-8abc-def012345678",
+            ),
+            (
+                "\"authorization\": \"GenieKey eb243592-faa2-4ba2-a551q-1afdf565c889\"",
+                "eb243592-faa2-4ba2-a551q-1afdf565c889",
+            ),
+            (
+                "Authorization: Key abcdefghijklmnop1234",
+                "abcdefghijklmnop1234",
+            ),
+            (
+                "proxy-authorization: Custom abcdefghijklmnopqrst",
+                "abcdefghijklmnopqrst",
+            ),
+        ] {
+            assert_eq!(found(Builtin::Authorization, text), [credential], "{text}");
+        }
+        for text in [
+            "authorization: denied for bob",
+            "authorization: failed, retry later",
+            "Authorization: Custom [REDACTED:authorization]",
+        ] {
+            assert!(found(Builtin::Authorization, text).is_empty(), "{text}");
         }
     }
 
