@@ -109,11 +109,15 @@ fuzz_target!(|data: &[u8]| {
 /// bytes mapped into the form's alphabet, between spaces at a place in the text the control
 /// bytes choose; the body must not survive, in one piece or in chunks.
 fn plant_a_token(control: &[u8], text: &[u8], sizes: &[u8]) {
-    let (Some(&pick), Some(&len), Some(&at)) = (control.get(1), control.get(2), control.get(3))
+    let (Some(&pick), Some(&len), Some(&at), Some(&pick_high)) =
+        (control.get(1), control.get(2), control.get(3), control.get(4))
     else {
         return;
     };
-    let shape = &SHAPES[usize::from(pick) % SHAPES.len()];
+    // Two bytes choose the form: there are over 200 plain forms and new rows are appended at
+    // the end, so one byte modulo their number would plant the last ones rarely or never.
+    assert!(SHAPES.len() <= usize::from(u16::MAX), "two control bytes no longer reach every form");
+    let shape = &SHAPES[usize::from(u16::from_le_bytes([pick, pick_high])) % SHAPES.len()];
     let n = (shape.min + usize::from(len)).min(shape.max);
     let body: Vec<u8> = text
         .iter()

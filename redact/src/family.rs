@@ -367,7 +367,9 @@ impl Shape {
 
 impl Shape {
     /// [`Shape::match_at`] for [`Context::Key`] and [`Context::Scheme`]: the key of `key_len`
-    /// bytes at `p` starts a word, the separator follows it, then the value.
+    /// bytes at `p` starts a word, the separator (`=`, `:`, `=>`, then an optional `[` of a
+    /// list of values) follows it, then the value. A quoted key may also be the name of a
+    /// name/value pair whose `"value"` follows ([`name_value_pair`]).
     fn after_key_at(&self, seg: &[u8], p: usize, key_len: usize) -> Option<(usize, usize)> {
         if p > 0 && is_word(seg[p - 1]) {
             return None;
@@ -387,14 +389,26 @@ impl Shape {
         if at(i) == Some(b'\\') {
             i += 1;
         }
-        if matches!(at(i), Some(b'"' | b'\'')) {
+        let quoted = matches!(at(i), Some(b'"' | b'\''));
+        if quoted {
             i += 1;
         }
         i = blanks(i);
+        if quoted && at(i) == Some(b',') {
+            i = name_value_pair(seg, i)?;
+        }
         if !matches!(at(i), Some(b'=' | b':')) {
             return None;
         }
+        // Ruby's and Perl's `key => "v"`.
+        if at(i) == Some(b'=') && at(i + 1) == Some(b'>') {
+            i += 1;
+        }
         i = blanks(i + 1);
+        // A header map's list of values (Go's `http.Header`: `"Dd-Api-Key":["v"]`).
+        if at(i) == Some(b'[') {
+            i = blanks(i + 1);
+        }
         if at(i) == Some(b'\\') {
             i += 1;
         }
@@ -461,12 +475,14 @@ impl Shape {
     }
 }
 
-/// Whether the e-mail-shaped `user@host` at `start` of `seg` (`value`) is a value that a
-/// [`Context::UserinfoAtHost`] row finds there (the key of a Sentry DSN): that row names the
-/// finding and keeps the host readable, so the `email` detector leaves it. Any other user part
-/// of a URL stays the `email` detector's, as before.
-pub fn claimed_userinfo(seg: &[u8], start: usize, value: &[u8]) -> bool {
-    FAMILIES.iter().flat_map(|f| f.shapes).any(|s| {
+/// Whether the e-mail-shaped `user@host` at `start` of `seg` (`value`) is a value that one of
+/// `rows` (the running profile's families with a [`Context::UserinfoAtHost`] shape, the key of
+/// a Sentry DSN) finds there: that row names the finding and keeps the host readable, so the
+/// `email` detector leaves it. Only the profile's own rows count: a profile without
+/// `sentry_dsn` has no one else to redact the key, so `email` keeps it (fail closed). Any
+/// other user part of a URL stays the `email` detector's, as before.
+pub fn claimed_userinfo(rows: &[&Family], seg: &[u8], start: usize, value: &[u8]) -> bool {
+    rows.iter().flat_map(|f| f.shapes).any(|s| {
         s.context == Context::UserinfoAtHost
             && s.prefixes.iter().any(|h| {
                 let Some(p) = (start + value.len()).checked_sub(h.len()) else {
@@ -478,6 +494,34 @@ pub fn claimed_userinfo(seg: &[u8], start: usize, value: &[u8]) -> bool {
                         .is_some_and(|(from, _)| from == start)
             })
     })
+}
+
+/// Where the `:` of a name/value pair's value key is, when the quoted name just read ends at
+/// the `,` at `comma`: `{"name":"DD_API_KEY","value":"<key>"}` (Kubernetes and ECS
+/// environments), also escaped inside a JSON string. The look-ahead is bounded: blanks, then
+/// exactly `"value"`; anything else is not this form (`None`).
+fn name_value_pair(seg: &[u8], comma: usize) -> Option<usize> {
+    let at = |i: usize| seg.get(i).copied();
+    let blanks = |mut i: usize| {
+        while matches!(at(i), Some(b' ' | b'\t')) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = blanks(comma + 1);
+    let escaped = at(i) == Some(b'\\');
+    if escaped {
+        i += 1;
+    }
+    if at(i) != Some(b'"') {
+        return None;
+    }
+    i += 1;
+    let closing: &[u8] = if escaped { b"value\\\"" } else { b"value\"" };
+    if !seg.get(i..)?.starts_with(closing) {
+        return None;
+    }
+    Some(blanks(i + closing.len()))
 }
 
 fn is_word(b: u8) -> bool {
@@ -495,6 +539,14 @@ pub struct Family {
 }
 
 impl Family {
+    /// Whether one of its shapes is a URL's user part ([`Context::UserinfoAtHost`]): a profile
+    /// running it lets this family, not `email`, name that value ([`claimed_userinfo`]).
+    pub fn claims_userinfo(&self) -> bool {
+        self.shapes
+            .iter()
+            .any(|s| s.context == Context::UserinfoAtHost)
+    }
+
     /// Appends the spans of this family's tokens in `seg`; `lower` is `seg` in lowercase (the
     /// context literals are matched in any case).
     pub fn find(&self, seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
@@ -1476,9 +1528,12 @@ pub const FAMILIES: &[Family] = &[
     ),
     fam(
         "sentry_dsn",
-        "Sentry DSN keys: the 32-hex key of https://<key>@o<n>.ingest.sentry.io/<project>",
-        "Sentry docs 'Data Source Name (DSN)' (https://{PUBLIC_KEY}@o{ORG_ID}.ingest.sentry.io/{PROJECT_ID})",
-        &[userinfo_at(&["sentry.io"], Hex, 32, 32)],
+        "Sentry DSN keys: the 32-hex key of https://<key>@o<n>.ingest.sentry.io/<project>, and the same key as sentry_key= (envelope URLs, X-Sentry-Auth)",
+        "Sentry docs 'Data Source Name (DSN)' (https://{PUBLIC_KEY}@o{ORG_ID}.ingest.sentry.io/{PROJECT_ID}); Sentry SDK developer docs 'Overview, Authentication' (develop.sentry.dev/sdk/overview/#authentication: X-Sentry-Auth: Sentry sentry_key=…, or sentry_key and sentry_version=7 in the query)",
+        &[
+            userinfo_at(&["sentry.io"], Hex, 32, 32),
+            keyed(&["sentry_key"], Hex, 32, 32),
+        ],
     ),
 ];
 
@@ -1559,6 +1614,13 @@ mod tests {
                 format!("{{\"msg\":\"{{\\\"{up}\\\":\\\"\u{1}\\\"}}\"}}"),
                 format!("{up} = '\u{1}'"),
                 format!("--{prefix}=\u{1}"),
+                format!("{{\"{up}\":[\"\u{1}\"]}}"),
+                format!("{prefix} => \"\u{1}\""),
+                format!("{{\"name\":\"{up}\",\"value\":\"\u{1}\"}}"),
+                format!("- {{ \"name\": \"{prefix}\", \"value\": \"\u{1}\" }}"),
+                format!(
+                    "{{\"msg\":\"{{\\\"name\\\":\\\"{up}\\\",\\\"value\\\":\\\"\u{1}\\\"}}\"}}"
+                ),
             ]);
         }
         templates
@@ -1871,8 +1933,29 @@ mod tests {
                 "dsn: 'https://[REDACTED:sentry_dsn]@sentry.io/12'".to_string(),
             ),
             (
+                format!("POST /api/2/envelope/?sentry_key={hex32}&sentry_version=7 HTTP/1.1"),
+                "POST /api/2/envelope/?sentry_key=[REDACTED:sentry_dsn]&sentry_version=7 HTTP/1.1"
+                    .to_string(),
+            ),
+            (
+                format!("X-Sentry-Auth: Sentry sentry_key={hex32}, sentry_version=7"),
+                "X-Sentry-Auth: Sentry sentry_key=[REDACTED:sentry_dsn], sentry_version=7"
+                    .to_string(),
+            ),
+            (
+                "Authorization: Splunk 1f2e3d4c-5b6a-4789-8abc-def012345678".to_string(),
+                "Authorization: Splunk [REDACTED:authorization]".to_string(),
+            ),
+            (
                 format!("AZURE_DEVOPS_EXT_PAT={pat}"),
                 "AZURE_DEVOPS_EXT_PAT=[REDACTED:azure_devops_pat]".to_string(),
+            ),
+            (
+                format!(
+                    r#"{{"env":[{{"name":"DD_SITE","value":"datadoghq.eu"}},{{"name":"DD_API_KEY","value":"{hex32}"}}]}}"#
+                ),
+                r#"{"env":[{"name":"DD_SITE","value":"datadoghq.eu"},{"name":"DD_API_KEY","value":"[REDACTED:datadog_api_key]"}]}"#
+                    .to_string(),
             ),
             (
                 format!(r#"{{"routing_key":"{hex32}","event_action":"trigger"}}"#),
@@ -1899,6 +1982,8 @@ mod tests {
             "Authorization scheme SSWS 00short; ssws: 00",
             "see https://sentry.io/organizations/acme/issues/ and https://docs.sentry.io/",
             "Fastly-Key: 4bf92f3577b34da6a3ce929d0e0e473",
+            r#"{"name":"DD_API_KEY","valueFrom":{"secretKeyRef":{"name":"dd","key":"k"}}}"#,
+            r#"["DD_API_KEY", "9f86d081884c7d659a2feaa0c55ad015"]"#,
         ] {
             let line = format!("{text}\n");
             assert_eq!(redact(&line), line, "{text}");
@@ -1918,6 +2003,42 @@ mod tests {
             redact("https://4bf92f3577b34da6a3ce929d0e0e4736@example.com/1\n"),
             "https://[REDACTED:email]/1\n"
         );
+    }
+
+    /// `text` redacted by a profile running only the detectors `names`, in that order.
+    fn redact_with(names: &[&str], text: &str) -> String {
+        let detectors = names
+            .iter()
+            .map(|n| match Builtin::from_name(n) {
+                Some(b) => crate::Detector::builtin(b, crate::Mode::Mask),
+                None => panic!("no detector {n}"),
+            })
+            .collect();
+        let r = match Redactor::new(detectors, None) {
+            Ok(r) => Arc::new(r),
+            Err(e) => panic!("{e}"),
+        };
+        let (out, _) = Pipeline::redact_chunks(&r, &[text.as_bytes()], 64 * 1024);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// A Sentry DSN's key is redacted by every profile that runs `email`: `email` leaves it
+    /// only to a `sentry_dsn` row the profile itself runs (a profile listing its detectors
+    /// without `sentry_dsn` still removes it).
+    #[test]
+    fn sentry_dsn_key_is_redacted_by_email_when_the_profile_lacks_sentry_dsn() {
+        let line =
+            "SENTRY_DSN=https://9f86d081884c7d659a2feaa0c55ad015@o4504.ingest.us.sentry.io/4508\n";
+        let by_email = "SENTRY_DSN=https://[REDACTED:email]/4508\n";
+        let by_sentry = "SENTRY_DSN=https://[REDACTED:sentry_dsn]@o4504.ingest.us.sentry.io/4508\n";
+        assert_eq!(redact_with(&["email"], line), by_email);
+        assert_eq!(
+            redact_with(&["email", "url_credentials", "secret"], line),
+            by_email
+        );
+        assert_eq!(redact_with(&["email", "sentry_dsn"], line), by_sentry);
+        assert_eq!(redact_with(&["sentry_dsn", "email"], line), by_sentry);
+        assert_eq!(redact(line), by_sentry);
     }
 
     #[test]
@@ -2006,9 +2127,6 @@ mod tests {
             assert!(crate::is_valid_redaction_name(name), "{name}");
         }
         assert!(usize::from(super::super::finding::FAMILY_BASE_FOR_TESTS) + FAMILIES.len() <= 256);
-        for b in Builtin::ALL.iter().chain(Builtin::OPT_IN.iter()) {
-            assert!(b.bit_index() < 128, "{}", b.name());
-        }
         assert!(Builtin::ALL.len() >= 120, "{}", Builtin::ALL.len());
         for f in FAMILIES {
             for s in f.shapes {
@@ -2023,10 +2141,41 @@ mod tests {
         }
     }
 
-    /// Every detector has its row in docs/redaction.md's table.
+    /// The families past bit 126 share the candidate set's bit 127: each of them, as the only
+    /// detector of a profile, still runs when its literal is on the line and redacts every
+    /// documented form (the prefilter's bit and the redactor's table agree on the shared bit).
+    #[test]
+    fn each_family_sharing_the_last_bit_is_found_alone() {
+        let shared: Vec<Builtin> = Builtin::ALL
+            .into_iter()
+            .filter(|b| b.as_family().is_some() && b.bit_index() == 127)
+            .collect();
+        assert!(shared.len() >= 2, "{shared:?}");
+        for b in shared {
+            let Some(f) = b.as_family() else { continue };
+            for s in f.shapes {
+                for prefix in s.prefixes {
+                    for body in bodies(s, prefix) {
+                        for (text, want) in forms(s, prefix, &body, f.name) {
+                            let out = redact_with(&[f.name], &format!("sent {text} ok\n"));
+                            assert_eq!(out, format!("sent {want} ok\n"), "{}: {text}", f.name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every detector has its row in docs/redaction.md's table, and the docs give the number
+    /// of detectors the `default` profile runs (what `--list-detectors` prints as `default`).
     #[test]
     fn every_detector_is_documented() {
         let doc = include_str!("../../docs/redaction.md");
+        let runs = format!("profile runs {} detectors", Builtin::ALL.len());
+        assert!(
+            doc.replace('\n', " ").contains(&runs),
+            "docs/redaction.md does not say `{runs}`"
+        );
         for b in Builtin::ALL.iter().chain(Builtin::OPT_IN.iter()) {
             assert!(
                 doc.contains(&format!("| `{}` |", b.name())),

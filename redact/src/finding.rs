@@ -176,16 +176,25 @@ impl Builtin {
         }
     }
 
-    /// Appends the spans of this detector's values in `seg` to `out` (the tests' entry).
+    /// Appends the spans of this detector's values in `seg` to `out` (the tests' entry: the
+    /// detector alone, no other family claims a URL's user part).
     #[cfg(test)]
     pub(crate) fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
         let mut masks = SegmentMasks::default();
         masks.compute(seg);
-        self.find_in(seg, &masks, out);
+        self.find_in(seg, &masks, &[], out);
     }
 
-    /// [`Builtin::find`] with the segment's byte masks already computed.
-    pub(crate) fn find_in(self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
+    /// [`Builtin::find`] with the segment's byte masks already computed; `userinfo_rows` are
+    /// the running profile's families that name a URL's user part ([`Family::claims_userinfo`]):
+    /// `email` leaves the values they find to them.
+    pub(crate) fn find_in(
+        self,
+        seg: &[u8],
+        masks: &SegmentMasks,
+        userinfo_rows: &[&Family],
+        out: &mut Vec<(usize, usize)>,
+    ) {
         match self {
             // Private keys span lines: the redactor's state machine handles them.
             Builtin::PrivateKey => {}
@@ -205,7 +214,7 @@ impl Builtin {
             }
             Builtin::Secret => find_key_value(seg, masks.lower(), true, out),
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |v, s, line| {
-                !after_url_userinfo(line, s) && !family::claimed_userinfo(line, s, v)
+                !after_url_userinfo(line, s) && !family::claimed_userinfo(userinfo_rows, line, s, v)
             }),
             Builtin::Card => find_cards(seg, masks, out),
             Builtin::Iban => find_ibans(seg, masks, out),
@@ -382,10 +391,11 @@ static BASIC: LazyLock<Regex> =
     LazyLock::new(|| build(r"(?i)\bbasic\s+([A-Za-z0-9+/]{4,}={0,2})(?:[^A-Za-z0-9+/=]|$)"));
 static URL_CREDENTIALS: LazyLock<Regex> =
     LazyLock::new(|| build(r"(?i)\b[a-z][a-z0-9+.-]{1,30}://[^\s/?#@:]*:([^\s/?#@]+)@"));
-/// `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a string) for keys
-/// that end with a secret-ish name. Group 1 is the key; 2–5 the value in its quoting. A quote
+/// `key=value`, `key: value`, `"key": "value"` (also JSON escaped inside a string),
+/// `key => "value"` and a header map's `"key":["value"]` for keys that end with a secret-ish
+/// name. Group 1 is the key; 2–5 the value in its quoting. A quote
 /// that never closes (a truncated record) takes the value to the end of the line.
-const KEY_VALUE_PATTERN: &str = r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]\s*(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?|([^\s"'&,;}\])\\]+))"#;
+const KEY_VALUE_PATTERN: &str = r#"(?i)([a-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|credentials?))\\?["']?\s*[:=]>?\s*(?:(?:\[\s*)?(?:\\"((?:[^"\\]|\\[^"])*)(?:\\")?|"((?:[^"\\]|\\.)*)"?|'([^']*)'?)|([^\s"'&,;}\])\\]+))"#;
 /// [`KEY_VALUE_PATTERN`], anchored: [`find_key_value`] runs it only where a key can start.
 static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| build(&format!("^(?:{KEY_VALUE_PATTERN})")));
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
@@ -477,7 +487,49 @@ fn find_authorization(seg: &[u8], out: &mut Vec<(usize, usize)>) {
         if plausible && !own_output(value.as_bytes()) {
             out.push((value.start(), value.end()));
         }
+        // RFC 9110 §11.4: `credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]`. A
+        // scheme the pattern does not list (`SSWS`, `Splunk`, `GenieKey`) is the first word,
+        // and the credential is the next one.
+        if scheme.is_none() && auth_scheme_word(value.as_bytes()) {
+            if let Some(span) = credential_after_scheme(seg, value.end()) {
+                out.push(span);
+            }
+        }
     }
+}
+
+/// Whether `word` can be an authorization scheme: a letter, then letters, digits, `-`, `_`
+/// or `.` (RFC 9110's `token`, narrowed to what schemes are written with).
+fn auth_scheme_word(word: &[u8]) -> bool {
+    word.first().is_some_and(u8::is_ascii_alphabetic)
+        && word
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The credential after an authorization scheme that ends at `end`: blanks, then a run up to
+/// the next blank, quote, backslash, `,` or `;`. Kept when it looks like a credential
+/// (token-like, or 16 bytes or more) and is not a placeholder, so that prose after
+/// `authorization:` (`authorization: denied for bob`) stays.
+fn credential_after_scheme(seg: &[u8], end: usize) -> Option<(usize, usize)> {
+    let rest = seg.get(end..)?;
+    let blanks = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count();
+    if blanks == 0 {
+        return None;
+    }
+    let start = end + blanks;
+    let run = seg[start..]
+        .iter()
+        .take_while(|b| {
+            !b.is_ascii_whitespace() && !matches!(b, b'"' | b'\'' | b'\\' | b',' | b';')
+        })
+        .count();
+    let v = &seg[start..start + run];
+    let credential = validate::token_like(v) || v.len() >= 16;
+    (credential && !placeholder(v)).then_some((start, start + run))
 }
 
 /// Values that configuration dumps print instead of a secret.
@@ -592,8 +644,11 @@ fn find_key_value(seg: &[u8], lower: &[u8], bound_run_on: bool, out: &mut Vec<(u
             .map_or(&b""[..], |(ks, ke)| &seg[start + ks..start + ke]);
         let v = &seg[vs..ve];
         let bare = locations.get(5).is_some();
-        // `PWD=/home/x` in an environment dump is the working directory, not a password.
+        // `PWD=/home/x` in an environment dump is the working directory, not a password. A
+        // value of only `[`, `{` or `>` (a list or object that is not one value, `=>` with
+        // nothing after it) removes nothing: counting it would say a secret was redacted.
         if placeholder(v)
+            || v.iter().all(|b| matches!(b, b'[' | b'{' | b'>'))
             || (bare && status_word(v))
             || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/'))
         {
@@ -1322,6 +1377,48 @@ mod tests {
         }
     }
 
+    /// An authorization scheme the pattern does not list is the first word (RFC 9110): the
+    /// credential after it is redacted whatever its length or vendor, and prose stays.
+    #[test]
+    fn authorization_with_an_unknown_scheme_loses_its_credential() {
+        for (text, credential) in [
+            ("Authorization: SSWS 00abc", "00abc"),
+            (
+                "Authorization: SSWS 00QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4AB",
+                "00QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4AB",
+            ),
+            (
+                "Authorization: SSWS 01QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4",
+                "01QCjAl4MlV-WPXM0HmjFx-vbGuaQ7dbSvPwWRrzx4",
+            ),
+            (
+                "Authorization: Splunk 1f2e3d4c-5b6a-4789-8abc-def012345678",
+                "1f2e3d4c-5b6a-4789-8abc-def012345678",
+            ),
+            (
+                "\"authorization\": \"GenieKey eb243592-faa2-4ba2-a551q-1afdf565c889\"",
+                "eb243592-faa2-4ba2-a551q-1afdf565c889",
+            ),
+            (
+                "Authorization: Key abcdefghijklmnop1234",
+                "abcdefghijklmnop1234",
+            ),
+            (
+                "proxy-authorization: Custom abcdefghijklmnopqrst",
+                "abcdefghijklmnopqrst",
+            ),
+        ] {
+            assert_eq!(found(Builtin::Authorization, text), [credential], "{text}");
+        }
+        for text in [
+            "authorization: denied for bob",
+            "authorization: failed, retry later",
+            "Authorization: Custom [REDACTED:authorization]",
+        ] {
+            assert!(found(Builtin::Authorization, text).is_empty(), "{text}");
+        }
+    }
+
     #[test]
     fn key_value_leaves_prose_placeholders_and_other_keys() {
         for text in [
@@ -1355,6 +1452,7 @@ mod tests {
             let v = value.as_bytes();
             let bare = c.get(5).is_some();
             if placeholder(v)
+                || v.iter().all(|b| matches!(b, b'[' | b'{' | b'>'))
                 || (bare && status_word(v))
                 || (key.eq_ignore_ascii_case(b"pwd") && v.first() == Some(&b'/'))
             {

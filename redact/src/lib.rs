@@ -41,6 +41,7 @@ mod validate;
 mod writing;
 
 use bytemask::SegmentMasks;
+use family::Family;
 pub use finding::Builtin;
 use prefilter::Prefilter;
 pub use profile::{is_valid_redaction_name, Profiles, RedactionConfigFile};
@@ -175,9 +176,15 @@ impl Detector {
         }
     }
 
-    fn find(&self, seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
+    fn find(
+        &self,
+        seg: &[u8],
+        masks: &SegmentMasks,
+        userinfo_rows: &[&Family],
+        out: &mut Vec<(usize, usize)>,
+    ) {
         match &self.kind {
-            Kind::Builtin(b) => b.find_in(seg, masks, out),
+            Kind::Builtin(b) => b.find_in(seg, masks, userinfo_rows, out),
             Kind::Custom { regex, validator } => {
                 for c in regex.captures_iter(seg) {
                     let Some(m) = c.name("value").or_else(|| c.get(0)) else {
@@ -216,6 +223,9 @@ pub struct Redactor {
     by_bit: Vec<Vec<usize>>,
     /// Detectors that run on every segment (custom ones and national identifiers).
     unconditional: Vec<usize>,
+    /// The profile's families that name a URL's user part (`sentry_dsn`): only when one runs
+    /// does `email` leave that value to it, else `email` redacts it.
+    userinfo_rows: Vec<&'static Family>,
     key: Option<Arc<HashKey>>,
 }
 
@@ -291,12 +301,20 @@ impl Redactor {
                 _ => unconditional.push(i),
             }
         }
+        let userinfo_rows = detectors
+            .iter()
+            .filter_map(|d| match d.kind {
+                Kind::Builtin(b) => b.as_family().filter(|f| f.claims_userinfo()),
+                _ => None,
+            })
+            .collect();
         Ok(Redactor {
             detectors,
             private_keys,
             prefilter,
             by_bit,
             unconditional,
+            userinfo_rows,
             key,
         })
     }
@@ -452,7 +470,7 @@ impl Redactor {
 
     fn run_detector(&self, i: usize, seg: &[u8], state: &mut LineState) {
         state.spans.clear();
-        self.detectors[i].find(seg, &state.masks, &mut state.spans);
+        self.detectors[i].find(seg, &state.masks, &self.userinfo_rows, &mut state.spans);
         state
             .findings
             .extend(state.spans.iter().map(|(s, e)| (*s, *e, i)));
