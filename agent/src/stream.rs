@@ -533,6 +533,7 @@ fn tail_offset(
     len: u64,
     lines: u64,
     check: &mut dyn FnMut() -> Result<(), EndReason>,
+    bytes_read: &mut u64,
 ) -> Result<u64, EndReason> {
     if lines == 0 || len == 0 {
         return Ok(len);
@@ -549,6 +550,7 @@ fn tail_offset(
         let start = end - n as u64;
         file.read_exact_at(&mut buf[..n], start)
             .map_err(read_error)?;
+        *bytes_read += n as u64;
         for i in (0..n).rev() {
             if buf[i] == b'\n' {
                 if skip_last && start + i as u64 == len - 1 {
@@ -973,9 +975,12 @@ fn budget_message(selector: &LineSelector, agent: &str) -> String {
 pub struct Finished {
     pub reason: EndReason,
     pub bytes: u64,
-    /// Bytes of the file's content read to serve it, decompressed for a compressed file (every
-    /// pass: a `tail -n` of one decompresses it twice), from the stream's start (a plain
-    /// `tail`'s start) on: with `bytes`, what the stream cost the agent and what it served.
+    /// Bytes of the file's content read to serve it, decompressed for a compressed file, every
+    /// pass counted: a compressed `tail -n` decompresses the file twice (to count its lines,
+    /// then to serve), a plain one reads backwards for its start and, when private keys are
+    /// withheld, back further for a key block begun before it ([`prime`], up to
+    /// `tail_key_lookback_bytes`), then serves. With `bytes`, what the stream cost the agent
+    /// and what it served.
     pub bytes_read: u64,
     pub counts: Counts,
     /// Time spent matching the grep pattern.
@@ -1000,9 +1005,13 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     // Where to start: with `tail_lines`, found by reading the file, here off the async runtime.
     // (A compressed file's tail is found by `pump_compressed`: its offsets are not the file's.)
     let start = match plan.tail_lines {
-        Some(lines) if plan.compressed.is_none() => {
-            tail_offset(&plan.file, plan.len, lines, &mut || sink.check())
-        }
+        Some(lines) if plan.compressed.is_none() => tail_offset(
+            &plan.file,
+            plan.len,
+            lines,
+            &mut || sink.check(),
+            &mut bytes_read,
+        ),
         _ => Ok(0),
     };
     let primed = start.and_then(|start| {
@@ -1015,6 +1024,7 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
                 plan.max_line,
                 &mut pipeline,
                 check,
+                &mut bytes_read,
             )?;
         }
         Ok(start)
@@ -1088,6 +1098,7 @@ fn prime(
     max_line: usize,
     pipeline: &mut Pipeline,
     check: &mut dyn FnMut() -> Result<(), EndReason>,
+    bytes_read: &mut u64,
 ) -> Result<bool, EndReason> {
     /// Kept from one window in the next when a window holds no whole line, so that a marker
     /// cut by the window's edge is seen whole (markers are much shorter).
@@ -1113,6 +1124,7 @@ fn prime(
         buf.resize(usize::try_from(step).unwrap_or(0), 0);
         file.read_exact_at(&mut buf, from).map_err(read_error)?;
         looked += step;
+        *bytes_read += step;
         // The window's first line may have begun before it: search whole lines only, and read
         // that line again with the next window — unless the window holds no whole line.
         let first_newline = memchr::memchr(b'\n', &buf).filter(|i| i + 1 < buf.len());
@@ -2368,7 +2380,9 @@ mod tests {
     /// Issue #15 (the reads stop's remainder): `read.finished` of a compressed tail said what
     /// was served but not what the agent decompressed for it (the whole file, twice). A stream
     /// now counts the content it read, decompressed, every pass: a compressed `cat` as much as
-    /// a plain one, a compressed `tail -n` the file twice, a plain `tail -n` from its start.
+    /// a plain one, a compressed `tail -n` the file twice, a plain `tail -n` its backward scan
+    /// for the start and its key look-back too (review finding 5: it counted only from its
+    /// start, so a look-back of up to 16 MiB showed as a few bytes read).
     #[test]
     fn a_stream_counts_the_content_it_read_decompressed_and_what_it_served() {
         let mut text = Vec::new();
@@ -2385,7 +2399,11 @@ mod tests {
             let (got, tail) = serve_to_end(&text, gzip, Some(2));
             assert_eq!(got, last_two, "gzip {gzip}");
             assert_eq!(tail.bytes, last_two.len() as u64, "tail, gzip {gzip}");
-            let read = if gzip { 2 * len } else { last_two.len() as u64 };
+            // Plain: the backward scan reads one CHUNK (the last lines are in it), the key
+            // look-back everything before the start (no marker: back to the file's start, in
+            // one window), then the two lines served.
+            assert!(len > CHUNK as u64, "the scan reads a whole chunk");
+            let read = if gzip { 2 * len } else { CHUNK as u64 + len };
             assert_eq!(tail.bytes_read, read, "tail, gzip {gzip}");
         }
     }
@@ -2412,7 +2430,8 @@ mod tests {
         let mut file = tempfile::tempfile().expect("tempfile");
         file.write_all(text).expect("write");
         let mut p = Pipeline::new(Some(Arc::new(Redactor::default_profile())), 1 << 20);
-        let exhausted = prime(&file, from, limit, 1 << 20, &mut p, &mut || Ok(())).expect("prime");
+        let exhausted =
+            prime(&file, from, limit, 1 << 20, &mut p, &mut || Ok(()), &mut 0).expect("prime");
         let mut out = Vec::new();
         p.push(
             &text[usize::try_from(from).unwrap()..],
