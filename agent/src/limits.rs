@@ -116,6 +116,12 @@ impl QueueBudget {
         self.sharers.live.load(Ordering::Acquire)
     }
 
+    /// More than half of the budget is taken: readers slower than the agent hold it, and
+    /// streams read less at a time (`stream::SMALL_CHUNK`).
+    pub fn under_pressure(&self) -> bool {
+        self.units.available_permits() < usize::try_from(self.total / 2).unwrap_or(usize::MAX)
+    }
+
     /// Starts the trimmer on the current runtime: once no stream has run for `quiet` after a
     /// burst of streams, `trim` (the agent's `release_freed_memory`) runs on a blocking
     /// thread, at most once per `every`, so that what the burst freed goes back to the kernel

@@ -43,10 +43,18 @@ use tokio::sync::oneshot;
 use tokio::sync::watch;
 use tonic::Status;
 
-/// Bytes read from a file at a time: one message each, so one stream's throughput pays
-/// per-message costs once per 64 KiB. (Reading 16 KiB at a time among many streams was tried
-/// for issue #15 and removed: it cost throughput and CPU with no measured memory gain.)
+/// Bytes read from a file at a time while the agent's queue budget is not under pressure: one
+/// message each, so one stream's throughput pays per-message costs once per 64 KiB.
 pub const CHUNK: usize = 64 * 1024;
+/// Bytes read at a time while more than half of the agent's queue budget is taken (readers
+/// slower than the agent hold it). What a stream holds scales with its read: the read buffer,
+/// the message it may always queue, the one the encoder is copying and the encoder's buffer
+/// (issue #15: 48 stalled readers grew the agent by 407 KiB each with 64 KiB reads, 277 KiB
+/// with 16 KiB reads, `tests/tests/streams.rs`). Keyed on the budget, not on how many streams
+/// exist: idle followers hold no budget, and a `cat` beside them still reads 64 KiB. The cost:
+/// four times the messages per byte while the pressure lasts (the 64-reader bench's aggregate
+/// fell 16 % and its CPU per GiB rose 20 % in one noisy run, docs/performance.md).
+pub const SMALL_CHUNK: usize = 16 * 1024;
 /// Messages queued for the gRPC response per stream. Beyond the first, each takes its size
 /// from the agent's shared [`QueueBudget`] (`limits.stream_queue_bytes`): one stream alone may
 /// queue this many chunks (its throughput), 64 streams together no more than the budget plus
@@ -585,6 +593,11 @@ pub trait ChunkSink {
     fn fail(&mut self, status: Status);
     /// Content bytes sent so far.
     fn bytes(&self) -> u64;
+    /// Bytes to read from the file at a time now (the size of the next message, before
+    /// redaction): [`CHUNK`] unless the sink knows better (see [`SMALL_CHUNK`]).
+    fn read_size(&self) -> usize {
+        CHUNK
+    }
 }
 
 /// The agent's sink: a bounded channel to the gRPC response (`tx`), and a second one of
@@ -864,6 +877,13 @@ impl ChunkSink for ChannelSink {
 
     fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    fn read_size(&self) -> usize {
+        match &self.budget {
+            Some(budget) if budget.under_pressure() => SMALL_CHUNK,
+            _ => CHUNK,
+        }
     }
 }
 
@@ -1199,9 +1219,10 @@ fn pump_compressed(
         decompress::decoder(file, compression, plan.len, limits).map_err(read_error)?;
     let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = Vec::new();
     loop {
         sink.check()?;
+        fit_read_buffer(&mut buf, sink.read_size());
         let n = match decoder.read(&mut buf) {
             Ok(n) => {
                 *bytes_read += n as u64;
@@ -1350,6 +1371,14 @@ fn serve_block(
     Ok(())
 }
 
+/// Makes `buf` a read buffer of `size` bytes, allocated anew when the size changes (so that
+/// a stream going from [`CHUNK`] to [`SMALL_CHUNK`] reads gives the larger buffer back).
+fn fit_read_buffer(buf: &mut Vec<u8>, size: usize) {
+    if buf.len() != size {
+        *buf = vec![0u8; size];
+    }
+}
+
 /// `out` with its spare capacity given back when it holds less than half of it (a grep or a
 /// time range keeping a few lines of a chunk): a queued message holds its allocation until the
 /// client takes it, and the queue budget charges that allocation ([`ChannelSink`]), so a
@@ -1436,7 +1465,7 @@ fn pump(
 ) -> Result<(), EndReason> {
     let io = read_error;
     let mut pos = plan.file.seek(SeekFrom::Start(start)).map_err(io)?;
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = Vec::new();
     let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
     let mut watch = plan.watch.take();
@@ -1472,6 +1501,7 @@ fn pump(
             sink.send(notice)?;
             continue;
         }
+        fit_read_buffer(&mut buf, sink.read_size());
         let n = match plan.file.read(&mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -1890,8 +1920,9 @@ mod tests {
             .iter()
             .map(|s| s.rx.as_ref().map_or(0, ResponseBody::queued))
             .sum();
-        // One free message per stream, and budgeted ones of about a chunk each (63+ KiB).
-        let budgeted_at_most = budget.total_bytes() / (63 * 1024);
+        // One free message per stream, and budgeted ones of at least a small read each (16+
+        // KiB: once more than half of the budget is taken, streams read `SMALL_CHUNK`).
+        let budgeted_at_most = budget.total_bytes() / SMALL_CHUNK;
         assert!(
             messages <= STALLED + budgeted_at_most,
             "{messages} messages queued by {STALLED} stalled streams (a full channel each \
@@ -1970,11 +2001,11 @@ mod tests {
 
     /// Review finding 2 (issue #15): while more than 8 streams shared the queue budget, every
     /// stream read 16 KiB at a time, idle followers included in the count: one `cat` beside
-    /// nine idle `tail -f` paid the per-message cost four times over (the 64-reader aggregate
-    /// fell 16 %, CPU per GiB rose 20 %) for no measured memory gain. A stream reads a whole
-    /// `CHUNK` at a time however many streams share the agent.
+    /// nine idle `tail -f` paid the per-message cost four times over. The small reads now
+    /// depend on the budget's pressure, which idle followers do not make: a stream reads a
+    /// whole `CHUNK` at a time however many idle streams share the agent.
     #[test]
-    fn a_stream_reads_whole_chunks_however_many_streams_share_the_agent() {
+    fn a_stream_reads_whole_chunks_however_many_idle_streams_share_the_agent() {
         let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
         let big = line.repeat((1 << 20) / line.len());
         let budget = Arc::new(QueueBudget::new(4 << 20));
@@ -2006,6 +2037,43 @@ mod tests {
             assert_eq!(reason, EndReason::ClientClosed);
         }
         assert_eq!(budget.sharers(), 0, "every stream left the count");
+    }
+
+    /// Issue #15: while readers slower than the agent hold more than half of the queue budget,
+    /// every stream reads `SMALL_CHUNK` at a time (what each stream holds scales with it);
+    /// once the budget is back, `CHUNK` again.
+    #[test]
+    fn streams_read_less_at_a_time_while_the_queue_budget_is_under_pressure() {
+        let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
+        let big = line.repeat((1 << 20) / line.len());
+        let budget = Arc::new(QueueBudget::new(4 << 20));
+        let largest_message = |budget: &Arc<QueueBudget>| {
+            let mut s = start_sharing(&big, false, unix_now() + 3600, Some(budget.clone()));
+            let mut largest = 0;
+            while let Some(item) = s.next() {
+                if let Ok(pb::ReadLogChunk {
+                    item: Some(pb::read_log_chunk::Item::Data(d)),
+                }) = item
+                {
+                    largest = largest.max(d.len());
+                }
+            }
+            largest
+        };
+        let held = budget
+            .try_take(3 << 20)
+            .expect("three quarters of the budget");
+        let pressed = largest_message(&budget);
+        assert!(
+            pressed <= SMALL_CHUNK + SMALL_CHUNK / 8,
+            "{pressed} bytes in one message with the budget under pressure"
+        );
+        drop(held);
+        let free = largest_message(&budget);
+        assert!(
+            free > CHUNK - CHUNK / 8,
+            "{free} bytes with the budget free"
+        );
     }
 
     /// Review finding 1 (issue #15): a stream that reached its file's end with messages its
