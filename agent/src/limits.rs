@@ -23,10 +23,11 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
 
 /// The unit in which [`QueueBudget`] counts bytes: one permit of its semaphore.
@@ -39,21 +40,41 @@ const BUDGET_UNIT: usize = 1024;
 pub struct QueueBudget {
     units: Arc<Semaphore>,
     total: u32,
-    /// Streams sharing the budget now ([`QueueBudget::join`]).
-    sharers: Arc<AtomicUsize>,
+    /// The streams sharing the budget ([`QueueBudget::join`]).
+    sharers: Arc<Sharers>,
+}
+
+/// How long no stream must have run before freed memory is given back
+/// ([`QueueBudget::trim_when_idle`]): a glob read's files, read one after another, are one
+/// burst, not one trim each.
+pub const TRIM_QUIET: Duration = Duration::from_millis(1500);
+/// The least time between two trims, so that tiny reads at request rate cannot make the agent
+/// walk its heap at that rate (a trim stalls other threads' allocations while it runs).
+pub const TRIM_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+
+/// The live streams of a [`QueueBudget`], and the ends of bursts (the count falling to 0).
+#[derive(Default)]
+struct Sharers {
+    live: AtomicUsize,
+    /// Times the live count fell to 0.
+    bursts_ended: AtomicU64,
+    /// Notified when the live count falls to 0.
+    idle: Notify,
 }
 
 /// One stream's membership of a [`QueueBudget`], ended on drop.
 pub struct Sharer {
-    sharers: Arc<AtomicUsize>,
+    sharers: Arc<Sharers>,
 }
 
 impl Drop for Sharer {
     fn drop(&mut self) {
-        if self.sharers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // The last live stream has ended: what the burst of streams freed (their buffers
-            // and messages) goes back to the kernel, not kept by the allocator until the next.
-            crate::release_freed_memory();
+        if self.sharers.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last live stream has ended: the trimmer (if one runs) gives the memory the
+            // burst freed back later, off this stream's path (its client is still waiting
+            // for the end).
+            self.sharers.bursts_ended.fetch_add(1, Ordering::AcqRel);
+            self.sharers.idle.notify_one();
         }
     }
 }
@@ -75,22 +96,82 @@ impl QueueBudget {
                 usize::try_from(total).unwrap_or(Semaphore::MAX_PERMITS),
             )),
             total,
-            sharers: Arc::new(AtomicUsize::new(0)),
+            sharers: Arc::new(Sharers::default()),
         }
     }
 
     /// Counts a stream among those sharing the budget until the returned [`Sharer`] is
-    /// dropped: how many do decides how much each reads at a time (`stream::ChannelSink`).
+    /// dropped: when none is left, the trimmer may give freed memory back
+    /// ([`QueueBudget::trim_when_idle`]).
     pub fn join(&self) -> Sharer {
-        self.sharers.fetch_add(1, Ordering::AcqRel);
+        self.sharers.live.fetch_add(1, Ordering::AcqRel);
         Sharer {
             sharers: self.sharers.clone(),
         }
     }
 
     /// Streams sharing the budget now.
+    #[cfg(test)]
     pub fn sharers(&self) -> usize {
-        self.sharers.load(Ordering::Acquire)
+        self.sharers.live.load(Ordering::Acquire)
+    }
+
+    /// More than half of the budget is taken: readers slower than the agent hold it, and
+    /// streams read less at a time (`stream::SMALL_CHUNK`).
+    pub fn under_pressure(&self) -> bool {
+        self.units.available_permits() < usize::try_from(self.total / 2).unwrap_or(usize::MAX)
+    }
+
+    /// Starts the trimmer on the current runtime: once no stream has run for `quiet` after a
+    /// burst of streams, `trim` (the agent's `release_freed_memory`) runs on a blocking
+    /// thread, at most once per `every`, so that what the burst freed goes back to the kernel
+    /// rather than staying in the allocator's arenas (issue #15: RSS with 64 readers). Never
+    /// on a stream's path: a trim walks the heap under the allocator's locks (tens of ms on a
+    /// fragmented heap), and a stream's client must not wait for it to see its end.
+    pub fn trim_when_idle(
+        &self,
+        quiet: Duration,
+        every: Duration,
+        trim: Arc<dyn Fn() + Send + Sync>,
+    ) -> tokio::task::JoinHandle<()> {
+        let sharers = self.sharers.clone();
+        tokio::spawn(async move {
+            // The burst ends seen at the last trim (none yet: nothing to give back).
+            let mut trimmed_at = sharers.bursts_ended.load(Ordering::Acquire);
+            let mut last_trim: Option<tokio::time::Instant> = None;
+            loop {
+                sharers.idle.notified().await;
+                loop {
+                    let seen = sharers.bursts_ended.load(Ordering::Acquire);
+                    if seen == trimmed_at {
+                        break;
+                    }
+                    let wait =
+                        last_trim.map_or(quiet, |at| quiet.max(every.saturating_sub(at.elapsed())));
+                    tokio::time::sleep(wait).await;
+                    if sharers.live.load(Ordering::Acquire) != 0 {
+                        // A stream runs: its burst's end notifies again.
+                        break;
+                    }
+                    if sharers.bursts_ended.load(Ordering::Acquire) != seen {
+                        // Streams ran meanwhile: wait until they have been quiet.
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let trim = trim.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || trim()).await {
+                        tracing::warn!("giving freed memory back failed: {e:#}");
+                    }
+                    tracing::debug!(
+                        took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "gave the memory freed by the last streams back to the kernel"
+                    );
+                    trimmed_at = seen;
+                    last_trim = Some(tokio::time::Instant::now());
+                    break;
+                }
+            }
+        })
     }
 
     /// The units a message of `len` bytes takes; a message larger than the whole budget takes
@@ -334,5 +415,44 @@ mod tests {
         let huge = budget.try_take(1 << 30).expect("the whole budget");
         assert_eq!(budget.available_bytes(), 0);
         drop(huge);
+    }
+
+    /// Review finding 3 (issue #15): the last stream to end trimmed the heap synchronously,
+    /// before its client saw the end, so 50 reads one after another (a glob's files) trimmed
+    /// 50 times, each on a stream's path. The trimmer now trims once, after the burst, on its
+    /// own task.
+    #[test]
+    fn streams_run_back_to_back_give_memory_back_once_after_the_burst_not_once_each() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let budget = Arc::new(QueueBudget::new(1 << 20));
+        let trims = Arc::new(AtomicUsize::new(0));
+        let counter = trims.clone();
+        let _trimmer = {
+            let _entered = rt.enter();
+            budget.trim_when_idle(
+                Duration::from_millis(300),
+                Duration::from_secs(60),
+                Arc::new(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }),
+            )
+        };
+        for _ in 0..50 {
+            let stream = budget.join();
+            std::thread::sleep(Duration::from_millis(2));
+            drop(stream);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while trims.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "no trim after the burst");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Nothing else ran: no second trim comes.
+        std::thread::sleep(Duration::from_millis(900));
+        assert_eq!(trims.load(Ordering::SeqCst), 1, "one trim for the burst");
     }
 }

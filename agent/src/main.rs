@@ -332,8 +332,14 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::Level::INFO,
         &format!("loggate-agent {} listening on {listen}", shared.config.id),
     );
-    // What the start allocated and freed (the redaction engine's compilation) goes back.
+    // What the start allocated and freed (the redaction engine's compilation) goes back, and
+    // later what each burst of streams freed, once streams have been quiet for a moment.
     release_freed_memory();
+    let _trimmer = shared.slots.queue_budget().trim_when_idle(
+        limits::TRIM_QUIET,
+        limits::TRIM_AT_MOST_EVERY,
+        Arc::new(release_freed_memory),
+    );
     // The audit file is open and the listener bound: systemd may consider the agent started.
     loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
@@ -529,7 +535,8 @@ fn limit_malloc_arenas() {
 /// burst of streams, or the start (compiling the redaction engine), freed stays in glibc's
 /// arenas otherwise, fragmented, and counts in the agent's RSS until reused (issue #15: the
 /// agent's peak RSS with 64 readers, docs/performance.md). Called at start, once the engine is
-/// built, and whenever the last live stream ends; it costs a walk of the free lists.
+/// built, and by the trimmer ([`limits::QueueBudget::trim_when_idle`]) once streams have been
+/// quiet for a moment; it costs a walk of the free lists, so never on a stream's path.
 pub fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim takes no pointer; it only returns free pages of glibc's own heaps,

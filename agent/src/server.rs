@@ -542,8 +542,6 @@ impl AgentService {
         path_glob_hint: String,
     ) -> Result<(ChannelSink, mpsc::Sender<stream::Queued>, Receivers), Status> {
         self.shared.audit(allowed).map_err(audit_unavailable)?;
-        let (tx, rx) = mpsc::channel(stream::CHANNEL_CAPACITY);
-        let (last_tx, last_rx) = mpsc::channel(1);
         let opening = pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
                 grant_id: grant.id().to_string(),
@@ -552,21 +550,20 @@ impl AgentService {
                 path: allowed.path.clone(),
             })),
         };
-        let _ = tx.try_send(stream::Queued::unbudgeted(Ok(opening)));
         let watch = GrantWatch {
             grants: self.shared.clone(),
             grant_id: grant.id().to_string(),
             not_after: grant.not_after(),
             path_glob_hint,
         };
-        let client = tx.clone();
         // A message's share of the queue budget is given back as the encoder takes it, or at
         // a cut (which drops what the client had not read).
-        let response = stream::ResponseBody::new(rx, last_rx);
-        let sink = ChannelSink::new(tx, last_tx, watch, tokio::runtime::Handle::current())
+        let (sink, response) = ChannelSink::new(watch, tokio::runtime::Handle::current());
+        let sink = sink
             .stopping_on(self.shared.stopping.subscribe())
-            .sharing(self.shared.slots.queue_budget())
-            .freeing_on_cut(&response);
+            .sharing(self.shared.slots.queue_budget());
+        let client = sink.sender();
+        let _ = client.try_send(stream::Queued::unbudgeted(Ok(opening)));
         Ok((sink, client, Receivers { response }))
     }
 

@@ -25,7 +25,7 @@
 use crate::follow::{Changes, FileWatch};
 use crate::gate::{Profile, Withdrawal};
 use crate::limits::{BudgetShare, QueueBudget, Sharer};
-use loggate_core::grant::{rough_duration, unix_now};
+use loggate_core::grant::rough_duration;
 use loggate_core::timestamp::line_timestamp_ms;
 use loggate_proto as pb;
 use loggate_redact::{Counts, Pipeline};
@@ -39,21 +39,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::oneshot;
 use tokio::sync::watch;
 use tonic::Status;
 
-/// Bytes read from a file at a time while few streams run (at most [`FEW_STREAMS`]): one
+/// Bytes read from a file at a time while the agent's queue budget is not under pressure: one
 /// message each, so one stream's throughput pays per-message costs once per 64 KiB.
 pub const CHUNK: usize = 64 * 1024;
-/// Bytes read at a time while more than [`FEW_STREAMS`] streams share the agent's queue
-/// budget. What a stream holds scales with its read: the read buffer, the message it may
-/// always queue, the one the encoder is copying and the encoder's buffer (issue #15: with 64
-/// readers they were most of the agent's heap). Many streams share the cores, so none of them
-/// is fast enough for the per-message cost to matter, and the TLS records under them are
-/// 16 KiB whatever the message.
+/// Bytes read at a time while more than half of the agent's queue budget is taken (readers
+/// slower than the agent hold it). What a stream holds scales with its read: the read buffer,
+/// the message it may always queue, the one the encoder is copying and the encoder's buffer
+/// (issue #15: 48 stalled readers grew the agent by 407 KiB each with 64 KiB reads, 277 KiB
+/// with 16 KiB reads, `tests/tests/streams.rs`). Keyed on the budget, not on how many streams
+/// exist: idle followers hold no budget, and a `cat` beside them still reads 64 KiB. The cost:
+/// four times the messages per byte while the pressure lasts (the 64-reader bench's aggregate
+/// fell 16 % and its CPU per GiB rose 20 % in one noisy run, docs/performance.md).
 pub const SMALL_CHUNK: usize = 16 * 1024;
-/// Streams that may read [`CHUNK`] at a time; beyond, every stream reads [`SMALL_CHUNK`].
-pub const FEW_STREAMS: usize = 8;
 /// Messages queued for the gRPC response per stream. Beyond the first, each takes its size
 /// from the agent's shared [`QueueBudget`] (`limits.stream_queue_bytes`): one stream alone may
 /// queue this many chunks (its throughput), 64 streams together no more than the budget plus
@@ -107,30 +108,31 @@ impl Queued {
 /// The response's side of a stream's queue: every queued message, then the final status
 /// (`last`, see [`ChannelSink`]).
 ///
-/// The response owns the data channel's receiver; its sink holds it only weakly
-/// ([`ChannelSink::freeing_on_cut`]), to empty it when the grant is cut. Without that, what a
-/// reader had not read when its grant was revoked or expired stayed queued (with its share of
-/// the [`QueueBudget`]) until the reader read on or closed its connection: a reader who stopped
-/// reading held a stream's worth of the agent's memory after its grant had ended. Weakly, so
-/// that the response going away still drops the receiver and the stream sees its client leave.
+/// Built only with its sink ([`ChannelSink::new`]), so that no server can wire a response
+/// that a cut does not empty. The response owns the data channel's receiver; its sink holds it
+/// only weakly, to empty it when the grant is cut, even after the stream's loop has ended
+/// ([`ChannelSink`]'s drop). Without that, what a reader had not read when its grant was
+/// revoked or expired stayed queued (with its share of the [`QueueBudget`]) until the reader
+/// read on or closed its connection: a reader who stopped reading held a stream's worth of
+/// the agent's memory after its grant had ended. Weakly, so that the response going away still
+/// drops the receiver and the stream sees its client leave.
 pub struct ResponseBody {
-    data: Option<Arc<Mutex<mpsc::Receiver<Queued>>>>,
+    data: Option<Data>,
     last: mpsc::Receiver<Item>,
 }
 
-impl ResponseBody {
-    /// The response of a stream writing to `data` and, at its end, to `last`.
-    pub fn new(data: mpsc::Receiver<Queued>, last: mpsc::Receiver<Item>) -> Self {
-        ResponseBody {
-            data: Some(Arc::new(Mutex::new(data))),
-            last,
-        }
-    }
+/// The response's data: the queue, and a signal dropped with it (once all data was yielded,
+/// or the response dropped) that ends a sink's wait for the grant's end (`hold_until_cut`).
+struct Data {
+    queue: Arc<Mutex<mpsc::Receiver<Queued>>>,
+    _gone: oneshot::Sender<()>,
+}
 
+impl ResponseBody {
     /// Messages queued now (the tests' view of what a reader has not read).
     #[cfg(test)]
     fn queued(&self) -> usize {
-        self.data.as_ref().map_or(0, |data| lock(data).len())
+        self.data.as_ref().map_or(0, |data| lock(&data.queue).len())
     }
 
     /// Takes the next queued message without giving its share back (tests).
@@ -138,7 +140,7 @@ impl ResponseBody {
     fn try_take(&mut self) -> Option<Queued> {
         self.data
             .as_ref()
-            .and_then(|data| lock(data).try_recv().ok())
+            .and_then(|data| lock(&data.queue).try_recv().ok())
     }
 }
 
@@ -156,7 +158,7 @@ impl tokio_stream::Stream for ResponseBody {
     ) -> std::task::Poll<Option<Item>> {
         use std::task::Poll;
         if let Some(data) = &self.data {
-            match lock(data).poll_recv(cx) {
+            match lock(&data.queue).poll_recv(cx) {
                 Poll::Ready(Some(queued)) => return Poll::Ready(Some(queued.into_item())),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {}
@@ -210,9 +212,15 @@ pub trait GrantStatus: Send + Sync {
     fn withdrawal(&self, id: &str) -> Option<Withdrawal>;
     /// Changes on every revocation and every drop (a new receiver sees no change yet).
     fn subscribe(&self) -> watch::Receiver<u64>;
+    /// The time grants expire by: the wall clock (a test's store moves it on, so that an
+    /// expiry comes when the test says, not when a loaded machine gets there).
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
 }
 
 /// Knows when the grant behind a stream stops being valid.
+#[derive(Clone)]
 pub struct GrantWatch {
     pub grants: Arc<dyn GrantStatus>,
     pub grant_id: String,
@@ -246,7 +254,11 @@ impl GrantWatch {
     }
 
     fn expired(&self) -> Option<(EndReason, String)> {
-        let now = unix_now();
+        let now = self
+            .grants
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         (now >= self.not_after).then(|| {
             (
                 EndReason::GrantExpired,
@@ -263,7 +275,7 @@ impl GrantWatch {
     /// Time left until `not_after` by the wall clock (zero once passed).
     fn until_expiry(&self) -> Duration {
         let end = UNIX_EPOCH + Duration::from_secs(u64::try_from(self.not_after).unwrap_or(0));
-        end.duration_since(SystemTime::now())
+        end.duration_since(self.grants.now())
             .unwrap_or(Duration::ZERO)
     }
 }
@@ -529,6 +541,7 @@ fn tail_offset(
     len: u64,
     lines: u64,
     check: &mut dyn FnMut() -> Result<(), EndReason>,
+    bytes_read: &mut u64,
 ) -> Result<u64, EndReason> {
     if lines == 0 || len == 0 {
         return Ok(len);
@@ -545,6 +558,7 @@ fn tail_offset(
         let start = end - n as u64;
         file.read_exact_at(&mut buf[..n], start)
             .map_err(read_error)?;
+        *bytes_read += n as u64;
         for i in (0..n).rev() {
             if buf[i] == b'\n' {
                 if skip_last && start + i as u64 == len - 1 {
@@ -603,10 +617,14 @@ pub struct ChannelSink {
     tx: mpsc::Sender<Queued>,
     /// The response's receiver, emptied when the grant is cut (see [`ResponseBody`]).
     queue: Weak<Mutex<mpsc::Receiver<Queued>>>,
+    /// Resolves once the response has yielded all data or is gone (see `hold_until_cut`).
+    gone: Option<oneshot::Receiver<()>>,
+    /// The final status was queued (a cut or a failure): nothing is left to hold back.
+    ended: bool,
     /// What queued messages beyond the first take their size from (`None`: the channel's
     /// capacity alone bounds the queue).
     budget: Option<Arc<QueueBudget>>,
-    /// This stream counted among the budget's sharers (how many decides the read size).
+    /// This stream counted among the budget's live streams (for the trimmer).
     _sharer: Option<Sharer>,
     last: mpsc::Sender<Item>,
     watch: GrantWatch,
@@ -637,18 +655,22 @@ async fn notified(rx: &mut watch::Receiver<u64>) {
 }
 
 impl ChannelSink {
+    /// A sink and the response it writes to: every queued message, then the final status.
+    /// Built together, so that a cut always empties the response's queue.
+    ///
     /// Subscribes to the store's changes before the first look at the grant, so that no
     /// withdrawal falls between the gate's decision and the stream's watch.
-    pub fn new(
-        tx: mpsc::Sender<Queued>,
-        last: mpsc::Sender<Item>,
-        watch: GrantWatch,
-        runtime: tokio::runtime::Handle,
-    ) -> Self {
-        ChannelSink {
+    pub fn new(watch: GrantWatch, runtime: tokio::runtime::Handle) -> (Self, ResponseBody) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let (last, last_rx) = mpsc::channel(1);
+        let (gone_tx, gone) = oneshot::channel();
+        let queue = Arc::new(Mutex::new(rx));
+        let sink = ChannelSink {
             withdrawals: watch.grants.subscribe(),
             tx,
-            queue: Weak::new(),
+            queue: Arc::downgrade(&queue),
+            gone: Some(gone),
+            ended: false,
             budget: None,
             _sharer: None,
             last,
@@ -658,7 +680,21 @@ impl ChannelSink {
             stop: watch::channel(false).1,
             bytes: 0,
             waits: 0,
-        }
+        };
+        let response = ResponseBody {
+            data: Some(Data {
+                queue,
+                _gone: gone_tx,
+            }),
+            last: last_rx,
+        };
+        (sink, response)
+    }
+
+    /// A sender of the stream's queue: for the response's opening message, and to wait on the
+    /// client leaving (its `closed()`).
+    pub fn sender(&self) -> mpsc::Sender<Queued> {
+        self.tx.clone()
     }
 
     /// Ends the stream (`agent_stopping`, the client told why) once `stop` becomes `true`,
@@ -677,32 +713,18 @@ impl ChannelSink {
         self
     }
 
-    /// At a cut (the grant revoked or expired, the agent stopping), the messages still queued
-    /// for `response` are dropped, their shares of the budget given back, before the final
-    /// status is queued: the reader gets the cut, not the rest of what it had not read (see
-    /// [`ResponseBody`]).
-    pub fn freeing_on_cut(mut self, response: &ResponseBody) -> Self {
-        self.queue = response
-            .data
-            .as_ref()
-            .map_or_else(Weak::new, Arc::downgrade);
-        self
-    }
-
     /// The grant this sink's stream serves.
     pub fn grant_id(&self) -> &str {
         &self.watch.grant_id
     }
 
+    /// At a cut (the grant revoked or expired, the agent stopping), the messages still queued
+    /// are dropped, their shares of the budget given back, before the final status is queued:
+    /// the reader gets the cut, not the rest of what it had not read (see [`ResponseBody`]).
     fn cut(&mut self, reason: EndReason, message: String) -> EndReason {
-        if let Some(queue) = self.queue.upgrade() {
-            // Only this sink sends on the channel, so nothing is added while it empties.
-            let mut queue = lock(&queue);
-            while let Ok(dropped) = queue.try_recv() {
-                drop(dropped);
-            }
-        }
+        empty(&self.queue);
         let _ = self.last.try_send(Err(Status::aborted(message)));
+        self.ended = true;
         reason
     }
 
@@ -716,12 +738,7 @@ impl ChannelSink {
 impl ChunkSink for ChannelSink {
     fn check(&mut self) -> Result<(), EndReason> {
         if *self.stop.borrow() {
-            return Err(self.cut(
-                EndReason::AgentStopping,
-                "the agent is stopping; the stream was cut; run the command again once the \
-                 agent is back"
-                    .into(),
-            ));
+            return Err(self.cut(EndReason::AgentStopping, STOPPING.into()));
         }
         // The store is looked up only when it says something changed (an atomic load otherwise).
         if self.look_up || self.withdrawals.has_changed().unwrap_or(true) {
@@ -855,6 +872,7 @@ impl ChunkSink for ChannelSink {
 
     fn fail(&mut self, status: Status) {
         let _ = self.last.try_send(Err(status));
+        self.ended = true;
     }
 
     fn bytes(&self) -> u64 {
@@ -863,10 +881,96 @@ impl ChunkSink for ChannelSink {
 
     fn read_size(&self) -> usize {
         match &self.budget {
-            Some(budget) if budget.sharers() > FEW_STREAMS => SMALL_CHUNK,
+            Some(budget) if budget.under_pressure() => SMALL_CHUNK,
             _ => CHUNK,
         }
     }
+}
+
+/// Drops every message still queued (their shares of the budget given back). Only the sink
+/// sends on the channel, and it is done sending, so nothing is added while it empties.
+fn empty(queue: &Weak<Mutex<mpsc::Receiver<Queued>>>) {
+    if let Some(queue) = queue.upgrade() {
+        let mut queue = lock(&queue);
+        while let Ok(dropped) = queue.try_recv() {
+            drop(dropped);
+        }
+    }
+}
+
+/// The message of a stream cut because the agent stops.
+const STOPPING: &str =
+    "the agent is stopping; the stream was cut; run the command again once the agent is back";
+
+impl Drop for ChannelSink {
+    /// A stream that ended (at EOF, or its client's leaving seen) with messages its reader has
+    /// not taken yet leaves them queued: they are still cut when the grant ends or the agent
+    /// stops (review finding 1: they stayed, with their budget shares, until the reader read
+    /// on). A task keeps the final status's sender, so that a reader whose rest was dropped
+    /// gets the cut, never a clean end it would take for the whole file.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let queued = self
+            .queue
+            .upgrade()
+            .is_some_and(|queue| !lock(&queue).is_empty());
+        let Some(gone) = self.gone.take().filter(|_| queued) else {
+            return;
+        };
+        let held = Held {
+            queue: self.queue.clone(),
+            gone,
+            last: self.last.clone(),
+            watch: self.watch.clone(),
+            withdrawals: self.withdrawals.clone(),
+            stop: self.stop.clone(),
+        };
+        // Detached: it ends by itself. On a runtime shutting down it is dropped unrun, and
+        // the response (and its queue) with the runtime.
+        drop(self.runtime.spawn(hold_until_cut(held)));
+    }
+}
+
+/// What `hold_until_cut` needs of an ended stream's sink.
+struct Held {
+    queue: Weak<Mutex<mpsc::Receiver<Queued>>>,
+    gone: oneshot::Receiver<()>,
+    last: mpsc::Sender<Item>,
+    watch: GrantWatch,
+    withdrawals: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Waits until the reader has taken everything queued (or left), then lets the response end;
+/// or until the grant ends or the agent stops first, then empties the queue and queues the cut.
+async fn hold_until_cut(held: Held) {
+    let Held {
+        queue,
+        mut gone,
+        last,
+        watch,
+        mut withdrawals,
+        mut stop,
+    } = held;
+    let message = loop {
+        if *stop.borrow() {
+            break STOPPING.to_string();
+        }
+        if let Some((_, message)) = watch.ended() {
+            break message;
+        }
+        let limit = watch.until_expiry().min(SAFETY_RECHECK);
+        tokio::select! {
+            _ = &mut gone => return,
+            () = notified(&mut withdrawals) => {}
+            () = stopped(&mut stop) => {}
+            () = tokio::time::sleep(limit) => {}
+        }
+    };
+    empty(&queue);
+    let _ = last.try_send(Err(Status::aborted(message)));
 }
 
 /// The message of a stream cut for its grep budget (the stream's, or the subject's across
@@ -891,9 +995,12 @@ fn budget_message(selector: &LineSelector, agent: &str) -> String {
 pub struct Finished {
     pub reason: EndReason,
     pub bytes: u64,
-    /// Bytes of the file's content read to serve it, decompressed for a compressed file (every
-    /// pass: a `tail -n` of one decompresses it twice), from the stream's start (a plain
-    /// `tail`'s start) on: with `bytes`, what the stream cost the agent and what it served.
+    /// Bytes of the file's content read to serve it, decompressed for a compressed file, every
+    /// pass counted: a compressed `tail -n` decompresses the file twice (to count its lines,
+    /// then to serve), a plain one reads backwards for its start and, when private keys are
+    /// withheld, back further for a key block begun before it ([`prime`], up to
+    /// `tail_key_lookback_bytes`), then serves. With `bytes`, what the stream cost the agent
+    /// and what it served.
     pub bytes_read: u64,
     pub counts: Counts,
     /// Time spent matching the grep pattern.
@@ -918,9 +1025,13 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
     // Where to start: with `tail_lines`, found by reading the file, here off the async runtime.
     // (A compressed file's tail is found by `pump_compressed`: its offsets are not the file's.)
     let start = match plan.tail_lines {
-        Some(lines) if plan.compressed.is_none() => {
-            tail_offset(&plan.file, plan.len, lines, &mut || sink.check())
-        }
+        Some(lines) if plan.compressed.is_none() => tail_offset(
+            &plan.file,
+            plan.len,
+            lines,
+            &mut || sink.check(),
+            &mut bytes_read,
+        ),
         _ => Ok(0),
     };
     let primed = start.and_then(|start| {
@@ -933,6 +1044,7 @@ pub fn run(mut plan: Plan, sink: &mut dyn ChunkSink) -> Finished {
                 plan.max_line,
                 &mut pipeline,
                 check,
+                &mut bytes_read,
             )?;
         }
         Ok(start)
@@ -1006,6 +1118,7 @@ fn prime(
     max_line: usize,
     pipeline: &mut Pipeline,
     check: &mut dyn FnMut() -> Result<(), EndReason>,
+    bytes_read: &mut u64,
 ) -> Result<bool, EndReason> {
     /// Kept from one window in the next when a window holds no whole line, so that a marker
     /// cut by the window's edge is seen whole (markers are much shorter).
@@ -1031,6 +1144,7 @@ fn prime(
         buf.resize(usize::try_from(step).unwrap_or(0), 0);
         file.read_exact_at(&mut buf, from).map_err(read_error)?;
         looked += step;
+        *bytes_read += step;
         // The window's first line may have begun before it: search whole lines only, and read
         // that line again with the next window — unless the window holds no whole line.
         let first_newline = memchr::memchr(b'\n', &buf).filter(|i| i + 1 < buf.len());
@@ -1461,6 +1575,7 @@ fn pump(
 mod tests {
     use super::*;
     use crate::redact::Redactor;
+    use loggate_core::grant::unix_now;
     use std::io::Write;
     use tokio_stream::StreamExt;
 
@@ -1518,6 +1633,8 @@ mod tests {
     struct FakeStore {
         withdrawn: Mutex<Option<Withdrawal>>,
         changed: watch::Sender<u64>,
+        /// How far the store's clock is ahead of the wall clock ([`FakeStore::expire`]).
+        ahead: Mutex<Duration>,
     }
 
     impl GrantStatus for FakeStore {
@@ -1527,6 +1644,9 @@ mod tests {
         fn subscribe(&self) -> watch::Receiver<u64> {
             self.changed.subscribe()
         }
+        fn now(&self) -> SystemTime {
+            SystemTime::now() + *self.ahead.lock().expect("lock")
+        }
     }
 
     impl FakeStore {
@@ -1535,6 +1655,14 @@ mod tests {
                 by: "spiffe://loggate.local/user/admin".into(),
                 reason: "INC-9".into(),
             });
+            self.changed.send_modify(|n| *n += 1);
+        }
+
+        /// Moves the clock a day on, past any test grant's `not_after`, and wakes the streams
+        /// (the agent's streams wake at their grant's `not_after` by their own timer): the
+        /// expiry comes when the test says, however slow the machine.
+        fn expire(&self) {
+            *self.ahead.lock().expect("lock") = Duration::from_secs(86_400);
             self.changed.send_modify(|n| *n += 1);
         }
     }
@@ -1552,7 +1680,7 @@ mod tests {
     #[derive(Debug, Clone, Copy, PartialEq)]
     enum End {
         Revoked,
-        /// The grant's `not_after` is the next second.
+        /// The grant's `not_after` passes ([`FakeStore::expire`]).
         Expired,
         ClientGone,
     }
@@ -1606,10 +1734,8 @@ mod tests {
         let status = Arc::new(FakeStore {
             withdrawn: Mutex::new(None),
             changed: watch::channel(0).0,
+            ahead: Mutex::new(Duration::ZERO),
         });
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let (last_tx, last) = mpsc::channel(1);
-        let response = ResponseBody::new(rx, last);
         let watch = {
             let _entered = rt.enter();
             let held = file.reopen().expect("reopen");
@@ -1637,8 +1763,7 @@ mod tests {
             not_after,
             path_glob_hint: "/var/log/*.log".into(),
         };
-        let mut sink =
-            ChannelSink::new(tx, last_tx, grant, rt.handle().clone()).freeing_on_cut(&response);
+        let (mut sink, response) = ChannelSink::new(grant, rt.handle().clone());
         if let Some(budget) = budget {
             sink = sink.sharing(budget);
         }
@@ -1724,10 +1849,7 @@ mod tests {
         for doing in [Doing::FollowingIdle, Doing::BlockedOnAFullChannel] {
             for end in [End::Revoked, End::Expired, End::ClientGone] {
                 let case = format!("{doing:?} then {end:?}");
-                let not_after = match end {
-                    End::Expired => unix_now() + 1,
-                    _ => unix_now() + 3600,
-                };
+                let not_after = unix_now() + 3600;
                 let (content, follow) = match doing {
                     Doing::FollowingIdle => (&line[..], true),
                     Doing::BlockedOnAFullChannel => (&big[..], false),
@@ -1736,7 +1858,7 @@ mod tests {
                 s.until(doing);
                 match end {
                     End::Revoked => s.status.revoke(),
-                    End::Expired => {}
+                    End::Expired => s.status.expire(),
                     End::ClientGone => {
                         s.rx = None;
                     }
@@ -1755,7 +1877,7 @@ mod tests {
                     assert_eq!(last.code(), tonic::Code::Aborted, "{case}");
                     assert!(last.message().contains(said), "{case}: {}", last.message());
                 }
-                let allowed = 2 + took.as_secs() + 2 * u64::from(end == End::Expired);
+                let allowed = 2 + took.as_secs();
                 assert!(waits <= allowed, "{case}: {waits} sleeps in {took:?}");
             }
         }
@@ -1798,8 +1920,9 @@ mod tests {
             .iter()
             .map(|s| s.rx.as_ref().map_or(0, ResponseBody::queued))
             .sum();
-        // One free message per stream, and budgeted ones of about a chunk each (63+ KiB).
-        let budgeted_at_most = budget.total_bytes() / (63 * 1024);
+        // One free message per stream, and budgeted ones of at least a small read each (16+
+        // KiB: once more than half of the budget is taken, streams read `SMALL_CHUNK`).
+        let budgeted_at_most = budget.total_bytes() / SMALL_CHUNK;
         assert!(
             messages <= STALLED + budgeted_at_most,
             "{messages} messages queued by {STALLED} stalled streams (a full channel each \
@@ -1843,18 +1966,15 @@ mod tests {
         let big = line.repeat((4 << 20) / line.len());
         let budget = Arc::new(QueueBudget::new(1 << 20));
         for end in [End::Revoked, End::Expired] {
-            let not_after = match end {
-                End::Expired => unix_now() + 2,
-                _ => unix_now() + 3600,
-            };
-            let mut s = start_sharing(&big, false, not_after, Some(budget.clone()));
+            let mut s = start_sharing(&big, false, unix_now() + 3600, Some(budget.clone()));
             s.until(Doing::BlockedOnAFullChannel);
             assert!(
                 budget.available_bytes() < budget.total_bytes(),
                 "{end:?}: the queue holds shares of the budget"
             );
-            if end == End::Revoked {
-                s.status.revoke();
+            match end {
+                End::Expired => s.status.expire(),
+                _ => s.status.revoke(),
             }
             s.ended();
             let queued = s.rx.as_ref().map_or(0, ResponseBody::queued);
@@ -1879,12 +1999,51 @@ mod tests {
         }
     }
 
-    /// Issue #15: with 64 readers the agent's RSS was 85 MiB against 64, much of it
-    /// per-stream buffers of a 64 KiB read (the read buffer, the message a stream may always
-    /// queue, the one being encoded). While more than `FEW_STREAMS` streams share the queue
-    /// budget each reads `SMALL_CHUNK` at a time; a few streams still read `CHUNK`.
+    /// Review finding 2 (issue #15): while more than 8 streams shared the queue budget, every
+    /// stream read 16 KiB at a time, idle followers included in the count: one `cat` beside
+    /// nine idle `tail -f` paid the per-message cost four times over. The small reads now
+    /// depend on the budget's pressure, which idle followers do not make: a stream reads a
+    /// whole `CHUNK` at a time however many idle streams share the agent.
     #[test]
-    fn streams_read_less_at_a_time_while_many_share_the_agent() {
+    fn a_stream_reads_whole_chunks_however_many_idle_streams_share_the_agent() {
+        let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
+        let big = line.repeat((1 << 20) / line.len());
+        let budget = Arc::new(QueueBudget::new(4 << 20));
+        let followers: Vec<Running> = (0..9)
+            .map(|_| {
+                let mut f = start_sharing(line, true, unix_now() + 3600, Some(budget.clone()));
+                f.until(Doing::FollowingIdle);
+                f
+            })
+            .collect();
+        assert_eq!(budget.sharers(), 9, "nine idle followers share the budget");
+        let mut s = start_sharing(&big, false, unix_now() + 3600, Some(budget.clone()));
+        let mut largest = 0;
+        while let Some(item) = s.next() {
+            if let Ok(pb::ReadLogChunk {
+                item: Some(pb::read_log_chunk::Item::Data(d)),
+            }) = item
+            {
+                largest = largest.max(d.len());
+            }
+        }
+        assert!(
+            largest > CHUNK - CHUNK / 8,
+            "{largest} bytes in the largest message of a cat beside nine idle followers"
+        );
+        for mut f in followers {
+            f.rx = None;
+            let (reason, _, _) = f.end();
+            assert_eq!(reason, EndReason::ClientClosed);
+        }
+        assert_eq!(budget.sharers(), 0, "every stream left the count");
+    }
+
+    /// Issue #15: while readers slower than the agent hold more than half of the queue budget,
+    /// every stream reads `SMALL_CHUNK` at a time (what each stream holds scales with it);
+    /// once the budget is back, `CHUNK` again.
+    #[test]
+    fn streams_read_less_at_a_time_while_the_queue_budget_is_under_pressure() {
         let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
         let big = line.repeat((1 << 20) / line.len());
         let budget = Arc::new(QueueBudget::new(4 << 20));
@@ -1901,17 +2060,85 @@ mod tests {
             }
             largest
         };
-        let alone = largest_message(&budget);
-        assert!(alone > SMALL_CHUNK + SMALL_CHUNK / 8, "{alone} bytes");
-        let others: Vec<_> = (0..FEW_STREAMS).map(|_| budget.join()).collect();
-        let among_many = largest_message(&budget);
+        let held = budget
+            .try_take(3 << 20)
+            .expect("three quarters of the budget");
+        let pressed = largest_message(&budget);
         assert!(
-            among_many <= SMALL_CHUNK + SMALL_CHUNK / 8,
-            "{among_many} bytes in one message among {} streams",
-            others.len() + 1
+            pressed <= SMALL_CHUNK + SMALL_CHUNK / 8,
+            "{pressed} bytes in one message with the budget under pressure"
         );
-        drop(others);
-        assert_eq!(budget.sharers(), 0, "every stream left the count");
+        drop(held);
+        let free = largest_message(&budget);
+        assert!(
+            free > CHUNK - CHUNK / 8,
+            "{free} bytes with the budget free"
+        );
+    }
+
+    /// Review finding 1 (issue #15): a stream that reached its file's end with messages its
+    /// reader had not taken left them queued after its grant was revoked or expired (and their
+    /// shares of the budget held) until the reader read on. They are now dropped at the
+    /// grant's end, and the reader gets the cut, not a clean end that would pass the truncated
+    /// read for the whole file.
+    #[test]
+    fn what_a_finished_stream_left_queued_is_cut_when_its_grant_ends() {
+        let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
+        let content = line.repeat(6 * CHUNK / line.len());
+        for end in [End::Revoked, End::Expired] {
+            let budget = Arc::new(QueueBudget::new(1 << 20));
+            let mut s = start_sharing(&content, false, unix_now() + 3600, Some(budget.clone()));
+            s.ended();
+            let queued = s.rx.as_ref().map_or(0, ResponseBody::queued);
+            assert!(queued > 1, "{end:?}: the stream ended with {queued} queued");
+            assert!(budget.available_bytes() < budget.total_bytes());
+            match end {
+                End::Expired => s.status.expire(),
+                _ => s.status.revoke(),
+            }
+            let deadline = Instant::now() + Duration::from_secs(1);
+            loop {
+                let queued = s.rx.as_ref().map_or(0, ResponseBody::queued);
+                if queued == 0 && budget.available_bytes() == budget.total_bytes() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{end:?}: {queued} messages still queued a second after the grant ended"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let status = s
+                .next()
+                .expect("the cut, not a clean end")
+                .expect_err("the cut, not more data");
+            assert_eq!(status.code(), tonic::Code::Aborted, "{end:?}");
+            let (reason, _, _) = s.end();
+            assert_eq!(reason, EndReason::Eof, "{end:?}: the loop itself had ended");
+        }
+    }
+
+    /// A finished stream whose reader takes everything still ends cleanly: the hold on its
+    /// final status goes once the queue is empty.
+    #[test]
+    fn a_finished_stream_read_to_its_end_ends_cleanly() {
+        let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
+        let content = line.repeat(6 * CHUNK / line.len());
+        let budget = Arc::new(QueueBudget::new(1 << 20));
+        let mut s = start_sharing(&content, false, unix_now() + 3600, Some(budget));
+        s.ended();
+        let mut got = 0;
+        loop {
+            match s.next() {
+                Some(Ok(pb::ReadLogChunk {
+                    item: Some(pb::read_log_chunk::Item::Data(d)),
+                })) => got += d.len(),
+                Some(Ok(_)) => {}
+                Some(Err(status)) => panic!("a clean end, got {status:?}"),
+                None => break,
+            }
+        }
+        assert_eq!(got, content.len());
     }
 
     /// Review S1 (issue #15): the budget charged a message's length, but a grep keeping one
@@ -2221,7 +2448,9 @@ mod tests {
     /// Issue #15 (the reads stop's remainder): `read.finished` of a compressed tail said what
     /// was served but not what the agent decompressed for it (the whole file, twice). A stream
     /// now counts the content it read, decompressed, every pass: a compressed `cat` as much as
-    /// a plain one, a compressed `tail -n` the file twice, a plain `tail -n` from its start.
+    /// a plain one, a compressed `tail -n` the file twice, a plain `tail -n` its backward scan
+    /// for the start and its key look-back too (review finding 5: it counted only from its
+    /// start, so a look-back of up to 16 MiB showed as a few bytes read).
     #[test]
     fn a_stream_counts_the_content_it_read_decompressed_and_what_it_served() {
         let mut text = Vec::new();
@@ -2238,7 +2467,11 @@ mod tests {
             let (got, tail) = serve_to_end(&text, gzip, Some(2));
             assert_eq!(got, last_two, "gzip {gzip}");
             assert_eq!(tail.bytes, last_two.len() as u64, "tail, gzip {gzip}");
-            let read = if gzip { 2 * len } else { last_two.len() as u64 };
+            // Plain: the backward scan reads one CHUNK (the last lines are in it), the key
+            // look-back everything before the start (no marker: back to the file's start, in
+            // one window), then the two lines served.
+            assert!(len > CHUNK as u64, "the scan reads a whole chunk");
+            let read = if gzip { 2 * len } else { CHUNK as u64 + len };
             assert_eq!(tail.bytes_read, read, "tail, gzip {gzip}");
         }
     }
@@ -2265,7 +2498,8 @@ mod tests {
         let mut file = tempfile::tempfile().expect("tempfile");
         file.write_all(text).expect("write");
         let mut p = Pipeline::new(Some(Arc::new(Redactor::default_profile())), 1 << 20);
-        let exhausted = prime(&file, from, limit, 1 << 20, &mut p, &mut || Ok(())).expect("prime");
+        let exhausted =
+            prime(&file, from, limit, 1 << 20, &mut p, &mut || Ok(()), &mut 0).expect("prime");
         let mut out = Vec::new();
         p.push(
             &text[usize::try_from(from).unwrap()..],

@@ -1001,3 +1001,67 @@ async fn readers_that_stop_reading_hold_the_shared_queue_budget_not_a_full_queue
     tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }
+
+/// Review of issue #15, finding 1: a `cat` whose read loop reached the file's end while its
+/// reader read nothing left its last messages queued in the agent; a revocation then changed
+/// nothing, and the reader, reading on, got the rest of the file and a clean end. Now what is
+/// still queued is dropped when the grant ends, and the reader gets the cut after the part it
+/// could have had: never the whole file, never a clean end. Also: `read.finished` counts the
+/// whole file read (`bytes_read`), through the agent's real serving path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_cat_whose_reader_has_not_read_it_is_cut_at_revocation() -> anyhow::Result<()> {
+    let (f, path, size, id) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
+        let f = Fixture::start()?;
+        let line = "2026-12-05T03:00:00Z INFO a line of a middling log user=someone\n";
+        // Past the client's 64 KiB window and what HTTP/2 takes beyond it, within what the
+        // stream's channel holds (8 messages): the loop ends with messages queued (768 KiB
+        // was too much here: the loop waited on a full channel, no `read.finished`).
+        let content = line.repeat((512 << 10) / line.len());
+        let path = f.logs.join("middling.log");
+        std::fs::write(&path, &content)?;
+        let id = f.grant("alice", "30m")?;
+        Ok((f, path.display().to_string(), content.len(), id))
+    })
+    .await??;
+    let mut client = agent_client(&f, "alice").await?;
+    let mut stream = client.read_log(cat_request(&path)).await?.into_inner();
+    let finished = tokio::task::block_in_place(|| {
+        f.cluster
+            .wait_for_audit("web-1", Duration::from_secs(10), |e| {
+                e["event"] == "read.finished"
+            })
+    })?;
+    assert_eq!(
+        finished["end_reason"], "eof",
+        "the read loop ended first: {finished}"
+    );
+    assert_eq!(finished["bytes_read"], size, "{finished}");
+    let out = tokio::task::block_in_place(|| {
+        f.cluster
+            .run_cli("admin", &["grant", "revoke", &id, "--reason", "INC-15"])
+    })?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    // The agent drops the queue at the revocation, not when the reader reads on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut got = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await? {
+            Ok(Some(chunk)) => {
+                if let Some(loggate_proto::read_log_chunk::Item::Data(d)) = chunk.item {
+                    got += d.len();
+                }
+            }
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    let status = end.unwrap_or_else(|| {
+        panic!("a clean end after {got} of {size} bytes: the revoked rest was served")
+    });
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(status.message().contains("was revoked"), "{status:?}");
+    assert!(got < size, "the whole file was served after the revocation");
+    eprintln!("{got} of {size} bytes had left the agent's queue before the revocation");
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}

@@ -352,10 +352,11 @@ audit_event! {
         path: String,
         /// bytes sent
         bytes: u64,
-        /// bytes of the file's content read to serve the stream, from its start (a `tail`'s
-        /// start) on, decompressed for a `.gz` or `.zst` file, every pass counted (a `tail -n`
-        /// of a compressed file decompresses it twice: to count its lines, then to serve the
-        /// last ones); with `bytes`, what the stream cost the agent against what it served;
+        /// bytes of the file's content read to serve the stream, decompressed for a `.gz` or
+        /// `.zst` file, every pass counted (a `tail -n` of a compressed file decompresses it
+        /// twice: to count its lines, then to serve the last ones; a plain `tail -n` counts its
+        /// backward scan for the start and its look-back for a private-key block begun before
+        /// it); with `bytes`, what the stream cost the agent against what it served;
         /// null for a journal stream (absent from records written before it existed)
         bytes_read: Option<u64>,
         /// how long the stream lasted (`duration`)
