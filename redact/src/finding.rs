@@ -92,8 +92,15 @@ impl Builtin {
     /// rarely sensitive, for every log.
     pub const OPT_IN: [Builtin; 2 + national::ALL.len()] = opt_in_order();
 
-    /// The detector's bit in the prefilter's candidate set.
+    /// The detector's bit in the prefilter's candidate set. A national identifier has none
+    /// (its number is 128 or more; `1u128 << 128` would panic, or wrap to `private_key`'s bit
+    /// in release): callers keep them out, and this asserts it.
     pub(crate) fn bit_index(self) -> u32 {
+        debug_assert!(
+            self.0 < NATIONAL_BASE,
+            "{} has no prefilter bit",
+            self.name()
+        );
         u32::from(self.0)
     }
 
