@@ -160,9 +160,12 @@ const WRAPPERS: [&[u8]; 7] = [
 /// bytes and the text) in one of the [`WRAPPERS`]; with every detector enabled it must not
 /// survive.
 fn plant_a_national_id(control: &[u8], text: &[u8], sizes: &[u8]) {
-    let (Some(&pick), Some(&form), Some(&at), Some(&wrapper)) =
-        (control.get(4), control.get(5), control.get(6), control.get(7))
-    else {
+    let (Some(&pick), Some(&form), Some(&at), Some(&wrapper)) = (
+        control.get(4),
+        control.get(5),
+        control.get(6),
+        control.get(7),
+    ) else {
         return;
     };
     let Some((detector, value)) =
