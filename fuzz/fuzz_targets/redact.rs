@@ -7,7 +7,8 @@
 //! its body made of input bytes mapped into the family's alphabet) planted between spaces in
 //! the text does not survive, whatever surrounds it and wherever the chunks are cut. The same
 //! holds for a profile with every detector, the opt-in ones too, and a valid national
-//! identifier ([`loggate_redact::national_id_example`]) planted the same way.
+//! identifier ([`loggate_redact::national_id_example`]) planted in one of several wrappers
+//! (markup, CSV, a JSON array, a REST path, escaped line breaks).
 //!
 //! The engine is the `loggate-redact` crate, which needs only a few crates and no other part of
 //! loggate: a build with the fuzzer's instrumentation stays short.
@@ -147,11 +148,29 @@ fn plant_a_token(control: &[u8], text: &[u8], sizes: &[u8]) {
     }
 }
 
-/// Plants a valid national identifier (detector, form and body chosen by the control bytes
-/// and the text) between spaces; with every detector enabled it must not survive.
+/// How a planted national id is written (`@` is the value): between spaces, in markup, a CSV
+/// row, a JSON array, a REST path, a quoted string, between escaped line breaks. Each wrapper
+/// stands between spaces in the text.
+const WRAPPERS: [&[u8]; 7] = [
+    b" @ ",
+    b"<x>@</x>",
+    b",@,",
+    b"[@,@]",
+    b"/v1/@/",
+    b"\"@\"",
+    b"\\n@\\n",
+];
+
+/// Plants a valid national identifier (detector, form, wrapper and body chosen by the control
+/// bytes and the text) in one of the [`WRAPPERS`]; with every detector enabled it must not
+/// survive.
 fn plant_a_national_id(control: &[u8], text: &[u8], sizes: &[u8]) {
-    let (Some(&pick), Some(&form), Some(&at)) = (control.get(4), control.get(5), control.get(6))
-    else {
+    let (Some(&pick), Some(&form), Some(&at), Some(&wrapper)) = (
+        control.get(4),
+        control.get(5),
+        control.get(6),
+        control.get(7),
+    ) else {
         return;
     };
     let Some((detector, value)) =
@@ -165,7 +184,13 @@ fn plant_a_national_id(control: &[u8], text: &[u8], sizes: &[u8]) {
     let at = usize::from(at) * text.len() / 256;
     let mut planted = text[..at].to_vec();
     planted.push(b' ');
-    planted.extend_from_slice(&value);
+    for b in WRAPPERS[usize::from(wrapper) % WRAPPERS.len()] {
+        if *b == b'@' {
+            planted.extend_from_slice(&value);
+        } else {
+            planted.push(*b);
+        }
+    }
     planted.push(b' ');
     planted.extend_from_slice(&text[at..]);
     for chunks in [vec![&planted[..]], cut(&planted, sizes)] {

@@ -99,8 +99,14 @@ impl Builtin {
     pub const OPT_IN: [Builtin; 2 + national::ALL.len()] = opt_in_order();
 
     /// The detector's bit in the prefilter's candidate set: its number, or the shared
-    /// [`SHARED_BIT`] past it.
+    /// [`SHARED_BIT`] past it. A national identifier has none (callers keep them out: the
+    /// redactor runs them on every segment with enough digits), and this asserts it.
     pub(crate) fn bit_index(self) -> u32 {
+        debug_assert!(
+            self.0 < NATIONAL_BASE,
+            "{} has no prefilter bit",
+            self.name()
+        );
         u32::from(self.0).min(SHARED_BIT)
     }
 

@@ -221,11 +221,15 @@ pub struct Redactor {
     /// detectors of its candidate bits, not a test per detector (the default profile has
     /// 121).
     by_bit: Vec<Vec<usize>>,
-    /// Detectors that run on every segment (custom ones and national identifiers).
+    /// Detectors that run on every segment (custom ones).
     unconditional: Vec<usize>,
     /// The profile's families that name a URL's user part (`sentry_dsn`): only when one runs
     /// does `email` leave that value to it, else `email` redacts it.
     userinfo_rows: Vec<&'static Family>,
+    /// National identifiers (index, fewest digits a value holds): they run on a segment with
+    /// at least that many digits (one count per segment), so a profile naming them costs
+    /// little on lines without long numbers.
+    national: Vec<(usize, usize)>,
     key: Option<Arc<HashKey>>,
 }
 
@@ -293,11 +297,13 @@ impl Redactor {
         }))?;
         let mut by_bit: Vec<Vec<usize>> = vec![Vec::new(); 128];
         let mut unconditional = Vec::new();
+        let mut national = Vec::new();
         for (i, d) in detectors.iter().enumerate() {
             match d.kind {
-                Kind::Builtin(b) if b.as_national().is_none() => {
-                    by_bit[b.bit_index() as usize].push(i)
-                }
+                Kind::Builtin(b) => match b.as_national() {
+                    Some(n) => national.push((i, n.min_digits())),
+                    None => by_bit[b.bit_index() as usize].push(i),
+                },
                 _ => unconditional.push(i),
             }
         }
@@ -315,6 +321,7 @@ impl Redactor {
             by_bit,
             unconditional,
             userinfo_rows,
+            national,
             key,
         })
     }
@@ -441,6 +448,14 @@ impl Redactor {
         for &i in &self.unconditional {
             self.run_detector(i, seg, state);
         }
+        if !self.national.is_empty() {
+            let digits = state.masks.count(|m| m.digit, 0, seg.len());
+            for &(i, min_digits) in &self.national {
+                if digits >= min_digits {
+                    self.run_detector(i, seg, state);
+                }
+            }
+        }
         if state.findings.is_empty() {
             out.extend_from_slice(seg);
             return;
@@ -486,7 +501,16 @@ impl Redactor {
     ) -> usize {
         out.extend_from_slice(&seg[cursor..s]);
         let det = &self.detectors[d];
-        writing::write_replacement(out, &det.name, det.mode, &seg[s..e], self.key.as_deref());
+        let value = &seg[s..e];
+        // A national id is hashed canonical (no separators, upper case): one pseudonym for
+        // every written form of it.
+        let national = matches!(det.kind, Kind::Builtin(b) if b.as_national().is_some());
+        if national && det.mode == Mode::Hash {
+            let canonical = national::canonical(value);
+            writing::write_replacement(out, &det.name, det.mode, &canonical, self.key.as_deref());
+        } else {
+            writing::write_replacement(out, &det.name, det.mode, value, self.key.as_deref());
+        }
         counts.add(&det.name);
         e
     }

@@ -75,7 +75,8 @@ pub const ALL: [NationalId; 13] = [
 // (only `.`, `-`, `/` and ` ` occur as literals).
 /// A digit.
 const DIGIT: u8 = b'9';
-/// An upper-case letter.
+/// A letter, either case (a typed check letter is often lower case; values are compared
+/// upper-cased, see [`compact`]).
 const LETTER: u8 = b'A';
 /// A digit or the letter that replaces it in an Italian fiscal code (omocodia: L…V for 0…9).
 const OMOCODE: u8 = b'O';
@@ -100,15 +101,15 @@ const OMOCODIA: &[u8; 10] = b"LMNPQRSTUV";
 fn class_has(class: u8, b: u8) -> bool {
     match class {
         DIGIT => b.is_ascii_digit(),
-        LETTER => b.is_ascii_uppercase(),
-        OMOCODE => b.is_ascii_digit() || OMOCODIA.contains(&b),
+        LETTER => b.is_ascii_alphabetic(),
+        OMOCODE => b.is_ascii_digit() || OMOCODIA.contains(&b.to_ascii_uppercase()),
         MRZ => b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'<',
         MRZ_ALPHA => b.is_ascii_uppercase() || b == b'<',
         DIGIT_OR_FILLER => b.is_ascii_digit() || b == b'<',
         SEX => matches!(b, b'M' | b'F' | b'X' | b'<'),
         TD1_CODE => matches!(b, b'A' | b'C' | b'I'),
         NIR_DEPT => b.is_ascii_digit() || b == b'A' || b == b'B',
-        NIE_LEAD => matches!(b, b'X' | b'Y' | b'Z'),
+        NIE_LEAD => matches!(b.to_ascii_uppercase(), b'X' | b'Y' | b'Z'),
         literal => b == literal,
     }
 }
@@ -209,7 +210,10 @@ impl NationalId {
             NationalId::PassportMrz => mrz_line(c),
             NationalId::NlBsn => not_one_digit(c) && bsn(c),
             NationalId::BrCpf => not_one_digit(c) && cpf(c),
-            NationalId::BrCnpj => not_one_digit(c) && cnpj(c),
+            NationalId::BrCnpj => {
+                let bare = value.len() == 14;
+                not_one_digit(c) && cnpj(c) && !(bare && timestamp_yyyymmddhhmmss(c))
+            }
             NationalId::InAadhaar => {
                 let bare = value.len() == 12;
                 c.len() == 12
@@ -256,13 +260,17 @@ impl NationalId {
 
     /// Appends the spans of this detector's values in `seg` to `out`.
     pub(crate) fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+        #[cfg(test)]
+        FIND_CALLS.with(|c| c.borrow_mut().push(self));
         let forms = self.forms();
+        let mrz = self == NationalId::PassportMrz;
         let mut s = 0;
         while s < seg.len() {
             let b = seg[s];
-            // Every form starts with a digit or an upper-case letter, at a word start.
-            let word_start = s == 0 || !is_word(seg[s - 1]);
-            if !(word_start && (b.is_ascii_digit() || b.is_ascii_uppercase())) {
+            // Every form starts with a digit or a letter, at a word start or after a JSON
+            // escape (`\n`, `\r`, `\t`: a value logged inside a JSON string).
+            let start = s == 0 || !is_word(seg[s - 1]) || escaped_before(seg, s);
+            if !(start && b.is_ascii_alphanumeric()) {
                 s += 1;
                 continue;
             }
@@ -271,7 +279,11 @@ impl NationalId {
                 let e = s + form.len();
                 let fits =
                     e <= seg.len() && form.iter().zip(&seg[s..e]).all(|(c, b)| class_has(*c, *b));
-                if fits && free_before(seg, s) && free_after(seg, e) && self.valid(&seg[s..e]) {
+                if fits
+                    && free_before(seg, s, e, mrz)
+                    && free_after(seg, s, e, mrz)
+                    && self.valid(&seg[s..e])
+                {
                     found = Some(e);
                     break;
                 }
@@ -285,6 +297,25 @@ impl NationalId {
             }
         }
     }
+
+    /// The fewest digits a segment holding one of this detector's values has (the `9` places
+    /// of its shortest form): the redactor skips the detector on a segment with fewer, so a
+    /// profile naming national detectors costs little on lines without long numbers.
+    pub(crate) fn min_digits(self) -> usize {
+        self.forms()
+            .iter()
+            .map(|f| f.iter().filter(|c| **c == DIGIT).count())
+            .min()
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The detectors whose `find` ran on this thread (a test hook: the redactor's gate skips
+    /// them on segments with too few digits).
+    pub(crate) static FIND_CALLS: std::cell::RefCell<Vec<NationalId>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl NationalId {
@@ -345,6 +376,14 @@ impl NationalId {
                 v[29] = b'<';
                 v[14] = mrz_check_digit(&v[5..14])?;
                 return Some(v);
+            }
+            (NationalId::FrNir, _) if r(3) % 2 == 0 => {
+                // Corsica: department 2A or 2B (the second place of the department field).
+                let dept: Vec<usize> = (0..v.len()).filter(|i| template[*i] == NIR_DEPT).collect();
+                if let [first, second] = dept[..] {
+                    v[first] = b'2';
+                    v[second] = if r(4) % 2 == 0 { b'A' } else { b'B' };
+                }
             }
             (NationalId::DeTaxId, _) => {
                 // Ten different digits in a seeded order, then one of them written twice.
@@ -418,54 +457,165 @@ fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-/// Bytes that join digits into one longer number (`1.234`, `12-34`, `12/34`, `12:34`, `1,234`).
+/// Whether `seg[s]` follows a JSON string escape `\n`, `\r` or `\t` (an odd number of
+/// backslashes before the letter: `\\n` is an escaped backslash and a word `n`).
+fn escaped_before(seg: &[u8], s: usize) -> bool {
+    let Some(letter) = s.checked_sub(1) else {
+        return false;
+    };
+    if !matches!(seg[letter], b'n' | b'r' | b't') {
+        return false;
+    }
+    let slashes = seg[..letter]
+        .iter()
+        .rev()
+        .take_while(|b| **b == b'\\')
+        .count();
+    slashes % 2 == 1
+}
+
+/// A run of machine-readable-zone characters (`A`–`Z`, `0`–`9`, `<`) holding a `<<` filler:
+/// a zone line another one may be concatenated to.
+fn mrz_run(bytes: Option<&[u8]>) -> bool {
+    bytes.is_some_and(|r| r.iter().all(|b| class_has(MRZ, *b)) && r.windows(2).any(|w| w == b"<<"))
+}
+
+/// The shortest zone line (TD1): how far [`mrz_run`] looks for a neighbouring line.
+const MRZ_LINE_MIN: usize = 30;
+
+/// Whether the alphanumeric `run` next to a joiner is made of digits only and holds between
+/// `min` and `max` of them.
+fn digit_run(run: &[u8], min: usize, max: usize) -> bool {
+    (min..=max).contains(&run.len()) && run.iter().all(u8::is_ascii_digit)
+}
+
+/// Whether the bytes `beyond` a decimal part end a number: not a joiner (`,2024-01-01` is a
+/// date after a CSV comma), not a filler `<` or a space before a digit (the next id of a list
+/// written in groups or a zone line, `,130 692 544`).
+fn ends_number(beyond: &[u8]) -> bool {
+    match beyond {
+        [] => true,
+        [b' ', d, ..] if d.is_ascii_digit() => false,
+        [b, ..] => !joins_digits(*b) && *b != b'<',
+    }
+}
+
+/// Bytes that join digits into one longer number (`1.234`, `12-34`, `12/34`, `12:34`, `1,5`).
 fn joins_digits(b: u8) -> bool {
     matches!(b, b'.' | b'-' | b'/' | b':' | b',')
 }
 
-/// Nothing before `s` makes the value part of a longer word or number: not a word byte, not
-/// an MRZ filler `<`, not `+` (a phone number), not a joiner after a digit, not a hyphen after
-/// a letter or digit. A space never joins: ids listed with spaces are each found, at the cost
-/// of finding one inside a number written in spaced groups (`12 345 678 908`).
-fn free_before(seg: &[u8], s: usize) -> bool {
+/// Whether the joiner `j` between the value and the alphanumeric run `run` on its other side
+/// (with `beyond` the byte past that run) makes the value part of a longer number. Decided by
+/// the run, not one byte: `.`, `:` and `/` join only a run of digits (`v1/` does not), `,` only
+/// a decimal part of 1–3 digits after the value (`{v},5` joins, a CSV's next field
+/// `{v},2024-01-01` or a list `[{v},{v}]` does not; before the value a `,` never joins, as the
+/// run before it may be the end of the previous id), and a value between two `/` is a path
+/// segment (`/users/{v}/42`).
+fn joined(j: u8, run: &[u8], beyond: &[u8], path_segment: bool) -> bool {
+    match j {
+        b',' => digit_run(run, 1, 3) && ends_number(beyond),
+        b'/' if path_segment => false,
+        b'.' | b':' | b'/' => digit_run(run, 1, usize::MAX),
+        _ => false,
+    }
+}
+
+/// The alphanumeric run ending at `end` (exclusive).
+fn run_before(seg: &[u8], end: usize) -> &[u8] {
+    let start = seg[..end]
+        .iter()
+        .rposition(|b| !b.is_ascii_alphanumeric())
+        .map_or(0, |i| i + 1);
+    &seg[start..end]
+}
+
+/// The alphanumeric run starting at `start` and the bytes after it.
+fn run_after(seg: &[u8], start: usize) -> (&[u8], &[u8]) {
+    let start = start.min(seg.len());
+    let end = seg[start..]
+        .iter()
+        .position(|b| !b.is_ascii_alphanumeric())
+        .map_or(seg.len(), |i| start + i);
+    (&seg[start..end], &seg[end..])
+}
+
+/// Nothing before the value `seg[s..e]` makes it part of a longer word or number: not a word
+/// byte (but a JSON escape `\n` is a boundary), not `+` after a non-word byte (an E.164 phone
+/// number; after a word it is a form-encoded space, `q=patient+…`), not a hyphen after a letter
+/// or digit (a UUID's groups, `order-…`), not a joiner to a number (see [`joined`]). A `<` is a
+/// delimiter (`<id>…`) except for a zone line (`mrz`), where it is a filler: then only a zone
+/// line concatenated after another one is accepted. A space never joins: ids listed with
+/// spaces are each found, at the cost of finding one inside a number written in spaced groups
+/// (`12 345 678 908`).
+fn free_before(seg: &[u8], s: usize, e: usize, mrz: bool) -> bool {
     let Some(&p) = s.checked_sub(1).and_then(|i| seg.get(i)) else {
         return true;
     };
-    if is_word(p) || p == b'<' || p == b'+' {
-        return false;
+    if escaped_before(seg, s) {
+        return true;
     }
     let before = s.checked_sub(2).map(|i| seg[i]);
-    let digit_before = before.is_some_and(|b| b.is_ascii_digit());
-    // A hyphen after a letter or digit joins a token (a UUID's groups, `order-…`).
-    let hyphenated = p == b'-' && before.is_some_and(|b| b.is_ascii_alphanumeric());
-    !(hyphenated || (digit_before && joins_digits(p)))
+    match p {
+        b'<' if mrz => mrz_run(s.checked_sub(MRZ_LINE_MIN).map(|from| &seg[from..s])),
+        _ if is_word(p) => false,
+        b'+' => before.is_some_and(is_word),
+        b'-' => !before.is_some_and(|b| b.is_ascii_alphanumeric()),
+        _ if joins_digits(p) => {
+            let run = run_before(seg, s - 1);
+            p == b',' || !joined(p, run, &[], p == b'/' && seg.get(e) == Some(&b'/'))
+        }
+        _ => true,
+    }
 }
 
-/// Nothing after `e` makes the value part of a longer word or number (see [`free_before`]).
-fn free_after(seg: &[u8], e: usize) -> bool {
+/// Nothing after the value `seg[s..e]` makes it part of a longer word or number (see
+/// [`free_before`]); for a zone line, a `<` that opens a tag (`</mrz>`, `<br>`: the byte after
+/// it is no zone character) or a zone line concatenated after it (`…<<<7408122F…`) is a
+/// boundary.
+fn free_after(seg: &[u8], s: usize, e: usize, mrz: bool) -> bool {
     let Some(&n) = seg.get(e) else {
         return true;
     };
-    if is_word(n) || n == b'<' {
+    if mrz && (is_word(n) || n == b'<') {
+        let tag = n == b'<' && !seg.get(e + 1).is_some_and(|b| class_has(MRZ, *b));
+        return tag || mrz_run(seg.get(e..e + MRZ_LINE_MIN));
+    }
+    if is_word(n) {
         return false;
     }
-    let after = seg.get(e + 1);
-    let digit_after = after.is_some_and(u8::is_ascii_digit);
-    let hyphenated = n == b'-' && after.is_some_and(u8::is_ascii_alphanumeric);
-    !(hyphenated || (digit_after && joins_digits(n)))
+    let after = seg.get(e + 1).copied();
+    match n {
+        b'-' => !after.is_some_and(|b| b.is_ascii_alphanumeric()),
+        _ if joins_digits(n) => {
+            let (run, beyond) = run_after(seg, e + 1);
+            let path_segment = n == b'/' && s > 0 && seg[s - 1] == b'/';
+            !joined(n, run, beyond, path_segment)
+        }
+        _ => true,
+    }
 }
 
-/// The value without its separators (`.`, `-`, `/`, ` `), in `buf`; `None` if longer.
+/// The value without its separators (`.`, `-`, `/`, ` `) and upper-cased, in `buf`; `None`
+/// if longer: the form the checks read and `hash` mode hashes.
 fn compact<'a>(value: &[u8], buf: &'a mut [u8; 44]) -> Option<&'a [u8]> {
     let mut n = 0;
     for b in value {
         if matches!(b, b'.' | b'-' | b'/' | b' ') {
             continue;
         }
-        *buf.get_mut(n)? = *b;
+        *buf.get_mut(n)? = b.to_ascii_uppercase();
         n += 1;
     }
     Some(&buf[..n])
+}
+
+/// The canonical form of a found value (separators removed, upper case), which `hash` mode
+/// hashes so that `529.982.247-25` and `52998224725` get one pseudonym. A value too long to be
+/// one of the forms is returned as it is.
+pub(crate) fn canonical(value: &[u8]) -> Vec<u8> {
+    let mut buf = [0u8; 44];
+    compact(value, &mut buf).map_or_else(|| value.to_vec(), <[u8]>::to_vec)
 }
 
 /// Not one digit repeated (`000000000`, `111.111.111-11` pass several of these checksums).
@@ -617,6 +767,12 @@ pub(crate) fn verhoeff(d: &[u8]) -> bool {
         c = MUL[usize::from(c)][usize::from(PERM[i % 8][usize::from(b - b'0')])];
     }
     !d.is_empty() && c == 0
+}
+
+/// `yyyymmddhhmmss` from 1970 to 2099: a bare 14-digit timestamp, not a CNPJ (about 1 in 100
+/// timestamps passes the CNPJ check; refusing them misses about 1 real bare CNPJ in 10⁴).
+fn timestamp_yyyymmddhhmmss(d: &[u8]) -> bool {
+    d.len() == 14 && timestamp_yyyymmddhhmm(&d[..12]) && digit(d[12]) * 10 + digit(d[13]) <= 59
 }
 
 /// `yyyymmddhhmm` from 1970 to 2099: a bare 12-digit timestamp, not an Aadhaar number.

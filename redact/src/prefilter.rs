@@ -88,6 +88,8 @@ fn gate(b: Builtin) -> Gate {
         Builtin::Phone | Builtin::MacAddress => Gate::Always,
         // Private keys are the redactor's line state machine, not a per-segment detector.
         Builtin::PrivateKey => Gate::Never,
+        // National identifiers have no bit: the redactor runs them by their digit count.
+        b if b.as_national().is_some() => Gate::Never,
         _ => Gate::Keyword,
     }
 }
@@ -725,6 +727,30 @@ fn has_ipv6_shape(seg: &[u8], masks: &SegmentMasks) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// National identifiers have no prefilter bit (their numbers are 128 and up): the gate
+    /// never hands one to `bit()`, whose `1 << 128` would panic or wrap to `private_key`.
+    #[test]
+    fn national_identifiers_have_no_prefilter_gate() {
+        let nationals: Vec<Builtin> = Builtin::OPT_IN
+            .into_iter()
+            .filter(|b| b.as_national().is_some())
+            .collect();
+        assert_eq!(nationals.len(), 13);
+        for b in &nationals {
+            assert!(matches!(gate(*b), Gate::Never), "{}", b.name());
+        }
+        let p = Prefilter::new(&nationals).unwrap();
+        assert!(p.literals.is_empty());
+    }
+
+    /// Asking a national identifier for its bit is a bug, caught in debug builds.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "has no prefilter bit")]
+    fn a_national_identifier_has_no_bit_index() {
+        let _ = Builtin::OPT_IN[2].bit_index();
+    }
 
     /// The compiled triggers of every built-in detector (default and opt-in) are prefix-free,
     /// few enough for Teddy, three bytes or longer, and every literal of every detector
