@@ -2,8 +2,10 @@
 //!
 //! **One change feed.** A change is read from the store once, whatever the number of agents
 //! watching: one task ([`ChangeFeed`]) follows the revision log, builds each change's
-//! [`pb::GrantEvent`] once (the grant's token is signed once, when it is issued) and hands it,
-//! behind an `Arc`, to every watcher through a bounded `tokio::sync::broadcast` channel. Each
+//! [`pb::GrantEvent`] once (the grant's token is signed once, when it is issued), encodes it
+//! once ([`EncodedEvent`]: the agents' streams write those shared bytes, see `grant_stream`)
+//! and hands it, behind an `Arc`, to every watcher through a bounded `tokio::sync::broadcast`
+//! channel. Each
 //! watcher keeps only what is addressed to it (its agent id, or one of its labels: [`covers`]),
 //! so every agent still receives exactly what it did when each stream queried the store itself.
 //!
@@ -19,6 +21,7 @@
 //! another epoch, or none, or claiming a revision ahead of ours, is sent everything again from
 //! revision 0; the first heartbeat after the catch-up tells it the resync is complete.
 
+use super::grant_stream::EncodedEvent;
 use super::internal;
 use crate::store::{Change, GrantRow, Store};
 use loggate_core::grant::unix_now;
@@ -49,13 +52,13 @@ pub struct FeedChange {
     /// For a grant: its end (a grant already ended when it would be sent is of no use to an
     /// agent); `None` for a revocation, always sent (the agent's clock may run behind ours).
     grant_ends: Option<i64>,
-    /// What is sent, the same for every agent it is addressed to: built once, shared by every
-    /// stream's queue (tonic encodes each stream's copy as it writes it).
-    pub event: Arc<pb::GrantEvent>,
+    /// What is sent, the same for every agent it is addressed to: built and encoded once, its
+    /// bytes shared by every stream's queue and written as they are.
+    pub event: EncodedEvent,
 }
 
 impl FeedChange {
-    fn new(epoch: &str, revision: u64, change: &Change) -> FeedChange {
+    fn new(stamp: &Stamp, revision: u64, change: &Change) -> FeedChange {
         let grant: &GrantRow = match change {
             Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
         };
@@ -67,7 +70,7 @@ impl FeedChange {
                 Change::Granted(g) => Some(g.not_after),
                 Change::Revoked { .. } => None,
             },
-            event: Arc::new(change_event(epoch, revision, change)),
+            event: EncodedEvent::encode(&change_event(stamp, revision, change)),
         }
     }
 
@@ -89,7 +92,18 @@ pub fn covers(
     hosts.iter().any(|h| h == agent_id) || labels.iter().any(|l| agent_labels.contains(l))
 }
 
-fn change_event(epoch: &str, revision: u64, change: &Change) -> pb::GrantEvent {
+/// What every event of this controller carries besides its change: the epoch of the revision
+/// log and the cluster's id (the agent refuses a controller of another cluster before it
+/// applies anything).
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    /// This run's epoch (`Store::new_epoch`).
+    pub epoch: String,
+    /// The controller cluster's id (`Store::cluster_id`).
+    pub cluster_id: String,
+}
+
+fn change_event(stamp: &Stamp, revision: u64, change: &Change) -> pb::GrantEvent {
     let event = match change {
         Change::Granted(g) => pb::grant_event::Event::Grant(pb::SignedGrant {
             grant_id: g.id.clone(),
@@ -105,20 +119,18 @@ fn change_event(epoch: &str, revision: u64, change: &Change) -> pb::GrantEvent {
     pb::GrantEvent {
         revision,
         event: Some(event),
-        epoch: epoch.to_string(),
-        // Set per stream by `watch_grants` (the service knows the cluster id).
-        cluster_id: String::new(),
+        epoch: stamp.epoch.clone(),
+        cluster_id: stamp.cluster_id.clone(),
     }
 }
 
-fn heartbeat(epoch: &str, revision: u64) -> pb::GrantEvent {
-    pb::GrantEvent {
+fn heartbeat(stamp: &Stamp, revision: u64) -> EncodedEvent {
+    EncodedEvent::encode(&pb::GrantEvent {
         revision,
         event: Some(pb::grant_event::Event::Heartbeat(pb::Heartbeat {})),
-        epoch: epoch.to_string(),
-        // Set per stream by `watch_grants` (the service knows the cluster id).
-        cluster_id: String::new(),
-    }
+        epoch: stamp.epoch.clone(),
+        cluster_id: stamp.cluster_id.clone(),
+    })
 }
 
 /// How often the feed reads the revision log without being woken, when a NOTIFY listener
@@ -146,12 +158,12 @@ fn next_retry(previous: Option<Duration>) -> Duration {
 
 /// What a watcher queues for its agent's stream: a shared change, or an event of its own
 /// (a heartbeat, an error).
-pub type Outgoing = Result<Arc<pb::GrantEvent>, Status>;
+pub type Outgoing = Result<EncodedEvent, Status>;
 
 /// The one reader of the revision log for every watcher (module docs).
 pub struct ChangeFeed {
     store: Arc<Store>,
-    epoch: String,
+    stamp: Stamp,
     /// The longest silence on a stream ([`super::HEARTBEAT`] in the service).
     heartbeat: Duration,
     changes: broadcast::Sender<Arc<FeedChange>>,
@@ -165,7 +177,7 @@ impl ChangeFeed {
     /// heartbeat after `heartbeat` without anything sent to it.
     pub fn start(
         store: Arc<Store>,
-        epoch: String,
+        stamp: Stamp,
         mut revisions: watch::Receiver<u64>,
         mut stopping: watch::Receiver<bool>,
         capacity: usize,
@@ -174,7 +186,7 @@ impl ChangeFeed {
         let (changes, _) = broadcast::channel(capacity.max(1));
         let feed = Arc::new(ChangeFeed {
             store: store.clone(),
-            epoch: epoch.clone(),
+            stamp: stamp.clone(),
             heartbeat,
             changes: changes.clone(),
         });
@@ -237,7 +249,7 @@ impl ChangeFeed {
                 for (revision, change) in &batch {
                     last = *revision;
                     // No receiver (no agent connected) is not an error.
-                    let _ = changes.send(Arc::new(FeedChange::new(&epoch, *revision, change)));
+                    let _ = changes.send(Arc::new(FeedChange::new(&stamp, *revision, change)));
                 }
                 if full {
                     continue;
@@ -300,7 +312,7 @@ impl ChangeFeed {
                 return;
             }
         };
-        let mut last = if agent.after_epoch != self.epoch || agent.after_revision > latest {
+        let mut last = if agent.after_epoch != self.stamp.epoch || agent.after_revision > latest {
             0
         } else {
             agent.after_revision
@@ -309,16 +321,23 @@ impl ChangeFeed {
             return;
         }
         // The end of the catch-up (for a resync: its completion).
-        if tx
-            .send(Ok(Arc::new(heartbeat(&self.epoch, last))))
-            .await
-            .is_err()
-        {
+        if tx.send(Ok(heartbeat(&self.stamp, last))).await.is_err() {
             return;
         }
         // A heartbeat after `heartbeat` without anything sent to this agent: changes addressed
         // to others do not put it off (the agent takes a long silence for a dead stream).
-        let mut next_beat = tokio::time::Instant::now() + self.heartbeat;
+        //
+        // The futures the loop waits on are made once, not at every turn: at 10,000 streams a
+        // change wakes every watcher, and a fresh `sleep_until` (a timer-wheel entry), a fresh
+        // `tx.closed()` and `stopping.changed()` (a waiter each, registered and removed under
+        // its lock) per watcher and change were a tenth of the controller's CPU per change
+        // (`perf`, docs/performance.md). Sending a change does not touch the timer either:
+        // it only moves `last_sent`, and the timer, when it fires early, waits out the rest.
+        let mut last_sent = tokio::time::Instant::now();
+        let beat = tokio::time::sleep_until(last_sent + self.heartbeat);
+        let closed = tx.closed();
+        let stop = stopping.changed();
+        tokio::pin!(beat, closed, stop);
         loop {
             tokio::select! {
                 received = feed.recv() => match received {
@@ -344,7 +363,7 @@ impl ChangeFeed {
                             // Fan-out latency is that of live changes (what a catch-up sends
                             // is not observed).
                             loggate_core::metrics::controller().sent(change.revision);
-                            next_beat = tokio::time::Instant::now() + self.heartbeat;
+                            last_sent = tokio::time::Instant::now();
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
@@ -358,14 +377,18 @@ impl ChangeFeed {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                _ = tokio::time::sleep_until(next_beat) => {
-                    if tx.send(Ok(Arc::new(heartbeat(&self.epoch, last)))).await.is_err() {
-                        return;
+                () = &mut beat => {
+                    let due = last_sent + self.heartbeat;
+                    if tokio::time::Instant::now() >= due {
+                        if tx.send(Ok(heartbeat(&self.stamp, last))).await.is_err() {
+                            return;
+                        }
+                        last_sent = tokio::time::Instant::now();
                     }
-                    next_beat = tokio::time::Instant::now() + self.heartbeat;
+                    beat.as_mut().reset(last_sent + self.heartbeat);
                 }
-                _ = tx.closed() => return,
-                _ = stopping.changed() => return,
+                _ = &mut closed => return,
+                _ = &mut stop => return,
                 () = &mut removed => {
                     let _ = tx.send(Err(super::enrol::removed_status())).await;
                     return;
@@ -397,7 +420,7 @@ impl ChangeFeed {
             let now = unix_now();
             for (revision, change) in &changes {
                 *last = *revision;
-                let change = FeedChange::new(&self.epoch, *revision, change);
+                let change = FeedChange::new(&self.stamp, *revision, change);
                 if change.is_for(&agent.agent_id, &agent.labels, now)
                     && tx.send(Ok(change.event)).await.is_err()
                 {
@@ -430,6 +453,27 @@ mod tests {
     use crate::store::Revoked;
 
     const EPOCH: &str = "e1";
+
+    fn stamp() -> Stamp {
+        Stamp {
+            epoch: EPOCH.into(),
+            cluster_id: "c1".into(),
+        }
+    }
+
+    /// What the agent decodes from a queued event; every event, shared or a stream's own,
+    /// carries the controller's epoch and cluster id.
+    fn decoded(event: Outgoing) -> pb::GrantEvent {
+        let event = event
+            .expect("no error")
+            .decode()
+            .expect("a valid GrantEvent");
+        assert_eq!(
+            (event.epoch.as_str(), event.cluster_id.as_str()),
+            (EPOCH, "c1")
+        );
+        event
+    }
     const WAIT: Duration = Duration::from_secs(20);
 
     struct Fixture {
@@ -457,7 +501,7 @@ mod tests {
         fn feed(&self, capacity: usize) -> Arc<ChangeFeed> {
             ChangeFeed::start(
                 self.store.clone(),
-                EPOCH.into(),
+                stamp(),
                 self.revisions.subscribe(),
                 self.stopping.clone(),
                 capacity,
@@ -537,8 +581,8 @@ mod tests {
             let event = tokio::time::timeout(WAIT, rx.recv())
                 .await
                 .expect("an event in time")
-                .expect("the stream is open")
-                .expect("no error");
+                .expect("the stream is open");
+            let event = decoded(event);
             match &event.event {
                 Some(pb::grant_event::Event::Grant(g)) => {
                     return (event.revision, g.grant_id.clone())
@@ -557,8 +601,8 @@ mod tests {
             let event = tokio::time::timeout(WAIT, rx.recv())
                 .await
                 .expect("an event in time")
-                .expect("the stream is open")
-                .expect("no error");
+                .expect("the stream is open");
+            let event = decoded(event);
             if matches!(event.event, Some(pb::grant_event::Event::Heartbeat(_))) {
                 return;
             }
@@ -610,7 +654,7 @@ mod tests {
             for (covered, rx) in &mut streams {
                 if !*covered {
                     while let Ok(event) = rx.try_recv() {
-                        let event = event.unwrap();
+                        let event = decoded(event);
                         assert!(
                             matches!(event.event, Some(pb::grant_event::Event::Heartbeat(_))),
                             "an uncovered agent was sent {event:?}"
@@ -674,8 +718,8 @@ mod tests {
             let event = tokio::time::timeout(WAIT, rx.recv())
                 .await
                 .expect("an event in time")
-                .expect("the stream is open")
-                .expect("no error");
+                .expect("the stream is open");
+            let event = decoded(event);
             match &event.event {
                 Some(pb::grant_event::Event::Grant(g)) => {
                     seen.push((event.revision, "grant", g.grant_id.clone()))
@@ -726,7 +770,7 @@ mod tests {
         let beat = Duration::from_millis(300);
         let feed = ChangeFeed::start(
             f.store.clone(),
-            EPOCH.into(),
+            stamp(),
             f.revisions.subscribe(),
             f.stopping.clone(),
             FEED_CAPACITY,
@@ -744,7 +788,7 @@ mod tests {
         let elapsed = start.elapsed();
         let mut beats = 0;
         while let Ok(event) = idle.try_recv() {
-            let event = event.unwrap();
+            let event = decoded(event);
             assert!(
                 matches!(event.event, Some(pb::grant_event::Event::Heartbeat(_))),
                 "{event:?}"
