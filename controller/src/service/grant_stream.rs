@@ -90,8 +90,9 @@ impl Encoder for EncodedEventEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: EncodedEvent, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.0.len());
-        dst.put_slice(&item.0);
+        let bytes = item.as_bytes();
+        dst.reserve(bytes.len());
+        dst.put_slice(bytes);
         Ok(())
     }
 }
