@@ -76,9 +76,30 @@ impl FeedChange {
 
     /// Whether agent `agent_id` holding `labels` is sent this change at `now`.
     fn is_for(&self, agent_id: &str, labels: &[String], now: i64) -> bool {
-        let ended = self.grant_ends.is_some_and(|end| end <= now);
-        !ended && covers(&self.hosts, &self.labels, agent_id, labels)
+        sent_to(
+            &self.hosts,
+            &self.labels,
+            self.grant_ends,
+            agent_id,
+            labels,
+            now,
+        )
     }
+}
+
+/// Whether agent `agent_id` holding `labels` is sent a change addressed to `hosts` and
+/// `labels` at `now`: a grant (`grant_ends` its end) until it ends, a revocation (`None`)
+/// always. Decided from the row's fields alone, so a catch-up encodes only what it sends.
+fn sent_to(
+    hosts: &[String],
+    labels: &[String],
+    grant_ends: Option<i64>,
+    agent_id: &str,
+    agent_labels: &[String],
+    now: i64,
+) -> bool {
+    let ended = grant_ends.is_some_and(|end| end <= now);
+    !ended && covers(hosts, labels, agent_id, agent_labels)
 }
 
 /// The addressing rule: a change is for the agents it names and for those holding one of its
@@ -416,10 +437,25 @@ impl ChangeFeed {
             let now = unix_now();
             for (revision, change) in &changes {
                 *last = *revision;
-                let change = FeedChange::new(&self.stamp, *revision, change);
-                if change.is_for(&agent.agent_id, &agent.labels, now)
-                    && tx.send(Ok(change.event)).await.is_err()
-                {
+                // Addressing first, from the row: after a restart every agent resyncs from
+                // zero, and encoding the changes meant for other hosts would cost
+                // agents × revisions for nothing.
+                let (grant, grant_ends) = match change {
+                    Change::Granted(g) => (g, Some(g.not_after)),
+                    Change::Revoked { grant, .. } => (grant, None),
+                };
+                if !sent_to(
+                    &grant.hosts,
+                    &grant.labels,
+                    grant_ends,
+                    &agent.agent_id,
+                    &agent.labels,
+                    now,
+                ) {
+                    continue;
+                }
+                let event = EncodedEvent::encode(&change_event(&self.stamp, *revision, change));
+                if tx.send(Ok(event)).await.is_err() {
                     return Err(());
                 }
             }
@@ -603,6 +639,91 @@ mod tests {
                 return;
             }
         }
+    }
+
+    /// A resync from zero (a foreign epoch, as after a restart) encodes only the changes
+    /// addressed to the agent: 1,000 grants to other hosts are filtered on their rows, never
+    /// encoded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resync_encodes_only_the_changes_addressed_to_the_agent() {
+        const OWN_EPOCH: &str = "count-encodes";
+        let f = Fixture::new();
+        let now = unix_now();
+        let grant_to = |id: String, host: &str| {
+            let host = host.to_owned();
+            f.store
+                .insert_grant(move |revision| {
+                    Ok(GrantRow {
+                        id,
+                        subject: "spiffe://loggate.local/user/alice".into(),
+                        hosts: vec![host],
+                        labels: vec![],
+                        paths: vec!["/var/log/*.log".into()],
+                        units: vec![],
+                        not_before: now,
+                        not_after: now + 3600,
+                        reason: "T-1".into(),
+                        issuer: "spiffe://loggate.local/user/admin".into(),
+                        profile: "default".into(),
+                        key_sha256: "00".repeat(32),
+                        token: "token".into(),
+                        revision,
+                        revoked: None,
+                    })
+                })
+                .unwrap()
+        };
+        for i in 0..1_000 {
+            grant_to(format!("g-{i}"), &format!("other-{i}"));
+        }
+        grant_to("g-web".into(), "web-1");
+        let feed = ChangeFeed::start(
+            f.store.clone(),
+            Stamp {
+                epoch: OWN_EPOCH.into(),
+                cluster_id: "c1".into(),
+            },
+            f.revisions.subscribe(),
+            f.stopping.clone(),
+            FEED_CAPACITY,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
+        feed.watch(
+            WatchRequest {
+                agent_id: "web-1".into(),
+                labels: vec![],
+                after_revision: 0,
+                after_epoch: "a-foreign-epoch".into(),
+            },
+            tx,
+            f.stopping.clone(),
+            Box::pin(std::future::pending()),
+            || {},
+        );
+        let mut changes = Vec::new();
+        loop {
+            let event = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .expect("no error")
+                .decode()
+                .expect("a valid GrantEvent");
+            match event.event {
+                Some(pb::grant_event::Event::Grant(g)) => changes.push(g.grant_id),
+                Some(pb::grant_event::Event::Heartbeat(_)) => break,
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+        assert_eq!(changes, vec!["g-web".to_string()]);
+        let encodes = *super::super::grant_stream::ENCODES_BY_EPOCH
+            .lock()
+            .unwrap()
+            .get(OWN_EPOCH)
+            .unwrap_or(&0);
+        assert_eq!(encodes, 2, "the one grant and the catch-up's heartbeat");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,9 +39,23 @@ pub const WATCH_GRANTS_PATH: &str = "/loggate.v1.Controller/WatchGrants";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedEvent(Bytes);
 
+/// Test hook: how many events were encoded, by epoch (a test gives its feed an epoch of its
+/// own, so tests running at once do not count each other's).
+#[cfg(test)]
+pub(crate) static ENCODES_BY_EPOCH: std::sync::Mutex<std::collections::BTreeMap<String, usize>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
 impl EncodedEvent {
     /// Encodes `event` (with prost: the bytes any protobuf decoder of `GrantEvent` reads).
     pub fn encode(event: &pb::GrantEvent) -> EncodedEvent {
+        #[cfg(test)]
+        {
+            *ENCODES_BY_EPOCH
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(event.epoch.clone())
+                .or_default() += 1;
+        }
         EncodedEvent(Bytes::from(event.encode_to_vec()))
     }
 
