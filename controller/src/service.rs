@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// How often an idle `WatchGrants` stream carries a heartbeat.
@@ -588,18 +588,16 @@ impl ControllerService {
 impl Controller for ControllerService {
     type WatchGrantsStream = EventStream;
 
-    /// Only reached when the generated server is served without `ControllerRoutes` (which
-    /// answers `WatchGrants` itself): the same stream, each event decoded again for prost.
+    /// Never reached: the controller serves `WatchGrants` through `ControllerRoutes`
+    /// ([`grant_stream`]), which answers it before the generated server. Served without it
+    /// (a wiring mistake), the call fails rather than run a second, untested stream path.
     async fn watch_grants(
         &self,
-        request: Request<pb::WatchGrantsRequest>,
+        _request: Request<pb::WatchGrantsRequest>,
     ) -> Result<Response<Self::WatchGrantsStream>, Status> {
-        let events = self.open_watch(request).await?.map(|event| {
-            event?
-                .decode()
-                .map_err(|e| Status::internal(format!("an encoded grant event: {e}")))
-        });
-        Ok(Response::new(Box::pin(events)))
+        Err(Status::internal(
+            "WatchGrants is served by ControllerRoutes, not by the generated server; serve the controller through ControllerRoutes",
+        ))
     }
 
     async fn issue_grant(

@@ -59,8 +59,8 @@ impl EncodedEvent {
         EncodedEvent(Bytes::from(event.encode_to_vec()))
     }
 
-    /// The event back, for a caller that needs the message (the generated service's fallback,
-    /// tests).
+    /// The event back, as an agent decodes it (tests).
+    #[cfg(test)]
     pub fn decode(&self) -> Result<pb::GrantEvent, prost::DecodeError> {
         pb::GrantEvent::decode(self.0.as_ref())
     }
@@ -126,24 +126,60 @@ impl Decoder for WatchRequestDecoder {
     }
 }
 
+/// What both routes of the controller's service (the generated server, and `WatchGrants`'s
+/// own) are configured with, in one place: a limit or a compression setting added here applies
+/// to both, never to one route only. Neither route compresses (none is enabled here).
+#[derive(Debug, Clone, Copy)]
+pub struct RouteConfig {
+    /// The largest request accepted, in bytes (larger: `OUT_OF_RANGE`).
+    pub max_request_bytes: usize,
+    /// The largest response message sent, in bytes; `None`: tonic's default.
+    pub max_response_bytes: Option<usize>,
+}
+
+impl RouteConfig {
+    fn generated(self, service: Arc<ControllerService>) -> ControllerServer<ControllerService> {
+        let server =
+            ControllerServer::from_arc(service).max_decoding_message_size(self.max_request_bytes);
+        match self.max_response_bytes {
+            Some(max) => server.max_encoding_message_size(max),
+            None => server,
+        }
+    }
+
+    fn watch_grants(self) -> tonic::server::Grpc<EncodedEventCodec> {
+        tonic::server::Grpc::new(EncodedEventCodec)
+            .apply_max_message_size_config(Some(self.max_request_bytes), self.max_response_bytes)
+    }
+}
+
 /// The controller's gRPC service as served: the generated `ControllerServer`, with
 /// `WatchGrants` answered from pre-encoded events (module docs).
 #[derive(Clone)]
 pub struct ControllerRoutes {
     service: Arc<ControllerService>,
     generated: ControllerServer<ControllerService>,
-    /// The request size bound, the generated server's.
-    max_request_bytes: usize,
+    config: RouteConfig,
 }
 
 impl ControllerRoutes {
     /// Serves `service`, refusing requests larger than `max_request_bytes`.
     pub fn new(service: Arc<ControllerService>, max_request_bytes: usize) -> ControllerRoutes {
-        ControllerRoutes {
-            generated: ControllerServer::from_arc(service.clone())
-                .max_decoding_message_size(max_request_bytes),
+        ControllerRoutes::with_config(
             service,
-            max_request_bytes,
+            RouteConfig {
+                max_request_bytes,
+                max_response_bytes: None,
+            },
+        )
+    }
+
+    /// Serves `service` with `config` on both routes.
+    pub fn with_config(service: Arc<ControllerService>, config: RouteConfig) -> ControllerRoutes {
+        ControllerRoutes {
+            generated: config.generated(service.clone()),
+            service,
+            config,
         }
     }
 }
@@ -180,12 +216,8 @@ impl Service<http::Request<Body>> for ControllerRoutes {
             return self.generated.call(request);
         }
         let method = WatchGrantsMethod(self.service.clone());
-        let max_request_bytes = self.max_request_bytes;
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(EncodedEventCodec)
-                .apply_max_message_size_config(Some(max_request_bytes), None);
-            Ok(grpc.server_streaming(method, request).await)
-        })
+        let mut grpc = self.config.watch_grants();
+        Box::pin(async move { Ok(grpc.server_streaming(method, request).await) })
     }
 }
 
@@ -298,5 +330,39 @@ mod tests {
             .unwrap();
         let refused = refusal(&response);
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
+
+    /// The route's size bound holds on `WatchGrants` too (`RouteConfig::watch_grants`): a
+    /// request over it is refused before it is decoded.
+    #[tokio::test]
+    async fn a_watch_request_over_the_size_bound_is_refused_through_the_route() {
+        let (_dir, _stop, mut routes) = routes();
+        let request = pb::WatchGrantsRequest {
+            agent_id: "web-1".into(),
+            listen_addr: "a".repeat(64 * 1024 + 1),
+            ..Default::default()
+        };
+        let response = routes
+            .call(grpc_request(WATCH_GRANTS_PATH, &request.encode_to_vec()))
+            .await
+            .unwrap();
+        let refused = refusal(&response);
+        assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    }
+
+    /// The generated server's `watch_grants` is never the route served; reached anyway, it
+    /// fails as an internal error instead of running a second stream path.
+    #[tokio::test]
+    async fn the_generated_watch_grants_fails_as_internal() {
+        use pb::controller_server::Controller;
+        let (_dir, _stop, routes) = routes();
+        let answer = routes
+            .service
+            .watch_grants(Request::new(pb::WatchGrantsRequest::default()))
+            .await;
+        match answer {
+            Ok(_) => panic!("the generated WatchGrants answered a stream"),
+            Err(status) => assert_eq!(status.code(), tonic::Code::Internal, "{status:?}"),
+        }
     }
 }
