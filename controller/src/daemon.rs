@@ -13,7 +13,6 @@ use loggate_core::daemon::{serve_mtls, serve_pre_auth, AuditRuntime, MtlsSetting
 use loggate_core::grant::{unix_now, SigningKey};
 use loggate_core::identity::{Identity, Role};
 use loggate_core::tls::read_certificate_der;
-use loggate_proto::controller_server::ControllerServer;
 use loggate_proto::enrolment_server::EnrolmentServer;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -261,7 +260,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             reload_cert: None,
             max_streams_per_connection: None,
         },
-        ControllerServer::from_arc(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
+        // `WatchGrants` from events encoded once for every agent; the other methods as generated.
+        crate::service::grant_stream::ControllerRoutes::new(service.clone(), MAX_REQUEST_BYTES),
         async move {
             loggate_core::shutdown::signal().await;
             // End the agents' watch streams, or the graceful shutdown would wait for them.

@@ -5,6 +5,7 @@
 mod anchor;
 pub mod enrol;
 pub mod fanout;
+pub mod grant_stream;
 mod requests;
 pub mod signin;
 mod users;
@@ -27,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 /// How often an idle `WatchGrants` stream carries a heartbeat.
@@ -212,7 +213,10 @@ impl ControllerService {
         }
         let started = fanout::ChangeFeed::start(
             self.store.clone(),
-            self.epoch.clone(),
+            fanout::Stamp {
+                epoch: self.epoch.clone(),
+                cluster_id: self.cluster_id.clone(),
+            },
             self.revision.subscribe(),
             self.stopping.clone(),
             fanout::FEED_CAPACITY,
@@ -466,14 +470,18 @@ pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GrantEvent, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl Controller for ControllerService {
-    type WatchGrantsStream = EventStream;
+/// An agent's `WatchGrants` stream as served (`grant_stream::ControllerRoutes`): events encoded
+/// once by the change feed, shared by every stream they are sent to.
+pub type EncodedEventStream = ReceiverStream<fanout::Outgoing>;
 
-    async fn watch_grants(
+impl ControllerService {
+    /// Opens an agent's `WatchGrants` stream: checks the caller is the agent it watches for,
+    /// registers it, and starts its watcher on the change feed (`fanout`). Served by
+    /// `grant_stream::ControllerRoutes` with the pre-encoded codec.
+    pub async fn open_watch(
         &self,
         request: Request<pb::WatchGrantsRequest>,
-    ) -> Result<Response<Self::WatchGrantsStream>, Status> {
+    ) -> Result<EncodedEventStream, Status> {
         let agent = peer_identity(&request, Role::Agent)?;
         let request_certs = request.peer_certs();
         let req = request.into_inner();
@@ -569,17 +577,27 @@ impl Controller for ControllerService {
                 tracing::info!(agent = %agent_id, "agent disconnected");
             },
         );
-        // The queue holds shared events; each is copied only as tonic encodes it.
-        // Every event carries the cluster id: the agent refuses a controller of another cluster
-        // before it applies anything.
-        let cluster_id = self.cluster_id.clone();
-        let events = ReceiverStream::new(rx).map(move |event| {
-            event.map(|shared| pb::GrantEvent {
-                cluster_id: cluster_id.clone(),
-                ..Arc::unwrap_or_clone(shared)
-            })
-        });
-        Ok(Response::new(Box::pin(events)))
+        // The queue holds shared encoded events (every one carries the epoch and the cluster
+        // id: the agent refuses a controller of another cluster before it applies anything);
+        // each is copied only into its stream's frame.
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for ControllerService {
+    type WatchGrantsStream = EventStream;
+
+    /// Never reached: the controller serves `WatchGrants` through `ControllerRoutes`
+    /// ([`grant_stream`]), which answers it before the generated server. Served without it
+    /// (a wiring mistake), the call fails rather than run a second, untested stream path.
+    async fn watch_grants(
+        &self,
+        _request: Request<pb::WatchGrantsRequest>,
+    ) -> Result<Response<Self::WatchGrantsStream>, Status> {
+        Err(Status::internal(
+            "WatchGrants is served by ControllerRoutes, not by the generated server; serve the controller through ControllerRoutes",
+        ))
     }
 
     async fn issue_grant(

@@ -254,6 +254,25 @@ pub(crate) fn from_json(text: String) -> Vec<String> {
 
 pub(crate) const GRANT_COLUMNS: &str = "id, subject, hosts, labels, paths, not_before, not_after, reason, issuer, profile, key_sha256, token, revision, revoked_at, revoked_by, revoke_reason, units";
 
+/// [`Store::upsert_agent`]'s statement (one text for both backends).
+const UPSERT_AGENT_SQL: &str = "INSERT INTO agents (id, labels, addr, last_seen, replica) \
+     VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4, replica = ?5";
+
+/// [`Store::changes_after`]'s statement: [`GRANT_COLUMNS`] qualified by the grants table's
+/// alias, built once (a fixed text, so the statement cache holds one entry for it).
+static CHANGES_AFTER_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT r.revision, {} FROM revisions r JOIN grants g ON g.id = r.grant_id
+         WHERE r.revision > ?1 ORDER BY r.revision LIMIT ?2",
+        GRANT_COLUMNS
+            .split(", ")
+            .map(|c| format!("g.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+});
+
 pub(crate) fn grant_from_row(row: &db::Row<'_>) -> db::Result<GrantRow> {
     grant_at(row, 0)
 }
@@ -541,19 +560,13 @@ impl Store {
         Ok(rows)
     }
 
-    /// The changes after `after`, oldest first, at most `limit`.
+    /// The changes after `after`, oldest first, at most `limit`. Every agent's resync and
+    /// every change fanned out reads through here, so its text is built once
+    /// ([`CHANGES_AFTER_SQL`]) and its statement comes from the connection's cache.
     pub fn changes_after(&self, after: u64, limit: u32) -> anyhow::Result<Vec<(u64, Change)>> {
         self.change_reads.fetch_add(1, Ordering::Relaxed);
         let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!(
-            "SELECT r.revision, {} FROM revisions r JOIN grants g ON g.id = r.grant_id
-             WHERE r.revision > ?1 ORDER BY r.revision LIMIT ?2",
-            GRANT_COLUMNS
-                .split(", ")
-                .map(|c| format!("g.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))?;
+        let mut stmt = conn.prepare_cached(&CHANGES_AFTER_SQL)?;
         let after = i64::try_from(after).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![after, limit], |row| {
             let revision = unsigned(row.get(0)?)?;
@@ -624,7 +637,7 @@ impl Store {
     }
 
     pub fn latest_revision(&self) -> anyhow::Result<u64> {
-        let rev: i64 = self.conn()?.query_row(
+        let rev: i64 = self.conn()?.query_row_cached(
             "SELECT COALESCE(MAX(revision), 0) FROM revisions",
             [],
             |r| r.get(0),
@@ -652,8 +665,7 @@ impl Store {
             let tx = conn.transaction()?;
             tx.execute_batch("SET LOCAL synchronous_commit = off")?;
             tx.execute(
-                "INSERT INTO agents (id, labels, addr, last_seen, replica) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4, replica = ?5",
+                UPSERT_AGENT_SQL,
                 params![
                     agent.id,
                     to_json(&agent.labels),
@@ -666,9 +678,8 @@ impl Store {
             return Ok(());
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        let written = conn.execute(
-            "INSERT INTO agents (id, labels, addr, last_seen, replica) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = ?3, last_seen = ?4, replica = ?5",
+        let written = conn.execute_cached(
+            UPSERT_AGENT_SQL,
             params![
                 agent.id,
                 to_json(&agent.labels),
@@ -1277,6 +1288,75 @@ mod state_tests {
             "FULL again after the registry's write"
         );
         assert_eq!(store.agent("web-1").unwrap().unwrap().last_seen, 2);
+    }
+
+    /// The statements every agent's connection runs (the resync's `changes_after`,
+    /// `latest_revision`, the enrolment check, the registration) are parsed once per
+    /// connection, not per call: after 1,000 calls of each, the one cached statement of each
+    /// text has run 1,000 times (a statement prepared per call would be a fresh one, run
+    /// never), so the cache holds one entry per text whatever the number of calls.
+    #[test]
+    fn the_per_connection_statements_are_parsed_once_and_reused_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        let revision = store
+            .insert_grant(|revision| {
+                Ok(GrantRow {
+                    id: "g-1".into(),
+                    subject: "spiffe://loggate.local/user/alice".into(),
+                    hosts: vec!["web-1".into()],
+                    labels: Vec::new(),
+                    paths: vec!["/var/log/app/*.log".into()],
+                    units: vec![],
+                    not_before: 1,
+                    not_after: 3600,
+                    reason: "INC-42".into(),
+                    issuer: "spiffe://loggate.local/user/admin".into(),
+                    profile: "default".into(),
+                    key_sha256: "0".repeat(64),
+                    token: "token".into(),
+                    revision,
+                    revoked: None,
+                })
+            })
+            .unwrap();
+        const CALLS: i32 = 1_000;
+        for i in 0..CALLS {
+            assert_eq!(store.changes_after(0, 500).unwrap().len(), 1);
+            assert_eq!(store.latest_revision().unwrap(), revision.revision);
+            assert_eq!(store.enrolled_labels("web-1").unwrap(), None);
+            store
+                .upsert_agent(&AgentRow {
+                    id: "web-1".into(),
+                    labels: vec!["env=prod".into()],
+                    addr: "127.0.0.1:7401".into(),
+                    last_seen: i64::from(i),
+                    replica: "controller-a".into(),
+                })
+                .unwrap();
+        }
+        let conn = store.conn().unwrap();
+        let Connection::Sqlite(sqlite) = &*conn else {
+            panic!("a SQLite store");
+        };
+        let runs = |sql: &str| -> i32 {
+            sqlite
+                .prepare_cached(sql)
+                .unwrap()
+                .get_status(rusqlite::StatementStatus::Run)
+        };
+        assert_eq!(runs(&CHANGES_AFTER_SQL), CALLS, "changes_after");
+        assert_eq!(
+            runs("SELECT COALESCE(MAX(revision), 0) FROM revisions"),
+            CALLS,
+            "latest_revision"
+        );
+        assert_eq!(
+            runs("SELECT labels FROM enrolled_agents WHERE id = ?1"),
+            CALLS,
+            "enrolled_labels"
+        );
+        assert_eq!(runs(UPSERT_AGENT_SQL), CALLS, "upsert_agent");
     }
 
     /// PostgreSQL's registration commits with `SET LOCAL synchronous_commit = off`: the

@@ -455,7 +455,7 @@ impl Store {
     pub fn enrolled_labels(&self, agent_id: &str) -> anyhow::Result<Option<Vec<String>>> {
         Ok(self
             .conn()?
-            .query_row(
+            .query_row_cached(
                 "SELECT labels FROM enrolled_agents WHERE id = ?1",
                 params![agent_id],
                 |r| r.get::<_, String>(0),

@@ -542,6 +542,48 @@ impl Connection {
         }
     }
 
+    /// As [`Connection::prepare`], through SQLite's per-connection statement cache (rusqlite's
+    /// LRU, 16 statements): for the statements every agent's connection runs (registration,
+    /// resync), whose text SQLite would otherwise parse again at every call. `sql` must be a
+    /// fixed text (a text that varies per call would only churn the cache). PostgreSQL's
+    /// sessions already cache every statement they prepare ([`PgConnection`]).
+    pub fn prepare_cached(&self, sql: &str) -> Result<Statement<'_>> {
+        match self {
+            Connection::Sqlite(c) => Ok(Statement::SqliteCached(c.prepare_cached(sql)?)),
+            Connection::Postgres(c) => Ok(Statement::Postgres {
+                conn: c,
+                sql: sql.to_owned(),
+            }),
+        }
+    }
+
+    /// As [`Connection::query_row`], with the statement from the cache
+    /// ([`Connection::prepare_cached`]).
+    pub fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> Result<T>
+    where
+        P: Params,
+        F: FnOnce(&Row<'_>) -> Result<T>,
+    {
+        let mut stmt = self.prepare_cached(sql)?;
+        let mut rows = stmt.query(params)?;
+        match rows.next()? {
+            Some(row) => f(&row),
+            None => Err(Error::NoRows),
+        }
+    }
+
+    /// As [`Connection::execute`], with the statement from the cache
+    /// ([`Connection::prepare_cached`]).
+    pub fn execute_cached<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
+        let values = params.into_values();
+        match self {
+            Connection::Sqlite(c) => Ok(c
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(values))?),
+            Connection::Postgres(c) => c.execute(sql, values),
+        }
+    }
+
     /// Begins a transaction (`BEGIN DEFERRED` on SQLite, as rusqlite's `transaction`), rolled
     /// back when dropped uncommitted.
     ///
@@ -1028,7 +1070,12 @@ impl Drop for Transaction<'_> {
 /// connection's thread.
 pub enum Statement<'c> {
     Sqlite(rusqlite::Statement<'c>),
-    Postgres { conn: &'c PgConnection, sql: String },
+    /// From the connection's statement cache: put back into it when dropped.
+    SqliteCached(rusqlite::CachedStatement<'c>),
+    Postgres {
+        conn: &'c PgConnection,
+        sql: String,
+    },
 }
 
 impl Statement<'_> {
@@ -1036,6 +1083,9 @@ impl Statement<'_> {
         let values = params.into_values();
         match self {
             Statement::Sqlite(s) => Ok(Rows::Sqlite(s.query(rusqlite::params_from_iter(values))?)),
+            Statement::SqliteCached(s) => {
+                Ok(Rows::Sqlite(s.query(rusqlite::params_from_iter(values))?))
+            }
             Statement::Postgres { conn, sql } => Ok(Rows::Owned {
                 rows: conn.query(sql, values)?.into_iter(),
                 current: None,
@@ -1080,6 +1130,7 @@ impl Statement<'_> {
     pub fn vm_steps(&self) -> i32 {
         match self {
             Statement::Sqlite(s) => s.get_status(rusqlite::StatementStatus::VmStep),
+            Statement::SqliteCached(s) => s.get_status(rusqlite::StatementStatus::VmStep),
             Statement::Postgres { .. } => 0,
         }
     }
