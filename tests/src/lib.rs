@@ -589,6 +589,48 @@ impl Cluster {
         ))
     }
 
+    /// Issues agent `id`'s certificate from the harness's CA (`loggate pki issue --agent`), for
+    /// agents beyond the ones the harness's PKI already holds.
+    pub fn issue_agent_cert(&self, id: &str) -> anyhow::Result<()> {
+        let out = Command::new(self.bins.join("loggate"))
+            .args(["pki", "issue"])
+            .arg(self.dir.join("pki"))
+            .args(["--agent", id])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "pki issue {id}: {:?}", text(&out));
+        Ok(())
+    }
+
+    /// Replaces the labels [`Cluster::add_agent`] wrote for agent `id` (`env=demo`) with
+    /// `labels`, the body of a TOML list of strings (`"env=prod", "team=db"`).
+    pub fn set_agent_labels(&self, id: &str, labels: &str) -> anyhow::Result<()> {
+        let config = &self.agents[id].config;
+        let toml = std::fs::read_to_string(config)?
+            .replace("labels = [\"env=demo\"]", &format!("labels = [{labels}]"));
+        std::fs::write(config, toml)?;
+        Ok(())
+    }
+
+    /// Waits (at most 30 s) until the controller's registry knows `count` agents with their
+    /// addresses.
+    pub fn wait_registered(&self, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.run_cli("admin", &["agent", "list", "--output", "json"])?;
+            let known = text(&out)
+                .0
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|a| a["addr"].as_str().is_some_and(|s| !s.is_empty()))
+                .count();
+            if known >= count {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "only {known} agents registered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until agent `id` has received grant `grant_id` (its audit record) and installed it
     /// (its log line: the record is written before the install, audit before action).
     pub fn wait_for_grant(&self, id: &str, grant_id: &str) -> anyhow::Result<()> {

@@ -79,14 +79,8 @@ struct Fleet {
 
 fn fleet() -> anyhow::Result<Fleet> {
     let mut cluster = Cluster::new(None)?;
-    let pki = cluster.dir.join("pki");
     for id in ["web-3", "db-1"] {
-        let out = Command::new(cluster.bins.join("loggate"))
-            .args(["pki", "issue"])
-            .arg(&pki)
-            .args(["--agent", id])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "pki issue {id}: {:?}", text(&out));
+        cluster.issue_agent_cert(id)?;
     }
     let logs = cluster.dir.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -94,12 +88,7 @@ fn fleet() -> anyhow::Result<Fleet> {
     let minute = 60_000_000u128;
     for (n, id) in AGENTS.into_iter().enumerate() {
         cluster.add_agent(id, &[&logs], "[journal]\ndirectory = \"journal\"\n")?;
-        let config = cluster.agents[id].config.clone();
-        let toml = std::fs::read_to_string(&config)?.replace(
-            "labels = [\"env=demo\"]",
-            &format!("labels = [\"env=demo\", \"{SELECTOR}\"]"),
-        );
-        std::fs::write(&config, toml)?;
+        cluster.set_agent_labels(id, &format!("\"env=demo\", \"{SELECTOR}\""))?;
         let journal = cluster.agents[id].dir.join("journal");
         std::fs::create_dir_all(&journal)?;
         // web-1 starts 10 minutes ago, web-2 9 minutes ago, … two minutes apart within a host.
@@ -128,7 +117,7 @@ fn fleet() -> anyhow::Result<Fleet> {
     }
     let sshd = unit_grant(&cluster, &["web-3"], "sshd.service")?;
     cluster.wait_for_grant("web-3", &sshd)?;
-    wait_registered(&cluster, AGENTS.len())?;
+    cluster.wait_registered(AGENTS.len())?;
     cluster.kill_agent("db-1");
     Ok(Fleet { cluster })
 }
@@ -148,25 +137,6 @@ fn unit_grant(cluster: &Cluster, hosts: &[&str], unit: &str) -> anyhow::Result<S
     let id = v["id"].as_str().unwrap_or_default().to_string();
     anyhow::ensure!(!id.is_empty(), "no id in {v}");
     Ok(id)
-}
-
-/// Waits until the controller's registry knows `count` agents with their addresses.
-fn wait_registered(cluster: &Cluster, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = cluster.run_cli("admin", &["agent", "list", "--output", "json"])?;
-        let known = text(&out)
-            .0
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|a| a["addr"].as_str().is_some_and(|s| !s.is_empty()))
-            .count();
-        if known >= count {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {known} agents registered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 impl Fleet {

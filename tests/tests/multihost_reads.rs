@@ -31,14 +31,8 @@ const AGENTS: [(&str, &str); 4] = [
 
 fn fleet() -> anyhow::Result<Fleet> {
     let mut cluster = Cluster::new(None)?;
-    let pki = cluster.dir.join("pki");
     for id in ["web-3", "db-1"] {
-        let out = Command::new(cluster.bins.join("loggate"))
-            .args(["pki", "issue"])
-            .arg(&pki)
-            .args(["--agent", id])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "pki issue {id}: {:?}", text(&out));
+        cluster.issue_agent_cert(id)?;
     }
     let logs = cluster.dir.join("logs/app");
     std::fs::create_dir_all(&logs)?;
@@ -53,10 +47,7 @@ fn fleet() -> anyhow::Result<Fleet> {
     std::fs::write(&log, lines.join("\n") + "\n")?;
     for (id, labels) in AGENTS {
         cluster.add_agent(id, &[&logs], "")?;
-        let config = cluster.agents[id].config.clone();
-        let toml = std::fs::read_to_string(&config)?
-            .replace("labels = [\"env=demo\"]", &format!("labels = [{labels}]"));
-        std::fs::write(&config, toml)?;
+        cluster.set_agent_labels(id, labels)?;
     }
     cluster.start_controller()?;
     for (id, _) in AGENTS {
@@ -67,32 +58,13 @@ fn fleet() -> anyhow::Result<Fleet> {
         cluster.grant("alice", id, &glob, "30m")?;
     }
     // web-3 received grants too (none for alice): it is up and registered.
-    wait_registered(&cluster, 4)?;
+    cluster.wait_registered(4)?;
     cluster.kill_agent("db-1");
     Ok(Fleet {
         cluster,
         log,
         lines,
     })
-}
-
-/// Waits until the controller's registry knows `count` agents with their addresses.
-fn wait_registered(cluster: &Cluster, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = cluster.run_cli("admin", &["agent", "list", "--output", "json"])?;
-        let known = text(&out)
-            .0
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|a| a["addr"].as_str().is_some_and(|s| !s.is_empty()))
-            .count();
-        if known >= count {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {known} agents registered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 impl Fleet {

@@ -102,14 +102,8 @@ fn socket2_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
 
 fn fleet(mode: Proxy) -> anyhow::Result<Fleet> {
     let mut cluster = Cluster::new(None)?;
-    let pki = cluster.dir.join("pki");
     for id in ["flaky-1", "steady-1"] {
-        let out = Command::new(cluster.bins.join("loggate"))
-            .args(["pki", "issue"])
-            .arg(&pki)
-            .args(["--agent", id])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "pki issue {id}: {:?}", text(&out));
+        cluster.issue_agent_cert(id)?;
     }
     let logs = cluster.dir.join("logs/app");
     std::fs::create_dir_all(&logs)?;
@@ -142,31 +136,12 @@ fn fleet(mode: Proxy) -> anyhow::Result<Fleet> {
         &format!("{}/*.log", logs.display()),
         "30m",
     )?;
-    wait_registered(&cluster, 2)?;
+    cluster.wait_registered(2)?;
     Ok(Fleet {
         cluster,
         logs,
         accepted,
     })
-}
-
-/// Waits until the controller's registry knows `count` agents with their addresses.
-fn wait_registered(cluster: &Cluster, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = cluster.run_cli("admin", &["agent", "list", "--output", "json"])?;
-        let known = text(&out)
-            .0
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|a| a["addr"].as_str().is_some_and(|s| !s.is_empty()))
-            .count();
-        if known >= count {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {known} agents registered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

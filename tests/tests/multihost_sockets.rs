@@ -10,7 +10,7 @@
 use loggate_tests::{text, Cluster};
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const AGENTS: usize = 10;
@@ -28,7 +28,6 @@ struct Fleet {
 
 fn fleet() -> anyhow::Result<Fleet> {
     let mut cluster = Cluster::new(None)?;
-    let pki = cluster.dir.join("pki");
     let ids: Vec<String> = (1..=AGENTS).map(|i| format!("sock-{i:02}")).collect();
     let logs = cluster.dir.join("logs/app");
     std::fs::create_dir_all(&logs)?;
@@ -38,19 +37,9 @@ fn fleet() -> anyhow::Result<Fleet> {
     let log = logs.join("small.log");
     std::fs::write(&log, content)?;
     for id in &ids {
-        let out = Command::new(cluster.bins.join("loggate"))
-            .args(["pki", "issue"])
-            .arg(&pki)
-            .args(["--agent", id])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "pki issue {id}: {:?}", text(&out));
+        cluster.issue_agent_cert(id)?;
         cluster.add_agent(id, &[&logs], "")?;
-        let config = cluster.agents[id.as_str()].config.clone();
-        let toml = std::fs::read_to_string(&config)?.replace(
-            "labels = [\"env=demo\"]",
-            &format!("labels = [\"env=demo\", \"{SELECTOR}\"]"),
-        );
-        std::fs::write(&config, toml)?;
+        cluster.set_agent_labels(id.as_str(), &format!("\"env=demo\", \"{SELECTOR}\""))?;
     }
     cluster.start_controller()?;
     for id in &ids {
@@ -83,27 +72,8 @@ fn fleet() -> anyhow::Result<Fleet> {
     for id in &ids {
         cluster.wait_for_grant(id, &grant_id)?;
     }
-    wait_registered(&cluster, AGENTS)?;
+    cluster.wait_registered(AGENTS)?;
     Ok(Fleet { cluster, log })
-}
-
-/// Waits until the controller's registry knows `count` agents with their addresses.
-fn wait_registered(cluster: &Cluster, count: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = cluster.run_cli("admin", &["agent", "list", "--output", "json"])?;
-        let known = text(&out)
-            .0
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|a| a["addr"].as_str().is_some_and(|s| !s.is_empty()))
-            .count();
-        if known >= count {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "only {known} agents registered");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The TCP sockets process `pid` holds open now (any state but LISTEN); `None` once it is gone.
