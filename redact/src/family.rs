@@ -524,7 +524,8 @@ fn name_value_pair(seg: &[u8], comma: usize) -> Option<usize> {
     Some(blanks(i + closing.len()))
 }
 
-fn is_word(b: u8) -> bool {
+/// A word byte (`[A-Za-z0-9_]`): what a token must not be glued to.
+pub(crate) fn is_word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 

@@ -10,7 +10,7 @@
 //! ordinary input, and ASCII classes keep the automata small and fast.
 
 use super::bytemask::{Masks, SegmentMasks};
-use super::family::{self, Family, FAMILIES};
+use super::family::{self, is_word, Family, FAMILIES};
 use super::national::{self, NationalId};
 use super::validate;
 use regex::bytes::{Regex, RegexBuilder};
@@ -458,10 +458,6 @@ pub fn own_output(v: &[u8]) -> bool {
         || v.starts_with(b"[WITHHELD")
         || (v.first() == Some(&b'<') && v.contains(&b':'))
         || (!v.is_empty() && v.iter().all(|b| *b == b'*'))
-}
-
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 fn mixed_case(v: &[u8]) -> bool {

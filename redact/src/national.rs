@@ -20,6 +20,7 @@
 //! National detectors have no bit in the prefilter's candidate set (it is full of token
 //! families): the redactor runs the ones a profile names on every segment.
 
+use super::family::is_word;
 use super::validate;
 
 /// One national-identifier detector. Its place in [`ALL`] is its number after the other
@@ -451,10 +452,6 @@ fn set_date(v: &mut [u8], at: usize, r: u8) {
     v[at + 3] = b'0' + m % 10;
     v[at + 4] = b'0' + d / 10;
     v[at + 5] = b'0' + d % 10;
-}
-
-fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// Whether `seg[s]` follows a JSON string escape `\n`, `\r` or `\t` (an odd number of
@@ -909,8 +906,9 @@ pub(crate) fn de_tax_id(d: &[u8]) -> bool {
     for b in &d[..10] {
         count[usize::from(b - b'0')] += 1;
     }
-    let repeated: Vec<usize> = (0..10).filter(|i| count[*i] > 1).collect();
-    let [r] = repeated[..] else {
+    // Exactly one digit repeats (no allocation: this runs on every 11-digit candidate).
+    let mut repeated = (0..10).filter(|i| count[*i] > 1);
+    let (Some(r), None) = (repeated.next(), repeated.next()) else {
         return false;
     };
     if count[r] > 3 {
