@@ -583,19 +583,22 @@ fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The agent's side of the start handshake, on a thread of its own while `spawn` waits for
-/// the `exec`: reads the child's pid (EOF: the child ended before it got there), excludes it
-/// from the bypass audit, then lets it exec whatever became of the exclusion (a failure is
-/// logged and over-reports; it never stops the read).
-fn admit_child(
-    pid_from_child: OwnedFd,
+/// The agent's side of the start handshake, a task of the runtime while `spawn` waits for the
+/// `exec` on the stream's thread: awaits the child's pid (EOF: the child ended before it got
+/// there), excludes it from the bypass audit, then lets it exec whatever became of the
+/// exclusion (a failure is logged and over-reports; it never stops the read). The task holds
+/// no thread while it waits: on the runtime's workers, which no stream blocks (streams run on
+/// the blocking pool), so a full blocking pool cannot hold a child's start.
+async fn admit_child(
+    mut pid_from_child: tokio::net::unix::pipe::Receiver,
     go: OwnedFd,
-    children: &ChildExclusions,
+    children: ChildExclusions,
 ) -> Option<ChildExclusion> {
-    use std::io::{Read, Write};
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
     let mut pid = [0u8; 4];
-    let got = std::fs::File::from(pid_from_child).read_exact(&mut pid);
-    let exclusion = match got.ok().map(|()| libc::pid_t::from_ne_bytes(pid)) {
+    let got = pid_from_child.read_exact(&mut pid).await;
+    let exclusion = match got.ok().map(|_| libc::pid_t::from_ne_bytes(pid)) {
         None => None,
         Some(pid) => match u32::try_from(pid)
             .map_err(anyhow::Error::from)
@@ -610,7 +613,15 @@ fn admit_child(
             }
         },
     };
-    // Dropped without a byte on a panic above: the child then ends instead of waiting.
+    #[cfg(test)]
+    if let Some(e) = &exclusion {
+        tests::ADMITTED_ON
+            .lock()
+            .unwrap()
+            .push((e.pid(), std::thread::current().name().map(str::to_string)));
+    }
+    // One byte into an empty pipe: never blocks. Dropped without a byte on a panic above:
+    // the child then ends instead of waiting.
     let _ = std::fs::File::from(go).write_all(&[1]);
     exclusion
 }
@@ -627,10 +638,12 @@ fn admit_child(
 ///   has excluded that pid from the bypass audit ([`admit_child`]), so that none of its opens
 ///   of the journal files (beneath the protected roots on a packaged host) is reported as a
 ///   bypass read. Its pid is known only after `fork`, and `spawn` returns only after `exec`:
-///   hence the pipe and the agent's thread reading it.
+///   hence the pipe, read by a task of the runtime while `spawn` blocks this thread.
 ///
-/// Must be called on the stream's own thread (within `Handle::block_on`).
-fn spawn_journalctl(
+/// Must be awaited on the stream's own thread (`Handle::block_on` from the blocking pool,
+/// never a runtime worker: `spawn` blocks until the `exec`) of a multi-thread runtime (the
+/// admitting task runs on a worker meanwhile).
+async fn spawn_journalctl(
     config: &JournalConfig,
     args: &[String],
     children: &ChildExclusions,
@@ -694,18 +707,16 @@ fn spawn_journalctl(
             }
         });
     }
-    let (spawned, exclusion) = std::thread::scope(|scope| {
-        let admit = std::thread::Builder::new()
-            .name("journalctl-admit".into())
-            .spawn_scoped(scope, move || admit_child(pid_read, go_write, children))?;
-        let spawned = command.spawn();
-        // The child's copy is gone (exec'd or ended): a child that never wrote its pid now
-        // gives the thread the end of the pipe.
-        drop(pid_write);
-        drop(go_read);
-        let exclusion = admit.join().ok().flatten();
-        Ok::<_, std::io::Error>((spawned, exclusion))
-    })?;
+    // Made non-blocking for the task; only the agent's reading end changes (the child writes
+    // on the other end, a file description of its own).
+    let pid_read = tokio::net::unix::pipe::Receiver::from_owned_fd(pid_read)?;
+    let admit = tokio::spawn(admit_child(pid_read, go_write, children.clone()));
+    let spawned = command.spawn();
+    // The child's copy is gone (exec'd or ended): a child that never wrote its pid now gives
+    // the task the end of the pipe.
+    drop(pid_write);
+    drop(go_read);
+    let exclusion = admit.await.ok().flatten();
     // A child that failed to exec was reaped inside `spawn`: its pid is free, so its
     // exclusion goes at once, without waiting for the fanotify reader (a moment in which only
     // a process given that very pid at once could be hidden).
@@ -780,9 +791,7 @@ fn each_line(
     mut on_line: impl FnMut(&mut dyn ChunkSink, Option<&[u8]>) -> Result<Flow, EndReason>,
 ) -> Result<(), EndReason> {
     let runtime = waits.runtime.clone();
-    let mut run = match runtime
-        .block_on(async { spawn_journalctl(&plan.config, args, &plan.children) })
-    {
+    let mut run = match runtime.block_on(spawn_journalctl(&plan.config, args, &plan.children)) {
         Ok(c) => c,
         Err(e) => {
             let message = format!(
@@ -1093,6 +1102,10 @@ mod tests {
             const { std::cell::Cell::new(None) };
     }
 
+    /// Each admitted child's pid with the name of the thread that admitted it.
+    pub(super) static ADMITTED_ON: std::sync::Mutex<Vec<(u32, Option<String>)>> =
+        std::sync::Mutex::new(Vec::new());
+
     fn entry(json: &str) -> Entry {
         serde_json::from_str(json).unwrap()
     }
@@ -1279,7 +1292,7 @@ mod tests {
             directory: None,
         };
         let mut run = runtime
-            .block_on(async { spawn_journalctl(&config, &["30".to_string()], &children) })
+            .block_on(spawn_journalctl(&config, &["30".to_string()], &children))
             .expect("spawned");
         let pid = run.child.id().expect("running");
         assert_eq!(children.excluded_now(), vec![pid]);
@@ -1315,6 +1328,47 @@ mod tests {
         reader.join().expect("reader");
     }
 
+    /// The start handshake starts no thread of its own: the child is admitted by a task on
+    /// one of the runtime's workers while `spawn` blocks the stream's thread, and is excluded
+    /// before it execs all the same.
+    #[test]
+    fn the_start_handshake_runs_on_a_runtime_worker_not_a_thread_of_its_own() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("journal-test-worker")
+            .enable_all()
+            .build()
+            .unwrap();
+        let children = ChildExclusions::fanotify();
+        let config = JournalConfig {
+            journalctl: PathBuf::from("/bin/sleep"),
+            directory: None,
+        };
+        let mut run = runtime
+            .block_on(spawn_journalctl(&config, &["30".to_string()], &children))
+            .expect("spawned");
+        let pid = run.child.id().expect("running");
+        assert_eq!(children.excluded_now(), vec![pid]);
+        let admitted: Vec<_> = ADMITTED_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, thread)| thread.clone())
+            .collect();
+        assert_eq!(
+            admitted,
+            vec![Some("journal-test-worker".to_string())],
+            "admitted on the runtime's worker"
+        );
+        // Released without a reader: the tombstone path, bounded by the drain wait.
+        if let Some(exclusion) = run.exclusion.take() {
+            exclusion.release_reaped();
+        }
+        let _ = run.child.start_kill();
+        let _ = runtime.block_on(run.child.wait());
+    }
+
     /// A child that cannot exec (no such program) leaves nothing excluded.
     #[test]
     fn a_child_that_fails_to_start_leaves_nothing_excluded() {
@@ -1329,7 +1383,7 @@ mod tests {
             directory: None,
         };
         let started = Instant::now();
-        let spawned = runtime.block_on(async { spawn_journalctl(&config, &[], &children) });
+        let spawned = runtime.block_on(spawn_journalctl(&config, &[], &children));
         let took = started.elapsed();
         assert!(spawned.is_err());
         assert!(children.excluded_now().is_empty());
