@@ -381,6 +381,85 @@ fn a_file_grant_does_not_open_the_journal_and_a_unit_grant_opens_no_file() -> an
     Ok(())
 }
 
+/// A journal read's `read.*` records name the unit as an OCSF `Journal Unit` (the agent sets
+/// `resource_kind` `journal_unit`; the path's text decides nothing), allowed, finished and
+/// denied; a file read's name a `Log File` by its path as before, without `resource_kind`.
+/// Every record conforms to the official OCSF schema.
+#[test]
+fn a_journal_reads_records_name_a_journal_unit_and_a_file_reads_a_log_file() -> anyhow::Result<()> {
+    let (f, _dir) = fixture()?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    f.grant("bob", "30m")?;
+    let out = journal(&f, "alice", &["--unit", "nginx.service"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = journal(&f, "alice", &["--unit", "sshd.service"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    let out = f.logs("bob", &["cat", &f.api_log()])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    const BOB: &str = "spiffe://loggate.local/user/bob";
+    for (event, subject) in [
+        ("read.finished", "spiffe://loggate.local/user/alice"),
+        ("read.denied", "spiffe://loggate.local/user/alice"),
+        ("read.finished", BOB),
+    ] {
+        f.cluster
+            .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+                e["event"] == event && e["subject"] == subject
+            })?;
+    }
+    let raw = f.cluster.agent_audit_raw("web-1");
+    let records = |event: &str,
+                   pick: &dyn Fn(&serde_json::Value) -> bool|
+     -> Vec<serde_json::Value> {
+        raw.iter()
+            .filter(|r| {
+                loggate_core::audit::event_name(r) == Some(event) && pick(&r["unmapped"]["loggate"])
+            })
+            .cloned()
+            .collect()
+    };
+    for (event, path, unit) in [
+        ("read.allowed", "journal:nginx.service", "nginx.service"),
+        ("read.finished", "journal:nginx.service", "nginx.service"),
+        ("read.denied", "journal:sshd.service", "sshd.service"),
+    ] {
+        let found = records(event, &|l| l["path"] == path);
+        assert_eq!(found.len(), 1, "{event} of {path}: {found:?}");
+        let r = &found[0];
+        assert_eq!(
+            r["resources"],
+            serde_json::json!([{"type": "Journal Unit", "name": unit}]),
+            "{r}"
+        );
+        assert_eq!(
+            r["unmapped"]["loggate"]["resource_kind"], "journal_unit",
+            "{r}"
+        );
+        assert!(
+            r["observables"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o["type_id"] == 38 && o["value"] == unit)),
+            "{r}"
+        );
+    }
+    for event in ["read.allowed", "read.finished"] {
+        let found = records(event, &|l| l["subject"] == BOB);
+        assert_eq!(found.len(), 1, "{event} of bob's file read: {found:?}");
+        let r = &found[0];
+        assert_eq!(r["resources"][0]["type"], "Log File", "{r}");
+        assert_eq!(
+            r["resources"][0]["name"], r["unmapped"]["loggate"]["path"],
+            "{r}"
+        );
+        assert!(
+            r["unmapped"]["loggate"].get("resource_kind").is_none(),
+            "a file read's record is as before: {r}"
+        );
+    }
+    conformant(&f);
+    Ok(())
+}
+
 /// The CLI refuses a glob, and so does the agent itself when a client sends one: journalctl's
 /// `--unit` would take it as a pattern over every unit.
 #[tokio::test(flavor = "multi_thread")]
