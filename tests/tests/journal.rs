@@ -5,85 +5,21 @@
 //! journal and a unit grant opens no file; a glob is refused by the agent itself; revocation
 //! cuts a `--follow` and ends its `journalctl`; every read is audited on the agent.
 
+use loggate_tests::journal_export::{self, now_micros, write_journal};
 use loggate_tests::{text, Fixture};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// systemd's journal writer, fed the export format on stdin (`cargo xtask test` installs the
-/// `systemd-journal-remote` package; without it these tests fail, they do not skip).
-const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+use std::time::{Duration, Instant};
 
 /// The secret planted in an nginx entry (the default profile redacts `password=…`).
 const SECRET: &str = "hunter2-journal";
 /// Text only sshd's entries (and another unit's message about nginx) hold.
 const OTHER_UNIT: &str = "sshd-only-marker";
 
-fn now_micros() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_micros()
-}
-
-/// One entry in the journal export format.
+/// One entry of web-1, the fixture's agent (see [`journal_export::entry`]).
 fn entry(at_micros: u128, seq: u64, fields: &[(&str, &str)]) -> String {
-    let mut e = format!(
-        "__REALTIME_TIMESTAMP={at_micros}\n__MONOTONIC_TIMESTAMP={seq}\n\
-         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=web-1\n"
-    );
-    for (k, v) in fields {
-        e.push_str(&format!("{k}={v}\n"));
-    }
-    e.push('\n');
-    e
-}
-
-/// Appends `export` (journal export format) to the journal file in `dir`.
-fn write_journal(dir: &Path, export: &str) -> anyhow::Result<()> {
-    write_journal_bytes(dir, export.as_bytes())
-}
-
-/// One entry whose MESSAGE is `message` in the export format's binary form (any bytes,
-/// newlines kept, as a native-protocol sender gets them into the journal).
-fn binary_entry(at_micros: u128, seq: u64, unit: &str, message: &[u8]) -> Vec<u8> {
-    let mut e = format!(
-        "__REALTIME_TIMESTAMP={at_micros}\n__MONOTONIC_TIMESTAMP={seq}\n\
-         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=web-1\n\
-         _SYSTEMD_UNIT={unit}\n_PID=77\nMESSAGE\n"
-    )
-    .into_bytes();
-    e.extend_from_slice(&(message.len() as u64).to_le_bytes());
-    e.extend_from_slice(message);
-    e.extend_from_slice(b"\n\n");
-    e
-}
-
-/// Appends `export` (journal export format, any bytes) to the journal file in `dir`.
-fn write_journal_bytes(dir: &Path, export: &[u8]) -> anyhow::Result<()> {
-    let mut child = Command::new(JOURNAL_REMOTE)
-        .arg(format!("--output={}", dir.join("remote.journal").display()))
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!("cannot run {JOURNAL_REMOTE} (install systemd-journal-remote): {e}")
-        })?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(export)?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    journal_export::entry(at_micros, seq, "web-1", fields)
 }
 
 /// The journal the tests read: nginx's own entries (one two hours old, one holding a secret),
@@ -173,7 +109,7 @@ fn fixture_with(extra: &str) -> anyhow::Result<(Fixture, PathBuf)> {
             ("MESSAGE", "GET /health status=200"),
         ],
     ));
-    write_journal(&journal, &export)?;
+    write_journal(&journal, export.as_bytes())?;
     // journalctl itself returns the foreign entry for nginx: the agent's own check is what
     // keeps it out (the test would prove nothing otherwise).
     let direct = Command::new("journalctl")
@@ -191,29 +127,7 @@ fn fixture_with(extra: &str) -> anyhow::Result<(Fixture, PathBuf)> {
 /// Issues `subject` a grant for journal unit `unit` on web-1 (default redaction) and waits
 /// until web-1 holds it.
 fn unit_grant(f: &Fixture, subject: &str, unit: &str) -> anyhow::Result<String> {
-    let out = f.cluster.run_cli(
-        "admin",
-        &[
-            "grant",
-            "issue",
-            "--subject",
-            subject,
-            "--host",
-            "web-1",
-            "--unit",
-            unit,
-            "--ttl",
-            "30m",
-            "--reason",
-            "TEST-13",
-            "--json",
-        ],
-    )?;
-    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    anyhow::ensure!(v["units"] == serde_json::json!([unit]), "{v}");
-    anyhow::ensure!(v["paths"] == serde_json::json!([]), "{v}");
-    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let id = f.cluster.issue_unit_grant(subject, &["web-1"], unit)?;
     f.cluster.wait_for_grant("web-1", &id)?;
     Ok(id)
 }
@@ -589,7 +503,7 @@ fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<
     let now = now_micros();
     write_journal(
         &dir,
-        &(entry(
+        (entry(
             now,
             100,
             &[
@@ -605,7 +519,8 @@ fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<
                 ("_PID", "1234"),
                 ("MESSAGE", &format!("live password={SECRET}")),
             ],
-        )),
+        ))
+            .as_bytes(),
     )?;
     let line = rx.recv_timeout(Duration::from_secs(10))?;
     assert!(
@@ -850,9 +765,10 @@ fn an_entry_of_many_newlines_is_bounded_and_the_entries_after_it_are_served() ->
         ],
     )
     .into_bytes();
-    export.extend(binary_entry(
+    export.extend(journal_export::binary_entry(
         now - 2_000_000,
         201,
+        "web-1",
         "app.service",
         &vec![b'\n'; 200_000],
     ));
@@ -868,7 +784,7 @@ fn an_entry_of_many_newlines_is_bounded_and_the_entries_after_it_are_served() ->
         )
         .into_bytes(),
     );
-    write_journal_bytes(&dir, &export)?;
+    write_journal(&dir, &export)?;
     let out = journal(&f, "alice", &["--unit", "app.service"])?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -926,7 +842,7 @@ fn key_entries(start_micros: u128, seq: u64) -> String {
 fn a_since_starting_inside_a_private_key_block_does_not_serve_its_body() -> anyhow::Result<()> {
     let (f, dir) = fixture()?;
     unit_grant(&f, "alice", "app.service")?;
-    write_journal(&dir, &key_entries(now_micros() - 30_000_000, 300))?;
+    write_journal(&dir, key_entries(now_micros() - 30_000_000, 300).as_bytes())?;
     let out = journal(&f, "alice", &["--unit", "app.service"])?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -954,7 +870,7 @@ fn a_follow_started_inside_a_private_key_block_does_not_serve_its_body() -> anyh
         .find("\n\n")
         .ok_or_else(|| anyhow::anyhow!("no entry"))?
         + 2;
-    write_journal(&dir, &all[..split])?;
+    write_journal(&dir, all[..split].as_bytes())?;
     let mut child = f
         .cluster
         .logs_cmd(
@@ -1011,7 +927,7 @@ fn a_follow_started_inside_a_private_key_block_does_not_serve_its_body() -> anyh
             ("MESSAGE", "after the key"),
         ],
     );
-    write_journal(&dir, &(body_and_end.to_string() + &after))?;
+    write_journal(&dir, (body_and_end.to_string() + &after).as_bytes())?;
     let mut served = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !served.iter().any(|l: &String| l.contains("after the key")) {
