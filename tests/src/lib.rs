@@ -6,6 +6,7 @@ pub mod journal_export;
 pub mod netns;
 pub mod oidc_provider;
 pub mod postgres;
+pub mod sockets;
 
 use anyhow::{bail, Context};
 use std::collections::HashMap;
