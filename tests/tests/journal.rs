@@ -870,7 +870,7 @@ fn a_follow_started_inside_a_private_key_block_does_not_serve_its_body() -> anyh
         .find("\n\n")
         .ok_or_else(|| anyhow::anyhow!("no entry"))?
         + 2;
-    write_journal(&dir, all[..split].as_bytes())?;
+    write_journal(&dir, &all.as_bytes()[..split])?;
     let mut child = f
         .cluster
         .logs_cmd(
