@@ -618,7 +618,7 @@ async fn admit_child(
         tests::ADMITTED_ON
             .lock()
             .unwrap()
-            .push((e.pid(), std::thread::current().name().map(str::to_string)));
+            .push((e.pid(), std::thread::current().id()));
     }
     // One byte into an empty pipe: never blocks. Dropped without a byte on a panic above:
     // the child then ends instead of waiting.
@@ -1102,9 +1102,50 @@ mod tests {
             const { std::cell::Cell::new(None) };
     }
 
-    /// Each admitted child's pid with the name of the thread that admitted it.
-    pub(super) static ADMITTED_ON: std::sync::Mutex<Vec<(u32, Option<String>)>> =
+    /// Each admitted child's pid with the thread that admitted it.
+    pub(super) static ADMITTED_ON: std::sync::Mutex<Vec<(u32, std::thread::ThreadId)>> =
         std::sync::Mutex::new(Vec::new());
+
+    /// The threads that admitted `pid` (see [`ADMITTED_ON`]).
+    fn admissions_of(pid: u32) -> Vec<std::thread::ThreadId> {
+        ADMITTED_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| *p == pid)
+            .map(|(_, thread)| *thread)
+            .collect()
+    }
+
+    /// A one-worker runtime and its worker's thread id (a task spawned on it runs there).
+    fn one_worker() -> (tokio::runtime::Runtime, std::thread::ThreadId) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let worker = runtime
+            .block_on(runtime.spawn(async { std::thread::current().id() }))
+            .unwrap();
+        (runtime, worker)
+    }
+
+    fn sleeper() -> JournalConfig {
+        JournalConfig {
+            journalctl: PathBuf::from("/bin/sleep"),
+            directory: None,
+        }
+    }
+
+    /// Ends a child started by a test without a fanotify reader: released as reaped (no
+    /// wait for a reader), killed, reaped.
+    fn discard(mut run: Journalctl, runtime: &tokio::runtime::Runtime) {
+        if let Some(exclusion) = run.exclusion.take() {
+            exclusion.release_reaped();
+        }
+        let _ = run.child.start_kill();
+        let _ = runtime.block_on(run.child.wait());
+    }
 
     fn entry(json: &str) -> Entry {
         serde_json::from_str(json).unwrap()
@@ -1329,44 +1370,25 @@ mod tests {
     }
 
     /// The start handshake starts no thread of its own: the child is admitted by a task on
-    /// one of the runtime's workers while `spawn` blocks the stream's thread, and is excluded
-    /// before it execs all the same.
+    /// the runtime's worker (by thread id: not the stream's thread, not a blocking-pool
+    /// thread, which `spawn_blocking` would use) while `spawn` blocks the stream's thread, and
+    /// is excluded before it execs all the same.
     #[test]
     fn the_start_handshake_runs_on_a_runtime_worker_not_a_thread_of_its_own() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("journal-test-worker")
-            .enable_all()
-            .build()
-            .unwrap();
+        let (runtime, worker) = one_worker();
+        assert_ne!(worker, std::thread::current().id());
         let children = ChildExclusions::fanotify();
-        let config = JournalConfig {
-            journalctl: PathBuf::from("/bin/sleep"),
-            directory: None,
-        };
-        let mut run = runtime
-            .block_on(spawn_journalctl(&config, &["30".to_string()], &children))
+        let run = runtime
+            .block_on(spawn_journalctl(&sleeper(), &["30".to_string()], &children))
             .expect("spawned");
         let pid = run.child.id().expect("running");
         assert_eq!(children.excluded_now(), vec![pid]);
-        let admitted: Vec<_> = ADMITTED_ON
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| *p == pid)
-            .map(|(_, thread)| thread.clone())
-            .collect();
         assert_eq!(
-            admitted,
-            vec![Some("journal-test-worker".to_string())],
+            admissions_of(pid),
+            vec![worker],
             "admitted on the runtime's worker"
         );
-        // Released without a reader: the tombstone path, bounded by the drain wait.
-        if let Some(exclusion) = run.exclusion.take() {
-            exclusion.release_reaped();
-        }
-        let _ = run.child.start_kill();
-        let _ = runtime.block_on(run.child.wait());
+        discard(run, &runtime);
     }
 
     /// A child that cannot exec (no such program) leaves nothing excluded.
