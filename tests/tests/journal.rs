@@ -408,6 +408,7 @@ async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::
         "[n]ginx.service",
         "--directory=/",
         "nginx",
+        "",
     ] {
         let refused = client
             .read_journal(loggate_proto::ReadJournalRequest {
@@ -433,12 +434,39 @@ async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::
         .into_iter()
         .filter(|e| e["event"] == "read.denied" && e["reason_code"] == "unit_invalid")
         .collect();
-    assert_eq!(denials.len(), 6, "{denials:?}");
+    assert_eq!(denials.len(), 7, "{denials:?}");
     assert!(!f
         .cluster
         .agent_audit("web-1")
         .iter()
         .any(|e| e["event"] == "read.allowed"));
+    // Each refusal names a Journal Unit by the requester's text, never by an empty name (the
+    // empty unit's path is `journal:`), and every record conforms to the OCSF schema.
+    let refusals: Vec<_> = f
+        .cluster
+        .agent_audit_raw("web-1")
+        .into_iter()
+        .filter(|r| r["unmapped"]["loggate"]["reason_code"] == "unit_invalid")
+        .collect();
+    assert_eq!(refusals.len(), 7, "{refusals:?}");
+    for r in &refusals {
+        let name = r["resources"][0]["name"].as_str().unwrap_or_default();
+        assert_eq!(r["resources"][0]["type"], "Journal Unit", "{r}");
+        assert!(!name.is_empty(), "a refusal names no resource: {r}");
+        assert!(
+            r["observables"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o["type_id"] == 38 && o["value"] == name)),
+            "{r}"
+        );
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["resources"][0]["name"] == "journal:"),
+        "the empty unit is named by its whole path: {refusals:?}"
+    );
+    tokio::task::spawn_blocking(move || conformant(&f)).await?;
     Ok(())
 }
 

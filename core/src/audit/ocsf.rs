@@ -1181,10 +1181,14 @@ fn read_resource(kind: ReadResource, path: Option<&str>) -> Option<[Resource<'_>
     }
 }
 
-/// The unit a journal read's path (`journal:<unit>`) names; a path without the prefix (a
-/// refused request's own text) is kept whole.
+/// The unit a journal read's path (`journal:<unit>`) names; a path without the prefix, or
+/// with nothing after it (a refused request's own text, e.g. an empty unit), is kept whole,
+/// so that the resource and its observable never carry an empty name to a SIEM.
 fn unit_name(path: &str) -> &str {
-    path.strip_prefix("journal:").unwrap_or(path)
+    match path.strip_prefix("journal:") {
+        Some(unit) if !unit.is_empty() => unit,
+        _ => path,
+    }
 }
 
 fn log_file(path: Option<&str>) -> Option<[Resource<'_>; 1]> {

@@ -885,6 +885,48 @@ fn a_journal_reads_records_name_a_journal_unit_not_a_file_and_conform_to_the_ocs
     }
 }
 
+/// A journal read refused for an empty unit (`path` `journal:`, the requester's own text)
+/// names the whole path, never an empty resource or observable, and still conforms.
+#[test]
+fn a_journal_refusal_for_an_empty_unit_names_the_whole_path_and_conforms() {
+    let schema = loggate_ocsf_validate::Schema::official().expect("vendored OCSF 1.8.0 schema");
+    let mut f = journal_example("read.denied");
+    f.insert("path".into(), json!("journal:"));
+    f.insert("path_bytes".into(), json!(8));
+    f.insert("reason_code".into(), json!("unit_invalid"));
+    f.insert(
+        "reason".into(),
+        json!(r#""" is not a systemd unit name: it must be 1 to 255 characters long"#),
+    );
+    let bytes = shaped(
+        "read.denied",
+        &Source::new("web-1", Path::new("audit.jsonl")),
+        1,
+        &"0".repeat(64),
+        f,
+        stamp(0),
+    );
+    let line = String::from_utf8(bytes).unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        r["resources"],
+        json!([{"type": "Journal Unit", "name": "journal:"}]),
+        "{line}"
+    );
+    let observables = r["observables"].as_array().expect("observables");
+    assert!(
+        observables.contains(&json!({"name": "resources.name", "type_id": 38,
+            "type": "Resource Details Object: name", "value": "journal:"})),
+        "{line}"
+    );
+    assert!(
+        observables.iter().all(|o| o["value"] != ""),
+        "no empty observable: {line}"
+    );
+    let report = schema.validate(&r);
+    assert!(report.is_conformant(), "{report}\n{line}");
+}
+
 /// The kind comes from the code that refused the read, never from the path's text: a file
 /// request whose path (the requester's own text) starts with `journal:` stays a `Log File`,
 /// and its record leaves `resource_kind` out as every file read's does.
