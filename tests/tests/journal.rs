@@ -470,6 +470,75 @@ async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::
     Ok(())
 }
 
+/// A journal read with a certificate of our CA that is not a user's (an agent's) is refused
+/// by the identity check, and its `read.denied identity_refused` record names a Journal Unit
+/// (`resource_kind` `journal_unit`), as every other refusal of a journal read does.
+#[test]
+fn a_journal_read_with_an_agents_certificate_is_refused_as_a_journal_unit() -> anyhow::Result<()> {
+    let (f, _dir) = fixture()?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    let refused = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let pki = f.cluster.dir.join("pki");
+            let files = loggate_core::tls::TlsFiles {
+                ca: pki.join("ca.crt"),
+                cert: pki.join("agents/web-1.crt"),
+                key: pki.join("agents/web-1.key"),
+            };
+            let channel = files
+                .endpoint(
+                    &f.cluster.agent_addr("web-1"),
+                    loggate_core::tls::Server::Agent("web-1"),
+                )?
+                .connect()
+                .await?;
+            let mut client = loggate_proto::agent_client::AgentClient::new(channel);
+            let answer = client
+                .read_journal(loggate_proto::ReadJournalRequest {
+                    unit: "nginx.service".to_string(),
+                    ..Default::default()
+                })
+                .await;
+            anyhow::Ok(answer.err())
+        })?
+        .ok_or_else(|| anyhow::anyhow!("an agent's certificate was served the journal"))?;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "identity_refused"
+        })?;
+    let denials: Vec<_> = f
+        .cluster
+        .agent_audit_raw("web-1")
+        .into_iter()
+        .filter(|r| r["unmapped"]["loggate"]["reason_code"] == "identity_refused")
+        .collect();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    let r = &denials[0];
+    assert_eq!(
+        r["unmapped"]["loggate"]["path"], "journal:nginx.service",
+        "{r}"
+    );
+    assert_eq!(
+        r["unmapped"]["loggate"]["resource_kind"], "journal_unit",
+        "{r}"
+    );
+    assert_eq!(
+        r["resources"],
+        serde_json::json!([{"type": "Journal Unit", "name": "nginx.service"}]),
+        "{r}"
+    );
+    assert!(!f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .any(|e| e["event"] == "read.allowed"));
+    conformant(&f);
+    Ok(())
+}
+
 /// The `journalctl` processes reading `dir` now.
 fn journalctl_reading(dir: &Path) -> Vec<u32> {
     let wanted = format!("--directory={}", dir.display());
