@@ -583,36 +583,75 @@ fn cloexec_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// The agent's side of the start handshake, on a thread of its own while `spawn` waits for
-/// the `exec`: reads the child's pid (EOF: the child ended before it got there), excludes it
-/// from the bypass audit, then lets it exec whatever became of the exclusion (a failure is
-/// logged and over-reports; it never stops the read).
-fn admit_child(
-    pid_from_child: OwnedFd,
+/// How long a starting `journalctl` waits for the agent to admit it (see [`admit_child`])
+/// before it gives up and the read is refused. A free runtime worker admits it within
+/// microseconds; a worker held in a synchronous wait (a release waiting up to 2 s for the
+/// fanotify reader) delays it by as much.
+const ADMIT_LIMIT: Duration = Duration::from_secs(5);
+
+/// What the admitting task ([`admit_child`]) and the stream's thread (in
+/// [`spawn_journalctl`]) share: the exclusion the task made, and whether the stream has
+/// stopped waiting for one (`spawn` failed). Whoever comes second under the lock sees the
+/// other's step, so an exclusion is either taken by the stream or never made.
+#[derive(Default)]
+struct Admission {
+    exclusion: Option<ChildExclusion>,
+    abandoned: bool,
+}
+
+/// The agent's side of the start handshake, a task of the runtime while `spawn` waits for the
+/// `exec` on the stream's thread: awaits the child's pid (EOF: the child ended before it got
+/// there), excludes it from the bypass audit and leaves the exclusion in `admission`, then
+/// lets it exec whatever became of the exclusion (a failure is logged and over-reports; it
+/// never stops the read). When the stream has already given up (`spawn` failed, e.g. the
+/// child stopped waiting after [`ADMIT_LIMIT`]) it excludes nothing and sends no byte.
+///
+/// The task holds no thread while it waits: it runs on the runtime's workers, which no stream
+/// blocks (streams run on the blocking pool), so a full blocking pool cannot hold a child's
+/// start; a worker held in a synchronous wait delays it, and the child's own bound on its
+/// wait (see [`spawn_journalctl`]) keeps that delay finite.
+async fn admit_child(
+    mut pid_from_child: tokio::net::unix::pipe::Receiver,
     go: OwnedFd,
-    children: &ChildExclusions,
-) -> Option<ChildExclusion> {
-    use std::io::{Read, Write};
+    children: ChildExclusions,
+    admission: Arc<std::sync::Mutex<Admission>>,
+) {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
     let mut pid = [0u8; 4];
-    let got = std::fs::File::from(pid_from_child).read_exact(&mut pid);
-    let exclusion = match got.ok().map(|()| libc::pid_t::from_ne_bytes(pid)) {
-        None => None,
-        Some(pid) => match u32::try_from(pid)
-            .map_err(anyhow::Error::from)
-            .and_then(|p| children.exclude(p))
-        {
-            Ok(exclusion) => Some(exclusion),
-            Err(e) => {
-                tracing::warn!(
-                    "journal read: journalctl (pid {pid}) could not be excluded from the bypass audit, so its opens of protected journal files may be reported as bypass reads: {e:#}"
-                );
-                None
-            }
-        },
+    let Ok(_) = pid_from_child.read_exact(&mut pid).await else {
+        return;
     };
-    // Dropped without a byte on a panic above: the child then ends instead of waiting.
-    let _ = std::fs::File::from(go).write_all(&[1]);
-    exclusion
+    let pid = libc::pid_t::from_ne_bytes(pid);
+    let admitted = {
+        let mut admission = admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if admission.abandoned {
+            false
+        } else {
+            match u32::try_from(pid)
+                .map_err(anyhow::Error::from)
+                .and_then(|p| children.exclude(p))
+            {
+                Ok(exclusion) => admission.exclusion = Some(exclusion),
+                Err(e) => tracing::warn!(
+                    "journal read: journalctl (pid {pid}) could not be excluded from the bypass audit, so its opens of protected journal files may be reported as bypass reads: {e:#}"
+                ),
+            }
+            true
+        }
+    };
+    #[cfg(test)]
+    tests::ADMITTED_ON
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push((pid, std::thread::current().id(), admitted));
+    if admitted {
+        // One byte into an empty pipe: never blocks. Dropped without a byte on a panic above:
+        // the child then ends instead of waiting.
+        let _ = std::fs::File::from(go).write_all(&[1]);
+    }
 }
 
 /// Starts `journalctl` with `args`: no shell, an empty environment, stdin closed, its own
@@ -627,14 +666,41 @@ fn admit_child(
 ///   has excluded that pid from the bypass audit ([`admit_child`]), so that none of its opens
 ///   of the journal files (beneath the protected roots on a packaged host) is reported as a
 ///   bypass read. Its pid is known only after `fork`, and `spawn` returns only after `exec`:
-///   hence the pipe and the agent's thread reading it.
+///   hence the pipe, read by a task of the runtime while `spawn` blocks this thread. The child
+///   waits at most [`ADMIT_LIMIT`]: then it ends, `spawn` fails with
+///   [`std::io::ErrorKind::TimedOut`] and the read is refused (fail closed). The bound is the
+///   child's own, since no thread of the agent is sure to be free to enforce it: this one is
+///   inside `spawn`, and the workers are what is late.
 ///
-/// Must be called on the stream's own thread (within `Handle::block_on`).
-fn spawn_journalctl(
+/// Must be awaited on the stream's own thread (`Handle::block_on` from the blocking pool,
+/// never a runtime worker: `spawn` blocks until the `exec`) of a multi-thread runtime (the
+/// admitting task runs on a worker meanwhile). On any other runtime it refuses at once
+/// ([`std::io::ErrorKind::Unsupported`]): on a current-thread runtime the task could only run
+/// on the thread `spawn` blocks, and every start would wait out the bound.
+async fn spawn_journalctl(
     config: &JournalConfig,
     args: &[String],
     children: &ChildExclusions,
 ) -> std::io::Result<Journalctl> {
+    spawn_journalctl_within(config, args, children, ADMIT_LIMIT).await
+}
+
+/// [`spawn_journalctl`] with the child's wait for its admission bounded by `admit_limit`.
+async fn spawn_journalctl_within(
+    config: &JournalConfig,
+    args: &[String],
+    children: &ChildExclusions,
+    admit_limit: Duration,
+) -> std::io::Result<Journalctl> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if !multi_thread {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "journalctl is started only from a multi-thread tokio runtime (its start handshake runs on a runtime worker); this is a bug in the agent, report it",
+        ));
+    }
+    let admit_ms = i64::try_from(admit_limit.as_millis()).unwrap_or(i64::MAX);
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
     let sigkill = libc::c_ulong::try_from(libc::SIGKILL).unwrap_or(9);
     let clear_all = libc::c_ulong::try_from(libc::PR_CAP_AMBIENT_CLEAR_ALL).unwrap_or(4);
@@ -658,9 +724,10 @@ fn spawn_journalctl(
         .kill_on_drop(true);
     // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
     // calls are allowed: it makes only the system calls prctl(2), getppid(2), getpid(2),
-    // close(2), write(2), read(2) and _exit(2), allocates nothing and takes no lock
-    // (`last_os_error` and `from_raw_os_error` build a plain value). The three descriptors are
-    // the child's copies of pipes the parent keeps open until `spawn` returns.
+    // close(2), write(2), clock_gettime(2), poll(2), read(2) and _exit(2), allocates nothing
+    // and takes no lock (`last_os_error` and `from_raw_os_error` build a plain value; the
+    // timespec and pollfd are on its stack). The three descriptors are the child's copies of
+    // pipes the parent keeps open until `spawn` returns.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, sigkill, 0, 0, 0) != 0 {
@@ -682,11 +749,42 @@ fn spawn_journalctl(
             if libc::write(pid_w, pid.as_ptr().cast(), pid.len()) != 4 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The go byte, within `admit_ms` of now (the monotonic clock: a step of the wall
+            // clock neither shortens nor stretches it); then ETIMEDOUT ends the child.
+            // `time_t` and `c_long` are `i64` here but `i32` on some 32-bit targets.
+            #[allow(clippy::useless_conversion)]
+            let now_ms = || {
+                let mut now = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+                i64::from(now.tv_sec)
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(now.tv_nsec) / 1_000_000)
+            };
+            let deadline = now_ms().saturating_add(admit_ms);
             let mut go = 0u8;
             loop {
-                match libc::read(go_r, std::ptr::addr_of_mut!(go).cast(), 1) {
-                    1 => return Ok(()),
-                    0 => return Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
+                let left = deadline.saturating_sub(now_ms());
+                if left <= 0 {
+                    return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT));
+                }
+                let mut ready = libc::pollfd {
+                    fd: go_r,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = libc::c_int::try_from(left).unwrap_or(libc::c_int::MAX);
+                match libc::poll(&mut ready, 1, ms) {
+                    0 => return Err(std::io::Error::from_raw_os_error(libc::ETIMEDOUT)),
+                    n if n > 0 => match libc::read(go_r, std::ptr::addr_of_mut!(go).cast(), 1) {
+                        1 => return Ok(()),
+                        0 => return Err(std::io::Error::from_raw_os_error(libc::ECANCELED)),
+                        _ if std::io::Error::last_os_error().kind()
+                            == std::io::ErrorKind::Interrupted => {}
+                        _ => return Err(std::io::Error::last_os_error()),
+                    },
                     _ if std::io::Error::last_os_error().kind()
                         == std::io::ErrorKind::Interrupted => {}
                     _ => return Err(std::io::Error::last_os_error()),
@@ -694,21 +792,33 @@ fn spawn_journalctl(
             }
         });
     }
-    let (spawned, exclusion) = std::thread::scope(|scope| {
-        let admit = std::thread::Builder::new()
-            .name("journalctl-admit".into())
-            .spawn_scoped(scope, move || admit_child(pid_read, go_write, children))?;
-        let spawned = command.spawn();
-        // The child's copy is gone (exec'd or ended): a child that never wrote its pid now
-        // gives the thread the end of the pipe.
-        drop(pid_write);
-        drop(go_read);
-        let exclusion = admit.join().ok().flatten();
-        Ok::<_, std::io::Error>((spawned, exclusion))
-    })?;
-    // A child that failed to exec was reaped inside `spawn`: its pid is free, so its
-    // exclusion goes at once, without waiting for the fanotify reader (a moment in which only
-    // a process given that very pid at once could be hidden).
+    // Made non-blocking for the task; only the agent's reading end changes (the child writes
+    // on the other end, a file description of its own).
+    let pid_read = tokio::net::unix::pipe::Receiver::from_owned_fd(pid_read)?;
+    let admission = Arc::new(std::sync::Mutex::new(Admission::default()));
+    // Not awaited: on success the child exec'd, so the task had left its exclusion in
+    // `admission` before sending the byte; on failure the stream stops waiting for it.
+    tokio::spawn(admit_child(
+        pid_read,
+        go_write,
+        children.clone(),
+        admission.clone(),
+    ));
+    let spawned = command.spawn();
+    // The child's copy is gone (exec'd or ended): a child that never wrote its pid now gives
+    // the task the end of the pipe.
+    drop(pid_write);
+    drop(go_read);
+    let exclusion = {
+        let mut admission = admission
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        admission.abandoned = spawned.is_err();
+        admission.exclusion.take()
+    };
+    // A child that failed to exec (or stopped waiting) was reaped inside `spawn`: its pid is
+    // free, so its exclusion goes at once, without waiting for the fanotify reader (a moment
+    // in which only a process given that very pid at once could be hidden).
     let child = match spawned {
         Ok(child) => child,
         Err(e) => {
@@ -716,6 +826,15 @@ fn spawn_journalctl(
                 #[cfg(test)]
                 tests::REAPED_PID.with(|p| p.set(Some(exclusion.pid())));
                 exclusion.release_reaped();
+            }
+            if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "it was not admitted within {:.1} s (the agent's runtime workers were busy)",
+                        admit_limit.as_secs_f32()
+                    ),
+                ));
             }
             return Err(e);
         }
@@ -780,13 +899,15 @@ fn each_line(
     mut on_line: impl FnMut(&mut dyn ChunkSink, Option<&[u8]>) -> Result<Flow, EndReason>,
 ) -> Result<(), EndReason> {
     let runtime = waits.runtime.clone();
-    let mut run = match runtime
-        .block_on(async { spawn_journalctl(&plan.config, args, &plan.children) })
-    {
+    let mut run = match runtime.block_on(spawn_journalctl(&plan.config, args, &plan.children)) {
         Ok(c) => c,
         Err(e) => {
+            let next = match e.kind() {
+                std::io::ErrorKind::TimedOut => "retry the read, and report it if it recurs",
+                _ => "check [journal] journalctl in the agent's configuration",
+            };
             let message = format!(
-                "cannot run {} to read the journal: {e}; check [journal] journalctl in the agent's configuration",
+                "cannot run {} to read the journal: {e}; {next}",
                 plan.config.journalctl.display()
             );
             sink.fail(Status::internal(message.clone()));
@@ -1093,6 +1214,77 @@ mod tests {
             const { std::cell::Cell::new(None) };
     }
 
+    /// Each child whose pid the admitting task read: the pid, the thread the task ran on,
+    /// and whether it was admitted (`false`: the stream had already given up on it).
+    pub(super) static ADMITTED_ON: std::sync::Mutex<
+        Vec<(libc::pid_t, std::thread::ThreadId, bool)>,
+    > = std::sync::Mutex::new(Vec::new());
+
+    /// What the admitting task recorded for `pid` (see [`ADMITTED_ON`]).
+    fn admissions_of(pid: libc::pid_t) -> Vec<(std::thread::ThreadId, bool)> {
+        ADMITTED_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, ..)| *p == pid)
+            .map(|(_, thread, admitted)| (*thread, *admitted))
+            .collect()
+    }
+
+    /// What the admitting task recorded on `thread`.
+    fn admissions_on(thread: std::thread::ThreadId) -> Vec<(libc::pid_t, bool)> {
+        ADMITTED_ON
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, t, _)| *t == thread)
+            .map(|(pid, _, admitted)| (*pid, *admitted))
+            .collect()
+    }
+
+    /// A one-worker runtime and its worker's thread id (a task spawned on it runs there).
+    fn one_worker() -> (tokio::runtime::Runtime, std::thread::ThreadId) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let worker = runtime
+            .block_on(runtime.spawn(async { std::thread::current().id() }))
+            .unwrap();
+        (runtime, worker)
+    }
+
+    /// Holds the runtime's (one) worker in a synchronous sleep of `busy`, from when this
+    /// returns.
+    fn hold_the_worker(runtime: &tokio::runtime::Runtime, busy: Duration) {
+        let (started, running) = std::sync::mpsc::channel();
+        runtime.spawn(async move {
+            let _ = started.send(());
+            std::thread::sleep(busy);
+        });
+        running
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the worker took the blocking task");
+    }
+
+    fn sleeper() -> JournalConfig {
+        JournalConfig {
+            journalctl: PathBuf::from("/bin/sleep"),
+            directory: None,
+        }
+    }
+
+    /// Ends a child started by a test without a fanotify reader: released as reaped (no
+    /// wait for a reader), killed, reaped.
+    fn discard(mut run: Journalctl, runtime: &tokio::runtime::Runtime) {
+        if let Some(exclusion) = run.exclusion.take() {
+            exclusion.release_reaped();
+        }
+        let _ = run.child.start_kill();
+        let _ = runtime.block_on(run.child.wait());
+    }
+
     fn entry(json: &str) -> Entry {
         serde_json::from_str(json).unwrap()
     }
@@ -1279,7 +1471,7 @@ mod tests {
             directory: None,
         };
         let mut run = runtime
-            .block_on(async { spawn_journalctl(&config, &["30".to_string()], &children) })
+            .block_on(spawn_journalctl(&config, &["30".to_string()], &children))
             .expect("spawned");
         let pid = run.child.id().expect("running");
         assert_eq!(children.excluded_now(), vec![pid]);
@@ -1315,6 +1507,130 @@ mod tests {
         reader.join().expect("reader");
     }
 
+    /// The start handshake starts no thread of its own: the child is admitted by a task on
+    /// the runtime's worker (by thread id: not the stream's thread, not a blocking-pool
+    /// thread, which `spawn_blocking` would use) while `spawn` blocks the stream's thread, and
+    /// is excluded before it execs all the same.
+    #[test]
+    fn the_start_handshake_runs_on_a_runtime_worker_not_a_thread_of_its_own() {
+        let (runtime, worker) = one_worker();
+        assert_ne!(worker, std::thread::current().id());
+        let children = ChildExclusions::fanotify();
+        let run = runtime
+            .block_on(spawn_journalctl(&sleeper(), &["30".to_string()], &children))
+            .expect("spawned");
+        let pid = run.child.id().expect("running");
+        assert_eq!(children.excluded_now(), vec![pid]);
+        assert_eq!(
+            admissions_of(libc::pid_t::try_from(pid).unwrap()),
+            vec![(worker, true)],
+            "admitted on the runtime's worker"
+        );
+        discard(run, &runtime);
+    }
+
+    /// Review finding 2a: on a current-thread runtime the admitting task could run only on
+    /// the thread `spawn` blocks, and the start hung for ever. It is refused at once.
+    #[test]
+    fn a_start_on_a_current_thread_runtime_is_refused_at_once_not_hung() {
+        let children = ChildExclusions::fanotify();
+        let (sent, answer) = std::sync::mpsc::channel();
+        let theirs = children.clone();
+        // Its own thread, so that a hang fails this test instead of hanging it.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let started = Instant::now();
+            let spawned = runtime
+                .block_on(spawn_journalctl(&sleeper(), &["30".to_string()], &theirs))
+                .map(drop)
+                .map_err(|e| (e.kind(), e.to_string()));
+            let _ = sent.send((spawned, started.elapsed()));
+        });
+        let (spawned, took) = answer
+            .recv_timeout(Duration::from_secs(10))
+            .expect("spawn_journalctl hung on a current-thread runtime");
+        let (kind, message) = spawned.expect_err("refused");
+        assert_eq!(kind, std::io::ErrorKind::Unsupported, "{message}");
+        assert!(message.contains("multi-thread"), "{message}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+        assert!(children.tracked().is_empty(), "nothing was started");
+    }
+
+    /// Review finding 2b: a worker held in a synchronous wait only delays a start: the child
+    /// is admitted once the worker is free, and excluded before it execs (at the exclusion it
+    /// still runs this test binary, not `sleep`).
+    #[test]
+    fn a_start_waits_for_a_busy_worker_and_excludes_the_child_before_exec() {
+        let (runtime, worker) = one_worker();
+        let children = ChildExclusions::fanotify();
+        hold_the_worker(&runtime, Duration::from_millis(1500));
+        let started = Instant::now();
+        let run = runtime
+            .block_on(spawn_journalctl(&sleeper(), &["30".to_string()], &children))
+            .expect("spawned once the worker was free");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1300) && took < Duration::from_secs(4),
+            "took {took:?}"
+        );
+        let pid = run.child.id().expect("running");
+        assert_eq!(children.excluded_now(), vec![pid]);
+        assert_eq!(
+            admissions_of(libc::pid_t::try_from(pid).unwrap()),
+            vec![(worker, true)]
+        );
+        let me = std::env::current_exe().expect("this test binary");
+        assert_eq!(
+            children.seen(),
+            vec![Seen::Excluded(pid, Some(me))],
+            "excluded before exec"
+        );
+        discard(run, &runtime);
+    }
+
+    /// Review finding 2b: a child not admitted within the bound stops waiting and ends, so
+    /// the start fails (`TimedOut`, the read refused) instead of waiting without bound; the
+    /// admitting task, when the worker is free at last, excludes nothing.
+    #[test]
+    fn a_start_not_admitted_within_the_bound_is_refused_and_excludes_nothing() {
+        let (runtime, worker) = one_worker();
+        let children = ChildExclusions::fanotify();
+        hold_the_worker(&runtime, Duration::from_millis(1500));
+        let started = Instant::now();
+        let spawned = runtime.block_on(spawn_journalctl_within(
+            &sleeper(),
+            &["30".to_string()],
+            &children,
+            Duration::from_millis(300),
+        ));
+        let took = started.elapsed();
+        let e = spawned
+            .map(drop)
+            .expect_err("refused, not admitted in time");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("not admitted within 0.3 s"), "{e}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1200),
+            "took {took:?}"
+        );
+        // The worker free again, the task reads the ended child's pid and leaves it alone.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while admissions_on(worker).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seen = admissions_on(worker);
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert!(
+            !seen[0].1,
+            "the task excluded a child the stream gave up on"
+        );
+        assert!(children.tracked().is_empty(), "nothing excluded");
+        assert!(children.seen().is_empty(), "nothing excluded");
+    }
+
     /// A child that cannot exec (no such program) leaves nothing excluded.
     #[test]
     fn a_child_that_fails_to_start_leaves_nothing_excluded() {
@@ -1329,7 +1645,7 @@ mod tests {
             directory: None,
         };
         let started = Instant::now();
-        let spawned = runtime.block_on(async { spawn_journalctl(&config, &[], &children) });
+        let spawned = runtime.block_on(spawn_journalctl(&config, &[], &children));
         let took = started.elapsed();
         assert!(spawned.is_err());
         assert!(children.excluded_now().is_empty());

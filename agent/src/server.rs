@@ -11,7 +11,7 @@ use crate::limits::{Held, SlotGuard, SlotRefusal};
 use crate::stream::{self, ChannelSink, GrantStatus, GrantWatch, GrepGuard, LineSelector, Plan};
 use crate::Shared;
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget, Summary};
-use loggate_core::audit::events;
+use loggate_core::audit::events::{self, ReadResource};
 use loggate_core::daemon::peer_identity;
 use loggate_core::grant::{unix_now, VerifiedGrant};
 use loggate_core::identity::{Identity, Role};
@@ -217,6 +217,7 @@ fn write_summary(shared: &Shared, policy: &BudgetPolicy, summary: Summary<Denial
         key_sha256: None,
         peer: address,
         path: None,
+        resource_kind: ReadResource::File,
         path_bytes: None,
         path_sha256: None,
         grant_id: None,
@@ -351,6 +352,7 @@ impl AgentService {
         reader: Option<&Identity>,
         peer: Option<SocketAddr>,
         path: &str,
+        resource_kind: ReadResource,
         denial: Denial,
     ) -> Status {
         loggate_core::metrics::agent().denied(denial.code.as_str());
@@ -369,6 +371,7 @@ impl AgentService {
                 key_sha256: reader.map(|r| r.key_sha256_hex()),
                 peer: peer.map(|p| p.to_string()),
                 path: Some(kept.to_string()),
+                resource_kind,
                 path_bytes: Some(path.len() as u64),
                 path_sha256: (kept.len() < path.len()).then(|| sha256_hex(path)),
                 grant_id: denial.grant_id.clone(),
@@ -463,10 +466,21 @@ impl AgentService {
     /// certificate. A certificate from our CA but of another kind (an agent's, say) is refused
     /// and audited (`identity_refused`, with `requested` as its path); certificates from
     /// elsewhere never get past the TLS handshake.
-    fn reader<T>(&self, request: &Request<T>, requested: &str) -> Result<Identity, Status> {
+    fn reader<T>(
+        &self,
+        request: &Request<T>,
+        requested: &str,
+        resource_kind: ReadResource,
+    ) -> Result<Identity, Status> {
         peer_identity(request, Role::User).map_err(|status| {
             let denial = Denial::new(DenialCode::IdentityRefused, status.message().into());
-            let refused = self.deny(None, request.remote_addr(), requested, denial);
+            let refused = self.deny(
+                None,
+                request.remote_addr(),
+                requested,
+                resource_kind,
+                denial,
+            );
             match refused.code() {
                 tonic::Code::Unavailable => refused,
                 _ => status,
@@ -601,6 +615,11 @@ impl AgentService {
                 peer: reading.peer,
                 grant_id: sink.grant_id().to_string(),
                 path: reading.path,
+                resource_kind: if reading.file {
+                    ReadResource::File
+                } else {
+                    ReadResource::JournalUnit
+                },
                 bytes: finished.bytes,
                 bytes_read: reading.file.then_some(finished.bytes_read),
                 duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -767,10 +786,18 @@ impl Agent for AgentService {
         loggate_core::metrics::agent().read_requests.inc();
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string());
-        let reader = self.reader(&request, &request.get_ref().path)?;
+        let reader = self.reader(&request, &request.get_ref().path, ReadResource::File)?;
         let req = request.into_inner();
         let limits = &self.shared.config.limits;
-        let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path, denial);
+        let refuse = |denial| {
+            self.deny(
+                Some(&reader),
+                peer_addr,
+                &req.path,
+                ReadResource::File,
+                denial,
+            )
+        };
         let mode = pb::ReadMode::try_from(req.mode)
             .ok()
             .filter(|m| *m != pb::ReadMode::Unspecified)
@@ -899,6 +926,7 @@ impl Agent for AgentService {
                 peer: peer.clone(),
                 grant_id: grant.id().to_string(),
                 path: path.clone(),
+                resource_kind: ReadResource::File,
                 mode: mode_name,
                 pattern: (!req.pattern.is_empty()).then(|| req.pattern.clone()),
                 since_ms: (req.since_unix_ms != 0).then_some(req.since_unix_ms),
@@ -972,9 +1000,12 @@ impl Agent for AgentService {
         request: Request<pb::ListLogsRequest>,
     ) -> Result<Response<pb::ListLogsResponse>, Status> {
         let peer_addr = request.remote_addr();
-        let reader = self.reader(&request, &request.get_ref().path_glob)?;
+        let reader = self.reader(&request, &request.get_ref().path_glob, ReadResource::File)?;
         let req = request.into_inner();
-        let refuse = |denial| self.deny(Some(&reader), peer_addr, &req.path_glob, denial);
+        let refuse = |denial| {
+            let glob = &req.path_glob;
+            self.deny(Some(&reader), peer_addr, glob, ReadResource::File, denial)
+        };
         // As long as a read's path, at most: compiling a glob costs CPU with its length, and
         // it is compiled only once a stream place is held, in the blocking task.
         if req.path_glob.len() > MAX_LIST_GLOB_BYTES {
@@ -1070,10 +1101,13 @@ impl Agent for AgentService {
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string());
         let requested = format!("journal:{}", request.get_ref().unit);
-        let reader = self.reader(&request, &requested)?;
+        let reader = self.reader(&request, &requested, ReadResource::JournalUnit)?;
         let req = request.into_inner();
         let limits = &self.shared.config.limits;
-        let refuse = |denial| self.deny(Some(&reader), peer_addr, &requested, denial);
+        let refuse = |denial| {
+            let journal = ReadResource::JournalUnit;
+            self.deny(Some(&reader), peer_addr, &requested, journal, denial)
+        };
         let unit = loggate_core::grant::UnitName::new(&req.unit)
             .map_err(|e| refuse(Denial::new(DenialCode::UnitInvalid, e.to_string())))?;
         /// How far past the agent's clock a `--since` may be (the reader's clock may be ahead).
@@ -1127,6 +1161,7 @@ impl Agent for AgentService {
                 peer: peer.clone(),
                 grant_id: grant.id().to_string(),
                 path: resource.clone(),
+                resource_kind: ReadResource::JournalUnit,
                 mode,
                 pattern: (!req.pattern.is_empty()).then(|| req.pattern.clone()),
                 since_ms: since,

@@ -26,6 +26,7 @@ fn event(i: u64) -> ReadAllowed {
         peer: Some("10.0.3.17:51234".into()),
         grant_id: "01JDZ8W6Q3TQ6J5V5N9G8K2M4R".into(),
         path: "/var/log/app/api.log".into(),
+        resource_kind: Default::default(),
         mode: "tail_follow",
         pattern: None,
         since_ms: None,

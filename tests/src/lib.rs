@@ -2,9 +2,11 @@
 //! a real development PKI in a folder, and drives the real CLI. Used by the end-to-end tests in
 //! `tests/tests/` and by `cargo xtask demo`.
 
+pub mod journal_export;
 pub mod netns;
 pub mod oidc_provider;
 pub mod postgres;
+pub mod sockets;
 
 use anyhow::{bail, Context};
 use std::collections::HashMap;

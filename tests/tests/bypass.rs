@@ -5,7 +5,7 @@
 //! Needs root and a kernel with BTF; without them each test says why and passes vacuously. CI
 //! runs as root, where they must pass.
 
-use loggate_tests::{text, Cluster};
+use loggate_tests::{journal_export, text, Cluster};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -2044,44 +2044,19 @@ fn reads_beyond_the_pinned_queue_while_the_agent_is_stopped_are_reported_as_lost
     Ok(())
 }
 
-/// systemd's journal writer, fed the export format on stdin (as in tests/journal.rs).
-const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
-
 /// Writes a journal file in `dir` holding one entry of `nginx.service`.
 fn write_nginx_journal(dir: &Path) -> anyhow::Result<PathBuf> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let file = dir.join("remote.journal");
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_micros();
-    let export = format!(
-        "__REALTIME_TIMESTAMP={at}\n__MONOTONIC_TIMESTAMP=1\n\
-         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=web-1\n\
-         _SYSTEMD_UNIT=nginx.service\n_PID=1234\nMESSAGE=journal line for the gate\n\n"
+    let export = journal_export::entry(
+        journal_export::now_micros(),
+        1,
+        "web-1",
+        &[
+            ("_SYSTEMD_UNIT", "nginx.service"),
+            ("_PID", "1234"),
+            ("MESSAGE", "journal line for the gate"),
+        ],
     );
-    let mut child = Command::new(JOURNAL_REMOTE)
-        .arg(format!("--output={}", file.display()))
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!("cannot run {JOURNAL_REMOTE} (install systemd-journal-remote): {e}")
-        })?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(export.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(file)
+    journal_export::write_journal(dir, export.as_bytes())
 }
 
 /// Issue #13: with the journal folder beneath the protected roots (the packaged default:

@@ -5,85 +5,21 @@
 //! journal and a unit grant opens no file; a glob is refused by the agent itself; revocation
 //! cuts a `--follow` and ends its `journalctl`; every read is audited on the agent.
 
+use loggate_tests::journal_export::{self, now_micros, write_journal};
 use loggate_tests::{text, Fixture};
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// systemd's journal writer, fed the export format on stdin (`cargo xtask test` installs the
-/// `systemd-journal-remote` package; without it these tests fail, they do not skip).
-const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+use std::time::{Duration, Instant};
 
 /// The secret planted in an nginx entry (the default profile redacts `password=…`).
 const SECRET: &str = "hunter2-journal";
 /// Text only sshd's entries (and another unit's message about nginx) hold.
 const OTHER_UNIT: &str = "sshd-only-marker";
 
-fn now_micros() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_micros()
-}
-
-/// One entry in the journal export format.
+/// One entry of web-1, the fixture's agent (see [`journal_export::entry`]).
 fn entry(at_micros: u128, seq: u64, fields: &[(&str, &str)]) -> String {
-    let mut e = format!(
-        "__REALTIME_TIMESTAMP={at_micros}\n__MONOTONIC_TIMESTAMP={seq}\n\
-         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=web-1\n"
-    );
-    for (k, v) in fields {
-        e.push_str(&format!("{k}={v}\n"));
-    }
-    e.push('\n');
-    e
-}
-
-/// Appends `export` (journal export format) to the journal file in `dir`.
-fn write_journal(dir: &Path, export: &str) -> anyhow::Result<()> {
-    write_journal_bytes(dir, export.as_bytes())
-}
-
-/// One entry whose MESSAGE is `message` in the export format's binary form (any bytes,
-/// newlines kept, as a native-protocol sender gets them into the journal).
-fn binary_entry(at_micros: u128, seq: u64, unit: &str, message: &[u8]) -> Vec<u8> {
-    let mut e = format!(
-        "__REALTIME_TIMESTAMP={at_micros}\n__MONOTONIC_TIMESTAMP={seq}\n\
-         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=web-1\n\
-         _SYSTEMD_UNIT={unit}\n_PID=77\nMESSAGE\n"
-    )
-    .into_bytes();
-    e.extend_from_slice(&(message.len() as u64).to_le_bytes());
-    e.extend_from_slice(message);
-    e.extend_from_slice(b"\n\n");
-    e
-}
-
-/// Appends `export` (journal export format, any bytes) to the journal file in `dir`.
-fn write_journal_bytes(dir: &Path, export: &[u8]) -> anyhow::Result<()> {
-    let mut child = Command::new(JOURNAL_REMOTE)
-        .arg(format!("--output={}", dir.join("remote.journal").display()))
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!("cannot run {JOURNAL_REMOTE} (install systemd-journal-remote): {e}")
-        })?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(export)?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
+    journal_export::entry(at_micros, seq, "web-1", fields)
 }
 
 /// The journal the tests read: nginx's own entries (one two hours old, one holding a secret),
@@ -173,7 +109,7 @@ fn fixture_with(extra: &str) -> anyhow::Result<(Fixture, PathBuf)> {
             ("MESSAGE", "GET /health status=200"),
         ],
     ));
-    write_journal(&journal, &export)?;
+    write_journal(&journal, export.as_bytes())?;
     // journalctl itself returns the foreign entry for nginx: the agent's own check is what
     // keeps it out (the test would prove nothing otherwise).
     let direct = Command::new("journalctl")
@@ -191,29 +127,7 @@ fn fixture_with(extra: &str) -> anyhow::Result<(Fixture, PathBuf)> {
 /// Issues `subject` a grant for journal unit `unit` on web-1 (default redaction) and waits
 /// until web-1 holds it.
 fn unit_grant(f: &Fixture, subject: &str, unit: &str) -> anyhow::Result<String> {
-    let out = f.cluster.run_cli(
-        "admin",
-        &[
-            "grant",
-            "issue",
-            "--subject",
-            subject,
-            "--host",
-            "web-1",
-            "--unit",
-            unit,
-            "--ttl",
-            "30m",
-            "--reason",
-            "TEST-13",
-            "--json",
-        ],
-    )?;
-    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    anyhow::ensure!(v["units"] == serde_json::json!([unit]), "{v}");
-    anyhow::ensure!(v["paths"] == serde_json::json!([]), "{v}");
-    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let id = f.cluster.issue_unit_grant(subject, &["web-1"], unit)?;
     f.cluster.wait_for_grant("web-1", &id)?;
     Ok(id)
 }
@@ -381,6 +295,85 @@ fn a_file_grant_does_not_open_the_journal_and_a_unit_grant_opens_no_file() -> an
     Ok(())
 }
 
+/// A journal read's `read.*` records name the unit as an OCSF `Journal Unit` (the agent sets
+/// `resource_kind` `journal_unit`; the path's text decides nothing), allowed, finished and
+/// denied; a file read's name a `Log File` by its path as before, without `resource_kind`.
+/// Every record conforms to the official OCSF schema.
+#[test]
+fn a_journal_reads_records_name_a_journal_unit_and_a_file_reads_a_log_file() -> anyhow::Result<()> {
+    let (f, _dir) = fixture()?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    f.grant("bob", "30m")?;
+    let out = journal(&f, "alice", &["--unit", "nginx.service"])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let out = journal(&f, "alice", &["--unit", "sshd.service"])?;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
+    let out = f.logs("bob", &["cat", &f.api_log()])?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    const BOB: &str = "spiffe://loggate.local/user/bob";
+    for (event, subject) in [
+        ("read.finished", "spiffe://loggate.local/user/alice"),
+        ("read.denied", "spiffe://loggate.local/user/alice"),
+        ("read.finished", BOB),
+    ] {
+        f.cluster
+            .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+                e["event"] == event && e["subject"] == subject
+            })?;
+    }
+    let raw = f.cluster.agent_audit_raw("web-1");
+    let records = |event: &str,
+                   pick: &dyn Fn(&serde_json::Value) -> bool|
+     -> Vec<serde_json::Value> {
+        raw.iter()
+            .filter(|r| {
+                loggate_core::audit::event_name(r) == Some(event) && pick(&r["unmapped"]["loggate"])
+            })
+            .cloned()
+            .collect()
+    };
+    for (event, path, unit) in [
+        ("read.allowed", "journal:nginx.service", "nginx.service"),
+        ("read.finished", "journal:nginx.service", "nginx.service"),
+        ("read.denied", "journal:sshd.service", "sshd.service"),
+    ] {
+        let found = records(event, &|l| l["path"] == path);
+        assert_eq!(found.len(), 1, "{event} of {path}: {found:?}");
+        let r = &found[0];
+        assert_eq!(
+            r["resources"],
+            serde_json::json!([{"type": "Journal Unit", "name": unit}]),
+            "{r}"
+        );
+        assert_eq!(
+            r["unmapped"]["loggate"]["resource_kind"], "journal_unit",
+            "{r}"
+        );
+        assert!(
+            r["observables"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o["type_id"] == 38 && o["value"] == unit)),
+            "{r}"
+        );
+    }
+    for event in ["read.allowed", "read.finished"] {
+        let found = records(event, &|l| l["subject"] == BOB);
+        assert_eq!(found.len(), 1, "{event} of bob's file read: {found:?}");
+        let r = &found[0];
+        assert_eq!(r["resources"][0]["type"], "Log File", "{r}");
+        assert_eq!(
+            r["resources"][0]["name"], r["unmapped"]["loggate"]["path"],
+            "{r}"
+        );
+        assert!(
+            r["unmapped"]["loggate"].get("resource_kind").is_none(),
+            "a file read's record is as before: {r}"
+        );
+    }
+    conformant(&f);
+    Ok(())
+}
+
 /// The CLI refuses a glob, and so does the agent itself when a client sends one: journalctl's
 /// `--unit` would take it as a pattern over every unit.
 #[tokio::test(flavor = "multi_thread")]
@@ -415,6 +408,7 @@ async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::
         "[n]ginx.service",
         "--directory=/",
         "nginx",
+        "",
     ] {
         let refused = client
             .read_journal(loggate_proto::ReadJournalRequest {
@@ -440,12 +434,108 @@ async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::
         .into_iter()
         .filter(|e| e["event"] == "read.denied" && e["reason_code"] == "unit_invalid")
         .collect();
-    assert_eq!(denials.len(), 6, "{denials:?}");
+    assert_eq!(denials.len(), 7, "{denials:?}");
     assert!(!f
         .cluster
         .agent_audit("web-1")
         .iter()
         .any(|e| e["event"] == "read.allowed"));
+    // Each refusal names a Journal Unit by the requester's text, never by an empty name (the
+    // empty unit's path is `journal:`), and every record conforms to the OCSF schema.
+    let refusals: Vec<_> = f
+        .cluster
+        .agent_audit_raw("web-1")
+        .into_iter()
+        .filter(|r| r["unmapped"]["loggate"]["reason_code"] == "unit_invalid")
+        .collect();
+    assert_eq!(refusals.len(), 7, "{refusals:?}");
+    for r in &refusals {
+        let name = r["resources"][0]["name"].as_str().unwrap_or_default();
+        assert_eq!(r["resources"][0]["type"], "Journal Unit", "{r}");
+        assert!(!name.is_empty(), "a refusal names no resource: {r}");
+        assert!(
+            r["observables"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o["type_id"] == 38 && o["value"] == name)),
+            "{r}"
+        );
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["resources"][0]["name"] == "journal:"),
+        "the empty unit is named by its whole path: {refusals:?}"
+    );
+    tokio::task::spawn_blocking(move || conformant(&f)).await?;
+    Ok(())
+}
+
+/// A journal read with a certificate of our CA that is not a user's (an agent's) is refused
+/// by the identity check, and its `read.denied identity_refused` record names a Journal Unit
+/// (`resource_kind` `journal_unit`), as every other refusal of a journal read does.
+#[test]
+fn a_journal_read_with_an_agents_certificate_is_refused_as_a_journal_unit() -> anyhow::Result<()> {
+    let (f, _dir) = fixture()?;
+    unit_grant(&f, "alice", "nginx.service")?;
+    let refused = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let pki = f.cluster.dir.join("pki");
+            let files = loggate_core::tls::TlsFiles {
+                ca: pki.join("ca.crt"),
+                cert: pki.join("agents/web-1.crt"),
+                key: pki.join("agents/web-1.key"),
+            };
+            let channel = files
+                .endpoint(
+                    &f.cluster.agent_addr("web-1"),
+                    loggate_core::tls::Server::Agent("web-1"),
+                )?
+                .connect()
+                .await?;
+            let mut client = loggate_proto::agent_client::AgentClient::new(channel);
+            let answer = client
+                .read_journal(loggate_proto::ReadJournalRequest {
+                    unit: "nginx.service".to_string(),
+                    ..Default::default()
+                })
+                .await;
+            anyhow::Ok(answer.err())
+        })?
+        .ok_or_else(|| anyhow::anyhow!("an agent's certificate was served the journal"))?;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    f.cluster
+        .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+            e["event"] == "read.denied" && e["reason_code"] == "identity_refused"
+        })?;
+    let denials: Vec<_> = f
+        .cluster
+        .agent_audit_raw("web-1")
+        .into_iter()
+        .filter(|r| r["unmapped"]["loggate"]["reason_code"] == "identity_refused")
+        .collect();
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    let r = &denials[0];
+    assert_eq!(
+        r["unmapped"]["loggate"]["path"], "journal:nginx.service",
+        "{r}"
+    );
+    assert_eq!(
+        r["unmapped"]["loggate"]["resource_kind"], "journal_unit",
+        "{r}"
+    );
+    assert_eq!(
+        r["resources"],
+        serde_json::json!([{"type": "Journal Unit", "name": "nginx.service"}]),
+        "{r}"
+    );
+    assert!(!f
+        .cluster
+        .agent_audit("web-1")
+        .iter()
+        .any(|e| e["event"] == "read.allowed"));
+    conformant(&f);
     Ok(())
 }
 
@@ -510,7 +600,7 @@ fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<
     let now = now_micros();
     write_journal(
         &dir,
-        &(entry(
+        (entry(
             now,
             100,
             &[
@@ -526,7 +616,8 @@ fn revocation_cuts_a_journal_follow_and_ends_its_journalctl() -> anyhow::Result<
                 ("_PID", "1234"),
                 ("MESSAGE", &format!("live password={SECRET}")),
             ],
-        )),
+        ))
+            .as_bytes(),
     )?;
     let line = rx.recv_timeout(Duration::from_secs(10))?;
     assert!(
@@ -771,9 +862,10 @@ fn an_entry_of_many_newlines_is_bounded_and_the_entries_after_it_are_served() ->
         ],
     )
     .into_bytes();
-    export.extend(binary_entry(
+    export.extend(journal_export::binary_entry(
         now - 2_000_000,
         201,
+        "web-1",
         "app.service",
         &vec![b'\n'; 200_000],
     ));
@@ -789,7 +881,7 @@ fn an_entry_of_many_newlines_is_bounded_and_the_entries_after_it_are_served() ->
         )
         .into_bytes(),
     );
-    write_journal_bytes(&dir, &export)?;
+    write_journal(&dir, &export)?;
     let out = journal(&f, "alice", &["--unit", "app.service"])?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -847,7 +939,7 @@ fn key_entries(start_micros: u128, seq: u64) -> String {
 fn a_since_starting_inside_a_private_key_block_does_not_serve_its_body() -> anyhow::Result<()> {
     let (f, dir) = fixture()?;
     unit_grant(&f, "alice", "app.service")?;
-    write_journal(&dir, &key_entries(now_micros() - 30_000_000, 300))?;
+    write_journal(&dir, key_entries(now_micros() - 30_000_000, 300).as_bytes())?;
     let out = journal(&f, "alice", &["--unit", "app.service"])?;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -875,7 +967,7 @@ fn a_follow_started_inside_a_private_key_block_does_not_serve_its_body() -> anyh
         .find("\n\n")
         .ok_or_else(|| anyhow::anyhow!("no entry"))?
         + 2;
-    write_journal(&dir, &all[..split])?;
+    write_journal(&dir, &all.as_bytes()[..split])?;
     let mut child = f
         .cluster
         .logs_cmd(
@@ -932,7 +1024,7 @@ fn a_follow_started_inside_a_private_key_block_does_not_serve_its_body() -> anyh
             ("MESSAGE", "after the key"),
         ],
     );
-    write_journal(&dir, &(body_and_end.to_string() + &after))?;
+    write_journal(&dir, (body_and_end.to_string() + &after).as_bytes())?;
     let mut served = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !served.iter().any(|l: &String| l.contains("after the key")) {

@@ -5,14 +5,11 @@
 //! filter held on every host. Each agent reads a real journal written in its scratch folder by
 //! `systemd-journal-remote` (as tests/tests/journal.rs does).
 
+use loggate_tests::journal_export::{self, now_micros, write_journal};
 use loggate_tests::{text, Cluster};
-use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// systemd's journal writer, fed the export format on stdin.
-const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 /// The secret planted in one nginx entry of every host (the default profile redacts it).
 const SECRET: &str = "hunter2-journal-hosts";
 /// Text only the other unit's entries hold.
@@ -23,39 +20,18 @@ const SELECTOR: &str = "role=edge";
 /// (not the unit read); db-1 holds the nginx grant but is down (registered, then killed).
 const AGENTS: [&str; 4] = ["web-1", "web-2", "web-3", "db-1"];
 
-/// One entry in the journal export format.
+/// One entry of `unit` (pid 1234) on `host`.
 fn entry(at_micros: u128, seq: u64, host: &str, unit: &str, message: &str) -> String {
-    format!(
-        "__REALTIME_TIMESTAMP={at_micros}\n__MONOTONIC_TIMESTAMP={seq}\n\
-         _BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME={host}\n\
-         _SYSTEMD_UNIT={unit}\n_PID=1234\nMESSAGE={message}\n\n"
+    journal_export::entry(
+        at_micros,
+        seq,
+        host,
+        &[
+            ("_SYSTEMD_UNIT", unit),
+            ("_PID", "1234"),
+            ("MESSAGE", message),
+        ],
     )
-}
-
-/// Writes `export` (journal export format) as the journal file in `dir`.
-fn write_journal(dir: &Path, export: &str) -> anyhow::Result<()> {
-    let mut child = Command::new(JOURNAL_REMOTE)
-        .arg(format!("--output={}", dir.join("remote.journal").display()))
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            anyhow::anyhow!("cannot run {JOURNAL_REMOTE} (install systemd-journal-remote): {e}")
-        })?;
-    child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdin"))?
-        .write_all(export.as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// The nginx messages of `host`'s journal, in its order: three requests, the second holding
@@ -84,7 +60,7 @@ fn fleet() -> anyhow::Result<Fleet> {
     }
     let logs = cluster.dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
+    let now = now_micros();
     let minute = 60_000_000u128;
     for (n, id) in AGENTS.into_iter().enumerate() {
         cluster.add_agent(id, &[&logs], "[journal]\ndirectory = \"journal\"\n")?;
@@ -105,38 +81,21 @@ fn fleet() -> anyhow::Result<Fleet> {
                 &format!("Accepted publickey {OTHER_UNIT} on {id}"),
             ));
         }
-        write_journal(&journal, &export)?;
+        write_journal(&journal, export.as_bytes())?;
     }
     cluster.start_controller()?;
     for id in AGENTS {
         cluster.start_agent(id)?;
     }
-    let nginx = unit_grant(&cluster, &["web-1", "web-2", "db-1"], "nginx.service")?;
+    let nginx = cluster.issue_unit_grant("alice", &["web-1", "web-2", "db-1"], "nginx.service")?;
     for id in ["web-1", "web-2", "db-1"] {
         cluster.wait_for_grant(id, &nginx)?;
     }
-    let sshd = unit_grant(&cluster, &["web-3"], "sshd.service")?;
+    let sshd = cluster.issue_unit_grant("alice", &["web-3"], "sshd.service")?;
     cluster.wait_for_grant("web-3", &sshd)?;
     cluster.wait_registered(AGENTS.len())?;
     cluster.kill_agent("db-1");
     Ok(Fleet { cluster })
-}
-
-/// Issues alice a grant for journal unit `unit` on `hosts`; returns its id.
-fn unit_grant(cluster: &Cluster, hosts: &[&str], unit: &str) -> anyhow::Result<String> {
-    let mut args = vec!["grant", "issue", "--subject", "alice"];
-    for h in hosts {
-        args.extend(["--host", h]);
-    }
-    args.extend([
-        "--unit", unit, "--ttl", "30m", "--reason", "TEST-13", "--json",
-    ]);
-    let out = cluster.run_cli("admin", &args)?;
-    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let id = v["id"].as_str().unwrap_or_default().to_string();
-    anyhow::ensure!(!id.is_empty(), "no id in {v}");
-    Ok(id)
 }
 
 impl Fleet {
@@ -376,20 +335,21 @@ fn journal_follow_over_two_hosts_streams_each_hosts_new_entries_of_the_unit_only
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut round: u64 = 0;
     while !(seen(&got, "web-1") && seen(&got, "web-2")) && Instant::now() < deadline {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
+        let now = now_micros();
         for (n, host) in ["web-1", "web-2"].into_iter().enumerate() {
             let dir = f.cluster.agents[host].dir.join("journal");
             let at = now + n as u128;
             write_journal(
                 &dir,
-                &(entry(at, 100 + 2 * round, host, "sshd.service", OTHER_UNIT)
+                (entry(at, 100 + 2 * round, host, "sshd.service", OTHER_UNIT)
                     + &entry(
                         at + 10,
                         101 + 2 * round,
                         host,
                         "nginx.service",
                         &format!("live on {host} password={SECRET}"),
-                    )),
+                    ))
+                    .as_bytes(),
             )?;
         }
         round += 1;

@@ -7,8 +7,7 @@
 //! `/proc/PID/net/tcp{,6}`, every state but LISTEN, the controller's included) as fast as it
 //! can, over many quick reads, and fails on any sample above K.
 
-use loggate_tests::{text, Cluster};
-use std::collections::HashSet;
+use loggate_tests::{sockets, text, Cluster};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -78,34 +77,7 @@ fn fleet() -> anyhow::Result<Fleet> {
 
 /// The TCP sockets process `pid` holds open now (any state but LISTEN); `None` once it is gone.
 fn open_tcp_sockets(pid: u32) -> Option<usize> {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy();
-            t.strip_prefix("socket:[")
-                .and_then(|r| r.strip_suffix(']'))
-                .map(str::to_string)
-        })
-        .collect();
-    let mut open = 0;
-    for table in ["tcp", "tcp6"] {
-        let Ok(rows) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        open += rows
-            .lines()
-            .skip(1)
-            .filter(|row| {
-                let cols: Vec<&str> = row.split_whitespace().collect();
-                // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-                matches!((cols.get(3), cols.get(9)), (Some(state), Some(inode))
-                    if *state != "0A" && inodes.contains(*inode))
-            })
-            .count();
-    }
-    Some(open)
+    sockets::open_tcp_sockets(pid, |row| !row.listening)
 }
 
 impl Fleet {

@@ -902,6 +902,7 @@ fn delivery_latency_to_rsyslog() -> anyhow::Result<()> {
                 key_sha256: None,
                 peer: None,
                 path: Some("/var/log/app/api.log".into()),
+                resource_kind: Default::default(),
                 path_bytes: Some(20),
                 path_sha256: None,
                 grant_id: None,

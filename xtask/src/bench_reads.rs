@@ -31,7 +31,7 @@ use crate::bench_redact::load_average;
 use crate::{cargo, run};
 use anyhow::{bail, Context};
 use loggate_tests::{text, Cluster};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -442,43 +442,16 @@ fn count_output(stdout: impl Read) -> anyhow::Result<(u64, HashMap<String, usize
     }
 }
 
-/// The CLI's TCP connections to the agents now: its socket inodes (`/proc/PID/fd`) that
-/// `/proc/PID/net/tcp` lists with a remote address in 127.2.0.0/16 and a state other than
-/// LISTEN. 0 when the process has gone.
+/// The CLI's TCP connections to the agents now: its IPv4 sockets with a remote address in
+/// 127.2.0.0/16 and a state other than LISTEN. 0 when the process has gone.
 fn agent_connections(pid: u32) -> usize {
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let inodes: HashSet<String> = fds
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy();
-            t.strip_prefix("socket:[")
-                .and_then(|r| r.strip_suffix(']'))
-                .map(str::to_string)
-        })
-        .collect();
-    if inodes.is_empty() {
-        return 0;
-    }
-    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
-        return 0;
-    };
-    table
-        .lines()
-        .skip(1)
-        .filter(|row| {
-            let cols: Vec<&str> = row.split_whitespace().collect();
-            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
-            let (Some(rem), Some(state), Some(inode)) = (cols.get(2), cols.get(3), cols.get(9))
-            else {
-                return false;
-            };
-            // The address is the u32 in host (little-endian) order: 127.2.x.y is "yx027F".
-            rem.get(4..8) == Some("027F") && *state != "0A" && inodes.contains(*inode)
-        })
-        .count()
+    loggate_tests::sockets::open_tcp_sockets(pid, |row| {
+        !row.listening
+            && row
+                .remote_v4()
+                .is_some_and(|ip| ip.octets()[..2] == [127, 2])
+    })
+    .unwrap_or(0)
 }
 
 /// A `KEY: N kB` line of `/proc/PID/status`, in KiB.

@@ -28,11 +28,15 @@
 //!   time the entry is kept as a tombstone with the time of the release: an event is hidden
 //!   only when the read that returned it started before the release (it happened while the
 //!   child lived); later reads report that pid again (the child's own late events are then
-//!   over-reported). A pid that an earlier process held, with an open of that process still
+//!   over-reported). The reader asks once per `read(2)` ([`ChildExclusions::read_filter`]):
+//!   the first event of a batch takes the lock, forgets the tombstones no event of this or a
+//!   later read can match, and keeps the few pids it hides; every other event of the batch is
+//!   a look-up in that list. A pid that an earlier process held, with an open of that process still
 //!   queued when the child was given the pid, would be hidden: the queue is read as it fills,
 //!   so that needs a pid reused within that moment.
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -94,15 +98,32 @@ enum Mechanism {
 struct FanotifyFilter {
     /// pid → when it was released without the reader catching up (`None` while excluded).
     children: Mutex<HashMap<u32, Option<Instant>>>,
-    /// When the latest `read(2)` that took all that was queued started: every event queued
-    /// before then has been filtered.
-    drained: Mutex<Option<Instant>>,
+    /// The latest read that took all that was queued, and the releases waiting for one.
+    drained: Mutex<Drained>,
+    /// Notified when `drained` moves on, only while a release waits on it.
     drained_changed: Condvar,
     /// A release asking the reader for such a read.
     drain: Notify,
     /// What the process was at each step, for the tests of the order the caller keeps.
     #[cfg(test)]
     seen: Mutex<Vec<Seen>>,
+    /// How often the children map was looked at for a read's events (tests only).
+    #[cfg(test)]
+    snapshots: std::sync::atomic::AtomicUsize,
+    /// How often `drained_changed` was notified (tests only).
+    #[cfg(test)]
+    notified: std::sync::atomic::AtomicUsize,
+}
+
+/// What the fanotify reader last said about the queue, under one lock with who waits for it.
+#[derive(Default)]
+struct Drained {
+    /// When the latest `read(2)` that took all that was queued started: every event queued
+    /// before then has been filtered.
+    at: Option<Instant>,
+    /// Releases waiting in [`FanotifyFilter::wait_drained`]: the reader wakes them only when
+    /// there are any (a read that empties the queue is the common case, a release is rare).
+    waiting: usize,
 }
 
 /// A process as the fanotify filter saw it (tests only): when excluded, what it runs
@@ -120,15 +141,58 @@ impl FanotifyFilter {
     /// Waits (at most [`DRAIN_WAIT`]) until a read that started at or after `after` found the
     /// queue empty or left room in its buffer (it took all that was queued); whether one did.
     fn wait_drained(&self, after: Instant) -> bool {
+        let mut drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        // Counted before the reader is asked, under the lock the reader takes to say it
+        // drained: its answer cannot pass unnoticed.
+        drained.waiting += 1;
         self.drain.notify_one();
-        let drained = self.drained.lock().unwrap_or_else(|p| p.into_inner());
-        let waited = self
+        let (mut drained, timeout) = self
             .drained_changed
-            .wait_timeout_while(drained, DRAIN_WAIT, |d| d.is_none_or(|at| at < after));
-        match waited {
-            Ok((_, timeout)) => !timeout.timed_out(),
-            Err(_) => false,
-        }
+            .wait_timeout_while(drained, DRAIN_WAIT, |d| d.at.is_none_or(|at| at < after))
+            .unwrap_or_else(|p| p.into_inner());
+        drained.waiting = drained.waiting.saturating_sub(1);
+        !timeout.timed_out()
+    }
+
+    /// The pids a read that started at `read_started` hides (see [`ReadFilter`]), sorted;
+    /// forgets the tombstones released before it, which neither it nor a later read can
+    /// match.
+    fn hidden_in_read(&self, read_started: Instant) -> Vec<u32> {
+        #[cfg(test)]
+        self.snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        children.retain(|_, released| released.is_none_or(|at| at >= read_started));
+        // What is left is hidden: excluded now, or released after the read started.
+        let mut hidden: Vec<u32> = children.keys().copied().collect();
+        hidden.sort_unstable();
+        hidden
+    }
+}
+
+/// The fanotify filter for the events of one `read(2)` of the queue, which started at a
+/// given time: an open by a pid is hidden when that pid is excluded, or was released after
+/// the read started (see the module's contract). The children map is looked at once, at the
+/// first event asked about (after the read returned, so every exclusion made before one of
+/// its events was queued is seen); the batch's other events cost a search of a short sorted
+/// list and take no lock. A filter serves one read: a later read asks for its own.
+pub(super) struct ReadFilter<'a> {
+    filter: Option<&'a FanotifyFilter>,
+    read_started: Instant,
+    hidden: OnceCell<Vec<u32>>,
+}
+
+impl ReadFilter<'_> {
+    /// Whether the reader leaves out an open by `pid` returned by this read. Always `false`
+    /// for the mechanisms other than fanotify (the kernel filters).
+    pub(super) fn hides(&self, pid: u32) -> bool {
+        let Some(filter) = self.filter else {
+            return false;
+        };
+        self.hidden
+            .get_or_init(|| filter.hidden_in_read(self.read_started))
+            .binary_search(&pid)
+            .is_ok()
     }
 }
 
@@ -147,7 +211,11 @@ impl ChildExclusions {
             children: Mutex::new(HashMap::new()),
             #[cfg(test)]
             seen: Mutex::new(Vec::new()),
-            drained: Mutex::new(None),
+            #[cfg(test)]
+            snapshots: std::sync::atomic::AtomicUsize::new(0),
+            #[cfg(test)]
+            notified: std::sync::atomic::AtomicUsize::new(0),
+            drained: Mutex::new(Drained::default()),
             drained_changed: Condvar::new(),
             drain: Notify::new(),
         })))
@@ -256,21 +324,46 @@ impl ChildExclusions {
         }
     }
 
-    /// Whether the fanotify reader hides an open by `pid` returned by a `read(2)` that
-    /// started at `read_started` (see the module's contract); forgets the tombstones no later
-    /// read can match. Always `false` for the other mechanisms (the kernel filters).
-    pub(super) fn hides(&self, pid: u32, read_started: Instant) -> bool {
-        let Mechanism::Fanotify(filter) = &*self.0 else {
-            return false;
-        };
-        let mut children = filter.children.lock().unwrap_or_else(|p| p.into_inner());
-        let hidden = match children.get(&pid) {
-            Some(None) => true,
-            Some(Some(released)) => read_started <= *released,
-            None => false,
-        };
-        children.retain(|_, released| released.is_none_or(|at| at >= read_started));
-        hidden
+    /// The filter of the opens returned by a `read(2)` of the fanotify queue that started at
+    /// `read_started` (see [`ReadFilter`]): ask for one per read, before it.
+    pub(super) fn read_filter(&self, read_started: Instant) -> ReadFilter<'_> {
+        ReadFilter {
+            filter: match &*self.0 {
+                Mechanism::Fanotify(filter) => Some(filter),
+                Mechanism::Off | Mechanism::Ebpf(_) => None,
+            },
+            read_started,
+            hidden: OnceCell::new(),
+        }
+    }
+
+    /// Whether a read that started at `read_started` hides an open by `pid` (a filter of its
+    /// own per question: the tests ask about one pid at a time).
+    #[cfg(test)]
+    fn hides(&self, pid: u32, read_started: Instant) -> bool {
+        self.read_filter(read_started).hides(pid)
+    }
+
+    /// How often the fanotify filter looked at its children map for a read's events.
+    #[cfg(test)]
+    fn snapshots(&self) -> usize {
+        match &*self.0 {
+            Mechanism::Fanotify(filter) => {
+                filter.snapshots.load(std::sync::atomic::Ordering::Relaxed)
+            }
+            _ => 0,
+        }
+    }
+
+    /// How often the fanotify filter woke the releases waiting for the reader.
+    #[cfg(test)]
+    fn notified(&self) -> usize {
+        match &*self.0 {
+            Mechanism::Fanotify(filter) => {
+                filter.notified.load(std::sync::atomic::Ordering::Relaxed)
+            }
+            _ => 0,
+        }
     }
 
     /// Resolves when a release asks the fanotify reader for a read that empties the queue
@@ -283,14 +376,21 @@ impl ChildExclusions {
     }
 
     /// The fanotify reader took all that was queued (found the queue empty, or left room in
-    /// its buffer) with a read that started at `read_started`.
+    /// its buffer) with a read that started at `read_started`. Wakes the releases waiting
+    /// for such a read, if any: most reads have none to wake.
     pub(crate) fn drained(&self, read_started: Instant) {
         if let Mechanism::Fanotify(filter) = &*self.0 {
             let mut drained = filter.drained.lock().unwrap_or_else(|p| p.into_inner());
-            if drained.is_none_or(|at| at < read_started) {
-                *drained = Some(read_started);
+            if drained.at.is_none_or(|at| at < read_started) {
+                drained.at = Some(read_started);
             }
-            filter.drained_changed.notify_all();
+            if drained.waiting > 0 {
+                #[cfg(test)]
+                filter
+                    .notified
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                filter.drained_changed.notify_all();
+            }
         }
     }
 }
@@ -421,6 +521,74 @@ mod tests {
         // Caught up: no tombstone, so not even a read older than the release hides it.
         assert!(!children.hides(11, during));
         reader.join().expect("reader");
+    }
+
+    /// The reader's per-event check is cheap: one look at the children map per read, however
+    /// many events it returned, with the same answers as before (excluded: hidden; released
+    /// after the read started: hidden; released before it: reported, and forgotten).
+    #[test]
+    fn a_read_looks_at_the_children_once_however_many_events_it_returned() {
+        let children = ChildExclusions::fanotify();
+        let excluded = children.exclude(100).expect("excluded");
+        let read_started = Instant::now();
+        let released = children.exclude(200).expect("excluded");
+        released.release_reaped();
+        let filter = children.read_filter(read_started);
+        for round in 0..1000u32 {
+            assert!(filter.hides(100), "excluded, event {round}");
+            assert!(filter.hides(200), "released after the read started");
+            assert!(!filter.hides(300 + round), "never excluded");
+        }
+        assert_eq!(children.snapshots(), 1, "one look for the whole read");
+        // A later read: the tombstone no longer matches, and is forgotten.
+        let later = children.read_filter(Instant::now());
+        assert!(later.hides(100));
+        assert!(!later.hides(200));
+        assert_eq!(children.snapshots(), 2);
+        assert_eq!(children.tracked(), vec![(100, false)]);
+        // A read that returned nothing asked nothing.
+        drop(children.read_filter(Instant::now()));
+        assert_eq!(children.snapshots(), 2);
+        // The other mechanisms hide nothing in user space.
+        assert!(!ChildExclusions::off().read_filter(read_started).hides(100));
+        drop(excluded);
+    }
+
+    /// The reader's reads that empty the queue wake nobody while no release waits (the
+    /// common case), and do wake a waiting release at once.
+    #[test]
+    fn a_drained_queue_wakes_releases_only_when_one_waits() {
+        let children = ChildExclusions::fanotify();
+        for _ in 0..100 {
+            children.drained(Instant::now());
+        }
+        assert_eq!(children.notified(), 0, "nobody waited: nobody woken");
+        let guard = children.exclude(12).expect("excluded");
+        let reader = {
+            let children = children.clone();
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    std::thread::sleep(Duration::from_millis(10));
+                    children.drained(Instant::now());
+                    if children.notified() > 0 {
+                        break;
+                    }
+                }
+            })
+        };
+        let asked = Instant::now();
+        guard.release();
+        assert!(
+            asked.elapsed() < DRAIN_WAIT,
+            "the waiting release was woken"
+        );
+        reader.join().expect("reader");
+        let woken = children.notified();
+        assert!(woken >= 1, "woken {woken} times");
+        for _ in 0..100 {
+            children.drained(Instant::now());
+        }
+        assert_eq!(children.notified(), woken, "nobody waits any more");
     }
 
     #[test]

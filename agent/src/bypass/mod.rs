@@ -1352,8 +1352,11 @@ async fn drain_fanotify(
 ) -> std::io::Result<()> {
     loop {
         let read_started = std::time::Instant::now();
-        let skip = |pid: u32| pid == own || children.hides(pid, read_started);
-        match fanotify::read_events(fd.get_ref(), &skip) {
+        let read = {
+            let filter = children.read_filter(read_started);
+            fanotify::read_events(fd.get_ref(), &|pid| pid == own || filter.hides(pid))
+        };
+        match read {
             Ok(batch) => {
                 if batch.emptied {
                     children.drained(read_started);

@@ -54,6 +54,41 @@ const HIGH: Severity = Severity::Fixed(4);
 /// From the `severity` field: `low` is 2 Low, anything else 4 High.
 const FROM_FIELD: Severity = Severity::FromField;
 
+/// What a `read.*` record's `path` names, which decides its OCSF `resources` entry and
+/// observable: a log file, or a systemd unit's entries in the journal. Set by the code that
+/// served (or refused) the read, never guessed from the path's text: a refused request's path
+/// is the requester's own text, which may start with `journal:`.
+///
+/// A file leaves the field out of the record (`resource_kind` is absent), so that a file
+/// read's record is byte for byte what it was before the field existed, and every record
+/// written before it reads back as a file read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadResource {
+    /// A log file beneath the agent's roots; `path` is its absolute path (OCSF resource type
+    /// `Log File`, a `File Path` observable).
+    #[default]
+    File,
+    /// A systemd unit's journal entries; `path` is `journal:<unit>` (OCSF resource type
+    /// `Journal Unit` named by the unit, a `Resource Details Object: name` observable).
+    JournalUnit,
+}
+
+impl ReadResource {
+    /// The name written in `resource_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadResource::File => "file",
+            ReadResource::JournalUnit => "journal_unit",
+        }
+    }
+
+    /// Whether it is a file (the field is then left out of the record).
+    pub fn is_file(&self) -> bool {
+        matches!(self, ReadResource::File)
+    }
+}
+
 /// Declares one audit event: the struct (with `Serialize`) and its [`AuditEvent`] impl, whose
 /// catalogue entry takes the event's doc comment as its description and each field's doc
 /// comment as the field's meaning. See the module's documentation.
@@ -115,15 +150,12 @@ audit_event! {
     /// A read through the gate passed every check; written and synced before the first byte of
     /// content leaves.
     ///
-    /// A journal read (`journal:<unit>` as its path) keeps the file read's OCSF shape, a
-    /// `resources` entry of type `Log File` and a `File Path` observable, in this record, in
-    /// `read.finished` and in `read.denied`: the journal is a log and the `journal:` name
-    /// cannot be taken for a file (every file served is an absolute path). A closer valid shape
-    /// exists — `resources[].type` `Journal Unit` and the observable typed `38` (Resource
-    /// Details Object: name) — but choosing it needs a typed resource kind in these three
-    /// events, not a guess from the path's text (a refused request's path is the requester's
-    /// own text, which may start with `journal:`), and a golden variant of each; it is left
-    /// for the change that adds that field.
+    /// A journal read (`journal:<unit>` as its path, `resource_kind` `journal_unit`) names its
+    /// resource as a `Journal Unit` (the unit as its name, a `Resource Details Object: name`
+    /// observable) here, in `read.finished` and in `read.denied`; a file read, a `Log File`
+    /// with a `File Path` observable. The kind is given by the code that served or refused the
+    /// read, never taken from the path's text (a refused request's path is the requester's
+    /// own).
     ReadAllowed = "read.allowed" {
         writers: "agent", class: ApiActivity, activity: 2 "Read", outcome: Success, severity: INFO,
     }
@@ -140,6 +172,10 @@ audit_event! {
         /// the file served, beneath the agent's roots, or `journal:<unit>` for a journal read
         /// (`resources`, `observables`)
         path: String,
+        /// what `path` names: absent for a file (and in records written before it existed),
+        /// `journal_unit` for a journal read (`resources`, `observables`)
+        #[serde(default, skip_serializing_if = "ReadResource::is_file")]
+        resource_kind: ReadResource,
         /// `cat`, `tail`, `tail_follow` or `grep`; for the journal `journal`, `journal_follow`
         /// or `journal_grep`
         mode: &'static str,
@@ -171,6 +207,7 @@ audit_event! {
             grant_id: Some(&e.grant_id),
             denied: false,
             path: Some(&e.path),
+            resource: e.resource_kind,
             duration_ms: None,
             operation: "ReadLog",
         },
@@ -218,6 +255,7 @@ audit_event! {
             grant_id: Some(&e.grant_id),
             denied: false,
             path: Some(&e.path),
+            resource: ReadResource::File,
             duration_ms: None,
             operation: "ReadLog",
         },
@@ -269,6 +307,7 @@ audit_event! {
             grant_id: e.grant_ids.first().map(String::as_str),
             denied: false,
             path: e.path_glob.as_deref(),
+            resource: ReadResource::File,
             duration_ms: None,
             operation: "ListLogs",
         },
@@ -290,8 +329,12 @@ audit_event! {
         /// the client's address, `ip:port` (`src_endpoint`)
         peer: Option<String>,
         /// the path as requested (`resources`, `observables`), cut to its first 256 bytes; null
-        /// in a summary
+        /// in a summary; `journal:<unit>` for a journal read
         path: Option<String>,
+        /// what `path` names: absent for a file (and in records written before it existed),
+        /// `journal_unit` for a journal read (`resources`, `observables`)
+        #[serde(default, skip_serializing_if = "ReadResource::is_file")]
+        resource_kind: ReadResource,
         /// the requested path's whole length in bytes
         path_bytes: Option<u64>,
         /// the SHA-256 (hex) of the whole requested path when `path` was cut, else null
@@ -326,6 +369,7 @@ audit_event! {
             grant_id: e.grant_id.as_deref(),
             denied: true,
             path: e.path.as_deref(),
+            resource: e.resource_kind,
             duration_ms: None,
             operation: "ReadLog",
         },
@@ -350,6 +394,10 @@ audit_event! {
         grant_id: String,
         /// the file served, or `journal:<unit>` (`resources`, `observables`)
         path: String,
+        /// what `path` names: absent for a file (and in records written before it existed),
+        /// `journal_unit` for a journal read (`resources`, `observables`)
+        #[serde(default, skip_serializing_if = "ReadResource::is_file")]
+        resource_kind: ReadResource,
         /// bytes sent
         bytes: u64,
         /// bytes of the file's content read to serve the stream, decompressed for a `.gz` or
@@ -396,6 +444,7 @@ audit_event! {
             grant_id: Some(&e.grant_id),
             denied: false,
             path: Some(&e.path),
+            resource: e.resource_kind,
             duration_ms: Some(e.duration_ms),
             operation: "ReadLog",
         },
@@ -434,6 +483,7 @@ audit_event! {
             grant_id: None,
             denied: false,
             path: None,
+            resource: ReadResource::File,
             duration_ms: None,
             operation: "Status",
         },
@@ -482,6 +532,7 @@ audit_event! {
             grant_id: None,
             denied: true,
             path: None,
+            resource: ReadResource::File,
             duration_ms: None,
             operation: "Status",
         },

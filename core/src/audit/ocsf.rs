@@ -24,6 +24,7 @@
 //! it (a test fails when they differ), [`catalogue_problems`] checks a record against it, and
 //! the tests check every record kind against the official OCSF 1.8.0 schema.
 
+use super::events::ReadResource;
 pub use super::events::{AuditEvent, CATALOGUE};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -680,8 +681,10 @@ pub struct ReadCall<'a> {
     pub grant_id: Option<&'a str>,
     /// The read was refused (the grant's authorization is `Denied`, not applied).
     pub denied: bool,
-    /// The file, as served or as requested.
+    /// The file, as served or as requested; `journal:<unit>` for a journal read.
     pub path: Option<&'a str>,
+    /// What `path` names: a log file, or a unit's journal (see [`ReadResource`]).
+    pub resource: ReadResource,
     /// How long the stream lasted.
     pub duration_ms: Option<u64>,
     /// The agent's RPC (`api.operation`): `ReadLog`, `ListLogs` for a listing, or `Status`.
@@ -771,7 +774,8 @@ impl<'a> Ocsf<'a> {
         let observables = [
             call.subject.map(|s| Observable::user("actor.user.name", s)),
             Observable::ip("src_endpoint.ip", call.peer),
-            call.path.map(|p| Observable::file("resources.name", p)),
+            call.path
+                .map(|p| Observable::resource("resources.name", call.resource, p)),
         ];
         let objects = Objects::Api(ApiObjects {
             actor: Actor {
@@ -800,7 +804,7 @@ impl<'a> Ocsf<'a> {
                 hostname: on.host,
                 svc_name: "loggate agent",
             },
-            resources: log_file(call.path),
+            resources: read_resource(call.resource, call.path),
             duration: call.duration_ms,
         });
         let mut parts = Ocsf::new(
@@ -1048,6 +1052,19 @@ impl Observable {
         }
     }
 
+    /// What a read names: a file's path, or a journal unit by its name.
+    fn resource(name: &'static str, kind: ReadResource, path: &str) -> Observable {
+        match kind {
+            ReadResource::File => Observable::file(name, path),
+            ReadResource::JournalUnit => Observable {
+                name,
+                type_id: 38,
+                kind: "Resource Details Object: name",
+                value: unit_name(path).to_string(),
+            },
+        }
+    }
+
     /// The client's IP, when `peer` is an `ip:port`.
     fn ip(name: &'static str, peer: Option<&str>) -> Option<Observable> {
         peer.and_then(|p| p.parse::<std::net::SocketAddr>().ok())
@@ -1147,6 +1164,30 @@ fn endpoint(peer: Option<&str>) -> Endpoint<'_> {
         None => Endpoint::Named {
             name: peer.unwrap_or("unknown"),
         },
+    }
+}
+
+/// The `resources` entry of a read: a `Log File` by its path, or a `Journal Unit` by the
+/// unit's name.
+fn read_resource(kind: ReadResource, path: Option<&str>) -> Option<[Resource<'_>; 1]> {
+    match kind {
+        ReadResource::File => log_file(path),
+        ReadResource::JournalUnit => path.map(|p| {
+            [Resource {
+                kind: "Journal Unit",
+                name: unit_name(p),
+            }]
+        }),
+    }
+}
+
+/// The unit a journal read's path (`journal:<unit>`) names; a path without the prefix, or
+/// with nothing after it (a refused request's own text, e.g. an empty unit), is kept whole,
+/// so that the resource and its observable never carry an empty name to a SIEM.
+fn unit_name(path: &str) -> &str {
+    match path.strip_prefix("journal:") {
+        Some(unit) if !unit.is_empty() => unit,
+        _ => path,
     }
 }
 

@@ -9,7 +9,7 @@
 //! fields); [`reshape`] shapes them again with the current code. The corpus only grows:
 //! `LOGGATE_BLESS_GOLDEN=1` appends a line for a new event type and never rewrites one.
 
-use super::tests::{example, shaped, stamp};
+use super::tests::{example, journal_example, shaped, stamp, JOURNAL_SHAPED};
 use super::*;
 use crate::audit::record_fields;
 use serde_json::json;
@@ -131,6 +131,32 @@ fn variants() -> Vec<(&'static str, Map<String, Value>)> {
     ]
 }
 
+/// Variants added after the corpus was first written, each appended once by
+/// `LOGGATE_BLESS_GOLDEN=1` (when no line has its event and fields) and then kept like every
+/// line: the journal's shape of the `read.*` events (a `Journal Unit` resource).
+fn later_variants() -> Vec<(&'static str, Map<String, Value>)> {
+    JOURNAL_SHAPED
+        .into_iter()
+        .map(|name| (name, journal_example(name)))
+        .collect()
+}
+
+/// Whether the corpus has a line of event `name` with exactly `fields` (besides the chain).
+fn has_line(corpus: &str, name: &str, fields: &Map<String, Value>) -> bool {
+    corpus
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|record| {
+            crate::audit::event_name(&record) == Some(name)
+                && record_fields(&record).is_some_and(|f| {
+                    let mut f = f.clone();
+                    f.remove("seq");
+                    f.remove("prev");
+                    &f == fields
+                })
+        })
+}
+
 /// Shapes one golden line's inputs again with the current code.
 fn reshape(record: &Value) -> Vec<u8> {
     let mut fields = record_fields(record).expect("unmapped.loggate").clone();
@@ -217,6 +243,21 @@ fn appended(existing: &str) -> String {
         out.push_str(std::str::from_utf8(&bytes).expect("utf-8"));
         out.push('\n');
     }
+    for (i, (name, fields)) in later_variants().into_iter().enumerate() {
+        if has_line(&out, name, &fields) {
+            continue;
+        }
+        let bytes = shaped(
+            name,
+            &Source::new("web-1", Path::new("audit.jsonl")),
+            3000 + i as u64,
+            &"0".repeat(64),
+            fields,
+            stamp(300 + i),
+        );
+        out.push_str(std::str::from_utf8(&bytes).expect("utf-8"));
+        out.push('\n');
+    }
     out
 }
 
@@ -274,6 +315,13 @@ fn golden_corpus_is_reproduced_byte_for_byte() {
             "golden line {} differs:\nwas: {line}\nnow: {}",
             n + 1,
             String::from_utf8_lossy(&again)
+        );
+    }
+    for (name, fields) in later_variants() {
+        assert!(
+            has_line(&golden, name, &fields),
+            "no golden line of the variant {name} {fields:?}: run `LOGGATE_BLESS_GOLDEN=1 cargo \
+             test -p loggate-core golden`, which appends one, and commit it"
         );
     }
     for kind in CATALOGUE {

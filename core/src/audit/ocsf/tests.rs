@@ -337,6 +337,48 @@ pub(super) fn example(name: &str) -> Map<String, Value> {
     })
 }
 
+/// Fields a record leaves out at their default, which the catalogue's (file) examples
+/// therefore lack: `resource_kind` of a file read (see `ReadResource`). The journal examples
+/// carry it ([`journal_example`]).
+const LEFT_OUT_AT_DEFAULT: &[&str] = &["resource_kind"];
+
+/// The journal shape of the `read.*` events a journal read writes (`read.allowed`,
+/// `read.denied`, `read.finished`): the catalogue's example as a read of `nginx.service`'s
+/// journal.
+pub(super) fn journal_example(name: &str) -> Map<String, Value> {
+    let mut f = example(name);
+    f.insert("path".into(), json!("journal:nginx.service"));
+    f.insert("resource_kind".into(), json!("journal_unit"));
+    match name {
+        "read.allowed" => {
+            for (k, v) in [
+                ("mode", json!("journal_grep")),
+                ("until_ms", Value::Null),
+                ("inode", json!(0)),
+                ("device", json!(0)),
+                ("size", json!(0)),
+            ] {
+                f.insert(k.into(), v);
+            }
+        }
+        "read.denied" => {
+            f.insert("path_bytes".into(), json!(21));
+            f.insert(
+                "reason".into(),
+                json!("you (spiffe://loggate.local/user/bob) hold no grant for the journal of nginx.service on agent web-1; ask an admin to issue you one"),
+            );
+        }
+        "read.finished" => {
+            f.insert("bytes_read".into(), Value::Null);
+        }
+        other => panic!("{other} has no journal shape"),
+    }
+    f
+}
+
+/// The events a journal read writes, which have a journal shape.
+pub(super) const JOURNAL_SHAPED: [&str; 3] = ["read.allowed", "read.denied", "read.finished"];
+
 /// Shapes `fields` as an event of the catalogue's type `name` with the real code: the fields
 /// are read into the event's type (an example that is not a valid event fails here), and the
 /// typed event encodes them back exactly.
@@ -653,7 +695,11 @@ fn every_example_carries_exactly_its_documented_fields_and_conforms_to_the_offic
     let mut tally = loggate_ocsf_validate::Tally::default();
     for (kind, line) in CATALOGUE.iter().zip(example_lines()) {
         let record: Value = serde_json::from_str(&line).unwrap();
-        let mut documented: Vec<&str> = kind.all_fields().map(|(f, _)| *f).collect();
+        let mut documented: Vec<&str> = kind
+            .all_fields()
+            .map(|(f, _)| *f)
+            .filter(|f| !LEFT_OUT_AT_DEFAULT.contains(f))
+            .collect();
         let mut carried: Vec<&str> = record_fields(&record)
             .unwrap()
             .keys()
@@ -780,6 +826,133 @@ fn denial_is_an_api_read_failure_with_the_reason_code_and_the_callers_identity()
         r.get("grant_id").is_none(),
         "loggate's fields stay under unmapped"
     );
+}
+
+/// A journal read's `read.*` records name a `Journal Unit` resource (the unit, a `Resource
+/// Details Object: name` observable), not a `Log File` with a `File Path`, carry
+/// `resource_kind` `journal_unit`, and conform to the official OCSF schema.
+#[test]
+fn a_journal_reads_records_name_a_journal_unit_not_a_file_and_conform_to_the_ocsf_schema() {
+    let schema = loggate_ocsf_validate::Schema::official().expect("vendored OCSF 1.8.0 schema");
+    for (i, name) in JOURNAL_SHAPED.into_iter().enumerate() {
+        let kind = event_type(name).expect("catalogued");
+        let bytes = shaped(
+            name,
+            &Source::new("web-1", Path::new("audit.jsonl")),
+            1,
+            &"0".repeat(64),
+            journal_example(name),
+            stamp(i),
+        );
+        let line = String::from_utf8(bytes).unwrap();
+        let r: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            r["resources"],
+            json!([{"type": "Journal Unit", "name": "nginx.service"}]),
+            "{line}"
+        );
+        let observables = r["observables"].as_array().expect("observables");
+        assert!(
+            observables.contains(&json!({"name": "resources.name", "type_id": 38,
+                "type": "Resource Details Object: name", "value": "nginx.service"})),
+            "{line}"
+        );
+        assert!(
+            !observables.iter().any(|o| o["type_id"] == 45),
+            "no File Path: {line}"
+        );
+        assert_eq!(
+            record_field(&r, "resource_kind"),
+            Some(&json!("journal_unit"))
+        );
+        assert_eq!(
+            record_field(&r, "path"),
+            Some(&json!("journal:nginx.service"))
+        );
+        let mut documented: Vec<&str> = kind.all_fields().map(|(f, _)| *f).collect();
+        let mut carried: Vec<&str> = record_fields(&r)
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|f| !CHAIN_FIELDS.contains(f))
+            .collect();
+        documented.sort_unstable();
+        carried.sort_unstable();
+        assert_eq!(carried, documented, "{name}");
+        assert_eq!(catalogue_problems(&r), Vec::<String>::new(), "{line}");
+        let report = schema.validate(&r);
+        assert!(report.is_conformant(), "{name}: {report}\n{line}");
+    }
+}
+
+/// A journal read refused for an empty unit (`path` `journal:`, the requester's own text)
+/// names the whole path, never an empty resource or observable, and still conforms.
+#[test]
+fn a_journal_refusal_for_an_empty_unit_names_the_whole_path_and_conforms() {
+    let schema = loggate_ocsf_validate::Schema::official().expect("vendored OCSF 1.8.0 schema");
+    let mut f = journal_example("read.denied");
+    f.insert("path".into(), json!("journal:"));
+    f.insert("path_bytes".into(), json!(8));
+    f.insert("reason_code".into(), json!("unit_invalid"));
+    f.insert(
+        "reason".into(),
+        json!(r#""" is not a systemd unit name: it must be 1 to 255 characters long"#),
+    );
+    let bytes = shaped(
+        "read.denied",
+        &Source::new("web-1", Path::new("audit.jsonl")),
+        1,
+        &"0".repeat(64),
+        f,
+        stamp(0),
+    );
+    let line = String::from_utf8(bytes).unwrap();
+    let r: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        r["resources"],
+        json!([{"type": "Journal Unit", "name": "journal:"}]),
+        "{line}"
+    );
+    let observables = r["observables"].as_array().expect("observables");
+    assert!(
+        observables.contains(&json!({"name": "resources.name", "type_id": 38,
+            "type": "Resource Details Object: name", "value": "journal:"})),
+        "{line}"
+    );
+    assert!(
+        observables.iter().all(|o| o["value"] != ""),
+        "no empty observable: {line}"
+    );
+    let report = schema.validate(&r);
+    assert!(report.is_conformant(), "{report}\n{line}");
+}
+
+/// The kind comes from the code that refused the read, never from the path's text: a file
+/// request whose path (the requester's own text) starts with `journal:` stays a `Log File`,
+/// and its record leaves `resource_kind` out as every file read's does.
+#[test]
+fn a_file_reads_path_that_looks_like_a_journal_stays_a_log_file() {
+    let mut f = example("read.denied");
+    f.insert("path".into(), json!("journal:nginx.service"));
+    let bytes = shaped(
+        "read.denied",
+        &Source::new("web-1", Path::new("audit.jsonl")),
+        1,
+        &"0".repeat(64),
+        f,
+        stamp(0),
+    );
+    let r: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        r["resources"],
+        json!([{"type": "Log File", "name": "journal:nginx.service"}])
+    );
+    assert_eq!(record_field(&r, "resource_kind"), None);
+    assert!(r["observables"]
+        .as_array()
+        .expect("observables")
+        .iter()
+        .any(|o| o["type_id"] == 45 && o["value"] == "journal:nginx.service"));
 }
 
 #[test]
