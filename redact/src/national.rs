@@ -300,12 +300,18 @@ impl NationalId {
     }
 
     /// The fewest digits a segment holding one of this detector's values has (the `9` places
-    /// of its shortest form): the redactor skips the detector on a segment with fewer, so a
-    /// profile naming national detectors costs little on lines without long numbers.
+    /// of its shortest form, and for a TD1 zone line 1 the digit [`mrz_line`] requires in its
+    /// document number besides the check digit): the redactor skips the detector on a
+    /// segment with fewer, so a profile naming national detectors costs little on lines
+    /// without long numbers.
     pub(crate) fn min_digits(self) -> usize {
         self.forms()
             .iter()
-            .map(|f| f.iter().filter(|c| **c == DIGIT).count())
+            .map(|f| {
+                let places = f.iter().filter(|c| **c == DIGIT).count();
+                let td1_line1 = f.first() == Some(&TD1_CODE);
+                places + usize::from(td1_line1)
+            })
             .min()
             .unwrap_or(0)
     }
@@ -361,8 +367,7 @@ impl NationalId {
                 for (field, at) in [(0..9, 9), (13..19, 19), (21..27, 27), (28..42, 42)] {
                     v[at] = mrz_check_digit(&v[field])?;
                 }
-                let composite = [&v[0..10], &v[13..20], &v[21..43]].concat();
-                v[43] = mrz_check_digit(&composite)?;
+                v[43] = mrz_check_digit_of(&[&v[0..10], &v[13..20], &v[21..43]])?;
                 return Some(v);
             }
             (NationalId::PassportMrz, _) if v[0].is_ascii_digit() => {
@@ -558,9 +563,11 @@ fn free_before(seg: &[u8], s: usize, e: usize, mrz: bool) -> bool {
         _ if is_word(p) => false,
         b'+' => before.is_some_and(is_word),
         b'-' => !before.is_some_and(|b| b.is_ascii_alphanumeric()),
+        // A `,` before the value never joins (decided before looking back at the run).
+        b',' => true,
         _ if joins_digits(p) => {
             let run = run_before(seg, s - 1);
-            p == b',' || !joined(p, run, &[], p == b'/' && seg.get(e) == Some(&b'/'))
+            !joined(p, run, &[], p == b'/' && seg.get(e) == Some(&b'/'))
         }
         _ => true,
     }
@@ -627,8 +634,15 @@ fn digit(b: u8) -> u32 {
 /// The ICAO 9303 check digit of `field`: values 0–9 for digits, 10–35 for `A`–`Z`, 0 for
 /// `<`, weighted 7, 3, 1 repeating, sum mod 10. `None` for any other byte.
 pub(crate) fn mrz_check_digit(field: &[u8]) -> Option<u8> {
+    mrz_check_digit_of(&[field])
+}
+
+/// The check digit of the fields `parts` read as one (a TD3 composite: the weights run on
+/// across the parts), without joining them in a new buffer: this runs on every 44-character
+/// candidate of a zone line.
+fn mrz_check_digit_of(parts: &[&[u8]]) -> Option<u8> {
     let mut sum = 0u32;
-    for (i, b) in field.iter().enumerate() {
+    for (i, b) in parts.iter().flat_map(|p| p.iter()).enumerate() {
         let v = match b {
             b'0'..=b'9' => digit(*b),
             b'A'..=b'Z' => u32::from(b - b'A') + 10,
@@ -663,14 +677,13 @@ pub(crate) fn mrz_line(l: &[u8]) -> bool {
             } else {
                 mrz_check(&l[28..42], l[42])
             };
-            let composite: Vec<u8> = [&l[0..10], &l[13..20], &l[21..43]].concat();
             mrz_check(&l[0..9], l[9])
                 && yymmdd(&l[13..19])
                 && mrz_check(&l[13..19], l[19])
                 && yymmdd(&l[21..27])
                 && mrz_check(&l[21..27], l[27])
                 && personal_ok
-                && mrz_check(&composite, l[43])
+                && mrz_check_digit_of(&[&l[0..10], &l[13..20], &l[21..43]]) == Some(l[43])
         }
         30 if l[0].is_ascii_uppercase() => {
             // TD1 line 1: the document number holds a digit and the line a filler (a run of
@@ -940,6 +953,35 @@ pub(crate) fn be_national_number(d: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TD1 line 1 holds two digits at least (its check digit and one in the document
+    /// number, which `mrz_line` requires), so the zone detector's digit gate is 2, not 1.
+    #[test]
+    fn min_digits_counts_the_digit_a_td1_document_number_holds() {
+        assert_eq!(NationalId::PassportMrz.min_digits(), 2);
+        let line = b"I<UTOD231458907<<<<<<<<<<<<<<<";
+        assert!(mrz_line(line));
+        // With one digit only (the check), the line is no zone line: the gate loses nothing.
+        let one = b"I<UTODABCDEFGH7<<<<<<<<<<<<<<<";
+        assert!(!mrz_line(one));
+        for id in ALL {
+            for form in 0..id.forms().len() {
+                for seed in 0u8..40 {
+                    if let Some(v) = id.example_from(form, &[seed, seed / 3, seed / 7]) {
+                        let digits = v.iter().filter(|b| b.is_ascii_digit()).count();
+                        assert!(digits >= id.min_digits(), "{}: {:?}", id.name(), v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A `,` before a value is a boundary whatever precedes it (a CSV's previous field).
+    #[test]
+    fn a_comma_before_a_value_never_joins() {
+        assert_eq!(found(NationalId::NlBsn, "12,123456782"), ["123456782"]);
+        assert_eq!(found(NationalId::NlBsn, "ab,123456782,x"), ["123456782"]);
+    }
 
     fn found(id: NationalId, text: &str) -> Vec<String> {
         let mut out = Vec::new();

@@ -1215,8 +1215,9 @@ fn hash_mode_gives_one_pseudonym_to_every_form_of_a_national_id() {
 
 /// The redactor runs a national detector only on a segment with as many digits as its
 /// shortest form: a line without digits runs only the fiscal code (which may have none), a
-/// line with 6 digits adds only the zone lines (a TD1 line 1 may hold 2); a long number runs
-/// all of them.
+/// line with one digit too (a TD1 zone line 1 holds two: its check digit and one in its
+/// document number), a line with 6 digits adds only the zone lines; a long number runs all
+/// of them.
 #[test]
 fn national_detectors_skip_segments_with_too_few_digits() {
     let all: Vec<&str> = NATIONAL_FORMS.iter().map(|(n, _)| *n).collect();
@@ -1234,6 +1235,8 @@ fn national_detectors_skip_segments_with_too_few_digits() {
         ran("GET /index.html HTTP/one user=alice agent=curl"),
         ["it_codice_fiscale"]
     );
+    assert_eq!(ran("build 7 done"), ["it_codice_fiscale"]);
+    assert_eq!(ran("took 12 ms"), ["it_codice_fiscale", "passport_mrz"]);
     assert_eq!(ran("took 123456 ms"), ["it_codice_fiscale", "passport_mrz"]);
     assert_eq!(ran("id 123456789012345").len(), NATIONAL_FORMS.len());
 }
