@@ -18,10 +18,14 @@
 //! The detectors hold no state and see one segment of one line; a TD1 passport zone spans three
 //! lines, so its first two lines are each checked on their own (their own check digits).
 //! National detectors have no bit in the prefilter's candidate set (it is full of token
-//! families): the redactor runs the ones a profile names on every segment.
+//! families): the redactor runs the ones a profile names on every segment with enough digits,
+//! all of them in one pass ([`Scan`]).
 
 use super::family::is_word;
 use super::validate;
+
+mod scan;
+pub(crate) use scan::Scan;
 
 /// One national-identifier detector. Its place in [`ALL`] is its number after the other
 /// built-in detectors (`Builtin::as_national`).
@@ -204,8 +208,14 @@ impl NationalId {
     /// Whether the bytes of one of its forms (`value`, separators included) are a real one.
     pub(crate) fn valid(self, value: &[u8]) -> bool {
         let mut buf = [0u8; 44];
-        let Some(c) = compact(value, &mut buf) else {
-            return false;
+        // A bare number (most candidates) is already compact: no copy.
+        let c = if value.iter().all(u8::is_ascii_digit) {
+            value
+        } else {
+            match compact(value, &mut buf) {
+                Some(c) => c,
+                None => return false,
+            }
         };
         match self {
             NationalId::PassportMrz => mrz_line(c),
@@ -259,44 +269,14 @@ impl NationalId {
         }
     }
 
-    /// Appends the spans of this detector's values in `seg` to `out`.
+    /// Appends the spans of this detector's values in `seg` to `out`: the one-detector case of
+    /// [`Scan`], which the redactor runs for all the detectors a profile names at once.
     pub(crate) fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
-        #[cfg(test)]
-        FIND_CALLS.with(|c| c.borrow_mut().push(self));
-        let forms = self.forms();
-        let mrz = self == NationalId::PassportMrz;
-        let mut s = 0;
-        while s < seg.len() {
-            let b = seg[s];
-            // Every form starts with a digit or a letter, at a word start or after a JSON
-            // escape (`\n`, `\r`, `\t`: a value logged inside a JSON string).
-            let start = s == 0 || !is_word(seg[s - 1]) || escaped_before(seg, s);
-            if !(start && b.is_ascii_alphanumeric()) {
-                s += 1;
-                continue;
-            }
-            let mut found = None;
-            for form in forms {
-                let e = s + form.len();
-                let fits =
-                    e <= seg.len() && form.iter().zip(&seg[s..e]).all(|(c, b)| class_has(*c, *b));
-                if fits
-                    && free_before(seg, s, e, mrz)
-                    && free_after(seg, s, e, mrz)
-                    && self.valid(&seg[s..e])
-                {
-                    found = Some(e);
-                    break;
-                }
-            }
-            match found {
-                Some(e) => {
-                    out.push((s, e));
-                    s = e;
-                }
-                None => s += 1,
-            }
-        }
+        let mut masks = crate::bytemask::SegmentMasks::default();
+        masks.compute_classes(seg, false);
+        let mut found = Vec::new();
+        Scan::new(&[(0, self)]).find(seg, &masks, usize::MAX, &mut found);
+        out.extend(found.into_iter().map(|(s, e, _)| (s, e)));
     }
 
     /// The fewest digits a segment holding one of this detector's values has (the `9` places
@@ -953,6 +933,125 @@ pub(crate) fn be_national_number(d: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-detector scan the one pass replaced (each detector walking the whole segment
+    /// on its own), kept as the reference the one pass must equal.
+    fn find_reference(id: NationalId, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+        let mrz = id == NationalId::PassportMrz;
+        let mut s = 0;
+        while s < seg.len() {
+            let start = s == 0 || !is_word(seg[s - 1]) || escaped_before(seg, s);
+            if !(start && seg[s].is_ascii_alphanumeric()) {
+                s += 1;
+                continue;
+            }
+            let found = id.forms().iter().find_map(|form| {
+                let e = s + form.len();
+                let fits =
+                    e <= seg.len() && form.iter().zip(&seg[s..e]).all(|(c, b)| class_has(*c, *b));
+                (fits
+                    && free_before(seg, s, e, mrz)
+                    && free_after(seg, s, e, mrz)
+                    && id.valid(&seg[s..e]))
+                .then_some(e)
+            });
+            match found {
+                Some(e) => {
+                    out.push((s, e));
+                    s = e;
+                }
+                None => s += 1,
+            }
+        }
+    }
+
+    /// Random text dense in what the detectors look at: valid values of every detector and
+    /// form (from `example_from`), digit runs of every length, the separators and joiners,
+    /// zone fillers, JSON escapes and letters of either case.
+    fn dense_line(rng: &mut u64) -> Vec<u8> {
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        let mut line = Vec::new();
+        let pieces = next() % 12 + 1;
+        for _ in 0..pieces {
+            let r = next();
+            match r % 8 {
+                0 | 1 => {
+                    let id = ALL[usize::try_from(r >> 8).unwrap_or(0) % ALL.len()];
+                    let seed = (r >> 16).to_le_bytes();
+                    if let Some(v) = id.example_from(usize::try_from(r >> 40).unwrap_or(0), &seed) {
+                        line.extend_from_slice(&v);
+                    }
+                }
+                2 | 3 => {
+                    for _ in 0..(r >> 8) % 17 {
+                        line.push(b'0' + u8::try_from(next() % 10).unwrap_or(0));
+                    }
+                }
+                4 => {
+                    let text: &[u8] = match (r >> 8) % 6 {
+                        0 => b"<<<<<<<<<<<<<<<",
+                        1 => b"\\n",
+                        2 => b"X",
+                        3 => b"id=",
+                        4 => b"UTO",
+                        _ => b"Ab",
+                    };
+                    line.extend_from_slice(text);
+                }
+                _ => {
+                    let seps = b" .-/:,<\\n_+\"Aa";
+                    line.push(seps[usize::try_from(r >> 8).unwrap_or(0) % seps.len()]);
+                }
+            }
+        }
+        line
+    }
+
+    /// The one pass finds exactly what each detector on its own finds, on many random lines
+    /// dense in values, look-alikes and separators, with all thirteen detectors at once.
+    #[test]
+    fn one_pass_finds_what_each_detector_alone_finds() {
+        let ids: Vec<(usize, NationalId)> = ALL.iter().copied().enumerate().collect();
+        let scan = Scan::new(&ids);
+        let mut rng = 0x16_u64 << 32 | 0x2026_1205;
+        let mut found_any = 0;
+        for _ in 0..20_000 {
+            let line = dense_line(&mut rng);
+            let mut want = Vec::new();
+            for (i, id) in &ids {
+                let mut spans = Vec::new();
+                find_reference(*id, &line, &mut spans);
+                want.extend(spans.into_iter().map(|(s, e)| (s, e, *i)));
+            }
+            let mut masks = crate::bytemask::SegmentMasks::default();
+            masks.compute_classes(&line, false);
+            let mut got = Vec::new();
+            scan.find(&line, &masks, usize::MAX, &mut got);
+            want.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(&line));
+            found_any += usize::from(!want.is_empty());
+        }
+        // The lines hold values: the comparison is not one of empty lists.
+        assert!(found_any > 2_000, "{found_any}");
+    }
+
+    /// A detector named twice runs once, under its first index (the redactor would name an
+    /// equal finding after the first anyway).
+    #[test]
+    fn a_detector_named_twice_is_scanned_once() {
+        let scan = Scan::new(&[(3, NationalId::NlBsn), (7, NationalId::NlBsn)]);
+        let mut got = Vec::new();
+        let mut masks = crate::bytemask::SegmentMasks::default();
+        masks.compute_classes(b"a 123456782 b", false);
+        scan.find(b"a 123456782 b", &masks, usize::MAX, &mut got);
+        assert_eq!(got, [(2, 11, 3)]);
+    }
 
     /// A TD1 line 1 holds two digits at least (its check digit and one in the document
     /// number, which `mrz_line` requires), so the zone detector's digit gate is 2, not 1.
