@@ -21,6 +21,7 @@
 
 use super::{class_has, escaped_before, free_after, free_before, NationalId, ALL};
 use crate::bytemask::SegmentMasks;
+use crate::family::is_word;
 
 /// Digit runs this long or longer share one row of the table: no form is longer than 44
 /// characters, so a longer run covers a whole form.
@@ -33,6 +34,13 @@ struct Form {
     entry: usize,
     /// Per template place, the bit of its class in [`Scan::classes`].
     places: Vec<u32>,
+    /// How many leading places accept only word bytes: the word starting at a value holds
+    /// at least that many bytes.
+    word_min: usize,
+    /// Every place accepts only word bytes and the form is no zone line: its value is a
+    /// whole word (a word byte after it fails [`free_after`]), so the word is exactly as
+    /// long as the form.
+    whole_word: bool,
 }
 
 /// The national detectors of one profile, compiled for one pass over a segment.
@@ -117,11 +125,15 @@ impl Scan {
             .iter()
             .fold(u32::MAX, |acc, c| acc & c);
         let mut forms = Vec::new();
+        let word_only = |c: &u8| (0u8..=255).all(|b| !class_has(*c, b) || is_word(b));
         for (entry, (_, id, _)) in kept.iter().enumerate() {
             for template in id.forms() {
+                let word_min = template.iter().take_while(|c| word_only(c)).count();
                 forms.push(Form {
                     entry,
                     places: template.iter().map(|c| bit(*c)).collect(),
+                    word_min,
+                    whole_word: word_min == template.len() && *id != NationalId::PassportMrz,
                 });
             }
         }
@@ -237,10 +249,16 @@ impl Scan {
         let Some(offered) = self.table.get(run.min(RUN_CAP)).and_then(|r| r.get(after)) else {
             return;
         };
+        // The length of the word starting at `s`, counted when a form first asks.
+        let mut word = None;
         for &f in offered {
             let form = &self.forms[usize::from(f)];
             let (index, id, _) = self.ids[form.entry];
             if !active[form.entry] || next[form.entry] > s {
+                continue;
+            }
+            let word = *word.get_or_insert_with(|| masks.run_end(|m| m.word, s) - s);
+            if word < form.word_min || (form.whole_word && word != form.places.len()) {
                 continue;
             }
             let e = s + form.places.len();
