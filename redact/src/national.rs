@@ -1041,6 +1041,47 @@ mod tests {
         assert!(found_any > 2_000, "{found_any}");
     }
 
+    /// A place is offered only the forms its digit run and the byte after it fit: that is
+    /// what makes the one pass cheap on digit-heavy lines (a 9-digit id is not matched against
+    /// the other detectors' eleven forms).
+    #[test]
+    fn a_start_is_offered_only_the_forms_its_digit_run_and_next_byte_fit() {
+        let ids: Vec<(usize, NationalId)> = ALL.iter().copied().enumerate().collect();
+        let scan = Scan::new(&ids);
+        // A bare 9-digit run: the bare BSN and SIN forms.
+        assert_eq!(
+            scan.offered(b"123456782 x", 0),
+            [("nl_bsn", 9), ("ca_sin", 9)]
+        );
+        // 8 digits and a letter: the DNI (and a zone line, whose document number may be
+        // 8 digits and a capital); 8 digits and a dash: the DNI's dashed form.
+        assert_eq!(
+            scan.offered(b"12345678Z", 0),
+            [("passport_mrz", 44), ("es_dni", 9)]
+        );
+        assert_eq!(scan.offered(b"12345678-Z", 0), [("es_dni", 10)]);
+        // 3 digits and a dot: the dotted CPF only.
+        assert_eq!(scan.offered(b"529.982.247-25", 0), [("br_cpf", 14)]);
+        // A lower-case word: the fiscal code (either case) only; a capital: the zone lines
+        // and the fiscal code; X, Y or Z: the NIE too.
+        assert_eq!(scan.offered(b"curl", 0), [("it_codice_fiscale", 16)]);
+        assert_eq!(
+            scan.offered(b"GET", 0),
+            [("passport_mrz", 44), ("it_codice_fiscale", 16)]
+        );
+        assert_eq!(
+            scan.offered(b"X1234567L", 0),
+            [
+                ("passport_mrz", 44),
+                ("es_nie", 9),
+                ("es_nie", 11),
+                ("it_codice_fiscale", 16)
+            ]
+        );
+        // 13 digits (an epoch-ms timestamp): no form.
+        assert_eq!(scan.offered(b"1764915305123 ", 0), []);
+    }
+
     /// A detector named twice runs once, under its first index (the redactor would name an
     /// equal finding after the first anyway).
     #[test]

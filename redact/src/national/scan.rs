@@ -153,7 +153,11 @@ impl Scan {
                                 None => true,
                                 Some(p) => k != 0 && after & p != 0,
                             };
-                            digits_fit && then_fits
+                            // A run longer than the form puts a digit right after the value,
+                            // which only a zone line may have (see `free_after`).
+                            let longer_run =
+                                run > f.places.len() && kept[f.entry].1 != NationalId::PassportMrz;
+                            digits_fit && then_fits && !longer_run
                         };
                         (0..forms.len())
                             .filter(|i| offered(&forms[*i]))
@@ -229,6 +233,23 @@ impl Scan {
                 }
             }
         }
+    }
+
+    /// The forms (detector name and form length) the table offers a start at `s` of `seg`,
+    /// before the word-length filter and the match: what the tests read.
+    #[cfg(test)]
+    pub(crate) fn offered(&self, seg: &[u8], s: usize) -> Vec<(&'static str, usize)> {
+        let run = seg[s..].iter().take_while(|b| b.is_ascii_digit()).count();
+        let after = seg
+            .get(s + run)
+            .map_or(0, |b| usize::from(self.kind[usize::from(*b)]));
+        self.table[run.min(RUN_CAP)][after]
+            .iter()
+            .map(|f| {
+                let form = &self.forms[usize::from(*f)];
+                (self.ids[form.entry].1.name(), form.places.len())
+            })
+            .collect()
     }
 
     /// Offers the place `s` to every active detector that may find a value there, through
