@@ -67,6 +67,16 @@ pub(crate) struct Scan {
     table: Vec<Vec<Vec<u8>>>,
 }
 
+/// The table's form indices, one byte each. Why a hard limit and not a skip: a form left out
+/// of the table would never be offered, so its values would be served in clear with no error;
+/// the 13 detectors have 30 forms, so this holds unless the templates grow past 256 (and then
+/// the first profile built says so).
+fn form_indices(indices: impl Iterator<Item = usize>) -> Vec<u8> {
+    indices
+        .map(|i| u8::try_from(i).unwrap_or_else(|_| panic!("national form index {i} fits a u8")))
+        .collect()
+}
+
 impl Scan {
     /// The scan of `ids` (the redactor's index of each, and the detector), in profile order.
     pub(crate) fn new(ids: &[(usize, NationalId)]) -> Scan {
@@ -159,10 +169,7 @@ impl Scan {
                                 run > f.places.len() && kept[f.entry].1 != NationalId::PassportMrz;
                             digits_fit && then_fits && !longer_run
                         };
-                        (0..forms.len())
-                            .filter(|i| offered(&forms[*i]))
-                            .filter_map(|i| u8::try_from(i).ok())
-                            .collect()
+                        form_indices((0..forms.len()).filter(|i| offered(&forms[*i])))
                     })
                     .collect()
             })
@@ -299,5 +306,60 @@ impl Scan {
                 next[form.entry] = e;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A form index past a byte stops the build instead of leaving the form out of the table
+    /// (where its values would never be offered, so served in clear).
+    #[test]
+    #[should_panic(expected = "fits a u8")]
+    fn a_form_index_past_a_byte_is_refused_not_dropped() {
+        let _ = form_indices(0..300);
+    }
+
+    /// Every form of every detector is offered at some start (some row of the table names
+    /// it), and each detector's values in every form are found when they stand alone, by a
+    /// scan of that detector only and by one of all thirteen.
+    #[test]
+    fn every_form_is_offered_and_each_example_is_found_alone() {
+        let all: Vec<(usize, NationalId)> = ALL.iter().copied().enumerate().collect();
+        let scan = Scan::new(&all);
+        let mut offered = vec![false; scan.forms.len()];
+        for row in scan.table.iter().flatten() {
+            for f in row {
+                offered[usize::from(*f)] = true;
+            }
+        }
+        let total: usize = ALL.iter().map(|id| id.forms().len()).sum();
+        assert_eq!(scan.forms.len(), total);
+        assert!(offered.iter().all(|o| *o), "{offered:?}");
+        let mut checked = 0;
+        for (i, id) in ALL.iter().copied().enumerate() {
+            let alone = Scan::new(&[(0, id)]);
+            for form in 0..id.forms().len() {
+                for seed in 0u8..20 {
+                    let Some(v) = id.example_from(form, &[seed, seed / 3, seed / 7, 5]) else {
+                        continue;
+                    };
+                    let mut line = b"x ".to_vec();
+                    line.extend_from_slice(&v);
+                    line.extend_from_slice(b" y");
+                    let mut masks = SegmentMasks::default();
+                    masks.compute_classes(&line, false);
+                    let mut got = Vec::new();
+                    alone.find(&line, &masks, usize::MAX, &mut got);
+                    assert_eq!(got, [(2, 2 + v.len(), 0)], "{}", String::from_utf8_lossy(&v));
+                    got.clear();
+                    scan.find(&line, &masks, usize::MAX, &mut got);
+                    assert!(got.contains(&(2, 2 + v.len(), i)), "{}", id.name());
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 300, "{checked}");
     }
 }
