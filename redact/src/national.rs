@@ -269,13 +269,25 @@ impl NationalId {
         }
     }
 
-    /// Appends the spans of this detector's values in `seg` to `out`: the one-detector case of
-    /// [`Scan`], which the redactor runs for all the detectors a profile names at once.
-    pub(crate) fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
-        let mut masks = crate::bytemask::SegmentMasks::default();
-        masks.compute_classes(seg, false);
+    /// Appends the spans of this detector's values in `seg` (whose byte classes are `masks`)
+    /// to `out`: the one-detector case of [`Scan`], which the redactor runs for all the
+    /// detectors a profile names at once. Why cached: a `Scan` costs a table of forms per run
+    /// length and byte kind to build; this path (any per-detector caller of
+    /// `Builtin::find_in`) builds the one of each detector once per process, not per segment.
+    pub(crate) fn find(
+        self,
+        seg: &[u8],
+        masks: &crate::bytemask::SegmentMasks,
+        out: &mut Vec<(usize, usize)>,
+    ) {
+        static ALONE: [std::sync::OnceLock<Scan>; ALL.len()] =
+            [const { std::sync::OnceLock::new() }; ALL.len()];
+        let Some(cell) = ALL.iter().position(|id| *id == self).and_then(|i| ALONE.get(i)) else {
+            return;
+        };
+        let scan = cell.get_or_init(|| Scan::new(&[(0, self)]));
         let mut found = Vec::new();
-        Scan::new(&[(0, self)]).find(seg, &masks, usize::MAX, &mut found);
+        scan.find(seg, masks, usize::MAX, &mut found);
         out.extend(found.into_iter().map(|(s, e, _)| (s, e)));
     }
 
@@ -299,6 +311,10 @@ impl NationalId {
 
 #[cfg(test)]
 thread_local! {
+    /// How many [`Scan`]s were built on this thread (a test hook: a per-detector `find`
+    /// reuses its cached one).
+    pub(crate) static SCAN_BUILDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+
     /// The detectors whose `find` ran on this thread (a test hook: the redactor's gate skips
     /// them on segments with too few digits).
     pub(crate) static FIND_CALLS: std::cell::RefCell<Vec<NationalId>> =
@@ -1116,6 +1132,19 @@ mod tests {
         }
     }
 
+    /// A per-detector `find` (the generic `Builtin::find_in` path) builds its detector's
+    /// scan once, not once per segment: 50 calls build at most one `Scan` on this thread
+    /// (none when another thread built it first), and still find the value.
+    #[test]
+    fn a_per_detector_find_reuses_its_cached_scan() {
+        let before = SCAN_BUILDS.with(std::cell::Cell::get);
+        for _ in 0..50 {
+            assert_eq!(found(NationalId::NlBsn, "bsn 123456782 ok"), ["123456782"]);
+        }
+        let built = SCAN_BUILDS.with(std::cell::Cell::get) - before;
+        assert!(built <= 1, "{built} scans built for 50 calls");
+    }
+
     /// A `,` before a value is a boundary whatever precedes it (a CSV's previous field).
     #[test]
     fn a_comma_before_a_value_never_joins() {
@@ -1125,7 +1154,9 @@ mod tests {
 
     fn found(id: NationalId, text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        id.find(text.as_bytes(), &mut out);
+        let mut masks = crate::bytemask::SegmentMasks::default();
+        masks.compute(text.as_bytes());
+        id.find(text.as_bytes(), &masks, &mut out);
         out.iter().map(|(s, e)| text[*s..*e].to_string()).collect()
     }
 

@@ -80,6 +80,8 @@ fn form_indices(indices: impl Iterator<Item = usize>) -> Vec<u8> {
 impl Scan {
     /// The scan of `ids` (the redactor's index of each, and the detector), in profile order.
     pub(crate) fn new(ids: &[(usize, NationalId)]) -> Scan {
+        #[cfg(test)]
+        super::SCAN_BUILDS.with(|n| n.set(n.get() + 1));
         let mut kept: Vec<(usize, NationalId, usize)> = Vec::new();
         for &(i, id) in ids {
             if !kept.iter().any(|(_, k, _)| *k == id) {
