@@ -1057,6 +1057,51 @@ mod tests {
         assert!(found_any > 2_000, "{found_any}");
     }
 
+    /// Word starts come 64 bytes at a time, with the last byte of each block carried into the
+    /// next: a value at every offset 0..=140 (across the 64- and 128-byte block boundaries,
+    /// and the shifted last block) behind word bytes is found exactly as the reference scan
+    /// finds it (not at all), and behind spaces is found at its offset.
+    #[test]
+    fn values_at_block_boundaries_are_found_as_the_reference_finds_them() {
+        let ids: Vec<(usize, NationalId)> = ALL.iter().copied().enumerate().collect();
+        let scan = Scan::new(&ids);
+        let mut checked = 0;
+        for (i, id) in ALL.iter().copied().enumerate() {
+            let Some(v) = (0u8..200).find_map(|seed| id.example_from(0, &spread_seed(seed))) else {
+                panic!("{} has no example", id.name());
+            };
+            for off in 0..=140 {
+                for fill in [b'x', b' '] {
+                    let mut line = vec![fill; off];
+                    line.extend_from_slice(&v);
+                    line.push(b' ');
+                    let mut want = Vec::new();
+                    for (j, other) in &ids {
+                        let mut spans = Vec::new();
+                        find_reference(*other, &line, &mut spans);
+                        want.extend(spans.into_iter().map(|(s, e)| (s, e, *j)));
+                    }
+                    let mut masks = crate::bytemask::SegmentMasks::default();
+                    masks.compute_classes(&line, false);
+                    let mut got = Vec::new();
+                    scan.find(&line, &masks, usize::MAX, &mut got);
+                    want.sort_unstable();
+                    got.sort_unstable();
+                    assert_eq!(got, want, "{} at {off} after {:?}", id.name(), fill as char);
+                    if fill == b' ' {
+                        assert!(
+                            got.contains(&(off, off + v.len(), i)),
+                            "{} at {off}",
+                            id.name()
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, ALL.len() * 141 * 2);
+    }
+
     /// A place is offered only the forms its digit run and the byte after it fit: that is
     /// what makes the one pass cheap on digit-heavy lines (a 9-digit id is not matched against
     /// the other detectors' eleven forms).
@@ -1143,6 +1188,13 @@ mod tests {
         }
         let built = SCAN_BUILDS.with(std::cell::Cell::get) - before;
         assert!(built <= 1, "{built} scans built for 50 calls");
+    }
+
+    /// 44 seed bytes spread from one (every place of the longest form gets its own).
+    pub(super) fn spread_seed(seed: u8) -> Vec<u8> {
+        (0..44u8)
+            .map(|i| seed.wrapping_mul(31).wrapping_add(i.wrapping_mul(7)))
+            .collect()
     }
 
     /// A `,` before a value is a boundary whatever precedes it (a CSV's previous field).
