@@ -282,7 +282,11 @@ impl NationalId {
     ) {
         static ALONE: [std::sync::OnceLock<Scan>; ALL.len()] =
             [const { std::sync::OnceLock::new() }; ALL.len()];
-        let Some(cell) = ALL.iter().position(|id| *id == self).and_then(|i| ALONE.get(i)) else {
+        let Some(cell) = ALL
+            .iter()
+            .position(|id| *id == self)
+            .and_then(|i| ALONE.get(i))
+        else {
             return;
         };
         let scan = cell.get_or_init(|| Scan::new(&[(0, self)]));

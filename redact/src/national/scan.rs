@@ -357,7 +357,12 @@ mod tests {
                     masks.compute_classes(&line, false);
                     let mut got = Vec::new();
                     alone.find(&line, &masks, usize::MAX, &mut got);
-                    assert_eq!(got, [(2, 2 + v.len(), 0)], "{}", String::from_utf8_lossy(&v));
+                    assert_eq!(
+                        got,
+                        [(2, 2 + v.len(), 0)],
+                        "{}",
+                        String::from_utf8_lossy(&v)
+                    );
                     got.clear();
                     scan.find(&line, &masks, usize::MAX, &mut got);
                     assert!(got.contains(&(2, 2 + v.len(), i)), "{}", id.name());
