@@ -239,7 +239,7 @@ impl Builtin {
             }),
             _ => {
                 if let Some(n) = self.as_national() {
-                    n.find(seg, out);
+                    n.find(seg, masks, out);
                 } else if let Some(f) = self.as_family() {
                     f.find(seg, masks.lower(), out);
                 }

@@ -226,10 +226,10 @@ pub struct Redactor {
     /// The profile's families that name a URL's user part (`sentry_dsn`): only when one runs
     /// does `email` leave that value to it, else `email` redacts it.
     userinfo_rows: Vec<&'static Family>,
-    /// National identifiers (index, fewest digits a value holds): they run on a segment with
-    /// at least that many digits (one count per segment), so a profile naming them costs
-    /// little on lines without long numbers.
-    national: Vec<(usize, usize)>,
+    /// National identifiers, run in one pass per segment, each only on a segment with at
+    /// least as many digits as its values hold (one count per segment), so a profile naming
+    /// them costs little on lines without long numbers.
+    national: national::Scan,
     key: Option<Arc<HashKey>>,
 }
 
@@ -301,7 +301,7 @@ impl Redactor {
         for (i, d) in detectors.iter().enumerate() {
             match d.kind {
                 Kind::Builtin(b) => match b.as_national() {
-                    Some(n) => national.push((i, n.min_digits())),
+                    Some(n) => national.push((i, n)),
                     None => by_bit[b.bit_index() as usize].push(i),
                 },
                 _ => unconditional.push(i),
@@ -321,7 +321,7 @@ impl Redactor {
             by_bit,
             unconditional,
             userinfo_rows,
-            national,
+            national: national::Scan::new(&national),
             key,
         })
     }
@@ -450,11 +450,8 @@ impl Redactor {
         }
         if !self.national.is_empty() {
             let digits = state.masks.count(|m| m.digit, 0, seg.len());
-            for &(i, min_digits) in &self.national {
-                if digits >= min_digits {
-                    self.run_detector(i, seg, state);
-                }
-            }
+            self.national
+                .find(seg, &state.masks, digits, &mut state.findings);
         }
         if state.findings.is_empty() {
             out.extend_from_slice(seg);

@@ -18,10 +18,14 @@
 //! The detectors hold no state and see one segment of one line; a TD1 passport zone spans three
 //! lines, so its first two lines are each checked on their own (their own check digits).
 //! National detectors have no bit in the prefilter's candidate set (it is full of token
-//! families): the redactor runs the ones a profile names on every segment.
+//! families): the redactor runs the ones a profile names on every segment with enough digits,
+//! all of them in one pass ([`Scan`]).
 
 use super::family::is_word;
 use super::validate;
+
+mod scan;
+pub(crate) use scan::Scan;
 
 /// One national-identifier detector. Its place in [`ALL`] is its number after the other
 /// built-in detectors (`Builtin::as_national`).
@@ -204,8 +208,14 @@ impl NationalId {
     /// Whether the bytes of one of its forms (`value`, separators included) are a real one.
     pub(crate) fn valid(self, value: &[u8]) -> bool {
         let mut buf = [0u8; 44];
-        let Some(c) = compact(value, &mut buf) else {
-            return false;
+        // A bare number (most candidates) is already compact: no copy.
+        let c = if value.iter().all(u8::is_ascii_digit) {
+            value
+        } else {
+            match compact(value, &mut buf) {
+                Some(c) => c,
+                None => return false,
+            }
         };
         match self {
             NationalId::PassportMrz => mrz_line(c),
@@ -259,53 +269,45 @@ impl NationalId {
         }
     }
 
-    /// Appends the spans of this detector's values in `seg` to `out`.
-    pub(crate) fn find(self, seg: &[u8], out: &mut Vec<(usize, usize)>) {
-        #[cfg(test)]
-        FIND_CALLS.with(|c| c.borrow_mut().push(self));
-        let forms = self.forms();
-        let mrz = self == NationalId::PassportMrz;
-        let mut s = 0;
-        while s < seg.len() {
-            let b = seg[s];
-            // Every form starts with a digit or a letter, at a word start or after a JSON
-            // escape (`\n`, `\r`, `\t`: a value logged inside a JSON string).
-            let start = s == 0 || !is_word(seg[s - 1]) || escaped_before(seg, s);
-            if !(start && b.is_ascii_alphanumeric()) {
-                s += 1;
-                continue;
-            }
-            let mut found = None;
-            for form in forms {
-                let e = s + form.len();
-                let fits =
-                    e <= seg.len() && form.iter().zip(&seg[s..e]).all(|(c, b)| class_has(*c, *b));
-                if fits
-                    && free_before(seg, s, e, mrz)
-                    && free_after(seg, s, e, mrz)
-                    && self.valid(&seg[s..e])
-                {
-                    found = Some(e);
-                    break;
-                }
-            }
-            match found {
-                Some(e) => {
-                    out.push((s, e));
-                    s = e;
-                }
-                None => s += 1,
-            }
-        }
+    /// Appends the spans of this detector's values in `seg` (whose byte classes are `masks`)
+    /// to `out`: the one-detector case of [`Scan`], which the redactor runs for all the
+    /// detectors a profile names at once. Why cached: a `Scan` costs a table of forms per run
+    /// length and byte kind to build; this path (any per-detector caller of
+    /// `Builtin::find_in`) builds the one of each detector once per process, not per segment.
+    pub(crate) fn find(
+        self,
+        seg: &[u8],
+        masks: &crate::bytemask::SegmentMasks,
+        out: &mut Vec<(usize, usize)>,
+    ) {
+        static ALONE: [std::sync::OnceLock<Scan>; ALL.len()] =
+            [const { std::sync::OnceLock::new() }; ALL.len()];
+        let Some(cell) = ALL
+            .iter()
+            .position(|id| *id == self)
+            .and_then(|i| ALONE.get(i))
+        else {
+            return;
+        };
+        let scan = cell.get_or_init(|| Scan::new(&[(0, self)]));
+        let mut found = Vec::new();
+        scan.find(seg, masks, usize::MAX, &mut found);
+        out.extend(found.into_iter().map(|(s, e, _)| (s, e)));
     }
 
     /// The fewest digits a segment holding one of this detector's values has (the `9` places
-    /// of its shortest form): the redactor skips the detector on a segment with fewer, so a
-    /// profile naming national detectors costs little on lines without long numbers.
+    /// of its shortest form, and for a TD1 zone line 1 the digit [`mrz_line`] requires in its
+    /// document number besides the check digit): the redactor skips the detector on a
+    /// segment with fewer, so a profile naming national detectors costs little on lines
+    /// without long numbers.
     pub(crate) fn min_digits(self) -> usize {
         self.forms()
             .iter()
-            .map(|f| f.iter().filter(|c| **c == DIGIT).count())
+            .map(|f| {
+                let places = f.iter().filter(|c| **c == DIGIT).count();
+                let td1_line1 = f.first() == Some(&TD1_CODE);
+                places + usize::from(td1_line1)
+            })
             .min()
             .unwrap_or(0)
     }
@@ -313,6 +315,10 @@ impl NationalId {
 
 #[cfg(test)]
 thread_local! {
+    /// How many [`Scan`]s were built on this thread (a test hook: a per-detector `find`
+    /// reuses its cached one).
+    pub(crate) static SCAN_BUILDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+
     /// The detectors whose `find` ran on this thread (a test hook: the redactor's gate skips
     /// them on segments with too few digits).
     pub(crate) static FIND_CALLS: std::cell::RefCell<Vec<NationalId>> =
@@ -361,8 +367,7 @@ impl NationalId {
                 for (field, at) in [(0..9, 9), (13..19, 19), (21..27, 27), (28..42, 42)] {
                     v[at] = mrz_check_digit(&v[field])?;
                 }
-                let composite = [&v[0..10], &v[13..20], &v[21..43]].concat();
-                v[43] = mrz_check_digit(&composite)?;
+                v[43] = mrz_check_digit_of(&[&v[0..10], &v[13..20], &v[21..43]])?;
                 return Some(v);
             }
             (NationalId::PassportMrz, _) if v[0].is_ascii_digit() => {
@@ -558,9 +563,11 @@ fn free_before(seg: &[u8], s: usize, e: usize, mrz: bool) -> bool {
         _ if is_word(p) => false,
         b'+' => before.is_some_and(is_word),
         b'-' => !before.is_some_and(|b| b.is_ascii_alphanumeric()),
+        // A `,` before the value never joins (decided before looking back at the run).
+        b',' => true,
         _ if joins_digits(p) => {
             let run = run_before(seg, s - 1);
-            p == b',' || !joined(p, run, &[], p == b'/' && seg.get(e) == Some(&b'/'))
+            !joined(p, run, &[], p == b'/' && seg.get(e) == Some(&b'/'))
         }
         _ => true,
     }
@@ -627,8 +634,15 @@ fn digit(b: u8) -> u32 {
 /// The ICAO 9303 check digit of `field`: values 0–9 for digits, 10–35 for `A`–`Z`, 0 for
 /// `<`, weighted 7, 3, 1 repeating, sum mod 10. `None` for any other byte.
 pub(crate) fn mrz_check_digit(field: &[u8]) -> Option<u8> {
+    mrz_check_digit_of(&[field])
+}
+
+/// The check digit of the fields `parts` read as one (a TD3 composite: the weights run on
+/// across the parts), without joining them in a new buffer: this runs on every 44-character
+/// candidate of a zone line.
+fn mrz_check_digit_of(parts: &[&[u8]]) -> Option<u8> {
     let mut sum = 0u32;
-    for (i, b) in field.iter().enumerate() {
+    for (i, b) in parts.iter().flat_map(|p| p.iter()).enumerate() {
         let v = match b {
             b'0'..=b'9' => digit(*b),
             b'A'..=b'Z' => u32::from(b - b'A') + 10,
@@ -663,14 +677,13 @@ pub(crate) fn mrz_line(l: &[u8]) -> bool {
             } else {
                 mrz_check(&l[28..42], l[42])
             };
-            let composite: Vec<u8> = [&l[0..10], &l[13..20], &l[21..43]].concat();
             mrz_check(&l[0..9], l[9])
                 && yymmdd(&l[13..19])
                 && mrz_check(&l[13..19], l[19])
                 && yymmdd(&l[21..27])
                 && mrz_check(&l[21..27], l[27])
                 && personal_ok
-                && mrz_check(&composite, l[43])
+                && mrz_check_digit_of(&[&l[0..10], &l[13..20], &l[21..43]]) == Some(l[43])
         }
         30 if l[0].is_ascii_uppercase() => {
             // TD1 line 1: the document number holds a digit and the line a filler (a run of
@@ -941,9 +954,265 @@ pub(crate) fn be_national_number(d: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// The per-detector scan the one pass replaced (each detector walking the whole segment
+    /// on its own), kept as the reference the one pass must equal.
+    fn find_reference(id: NationalId, seg: &[u8], out: &mut Vec<(usize, usize)>) {
+        let mrz = id == NationalId::PassportMrz;
+        let mut s = 0;
+        while s < seg.len() {
+            let start = s == 0 || !is_word(seg[s - 1]) || escaped_before(seg, s);
+            if !(start && seg[s].is_ascii_alphanumeric()) {
+                s += 1;
+                continue;
+            }
+            let found = id.forms().iter().find_map(|form| {
+                let e = s + form.len();
+                let fits =
+                    e <= seg.len() && form.iter().zip(&seg[s..e]).all(|(c, b)| class_has(*c, *b));
+                (fits
+                    && free_before(seg, s, e, mrz)
+                    && free_after(seg, s, e, mrz)
+                    && id.valid(&seg[s..e]))
+                .then_some(e)
+            });
+            match found {
+                Some(e) => {
+                    out.push((s, e));
+                    s = e;
+                }
+                None => s += 1,
+            }
+        }
+    }
+
+    /// Random text dense in what the detectors look at: valid values of every detector and
+    /// form (from `example_from`), digit runs of every length, the separators and joiners,
+    /// zone fillers, JSON escapes and letters of either case.
+    fn dense_line(rng: &mut u64) -> Vec<u8> {
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        let mut line = Vec::new();
+        let pieces = next() % 12 + 1;
+        for _ in 0..pieces {
+            let r = next();
+            match r % 8 {
+                0 | 1 => {
+                    let id = ALL[usize::try_from(r >> 8).unwrap_or(0) % ALL.len()];
+                    let seed = (r >> 16).to_le_bytes();
+                    if let Some(v) = id.example_from(usize::try_from(r >> 40).unwrap_or(0), &seed) {
+                        line.extend_from_slice(&v);
+                    }
+                }
+                2 | 3 => {
+                    for _ in 0..(r >> 8) % 17 {
+                        line.push(b'0' + u8::try_from(next() % 10).unwrap_or(0));
+                    }
+                }
+                4 => {
+                    let text: &[u8] = match (r >> 8) % 6 {
+                        0 => b"<<<<<<<<<<<<<<<",
+                        1 => b"\\n",
+                        2 => b"X",
+                        3 => b"id=",
+                        4 => b"UTO",
+                        _ => b"Ab",
+                    };
+                    line.extend_from_slice(text);
+                }
+                _ => {
+                    let seps = b" .-/:,<\\n_+\"Aa";
+                    line.push(seps[usize::try_from(r >> 8).unwrap_or(0) % seps.len()]);
+                }
+            }
+        }
+        line
+    }
+
+    /// The one pass finds exactly what each detector on its own finds, on many random lines
+    /// dense in values, look-alikes and separators, with all thirteen detectors at once.
+    #[test]
+    fn one_pass_finds_what_each_detector_alone_finds() {
+        let ids: Vec<(usize, NationalId)> = ALL.iter().copied().enumerate().collect();
+        let scan = Scan::new(&ids);
+        let mut rng = 0x16_u64 << 32 | 0x2026_1205;
+        let mut found_any = 0;
+        for _ in 0..20_000 {
+            let line = dense_line(&mut rng);
+            let mut want = Vec::new();
+            for (i, id) in &ids {
+                let mut spans = Vec::new();
+                find_reference(*id, &line, &mut spans);
+                want.extend(spans.into_iter().map(|(s, e)| (s, e, *i)));
+            }
+            let mut masks = crate::bytemask::SegmentMasks::default();
+            masks.compute_classes(&line, false);
+            let mut got = Vec::new();
+            scan.find(&line, &masks, usize::MAX, &mut got);
+            want.sort_unstable();
+            got.sort_unstable();
+            assert_eq!(got, want, "{}", String::from_utf8_lossy(&line));
+            found_any += usize::from(!want.is_empty());
+        }
+        // The lines hold values: the comparison is not one of empty lists.
+        assert!(found_any > 2_000, "{found_any}");
+    }
+
+    /// Word starts come 64 bytes at a time, with the last byte of each block carried into the
+    /// next: a value at every offset 0..=140 (across the 64- and 128-byte block boundaries,
+    /// and the shifted last block) behind word bytes is found exactly as the reference scan
+    /// finds it (not at all), and behind spaces is found at its offset.
+    #[test]
+    fn values_at_block_boundaries_are_found_as_the_reference_finds_them() {
+        let ids: Vec<(usize, NationalId)> = ALL.iter().copied().enumerate().collect();
+        let scan = Scan::new(&ids);
+        let mut checked = 0;
+        for (i, id) in ALL.iter().copied().enumerate() {
+            let Some(v) = (0u8..200).find_map(|seed| id.example_from(0, &spread_seed(seed))) else {
+                panic!("{} has no example", id.name());
+            };
+            for off in 0..=140 {
+                for fill in [b'x', b' '] {
+                    let mut line = vec![fill; off];
+                    line.extend_from_slice(&v);
+                    line.push(b' ');
+                    let mut want = Vec::new();
+                    for (j, other) in &ids {
+                        let mut spans = Vec::new();
+                        find_reference(*other, &line, &mut spans);
+                        want.extend(spans.into_iter().map(|(s, e)| (s, e, *j)));
+                    }
+                    let mut masks = crate::bytemask::SegmentMasks::default();
+                    masks.compute_classes(&line, false);
+                    let mut got = Vec::new();
+                    scan.find(&line, &masks, usize::MAX, &mut got);
+                    want.sort_unstable();
+                    got.sort_unstable();
+                    assert_eq!(got, want, "{} at {off} after {:?}", id.name(), fill as char);
+                    if fill == b' ' {
+                        assert!(
+                            got.contains(&(off, off + v.len(), i)),
+                            "{} at {off}",
+                            id.name()
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, ALL.len() * 141 * 2);
+    }
+
+    /// A place is offered only the forms its digit run and the byte after it fit: that is
+    /// what makes the one pass cheap on digit-heavy lines (a 9-digit id is not matched against
+    /// the other detectors' eleven forms).
+    #[test]
+    fn a_start_is_offered_only_the_forms_its_digit_run_and_next_byte_fit() {
+        let ids: Vec<(usize, NationalId)> = ALL.iter().copied().enumerate().collect();
+        let scan = Scan::new(&ids);
+        // A bare 9-digit run: the bare BSN and SIN forms.
+        assert_eq!(
+            scan.offered(b"123456782 x", 0),
+            [("nl_bsn", 9), ("ca_sin", 9)]
+        );
+        // 8 digits and a letter: the DNI (and a zone line, whose document number may be
+        // 8 digits and a capital); 8 digits and a dash: the DNI's dashed form.
+        assert_eq!(
+            scan.offered(b"12345678Z", 0),
+            [("passport_mrz", 44), ("es_dni", 9)]
+        );
+        assert_eq!(scan.offered(b"12345678-Z", 0), [("es_dni", 10)]);
+        // 3 digits and a dot: the dotted CPF only.
+        assert_eq!(scan.offered(b"529.982.247-25", 0), [("br_cpf", 14)]);
+        // A lower-case word: the fiscal code (either case) only; a capital: the zone lines
+        // and the fiscal code; X, Y or Z: the NIE too.
+        assert_eq!(scan.offered(b"curl", 0), [("it_codice_fiscale", 16)]);
+        assert_eq!(
+            scan.offered(b"GET", 0),
+            [("passport_mrz", 44), ("it_codice_fiscale", 16)]
+        );
+        assert_eq!(
+            scan.offered(b"X1234567L", 0),
+            [
+                ("passport_mrz", 44),
+                ("es_nie", 9),
+                ("es_nie", 11),
+                ("it_codice_fiscale", 16)
+            ]
+        );
+        // 13 digits (an epoch-ms timestamp): no form.
+        assert_eq!(scan.offered(b"1764915305123 ", 0), []);
+    }
+
+    /// A detector named twice runs once, under its first index (the redactor would name an
+    /// equal finding after the first anyway).
+    #[test]
+    fn a_detector_named_twice_is_scanned_once() {
+        let scan = Scan::new(&[(3, NationalId::NlBsn), (7, NationalId::NlBsn)]);
+        let mut got = Vec::new();
+        let mut masks = crate::bytemask::SegmentMasks::default();
+        masks.compute_classes(b"a 123456782 b", false);
+        scan.find(b"a 123456782 b", &masks, usize::MAX, &mut got);
+        assert_eq!(got, [(2, 11, 3)]);
+    }
+
+    /// A TD1 line 1 holds two digits at least (its check digit and one in the document
+    /// number, which `mrz_line` requires), so the zone detector's digit gate is 2, not 1.
+    #[test]
+    fn min_digits_counts_the_digit_a_td1_document_number_holds() {
+        assert_eq!(NationalId::PassportMrz.min_digits(), 2);
+        let line = b"I<UTOD231458907<<<<<<<<<<<<<<<";
+        assert!(mrz_line(line));
+        // With one digit only (the check), the line is no zone line: the gate loses nothing.
+        let one = b"I<UTODABCDEFGH7<<<<<<<<<<<<<<<";
+        assert!(!mrz_line(one));
+        for id in ALL {
+            for form in 0..id.forms().len() {
+                for seed in 0u8..40 {
+                    if let Some(v) = id.example_from(form, &[seed, seed / 3, seed / 7]) {
+                        let digits = v.iter().filter(|b| b.is_ascii_digit()).count();
+                        assert!(digits >= id.min_digits(), "{}: {:?}", id.name(), v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A per-detector `find` (the generic `Builtin::find_in` path) builds its detector's
+    /// scan once, not once per segment: 50 calls build at most one `Scan` on this thread
+    /// (none when another thread built it first), and still find the value.
+    #[test]
+    fn a_per_detector_find_reuses_its_cached_scan() {
+        let before = SCAN_BUILDS.with(std::cell::Cell::get);
+        for _ in 0..50 {
+            assert_eq!(found(NationalId::NlBsn, "bsn 123456782 ok"), ["123456782"]);
+        }
+        let built = SCAN_BUILDS.with(std::cell::Cell::get) - before;
+        assert!(built <= 1, "{built} scans built for 50 calls");
+    }
+
+    /// 44 seed bytes spread from one (every place of the longest form gets its own).
+    pub(super) fn spread_seed(seed: u8) -> Vec<u8> {
+        (0..44u8)
+            .map(|i| seed.wrapping_mul(31).wrapping_add(i.wrapping_mul(7)))
+            .collect()
+    }
+
+    /// A `,` before a value is a boundary whatever precedes it (a CSV's previous field).
+    #[test]
+    fn a_comma_before_a_value_never_joins() {
+        assert_eq!(found(NationalId::NlBsn, "12,123456782"), ["123456782"]);
+        assert_eq!(found(NationalId::NlBsn, "ab,123456782,x"), ["123456782"]);
+    }
+
     fn found(id: NationalId, text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        id.find(text.as_bytes(), &mut out);
+        let mut masks = crate::bytemask::SegmentMasks::default();
+        masks.compute(text.as_bytes());
+        id.find(text.as_bytes(), &masks, &mut out);
         out.iter().map(|(s, e)| text[*s..*e].to_string()).collect()
     }
 

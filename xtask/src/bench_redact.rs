@@ -32,6 +32,11 @@ pub struct Args {
     /// load of this shared machine.
     #[arg(long, value_name = "AGENT")]
     baseline: Option<PathBuf>,
+    /// Instead: the national detectors' cost (all 13 against `default`) on three seeded
+    /// inputs; with `--baseline`, that build's output must equal this one's (see
+    /// `bench_national.rs`).
+    #[arg(long)]
+    national: bool,
 }
 
 /// The eight patterns of the comparison (`shared/notes/redaction.md`, §7), for ripgrep and sed.
@@ -73,6 +78,9 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         "loggate-agent",
     ]))?;
     let agent = target_dir().join("release/loggate-agent");
+    if args.national {
+        return crate::bench_national::run(&agent, args.baseline.as_deref(), args.rounds);
+    }
     let rg = ensure_ripgrep()?;
     let size: u64 = if args.quick { 64 << 20 } else { 1 << 30 };
     let corpus = corpus::ensure(&dir, size)?;

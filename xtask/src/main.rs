@@ -4,6 +4,7 @@
 mod bench_audit;
 mod bench_ebpf;
 mod bench_fleet;
+mod bench_national;
 mod bench_reads;
 mod bench_redact;
 mod bench_serve;
