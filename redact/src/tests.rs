@@ -650,10 +650,13 @@ proptest! {
 }
 
 /// A piece of a line for the prefilter's differential test: a byte of a small alphabet heavy
-/// in `~`, `Q` and digits, a prefix or near-prefix, or an Entra-shaped secret.
+/// in `~`, `Q` and digits, a prefix or near-prefix, an Entra-shaped secret, a vendor's key
+/// name, scheme or host (the context rows, in several cases, with their separators, and the
+/// everyday words that share their first bytes), or a value of a context row's alphabet and
+/// length.
 fn prefilter_piece() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => prop::sample::select(b"abqQx~8059 _-.=:@/Z".to_vec()).prop_map(|b| char::from(b).to_string()),
+        4 => prop::sample::select(b"abqQx~8059 _-.=:@/Z\"".to_vec()).prop_map(|b| char::from(b).to_string()),
         2 => prop::sample::select(vec![
             "8Q~", "q~", "Q~", "~", "~/", "0q~", "sha256~", "ghp_", "api_key=", "?sig=", "xoxb-",
             "AKIA", "eyJ", "password=", "Bearer ", "glpat-", "ssws ", "123-45-6789", "::1",
@@ -661,6 +664,43 @@ fn prefilter_piece() -> impl Strategy<Value = String> {
         .prop_map(str::to_string),
         1 => ("[A-Za-z0-9_~.-]{3}", 0u8..10, "[A-Za-z0-9_~.-]{34}")
             .prop_map(|(lead, d, tail)| format!("{lead}{d}Q~{tail}")),
+        2 => prop::sample::select(vec![
+            "DD_API_KEY=", "dd-api-key: ", "\"datadog_api_key\":\"", "Dd-Api-Key\":[\"",
+            "DD_APP_KEY=", "Auth0_Client_Secret=", "auth0_api_token: ", "auth0", "authorization",
+            "pagerduty_token=", "PAGERDUTY_ROUTING_KEY=", "routing_key => '", "page=", "pager",
+            "x-auth-key:", "X-Auth-Key: ", "SSWS ", "okta_api_token=", "sentry_key=", "://",
+            "@o1.ingest.sentry.io/2", "sentry.io", ".SENTRY.IO", "cloudflare_api_token=",
+            "cf_api_key=", "azure_devops_pat=", "ado_pat=", "\"name\":\"DD_API_KEY\"",
+            ",\"value\":\"", "twilio_auth_token=", "twilio_api_secret=", "cohere_api_key=",
+            "co_api_key=", "fastly-key: ", "FASTLY_API_TOKEN=", "database", "datadog", "line",
+            "lin_api_", "api-", "api_org_",
+        ])
+        .prop_map(str::to_string),
+        1 => context_value(),
+        2 => (
+            prop::sample::select(vec![
+                "dd_api_key", "DD-API-KEY", "Datadog_App_Key", "dd_application_key",
+                "auth0_client_secret", "AUTH0_MANAGEMENT_TOKEN", "pagerduty_api_key",
+                "routing_key", "x-auth-key", "cf_api_token", "Okta_API_Token", "sentry_key",
+                "twilio_auth_token", "cohere_api_key", "fastly-key", "azure_devops_pat",
+            ]),
+            prop::sample::select(vec!["=", ": ", "\":\"", "\\\":\\\"", " => '", "\":[\""]),
+            context_value(),
+        )
+            .prop_map(|(key, sep, value)| format!(" {key}{sep}{value}")),
+    ]
+}
+
+/// A value of one of the context rows' alphabets and lengths.
+fn context_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9a-f]{32}",
+        "[0-9A-F]{40}",
+        "[0-9a-f]{37}",
+        "00[A-Za-z0-9_-]{40}",
+        "[A-Za-z0-9]{32}",
+        "[A-Za-z0-9_-]{40}",
+        "[a-z2-7]{52}",
     ]
 }
 
@@ -692,6 +732,15 @@ proptest! {
         for b in kinds {
             out.clear();
             b.find_in(line, &masks, &[], &mut out);
+            // `aws_secret_key` finds any mixed-case 40-character run; its context, a line
+            // naming `aws`, a secret or a key id, is its literals, which only the prefilter
+            // checks: without one on the line it finds nothing, by design.
+            let named = |l: &&str| {
+                memchr::memmem::find(masks.lower(), l.to_ascii_lowercase().as_bytes()).is_some()
+            };
+            if b == Builtin::AwsSecretKey && !b.literals().iter().any(named) {
+                continue;
+            }
             prop_assert!(
                 out.is_empty() || candidates & prefilter::bit(b) != 0,
                 "{} finds {:?} in {:?} but is no candidate",
