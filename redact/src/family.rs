@@ -375,15 +375,9 @@ impl Shape {
             return None;
         }
         let at = |i: usize| seg.get(i).copied();
-        let blanks = |mut i: usize| {
-            while matches!(at(i), Some(b' ' | b'\t')) {
-                i += 1;
-            }
-            i
-        };
         let mut i = p + key_len;
         if self.context == Context::Scheme {
-            let v = blanks(i);
+            let v = skip_blanks(seg, i);
             return if v == i { None } else { self.value_at(seg, v) };
         }
         if at(i) == Some(b'\\') {
@@ -393,7 +387,7 @@ impl Shape {
         if quoted {
             i += 1;
         }
-        i = blanks(i);
+        i = skip_blanks(seg, i);
         if quoted && at(i) == Some(b',') {
             i = name_value_pair(seg, i)?;
         }
@@ -404,10 +398,10 @@ impl Shape {
         if at(i) == Some(b'=') && at(i + 1) == Some(b'>') {
             i += 1;
         }
-        i = blanks(i + 1);
+        i = skip_blanks(seg, i + 1);
         // A header map's list of values (Go's `http.Header`: `"Dd-Api-Key":["v"]`).
         if at(i) == Some(b'[') {
-            i = blanks(i + 1);
+            i = skip_blanks(seg, i + 1);
         }
         if at(i) == Some(b'\\') {
             i += 1;
@@ -502,13 +496,7 @@ pub fn claimed_userinfo(rows: &[&Family], seg: &[u8], start: usize, value: &[u8]
 /// exactly `"value"`; anything else is not this form (`None`).
 fn name_value_pair(seg: &[u8], comma: usize) -> Option<usize> {
     let at = |i: usize| seg.get(i).copied();
-    let blanks = |mut i: usize| {
-        while matches!(at(i), Some(b' ' | b'\t')) {
-            i += 1;
-        }
-        i
-    };
-    let mut i = blanks(comma + 1);
+    let mut i = skip_blanks(seg, comma + 1);
     let escaped = at(i) == Some(b'\\');
     if escaped {
         i += 1;
@@ -521,7 +509,17 @@ fn name_value_pair(seg: &[u8], comma: usize) -> Option<usize> {
     if !seg.get(i..)?.starts_with(closing) {
         return None;
     }
-    Some(blanks(i + closing.len()))
+    Some(skip_blanks(seg, i + closing.len()))
+}
+
+/// The first index at or after `i` that is not a space or a tab in `seg` (`seg.len()` or
+/// beyond when the blanks run to its end): what a key's separator and a name/value pair allow
+/// around them.
+fn skip_blanks(seg: &[u8], mut i: usize) -> usize {
+    while matches!(seg.get(i), Some(b' ' | b'\t')) {
+        i += 1;
+    }
+    i
 }
 
 /// A word byte (`[A-Za-z0-9_]`): what a token must not be glued to.
@@ -1966,6 +1964,18 @@ mod tests {
         ] {
             assert_eq!(redact(&format!("{text}\n")), format!("{want}\n"), "{text}");
         }
+    }
+
+    /// Blanks are spaces and tabs only, skipped up to the end of the segment and past an
+    /// index beyond it without reading out of bounds.
+    #[test]
+    fn skip_blanks_stops_at_the_first_other_byte() {
+        let seg = b"k= \t \tv \n";
+        assert_eq!(skip_blanks(seg, 0), 0);
+        assert_eq!(skip_blanks(seg, 2), 6);
+        assert_eq!(skip_blanks(seg, 7), 8);
+        assert_eq!(skip_blanks(b"  ", 0), 2);
+        assert_eq!(skip_blanks(seg, 40), 40);
     }
 
     /// Values of a vendor's alphabet and length without its context stay: a 32-hex trace id or
