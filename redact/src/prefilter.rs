@@ -194,8 +194,9 @@ impl Prefilter {
             entries.extend(word_starts.into_iter().map(|(l, _, b)| (l.clone(), l, b)));
         } else {
             for (l, back, b) in word_starts {
-                word_gate.add(l.as_bytes(), back, b)?;
+                word_gate.add(l.as_bytes(), back, b);
             }
+            word_gate.finish()?;
         }
         // The triggers: no one a prefix of another, so at any position at most one matches,
         // and leftmost-first search resumed one byte after each match reports every
@@ -504,6 +505,9 @@ struct WordGate {
 /// A free slot of [`WordGate::slots`].
 const EMPTY_SLOT: u16 = u16::MAX;
 
+/// The most keys [`WordGate::slots`] can number: every `u16` but [`EMPTY_SLOT`].
+const MAX_WORD_GATE_KEYS: usize = EMPTY_SLOT as usize;
+
 /// The gated prefixes of one key, behind the [`Stem`] they share.
 #[derive(Debug)]
 struct KeyGroup {
@@ -653,9 +657,9 @@ fn gate_bit(key: u32) -> usize {
 
 impl WordGate {
     /// Adds a lowercase prefix of the detectors `bits`, looked up at word starts after its
-    /// first `back` bytes (at least three bytes follow them). Fails only when there are more
-    /// keys than the index can number (65,535; the built-in families have about 160).
-    fn add(&mut self, prefix: &[u8], back: usize, bits: u128) -> Result<(), String> {
+    /// first `back` bytes (at least three bytes follow them). The gate answers for it only
+    /// after [`WordGate::finish`], which builds the stems and the index once for all keys.
+    fn add(&mut self, prefix: &[u8], back: usize, bits: u128) {
         let key = gate_key(prefix.get(back..).unwrap_or_default());
         let h = gate_bit(key);
         self.table[h / 64] |= 1 << (h % 64);
@@ -680,24 +684,36 @@ impl WordGate {
             Some(g) => g.bits |= bits,
             None => group.prefixes.push(GatedPrefix::new(prefix, back, bits)),
         }
-        group.stem = Stem::of(
-            group
-                .prefixes
-                .iter()
-                .map(|g| g.prefix.get(g.back..).unwrap_or_default()),
-        );
-        self.reindex()
     }
 
-    /// Builds [`WordGate::slots`] for the keys as they are now.
-    fn reindex(&mut self) -> Result<(), String> {
+    /// Computes every key group's [`Stem`] and builds [`WordGate::slots`], once, after the
+    /// last [`WordGate::add`]. Fails when there are more keys than the index can number
+    /// ([`MAX_WORD_GATE_KEYS`]; the built-in families have about 160), and the gate is then
+    /// not to be used.
+    fn finish(&mut self) -> Result<(), String> {
+        if self.keys.len() > MAX_WORD_GATE_KEYS {
+            return Err(format!(
+                "too many word-gate keys ({}, at most {MAX_WORD_GATE_KEYS}): use fewer token \
+                 families in the profile",
+                self.keys.len()
+            ));
+        }
+        for (_, group) in &mut self.keys {
+            group.stem = Stem::of(
+                group
+                    .prefixes
+                    .iter()
+                    .map(|g| g.prefix.get(g.back..).unwrap_or_default()),
+            );
+        }
         let n = (2 * self.keys.len()).next_power_of_two().max(2);
         self.slots = vec![EMPTY_SLOT; n];
         for (g, (key, _)) in self.keys.iter().enumerate() {
+            // Below `EMPTY_SLOT` by the check above.
             let g = u16::try_from(g)
                 .ok()
                 .filter(|g| *g != EMPTY_SLOT)
-                .ok_or("too many token-family prefixes for the word gate")?;
+                .ok_or("too many word-gate keys: use fewer token families in the profile")?;
             let mut i = gate_bit(*key) & (n - 1);
             while self.slots[i] != EMPTY_SLOT {
                 i = (i + 1) & (n - 1);
@@ -1049,6 +1065,32 @@ mod tests {
             }
         }
         assert!(WordGate::default().group(gate_key(b"api"), 7).is_none());
+    }
+
+    /// The index numbers keys with a `u16` less its free-slot mark: 65,535 distinct keys are
+    /// indexed (and each is found at its own group), one more is refused with an error
+    /// naming the limit, not a wrong or truncated index.
+    #[test]
+    fn word_gate_refuses_more_keys_than_its_index_can_number() {
+        let gate_of = |n: usize| {
+            let mut gate = WordGate::default();
+            for i in 0..n {
+                let [a, b, ..] = i.to_le_bytes();
+                gate.add(&[a, b, b'k', b'e', b'y'], 0, 1);
+            }
+            (gate.keys.len(), gate.finish().map(|()| gate))
+        };
+        let (keys, gate) = gate_of(MAX_WORD_GATE_KEYS);
+        assert_eq!(keys, 65_535);
+        let gate = gate.unwrap();
+        for (key, group) in &gate.keys {
+            let found = gate.group(*key, gate_bit(*key)).unwrap();
+            assert!(std::ptr::eq(found, group), "{key:x}");
+        }
+        let (keys, gate) = gate_of(MAX_WORD_GATE_KEYS + 1);
+        assert_eq!(keys, 65_536);
+        let err = gate.unwrap_err();
+        assert!(err.contains("too many word-gate keys (65536, at most 65535)"), "{err}");
     }
 
     /// A key group's stem is what all its prefixes start with (at most eight bytes) and the
