@@ -1776,6 +1776,75 @@ mod tests {
         }
     }
 
+    /// A context literal (key, scheme or host) in lowercase, upper case and with each part
+    /// capitalised (`Dd_Api_Key`, `X-Auth-Key`): they are matched in any case.
+    fn cases(literal: &str) -> [String; 3] {
+        let mut title = String::new();
+        let mut up = true;
+        for c in literal.chars() {
+            title.push(if up { c.to_ascii_uppercase() } else { c });
+            up = !c.is_ascii_alphanumeric();
+        }
+        [literal.to_string(), literal.to_ascii_uppercase(), title]
+    }
+
+    /// Redacts `text` with the default profile, with the word gate's stem pre-check on or
+    /// off (off: every prefix of a key's group compared at each table hit).
+    fn redact_stem(text: &str, stem_off: bool) -> String {
+        crate::prefilter::STEM_OFF.with(|c| c.set(stem_off));
+        let out = redact(text);
+        crate::prefilter::STEM_OFF.with(|c| c.set(false));
+        out
+    }
+
+    /// A corpus generated from the family table, not a hand list: every context row's key,
+    /// scheme and host (every shape of every built-in family whose literal is context) in
+    /// three cases, each way of writing it (`KEY=`, `key: `, JSON, escaped JSON, YAML, `=>`,
+    /// a name/value pair, a header, a DSN), each value of its shape (shortest, longest, what
+    /// its check needs), on a line of everyday words that share the keys' first bytes
+    /// (`authorization`, `page=`, `database`, `/api/`, `line`). Each planted value is
+    /// redacted under its row's name, and the word gate's stem pre-check changes nothing: the
+    /// whole corpus, near misses included (the literal with its last byte changed, `_` and `-`
+    /// swapped), redacts to the same bytes with the stem off, where the gate compares every
+    /// prefix of a key's group at each hit.
+    #[test]
+    fn every_context_row_is_found_and_the_word_gate_stem_changes_nothing() {
+        let words = "GET /api/v1/orders?page=3 authorization database datadog line auth0 pager";
+        let (mut planted, mut near) = (0, 0);
+        for f in Builtin::ALL.iter().filter_map(|b| b.as_family()) {
+            for s in f.shapes.iter().filter(|s| s.context != Context::Prefix) {
+                for literal in s.prefixes {
+                    for case in cases(literal) {
+                        for body in bodies(s, literal) {
+                            for (text, want) in forms(s, &case, &body, f.name) {
+                                let line = format!("{words} sent {text} ok");
+                                let out = redact_stem(&line, false);
+                                assert_eq!(out, format!("{words} sent {want} ok"), "{line}");
+                                assert_eq!(redact_stem(&line, true), out, "{line}");
+                                planted += 1;
+                            }
+                            let mut misses = vec![case.replace('_', "-"), case.replace('-', "_")];
+                            if let Some(last) = case.chars().last() {
+                                let other = if last == 'x' { 'y' } else { 'x' };
+                                misses.push(format!("{}{other}", &case[..case.len() - 1]));
+                            }
+                            for miss in misses.into_iter().filter(|m| *m != case) {
+                                for (text, _) in forms(s, &miss, &body, f.name) {
+                                    let line = format!("{words} sent {text} ok");
+                                    let out = redact_stem(&line, false);
+                                    assert_eq!(redact_stem(&line, true), out, "{line}");
+                                    near += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(planted >= 1000, "{planted} planted values");
+        assert!(near >= 1000, "{near} near misses");
+    }
+
     /// Look-alikes of every form are not this family's: a body one byte too short or too long,
     /// and the token (or its key, scheme or host) glued to a word before it. They stay whole
     /// unless another family's token is inside them (`xoxe.xoxp-…` one byte short is still a
