@@ -849,7 +849,8 @@ proptest! {
     /// pieces. Every detector that finds something is a candidate, with one exception, by
     /// design: `aws_secret_key` alone finds any mixed-case 40-character run, and its context
     /// (a line naming `aws`, a secret or a key id: its literals) is checked only by the
-    /// prefilter, so it is held to this only on lines holding one of its literals.
+    /// prefilter, so it is held to this only on lines holding one of its literals
+    /// (`aws_secret_key_finds_any_40_character_run_and_the_prefilter_adds_its_context`).
     #[test]
     fn every_context_row_that_finds_something_is_a_prefilter_candidate(
         pieces in prop::collection::vec(
@@ -872,6 +873,26 @@ proptest! {
         let line = pieces.concat();
         finders_are_candidates(&p, &kinds, &line.as_bytes()[..cut.min(line.len())], true)?;
     }
+}
+
+/// `aws_secret_key`'s own search finds any mixed-case 40-character run; what makes it a
+/// secret key, a line naming `aws`, a secret or a key id, is its literals, which only the
+/// prefilter checks. Both sides are pinned: a path that ran the detector without the
+/// prefilter would redact every such run.
+#[test]
+fn aws_secret_key_finds_any_40_character_run_and_the_prefilter_adds_its_context() {
+    let run = "U8JZpDE0iGXlD6gNCFbaEPFjbD0kH8Oool8DklZD";
+    let line = format!("build {run} done");
+    let mut masks = SegmentMasks::default();
+    masks.compute(line.as_bytes());
+    let mut out = Vec::new();
+    Builtin::AwsSecretKey.find_in(line.as_bytes(), &masks, &[], &mut out);
+    assert_eq!(out, [(6, 46)]);
+    assert_eq!(redact(&line), line);
+    assert_eq!(
+        redact(&format!("aws {line}")),
+        "aws build [REDACTED:aws_secret_key] done"
+    );
 }
 
 /// The `tilde` class is computed for a profile that reads it and only then: an Entra secret
