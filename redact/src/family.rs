@@ -375,15 +375,9 @@ impl Shape {
             return None;
         }
         let at = |i: usize| seg.get(i).copied();
-        let blanks = |mut i: usize| {
-            while matches!(at(i), Some(b' ' | b'\t')) {
-                i += 1;
-            }
-            i
-        };
         let mut i = p + key_len;
         if self.context == Context::Scheme {
-            let v = blanks(i);
+            let v = skip_blanks(seg, i);
             return if v == i { None } else { self.value_at(seg, v) };
         }
         if at(i) == Some(b'\\') {
@@ -393,7 +387,7 @@ impl Shape {
         if quoted {
             i += 1;
         }
-        i = blanks(i);
+        i = skip_blanks(seg, i);
         if quoted && at(i) == Some(b',') {
             i = name_value_pair(seg, i)?;
         }
@@ -404,10 +398,10 @@ impl Shape {
         if at(i) == Some(b'=') && at(i + 1) == Some(b'>') {
             i += 1;
         }
-        i = blanks(i + 1);
+        i = skip_blanks(seg, i + 1);
         // A header map's list of values (Go's `http.Header`: `"Dd-Api-Key":["v"]`).
         if at(i) == Some(b'[') {
-            i = blanks(i + 1);
+            i = skip_blanks(seg, i + 1);
         }
         if at(i) == Some(b'\\') {
             i += 1;
@@ -502,13 +496,7 @@ pub fn claimed_userinfo(rows: &[&Family], seg: &[u8], start: usize, value: &[u8]
 /// exactly `"value"`; anything else is not this form (`None`).
 fn name_value_pair(seg: &[u8], comma: usize) -> Option<usize> {
     let at = |i: usize| seg.get(i).copied();
-    let blanks = |mut i: usize| {
-        while matches!(at(i), Some(b' ' | b'\t')) {
-            i += 1;
-        }
-        i
-    };
-    let mut i = blanks(comma + 1);
+    let mut i = skip_blanks(seg, comma + 1);
     let escaped = at(i) == Some(b'\\');
     if escaped {
         i += 1;
@@ -521,7 +509,17 @@ fn name_value_pair(seg: &[u8], comma: usize) -> Option<usize> {
     if !seg.get(i..)?.starts_with(closing) {
         return None;
     }
-    Some(blanks(i + closing.len()))
+    Some(skip_blanks(seg, i + closing.len()))
+}
+
+/// The first index at or after `i` that is not a space or a tab in `seg` (`seg.len()` or
+/// beyond when the blanks run to its end): what a key's separator and a name/value pair allow
+/// around them.
+fn skip_blanks(seg: &[u8], mut i: usize) -> usize {
+    while matches!(seg.get(i), Some(b' ' | b'\t')) {
+        i += 1;
+    }
+    i
 }
 
 /// A word byte (`[A-Za-z0-9_]`): what a token must not be glued to.
@@ -1778,6 +1776,75 @@ mod tests {
         }
     }
 
+    /// A context literal (key, scheme or host) in lowercase, upper case and with each part
+    /// capitalised (`Dd_Api_Key`, `X-Auth-Key`): they are matched in any case.
+    fn cases(literal: &str) -> [String; 3] {
+        let mut title = String::new();
+        let mut up = true;
+        for c in literal.chars() {
+            title.push(if up { c.to_ascii_uppercase() } else { c });
+            up = !c.is_ascii_alphanumeric();
+        }
+        [literal.to_string(), literal.to_ascii_uppercase(), title]
+    }
+
+    /// Redacts `text` with the default profile, with the word gate's stem pre-check on or
+    /// off (off: every prefix of a key's group compared at each table hit).
+    fn redact_stem(text: &str, stem_off: bool) -> String {
+        crate::prefilter::STEM_OFF.with(|c| c.set(stem_off));
+        let out = redact(text);
+        crate::prefilter::STEM_OFF.with(|c| c.set(false));
+        out
+    }
+
+    /// A corpus generated from the family table, not a hand list: every context row's key,
+    /// scheme and host (every shape of every built-in family whose literal is context) in
+    /// three cases, each way of writing it (`KEY=`, `key: `, JSON, escaped JSON, YAML, `=>`,
+    /// a name/value pair, a header, a DSN), each value of its shape (shortest, longest, what
+    /// its check needs), on a line of everyday words that share the keys' first bytes
+    /// (`authorization`, `page=`, `database`, `/api/`, `line`). Each planted value is
+    /// redacted under its row's name, and the word gate's stem pre-check changes nothing: the
+    /// whole corpus, near misses included (the literal with its last byte changed, `_` and `-`
+    /// swapped), redacts to the same bytes with the stem off, where the gate compares every
+    /// prefix of a key's group at each hit.
+    #[test]
+    fn every_context_row_is_found_and_the_word_gate_stem_changes_nothing() {
+        let words = "GET /api/v1/orders?page=3 authorization database datadog line auth0 pager";
+        let (mut planted, mut near) = (0, 0);
+        for f in Builtin::ALL.iter().filter_map(|b| b.as_family()) {
+            for s in f.shapes.iter().filter(|s| s.context != Context::Prefix) {
+                for literal in s.prefixes {
+                    for case in cases(literal) {
+                        for body in bodies(s, literal) {
+                            for (text, want) in forms(s, &case, &body, f.name) {
+                                let line = format!("{words} sent {text} ok");
+                                let out = redact_stem(&line, false);
+                                assert_eq!(out, format!("{words} sent {want} ok"), "{line}");
+                                assert_eq!(redact_stem(&line, true), out, "{line}");
+                                planted += 1;
+                            }
+                            let mut misses = vec![case.replace('_', "-"), case.replace('-', "_")];
+                            if let Some(last) = case.chars().last() {
+                                let other = if last == 'x' { 'y' } else { 'x' };
+                                misses.push(format!("{}{other}", &case[..case.len() - 1]));
+                            }
+                            for miss in misses.into_iter().filter(|m| *m != case) {
+                                for (text, _) in forms(s, &miss, &body, f.name) {
+                                    let line = format!("{words} sent {text} ok");
+                                    let out = redact_stem(&line, false);
+                                    assert_eq!(redact_stem(&line, true), out, "{line}");
+                                    near += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(planted >= 1000, "{planted} planted values");
+        assert!(near >= 1000, "{near} near misses");
+    }
+
     /// Look-alikes of every form are not this family's: a body one byte too short or too long,
     /// and the token (or its key, scheme or host) glued to a word before it. They stay whole
     /// unless another family's token is inside them (`xoxe.xoxp-…` one byte short is still a
@@ -1966,6 +2033,18 @@ mod tests {
         ] {
             assert_eq!(redact(&format!("{text}\n")), format!("{want}\n"), "{text}");
         }
+    }
+
+    /// Blanks are spaces and tabs only, skipped up to the end of the segment and past an
+    /// index beyond it without reading out of bounds.
+    #[test]
+    fn skip_blanks_stops_at_the_first_other_byte() {
+        let seg = b"k= \t \tv \n";
+        assert_eq!(skip_blanks(seg, 0), 0);
+        assert_eq!(skip_blanks(seg, 2), 6);
+        assert_eq!(skip_blanks(seg, 7), 8);
+        assert_eq!(skip_blanks(b"  ", 0), 2);
+        assert_eq!(skip_blanks(seg, 40), 40);
     }
 
     /// Values of a vendor's alphabet and length without its context stay: a 32-hex trace id or

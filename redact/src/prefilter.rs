@@ -196,6 +196,7 @@ impl Prefilter {
             for (l, back, b) in word_starts {
                 word_gate.add(l.as_bytes(), back, b);
             }
+            word_gate.finish()?;
         }
         // The triggers: no one a prefix of another, so at any position at most one matches,
         // and leftmost-first search resumed one byte after each match reports every
@@ -478,14 +479,116 @@ const GATE_BITS: usize = 1 << 16;
 /// Every prefix is keyed on its first three bytes: a word that starts with a prefix has the
 /// prefix's key at its start, so the table never misses one
 /// (`word_gate_finds_every_family_prefix_at_a_word_start`).
+///
+/// A table hit is a word that starts like a key, not like a prefix: the vendors' key names
+/// (`auth0_client_secret`, `pagerduty_token`, `datadog_api_key`) share their first three bytes
+/// with a log's everyday words (`authorization`, `page=`, `database`), and comparing every
+/// prefix of such a key at each of them cost the default profile about 6 % of its
+/// instructions (`docs/performance.md`). So each key's group first compares its [`Stem`], the
+/// bytes all its prefixes start with and the set of bytes that can follow them, and only a
+/// word that passes is compared with the prefixes themselves
+/// (`everyday_words_sharing_a_key_cost_no_prefix_compare`).
 #[derive(Debug)]
 struct WordGate {
     /// A fixed size, so that indexing it with a 16-bit hash needs no bounds check.
     table: Box<[u64; GATE_BITS / 64]>,
     /// Per key (sorted), the prefixes with that key and their detectors.
-    keys: Vec<(u32, Vec<GatedPrefix>)>,
+    keys: Vec<(u32, KeyGroup)>,
+    /// An open-addressed index of `keys` by the key's hash (a power of two, at least twice as
+    /// many slots as keys, [`EMPTY_SLOT`] where none): a table hit finds its group in a probe
+    /// or two instead of a binary search, which was half the cost of a hit.
+    slots: Vec<u16>,
     /// Every detector of the gate.
     kinds: u128,
+}
+
+/// A free slot of [`WordGate::slots`].
+const EMPTY_SLOT: u16 = u16::MAX;
+
+/// The most keys [`WordGate::slots`] can number: every `u16` but [`EMPTY_SLOT`].
+const MAX_WORD_GATE_KEYS: usize = EMPTY_SLOT as usize;
+
+/// The gated prefixes of one key, behind the [`Stem`] they share.
+#[derive(Debug)]
+struct KeyGroup {
+    stem: Stem,
+    prefixes: Vec<GatedPrefix>,
+}
+
+/// What every prefix of a key group has at the word start it is looked up at: the bytes all
+/// their word parts start with (at least the three of the key, at most eight, compared as one
+/// masked 64-bit word), and the set of bytes that come right after those in some prefix
+/// (every byte, when one prefix ends there). A necessary condition only: a word that passes
+/// is then compared with each prefix.
+#[derive(Debug, Clone, Copy)]
+struct Stem {
+    word: u64,
+    mask: u64,
+    len: usize,
+    /// 256 bits: the bytes some prefix has at `len`.
+    next: [u64; 4],
+}
+
+impl Stem {
+    /// The stem of prefixes whose word parts are `parts` (each three bytes or longer).
+    fn of<'a>(parts: impl Iterator<Item = &'a [u8]> + Clone) -> Stem {
+        let first = parts.clone().next().unwrap_or_default();
+        let len = parts
+            .clone()
+            .map(|p| first.iter().zip(p).take_while(|(a, b)| a == b).count())
+            .min()
+            .unwrap_or(0)
+            .min(8);
+        let mut w = [0u8; 8];
+        w[..len].copy_from_slice(&first[..len]);
+        let mask = u32::try_from(8 * (8 - len))
+            .ok()
+            .and_then(|shift| u64::MAX.checked_shr(shift))
+            .unwrap_or(0);
+        let mut next = [0u64; 4];
+        for p in parts {
+            match p.get(len) {
+                Some(b) => next[usize::from(*b) / 64] |= 1 << (b % 64),
+                None => next = [u64::MAX; 4],
+            }
+        }
+        Stem {
+            word: u64::from_le_bytes(w),
+            mask,
+            len,
+            next,
+        }
+    }
+
+    /// Whether a prefix of the group can start at `p` of `lower`: false only where none can
+    /// (every prefix is at least the stem long, so fewer bytes left than that is a no).
+    #[inline]
+    fn may_start(&self, lower: &[u8], p: usize) -> bool {
+        let rest = lower.get(p..).unwrap_or_default();
+        let head = match rest.first_chunk::<8>() {
+            Some(eight) => u64::from_le_bytes(*eight),
+            None if rest.len() < self.len => return false,
+            None => {
+                let mut w = [0u8; 8];
+                w[..rest.len()].copy_from_slice(rest);
+                u64::from_le_bytes(w)
+            }
+        };
+        head & self.mask == self.word
+            && rest
+                .get(self.len)
+                .is_none_or(|b| self.next[usize::from(*b) / 64] & (1 << (b % 64)) != 0)
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Prefix compares made by [`WordGate::at`] on this thread (for the tests).
+    static WORD_COMPARES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether [`WordGate::at`] skips the [`Stem`] pre-check on this thread and compares every
+    /// prefix of a key's group at each table hit, as before the stems (for the tests that
+    /// prove the stem changes no output).
+    pub(crate) static STEM_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// A lowercase prefix of the word gate, how many of its bytes come before the word start it
@@ -537,6 +640,7 @@ impl Default for WordGate {
         WordGate {
             table: Box::new([0; GATE_BITS / 64]),
             keys: Vec::new(),
+            slots: Vec::new(),
             kinds: 0,
         }
     }
@@ -557,7 +661,8 @@ fn gate_bit(key: u32) -> usize {
 
 impl WordGate {
     /// Adds a lowercase prefix of the detectors `bits`, looked up at word starts after its
-    /// first `back` bytes (at least three bytes follow them).
+    /// first `back` bytes (at least three bytes follow them). The gate answers for it only
+    /// after [`WordGate::finish`], which builds the stems and the index once for all keys.
     fn add(&mut self, prefix: &[u8], back: usize, bits: u128) {
         let key = gate_key(prefix.get(back..).unwrap_or_default());
         let h = gate_bit(key);
@@ -566,30 +671,97 @@ impl WordGate {
         let at = match self.keys.binary_search_by_key(&key, |(k, _)| *k) {
             Ok(at) => at,
             Err(at) => {
-                self.keys.insert(at, (key, Vec::new()));
+                let group = KeyGroup {
+                    stem: Stem::of(std::iter::empty()),
+                    prefixes: Vec::new(),
+                };
+                self.keys.insert(at, (key, group));
                 at
             }
         };
         let group = &mut self.keys[at].1;
         match group
+            .prefixes
             .iter_mut()
             .find(|g| g.prefix == prefix && g.back == back)
         {
             Some(g) => g.bits |= bits,
-            None => group.push(GatedPrefix::new(prefix, back, bits)),
+            None => group.prefixes.push(GatedPrefix::new(prefix, back, bits)),
         }
     }
 
-    /// The detectors whose prefix starts at `p` of `lower`, which begins with `key`.
+    /// Computes every key group's [`Stem`] and builds [`WordGate::slots`], once, after the
+    /// last [`WordGate::add`]. Fails when there are more keys than the index can number
+    /// ([`MAX_WORD_GATE_KEYS`]; the built-in families have about 160), and the gate is then
+    /// not to be used.
+    fn finish(&mut self) -> Result<(), String> {
+        if self.keys.len() > MAX_WORD_GATE_KEYS {
+            return Err(format!(
+                "too many word-gate keys ({}, at most {MAX_WORD_GATE_KEYS}): use fewer token \
+                 families in the profile",
+                self.keys.len()
+            ));
+        }
+        for (_, group) in &mut self.keys {
+            group.stem = Stem::of(
+                group
+                    .prefixes
+                    .iter()
+                    .map(|g| g.prefix.get(g.back..).unwrap_or_default()),
+            );
+        }
+        let n = (2 * self.keys.len()).next_power_of_two().max(2);
+        self.slots = vec![EMPTY_SLOT; n];
+        for (g, (key, _)) in self.keys.iter().enumerate() {
+            // Below `EMPTY_SLOT` by the check above.
+            let g = u16::try_from(g)
+                .ok()
+                .filter(|g| *g != EMPTY_SLOT)
+                .ok_or("too many word-gate keys: use fewer token families in the profile")?;
+            let mut i = gate_bit(*key) & (n - 1);
+            while self.slots[i] != EMPTY_SLOT {
+                i = (i + 1) & (n - 1);
+            }
+            self.slots[i] = g;
+        }
+        Ok(())
+    }
+
+    /// The group of `key`, whose hash is `h`, if the gate has one.
+    #[inline]
+    fn group(&self, key: u32, h: usize) -> Option<&KeyGroup> {
+        let mask = self.slots.len().wrapping_sub(1);
+        let mut i = h & mask;
+        // Ends at a free slot: there are at least twice as many slots as keys.
+        loop {
+            let (k, group) = self.keys.get(usize::from(*self.slots.get(i)?))?;
+            if *k == key {
+                return Some(group);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The detectors whose prefix starts at `p` of `lower`, which begins with `key` (whose
+    /// hash is `h`).
     #[cold]
-    fn at(&self, lower: &[u8], p: usize, key: u32) -> u128 {
-        let Ok(i) = self.keys.binary_search_by_key(&key, |(k, _)| *k) else {
+    fn at(&self, lower: &[u8], p: usize, key: u32, h: usize) -> u128 {
+        let Some(group) = self.group(key, h) else {
             return 0;
         };
-        self.keys[i]
-            .1
+        #[cfg(test)]
+        let stem_off = STEM_OFF.with(std::cell::Cell::get);
+        #[cfg(not(test))]
+        let stem_off = false;
+        if !stem_off && !group.stem.may_start(lower, p) {
+            return 0;
+        }
+        group
+            .prefixes
             .iter()
             .filter(|g| {
+                #[cfg(test)]
+                WORD_COMPARES.with(|c| c.set(c.get() + 1));
                 p.checked_sub(g.back)
                     .is_some_and(|start| g.occurs_at(lower, start))
             })
@@ -621,7 +793,7 @@ impl WordGate {
                 };
                 let h = gate_bit(key);
                 if self.table[h / 64] & (1 << (h % 64)) != 0 {
-                    found |= self.at(lower, p, key);
+                    found |= self.at(lower, p, key, h);
                 }
             }
             if found == self.kinds {
@@ -786,15 +958,15 @@ mod tests {
         });
         for l in literals {
             let l = l.to_ascii_lowercase();
-            let gated = p
-                .word_gate
-                .keys
-                .iter()
-                .any(|(_, g)| g.iter().any(|g| g.prefix.as_slice() == l.as_bytes()))
-                || p.tilde_gate
-                    .prefixes
+            let gated = p.word_gate.keys.iter().any(|(_, g)| {
+                g.prefixes
                     .iter()
-                    .any(|(prefix, _, _)| prefix == l.as_bytes());
+                    .any(|g| g.prefix.as_slice() == l.as_bytes())
+            }) || p
+                .tilde_gate
+                .prefixes
+                .iter()
+                .any(|(prefix, _, _)| prefix == l.as_bytes());
             assert!(
                 gated || all.iter().any(|t| l.starts_with(t.as_str())),
                 "{l}"
@@ -817,7 +989,7 @@ mod tests {
         for (_, group) in &p.word_gate.keys {
             for GatedPrefix {
                 prefix, back, bits, ..
-            } in group
+            } in &group.prefixes
             {
                 gated += 1;
                 let prefix = String::from_utf8(prefix.clone()).unwrap();
@@ -825,6 +997,8 @@ mod tests {
                     for text in [
                         format!("{}{prefix}", " ".repeat(pad)),
                         format!("{}={}x", "a".repeat(pad), prefix.to_ascii_uppercase()),
+                        // Eight bytes and more after the word start: the stem is compared.
+                        format!("{}{prefix}tail_end", " ".repeat(pad)),
                     ] {
                         assert_eq!(candidates(text.as_bytes()) & bits, *bits, "{text:?}");
                     }
@@ -837,6 +1011,134 @@ mod tests {
             }
         }
         assert!(gated >= 150, "{gated} prefixes in the word gate");
+    }
+
+    /// The gate's prefix compares on `text`, and its candidates.
+    fn word_gate_on(p: &Prefilter, text: &[u8]) -> (usize, u128) {
+        let mut m = SegmentMasks::default();
+        m.compute(text);
+        WORD_COMPARES.with(|c| c.set(0));
+        let found = p.word_gate.candidates(m.lower(), &m);
+        (WORD_COMPARES.with(std::cell::Cell::get), found)
+    }
+
+    /// Everyday words that start like a vendor's key name (`authorization` like
+    /// `auth0_client_secret`, `page=` like `pagerduty_token`, `database` like
+    /// `datadog_api_key`) or like a short prefix's key (`api/` like `api-`, `line` like
+    /// `lin_api_`) are passed by their key group's stem without comparing any prefix; the
+    /// keys and prefixes themselves still are, in any case.
+    #[test]
+    fn everyday_words_sharing_a_key_cost_no_prefix_compare() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let line = "Authorization: Bearer x AuthController auth.example.com author authored \
+                    GET /api/v1/orders?page=3&pages=9 pager paged database datagram dataset \
+                    line link linux routes router sentence sentinel closed clock cohort \
+                    twitter fastest oktober x-amz-date azure_region adopt";
+        for w in line.split(' ') {
+            assert_eq!(word_gate_on(&p, w.as_bytes()), (0, 0), "{w}");
+        }
+        assert_eq!(word_gate_on(&p, line.as_bytes()), (0, 0));
+        let name = |n: &str| bit(Builtin::from_name(n).unwrap());
+        for (text, want) in [
+            ("DD_API_KEY=0123", name("datadog_api_key")),
+            ("\"Auth0_Client_Secret\": \"x", name("auth0_client_secret")),
+            ("x pagerduty-token: y", name("pagerduty_key")),
+            ("routing_key=abc", name("pagerduty_key")),
+            ("x API-0123456789", name("launchdarkly_key")),
+            ("lin_api_0123456789", name("linear_key")),
+            ("x api_org_0123", name("huggingface_token")),
+        ] {
+            let (compares, found) = word_gate_on(&p, text.as_bytes());
+            assert!(compares > 0, "{text}");
+            assert_eq!(found & want, want, "{text}");
+        }
+    }
+
+    /// Every key of the word gate is found through its open-addressed index, at its own group;
+    /// a key it does not hold is not, whatever slot its hash lands on.
+    #[test]
+    fn every_word_gate_key_is_found_through_the_index() {
+        let p = Prefilter::new(Builtin::ALL).unwrap();
+        let gate = &p.word_gate;
+        assert!(gate.slots.len() >= 2 * gate.keys.len());
+        assert!(gate.slots.len().is_power_of_two());
+        for (key, group) in &gate.keys {
+            let found = gate.group(*key, gate_bit(*key)).unwrap();
+            assert!(std::ptr::eq(found, group), "{key:x}");
+        }
+        for word in [&b"zzz"[..], b"the", b"qqq", b"a", b""] {
+            let key = gate_key(word);
+            if gate.keys.iter().all(|(k, _)| *k != key) {
+                assert!(gate.group(key, gate_bit(key)).is_none(), "{word:?}");
+            }
+        }
+        assert!(WordGate::default().group(gate_key(b"api"), 7).is_none());
+    }
+
+    /// The index numbers keys with a `u16` less its free-slot mark: 65,535 distinct keys are
+    /// indexed (and each is found at its own group), one more is refused with an error
+    /// naming the limit, not a wrong or truncated index.
+    #[test]
+    fn word_gate_refuses_more_keys_than_its_index_can_number() {
+        let gate_of = |n: usize| {
+            let mut gate = WordGate::default();
+            for i in 0..n {
+                let [a, b, ..] = i.to_le_bytes();
+                gate.add(&[a, b, b'k', b'e', b'y'], 0, 1);
+            }
+            (gate.keys.len(), gate.finish().map(|()| gate))
+        };
+        let (keys, gate) = gate_of(MAX_WORD_GATE_KEYS);
+        assert_eq!(keys, 65_535);
+        let gate = gate.unwrap();
+        for (key, group) in &gate.keys {
+            let found = gate.group(*key, gate_bit(*key)).unwrap();
+            assert!(std::ptr::eq(found, group), "{key:x}");
+        }
+        let (keys, gate) = gate_of(MAX_WORD_GATE_KEYS + 1);
+        assert_eq!(keys, 65_536);
+        let err = gate.unwrap_err();
+        assert!(
+            err.contains("too many word-gate keys (65536, at most 65535)"),
+            "{err}"
+        );
+    }
+
+    /// A key group's stem is what all its prefixes start with (at most eight bytes) and the
+    /// bytes that follow it; a prefix that ends at the stem lets any byte follow.
+    #[test]
+    fn stems_are_the_common_start_and_the_bytes_after_it() {
+        let stem = |parts: &[&str]| Stem::of(parts.iter().map(|p| p.as_bytes()));
+        let s = stem(&[
+            "auth0_client_secret",
+            "auth0-client-secret",
+            "auth0_api_token",
+        ]);
+        assert_eq!(s.len, 5);
+        assert!(s.may_start(b"auth0_client_secret", 0));
+        assert!(s.may_start(b"AUTH0-x".to_ascii_lowercase().as_slice(), 0));
+        assert!(!s.may_start(b"authorization", 0));
+        assert!(!s.may_start(b"auth0.example.com", 0));
+        // Near the end: what is left must hold the stem.
+        assert!(!s.may_start(b"auth", 0));
+        assert!(!s.may_start(b"x auth", 2));
+        assert!(!s.may_start(b"authx", 0));
+        assert!(s.may_start(b"auth0", 0));
+        assert!(s.may_start(b"auth0_", 0));
+        assert!(!s.may_start(b"auth0.", 0));
+        assert!(!s.may_start(b"auth0", 1));
+        assert!(!s.may_start(b"auth0", 9));
+        let s = stem(&["pagerduty_token", "pagerduty-token"]);
+        assert_eq!(s.len, 8);
+        assert!(s.may_start(b"pagerduty_token=", 0));
+        assert!(!s.may_start(b"pagerdutx_token=", 0));
+        let s = stem(&["key-", "key"]);
+        assert_eq!((s.len, s.next), (3, [u64::MAX; 4]));
+        assert!(s.may_start(b"key/value", 0));
+        let s = stem(&["sig="]);
+        assert_eq!(s.len, 4);
+        assert!(s.may_start(b"x?sig=abcdef", 2));
+        assert!(!s.may_start(b"x?sign=abcdef", 2));
     }
 
     /// The prefixes that open with a non-word byte (`?sig=`, `&sig=`, `.atlasv1.`) are in the
@@ -893,7 +1195,7 @@ mod tests {
             .word_gate
             .keys
             .iter()
-            .flat_map(|(_, g)| g.iter())
+            .flat_map(|(_, g)| g.prefixes.iter())
             .map(|g| String::from_utf8_lossy(&g.prefix).into_owned())
             .collect();
         let line = format!(
@@ -960,7 +1262,7 @@ mod tests {
     fn gated_prefix_compare_equals_starts_with() {
         let p = Prefilter::new(Builtin::ALL).unwrap();
         for (_, group) in &p.word_gate.keys {
-            for g in group {
+            for g in &group.prefixes {
                 let mut hay = b"xx".to_vec();
                 hay.extend_from_slice(&g.prefix);
                 hay.extend_from_slice(b"tail");
