@@ -26,9 +26,14 @@ use super::internal;
 use crate::store::{Change, GrantRow, Store};
 use loggate_core::grant::unix_now;
 use loggate_proto as pb;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::Stream;
+use tokio_util::sync::ReusableBoxFuture;
 use tonic::Status;
 
 /// Changes read from the store in one query (the catch-up of one watcher, or one step of the
@@ -38,8 +43,6 @@ pub const CHANGES_PER_READ: u32 = 500;
 /// resumes from the revision log. Each holds an `Arc` of one change (about the size of its
 /// token, ~1 KiB), so the channel costs at most a few MiB whatever the number of agents.
 pub const FEED_CAPACITY: usize = 4096;
-/// Events queued for one agent's stream before its watcher waits for the agent to read.
-pub const STREAM_QUEUE: usize = 64;
 
 /// One change of the revision log as every watcher receives it: built once, shared.
 #[derive(Debug)]
@@ -52,13 +55,19 @@ pub struct FeedChange {
     /// For a grant: its end (a grant already ended when it would be sent is of no use to an
     /// agent); `None` for a revocation, always sent (the agent's clock may run behind ours).
     grant_ends: Option<i64>,
+    /// The clock when the feed published the change (Unix seconds): every stream decides a
+    /// grant's end against this one reading, not a reading of its own.
+    published_unix: i64,
+    /// The same moment on the monotonic clock: a stream sent the change owes its agent a
+    /// heartbeat one heartbeat period after it.
+    published_at: tokio::time::Instant,
     /// What is sent, the same for every agent it is addressed to: built and encoded once, its
     /// bytes shared by every stream's queue and written as they are.
     pub event: EncodedEvent,
 }
 
 impl FeedChange {
-    fn new(stamp: &Stamp, revision: u64, change: &Change) -> FeedChange {
+    fn new(stamp: &Stamp, revision: u64, change: &Change, published: Published) -> FeedChange {
         let grant: &GrantRow = match change {
             Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
         };
@@ -70,6 +79,8 @@ impl FeedChange {
                 Change::Granted(g) => Some(g.not_after),
                 Change::Revoked { .. } => None,
             },
+            published_unix: published.0,
+            published_at: published.1,
             event: EncodedEvent::encode(&change_event(stamp, revision, change)),
         }
     }
@@ -86,6 +97,10 @@ impl FeedChange {
         )
     }
 }
+
+/// When the feed published a batch of changes: the clock read once for all of them.
+#[derive(Debug, Clone, Copy)]
+struct Published(i64, tokio::time::Instant);
 
 /// Whether agent `agent_id` holding `labels` is sent a change addressed to `hosts` and
 /// `labels` at `now`: a grant (`grant_ends` its end) until it ends, a revocation (`None`)
@@ -188,6 +203,8 @@ pub struct ChangeFeed {
     /// The longest silence on a stream ([`super::HEARTBEAT`] in the service).
     heartbeat: Duration,
     changes: broadcast::Sender<Arc<FeedChange>>,
+    /// The last heartbeat encoded, with its revision ([`ChangeFeed::heartbeat_at`]).
+    heartbeats: Mutex<Option<(u64, EncodedEvent)>>,
 }
 
 impl ChangeFeed {
@@ -210,6 +227,7 @@ impl ChangeFeed {
             stamp: stamp.clone(),
             heartbeat,
             changes: changes.clone(),
+            heartbeats: Mutex::new(None),
         });
         let mut last = store.latest_revision()?;
         // Several replicas on PostgreSQL: a change committed by another replica never moves
@@ -267,10 +285,13 @@ impl ChangeFeed {
                     }
                 };
                 let full = batch.len() >= CHANGES_PER_READ as usize;
+                let published = Published(unix_now(), tokio::time::Instant::now());
                 for (revision, change) in &batch {
                     last = *revision;
                     // No receiver (no agent connected) is not an error.
-                    let _ = changes.send(Arc::new(FeedChange::new(&stamp, *revision, change)));
+                    let _ = changes.send(Arc::new(FeedChange::new(
+                        &stamp, *revision, change, published,
+                    )));
                 }
                 if full {
                     continue;
@@ -294,175 +315,74 @@ impl ChangeFeed {
         Ok(feed)
     }
 
-    /// Starts the watcher of one agent's stream: it sends to `tx` everything addressed to
-    /// `agent_id` (holding `labels`) after `after_revision` of `after_epoch`, then every change
-    /// addressed to it as the feed publishes it, a heartbeat when it has caught up and after
-    /// every `heartbeat` of silence, until the agent goes away or `stopping` turns true.
-    /// `done` runs when it ends.
-    pub fn watch(
+    /// Opens the stream of one agent: everything addressed to `agent_id` (holding `labels`)
+    /// after `after_revision` of `after_epoch`, read from the log a page at a time, then a
+    /// heartbeat (the end of the catch-up), then every change addressed to it as the feed
+    /// publishes it and a heartbeat after every `heartbeat` of silence, until `stopping` turns
+    /// true, the agent is removed (`removed`: the stream ends with
+    /// [`super::enrol::removed_status`]) or the stream is dropped (its client went away).
+    /// `done` runs when the stream is dropped, whatever ended it.
+    ///
+    /// The stream is the response body itself (module docs): nothing runs for an agent
+    /// between the feed and its connection.
+    pub fn stream(
         self: &Arc<Self>,
         agent: WatchRequest,
-        tx: mpsc::Sender<Outgoing>,
         stopping: watch::Receiver<bool>,
         removed: Removed,
         done: impl FnOnce() + Send + 'static,
-    ) {
+    ) -> WatchStream {
         // Subscribed before the catch-up: whatever is published from now on is either in the
         // channel or (published before the catch-up read it) in the log.
-        let feed = self.changes.subscribe();
-        let this = self.clone();
-        tokio::spawn(async move {
-            this.run_watcher(agent, feed, tx, stopping, removed).await;
-            done();
-        });
-    }
-
-    async fn run_watcher(
-        &self,
-        agent: WatchRequest,
-        mut feed: broadcast::Receiver<Arc<FeedChange>>,
-        tx: mpsc::Sender<Outgoing>,
-        mut stopping: watch::Receiver<bool>,
-        mut removed: Removed,
-    ) {
-        let store = self.store.clone();
-        let latest = match tokio::task::block_in_place(|| store.latest_revision()) {
-            Ok(latest) => latest,
-            Err(e) => {
-                let _ = tx.send(Err(internal(e))).await;
-                return;
-            }
-        };
-        let mut last = if agent.after_epoch != self.stamp.epoch || agent.after_revision > latest {
-            0
-        } else {
-            agent.after_revision
-        };
-        if self.catch_up(&agent, &mut last, &tx).await.is_err() {
-            return;
-        }
-        // The end of the catch-up (for a resync: its completion).
-        if tx.send(Ok(heartbeat(&self.stamp, last))).await.is_err() {
-            return;
-        }
-        // A heartbeat after `heartbeat` without anything sent to this agent: changes addressed
-        // to others do not put it off (the agent takes a long silence for a dead stream).
-        //
-        // The futures the loop waits on are made once, not at every turn: at 10,000 streams a
-        // change wakes every watcher, and a fresh `sleep_until` (a timer-wheel entry), a fresh
-        // `tx.closed()` and `stopping.changed()` (a waiter each, registered and removed under
-        // its lock) per watcher and change showed in the profile of a change
-        // (docs/performance.md). Sending a change moves the one timer (`reset`): a timer left
-        // to fire early and wait out the rest woke every watcher once a period while changes
-        // flowed (the timer wheel's share of a change's samples rose from 1 % to 4 %).
-        let beat = tokio::time::sleep(self.heartbeat);
-        let closed = tx.closed();
-        let stop = stopping.changed();
-        tokio::pin!(beat, closed, stop);
-        loop {
-            tokio::select! {
-                received = feed.recv() => match received {
-                    Ok(change) => {
-                        if change.revision <= last {
-                            continue; // already read from the log
-                        }
-                        if change.revision != last + 1 {
-                            // Something between is missing from what this watcher saw: the
-                            // log has it.
-                            if self.catch_up(&agent, &mut last, &tx).await.is_err() {
-                                return;
-                            }
-                            if change.revision <= last {
-                                continue;
-                            }
-                        }
-                        last = change.revision;
-                        if change.is_for(&agent.agent_id, &agent.labels, unix_now()) {
-                            if tx.send(Ok(change.event.clone())).await.is_err() {
-                                return;
-                            }
-                            // Fan-out latency is that of live changes (what a catch-up sends
-                            // is not observed).
-                            loggate_core::metrics::controller().sent(change.revision);
-                            beat.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                        tracing::info!(
-                            agent = %agent.agent_id, skipped,
-                            "a slow grant stream resumes from the revision log"
-                        );
-                        if self.catch_up(&agent, &mut last, &tx).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                () = &mut beat => {
-                    if tx.send(Ok(heartbeat(&self.stamp, last))).await.is_err() {
-                        return;
-                    }
-                    beat.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
-                }
-                _ = &mut closed => return,
-                _ = &mut stop => return,
-                () = &mut removed => {
-                    let _ = tx.send(Err(super::enrol::removed_status())).await;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Sends everything after `last` addressed to the agent, from the revision log, until the
-    /// log has nothing more; `last` follows. `Err` when the stream is gone (or the log cannot
-    /// be read: the agent was told and reconnects).
-    async fn catch_up(
-        &self,
-        agent: &WatchRequest,
-        last: &mut u64,
-        tx: &mpsc::Sender<Outgoing>,
-    ) -> Result<(), ()> {
-        loop {
-            let after = *last;
-            let read =
-                tokio::task::block_in_place(|| self.store.changes_after(after, CHANGES_PER_READ));
-            let changes = match read {
-                Ok(changes) => changes,
-                Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
-                    return Err(());
-                }
-            };
-            let now = unix_now();
-            for (revision, change) in &changes {
-                *last = *revision;
-                // Addressing first, from the row: after a restart every agent resyncs from
-                // zero, and encoding the changes meant for other hosts would cost
-                // agents × revisions for nothing.
-                let (grant, grant_ends) = match change {
-                    Change::Granted(g) => (g, Some(g.not_after)),
-                    Change::Revoked { grant, .. } => (grant, None),
+        let changes = self.changes.subscribe();
+        let first = {
+            let store = self.store.clone();
+            let own_epoch = self.stamp.epoch == agent.after_epoch;
+            let after = agent.after_revision;
+            tokio::task::spawn_blocking(move || {
+                let latest = store.latest_revision()?;
+                // Revision numbers only mean something within one epoch (module docs).
+                let from = if own_epoch && after <= latest {
+                    after
+                } else {
+                    0
                 };
-                if !sent_to(
-                    &grant.hosts,
-                    &grant.labels,
-                    grant_ends,
-                    &agent.agent_id,
-                    &agent.labels,
-                    now,
-                ) {
-                    continue;
-                }
-                let event = EncodedEvent::encode(&change_event(&self.stamp, *revision, change));
-                if tx.send(Ok(event)).await.is_err() {
-                    return Err(());
-                }
-            }
-            if changes.len() < CHANGES_PER_READ as usize {
-                return Ok(());
+                Ok((from, store.changes_after(from, STREAM_PAGE)?))
+            })
+        };
+        let stop = Box::pin(async move {
+            let mut stopping = stopping;
+            // An error: the daemon is gone; ending the stream is all that is left.
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        WatchStream {
+            feed: self.clone(),
+            agent,
+            next: ReusableBoxFuture::new(next_change(changes)),
+            last: 0,
+            state: State::Reading {
+                read: first,
+                then: AfterCatchUp::Heartbeat,
+            },
+            beat: Box::pin(tokio::time::sleep(self.heartbeat)),
+            stop,
+            removed,
+            done: Some(Box::new(done)),
+        }
+    }
+
+    /// The heartbeat at `revision`: the same bytes for every stream at that revision, so
+    /// encoded once per revision (streams fall due at different times; the last one is kept).
+    fn heartbeat_at(&self, revision: u64) -> EncodedEvent {
+        let mut kept = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, event)) = kept.as_ref() {
+            if *at == revision {
+                return event.clone();
             }
         }
+        let event = heartbeat(&self.stamp, revision);
+        *kept = Some((revision, event.clone()));
+        event
     }
 }
 
@@ -479,10 +399,289 @@ pub struct WatchRequest {
     pub after_epoch: String,
 }
 
+/// Changes read from the log in one page of a stream's catch-up: what a stream holds at most
+/// while its agent takes them (the rows addressed to it; the others are dropped as read). At
+/// 10,000 agents resynchronising at once after a restart, this is what bounds the memory of
+/// the catch-ups (a few MiB per 64 rows × agents in the worst case of long tokens), not a
+/// queue of encoded events.
+pub const STREAM_PAGE: u32 = 64;
+
+/// What a read of the log returns to a stream: where it read from, and what it found.
+type Page = anyhow::Result<(u64, Vec<(u64, Change)>)>;
+
+/// The wait for the next change of the feed; its receiver comes back with it, so one boxed
+/// future is reused for every change (no allocation per change and agent).
+type NextChange = (
+    Result<Arc<FeedChange>, broadcast::error::RecvError>,
+    broadcast::Receiver<Arc<FeedChange>>,
+);
+
+async fn next_change(mut changes: broadcast::Receiver<Arc<FeedChange>>) -> NextChange {
+    (changes.recv().await, changes)
+}
+
+/// Where a stream is.
+enum State {
+    /// Reading a page of the log (a blocking read, off the runtime's threads).
+    Reading {
+        read: tokio::task::JoinHandle<Page>,
+        then: AfterCatchUp,
+    },
+    /// Sending the rows of a page addressed to the agent; `full`: the page was full, the log
+    /// may hold more.
+    Sending {
+        page: VecDeque<(u64, Change)>,
+        full: bool,
+        then: AfterCatchUp,
+    },
+    /// Following the feed.
+    Live,
+    /// Nothing more to send.
+    Ended,
+}
+
+/// What follows a catch-up.
+enum AfterCatchUp {
+    /// The first catch-up of a stream: a heartbeat says it is complete (for a resync: the
+    /// agent drops what the new epoch no longer holds).
+    Heartbeat,
+    /// A catch-up that filled a gap in the feed, or a stream that fell behind by more than
+    /// the feed holds: back to the feed; the change that showed the gap (if any) is handled
+    /// then if the log did not already hold it.
+    Resume(Option<Arc<FeedChange>>),
+}
+
+/// One agent's `WatchGrants` response (see [`ChangeFeed::stream`]): polled by the agent's
+/// HTTP/2 stream as it has room to send, it takes the feed's shared events itself.
+///
+/// **A slow agent holds nothing of the feed.** The stream is polled only when the agent's
+/// connection has room (flow control): a stream that is not read stops being polled, and the
+/// feed's channel moves on without it (the channel never waits for a receiver; it holds its
+/// last [`FEED_CAPACITY`] changes whatever the number of agents). When the agent reads again,
+/// a stream that fell further behind than that is told so (`Lagged`) and resumes from the
+/// revision log, a page at a time, missing nothing. What a slow agent costs is one encoded
+/// event held by its HTTP/2 stream and its connection's send window.
+pub struct WatchStream {
+    feed: Arc<ChangeFeed>,
+    agent: WatchRequest,
+    next: ReusableBoxFuture<'static, NextChange>,
+    /// The last revision this stream has seen (sent or not addressed to it).
+    last: u64,
+    state: State,
+    /// When a heartbeat is due: moved whenever something is sent.
+    beat: std::pin::Pin<Box<tokio::time::Sleep>>,
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    removed: Removed,
+    done: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl WatchStream {
+    /// Starts reading the log after `self.last`, then `then`.
+    fn read_log(&mut self, then: AfterCatchUp) {
+        let store = self.feed.store.clone();
+        let from = self.last;
+        self.state = State::Reading {
+            read: tokio::task::spawn_blocking(move || {
+                Ok((from, store.changes_after(from, STREAM_PAGE)?))
+            }),
+            then,
+        };
+    }
+
+    /// Takes a page read from the log: keeps the rows addressed to the agent (decided from
+    /// the row: nothing is encoded for others), and moves `last` past all of them.
+    fn take_page(&mut self, from: u64, changes: Vec<(u64, Change)>, then: AfterCatchUp) {
+        let full = changes.len() >= STREAM_PAGE as usize;
+        self.last = changes.last().map_or(from, |(revision, _)| *revision);
+        let now = unix_now();
+        let page = changes
+            .into_iter()
+            .filter(|(_, change)| {
+                let (grant, grant_ends) = match change {
+                    Change::Granted(g) => (g, Some(g.not_after)),
+                    Change::Revoked { grant, .. } => (grant, None),
+                };
+                sent_to(
+                    &grant.hosts,
+                    &grant.labels,
+                    grant_ends,
+                    &self.agent.agent_id,
+                    &self.agent.labels,
+                    now,
+                )
+            })
+            .collect();
+        self.state = State::Sending { page, full, then };
+    }
+
+    /// A change of the feed: `Some` what to send now, `None` when nothing (already seen, not
+    /// addressed to this agent, or a gap whose catch-up has started).
+    fn take_live(&mut self, change: Arc<FeedChange>) -> Option<EncodedEvent> {
+        if change.revision <= self.last {
+            return None; // already read from the log
+        }
+        if change.revision != self.last + 1 {
+            // Something between is missing from what this stream saw: the log has it.
+            self.read_log(AfterCatchUp::Resume(Some(change)));
+            return None;
+        }
+        self.last = change.revision;
+        // The clock as the feed read it when it published the change: once per change, not
+        // once per agent.
+        if !change.is_for(&self.agent.agent_id, &self.agent.labels, change.published_unix) {
+            return None;
+        }
+        // Fan-out latency is that of live changes (what a catch-up sends is not observed).
+        loggate_core::metrics::controller().sent(change.revision);
+        self.beat
+            .as_mut()
+            .reset(change.published_at + self.feed.heartbeat);
+        Some(change.event.clone())
+    }
+
+    fn end(&mut self, last: Option<Outgoing>) -> Poll<Option<Outgoing>> {
+        self.state = State::Ended;
+        Poll::Ready(last)
+    }
+}
+
+impl Stream for WatchStream {
+    type Item = Outgoing;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Ended => return Poll::Ready(None),
+                State::Reading { read, .. } => {
+                    let read = ready!(std::pin::Pin::new(read).poll(cx));
+                    let State::Reading { then, .. } =
+                        std::mem::replace(&mut this.state, State::Ended)
+                    else {
+                        unreachable!("the state was Reading")
+                    };
+                    match read {
+                        Ok(Ok((from, changes))) => this.take_page(from, changes, then),
+                        Ok(Err(e)) => return this.end(Some(Err(internal(e)))),
+                        Err(e) => {
+                            return this.end(Some(Err(internal(anyhow::anyhow!(
+                                "the read of the revision log failed: {e}"
+                            )))))
+                        }
+                    }
+                }
+                State::Sending { page, full, .. } => {
+                    if let Some((revision, change)) = page.pop_front() {
+                        return Poll::Ready(Some(Ok(EncodedEvent::encode(&change_event(
+                            &this.feed.stamp,
+                            revision,
+                            &change,
+                        )))));
+                    }
+                    let full = *full;
+                    let State::Sending { then, .. } =
+                        std::mem::replace(&mut this.state, State::Live)
+                    else {
+                        unreachable!("the state was Sending")
+                    };
+                    if full {
+                        this.read_log(then);
+                        continue;
+                    }
+                    match then {
+                        AfterCatchUp::Heartbeat => {
+                            this.beat
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + this.feed.heartbeat);
+                            return Poll::Ready(Some(Ok(this.feed.heartbeat_at(this.last))));
+                        }
+                        AfterCatchUp::Resume(Some(change)) => {
+                            if let Some(event) = this.take_live(change) {
+                                return Poll::Ready(Some(Ok(event)));
+                            }
+                        }
+                        AfterCatchUp::Resume(None) => {}
+                    }
+                }
+                State::Live => {
+                    // The stop and the removal first: nothing is sent after either.
+                    if this.stop.as_mut().poll(cx).is_ready() {
+                        return this.end(None);
+                    }
+                    if this.removed.as_mut().poll(cx).is_ready() {
+                        return this.end(Some(Err(super::enrol::removed_status())));
+                    }
+                    if let Poll::Ready((received, changes)) = this.next.poll(cx) {
+                        this.next.set(next_change(changes));
+                        match received {
+                            Ok(change) => {
+                                if let Some(event) = this.take_live(change) {
+                                    return Poll::Ready(Some(Ok(event)));
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                                tracing::info!(
+                                    agent = %this.agent.agent_id, skipped,
+                                    "a slow grant stream resumes from the revision log"
+                                );
+                                this.read_log(AfterCatchUp::Resume(None));
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return this.end(None),
+                        }
+                        continue;
+                    }
+                    // A heartbeat after `heartbeat` without anything sent to this agent:
+                    // changes addressed to others do not put it off (the agent takes a long
+                    // silence for a dead stream).
+                    ready!(this.beat.as_mut().poll(cx));
+                    this.beat
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.feed.heartbeat);
+                    return Poll::Ready(Some(Ok(this.feed.heartbeat_at(this.last))));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Revoked;
+    use tokio::sync::mpsc;
+    use tokio_stream::StreamExt;
+
+    /// Reads `stream` as the agent's HTTP/2 stream does: an event at a time, as long as there
+    /// is room (here: in a queue of `room` events the test reads); a full queue stops the
+    /// reading, as a full flow-control window does.
+    fn read_as_the_connection(mut stream: WatchStream, room: usize) -> mpsc::Receiver<Outgoing> {
+        let (tx, rx) = mpsc::channel(room);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = stream.next() => match event {
+                        Some(event) => {
+                            if tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    // The test dropped its end: the client went away.
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
 
     const EPOCH: &str = "e1";
 
@@ -590,20 +789,18 @@ mod tests {
             labels: &[&str],
             queue: usize,
         ) -> mpsc::Receiver<Outgoing> {
-            let (tx, rx) = mpsc::channel(queue);
-            feed.watch(
+            let stream = feed.stream(
                 WatchRequest {
                     agent_id: id.into(),
                     labels: labels.iter().map(|l| l.to_string()).collect(),
                     after_revision: 0,
                     after_epoch: EPOCH.into(),
                 },
-                tx,
                 self.stopping.clone(),
                 Box::pin(std::future::pending()),
                 || {},
             );
-            rx
+            read_as_the_connection(stream, queue)
         }
     }
 
@@ -689,19 +886,18 @@ mod tests {
             Duration::from_secs(10),
         )
         .unwrap();
-        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
-        feed.watch(
+        let stream = feed.stream(
             WatchRequest {
                 agent_id: "web-1".into(),
                 labels: vec![],
                 after_revision: 0,
                 after_epoch: "a-foreign-epoch".into(),
             },
-            tx,
             f.stopping.clone(),
             Box::pin(std::future::pending()),
             || {},
         );
+        let mut rx = read_as_the_connection(stream, 64);
         let mut changes = Vec::new();
         loop {
             let event = tokio::time::timeout(WAIT, rx.recv())
@@ -863,19 +1059,18 @@ mod tests {
         let feed = f.feed(FEED_CAPACITY);
         let first = f.grant("g-1", &["env=prod"]);
         let second = f.grant("g-2", &["env=prod"]);
-        let (tx, mut rx) = mpsc::channel(16);
-        feed.watch(
+        let stream = feed.stream(
             WatchRequest {
                 agent_id: "a".into(),
                 labels: vec!["env=prod".into()],
                 after_revision: second,
                 after_epoch: "an-older-epoch".into(),
             },
-            tx,
             f.stopping.clone(),
             Box::pin(std::future::pending()),
             || {},
         );
+        let mut rx = read_as_the_connection(stream, 16);
         assert_eq!(next_change(&mut rx).await, (first, "g-1".into()));
         assert_eq!(next_change(&mut rx).await, (second, "g-2".into()));
         caught_up(&mut rx).await;
