@@ -4,18 +4,27 @@
 //! watching: one task ([`ChangeFeed`]) follows the revision log, builds each change's
 //! [`pb::GrantEvent`] once (the grant's token is signed once, when it is issued), encodes it
 //! once ([`EncodedEvent`]: the agents' streams write those shared bytes, see `grant_stream`)
-//! and hands it, behind an `Arc`, to every watcher through a bounded `tokio::sync::broadcast`
-//! channel. Each
-//! watcher keeps only what is addressed to it (its agent id, or one of its labels: [`covers`]),
-//! so every agent still receives exactly what it did when each stream queried the store itself.
+//! and hands it, behind an `Arc`, to every stream through a bounded `tokio::sync::broadcast`
+//! channel. Each stream keeps only what is addressed to it (its agent id, or one of its
+//! labels: [`covers`]), so every agent still receives exactly what it did when each stream
+//! queried the store itself.
 //!
-//! **The revision log stays the truth.** A watcher reads the log itself (`changes_after`) only
-//! to catch up: when it connects (from the revision and epoch the agent sent), when it fell
-//! behind the feed by more than the channel holds (`Lagged`: a slow agent costs the others no
-//! memory, it only loses its place in the channel), and when the feed hands it a revision that
-//! does not follow the last one it saw (a gap: whatever caused it, the log fills it). A watcher
-//! therefore never skips a revision: it sees every revision in order, from the log or from the
-//! feed, and sends the ones addressed to it.
+//! **The response reads the feed.** An agent's stream ([`WatchStream`]) is the `WatchGrants`
+//! response body itself: the agent's HTTP/2 stream polls it when it has room to send, and it
+//! takes the next change from the feed's channel then. No task and no queue of its own per
+//! agent (there were a watcher task and a queue of 64 events: one more wake-up, schedule and
+//! queue per agent and change, ~10–15 % of a change's controller CPU at 10,000 agents,
+//! docs/performance.md). The clock is read once per published batch, not per agent; a
+//! heartbeat is encoded once per revision, not per agent.
+//!
+//! **The revision log stays the truth.** A stream reads the log itself (`changes_after`) only
+//! to catch up, a page of [`STREAM_PAGE`] rows at a time: when it connects (from the revision
+//! and epoch the agent sent), when it fell behind the feed by more than the channel holds
+//! (`Lagged`: a slow agent costs the others no memory, it only loses its place in the
+//! channel), and when the feed hands it a revision that does not follow the last one it saw (a
+//! gap: whatever caused it, the log fills it). A stream therefore never skips a revision: it
+//! sees every revision in order, from the log or from the feed, and sends the ones addressed
+//! to it.
 //!
 //! Revision numbers only mean something within one epoch (see `Store::new_epoch`): an agent of
 //! another epoch, or none, or claiming a revision ahead of ours, is sent everything again from
@@ -36,15 +45,15 @@ use tokio_stream::Stream;
 use tokio_util::sync::ReusableBoxFuture;
 use tonic::Status;
 
-/// Changes read from the store in one query (the catch-up of one watcher, or one step of the
+/// Changes read from the store in one query (one step of the
 /// feed).
 pub const CHANGES_PER_READ: u32 = 500;
-/// Changes the feed's channel holds for its slowest watcher: one that falls further behind
+/// Changes the feed's channel holds for its slowest stream: one that falls further behind
 /// resumes from the revision log. Each holds an `Arc` of one change (about the size of its
 /// token, ~1 KiB), so the channel costs at most a few MiB whatever the number of agents.
 pub const FEED_CAPACITY: usize = 4096;
 
-/// One change of the revision log as every watcher receives it: built once, shared.
+/// One change of the revision log as every stream receives it: built once, shared.
 #[derive(Debug)]
 pub struct FeedChange {
     pub revision: u64,
@@ -192,11 +201,11 @@ fn next_retry(previous: Option<Duration>) -> Duration {
     previous.map_or(RETRY_MIN, |p| (p * 2).min(RETRY_MAX))
 }
 
-/// What a watcher queues for its agent's stream: a shared change, or an event of its own
-/// (a heartbeat, an error).
+/// What an agent's stream sends: a shared change, or an event of its own (a heartbeat, an
+/// error that ends the stream).
 pub type Outgoing = Result<EncodedEvent, Status>;
 
-/// The one reader of the revision log for every watcher (module docs).
+/// The one reader of the revision log for every stream (module docs).
 pub struct ChangeFeed {
     store: Arc<Store>,
     stamp: Stamp,
@@ -211,7 +220,7 @@ impl ChangeFeed {
     /// Starts the feed's task: from the latest revision of the log, it reads and publishes the
     /// new changes each time `revisions` (bumped by whoever commits a change) moves, and ends
     /// when `stopping` turns true or every sender of `revisions` is gone. `capacity` is the
-    /// number of changes held for the slowest watcher ([`FEED_CAPACITY`]); a stream is sent a
+    /// number of changes held for the slowest stream ([`FEED_CAPACITY`]); a stream is sent a
     /// heartbeat after `heartbeat` without anything sent to it.
     pub fn start(
         store: Arc<Store>,
@@ -371,6 +380,12 @@ impl ChangeFeed {
         }
     }
 
+    /// The streams open on the feed (each holds one receiver of its channel).
+    #[cfg(test)]
+    fn streams(&self) -> usize {
+        self.changes.receiver_count()
+    }
+
     /// The heartbeat at `revision`: the same bytes for every stream at that revision, so
     /// encoded once per revision (streams fall due at different times; the last one is kept).
     fn heartbeat_at(&self, revision: u64) -> EncodedEvent {
@@ -515,12 +530,14 @@ impl WatchStream {
     }
 
     /// A change of the feed: `Some` what to send now, `None` when nothing (already seen, not
-    /// addressed to this agent, or a gap whose catch-up has started).
-    fn take_live(&mut self, change: Arc<FeedChange>) -> Option<EncodedEvent> {
+    /// addressed to this agent, or a gap whose catch-up has started). `after_gap`: the change
+    /// that showed a gap, after the catch-up that filled it; the log held everything before
+    /// it, so it is taken as it is (never a second catch-up for the same change).
+    fn take_live(&mut self, change: Arc<FeedChange>, after_gap: bool) -> Option<EncodedEvent> {
         if change.revision <= self.last {
             return None; // already read from the log
         }
-        if change.revision != self.last + 1 {
+        if !after_gap && change.revision != self.last + 1 {
             // Something between is missing from what this stream saw: the log has it.
             self.read_log(AfterCatchUp::Resume(Some(change)));
             return None;
@@ -528,7 +545,11 @@ impl WatchStream {
         self.last = change.revision;
         // The clock as the feed read it when it published the change: once per change, not
         // once per agent.
-        if !change.is_for(&self.agent.agent_id, &self.agent.labels, change.published_unix) {
+        if !change.is_for(
+            &self.agent.agent_id,
+            &self.agent.labels,
+            change.published_unix,
+        ) {
             return None;
         }
         // Fan-out latency is that of live changes (what a catch-up sends is not observed).
@@ -548,7 +569,10 @@ impl WatchStream {
 impl Stream for WatchStream {
     type Item = Outgoing;
 
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Outgoing>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Outgoing>> {
         let this = &mut *self;
         loop {
             match &mut this.state {
@@ -596,7 +620,7 @@ impl Stream for WatchStream {
                             return Poll::Ready(Some(Ok(this.feed.heartbeat_at(this.last))));
                         }
                         AfterCatchUp::Resume(Some(change)) => {
-                            if let Some(event) = this.take_live(change) {
+                            if let Some(event) = this.take_live(change, true) {
                                 return Poll::Ready(Some(Ok(event)));
                             }
                         }
@@ -615,7 +639,7 @@ impl Stream for WatchStream {
                         this.next.set(next_change(changes));
                         match received {
                             Ok(change) => {
-                                if let Some(event) = this.take_live(change) {
+                                if let Some(event) = this.take_live(change, false) {
                                     return Poll::Ready(Some(Ok(event)));
                                 }
                             }
@@ -743,6 +767,11 @@ mod tests {
 
         /// Records a grant for `labels` and bumps the revision, as the RPCs do.
         fn grant(&self, id: &str, labels: &[&str]) -> u64 {
+            self.grant_to(id, &[], labels)
+        }
+
+        /// Records a grant for `hosts` and `labels` and bumps the revision.
+        fn grant_to(&self, id: &str, hosts: &[&str], labels: &[&str]) -> u64 {
             let now = unix_now();
             let row = self
                 .store
@@ -750,7 +779,7 @@ mod tests {
                     Ok(GrantRow {
                         id: id.into(),
                         subject: "spiffe://loggate.local/user/alice".into(),
-                        hosts: vec![],
+                        hosts: hosts.iter().map(|h| h.to_string()).collect(),
                         labels: labels.iter().map(|l| l.to_string()).collect(),
                         paths: vec!["/var/log/*.log".into()],
                         units: vec![],
@@ -1112,6 +1141,259 @@ mod tests {
             beats + 1 >= expected,
             "{beats} heartbeats in {elapsed:?} (every {beat:?}: {expected} expected)"
         );
+    }
+
+    /// The grants and revocations a stream was sent until its next heartbeat, as (revision,
+    /// grant id), and that heartbeat's revision.
+    async fn until_heartbeat(rx: &mut mpsc::Receiver<Outgoing>) -> (Vec<(u64, String)>, u64) {
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open");
+            let event = decoded(event);
+            match &event.event {
+                Some(pb::grant_event::Event::Grant(g)) => {
+                    seen.push((event.revision, g.grant_id.clone()))
+                }
+                Some(pb::grant_event::Event::Revocation(r)) => {
+                    seen.push((event.revision, r.grant_id.clone()))
+                }
+                Some(pb::grant_event::Event::Heartbeat(_)) => return (seen, event.revision),
+                None => panic!("an event without a body"),
+            }
+        }
+    }
+
+    /// Addressing is decided per agent from the row, in the catch-up and live: a grant for
+    /// host A (and its revocation) never reaches B, nor a grant for a label B does not hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grant_for_one_host_never_reaches_another_in_the_catch_up_or_live() {
+        let f = Fixture::new();
+        let early = f.grant_to("g-early", &["web-a"], &[]);
+        let feed = f.feed(FEED_CAPACITY);
+        let mut a = f.watch(&feed, "web-a", &["env=dev"], 64);
+        let mut b = f.watch(&feed, "web-b", &["env=dev"], 64);
+        assert_eq!(
+            until_heartbeat(&mut a).await.0,
+            vec![(early, "g-early".into())]
+        );
+        assert_eq!(until_heartbeat(&mut b).await, (vec![], early));
+        let live = f.grant_to("g-live", &["web-a"], &[]);
+        let other_label = f.grant_to("g-prod", &[], &["env=prod"]);
+        let revoked = f.revoke("g-live");
+        let both = f.grant_to("g-both", &["web-b"], &["env=dev"]);
+        assert_eq!(next_change(&mut a).await, (live, "g-live".into()));
+        assert_eq!(next_change(&mut a).await, (revoked, "g-live".into()));
+        assert_eq!(next_change(&mut a).await, (both, "g-both".into()));
+        // B's first change is the one addressed to it: nothing of A's, nor env=prod's.
+        assert_eq!(next_change(&mut b).await, (both, "g-both".into()));
+        assert!(other_label < both);
+    }
+
+    /// A catch-up longer than a page ([`STREAM_PAGE`]) is read a page at a time and arrives
+    /// whole and in order, then the heartbeat at the last revision read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_longer_than_a_page_arrives_whole_and_in_order() {
+        let f = Fixture::new();
+        let mut expected = Vec::new();
+        for i in 0..(2 * STREAM_PAGE + 10) {
+            let id = format!("g-{i}");
+            expected.push((f.grant(&id, &["env=prod"]), id.clone()));
+            // Changes for others between: read, skipped, never sent.
+            f.grant(&format!("x-{i}"), &["env=dev"]);
+        }
+        let latest = f.store.latest_revision().unwrap();
+        let feed = f.feed(FEED_CAPACITY);
+        let reads_before = f.store.change_reads();
+        let mut rx = f.watch(&feed, "web-1", &["env=prod"], 4);
+        let (seen, at) = until_heartbeat(&mut rx).await;
+        assert_eq!(seen, expected);
+        assert_eq!(at, latest, "the heartbeat carries the last revision read");
+        let pages = f.store.change_reads() - reads_before;
+        assert!(
+            pages >= u64::from(2 * (2 * STREAM_PAGE + 10) / STREAM_PAGE),
+            "{pages} reads for {latest} revisions: read a page at a time"
+        );
+    }
+
+    /// Every stream at one revision is sent the same heartbeat: it is encoded once, not once
+    /// per stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_at_one_revision_share_one_encoded_heartbeat() {
+        const OWN_EPOCH: &str = "count-heartbeats";
+        let f = Fixture::new();
+        let feed = ChangeFeed::start(
+            f.store.clone(),
+            Stamp {
+                epoch: OWN_EPOCH.into(),
+                cluster_id: "c1".into(),
+            },
+            f.revisions.subscribe(),
+            f.stopping.clone(),
+            FEED_CAPACITY,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut streams = Vec::new();
+        for i in 0..20 {
+            let stream = feed.stream(
+                WatchRequest {
+                    agent_id: format!("a-{i}"),
+                    labels: vec![],
+                    after_revision: 0,
+                    after_epoch: OWN_EPOCH.into(),
+                },
+                f.stopping.clone(),
+                Box::pin(std::future::pending()),
+                || {},
+            );
+            streams.push(read_as_the_connection(stream, 4));
+        }
+        for rx in &mut streams {
+            let event = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .expect("no error")
+                .decode()
+                .expect("a valid GrantEvent");
+            assert!(matches!(
+                event.event,
+                Some(pb::grant_event::Event::Heartbeat(_))
+            ));
+        }
+        let encodes = *super::super::grant_stream::ENCODES_BY_EPOCH
+            .lock()
+            .unwrap()
+            .get(OWN_EPOCH)
+            .unwrap_or(&0);
+        assert_eq!(encodes, 1, "20 heartbeats at revision 0, one encoding");
+    }
+
+    /// A stream whose client goes away (the response dropped, as hyper drops it when the
+    /// connection or the HTTP/2 stream ends) leaves nothing behind: its receiver of the feed
+    /// is gone, its end ran once, and no task of its own remains.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_whose_client_goes_away_leaves_no_receiver_and_no_task_behind() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let f = Fixture::new();
+        let feed = f.feed(FEED_CAPACITY);
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let tasks_before = tasks();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let mut streams = Vec::new();
+        for i in 0..100 {
+            let ended = ended.clone();
+            let stream = feed.stream(
+                WatchRequest {
+                    agent_id: format!("a-{i}"),
+                    labels: vec!["env=prod".into()],
+                    after_revision: 0,
+                    after_epoch: EPOCH.into(),
+                },
+                f.stopping.clone(),
+                Box::pin(std::future::pending()),
+                move || {
+                    ended.fetch_add(1, Ordering::SeqCst);
+                },
+            );
+            streams.push(read_as_the_connection(stream, 4));
+        }
+        for rx in &mut streams {
+            caught_up(rx).await;
+        }
+        let id = "g-1".to_string();
+        let revision = f.grant(&id, &["env=prod"]);
+        for rx in &mut streams {
+            assert_eq!(next_change(rx).await, (revision, id.clone()));
+        }
+        assert_eq!(feed.streams(), 100);
+        assert_eq!(ended.load(Ordering::SeqCst), 0);
+        // The only tasks are this test's 100 readers (standing for the connections): a
+        // stream runs no task of its own (before, each had a watcher task).
+        assert_eq!(tasks(), tasks_before + 100, "tasks with 100 streams open");
+        // Every client goes away (here: the connection's reader ends and drops the stream).
+        drop(streams);
+        let deadline = std::time::Instant::now() + WAIT;
+        while (feed.streams(), tasks()) != (0, tasks_before) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} streams and {} tasks ({tasks_before} before) remain",
+                feed.streams(),
+                tasks()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            ended.load(Ordering::SeqCst),
+            100,
+            "each stream's end ran once"
+        );
+        // The feed goes on for the next stream.
+        let mut again = f.watch(&feed, "a-0", &["env=prod"], 4);
+        assert_eq!(until_heartbeat(&mut again).await.0, vec![(revision, id)]);
+    }
+
+    /// The daemon stopping ends every stream cleanly (the graceful shutdown waits for them);
+    /// an agent removed is cut with the removal's status and sent nothing more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_ends_when_the_daemon_stops_and_is_cut_when_its_agent_is_removed() {
+        let f = Fixture::new();
+        let feed = f.feed(FEED_CAPACITY);
+        let (remove, removed) = tokio::sync::oneshot::channel::<()>();
+        let stream = feed.stream(
+            WatchRequest {
+                agent_id: "gone".into(),
+                labels: vec!["env=prod".into()],
+                after_revision: 0,
+                after_epoch: EPOCH.into(),
+            },
+            f.stopping.clone(),
+            Box::pin(async move {
+                let _ = removed.await;
+            }),
+            || {},
+        );
+        let mut gone = read_as_the_connection(stream, 4);
+        let mut kept = f.watch(&feed, "kept", &["env=prod"], 4);
+        caught_up(&mut gone).await;
+        caught_up(&mut kept).await;
+        remove.send(()).unwrap();
+        let cut = tokio::time::timeout(WAIT, gone.recv())
+            .await
+            .expect("the cut in time")
+            .expect("a status before the end");
+        assert_eq!(
+            cut.expect_err("the removal's status").code(),
+            super::super::enrol::removed_status().code()
+        );
+        f.grant("g-after-removal", &["env=prod"]);
+        assert!(
+            tokio::time::timeout(WAIT, gone.recv())
+                .await
+                .expect("the end in time")
+                .is_none(),
+            "nothing after the cut"
+        );
+        f._stop.send(true).unwrap();
+        // The kept stream may still hold the grant; then it ends.
+        loop {
+            match tokio::time::timeout(WAIT, kept.recv())
+                .await
+                .expect("the end in time")
+            {
+                Some(event) => {
+                    decoded(event);
+                }
+                None => break,
+            }
+        }
     }
 
     /// Two controllers on one PostgreSQL database: a grant and a revocation committed by
