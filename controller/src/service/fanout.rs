@@ -1383,16 +1383,11 @@ mod tests {
         );
         f._stop.send(true).unwrap();
         // The kept stream may still hold the grant; then it ends.
-        loop {
-            match tokio::time::timeout(WAIT, kept.recv())
-                .await
-                .expect("the end in time")
-            {
-                Some(event) => {
-                    decoded(event);
-                }
-                None => break,
-            }
+        while let Some(event) = tokio::time::timeout(WAIT, kept.recv())
+            .await
+            .expect("the end in time")
+        {
+            decoded(event);
         }
     }
 
