@@ -475,7 +475,14 @@ enum AfterCatchUp {
 /// last [`FEED_CAPACITY`] changes whatever the number of agents). When the agent reads again,
 /// a stream that fell further behind than that is told so (`Lagged`) and resumes from the
 /// revision log, a page at a time, missing nothing. What a slow agent costs is one encoded
-/// event held by its HTTP/2 stream and its connection's send window.
+/// event held by its HTTP/2 stream, its connection's send window and, stalled in a catch-up,
+/// the rows of one page addressed to it (at most [`STREAM_PAGE`], decoded) plus the feed
+/// change that showed a gap (one `Arc<FeedChange>`).
+///
+/// **Stop and removal end it in every state.** Each poll checks the daemon's stop and the
+/// agent's removal before anything else, in a catch-up as live, so nothing is sent after
+/// either once the stream is polled again. A stream that is never polled (its agent holds
+/// its flow-control window at 0) never sees them: that is up to the server's shutdown.
 pub struct WatchStream {
     feed: Arc<ChangeFeed>,
     agent: WatchRequest,
@@ -575,6 +582,17 @@ impl Stream for WatchStream {
     ) -> Poll<Option<Outgoing>> {
         let this = &mut *self;
         loop {
+            // The stop and the removal first, in every state (a catch-up too, before each row
+            // it sends): nothing is sent after either. Ending drops a read in flight (its
+            // blocking task finishes and is discarded).
+            if !matches!(this.state, State::Ended) {
+                if this.stop.as_mut().poll(cx).is_ready() {
+                    return this.end(None);
+                }
+                if this.removed.as_mut().poll(cx).is_ready() {
+                    return this.end(Some(Err(super::enrol::removed_status())));
+                }
+            }
             match &mut this.state {
                 State::Ended => return Poll::Ready(None),
                 State::Reading { read, .. } => {
@@ -628,13 +646,6 @@ impl Stream for WatchStream {
                     }
                 }
                 State::Live => {
-                    // The stop and the removal first: nothing is sent after either.
-                    if this.stop.as_mut().poll(cx).is_ready() {
-                        return this.end(None);
-                    }
-                    if this.removed.as_mut().poll(cx).is_ready() {
-                        return this.end(Some(Err(super::enrol::removed_status())));
-                    }
                     if let Poll::Ready((received, changes)) = this.next.poll(cx) {
                         this.next.set(next_change(changes));
                         match received {
@@ -772,6 +783,14 @@ mod tests {
 
         /// Records a grant for `hosts` and `labels` and bumps the revision.
         fn grant_to(&self, id: &str, hosts: &[&str], labels: &[&str]) -> u64 {
+            let revision = self.record(id, hosts, labels);
+            self.revisions.send_replace(revision);
+            revision
+        }
+
+        /// Records a grant for `hosts` and `labels` without bumping the revision: the feed
+        /// is not told (it reads it at the next bump).
+        fn record(&self, id: &str, hosts: &[&str], labels: &[&str]) -> u64 {
             let now = unix_now();
             let row = self
                 .store
@@ -795,7 +814,6 @@ mod tests {
                     })
                 })
                 .unwrap();
-            self.revisions.send_replace(row.revision);
             row.revision
         }
 
@@ -1389,6 +1407,102 @@ mod tests {
         {
             decoded(event);
         }
+    }
+
+    /// Opens a stream of agent "gone" (`env=prod`) that resynchronises from revision 0 (no
+    /// epoch, as after a restart), read with room for one event, and cut when `remove` fires.
+    fn resync_with_room_for_one(
+        f: &Fixture,
+        feed: &Arc<ChangeFeed>,
+    ) -> (tokio::sync::oneshot::Sender<()>, mpsc::Receiver<Outgoing>) {
+        let (remove, removed) = tokio::sync::oneshot::channel::<()>();
+        let stream = feed.stream(
+            WatchRequest {
+                agent_id: "gone".into(),
+                labels: vec!["env=prod".into()],
+                after_revision: 0,
+                after_epoch: String::new(),
+            },
+            f.stopping.clone(),
+            Box::pin(async move {
+                let _ = removed.await;
+            }),
+            || {},
+        );
+        (remove, read_as_the_connection(stream, 1))
+    }
+
+    /// What a stream sends until it ends: the revisions of its events, then its last item
+    /// (`None`: it ended without a status).
+    async fn until_the_end(rx: &mut mpsc::Receiver<Outgoing>) -> (Vec<u64>, Option<Status>) {
+        let mut revisions = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event or the end in time")
+            {
+                Some(Ok(event)) => revisions.push(decoded(Ok(event)).revision),
+                Some(Err(status)) => {
+                    assert!(
+                        tokio::time::timeout(WAIT, rx.recv())
+                            .await
+                            .expect("the end in time")
+                            .is_none(),
+                        "nothing after the status"
+                    );
+                    return (revisions, Some(status));
+                }
+                None => return (revisions, None),
+            }
+        }
+    }
+
+    /// An agent removed while its stream is still catching up (a resync of several pages,
+    /// read slowly) is cut at once with the removal's status: the removal is not only seen
+    /// once the stream is live. At most the two events already taken by its connection (one
+    /// queued, one waiting for room) come before the status, none committed after the
+    /// removal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_removed_during_its_catch_up_is_cut_at_once() {
+        let f = Fixture::new();
+        for i in 0..(3 * STREAM_PAGE) {
+            f.grant(&format!("g-{i}"), &["env=prod"]);
+        }
+        let feed = f.feed(FEED_CAPACITY);
+        let (remove, mut rx) = resync_with_room_for_one(&f, &feed);
+        next_change(&mut rx).await;
+        next_change(&mut rx).await;
+        remove.send(()).unwrap();
+        let after_removal = f.grant("g-after-removal", &["env=prod"]);
+        let (sent, status) = until_the_end(&mut rx).await;
+        assert!(
+            sent.len() <= 2,
+            "{} events sent after the removal",
+            sent.len()
+        );
+        assert!(sent.iter().all(|revision| *revision < after_removal));
+        assert_eq!(
+            status.expect("the removal's status").code(),
+            super::super::enrol::removed_status().code()
+        );
+    }
+
+    /// The daemon stopping while a stream is still catching up ends it at once (no status),
+    /// as it does a live stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_catching_up_ends_at_once_when_the_daemon_stops() {
+        let f = Fixture::new();
+        for i in 0..(3 * STREAM_PAGE) {
+            f.grant(&format!("g-{i}"), &["env=prod"]);
+        }
+        let feed = f.feed(FEED_CAPACITY);
+        let (_remove, mut rx) = resync_with_room_for_one(&f, &feed);
+        next_change(&mut rx).await;
+        next_change(&mut rx).await;
+        f._stop.send(true).unwrap();
+        let (sent, status) = until_the_end(&mut rx).await;
+        assert!(sent.len() <= 2, "{} events sent after the stop", sent.len());
+        assert!(status.is_none(), "a stop ends the stream without a status");
     }
 
     /// Two controllers on one PostgreSQL database: a grant and a revocation committed by
