@@ -18,7 +18,8 @@
 //! heartbeat is encoded once per revision, not per agent.
 //!
 //! **The revision log stays the truth.** A stream reads the log itself (`changes_after`) only
-//! to catch up, a page of [`STREAM_PAGE`] rows at a time: when it connects (from the revision
+//! to catch up, [`CHANGES_PER_READ`] rows per read, keeping at most [`STREAM_PAGE`] of them
+//! (those addressed to its agent) at a time: when it connects (from the revision
 //! and epoch the agent sent), when it fell behind the feed by more than the channel holds
 //! (`Lagged`: a slow agent costs the others no memory, it only loses its place in the
 //! channel), and when the feed hands it a revision that does not follow the last one it saw (a
@@ -356,7 +357,7 @@ impl ChangeFeed {
                 } else {
                     0
                 };
-                Ok((from, store.changes_after(from, STREAM_PAGE)?))
+                Ok((from, store.changes_after(from, CHANGES_PER_READ)?))
             })
         };
         let stop = Box::pin(async move {
@@ -414,11 +415,13 @@ pub struct WatchRequest {
     pub after_epoch: String,
 }
 
-/// Changes read from the log in one page of a stream's catch-up: what a stream holds at most
-/// while its agent takes them (the rows addressed to it; the others are dropped as read). At
-/// 10,000 agents resynchronising at once after a restart, this is what bounds the memory of
-/// the catch-ups (a few MiB per 64 rows × agents in the worst case of long tokens), not a
-/// queue of encoded events.
+/// Rows addressed to its agent a stream keeps from one read of the log in a catch-up (a read
+/// is [`CHANGES_PER_READ`] rows; the others are dropped as read, and a read that reaches this
+/// many stops keeping there and the next read starts after the last row kept): what a stream
+/// holds at most while its agent takes them. At 10,000 agents resynchronising at once after a
+/// restart, this is what bounds the memory of the catch-ups (a few MiB per 64 rows × agents in
+/// the worst case of long tokens), not a queue of encoded events, while the store is queried
+/// once per 500 rows of the log, not once per 64.
 pub const STREAM_PAGE: u32 = 64;
 
 /// What a read of the log returns to a stream: where it read from, and what it found.
@@ -442,8 +445,8 @@ enum State {
         read: tokio::task::JoinHandle<Page>,
         then: AfterCatchUp,
     },
-    /// Sending the rows of a page addressed to the agent; `full`: the page was full, the log
-    /// may hold more.
+    /// Sending the rows of a read addressed to the agent; `full`: the read was full or
+    /// stopped at [`STREAM_PAGE`] rows kept, the log may hold more.
     Sending {
         page: VecDeque<(u64, Change)>,
         full: bool,
@@ -504,35 +507,43 @@ impl WatchStream {
         let from = self.last;
         self.state = State::Reading {
             read: tokio::task::spawn_blocking(move || {
-                Ok((from, store.changes_after(from, STREAM_PAGE)?))
+                Ok((from, store.changes_after(from, CHANGES_PER_READ)?))
             }),
             then,
         };
     }
 
-    /// Takes a page read from the log: keeps the rows addressed to the agent (decided from
-    /// the row: nothing is encoded for others), and moves `last` past all of them.
+    /// Takes a read of the log (after `from`): keeps the rows addressed to the agent
+    /// (decided from the row: nothing is encoded for others), at most [`STREAM_PAGE`] of
+    /// them, and moves `last` past every row it looked at: the whole read, or up to the last
+    /// row kept when it kept that many (the next read starts after it). No heartbeat comes
+    /// before the catch-up's end: the agent takes one for "the resync is complete".
     fn take_page(&mut self, from: u64, changes: Vec<(u64, Change)>, then: AfterCatchUp) {
-        let full = changes.len() >= STREAM_PAGE as usize;
-        self.last = changes.last().map_or(from, |(revision, _)| *revision);
+        let mut full = changes.len() >= CHANGES_PER_READ as usize;
+        self.last = from;
         let now = unix_now();
-        let page = changes
-            .into_iter()
-            .filter(|(_, change)| {
-                let (grant, grant_ends) = match change {
-                    Change::Granted(g) => (g, Some(g.not_after)),
-                    Change::Revoked { grant, .. } => (grant, None),
-                };
-                sent_to(
-                    &grant.hosts,
-                    &grant.labels,
-                    grant_ends,
-                    &self.agent.agent_id,
-                    &self.agent.labels,
-                    now,
-                )
-            })
-            .collect();
+        let mut page = VecDeque::new();
+        for (revision, change) in changes {
+            if page.len() >= STREAM_PAGE as usize {
+                full = true; // the rest of the read is read again after `last`
+                break;
+            }
+            self.last = revision;
+            let (grant, grant_ends) = match &change {
+                Change::Granted(g) => (g, Some(g.not_after)),
+                Change::Revoked { grant, .. } => (grant, None),
+            };
+            if sent_to(
+                &grant.hosts,
+                &grant.labels,
+                grant_ends,
+                &self.agent.agent_id,
+                &self.agent.labels,
+                now,
+            ) {
+                page.push_back((revision, change));
+            }
+        }
         self.state = State::Sending { page, full, then };
     }
 
@@ -1210,8 +1221,9 @@ mod tests {
         assert!(other_label < both);
     }
 
-    /// A catch-up longer than a page ([`STREAM_PAGE`]) is read a page at a time and arrives
-    /// whole and in order, then the heartbeat at the last revision read.
+    /// A catch-up of more rows addressed to the agent than a stream keeps at once
+    /// ([`STREAM_PAGE`]) is taken [`STREAM_PAGE`] rows at a time and arrives whole and in
+    /// order, then the heartbeat at the last revision read.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_catch_up_longer_than_a_page_arrives_whole_and_in_order() {
         let f = Fixture::new();
@@ -1231,8 +1243,8 @@ mod tests {
         assert_eq!(at, latest, "the heartbeat carries the last revision read");
         let pages = f.store.change_reads() - reads_before;
         assert!(
-            pages >= u64::from(2 * (2 * STREAM_PAGE + 10) / STREAM_PAGE),
-            "{pages} reads for {latest} revisions: read a page at a time"
+            pages >= u64::from((2 * STREAM_PAGE + 10).div_ceil(STREAM_PAGE)),
+            "{pages} reads for {latest} revisions: at most {STREAM_PAGE} rows kept at a time"
         );
     }
 
@@ -1503,6 +1515,31 @@ mod tests {
         let (sent, status) = until_the_end(&mut rx).await;
         assert!(sent.len() <= 2, "{} events sent after the stop", sent.len());
         assert!(status.is_none(), "a stop ends the stream without a status");
+    }
+
+    /// A catch-up reads [`CHANGES_PER_READ`] rows per query and keeps only those addressed to
+    /// the agent: 1,000 rows for others and one for it take 3 reads (500 + 500 + 1), not one
+    /// per [`STREAM_PAGE`] rows (16), so a restart's resync herd costs the store few queries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_through_rows_for_others_reads_many_rows_per_query() {
+        let f = Fixture::new();
+        for i in 0..1000 {
+            f.grant(&format!("x-{i}"), &["env=dev"]);
+        }
+        let own = f.grant("g-own", &["env=prod"]);
+        let feed = f.feed(FEED_CAPACITY);
+        let started = std::time::Instant::now();
+        while f.store.change_reads() == 0 && started.elapsed() < WAIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let reads_before = f.store.change_reads();
+        assert_eq!(reads_before, 1, "the feed's first read");
+        let mut rx = f.watch(&feed, "web-1", &["env=prod"], 4);
+        let (seen, at) = until_heartbeat(&mut rx).await;
+        assert_eq!(seen, vec![(own, "g-own".to_string())]);
+        assert_eq!(at, own, "the heartbeat comes after the whole catch-up");
+        let reads = f.store.change_reads() - reads_before;
+        assert!(reads <= 3, "{reads} reads for 1,001 rows");
     }
 
     /// Two controllers on one PostgreSQL database: a grant and a revocation committed by
