@@ -1542,6 +1542,46 @@ mod tests {
         assert!(reads <= 3, "{reads} reads for 1,001 rows");
     }
 
+    /// A revision the feed hands a stream that does not follow the last one it saw (a gap:
+    /// here r2 published, r1 never) is filled from the log by one catch-up: r1 then r2, each
+    /// sent once (the change that showed the gap is not sent again), then the feed goes on
+    /// (r3, r4 once each).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gap_in_the_feed_is_filled_from_the_log_once_and_the_feed_goes_on() {
+        let f = Fixture::new();
+        let feed = f.feed(FEED_CAPACITY);
+        let mut rx = f.watch(&feed, "web-1", &["env=prod"], 4);
+        caught_up(&mut rx).await;
+        // Committed, the feed not told.
+        let r1 = f.record("g-1", &[], &["env=prod"]);
+        let r2 = f.record("g-2", &[], &["env=prod"]);
+        let (at, change) = f
+            .store
+            .changes_after(r1, 1)
+            .unwrap()
+            .pop()
+            .expect("r2 in the log");
+        assert_eq!(at, r2);
+        let reads_before = f.store.change_reads();
+        // The feed publishes r2 alone, as if r1 had never been published.
+        let published = Published(unix_now(), tokio::time::Instant::now());
+        feed.changes
+            .send(Arc::new(FeedChange::new(&stamp(), r2, &change, published)))
+            .unwrap();
+        assert_eq!(next_change(&mut rx).await, (r1, "g-1".into()));
+        assert_eq!(next_change(&mut rx).await, (r2, "g-2".into()));
+        assert_eq!(
+            f.store.change_reads() - reads_before,
+            1,
+            "one catch-up filled the gap"
+        );
+        // The feed now reads r1..r3 and publishes them: r1 and r2 are not sent again.
+        let r3 = f.grant("g-3", &["env=prod"]);
+        assert_eq!(next_change(&mut rx).await, (r3, "g-3".into()));
+        let r4 = f.grant("g-4", &["env=prod"]);
+        assert_eq!(next_change(&mut rx).await, (r4, "g-4".into()));
+    }
+
     /// Two controllers on one PostgreSQL database: a grant and a revocation committed by
     /// replica A reach an agent watching replica B, whose own revision counter never moves
     /// (only A's NOTIFY can wake B's feed).
