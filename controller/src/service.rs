@@ -26,8 +26,7 @@ use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -471,12 +470,13 @@ pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GrantEvent, Status>> + Send>>;
 
 /// An agent's `WatchGrants` stream as served (`grant_stream::ControllerRoutes`): events encoded
-/// once by the change feed, shared by every stream they are sent to.
-pub type EncodedEventStream = ReceiverStream<fanout::Outgoing>;
+/// once by the change feed, shared by every stream they are sent to, taken from the feed by the
+/// response itself (`fanout::WatchStream`).
+pub type EncodedEventStream = fanout::WatchStream;
 
 impl ControllerService {
     /// Opens an agent's `WatchGrants` stream: checks the caller is the agent it watches for,
-    /// registers it, and starts its watcher on the change feed (`fanout`). Served by
+    /// registers it, and opens its stream on the change feed (`fanout`). Served by
     /// `grant_stream::ControllerRoutes` with the pre-encoded codec.
     pub async fn open_watch(
         &self,
@@ -524,7 +524,8 @@ impl ControllerService {
             "agent connected"
         );
 
-        let (tx, rx) = mpsc::channel(fanout::STREAM_QUEUE);
+        // Before the count below: a stream that cannot start is never counted.
+        let feed = self.change_feed()?;
         let connected = self.connected.clone();
         let not_before = enrol::peer_not_before(&request_certs);
         {
@@ -552,14 +553,13 @@ impl ControllerService {
             })
         };
         let agent_id = req.agent_id.clone();
-        self.change_feed()?.watch(
+        let stream = feed.stream(
             fanout::WatchRequest {
                 agent_id: req.agent_id,
                 labels,
                 after_revision: req.after_revision,
                 after_epoch: req.after_epoch,
             },
-            tx,
             self.stopping.clone(),
             removed,
             move || {
@@ -577,10 +577,10 @@ impl ControllerService {
                 tracing::info!(agent = %agent_id, "agent disconnected");
             },
         );
-        // The queue holds shared encoded events (every one carries the epoch and the cluster
-        // id: the agent refuses a controller of another cluster before it applies anything);
-        // each is copied only into its stream's frame.
-        Ok(ReceiverStream::new(rx))
+        // The shared encoded events (every one carries the epoch and the cluster id: the agent
+        // refuses a controller of another cluster before it applies anything), each copied only
+        // into its stream's frame.
+        Ok(stream)
     }
 }
 

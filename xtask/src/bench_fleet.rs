@@ -225,6 +225,8 @@ fn lower_this_threads_priority(nice: i32) {
 struct Replicas {
     bins: PathBuf,
     list: Vec<Replica>,
+    /// Replica 0's `/metrics` address: its fan-out histogram splits a revocation's time.
+    metrics: SocketAddr,
 }
 
 struct Replica {
@@ -294,9 +296,16 @@ impl Replicas {
                 child: None,
             });
         }
+        // Replica 0 only (the others are copies made above): its `/metrics` endpoint.
+        let metrics = free_addr()?;
+        std::fs::write(
+            &cluster.controller_config,
+            format!("{text}\n[metrics]\nenabled = true\nlisten = \"{metrics}\"\n"),
+        )?;
         Ok(Replicas {
             bins: bins.to_path_buf(),
             list,
+            metrics,
         })
     }
 
@@ -447,6 +456,7 @@ struct Report {
     /// Every controller process killed and started again.
     restart: Comeback,
     rejected: usize,
+    split: RevocationSplit,
 }
 
 async fn measure(
@@ -512,6 +522,7 @@ async fn measure(
     let cpu_before = replicas.cpu();
     let bench_before = cpu_time(bench)?;
     let (mut grant_latencies, mut revoke_latencies) = (Vec::new(), Vec::new());
+    let mut split = RevocationSplit::default();
     for g in 0..args.grants {
         let sent = Instant::now();
         let grant = admin
@@ -538,6 +549,7 @@ async fn measure(
                 .iter()
                 .map(|t| t.saturating_duration_since(sent)),
         );
+        let handed_before = fanout_histogram(replicas.metrics)?;
         let sent = Instant::now();
         admin
             .revoke_grant(pb::RevokeGrantRequest {
@@ -545,6 +557,7 @@ async fn measure(
                 reason: "bench".into(),
             })
             .await?;
+        split.rpc.push(sent.elapsed());
         fleet
             .wait(&mut events, timeout, "revocation at every agent", |f| {
                 f.revoked.get(&id).map_or(0, Vec::len) >= n
@@ -555,6 +568,8 @@ async fn measure(
                 .iter()
                 .map(|t| t.saturating_duration_since(sent)),
         );
+        // Replica 0's streams only (all of them on SQLite).
+        split.add(&handed_before, &fanout_histogram(replicas.metrics)?);
     }
     let changes = u32::try_from(2 * args.grants)?;
     let cpu_per_change = replicas
@@ -626,7 +641,85 @@ async fn measure(
         failover,
         restart,
         rejected: fleet.rejected,
+        split,
     })
+}
+
+/// Where a revocation's time goes, from the controller's side: the admin's RPC (its commit,
+/// fsync and audit record included), then from the commit to each stream's taking the event
+/// (replica 0's `loggate_controller_fanout_latency_seconds`, summed over the revocations).
+#[derive(Default)]
+struct RevocationSplit {
+    rpc: Vec<Duration>,
+    /// The histogram's increase over the revocations: (upper bound in seconds, count).
+    handed: Vec<(f64, u64)>,
+}
+
+impl RevocationSplit {
+    fn add(&mut self, before: &[(f64, u64)], after: &[(f64, u64)]) {
+        for (i, (le, count)) in after.iter().enumerate() {
+            let was = before.get(i).map_or(0, |(_, c)| *c);
+            match self.handed.get_mut(i) {
+                Some((_, sum)) => *sum += count.saturating_sub(was),
+                None => self.handed.push((*le, count.saturating_sub(was))),
+            }
+        }
+    }
+
+    /// The upper bound of the bucket holding quantile `p` of the (cumulative) histogram.
+    fn handed_quantile(&self, p: f64) -> String {
+        let total = self.handed.last().map_or(0, |(_, c)| *c);
+        if total == 0 {
+            return "-".into();
+        }
+        let want = (p * total as f64).ceil() as u64;
+        self.handed
+            .iter()
+            .find(|(_, c)| *c >= want)
+            .map_or("-".into(), |(le, _)| {
+                if le.is_infinite() {
+                    "> 13 s".into()
+                } else {
+                    format!("≤ {:.1} ms", le * 1000.0)
+                }
+            })
+    }
+}
+
+/// The cumulative buckets of replica 0's fan-out histogram (from the commit of a change to its
+/// taking by each stream), as `/metrics` reports them: (upper bound in seconds, count).
+fn fanout_histogram(addr: SocketAddr) -> anyhow::Result<Vec<(f64, u64)>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let mut buckets = Vec::new();
+    for line in response.lines() {
+        let Some(rest) =
+            line.strip_prefix("loggate_controller_fanout_latency_seconds_bucket{le=\"")
+        else {
+            continue;
+        };
+        let Some((le, count)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            le.parse()?
+        };
+        buckets.push((le, count.trim().parse::<f64>()? as u64));
+    }
+    anyhow::ensure!(
+        !buckets.is_empty(),
+        "no fan-out histogram at {addr}/metrics"
+    );
+    Ok(buckets)
 }
 
 /// Kills the replicas `victims` (SIGKILL), starts them again unless others remain (a failover:
@@ -1215,6 +1308,14 @@ fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &R
             ms(percentile(list, 1.0)),
         );
     }
+    println!(
+        "| revocation, controller side: admin's RPC p50 / max; commit → taken by each stream (replica 0, histogram bucket) p50 / p99 / max | {} / {}; {} / {} / {} |",
+        ms(percentile_of(&r.split.rpc, 0.5)),
+        ms(percentile_of(&r.split.rpc, 1.0)),
+        r.split.handed_quantile(0.5),
+        r.split.handed_quantile(0.99),
+        r.split.handed_quantile(1.0),
+    );
     println!(
         "| CPU per change (grant or revocation), per replica / the bench's | {} / bench {} |",
         per_replica(&r.cpu_per_change, |d| ms(*d)),

@@ -4,18 +4,28 @@
 //! watching: one task ([`ChangeFeed`]) follows the revision log, builds each change's
 //! [`pb::GrantEvent`] once (the grant's token is signed once, when it is issued), encodes it
 //! once ([`EncodedEvent`]: the agents' streams write those shared bytes, see `grant_stream`)
-//! and hands it, behind an `Arc`, to every watcher through a bounded `tokio::sync::broadcast`
-//! channel. Each
-//! watcher keeps only what is addressed to it (its agent id, or one of its labels: [`covers`]),
-//! so every agent still receives exactly what it did when each stream queried the store itself.
+//! and hands it, behind an `Arc`, to every stream through a bounded `tokio::sync::broadcast`
+//! channel. Each stream keeps only what is addressed to it (its agent id, or one of its
+//! labels: [`covers`]), so every agent still receives exactly what it did when each stream
+//! queried the store itself.
 //!
-//! **The revision log stays the truth.** A watcher reads the log itself (`changes_after`) only
-//! to catch up: when it connects (from the revision and epoch the agent sent), when it fell
-//! behind the feed by more than the channel holds (`Lagged`: a slow agent costs the others no
-//! memory, it only loses its place in the channel), and when the feed hands it a revision that
-//! does not follow the last one it saw (a gap: whatever caused it, the log fills it). A watcher
-//! therefore never skips a revision: it sees every revision in order, from the log or from the
-//! feed, and sends the ones addressed to it.
+//! **The response reads the feed.** An agent's stream ([`WatchStream`]) is the `WatchGrants`
+//! response body itself: the agent's HTTP/2 stream polls it when it has room to send, and it
+//! takes the next change from the feed's channel then. No task and no queue of its own per
+//! agent (there were a watcher task and a queue of 64 events: one more wake-up, schedule and
+//! queue per agent and change, ~10–15 % of a change's controller CPU at 10,000 agents,
+//! docs/performance.md). The clock is read once per published batch, not per agent; a
+//! heartbeat is encoded once per revision, not per agent.
+//!
+//! **The revision log stays the truth.** A stream reads the log itself (`changes_after`) only
+//! to catch up, [`CHANGES_PER_READ`] rows per read, keeping at most [`STREAM_PAGE`] of them
+//! (those addressed to its agent) at a time: when it connects (from the revision
+//! and epoch the agent sent), when it fell behind the feed by more than the channel holds
+//! (`Lagged`: a slow agent costs the others no memory, it only loses its place in the
+//! channel), and when the feed hands it a revision that does not follow the last one it saw (a
+//! gap: whatever caused it, the log fills it). A stream therefore never skips a revision: it
+//! sees every revision in order, from the log or from the feed, and sends the ones addressed
+//! to it.
 //!
 //! Revision numbers only mean something within one epoch (see `Store::new_epoch`): an agent of
 //! another epoch, or none, or claiming a revision ahead of ours, is sent everything again from
@@ -26,22 +36,25 @@ use super::internal;
 use crate::store::{Change, GrantRow, Store};
 use loggate_core::grant::unix_now;
 use loggate_proto as pb;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::Stream;
+use tokio_util::sync::ReusableBoxFuture;
 use tonic::Status;
 
-/// Changes read from the store in one query (the catch-up of one watcher, or one step of the
+/// Changes read from the store in one query (one step of the
 /// feed).
 pub const CHANGES_PER_READ: u32 = 500;
-/// Changes the feed's channel holds for its slowest watcher: one that falls further behind
+/// Changes the feed's channel holds for its slowest stream: one that falls further behind
 /// resumes from the revision log. Each holds an `Arc` of one change (about the size of its
 /// token, ~1 KiB), so the channel costs at most a few MiB whatever the number of agents.
 pub const FEED_CAPACITY: usize = 4096;
-/// Events queued for one agent's stream before its watcher waits for the agent to read.
-pub const STREAM_QUEUE: usize = 64;
 
-/// One change of the revision log as every watcher receives it: built once, shared.
+/// One change of the revision log as every stream receives it: built once, shared.
 #[derive(Debug)]
 pub struct FeedChange {
     pub revision: u64,
@@ -52,13 +65,19 @@ pub struct FeedChange {
     /// For a grant: its end (a grant already ended when it would be sent is of no use to an
     /// agent); `None` for a revocation, always sent (the agent's clock may run behind ours).
     grant_ends: Option<i64>,
+    /// The clock when the feed published the change (Unix seconds): every stream decides a
+    /// grant's end against this one reading, not a reading of its own.
+    published_unix: i64,
+    /// The same moment on the monotonic clock: a stream sent the change owes its agent a
+    /// heartbeat one heartbeat period after it.
+    published_at: tokio::time::Instant,
     /// What is sent, the same for every agent it is addressed to: built and encoded once, its
     /// bytes shared by every stream's queue and written as they are.
     pub event: EncodedEvent,
 }
 
 impl FeedChange {
-    fn new(stamp: &Stamp, revision: u64, change: &Change) -> FeedChange {
+    fn new(stamp: &Stamp, revision: u64, change: &Change, published: Published) -> FeedChange {
         let grant: &GrantRow = match change {
             Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
         };
@@ -70,6 +89,8 @@ impl FeedChange {
                 Change::Granted(g) => Some(g.not_after),
                 Change::Revoked { .. } => None,
             },
+            published_unix: published.0,
+            published_at: published.1,
             event: EncodedEvent::encode(&change_event(stamp, revision, change)),
         }
     }
@@ -86,6 +107,10 @@ impl FeedChange {
         )
     }
 }
+
+/// When the feed published a batch of changes: the clock read once for all of them.
+#[derive(Debug, Clone, Copy)]
+struct Published(i64, tokio::time::Instant);
 
 /// Whether agent `agent_id` holding `labels` is sent a change addressed to `hosts` and
 /// `labels` at `now`: a grant (`grant_ends` its end) until it ends, a revocation (`None`)
@@ -177,24 +202,26 @@ fn next_retry(previous: Option<Duration>) -> Duration {
     previous.map_or(RETRY_MIN, |p| (p * 2).min(RETRY_MAX))
 }
 
-/// What a watcher queues for its agent's stream: a shared change, or an event of its own
-/// (a heartbeat, an error).
+/// What an agent's stream sends: a shared change, or an event of its own (a heartbeat, an
+/// error that ends the stream).
 pub type Outgoing = Result<EncodedEvent, Status>;
 
-/// The one reader of the revision log for every watcher (module docs).
+/// The one reader of the revision log for every stream (module docs).
 pub struct ChangeFeed {
     store: Arc<Store>,
     stamp: Stamp,
     /// The longest silence on a stream ([`super::HEARTBEAT`] in the service).
     heartbeat: Duration,
     changes: broadcast::Sender<Arc<FeedChange>>,
+    /// The last heartbeat encoded, with its revision ([`ChangeFeed::heartbeat_at`]).
+    heartbeats: Mutex<Option<(u64, EncodedEvent)>>,
 }
 
 impl ChangeFeed {
     /// Starts the feed's task: from the latest revision of the log, it reads and publishes the
     /// new changes each time `revisions` (bumped by whoever commits a change) moves, and ends
     /// when `stopping` turns true or every sender of `revisions` is gone. `capacity` is the
-    /// number of changes held for the slowest watcher ([`FEED_CAPACITY`]); a stream is sent a
+    /// number of changes held for the slowest stream ([`FEED_CAPACITY`]); a stream is sent a
     /// heartbeat after `heartbeat` without anything sent to it.
     pub fn start(
         store: Arc<Store>,
@@ -210,6 +237,7 @@ impl ChangeFeed {
             stamp: stamp.clone(),
             heartbeat,
             changes: changes.clone(),
+            heartbeats: Mutex::new(None),
         });
         let mut last = store.latest_revision()?;
         // Several replicas on PostgreSQL: a change committed by another replica never moves
@@ -267,10 +295,13 @@ impl ChangeFeed {
                     }
                 };
                 let full = batch.len() >= CHANGES_PER_READ as usize;
+                let published = Published(unix_now(), tokio::time::Instant::now());
                 for (revision, change) in &batch {
                     last = *revision;
                     // No receiver (no agent connected) is not an error.
-                    let _ = changes.send(Arc::new(FeedChange::new(&stamp, *revision, change)));
+                    let _ = changes.send(Arc::new(FeedChange::new(
+                        &stamp, *revision, change, published,
+                    )));
                 }
                 if full {
                     continue;
@@ -294,175 +325,80 @@ impl ChangeFeed {
         Ok(feed)
     }
 
-    /// Starts the watcher of one agent's stream: it sends to `tx` everything addressed to
-    /// `agent_id` (holding `labels`) after `after_revision` of `after_epoch`, then every change
-    /// addressed to it as the feed publishes it, a heartbeat when it has caught up and after
-    /// every `heartbeat` of silence, until the agent goes away or `stopping` turns true.
-    /// `done` runs when it ends.
-    pub fn watch(
+    /// Opens the stream of one agent: everything addressed to `agent_id` (holding `labels`)
+    /// after `after_revision` of `after_epoch`, read from the log a page at a time, then a
+    /// heartbeat (the end of the catch-up), then every change addressed to it as the feed
+    /// publishes it and a heartbeat after every `heartbeat` of silence, until `stopping` turns
+    /// true, the agent is removed (`removed`: the stream ends with
+    /// [`super::enrol::removed_status`]) or the stream is dropped (its client went away).
+    /// `done` runs when the stream is dropped, whatever ended it.
+    ///
+    /// The stream is the response body itself (module docs): nothing runs for an agent
+    /// between the feed and its connection.
+    pub fn stream(
         self: &Arc<Self>,
         agent: WatchRequest,
-        tx: mpsc::Sender<Outgoing>,
         stopping: watch::Receiver<bool>,
         removed: Removed,
         done: impl FnOnce() + Send + 'static,
-    ) {
+    ) -> WatchStream {
         // Subscribed before the catch-up: whatever is published from now on is either in the
         // channel or (published before the catch-up read it) in the log.
-        let feed = self.changes.subscribe();
-        let this = self.clone();
-        tokio::spawn(async move {
-            this.run_watcher(agent, feed, tx, stopping, removed).await;
-            done();
-        });
-    }
-
-    async fn run_watcher(
-        &self,
-        agent: WatchRequest,
-        mut feed: broadcast::Receiver<Arc<FeedChange>>,
-        tx: mpsc::Sender<Outgoing>,
-        mut stopping: watch::Receiver<bool>,
-        mut removed: Removed,
-    ) {
-        let store = self.store.clone();
-        let latest = match tokio::task::block_in_place(|| store.latest_revision()) {
-            Ok(latest) => latest,
-            Err(e) => {
-                let _ = tx.send(Err(internal(e))).await;
-                return;
-            }
-        };
-        let mut last = if agent.after_epoch != self.stamp.epoch || agent.after_revision > latest {
-            0
-        } else {
-            agent.after_revision
-        };
-        if self.catch_up(&agent, &mut last, &tx).await.is_err() {
-            return;
-        }
-        // The end of the catch-up (for a resync: its completion).
-        if tx.send(Ok(heartbeat(&self.stamp, last))).await.is_err() {
-            return;
-        }
-        // A heartbeat after `heartbeat` without anything sent to this agent: changes addressed
-        // to others do not put it off (the agent takes a long silence for a dead stream).
-        //
-        // The futures the loop waits on are made once, not at every turn: at 10,000 streams a
-        // change wakes every watcher, and a fresh `sleep_until` (a timer-wheel entry), a fresh
-        // `tx.closed()` and `stopping.changed()` (a waiter each, registered and removed under
-        // its lock) per watcher and change showed in the profile of a change
-        // (docs/performance.md). Sending a change moves the one timer (`reset`): a timer left
-        // to fire early and wait out the rest woke every watcher once a period while changes
-        // flowed (the timer wheel's share of a change's samples rose from 1 % to 4 %).
-        let beat = tokio::time::sleep(self.heartbeat);
-        let closed = tx.closed();
-        let stop = stopping.changed();
-        tokio::pin!(beat, closed, stop);
-        loop {
-            tokio::select! {
-                received = feed.recv() => match received {
-                    Ok(change) => {
-                        if change.revision <= last {
-                            continue; // already read from the log
-                        }
-                        if change.revision != last + 1 {
-                            // Something between is missing from what this watcher saw: the
-                            // log has it.
-                            if self.catch_up(&agent, &mut last, &tx).await.is_err() {
-                                return;
-                            }
-                            if change.revision <= last {
-                                continue;
-                            }
-                        }
-                        last = change.revision;
-                        if change.is_for(&agent.agent_id, &agent.labels, unix_now()) {
-                            if tx.send(Ok(change.event.clone())).await.is_err() {
-                                return;
-                            }
-                            // Fan-out latency is that of live changes (what a catch-up sends
-                            // is not observed).
-                            loggate_core::metrics::controller().sent(change.revision);
-                            beat.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                        tracing::info!(
-                            agent = %agent.agent_id, skipped,
-                            "a slow grant stream resumes from the revision log"
-                        );
-                        if self.catch_up(&agent, &mut last, &tx).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                () = &mut beat => {
-                    if tx.send(Ok(heartbeat(&self.stamp, last))).await.is_err() {
-                        return;
-                    }
-                    beat.as_mut().reset(tokio::time::Instant::now() + self.heartbeat);
-                }
-                _ = &mut closed => return,
-                _ = &mut stop => return,
-                () = &mut removed => {
-                    let _ = tx.send(Err(super::enrol::removed_status())).await;
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Sends everything after `last` addressed to the agent, from the revision log, until the
-    /// log has nothing more; `last` follows. `Err` when the stream is gone (or the log cannot
-    /// be read: the agent was told and reconnects).
-    async fn catch_up(
-        &self,
-        agent: &WatchRequest,
-        last: &mut u64,
-        tx: &mpsc::Sender<Outgoing>,
-    ) -> Result<(), ()> {
-        loop {
-            let after = *last;
-            let read =
-                tokio::task::block_in_place(|| self.store.changes_after(after, CHANGES_PER_READ));
-            let changes = match read {
-                Ok(changes) => changes,
-                Err(e) => {
-                    let _ = tx.send(Err(internal(e))).await;
-                    return Err(());
-                }
-            };
-            let now = unix_now();
-            for (revision, change) in &changes {
-                *last = *revision;
-                // Addressing first, from the row: after a restart every agent resyncs from
-                // zero, and encoding the changes meant for other hosts would cost
-                // agents × revisions for nothing.
-                let (grant, grant_ends) = match change {
-                    Change::Granted(g) => (g, Some(g.not_after)),
-                    Change::Revoked { grant, .. } => (grant, None),
+        let changes = self.changes.subscribe();
+        let first = {
+            let store = self.store.clone();
+            let own_epoch = self.stamp.epoch == agent.after_epoch;
+            let after = agent.after_revision;
+            tokio::task::spawn_blocking(move || {
+                let latest = store.latest_revision()?;
+                // Revision numbers only mean something within one epoch (module docs).
+                let from = if own_epoch && after <= latest {
+                    after
+                } else {
+                    0
                 };
-                if !sent_to(
-                    &grant.hosts,
-                    &grant.labels,
-                    grant_ends,
-                    &agent.agent_id,
-                    &agent.labels,
-                    now,
-                ) {
-                    continue;
-                }
-                let event = EncodedEvent::encode(&change_event(&self.stamp, *revision, change));
-                if tx.send(Ok(event)).await.is_err() {
-                    return Err(());
-                }
-            }
-            if changes.len() < CHANGES_PER_READ as usize {
-                return Ok(());
+                Ok((from, store.changes_after(from, CHANGES_PER_READ)?))
+            })
+        };
+        let stop = Box::pin(async move {
+            let mut stopping = stopping;
+            // An error: the daemon is gone; ending the stream is all that is left.
+            let _ = stopping.wait_for(|stop| *stop).await;
+        });
+        WatchStream {
+            feed: self.clone(),
+            agent,
+            next: ReusableBoxFuture::new(next_change(changes)),
+            last: 0,
+            state: State::Reading {
+                read: first,
+                then: AfterCatchUp::Heartbeat,
+            },
+            beat: Box::pin(tokio::time::sleep(self.heartbeat)),
+            stop,
+            removed,
+            done: Some(Box::new(done)),
+        }
+    }
+
+    /// The streams open on the feed (each holds one receiver of its channel).
+    #[cfg(test)]
+    fn streams(&self) -> usize {
+        self.changes.receiver_count()
+    }
+
+    /// The heartbeat at `revision`: the same bytes for every stream at that revision, so
+    /// encoded once per revision (streams fall due at different times; the last one is kept).
+    fn heartbeat_at(&self, revision: u64) -> EncodedEvent {
+        let mut kept = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, event)) = kept.as_ref() {
+            if *at == revision {
+                return event.clone();
             }
         }
+        let event = heartbeat(&self.stamp, revision);
+        *kept = Some((revision, event.clone()));
+        event
     }
 }
 
@@ -479,10 +415,319 @@ pub struct WatchRequest {
     pub after_epoch: String,
 }
 
+/// Rows addressed to its agent a stream keeps from one read of the log in a catch-up (a read
+/// is [`CHANGES_PER_READ`] rows; the others are dropped as read, and a read that reaches this
+/// many stops keeping there and the next read starts after the last row kept): what a stream
+/// holds at most while its agent takes them. At 10,000 agents resynchronising at once after a
+/// restart, this is what bounds the memory of the catch-ups (a few MiB per 64 rows × agents in
+/// the worst case of long tokens), not a queue of encoded events, while the store is queried
+/// once per 500 rows of the log, not once per 64.
+pub const STREAM_PAGE: u32 = 64;
+
+/// What a read of the log returns to a stream: where it read from, and what it found.
+type Page = anyhow::Result<(u64, Vec<(u64, Change)>)>;
+
+/// The wait for the next change of the feed; its receiver comes back with it, so one boxed
+/// future is reused for every change (no allocation per change and agent).
+type NextChange = (
+    Result<Arc<FeedChange>, broadcast::error::RecvError>,
+    broadcast::Receiver<Arc<FeedChange>>,
+);
+
+async fn next_change(mut changes: broadcast::Receiver<Arc<FeedChange>>) -> NextChange {
+    (changes.recv().await, changes)
+}
+
+/// Where a stream is.
+enum State {
+    /// Reading a page of the log (a blocking read, off the runtime's threads).
+    Reading {
+        read: tokio::task::JoinHandle<Page>,
+        then: AfterCatchUp,
+    },
+    /// Sending the rows of a read addressed to the agent; `full`: the read was full or
+    /// stopped at [`STREAM_PAGE`] rows kept, the log may hold more.
+    Sending {
+        page: VecDeque<(u64, Change)>,
+        full: bool,
+        then: AfterCatchUp,
+    },
+    /// Following the feed.
+    Live,
+    /// Nothing more to send.
+    Ended,
+}
+
+/// What follows a catch-up.
+enum AfterCatchUp {
+    /// The first catch-up of a stream: a heartbeat says it is complete (for a resync: the
+    /// agent drops what the new epoch no longer holds).
+    Heartbeat,
+    /// A catch-up that filled a gap in the feed, or a stream that fell behind by more than
+    /// the feed holds: back to the feed; the change that showed the gap (if any) is handled
+    /// then if the log did not already hold it.
+    Resume(Option<Arc<FeedChange>>),
+}
+
+/// One agent's `WatchGrants` response (see [`ChangeFeed::stream`]): polled by the agent's
+/// HTTP/2 stream as it has room to send, it takes the feed's shared events itself.
+///
+/// **A slow agent holds nothing of the feed.** The stream is polled only when the agent's
+/// connection has room (flow control): a stream that is not read stops being polled, and the
+/// feed's channel moves on without it (the channel never waits for a receiver; it holds its
+/// last [`FEED_CAPACITY`] changes whatever the number of agents). When the agent reads again,
+/// a stream that fell further behind than that is told so (`Lagged`) and resumes from the
+/// revision log, a page at a time, missing nothing. What a slow agent costs is one encoded
+/// event held by its HTTP/2 stream, its connection's send window and, stalled in a catch-up,
+/// the rows of one page addressed to it (at most [`STREAM_PAGE`], decoded) plus the feed
+/// change that showed a gap (one `Arc<FeedChange>`).
+///
+/// **Stop and removal end it in every state.** Each poll checks the daemon's stop and the
+/// agent's removal before anything else, in a catch-up as live, so nothing is sent after
+/// either once the stream is polled again. A stream that is never polled (its agent holds
+/// its flow-control window at 0) never sees them: that is up to the server's shutdown.
+pub struct WatchStream {
+    feed: Arc<ChangeFeed>,
+    agent: WatchRequest,
+    next: ReusableBoxFuture<'static, NextChange>,
+    /// The last revision this stream has seen (sent or not addressed to it).
+    last: u64,
+    state: State,
+    /// When a heartbeat is due: moved whenever something is sent.
+    beat: std::pin::Pin<Box<tokio::time::Sleep>>,
+    stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    removed: Removed,
+    done: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl WatchStream {
+    /// Starts reading the log after `self.last`, then `then`.
+    fn read_log(&mut self, then: AfterCatchUp) {
+        let store = self.feed.store.clone();
+        let from = self.last;
+        self.state = State::Reading {
+            read: tokio::task::spawn_blocking(move || {
+                Ok((from, store.changes_after(from, CHANGES_PER_READ)?))
+            }),
+            then,
+        };
+    }
+
+    /// Takes a read of the log (after `from`): keeps the rows addressed to the agent
+    /// (decided from the row: nothing is encoded for others), at most [`STREAM_PAGE`] of
+    /// them, and moves `last` past every row it looked at: the whole read, or up to the last
+    /// row kept when it kept that many (the next read starts after it). No heartbeat comes
+    /// before the catch-up's end: the agent takes one for "the resync is complete".
+    fn take_page(&mut self, from: u64, changes: Vec<(u64, Change)>, then: AfterCatchUp) {
+        let mut full = changes.len() >= CHANGES_PER_READ as usize;
+        self.last = from;
+        let now = unix_now();
+        let mut page = VecDeque::new();
+        for (revision, change) in changes {
+            if page.len() >= STREAM_PAGE as usize {
+                full = true; // the rest of the read is read again after `last`
+                break;
+            }
+            self.last = revision;
+            let (grant, grant_ends) = match &change {
+                Change::Granted(g) => (g, Some(g.not_after)),
+                Change::Revoked { grant, .. } => (grant, None),
+            };
+            if sent_to(
+                &grant.hosts,
+                &grant.labels,
+                grant_ends,
+                &self.agent.agent_id,
+                &self.agent.labels,
+                now,
+            ) {
+                page.push_back((revision, change));
+            }
+        }
+        self.state = State::Sending { page, full, then };
+    }
+
+    /// A change of the feed: `Some` what to send now, `None` when nothing (already seen, not
+    /// addressed to this agent, or a gap whose catch-up has started). `after_gap`: the change
+    /// that showed a gap, after the catch-up that filled it; the log held everything before
+    /// it, so it is taken as it is (never a second catch-up for the same change).
+    fn take_live(&mut self, change: Arc<FeedChange>, after_gap: bool) -> Option<EncodedEvent> {
+        if change.revision <= self.last {
+            return None; // already read from the log
+        }
+        if !after_gap && change.revision != self.last + 1 {
+            // Something between is missing from what this stream saw: the log has it.
+            self.read_log(AfterCatchUp::Resume(Some(change)));
+            return None;
+        }
+        self.last = change.revision;
+        // The clock as the feed read it when it published the change: once per change, not
+        // once per agent.
+        if !change.is_for(
+            &self.agent.agent_id,
+            &self.agent.labels,
+            change.published_unix,
+        ) {
+            return None;
+        }
+        // Fan-out latency is that of live changes (what a catch-up sends is not observed).
+        loggate_core::metrics::controller().sent(change.revision);
+        self.beat
+            .as_mut()
+            .reset(change.published_at + self.feed.heartbeat);
+        Some(change.event.clone())
+    }
+
+    fn end(&mut self, last: Option<Outgoing>) -> Poll<Option<Outgoing>> {
+        self.state = State::Ended;
+        Poll::Ready(last)
+    }
+}
+
+impl Stream for WatchStream {
+    type Item = Outgoing;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Outgoing>> {
+        let this = &mut *self;
+        loop {
+            // The stop and the removal first, in every state (a catch-up too, before each row
+            // it sends): nothing is sent after either. Ending drops a read in flight (its
+            // blocking task finishes and is discarded).
+            if !matches!(this.state, State::Ended) {
+                if this.stop.as_mut().poll(cx).is_ready() {
+                    return this.end(None);
+                }
+                if this.removed.as_mut().poll(cx).is_ready() {
+                    return this.end(Some(Err(super::enrol::removed_status())));
+                }
+            }
+            match &mut this.state {
+                State::Ended => return Poll::Ready(None),
+                State::Reading { read, .. } => {
+                    let read = ready!(std::pin::Pin::new(read).poll(cx));
+                    let State::Reading { then, .. } =
+                        std::mem::replace(&mut this.state, State::Ended)
+                    else {
+                        unreachable!("the state was Reading")
+                    };
+                    match read {
+                        Ok(Ok((from, changes))) => this.take_page(from, changes, then),
+                        Ok(Err(e)) => return this.end(Some(Err(internal(e)))),
+                        Err(e) => {
+                            return this.end(Some(Err(internal(anyhow::anyhow!(
+                                "the read of the revision log failed: {e}"
+                            )))))
+                        }
+                    }
+                }
+                State::Sending { page, full, .. } => {
+                    if let Some((revision, change)) = page.pop_front() {
+                        return Poll::Ready(Some(Ok(EncodedEvent::encode(&change_event(
+                            &this.feed.stamp,
+                            revision,
+                            &change,
+                        )))));
+                    }
+                    let full = *full;
+                    let State::Sending { then, .. } =
+                        std::mem::replace(&mut this.state, State::Live)
+                    else {
+                        unreachable!("the state was Sending")
+                    };
+                    if full {
+                        this.read_log(then);
+                        continue;
+                    }
+                    match then {
+                        AfterCatchUp::Heartbeat => {
+                            this.beat
+                                .as_mut()
+                                .reset(tokio::time::Instant::now() + this.feed.heartbeat);
+                            return Poll::Ready(Some(Ok(this.feed.heartbeat_at(this.last))));
+                        }
+                        AfterCatchUp::Resume(Some(change)) => {
+                            if let Some(event) = this.take_live(change, true) {
+                                return Poll::Ready(Some(Ok(event)));
+                            }
+                        }
+                        AfterCatchUp::Resume(None) => {}
+                    }
+                }
+                State::Live => {
+                    if let Poll::Ready((received, changes)) = this.next.poll(cx) {
+                        this.next.set(next_change(changes));
+                        match received {
+                            Ok(change) => {
+                                if let Some(event) = this.take_live(change, false) {
+                                    return Poll::Ready(Some(Ok(event)));
+                                }
+                            }
+                            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                                tracing::info!(
+                                    agent = %this.agent.agent_id, skipped,
+                                    "a slow grant stream resumes from the revision log"
+                                );
+                                this.read_log(AfterCatchUp::Resume(None));
+                            }
+                            Err(broadcast::error::RecvError::Closed) => return this.end(None),
+                        }
+                        continue;
+                    }
+                    // A heartbeat after `heartbeat` without anything sent to this agent:
+                    // changes addressed to others do not put it off (the agent takes a long
+                    // silence for a dead stream).
+                    ready!(this.beat.as_mut().poll(cx));
+                    this.beat
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + this.feed.heartbeat);
+                    return Poll::Ready(Some(Ok(this.feed.heartbeat_at(this.last))));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::Revoked;
+    use tokio::sync::mpsc;
+    use tokio_stream::StreamExt;
+
+    /// Reads `stream` as the agent's HTTP/2 stream does: an event at a time, as long as there
+    /// is room (here: in a queue of `room` events the test reads); a full queue stops the
+    /// reading, as a full flow-control window does.
+    fn read_as_the_connection(mut stream: WatchStream, room: usize) -> mpsc::Receiver<Outgoing> {
+        let (tx, rx) = mpsc::channel(room);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    event = stream.next() => match event {
+                        Some(event) => {
+                            if tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                        None => return,
+                    },
+                    // The test dropped its end: the client went away.
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
 
     const EPOCH: &str = "e1";
 
@@ -544,6 +789,19 @@ mod tests {
 
         /// Records a grant for `labels` and bumps the revision, as the RPCs do.
         fn grant(&self, id: &str, labels: &[&str]) -> u64 {
+            self.grant_to(id, &[], labels)
+        }
+
+        /// Records a grant for `hosts` and `labels` and bumps the revision.
+        fn grant_to(&self, id: &str, hosts: &[&str], labels: &[&str]) -> u64 {
+            let revision = self.record(id, hosts, labels);
+            self.revisions.send_replace(revision);
+            revision
+        }
+
+        /// Records a grant for `hosts` and `labels` without bumping the revision: the feed
+        /// is not told (it reads it at the next bump).
+        fn record(&self, id: &str, hosts: &[&str], labels: &[&str]) -> u64 {
             let now = unix_now();
             let row = self
                 .store
@@ -551,7 +809,7 @@ mod tests {
                     Ok(GrantRow {
                         id: id.into(),
                         subject: "spiffe://loggate.local/user/alice".into(),
-                        hosts: vec![],
+                        hosts: hosts.iter().map(|h| h.to_string()).collect(),
                         labels: labels.iter().map(|l| l.to_string()).collect(),
                         paths: vec!["/var/log/*.log".into()],
                         units: vec![],
@@ -567,7 +825,6 @@ mod tests {
                     })
                 })
                 .unwrap();
-            self.revisions.send_replace(row.revision);
             row.revision
         }
 
@@ -590,20 +847,18 @@ mod tests {
             labels: &[&str],
             queue: usize,
         ) -> mpsc::Receiver<Outgoing> {
-            let (tx, rx) = mpsc::channel(queue);
-            feed.watch(
+            let stream = feed.stream(
                 WatchRequest {
                     agent_id: id.into(),
                     labels: labels.iter().map(|l| l.to_string()).collect(),
                     after_revision: 0,
                     after_epoch: EPOCH.into(),
                 },
-                tx,
                 self.stopping.clone(),
                 Box::pin(std::future::pending()),
                 || {},
             );
-            rx
+            read_as_the_connection(stream, queue)
         }
     }
 
@@ -689,19 +944,18 @@ mod tests {
             Duration::from_secs(10),
         )
         .unwrap();
-        let (tx, mut rx) = mpsc::channel(STREAM_QUEUE);
-        feed.watch(
+        let stream = feed.stream(
             WatchRequest {
                 agent_id: "web-1".into(),
                 labels: vec![],
                 after_revision: 0,
                 after_epoch: "a-foreign-epoch".into(),
             },
-            tx,
             f.stopping.clone(),
             Box::pin(std::future::pending()),
             || {},
         );
+        let mut rx = read_as_the_connection(stream, 64);
         let mut changes = Vec::new();
         loop {
             let event = tokio::time::timeout(WAIT, rx.recv())
@@ -863,19 +1117,18 @@ mod tests {
         let feed = f.feed(FEED_CAPACITY);
         let first = f.grant("g-1", &["env=prod"]);
         let second = f.grant("g-2", &["env=prod"]);
-        let (tx, mut rx) = mpsc::channel(16);
-        feed.watch(
+        let stream = feed.stream(
             WatchRequest {
                 agent_id: "a".into(),
                 labels: vec!["env=prod".into()],
                 after_revision: second,
                 after_epoch: "an-older-epoch".into(),
             },
-            tx,
             f.stopping.clone(),
             Box::pin(std::future::pending()),
             || {},
         );
+        let mut rx = read_as_the_connection(stream, 16);
         assert_eq!(next_change(&mut rx).await, (first, "g-1".into()));
         assert_eq!(next_change(&mut rx).await, (second, "g-2".into()));
         caught_up(&mut rx).await;
@@ -917,6 +1170,416 @@ mod tests {
             beats + 1 >= expected,
             "{beats} heartbeats in {elapsed:?} (every {beat:?}: {expected} expected)"
         );
+    }
+
+    /// The grants and revocations a stream was sent until its next heartbeat, as (revision,
+    /// grant id), and that heartbeat's revision.
+    async fn until_heartbeat(rx: &mut mpsc::Receiver<Outgoing>) -> (Vec<(u64, String)>, u64) {
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open");
+            let event = decoded(event);
+            match &event.event {
+                Some(pb::grant_event::Event::Grant(g)) => {
+                    seen.push((event.revision, g.grant_id.clone()))
+                }
+                Some(pb::grant_event::Event::Revocation(r)) => {
+                    seen.push((event.revision, r.grant_id.clone()))
+                }
+                Some(pb::grant_event::Event::Heartbeat(_)) => return (seen, event.revision),
+                None => panic!("an event without a body"),
+            }
+        }
+    }
+
+    /// Addressing is decided per agent from the row, in the catch-up and live: a grant for
+    /// host A (and its revocation) never reaches B, nor a grant for a label B does not hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_grant_for_one_host_never_reaches_another_in_the_catch_up_or_live() {
+        let f = Fixture::new();
+        let early = f.grant_to("g-early", &["web-a"], &[]);
+        let feed = f.feed(FEED_CAPACITY);
+        let mut a = f.watch(&feed, "web-a", &["env=dev"], 64);
+        let mut b = f.watch(&feed, "web-b", &["env=dev"], 64);
+        assert_eq!(
+            until_heartbeat(&mut a).await.0,
+            vec![(early, "g-early".into())]
+        );
+        assert_eq!(until_heartbeat(&mut b).await, (vec![], early));
+        let live = f.grant_to("g-live", &["web-a"], &[]);
+        let other_label = f.grant_to("g-prod", &[], &["env=prod"]);
+        let revoked = f.revoke("g-live");
+        let both = f.grant_to("g-both", &["web-b"], &["env=dev"]);
+        assert_eq!(next_change(&mut a).await, (live, "g-live".into()));
+        assert_eq!(next_change(&mut a).await, (revoked, "g-live".into()));
+        assert_eq!(next_change(&mut a).await, (both, "g-both".into()));
+        // B's first change is the one addressed to it: nothing of A's, nor env=prod's.
+        assert_eq!(next_change(&mut b).await, (both, "g-both".into()));
+        assert!(other_label < both);
+    }
+
+    /// A catch-up of more rows addressed to the agent than a stream keeps at once
+    /// ([`STREAM_PAGE`]) is taken [`STREAM_PAGE`] rows at a time and arrives whole and in
+    /// order, then the heartbeat at the last revision read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_longer_than_a_page_arrives_whole_and_in_order() {
+        let f = Fixture::new();
+        let mut expected = Vec::new();
+        for i in 0..(2 * STREAM_PAGE + 10) {
+            let id = format!("g-{i}");
+            expected.push((f.grant(&id, &["env=prod"]), id.clone()));
+            // Changes for others between: read, skipped, never sent.
+            f.grant(&format!("x-{i}"), &["env=dev"]);
+        }
+        let latest = f.store.latest_revision().unwrap();
+        let feed = f.feed(FEED_CAPACITY);
+        let reads_before = f.store.change_reads();
+        let mut rx = f.watch(&feed, "web-1", &["env=prod"], 4);
+        let (seen, at) = until_heartbeat(&mut rx).await;
+        assert_eq!(seen, expected);
+        assert_eq!(at, latest, "the heartbeat carries the last revision read");
+        let pages = f.store.change_reads() - reads_before;
+        assert!(
+            pages >= u64::from((2 * STREAM_PAGE + 10).div_ceil(STREAM_PAGE)),
+            "{pages} reads for {latest} revisions: at most {STREAM_PAGE} rows kept at a time"
+        );
+    }
+
+    /// Every stream at one revision is sent the same heartbeat: it is encoded once, not once
+    /// per stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_at_one_revision_share_one_encoded_heartbeat() {
+        const OWN_EPOCH: &str = "count-heartbeats";
+        let f = Fixture::new();
+        let feed = ChangeFeed::start(
+            f.store.clone(),
+            Stamp {
+                epoch: OWN_EPOCH.into(),
+                cluster_id: "c1".into(),
+            },
+            f.revisions.subscribe(),
+            f.stopping.clone(),
+            FEED_CAPACITY,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut streams = Vec::new();
+        for i in 0..20 {
+            let stream = feed.stream(
+                WatchRequest {
+                    agent_id: format!("a-{i}"),
+                    labels: vec![],
+                    after_revision: 0,
+                    after_epoch: OWN_EPOCH.into(),
+                },
+                f.stopping.clone(),
+                Box::pin(std::future::pending()),
+                || {},
+            );
+            streams.push(read_as_the_connection(stream, 4));
+        }
+        for rx in &mut streams {
+            let event = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .expect("no error")
+                .decode()
+                .expect("a valid GrantEvent");
+            assert!(matches!(
+                event.event,
+                Some(pb::grant_event::Event::Heartbeat(_))
+            ));
+        }
+        let encodes = *super::super::grant_stream::ENCODES_BY_EPOCH
+            .lock()
+            .unwrap()
+            .get(OWN_EPOCH)
+            .unwrap_or(&0);
+        assert_eq!(encodes, 1, "20 heartbeats at revision 0, one encoding");
+    }
+
+    /// A stream whose client goes away (the response dropped, as hyper drops it when the
+    /// connection or the HTTP/2 stream ends) leaves nothing behind: its receiver of the feed
+    /// is gone, its end ran once, and no task of its own remains.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_whose_client_goes_away_leaves_no_receiver_and_no_task_behind() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let f = Fixture::new();
+        let feed = f.feed(FEED_CAPACITY);
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let tasks_before = tasks();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let mut streams = Vec::new();
+        for i in 0..100 {
+            let ended = ended.clone();
+            let stream = feed.stream(
+                WatchRequest {
+                    agent_id: format!("a-{i}"),
+                    labels: vec!["env=prod".into()],
+                    after_revision: 0,
+                    after_epoch: EPOCH.into(),
+                },
+                f.stopping.clone(),
+                Box::pin(std::future::pending()),
+                move || {
+                    ended.fetch_add(1, Ordering::SeqCst);
+                },
+            );
+            streams.push(read_as_the_connection(stream, 4));
+        }
+        for rx in &mut streams {
+            caught_up(rx).await;
+        }
+        let id = "g-1".to_string();
+        let revision = f.grant(&id, &["env=prod"]);
+        for rx in &mut streams {
+            assert_eq!(next_change(rx).await, (revision, id.clone()));
+        }
+        assert_eq!(feed.streams(), 100);
+        assert_eq!(ended.load(Ordering::SeqCst), 0);
+        // The only tasks are this test's 100 readers (standing for the connections): a
+        // stream runs no task of its own (before, each had a watcher task).
+        assert_eq!(tasks(), tasks_before + 100, "tasks with 100 streams open");
+        // Every client goes away (here: the connection's reader ends and drops the stream).
+        drop(streams);
+        let deadline = std::time::Instant::now() + WAIT;
+        while (feed.streams(), tasks()) != (0, tasks_before) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} streams and {} tasks ({tasks_before} before) remain",
+                feed.streams(),
+                tasks()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            ended.load(Ordering::SeqCst),
+            100,
+            "each stream's end ran once"
+        );
+        // The feed goes on for the next stream.
+        let mut again = f.watch(&feed, "a-0", &["env=prod"], 4);
+        assert_eq!(until_heartbeat(&mut again).await.0, vec![(revision, id)]);
+    }
+
+    /// The daemon stopping ends every stream cleanly (the graceful shutdown waits for them);
+    /// an agent removed is cut with the removal's status and sent nothing more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_ends_when_the_daemon_stops_and_is_cut_when_its_agent_is_removed() {
+        let f = Fixture::new();
+        let feed = f.feed(FEED_CAPACITY);
+        let (remove, removed) = tokio::sync::oneshot::channel::<()>();
+        let stream = feed.stream(
+            WatchRequest {
+                agent_id: "gone".into(),
+                labels: vec!["env=prod".into()],
+                after_revision: 0,
+                after_epoch: EPOCH.into(),
+            },
+            f.stopping.clone(),
+            Box::pin(async move {
+                let _ = removed.await;
+            }),
+            || {},
+        );
+        let mut gone = read_as_the_connection(stream, 4);
+        let mut kept = f.watch(&feed, "kept", &["env=prod"], 4);
+        caught_up(&mut gone).await;
+        caught_up(&mut kept).await;
+        remove.send(()).unwrap();
+        let cut = tokio::time::timeout(WAIT, gone.recv())
+            .await
+            .expect("the cut in time")
+            .expect("a status before the end");
+        assert_eq!(
+            cut.expect_err("the removal's status").code(),
+            super::super::enrol::removed_status().code()
+        );
+        f.grant("g-after-removal", &["env=prod"]);
+        assert!(
+            tokio::time::timeout(WAIT, gone.recv())
+                .await
+                .expect("the end in time")
+                .is_none(),
+            "nothing after the cut"
+        );
+        f._stop.send(true).unwrap();
+        // The kept stream may still hold the grant; then it ends.
+        while let Some(event) = tokio::time::timeout(WAIT, kept.recv())
+            .await
+            .expect("the end in time")
+        {
+            decoded(event);
+        }
+    }
+
+    /// Opens a stream of agent "gone" (`env=prod`) that resynchronises from revision 0 (no
+    /// epoch, as after a restart), read with room for one event, and cut when `remove` fires.
+    fn resync_with_room_for_one(
+        f: &Fixture,
+        feed: &Arc<ChangeFeed>,
+    ) -> (tokio::sync::oneshot::Sender<()>, mpsc::Receiver<Outgoing>) {
+        let (remove, removed) = tokio::sync::oneshot::channel::<()>();
+        let stream = feed.stream(
+            WatchRequest {
+                agent_id: "gone".into(),
+                labels: vec!["env=prod".into()],
+                after_revision: 0,
+                after_epoch: String::new(),
+            },
+            f.stopping.clone(),
+            Box::pin(async move {
+                let _ = removed.await;
+            }),
+            || {},
+        );
+        (remove, read_as_the_connection(stream, 1))
+    }
+
+    /// What a stream sends until it ends: the revisions of its events, then its last item
+    /// (`None`: it ended without a status).
+    async fn until_the_end(rx: &mut mpsc::Receiver<Outgoing>) -> (Vec<u64>, Option<Status>) {
+        let mut revisions = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("an event or the end in time")
+            {
+                Some(Ok(event)) => revisions.push(decoded(Ok(event)).revision),
+                Some(Err(status)) => {
+                    assert!(
+                        tokio::time::timeout(WAIT, rx.recv())
+                            .await
+                            .expect("the end in time")
+                            .is_none(),
+                        "nothing after the status"
+                    );
+                    return (revisions, Some(status));
+                }
+                None => return (revisions, None),
+            }
+        }
+    }
+
+    /// An agent removed while its stream is still catching up (a resync of several pages,
+    /// read slowly) is cut at once with the removal's status: the removal is not only seen
+    /// once the stream is live. At most the two events already taken by its connection (one
+    /// queued, one waiting for room) come before the status, none committed after the
+    /// removal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_agent_removed_during_its_catch_up_is_cut_at_once() {
+        let f = Fixture::new();
+        for i in 0..(3 * STREAM_PAGE) {
+            f.grant(&format!("g-{i}"), &["env=prod"]);
+        }
+        let feed = f.feed(FEED_CAPACITY);
+        let (remove, mut rx) = resync_with_room_for_one(&f, &feed);
+        next_change(&mut rx).await;
+        next_change(&mut rx).await;
+        remove.send(()).unwrap();
+        let after_removal = f.grant("g-after-removal", &["env=prod"]);
+        let (sent, status) = until_the_end(&mut rx).await;
+        assert!(
+            sent.len() <= 2,
+            "{} events sent after the removal",
+            sent.len()
+        );
+        assert!(sent.iter().all(|revision| *revision < after_removal));
+        assert_eq!(
+            status.expect("the removal's status").code(),
+            super::super::enrol::removed_status().code()
+        );
+    }
+
+    /// The daemon stopping while a stream is still catching up ends it at once (no status),
+    /// as it does a live stream.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_catching_up_ends_at_once_when_the_daemon_stops() {
+        let f = Fixture::new();
+        for i in 0..(3 * STREAM_PAGE) {
+            f.grant(&format!("g-{i}"), &["env=prod"]);
+        }
+        let feed = f.feed(FEED_CAPACITY);
+        let (_remove, mut rx) = resync_with_room_for_one(&f, &feed);
+        next_change(&mut rx).await;
+        next_change(&mut rx).await;
+        f._stop.send(true).unwrap();
+        let (sent, status) = until_the_end(&mut rx).await;
+        assert!(sent.len() <= 2, "{} events sent after the stop", sent.len());
+        assert!(status.is_none(), "a stop ends the stream without a status");
+    }
+
+    /// A catch-up reads [`CHANGES_PER_READ`] rows per query and keeps only those addressed to
+    /// the agent: 1,000 rows for others and one for it take 3 reads (500 + 500 + 1), not one
+    /// per [`STREAM_PAGE`] rows (16), so a restart's resync herd costs the store few queries.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_through_rows_for_others_reads_many_rows_per_query() {
+        let f = Fixture::new();
+        for i in 0..1000 {
+            f.grant(&format!("x-{i}"), &["env=dev"]);
+        }
+        let own = f.grant("g-own", &["env=prod"]);
+        let feed = f.feed(FEED_CAPACITY);
+        let started = std::time::Instant::now();
+        while f.store.change_reads() == 0 && started.elapsed() < WAIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let reads_before = f.store.change_reads();
+        assert_eq!(reads_before, 1, "the feed's first read");
+        let mut rx = f.watch(&feed, "web-1", &["env=prod"], 4);
+        let (seen, at) = until_heartbeat(&mut rx).await;
+        assert_eq!(seen, vec![(own, "g-own".to_string())]);
+        assert_eq!(at, own, "the heartbeat comes after the whole catch-up");
+        let reads = f.store.change_reads() - reads_before;
+        assert!(reads <= 3, "{reads} reads for 1,001 rows");
+    }
+
+    /// A revision the feed hands a stream that does not follow the last one it saw (a gap:
+    /// here r2 published, r1 never) is filled from the log by one catch-up: r1 then r2, each
+    /// sent once (the change that showed the gap is not sent again), then the feed goes on
+    /// (r3, r4 once each).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gap_in_the_feed_is_filled_from_the_log_once_and_the_feed_goes_on() {
+        let f = Fixture::new();
+        let feed = f.feed(FEED_CAPACITY);
+        let mut rx = f.watch(&feed, "web-1", &["env=prod"], 4);
+        caught_up(&mut rx).await;
+        // Committed, the feed not told.
+        let r1 = f.record("g-1", &[], &["env=prod"]);
+        let r2 = f.record("g-2", &[], &["env=prod"]);
+        let (at, change) = f
+            .store
+            .changes_after(r1, 1)
+            .unwrap()
+            .pop()
+            .expect("r2 in the log");
+        assert_eq!(at, r2);
+        let reads_before = f.store.change_reads();
+        // The feed publishes r2 alone, as if r1 had never been published.
+        let published = Published(unix_now(), tokio::time::Instant::now());
+        feed.changes
+            .send(Arc::new(FeedChange::new(&stamp(), r2, &change, published)))
+            .unwrap();
+        assert_eq!(next_change(&mut rx).await, (r1, "g-1".into()));
+        assert_eq!(next_change(&mut rx).await, (r2, "g-2".into()));
+        assert_eq!(
+            f.store.change_reads() - reads_before,
+            1,
+            "one catch-up filled the gap"
+        );
+        // The feed now reads r1..r3 and publishes them: r1 and r2 are not sent again.
+        let r3 = f.grant("g-3", &["env=prod"]);
+        assert_eq!(next_change(&mut rx).await, (r3, "g-3".into()));
+        let r4 = f.grant("g-4", &["env=prod"]);
+        assert_eq!(next_change(&mut rx).await, (r4, "g-4".into()));
     }
 
     /// Two controllers on one PostgreSQL database: a grant and a revocation committed by
