@@ -339,6 +339,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         limits::TRIM_QUIET,
         limits::TRIM_AT_MOST_EVERY,
         Arc::new(release_freed_memory),
+        shared.stopping.subscribe(),
     );
     // The audit file is open and the listener bound: systemd may consider the agent started.
     loggate_core::notify::ready();
