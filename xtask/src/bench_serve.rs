@@ -56,6 +56,123 @@ pub struct Args {
     /// the release ones (a copy of an earlier build: before / after a change, in one session).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// CPUs the agent (and, for the side-by-side runs, sshd and its sessions) may use, as
+    /// `taskset` takes them (`0`, `0,2`, `0-3`); the engine alone runs on the first of them.
+    /// Unset: nothing is pinned. These are "the cores the agent may use" of the 64-reader
+    /// target (0.8 × the engine's one-core rate × their count).
+    #[arg(long, value_parser = parse_cpus)]
+    agent_cpus: Option<CpuList>,
+    /// CPUs for the clients (`loggate`, `ssh`, `cat`), the controller and the bench itself;
+    /// by default every CPU this process may use that is not an agent CPU.
+    #[arg(long, value_parser = parse_cpus, requires = "agent_cpus")]
+    client_cpus: Option<CpuList>,
+}
+
+/// CPU numbers, sorted, without repeats (one argument: clap would take a bare `Vec` for many).
+#[derive(Clone)]
+struct CpuList(Vec<usize>);
+
+/// A CPU list as `taskset -c` takes it: numbers and ranges, comma-separated (`0,2-3`).
+fn parse_cpus(list: &str) -> Result<CpuList, String> {
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let bad = || format!("{part:?} is not a CPU number or range (e.g. 0, 0-1, 0,2)");
+        let (from, to) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            ),
+            None => {
+                let n: usize = part.trim().parse().map_err(|_| bad())?;
+                (n, n)
+            }
+        };
+        if from > to || to >= 1024 {
+            return Err(bad());
+        }
+        cpus.extend(from..=to);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(CpuList(cpus))
+}
+
+/// The CPUs this process may run on (`/proc/self/status`'s `Cpus_allowed_list`).
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .context("no Cpus_allowed_list in /proc/self/status")?;
+    parse_cpus(list.trim())
+        .map(|c| c.0)
+        .map_err(anyhow::Error::msg)
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Where the agent and the clients run: the agent's CPUs and the others (see [`Args`]).
+struct Placement {
+    agent: Vec<usize>,
+    clients: Vec<usize>,
+}
+
+impl Placement {
+    fn of(args: &Args) -> anyhow::Result<Option<Placement>> {
+        let Some(CpuList(agent)) = args.agent_cpus.clone() else {
+            return Ok(None);
+        };
+        let allowed = allowed_cpus()?;
+        let clients = match &args.client_cpus {
+            Some(c) => c.0.clone(),
+            None => allowed
+                .iter()
+                .copied()
+                .filter(|c| !agent.contains(c))
+                .collect(),
+        };
+        for c in agent.iter().chain(&clients) {
+            if !allowed.contains(c) {
+                bail!(
+                    "CPU {c} is not one this process may use ({}); pick CPUs among them",
+                    cpu_list(&allowed)
+                );
+            }
+        }
+        if clients.is_empty() {
+            bail!("--agent-cpus {} leaves no CPU for the clients; leave one, or name them with --client-cpus", cpu_list(&agent));
+        }
+        if agent.iter().any(|c| clients.contains(c)) {
+            bail!("--agent-cpus and --client-cpus overlap; give them separate CPUs");
+        }
+        Ok(Some(Placement { agent, clients }))
+    }
+}
+
+/// Pins process `pid`, every thread of it (`all`) or only its main thread (whose later
+/// threads and children inherit it), to `cpus` with `taskset`.
+fn pin(pid: u32, cpus: &[usize], all: bool) -> anyhow::Result<()> {
+    let mut cmd = Command::new("taskset");
+    if all {
+        cmd.arg("-a");
+    }
+    let out = cmd
+        .args(["-p", "-c", &cpu_list(cpus), &pid.to_string()])
+        .output()
+        .context("cannot run taskset (util-linux)")?;
+    if !out.status.success() {
+        bail!(
+            "taskset could not pin {pid} to CPUs {}: {}",
+            cpu_list(cpus),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -81,6 +198,17 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
             target_dir().join("release")
         }
     };
+    let placement = Placement::of(args)?;
+    if let Some(p) = &placement {
+        // Before any thread or child: all of them inherit the clients' CPUs; the agent and
+        // sshd are moved to theirs once started.
+        pin(std::process::id(), &p.clients, false)?;
+        println!(
+            "agent (and sshd) on CPUs {}, clients and controller on CPUs {}",
+            cpu_list(&p.agent),
+            cpu_list(&p.clients)
+        );
+    }
     let bench = target_dir().join("bench");
     let root = bench.join("serve-logs");
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
@@ -94,6 +222,14 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
 
     let (cluster, agent_pid) = start_cluster(&bins, &root, &args.readers)?;
     let sshd = Sshd::start(&bench.join("sshd"))?;
+    if let Some(p) = &placement {
+        // Every thread the agent has; those it starts later inherit their creator's CPUs.
+        // Twice: a thread being created during the first pass gets its creator's old mask.
+        pin(agent_pid, &p.agent, true)?;
+        pin(agent_pid, &p.agent, true)?;
+        // sshd forks a session per login: they inherit the listener's CPUs.
+        pin(sshd.pid, &p.agent, true)?;
+    }
     let agent_bin = bins.join("loggate-agent");
     let size = std::fs::metadata(&big)?.len();
 
@@ -121,9 +257,21 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
             sshd.cmd(&format!("cat {file} | LC_ALL=C sed -E {sed}")),
         ),
         ("loggate-agent redact (engine alone)", Server::None, {
-            let mut c = Command::new(&agent_bin);
-            c.args(["redact", &file]);
-            c
+            // Pinned: on one of the agent's CPUs, the one-core rate of the 64-reader target.
+            match &placement {
+                Some(p) => {
+                    let mut c = Command::new("taskset");
+                    c.args(["-c", &p.agent[0].to_string()])
+                        .arg(&agent_bin)
+                        .args(["redact", &file]);
+                    c
+                }
+                None => {
+                    let mut c = Command::new(&agent_bin);
+                    c.args(["redact", &file]);
+                    c
+                }
+            }
         }),
         ("local cat", Server::None, {
             let mut c = Command::new("cat");
@@ -179,12 +327,22 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     // Concurrent readers.
     let small_file = small.display().to_string();
     let small_size = std::fs::metadata(&small)?.len();
+    let agent_cores = match &placement {
+        Some(p) => p.agent.len(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     println!(
-        "\nConcurrent `loggate logs cat` of {} MiB each (cores: {}):",
+        "\nConcurrent `loggate logs cat` of {} MiB each (agent cores: {agent_cores}{}):",
         small_size >> 20,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        if placement.is_some() {
+            ", pinned"
+        } else {
+            ", not pinned: shared with the clients"
+        }
     );
     println!("| readers | aggregate MB/s | first / last reader done (s) | slowest reader's MB/s | per reader while all ran, min / max MB/s | least share (target >= 1/128) | agent peak RSS MiB | agent CPU s/GiB | load |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    let most_readers = args.readers.iter().copied().max().unwrap_or(0);
+    let mut aggregate_of_most = None;
     for &n in &args.readers {
         reset_peak_rss(agent_pid);
         let cpu_before = cpu_seconds(agent_pid, false)?;
@@ -233,6 +391,9 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         let wall = times.iter().copied().fold(0.0, f64::max);
         let first = times.iter().copied().fold(f64::INFINITY, f64::min);
         let aggregate = mb_per_s(small_size * n as u64, wall);
+        if n == most_readers {
+            aggregate_of_most = Some(aggregate);
+        }
         // Every reader starts at once: the last one's rate over the whole run is what the
         // most starved reader got (at least aggregate / 128 is the issue's target).
         let slowest = mb_per_s(small_size, wall);
@@ -255,10 +416,21 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
             load_average()
         );
     }
+    let target = 0.8 * rate(3) * agent_cores as f64;
     println!(
-        "(engine alone, one core: {:.0} MB/s; 80 % of it times the cores is the 64-reader target)",
-        rate(3)
+        "64-reader target: 0.8 x engine alone on one core ({:.0} MB/s{}) x {agent_cores} agent \
+         core(s) = {target:.0} MB/s aggregate",
+        rate(3),
+        if placement.is_some() { ", pinned" } else { "" }
     );
+    if let Some(agg) = aggregate_of_most {
+        println!(
+            "{} readers: {agg:.0} MB/s = {:.2}x of the target ({})",
+            args.readers.iter().copied().max().unwrap_or(0),
+            agg / target,
+            if agg >= target { "met" } else { "not met" }
+        );
+    }
 
     // Time to first byte.
     let line_file = one_line.display().to_string();
