@@ -99,7 +99,11 @@ fn parse_cpus(list: &str) -> Result<CpuList, String> {
 
 /// The CPUs this process may run on (`/proc/self/status`'s `Cpus_allowed_list`).
 fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
+    cpus_allowed_in(&std::fs::read_to_string("/proc/self/status")?)
+}
+
+/// The `Cpus_allowed_list` of a `/proc/<pid>/status` text.
+fn cpus_allowed_in(status: &str) -> anyhow::Result<Vec<usize>> {
     let list = status
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
@@ -127,9 +131,20 @@ impl Placement {
         let Some(CpuList(agent)) = args.agent_cpus.clone() else {
             return Ok(None);
         };
-        let allowed = allowed_cpus()?;
-        let clients = match &args.client_cpus {
-            Some(c) => c.0.clone(),
+        let clients = args.client_cpus.clone().map(|c| c.0);
+        Placement::within(agent, clients, &allowed_cpus()?).map(Some)
+    }
+
+    /// The placement of `agent` and `clients` (by default every `allowed` CPU not the
+    /// agent's) among the CPUs this process may use: refused when a CPU is not allowed, when
+    /// no CPU is left for the clients or when the two overlap.
+    fn within(
+        agent: Vec<usize>,
+        clients: Option<Vec<usize>>,
+        allowed: &[usize],
+    ) -> anyhow::Result<Placement> {
+        let clients = match clients {
+            Some(c) => c,
             None => allowed
                 .iter()
                 .copied()
@@ -150,7 +165,7 @@ impl Placement {
         if agent.iter().any(|c| clients.contains(c)) {
             bail!("--agent-cpus and --client-cpus overlap; give them separate CPUs");
         }
-        Ok(Some(Placement { agent, clients }))
+        Ok(Placement { agent, clients })
     }
 }
 
@@ -901,5 +916,47 @@ mod tests {
         assert!((two.target - 0.8 * 536.9 * 2.0).abs() < 1.0, "{}", two.target);
         // A run with no CPU time measured nothing: nothing can meet it.
         assert!(target(1 << 30, 0.0, 1.0, 1).target.is_infinite());
+    }
+
+    /// Review of serve5, finding 10: the CPU lists `taskset -c` takes, and nothing else.
+    #[test]
+    fn cpu_lists_take_numbers_and_ranges_sorted_without_repeats_and_refuse_the_rest() {
+        let ok = |list: &str| parse_cpus(list).map(|c| c.0);
+        assert_eq!(ok("0-3,2"), Ok(vec![0, 1, 2, 3]));
+        assert_eq!(ok("3,1, 2"), Ok(vec![1, 2, 3]));
+        assert_eq!(ok("5-5"), Ok(vec![5]));
+        assert_eq!(ok("1023"), Ok(vec![1023]));
+        for bad in ["3-1", "", "1,", ",1", "1024", "0-1024", "a", "-1", "1-", "1-2-3"] {
+            let err = ok(bad).expect_err(bad);
+            assert!(err.contains("is not a CPU number or range"), "{bad}: {err}");
+        }
+        assert_eq!(
+            cpus_allowed_in("Name:\tx\nCpus_allowed:\t3\nCpus_allowed_list:\t0-1\n").ok(),
+            Some(vec![0, 1])
+        );
+        assert!(cpus_allowed_in("Name:\tx\n").is_err());
+    }
+
+    /// The agent and the clients get separate, allowed CPUs; the clients by default all the
+    /// allowed CPUs the agent does not have.
+    #[test]
+    fn a_placement_keeps_the_agent_and_the_clients_apart_on_allowed_cpus() -> anyhow::Result<()> {
+        let p = Placement::within(vec![0], None, &[0, 1, 2, 3])?;
+        assert_eq!((p.agent, p.clients), (vec![0], vec![1, 2, 3]));
+        let p = Placement::within(vec![0, 1], Some(vec![3]), &[0, 1, 2, 3])?;
+        assert_eq!((p.agent, p.clients), (vec![0, 1], vec![3]));
+        let refused = |agent: Vec<usize>, clients: Option<Vec<usize>>, needle: &str| {
+            let err = Placement::within(agent, clients, &[0, 1])
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{needle}: {err:?}");
+        };
+        refused(vec![0], Some(vec![0, 1]), "overlap");
+        refused(vec![0, 1], None, "leaves no CPU for the clients");
+        refused(vec![0], Some(vec![]), "leaves no CPU for the clients");
+        refused(vec![2], None, "CPU 2 is not one this process may use");
+        refused(vec![0], Some(vec![1, 1023]), "CPU 1023 is not one this process may use");
+        Ok(())
     }
 }
