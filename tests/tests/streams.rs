@@ -1109,7 +1109,10 @@ async fn a_reader_that_stops_reading_does_not_hold_the_agents_stop() -> anyhow::
         anyhow::anyhow!("the agent had not exited 15 s after SIGTERM (it was killed)")
     })?;
     assert!(status.success(), "the agent exited with {status}");
-    assert!(took < Duration::from_secs(8), "the agent took {took:?} to stop");
+    assert!(
+        took < Duration::from_secs(8),
+        "the agent took {took:?} to stop"
+    );
     drop(stream);
     let audit = f.cluster.agent_audit("web-1");
     let finished = audit

@@ -913,7 +913,11 @@ mod tests {
         assert!(310.0 < t.target, "310 MB/s is not met");
         let two = target(1 << 30, 2.0, 2.1, 2);
         assert!(!two.starved);
-        assert!((two.target - 0.8 * 536.9 * 2.0).abs() < 1.0, "{}", two.target);
+        assert!(
+            (two.target - 0.8 * 536.9 * 2.0).abs() < 1.0,
+            "{}",
+            two.target
+        );
         // A run with no CPU time measured nothing: nothing can meet it.
         assert!(target(1 << 30, 0.0, 1.0, 1).target.is_infinite());
     }
@@ -926,7 +930,9 @@ mod tests {
         assert_eq!(ok("3,1, 2"), Ok(vec![1, 2, 3]));
         assert_eq!(ok("5-5"), Ok(vec![5]));
         assert_eq!(ok("1023"), Ok(vec![1023]));
-        for bad in ["3-1", "", "1,", ",1", "1024", "0-1024", "a", "-1", "1-", "1-2-3"] {
+        for bad in [
+            "3-1", "", "1,", ",1", "1024", "0-1024", "a", "-1", "1-", "1-2-3",
+        ] {
             let err = ok(bad).expect_err(bad);
             assert!(err.contains("is not a CPU number or range"), "{bad}: {err}");
         }
@@ -956,7 +962,11 @@ mod tests {
         refused(vec![0, 1], None, "leaves no CPU for the clients");
         refused(vec![0], Some(vec![]), "leaves no CPU for the clients");
         refused(vec![2], None, "CPU 2 is not one this process may use");
-        refused(vec![0], Some(vec![1, 1023]), "CPU 1023 is not one this process may use");
+        refused(
+            vec![0],
+            Some(vec![1, 1023]),
+            "CPU 1023 is not one this process may use",
+        );
         Ok(())
     }
 }
