@@ -155,7 +155,7 @@ impl Placement {
             if !allowed.contains(c) {
                 bail!(
                     "CPU {c} is not one this process may use ({}); pick CPUs among them",
-                    cpu_list(&allowed)
+                    cpu_list(allowed)
                 );
             }
         }
