@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,6 +42,8 @@ pub struct QueueBudget {
     total: u32,
     /// The streams sharing the budget ([`QueueBudget::join`]).
     sharers: Arc<Sharers>,
+    /// The last answer of [`QueueBudget::under_pressure`], kept between its two thresholds.
+    pressed: AtomicBool,
 }
 
 /// How long no stream must have run before freed memory is given back
@@ -97,6 +99,7 @@ impl QueueBudget {
             )),
             total,
             sharers: Arc::new(Sharers::default()),
+            pressed: AtomicBool::new(false),
         }
     }
 
@@ -116,10 +119,23 @@ impl QueueBudget {
         self.sharers.live.load(Ordering::Acquire)
     }
 
-    /// More than half of the budget is taken: readers slower than the agent hold it, and
-    /// streams read less at a time (`stream::SMALL_CHUNK`).
+    /// Whether streams read less at a time (`stream::SMALL_CHUNK`): readers slower than the
+    /// agent hold the budget. On once more than half of it is taken, and off again only once
+    /// less than a quarter is: with one threshold, a budget hovering at half flipped every
+    /// stream between the two read sizes from one read to the next, and each flip allocates
+    /// the stream's read buffer anew (hysteresis, issue #15).
     pub fn under_pressure(&self) -> bool {
-        self.units.available_permits() < usize::try_from(self.total / 2).unwrap_or(usize::MAX)
+        let total = usize::try_from(self.total).unwrap_or(usize::MAX);
+        let taken = total.saturating_sub(self.units.available_permits());
+        if taken > total - total / 2 {
+            self.pressed.store(true, Ordering::Relaxed);
+            true
+        } else if taken < total / 4 {
+            self.pressed.store(false, Ordering::Relaxed);
+            false
+        } else {
+            self.pressed.load(Ordering::Relaxed)
+        }
     }
 
     /// Starts the trimmer on the current runtime: once no stream has run for `quiet` after a
@@ -128,19 +144,30 @@ impl QueueBudget {
     /// rather than staying in the allocator's arenas (issue #15: RSS with 64 readers). Never
     /// on a stream's path: a trim walks the heap under the allocator's locks (tens of ms on a
     /// fragmented heap), and a stream's client must not wait for it to see its end.
+    ///
+    /// The task ends once `stop` becomes `true` (or its sender is gone): the agent's stop, so
+    /// that nothing of it outlives the agent's shutdown, and no trim starts during it.
     pub fn trim_when_idle(
         &self,
         quiet: Duration,
         every: Duration,
         trim: Arc<dyn Fn() + Send + Sync>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let sharers = self.sharers.clone();
         tokio::spawn(async move {
+            // Resolves once the agent stops (or nothing can tell it any more).
+            let mut stopped = std::pin::pin!(async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            });
             // The burst ends seen at the last trim (none yet: nothing to give back).
             let mut trimmed_at = sharers.bursts_ended.load(Ordering::Acquire);
             let mut last_trim: Option<tokio::time::Instant> = None;
             loop {
-                sharers.idle.notified().await;
+                tokio::select! {
+                    () = sharers.idle.notified() => {}
+                    () = &mut stopped => return,
+                }
                 loop {
                     let seen = sharers.bursts_ended.load(Ordering::Acquire);
                     if seen == trimmed_at {
@@ -148,7 +175,10 @@ impl QueueBudget {
                     }
                     let wait =
                         last_trim.map_or(quiet, |at| quiet.max(every.saturating_sub(at.elapsed())));
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut stopped => return,
+                    }
                     if sharers.live.load(Ordering::Acquire) != 0 {
                         // A stream runs: its burst's end notifies again.
                         break;
@@ -431,6 +461,7 @@ mod tests {
         let budget = Arc::new(QueueBudget::new(1 << 20));
         let trims = Arc::new(AtomicUsize::new(0));
         let counter = trims.clone();
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
         let _trimmer = {
             let _entered = rt.enter();
             budget.trim_when_idle(
@@ -439,6 +470,7 @@ mod tests {
                 Arc::new(move || {
                     counter.fetch_add(1, Ordering::SeqCst);
                 }),
+                stopping,
             )
         };
         for _ in 0..50 {
@@ -454,5 +486,91 @@ mod tests {
         // Nothing else ran: no second trim comes.
         std::thread::sleep(Duration::from_millis(900));
         assert_eq!(trims.load(Ordering::SeqCst), 1, "one trim for the burst");
+    }
+
+    /// Issue #15: the trimmer looped for ever and ignored the agent's stop, so it outlived the
+    /// shutdown (and could start a trim during it). It ends with the stop, whether it waits for
+    /// a burst's end or for the quiet after one.
+    #[test]
+    fn the_trimmer_ends_when_the_agent_stops_and_trims_nothing_after() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let budget = Arc::new(QueueBudget::new(1 << 20));
+        for in_quiet in [false, true] {
+            let trims = Arc::new(AtomicUsize::new(0));
+            let counter = trims.clone();
+            let (stop, stopping) = tokio::sync::watch::channel(false);
+            let trimmer = {
+                let _entered = rt.enter();
+                budget.trim_when_idle(
+                    Duration::from_millis(400),
+                    Duration::from_secs(60),
+                    Arc::new(move || {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                    }),
+                    stopping,
+                )
+            };
+            if in_quiet {
+                // The trimmer has started and is parked on a burst's end (so the burst below
+                // is one it has not seen: review finding 4, ended before the task first ran,
+                // it was taken as already trimmed and the quiet wait never reached); then a
+                // burst ends, and it sleeps through the 400 ms quiet before trimming.
+                std::thread::sleep(Duration::from_millis(50));
+                drop(budget.join());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!trimmer.is_finished(), "runs until the stop");
+            let stopped_at = Instant::now();
+            stop.send_replace(true);
+            let ended =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), trimmer).await });
+            assert!(
+                matches!(ended, Ok(Ok(()))),
+                "the trimmer ended with the stop (waiting in the quiet: {in_quiet})"
+            );
+            let took = stopped_at.elapsed();
+            assert!(
+                took < Duration::from_millis(200),
+                "the trimmer took {took:?} to end (waiting in the quiet: {in_quiet})"
+            );
+            // Past the end of the quiet (400 ms after the burst): a trimmer still sleeping
+            // through it would have trimmed by now.
+            std::thread::sleep(Duration::from_millis(600));
+            assert_eq!(
+                trims.load(Ordering::SeqCst),
+                0,
+                "no trim after the stop (waiting in the quiet: {in_quiet})"
+            );
+        }
+    }
+
+    /// Issue #15: pressure was one threshold (half the budget taken), so a budget hovering at
+    /// half switched streams between 16 and 64 KiB reads from one read to the next, each
+    /// switch a new read buffer. It turns on above half and off only below a quarter.
+    #[test]
+    fn pressure_turns_on_above_half_the_budget_and_off_only_below_a_quarter() {
+        let budget = QueueBudget::new(100 * 1024);
+        let forty = budget.try_take(40 * 1024).expect("40 %");
+        assert!(!budget.under_pressure(), "40 % taken, never pressed: off");
+        let twenty = budget.try_take(20 * 1024).expect("60 %");
+        assert!(budget.under_pressure(), "60 % taken: on");
+        drop(twenty);
+        assert!(
+            budget.under_pressure(),
+            "back to 40 %: still on (between the thresholds)"
+        );
+        drop(forty);
+        let thirty = budget.try_take(30 * 1024).expect("30 %");
+        assert!(budget.under_pressure(), "30 %: still on");
+        drop(thirty);
+        let ten = budget.try_take(10 * 1024).expect("10 %");
+        assert!(!budget.under_pressure(), "10 % taken: off");
+        let thirty = budget.try_take(30 * 1024).expect("40 %");
+        assert!(!budget.under_pressure(), "40 % from below: stays off");
+        drop((ten, thirty));
     }
 }

@@ -339,12 +339,13 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         limits::TRIM_QUIET,
         limits::TRIM_AT_MOST_EVERY,
         Arc::new(release_freed_memory),
+        shared.stopping.subscribe(),
     );
     // The audit file is open and the listener bound: systemd may consider the agent started.
     loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
     let denial_summaries = service.summaries();
-    serve_mtls(
+    let served = serve_mtls(
         listener,
         MtlsSettings {
             tls: &shared.config.tls,
@@ -362,8 +363,29 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             // the unit's stop timeout kills the agent without its records.
             shared.stopping.send_replace(true);
         },
-    )
-    .await?;
+    );
+    // The graceful part has a deadline: the HTTP/2 server sends a response's end only after
+    // the data it already took, so a reader that stopped reading (its window shut) would hold
+    // it until the unit's stop timeout kills the agent without its records (review finding 1).
+    // Past the deadline the server is dropped with the connections it still held.
+    let graceful_deadline = {
+        let mut stop = shared.stopping.subscribe();
+        async move {
+            if stop.wait_for(|stopping| *stopping).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            drop(stop);
+            tokio::time::sleep(STREAMS_END_WITHIN).await;
+        }
+    };
+    tokio::select! {
+        served = served => served?,
+        () = graceful_deadline => tracing::warn!(
+            "some connections had not ended {}s after the stop (readers not reading); \
+             dropping them",
+            STREAMS_END_WITHIN.as_secs()
+        ),
+    }
     // Each stream's `read.finished` before `agent.stopped` (a stream whose client already
     // left is not waited on by the server; it ends at its next check).
     if tokio::time::timeout(STREAMS_END_WITHIN, shared.stopping.closed())

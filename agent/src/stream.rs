@@ -46,8 +46,9 @@ use tonic::Status;
 /// Bytes read from a file at a time while the agent's queue budget is not under pressure: one
 /// message each, so one stream's throughput pays per-message costs once per 64 KiB.
 pub const CHUNK: usize = 64 * 1024;
-/// Bytes read at a time while more than half of the agent's queue budget is taken (readers
-/// slower than the agent hold it). What a stream holds scales with its read: the read buffer,
+/// Bytes read at a time while the agent's queue budget is under pressure (taken beyond half,
+/// until less than a quarter is: [`QueueBudget::under_pressure`]; readers slower than the
+/// agent hold it). What a stream holds scales with its read: the read buffer,
 /// the message it may always queue, the one the encoder is copying and the encoder's buffer
 /// (issue #15: 48 stalled readers grew the agent by 407 KiB each with 64 KiB reads, 277 KiB
 /// with 16 KiB reads, `tests/tests/streams.rs`). Keyed on the budget, not on how many streams

@@ -382,6 +382,31 @@ impl Cluster {
         }
     }
 
+    /// Sends an agent SIGTERM and waits at most `within` for it to exit: its exit status and
+    /// how long it took. `None`: it was still running (it is then killed) or was not running.
+    pub fn terminate_agent_within(
+        &mut self,
+        id: &str,
+        within: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let mut c = self.agents.get_mut(id)?.child.take()?;
+        let start = Instant::now();
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped) has no memory
+        // effects; at worst the process is already gone and kill returns ESRCH.
+        unsafe {
+            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+        }
+        while start.elapsed() < within {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some((status, start.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     /// Kills an agent with SIGKILL (no clean shutdown).
     pub fn kill_agent(&mut self, id: &str) {
         if let Some(info) = self.agents.get_mut(id) {

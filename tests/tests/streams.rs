@@ -1065,3 +1065,74 @@ async fn a_finished_cat_whose_reader_has_not_read_it_is_cut_at_revocation() -> a
     tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }
+
+/// Review of issue #15, finding 1: at the agent's stop, a reader that took one message and
+/// then stopped reading (its connection open, its window shut) held the server's graceful
+/// shutdown for ever (the HTTP/2 server sends a response's end only after the data it already
+/// took), until systemd's SIGKILL: no `agent.stopped`, no final checkpoint. The graceful part
+/// now has a deadline after the stop; the agent then drops the connections left and stops with
+/// its records, and the audit chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_does_not_hold_the_agents_stop() -> anyhow::Result<()> {
+    let (mut f, big) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
+        let f = Fixture::start()?;
+        let line = "2026-12-05T03:00:00Z INFO a line of a big log user=someone\n";
+        let big = f.logs.join("big.log");
+        std::fs::write(&big, line.repeat((8 << 20) / line.len()))?;
+        f.grant("alice", "30m")?;
+        Ok((f, big.display().to_string()))
+    })
+    .await??;
+    let mut reader = agent_client(&f, "alice").await?;
+    let mut stream = reader.read_log(cat_request(&big)).await?.into_inner();
+    // One message with content, then no more reading (the stream and connection stay open).
+    let mut received = 0u64;
+    while received == 0 {
+        let chunk = stream
+            .message()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the stream ended before any content"))?;
+        if let Some(loggate_proto::read_log_chunk::Item::Data(d)) = chunk.item {
+            received = u64::try_from(d.len())?;
+        }
+    }
+    // Until the agent's queue for the stream is full and its window shut.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (f, stopped) = tokio::task::spawn_blocking(move || {
+        let stopped = f
+            .cluster
+            .terminate_agent_within("web-1", Duration::from_secs(15));
+        (f, stopped)
+    })
+    .await?;
+    let (status, took) = stopped.ok_or_else(|| {
+        anyhow::anyhow!("the agent had not exited 15 s after SIGTERM (it was killed)")
+    })?;
+    assert!(status.success(), "the agent exited with {status}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the agent took {took:?} to stop"
+    );
+    drop(stream);
+    let audit = f.cluster.agent_audit("web-1");
+    let finished = audit
+        .iter()
+        .position(|e| e["event"] == "read.finished" && e["end_reason"] == "agent_stopping");
+    let stopped = audit.iter().position(|e| e["event"] == "agent.stopped");
+    assert!(
+        matches!((finished, stopped), (Some(a), Some(b)) if a < b),
+        "read.finished then agent.stopped: {finished:?} {stopped:?}"
+    );
+    // `bytes` counts what was queued: at least what the reader received.
+    let bytes = finished
+        .and_then(|i| audit[i]["bytes"].as_u64())
+        .ok_or_else(|| anyhow::anyhow!("read.finished has no bytes"))?;
+    assert!(bytes >= received, "bytes {bytes} < received {received}");
+    let file = f.cluster.dir.join("agents/web-1/audit.jsonl");
+    let verify = f
+        .cluster
+        .run_cli("admin", &["audit", "verify", &file.display().to_string()])?;
+    assert!(verify.status.success(), "{}", text(&verify).1);
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}
