@@ -345,7 +345,9 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
     let denial_summaries = service.summaries();
-    let served = serve_mtls(
+    // `serve_mtls` bounds the graceful part (a reader that stopped reading is dropped
+    // `GRACEFUL_STOP_WITHIN` after the stop; core/src/daemon/serve.rs).
+    serve_mtls(
         listener,
         MtlsSettings {
             tls: &shared.config.tls,
@@ -363,29 +365,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             // the unit's stop timeout kills the agent without its records.
             shared.stopping.send_replace(true);
         },
-    );
-    // The graceful part has a deadline: the HTTP/2 server sends a response's end only after
-    // the data it already took, so a reader that stopped reading (its window shut) would hold
-    // it until the unit's stop timeout kills the agent without its records (review finding 1).
-    // Past the deadline the server is dropped with the connections it still held.
-    let graceful_deadline = {
-        let mut stop = shared.stopping.subscribe();
-        async move {
-            if stop.wait_for(|stopping| *stopping).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-            drop(stop);
-            tokio::time::sleep(STREAMS_END_WITHIN).await;
-        }
-    };
-    tokio::select! {
-        served = served => served?,
-        () = graceful_deadline => tracing::warn!(
-            "some connections had not ended {}s after the stop (readers not reading); \
-             dropping them",
-            STREAMS_END_WITHIN.as_secs()
-        ),
-    }
+    )
+    .await?;
     // Each stream's `read.finished` before `agent.stopped` (a stream whose client already
     // left is not waited on by the server; it ends at its next check).
     if tokio::time::timeout(STREAMS_END_WITHIN, shared.stopping.closed())

@@ -84,22 +84,32 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> 
     bail!("nothing listens on {addr} after {timeout:?}")
 }
 
-/// Stops `child` with SIGTERM (SIGKILL after 5 s) and reaps it.
-pub fn terminate(child: &mut Child) {
+/// Sends `child` SIGTERM and waits up to `within` for it to exit: its exit status and how long
+/// it took, or `None` when it had not exited (it is then killed with SIGKILL and reaped).
+pub fn terminate_within(
+    child: &mut Child,
+    within: Duration,
+) -> Option<(std::process::ExitStatus, Duration)> {
+    let start = Instant::now();
     // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped) has no memory
     // effects; at worst the process is already gone and kill returns ESRCH.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+    while start.elapsed() < within {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some((status, start.elapsed()));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
     let _ = child.wait();
+    None
+}
+
+/// Stops `child` with SIGTERM (SIGKILL after 5 s) and reaps it.
+pub fn terminate(child: &mut Child) {
+    let _ = terminate_within(child, Duration::from_secs(5));
 }
 
 pub struct AgentInfo {
@@ -390,21 +400,17 @@ impl Cluster {
         within: Duration,
     ) -> Option<(std::process::ExitStatus, Duration)> {
         let mut c = self.agents.get_mut(id)?.child.take()?;
-        let start = Instant::now();
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped) has no memory
-        // effects; at worst the process is already gone and kill returns ESRCH.
-        unsafe {
-            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-        }
-        while start.elapsed() < within {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Some((status, start.elapsed()));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        None
+        terminate_within(&mut c, within)
+    }
+
+    /// Stops the controller with SIGTERM and waits up to `within` for it to exit: its exit
+    /// status and how long it took, or `None` when it had not exited (it is then killed).
+    pub fn terminate_controller_within(
+        &mut self,
+        within: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let mut c = self.controller.take()?;
+        terminate_within(&mut c, within)
     }
 
     /// Kills an agent with SIGKILL (no clean shutdown).

@@ -191,3 +191,59 @@ async fn a_watch_stream_whose_client_disconnects_ends_and_is_counted_gone() -> a
     tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }
+
+/// A stop is not held for ever by an agent that keeps its `WatchGrants` stream's HTTP/2 window
+/// shut (it answers pings, so keepalive never drops it, and hyper never polls a stream without
+/// window, so the stream never sees the stop): the controller drops it
+/// `GRACEFUL_STOP_WITHIN` after the stop and writes `controller.stopped`, instead of waiting
+/// until systemd kills it without its last records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_holding_its_streams_window_shut_does_not_hold_the_controllers_stop(
+) -> anyhow::Result<()> {
+    let mut f = tokio::task::spawn_blocking(Fixture::start).await??;
+    let pki = f.cluster.dir.join("pki");
+    let files = loggate_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("agents/web-1.crt"),
+        key: pki.join("agents/web-1.key"),
+    };
+    // A window of 0: the controller may send the response's headers, never a byte of data.
+    let channel = files
+        .endpoint(
+            &f.cluster.controller_addr.to_string(),
+            loggate_core::tls::Server::Controller,
+        )?
+        .initial_stream_window_size(0u32)
+        .connect()
+        .await?;
+    let mut client = pb::controller_client::ControllerClient::new(channel);
+    let stream = client
+        .watch_grants(pb::WatchGrantsRequest {
+            agent_id: "web-1".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    // Let the stream settle with its catch-up waiting for window.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let within = loggate_core::daemon::GRACEFUL_STOP_WITHIN + Duration::from_secs(5);
+    let stopped = tokio::task::block_in_place(|| f.cluster.terminate_controller_within(within));
+    let Some((status, took)) = stopped else {
+        panic!("the controller had not exited {within:?} after SIGTERM (it was killed)");
+    };
+    assert!(status.success(), "the controller's exit: {status:?}");
+    assert!(
+        took >= loggate_core::daemon::GRACEFUL_STOP_WITHIN - Duration::from_secs(1),
+        "the stop took {took:?}: the stalled stream did not hold it, so this test proves nothing"
+    );
+    let audit = f.cluster.controller_audit();
+    assert!(
+        audit
+            .iter()
+            .any(|e| loggate_core::audit::event_name(e) == Some("controller.stopped")),
+        "no controller.stopped in the controller's audit"
+    );
+    drop(stream);
+    Ok(())
+}

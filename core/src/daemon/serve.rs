@@ -32,6 +32,11 @@ use tonic::{Request, Status};
 /// the connections per identity and in all, and sets TCP keepalive).
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 
+/// How long the graceful part of a stop may take: once the shutdown future has resolved, the
+/// open requests get this long to end, then the server is dropped with what it still held (a
+/// peer that stopped reading must not hold a daemon's stop until systemd kills it).
+pub const GRACEFUL_STOP_WITHIN: Duration = Duration::from_secs(5);
+
 /// What the identity interceptor found about a request's caller, kept in its extensions.
 #[derive(Debug, Clone)]
 pub struct PeerCheck(Result<Identity, PeerRefused>);
@@ -607,6 +612,24 @@ where
             }
         })
     });
+    // The graceful part of a stop has a deadline: hyper sends a response's end only after the
+    // data it already took, and a stream nobody polls (its peer holds the window shut) never
+    // sees the stop, so a peer that stopped reading would hold the stop until the unit's stop
+    // timeout SIGKILLs the daemon without its last audit records. Past the deadline the server
+    // is dropped with the connections it still held.
+    let (fired, shutdown_fired) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = fired.send(());
+    };
+    let graceful_deadline = async move {
+        if shutdown_fired.await.is_ok() {
+            tokio::time::sleep(GRACEFUL_STOP_WITHIN).await;
+        } else {
+            // The server ended without a stop: the other branch has its result.
+            std::future::pending::<()>().await;
+        }
+    };
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
@@ -616,9 +639,18 @@ where
             IdentifyPeer::new(settings.trust_domain, methods_of(S::NAME))
                 .with_revocations(revocations),
         )))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .with_context(|| format!("{service_name} server on {addr}"));
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    let served = tokio::select! {
+        served = served => served.with_context(|| format!("{service_name} server on {addr}")),
+        () = graceful_deadline => {
+            tracing::warn!(
+                "{service_name}: some connections had not ended {}s after the stop (a peer \
+                 not reading, or an agent holding its stream's window shut); dropping them",
+                GRACEFUL_STOP_WITHIN.as_secs()
+            );
+            Ok(())
+        }
+    };
     if let Some(task) = reloading {
         task.abort();
     }
