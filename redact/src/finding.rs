@@ -591,25 +591,205 @@ const KEY_WORD_ENDINGS: [&[u8]; 8] = [
     b"credentials",
 ];
 
+/// The key words of [`KEY_VALUE_PATTERN`] spelled out, lowercase: a key matches when it ends
+/// with one of them (the pattern's `[a-z0-9_.-]*` takes everything before).
+const KEY_WORDS: [&[u8]; 19] = [
+    b"password",
+    b"passwd",
+    b"pwd",
+    b"secret",
+    b"token",
+    b"api_key",
+    b"api-key",
+    b"apikey",
+    b"access_key",
+    b"access-key",
+    b"accesskey",
+    b"secret_key",
+    b"secret-key",
+    b"secretkey",
+    b"private_key",
+    b"private-key",
+    b"privatekey",
+    b"credential",
+    b"credentials",
+];
+
+/// How a key-value match's value is written: the capture group of [`KEY_VALUE_PATTERN`] it
+/// is in (2–5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quoting {
+    /// `\"…\"`, a JSON string inside a JSON string (group 2).
+    EscapedDouble,
+    /// `"…"` (group 3).
+    Double,
+    /// `'…'` (group 4).
+    Single,
+    /// Unquoted, up to a blank, a quote or `&,;}])\\` (group 5).
+    Bare,
+}
+
+/// One match of the anchored [`KEY_VALUE`] pattern: the key ends at `key_end`, the value is
+/// `value` written as `quoting`, and the match ends at `end` (after a closing quote).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KeyValueMatch {
+    key_end: usize,
+    value: (usize, usize),
+    quoting: Quoting,
+    end: usize,
+}
+
+/// Whether `b` is `\s` of the byte patterns (Unicode off): ASCII whitespace and `\x0B`.
+fn pattern_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r')
+}
+
+/// What `KEY_VALUE.captures_read(&seg[start..])` finds, by hand: the pattern's backtracking
+/// (its bounded backtracker for the captures was most of the detector's cost, issue 16) is
+/// decided by single bytes here. `seg[start..key_end]` must be a run of key bytes
+/// (`[A-Za-z0-9_.-]`) that `seg[key_end]` ends (the caller's walk back from a `=` or `:`
+/// gives it; `lower` is `seg` lowercased). Why it is the pattern's match, in its priority
+/// order: the key class takes the whole run, since what follows a key word (`\\`, a quote,
+/// a blank, `:` or `=`) is not a key byte, so the run must end with a key word. The optional
+/// backslash and quote before the separator are each one byte or none. After the separator,
+/// a `>` is taken first; blanks are taken greedily (giving one back never helps: no value
+/// starts with a blank); then a `[` and blanks before a quoted value, then a quoted value
+/// (its opening bytes `\\"`, `"`, `'` decide which), then a bare value. When nothing
+/// matches after a `>`, the `>` itself starts the bare value. Proven equal to the pattern at
+/// every start by `key_value_by_hand_equals_the_anchored_pattern`.
+fn key_value_at(seg: &[u8], lower: &[u8], start: usize, key_end: usize) -> Option<KeyValueMatch> {
+    let key = lower.get(start..key_end)?;
+    if !KEY_WORDS.iter().any(|w| key.ends_with(w)) {
+        return None;
+    }
+    let mut p = key_end;
+    if seg.get(p) == Some(&b'\\') {
+        p += 1;
+    }
+    if matches!(seg.get(p), Some(b'"' | b'\'')) {
+        p += 1;
+    }
+    p = skip_pattern_spaces(seg, p);
+    if !matches!(seg.get(p), Some(b':' | b'=')) {
+        return None;
+    }
+    p += 1;
+    let (value, quoting, end) = if seg.get(p) == Some(&b'>') {
+        value_at(seg, skip_pattern_spaces(seg, p + 1)).or_else(|| bare_value_at(seg, p))?
+    } else {
+        value_at(seg, skip_pattern_spaces(seg, p))?
+    };
+    Some(KeyValueMatch {
+        key_end,
+        value,
+        quoting,
+        end,
+    })
+}
+
+/// The first position at or after `p` that is not `\s`.
+fn skip_pattern_spaces(seg: &[u8], mut p: usize) -> usize {
+    while seg.get(p).copied().is_some_and(pattern_space) {
+        p += 1;
+    }
+    p
+}
+
+/// The value part of [`KEY_VALUE_PATTERN`] at `q`: `(?:\[\s*)?` and a quoted value, else a
+/// quoted value, else a bare one. `(value span, quoting, match end)`.
+fn value_at(seg: &[u8], q: usize) -> Option<((usize, usize), Quoting, usize)> {
+    if seg.get(q) == Some(&b'[') {
+        if let Some(m) = quoted_value_at(seg, skip_pattern_spaces(seg, q + 1)) {
+            return Some(m);
+        }
+    }
+    quoted_value_at(seg, q).or_else(|| bare_value_at(seg, q))
+}
+
+/// A quoted value at `r` (groups 2–4): the body runs to its closing quote, which is taken
+/// when there, or to the end of the segment (a truncated record).
+fn quoted_value_at(seg: &[u8], r: usize) -> Option<((usize, usize), Quoting, usize)> {
+    let n = seg.len();
+    match seg.get(r)? {
+        // `\\"((?:[^"\\]|\\[^"])*)(?:\\")?`
+        b'\\' if seg.get(r + 1) == Some(&b'"') => {
+            let vs = r + 2;
+            let mut i = vs;
+            while i < n {
+                match seg[i] {
+                    b'"' => break,
+                    b'\\' if i + 1 < n && seg[i + 1] != b'"' => i += 2,
+                    b'\\' => break,
+                    _ => i += 1,
+                }
+            }
+            let end = if seg.get(i..i + 2) == Some(&b"\\\""[..]) {
+                i + 2
+            } else {
+                i
+            };
+            Some(((vs, i), Quoting::EscapedDouble, end))
+        }
+        // `"((?:[^"\\]|\\.)*)"?`: `.` is any byte but `\n`.
+        b'"' => {
+            let vs = r + 1;
+            let mut i = vs;
+            while i < n {
+                match seg[i] {
+                    b'"' => break,
+                    b'\\' if i + 1 < n && seg[i + 1] != b'\n' => i += 2,
+                    b'\\' => break,
+                    _ => i += 1,
+                }
+            }
+            let end = if seg.get(i) == Some(&b'"') { i + 1 } else { i };
+            Some(((vs, i), Quoting::Double, end))
+        }
+        // `'([^']*)'?`
+        b'\'' => {
+            let vs = r + 1;
+            let ve = seg[vs..]
+                .iter()
+                .position(|b| *b == b'\'')
+                .map_or(n, |i| vs + i);
+            let end = if ve < n { ve + 1 } else { ve };
+            Some(((vs, ve), Quoting::Single, end))
+        }
+        _ => None,
+    }
+}
+
+/// A bare value at `q` (group 5): one byte or more, none of them `\s` or `"'&,;}])\\`.
+fn bare_value_at(seg: &[u8], q: usize) -> Option<((usize, usize), Quoting, usize)> {
+    let bare = |b: &u8| {
+        !pattern_space(*b)
+            && !matches!(
+                b,
+                b'"' | b'\'' | b'&' | b',' | b';' | b'}' | b']' | b')' | b'\\'
+            )
+    };
+    let run = seg.get(q..)?.iter().take_while(|b| bare(b)).count();
+    (run > 0).then_some(((q, q + run), Quoting::Bare, q + run))
+}
+
 /// The key-value secrets of `seg` (`lower` is `seg` lowercased): what
-/// `KEY_VALUE_PATTERN.captures_iter(seg)` finds, with the anchored pattern run only where a
-/// match can start instead of the whole line searched. A match's key ends with a key word
+/// `KEY_VALUE_PATTERN.captures_iter(seg)` finds, with the anchored match tried only where a
+/// match can start instead of the whole line searched, and decided by [`key_value_at`]
+/// instead of the regex. A match's key ends with a key word
 /// followed by an optional backslash, an optional quote, spaces and `=` or `:`; going back
 /// from each `=` and `:` finds the keys that can be there. The key's prefix class
 /// (`[a-z0-9_.-]`, any case) absorbs every byte of its run, so the leftmost match at or after
 /// `resume` (the end of the last match) starts where that run starts, or at `resume` if the
-/// run began before: the anchored pattern is tried exactly there, in order.
+/// run began before: the anchored match is tried exactly there, in order.
 ///
 /// With `bound_run_on`, a double-quoted value that ran into the next key is cut before it
 /// ([`run_on_value`]), and the search goes on at that key.
 fn find_key_value(seg: &[u8], lower: &[u8], bound_run_on: bool, out: &mut Vec<(usize, usize)>) {
-    let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r');
     let in_key = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
-    let mut locations = KEY_VALUE.capture_locations();
     let mut resume = 0;
     for assign in memchr::memchr2_iter(b'=', b':', seg) {
         let mut end = assign;
-        while end > 0 && space(seg[end - 1]) {
+        while end > 0 && pattern_space(seg[end - 1]) {
             end -= 1;
         }
         if end > 0 && matches!(seg[end - 1], b'"' | b'\'') {
@@ -627,25 +807,20 @@ fn find_key_value(seg: &[u8], lower: &[u8], bound_run_on: bool, out: &mut Vec<(u
             .rposition(|b| !in_key(*b))
             .map_or(0, |i| i + 1);
         let start = run.max(resume);
-        let Some(m) = KEY_VALUE.captures_read(&mut locations, &seg[start..]) else {
+        let Some(m) = key_value_at(seg, lower, start, end) else {
             continue;
         };
-        resume = start + m.end();
-        let Some((vs, ve)) = (2..=5).find_map(|g| locations.get(g)) else {
-            continue;
-        };
-        let (vs, mut ve) = (start + vs, start + ve);
-        if bound_run_on && locations.get(3).is_some() {
+        resume = m.end;
+        let (vs, mut ve) = m.value;
+        if bound_run_on && m.quoting == Quoting::Double {
             if let Some((value_end, next_key)) = run_on_value(seg, vs, ve, resume) {
                 ve = value_end;
                 resume = next_key;
             }
         }
-        let key = locations
-            .get(1)
-            .map_or(&b""[..], |(ks, ke)| &seg[start + ks..start + ke]);
+        let key = &seg[start..m.key_end];
         let v = &seg[vs..ve];
-        let bare = locations.get(5).is_some();
+        let bare = m.quoting == Quoting::Bare;
         // `PWD=/home/x` in an environment dump is the working directory, not a password. A
         // value of only `[`, `{` or `>` (a list or object that is not one value, `=>` with
         // nothing after it) removes nothing: counting it would say a secret was redacted.
@@ -1482,6 +1657,57 @@ mod tests {
             let mut got = Vec::new();
             find_key_value(&seg, &seg.to_ascii_lowercase(), false, &mut got);
             proptest::prop_assert_eq!(got, key_values_unanchored(&seg), "{:?}", String::from_utf8_lossy(&seg));
+        }
+    }
+
+    /// The anchored pattern's match at `start`, in [`key_value_at`]'s terms.
+    fn key_value_by_pattern(seg: &[u8], start: usize) -> Option<KeyValueMatch> {
+        let mut locations = KEY_VALUE.capture_locations();
+        let m = KEY_VALUE.captures_read(&mut locations, &seg[start..])?;
+        let (_, key_end) = locations.get(1)?;
+        let (group, (vs, ve)) = (2..=5).find_map(|g| Some((g, locations.get(g)?)))?;
+        let quoting = match group {
+            2 => Quoting::EscapedDouble,
+            3 => Quoting::Double,
+            4 => Quoting::Single,
+            _ => Quoting::Bare,
+        };
+        Some(KeyValueMatch {
+            key_end: start + key_end,
+            value: (start + vs, start + ve),
+            quoting,
+            end: start + m.end(),
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// The hand-written key-value matcher finds, at every start, what the anchored
+        /// pattern finds there: the key, the value, its quoting and the match's end (or no
+        /// match), on text built from key words, separators, quotes, escapes, `=>`, `[` and
+        /// every byte that ends a bare value.
+        #[test]
+        fn key_value_by_hand_equals_the_anchored_pattern(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "password", "PassWd", "pwd", "token", "Api-Key", "api_key", "apikey",
+                "ACCESS_KEY", "accesskey", "secret-key", "Private_Key", "privatekey",
+                "credential", "credentials", "secret", "key", "monkey", "x", "db_", ".", "-",
+                "=", ":", "=>", ">", "[", "]", " ", "\t", "\n", "\x0B", "\"", "'", "\\",
+                "\\\"", "\\\\", "&", "}", ")", ",", ";", "/home", "s3cr3t", "\u{e9}", "\\\n", "pwd=\"", "token: \\\"", "api_key=> [\x27",
+            ]), 0..20),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let lower = seg.to_ascii_lowercase();
+            let in_key = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+            for start in 0..=seg.len() {
+                let key_end = start + seg[start..].iter().take_while(|b| in_key(b)).count();
+                proptest::prop_assert_eq!(
+                    key_value_at(&seg, &lower, start, key_end),
+                    key_value_by_pattern(&seg, start),
+                    "{:?} at {}", String::from_utf8_lossy(&seg), start
+                );
+            }
         }
     }
 
