@@ -451,6 +451,9 @@ fn regex_spans(
     }
 }
 
+/// Where a pattern's group 1 is in its match: `split(seg, match start, match end)`.
+type Split = fn(&[u8], usize, usize) -> (usize, usize);
+
 /// Runs `re` over `seg` without captures (its lazy DFA only) and takes the value of each
 /// match as `split(seg, match start, match end)` gives it, keeping it when `valid(value)`
 /// holds. For the patterns whose capture group is a fixed part of the match, read off by
@@ -460,7 +463,7 @@ fn regex_spans(
 fn split_spans(
     re: &Regex,
     seg: &[u8],
-    split: fn(&[u8], usize, usize) -> (usize, usize),
+    split: Split,
     out: &mut Vec<(usize, usize)>,
     valid: impl Fn(&[u8]) -> bool,
 ) {
@@ -1858,7 +1861,7 @@ mod tests {
             ]), 0..24),
         ) {
             let seg = pieces.concat().into_bytes();
-            let cases: [(&Regex, fn(&[u8], usize, usize) -> (usize, usize)); 4] = [
+            let cases: [(&Regex, Split); 4] = [
                 (&AWS_SECRET_KEY, aws_secret_value),
                 (&BEARER, bearer_value),
                 (&BASIC, basic_value),
