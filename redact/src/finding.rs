@@ -1775,6 +1775,100 @@ mod tests {
         out
     }
 
+    /// Each word in lower case, upper case and alternating case, so that inputs built from a
+    /// list of the code cover the patterns' `(?i)` with the list's own spelling.
+    fn cased(words: &[&[u8]]) -> Vec<String> {
+        words
+            .iter()
+            .flat_map(|w| {
+                let lower = String::from_utf8_lossy(w).into_owned();
+                let alternating: String = lower
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if i % 2 == 0 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                [lower.to_ascii_uppercase(), alternating, lower]
+            })
+            .collect()
+    }
+
+    /// The key words of the key-value tests: [`KEY_WORDS`] itself, cased, so that a word
+    /// mistyped there meets the pattern's spelling in the proptests.
+    fn key_word_pieces() -> Vec<String> {
+        cased(&KEY_WORDS)
+    }
+
+    /// The key words [`KEY_VALUE_PATTERN`]'s key alternation spells, expanded from the
+    /// pattern's text (not from [`KEY_WORDS`]): `[_-]?` is none, `_` or `-`; a trailing `s?`
+    /// is with and without the `s`. Any other syntax there panics, so that a change of the
+    /// pattern is met here.
+    fn key_words_of_the_pattern() -> Vec<String> {
+        let start = KEY_VALUE_PATTERN
+            .find("[a-z0-9_.-]*(?:")
+            .expect("the key class and alternation")
+            + "[a-z0-9_.-]*(?:".len();
+        let len = KEY_VALUE_PATTERN[start..]
+            .find("))")
+            .expect("the end of the alternation");
+        let mut words = Vec::new();
+        for alt in KEY_VALUE_PATTERN[start..start + len].split('|') {
+            if let Some((a, b)) = alt.split_once("[_-]?") {
+                words.extend([format!("{a}{b}"), format!("{a}_{b}"), format!("{a}-{b}")]);
+            } else if let Some(base) = alt.strip_suffix("s?") {
+                words.extend([base.to_owned(), format!("{base}s")]);
+            } else {
+                assert!(
+                    alt.bytes().all(|b| b.is_ascii_lowercase()),
+                    "unexpected syntax in the key alternation: {alt}"
+                );
+                words.push(alt.to_owned());
+            }
+        }
+        words.sort();
+        words.dedup();
+        words
+    }
+
+    /// [`KEY_WORDS`] is exactly the pattern's key alternation spelled out, and the hand
+    /// matcher finds what the pattern finds on every word, upper case, after a key prefix:
+    /// a word dropped from or mistyped in [`KEY_WORDS`] would let its values through.
+    #[test]
+    fn every_key_word_of_the_pattern_is_matched_by_hand() {
+        let mut listed: Vec<String> = KEY_WORDS
+            .iter()
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        listed.sort();
+        let spelled = key_words_of_the_pattern();
+        assert_eq!(
+            listed, spelled,
+            "KEY_WORDS against the pattern's alternation"
+        );
+        for word in &spelled {
+            for seg in [
+                format!("{word}=v"),
+                format!("x.{}=v", word.to_ascii_uppercase()),
+            ] {
+                let seg = seg.into_bytes();
+                let key_end = seg.len() - 2;
+                let by_pattern = key_value_by_pattern(&seg, 0);
+                assert!(by_pattern.is_some(), "the pattern matches {word}");
+                assert_eq!(
+                    key_value_at(&seg, &seg.to_ascii_lowercase(), 0, key_end),
+                    by_pattern,
+                    "{:?}",
+                    String::from_utf8_lossy(&seg)
+                );
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
@@ -1782,11 +1876,12 @@ mod tests {
         /// the whole segment with the unanchored pattern finds.
         #[test]
         fn anchored_key_value_search_equals_the_unanchored_one(
-            pieces in proptest::collection::vec(proptest::sample::select(vec![
-                "password", "PassWd", "pwd", "token", "Api-Key", "apikey", "secret_key",
-                "credentials", "key", "x", "db_", ".", "-", "=", ":", " ", "\t", "\"", "'",
-                "\\", "&", "}", ",", "/home", "true", "expired", "s3cr3t", "\\\"",
-            ]), 0..24),
+            pieces in proptest::collection::vec(proptest::sample::select(
+                key_word_pieces().into_iter().chain([
+                    "key", "x", "db_", ".", "-", "=", ":", " ", "\t",
+                    "\"", "'", "\\", "&", "}", ",", "/home", "true", "expired", "s3cr3t", "\\\"",
+                ].map(String::from)).collect::<Vec<_>>()
+            ), 0..24),
         ) {
             let seg = pieces.concat().into_bytes();
             let mut got = Vec::new();
@@ -1824,13 +1919,13 @@ mod tests {
         /// every byte that ends a bare value.
         #[test]
         fn key_value_by_hand_equals_the_anchored_pattern(
-            pieces in proptest::collection::vec(proptest::sample::select(vec![
-                "password", "PassWd", "pwd", "token", "Api-Key", "api_key", "apikey",
-                "ACCESS_KEY", "accesskey", "secret-key", "Private_Key", "privatekey",
-                "credential", "credentials", "secret", "key", "monkey", "x", "db_", ".", "-",
+            pieces in proptest::collection::vec(proptest::sample::select(
+                key_word_pieces().into_iter().chain([
+                "key", "monkey", "private", "access", "_", "x", "db_", ".", "-",
                 "=", ":", "=>", ">", "[", "]", " ", "\t", "\n", "\x0B", "\"", "'", "\\",
                 "\\\"", "\\\\", "&", "}", ")", ",", ";", "/home", "s3cr3t", "\u{e9}", "\\\n", "pwd=\"", "token: \\\"", "api_key=> [\x27",
-            ]), 0..20),
+            ].map(String::from)).collect::<Vec<_>>()
+            ), 0..20),
         ) {
             let seg = pieces.concat().into_bytes();
             let lower = seg.to_ascii_lowercase();
