@@ -575,6 +575,19 @@ fn find_authorization(seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
     }
 }
 
+/// The schemes of [`AUTHORIZATION`]'s group 1 spelled out, lowercase (module level so that
+/// the tests build their inputs from this very list).
+const SCHEMES: [&[u8]; 8] = [
+    b"bearer",
+    b"basic",
+    b"digest",
+    b"negotiate",
+    b"ntlm",
+    b"token",
+    b"apikey",
+    b"aws4-hmac-sha256",
+];
+
 /// The groups of [`AUTHORIZATION`] in its match `s..e`: whether the scheme group (1)
 /// matched, and the credential (group 2, to the end of the match). After the header name,
 /// each optional byte (`\\`, a quote) and blank is taken when there, since the credential
@@ -582,16 +595,6 @@ fn find_authorization(seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
 /// the match goes on past those blanks (otherwise the scheme word itself was the
 /// credential). Proven equal to the captures by `authorization_groups_equal_the_captures`.
 fn authorization_value(seg: &[u8], lower: &[u8], s: usize, e: usize) -> (bool, (usize, usize)) {
-    const SCHEMES: [&[u8]; 8] = [
-        b"bearer",
-        b"basic",
-        b"digest",
-        b"negotiate",
-        b"ntlm",
-        b"token",
-        b"apikey",
-        b"aws4-hmac-sha256",
-    ];
     let mut p = s;
     if lower.get(p..).is_some_and(|r| r.starts_with(b"proxy-")) {
         p += 6;
@@ -1775,6 +1778,9 @@ mod tests {
         out
     }
 
+    /// Every byte `\s` of the byte patterns matches (see [`pattern_space`]).
+    const BLANKS: [&str; 6] = [" ", "\t", "\n", "\r", "\x0B", "\x0C"];
+
     /// Each word in lower case, upper case and alternating case, so that inputs built from a
     /// list of the code cover the patterns' `(?i)` with the list's own spelling.
     fn cased(words: &[&[u8]]) -> Vec<String> {
@@ -1796,6 +1802,33 @@ mod tests {
                 [lower.to_ascii_uppercase(), alternating, lower]
             })
             .collect()
+    }
+
+    /// `words` cased (see [`cased`]), each followed by each blank.
+    fn cased_then_blank(words: &[&[u8]]) -> Vec<String> {
+        cased(words)
+            .iter()
+            .flat_map(|w| BLANKS.iter().map(move |b| format!("{w}{b}")))
+            .collect()
+    }
+
+    /// The schemes of the Authorization tests: those [`AUTHORIZATION`]'s scheme group spells
+    /// (read from its text) and those of [`SCHEMES`], so that a scheme missing from or
+    /// mistyped in [`SCHEMES`] meets the pattern's spelling in the proptest.
+    fn scheme_words() -> Vec<Vec<u8>> {
+        let pattern = AUTHORIZATION.as_str();
+        let start = pattern.find("(?:(").expect("the scheme group") + "(?:(".len();
+        let len = pattern[start..]
+            .find(')')
+            .expect("the end of the scheme group");
+        let mut words: Vec<Vec<u8>> = pattern[start..start + len]
+            .split('|')
+            .map(|w| w.as_bytes().to_vec())
+            .chain(SCHEMES.iter().map(|w| w.to_vec()))
+            .collect();
+        words.sort();
+        words.dedup();
+        words
     }
 
     /// The key words of the key-value tests: [`KEY_WORDS`] itself, cased, so that a word
@@ -1878,7 +1911,7 @@ mod tests {
         fn anchored_key_value_search_equals_the_unanchored_one(
             pieces in proptest::collection::vec(proptest::sample::select(
                 key_word_pieces().into_iter().chain([
-                    "key", "x", "db_", ".", "-", "=", ":", " ", "\t",
+                    "key", "x", "db_", ".", "-", "=", ":", " ", "\t", "\n", "\r", "\x0B", "\x0C",
                     "\"", "'", "\\", "&", "}", ",", "/home", "true", "expired", "s3cr3t", "\\\"",
                 ].map(String::from)).collect::<Vec<_>>()
             ), 0..24),
@@ -1922,7 +1955,7 @@ mod tests {
             pieces in proptest::collection::vec(proptest::sample::select(
                 key_word_pieces().into_iter().chain([
                 "key", "monkey", "private", "access", "_", "x", "db_", ".", "-",
-                "=", ":", "=>", ">", "[", "]", " ", "\t", "\n", "\x0B", "\"", "'", "\\",
+                "=", ":", "=>", ">", "[", "]", " ", "\t", "\n", "\r", "\x0B", "\x0C", "\"", "'", "\\",
                 "\\\"", "\\\\", "&", "}", ")", ",", ";", "/home", "s3cr3t", "\u{e9}", "\\\n", "pwd=\"", "token: \\\"", "api_key=> [\x27",
             ].map(String::from)).collect::<Vec<_>>()
             ), 0..20),
@@ -1949,11 +1982,16 @@ mod tests {
         /// separators, key bytes and delimiters.
         #[test]
         fn split_values_equal_the_capture_groups(
-            pieces in proptest::collection::vec(proptest::sample::select(vec![
-                "bearer", "Bearer ", "BEARER\t", "basic ", "Basic  ", "postgres://", "redis+tls://",
-                "a", "user", ":", "@", "/", "?", "#", " ", "\t", "\n", "=", "==", "+", ".", "-",
+            pieces in proptest::collection::vec(proptest::sample::select(
+                cased(&[b"bearer", b"basic"])
+                    .into_iter()
+                    .chain(cased_then_blank(&[b"bearer", b"basic"]))
+                    .chain([
+                "postgres://", "redis+tls://",
+                "a", "user", ":", "@", "/", "?", "#", " ", "\t", "\n", "\r", "\x0B", "\x0C", "=", "==", "+", ".", "-",
                 "_", ",", "abcd", "AbCdEfGhIjKlMnOpQrSt", "0123456789", "xY/+", "\u{e9}", "://",
-            ]), 0..24),
+            ].map(String::from)).collect::<Vec<_>>()
+            ), 0..24),
         ) {
             let seg = pieces.concat().into_bytes();
             let cases: [(&Regex, Split); 4] = [
@@ -1981,11 +2019,22 @@ mod tests {
         /// groups 1 (whether it matched) and 2.
         #[test]
         fn authorization_groups_equal_the_captures(
-            pieces in proptest::collection::vec(proptest::sample::select(vec![
+            pieces in proptest::collection::vec(proptest::prop_oneof![
+                // The schemes of the pattern and of SCHEMES, cased, bare or followed by each blank.
+                2 => proptest::sample::select(
+                    {
+                        let words = scheme_words();
+                        let words: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+                        cased(&words).into_iter().chain(cased_then_blank(&words)).collect::<Vec<_>>()
+                    }
+                ),
+                3 => proptest::sample::select([
                 "authorization", "Proxy-Authorization", "xproxy-", "AUTHORIZATION", ":", "=",
-                " ", "\t", "\\", "\"", "'", "Bearer", "bearer ", "Basic\t", "token ",
-                "AWS4-HMAC-SHA256 ", "apikey", "ntlm", "abc", "x.y", ",", ";", "\u{e9}", "==",
-            ]), 0..16),
+                "Authorization: ", "proxy-authorization=\"", "authorization\\\":\t",
+                " ", "\t", "\n", "\r", "\x0B", "\x0C", "\\", "\"", "'",
+                "abc", "x.y", ",", ";", "\u{e9}", "==",
+            ].map(String::from).to_vec()),
+            ], 0..16),
         ) {
             let seg = pieces.concat().into_bytes();
             let lower = seg.to_ascii_lowercase();
