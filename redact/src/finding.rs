@@ -788,6 +788,15 @@ fn pattern_space(b: u8) -> bool {
 /// matches after a `>`, the `>` itself starts the bare value. Proven equal to the pattern at
 /// every start by `key_value_by_hand_equals_the_anchored_pattern`.
 fn key_value_at(seg: &[u8], lower: &[u8], start: usize, key_end: usize) -> Option<KeyValueMatch> {
+    let in_key = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    // The precondition the equality with the pattern rests on: a caller that passed a
+    // shorter key would get silent mismatches, not a failure, so debug builds check it.
+    debug_assert!(
+        seg.get(start..key_end)
+            .is_some_and(|k| k.iter().all(in_key))
+            && seg.get(key_end).is_none_or(|b| !in_key(b)),
+        "key_value_at: seg[start..key_end] must be a whole run of key bytes"
+    );
     let key = lower.get(start..key_end)?;
     if !KEY_WORDS.iter().any(|w| key.ends_with(w)) {
         return None;
@@ -1866,6 +1875,16 @@ mod tests {
         words.sort();
         words.dedup();
         words
+    }
+
+    /// `key_value_at` refuses, in debug builds, a `key_end` inside a run of key bytes: there
+    /// its answer would differ from the pattern's silently.
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "must be a whole run of key bytes")]
+    fn key_value_at_refuses_a_key_end_inside_a_key_run() {
+        let seg = b"passwordx=v";
+        let _ = key_value_at(seg, seg, 0, "password".len());
     }
 
     /// [`KEY_WORDS`] is exactly the pattern's key alternation spelled out, and the hand
