@@ -206,17 +206,17 @@ impl Builtin {
             Builtin::PrivateKey => {}
             Builtin::Jwt => regex_spans(&JWT, seg, 0, out, |v, _, _| validate::jwt(v)),
             Builtin::AwsSecretKey => {
-                regex_spans(&AWS_SECRET_KEY, seg, 1, out, |v, _, _| mixed_case(v))
+                split_spans(&AWS_SECRET_KEY, seg, aws_secret_value, out, mixed_case)
             }
-            Builtin::Authorization => find_authorization(seg, out),
-            Builtin::Bearer => regex_spans(&BEARER, seg, 1, out, |v, _, _| {
+            Builtin::Authorization => find_authorization(seg, masks.lower(), out),
+            Builtin::Bearer => split_spans(&BEARER, seg, bearer_value, out, |v| {
                 validate::token_like(v) && !own_output(v)
             }),
-            Builtin::BasicAuth => regex_spans(&BASIC, seg, 1, out, |v, _, _| {
-                validate::basic_credentials(v)
-            }),
+            Builtin::BasicAuth => {
+                split_spans(&BASIC, seg, basic_value, out, validate::basic_credentials)
+            }
             Builtin::UrlCredentials => {
-                regex_spans(&URL_CREDENTIALS, seg, 1, out, |v, _, _| !own_output(v))
+                split_spans(&URL_CREDENTIALS, seg, url_password, out, |v| !own_output(v))
             }
             Builtin::Secret => find_key_value(seg, masks.lower(), true, out),
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |v, s, line| {
@@ -451,6 +451,75 @@ fn regex_spans(
     }
 }
 
+/// Where a pattern's group 1 is in its match: `split(seg, match start, match end)`.
+type Split = fn(&[u8], usize, usize) -> (usize, usize);
+
+/// Runs `re` over `seg` without captures (its lazy DFA only) and takes the value of each
+/// match as `split(seg, match start, match end)` gives it, keeping it when `valid(value)`
+/// holds. For the patterns whose capture group is a fixed part of the match, read off by
+/// hand: the captures (a second, one-pass search over every match) cost about as much as the
+/// search (issue 16). Each `split` is proven equal to the pattern's group 1 by
+/// `split_values_equal_the_capture_groups`.
+fn split_spans(
+    re: &Regex,
+    seg: &[u8],
+    split: Split,
+    out: &mut Vec<(usize, usize)>,
+    valid: impl Fn(&[u8]) -> bool,
+) {
+    for m in re.find_iter(seg) {
+        let (vs, ve) = split(seg, m.start(), m.end());
+        // Every group 1 is one byte or more; an empty span (no such match) finds nothing.
+        if vs < ve && valid(&seg[vs..ve]) {
+            out.push((vs, ve));
+        }
+    }
+}
+
+/// Group 1 of [`AWS_SECRET_KEY`] in its match `s..e`: the 40 key bytes, after the delimiter
+/// the match starts with unless it starts at a key byte (the `^` branch).
+fn aws_secret_value(seg: &[u8], s: usize, e: usize) -> (usize, usize) {
+    let key_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'+');
+    let vs = if seg.get(s).copied().is_some_and(key_byte) {
+        s
+    } else {
+        s + 1
+    };
+    (vs, (vs + 40).min(e))
+}
+
+/// Group 1 of [`BEARER`] in its match `s..e`: after `bearer` and its blanks, to the end.
+fn bearer_value(seg: &[u8], s: usize, e: usize) -> (usize, usize) {
+    (skip_pattern_spaces(seg, s + 6).min(e), e)
+}
+
+/// Group 1 of [`BASIC`] in its match `s..e`: after `basic` and its blanks, to the end, less
+/// the delimiter the match ends with when it does not end at the end of the segment.
+fn basic_value(seg: &[u8], s: usize, e: usize) -> (usize, usize) {
+    let vs = skip_pattern_spaces(seg, s + 5).min(e);
+    let in_value = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    let ve = if e > vs && !in_value(seg[e - 1]) {
+        e - 1
+    } else {
+        e
+    };
+    (vs, ve)
+}
+
+/// Group 1 of [`URL_CREDENTIALS`] in its match `s..e`: after the first `:` that follows the
+/// `://` (the scheme holds no `:`, the user part stops at one), to the `@` the match ends
+/// with.
+fn url_password(seg: &[u8], s: usize, e: usize) -> (usize, usize) {
+    let m = &seg[s..e];
+    let password = memchr::memchr(b':', m)
+        .and_then(|scheme_end| {
+            let user = scheme_end + 3;
+            Some(user + memchr::memchr(b':', m.get(user..)?)? + 1)
+        })
+        .unwrap_or(m.len());
+    (s + password, e.saturating_sub(1).max(s + password))
+}
+
 /// Text this engine (or a similar one) wrote: `[REDACTED…`, `<name:hex>`, `***`. Never re-detected,
 /// so redacting twice changes nothing.
 pub fn own_output(v: &[u8]) -> bool {
@@ -479,25 +548,86 @@ fn after_url_userinfo(seg: &[u8], start: usize) -> bool {
     }
 }
 
-fn find_authorization(seg: &[u8], out: &mut Vec<(usize, usize)>) {
-    for c in AUTHORIZATION.captures_iter(seg) {
-        let (Some(value), scheme) = (c.get(2), c.get(1)) else {
+/// The credentials of `Authorization` headers in `seg` (`lower` is `seg` lowercased). The
+/// pattern is searched without captures; [`authorization_value`] reads its groups off each
+/// match (the captures ran the bounded backtracker over every match, about 18,000
+/// instructions a header, issue 16).
+fn find_authorization(seg: &[u8], lower: &[u8], out: &mut Vec<(usize, usize)>) {
+    for m in AUTHORIZATION.find_iter(seg) {
+        let (scheme, (vs, ve)) = authorization_value(seg, lower, m.start(), m.end());
+        if vs >= ve {
             continue;
-        };
+        }
+        let value = &seg[vs..ve];
         // Without a scheme the header name is weaker context: the value must look like one.
-        let plausible = scheme.is_some() || validate::token_like(value.as_bytes());
-        if plausible && !own_output(value.as_bytes()) {
-            out.push((value.start(), value.end()));
+        let plausible = scheme || validate::token_like(value);
+        if plausible && !own_output(value) {
+            out.push((vs, ve));
         }
         // RFC 9110 §11.4: `credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ]`. A
         // scheme the pattern does not list (`SSWS`, `Splunk`, `GenieKey`) is the first word,
         // and the credential is the next one.
-        if scheme.is_none() && auth_scheme_word(value.as_bytes()) {
-            if let Some(span) = credential_after_scheme(seg, value.end()) {
+        if !scheme && auth_scheme_word(value) {
+            if let Some(span) = credential_after_scheme(seg, ve) {
                 out.push(span);
             }
         }
     }
+}
+
+/// The schemes of [`AUTHORIZATION`]'s group 1 spelled out, lowercase (module level so that
+/// the tests build their inputs from this very list).
+const SCHEMES: [&[u8]; 8] = [
+    b"bearer",
+    b"basic",
+    b"digest",
+    b"negotiate",
+    b"ntlm",
+    b"token",
+    b"apikey",
+    b"aws4-hmac-sha256",
+];
+
+/// The groups of [`AUTHORIZATION`] in its match `s..e`: whether the scheme group (1)
+/// matched, and the credential (group 2, to the end of the match). After the header name,
+/// each optional byte (`\\`, a quote) and blank is taken when there, since the credential
+/// can start with none of them; a listed scheme followed by blanks is group 1 exactly when
+/// the match goes on past those blanks (otherwise the scheme word itself was the
+/// credential). Proven equal to the captures by `authorization_groups_equal_the_captures`.
+fn authorization_value(seg: &[u8], lower: &[u8], s: usize, e: usize) -> (bool, (usize, usize)) {
+    let mut p = s;
+    if lower.get(p..).is_some_and(|r| r.starts_with(b"proxy-")) {
+        p += 6;
+    }
+    p += b"authorization".len();
+    if seg.get(p) == Some(&b'\\') {
+        p += 1;
+    }
+    if matches!(seg.get(p), Some(b'"' | b'\'')) {
+        p += 1;
+    }
+    p = skip_pattern_spaces(seg, p);
+    if matches!(seg.get(p), Some(b':' | b'=')) {
+        p += 1;
+    }
+    p = skip_pattern_spaces(seg, p);
+    if seg.get(p) == Some(&b'\\') {
+        p += 1;
+    }
+    if matches!(seg.get(p), Some(b'"' | b'\'')) {
+        p += 1;
+    }
+    let q = p.min(e);
+    let rest = lower.get(q..e).unwrap_or_default();
+    for w in SCHEMES {
+        if rest.len() > w.len() && rest.starts_with(w) && pattern_space(rest[w.len()]) {
+            let r = skip_pattern_spaces(seg, q + w.len());
+            if r < e {
+                return (true, (r, e));
+            }
+        }
+    }
+    (false, (q, e))
 }
 
 /// Whether `word` can be an authorization scheme: a letter, then letters, digits, `-`, `_`
@@ -591,25 +721,214 @@ const KEY_WORD_ENDINGS: [&[u8]; 8] = [
     b"credentials",
 ];
 
+/// The key words of [`KEY_VALUE_PATTERN`] spelled out, lowercase: a key matches when it ends
+/// with one of them (the pattern's `[a-z0-9_.-]*` takes everything before).
+const KEY_WORDS: [&[u8]; 19] = [
+    b"password",
+    b"passwd",
+    b"pwd",
+    b"secret",
+    b"token",
+    b"api_key",
+    b"api-key",
+    b"apikey",
+    b"access_key",
+    b"access-key",
+    b"accesskey",
+    b"secret_key",
+    b"secret-key",
+    b"secretkey",
+    b"private_key",
+    b"private-key",
+    b"privatekey",
+    b"credential",
+    b"credentials",
+];
+
+/// How a key-value match's value is written: the capture group of [`KEY_VALUE_PATTERN`] it
+/// is in (2–5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quoting {
+    /// `\"…\"`, a JSON string inside a JSON string (group 2).
+    EscapedDouble,
+    /// `"…"` (group 3).
+    Double,
+    /// `'…'` (group 4).
+    Single,
+    /// Unquoted, up to a blank, a quote or `&,;}])\\` (group 5).
+    Bare,
+}
+
+/// One match of the anchored [`KEY_VALUE`] pattern: the key ends at `key_end`, the value is
+/// `value` written as `quoting`, and the match ends at `end` (after a closing quote).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KeyValueMatch {
+    key_end: usize,
+    value: (usize, usize),
+    quoting: Quoting,
+    end: usize,
+}
+
+/// Whether `b` is `\s` of the byte patterns (Unicode off): ASCII whitespace and `\x0B`.
+fn pattern_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r')
+}
+
+/// What `KEY_VALUE.captures_read(&seg[start..])` finds, by hand: the pattern's backtracking
+/// (its bounded backtracker for the captures was most of the detector's cost, issue 16) is
+/// decided by single bytes here. `seg[start..key_end]` must be a run of key bytes
+/// (`[A-Za-z0-9_.-]`) that `seg[key_end]` ends (the caller's walk back from a `=` or `:`
+/// gives it; `lower` is `seg` lowercased). Why it is the pattern's match, in its priority
+/// order: the key class takes the whole run, since what follows a key word (`\\`, a quote,
+/// a blank, `:` or `=`) is not a key byte, so the run must end with a key word. The optional
+/// backslash and quote before the separator are each one byte or none. After the separator,
+/// a `>` is taken first; blanks are taken greedily (giving one back never helps: no value
+/// starts with a blank); then a `[` and blanks before a quoted value, then a quoted value
+/// (its opening bytes `\\"`, `"`, `'` decide which), then a bare value. When nothing
+/// matches after a `>`, the `>` itself starts the bare value. Proven equal to the pattern at
+/// every start by `key_value_by_hand_equals_the_anchored_pattern`.
+fn key_value_at(seg: &[u8], lower: &[u8], start: usize, key_end: usize) -> Option<KeyValueMatch> {
+    let in_key = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    // The precondition the equality with the pattern rests on: a caller that passed a
+    // shorter key would get silent mismatches, not a failure, so debug builds check it.
+    debug_assert!(
+        seg.get(start..key_end)
+            .is_some_and(|k| k.iter().all(in_key))
+            && seg.get(key_end).is_none_or(|b| !in_key(b)),
+        "key_value_at: seg[start..key_end] must be a whole run of key bytes"
+    );
+    let key = lower.get(start..key_end)?;
+    if !KEY_WORDS.iter().any(|w| key.ends_with(w)) {
+        return None;
+    }
+    let mut p = key_end;
+    if seg.get(p) == Some(&b'\\') {
+        p += 1;
+    }
+    if matches!(seg.get(p), Some(b'"' | b'\'')) {
+        p += 1;
+    }
+    p = skip_pattern_spaces(seg, p);
+    if !matches!(seg.get(p), Some(b':' | b'=')) {
+        return None;
+    }
+    p += 1;
+    let (value, quoting, end) = if seg.get(p) == Some(&b'>') {
+        value_at(seg, skip_pattern_spaces(seg, p + 1)).or_else(|| bare_value_at(seg, p))?
+    } else {
+        value_at(seg, skip_pattern_spaces(seg, p))?
+    };
+    Some(KeyValueMatch {
+        key_end,
+        value,
+        quoting,
+        end,
+    })
+}
+
+/// The first position at or after `p` that is not `\s`.
+fn skip_pattern_spaces(seg: &[u8], mut p: usize) -> usize {
+    while seg.get(p).copied().is_some_and(pattern_space) {
+        p += 1;
+    }
+    p
+}
+
+/// The value part of [`KEY_VALUE_PATTERN`] at `q`: `(?:\[\s*)?` and a quoted value, else a
+/// quoted value, else a bare one. `(value span, quoting, match end)`.
+fn value_at(seg: &[u8], q: usize) -> Option<((usize, usize), Quoting, usize)> {
+    if seg.get(q) == Some(&b'[') {
+        if let Some(m) = quoted_value_at(seg, skip_pattern_spaces(seg, q + 1)) {
+            return Some(m);
+        }
+    }
+    quoted_value_at(seg, q).or_else(|| bare_value_at(seg, q))
+}
+
+/// A quoted value at `r` (groups 2–4): the body runs to its closing quote, which is taken
+/// when there, or to the end of the segment (a truncated record).
+fn quoted_value_at(seg: &[u8], r: usize) -> Option<((usize, usize), Quoting, usize)> {
+    let n = seg.len();
+    match seg.get(r)? {
+        // `\\"((?:[^"\\]|\\[^"])*)(?:\\")?`
+        b'\\' if seg.get(r + 1) == Some(&b'"') => {
+            let vs = r + 2;
+            let mut i = vs;
+            while i < n {
+                match seg[i] {
+                    b'"' => break,
+                    b'\\' if i + 1 < n && seg[i + 1] != b'"' => i += 2,
+                    b'\\' => break,
+                    _ => i += 1,
+                }
+            }
+            let end = if seg.get(i..i + 2) == Some(&b"\\\""[..]) {
+                i + 2
+            } else {
+                i
+            };
+            Some(((vs, i), Quoting::EscapedDouble, end))
+        }
+        // `"((?:[^"\\]|\\.)*)"?`: `.` is any byte but `\n`.
+        b'"' => {
+            let vs = r + 1;
+            let mut i = vs;
+            while i < n {
+                match seg[i] {
+                    b'"' => break,
+                    b'\\' if i + 1 < n && seg[i + 1] != b'\n' => i += 2,
+                    b'\\' => break,
+                    _ => i += 1,
+                }
+            }
+            let end = if seg.get(i) == Some(&b'"') { i + 1 } else { i };
+            Some(((vs, i), Quoting::Double, end))
+        }
+        // `'([^']*)'?`
+        b'\'' => {
+            let vs = r + 1;
+            let ve = seg[vs..]
+                .iter()
+                .position(|b| *b == b'\'')
+                .map_or(n, |i| vs + i);
+            let end = if ve < n { ve + 1 } else { ve };
+            Some(((vs, ve), Quoting::Single, end))
+        }
+        _ => None,
+    }
+}
+
+/// A bare value at `q` (group 5): one byte or more, none of them `\s` or `"'&,;}])\\`.
+fn bare_value_at(seg: &[u8], q: usize) -> Option<((usize, usize), Quoting, usize)> {
+    let bare = |b: &u8| {
+        !pattern_space(*b)
+            && !matches!(
+                b,
+                b'"' | b'\'' | b'&' | b',' | b';' | b'}' | b']' | b')' | b'\\'
+            )
+    };
+    let run = seg.get(q..)?.iter().take_while(|b| bare(b)).count();
+    (run > 0).then_some(((q, q + run), Quoting::Bare, q + run))
+}
+
 /// The key-value secrets of `seg` (`lower` is `seg` lowercased): what
-/// `KEY_VALUE_PATTERN.captures_iter(seg)` finds, with the anchored pattern run only where a
-/// match can start instead of the whole line searched. A match's key ends with a key word
+/// `KEY_VALUE_PATTERN.captures_iter(seg)` finds, with the anchored match tried only where a
+/// match can start instead of the whole line searched, and decided by [`key_value_at`]
+/// instead of the regex. A match's key ends with a key word
 /// followed by an optional backslash, an optional quote, spaces and `=` or `:`; going back
 /// from each `=` and `:` finds the keys that can be there. The key's prefix class
 /// (`[a-z0-9_.-]`, any case) absorbs every byte of its run, so the leftmost match at or after
 /// `resume` (the end of the last match) starts where that run starts, or at `resume` if the
-/// run began before: the anchored pattern is tried exactly there, in order.
+/// run began before: the anchored match is tried exactly there, in order.
 ///
 /// With `bound_run_on`, a double-quoted value that ran into the next key is cut before it
 /// ([`run_on_value`]), and the search goes on at that key.
 fn find_key_value(seg: &[u8], lower: &[u8], bound_run_on: bool, out: &mut Vec<(usize, usize)>) {
-    let space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r');
     let in_key = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
-    let mut locations = KEY_VALUE.capture_locations();
     let mut resume = 0;
     for assign in memchr::memchr2_iter(b'=', b':', seg) {
         let mut end = assign;
-        while end > 0 && space(seg[end - 1]) {
+        while end > 0 && pattern_space(seg[end - 1]) {
             end -= 1;
         }
         if end > 0 && matches!(seg[end - 1], b'"' | b'\'') {
@@ -627,25 +946,20 @@ fn find_key_value(seg: &[u8], lower: &[u8], bound_run_on: bool, out: &mut Vec<(u
             .rposition(|b| !in_key(*b))
             .map_or(0, |i| i + 1);
         let start = run.max(resume);
-        let Some(m) = KEY_VALUE.captures_read(&mut locations, &seg[start..]) else {
+        let Some(m) = key_value_at(seg, lower, start, end) else {
             continue;
         };
-        resume = start + m.end();
-        let Some((vs, ve)) = (2..=5).find_map(|g| locations.get(g)) else {
-            continue;
-        };
-        let (vs, mut ve) = (start + vs, start + ve);
-        if bound_run_on && locations.get(3).is_some() {
+        resume = m.end;
+        let (vs, mut ve) = m.value;
+        if bound_run_on && m.quoting == Quoting::Double {
             if let Some((value_end, next_key)) = run_on_value(seg, vs, ve, resume) {
                 ve = value_end;
                 resume = next_key;
             }
         }
-        let key = locations
-            .get(1)
-            .map_or(&b""[..], |(ks, ke)| &seg[start + ks..start + ke]);
+        let key = &seg[start..m.key_end];
         let v = &seg[vs..ve];
-        let bare = locations.get(5).is_some();
+        let bare = m.quoting == Quoting::Bare;
         // `PWD=/home/x` in an environment dump is the working directory, not a password. A
         // value of only `[`, `{` or `>` (a list or object that is not one value, `=>` with
         // nothing after it) removes nothing: counting it would say a secret was redacted.
@@ -708,14 +1022,20 @@ fn find_cards(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
             const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
     card_runs(masks, |from, to, digits| {
-        if digits == to - from {
+        // The run without the separators it starts or ends with (`id=4111… in`: the blank
+        // after the number): `scan_cards` skips them.
+        let (mut a, mut b) = (from, to);
+        while a < b && !seg[a].is_ascii_digit() {
+            a += 1;
+        }
+        while b > a && !seg[b - 1].is_ascii_digit() {
+            b -= 1;
+        }
+        if digits == b - a {
             // One undivided group of digits (the usual look-alike: an id, a timestamp):
             // `scan_cards` would take it whole or not at all, so test it in place.
-            if !glued_before(seg, from)
-                && !glued_after(seg, to)
-                && validate::card_number(&seg[from..to])
-            {
-                out.push((from, to));
+            if !glued_before(seg, a) && !glued_after(seg, b) && validate::card_number(&seg[a..b]) {
+                out.push((a, b));
             }
             return;
         }
@@ -994,10 +1314,11 @@ fn quad_end(seg: &[u8], dot: usize) -> Option<usize> {
     Some(i)
 }
 
+/// Whether the quad `v` at `start` is an address: not part of a version string, and it
+/// parses. The version tests come first: they are a few byte compares, and they turn down
+/// most quads of a log (`Chrome/124.0.0.0`, `1.22.0.4.el8`) before the parse (about 300
+/// instructions) runs.
 fn ipv4(v: &[u8], start: usize, seg: &[u8]) -> bool {
-    if !validate::Validator::Ipv4.check(v) {
-        return false;
-    }
     let end = start + v.len();
     // Version strings: `Chrome/124.0.0.0`, `v1.2.3.4`, `4.18.0.553.el8` (a fifth part).
     let product_version = start >= 2 && seg[start - 1] == b'/' && is_word(seg[start - 2]);
@@ -1006,6 +1327,7 @@ fn ipv4(v: &[u8], start: usize, seg: &[u8]) -> bool {
     let more_parts_after =
         seg.get(end) == Some(&b'.') && seg.get(end + 1).is_some_and(u8::is_ascii_digit);
     !(product_version || v_prefix || more_parts_before || more_parts_after)
+        && validate::Validator::Ipv4.check(v)
 }
 
 fn find_ipv6(seg: &[u8], out: &mut Vec<(usize, usize)>) {
@@ -1204,7 +1526,7 @@ mod tests {
             pieces in proptest::collection::vec(proptest::sample::select(vec![
                 "4111111111111111", "5555555555554444", "1732693762004", "378282246310005",
                 "4111 1111 1111 1111", "0505327160729399", "7", "12", " ", "-", ".", "x", "=",
-                "_", "4111-1111-1111-1111",
+                "_", "4111-1111-1111-1111", " in", "id=", "- ", " -",
             ]), 0..10),
         ) {
             let seg = pieces.concat().into_bytes();
@@ -1465,6 +1787,140 @@ mod tests {
         out
     }
 
+    /// Every byte `\s` of the byte patterns matches (see [`pattern_space`]).
+    const BLANKS: [&str; 6] = [" ", "\t", "\n", "\r", "\x0B", "\x0C"];
+
+    /// Each word in lower case, upper case and alternating case, so that inputs built from a
+    /// list of the code cover the patterns' `(?i)` with the list's own spelling.
+    fn cased(words: &[&[u8]]) -> Vec<String> {
+        words
+            .iter()
+            .flat_map(|w| {
+                let lower = String::from_utf8_lossy(w).into_owned();
+                let alternating: String = lower
+                    .chars()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        if i % 2 == 0 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                [lower.to_ascii_uppercase(), alternating, lower]
+            })
+            .collect()
+    }
+
+    /// `words` cased (see [`cased`]), each followed by each blank.
+    fn cased_then_blank(words: &[&[u8]]) -> Vec<String> {
+        cased(words)
+            .iter()
+            .flat_map(|w| BLANKS.iter().map(move |b| format!("{w}{b}")))
+            .collect()
+    }
+
+    /// The schemes of the Authorization tests: those [`AUTHORIZATION`]'s scheme group spells
+    /// (read from its text) and those of [`SCHEMES`], so that a scheme missing from or
+    /// mistyped in [`SCHEMES`] meets the pattern's spelling in the proptest.
+    fn scheme_words() -> Vec<Vec<u8>> {
+        let pattern = AUTHORIZATION.as_str();
+        let start = pattern.find("(?:(").expect("the scheme group") + "(?:(".len();
+        let len = pattern[start..]
+            .find(')')
+            .expect("the end of the scheme group");
+        let mut words: Vec<Vec<u8>> = pattern[start..start + len]
+            .split('|')
+            .map(|w| w.as_bytes().to_vec())
+            .chain(SCHEMES.iter().map(|w| w.to_vec()))
+            .collect();
+        words.sort();
+        words.dedup();
+        words
+    }
+
+    /// The key words of the key-value tests: [`KEY_WORDS`] itself, cased, so that a word
+    /// mistyped there meets the pattern's spelling in the proptests.
+    fn key_word_pieces() -> Vec<String> {
+        cased(&KEY_WORDS)
+    }
+
+    /// The key words [`KEY_VALUE_PATTERN`]'s key alternation spells, expanded from the
+    /// pattern's text (not from [`KEY_WORDS`]): `[_-]?` is none, `_` or `-`; a trailing `s?`
+    /// is with and without the `s`. Any other syntax there panics, so that a change of the
+    /// pattern is met here.
+    fn key_words_of_the_pattern() -> Vec<String> {
+        let start = KEY_VALUE_PATTERN
+            .find("[a-z0-9_.-]*(?:")
+            .expect("the key class and alternation")
+            + "[a-z0-9_.-]*(?:".len();
+        let len = KEY_VALUE_PATTERN[start..]
+            .find("))")
+            .expect("the end of the alternation");
+        let mut words = Vec::new();
+        for alt in KEY_VALUE_PATTERN[start..start + len].split('|') {
+            if let Some((a, b)) = alt.split_once("[_-]?") {
+                words.extend([format!("{a}{b}"), format!("{a}_{b}"), format!("{a}-{b}")]);
+            } else if let Some(base) = alt.strip_suffix("s?") {
+                words.extend([base.to_owned(), format!("{base}s")]);
+            } else {
+                assert!(
+                    alt.bytes().all(|b| b.is_ascii_lowercase()),
+                    "unexpected syntax in the key alternation: {alt}"
+                );
+                words.push(alt.to_owned());
+            }
+        }
+        words.sort();
+        words.dedup();
+        words
+    }
+
+    /// `key_value_at` refuses, in debug builds, a `key_end` inside a run of key bytes: there
+    /// its answer would differ from the pattern's silently.
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "must be a whole run of key bytes")]
+    fn key_value_at_refuses_a_key_end_inside_a_key_run() {
+        let seg = b"passwordx=v";
+        let _ = key_value_at(seg, seg, 0, "password".len());
+    }
+
+    /// [`KEY_WORDS`] is exactly the pattern's key alternation spelled out, and the hand
+    /// matcher finds what the pattern finds on every word, upper case, after a key prefix:
+    /// a word dropped from or mistyped in [`KEY_WORDS`] would let its values through.
+    #[test]
+    fn every_key_word_of_the_pattern_is_matched_by_hand() {
+        let mut listed: Vec<String> = KEY_WORDS
+            .iter()
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        listed.sort();
+        let spelled = key_words_of_the_pattern();
+        assert_eq!(
+            listed, spelled,
+            "KEY_WORDS against the pattern's alternation"
+        );
+        for word in &spelled {
+            for seg in [
+                format!("{word}=v"),
+                format!("x.{}=v", word.to_ascii_uppercase()),
+            ] {
+                let seg = seg.into_bytes();
+                let key_end = seg.len() - 2;
+                let by_pattern = key_value_by_pattern(&seg, 0);
+                assert!(by_pattern.is_some(), "the pattern matches {word}");
+                assert_eq!(
+                    key_value_at(&seg, &seg.to_ascii_lowercase(), 0, key_end),
+                    by_pattern,
+                    "{:?}",
+                    String::from_utf8_lossy(&seg)
+                );
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
@@ -1472,16 +1928,144 @@ mod tests {
         /// the whole segment with the unanchored pattern finds.
         #[test]
         fn anchored_key_value_search_equals_the_unanchored_one(
-            pieces in proptest::collection::vec(proptest::sample::select(vec![
-                "password", "PassWd", "pwd", "token", "Api-Key", "apikey", "secret_key",
-                "credentials", "key", "x", "db_", ".", "-", "=", ":", " ", "\t", "\"", "'",
-                "\\", "&", "}", ",", "/home", "true", "expired", "s3cr3t", "\\\"",
-            ]), 0..24),
+            pieces in proptest::collection::vec(proptest::sample::select(
+                key_word_pieces().into_iter().chain([
+                    "key", "x", "db_", ".", "-", "=", ":", " ", "\t", "\n", "\r", "\x0B", "\x0C",
+                    "\"", "'", "\\", "&", "}", ",", "/home", "true", "expired", "s3cr3t", "\\\"",
+                ].map(String::from)).collect::<Vec<_>>()
+            ), 0..24),
         ) {
             let seg = pieces.concat().into_bytes();
             let mut got = Vec::new();
             find_key_value(&seg, &seg.to_ascii_lowercase(), false, &mut got);
             proptest::prop_assert_eq!(got, key_values_unanchored(&seg), "{:?}", String::from_utf8_lossy(&seg));
+        }
+    }
+
+    /// The anchored pattern's match at `start`, in [`key_value_at`]'s terms.
+    fn key_value_by_pattern(seg: &[u8], start: usize) -> Option<KeyValueMatch> {
+        let mut locations = KEY_VALUE.capture_locations();
+        let m = KEY_VALUE.captures_read(&mut locations, &seg[start..])?;
+        let (_, key_end) = locations.get(1)?;
+        let (group, (vs, ve)) = (2..=5).find_map(|g| Some((g, locations.get(g)?)))?;
+        let quoting = match group {
+            2 => Quoting::EscapedDouble,
+            3 => Quoting::Double,
+            4 => Quoting::Single,
+            _ => Quoting::Bare,
+        };
+        Some(KeyValueMatch {
+            key_end: start + key_end,
+            value: (start + vs, start + ve),
+            quoting,
+            end: start + m.end(),
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// The hand-written key-value matcher finds, at every start, what the anchored
+        /// pattern finds there: the key, the value, its quoting and the match's end (or no
+        /// match), on text built from key words, separators, quotes, escapes, `=>`, `[` and
+        /// every byte that ends a bare value.
+        #[test]
+        fn key_value_by_hand_equals_the_anchored_pattern(
+            pieces in proptest::collection::vec(proptest::sample::select(
+                key_word_pieces().into_iter().chain([
+                "key", "monkey", "private", "access", "_", "x", "db_", ".", "-",
+                "=", ":", "=>", ">", "[", "]", " ", "\t", "\n", "\r", "\x0B", "\x0C", "\"", "'", "\\",
+                "\\\"", "\\\\", "&", "}", ")", ",", ";", "/home", "s3cr3t", "\u{e9}", "\\\n", "pwd=\"", "token: \\\"", "api_key=> [\x27",
+            ].map(String::from)).collect::<Vec<_>>()
+            ), 0..20),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let lower = seg.to_ascii_lowercase();
+            let in_key = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+            for start in 0..=seg.len() {
+                let key_end = start + seg[start..].iter().take_while(|b| in_key(b)).count();
+                proptest::prop_assert_eq!(
+                    key_value_at(&seg, &lower, start, key_end),
+                    key_value_by_pattern(&seg, start),
+                    "{:?} at {}", String::from_utf8_lossy(&seg), start
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// Reading a value off a match by hand gives the pattern's capture group 1, for every
+        /// detector that reads it that way, on text built from their keywords, schemes,
+        /// separators, key bytes and delimiters.
+        #[test]
+        fn split_values_equal_the_capture_groups(
+            pieces in proptest::collection::vec(proptest::sample::select(
+                cased(&[b"bearer", b"basic"])
+                    .into_iter()
+                    .chain(cased_then_blank(&[b"bearer", b"basic"]))
+                    .chain([
+                "postgres://", "redis+tls://",
+                "a", "user", ":", "@", "/", "?", "#", " ", "\t", "\n", "\r", "\x0B", "\x0C", "=", "==", "+", ".", "-",
+                "_", ",", "abcd", "AbCdEfGhIjKlMnOpQrSt", "0123456789", "xY/+", "\u{e9}", "://",
+            ].map(String::from)).collect::<Vec<_>>()
+            ), 0..24),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let cases: [(&Regex, Split); 4] = [
+                (&AWS_SECRET_KEY, aws_secret_value),
+                (&BEARER, bearer_value),
+                (&BASIC, basic_value),
+                (&URL_CREDENTIALS, url_password),
+            ];
+            for (re, split) in cases {
+                let by_captures: Vec<(usize, usize)> = re
+                    .captures_iter(&seg)
+                    .filter_map(|c| c.get(1).map(|m| (m.start(), m.end())))
+                    .collect();
+                let mut by_split = Vec::new();
+                split_spans(re, &seg, split, &mut by_split, |_| true);
+                proptest::prop_assert_eq!(by_split, by_captures, "{} on {:?}", re.as_str(), String::from_utf8_lossy(&seg));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// The scheme and credential read off an `Authorization` match are the pattern's
+        /// groups 1 (whether it matched) and 2.
+        #[test]
+        fn authorization_groups_equal_the_captures(
+            pieces in proptest::collection::vec(proptest::prop_oneof![
+                // The schemes of the pattern and of SCHEMES, cased, bare or followed by each blank.
+                2 => proptest::sample::select(
+                    {
+                        let words = scheme_words();
+                        let words: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+                        cased(&words).into_iter().chain(cased_then_blank(&words)).collect::<Vec<_>>()
+                    }
+                ),
+                3 => proptest::sample::select([
+                "authorization", "Proxy-Authorization", "xproxy-", "AUTHORIZATION", ":", "=",
+                "Authorization: ", "proxy-authorization=\"", "authorization\\\":\t",
+                " ", "\t", "\n", "\r", "\x0B", "\x0C", "\\", "\"", "'",
+                "abc", "x.y", ",", ";", "\u{e9}", "==",
+            ].map(String::from).to_vec()),
+            ], 0..16),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let lower = seg.to_ascii_lowercase();
+            let by_captures: Vec<(bool, (usize, usize))> = AUTHORIZATION
+                .captures_iter(&seg)
+                .filter_map(|c| c.get(2).map(|v| (c.get(1).is_some(), (v.start(), v.end()))))
+                .collect();
+            let by_hand: Vec<(bool, (usize, usize))> = AUTHORIZATION
+                .find_iter(&seg)
+                .map(|m| authorization_value(&seg, &lower, m.start(), m.end()))
+                .collect();
+            proptest::prop_assert_eq!(by_hand, by_captures, "{:?}", String::from_utf8_lossy(&seg));
         }
     }
 

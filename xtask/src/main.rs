@@ -84,10 +84,45 @@ pub fn workspace_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
+/// A `cargo` command at the workspace root, with the environment a plain `cargo` typed in a
+/// shell has: a nested `cargo build` must find the tree a plain `cargo build` built, not
+/// rebuild it (inside a bench lock, for minutes).
+///
+/// `cargo xtask` runs this binary through `cargo run`, which sets the variables of the
+/// package it runs (`CARGO_PKG_NAME=xtask`, `CARGO_MANIFEST_DIR`, the version parts…). Cargo
+/// decides whether a build script reruns by comparing the variables the script named with
+/// `rerun-if-env-changed` against its *own* environment, and ring's build script names
+/// `CARGO_PKG_NAME`, `CARGO_PKG_VERSION_*` and `CARGO_MANIFEST_DIR`: inherited from `cargo
+/// run`, they read as changed, so ring and everything above it (rustls, tonic, the agent)
+/// were rebuilt. Those variables describe xtask, never the nested build, so they are
+/// removed; `CARGO` (which cargo to run), `CARGO_HOME`, `CARGO_TARGET_DIR` and the user's
+/// other settings stay.
 pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_run) {
+            cmd.env_remove(name);
+        }
+    }
     cmd
+}
+
+/// Whether `name` is a variable `cargo run` (or a build script's run) sets to describe the
+/// package being run rather than a setting of the user's.
+fn set_by_cargo_run(name: &str) -> bool {
+    const EXACT: [&str; 8] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+    ];
+    const PREFIXES: [&str; 3] = ["CARGO_PKG_", "CARGO_CFG_", "CARGO_FEATURE_"];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -399,6 +434,48 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `cargo test` runs this test with the package variables of xtask set, as `cargo run`
+    /// does: the nested cargo must not inherit them (ring's build script tracks them).
+    #[test]
+    fn nested_cargo_drops_the_variables_cargo_run_sets() {
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        let cmd = cargo();
+        let removed: Vec<_> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_MANIFEST_DIR",
+        ] {
+            assert!(
+                removed.iter().any(|r| r == name),
+                "{name} reaches the nested cargo"
+            );
+        }
+    }
+
+    #[test]
+    fn user_settings_reach_the_nested_cargo() {
+        for name in [
+            "CARGO",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "RUSTFLAGS",
+            "CC",
+        ] {
+            assert!(!set_by_cargo_run(name), "{name}");
         }
     }
 }
