@@ -93,6 +93,16 @@ impl Backoff {
         delay
     }
 
+    /// The upper end of the next pause's range (what the doubling has reached).
+    pub fn ceiling(&self) -> Duration {
+        self.current
+    }
+
+    /// The longest pause this back-off ever takes.
+    pub const fn max_pause(&self) -> Duration {
+        self.max
+    }
+
     /// Sleeps for [`Backoff::next_delay`].
     pub async fn pause(&mut self) {
         tokio::time::sleep(self.next_delay()).await;

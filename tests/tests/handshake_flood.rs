@@ -664,13 +664,19 @@ async fn gated_proxy(target: SocketAddr, connections: usize) -> anyhow::Result<S
 /// and 127.0.3.1 (three /24s), alternately idle and one byte then silent, each keeping its
 /// last `CHURN_HELD_PER_THREAD` open and resetting the ones it lets go (no TIME_WAIT), until
 /// `stop` (or `CHURN_MAX_CONNECTIONS` in all, or `CHURN_MAX_TIME`). Returns how many opened.
-fn churn(target: SocketAddr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
+/// `hello`: every connection sends these bytes (a recorded ClientHello) instead of, in turn,
+/// nothing or one byte.
+fn churn(
+    target: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hello: Option<std::sync::Arc<Vec<u8>>>,
+) -> usize {
     use socket2::{Domain, Socket, Type};
     let opened = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let threads: Vec<_> = (0..CHURN_THREADS)
         .map(|thread| {
-            let (stop, opened) = (stop.clone(), opened.clone());
+            let (stop, opened, hello) = (stop.clone(), opened.clone(), hello.clone());
             std::thread::spawn(move || {
                 let mut held = std::collections::VecDeque::new();
                 let mut n = thread;
@@ -693,7 +699,9 @@ fn churn(target: SocketAddr, stop: std::sync::Arc<std::sync::atomic::AtomicBool>
                     {
                         continue;
                     }
-                    if one_byte {
+                    if let Some(hello) = &hello {
+                        let _ = socket.send(hello);
+                    } else if one_byte {
                         let _ = socket.send(&[0x16]);
                     }
                     held.push_back(socket);
@@ -734,7 +742,7 @@ async fn a_client_300_ms_away_gets_through_while_three_prefixes_churn_at_full_ra
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let churning = tokio::task::spawn_blocking({
         let stop = stop.clone();
-        move || churn(controller, stop)
+        move || churn(controller, stop, None)
     });
     // Let the churn fill the pool and reach its full rate.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -786,6 +794,112 @@ async fn a_client_300_ms_away_gets_through_while_three_prefixes_churn_at_full_ra
     })
     .await??;
     eprintln!("controller: {}", summary["reason"]);
+    Ok(())
+}
+
+/// The bytes of a real TLS 1.3 ClientHello for the controller, made by rustls without a client
+/// certificate: what an attacker replays on every connection (it costs it nothing per
+/// connection) to be taken for real TLS progress.
+fn recorded_client_hello() -> anyhow::Result<Vec<u8>> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("loggate-controller")?.to_owned();
+    let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let mut hello = Vec::new();
+    connection.write_tls(&mut hello)?;
+    anyhow::ensure!(hello.first() == Some(&0x16), "not a handshake record");
+    Ok(hello)
+}
+
+/// An attacker that replays a real ClientHello on every connection (its connections count as
+/// real TLS progress, the last to be evicted) and never completes a handshake cannot lock a
+/// client out: once every connection in the pool has sent one, the oldest are evicted (the
+/// summary counts evictions of connections that had sent a ClientHello), which frees the
+/// cryptography turns its stalled handshakes hold, and a legitimate client gets through within
+/// the same bound as under the other floods. Any change that lets a full pool of ClientHello
+/// senders stop evicting (to spare a reconnecting fleet, docs/performance.md) must keep this.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replayed_client_hellos_that_never_complete_still_get_evicted_and_lock_nobody_out(
+) -> anyhow::Result<()> {
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    raise_open_file_limit();
+    let wrappers = tempfile::tempdir()?;
+    let cluster = tokio::task::spawn_blocking({
+        let wrappers = wrappers.path().to_path_buf();
+        move || controller_with_open_file_limit(WAN_TEST_OPEN_FILES, &wrappers)
+    })
+    .await??;
+    let cluster = std::sync::Arc::new(cluster);
+    let pki = cluster.dir.join("pki");
+    let files = loggate_core::tls::TlsFiles {
+        ca: pki.join("ca.crt"),
+        cert: pki.join("users/admin.crt"),
+        key: pki.join("users/admin.key"),
+    };
+    let controller = cluster.controller_addr;
+    let hello = std::sync::Arc::new(recorded_client_hello()?);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churning = tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        move || churn(controller, stop, Some(hello))
+    });
+    // Let the replayed ClientHellos fill the pool (128 places) and hold its turns.
+    tokio::time::sleep(POOL_FILL).await;
+    let endpoint = files
+        .endpoint(
+            &controller.to_string(),
+            loggate_core::tls::Server::Controller,
+        )?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(10));
+    let started = Instant::now();
+    // One attempt: an evicted handshake is a failure, not something to retry.
+    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
+        let channel = endpoint.connect().await?;
+        let mut client = loggate_proto::controller_client::ControllerClient::new(channel);
+        client
+            .who_am_i(loggate_proto::WhoAmIRequest::default())
+            .await?;
+        anyhow::Ok(())
+    })
+    .await;
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened = churning.await?;
+    eprintln!("under replayed ClientHellos: {outcome:?} in {took:?}; {opened} connections opened");
+    let outcome = outcome.map_err(|_| anyhow::anyhow!("no answer within 15 s"))?;
+    assert!(
+        outcome.is_ok(),
+        "the client was refused under the replayed ClientHellos: {outcome:?}"
+    );
+    assert!(took < LEGIT_WITHIN, "the client took {took:?}");
+    // Nothing drained: the accept loop kept evicting, ClientHello senders among them.
+    let summary = tokio::task::spawn_blocking({
+        let cluster = cluster.clone();
+        move || {
+            wait_for_eviction_summary(
+                || {
+                    cluster
+                        .controller_audit()
+                        .iter()
+                        .map(loggate_tests::flat_audit_record)
+                        .collect()
+                },
+                Duration::from_secs(15),
+            )
+        }
+    })
+    .await??;
+    let reason = summary["reason"].as_str().unwrap_or_default().to_string();
+    eprintln!("controller: {reason}");
+    assert!(
+        !reason.contains(" 0 had;") && reason.contains(" had;"),
+        "no connection that had sent its ClientHello was evicted: {reason}"
+    );
     Ok(())
 }
 

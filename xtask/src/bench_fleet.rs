@@ -26,7 +26,10 @@
 //! until all its agents are back on the others and resynchronised. Then every controller process
 //! killed and started again: connections per second (peak second and mean) and the time until
 //! every agent is back and resynchronised, the `tls.refused` records of that restart, and how
-//! long the admin's `loggate grant list` took in the middle of the herd.
+//! long the admin's `loggate grant list` took in the middle of the herd; and for every comeback
+//! its timeline, second by second: streams opened, agents caught up, attempts refused, failed in
+//! the handshake or cut, the back-off ceilings the failing agents had reached, and the
+//! controllers' eviction summaries with how far the evicted handshakes had come.
 //!
 //! `--nice N` runs the simulated agents' threads at that lower priority (`setpriority(2)` on
 //! each of the runtime's threads; the controllers, started from the main thread, keep the
@@ -103,6 +106,10 @@ const MAX_REPLICAS: usize = 4;
 const LABEL: &str = "fleet=bench";
 /// A stream silent this long is dead (as the agent's SILENCE).
 const SILENCE: Duration = Duration::from_secs(35);
+/// The longest a connection may take to open, TCP and TLS together (as the agent's
+/// `watch::CONNECT_WITHIN`): without it a simulated agent whose SYNs the controller's full
+/// listen queue dropped waited out the kernel's SYN retransmissions (up to a minute).
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 
 pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     if args.agents == 0 || args.agents > MAX_AGENTS {
@@ -413,6 +420,34 @@ impl Replicas {
         }
         (records, evicted)
     }
+
+    /// The eviction summaries every replica wrote after `before`: (seconds after `since`,
+    /// handshakes evicted), in time order.
+    fn eviction_summaries_since(
+        &self,
+        before: &[usize],
+        since: std::time::SystemTime,
+    ) -> Vec<(f64, u64, String)> {
+        let since_ms = since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let mut out = Vec::new();
+        for (replica, skip) in self.list.iter().zip(before) {
+            for raw in read_audit_file(&replica.audit).iter().skip(*skip) {
+                let e = flat_audit_record(raw);
+                if e["event"] == "tls.refused" && e["reason_code"] == "evicted" {
+                    let at = e["time"].as_f64().unwrap_or(0.0);
+                    out.push((
+                        (at - since_ms) / 1000.0,
+                        e["suppressed_before"].as_u64().unwrap_or(0),
+                        e["reason"].as_str().unwrap_or_default().to_string(),
+                    ));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        out
+    }
 }
 
 impl Drop for Replicas {
@@ -437,6 +472,32 @@ struct Comeback {
     refused_records: usize,
     evicted: u64,
     admin_cli: Option<(Duration, bool)>,
+    /// Second by second from the kill: what the agents saw.
+    timeline: Vec<Second>,
+    /// The controllers' eviction summaries (`tls.refused`, `evicted`): seconds after the kill
+    /// the record was written, the handshakes it counts (those of the 10 s before it), and its
+    /// reason (how far they had come).
+    eviction_summaries: Vec<(f64, u64, String)>,
+}
+
+/// One second of a comeback, as the simulated agents saw it.
+#[derive(Default, Clone)]
+struct Second {
+    /// Streams opened (the controller answered `WatchGrants`).
+    connects: usize,
+    /// Agents caught up in the new epoch (their first heartbeat).
+    caught_up: usize,
+    /// Attempts whose TCP connection was refused (no controller listening).
+    refused: usize,
+    /// Attempts that connected and then failed in the handshake or before the stream opened
+    /// (evicted, timed out, closed).
+    handshake_failed: usize,
+    /// Streams that ended (cut by the kill).
+    ended: usize,
+    /// The largest back-off ceiling any agent reached with a failure in this second.
+    max_ceiling: Duration,
+    /// Failures in this second whose next pause was drawn from the full cap's range.
+    at_cap: usize,
 }
 
 /// Everything measured, for the table.
@@ -492,6 +553,7 @@ async fn measure(
             verifier: verifier.clone(),
             events: events_tx.clone(),
             stopping: stopping.clone(),
+            streamed: false,
         };
         tokio::spawn(agent.run());
     }
@@ -740,6 +802,9 @@ async fn comeback(
 ) -> anyhow::Result<Comeback> {
     let audit_before = replicas.audit_lengths();
     let restart = victims.len() == replicas.list.len();
+    let killed_wall = std::time::SystemTime::now();
+    let failures_before = fleet.failures.len();
+    let caught_up_before = fleet.caught_up_at.len();
     for &i in victims {
         replicas.kill(i);
     }
@@ -799,6 +864,15 @@ async fn comeback(
         .wait(events, Duration::from_secs(11), "", |_| false)
         .await;
     let (refused_records, evicted) = replicas.refused_since(&audit_before);
+    let eviction_summaries = replicas.eviction_summaries_since(&audit_before, killed_wall);
+    let timeline = timeline(
+        fleet,
+        killed,
+        took,
+        connects_before,
+        caught_up_before,
+        failures_before,
+    );
     Ok(Comeback {
         took,
         back,
@@ -810,7 +884,55 @@ async fn comeback(
         refused_records,
         evicted,
         admin_cli,
+        timeline,
+        eviction_summaries,
     })
+}
+
+/// The comeback second by second, from `start` until `took` after it (and one more second),
+/// from what the fleet reported after the given positions of its lists.
+fn timeline(
+    fleet: &Fleet,
+    start: Instant,
+    took: Duration,
+    connects_from: usize,
+    caught_up_from: usize,
+    failures_from: usize,
+) -> Vec<Second> {
+    let len = usize::try_from(took.as_secs())
+        .unwrap_or(usize::MAX)
+        .min(600)
+        + 2;
+    let mut seconds = vec![Second::default(); len];
+    let slot = |at: &Instant| {
+        let i = usize::try_from(at.saturating_duration_since(start).as_secs()).ok()?;
+        (i < len).then_some(i)
+    };
+    for at in &fleet.connects[connects_from.min(fleet.connects.len())..] {
+        if let Some(i) = slot(at) {
+            seconds[i].connects += 1;
+        }
+    }
+    for at in &fleet.caught_up_at[caught_up_from.min(fleet.caught_up_at.len())..] {
+        if let Some(i) = slot(at) {
+            seconds[i].caught_up += 1;
+        }
+    }
+    let cap = FLEET.max_pause();
+    for (at, kind, ceiling) in &fleet.failures[failures_from.min(fleet.failures.len())..] {
+        let Some(i) = slot(at) else { continue };
+        let second = &mut seconds[i];
+        match kind {
+            Failure::Refused => second.refused += 1,
+            Failure::Handshake => second.handshake_failed += 1,
+            Failure::StreamEnded => second.ended += 1,
+        }
+        second.max_ceiling = second.max_ceiling.max(*ceiling);
+        if *ceiling >= cap {
+            second.at_cap += 1;
+        }
+    }
+    seconds
 }
 
 /// What the simulated agents reported, as it arrives.
@@ -824,6 +946,10 @@ struct Fleet {
     /// events arrive: a wait's condition must not walk 10,000 agents per event).
     per_epoch: HashMap<String, (usize, Instant)>,
     connects: Vec<Instant>,
+    /// When each catch-up came (every epoch), for the herd's timeline.
+    caught_up_at: Vec<Instant>,
+    /// Every failed attempt or ended stream, with the back-off ceiling of the pause after it.
+    failures: Vec<(Instant, Failure, Duration)>,
     grants: HashMap<String, Vec<Instant>>,
     revoked: HashMap<String, Vec<Instant>>,
     rejected: usize,
@@ -871,7 +997,9 @@ impl Fleet {
     fn apply(&mut self, event: Event) {
         match event.what {
             What::Connected => self.connects.push(event.at),
+            What::Failed { kind, ceiling } => self.failures.push((event.at, kind, ceiling)),
             What::CaughtUp { epoch, replica } => {
+                self.caught_up_at.push(event.at);
                 self.replica_of.insert(event.agent, replica);
                 if let Some(before) = self.caught_up.insert(event.agent, epoch.clone()) {
                     if let Some((n, _)) = self.per_epoch.get_mut(&before) {
@@ -910,6 +1038,40 @@ impl Fleet {
     }
 }
 
+/// How a simulated agent's attempt ended, for the herd's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The TCP connection was refused: no controller listening (killed, not yet started).
+    Refused,
+    /// Connected, then the TLS handshake (or the stream's opening) failed: closed by the
+    /// controller (an eviction from its handshake pool, a deadline) or timed out.
+    Handshake,
+    /// The stream had been opened and then ended (the controller killed under it).
+    StreamEnded,
+}
+
+impl Failure {
+    /// `Refused` when the error's cause chain holds a refused TCP connection (classified by
+    /// downcasting, not by the message), else `Handshake`; `StreamEnded` once it streamed.
+    fn of(result: &anyhow::Result<()>, streamed: bool) -> Failure {
+        if streamed {
+            return Failure::StreamEnded;
+        }
+        let refused = result.as_ref().err().is_some_and(|e| {
+            e.chain().any(|cause| {
+                cause
+                    .downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+        });
+        if refused {
+            Failure::Refused
+        } else {
+            Failure::Handshake
+        }
+    }
+}
+
 struct Event {
     agent: usize,
     at: Instant,
@@ -918,7 +1080,16 @@ struct Event {
 
 enum What {
     Connected,
-    CaughtUp { epoch: String, replica: usize },
+    CaughtUp {
+        epoch: String,
+        replica: usize,
+    },
+    /// An attempt failed or a stream ended; `ceiling` is the upper end of the back-off range
+    /// the pause after it was drawn from.
+    Failed {
+        kind: Failure,
+        ceiling: Duration,
+    },
     Grant(String),
     Revoked(String),
     Rejected,
@@ -938,6 +1109,8 @@ struct SimAgent {
     verifier: Arc<GrantVerifier>,
     events: mpsc::UnboundedSender<Event>,
     stopping: watch::Receiver<bool>,
+    /// Whether the current attempt got as far as an open stream.
+    streamed: bool,
 }
 
 impl SimAgent {
@@ -957,18 +1130,23 @@ impl SimAgent {
         let (mut revision, mut epoch) = (0u64, String::new());
         loop {
             let mut stopping = self.stopping.clone();
-            tokio::select! {
-                _ = self.stream(&audience, &mut backoff, &mut revision, &mut epoch) => {}
+            self.streamed = false;
+            let result = tokio::select! {
+                result = self.stream(&audience, &mut backoff, &mut revision, &mut epoch) => result,
                 _ = stopping.wait_for(|s| *s) => return,
-            }
+            };
+            let kind = Failure::of(&result, self.streamed);
             // As the agent: a failed or ended stream moves to a random other address.
             let count = self.controllers.len();
             if count > 1 {
                 let step = usize::try_from(rand::random::<u32>()).unwrap_or(0) % (count - 1);
                 self.current = (self.current + 1 + step) % count;
             }
+            let ceiling = backoff.ceiling();
+            let delay = backoff.next_delay();
+            self.report(What::Failed { kind, ceiling });
             tokio::select! {
-                _ = backoff.pause() => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
@@ -1004,12 +1182,14 @@ impl SimAgent {
                 endpoint
             }
         };
-        let channel = endpoint
+        let endpoint = endpoint
             .local_address(self.source)
             .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .connect()
-            .await?;
+            .http2_keep_alive_interval(Duration::from_secs(20));
+        let Ok(connected) = tokio::time::timeout(CONNECT_WITHIN, endpoint.connect()).await else {
+            bail!("no TLS handshake within {CONNECT_WITHIN:?}");
+        };
+        let channel = connected?;
         let mut client = ControllerClient::new(channel).max_decoding_message_size(1 << 20);
         let mut stream = client
             .watch_grants(pb::WatchGrantsRequest {
@@ -1022,6 +1202,7 @@ impl SimAgent {
             .await?
             .into_inner();
         backoff.reset();
+        self.streamed = true;
         self.report(What::Connected);
         let mut caught_up = false;
         loop {
@@ -1258,6 +1439,37 @@ fn print_comeback(what: &str, c: &Comeback) {
     }
 }
 
+/// A comeback's timeline, after the report's table.
+fn print_timeline(what: &str, c: &Comeback) {
+    println!();
+    println!("timeline of the {what} (seconds after the kill):");
+    println!(
+        "| s | streams opened | caught up | refused (down) | handshake failed | streams cut | \
+         largest back-off ceiling | failures at the {} s cap |",
+        FLEET.max_pause().as_secs()
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (i, s) in c.timeline.iter().enumerate() {
+        println!(
+            "| {i} | {} | {} | {} | {} | {} | {:.2} s | {} |",
+            s.connects,
+            s.caught_up,
+            s.refused,
+            s.handshake_failed,
+            s.ended,
+            s.max_ceiling.as_secs_f64(),
+            s.at_cap
+        );
+    }
+    println!("eviction summaries (each counts the 10 s before it):");
+    if c.eviction_summaries.is_empty() {
+        println!("- none");
+    }
+    for (at, n, reason) in &c.eviction_summaries {
+        println!("- +{at:.1} s: {n}: {reason}");
+    }
+}
+
 fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &Report) {
     let mut grants = r.grant_latencies.clone();
     grants.sort();
@@ -1336,4 +1548,8 @@ fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &R
         &r.restart,
     );
     println!("| grants that failed verification | {} |", r.rejected);
+    if let Some(failover) = &r.failover {
+        print_timeline("failover", failover);
+    }
+    print_timeline("restart", &r.restart);
 }
