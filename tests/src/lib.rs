@@ -597,6 +597,18 @@ impl Cluster {
             .collect()
     }
 
+    /// The TLS files of `who` in the harness's PKI (`users/alice`, `agents/web-1`): the CA, the
+    /// certificate and the key, for a test that builds its own endpoint (a raw gRPC client, a
+    /// window of its own).
+    pub fn tls_files_of(&self, who: &str) -> loggate_core::tls::TlsFiles {
+        let pki = self.dir.join("pki");
+        loggate_core::tls::TlsFiles {
+            ca: pki.join("ca.crt"),
+            cert: pki.join(format!("{who}.crt")),
+            key: pki.join(format!("{who}.key")),
+        }
+    }
+
     /// A gRPC client of the controller holding the certificate `pki/<who>.crt` (e.g.
     /// `agents/web-1`, `users/alice`), for tests that send what the binaries would not.
     pub async fn controller_client_as(
@@ -604,13 +616,8 @@ impl Cluster {
         who: &str,
     ) -> anyhow::Result<loggate_proto::controller_client::ControllerClient<tonic::transport::Channel>>
     {
-        let pki = self.dir.join("pki");
-        let files = loggate_core::tls::TlsFiles {
-            ca: pki.join("ca.crt"),
-            cert: pki.join(format!("{who}.crt")),
-            key: pki.join(format!("{who}.key")),
-        };
-        let channel = files
+        let channel = self
+            .tls_files_of(who)
             .endpoint(
                 &self.controller_addr.to_string(),
                 loggate_core::tls::Server::Controller,

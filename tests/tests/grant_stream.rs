@@ -201,12 +201,7 @@ async fn a_watch_stream_whose_client_disconnects_ends_and_is_counted_gone() -> a
 async fn an_agent_holding_its_streams_window_shut_does_not_hold_the_controllers_stop(
 ) -> anyhow::Result<()> {
     let mut f = tokio::task::spawn_blocking(Fixture::start).await??;
-    let pki = f.cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join("agents/web-1.crt"),
-        key: pki.join("agents/web-1.key"),
-    };
+    let files = f.cluster.tls_files_of("agents/web-1");
     // A window of 0: the controller may send the response's headers, never a byte of data.
     let channel = files
         .endpoint(

@@ -420,12 +420,7 @@ async fn more_than_half_the_pool_from_one_address_and_an_admin_all_get_through_a
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     raise_open_file_limit();
     let f = std::sync::Arc::new(tokio::task::spawn_blocking(Fixture::start).await??);
-    let pki = f.cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join("users/admin.crt"),
-        key: pki.join("users/admin.key"),
-    };
+    let files = f.cluster.tls_files_of("users/admin");
     // Through a proxy that holds every connection's bytes until all of them are open against
     // the controller: the whole burst is in progress at once, however fast or slow this
     // process makes its handshakes, as when a fleet behind one NAT reconnects.
@@ -731,12 +726,7 @@ async fn a_client_300_ms_away_gets_through_while_three_prefixes_churn_at_full_ra
     })
     .await??;
     let cluster = std::sync::Arc::new(cluster);
-    let pki = cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join("users/admin.crt"),
-        key: pki.join("users/admin.key"),
-    };
+    let files = cluster.tls_files_of("users/admin");
     let controller = cluster.controller_addr;
     let proxy = wan_proxy(controller, 1).await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -834,12 +824,7 @@ async fn replayed_client_hellos_that_never_complete_still_get_evicted_and_lock_n
     })
     .await??;
     let cluster = std::sync::Arc::new(cluster);
-    let pki = cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join("users/admin.crt"),
-        key: pki.join("users/admin.key"),
-    };
+    let files = cluster.tls_files_of("users/admin");
     let controller = cluster.controller_addr;
     let hello = std::sync::Arc::new(recorded_client_hello()?);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -387,12 +387,7 @@ async fn a_unit_with_a_glob_is_refused_by_the_cli_and_by_the_agent() -> anyhow::
         Ok(f)
     })
     .await??;
-    let pki = f.cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join("users/alice.crt"),
-        key: pki.join("users/alice.key"),
-    };
+    let files = f.cluster.tls_files_of("users/alice");
     let channel = files
         .endpoint(
             &f.cluster.agent_addr("web-1"),
@@ -481,12 +476,7 @@ fn a_journal_read_with_an_agents_certificate_is_refused_as_a_journal_unit() -> a
         .enable_all()
         .build()?
         .block_on(async {
-            let pki = f.cluster.dir.join("pki");
-            let files = loggate_core::tls::TlsFiles {
-                ca: pki.join("ca.crt"),
-                cert: pki.join("agents/web-1.crt"),
-                key: pki.join("agents/web-1.key"),
-            };
+            let files = f.cluster.tls_files_of("agents/web-1");
             let channel = files
                 .endpoint(
                     &f.cluster.agent_addr("web-1"),
@@ -1055,12 +1045,7 @@ async fn a_journal_read_with_an_impossible_since_is_refused_before_it_is_allowed
         Ok(f)
     })
     .await??;
-    let pki = f.cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join("users/alice.crt"),
-        key: pki.join("users/alice.key"),
-    };
+    let files = f.cluster.tls_files_of("users/alice");
     let channel = files
         .endpoint(
             &f.cluster.agent_addr("web-1"),

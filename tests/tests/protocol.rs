@@ -2,7 +2,6 @@
 //! serving.
 
 use bytes::{Buf, BufMut};
-use loggate_core::tls::TlsFiles;
 use loggate_tests::{text, Fixture};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
@@ -44,12 +43,7 @@ impl Decoder for Raw {
 }
 
 async fn send_raw(f: &Fixture, body: Vec<u8>) -> Result<Vec<Vec<u8>>, Status> {
-    let pki = f.cluster.dir.join("pki");
-    let files = TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join("users/alice.crt"),
-        key: pki.join("users/alice.key"),
-    };
+    let files = f.cluster.tls_files_of("users/alice");
     let channel = files
         .endpoint(
             &f.cluster.agent_addr("web-1"),

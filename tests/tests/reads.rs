@@ -528,12 +528,7 @@ fn bad_arguments_are_refused_and_audited_with_their_own_codes() -> anyhow::Resul
 /// `ReadLog` of `path` as `user` over one connection per call, `times` times; every call must
 /// be refused.
 async fn denied_reads(f: &Fixture, user: &str, path: &str, times: usize) -> anyhow::Result<()> {
-    let pki = f.cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join(format!("users/{user}.crt")),
-        key: pki.join(format!("users/{user}.key")),
-    };
+    let files = f.cluster.tls_files_of(&format!("users/{user}"));
     let channel = files
         .endpoint(
             &f.cluster.agent_addr("web-1"),

@@ -282,12 +282,7 @@ fn raw_status_asks(f: &Fixture, who: &str, times: usize) -> anyhow::Result<Vec<t
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let pki = f.cluster.dir.join("pki");
-        let files = loggate_core::tls::TlsFiles {
-            ca: pki.join("ca.crt"),
-            cert: pki.join(format!("{who}.crt")),
-            key: pki.join(format!("{who}.key")),
-        };
+        let files = f.cluster.tls_files_of(who);
         let channel = files
             .endpoint(
                 &f.cluster.agent_addr("web-1"),

@@ -145,12 +145,7 @@ async fn a_slow_reader_still_learns_that_the_stream_was_cut() -> anyhow::Result<
         Ok((f, big.display().to_string()))
     })
     .await??;
-    let pki = f.cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join("users/alice.crt"),
-        key: pki.join("users/alice.key"),
-    };
+    let files = f.cluster.tls_files_of("users/alice");
     let channel = files
         .endpoint(
             &f.cluster.agent_addr("web-1"),
@@ -723,12 +718,7 @@ async fn agent_client(
     f: &Fixture,
     user: &str,
 ) -> anyhow::Result<loggate_proto::agent_client::AgentClient<tonic::transport::Channel>> {
-    let pki = f.cluster.dir.join("pki");
-    let files = loggate_core::tls::TlsFiles {
-        ca: pki.join("ca.crt"),
-        cert: pki.join(format!("users/{user}.crt")),
-        key: pki.join(format!("users/{user}.key")),
-    };
+    let files = f.cluster.tls_files_of(&format!("users/{user}"));
     let channel = files
         .endpoint(
             &f.cluster.agent_addr("web-1"),
