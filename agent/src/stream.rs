@@ -1922,7 +1922,8 @@ mod tests {
             .map(|s| s.rx.as_ref().map_or(0, ResponseBody::queued))
             .sum();
         // One free message per stream, and budgeted ones of at least a small read each (16+
-        // KiB: once more than half of the budget is taken, streams read `SMALL_CHUNK`).
+        // KiB: from more than half of the budget taken until less than a quarter is, streams
+        // read `SMALL_CHUNK`).
         let budgeted_at_most = budget.total_bytes() / SMALL_CHUNK;
         assert!(
             messages <= STALLED + budgeted_at_most,
@@ -2040,9 +2041,9 @@ mod tests {
         assert_eq!(budget.sharers(), 0, "every stream left the count");
     }
 
-    /// Issue #15: while readers slower than the agent hold more than half of the queue budget,
+    /// Issue #15: once readers slower than the agent hold more than half of the queue budget,
     /// every stream reads `SMALL_CHUNK` at a time (what each stream holds scales with it);
-    /// once the budget is back, `CHUNK` again.
+    /// once less than a quarter is taken again, `CHUNK` again.
     #[test]
     fn streams_read_less_at_a_time_while_the_queue_budget_is_under_pressure() {
         let line = b"2026-12-04T10:00:00Z GET /api/v1/items 200 user=alice\n";
