@@ -309,6 +309,55 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts the controller and the agents `ids` (each with its own certificate, serving
+    /// `roots`, labelled `env=demo` and `label`): a fleet a label grant can address.
+    pub fn start_labelled_agents(
+        &mut self,
+        ids: &[String],
+        roots: &[&Path],
+        label: &str,
+    ) -> anyhow::Result<()> {
+        for id in ids {
+            self.issue_agent_cert(id)?;
+            self.add_agent(id, roots, "")?;
+            self.set_agent_labels(id, &format!("\"env=demo\", \"{label}\""))?;
+        }
+        self.start_controller()?;
+        for id in ids {
+            self.start_agent(id)?;
+        }
+        Ok(())
+    }
+
+    /// Issues alice a raw 30-minute grant over `path` on every agent labelled `label`: its id.
+    pub fn issue_label_grant(&self, label: &str, path: &str) -> anyhow::Result<String> {
+        let out = self.run_cli(
+            "admin",
+            &[
+                "grant",
+                "issue",
+                "--subject",
+                "alice",
+                "--label",
+                label,
+                "--path",
+                path,
+                "--ttl",
+                "30m",
+                "--reason",
+                "TEST-13",
+                "--redaction",
+                "raw",
+                "--json",
+            ],
+        )?;
+        anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
+        let grant: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let id = grant["id"].as_str().unwrap_or_default().to_string();
+        anyhow::ensure!(!id.is_empty(), "no id in {grant}");
+        Ok(id)
+    }
+
     /// Writes the configuration of agent `id` serving `roots`; `extra` is appended to it.
     pub fn add_agent(&mut self, id: &str, roots: &[&Path], extra: &str) -> anyhow::Result<()> {
         let addr = free_addr()?;

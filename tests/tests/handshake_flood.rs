@@ -263,6 +263,40 @@ async fn flood(
     }
 }
 
+/// A controller started with [`WAN_TEST_OPEN_FILES`] open files (a pool of 128 handshake
+/// places), shared with the test's tasks; its wrapper script goes in `wrappers`.
+async fn wan_test_controller(
+    wrappers: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<loggate_tests::Cluster>> {
+    let wrappers = wrappers.to_path_buf();
+    let cluster = tokio::task::spawn_blocking(move || {
+        controller_with_open_file_limit(WAN_TEST_OPEN_FILES, &wrappers)
+    })
+    .await??;
+    Ok(std::sync::Arc::new(cluster))
+}
+
+/// The controller's `tls.refused` summary of evictions (re-read for up to 15 s, off the
+/// runtime's workers).
+async fn controller_eviction_summary(
+    cluster: &std::sync::Arc<loggate_tests::Cluster>,
+) -> anyhow::Result<serde_json::Value> {
+    let cluster = cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for_eviction_summary(
+            || {
+                cluster
+                    .controller_audit()
+                    .iter()
+                    .map(loggate_tests::flat_audit_record)
+                    .collect()
+            },
+            Duration::from_secs(15),
+        )
+    })
+    .await?
+}
+
 /// The `tls.refused` summary of evictions written by `audit` (re-read until `timeout`).
 fn wait_for_eviction_summary(
     audit: impl Fn() -> Vec<serde_json::Value>,
@@ -720,12 +754,7 @@ async fn a_client_300_ms_away_gets_through_while_three_prefixes_churn_at_full_ra
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     raise_open_file_limit();
     let wrappers = tempfile::tempdir()?;
-    let cluster = tokio::task::spawn_blocking({
-        let wrappers = wrappers.path().to_path_buf();
-        move || controller_with_open_file_limit(WAN_TEST_OPEN_FILES, &wrappers)
-    })
-    .await??;
-    let cluster = std::sync::Arc::new(cluster);
+    let cluster = wan_test_controller(wrappers.path()).await?;
     let files = cluster.tls_files_of("users/admin");
     let controller = cluster.controller_addr;
     let proxy = wan_proxy(controller, 1).await?;
@@ -767,22 +796,7 @@ async fn a_client_300_ms_away_gets_through_while_three_prefixes_churn_at_full_ra
     );
     assert!(took < LEGIT_WITHIN, "the distant client took {took:?}");
     // The churn kept the pool full: evictions were summarised.
-    let summary = tokio::task::spawn_blocking({
-        let cluster = cluster.clone();
-        move || {
-            wait_for_eviction_summary(
-                || {
-                    cluster
-                        .controller_audit()
-                        .iter()
-                        .map(loggate_tests::flat_audit_record)
-                        .collect()
-                },
-                Duration::from_secs(15),
-            )
-        }
-    })
-    .await??;
+    let summary = controller_eviction_summary(&cluster).await?;
     eprintln!("controller: {}", summary["reason"]);
     Ok(())
 }
@@ -818,12 +832,7 @@ async fn replayed_client_hellos_that_never_complete_still_get_evicted_and_lock_n
     let _one_at_a_time = ONE_AT_A_TIME.lock().await;
     raise_open_file_limit();
     let wrappers = tempfile::tempdir()?;
-    let cluster = tokio::task::spawn_blocking({
-        let wrappers = wrappers.path().to_path_buf();
-        move || controller_with_open_file_limit(WAN_TEST_OPEN_FILES, &wrappers)
-    })
-    .await??;
-    let cluster = std::sync::Arc::new(cluster);
+    let cluster = wan_test_controller(wrappers.path()).await?;
     let files = cluster.tls_files_of("users/admin");
     let controller = cluster.controller_addr;
     let hello = std::sync::Arc::new(recorded_client_hello()?);
@@ -863,22 +872,7 @@ async fn replayed_client_hellos_that_never_complete_still_get_evicted_and_lock_n
     );
     assert!(took < LEGIT_WITHIN, "the client took {took:?}");
     // Nothing drained: the accept loop kept evicting, ClientHello senders among them.
-    let summary = tokio::task::spawn_blocking({
-        let cluster = cluster.clone();
-        move || {
-            wait_for_eviction_summary(
-                || {
-                    cluster
-                        .controller_audit()
-                        .iter()
-                        .map(loggate_tests::flat_audit_record)
-                        .collect()
-                },
-                Duration::from_secs(15),
-            )
-        }
-    })
-    .await??;
+    let summary = controller_eviction_summary(&cluster).await?;
     let reason = summary["reason"].as_str().unwrap_or_default().to_string();
     eprintln!("controller: {reason}");
     assert!(

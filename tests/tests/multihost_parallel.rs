@@ -32,41 +32,9 @@ fn fleet() -> anyhow::Result<Fleet> {
     }
     let log = logs.join("big.log");
     std::fs::write(&log, content)?;
-    for id in &ids {
-        cluster.issue_agent_cert(id)?;
-        cluster.add_agent(id, &[&logs], "")?;
-        cluster.set_agent_labels(id.as_str(), &format!("\"env=demo\", \"{SELECTOR}\""))?;
-    }
-    cluster.start_controller()?;
-    for id in &ids {
-        cluster.start_agent(id)?;
-    }
+    cluster.start_labelled_agents(&ids, &[&logs], SELECTOR)?;
     // One grant for all of them, by label.
-    let glob = format!("{}/*.log", logs.display());
-    let out = cluster.run_cli(
-        "admin",
-        &[
-            "grant",
-            "issue",
-            "--subject",
-            "alice",
-            "--label",
-            SELECTOR,
-            "--path",
-            &glob,
-            "--ttl",
-            "30m",
-            "--reason",
-            "TEST-13",
-            "--redaction",
-            "raw",
-            "--json",
-        ],
-    )?;
-    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
-    let grant: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let grant_id = grant["id"].as_str().unwrap_or_default().to_string();
-    anyhow::ensure!(!grant_id.is_empty(), "no id in {grant}");
+    let grant_id = cluster.issue_label_grant(SELECTOR, &format!("{}/*.log", logs.display()))?;
     for id in &ids {
         cluster.wait_for_grant(id, &grant_id)?;
     }

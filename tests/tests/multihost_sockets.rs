@@ -7,7 +7,7 @@
 //! `/proc/PID/net/tcp{,6}`, every state but LISTEN, the controller's included) as fast as it
 //! can, over many quick reads, and fails on any sample above K.
 
-use loggate_tests::{sockets, text, Cluster};
+use loggate_tests::{sockets, Cluster};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -35,39 +35,8 @@ fn fleet() -> anyhow::Result<Fleet> {
         .collect();
     let log = logs.join("small.log");
     std::fs::write(&log, content)?;
-    for id in &ids {
-        cluster.issue_agent_cert(id)?;
-        cluster.add_agent(id, &[&logs], "")?;
-        cluster.set_agent_labels(id.as_str(), &format!("\"env=demo\", \"{SELECTOR}\""))?;
-    }
-    cluster.start_controller()?;
-    for id in &ids {
-        cluster.start_agent(id)?;
-    }
-    let glob = format!("{}/*.log", logs.display());
-    let out = cluster.run_cli(
-        "admin",
-        &[
-            "grant",
-            "issue",
-            "--subject",
-            "alice",
-            "--label",
-            SELECTOR,
-            "--path",
-            &glob,
-            "--ttl",
-            "30m",
-            "--reason",
-            "TEST-13",
-            "--redaction",
-            "raw",
-            "--json",
-        ],
-    )?;
-    anyhow::ensure!(out.status.success(), "grant issue: {}", text(&out).1);
-    let grant: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let grant_id = grant["id"].as_str().unwrap_or_default().to_string();
+    cluster.start_labelled_agents(&ids, &[&logs], SELECTOR)?;
+    let grant_id = cluster.issue_label_grant(SELECTOR, &format!("{}/*.log", logs.display()))?;
     for id in &ids {
         cluster.wait_for_grant(id, &grant_id)?;
     }

@@ -972,12 +972,18 @@ mod tests {
             }
         }
         assert_eq!(changes, vec!["g-web".to_string()]);
-        let encodes = *super::super::grant_stream::ENCODES_BY_EPOCH
+        let encodes = encodes_at(OWN_EPOCH);
+        assert_eq!(encodes, 2, "the one grant and the catch-up's heartbeat");
+    }
+
+    /// Events encoded so far under `epoch` (the codec counts them per epoch, so tests running
+    /// in parallel under other epochs do not count).
+    fn encodes_at(epoch: &str) -> usize {
+        *super::super::grant_stream::ENCODES_BY_EPOCH
             .lock()
             .unwrap()
-            .get(OWN_EPOCH)
-            .unwrap_or(&0);
-        assert_eq!(encodes, 2, "the one grant and the catch-up's heartbeat");
+            .get(epoch)
+            .unwrap_or(&0)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1294,11 +1300,7 @@ mod tests {
                 Some(pb::grant_event::Event::Heartbeat(_))
             ));
         }
-        let encodes = *super::super::grant_stream::ENCODES_BY_EPOCH
-            .lock()
-            .unwrap()
-            .get(OWN_EPOCH)
-            .unwrap_or(&0);
+        let encodes = encodes_at(OWN_EPOCH);
         assert_eq!(encodes, 1, "20 heartbeats at revision 0, one encoding");
     }
 
