@@ -345,8 +345,9 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
     let denial_summaries = service.summaries();
-    // `serve_mtls` bounds the graceful part (a reader that stopped reading is dropped
-    // `GRACEFUL_STOP_WITHIN` after the stop; core/src/daemon/serve.rs).
+    // `serve_mtls` bounds the graceful part: `GRACEFUL_STOP_WITHIN` after the stop it closes
+    // the connections still open (a reader that stopped reading) and returns once nothing of
+    // their requests is left (core/src/daemon/serve.rs), so the records below come last.
     serve_mtls(
         listener,
         MtlsSettings {

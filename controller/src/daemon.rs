@@ -269,7 +269,9 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         },
     )
     .await?;
-    // The shutdown above has set `stop`: the enrolment server finishes its open requests.
+    // `serve_mtls` returned once nothing of a request was left (it closes the connections still
+    // open at its deadline). The shutdown above has set `stop`: the enrolment server finishes
+    // its open requests, closing the rest at its own deadline, before `controller.stopped`.
     if let Some((service, timer, server)) = enrolment {
         match server.await {
             Ok(Ok(())) => {}
