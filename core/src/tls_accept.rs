@@ -1248,6 +1248,12 @@ impl Incoming {
     pub fn teardown(&self) -> Teardown {
         self.teardown.clone()
     }
+
+    /// Tests: what ends the accept loop as a panic in it would.
+    #[cfg(test)]
+    pub(crate) fn accept_loop(&self) -> tokio::task::AbortHandle {
+        self.accepting.abort_handle()
+    }
 }
 
 /// What ends everything a listener started, and tells when it has. [`Teardown::close`] makes

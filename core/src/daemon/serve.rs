@@ -590,9 +590,8 @@ where
     let addr = listener
         .local_addr()
         .context("the listening socket has no address")?;
-    let auditor = settings.audit;
+    let auditor = settings.audit.clone();
     let service_name = settings.service_name;
-    let revocations = settings.revocations.clone();
     let incoming = crate::tls_accept::incoming_with(
         listener,
         settings.tls,
@@ -604,6 +603,32 @@ where
         },
     )
     .context("TLS configuration")?;
+    serve_incoming(incoming, addr, settings, service, shutdown).await
+}
+
+/// Serves `service` on the connections of `incoming` (listening on `addr`) until `shutdown`
+/// resolves, with the stop's deadline and teardown (see the comments within).
+async fn serve_incoming<S, D>(
+    incoming: crate::tls_accept::Incoming,
+    addr: std::net::SocketAddr,
+    settings: MtlsSettings<'_, D>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let service_name = settings.service_name;
+    let revocations = settings.revocations.clone();
     let teardown = incoming.teardown();
     let reloading = settings.reload_cert.map(|mut changes| {
         let reloader = incoming.cert_reloader();
@@ -1108,6 +1133,154 @@ mod tests {
             .expect("request")
     }
 
+    /// A client of [`Stalls`] with both of its requests running.
+    struct StalledClient {
+        /// The HTTP/2 connection's task: its result says how the connection ended.
+        connection: tokio::task::JoinHandle<hyper::Result<()>>,
+        /// The `Enrol` request, never answered.
+        never_answered:
+            tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>,
+        /// The `SignIn` answer, whose body never ends.
+        stalled: http::Response<hyper::body::Incoming>,
+        /// Kept: without a sender left, the client closes the connection itself.
+        _sender: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    }
+
+    impl StalledClient {
+        /// Connects to `addr` (a server of `files`' CA), sends both requests and waits until
+        /// the server's `started` counts both.
+        async fn connect(
+            addr: std::net::SocketAddr,
+            files: &TlsFiles,
+            started: &std::sync::atomic::AtomicUsize,
+        ) -> StalledClient {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(&files.ca).expect("CA") {
+                roots.add(ca.expect("CA")).expect("root");
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect("localhost".try_into().expect("name"), tcp)
+                .await
+                .expect("TLS");
+            let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tls),
+            )
+            .await
+            .expect("HTTP/2");
+            let connection = tokio::spawn(connection);
+            sender.ready().await.expect("ready");
+            let never_answered =
+                tokio::spawn(sender.send_request(grpc_request("/loggate.v1.Enrolment/Enrol")));
+            let stalled = sender
+                .send_request(grpc_request("/loggate.v1.Enrolment/SignIn"))
+                .await
+                .expect("answered, with a body that never ends");
+            let waited = std::time::Instant::now();
+            while started.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                assert!(waited.elapsed() < Duration::from_secs(30), "not started");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            StalledClient {
+                connection,
+                never_answered,
+                stalled,
+                _sender: sender,
+            }
+        }
+    }
+
+    /// The server of [`Stalls`] on a loopback port, its audit log in `dir`.
+    fn stalls_settings(dir: &std::path::Path) -> (TlsFiles, Arc<SharedAuditLog>, Stalls) {
+        let files = crate::tls_accept::test_pki::server_files(dir);
+        let audit = Arc::new(
+            SharedAuditLog::new(
+                crate::audit::AuditLog::open(&dir.join("audit.jsonl"), "test").expect("audit log"),
+            )
+            .expect("audit"),
+        );
+        let service = Stalls {
+            started: Default::default(),
+            dropped: Default::default(),
+        };
+        (files, audit, service)
+    }
+
+    /// The accept loop ending without a stop (as a panic in it would) arms the deadline too:
+    /// the server does not wait for ever for a request that never ends; it closes the
+    /// connections, drops the requests and returns an error (not a stop) to its daemon.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_accept_loop_ending_without_a_stop_arms_the_deadline_and_is_an_error() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (files, audit, service) = stalls_settings(dir.path());
+        let (started, dropped) = (service.started.clone(), service.dropped.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let incoming = crate::tls_accept::incoming_with(
+            listener,
+            &files,
+            "loggate.local",
+            crate::tls_accept::AcceptOptions {
+                client_auth: crate::tls_accept::ClientAuth::NotAsked,
+                max_handshakes: PRE_AUTH_MAX_HANDSHAKES,
+            },
+            |_| {},
+        )
+        .expect("incoming");
+        let accept_loop = incoming.accept_loop();
+        let server = tokio::spawn({
+            let files = files.clone();
+            async move {
+                serve_incoming(
+                    incoming,
+                    addr,
+                    MtlsSettings {
+                        tls: &files,
+                        trust_domain: "loggate.local",
+                        service_name: "loggate test",
+                        audit,
+                        revocations: None,
+                        reload_cert: None,
+                        max_streams_per_connection: None,
+                    },
+                    service,
+                    // Never a stop.
+                    std::future::pending::<()>(),
+                )
+                .await
+            }
+        });
+        let client = StalledClient::connect(addr, &files, &started).await;
+        accept_loop.abort();
+        let served = tokio::time::timeout(
+            GRACEFUL_STOP_WITHIN + CLOSED_WITHIN + Duration::from_secs(30),
+            server,
+        )
+        .await
+        .expect("the server returned after its accept loop ended")
+        .expect("task");
+        let error = served.expect_err("an accept loop that ended is not a stop");
+        assert!(
+            format!("{error:#}").contains("ended without a stop"),
+            "{error:#}"
+        );
+        assert_eq!(dropped.load(SeqCst), 2, "both requests were dropped");
+        let ended = tokio::time::timeout(Duration::from_secs(30), client.connection)
+            .await
+            .expect("the client's connection was closed");
+        assert!(matches!(ended, Ok(Err(_))), "{ended:?}");
+    }
+
     /// Requests that ignore the stop — a handler that never answers, a response whose body
     /// never ends (a peer holding its window shut) — are ended with their connection at the
     /// deadline: when the server returns, both are dropped (nothing of them can write a record
@@ -1116,20 +1289,9 @@ mod tests {
     async fn at_the_stop_deadline_every_connection_is_closed_and_its_requests_dropped() {
         use std::sync::atomic::Ordering::SeqCst;
         let dir = tempfile::tempdir().expect("tempdir");
-        let files = crate::tls_accept::test_pki::server_files(dir.path());
-        let audit = Arc::new(
-            SharedAuditLog::new(
-                crate::audit::AuditLog::open(&dir.path().join("audit.jsonl"), "test")
-                    .expect("audit log"),
-            )
-            .expect("audit"),
-        );
+        let (files, audit, service) = stalls_settings(dir.path());
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
-        let service = Stalls {
-            started: Default::default(),
-            dropped: Default::default(),
-        };
         let (started, dropped) = (service.started.clone(), service.dropped.clone());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
@@ -1155,42 +1317,7 @@ mod tests {
             }
         });
 
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(&files.ca).expect("CA") {
-            roots.add(ca.expect("CA")).expect("root");
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect("localhost".try_into().expect("name"), tcp)
-            .await
-            .expect("TLS");
-        let (mut sender, connection) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .expect("HTTP/2");
-        let connection = tokio::spawn(connection);
-        sender.ready().await.expect("ready");
-        let never_answered =
-            tokio::spawn(sender.send_request(grpc_request("/loggate.v1.Enrolment/Enrol")));
-        let stalled = sender
-            .send_request(grpc_request("/loggate.v1.Enrolment/SignIn"))
-            .await
-            .expect("answered, with a body that never ends");
-        let waited = std::time::Instant::now();
-        while started.load(SeqCst) < 2 {
-            assert!(waited.elapsed() < Duration::from_secs(30), "not started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let client = StalledClient::connect(addr, &files, &started).await;
 
         let _ = stop.send(());
         let served = tokio::time::timeout(
@@ -1207,18 +1334,18 @@ mod tests {
             "the stalled handler and body were dropped before the server returned"
         );
         // The client sees its connection closed (reset), the request without an answer fail.
-        let ended = tokio::time::timeout(Duration::from_secs(30), connection)
+        let ended = tokio::time::timeout(Duration::from_secs(30), client.connection)
             .await
             .expect("the client's connection was closed");
         assert!(
             matches!(ended, Ok(Err(_))),
             "closed by the server, not ended cleanly: {ended:?}"
         );
-        let answer = tokio::time::timeout(Duration::from_secs(30), never_answered)
+        let answer = tokio::time::timeout(Duration::from_secs(30), client.never_answered)
             .await
             .expect("the request ended")
             .expect("task");
         assert!(answer.is_err(), "{answer:?}");
-        drop(stalled);
+        drop(client.stalled);
     }
 }
