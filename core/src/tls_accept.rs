@@ -464,7 +464,12 @@ pub fn incoming_with(
         // aborted with it, and none outlives the listener.
         let mut handshakes = tokio::task::JoinSet::new();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                // A handshake's task that ended is let go of at once (its memory with it).
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and the like: wait a little rather than spin.
@@ -473,7 +478,6 @@ pub fn incoming_with(
                     continue;
                 }
             };
-            while handshakes.try_join_next().is_some() {}
             let (slot, mut evicted) = Admission::enter(&admission, peer);
             let _ = tcp.set_nodelay(true);
             // A peer that vanishes (power loss, a dropped NAT mapping) is found out by the
