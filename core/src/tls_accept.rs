@@ -1069,7 +1069,10 @@ pub struct Connection {
 struct Closing {
     teardown: Teardown,
     /// Resolves when the teardown closes; polled only when the socket would block, so that a
-    /// busy connection pays one atomic load per call.
+    /// call the socket answers at once pays one atomic load (the check), and one that would
+    /// block also re-polls this (the watch's `Notified`: a lock of one of its notifier's
+    /// shards). It stores one waker: enough because hyper polls a connection's reads and
+    /// writes from the one task that serves it.
     signal: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
     _held: Holding,
 }
