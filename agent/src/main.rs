@@ -348,7 +348,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     // `serve_mtls` bounds the graceful part: `GRACEFUL_STOP_WITHIN` after the stop it closes
     // the connections still open (a reader that stopped reading) and returns once nothing of
     // their requests is left (core/src/daemon/serve.rs), so the records below come last.
-    serve_mtls(
+    let served = serve_mtls(
         listener,
         MtlsSettings {
             tls: &shared.config.tls,
@@ -367,7 +367,13 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             shared.stopping.send_replace(true);
         },
     )
-    .await?;
+    .await;
+    if served.is_err() {
+        // The server ended without a stop (its accept loop did; it closed its connections as a
+        // stop does): the agent stops all the same, with its records, then exits with the
+        // error. The streams still running end now, as at a stop.
+        shared.stopping.send_replace(true);
+    }
     // Each stream's `read.finished` before `agent.stopped` (a stream whose client already
     // left is not waited on by the server; it ends at its next check).
     if tokio::time::timeout(STREAMS_END_WITHIN, shared.stopping.closed())
@@ -389,7 +395,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         },
     )?;
     announce(tracing::Level::INFO, "loggate-agent stopped");
-    Ok(())
+    served
 }
 
 /// How long shutdown waits for the streams it ended to write their `read.finished` (a stream
