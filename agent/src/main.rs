@@ -375,7 +375,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         shared.stopping.send_replace(true);
     }
     // Each stream's `read.finished` before `agent.stopped` (a stream whose client already
-    // left is not waited on by the server; it ends at its next check).
+    // left is not waited on by the server; it ends at its next check), and the end of the
+    // denial-summaries ticker (server.rs `write_summaries_until_stop`), also a receiver.
     if tokio::time::timeout(STREAMS_END_WITHIN, shared.stopping.closed())
         .await
         .is_err()
