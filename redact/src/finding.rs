@@ -1232,6 +1232,12 @@ fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
     let mut cur = masks.get(0);
     for k in 0..masks.len() {
         let next = masks.get(k + 1);
+        // A start is a capital letter of this block: a block without one (most of a JSON or
+        // an access log's) has none.
+        if cur.upper == 0 {
+            cur = next;
+            continue;
+        }
         let upper_at = |shift: u32| (cur.upper >> shift) | (next.upper << (64 - shift));
         let digit_at = |shift: u32| (cur.digit >> shift) | (next.digit << (64 - shift));
         let mut c = cur.upper & upper_at(1) & digit_at(2) & digit_at(3);
