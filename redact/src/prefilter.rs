@@ -851,13 +851,17 @@ fn has_ssn_shape(_: &[u8], masks: &SegmentMasks) -> bool {
         }
         let w = |m: u64, n: u64| u128::from(m) | (u128::from(n) << 64);
         let (d, h) = (w(cur.digit, next.digit), w(cur.dash, next.dash));
+        // Its two dashes, three bytes apart, first: a UUID's or a word's dashes end here.
+        let dashes = (h >> 3) & (h >> 6);
+        if dashes as u64 == 0 {
+            return false;
+        }
         let shape = d
             & (d >> 1)
             & (d >> 2)
-            & (h >> 3)
+            & dashes
             & (d >> 4)
             & (d >> 5)
-            & (h >> 6)
             & (d >> 7)
             & (d >> 8)
             & (d >> 9)
