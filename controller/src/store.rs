@@ -585,6 +585,9 @@ impl Store {
             };
             out.push((revision, change));
         }
+        let metrics = loggate_core::metrics::controller();
+        metrics.log_reads.inc();
+        metrics.log_rows.inc_by(out.len() as u64);
         if let Some((revision, change)) = out.last() {
             let grant_id = match change {
                 Change::Granted(g) | Change::Revoked { grant: g, .. } => &g.id,

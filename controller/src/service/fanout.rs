@@ -35,6 +35,7 @@ use super::grant_stream::EncodedEvent;
 use super::internal;
 use crate::store::{Change, GrantRow, Store};
 use loggate_core::grant::unix_now;
+use loggate_core::metrics::ControllerMetrics;
 use loggate_proto as pb;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -71,13 +72,23 @@ pub struct FeedChange {
     /// The same moment on the monotonic clock: a stream sent the change owes its agent a
     /// heartbeat one heartbeat period after it.
     published_at: tokio::time::Instant,
+    /// When this process committed the change, if it did and recorded it
+    /// ([`ControllerMetrics::commit_time`], looked up once per change): each stream that takes
+    /// it observes the fan-out latency from this, without a lock and without a search.
+    committed: Option<std::time::Instant>,
     /// What is sent, the same for every agent it is addressed to: built and encoded once, its
     /// bytes shared by every stream's queue and written as they are.
     pub event: EncodedEvent,
 }
 
 impl FeedChange {
-    fn new(stamp: &Stamp, revision: u64, change: &Change, published: Published) -> FeedChange {
+    fn new(
+        stamp: &Stamp,
+        revision: u64,
+        change: &Change,
+        published: Published,
+        metrics: &ControllerMetrics,
+    ) -> FeedChange {
         let grant: &GrantRow = match change {
             Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
         };
@@ -91,6 +102,7 @@ impl FeedChange {
             },
             published_unix: published.0,
             published_at: published.1,
+            committed: metrics.commit_time(revision),
             event: EncodedEvent::encode(&change_event(stamp, revision, change)),
         }
     }
@@ -215,6 +227,9 @@ pub struct ChangeFeed {
     changes: broadcast::Sender<Arc<FeedChange>>,
     /// The last heartbeat encoded, with its revision ([`ChangeFeed::heartbeat_at`]).
     heartbeats: Mutex<Option<(u64, EncodedEvent)>>,
+    /// Where the fan-out latency is counted: the process's ([`loggate_core::metrics::controller`]);
+    /// a test's own in tests.
+    metrics: &'static ControllerMetrics,
 }
 
 impl ChangeFeed {
@@ -226,10 +241,31 @@ impl ChangeFeed {
     pub fn start(
         store: Arc<Store>,
         stamp: Stamp,
+        revisions: watch::Receiver<u64>,
+        stopping: watch::Receiver<bool>,
+        capacity: usize,
+        heartbeat: Duration,
+    ) -> anyhow::Result<Arc<ChangeFeed>> {
+        ChangeFeed::start_counted(
+            store,
+            stamp,
+            revisions,
+            stopping,
+            capacity,
+            heartbeat,
+            loggate_core::metrics::controller(),
+        )
+    }
+
+    /// [`ChangeFeed::start`], counting the fan-out latency in `metrics`.
+    fn start_counted(
+        store: Arc<Store>,
+        stamp: Stamp,
         mut revisions: watch::Receiver<u64>,
         mut stopping: watch::Receiver<bool>,
         capacity: usize,
         heartbeat: Duration,
+        metrics: &'static ControllerMetrics,
     ) -> anyhow::Result<Arc<ChangeFeed>> {
         let (changes, _) = broadcast::channel(capacity.max(1));
         let feed = Arc::new(ChangeFeed {
@@ -238,6 +274,7 @@ impl ChangeFeed {
             heartbeat,
             changes: changes.clone(),
             heartbeats: Mutex::new(None),
+            metrics,
         });
         let mut last = store.latest_revision()?;
         // Several replicas on PostgreSQL: a change committed by another replica never moves
@@ -300,7 +337,7 @@ impl ChangeFeed {
                     last = *revision;
                     // No receiver (no agent connected) is not an error.
                     let _ = changes.send(Arc::new(FeedChange::new(
-                        &stamp, *revision, change, published,
+                        &stamp, *revision, change, published, metrics,
                     )));
                 }
                 if full {
@@ -570,8 +607,12 @@ impl WatchStream {
         ) {
             return None;
         }
-        // Fan-out latency is that of live changes (what a catch-up sends is not observed).
-        loggate_core::metrics::controller().sent(change.revision);
+        // Fan-out latency is that of live changes (what a catch-up sends is not observed): one
+        // observation per stream taking the change, lock-free; the commit time was looked up
+        // once, by the feed.
+        if let Some(committed) = change.committed {
+            self.feed.metrics.taken(committed);
+        }
         self.beat
             .as_mut()
             .reset(change.published_at + self.feed.heartbeat);
@@ -880,6 +921,55 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// `loggate_controller_fanout_latency_seconds` counts one observation per stream that
+    /// takes a live change addressed to it: none for a stream it is not addressed to, none for
+    /// a catch-up that sends it, none for a change whose commit this process did not record
+    /// (another replica's).
+    #[tokio::test]
+    async fn fanout_latency_counts_each_stream_taking_a_live_change_once() {
+        let f = Fixture::new();
+        let metrics: &'static ControllerMetrics = Box::leak(Box::default());
+        let feed = ChangeFeed::start_counted(
+            f.store.clone(),
+            stamp(),
+            f.revisions.subscribe(),
+            f.stopping.clone(),
+            64,
+            Duration::from_secs(10),
+            metrics,
+        )
+        .unwrap();
+        let mut covered = Vec::new();
+        for i in 0..3 {
+            let mut rx = f.watch(&feed, &format!("web-{i}"), &["env=prod"], 16);
+            caught_up(&mut rx).await;
+            covered.push(rx);
+        }
+        let mut other = f.watch(&feed, "db-1", &["env=dev"], 16);
+        caught_up(&mut other).await;
+        // Committed and recorded as the RPCs do: the commit time, then the revision's bump.
+        let recorded = f.record("g-1", &[], &["env=prod"]);
+        metrics.committed(recorded);
+        f.revisions.send_replace(recorded);
+        for rx in &mut covered {
+            assert_eq!(next_change(rx).await, (recorded, "g-1".to_string()));
+        }
+        // Not recorded here (as a change another replica committed): sent, not observed.
+        let unrecorded = f.grant("g-2", &["env=prod"]);
+        for rx in &mut covered {
+            assert_eq!(next_change(rx).await, (unrecorded, "g-2".to_string()));
+        }
+        // The stream g-1 is not addressed to has taken it (it is past it, at its own grant).
+        let own = f.grant_to("g-3", &["db-1"], &[]);
+        assert_eq!(next_change(&mut other).await, (own, "g-3".to_string()));
+        // A stream catching up is sent g-1 and g-2 from the log: not observed.
+        let mut late = f.watch(&feed, "web-9", &["env=prod"], 16);
+        assert_eq!(next_change(&mut late).await.0, recorded);
+        assert_eq!(next_change(&mut late).await.0, unrecorded);
+        caught_up(&mut late).await;
+        assert_eq!(metrics.fanout_latency.count(), 3);
     }
 
     /// Waits for the heartbeat that ends a new stream's catch-up.
@@ -1568,7 +1658,13 @@ mod tests {
         // The feed publishes r2 alone, as if r1 had never been published.
         let published = Published(unix_now(), tokio::time::Instant::now());
         feed.changes
-            .send(Arc::new(FeedChange::new(&stamp(), r2, &change, published)))
+            .send(Arc::new(FeedChange::new(
+                &stamp(),
+                r2,
+                &change,
+                published,
+                loggate_core::metrics::controller(),
+            )))
             .unwrap();
         assert_eq!(next_change(&mut rx).await, (r1, "g-1".into()));
         assert_eq!(next_change(&mut rx).await, (r2, "g-2".into()));
