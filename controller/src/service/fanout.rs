@@ -455,10 +455,11 @@ pub struct WatchRequest {
 /// Rows addressed to its agent a stream keeps from one read of the log in a catch-up (a read
 /// is [`CHANGES_PER_READ`] rows; the others are dropped as read, and a read that reaches this
 /// many stops keeping there and the next read starts after the last row kept): what a stream
-/// holds at most while its agent takes them. At 10,000 agents resynchronising at once after a
-/// restart, this is what bounds the memory of the catch-ups (a few MiB per 64 rows × agents in
-/// the worst case of long tokens), not a queue of encoded events, while the store is queried
-/// once per 500 rows of the log, not once per 64.
+/// holds at most while its agent takes them, once the read is taken. Before that, the read's
+/// result (up to [`CHANGES_PER_READ`] decoded rows) waits in its join handle until the stream is
+/// polled, so the memory of many catch-ups at once is bounded by 500 rows per stream catching
+/// up, not 64 (measured: ~860 MiB for 1,000 agents resuming at once, docs/performance.md,
+/// "long resyncs"); the store is queried once per 500 rows of the log, not once per 64.
 pub const STREAM_PAGE: u32 = 64;
 
 /// What a read of the log returns to a stream: where it read from, and what it found.
