@@ -564,6 +564,25 @@ impl Store {
     /// every change fanned out reads through here, so its text is built once
     /// ([`CHANGES_AFTER_SQL`]) and its statement comes from the connection's cache.
     pub fn changes_after(&self, after: u64, limit: u32) -> anyhow::Result<Vec<(u64, Change)>> {
+        let mut out: Vec<(u64, Change)> = Vec::new();
+        self.visit_changes_after(after, limit, |revision, change| {
+            out.push((revision, change));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// [`Store::changes_after`] without keeping anything: each change is handed to `visit` as
+    /// its row is decoded, and `visit` keeps what it wants (a stream's catch-up keeps only the
+    /// rows addressed to its agent, so a read holds those, not `limit` decoded grants). `visit`
+    /// returns `false` to stop: the rows after that one are not decoded. Returns the number of
+    /// rows decoded (handed to `visit`).
+    pub fn visit_changes_after(
+        &self,
+        after: u64,
+        limit: u32,
+        mut visit: impl FnMut(u64, Change) -> bool,
+    ) -> anyhow::Result<usize> {
         self.change_reads.fetch_add(1, Ordering::Relaxed);
         let conn = self.conn()?;
         let mut stmt = conn.prepare_cached(&CHANGES_AFTER_SQL)?;
@@ -573,9 +592,13 @@ impl Store {
             let grant = grant_at(row, 1)?;
             Ok((revision, grant))
         })?;
-        let mut out: Vec<(u64, Change)> = Vec::new();
+        let mut decoded = 0usize;
+        // The last row handed over (its revision and grant), for the connection's record.
+        let mut last: Option<(u64, String)> = None;
         for row in rows {
             let (revision, grant) = row?;
+            decoded += 1;
+            last = Some((revision, grant.id.clone()));
             // A grant revoked since is sent as its revocation, even at the grant's own
             // revision: an agent resynchronising from zero must never install a token that is
             // revoked further down the log (a stream broken in between would leave it served).
@@ -583,15 +606,17 @@ impl Store {
                 Some(revoked) => Change::Revoked { grant, revoked },
                 None => Change::Granted(grant),
             };
-            out.push((revision, change));
+            if !visit(revision, change) {
+                break;
+            }
         }
-        if let Some((revision, change)) = out.last() {
-            let grant_id = match change {
-                Change::Granted(g) | Change::Revoked { grant: g, .. } => &g.id,
-            };
-            conn.note_revision_read(i64::try_from(*revision)?, grant_id)?;
+        let metrics = loggate_core::metrics::controller();
+        metrics.log_reads.inc();
+        metrics.log_rows.inc_by(decoded as u64);
+        if let Some((revision, grant_id)) = last {
+            conn.note_revision_read(i64::try_from(revision)?, &grant_id)?;
         }
-        Ok(out)
+        Ok(decoded)
     }
 
     /// The controller cluster's id: a random id made once, with the database (`meta.cluster_id`),

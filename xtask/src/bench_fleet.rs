@@ -31,6 +31,9 @@
 //! the handshake or cut, the back-off ceilings the failing agents had reached, and the
 //! controllers' eviction summaries with how far the evicted handshakes had come.
 //!
+//! `--history N` (SQLite): before the restart, every 10th agent goes away while N grants are
+//! written to the revision log, then comes back; its resync is measured (`history.rs`).
+//!
 //! `--nice N` runs the simulated agents' threads at that lower priority (`setpriority(2)` on
 //! each of the runtime's threads; the controllers, started from the main thread, keep the
 //! normal priority): the controller then goes first when they compete for the CPU, and the
@@ -63,6 +66,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
+
+mod history;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -98,6 +103,11 @@ pub struct Args {
     /// The longest any one phase may take.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Before the restart, every 10th agent goes away while this many revisions are written
+    /// to the log (a bulk insert; SQLite only), then they come back: their resync is measured
+    /// (0: not run; at most 200,000).
+    #[arg(long, default_value_t = 0)]
+    history: usize,
 }
 
 const MAX_AGENTS: usize = 20_000;
@@ -130,6 +140,12 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     }
     if !(0..=19).contains(&args.nice) {
         bail!("--nice must be between 0 and 19");
+    }
+    if args.history > history::MAX_HISTORY {
+        bail!("--history must be at most {}", history::MAX_HISTORY);
+    }
+    if args.history > 0 && args.postgres {
+        bail!("--history writes its rows into the controller's SQLite file: not with --postgres");
     }
     let profile = if args.release { "release" } else { "debug" };
     let bins = match &args.bin_dir {
@@ -518,6 +534,7 @@ struct Report {
     restart: Comeback,
     rejected: usize,
     split: RevocationSplit,
+    history: Option<history::HistoryReport>,
 }
 
 async fn measure(
@@ -535,6 +552,8 @@ async fn measure(
     ));
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (stop, stopping) = watch::channel(false);
+    // `--history`: sends the agents that go away off (true) and back (false).
+    let (away, away_rx) = watch::channel(false);
     let controllers = Arc::new(replicas.addrs());
     let spawned = Instant::now();
     for (i, id) in ids.iter().enumerate() {
@@ -553,6 +572,7 @@ async fn measure(
             verifier: verifier.clone(),
             events: events_tx.clone(),
             stopping: stopping.clone(),
+            away: (args.history > 0 && history::goes_away(i)).then(|| away_rx.clone()),
             streamed: false,
         };
         tokio::spawn(agent.run());
@@ -650,6 +670,26 @@ async fn measure(
     let rss_after_changes_kib = replicas.status("VmRSS:");
     drop(admin);
 
+    // 2b. `--history`: part of the fleet away while the log grows, then back.
+    let history = if args.history > 0 {
+        Some(
+            history::run(
+                args.history,
+                &cluster.dir.join("controller/state.db"),
+                pki,
+                &ids,
+                replicas,
+                &mut fleet,
+                &mut events,
+                &away,
+                timeout,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+
     // 3. One replica killed: its agents move to the others.
     let failover = if replicas.list.len() > 1 {
         let victim = replicas.list.len() - 1;
@@ -704,6 +744,7 @@ async fn measure(
         restart,
         rejected: fleet.rejected,
         split,
+        history,
     })
 }
 
@@ -751,15 +792,7 @@ impl RevocationSplit {
 /// The cumulative buckets of replica 0's fan-out histogram (from the commit of a change to its
 /// taking by each stream), as `/metrics` reports them: (upper bound in seconds, count).
 fn fanout_histogram(addr: SocketAddr) -> anyhow::Result<Vec<(f64, u64)>> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    let response = scrape(addr)?;
     let mut buckets = Vec::new();
     for line in response.lines() {
         let Some(rest) =
@@ -782,6 +815,20 @@ fn fanout_histogram(addr: SocketAddr) -> anyhow::Result<Vec<(f64, u64)>> {
         "no fan-out histogram at {addr}/metrics"
     );
     Ok(buckets)
+}
+
+/// The `/metrics` answer of the controller at `addr` (headers included).
+fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
 }
 
 /// Kills the replicas `victims` (SIGKILL), starts them again unless others remain (a failover:
@@ -953,6 +1000,12 @@ struct Fleet {
     grants: HashMap<String, Vec<Instant>>,
     revoked: HashMap<String, Vec<Instant>>,
     rejected: usize,
+    /// `--history`: agents gone away so far (each time one went).
+    away: usize,
+    /// `--history`: the agents whose grants and catch-up are recorded one by one.
+    tracked: HashSet<usize>,
+    tracked_grants: HashMap<usize, HashSet<String>>,
+    tracked_caught_up: HashMap<usize, Instant>,
 }
 
 impl Fleet {
@@ -999,6 +1052,11 @@ impl Fleet {
             What::Connected => self.connects.push(event.at),
             What::Failed { kind, ceiling } => self.failures.push((event.at, kind, ceiling)),
             What::CaughtUp { epoch, replica } => {
+                if self.tracked.contains(&event.agent) {
+                    self.tracked_caught_up
+                        .entry(event.agent)
+                        .or_insert(event.at);
+                }
                 self.caught_up_at.push(event.at);
                 self.replica_of.insert(event.agent, replica);
                 if let Some(before) = self.caught_up.insert(event.agent, epoch.clone()) {
@@ -1010,7 +1068,16 @@ impl Fleet {
                 entry.0 += 1;
                 entry.1 = entry.1.max(event.at);
             }
-            What::Grant(id) => self.grants.entry(id).or_default().push(event.at),
+            What::Grant(id) => {
+                if self.tracked.contains(&event.agent) {
+                    self.tracked_grants
+                        .entry(event.agent)
+                        .or_default()
+                        .insert(id.clone());
+                }
+                self.grants.entry(id).or_default().push(event.at)
+            }
+            What::Away => self.away += 1,
             What::Revoked(id) => self.revoked.entry(id).or_default().push(event.at),
             What::Rejected => self.rejected += 1,
         }
@@ -1093,6 +1160,8 @@ enum What {
     Grant(String),
     Revoked(String),
     Rejected,
+    /// `--history`: the agent dropped its stream to go away.
+    Away,
 }
 
 /// One simulated agent: the agent's grant stream without its files and audit.
@@ -1109,6 +1178,9 @@ struct SimAgent {
     verifier: Arc<GrantVerifier>,
     events: mpsc::UnboundedSender<Event>,
     stopping: watch::Receiver<bool>,
+    /// `--history`, for the agents that go away: true while away (no stream; the epoch and
+    /// revision kept), false to come back at once.
+    away: Option<watch::Receiver<bool>>,
     /// Whether the current attempt got as far as an open stream.
     streamed: bool,
 }
@@ -1130,10 +1202,22 @@ impl SimAgent {
         let (mut revision, mut epoch) = (0u64, String::new());
         loop {
             let mut stopping = self.stopping.clone();
+            let mut away = self.away.clone();
             self.streamed = false;
             let result = tokio::select! {
-                result = self.stream(&audience, &mut backoff, &mut revision, &mut epoch) => result,
+                result = self.stream(&audience, &mut backoff, &mut revision, &mut epoch) => Some(result),
                 _ = stopping.wait_for(|s| *s) => return,
+                () = until_away_is(&mut away, true) => None,
+            };
+            let Some(result) = result else {
+                // Away (`--history`): the stream is dropped, the position kept; back at once
+                // when told, resuming from it.
+                self.report(What::Away);
+                tokio::select! {
+                    () = until_away_is(&mut away, false) => {}
+                    _ = stopping.wait_for(|s| *s) => return,
+                }
+                continue;
             };
             let kind = Failure::of(&result, self.streamed);
             // As the agent: a failed or ended stream moves to a random other address.
@@ -1238,6 +1322,17 @@ impl SimAgent {
             *revision = event.revision;
         }
     }
+}
+
+/// Resolves when `away` (`--history`) holds `value`; never without one, or once its sender is
+/// gone.
+async fn until_away_is(away: &mut Option<watch::Receiver<bool>>, value: bool) {
+    if let Some(away) = away {
+        if away.wait_for(|v| *v == value).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Agent `i`'s own loopback address: 127.1.x.y, 250 to a /24.
@@ -1542,6 +1637,9 @@ fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &R
             "on the other replicas after one replica's SIGKILL",
             failover,
         );
+    }
+    if let Some(history) = &r.history {
+        history::print(history);
     }
     print_comeback(
         "and resynchronised after every controller's SIGKILL + start",

@@ -18,8 +18,10 @@
 //! heartbeat is encoded once per revision, not per agent.
 //!
 //! **The revision log stays the truth.** A stream reads the log itself (`changes_after`) only
-//! to catch up, [`CHANGES_PER_READ`] rows per read, keeping at most [`STREAM_PAGE`] of them
-//! (those addressed to its agent) at a time: when it connects (from the revision
+//! to catch up, [`CHANGES_PER_READ`] rows per read, keeping as it reads at most
+//! [`STREAM_PAGE`] of them (those addressed to its agent) at a time, and at most
+//! [`CATCH_UP_READS`] reads at once for all streams (the others wait their turn holding
+//! nothing): when it connects (from the revision
 //! and epoch the agent sent), when it fell behind the feed by more than the channel holds
 //! (`Lagged`: a slow agent costs the others no memory, it only loses its place in the
 //! channel), and when the feed hands it a revision that does not follow the last one it saw (a
@@ -35,6 +37,7 @@ use super::grant_stream::EncodedEvent;
 use super::internal;
 use crate::store::{Change, GrantRow, Store};
 use loggate_core::grant::unix_now;
+use loggate_core::metrics::ControllerMetrics;
 use loggate_proto as pb;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -71,13 +74,23 @@ pub struct FeedChange {
     /// The same moment on the monotonic clock: a stream sent the change owes its agent a
     /// heartbeat one heartbeat period after it.
     published_at: tokio::time::Instant,
+    /// When this process committed the change, if it did and recorded it
+    /// ([`ControllerMetrics::commit_time`], looked up once per change): each stream that takes
+    /// it observes the fan-out latency from this, without a lock and without a search.
+    committed: Option<std::time::Instant>,
     /// What is sent, the same for every agent it is addressed to: built and encoded once, its
     /// bytes shared by every stream's queue and written as they are.
     pub event: EncodedEvent,
 }
 
 impl FeedChange {
-    fn new(stamp: &Stamp, revision: u64, change: &Change, published: Published) -> FeedChange {
+    fn new(
+        stamp: &Stamp,
+        revision: u64,
+        change: &Change,
+        published: Published,
+        metrics: &ControllerMetrics,
+    ) -> FeedChange {
         let grant: &GrantRow = match change {
             Change::Granted(g) | Change::Revoked { grant: g, .. } => g,
         };
@@ -91,6 +104,7 @@ impl FeedChange {
             },
             published_unix: published.0,
             published_at: published.1,
+            committed: metrics.commit_time(revision),
             event: EncodedEvent::encode(&change_event(stamp, revision, change)),
         }
     }
@@ -215,6 +229,11 @@ pub struct ChangeFeed {
     changes: broadcast::Sender<Arc<FeedChange>>,
     /// The last heartbeat encoded, with its revision ([`ChangeFeed::heartbeat_at`]).
     heartbeats: Mutex<Option<(u64, EncodedEvent)>>,
+    /// The turns of the streams' catch-up reads ([`CATCH_UP_READS`]).
+    catch_ups: Arc<tokio::sync::Semaphore>,
+    /// Where the fan-out latency is counted: the process's ([`loggate_core::metrics::controller`]);
+    /// a test's own in tests.
+    metrics: &'static ControllerMetrics,
 }
 
 impl ChangeFeed {
@@ -226,10 +245,31 @@ impl ChangeFeed {
     pub fn start(
         store: Arc<Store>,
         stamp: Stamp,
+        revisions: watch::Receiver<u64>,
+        stopping: watch::Receiver<bool>,
+        capacity: usize,
+        heartbeat: Duration,
+    ) -> anyhow::Result<Arc<ChangeFeed>> {
+        ChangeFeed::start_counted(
+            store,
+            stamp,
+            revisions,
+            stopping,
+            capacity,
+            heartbeat,
+            loggate_core::metrics::controller(),
+        )
+    }
+
+    /// [`ChangeFeed::start`], counting the fan-out latency in `metrics`.
+    fn start_counted(
+        store: Arc<Store>,
+        stamp: Stamp,
         mut revisions: watch::Receiver<u64>,
         mut stopping: watch::Receiver<bool>,
         capacity: usize,
         heartbeat: Duration,
+        metrics: &'static ControllerMetrics,
     ) -> anyhow::Result<Arc<ChangeFeed>> {
         let (changes, _) = broadcast::channel(capacity.max(1));
         let feed = Arc::new(ChangeFeed {
@@ -238,6 +278,8 @@ impl ChangeFeed {
             heartbeat,
             changes: changes.clone(),
             heartbeats: Mutex::new(None),
+            catch_ups: Arc::new(tokio::sync::Semaphore::new(CATCH_UP_READS)),
+            metrics,
         });
         let mut last = store.latest_revision()?;
         // Several replicas on PostgreSQL: a change committed by another replica never moves
@@ -300,7 +342,7 @@ impl ChangeFeed {
                     last = *revision;
                     // No receiver (no agent connected) is not an error.
                     let _ = changes.send(Arc::new(FeedChange::new(
-                        &stamp, *revision, change, published,
+                        &stamp, *revision, change, published, metrics,
                     )));
                 }
                 if full {
@@ -345,21 +387,13 @@ impl ChangeFeed {
         // Subscribed before the catch-up: whatever is published from now on is either in the
         // channel or (published before the catch-up read it) in the log.
         let changes = self.changes.subscribe();
-        let first = {
-            let store = self.store.clone();
-            let own_epoch = self.stamp.epoch == agent.after_epoch;
-            let after = agent.after_revision;
-            tokio::task::spawn_blocking(move || {
-                let latest = store.latest_revision()?;
-                // Revision numbers only mean something within one epoch (module docs).
-                let from = if own_epoch && after <= latest {
-                    after
-                } else {
-                    0
-                };
-                Ok((from, store.changes_after(from, CHANGES_PER_READ)?))
-            })
-        };
+        let first = self.catch_up_read(
+            &agent,
+            ReadFrom::Agent {
+                after: agent.after_revision,
+                own_epoch: self.stamp.epoch == agent.after_epoch,
+            },
+        );
         let stop = Box::pin(async move {
             let mut stopping = stopping;
             // An error: the daemon is gone; ending the stream is all that is left.
@@ -379,6 +413,43 @@ impl ChangeFeed {
             removed,
             done: Some(Box::new(done)),
         }
+    }
+
+    /// One read of a catch-up for `agent`: waits for its turn (one of [`CATCH_UP_READS`]),
+    /// then reads [`CHANGES_PER_READ`] rows of the log off the runtime's threads, keeping
+    /// only the agent's ([`read_catch_up`]). Nothing runs until it is polled, and dropping it
+    /// (the stream ended: stopped, removed, its client gone) gives up its turn or its read.
+    fn catch_up_read(&self, agent: &WatchRequest, from: ReadFrom) -> Reading {
+        let turns = self.catch_ups.clone();
+        let store = self.store.clone();
+        let agent_id = agent.agent_id.clone();
+        let labels = agent.labels.clone();
+        Box::pin(async move {
+            let turn = turns
+                .acquire_owned()
+                .await
+                .map_err(|_| anyhow::anyhow!("the catch-up reads are closed"))?;
+            let read = tokio::task::spawn_blocking(move || {
+                // Held for the read and the filter, given back as soon as they are done (not
+                // when the stream next polls).
+                let _turn = turn;
+                let from = match from {
+                    ReadFrom::Revision(from) => from,
+                    ReadFrom::Agent { after, own_epoch } => {
+                        let latest = store.latest_revision()?;
+                        // Revision numbers only mean something within one epoch (module docs).
+                        if own_epoch && after <= latest {
+                            after
+                        } else {
+                            0
+                        }
+                    }
+                };
+                read_catch_up(&store, from, &agent_id, &labels)
+            })
+            .await;
+            read.map_err(|e| anyhow::anyhow!("the read of the revision log failed: {e}"))?
+        })
     }
 
     /// The streams open on the feed (each holds one receiver of its channel).
@@ -416,16 +487,96 @@ pub struct WatchRequest {
 }
 
 /// Rows addressed to its agent a stream keeps from one read of the log in a catch-up (a read
-/// is [`CHANGES_PER_READ`] rows; the others are dropped as read, and a read that reaches this
-/// many stops keeping there and the next read starts after the last row kept): what a stream
-/// holds at most while its agent takes them. At 10,000 agents resynchronising at once after a
-/// restart, this is what bounds the memory of the catch-ups (a few MiB per 64 rows × agents in
-/// the worst case of long tokens), not a queue of encoded events, while the store is queried
-/// once per 500 rows of the log, not once per 64.
+/// is [`CHANGES_PER_READ`] rows; the others are dropped as they are decoded, inside the
+/// blocking read, and a read that reaches this many stops keeping there and the next read
+/// starts after the last row kept: [`read_catch_up`]): what a stream holds at most, from the
+/// end of its read until its agent has taken them. The rows of a whole read are held, decoded,
+/// only during the read itself, and at most [`CATCH_UP_READS`] reads run at once, whatever the
+/// number of streams catching up (before: every finished read's 500 decoded rows waited in its
+/// join handle until the stream was polled, ~860 MiB for 1,000 agents resuming at once,
+/// docs/performance.md, "long resyncs"). The store is queried once per 500 rows of the log,
+/// not once per 64.
 pub const STREAM_PAGE: u32 = 64;
 
-/// What a read of the log returns to a stream: where it read from, and what it found.
-type Page = anyhow::Result<(u64, Vec<(u64, Change)>)>;
+/// Catch-up reads of the log that run at once, all streams together; a stream past them
+/// waits for its turn holding nothing but its place in the queue (and is cut there by a stop
+/// or its agent's removal like anywhere else). Two, because the store has one connection
+/// (`Store::conn`, a mutex): a second read at once only waits for it, ready to start when
+/// the first ends, and a third would only pin one more thread of tokio's blocking pool, and,
+/// on PostgreSQL, take a place among the callers allowed to wait for the connection
+/// (`db::MAX_STORE_WAITERS`, above which a call fails `Busy`), which the feed and the
+/// other RPCs need. 10,000 agents resyncing after a restart therefore hold at most two
+/// reads' rows of the log (decoded, [`CHANGES_PER_READ`] each) and a page of at most
+/// [`STREAM_PAGE`] rows per stream.
+pub const CATCH_UP_READS: usize = 2;
+
+/// Where a catch-up read starts.
+enum ReadFrom {
+    /// After this revision (a stream that already follows the log).
+    Revision(u64),
+    /// Where the agent said it is, if that means something here: its revision if it is of
+    /// our epoch and not ahead of the log, else from 0 (module docs).
+    Agent { after: u64, own_epoch: bool },
+}
+
+/// What one read of a catch-up leaves a stream: the rows addressed to its agent, at most
+/// [`STREAM_PAGE`], and how far it read.
+struct CatchUp {
+    /// The rows addressed to the agent, in order.
+    rows: VecDeque<(u64, Change)>,
+    /// The last revision looked at (sent or not addressed to it): where the next read starts.
+    /// A read with no row for the agent still moves it to the last row read.
+    last: u64,
+    /// The read was full, or stopped at [`STREAM_PAGE`] rows kept: the log may hold more.
+    full: bool,
+}
+
+/// What a read of the log returns to a stream.
+type Page = anyhow::Result<CatchUp>;
+
+/// A catch-up read in progress: its turn, then its blocking read ([`ChangeFeed::catch_up_read`]).
+type Reading = std::pin::Pin<Box<dyn Future<Output = Page> + Send>>;
+
+/// Reads the log after `from` for agent `agent_id` holding `labels`, keeping as each row is
+/// decoded only the rows addressed to it ([`sent_to`], the rule of the live path: by host or
+/// label, a grant until it ends, a revocation always; nothing is encoded for others), at most
+/// [`STREAM_PAGE`] of them: a read that reaches that many stops there (the rows after are not
+/// decoded) and the next read starts after the last row kept. So what a finished read holds,
+/// until its stream takes it, is the agent's rows of the page, never the
+/// [`CHANGES_PER_READ`] decoded grants of the read.
+fn read_catch_up(store: &Store, from: u64, agent_id: &str, labels: &[String]) -> Page {
+    let now = unix_now();
+    let mut rows = VecDeque::new();
+    let mut last = from;
+    let mut stopped = false;
+    let decoded = store.visit_changes_after(from, CHANGES_PER_READ, |revision, change| {
+        if rows.len() >= STREAM_PAGE as usize {
+            stopped = true; // this row and the rest are read again after `last`
+            return false;
+        }
+        last = revision;
+        let (grant, grant_ends) = match &change {
+            Change::Granted(g) => (g, Some(g.not_after)),
+            Change::Revoked { grant, .. } => (grant, None),
+        };
+        if sent_to(
+            &grant.hosts,
+            &grant.labels,
+            grant_ends,
+            agent_id,
+            labels,
+            now,
+        ) {
+            rows.push_back((revision, change));
+        }
+        true
+    })?;
+    Ok(CatchUp {
+        rows,
+        last,
+        full: stopped || decoded >= CHANGES_PER_READ as usize,
+    })
+}
 
 /// The wait for the next change of the feed; its receiver comes back with it, so one boxed
 /// future is reused for every change (no allocation per change and agent).
@@ -441,10 +592,7 @@ async fn next_change(mut changes: broadcast::Receiver<Arc<FeedChange>>) -> NextC
 /// Where a stream is.
 enum State {
     /// Reading a page of the log (a blocking read, off the runtime's threads).
-    Reading {
-        read: tokio::task::JoinHandle<Page>,
-        then: AfterCatchUp,
-    },
+    Reading { read: Reading, then: AfterCatchUp },
     /// Sending the rows of a read addressed to the agent; `full`: the read was full or
     /// stopped at [`STREAM_PAGE`] rows kept, the log may hold more.
     Sending {
@@ -503,48 +651,24 @@ pub struct WatchStream {
 impl WatchStream {
     /// Starts reading the log after `self.last`, then `then`.
     fn read_log(&mut self, then: AfterCatchUp) {
-        let store = self.feed.store.clone();
-        let from = self.last;
         self.state = State::Reading {
-            read: tokio::task::spawn_blocking(move || {
-                Ok((from, store.changes_after(from, CHANGES_PER_READ)?))
-            }),
+            read: self
+                .feed
+                .catch_up_read(&self.agent, ReadFrom::Revision(self.last)),
             then,
         };
     }
 
-    /// Takes a read of the log (after `from`): keeps the rows addressed to the agent
-    /// (decided from the row: nothing is encoded for others), at most [`STREAM_PAGE`] of
-    /// them, and moves `last` past every row it looked at: the whole read, or up to the last
-    /// row kept when it kept that many (the next read starts after it). No heartbeat comes
-    /// before the catch-up's end: the agent takes one for "the resync is complete".
-    fn take_page(&mut self, from: u64, changes: Vec<(u64, Change)>, then: AfterCatchUp) {
-        let mut full = changes.len() >= CHANGES_PER_READ as usize;
-        self.last = from;
-        let now = unix_now();
-        let mut page = VecDeque::new();
-        for (revision, change) in changes {
-            if page.len() >= STREAM_PAGE as usize {
-                full = true; // the rest of the read is read again after `last`
-                break;
-            }
-            self.last = revision;
-            let (grant, grant_ends) = match &change {
-                Change::Granted(g) => (g, Some(g.not_after)),
-                Change::Revoked { grant, .. } => (grant, None),
-            };
-            if sent_to(
-                &grant.hosts,
-                &grant.labels,
-                grant_ends,
-                &self.agent.agent_id,
-                &self.agent.labels,
-                now,
-            ) {
-                page.push_back((revision, change));
-            }
-        }
-        self.state = State::Sending { page, full, then };
+    /// Takes a read of the log ([`read_catch_up`]: the agent's rows of it, already chosen):
+    /// moves `last` past every row it looked at. No heartbeat comes before the catch-up's
+    /// end: the agent takes one for "the resync is complete".
+    fn take_page(&mut self, read: CatchUp, then: AfterCatchUp) {
+        self.last = read.last;
+        self.state = State::Sending {
+            page: read.rows,
+            full: read.full,
+            then,
+        };
     }
 
     /// A change of the feed: `Some` what to send now, `None` when nothing (already seen, not
@@ -570,8 +694,12 @@ impl WatchStream {
         ) {
             return None;
         }
-        // Fan-out latency is that of live changes (what a catch-up sends is not observed).
-        loggate_core::metrics::controller().sent(change.revision);
+        // Fan-out latency is that of live changes (what a catch-up sends is not observed): one
+        // observation per stream taking the change, lock-free; the commit time was looked up
+        // once, by the feed.
+        if let Some(committed) = change.committed {
+            self.feed.metrics.taken(committed);
+        }
         self.beat
             .as_mut()
             .reset(change.published_at + self.feed.heartbeat);
@@ -607,20 +735,15 @@ impl Stream for WatchStream {
             match &mut this.state {
                 State::Ended => return Poll::Ready(None),
                 State::Reading { read, .. } => {
-                    let read = ready!(std::pin::Pin::new(read).poll(cx));
+                    let read = ready!(read.as_mut().poll(cx));
                     let State::Reading { then, .. } =
                         std::mem::replace(&mut this.state, State::Ended)
                     else {
                         unreachable!("the state was Reading")
                     };
                     match read {
-                        Ok(Ok((from, changes))) => this.take_page(from, changes, then),
-                        Ok(Err(e)) => return this.end(Some(Err(internal(e)))),
-                        Err(e) => {
-                            return this.end(Some(Err(internal(anyhow::anyhow!(
-                                "the read of the revision log failed: {e}"
-                            )))))
-                        }
+                        Ok(read) => this.take_page(read, then),
+                        Err(e) => return this.end(Some(Err(internal(e)))),
                     }
                 }
                 State::Sending { page, full, .. } => {
@@ -880,6 +1003,55 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    /// `loggate_controller_fanout_latency_seconds` counts one observation per stream that
+    /// takes a live change addressed to it: none for a stream it is not addressed to, none for
+    /// a catch-up that sends it, none for a change whose commit this process did not record
+    /// (another replica's).
+    #[tokio::test]
+    async fn fanout_latency_counts_each_stream_taking_a_live_change_once() {
+        let f = Fixture::new();
+        let metrics: &'static ControllerMetrics = Box::leak(Box::default());
+        let feed = ChangeFeed::start_counted(
+            f.store.clone(),
+            stamp(),
+            f.revisions.subscribe(),
+            f.stopping.clone(),
+            64,
+            Duration::from_secs(10),
+            metrics,
+        )
+        .unwrap();
+        let mut covered = Vec::new();
+        for i in 0..3 {
+            let mut rx = f.watch(&feed, &format!("web-{i}"), &["env=prod"], 16);
+            caught_up(&mut rx).await;
+            covered.push(rx);
+        }
+        let mut other = f.watch(&feed, "db-1", &["env=dev"], 16);
+        caught_up(&mut other).await;
+        // Committed and recorded as the RPCs do: the commit time, then the revision's bump.
+        let recorded = f.record("g-1", &[], &["env=prod"]);
+        metrics.committed(recorded);
+        f.revisions.send_replace(recorded);
+        for rx in &mut covered {
+            assert_eq!(next_change(rx).await, (recorded, "g-1".to_string()));
+        }
+        // Not recorded here (as a change another replica committed): sent, not observed.
+        let unrecorded = f.grant("g-2", &["env=prod"]);
+        for rx in &mut covered {
+            assert_eq!(next_change(rx).await, (unrecorded, "g-2".to_string()));
+        }
+        // The stream g-1 is not addressed to has taken it (it is past it, at its own grant).
+        let own = f.grant_to("g-3", &["db-1"], &[]);
+        assert_eq!(next_change(&mut other).await, (own, "g-3".to_string()));
+        // A stream catching up is sent g-1 and g-2 from the log: not observed.
+        let mut late = f.watch(&feed, "web-9", &["env=prod"], 16);
+        assert_eq!(next_change(&mut late).await.0, recorded);
+        assert_eq!(next_change(&mut late).await.0, unrecorded);
+        caught_up(&mut late).await;
+        assert_eq!(metrics.fanout_latency.count(), 3);
     }
 
     /// Waits for the heartbeat that ends a new stream's catch-up.
@@ -1519,6 +1691,131 @@ mod tests {
         assert!(status.is_none(), "a stop ends the stream without a status");
     }
 
+    /// The read of a catch-up keeps, as it reads, only the rows addressed to its agent: a
+    /// finished read waiting for its stream to be polled holds those (here 3 of 303: the
+    /// revoked grant as its revocation, and the revocation), never the page's grants for others, and still moves
+    /// the stream to the last row it read. A read with no row for the agent holds nothing
+    /// and moves it a whole read on; a read that reaches [`STREAM_PAGE`] rows kept stops
+    /// there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_read_holds_only_its_agents_rows() {
+        let f = Fixture::new();
+        let mut own = Vec::new();
+        for i in 0..300 {
+            f.grant(&format!("x-{i}"), &["env=dev"]);
+            if i == 100 {
+                own.push(f.grant_to("g-host", &["web-1"], &[]));
+            }
+            if i == 200 {
+                own.push(f.grant("g-label", &["env=prod"]));
+            }
+        }
+        let revocation = f.revoke("g-label");
+        let latest = f.store.latest_revision().unwrap();
+        let feed = f.feed(FEED_CAPACITY);
+        let agent = WatchRequest {
+            agent_id: "web-1".into(),
+            labels: vec!["env=prod".into()],
+            after_revision: 0,
+            after_epoch: EPOCH.into(),
+        };
+        let read = feed
+            .catch_up_read(
+                &agent,
+                ReadFrom::Agent {
+                    after: 0,
+                    own_epoch: true,
+                },
+            )
+            .await
+            .expect("the read");
+        let held: Vec<(u64, bool)> = read
+            .rows
+            .iter()
+            .map(|(r, c)| (*r, matches!(c, Change::Revoked { .. })))
+            .collect();
+        assert_eq!(
+            held,
+            vec![(own[0], false), (own[1], true), (revocation, true)]
+        );
+        assert_eq!((read.last, read.full), (latest, false));
+
+        for i in 0..CHANGES_PER_READ {
+            f.grant(&format!("y-{i}"), &["env=dev"]);
+        }
+        let read = feed
+            .catch_up_read(&agent, ReadFrom::Revision(latest))
+            .await
+            .expect("the read");
+        assert!(read.rows.is_empty(), "{} rows held", read.rows.len());
+        assert_eq!(
+            (read.last, read.full),
+            (latest + u64::from(CHANGES_PER_READ), true)
+        );
+
+        let from = f.store.latest_revision().unwrap();
+        let mine: Vec<u64> = (0..STREAM_PAGE + 5)
+            .map(|i| f.grant(&format!("z-{i}"), &["env=prod"]))
+            .collect();
+        let read = feed
+            .catch_up_read(&agent, ReadFrom::Revision(from))
+            .await
+            .expect("the read");
+        assert_eq!(read.rows.len(), STREAM_PAGE as usize);
+        assert_eq!(
+            (read.last, read.full),
+            (mine[STREAM_PAGE as usize - 1], true)
+        );
+    }
+
+    /// Past [`CATCH_UP_READS`] reads at once, a catch-up waits for its turn without reading
+    /// anything; its agent's removal cuts it there, and it gives its place up (the turns all
+    /// come back, nothing was read for it). Another waiting stream, once the turns are
+    /// free, catches up whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_waiting_for_its_turn_to_catch_up_reads_nothing_and_is_cut_by_removal() {
+        let f = Fixture::new();
+        let granted = f.grant("g-1", &["env=prod"]);
+        let feed = f.feed(FEED_CAPACITY);
+        let started = std::time::Instant::now();
+        while f.store.change_reads() == 0 && started.elapsed() < WAIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let reads_before = f.store.change_reads();
+        assert_eq!(reads_before, 1, "the feed's first read");
+        let turns = feed
+            .catch_ups
+            .clone()
+            .acquire_many_owned(u32::try_from(CATCH_UP_READS).unwrap())
+            .await
+            .unwrap();
+        let (remove, mut cut) = resync_with_room_for_one(&f, &feed);
+        let mut waiting = f.watch(&feed, "web-1", &["env=prod"], 4);
+        // Long enough for a read that was not waiting to be done many times over.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            f.store.change_reads(),
+            reads_before,
+            "no read without a turn"
+        );
+        assert!(cut.try_recv().is_err() && waiting.try_recv().is_err());
+
+        remove.send(()).unwrap();
+        let (sent, status) = until_the_end(&mut cut).await;
+        assert!(sent.is_empty(), "{sent:?} sent while waiting");
+        assert_eq!(
+            status.expect("the removal's status").code(),
+            super::super::enrol::removed_status().code()
+        );
+        assert_eq!(f.store.change_reads(), reads_before, "nothing read for it");
+
+        drop(turns);
+        let (seen, at) = until_heartbeat(&mut waiting).await;
+        assert_eq!(seen, vec![(granted, "g-1".to_string())]);
+        assert_eq!(at, granted);
+        assert_eq!(feed.catch_ups.available_permits(), CATCH_UP_READS);
+    }
+
     /// A catch-up reads [`CHANGES_PER_READ`] rows per query and keeps only those addressed to
     /// the agent: 1,000 rows for others and one for it take 3 reads (500 + 500 + 1), not one
     /// per [`STREAM_PAGE`] rows (16), so a restart's resync herd costs the store few queries.
@@ -1568,7 +1865,13 @@ mod tests {
         // The feed publishes r2 alone, as if r1 had never been published.
         let published = Published(unix_now(), tokio::time::Instant::now());
         feed.changes
-            .send(Arc::new(FeedChange::new(&stamp(), r2, &change, published)))
+            .send(Arc::new(FeedChange::new(
+                &stamp(),
+                r2,
+                &change,
+                published,
+                loggate_core::metrics::controller(),
+            )))
             .unwrap();
         assert_eq!(next_change(&mut rx).await, (r1, "g-1".into()));
         assert_eq!(next_change(&mut rx).await, (r2, "g-2".into()));
