@@ -533,17 +533,92 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
     }
 }
 
-/// A channel to `addr` whose every call has a deadline ([`deadline`]).
+/// Attempts at most, in all, of a connection that the server resets before TLS's handshake
+/// completed: a controller taking a fleet back after its restart resets newcomers at once while
+/// its handshake pool is full of agents about to send their ClientHellos (`reset_in_grace`,
+/// `core/src/tls_accept.rs`), and an admin's command must get through that.
+pub const RESET_ATTEMPTS: u32 = 4;
+
+/// The pause before each retry of a reset connection, in milliseconds: drawn at random in this
+/// range, so that the retries of many commands do not arrive together.
+pub const RESET_PAUSE_MS: std::ops::RangeInclusive<u64> = 100..=400;
+
+/// A channel to `addr` whose every call has a deadline ([`deadline`]). A connection reset
+/// before TLS completed is tried again, [`RESET_ATTEMPTS`] times in all, each retry said on
+/// stderr ([`again_if_reset`]).
 async fn connect(
     addr: &str,
     config: &ClientConfig,
     server: Server<'_>,
 ) -> Result<deadline::Deadline<Channel>, Failure> {
     let endpoint = endpoint(addr, config, server, true)?;
-    let connected = within_connect_deadline(endpoint.connect()).await;
-    connected
-        .map(deadline::Deadline::new)
-        .map_err(|e| connect_failure(addr, server, &e))
+    let name = match server {
+        Server::Controller => "loggate-controller",
+        Server::Agent(id) => id,
+    };
+    let connected = again_if_reset(
+        || within_connect_deadline(endpoint.connect()),
+        |made| async move {
+            let ms = rand::random_range(RESET_PAUSE_MS);
+            eprintln!(
+                "loggate: {name} at {addr} reset the connection before TLS completed (busy: \
+                 a fleet reconnecting?); trying again in {ms} ms ({} of {RESET_ATTEMPTS})",
+                made + 1
+            );
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        },
+    )
+    .await;
+    connected.map(deadline::Deadline::new).map_err(|(e, made)| {
+        let mut failure = connect_failure(addr, server, &e);
+        if made > 1 {
+            failure.message.push_str(&format!(" (tried {made} times)"));
+        }
+        failure
+    })
+}
+
+/// Runs `attempt` until it succeeds, fails otherwise than by a reset before TLS
+/// ([`reset_before_tls`]), or has been made [`RESET_ATTEMPTS`] times; `pause(made)` runs
+/// before each retry. The error comes with the number of attempts made.
+async fn again_if_reset<T, A, AF, P, PF>(
+    mut attempt: A,
+    mut pause: P,
+) -> Result<T, (ConnectError, u32)>
+where
+    A: FnMut() -> AF,
+    AF: std::future::Future<Output = Result<T, ConnectError>>,
+    P: FnMut(u32) -> PF,
+    PF: std::future::Future<Output = ()>,
+{
+    let mut made = 0;
+    loop {
+        made += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) if made < RESET_ATTEMPTS && reset_before_tls(&e) => pause(made).await,
+            Err(e) => return Err((e, made)),
+        }
+    }
+}
+
+/// True when the connection was reset by the server (a reset, or a broken pipe writing after
+/// one) before TLS's handshake completed: no TLS error in the chain and no HTTP/2 error
+/// after a completed handshake (where a peer refusing our certificate under TLS 1.3 may end
+/// the connection with its alert lost: that one is explained, not retried). Classified by the
+/// I/O error kinds of the cause chain, never by text.
+fn reset_before_tls(e: &ConnectError) -> bool {
+    let ConnectError::Failed(inner) = e else {
+        return false;
+    };
+    tls_error_in(inner.as_ref()).is_none()
+        && !socket_slot::past_tls(e)
+        && [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+        ]
+        .into_iter()
+        .any(|kind| chain_has_io_kind(inner.as_ref(), kind))
 }
 
 /// The endpoint of `addr` with the CLI's TLS identity and connection settings. With
@@ -1191,6 +1266,62 @@ pub async fn audit_checkpoints(config: &ClientConfig, host: String, json: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connect error whose cause is an I/O error of `kind`.
+    fn io_failure(kind: std::io::ErrorKind) -> ConnectError {
+        ConnectError::Failed(Box::new(std::io::Error::from(kind)))
+    }
+
+    /// [`again_if_reset`] over attempts failing with `errors` in turn (then succeeding):
+    /// (attempts made, pauses made, the attempts the error reports or 0 on success).
+    async fn attempts(mut errors: Vec<ConnectError>) -> (u32, u32, u32) {
+        errors.reverse();
+        let errors = std::sync::Mutex::new(errors);
+        let made = std::sync::atomic::AtomicU32::new(0);
+        let paused = std::sync::atomic::AtomicU32::new(0);
+        let result = again_if_reset(
+            || async {
+                made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                match errors.lock().expect("lock").pop() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            },
+            |_| async {
+                paused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            },
+        )
+        .await;
+        let reported = result.err().map_or(0, |(_, n)| n);
+        (made.into_inner(), paused.into_inner(), reported)
+    }
+
+    #[tokio::test]
+    async fn a_connection_reset_before_tls_is_tried_again_a_bounded_number_of_times() {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset};
+        // Reset twice, then through: three attempts, two pauses.
+        assert_eq!(
+            attempts(vec![io_failure(ConnectionReset), io_failure(BrokenPipe)]).await,
+            (3, 2, 0)
+        );
+        // Reset every time: RESET_ATTEMPTS in all, and the error says how many.
+        let always = (0..10).map(|_| io_failure(ConnectionReset)).collect();
+        assert_eq!(
+            attempts(always).await,
+            (RESET_ATTEMPTS, RESET_ATTEMPTS - 1, RESET_ATTEMPTS)
+        );
+        // Not a reset: no controller listening, no handshake in time, a TLS refusal.
+        assert_eq!(
+            attempts(vec![io_failure(ConnectionRefused)]).await,
+            (1, 0, 1)
+        );
+        assert_eq!(attempts(vec![ConnectError::NoHandshake]).await, (1, 0, 1));
+        let refused = ConnectError::Failed(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        )));
+        assert_eq!(attempts(vec![refused]).await, (1, 0, 1));
+    }
 
     #[test]
     fn format_time_is_total_over_i64() {
