@@ -23,11 +23,11 @@
 //! - **A full pool evicts; it turns a newcomer away only for a victim's grace (below).** The
 //!   connection closed is chosen by *progress*, not by idleness: a connection whose complete,
 //!   parseable ClientHello has come (read first, with rustls' `Acceptor`, before the
-//!   configuration is chosen) has done real TLS work and is protected. The victim is the oldest connection *without* a ClientHello of
-//!   the address prefix holding most places (a /24 for IPv4, a /64 for IPv6; NAT64 and 6to4
-//!   addresses count as the IPv4 address they carry); only when every connection in the pool
-//!   has sent its ClientHello does the oldest of all go. Age is the order of acceptance, never
-//!   refreshed by a byte.
+//!   configuration is chosen) has done real TLS work and is protected. The victim is the
+//!   oldest connection *without* a ClientHello of the address prefix holding most places (a
+//!   /24 for IPv4, a /64 for IPv6; NAT64 and 6to4 addresses count as the IPv4 address they
+//!   carry); only when every connection in the pool has sent its ClientHello does the oldest
+//!   of all go. Age is the order of acceptance, never refreshed by a byte.
 //!
 //!   Why: with "idle longest" (first-in, first-out) eviction, a churn of new connections pushes
 //!   out everything older than `pool / rate` — at ~9,000 connections a second, any handshake
