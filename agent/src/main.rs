@@ -345,9 +345,10 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     loggate_core::notify::ready();
     let service = server::AgentService::new(shared.clone());
     let denial_summaries = service.summaries();
-    // `serve_mtls` bounds the graceful part (a reader that stopped reading is dropped
-    // `GRACEFUL_STOP_WITHIN` after the stop; core/src/daemon/serve.rs).
-    serve_mtls(
+    // `serve_mtls` bounds the graceful part: `GRACEFUL_STOP_WITHIN` after the stop it closes
+    // the connections still open (a reader that stopped reading) and returns once nothing of
+    // their requests is left (core/src/daemon/serve.rs), so the records below come last.
+    let served = serve_mtls(
         listener,
         MtlsSettings {
             tls: &shared.config.tls,
@@ -366,9 +367,16 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             shared.stopping.send_replace(true);
         },
     )
-    .await?;
+    .await;
+    if served.is_err() {
+        // The server ended without a stop (its accept loop did; it closed its connections as a
+        // stop does): the agent stops all the same, with its records, then exits with the
+        // error. The streams still running end now, as at a stop.
+        shared.stopping.send_replace(true);
+    }
     // Each stream's `read.finished` before `agent.stopped` (a stream whose client already
-    // left is not waited on by the server; it ends at its next check).
+    // left is not waited on by the server; it ends at its next check), and the end of the
+    // denial-summaries ticker (server.rs `write_summaries_until_stop`), also a receiver.
     if tokio::time::timeout(STREAMS_END_WITHIN, shared.stopping.closed())
         .await
         .is_err()
@@ -388,7 +396,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
         },
     )?;
     announce(tracing::Level::INFO, "loggate-agent stopped");
-    Ok(())
+    served
 }
 
 /// How long shutdown waits for the streams it ended to write their `read.finished` (a stream

@@ -145,6 +145,26 @@ impl DenialSummaries {
     }
 }
 
+/// Calls `write` (the pending denial summaries) once per `window` until the agent stops, then
+/// ends. Its end drops `stop`, a receiver of `Shared::stopping`, so the agent's wait for every
+/// receiver to go (its streams') waits for this task too: no summary of the ticker follows
+/// `agent.stopped`, and the agent writes what is still pending just before that record.
+async fn write_summaries_until_stop(
+    window: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut write: impl FnMut(),
+) {
+    let mut tick = tokio::time::interval(window);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            // A sender gone (it is not while the agent runs) counts as the stop.
+            _ = stop.wait_for(|stopping| *stopping) => return,
+            _ = tick.tick() => write(),
+        }
+    }
+}
+
 /// The longest requested path a denial record keeps, and the longest reason (the caller
 /// still gets the whole message): a record's size must not be the requester's choice.
 const AUDIT_PATH_BYTES: usize = 256;
@@ -166,14 +186,11 @@ impl AgentService {
             shared: shared.clone(),
             budgets: denials.clone(),
         };
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(summaries.budgets.policy().window);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                summaries.write_pending();
-            }
-        });
+        tokio::spawn(write_summaries_until_stop(
+            summaries.budgets.policy().window,
+            shared.stopping.subscribe(),
+            move || summaries.write_pending(),
+        ));
         let status_asks = crate::status::StatusAsks::new(&shared.config.limits);
         Self {
             shared,
@@ -1218,6 +1235,42 @@ impl Agent for AgentService {
 mod tests {
     use super::*;
     use crate::config::Limits;
+
+    /// The denial-summaries ticker writes on its ticks while the agent runs, and ends at the
+    /// stop, letting go of its receiver of `stopping`: the agent, which waits for every receiver
+    /// to go before writing the last summaries and `agent.stopped`, waits for it.
+    #[tokio::test]
+    async fn the_denial_summaries_ticker_ends_at_the_stop() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let written = Arc::new(AtomicUsize::new(0));
+        let ticker = tokio::spawn(write_summaries_until_stop(
+            std::time::Duration::from_millis(5),
+            stopping,
+            {
+                let written = written.clone();
+                move || {
+                    written.fetch_add(1, SeqCst);
+                }
+            },
+        ));
+        let waited = Instant::now();
+        while written.load(SeqCst) < 2 {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(30),
+                "no tick"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        stop.send_replace(true);
+        tokio::time::timeout(std::time::Duration::from_secs(30), stop.closed())
+            .await
+            .expect("the ticker let go of its receiver at the stop");
+        tokio::time::timeout(std::time::Duration::from_secs(30), ticker)
+            .await
+            .expect("the ticker ended at the stop")
+            .expect("task");
+    }
 
     fn refused(pattern: &str) -> DenialCode {
         compile_pattern(pattern, &Limits::default())

@@ -640,12 +640,31 @@ fn endpoint(
     } else {
         endpoint
     };
-    Ok(endpoint
+    Ok(http2_settings(endpoint))
+}
+
+/// The largest HTTP/2 frame the CLI accepts (its `SETTINGS_MAX_FRAME_SIZE`; HTTP/2's default
+/// is 16 KiB). A server sends no DATA frame larger than what its peer advertises, so at the
+/// default an agent cut every message of a read (a 64 KiB read redacted; a 16 KiB read under
+/// memory pressure plus its framing is just over 16 KiB) into several frames. At this size a
+/// message, or what tonic batches of smaller ones, goes as one frame: with 64 streams the
+/// agent's `writev`s per GiB fell from 67,700 to 29,600 (issue #15, docs/performance.md). The
+/// CLI's HTTP/2 layer buffers a frame whole before handing it on, so this bounds the CLI's
+/// memory per connection, not the agent's.
+pub(crate) const MAX_FRAME_SIZE: u32 = 256 * 1024;
+// A redacted 64 KiB read (at most 1/8 longer) fits one frame, and HTTP/2 allows the value
+// (16 KiB to 16 MiB − 1; h2 panics outside it).
+const _: () = assert!(MAX_FRAME_SIZE >= 72 * 1024 + 64 && MAX_FRAME_SIZE < 1 << 24);
+
+/// The CLI's HTTP/2 settings on `endpoint`: keep-alive pings, and [`MAX_FRAME_SIZE`].
+fn http2_settings(endpoint: tonic::transport::Endpoint) -> tonic::transport::Endpoint {
+    endpoint
         // A peer whose host dies mid-stream sends no FIN and no RST: an unanswered ping ends
         // the connection (and the read, with an error naming the peer) within ~35 s.
         .http2_keep_alive_interval(deadline::KEEP_ALIVE)
         .keep_alive_timeout(deadline::KEEP_ALIVE)
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true)
+        .max_frame_size(MAX_FRAME_SIZE)
 }
 
 /// Why a connection could not be made: kept as a type (not yet a sentence) so that a caller
@@ -1321,6 +1340,45 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         )));
         assert_eq!(attempts(vec![refused]).await, (1, 0, 1));
+    }
+
+    /// Issue #15: the CLI's HTTP/2 SETTINGS raise `SETTINGS_MAX_FRAME_SIZE` to
+    /// [`MAX_FRAME_SIZE`], so that an agent may send a read's 64 KiB messages as one frame each
+    /// (at HTTP/2's default of 16 KiB it may not). Read off the wire: the client's preface and
+    /// its first frame, on a plain TCP listener standing in for the agent.
+    #[tokio::test]
+    async fn the_cli_accepts_http2_frames_larger_than_a_read_message() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let endpoint = http2_settings(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        );
+        let connecting = tokio::spawn(async move { endpoint.connect().await });
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut preface = [0u8; 24];
+        socket.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let mut head = [0u8; 9];
+        socket.read_exact(&mut head).await.unwrap();
+        assert_eq!(
+            head[3], 0x4,
+            "the client's first frame is its SETTINGS: {head:?}"
+        );
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]);
+        let mut settings = vec![0u8; usize::try_from(len).unwrap()];
+        socket.read_exact(&mut settings).await.unwrap();
+        // SETTINGS_MAX_FRAME_SIZE is setting 0x5; absent, the peer's limit is 16 KiB.
+        let max_frame_size = settings
+            .chunks_exact(6)
+            .find(|s| s[..2] == [0, 5])
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+        assert_eq!(
+            max_frame_size,
+            Some(MAX_FRAME_SIZE),
+            "settings: {settings:?}"
+        );
+        connecting.abort();
     }
 
     #[test]

@@ -249,7 +249,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     );
     // The audit file is open and the listener bound: systemd may consider the controller started.
     loggate_core::notify::ready();
-    serve_mtls(
+    let served = serve_mtls(
         listener,
         MtlsSettings {
             tls: &config.tls,
@@ -262,14 +262,23 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         },
         // `WatchGrants` from events encoded once for every agent; the other methods as generated.
         crate::service::grant_stream::ControllerRoutes::new(service.clone(), MAX_REQUEST_BYTES),
-        async move {
+        async {
             loggate_core::shutdown::signal().await;
             // End the agents' watch streams, or the graceful shutdown would wait for them.
             let _ = stop.send(true);
         },
     )
-    .await?;
-    // The shutdown above has set `stop`: the enrolment server finishes its open requests.
+    .await;
+    if served.is_err() {
+        // The server ended without a stop (its accept loop did; it closed its connections as a
+        // stop does): the controller stops all the same, the enrolment server and the watch
+        // streams with it, and writes its records, then exits with the error.
+        let _ = stop.send(true);
+    }
+    // `serve_mtls` returned once nothing of a request was left (it closes the connections still
+    // open at its deadline). The shutdown above (or the error) has set `stop`: the enrolment
+    // server finishes
+    // its open requests, closing the rest at its own deadline, before `controller.stopped`.
     if let Some((service, timer, server)) = enrolment {
         match server.await {
             Ok(Ok(())) => {}
@@ -286,7 +295,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
     governance.write_summaries(&audit);
     AuditRuntime::stop(&audit, &events::ControllerStopped {})?;
     loggate_core::daemon::announce(tracing::Level::INFO, "loggate controller stopped");
-    Ok(())
+    served
 }
 
 /// Reads the grant-signing key, refusing a file that others can read.

@@ -435,6 +435,7 @@ pub fn incoming_with(
         suppressed: 0,
     }));
     let report = Arc::new(refused);
+    let teardown = Teardown::new();
     let summaries = tokio::spawn({
         let (limiter, report, admission, connections) = (
             limiter.clone(),
@@ -442,7 +443,10 @@ pub fn incoming_with(
             admission.clone(),
             connections.clone(),
         );
+        // It writes records: counted until it ends (see `Teardown`).
+        let held = teardown.hold();
         async move {
+            let _held = held;
             let mut minute = tokio::time::interval(Duration::from_secs(60));
             let mut pressure = tokio::time::interval(PRESSURE_SUMMARY_INTERVAL);
             minute.tick().await;
@@ -477,9 +481,19 @@ pub fn incoming_with(
         }
     });
     let (tx, rx) = mpsc::channel(64);
+    let accept_teardown = teardown.clone();
     let accepting = tokio::spawn(async move {
+        let teardown = accept_teardown;
+        // Dropped with this task (when `Incoming` is): every handshake still in progress is
+        // aborted with it, and none outlives the listener.
+        let mut handshakes = tokio::task::JoinSet::new();
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                // A handshake's task that ended is let go of at once (its memory with it).
+                Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and the like: wait a little rather than spin.
@@ -506,13 +520,16 @@ pub fn incoming_with(
                     .with_time(TCP_KEEPALIVE_IDLE)
                     .with_interval(TCP_KEEPALIVE_INTERVAL),
             );
-            let (shared, refused, tx, connections) = (
+            let (shared, refused, tx, connections, teardown) = (
                 shared.clone(),
                 refused.clone(),
                 tx.clone(),
                 connections.clone(),
+                teardown.clone(),
             );
-            tokio::spawn(async move {
+            let held = teardown.hold();
+            handshakes.spawn(async move {
+                let _held = held;
                 // Evicted before its handshake completed (counted by the admission): dropped.
                 let Some(outcome) =
                     unless_evicted(handshake(&shared, tcp, peer, &slot), &mut evicted).await
@@ -523,7 +540,9 @@ pub fn incoming_with(
                 drop(slot);
                 match outcome {
                     Ok(stream) => {
-                        if let Some(connection) = establish(&connections, stream, peer).await {
+                        if let Some(connection) =
+                            establish(&connections, stream, peer, &teardown).await
+                        {
                             let _ = tx.send(Ok(connection)).await;
                         }
                     }
@@ -538,6 +557,7 @@ pub fn incoming_with(
         accepting,
         summaries,
         reloader,
+        teardown,
     })
 }
 
@@ -1180,6 +1200,7 @@ async fn establish(
     connections: &Arc<Connections>,
     mut stream: TlsStream<TcpStream>,
     peer: SocketAddr,
+    teardown: &Teardown,
 ) -> Option<Connection> {
     let place = Connections::enter(connections, connection_identity(&stream, peer))?;
     let mut preface = [0u8; HTTP2_PREFACE.len()];
@@ -1193,6 +1214,7 @@ async fn establish(
             replayed: 0,
             stream,
             _place: place,
+            closing: Closing::new(teardown),
         }),
         _ => {
             tracing::debug!(%peer, "no HTTP/2 preface within {HTTP2_PREFACE_TIMEOUT:?} of the handshake");
@@ -1203,12 +1225,100 @@ async fn establish(
 }
 
 /// An established connection handed to tonic: its verified HTTP/2 preface is given back first,
-/// then the stream; it holds its place among the established connections until dropped.
+/// then the stream; it holds its place among the established connections until dropped. Once
+/// its listener's [`Teardown`] closes, every read, write and flush fails (see [`Closing`]).
 pub struct Connection {
     /// How much of the preface, read before handing over, has been given back.
     replayed: usize,
     stream: TlsStream<TcpStream>,
     _place: ConnectionPlace,
+    closing: Closing,
+}
+
+/// What ends a [`Connection`] when its listener's [`Teardown`] closes: the check made before
+/// each read, write and flush, and the wake-up of a connection waiting on its socket (hyper's
+/// connection task, parked on a read from a peer that holds its stream's window shut, or on a
+/// write to a peer that stopped reading). The connection counts in the teardown until dropped.
+struct Closing {
+    teardown: Teardown,
+    /// Resolves when the teardown closes; polled only when the socket would block, so that a
+    /// call the socket answers at once pays one atomic load (the check), and one that would
+    /// block also re-polls this (the watch's `Notified`: a lock of one of its notifier's
+    /// shards). It stores one waker: enough because hyper polls a connection's reads and
+    /// writes from the one task that serves it.
+    signal: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>,
+    _held: Holding,
+}
+
+impl Closing {
+    fn new(teardown: &Teardown) -> Closing {
+        let mut closed = teardown.0.close.subscribe();
+        Closing {
+            teardown: teardown.clone(),
+            signal: Box::pin(async move {
+                // A teardown gone (it cannot be while this holds it) counts as closed.
+                let _ = closed.wait_for(|closed| *closed).await;
+            }),
+            _held: teardown.hold(),
+        }
+    }
+
+    /// The error every call returns once the teardown has closed.
+    fn error() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "the server is stopping: its connections are closed",
+        )
+    }
+
+    /// The error to return once the teardown has closed: checked before every call.
+    fn check(&self) -> Option<std::io::Error> {
+        self.teardown.is_closed().then(Closing::error)
+    }
+
+    /// What a call that the socket left `Pending` returns: an error if the teardown closed
+    /// meanwhile (the waker is registered for that, so a wait on the socket ends with it).
+    fn or_pending<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        match std::future::Future::poll(self.signal.as_mut(), cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(Closing::error())),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.closing.teardown.is_closed() {
+            // Closed by the stop: reset, not a FIN queued behind data a peer that stopped
+            // reading will never take (the kernel would keep that socket after the process).
+            let _ =
+                socket2::SockRef::from(self.stream.get_ref().0).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+impl Connection {
+    /// Runs one call on the stream unless the teardown closed: `Err` when it has, the call's
+    /// result when it is ready, and when it would block, `Pending` with a wake-up at the close.
+    fn unless_closed<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        call: impl FnOnce(
+            std::pin::Pin<&mut TlsStream<TcpStream>>,
+            &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if let Some(closed) = self.closing.check() {
+            return std::task::Poll::Ready(Err(closed));
+        }
+        match call(std::pin::Pin::new(&mut self.stream), cx) {
+            std::task::Poll::Pending => self.closing.or_pending(cx),
+            ready => ready,
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Connection {
@@ -1217,6 +1327,9 @@ impl tokio::io::AsyncRead for Connection {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(closed) = self.closing.check() {
+            return std::task::Poll::Ready(Err(closed));
+        }
         if self.replayed < HTTP2_PREFACE.len() {
             let rest = &HTTP2_PREFACE[self.replayed..];
             let n = rest.len().min(buf.remaining());
@@ -1224,7 +1337,7 @@ impl tokio::io::AsyncRead for Connection {
             self.replayed += n;
             return std::task::Poll::Ready(Ok(()));
         }
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+        self.unless_closed(cx, |s, cx| tokio::io::AsyncRead::poll_read(s, cx, buf))
     }
 }
 
@@ -1234,21 +1347,26 @@ impl tokio::io::AsyncWrite for Connection {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+        self.unless_closed(cx, |s, cx| tokio::io::AsyncWrite::poll_write(s, cx, buf))
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+        self.unless_closed(cx, tokio::io::AsyncWrite::poll_flush)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+        // Closed by the stop: nothing more is sent (a TLS close_notify could wait for ever on
+        // a peer that stopped reading); dropping the connection resets it.
+        if self.closing.teardown.is_closed() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        self.unless_closed(cx, tokio::io::AsyncWrite::poll_shutdown)
     }
 
     fn poll_write_vectored(
@@ -1256,7 +1374,9 @@ impl tokio::io::AsyncWrite for Connection {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        self.unless_closed(cx, |s, cx| {
+            tokio::io::AsyncWrite::poll_write_vectored(s, cx, bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1287,18 +1407,139 @@ async fn unless_evicted<T>(
 }
 
 /// The established connections, in the order their handshakes completed. Dropping it stops
-/// accepting.
+/// accepting and aborts the handshakes in progress (and the refusal summaries); the
+/// established connections stay, until their server ends them or [`Teardown::close`] does.
 pub struct Incoming {
     rx: mpsc::Receiver<std::io::Result<Connection>>,
     accepting: tokio::task::JoinHandle<()>,
     summaries: tokio::task::JoinHandle<()>,
     reloader: CertReloader,
+    teardown: Teardown,
 }
 
 impl Incoming {
     /// What reloads this listener's certificate from its files.
     pub fn cert_reloader(&self) -> CertReloader {
         self.reloader.clone()
+    }
+
+    /// What closes this listener's connections and tells when everything it started has
+    /// ended (the server's stop, [`crate::daemon::serve_mtls`]).
+    pub fn teardown(&self) -> Teardown {
+        self.teardown.clone()
+    }
+
+    /// Tests: what ends the accept loop as a panic in it would.
+    #[cfg(test)]
+    pub(crate) fn accept_loop(&self) -> tokio::task::AbortHandle {
+        self.accepting.abort_handle()
+    }
+}
+
+/// What ends everything a listener started, and tells when it has. [`Teardown::close`] makes
+/// every established [`Connection`] fail its next read, write and flush, and wakes the ones
+/// waiting on their sockets: hyper's task serving the connection ends, which resets the socket
+/// and ends the requests it carried. Whatever holds a [`Holding`] counts until dropped — each
+/// connection, each handshake in progress (aborted when [`Incoming`] is dropped), the task
+/// writing the refusal summaries, and each request the server runs, its handler and then its
+/// response's body ([`crate::daemon::serve_mtls`]); [`Teardown::ended`] waits until none is
+/// left. So a stop can return only once nothing that could write an audit record is left.
+#[derive(Clone)]
+pub struct Teardown(Arc<TeardownState>);
+
+struct TeardownState {
+    closed: std::sync::atomic::AtomicBool,
+    close: tokio::sync::watch::Sender<bool>,
+    held: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Teardown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Teardown")
+            .field("closed", &self.is_closed())
+            .field("held", &self.held())
+            .finish()
+    }
+}
+
+impl Default for Teardown {
+    fn default() -> Self {
+        Teardown::new()
+    }
+}
+
+impl Teardown {
+    /// Open, holding nothing.
+    pub fn new() -> Teardown {
+        Teardown(Arc::new(TeardownState {
+            closed: std::sync::atomic::AtomicBool::new(false),
+            close: tokio::sync::watch::Sender::new(false),
+            held: std::sync::atomic::AtomicUsize::new(0),
+            released: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// Closes every connection, now and from now on (see the type's docs).
+    pub fn close(&self) {
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.close.send_replace(true);
+    }
+
+    /// Whether [`Teardown::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.0.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts something until the [`Holding`] is dropped.
+    pub fn hold(&self) -> Holding {
+        self.0
+            .held
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Holding(self.0.clone())
+    }
+
+    /// How many [`Holding`]s are alive.
+    pub fn held(&self) -> usize {
+        self.0.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once no [`Holding`] is alive.
+    pub async fn ended(&self) {
+        loop {
+            let released = self.0.released.notified();
+            tokio::pin!(released);
+            // Registered before the count is read: a release in between still wakes it.
+            released.as_mut().enable();
+            if self.held() == 0 {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+/// One thing a [`Teardown`] waits for; dropping it says that thing has ended.
+pub struct Holding(Arc<TeardownState>);
+
+impl std::fmt::Debug for Holding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Holding")
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        if self
+            .0
+            .held
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.released.notify_waiters();
+        }
     }
 }
 
@@ -1584,6 +1825,40 @@ impl ClientCertVerifier for Witness {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// Certificates for tests of the listener and the servers over it.
+#[cfg(test)]
+pub(crate) mod test_pki {
+    use crate::tls::TlsFiles;
+    use std::path::Path;
+
+    /// A CA, and a certificate for `localhost` (and a controller SPIFFE ID) it signed, with its
+    /// key, written into `dir`.
+    pub(crate) fn server_files(dir: &Path) -> TlsFiles {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let ca_pem = ca.pem();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://loggate.local/controller".try_into().expect("uri"),
+        ));
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).expect("issuer");
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        let files = TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&files.ca, ca_pem).expect("write");
+        std::fs::write(&files.cert, cert.pem()).expect("write");
+        std::fs::write(&files.key, key.serialize_pem()).expect("write");
+        files
     }
 }
 
@@ -2254,5 +2529,73 @@ mod tests {
         ] {
             assert_eq!(reason_code(&error).as_str(), code, "{error}");
         }
+    }
+
+    /// A client that has sent the first byte of its handshake and nothing more: the handshake
+    /// waits for the rest until its deadline. Dropping the listener's `Incoming` (a server's
+    /// stop) aborts it at once, and its socket is closed, before that deadline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_incoming_aborts_the_handshakes_in_progress() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = test_pki::server_files(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let incoming = incoming(listener, &files, "loggate.local", |_| {}).expect("incoming");
+        let teardown = incoming.teardown();
+        // The refusal summaries' task.
+        assert_eq!(teardown.held(), 1);
+        let connected = Instant::now();
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        // A TLS record's first byte (a handshake), then nothing.
+        client.write_all(&[0x16]).await.expect("write");
+        let waited = Instant::now();
+        while teardown.held() < 2 {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "the handshake never started"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(incoming);
+        tokio::time::timeout(2 * HANDSHAKE_TIMEOUT, teardown.ended())
+            .await
+            .expect("the handshake task and the summaries' task ended");
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(2 * HANDSHAKE_TIMEOUT, client.read(&mut buf))
+            .await
+            .expect("the client's socket was closed");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "closed (EOF or reset), not answered: {read:?}"
+        );
+        assert!(
+            connected.elapsed() < HANDSHAKE_TIMEOUT,
+            "closed after {:?}: by the handshake's deadline, not by the drop",
+            connected.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_teardown_ends_when_the_last_holding_is_dropped() {
+        let teardown = Teardown::new();
+        teardown.ended().await;
+        let (a, b) = (teardown.hold(), teardown.hold());
+        let ended = tokio::spawn({
+            let teardown = teardown.clone();
+            async move { teardown.ended().await }
+        });
+        drop(a);
+        tokio::task::yield_now().await;
+        assert!(!ended.is_finished(), "one is still held");
+        assert_eq!(teardown.held(), 1);
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(30), ended)
+            .await
+            .expect("ended")
+            .expect("task");
+        assert!(!teardown.is_closed());
+        teardown.close();
+        assert!(teardown.is_closed());
     }
 }

@@ -222,7 +222,13 @@ impl SegmentMasks {
     /// Whether five dashes follow each other somewhere (what `-----BEGIN` starts with).
     pub fn has_five_dashes(&self) -> bool {
         (0..self.len()).any(|k| {
-            let d = u128::from(self.get(k).dash) | (u128::from(self.get(k + 1).dash) << 64);
+            let (cur, next) = (self.get(k).dash, self.get(k + 1).dash);
+            // A run starting in this block starts with two dashes in a row: most blocks
+            // (a date's single dashes, none at all) end here.
+            if cur & ((cur >> 1) | (next << 63)) == 0 {
+                return false;
+            }
+            let d = u128::from(cur) | (u128::from(next) << 64);
             (d & (d >> 1) & (d >> 2) & (d >> 3) & (d >> 4)) as u64 != 0
         })
     }

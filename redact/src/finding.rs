@@ -1232,6 +1232,12 @@ fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
     let mut cur = masks.get(0);
     for k in 0..masks.len() {
         let next = masks.get(k + 1);
+        // A start is a capital letter of this block: a block without one (most of a JSON or
+        // an access log's) has none.
+        if cur.upper == 0 {
+            cur = next;
+            continue;
+        }
         let upper_at = |shift: u32| (cur.upper >> shift) | (next.upper << (64 - shift));
         let digit_at = |shift: u32| (cur.digit >> shift) | (next.digit << (64 - shift));
         let mut c = cur.upper & upper_at(1) & digit_at(2) & digit_at(3);
@@ -1250,37 +1256,99 @@ fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
 /// from the dots (a quad's first part is the run of one to three digits before a dot), each
 /// then validated by [`ipv4`]; like the regex, the search goes on after the end of a quad.
 fn find_ipv4(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
-    let mut resume = 0;
-    ipv4_dots(masks, |dot| {
+    let mut quads = Quads {
+        seg,
+        resume: 0,
+        out,
+    };
+    ipv4_first_dots(masks, |dot| quads.visit(dot));
+}
+
+/// [`find_ipv4`]'s state: where the search resumes after a quad, and the findings.
+struct Quads<'a> {
+    seg: &'a [u8],
+    resume: usize,
+    out: &'a mut Vec<(usize, usize)>,
+}
+
+impl Quads<'_> {
+    /// Tries a quad whose first dot is at `dot`. Dots are visited in order; a dot that starts
+    /// no quad ([`quad_end`] is `None`) changes nothing, so skipping it changes nothing.
+    #[inline]
+    fn visit(&mut self, dot: usize) {
+        let seg = self.seg;
         let mut start = dot;
         while start > 0 && dot - start < 4 && seg[start - 1].is_ascii_digit() {
             start -= 1;
         }
         let first = dot - start;
-        if start < resume || !(1..=3).contains(&first) || (start > 0 && is_word(seg[start - 1])) {
+        if start < self.resume
+            || !(1..=3).contains(&first)
+            || (start > 0 && is_word(seg[start - 1]))
+        {
             return;
         }
         let Some(end) = quad_end(seg, dot) else {
             return;
         };
-        resume = end;
+        self.resume = end;
         if ipv4(&seg[start..end], start, seg) {
-            out.push((start, end));
+            self.out.push((start, end));
         }
-    });
+    }
 }
 
-/// Calls `f` with every dot, in order, that has a digit right before and right after it: only
-/// such a dot can be the first dot of a quad (its first part ends before it, its second part
-/// starts after it), and the other dots change nothing in [`find_ipv4`]'s state.
+/// Dots of block `cur` with a digit right before and right after (`prev_digit`, `next_digit`:
+/// the digit masks of the blocks around it).
+#[inline]
+fn dots_between_digits(prev_digit: u64, cur: &Masks, next_digit: u64) -> u64 {
+    let digit_before = (cur.digit << 1) | (prev_digit >> 63);
+    let digit_after = (cur.digit >> 1) | (next_digit << 63);
+    cur.dot & digit_before & digit_after
+}
+
+/// Calls `f` with every dot, in order, that can be the first dot of a quad: a dot with a digit
+/// right before and right after it, followed two to four bytes later by another such dot,
+/// itself followed two to four bytes later by a third one. A quad's first dot has its second
+/// dot after one to three digits and its third after one to three more, each between digits,
+/// so every dot where [`quad_end`] finds a quad is visited; the others change nothing in
+/// [`find_ipv4`]'s state (`ipv4_first_dots_find_what_every_dot_finds`). Most dots between
+/// digits in a log are a time's fraction or a version's (`07:49:12.345`, `1.22`), which
+/// this turns down from the masks, 64 at a time, without looking at their bytes.
+fn ipv4_first_dots(masks: &SegmentMasks, mut f: impl FnMut(usize)) {
+    let mut cur = masks.get(0);
+    let mut next = masks.get(1);
+    let mut between = dots_between_digits(0, &cur, next.digit);
+    for k in 0..masks.len() {
+        let after = masks.get(k + 2);
+        let between_next = dots_between_digits(cur.digit, &next, after.digit);
+        // Most blocks have no dot between digits: the window's shifts only where one has.
+        if between != 0 {
+            // Bits 0..64 this block's, 64..128 the next one's: a first dot in this block has
+            // its third dot at most eight bytes later, within the window.
+            let w = u128::from(between) | (u128::from(between_next) << 64);
+            let second = w & ((w >> 2) | (w >> 3) | (w >> 4));
+            let mut firsts = (w & ((second >> 2) | (second >> 3) | (second >> 4))) as u64;
+            while firsts != 0 {
+                f(k * 64 + firsts.trailing_zeros() as usize);
+                firsts &= firsts - 1;
+            }
+        }
+        cur = next;
+        next = after;
+        between = between_next;
+    }
+}
+
+/// Calls `f` with every dot, in order, that has a digit right before and right after it: the
+/// dots the IPv4 scan visited before [`ipv4_first_dots`], kept as its reference.
+#[cfg(test)]
 fn ipv4_dots(masks: &SegmentMasks, mut f: impl FnMut(usize)) {
     let mut prev_digit = 0u64;
     let mut cur = masks.get(0);
     for k in 0..masks.len() {
         let next = masks.get(k + 1);
-        let digit_before = (cur.digit << 1) | (prev_digit >> 63);
-        let digit_after = (cur.digit >> 1) | (next.digit << 63);
-        let mut dots = cur.dot & digit_before & digit_after;
+        let mut dots = dots_between_digits(prev_digit, &cur, next.digit);
         while dots != 0 {
             f(k * 64 + dots.trailing_zeros() as usize);
             dots &= dots - 1;
@@ -1539,6 +1607,31 @@ mod tests {
             card_runs(&masks, |from, to, _| {
                 scan_cards(&seg, from, to, &mut groups, &mut digits, &mut want)
             });
+            proptest::prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&seg));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        /// Visiting only the dots that can start a quad finds what visiting every dot between
+        /// digits finds: pieces of quads, versions, times and decimals, across block ends.
+        #[test]
+        fn ipv4_first_dots_find_what_every_dot_finds(
+            pieces in proptest::collection::vec(proptest::sample::select(vec![
+                "10.0.0.1", "192.168.1.254", "256.1.1.1", "1.2.3.4.5", "Chrome/124.0.0.0",
+                "v1.2.3.4", "07:49:12.345", "0.5", "1.22", "1234", "123", "12", "1", "0",
+                ".", "..", " ", "a", "/", "-", ":", "=", "x", ".el8", "\n",
+            ]), 0..60),
+        ) {
+            let seg = pieces.concat().into_bytes();
+            let mut masks = SegmentMasks::default();
+            masks.compute(&seg);
+            let mut got = Vec::new();
+            find_ipv4(&seg, &masks, &mut got);
+            let mut want = Vec::new();
+            let mut quads = Quads { seg: &seg, resume: 0, out: &mut want };
+            ipv4_dots(&masks, |dot| quads.visit(dot));
             proptest::prop_assert_eq!(got, want, "{:?}", String::from_utf8_lossy(&seg));
         }
     }

@@ -456,9 +456,10 @@ impl TildeGate {
                         found |= bits;
                     }
                 }
-            }
-            if found == self.kinds {
-                break;
+                // Only a match can complete the set: the test is here, not once per block.
+                if found == self.kinds {
+                    return found;
+                }
             }
         }
         found
@@ -794,10 +795,11 @@ impl WordGate {
                 let h = gate_bit(key);
                 if self.table[h / 64] & (1 << (h % 64)) != 0 {
                     found |= self.at(lower, p, key, h);
+                    // Only a hit can complete the set: the test is here, not once per block.
+                    if found == self.kinds {
+                        return found;
+                    }
                 }
-            }
-            if found == self.kinds {
-                return found;
             }
         }
         found
@@ -849,13 +851,17 @@ fn has_ssn_shape(_: &[u8], masks: &SegmentMasks) -> bool {
         }
         let w = |m: u64, n: u64| u128::from(m) | (u128::from(n) << 64);
         let (d, h) = (w(cur.digit, next.digit), w(cur.dash, next.dash));
+        // Its two dashes, three bytes apart, first: a UUID's or a word's dashes end here.
+        let dashes = (h >> 3) & (h >> 6);
+        if dashes as u64 == 0 {
+            return false;
+        }
         let shape = d
             & (d >> 1)
             & (d >> 2)
-            & (h >> 3)
+            & dashes
             & (d >> 4)
             & (d >> 5)
-            & (h >> 6)
             & (d >> 7)
             & (d >> 8)
             & (d >> 9)
@@ -870,7 +876,12 @@ fn has_ipv6_shape(seg: &[u8], masks: &SegmentMasks) -> bool {
     let mut chain = 0;
     let mut last: Option<usize> = None;
     for k in 0..masks.len() {
-        let (cur, next) = (masks.get(k), masks.get(k + 1));
+        let cur = masks.get(k);
+        // A block without a colon neither holds nor ends a shape's colon, nor moves the chain.
+        if cur.colon == 0 {
+            continue;
+        }
+        let next = masks.get(k + 1);
         let mut colons = cur.colon;
         if colons & ((cur.colon >> 1) | (next.colon << 63)) != 0 {
             return true;

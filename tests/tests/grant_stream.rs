@@ -194,9 +194,10 @@ async fn a_watch_stream_whose_client_disconnects_ends_and_is_counted_gone() -> a
 
 /// A stop is not held for ever by an agent that keeps its `WatchGrants` stream's HTTP/2 window
 /// shut (it answers pings, so keepalive never drops it, and hyper never polls a stream without
-/// window, so the stream never sees the stop): the controller drops it
-/// `GRACEFUL_STOP_WITHIN` after the stop and writes `controller.stopped`, instead of waiting
-/// until systemd kills it without its last records.
+/// window, so the stream never sees the stop): the controller closes its connection
+/// `GRACEFUL_STOP_WITHIN` after the stop, the stream ends before the controller's last record,
+/// and the controller writes `controller.stopped`, instead of waiting until systemd kills it
+/// without its last records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_holding_its_streams_window_shut_does_not_hold_the_controllers_stop(
 ) -> anyhow::Result<()> {
@@ -222,7 +223,9 @@ async fn an_agent_holding_its_streams_window_shut_does_not_hold_the_controllers_
     // Let the stream settle: whatever it has to send waits for window.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let within = loggate_core::daemon::GRACEFUL_STOP_WITHIN + Duration::from_secs(3);
+    let within = loggate_core::daemon::GRACEFUL_STOP_WITHIN
+        + loggate_core::daemon::CLOSED_WITHIN
+        + Duration::from_secs(3);
     let stopped = tokio::task::block_in_place(|| f.cluster.terminate_controller_within(within));
     let Some((status, took)) = stopped else {
         panic!("the controller had not exited {within:?} after SIGTERM (it was killed)");
@@ -246,6 +249,30 @@ async fn an_agent_holding_its_streams_window_shut_does_not_hold_the_controllers_
     assert!(
         log.contains("some connections had not ended"),
         "the stalled stream was not what held the stop: {log}"
+    );
+    // Its connection was closed at the deadline, not left to the process's exit: the stalled
+    // stream ended (`agent disconnected`) before `loggate controller stopped`, as the real
+    // agent's did, so nothing of it ran after the controller's last record.
+    let (before_stop, _) = log
+        .split_once("loggate controller stopped")
+        .ok_or_else(|| anyhow::anyhow!("no `loggate controller stopped` line: {log}"))?;
+    let connected = before_stop.matches("agent connected agent=web-1").count();
+    let disconnected = before_stop
+        .matches("agent disconnected agent=web-1")
+        .count();
+    assert!(
+        connected >= 2 && disconnected == connected,
+        "{connected} streams of web-1 connected, {disconnected} ended before the controller's \
+         stop: {log}"
+    );
+    // And the client sees its connection closed, not a stream left hanging.
+    let mut stream = stream;
+    let end = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .map_err(|_| anyhow::anyhow!("the stalled stream still hung {WAIT:?} after the stop"))?;
+    assert!(
+        !matches!(end, Ok(Some(_))),
+        "a message through a window of 0: {end:?}"
     );
     drop(stream);
     tokio::task::spawn_blocking(move || drop(f)).await?;

@@ -1103,6 +1103,22 @@ async fn a_reader_that_stops_reading_does_not_hold_the_agents_stop() -> anyhow::
         took < Duration::from_secs(8),
         "the agent took {took:?} to stop"
     );
+    // The stalled reader's connection is closed, not left hanging: reading again, it gets
+    // what was already on its way, then the end (a reset, or an error ending the stream).
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                end => return end.map(|_| ()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the stalled stream still hung 30 s after the stop"))?;
+    assert!(
+        drained.is_err(),
+        "the stream ended as if complete, without its end: {drained:?}"
+    );
     drop(stream);
     let audit = f.cluster.agent_audit("web-1");
     let finished = audit
@@ -1112,6 +1128,15 @@ async fn a_reader_that_stops_reading_does_not_hold_the_agents_stop() -> anyhow::
     assert!(
         matches!((finished, stopped), (Some(a), Some(b)) if a < b),
         "read.finished then agent.stopped: {finished:?} {stopped:?}"
+    );
+    // The stop's own checkpoint follows `agent.stopped`; nothing else may.
+    assert_eq!(
+        audit
+            .iter()
+            .filter_map(|e| e["event"].as_str())
+            .rfind(|name| *name != "audit.checkpoint"),
+        Some("agent.stopped"),
+        "the agent's last record before its final checkpoint"
     );
     // `bytes` counts what was queued: at least what the reader received.
     let bytes = finished

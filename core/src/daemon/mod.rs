@@ -17,7 +17,7 @@ pub mod serve;
 pub use audit::{AuditOpened, AuditRuntime, AuditSettings, AuditStartup, CheckpointsFile};
 pub use serve::{
     peer_identity, serve_mtls, serve_pre_auth, MethodAccess, MtlsSettings, Revocations,
-    GRACEFUL_STOP_WITHIN,
+    CLOSED_WITHIN, GRACEFUL_STOP_WITHIN,
 };
 
 /// The log level shown when `LOGGATE_LOG` is not set.

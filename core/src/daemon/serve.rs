@@ -33,9 +33,15 @@ use tonic::{Request, Status};
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
 
 /// How long the graceful part of a stop may take: once the shutdown future has resolved, the
-/// open requests get this long to end, then the server is dropped with what it still held (a
-/// peer that stopped reading must not hold a daemon's stop until systemd kills it).
+/// open requests get this long to end, then every connection still open is closed (a peer
+/// that stopped reading must not hold a daemon's stop until systemd kills it).
 pub const GRACEFUL_STOP_WITHIN: Duration = Duration::from_secs(5);
+
+/// How long a stop waits, after closing the connections, for them and what they carried
+/// (requests, handshakes) to end. A closed connection's task ends at its next poll, and a
+/// request with it; only a handler blocking its thread can take longer, and is left behind
+/// (logged) after this.
+pub const CLOSED_WITHIN: Duration = Duration::from_secs(2);
 
 /// What the identity interceptor found about a request's caller, kept in its extensions.
 #[derive(Debug, Clone)]
@@ -584,9 +590,8 @@ where
     let addr = listener
         .local_addr()
         .context("the listening socket has no address")?;
-    let auditor = settings.audit;
+    let auditor = settings.audit.clone();
     let service_name = settings.service_name;
-    let revocations = settings.revocations.clone();
     let incoming = crate::tls_accept::incoming_with(
         listener,
         settings.tls,
@@ -598,6 +603,33 @@ where
         },
     )
     .context("TLS configuration")?;
+    serve_incoming(incoming, addr, settings, service, shutdown).await
+}
+
+/// Serves `service` on the connections of `incoming` (listening on `addr`) until `shutdown`
+/// resolves, with the stop's deadline and teardown (see the comments within).
+async fn serve_incoming<S, D>(
+    incoming: crate::tls_accept::Incoming,
+    addr: std::net::SocketAddr,
+    settings: MtlsSettings<'_, D>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()>
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let service_name = settings.service_name;
+    let revocations = settings.revocations.clone();
+    let teardown = incoming.teardown();
     let reloading = settings.reload_cert.map(|mut changes| {
         let reloader = incoming.cert_reloader();
         tokio::spawn(async move {
@@ -615,56 +647,224 @@ where
     // The graceful part of a stop has a deadline: hyper sends a response's end only after the
     // data it already took, and a stream nobody polls (its peer holds the window shut) never
     // sees the stop, so a peer that stopped reading would hold the stop until the unit's stop
-    // timeout SIGKILLs the daemon without its last audit records. Past the deadline the server
-    // future is dropped and the daemon goes on to write its last records and exit. Its
-    // connections are tasks of their own (tonic spawns one per connection): dropping the
-    // server stops waiting for them, it does not close them; they end with the process. So a
-    // request still running at the deadline is cut when the process exits, and could write a
-    // record after the `*.stopped` one in the meantime (closing the connections at the
-    // deadline is an open item, docs/operations.md).
+    // timeout SIGKILLs the daemon without its last audit records. At the deadline the server
+    // future is dropped and the listener's teardown closes every connection still open: each
+    // one's next read or write fails (the ones waiting on their sockets are woken for it), so
+    // hyper's task serving it ends, its socket is reset and the requests it carried are
+    // dropped. The deadline is armed by the stop, or by the accept loop ending without one
+    // (the server would otherwise wait for its connections without a bound).
+    //
+    // Then, whether the server ended within the deadline or not, this returns only once the
+    // teardown holds nothing — no connection, no handshake, no request's handler or response
+    // body (`Held`) — or after `CLOSED_WITHIN` (logged): what a daemon writes after this
+    // (`agent.stopped`, `controller.stopped`) comes after every record of a request.
     let (fired, shutdown_fired) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         shutdown.await;
         let _ = fired.send(());
     };
+    let (ended, accept_ended) = tokio::sync::oneshot::channel::<()>();
+    let accepted_to_the_end = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let incoming = UntilEnd {
+        incoming,
+        ended: Some(ended),
+        ended_flag: accepted_to_the_end.clone(),
+    };
     let graceful_deadline = async move {
-        if shutdown_fired.await.is_ok() {
-            tokio::time::sleep(GRACEFUL_STOP_WITHIN).await;
-        } else {
-            // The server ended without a stop: the other branch has its result.
-            std::future::pending::<()>().await;
+        // Each sender is dropped unsent when the server ends first: the other branch has it.
+        let stopped = async {
+            if shutdown_fired.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let accept_ended = async {
+            if accept_ended.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = stopped => {}
+            () = accept_ended => {
+                tracing::error!(
+                    "{service_name}: the accept loop on {addr} ended without a stop; stopping"
+                );
+            }
         }
+        tokio::time::sleep(GRACEFUL_STOP_WITHIN).await;
     };
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE))
         .max_concurrent_streams(settings.max_streams_per_connection)
-        .add_service(WithMethodPath(InterceptedService::new(
-            service,
-            IdentifyPeer::new(settings.trust_domain, methods_of(S::NAME))
-                .with_revocations(revocations),
-        )))
+        .add_service(Held {
+            inner: WithMethodPath(InterceptedService::new(
+                service,
+                IdentifyPeer::new(settings.trust_domain, methods_of(S::NAME))
+                    .with_revocations(revocations),
+            )),
+            teardown: teardown.clone(),
+        })
         .serve_with_incoming_shutdown(incoming, shutdown);
     let served = tokio::select! {
         served = served => served.with_context(|| format!("{service_name} server on {addr}")),
         () = graceful_deadline => {
             tracing::warn!(
                 "{service_name}: some connections had not ended {}s after the stop (a peer \
-                 not reading, or an agent holding its stream's window shut); dropping them",
+                 not reading, or an agent holding its stream's window shut); closing them",
                 GRACEFUL_STOP_WITHIN.as_secs()
             );
             Ok(())
         }
     };
+    teardown.close();
+    if tokio::time::timeout(CLOSED_WITHIN, teardown.ended())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "{service_name}: {} connections, handshakes or requests had not ended {}s after \
+             their connections were closed (a handler blocking its thread?); stopping without them",
+            teardown.held(),
+            CLOSED_WITHIN.as_secs()
+        );
+    }
     if let Some(task) = reloading {
         task.abort();
     }
+    if accepted_to_the_end.load(std::sync::atomic::Ordering::SeqCst) {
+        // Not a stop: the daemon must not go on as if it had been asked to.
+        return served.and(Err(AcceptLoopEnded { service_name, addr }.into()));
+    }
     served
+}
+
+/// The error of a server whose accept loop ended without a stop (which only a panic in it
+/// does): its connections were closed as at a stop, and its daemon should run its stop
+/// sequence, then exit with this error.
+#[derive(Debug)]
+pub struct AcceptLoopEnded {
+    service_name: &'static str,
+    addr: std::net::SocketAddr,
+}
+
+impl std::fmt::Display for AcceptLoopEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: the accept loop on {} ended without a stop",
+            self.service_name, self.addr
+        )
+    }
+}
+
+impl std::error::Error for AcceptLoopEnded {}
+
+/// The listener's connections; when their stream ends — the accept loop stopped without a
+/// stop, which only a panic does — it sets `ended_flag` and tells `ended`.
+struct UntilEnd {
+    incoming: crate::tls_accept::Incoming,
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+    ended_flag: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio_stream::Stream for UntilEnd {
+    type Item = std::io::Result<crate::tls_accept::Connection>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let next = std::pin::Pin::new(&mut self.incoming).poll_next(cx);
+        if matches!(next, std::task::Poll::Ready(None)) {
+            self.ended_flag
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(ended) = self.ended.take() {
+                let _ = ended.send(());
+            }
+        }
+        next
+    }
+}
+
+/// Counts each request in the listener's [`Teardown`](crate::tls_accept::Teardown) while
+/// anything of it runs — its handler's future, then its response's body — so that the stop
+/// waits for it (see `serve_tls`): a request cut by the stop is dropped before the daemon's
+/// last record, not after.
+#[derive(Debug, Clone)]
+struct Held<S> {
+    inner: S,
+    teardown: crate::tls_accept::Teardown,
+}
+
+impl<S: NamedService> NamedService for Held<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<http::Request<tonic::body::Body>> for Held<S>
+where
+    S: tonic::codegen::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<B>,
+        Error = Infallible,
+    >,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let held = self.teardown.hold();
+        let handled = self.inner.call(request);
+        Box::pin(async move {
+            let response = handled.await?;
+            Ok(response.map(|body| tonic::body::Body::new(HeldBody { body, _held: held })))
+        })
+    }
+}
+
+/// A response's body, counted in the teardown until it is dropped (see [`Held`]).
+struct HeldBody<B> {
+    body: B,
+    _held: crate::tls_accept::Holding,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for HeldBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
 
     #[test]
     fn a_request_the_interceptor_did_not_see_is_refused() {
@@ -862,5 +1062,323 @@ mod tests {
             status.message(),
             "unusable client certificate: no SPIFFE ID"
         );
+    }
+
+    /// Counts its drops: a request's handler future or body, dropped when it ended, after
+    /// taking `.1` to end (as a request writing its last record does).
+    struct DropCount(Arc<std::sync::atomic::AtomicUsize>, Duration);
+
+    impl Drop for DropCount {
+        fn drop(&mut self) {
+            std::thread::sleep(self.1);
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// A body that never yields a frame (its peer's window shut, as far as it is concerned).
+    struct StalledBody(#[allow(dead_code)] DropCount);
+
+    impl hyper::body::Body for StalledBody {
+        type Data = bytes::Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Status>>> {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// The enrolment service as far as the server knows, whose requests never end: `Enrol`'s
+    /// handler never answers, `SignIn` answers with a body that never ends. Ignores the stop.
+    #[derive(Clone)]
+    struct Stalls {
+        started: Arc<std::sync::atomic::AtomicUsize>,
+        dropped: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl NamedService for Stalls {
+        const NAME: &'static str = "loggate.v1.Enrolment";
+    }
+
+    impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Stalls {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send + 'static>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let answers = request.uri().path() == "/loggate.v1.Enrolment/SignIn";
+            // The handler takes a moment to end: the stop waits for it.
+            let guard = DropCount(
+                self.dropped.clone(),
+                if answers {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(300)
+                },
+            );
+            Box::pin(async move {
+                if !answers {
+                    let _guard = guard;
+                    std::future::pending::<()>().await;
+                    unreachable!("pending");
+                }
+                Ok(http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(tonic::body::Body::new(StalledBody(guard)))
+                    .unwrap_or_default())
+            })
+        }
+    }
+
+    /// A gRPC request for `method`, to be sent on an HTTP/2 connection.
+    fn grpc_request(method: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+        http::Request::post(format!("https://localhost{method}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Empty::new())
+            .expect("request")
+    }
+
+    /// A client of [`Stalls`] with both of its requests running.
+    struct StalledClient {
+        /// The HTTP/2 connection's task: its result says how the connection ended.
+        connection: tokio::task::JoinHandle<hyper::Result<()>>,
+        /// The `Enrol` request, never answered.
+        never_answered:
+            tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>,
+        /// The `SignIn` answer, whose body never ends.
+        stalled: http::Response<hyper::body::Incoming>,
+        /// Kept: without a sender left, the client closes the connection itself.
+        _sender: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    }
+
+    impl StalledClient {
+        /// Connects to `addr` (a server of `files`' CA), sends both requests and waits until
+        /// the server's `started` counts both.
+        async fn connect(
+            addr: std::net::SocketAddr,
+            files: &TlsFiles,
+            started: &std::sync::atomic::AtomicUsize,
+        ) -> StalledClient {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(&files.ca).expect("CA") {
+                roots.add(ca.expect("CA")).expect("root");
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect("localhost".try_into().expect("name"), tcp)
+                .await
+                .expect("TLS");
+            let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(tls),
+            )
+            .await
+            .expect("HTTP/2");
+            let connection = tokio::spawn(connection);
+            sender.ready().await.expect("ready");
+            let never_answered =
+                tokio::spawn(sender.send_request(grpc_request("/loggate.v1.Enrolment/Enrol")));
+            let stalled = sender
+                .send_request(grpc_request("/loggate.v1.Enrolment/SignIn"))
+                .await
+                .expect("answered, with a body that never ends");
+            let waited = std::time::Instant::now();
+            while started.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                assert!(waited.elapsed() < Duration::from_secs(30), "not started");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            StalledClient {
+                connection,
+                never_answered,
+                stalled,
+                _sender: sender,
+            }
+        }
+    }
+
+    /// Whether the client's connection ended with a reset from the server (`ECONNRESET` on
+    /// its socket), not a clean end or a FIN (which TLS reports as an unexpected end of file).
+    fn reset_by_the_server(ended: &hyper::Result<()>) -> bool {
+        let Err(error) = ended else { return false };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = cause {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return io.kind() == std::io::ErrorKind::ConnectionReset
+                    || io.raw_os_error() == Some(libc::ECONNRESET);
+            }
+            cause = e.source();
+        }
+        false
+    }
+
+    /// The server of [`Stalls`] on a loopback port, its audit log in `dir`.
+    fn stalls_settings(dir: &std::path::Path) -> (TlsFiles, Arc<SharedAuditLog>, Stalls) {
+        let files = crate::tls_accept::test_pki::server_files(dir);
+        let audit = Arc::new(
+            SharedAuditLog::new(
+                crate::audit::AuditLog::open(&dir.join("audit.jsonl"), "test").expect("audit log"),
+            )
+            .expect("audit"),
+        );
+        let service = Stalls {
+            started: Default::default(),
+            dropped: Default::default(),
+        };
+        (files, audit, service)
+    }
+
+    /// The accept loop ending without a stop (as a panic in it would) arms the deadline too:
+    /// the server does not wait for ever for a request that never ends; it closes the
+    /// connections, drops the requests and returns an error (not a stop) to its daemon.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_accept_loop_ending_without_a_stop_arms_the_deadline_and_is_an_error() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (files, audit, service) = stalls_settings(dir.path());
+        let (started, dropped) = (service.started.clone(), service.dropped.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let incoming = crate::tls_accept::incoming_with(
+            listener,
+            &files,
+            "loggate.local",
+            crate::tls_accept::AcceptOptions {
+                client_auth: crate::tls_accept::ClientAuth::NotAsked,
+                max_handshakes: PRE_AUTH_MAX_HANDSHAKES,
+            },
+            |_| {},
+        )
+        .expect("incoming");
+        let accept_loop = incoming.accept_loop();
+        let server = tokio::spawn({
+            let files = files.clone();
+            async move {
+                serve_incoming(
+                    incoming,
+                    addr,
+                    MtlsSettings {
+                        tls: &files,
+                        trust_domain: "loggate.local",
+                        service_name: "loggate test",
+                        audit,
+                        revocations: None,
+                        reload_cert: None,
+                        max_streams_per_connection: None,
+                    },
+                    service,
+                    // Never a stop.
+                    std::future::pending::<()>(),
+                )
+                .await
+            }
+        });
+        let client = StalledClient::connect(addr, &files, &started).await;
+        accept_loop.abort();
+        let served = tokio::time::timeout(
+            GRACEFUL_STOP_WITHIN + CLOSED_WITHIN + Duration::from_secs(30),
+            server,
+        )
+        .await
+        .expect("the server returned after its accept loop ended")
+        .expect("task");
+        let error = served.expect_err("an accept loop that ended is not a stop");
+        assert!(error.is::<AcceptLoopEnded>(), "{error:#}");
+        assert_eq!(dropped.load(SeqCst), 2, "both requests were dropped");
+        let ended = tokio::time::timeout(Duration::from_secs(30), client.connection)
+            .await
+            .expect("the client's connection was closed")
+            .expect("task");
+        assert!(reset_by_the_server(&ended), "{ended:?}");
+    }
+
+    /// Requests that ignore the stop — a handler that never answers, a response whose body
+    /// never ends (a peer holding its window shut) — are ended with their connection at the
+    /// deadline: when the server returns, both are dropped (nothing of them can write a record
+    /// after the daemon's last), and the client's connection is closed under it, not left open.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_stop_deadline_every_connection_is_closed_and_its_requests_dropped() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (files, audit, service) = stalls_settings(dir.path());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let (started, dropped) = (service.started.clone(), service.dropped.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let files = files.clone();
+            async move {
+                serve_pre_auth(
+                    listener,
+                    MtlsSettings {
+                        tls: &files,
+                        trust_domain: "loggate.local",
+                        service_name: "loggate test",
+                        audit,
+                        revocations: None,
+                        reload_cert: None,
+                        max_streams_per_connection: None,
+                    },
+                    service,
+                    async move {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+            }
+        });
+
+        let client = StalledClient::connect(addr, &files, &started).await;
+
+        let _ = stop.send(());
+        let served = tokio::time::timeout(
+            GRACEFUL_STOP_WITHIN + CLOSED_WITHIN + Duration::from_secs(30),
+            server,
+        )
+        .await
+        .expect("the server returned after the stop")
+        .expect("task");
+        served.expect("a stop is not an error");
+        assert_eq!(
+            dropped.load(SeqCst),
+            2,
+            "the stalled handler and body were dropped before the server returned"
+        );
+        // The client sees its connection reset, the request without an answer fail.
+        let ended = tokio::time::timeout(Duration::from_secs(30), client.connection)
+            .await
+            .expect("the client's connection was closed")
+            .expect("task");
+        assert!(
+            reset_by_the_server(&ended),
+            "reset by the server, not ended cleanly or by a FIN: {ended:?}"
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(30), client.never_answered)
+            .await
+            .expect("the request ended")
+            .expect("task");
+        assert!(answer.is_err(), "{answer:?}");
+        drop(client.stalled);
     }
 }
