@@ -1436,7 +1436,7 @@ mod tests {
         let tried = attempts(|_, _| Some(io_failure(ConnectionReset))).await;
         let (made, elapsed) = tried.failed.expect("gave up");
         assert_eq!(made, tried.made);
-        assert_eq!(tried.retries.len() as u32, made - 1);
+        assert_eq!(u32::try_from(tried.retries.len()), Ok(made - 1));
         let last = tried.retries.last().expect("retried");
         assert!(last.elapsed + last.pause <= RESET_BUDGET, "{tried:?}");
         assert!(
@@ -1448,8 +1448,8 @@ mod tests {
             first >= RESET_PAUSE_FIRST / 2 && first <= RESET_PAUSE_FIRST,
             "{first:?}"
         );
-        for (n, retry) in tried.retries.iter().enumerate() {
-            assert_eq!(retry.attempt, n as u32 + 2);
+        for (retry, attempt) in tried.retries.iter().zip(2..) {
+            assert_eq!(retry.attempt, attempt);
             assert!(retry.pause <= RESET_PAUSE_MAX, "{retry:?}");
         }
 
