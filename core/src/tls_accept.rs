@@ -803,7 +803,8 @@ impl Admission {
         if table.pending.len() >= this.capacity {
             match make_room(&table, prefix, now) {
                 Some(Room::Evict(victim)) => table.evict(victim),
-                // Not reached: a full pool always holds a connection to choose.
+                // Not reached: a full pool always holds a connection to choose, and
+                // every one [`Table::victim`] names is pending.
                 None => {}
                 Some(Room::ResetNewcomer) => {
                     table.reset_in_grace += 1;
@@ -853,11 +854,7 @@ impl Admission {
         if total == 0 {
             return None;
         }
-        let busiest = by_prefix
-            .iter()
-            .max_by_key(|(_, n)| **n)
-            .map(|(prefix, n)| format!("; most from {prefix} ({n})"))
-            .unwrap_or_default();
+        let busiest = busiest(&by_prefix);
         Some(Refused {
             peer: None,
             reason_code: RefusalReason::Evicted,
@@ -880,11 +877,7 @@ impl Admission {
         if total == 0 {
             return None;
         }
-        let busiest = by_prefix
-            .iter()
-            .max_by_key(|(_, n)| **n)
-            .map(|(prefix, n)| format!("; most from {prefix} ({n})"))
-            .unwrap_or_default();
+        let busiest = busiest(&by_prefix);
         Some(Refused {
             peer: None,
             reason_code: RefusalReason::ResetInGrace,
@@ -897,6 +890,20 @@ impl Admission {
             claimed: None,
             suppressed_before: total,
         })
+    }
+}
+
+/// The prefix named most often in `by_prefix`, for a summary: "; most from P (n)", or, when
+/// the map reached [`MAX_PREFIXES_COUNTED`] (prefixes past it went uncounted, so the busiest
+/// may be one of those), "; most from P (n) of the first 4096 prefixes (no more counted)".
+fn busiest(by_prefix: &HashMap<Prefix, u64>) -> String {
+    let Some((prefix, n)) = by_prefix.iter().max_by_key(|(_, n)| **n) else {
+        return String::new();
+    };
+    if by_prefix.len() >= MAX_PREFIXES_COUNTED {
+        format!("; most from {prefix} ({n}) of the first {MAX_PREFIXES_COUNTED} prefixes (no more counted)")
+    } else {
+        format!("; most from {prefix} ({n})")
     }
 }
 
@@ -950,9 +957,7 @@ impl Table {
     /// to send their ClientHellos, and each eviction was a failed attempt for a client.
     fn make_room(&self, newcomer: Prefix, now: Instant) -> Option<Room> {
         let victim = self.victim()?;
-        let Some(pending) = self.pending.get(&victim) else {
-            return Some(Room::Evict(victim));
-        };
+        let pending = self.pending.get(&victim)?;
         let in_grace = pending.stage == Stage::Silent
             && now.saturating_duration_since(pending.accepted) < EVICTION_GRACE;
         if !in_grace || pending.prefix == newcomer {
@@ -1934,14 +1939,6 @@ mod tests {
         receiver.try_recv() != Err(oneshot::error::TryRecvError::Empty)
     }
 
-    /// The place of a connection the test expects admitted.
-    fn admitted(entry: Entry) -> (Slot, oneshot::Receiver<()>) {
-        match entry {
-            Entry::Admitted(slot, evicted) => (slot, evicted),
-            Entry::ResetInGrace => panic!("the newcomer was reset"),
-        }
-    }
-
     /// `peer` entering `admission` at `at` under `rule`: its place, or `None` when reset.
     fn enter_at(
         admission: &Arc<Admission>,
@@ -2218,6 +2215,61 @@ mod tests {
         );
     }
 
+    /// A full pool, every connection silent and within its grace: `victims` places held by
+    /// 192.0.2.0/24 (the largest prefix, so the victim's), `newcomers` by 198.51.100.0/24;
+    /// then a newcomer from 198.51.100.0/24. Whether it was admitted, and whether the
+    /// victim prefix's oldest connection was evicted.
+    fn newcomer_holding(newcomers: usize, victims: usize) -> (bool, bool) {
+        let admission = Arc::new(Admission::new(newcomers + victims));
+        let t0 = Instant::now();
+        let rule: fn(&Table, Prefix, Instant) -> Option<Room> = Table::make_room;
+        let mut victim: Vec<_> = (0..victims)
+            .map(|_| enter_at(&admission, "192.0.2.1:1", t0, rule).expect("a free place"))
+            .collect();
+        let _held: Vec<_> = (0..newcomers)
+            .map(|_| enter_at(&admission, "198.51.100.1:1", t0, rule).expect("a free place"))
+            .collect();
+        let during = t0 + EVICTION_GRACE / 2;
+        let newcomer = enter_at(&admission, "198.51.100.2:1", during, rule);
+        (newcomer.is_some(), was_evicted(&mut victim[0].1))
+    }
+
+    #[test]
+    fn a_newcomer_whose_prefix_holds_exactly_half_evicts_and_one_more_is_reset() {
+        // Exactly half the victim prefix's places: "more than half" it is not, so the
+        // victim goes, within its grace or not.
+        assert_eq!(newcomer_holding(1, 2), (true, true), "1 of 2");
+        assert_eq!(newcomer_holding(2, 4), (true, true), "2 of 4");
+        // One more than half: the newcomer is reset and the victim keeps its place.
+        assert_eq!(newcomer_holding(3, 4), (false, false), "3 of 4");
+        assert_eq!(newcomer_holding(2, 3), (false, false), "2 of 3");
+    }
+
+    #[test]
+    fn a_summary_whose_prefix_count_was_full_says_so() {
+        let admission = Admission::new(4);
+        let full: HashMap<Prefix, u64> = (0..u32::MAX)
+            .take(MAX_PREFIXES_COUNTED)
+            .map(|n| (Prefix::of(std::net::Ipv4Addr::from(n << 8).into()), 1))
+            .collect();
+        let few: HashMap<Prefix, u64> = full.iter().take(3).map(|(p, n)| (*p, *n)).collect();
+        let cap = format!("of the first {MAX_PREFIXES_COUNTED} prefixes (no more counted)");
+        for (by_prefix, capped) in [(full, true), (few, false)] {
+            {
+                let mut table = admission.lock();
+                table.reset_in_grace = 9_000;
+                table.reset_by_prefix = by_prefix.clone();
+                table.evicted_silent = 9_000;
+                table.evicted_by_prefix = by_prefix;
+            }
+            for summary in [admission.reset_summary(), admission.eviction_summary()] {
+                let reason = summary.expect("a summary").reason;
+                assert!(reason.contains("; most from "), "{reason}");
+                assert_eq!(reason.contains(&cap), capped, "{reason}");
+            }
+        }
+    }
+
     #[test]
     fn a_churner_sharing_the_newcomers_prefix_cannot_lock_it_out() {
         // A bastion's /24: a churner holds every place with connections younger than the
@@ -2239,43 +2291,54 @@ mod tests {
         );
         assert!(was_evicted(&mut churn[0].1));
         assert!(admission.reset_summary().is_none());
+        // herd2's rule: every place within its grace and the newcomer's prefix holding some,
+        // so the user was reset, again and again while the churner stays young.
+        let admission = Arc::new(Admission::new(8));
+        let _churn: Vec<_> = (0..8)
+            .map(|_| enter_at(&admission, "192.0.2.1:1", t0, herd2_make_room).expect("free"))
+            .collect();
+        let later = t0 + Duration::from_millis(10);
+        assert!(
+            enter_at(&admission, "192.0.2.1:2", later, herd2_make_room).is_none(),
+            "herd2's rule let the user in: the test shows nothing"
+        );
     }
 
     #[test]
     fn a_full_pool_takes_from_the_prefix_holding_most_its_oldest_without_a_client_hello() {
         let admission = Arc::new(Admission::new(6));
         // One connection from a quiet prefix (oldest of all), no ClientHello yet.
-        let (_quiet, mut quiet_evicted) = admitted(Admission::enter(
-            &admission,
-            addr("192.0.2.1:1"),
-            Instant::now(),
-        ));
+        let (_quiet, mut quiet_evicted) =
+            enter_at(&admission, "192.0.2.1:1", Instant::now(), Table::make_room)
+                .expect("admitted");
         // Three from a busy prefix, the oldest of which has sent its ClientHello.
         let mut busy: Vec<_> = (0..3)
             .map(|_| {
-                admitted(Admission::enter(
+                enter_at(
                     &admission,
-                    addr("203.0.113.1:1"),
+                    "203.0.113.1:1",
                     Instant::now(),
-                ))
+                    Table::make_room,
+                )
+                .expect("admitted")
             })
             .collect();
         busy[0].0.client_hello_received();
         let mut others: Vec<_> = (0..2)
             .map(|_| {
-                admitted(Admission::enter(
+                enter_at(
                     &admission,
-                    addr("198.51.100.1:1"),
+                    "198.51.100.1:1",
                     Instant::now(),
-                ))
+                    Table::make_room,
+                )
+                .expect("admitted")
             })
             .collect();
         // Full: a newcomer from anywhere takes the busy prefix's oldest without a ClientHello.
-        let (_new, mut new_evicted) = admitted(Admission::enter(
-            &admission,
-            addr("100.64.0.1:1"),
-            Instant::now(),
-        ));
+        let (_new, mut new_evicted) =
+            enter_at(&admission, "100.64.0.1:1", Instant::now(), Table::make_room)
+                .expect("admitted");
         assert!(
             !was_evicted(&mut quiet_evicted),
             "the quiet prefix lost its one"
@@ -2313,16 +2376,18 @@ mod tests {
         let admission = Arc::new(Admission::new(3));
         let mut held: Vec<_> = ["192.0.2.1:1", "192.0.2.2:1", "198.51.100.1:1"]
             .iter()
-            .map(|a| admitted(Admission::enter(&admission, addr(a), Instant::now())))
+            .map(|a| enter_at(&admission, a, Instant::now(), Table::make_room).expect("admitted"))
             .collect();
         for (slot, _) in &held {
             slot.client_hello_received();
         }
-        let (_new, _) = admitted(Admission::enter(
+        let (_new, _) = enter_at(
             &admission,
-            addr("198.51.100.2:1"),
+            "198.51.100.2:1",
             Instant::now(),
-        ));
+            Table::make_room,
+        )
+        .expect("admitted");
         assert!(was_evicted(&mut held[0].1), "the oldest stayed");
         assert!(!was_evicted(&mut held[1].1) && !was_evicted(&mut held[2].1));
         drop(held);
@@ -2336,11 +2401,8 @@ mod tests {
         let admission = Arc::new(Admission::new(pool_size(1 << 20)));
         let mut held: Vec<_> = (0..600)
             .map(|_| {
-                admitted(Admission::enter(
-                    &admission,
-                    addr("192.0.2.1:1"),
-                    Instant::now(),
-                ))
+                enter_at(&admission, "192.0.2.1:1", Instant::now(), Table::make_room)
+                    .expect("admitted")
             })
             .collect();
         assert!(admission.eviction_summary().is_none());
@@ -2352,11 +2414,7 @@ mod tests {
         let small = Arc::new(Admission::new(8));
         let held: Vec<_> = (0..8)
             .map(|_| {
-                admitted(Admission::enter(
-                    &small,
-                    addr("192.0.2.1:1"),
-                    Instant::now(),
-                ))
+                enter_at(&small, "192.0.2.1:1", Instant::now(), Table::make_room).expect("admitted")
             })
             .collect();
         assert!(small.eviction_summary().is_none());
