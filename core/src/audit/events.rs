@@ -1324,9 +1324,9 @@ audit_event! {
     /// from which prefix most. When the one to close has sent nothing and was accepted less
     /// than 500 ms before, a newcomer from another prefix holding more than half as many places
     /// is reset at once instead, before any TLS work; those are summarised the same way
-    /// (`reason_code` `reset_in_grace`). After its handshake a connection must send the HTTP/2 preface
-    /// within 5 s; one identity may hold 1024 established connections, all together 65536 (or
-    /// half the open-file limit); those closed over these are summarised every 10 s
+    /// (`reason_code` `reset_in_grace`). After its handshake a connection must send the HTTP/2
+    /// preface within 5 s; one identity may hold 1024 established connections, all together
+    /// 65536 (or half the open-file limit); those closed over these are summarised every 10 s
     /// (`reason_code` `connection_limit`, `peer` null).
     TlsRefused = "tls.refused" {
         writers: "agent, controller", class: Authentication, activity: 1 "Logon",
@@ -1345,8 +1345,9 @@ audit_event! {
         /// `handshake_timeout`, `tls_error`, `suppressed` for the summary of refusals over the
         /// rate limit, `evicted` for the summary of unfinished handshakes closed to make room,
         /// `reset_in_grace` for the summary of new connections reset at their accept while the
-        /// one to close was within its grace, or `connection_limit` for the summary of connections closed after their handshake
-        /// (no HTTP/2 preface in time, over the limit per identity or in all) (`status_detail`)
+        /// one to close was within its grace, or `connection_limit` for the summary of
+        /// connections closed after their handshake (no HTTP/2 preface in time, over the limit
+        /// per identity or in all) (`status_detail`)
         reason_code: &'static str,
         /// rustls' description of the failure
         reason: String,
