@@ -59,7 +59,8 @@
 //!   `reason_code` `evicted` (no peer) says how many, how far they had come (nothing sent, no
 //!   complete ClientHello, a ClientHello), and the prefix that lost most. Refused handshakes (a
 //!   bad certificate) are reported one by one, at most [`MAX_REPORTS_PER_MINUTE`] a minute, the
-//!   rest in a `suppressed` summary.
+//!   rest in a `suppressed` summary. When the listener shuts, what was counted since the last
+//!   summaries is written then.
 //!
 //! Left out on purpose: charging prefixes whose connections end unfinished (a token bucket on
 //! their new connections). With eviction by progress and by the largest prefix a churner
@@ -436,43 +437,17 @@ pub fn incoming_with(
     }));
     let report = Arc::new(refused);
     let teardown = Teardown::new();
-    let summaries = tokio::spawn({
-        let (limiter, report, admission, connections) = (
-            limiter.clone(),
-            report.clone(),
-            admission.clone(),
-            connections.clone(),
-        );
+    // Dropped with `Incoming`: the summaries' task then writes what it has counted and ends.
+    let (closing, closed) = oneshot::channel::<()>();
+    tokio::spawn(write_summaries(
+        limiter.clone(),
+        report.clone(),
+        admission.clone(),
+        connections.clone(),
         // It writes records: counted until it ends (see `Teardown`).
-        let held = teardown.hold();
-        async move {
-            let _held = held;
-            let mut minute = tokio::time::interval(Duration::from_secs(60));
-            let mut pressure = tokio::time::interval(PRESSURE_SUMMARY_INTERVAL);
-            minute.tick().await;
-            pressure.tick().await;
-            loop {
-                tokio::select! {
-                    _ = minute.tick() => {
-                        if let Some(summary) = summary(&limiter) {
-                            report(summary);
-                        }
-                    }
-                    _ = pressure.tick() => {
-                        if let Some(summary) = admission.eviction_summary() {
-                            report(summary);
-                        }
-                        if let Some(summary) = admission.reset_summary() {
-                            report(summary);
-                        }
-                        if let Some(summary) = connections.summary() {
-                            report(summary);
-                        }
-                    }
-                }
-            }
-        }
-    });
+        teardown.hold(),
+        closed,
+    ));
     let refused = Arc::new(move |mut refusal: Refused| {
         let admitted = limiter.lock().unwrap_or_else(|p| p.into_inner()).admit();
         if let Some(suppressed) = admitted {
@@ -555,10 +530,57 @@ pub fn incoming_with(
     Ok(Incoming {
         rx,
         accepting,
-        summaries,
+        _closing: closing,
         reloader,
         teardown,
     })
+}
+
+/// The listener's summaries: refusals over the rate limit every minute, evictions, resets in
+/// grace and closed connections every [`PRESSURE_SUMMARY_INTERVAL`], each when there were
+/// any; when `closed` resolves (the listener's [`Incoming`] dropped), what was counted since
+/// the last ones, then the end. `_held` counts the task until then (see [`Teardown`]).
+async fn write_summaries(
+    limiter: Arc<Mutex<Limiter>>,
+    report: Arc<impl Fn(Refused)>,
+    admission: Arc<Admission>,
+    connections: Arc<Connections>,
+    _held: Holding,
+    mut closed: oneshot::Receiver<()>,
+) {
+    let mut minute = tokio::time::interval(Duration::from_secs(60));
+    let mut pressure = tokio::time::interval(PRESSURE_SUMMARY_INTERVAL);
+    minute.tick().await;
+    pressure.tick().await;
+    let pressure_summaries = || {
+        let summaries = [
+            admission.eviction_summary(),
+            admission.reset_summary(),
+            connections.summary(),
+        ];
+        for summary in summaries.into_iter().flatten() {
+            report(summary);
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = minute.tick() => {
+                if let Some(summary) = summary(&limiter) {
+                    report(summary);
+                }
+            }
+            _ = pressure.tick() => pressure_summaries(),
+            // The listener is shut: what was counted since the last summaries is
+            // written now, not lost with the task.
+            _ = &mut closed => {
+                if let Some(summary) = summary(&limiter) {
+                    report(summary);
+                }
+                pressure_summaries();
+                return;
+            }
+        }
+    }
 }
 
 /// Reloads the certificate and key a listener presents from their files (a renewed
@@ -1412,12 +1434,14 @@ async fn unless_evicted<T>(
 }
 
 /// The established connections, in the order their handshakes completed. Dropping it stops
-/// accepting and aborts the handshakes in progress (and the refusal summaries); the
+/// accepting and aborts the handshakes in progress (the summaries' task writes what it has
+/// counted and ends); the
 /// established connections stay, until their server ends them or [`Teardown::close`] does.
 pub struct Incoming {
     rx: mpsc::Receiver<std::io::Result<Connection>>,
     accepting: tokio::task::JoinHandle<()>,
-    summaries: tokio::task::JoinHandle<()>,
+    /// Dropped with this: the summaries' task writes its last summaries and ends.
+    _closing: oneshot::Sender<()>,
     reloader: CertReloader,
     teardown: Teardown,
 }
@@ -1562,7 +1586,6 @@ impl tokio_stream::Stream for Incoming {
 impl Drop for Incoming {
     fn drop(&mut self) {
         self.accepting.abort();
-        self.summaries.abort();
     }
 }
 
@@ -2632,6 +2655,55 @@ mod tests {
             "closed after {:?}: by the handshake's deadline, not by the drop",
             connected.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn the_summaries_counted_before_the_listener_shuts_are_written_at_its_shut() {
+        // One eviction and one reset in grace, counted well before the next 10 s summary.
+        let admission = Arc::new(Admission::new(2));
+        let t0 = Instant::now();
+        let rule: fn(&Table, Prefix, Instant) -> Option<Room> = Table::make_room;
+        let _held: Vec<_> = ["192.0.2.1:1", "198.51.100.1:1"]
+            .iter()
+            .map(|p| enter_at(&admission, p, t0, rule).expect("a free place"))
+            .collect();
+        assert!(enter_at(&admission, "198.51.100.2:1", t0, rule).is_none());
+        let _evicting = enter_at(&admission, "100.64.0.1:1", t0, rule).expect("evicts");
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let report = {
+            let written = written.clone();
+            Arc::new(move |refused: Refused| {
+                written
+                    .lock()
+                    .expect("lock")
+                    .push(refused.reason_code.as_str());
+            })
+        };
+        let limiter = Arc::new(Mutex::new(Limiter {
+            window_start: Instant::now(),
+            reported: 0,
+            suppressed: 0,
+        }));
+        let teardown = Teardown::new();
+        let (closing, closed) = oneshot::channel();
+        let task = tokio::spawn(write_summaries(
+            limiter,
+            report,
+            admission,
+            Arc::new(Connections::new(4)),
+            teardown.hold(),
+            closed,
+        ));
+        drop(closing);
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the summaries' task ended at the shut")
+            .expect("no panic");
+        assert_eq!(
+            *written.lock().expect("lock"),
+            ["evicted", "reset_in_grace"]
+        );
+        assert_eq!(teardown.held(), 0);
     }
 
     #[tokio::test]
