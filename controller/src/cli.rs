@@ -533,17 +533,143 @@ pub fn explain(status: &Status, peer: &str) -> Failure {
     }
 }
 
-/// A channel to `addr` whose every call has a deadline ([`deadline`]).
+/// How long the CLI goes on trying a connection that the server resets before TLS's handshake
+/// completed: a controller taking a fleet back after its restart resets newcomers at once
+/// while its handshake pool is full of agents about to send their ClientHellos
+/// (`reset_in_grace`, `core/src/tls_accept.rs`). In the herd runs this went on for 10 s
+/// (SQLite) and 19 s (PostgreSQL), but a prefix is reset only while it holds more than half of
+/// the victim prefix's places, and an admin whose /24 (or /64) also holds agents must get
+/// through that (docs/performance.md). No retry starts past this budget.
+pub const RESET_BUDGET: Duration = Duration::from_secs(15);
+
+/// The pause before the first retry of a reset connection; each next one doubles, up to
+/// [`RESET_PAUSE_MAX`], and each is drawn at random between half and all of that
+/// ([`reset_pause`]), so that the retries of many commands do not arrive together.
+pub const RESET_PAUSE_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest pause between two attempts of a reset connection.
+pub const RESET_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// The pause after `made` attempts: [`RESET_PAUSE_FIRST`] doubled `made - 1` times, at most
+/// [`RESET_PAUSE_MAX`], times `jitter` (kept within 0.5 to 1).
+fn reset_pause(made: u32, jitter: f64) -> Duration {
+    let doublings = made.saturating_sub(1).min(16);
+    let pause = RESET_PAUSE_FIRST
+        .saturating_mul(1 << doublings)
+        .min(RESET_PAUSE_MAX);
+    pause.mul_f64(jitter.clamp(0.5, 1.0))
+}
+
+/// A retry of a reset connection, as [`again_if_reset`] hands it to its `pause`.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    /// The number of the attempt about to be made (2 for the first retry).
+    attempt: u32,
+    /// The time since the first attempt started.
+    elapsed: Duration,
+    /// The pause before it.
+    pause: Duration,
+}
+
+/// A channel to `addr` whose every call has a deadline ([`deadline`]). A connection reset
+/// before TLS completed is tried again for up to [`RESET_BUDGET`], each retry said on stderr
+/// with its attempt and the time since the first ([`again_if_reset`]).
 async fn connect(
     addr: &str,
     config: &ClientConfig,
     server: Server<'_>,
 ) -> Result<deadline::Deadline<Channel>, Failure> {
     let endpoint = endpoint(addr, config, server, true)?;
-    let connected = within_connect_deadline(endpoint.connect()).await;
+    let name = match server {
+        Server::Controller => "loggate-controller",
+        Server::Agent(id) => id,
+    };
+    let started = std::time::Instant::now();
+    let connected = again_if_reset(
+        || within_connect_deadline(endpoint.connect()),
+        || started.elapsed(),
+        |retry| async move {
+            eprintln!(
+                "loggate: {name} at {addr} reset the connection before TLS completed (busy: \
+                 a fleet reconnecting?); attempt {} in {} ms, {:.1} s since the first \
+                 (trying for up to {} s)",
+                retry.attempt,
+                retry.pause.as_millis(),
+                retry.elapsed.as_secs_f64(),
+                RESET_BUDGET.as_secs(),
+            );
+            tokio::time::sleep(retry.pause).await;
+        },
+    )
+    .await;
     connected
         .map(deadline::Deadline::new)
-        .map_err(|e| connect_failure(addr, server, &e))
+        .map_err(|(e, made, elapsed)| {
+            let mut failure = connect_failure(addr, server, &e);
+            if made > 1 {
+                failure.message.push_str(&format!(
+                    " (tried {made} times over {:.1} s)",
+                    elapsed.as_secs_f64()
+                ));
+            }
+            failure
+        })
+}
+
+/// Runs `attempt` until it succeeds, fails otherwise than by a reset before TLS
+/// ([`reset_before_tls`]), or fails by one when the next pause ([`reset_pause`]) would end
+/// past [`RESET_BUDGET`] after the first attempt started (`elapsed`). `pause` runs before each
+/// retry. The error comes with the number of attempts made and the time they took.
+async fn again_if_reset<T, A, AF, E, P, PF>(
+    mut attempt: A,
+    elapsed: E,
+    mut pause: P,
+) -> Result<T, (ConnectError, u32, Duration)>
+where
+    A: FnMut() -> AF,
+    AF: std::future::Future<Output = Result<T, ConnectError>>,
+    E: Fn() -> Duration,
+    P: FnMut(Retry) -> PF,
+    PF: std::future::Future<Output = ()>,
+{
+    let mut made = 0;
+    loop {
+        made += 1;
+        let e = match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        let spent = elapsed();
+        let wait = reset_pause(made, rand::random_range(0.5..=1.0));
+        if !reset_before_tls(&e) || spent.saturating_add(wait) > RESET_BUDGET {
+            return Err((e, made, spent));
+        }
+        pause(Retry {
+            attempt: made + 1,
+            elapsed: spent,
+            pause: wait,
+        })
+        .await;
+    }
+}
+
+/// True when the connection was reset by the server (a reset, or a broken pipe writing after
+/// one) before TLS's handshake completed: no TLS error in the chain and no HTTP/2 error
+/// after a completed handshake (where a peer refusing our certificate under TLS 1.3 may end
+/// the connection with its alert lost: that one is explained, not retried). Classified by the
+/// I/O error kinds of the cause chain, never by text.
+fn reset_before_tls(e: &ConnectError) -> bool {
+    let ConnectError::Failed(inner) = e else {
+        return false;
+    };
+    tls_error_in(inner.as_ref()).is_none()
+        && !socket_slot::past_tls(e)
+        && [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::BrokenPipe,
+        ]
+        .into_iter()
+        .any(|kind| chain_has_io_kind(inner.as_ref(), kind))
 }
 
 /// The endpoint of `addr` with the CLI's TLS identity and connection settings. With
@@ -1210,6 +1336,140 @@ pub async fn audit_checkpoints(config: &ClientConfig, host: String, json: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connect error whose cause is an I/O error of `kind`.
+    fn io_failure(kind: std::io::ErrorKind) -> ConnectError {
+        ConnectError::Failed(Box::new(std::io::Error::from(kind)))
+    }
+
+    /// What [`again_if_reset`] did, on a clock of its own that only attempts (1 ms each) and
+    /// pauses move: no test waits.
+    #[derive(Debug)]
+    struct Tried {
+        /// Attempts made.
+        made: u32,
+        /// The retries, as handed to `pause`.
+        retries: Vec<Retry>,
+        /// On failure, the attempts and the time the error reports.
+        failed: Option<(u32, Duration)>,
+    }
+
+    /// [`again_if_reset`] over attempts failing with `fail(attempt, clock)` until it gives none.
+    async fn attempts(fail: impl Fn(u32, Duration) -> Option<ConnectError>) -> Tried {
+        let clock = std::cell::Cell::new(Duration::ZERO);
+        let made = std::cell::Cell::new(0);
+        let retries = std::cell::RefCell::new(Vec::new());
+        let result = again_if_reset(
+            || {
+                made.set(made.get() + 1);
+                let result = match fail(made.get(), clock.get()) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+                clock.set(clock.get() + Duration::from_millis(1));
+                async move { result }
+            },
+            || clock.get(),
+            |retry| {
+                retries.borrow_mut().push(retry);
+                clock.set(clock.get() + retry.pause);
+                async {}
+            },
+        )
+        .await;
+        Tried {
+            made: made.get(),
+            retries: retries.into_inner(),
+            failed: result.err().map(|(_, made, elapsed)| (made, elapsed)),
+        }
+    }
+
+    #[test]
+    fn the_pause_before_a_retry_doubles_from_100_ms_up_to_2_s_with_jitter() {
+        let ms = Duration::from_millis;
+        let full: Vec<_> = (1..=7).map(|made| reset_pause(made, 1.0)).collect();
+        let expected = [
+            ms(100),
+            ms(200),
+            ms(400),
+            ms(800),
+            ms(1600),
+            ms(2000),
+            ms(2000),
+        ];
+        assert_eq!(full, expected);
+        assert_eq!(reset_pause(1, 0.5), ms(50));
+        assert_eq!(reset_pause(3, 0.75), ms(300));
+        // The jitter is kept within half to all; a long run of attempts stays at the cap.
+        assert_eq!(reset_pause(1, 0.0), ms(50));
+        assert_eq!(reset_pause(1, 7.0), ms(100));
+        assert_eq!(reset_pause(u32::MAX, 1.0), RESET_PAUSE_MAX);
+    }
+
+    #[tokio::test]
+    async fn a_connection_reset_before_tls_is_tried_again_for_a_bounded_time() {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionRefused, ConnectionReset};
+        // Reset, broken pipe, then through: three attempts, two retries said.
+        let errors = [ConnectionReset, BrokenPipe];
+        let tried = attempts(|n, _| errors.get(n as usize - 1).map(|&k| io_failure(k))).await;
+        assert_eq!(
+            (tried.made, tried.retries.len(), tried.failed),
+            (3, 2, None)
+        );
+        assert_eq!(tried.retries[0].attempt, 2);
+        assert_eq!(tried.retries[1].attempt, 3);
+
+        // Reset for the first 10 s (a herd's reset phase; four attempts last 1.2 s at most):
+        // still through, on the first attempt after 10 s.
+        let herd = Duration::from_secs(10);
+        let tried = attempts(|_, clock| (clock < herd).then(|| io_failure(ConnectionReset))).await;
+        assert_eq!(tried.failed, None, "{tried:?}");
+        assert!(tried.made > 4, "{tried:?}");
+        let last = tried.retries.last().expect("retried");
+        assert!(
+            last.elapsed < herd && last.elapsed + last.pause >= herd,
+            "{tried:?}"
+        );
+
+        // Reset every time: no retry starts past RESET_BUDGET, and the last starts within the
+        // longest pause of it. The pauses double from 50-100 ms, never above 2 s.
+        let tried = attempts(|_, _| Some(io_failure(ConnectionReset))).await;
+        let (made, elapsed) = tried.failed.expect("gave up");
+        assert_eq!(made, tried.made);
+        assert_eq!(u32::try_from(tried.retries.len()), Ok(made - 1));
+        let last = tried.retries.last().expect("retried");
+        assert!(last.elapsed + last.pause <= RESET_BUDGET, "{tried:?}");
+        assert!(
+            elapsed + RESET_PAUSE_MAX > RESET_BUDGET,
+            "gave up early: {tried:?}"
+        );
+        let first = tried.retries[0].pause;
+        assert!(
+            first >= RESET_PAUSE_FIRST / 2 && first <= RESET_PAUSE_FIRST,
+            "{first:?}"
+        );
+        for (retry, attempt) in tried.retries.iter().zip(2..) {
+            assert_eq!(retry.attempt, attempt);
+            assert!(retry.pause <= RESET_PAUSE_MAX, "{retry:?}");
+        }
+
+        // Not a reset: no controller listening, no handshake in time, a TLS refusal.
+        for error in [
+            || io_failure(ConnectionRefused),
+            || ConnectError::NoHandshake,
+            || {
+                ConnectError::Failed(Box::new(std::io::Error::new(
+                    ConnectionReset,
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+                )))
+            },
+        ] {
+            let tried = attempts(|_, _| Some(error())).await;
+            assert_eq!(tried.made, 1, "{tried:?}");
+            assert!(tried.retries.is_empty(), "{tried:?}");
+            assert_eq!(tried.failed.map(|(made, _)| made), Some(1));
+        }
+    }
 
     /// Issue #15: the CLI's HTTP/2 SETTINGS raise `SETTINGS_MAX_FRAME_SIZE` to
     /// [`MAX_FRAME_SIZE`], so that an agent may send a read's 64 KiB messages as one frame each

@@ -229,7 +229,7 @@ pub struct CommonMetrics {
     /// bookkeeping.
     pub audit_records: Family<EventLabel, Counter>,
     /// TLS handshakes refused, by [`crate::tls_accept::RefusalReason`]; those summarised
-    /// (over the report rate, evicted) are counted too.
+    /// (over the report rate, evicted, reset within a victim's grace) are counted too.
     pub handshake_refusals: Family<ReasonLabel, Counter>,
     /// Records of the audit file not yet delivered to each SIEM sink (from the sink's status
     /// file, refreshed at each scrape).
@@ -443,7 +443,7 @@ impl CommonMetrics {
         use crate::tls_accept::RefusalReason as R;
         let reason = refused.reason_code.as_str();
         match refused.reason_code {
-            R::Suppressed | R::Evicted | R::ConnectionLimit => {
+            R::Suppressed | R::Evicted | R::ResetInGrace | R::ConnectionLimit => {
                 self.handshake_refusals
                     .get_or_create(&ReasonLabel { reason })
                     .inc_by(refused.suppressed_before);
@@ -1236,6 +1236,7 @@ mod tests {
         c.handshake_refused(&refused(RefusalReason::UnknownIssuer, 3));
         c.handshake_refused(&refused(RefusalReason::Suppressed, 5));
         c.handshake_refused(&refused(RefusalReason::Evicted, 7));
+        c.handshake_refused(&refused(RefusalReason::ResetInGrace, 11));
         let count = |reason| {
             c.handshake_refusals
                 .get_or_create(&ReasonLabel { reason })
@@ -1244,6 +1245,7 @@ mod tests {
         assert_eq!(count("unknown_issuer"), 1);
         assert_eq!(count("suppressed"), 8);
         assert_eq!(count("evicted"), 7);
+        assert_eq!(count("reset_in_grace"), 11);
     }
 
     /// The `_bucket`, `_count` and `_sum` lines of `histogram` registered as `fanout`.

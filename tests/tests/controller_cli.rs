@@ -675,3 +675,71 @@ async fn an_oversized_epoch_in_watch_grants_is_refused() -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }
+
+/// A controller that resets a connection at its accept, before TLS (as one taking its fleet
+/// back after a restart does: `reset_in_grace`): the admin's command tries again, says so on
+/// stderr, and gets through. Here a front on loopback resets the first six connections and
+/// relays the others to the controller: six resets take at least 2.5 s of pauses (50-100 ms
+/// doubling), longer than the 4 attempts over 1.2 s at most that the CLI once made.
+#[test]
+fn the_cli_tries_again_a_connection_reset_before_tls_and_says_so() -> anyhow::Result<()> {
+    let mut cluster = Cluster::new(None)?;
+    cluster.start_controller()?;
+    let target = cluster.controller_addr;
+    let front = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let front_addr = front.local_addr()?;
+    std::thread::spawn(move || {
+        for (n, accepted) in front.incoming().enumerate().take(12) {
+            let Ok(client) = accepted else { return };
+            if n < 6 {
+                let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
+                drop(client);
+                continue;
+            }
+            let Ok(server) = std::net::TcpStream::connect(target) else {
+                return;
+            };
+            let (Ok(mut client_in), Ok(mut server_in)) = (client.try_clone(), server.try_clone())
+            else {
+                return;
+            };
+            let (mut client_out, mut server_out) = (client, server);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client_in, &mut server_out);
+                let _ = server_out.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut server_in, &mut client_out);
+                let _ = client_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    let config = std::fs::read_to_string(cluster.client_config("admin"))?;
+    let through_front = config.replace(
+        &format!("controller = \"{target}\""),
+        &format!("controller = \"{front_addr}\""),
+    );
+    anyhow::ensure!(through_front != config, "no controller line in {config}");
+    let path = cluster.dir.join("pki/clients/admin-through-front.toml");
+    std::fs::write(&path, through_front)?;
+    let out = cluster
+        .cli("admin")
+        .env("LOGGATE_CONFIG", &path)
+        .args(["grant", "list"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    let retries: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("reset the connection before TLS completed"))
+        .collect();
+    assert_eq!(retries.len(), 6, "{stderr}");
+    for (n, line) in retries.iter().enumerate() {
+        let attempt = format!("attempt {} in ", n + 2);
+        assert!(
+            line.contains(&attempt) && line.contains(" s since the first"),
+            "retry {n} does not say its attempt and elapsed time: {line}"
+        );
+    }
+    Ok(())
+}

@@ -28,8 +28,9 @@
 //! every agent is back and resynchronised, the `tls.refused` records of that restart, and how
 //! long the admin's `loggate grant list` took in the middle of the herd; and for every comeback
 //! its timeline, second by second: streams opened, agents caught up, attempts refused, failed in
-//! the handshake or cut, the back-off ceilings the failing agents had reached, and the
-//! controllers' eviction summaries with how far the evicted handshakes had come.
+//! the handshake, reset (before TLS completed) or cut, the back-off ceilings the failing agents
+//! had reached, and the controllers' eviction summaries with how far the evicted handshakes had
+//! come, and their summaries of newcomers reset within a victim's grace.
 //!
 //! `--history N` (SQLite): before the restart, every 10th agent goes away while N grants are
 //! written to the revision log, then comes back; its resync is measured (`history.rs`).
@@ -418,10 +419,10 @@ impl Replicas {
     }
 
     /// The `tls.refused` records every replica wrote after `before` ([`Replicas::audit_lengths`]),
-    /// and the evicted handshakes they sum.
-    fn refused_since(&self, before: &[usize]) -> (usize, u64) {
+    /// the evicted handshakes they sum, and the newcomers reset within a victim's grace.
+    fn refused_since(&self, before: &[usize]) -> (usize, u64, u64) {
         let mut records = 0;
-        let mut evicted = 0;
+        let (mut evicted, mut reset) = (0, 0);
         for (replica, skip) in self.list.iter().zip(before) {
             for raw in read_audit_file(&replica.audit).iter().skip(*skip) {
                 let e = flat_audit_record(raw);
@@ -432,13 +433,17 @@ impl Replicas {
                 if e["reason_code"] == "evicted" {
                     evicted += e["suppressed_before"].as_u64().unwrap_or(0);
                 }
+                if e["reason_code"] == "reset_in_grace" {
+                    reset += e["suppressed_before"].as_u64().unwrap_or(0);
+                }
             }
         }
-        (records, evicted)
+        (records, evicted, reset)
     }
 
-    /// The eviction summaries every replica wrote after `before`: (seconds after `since`,
-    /// handshakes evicted), in time order.
+    /// The eviction and reset summaries (`evicted`, `reset_in_grace`) every replica wrote
+    /// after `before`: (seconds after `since`, connections counted, reason code: reason), in
+    /// time order.
     fn eviction_summaries_since(
         &self,
         before: &[usize],
@@ -451,12 +456,13 @@ impl Replicas {
         for (replica, skip) in self.list.iter().zip(before) {
             for raw in read_audit_file(&replica.audit).iter().skip(*skip) {
                 let e = flat_audit_record(raw);
-                if e["event"] == "tls.refused" && e["reason_code"] == "evicted" {
+                let code = e["reason_code"].as_str().unwrap_or_default();
+                if e["event"] == "tls.refused" && matches!(code, "evicted" | "reset_in_grace") {
                     let at = e["time"].as_f64().unwrap_or(0.0);
                     out.push((
                         (at - since_ms) / 1000.0,
                         e["suppressed_before"].as_u64().unwrap_or(0),
-                        e["reason"].as_str().unwrap_or_default().to_string(),
+                        format!("{code}: {}", e["reason"].as_str().unwrap_or_default()),
                     ));
                 }
             }
@@ -487,12 +493,15 @@ struct Comeback {
     rss_peak_kib: Vec<u64>,
     refused_records: usize,
     evicted: u64,
+    /// Newcomers reset at their accept within a victim's grace (`reset_in_grace` summaries).
+    reset_in_grace: u64,
     admin_cli: Option<(Duration, bool)>,
     /// Second by second from the kill: what the agents saw.
     timeline: Vec<Second>,
-    /// The controllers' eviction summaries (`tls.refused`, `evicted`): seconds after the kill
-    /// the record was written, the handshakes it counts (those of the 10 s before it), and its
-    /// reason (how far they had come).
+    /// The controllers' eviction and reset summaries (`tls.refused`, `evicted` or
+    /// `reset_in_grace`): seconds after the kill the record was written, the connections it
+    /// counts (those of the 10 s before it), and its code and reason (for evictions, how far
+    /// they had come).
     eviction_summaries: Vec<(f64, u64, String)>,
 }
 
@@ -506,8 +515,12 @@ struct Second {
     /// Attempts whose TCP connection was refused (no controller listening).
     refused: usize,
     /// Attempts that connected and then failed in the handshake or before the stream opened
-    /// (evicted, timed out, closed).
+    /// (evicted, timed out, closed), other than by a reset.
     handshake_failed: usize,
+    /// Attempts that connected and were reset (`ECONNRESET`) before the stream opened: the
+    /// controller's resets of newcomers within a victim's grace, and evictions of handshakes
+    /// whose bytes had come unread (the controllers' summaries tell them apart).
+    reset: usize,
     /// Streams that ended (cut by the kill).
     ended: usize,
     /// The largest back-off ceiling any agent reached with a failure in this second.
@@ -910,7 +923,7 @@ async fn comeback(
     let _ = fleet
         .wait(events, Duration::from_secs(11), "", |_| false)
         .await;
-    let (refused_records, evicted) = replicas.refused_since(&audit_before);
+    let (refused_records, evicted, reset_in_grace) = replicas.refused_since(&audit_before);
     let eviction_summaries = replicas.eviction_summaries_since(&audit_before, killed_wall);
     let timeline = timeline(
         fleet,
@@ -930,6 +943,7 @@ async fn comeback(
         rss_peak_kib,
         refused_records,
         evicted,
+        reset_in_grace,
         admin_cli,
         timeline,
         eviction_summaries,
@@ -972,6 +986,7 @@ fn timeline(
         match kind {
             Failure::Refused => second.refused += 1,
             Failure::Handshake => second.handshake_failed += 1,
+            Failure::Reset => second.reset += 1,
             Failure::StreamEnded => second.ended += 1,
         }
         second.max_ceiling = second.max_ceiling.max(*ceiling);
@@ -1113,26 +1128,34 @@ enum Failure {
     /// Connected, then the TLS handshake (or the stream's opening) failed: closed by the
     /// controller (an eviction from its handshake pool, a deadline) or timed out.
     Handshake,
+    /// Connected, then reset by the controller (`ECONNRESET`) before the stream opened: a
+    /// newcomer reset within a victim's grace, or an eviction whose bytes had come unread.
+    Reset,
     /// The stream had been opened and then ended (the controller killed under it).
     StreamEnded,
 }
 
 impl Failure {
-    /// `Refused` when the error's cause chain holds a refused TCP connection (classified by
-    /// downcasting, not by the message), else `Handshake`; `StreamEnded` once it streamed.
+    /// `Refused` when the error's cause chain holds a refused TCP connection, `Reset` when it
+    /// holds a reset one (classified by downcasting, not by the message), else `Handshake`;
+    /// `StreamEnded` once it streamed.
     fn of(result: &anyhow::Result<()>, streamed: bool) -> Failure {
         if streamed {
             return Failure::StreamEnded;
         }
-        let refused = result.as_ref().err().is_some_and(|e| {
-            e.chain().any(|cause| {
-                cause
-                    .downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        let has = |kind: std::io::ErrorKind| {
+            result.as_ref().err().is_some_and(|e| {
+                e.chain().any(|cause| {
+                    cause
+                        .downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == kind)
+                })
             })
-        });
-        if refused {
+        };
+        if has(std::io::ErrorKind::ConnectionRefused) {
             Failure::Refused
+        } else if has(std::io::ErrorKind::ConnectionReset) {
+            Failure::Reset
         } else {
             Failure::Handshake
         }
@@ -1522,8 +1545,8 @@ fn print_comeback(what: &str, c: &Comeback) {
         per_replica(&c.rss_peak_kib, mib)
     );
     println!(
-        "| tls.refused records (evicted handshakes) | {} ({}) |",
-        c.refused_records, c.evicted
+        "| tls.refused records (evicted handshakes; newcomers reset in a victim's grace) | {} ({}; {}) |",
+        c.refused_records, c.evicted, c.reset_in_grace
     );
     if let Some((took, ok)) = c.admin_cli {
         println!(
@@ -1539,24 +1562,25 @@ fn print_timeline(what: &str, c: &Comeback) {
     println!();
     println!("timeline of the {what} (seconds after the kill):");
     println!(
-        "| s | streams opened | caught up | refused (down) | handshake failed | streams cut | \
-         largest back-off ceiling | failures at the {} s cap |",
+        "| s | streams opened | caught up | refused (down) | handshake failed | reset | streams cut \
+         | largest back-off ceiling | failures at the {} s cap |",
         FLEET.max_pause().as_secs()
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (i, s) in c.timeline.iter().enumerate() {
         println!(
-            "| {i} | {} | {} | {} | {} | {} | {:.2} s | {} |",
+            "| {i} | {} | {} | {} | {} | {} | {} | {:.2} s | {} |",
             s.connects,
             s.caught_up,
             s.refused,
             s.handshake_failed,
+            s.reset,
             s.ended,
             s.max_ceiling.as_secs_f64(),
             s.at_cap
         );
     }
-    println!("eviction summaries (each counts the 10 s before it):");
+    println!("eviction and reset summaries (each counts the 10 s before it):");
     if c.eviction_summaries.is_empty() {
         println!("- none");
     }

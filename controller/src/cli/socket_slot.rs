@@ -177,7 +177,7 @@ where
 /// True when the failed connect had got past TLS's handshake: the error came from HTTP/2's
 /// handshake on the TLS stream (hyper's error is in the chain, by type), where a peer refusing
 /// our certificate under TLS 1.3 closes the connection.
-fn past_tls(e: &ConnectError) -> bool {
+pub(super) fn past_tls(e: &ConnectError) -> bool {
     let ConnectError::Failed(e) = e else {
         return false;
     };

@@ -1321,9 +1321,12 @@ audit_event! {
     /// complete ClientHello of the /24 or /64 prefix holding most (one with a ClientHello only
     /// when no other is left), and every 10 s with any such evictions one summary record
     /// (`reason_code` `evicted`, `peer` null, `suppressed_before` the number) says how many and
-    /// from which prefix most. After its handshake a connection must send the HTTP/2 preface
-    /// within 5 s; one identity may hold 1024 established connections, all together 65536 (or
-    /// half the open-file limit); those closed over these are summarised every 10 s
+    /// from which prefix most. When the one to close has sent nothing and was accepted less
+    /// than 500 ms before, a newcomer from another prefix holding more than half as many places
+    /// is reset at once instead, before any TLS work; those are summarised the same way
+    /// (`reason_code` `reset_in_grace`). After its handshake a connection must send the HTTP/2
+    /// preface within 5 s; one identity may hold 1024 established connections, all together
+    /// 65536 (or half the open-file limit); those closed over these are summarised every 10 s
     /// (`reason_code` `connection_limit`, `peer` null).
     TlsRefused = "tls.refused" {
         writers: "agent, controller", class: Authentication, activity: 1 "Logon",
@@ -1341,8 +1344,10 @@ audit_event! {
         /// `bad_certificate`, `no_client_certificate`, `peer_refused_our_certificate`,
         /// `handshake_timeout`, `tls_error`, `suppressed` for the summary of refusals over the
         /// rate limit, `evicted` for the summary of unfinished handshakes closed to make room,
-        /// or `connection_limit` for the summary of connections closed after their handshake
-        /// (no HTTP/2 preface in time, over the limit per identity or in all) (`status_detail`)
+        /// `reset_in_grace` for the summary of new connections reset at their accept while the
+        /// one to close was within its grace, or `connection_limit` for the summary of
+        /// connections closed after their handshake (no HTTP/2 preface in time, over the limit
+        /// per identity or in all) (`status_detail`)
         reason_code: &'static str,
         /// rustls' description of the failure
         reason: String,
