@@ -572,11 +572,13 @@ impl Store {
         Ok(out)
     }
 
-    /// [`Store::changes_after`] without keeping anything: each change is handed to `visit` as
-    /// its row is decoded, and `visit` keeps what it wants (a stream's catch-up keeps only the
-    /// rows addressed to its agent, so a read holds those, not `limit` decoded grants). `visit`
-    /// returns `false` to stop: the rows after that one are not decoded. Returns the number of
-    /// rows decoded (handed to `visit`).
+    /// [`Store::changes_after`] without keeping anything: each change is handed to `visit` in
+    /// order, and `visit` keeps what it wants (a stream's catch-up keeps only the rows
+    /// addressed to its agent, so a finished read holds those, not `limit` decoded grants).
+    /// The page is decoded whole before `visit` sees its first row (`db::Statement::query_map`
+    /// collects it): while the read runs it holds up to `limit` decoded rows, whatever `visit`
+    /// keeps. `visit` returns `false` to stop: the rows after that one are not handed over (nor
+    /// counted, nor noted as read). Returns the number of rows handed to `visit`.
     pub fn visit_changes_after(
         &self,
         after: u64,

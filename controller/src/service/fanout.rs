@@ -19,10 +19,8 @@
 //!
 //! **The revision log stays the truth.** A stream reads the log itself (`changes_after`) only
 //! to catch up, [`CHANGES_PER_READ`] rows per read, keeping as it reads at most
-//! [`STREAM_PAGE`] of them (those addressed to its agent) at a time, and at most
-//! [`CATCH_UP_READS`] reads at once for all streams (the others wait their turn holding
-//! nothing): when it connects (from the revision
-//! and epoch the agent sent), when it fell behind the feed by more than the channel holds
+//! [`STREAM_PAGE`] of them (those addressed to its agent) at a time: when it connects (from
+//! the revision and epoch the agent sent), when it fell behind the feed by more than the channel holds
 //! (`Lagged`: a slow agent costs the others no memory, it only loses its place in the
 //! channel), and when the feed hands it a revision that does not follow the last one it saw (a
 //! gap: whatever caused it, the log fills it). A stream therefore never skips a revision: it
@@ -229,8 +227,6 @@ pub struct ChangeFeed {
     changes: broadcast::Sender<Arc<FeedChange>>,
     /// The last heartbeat encoded, with its revision ([`ChangeFeed::heartbeat_at`]).
     heartbeats: Mutex<Option<(u64, EncodedEvent)>>,
-    /// The turns of the streams' catch-up reads ([`CATCH_UP_READS`]).
-    catch_ups: Arc<tokio::sync::Semaphore>,
     /// Where the fan-out latency is counted: the process's ([`loggate_core::metrics::controller`]);
     /// a test's own in tests.
     metrics: &'static ControllerMetrics,
@@ -278,7 +274,6 @@ impl ChangeFeed {
             heartbeat,
             changes: changes.clone(),
             heartbeats: Mutex::new(None),
-            catch_ups: Arc::new(tokio::sync::Semaphore::new(CATCH_UP_READS)),
             metrics,
         });
         let mut last = store.latest_revision()?;
@@ -415,24 +410,18 @@ impl ChangeFeed {
         }
     }
 
-    /// One read of a catch-up for `agent`: waits for its turn (one of [`CATCH_UP_READS`]),
-    /// then reads [`CHANGES_PER_READ`] rows of the log off the runtime's threads, keeping
-    /// only the agent's ([`read_catch_up`]). Nothing runs until it is polled, and dropping it
-    /// (the stream ended: stopped, removed, its client gone) gives up its turn or its read.
+    /// One read of a catch-up for `agent`: reads [`CHANGES_PER_READ`] rows of the log off the
+    /// runtime's threads, keeping only the agent's ([`read_catch_up`]). Nothing runs until it
+    /// is polled, and dropping it (the stream ended: stopped, removed, its client gone) lets a
+    /// read already started finish and drops what it kept. It waits for nothing shared but the
+    /// store's connection, held only by the read itself: a stream that is never polled again
+    /// (hyper waiting for its agent's HTTP/2 window) holds up no other stream's catch-up.
     fn catch_up_read(&self, agent: &WatchRequest, from: ReadFrom) -> Reading {
-        let turns = self.catch_ups.clone();
         let store = self.store.clone();
         let agent_id = agent.agent_id.clone();
         let labels = agent.labels.clone();
         Box::pin(async move {
-            let turn = turns
-                .acquire_owned()
-                .await
-                .map_err(|_| anyhow::anyhow!("the catch-up reads are closed"))?;
             let read = tokio::task::spawn_blocking(move || {
-                // Held for the read and the filter, given back as soon as they are done (not
-                // when the stream next polls).
-                let _turn = turn;
                 let from = match from {
                     ReadFrom::Revision(from) => from,
                     ReadFrom::Agent { after, own_epoch } => {
@@ -487,28 +476,16 @@ pub struct WatchRequest {
 }
 
 /// Rows addressed to its agent a stream keeps from one read of the log in a catch-up (a read
-/// is [`CHANGES_PER_READ`] rows; the others are dropped as they are decoded, inside the
-/// blocking read, and a read that reaches this many stops keeping there and the next read
-/// starts after the last row kept: [`read_catch_up`]): what a stream holds at most, from the
-/// end of its read until its agent has taken them. The rows of a whole read are held, decoded,
-/// only during the read itself, and at most [`CATCH_UP_READS`] reads run at once, whatever the
-/// number of streams catching up (before: every finished read's 500 decoded rows waited in its
+/// is [`CHANGES_PER_READ`] rows; the others are dropped inside the blocking read, and a read
+/// that reaches this many stops keeping there and the next read starts after the last row
+/// kept: [`read_catch_up`]): what a finished read holds at most, from the end of its read
+/// until its stream takes them (before: every finished read's 500 decoded rows waited in its
 /// join handle until the stream was polled, ~860 MiB for 1,000 agents resuming at once,
-/// docs/performance.md, "long resyncs"). The store is queried once per 500 rows of the log,
-/// not once per 64.
+/// docs/performance.md, "long resyncs"). While it runs, a read holds up to
+/// [`CHANGES_PER_READ`] decoded rows (`Store::visit_changes_after` decodes the store's page
+/// before the filter sees it); the reads run one at a time on the store's one connection
+/// (`Store::conn`). The store is queried once per 500 rows of the log, not once per 64.
 pub const STREAM_PAGE: u32 = 64;
-
-/// Catch-up reads of the log that run at once, all streams together; a stream past them
-/// waits for its turn holding nothing but its place in the queue (and is cut there by a stop
-/// or its agent's removal like anywhere else). Two, because the store has one connection
-/// (`Store::conn`, a mutex): a second read at once only waits for it, ready to start when
-/// the first ends, and a third would only pin one more thread of tokio's blocking pool, and,
-/// on PostgreSQL, take a place among the callers allowed to wait for the connection
-/// (`db::MAX_STORE_WAITERS`, above which a call fails `Busy`), which the feed and the
-/// other RPCs need. 10,000 agents resyncing after a restart therefore hold at most two
-/// reads' rows of the log (decoded, [`CHANGES_PER_READ`] each) and a page of at most
-/// [`STREAM_PAGE`] rows per stream.
-pub const CATCH_UP_READS: usize = 2;
 
 /// Where a catch-up read starts.
 enum ReadFrom {
@@ -534,16 +511,17 @@ struct CatchUp {
 /// What a read of the log returns to a stream.
 type Page = anyhow::Result<CatchUp>;
 
-/// A catch-up read in progress: its turn, then its blocking read ([`ChangeFeed::catch_up_read`]).
+/// A catch-up read in progress: its blocking read ([`ChangeFeed::catch_up_read`]).
 type Reading = std::pin::Pin<Box<dyn Future<Output = Page> + Send>>;
 
-/// Reads the log after `from` for agent `agent_id` holding `labels`, keeping as each row is
-/// decoded only the rows addressed to it ([`sent_to`], the rule of the live path: by host or
-/// label, a grant until it ends, a revocation always; nothing is encoded for others), at most
-/// [`STREAM_PAGE`] of them: a read that reaches that many stops there (the rows after are not
-/// decoded) and the next read starts after the last row kept. So what a finished read holds,
-/// until its stream takes it, is the agent's rows of the page, never the
-/// [`CHANGES_PER_READ`] decoded grants of the read.
+/// Reads the log after `from` for agent `agent_id` holding `labels`, keeping only the rows
+/// addressed to it ([`sent_to`], the rule of the live path: by host or label, a grant until
+/// it ends, a revocation always; nothing is encoded for others), at most [`STREAM_PAGE`] of
+/// them: a read that reaches that many stops keeping there and the next read starts after the
+/// last row kept. While it runs the read holds up to [`CHANGES_PER_READ`] decoded rows (the
+/// store decodes its page before the filter sees it: `Store::visit_changes_after`); what a
+/// finished read holds, until its stream takes it, is the agent's rows of the page, at most
+/// [`STREAM_PAGE`], never the read's decoded grants for others.
 fn read_catch_up(store: &Store, from: u64, agent_id: &str, labels: &[String]) -> Page {
     let now = unix_now();
     let mut rows = VecDeque::new();
@@ -1692,11 +1670,11 @@ mod tests {
     }
 
     /// The read of a catch-up keeps, as it reads, only the rows addressed to its agent: a
-    /// finished read waiting for its stream to be polled holds those (here 3 of 303: the
-    /// revoked grant as its revocation, and the revocation), never the page's grants for others, and still moves
-    /// the stream to the last row it read. A read with no row for the agent holds nothing
-    /// and moves it a whole read on; a read that reaches [`STREAM_PAGE`] rows kept stops
-    /// there.
+    /// finished read waiting for its stream to be polled holds those (here 3 of 303: its
+    /// grants, the revoked one as its revocation, and the revocation), never the page's grants
+    /// for others, and still moves the stream to the last row it read. A read with no row for
+    /// the agent holds nothing and moves it a whole read on; a read that reaches
+    /// [`STREAM_PAGE`] rows kept, among rows for others, stops at its last kept row.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_catch_up_read_holds_only_its_agents_rows() {
         let f = Fixture::new();
@@ -1753,67 +1731,24 @@ mod tests {
             (latest + u64::from(CHANGES_PER_READ), true)
         );
 
+        // Rows for others between the agent's: the read stops at the first row after its
+        // 64th kept, and the next starts after that kept row, not after the last row read.
         let from = f.store.latest_revision().unwrap();
-        let mine: Vec<u64> = (0..STREAM_PAGE + 5)
-            .map(|i| f.grant(&format!("z-{i}"), &["env=prod"]))
-            .collect();
+        let mut mine = Vec::new();
+        for i in 0..STREAM_PAGE + 5 {
+            mine.push(f.grant(&format!("z-{i}"), &["env=prod"]));
+            f.grant(&format!("w-{i}"), &["env=dev"]);
+        }
         let read = feed
             .catch_up_read(&agent, ReadFrom::Revision(from))
             .await
             .expect("the read");
-        assert_eq!(read.rows.len(), STREAM_PAGE as usize);
+        let kept: Vec<u64> = read.rows.iter().map(|(r, _)| *r).collect();
+        assert_eq!(kept, mine[..STREAM_PAGE as usize]);
         assert_eq!(
             (read.last, read.full),
             (mine[STREAM_PAGE as usize - 1], true)
         );
-    }
-
-    /// Past [`CATCH_UP_READS`] reads at once, a catch-up waits for its turn without reading
-    /// anything; its agent's removal cuts it there, and it gives its place up (the turns all
-    /// come back, nothing was read for it). Another waiting stream, once the turns are
-    /// free, catches up whole.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stream_waiting_for_its_turn_to_catch_up_reads_nothing_and_is_cut_by_removal() {
-        let f = Fixture::new();
-        let granted = f.grant("g-1", &["env=prod"]);
-        let feed = f.feed(FEED_CAPACITY);
-        let started = std::time::Instant::now();
-        while f.store.change_reads() == 0 && started.elapsed() < WAIT {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let reads_before = f.store.change_reads();
-        assert_eq!(reads_before, 1, "the feed's first read");
-        let turns = feed
-            .catch_ups
-            .clone()
-            .acquire_many_owned(u32::try_from(CATCH_UP_READS).unwrap())
-            .await
-            .unwrap();
-        let (remove, mut cut) = resync_with_room_for_one(&f, &feed);
-        let mut waiting = f.watch(&feed, "web-1", &["env=prod"], 4);
-        // Long enough for a read that was not waiting to be done many times over.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            f.store.change_reads(),
-            reads_before,
-            "no read without a turn"
-        );
-        assert!(cut.try_recv().is_err() && waiting.try_recv().is_err());
-
-        remove.send(()).unwrap();
-        let (sent, status) = until_the_end(&mut cut).await;
-        assert!(sent.is_empty(), "{sent:?} sent while waiting");
-        assert_eq!(
-            status.expect("the removal's status").code(),
-            super::super::enrol::removed_status().code()
-        );
-        assert_eq!(f.store.change_reads(), reads_before, "nothing read for it");
-
-        drop(turns);
-        let (seen, at) = until_heartbeat(&mut waiting).await;
-        assert_eq!(seen, vec![(granted, "g-1".to_string())]);
-        assert_eq!(at, granted);
-        assert_eq!(feed.catch_ups.available_permits(), CATCH_UP_READS);
     }
 
     /// A catch-up reads [`CHANGES_PER_READ`] rows per query and keeps only those addressed to
