@@ -84,7 +84,24 @@ impl Drop for Sharer {
 /// A queued message's share of the [`QueueBudget`], given back on drop (when the response
 /// has taken the message).
 pub struct BudgetShare {
-    _units: OwnedSemaphorePermit,
+    units: OwnedSemaphorePermit,
+}
+
+impl BudgetShare {
+    /// A share for a message of `len` bytes split off this one (taken from `budget`), if it
+    /// holds that much.
+    pub fn split_off(&mut self, budget: &QueueBudget, len: usize) -> Option<BudgetShare> {
+        let units = usize::try_from(budget.units_for(len)).ok()?;
+        if self.units.num_permits() < units {
+            return None;
+        }
+        self.units.split(units).map(|units| BudgetShare { units })
+    }
+
+    /// Whether nothing is left of this share.
+    pub fn is_spent(&self) -> bool {
+        self.units.num_permits() == 0
+    }
 }
 
 impl QueueBudget {
@@ -218,18 +235,19 @@ impl QueueBudget {
             .clone()
             .try_acquire_many_owned(self.units_for(len))
             .ok()
-            .map(|units| BudgetShare { _units: units })
+            .map(|units| BudgetShare { units })
     }
 
-    /// Waits for a share for a message of `len` bytes (in turn: the semaphore is fair).
-    pub async fn take(&self, len: usize) -> BudgetShare {
-        match self
-            .units
-            .clone()
-            .acquire_many_owned(self.units_for(len))
-            .await
-        {
-            Ok(units) => BudgetShare { _units: units },
+    /// Waits for shares for `count` messages of `len` bytes each, as one share to split them
+    /// off ([`BudgetShare::split_off`]): a stream waiting for budget is woken once per `count`
+    /// messages the readers take, not once per message. In turn (the semaphore is fair); as
+    /// much as the whole budget at most (a message larger than the budget waits until nothing
+    /// else is queued, rather than for ever).
+    pub async fn take_for(&self, len: usize, count: usize) -> BudgetShare {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        let units = self.units_for(len).saturating_mul(count).min(self.total);
+        match self.units.clone().acquire_many_owned(units).await {
+            Ok(units) => BudgetShare { units },
             // The semaphore is never closed; were it, waiting for ever is the closed-fail
             // answer (the stream's other events still end it).
             Err(_) => std::future::pending().await,
@@ -431,7 +449,7 @@ mod tests {
             .expect("runtime");
         let waiting = {
             let budget = budget.clone();
-            rt.spawn(async move { budget.take(60 * 1024).await })
+            rt.spawn(async move { budget.take_for(60 * 1024, 1).await })
         };
         rt.block_on(tokio::task::yield_now());
         assert!(!waiting.is_finished(), "waits while the budget is short");

@@ -1115,8 +1115,7 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
                 if let Some(bar) = &progress {
                     bar.inc(u64::try_from(data.len()).unwrap_or(u64::MAX));
                 }
-                out.pending.extend_from_slice(&data);
-                if let Err(e) = out.flush(false) {
+                if let Err(e) = out.write(&data) {
                     clear();
                     return Err(e.into());
                 }
@@ -1132,7 +1131,8 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
 /// Where streamed content goes: stdout as text, or as one JSON object per line.
 struct Output<'a, W: Write> {
     out: W,
-    /// Received bytes not yet written (JSON output writes whole lines only).
+    /// Received bytes not yet written (JSON output only: it writes whole lines; text goes
+    /// straight through, never copied here).
     pending: Vec<u8>,
     json: bool,
     host: &'a str,
@@ -1140,11 +1140,23 @@ struct Output<'a, W: Write> {
 }
 
 impl<W: Write> Output<'_, W> {
-    /// Writes complete lines (all of `pending` when `all`).
+    /// Writes one received message. Text: its bytes straight to the output, one write per
+    /// message (the `BufWriter` passes a message of its capacity or more through without
+    /// copying it; a smaller one is copied once and flushed with it), never through `pending`
+    /// (issue #15: that copied every byte the CLI printed). JSON: whole lines only, so the
+    /// message joins `pending` and a line it leaves open waits for the next message.
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        if !self.json {
+            self.out.write_all(data)?;
+            return self.out.flush();
+        }
+        self.pending.extend_from_slice(data);
+        self.flush(false)
+    }
+
+    /// Writes complete lines (all of `pending` when `all`), and flushes the output.
     fn flush(&mut self, all: bool) -> std::io::Result<()> {
         if !self.json {
-            self.out.write_all(&self.pending)?;
-            self.pending.clear();
             return self.out.flush();
         }
         let end = if all {
@@ -1469,6 +1481,65 @@ mod tests {
             assert!(tried.retries.is_empty(), "{tried:?}");
             assert_eq!(tried.failed.map(|(made, _)| made), Some(1));
         }
+    }
+
+    /// A writer that records each `write` call's bytes.
+    #[derive(Debug, Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn output(json: bool) -> Output<'static, std::io::BufWriter<Writes>> {
+        Output {
+            out: std::io::BufWriter::new(Writes::default()),
+            pending: Vec::new(),
+            json,
+            host: "web-1",
+            path: "/var/log/app.log",
+        }
+    }
+
+    /// Issue #15: text output writes each message's bytes as they came, in one write per
+    /// message (not per line), and copies none of them into `pending` (it used to copy every
+    /// message there before writing it), even a message that ends inside a line.
+    #[test]
+    fn text_output_writes_each_message_once_without_keeping_a_copy() {
+        let big: Vec<u8> = b"a line of the log\n".repeat(4000);
+        let messages: [&[u8]; 4] = [&big, b"first\nsecond\npart", b" of a line\n", &big];
+        let mut out = output(false);
+        for m in messages {
+            out.write(m).unwrap();
+            assert_eq!(out.pending.capacity(), 0, "text output copied a message");
+        }
+        out.flush(true).unwrap();
+        let writes = out.out.into_inner().unwrap().0;
+        assert_eq!(writes, messages.map(<[u8]>::to_vec));
+    }
+
+    /// JSON output writes whole lines: a line split across two messages is one record.
+    #[test]
+    fn json_output_joins_a_line_split_across_messages() {
+        let mut out = output(true);
+        out.write(b"one\ntw").unwrap();
+        out.write(b"o\nthree").unwrap();
+        out.flush(true).unwrap();
+        let written = out.out.into_inner().unwrap().0.concat();
+        let lines: Vec<serde_json::Value> = written
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        let texts: Vec<&str> = lines.iter().map(|v| v["line"].as_str().unwrap()).collect();
+        assert_eq!(texts, ["one", "two", "three"]);
+        assert_eq!(lines[0]["host"], "web-1");
     }
 
     /// Issue #15: the CLI's HTTP/2 SETTINGS raise `SETTINGS_MAX_FRAME_SIZE` to
