@@ -483,6 +483,36 @@ pub struct MtlsSettings<'a, D> {
     pub max_streams_per_connection: Option<u32>,
 }
 
+/// What the servers here serve: a tonic service (every method of one gRPC service, named by
+/// [`NamedService`]) that can be cloned per connection and sent between threads.
+pub trait GrpcService:
+    tonic::codegen::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `service` on `listener` over mutual TLS until `shutdown` resolves, then lets the
 /// open requests finish. Every handshake is checked by [`crate::tls_accept::incoming`]
 /// (refusals audited to `settings.audit`); every request goes through [`IdentifyPeer`].
@@ -493,16 +523,7 @@ pub async fn serve_mtls<S, D>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()>
 where
-    S: tonic::codegen::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
     D: AsRef<SharedAuditLog> + Send + Sync + 'static,
 {
     serve_tls(
@@ -534,16 +555,7 @@ pub async fn serve_pre_auth<S, D>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()>
 where
-    S: tonic::codegen::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
     D: AsRef<SharedAuditLog> + Send + Sync + 'static,
 {
     anyhow::ensure!(
@@ -575,16 +587,7 @@ async fn serve_tls<S, D>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()>
 where
-    S: tonic::codegen::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
     D: AsRef<SharedAuditLog> + Send + Sync + 'static,
 {
     let addr = listener
@@ -616,16 +619,7 @@ async fn serve_incoming<S, D>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()>
 where
-    S: tonic::codegen::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
+    S: GrpcService,
 {
     let service_name = settings.service_name;
     let revocations = settings.revocations.clone();
