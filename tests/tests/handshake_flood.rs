@@ -748,6 +748,32 @@ fn churn(
     opened.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// One `WhoAmI` through a fresh connection to `addr`, bounded at 15 s, and how long it took.
+/// One attempt: an evicted handshake is a failure, not something to retry.
+async fn who_am_i_once(
+    files: &loggate_core::tls::TlsFiles,
+    addr: SocketAddr,
+) -> anyhow::Result<(
+    Result<anyhow::Result<()>, tokio::time::error::Elapsed>,
+    Duration,
+)> {
+    let endpoint = files
+        .endpoint(&addr.to_string(), loggate_core::tls::Server::Controller)?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(10));
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
+        let channel = endpoint.connect().await?;
+        let mut client = loggate_proto::controller_client::ControllerClient::new(channel);
+        client
+            .who_am_i(loggate_proto::WhoAmIRequest::default())
+            .await?;
+        anyhow::Ok(())
+    })
+    .await;
+    Ok((outcome, started.elapsed()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_300_ms_away_gets_through_while_three_prefixes_churn_at_full_rate(
 ) -> anyhow::Result<()> {
@@ -765,22 +791,8 @@ async fn a_client_300_ms_away_gets_through_while_three_prefixes_churn_at_full_ra
     });
     // Let the churn fill the pool and reach its full rate.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let endpoint = files
-        .endpoint(&proxy.to_string(), loggate_core::tls::Server::Controller)?
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(10));
     let started = Instant::now();
-    // One attempt: an evicted handshake is a failure, not something to retry.
-    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
-        let channel = endpoint.connect().await?;
-        let mut client = loggate_proto::controller_client::ControllerClient::new(channel);
-        client
-            .who_am_i(loggate_proto::WhoAmIRequest::default())
-            .await?;
-        anyhow::Ok(())
-    })
-    .await;
-    let took = started.elapsed();
+    let (outcome, took) = who_am_i_once(&files, proxy).await?;
     let before_stop = Instant::now();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let opened = churning.await?;
@@ -843,25 +855,7 @@ async fn replayed_client_hellos_that_never_complete_still_get_evicted_and_lock_n
     });
     // Let the replayed ClientHellos fill the pool (128 places) and hold its turns.
     tokio::time::sleep(POOL_FILL).await;
-    let endpoint = files
-        .endpoint(
-            &controller.to_string(),
-            loggate_core::tls::Server::Controller,
-        )?
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(10));
-    let started = Instant::now();
-    // One attempt: an evicted handshake is a failure, not something to retry.
-    let outcome = tokio::time::timeout(Duration::from_secs(15), async {
-        let channel = endpoint.connect().await?;
-        let mut client = loggate_proto::controller_client::ControllerClient::new(channel);
-        client
-            .who_am_i(loggate_proto::WhoAmIRequest::default())
-            .await?;
-        anyhow::Ok(())
-    })
-    .await;
-    let took = started.elapsed();
+    let (outcome, took) = who_am_i_once(&files, controller).await?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let opened = churning.await?;
     eprintln!("under replayed ClientHellos: {outcome:?} in {took:?}; {opened} connections opened");
