@@ -281,6 +281,12 @@ impl Prefilter {
         })
     }
 
+    /// Whether `b` is a candidate on every segment ([`Prefilter::candidates`] always returns
+    /// its bit when the profile has it).
+    pub fn always_runs(b: Builtin) -> bool {
+        matches!(gate(b), Gate::Always)
+    }
+
     /// Whether [`Prefilter::candidates`] reads the `tilde` class of the masks (the profile has a
     /// prefix that holds a `~`): the masks must then be computed with it.
     pub fn reads_tilde(&self) -> bool {
