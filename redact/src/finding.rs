@@ -1245,13 +1245,10 @@ fn find_ibans(seg: &[u8], masks: &SegmentMasks, out: &mut Vec<(usize, usize)>) {
 /// Calls `f` with every position, in order, where two capital letters and two digits start
 /// after a word boundary (what `\b[A-Z]{2}[0-9]{2}` matches): where an IBAN can start.
 fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
-    let mut cur = masks.get(0);
-    for k in 0..masks.len() {
-        let next = masks.get(k + 1);
+    for (k, (cur, next)) in masks.pairs().enumerate() {
         // A start is a capital letter of this block: a block without one (most of a JSON or
         // an access log's) has none.
         if cur.upper == 0 {
-            cur = next;
             continue;
         }
         let upper_at = |shift: u32| (cur.upper >> shift) | (next.upper << (64 - shift));
@@ -1264,7 +1261,6 @@ fn iban_starts(seg: &[u8], masks: &SegmentMasks, mut f: impl FnMut(usize)) {
                 f(i);
             }
         }
-        cur = next;
     }
 }
 

@@ -848,8 +848,7 @@ fn has_at_sign(_: &[u8], masks: &SegmentMasks) -> bool {
 /// `ddd-dd-dddd` somewhere (what the SSN pattern needs, boundaries aside): bit `i` of the
 /// block's result is set when the shape starts at byte `i`.
 fn has_ssn_shape(_: &[u8], masks: &SegmentMasks) -> bool {
-    (0..masks.len()).any(|k| {
-        let (cur, next) = (masks.get(k), masks.get(k + 1));
+    masks.pairs().any(|(cur, next)| {
         // A shape starting in this block has its dashes at +3 and +6: in this block, or in
         // the next block's first six bytes. Most blocks of a log have none there.
         if cur.dash == 0 && next.dash & 0x3f == 0 {
