@@ -201,6 +201,10 @@ impl Builtin {
         userinfo_rows: &[&Family],
         out: &mut Vec<(usize, usize)>,
     ) {
+        // The mask scanners are one table (`mask_scanner`), also called directly by the redactor.
+        if let Some(scan) = self.mask_scanner() {
+            return scan(seg, masks, out);
+        }
         match self {
             // Private keys span lines: the redactor's state machine handles them.
             Builtin::PrivateKey => {}
@@ -222,8 +226,7 @@ impl Builtin {
             Builtin::Email => regex_spans(&EMAIL, seg, 0, out, |v, s, line| {
                 !after_url_userinfo(line, s) && !family::claimed_userinfo(userinfo_rows, line, s, v)
             }),
-            Builtin::Card => find_cards(seg, masks, out),
-            Builtin::Iban => find_ibans(seg, masks, out),
+            Builtin::Card | Builtin::Iban | Builtin::Ipv4 => {}
             Builtin::Ssn => regex_spans(&SSN, seg, 0, out, |v, s, line| {
                 let e = s + v.len();
                 let glued_before = s > 0 && matches!(line[s - 1], b'-' | b'.' | b'/');
@@ -231,7 +234,6 @@ impl Builtin {
                     && line.get(e + 1).is_some_and(u8::is_ascii_digit);
                 !glued_before && !glued_after && validate::Validator::Ssn.check(v)
             }),
-            Builtin::Ipv4 => find_ipv4(seg, masks, out),
             Builtin::Ipv6 => find_ipv6(seg, out),
             Builtin::Phone => regex_spans(&PHONE, seg, 1, out, |v, _, _| validate::phone(v)),
             Builtin::MacAddress => regex_spans(&MAC_ADDRESS, seg, 1, out, |v, _, _| {
