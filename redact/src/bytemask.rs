@@ -209,6 +209,16 @@ impl SegmentMasks {
         self.blocks.get(k).copied().unwrap_or_default()
     }
 
+    /// Each block of the segment with its successor (the empty block after the last one), in
+    /// order: what a test across a block's end reads, without a bounds check per block.
+    #[inline]
+    pub fn pairs(&self) -> impl Iterator<Item = (&Masks, &Masks)> {
+        self.blocks.windows(2).filter_map(|w| match w {
+            [cur, next] => Some((cur, next)),
+            _ => None,
+        })
+    }
+
     /// Whether any block has a bit of `class` set.
     pub fn any(&self, class: impl Fn(&Masks) -> u64) -> bool {
         self.blocks.iter().any(|m| class(m) != 0)
@@ -221,8 +231,8 @@ impl SegmentMasks {
 
     /// Whether five dashes follow each other somewhere (what `-----BEGIN` starts with).
     pub fn has_five_dashes(&self) -> bool {
-        (0..self.len()).any(|k| {
-            let (cur, next) = (self.get(k).dash, self.get(k + 1).dash);
+        self.pairs().any(|(cur, next)| {
+            let (cur, next) = (cur.dash, next.dash);
             // A run starting in this block starts with two dashes in a row: most blocks
             // (a date's single dashes, none at all) end here.
             if cur & ((cur >> 1) | (next << 63)) == 0 {
@@ -550,6 +560,23 @@ mod tests {
         assert_eq!(m.get(1).digit, 0b11_1111);
         assert_eq!(m.get(2), Masks::default());
         assert_eq!(m.get(9), Masks::default());
+    }
+
+    /// `pairs` gives each block of the segment with its successor (the empty block after the
+    /// last), as `get(k)` and `get(k + 1)` do, for segments of every length around the block
+    /// size (none for an empty segment).
+    #[test]
+    fn pairs_are_each_block_and_the_next() {
+        let mut m = SegmentMasks::default();
+        for len in 0..=200 {
+            let seg: Vec<u8> = (0..len).map(|i| b"a1-:. @~Z"[i % 9]).collect();
+            m.compute(&seg);
+            let pairs: Vec<(Masks, Masks)> = m.pairs().map(|(a, b)| (*a, *b)).collect();
+            let want: Vec<(Masks, Masks)> =
+                (0..m.len()).map(|k| (m.get(k), m.get(k + 1))).collect();
+            assert_eq!(pairs, want, "{len}");
+            assert_eq!(pairs.len(), len.div_ceil(64), "{len}");
+        }
     }
 
     #[test]

@@ -223,6 +223,13 @@ pub struct Redactor {
     by_bit: Vec<Vec<usize>>,
     /// Detectors that run on every segment (custom ones).
     unconditional: Vec<usize>,
+    /// The built-in detectors that run on every segment and find their own candidates in the
+    /// masks (`card`, `iban`, `ipv4`), with their scanners: called directly on each segment,
+    /// not through [`Redactor::run_detector`] (see [`Builtin::mask_scanner`]). Their bits are
+    /// in `scanned_bits`, not in `by_bit`.
+    scanners: Vec<(usize, finding::MaskScanner)>,
+    /// The prefilter bits of `scanners`' detectors.
+    scanned_bits: u128,
     /// The profile's families that name a URL's user part (`sentry_dsn`): only when one runs
     /// does `email` leave that value to it, else `email` redacts it.
     userinfo_rows: Vec<&'static Family>,
@@ -298,11 +305,17 @@ impl Redactor {
         let mut by_bit: Vec<Vec<usize>> = vec![Vec::new(); 128];
         let mut unconditional = Vec::new();
         let mut national = Vec::new();
+        let mut scanners = Vec::new();
+        let mut scanned_bits = 0;
         for (i, d) in detectors.iter().enumerate() {
             match d.kind {
-                Kind::Builtin(b) => match b.as_national() {
-                    Some(n) => national.push((i, n)),
-                    None => by_bit[b.bit_index() as usize].push(i),
+                Kind::Builtin(b) => match (b.as_national(), b.mask_scanner()) {
+                    (Some(n), _) => national.push((i, n)),
+                    (None, Some(scan)) if prefilter::Prefilter::always_runs(b) => {
+                        scanners.push((i, scan));
+                        scanned_bits |= prefilter::bit(b);
+                    }
+                    (None, _) => by_bit[b.bit_index() as usize].push(i),
                 },
                 _ => unconditional.push(i),
             }
@@ -320,6 +333,8 @@ impl Redactor {
             prefilter,
             by_bit,
             unconditional,
+            scanners,
+            scanned_bits,
             userinfo_rows,
             national: national::Scan::new(&national),
             key,
@@ -437,7 +452,15 @@ impl Redactor {
         state.findings.clear();
         // The order findings are collected in does not matter: they are sorted below, and
         // at equal spans the detector listed first wins by its index.
-        let mut bits = candidates;
+        for &(i, scan) in &self.scanners {
+            state.spans.clear();
+            scan(seg, &state.masks, &mut state.spans);
+            state
+                .findings
+                .extend(state.spans.iter().map(|(s, e)| (*s, *e, i)));
+        }
+        // The scanners' bits are always candidates (`Prefilter::always_runs`): they ran above.
+        let mut bits = candidates & !self.scanned_bits;
         while bits != 0 {
             let b = bits.trailing_zeros() as usize;
             bits &= bits - 1;

@@ -1572,3 +1572,50 @@ fn a_national_detector_named_twice_takes_the_first_mode() {
         assert_eq!(counts.total(), 1);
     }
 }
+
+/// The detectors that find their own candidates in the masks (`card`, `iban`, `ipv4`) are run
+/// by the redactor directly, not through the prefilter's bits: each finds its value alone,
+/// with the other always-run detectors (`phone`, `mac_address`, which keep their bits), and
+/// named twice the first one's mode wins, as for every other detector.
+#[test]
+fn mask_scanned_detectors_run_alone_together_and_named_twice() {
+    let line = b"card 4111 1111 1111 1111 iban DE89 3704 0044 0532 0130 00 ip 192.168.10.7 \
+                 tel +4930123456 mac 00:1a:2b:3c:4d:5e\n";
+    let all = ["card", "iban", "ipv4", "phone", "mac_address"];
+    let profile = |names: &[&str], mode: Mode| {
+        let detectors = names
+            .iter()
+            .map(|n| Detector::builtin(Builtin::from_name(n).unwrap(), mode))
+            .collect();
+        Arc::new(Redactor::new(detectors, None).unwrap())
+    };
+    for name in all {
+        let (out, counts) =
+            Pipeline::redact_chunks(&profile(&[name], Mode::Mask), &[line], MAX_LINE);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains(&format!("[REDACTED:{name}]")), "{name}: {out}");
+        assert_eq!(counts.total(), 1, "{name}: {out}");
+    }
+    let (out, counts) = Pipeline::redact_chunks(&profile(&all, Mode::Mask), &[line], MAX_LINE);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "card [REDACTED:card] iban [REDACTED:iban] ip [REDACTED:ipv4] tel [REDACTED:phone] \
+         mac [REDACTED:mac_address]\n"
+    );
+    assert_eq!(counts.total(), 5);
+    let key = Arc::new(HashKey::new(vec![7; 32]).unwrap());
+    for (first, second, want) in [
+        (Mode::Hash, Mode::Mask, "card <card:"),
+        (Mode::Mask, Mode::Hash, "card [REDACTED:card]"),
+    ] {
+        let detectors = vec![
+            Detector::builtin(Builtin::Card, first),
+            Detector::builtin(Builtin::Card, second),
+        ];
+        let r = Arc::new(Redactor::new(detectors, Some(key.clone())).unwrap());
+        let (out, counts) = Pipeline::redact_chunks(&r, &[line], MAX_LINE);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.starts_with(want), "{out}");
+        assert_eq!(counts.redactions.get("card"), Some(&1));
+    }
+}
