@@ -1439,7 +1439,7 @@ fn serve_rest(
 }
 
 /// Bytes before the read position kept to recognise the file at the next read (see
-/// [`rewritten`]).
+/// [`read_checked`]).
 const BEHIND: usize = 64;
 
 /// Keeps the last [`BEHIND`] bytes of what has been read, `data` being the newest.
@@ -1454,32 +1454,58 @@ fn remember_behind(behind: &mut Vec<u8>, data: &[u8]) {
     }
 }
 
-/// Whether the file no longer holds, just before `pos`, the bytes `behind` last read there:
-/// it was truncated (shorter than `pos`), or truncated and written again past `pos` before
-/// this read (a copytruncate rotation between two reads), which its size alone cannot show.
-/// One `pread` of at most [`BEHIND`] bytes per read of [`CHUNK`].
+/// What one read of a plain file found at the stream's position (see [`read_checked`]).
+#[derive(Debug, PartialEq, Eq)]
+enum ChunkRead {
+    /// The file no longer holds, just before the position, the bytes last read there: it was
+    /// truncated, or truncated and written again past the position (a copytruncate rotation
+    /// between two reads), which its size alone cannot show.
+    Rewritten,
+    /// The next `n` bytes of content, at `buf[BEHIND..BEHIND + n]` (`0`: end of file).
+    Data(usize),
+}
+
+/// Reads the content at `pos` into `buf[BEHIND..]` (`buf` is [`BEHIND`] bytes longer than a
+/// read) and checks, **in the same `pread`**, that the file still holds `behind` (the bytes
+/// last read, just before `pos`): one system call per read of [`CHUNK`].
+///
+/// Why one call suffices (issue #15; it replaced a `pread` of `behind` followed by a `read` of
+/// the chunk): the two calls looked at the file at two instants, the check first, so what
+/// they guarded was "the bytes before `pos` were still ours when the check ran", and a
+/// rewrite between the check and the read was already left to the next read's check. One
+/// `pread` of `[pos - behind.len(), pos + size)` looks at both at one instant, no earlier
+/// than the check did: the content it returns is checked against the same bytes, by the same
+/// comparison, and a rewrite after it is seen at the next read, as before. A regular file's
+/// `pread` returns fewer bytes than asked only at its end, so fewer than `behind.len()` means
+/// the file is now shorter than `pos`: truncated (the old check read again until it got 0 and
+/// said the same).
 ///
 /// The limit, stated: new content that repeats the old one's exact bytes before `pos` is
 /// taken for the old file (log lines carry timestamps, so this needs the same lines written
-/// again in the same place).
-fn rewritten(file: &File, pos: u64, behind: &[u8]) -> std::io::Result<bool> {
-    if behind.is_empty() {
-        // Nothing read yet (a fresh start, or a `tail` start): only a shrink can be seen.
-        return Ok(pos > 0 && file.metadata()?.len() < pos);
+/// again in the same place). Nothing read yet (a fresh start, or a `tail` start): only a
+/// shrink can be seen (one `fstat`).
+fn read_checked(
+    file: &File,
+    pos: u64,
+    behind: &[u8],
+    buf: &mut [u8],
+) -> std::io::Result<ChunkRead> {
+    if behind.is_empty() && pos > 0 && file.metadata()?.len() < pos {
+        return Ok(ChunkRead::Rewritten);
     }
-    let from = pos - behind.len() as u64;
-    let mut now = [0u8; BEHIND];
-    let now = &mut now[..behind.len()];
-    let mut got = 0;
-    while got < now.len() {
-        match file.read_at(&mut now[got..], from + got as u64) {
-            Ok(0) => return Ok(true),
-            Ok(n) => got += n,
+    let back = behind.len();
+    let into = &mut buf[BEHIND - back..];
+    let got = loop {
+        match file.read_at(into, pos - back as u64) {
+            Ok(n) => break n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    };
+    if got < back || into[..back] != *behind {
+        return Ok(ChunkRead::Rewritten);
     }
-    Ok(now != behind)
+    Ok(ChunkRead::Data(got - back))
 }
 
 /// The line a following stream gets when its file was truncated under it and it starts again
@@ -1496,7 +1522,8 @@ fn pump(
     bytes_read: &mut u64,
 ) -> Result<(), EndReason> {
     let io = read_error;
-    let mut pos = plan.file.seek(SeekFrom::Start(start)).map_err(io)?;
+    // Read with `pread` at `pos` (the descriptor's offset is not used).
+    let mut pos = start;
     let mut buf = Vec::new();
     let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
@@ -1508,36 +1535,34 @@ fn pump(
     // Whether the raw bytes sent so far end a line (whole-chunk mode), so that the next file's
     // first line does not join the last one of the old file.
     let mut ends_line = true;
-    // The last bytes read, just before `pos`: seen again before every read, or the file was
-    // rewritten under us (see [`rewritten`]).
+    // The last bytes read, just before `pos`: seen again with every read, or the file was
+    // rewritten under us (see [`read_checked`]).
     let mut behind: Vec<u8> = Vec::with_capacity(BEHIND);
     loop {
-        if rewritten(&plan.file, pos, &behind).map_err(io)? {
-            // Truncated, and perhaps written again past our position, since we last read (a
-            // copytruncate rotation): what follows `pos` now is another file's content, maybe
-            // the middle of a private-key block whose BEGIN lies before `pos`.
-            pipeline.abandon_partial_line();
-            behind.clear();
-            if !plan.follow {
-                // A `cat` ends with the whole lines it served, as at a shrunk end of file.
-                return serve_rest(pipeline, selector, sink);
+        fit_read_buffer(&mut buf, BEHIND + sink.read_size());
+        let n = match read_checked(&plan.file, pos, &behind, &mut buf).map_err(io)? {
+            ChunkRead::Data(n) => n,
+            ChunkRead::Rewritten => {
+                // Truncated, and perhaps written again past our position, since we last read
+                // (a copytruncate rotation): what follows `pos` now is another file's content,
+                // maybe the middle of a private-key block whose BEGIN lies before `pos`.
+                pipeline.abandon_partial_line();
+                behind.clear();
+                if !plan.follow {
+                    // A `cat` ends with the whole lines it served, as at a shrunk end of file.
+                    return serve_rest(pipeline, selector, sink);
+                }
+                // Following: start again from the beginning, where every marker is seen.
+                pos = 0;
+                let mut notice = Vec::new();
+                if mode.whole_chunks && !ends_line {
+                    notice.push(b'\n');
+                }
+                ends_line = true;
+                notice.extend_from_slice(truncated_notice(&plan.path).as_bytes());
+                sink.send(notice)?;
+                continue;
             }
-            // Following: start again from the beginning, where every marker is seen.
-            pos = plan.file.seek(SeekFrom::Start(0)).map_err(io)?;
-            let mut notice = Vec::new();
-            if mode.whole_chunks && !ends_line {
-                notice.push(b'\n');
-            }
-            ends_line = true;
-            notice.extend_from_slice(truncated_notice(&plan.path).as_bytes());
-            sink.send(notice)?;
-            continue;
-        }
-        fit_read_buffer(&mut buf, sink.read_size());
-        let n = match plan.file.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
         };
         if n == 0 {
             if !plan.follow {
@@ -1549,7 +1574,7 @@ fn pump(
                 return serve_rest(pipeline, selector, sink);
             }
             // A copytruncate rotation that left the file shorter than our position is seen at
-            // the top of the loop ([`rewritten`]): an unfinished line is dropped, and a
+            // the next read ([`read_checked`]): an unfinished line is dropped, and a
             // private-key block still open stays open (as when following a renamed file): the
             // new content may be the rest of the key.
             let now = Instant::now();
@@ -1594,7 +1619,7 @@ fn pump(
         }
         pos += n as u64;
         *bytes_read += n as u64;
-        let data = &buf[..n];
+        let data = &buf[BEHIND..BEHIND + n];
         remember_behind(&mut behind, data);
         if mode.whole_chunks {
             ends_line = data.last() == Some(&b'\n');
@@ -2405,6 +2430,61 @@ mod tests {
             after_old.lines().collect::<Vec<_>>(),
             [notice.trim_end(), "[REDACTED:private_key]", "after the key"],
             "{after_old:.300}"
+        );
+    }
+
+    /// The one `pread` per read sees what the separate check saw: the bytes before the
+    /// position unchanged (the chunk is served), the file cut short of them, or written again
+    /// over them (rewritten); and at a fresh start a file shorter than the start.
+    #[test]
+    fn one_read_returns_the_chunk_and_sees_the_file_rewritten_before_it() {
+        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        let old = b"0123456789abcdefghij".repeat(10);
+        file.write_all(&old).expect("write");
+        let f = file.reopen().expect("reopen");
+        let pos = 150u64;
+        let behind = &old[150 - BEHIND..150];
+        let mut buf = vec![0u8; BEHIND + 16];
+        assert_eq!(
+            read_checked(&f, pos, behind, &mut buf).expect("read"),
+            ChunkRead::Data(16)
+        );
+        assert_eq!(&buf[BEHIND..], &old[150..166]);
+        // At the end: no content, not rewritten.
+        let end = &old[old.len() - BEHIND..];
+        assert_eq!(
+            read_checked(&f, old.len() as u64, end, &mut buf).expect("read"),
+            ChunkRead::Data(0)
+        );
+        // Nothing read before (a fresh start at 0): whatever is there is served.
+        assert_eq!(
+            read_checked(&f, 0, &[], &mut buf).expect("read"),
+            ChunkRead::Data(16)
+        );
+        // A `tail` start past the end (nothing read yet): shrunk.
+        assert_eq!(
+            read_checked(&f, old.len() as u64 + 1, &[], &mut buf).expect("read"),
+            ChunkRead::Rewritten
+        );
+        // Cut inside what lies behind the position.
+        f.set_len(120).expect("truncate");
+        assert_eq!(
+            read_checked(&f, pos, behind, &mut buf).expect("read"),
+            ChunkRead::Rewritten
+        );
+        // Written again past the position with other bytes (copytruncate, then the writer
+        // going on).
+        f.set_len(0).expect("truncate");
+        f.write_all_at(&b"x".repeat(300), 0).expect("regrow");
+        assert_eq!(
+            read_checked(&f, pos, behind, &mut buf).expect("read"),
+            ChunkRead::Rewritten
+        );
+        // The stated limit: the same bytes written again in the same place are the old file.
+        f.write_all_at(&old, 0).expect("rewrite");
+        assert_eq!(
+            read_checked(&f, pos, behind, &mut buf).expect("read"),
+            ChunkRead::Data(16)
         );
     }
 
