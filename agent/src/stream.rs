@@ -23,11 +23,12 @@
 //! keep cores busy.
 
 use crate::follow::{Changes, FileWatch};
+use crate::frames::Chunk;
 use crate::gate::{Profile, Withdrawal};
 use crate::limits::{BudgetShare, QueueBudget, Sharer};
+use bytes::Bytes;
 use loggate_core::grant::rough_duration;
 use loggate_core::timestamp::line_timestamp_ms;
-use loggate_proto as pb;
 use loggate_redact::{Counts, Pipeline};
 use regex::bytes::Regex;
 use std::collections::HashMap;
@@ -49,9 +50,10 @@ pub const CHUNK: usize = 64 * 1024;
 /// Bytes read at a time while the agent's queue budget is under pressure (taken beyond half,
 /// until less than a quarter is: [`QueueBudget::under_pressure`]; readers slower than the
 /// agent hold it). What a stream holds scales with its read: the read buffer,
-/// the message it may always queue, the one the encoder is copying and the encoder's buffer
-/// (issue #15: 48 stalled readers grew the agent by 407 KiB each with 64 KiB reads, 277 KiB
-/// with 16 KiB reads, `tests/tests/streams.rs`). Keyed on the budget, not on how many streams
+/// the message it may always queue, and the frames HTTP/2 holds until the client's window
+/// takes them (issue #15: 48 stalled readers grew the agent by 407 KiB each with 64 KiB reads,
+/// 277 KiB with 16 KiB reads, `tests/tests/streams.rs`, when tonic still copied each message
+/// into an encode buffer of its own). Keyed on the budget, not on how many streams
 /// exist: idle followers hold no budget, and a `cat` beside them still reads 64 KiB. The cost:
 /// four times the messages per byte while the pressure lasts (the 64-reader bench's aggregate
 /// fell 16 % and its CPU per GiB rose 20 % in one noisy run, docs/performance.md).
@@ -84,7 +86,9 @@ const LOOK_FOR_REPLACEMENT: Duration = Duration::from_secs(1);
 /// names nothing yet. An error ends the stream (nothing is served unaudited).
 pub type Reopen = Box<dyn FnMut(&File) -> Result<Option<File>, EndReason> + Send>;
 
-pub type Item = Result<pb::ReadLogChunk, Status>;
+/// What the response yields: one gRPC frame of a `ReadLogChunk` ([`crate::frames`]), or the
+/// stream's final status.
+pub type Item = Result<Bytes, Status>;
 
 /// One message in a stream's queue to its response, with the share of the agent's
 /// [`QueueBudget`] it holds (none for the first message queued, see [`ChannelSink`]); the share
@@ -92,12 +96,20 @@ pub type Item = Result<pb::ReadLogChunk, Status>;
 pub struct Queued {
     item: Item,
     share: Option<BudgetShare>,
+    /// Bytes the message holds allocated (its frame's buffer), for the tests' memory bound.
+    #[cfg(test)]
+    allocated: usize,
 }
 
 impl Queued {
     /// A message that holds no share of the budget (the stream's opening message).
     pub fn unbudgeted(item: Item) -> Self {
-        Queued { item, share: None }
+        Queued {
+            #[cfg(test)]
+            allocated: item.as_ref().map_or(0, Bytes::len),
+            item,
+            share: None,
+        }
     }
 
     /// The message, its share of the budget given back.
@@ -585,7 +597,7 @@ pub trait ChunkSink {
     fn check(&mut self) -> Result<(), EndReason>;
     /// Sends one chunk of content, waiting for room without polling; `Err` when the stream must
     /// end first (then nothing was sent).
-    fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason>;
+    fn send(&mut self, chunk: Chunk) -> Result<(), EndReason>;
     /// At the end of a followed file: waits until `watch` reports a change, `until` passes, or
     /// the stream must end (`Err`).
     fn idle(&mut self, watch: Option<&mut FileWatch>, until: Instant)
@@ -763,15 +775,21 @@ impl ChunkSink for ChannelSink {
         Ok(())
     }
 
-    fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason> {
+    fn send(&mut self, chunk: Chunk) -> Result<(), EndReason> {
         self.check()?;
-        let len = data.len();
+        let len = chunk.content().len();
         // The budget bounds memory, so a message is charged what it holds allocated, not its
         // length (a grep's buffer of one matching line was charged 1 KiB for 72 KiB held).
-        let charge = data.capacity();
-        let mut queued = Queued::unbudgeted(Ok(pb::ReadLogChunk {
-            item: Some(pb::read_log_chunk::Item::Data(data)),
-        }));
+        let charge = chunk.allocated();
+        // Framed in its own allocation: the response hands these bytes to hyper as they are.
+        let frame = chunk
+            .into_frame()
+            .map_err(|e| EndReason::ReadError(e.to_string()))?;
+        let mut queued = Queued::unbudgeted(Ok(frame));
+        #[cfg(test)]
+        {
+            queued.allocated = charge;
+        }
         loop {
             let capacity = self.tx.capacity();
             let empty = capacity == self.tx.max_capacity();
@@ -1366,10 +1384,10 @@ fn serve_block(
     sink: &mut dyn ChunkSink,
 ) -> Result<(), EndReason> {
     if mode.whole_chunks {
-        return sink.send(data.to_vec());
+        return sink.send(Chunk::copy_of(data));
     }
     sink.check()?;
-    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+    let mut out = Chunk::with_capacity(data.len() + data.len() / 8);
     if mode.per_line_checks {
         // Between two lines: the client, the grant and the grep budget are looked at, so
         // that a chunk of slow-to-match lines that yields nothing still ends within a
@@ -1383,7 +1401,7 @@ fn serve_block(
             };
             go_on && selector.keep(line)
         };
-        pipeline.push(data, &mut keep, &mut out);
+        pipeline.push(data, &mut keep, out.buffer());
         match stop {
             Some(EndReason::BudgetExceeded) => {
                 sink.fail(Status::aborted(budget_message(selector, mode.agent)));
@@ -1395,10 +1413,10 @@ fn serve_block(
     } else {
         // Every line passes: redaction's time per chunk is linear in its size, so a check
         // per chunk keeps the cut prompt.
-        pipeline.push(data, &mut |_| true, &mut out);
+        pipeline.push(data, &mut |_| true, out.buffer());
     }
     if !out.is_empty() {
-        sink.send(fit_for_queue(out))?;
+        sink.send(out.fit_for_queue())?;
     }
     Ok(())
 }
@@ -1411,18 +1429,6 @@ fn fit_read_buffer(buf: &mut Vec<u8>, size: usize) {
     }
 }
 
-/// `out` with its spare capacity given back when it holds less than half of it (a grep or a
-/// time range keeping a few lines of a chunk): a queued message holds its allocation until the
-/// client takes it, and the queue budget charges that allocation ([`ChannelSink`]), so a
-/// sparse message is copied to its size (a few bytes) rather than kept at a chunk's 72 KiB. A
-/// full chunk (`cat`, most of a `tail`) is sent as it is: no copy on the fast path.
-fn fit_for_queue(mut out: Vec<u8>) -> Vec<u8> {
-    if out.len() < out.capacity() / 2 {
-        out.shrink_to_fit();
-    }
-    out
-}
-
 /// At the end of what is served: the pipeline's carried line (a last line without a newline),
 /// through the selector, as a last message.
 fn serve_rest(
@@ -1430,8 +1436,8 @@ fn serve_rest(
     selector: &mut LineSelector,
     sink: &mut dyn ChunkSink,
 ) -> Result<(), EndReason> {
-    let mut out = Vec::new();
-    pipeline.finish(&mut |line| selector.keep(line), &mut out);
+    let mut out = Chunk::with_capacity(0);
+    pipeline.finish(&mut |line| selector.keep(line), out.buffer());
     if !out.is_empty() {
         sink.send(out)?;
     }
@@ -1554,12 +1560,14 @@ fn pump(
                 }
                 // Following: start again from the beginning, where every marker is seen.
                 pos = 0;
-                let mut notice = Vec::new();
+                let mut notice = Chunk::with_capacity(0);
                 if mode.whole_chunks && !ends_line {
-                    notice.push(b'\n');
+                    notice.buffer().push(b'\n');
                 }
                 ends_line = true;
-                notice.extend_from_slice(truncated_notice(&plan.path).as_bytes());
+                notice
+                    .buffer()
+                    .extend_from_slice(truncated_notice(&plan.path).as_bytes());
                 sink.send(notice)?;
                 continue;
             }
@@ -1584,7 +1592,7 @@ fn pump(
                 // may be half a secret. A private-key block still open stays open (fail closed).
                 pipeline.abandon_partial_line();
                 if mode.whole_chunks && !ends_line {
-                    sink.send(b"\n".to_vec())?;
+                    sink.send(Chunk::copy_of(b"\n"))?;
                     ends_line = true;
                 }
                 plan.file = next;
@@ -1632,6 +1640,13 @@ fn pump(
 mod tests {
     use super::*;
     use crate::redact::Redactor;
+    use loggate_proto as pb;
+    use prost::Message;
+
+    /// The `ReadLogChunk` of one gRPC frame (a 5-byte prefix, then the message).
+    fn decoded(frame: &[u8]) -> pb::ReadLogChunk {
+        pb::ReadLogChunk::decode(&frame[5..]).expect("a ReadLogChunk")
+    }
     use loggate_core::grant::unix_now;
     use std::io::Write;
     use tokio_stream::StreamExt;
@@ -1858,14 +1873,16 @@ mod tests {
             }
         }
 
-        /// The next item the client gets (at most 10 s).
-        fn next(&mut self) -> Option<Item> {
+        /// The next item the client gets (at most 10 s), its frame decoded as the CLI does.
+        fn next(&mut self) -> Option<Result<pb::ReadLogChunk, Status>> {
             let rx = self.rx.as_mut().expect("client");
-            self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), rx.next())
-                    .await
-                    .expect("an item within 10 s")
-            })
+            self.rt
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(10), rx.next())
+                        .await
+                        .expect("an item within 10 s")
+                })
+                .map(|item| item.map(|frame| decoded(&frame)))
         }
 
         /// Waits (at most 10 s) until the stream's loop has ended.
@@ -2292,15 +2309,7 @@ mod tests {
                 held.push(queued);
             }
         }
-        let allocated: usize = held
-            .iter()
-            .map(|q| match &q.item {
-                Ok(pb::ReadLogChunk {
-                    item: Some(pb::read_log_chunk::Item::Data(d)),
-                }) => d.capacity(),
-                _ => 0,
-            })
-            .sum();
+        let allocated: usize = held.iter().map(|q| q.allocated).sum();
         let bound = budget.total_bytes() + STALLED * (CHUNK + CHUNK / 8);
         assert!(
             allocated <= bound,
@@ -2358,8 +2367,8 @@ mod tests {
         fn check(&mut self) -> Result<(), EndReason> {
             Ok(())
         }
-        fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason> {
-            self.got.extend_from_slice(&data);
+        fn send(&mut self, chunk: Chunk) -> Result<(), EndReason> {
+            self.got.extend_from_slice(chunk.content());
             if let Some(content) = self.new_content.take() {
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
