@@ -55,9 +55,11 @@ pub const CHUNK: usize = 64 * 1024;
 /// 277 KiB with 16 KiB reads, `tests/tests/streams.rs`, when tonic still copied each message
 /// into an encode buffer of its own). Keyed on the budget, not on how many streams
 /// exist: idle followers hold no budget, and a `cat` beside them still reads 64 KiB. The cost:
-/// four times the messages per byte while the pressure lasts (the 64-reader bench's aggregate
-/// fell 16 % and its CPU per GiB rose 20 % in one noisy run, docs/performance.md).
-pub const SMALL_CHUNK: usize = 16 * 1024;
+/// twice the messages per byte while the pressure lasts. 32 KiB since the agent writes its
+/// own frames ([`crate::frames`]): with tonic's copy gone, 64 readers peaked at 43–45 MiB with
+/// 16 KiB reads and 49 MiB with 32 KiB (≤ 64 MiB), and 32 KiB halves the messages, the
+/// `pread`s, the `writev`s and the wake-ups per byte (docs/performance.md, issue #15 16:00).
+pub const SMALL_CHUNK: usize = 32 * 1024;
 /// Messages queued for the gRPC response per stream. Beyond the first, each takes its size
 /// from the agent's shared [`QueueBudget`] (`limits.stream_queue_bytes`): one stream alone may
 /// queue this many chunks (its throughput), 64 streams together no more than the budget plus
