@@ -601,8 +601,8 @@ impl AgentService {
             not_after: grant.not_after(),
             path_glob_hint,
         };
-        // A message's share of the queue budget is given back as the encoder takes it, or at
-        // a cut (which drops what the client had not read).
+        // A message's share of the queue budget is given back as the response's body yields
+        // it, or at a cut (which drops what the client had not read).
         let (sink, response) = ChannelSink::new(watch, tokio::runtime::Handle::current());
         let sink = sink
             .stopping_on(self.shared.stopping.subscribe())
@@ -698,7 +698,7 @@ struct Receivers {
 impl Receivers {
     /// The response: all data first, then the final status, the stream place held until the
     /// client has taken it all. A message's share of the queue budget is given back as the
-    /// encoder takes it.
+    /// response's body yields it to HTTP/2 ([`crate::frames::FramedBody`]).
     fn respond(self, slot: SlotGuard) -> ReadFrames {
         Held::new(self.response, slot)
     }
