@@ -1475,41 +1475,72 @@ enum ChunkRead {
 
 /// Reads the content at `pos` into `buf[BEHIND..]` (`buf` is [`BEHIND`] bytes longer than a
 /// read) and checks, **in the same `pread`**, that the file still holds `behind` (the bytes
-/// last read, just before `pos`): one system call per read of [`CHUNK`].
-///
-/// Why one call suffices (issue #15; it replaced a `pread` of `behind` followed by a `read` of
-/// the chunk): the two calls looked at the file at two instants, the check first, so what
-/// they guarded was "the bytes before `pos` were still ours when the check ran", and a
-/// rewrite between the check and the read was already left to the next read's check. One
-/// `pread` of `[pos - behind.len(), pos + size)` looks at both at one instant, no earlier
-/// than the check did: the content it returns is checked against the same bytes, by the same
-/// comparison, and a rewrite after it is seen at the next read, as before. A regular file's
-/// `pread` returns fewer bytes than asked only at its end, so fewer than `behind.len()` means
-/// the file is now shorter than `pos`: truncated (the old check read again until it got 0 and
-/// said the same).
-///
-/// The limit, stated: new content that repeats the old one's exact bytes before `pos` is
-/// taken for the old file (log lines carry timestamps, so this needs the same lines written
-/// again in the same place). Nothing read yet (a fresh start, or a `tail` start): only a
-/// shrink can be seen (one `fstat`).
+/// last read, just before `pos`): one system call per read of [`CHUNK`] (on a local
+/// filesystem; see [`read_checked_at`] for short reads).
 fn read_checked(
     file: &File,
     pos: u64,
     behind: &[u8],
     buf: &mut [u8],
 ) -> std::io::Result<ChunkRead> {
-    if behind.is_empty() && pos > 0 && file.metadata()?.len() < pos {
+    read_checked_at(
+        |into, offset| file.read_at(into, offset),
+        || Ok(file.metadata()?.len()),
+        pos,
+        behind,
+        buf,
+    )
+}
+
+/// [`read_checked`] over any positioned read (`read_at`, as `pread`) and the file's length.
+///
+/// What one `pread` changes (issue #15; it replaced a `pread` of `behind` followed by a `read`
+/// of the chunk): the old check and read looked at the file at two instants, and a rewrite
+/// between them went undetected, not even at the next read, whose check compared against the
+/// bytes that read had returned (already the new file's). One `pread` of
+/// `[pos - behind.len(), pos + size)` narrows that window from "between two system calls" to
+/// "inside one `pread`": no weaker than before, a narrower window. What is still not
+/// detected: the kernel copies a read page by page, so a truncate and a write racing one
+/// `pread` can return the old bytes behind `pos` and the new content after it; the bytes are
+/// then served as if they followed the old ones, and nothing sees it later.
+///
+/// A `pread` may return fewer bytes than asked before the file's end (FUSE `direct_io`, some
+/// network filesystems), so it reads on until it has the check bytes and at least one byte of
+/// content, or a read returns 0: short of the check bytes, the file ends before `pos`
+/// (truncated, as the old check concluded); with them, at `pos` (`Data(0)`, the end). A
+/// short read past them is a short chunk, served as `Data`.
+///
+/// The limit, stated: new content that repeats the old one's exact bytes before `pos` is
+/// taken for the old file (log lines carry timestamps, so this needs the same lines written
+/// again in the same place). Nothing read yet (a fresh start, or a `tail` start): only a
+/// shrink can be seen (the length).
+fn read_checked_at(
+    mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+    len: impl FnOnce() -> std::io::Result<u64>,
+    pos: u64,
+    behind: &[u8],
+    buf: &mut [u8],
+) -> std::io::Result<ChunkRead> {
+    if behind.is_empty() && pos > 0 && len()? < pos {
         return Ok(ChunkRead::Rewritten);
     }
     let back = behind.len();
     let into = &mut buf[BEHIND - back..];
-    let got = loop {
-        match file.read_at(into, pos - back as u64) {
-            Ok(n) => break n,
+    let from = pos - back as u64;
+    let mut got = 0;
+    loop {
+        match read_at(&mut into[got..], from + got as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                if got > back {
+                    break;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
-    };
+    }
     if got < back || into[..back] != *behind {
         return Ok(ChunkRead::Rewritten);
     }
@@ -2496,6 +2527,53 @@ mod tests {
         assert_eq!(
             read_checked(&f, pos, behind, &mut buf).expect("read"),
             ChunkRead::Data(16)
+        );
+    }
+
+    /// A `pread` that returns fewer bytes than asked before the file's end (FUSE `direct_io`,
+    /// network filesystems) is read again until the check bytes are complete: the file is not
+    /// taken for rewritten, and the chunk's bytes are the file's.
+    #[test]
+    fn short_reads_are_not_taken_for_a_rewrite() {
+        let file = b"0123456789abcdefghij".repeat(10);
+        let pos = 150usize;
+        let behind = &file[pos - BEHIND..pos];
+        for most in [1usize, 7, BEHIND - 1, BEHIND, BEHIND + 3] {
+            let short = |into: &mut [u8], offset: u64| {
+                let at = (offset as usize).min(file.len());
+                let n = into.len().min(most).min(file.len() - at);
+                into[..n].copy_from_slice(&file[at..at + n]);
+                Ok(n)
+            };
+            let mut buf = vec![0u8; BEHIND + 16];
+            let read = read_checked_at(
+                short,
+                || Ok(file.len() as u64),
+                pos as u64,
+                behind,
+                &mut buf,
+            )
+            .expect("read");
+            let n = match read {
+                ChunkRead::Data(n) => n,
+                ChunkRead::Rewritten => panic!("reads of at most {most} bytes taken for a rewrite"),
+            };
+            assert!(n > 0 && n <= 16, "{most}: {n}");
+            assert_eq!(&buf[BEHIND..BEHIND + n], &file[pos..pos + n], "{most}");
+        }
+        // Short reads that end before the position (0 after a few bytes): truncated.
+        let cut = &file[..pos - 10];
+        let mut buf = vec![0u8; BEHIND + 16];
+        let short = |into: &mut [u8], offset: u64| {
+            let at = (offset as usize).min(cut.len());
+            let n = into.len().min(5).min(cut.len() - at);
+            into[..n].copy_from_slice(&cut[at..at + n]);
+            Ok(n)
+        };
+        assert_eq!(
+            read_checked_at(short, || Ok(cut.len() as u64), pos as u64, behind, &mut buf)
+                .expect("read"),
+            ChunkRead::Rewritten
         );
     }
 
