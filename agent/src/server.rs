@@ -586,7 +586,6 @@ impl AgentService {
         grant: &VerifiedGrant,
         path_glob_hint: String,
     ) -> Result<(ChannelSink, mpsc::Sender<stream::Queued>, Receivers), Status> {
-        self.shared.audit(allowed).map_err(audit_unavailable)?;
         let opening = &pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
                 grant_id: grant.id().to_string(),
@@ -595,6 +594,11 @@ impl AgentService {
                 path: allowed.path.clone(),
             })),
         };
+        // Framed before `read.allowed` is written, so that no refusal comes between that
+        // record and the stream that writes `read.finished`.
+        let opening = crate::frames::message_frame(opening)
+            .map_err(|e| Status::internal(format!("the stream's opening message: {e}")))?;
+        self.shared.audit(allowed).map_err(audit_unavailable)?;
         let watch = GrantWatch {
             grants: self.shared.clone(),
             grant_id: grant.id().to_string(),
@@ -608,8 +612,6 @@ impl AgentService {
             .stopping_on(self.shared.stopping.subscribe())
             .sharing(self.shared.slots.queue_budget());
         let client = sink.sender();
-        let opening = crate::frames::message_frame(opening)
-            .map_err(|e| Status::internal(format!("the stream's opening message: {e}")))?;
         let _ = client.try_send(stream::Queued::unbudgeted(Ok(opening)));
         Ok((sink, client, Receivers { response }))
     }
