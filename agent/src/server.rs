@@ -323,9 +323,7 @@ pub type ReadFrames = Held<stream::ResponseBody>;
 /// What the generated server answers for a read (never reached: [`crate::routes`] serves the
 /// reads); fails closed rather than serving a read outside the route.
 fn served_by_routes(method: &str) -> Status {
-    Status::unimplemented(format!(
-        "{method} is served by the agent's own route (agent/src/routes.rs), not the generated server"
-    ))
+    Status::unimplemented(format!("{method} is not served by this handler"))
 }
 
 fn audit_unavailable(e: anyhow::Error) -> Status {
@@ -1306,6 +1304,19 @@ mod tests {
             .await
             .expect("the ticker ended at the stop")
             .expect("task");
+    }
+
+    /// The generated server's read stubs (never reached) answer without naming the agent's
+    /// source files.
+    #[test]
+    fn the_read_stubs_refusal_names_no_source_path() {
+        let status = served_by_routes("ReadLog");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(
+            !status.message().contains(".rs") && !status.message().contains('/'),
+            "{}",
+            status.message()
+        );
     }
 
     fn refused(pattern: &str) -> DenialCode {
