@@ -147,3 +147,223 @@ where
         message,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body::Frame;
+    use http_body_util::BodyExt;
+    use prost::Message;
+    use std::sync::Mutex;
+
+    /// The request bound of these tests.
+    const MAX: usize = 1024;
+
+    /// A server-streaming handler that answers with a status naming what it was given: the
+    /// request's path field and its `x-trailer` metadata.
+    fn answer(request: Request<pb::ReadLogRequest>) -> Status {
+        let trailer = request
+            .metadata()
+            .get("x-trailer")
+            .map(|v| v.to_str().unwrap_or("?").to_string());
+        Status::aborted(format!("{:?} {trailer:?}", request.get_ref().path))
+    }
+
+    /// tonic's generated server's handler of a server-streaming call, with [`answer`].
+    #[derive(Clone)]
+    struct Answer;
+
+    impl Service<Request<pb::ReadLogRequest>> for Answer {
+        type Response = tonic::Response<tokio_stream::Empty<Result<pb::ReadLogChunk, Status>>>;
+        type Error = Status;
+        type Future = BoxFuture<Self::Response, Status>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<pb::ReadLogRequest>) -> Self::Future {
+            Box::pin(async move { Err(answer(request)) })
+        }
+    }
+
+    /// What tonic's server answers to `request` (as the generated server calls it).
+    async fn tonic_answers(request: http::Request<Body>) -> http::Response<Body> {
+        let codec = tonic_prost::ProstCodec::<pb::ReadLogChunk, pb::ReadLogRequest>::default();
+        tonic::server::Grpc::new(codec)
+            .max_decoding_message_size(MAX)
+            .server_streaming(Answer, request)
+            .await
+    }
+
+    /// What the agent's route answers to `request`, its handler being [`answer`].
+    async fn route_answers(request: http::Request<Body>) -> http::Response<Body> {
+        let answered = respond(async move {
+            let request = decode_request::<pb::ReadLogRequest>(request, MAX).await?;
+            Err::<tokio_stream::Empty<crate::stream::Item>, _>(answer(request))
+        })
+        .await;
+        match answered {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+
+    /// One gRPC message frame (uncompressed) of `message`.
+    fn frame(message: &impl Message) -> Vec<u8> {
+        let body = message.encode_to_vec();
+        let mut out = vec![0u8];
+        out.extend((body.len() as u32).to_be_bytes());
+        out.extend(body);
+        out
+    }
+
+    fn read_of(path: &str) -> pb::ReadLogRequest {
+        pb::ReadLogRequest {
+            path: path.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// A `ReadLog` request of `body` (and its `trailers`), with `headers`.
+    fn request(
+        headers: &[(&'static str, &'static str)],
+        body: Vec<u8>,
+        trailers: Option<http::HeaderMap>,
+    ) -> http::Request<Body> {
+        let mut frames = vec![Ok::<_, Infallible>(Frame::data(Bytes::from(body)))];
+        frames.extend(trailers.map(|t| Ok(Frame::trailers(t))));
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+        let mut request = http::Request::new(Body::new(body));
+        *request.uri_mut() = http::Uri::from_static(READ_LOG_PATH);
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, http::HeaderValue::from_static(value));
+        }
+        request
+    }
+
+    /// The status a response carries, after checking that the route's response is tonic's:
+    /// the same HTTP status, headers and (empty) body.
+    async fn same_answer(make: impl Fn() -> http::Request<Body>) -> Status {
+        let (ours, our_body) = route_answers(make()).await.into_parts();
+        let (tonics, tonic_body) = tonic_answers(make()).await.into_parts();
+        assert_eq!(ours.status, tonics.status);
+        assert_eq!(ours.headers, tonics.headers);
+        let our_body = our_body.collect().await.expect("body").to_bytes();
+        let tonic_body = tonic_body.collect().await.expect("body").to_bytes();
+        assert_eq!(our_body, tonic_body);
+        Status::from_header_map(&ours.headers).expect("a trailers-only status")
+    }
+
+    #[tokio::test]
+    async fn a_request_is_decoded_as_tonic_decodes_it() {
+        let status = same_answer(|| request(&[], frame(&read_of("/var/log/a")), None)).await;
+        assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+        assert_eq!(status.message(), "\"/var/log/a\" None");
+        // `identity` is no compression.
+        let status = same_answer(|| {
+            request(
+                &[("grpc-encoding", "identity")],
+                frame(&read_of("/var/log/a")),
+                None,
+            )
+        })
+        .await;
+        assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn a_compressed_request_is_refused_as_tonic_refuses_it() {
+        let status = same_answer(|| {
+            request(
+                &[("grpc-encoding", "gzip")],
+                frame(&read_of("/var/log/a")),
+                None,
+            )
+        })
+        .await;
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+        assert_eq!(
+            status
+                .metadata()
+                .get("grpc-accept-encoding")
+                .map(|v| v.as_bytes()),
+            Some(&b"identity"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_request_body_is_refused_as_tonic_refuses_it() {
+        let status = same_answer(|| request(&[], Vec::new(), None)).await;
+        assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        assert_eq!(status.message(), "Missing request message.");
+    }
+
+    /// A second request message is read and dropped: the handler gets the first.
+    #[tokio::test]
+    async fn of_two_request_messages_the_first_is_served_as_tonic_serves_it() {
+        let status = same_answer(|| {
+            let mut body = frame(&read_of("/var/log/first"));
+            body.extend(frame(&read_of("/var/log/second")));
+            request(&[], body, None)
+        })
+        .await;
+        assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+        assert_eq!(status.message(), "\"/var/log/first\" None");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_request_is_out_of_range_as_in_tonic() {
+        let status = same_answer(|| request(&[], frame(&read_of(&"a".repeat(MAX))), None)).await;
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        // At the bound: served.
+        let status =
+            same_answer(|| request(&[], frame(&read_of(&"a".repeat(MAX - 3))), None)).await;
+        assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    }
+
+    /// The request body's trailers reach the handler as metadata, as in tonic.
+    #[tokio::test]
+    async fn request_trailers_are_metadata_as_in_tonic() {
+        let status = same_answer(|| {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-trailer", http::HeaderValue::from_static("t"));
+            request(&[], frame(&read_of("/var/log/a")), Some(trailers))
+        })
+        .await;
+        assert_eq!(status.message(), "\"/var/log/a\" Some(\"t\")");
+    }
+
+    /// The paths the route serves are the ones the generated client calls, so the generated
+    /// server's read stubs are never reached by a read.
+    #[tokio::test]
+    async fn the_routes_paths_are_the_ones_clients_call() {
+        #[derive(Clone, Default)]
+        struct PathOf(Arc<Mutex<Vec<String>>>);
+        impl Service<http::Request<Body>> for PathOf {
+            type Response = http::Response<Body>;
+            type Error = Infallible;
+            type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+                if let Ok(mut paths) = self.0.lock() {
+                    paths.push(request.uri().path().to_string());
+                }
+                std::future::ready(Ok(Status::unavailable("recorded").into_http()))
+            }
+        }
+        let paths = PathOf::default();
+        let mut client = pb::agent_client::AgentClient::new(paths.clone());
+        let _ = client.read_log(read_of("/var/log/a")).await;
+        let _ = client.read_journal(pb::ReadJournalRequest::default()).await;
+        assert_eq!(
+            *paths.0.lock().expect("lock"),
+            [READ_LOG_PATH, READ_JOURNAL_PATH]
+        );
+    }
+}
