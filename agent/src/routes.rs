@@ -214,7 +214,11 @@ mod tests {
     fn frame(message: &impl Message) -> Vec<u8> {
         let body = message.encode_to_vec();
         let mut out = vec![0u8];
-        out.extend((body.len() as u32).to_be_bytes());
+        out.extend(
+            u32::try_from(body.len())
+                .expect("a test message")
+                .to_be_bytes(),
+        );
         out.extend(body);
         out
     }

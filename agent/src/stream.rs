@@ -2540,7 +2540,9 @@ mod tests {
         let behind = &file[pos - BEHIND..pos];
         for most in [1usize, 7, BEHIND - 1, BEHIND, BEHIND + 3] {
             let short = |into: &mut [u8], offset: u64| {
-                let at = (offset as usize).min(file.len());
+                let at = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(file.len());
                 let n = into.len().min(most).min(file.len() - at);
                 into[..n].copy_from_slice(&file[at..at + n]);
                 Ok(n)
@@ -2565,7 +2567,7 @@ mod tests {
         let cut = &file[..pos - 10];
         let mut buf = vec![0u8; BEHIND + 16];
         let short = |into: &mut [u8], offset: u64| {
-            let at = (offset as usize).min(cut.len());
+            let at = usize::try_from(offset).unwrap_or(usize::MAX).min(cut.len());
             let n = into.len().min(5).min(cut.len() - at);
             into[..n].copy_from_slice(&cut[at..at + n]);
             Ok(n)
