@@ -1197,7 +1197,7 @@ fn serve(
             }
         }
         for piece in pieces(&out, CHUNK) {
-            sink.send(piece.to_vec())?;
+            sink.send(crate::frames::Chunk::copy_of(piece))?;
         }
         Ok(Flow::More)
     })

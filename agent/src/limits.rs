@@ -17,7 +17,7 @@
 //! The bytes streams queue for their responses share one budget ([`QueueBudget`],
 //! `limits.stream_queue_bytes`): a stream may always queue one message (so none is starved,
 //! however many readers have stopped reading), and every further message takes its size from
-//! the budget until the response hands it to the encoder. With 64 streams the queues hold at
+//! the budget until the response hands it to HTTP/2. With 64 streams the queues hold at
 //! most 64 messages plus the budget, not 64 full channels (issue #15: the agent's peak RSS
 //! with 64 readers was 120 MiB, most of it full queues to readers slower than the agent).
 

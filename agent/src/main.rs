@@ -19,12 +19,14 @@ mod decompress;
 mod enrol;
 mod examples;
 mod follow;
+mod frames;
 mod fs_access;
 mod gate;
 mod grants;
 mod journal;
 mod limits;
 mod listing;
+mod routes;
 mod server;
 mod status;
 mod stream;
@@ -39,7 +41,6 @@ use loggate_core::daemon::audit::AuditPlaces;
 use loggate_core::daemon::{announce, serve_mtls, AuditRuntime, LogFormat, MtlsSettings};
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
-use loggate_proto::agent_server::AgentServer;
 use loggate_redact as redact;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -359,7 +360,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             reload_cert: Some(reload_cert),
             max_streams_per_connection: Some(max_streams_per_connection),
         },
-        AgentServer::new(service).max_decoding_message_size(max_request),
+        routes::AgentRoutes::new(service, max_request),
         async {
             loggate_core::shutdown::signal().await;
             // End every stream now, or the graceful shutdown would wait for a `--follow` until

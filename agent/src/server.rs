@@ -312,7 +312,19 @@ impl GrantStatus for Shared {
     }
 }
 
-type ChunkStream = Pin<Box<dyn Stream<Item = stream::Item> + Send>>;
+/// The generated server's response type for the reads, which it never serves: the agent's
+/// own route does ([`crate::routes`]).
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ReadLogChunk, Status>> + Send>>;
+
+/// A read's response as the agent's route sends it: its gRPC frames, then its final status,
+/// holding the read's stream place until the client has taken it all.
+pub type ReadFrames = Held<stream::ResponseBody>;
+
+/// What the generated server answers for a read (never reached: [`crate::routes`] serves the
+/// reads); fails closed rather than serving a read outside the route.
+fn served_by_routes(method: &str) -> Status {
+    Status::unimplemented(format!("{method} is not served by this handler"))
+}
 
 fn audit_unavailable(e: anyhow::Error) -> Status {
     tracing::error!("audit write failed: {e:#}");
@@ -572,8 +584,7 @@ impl AgentService {
         grant: &VerifiedGrant,
         path_glob_hint: String,
     ) -> Result<(ChannelSink, mpsc::Sender<stream::Queued>, Receivers), Status> {
-        self.shared.audit(allowed).map_err(audit_unavailable)?;
-        let opening = pb::ReadLogChunk {
+        let opening = &pb::ReadLogChunk {
             item: Some(pb::read_log_chunk::Item::Start(pb::StreamStart {
                 grant_id: grant.id().to_string(),
                 grant_not_after_unix: grant.not_after(),
@@ -581,14 +592,19 @@ impl AgentService {
                 path: allowed.path.clone(),
             })),
         };
+        // Framed before `read.allowed` is written, so that no refusal comes between that
+        // record and the stream that writes `read.finished`.
+        let opening = crate::frames::message_frame(opening)
+            .map_err(|e| Status::internal(format!("the stream's opening message: {e}")))?;
+        self.shared.audit(allowed).map_err(audit_unavailable)?;
         let watch = GrantWatch {
             grants: self.shared.clone(),
             grant_id: grant.id().to_string(),
             not_after: grant.not_after(),
             path_glob_hint,
         };
-        // A message's share of the queue budget is given back as the encoder takes it, or at
-        // a cut (which drops what the client had not read).
+        // A message's share of the queue budget is given back as the response's body yields
+        // it, or at a cut (which drops what the client had not read).
         let (sink, response) = ChannelSink::new(watch, tokio::runtime::Handle::current());
         let sink = sink
             .stopping_on(self.shared.stopping.subscribe())
@@ -682,9 +698,9 @@ struct Receivers {
 impl Receivers {
     /// The response: all data first, then the final status, the stream place held until the
     /// client has taken it all. A message's share of the queue budget is given back as the
-    /// encoder takes it.
-    fn respond(self, slot: SlotGuard) -> Response<ChunkStream> {
-        Response::new(Box::pin(Held::new(self.response, slot)))
+    /// response's body yields it to HTTP/2 ([`crate::frames::FramedBody`]).
+    fn respond(self, slot: SlotGuard) -> ReadFrames {
+        Held::new(self.response, slot)
     }
 }
 
@@ -792,14 +808,13 @@ pub(crate) fn compile_pattern(
     }
 }
 
-#[tonic::async_trait]
-impl Agent for AgentService {
-    type ReadLogStream = ChunkStream;
-
-    async fn read_log(
+impl AgentService {
+    /// A file read (`ReadLog`, served by [`crate::routes`]): gated, audited as allowed (on
+    /// disk first), streamed through [`crate::stream`] on a blocking thread.
+    pub async fn open_read_log(
         &self,
         request: Request<pb::ReadLogRequest>,
-    ) -> Result<Response<Self::ReadLogStream>, Status> {
+    ) -> Result<ReadFrames, Status> {
         loggate_core::metrics::agent().read_requests.inc();
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string());
@@ -1008,112 +1023,14 @@ impl Agent for AgentService {
         Ok(receivers.respond(slot))
     }
 
-    /// A listing: gated like a read (identity, then the reader's usable grants, each verified
-    /// whole), answered with only the files those grants cover and a read would open
-    /// ([`crate::listing`]), audited (`read.listed`, on disk first) before the answer leaves;
-    /// refused like a read (`read.denied`, the glob as its path).
-    async fn list_logs(
-        &self,
-        request: Request<pb::ListLogsRequest>,
-    ) -> Result<Response<pb::ListLogsResponse>, Status> {
-        let peer_addr = request.remote_addr();
-        let reader = self.reader(&request, &request.get_ref().path_glob, ReadResource::File)?;
-        let req = request.into_inner();
-        let refuse = |denial| {
-            let glob = &req.path_glob;
-            self.deny(Some(&reader), peer_addr, glob, ReadResource::File, denial)
-        };
-        // As long as a read's path, at most: compiling a glob costs CPU with its length, and
-        // it is compiled only once a stream place is held, in the blocking task.
-        if req.path_glob.len() > MAX_LIST_GLOB_BYTES {
-            return Err(refuse(Denial::new(
-                DenialCode::PathInvalid,
-                format!(
-                    "the path glob is {} bytes long; at most {MAX_LIST_GLOB_BYTES} are accepted: \
-                     use a shorter glob",
-                    req.path_glob.len()
-                ),
-            )));
-        }
-        let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
-        let grants =
-            crate::gate::usable_grants(&gate_context(&self.shared), &reader, token, unix_now())
-                .map_err(refuse)?;
-        // A walk holds one of the reader's stream places while it runs: listings are bounded
-        // by the same caps as reads, so a loop of `ls` cannot keep the agent's threads busy.
-        let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
-            refuse(self.slot_denial(full, grants.first().map(|g| g.id().to_string())))
-        })?;
-        let shared = self.shared.clone();
-        let grants_for_walk = grants.clone();
-        let glob = req.path_glob.clone();
-        let listing = tokio::task::spawn_blocking(move || {
-            let filter = match glob.as_str() {
-                "" => None,
-                glob => match loggate_core::grant::compile_path_glob(glob) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        drop(slot);
-                        return Err(e);
-                    }
-                },
-            };
-            let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
-            let mut listing =
-                crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches));
-            drop(slot);
-            listing.cut_to_bytes(crate::listing::MAX_LISTED_BYTES);
-            Ok(listing)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("the listing failed: {e}")))?
-        .map_err(|e| {
-            refuse(Denial::new(
-                DenialCode::PathInvalid,
-                format!("the path glob is refused: {e}"),
-            ))
-        })?;
-        self.shared
-            .audit(&events::ReadListed {
-                subject: reader.spiffe_id().to_string(),
-                key_sha256: reader.key_sha256_hex(),
-                peer: peer_addr.map(|a| a.to_string()),
-                grant_ids: grants.iter().map(|g| g.id().to_string()).collect(),
-                path_glob: (!req.path_glob.is_empty())
-                    .then(|| cut(&req.path_glob, AUDIT_PATH_BYTES).to_string()),
-                path_glob_bytes: (!req.path_glob.is_empty()).then_some(req.path_glob.len() as u64),
-                path_glob_sha256: (req.path_glob.len() > AUDIT_PATH_BYTES)
-                    .then(|| sha256_hex(&req.path_glob)),
-                files: listing.files.len() as u64,
-                truncated: listing.truncated,
-            })
-            .map_err(audit_unavailable)?;
-        Ok(Response::new(pb::ListLogsResponse {
-            files: listing
-                .files
-                .into_iter()
-                .map(|f| pb::LogFileEntry {
-                    path: f.path,
-                    size: f.size,
-                    modified_unix: f.modified_unix,
-                    rotated: f.rotated,
-                    compression: f.compression.to_string(),
-                })
-                .collect(),
-            truncated: listing.truncated,
-        }))
-    }
-
-    type ReadJournalStream = ChunkStream;
-
     /// A journal read ([`crate::journal`]): gated like a file read (identity, request limits,
     /// the reader's grants, each verified whole, one naming this unit exactly), audited as
     /// `read.allowed` (on disk first) with the resource `journal:<unit>`, streamed through the
     /// redaction of the grant's profile, and ended with `read.finished`.
-    async fn read_journal(
+    pub async fn open_read_journal(
         &self,
         request: Request<pb::ReadJournalRequest>,
-    ) -> Result<Response<Self::ReadJournalStream>, Status> {
+    ) -> Result<ReadFrames, Status> {
         loggate_core::metrics::agent().read_requests.inc();
         let peer_addr = request.remote_addr();
         let peer = peer_addr.map(|a| a.to_string());
@@ -1221,6 +1138,123 @@ impl Agent for AgentService {
         });
         Ok(receivers.respond(slot))
     }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    type ReadLogStream = ChunkStream;
+
+    async fn read_log(
+        &self,
+        _request: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<Self::ReadLogStream>, Status> {
+        Err(served_by_routes("ReadLog"))
+    }
+
+    /// A listing: gated like a read (identity, then the reader's usable grants, each verified
+    /// whole), answered with only the files those grants cover and a read would open
+    /// ([`crate::listing`]), audited (`read.listed`, on disk first) before the answer leaves;
+    /// refused like a read (`read.denied`, the glob as its path).
+    async fn list_logs(
+        &self,
+        request: Request<pb::ListLogsRequest>,
+    ) -> Result<Response<pb::ListLogsResponse>, Status> {
+        let peer_addr = request.remote_addr();
+        let reader = self.reader(&request, &request.get_ref().path_glob, ReadResource::File)?;
+        let req = request.into_inner();
+        let refuse = |denial| {
+            let glob = &req.path_glob;
+            self.deny(Some(&reader), peer_addr, glob, ReadResource::File, denial)
+        };
+        // As long as a read's path, at most: compiling a glob costs CPU with its length, and
+        // it is compiled only once a stream place is held, in the blocking task.
+        if req.path_glob.len() > MAX_LIST_GLOB_BYTES {
+            return Err(refuse(Denial::new(
+                DenialCode::PathInvalid,
+                format!(
+                    "the path glob is {} bytes long; at most {MAX_LIST_GLOB_BYTES} are accepted: \
+                     use a shorter glob",
+                    req.path_glob.len()
+                ),
+            )));
+        }
+        let token = (!req.grant_token.is_empty()).then_some(req.grant_token.as_str());
+        let grants =
+            crate::gate::usable_grants(&gate_context(&self.shared), &reader, token, unix_now())
+                .map_err(refuse)?;
+        // A walk holds one of the reader's stream places while it runs: listings are bounded
+        // by the same caps as reads, so a loop of `ls` cannot keep the agent's threads busy.
+        let slot = self.shared.slots.take(reader.spiffe_id()).map_err(|full| {
+            refuse(self.slot_denial(full, grants.first().map(|g| g.id().to_string())))
+        })?;
+        let shared = self.shared.clone();
+        let grants_for_walk = grants.clone();
+        let glob = req.path_glob.clone();
+        let listing = tokio::task::spawn_blocking(move || {
+            let filter = match glob.as_str() {
+                "" => None,
+                glob => match loggate_core::grant::compile_path_glob(glob) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        drop(slot);
+                        return Err(e);
+                    }
+                },
+            };
+            let matches = move |path: &str| filter.as_ref().is_none_or(|f| f.is_match(path));
+            let mut listing =
+                crate::listing::list(&shared.config.roots, &grants_for_walk, Some(&matches));
+            drop(slot);
+            listing.cut_to_bytes(crate::listing::MAX_LISTED_BYTES);
+            Ok(listing)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the listing failed: {e}")))?
+        .map_err(|e| {
+            refuse(Denial::new(
+                DenialCode::PathInvalid,
+                format!("the path glob is refused: {e}"),
+            ))
+        })?;
+        self.shared
+            .audit(&events::ReadListed {
+                subject: reader.spiffe_id().to_string(),
+                key_sha256: reader.key_sha256_hex(),
+                peer: peer_addr.map(|a| a.to_string()),
+                grant_ids: grants.iter().map(|g| g.id().to_string()).collect(),
+                path_glob: (!req.path_glob.is_empty())
+                    .then(|| cut(&req.path_glob, AUDIT_PATH_BYTES).to_string()),
+                path_glob_bytes: (!req.path_glob.is_empty()).then_some(req.path_glob.len() as u64),
+                path_glob_sha256: (req.path_glob.len() > AUDIT_PATH_BYTES)
+                    .then(|| sha256_hex(&req.path_glob)),
+                files: listing.files.len() as u64,
+                truncated: listing.truncated,
+            })
+            .map_err(audit_unavailable)?;
+        Ok(Response::new(pb::ListLogsResponse {
+            files: listing
+                .files
+                .into_iter()
+                .map(|f| pb::LogFileEntry {
+                    path: f.path,
+                    size: f.size,
+                    modified_unix: f.modified_unix,
+                    rotated: f.rotated,
+                    compression: f.compression.to_string(),
+                })
+                .collect(),
+            truncated: listing.truncated,
+        }))
+    }
+
+    type ReadJournalStream = ChunkStream;
+
+    async fn read_journal(
+        &self,
+        _request: Request<pb::ReadJournalRequest>,
+    ) -> Result<Response<Self::ReadJournalStream>, Status> {
+        Err(served_by_routes("ReadJournal"))
+    }
 
     async fn status(
         &self,
@@ -1270,6 +1304,19 @@ mod tests {
             .await
             .expect("the ticker ended at the stop")
             .expect("task");
+    }
+
+    /// The generated server's read stubs (never reached) answer without naming the agent's
+    /// source files.
+    #[test]
+    fn the_read_stubs_refusal_names_no_source_path() {
+        let status = served_by_routes("ReadLog");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(
+            !status.message().contains(".rs") && !status.message().contains('/'),
+            "{}",
+            status.message()
+        );
     }
 
     fn refused(pattern: &str) -> DenialCode {

@@ -23,11 +23,12 @@
 //! keep cores busy.
 
 use crate::follow::{Changes, FileWatch};
+use crate::frames::Chunk;
 use crate::gate::{Profile, Withdrawal};
 use crate::limits::{BudgetShare, QueueBudget, Sharer};
+use bytes::Bytes;
 use loggate_core::grant::rough_duration;
 use loggate_core::timestamp::line_timestamp_ms;
-use loggate_proto as pb;
 use loggate_redact::{Counts, Pipeline};
 use regex::bytes::Regex;
 use std::collections::HashMap;
@@ -49,13 +50,16 @@ pub const CHUNK: usize = 64 * 1024;
 /// Bytes read at a time while the agent's queue budget is under pressure (taken beyond half,
 /// until less than a quarter is: [`QueueBudget::under_pressure`]; readers slower than the
 /// agent hold it). What a stream holds scales with its read: the read buffer,
-/// the message it may always queue, the one the encoder is copying and the encoder's buffer
-/// (issue #15: 48 stalled readers grew the agent by 407 KiB each with 64 KiB reads, 277 KiB
-/// with 16 KiB reads, `tests/tests/streams.rs`). Keyed on the budget, not on how many streams
+/// the message it may always queue, and the frames HTTP/2 holds until the client's window
+/// takes them (issue #15: 48 stalled readers grew the agent by 407 KiB each with 64 KiB reads,
+/// 277 KiB with 16 KiB reads, `tests/tests/streams.rs`, when tonic still copied each message
+/// into an encode buffer of its own). Keyed on the budget, not on how many streams
 /// exist: idle followers hold no budget, and a `cat` beside them still reads 64 KiB. The cost:
-/// four times the messages per byte while the pressure lasts (the 64-reader bench's aggregate
-/// fell 16 % and its CPU per GiB rose 20 % in one noisy run, docs/performance.md).
-pub const SMALL_CHUNK: usize = 16 * 1024;
+/// twice the messages per byte while the pressure lasts. 32 KiB since the agent writes its
+/// own frames ([`crate::frames`]): with tonic's copy gone, 64 readers peaked at 43–45 MiB with
+/// 16 KiB reads and 49 MiB with 32 KiB (≤ 64 MiB), and 32 KiB halves the messages, the
+/// `pread`s, the `writev`s and the wake-ups per byte (docs/performance.md, issue #15 16:00).
+pub const SMALL_CHUNK: usize = 32 * 1024;
 /// Messages queued for the gRPC response per stream. Beyond the first, each takes its size
 /// from the agent's shared [`QueueBudget`] (`limits.stream_queue_bytes`): one stream alone may
 /// queue this many chunks (its throughput), 64 streams together no more than the budget plus
@@ -84,7 +88,9 @@ const LOOK_FOR_REPLACEMENT: Duration = Duration::from_secs(1);
 /// names nothing yet. An error ends the stream (nothing is served unaudited).
 pub type Reopen = Box<dyn FnMut(&File) -> Result<Option<File>, EndReason> + Send>;
 
-pub type Item = Result<pb::ReadLogChunk, Status>;
+/// What the response yields: one gRPC frame of a `ReadLogChunk` ([`crate::frames`]), or the
+/// stream's final status.
+pub type Item = Result<Bytes, Status>;
 
 /// One message in a stream's queue to its response, with the share of the agent's
 /// [`QueueBudget`] it holds (none for the first message queued, see [`ChannelSink`]); the share
@@ -92,12 +98,20 @@ pub type Item = Result<pb::ReadLogChunk, Status>;
 pub struct Queued {
     item: Item,
     share: Option<BudgetShare>,
+    /// Bytes the message holds allocated (its frame's buffer), for the tests' memory bound.
+    #[cfg(test)]
+    allocated: usize,
 }
 
 impl Queued {
     /// A message that holds no share of the budget (the stream's opening message).
     pub fn unbudgeted(item: Item) -> Self {
-        Queued { item, share: None }
+        Queued {
+            #[cfg(test)]
+            allocated: item.as_ref().map_or(0, Bytes::len),
+            item,
+            share: None,
+        }
     }
 
     /// The message, its share of the budget given back.
@@ -585,7 +599,7 @@ pub trait ChunkSink {
     fn check(&mut self) -> Result<(), EndReason>;
     /// Sends one chunk of content, waiting for room without polling; `Err` when the stream must
     /// end first (then nothing was sent).
-    fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason>;
+    fn send(&mut self, chunk: Chunk) -> Result<(), EndReason>;
     /// At the end of a followed file: waits until `watch` reports a change, `until` passes, or
     /// the stream must end (`Err`).
     fn idle(&mut self, watch: Option<&mut FileWatch>, until: Instant)
@@ -763,15 +777,21 @@ impl ChunkSink for ChannelSink {
         Ok(())
     }
 
-    fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason> {
+    fn send(&mut self, chunk: Chunk) -> Result<(), EndReason> {
         self.check()?;
-        let len = data.len();
+        let len = chunk.content().len();
         // The budget bounds memory, so a message is charged what it holds allocated, not its
         // length (a grep's buffer of one matching line was charged 1 KiB for 72 KiB held).
-        let charge = data.capacity();
-        let mut queued = Queued::unbudgeted(Ok(pb::ReadLogChunk {
-            item: Some(pb::read_log_chunk::Item::Data(data)),
-        }));
+        let charge = chunk.allocated();
+        // Framed in its own allocation: the response hands these bytes to hyper as they are.
+        let frame = chunk
+            .into_frame()
+            .map_err(|e| EndReason::ReadError(e.to_string()))?;
+        let mut queued = Queued::unbudgeted(Ok(frame));
+        #[cfg(test)]
+        {
+            queued.allocated = charge;
+        }
         loop {
             let capacity = self.tx.capacity();
             let empty = capacity == self.tx.max_capacity();
@@ -1366,10 +1386,10 @@ fn serve_block(
     sink: &mut dyn ChunkSink,
 ) -> Result<(), EndReason> {
     if mode.whole_chunks {
-        return sink.send(data.to_vec());
+        return sink.send(Chunk::copy_of(data));
     }
     sink.check()?;
-    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+    let mut out = Chunk::with_capacity(data.len() + data.len() / 8);
     if mode.per_line_checks {
         // Between two lines: the client, the grant and the grep budget are looked at, so
         // that a chunk of slow-to-match lines that yields nothing still ends within a
@@ -1383,7 +1403,7 @@ fn serve_block(
             };
             go_on && selector.keep(line)
         };
-        pipeline.push(data, &mut keep, &mut out);
+        pipeline.push(data, &mut keep, out.buffer());
         match stop {
             Some(EndReason::BudgetExceeded) => {
                 sink.fail(Status::aborted(budget_message(selector, mode.agent)));
@@ -1395,10 +1415,10 @@ fn serve_block(
     } else {
         // Every line passes: redaction's time per chunk is linear in its size, so a check
         // per chunk keeps the cut prompt.
-        pipeline.push(data, &mut |_| true, &mut out);
+        pipeline.push(data, &mut |_| true, out.buffer());
     }
     if !out.is_empty() {
-        sink.send(fit_for_queue(out))?;
+        sink.send(out.fit_for_queue())?;
     }
     Ok(())
 }
@@ -1411,18 +1431,6 @@ fn fit_read_buffer(buf: &mut Vec<u8>, size: usize) {
     }
 }
 
-/// `out` with its spare capacity given back when it holds less than half of it (a grep or a
-/// time range keeping a few lines of a chunk): a queued message holds its allocation until the
-/// client takes it, and the queue budget charges that allocation ([`ChannelSink`]), so a
-/// sparse message is copied to its size (a few bytes) rather than kept at a chunk's 72 KiB. A
-/// full chunk (`cat`, most of a `tail`) is sent as it is: no copy on the fast path.
-fn fit_for_queue(mut out: Vec<u8>) -> Vec<u8> {
-    if out.len() < out.capacity() / 2 {
-        out.shrink_to_fit();
-    }
-    out
-}
-
 /// At the end of what is served: the pipeline's carried line (a last line without a newline),
 /// through the selector, as a last message.
 fn serve_rest(
@@ -1430,8 +1438,8 @@ fn serve_rest(
     selector: &mut LineSelector,
     sink: &mut dyn ChunkSink,
 ) -> Result<(), EndReason> {
-    let mut out = Vec::new();
-    pipeline.finish(&mut |line| selector.keep(line), &mut out);
+    let mut out = Chunk::with_capacity(0);
+    pipeline.finish(&mut |line| selector.keep(line), out.buffer());
     if !out.is_empty() {
         sink.send(out)?;
     }
@@ -1439,7 +1447,7 @@ fn serve_rest(
 }
 
 /// Bytes before the read position kept to recognise the file at the next read (see
-/// [`rewritten`]).
+/// [`read_checked`]).
 const BEHIND: usize = 64;
 
 /// Keeps the last [`BEHIND`] bytes of what has been read, `data` being the newest.
@@ -1454,32 +1462,89 @@ fn remember_behind(behind: &mut Vec<u8>, data: &[u8]) {
     }
 }
 
-/// Whether the file no longer holds, just before `pos`, the bytes `behind` last read there:
-/// it was truncated (shorter than `pos`), or truncated and written again past `pos` before
-/// this read (a copytruncate rotation between two reads), which its size alone cannot show.
-/// One `pread` of at most [`BEHIND`] bytes per read of [`CHUNK`].
+/// What one read of a plain file found at the stream's position (see [`read_checked`]).
+#[derive(Debug, PartialEq, Eq)]
+enum ChunkRead {
+    /// The file no longer holds, just before the position, the bytes last read there: it was
+    /// truncated, or truncated and written again past the position (a copytruncate rotation
+    /// between two reads), which its size alone cannot show.
+    Rewritten,
+    /// The next `n` bytes of content, at `buf[BEHIND..BEHIND + n]` (`0`: end of file).
+    Data(usize),
+}
+
+/// Reads the content at `pos` into `buf[BEHIND..]` (`buf` is [`BEHIND`] bytes longer than a
+/// read) and checks, **in the same `pread`**, that the file still holds `behind` (the bytes
+/// last read, just before `pos`): one system call per read of [`CHUNK`] (on a local
+/// filesystem; see [`read_checked_at`] for short reads).
+fn read_checked(
+    file: &File,
+    pos: u64,
+    behind: &[u8],
+    buf: &mut [u8],
+) -> std::io::Result<ChunkRead> {
+    read_checked_at(
+        |into, offset| file.read_at(into, offset),
+        || Ok(file.metadata()?.len()),
+        pos,
+        behind,
+        buf,
+    )
+}
+
+/// [`read_checked`] over any positioned read (`read_at`, as `pread`) and the file's length.
+///
+/// What one `pread` changes (issue #15; it replaced a `pread` of `behind` followed by a `read`
+/// of the chunk): the old check and read looked at the file at two instants, and a rewrite
+/// between them went undetected, not even at the next read, whose check compared against the
+/// bytes that read had returned (already the new file's). One `pread` of
+/// `[pos - behind.len(), pos + size)` narrows that window from "between two system calls" to
+/// "inside one `pread`": no weaker than before, a narrower window. What is still not
+/// detected: the kernel copies a read page by page, so a truncate and a write racing one
+/// `pread` can return the old bytes behind `pos` and the new content after it; the bytes are
+/// then served as if they followed the old ones, and nothing sees it later.
+///
+/// A `pread` may return fewer bytes than asked before the file's end (FUSE `direct_io`, some
+/// network filesystems), so it reads on until it has the check bytes and at least one byte of
+/// content, or a read returns 0: short of the check bytes, the file ends before `pos`
+/// (truncated, as the old check concluded); with them, at `pos` (`Data(0)`, the end). A
+/// short read past them is a short chunk, served as `Data`.
 ///
 /// The limit, stated: new content that repeats the old one's exact bytes before `pos` is
 /// taken for the old file (log lines carry timestamps, so this needs the same lines written
-/// again in the same place).
-fn rewritten(file: &File, pos: u64, behind: &[u8]) -> std::io::Result<bool> {
-    if behind.is_empty() {
-        // Nothing read yet (a fresh start, or a `tail` start): only a shrink can be seen.
-        return Ok(pos > 0 && file.metadata()?.len() < pos);
+/// again in the same place). Nothing read yet (a fresh start, or a `tail` start): only a
+/// shrink can be seen (the length).
+fn read_checked_at(
+    mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+    len: impl FnOnce() -> std::io::Result<u64>,
+    pos: u64,
+    behind: &[u8],
+    buf: &mut [u8],
+) -> std::io::Result<ChunkRead> {
+    if behind.is_empty() && pos > 0 && len()? < pos {
+        return Ok(ChunkRead::Rewritten);
     }
-    let from = pos - behind.len() as u64;
-    let mut now = [0u8; BEHIND];
-    let now = &mut now[..behind.len()];
+    let back = behind.len();
+    let into = &mut buf[BEHIND - back..];
+    let from = pos - back as u64;
     let mut got = 0;
-    while got < now.len() {
-        match file.read_at(&mut now[got..], from + got as u64) {
-            Ok(0) => return Ok(true),
-            Ok(n) => got += n,
+    loop {
+        match read_at(&mut into[got..], from + got as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                if got > back {
+                    break;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(now != behind)
+    if got < back || into[..back] != *behind {
+        return Ok(ChunkRead::Rewritten);
+    }
+    Ok(ChunkRead::Data(got - back))
 }
 
 /// The line a following stream gets when its file was truncated under it and it starts again
@@ -1496,7 +1561,8 @@ fn pump(
     bytes_read: &mut u64,
 ) -> Result<(), EndReason> {
     let io = read_error;
-    let mut pos = plan.file.seek(SeekFrom::Start(start)).map_err(io)?;
+    // Read with `pread` at `pos` (the descriptor's offset is not used).
+    let mut pos = start;
     let mut buf = Vec::new();
     let mode = Mode::of(&plan.profile, &plan.selector, &plan.agent);
     let selector = &mut plan.selector;
@@ -1508,36 +1574,36 @@ fn pump(
     // Whether the raw bytes sent so far end a line (whole-chunk mode), so that the next file's
     // first line does not join the last one of the old file.
     let mut ends_line = true;
-    // The last bytes read, just before `pos`: seen again before every read, or the file was
-    // rewritten under us (see [`rewritten`]).
+    // The last bytes read, just before `pos`: seen again with every read, or the file was
+    // rewritten under us (see [`read_checked`]).
     let mut behind: Vec<u8> = Vec::with_capacity(BEHIND);
     loop {
-        if rewritten(&plan.file, pos, &behind).map_err(io)? {
-            // Truncated, and perhaps written again past our position, since we last read (a
-            // copytruncate rotation): what follows `pos` now is another file's content, maybe
-            // the middle of a private-key block whose BEGIN lies before `pos`.
-            pipeline.abandon_partial_line();
-            behind.clear();
-            if !plan.follow {
-                // A `cat` ends with the whole lines it served, as at a shrunk end of file.
-                return serve_rest(pipeline, selector, sink);
+        fit_read_buffer(&mut buf, BEHIND + sink.read_size());
+        let n = match read_checked(&plan.file, pos, &behind, &mut buf).map_err(io)? {
+            ChunkRead::Data(n) => n,
+            ChunkRead::Rewritten => {
+                // Truncated, and perhaps written again past our position, since we last read
+                // (a copytruncate rotation): what follows `pos` now is another file's content,
+                // maybe the middle of a private-key block whose BEGIN lies before `pos`.
+                pipeline.abandon_partial_line();
+                behind.clear();
+                if !plan.follow {
+                    // A `cat` ends with the whole lines it served, as at a shrunk end of file.
+                    return serve_rest(pipeline, selector, sink);
+                }
+                // Following: start again from the beginning, where every marker is seen.
+                pos = 0;
+                let mut notice = Chunk::with_capacity(0);
+                if mode.whole_chunks && !ends_line {
+                    notice.buffer().push(b'\n');
+                }
+                ends_line = true;
+                notice
+                    .buffer()
+                    .extend_from_slice(truncated_notice(&plan.path).as_bytes());
+                sink.send(notice)?;
+                continue;
             }
-            // Following: start again from the beginning, where every marker is seen.
-            pos = plan.file.seek(SeekFrom::Start(0)).map_err(io)?;
-            let mut notice = Vec::new();
-            if mode.whole_chunks && !ends_line {
-                notice.push(b'\n');
-            }
-            ends_line = true;
-            notice.extend_from_slice(truncated_notice(&plan.path).as_bytes());
-            sink.send(notice)?;
-            continue;
-        }
-        fit_read_buffer(&mut buf, sink.read_size());
-        let n = match plan.file.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io(e)),
         };
         if n == 0 {
             if !plan.follow {
@@ -1549,7 +1615,7 @@ fn pump(
                 return serve_rest(pipeline, selector, sink);
             }
             // A copytruncate rotation that left the file shorter than our position is seen at
-            // the top of the loop ([`rewritten`]): an unfinished line is dropped, and a
+            // the next read ([`read_checked`]): an unfinished line is dropped, and a
             // private-key block still open stays open (as when following a renamed file): the
             // new content may be the rest of the key.
             let now = Instant::now();
@@ -1559,7 +1625,7 @@ fn pump(
                 // may be half a secret. A private-key block still open stays open (fail closed).
                 pipeline.abandon_partial_line();
                 if mode.whole_chunks && !ends_line {
-                    sink.send(b"\n".to_vec())?;
+                    sink.send(Chunk::copy_of(b"\n"))?;
                     ends_line = true;
                 }
                 plan.file = next;
@@ -1594,7 +1660,7 @@ fn pump(
         }
         pos += n as u64;
         *bytes_read += n as u64;
-        let data = &buf[..n];
+        let data = &buf[BEHIND..BEHIND + n];
         remember_behind(&mut behind, data);
         if mode.whole_chunks {
             ends_line = data.last() == Some(&b'\n');
@@ -1607,6 +1673,13 @@ fn pump(
 mod tests {
     use super::*;
     use crate::redact::Redactor;
+    use loggate_proto as pb;
+    use prost::Message;
+
+    /// The `ReadLogChunk` of one gRPC frame (a 5-byte prefix, then the message).
+    fn decoded(frame: &[u8]) -> pb::ReadLogChunk {
+        pb::ReadLogChunk::decode(&frame[5..]).expect("a ReadLogChunk")
+    }
     use loggate_core::grant::unix_now;
     use std::io::Write;
     use tokio_stream::StreamExt;
@@ -1833,14 +1906,16 @@ mod tests {
             }
         }
 
-        /// The next item the client gets (at most 10 s).
-        fn next(&mut self) -> Option<Item> {
+        /// The next item the client gets (at most 10 s), its frame decoded as the CLI does.
+        fn next(&mut self) -> Option<Result<pb::ReadLogChunk, Status>> {
             let rx = self.rx.as_mut().expect("client");
-            self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), rx.next())
-                    .await
-                    .expect("an item within 10 s")
-            })
+            self.rt
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(10), rx.next())
+                        .await
+                        .expect("an item within 10 s")
+                })
+                .map(|item| item.map(|frame| decoded(&frame)))
         }
 
         /// Waits (at most 10 s) until the stream's loop has ended.
@@ -2267,15 +2342,7 @@ mod tests {
                 held.push(queued);
             }
         }
-        let allocated: usize = held
-            .iter()
-            .map(|q| match &q.item {
-                Ok(pb::ReadLogChunk {
-                    item: Some(pb::read_log_chunk::Item::Data(d)),
-                }) => d.capacity(),
-                _ => 0,
-            })
-            .sum();
+        let allocated: usize = held.iter().map(|q| q.allocated).sum();
         let bound = budget.total_bytes() + STALLED * (CHUNK + CHUNK / 8);
         assert!(
             allocated <= bound,
@@ -2333,8 +2400,8 @@ mod tests {
         fn check(&mut self) -> Result<(), EndReason> {
             Ok(())
         }
-        fn send(&mut self, data: Vec<u8>) -> Result<(), EndReason> {
-            self.got.extend_from_slice(&data);
+        fn send(&mut self, chunk: Chunk) -> Result<(), EndReason> {
+            self.got.extend_from_slice(chunk.content());
             if let Some(content) = self.new_content.take() {
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
@@ -2405,6 +2472,110 @@ mod tests {
             after_old.lines().collect::<Vec<_>>(),
             [notice.trim_end(), "[REDACTED:private_key]", "after the key"],
             "{after_old:.300}"
+        );
+    }
+
+    /// The one `pread` per read sees what the separate check saw: the bytes before the
+    /// position unchanged (the chunk is served), the file cut short of them, or written again
+    /// over them (rewritten); and at a fresh start a file shorter than the start.
+    #[test]
+    fn one_read_returns_the_chunk_and_sees_the_file_rewritten_before_it() {
+        let mut file = tempfile::NamedTempFile::new().expect("tempfile");
+        let old = b"0123456789abcdefghij".repeat(10);
+        file.write_all(&old).expect("write");
+        let f = file.reopen().expect("reopen");
+        let pos = 150u64;
+        let behind = &old[150 - BEHIND..150];
+        let mut buf = vec![0u8; BEHIND + 16];
+        assert_eq!(
+            read_checked(&f, pos, behind, &mut buf).expect("read"),
+            ChunkRead::Data(16)
+        );
+        assert_eq!(&buf[BEHIND..], &old[150..166]);
+        // At the end: no content, not rewritten.
+        let end = &old[old.len() - BEHIND..];
+        assert_eq!(
+            read_checked(&f, old.len() as u64, end, &mut buf).expect("read"),
+            ChunkRead::Data(0)
+        );
+        // Nothing read before (a fresh start at 0): whatever is there is served.
+        assert_eq!(
+            read_checked(&f, 0, &[], &mut buf).expect("read"),
+            ChunkRead::Data(16)
+        );
+        // A `tail` start past the end (nothing read yet): shrunk.
+        assert_eq!(
+            read_checked(&f, old.len() as u64 + 1, &[], &mut buf).expect("read"),
+            ChunkRead::Rewritten
+        );
+        // Cut inside what lies behind the position.
+        f.set_len(120).expect("truncate");
+        assert_eq!(
+            read_checked(&f, pos, behind, &mut buf).expect("read"),
+            ChunkRead::Rewritten
+        );
+        // Written again past the position with other bytes (copytruncate, then the writer
+        // going on).
+        f.set_len(0).expect("truncate");
+        f.write_all_at(&b"x".repeat(300), 0).expect("regrow");
+        assert_eq!(
+            read_checked(&f, pos, behind, &mut buf).expect("read"),
+            ChunkRead::Rewritten
+        );
+        // The stated limit: the same bytes written again in the same place are the old file.
+        f.write_all_at(&old, 0).expect("rewrite");
+        assert_eq!(
+            read_checked(&f, pos, behind, &mut buf).expect("read"),
+            ChunkRead::Data(16)
+        );
+    }
+
+    /// A `pread` that returns fewer bytes than asked before the file's end (FUSE `direct_io`,
+    /// network filesystems) is read again until the check bytes are complete: the file is not
+    /// taken for rewritten, and the chunk's bytes are the file's.
+    #[test]
+    fn short_reads_are_not_taken_for_a_rewrite() {
+        let file = b"0123456789abcdefghij".repeat(10);
+        let pos = 150usize;
+        let behind = &file[pos - BEHIND..pos];
+        for most in [1usize, 7, BEHIND - 1, BEHIND, BEHIND + 3] {
+            let short = |into: &mut [u8], offset: u64| {
+                let at = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(file.len());
+                let n = into.len().min(most).min(file.len() - at);
+                into[..n].copy_from_slice(&file[at..at + n]);
+                Ok(n)
+            };
+            let mut buf = vec![0u8; BEHIND + 16];
+            let read = read_checked_at(
+                short,
+                || Ok(file.len() as u64),
+                pos as u64,
+                behind,
+                &mut buf,
+            )
+            .expect("read");
+            let n = match read {
+                ChunkRead::Data(n) => n,
+                ChunkRead::Rewritten => panic!("reads of at most {most} bytes taken for a rewrite"),
+            };
+            assert!(n > 0 && n <= 16, "{most}: {n}");
+            assert_eq!(&buf[BEHIND..BEHIND + n], &file[pos..pos + n], "{most}");
+        }
+        // Short reads that end before the position (0 after a few bytes): truncated.
+        let cut = &file[..pos - 10];
+        let mut buf = vec![0u8; BEHIND + 16];
+        let short = |into: &mut [u8], offset: u64| {
+            let at = usize::try_from(offset).unwrap_or(usize::MAX).min(cut.len());
+            let n = into.len().min(5).min(cut.len() - at);
+            into[..n].copy_from_slice(&cut[at..at + n]);
+            Ok(n)
+        };
+        assert_eq!(
+            read_checked_at(short, || Ok(cut.len() as u64), pos as u64, behind, &mut buf)
+                .expect("read"),
+            ChunkRead::Rewritten
         );
     }
 

@@ -127,13 +127,9 @@ async fn oversized_request_gets_an_error_and_the_agent_keeps_serving() -> anyhow
     let status = send_raw(&f, body)
         .await
         .expect_err("oversized request was accepted");
-    assert!(
-        matches!(
-            status.code(),
-            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
-        ),
-        "{status:?}"
-    );
+    // tonic's code for a message over the decoder's bound (the agent's route decodes the
+    // request as tonic does: agent/src/routes.rs tests).
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
     let f = tokio::task::spawn_blocking(move || still_serves(&f).map(|_| f)).await??;
     drop(f);
     Ok(())
