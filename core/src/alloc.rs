@@ -55,8 +55,8 @@ pub const STREAMING_TRIM_THRESHOLD: i32 = 8 << 20;
 /// `logs` commands): with glibc's defaults (mmap and trim thresholds of 128 KiB, both
 /// raised dynamically only when an mmap'd chunk is freed) the read buffers of an HTTP/2
 /// stream, freed and allocated again many times a second, are given back to the kernel
-/// (a thread heap's top trimmed with `madvise`, or `munmap`) and fault in again as fresh zeroed pages: a fifth of
-/// the CLI's CPU per 512 MiB stream (docs/performance.md, issue #15).
+/// (a thread heap's top trimmed with `madvise`, or `munmap`) and fault in again as fresh
+/// zeroed pages: a fifth of the CLI's CPU per 512 MiB stream (docs/performance.md, issue #15).
 ///
 /// Sets `M_MMAP_THRESHOLD` to [`STREAMING_MMAP_THRESHOLD`] and `M_TRIM_THRESHOLD` to
 /// [`STREAMING_TRIM_THRESHOLD`]. Fixed values: setting either turns glibc's dynamic threshold
