@@ -10,9 +10,12 @@
 //!
 //! **Strict by design.** The input is the agent's, and an agent can be compromised: every
 //! varint is bounded to ten bytes, every length checked against what remains of the message
-//! before it is used, and anything the agent does not send is an error that names itself — an
-//! unknown field, a wrong wire type, a second item in one message, an empty message. No input
-//! panics. What is accepted decodes exactly as prost decodes it (the property test below
+//! before it is used, and anything the agent does not send is an error that names itself — a
+//! wrong wire type, a second item in one message, an empty message. No input panics. A field
+//! this CLI does not know is skipped, as prost skips it (its length checked like any other), so
+//! a later agent may add a field to `ReadLogChunk` without breaking the CLIs already deployed;
+//! only a group (wire types 3 and 4, unused by proto3) and the undefined wire types 6 and 7 are
+//! refused. What is accepted decodes exactly as prost decodes it (the property test below
 //! compares the two on well-formed, random and truncated inputs); what prost rejects is
 //! rejected here too.
 
@@ -41,8 +44,9 @@ pub enum ChunkError {
     VarintOverflow,
     /// A field's key names field 0 or a field number beyond 32 bits.
     InvalidKey(u64),
-    /// A field the message does not have (the agent sends only fields 1 and 2).
-    UnknownField(u64),
+    /// A field this CLI does not know, with a wire type it cannot skip (a group, 3 or 4, or
+    /// the undefined 6 and 7).
+    UnskippableField { field: u64, wire_type: u8 },
     /// Field 1 or 2 with another wire type than length-delimited (2).
     WrongWireType { field: u64, wire_type: u8 },
     /// A length-delimited field longer than what remains of the message.
@@ -65,7 +69,9 @@ impl std::fmt::Display for ChunkError {
             ChunkError::TruncatedVarint => write!(f, "a varint runs past the message's end"),
             ChunkError::VarintOverflow => write!(f, "a varint longer than 64 bits"),
             ChunkError::InvalidKey(key) => write!(f, "invalid field key {key}"),
-            ChunkError::UnknownField(field) => write!(f, "unknown field {field}"),
+            ChunkError::UnskippableField { field, wire_type } => {
+                write!(f, "unknown field {field} with wire type {wire_type}")
+            }
             ChunkError::WrongWireType { field, wire_type } => {
                 write!(f, "field {field} with wire type {wire_type} (expected 2)")
             }
@@ -105,6 +111,30 @@ fn varint(buf: &mut impl Buf) -> Result<u64, ChunkError> {
     Err(ChunkError::VarintOverflow)
 }
 
+/// Skips the value of a field this CLI does not know: a varint (wire type 0), 8 bytes (1), a
+/// length-delimited value (2) or 4 bytes (5), each checked against what remains of the message.
+fn skip_field(buf: &mut impl Buf, field: u64, wire_type: u8) -> Result<(), ChunkError> {
+    let length = match wire_type {
+        0 => return varint(buf).map(drop),
+        1 => 8,
+        2 => varint(buf)?,
+        5 => 4,
+        _ => return Err(ChunkError::UnskippableField { field, wire_type }),
+    };
+    let remaining = buf.remaining();
+    match usize::try_from(length) {
+        Ok(len) if len <= remaining => {
+            buf.advance(len);
+            Ok(())
+        }
+        _ => Err(ChunkError::LengthPastEnd {
+            field,
+            length,
+            remaining,
+        }),
+    }
+}
+
 /// Decodes one whole `ReadLogChunk` from `buf` (all of it: `buf` holds exactly one message, as
 /// tonic hands it over), taking `data` out as a [`Bytes`] of `buf` without copying when `buf`
 /// is a `Bytes` or tonic's `DecodeBuf`.
@@ -116,11 +146,12 @@ pub fn decode_chunk(buf: &mut impl Buf) -> Result<Chunk, ChunkError> {
         if field == 0 || field > u64::from(u32::MAX >> 3) {
             return Err(ChunkError::InvalidKey(key));
         }
-        if field != 1 && field != 2 {
-            return Err(ChunkError::UnknownField(field));
-        }
         // The low three bits: the cast cannot lose anything.
         let wire_type = (key & 7) as u8;
+        if field != 1 && field != 2 {
+            skip_field(buf, field, wire_type)?;
+            continue;
+        }
         if wire_type != 2 {
             return Err(ChunkError::WrongWireType { field, wire_type });
         }
@@ -329,6 +360,28 @@ mod tests {
     }
 
     #[test]
+    fn fields_a_later_agent_may_add_are_skipped_as_prost_skips_them() {
+        // Field 3 as a varint, 8 bytes, a length-delimited value and 4 bytes, before and after
+        // the data: an older CLI still reads the data, and reads it as prost does.
+        let extras: [&[u8]; 4] = [
+            &[0x18, 0x96, 0x01],
+            &[0x19, 1, 2, 3, 4, 5, 6, 7, 8],
+            &[0x1a, 0x03, b'a', b'b', b'c'],
+            &[0x1d, 1, 2, 3, 4],
+        ];
+        for extra in extras {
+            let mut message = extra.to_vec();
+            message.extend(data(b"kept\n"));
+            message.extend(extra);
+            let Ok(Chunk::Data(got)) = decode_chunk(&mut Bytes::from(message.clone())) else {
+                panic!("field 3 not skipped: {message:02x?}");
+            };
+            assert_eq!(&got[..], b"kept\n");
+            assert!(agrees_with_prost(&message), "{message:02x?}");
+        }
+    }
+
+    #[test]
     fn well_formed_messages_decode_as_prost_decodes_them() {
         let big = vec![b'x'; 300_000];
         for message in [
@@ -399,7 +452,39 @@ mod tests {
                     wire_type: 5,
                 },
             ),
-            (&[0x1a, 0x00], ChunkError::UnknownField(3)),
+            // An unknown field is skipped, but a message of nothing else has no item.
+            (&[0x1a, 0x00], ChunkError::NoItem),
+            (
+                &[0x1b, 0x1c, 0x12, 0x00],
+                ChunkError::UnskippableField {
+                    field: 3,
+                    wire_type: 3,
+                },
+            ),
+            (
+                &[0x1e, 0x12, 0x00],
+                ChunkError::UnskippableField {
+                    field: 3,
+                    wire_type: 6,
+                },
+            ),
+            (
+                &[0x1a, 0x05, 0x00],
+                ChunkError::LengthPastEnd {
+                    field: 3,
+                    length: 5,
+                    remaining: 1,
+                },
+            ),
+            (
+                &[0x19, 0, 0, 0],
+                ChunkError::LengthPastEnd {
+                    field: 3,
+                    length: 8,
+                    remaining: 3,
+                },
+            ),
+            (&[0x18, 0x80], ChunkError::TruncatedVarint),
             (&[0x02, 0x00], ChunkError::InvalidKey(2)),
             (&[0x12, 0x00, 0x12, 0x00], ChunkError::SecondItem),
             (&[0x0a, 0x00, 0x12, 0x00], ChunkError::SecondItem),
