@@ -533,14 +533,7 @@ const MALLOC_ARENAS: i32 = 2;
 /// Caps glibc's malloc arenas ([`MALLOC_ARENAS`]) before any thread starts; an operator's
 /// `MALLOC_ARENA_MAX` in the environment is left to decide.
 fn limit_malloc_arenas() {
-    #[cfg(target_env = "gnu")]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; it is called before the runtime
-        // or any other thread exists, so no allocation races with the change.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
-        }
-    }
+    loggate_core::alloc::limit_arenas(MALLOC_ARENAS);
 }
 
 /// Gives the allocator's free memory back to the kernel (glibc's `malloc_trim`): what a
@@ -550,12 +543,7 @@ fn limit_malloc_arenas() {
 /// built, and by the trimmer ([`limits::QueueBudget::trim_when_idle`]) once streams have been
 /// quiet for a moment; it costs a walk of the free lists, so never on a stream's path.
 pub fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim takes no pointer; it only returns free pages of glibc's own heaps,
-    // under the allocator's locks, so it is safe from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    loggate_core::alloc::release_freed_memory();
 }
 
 /// The command tree of `loggate-agent`, with every command's examples ([`examples`]): what is

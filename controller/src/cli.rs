@@ -8,6 +8,7 @@ pub mod governance;
 pub mod journal;
 pub mod listing;
 pub mod login;
+pub mod read_stream;
 pub mod reads;
 pub mod socket_slot;
 pub mod status;
@@ -18,7 +19,6 @@ use loggate_core::grant::rough_duration;
 use loggate_core::timestamp::{parse_time_arg, UnixMillis};
 use loggate_core::tls::Server;
 use loggate_proto as pb;
-use loggate_proto::agent_client::AgentClient;
 use loggate_proto::controller_client::ControllerClient;
 use std::io::Write;
 use std::path::PathBuf;
@@ -1075,7 +1075,8 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
         addr: addr.clone(),
         server: Server::Agent(&args.host),
     };
-    let mut client = AgentClient::new(connect(&addr, config, Server::Agent(&args.host)).await?);
+    let mut client =
+        read_stream::ReadClient::new(connect(&addr, config, Server::Agent(&args.host)).await?);
     let mut stream = client
         .read_log(request)
         .await
@@ -1107,11 +1108,11 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
                 return Err(explain_at(&status, config, &agent).await);
             }
         };
-        match chunk.item {
-            Some(pb::read_log_chunk::Item::Start(start)) => {
+        match chunk {
+            read_stream::Chunk::Start(start) => {
                 tracing::debug!(grant = %start.grant_id, "stream started");
             }
-            Some(pb::read_log_chunk::Item::Data(data)) => {
+            read_stream::Chunk::Data(data) => {
                 if let Some(bar) = &progress {
                     bar.inc(u64::try_from(data.len()).unwrap_or(u64::MAX));
                 }
@@ -1120,7 +1121,6 @@ pub async fn read_log(config: &ClientConfig, args: ReadArgs) -> CliResult {
                     return Err(e.into());
                 }
             }
-            None => {}
         }
     }
     clear();

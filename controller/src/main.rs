@@ -974,6 +974,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return cli::exit_on_parse_error(e),
     };
+    // The `logs` commands stream: keep their freed read buffers for reuse instead of giving
+    // them back to the kernel and faulting them in again (issue #15, docs/performance.md).
+    // Only there: the other commands are a few small calls, and the controller's daemon
+    // keeps glibc's defaults (its memory at rest is measured with them).
+    if matches!(cli.command, Command::Logs(_)) {
+        loggate_core::alloc::keep_freed_memory_for_streaming();
+    }
     // The daemon logs as the agent does; the commands show warnings and errors only.
     let format = match &cli.command {
         Command::Controller(ControllerCommand::Serve { log_format, .. }) => {

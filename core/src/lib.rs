@@ -13,6 +13,7 @@
     clippy::cast_possible_wrap
 )]
 
+pub mod alloc;
 pub mod audit;
 pub mod backoff;
 pub mod cli_examples;

@@ -14,13 +14,13 @@
 //! `--merge` (always with `--follow`) the hosts' entries interleaved in the order of their own
 //! realtime timestamps, which start every line.
 
+use super::read_stream::{Chunk, ReadClient};
 use super::{agent_addr, connect, explain_at, usage, CliResult, Failure, OrExplain, Peer};
 use crate::config::ClientConfig;
 use loggate_core::grant::UnitName;
 use loggate_core::timestamp::UnixMillis;
 use loggate_core::tls::Server;
 use loggate_proto as pb;
-use loggate_proto::agent_client::AgentClient;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -95,7 +95,7 @@ pub async fn read_journal(config: ClientConfig, args: JournalArgs) -> CliResult 
         addr: addr.clone(),
         server: Server::Agent(host),
     };
-    let mut client = AgentClient::new(connect(&addr, config, Server::Agent(host)).await?);
+    let mut client = ReadClient::new(connect(&addr, config, Server::Agent(host)).await?);
     let mut stream = client
         .read_journal(request)
         .await
@@ -115,7 +115,7 @@ pub async fn read_journal(config: ClientConfig, args: JournalArgs) -> CliResult 
                 return Err(explain_at(&status, config, &peer).await);
             }
         };
-        if let Some(pb::read_log_chunk::Item::Data(data)) = chunk.item {
+        if let Chunk::Data(data) = chunk {
             pending.extend_from_slice(&data);
             flush(&mut out, &mut pending, &args, &unit, false).map_err(write_failed)?;
         }

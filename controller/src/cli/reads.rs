@@ -45,6 +45,7 @@
 
 use super::deadline::NoAnswer;
 use super::listing::printable;
+use super::read_stream::{Chunk, ReadClient};
 use super::socket_slot::{self, Socket, CLOSE_WAIT};
 use super::{agent_addr, explain_at, the_controller, usage, Exit, Failure};
 use super::{CliResult, OrExplain, Peer, ReadArgs};
@@ -293,9 +294,11 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
     let result =
         match socket_slot::connect(&addr, &job.config, Server::Agent(host), &job.socket).await {
             Ok(channel) => {
-                let mut client = AgentClient::new(channel);
-                read_host_on(&mut client, &job, &agent).await
-                // `client` (the connection) is dropped here; tonic closes its socket on its own
+                let mut client = AgentClient::new(channel.clone());
+                let mut reads = ReadClient::new(channel);
+                read_host_on(&mut client, &mut reads, &job, &agent).await
+                // `client` and `reads` (the connection) are dropped here; tonic closes its
+                // socket on its own
                 // tasks, a moment later.
             }
             Err(failure) => Err(failure),
@@ -309,16 +312,17 @@ async fn read_host(job: HostJob) -> Result<(), Failure> {
     result
 }
 
-/// [`read_host`] on its connection `client`.
+/// [`read_host`] on its connection (`client` for listings, `reads` for the reads).
 async fn read_host_on(
     client: &mut AgentClient<super::deadline::Deadline<tonic::transport::Channel>>,
+    reads: &mut ReadClient<super::deadline::Deadline<tonic::transport::Channel>>,
     job: &HostJob,
     agent: &Peer<'_>,
 ) -> Result<(), Failure> {
     let request = match &job.request {
         Source::File(request) if job.glob => request,
         source => {
-            return read_file(client, job, agent, source.clone(), None)
+            return read_file(reads, job, agent, source.clone(), None)
                 .await
                 .map_err(|f| f.failure);
         }
@@ -334,7 +338,7 @@ async fn read_host_on(
             path: path.clone(),
             ..request.clone()
         });
-        match read_file(client, job, agent, one, Some(Arc::clone(&file))).await {
+        match read_file(reads, job, agent, one, Some(Arc::clone(&file))).await {
             Ok(()) => {}
             Err(f) if f.failure.code == Exit::Ok => return Err(f.failure),
             // A refusal that reaches the host (the grant, the reader, the agent): the other
@@ -576,7 +580,7 @@ fn connection_still_up(status: &tonic::Status) -> bool {
 /// Reads one file or journal unit (`request`) and hands its lines to the writer, whole,
 /// holding at most [`LINES_IN_FLIGHT`] of the host's lines in flight.
 async fn read_file(
-    client: &mut AgentClient<super::deadline::Deadline<tonic::transport::Channel>>,
+    client: &mut ReadClient<super::deadline::Deadline<tonic::transport::Channel>>,
     job: &HostJob,
     agent: &Peer<'_>,
     request: Source,
@@ -618,7 +622,7 @@ async fn read_file(
                 return Err(file_failure(&status, job, agent).await);
             }
         };
-        let Some(pb::read_log_chunk::Item::Data(data)) = chunk.item else {
+        let Chunk::Data(data) = chunk else {
             continue;
         };
         let mut rest: &[u8] = &data;
