@@ -30,7 +30,10 @@
 //! its timeline, second by second: streams opened, agents caught up, attempts refused, failed in
 //! the handshake, reset (before TLS completed) or cut, the back-off ceilings the failing agents
 //! had reached, and the controllers' eviction summaries with how far the evicted handshakes had
-//! come, and their summaries of newcomers reset within a victim's grace.
+//! come, and their summaries of newcomers reset within a victim's grace; then the "failed in
+//! the handshake" attempts counted by cause (the simulated agent's error: the controller's
+//! status when it answered `WatchGrants` with one, the agent's own connect limit, or the error
+//! chain, e.g. `tls handshake eof` for a handshake the controller dropped).
 //!
 //! `--history N` (SQLite): before the restart, every 10th agent goes away while N grants are
 //! written to the revision log, then comes back; its resync is measured (`history.rs`).
