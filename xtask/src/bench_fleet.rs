@@ -30,7 +30,10 @@
 //! its timeline, second by second: streams opened, agents caught up, attempts refused, failed in
 //! the handshake, reset (before TLS completed) or cut, the back-off ceilings the failing agents
 //! had reached, and the controllers' eviction summaries with how far the evicted handshakes had
-//! come, and their summaries of newcomers reset within a victim's grace.
+//! come, and their summaries of newcomers reset within a victim's grace; then the "failed in
+//! the handshake" attempts counted by cause (the simulated agent's error: the controller's
+//! status when it answered `WatchGrants` with one, the agent's own connect limit, or the error
+//! chain, e.g. `tls handshake eof` for a handshake the controller dropped).
 //!
 //! `--history N` (SQLite): before the restart, every 10th agent goes away while N grants are
 //! written to the revision log, then comes back; its resync is measured (`history.rs`).
@@ -503,6 +506,8 @@ struct Comeback {
     /// counts (those of the 10 s before it), and its code and reason (for evictions, how far
     /// they had come).
     eviction_summaries: Vec<(f64, u64, String)>,
+    /// The `handshake failed` attempts of the timeline by cause ([`cause_of`]), most first.
+    causes: Vec<(String, usize)>,
 }
 
 /// One second of a comeback, as the simulated agents saw it.
@@ -864,6 +869,7 @@ async fn comeback(
     let restart = victims.len() == replicas.list.len();
     let killed_wall = std::time::SystemTime::now();
     let failures_before = fleet.failures.len();
+    let causes_before = fleet.causes.len();
     let caught_up_before = fleet.caught_up_at.len();
     for &i in victims {
         replicas.kill(i);
@@ -933,6 +939,11 @@ async fn comeback(
         caught_up_before,
         failures_before,
     );
+    let causes = count_causes(
+        &fleet.causes[causes_before.min(fleet.causes.len())..],
+        killed,
+        took + Duration::from_secs(2),
+    );
     Ok(Comeback {
         took,
         back,
@@ -947,6 +958,7 @@ async fn comeback(
         admin_cli,
         timeline,
         eviction_summaries,
+        causes,
     })
 }
 
@@ -1012,6 +1024,8 @@ struct Fleet {
     caught_up_at: Vec<Instant>,
     /// Every failed attempt or ended stream, with the back-off ceiling of the pause after it.
     failures: Vec<(Instant, Failure, Duration)>,
+    /// Every `Handshake` failure's cause ([`cause_of`]), when it came.
+    causes: Vec<(Instant, String)>,
     grants: HashMap<String, Vec<Instant>>,
     revoked: HashMap<String, Vec<Instant>>,
     rejected: usize,
@@ -1065,7 +1079,16 @@ impl Fleet {
     fn apply(&mut self, event: Event) {
         match event.what {
             What::Connected => self.connects.push(event.at),
-            What::Failed { kind, ceiling } => self.failures.push((event.at, kind, ceiling)),
+            What::Failed {
+                kind,
+                ceiling,
+                cause,
+            } => {
+                self.failures.push((event.at, kind, ceiling));
+                if let Some(cause) = cause {
+                    self.causes.push((event.at, cause));
+                }
+            }
             What::CaughtUp { epoch, replica } => {
                 if self.tracked.contains(&event.agent) {
                     self.tracked_caught_up
@@ -1162,6 +1185,72 @@ impl Failure {
     }
 }
 
+/// A simulated agent's connect (TCP, TLS, HTTP/2) not done within [`CONNECT_WITHIN`].
+#[derive(Debug)]
+struct ConnectTimedOut;
+
+impl std::fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no TLS handshake within {CONNECT_WITHIN:?} (the agent's limit)"
+        )
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
+/// Longest cause kept ([`cause_of`]), in characters.
+const CAUSE_LEN: usize = 160;
+
+/// A failed attempt's cause in words a summary can count: the controller's status (code and
+/// message) when it answered the RPC, else every message of the error's chain (repeats
+/// dropped). Digits become `#` (addresses, ports, times differ per agent) and it is cut at
+/// [`CAUSE_LEN`] characters.
+fn cause_of(error: &anyhow::Error) -> String {
+    let text = match error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<tonic::Status>())
+    {
+        Some(status) => format!("status {:?}: {}", status.code(), status.message()),
+        None => {
+            let mut parts: Vec<String> = Vec::new();
+            for cause in error.chain() {
+                let part = cause.to_string();
+                if !parts.iter().any(|p| p.contains(&part)) {
+                    parts.push(part);
+                }
+            }
+            parts.join(": ")
+        }
+    };
+    text.chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .take(CAUSE_LEN)
+        .collect()
+}
+
+/// The causes that came from `start` until `within` after it, counted, most first (ties by
+/// cause).
+fn count_causes(
+    causes: &[(Instant, String)],
+    start: Instant,
+    within: Duration,
+) -> Vec<(String, usize)> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (at, cause) in causes {
+        if *at >= start && at.saturating_duration_since(start) < within {
+            *counts.entry(cause.as_str()).or_default() += 1;
+        }
+    }
+    let mut counts: Vec<(String, usize)> = counts
+        .into_iter()
+        .map(|(cause, n)| (cause.to_owned(), n))
+        .collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
+}
+
 struct Event {
     agent: usize,
     at: Instant,
@@ -1179,6 +1268,8 @@ enum What {
     Failed {
         kind: Failure,
         ceiling: Duration,
+        /// For a `Handshake` failure: its cause in words ([`cause_of`]).
+        cause: Option<String>,
     },
     Grant(String),
     Revoked(String),
@@ -1243,6 +1334,10 @@ impl SimAgent {
                 continue;
             };
             let kind = Failure::of(&result, self.streamed);
+            let cause = match (&result, kind) {
+                (Err(e), Failure::Handshake) => Some(cause_of(e)),
+                _ => None,
+            };
             // As the agent: a failed or ended stream moves to a random other address.
             let count = self.controllers.len();
             if count > 1 {
@@ -1251,7 +1346,11 @@ impl SimAgent {
             }
             let ceiling = backoff.ceiling();
             let delay = backoff.next_delay();
-            self.report(What::Failed { kind, ceiling });
+            self.report(What::Failed {
+                kind,
+                ceiling,
+                cause,
+            });
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = stopping.wait_for(|s| *s) => return,
@@ -1294,7 +1393,7 @@ impl SimAgent {
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(20));
         let Ok(connected) = tokio::time::timeout(CONNECT_WITHIN, endpoint.connect()).await else {
-            bail!("no TLS handshake within {CONNECT_WITHIN:?}");
+            return Err(ConnectTimedOut.into());
         };
         let channel = connected?;
         let mut client = ControllerClient::new(channel).max_decoding_message_size(1 << 20);
@@ -1587,6 +1686,13 @@ fn print_timeline(what: &str, c: &Comeback) {
     for (at, n, reason) in &c.eviction_summaries {
         println!("- +{at:.1} s: {n}: {reason}");
     }
+    println!("handshake failures by cause (the simulated agent's error; digits as #):");
+    if c.causes.is_empty() {
+        println!("- none");
+    }
+    for (cause, n) in &c.causes {
+        println!("- {n}: {cause}");
+    }
 }
 
 fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &Report) {
@@ -1674,4 +1780,59 @@ fn print_report(args: &Args, bins: &Path, load: &str, uptime_before: &str, r: &R
         print_timeline("failover", failover);
     }
     print_timeline("restart", &r.restart);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_before_the_stream_is_counted_by_its_code_and_message() {
+        let error = anyhow::Error::from(tonic::Status::unavailable("store busy 42"));
+        assert_eq!(cause_of(&error), "status Unavailable: store busy ##");
+        assert_eq!(Failure::of(&Err(error), false), Failure::Handshake);
+    }
+
+    #[test]
+    fn the_agents_own_limit_and_an_eof_are_told_apart() {
+        let timed_out = anyhow::Error::from(ConnectTimedOut);
+        assert_eq!(
+            cause_of(&timed_out),
+            "no TLS handshake within ##s (the agent's limit)"
+        );
+        let eof = anyhow::Error::from(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "tls handshake eof",
+        ))
+        .context("transport error");
+        assert_eq!(cause_of(&eof), "transport error: tls handshake eof");
+        assert_eq!(Failure::of(&Err(eof), false), Failure::Handshake);
+    }
+
+    #[test]
+    fn causes_are_counted_within_the_window_most_first() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let causes = vec![
+            (at(10), "a".to_owned()),
+            (at(20), "b".to_owned()),
+            (at(30), "b".to_owned()),
+            (at(5_000), "b".to_owned()),
+            (at(40), "c".to_owned()),
+        ];
+        assert_eq!(
+            count_causes(&causes, start, Duration::from_secs(1)),
+            vec![
+                ("b".to_owned(), 2),
+                ("a".to_owned(), 1),
+                ("c".to_owned(), 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_long_cause_is_cut() {
+        let error = anyhow::anyhow!("{}", "x".repeat(1000));
+        assert_eq!(cause_of(&error).chars().count(), CAUSE_LEN);
+    }
 }
