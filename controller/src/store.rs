@@ -114,6 +114,10 @@ pub struct Store {
     /// Reads of the revision log (`changes_after`) since the store was opened: the fan-out's
     /// contract is one read per change whatever the number of agents, and its tests count.
     change_reads: AtomicU64,
+    /// Rows those reads handed over: what a catch-up costs, counted per store (the process's
+    /// counter, `loggate_controller_revision_log_rows_total`, is shared by every store of a
+    /// test binary).
+    change_rows: AtomicU64,
     /// Whether this process runs the cluster's singleton jobs (the request expiry sweep):
     /// always on SQLite (one controller); on PostgreSQL while it holds the jobs' advisory lock
     /// ([`Store::compete_for_singleton_jobs`]).
@@ -273,6 +277,67 @@ static CHANGES_AFTER_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new
     )
 });
 
+/// [`GRANT_COLUMNS`] qualified by the grants table's alias `g`.
+fn grant_columns_of_g() -> String {
+    GRANT_COLUMNS
+        .split(", ")
+        .map(|c| format!("g.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`Store::visit_addressed_changes_after`]'s statement for `targets` targets (`?1` after,
+/// `?2` limit, `?3` head, `?4`… the targets): per target, its first `limit` revisions after
+/// `?1` up to `?3` (a range
+/// of `revision_targets`' primary key), merged without duplicates (a revision addressed to
+/// the agent's host and one of its labels is read once), the first `limit` of those, joined to
+/// the log. One text per number of targets (an agent has at most 65), so the statement cache
+/// holds a few.
+fn addressed_changes_sql(targets: usize) -> String {
+    let ranges = (0..targets)
+        .map(|i| {
+            format!(
+                "SELECT revision FROM (SELECT revision FROM revision_targets \
+                 WHERE target = ?{} AND revision > ?1 AND revision <= ?3 \
+                 ORDER BY revision LIMIT ?2) AS t{i}",
+                i + 4
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    format!(
+        "SELECT r.revision, {} FROM ({ranges} ORDER BY revision LIMIT ?2) AS m \
+         JOIN revisions r ON r.revision = m.revision JOIN grants g ON g.id = r.grant_id \
+         ORDER BY r.revision",
+        grant_columns_of_g()
+    )
+}
+
+/// [`Store::visit_live_grants`]' statement for `targets` targets (`?1`, `?2`: the (end,
+/// revision) to read after; `?3` the head revision; `?4` limit; `?5`… the targets): per
+/// target, its first `limit` grant revisions of (end, revision) after (`?1`, `?2`) (a range of
+/// the `revision_targets_live` index: a revocation's row has no end and is not in it), merged
+/// without duplicates, the first `limit` of those by (end, revision), joined to the grants.
+fn live_grants_sql(targets: usize) -> String {
+    let ranges = (0..targets)
+        .map(|i| {
+            format!(
+                "SELECT grant_ends, revision FROM (SELECT grant_ends, revision \
+                 FROM revision_targets WHERE target = ?{} AND (grant_ends, revision) > (?1, ?2) \
+                 AND revision <= ?3 ORDER BY grant_ends, revision LIMIT ?4) AS t{i}",
+                i + 5
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    format!(
+        "SELECT r.revision, {} FROM ({ranges} ORDER BY grant_ends, revision LIMIT ?4) AS m \
+         JOIN revisions r ON r.revision = m.revision AND r.kind = 'grant' \
+         JOIN grants g ON g.id = r.grant_id ORDER BY m.grant_ends, m.revision",
+        grant_columns_of_g()
+    )
+}
+
 pub(crate) fn grant_from_row(row: &db::Row<'_>) -> db::Result<GrantRow> {
     grant_at(row, 0)
 }
@@ -399,6 +464,7 @@ impl Store {
             conn: Mutex::new(conn),
             postgres_url: None,
             change_reads: AtomicU64::new(0),
+            change_rows: AtomicU64::new(0),
             jobs_leader: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             waiters: std::sync::atomic::AtomicUsize::new(0),
             max_waiters: db::MAX_STORE_WAITERS,
@@ -503,18 +569,6 @@ impl Store {
             "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, revoked.at, revoked.by, revoked.reason],
         )?;
-        let revision = if changed == 1 {
-            // The revision as a grant's is taken (MAX + 1, under the revision lock), which on
-            // SQLite is what AUTOINCREMENT gave: revisions are never deleted.
-            let next = next_revision(&tx)?;
-            tx.execute(
-                "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'revoke', ?2)",
-                params![next, id],
-            )?;
-            Some(unsigned(next)?)
-        } else {
-            None
-        };
         let grant = tx
             .query_row(
                 &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
@@ -522,6 +576,21 @@ impl Store {
                 grant_from_row,
             )
             .optional()?;
+        let revision = match (changed, &grant) {
+            (1, Some(grant)) => {
+                // The revision as a grant's is taken (MAX + 1, under the revision lock), which
+                // on SQLite is what AUTOINCREMENT gave: revisions are never deleted.
+                let next = next_revision(&tx)?;
+                tx.execute(
+                    "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'revoke', ?2)",
+                    params![next, id],
+                )?;
+                // Addressed as its grant is (no end: a revocation is sent whatever the time).
+                insert_revision_targets(&tx, next, &grant.hosts, &grant.labels, None)?;
+                Some(unsigned(next)?)
+            }
+            _ => None,
+        };
         if let Some(revision) = revision {
             record(revision)?;
         }
@@ -583,24 +652,108 @@ impl Store {
         &self,
         after: u64,
         limit: u32,
+        visit: impl FnMut(u64, Change) -> bool,
+    ) -> anyhow::Result<usize> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.visit_log(&CHANGES_AFTER_SQL, params![after, limit], visit)
+    }
+
+    /// [`Store::visit_changes_after`] for one agent: only the revisions after `after` and up
+    /// to `head` addressed to one of `targets` ([`agent_targets`]: the agent's host and each
+    /// of its labels), grants and revocations alike, in order, at most `limit`. Read through `revision_targets`: one range
+    /// of its primary key per target, each stopped at `limit` rows, merged; the log's rows
+    /// addressed to others are never read. A catch-up from a position costs the agent's own
+    /// rows, not the log's.
+    pub fn visit_addressed_changes_after(
+        &self,
+        after: u64,
+        head: u64,
+        targets: &[String],
+        limit: u32,
+        visit: impl FnMut(u64, Change) -> bool,
+    ) -> anyhow::Result<usize> {
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let head = i64::try_from(head).unwrap_or(i64::MAX);
+        let mut values: Vec<db::Value> = vec![after.into(), i64::from(limit).into(), head.into()];
+        values.extend(targets.iter().cloned().map(db::Value::from));
+        self.visit_log(
+            &addressed_changes_sql(targets.len()),
+            db::params_from_iter(values),
+            visit,
+        )
+    }
+
+    /// The live grants addressed to one of `targets` ([`agent_targets`]), as a resync sends
+    /// them: every grant of revision at most `head` that has not ended at `now` (its end after
+    /// `now`), a grant revoked since as its revocation ([`Change::Revoked`]: the agent keeps a
+    /// revocation for good, where a grant a resync leaves out is only dropped). Ordered by
+    /// (end, revision), not by revision, and read from `after` (the last (end, revision) of the
+    /// previous page; `None` for the first), at most `limit`: the order of `revision_targets`'
+    /// (target, grant_ends, revision) index, so the grants that have ended are never read, and
+    /// a page reads `limit` rows per target at most. Returns the rows handed to `visit`; the
+    /// (end, revision) of each row is its grant's (`not_after`, `revision`).
+    pub fn visit_live_grants(
+        &self,
+        head: u64,
+        now: i64,
+        after: Option<(i64, u64)>,
+        targets: &[String],
+        limit: u32,
+        visit: impl FnMut(u64, Change) -> bool,
+    ) -> anyhow::Result<usize> {
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        // From the later of the previous page's last row and `now`: a grant ended since the
+        // previous page is not read.
+        let (from_end, from_revision) = match after {
+            Some((end, revision)) if end >= now => (end, i64::try_from(revision)?),
+            _ => (now, i64::MAX),
+        };
+        let head = i64::try_from(head).unwrap_or(i64::MAX);
+        let mut values: Vec<db::Value> = vec![
+            from_end.into(),
+            from_revision.into(),
+            head.into(),
+            i64::from(limit).into(),
+        ];
+        values.extend(targets.iter().cloned().map(db::Value::from));
+        self.visit_log(
+            &live_grants_sql(targets.len()),
+            db::params_from_iter(values),
+            visit,
+        )
+    }
+
+    /// Runs a read of the revision log (`sql`: a revision, then [`GRANT_COLUMNS`]) and hands
+    /// each row to `visit` ([`Store::visit_changes_after`]), counted in the log's read and row
+    /// counters.
+    fn visit_log(
+        &self,
+        sql: &str,
+        params: impl db::Params,
         mut visit: impl FnMut(u64, Change) -> bool,
     ) -> anyhow::Result<usize> {
         self.change_reads.fetch_add(1, Ordering::Relaxed);
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(&CHANGES_AFTER_SQL)?;
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![after, limit], |row| {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, |row| {
             let revision = unsigned(row.get(0)?)?;
             let grant = grant_at(row, 1)?;
             Ok((revision, grant))
         })?;
         let mut decoded = 0usize;
-        // The last row handed over (its revision and grant), for the connection's record.
+        // The newest row handed over (its revision and grant), for the connection's record.
         let mut last: Option<(u64, String)> = None;
         for row in rows {
             let (revision, grant) = row?;
             decoded += 1;
-            last = Some((revision, grant.id.clone()));
+            if last.as_ref().is_none_or(|(r, _)| *r < revision) {
+                last = Some((revision, grant.id.clone()));
+            }
             // A grant revoked since is sent as its revocation, even at the grant's own
             // revision: an agent resynchronising from zero must never install a token that is
             // revoked further down the log (a stream broken in between would leave it served).
@@ -615,6 +768,10 @@ impl Store {
         let metrics = loggate_core::metrics::controller();
         metrics.log_reads.inc();
         metrics.log_rows.inc_by(decoded as u64);
+        self.change_rows.fetch_add(
+            u64::try_from(decoded).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if let Some((revision, grant_id)) = last {
             conn.note_revision_read(i64::try_from(revision)?, &grant_id)?;
         }
@@ -661,6 +818,12 @@ impl Store {
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn change_reads(&self) -> u64 {
         self.change_reads.load(Ordering::Relaxed)
+    }
+
+    /// The rows handed over by the reads of the revision log since `open` ([`Store::change_reads`]).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn change_rows(&self) -> u64 {
+        self.change_rows.load(Ordering::Relaxed)
     }
 
     pub fn latest_revision(&self) -> anyhow::Result<u64> {
@@ -988,6 +1151,60 @@ pub(crate) fn insert_grant_row(tx: &Connection, grant: &GrantRow, revision: i64)
         "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'grant', ?2)",
         params![revision, grant.id],
     )?;
+    insert_revision_targets(
+        tx,
+        revision,
+        &grant.hosts,
+        &grant.labels,
+        Some(grant.not_after),
+    )
+}
+
+/// The target of a grant or revocation addressed to agent `agent_id` in `revision_targets`.
+pub fn host_target(agent_id: &str) -> String {
+    format!("host:{agent_id}")
+}
+
+/// The target of a grant or revocation addressed to label `label` (`k=v`).
+pub fn label_target(label: &str) -> String {
+    format!("label:{label}")
+}
+
+/// The targets under which `revision_targets` holds what is addressed to agent `agent_id`
+/// holding `labels`: its own, and one per label (the addressing rule, `fanout::covers`: a
+/// host named, or any one label held, each an exact string).
+pub fn agent_targets(agent_id: &str, labels: &[String]) -> Vec<String> {
+    let mut targets = Vec::with_capacity(labels.len() + 1);
+    targets.push(host_target(agent_id));
+    for label in labels {
+        let target = label_target(label);
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    targets
+}
+
+/// Indexes `revision` (a grant's, `grant_ends` its end; or its revocation's, `None`) under
+/// each host and label it is addressed to (the caller's transaction, the one that writes the
+/// revision: the index never lags the log). A host or label named twice is one row.
+pub(crate) fn insert_revision_targets(
+    tx: &Connection,
+    revision: i64,
+    hosts: &[String],
+    labels: &[String],
+    grant_ends: Option<i64>,
+) -> db::Result<()> {
+    let targets = hosts
+        .iter()
+        .map(|h| host_target(h))
+        .chain(labels.iter().map(|l| label_target(l)));
+    for target in targets {
+        tx.execute_cached(
+            "INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends) VALUES (?1, ?2, ?3)",
+            params![target, revision, grant_ends],
+        )?;
+    }
     Ok(())
 }
 

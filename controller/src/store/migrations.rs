@@ -18,6 +18,10 @@
 //!   Version 5 (journal units, issue 13) adds a `units` column (a JSON list, `'[]'` for every
 //!   existing row) to `grants` and `requests`: on SQLite [`sqlite_journal_units`] adds each
 //!   where it is missing (idempotent), on PostgreSQL `postgres_v5.sql`.
+//!   Version 6 (issue 12) adds `revision_targets`, the revision log indexed by target
+//!   (`host:<agent id>`, `label:<k=v>`), back-filled from the existing log: on SQLite
+//!   [`sqlite_revision_targets`] (the table created if missing at every open, the back-fill run
+//!   when the stored version is below 6, idempotent), on PostgreSQL `postgres_v6.sql`.
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
 
@@ -25,7 +29,7 @@ use super::db::{Connection, OptionalExtension};
 use anyhow::Context;
 
 /// The schema version this binary reads and writes.
-pub const LATEST: u32 = 5;
+pub const LATEST: u32 = 6;
 
 /// PostgreSQL's scripts, by version (index 0 is version 1).
 const POSTGRES: &[&str] = &[
@@ -34,6 +38,7 @@ const POSTGRES: &[&str] = &[
     include_str!("migrations/postgres_v3.sql"),
     include_str!("migrations/postgres_v4.sql"),
     include_str!("migrations/postgres_v5.sql"),
+    include_str!("migrations/postgres_v6.sql"),
 ];
 
 /// The advisory lock the replicas' migrations take ("lgmigr").
@@ -106,6 +111,7 @@ pub(super) fn sqlite(
     let found = stored_version(conn, meta_exists)?;
     refuse_newer(found)?;
     baseline(conn)?;
+    sqlite_revision_targets(conn, found)?;
     if found < LATEST {
         set_version(conn, LATEST)?;
     }
@@ -126,6 +132,38 @@ pub(super) fn sqlite_journal_units(conn: &Connection) -> anyhow::Result<()> {
                 "ALTER TABLE {table} ADD COLUMN units TEXT NOT NULL DEFAULT '[]'"
             ))?;
         }
+    }
+    Ok(())
+}
+
+/// SQLite's `revision_targets` (version 6; PostgreSQL's is `postgres_v6.sql`, the same table
+/// and back-fill): created where missing, and back-filled from the revision log when the
+/// database's version (`found`) is below 6. The back-fill only inserts rows that are missing
+/// (`INSERT OR IGNORE`), so one interrupted before the version was written runs again whole.
+pub(super) fn sqlite_revision_targets(conn: &Connection, found: u32) -> anyhow::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS revision_targets (
+             target TEXT NOT NULL,
+             revision INTEGER NOT NULL,
+             grant_ends INTEGER,
+             PRIMARY KEY (target, revision)
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS revision_targets_live
+             ON revision_targets (target, grant_ends, revision);",
+    )
+    .context("cannot create revision_targets")?;
+    if found < 6 {
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends)
+             SELECT 'host:' || h.value, r.revision,
+                    CASE WHEN r.kind = 'grant' THEN g.not_after END
+             FROM revisions r JOIN grants g ON g.id = r.grant_id, json_each(g.hosts) h;
+             INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends)
+             SELECT 'label:' || l.value, r.revision,
+                    CASE WHEN r.kind = 'grant' THEN g.not_after END
+             FROM revisions r JOIN grants g ON g.id = r.grant_id, json_each(g.labels) l;",
+        )
+        .context("cannot back-fill revision_targets from the revision log")?;
     }
     Ok(())
 }
@@ -215,6 +253,7 @@ mod tests {
                 .execute_batch(
                     "ALTER TABLE grants DROP COLUMN units;
                      ALTER TABLE requests DROP COLUMN units;
+                     DROP TABLE revision_targets;
                      UPDATE meta SET value = '4' WHERE key = 'schema_version';",
                 )
                 .unwrap();
@@ -249,6 +288,114 @@ mod tests {
                 t.store.grant("g-new").unwrap().expect("stored").units,
                 units
             );
+        });
+    }
+
+    /// Version 6 (issue 12): a version-5 database, which has no `revision_targets`, gains it
+    /// on open, back-filled from its revision log: the same rows the store writes with each
+    /// revision (a grant's under each of its hosts and labels with its end, its revocation's
+    /// with none; a host named twice once), so the agents' addressed reads find the old log.
+    #[test]
+    fn a_version_5_database_gains_the_revision_targets_back_filled() {
+        on_each_test_store(|t| {
+            let grant =
+                |id: &str, hosts: &[&str], labels: &[&str], revision| crate::store::GrantRow {
+                    id: id.into(),
+                    subject: "spiffe://loggate.local/user/alice".into(),
+                    hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                    labels: labels.iter().map(|l| l.to_string()).collect(),
+                    paths: vec!["/var/log/app/*.log".into()],
+                    units: vec![],
+                    not_before: 1,
+                    not_after: 3600,
+                    reason: "INC-1".into(),
+                    issuer: "spiffe://loggate.local/user/admin".into(),
+                    profile: "default".into(),
+                    key_sha256: "0".repeat(64),
+                    token: "token".into(),
+                    revision,
+                    revoked: None,
+                };
+            for (id, hosts, labels) in [
+                ("g-1", &["web-1", "web-1"][..], &["env=prod"][..]),
+                ("g-2", &[][..], &["env=dev", "team=a"][..]),
+                ("g-3", &["db-1"][..], &[][..]),
+            ] {
+                t.store
+                    .insert_grant(|revision| Ok(grant(id, hosts, labels, revision)))
+                    .unwrap();
+            }
+            t.store
+                .revoke(
+                    "g-2",
+                    crate::store::Revoked {
+                        at: 5,
+                        by: "admin".into(),
+                        reason: "done".into(),
+                    },
+                )
+                .unwrap()
+                .expect("revoked");
+            let rows = |store: &crate::store::Store| {
+                let conn = store.conn().expect("the store's connection");
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT target, revision, grant_ends FROM revision_targets \
+                         ORDER BY revision, target",
+                    )
+                    .unwrap();
+                stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+            };
+            let written = rows(&t.store);
+            let expected: Vec<(String, i64, Option<i64>)> = vec![
+                ("host:web-1".into(), 1, Some(3600)),
+                ("label:env=prod".into(), 1, Some(3600)),
+                ("label:env=dev".into(), 2, Some(3600)),
+                ("label:team=a".into(), 2, Some(3600)),
+                ("host:db-1".into(), 3, Some(3600)),
+                ("label:env=dev".into(), 4, None),
+                ("label:team=a".into(), 4, None),
+            ];
+            assert_eq!(
+                written,
+                expected,
+                "{}: as the store writes them",
+                t.backend()
+            );
+            // Back to version 5's shape.
+            t.store
+                .conn()
+                .expect("the store's connection")
+                .execute_batch(
+                    "DROP TABLE revision_targets;
+                     UPDATE meta SET value = '5' WHERE key = 'schema_version';",
+                )
+                .unwrap();
+            t.reopen();
+            assert_eq!(rows(&t.store), expected, "{}: back-filled", t.backend());
+            let mut seen = Vec::new();
+            t.store
+                .visit_addressed_changes_after(
+                    0,
+                    4,
+                    &crate::store::agent_targets("web-9", &["team=a".to_string()]),
+                    64,
+                    |revision, _| {
+                        seen.push(revision);
+                        true
+                    },
+                )
+                .unwrap();
+            assert_eq!(seen, vec![2, 4], "{}", t.backend());
         });
     }
 
