@@ -502,23 +502,33 @@ impl ControllerService {
         }
         // An enrolled agent has the labels its join token gave (the controller's word); the
         // labels an agent announces count only when its certificate came from elsewhere.
-        let labels = match self
-            .store
-            .enrolled_labels(&req.agent_id)
-            .map_err(internal)?
-        {
-            Some(labels) => labels,
-            None => req.labels.clone(),
-        };
-        self.store
-            .upsert_agent(&AgentRow {
-                id: req.agent_id.clone(),
-                labels: labels.clone(),
-                addr: req.listen_addr.clone(),
-                last_seen: unix_now(),
-                replica: self.replica.clone(),
+        // Both calls wait for the store's one connection, which a restart's herd of catch-up
+        // reads keeps busy: they wait off the runtime's worker threads (the blocking pool),
+        // so that waiting agents do not hold up the TLS handshakes and the streams those
+        // workers run (on a 2-core machine the runtime has 2 workers).
+        let labels = {
+            let store = self.store.clone();
+            let (agent_id, announced, addr, replica) = (
+                req.agent_id.clone(),
+                req.labels.clone(),
+                req.listen_addr.clone(),
+                self.replica.clone(),
+            );
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+                let labels = store.enrolled_labels(&agent_id)?.unwrap_or(announced);
+                store.upsert_agent(&AgentRow {
+                    id: agent_id,
+                    labels: labels.clone(),
+                    addr,
+                    last_seen: unix_now(),
+                    replica,
+                })?;
+                Ok(labels)
             })
-            .map_err(internal)?;
+            .await
+            .map_err(|e| internal(anyhow::anyhow!("the agent's registration failed: {e}")))?
+            .map_err(internal)?
+        };
         tracing::info!(
             agent = %req.agent_id, after = req.after_revision, epoch = %req.after_epoch,
             "agent connected"
