@@ -17,19 +17,29 @@
 //! docs/performance.md). The clock is read once per published batch, not per agent; a
 //! heartbeat is encoded once per revision, not per agent.
 //!
-//! **The revision log stays the truth.** A stream reads the log itself (`changes_after`) only
-//! to catch up, [`CHANGES_PER_READ`] rows per read, keeping as it reads at most
-//! [`STREAM_PAGE`] of them (those addressed to its agent) at a time: when it connects (from
-//! the revision and epoch the agent sent), when it fell behind the feed by more than the channel holds
-//! (`Lagged`: a slow agent costs the others no memory, it only loses its place in the
-//! channel), and when the feed hands it a revision that does not follow the last one it saw (a
-//! gap: whatever caused it, the log fills it). A stream therefore never skips a revision: it
-//! sees every revision in order, from the log or from the feed, and sends the ones addressed
-//! to it.
+//! **The revision log stays the truth.** A stream reads the log itself only to catch up: when
+//! it connects (from the revision and epoch the agent sent), when it fell behind the feed by
+//! more than the channel holds (`Lagged`: a slow agent costs the others no memory, it only
+//! loses its place in the channel), and when the feed hands it a revision that does not follow
+//! the last one it saw (a gap: whatever caused it, the log fills it). A stream therefore never
+//! skips a revision: it sees every revision in order, from the log or from the feed, and sends
+//! the ones addressed to it.
+//!
+//! **A catch-up reads what is addressed to its agent, not the log** (issue 12). The store
+//! indexes every revision by the hosts and labels it is addressed to (`revision_targets`,
+//! written in the revision's own transaction), so a catch-up from a position reads only its
+//! agent's rows after it, grants and revocations, [`STREAM_PAGE`] at a time, up to the head
+//! read first, and leaves the stream at that head ([`read_catch_up`]). Before, each catch-up
+//! read the whole log after its position and filtered it: agents × the log after every
+//! restart, which the fleet bench measured failing its 60 s target with a 10,000-row log
+//! (docs/performance.md).
 //!
 //! Revision numbers only mean something within one epoch (see `Store::new_epoch`): an agent of
-//! another epoch, or none, or claiming a revision ahead of ours, is sent everything again from
-//! revision 0; the first heartbeat after the catch-up tells it the resync is complete.
+//! another epoch, or none, or claiming a revision ahead of ours, **resynchronises**. It
+//! replaces its grant set with what a resync sends, so it is sent the live state, not the
+//! history: the grants addressed to it that have not ended, read at the log's head H (a
+//! revoked one as its revocation), then a heartbeat at H that tells it the resync is complete;
+//! what is committed after H reaches it from the feed or the log, as after any catch-up.
 
 use super::grant_stream::EncodedEvent;
 use super::internal;
