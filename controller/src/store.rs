@@ -577,7 +577,7 @@ impl Store {
             )
             .optional()?;
         let revision = match (changed, &grant) {
-            (1, Some(grant)) => {
+            (1, Some(_)) => {
                 // The revision as a grant's is taken (MAX + 1, under the revision lock), which
                 // on SQLite is what AUTOINCREMENT gave: revisions are never deleted.
                 let next = next_revision(&tx)?;
@@ -585,8 +585,8 @@ impl Store {
                     "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'revoke', ?2)",
                     params![next, id],
                 )?;
-                // Addressed as its grant is (no end: a revocation is sent whatever the time).
-                insert_revision_targets(&tx, next, &grant.hosts, &grant.labels, None)?;
+                // Indexed by the database (`revision_targets`' trigger), addressed as its grant
+                // is, with no end: a revocation is sent whatever the time.
                 Some(unsigned(next)?)
             }
             _ => None,
@@ -1151,16 +1151,14 @@ pub(crate) fn insert_grant_row(tx: &Connection, grant: &GrantRow, revision: i64)
         "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'grant', ?2)",
         params![revision, grant.id],
     )?;
-    insert_revision_targets(
-        tx,
-        revision,
-        &grant.hosts,
-        &grant.labels,
-        Some(grant.not_after),
-    )
+    // `revision_targets` is written by the database (its trigger, schema version 6), under
+    // each of the grant's hosts and labels with its end.
+    Ok(())
 }
 
-/// The target of a grant or revocation addressed to agent `agent_id` in `revision_targets`.
+/// The target of a grant or revocation addressed to agent `agent_id` in `revision_targets`
+/// (the trigger of `migrations::sqlite_revision_targets` and `postgres_v6.sql` writes the same
+/// text).
 pub fn host_target(agent_id: &str) -> String {
     format!("host:{agent_id}")
 }
@@ -1183,29 +1181,6 @@ pub fn agent_targets(agent_id: &str, labels: &[String]) -> Vec<String> {
         }
     }
     targets
-}
-
-/// Indexes `revision` (a grant's, `grant_ends` its end; or its revocation's, `None`) under
-/// each host and label it is addressed to (the caller's transaction, the one that writes the
-/// revision: the index never lags the log). A host or label named twice is one row.
-pub(crate) fn insert_revision_targets(
-    tx: &Connection,
-    revision: i64,
-    hosts: &[String],
-    labels: &[String],
-    grant_ends: Option<i64>,
-) -> db::Result<()> {
-    let targets = hosts
-        .iter()
-        .map(|h| host_target(h))
-        .chain(labels.iter().map(|l| label_target(l)));
-    for target in targets {
-        tx.execute_cached(
-            "INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends) VALUES (?1, ?2, ?3)",
-            params![target, revision, grant_ends],
-        )?;
-    }
-    Ok(())
 }
 
 /// The revision the next change gets (the caller's transaction).

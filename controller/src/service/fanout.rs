@@ -27,7 +27,7 @@
 //!
 //! **A catch-up reads what is addressed to its agent, not the log** (issue 12). The store
 //! indexes every revision by the hosts and labels it is addressed to (`revision_targets`,
-//! written in the revision's own transaction), so a catch-up from a position reads only its
+//! written in the revision's own transaction by the database's trigger), so a catch-up from a position reads only its
 //! agent's rows after it, grants and revocations, [`STREAM_PAGE`] at a time, up to the head
 //! read first, and leaves the stream at that head ([`read_catch_up`]). Before, each catch-up
 //! read the whole log after its position and filtered it: agents × the log after every

@@ -14,8 +14,8 @@
 //! **How the rows are written.** 100,000 grants through the admin's RPC would take each its
 //! own commit and fsync and a fan-out to the whole present fleet: hours at 10,000 agents. They
 //! are written instead by a bulk insert into the controller's SQLite file (rusqlite, one
-//! transaction, the `grants`, `revisions` and (when the controller's schema has it)
-//! `revision_targets` rows the store writes for a grant, with tokens
+//! transaction, the `grants` and `revisions` rows the store writes for a grant (the
+//! controller's database indexes them by target itself, schema version 6), with tokens
 //! signed by the controller's own grant key so that the agents verify them as any grant). The
 //! controller's change feed is not woken by it (on SQLite only a commit of its own wakes it):
 //! the present agents are not sent these rows, and the returning ones read them from the log
@@ -219,22 +219,9 @@ fn write_history(
         )?;
         let mut revision = tx
             .prepare("INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'grant', ?2)")?;
-        // The controller's index of the log by target (schema version 6, issue 12), written
-        // as the store writes it for a grant; absent from an older controller's database (a
-        // before/after run with `--bin-dir`), which reads the whole log instead.
-        let indexed: bool = tx.query_row(
-            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'revision_targets'",
-            [],
-            |r| r.get(0),
-        )?;
-        let mut target = if indexed {
-            Some(tx.prepare(
-                "INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends) \
-                 VALUES (?1, ?2, ?3)",
-            )?)
-        } else {
-            None
-        };
+        // The controller's index of the log by target (schema version 6, issue 12) is
+        // written by its database's trigger on `revisions`; an older controller's database (a
+        // before/after run with `--bin-dir`) has none and reads the whole log instead.
         let paths = vec!["/var/log/bench/*.log".to_string()];
         let paths_json = serde_json::to_string(&paths)?;
         for i in 0..revisions {
@@ -272,9 +259,6 @@ fn write_history(
                 at,
             ])?;
             revision.execute(rusqlite::params![at, id])?;
-            if let Some(target) = &mut target {
-                target.execute(rusqlite::params![format!("host:{host}"), at, claims.exp])?;
-            }
             expected.entry(*agent).or_default().insert(id);
         }
     }
