@@ -849,7 +849,17 @@ impl Store {
     /// registrations, never a grant, and leaves nothing inconsistent). Measured with the fleet
     /// bench: a replica's agents moving to another one registered at ~120 a second, one fsync
     /// each (docs/performance.md).
-    pub fn upsert_agent(&self, agent: &AgentRow) -> anyhow::Result<()> {
+    ///
+    /// A removed agent (`agent remove`) is not registered again: when `cert_not_before` (the
+    /// start of the certificate it connects with) is at or before its removal, nothing is
+    /// written and the answer is false, the stream refused (its certificate is revoked; a
+    /// re-enrolment's later certificate registers). On SQLite the check and the write hold
+    /// the store's one connection, so a removal is wholly before or after them; on PostgreSQL
+    /// the check follows the upsert in its transaction (which rolls back), so a removal that
+    /// committed before the upsert, or waited for its row, is seen.
+    pub fn upsert_agent(&self, agent: &AgentRow, cert_not_before: i64) -> anyhow::Result<bool> {
+        const REMOVED_SQL: &str =
+            "SELECT COUNT(*) FROM removed_agents WHERE id = ?1 AND removed_at >= ?2";
         let mut conn = self.conn()?;
         if conn.is_postgres() {
             let tx = conn.transaction()?;
@@ -864,8 +874,23 @@ impl Store {
                     agent.replica
                 ],
             )?;
+            let removed: i64 =
+                tx.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
+                    r.get(0)
+                })?;
+            if removed > 0 {
+                // Dropped without a commit: rolled back.
+                return Ok(false);
+            }
             tx.commit()?;
-            return Ok(());
+            return Ok(true);
+        }
+        let removed: i64 =
+            conn.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
+                r.get(0)
+            })?;
+        if removed > 0 {
+            return Ok(false);
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let written = conn.execute_cached(
@@ -881,7 +906,7 @@ impl Store {
         conn.execute_batch("PRAGMA synchronous = FULL")
             .context("cannot restore synchronous = FULL after registering an agent")?;
         written?;
-        Ok(())
+        Ok(true)
     }
 
     pub fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRow>> {
@@ -1494,12 +1519,15 @@ mod state_tests {
             last_seen: 1,
             replica: "controller-a".into(),
         };
-        store.upsert_agent(&agent).unwrap();
+        assert!(store.upsert_agent(&agent, i64::MAX).unwrap());
         store
-            .upsert_agent(&AgentRow {
-                last_seen: 2,
-                ..agent
-            })
+            .upsert_agent(
+                &AgentRow {
+                    last_seen: 2,
+                    ..agent
+                },
+                i64::MAX,
+            )
             .unwrap();
         assert_eq!(
             synchronous(&store),
@@ -1545,13 +1573,16 @@ mod state_tests {
             assert_eq!(store.latest_revision().unwrap(), revision.revision);
             assert_eq!(store.enrolled_labels("web-1").unwrap(), None);
             store
-                .upsert_agent(&AgentRow {
-                    id: "web-1".into(),
-                    labels: vec!["env=prod".into()],
-                    addr: "127.0.0.1:7401".into(),
-                    last_seen: i64::from(i),
-                    replica: "controller-a".into(),
-                })
+                .upsert_agent(
+                    &AgentRow {
+                        id: "web-1".into(),
+                        labels: vec!["env=prod".into()],
+                        addr: "127.0.0.1:7401".into(),
+                        last_seen: i64::from(i),
+                        replica: "controller-a".into(),
+                    },
+                    i64::MAX,
+                )
                 .unwrap();
         }
         let conn = store.conn().unwrap();
@@ -1611,12 +1642,15 @@ mod state_tests {
                 last_seen: 1,
                 replica: "ctl-a".into(),
             };
-            store.upsert_agent(&agent).unwrap();
+            assert!(store.upsert_agent(&agent, i64::MAX).unwrap());
             store
-                .upsert_agent(&AgentRow {
-                    last_seen: 2,
-                    ..agent
-                })
+                .upsert_agent(
+                    &AgentRow {
+                        last_seen: 2,
+                        ..agent
+                    },
+                    i64::MAX,
+                )
                 .unwrap();
             assert_eq!(
                 setting(store),
@@ -1624,6 +1658,38 @@ mod state_tests {
                 "durable again after the registry's write"
             );
             assert_eq!(store.agent("web-1").unwrap().unwrap().last_seen, 2);
+        });
+    }
+
+    /// A removed agent whose stream was waiting to register when `agent remove` ran is not
+    /// put back in the registry: its registration with the certificate of before the removal
+    /// writes nothing and answers false; one with a later certificate (a re-enrolment)
+    /// registers.
+    #[test]
+    fn a_removed_agent_is_not_registered_again_with_its_old_certificate() {
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let agent = AgentRow {
+                id: "web-1".into(),
+                labels: vec!["env=prod".into()],
+                addr: "127.0.0.1:7401".into(),
+                last_seen: 1,
+                replica: "controller-a".into(),
+            };
+            assert!(store.upsert_agent(&agent, 50).unwrap(), "{}", t.backend());
+            assert!(store
+                .remove_agent("web-1", 100, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            for not_before in [50, 100] {
+                assert!(
+                    !store.upsert_agent(&agent, not_before).unwrap(),
+                    "{}: a certificate of {not_before}",
+                    t.backend()
+                );
+                assert!(store.agent("web-1").unwrap().is_none(), "{}", t.backend());
+            }
+            assert!(store.upsert_agent(&agent, 101).unwrap(), "{}", t.backend());
+            assert!(store.agent("web-1").unwrap().is_some(), "{}", t.backend());
         });
     }
 }
