@@ -240,6 +240,10 @@ pub struct ChangeFeed {
     /// Where the fan-out latency is counted: the process's ([`loggate_core::metrics::controller`]);
     /// a test's own in tests.
     metrics: &'static ControllerMetrics,
+    /// The number of the feed task's reads of the log done and published (a test waits for
+    /// the first: `reads_published`).
+    #[cfg_attr(not(test), allow(dead_code))]
+    reads: watch::Receiver<u64>,
 }
 
 impl ChangeFeed {
@@ -278,6 +282,7 @@ impl ChangeFeed {
         metrics: &'static ControllerMetrics,
     ) -> anyhow::Result<Arc<ChangeFeed>> {
         let (changes, _) = broadcast::channel(capacity.max(1));
+        let (reads_published, reads) = watch::channel(0u64);
         let feed = Arc::new(ChangeFeed {
             store: store.clone(),
             stamp: stamp.clone(),
@@ -285,6 +290,7 @@ impl ChangeFeed {
             changes: changes.clone(),
             heartbeats: Mutex::new(None),
             metrics,
+            reads,
         });
         let mut last = store.latest_revision()?;
         // Several replicas on PostgreSQL: a change committed by another replica never moves
@@ -350,6 +356,7 @@ impl ChangeFeed {
                         &stamp, *revision, change, published, metrics,
                     )));
                 }
+                reads_published.send_modify(|n| *n += 1);
                 if full {
                     continue;
                 }
@@ -370,6 +377,13 @@ impl ChangeFeed {
             }
         });
         Ok(feed)
+    }
+
+    /// Waits until the feed's task has done `n` reads of the log and published what they
+    /// read (at once when it has; also when the task has ended).
+    #[cfg(test)]
+    async fn reads_published(&self, n: u64) {
+        let _ = self.reads.clone().wait_for(|done| *done >= n).await;
     }
 
     /// Opens the stream of one agent: everything addressed to `agent_id` (holding `labels`)
@@ -2137,6 +2151,9 @@ mod tests {
     async fn a_gap_in_the_feed_is_filled_from_the_log_once_and_the_feed_goes_on() {
         let f = Fixture::new();
         let feed = f.feed(FEED_CAPACITY);
+        // The feed's first read done: it reads again only when told (a bump), so r1 and r2
+        // below are not read by it, whenever its task runs.
+        feed.reads_published(1).await;
         let mut rx = f.watch(&feed, "web-1", &["env=prod"], 4);
         caught_up(&mut rx).await;
         // Committed, the feed not told.
