@@ -172,6 +172,13 @@ pub enum KeyCheck {
     Differs(String),
 }
 
+/// The statements SQLite's connection keeps prepared ([`Connection::prepare_cached`];
+/// rusqlite's default is 16): the fixed texts every agent's connection runs (about a dozen),
+/// and the revision log's addressed and live-grant reads, one text per number of targets (an
+/// agent's host and up to 64 labels: 65 of each). A fleet whose agents hold different numbers
+/// of labels keeps each text it uses prepared, not parsed again at every catch-up.
+const SQLITE_STATEMENT_CACHE: usize = 192;
+
 /// The settings of every SQLite connection (not stored in the file: set at every open).
 const SQLITE_PRAGMAS: &str = "
 PRAGMA journal_mode = WAL;
@@ -392,6 +399,7 @@ impl Store {
         }
         let conn = rusqlite::Connection::open(path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENT_CACHE);
         let conn = Connection::Sqlite(conn);
         conn.execute_batch(SQLITE_PRAGMAS)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
@@ -660,9 +668,9 @@ impl Store {
 
     /// [`Store::visit_changes_after`] for one agent: only the revisions after `after` and up
     /// to `head` addressed to one of `targets` ([`agent_targets`]: the agent's host and each
-    /// of its labels), grants and revocations alike, in order, at most `limit`. Read through `revision_targets`: one range
-    /// of its primary key per target, each stopped at `limit` rows, merged; the log's rows
-    /// addressed to others are never read. A catch-up from a position costs the agent's own
+    /// of its labels), grants and revocations alike, in order, at most `limit`. Read through
+    /// `revision_targets`: one range of its primary key per target, each stopped at `limit`
+    /// rows, merged; the log's rows addressed to others are never read. A catch-up from a position costs the agent's own
     /// rows, not the log's.
     pub fn visit_addressed_changes_after(
         &self,
@@ -820,7 +828,8 @@ impl Store {
         self.change_reads.load(Ordering::Relaxed)
     }
 
-    /// The rows handed over by the reads of the revision log since `open` ([`Store::change_reads`]).
+    /// The rows handed over by the reads of the revision log since `open`
+    /// ([`Store::change_reads`]).
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn change_rows(&self) -> u64 {
         self.change_rows.load(Ordering::Relaxed)
@@ -1607,6 +1616,46 @@ mod state_tests {
             "enrolled_labels"
         );
         assert_eq!(runs(UPSERT_AGENT_SQL), CALLS, "upsert_agent");
+    }
+
+    /// The revision log's per-agent reads have one text per number of targets (the agent's
+    /// host and each of its labels, up to 65): a fleet whose agents hold every number of
+    /// labels from 0 to 64 reads each text from the cache the second time (each cached
+    /// statement has run twice), none evicted by the others and parsed again.
+    #[test]
+    fn the_addressed_reads_of_every_label_count_stay_in_the_statement_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        for _ in 0..2 {
+            for count in 0..=64 {
+                let labels: Vec<String> = (0..count).map(|i| format!("k{i}=v")).collect();
+                let targets = agent_targets("web-1", &labels);
+                store
+                    .visit_addressed_changes_after(0, 10, &targets, 64, |_, _| true)
+                    .unwrap();
+                store
+                    .visit_live_grants(10, 0, None, &targets, 64, |_, _| true)
+                    .unwrap();
+            }
+        }
+        let conn = store.conn().unwrap();
+        let Connection::Sqlite(sqlite) = &*conn else {
+            panic!("a SQLite store");
+        };
+        let runs = |sql: &str| -> i32 {
+            sqlite
+                .prepare_cached(sql)
+                .unwrap()
+                .get_status(rusqlite::StatementStatus::Run)
+        };
+        for targets in 1..=65 {
+            assert_eq!(
+                runs(&addressed_changes_sql(targets)),
+                2,
+                "{targets} targets"
+            );
+            assert_eq!(runs(&live_grants_sql(targets)), 2, "{targets} targets");
+        }
     }
 
     /// PostgreSQL's registration commits with `SET LOCAL synchronous_commit = off`: the
