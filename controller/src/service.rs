@@ -502,23 +502,52 @@ impl ControllerService {
         }
         // An enrolled agent has the labels its join token gave (the controller's word); the
         // labels an agent announces count only when its certificate came from elsewhere.
-        let labels = match self
-            .store
-            .enrolled_labels(&req.agent_id)
-            .map_err(internal)?
-        {
-            Some(labels) => labels,
-            None => req.labels.clone(),
-        };
-        self.store
-            .upsert_agent(&AgentRow {
-                id: req.agent_id.clone(),
-                labels: labels.clone(),
-                addr: req.listen_addr.clone(),
-                last_seen: unix_now(),
-                replica: self.replica.clone(),
+        // Both calls wait for the store's one connection, which a restart's herd of catch-up
+        // reads keeps busy: they wait off the runtime's worker threads (the blocking pool),
+        // so that waiting agents do not hold up the TLS handshakes and the streams those
+        // workers run (on a 2-core machine the runtime has 2 workers).
+        // The start of the agent's certificate: a removal (`agent remove`) revokes every
+        // certificate of the agent that starts at or before it.
+        let not_before = enrol::peer_not_before(&request_certs);
+        let spiffe_id = agent.spiffe_id().to_string();
+        // Subscribed before the wait below, so that a removal whose revocation set is
+        // reloaded meanwhile wakes the stream's `removed` (a receiver only sees the changes
+        // made after it subscribed).
+        let revocation_changes = self.revocations.subscribe();
+        let labels = {
+            let store = self.store.clone();
+            let (agent_id, announced, addr, replica) = (
+                req.agent_id.clone(),
+                req.labels.clone(),
+                req.listen_addr.clone(),
+                self.replica.clone(),
+            );
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Vec<String>>> {
+                let labels = store.enrolled_labels(&agent_id)?.unwrap_or(announced);
+                let registered = store.upsert_agent(
+                    &AgentRow {
+                        id: agent_id,
+                        labels: labels.clone(),
+                        addr,
+                        last_seen: unix_now(),
+                        replica,
+                    },
+                    not_before,
+                )?;
+                Ok(registered.then_some(labels))
             })
-            .map_err(internal)?;
+            .await
+            .map_err(|e| internal(anyhow::anyhow!("the agent's registration failed: {e}")))?
+            .map_err(internal)?
+        };
+        // Removed while it waited for the store: the store refused to register it again, or
+        // the revocation set (reloaded after the removal committed) has it. Nothing streamed.
+        let Some(labels) = labels else {
+            return Err(enrol::removed_status());
+        };
+        if self.revocations.is_revoked(&spiffe_id, not_before) {
+            return Err(enrol::removed_status());
+        }
         tracing::info!(
             agent = %req.agent_id, after = req.after_revision, epoch = %req.after_epoch,
             "agent connected"
@@ -527,7 +556,6 @@ impl ControllerService {
         // Before the count below: a stream that cannot start is never counted.
         let feed = self.change_feed()?;
         let connected = self.connected.clone();
-        let not_before = enrol::peer_not_before(&request_certs);
         {
             let mut streams = connected.lock().unwrap_or_else(|p| p.into_inner());
             *streams.entry(req.agent_id.clone()).or_default() += 1;
@@ -539,8 +567,7 @@ impl ControllerService {
         // its stream cut.
         let removed = {
             let revocations = self.revocations.clone();
-            let mut changed = revocations.subscribe();
-            let spiffe_id = agent.spiffe_id().to_string();
+            let mut changed = revocation_changes;
             Box::pin(async move {
                 loop {
                     if changed.changed().await.is_err() {

@@ -114,6 +114,10 @@ pub struct Store {
     /// Reads of the revision log (`changes_after`) since the store was opened: the fan-out's
     /// contract is one read per change whatever the number of agents, and its tests count.
     change_reads: AtomicU64,
+    /// Rows those reads handed over: what a catch-up costs, counted per store (the process's
+    /// counter, `loggate_controller_revision_log_rows_total`, is shared by every store of a
+    /// test binary).
+    change_rows: AtomicU64,
     /// Whether this process runs the cluster's singleton jobs (the request expiry sweep):
     /// always on SQLite (one controller); on PostgreSQL while it holds the jobs' advisory lock
     /// ([`Store::compete_for_singleton_jobs`]).
@@ -167,6 +171,13 @@ pub enum KeyCheck {
     /// Another key is enrolled (returned); the offered one is not taken.
     Differs(String),
 }
+
+/// The statements SQLite's connection keeps prepared ([`Connection::prepare_cached`];
+/// rusqlite's default is 16): the fixed texts every agent's connection runs (about a dozen),
+/// and the revision log's addressed and live-grant reads, one text per number of targets (an
+/// agent's host and up to 64 labels: 65 of each). A fleet whose agents hold different numbers
+/// of labels keeps each text it uses prepared, not parsed again at every catch-up.
+const SQLITE_STATEMENT_CACHE: usize = 192;
 
 /// The settings of every SQLite connection (not stored in the file: set at every open).
 const SQLITE_PRAGMAS: &str = "
@@ -273,6 +284,67 @@ static CHANGES_AFTER_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new
     )
 });
 
+/// [`GRANT_COLUMNS`] qualified by the grants table's alias `g`.
+fn grant_columns_of_g() -> String {
+    GRANT_COLUMNS
+        .split(", ")
+        .map(|c| format!("g.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// [`Store::visit_addressed_changes_after`]'s statement for `targets` targets (`?1` after,
+/// `?2` limit, `?3` head, `?4`… the targets): per target, its first `limit` revisions after
+/// `?1` up to `?3` (a range
+/// of `revision_targets`' primary key), merged without duplicates (a revision addressed to
+/// the agent's host and one of its labels is read once), the first `limit` of those, joined to
+/// the log. One text per number of targets (an agent has at most 65), so the statement cache
+/// holds a few.
+fn addressed_changes_sql(targets: usize) -> String {
+    let ranges = (0..targets)
+        .map(|i| {
+            format!(
+                "SELECT revision FROM (SELECT revision FROM revision_targets \
+                 WHERE target = ?{} AND revision > ?1 AND revision <= ?3 \
+                 ORDER BY revision LIMIT ?2) AS t{i}",
+                i + 4
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    format!(
+        "SELECT r.revision, {} FROM ({ranges} ORDER BY revision LIMIT ?2) AS m \
+         JOIN revisions r ON r.revision = m.revision JOIN grants g ON g.id = r.grant_id \
+         ORDER BY r.revision",
+        grant_columns_of_g()
+    )
+}
+
+/// [`Store::visit_live_grants`]' statement for `targets` targets (`?1`, `?2`: the (end,
+/// revision) to read after; `?3` the head revision; `?4` limit; `?5`… the targets): per
+/// target, its first `limit` grant revisions of (end, revision) after (`?1`, `?2`) (a range of
+/// the `revision_targets_live` index: a revocation's row has no end and is not in it), merged
+/// without duplicates, the first `limit` of those by (end, revision), joined to the grants.
+fn live_grants_sql(targets: usize) -> String {
+    let ranges = (0..targets)
+        .map(|i| {
+            format!(
+                "SELECT grant_ends, revision FROM (SELECT grant_ends, revision \
+                 FROM revision_targets WHERE target = ?{} AND (grant_ends, revision) > (?1, ?2) \
+                 AND revision <= ?3 ORDER BY grant_ends, revision LIMIT ?4) AS t{i}",
+                i + 5
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    format!(
+        "SELECT r.revision, {} FROM ({ranges} ORDER BY grant_ends, revision LIMIT ?4) AS m \
+         JOIN revisions r ON r.revision = m.revision AND r.kind = 'grant' \
+         JOIN grants g ON g.id = r.grant_id ORDER BY m.grant_ends, m.revision",
+        grant_columns_of_g()
+    )
+}
+
 pub(crate) fn grant_from_row(row: &db::Row<'_>) -> db::Result<GrantRow> {
     grant_at(row, 0)
 }
@@ -327,6 +399,7 @@ impl Store {
         }
         let conn = rusqlite::Connection::open(path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.set_prepared_statement_cache_capacity(SQLITE_STATEMENT_CACHE);
         let conn = Connection::Sqlite(conn);
         conn.execute_batch(SQLITE_PRAGMAS)
             .with_context(|| format!("cannot initialise database {}", path.display()))?;
@@ -399,6 +472,7 @@ impl Store {
             conn: Mutex::new(conn),
             postgres_url: None,
             change_reads: AtomicU64::new(0),
+            change_rows: AtomicU64::new(0),
             jobs_leader: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             waiters: std::sync::atomic::AtomicUsize::new(0),
             max_waiters: db::MAX_STORE_WAITERS,
@@ -503,18 +577,6 @@ impl Store {
             "UPDATE grants SET revoked_at = ?2, revoked_by = ?3, revoke_reason = ?4 WHERE id = ?1 AND revoked_at IS NULL",
             params![id, revoked.at, revoked.by, revoked.reason],
         )?;
-        let revision = if changed == 1 {
-            // The revision as a grant's is taken (MAX + 1, under the revision lock), which on
-            // SQLite is what AUTOINCREMENT gave: revisions are never deleted.
-            let next = next_revision(&tx)?;
-            tx.execute(
-                "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'revoke', ?2)",
-                params![next, id],
-            )?;
-            Some(unsigned(next)?)
-        } else {
-            None
-        };
         let grant = tx
             .query_row(
                 &format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id = ?1"),
@@ -522,6 +584,21 @@ impl Store {
                 grant_from_row,
             )
             .optional()?;
+        let revision = match (changed, &grant) {
+            (1, Some(_)) => {
+                // The revision as a grant's is taken (MAX + 1, under the revision lock), which
+                // on SQLite is what AUTOINCREMENT gave: revisions are never deleted.
+                let next = next_revision(&tx)?;
+                tx.execute(
+                    "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'revoke', ?2)",
+                    params![next, id],
+                )?;
+                // Indexed by the database (`revision_targets`' trigger), addressed as its grant
+                // is, with no end: a revocation is sent whatever the time.
+                Some(unsigned(next)?)
+            }
+            _ => None,
+        };
         if let Some(revision) = revision {
             record(revision)?;
         }
@@ -583,24 +660,108 @@ impl Store {
         &self,
         after: u64,
         limit: u32,
+        visit: impl FnMut(u64, Change) -> bool,
+    ) -> anyhow::Result<usize> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.visit_log(&CHANGES_AFTER_SQL, params![after, limit], visit)
+    }
+
+    /// [`Store::visit_changes_after`] for one agent: only the revisions after `after` and up
+    /// to `head` addressed to one of `targets` ([`agent_targets`]: the agent's host and each
+    /// of its labels), grants and revocations alike, in order, at most `limit`. Read through
+    /// `revision_targets`: one range of its primary key per target, each stopped at `limit`
+    /// rows, merged; the log's rows addressed to others are never read. A catch-up from a position costs the agent's own
+    /// rows, not the log's.
+    pub fn visit_addressed_changes_after(
+        &self,
+        after: u64,
+        head: u64,
+        targets: &[String],
+        limit: u32,
+        visit: impl FnMut(u64, Change) -> bool,
+    ) -> anyhow::Result<usize> {
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let head = i64::try_from(head).unwrap_or(i64::MAX);
+        let mut values: Vec<db::Value> = vec![after.into(), i64::from(limit).into(), head.into()];
+        values.extend(targets.iter().cloned().map(db::Value::from));
+        self.visit_log(
+            &addressed_changes_sql(targets.len()),
+            db::params_from_iter(values),
+            visit,
+        )
+    }
+
+    /// The live grants addressed to one of `targets` ([`agent_targets`]), as a resync sends
+    /// them: every grant of revision at most `head` that has not ended at `now` (its end after
+    /// `now`), a grant revoked since as its revocation ([`Change::Revoked`]: the agent keeps a
+    /// revocation for good, where a grant a resync leaves out is only dropped). Ordered by
+    /// (end, revision), not by revision, and read from `after` (the last (end, revision) of the
+    /// previous page; `None` for the first), at most `limit`: the order of `revision_targets`'
+    /// (target, grant_ends, revision) index, so the grants that have ended are never read, and
+    /// a page reads `limit` rows per target at most. Returns the rows handed to `visit`; the
+    /// (end, revision) of each row is its grant's (`not_after`, `revision`).
+    pub fn visit_live_grants(
+        &self,
+        head: u64,
+        now: i64,
+        after: Option<(i64, u64)>,
+        targets: &[String],
+        limit: u32,
+        visit: impl FnMut(u64, Change) -> bool,
+    ) -> anyhow::Result<usize> {
+        if targets.is_empty() {
+            return Ok(0);
+        }
+        // From the later of the previous page's last row and `now`: a grant ended since the
+        // previous page is not read.
+        let (from_end, from_revision) = match after {
+            Some((end, revision)) if end >= now => (end, i64::try_from(revision)?),
+            _ => (now, i64::MAX),
+        };
+        let head = i64::try_from(head).unwrap_or(i64::MAX);
+        let mut values: Vec<db::Value> = vec![
+            from_end.into(),
+            from_revision.into(),
+            head.into(),
+            i64::from(limit).into(),
+        ];
+        values.extend(targets.iter().cloned().map(db::Value::from));
+        self.visit_log(
+            &live_grants_sql(targets.len()),
+            db::params_from_iter(values),
+            visit,
+        )
+    }
+
+    /// Runs a read of the revision log (`sql`: a revision, then [`GRANT_COLUMNS`]) and hands
+    /// each row to `visit` ([`Store::visit_changes_after`]), counted in the log's read and row
+    /// counters.
+    fn visit_log(
+        &self,
+        sql: &str,
+        params: impl db::Params,
         mut visit: impl FnMut(u64, Change) -> bool,
     ) -> anyhow::Result<usize> {
         self.change_reads.fetch_add(1, Ordering::Relaxed);
         let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(&CHANGES_AFTER_SQL)?;
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(params![after, limit], |row| {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, |row| {
             let revision = unsigned(row.get(0)?)?;
             let grant = grant_at(row, 1)?;
             Ok((revision, grant))
         })?;
         let mut decoded = 0usize;
-        // The last row handed over (its revision and grant), for the connection's record.
+        // The newest row handed over (its revision and grant), for the connection's record.
         let mut last: Option<(u64, String)> = None;
         for row in rows {
             let (revision, grant) = row?;
             decoded += 1;
-            last = Some((revision, grant.id.clone()));
+            if last.as_ref().is_none_or(|(r, _)| *r < revision) {
+                last = Some((revision, grant.id.clone()));
+            }
             // A grant revoked since is sent as its revocation, even at the grant's own
             // revision: an agent resynchronising from zero must never install a token that is
             // revoked further down the log (a stream broken in between would leave it served).
@@ -615,6 +776,10 @@ impl Store {
         let metrics = loggate_core::metrics::controller();
         metrics.log_reads.inc();
         metrics.log_rows.inc_by(decoded as u64);
+        self.change_rows.fetch_add(
+            u64::try_from(decoded).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if let Some((revision, grant_id)) = last {
             conn.note_revision_read(i64::try_from(revision)?, &grant_id)?;
         }
@@ -663,6 +828,13 @@ impl Store {
         self.change_reads.load(Ordering::Relaxed)
     }
 
+    /// The rows handed over by the reads of the revision log since `open`
+    /// ([`Store::change_reads`]).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn change_rows(&self) -> u64 {
+        self.change_rows.load(Ordering::Relaxed)
+    }
+
     pub fn latest_revision(&self) -> anyhow::Result<u64> {
         let rev: i64 = self.conn()?.query_row_cached(
             "SELECT COALESCE(MAX(revision), 0) FROM revisions",
@@ -686,7 +858,17 @@ impl Store {
     /// registrations, never a grant, and leaves nothing inconsistent). Measured with the fleet
     /// bench: a replica's agents moving to another one registered at ~120 a second, one fsync
     /// each (docs/performance.md).
-    pub fn upsert_agent(&self, agent: &AgentRow) -> anyhow::Result<()> {
+    ///
+    /// A removed agent (`agent remove`) is not registered again: when `cert_not_before` (the
+    /// start of the certificate it connects with) is at or before its removal, nothing is
+    /// written and the answer is false, the stream refused (its certificate is revoked; a
+    /// re-enrolment's later certificate registers). On SQLite the check and the write hold
+    /// the store's one connection, so a removal is wholly before or after them; on PostgreSQL
+    /// the check follows the upsert in its transaction (which rolls back), so a removal that
+    /// committed before the upsert, or waited for its row, is seen.
+    pub fn upsert_agent(&self, agent: &AgentRow, cert_not_before: i64) -> anyhow::Result<bool> {
+        const REMOVED_SQL: &str =
+            "SELECT COUNT(*) FROM removed_agents WHERE id = ?1 AND removed_at >= ?2";
         let mut conn = self.conn()?;
         if conn.is_postgres() {
             let tx = conn.transaction()?;
@@ -701,8 +883,23 @@ impl Store {
                     agent.replica
                 ],
             )?;
+            let removed: i64 =
+                tx.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
+                    r.get(0)
+                })?;
+            if removed > 0 {
+                // Dropped without a commit: rolled back.
+                return Ok(false);
+            }
             tx.commit()?;
-            return Ok(());
+            return Ok(true);
+        }
+        let removed: i64 =
+            conn.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
+                r.get(0)
+            })?;
+        if removed > 0 {
+            return Ok(false);
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         let written = conn.execute_cached(
@@ -718,7 +915,7 @@ impl Store {
         conn.execute_batch("PRAGMA synchronous = FULL")
             .context("cannot restore synchronous = FULL after registering an agent")?;
         written?;
-        Ok(())
+        Ok(true)
     }
 
     pub fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRow>> {
@@ -988,7 +1185,36 @@ pub(crate) fn insert_grant_row(tx: &Connection, grant: &GrantRow, revision: i64)
         "INSERT INTO revisions (revision, kind, grant_id) VALUES (?1, 'grant', ?2)",
         params![revision, grant.id],
     )?;
+    // `revision_targets` is written by the database (its trigger, schema version 6), under
+    // each of the grant's hosts and labels with its end.
     Ok(())
+}
+
+/// The target of a grant or revocation addressed to agent `agent_id` in `revision_targets`
+/// (the trigger of `migrations::sqlite_revision_targets` and `postgres_v6.sql` writes the same
+/// text).
+pub fn host_target(agent_id: &str) -> String {
+    format!("host:{agent_id}")
+}
+
+/// The target of a grant or revocation addressed to label `label` (`k=v`).
+pub fn label_target(label: &str) -> String {
+    format!("label:{label}")
+}
+
+/// The targets under which `revision_targets` holds what is addressed to agent `agent_id`
+/// holding `labels`: its own, and one per label (the addressing rule, `fanout::covers`: a
+/// host named, or any one label held, each an exact string).
+pub fn agent_targets(agent_id: &str, labels: &[String]) -> Vec<String> {
+    let mut targets = Vec::with_capacity(labels.len() + 1);
+    targets.push(host_target(agent_id));
+    for label in labels {
+        let target = label_target(label);
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    targets
 }
 
 /// The revision the next change gets (the caller's transaction).
@@ -1302,12 +1528,15 @@ mod state_tests {
             last_seen: 1,
             replica: "controller-a".into(),
         };
-        store.upsert_agent(&agent).unwrap();
+        assert!(store.upsert_agent(&agent, i64::MAX).unwrap());
         store
-            .upsert_agent(&AgentRow {
-                last_seen: 2,
-                ..agent
-            })
+            .upsert_agent(
+                &AgentRow {
+                    last_seen: 2,
+                    ..agent
+                },
+                i64::MAX,
+            )
             .unwrap();
         assert_eq!(
             synchronous(&store),
@@ -1353,13 +1582,16 @@ mod state_tests {
             assert_eq!(store.latest_revision().unwrap(), revision.revision);
             assert_eq!(store.enrolled_labels("web-1").unwrap(), None);
             store
-                .upsert_agent(&AgentRow {
-                    id: "web-1".into(),
-                    labels: vec!["env=prod".into()],
-                    addr: "127.0.0.1:7401".into(),
-                    last_seen: i64::from(i),
-                    replica: "controller-a".into(),
-                })
+                .upsert_agent(
+                    &AgentRow {
+                        id: "web-1".into(),
+                        labels: vec!["env=prod".into()],
+                        addr: "127.0.0.1:7401".into(),
+                        last_seen: i64::from(i),
+                        replica: "controller-a".into(),
+                    },
+                    i64::MAX,
+                )
                 .unwrap();
         }
         let conn = store.conn().unwrap();
@@ -1384,6 +1616,46 @@ mod state_tests {
             "enrolled_labels"
         );
         assert_eq!(runs(UPSERT_AGENT_SQL), CALLS, "upsert_agent");
+    }
+
+    /// The revision log's per-agent reads have one text per number of targets (the agent's
+    /// host and each of its labels, up to 65): a fleet whose agents hold every number of
+    /// labels from 0 to 64 reads each text from the cache the second time (each cached
+    /// statement has run twice), none evicted by the others and parsed again.
+    #[test]
+    fn the_addressed_reads_of_every_label_count_stay_in_the_statement_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        for _ in 0..2 {
+            for count in 0..=64 {
+                let labels: Vec<String> = (0..count).map(|i| format!("k{i}=v")).collect();
+                let targets = agent_targets("web-1", &labels);
+                store
+                    .visit_addressed_changes_after(0, 10, &targets, 64, |_, _| true)
+                    .unwrap();
+                store
+                    .visit_live_grants(10, 0, None, &targets, 64, |_, _| true)
+                    .unwrap();
+            }
+        }
+        let conn = store.conn().unwrap();
+        let Connection::Sqlite(sqlite) = &*conn else {
+            panic!("a SQLite store");
+        };
+        let runs = |sql: &str| -> i32 {
+            sqlite
+                .prepare_cached(sql)
+                .unwrap()
+                .get_status(rusqlite::StatementStatus::Run)
+        };
+        for targets in 1..=65 {
+            assert_eq!(
+                runs(&addressed_changes_sql(targets)),
+                2,
+                "{targets} targets"
+            );
+            assert_eq!(runs(&live_grants_sql(targets)), 2, "{targets} targets");
+        }
     }
 
     /// PostgreSQL's registration commits with `SET LOCAL synchronous_commit = off`: the
@@ -1419,12 +1691,15 @@ mod state_tests {
                 last_seen: 1,
                 replica: "ctl-a".into(),
             };
-            store.upsert_agent(&agent).unwrap();
+            assert!(store.upsert_agent(&agent, i64::MAX).unwrap());
             store
-                .upsert_agent(&AgentRow {
-                    last_seen: 2,
-                    ..agent
-                })
+                .upsert_agent(
+                    &AgentRow {
+                        last_seen: 2,
+                        ..agent
+                    },
+                    i64::MAX,
+                )
                 .unwrap();
             assert_eq!(
                 setting(store),
@@ -1432,6 +1707,38 @@ mod state_tests {
                 "durable again after the registry's write"
             );
             assert_eq!(store.agent("web-1").unwrap().unwrap().last_seen, 2);
+        });
+    }
+
+    /// A removed agent whose stream was waiting to register when `agent remove` ran is not
+    /// put back in the registry: its registration with the certificate of before the removal
+    /// writes nothing and answers false; one with a later certificate (a re-enrolment)
+    /// registers.
+    #[test]
+    fn a_removed_agent_is_not_registered_again_with_its_old_certificate() {
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let agent = AgentRow {
+                id: "web-1".into(),
+                labels: vec!["env=prod".into()],
+                addr: "127.0.0.1:7401".into(),
+                last_seen: 1,
+                replica: "controller-a".into(),
+            };
+            assert!(store.upsert_agent(&agent, 50).unwrap(), "{}", t.backend());
+            assert!(store
+                .remove_agent("web-1", 100, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            for not_before in [50, 100] {
+                assert!(
+                    !store.upsert_agent(&agent, not_before).unwrap(),
+                    "{}: a certificate of {not_before}",
+                    t.backend()
+                );
+                assert!(store.agent("web-1").unwrap().is_none(), "{}", t.backend());
+            }
+            assert!(store.upsert_agent(&agent, 101).unwrap(), "{}", t.backend());
+            assert!(store.agent("web-1").unwrap().is_some(), "{}", t.backend());
         });
     }
 }

@@ -543,8 +543,8 @@ impl Connection {
     }
 
     /// As [`Connection::prepare`], through SQLite's per-connection statement cache (rusqlite's
-    /// LRU, 16 statements): for the statements every agent's connection runs (registration,
-    /// resync), whose text SQLite would otherwise parse again at every call. `sql` must be a
+    /// LRU, `SQLITE_STATEMENT_CACHE` statements, store.rs): for the statements every agent's
+    /// connection runs (registration, resync), whose text SQLite would otherwise parse again at every call. `sql` must be a
     /// fixed text (a text that varies per call would only churn the cache). PostgreSQL's
     /// sessions already cache every statement they prepare ([`PgConnection`]).
     pub fn prepare_cached(&self, sql: &str) -> Result<Statement<'_>> {

@@ -18,6 +18,12 @@
 //!   Version 5 (journal units, issue 13) adds a `units` column (a JSON list, `'[]'` for every
 //!   existing row) to `grants` and `requests`: on SQLite [`sqlite_journal_units`] adds each
 //!   where it is missing (idempotent), on PostgreSQL `postgres_v5.sql`.
+//!   Version 6 (issue 12) adds `revision_targets`, the revision log indexed by target
+//!   (`host:<agent id>`, `label:<k=v>`), filled by a trigger after each insert into
+//!   `revisions` (the database indexes every writer's rows, an older replica's too) and
+//!   back-filled from the existing log: on SQLite [`sqlite_revision_targets`] (the table and
+//!   trigger created if missing at every open, the back-fill run when the stored version is
+//!   below 6, idempotent), on PostgreSQL `postgres_v6.sql`.
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
 
@@ -25,7 +31,7 @@ use super::db::{Connection, OptionalExtension};
 use anyhow::Context;
 
 /// The schema version this binary reads and writes.
-pub const LATEST: u32 = 5;
+pub const LATEST: u32 = 6;
 
 /// PostgreSQL's scripts, by version (index 0 is version 1).
 const POSTGRES: &[&str] = &[
@@ -34,6 +40,7 @@ const POSTGRES: &[&str] = &[
     include_str!("migrations/postgres_v3.sql"),
     include_str!("migrations/postgres_v4.sql"),
     include_str!("migrations/postgres_v5.sql"),
+    include_str!("migrations/postgres_v6.sql"),
 ];
 
 /// The advisory lock the replicas' migrations take ("lgmigr").
@@ -106,6 +113,7 @@ pub(super) fn sqlite(
     let found = stored_version(conn, meta_exists)?;
     refuse_newer(found)?;
     baseline(conn)?;
+    sqlite_revision_targets(conn, found)?;
     if found < LATEST {
         set_version(conn, LATEST)?;
     }
@@ -126,6 +134,51 @@ pub(super) fn sqlite_journal_units(conn: &Connection) -> anyhow::Result<()> {
                 "ALTER TABLE {table} ADD COLUMN units TEXT NOT NULL DEFAULT '[]'"
             ))?;
         }
+    }
+    Ok(())
+}
+
+/// SQLite's `revision_targets` (version 6; PostgreSQL's is `postgres_v6.sql`, the same table,
+/// trigger and back-fill): the table and the trigger that fills it (after each insert into
+/// `revisions`, from the grant's hosts and labels, as the back-fill) created where missing, and
+/// the back-fill from the revision log run when the database's version (`found`) is below 6.
+/// The back-fill only inserts rows that are missing (`INSERT OR IGNORE`), so one interrupted
+/// before the version was written runs again whole.
+pub(super) fn sqlite_revision_targets(conn: &Connection, found: u32) -> anyhow::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS revision_targets (
+             target TEXT NOT NULL,
+             revision INTEGER NOT NULL,
+             grant_ends INTEGER,
+             PRIMARY KEY (target, revision)
+         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS revision_targets_live
+             ON revision_targets (target, grant_ends, revision);
+         CREATE TRIGGER IF NOT EXISTS revision_targets_index AFTER INSERT ON revisions
+         BEGIN
+             INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends)
+             SELECT 'host:' || h.value, NEW.revision,
+                    CASE WHEN NEW.kind = 'grant' THEN g.not_after END
+             FROM grants g, json_each(g.hosts) h WHERE g.id = NEW.grant_id;
+             INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends)
+             SELECT 'label:' || l.value, NEW.revision,
+                    CASE WHEN NEW.kind = 'grant' THEN g.not_after END
+             FROM grants g, json_each(g.labels) l WHERE g.id = NEW.grant_id;
+         END;",
+    )
+    .context("cannot create revision_targets")?;
+    if found < 6 {
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends)
+             SELECT 'host:' || h.value, r.revision,
+                    CASE WHEN r.kind = 'grant' THEN g.not_after END
+             FROM revisions r JOIN grants g ON g.id = r.grant_id, json_each(g.hosts) h;
+             INSERT OR IGNORE INTO revision_targets (target, revision, grant_ends)
+             SELECT 'label:' || l.value, r.revision,
+                    CASE WHEN r.kind = 'grant' THEN g.not_after END
+             FROM revisions r JOIN grants g ON g.id = r.grant_id, json_each(g.labels) l;",
+        )
+        .context("cannot back-fill revision_targets from the revision log")?;
     }
     Ok(())
 }
@@ -156,7 +209,20 @@ pub(super) fn postgres(conn: &mut Connection) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::on_each_test_store;
+    use crate::store::testing::{on_each_test_store, TestStore};
+
+    /// The statements that take version 6's index away (its trigger and table), back to a
+    /// version 5 database's shape on `t`'s backend.
+    fn drop_revision_targets(t: &TestStore) -> &'static str {
+        if t.backend() == "postgres" {
+            "DROP TRIGGER revision_targets_index ON revisions;
+             DROP FUNCTION revision_targets_index();
+             DROP TABLE revision_targets;"
+        } else {
+            "DROP TRIGGER revision_targets_index;
+             DROP TABLE revision_targets;"
+        }
+    }
 
     #[test]
     fn a_new_database_is_at_the_latest_version_and_reopens() {
@@ -212,11 +278,13 @@ mod tests {
             t.store
                 .conn()
                 .expect("the store's connection")
-                .execute_batch(
+                .execute_batch(&format!(
                     "ALTER TABLE grants DROP COLUMN units;
                      ALTER TABLE requests DROP COLUMN units;
+                     {}
                      UPDATE meta SET value = '4' WHERE key = 'schema_version';",
-                )
+                    drop_revision_targets(t)
+                ))
                 .unwrap();
             t.reopen();
             let version: String = t
@@ -248,6 +316,218 @@ mod tests {
             assert_eq!(
                 t.store.grant("g-new").unwrap().expect("stored").units,
                 units
+            );
+        });
+    }
+
+    /// Version 6 (issue 12): a version-5 database, which has no `revision_targets`, gains it
+    /// on open, back-filled from its revision log: the same rows the store writes with each
+    /// revision (a grant's under each of its hosts and labels with its end, its revocation's
+    /// with none; a host named twice once), so the agents' addressed reads find the old log.
+    #[test]
+    fn a_version_5_database_gains_the_revision_targets_back_filled() {
+        on_each_test_store(|t| {
+            let grant =
+                |id: &str, hosts: &[&str], labels: &[&str], revision| crate::store::GrantRow {
+                    id: id.into(),
+                    subject: "spiffe://loggate.local/user/alice".into(),
+                    hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                    labels: labels.iter().map(|l| l.to_string()).collect(),
+                    paths: vec!["/var/log/app/*.log".into()],
+                    units: vec![],
+                    not_before: 1,
+                    not_after: 3600,
+                    reason: "INC-1".into(),
+                    issuer: "spiffe://loggate.local/user/admin".into(),
+                    profile: "default".into(),
+                    key_sha256: "0".repeat(64),
+                    token: "token".into(),
+                    revision,
+                    revoked: None,
+                };
+            for (id, hosts, labels) in [
+                ("g-1", &["web-1", "web-1"][..], &["env=prod"][..]),
+                ("g-2", &[][..], &["env=dev", "team=a"][..]),
+                ("g-3", &["db-1"][..], &[][..]),
+            ] {
+                t.store
+                    .insert_grant(|revision| Ok(grant(id, hosts, labels, revision)))
+                    .unwrap();
+            }
+            t.store
+                .revoke(
+                    "g-2",
+                    crate::store::Revoked {
+                        at: 5,
+                        by: "admin".into(),
+                        reason: "done".into(),
+                    },
+                )
+                .unwrap()
+                .expect("revoked");
+            let rows = |store: &crate::store::Store| {
+                let conn = store.conn().expect("the store's connection");
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT target, revision, grant_ends FROM revision_targets \
+                         ORDER BY revision, target",
+                    )
+                    .unwrap();
+                stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                    ))
+                })
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+            };
+            let written = rows(&t.store);
+            let expected: Vec<(String, i64, Option<i64>)> = vec![
+                ("host:web-1".into(), 1, Some(3600)),
+                ("label:env=prod".into(), 1, Some(3600)),
+                ("label:env=dev".into(), 2, Some(3600)),
+                ("label:team=a".into(), 2, Some(3600)),
+                ("host:db-1".into(), 3, Some(3600)),
+                ("label:env=dev".into(), 4, None),
+                ("label:team=a".into(), 4, None),
+            ];
+            assert_eq!(
+                written,
+                expected,
+                "{}: as the store writes them",
+                t.backend()
+            );
+            // Back to version 5's shape.
+            t.store
+                .conn()
+                .expect("the store's connection")
+                .execute_batch(&format!(
+                    "{}
+                     UPDATE meta SET value = '5' WHERE key = 'schema_version';",
+                    drop_revision_targets(t)
+                ))
+                .unwrap();
+            t.reopen();
+            assert_eq!(rows(&t.store), expected, "{}: back-filled", t.backend());
+            let mut seen = Vec::new();
+            t.store
+                .visit_addressed_changes_after(
+                    0,
+                    4,
+                    &crate::store::agent_targets("web-9", &["team=a".to_string()]),
+                    64,
+                    |revision, _| {
+                        seen.push(revision);
+                        true
+                    },
+                )
+                .unwrap();
+            assert_eq!(seen, vec![2, 4], "{}", t.backend());
+        });
+    }
+
+    /// Version 6's index is the database's own (a trigger on `revisions`): a grant and its
+    /// revocation written as a version 5 controller writes them (plain SQL into `grants` and
+    /// `revisions`, no index: a replica not yet upgraded during a rolling upgrade on
+    /// PostgreSQL) are found by an agent's addressed catch-up, by host and by label, with the
+    /// grant's end on the grant's row and none on the revocation's.
+    #[test]
+    fn revisions_written_as_version_5_wrote_them_are_indexed_for_the_catch_up() {
+        on_each_test_store(|t| {
+            let conn = t.store.conn().expect("the store's connection");
+            conn.execute(
+                &format!(
+                    "INSERT INTO grants ({}) VALUES ('g-v5', 'spiffe://loggate.local/user/alice', \
+                     '[\"web-1\"]', '[\"env=prod\"]', '[\"/var/log/app/*.log\"]', 1, 3600, \
+                     'INC-1', 'spiffe://loggate.local/user/admin', 'default', ?1, 'token', 1, \
+                     NULL, NULL, NULL, '[]')",
+                    crate::store::GRANT_COLUMNS
+                ),
+                super::super::db::params!["0".repeat(64)],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO revisions (revision, kind, grant_id) VALUES (1, 'grant', 'g-v5')",
+                super::super::db::params![],
+            )
+            .unwrap();
+            conn.execute(
+                "UPDATE grants SET revoked_at = 5, revoked_by = 'admin', revoke_reason = 'done' \
+                 WHERE id = 'g-v5'",
+                super::super::db::params![],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO revisions (revision, kind, grant_id) VALUES (2, 'revoke', 'g-v5')",
+                super::super::db::params![],
+            )
+            .unwrap();
+            drop(conn);
+            for (agent, labels) in [("web-1", vec![]), ("web-9", vec!["env=prod".to_string()])] {
+                let mut seen = Vec::new();
+                t.store
+                    .visit_addressed_changes_after(
+                        0,
+                        2,
+                        &crate::store::agent_targets(agent, &labels),
+                        64,
+                        |revision, change| {
+                            seen.push((
+                                revision,
+                                matches!(change, crate::store::Change::Revoked { .. }),
+                            ));
+                            true
+                        },
+                    )
+                    .unwrap();
+                // A grant revoked since is sent as its revocation at both revisions.
+                assert_eq!(seen, vec![(1, true), (2, true)], "{}: {agent}", t.backend());
+                let mut after_grant = Vec::new();
+                t.store
+                    .visit_addressed_changes_after(
+                        1,
+                        2,
+                        &crate::store::agent_targets(agent, &labels),
+                        64,
+                        |revision, _| {
+                            after_grant.push(revision);
+                            true
+                        },
+                    )
+                    .unwrap();
+                assert_eq!(
+                    after_grant,
+                    vec![2],
+                    "{}: {agent}'s catch-up from 1",
+                    t.backend()
+                );
+            }
+            let ends: Vec<(String, i64, Option<i64>)> = {
+                let conn = t.store.conn().expect("the store's connection");
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT target, revision, grant_ends FROM revision_targets \
+                         ORDER BY revision, target",
+                    )
+                    .unwrap();
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap()
+            };
+            assert_eq!(
+                ends,
+                vec![
+                    ("host:web-1".to_string(), 1, Some(3600)),
+                    ("label:env=prod".to_string(), 1, Some(3600)),
+                    ("host:web-1".to_string(), 2, None),
+                    ("label:env=prod".to_string(), 2, None),
+                ],
+                "{}",
+                t.backend()
             );
         });
     }
