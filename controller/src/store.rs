@@ -1551,6 +1551,20 @@ mod state_tests {
     /// connection, not per call: after 1,000 calls of each, the one cached statement of each
     /// text has run 1,000 times (a statement prepared per call would be a fresh one, run
     /// never), so the cache holds one entry per text whatever the number of calls.
+    /// How many times the SQLite store's cached statement for `sql` has run (0 for a text not
+    /// yet cached: preparing it here starts its count).
+    fn cached_statement_runs(store: &Store, sql: &str) -> i32 {
+        let conn = store.conn().unwrap();
+        let Connection::Sqlite(sqlite) = &*conn else {
+            panic!("a SQLite store");
+        };
+        let runs = sqlite
+            .prepare_cached(sql)
+            .unwrap()
+            .get_status(rusqlite::StatementStatus::Run);
+        runs
+    }
+
     #[test]
     fn the_per_connection_statements_are_parsed_once_and_reused_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
@@ -1594,16 +1608,7 @@ mod state_tests {
                 )
                 .unwrap();
         }
-        let conn = store.conn().unwrap();
-        let Connection::Sqlite(sqlite) = &*conn else {
-            panic!("a SQLite store");
-        };
-        let runs = |sql: &str| -> i32 {
-            sqlite
-                .prepare_cached(sql)
-                .unwrap()
-                .get_status(rusqlite::StatementStatus::Run)
-        };
+        let runs = |sql: &str| cached_statement_runs(&store, sql);
         assert_eq!(runs(&CHANGES_AFTER_SQL), CALLS, "changes_after");
         assert_eq!(
             runs("SELECT COALESCE(MAX(revision), 0) FROM revisions"),
@@ -1638,16 +1643,7 @@ mod state_tests {
                     .unwrap();
             }
         }
-        let conn = store.conn().unwrap();
-        let Connection::Sqlite(sqlite) = &*conn else {
-            panic!("a SQLite store");
-        };
-        let runs = |sql: &str| -> i32 {
-            sqlite
-                .prepare_cached(sql)
-                .unwrap()
-                .get_status(rusqlite::StatementStatus::Run)
-        };
+        let runs = |sql: &str| cached_statement_runs(&store, sql);
         for targets in 1..=65 {
             assert_eq!(
                 runs(&addressed_changes_sql(targets)),
