@@ -1755,6 +1755,34 @@ pub(crate) mod testing {
 
     pub(crate) use super::postgres_server;
 
+    /// A grant row for tests: alice's, to `hosts` and `labels`, one hour ending at `not_after`,
+    /// its token a placeholder (`token-of-<id>`).
+    pub(crate) fn grant_row(
+        id: &str,
+        hosts: &[&str],
+        labels: &[&str],
+        not_after: i64,
+        revision: u64,
+    ) -> super::GrantRow {
+        super::GrantRow {
+            id: id.into(),
+            subject: "spiffe://loggate.local/user/alice".into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            paths: vec!["/var/log/*.log".into()],
+            units: vec![],
+            not_before: not_after - 3600,
+            not_after,
+            reason: "T-1".into(),
+            issuer: "spiffe://loggate.local/user/admin".into(),
+            profile: "default".into(),
+            key_sha256: "00".repeat(32),
+            token: format!("token-of-{id}"),
+            revision,
+            revoked: None,
+        }
+    }
+
     /// A store under test with what keeps it alive: its scratch folder, its server.
     pub(crate) struct TestStore {
         pub store: Store,

@@ -1000,23 +1000,13 @@ mod tests {
             let row = self
                 .store
                 .insert_grant(|revision| {
-                    Ok(GrantRow {
-                        id: id.into(),
-                        subject: "spiffe://loggate.local/user/alice".into(),
-                        hosts: hosts.iter().map(|h| h.to_string()).collect(),
-                        labels: labels.iter().map(|l| l.to_string()).collect(),
-                        paths: vec!["/var/log/*.log".into()],
-                        units: vec![],
-                        not_before: now,
-                        not_after: now + 3600,
-                        reason: "T-1".into(),
-                        issuer: "spiffe://loggate.local/user/admin".into(),
-                        profile: "default".into(),
-                        key_sha256: "00".repeat(32),
-                        token: format!("token-of-{id}"),
+                    Ok(crate::store::testing::grant_row(
+                        id,
+                        hosts,
+                        labels,
+                        now + 3600,
                         revision,
-                        revoked: None,
-                    })
+                    ))
                 })
                 .unwrap();
             row.revision
@@ -1762,36 +1752,13 @@ mod tests {
         assert!(status.is_none(), "a stop ends the stream without a status");
     }
 
-    /// A grant row for the read tests: `hosts`, `labels`, ending at `not_after`.
-    fn grant_row(
-        id: &str,
-        hosts: &[&str],
-        labels: &[&str],
-        not_after: i64,
-        revision: u64,
-    ) -> GrantRow {
-        GrantRow {
-            id: id.into(),
-            subject: "spiffe://loggate.local/user/alice".into(),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            labels: labels.iter().map(|l| l.to_string()).collect(),
-            paths: vec!["/var/log/*.log".into()],
-            units: vec![],
-            not_before: not_after - 3600,
-            not_after,
-            reason: "T-1".into(),
-            issuer: "spiffe://loggate.local/user/admin".into(),
-            profile: "default".into(),
-            key_sha256: "00".repeat(32),
-            token: format!("token-of-{id}"),
-            revision,
-            revoked: None,
-        }
-    }
-
     fn insert(store: &Store, id: &str, hosts: &[&str], labels: &[&str], not_after: i64) -> u64 {
         store
-            .insert_grant(|revision| Ok(grant_row(id, hosts, labels, not_after, revision)))
+            .insert_grant(|revision| {
+                Ok(crate::store::testing::grant_row(
+                    id, hosts, labels, not_after, revision,
+                ))
+            })
             .unwrap()
             .revision
     }

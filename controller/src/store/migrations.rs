@@ -327,24 +327,9 @@ mod tests {
     #[test]
     fn a_version_5_database_gains_the_revision_targets_back_filled() {
         on_each_test_store(|t| {
-            let grant =
-                |id: &str, hosts: &[&str], labels: &[&str], revision| crate::store::GrantRow {
-                    id: id.into(),
-                    subject: "spiffe://loggate.local/user/alice".into(),
-                    hosts: hosts.iter().map(|h| h.to_string()).collect(),
-                    labels: labels.iter().map(|l| l.to_string()).collect(),
-                    paths: vec!["/var/log/app/*.log".into()],
-                    units: vec![],
-                    not_before: 1,
-                    not_after: 3600,
-                    reason: "INC-1".into(),
-                    issuer: "spiffe://loggate.local/user/admin".into(),
-                    profile: "default".into(),
-                    key_sha256: "0".repeat(64),
-                    token: "token".into(),
-                    revision,
-                    revoked: None,
-                };
+            let grant = |id: &str, hosts: &[&str], labels: &[&str], revision| {
+                crate::store::testing::grant_row(id, hosts, labels, 3600, revision)
+            };
             for (id, hosts, labels) in [
                 ("g-1", &["web-1", "web-1"][..], &["env=prod"][..]),
                 ("g-2", &[][..], &["env=dev", "team=a"][..]),
