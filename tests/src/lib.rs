@@ -73,6 +73,11 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
+/// How long a test waits for a process it started (controller, agent, rsyslogd) to listen. It
+/// returns as soon as the port answers; the bound only matters when CI's two cores are busy
+/// compiling beside the tests, where 20 s was once not enough for a cluster to come up.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(60);
+
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -228,8 +233,8 @@ impl Cluster {
         )?;
         self.controller = Some(child);
         match &self.controller_netns {
-            Some(ns) => netns::wait_for_port_in(ns, self.controller_addr, Duration::from_secs(20)),
-            None => wait_for_port(self.controller_addr, Duration::from_secs(20)),
+            Some(ns) => netns::wait_for_port_in(ns, self.controller_addr, STARTUP_WAIT),
+            None => wait_for_port(self.controller_addr, STARTUP_WAIT),
         }
     }
 
@@ -428,8 +433,8 @@ impl Cluster {
             info.child = Some(child);
         }
         match ns {
-            Some(ns) => netns::wait_for_port_in(&ns, addr, Duration::from_secs(20)),
-            None => wait_for_port(addr, Duration::from_secs(20)),
+            Some(ns) => netns::wait_for_port_in(&ns, addr, STARTUP_WAIT),
+            None => wait_for_port(addr, STARTUP_WAIT),
         }
     }
 
@@ -1010,7 +1015,7 @@ impl Rsyslog {
             .spawn()
             .context("starting rsyslogd")?;
         self.child = Some(child);
-        wait_for_port(self.addr, Duration::from_secs(20))
+        wait_for_port(self.addr, STARTUP_WAIT)
     }
 
     /// Stops the rsyslogd this harness started (SIGTERM to its pid, then SIGKILL after 5 s).
