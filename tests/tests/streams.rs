@@ -976,13 +976,15 @@ async fn readers_that_stop_reading_hold_the_shared_queue_budget_not_a_full_queue
         last = now;
     }
     let grown = agent_rss_kib(&f)?.saturating_sub(before);
-    // A full queue each would be 8 × 64 KiB = 512 KiB per stream; one message each plus the
-    // budget is 64 + 4096 / 48 ≈ 150 KiB per stream, and the rest of a stream (its thread's
-    // stack, read buffer and HTTP/2 state) stays well under the difference.
+    // A full queue each would be 8 × 64 KiB = 512 KiB per stream on top of the rest of a
+    // stream (its thread's stack, read buffer and HTTP/2 state); one message each plus the
+    // budget is 64 + 4096 / 48 ≈ 150 KiB. Measured with the budget: 259–346 KiB per stream
+    // (the higher ones in full-suite runs, where the allocator's arenas are fuller), so the
+    // bound sits between that and the 512 KiB a full queue alone would add.
     let per_stream = grown / STALLED as u64;
     eprintln!("{STALLED} stalled streams grew the agent by {grown} KiB ({per_stream} KiB each)");
     assert!(
-        per_stream < 350,
+        per_stream < 430,
         "{STALLED} stalled streams grew the agent by {grown} KiB ({per_stream} KiB each)"
     );
     // Meanwhile another reader reads its whole file.
