@@ -57,9 +57,9 @@ pub const CHUNK: usize = 64 * 1024;
 /// exist: idle followers hold no budget, and a `cat` beside them still reads 64 KiB. The cost:
 /// more messages per byte while the pressure lasts. 48 KiB since the agent writes its own
 /// frames ([`crate::frames`]): with tonic's copy gone, 64 readers peaked at 43–45 MiB with 16
-/// KiB reads, 47–56 MiB with 32 KiB, 57–58 MiB with 48 KiB and 67–68 MiB with 64 KiB (≤ 64
+/// KiB reads, 47–56 MiB with 32 KiB, 56–58 MiB with 48 KiB and 67–68 MiB with 64 KiB (≤ 64
 /// MiB), and each step up cuts the messages, the `pread`s, the `writev`s and the wake-ups per
-/// byte: 48 KiB took 2–7 % off the agent's CPU against 32 KiB in five interleaved pairs
+/// byte: 48 KiB took 2–9 % off the agent's CPU against 32 KiB in every interleaved pair
 /// (docs/performance.md, issue #15 16:00 and 18:52).
 pub const SMALL_CHUNK: usize = 48 * 1024;
 /// Messages queued for the gRPC response per stream. Beyond the first, each takes its size
