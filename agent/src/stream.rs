@@ -55,13 +55,11 @@ pub const CHUNK: usize = 64 * 1024;
 /// 277 KiB with 16 KiB reads, `tests/tests/streams.rs`, when tonic still copied each message
 /// into an encode buffer of its own). Keyed on the budget, not on how many streams
 /// exist: idle followers hold no budget, and a `cat` beside them still reads 64 KiB. The cost:
-/// more messages per byte while the pressure lasts. 48 KiB since the agent writes its own
-/// frames ([`crate::frames`]): with tonic's copy gone, 64 readers peaked at 43–45 MiB with 16
-/// KiB reads, 47–56 MiB with 32 KiB, 56–58 MiB with 48 KiB and 67–68 MiB with 64 KiB (≤ 64
-/// MiB), and each step up cuts the messages, the `pread`s, the `writev`s and the wake-ups per
-/// byte: 48 KiB took 2–9 % off the agent's CPU against 32 KiB in every interleaved pair
-/// (docs/performance.md, issue #15 16:00 and 18:52).
-pub const SMALL_CHUNK: usize = 48 * 1024;
+/// twice the messages per byte while the pressure lasts. 32 KiB since the agent writes its
+/// own frames ([`crate::frames`]): with tonic's copy gone, 64 readers peaked at 43–45 MiB with
+/// 16 KiB reads and 49 MiB with 32 KiB (≤ 64 MiB), and 32 KiB halves the messages, the
+/// `pread`s, the `writev`s and the wake-ups per byte (docs/performance.md, issue #15 16:00).
+pub const SMALL_CHUNK: usize = 32 * 1024;
 /// Messages queued for the gRPC response per stream. Beyond the first, each takes its size
 /// from the agent's shared [`QueueBudget`] (`limits.stream_queue_bytes`): one stream alone may
 /// queue this many chunks (its throughput), 64 streams together no more than the budget plus
