@@ -14,7 +14,10 @@
 //! - 1, 8 and 64 concurrent `loggate logs cat` of a smaller file (`--concurrent-mib` each):
 //!   aggregate MB/s, the slowest reader's rate, each reader's rate and share of the aggregate
 //!   while all of them ran (until the first one ended: min / max, the issue's "no reader
-//!   starved" is a least share of at least 1/128), agent peak RSS and CPU seconds per GiB;
+//!   starved" is a least share of at least 1/128), agent peak RSS and CPU seconds per GiB,
+//!   and (pinned) the softirq seconds per GiB served on the agent's CPUs: on loopback mostly
+//!   the clients' TCP receive, which runs in the sending agent's context (and is charged to
+//!   it by a kernel without IRQ time accounting);
 //! - time to first byte of a one-line file, p50/p99 (`loggate logs cat`, `ssh cat`);
 //! - `--follow` latency, append to the reader's pipe, p50/p99 over `--follow-lines` lines
 //!   (`loggate logs tail --follow`, `ssh tail -F`).
@@ -355,12 +358,16 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
             ", not pinned: shared with the clients"
         }
     );
-    println!("| readers | aggregate MB/s | first / last reader done (s) | slowest reader's MB/s | per reader while all ran, min / max MB/s | least share (target >= 1/128) | agent peak RSS MiB | agent CPU s/GiB | load |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    println!("| readers | aggregate MB/s | first / last reader done (s) | slowest reader's MB/s | per reader while all ran, min / max MB/s | least share (target >= 1/128) | agent peak RSS MiB | agent CPU s/GiB | softirq on the agent's CPUs s/GiB | load |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     let most_readers = args.readers.iter().copied().max().unwrap_or(0);
     let mut aggregate_of_most = None;
     for &n in &args.readers {
         reset_peak_rss(agent_pid);
         let cpu_before = cpu_seconds(agent_pid, false)?;
+        // Softirqs on the agent's CPUs (pinned only: unpinned, the clients' CPUs are the same):
+        // on loopback, mostly the clients' TCP receive, run in the sending agent's context.
+        let agent_cpus = placement.as_ref().map(|p| p.agent.as_slice());
+        let softirq_before = agent_cpus.map(softirq_seconds).transpose()?;
         let start = Instant::now();
         // What every reader had received when the first one's output ended: the shares of a
         // time when all of them were running.
@@ -413,6 +420,13 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         // most starved reader got (at least aggregate / 128 is the issue's target).
         let slowest = mb_per_s(small_size, wall);
         let cpu = cpu_seconds(agent_pid, false)? - cpu_before;
+        let gib = small_size as f64 * n as f64 / GIB;
+        let softirq = match (agent_cpus, softirq_before) {
+            (Some(cpus), Some(before)) => {
+                format!("{:.2}", (softirq_seconds(cpus)? - before) / gib)
+            }
+            _ => String::from("-"),
+        };
         let (at, got) = first_end.get().cloned().unwrap_or_default();
         let least = got.iter().copied().min().unwrap_or(0);
         let most = got.iter().copied().max().unwrap_or(0);
@@ -423,11 +437,11 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
             _ => format!("1/{:.0}", sum as f64 / least as f64),
         };
         println!(
-            "| {n} | {aggregate:.0} | {first:.1} / {wall:.1} | {slowest:.1} | {:.1} / {:.1} | {share} | {:.1} | {:.2} | {} |",
+            "| {n} | {aggregate:.0} | {first:.1} / {wall:.1} | {slowest:.1} | {:.1} / {:.1} | {share} | {:.1} | {:.2} | {softirq} | {} |",
             mb_per_s(least, at),
             mb_per_s(most, at),
             peak_rss_kib(agent_pid)? as f64 / 1024.0,
-            cpu / (small_size as f64 * n as f64 / GIB),
+            cpu / gib,
             load_average()
         );
     }
@@ -716,9 +730,40 @@ fn cpu_seconds(pid: u32, children: bool) -> anyhow::Result<f64> {
         .iter()
         .map(|f| f.parse::<f64>().unwrap_or(0.0))
         .sum();
+    Ok(ticks / ticks_per_second())
+}
+
+/// The unit of `/proc`'s CPU times (`USER_HZ`).
+fn ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok(ticks / hz)
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// Seconds CPUs `cpus` have spent serving softirqs since boot (`/proc/stat`).
+fn softirq_seconds(cpus: &[usize]) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    Ok(softirq_ticks_in(&stat, cpus)? as f64 / ticks_per_second())
+}
+
+/// The softirq ticks of `cpus` in a `/proc/stat` text: the 7th time of each `cpuN` line
+/// (user, nice, system, idle, iowait, irq, softirq).
+fn softirq_ticks_in(stat: &str, cpus: &[usize]) -> anyhow::Result<u64> {
+    let mut ticks = 0;
+    for cpu in cpus {
+        let name = format!("cpu{cpu}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+            .with_context(|| format!("no {name} line in /proc/stat"))?;
+        let softirq = line
+            .split_whitespace()
+            .nth(7)
+            .with_context(|| format!("short {name} line in /proc/stat"))?;
+        ticks += softirq
+            .parse::<u64>()
+            .with_context(|| format!("{name}'s softirq time {softirq:?} is not a number"))?;
+    }
+    Ok(ticks)
 }
 
 /// Resets the peak resident set of `pid` (`/proc/PID/clear_refs`, 5), so the next
@@ -948,6 +993,30 @@ mod tests {
         assert!((small.cpu_rate - 433.0).abs() < 1.0, "{}", small.cpu_rate);
         // A start-up measured above the whole run leaves no verdict.
         assert!(target(64 << 20, 0.5, 1.0, 0.6, 1).target.is_infinite());
+    }
+
+    /// The softirq column: each named CPU's softirq time, and an error rather than a zero for
+    /// a CPU or a field that is not there.
+    #[test]
+    fn the_softirq_time_of_the_named_cpus_is_read_from_proc_stat() {
+        let stat = "cpu  100 0 50 900 1 0 30 0 0 0\n\
+                    cpu0 60 0 30 400 1 0 25 0 0 0\n\
+                    cpu1 40 0 20 500 0 0 5 0 0 0\n\
+                    cpu10 1 0 1 1 0 0 7 0 0 0\n\
+                    intr 12345 0 0\n";
+        assert_eq!(softirq_ticks_in(stat, &[0]).expect("cpu0"), 25);
+        assert_eq!(softirq_ticks_in(stat, &[1, 0]).expect("both"), 30);
+        // `cpu1` is not `cpu10`'s prefix match.
+        assert_eq!(softirq_ticks_in(stat, &[10]).expect("cpu10"), 7);
+        assert!(softirq_ticks_in(stat, &[2]).is_err(), "no such CPU");
+        assert!(
+            softirq_ticks_in("cpu0 1 2 3\n", &[0]).is_err(),
+            "a short line"
+        );
+        assert!(
+            softirq_ticks_in("cpu0 1 2 3 4 5 6 x\n", &[0]).is_err(),
+            "not a number"
+        );
     }
 
     /// Review of serve5, finding 10: the CPU lists `taskset -c` takes, and nothing else.
