@@ -13,6 +13,14 @@
 //! connections meeting the controller when it comes back (the AWS architecture blog's
 //! "Exponential Backoff And Jitter" compares both). A lone sink to a SIEM keeps equal jitter:
 //! it gains nothing from a pause near zero.
+//!
+//! A client of **several addresses of one service** (the agent's controller replicas) counts
+//! its failures in rounds ([`Rounds`]): after a failure it tries the addresses it has not tried
+//! in this round first, each after at most the first pause, and the pause doubles once per
+//! full round, not once per address. Before, every failed address doubled it: after a replica
+//! died, an agent turned away by the live one (busy) moved to the dead one, was refused there,
+//! and paused twice as long for a refusal that cost nothing, so agents piled up at the 30 s
+//! cap while a replica was alive (docs/performance.md, the fleet's failover).
 
 use std::time::Duration;
 
@@ -103,6 +111,16 @@ impl Backoff {
         self.max
     }
 
+    /// A pause drawn from the first range (`first`, with this back-off's jitter), without
+    /// doubling anything: the pause before another address of the same round ([`Rounds`]).
+    pub fn first_delay(&self) -> Duration {
+        let random = rand::random::<u64>();
+        match self.jitter {
+            Jitter::Equal => jittered(self.first, random),
+            Jitter::Full => fully_jittered(self.first, random),
+        }
+    }
+
     /// Sleeps for [`Backoff::next_delay`].
     pub async fn pause(&mut self) {
         tokio::time::sleep(self.next_delay()).await;
@@ -112,6 +130,105 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.current = self.first;
     }
+}
+
+/// The most addresses a [`Rounds`] tells apart (a bit each); beyond, addresses share bits
+/// (`index % 64`) and a round may end before every one of them was tried.
+pub const MAX_ROUND_ADDRESSES: usize = 64;
+
+/// The reconnect of a client that has several addresses of one service (the agent's grant
+/// stream and its controller replicas; `cargo xtask bench fleet`'s simulated agents use the
+/// same, so that the bench cannot drift from the agent). See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Rounds {
+    backoff: Backoff,
+    count: usize,
+    /// The addresses that failed since the round began, one bit each.
+    tried: u64,
+}
+
+/// Where and when a [`Rounds`] client tries next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    /// The index of the address to try.
+    pub address: usize,
+    /// The pause before trying it.
+    pub pause: Duration,
+    /// The upper end of the range `pause` was drawn from.
+    pub ceiling: Duration,
+    /// Whether this failure ended a round (every address tried): the back-off doubled.
+    pub round_ended: bool,
+}
+
+impl Rounds {
+    /// Rounds over `count` addresses (at least one) with `backoff` between them.
+    pub fn new(backoff: Backoff, count: usize) -> Rounds {
+        Rounds {
+            backoff,
+            count: count.max(1),
+            tried: 0,
+        }
+    }
+
+    /// After a success (an answered stream): the next failure starts a new round from the
+    /// first pause.
+    pub fn connected(&mut self) {
+        self.backoff.reset();
+        self.tried = 0;
+    }
+
+    /// The upper end of the pause range a round that ends now would draw from.
+    pub fn ceiling(&self) -> Duration {
+        self.backoff.ceiling()
+    }
+
+    /// After the attempt at address `failed` failed (refused, reset, timed out, or a stream
+    /// that ended): a random address not yet tried in this round, after at most the first
+    /// pause (jittered, never grown); when every address has been tried, the round ends: a
+    /// random *other* address (the spread over replicas), after the back-off's pause, which
+    /// doubles for the next round. With one address every failure ends a round: the plain
+    /// back-off.
+    pub fn failed(&mut self, failed: usize) -> Next {
+        let failed = failed % self.count;
+        self.tried |= bit(failed);
+        let untried: Vec<usize> = (0..self.count)
+            .filter(|&i| self.tried & bit(i) == 0)
+            .collect();
+        if let Some(&address) = untried.get(random_below(untried.len())) {
+            return Next {
+                address,
+                pause: self.backoff.first_delay(),
+                ceiling: self.backoff.first,
+                round_ended: false,
+            };
+        }
+        self.tried = 0;
+        let address = match self.count {
+            1 => 0,
+            // One of the count - 1 others: an offset of 1 ..= count - 1 from `failed`.
+            count => (failed + 1 + random_below(count - 1)) % count,
+        };
+        let ceiling = self.backoff.ceiling();
+        Next {
+            address,
+            pause: self.backoff.next_delay(),
+            ceiling,
+            round_ended: true,
+        }
+    }
+}
+
+/// The bit of address `i` in [`Rounds::tried`].
+fn bit(i: usize) -> u64 {
+    1u64 << (i % MAX_ROUND_ADDRESSES)
+}
+
+/// A random number in `0..n` (0 when `n` is 0).
+fn random_below(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    usize::try_from(rand::random::<u64>() % u64::try_from(n).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// A time in `[delay/2, delay]` picked by `random` (uniform over `u64`). Computed on
@@ -224,6 +341,91 @@ mod tests {
         assert_eq!(b.current, Duration::from_millis(8), "doubles from 1 ms");
         b.reset();
         assert!(b.next_delay() >= MIN_FIRST / 2, "reset to the raised first");
+    }
+
+    #[test]
+    fn a_round_tries_every_address_before_the_pause_doubles() {
+        let mut rounds = Rounds::new(Backoff::new(FIRST, MAX).full_jitter(), 3);
+        for round in 0..8u32 {
+            // The two failures that leave an address untried: the first pause, never more.
+            let mut at = 0;
+            let mut seen = vec![0];
+            for _ in 0..2 {
+                let next = rounds.failed(at);
+                assert!(
+                    !next.round_ended,
+                    "round {round}: ended before all were tried"
+                );
+                assert_eq!(next.ceiling, FIRST);
+                assert!(next.pause <= FIRST, "{:?}", next.pause);
+                assert!(
+                    !seen.contains(&next.address),
+                    "{seen:?} again {}",
+                    next.address
+                );
+                seen.push(next.address);
+                at = next.address;
+            }
+            // The third ends the round: the back-off's pause, doubling once per round.
+            let next = rounds.failed(at);
+            assert!(next.round_ended);
+            assert_eq!(next.ceiling, (FIRST * 2u32.pow(round)).min(MAX));
+            assert!(next.pause <= next.ceiling);
+            assert_ne!(next.address, at, "a new round starts at another address");
+        }
+        rounds.connected();
+        let next = rounds.failed(1);
+        assert!(!next.round_ended && next.ceiling == FIRST);
+    }
+
+    /// Two replicas, one dead: the agent turned away by the live one is refused by the dead
+    /// one at no cost, and its pause grows once per round, not twice.
+    #[test]
+    fn a_refusal_by_a_dead_replica_does_not_double_the_pause_again() {
+        let mut rounds = Rounds::new(Backoff::new(FIRST, MAX).full_jitter(), 2);
+        let (live, dead) = (0, 1);
+        let mut ceilings = Vec::new();
+        for _ in 0..4 {
+            let to_dead = rounds.failed(live);
+            assert_eq!((to_dead.address, to_dead.round_ended), (dead, false));
+            let to_live = rounds.failed(dead);
+            assert_eq!((to_live.address, to_live.round_ended), (live, true));
+            ceilings.push(to_live.ceiling);
+        }
+        assert_eq!(ceilings, [FIRST, FIRST * 2, FIRST * 4, FIRST * 8]);
+    }
+
+    #[test]
+    fn with_one_address_every_failure_ends_a_round_as_the_plain_back_off() {
+        let mut rounds = Rounds::new(Backoff::new(FIRST, MAX), 1);
+        let mut upper = FIRST;
+        for _ in 0..12 {
+            let next = rounds.failed(0);
+            assert_eq!(
+                (next.address, next.round_ended, next.ceiling),
+                (0, true, upper)
+            );
+            assert!(next.pause >= upper / 2 && next.pause <= upper);
+            upper = (upper * 2).min(MAX);
+        }
+        // A failed index out of range is taken modulo the count, never a panic.
+        assert_eq!(Rounds::new(FLEET, 0).failed(7).address, 0);
+        let mut many = Rounds::new(FLEET, 100);
+        let next = many.failed(99);
+        assert!(next.address < 100 && !next.round_ended);
+    }
+
+    #[test]
+    fn rounds_spread_a_dead_replicas_agents_over_all_the_others() {
+        let mut counts = [0u32; 4];
+        for _ in 0..1000 {
+            let mut rounds = Rounds::new(FLEET, 4);
+            counts[rounds.failed(1).address] += 1;
+        }
+        assert_eq!(counts[1], 0, "{counts:?}");
+        for i in [0, 2, 3] {
+            assert!((250..420).contains(&counts[i]), "{counts:?}");
+        }
     }
 
     #[test]
