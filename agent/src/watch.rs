@@ -63,7 +63,7 @@ pub async fn run(shared: Arc<Shared>) {
         let next = rounds.failed(at);
         let (_, to) = controllers.move_from(at, next.address);
         if to != addr {
-            tracing::info!(from = %addr, to = %to, "moving to another controller address");
+            tracing::info!(from = %addr, to = %to, "moving to the next controller address");
         }
         tokio::time::sleep(next.pause).await;
     }
