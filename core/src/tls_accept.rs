@@ -16,11 +16,13 @@
 //!
 //! - **Deadlines on the client's bytes, not on our queue.** The first byte must come within
 //!   [`FIRST_BYTE_TIMEOUT`] (2 s; a TLS client sends its ClientHello at once) and the complete
-//!   ClientHello within [`HANDSHAKE_TIMEOUT`] (5 s) of the accept; the rest of the client's
-//!   part (its certificate and Finished, one round trip) within [`HANDSHAKE_TIMEOUT`] of its
-//!   turn for the cryptography (below). The wait for that turn is ours, not the client's: it
-//!   has its own bound ([`TURN_WITHIN`]), and a handshake that does not get a turn in time is
-//!   reset *before* any cryptography is spent on it (`reason_code` `busy` in the summaries).
+//!   ClientHello within [`HANDSHAKE_TIMEOUT`] (5 s) of the accept, and the whole handshake
+//!   within the same 5 s plus the time it waited for its turn for the cryptography (below):
+//!   the client's own time is bounded by 5 s in all, and a turn is held at most for what the
+//!   client had left of it (a ClientHello trickled for 4.9 s leaves 0.1 s). The wait for that
+//!   turn is ours, not the client's: it has its own bound ([`TURN_WITHIN`]), and a handshake
+//!   that does not get a turn in time is reset *before* any cryptography is spent on it
+//!   (`reason_code` `busy` in the summaries).
 //! - **A bounded pool.** At most [`MAX_HANDSHAKES`] (1024) handshakes are in progress (fewer
 //!   when the open-file limit is low). While places are free, anyone takes one, whatever its
 //!   address: 600 agents behind one NAT reconnecting at once all get in.
@@ -140,16 +142,17 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 /// The client's part of a handshake: its complete ClientHello must come within this long of
-/// the accept, and the rest (its certificate and Finished) within this long of its turn for the
-/// cryptography ([`TURN_WITHIN`]); a handshake over either is dropped (and reported). The wait
-/// for the turn does not count: it is the server's delay, not the client's.
+/// the accept, and the whole handshake within this long plus the time it waited for its turn
+/// for the cryptography ([`TURN_WITHIN`]); a handshake over either is dropped (and reported).
+/// The wait for the turn does not count: it is the server's delay, not the client's; the
+/// client's own time is bounded by this in all.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A handshake whose ClientHello came must get its turn for the cryptography
 /// ([`HANDSHAKES_COMPUTING`]) within this long of it, or it is reset with no TLS work done and
 /// counted as `busy`: the client retries after its back-off, instead of a handshake being
 /// computed for a client whose own connect timeout (the agent's is 10 s, TCP and TLS
-/// together) has passed or is about to. With [`HANDSHAKE_TIMEOUT`] for the rest, a client
-/// that sent its ClientHello at once is done or told within ~8 s of its connect.
+/// together) has passed or is about to. With [`HANDSHAKE_TIMEOUT`] for the client's part, a
+/// handshake is done or told within 8 s of its accept.
 pub const TURN_WITHIN: Duration = Duration::from_secs(3);
 /// A connection that sends nothing in this long is closed without a report (a probe, or a
 /// connection held open only to take a handshake slot).
@@ -371,18 +374,16 @@ struct Shared {
 /// them.
 #[derive(Debug, Clone, Copy)]
 struct Timing {
-    /// The complete ClientHello, from the accept.
+    /// The client's part: the complete ClientHello, and the whole handshake once the time it
+    /// waited for a turn is added, from the accept.
     hello_within: Duration,
     /// A turn for the cryptography, from the ClientHello.
     turn_within: Duration,
-    /// The rest of the handshake, from the turn.
-    rest_within: Duration,
 }
 
 const TIMING: Timing = Timing {
     hello_within: HANDSHAKE_TIMEOUT,
     turn_within: TURN_WITHIN,
-    rest_within: HANDSHAKE_TIMEOUT,
 };
 
 /// Whether a listener asks its clients for a certificate.
@@ -1686,9 +1687,25 @@ impl Drop for Incoming {
     }
 }
 
+/// Resets the connection of `start` (`SO_LINGER` 0, then the close): the client sees a reset at
+/// once, before any TLS byte from us. `fd` is `start`'s socket, taken before the stream moved
+/// into the acceptor: neither tokio-rustls's `StartHandshake` nor the acceptor gives the stream
+/// back, and tokio's safe `set_zero_linger` needs it (setting it before the handshake would
+/// reset every later close too; a `dup` of the descriptor per handshake would cost a file).
+fn reset(fd: std::os::fd::RawFd, start: tokio_rustls::StartHandshake<TcpStream>) {
+    {
+        // SAFETY: `fd` is the descriptor of the `TcpStream` that `start` owns, and `start` is
+        // alive until after this block: the descriptor is open, and is that socket, for the
+        // whole borrow, which ends with the block.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+    }
+    drop(start);
+}
+
 /// One handshake; `Err(None)` for a probe that sent nothing and for a handshake reset for want
-/// of a turn (counted by the admission). The ClientHello's deadline runs from the accept, the
-/// turn's from the ClientHello, the rest's from the turn ([`Timing`]).
+/// of a turn (counted by the admission). The client's deadline runs from the accept, moved by
+/// the time it waited for a turn; the turn's from the ClientHello ([`Timing`]).
 async fn handshake(
     shared: &Shared,
     tcp: TcpStream,
@@ -1719,11 +1736,11 @@ async fn handshake(
             }))
         }
     };
-    let timed_out = |witness: &Witness, what: &str, within: Duration| {
+    let timed_out = |witness: &Witness, reason: String| {
         Err(Some(Refused {
             peer: Some(peer),
             reason_code: RefusalReason::HandshakeTimeout,
-            reason: format!("{what} within {within:?}"),
+            reason,
             claimed: witness.claimed(&shared.trust_domain),
             suppressed_before: 0,
         }))
@@ -1740,34 +1757,44 @@ async fn handshake(
             // wait is ours: it does not count against the client's deadlines. No turn in time:
             // reset now, before any work is spent (the signature is computed by
             // `into_stream`), rather than compute a handshake for a client that has given up.
+            let asked = tokio::time::Instant::now();
             let turn = tokio::time::timeout(timing.turn_within, shared.computing.acquire()).await;
             let Ok(Ok(_turn)) = turn else {
-                // SAFETY: `fd` is the descriptor of the `TcpStream` that `start` owns; `start`
-                // is alive (dropped only after this block), so the descriptor is open and
-                // is that socket for the whole borrow.
-                let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
-                drop(start);
+                reset(fd, start);
                 slot.turned_away();
                 tracing::debug!(%peer, "handshake reset: no turn within {:?}", timing.turn_within);
                 return Err(None);
             };
-            let rest_deadline = tokio::time::Instant::now() + timing.rest_within;
+            // The client's own time stays bounded by `hello_within` in all: the rest must be
+            // done by the ClientHello's deadline moved by the time it waited for its turn, so a
+            // turn is held at most for what the client had left (a ClientHello trickled for
+            // 4.9 s holds its turn 0.1 s, not a fresh 5 s).
+            let waited = asked.elapsed();
+            let rest_deadline = hello_deadline + waited;
             match tokio::time::timeout_at(rest_deadline, start.into_stream(config)).await {
                 Ok(Ok(stream)) => return Ok(stream),
                 Ok(Err(e)) => e,
                 Err(_elapsed) => {
                     return timed_out(
                         &witness,
-                        "no completed handshake after its turn",
-                        timing.rest_within,
-                    )
+                        format!(
+                            "no completed handshake within {:?} of the accept plus the {waited:.3?} \
+                             it waited for its turn",
+                            timing.hello_within
+                        ),
+                    );
                 }
             }
         }
         Ok(Err(e)) => e,
         Err(_elapsed) => {
-            return timed_out(&witness, "no complete ClientHello", timing.hello_within)
+            return timed_out(
+                &witness,
+                format!(
+                    "no complete ClientHello within {:?} of the accept",
+                    timing.hello_within
+                ),
+            )
         }
     };
     let tls_error = error
@@ -2905,7 +2932,6 @@ mod tests {
         let timing = Timing {
             hello_within: Duration::from_secs(2),
             turn_within: Duration::from_secs(60),
-            rest_within: Duration::from_secs(60),
         };
         let computing = Arc::new(tokio::sync::Semaphore::new(1));
         let (addr, mut incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
@@ -2956,7 +2982,6 @@ mod tests {
         let timing = Timing {
             hello_within: Duration::from_secs(60),
             turn_within: Duration::from_secs(1),
-            rest_within: Duration::from_secs(60),
         };
         let computing = Arc::new(tokio::sync::Semaphore::new(1));
         let (addr, incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
@@ -2995,48 +3020,120 @@ mod tests {
         assert_eq!(refused[0].suppressed_before, 1);
     }
 
-    /// The slowloris defence holds after the turn: a client that sends its ClientHello and
-    /// then nothing is cut when the rest of its handshake is not done within its deadline of
-    /// the turn, and reported as a handshake timeout.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_client_silent_after_its_turn_is_cut_at_the_deadline_of_the_rest() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
-        let timing = Timing {
-            hello_within: Duration::from_secs(60),
-            turn_within: Duration::from_secs(60),
-            rest_within: Duration::from_secs(1),
-        };
-        let computing = Arc::new(tokio::sync::Semaphore::new(1));
-        let (addr, _incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
+    /// A real ClientHello for `files`' server.
+    fn client_hello(files: &TlsFiles) -> Vec<u8> {
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let mut hello = Vec::new();
-        rustls::ClientConnection::new(client_config(&files), name)
+        rustls::ClientConnection::new(client_config(files), name)
             .expect("client")
             .write_tls(&mut hello)
             .expect("ClientHello");
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(&hello).await.expect("send the ClientHello");
+        hello
+    }
+
+    /// Reads what the server sends until it closes `tcp`: (the bytes, when the close came).
+    async fn until_closed(tcp: &mut TcpStream) -> (Vec<u8>, Instant) {
+        use tokio::io::AsyncReadExt;
         let mut received = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut received))
             .await
             .expect("closed within 60 s");
-        assert!(
-            !received.is_empty(),
-            "the server's flight was sent: {read:?}"
-        );
+        assert!(read.is_ok(), "closed, not reset: {read:?}");
+        (received, Instant::now())
+    }
+
+    /// The one refusal the listener reports, once it has.
+    async fn the_refusal(refused: &Mutex<Vec<Refused>>) -> (RefusalReason, String) {
         let waited = Instant::now();
-        while refusal_codes(&refused).is_empty() {
+        loop {
+            if let Some(r) = refused.lock().expect("lock").first() {
+                return (r.reason_code, r.reason.clone());
+            }
             assert!(waited.elapsed() < Duration::from_secs(60), "no refusal");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let refused = refused.lock().expect("lock");
-        assert_eq!(refused[0].reason_code, RefusalReason::HandshakeTimeout);
+    }
+
+    /// The slowloris defence holds after the turn, and the wait for the turn is not taken
+    /// from the client: one that sends its ClientHello at once, waits for a turn, and then
+    /// sends nothing is cut by its deadline moved by that wait — not before the turn's
+    /// release plus its own time (when the deadline ran from the accept, it was cut while it
+    /// waited) — and reported as a handshake timeout, its turn given back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_silent_after_its_turn_is_cut_at_its_deadline_moved_by_the_wait() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = test_pki::server_files(dir.path());
+        let timing = Timing {
+            hello_within: Duration::from_secs(2),
+            turn_within: Duration::from_secs(60),
+        };
+        let computing = Arc::new(tokio::sync::Semaphore::new(1));
+        let (addr, _incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
+        let every_turn = computing.clone().acquire_owned().await.expect("the turn");
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(&client_hello(&files))
+            .await
+            .expect("send the ClientHello");
+        // The turn is ours for longer than the client's deadline, then free.
+        tokio::time::sleep(timing.hello_within + Duration::from_secs(1)).await;
+        let released = Instant::now();
+        drop(every_turn);
+        let (received, closed) = until_closed(&mut tcp).await;
+        assert!(!received.is_empty(), "the server's flight was sent");
+        // Timers never fire early: the deadline is at least the release plus the client's
+        // time, less what it spent before it asked for the turn (milliseconds; half is slack).
         assert!(
-            refused[0].reason.contains("after its turn"),
-            "{}",
-            refused[0].reason
+            closed.duration_since(released) >= timing.hello_within / 2,
+            "cut {:?} after its turn: its deadline did not move by the wait",
+            closed.duration_since(released)
+        );
+        let (code, reason) = the_refusal(&refused).await;
+        assert_eq!(code, RefusalReason::HandshakeTimeout, "{reason}");
+        assert!(
+            reason.contains("it waited for its turn"),
+            "the deadline of the rest fired: {reason}"
+        );
+        assert_eq!(computing.available_permits(), 1, "the turn was given back");
+    }
+
+    /// A slowloris that trickles its ClientHello almost to the deadline and then goes silent
+    /// holds its turn only for what it had left of its own time: it is cut by the accept plus
+    /// its deadline (no wait for a turn here), well before a fresh deadline from its turn
+    /// would have fired (the ClientHello's completion plus the deadline, which is what the
+    /// test compares against: the slack is the whole trickle, seconds).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickled_client_hello_then_silence_is_cut_at_the_deadline_from_the_accept() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = test_pki::server_files(dir.path());
+        let timing = Timing {
+            hello_within: Duration::from_secs(4),
+            turn_within: Duration::from_secs(60),
+        };
+        let computing = Arc::new(tokio::sync::Semaphore::new(1));
+        let (addr, _incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
+        let hello = client_hello(&files);
+        let connected = Instant::now();
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let (head, tail) = hello.split_at(hello.len() / 2);
+        tcp.write_all(head).await.expect("the first half");
+        tokio::time::sleep(timing.hello_within * 5 / 8).await;
+        tcp.write_all(tail).await.expect("the second half");
+        let hello_done = Instant::now();
+        let (received, closed) = until_closed(&mut tcp).await;
+        assert!(!received.is_empty(), "the server's flight was sent");
+        let (code, reason) = the_refusal(&refused).await;
+        assert_eq!(code, RefusalReason::HandshakeTimeout, "{reason}");
+        assert!(reason.contains("it waited for its turn"), "{reason}");
+        assert!(
+            closed.duration_since(connected) >= timing.hello_within,
+            "cut before its deadline"
+        );
+        assert!(
+            closed < hello_done + timing.hello_within,
+            "held its turn {:?} after its ClientHello: a fresh deadline from the turn",
+            closed.duration_since(hello_done)
         );
         assert_eq!(computing.available_permits(), 1, "the turn was given back");
     }
