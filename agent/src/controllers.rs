@@ -5,10 +5,12 @@
 //! keys; `cluster.rs` refuses an address presenting another cluster id); the agent uses one at a
 //! time. It starts at a random one, so that a fleet configured with the same list spreads over
 //! the replicas, and only the grant stream (`watch.rs`) moves on: when its connection fails, it
-//! is refused, or its stream ends, it goes to an address it has not tried in this round after at
-//! most the first pause, and once every address was tried, to a random other one after the
-//! fleet's back-off, which doubles once per round (`loggate_core::backoff::Rounds`): a refusal
-//! by a dead replica does not lengthen the pause while another is alive. The certificate renewal and the checkpoint
+//! is refused, or its stream ends, it moves on (`loggate_core::backoff::Rounds`): after a refusal
+//! (the address down) to an address not yet down in this round after at most the first pause;
+//! after a live controller turned it away, or every address was down, after the fleet's
+//! back-off, which doubles, to another address that was not just down (a refusal by a dead
+//! replica does not lengthen the pause, and the agent does not go back to it while another is
+//! alive). The certificate renewal and the checkpoint
 //! sender use whichever address is current at their next attempt. Nothing is missed by a move:
 //! the stream resumes from the agent's last revision, and a replica of another epoch sends
 //! everything again (the epoch rules of `watch.rs`).
@@ -230,32 +232,35 @@ mod tests {
     }
 
     /// Two replicas, the second dead: the agent's grant stream turned away by the live one
-    /// tries the dead one at once (refused), then comes back to the live one after one pause,
-    /// which doubles once per round. (It moved to "a random other" address and doubled the
-    /// pause at every address: a refusal by the dead replica made the next pause twice as
-    /// long while a replica was alive.)
+    /// (busy) goes on to the dead one after the pause, is refused there and comes back to the
+    /// live one after at most the first pause; from then on it stays with the live one, its
+    /// pause doubling once per turn-away, never for the refusal. (It moved to "a random other"
+    /// address and doubled the pause at every address: a refusal by the dead replica made the
+    /// next pause twice as long while a replica was alive.)
     #[test]
     fn a_dead_replica_costs_no_doubling_of_the_pause() {
-        use loggate_core::backoff::Rounds;
+        use loggate_core::backoff::{Failure, Rounds};
         let c = ControllerAddrs::new(list(&["live:1", "dead:2"]), 0).unwrap();
         let mut rounds = Rounds::new(crate::watch::CONTROLLER_BACKOFF, c.all().len());
+        let (at, _) = c.current();
+        let next = rounds.failed(at, Failure::TurnedAway);
+        assert_eq!(c.move_from(at, next.address), (1, "dead:2"));
+        let (at, _) = c.current();
+        let next = rounds.failed(at, Failure::Down);
+        assert_eq!(c.move_from(at, next.address), (0, "live:1"));
+        assert!(
+            next.pause <= loggate_core::backoff::FLEET.ceiling(),
+            "{:?} after the refusal",
+            next.pause
+        );
         let mut longest = Vec::new();
-        for _ in 0..5 {
-            let (at, addr) = c.current();
-            assert_eq!(addr, "live:1");
-            let next = rounds.failed(at);
-            assert_eq!(c.move_from(at, next.address), (1, "dead:2"));
-            assert!(
-                next.pause <= loggate_core::backoff::FLEET.ceiling(),
-                "{:?} before the untried replica",
-                next.pause
-            );
+        for _ in 0..4 {
             let (at, _) = c.current();
-            let next = rounds.failed(at);
+            let next = rounds.failed(at, Failure::TurnedAway);
             assert_eq!(c.move_from(at, next.address), (0, "live:1"));
             longest.push(next.ceiling.as_millis());
         }
-        assert_eq!(longest, [250, 500, 1000, 2000, 4000]);
+        assert_eq!(longest, [500, 1000, 2000, 4000]);
         // Another task's move stands.
         assert_eq!(c.move_from(1, 1), (0, "live:1"));
     }

@@ -13,10 +13,11 @@
 //! `WatchGrants` stream on which it verifies every grant it receives with the agent's verifier
 //! (`GrantVerifier::verify_on_receipt`, core) and follows the epoch and revision as an agent
 //! does. Each agent lists every replica (`controllers = [a, b]`), starts at a random one and
-//! moves on when its stream fails with the agent's own reconnect, the same function
-//! (`loggate_core::backoff::Rounds` over `loggate_core::backoff::FLEET`, full jitter: the
-//! addresses not yet tried in the round first, the pause doubling once per round), after a
-//! first connect spread like the agent's.
+//! moves on when its stream fails with the agent's own reconnect, the same functions
+//! (`loggate_core::backoff::Rounds` over `loggate_core::backoff::FLEET`, full jitter, and
+//! `backoff::Failure::of`: after a refusal the addresses not yet down in the round at the
+//! first pause, after a turn-away the doubling pause), after a first connect spread like the
+//! agent's.
 //!
 //! Measured: time until every agent is connected and caught up at start, and how the agents
 //! spread over the replicas; for grants addressed to a label every agent holds, issued through
@@ -52,7 +53,7 @@
 use crate::bench_redact::load_average;
 use crate::{cargo, run, target_dir};
 use anyhow::{bail, Context};
-use loggate_core::backoff::{fully_jittered, Rounds, FIRST_CONNECT_SPREAD, FLEET};
+use loggate_core::backoff::{self, fully_jittered, Rounds, FIRST_CONNECT_SPREAD, FLEET};
 use loggate_core::grant::{unix_now, Audience, GrantVerifier, VerifyingKey};
 use loggate_core::identity::AgentId;
 use loggate_core::tls::{Server, TlsFiles};
@@ -1349,9 +1350,15 @@ impl SimAgent {
                 (Err(e), Failure::Handshake) => Some(cause_of(e)),
                 _ => None,
             };
-            // As the agent: an address not yet tried in this round after at most the first
-            // pause, or, the round over, a random other one after the doubling back-off.
-            let next = rounds.failed(self.current);
+            // As the agent, with its classification (`agent/src/watch.rs`; the bench has no
+            // cluster of another id): a refusal moves to an address not yet down in this round
+            // after at most the first pause; a turn-away (busy, unavailable, eof, a cut
+            // stream) ends the round with the doubling back-off.
+            let how = match &result {
+                Ok(()) => backoff::Failure::TurnedAway,
+                Err(e) => backoff::Failure::of(e),
+            };
+            let next = rounds.failed(self.current, how);
             self.current = next.address;
             let (ceiling, delay) = (next.ceiling, next.pause);
             self.report(What::Failed {
