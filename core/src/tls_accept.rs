@@ -807,8 +807,10 @@ struct Table {
     reset_in_grace: u64,
     reset_by_prefix: HashMap<Prefix, u64>,
     /// Handshakes reset because no turn for the cryptography came within [`TURN_WITHIN`] of
-    /// their ClientHello, since the last summary.
+    /// their ClientHello, since the last summary, and by prefix (at most
+    /// [`MAX_PREFIXES_COUNTED`] named).
     busy: u64,
+    busy_by_prefix: HashMap<Prefix, u64>,
 }
 
 /// The handshakes of one address prefix.
@@ -992,14 +994,17 @@ impl Admission {
     /// The handshakes reset for want of a turn since the last summary, as one summary (taking
     /// them).
     fn busy_summary(&self) -> Option<Refused> {
-        let total = std::mem::take(&mut self.lock().busy);
+        let mut table = self.lock();
+        let total = std::mem::take(&mut table.busy);
+        let by_prefix = std::mem::take(&mut table.busy_by_prefix);
         (total > 0).then(|| Refused {
             peer: None,
             reason_code: RefusalReason::Busy,
             reason: format!(
                 "{total} TLS handshakes were reset after their ClientHello, before any \
                  cryptography: no turn of the {HANDSHAKES_COMPUTING} came within \
-                 {TURN_WITHIN:?} (the clients retry after their back-off)"
+                 {TURN_WITHIN:?} (the clients retry after their back-off){}",
+                busiest(&by_prefix)
             ),
             claimed: None,
             suppressed_before: total,
@@ -1163,7 +1168,16 @@ impl Slot {
     /// This handshake got no turn for its cryptography in time and is reset (counted for the
     /// `busy` summary).
     fn turned_away(&self) {
-        self.admission.lock().busy += 1;
+        let mut table = self.admission.lock();
+        table.busy += 1;
+        let Some(prefix) = table.pending.get(&self.id).map(|pending| pending.prefix) else {
+            return;
+        };
+        if table.busy_by_prefix.len() < MAX_PREFIXES_COUNTED
+            || table.busy_by_prefix.contains_key(&prefix)
+        {
+            *table.busy_by_prefix.entry(prefix).or_insert(0) += 1;
+        }
     }
 }
 
@@ -3018,6 +3032,11 @@ mod tests {
         let codes: Vec<_> = refused.iter().map(|r| r.reason_code.as_str()).collect();
         assert_eq!(codes, ["busy"]);
         assert_eq!(refused[0].suppressed_before, 1);
+        assert!(
+            refused[0].reason.ends_with("; most from 127.0.0.0/24 (1)"),
+            "the busiest prefix is not named: {}",
+            refused[0].reason
+        );
     }
 
     /// A real ClientHello for `files`' server.
