@@ -1701,22 +1701,6 @@ impl Drop for Incoming {
     }
 }
 
-/// Resets the connection of `start` (`SO_LINGER` 0, then the close): the client sees a reset at
-/// once, before any TLS byte from us. `fd` is `start`'s socket, taken before the stream moved
-/// into the acceptor: neither tokio-rustls's `StartHandshake` nor the acceptor gives the stream
-/// back, and tokio's safe `set_zero_linger` needs it (setting it before the handshake would
-/// reset every later close too; a `dup` of the descriptor per handshake would cost a file).
-fn reset(fd: std::os::fd::RawFd, start: tokio_rustls::StartHandshake<TcpStream>) {
-    {
-        // SAFETY: `fd` is the descriptor of the `TcpStream` that `start` owns, and `start` is
-        // alive until after this block: the descriptor is open, and is that socket, for the
-        // whole borrow, which ends with the block.
-        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
-    }
-    drop(start);
-}
-
 /// One handshake; `Err(None)` for a probe that sent nothing and for a handshake reset for want
 /// of a turn (counted by the admission). The client's deadline runs from the accept, moved by
 /// the time it waited for a turn; the turn's from the ClientHello ([`Timing`]).
@@ -1774,7 +1758,19 @@ async fn handshake(
             let asked = tokio::time::Instant::now();
             let turn = tokio::time::timeout(timing.turn_within, shared.computing.acquire()).await;
             let Ok(Ok(_turn)) = turn else {
-                reset(fd, start);
+                // Reset (`SO_LINGER` 0, then the close): the client sees it at once, before any
+                // TLS byte from us. Through `fd`, taken before the stream moved into the
+                // acceptor: neither it nor tokio-rustls's `StartHandshake` gives the stream
+                // back, and tokio's safe `set_zero_linger` needs it (set before the handshake,
+                // it would reset every later close too; a `dup` per handshake costs a file).
+                {
+                    // SAFETY: `fd` is the descriptor of the `TcpStream` that `start` owns, and
+                    // `start` is alive until after this block: the descriptor is open, and is
+                    // that socket, for the whole borrow, which ends with the block.
+                    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                    let _ = socket2::SockRef::from(&socket).set_linger(Some(Duration::ZERO));
+                }
+                drop(start);
                 slot.turned_away();
                 tracing::debug!(%peer, "handshake reset: no turn within {:?}", timing.turn_within);
                 return Err(None);
