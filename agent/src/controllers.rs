@@ -5,7 +5,12 @@
 //! keys; `cluster.rs` refuses an address presenting another cluster id); the agent uses one at a
 //! time. It starts at a random one, so that a fleet configured with the same list spreads over
 //! the replicas, and only the grant stream (`watch.rs`) moves on: when its connection fails, it
-//! is refused, or its stream ends, it goes to a random other address after the fleet's back-off. The certificate renewal and the checkpoint
+//! is refused, or its stream ends, it moves on (`loggate_core::backoff::Rounds`): after a refusal
+//! (the address down) to an address not yet down in this round after at most the first pause;
+//! after a live controller turned it away, or every address was down, after the fleet's
+//! back-off, which doubles, to another address that was not just down (a refusal by a dead
+//! replica does not lengthen the pause, and the agent does not go back to it while another is
+//! alive). The certificate renewal and the checkpoint
 //! sender use whichever address is current at their next attempt. Nothing is missed by a move:
 //! the stream resumes from the agent's last revision, and a replica of another epoch sends
 //! everything again (the epoch rules of `watch.rs`).
@@ -117,6 +122,18 @@ impl ControllerAddrs {
         self.current().1
     }
 
+    /// After the address at `failed` failed: the one at `next` (chosen by the caller's
+    /// [`loggate_core::backoff::Rounds`]) becomes current, unless another caller has moved on
+    /// already (then its choice stands). Returns the new current address and its position.
+    pub fn move_from(&self, failed: usize, next: usize) -> (usize, &str) {
+        let next = next % self.addrs.len();
+        // Only a move from `failed` counts: two callers that saw the same failure move once.
+        let _ = self
+            .current
+            .compare_exchange(failed, next, Ordering::AcqRel, Ordering::Acquire);
+        self.current()
+    }
+
     /// Every address, in the configured order.
     pub fn all(&self) -> &[String] {
         &self.addrs
@@ -212,6 +229,40 @@ mod tests {
         // A second task saw the same failure of "a:1": the move already happened.
         assert_eq!(c.advance_from(seen), moved);
         assert_eq!(c.current().1, moved);
+    }
+
+    /// Two replicas, the second dead: the agent's grant stream turned away by the live one
+    /// (busy) goes on to the dead one after the pause, is refused there and comes back to the
+    /// live one after at most the first pause; from then on it stays with the live one, its
+    /// pause doubling once per turn-away, never for the refusal. (It moved to "a random other"
+    /// address and doubled the pause at every address: a refusal by the dead replica made the
+    /// next pause twice as long while a replica was alive.)
+    #[test]
+    fn a_dead_replica_costs_no_doubling_of_the_pause() {
+        use loggate_core::backoff::{Failure, Rounds};
+        let c = ControllerAddrs::new(list(&["live:1", "dead:2"]), 0).unwrap();
+        let mut rounds = Rounds::new(crate::watch::CONTROLLER_BACKOFF, c.all().len());
+        let (at, _) = c.current();
+        let next = rounds.failed(at, Failure::TurnedAway);
+        assert_eq!(c.move_from(at, next.address), (1, "dead:2"));
+        let (at, _) = c.current();
+        let next = rounds.failed(at, Failure::Down);
+        assert_eq!(c.move_from(at, next.address), (0, "live:1"));
+        assert!(
+            next.pause <= loggate_core::backoff::FLEET.ceiling(),
+            "{:?} after the refusal",
+            next.pause
+        );
+        let mut longest = Vec::new();
+        for _ in 0..4 {
+            let (at, _) = c.current();
+            let next = rounds.failed(at, Failure::TurnedAway);
+            assert_eq!(c.move_from(at, next.address), (0, "live:1"));
+            longest.push(next.ceiling.as_millis());
+        }
+        assert_eq!(longest, [500, 1000, 2000, 4000]);
+        // Another task's move stands.
+        assert_eq!(c.move_from(1, 1), (0, "live:1"));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! no inbound port from the controller), resumes from the last revision it applied, verifies
 //! and persists every pushed grant and revocation, and reconnects with jittered exponential
 //! back-off so a controller restart does not meet every agent at the same instant. With several
-//! controller addresses (replicas of one controller) it moves to the next one whenever its
-//! stream fails or ends (see `controllers.rs`).
+//! controller addresses (replicas of one controller) it moves to another one whenever its
+//! stream fails or ends, the addresses not yet tried in the round first (see `controllers.rs`).
 //!
 //! A revision is only a position within the controller's **epoch** (new at every controller
 //! start, which may be the restore of a backup that reuses revision numbers). The agent sends
@@ -17,7 +17,7 @@ use crate::grants::{GrantStore, RevocationInfo};
 use crate::Shared;
 use anyhow::Context;
 use loggate_core::audit::{events, AuditEvent};
-use loggate_core::backoff::Backoff;
+use loggate_core::backoff::{Backoff, Failure, Rounds};
 use loggate_core::grant::{unix_now, GrantError, ReceivedGrant};
 use loggate_core::tls::Server;
 use loggate_proto as pb;
@@ -48,25 +48,46 @@ pub async fn run(shared: Arc<Shared>) {
     // signal that waits for the registration first — not built yet.
     //
     // With several controller addresses (the replicas of one controller, `controllers.rs`), a
-    // failed connection or an ended stream moves the agent to the next address, after the same
-    // back-off; the next stream resumes from the last revision applied, so nothing is missed.
+    // connection refused (or timed out, or another cluster's) moves the agent to an address not
+    // yet down in this round after at most the first pause; a live controller that turned it
+    // away (busy, unavailable, a cut stream) ends the round, and the back-off doubles
+    // (`loggate_core::backoff::Rounds`); the next stream resumes from the last revision
+    // applied, so nothing is missed.
     let controllers = &shared.config.controllers;
-    let mut backoff = CONTROLLER_BACKOFF;
+    let mut rounds = Rounds::new(CONTROLLER_BACKOFF, controllers.all().len());
     loop {
         let (at, addr) = controllers.current();
-        match watch_once(&shared, addr, &mut backoff).await {
+        let how = match watch_once(&shared, addr, &mut rounds).await {
             Ok(()) => {
                 tracing::warn!(controller = %addr, "the controller closed the grant stream");
-                backoff.reset();
+                Failure::TurnedAway
             }
-            Err(e) => tracing::warn!(controller = %addr, "grant stream to the controller: {e:#}"),
+            Err(e) => {
+                tracing::warn!(controller = %addr, "grant stream to the controller: {e:#}");
+                failure_of(&e)
+            }
+        };
+        let next = rounds.failed(at, how);
+        let (_, to) = controllers.move_from(at, next.address);
+        if to != addr {
+            tracing::info!(from = %addr, to = %to, "moving to the next controller address");
         }
-        let next = controllers.advance_from(at);
-        if next != addr {
-            tracing::info!(from = %addr, to = %next, "moving to the next controller address");
-        }
-        backoff.pause().await;
+        tokio::time::sleep(next.pause).await;
     }
+}
+
+/// How the grant stream's attempt failed, for the reconnect ([`Rounds`]): the shared
+/// classification (`loggate_core::backoff::Failure::of`, which the bench uses too), and a
+/// controller of another cluster (`cluster.rs`) counts as that address down, like a server
+/// whose certificate fails.
+fn failure_of(error: &anyhow::Error) -> Failure {
+    if error
+        .chain()
+        .any(|cause| cause.is::<crate::cluster::Mismatch>())
+    {
+        return Failure::Down;
+    }
+    Failure::of(error)
 }
 
 /// A connection to the controller at `addr` with the agent's mTLS identity.
@@ -112,10 +133,10 @@ pub async fn connect_current(config: &AgentConfig) -> anyhow::Result<ControllerC
     connect(config, config.controllers.current().1).await
 }
 
-/// One `WatchGrants` stream to the controller at `addr`, until it ends. `backoff` is reset once
+/// One `WatchGrants` stream to the controller at `addr`, until it ends. `rounds` is reset once
 /// the controller has answered: the pause after a long-lived stream breaks starts short again,
 /// whatever an earlier outage had grown it to.
-async fn watch_once(shared: &Shared, addr: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
+async fn watch_once(shared: &Shared, addr: &str, rounds: &mut Rounds) -> anyhow::Result<()> {
     let config = &shared.config;
     let mut client = connect(config, addr).await?;
     let (after_revision, after_epoch) = (shared.grants.revision(), shared.grants.epoch());
@@ -129,7 +150,7 @@ async fn watch_once(shared: &Shared, addr: &str, backoff: &mut Backoff) -> anyho
     let mut stream = answered("the grant stream", client.watch_grants(request))
         .await?
         .into_inner();
-    backoff.reset();
+    rounds.connected();
     tracing::info!(
         controller = %addr,
         after = shared.grants.revision(),
@@ -333,6 +354,19 @@ mod tests {
     use loggate_core::grant::{Audience, GrantClaims, GrantVerifier, SigningKey};
     use std::cell::RefCell;
 
+    /// A controller of another cluster is that address down (the next address at once), as a
+    /// refused connection is; a live controller's refusal (`UNAVAILABLE`) is a turn-away.
+    #[test]
+    fn another_clusters_controller_counts_as_the_address_down() {
+        let mismatch = anyhow::Error::new(crate::cluster::Mismatch {
+            expected: "a".repeat(32),
+            got: "b".repeat(32),
+        })
+        .context("refusing the controller at c:1");
+        assert_eq!(failure_of(&mismatch), Failure::Down);
+        let busy = anyhow::Error::new(tonic::Status::unavailable("busy")).context("stream");
+        assert_eq!(failure_of(&busy), Failure::TurnedAway);
+    }
     /// The store, verifier and audit stream of an agent, without its network and files.
     struct Agent {
         _dir: tempfile::TempDir,

@@ -13,6 +13,15 @@
 //! connections meeting the controller when it comes back (the AWS architecture blog's
 //! "Exponential Backoff And Jitter" compares both). A lone sink to a SIEM keeps equal jitter:
 //! it gains nothing from a pause near zero.
+//!
+//! A client of **several addresses of one service** (the agent's controller replicas) counts
+//! its failures in rounds ([`Rounds`]), and tells an address that is down from a live server
+//! that turned it away ([`Failure`]). After a refusal (or a connect timeout, or a server that
+//! is not ours) it tries the addresses not yet down in this round, each after at most the first
+//! pause: a dead replica costs no doubling. After a live server turned it away (busy, its
+//! database unavailable, a cut stream) the round ends and the pause doubles, as with one
+//! address: the N addresses of one busy controller are not tried N times per pause. A new
+//! round starts at an address that was not down in the last round when there is one.
 
 use std::time::Duration;
 
@@ -103,6 +112,16 @@ impl Backoff {
         self.max
     }
 
+    /// A pause drawn from the first range (`first`, with this back-off's jitter), without
+    /// doubling anything: the pause before another address of the same round ([`Rounds`]).
+    pub fn first_delay(&self) -> Duration {
+        let random = rand::random::<u64>();
+        match self.jitter {
+            Jitter::Equal => jittered(self.first, random),
+            Jitter::Full => fully_jittered(self.first, random),
+        }
+    }
+
     /// Sleeps for [`Backoff::next_delay`].
     pub async fn pause(&mut self) {
         tokio::time::sleep(self.next_delay()).await;
@@ -112,6 +131,195 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.current = self.first;
     }
+}
+
+/// The most addresses a [`Rounds`] tells apart (a bit each); beyond, addresses share bits
+/// (`index % 64`) and a round may end before every one of them was tried.
+pub const MAX_ROUND_ADDRESSES: usize = 64;
+
+/// The reconnect of a client that has several addresses of one service (the agent's grant
+/// stream and its controller replicas; `cargo xtask bench fleet`'s simulated agents use the
+/// same, so that the bench cannot drift from the agent). See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Rounds {
+    backoff: Backoff,
+    count: usize,
+    /// The addresses that failed as [`Failure::Down`] since the round began, one bit each.
+    tried: u64,
+    /// The addresses that failed as down in the last round that had any: a round that ends
+    /// starts the next one elsewhere when it can (a replica that just refused is not the next
+    /// round's first attempt while another may be alive). Forgotten at a success.
+    was_down: u64,
+}
+
+/// How an attempt at one address failed, which decides what a [`Rounds`] does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing of the service is at the address: the connection was refused, the TCP connect
+    /// timed out, the host or network is unreachable, or the server there is not the one
+    /// expected (its certificate fails verification; the agent adds another cluster id). Costs
+    /// the service nothing: the next address is tried after at most the first pause.
+    Down,
+    /// A live server turned the client away or cut it (reset `busy`, `UNAVAILABLE` from its
+    /// database, a TLS eof or reset during the handshake, a stream that ended, an answer too
+    /// late): the round ends, the pause doubles, as for a single address. With several
+    /// addresses of one busy controller, moving on at once would hammer it once per address.
+    TurnedAway,
+}
+
+impl Failure {
+    /// How `error` (an attempt's, its cause chain read by type, not by message) failed:
+    /// [`Failure::Down`] when the chain holds a refused, timed-out or unreachable connect, or a
+    /// server certificate that failed verification; otherwise [`Failure::TurnedAway`] — what
+    /// is not known to be down is treated as a live server's answer, the cautious side.
+    pub fn of(error: &anyhow::Error) -> Failure {
+        use std::io::ErrorKind;
+        let down = |cause: &(dyn std::error::Error + 'static)| {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    ErrorKind::ConnectionRefused
+                        | ErrorKind::TimedOut
+                        | ErrorKind::HostUnreachable
+                        | ErrorKind::NetworkUnreachable
+                ) {
+                    return true;
+                }
+                // tokio-rustls carries the TLS error inside an `io::Error`, whose `source`
+                // skips it: look inside.
+                if let Some(inner) = io.get_ref() {
+                    return wrong_server(inner);
+                }
+            }
+            wrong_server(cause)
+        };
+        if error.chain().any(down) {
+            Failure::Down
+        } else {
+            Failure::TurnedAway
+        }
+    }
+}
+
+/// Whether `cause` is our TLS client's refusal of the server's certificate: whatever answers
+/// at the address is not the service.
+fn wrong_server(cause: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        cause.downcast_ref::<rustls::Error>(),
+        Some(rustls::Error::InvalidCertificate(_))
+    )
+}
+
+/// Where and when a [`Rounds`] client tries next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Next {
+    /// The index of the address to try.
+    pub address: usize,
+    /// The pause before trying it.
+    pub pause: Duration,
+    /// The upper end of the range `pause` was drawn from.
+    pub ceiling: Duration,
+    /// Whether this failure ended a round (every address down, or a live one turned the
+    /// client away): the back-off doubled.
+    pub round_ended: bool,
+}
+
+impl Rounds {
+    /// Rounds over `count` addresses (at least one) with `backoff` between them.
+    pub fn new(backoff: Backoff, count: usize) -> Rounds {
+        Rounds {
+            backoff,
+            count: count.max(1),
+            tried: 0,
+            was_down: 0,
+        }
+    }
+
+    /// After a success (an answered stream): the next failure starts a new round from the
+    /// first pause.
+    pub fn connected(&mut self) {
+        self.backoff.reset();
+        self.tried = 0;
+        self.was_down = 0;
+    }
+
+    /// The upper end of the pause range a round that ends now would draw from.
+    pub fn ceiling(&self) -> Duration {
+        self.backoff.ceiling()
+    }
+
+    /// After the attempt at address `failed` failed as `how`:
+    /// - **down**, with an address not yet down in this round: a random one of those, after at
+    ///   most the first pause (jittered, never grown);
+    /// - otherwise (every address down, or a live server **turned the client away**) the round
+    ///   ends: the back-off's pause, which doubles for the next round, then a random other
+    ///   address that was not down in the last round with any down (the spread over replicas,
+    ///   without going back to a dead one while another may be alive); failing that, the
+    ///   address that turned the client away (it is alive); failing that (all down), a random
+    ///   other one.
+    ///
+    /// With one address every failure ends a round: the plain back-off.
+    pub fn failed(&mut self, failed: usize, how: Failure) -> Next {
+        let failed = failed % self.count;
+        if how == Failure::Down {
+            self.tried |= bit(failed);
+            let untried: Vec<usize> = (0..self.count)
+                .filter(|&i| self.tried & bit(i) == 0)
+                .collect();
+            if let Some(&address) = untried.get(random_below(untried.len())) {
+                return Next {
+                    address,
+                    pause: self.backoff.first_delay(),
+                    ceiling: self.backoff.first,
+                    round_ended: false,
+                };
+            }
+        }
+        if self.tried != 0 {
+            self.was_down = self.tried;
+        }
+        if how == Failure::TurnedAway {
+            // It answered: alive, whatever it was before.
+            self.was_down &= !bit(failed);
+        }
+        self.tried = 0;
+        let address = self.next_round_start(failed);
+        let ceiling = self.backoff.ceiling();
+        Next {
+            address,
+            pause: self.backoff.next_delay(),
+            ceiling,
+            round_ended: true,
+        }
+    }
+
+    /// Where a new round starts after `failed` ended the last one ([`Rounds::failed`]).
+    fn next_round_start(&self, failed: usize) -> usize {
+        let live: Vec<usize> = (0..self.count)
+            .filter(|&i| i != failed && self.was_down & bit(i) == 0)
+            .collect();
+        if let Some(&address) = live.get(random_below(live.len())) {
+            return address;
+        }
+        if self.was_down & bit(failed) == 0 || self.count == 1 {
+            return failed;
+        }
+        // All down: one of the count - 1 others, an offset of 1 ..= count - 1 from `failed`.
+        (failed + 1 + random_below(self.count - 1)) % self.count
+    }
+}
+
+/// The bit of address `i` in [`Rounds::tried`].
+fn bit(i: usize) -> u64 {
+    1u64 << (i % MAX_ROUND_ADDRESSES)
+}
+
+/// A random number in `0..n` (0 when `n` is 0).
+fn random_below(n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    usize::try_from(rand::random::<u64>() % u64::try_from(n).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 /// A time in `[delay/2, delay]` picked by `random` (uniform over `u64`). Computed on
@@ -224,6 +432,177 @@ mod tests {
         assert_eq!(b.current, Duration::from_millis(8), "doubles from 1 ms");
         b.reset();
         assert!(b.next_delay() >= MIN_FIRST / 2, "reset to the raised first");
+    }
+
+    #[test]
+    fn a_round_tries_every_address_down_before_the_pause_doubles() {
+        let mut rounds = Rounds::new(Backoff::new(FIRST, MAX).full_jitter(), 3);
+        for round in 0..8u32 {
+            // The two refusals that leave an address untried: the first pause, never more.
+            let mut at = 0;
+            let mut seen = vec![0];
+            for _ in 0..2 {
+                let next = rounds.failed(at, Failure::Down);
+                assert!(
+                    !next.round_ended,
+                    "round {round}: ended before all were tried"
+                );
+                assert_eq!(next.ceiling, FIRST);
+                assert!(next.pause <= FIRST, "{:?}", next.pause);
+                assert!(
+                    !seen.contains(&next.address),
+                    "{seen:?} again {}",
+                    next.address
+                );
+                seen.push(next.address);
+                at = next.address;
+            }
+            // The third ends the round: the back-off's pause, doubling once per round.
+            let next = rounds.failed(at, Failure::Down);
+            assert!(next.round_ended);
+            assert_eq!(next.ceiling, (FIRST * 2u32.pow(round)).min(MAX));
+            assert!(next.pause <= next.ceiling);
+            assert_ne!(next.address, at, "a new round starts at another address");
+        }
+        rounds.connected();
+        let next = rounds.failed(1, Failure::Down);
+        assert!(!next.round_ended && next.ceiling == FIRST);
+    }
+
+    /// One controller at eight addresses, busy: every turn-away doubles the pause, as with one
+    /// address — the agent does not try the same overloaded controller eight times per pause
+    /// (it did when every failure counted as an address down).
+    #[test]
+    fn the_addresses_of_one_busy_controller_are_not_tried_once_each_per_round() {
+        let mut rounds = Rounds::new(Backoff::new(FIRST, MAX).full_jitter(), 8);
+        let mut at = 3;
+        let mut ceilings = Vec::new();
+        for _ in 0..9 {
+            let next = rounds.failed(at, Failure::TurnedAway);
+            assert!(next.round_ended, "a turn-away moved on at the first pause");
+            assert!(next.pause <= next.ceiling);
+            assert_ne!(next.address, at, "the spread over the addresses is kept");
+            ceilings.push(next.ceiling.as_millis());
+            at = next.address;
+        }
+        assert_eq!(
+            ceilings,
+            [250, 500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000]
+        );
+    }
+
+    /// Two replicas, one dead: the agent turned away by the live one goes on to the dead one
+    /// once, is refused there at no cost (the first pause), and then stays with the live one:
+    /// the pause doubles once per turn-away, never for the refusal, and no round starts at
+    /// the replica that just refused while the live one is there.
+    #[test]
+    fn a_dead_replica_costs_no_doubling_and_no_round_starts_there() {
+        let mut rounds = Rounds::new(Backoff::new(FIRST, MAX).full_jitter(), 2);
+        let (live, dead) = (0, 1);
+        let to_dead = rounds.failed(live, Failure::TurnedAway);
+        assert_eq!((to_dead.address, to_dead.round_ended), (dead, true));
+        assert_eq!(to_dead.ceiling, FIRST);
+        let to_live = rounds.failed(dead, Failure::Down);
+        assert_eq!((to_live.address, to_live.round_ended), (live, false));
+        assert_eq!(to_live.ceiling, FIRST, "the refusal doubled the pause");
+        let mut ceilings = Vec::new();
+        for _ in 0..4 {
+            let next = rounds.failed(live, Failure::TurnedAway);
+            assert_eq!(
+                (next.address, next.round_ended),
+                (live, true),
+                "a round started at the replica that just refused"
+            );
+            ceilings.push(next.ceiling);
+        }
+        assert_eq!(ceilings, [FIRST * 2, FIRST * 4, FIRST * 8, FIRST * 16]);
+        // The live one down too: the other is tried again at once, whatever it was.
+        let next = rounds.failed(live, Failure::Down);
+        assert_eq!((next.address, next.round_ended), (dead, false));
+        // A success forgets the dead one.
+        rounds.connected();
+        assert_eq!(rounds.failed(live, Failure::TurnedAway).address, dead);
+    }
+
+    #[test]
+    fn with_one_address_every_failure_ends_a_round_as_the_plain_back_off() {
+        let mut rounds = Rounds::new(Backoff::new(FIRST, MAX), 1);
+        let mut upper = FIRST;
+        for i in 0..12 {
+            let how = if i % 2 == 0 {
+                Failure::Down
+            } else {
+                Failure::TurnedAway
+            };
+            let next = rounds.failed(0, how);
+            assert_eq!(
+                (next.address, next.round_ended, next.ceiling),
+                (0, true, upper)
+            );
+            assert!(next.pause >= upper / 2 && next.pause <= upper);
+            upper = (upper * 2).min(MAX);
+        }
+        // A failed index out of range is taken modulo the count, never a panic.
+        assert_eq!(Rounds::new(FLEET, 0).failed(7, Failure::Down).address, 0);
+        let mut many = Rounds::new(FLEET, 100);
+        let next = many.failed(99, Failure::Down);
+        assert!(next.address < 100 && !next.round_ended);
+        let next = many.failed(99, Failure::TurnedAway);
+        assert!(next.address < 100 && next.round_ended);
+    }
+
+    #[test]
+    fn rounds_spread_a_dead_replicas_agents_over_all_the_others() {
+        let mut counts = [0u32; 4];
+        for _ in 0..1000 {
+            let mut rounds = Rounds::new(FLEET, 4);
+            counts[rounds.failed(1, Failure::Down).address] += 1;
+        }
+        assert_eq!(counts[1], 0, "{counts:?}");
+        for i in [0, 2, 3] {
+            assert!((250..420).contains(&counts[i]), "{counts:?}");
+        }
+    }
+
+    /// Down: refused, connect timed out, unreachable, a server certificate that fails
+    /// verification (however deep in the chain, and inside tokio-rustls's `io::Error`).
+    /// Turned away: a reset (`busy`), an eof in the handshake, a status from the controller,
+    /// a timeout of ours, anything unknown.
+    #[test]
+    fn failures_are_classified_by_type_down_only_when_the_address_shows_it() {
+        use std::io::{Error, ErrorKind};
+        let io = |kind: ErrorKind| anyhow::Error::new(Error::from(kind)).context("connect");
+        for kind in [
+            ErrorKind::ConnectionRefused,
+            ErrorKind::TimedOut,
+            ErrorKind::HostUnreachable,
+            ErrorKind::NetworkUnreachable,
+        ] {
+            assert_eq!(Failure::of(&io(kind)), Failure::Down, "{kind:?}");
+        }
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::BrokenPipe,
+        ] {
+            assert_eq!(Failure::of(&io(kind)), Failure::TurnedAway, "{kind:?}");
+        }
+        let tls = |e: rustls::Error| {
+            anyhow::Error::new(Error::new(ErrorKind::InvalidData, e))
+                .context("tls handshake")
+                .context("cannot connect to the controller")
+        };
+        let wrong = rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName);
+        assert_eq!(Failure::of(&tls(wrong.clone())), Failure::Down);
+        assert_eq!(Failure::of(&anyhow::Error::new(wrong)), Failure::Down);
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert_eq!(Failure::of(&tls(alert)), Failure::TurnedAway);
+        let status = anyhow::Error::new(tonic::Status::unavailable("the database is busy"));
+        assert_eq!(Failure::of(&status), Failure::TurnedAway);
+        assert_eq!(
+            Failure::of(&anyhow::anyhow!("no TLS handshake within 10 s")),
+            Failure::TurnedAway
+        );
     }
 
     #[test]

@@ -443,7 +443,7 @@ impl CommonMetrics {
         use crate::tls_accept::RefusalReason as R;
         let reason = refused.reason_code.as_str();
         match refused.reason_code {
-            R::Suppressed | R::Evicted | R::ResetInGrace | R::ConnectionLimit => {
+            R::Suppressed | R::Evicted | R::ResetInGrace | R::Busy | R::ConnectionLimit => {
                 self.handshake_refusals
                     .get_or_create(&ReasonLabel { reason })
                     .inc_by(refused.suppressed_before);
@@ -1237,6 +1237,7 @@ mod tests {
         c.handshake_refused(&refused(RefusalReason::Suppressed, 5));
         c.handshake_refused(&refused(RefusalReason::Evicted, 7));
         c.handshake_refused(&refused(RefusalReason::ResetInGrace, 11));
+        c.handshake_refused(&refused(RefusalReason::Busy, 13));
         let count = |reason| {
             c.handshake_refusals
                 .get_or_create(&ReasonLabel { reason })
@@ -1246,6 +1247,7 @@ mod tests {
         assert_eq!(count("suppressed"), 8);
         assert_eq!(count("evicted"), 7);
         assert_eq!(count("reset_in_grace"), 11);
+        assert_eq!(count("busy"), 13);
     }
 
     /// The `_bucket`, `_count` and `_sum` lines of `histogram` registered as `fanout`.

@@ -13,9 +13,11 @@
 //! `WatchGrants` stream on which it verifies every grant it receives with the agent's verifier
 //! (`GrantVerifier::verify_on_receipt`, core) and follows the epoch and revision as an agent
 //! does. Each agent lists every replica (`controllers = [a, b]`), starts at a random one and
-//! moves to a random other one when its stream fails, as the agent does (`agent/src/
-//! controllers.rs`); it reconnects with the agent's own back-off (`loggate_core::backoff::FLEET`,
-//! full jitter) after a first connect spread like the agent's.
+//! moves on when its stream fails with the agent's own reconnect, the same functions
+//! (`loggate_core::backoff::Rounds` over `loggate_core::backoff::FLEET`, full jitter, and
+//! `backoff::Failure::of`: after a refusal the addresses not yet down in the round at the
+//! first pause, after a turn-away the doubling pause), after a first connect spread like the
+//! agent's.
 //!
 //! Measured: time until every agent is connected and caught up at start, and how the agents
 //! spread over the replicas; for grants addressed to a label every agent holds, issued through
@@ -51,7 +53,7 @@
 use crate::bench_redact::load_average;
 use crate::{cargo, run, target_dir};
 use anyhow::{bail, Context};
-use loggate_core::backoff::{fully_jittered, FIRST_CONNECT_SPREAD, FLEET};
+use loggate_core::backoff::{self, fully_jittered, Rounds, FIRST_CONNECT_SPREAD, FLEET};
 use loggate_core::grant::{unix_now, Audience, GrantVerifier, VerifyingKey};
 use loggate_core::identity::AgentId;
 use loggate_core::tls::{Server, TlsFiles};
@@ -422,10 +424,11 @@ impl Replicas {
     }
 
     /// The `tls.refused` records every replica wrote after `before` ([`Replicas::audit_lengths`]),
-    /// the evicted handshakes they sum, and the newcomers reset within a victim's grace.
-    fn refused_since(&self, before: &[usize]) -> (usize, u64, u64) {
+    /// the evicted handshakes they sum, the newcomers reset within a victim's grace, and the
+    /// handshakes reset for want of a turn for their cryptography (`busy`).
+    fn refused_since(&self, before: &[usize]) -> (usize, u64, u64, u64) {
         let mut records = 0;
-        let (mut evicted, mut reset) = (0, 0);
+        let (mut evicted, mut reset, mut busy) = (0, 0, 0);
         for (replica, skip) in self.list.iter().zip(before) {
             for raw in read_audit_file(&replica.audit).iter().skip(*skip) {
                 let e = flat_audit_record(raw);
@@ -439,12 +442,15 @@ impl Replicas {
                 if e["reason_code"] == "reset_in_grace" {
                     reset += e["suppressed_before"].as_u64().unwrap_or(0);
                 }
+                if e["reason_code"] == "busy" {
+                    busy += e["suppressed_before"].as_u64().unwrap_or(0);
+                }
             }
         }
-        (records, evicted, reset)
+        (records, evicted, reset, busy)
     }
 
-    /// The eviction and reset summaries (`evicted`, `reset_in_grace`) every replica wrote
+    /// The eviction and reset summaries (`evicted`, `reset_in_grace`, `busy`) every replica wrote
     /// after `before`: (seconds after `since`, connections counted, reason code: reason), in
     /// time order.
     fn eviction_summaries_since(
@@ -460,7 +466,9 @@ impl Replicas {
             for raw in read_audit_file(&replica.audit).iter().skip(*skip) {
                 let e = flat_audit_record(raw);
                 let code = e["reason_code"].as_str().unwrap_or_default();
-                if e["event"] == "tls.refused" && matches!(code, "evicted" | "reset_in_grace") {
+                if e["event"] == "tls.refused"
+                    && matches!(code, "evicted" | "reset_in_grace" | "busy")
+                {
                     let at = e["time"].as_f64().unwrap_or(0.0);
                     out.push((
                         (at - since_ms) / 1000.0,
@@ -498,6 +506,8 @@ struct Comeback {
     evicted: u64,
     /// Newcomers reset at their accept within a victim's grace (`reset_in_grace` summaries).
     reset_in_grace: u64,
+    /// Handshakes reset after their ClientHello for want of a turn (`busy` summaries).
+    busy: u64,
     admin_cli: Option<(Duration, bool)>,
     /// Second by second from the kill: what the agents saw.
     timeline: Vec<Second>,
@@ -929,7 +939,7 @@ async fn comeback(
     let _ = fleet
         .wait(events, Duration::from_secs(11), "", |_| false)
         .await;
-    let (refused_records, evicted, reset_in_grace) = replicas.refused_since(&audit_before);
+    let (refused_records, evicted, reset_in_grace, busy) = replicas.refused_since(&audit_before);
     let eviction_summaries = replicas.eviction_summaries_since(&audit_before, killed_wall);
     let timeline = timeline(
         fleet,
@@ -955,6 +965,7 @@ async fn comeback(
         refused_records,
         evicted,
         reset_in_grace,
+        busy,
         admin_cli,
         timeline,
         eviction_summaries,
@@ -1312,14 +1323,15 @@ impl SimAgent {
                 return;
             }
         };
-        let mut backoff = FLEET;
+        // The agent's own reconnect (`agent/src/watch.rs`): the same function, not a copy.
+        let mut rounds = Rounds::new(FLEET, self.controllers.len());
         let (mut revision, mut epoch) = (0u64, String::new());
         loop {
             let mut stopping = self.stopping.clone();
             let mut away = self.away.clone();
             self.streamed = false;
             let result = tokio::select! {
-                result = self.stream(&audience, &mut backoff, &mut revision, &mut epoch) => Some(result),
+                result = self.stream(&audience, &mut rounds, &mut revision, &mut epoch) => Some(result),
                 _ = stopping.wait_for(|s| *s) => return,
                 () = until_away_is(&mut away, true) => None,
             };
@@ -1338,14 +1350,17 @@ impl SimAgent {
                 (Err(e), Failure::Handshake) => Some(cause_of(e)),
                 _ => None,
             };
-            // As the agent: a failed or ended stream moves to a random other address.
-            let count = self.controllers.len();
-            if count > 1 {
-                let step = usize::try_from(rand::random::<u32>()).unwrap_or(0) % (count - 1);
-                self.current = (self.current + 1 + step) % count;
-            }
-            let ceiling = backoff.ceiling();
-            let delay = backoff.next_delay();
+            // As the agent, with its classification (`agent/src/watch.rs`; the bench has no
+            // cluster of another id): a refusal moves to an address not yet down in this round
+            // after at most the first pause; a turn-away (busy, unavailable, eof, a cut
+            // stream) ends the round with the doubling back-off.
+            let how = match &result {
+                Ok(()) => backoff::Failure::TurnedAway,
+                Err(e) => backoff::Failure::of(e),
+            };
+            let next = rounds.failed(self.current, how);
+            self.current = next.address;
+            let (ceiling, delay) = (next.ceiling, next.pause);
             self.report(What::Failed {
                 kind,
                 ceiling,
@@ -1370,7 +1385,7 @@ impl SimAgent {
     async fn stream(
         &mut self,
         audience: &Audience,
-        backoff: &mut loggate_core::backoff::Backoff,
+        rounds: &mut Rounds,
         revision: &mut u64,
         epoch: &mut String,
     ) -> anyhow::Result<()> {
@@ -1407,7 +1422,7 @@ impl SimAgent {
             })
             .await?
             .into_inner();
-        backoff.reset();
+        rounds.connected();
         self.streamed = true;
         self.report(What::Connected);
         let mut caught_up = false;
@@ -1644,8 +1659,8 @@ fn print_comeback(what: &str, c: &Comeback) {
         per_replica(&c.rss_peak_kib, mib)
     );
     println!(
-        "| tls.refused records (evicted handshakes; newcomers reset in a victim's grace) | {} ({}; {}) |",
-        c.refused_records, c.evicted, c.reset_in_grace
+        "| tls.refused records (evicted handshakes; newcomers reset in a victim's grace; reset busy, no turn) | {} ({}; {}; {}) |",
+        c.refused_records, c.evicted, c.reset_in_grace, c.busy
     );
     if let Some((took, ok)) = c.admin_cli {
         println!(

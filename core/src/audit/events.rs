@@ -1313,7 +1313,9 @@ audit_event! {
 audit_event! {
     /// A connection's mutual-TLS handshake was refused before any request: a certificate from
     /// another CA, expired or not yet valid, none at all, a certificate without proof of its
-    /// key, a client that refused ours, or no handshake within 5 s. At most 60 are written per
+    /// key, a client that refused ours, or a handshake not completed in time (its ClientHello
+    /// within 5 s of the connection, the rest within 5 s of its turn for the cryptography; the
+    /// wait for the turn does not count). At most 60 are written per
     /// minute; the number left out goes with the next one or, at the end of the minute, in a
     /// summary record (`reason_code` `suppressed`, `peer` null). A connection that sends
     /// nothing within 2 s (a port probe) is closed and not recorded. At most 1024 handshakes
@@ -1324,7 +1326,10 @@ audit_event! {
     /// from which prefix most. When the one to close has sent nothing and was accepted less
     /// than 500 ms before, a newcomer from another prefix holding more than half as many places
     /// is reset at once instead, before any TLS work; those are summarised the same way
-    /// (`reason_code` `reset_in_grace`). After its handshake a connection must send the HTTP/2
+    /// (`reason_code` `reset_in_grace`). At most 64 handshakes do their cryptography at once;
+    /// one whose ClientHello came and that gets no turn within 3 s is reset before any
+    /// cryptography, summarised the same way (`reason_code` `busy`). After its handshake a
+    /// connection must send the HTTP/2
     /// preface within 5 s; one identity may hold 1024 established connections, all together
     /// 65536 (or half the open-file limit); those closed over these are summarised every 10 s
     /// (`reason_code` `connection_limit`, `peer` null).
@@ -1345,7 +1350,9 @@ audit_event! {
         /// `handshake_timeout`, `tls_error`, `suppressed` for the summary of refusals over the
         /// rate limit, `evicted` for the summary of unfinished handshakes closed to make room,
         /// `reset_in_grace` for the summary of new connections reset at their accept while the
-        /// one to close was within its grace, or `connection_limit` for the summary of
+        /// one to close was within its grace, `busy` for the summary of handshakes reset
+        /// after their ClientHello for want of a turn for their cryptography, or
+        /// `connection_limit` for the summary of
         /// connections closed after their handshake (no HTTP/2 preface in time, over the limit
         /// per identity or in all) (`status_detail`)
         reason_code: &'static str,
