@@ -134,7 +134,8 @@ pub async fn connect_current(config: &AgentConfig) -> anyhow::Result<ControllerC
 }
 
 /// One `WatchGrants` stream to the controller at `addr`, until it ends. `rounds` is reset once
-/// the controller has answered: the pause after a long-lived stream breaks starts short again,
+/// the controller's first event has passed the cluster check: the pause after a long-lived
+/// stream breaks starts short again,
 /// whatever an earlier outage had grown it to.
 async fn watch_once(shared: &Shared, addr: &str, rounds: &mut Rounds) -> anyhow::Result<()> {
     let config = &shared.config;
@@ -150,7 +151,6 @@ async fn watch_once(shared: &Shared, addr: &str, rounds: &mut Rounds) -> anyhow:
     let mut stream = answered("the grant stream", client.watch_grants(request))
         .await?
         .into_inner();
-    rounds.connected();
     tracing::info!(
         controller = %addr,
         after = shared.grants.revision(),
@@ -183,6 +183,11 @@ async fn watch_once(shared: &Shared, addr: &str, rounds: &mut Rounds) -> anyhow:
         }
         if first {
             first = false;
+            // A success only once the first event came from our cluster: a controller of
+            // another cluster (a re-pin after a migration, a restore into a new database) is
+            // an address down, and its refusals must grow the pause, not reset it each time
+            // (second review of herd5, M2).
+            rounds.connected();
             shared.audit(&events::ControllerConnected {
                 address: addr.to_string(),
                 epoch: event.epoch.clone(),

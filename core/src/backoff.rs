@@ -148,9 +148,19 @@ pub struct Rounds {
     tried: u64,
     /// The addresses that failed as down in the last round that had any: a round that ends
     /// starts the next one elsewhere when it can (a replica that just refused is not the next
-    /// round's first attempt while another may be alive). Forgotten at a success.
+    /// round's first attempt while another may be alive). Forgotten at a success, and once
+    /// [`DOWN_REMEMBERED_ROUNDS`] rounds have started elsewhere: a replica that was down once
+    /// is tried again while the others keep turning the client away (it may be back, and the
+    /// others may stay busy for long).
     was_down: u64,
+    /// The round starts `was_down` still decides.
+    down_rounds_left: u8,
 }
+
+/// How many round starts skip an address that was down ([`Rounds`]) while no address is down
+/// again: with the 30 s cap, a replica that came back is tried again within about two minutes
+/// however long the others turn the client away.
+pub const DOWN_REMEMBERED_ROUNDS: u8 = 3;
 
 /// How an attempt at one address failed, which decides what a [`Rounds`] does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,6 +242,7 @@ impl Rounds {
             count: count.max(1),
             tried: 0,
             was_down: 0,
+            down_rounds_left: 0,
         }
     }
 
@@ -241,6 +252,7 @@ impl Rounds {
         self.backoff.reset();
         self.tried = 0;
         self.was_down = 0;
+        self.down_rounds_left = 0;
     }
 
     /// The upper end of the pause range a round that ends now would draw from.
@@ -253,8 +265,9 @@ impl Rounds {
     ///   most the first pause (jittered, never grown);
     /// - otherwise (every address down, or a live server **turned the client away**) the round
     ///   ends: the back-off's pause, which doubles for the next round, then a random other
-    ///   address that was not down in the last round with any down (the spread over replicas,
-    ///   without going back to a dead one while another may be alive); failing that, the
+    ///   address that was not down in the last round with any down, within the last
+    ///   [`DOWN_REMEMBERED_ROUNDS`] (the spread over replicas, without going back to a dead
+    ///   one while another may be alive, but not for ever); failing that, the
     ///   address that turned the client away (it is alive); failing that (all down), a random
     ///   other one.
     ///
@@ -277,6 +290,12 @@ impl Rounds {
         }
         if self.tried != 0 {
             self.was_down = self.tried;
+            self.down_rounds_left = DOWN_REMEMBERED_ROUNDS;
+        } else if self.down_rounds_left > 0 {
+            self.down_rounds_left -= 1;
+        }
+        if self.down_rounds_left == 0 {
+            self.was_down = 0;
         }
         if how == Failure::TurnedAway {
             // It answered: alive, whatever it was before.
@@ -506,7 +525,7 @@ mod tests {
         assert_eq!((to_live.address, to_live.round_ended), (live, false));
         assert_eq!(to_live.ceiling, FIRST, "the refusal doubled the pause");
         let mut ceilings = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..DOWN_REMEMBERED_ROUNDS {
             let next = rounds.failed(live, Failure::TurnedAway);
             assert_eq!(
                 (next.address, next.round_ended),
@@ -515,7 +534,18 @@ mod tests {
             );
             ceilings.push(next.ceiling);
         }
-        assert_eq!(ceilings, [FIRST * 2, FIRST * 4, FIRST * 8, FIRST * 16]);
+        assert_eq!(ceilings, [FIRST * 2, FIRST * 4, FIRST * 8]);
+        // Not for ever (second review of herd5, M1): the live one keeps turning the agent
+        // away, the dead one may be back; the next round starts there again.
+        let back = rounds.failed(live, Failure::TurnedAway);
+        assert_eq!((back.address, back.round_ended), (dead, true));
+        assert_eq!(back.ceiling, FIRST * 16);
+        // Still dead: no doubling for it, and it is skipped again as a round's start.
+        let next = rounds.failed(dead, Failure::Down);
+        assert_eq!((next.address, next.round_ended), (live, false));
+        assert_eq!(next.ceiling, FIRST, "the refusal doubled the pause");
+        let next = rounds.failed(live, Failure::TurnedAway);
+        assert_eq!((next.address, next.round_ended), (live, true));
         // The live one down too: the other is tried again at once, whatever it was.
         let next = rounds.failed(live, Failure::Down);
         assert_eq!((next.address, next.round_ended), (dead, false));
