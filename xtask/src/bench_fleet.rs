@@ -1422,14 +1422,20 @@ impl SimAgent {
             })
             .await?
             .into_inner();
-        rounds.connected();
         self.streamed = true;
         self.report(What::Connected);
         let mut caught_up = false;
+        let mut first = true;
         loop {
             let Some(event) = tokio::time::timeout(SILENCE, stream.message()).await?? else {
                 return Ok(());
             };
+            if first {
+                // As the agent (`watch.rs`): a success once the first event has arrived (the
+                // agent checks its cluster id there).
+                first = false;
+                rounds.connected();
+            }
             match event.event {
                 Some(pb::grant_event::Event::Grant(signed)) => {
                     match self
