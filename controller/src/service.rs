@@ -522,9 +522,12 @@ impl ControllerService {
                 req.listen_addr.clone(),
                 self.replica.clone(),
             );
-            tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Vec<String>>> {
+            type Registered = Option<(Vec<String>, Vec<String>)>;
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Registered> {
                 let labels = store.enrolled_labels(&agent_id)?.unwrap_or(announced);
-                let registered = store.upsert_agent(
+                // Its former labels (a change of its labels is recorded here, or was at its
+                // re-enrolment): their revocations still reach it.
+                let former = store.register_agent(
                     &AgentRow {
                         id: agent_id,
                         labels: labels.clone(),
@@ -534,7 +537,7 @@ impl ControllerService {
                     },
                     not_before,
                 )?;
-                Ok(registered.then_some(labels))
+                Ok(former.map(|former| (labels, former)))
             })
             .await
             .map_err(|e| internal(anyhow::anyhow!("the agent's registration failed: {e}")))?
@@ -542,7 +545,7 @@ impl ControllerService {
         };
         // Removed while it waited for the store: the store refused to register it again, or
         // the revocation set (reloaded after the removal committed) has it. Nothing streamed.
-        let Some(labels) = labels else {
+        let Some((labels, former_labels)) = labels else {
             return Err(enrol::removed_status());
         };
         if self.revocations.is_revoked(&spiffe_id, not_before) {
@@ -584,6 +587,7 @@ impl ControllerService {
             fanout::WatchRequest {
                 agent_id: req.agent_id,
                 labels,
+                former_labels,
                 after_revision: req.after_revision,
                 after_epoch: req.after_epoch,
             },

@@ -412,6 +412,8 @@ impl Store {
                 .with_context(|| format!("cannot initialise database {}", path.display()))?;
             conn.execute_batch(agents::REMOVED_AGENTS_SCHEMA)
                 .with_context(|| format!("cannot initialise database {}", path.display()))?;
+            conn.execute_batch(agents::FORMER_LABELS_SCHEMA)
+                .with_context(|| format!("cannot initialise database {}", path.display()))?;
             agents::migrate_sqlite(conn)
                 .with_context(|| format!("cannot update database {}", path.display()))?;
             requests::migrate(conn)
@@ -866,13 +868,31 @@ impl Store {
     /// the store's one connection, so a removal is wholly before or after them; on PostgreSQL
     /// the check follows the upsert in its transaction (which rolls back), so a removal that
     /// committed before the upsert, or waited for its row, is seen.
+    #[cfg(test)]
     pub fn upsert_agent(&self, agent: &AgentRow, cert_not_before: i64) -> anyhow::Result<bool> {
+        Ok(self.register_agent(agent, cert_not_before)?.is_some())
+    }
+
+    /// [`Store::upsert_agent`], which also records a change of the agent's labels (its labels
+    /// in the registry differ from `agent.labels`: [`agents::FORMER_LABELS_SCHEMA`], at
+    /// `agent.last_seen`) and answers the agent's former labels still of use then: a
+    /// revocation of a grant addressed to one of them is still sent to it. `None` when the
+    /// agent was removed (nothing written).
+    pub fn register_agent(
+        &self,
+        agent: &AgentRow,
+        cert_not_before: i64,
+    ) -> anyhow::Result<Option<Vec<String>>> {
         const REMOVED_SQL: &str =
             "SELECT COUNT(*) FROM removed_agents WHERE id = ?1 AND removed_at >= ?2";
+        let now = agent.last_seen;
         let mut conn = self.conn()?;
         if conn.is_postgres() {
             let tx = conn.transaction()?;
             tx.execute_batch("SET LOCAL synchronous_commit = off")?;
+            if let Some(old) = agents::registered_labels(&tx, &agent.id)? {
+                agents::record_label_change(&tx, &agent.id, &old, &agent.labels, now)?;
+            }
             tx.execute(
                 UPSERT_AGENT_SQL,
                 params![
@@ -889,33 +909,41 @@ impl Store {
                 })?;
             if removed > 0 {
                 // Dropped without a commit: rolled back.
-                return Ok(false);
+                return Ok(None);
             }
+            let former = agents::former_labels(&tx, &agent.id, now)?;
             tx.commit()?;
-            return Ok(true);
+            return Ok(Some(former));
         }
         let removed: i64 =
             conn.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
                 r.get(0)
             })?;
         if removed > 0 {
-            return Ok(false);
+            return Ok(None);
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        let written = conn.execute_cached(
-            UPSERT_AGENT_SQL,
-            params![
-                agent.id,
-                to_json(&agent.labels),
-                agent.addr,
-                agent.last_seen,
-                agent.replica
-            ],
-        );
+        // The former labels first, the registry's new labels after: a crash between them
+        // leaves the old labels registered, and the change is found again at the next open.
+        let written = (|| -> db::Result<Vec<String>> {
+            if let Some(old) = agents::registered_labels(&conn, &agent.id)? {
+                agents::record_label_change(&conn, &agent.id, &old, &agent.labels, now)?;
+            }
+            conn.execute_cached(
+                UPSERT_AGENT_SQL,
+                params![
+                    agent.id,
+                    to_json(&agent.labels),
+                    agent.addr,
+                    agent.last_seen,
+                    agent.replica
+                ],
+            )?;
+            agents::former_labels(&conn, &agent.id, now)
+        })();
         conn.execute_batch("PRAGMA synchronous = FULL")
             .context("cannot restore synchronous = FULL after registering an agent")?;
-        written?;
-        Ok(true)
+        Ok(Some(written?))
     }
 
     pub fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRow>> {

@@ -117,14 +117,15 @@ impl FeedChange {
         }
     }
 
-    /// Whether agent `agent_id` holding `labels` is sent this change at `now`.
-    fn is_for(&self, agent_id: &str, labels: &[String], now: i64) -> bool {
+    /// Whether `agent` is sent this change at `now`.
+    fn is_for(&self, agent: &WatchRequest, now: i64) -> bool {
         sent_to(
             &self.hosts,
             &self.labels,
             self.grant_ends,
-            agent_id,
-            labels,
+            &agent.agent_id,
+            &agent.labels,
+            &agent.former_labels,
             now,
         )
     }
@@ -134,19 +135,27 @@ impl FeedChange {
 #[derive(Debug, Clone, Copy)]
 struct Published(i64, tokio::time::Instant);
 
-/// Whether agent `agent_id` holding `labels` is sent a change addressed to `hosts` and
-/// `labels` at `now`: a grant (`grant_ends` its end) until it ends, a revocation (`None`)
-/// always. Decided from the row's fields alone, so a catch-up encodes only what it sends.
+/// Whether agent `agent_id` holding `labels` (and having held `former` labels: the store's
+/// `agent_former_labels`) is sent a change addressed to `hosts` and `labels` at `now`: a
+/// grant (`grant_ends` its end) until it ends, by the agent's current labels; a revocation
+/// (`None`) always, by its current labels or a former one (it may hold the grant from then).
+/// Decided from the row's fields alone, so a catch-up encodes only what it sends.
 fn sent_to(
     hosts: &[String],
     labels: &[String],
     grant_ends: Option<i64>,
     agent_id: &str,
     agent_labels: &[String],
+    former: &[String],
     now: i64,
 ) -> bool {
-    let ended = grant_ends.is_some_and(|end| end <= now);
-    !ended && covers(hosts, labels, agent_id, agent_labels)
+    match grant_ends {
+        Some(end) => end > now && covers(hosts, labels, agent_id, agent_labels),
+        None => {
+            covers(hosts, labels, agent_id, agent_labels)
+                || labels.iter().any(|l| former.contains(l))
+        }
+    }
 }
 
 /// The addressing rule: a change is for the agents it names and for those holding one of its
@@ -444,9 +453,10 @@ impl ChangeFeed {
         let store = self.store.clone();
         let agent_id = agent.agent_id.clone();
         let labels = agent.labels.clone();
+        let former = agent.former_labels.clone();
         Box::pin(async move {
             let read = tokio::task::spawn_blocking(move || {
-                read_catch_up(&store, from, &agent_id, &labels, unix_now())
+                read_catch_up(&store, from, &agent_id, &labels, &former, unix_now())
             })
             .await;
             read.map_err(|e| anyhow::anyhow!("the read of the revision log failed: {e}"))?
@@ -483,6 +493,9 @@ pub type Removed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send
 pub struct WatchRequest {
     pub agent_id: String,
     pub labels: Vec<String>,
+    /// Labels the agent held before its labels changed, while a grant addressed to one may be
+    /// live (`store::agents::FORMER_LABELS_SCHEMA`): their revocations are still sent to it.
+    pub former_labels: Vec<String>,
     pub after_revision: u64,
     pub after_epoch: String,
 }
@@ -556,15 +569,18 @@ fn read_catch_up(
     from: ReadFrom,
     agent_id: &str,
     labels: &[String],
+    former: &[String],
     now: i64,
 ) -> Page {
     let (head, after) = match from {
-        ReadFrom::Revision(after) => return read_addressed(store, after, agent_id, labels, now),
+        ReadFrom::Revision(after) => {
+            return read_addressed(store, after, agent_id, labels, former, now)
+        }
         ReadFrom::Agent { after, own_epoch } => {
             let latest = store.latest_revision()?;
             // Revision numbers only mean something within one epoch (module docs).
             if own_epoch && after <= latest {
-                return read_addressed(store, after, agent_id, labels, now);
+                return read_addressed(store, after, agent_id, labels, former, now);
             }
             (latest, None)
         }
@@ -605,13 +621,23 @@ fn read_catch_up(
 
 /// A catch-up page from a position: the rows addressed to the agent after `after`
 /// ([`read_catch_up`]).
-fn read_addressed(store: &Store, after: u64, agent_id: &str, labels: &[String], now: i64) -> Page {
+///
+/// The rows read are those addressed to the agent's host, its labels and its `former`
+/// labels; of a former label's rows only the revocations are sent ([`sent_to`]).
+fn read_addressed(
+    store: &Store,
+    after: u64,
+    agent_id: &str,
+    labels: &[String],
+    former: &[String],
+    now: i64,
+) -> Page {
     // The head first: every revision up to it is committed (revisions commit in order, store
     // `next_revision`), so a read that ends before `STREAM_PAGE` rows has seen everything up
     // to it addressed to the agent, and the stream moves there, as the read of the whole log
     // did (a stream left behind the head would take the feed's next change for a gap).
     let head = store.latest_revision()?;
-    let targets = crate::store::agent_targets(agent_id, labels);
+    let targets = crate::store::agent_targets(agent_id, &[labels, former].concat());
     let mut rows = VecDeque::new();
     let mut last = after;
     let read = store.visit_addressed_changes_after(
@@ -631,6 +657,7 @@ fn read_addressed(store: &Store, after: u64, agent_id: &str, labels: &[String], 
                 grant_ends,
                 agent_id,
                 labels,
+                former,
                 now,
             ) {
                 rows.push_back((revision, change));
@@ -758,11 +785,7 @@ impl WatchStream {
         self.last = change.revision;
         // The clock as the feed read it when it published the change: once per change, not
         // once per agent.
-        if !change.is_for(
-            &self.agent.agent_id,
-            &self.agent.labels,
-            change.published_unix,
-        ) {
+        if !change.is_for(&self.agent, change.published_unix) {
             return None;
         }
         // Fan-out latency is that of live changes (what a catch-up sends is not observed): one
@@ -1035,6 +1058,7 @@ mod tests {
                 WatchRequest {
                     agent_id: id.into(),
                     labels: labels.iter().map(|l| l.to_string()).collect(),
+                    former_labels: Vec::new(),
                     after_revision: 0,
                     after_epoch: EPOCH.into(),
                 },
@@ -1181,6 +1205,7 @@ mod tests {
             WatchRequest {
                 agent_id: "web-1".into(),
                 labels: vec![],
+                former_labels: Vec::new(),
                 after_revision: 0,
                 after_epoch: "a-foreign-epoch".into(),
             },
@@ -1360,6 +1385,7 @@ mod tests {
             WatchRequest {
                 agent_id: "a".into(),
                 labels: vec!["env=prod".into()],
+                former_labels: Vec::new(),
                 after_revision: second,
                 after_epoch: "an-older-epoch".into(),
             },
@@ -1511,6 +1537,7 @@ mod tests {
                 WatchRequest {
                     agent_id: format!("a-{i}"),
                     labels: vec![],
+                    former_labels: Vec::new(),
                     after_revision: 0,
                     after_epoch: OWN_EPOCH.into(),
                 },
@@ -1559,6 +1586,7 @@ mod tests {
                 WatchRequest {
                     agent_id: format!("a-{i}"),
                     labels: vec!["env=prod".into()],
+                    former_labels: Vec::new(),
                     after_revision: 0,
                     after_epoch: EPOCH.into(),
                 },
@@ -1616,6 +1644,7 @@ mod tests {
             WatchRequest {
                 agent_id: "gone".into(),
                 labels: vec!["env=prod".into()],
+                former_labels: Vec::new(),
                 after_revision: 0,
                 after_epoch: EPOCH.into(),
             },
@@ -1667,6 +1696,7 @@ mod tests {
             WatchRequest {
                 agent_id: "gone".into(),
                 labels: vec!["env=prod".into()],
+                former_labels: Vec::new(),
                 after_revision: 0,
                 after_epoch: String::new(),
             },
@@ -1783,12 +1813,24 @@ mod tests {
         labels: &[String],
         now: i64,
     ) -> (Vec<(u64, String, bool)>, u64, usize) {
+        whole_catch_up_with_former(store, from, agent_id, labels, &[], now)
+    }
+
+    /// [`whole_catch_up`] of an agent that held the `former` labels before.
+    fn whole_catch_up_with_former(
+        store: &Store,
+        from: ReadFrom,
+        agent_id: &str,
+        labels: &[String],
+        former: &[String],
+        now: i64,
+    ) -> (Vec<(u64, String, bool)>, u64, usize) {
         let mut sent = Vec::new();
         let mut next = Some(from);
         let mut last = 0;
         let mut reads = 0;
         while let Some(from) = next {
-            let page = read_catch_up(store, from, agent_id, labels, now).expect("the read");
+            let page = read_catch_up(store, from, agent_id, labels, former, now).expect("the read");
             reads += 1;
             assert!(
                 page.rows.len() <= STREAM_PAGE as usize,
@@ -1805,6 +1847,146 @@ mod tests {
             next = page.next;
         }
         (sent, last, reads)
+    }
+
+    /// Issue 12's label gap: an agent that received a grant under label `team=a` and then
+    /// holds `team=b` instead (announced by an agent without enrolment, or given by a
+    /// re-enrolment's token) is still sent that grant's revocation, from its position and live,
+    /// and is not sent the old label's grants. On both backends. Before the former labels, the
+    /// catch-up under `team=b` read only `team=b`'s rows and the revocation never reached it.
+    #[test]
+    fn an_agent_whose_labels_changed_is_sent_the_revocation_of_a_grant_of_its_old_label() {
+        use crate::store::agents::{new_join_token, JoinToken};
+        use crate::store::AgentRow;
+        crate::store::testing::on_each_backend(|store, _| {
+            let now = unix_now();
+            let labels = |l: &[&str]| l.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+            let register = |id: &str, l: &[&str]| {
+                store
+                    .register_agent(
+                        &AgentRow {
+                            id: id.into(),
+                            labels: labels(l),
+                            addr: String::new(),
+                            last_seen: now,
+                            replica: String::new(),
+                        },
+                        0,
+                    )
+                    .unwrap()
+                    .expect("registered")
+            };
+            // web-1 announces its labels; web-2 is enrolled, then re-enrolled with other ones.
+            assert!(register("web-1", &["team=a"]).is_empty());
+            let enrol = |token_labels: &[&str], at: i64| {
+                let (_, digest, id) = new_join_token();
+                let token = JoinToken {
+                    id,
+                    labels: labels(token_labels),
+                    uses_left: 1,
+                    expires_at: now + 3600,
+                    reenrol: true,
+                    created_by: "spiffe://loggate.local/user/admin".into(),
+                    created_at: now,
+                    revoked_at: None,
+                };
+                store.create_join_token(&digest, &token, || Ok(())).unwrap();
+                store
+                    .enrol_agent(&digest, "web-2", at, |_| {
+                        Ok((
+                            crate::store::agents::EnrolledCert {
+                                serial: "01".into(),
+                                not_after: now + 3600,
+                            },
+                            (),
+                        ))
+                    })
+                    .unwrap()
+                    .map_err(|(refusal, _)| refusal)
+                    .expect("enrolled");
+            };
+            enrol(&["team=a"], now);
+            assert!(register("web-2", &["team=a"]).is_empty());
+            let granted = insert(store, "g-a", &[], &["team=a"], now + 3600);
+            let ended = insert(store, "g-a-ended", &[], &["team=a"], now - 1);
+            // Both caught up under team=a.
+            for agent in ["web-1", "web-2"] {
+                let (sent, at, _) = whole_catch_up(
+                    store,
+                    ReadFrom::Agent {
+                        after: 0,
+                        own_epoch: true,
+                    },
+                    agent,
+                    &labels(&["team=a"]),
+                    now,
+                );
+                assert_eq!(sent, vec![(granted, "g-a".to_string(), false)]);
+                assert_eq!(at, ended);
+            }
+            // Their labels change to team=b: web-1's at its next connection, web-2's at its
+            // re-enrolment (its connection then registers the token's labels, no change).
+            assert_eq!(register("web-1", &["team=b"]), labels(&["team=a"]));
+            enrol(&["team=b"], now + 1);
+            assert_eq!(register("web-2", &["team=b"]), labels(&["team=a"]));
+            let for_b = insert(store, "g-b", &[], &["team=b"], now + 3600);
+            let another_a = insert(store, "g-a-2", &[], &["team=a"], now + 3600);
+            let revoked = revoke_in(store, "g-a");
+            for agent in ["web-1", "web-2"] {
+                let former = register(agent, &["team=b"]);
+                assert_eq!(former, labels(&["team=a"]), "{agent}");
+                let (sent, _, _) = whole_catch_up_with_former(
+                    store,
+                    ReadFrom::Agent {
+                        after: ended,
+                        own_epoch: true,
+                    },
+                    agent,
+                    &labels(&["team=b"]),
+                    &former,
+                    now,
+                );
+                assert_eq!(
+                    sent,
+                    vec![
+                        (for_b, "g-b".to_string(), false),
+                        (revoked, "g-a".to_string(), true)
+                    ],
+                    "{agent}: team=b's grant and team=a's revocation, not team=a's grant {another_a}"
+                );
+            }
+            // Back to team=a: team=a is no longer a former label, team=b (g-b is live) is.
+            assert_eq!(register("web-1", &["team=a"]), labels(&["team=b"]));
+        });
+    }
+
+    /// The live path of the same: a stream of an agent now holding `team=b` that held
+    /// `team=a` is sent the revocation of a `team=a` grant as the feed publishes it, and not a
+    /// new `team=a` grant.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_is_sent_the_revocation_of_a_grant_of_its_agents_former_label() {
+        let f = Fixture::new();
+        f.grant("g-a", &["team=a"]);
+        let feed = f.feed(FEED_CAPACITY);
+        let stream = feed.stream(
+            WatchRequest {
+                agent_id: "web-1".into(),
+                labels: vec!["team=b".into()],
+                former_labels: vec!["team=a".into()],
+                after_revision: f.store.latest_revision().unwrap(),
+                after_epoch: EPOCH.into(),
+            },
+            f.stopping.clone(),
+            Box::pin(std::future::pending()),
+            || {},
+        );
+        let mut rx = read_as_the_connection(stream, 16);
+        caught_up(&mut rx).await;
+        f.grant("g-a-2", &["team=a"]);
+        let revoked = f.revoke("g-a");
+        let for_b = f.grant("g-b", &["team=b"]);
+        assert_eq!(next_change(&mut rx).await, (revoked, "g-a".to_string()));
+        assert_eq!(next_change(&mut rx).await, (for_b, "g-b".to_string()));
     }
 
     /// A resync (an agent of another epoch, as after every restart) reads the live state, not
@@ -1976,7 +2158,8 @@ mod tests {
             insert(store, "last-for-others", &["web-2"], &[], now + 3600);
             let head = store.latest_revision().unwrap();
             let agent = ["env=prod".to_string()];
-            let page = read_catch_up(store, ReadFrom::Revision(0), "web-1", &agent, now).unwrap();
+            let page =
+                read_catch_up(store, ReadFrom::Revision(0), "web-1", &agent, &[], now).unwrap();
             let kept: Vec<u64> = page.rows.iter().map(|(r, _)| *r).collect();
             assert_eq!(kept, mine[..STREAM_PAGE as usize]);
             let at = mine[STREAM_PAGE as usize - 1];
@@ -2053,7 +2236,8 @@ mod tests {
                                         Change::Granted(g) => (g, Some(g.not_after), false),
                                         Change::Revoked { grant, .. } => (grant, None, true),
                                     };
-                                    if sent_to(&g.hosts, &g.labels, ends, agent, &labels, now) {
+                                    if sent_to(&g.hosts, &g.labels, ends, agent, &labels, &[], now)
+                                    {
                                         sent.push((revision, g.id.clone(), revoked));
                                     }
                                     true

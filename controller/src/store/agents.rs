@@ -49,6 +49,102 @@ CREATE TABLE IF NOT EXISTS removed_agents (
 );
 ";
 
+/// Added in version 7 (issue 12): the labels an agent held before its labels changed (a
+/// re-enrolment with a token of other labels, or an agent without enrolment announcing other
+/// labels), each kept until the last grant addressed to it at the change has ended (`until`,
+/// that grant's end; a label with no live grant is not kept at all).
+///
+/// Why: what is sent to an agent is decided by its *current* labels, but a revocation must
+/// reach every agent that may hold its grant. An agent that received grant G under label A
+/// and then holds B instead would otherwise never be sent G's revocation (it is addressed,
+/// and indexed, to A): a catch-up from its position reads B's rows, the feed matches B. If
+/// it then holds A again (or still serves under A: its own audience is what it loaded at its
+/// start), it would serve a revoked grant. So a revocation is also sent to an agent that held
+/// one of its grant's labels before, for as long as a grant of that label can be live; the
+/// grants themselves are sent by current labels only.
+pub(super) const FORMER_LABELS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS agent_former_labels (
+    agent_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    until INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, label)
+);
+";
+
+/// Records that agent `agent_id`'s labels change from `old` to `new` at `now`, in the caller's
+/// transaction ([`FORMER_LABELS_SCHEMA`]): each label it no longer holds is kept as a former
+/// label until the last end of the grants addressed to it (read from `revision_targets`, so
+/// every grant of every writer counts), the labels it holds again are no longer former, and
+/// the former labels whose grants have all ended are forgotten. Nothing is written when the
+/// labels did not change.
+pub(super) fn record_label_change(
+    conn: &super::db::Connection,
+    agent_id: &str,
+    old: &[String],
+    new: &[String],
+    now: i64,
+) -> super::db::Result<()> {
+    if old.iter().all(|l| new.contains(l)) && new.iter().all(|l| old.contains(l)) {
+        return Ok(());
+    }
+    for label in old.iter().filter(|l| !new.contains(l)) {
+        let until: Option<i64> = conn.query_row(
+            "SELECT MAX(grant_ends) FROM revision_targets WHERE target = ?1",
+            params![super::label_target(label)],
+            |r| r.get(0),
+        )?;
+        let Some(until) = until.filter(|until| *until > now) else {
+            continue;
+        };
+        conn.execute(
+            "INSERT INTO agent_former_labels (agent_id, label, until) VALUES (?1, ?2, ?3)
+             ON CONFLICT(agent_id, label) DO UPDATE SET until =
+             CASE WHEN agent_former_labels.until > ?3 THEN agent_former_labels.until ELSE ?3 END",
+            params![agent_id, label, until],
+        )?;
+    }
+    for label in new {
+        conn.execute(
+            "DELETE FROM agent_former_labels WHERE agent_id = ?1 AND label = ?2",
+            params![agent_id, label],
+        )?;
+    }
+    conn.execute(
+        "DELETE FROM agent_former_labels WHERE agent_id = ?1 AND until <= ?2",
+        params![agent_id, now],
+    )?;
+    Ok(())
+}
+
+/// The registry's labels of agent `agent_id` (`None`: not registered), in the caller's
+/// transaction.
+pub(super) fn registered_labels(
+    conn: &super::db::Connection,
+    agent_id: &str,
+) -> super::db::Result<Option<Vec<String>>> {
+    Ok(conn
+        .query_row_cached(
+            "SELECT labels FROM agents WHERE id = ?1",
+            params![agent_id],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .map(from_json))
+}
+
+/// The former labels of agent `agent_id` still of use at `now` ([`FORMER_LABELS_SCHEMA`]).
+pub(super) fn former_labels(
+    conn: &super::db::Connection,
+    agent_id: &str,
+    now: i64,
+) -> super::db::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT label FROM agent_former_labels WHERE agent_id = ?1 AND until > ?2 ORDER BY label",
+    )?;
+    let rows = stmt.query_map(params![agent_id, now], |r| r.get(0))?;
+    rows.collect()
+}
+
 /// One agent of the registry, with what enrolment knows of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentListing {
@@ -347,6 +443,11 @@ impl Store {
                 now
             ],
         )?;
+        // A re-enrolment with other labels: the old ones stay former labels while a grant
+        // addressed to them may be live (its revocation must still reach this agent).
+        if let Some(old) = registered_labels(&tx, agent_id)? {
+            record_label_change(&tx, agent_id, &old, &token.labels, now)?;
+        }
         // The registry `ResolveAgent` and label selectors read: the token's labels; the address
         // is learned when the agent connects.
         tx.execute(
@@ -381,6 +482,12 @@ impl Store {
             return Ok(false);
         }
         record()?;
+        // Its labels stay former labels while a grant addressed to them may be live: a
+        // re-enrolment under other labels (with the grants and position it kept) is still sent
+        // their revocations.
+        if let Some(old) = registered_labels(&tx, id)? {
+            record_label_change(&tx, id, &old, &[], now)?;
+        }
         tx.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
         tx.execute("DELETE FROM enrolled_agents WHERE id = ?1", params![id])?;
         tx.execute(
