@@ -6,6 +6,7 @@ mod anchor;
 pub mod enrol;
 pub mod fanout;
 pub mod grant_stream;
+mod registrations;
 mod requests;
 pub mod signin;
 mod users;
@@ -98,6 +99,8 @@ pub struct ControllerService {
     /// Removed agents' certificates (see `enrol`): refused by the identity interceptor, and
     /// their watch streams cut.
     revocations: Arc<loggate_core::daemon::Revocations>,
+    /// The agents' registrations queued by their streams' openings, and their writer.
+    registrations: Arc<registrations::Registrations>,
     /// The run-time CA and agent certificate lifetime, for `RenewCertificate` (see `enrol`);
     /// None without `[enrolment]`.
     agent_ca: Option<(Arc<crate::pki::RuntimeCa>, Duration)>,
@@ -135,6 +138,7 @@ impl ControllerService {
                 loggate_core::audit::budget::BudgetPolicy::default(),
             )),
             revocations: Arc::default(),
+            registrations: Arc::default(),
             agent_ca: None,
         })
     }
@@ -475,6 +479,81 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GrantEvent, Status>> + S
 pub type EncodedEventStream = fanout::WatchStream;
 
 impl ControllerService {
+    /// What opening agent `announced.id`'s stream needs of the store (`registrations`): one
+    /// read, waiting for one of the store's stream turns asynchronously (a herd queues rather
+    /// than being refused), then off the runtime's threads. The labels it streams with (its
+    /// enrolled ones, else those it announces) and its former labels; `None` when it was
+    /// removed at or after `not_before`. A first registration, a change of its labels (its
+    /// former labels must be stored before its catch-up reads) or of its address is written at
+    /// once; otherwise (a reconnection: the herd after a restart or a failover) its
+    /// registration is queued.
+    async fn register_stream(
+        &self,
+        announced: AgentRow,
+        not_before: i64,
+    ) -> Result<Option<(Vec<String>, Vec<String>)>, Status> {
+        let store = self.store.clone();
+        let turn = store
+            .stream_turns()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the controller is stopping"))?;
+        let now = announced.last_seen;
+        let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let _turn = turn;
+            let read = store.stream_registration(&announced.id, not_before, now)?;
+            if read.removed {
+                return Ok(None);
+            }
+            let row = AgentRow {
+                labels: read.enrolled.clone().unwrap_or(announced.labels.clone()),
+                ..announced
+            };
+            // Not registered yet, or under other labels: written now, so that a change of
+            // labels is recorded before the catch-up reads (a first registration queued, then
+            // overtaken by a reconnection with other labels, would record none). At another
+            // address: written now too, so that `ResolveAgent` (a read's `--host`) finds it
+            // as soon as its stream is open.
+            if read.registered.as_ref() != Some(&row.labels)
+                || read.registered_addr.as_ref() != Some(&row.addr)
+            {
+                let former = store.register_agent(&row, not_before)?;
+                return Ok(former.map(|former| (row, former, false)));
+            }
+            Ok(Some((row, read.former, true)))
+        })
+        .await
+        .map_err(|e| internal(anyhow::anyhow!("the agent's registration failed: {e}")))?
+        .map_err(internal)?;
+        let Some((row, former, queue)) = read else {
+            return Ok(None);
+        };
+        let labels = row.labels.clone();
+        if queue {
+            let (store, trust_domain, revocations) = (
+                self.store.clone(),
+                self.trust_domain.clone(),
+                self.revocations.clone(),
+            );
+            self.registrations.queue(
+                &self.store,
+                &self.stopping,
+                move |removed| {
+                    tracing::info!(
+                        agents = removed.len(),
+                        "removed agents' streams opened meanwhile: reloading the revocation set"
+                    );
+                    if let Err(e) = enrol::reload_revocations(&store, &trust_domain, &revocations) {
+                        tracing::warn!("cannot reload the revocation set: {e:#}");
+                    }
+                },
+                row,
+                not_before,
+            );
+        }
+        Ok(Some((labels, former)))
+    }
+
     /// Opens an agent's `WatchGrants` stream: checks the caller is the agent it watches for,
     /// registers it, and opens its stream on the change feed (`fanout`). Served by
     /// `grant_stream::ControllerRoutes` with the pre-encoded codec.
@@ -502,10 +581,6 @@ impl ControllerService {
         }
         // An enrolled agent has the labels its join token gave (the controller's word); the
         // labels an agent announces count only when its certificate came from elsewhere.
-        // Both calls wait for the store's one connection, which a restart's herd of catch-up
-        // reads keeps busy: they wait off the runtime's worker threads (the blocking pool),
-        // so that waiting agents do not hold up the TLS handshakes and the streams those
-        // workers run (on a 2-core machine the runtime has 2 workers).
         // The start of the agent's certificate: a removal (`agent remove`) revokes every
         // certificate of the agent that starts at or before it.
         let not_before = enrol::peer_not_before(&request_certs);
@@ -514,40 +589,19 @@ impl ControllerService {
         // reloaded meanwhile wakes the stream's `removed` (a receiver only sees the changes
         // made after it subscribed).
         let revocation_changes = self.revocations.subscribe();
-        let labels = {
-            let store = self.store.clone();
-            let (agent_id, announced, addr, replica) = (
-                req.agent_id.clone(),
-                req.labels.clone(),
-                req.listen_addr.clone(),
-                self.replica.clone(),
-            );
-            type Registered = Option<(Vec<String>, Vec<String>)>;
-            tokio::task::spawn_blocking(move || -> anyhow::Result<Registered> {
-                let labels = store.enrolled_labels(&agent_id)?.unwrap_or(announced);
-                // Its former labels (a change of its labels is recorded here, or was at its
-                // re-enrolment): their revocations still reach it.
-                let former = store.register_agent(
-                    &AgentRow {
-                        id: agent_id,
-                        labels: labels.clone(),
-                        addr,
-                        last_seen: unix_now(),
-                        replica,
-                    },
-                    not_before,
-                )?;
-                Ok(former.map(|former| (labels, former)))
-            })
-            .await
-            .map_err(|e| internal(anyhow::anyhow!("the agent's registration failed: {e}")))?
-            .map_err(internal)?
+        let row = AgentRow {
+            id: req.agent_id.clone(),
+            labels: req.labels.clone(),
+            addr: req.listen_addr.clone(),
+            last_seen: unix_now(),
+            replica: self.replica.clone(),
         };
-        // Removed while it waited for the store: the store refused to register it again, or
-        // the revocation set (reloaded after the removal committed) has it. Nothing streamed.
-        let Some((labels, former_labels)) = labels else {
+        let Some((labels, former_labels)) = self.register_stream(row, not_before).await? else {
+            // Removed: the store refused to register it again.
             return Err(enrol::removed_status());
         };
+        // Removed while it waited for the store: the revocation set (reloaded after the
+        // removal committed) has it. Nothing streamed.
         if self.revocations.is_revoked(&spiffe_id, not_before) {
             return Err(enrol::removed_status());
         }

@@ -127,7 +127,16 @@ pub struct Store {
     /// fails at once with [`db::Error::Busy`].
     waiters: std::sync::atomic::AtomicUsize,
     max_waiters: usize,
+    /// The turns of the agents' streams at the store ([`Store::stream_turns`]).
+    stream_turns: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// How many of the agents' stream calls (a stream's opening read, a catch-up read) run on the
+/// store at once; the others wait for a turn without a thread ([`Store::stream_turns`]). Below
+/// [`db::MAX_STORE_WAITERS`], so that a herd of agents never makes the store refuse a call
+/// (`Busy`), theirs or an admin's, and bounds the blocking pool's threads they take on SQLite
+/// too (where nothing else bounds them).
+pub const STREAM_TURNS: usize = 32;
 
 /// How a checkpoint reported by an agent relates to the ones already held for its host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -478,7 +487,23 @@ impl Store {
             jobs_leader: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             waiters: std::sync::atomic::AtomicUsize::new(0),
             max_waiters: db::MAX_STORE_WAITERS,
+            stream_turns: std::sync::Arc::new(tokio::sync::Semaphore::new(STREAM_TURNS)),
         }
+    }
+
+    /// Lets at most `n` callers wait for the PostgreSQL connection (tests).
+    #[cfg(test)]
+    pub(crate) fn set_max_waiters(&mut self, n: usize) {
+        self.max_waiters = n;
+    }
+
+    /// The turns of the agents' stream calls ([`STREAM_TURNS`]): a stream's opening read and
+    /// every catch-up read take one, waiting for it asynchronously (in a task of their own, so
+    /// a stream that is not polled holds no turn up), then run off the runtime's threads. A
+    /// herd of reconnecting agents (a restart, a replica's failover) so queues for the
+    /// database instead of being refused with `Busy` (each refusal doubles an agent's back-off).
+    pub fn stream_turns(&self) -> std::sync::Arc<tokio::sync::Semaphore> {
+        self.stream_turns.clone()
     }
 
     /// Whether this process should run the cluster's singleton jobs now: on SQLite always; on
@@ -1763,6 +1788,119 @@ mod state_tests {
             }
             assert!(store.upsert_agent(&agent, 101).unwrap(), "{}", t.backend());
             assert!(store.agent("web-1").unwrap().is_some(), "{}", t.backend());
+        });
+    }
+
+    /// The registrations queued by streams' openings (`service::registrations`) are written
+    /// in one call: new agents with their labels, known ones with their address, time and
+    /// replica but not their labels (a re-enrolment may have replaced them since the stream
+    /// read them), and an agent removed at or after its certificate's start not at all (X2),
+    /// its id returned. On both backends.
+    #[test]
+    fn queued_registrations_are_written_together_and_a_removed_agent_is_not_registered_again() {
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let row = |id: &str, labels: &[&str], last_seen: i64| AgentRow {
+                id: id.into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                addr: format!("{id}:7401"),
+                last_seen,
+                replica: "controller-b".into(),
+            };
+            assert!(store
+                .upsert_agent(&row("web-1", &["env=new"], 1), 0)
+                .unwrap());
+            assert!(store
+                .upsert_agent(&row("web-2", &["env=prod"], 1), 0)
+                .unwrap());
+            assert!(store
+                .remove_agent("web-2", 100, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            let removed = store
+                .register_agents(&[
+                    (row("web-1", &["env=stale"], 5), 0),
+                    (row("web-2", &["env=prod"], 5), 100),
+                    (row("web-3", &["env=prod"], 5), 0),
+                ])
+                .unwrap();
+            assert_eq!(removed, vec!["web-2".to_string()], "{}", t.backend());
+            let web1 = store.agent("web-1").unwrap().expect("web-1");
+            assert_eq!(
+                (web1.labels, web1.last_seen, web1.replica.as_str()),
+                (vec!["env=new".to_string()], 5, "controller-b"),
+                "{}",
+                t.backend()
+            );
+            assert!(store.agent("web-2").unwrap().is_none(), "{}", t.backend());
+            assert_eq!(
+                store.agent("web-3").unwrap().map(|a| a.labels),
+                Some(vec!["env=prod".to_string()]),
+                "{}",
+                t.backend()
+            );
+            // Its later certificate registers.
+            assert!(store
+                .register_agents(&[(row("web-2", &["env=prod"], 6), 101)])
+                .unwrap()
+                .is_empty());
+            assert!(store.agent("web-2").unwrap().is_some(), "{}", t.backend());
+        });
+    }
+
+    /// A stream's opening reads in one call what it decides on: removal, enrolled and
+    /// registry labels, the registry's address, former labels. On both backends.
+    #[test]
+    fn a_streams_opening_reads_removal_labels_and_former_labels_at_once() {
+        use super::agents::StreamRegistration;
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let agent = |labels: &[&str]| AgentRow {
+                id: "web-1".into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                addr: "web-1:7401".into(),
+                last_seen: 10,
+                replica: String::new(),
+            };
+            assert_eq!(
+                store.stream_registration("web-1", 0, 10).unwrap(),
+                StreamRegistration {
+                    removed: false,
+                    enrolled: None,
+                    registered: None,
+                    registered_addr: None,
+                    former: vec![],
+                }
+            );
+            store
+                .insert_grant(|revision| {
+                    Ok(testing::grant_row("g-1", &[], &["team=a"], 1000, revision))
+                })
+                .unwrap();
+            store.register_agent(&agent(&["team=a"]), 0).unwrap();
+            store.register_agent(&agent(&["team=b"]), 0).unwrap();
+            assert_eq!(
+                store.stream_registration("web-1", 0, 10).unwrap(),
+                StreamRegistration {
+                    removed: false,
+                    enrolled: None,
+                    registered: Some(vec!["team=b".into()]),
+                    registered_addr: Some("web-1:7401".into()),
+                    former: vec!["team=a".into()],
+                },
+                "{}",
+                t.backend()
+            );
+            // The former label is kept until its last grant's end.
+            assert!(store
+                .stream_registration("web-1", 0, 1000)
+                .unwrap()
+                .former
+                .is_empty());
+            assert!(store
+                .remove_agent("web-1", 100, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            assert!(store.stream_registration("web-1", 100, 10).unwrap().removed);
+            assert!(!store.stream_registration("web-1", 101, 10).unwrap().removed);
         });
     }
 }

@@ -525,6 +525,29 @@ pub(super) fn peer_not_before(
         .unwrap_or(i64::MIN)
 }
 
+/// Reloads `revocations` from `store` ([`super::ControllerService::refresh_revocations`]).
+pub(super) fn reload_revocations(
+    store: &crate::store::Store,
+    trust_domain: &str,
+    revocations: &loggate_core::daemon::Revocations,
+) -> anyhow::Result<()> {
+    let removed = store.removed_agents()?;
+    // People locked out (`loggate user lock`, see `users.rs`) are revoked the same way.
+    let locked = store.user_cutoffs()?;
+    revocations.replace(
+        removed
+            .into_iter()
+            .map(|(id, at)| (format!("spiffe://{trust_domain}/agent/{id}"), at))
+            .chain(
+                locked
+                    .into_iter()
+                    .map(|(name, at)| (format!("spiffe://{trust_domain}/user/{name}"), at)),
+            )
+            .collect(),
+    );
+    Ok(())
+}
+
 /// What a removed agent's cut stream ends with.
 pub(super) fn removed_status() -> Status {
     Status::unauthenticated(
@@ -542,21 +565,7 @@ impl super::ControllerService {
     /// Reloads the revocation set from the store (at start, after a removal, and on a timer
     /// for removals made by another replica).
     pub fn refresh_revocations(&self) -> anyhow::Result<()> {
-        let removed = self.store.removed_agents()?;
-        // People locked out (`loggate user lock`, see `users.rs`) are revoked the same way.
-        let locked = self.store.user_cutoffs()?;
-        self.revocations.replace(
-            removed
-                .into_iter()
-                .map(|(id, at)| (format!("spiffe://{}/agent/{id}", self.trust_domain), at))
-                .chain(
-                    locked.into_iter().map(|(name, at)| {
-                        (format!("spiffe://{}/user/{name}", self.trust_domain), at)
-                    }),
-                )
-                .collect(),
-        );
-        Ok(())
+        reload_revocations(&self.store, &self.trust_domain, &self.revocations)
     }
 
     /// `ListAgents` (any person): the registry, filtered by a label selector.

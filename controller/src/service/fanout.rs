@@ -444,9 +444,10 @@ impl ChangeFeed {
     }
 
     /// One read of a catch-up for `agent`: reads the log off the runtime's threads, only the
-    /// agent's rows ([`read_catch_up`]). Nothing runs until it is polled, and dropping it (the
-    /// stream ended: stopped, removed, its client gone) lets a read already started finish and
-    /// drops what it kept. It waits for nothing shared but the store's connection, held only
+    /// agent's rows ([`read_catch_up`]), once it has one of the store's stream turns
+    /// (`Store::stream_turns`). It starts at once, in a task of its own, and dropping it (the
+    /// stream ended: stopped, removed, its client gone) lets the read finish and drops what it
+    /// kept. It waits for nothing shared but a turn and the store's connection, both held only
     /// by the read itself: a stream that is never polled again (hyper waiting for its agent's
     /// HTTP/2 window) holds up no other stream's catch-up.
     fn catch_up_read(&self, agent: &WatchRequest, from: ReadFrom) -> Reading {
@@ -454,12 +455,24 @@ impl ChangeFeed {
         let agent_id = agent.agent_id.clone();
         let labels = agent.labels.clone();
         let former = agent.former_labels.clone();
-        Box::pin(async move {
-            let read = tokio::task::spawn_blocking(move || {
+        // The wait for a turn runs in a task of its own: a stream that is not polled (its
+        // agent's window full) holds no turn another stream waits for.
+        let turns = store.stream_turns();
+        let read = tokio::spawn(async move {
+            let turn = turns.acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
                 read_catch_up(&store, from, &agent_id, &labels, &former, unix_now())
             })
-            .await;
-            read.map_err(|e| anyhow::anyhow!("the read of the revision log failed: {e}"))?
+            .await
+        });
+        Box::pin(async move {
+            match read.await {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) | Err(e) => {
+                    Err(anyhow::anyhow!("the read of the revision log failed: {e}"))
+                }
+            }
         })
     }
 
@@ -1987,6 +2000,52 @@ mod tests {
         let for_b = f.grant("g-b", &["team=b"]);
         assert_eq!(next_change(&mut rx).await, (revoked, "g-a".to_string()));
         assert_eq!(next_change(&mut rx).await, (for_b, "g-b".to_string()));
+    }
+
+    /// A herd of streams opening at once (a replica's failover, a restart) on PostgreSQL: every
+    /// catch-up read waits for one of the store's stream turns, so no more of them wait for the
+    /// connection than the store lets wait, and none is refused `Busy` (each refusal ends the
+    /// stream and doubles the agent's back-off). Here the store lets only `STREAM_TURNS` wait;
+    /// without the turns most of the 128 reads were refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_herd_of_catch_ups_waits_for_turns_and_none_is_refused_busy() {
+        let t = crate::store::testing::TestStore::postgres();
+        let mut store = Store::open_postgres(&t.server.as_ref().expect("a server").url())
+            .expect("a second connection");
+        store.set_max_waiters(crate::store::STREAM_TURNS);
+        let store = Arc::new(store);
+        insert(&store, "g-1", &[], &["env=prod"], unix_now() + 3600);
+        let (_stop, stopping) = watch::channel(false);
+        let revisions = watch::channel(store.latest_revision().unwrap()).0;
+        let feed = ChangeFeed::start(
+            store.clone(),
+            stamp(),
+            revisions.subscribe(),
+            stopping.clone(),
+            FEED_CAPACITY,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut streams = Vec::new();
+        for i in 0..(4 * crate::store::STREAM_TURNS) {
+            let stream = feed.stream(
+                WatchRequest {
+                    agent_id: format!("a-{i}"),
+                    labels: vec!["env=prod".into()],
+                    former_labels: Vec::new(),
+                    after_revision: 0,
+                    after_epoch: String::new(),
+                },
+                stopping.clone(),
+                Box::pin(std::future::pending()),
+                || {},
+            );
+            streams.push(read_as_the_connection(stream, 16));
+        }
+        for rx in &mut streams {
+            assert_eq!(next_change(rx).await.1, "g-1");
+            caught_up(rx).await;
+        }
     }
 
     /// A resync (an agent of another epoch, as after every restart) reads the live state, not

@@ -15,6 +15,7 @@
 
 use super::db::{params, OptionalExtension};
 use super::{from_json, to_json, Store};
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 pub(super) const AGENTS_SCHEMA: &str = "
@@ -143,6 +144,21 @@ pub(super) fn former_labels(
     )?;
     let rows = stmt.query_map(params![agent_id, now], |r| r.get(0))?;
     rows.collect()
+}
+
+/// What a stream's opening reads of its agent ([`Store::stream_registration`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRegistration {
+    /// Removed (`agent remove`) at or after the start of the certificate it connects with.
+    pub removed: bool,
+    /// The labels its join token gave it; `None`: not enrolled (it keeps what it announces).
+    pub enrolled: Option<Vec<String>>,
+    /// Its labels in the registry; `None`: not registered.
+    pub registered: Option<Vec<String>>,
+    /// Its address in the registry (what `ResolveAgent` answers); `None`: not registered.
+    pub registered_addr: Option<String>,
+    /// Its former labels still of use ([`FORMER_LABELS_SCHEMA`]).
+    pub former: Vec<String>,
 }
 
 /// One agent of the registry, with what enrolment knows of it.
@@ -557,8 +573,107 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// What opening agent `agent_id`'s stream needs from the store, in one call and without a
+    /// write: whether it was removed at or after `cert_not_before` (the start of the
+    /// certificate it connects with), its enrolled labels, its registry labels and its former
+    /// labels still of use at `now`. The registration itself is written later
+    /// ([`Store::register_agents`]), or at once by [`super::Store::register_agent`] when the
+    /// labels it will stream with differ from the registry's (a change to record first).
+    pub fn stream_registration(
+        &self,
+        agent_id: &str,
+        cert_not_before: i64,
+        now: i64,
+    ) -> anyhow::Result<StreamRegistration> {
+        let conn = self.conn()?;
+        type Read = (i64, Option<String>, Option<String>, Option<String>);
+        let (removed, enrolled, registered, registered_addr): Read = conn.query_row_cached(
+            "SELECT (SELECT COUNT(*) FROM removed_agents WHERE id = ?1 AND removed_at >= ?2),
+             (SELECT labels FROM enrolled_agents WHERE id = ?1),
+             (SELECT labels FROM agents WHERE id = ?1),
+             (SELECT addr FROM agents WHERE id = ?1)",
+            params![agent_id, cert_not_before],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let former = if removed > 0 {
+            Vec::new()
+        } else {
+            former_labels(&conn, agent_id, now)?
+        };
+        Ok(StreamRegistration {
+            removed: removed > 0,
+            enrolled: enrolled.map(from_json),
+            registered: registered.map(from_json),
+            registered_addr,
+            former,
+        })
+    }
+
+    /// Writes the registrations of agents whose streams opened (address, last seen, replica;
+    /// the labels only for an agent not registered yet: a change of labels is written when
+    /// the stream opens, [`super::Store::register_agent`], and a queued registration must not
+    /// put back labels a re-enrolment replaced meanwhile), in one transaction, committed
+    /// without waiting for the disk as [`super::Store::upsert_agent`]. An agent removed at or
+    /// after the start of the certificate it connected with is not written (security.md X2);
+    /// its id is returned.
+    pub fn register_agents(
+        &self,
+        agents: &[(super::AgentRow, i64)],
+    ) -> anyhow::Result<Vec<String>> {
+        const REMOVED_SQL: &str =
+            "SELECT COUNT(*) FROM removed_agents WHERE id = ?1 AND removed_at >= ?2";
+        const REGISTER_SQL: &str = "INSERT INTO agents (id, labels, addr, last_seen, replica) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT(id) DO UPDATE SET addr = ?3, last_seen = ?4, replica = ?5";
+        let mut removed_ids = Vec::new();
+        if agents.is_empty() {
+            return Ok(removed_ids);
+        }
+        let mut conn = self.conn()?;
+        let postgres = conn.is_postgres();
+        if !postgres {
+            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        }
+        let written = (|| -> anyhow::Result<()> {
+            let tx = conn.transaction()?;
+            if postgres {
+                tx.execute_batch("SET LOCAL synchronous_commit = off")?;
+            }
+            for (agent, cert_not_before) in agents {
+                let removed: i64 =
+                    tx.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
+                        r.get(0)
+                    })?;
+                if removed > 0 {
+                    removed_ids.push(agent.id.clone());
+                    continue;
+                }
+                tx.execute_cached(
+                    REGISTER_SQL,
+                    params![
+                        agent.id,
+                        to_json(&agent.labels),
+                        agent.addr,
+                        agent.last_seen,
+                        agent.replica
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })();
+        if !postgres {
+            conn.execute_batch("PRAGMA synchronous = FULL")
+                .map_err(anyhow::Error::from)
+                .context("cannot restore synchronous = FULL after registering agents")?;
+        }
+        written?;
+        Ok(removed_ids)
+    }
+
     /// The labels an enrolled agent was given by its token; `None` for an agent that did not
     /// enrol (its certificate came from elsewhere: it keeps the labels it announces).
+    #[cfg(test)]
     pub fn enrolled_labels(&self, agent_id: &str) -> anyhow::Result<Option<Vec<String>>> {
         Ok(self
             .conn()?
