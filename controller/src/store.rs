@@ -302,6 +302,37 @@ fn grant_columns_of_g() -> String {
         .join(", ")
 }
 
+/// The numbers of targets whose read texts are built once, at the first read
+/// ([`addressed_sql`], [`live_sql`]): 0 to an agent's host and 64 labels (`bounded_list`). An
+/// agent whose former labels take it beyond (a label change of many labels) has its text built
+/// at each read, as every read's was before.
+const PREBUILT_TARGETS: usize = 65;
+
+/// [`addressed_changes_sql`] of 0 to [`PREBUILT_TARGETS`] targets, by number.
+static ADDRESSED_SQL: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (0..=PREBUILT_TARGETS).map(addressed_changes_sql).collect());
+
+/// [`live_grants_sql`] of 0 to [`PREBUILT_TARGETS`] targets, by number.
+static LIVE_GRANTS_SQL: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (0..=PREBUILT_TARGETS).map(live_grants_sql).collect());
+
+/// The addressed read's text for `targets` targets: built once (a catch-up's read no longer
+/// formats up to ~20 KiB of SQL before its statement is found in the cache).
+fn addressed_sql(targets: usize) -> std::borrow::Cow<'static, str> {
+    match ADDRESSED_SQL.get(targets) {
+        Some(text) => std::borrow::Cow::Borrowed(text.as_str()),
+        None => std::borrow::Cow::Owned(addressed_changes_sql(targets)),
+    }
+}
+
+/// The live-grants read's text for `targets` targets ([`addressed_sql`]).
+fn live_sql(targets: usize) -> std::borrow::Cow<'static, str> {
+    match LIVE_GRANTS_SQL.get(targets) {
+        Some(text) => std::borrow::Cow::Borrowed(text.as_str()),
+        None => std::borrow::Cow::Owned(live_grants_sql(targets)),
+    }
+}
+
 /// [`Store::visit_addressed_changes_after`]'s statement for `targets` targets (`?1` after,
 /// `?2` limit, `?3` head, `?4`… the targets): per target, its first `limit` revisions after
 /// `?1` up to `?3` (a range
@@ -715,7 +746,7 @@ impl Store {
         let mut values: Vec<db::Value> = vec![after.into(), i64::from(limit).into(), head.into()];
         values.extend(targets.iter().cloned().map(db::Value::from));
         self.visit_log(
-            &addressed_changes_sql(targets.len()),
+            &addressed_sql(targets.len()),
             db::params_from_iter(values),
             visit,
         )
@@ -757,7 +788,7 @@ impl Store {
         ];
         values.extend(targets.iter().cloned().map(db::Value::from));
         self.visit_log(
-            &live_grants_sql(targets.len()),
+            &live_sql(targets.len()),
             db::params_from_iter(values),
             visit,
         )
@@ -1705,6 +1736,37 @@ mod state_tests {
             );
             assert_eq!(runs(&live_grants_sql(targets)), 2, "{targets} targets");
         }
+    }
+
+    /// The catch-up reads' texts are built once per number of targets up to an agent's host
+    /// and 64 labels (the same text each time, not formatted again at every read), and still
+    /// built, the same, beyond.
+    #[test]
+    fn the_addressed_reads_texts_are_built_once_per_number_of_targets() {
+        for targets in 1..=PREBUILT_TARGETS {
+            for (text, again, built) in [
+                (
+                    addressed_sql(targets),
+                    addressed_sql(targets),
+                    addressed_changes_sql(targets),
+                ),
+                (
+                    live_sql(targets),
+                    live_sql(targets),
+                    live_grants_sql(targets),
+                ),
+            ] {
+                assert!(
+                    matches!(text, std::borrow::Cow::Borrowed(_)),
+                    "{targets} targets: formatted at the read"
+                );
+                assert!(std::ptr::eq(text.as_ptr(), again.as_ptr()));
+                assert_eq!(*text, built);
+            }
+        }
+        let beyond = PREBUILT_TARGETS + 1;
+        assert_eq!(*addressed_sql(beyond), addressed_changes_sql(beyond));
+        assert_eq!(*live_sql(beyond), live_grants_sql(beyond));
     }
 
     /// PostgreSQL's registration commits with `SET LOCAL synchronous_commit = off`: the
