@@ -1965,6 +1965,81 @@ mod state_tests {
             assert!(!store.stream_registration("web-1", 101, 10).unwrap().removed);
         });
     }
+
+    /// A former label is forgotten only once no grant of its label is live and no stream under
+    /// the old labels can deliver one: the agent opened a stream more than the grace after the
+    /// change, or it was removed after the change longer than the grace ago. Not while its
+    /// grant is live, not before the agent reconnected. On both backends.
+    #[test]
+    fn former_labels_are_forgotten_once_of_no_use_and_a_removed_agents_too() {
+        use super::agents::FORMER_LABELS_GRACE as GRACE;
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let agent = |id: &str, labels: &[&str], last_seen: i64| AgentRow {
+                id: id.into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                addr: format!("{id}:7401"),
+                last_seen,
+                replica: String::new(),
+            };
+            let rows = |id: &str| -> i64 {
+                store
+                    .conn()
+                    .unwrap()
+                    .query_row(
+                        "SELECT COUNT(*) FROM agent_former_labels WHERE agent_id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .unwrap()
+            };
+            store
+                .insert_grant(|revision| {
+                    Ok(testing::grant_row("g-1", &[], &["team=a"], 1000, revision))
+                })
+                .unwrap();
+            for id in ["web-1", "web-2"] {
+                store
+                    .register_agent(&agent(id, &["team=a"], 10), 0)
+                    .unwrap();
+                store
+                    .register_agent(&agent(id, &["team=b"], 10), 0)
+                    .unwrap();
+                assert_eq!(rows(id), 1, "{}", t.backend());
+            }
+            // A label without a live grant at the change is kept too: a stream still under it
+            // may yet deliver a grant issued to it.
+            store
+                .register_agent(&agent("web-1", &["team=b", "team=c"], 10), 0)
+                .unwrap();
+            store
+                .register_agent(&agent("web-1", &["team=b"], 10), 0)
+                .unwrap();
+            assert_eq!(rows("web-1"), 2, "{}", t.backend());
+            // web-1 reconnects after the grace; web-2 is removed (its team=b becomes former).
+            store
+                .register_agents(&[(agent("web-1", &["team=b"], 10 + GRACE + 1), 0)])
+                .unwrap();
+            assert!(store
+                .remove_agent("web-2", 900, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            assert_eq!(rows("web-2"), 2, "{}", t.backend());
+            // g-1 is live: team=a is kept for both; team=c (no grant) is forgotten for web-1,
+            // web-2's team=b (no grant) kept within the grace of its removal.
+            assert_eq!(
+                store.forget_former_labels(999).unwrap(),
+                1,
+                "{}",
+                t.backend()
+            );
+            assert_eq!((rows("web-1"), rows("web-2")), (1, 2), "{}", t.backend());
+            // g-1 has ended: web-1's team=a forgotten, web-2's kept until the grace is over.
+            assert_eq!(store.forget_former_labels(900 + GRACE).unwrap(), 1);
+            assert_eq!((rows("web-1"), rows("web-2")), (0, 2), "{}", t.backend());
+            assert_eq!(store.forget_former_labels(901 + GRACE).unwrap(), 2);
+            assert_eq!(rows("web-2"), 0, "{}", t.backend());
+        });
+    }
 }
 
 /// The test PostgreSQL server of the end-to-end tests, shared with the store's unit tests.

@@ -1968,8 +1968,110 @@ mod tests {
                     "{agent}: team=b's grant and team=a's revocation, not team=a's grant {another_a}"
                 );
             }
-            // Back to team=a: team=a is no longer a former label, team=b (g-b is live) is.
-            assert_eq!(register("web-1", &["team=a"]), labels(&["team=b"]));
+            // Back to team=a: team=a is no longer a former label, team=b (g-b is live) is. Its
+            // catch-up from where it was under team=b: team=a's grant it missed meanwhile and
+            // team=a's revocation; of team=b only revocations (none), not g-b.
+            let former = register("web-1", &["team=a"]);
+            assert_eq!(former, labels(&["team=b"]));
+            let (sent, _, _) = whole_catch_up_with_former(
+                store,
+                ReadFrom::Agent {
+                    after: for_b,
+                    own_epoch: true,
+                },
+                "web-1",
+                &labels(&["team=a"]),
+                &former,
+                now,
+            );
+            assert_eq!(
+                sent,
+                vec![
+                    (another_a, "g-a-2".to_string(), false),
+                    (revoked, "g-a".to_string(), true)
+                ]
+            );
+        });
+    }
+
+    /// The review's scenario (issue 12): web-2's stream is open under `team=a` across its
+    /// re-enrolment with `team=b` (a re-enrolment does not cut it), when `team=a`'s only grant
+    /// ends soon. A grant issued to `team=a` after the change, ending hours later, reaches it
+    /// through that old stream. Once the first grant has ended the agent reconnects under
+    /// `team=b`; the second grant is revoked: the agent is sent the revocation. On both
+    /// backends. When a former label's end was fixed at the change (the last end of the
+    /// grants then), the label was no longer former at the reconnection and the revocation
+    /// was never sent.
+    #[test]
+    fn a_grant_delivered_by_a_stream_open_across_a_relabel_has_its_revocation_sent() {
+        use crate::store::agents::{new_join_token, EnrolledCert, JoinToken};
+        crate::store::testing::on_each_backend(|store, _| {
+            let now = unix_now();
+            let labels = |l: &[&str]| l.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+            let enrol = |token_labels: &[&str], at: i64| {
+                let (_, digest, id) = new_join_token();
+                let token = JoinToken {
+                    id,
+                    labels: labels(token_labels),
+                    uses_left: 1,
+                    expires_at: now + 3600,
+                    reenrol: true,
+                    created_by: "spiffe://loggate.local/user/admin".into(),
+                    created_at: now,
+                    revoked_at: None,
+                };
+                store.create_join_token(&digest, &token, || Ok(())).unwrap();
+                store
+                    .enrol_agent(&digest, "web-2", at, |_| {
+                        Ok((
+                            EnrolledCert {
+                                serial: "01".into(),
+                                not_after: now + 86_400,
+                            },
+                            (),
+                        ))
+                    })
+                    .unwrap()
+                    .map_err(|(refusal, _)| refusal)
+                    .expect("enrolled");
+            };
+            // 1. Enrolled with team=a; its stream opens (and stays open) under team=a.
+            enrol(&["team=a"], now);
+            let opened = store.stream_registration("web-2", 0, now).unwrap();
+            assert_eq!(opened.enrolled, Some(labels(&["team=a"])));
+            let first = insert(store, "g-1", &[], &["team=a"], now + 60);
+            // 2. Re-enrolled with team=b while g-1 (ending in a minute) is team=a's only grant.
+            enrol(&["team=b"], now + 1);
+            // 3. G2 to team=a, ending in 8 hours: the old stream, still under team=a, sends it.
+            let second = insert(store, "g-2", &[], &["team=a"], now + 8 * 3600);
+            let (sent, at, _) = whole_catch_up(
+                store,
+                ReadFrom::Revision(first),
+                "web-2",
+                &labels(&["team=a"]),
+                now + 2,
+            );
+            assert_eq!(sent, vec![(second, "g-2".to_string(), false)]);
+            // 4. After g-1 has ended, the agent reconnects under team=b.
+            let later = now + 3600;
+            let read = store.stream_registration("web-2", 0, later).unwrap();
+            assert_eq!(read.enrolled, Some(labels(&["team=b"])));
+            assert_eq!(
+                read.former,
+                labels(&["team=a"]),
+                "team=a is former while g-2 is live"
+            );
+            // 5. G2 is revoked: the team=b stream is sent the revocation, from its position.
+            let revoked = revoke_in(store, "g-2");
+            let (sent, _, _) = whole_catch_up_with_former(
+                store,
+                ReadFrom::Revision(at),
+                "web-2",
+                &labels(&["team=b"]),
+                &read.former,
+                later,
+            );
+            assert_eq!(sent, vec![(revoked, "g-2".to_string(), true)]);
         });
     }
 

@@ -51,9 +51,8 @@ CREATE TABLE IF NOT EXISTS removed_agents (
 ";
 
 /// Added in version 7 (issue 12): the labels an agent held before its labels changed (a
-/// re-enrolment with a token of other labels, or an agent without enrolment announcing other
-/// labels), each kept until the last grant addressed to it at the change has ended (`until`,
-/// that grant's end; a label with no live grant is not kept at all).
+/// re-enrolment with a token of other labels, an agent without enrolment announcing other
+/// labels, a removal), each with the time of its latest change (`since`).
 ///
 /// Why: what is sent to an agent is decided by its *current* labels, but a revocation must
 /// reach every agent that may hold its grant. An agent that received grant G under label A
@@ -61,23 +60,39 @@ CREATE TABLE IF NOT EXISTS removed_agents (
 /// and indexed, to A): a catch-up from its position reads B's rows, the feed matches B. If
 /// it then holds A again (or still serves under A: its own audience is what it loaded at its
 /// start), it would serve a revoked grant. So a revocation is also sent to an agent that held
-/// one of its grant's labels before, for as long as a grant of that label can be live; the
-/// grants themselves are sent by current labels only.
+/// one of its grant's labels before; the grants themselves are sent by current labels only.
+///
+/// Nothing about a former label is decided at the change. A stream opened before the change
+/// (a re-enrolment does not cut the agent's open stream; a stream may read the labels just
+/// before the re-enrolment commits) still streams the old labels, and so may deliver grants
+/// issued to them *after* the change. So a row is kept whatever the grants at the change, and
+/// whether it is of use is decided when a stream opens ([`former_labels`]: a label that has a
+/// grant live then). A row is forgotten ([`forget_former_labels`]) only once no grant
+/// addressed to its label is live and no stream under the old labels can deliver one any
+/// more: the agent opened a stream more than [`FORMER_LABELS_GRACE`] after the change (an
+/// agent watches on one stream at a time: the old one is no longer read), or it was removed
+/// after the change and that removal is older than the grace (its streams are cut: at once on
+/// its replica, at the next revocation reload, every 10 s, on the others).
 pub(super) const FORMER_LABELS_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS agent_former_labels (
     agent_id TEXT NOT NULL,
     label TEXT NOT NULL,
-    until INTEGER NOT NULL,
+    since INTEGER NOT NULL,
     PRIMARY KEY (agent_id, label)
 );
 ";
 
+/// How long after a change of an agent's labels (or its removal) a stream under its old
+/// labels may still be open, as far as forgetting a former label goes
+/// ([`FORMER_LABELS_SCHEMA`]): well past the slowest commit (`lock_timeout`, 10 s) and the
+/// other replicas' revocation reload (10 s).
+pub const FORMER_LABELS_GRACE: i64 = 300;
+
 /// Records that agent `agent_id`'s labels change from `old` to `new` at `now`, in the caller's
 /// transaction ([`FORMER_LABELS_SCHEMA`]): each label it no longer holds is kept as a former
-/// label until the last end of the grants addressed to it (read from `revision_targets`, so
-/// every grant of every writer counts), the labels it holds again are no longer former, and
-/// the former labels whose grants have all ended are forgotten. Nothing is written when the
-/// labels did not change.
+/// label (since `now`), the labels it holds again are no longer former, and its former labels
+/// that can be of no use any more are forgotten ([`forget_former_labels`]). Nothing is written
+/// when the labels did not change.
 pub(super) fn record_label_change(
     conn: &super::db::Connection,
     agent_id: &str,
@@ -89,19 +104,11 @@ pub(super) fn record_label_change(
         return Ok(());
     }
     for label in old.iter().filter(|l| !new.contains(l)) {
-        let until: Option<i64> = conn.query_row(
-            "SELECT MAX(grant_ends) FROM revision_targets WHERE target = ?1",
-            params![super::label_target(label)],
-            |r| r.get(0),
-        )?;
-        let Some(until) = until.filter(|until| *until > now) else {
-            continue;
-        };
         conn.execute(
-            "INSERT INTO agent_former_labels (agent_id, label, until) VALUES (?1, ?2, ?3)
-             ON CONFLICT(agent_id, label) DO UPDATE SET until =
-             CASE WHEN agent_former_labels.until > ?3 THEN agent_former_labels.until ELSE ?3 END",
-            params![agent_id, label, until],
+            "INSERT INTO agent_former_labels (agent_id, label, since) VALUES (?1, ?2, ?3)
+             ON CONFLICT(agent_id, label) DO UPDATE SET since =
+             CASE WHEN agent_former_labels.since > ?3 THEN agent_former_labels.since ELSE ?3 END",
+            params![agent_id, label, now],
         )?;
     }
     for label in new {
@@ -110,11 +117,49 @@ pub(super) fn record_label_change(
             params![agent_id, label],
         )?;
     }
-    conn.execute(
-        "DELETE FROM agent_former_labels WHERE agent_id = ?1 AND until <= ?2",
-        params![agent_id, now],
-    )?;
+    forget_former_labels(conn, Some(agent_id), now)?;
     Ok(())
+}
+
+/// Whether former label row `f` can be forgotten at `?1` ([`FORMER_LABELS_SCHEMA`]): no grant
+/// addressed to its label is live (`revision_targets_live`), and no stream under the old labels
+/// can still deliver one: the agent opened a stream (its registry's `last_seen`) more than
+/// the grace after the change, or it was removed after the change, longer than the grace ago
+/// (`?3`: `?1` less the grace `?2`).
+const FORGETTABLE_SQL: &str = "NOT EXISTS (SELECT 1 FROM revision_targets t \
+       WHERE t.target = 'label:' || f.label AND t.grant_ends > ?1) \
+     AND (EXISTS (SELECT 1 FROM agents a WHERE a.id = f.agent_id AND a.last_seen > f.since + ?2) \
+       OR EXISTS (SELECT 1 FROM removed_agents r WHERE r.id = f.agent_id \
+         AND r.removed_at >= f.since AND r.removed_at < ?3))";
+
+/// Forgets the former labels ([`FORMER_LABELS_SCHEMA`]) of agent `agent_id` (of every agent:
+/// `None`) that can be of no use at `now` any more; how many.
+pub(super) fn forget_former_labels(
+    conn: &super::db::Connection,
+    agent_id: Option<&str>,
+    now: i64,
+) -> super::db::Result<usize> {
+    match agent_id {
+        Some(agent_id) => conn.execute(
+            &format!(
+                "DELETE FROM agent_former_labels AS f WHERE f.agent_id = ?4 AND {FORGETTABLE_SQL}"
+            ),
+            params![
+                now,
+                FORMER_LABELS_GRACE,
+                now.saturating_sub(FORMER_LABELS_GRACE),
+                agent_id
+            ],
+        ),
+        None => conn.execute(
+            &format!("DELETE FROM agent_former_labels AS f WHERE {FORGETTABLE_SQL}"),
+            params![
+                now,
+                FORMER_LABELS_GRACE,
+                now.saturating_sub(FORMER_LABELS_GRACE)
+            ],
+        ),
+    }
 }
 
 /// The registry's labels of agent `agent_id` (`None`: not registered), in the caller's
@@ -133,14 +178,20 @@ pub(super) fn registered_labels(
         .map(from_json))
 }
 
-/// The former labels of agent `agent_id` still of use at `now` ([`FORMER_LABELS_SCHEMA`]).
+/// The former labels of agent `agent_id` of use to a stream opening at `now`
+/// ([`FORMER_LABELS_SCHEMA`]): those with a grant live at `now`. Decided now, not at the
+/// change: a grant issued to a former label after the change (delivered by a stream still
+/// under the old labels) counts.
 pub(super) fn former_labels(
     conn: &super::db::Connection,
     agent_id: &str,
     now: i64,
 ) -> super::db::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT label FROM agent_former_labels WHERE agent_id = ?1 AND until > ?2 ORDER BY label",
+        "SELECT f.label FROM agent_former_labels AS f WHERE f.agent_id = ?1 \
+         AND EXISTS (SELECT 1 FROM revision_targets t \
+           WHERE t.target = 'label:' || f.label AND t.grant_ends > ?2) \
+         ORDER BY f.label",
     )?;
     let rows = stmt.query_map(params![agent_id, now], |r| r.get(0))?;
     rows.collect()
@@ -571,6 +622,14 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets every agent's former labels that can be of no use at `now` any more
+    /// ([`FORMER_LABELS_SCHEMA`]: a removed agent's too); how many. Run by the replica that
+    /// leads the singleton jobs; an agent's own are also forgotten at its next label change.
+    pub fn forget_former_labels(&self, now: i64) -> anyhow::Result<usize> {
+        let conn = self.conn()?;
+        Ok(forget_former_labels(&conn, None, now)?)
     }
 
     /// What opening agent `agent_id`'s stream needs from the store, in one call and without a

@@ -25,7 +25,7 @@
 //!   trigger created if missing at every open, the back-fill run when the stored version is
 //!   below 6, idempotent), on PostgreSQL `postgres_v6.sql`.
 //!   Version 7 (issue 12) only adds a table, `agent_former_labels` (the labels an agent held
-//!   before its labels changed, while a grant addressed to one may be live: `store/agents.rs`):
+//!   before its labels changed and the time of the change: `store/agents.rs`):
 //!   `postgres_v7.sql`; on SQLite in the idempotent schema (`agents::FORMER_LABELS_SCHEMA`).
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
