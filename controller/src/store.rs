@@ -1909,6 +1909,57 @@ mod state_tests {
         });
     }
 
+    /// A herd's registrations (here 1,100, a removed agent among them in the second
+    /// transaction's share) are written in transactions of at most
+    /// `REGISTRATIONS_PER_WRITE` agents, so the cluster-wide lock every PostgreSQL transaction
+    /// takes is released between them for other writers: on PostgreSQL each row's `xmin` (the
+    /// transaction that wrote it) shows 3 transactions of at most 512 rows. All but the
+    /// removed one registered, on both backends. Written in one transaction, one `xmin`.
+    #[test]
+    fn a_herds_registrations_are_written_in_bounded_transactions() {
+        use super::agents::REGISTRATIONS_PER_WRITE;
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let row = |i: usize| AgentRow {
+                id: format!("web-{i:04}"),
+                labels: vec!["env=prod".into()],
+                addr: format!("web-{i}:7401"),
+                last_seen: 5,
+                replica: "controller-b".into(),
+            };
+            assert!(store.upsert_agent(&row(700), 0).unwrap());
+            assert!(store
+                .remove_agent("web-0700", 100, "spiffe://loggate.local/user/admin", || Ok(
+                    ()
+                ))
+                .unwrap());
+            let herd: Vec<_> = (0..1100).map(|i| (row(i), 0)).collect();
+            let removed = store.register_agents(&herd).unwrap();
+            assert_eq!(removed, vec!["web-0700".to_string()], "{}", t.backend());
+            let conn = store.conn().unwrap();
+            let registered: i64 = conn
+                .query_row("SELECT COUNT(*) FROM agents", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(registered, 1099, "{}", t.backend());
+            if conn.is_postgres() {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT COUNT(*) FROM agents GROUP BY xmin::text ORDER BY COUNT(*) DESC",
+                    )
+                    .unwrap();
+                let per_transaction: Vec<i64> = stmt
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert_eq!(per_transaction.len(), 3, "{per_transaction:?}");
+                assert!(per_transaction
+                    .iter()
+                    .all(|n| usize::try_from(*n).is_ok_and(|n| n <= REGISTRATIONS_PER_WRITE)));
+            }
+        });
+    }
+
     /// A stream's opening reads in one call what it decides on: removal, enrolled and
     /// registry labels, the registry's address, former labels. On both backends.
     #[test]

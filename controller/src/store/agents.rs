@@ -13,7 +13,7 @@
 //! labels. No certificate is handed out without its record, and a failed record changes
 //! nothing.
 
-use super::db::{params, OptionalExtension};
+use super::db::{params, params_from_iter, OptionalExtension, Value};
 use super::{from_json, to_json, Store};
 use anyhow::Context;
 use sha2::{Digest, Sha256};
@@ -160,6 +160,45 @@ pub(super) fn forget_former_labels(
             ],
         ),
     }
+}
+
+/// Agents whose registrations one transaction of [`Store::register_agents`] writes at most.
+pub const REGISTRATIONS_PER_WRITE: usize = 512;
+
+/// The two statements of a transaction of [`Store::register_agents`] for `n` agents, each
+/// agent's six parameters in order (id, labels, address, last seen, replica, certificate
+/// start): the ids of those removed at or after their certificate's start, and the upsert of
+/// the others (the labels written only for an agent not registered yet).
+fn registrations_sql(n: usize) -> (String, String) {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let p = i * 6;
+            format!(
+                "(?{}, ?{}, ?{}, CAST(?{} AS BIGINT), ?{}, CAST(?{} AS BIGINT))",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6
+            )
+        })
+        .collect();
+    let with = format!(
+        "WITH v (id, labels, addr, last_seen, replica, nb) AS (VALUES {})",
+        rows.join(", ")
+    );
+    let removed =
+        "EXISTS (SELECT 1 FROM removed_agents r WHERE r.id = v.id AND r.removed_at >= v.nb)";
+    (
+        format!("{with} SELECT v.id FROM v WHERE {removed}"),
+        format!(
+            "{with} INSERT INTO agents (id, labels, addr, last_seen, replica) \
+             SELECT v.id, v.labels, v.addr, v.last_seen, v.replica FROM v WHERE NOT {removed} \
+             ON CONFLICT(id) DO UPDATE SET addr = excluded.addr, \
+             last_seen = excluded.last_seen, replica = excluded.replica"
+        ),
+    )
 }
 
 /// The registry's labels of agent `agent_id` (`None`: not registered), in the caller's
@@ -671,19 +710,21 @@ impl Store {
     /// Writes the registrations of agents whose streams opened (address, last seen, replica;
     /// the labels only for an agent not registered yet: a change of labels is written when
     /// the stream opens, [`super::Store::register_agent`], and a queued registration must not
-    /// put back labels a re-enrolment replaced meanwhile), in one transaction, committed
-    /// without waiting for the disk as [`super::Store::upsert_agent`]. An agent removed at or
-    /// after the start of the certificate it connected with is not written (security.md X2);
-    /// its id is returned.
+    /// put back labels a re-enrolment replaced meanwhile), committed without waiting for the
+    /// disk as [`super::Store::upsert_agent`]. An agent removed at or after the start of the
+    /// certificate it connected with is not written (security.md X2); its id is returned.
+    ///
+    /// At most [`REGISTRATIONS_PER_WRITE`] agents per transaction, each transaction two
+    /// statements (the removed ones among them, then one multi-row upsert guarded by the same
+    /// removal check): on PostgreSQL every transaction holds the cluster-wide `REVISIONS_LOCK`,
+    /// so a failover's herd of 5,000 agents is written in short transactions between which
+    /// the grants and revocations of every replica take their turn, rather than in one that
+    /// held the lock for two round trips per agent. Stops at the first transaction that fails
+    /// (those before it stay committed). The agents' ids are unique (the queue is by agent).
     pub fn register_agents(
         &self,
         agents: &[(super::AgentRow, i64)],
     ) -> anyhow::Result<Vec<String>> {
-        const REMOVED_SQL: &str =
-            "SELECT COUNT(*) FROM removed_agents WHERE id = ?1 AND removed_at >= ?2";
-        const REGISTER_SQL: &str = "INSERT INTO agents (id, labels, addr, last_seen, replica) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT(id) DO UPDATE SET addr = ?3, last_seen = ?4, replica = ?5";
         let mut removed_ids = Vec::new();
         if agents.is_empty() {
             return Ok(removed_ids);
@@ -694,31 +735,35 @@ impl Store {
             conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         }
         let written = (|| -> anyhow::Result<()> {
-            let tx = conn.transaction()?;
-            if postgres {
-                tx.execute_batch("SET LOCAL synchronous_commit = off")?;
-            }
-            for (agent, cert_not_before) in agents {
-                let removed: i64 =
-                    tx.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
-                        r.get(0)
-                    })?;
-                if removed > 0 {
-                    removed_ids.push(agent.id.clone());
-                    continue;
+            for chunk in agents.chunks(REGISTRATIONS_PER_WRITE) {
+                let (removed_sql, register_sql) = registrations_sql(chunk.len());
+                let values: Vec<Value> = chunk
+                    .iter()
+                    .flat_map(|(agent, cert_not_before)| {
+                        [
+                            Value::Text(agent.id.clone()),
+                            Value::Text(to_json(&agent.labels)),
+                            Value::Text(agent.addr.clone()),
+                            Value::Int(agent.last_seen),
+                            Value::Text(agent.replica.clone()),
+                            Value::Int(*cert_not_before),
+                        ]
+                    })
+                    .collect();
+                let tx = conn.transaction()?;
+                if postgres {
+                    tx.execute_batch("SET LOCAL synchronous_commit = off")?;
                 }
-                tx.execute_cached(
-                    REGISTER_SQL,
-                    params![
-                        agent.id,
-                        to_json(&agent.labels),
-                        agent.addr,
-                        agent.last_seen,
-                        agent.replica
-                    ],
-                )?;
+                {
+                    let mut stmt = tx.prepare(&removed_sql)?;
+                    let removed = stmt.query_map(params_from_iter(values.iter()), |r| r.get(0))?;
+                    for id in removed {
+                        removed_ids.push(id?);
+                    }
+                }
+                tx.execute(&register_sql, params_from_iter(values.iter()))?;
+                tx.commit()?;
             }
-            tx.commit()?;
             Ok(())
         })();
         if !postgres {
