@@ -445,9 +445,9 @@ impl ChangeFeed {
 
     /// One read of a catch-up for `agent`: reads the log off the runtime's threads, only the
     /// agent's rows ([`read_catch_up`]), once it has one of the store's stream turns
-    /// (`Store::stream_turns`). It starts at once, in a task of its own, and dropping it (the
-    /// stream ended: stopped, removed, its client gone) lets the read finish and drops what it
-    /// kept. It waits for nothing shared but a turn and the store's connection, both held only
+    /// (`Store::stream_turns`). It starts at once, in a task of its own; dropping it (the
+    /// stream ended: stopped, removed, its client gone) aborts the task if it is still waiting
+    /// for its turn, else lets the read finish and drops what it kept. It waits for nothing shared but a turn and the store's connection, both held only
     /// by the read itself: a stream that is never polled again (hyper waiting for its agent's
     /// HTTP/2 window) holds up no other stream's catch-up.
     fn catch_up_read(&self, agent: &WatchRequest, from: ReadFrom) -> Reading {
@@ -466,7 +466,13 @@ impl ChangeFeed {
             })
             .await
         });
+        // Dropped (the stream ended) before the read got its turn: the task is aborted, so a
+        // dropped stream takes no turn ahead of the live agents' reads (a herd's resets, or an
+        // agent opening and resetting streams). Once it has its turn the read runs on the
+        // blocking pool, which an abort does not stop: it finishes and frees its turn.
+        let abort = AbortOnDrop(read.abort_handle());
         Box::pin(async move {
+            let _abort = abort;
             match read.await {
                 Ok(Ok(page)) => page,
                 Ok(Err(e)) | Err(e) => {
@@ -494,6 +500,15 @@ impl ChangeFeed {
         let event = heartbeat(&self.stamp, revision);
         *kept = Some((revision, event.clone()));
         event
+    }
+}
+
+/// Aborts a task when dropped ([`ChangeFeed::catch_up_read`]).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -2148,6 +2163,62 @@ mod tests {
             assert_eq!(next_change(rx).await.1, "g-1");
             caught_up(rx).await;
         }
+    }
+
+    /// Streams dropped while their catch-up reads wait for a turn (a herd's resets, or an
+    /// agent opening and resetting streams) take no turn: their waiting reads are aborted, so
+    /// when the turns come free none of them goes to a dropped stream's read. A stream opened
+    /// after that still gets its read. Before, each dropped stream's read waited on, took a
+    /// turn and read the log in full.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_streams_waiting_read_takes_no_turn() {
+        let f = Fixture::new();
+        f.grant("g-1", &["env=prod"]);
+        let feed = f.feed(FEED_CAPACITY);
+        let turns = f.store.stream_turns();
+        let all = u32::try_from(crate::store::STREAM_TURNS).unwrap();
+        let held = turns.clone().acquire_many_owned(all).await.unwrap();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let watch = |i: usize| {
+            feed.stream(
+                WatchRequest {
+                    agent_id: format!("a-{i}"),
+                    labels: vec!["env=prod".into()],
+                    former_labels: Vec::new(),
+                    after_revision: 0,
+                    after_epoch: String::new(),
+                },
+                f.stopping.clone(),
+                Box::pin(std::future::pending()),
+                || {},
+            )
+        };
+        let streams: Vec<_> = (0..4 * crate::store::STREAM_TURNS).map(watch).collect();
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            before + streams.len(),
+            "one waiting read each"
+        );
+        drop(streams);
+        let mut gone = false;
+        for _ in 0..200 {
+            if metrics.num_alive_tasks() == before {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the dropped streams' reads still wait for a turn");
+        drop(held);
+        assert_eq!(
+            turns.available_permits(),
+            crate::store::STREAM_TURNS,
+            "no turn went to a dropped stream's read"
+        );
+        let mut rx = read_as_the_connection(watch(0), 16);
+        assert_eq!(next_change(&mut rx).await.1, "g-1");
+        caught_up(&mut rx).await;
     }
 
     /// A resync (an agent of another epoch, as after every restart) reads the live state, not
