@@ -101,6 +101,9 @@ pub struct ControllerService {
     revocations: Arc<loggate_core::daemon::Revocations>,
     /// The agents' registrations queued by their streams' openings, and their writer.
     registrations: Arc<registrations::Registrations>,
+    /// The agents' former labels, reloaded with `revocations`: a stream still under one is cut
+    /// (`enrol::Relabelled`).
+    relabelled: Arc<enrol::Relabelled>,
     /// The run-time CA and agent certificate lifetime, for `RenewCertificate` (see `enrol`);
     /// None without `[enrolment]`.
     agent_ca: Option<(Arc<crate::pki::RuntimeCa>, Duration)>,
@@ -139,6 +142,7 @@ impl ControllerService {
             )),
             revocations: Arc::default(),
             registrations: Arc::default(),
+            relabelled: Arc::default(),
             agent_ca: None,
         })
     }
@@ -530,10 +534,11 @@ impl ControllerService {
         };
         let labels = row.labels.clone();
         if queue {
-            let (store, trust_domain, revocations) = (
+            let (store, trust_domain, revocations, relabelled) = (
                 self.store.clone(),
                 self.trust_domain.clone(),
                 self.revocations.clone(),
+                self.relabelled.clone(),
             );
             self.registrations.queue(
                 &self.store,
@@ -543,7 +548,9 @@ impl ControllerService {
                         agents = removed.len(),
                         "removed agents' streams opened meanwhile: reloading the revocation set"
                     );
-                    if let Err(e) = enrol::reload_revocations(&store, &trust_domain, &revocations) {
+                    if let Err(e) =
+                        enrol::reload_revocations(&store, &trust_domain, &revocations, &relabelled)
+                    {
                         tracing::warn!("cannot reload the revocation set: {e:#}");
                     }
                 },
@@ -589,6 +596,7 @@ impl ControllerService {
         // reloaded meanwhile wakes the stream's `removed` (a receiver only sees the changes
         // made after it subscribed).
         let revocation_changes = self.revocations.subscribe();
+        let relabel_changes = self.relabelled.subscribe();
         let row = AgentRow {
             id: req.agent_id.clone(),
             labels: req.labels.clone(),
@@ -621,20 +629,41 @@ impl ControllerService {
                 .set(i64::try_from(streams.len()).unwrap_or(i64::MAX));
         }
         // Resolves when this agent is removed (`agent remove`): its certificate is revoked and
-        // its stream cut.
+        // its stream cut. Or when a label it streams becomes a former label of its agent (a
+        // re-enrolment with other labels, other labels announced on another stream): its
+        // stream is cut and it reconnects under its labels of now (`enrol::Relabelled`).
         let removed = {
-            let revocations = self.revocations.clone();
-            let mut changed = revocation_changes;
+            let (revocations, relabelled) = (self.revocations.clone(), self.relabelled.clone());
+            let (agent_id, streamed) = (req.agent_id.clone(), labels.clone());
+            let (mut revoked, mut relabels) = (revocation_changes, relabel_changes);
             Box::pin(async move {
                 loop {
-                    if changed.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
+                    // Their senders live as long as the service: an error is never seen.
+                    // The former labels are looked at only when they were reloaded since the
+                    // stream subscribed (before its opening read): a revocation's wake alone
+                    // may find a set older than that read, which may still list a label the
+                    // agent holds again.
+                    let relabel = tokio::select! {
+                        changed = revoked.changed() => if changed.is_err() {
+                            return std::future::pending().await;
+                        } else {
+                            false
+                        },
+                        changed = relabels.changed() => if changed.is_err() {
+                            return std::future::pending().await;
+                        } else {
+                            true
+                        },
+                    };
                     if revocations.is_revoked(&spiffe_id, not_before) {
-                        return;
+                        return enrol::removed_status();
+                    }
+                    if relabel && relabelled.is_stale(&agent_id, &streamed) {
+                        tracing::info!(agent = %agent_id, "the agent's labels changed: its stream is cut");
+                        return enrol::relabelled_status();
                     }
                 }
-            })
+            }) as fanout::Removed
         };
         let agent_id = req.agent_id.clone();
         let stream = feed.stream(

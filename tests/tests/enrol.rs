@@ -980,3 +980,57 @@ async fn a_re_enrolled_agent_under_other_labels_is_sent_the_revocation_of_its_ol
     drop(stream);
     cluster.stop_controller();
 }
+
+/// A stream open across its agent's re-enrolment with other labels (a re-enrolment does not
+/// close the agent's connection) is cut once the replica reloads the former labels (every
+/// 10 s), with `UNAVAILABLE` naming the change: the agent reconnects under its new labels
+/// instead of going on being sent the old label's new grants. Before, the stream ran on under
+/// `team=a` until the agent reconnected of its own accord.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_across_a_re_enrolment_with_other_labels_is_cut() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, enrolment) = enrolling_cluster("web-8", logs.path());
+    let pin = cluster.ca_pin().expect("pin");
+    let token = cluster
+        .join_token(&["--labels", "team=a", "--reenrol"])
+        .expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-8", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    let mut agent = enrolled_agent_client(&cluster, "web-8")
+        .await
+        .expect("client");
+    let mut stream = agent
+        .watch_grants(watch_request("web-8"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("the stream")
+        .expect("an event");
+    assert!(matches!(
+        first.event,
+        Some(loggate_proto::grant_event::Event::Heartbeat(_))
+    ));
+    let token = cluster
+        .join_token(&["--labels", "team=b", "--reenrol"])
+        .expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-8", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    // Heartbeats until the cut; a minute at most (the reload runs every 10 s).
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the stream under team=a is cut after the re-enrolment");
+    assert_eq!(cut.code(), tonic::Code::Unavailable, "{cut:?}");
+    assert!(cut.message().contains("labels changed"), "{cut:?}");
+    cluster.stop_controller();
+}

@@ -512,9 +512,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Resolves when the watching agent is removed (`agent remove`): its stream is then cut with
-/// [`super::enrol::removed_status`]. Tests give one that never resolves.
-pub type Removed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// Resolves when the watching agent's stream must be cut, with the status it ends with: the
+/// agent was removed (`agent remove`: [`super::enrol::removed_status`]), or the stream streams
+/// a label the agent no longer holds ([`super::enrol::relabelled_status`]). Tests give one
+/// that never resolves.
+pub type Removed = std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send>>;
 
 /// Who watches, and from where: the agent's checked request.
 #[derive(Debug, Clone)]
@@ -850,8 +852,8 @@ impl Stream for WatchStream {
                 if this.stop.as_mut().poll(cx).is_ready() {
                     return this.end(None);
                 }
-                if this.removed.as_mut().poll(cx).is_ready() {
-                    return this.end(Some(Err(super::enrol::removed_status())));
+                if let Poll::Ready(status) = this.removed.as_mut().poll(cx) {
+                    return this.end(Some(Err(status)));
                 }
             }
             match &mut this.state {
@@ -1679,6 +1681,7 @@ mod tests {
             f.stopping.clone(),
             Box::pin(async move {
                 let _ = removed.await;
+                super::super::enrol::removed_status()
             }),
             || {},
         );
@@ -1731,6 +1734,7 @@ mod tests {
             f.stopping.clone(),
             Box::pin(async move {
                 let _ = removed.await;
+                super::super::enrol::removed_status()
             }),
             || {},
         );

@@ -663,6 +663,22 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every agent's former labels ([`FORMER_LABELS_SCHEMA`]), for the streams still under one
+    /// to be cut (`service::enrol::Relabelled`).
+    pub fn former_labels_by_agent(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<String, std::collections::HashSet<String>>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT agent_id, label FROM agent_former_labels")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut by_agent = std::collections::HashMap::<_, std::collections::HashSet<_>>::new();
+        for row in rows {
+            let (agent, label) = row?;
+            by_agent.entry(agent).or_default().insert(label);
+        }
+        Ok(by_agent)
+    }
+
     /// Forgets every agent's former labels that can be of no use at `now` any more
     /// ([`FORMER_LABELS_SCHEMA`]: a removed agent's too); how many. Run by the replica that
     /// leads the singleton jobs; an agent's own are also forgotten at its next label change.
