@@ -6,6 +6,7 @@ mod anchor;
 pub mod enrol;
 pub mod fanout;
 pub mod grant_stream;
+mod registrations;
 mod requests;
 pub mod signin;
 mod users;
@@ -98,6 +99,11 @@ pub struct ControllerService {
     /// Removed agents' certificates (see `enrol`): refused by the identity interceptor, and
     /// their watch streams cut.
     revocations: Arc<loggate_core::daemon::Revocations>,
+    /// The agents' registrations queued by their streams' openings, and their writer.
+    registrations: Arc<registrations::Registrations>,
+    /// The agents' former labels, reloaded with `revocations`: a stream still under one is cut
+    /// (`enrol::Relabelled`).
+    relabelled: Arc<enrol::Relabelled>,
     /// The run-time CA and agent certificate lifetime, for `RenewCertificate` (see `enrol`);
     /// None without `[enrolment]`.
     agent_ca: Option<(Arc<crate::pki::RuntimeCa>, Duration)>,
@@ -135,6 +141,8 @@ impl ControllerService {
                 loggate_core::audit::budget::BudgetPolicy::default(),
             )),
             revocations: Arc::default(),
+            registrations: Arc::default(),
+            relabelled: Arc::default(),
             agent_ca: None,
         })
     }
@@ -475,6 +483,84 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GrantEvent, Status>> + S
 pub type EncodedEventStream = fanout::WatchStream;
 
 impl ControllerService {
+    /// What opening agent `announced.id`'s stream needs of the store (`registrations`): one
+    /// read, waiting for one of the store's stream turns asynchronously (a herd queues rather
+    /// than being refused), then off the runtime's threads. The labels it streams with (its
+    /// enrolled ones, else those it announces) and its former labels; `None` when it was
+    /// removed at or after `not_before`. A first registration, a change of its labels (its
+    /// former labels must be stored before its catch-up reads) or of its address is written at
+    /// once; otherwise (a reconnection: the herd after a restart or a failover) its
+    /// registration is queued.
+    async fn register_stream(
+        &self,
+        announced: AgentRow,
+        not_before: i64,
+    ) -> Result<Option<(Vec<String>, Vec<String>)>, Status> {
+        let store = self.store.clone();
+        let turn = store
+            .stream_turns()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the controller is stopping"))?;
+        let now = announced.last_seen;
+        let read = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let _turn = turn;
+            let read = store.stream_registration(&announced.id, not_before, now)?;
+            if read.removed {
+                return Ok(None);
+            }
+            let row = AgentRow {
+                labels: read.enrolled.clone().unwrap_or(announced.labels.clone()),
+                ..announced
+            };
+            // Not registered yet, or under other labels: written now, so that a change of
+            // labels is recorded before the catch-up reads (a first registration queued, then
+            // overtaken by a reconnection with other labels, would record none). At another
+            // address: written now too, so that `ResolveAgent` (a read's `--host`) finds it
+            // as soon as its stream is open.
+            if read.registered.as_ref() != Some(&row.labels)
+                || read.registered_addr.as_ref() != Some(&row.addr)
+            {
+                let former = store.register_agent(&row, not_before)?;
+                return Ok(former.map(|former| (row, former, false)));
+            }
+            Ok(Some((row, read.former, true)))
+        })
+        .await
+        .map_err(|e| internal(anyhow::anyhow!("the agent's registration failed: {e}")))?
+        .map_err(internal)?;
+        let Some((row, former, queue)) = read else {
+            return Ok(None);
+        };
+        let labels = row.labels.clone();
+        if queue {
+            let (store, trust_domain, revocations, relabelled) = (
+                self.store.clone(),
+                self.trust_domain.clone(),
+                self.revocations.clone(),
+                self.relabelled.clone(),
+            );
+            self.registrations.queue(
+                &self.store,
+                &self.stopping,
+                move |removed| {
+                    tracing::info!(
+                        agents = removed.len(),
+                        "removed agents' streams opened meanwhile: reloading the revocation set"
+                    );
+                    if let Err(e) =
+                        enrol::reload_revocations(&store, &trust_domain, &revocations, &relabelled)
+                    {
+                        tracing::warn!("cannot reload the revocation set: {e:#}");
+                    }
+                },
+                row,
+                not_before,
+            );
+        }
+        Ok(Some((labels, former)))
+    }
+
     /// Opens an agent's `WatchGrants` stream: checks the caller is the agent it watches for,
     /// registers it, and opens its stream on the change feed (`fanout`). Served by
     /// `grant_stream::ControllerRoutes` with the pre-encoded codec.
@@ -502,10 +588,6 @@ impl ControllerService {
         }
         // An enrolled agent has the labels its join token gave (the controller's word); the
         // labels an agent announces count only when its certificate came from elsewhere.
-        // Both calls wait for the store's one connection, which a restart's herd of catch-up
-        // reads keeps busy: they wait off the runtime's worker threads (the blocking pool),
-        // so that waiting agents do not hold up the TLS handshakes and the streams those
-        // workers run (on a 2-core machine the runtime has 2 workers).
         // The start of the agent's certificate: a removal (`agent remove`) revokes every
         // certificate of the agent that starts at or before it.
         let not_before = enrol::peer_not_before(&request_certs);
@@ -514,37 +596,20 @@ impl ControllerService {
         // reloaded meanwhile wakes the stream's `removed` (a receiver only sees the changes
         // made after it subscribed).
         let revocation_changes = self.revocations.subscribe();
-        let labels = {
-            let store = self.store.clone();
-            let (agent_id, announced, addr, replica) = (
-                req.agent_id.clone(),
-                req.labels.clone(),
-                req.listen_addr.clone(),
-                self.replica.clone(),
-            );
-            tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Vec<String>>> {
-                let labels = store.enrolled_labels(&agent_id)?.unwrap_or(announced);
-                let registered = store.upsert_agent(
-                    &AgentRow {
-                        id: agent_id,
-                        labels: labels.clone(),
-                        addr,
-                        last_seen: unix_now(),
-                        replica,
-                    },
-                    not_before,
-                )?;
-                Ok(registered.then_some(labels))
-            })
-            .await
-            .map_err(|e| internal(anyhow::anyhow!("the agent's registration failed: {e}")))?
-            .map_err(internal)?
+        let relabel_changes = self.relabelled.subscribe();
+        let row = AgentRow {
+            id: req.agent_id.clone(),
+            labels: req.labels.clone(),
+            addr: req.listen_addr.clone(),
+            last_seen: unix_now(),
+            replica: self.replica.clone(),
         };
-        // Removed while it waited for the store: the store refused to register it again, or
-        // the revocation set (reloaded after the removal committed) has it. Nothing streamed.
-        let Some(labels) = labels else {
+        let Some((labels, former_labels)) = self.register_stream(row, not_before).await? else {
+            // Removed: the store refused to register it again.
             return Err(enrol::removed_status());
         };
+        // Removed while it waited for the store: the revocation set (reloaded after the
+        // removal committed) has it. Nothing streamed.
         if self.revocations.is_revoked(&spiffe_id, not_before) {
             return Err(enrol::removed_status());
         }
@@ -564,26 +629,48 @@ impl ControllerService {
                 .set(i64::try_from(streams.len()).unwrap_or(i64::MAX));
         }
         // Resolves when this agent is removed (`agent remove`): its certificate is revoked and
-        // its stream cut.
+        // its stream cut. Or when a label it streams becomes a former label of its agent (a
+        // re-enrolment with other labels, other labels announced on another stream): its
+        // stream is cut and it reconnects under its labels of now (`enrol::Relabelled`).
         let removed = {
-            let revocations = self.revocations.clone();
-            let mut changed = revocation_changes;
+            let (revocations, relabelled) = (self.revocations.clone(), self.relabelled.clone());
+            let (agent_id, streamed) = (req.agent_id.clone(), labels.clone());
+            let (mut revoked, mut relabels) = (revocation_changes, relabel_changes);
             Box::pin(async move {
                 loop {
-                    if changed.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
+                    // Their senders live as long as the service: an error is never seen.
+                    // The former labels are looked at only when they were reloaded since the
+                    // stream subscribed (before its opening read): a revocation's wake alone
+                    // may find a set older than that read, which may still list a label the
+                    // agent holds again.
+                    let relabel = tokio::select! {
+                        changed = revoked.changed() => if changed.is_err() {
+                            return std::future::pending().await;
+                        } else {
+                            false
+                        },
+                        changed = relabels.changed() => if changed.is_err() {
+                            return std::future::pending().await;
+                        } else {
+                            true
+                        },
+                    };
                     if revocations.is_revoked(&spiffe_id, not_before) {
-                        return;
+                        return enrol::removed_status();
+                    }
+                    if relabel && relabelled.is_stale(&agent_id, &streamed) {
+                        tracing::info!(agent = %agent_id, "the agent's labels changed: its stream is cut");
+                        return enrol::relabelled_status();
                     }
                 }
-            })
+            }) as fanout::Removed
         };
         let agent_id = req.agent_id.clone();
         let stream = feed.stream(
             fanout::WatchRequest {
                 agent_id: req.agent_id,
                 labels,
+                former_labels,
                 after_revision: req.after_revision,
                 after_epoch: req.after_epoch,
             },

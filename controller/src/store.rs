@@ -127,7 +127,16 @@ pub struct Store {
     /// fails at once with [`db::Error::Busy`].
     waiters: std::sync::atomic::AtomicUsize,
     max_waiters: usize,
+    /// The turns of the agents' streams at the store ([`Store::stream_turns`]).
+    stream_turns: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// How many of the agents' stream calls (a stream's opening read, a catch-up read) run on the
+/// store at once; the others wait for a turn without a thread ([`Store::stream_turns`]). Below
+/// [`db::MAX_STORE_WAITERS`], so that a herd of agents never makes the store refuse a call
+/// (`Busy`), theirs or an admin's, and bounds the blocking pool's threads they take on SQLite
+/// too (where nothing else bounds them).
+pub const STREAM_TURNS: usize = 32;
 
 /// How a checkpoint reported by an agent relates to the ones already held for its host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +302,37 @@ fn grant_columns_of_g() -> String {
         .join(", ")
 }
 
+/// The numbers of targets whose read texts are built once, at the first read
+/// ([`addressed_sql`], [`live_sql`]): 0 to an agent's host and 64 labels (`bounded_list`). An
+/// agent whose former labels take it beyond (a label change of many labels) has its text built
+/// at each read, as every read's was before.
+const PREBUILT_TARGETS: usize = 65;
+
+/// [`addressed_changes_sql`] of 0 to [`PREBUILT_TARGETS`] targets, by number.
+static ADDRESSED_SQL: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (0..=PREBUILT_TARGETS).map(addressed_changes_sql).collect());
+
+/// [`live_grants_sql`] of 0 to [`PREBUILT_TARGETS`] targets, by number.
+static LIVE_GRANTS_SQL: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (0..=PREBUILT_TARGETS).map(live_grants_sql).collect());
+
+/// The addressed read's text for `targets` targets: built once (a catch-up's read no longer
+/// formats up to ~20 KiB of SQL before its statement is found in the cache).
+fn addressed_sql(targets: usize) -> std::borrow::Cow<'static, str> {
+    match ADDRESSED_SQL.get(targets) {
+        Some(text) => std::borrow::Cow::Borrowed(text.as_str()),
+        None => std::borrow::Cow::Owned(addressed_changes_sql(targets)),
+    }
+}
+
+/// The live-grants read's text for `targets` targets ([`addressed_sql`]).
+fn live_sql(targets: usize) -> std::borrow::Cow<'static, str> {
+    match LIVE_GRANTS_SQL.get(targets) {
+        Some(text) => std::borrow::Cow::Borrowed(text.as_str()),
+        None => std::borrow::Cow::Owned(live_grants_sql(targets)),
+    }
+}
+
 /// [`Store::visit_addressed_changes_after`]'s statement for `targets` targets (`?1` after,
 /// `?2` limit, `?3` head, `?4`… the targets): per target, its first `limit` revisions after
 /// `?1` up to `?3` (a range
@@ -412,6 +452,8 @@ impl Store {
                 .with_context(|| format!("cannot initialise database {}", path.display()))?;
             conn.execute_batch(agents::REMOVED_AGENTS_SCHEMA)
                 .with_context(|| format!("cannot initialise database {}", path.display()))?;
+            conn.execute_batch(agents::FORMER_LABELS_SCHEMA)
+                .with_context(|| format!("cannot initialise database {}", path.display()))?;
             agents::migrate_sqlite(conn)
                 .with_context(|| format!("cannot update database {}", path.display()))?;
             requests::migrate(conn)
@@ -476,7 +518,23 @@ impl Store {
             jobs_leader: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
             waiters: std::sync::atomic::AtomicUsize::new(0),
             max_waiters: db::MAX_STORE_WAITERS,
+            stream_turns: std::sync::Arc::new(tokio::sync::Semaphore::new(STREAM_TURNS)),
         }
+    }
+
+    /// Lets at most `n` callers wait for the PostgreSQL connection (tests).
+    #[cfg(test)]
+    pub(crate) fn set_max_waiters(&mut self, n: usize) {
+        self.max_waiters = n;
+    }
+
+    /// The turns of the agents' stream calls ([`STREAM_TURNS`]): a stream's opening read and
+    /// every catch-up read take one, waiting for it asynchronously (in a task of their own, so
+    /// a stream that is not polled holds no turn up), then run off the runtime's threads. A
+    /// herd of reconnecting agents (a restart, a replica's failover) so queues for the
+    /// database instead of being refused with `Busy` (each refusal doubles an agent's back-off).
+    pub fn stream_turns(&self) -> std::sync::Arc<tokio::sync::Semaphore> {
+        self.stream_turns.clone()
     }
 
     /// Whether this process should run the cluster's singleton jobs now: on SQLite always; on
@@ -688,7 +746,7 @@ impl Store {
         let mut values: Vec<db::Value> = vec![after.into(), i64::from(limit).into(), head.into()];
         values.extend(targets.iter().cloned().map(db::Value::from));
         self.visit_log(
-            &addressed_changes_sql(targets.len()),
+            &addressed_sql(targets.len()),
             db::params_from_iter(values),
             visit,
         )
@@ -730,7 +788,7 @@ impl Store {
         ];
         values.extend(targets.iter().cloned().map(db::Value::from));
         self.visit_log(
-            &live_grants_sql(targets.len()),
+            &live_sql(targets.len()),
             db::params_from_iter(values),
             visit,
         )
@@ -866,13 +924,31 @@ impl Store {
     /// the store's one connection, so a removal is wholly before or after them; on PostgreSQL
     /// the check follows the upsert in its transaction (which rolls back), so a removal that
     /// committed before the upsert, or waited for its row, is seen.
+    #[cfg(test)]
     pub fn upsert_agent(&self, agent: &AgentRow, cert_not_before: i64) -> anyhow::Result<bool> {
+        Ok(self.register_agent(agent, cert_not_before)?.is_some())
+    }
+
+    /// [`Store::upsert_agent`], which also records a change of the agent's labels (its labels
+    /// in the registry differ from `agent.labels`: [`agents::FORMER_LABELS_SCHEMA`], at
+    /// `agent.last_seen`) and answers the agent's former labels still of use then: a
+    /// revocation of a grant addressed to one of them is still sent to it. `None` when the
+    /// agent was removed (nothing written).
+    pub fn register_agent(
+        &self,
+        agent: &AgentRow,
+        cert_not_before: i64,
+    ) -> anyhow::Result<Option<Vec<String>>> {
         const REMOVED_SQL: &str =
             "SELECT COUNT(*) FROM removed_agents WHERE id = ?1 AND removed_at >= ?2";
+        let now = agent.last_seen;
         let mut conn = self.conn()?;
         if conn.is_postgres() {
             let tx = conn.transaction()?;
             tx.execute_batch("SET LOCAL synchronous_commit = off")?;
+            if let Some(old) = agents::registered_labels(&tx, &agent.id)? {
+                agents::record_label_change(&tx, &agent.id, &old, &agent.labels, now)?;
+            }
             tx.execute(
                 UPSERT_AGENT_SQL,
                 params![
@@ -889,33 +965,41 @@ impl Store {
                 })?;
             if removed > 0 {
                 // Dropped without a commit: rolled back.
-                return Ok(false);
+                return Ok(None);
             }
+            let former = agents::former_labels(&tx, &agent.id, now)?;
             tx.commit()?;
-            return Ok(true);
+            return Ok(Some(former));
         }
         let removed: i64 =
             conn.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
                 r.get(0)
             })?;
         if removed > 0 {
-            return Ok(false);
+            return Ok(None);
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        let written = conn.execute_cached(
-            UPSERT_AGENT_SQL,
-            params![
-                agent.id,
-                to_json(&agent.labels),
-                agent.addr,
-                agent.last_seen,
-                agent.replica
-            ],
-        );
+        // The former labels first, the registry's new labels after: a crash between them
+        // leaves the old labels registered, and the change is found again at the next open.
+        let written = (|| -> db::Result<Vec<String>> {
+            if let Some(old) = agents::registered_labels(&conn, &agent.id)? {
+                agents::record_label_change(&conn, &agent.id, &old, &agent.labels, now)?;
+            }
+            conn.execute_cached(
+                UPSERT_AGENT_SQL,
+                params![
+                    agent.id,
+                    to_json(&agent.labels),
+                    agent.addr,
+                    agent.last_seen,
+                    agent.replica
+                ],
+            )?;
+            agents::former_labels(&conn, &agent.id, now)
+        })();
         conn.execute_batch("PRAGMA synchronous = FULL")
             .context("cannot restore synchronous = FULL after registering an agent")?;
-        written?;
-        Ok(true)
+        Ok(Some(written?))
     }
 
     pub fn agent(&self, id: &str) -> anyhow::Result<Option<AgentRow>> {
@@ -1654,6 +1738,37 @@ mod state_tests {
         }
     }
 
+    /// The catch-up reads' texts are built once per number of targets up to an agent's host
+    /// and 64 labels (the same text each time, not formatted again at every read), and still
+    /// built, the same, beyond.
+    #[test]
+    fn the_addressed_reads_texts_are_built_once_per_number_of_targets() {
+        for targets in 1..=PREBUILT_TARGETS {
+            for (text, again, built) in [
+                (
+                    addressed_sql(targets),
+                    addressed_sql(targets),
+                    addressed_changes_sql(targets),
+                ),
+                (
+                    live_sql(targets),
+                    live_sql(targets),
+                    live_grants_sql(targets),
+                ),
+            ] {
+                assert!(
+                    matches!(text, std::borrow::Cow::Borrowed(_)),
+                    "{targets} targets: formatted at the read"
+                );
+                assert!(std::ptr::eq(text.as_ptr(), again.as_ptr()));
+                assert_eq!(*text, built);
+            }
+        }
+        let beyond = PREBUILT_TARGETS + 1;
+        assert_eq!(*addressed_sql(beyond), addressed_changes_sql(beyond));
+        assert_eq!(*live_sql(beyond), live_grants_sql(beyond));
+    }
+
     /// PostgreSQL's registration commits with `SET LOCAL synchronous_commit = off`: the
     /// setting ends with its transaction, so the session's next commits (a grant, a
     /// revocation) still wait for the disk.
@@ -1735,6 +1850,245 @@ mod state_tests {
             }
             assert!(store.upsert_agent(&agent, 101).unwrap(), "{}", t.backend());
             assert!(store.agent("web-1").unwrap().is_some(), "{}", t.backend());
+        });
+    }
+
+    /// The registrations queued by streams' openings (`service::registrations`) are written
+    /// in one call: new agents with their labels, known ones with their address, time and
+    /// replica but not their labels (a re-enrolment may have replaced them since the stream
+    /// read them), and an agent removed at or after its certificate's start not at all (X2),
+    /// its id returned. On both backends.
+    #[test]
+    fn queued_registrations_are_written_together_and_a_removed_agent_is_not_registered_again() {
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let row = |id: &str, labels: &[&str], last_seen: i64| AgentRow {
+                id: id.into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                addr: format!("{id}:7401"),
+                last_seen,
+                replica: "controller-b".into(),
+            };
+            assert!(store
+                .upsert_agent(&row("web-1", &["env=new"], 1), 0)
+                .unwrap());
+            assert!(store
+                .upsert_agent(&row("web-2", &["env=prod"], 1), 0)
+                .unwrap());
+            assert!(store
+                .remove_agent("web-2", 100, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            let removed = store
+                .register_agents(&[
+                    (row("web-1", &["env=stale"], 5), 0),
+                    (row("web-2", &["env=prod"], 5), 100),
+                    (row("web-3", &["env=prod"], 5), 0),
+                ])
+                .unwrap();
+            assert_eq!(removed, vec!["web-2".to_string()], "{}", t.backend());
+            let web1 = store.agent("web-1").unwrap().expect("web-1");
+            assert_eq!(
+                (web1.labels, web1.last_seen, web1.replica.as_str()),
+                (vec!["env=new".to_string()], 5, "controller-b"),
+                "{}",
+                t.backend()
+            );
+            assert!(store.agent("web-2").unwrap().is_none(), "{}", t.backend());
+            assert_eq!(
+                store.agent("web-3").unwrap().map(|a| a.labels),
+                Some(vec!["env=prod".to_string()]),
+                "{}",
+                t.backend()
+            );
+            // Its later certificate registers.
+            assert!(store
+                .register_agents(&[(row("web-2", &["env=prod"], 6), 101)])
+                .unwrap()
+                .is_empty());
+            assert!(store.agent("web-2").unwrap().is_some(), "{}", t.backend());
+        });
+    }
+
+    /// A herd's registrations (here 1,100, a removed agent among them in the second
+    /// transaction's share) are written in transactions of at most
+    /// `REGISTRATIONS_PER_WRITE` agents, so the cluster-wide lock every PostgreSQL transaction
+    /// takes is released between them for other writers: on PostgreSQL each row's `xmin` (the
+    /// transaction that wrote it) shows 3 transactions of at most 512 rows. All but the
+    /// removed one registered, on both backends. Written in one transaction, one `xmin`.
+    #[test]
+    fn a_herds_registrations_are_written_in_bounded_transactions() {
+        use super::agents::REGISTRATIONS_PER_WRITE;
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let row = |i: usize| AgentRow {
+                id: format!("web-{i:04}"),
+                labels: vec!["env=prod".into()],
+                addr: format!("web-{i}:7401"),
+                last_seen: 5,
+                replica: "controller-b".into(),
+            };
+            assert!(store.upsert_agent(&row(700), 0).unwrap());
+            assert!(store
+                .remove_agent("web-0700", 100, "spiffe://loggate.local/user/admin", || Ok(
+                    ()
+                ))
+                .unwrap());
+            let herd: Vec<_> = (0..1100).map(|i| (row(i), 0)).collect();
+            let removed = store.register_agents(&herd).unwrap();
+            assert_eq!(removed, vec!["web-0700".to_string()], "{}", t.backend());
+            let conn = store.conn().unwrap();
+            let registered: i64 = conn
+                .query_row("SELECT COUNT(*) FROM agents", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(registered, 1099, "{}", t.backend());
+            if conn.is_postgres() {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT COUNT(*) FROM agents GROUP BY xmin::text ORDER BY COUNT(*) DESC",
+                    )
+                    .unwrap();
+                let per_transaction: Vec<i64> = stmt
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert_eq!(per_transaction.len(), 3, "{per_transaction:?}");
+                assert!(per_transaction
+                    .iter()
+                    .all(|n| usize::try_from(*n).is_ok_and(|n| n <= REGISTRATIONS_PER_WRITE)));
+            }
+        });
+    }
+
+    /// A stream's opening reads in one call what it decides on: removal, enrolled and
+    /// registry labels, the registry's address, former labels. On both backends.
+    #[test]
+    fn a_streams_opening_reads_removal_labels_and_former_labels_at_once() {
+        use super::agents::StreamRegistration;
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let agent = |labels: &[&str]| AgentRow {
+                id: "web-1".into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                addr: "web-1:7401".into(),
+                last_seen: 10,
+                replica: String::new(),
+            };
+            assert_eq!(
+                store.stream_registration("web-1", 0, 10).unwrap(),
+                StreamRegistration {
+                    removed: false,
+                    enrolled: None,
+                    registered: None,
+                    registered_addr: None,
+                    former: vec![],
+                }
+            );
+            store
+                .insert_grant(|revision| {
+                    Ok(testing::grant_row("g-1", &[], &["team=a"], 1000, revision))
+                })
+                .unwrap();
+            store.register_agent(&agent(&["team=a"]), 0).unwrap();
+            store.register_agent(&agent(&["team=b"]), 0).unwrap();
+            assert_eq!(
+                store.stream_registration("web-1", 0, 10).unwrap(),
+                StreamRegistration {
+                    removed: false,
+                    enrolled: None,
+                    registered: Some(vec!["team=b".into()]),
+                    registered_addr: Some("web-1:7401".into()),
+                    former: vec!["team=a".into()],
+                },
+                "{}",
+                t.backend()
+            );
+            // The former label is kept until its last grant's end.
+            assert!(store
+                .stream_registration("web-1", 0, 1000)
+                .unwrap()
+                .former
+                .is_empty());
+            assert!(store
+                .remove_agent("web-1", 100, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            assert!(store.stream_registration("web-1", 100, 10).unwrap().removed);
+            assert!(!store.stream_registration("web-1", 101, 10).unwrap().removed);
+        });
+    }
+
+    /// A former label is forgotten only once no grant of its label is live and no stream under
+    /// the old labels can deliver one: the agent opened a stream more than the grace after the
+    /// change, or it was removed after the change longer than the grace ago. Not while its
+    /// grant is live, not before the agent reconnected. On both backends.
+    #[test]
+    fn former_labels_are_forgotten_once_of_no_use_and_a_removed_agents_too() {
+        use super::agents::FORMER_LABELS_GRACE as GRACE;
+        testing::on_each_test_store(|t| {
+            let store = &t.store;
+            let agent = |id: &str, labels: &[&str], last_seen: i64| AgentRow {
+                id: id.into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+                addr: format!("{id}:7401"),
+                last_seen,
+                replica: String::new(),
+            };
+            let rows = |id: &str| -> i64 {
+                store
+                    .conn()
+                    .unwrap()
+                    .query_row(
+                        "SELECT COUNT(*) FROM agent_former_labels WHERE agent_id = ?1",
+                        params![id],
+                        |r| r.get(0),
+                    )
+                    .unwrap()
+            };
+            store
+                .insert_grant(|revision| {
+                    Ok(testing::grant_row("g-1", &[], &["team=a"], 1000, revision))
+                })
+                .unwrap();
+            for id in ["web-1", "web-2"] {
+                store
+                    .register_agent(&agent(id, &["team=a"], 10), 0)
+                    .unwrap();
+                store
+                    .register_agent(&agent(id, &["team=b"], 10), 0)
+                    .unwrap();
+                assert_eq!(rows(id), 1, "{}", t.backend());
+            }
+            // A label without a live grant at the change is kept too: a stream still under it
+            // may yet deliver a grant issued to it.
+            store
+                .register_agent(&agent("web-1", &["team=b", "team=c"], 10), 0)
+                .unwrap();
+            store
+                .register_agent(&agent("web-1", &["team=b"], 10), 0)
+                .unwrap();
+            assert_eq!(rows("web-1"), 2, "{}", t.backend());
+            // web-1 reconnects after the grace; web-2 is removed (its team=b becomes former).
+            store
+                .register_agents(&[(agent("web-1", &["team=b"], 10 + GRACE + 1), 0)])
+                .unwrap();
+            assert!(store
+                .remove_agent("web-2", 900, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            assert_eq!(rows("web-2"), 2, "{}", t.backend());
+            // g-1 is live: team=a is kept for both; team=c (no grant) is forgotten for web-1,
+            // web-2's team=b (no grant) kept within the grace of its removal.
+            assert_eq!(
+                store.forget_former_labels(999).unwrap(),
+                1,
+                "{}",
+                t.backend()
+            );
+            assert_eq!((rows("web-1"), rows("web-2")), (1, 2), "{}", t.backend());
+            // g-1 has ended: web-1's team=a forgotten, web-2's kept until the grace is over.
+            assert_eq!(store.forget_former_labels(900 + GRACE).unwrap(), 1);
+            assert_eq!((rows("web-1"), rows("web-2")), (0, 2), "{}", t.backend());
+            assert_eq!(store.forget_former_labels(901 + GRACE).unwrap(), 2);
+            assert_eq!(rows("web-2"), 0, "{}", t.backend());
         });
     }
 }

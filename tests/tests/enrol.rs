@@ -852,3 +852,185 @@ fn an_agent_renews_its_certificate_and_swaps_it_without_dropping_a_live_stream()
     assert!(!renewals.is_empty(), "the controller recorded no renewal");
     assert_eq!(field(&renewals[0], "agent_id"), "web-7");
 }
+
+/// The next grant or revocation event of `stream` (heartbeats skipped), within 20 s.
+async fn next_change(
+    stream: &mut tonic::Streaming<loggate_proto::GrantEvent>,
+) -> loggate_proto::grant_event::Event {
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let event = stream
+                .message()
+                .await
+                .expect("the stream")
+                .expect("an event");
+            match event.event {
+                Some(loggate_proto::grant_event::Event::Heartbeat(_)) | None => continue,
+                Some(change) => return change,
+            }
+        }
+    })
+    .await
+    .expect("no change within 20 s")
+}
+
+/// Issue 12's label gap, through the real controller: an agent that received a grant by its
+/// token's label `team=a`, then re-enrolled with a token of `team=b`, resumes from its position
+/// and is sent that grant's revocation (its old label is a former label), not `team=a`'s new
+/// grants. Before the former labels its catch-up read only `team=b`'s rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_enrolled_agent_under_other_labels_is_sent_the_revocation_of_its_old_labels_grant() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, enrolment) = enrolling_cluster("web-7", logs.path());
+    let pin = cluster.ca_pin().expect("pin");
+    let token = cluster
+        .join_token(&["--labels", "team=a", "--reenrol"])
+        .expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    assert!(cluster
+        .run_cli("alice", &["whoami"])
+        .expect("whoami")
+        .status
+        .success());
+    let issue = |label: &str| {
+        let out = cluster
+            .run_cli(
+                "admin",
+                &[
+                    "grant",
+                    "issue",
+                    "--subject",
+                    "alice",
+                    "--label",
+                    label,
+                    "--path",
+                    "/var/log/*.log",
+                    "--ttl",
+                    "30m",
+                    "--reason",
+                    "TEST-1",
+                    "--json",
+                ],
+            )
+            .expect("grant issue");
+        assert!(out.status.success(), "{:?}", loggate_tests::text(&out));
+        let issued: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        issued["id"].as_str().expect("an id").to_string()
+    };
+    let granted = issue("team=a");
+    let mut agent = enrolled_agent_client(&cluster, "web-7")
+        .await
+        .expect("client");
+    let mut stream = agent
+        .watch_grants(watch_request("web-7"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let (epoch, revision) = loop {
+        let event = stream
+            .message()
+            .await
+            .expect("the stream")
+            .expect("an event");
+        if let Some(loggate_proto::grant_event::Event::Heartbeat(_)) = event.event {
+            break (event.epoch, event.revision);
+        }
+        match event.event {
+            Some(loggate_proto::grant_event::Event::Grant(g)) => assert_eq!(g.grant_id, granted),
+            other => panic!("{other:?}"),
+        }
+    };
+    drop(stream);
+    // Re-enrolled with other labels; meanwhile the grant is revoked and another team=a
+    // grant issued.
+    let token = cluster
+        .join_token(&["--labels", "team=b", "--reenrol"])
+        .expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    let out = cluster
+        .run_cli("admin", &["grant", "revoke", &granted, "--reason", "done"])
+        .expect("revoke");
+    assert!(out.status.success(), "{:?}", loggate_tests::text(&out));
+    let other_a = issue("team=a");
+    let for_b = issue("team=b");
+    let mut agent = enrolled_agent_client(&cluster, "web-7")
+        .await
+        .expect("client");
+    let mut stream = agent
+        .watch_grants(loggate_proto::WatchGrantsRequest {
+            after_revision: revision,
+            after_epoch: epoch,
+            ..watch_request("web-7")
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    match next_change(&mut stream).await {
+        loggate_proto::grant_event::Event::Revocation(r) => assert_eq!(r.grant_id, granted),
+        other => panic!("expected the revocation of {granted}, got {other:?}"),
+    }
+    match next_change(&mut stream).await {
+        loggate_proto::grant_event::Event::Grant(g) => {
+            assert_eq!(g.grant_id, for_b, "not team=a's {other_a}")
+        }
+        other => panic!("expected {for_b}, got {other:?}"),
+    }
+    drop(stream);
+    cluster.stop_controller();
+}
+
+/// A stream open across its agent's re-enrolment with other labels (a re-enrolment does not
+/// close the agent's connection) is cut once the replica reloads the former labels (every
+/// 10 s), with `UNAVAILABLE` naming the change: the agent reconnects under its new labels
+/// instead of going on being sent the old label's new grants. Before, the stream ran on under
+/// `team=a` until the agent reconnected of its own accord.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_across_a_re_enrolment_with_other_labels_is_cut() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let (mut cluster, enrolment) = enrolling_cluster("web-8", logs.path());
+    let pin = cluster.ca_pin().expect("pin");
+    let token = cluster
+        .join_token(&["--labels", "team=a", "--reenrol"])
+        .expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-8", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    let mut agent = enrolled_agent_client(&cluster, "web-8")
+        .await
+        .expect("client");
+    let mut stream = agent
+        .watch_grants(watch_request("web-8"))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("the stream")
+        .expect("an event");
+    assert!(matches!(
+        first.event,
+        Some(loggate_proto::grant_event::Event::Heartbeat(_))
+    ));
+    let token = cluster
+        .join_token(&["--labels", "team=b", "--reenrol"])
+        .expect("token");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-8", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    // Heartbeats until the cut; a minute at most (the reload runs every 10 s).
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("the stream under team=a is cut after the re-enrolment");
+    assert_eq!(cut.code(), tonic::Code::Unavailable, "{cut:?}");
+    assert!(cut.message().contains("labels changed"), "{cut:?}");
+    cluster.stop_controller();
+}

@@ -97,7 +97,7 @@ fn a_controller_refuses_a_postgres_schema_newer_than_it_knows() -> anyhow::Resul
         )?
         .trim(),
         // The latest schema version (store/migrations.rs `LATEST`).
-        "6"
+        "7"
     );
     pg.psql(
         "loggate",

@@ -25,6 +25,7 @@ use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
 use loggate_core::grant::unix_now;
 use loggate_core::identity::{is_valid_name, Identity};
 use loggate_proto as pb;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -525,6 +526,85 @@ pub(super) fn peer_not_before(
         .unwrap_or(i64::MIN)
 }
 
+/// The agents' former labels (`store::agents::FORMER_LABELS_SCHEMA`), reloaded with the
+/// revocation set: a stream that streams a label its agent no longer holds is cut
+/// ([`relabelled_status`]), and the agent reconnects under its labels of now. Such a stream was
+/// opened before a re-enrolment with other labels (which does not cut it, and which may even
+/// commit just after the stream read the labels), or before the agent announced others; it
+/// would go on being sent the old labels' new grants. Reloaded every 10 s on every replica (the
+/// enrolment port, where a re-enrolment happens, is another service): that is how long such a
+/// stream may still be sent them (docs/grants.md).
+pub struct Relabelled {
+    former: std::sync::RwLock<HashMap<String, HashSet<String>>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Relabelled {
+    fn default() -> Self {
+        Relabelled {
+            former: Default::default(),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl Relabelled {
+    /// Replaces the former labels by agent; the streams are woken if they changed.
+    pub fn replace(&self, former: HashMap<String, HashSet<String>>) {
+        let mut held = self.former.write().unwrap_or_else(|p| p.into_inner());
+        if *held != former {
+            *held = former;
+            drop(held);
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Whether a stream of agent `agent_id` under `labels` streams a label the agent no longer
+    /// holds.
+    pub fn is_stale(&self, agent_id: &str, labels: &[String]) -> bool {
+        let held = self.former.read().unwrap_or_else(|p| p.into_inner());
+        held.get(agent_id)
+            .is_some_and(|former| labels.iter().any(|l| former.contains(l)))
+    }
+
+    /// Wakes at each change of the former labels (only those made after this call).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// What a stream streaming a label its agent no longer holds ends with ([`Relabelled`]): the
+/// agent reconnects (with its back-off) and streams its labels of now.
+pub(super) fn relabelled_status() -> Status {
+    Status::unavailable("the agent's labels changed: reconnect to stream its labels of now")
+}
+
+/// Reloads `revocations` and `relabelled` from `store`
+/// ([`super::ControllerService::refresh_revocations`]).
+pub(super) fn reload_revocations(
+    store: &crate::store::Store,
+    trust_domain: &str,
+    revocations: &loggate_core::daemon::Revocations,
+    relabelled: &Relabelled,
+) -> anyhow::Result<()> {
+    relabelled.replace(store.former_labels_by_agent()?);
+    let removed = store.removed_agents()?;
+    // People locked out (`loggate user lock`, see `users.rs`) are revoked the same way.
+    let locked = store.user_cutoffs()?;
+    revocations.replace(
+        removed
+            .into_iter()
+            .map(|(id, at)| (format!("spiffe://{trust_domain}/agent/{id}"), at))
+            .chain(
+                locked
+                    .into_iter()
+                    .map(|(name, at)| (format!("spiffe://{trust_domain}/user/{name}"), at)),
+            )
+            .collect(),
+    );
+    Ok(())
+}
+
 /// What a removed agent's cut stream ends with.
 pub(super) fn removed_status() -> Status {
     Status::unauthenticated(
@@ -542,21 +622,12 @@ impl super::ControllerService {
     /// Reloads the revocation set from the store (at start, after a removal, and on a timer
     /// for removals made by another replica).
     pub fn refresh_revocations(&self) -> anyhow::Result<()> {
-        let removed = self.store.removed_agents()?;
-        // People locked out (`loggate user lock`, see `users.rs`) are revoked the same way.
-        let locked = self.store.user_cutoffs()?;
-        self.revocations.replace(
-            removed
-                .into_iter()
-                .map(|(id, at)| (format!("spiffe://{}/agent/{id}", self.trust_domain), at))
-                .chain(
-                    locked.into_iter().map(|(name, at)| {
-                        (format!("spiffe://{}/user/{name}", self.trust_domain), at)
-                    }),
-                )
-                .collect(),
-        );
-        Ok(())
+        reload_revocations(
+            &self.store,
+            &self.trust_domain,
+            &self.revocations,
+            &self.relabelled,
+        )
     }
 
     /// `ListAgents` (any person): the registry, filtered by a label selector.
@@ -728,5 +799,32 @@ impl super::ControllerService {
             not_after_unix: issued.not_after_unix,
             serial: issued.serial,
         }))
+    }
+}
+
+#[cfg(test)]
+mod relabel_tests {
+    use super::*;
+
+    /// A stream is stale when it streams a label its agent no longer holds, of that agent only;
+    /// the streams are woken when the former labels change, not when a reload finds the same.
+    #[test]
+    fn a_stream_under_a_former_label_of_its_agent_is_stale() {
+        let relabelled = Relabelled::default();
+        let mut changes = relabelled.subscribe();
+        let streamed = vec!["env=prod".to_string(), "team=a".to_string()];
+        assert!(!relabelled.is_stale("web-2", &streamed));
+        let former = HashMap::from([("web-2".to_string(), HashSet::from(["team=a".to_string()]))]);
+        relabelled.replace(former.clone());
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        assert!(relabelled.is_stale("web-2", &streamed));
+        assert!(!relabelled.is_stale("web-2", &["env=prod".to_string(), "team=b".to_string()]));
+        assert!(!relabelled.is_stale("web-3", &streamed));
+        relabelled.replace(former);
+        assert!(
+            !changes.has_changed().unwrap(),
+            "the same set wakes no stream"
+        );
     }
 }

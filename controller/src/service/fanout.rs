@@ -117,14 +117,15 @@ impl FeedChange {
         }
     }
 
-    /// Whether agent `agent_id` holding `labels` is sent this change at `now`.
-    fn is_for(&self, agent_id: &str, labels: &[String], now: i64) -> bool {
+    /// Whether `agent` is sent this change at `now`.
+    fn is_for(&self, agent: &WatchRequest, now: i64) -> bool {
         sent_to(
             &self.hosts,
             &self.labels,
             self.grant_ends,
-            agent_id,
-            labels,
+            &agent.agent_id,
+            &agent.labels,
+            &agent.former_labels,
             now,
         )
     }
@@ -134,19 +135,27 @@ impl FeedChange {
 #[derive(Debug, Clone, Copy)]
 struct Published(i64, tokio::time::Instant);
 
-/// Whether agent `agent_id` holding `labels` is sent a change addressed to `hosts` and
-/// `labels` at `now`: a grant (`grant_ends` its end) until it ends, a revocation (`None`)
-/// always. Decided from the row's fields alone, so a catch-up encodes only what it sends.
+/// Whether agent `agent_id` holding `labels` (and having held `former` labels: the store's
+/// `agent_former_labels`) is sent a change addressed to `hosts` and `labels` at `now`: a
+/// grant (`grant_ends` its end) until it ends, by the agent's current labels; a revocation
+/// (`None`) always, by its current labels or a former one (it may hold the grant from then).
+/// Decided from the row's fields alone, so a catch-up encodes only what it sends.
 fn sent_to(
     hosts: &[String],
     labels: &[String],
     grant_ends: Option<i64>,
     agent_id: &str,
     agent_labels: &[String],
+    former: &[String],
     now: i64,
 ) -> bool {
-    let ended = grant_ends.is_some_and(|end| end <= now);
-    !ended && covers(hosts, labels, agent_id, agent_labels)
+    match grant_ends {
+        Some(end) => end > now && covers(hosts, labels, agent_id, agent_labels),
+        None => {
+            covers(hosts, labels, agent_id, agent_labels)
+                || labels.iter().any(|l| former.contains(l))
+        }
+    }
 }
 
 /// The addressing rule: a change is for the agents it names and for those holding one of its
@@ -435,21 +444,41 @@ impl ChangeFeed {
     }
 
     /// One read of a catch-up for `agent`: reads the log off the runtime's threads, only the
-    /// agent's rows ([`read_catch_up`]). Nothing runs until it is polled, and dropping it (the
-    /// stream ended: stopped, removed, its client gone) lets a read already started finish and
-    /// drops what it kept. It waits for nothing shared but the store's connection, held only
+    /// agent's rows ([`read_catch_up`]), once it has one of the store's stream turns
+    /// (`Store::stream_turns`). It starts at once, in a task of its own; dropping it (the
+    /// stream ended: stopped, removed, its client gone) aborts the task if it is still waiting
+    /// for its turn, else lets the read finish and drops what it kept. It waits for nothing shared but a turn and the store's connection, both held only
     /// by the read itself: a stream that is never polled again (hyper waiting for its agent's
     /// HTTP/2 window) holds up no other stream's catch-up.
     fn catch_up_read(&self, agent: &WatchRequest, from: ReadFrom) -> Reading {
         let store = self.store.clone();
         let agent_id = agent.agent_id.clone();
         let labels = agent.labels.clone();
-        Box::pin(async move {
-            let read = tokio::task::spawn_blocking(move || {
-                read_catch_up(&store, from, &agent_id, &labels, unix_now())
+        let former = agent.former_labels.clone();
+        // The wait for a turn runs in a task of its own: a stream that is not polled (its
+        // agent's window full) holds no turn another stream waits for.
+        let turns = store.stream_turns();
+        let read = tokio::spawn(async move {
+            let turn = turns.acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                read_catch_up(&store, from, &agent_id, &labels, &former, unix_now())
             })
-            .await;
-            read.map_err(|e| anyhow::anyhow!("the read of the revision log failed: {e}"))?
+            .await
+        });
+        // Dropped (the stream ended) before the read got its turn: the task is aborted, so a
+        // dropped stream takes no turn ahead of the live agents' reads (a herd's resets, or an
+        // agent opening and resetting streams). Once it has its turn the read runs on the
+        // blocking pool, which an abort does not stop: it finishes and frees its turn.
+        let abort = AbortOnDrop(read.abort_handle());
+        Box::pin(async move {
+            let _abort = abort;
+            match read.await {
+                Ok(Ok(page)) => page,
+                Ok(Err(e)) | Err(e) => {
+                    Err(anyhow::anyhow!("the read of the revision log failed: {e}"))
+                }
+            }
         })
     }
 
@@ -474,15 +503,29 @@ impl ChangeFeed {
     }
 }
 
-/// Resolves when the watching agent is removed (`agent remove`): its stream is then cut with
-/// [`super::enrol::removed_status`]. Tests give one that never resolves.
-pub type Removed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// Aborts a task when dropped ([`ChangeFeed::catch_up_read`]).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Resolves when the watching agent's stream must be cut, with the status it ends with: the
+/// agent was removed (`agent remove`: [`super::enrol::removed_status`]), or the stream streams
+/// a label the agent no longer holds ([`super::enrol::relabelled_status`]). Tests give one
+/// that never resolves.
+pub type Removed = std::pin::Pin<Box<dyn std::future::Future<Output = Status> + Send>>;
 
 /// Who watches, and from where: the agent's checked request.
 #[derive(Debug, Clone)]
 pub struct WatchRequest {
     pub agent_id: String,
     pub labels: Vec<String>,
+    /// Labels the agent held before its labels changed, while a grant addressed to one may be
+    /// live (`store::agents::FORMER_LABELS_SCHEMA`): their revocations are still sent to it.
+    pub former_labels: Vec<String>,
     pub after_revision: u64,
     pub after_epoch: String,
 }
@@ -556,15 +599,18 @@ fn read_catch_up(
     from: ReadFrom,
     agent_id: &str,
     labels: &[String],
+    former: &[String],
     now: i64,
 ) -> Page {
     let (head, after) = match from {
-        ReadFrom::Revision(after) => return read_addressed(store, after, agent_id, labels, now),
+        ReadFrom::Revision(after) => {
+            return read_addressed(store, after, agent_id, labels, former, now)
+        }
         ReadFrom::Agent { after, own_epoch } => {
             let latest = store.latest_revision()?;
             // Revision numbers only mean something within one epoch (module docs).
             if own_epoch && after <= latest {
-                return read_addressed(store, after, agent_id, labels, now);
+                return read_addressed(store, after, agent_id, labels, former, now);
             }
             (latest, None)
         }
@@ -605,13 +651,23 @@ fn read_catch_up(
 
 /// A catch-up page from a position: the rows addressed to the agent after `after`
 /// ([`read_catch_up`]).
-fn read_addressed(store: &Store, after: u64, agent_id: &str, labels: &[String], now: i64) -> Page {
+///
+/// The rows read are those addressed to the agent's host, its labels and its `former`
+/// labels; of a former label's rows only the revocations are sent ([`sent_to`]).
+fn read_addressed(
+    store: &Store,
+    after: u64,
+    agent_id: &str,
+    labels: &[String],
+    former: &[String],
+    now: i64,
+) -> Page {
     // The head first: every revision up to it is committed (revisions commit in order, store
     // `next_revision`), so a read that ends before `STREAM_PAGE` rows has seen everything up
     // to it addressed to the agent, and the stream moves there, as the read of the whole log
     // did (a stream left behind the head would take the feed's next change for a gap).
     let head = store.latest_revision()?;
-    let targets = crate::store::agent_targets(agent_id, labels);
+    let targets = crate::store::agent_targets(agent_id, &[labels, former].concat());
     let mut rows = VecDeque::new();
     let mut last = after;
     let read = store.visit_addressed_changes_after(
@@ -631,6 +687,7 @@ fn read_addressed(store: &Store, after: u64, agent_id: &str, labels: &[String], 
                 grant_ends,
                 agent_id,
                 labels,
+                former,
                 now,
             ) {
                 rows.push_back((revision, change));
@@ -758,11 +815,7 @@ impl WatchStream {
         self.last = change.revision;
         // The clock as the feed read it when it published the change: once per change, not
         // once per agent.
-        if !change.is_for(
-            &self.agent.agent_id,
-            &self.agent.labels,
-            change.published_unix,
-        ) {
+        if !change.is_for(&self.agent, change.published_unix) {
             return None;
         }
         // Fan-out latency is that of live changes (what a catch-up sends is not observed): one
@@ -799,8 +852,8 @@ impl Stream for WatchStream {
                 if this.stop.as_mut().poll(cx).is_ready() {
                     return this.end(None);
                 }
-                if this.removed.as_mut().poll(cx).is_ready() {
-                    return this.end(Some(Err(super::enrol::removed_status())));
+                if let Poll::Ready(status) = this.removed.as_mut().poll(cx) {
+                    return this.end(Some(Err(status)));
                 }
             }
             match &mut this.state {
@@ -1035,6 +1088,7 @@ mod tests {
                 WatchRequest {
                     agent_id: id.into(),
                     labels: labels.iter().map(|l| l.to_string()).collect(),
+                    former_labels: Vec::new(),
                     after_revision: 0,
                     after_epoch: EPOCH.into(),
                 },
@@ -1181,6 +1235,7 @@ mod tests {
             WatchRequest {
                 agent_id: "web-1".into(),
                 labels: vec![],
+                former_labels: Vec::new(),
                 after_revision: 0,
                 after_epoch: "a-foreign-epoch".into(),
             },
@@ -1360,6 +1415,7 @@ mod tests {
             WatchRequest {
                 agent_id: "a".into(),
                 labels: vec!["env=prod".into()],
+                former_labels: Vec::new(),
                 after_revision: second,
                 after_epoch: "an-older-epoch".into(),
             },
@@ -1511,6 +1567,7 @@ mod tests {
                 WatchRequest {
                     agent_id: format!("a-{i}"),
                     labels: vec![],
+                    former_labels: Vec::new(),
                     after_revision: 0,
                     after_epoch: OWN_EPOCH.into(),
                 },
@@ -1559,6 +1616,7 @@ mod tests {
                 WatchRequest {
                     agent_id: format!("a-{i}"),
                     labels: vec!["env=prod".into()],
+                    former_labels: Vec::new(),
                     after_revision: 0,
                     after_epoch: EPOCH.into(),
                 },
@@ -1616,12 +1674,14 @@ mod tests {
             WatchRequest {
                 agent_id: "gone".into(),
                 labels: vec!["env=prod".into()],
+                former_labels: Vec::new(),
                 after_revision: 0,
                 after_epoch: EPOCH.into(),
             },
             f.stopping.clone(),
             Box::pin(async move {
                 let _ = removed.await;
+                super::super::enrol::removed_status()
             }),
             || {},
         );
@@ -1667,12 +1727,14 @@ mod tests {
             WatchRequest {
                 agent_id: "gone".into(),
                 labels: vec!["env=prod".into()],
+                former_labels: Vec::new(),
                 after_revision: 0,
                 after_epoch: String::new(),
             },
             f.stopping.clone(),
             Box::pin(async move {
                 let _ = removed.await;
+                super::super::enrol::removed_status()
             }),
             || {},
         );
@@ -1783,12 +1845,24 @@ mod tests {
         labels: &[String],
         now: i64,
     ) -> (Vec<(u64, String, bool)>, u64, usize) {
+        whole_catch_up_with_former(store, from, agent_id, labels, &[], now)
+    }
+
+    /// [`whole_catch_up`] of an agent that held the `former` labels before.
+    fn whole_catch_up_with_former(
+        store: &Store,
+        from: ReadFrom,
+        agent_id: &str,
+        labels: &[String],
+        former: &[String],
+        now: i64,
+    ) -> (Vec<(u64, String, bool)>, u64, usize) {
         let mut sent = Vec::new();
         let mut next = Some(from);
         let mut last = 0;
         let mut reads = 0;
         while let Some(from) = next {
-            let page = read_catch_up(store, from, agent_id, labels, now).expect("the read");
+            let page = read_catch_up(store, from, agent_id, labels, former, now).expect("the read");
             reads += 1;
             assert!(
                 page.rows.len() <= STREAM_PAGE as usize,
@@ -1805,6 +1879,350 @@ mod tests {
             next = page.next;
         }
         (sent, last, reads)
+    }
+
+    /// Issue 12's label gap: an agent that received a grant under label `team=a` and then
+    /// holds `team=b` instead (announced by an agent without enrolment, or given by a
+    /// re-enrolment's token) is still sent that grant's revocation, from its position and live,
+    /// and is not sent the old label's grants. On both backends. Before the former labels, the
+    /// catch-up under `team=b` read only `team=b`'s rows and the revocation never reached it.
+    #[test]
+    fn an_agent_whose_labels_changed_is_sent_the_revocation_of_a_grant_of_its_old_label() {
+        use crate::store::agents::{new_join_token, JoinToken};
+        use crate::store::AgentRow;
+        crate::store::testing::on_each_backend(|store, _| {
+            let now = unix_now();
+            let labels = |l: &[&str]| l.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+            let register = |id: &str, l: &[&str]| {
+                store
+                    .register_agent(
+                        &AgentRow {
+                            id: id.into(),
+                            labels: labels(l),
+                            addr: String::new(),
+                            last_seen: now,
+                            replica: String::new(),
+                        },
+                        0,
+                    )
+                    .unwrap()
+                    .expect("registered")
+            };
+            // web-1 announces its labels; web-2 is enrolled, then re-enrolled with other ones.
+            assert!(register("web-1", &["team=a"]).is_empty());
+            let enrol = |token_labels: &[&str], at: i64| {
+                let (_, digest, id) = new_join_token();
+                let token = JoinToken {
+                    id,
+                    labels: labels(token_labels),
+                    uses_left: 1,
+                    expires_at: now + 3600,
+                    reenrol: true,
+                    created_by: "spiffe://loggate.local/user/admin".into(),
+                    created_at: now,
+                    revoked_at: None,
+                };
+                store.create_join_token(&digest, &token, || Ok(())).unwrap();
+                store
+                    .enrol_agent(&digest, "web-2", at, |_| {
+                        Ok((
+                            crate::store::agents::EnrolledCert {
+                                serial: "01".into(),
+                                not_after: now + 3600,
+                            },
+                            (),
+                        ))
+                    })
+                    .unwrap()
+                    .map_err(|(refusal, _)| refusal)
+                    .expect("enrolled");
+            };
+            enrol(&["team=a"], now);
+            assert!(register("web-2", &["team=a"]).is_empty());
+            let granted = insert(store, "g-a", &[], &["team=a"], now + 3600);
+            let ended = insert(store, "g-a-ended", &[], &["team=a"], now - 1);
+            // Both caught up under team=a.
+            for agent in ["web-1", "web-2"] {
+                let (sent, at, _) = whole_catch_up(
+                    store,
+                    ReadFrom::Agent {
+                        after: 0,
+                        own_epoch: true,
+                    },
+                    agent,
+                    &labels(&["team=a"]),
+                    now,
+                );
+                assert_eq!(sent, vec![(granted, "g-a".to_string(), false)]);
+                assert_eq!(at, ended);
+            }
+            // Their labels change to team=b: web-1's at its next connection, web-2's at its
+            // re-enrolment (its connection then registers the token's labels, no change).
+            assert_eq!(register("web-1", &["team=b"]), labels(&["team=a"]));
+            enrol(&["team=b"], now + 1);
+            assert_eq!(register("web-2", &["team=b"]), labels(&["team=a"]));
+            let for_b = insert(store, "g-b", &[], &["team=b"], now + 3600);
+            let another_a = insert(store, "g-a-2", &[], &["team=a"], now + 3600);
+            let revoked = revoke_in(store, "g-a");
+            for agent in ["web-1", "web-2"] {
+                let former = register(agent, &["team=b"]);
+                assert_eq!(former, labels(&["team=a"]), "{agent}");
+                let (sent, _, _) = whole_catch_up_with_former(
+                    store,
+                    ReadFrom::Agent {
+                        after: ended,
+                        own_epoch: true,
+                    },
+                    agent,
+                    &labels(&["team=b"]),
+                    &former,
+                    now,
+                );
+                assert_eq!(
+                    sent,
+                    vec![
+                        (for_b, "g-b".to_string(), false),
+                        (revoked, "g-a".to_string(), true)
+                    ],
+                    "{agent}: team=b's grant and team=a's revocation, not team=a's grant {another_a}"
+                );
+            }
+            // Back to team=a: team=a is no longer a former label, team=b (g-b is live) is. Its
+            // catch-up from where it was under team=b: team=a's grant it missed meanwhile and
+            // team=a's revocation; of team=b only revocations (none), not g-b.
+            let former = register("web-1", &["team=a"]);
+            assert_eq!(former, labels(&["team=b"]));
+            let (sent, _, _) = whole_catch_up_with_former(
+                store,
+                ReadFrom::Agent {
+                    after: for_b,
+                    own_epoch: true,
+                },
+                "web-1",
+                &labels(&["team=a"]),
+                &former,
+                now,
+            );
+            assert_eq!(
+                sent,
+                vec![
+                    (another_a, "g-a-2".to_string(), false),
+                    (revoked, "g-a".to_string(), true)
+                ]
+            );
+        });
+    }
+
+    /// The review's scenario (issue 12): web-2's stream is open under `team=a` across its
+    /// re-enrolment with `team=b` (a re-enrolment does not cut it), when `team=a`'s only grant
+    /// ends soon. A grant issued to `team=a` after the change, ending hours later, reaches it
+    /// through that old stream. Once the first grant has ended the agent reconnects under
+    /// `team=b`; the second grant is revoked: the agent is sent the revocation. On both
+    /// backends. When a former label's end was fixed at the change (the last end of the
+    /// grants then), the label was no longer former at the reconnection and the revocation
+    /// was never sent.
+    #[test]
+    fn a_grant_delivered_by_a_stream_open_across_a_relabel_has_its_revocation_sent() {
+        use crate::store::agents::{new_join_token, EnrolledCert, JoinToken};
+        crate::store::testing::on_each_backend(|store, _| {
+            let now = unix_now();
+            let labels = |l: &[&str]| l.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+            let enrol = |token_labels: &[&str], at: i64| {
+                let (_, digest, id) = new_join_token();
+                let token = JoinToken {
+                    id,
+                    labels: labels(token_labels),
+                    uses_left: 1,
+                    expires_at: now + 3600,
+                    reenrol: true,
+                    created_by: "spiffe://loggate.local/user/admin".into(),
+                    created_at: now,
+                    revoked_at: None,
+                };
+                store.create_join_token(&digest, &token, || Ok(())).unwrap();
+                store
+                    .enrol_agent(&digest, "web-2", at, |_| {
+                        Ok((
+                            EnrolledCert {
+                                serial: "01".into(),
+                                not_after: now + 86_400,
+                            },
+                            (),
+                        ))
+                    })
+                    .unwrap()
+                    .map_err(|(refusal, _)| refusal)
+                    .expect("enrolled");
+            };
+            // 1. Enrolled with team=a; its stream opens (and stays open) under team=a.
+            enrol(&["team=a"], now);
+            let opened = store.stream_registration("web-2", 0, now).unwrap();
+            assert_eq!(opened.enrolled, Some(labels(&["team=a"])));
+            let first = insert(store, "g-1", &[], &["team=a"], now + 60);
+            // 2. Re-enrolled with team=b while g-1 (ending in a minute) is team=a's only grant.
+            enrol(&["team=b"], now + 1);
+            // 3. G2 to team=a, ending in 8 hours: the old stream, still under team=a, sends it.
+            let second = insert(store, "g-2", &[], &["team=a"], now + 8 * 3600);
+            let (sent, at, _) = whole_catch_up(
+                store,
+                ReadFrom::Revision(first),
+                "web-2",
+                &labels(&["team=a"]),
+                now + 2,
+            );
+            assert_eq!(sent, vec![(second, "g-2".to_string(), false)]);
+            // 4. After g-1 has ended, the agent reconnects under team=b.
+            let later = now + 3600;
+            let read = store.stream_registration("web-2", 0, later).unwrap();
+            assert_eq!(read.enrolled, Some(labels(&["team=b"])));
+            assert_eq!(
+                read.former,
+                labels(&["team=a"]),
+                "team=a is former while g-2 is live"
+            );
+            // 5. G2 is revoked: the team=b stream is sent the revocation, from its position.
+            let revoked = revoke_in(store, "g-2");
+            let (sent, _, _) = whole_catch_up_with_former(
+                store,
+                ReadFrom::Revision(at),
+                "web-2",
+                &labels(&["team=b"]),
+                &read.former,
+                later,
+            );
+            assert_eq!(sent, vec![(revoked, "g-2".to_string(), true)]);
+        });
+    }
+
+    /// The live path of the same: a stream of an agent now holding `team=b` that held
+    /// `team=a` is sent the revocation of a `team=a` grant as the feed publishes it, and not a
+    /// new `team=a` grant.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_is_sent_the_revocation_of_a_grant_of_its_agents_former_label() {
+        let f = Fixture::new();
+        f.grant("g-a", &["team=a"]);
+        let feed = f.feed(FEED_CAPACITY);
+        let stream = feed.stream(
+            WatchRequest {
+                agent_id: "web-1".into(),
+                labels: vec!["team=b".into()],
+                former_labels: vec!["team=a".into()],
+                after_revision: f.store.latest_revision().unwrap(),
+                after_epoch: EPOCH.into(),
+            },
+            f.stopping.clone(),
+            Box::pin(std::future::pending()),
+            || {},
+        );
+        let mut rx = read_as_the_connection(stream, 16);
+        caught_up(&mut rx).await;
+        f.grant("g-a-2", &["team=a"]);
+        let revoked = f.revoke("g-a");
+        let for_b = f.grant("g-b", &["team=b"]);
+        assert_eq!(next_change(&mut rx).await, (revoked, "g-a".to_string()));
+        assert_eq!(next_change(&mut rx).await, (for_b, "g-b".to_string()));
+    }
+
+    /// A herd of streams opening at once (a replica's failover, a restart) on PostgreSQL: every
+    /// catch-up read waits for one of the store's stream turns, so no more of them wait for the
+    /// connection than the store lets wait, and none is refused `Busy` (each refusal ends the
+    /// stream and doubles the agent's back-off). Here the store lets only `STREAM_TURNS` wait;
+    /// without the turns most of the 128 reads were refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_herd_of_catch_ups_waits_for_turns_and_none_is_refused_busy() {
+        let t = crate::store::testing::TestStore::postgres();
+        let mut store = Store::open_postgres(&t.server.as_ref().expect("a server").url())
+            .expect("a second connection");
+        store.set_max_waiters(crate::store::STREAM_TURNS);
+        let store = Arc::new(store);
+        insert(&store, "g-1", &[], &["env=prod"], unix_now() + 3600);
+        let (_stop, stopping) = watch::channel(false);
+        let revisions = watch::channel(store.latest_revision().unwrap()).0;
+        let feed = ChangeFeed::start(
+            store.clone(),
+            stamp(),
+            revisions.subscribe(),
+            stopping.clone(),
+            FEED_CAPACITY,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut streams = Vec::new();
+        for i in 0..(4 * crate::store::STREAM_TURNS) {
+            let stream = feed.stream(
+                WatchRequest {
+                    agent_id: format!("a-{i}"),
+                    labels: vec!["env=prod".into()],
+                    former_labels: Vec::new(),
+                    after_revision: 0,
+                    after_epoch: String::new(),
+                },
+                stopping.clone(),
+                Box::pin(std::future::pending()),
+                || {},
+            );
+            streams.push(read_as_the_connection(stream, 16));
+        }
+        for rx in &mut streams {
+            assert_eq!(next_change(rx).await.1, "g-1");
+            caught_up(rx).await;
+        }
+    }
+
+    /// Streams dropped while their catch-up reads wait for a turn (a herd's resets, or an
+    /// agent opening and resetting streams) take no turn: their waiting reads are aborted, so
+    /// when the turns come free none of them goes to a dropped stream's read. A stream opened
+    /// after that still gets its read. Before, each dropped stream's read waited on, took a
+    /// turn and read the log in full.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_streams_waiting_read_takes_no_turn() {
+        let f = Fixture::new();
+        f.grant("g-1", &["env=prod"]);
+        let feed = f.feed(FEED_CAPACITY);
+        let turns = f.store.stream_turns();
+        let all = u32::try_from(crate::store::STREAM_TURNS).unwrap();
+        let held = turns.clone().acquire_many_owned(all).await.unwrap();
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let before = metrics.num_alive_tasks();
+        let watch = |i: usize| {
+            feed.stream(
+                WatchRequest {
+                    agent_id: format!("a-{i}"),
+                    labels: vec!["env=prod".into()],
+                    former_labels: Vec::new(),
+                    after_revision: 0,
+                    after_epoch: String::new(),
+                },
+                f.stopping.clone(),
+                Box::pin(std::future::pending()),
+                || {},
+            )
+        };
+        let streams: Vec<_> = (0..4 * crate::store::STREAM_TURNS).map(watch).collect();
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            before + streams.len(),
+            "one waiting read each"
+        );
+        drop(streams);
+        let mut gone = false;
+        for _ in 0..200 {
+            if metrics.num_alive_tasks() == before {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the dropped streams' reads still wait for a turn");
+        drop(held);
+        assert_eq!(
+            turns.available_permits(),
+            crate::store::STREAM_TURNS,
+            "no turn went to a dropped stream's read"
+        );
+        let mut rx = read_as_the_connection(watch(0), 16);
+        assert_eq!(next_change(&mut rx).await.1, "g-1");
+        caught_up(&mut rx).await;
     }
 
     /// A resync (an agent of another epoch, as after every restart) reads the live state, not
@@ -1976,7 +2394,8 @@ mod tests {
             insert(store, "last-for-others", &["web-2"], &[], now + 3600);
             let head = store.latest_revision().unwrap();
             let agent = ["env=prod".to_string()];
-            let page = read_catch_up(store, ReadFrom::Revision(0), "web-1", &agent, now).unwrap();
+            let page =
+                read_catch_up(store, ReadFrom::Revision(0), "web-1", &agent, &[], now).unwrap();
             let kept: Vec<u64> = page.rows.iter().map(|(r, _)| *r).collect();
             assert_eq!(kept, mine[..STREAM_PAGE as usize]);
             let at = mine[STREAM_PAGE as usize - 1];
@@ -2053,7 +2472,8 @@ mod tests {
                                         Change::Granted(g) => (g, Some(g.not_after), false),
                                         Change::Revoked { grant, .. } => (grant, None, true),
                                     };
-                                    if sent_to(&g.hosts, &g.labels, ends, agent, &labels, now) {
+                                    if sent_to(&g.hosts, &g.labels, ends, agent, &labels, &[], now)
+                                    {
                                         sent.push((revision, g.id.clone(), revoked));
                                     }
                                     true

@@ -403,6 +403,9 @@ pub(super) fn expire_due(
     Ok(expired)
 }
 
+/// How often the singleton sweep forgets the agents' former labels of no use any more.
+const FORGET_FORMER_LABELS_EVERY: Duration = Duration::from_secs(60);
+
 /// Expires pending requests when their time runs out: sleeps until the next expiry or until a
 /// request changes, whichever comes first. The sweep is a singleton job: on PostgreSQL only the
 /// replica that leads ([`Store::leads_singleton_jobs`]) runs it (the others look again every
@@ -422,6 +425,7 @@ pub(super) fn spawn_expiry(
     let mut changes = changed.subscribe();
     tokio::spawn(async move {
         let mut last_summaries = None;
+        let mut last_forget: Option<std::time::Instant> = None;
         loop {
             let now = unix_now();
             let leads = store.leads_singleton_jobs();
@@ -433,6 +437,16 @@ pub(super) fn spawn_expiry(
                 );
                 if !leads {
                     return Ok(0);
+                }
+                // The agents' former labels of no use any more (store/agents.rs), a removed
+                // agent's too: once a minute at most.
+                if last_forget.is_none_or(|at| at.elapsed() >= FORGET_FORMER_LABELS_EVERY) {
+                    last_forget = Some(std::time::Instant::now());
+                    match store.forget_former_labels(now) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(rows = n, "former labels forgotten"),
+                        Err(e) => tracing::warn!("forgetting former labels failed: {e:#}"),
+                    }
                 }
                 expire_due(&store, &audit, now, |r| {
                     governance.changed(r);

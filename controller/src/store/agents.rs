@@ -13,8 +13,9 @@
 //! labels. No certificate is handed out without its record, and a failed record changes
 //! nothing.
 
-use super::db::{params, OptionalExtension};
+use super::db::{params, params_from_iter, OptionalExtension, Value};
 use super::{from_json, to_json, Store};
+use anyhow::Context;
 use sha2::{Digest, Sha256};
 
 pub(super) const AGENTS_SCHEMA: &str = "
@@ -48,6 +49,207 @@ CREATE TABLE IF NOT EXISTS removed_agents (
     removed_by TEXT NOT NULL
 );
 ";
+
+/// Added in version 7 (issue 12): the labels an agent held before its labels changed (a
+/// re-enrolment with a token of other labels, an agent without enrolment announcing other
+/// labels, a removal), each with the time of its latest change (`since`).
+///
+/// Why: what is sent to an agent is decided by its *current* labels, but a revocation must
+/// reach every agent that may hold its grant. An agent that received grant G under label A
+/// and then holds B instead would otherwise never be sent G's revocation (it is addressed,
+/// and indexed, to A): a catch-up from its position reads B's rows, the feed matches B. If
+/// it then holds A again (or still serves under A: its own audience is what it loaded at its
+/// start), it would serve a revoked grant. So a revocation is also sent to an agent that held
+/// one of its grant's labels before; the grants themselves are sent by current labels only.
+///
+/// Nothing about a former label is decided at the change. A stream opened before the change
+/// (a re-enrolment does not cut the agent's open stream; a stream may read the labels just
+/// before the re-enrolment commits) still streams the old labels, and so may deliver grants
+/// issued to them *after* the change. So a row is kept whatever the grants at the change, and
+/// whether it is of use is decided when a stream opens ([`former_labels`]: a label that has a
+/// grant live then). A row is forgotten ([`forget_former_labels`]) only once no grant
+/// addressed to its label is live and no stream under the old labels can deliver one any
+/// more: the agent opened a stream more than [`FORMER_LABELS_GRACE`] after the change (an
+/// agent watches on one stream at a time: the old one is no longer read), or it was removed
+/// after the change and that removal is older than the grace (its streams are cut: at once on
+/// its replica, at the next revocation reload, every 10 s, on the others).
+pub(super) const FORMER_LABELS_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS agent_former_labels (
+    agent_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, label)
+);
+";
+
+/// How long after a change of an agent's labels (or its removal) a stream under its old
+/// labels may still be open, as far as forgetting a former label goes
+/// ([`FORMER_LABELS_SCHEMA`]): well past the slowest commit (`lock_timeout`, 10 s) and the
+/// other replicas' revocation reload (10 s).
+pub const FORMER_LABELS_GRACE: i64 = 300;
+
+/// Records that agent `agent_id`'s labels change from `old` to `new` at `now`, in the caller's
+/// transaction ([`FORMER_LABELS_SCHEMA`]): each label it no longer holds is kept as a former
+/// label (since `now`), the labels it holds again are no longer former, and its former labels
+/// that can be of no use any more are forgotten ([`forget_former_labels`]). Nothing is written
+/// when the labels did not change.
+pub(super) fn record_label_change(
+    conn: &super::db::Connection,
+    agent_id: &str,
+    old: &[String],
+    new: &[String],
+    now: i64,
+) -> super::db::Result<()> {
+    if old.iter().all(|l| new.contains(l)) && new.iter().all(|l| old.contains(l)) {
+        return Ok(());
+    }
+    for label in old.iter().filter(|l| !new.contains(l)) {
+        conn.execute(
+            "INSERT INTO agent_former_labels (agent_id, label, since) VALUES (?1, ?2, ?3)
+             ON CONFLICT(agent_id, label) DO UPDATE SET since =
+             CASE WHEN agent_former_labels.since > ?3 THEN agent_former_labels.since ELSE ?3 END",
+            params![agent_id, label, now],
+        )?;
+    }
+    for label in new {
+        conn.execute(
+            "DELETE FROM agent_former_labels WHERE agent_id = ?1 AND label = ?2",
+            params![agent_id, label],
+        )?;
+    }
+    forget_former_labels(conn, Some(agent_id), now)?;
+    Ok(())
+}
+
+/// Whether former label row `f` can be forgotten at `?1` ([`FORMER_LABELS_SCHEMA`]): no grant
+/// addressed to its label is live (`revision_targets_live`), and no stream under the old labels
+/// can still deliver one: the agent opened a stream (its registry's `last_seen`) more than
+/// the grace after the change, or it was removed after the change, longer than the grace ago
+/// (`?3`: `?1` less the grace `?2`).
+const FORGETTABLE_SQL: &str = "NOT EXISTS (SELECT 1 FROM revision_targets t \
+       WHERE t.target = 'label:' || f.label AND t.grant_ends > ?1) \
+     AND (EXISTS (SELECT 1 FROM agents a WHERE a.id = f.agent_id AND a.last_seen > f.since + ?2) \
+       OR EXISTS (SELECT 1 FROM removed_agents r WHERE r.id = f.agent_id \
+         AND r.removed_at >= f.since AND r.removed_at < ?3))";
+
+/// Forgets the former labels ([`FORMER_LABELS_SCHEMA`]) of agent `agent_id` (of every agent:
+/// `None`) that can be of no use at `now` any more; how many.
+pub(super) fn forget_former_labels(
+    conn: &super::db::Connection,
+    agent_id: Option<&str>,
+    now: i64,
+) -> super::db::Result<usize> {
+    match agent_id {
+        Some(agent_id) => conn.execute(
+            &format!(
+                "DELETE FROM agent_former_labels AS f WHERE f.agent_id = ?4 AND {FORGETTABLE_SQL}"
+            ),
+            params![
+                now,
+                FORMER_LABELS_GRACE,
+                now.saturating_sub(FORMER_LABELS_GRACE),
+                agent_id
+            ],
+        ),
+        None => conn.execute(
+            &format!("DELETE FROM agent_former_labels AS f WHERE {FORGETTABLE_SQL}"),
+            params![
+                now,
+                FORMER_LABELS_GRACE,
+                now.saturating_sub(FORMER_LABELS_GRACE)
+            ],
+        ),
+    }
+}
+
+/// Agents whose registrations one transaction of [`Store::register_agents`] writes at most.
+pub const REGISTRATIONS_PER_WRITE: usize = 512;
+
+/// The two statements of a transaction of [`Store::register_agents`] for `n` agents, each
+/// agent's six parameters in order (id, labels, address, last seen, replica, certificate
+/// start): the ids of those removed at or after their certificate's start, and the upsert of
+/// the others (the labels written only for an agent not registered yet).
+fn registrations_sql(n: usize) -> (String, String) {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let p = i * 6;
+            format!(
+                "(?{}, ?{}, ?{}, CAST(?{} AS BIGINT), ?{}, CAST(?{} AS BIGINT))",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6
+            )
+        })
+        .collect();
+    let with = format!(
+        "WITH v (id, labels, addr, last_seen, replica, nb) AS (VALUES {})",
+        rows.join(", ")
+    );
+    let removed =
+        "EXISTS (SELECT 1 FROM removed_agents r WHERE r.id = v.id AND r.removed_at >= v.nb)";
+    (
+        format!("{with} SELECT v.id FROM v WHERE {removed}"),
+        format!(
+            "{with} INSERT INTO agents (id, labels, addr, last_seen, replica) \
+             SELECT v.id, v.labels, v.addr, v.last_seen, v.replica FROM v WHERE NOT {removed} \
+             ON CONFLICT(id) DO UPDATE SET addr = excluded.addr, \
+             last_seen = excluded.last_seen, replica = excluded.replica"
+        ),
+    )
+}
+
+/// The registry's labels of agent `agent_id` (`None`: not registered), in the caller's
+/// transaction.
+pub(super) fn registered_labels(
+    conn: &super::db::Connection,
+    agent_id: &str,
+) -> super::db::Result<Option<Vec<String>>> {
+    Ok(conn
+        .query_row_cached(
+            "SELECT labels FROM agents WHERE id = ?1",
+            params![agent_id],
+            |r| r.get::<_, String>(0),
+        )
+        .optional()?
+        .map(from_json))
+}
+
+/// The former labels of agent `agent_id` of use to a stream opening at `now`
+/// ([`FORMER_LABELS_SCHEMA`]): those with a grant live at `now`. Decided now, not at the
+/// change: a grant issued to a former label after the change (delivered by a stream still
+/// under the old labels) counts.
+pub(super) fn former_labels(
+    conn: &super::db::Connection,
+    agent_id: &str,
+    now: i64,
+) -> super::db::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT f.label FROM agent_former_labels AS f WHERE f.agent_id = ?1 \
+         AND EXISTS (SELECT 1 FROM revision_targets t \
+           WHERE t.target = 'label:' || f.label AND t.grant_ends > ?2) \
+         ORDER BY f.label",
+    )?;
+    let rows = stmt.query_map(params![agent_id, now], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// What a stream's opening reads of its agent ([`Store::stream_registration`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRegistration {
+    /// Removed (`agent remove`) at or after the start of the certificate it connects with.
+    pub removed: bool,
+    /// The labels its join token gave it; `None`: not enrolled (it keeps what it announces).
+    pub enrolled: Option<Vec<String>>,
+    /// Its labels in the registry; `None`: not registered.
+    pub registered: Option<Vec<String>>,
+    /// Its address in the registry (what `ResolveAgent` answers); `None`: not registered.
+    pub registered_addr: Option<String>,
+    /// Its former labels still of use ([`FORMER_LABELS_SCHEMA`]).
+    pub former: Vec<String>,
+}
 
 /// One agent of the registry, with what enrolment knows of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -347,6 +549,11 @@ impl Store {
                 now
             ],
         )?;
+        // A re-enrolment with other labels: the old ones stay former labels while a grant
+        // addressed to them may be live (its revocation must still reach this agent).
+        if let Some(old) = registered_labels(&tx, agent_id)? {
+            record_label_change(&tx, agent_id, &old, &token.labels, now)?;
+        }
         // The registry `ResolveAgent` and label selectors read: the token's labels; the address
         // is learned when the agent connects.
         tx.execute(
@@ -381,6 +588,12 @@ impl Store {
             return Ok(false);
         }
         record()?;
+        // Its labels stay former labels while a grant addressed to them may be live: a
+        // re-enrolment under other labels (with the grants and position it kept) is still sent
+        // their revocations.
+        if let Some(old) = registered_labels(&tx, id)? {
+            record_label_change(&tx, id, &old, &[], now)?;
+        }
         tx.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
         tx.execute("DELETE FROM enrolled_agents WHERE id = ?1", params![id])?;
         tx.execute(
@@ -450,8 +663,137 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every agent's former labels ([`FORMER_LABELS_SCHEMA`]), for the streams still under one
+    /// to be cut (`service::enrol::Relabelled`).
+    pub fn former_labels_by_agent(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<String, std::collections::HashSet<String>>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached("SELECT agent_id, label FROM agent_former_labels")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut by_agent = std::collections::HashMap::<_, std::collections::HashSet<_>>::new();
+        for row in rows {
+            let (agent, label) = row?;
+            by_agent.entry(agent).or_default().insert(label);
+        }
+        Ok(by_agent)
+    }
+
+    /// Forgets every agent's former labels that can be of no use at `now` any more
+    /// ([`FORMER_LABELS_SCHEMA`]: a removed agent's too); how many. Run by the replica that
+    /// leads the singleton jobs; an agent's own are also forgotten at its next label change.
+    pub fn forget_former_labels(&self, now: i64) -> anyhow::Result<usize> {
+        let conn = self.conn()?;
+        Ok(forget_former_labels(&conn, None, now)?)
+    }
+
+    /// What opening agent `agent_id`'s stream needs from the store, in one call and without a
+    /// write: whether it was removed at or after `cert_not_before` (the start of the
+    /// certificate it connects with), its enrolled labels, its registry labels and its former
+    /// labels still of use at `now`. The registration itself is written later
+    /// ([`Store::register_agents`]), or at once by [`super::Store::register_agent`] when the
+    /// labels it will stream with differ from the registry's (a change to record first).
+    pub fn stream_registration(
+        &self,
+        agent_id: &str,
+        cert_not_before: i64,
+        now: i64,
+    ) -> anyhow::Result<StreamRegistration> {
+        let conn = self.conn()?;
+        type Read = (i64, Option<String>, Option<String>, Option<String>);
+        let (removed, enrolled, registered, registered_addr): Read = conn.query_row_cached(
+            "SELECT (SELECT COUNT(*) FROM removed_agents WHERE id = ?1 AND removed_at >= ?2),
+             (SELECT labels FROM enrolled_agents WHERE id = ?1),
+             (SELECT labels FROM agents WHERE id = ?1),
+             (SELECT addr FROM agents WHERE id = ?1)",
+            params![agent_id, cert_not_before],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        let former = if removed > 0 {
+            Vec::new()
+        } else {
+            former_labels(&conn, agent_id, now)?
+        };
+        Ok(StreamRegistration {
+            removed: removed > 0,
+            enrolled: enrolled.map(from_json),
+            registered: registered.map(from_json),
+            registered_addr,
+            former,
+        })
+    }
+
+    /// Writes the registrations of agents whose streams opened (address, last seen, replica;
+    /// the labels only for an agent not registered yet: a change of labels is written when
+    /// the stream opens, [`super::Store::register_agent`], and a queued registration must not
+    /// put back labels a re-enrolment replaced meanwhile), committed without waiting for the
+    /// disk as [`super::Store::upsert_agent`]. An agent removed at or after the start of the
+    /// certificate it connected with is not written (security.md X2); its id is returned.
+    ///
+    /// At most [`REGISTRATIONS_PER_WRITE`] agents per transaction, each transaction two
+    /// statements (the removed ones among them, then one multi-row upsert guarded by the same
+    /// removal check): on PostgreSQL every transaction holds the cluster-wide `REVISIONS_LOCK`,
+    /// so a failover's herd of 5,000 agents is written in short transactions between which
+    /// the grants and revocations of every replica take their turn, rather than in one that
+    /// held the lock for two round trips per agent. Stops at the first transaction that fails
+    /// (those before it stay committed). The agents' ids are unique (the queue is by agent).
+    pub fn register_agents(
+        &self,
+        agents: &[(super::AgentRow, i64)],
+    ) -> anyhow::Result<Vec<String>> {
+        let mut removed_ids = Vec::new();
+        if agents.is_empty() {
+            return Ok(removed_ids);
+        }
+        let mut conn = self.conn()?;
+        let postgres = conn.is_postgres();
+        if !postgres {
+            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        }
+        let written = (|| -> anyhow::Result<()> {
+            for chunk in agents.chunks(REGISTRATIONS_PER_WRITE) {
+                let (removed_sql, register_sql) = registrations_sql(chunk.len());
+                let values: Vec<Value> = chunk
+                    .iter()
+                    .flat_map(|(agent, cert_not_before)| {
+                        [
+                            Value::Text(agent.id.clone()),
+                            Value::Text(to_json(&agent.labels)),
+                            Value::Text(agent.addr.clone()),
+                            Value::Int(agent.last_seen),
+                            Value::Text(agent.replica.clone()),
+                            Value::Int(*cert_not_before),
+                        ]
+                    })
+                    .collect();
+                let tx = conn.transaction()?;
+                if postgres {
+                    tx.execute_batch("SET LOCAL synchronous_commit = off")?;
+                }
+                {
+                    let mut stmt = tx.prepare(&removed_sql)?;
+                    let removed = stmt.query_map(params_from_iter(values.iter()), |r| r.get(0))?;
+                    for id in removed {
+                        removed_ids.push(id?);
+                    }
+                }
+                tx.execute(&register_sql, params_from_iter(values.iter()))?;
+                tx.commit()?;
+            }
+            Ok(())
+        })();
+        if !postgres {
+            conn.execute_batch("PRAGMA synchronous = FULL")
+                .map_err(anyhow::Error::from)
+                .context("cannot restore synchronous = FULL after registering agents")?;
+        }
+        written?;
+        Ok(removed_ids)
+    }
+
     /// The labels an enrolled agent was given by its token; `None` for an agent that did not
     /// enrol (its certificate came from elsewhere: it keeps the labels it announces).
+    #[cfg(test)]
     pub fn enrolled_labels(&self, agent_id: &str) -> anyhow::Result<Option<Vec<String>>> {
         Ok(self
             .conn()?

@@ -24,6 +24,9 @@
 //!   back-filled from the existing log: on SQLite [`sqlite_revision_targets`] (the table and
 //!   trigger created if missing at every open, the back-fill run when the stored version is
 //!   below 6, idempotent), on PostgreSQL `postgres_v6.sql`.
+//!   Version 7 (issue 12) only adds a table, `agent_former_labels` (the labels an agent held
+//!   before its labels changed and the time of the change: `store/agents.rs`):
+//!   `postgres_v7.sql`; on SQLite in the idempotent schema (`agents::FORMER_LABELS_SCHEMA`).
 //! - **PostgreSQL**: each version is a script (`migrations/postgres_vN.sql`) run once, in one
 //!   transaction, under an advisory lock: replicas starting together migrate once.
 
@@ -31,7 +34,7 @@ use super::db::{Connection, OptionalExtension};
 use anyhow::Context;
 
 /// The schema version this binary reads and writes.
-pub const LATEST: u32 = 6;
+pub const LATEST: u32 = 7;
 
 /// PostgreSQL's scripts, by version (index 0 is version 1).
 const POSTGRES: &[&str] = &[
@@ -41,6 +44,7 @@ const POSTGRES: &[&str] = &[
     include_str!("migrations/postgres_v4.sql"),
     include_str!("migrations/postgres_v5.sql"),
     include_str!("migrations/postgres_v6.sql"),
+    include_str!("migrations/postgres_v7.sql"),
 ];
 
 /// The advisory lock the replicas' migrations take ("lgmigr").
@@ -524,8 +528,8 @@ mod tests {
                 .conn()
                 .expect("the store's connection")
                 .execute(
-                    "UPDATE meta SET value = '7' WHERE key = 'schema_version'",
-                    [],
+                    "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+                    super::super::db::params![(LATEST + 1).to_string()],
                 )
                 .unwrap();
             let reopened = match &t.server {
@@ -537,7 +541,7 @@ mod tests {
                 .chain()
                 .find_map(|e| e.downcast_ref::<SchemaTooNew>())
                 .unwrap_or_else(|| panic!("{}: {err:#}", t.backend()));
-            assert_eq!((too_new.found, too_new.known), (7, LATEST));
+            assert_eq!((too_new.found, too_new.known), (LATEST + 1, LATEST));
             assert!(format!("{err:#}").contains("newer than this loggate knows"));
             let kept: String = t
                 .store
@@ -549,7 +553,7 @@ mod tests {
                     |r| r.get(0),
                 )
                 .unwrap();
-            assert_eq!(kept, "7", "{}", t.backend());
+            assert_eq!(kept, (LATEST + 1).to_string(), "{}", t.backend());
         });
     }
 }
