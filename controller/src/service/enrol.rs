@@ -587,7 +587,6 @@ pub(super) fn reload_revocations(
     revocations: &loggate_core::daemon::Revocations,
     relabelled: &Relabelled,
 ) -> anyhow::Result<()> {
-    relabelled.replace(store.former_labels_by_agent()?);
     let removed = store.removed_agents()?;
     // People locked out (`loggate user lock`, see `users.rs`) are revoked the same way.
     let locked = store.user_cutoffs()?;
@@ -602,6 +601,9 @@ pub(super) fn reload_revocations(
             )
             .collect(),
     );
+    // After the revocations: a failed read of the former labels (the larger table) must not
+    // keep a removal from cutting its agent's streams (second review of open5, finding 2).
+    relabelled.replace(store.former_labels_by_agent()?);
     Ok(())
 }
 

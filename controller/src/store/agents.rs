@@ -550,10 +550,12 @@ impl Store {
             ],
         )?;
         // A re-enrolment with other labels: the old ones stay former labels while a grant
-        // addressed to them may be live (its revocation must still reach this agent).
-        if let Some(old) = registered_labels(&tx, agent_id)? {
-            record_label_change(&tx, agent_id, &old, &token.labels, now)?;
-        }
+        // addressed to them may be live (its revocation must still reach this agent). An
+        // agent removed (its registry row gone, its labels former) and enrolled again: the
+        // labels it holds again are no longer former, or its streams under them would be cut
+        // as stale at every reload (second review of open5, finding 1).
+        let old = registered_labels(&tx, agent_id)?.unwrap_or_default();
+        record_label_change(&tx, agent_id, &old, &token.labels, now)?;
         // The registry `ResolveAgent` and label selectors read: the token's labels; the address
         // is learned when the agent connects.
         tx.execute(
@@ -867,6 +869,45 @@ mod tests {
                 Some(vec!["env=prod".to_string()])
             );
             assert_eq!(store.join_tokens().unwrap()[0].uses_left, 0);
+        });
+    }
+
+    /// Second review of open5, finding 1: an agent removed and enrolled again under the same
+    /// labels does not keep them as former labels, which would cut its every stream as stale.
+    #[test]
+    fn an_agent_removed_and_enrolled_again_holds_its_labels_not_as_former_ones() {
+        crate::store::testing::on_each_backend(|store, _dir| {
+            store
+                .insert_grant(|revision| {
+                    Ok(crate::store::testing::grant_row(
+                        "g-1",
+                        &[],
+                        &["env=prod"],
+                        1000,
+                        revision,
+                    ))
+                })
+                .unwrap();
+            let (_, digest, row) = token(2, 100, false);
+            store.create_join_token(&digest, &row, || Ok(())).unwrap();
+            let enrol = |now: i64| {
+                store
+                    .enrol_agent(&digest, "web-1", now, |_| Ok((cert(), ())))
+                    .unwrap()
+                    .map_err(|(r, _)| r)
+            };
+            assert_eq!(enrol(10), Ok(()));
+            assert!(store
+                .remove_agent("web-1", 11, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            let former = store.former_labels_by_agent().unwrap();
+            assert!(former["web-1"].contains("env=prod"), "{former:?}");
+            assert_eq!(enrol(12), Ok(()));
+            let former = store.former_labels_by_agent().unwrap();
+            assert!(
+                !former.get("web-1").is_some_and(|f| f.contains("env=prod")),
+                "enrolled again under env=prod, still a former label: {former:?}"
+            );
         });
     }
 
