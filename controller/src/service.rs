@@ -356,6 +356,14 @@ fn internal(e: anyhow::Error) -> Status {
     if let Some(locked) = e.downcast_ref::<crate::store::UserLocked>() {
         return Status::permission_denied(locked.to_string());
     }
+    // An agent whose labels changed too often (`store::agents::MAX_FORMER_LABELS`): its
+    // doing, not the controller's; said to it, not logged as an error.
+    if let Some(too_many) = e.chain().find_map(|c| match c.downcast_ref() {
+        Some(crate::store::db::Error::TooManyFormerLabels(..)) => Some(c.to_string()),
+        _ => None,
+    }) {
+        return Status::resource_exhausted(too_many);
+    }
     // PostgreSQL down, restarting or busy: conditions that pass, said as such (and
     // retryable); logged at most every 10 s, since every call then fails the same way.
     static UNAVAILABLE: crate::store::db::RateLimitedWarning =

@@ -88,6 +88,13 @@ CREATE TABLE IF NOT EXISTS agent_former_labels (
 /// other replicas' revocation reload (10 s).
 pub const FORMER_LABELS_GRACE: i64 = 300;
 
+/// The most former labels kept for one agent ([`FORMER_LABELS_SCHEMA`]): a label change that
+/// would keep more is refused ([`super::db::Error::TooManyFormerLabels`]). An enrolled agent's
+/// labels change only when an admin re-enrols it; an agent that announces its own labels could
+/// otherwise grow the table (which every replica loads every 10 s) by reconnecting under ever
+/// other labels (second review of open5, finding 2).
+pub const MAX_FORMER_LABELS: usize = 128;
+
 /// Records that agent `agent_id`'s labels change from `old` to `new` at `now`, in the caller's
 /// transaction ([`FORMER_LABELS_SCHEMA`]): each label it no longer holds is kept as a former
 /// label (since `now`), the labels it holds again are no longer former, and its former labels
@@ -103,13 +110,26 @@ pub(super) fn record_label_change(
     if old.iter().all(|l| new.contains(l)) && new.iter().all(|l| old.contains(l)) {
         return Ok(());
     }
-    for label in old.iter().filter(|l| !new.contains(l)) {
-        conn.execute(
-            "INSERT INTO agent_former_labels (agent_id, label, since) VALUES (?1, ?2, ?3)
-             ON CONFLICT(agent_id, label) DO UPDATE SET since =
-             CASE WHEN agent_former_labels.since > ?3 THEN agent_former_labels.since ELSE ?3 END",
-            params![agent_id, label, now],
-        )?;
+    forget_former_labels(conn, Some(agent_id), now)?;
+    let dropped: Vec<&String> = old.iter().filter(|l| !new.contains(l)).collect();
+    // The bound is checked before anything else is written: a refused change leaves the former
+    // labels as they were (SQLite writes them outside a transaction).
+    let kept: Vec<String> = {
+        let mut stmt =
+            conn.prepare_cached("SELECT label FROM agent_former_labels WHERE agent_id = ?1")?;
+        let rows = stmt.query_map(params![agent_id], |r| r.get(0))?;
+        rows.collect::<super::db::Result<_>>()?
+    };
+    let after = kept
+        .iter()
+        .filter(|l| !new.contains(l) && !dropped.contains(l))
+        .count()
+        .saturating_add(dropped.len());
+    if !dropped.is_empty() && after > MAX_FORMER_LABELS {
+        return Err(super::db::Error::TooManyFormerLabels(
+            agent_id.to_string(),
+            kept.len(),
+        ));
     }
     for label in new {
         conn.execute(
@@ -117,7 +137,14 @@ pub(super) fn record_label_change(
             params![agent_id, label],
         )?;
     }
-    forget_former_labels(conn, Some(agent_id), now)?;
+    for label in dropped {
+        conn.execute(
+            "INSERT INTO agent_former_labels (agent_id, label, since) VALUES (?1, ?2, ?3)
+             ON CONFLICT(agent_id, label) DO UPDATE SET since =
+             CASE WHEN agent_former_labels.since > ?3 THEN agent_former_labels.since ELSE ?3 END",
+            params![agent_id, label, now],
+        )?;
+    }
     Ok(())
 }
 
@@ -908,6 +935,47 @@ mod tests {
                 !former.get("web-1").is_some_and(|f| f.contains("env=prod")),
                 "enrolled again under env=prod, still a former label: {former:?}"
             );
+        });
+    }
+
+    /// Second review of open5, finding 2: an agent that announces its own labels cannot grow
+    /// the former labels without bound by reconnecting under ever other labels; the change
+    /// past the bound is refused and stores nothing, a change back to held labels still works.
+    #[test]
+    fn an_agent_keeps_at_most_max_former_labels_and_a_change_past_it_is_refused() {
+        crate::store::testing::on_each_backend(|store, _dir| {
+            let register = |label: String| {
+                store.register_agent(
+                    &crate::store::AgentRow {
+                        id: "web-1".into(),
+                        labels: vec![label],
+                        addr: "web-1:7401".into(),
+                        last_seen: 10,
+                        replica: String::new(),
+                    },
+                    0,
+                )
+            };
+            for i in 0..=MAX_FORMER_LABELS {
+                assert!(register(format!("n={i}")).unwrap().is_some());
+            }
+            let held = store.former_labels_by_agent().unwrap()["web-1"].len();
+            assert_eq!(held, MAX_FORMER_LABELS);
+            let refused = register("n=past".into()).unwrap_err();
+            assert!(
+                matches!(
+                    refused.downcast_ref::<crate::store::db::Error>(),
+                    Some(crate::store::db::Error::TooManyFormerLabels(..))
+                ),
+                "{refused:#}"
+            );
+            assert_eq!(store.agent("web-1").unwrap().unwrap().labels, ["n=128"]);
+            assert_eq!(
+                store.former_labels_by_agent().unwrap()["web-1"].len(),
+                MAX_FORMER_LABELS
+            );
+            // Back to a former label: it stops being former, the change is not refused.
+            assert!(register("n=0".into()).unwrap().is_some());
         });
     }
 
