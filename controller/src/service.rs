@@ -356,14 +356,6 @@ fn internal(e: anyhow::Error) -> Status {
     if let Some(locked) = e.downcast_ref::<crate::store::UserLocked>() {
         return Status::permission_denied(locked.to_string());
     }
-    // An agent whose labels changed too often (`store::agents::MAX_FORMER_LABELS`): its
-    // doing, not the controller's; said to it, not logged as an error.
-    if let Some(too_many) = e.chain().find_map(|c| match c.downcast_ref() {
-        Some(crate::store::db::Error::TooManyFormerLabels(..)) => Some(c.to_string()),
-        _ => None,
-    }) {
-        return Status::resource_exhausted(too_many);
-    }
     // PostgreSQL down, restarting or busy: conditions that pass, said as such (and
     // retryable); logged at most every 10 s, since every call then fails the same way.
     static UNAVAILABLE: crate::store::db::RateLimitedWarning =
@@ -483,6 +475,17 @@ pub fn grant_info(g: &GrantRow) -> pb::GrantInfo {
     }
 }
 
+/// Whether `e` is a label change refused for the agent's former labels' bound
+/// (`store::agents::MAX_FORMER_LABELS`).
+fn too_many_former_labels(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref(),
+            Some(crate::store::db::Error::TooManyFormerLabels(..))
+        )
+    })
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::GrantEvent, Status>> + Send>>;
 
 /// An agent's `WatchGrants` stream as served (`grant_stream::ControllerRoutes`): events encoded
@@ -517,7 +520,7 @@ impl ControllerService {
             if read.removed {
                 return Ok(None);
             }
-            let row = AgentRow {
+            let mut row = AgentRow {
                 labels: read.enrolled.clone().unwrap_or(announced.labels.clone()),
                 ..announced
             };
@@ -529,7 +532,25 @@ impl ControllerService {
             if read.registered.as_ref() != Some(&row.labels)
                 || read.registered_addr.as_ref() != Some(&row.addr)
             {
-                let former = store.register_agent(&row, not_before)?;
+                let former = match store.register_agent(&row, not_before) {
+                    // Announced labels past the former labels' bound: the stream opens under
+                    // the labels the registry holds, so the agent is still sent what they and
+                    // its former labels address (their revocations above all); its new labels
+                    // are not taken until some former ones are forgotten.
+                    Err(e) if too_many_former_labels(&e) => {
+                        let Some(held) = read.registered.clone() else {
+                            return Err(e);
+                        };
+                        tracing::warn!(
+                            agent = %row.id,
+                            "{e:#}; its stream is opened under the labels it holds, {held:?}, \
+                             not those it announces"
+                        );
+                        row.labels = held;
+                        store.register_agent(&row, not_before)?
+                    }
+                    other => other?,
+                };
                 return Ok(former.map(|former| (row, former, false)));
             }
             Ok(Some((row, read.former, true)))
@@ -1240,5 +1261,71 @@ mod window_tests {
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         let status = grant_window(NOW, 0, 1 << 63, huge).unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+}
+
+#[cfg(test)]
+mod former_labels_bound_tests {
+    use super::*;
+    use crate::store::agents::MAX_FORMER_LABELS;
+
+    /// The second review of the former labels' bound, M1: an agent whose announced labels would
+    /// leave it more former labels than the bound is not refused its stream (it would then be
+    /// sent no revocation at all): its stream opens under the labels the registry holds, with
+    /// the former labels they keep, and its new labels are not taken.
+    #[tokio::test]
+    async fn an_agent_past_the_former_labels_bound_streams_under_the_labels_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("state.db")).unwrap());
+        let log =
+            loggate_core::audit::AuditLog::open(&dir.path().join("audit.jsonl"), "c").unwrap();
+        let audit = Arc::new(SharedAuditLog::new(log).unwrap());
+        let (_stop, stopping) = watch::channel(false);
+        let service = ControllerService::new(
+            store.clone(),
+            loggate_core::grant::SigningKey::generate().unwrap(),
+            "loggate.local".into(),
+            Policy {
+                admins: Default::default(),
+                max_ttl: Duration::from_secs(3600),
+                redaction_profiles: vec!["default".into()],
+            },
+            audit,
+            stopping,
+            "e1".into(),
+        )
+        .unwrap();
+        // A grant of the first label, live: that former label is one a revocation must reach.
+        store
+            .insert_grant(|revision| {
+                Ok(crate::store::testing::grant_row(
+                    "g-1",
+                    &[],
+                    &["n=0"],
+                    unix_now() + 3600,
+                    revision,
+                ))
+            })
+            .unwrap();
+        let row = |label: String| AgentRow {
+            id: "web-1".into(),
+            labels: vec![label],
+            addr: "web-1:7401".into(),
+            last_seen: unix_now(),
+            replica: String::new(),
+        };
+        for i in 0..=MAX_FORMER_LABELS {
+            let opened = service.register_stream(row(format!("n={i}")), 0).await;
+            assert!(opened.unwrap().is_some());
+        }
+        let (labels, former) = service
+            .register_stream(row("n=past".into()), 0)
+            .await
+            .expect("the stream opens")
+            .expect("not removed");
+        let held = format!("n={MAX_FORMER_LABELS}");
+        assert_eq!(labels, std::slice::from_ref(&held));
+        assert_eq!(former, ["n=0"]);
+        assert_eq!(store.agent("web-1").unwrap().unwrap().labels, [held]);
     }
 }

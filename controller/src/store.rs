@@ -946,9 +946,17 @@ impl Store {
         if conn.is_postgres() {
             let tx = conn.transaction()?;
             tx.execute_batch("SET LOCAL synchronous_commit = off")?;
-            if let Some(old) = agents::registered_labels(&tx, &agent.id)? {
-                agents::record_label_change(&tx, &agent.id, &old, &agent.labels, now)?;
-            }
+            // Not registered (never, or removed since): none held, but a label it holds
+            // again must stop being former (second review of open5, finding 1).
+            let old = agents::registered_labels(&tx, &agent.id)?.unwrap_or_default();
+            agents::record_label_change(
+                &tx,
+                &agent.id,
+                &old,
+                &agent.labels,
+                now,
+                agents::FormerLabelsBound::Announced,
+            )?;
             tx.execute(
                 UPSERT_AGENT_SQL,
                 params![
@@ -982,9 +990,15 @@ impl Store {
         // The former labels first, the registry's new labels after: a crash between them
         // leaves the old labels registered, and the change is found again at the next open.
         let written = (|| -> db::Result<Vec<String>> {
-            if let Some(old) = agents::registered_labels(&conn, &agent.id)? {
-                agents::record_label_change(&conn, &agent.id, &old, &agent.labels, now)?;
-            }
+            let old = agents::registered_labels(&conn, &agent.id)?.unwrap_or_default();
+            agents::record_label_change(
+                &conn,
+                &agent.id,
+                &old,
+                &agent.labels,
+                now,
+                agents::FormerLabelsBound::Announced,
+            )?;
             conn.execute_cached(
                 UPSERT_AGENT_SQL,
                 params![

@@ -95,6 +95,16 @@ pub const FORMER_LABELS_GRACE: i64 = 300;
 /// other labels (second review of open5, finding 2).
 pub const MAX_FORMER_LABELS: usize = 128;
 
+/// Whether a label change is held to [`MAX_FORMER_LABELS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FormerLabelsBound {
+    /// Labels an agent announces itself (no enrolment): the change is refused past the bound.
+    Announced,
+    /// An admin's change (an enrolment's token, a removal): never refused, it adds at most
+    /// the agent's current labels (a bounded list); a removal must always be possible.
+    Admin,
+}
+
 /// Records that agent `agent_id`'s labels change from `old` to `new` at `now`, in the caller's
 /// transaction ([`FORMER_LABELS_SCHEMA`]): each label it no longer holds is kept as a former
 /// label (since `now`), the labels it holds again are no longer former, and its former labels
@@ -106,30 +116,36 @@ pub(super) fn record_label_change(
     old: &[String],
     new: &[String],
     now: i64,
+    bound: FormerLabelsBound,
 ) -> super::db::Result<()> {
     if old.iter().all(|l| new.contains(l)) && new.iter().all(|l| old.contains(l)) {
         return Ok(());
     }
+    // Rows that can be of no use any more go first (whether or not the change is refused).
     forget_former_labels(conn, Some(agent_id), now)?;
-    let dropped: Vec<&String> = old.iter().filter(|l| !new.contains(l)).collect();
-    // The bound is checked before anything else is written: a refused change leaves the former
-    // labels as they were (SQLite writes them outside a transaction).
-    let kept: Vec<String> = {
-        let mut stmt =
-            conn.prepare_cached("SELECT label FROM agent_former_labels WHERE agent_id = ?1")?;
-        let rows = stmt.query_map(params![agent_id], |r| r.get(0))?;
-        rows.collect::<super::db::Result<_>>()?
-    };
-    let after = kept
-        .iter()
-        .filter(|l| !new.contains(l) && !dropped.contains(l))
-        .count()
-        .saturating_add(dropped.len());
-    if !dropped.is_empty() && after > MAX_FORMER_LABELS {
-        return Err(super::db::Error::TooManyFormerLabels(
-            agent_id.to_string(),
-            kept.len(),
-        ));
+    let mut dropped: Vec<&String> = old.iter().filter(|l| !new.contains(l)).collect();
+    dropped.sort_unstable();
+    dropped.dedup();
+    // The bound is checked before the change writes anything: a refused change leaves the
+    // former labels as they were (SQLite writes them outside a transaction).
+    if bound == FormerLabelsBound::Announced && !dropped.is_empty() {
+        let kept: Vec<String> = {
+            let mut stmt =
+                conn.prepare_cached("SELECT label FROM agent_former_labels WHERE agent_id = ?1")?;
+            let rows = stmt.query_map(params![agent_id], |r| r.get(0))?;
+            rows.collect::<super::db::Result<_>>()?
+        };
+        let after = kept
+            .iter()
+            .filter(|l| !new.contains(l) && !dropped.contains(l))
+            .count()
+            .saturating_add(dropped.len());
+        if after > MAX_FORMER_LABELS {
+            return Err(super::db::Error::TooManyFormerLabels(
+                agent_id.to_string(),
+                after,
+            ));
+        }
     }
     for label in new {
         conn.execute(
@@ -582,7 +598,14 @@ impl Store {
         // labels it holds again are no longer former, or its streams under them would be cut
         // as stale at every reload (second review of open5, finding 1).
         let old = registered_labels(&tx, agent_id)?.unwrap_or_default();
-        record_label_change(&tx, agent_id, &old, &token.labels, now)?;
+        record_label_change(
+            &tx,
+            agent_id,
+            &old,
+            &token.labels,
+            now,
+            FormerLabelsBound::Admin,
+        )?;
         // The registry `ResolveAgent` and label selectors read: the token's labels; the address
         // is learned when the agent connects.
         tx.execute(
@@ -621,7 +644,7 @@ impl Store {
         // re-enrolment under other labels (with the grants and position it kept) is still sent
         // their revocations.
         if let Some(old) = registered_labels(&tx, id)? {
-            record_label_change(&tx, id, &old, &[], now)?;
+            record_label_change(&tx, id, &old, &[], now, FormerLabelsBound::Admin)?;
         }
         tx.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
         tx.execute("DELETE FROM enrolled_agents WHERE id = ?1", params![id])?;
@@ -976,6 +999,69 @@ mod tests {
             );
             // Back to a former label: it stops being former, the change is not refused.
             assert!(register("n=0".into()).unwrap().is_some());
+            // An admin's change is never refused (second review of the bound, H1 and M3): an
+            // enrolment under other labels, then the agent's removal.
+            let (_, digest, row) = token(1, 100, true);
+            store.create_join_token(&digest, &row, || Ok(())).unwrap();
+            assert_eq!(
+                store
+                    .enrol_agent(&digest, "web-1", 11, |_| Ok((cert(), ())))
+                    .unwrap()
+                    .map_err(|(r, _)| r),
+                Ok(())
+            );
+            assert_eq!(
+                store.former_labels_by_agent().unwrap()["web-1"].len(),
+                MAX_FORMER_LABELS + 1
+            );
+            assert!(store
+                .remove_agent("web-1", 12, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            assert!(store.agent("web-1").unwrap().is_none());
+            assert!(store.former_labels_by_agent().unwrap()["web-1"].contains("env=prod"));
+        });
+    }
+
+    /// The second review of the bound, M2: an agent that announces its labels, removed and
+    /// registered again (a later certificate) under the same labels, does not keep them as
+    /// former labels (its every stream would be cut as stale at each reload).
+    #[test]
+    fn an_agent_removed_and_registered_again_holds_its_announced_labels_not_as_former_ones() {
+        crate::store::testing::on_each_backend(|store, _dir| {
+            store
+                .insert_grant(|revision| {
+                    Ok(crate::store::testing::grant_row(
+                        "g-1",
+                        &[],
+                        &["env=prod"],
+                        1000,
+                        revision,
+                    ))
+                })
+                .unwrap();
+            let register = |now: i64| {
+                store.register_agent(
+                    &crate::store::AgentRow {
+                        id: "web-1".into(),
+                        labels: vec!["env=prod".into()],
+                        addr: "web-1:7401".into(),
+                        last_seen: now,
+                        replica: String::new(),
+                    },
+                    now,
+                )
+            };
+            assert!(register(10).unwrap().is_some());
+            assert!(store
+                .remove_agent("web-1", 11, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            assert!(store.former_labels_by_agent().unwrap()["web-1"].contains("env=prod"));
+            assert!(register(12).unwrap().is_some());
+            let former = store.former_labels_by_agent().unwrap();
+            assert!(
+                !former.get("web-1").is_some_and(|f| f.contains("env=prod")),
+                "registered again under env=prod, still a former label: {former:?}"
+            );
         });
     }
 

@@ -79,13 +79,11 @@ pub enum Error {
     /// changed the row first (the transaction is rolled back, nothing is stored).
     #[error("{0} was changed by another controller at the same time; nothing was stored, retry")]
     Conflict(&'static str),
-    /// An agent's labels changed so often that it holds the most former labels the store
-    /// keeps for one agent (`agents::MAX_FORMER_LABELS`): the change is refused (nothing is
-    /// stored) until some are forgotten.
+    /// The labels an agent announces would give it more former labels than the store keeps
+    /// for one agent (`agents::MAX_FORMER_LABELS`): the change is refused, nothing stored.
     #[error(
-        "agent {0:?} already has {1} former labels not yet forgotten (at most {max} are kept \
-         for one agent): its labels changed too often; its stream is refused until they are \
-         forgotten (5 minutes after a connection, once no grant of the label is live)",
+        "agent {0:?} announces labels that would leave it {1} former labels (at most {max} \
+         are kept for one agent): its labels changed too often",
         max = super::agents::MAX_FORMER_LABELS
     )]
     TooManyFormerLabels(String, usize),
