@@ -188,6 +188,9 @@ fn count_bypass_event<E: AuditEvent>() {
 }
 
 async fn run(config_path: &Path) -> anyhow::Result<()> {
+    // The stop signals' handlers first: a SIGTERM while starting stops the daemon once it
+    // serves, with its records, instead of killing it by the signal's default action.
+    loggate_core::shutdown::install();
     let mut config = AgentConfig::load(config_path)?;
     let own = config.tls.own_identity(&config.trust_domain)?;
     if own.role() != Role::Agent || own.name() != config.id {

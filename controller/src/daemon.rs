@@ -27,6 +27,9 @@ const REVOCATIONS_REFRESH: Duration = Duration::from_secs(10);
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
+    // The stop signals' handlers first: a SIGTERM while starting stops the daemon once it
+    // serves, with its records, instead of killing it by the signal's default action.
+    loggate_core::shutdown::install();
     let mut config = ControllerConfig::load(config_path)?;
     // The metrics port before the audit starts: a taken port stops the controller before its
     // audit file records a start that never served.

@@ -1,18 +1,74 @@
 //! When a daemon (controller or agent) should stop: SIGINT or SIGTERM (systemd's stop).
+//!
+//! The handlers are installed by [`install`], called first thing at a daemon's start: a stop
+//! signal that arrives while it is still starting (before anything awaits [`signal`]) is not
+//! lost, and does not kill the process by the signal's default action before it wrote its
+//! records; [`signal`] then resolves at once. Installed lazily by the first [`signal`] when
+//! [`install`] was not called.
 
-/// Resolves on SIGINT or SIGTERM. If the SIGTERM handler cannot be installed it waits for
-/// SIGINT alone rather than stopping at once.
-pub async fn signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
+use std::sync::OnceLock;
+use tokio::sync::watch;
+
+/// Set once a stop signal was received (after [`install`]).
+static STOP: OnceLock<watch::Sender<bool>> = OnceLock::new();
+
+/// Installs the SIGINT and SIGTERM handlers now, on the current tokio runtime (a daemon's
+/// start). Later calls do nothing. If the SIGTERM handler cannot be installed, SIGINT alone
+/// stops the daemon rather than it stopping at once.
+pub fn install() {
+    STOP.get_or_init(|| {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (stop, _) = watch::channel(false);
+        // Created here, not in the task: the handlers exist when this returns.
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let notify = stop.clone();
+        tokio::spawn(async move {
+            let received = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
+                _ = received(term) => {},
+                _ = received(interrupt) => {},
             }
+            notify.send_replace(true);
+        });
+        stop
+    });
+}
+
+/// Resolves on SIGINT or SIGTERM received since [`install`] (at once if one was already).
+pub async fn signal() {
+    install();
+    let Some(stop) = STOP.get() else {
+        return std::future::pending().await;
+    };
+    let mut stopped = stop.subscribe();
+    // An error: the sender is gone, which a static never is.
+    let _ = stopped.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// A SIGTERM that arrives before anything awaits `signal()` is not lost: `signal()`
+    /// awaited afterwards resolves (before `install`, the handler was created only when
+    /// `signal()` was first polled, and a SIGTERM before that killed the daemon without its
+    /// stop records).
+    #[tokio::test]
+    async fn a_stop_signal_before_anything_awaits_it_is_kept() {
+        super::install();
+        // SAFETY: raise(3) sends a signal to this process; its handler is installed above,
+        // so SIGTERM's default action (termination) does not happen.
+        unsafe {
+            libc::raise(libc::SIGTERM);
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), super::signal())
+            .await
+            .expect("signal() resolves for a SIGTERM received before it was awaited");
     }
 }
