@@ -233,8 +233,9 @@ mod tests {
 
     /// Two replicas, the second dead: the agent's grant stream turned away by the live one
     /// (busy) goes on to the dead one after the pause, is refused there and comes back to the
-    /// live one after at most the first pause; from then on it stays with the live one, its
-    /// pause doubling once per turn-away, never for the refusal. (It moved to "a random other"
+    /// live one after at most the first pause; it stays with the live one for
+    /// `DOWN_REMEMBERED_ROUNDS` rounds, its pause doubling once per turn-away, never for the
+    /// refusal, then tries the dead one again. (It moved to "a random other"
     /// address and doubled the pause at every address: a refusal by the dead replica made the
     /// next pause twice as long while a replica was alive.)
     #[test]
@@ -254,15 +255,21 @@ mod tests {
             next.pause
         );
         let mut longest = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..loggate_core::backoff::DOWN_REMEMBERED_ROUNDS {
             let (at, _) = c.current();
             let next = rounds.failed(at, Failure::TurnedAway);
             assert_eq!(c.move_from(at, next.address), (0, "live:1"));
             longest.push(next.ceiling.as_millis());
         }
-        assert_eq!(longest, [500, 1000, 2000, 4000]);
+        assert_eq!(longest, [500, 1000, 2000]);
+        // Then the replica that was down is tried again (it may be back), after the pause
+        // that kept doubling at the live one.
+        let (at, _) = c.current();
+        let next = rounds.failed(at, Failure::TurnedAway);
+        assert_eq!(next.ceiling.as_millis(), 4000);
+        assert_eq!(c.move_from(at, next.address), (1, "dead:2"));
         // Another task's move stands.
-        assert_eq!(c.move_from(1, 1), (0, "live:1"));
+        assert_eq!(c.move_from(0, 0), (1, "dead:2"));
     }
 
     #[test]

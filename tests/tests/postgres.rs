@@ -439,6 +439,20 @@ fn two_replicas_serve_agents_spread_over_both_and_a_killed_ones_agent_moves_miss
     let on_b = |args: &[&str]| b.cli("admin", args);
 
     // Each replica's listing names where each agent is; `connected` is true on that replica.
+    // A reconnection's registration (its replica) is written by the replica's registration
+    // queue, within about 500 ms of the stream's opening (controller/src/service/registrations.rs).
+    wait_until(
+        "web-2 registered on replica-b",
+        Duration::from_secs(10),
+        || {
+            let from_a = agent_list_on(on_a)?;
+            let from_b = agent_list_on(on_b)?;
+            Ok(
+                from_a.get("web-2") == Some(&(false, "replica-b".to_string()))
+                    && from_b.get("web-1") == Some(&(false, "replica-a".to_string())),
+            )
+        },
+    )?;
     let from_a = agent_list_on(on_a)?;
     assert_eq!(from_a["web-1"], (true, "replica-a".to_string()));
     assert_eq!(from_a["web-2"], (false, "replica-b".to_string()));

@@ -1314,8 +1314,8 @@ audit_event! {
     /// A connection's mutual-TLS handshake was refused before any request: a certificate from
     /// another CA, expired or not yet valid, none at all, a certificate without proof of its
     /// key, a client that refused ours, or a handshake not completed in time (its ClientHello
-    /// within 5 s of the connection, the rest within 5 s of its turn for the cryptography; the
-    /// wait for the turn does not count). At most 60 are written per
+    /// within 5 s of the connection, the whole within those 5 s plus the time it waited for its
+    /// turn for the cryptography: the client's own time is 5 s in all). At most 60 are written per
     /// minute; the number left out goes with the next one or, at the end of the minute, in a
     /// summary record (`reason_code` `suppressed`, `peer` null). A connection that sends
     /// nothing within 2 s (a port probe) is closed and not recorded. At most 1024 handshakes
