@@ -20,8 +20,9 @@ pub struct TokenCreateArgs {
     /// How many agents it may enrol.
     #[arg(long, default_value_t = 1)]
     pub uses: u32,
-    /// Allow it to enrol an agent id that is already enrolled (replacing its certificate; for
-    /// a host rebuilt, or one whose certificate lapsed while the controller was down).
+    /// Allow it to enrol an agent id that is already enrolled (replacing its certificate: the
+    /// earlier ones are refused from then on; for a host rebuilt, or one whose certificate
+    /// lapsed while the controller was down).
     #[arg(long)]
     pub reenrol: bool,
     #[command(flatten)]

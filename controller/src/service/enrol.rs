@@ -18,7 +18,7 @@
 //! recorded: only its id (a 12-hex-character fingerprint of its SHA-256).
 
 use crate::pki::{CsrRefused, Kind, RuntimeCa, Validity};
-use crate::store::agents::{token_digest, EnrolRefusal, EnrolledCert};
+use crate::store::agents::{token_digest, EnrolRefusal, EnrolledCert, Renewal};
 use crate::store::Store;
 use loggate_core::audit::budget::{Admission, BudgetPolicy, ReportBudget};
 use loggate_core::audit::{events, AuditEvent, SharedAuditLog};
@@ -190,14 +190,8 @@ impl EnrolmentService {
         };
         let now = unix_now();
         let outcome = self.store.enrol_agent(&digest, agent_id, now, |context| {
-            let mut validity = Validity::for_lifetime(self.cert_ttl);
-            // After a removal, a new certificate starts after it: the removal's cut-off
-            // refuses every certificate of this id that starts at or before it.
-            if let Some(removed_at) = context.removed_at {
-                let after = std::time::UNIX_EPOCH
-                    + Duration::from_secs(u64::try_from(removed_at.saturating_add(1)).unwrap_or(0));
-                validity.not_before = validity.not_before.max(after);
-            }
+            let validity =
+                starting_after(Validity::for_lifetime(self.cert_ttl), context.removed_at);
             let issued = self.ca.issue_for_csr(
                 &request.csr_der,
                 &self.trust_domain,
@@ -610,8 +604,9 @@ pub(super) fn reload_revocations(
 /// What a removed agent's cut stream ends with.
 pub(super) fn removed_status() -> Status {
     Status::unauthenticated(
-        "this agent was removed (loggate agent remove): its certificate is revoked; enrol it \
-         again with a new join token (loggate-agent enrol)",
+        "this agent's certificate is revoked: the agent was removed (loggate agent remove), or \
+         enrolled again after this certificate was issued; enrol it again with a new join \
+         token (loggate-agent enrol)",
     )
 }
 
@@ -726,6 +721,17 @@ impl super::ControllerService {
     }
 }
 
+/// `validity`, starting after `cutoff` (Unix s) when there is one: a removal's or a
+/// re-enrolment's cut-off refuses every certificate of the id that starts at or before it.
+fn starting_after(mut validity: Validity, cutoff: Option<i64>) -> Validity {
+    if let Some(cutoff) = cutoff {
+        let after = std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(cutoff.saturating_add(1)).unwrap_or(0));
+        validity.not_before = validity.not_before.max(after);
+    }
+    validity
+}
+
 impl super::ControllerService {
     /// Lets enrolled agents renew their certificates (`RenewCertificate`) with `ca`, for
     /// `lifetime`.
@@ -749,18 +755,23 @@ impl super::ControllerService {
                  configuration); renew where the certificate was issued",
             ));
         };
+        let request_certs = request.peer_certs();
         let csr = request.into_inner().csr_der;
         if csr.len() > MAX_ENROL_REQUEST_BYTES {
-            return Err(Status::invalid_argument("the CSR is larger than 16 KiB"));
+            return Err(Status::invalid_argument(format!(
+                "the CSR is larger than {} KiB",
+                MAX_ENROL_REQUEST_BYTES / 1024
+            )));
         }
         let id = agent.name().to_string();
-        let renewed = self.store.renew_agent(&id, |previous| {
+        let not_before = peer_not_before(&request_certs);
+        let renewed = self.store.renew_agent(&id, not_before, |previous, cutoff| {
             let issued = ca.issue_for_csr(
                 &csr,
                 &self.trust_domain,
                 Kind::Agent,
                 &id,
-                Validity::for_lifetime(*lifetime),
+                starting_after(Validity::for_lifetime(*lifetime), cutoff),
             )??;
             let identity = Identity::from_certificate(&issued.der, &self.trust_domain)?;
             self.audit(&events::AgentCertificateRenewed {
@@ -781,11 +792,17 @@ impl super::ControllerService {
             ))
         });
         let issued = match renewed {
-            Ok(Some(issued)) => issued,
-            Ok(None) => {
+            Ok(Renewal::Renewed(issued)) => issued,
+            Ok(Renewal::NotEnrolled) => {
                 return Err(Status::permission_denied(format!(
                     "{agent} did not enrol with this controller; its certificate is renewed where \
                      it was issued"
+                )))
+            }
+            Ok(Renewal::Superseded) => {
+                return Err(Status::permission_denied(format!(
+                    "this certificate of {agent} was superseded by the agent's removal or \
+                     re-enrolment: it is not renewed; enrol the host again with a join token"
                 )))
             }
             Err(e) => {

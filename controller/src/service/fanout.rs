@@ -1903,7 +1903,8 @@ mod tests {
                             last_seen: now,
                             replica: String::new(),
                         },
-                        0,
+                        // Its newest certificate: one of its re-enrolment starts after it.
+                        now + 2,
                     )
                     .unwrap()
                     .expect("registered")
@@ -2073,7 +2074,9 @@ mod tests {
             assert_eq!(sent, vec![(second, "g-2".to_string(), false)]);
             // 4. After g-1 has ended, the agent reconnects under team=b.
             let later = now + 3600;
-            let read = store.stream_registration("web-2", 0, later).unwrap();
+            // With the certificate of its re-enrolment, which starts after it (a re-enrolment
+            // supersedes every earlier certificate of the id).
+            let read = store.stream_registration("web-2", now + 2, later).unwrap();
             assert_eq!(read.enrolled, Some(labels(&["team=b"])));
             assert_eq!(
                 read.former,

@@ -412,6 +412,17 @@ pub struct EnrolContext {
     pub removed_at: Option<i64>,
 }
 
+/// What [`Store::renew_agent`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Renewal<T> {
+    /// Issued and recorded.
+    Renewed(T),
+    /// The id is not enrolled here (its certificate came from elsewhere, or it was removed).
+    NotEnrolled,
+    /// The caller's certificate starts at or before the id's last removal or re-enrolment.
+    Superseded,
+}
+
 /// What the caller's callback issued, to be registered.
 #[derive(Debug, Clone)]
 pub struct EnrolledCert {
@@ -563,6 +574,14 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?;
+        // A re-enrolment supersedes every certificate issued to the id until now, as a removal
+        // does (below): the host it replaces (rebuilt, perhaps because it was compromised)
+        // must not keep the identity, nor renew it (review of issue #12, H1).
+        let removed_at = if known.is_some() {
+            Some(removed_at.map_or(now, |r| r.max(now)))
+        } else {
+            removed_at
+        };
         let context = EnrolContext {
             token,
             reenrol: known.is_some(),
@@ -570,6 +589,17 @@ impl Store {
         };
         let (cert, value) = issue(&context)?;
         let token = context.token;
+        if let (true, Some(cutoff)) = (context.reenrol, context.removed_at) {
+            tx.execute(
+                "INSERT INTO removed_agents (id, removed_at, removed_by) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(id) DO UPDATE SET removed_at = ?2, removed_by = ?3",
+                params![
+                    agent_id,
+                    cutoff,
+                    format!("re-enrolment with join token {}", token.id)
+                ],
+            )?;
+        }
         // One use taken, or nothing is stored: a token used up meanwhile enrols no one more.
         let taken = tx.execute(
             "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE id = ?1 AND uses_left > 0",
@@ -657,14 +687,19 @@ impl Store {
         Ok(true)
     }
 
-    /// Records a renewed certificate of enrolled agent `id`; `issue` (given the previous
-    /// serial) issues it and writes the audit record inside the transaction. `Ok(None)` when
-    /// `id` is not enrolled (nothing issued).
+    /// Records a renewed certificate of enrolled agent `id`, asked for over a certificate
+    /// whose validity starts at `caller_not_before`; `issue` (given the previous serial and
+    /// the id's last removal or re-enrolment, after which the new certificate must start)
+    /// issues it and writes the audit record inside the transaction. Nothing is issued when
+    /// `id` is not enrolled, or when the caller's certificate was superseded by a removal or
+    /// a re-enrolment (the transaction's check: another replica's revocation set may not have
+    /// it yet).
     pub fn renew_agent<T>(
         &self,
         id: &str,
-        issue: impl FnOnce(&str) -> anyhow::Result<(EnrolledCert, T)>,
-    ) -> anyhow::Result<Option<T>> {
+        caller_not_before: i64,
+        issue: impl FnOnce(&str, Option<i64>) -> anyhow::Result<(EnrolledCert, T)>,
+    ) -> anyhow::Result<Renewal<T>> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let previous: Option<String> = tx
@@ -675,15 +710,25 @@ impl Store {
             )
             .optional()?;
         let Some(previous) = previous else {
-            return Ok(None);
+            return Ok(Renewal::NotEnrolled);
         };
-        let (cert, value) = issue(&previous)?;
+        let removed_at: Option<i64> = tx
+            .query_row(
+                "SELECT removed_at FROM removed_agents WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if removed_at.is_some_and(|cutoff| caller_not_before <= cutoff) {
+            return Ok(Renewal::Superseded);
+        }
+        let (cert, value) = issue(&previous, removed_at)?;
         tx.execute(
             "UPDATE enrolled_agents SET serial = ?2, not_after = ?3 WHERE id = ?1",
             params![id, cert.serial, cert.not_after],
         )?;
         tx.commit()?;
-        Ok(Some(value))
+        Ok(Renewal::Renewed(value))
     }
 
     /// Every removed agent id and when it was removed: the controller's revocation set.
@@ -1062,6 +1107,58 @@ mod tests {
                 !former.get("web-1").is_some_and(|f| f.contains("env=prod")),
                 "registered again under env=prod, still a former label: {former:?}"
             );
+        });
+    }
+
+    /// Review of issue #12, H1: a re-enrolment (a rebuilt host, perhaps compromised) supersedes
+    /// every certificate issued to the id before it, as a removal does: the old holder's are
+    /// on the revocation list and are not renewed (before, they renewed for ever), and a
+    /// renewal of the new one starts after the cut-off.
+    #[test]
+    fn a_re_enrolment_supersedes_the_earlier_certificates_and_they_are_not_renewed() {
+        crate::store::testing::on_each_backend(|store, _dir| {
+            let refused = |_: &str, _: Option<i64>| -> anyhow::Result<(EnrolledCert, ())> {
+                anyhow::bail!("issued to a superseded certificate")
+            };
+            let (_, digest, row) = token(1, 100, false);
+            store.create_join_token(&digest, &row, || Ok(())).unwrap();
+            let enrolled = store.enrol_agent(&digest, "web-1", 10, |context| {
+                assert_eq!(context.removed_at, None);
+                Ok((cert(), ()))
+            });
+            assert_eq!(enrolled.unwrap().map_err(|(r, _)| r), Ok(()));
+            let renewed = store.renew_agent("web-1", 9, |_, cutoff| {
+                assert_eq!(cutoff, None);
+                Ok((cert(), ()))
+            });
+            assert_eq!(renewed.unwrap(), Renewal::Renewed(()));
+            let (_, digest, row) = token(1, 100, true);
+            store.create_join_token(&digest, &row, || Ok(())).unwrap();
+            let enrolled = store.enrol_agent(&digest, "web-1", 20, |context| {
+                assert_eq!(
+                    context.removed_at,
+                    Some(20),
+                    "the new certificate starts after it"
+                );
+                Ok((cert(), ()))
+            });
+            assert_eq!(enrolled.unwrap().map_err(|(r, _)| r), Ok(()));
+            assert!(store
+                .removed_agents()
+                .unwrap()
+                .contains(&("web-1".to_string(), 20)));
+            for old in [9, 19, 20] {
+                let renewed = store.renew_agent("web-1", old, refused);
+                assert_eq!(renewed.unwrap(), Renewal::Superseded, "starting at {old}");
+            }
+            let renewed = store.renew_agent("web-1", 21, |_, cutoff| {
+                assert_eq!(cutoff, Some(20), "the renewed certificate starts after it");
+                Ok((cert(), ()))
+            });
+            assert_eq!(renewed.unwrap(), Renewal::Renewed(()));
+            // Not enrolled here: nothing issued.
+            let renewed = store.renew_agent("web-2", 21, refused);
+            assert_eq!(renewed.unwrap(), Renewal::NotEnrolled);
         });
     }
 

@@ -443,7 +443,8 @@ fn identity_of_role(PeerCheck(check): &PeerCheck, role: Role) -> Result<Identity
         }
         Err(PeerRefused::Revoked(id)) => {
             return Err(Status::unauthenticated(format!(
-                "the certificate of {id} was revoked (the agent was removed); enrol it again \
+                "the certificate of {id} was revoked (the agent was removed, or enrolled again \
+                 after this certificate was issued); enrol it again \
                  with a new join token (loggate-agent enrol)"
             )))
         }
