@@ -472,7 +472,7 @@ fn csr_public_key(csr_der: &[u8]) -> std::result::Result<Vec<u8>, CsrRefused> {
             .and_then(|p| p.as_oid().ok());
         if curve.as_ref() != Some(&OID_EC_P256) {
             return Err(CsrRefused::KeyType(match curve {
-                Some(oid) => format!("ECDSA on curve {oid}"),
+                Some(oid) => format!("ECDSA on curve {}", shown_oid(&oid)),
                 None => "ECDSA without a named curve".into(),
             }));
         }
@@ -485,15 +485,45 @@ fn csr_public_key(csr_der: &[u8]) -> std::result::Result<Vec<u8>, CsrRefused> {
             return Err(CsrRefused::RsaTooSmall(bits));
         }
     } else {
-        return Err(CsrRefused::KeyType(format!("algorithm {algorithm}")));
+        return Err(CsrRefused::KeyType(format!(
+            "algorithm {}",
+            shown_oid(algorithm)
+        )));
     }
     csr.verify_signature()
         .map_err(|_| CsrRefused::BadSignature)?;
     Ok(spki.raw.to_vec())
 }
 
+/// An object identifier from a CSR as a refusal shows it (in the gRPC status and the audit
+/// record): the CSR's sender chose it, so at most [`SHOWN_OID_CHARS`] of its characters.
+fn shown_oid(oid: &impl std::fmt::Display) -> String {
+    let text = oid.to_string();
+    match text.char_indices().nth(SHOWN_OID_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
+/// How much of a CSR's object identifier a refusal shows ([`shown_oid`]).
+const SHOWN_OID_CHARS: usize = 64;
+
 #[cfg(test)]
 mod tests {
+    /// Review of issue #12, L3: a CSR's object identifier of any length is shown to
+    /// `SHOWN_OID_CHARS` characters in a refusal (its status and audit record).
+    #[test]
+    fn a_refusal_shows_a_long_object_identifier_cut() {
+        let long = format!("1.2.{}", "840.".repeat(2000));
+        let shown = super::shown_oid(&long);
+        assert_eq!(shown.chars().count(), super::SHOWN_OID_CHARS + 1);
+        assert!(shown.ends_with('…') && long.starts_with(shown.trim_end_matches('…')));
+        assert_eq!(
+            super::shown_oid(&"1.2.840.10045.3.1.7"),
+            "1.2.840.10045.3.1.7"
+        );
+    }
+
     use super::*;
     use rustls::pki_types::CertificateDer;
     use std::os::unix::fs::PermissionsExt;

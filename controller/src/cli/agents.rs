@@ -168,11 +168,17 @@ pub async fn agent_list(config: &ClientConfig, selector: String, json: bool) -> 
                 } else {
                     "not connected"
                 },
-                if a.addr.is_empty() { "-" } else { &a.addr },
-                if a.replica.is_empty() {
-                    "-"
+                // What the agent announced (its address, an unenrolled agent's labels) is
+                // the agent's word: escaped, so that it cannot drive the admin's terminal.
+                if a.addr.is_empty() {
+                    "-".into()
                 } else {
-                    &a.replica
+                    super::listing::printable(&a.addr)
+                },
+                if a.replica.is_empty() {
+                    "-".into()
+                } else {
+                    super::listing::printable(&a.replica)
                 },
                 format_time(a.last_seen_unix),
                 if a.cert_not_after_unix != 0 {
@@ -180,7 +186,7 @@ pub async fn agent_list(config: &ClientConfig, selector: String, json: bool) -> 
                 } else {
                     "not enrolled".to_string()
                 },
-                a.labels.join(", ")
+                super::listing::printable(&a.labels.join(", "))
             ))?;
         }
     }
