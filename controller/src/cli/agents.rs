@@ -186,7 +186,11 @@ pub async fn agent_list(config: &ClientConfig, selector: String, json: bool) -> 
                 } else {
                     "not enrolled".to_string()
                 },
-                super::listing::printable(&a.labels.join(", "))
+                a.labels
+                    .iter()
+                    .map(|l| super::listing::printable(l))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))?;
         }
     }

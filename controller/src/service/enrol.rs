@@ -4,10 +4,10 @@
 //!
 //! Bounds, in the order they apply: the accept loop's handshake pool and deadlines; a request
 //! of at most [`MAX_ENROL_REQUEST_BYTES`] (tonic refuses a larger one before decoding it); an
-//! attempt budget per source ([`ReportBudget`], `[enrolment] attempts_per_minute`; an IPv4
-//! address or an IPv6 /64, [`attempt_source`]): an attempt over it is refused at once, without
-//! touching the store or the CA, and counted; the counts are written as one
-//! `agent.enrol_refused` summary (`rate_limited`) per source and minute. Within the budget every attempt — refused or not — writes one audit record.
+//! attempt budget per source address ([`ReportBudget`], `[enrolment] attempts_per_minute`): an
+//! attempt over it is refused at once, without touching the store or the CA, and counted; the
+//! counts are written as one `agent.enrol_refused` summary (`rate_limited`) per address and
+//! minute. Within the budget every attempt — refused or not — writes one audit record.
 //! `SignIn` has a budget of its own (`[oidc] attempts_per_minute`), summarised as
 //! `auth.sign_in_refused` (`rate_limited`).
 //!
@@ -277,7 +277,7 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
             ));
         };
         let suppressed_before =
-            match self.attempts.admit(&[attempt_source(peer.ip())]) {
+            match self.attempts.admit(&[peer.ip().to_canonical()]) {
                 Admission::Write { suppressed_before } => suppressed_before,
                 Admission::Suppressed => return Err(Status::resource_exhausted(
                     "too many enrolment attempts from this address; wait a minute and try again",
@@ -328,7 +328,7 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
                 "the connection has no peer address; the request is refused",
             ));
         };
-        match budget.admit(&[attempt_source(peer.ip())]) {
+        match budget.admit(&[peer.ip().to_canonical()]) {
             Admission::Suppressed => {
                 return Err(Status::resource_exhausted(
                     "too many sign-in attempts from this address; wait a minute and try again",
@@ -337,7 +337,7 @@ impl pb::enrolment_server::Enrolment for EnrolmentService {
             // The attempts refused since the last record from this address: admitting resets
             // their count, so they are recorded now or never.
             Admission::Write { suppressed_before } if suppressed_before > 0 => {
-                sign_in.record_rate_limited(Some(attempt_source(peer.ip())), suppressed_before);
+                sign_in.record_rate_limited(Some(peer.ip().to_canonical()), suppressed_before);
             }
             Admission::Write { .. } => {}
         }
@@ -721,19 +721,6 @@ impl super::ControllerService {
     }
 }
 
-/// The source an enrolment or sign-in attempt counts against in its budget: an IPv4 address,
-/// or an IPv6 address's /64 (one host's network: a client that rotates its addresses within
-/// it gets no more attempts; the TLS accept path groups prefixes the same way).
-fn attempt_source(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let kept = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(std::net::Ipv6Addr::from(kept))
-        }
-        v4 => v4,
-    }
-}
-
 /// `validity`, starting after `cutoff` (Unix s) when there is one: a removal's or a
 /// re-enrolment's cut-off refuses every certificate of the id that starts at or before it.
 fn starting_after(mut validity: Validity, cutoff: Option<i64>) -> Validity {
@@ -857,38 +844,6 @@ mod relabel_tests {
         assert!(
             !changes.has_changed().unwrap(),
             "the same set wakes no stream"
-        );
-    }
-}
-
-#[cfg(test)]
-mod attempt_source_tests {
-    use super::attempt_source;
-    use std::net::IpAddr;
-
-    /// Attacker review of issue #12, M1: an IPv6 client rotating its addresses within its /64
-    /// counts as one source of attempts (before, each address had its own budget); an IPv4
-    /// address, or an IPv4-mapped one, counts as itself.
-    #[test]
-    fn attempts_count_per_ipv4_address_and_per_ipv6_slash_64() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(
-            attempt_source(ip("2001:db8:1:2:aaaa::1")),
-            attempt_source(ip("2001:db8:1:2:ffff:1:2:3"))
-        );
-        assert_eq!(
-            attempt_source(ip("2001:db8:1:2:aaaa::1")),
-            ip("2001:db8:1:2::")
-        );
-        assert_ne!(
-            attempt_source(ip("2001:db8:1:2::1")),
-            attempt_source(ip("2001:db8:1:3::1"))
-        );
-        assert_eq!(attempt_source(ip("192.0.2.7")), ip("192.0.2.7"));
-        assert_eq!(attempt_source(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
-        assert_ne!(
-            attempt_source(ip("192.0.2.7")),
-            attempt_source(ip("192.0.2.8"))
         );
     }
 }

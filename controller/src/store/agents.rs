@@ -536,38 +536,42 @@ impl Store {
         // An unknown token (a guess; a flood of them) is refused on a plain read: the
         // transaction below takes, on PostgreSQL, the lock every writer of the cluster takes
         // (attacker review of issue #12, M1). One that is known is read again in it.
-        let known: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM join_tokens WHERE secret_sha256 = ?1",
-                params![digest],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if known.is_none() {
-            return Ok(Err((EnrolRefusal::TokenUnknown, None)));
-        }
-        let tx = conn.transaction()?;
-        let token = tx
-            .query_row(
+        let read = |conn: &super::db::Connection| {
+            conn.query_row(
                 &format!("SELECT {TOKEN_COLUMNS} FROM join_tokens WHERE secret_sha256 = ?1"),
                 params![digest],
                 token_from_row,
             )
-            .optional()?;
-        let Some(token) = token else {
+            .optional()
+        };
+        let refusal = |token: &JoinToken| {
+            if token.revoked_at.is_some() {
+                Some(EnrolRefusal::TokenRevoked)
+            } else if token.expires_at <= now {
+                Some(EnrolRefusal::TokenExpired)
+            } else if token.uses_left == 0 {
+                Some(EnrolRefusal::TokenUsedUp)
+            } else {
+                None
+            }
+        };
+        // A token unknown, revoked, expired or used up (a guess, an old leaked one; a flood of
+        // them) is refused on a plain read (review of issue #12, M1 and its review's L4).
+        match read(&conn)? {
+            None => return Ok(Err((EnrolRefusal::TokenUnknown, None))),
+            Some(token) => {
+                if let Some(refused) = refusal(&token) {
+                    return Ok(Err((refused, Some(token))));
+                }
+            }
+        }
+        // Read again in the transaction: it may have changed since.
+        let tx = conn.transaction()?;
+        let Some(token) = read(&tx)? else {
             return Ok(Err((EnrolRefusal::TokenUnknown, None)));
         };
-        let refusal = if token.revoked_at.is_some() {
-            Some(EnrolRefusal::TokenRevoked)
-        } else if token.expires_at <= now {
-            Some(EnrolRefusal::TokenExpired)
-        } else if token.uses_left == 0 {
-            Some(EnrolRefusal::TokenUsedUp)
-        } else {
-            None
-        };
-        if let Some(refusal) = refusal {
-            return Ok(Err((refusal, Some(token))));
+        if let Some(refused) = refusal(&token) {
+            return Ok(Err((refused, Some(token))));
         }
         let known: Option<i64> = tx
             .query_row(
@@ -590,8 +594,11 @@ impl Store {
         // A re-enrolment supersedes every certificate issued to the id until now, as a removal
         // does (below): the host it replaces (rebuilt, perhaps because it was compromised)
         // must not keep the identity, nor renew it (review of issue #12, H1).
+        // Past an earlier cut-off: a certificate issued after it starts a second after it, so
+        // two re-enrolments (or a removal and a re-enrolment) in one second each cut the
+        // other's certificate (second review of the fix, M2).
         let removed_at = if known.is_some() {
-            Some(removed_at.map_or(now, |r| r.max(now)))
+            Some(removed_at.map_or(now, |r| now.max(r.saturating_add(1))))
         } else {
             removed_at
         };
@@ -650,10 +657,11 @@ impl Store {
             FormerLabelsBound::Admin,
         )?;
         // The registry `ResolveAgent` and label selectors read: the token's labels; the address
-        // is learned when the agent connects.
+        // is learned when the agent connects. A re-enrolment forgets the address the replaced
+        // host registered: `--host` reads must not be sent to it (second review of the fix, M4).
         tx.execute(
             "INSERT INTO agents (id, labels, addr, last_seen) VALUES (?1, ?2, '', ?3)
-             ON CONFLICT(id) DO UPDATE SET labels = ?2",
+             ON CONFLICT(id) DO UPDATE SET labels = ?2, addr = '', replica = ''",
             params![agent_id, to_json(&token.labels), now],
         )?;
         tx.commit()?;
@@ -691,10 +699,21 @@ impl Store {
         }
         tx.execute("DELETE FROM agents WHERE id = ?1", params![id])?;
         tx.execute("DELETE FROM enrolled_agents WHERE id = ?1", params![id])?;
+        // Never below an earlier cut-off, and past it: the certificate of a re-enrolment in
+        // the same second starts a second after that one's cut-off, and is refused too
+        // (second review of the fix, M1).
+        let earlier: Option<i64> = tx
+            .query_row(
+                "SELECT removed_at FROM removed_agents WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let cutoff = earlier.map_or(now, |r| now.max(r.saturating_add(1)));
         tx.execute(
             "INSERT INTO removed_agents (id, removed_at, removed_by) VALUES (?1, ?2, ?3)
              ON CONFLICT(id) DO UPDATE SET removed_at = ?2, removed_by = ?3",
-            params![id, now, by],
+            params![id, cutoff, by],
         )?;
         tx.commit()?;
         Ok(true)
@@ -1172,6 +1191,42 @@ mod tests {
             // Not enrolled here: nothing issued.
             let renewed = store.renew_agent("web-2", 21, refused);
             assert_eq!(renewed.unwrap(), Renewal::NotEnrolled);
+            // Its new host connects (its address registered); a second re-enrolment in the
+            // same second cuts past the first's certificate (which starts at 21) and forgets
+            // the address the replaced host registered (the fix's review, M2 and M4).
+            let row = crate::store::AgentRow {
+                id: "web-1".into(),
+                labels: vec!["env=prod".into()],
+                addr: "web-1:7401".into(),
+                last_seen: 20,
+                replica: "replica-a".into(),
+            };
+            assert!(store.upsert_agent(&row, 21).unwrap());
+            let (_, digest, row) = token(1, 100, true);
+            store.create_join_token(&digest, &row, || Ok(())).unwrap();
+            let enrolled = store.enrol_agent(&digest, "web-1", 20, |context| {
+                assert_eq!(
+                    context.removed_at,
+                    Some(21),
+                    "past the first re-enrolment's cut"
+                );
+                Ok((cert(), ()))
+            });
+            assert_eq!(enrolled.unwrap().map_err(|(r, _)| r), Ok(()));
+            let registered = store.agent("web-1").unwrap().unwrap();
+            assert_eq!(
+                (registered.addr.as_str(), registered.replica.as_str()),
+                ("", "")
+            );
+            // A removal in that same second cuts past the last re-enrolment's certificate
+            // (starting at 22), never below an earlier cut (M1).
+            assert!(store
+                .remove_agent("web-1", 20, "spiffe://loggate.local/user/admin", || Ok(()))
+                .unwrap());
+            assert!(store
+                .removed_agents()
+                .unwrap()
+                .contains(&("web-1".to_string(), 22)));
         });
     }
 
