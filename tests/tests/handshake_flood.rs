@@ -865,13 +865,37 @@ async fn replayed_client_hellos_that_never_complete_still_get_evicted_and_lock_n
         "the client was refused under the replayed ClientHellos: {outcome:?}"
     );
     assert!(took < LEGIT_WITHIN, "the client took {took:?}");
-    // Nothing drained: the accept loop kept evicting, ClientHello senders among them.
+    // Nothing drained: ClientHello senders left the pool, evicted (a full pool of them) or
+    // reset before any cryptography when no turn came within `TURN_WITHIN` (`busy`, since
+    // herd5). Which of the two happens depends on how fast the accept loop reads their
+    // ClientHellos against the churn on this machine (CI saw an eviction summary of only
+    // connections that had sent nothing); neither happening is the failure.
     let summary = controller_eviction_summary(&cluster).await?;
     let reason = summary["reason"].as_str().unwrap_or_default().to_string();
     eprintln!("controller: {reason}");
+    let evicted_senders = !reason.contains(" 0 had;") && reason.contains(" had;");
+    let cluster_ = cluster.clone();
+    let busy = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found = cluster_
+                .controller_audit()
+                .iter()
+                .map(loggate_tests::flat_audit_record)
+                .find(|e| e["event"] == "tls.refused" && e["reason_code"] == "busy");
+            if found.is_some() || evicted_senders || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    })
+    .await?;
+    if let Some(busy) = &busy {
+        eprintln!("controller: {}", busy["reason"]);
+    }
     assert!(
-        !reason.contains(" 0 had;") && reason.contains(" had;"),
-        "no connection that had sent its ClientHello was evicted: {reason}"
+        evicted_senders || busy.is_some(),
+        "no connection that had sent its ClientHello was evicted or reset as busy: {reason}"
     );
     Ok(())
 }
