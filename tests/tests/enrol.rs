@@ -476,7 +476,14 @@ async fn enrolled_agent_client(
     cluster: &Cluster,
     id: &str,
 ) -> Result<ControllerClient<tonic::transport::Channel>, String> {
-    let tls = cluster.agents[id].dir.join("tls");
+    agent_client_from(cluster, &cluster.agents[id].dir.join("tls")).await
+}
+
+/// A controller client with the agent certificate, key and CA in `tls`.
+async fn agent_client_from(
+    cluster: &Cluster,
+    tls: &std::path::Path,
+) -> Result<ControllerClient<tonic::transport::Channel>, String> {
     let files = loggate_core::tls::TlsFiles {
         ca: tls.join("ca.crt"),
         cert: tls.join("agent.crt"),
@@ -1062,21 +1069,9 @@ async fn a_re_enrolment_supersedes_the_earlier_certificate_which_no_longer_renew
         std::fs::copy(tls.join(file), old.join(file)).expect("copy");
     }
     let old_client = || async {
-        let files = loggate_core::tls::TlsFiles {
-            ca: old.join("ca.crt"),
-            cert: old.join("agent.crt"),
-            key: old.join("agent.key"),
-        };
-        let channel = files
-            .endpoint(
-                &cluster.controller_addr.to_string(),
-                loggate_core::tls::Server::Controller,
-            )
-            .expect("endpoint")
-            .connect()
+        agent_client_from(&cluster, &old)
             .await
-            .expect("TLS to the controller");
-        ControllerClient::new(channel)
+            .expect("TLS to the controller")
     };
     let csr = || {
         let key = rcgen::KeyPair::generate().expect("key");
