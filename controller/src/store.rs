@@ -419,6 +419,33 @@ fn grant_at(row: &db::Row<'_>, base: usize) -> db::Result<GrantRow> {
     })
 }
 
+/// Writes agent `agent`'s registry row, after recording a change of the labels it announces
+/// ([`agents::record_label_change`], held to the former labels' bound). Not registered (never,
+/// or removed since): none held, but a label it holds again stops being former (second review
+/// of open5, finding 1).
+fn write_registration(conn: &db::Connection, agent: &AgentRow, now: i64) -> db::Result<()> {
+    let old = agents::registered_labels(conn, &agent.id)?.unwrap_or_default();
+    agents::record_label_change(
+        conn,
+        &agent.id,
+        &old,
+        &agent.labels,
+        now,
+        agents::FormerLabelsBound::Announced,
+    )?;
+    conn.execute_cached(
+        UPSERT_AGENT_SQL,
+        params![
+            agent.id,
+            to_json(&agent.labels),
+            agent.addr,
+            agent.last_seen,
+            agent.replica
+        ],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating it 0600, and its folder 0700, when missing) the database at `path`.
     /// Refuses a database, or one of its `-wal`, `-shm`, `-journal` files, that group or others
@@ -946,27 +973,7 @@ impl Store {
         if conn.is_postgres() {
             let tx = conn.transaction()?;
             tx.execute_batch("SET LOCAL synchronous_commit = off")?;
-            // Not registered (never, or removed since): none held, but a label it holds
-            // again must stop being former (second review of open5, finding 1).
-            let old = agents::registered_labels(&tx, &agent.id)?.unwrap_or_default();
-            agents::record_label_change(
-                &tx,
-                &agent.id,
-                &old,
-                &agent.labels,
-                now,
-                agents::FormerLabelsBound::Announced,
-            )?;
-            tx.execute(
-                UPSERT_AGENT_SQL,
-                params![
-                    agent.id,
-                    to_json(&agent.labels),
-                    agent.addr,
-                    agent.last_seen,
-                    agent.replica
-                ],
-            )?;
+            write_registration(&tx, agent, now)?;
             let removed: i64 =
                 tx.query_row_cached(REMOVED_SQL, params![agent.id, cert_not_before], |r| {
                     r.get(0)
@@ -990,25 +997,7 @@ impl Store {
         // The former labels first, the registry's new labels after: a crash between them
         // leaves the old labels registered, and the change is found again at the next open.
         let written = (|| -> db::Result<Vec<String>> {
-            let old = agents::registered_labels(&conn, &agent.id)?.unwrap_or_default();
-            agents::record_label_change(
-                &conn,
-                &agent.id,
-                &old,
-                &agent.labels,
-                now,
-                agents::FormerLabelsBound::Announced,
-            )?;
-            conn.execute_cached(
-                UPSERT_AGENT_SQL,
-                params![
-                    agent.id,
-                    to_json(&agent.labels),
-                    agent.addr,
-                    agent.last_seen,
-                    agent.replica
-                ],
-            )?;
+            write_registration(&conn, agent, now)?;
             agents::former_labels(&conn, &agent.id, now)
         })();
         conn.execute_batch("PRAGMA synchronous = FULL")
