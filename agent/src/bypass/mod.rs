@@ -126,14 +126,35 @@ pub struct Queue {
 /// Why records of a queue could not be read.
 const OTHER_LAYOUT: &str = "queued by an earlier agent in another event layout";
 
+/// Passes over the ring that [`take_queue`] makes at most.
+const QUEUE_PASSES: usize = 8;
+/// The pause between two of [`take_queue`]'s passes: far longer than a program holds a record
+/// reserved (it fills and commits it in microseconds, without sleeping).
+const QUEUE_PASS_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Takes every record out of `ring` now, without looking at /proc (the readers' pids may have
 /// been reused since): the events, and how many records were not of this agent's layout (an
 /// earlier agent's programs write another size; parsed as ours they would be misread).
+///
+/// The ring's reader stops at a record a program has reserved and not yet committed, so one
+/// pass would leave the records behind it to the live reader, which would audit reads made
+/// while no agent ran as live ones, judged on the grants valid at the restart. A second pass
+/// after [`QUEUE_PASS_PAUSE`] takes them, and passes go on while they find records (reads
+/// made during the adoption, which its window's end, taken after this, still covers), at most
+/// [`QUEUE_PASSES`].
 fn take_queue(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> (Vec<RawEvent>, u64) {
     let mut events = Vec::new();
     let mut unreadable = 0u64;
-    while let Some(item) = ring.next() {
-        sort_queued(&item, &mut events, &mut unreadable);
+    for pass in 0..QUEUE_PASSES {
+        let mut took = 0usize;
+        while let Some(item) = ring.next() {
+            sort_queued(&item, &mut events, &mut unreadable);
+            took += 1;
+        }
+        if pass > 0 && took == 0 {
+            break;
+        }
+        std::thread::sleep(QUEUE_PASS_PAUSE);
     }
     (events, unreadable)
 }
@@ -151,8 +172,8 @@ fn sort_queued(bytes: &[u8], events: &mut Vec<RawEvent>, unreadable: &mut u64) {
 /// losses (those of the overlap included).
 fn drain_old(mut old: OldPins) -> Queue {
     old.detach();
-    let before_ms = repeats::unix_now_ms();
     let (events, unreadable) = old.events.as_mut().map(take_queue).unwrap_or_default();
+    let before_ms = repeats::unix_now_ms();
     Queue {
         events,
         unreadable,
@@ -361,8 +382,10 @@ impl Startup {
                         .lost_reported
                         .as_mut()
                         .and_then(loader::take_stop_time);
-                    let before_ms = repeats::unix_now_ms();
+                    // The window ends after the last pass: every record taken was made
+                    // before it.
                     let (events, unreadable) = take_queue(&mut outputs.events);
+                    let before_ms = repeats::unix_now_ms();
                     let queue = Queue {
                         events,
                         unreadable,
