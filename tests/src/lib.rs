@@ -577,6 +577,40 @@ impl Cluster {
         self.agents.get(id)?.child.as_ref().map(Child::id)
     }
 
+    /// What a test that waited in vain for an agent's record prints to tell the cases apart:
+    /// whether the agent process still runs (its `/proc` state: a zombie has exited), the last
+    /// lines of its stderr, and the last audit records' names. A timeout alone said nothing
+    /// (issue #15's CI run 6: a bypass read never came, and nothing showed whether the agent
+    /// had died, stalled or lost it).
+    pub fn agent_diagnosis(&self, id: &str) -> String {
+        let Some(info) = self.agents.get(id) else {
+            return format!("no agent {id}");
+        };
+        let process = match info.child.as_ref().map(Child::id) {
+            None => "not started by the test, or stopped".to_string(),
+            Some(pid) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                // The state follows the name, which is in parentheses and may hold spaces.
+                Ok(stat) => {
+                    let state = stat
+                        .rsplit_once(") ")
+                        .and_then(|(_, rest)| rest.split(' ').next())
+                        .unwrap_or("?");
+                    format!("pid {pid}, state {state} (Z: exited, not yet reaped)")
+                }
+                Err(e) => format!("pid {pid} is gone: {e}"),
+            },
+        };
+        let stderr = std::fs::read_to_string(info.dir.join("stderr.log")).unwrap_or_default();
+        let lines: Vec<&str> = stderr.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        let records = self.agent_audit(id);
+        let last: Vec<String> = records[records.len().saturating_sub(15)..]
+            .iter()
+            .map(|e| format!("{} pid={}", e["event"], e["pid"]))
+            .collect();
+        format!("agent {id}: {process}\nlast audit records: {last:?}\nstderr tail:\n{tail}")
+    }
+
     pub fn agent_addr(&self, id: &str) -> String {
         self.agents
             .get(id)

@@ -127,11 +127,33 @@ impl Bypass {
             .collect()
     }
 
+    /// Why a read was not reported, as far as can be told: the agent's state, and whether a
+    /// fresh read of the same file is reported (then the first was lost, not late, or the
+    /// agent had stalled until now), so that a failure says which case it was.
+    fn diagnose(&self) -> String {
+        let probe = match as_nobody(&["cat", &s(&self.app_log())]) {
+            Ok(probe) => {
+                let seen = self
+                    .cluster
+                    .wait_for_audit("web-1", WAIT, |e| {
+                        e["event"] == "bypass.read" && e["pid"] == probe
+                    })
+                    .is_ok();
+                format!("a probe read by pid {probe} was reported within {WAIT:?}: {seen}")
+            }
+            Err(e) => format!("the probe read failed: {e:#}"),
+        };
+        format!("{probe}\n{}", self.cluster.agent_diagnosis("web-1"))
+    }
+
     /// Waits for the `bypass.read` of `pid`, then checks it is the only one.
     fn the_read_by(&self, pid: u32) -> anyhow::Result<serde_json::Value> {
-        let e = self.cluster.wait_for_audit("web-1", WAIT, |e| {
+        let e = match self.cluster.wait_for_audit("web-1", WAIT, |e| {
             e["event"] == "bypass.read" && e["pid"] == pid
-        })?;
+        }) {
+            Ok(e) => e,
+            Err(e) => anyhow::bail!("{e}: the read of pid {pid}; {}", self.diagnose()),
+        };
         // Anything else of this pid would be in the ring buffer already; give it a moment.
         std::thread::sleep(Duration::from_millis(200));
         let all = self.reads_by(pid);
