@@ -10,8 +10,9 @@
 //! another one or none: the connection is dropped before anything from it is applied, the
 //! address counts as failed, and the grant stream audits `controller.refused`.
 //!
-//! An agent that has never seen an id (a new agent, or one upgraded from a version without
-//! ids) pins the first. After a deliberate migration to another controller cluster, the
+//! An enrolled agent pins the cluster that enrolled it ([`pin_enrolled`], the id in the
+//! enrolment's answer). An agent that has never seen an id (one given its certificate by hand,
+//! or upgraded from a version without ids) pins the first. After a deliberate migration to another controller cluster, the
 //! operator re-pins by deleting the file and restarting the agent (docs/operations.md).
 //! An empty id from a controller (an older version) is accepted only while nothing is pinned.
 
@@ -121,9 +122,33 @@ impl ClusterPin {
     }
 }
 
+/// Pins `id`, the cluster that enrolled this agent (`loggate-agent enrol`), in `state_dir`:
+/// from then on the agent follows only controllers of that cluster, so a controller of
+/// another cluster sharing the CA is refused from the agent's first stream on (before, a new
+/// agent pinned whichever answered first). It replaces what was pinned: enrolling with a
+/// token of that cluster is the operator's deliberate choice, as deleting the pin file is.
+/// Returns what was pinned before when it was another id (or unreadable: `Some` of why). An
+/// empty id (a controller that predates it) pins nothing and leaves the pin as it is.
+pub fn pin_enrolled(state_dir: &Path, id: &str) -> anyhow::Result<Option<String>> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        is_valid_id(id),
+        "the controller's cluster id {:?} is not an id (1-{MAX_ID} ASCII letters, digits or '-')",
+        id.chars().take(MAX_ID).collect::<String>()
+    );
+    let before = match ClusterPin::open(state_dir) {
+        Ok(pin) => pin.pinned().filter(|before| before != id),
+        Err(e) => Some(format!("{e:#}")),
+    };
+    store(&state_dir.join(PIN_FILE), id)?;
+    Ok(before)
+}
+
 /// 1 to [`MAX_ID`] lowercase hex digits or ASCII letters, digits and `-` (an id, nothing that
 /// could carry a line break or markup into a log).
-fn is_valid_id(id: &str) -> bool {
+pub(crate) fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -190,6 +215,51 @@ mod tests {
         let repinned = ClusterPin::open(dir.path()).unwrap();
         repinned.check("bbbb2222").unwrap();
         assert_eq!(repinned.pinned().as_deref(), Some("bbbb2222"));
+    }
+
+    #[test]
+    fn an_enrolment_pins_its_cluster_over_an_earlier_pin_and_an_empty_id_pins_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(pin_enrolled(dir.path(), "").unwrap(), None);
+        assert!(
+            !dir.path().join(PIN_FILE).exists(),
+            "an empty id pins nothing"
+        );
+        assert_eq!(pin_enrolled(dir.path(), "aaaa1111").unwrap(), None);
+        let pin = ClusterPin::open(dir.path()).unwrap();
+        assert_eq!(pin.pinned().as_deref(), Some("aaaa1111"));
+        assert!(pin.check("bbbb2222").is_err(), "another cluster is refused");
+        assert_eq!(
+            pin_enrolled(dir.path(), "aaaa1111").unwrap(),
+            None,
+            "the same"
+        );
+        assert_eq!(
+            pin_enrolled(dir.path(), "bbbb2222").unwrap().as_deref(),
+            Some("aaaa1111"),
+            "a re-enrolment into another cluster says what it replaced"
+        );
+        let pin = ClusterPin::open(dir.path()).unwrap();
+        assert_eq!(pin.pinned().as_deref(), Some("bbbb2222"));
+        assert_eq!(pin_enrolled(dir.path(), "").unwrap(), None);
+        assert_eq!(
+            ClusterPin::open(dir.path()).unwrap().pinned().as_deref(),
+            Some("bbbb2222"),
+            "an older controller's empty id leaves the pin"
+        );
+        for bad in ["a\nb", "x".repeat(65).as_str(), "../x"] {
+            assert!(pin_enrolled(dir.path(), bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            ClusterPin::open(dir.path()).unwrap().pinned().as_deref(),
+            Some("bbbb2222")
+        );
+        let mode = std::fs::metadata(dir.path().join(PIN_FILE))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -211,6 +211,10 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
     let Some(grant_key) = answer.grant_keys.first() else {
         bail!("the controller's answer holds no grant-verification key");
     };
+    ensure!(
+        answer.cluster_id.is_empty() || crate::cluster::is_valid_id(&answer.cluster_id),
+        "the controller's answer holds no valid cluster id"
+    );
     write_replacing(&files.key, key.serialize_pem().as_bytes(), 0o600)?;
     write_replacing(&files.cert, answer.certificate_pem.as_bytes(), 0o644)?;
     write_replacing(&files.ca, answer.ca_pem.as_bytes(), 0o644)?;
@@ -223,6 +227,13 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         controller,
     }
     .save(&state_dir)?;
+    let repinned =
+        crate::cluster::pin_enrolled(&state_dir, &answer.cluster_id).with_context(|| {
+            format!(
+                "enrolled, but the controller cluster could not be pinned in {}",
+                state_dir.display()
+            )
+        })?;
     let until = std::time::UNIX_EPOCH
         + std::time::Duration::from_secs(u64::try_from(answer.not_after_unix).unwrap_or(0));
     println!(
@@ -238,6 +249,16 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         files.ca.display(),
         grant_key_file.display()
     );
+    if !answer.cluster_id.is_empty() {
+        println!(
+            "controller cluster {} pinned in {}",
+            answer.cluster_id,
+            state_dir.join(crate::cluster::PIN_FILE).display()
+        );
+    }
+    if let Some(before) = repinned {
+        println!("(it replaces the earlier pin: {before})");
+    }
     Ok(())
 }
 

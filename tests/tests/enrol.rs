@@ -216,6 +216,25 @@ fn an_agent_enrolled_with_a_token_serves_reads_under_the_tokens_labels() {
             & 0o777
     };
     assert_eq!(mode("tls/agent.key"), 0o600, "the agent's key is private");
+    // The enrolling controller's cluster is pinned at enrolment (review L2: before, a new
+    // agent pinned whichever controller answered its first stream, which could be another
+    // cluster's sharing the CA).
+    let db = rusqlite::Connection::open(cluster.dir.join("controller/state.db")).expect("db");
+    let cluster_id: String = db
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'cluster_id'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("the controller's cluster id");
+    drop(db);
+    let pinned = std::fs::read_to_string(dir.join("state/controller-cluster.id")).expect("pin");
+    assert_eq!(pinned.trim(), cluster_id, "{stdout}");
+    assert_eq!(mode("state/controller-cluster.id"), 0o600);
+    assert!(
+        stdout.contains(&format!("controller cluster {cluster_id} pinned")),
+        "{stdout}"
+    );
     cluster
         .start_agent("web-7")
         .expect("the enrolled agent starts");

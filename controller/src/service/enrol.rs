@@ -49,6 +49,8 @@ pub struct EnrolmentService {
     store: Arc<Store>,
     ca: Arc<RuntimeCa>,
     trust_domain: String,
+    /// The controller cluster's id (`Store::cluster_id`), which an enrolled agent pins.
+    cluster_id: String,
     cert_ttl: Duration,
     /// The controller's grant-verification keys (PASERK), handed to every enrolled agent.
     grant_keys: Vec<String>,
@@ -103,6 +105,7 @@ impl EnrolmentService {
             store,
             ca,
             trust_domain,
+            cluster_id: String::new(),
             cert_ttl,
             grant_keys,
             audit,
@@ -113,6 +116,12 @@ impl EnrolmentService {
             })),
             sign_in: None,
         }
+    }
+
+    /// Hands `cluster_id` (see `Store::cluster_id`) to every enrolled agent, to pin.
+    pub fn with_cluster_id(mut self, cluster_id: String) -> Self {
+        self.cluster_id = cluster_id;
+        self
     }
 
     /// Serves sign-in too (`[oidc]`), under its own per-address attempt budget.
@@ -221,6 +230,7 @@ impl EnrolmentService {
                 labels: context.token.labels.clone(),
                 serial: issued.serial.clone(),
                 trust_domain: self.trust_domain.clone(),
+                cluster_id: self.cluster_id.clone(),
             };
             Ok((
                 EnrolledCert {
