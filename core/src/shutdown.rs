@@ -55,20 +55,54 @@ pub async fn signal() {
 
 #[cfg(test)]
 mod tests {
+    /// Set in the child process that runs the test's body (see below).
+    const CHILD: &str = "LOGGATE_SHUTDOWN_TEST_CHILD";
+
     /// A SIGTERM that arrives before anything awaits `signal()` is not lost: `signal()`
     /// awaited afterwards resolves (before `install`, the handler was created only when
     /// `signal()` was first polled, and a SIGTERM before that killed the daemon without its
     /// stop records).
-    #[tokio::test]
-    async fn a_stop_signal_before_anything_awaits_it_is_kept() {
-        super::install();
-        // SAFETY: raise(3) sends a signal to this process; its handler is installed above,
-        // so SIGTERM's default action (termination) does not happen.
-        unsafe {
-            libc::raise(libc::SIGTERM);
+    ///
+    /// The body runs in a child process (this test binary, running only this test): it
+    /// installs the process-wide handlers and leaves the stop set, which in this process would
+    /// make every later `signal()` of this binary's tests resolve at once.
+    #[test]
+    fn a_stop_signal_before_anything_awaits_it_is_kept() {
+        if std::env::var_os(CHILD).is_none() {
+            let exe = std::env::current_exe().expect("the test binary");
+            let out = std::process::Command::new(exe)
+                .args([
+                    "--exact",
+                    "shutdown::tests::a_stop_signal_before_anything_awaits_it_is_kept",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .expect("run the test binary");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "the child: {:?}\n{stdout}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
         }
-        tokio::time::timeout(std::time::Duration::from_secs(5), super::signal())
-            .await
-            .expect("signal() resolves for a SIGTERM received before it was awaited");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            super::install();
+            // SAFETY: raise(3) sends a signal to this process; its handler is installed
+            // above, so SIGTERM's default action (termination) does not happen.
+            unsafe {
+                libc::raise(libc::SIGTERM);
+            }
+            tokio::time::timeout(std::time::Duration::from_secs(5), super::signal())
+                .await
+                .expect("signal() resolves for a SIGTERM received before it was awaited");
+        });
     }
 }
