@@ -61,23 +61,7 @@ impl ClusterPin {
     /// not hold one id is refused: the agent does not guess which cluster it belongs to.
     pub fn open(state_dir: &Path) -> anyhow::Result<ClusterPin> {
         let path = state_dir.join(PIN_FILE);
-        let pinned = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let text = std::str::from_utf8(&bytes).ok().map(str::trim);
-                match text.filter(|t| is_valid_id(t)) {
-                    Some(id) => Some(id.to_string()),
-                    None => bail!(
-                        "{} does not hold a controller cluster id; delete it to pin the next \
-                         controller's",
-                        path.display()
-                    ),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => {
-                return Err(e).with_context(|| format!("cannot read {}", path.display()));
-            }
-        };
+        let pinned = read_pin(&path)?;
         Ok(ClusterPin {
             path,
             pinned: Mutex::new(pinned),
@@ -102,13 +86,37 @@ impl ClusterPin {
                 got: got.chars().take(MAX_ID).collect(),
             }
             .into()),
-            None if got.is_empty() => Ok(()),
-            None if !is_valid_id(got) => Err(Mismatch {
+            None => {
+                // Nothing pinned when the agent started: an enrolment may have pinned one
+                // since (`pin_enrolled`, run while this agent ran); that one holds.
+                if let Some(on_disk) = read_pin(&self.path).ok().flatten() {
+                    let expected = on_disk.clone();
+                    *pinned = Some(on_disk);
+                    return if expected == got {
+                        Ok(())
+                    } else {
+                        Err(Mismatch {
+                            expected,
+                            got: got.chars().take(MAX_ID).collect(),
+                        }
+                        .into())
+                    };
+                }
+                self.pin_first(&mut pinned, got)
+            }
+        }
+    }
+
+    /// With nothing pinned in memory or on disk: a valid id is pinned, an empty one accepted.
+    fn pin_first(&self, pinned: &mut Option<String>, got: &str) -> anyhow::Result<()> {
+        match got {
+            "" => Ok(()),
+            _ if !is_valid_id(got) => Err(Mismatch {
                 expected: String::new(),
                 got: got.chars().take(MAX_ID).collect(),
             }
             .into()),
-            None => {
+            _ => {
                 store(&self.path, got)?;
                 tracing::info!(cluster_id = %got, "pinned the controller cluster");
                 *pinned = Some(got.to_string());
@@ -154,13 +162,41 @@ pub(crate) fn is_valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Writes the pin durably: a temporary file (0600), synced, renamed over the pin file.
+/// The id pinned in `path`: `None` when the file does not exist; an error when it does not
+/// hold one id (the agent does not guess which cluster it belongs to) or cannot be read.
+fn read_pin(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = std::str::from_utf8(&bytes).ok().map(str::trim);
+            match text.filter(|t| is_valid_id(t)) {
+                Some(id) => Ok(Some(id.to_string())),
+                None => bail!(
+                    "{} does not hold a controller cluster id; delete it to pin the next \
+                     controller's",
+                    path.display()
+                ),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes the pin durably: a temporary file of this process (0600, created afresh, never
+/// through a link), synced, renamed over the pin file. The running agent and an enrolment
+/// may both write the pin: each through its own temporary file, so neither renames the
+/// other's half-written one into place.
 fn store(path: &Path, id: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("id.tmp");
+    let tmp = path.with_extension(format!("id.{}.tmp", std::process::id()));
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", tmp.display()));
+        }
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -260,6 +296,30 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_running_agent_with_nothing_pinned_takes_the_pin_an_enrolment_wrote_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = ClusterPin::open(dir.path()).unwrap();
+        assert_eq!(running.pinned(), None);
+        pin_enrolled(dir.path(), "aaaa1111").unwrap();
+        let refused = running.check("bbbb2222").unwrap_err();
+        assert!(refused.downcast_ref::<Mismatch>().is_some(), "{refused}");
+        assert_eq!(running.pinned().as_deref(), Some("aaaa1111"));
+        running.check("aaaa1111").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(PIN_FILE))
+                .unwrap()
+                .trim(),
+            "aaaa1111",
+            "the enrolment's pin was not overwritten"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
     }
 
     #[test]

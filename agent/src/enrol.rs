@@ -227,13 +227,7 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         controller,
     }
     .save(&state_dir)?;
-    let repinned =
-        crate::cluster::pin_enrolled(&state_dir, &answer.cluster_id).with_context(|| {
-            format!(
-                "enrolled, but the controller cluster could not be pinned in {}",
-                state_dir.display()
-            )
-        })?;
+    let pinned = crate::cluster::pin_enrolled(&state_dir, &answer.cluster_id);
     let until = std::time::UNIX_EPOCH
         + std::time::Duration::from_secs(u64::try_from(answer.not_after_unix).unwrap_or(0));
     println!(
@@ -249,17 +243,40 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         files.ca.display(),
         grant_key_file.display()
     );
-    if !answer.cluster_id.is_empty() {
-        println!(
-            "controller cluster {} pinned in {}",
-            answer.cluster_id,
-            state_dir.join(crate::cluster::PIN_FILE).display()
-        );
+    let pin_file = state_dir.join(crate::cluster::PIN_FILE);
+    match pinned {
+        Ok(before) => {
+            if !answer.cluster_id.is_empty() {
+                println!(
+                    "controller cluster {} pinned in {}",
+                    answer.cluster_id,
+                    pin_file.display()
+                );
+            }
+            if let Some(before) = before {
+                println!("(it replaces the earlier pin: {before})");
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Enrolled (the token is used, the files are written), not pinned: an earlier pin
+            // of another cluster would make the agent refuse the one that enrolled it, so it
+            // goes; without a pin the agent pins the first cluster it reaches.
+            let removed = match std::fs::remove_file(&pin_file) {
+                Ok(()) => "; the earlier pin was removed",
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "",
+                Err(_) => "; the earlier pin could not be removed either",
+            };
+            bail!(
+                "enrolled, but the controller cluster {} could not be pinned: {e:#}{removed}. \
+                 Write {} into {} (mode 0600) before starting the agent, or it pins the first \
+                 controller cluster it reaches",
+                answer.cluster_id,
+                answer.cluster_id,
+                pin_file.display()
+            )
+        }
     }
-    if let Some(before) = repinned {
-        println!("(it replaces the earlier pin: {before})");
-    }
-    Ok(())
 }
 
 /// A pinned connection to the first enrolment address that answers, tried in turn from the

@@ -595,7 +595,12 @@ impl Cluster {
                         .rsplit_once(") ")
                         .and_then(|(_, rest)| rest.split(' ').next())
                         .unwrap_or("?");
-                    format!("pid {pid}, state {state} (Z: exited, not yet reaped)")
+                    let exited = if state == "Z" {
+                        " (exited, not yet reaped)"
+                    } else {
+                        ""
+                    };
+                    format!("pid {pid}, state {state}{exited}")
                 }
                 Err(e) => format!("pid {pid} is gone: {e}"),
             },

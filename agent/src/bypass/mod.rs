@@ -132,6 +132,10 @@ const QUEUE_PASSES: usize = 8;
 /// reserved (it fills and commits it in microseconds, without sleeping).
 const QUEUE_PASS_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Records one of [`take_queue`]'s passes takes at most: twice what the 512 KiB ring holds
+/// (256 records of 2 KiB with their headers).
+const QUEUE_PASS_RECORDS: usize = 512;
+
 /// Takes every record out of `ring` now, without looking at /proc (the readers' pids may have
 /// been reused since): the events, and how many records were not of this agent's layout (an
 /// earlier agent's programs write another size; parsed as ours they would be misread).
@@ -141,17 +145,21 @@ const QUEUE_PASS_PAUSE: std::time::Duration = std::time::Duration::from_millis(2
 /// while no agent ran as live ones, judged on the grants valid at the restart. A second pass
 /// after [`QUEUE_PASS_PAUSE`] takes them, and passes go on while they find records (reads
 /// made during the adoption, which its window's end, taken after this, still covers), at most
-/// [`QUEUE_PASSES`].
+/// [`QUEUE_PASSES`] of at most [`QUEUE_PASS_RECORDS`] each. A record held reserved for longer
+/// than the pause still ends the drain early (docs/security.md, known limits).
 fn take_queue(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> (Vec<RawEvent>, u64) {
     let mut events = Vec::new();
     let mut unreadable = 0u64;
     for pass in 0..QUEUE_PASSES {
         let mut took = 0usize;
-        while let Some(item) = ring.next() {
+        // A pass takes at most a ring's worth of records: a ring refilled as fast as it is
+        // read (reads during the adoption) cannot hold the agent's start in one pass.
+        while took < QUEUE_PASS_RECORDS {
+            let Some(item) = ring.next() else { break };
             sort_queued(&item, &mut events, &mut unreadable);
             took += 1;
         }
-        if pass > 0 && took == 0 {
+        if (pass > 0 && took == 0) || pass + 1 == QUEUE_PASSES {
             break;
         }
         std::thread::sleep(QUEUE_PASS_PAUSE);
