@@ -85,6 +85,10 @@ pub mod names {
     pub const EVENTS: &str = "events";
     /// ARRAY[1] of u64: events lost to a full ring buffer.
     pub const LOST: &str = "lost";
+    /// ARRAY[1] of u32: the adoption generation, advanced by an agent that adopts pinned
+    /// programs before it drains their queue; each event carries the value its program read
+    /// before reserving it.
+    pub const GENERATION: &str = "generation";
     /// ARRAY[1] of i64: the start (Unix seconds, minus one) of the last scan whose entries are
     /// all in `PROTECTED`; the ancestor walk stops at an unprotected folder older than that.
     pub const SCAN_EPOCH: &str = "scan_epoch";

@@ -145,7 +145,9 @@ struct event {
 	/* The opener's argv, NUL-separated, read at the open: a reader that exits before the
 	 * agent looks at /proc still has its command line. */
 	__u32 cmdline_len;
-	__u32 pad;
+	/* The adoption generation when the opener's program reached it, read before the record
+	 * was reserved (see `generation`). */
+	__u32 generation;
 	char cmdline[CMDLINE_LEN];
 	/* The opener's executable, read at the open for the same reason: the names of the last
 	 * exe_depth components of its path, the file's own name first; exe_reach says whether
@@ -236,6 +238,26 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 512 * 1024);
 } events SEC(".maps");
+
+/* [0]: the adoption generation: an agent that adopts pinned programs advances it before it
+ * takes what they queued while no agent ran out of the ring. Every record carries the value
+ * read before it was reserved, so the agent tells a record of an open made before its
+ * adoption, committed too late for that drain (held reserved across it: a preempted program),
+ * from a live one by its generation, not by when it was read. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} generation SEC(".maps");
+
+/* The current adoption generation (see `generation`). */
+static __always_inline __u32 current_generation(void)
+{
+	__u32 zero = 0, *g = bpf_map_lookup_elem(&generation, &zero);
+
+	return g ? *g : 0;
+}
 
 /* [0]: events lost because the ring buffer was full. Never reset by the kernel. */
 struct {
@@ -597,7 +619,6 @@ static __always_inline void fill_process(struct event *e, __u64 pid_tgid)
 	e->gid = uid_gid >> 32;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->cmdline_len = 0;
-	e->pad = 0;
 	if (task->mm) {
 		unsigned long start = task->mm->arg_start, end = task->mm->arg_end;
 		__u64 len = end > start ? end - start : 0;
@@ -620,16 +641,19 @@ static __always_inline void emit(struct opened *o, long fd, __u16 hook)
 	__u32 tgid = pid_tgid >> 32;
 	const unsigned char *name = 0;
 	struct event *e;
+	__u32 gen;
 
 	if (excluded(tgid))
 		return;
 	if (counted_as_repeat(tgid, o))
 		return;
+	gen = current_generation();
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost();
 		return;
 	}
+	e->generation = gen;
 	fill_process(e, pid_tgid);
 	e->ino = o->ino;
 	e->dir_ino = o->matched == MATCH_DIR ? o->dir_ino : 0;
@@ -1024,7 +1048,7 @@ static __always_inline int report_move(struct inode *inode)
 	struct file_key key = {};
 	unsigned long name = 0;
 	__u64 pid_tgid;
-	__u32 tgid, *kind;
+	__u32 tgid, *kind, gen;
 	struct event *e;
 	__u16 hook;
 
@@ -1050,11 +1074,13 @@ static __always_inline int report_move(struct inode *inode)
 	tgid = pid_tgid >> 32;
 	if (excluded(tgid))
 		return 0;
+	gen = current_generation();
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost();
 		return 0;
 	}
+	e->generation = gen;
 	fill_process(e, pid_tgid);
 	e->ino = key.ino;
 	e->dev = key.dev;

@@ -1749,6 +1749,119 @@ fn a_queued_read_is_judged_on_the_grants_of_its_whole_window_not_those_valid_at_
     Ok(())
 }
 
+/// A program that read the adoption generation before an adoption and committed its record
+/// after the adopting agent had taken the queue (preempted in between): played by putting the
+/// pinned generation back for one open. Its record, read live, is audited as queued, in the
+/// queue's window, without /proc; an open after it is live. Without the generation the record
+/// was audited as live (judged on the grants at the restart, its pid looked up in /proc),
+/// which is how CI run 6's multi-pass drain review (M1) says it could still happen.
+#[test]
+#[ignore = "needs root"]
+fn a_record_of_an_open_before_the_adoption_read_live_is_audited_as_queued() -> anyhow::Result<()> {
+    require_bpf!();
+    let pins = PinFolder::new("generation")?;
+    let mut b = Bypass::start(&pins.toml())?;
+    assert_eq!(b.started()?["bypass_pins"], "created");
+    let generation = pins.0.join("generation");
+    assert_eq!(
+        pinned_u32(&generation)?,
+        0,
+        "programs loaded afresh start at 0"
+    );
+    b.cluster.stop_agent("web-1");
+    b.cluster.start_agent("web-1")?;
+    b.cluster.wait_for_audit("web-1", WAIT, |e| {
+        e["event"] == "agent.started" && e["bypass_pins"] == "adopted"
+    })?;
+    assert_eq!(pinned_u32(&generation)?, 1, "the adoption advanced it");
+    set_pinned_u32(&generation, 0)?;
+    let before = as_nobody(&["cat", &s(&b.app_log())]);
+    set_pinned_u32(&generation, 1)?;
+    let before = before?;
+    let e = b.the_read_by(before)?;
+    assert_read(&e, before, NOBODY, "cat", &b.app_log());
+    assert_eq!(e["queued"], true, "{e:#}");
+    assert_eq!(e["process_exited"], true, "no /proc look-up: {e:#}");
+    assert!(
+        e["opened_before_ms"].as_i64().is_some(),
+        "the queue's window: {e:#}"
+    );
+    let live = as_nobody(&["cat", &s(&b.app_log())])?;
+    let e = b.the_read_by(live)?;
+    assert!(e.get("queued").is_none(), "{e:#}");
+    Ok(())
+}
+
+/// `BPF_OBJ_GET` of a pinned map: its descriptor.
+fn pinned_map(path: &Path) -> anyhow::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd 0, file_flags 0 (read-write).
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    // SAFETY: `attr` is a zeroed, 128-byte union bpf_attr whose pathname points to a
+    // NUL-terminated string alive for the call; the kernel reads only `size_of_val(&attr)`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    anyhow::ensure!(
+        fd >= 0,
+        "BPF_OBJ_GET {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    let fd = i32::try_from(fd)?;
+    // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Slot 0 of a pinned ARRAY map of u32, looked up (`BPF_MAP_LOOKUP_ELEM`, command 1) or
+/// updated (`BPF_MAP_UPDATE_ELEM`, command 2).
+fn pinned_u32_call(path: &Path, command: libc::c_long, value: &mut u32) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let map = pinned_map(path)?;
+    let key = 0u32;
+    // union bpf_attr for the element commands: map_fd (u32, padded), key, value, flags (0).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::try_from(map.as_raw_fd())?;
+    attr[1] = &key as *const u32 as u64;
+    attr[2] = value as *mut u32 as u64;
+    // SAFETY: `attr` is a zeroed, 128-byte union bpf_attr whose key and value point to u32s
+    // alive for the call (the map's key and value size); the kernel writes only the value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    anyhow::ensure!(
+        r == 0,
+        "bpf command {command} on {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+fn pinned_u32(path: &Path) -> anyhow::Result<u32> {
+    let mut value = 0;
+    pinned_u32_call(path, 1, &mut value)?;
+    Ok(value)
+}
+
+fn set_pinned_u32(path: &Path, mut value: u32) -> anyhow::Result<()> {
+    pinned_u32_call(path, 2, &mut value)
+}
+
 /// Switches the test agent's `bypass.mode` in its configuration (for its next start).
 fn set_mode(b: &Bypass, from: &str, to: &str) -> anyhow::Result<()> {
     let config = b

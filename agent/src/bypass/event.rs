@@ -25,7 +25,8 @@ pub struct RawEvent {
     pub comm: [u8; 16],
     pub name: [u8; 256],
     pub cmdline_len: u32,
-    pub pad: u32,
+    /// The adoption generation when the program reached the open (the map `generation`).
+    pub generation: u32,
     pub cmdline: [u8; 256],
     pub exe_depth: u32,
     pub exe_reach: u32,

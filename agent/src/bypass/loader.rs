@@ -89,6 +89,23 @@ pub struct Outputs {
     pub seen: HashMap<MapData, SeenKey, SeenVal>,
     /// With pins: how much of `lost` has been audited, kept across restarts.
     pub lost_reported: Option<Array<MapData, u64>>,
+    /// The adoption generation (see [`advance_generation`]).
+    pub generation: Array<MapData, u32>,
+}
+
+/// Advances the adoption generation of adopted programs, before their queue is taken: every
+/// record whose program read an earlier value is of an open made before this agent adopted
+/// them, whenever it is read. Returns the new value. At `u32::MAX` it stays (4 billion
+/// adoptions: records then read as live, as without generations).
+pub fn advance_generation(generation: &mut Array<MapData, u32>) -> anyhow::Result<u32> {
+    let now = generation
+        .get(&0, 0)
+        .map_err(|e| anyhow::anyhow!("reading the map {}: {e}", names::GENERATION))?;
+    let next = now.saturating_add(1);
+    generation
+        .set(0, next, 0)
+        .map_err(|e| anyhow::anyhow!("advancing the map {}: {e}", names::GENERATION))?;
+    Ok(next)
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -402,6 +419,8 @@ impl Probe {
             RingBuf::try_from(take(names::EVENTS)?).map_err(|e| typed(names::EVENTS, e))?;
         let lost = Array::try_from(take(names::LOST)?).map_err(|e| typed(names::LOST, e))?;
         let seen = HashMap::try_from(take(names::SEEN)?).map_err(|e| typed(names::SEEN, e))?;
+        let generation =
+            Array::try_from(take(names::GENERATION)?).map_err(|e| typed(names::GENERATION, e))?;
         let lost_reported = match pin_to {
             Some(dir) => Some(new_lost_reported(dir)?),
             None => None,
@@ -420,6 +439,7 @@ impl Probe {
                 lost,
                 seen,
                 lost_reported,
+                generation,
             },
         ))
     }
@@ -543,6 +563,8 @@ impl Probe {
             RingBuf::try_from(open(names::EVENTS)?).map_err(|e| typed(names::EVENTS, e))?;
         let lost = Array::try_from(open(names::LOST)?).map_err(|e| typed(names::LOST, e))?;
         let seen = HashMap::try_from(open(names::SEEN)?).map_err(|e| typed(names::SEEN, e))?;
+        let generation =
+            Array::try_from(open(names::GENERATION)?).map_err(|e| typed(names::GENERATION, e))?;
         let lost_reported = Array::try_from(open(pins::LOST_REPORTED)?)
             .map_err(|e| typed(pins::LOST_REPORTED, e))?;
         let mut maps = ProtectedMaps {
@@ -572,6 +594,7 @@ impl Probe {
                 lost,
                 seen,
                 lost_reported: Some(lost_reported),
+                generation,
             },
         ))
     }

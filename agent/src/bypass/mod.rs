@@ -121,6 +121,16 @@ pub struct Queue {
     /// The replaced programs' losses, `(total, already audited)`, read after they were
     /// detached (`None` for adopted pins: their counter is this agent's).
     lost: Option<(u64, u64)>,
+    /// Adopted pins: the generation this agent advanced them to before taking the queue. A
+    /// record the live reader finds with an earlier one is of this queue too (its program
+    /// read the generation before the adoption and committed the record after the drain).
+    generation: Option<u32>,
+}
+
+/// A record of an open made before the adoption, read live: its program read an earlier
+/// generation than `current` (see [`Queue::generation`]).
+fn made_before_adoption(raw: &RawEvent, current: Option<u32>) -> bool {
+    current.is_some_and(|current| raw.generation < current)
 }
 
 /// Why records of a queue could not be read.
@@ -146,7 +156,8 @@ const QUEUE_PASS_RECORDS: usize = 512;
 /// after [`QUEUE_PASS_PAUSE`] takes them, and passes go on while they find records (reads
 /// made during the adoption, which its window's end, taken after this, still covers), at most
 /// [`QUEUE_PASSES`] of at most [`QUEUE_PASS_RECORDS`] each. A record held reserved for longer
-/// than the pause still ends the drain early (docs/security.md, known limits).
+/// than the pause still ends the drain early; it and those behind it are then told from live
+/// ones by their generation ([`Queue::generation`]) when the live reader finds them.
 fn take_queue(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> (Vec<RawEvent>, u64) {
     let mut events = Vec::new();
     let mut unreadable = 0u64;
@@ -190,6 +201,7 @@ fn drain_old(mut old: OldPins) -> Queue {
             before_ms,
         },
         lost: old.lost(),
+        generation: None,
     }
 }
 
@@ -390,8 +402,10 @@ impl Startup {
                         .lost_reported
                         .as_mut()
                         .and_then(loader::take_stop_time);
-                    // The window ends after the last pass: every record taken was made
-                    // before it.
+                    // The generation first: every record made before it carries an earlier
+                    // one, however late it is committed. The window ends after the last
+                    // pass: every record taken was made before it.
+                    let generation = loader::advance_generation(&mut outputs.generation)?;
                     let (events, unreadable) = take_queue(&mut outputs.events);
                     let before_ms = repeats::unix_now_ms();
                     let queue = Queue {
@@ -402,6 +416,7 @@ impl Startup {
                             before_ms,
                         },
                         lost: None,
+                        generation: Some(generation),
                     };
                     maps.exclude_tgid(std::process::id())?;
                     maps.sync(inventory)?;
@@ -742,6 +757,7 @@ impl Startup {
                     lost,
                     seen,
                     lost_reported,
+                    generation: _,
                 } = outputs;
                 // SAFETY: the ring buffer owns its map's file descriptor (an OwnedFd inside
                 // MapData, never replaced), so the fd is open and the same for as long as the
@@ -1061,6 +1077,11 @@ async fn read_events(
 ) {
     let mut names = process::Names::new(Path::new("/etc/passwd"), Path::new("/sys/fs/cgroup"));
     let mut repeats = repeats::Repeats::default();
+    // Adopted pins: records of opens made before the adoption that the live reader finds
+    // (committed after the drain) are audited as queued, in the queue's window.
+    let late = queue
+        .as_ref()
+        .and_then(|q| q.generation.map(|g| (g, q.window)));
     // What was queued while no agent ran, first (taken out of the ring at start).
     if let Some(queue) = queue {
         audit_queue(
@@ -1091,14 +1112,20 @@ async fn read_events(
                     }
                 };
                 last_drain.store(repeats::unix_now_ms(), Ordering::Relaxed);
-                let batch = drain(guard.get_inner_mut(), &mut names);
+                let (batch, queued) = drain(guard.get_inner_mut(), &mut names, late);
                 guard.clear_ready();
+                if let Some(queued) = queued {
+                    audit_queue(&shared, &inventory, &mut repeats, &movers, &mut names, queued);
+                }
                 audit_batch(&shared, &inventory, &mut repeats, &movers, batch, None);
             }
             _ = flush.tick() => {
                 // What is queued first: a repeat's record follows the read it repeats.
                 last_drain.store(repeats::unix_now_ms(), Ordering::Relaxed);
-                let batch = drain(ring.get_mut(), &mut names);
+                let (batch, queued) = drain(ring.get_mut(), &mut names, late);
+                if let Some(queued) = queued {
+                    audit_queue(&shared, &inventory, &mut repeats, &movers, &mut names, queued);
+                }
                 audit_batch(&shared, &inventory, &mut repeats, &movers, batch, None);
                 flush_repeats(&shared, &mut repeats, &mut counters.seen);
                 let total = counters.lost.get(&0, 0).unwrap_or(0);
@@ -1117,14 +1144,22 @@ async fn read_events(
 }
 
 /// Takes every queued event out of the ring buffer, with what /proc and the kernel tell about
-/// its opener.
+/// its opener; and, with `late` (adopted pins: the generation and the window of their queue),
+/// apart, the records of opens made before the adoption, as a queue of that window: their
+/// processes are not looked up in /proc (see [`queued_info`]).
 fn drain(
     ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
     names: &mut process::Names,
-) -> Vec<(RawEvent, process::ProcessInfo)> {
+    late: Option<(u32, Window)>,
+) -> (Vec<(RawEvent, process::ProcessInfo)>, Option<Queue>) {
     let mut batch = Vec::new();
+    let mut queued = Vec::new();
     while let Some(item) = ring.next() {
         if let Some(raw) = RawEvent::parse(&item) {
+            if made_before_adoption(&raw, late.map(|(g, _)| g)) {
+                queued.push(raw);
+                continue;
+            }
             let mut info = process::inspect(Path::new("/proc"), raw.tgid);
             // What the kernel read at the open wins over /proc, read later: the process may
             // have exec'd something else since (and a reader already gone has only that).
@@ -1147,7 +1182,16 @@ fn drain(
             batch.push((raw, info));
         }
     }
-    batch
+    let queued = late
+        .filter(|_| !queued.is_empty())
+        .map(|(_, window)| Queue {
+            events: queued,
+            unreadable: 0,
+            window,
+            lost: None,
+            generation: None,
+        });
+    (batch, queued)
 }
 
 /// Audits a queue (see [`Queue`]): each read marked queued with its window and judged on it,
@@ -1559,6 +1603,18 @@ mod tests {
         sort_queued(&vec![0u8; size + 16], &mut events, &mut unreadable);
         sort_queued(&vec![0u8; size], &mut events, &mut unreadable);
         assert_eq!((events.len(), unreadable), (1, 2));
+    }
+
+    #[test]
+    fn a_record_is_of_the_queue_only_when_its_program_read_a_generation_before_the_adoption() {
+        let bytes = vec![0u8; std::mem::size_of::<RawEvent>()];
+        let mut raw = RawEvent::parse(&bytes).expect("event");
+        assert!(!made_before_adoption(&raw, None), "no adoption: all live");
+        assert!(made_before_adoption(&raw, Some(1)));
+        raw.generation = 1;
+        assert!(!made_before_adoption(&raw, Some(1)));
+        raw.generation = 2;
+        assert!(!made_before_adoption(&raw, Some(1)), "a later one is live");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
