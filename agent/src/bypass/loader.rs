@@ -699,8 +699,9 @@ impl OldPins {
         }
     }
 
-    /// Detaches the old programs (their pins must be gone already): nothing more enters the
-    /// old ring buffer, which can then be drained to its end.
+    /// Detaches the old programs (their pins must be gone already): no program starts on the
+    /// old ring buffer any more (one already running may still commit the record it
+    /// reserved: `drain_old` waits a while for those), which can then be drained to its end.
     pub fn detach(&mut self) {
         self.links.clear();
     }

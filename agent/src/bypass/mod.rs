@@ -142,6 +142,9 @@ const QUEUE_PASSES: usize = 8;
 /// reserved (it fills and commits it in microseconds, without sleeping).
 const QUEUE_PASS_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How long [`drain_old`] keeps looking at a replaced ring after detaching its programs.
+const OLD_RING_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Records one of [`take_queue`]'s passes takes at most: twice what the 512 KiB ring holds
 /// (256 records of 2 KiB with their headers).
 const QUEUE_PASS_RECORDS: usize = 512;
@@ -158,10 +161,15 @@ const QUEUE_PASS_RECORDS: usize = 512;
 /// [`QUEUE_PASSES`] of at most [`QUEUE_PASS_RECORDS`] each. A record held reserved for longer
 /// than the pause still ends the drain early; it and those behind it are then told from live
 /// ones by their generation ([`Queue::generation`]) when the live reader finds them.
-fn take_queue(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> (Vec<RawEvent>, u64) {
+fn take_queue(
+    ring: &mut aya::maps::RingBuf<aya::maps::MapData>,
+    settle: std::time::Duration,
+) -> (Vec<RawEvent>, u64) {
     let mut events = Vec::new();
     let mut unreadable = 0u64;
-    for pass in 0..QUEUE_PASSES {
+    let started = std::time::Instant::now();
+    let passes = QUEUE_PASSES + settle.as_millis() as usize / QUEUE_PASS_PAUSE.as_millis() as usize;
+    for pass in 0..passes {
         let mut took = 0usize;
         // A pass takes at most a ring's worth of records: a ring refilled as fast as it is
         // read (reads during the adoption) cannot hold the agent's start in one pass.
@@ -170,12 +178,23 @@ fn take_queue(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> (Vec<RawEven
             sort_queued(&item, &mut events, &mut unreadable);
             took += 1;
         }
-        if (pass > 0 && took == 0) || pass + 1 == QUEUE_PASSES {
+        let settled = started.elapsed() >= settle;
+        if (pass > 0 && took == 0 && settled) || pass + 1 == passes {
             break;
         }
         std::thread::sleep(QUEUE_PASS_PAUSE);
     }
     (events, unreadable)
+}
+
+/// Adopted pins' queue: the generation advanced first, then the queue taken (see
+/// [`Queue::generation`]). In this order only: a record whose program read the generation
+/// before the advance is either taken here or told by its generation when the live reader
+/// finds it; advanced after the drain, a record committed in between would be neither.
+fn take_adopted_queue(outputs: &mut Outputs) -> anyhow::Result<(u32, Vec<RawEvent>, u64)> {
+    let generation = loader::advance_generation(&mut outputs.generation)?;
+    let (events, unreadable) = take_queue(&mut outputs.events, std::time::Duration::ZERO);
+    Ok((generation, events, unreadable))
 }
 
 /// One queued record: an event of this layout, or counted as unreadable (never dropped
@@ -191,7 +210,15 @@ fn sort_queued(bytes: &[u8], events: &mut Vec<RawEvent>, unreadable: &mut u64) {
 /// losses (those of the overlap included).
 fn drain_old(mut old: OldPins) -> Queue {
     old.detach();
-    let (events, unreadable) = old.events.as_mut().map(take_queue).unwrap_or_default();
+    // No program starts on the old ring any more, but one already running may still commit a
+    // record it reserved, and a record held reserved stops the reader: the passes go on for
+    // OLD_RING_SETTLE before one that finds nothing may end them (nothing reads this ring
+    // afterwards, and no generation tells its late records).
+    let (events, unreadable) = old
+        .events
+        .as_mut()
+        .map(|ring| take_queue(ring, OLD_RING_SETTLE))
+        .unwrap_or_default();
     let before_ms = repeats::unix_now_ms();
     Queue {
         events,
@@ -405,8 +432,7 @@ impl Startup {
                     // The generation first: every record made before it carries an earlier
                     // one, however late it is committed. The window ends after the last
                     // pass: every record taken was made before it.
-                    let generation = loader::advance_generation(&mut outputs.generation)?;
-                    let (events, unreadable) = take_queue(&mut outputs.events);
+                    let (generation, events, unreadable) = take_adopted_queue(&mut outputs)?;
                     let before_ms = repeats::unix_now_ms();
                     let queue = Queue {
                         events,
