@@ -79,6 +79,11 @@ impl ClusterPin {
     /// (nothing is accepted unpinned then).
     pub fn check(&self, got: &str) -> anyhow::Result<()> {
         let mut pinned = self.lock();
+        if pinned.is_none() {
+            // Nothing pinned when the agent started: an enrolment may have pinned one since
+            // (`pin_enrolled`, run while this agent ran); that one holds.
+            *pinned = read_pin(&self.path).ok().flatten();
+        }
         match pinned.as_deref() {
             Some(expected) if expected == got => Ok(()),
             Some(expected) => Err(Mismatch {
@@ -86,37 +91,13 @@ impl ClusterPin {
                 got: got.chars().take(MAX_ID).collect(),
             }
             .into()),
-            None => {
-                // Nothing pinned when the agent started: an enrolment may have pinned one
-                // since (`pin_enrolled`, run while this agent ran); that one holds.
-                if let Some(on_disk) = read_pin(&self.path).ok().flatten() {
-                    let expected = on_disk.clone();
-                    *pinned = Some(on_disk);
-                    return if expected == got {
-                        Ok(())
-                    } else {
-                        Err(Mismatch {
-                            expected,
-                            got: got.chars().take(MAX_ID).collect(),
-                        }
-                        .into())
-                    };
-                }
-                self.pin_first(&mut pinned, got)
-            }
-        }
-    }
-
-    /// With nothing pinned in memory or on disk: a valid id is pinned, an empty one accepted.
-    fn pin_first(&self, pinned: &mut Option<String>, got: &str) -> anyhow::Result<()> {
-        match got {
-            "" => Ok(()),
-            _ if !is_valid_id(got) => Err(Mismatch {
+            None if got.is_empty() => Ok(()),
+            None if !is_valid_id(got) => Err(Mismatch {
                 expected: String::new(),
                 got: got.chars().take(MAX_ID).collect(),
             }
             .into()),
-            _ => {
+            None => {
                 store(&self.path, got)?;
                 tracing::info!(cluster_id = %got, "pinned the controller cluster");
                 *pinned = Some(got.to_string());

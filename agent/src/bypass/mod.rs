@@ -168,7 +168,9 @@ fn take_queue(
     let mut events = Vec::new();
     let mut unreadable = 0u64;
     let started = std::time::Instant::now();
-    let passes = QUEUE_PASSES + settle.as_millis() as usize / QUEUE_PASS_PAUSE.as_millis() as usize;
+    // Constants both: the quotient is small (50 for OLD_RING_SETTLE).
+    let extra = settle.as_millis() / QUEUE_PASS_PAUSE.as_millis().max(1);
+    let passes = QUEUE_PASSES + usize::try_from(extra).unwrap_or(QUEUE_PASSES);
     for pass in 0..passes {
         let mut took = 0usize;
         // A pass takes at most a ring's worth of records: a ring refilled as fast as it is
@@ -182,6 +184,9 @@ fn take_queue(
         if (pass > 0 && took == 0 && settled) || pass + 1 == passes {
             break;
         }
+        // A sleep, not a poll of the ring's descriptor: the ring reads as readable while a
+        // record is reserved and not yet committed (its data size counts from the producer's
+        // position), so a poll would return at once and the pause would be none.
         std::thread::sleep(QUEUE_PASS_PAUSE);
     }
     (events, unreadable)
@@ -1138,21 +1143,15 @@ async fn read_events(
                     }
                 };
                 last_drain.store(repeats::unix_now_ms(), Ordering::Relaxed);
-                let (batch, queued) = drain(guard.get_inner_mut(), &mut names, late);
+                let drained = drain(guard.get_inner_mut(), &mut names, late);
                 guard.clear_ready();
-                if let Some(queued) = queued {
-                    audit_queue(&shared, &inventory, &mut repeats, &movers, &mut names, queued);
-                }
-                audit_batch(&shared, &inventory, &mut repeats, &movers, batch, None);
+                audit_drained(&shared, &inventory, &mut repeats, &movers, &mut names, drained);
             }
             _ = flush.tick() => {
                 // What is queued first: a repeat's record follows the read it repeats.
                 last_drain.store(repeats::unix_now_ms(), Ordering::Relaxed);
-                let (batch, queued) = drain(ring.get_mut(), &mut names, late);
-                if let Some(queued) = queued {
-                    audit_queue(&shared, &inventory, &mut repeats, &movers, &mut names, queued);
-                }
-                audit_batch(&shared, &inventory, &mut repeats, &movers, batch, None);
+                let drained = drain(ring.get_mut(), &mut names, late);
+                audit_drained(&shared, &inventory, &mut repeats, &movers, &mut names, drained);
                 flush_repeats(&shared, &mut repeats, &mut counters.seen);
                 let total = counters.lost.get(&0, 0).unwrap_or(0);
                 if total > lost_reported {
@@ -1218,6 +1217,22 @@ fn drain(
             generation: None,
         });
     (batch, queued)
+}
+
+/// Audits what [`drain`] took: the records of opens made before the adoption first (as the
+/// queue they belong to), then the live ones.
+fn audit_drained(
+    shared: &Shared,
+    inventory: &RwLock<Inventory>,
+    repeats: &mut repeats::Repeats,
+    movers: &Movers,
+    names: &mut process::Names,
+    (batch, queued): (Vec<(RawEvent, process::ProcessInfo)>, Option<Queue>),
+) {
+    if let Some(queued) = queued {
+        audit_queue(shared, inventory, repeats, movers, names, queued);
+    }
+    audit_batch(shared, inventory, repeats, movers, batch, None);
 }
 
 /// Audits a queue (see [`Queue`]): each read marked queued with its window and judged on it,
