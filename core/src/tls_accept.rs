@@ -18,8 +18,9 @@
 //!   [`FIRST_BYTE_TIMEOUT`] (2 s; a TLS client sends its ClientHello at once) and the complete
 //!   ClientHello within [`HANDSHAKE_TIMEOUT`] (5 s) of the accept, and the whole handshake
 //!   within the same 5 s plus the time it waited for its turn for the cryptography (below):
-//!   the client's own time is bounded by 5 s in all, and a turn is held at most for what the
-//!   client had left of it (a ClientHello trickled for 4.9 s leaves 0.1 s). The wait for that
+//!   the client's own time is bounded by 5 s in all, and a connection keeps its place at most
+//!   for what the client had left of it (a ClientHello trickled for 4.9 s leaves 0.1 s). The
+//!   wait for that
 //!   turn is ours, not the client's: it has its own bound ([`TURN_WITHIN`]), and a handshake
 //!   that does not get a turn in time is reset *before* any cryptography is spent on it
 //!   (`reason_code` `busy` in the summaries).
@@ -53,9 +54,10 @@
 //!   which connection is the victim, a newcomer from a small prefix or the victim's own still
 //!   evicts, and a victim that sent anything has none: why each defence above still holds is
 //!   written at [`Table::make_room`]. Resets are summarised like evictions (`reset_in_grace`).
-//! - **Turns for the cryptography.** At most [`HANDSHAKES_COMPUTING`] (64) handshakes are past
-//!   their ClientHello at once; the others wait for a turn, first come first served, costing
-//!   no CPU. A herd (a fleet reconnecting after a restart) otherwise shares the CPU among all
+//! - **Turns for the cryptography.** At most [`HANDSHAKES_COMPUTING`] (64) handshakes compute
+//!   our side of the handshake at once (what rustls does on the ClientHello, in one go before
+//!   our first byte: key exchange, certificate, signature); the others wait for a turn, first
+//!   come first served, costing no CPU. A herd (a fleet reconnecting after a restart) otherwise shares the CPU among all
 //!   its handshakes until none completes within the deadline, and the retries start over.
 //!   One that waited [`TURN_WITHIN`] (3 s) after its ClientHello is reset (`SO_LINGER` 0:
 //!   the client sees a reset at once and retries after its back-off) with no TLS work done,
@@ -64,6 +66,16 @@
 //!   was computed, and was then dropped as timed out, the work wasted and the client's
 //!   back-off doubled for a delay that was ours (measured: ~98 % of the failed attempts after
 //!   a controller restart with 10,000 agents, docs/performance.md).
+//!
+//!   A turn goes back as soon as our flight is computed: the client's answer is the client's
+//!   to delay. Held across it (until 2026-12-06), the turns were an unauthenticated pool
+//!   without eviction: a ClientHello recorded once and replayed on connections that never
+//!   answer held all 64 for their whole deadline, ~13 connections a second (far fewer than
+//!   fill the handshake pool) made every other handshake wait [`TURN_WITHIN`] and be reset
+//!   `busy`, and CI saw a legitimate client reset so. What waits on its client now holds only
+//!   its place in the pool, which eviction by progress bounds. The client's flight (its chain
+//!   and signature) is verified without a turn, in the one poll that reads it; the turns still
+//!   keep the flights computed ahead of it to 64.
 //! - **Nothing that completes is throttled.** No rate limit and no cap per address or prefix
 //!   while places are free; a handshake frees its place as soon as it completes, and a
 //!   handshake that completes at the moment it is chosen for eviction is kept.
@@ -160,14 +172,15 @@ pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Handshakes in progress at once, in all (fewer if the open-file limit is low), whatever their
 /// addresses; when all are taken, a newcomer evicts one chosen by progress (module docs).
 pub const MAX_HANDSHAKES: usize = 1024;
-/// Handshakes that may be past their ClientHello — signing, verifying the client's chain —
-/// at once; the others wait for a turn (at most [`TURN_WITHIN`]). Without a bound,
+/// Handshakes that may compute our side of the handshake (key exchange, certificate,
+/// signature: what rustls does on the ClientHello) at once; the others wait for a turn (at
+/// most [`TURN_WITHIN`]). A turn is held for that computation only, not across the client's
+/// answer, which the client could delay to keep it (module docs). Without a bound,
 /// a herd (a fleet reconnecting after a restart) shares the CPU among all its handshakes, so
 /// that none completes within the deadline, all are dropped after the work was spent, and the
 /// retries start over: measured with 1,000 agents on this machine's 2 cores (debug build),
 /// 407 timed out and the last agent was back after 65 s. With a bound, the ones with a turn
-/// finish at full speed and the others wait without costing CPU; a turn spans one round
-/// trip, so 64 turns still pass ~640 handshakes a second across a 100 ms WAN.
+/// finish at full speed and the others wait without costing CPU.
 pub const HANDSHAKES_COMPUTING: usize = 64;
 /// A connection accepted less than this long ago that has sent nothing yet is not closed to
 /// make room for a newcomer from another prefix holding more than half as many places: the
@@ -1751,13 +1764,12 @@ async fn handshake(
     let error = match tokio::time::timeout_at(hello_deadline, hello).await {
         Ok(Ok(start)) => {
             slot.client_hello_received();
-            // A turn for the cryptography, held until the handshake ends (success or not). The
-            // wait is ours: it does not count against the client's deadlines. No turn in time:
+            // A turn for the cryptography of our flight (below). The wait is ours: it does not count against the client's deadlines. No turn in time:
             // reset now, before any work is spent (the signature is computed by
             // `into_stream`), rather than compute a handshake for a client that has given up.
             let asked = tokio::time::Instant::now();
             let turn = tokio::time::timeout(timing.turn_within, shared.computing.acquire()).await;
-            let Ok(Ok(_turn)) = turn else {
+            let Ok(Ok(turn)) = turn else {
                 // Reset (`SO_LINGER` 0, then the close): the client sees it at once, before any
                 // TLS byte from us. Through `fd`, taken before the stream moved into the
                 // acceptor: neither it nor tokio-rustls's `StartHandshake` gives the stream
@@ -1777,11 +1789,19 @@ async fn handshake(
             };
             // The client's own time stays bounded by `hello_within` in all: the rest must be
             // done by the ClientHello's deadline moved by the time it waited for its turn, so a
-            // turn is held at most for what the client had left (a ClientHello trickled for
-            // 4.9 s holds its turn 0.1 s, not a fresh 5 s).
+            // connection keeps its place at most for what the client had left (a ClientHello
+            // trickled for 4.9 s leaves it 0.1 s, not a fresh 5 s).
             let waited = asked.elapsed();
             let rest_deadline = hello_deadline + waited;
-            match tokio::time::timeout_at(rest_deadline, start.into_stream(config)).await {
+            // The turn bounds the cryptography of our flight, which `into_stream` computes
+            // before it returns (it handles the ClientHello: key exchange, certificate,
+            // signature). What follows waits on the client, so the turn goes back now: held
+            // across the client's answer, it was the client's to keep, and a ClientHello
+            // replayed on connections that never answer held every turn for the whole
+            // deadline (module docs). The client's flight is verified without a turn: one poll.
+            let accept = start.into_stream(config);
+            drop(turn);
+            match tokio::time::timeout_at(rest_deadline, accept).await {
                 Ok(Ok(stream)) => return Ok(stream),
                 Ok(Err(e)) => e,
                 Err(_elapsed) => {
@@ -3112,8 +3132,67 @@ mod tests {
         assert_eq!(computing.available_permits(), 1, "the turn was given back");
     }
 
+    /// A client that sends a real ClientHello and never answers the server's flight (one
+    /// recorded ClientHello replayed costs an attacker nothing per connection) does not keep
+    /// its turn while the server waits for it: with a single turn, a legitimate client that
+    /// comes next gets through at once. When the turn was held across the client's answer, the
+    /// legitimate one waited its whole bound for the turn and was reset `busy`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_answers_our_flight_does_not_keep_its_turn() {
+        use tokio::io::AsyncWriteExt;
+        use tokio_stream::StreamExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = test_pki::server_files(dir.path());
+        let timing = Timing {
+            hello_within: Duration::from_secs(60),
+            turn_within: Duration::from_secs(2),
+        };
+        let computing = Arc::new(tokio::sync::Semaphore::new(1));
+        let (addr, mut incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        silent
+            .write_all(&client_hello(&files))
+            .await
+            .expect("send the ClientHello");
+        // The server's flight arriving means the silent client has had its turn.
+        let mut flight = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(30), silent.peek(&mut flight))
+            .await
+            .expect("the server's flight within 30 s")
+            .expect("read the flight");
+        let client = tokio::spawn({
+            let files = files.clone();
+            async move { tls_client(addr, &files).await }
+        });
+        let connection = tokio::time::timeout(Duration::from_secs(15), incoming.next())
+            .await
+            .expect("the legitimate client's connection within 15 s");
+        assert!(
+            matches!(connection, Some(Ok(_))),
+            "no connection; refused: {:?}",
+            refusal_codes(&refused)
+        );
+        assert!(
+            refusal_codes(&refused).is_empty(),
+            "refused: {:?}",
+            refusal_codes(&refused)
+        );
+        assert!(
+            !client.is_finished(),
+            "the client failed: {:?}",
+            client.await
+        );
+        client.abort();
+        assert_eq!(
+            computing.available_permits(),
+            1,
+            "the silent client holds no turn"
+        );
+        drop(silent);
+    }
+
     /// A slowloris that trickles its ClientHello almost to the deadline and then goes silent
-    /// holds its turn only for what it had left of its own time: it is cut by the accept plus
+    /// keeps its connection only for what it had left of its own time: it is cut by the accept plus
     /// its deadline (no wait for a turn here), well before a fresh deadline from its turn
     /// would have fired (the ClientHello's completion plus the deadline, which is what the
     /// test compares against: the slack is the whole trickle, seconds).
@@ -3147,7 +3226,7 @@ mod tests {
         );
         assert!(
             closed < hello_done + timing.hello_within,
-            "held its turn {:?} after its ClientHello: a fresh deadline from the turn",
+            "held {:?} after its ClientHello: a fresh deadline from the turn",
             closed.duration_since(hello_done)
         );
         assert_eq!(computing.available_permits(), 1, "the turn was given back");
