@@ -75,7 +75,13 @@
 //!   `busy`, and CI saw a legitimate client reset so. What waits on its client now holds only
 //!   its place in the pool, which eviction by progress bounds. The client's flight (its chain
 //!   and signature) is verified without a turn, in the one poll that reads it; the turns still
-//!   keep the flights computed ahead of it to 64.
+//!   keep the flights computed ahead of it to 64. So that nothing costly is left outside a
+//!   turn: only TLS 1.3 is served (in 1.2 our key exchange ends with the client's second
+//!   flight, and its certificate comes in the clear, to be replayed), a ClientHello that would
+//!   need a HelloRetryRequest is refused (the retry's second ClientHello would be computed
+//!   without a turn; a client sends a key share for its first group, ours always), and a
+//!   client chain of more than [`MAX_CLIENT_INTERMEDIATES`] intermediates is refused before
+//!   any signature is checked.
 //! - **Nothing that completes is throttled.** No rate limit and no cap per address or prefix
 //!   while places are free; a handshake frees its place as soon as it completes, and a
 //!   handshake that completes at the moment it is chosen for eviction is kept.
@@ -377,8 +383,8 @@ struct Shared {
     cert: Arc<OneCert>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     trust_domain: String,
-    /// Handshakes past their ClientHello (doing their cryptography) at once: see
-    /// [`HANDSHAKES_COMPUTING`]. Fair: the turns go in the order they were asked for.
+    /// Handshakes computing our flight at once: see [`HANDSHAKES_COMPUTING`]. Fair: the turns
+    /// go in the order they were asked for.
     computing: Arc<tokio::sync::Semaphore>,
     timing: Timing,
 }
@@ -1799,8 +1805,30 @@ async fn handshake(
             // across the client's answer, it was the client's to keep, and a ClientHello
             // replayed on connections that never answer held every turn for the whole
             // deadline (module docs). The client's flight is verified without a turn: one poll.
-            let accept = start.into_stream(config);
+            let mut retry_asked = false;
+            let accept = start.into_stream_with(config, |connection| {
+                retry_asked = connection.handshake_kind()
+                    == Some(rustls::HandshakeKind::FullWithHelloRetryRequest);
+            });
             drop(turn);
+            if retry_asked {
+                // Our flight was only a HelloRetryRequest: the key exchange and the signature
+                // would come with a second ClientHello, without a turn, and a client replaying
+                // both could have them computed without bound. The group is the first of the
+                // client's list that we take; clients send a key share for it (ours, rustls:
+                // X25519), so a client of ours never needs a retry.
+                drop(accept);
+                return Err(Some(Refused {
+                    peer: Some(peer),
+                    reason_code: RefusalReason::TlsError,
+                    reason: "the ClientHello carried no key share for the first group it \
+                             offers that this server takes (X25519, P-256, P-384); a \
+                             HelloRetryRequest is not offered"
+                        .to_string(),
+                    claimed: None,
+                    suppressed_before: 0,
+                }));
+            }
             match tokio::time::timeout_at(rest_deadline, accept).await {
                 Ok(Ok(stream)) => return Ok(stream),
                 Ok(Err(e)) => e,
@@ -1926,8 +1954,11 @@ fn server_config(
     shared: &Shared,
     witness: Arc<Witness>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    // TLS 1.3 only: every client of ours speaks it, and in TLS 1.2 the server's key exchange
+    // ends with the client's second flight (outside its turn) while the client's certificate
+    // comes in the clear, to be replayed for nothing against our chain verification.
     let mut config = ServerConfig::builder_with_provider(shared.provider.clone())
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(witness)
         .with_cert_resolver(shared.cert.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -1946,6 +1977,35 @@ impl ResolvesServerCert for OneCert {
         Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
+
+/// Intermediate certificates a client may send with its own, at most: ours are issued by the
+/// CA itself, or by an organisation's issuing CA under its root (`ca_cert`,
+/// docs/configuration.md). A longer chain is refused before any signature is checked: each
+/// intermediate is a candidate issuer that costs a signature check, and path building tries
+/// their orders (webpki stops at 100 checks; 3 intermediates bound it to 15).
+pub const MAX_CLIENT_INTERMEDIATES: usize = 3;
+
+/// The refusal of a chain over [`MAX_CLIENT_INTERMEDIATES`]; its `Debug` is its sentence,
+/// which is what rustls shows of it (in the refusal's reason).
+struct TooManyIntermediates(usize);
+
+impl std::fmt::Debug for TooManyIntermediates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::fmt::Display for TooManyIntermediates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the client sent {} intermediate certificates; at most {MAX_CLIENT_INTERMEDIATES} are taken",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for TooManyIntermediates {}
 
 /// The shared verifier, remembering the certificate this connection's client presented.
 #[derive(Debug)]
@@ -2007,6 +2067,15 @@ impl ClientCertVerifier for Witness {
     ) -> Result<ClientCertVerified, rustls::Error> {
         *self.presented.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(end_entity.clone().into_owned());
+        // Checked before any signature: the chain is verified without a turn (the client's
+        // flight), and each intermediate a client sends is a candidate issuer to check.
+        if intermediates.len() > MAX_CLIENT_INTERMEDIATES {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                    TooManyIntermediates(intermediates.len()),
+                ))),
+            ));
+        }
         self.inner
             .verify_client_cert(end_entity, intermediates, now)
     }
@@ -3189,6 +3258,128 @@ mod tests {
             "the silent client holds no turn"
         );
         drop(silent);
+    }
+
+    /// `hello` (a rustls ClientHello) with its one key share relabelled to an unknown group
+    /// (GREASE 0x0a0a): the server finds no share for the group it picks (X25519, the client's
+    /// first) and would ask for another ClientHello.
+    fn without_a_usable_key_share(hello: &[u8]) -> Vec<u8> {
+        let u16_at = |at: usize| usize::from(u16::from_be_bytes([hello[at], hello[at + 1]]));
+        // Record header, handshake header, version, random.
+        let mut at = 5 + 4 + 2 + 32;
+        at += 1 + usize::from(hello[at]);
+        at += 2 + u16_at(at);
+        at += 1 + usize::from(hello[at]);
+        let end = at + 2 + u16_at(at);
+        at += 2;
+        while at + 4 <= end {
+            let (kind, len) = (u16_at(at), u16_at(at + 2));
+            if kind == 0x0033 {
+                // The shares' length, then the first share's group.
+                let group = at + 4 + 2;
+                let mut patched = hello.to_vec();
+                patched[group..group + 2].copy_from_slice(&[0x0a, 0x0a]);
+                return patched;
+            }
+            at += 4 + len;
+        }
+        panic!("the ClientHello has no key_share extension");
+    }
+
+    /// A ClientHello that would need a HelloRetryRequest is refused before the retry is sent:
+    /// the retry's second ClientHello would have our key exchange and signature computed
+    /// without a turn. Nothing is sent, the refusal says why, and the turn is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_hello_that_needs_a_retry_is_refused_and_keeps_no_turn() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = test_pki::server_files(dir.path());
+        let timing = Timing {
+            hello_within: Duration::from_secs(30),
+            turn_within: Duration::from_secs(30),
+        };
+        let computing = Arc::new(tokio::sync::Semaphore::new(1));
+        let (addr, _incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(&without_a_usable_key_share(&client_hello(&files)))
+            .await
+            .expect("send the ClientHello");
+        let (received, _) = until_closed(&mut tcp).await;
+        assert!(
+            received.is_empty(),
+            "the server sent {} bytes (a HelloRetryRequest?)",
+            received.len()
+        );
+        let (code, reason) = the_refusal(&refused).await;
+        assert_eq!(code, RefusalReason::TlsError, "{reason}");
+        assert!(reason.contains("HelloRetryRequest"), "{reason}");
+        assert_eq!(computing.available_permits(), 1, "the turn was given back");
+    }
+
+    /// TLS 1.2 is not served: its key exchange ends with the client's second flight (outside
+    /// the turn) and its client certificate comes in the clear.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tls_1_2_client_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = test_pki::server_files(dir.path());
+        let (addr, _incoming, refused) = timed_listener(
+            &files,
+            TIMING,
+            Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_COMPUTING)),
+        )
+        .await;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&files.ca).expect("ca") {
+            roots.add(cert.expect("ca")).expect("root");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let connected = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+        )
+        .await
+        .expect("an answer within 30 s");
+        assert!(connected.is_err(), "a TLS 1.2 handshake completed");
+        let (code, reason) = the_refusal(&refused).await;
+        assert_eq!(code, RefusalReason::TlsError, "{reason}");
+    }
+
+    /// A client chain with more intermediates than [`MAX_CLIENT_INTERMEDIATES`] is refused
+    /// before any of them is checked; within the bound the verifier judges it as before.
+    #[test]
+    fn a_client_chain_with_too_many_intermediates_is_refused_before_any_signature() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = test_pki::server_files(dir.path());
+        let witness = Witness::new(client_verifier(&files).expect("verifier"));
+        let leaf = CertificateDer::from_pem_file(&files.cert).expect("certificate");
+        let foreign_dir = tempfile::tempdir().expect("tempdir");
+        let foreign = test_pki::server_files(foreign_dir.path());
+        let stranger = CertificateDer::from_pem_file(&foreign.ca).expect("CA");
+        let now = UnixTime::now();
+        let over = vec![stranger.clone(); MAX_CLIENT_INTERMEDIATES + 1];
+        let e = witness
+            .verify_client_cert(&leaf, &over, now)
+            .expect_err("too many intermediates");
+        assert!(
+            e.to_string().contains(&format!(
+                "sent {} intermediate",
+                MAX_CLIENT_INTERMEDIATES + 1
+            )),
+            "{e}"
+        );
+        assert_eq!(reason_code(&e), RefusalReason::BadCertificate);
+        // At the bound the chain is judged as before: the certificate is the CA's (the
+        // strangers are not its issuers and are passed over).
+        let within = vec![stranger; MAX_CLIENT_INTERMEDIATES];
+        assert!(witness.verify_client_cert(&leaf, &within, now).is_ok());
     }
 
     /// A slowloris that trickles its ClientHello almost to the deadline and then goes silent
