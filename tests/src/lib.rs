@@ -69,24 +69,41 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
 
 /// A free loopback port for a daemon a test starts, which binds it later.
 ///
-/// Drawn below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), from which every
-/// outgoing connection's local port and every bind to port 0 come, and never the same twice
-/// in this process. A port from bind-0-then-close could be given to another test's bind-0 or
-/// outgoing connection before the daemon bound it: CI saw a metrics GET answered by a reset
-/// (another server on the port) and a daemon that could not bind its port.
+/// Drawn outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), from which
+/// every outgoing connection's local port and every bind to port 0 come, and never the same
+/// twice in this process. A port from bind-0-then-close could be given to another test's
+/// bind-0 or outgoing connection before the daemon bound it: CI saw a metrics GET answered by
+/// a reset (another server on the port) and a daemon that could not bind its port. Below the
+/// range (from 10000) or, on a host whose range starts lower, above it; on a host whose range
+/// leaves neither, bind-0-then-close as before.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
     static GIVEN: std::sync::Mutex<Option<std::collections::HashSet<u16>>> =
         std::sync::Mutex::new(None);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
     const LOWEST: u16 = 10_000;
-    anyhow::ensure!(
-        ephemeral_low > LOWEST + 1000,
-        "the ephemeral port range starts at {ephemeral_low}: no room below it for test ports"
-    );
-    let span = u32::from(ephemeral_low - LOWEST);
+    const ROOM: u16 = 1_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let bounds: Vec<u16> = range
+        .as_deref()
+        .unwrap_or("32768 60999")
+        .split_whitespace()
+        .filter_map(|bound| bound.parse().ok())
+        .collect();
+    let (low, high) = match bounds[..] {
+        [low, high] => (low, high),
+        _ => (32768, 60999),
+    };
+    let outside = if low >= LOWEST.saturating_add(ROOM) {
+        Some((LOWEST, low))
+    } else if u16::MAX - high >= ROOM {
+        Some((high + 1, u16::MAX))
+    } else {
+        None
+    };
+    let Some((first, end)) = outside else {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        return Ok(listener.local_addr()?);
+    };
+    let span = u32::from(end - first);
     // Where this process starts looking: apart from other test binaries run at the same time.
     let start = std::process::id().wrapping_mul(2_654_435_761) % span;
     let mut given = GIVEN
@@ -94,7 +111,7 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let given = given.get_or_insert_with(Default::default);
     for step in 0..span {
-        let port = LOWEST + u16::try_from((start + step) % span)?;
+        let port = first + u16::try_from((start + step) % span)?;
         if given.contains(&port) {
             continue;
         }
@@ -103,7 +120,7 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
             return Ok(listener.local_addr()?);
         }
     }
-    bail!("no free loopback port between {LOWEST} and {ephemeral_low}")
+    bail!("no free loopback port between {first} and {end}")
 }
 
 /// How long a test waits for a process it started (controller, agent, rsyslogd) to listen. It

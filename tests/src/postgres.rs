@@ -85,7 +85,8 @@ fn unprivileged_owner() -> anyhow::Result<Option<(u32, u32)>> {
 /// A loopback port nothing listens on now: a number for the socket file that no other
 /// server of this host uses.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(crate::free_addr()?.port())
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
 }
 
 impl TestPostgres {
