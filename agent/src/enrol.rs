@@ -184,14 +184,10 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         "the controller issued a certificate for {identity}, not agent {}",
         args.id
     );
-    let spki = {
-        use x509_parser::prelude::{FromDer, X509Certificate};
-        let (_, cert) = X509Certificate::from_der(&cert_der)
-            .map_err(|e| anyhow::anyhow!("the issued certificate: {e}"))?;
-        cert.public_key().raw.to_vec()
-    };
+    let issued = Issued::read(&cert_der, &answer.serial, answer.not_after_unix)
+        .map_err(|e| anyhow::anyhow!("the issued certificate: {e:#}"))?;
     ensure!(
-        spki == key.subject_public_key_info(),
+        issued.spki == key.subject_public_key_info(),
         "the controller issued a certificate for another key than ours"
     );
     let ca_der = CertificateDer::from_pem_slice(answer.ca_pem.as_bytes())
@@ -222,20 +218,28 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
     EnrolmentRecord {
         agent_id: args.id.clone(),
         labels: answer.labels.clone(),
-        serial: answer.serial.clone(),
-        not_after_unix: answer.not_after_unix,
+        serial: issued.serial.clone(),
+        not_after_unix: issued.not_after_unix,
         controller,
     }
     .save(&state_dir)?;
     let pinned = crate::cluster::pin_enrolled(&state_dir, &answer.cluster_id);
     let until = std::time::UNIX_EPOCH
-        + std::time::Duration::from_secs(u64::try_from(answer.not_after_unix).unwrap_or(0));
+        + std::time::Duration::from_secs(u64::try_from(issued.not_after_unix).unwrap_or(0));
+    // The labels are the controller's words, printed escaped (a control character or a bidi
+    // override in one must not act on the operator's terminal); the serial is the
+    // certificate's own, in hex.
+    let labels: Vec<String> = answer
+        .labels
+        .iter()
+        .map(|label| label.escape_debug().to_string())
+        .collect();
     println!(
         "enrolled as {identity}: certificate {} (serial {}) until {}, labels [{}]",
         files.cert.display(),
-        answer.serial,
+        issued.serial,
         humantime::format_rfc3339_seconds(until),
-        answer.labels.join(", ")
+        labels.join(", ")
     );
     println!(
         "key {} (0600, made on this host), CA {}, grant key {}",
@@ -449,39 +453,113 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
         "the controller renewed a certificate for {identity}, not agent {}",
         config.id
     );
-    let spki = {
-        use x509_parser::prelude::{FromDer, X509Certificate};
-        let (_, cert) = X509Certificate::from_der(&cert_der)
-            .map_err(|e| anyhow::anyhow!("the renewed certificate: {e}"))?;
-        cert.public_key().raw.to_vec()
-    };
+    let issued = Issued::read(&cert_der, &answer.serial, answer.not_after_unix)
+        .map_err(|e| anyhow::anyhow!("the renewed certificate: {e:#}"))?;
     ensure!(
-        spki == key.subject_public_key_info(),
+        issued.spki == key.subject_public_key_info(),
         "the controller renewed a certificate for another key than ours"
     );
     write_replacing(&config.tls.key, key.serialize_pem().as_bytes(), 0o600)?;
     write_replacing(&config.tls.cert, answer.certificate_pem.as_bytes(), 0o644)?;
     let renewed = EnrolmentRecord {
-        serial: answer.serial.clone(),
-        not_after_unix: answer.not_after_unix,
+        serial: issued.serial.clone(),
+        not_after_unix: issued.not_after_unix,
         ..record.clone()
     };
     renewed.save(&config.state_dir)?;
     shared.audit(&loggate_core::audit::events::AgentCertificateRenewed {
         subject: identity.spiffe_id().to_string(),
         agent_id: config.id.clone(),
-        serial: answer.serial.clone(),
+        serial: issued.serial.clone(),
         previous_serial: record.serial.clone(),
-        not_after: answer.not_after_unix,
+        not_after: issued.not_after_unix,
         key_sha256: identity.key_sha256_hex(),
     })?;
-    tracing::info!(serial = %answer.serial, not_after = answer.not_after_unix, "agent certificate renewed");
+    tracing::info!(serial = %issued.serial, not_after = issued.not_after_unix, "agent certificate renewed");
     Ok(())
+}
+
+/// What the agent keeps of a certificate the controller issued (at enrolment or renewal), read
+/// from the certificate itself: its key, its serial (hex of its bytes, as the controller
+/// writes it) and its end. The answer's own `serial` and `not_after_unix` must agree with it:
+/// they are never kept, printed or audited as they came (an answer that disagrees with the
+/// certificate it carries is refused).
+#[derive(Debug)]
+struct Issued {
+    spki: Vec<u8>,
+    serial: String,
+    not_after_unix: i64,
+}
+
+impl Issued {
+    fn read(cert_der: &[u8], answer_serial: &str, answer_not_after: i64) -> anyhow::Result<Issued> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let serial: String = cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let not_after_unix = cert.validity().not_after.timestamp();
+        ensure!(
+            answer_serial == serial,
+            "the controller's answer names serial {}, the certificate carries {serial}",
+            answer_serial.escape_debug()
+        );
+        // Within a second: the certificate holds whole seconds.
+        ensure!(
+            answer_not_after.abs_diff(not_after_unix) <= 1,
+            "the controller's answer says it ends at {answer_not_after}, the certificate at \
+             {not_after_unix} (Unix seconds)"
+        );
+        Ok(Issued {
+            spki: cert.public_key().raw.to_vec(),
+            serial,
+            not_after_unix,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::renewal_time;
+    use super::{renewal_time, Issued};
+
+    /// A certificate with serial `5a1f…` (16 bytes) that ends at `not_after` (Unix seconds).
+    fn certificate(not_after: i64) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["web-1".to_string()]).expect("params");
+        let mut serial = [0x11u8; 16];
+        serial[0] = 0x5a;
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        params.not_after = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(not_after.unsigned_abs()))
+            .expect("a time")
+            .into();
+        params
+            .self_signed(&key)
+            .expect("certificate")
+            .der()
+            .to_vec()
+    }
+
+    #[test]
+    fn what_is_kept_of_an_issued_certificate_is_read_from_it_and_the_answer_must_agree() {
+        let end = 1_800_000_000;
+        let der = certificate(end);
+        let serial = format!("5a{}", "11".repeat(15));
+        let issued = Issued::read(&der, &serial, end).expect("agrees");
+        assert_eq!(issued.serial, serial);
+        assert_eq!(issued.not_after_unix, end);
+        assert!(!issued.spki.is_empty());
+        // Another serial, escaped in the error (it is the controller's text).
+        let e = Issued::read(&der, "5a\u{1b}[2J", end).expect_err("another serial");
+        assert!(!format!("{e:#}").contains('\u{1b}'), "{e:#}");
+        assert!(format!("{e:#}").contains(&serial), "{e:#}");
+        // An end that is not the certificate's: a renewal scheduled on it would come late.
+        let e = Issued::read(&der, &serial, end + 86_400).expect_err("another end");
+        assert!(format!("{e:#}").contains("1800000000"), "{e:#}");
+        assert!(Issued::read(b"not a certificate", &serial, end).is_err());
+    }
 
     #[test]
     fn renewal_comes_at_two_thirds_of_the_lifetime_less_a_jitter_of_a_tenth() {
