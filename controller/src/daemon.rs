@@ -106,8 +106,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                 vec![signer.verifying_key().to_paserk()],
                 audit.clone(),
                 enrolment.attempts_per_minute,
-            )
-            .with_cluster_id(cluster_id.clone());
+            )?;
             // Sign-in (`[oidc]`) is served on the same port, signed by the same CA.
             let service = Arc::new(match &config.oidc_settings {
                 None => service,

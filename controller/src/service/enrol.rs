@@ -100,12 +100,16 @@ impl EnrolmentService {
         grant_keys: Vec<String>,
         audit: Arc<SharedAuditLog>,
         attempts_per_minute: u32,
-    ) -> Self {
-        EnrolmentService {
+    ) -> anyhow::Result<Self> {
+        // The id every enrolled agent pins, read where it is kept: no enrolment service
+        // without it (one built without an id handed out none, and its agents pinned the first
+        // controller cluster they reached).
+        let cluster_id = store.cluster_id()?;
+        Ok(EnrolmentService {
             store,
             ca,
             trust_domain,
-            cluster_id: String::new(),
+            cluster_id,
             cert_ttl,
             grant_keys,
             audit,
@@ -115,13 +119,7 @@ impl EnrolmentService {
                 max_sources: 4096,
             })),
             sign_in: None,
-        }
-    }
-
-    /// Hands `cluster_id` (see `Store::cluster_id`) to every enrolled agent, to pin.
-    pub fn with_cluster_id(mut self, cluster_id: String) -> Self {
-        self.cluster_id = cluster_id;
-        self
+        })
     }
 
     /// Serves sign-in too (`[oidc]`), under its own per-address attempt budget.
