@@ -444,6 +444,12 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
             .map_err(|s| anyhow::anyhow!("the controller refused the renewal: {}", s.message()))?,
     }
     .into_inner();
+    // Only from the cluster this agent follows (as every grant event is checked): a controller
+    // of another cluster that shares the CA must not hand it its identity.
+    shared
+        .cluster
+        .check(&answer.cluster_id)
+        .context("the controller that answered the renewal")?;
     let cert_der = CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes())
         .map_err(|e| anyhow::anyhow!("the controller's answer holds no certificate: {e}"))?;
     let identity = Identity::from_certificate(&cert_der, &config.trust_domain)
@@ -495,11 +501,15 @@ impl Issued {
     fn read(cert_der: &[u8], answer_serial: &str, answer_not_after: i64) -> anyhow::Result<Issued> {
         use x509_parser::prelude::{FromDer, X509Certificate};
         let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let serial: String = cert
-            .raw_serial()
+        // Without the leading zero bytes DER adds to keep a serial positive: the controller
+        // writes the number's own bytes (hex), whatever way it draws them.
+        let raw = cert.raw_serial();
+        let significant = raw.iter().position(|&b| b != 0).unwrap_or(raw.len());
+        let serial: String = raw[significant..]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
+        let answer_serial = answer_serial.trim_start_matches("00");
         let not_after_unix = cert.validity().not_after.timestamp();
         ensure!(
             answer_serial == serial,
@@ -559,6 +569,22 @@ mod tests {
         let e = Issued::read(&der, &serial, end + 86_400).expect_err("another end");
         assert!(format!("{e:#}").contains("1800000000"), "{e:#}");
         assert!(Issued::read(b"not a certificate", &serial, end).is_err());
+        // A serial whose first byte has its high bit set: DER pads it with a zero byte, the
+        // controller's hex of the number does not; the two agree.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["web-1".to_string()]).expect("params");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x9c; 16]));
+        params.not_after = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(1_800_000_000))
+            .expect("a time")
+            .into();
+        let padded = params
+            .self_signed(&key)
+            .expect("certificate")
+            .der()
+            .to_vec();
+        let issued = Issued::read(&padded, &"9c".repeat(16), end).expect("agrees");
+        assert_eq!(issued.serial, "9c".repeat(16));
     }
 
     #[test]

@@ -777,6 +777,66 @@ fn file_certificate(path: &std::path::Path) -> Vec<u8> {
         .to_vec()
 }
 
+/// An agent takes a renewed certificate only from the controller cluster it is pinned to, as
+/// it takes grant events: pinned to another cluster (as if this controller were an independent
+/// one sharing the CA), it refuses the renewal's answer, keeps its certificate and says why;
+/// before, renewal took a certificate from whichever controller answered.
+#[test]
+fn an_agent_refuses_a_renewal_from_a_controller_of_another_cluster() {
+    let logs = tempfile::tempdir().expect("tempdir");
+    let logs_dir = std::fs::canonicalize(logs.path()).expect("canonical");
+    let mut cluster = Cluster::new(None).expect("cluster");
+    let enrolment = cluster
+        .enable_enrolment("agent_cert_ttl = \"30s\"")
+        .expect("enrolment");
+    cluster.start_controller().expect("controller");
+    cluster
+        .add_agent("web-7", &[&logs_dir], "")
+        .expect("agent config");
+    cluster.use_enrolled_files("web-7").expect("own files");
+    let token = cluster.join_token(&[]).expect("token");
+    let pin = cluster.ca_pin().expect("pin");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    let dir = cluster.agents["web-7"].dir.clone();
+    let other_cluster = "0123456789abcdef0123456789abcdef";
+    std::fs::write(
+        dir.join("state/controller-cluster.id"),
+        format!("{other_cluster}\n"),
+    )
+    .expect("pin another cluster");
+    let cert_file = dir.join("tls/agent.crt");
+    let first = file_certificate(&cert_file);
+    cluster.start_agent("web-7").expect("agent");
+    // Renewal comes at two thirds of 30 s, less up to 3 s of jitter; its refusal is logged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    loop {
+        let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+        if stderr.contains("the controller that answered the renewal") {
+            assert!(stderr.contains(other_cluster), "{stderr}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refused renewal: {}",
+            cluster.agent_diagnosis("web-7")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        file_certificate(&cert_file),
+        first,
+        "the certificate file was replaced"
+    );
+    assert!(
+        !cluster
+            .agent_audit("web-7")
+            .iter()
+            .any(|e| e["event"] == "agent.certificate_renewed"),
+        "the agent recorded a renewal"
+    );
+}
+
 #[test]
 fn an_agent_renews_its_certificate_and_swaps_it_without_dropping_a_live_stream() {
     use std::io::{BufRead, Write};

@@ -825,6 +825,7 @@ impl super::ControllerService {
             certificate_pem: issued.pem,
             not_after_unix: issued.not_after_unix,
             serial: issued.serial,
+            cluster_id: self.cluster_id.clone(),
         }))
     }
 }
