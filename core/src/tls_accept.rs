@@ -1806,7 +1806,7 @@ async fn handshake(
             // replayed on connections that never answer held every turn for the whole
             // deadline (module docs). The client's flight is verified without a turn: one poll.
             let mut retry_asked = false;
-            let accept = start.into_stream_with(config, |connection| {
+            let mut accept = start.into_stream_with(config, |connection| {
                 retry_asked = connection.handshake_kind()
                     == Some(rustls::HandshakeKind::FullWithHelloRetryRequest);
             });
@@ -1817,6 +1817,11 @@ async fn handshake(
                 // both could have them computed without bound. The group is the first of the
                 // client's list that we take; clients send a key share for it (ours, rustls:
                 // X25519), so a client of ours never needs a retry.
+                // A fatal handshake_failure alert (a plaintext record: no keys yet), so the
+                // client is told rather than seeing the connection close; best effort.
+                if let Some(tcp) = accept.get_mut() {
+                    let _ = tcp.try_write(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+                }
                 drop(accept);
                 return Err(Some(Refused {
                     peer: Some(peer),
@@ -3288,7 +3293,8 @@ mod tests {
 
     /// A ClientHello that would need a HelloRetryRequest is refused before the retry is sent:
     /// the retry's second ClientHello would have our key exchange and signature computed
-    /// without a turn. Nothing is sent, the refusal says why, and the turn is back.
+    /// without a turn. Only a handshake_failure alert is sent, the refusal says why, and the
+    /// turn is back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_hello_that_needs_a_retry_is_refused_and_keeps_no_turn() {
         use tokio::io::AsyncWriteExt;
@@ -3305,10 +3311,10 @@ mod tests {
             .await
             .expect("send the ClientHello");
         let (received, _) = until_closed(&mut tcp).await;
-        assert!(
-            received.is_empty(),
-            "the server sent {} bytes (a HelloRetryRequest?)",
-            received.len()
+        assert_eq!(
+            received,
+            [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28],
+            "not only a handshake_failure alert (a HelloRetryRequest?)"
         );
         let (code, reason) = the_refusal(&refused).await;
         assert_eq!(code, RefusalReason::TlsError, "{reason}");

@@ -100,6 +100,10 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
         None
     };
     let Some((first, end)) = outside else {
+        eprintln!(
+            "free_addr: the ephemeral port range {low}-{high} leaves no room below or above it: \
+             ports come from bind-0-then-close, which another bind can take first"
+        );
         let listener = TcpListener::bind("127.0.0.1:0")?;
         return Ok(listener.local_addr()?);
     };
