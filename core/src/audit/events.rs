@@ -1326,9 +1326,14 @@ audit_event! {
     /// from which prefix most. When the one to close has sent nothing and was accepted less
     /// than 500 ms before, a newcomer from another prefix holding more than half as many places
     /// is reset at once instead, before any TLS work; those are summarised the same way
-    /// (`reason_code` `reset_in_grace`). At most 64 handshakes do their cryptography at once;
-    /// one whose ClientHello came and that gets no turn within 3 s is reset before any
-    /// cryptography, summarised the same way (`reason_code` `busy`). After its handshake a
+    /// (`reason_code` `reset_in_grace`). At most 64 handshakes compute the server's side of
+    /// the handshake at once (key exchange and signature, done on the ClientHello; the turn
+    /// goes back before the server waits for the client's answer); one whose ClientHello came
+    /// and that gets no turn within 3 s is reset before any cryptography, summarised the same
+    /// way (`reason_code` `busy`). Only TLS 1.3 is served; a ClientHello that would need a
+    /// HelloRetryRequest (no key share for the first group it offers that the server takes) is
+    /// refused (`tls_error`), and so is a client chain of more than 3 intermediate
+    /// certificates (`bad_certificate`), before any of them is checked. After its handshake a
     /// connection must send the HTTP/2
     /// preface within 5 s; one identity may hold 1024 established connections, all together
     /// 65536 (or half the open-file limit); those closed over these are summarised every 10 s
