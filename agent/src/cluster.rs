@@ -38,6 +38,15 @@ pub struct Mismatch {
 
 impl std::fmt::Display for Mismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.got.is_empty() && !self.expected.is_empty() {
+            // Deleting the pin would make the agent take any cluster: not the advice here.
+            return write!(
+                f,
+                "the controller sends no cluster id (a version older than this agent's): \
+                 upgrade every controller replica; this agent stays pinned to {:?}",
+                self.expected
+            );
+        }
         write!(
             f,
             "the controller belongs to cluster {:?}, this agent is pinned to {:?}; if the move is \

@@ -434,14 +434,21 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
     let csr = params.serialize_request(&key)?.der().to_vec();
     // Whichever controller address is current (the grant stream moves it on a failure).
     let mut client = crate::watch::connect_current(config).await?;
-    let renewal = client.renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr });
+    let renewal = client.renew_certificate(loggate_proto::RenewCertificateRequest {
+        csr_der: csr,
+        cluster_id: shared.cluster.pinned().unwrap_or_default(),
+    });
     let answer = match tokio::time::timeout(crate::watch::ANSWER_WITHIN, renewal).await {
         Err(_) => anyhow::bail!(
             "the controller did not answer the renewal within {} s",
             crate::watch::ANSWER_WITHIN.as_secs()
         ),
-        Ok(answer) => answer
-            .map_err(|s| anyhow::anyhow!("the controller refused the renewal: {}", s.message()))?,
+        Ok(answer) => answer.map_err(|s| {
+            anyhow::anyhow!(
+                "the controller refused the renewal: {}",
+                s.message().escape_debug()
+            )
+        })?,
     }
     .into_inner();
     // Only from the cluster this agent follows (as every grant event is checked): a controller

@@ -676,7 +676,10 @@ async fn an_enrolled_agent_renews_its_certificate_over_its_identity_and_it_is_au
     ));
     let csr = params.serialize_request(&key).expect("csr").der().to_vec();
     let renewed = agent
-        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr })
+        .renew_certificate(loggate_proto::RenewCertificateRequest {
+            csr_der: csr,
+            ..Default::default()
+        })
         .await
         .expect("renewed")
         .into_inner();
@@ -716,7 +719,10 @@ async fn an_enrolled_agent_renews_its_certificate_over_its_identity_and_it_is_au
         .der()
         .to_vec();
     let status = pki_agent
-        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr })
+        .renew_certificate(loggate_proto::RenewCertificateRequest {
+            csr_der: csr,
+            ..Default::default()
+        })
         .await
         .expect_err("not enrolled");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
@@ -777,10 +783,12 @@ fn file_certificate(path: &std::path::Path) -> Vec<u8> {
         .to_vec()
 }
 
-/// An agent takes a renewed certificate only from the controller cluster it is pinned to, as
-/// it takes grant events: pinned to another cluster (as if this controller were an independent
-/// one sharing the CA), it refuses the renewal's answer, keeps its certificate and says why;
-/// before, renewal took a certificate from whichever controller answered.
+/// An agent renews only with the controller cluster it is pinned to, as it takes grant events
+/// only from it: pinned to another cluster (as if this controller were an independent one
+/// sharing the CA), its renewal is refused by the controller before anything is issued or
+/// recorded (the request names the pinned cluster; the agent also checks the answer's), it
+/// keeps its certificate and says why. Before, renewal took a certificate from whichever
+/// controller answered.
 #[test]
 fn an_agent_refuses_a_renewal_from_a_controller_of_another_cluster() {
     let logs = tempfile::tempdir().expect("tempdir");
@@ -812,8 +820,14 @@ fn an_agent_refuses_a_renewal_from_a_controller_of_another_cluster() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
     loop {
         let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-        if stderr.contains("the controller that answered the renewal") {
-            assert!(stderr.contains(other_cluster), "{stderr}");
+        if let Some(line) = stderr
+            .lines()
+            .find(|line| line.contains("refused the renewal"))
+        {
+            assert!(
+                line.contains(other_cluster) && line.contains("this controller belongs to"),
+                "{line}"
+            );
             break;
         }
         assert!(
@@ -834,6 +848,13 @@ fn an_agent_refuses_a_renewal_from_a_controller_of_another_cluster() {
             .iter()
             .any(|e| e["event"] == "agent.certificate_renewed"),
         "the agent recorded a renewal"
+    );
+    assert!(
+        !cluster
+            .controller_audit()
+            .iter()
+            .any(|e| e["event"] == "agent.certificate_renewed"),
+        "the controller issued and recorded a renewal"
     );
 }
 
@@ -1164,7 +1185,10 @@ async fn a_re_enrolment_supersedes_the_earlier_certificate_which_no_longer_renew
     // Before the re-enrolment the old certificate renews.
     old_client()
         .await
-        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr() })
+        .renew_certificate(loggate_proto::RenewCertificateRequest {
+            csr_der: csr(),
+            ..Default::default()
+        })
         .await
         .expect("renewed before the re-enrolment");
     let again = cluster.join_token(&["--reenrol"]).expect("token");
@@ -1174,7 +1198,10 @@ async fn a_re_enrolment_supersedes_the_earlier_certificate_which_no_longer_renew
     // yet), then at the identity check once it is reloaded (within 10 s).
     let status = old_client()
         .await
-        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr() })
+        .renew_certificate(loggate_proto::RenewCertificateRequest {
+            csr_der: csr(),
+            ..Default::default()
+        })
         .await
         .expect_err("a superseded certificate renews");
     assert!(
@@ -1213,7 +1240,10 @@ async fn a_re_enrolment_supersedes_the_earlier_certificate_which_no_longer_renew
         .await
         .expect("the re-enrolled certificate watches");
     agent
-        .renew_certificate(loggate_proto::RenewCertificateRequest { csr_der: csr() })
+        .renew_certificate(loggate_proto::RenewCertificateRequest {
+            csr_der: csr(),
+            ..Default::default()
+        })
         .await
         .expect("the re-enrolled certificate renews");
     cluster.stop_controller();

@@ -764,7 +764,19 @@ impl super::ControllerService {
             ));
         };
         let request_certs = request.peer_certs();
-        let csr = request.into_inner().csr_der;
+        let pb::RenewCertificateRequest {
+            csr_der: csr,
+            cluster_id: pinned,
+        } = request.into_inner();
+        // An agent that follows another cluster (one sharing the CA) gets nothing here: no
+        // certificate, no record of a renewal it would refuse.
+        if !pinned.is_empty() && pinned != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "this controller belongs to cluster {}, the agent is pinned to cluster {}",
+                self.cluster_id,
+                pinned.chars().take(64).collect::<String>().escape_debug()
+            )));
+        }
         if csr.len() > MAX_ENROL_REQUEST_BYTES {
             return Err(Status::invalid_argument(format!(
                 "the CSR is larger than {} KiB",
