@@ -141,7 +141,6 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
         stopping,
         epoch,
     )?
-    .with_cluster_id(cluster_id)
     .with_replica_name(replica)
     .with_access_policy(access_policy);
     let (service, enrolment) = match enrolment {

@@ -80,9 +80,8 @@ pub struct ControllerService {
     stopping: watch::Receiver<bool>,
     /// This run's epoch of the revision log (see `Store::new_epoch`), sent with every event.
     epoch: String,
-    /// The controller cluster's id (see `Store::cluster_id`), sent with every grant event and
-    /// checkpoint answer so agents refuse an independent controller; empty until
-    /// [`ControllerService::with_cluster_id`].
+    /// The controller cluster's id (see `Store::cluster_id`), sent with every grant event,
+    /// checkpoint and renewal answer so agents refuse an independent controller.
     cluster_id: String,
     /// This replica's name (`replica_name`), stored with each agent's registration.
     replica: String,
@@ -120,6 +119,8 @@ impl ControllerService {
         epoch: String,
     ) -> anyhow::Result<Self> {
         let (revision, _) = watch::channel(store.latest_revision()?);
+        // Read where it is kept, so that no service presents none (agents pin it).
+        let cluster_id = store.cluster_id()?;
         Ok(Self {
             store,
             signer: Arc::new(signer),
@@ -131,7 +132,7 @@ impl ControllerService {
             audit,
             stopping,
             epoch,
-            cluster_id: String::new(),
+            cluster_id,
             replica: String::new(),
             access: None,
             requests_changed: watch::channel(0).0,
@@ -145,12 +146,6 @@ impl ControllerService {
             relabelled: Arc::default(),
             agent_ca: None,
         })
-    }
-
-    /// Presents `cluster_id` (see `Store::cluster_id`) to agents.
-    pub fn with_cluster_id(mut self, cluster_id: String) -> Self {
-        self.cluster_id = cluster_id;
-        self
     }
 
     /// Names this replica (`replica_name`) in the registration of the agents connected to it.
