@@ -783,6 +783,26 @@ fn file_certificate(path: &std::path::Path) -> Vec<u8> {
         .to_vec()
 }
 
+/// A running controller whose agent certificates live 30 s (renewed after ~20 s), and agent
+/// `web-7` serving `logs_dir`, enrolled with a join token (its own key and certificate), not
+/// started.
+fn enrolled_with_short_lived_certificates(logs_dir: &std::path::Path) -> Cluster {
+    let mut cluster = Cluster::new(None).expect("cluster");
+    let enrolment = cluster
+        .enable_enrolment("agent_cert_ttl = \"30s\"")
+        .expect("enrolment");
+    cluster.start_controller().expect("controller");
+    cluster
+        .add_agent("web-7", &[logs_dir], "")
+        .expect("agent config");
+    cluster.use_enrolled_files("web-7").expect("own files");
+    let token = cluster.join_token(&[]).expect("token");
+    let pin = cluster.ca_pin().expect("pin");
+    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
+    assert!(ok, "{stderr}");
+    cluster
+}
+
 /// An agent renews only with the controller cluster it is pinned to, as it takes grant events
 /// only from it: pinned to another cluster (as if this controller were an independent one
 /// sharing the CA), its renewal is refused by the controller before anything is issued or
@@ -793,19 +813,7 @@ fn file_certificate(path: &std::path::Path) -> Vec<u8> {
 fn an_agent_refuses_a_renewal_from_a_controller_of_another_cluster() {
     let logs = tempfile::tempdir().expect("tempdir");
     let logs_dir = std::fs::canonicalize(logs.path()).expect("canonical");
-    let mut cluster = Cluster::new(None).expect("cluster");
-    let enrolment = cluster
-        .enable_enrolment("agent_cert_ttl = \"30s\"")
-        .expect("enrolment");
-    cluster.start_controller().expect("controller");
-    cluster
-        .add_agent("web-7", &[&logs_dir], "")
-        .expect("agent config");
-    cluster.use_enrolled_files("web-7").expect("own files");
-    let token = cluster.join_token(&[]).expect("token");
-    let pin = cluster.ca_pin().expect("pin");
-    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
-    assert!(ok, "{stderr}");
+    let mut cluster = enrolled_with_short_lived_certificates(&logs_dir);
     let dir = cluster.agents["web-7"].dir.clone();
     let other_cluster = "0123456789abcdef0123456789abcdef";
     std::fs::write(
@@ -865,19 +873,7 @@ fn an_agent_renews_its_certificate_and_swaps_it_without_dropping_a_live_stream()
     let logs_dir = std::fs::canonicalize(logs.path()).expect("canonical");
     let log = logs_dir.join("app.log");
     std::fs::write(&log, "before the renewal\n").expect("log");
-    let mut cluster = Cluster::new(None).expect("cluster");
-    let enrolment = cluster
-        .enable_enrolment("agent_cert_ttl = \"30s\"")
-        .expect("enrolment");
-    cluster.start_controller().expect("controller");
-    cluster
-        .add_agent("web-7", &[&logs_dir], "")
-        .expect("agent config");
-    cluster.use_enrolled_files("web-7").expect("own files");
-    let token = cluster.join_token(&[]).expect("token");
-    let pin = cluster.ca_pin().expect("pin");
-    let (ok, _, stderr) = run(&mut cluster.enrol_cmd("web-7", enrolment, &token, &pin));
-    assert!(ok, "{stderr}");
+    let mut cluster = enrolled_with_short_lived_certificates(&logs_dir);
     cluster.start_agent("web-7").expect("agent");
     let cert_file = cluster.agents["web-7"].dir.join("tls/agent.crt");
     let first = file_certificate(&cert_file);
