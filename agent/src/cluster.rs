@@ -77,9 +77,13 @@ impl ClusterPin {
         })
     }
 
-    /// The pinned id, if any.
+    /// The pinned id, if any, found as [`check`](Self::check) finds it: with nothing pinned in
+    /// memory, the one an enrolment may have pinned on disk since. A renewal names it; an empty
+    /// id there would tell the controller that nothing is pinned, and it would not check.
     pub fn pinned(&self) -> Option<String> {
-        self.lock().clone()
+        let mut pinned = self.lock();
+        self.take_up_pin_on_disk(&mut pinned);
+        pinned.clone()
     }
 
     /// Whether a controller presenting `got` may be followed. With nothing pinned, a valid id
@@ -88,11 +92,7 @@ impl ClusterPin {
     /// (nothing is accepted unpinned then).
     pub fn check(&self, got: &str) -> anyhow::Result<()> {
         let mut pinned = self.lock();
-        if pinned.is_none() {
-            // Nothing pinned when the agent started: an enrolment may have pinned one since
-            // (`pin_enrolled`, run while this agent ran); that one holds.
-            *pinned = read_pin(&self.path).ok().flatten();
-        }
+        self.take_up_pin_on_disk(&mut pinned);
         match pinned.as_deref() {
             Some(expected) if expected == got => Ok(()),
             Some(expected) => Err(Mismatch {
@@ -112,6 +112,15 @@ impl ClusterPin {
                 *pinned = Some(got.to_string());
                 Ok(())
             }
+        }
+    }
+
+    /// With nothing pinned in `pinned` (nothing was when the agent started), takes up the pin
+    /// an enrolment may have written since (`pin_enrolled`, run while this agent ran): that
+    /// one holds. A pin file that cannot be read or holds no id leaves nothing pinned here.
+    fn take_up_pin_on_disk(&self, pinned: &mut Option<String>) {
+        if pinned.is_none() {
+            *pinned = read_pin(&self.path).ok().flatten();
         }
     }
 
@@ -310,6 +319,29 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+    }
+
+    /// A renewal names the pinned cluster (`pinned`): with nothing pinned when the agent
+    /// started, that is the pin an enrolment or another `ClusterPin` wrote since, as `check`
+    /// finds it; not an empty id, which the controller takes as "no pin" and does not check.
+    #[test]
+    fn pinned_is_the_pin_written_on_disk_since_the_agent_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = ClusterPin::open(dir.path()).unwrap();
+        assert_eq!(running.pinned(), None);
+        pin_enrolled(dir.path(), "aaaa1111").unwrap();
+        assert_eq!(running.pinned().as_deref(), Some("aaaa1111"));
+        running.check("aaaa1111").unwrap();
+        assert!(
+            running.check("bbbb2222").is_err(),
+            "pinned() agrees with check()"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let running = ClusterPin::open(dir.path()).unwrap();
+        let other = ClusterPin::open(dir.path()).unwrap();
+        other.check("cccc3333").unwrap();
+        assert_eq!(running.pinned().as_deref(), Some("cccc3333"));
     }
 
     #[test]
