@@ -169,19 +169,29 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         .map_err(|status| {
             anyhow::anyhow!(
                 "the controller refused the enrolment: {} ({:?})",
-                status.message(),
+                controller_text(status.message()),
                 status.code()
             )
         })?
         .into_inner();
     // Check the answer before anything is written.
-    let cert_der = CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("the controller's answer holds no certificate: {e}"))?;
-    let identity = Identity::from_certificate(&cert_der, &answer.trust_domain)
-        .map_err(|e| anyhow::anyhow!("the certificate the controller issued: {e}"))?;
+    let cert_der =
+        CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes()).map_err(|e| {
+            anyhow::anyhow!(
+                "the controller's answer holds no certificate: {}",
+                controller_text(&e.to_string())
+            )
+        })?;
+    let identity = Identity::from_certificate(&cert_der, &answer.trust_domain).map_err(|e| {
+        anyhow::anyhow!(
+            "the certificate the controller issued: {}",
+            controller_text(&e.to_string())
+        )
+    })?;
     ensure!(
         identity.role() == Role::Agent && identity.name() == args.id,
-        "the controller issued a certificate for {identity}, not agent {}",
+        "the controller issued a certificate for {}, not agent {}",
+        controller_text(&identity.to_string()),
         args.id
     );
     let issued = Issued::read(&cert_der, &answer.serial, answer.not_after_unix)
@@ -190,8 +200,12 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         issued.spki == key.subject_public_key_info(),
         "the controller issued a certificate for another key than ours"
     );
-    let ca_der = CertificateDer::from_pem_slice(answer.ca_pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("the controller's answer holds no CA certificate: {e}"))?;
+    let ca_der = CertificateDer::from_pem_slice(answer.ca_pem.as_bytes()).map_err(|e| {
+        anyhow::anyhow!(
+            "the controller's answer holds no CA certificate: {}",
+            controller_text(&e.to_string())
+        )
+    })?;
     ensure!(
         ca_pin(&ca_der)? == pin,
         "the CA the controller handed back is not the pinned one ({pin})"
@@ -199,9 +213,9 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
     if let Some(td) = &places.trust_domain {
         ensure!(
             *td == answer.trust_domain,
-            "{} says trust_domain {td:?}, the controller's is {:?}; fix trust_domain there",
+            "{} says trust_domain {td:?}, the controller's is \"{}\"; fix trust_domain there",
             args.config.display(),
-            answer.trust_domain
+            controller_text(&answer.trust_domain)
         );
     }
     let Some(grant_key) = answer.grant_keys.first() else {
@@ -226,13 +240,12 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
     let pinned = crate::cluster::pin_enrolled(&state_dir, &answer.cluster_id);
     let until = std::time::UNIX_EPOCH
         + std::time::Duration::from_secs(u64::try_from(issued.not_after_unix).unwrap_or(0));
-    // The labels are the controller's words, printed escaped (a control character or a bidi
-    // override in one must not act on the operator's terminal); the serial is the
-    // certificate's own, in hex.
+    // The labels are the controller's words, printed escaped and cut (`controller_text`); the
+    // serial is the certificate's own, in hex.
     let labels: Vec<String> = answer
         .labels
         .iter()
-        .map(|label| label.escape_debug().to_string())
+        .map(|label| controller_text(label))
         .collect();
     println!(
         "enrolled as {identity}: certificate {} (serial {}) until {}, labels [{}]",
@@ -446,7 +459,7 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
         Ok(answer) => answer.map_err(|s| {
             anyhow::anyhow!(
                 "the controller refused the renewal: {}",
-                s.message().escape_debug()
+                controller_text(s.message())
             )
         })?,
     }
@@ -457,13 +470,23 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
         .cluster
         .check(&answer.cluster_id)
         .context("the controller that answered the renewal")?;
-    let cert_der = CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("the controller's answer holds no certificate: {e}"))?;
-    let identity = Identity::from_certificate(&cert_der, &config.trust_domain)
-        .map_err(|e| anyhow::anyhow!("the renewed certificate: {e}"))?;
+    let cert_der =
+        CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes()).map_err(|e| {
+            anyhow::anyhow!(
+                "the controller's answer holds no certificate: {}",
+                controller_text(&e.to_string())
+            )
+        })?;
+    let identity = Identity::from_certificate(&cert_der, &config.trust_domain).map_err(|e| {
+        anyhow::anyhow!(
+            "the renewed certificate: {}",
+            controller_text(&e.to_string())
+        )
+    })?;
     ensure!(
         identity.role() == Role::Agent && identity.name() == config.id,
-        "the controller renewed a certificate for {identity}, not agent {}",
+        "the controller renewed a certificate for {}, not agent {}",
+        controller_text(&identity.to_string()),
         config.id
     );
     let issued = Issued::read(&cert_der, &answer.serial, answer.not_after_unix)
@@ -490,6 +513,38 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
     })?;
     tracing::info!(serial = %issued.serial, not_after = issued.not_after_unix, "agent certificate renewed");
     Ok(())
+}
+
+/// The most characters of the controller's text that a message shows, its escapes and the
+/// cut's marker included.
+const CONTROLLER_TEXT_MAX: usize = 128;
+
+/// Text from the controller's answer (a refusal's message, a label, a serial, an error that
+/// quotes the answer) as it goes into an error, a log line or onto the operator's terminal:
+/// each character escaped by `char::escape_debug` (a control character, a bidi override or
+/// a combining mark must not act on the terminal or the log), and at most
+/// [`CONTROLLER_TEXT_MAX`] characters, a cut marked by a final "…" and never made inside a
+/// character's escape. Without the bound, an answer is as long as gRPC lets it be (4 MiB).
+fn controller_text(text: &str) -> String {
+    let mut shown = String::new();
+    let mut count = 0;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        let escaped = c.escape_debug();
+        // Unless this is the last character, room is kept for the marker after it.
+        let room = if chars.as_str().is_empty() {
+            CONTROLLER_TEXT_MAX
+        } else {
+            CONTROLLER_TEXT_MAX - 1
+        };
+        if count + escaped.len() > room {
+            shown.push('…');
+            break;
+        }
+        count += escaped.len();
+        shown.extend(escaped);
+    }
+    shown
 }
 
 /// What the agent keeps of a certificate the controller issued (at enrolment or renewal), read
@@ -520,8 +575,9 @@ impl Issued {
         let not_after_unix = cert.validity().not_after.timestamp();
         ensure!(
             answer_serial == serial,
-            "the controller's answer names serial {}, the certificate carries {serial}",
-            answer_serial.escape_debug()
+            "the controller's answer names serial {}, the certificate carries {}",
+            controller_text(answer_serial),
+            controller_text(&serial)
         );
         // Within a second: the certificate holds whole seconds.
         ensure!(
@@ -539,7 +595,7 @@ impl Issued {
 
 #[cfg(test)]
 mod tests {
-    use super::{renewal_time, Issued};
+    use super::{controller_text, renewal_time, Issued, CONTROLLER_TEXT_MAX};
 
     /// A certificate with serial `5a1f…` (16 bytes) that ends at `not_after` (Unix seconds).
     fn certificate(not_after: i64) -> Vec<u8> {
@@ -572,6 +628,10 @@ mod tests {
         let e = Issued::read(&der, "5a\u{1b}[2J", end).expect_err("another serial");
         assert!(!format!("{e:#}").contains('\u{1b}'), "{e:#}");
         assert!(format!("{e:#}").contains(&serial), "{e:#}");
+        // A serial of megabytes is cut in the error.
+        let e = Issued::read(&der, &"5a".repeat(1 << 20), end).expect_err("another serial");
+        let shown = format!("{e:#}");
+        assert!(shown.contains('…') && shown.len() < 1000, "{shown}");
         // An end that is not the certificate's: a renewal scheduled on it would come late.
         let e = Issued::read(&der, &serial, end + 86_400).expect_err("another end");
         assert!(format!("{e:#}").contains("1800000000"), "{e:#}");
@@ -592,6 +652,44 @@ mod tests {
             .to_vec();
         let issued = Issued::read(&padded, &"9c".repeat(16), end).expect("agrees");
         assert_eq!(issued.serial, "9c".repeat(16));
+    }
+
+    #[test]
+    fn the_controllers_text_is_shown_escaped_and_cut_to_128_characters() {
+        assert_eq!(CONTROLLER_TEXT_MAX, 128);
+        let short = "the join token was used already";
+        assert_eq!(controller_text(short), short);
+        let exact = "x".repeat(CONTROLLER_TEXT_MAX);
+        assert_eq!(controller_text(&exact), exact, "at the bound: not cut");
+        let long = "y".repeat(4 << 20);
+        assert_eq!(
+            controller_text(&long),
+            format!("{}…", "y".repeat(CONTROLLER_TEXT_MAX - 1))
+        );
+        // Multi-byte characters are counted and cut whole.
+        let wide = "é".repeat(CONTROLLER_TEXT_MAX + 1);
+        assert_eq!(
+            controller_text(&wide),
+            format!("{}…", "é".repeat(CONTROLLER_TEXT_MAX - 1))
+        );
+        // Control characters and a bidi override: escaped, bounded after escaping, and cut
+        // between two escapes, never inside one.
+        let hostile = "\u{1b}[2J\u{202e}\r\n".repeat(1000);
+        let shown = controller_text(&hostile);
+        assert!(shown.chars().count() <= CONTROLLER_TEXT_MAX, "{shown}");
+        assert!(
+            !shown.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "{shown}"
+        );
+        let kept = shown.strip_suffix('…').expect("marked as cut");
+        let mut whole_escapes = String::new();
+        for c in hostile.chars() {
+            if whole_escapes.len() >= kept.len() {
+                break;
+            }
+            whole_escapes.extend(c.escape_debug());
+        }
+        assert_eq!(kept, whole_escapes, "cut inside an escape");
     }
 
     #[test]
