@@ -2870,8 +2870,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_incoming_aborts_the_handshakes_in_progress() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
+        // The listener of `incoming` itself (mutual TLS, the production deadlines and turns),
+        // not a `Loopback`: its drop is what is tested.
+        let (_dir, files) = pki();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let incoming = incoming(listener, &files, "loggate.local", |_| {}).expect("incoming");
@@ -2958,34 +2959,77 @@ mod tests {
         assert_eq!(teardown.held(), 0);
     }
 
-    /// A listener on loopback that asks no client certificate (the enrolment port's kind) with
-    /// `timing` and the turns of `computing`; what it refuses is collected.
-    async fn timed_listener(
-        files: &TlsFiles,
-        timing: Timing,
+    /// A server's certificates (a CA and what it signed: [`test_pki::server_files`]) in a
+    /// temporary folder, removed when the folder's handle is dropped.
+    fn pki() -> (tempfile::TempDir, TlsFiles) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = test_pki::server_files(dir.path());
+        (dir, files)
+    }
+
+    /// A listener on loopback that asks no client certificate (the enrolment port's kind), with
+    /// its own certificates, `timing`, and `turns` turns for the cryptography; what it refuses
+    /// is collected. The handshake tests' setup.
+    struct Loopback {
+        addr: SocketAddr,
+        incoming: Incoming,
+        refused: Arc<Mutex<Vec<Refused>>>,
+        /// The listener's turns, for a test to take or count.
         computing: Arc<tokio::sync::Semaphore>,
-    ) -> (SocketAddr, Incoming, Arc<Mutex<Vec<Refused>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let refused = Arc::new(Mutex::new(Vec::new()));
-        let options = AcceptOptions {
-            client_auth: ClientAuth::NotAsked,
-            max_handshakes: 16,
-        };
-        let incoming = incoming_timed(
-            listener,
-            files,
-            "loggate.local",
-            options,
-            timing,
-            computing,
-            {
-                let refused = refused.clone();
-                move |r| refused.lock().expect("lock").push(r)
-            },
-        )
-        .expect("incoming");
-        (addr, incoming, refused)
+        files: TlsFiles,
+        /// Last: the certificates' folder goes after the listener.
+        _dir: tempfile::TempDir,
+    }
+
+    impl Loopback {
+        async fn start(timing: Timing, turns: usize) -> Loopback {
+            let (dir, files) = pki();
+            let computing = Arc::new(tokio::sync::Semaphore::new(turns));
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let refused = Arc::new(Mutex::new(Vec::new()));
+            let options = AcceptOptions {
+                client_auth: ClientAuth::NotAsked,
+                max_handshakes: 16,
+            };
+            let incoming = incoming_timed(
+                listener,
+                &files,
+                "loggate.local",
+                options,
+                timing,
+                computing.clone(),
+                {
+                    let refused = refused.clone();
+                    move |r| refused.lock().expect("lock").push(r)
+                },
+            )
+            .expect("incoming");
+            Loopback {
+                addr,
+                incoming,
+                refused,
+                computing,
+                files,
+                _dir: dir,
+            }
+        }
+
+        /// One of the listener's turns for the cryptography (every one, when it has one), held
+        /// until dropped.
+        async fn take_a_turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+            self.computing
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the turn")
+        }
+
+        /// A TLS client ([`tls_client`]) of this listener, run until it is aborted.
+        fn spawn_client(&self) -> tokio::task::JoinHandle<std::io::Result<()>> {
+            let (addr, files) = (self.addr, self.files.clone());
+            tokio::spawn(async move { tls_client(addr, &files).await })
+        }
     }
 
     fn client_config(files: &TlsFiles) -> Arc<rustls::ClientConfig> {
@@ -3031,28 +3075,24 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wait_for_a_turn_does_not_count_against_the_clients_deadline() {
         use tokio_stream::StreamExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
         let timing = Timing {
             hello_within: Duration::from_secs(2),
             turn_within: Duration::from_secs(60),
         };
-        let computing = Arc::new(tokio::sync::Semaphore::new(1));
-        let (addr, mut incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
-        let every_turn = computing.clone().acquire_owned().await.expect("the turn");
-        let client = tokio::spawn({
-            let files = files.clone();
-            async move { tls_client(addr, &files).await }
-        });
+        let mut server = Loopback::start(timing, 1).await;
+        let every_turn = server.take_a_turn().await;
+        let client = server.spawn_client();
         // Twice the ClientHello deadline with every turn taken, then a turn is free.
         tokio::time::sleep(2 * timing.hello_within).await;
         drop(every_turn);
         // The connection, or (the failure this test is for) a refusal.
+        let refused = &server.refused;
         let refusal = async {
-            while refusal_codes(&refused).is_empty() {
+            while refusal_codes(refused).is_empty() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
+        let incoming = &mut server.incoming;
         let connection = tokio::time::timeout(Duration::from_secs(60), async {
             tokio::select! {
                 connection = incoming.next() => connection,
@@ -3064,7 +3104,7 @@ mod tests {
         assert!(
             matches!(connection, Some(Ok(_))),
             "no connection; refused: {:?}",
-            refusal_codes(&refused)
+            refusal_codes(&server.refused)
         );
         assert!(
             !client.is_finished(),
@@ -3072,7 +3112,7 @@ mod tests {
             client.await
         );
         client.abort();
-        assert!(refusal_codes(&refused).is_empty());
+        assert!(refusal_codes(&server.refused).is_empty());
     }
 
     /// No turn within its bound: the handshake is reset (the client sees a reset, not a
@@ -3081,24 +3121,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_handshake_without_a_turn_in_time_is_reset_before_any_cryptography() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
         let timing = Timing {
             hello_within: Duration::from_secs(60),
             turn_within: Duration::from_secs(1),
         };
-        let computing = Arc::new(tokio::sync::Semaphore::new(1));
-        let (addr, incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
-        let teardown = incoming.teardown();
-        let _every_turn = computing.clone().acquire_owned().await.expect("the turn");
+        let server = Loopback::start(timing, 1).await;
+        let teardown = server.incoming.teardown();
+        let _every_turn = server.take_a_turn().await;
         // A real ClientHello, then read what the server sends.
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut hello = Vec::new();
-        rustls::ClientConnection::new(client_config(&files), name)
-            .expect("client")
-            .write_tls(&mut hello)
-            .expect("ClientHello");
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let hello = client_hello(&server.files);
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
         tcp.write_all(&hello).await.expect("send the ClientHello");
         let mut received = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut received))
@@ -3114,11 +3146,11 @@ mod tests {
             "the server sent {} bytes",
             received.len()
         );
-        drop(incoming);
+        drop(server.incoming);
         tokio::time::timeout(Duration::from_secs(60), teardown.ended())
             .await
             .expect("the listener's tasks ended");
-        let refused = refused.lock().expect("lock");
+        let refused = server.refused.lock().expect("lock");
         let codes: Vec<_> = refused.iter().map(|r| r.reason_code.as_str()).collect();
         assert_eq!(codes, ["busy"]);
         assert_eq!(refused[0].suppressed_before, 1);
@@ -3171,17 +3203,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_silent_after_its_turn_is_cut_at_its_deadline_moved_by_the_wait() {
         use tokio::io::AsyncWriteExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
         let timing = Timing {
             hello_within: Duration::from_secs(2),
             turn_within: Duration::from_secs(60),
         };
-        let computing = Arc::new(tokio::sync::Semaphore::new(1));
-        let (addr, _incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
-        let every_turn = computing.clone().acquire_owned().await.expect("the turn");
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(&client_hello(&files))
+        let server = Loopback::start(timing, 1).await;
+        let every_turn = server.take_a_turn().await;
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        tcp.write_all(&client_hello(&server.files))
             .await
             .expect("send the ClientHello");
         // The turn is ours for longer than the client's deadline, then free.
@@ -3197,13 +3226,17 @@ mod tests {
             "cut {:?} after its turn: its deadline did not move by the wait",
             closed.duration_since(released)
         );
-        let (code, reason) = the_refusal(&refused).await;
+        let (code, reason) = the_refusal(&server.refused).await;
         assert_eq!(code, RefusalReason::HandshakeTimeout, "{reason}");
         assert!(
             reason.contains("it waited for its turn"),
             "the deadline of the rest fired: {reason}"
         );
-        assert_eq!(computing.available_permits(), 1, "the turn was given back");
+        assert_eq!(
+            server.computing.available_permits(),
+            1,
+            "the turn was given back"
+        );
     }
 
     /// A client that sends a real ClientHello and never answers the server's flight (one
@@ -3215,17 +3248,14 @@ mod tests {
     async fn a_client_that_never_answers_our_flight_does_not_keep_its_turn() {
         use tokio::io::AsyncWriteExt;
         use tokio_stream::StreamExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
         let timing = Timing {
             hello_within: Duration::from_secs(60),
             turn_within: Duration::from_secs(2),
         };
-        let computing = Arc::new(tokio::sync::Semaphore::new(1));
-        let (addr, mut incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
-        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let mut server = Loopback::start(timing, 1).await;
+        let mut silent = TcpStream::connect(server.addr).await.expect("connect");
         silent
-            .write_all(&client_hello(&files))
+            .write_all(&client_hello(&server.files))
             .await
             .expect("send the ClientHello");
         // The server's flight arriving means the silent client has had its turn.
@@ -3234,22 +3264,19 @@ mod tests {
             .await
             .expect("the server's flight within 30 s")
             .expect("read the flight");
-        let client = tokio::spawn({
-            let files = files.clone();
-            async move { tls_client(addr, &files).await }
-        });
-        let connection = tokio::time::timeout(Duration::from_secs(15), incoming.next())
+        let client = server.spawn_client();
+        let connection = tokio::time::timeout(Duration::from_secs(15), server.incoming.next())
             .await
             .expect("the legitimate client's connection within 15 s");
         assert!(
             matches!(connection, Some(Ok(_))),
             "no connection; refused: {:?}",
-            refusal_codes(&refused)
+            refusal_codes(&server.refused)
         );
         assert!(
-            refusal_codes(&refused).is_empty(),
+            refusal_codes(&server.refused).is_empty(),
             "refused: {:?}",
-            refusal_codes(&refused)
+            refusal_codes(&server.refused)
         );
         assert!(
             !client.is_finished(),
@@ -3258,7 +3285,7 @@ mod tests {
         );
         client.abort();
         assert_eq!(
-            computing.available_permits(),
+            server.computing.available_permits(),
             1,
             "the silent client holds no turn"
         );
@@ -3298,16 +3325,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_hello_that_needs_a_retry_is_refused_and_keeps_no_turn() {
         use tokio::io::AsyncWriteExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
         let timing = Timing {
             hello_within: Duration::from_secs(30),
             turn_within: Duration::from_secs(30),
         };
-        let computing = Arc::new(tokio::sync::Semaphore::new(1));
-        let (addr, _incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
-        tcp.write_all(&without_a_usable_key_share(&client_hello(&files)))
+        let server = Loopback::start(timing, 1).await;
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
+        tcp.write_all(&without_a_usable_key_share(&client_hello(&server.files)))
             .await
             .expect("send the ClientHello");
         let (received, _) = until_closed(&mut tcp).await;
@@ -3316,26 +3340,24 @@ mod tests {
             [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28],
             "not only a handshake_failure alert (a HelloRetryRequest?)"
         );
-        let (code, reason) = the_refusal(&refused).await;
+        let (code, reason) = the_refusal(&server.refused).await;
         assert_eq!(code, RefusalReason::TlsError, "{reason}");
         assert!(reason.contains("HelloRetryRequest"), "{reason}");
-        assert_eq!(computing.available_permits(), 1, "the turn was given back");
+        assert_eq!(
+            server.computing.available_permits(),
+            1,
+            "the turn was given back"
+        );
     }
 
     /// TLS 1.2 is not served: its key exchange ends with the client's second flight (outside
     /// the turn) and its client certificate comes in the clear.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tls_1_2_client_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
-        let (addr, _incoming, refused) = timed_listener(
-            &files,
-            TIMING,
-            Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_COMPUTING)),
-        )
-        .await;
+        // The production deadlines and turns.
+        let server = Loopback::start(TIMING, HANDSHAKES_COMPUTING).await;
         let mut roots = RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&files.ca).expect("ca") {
+        for cert in CertificateDer::pem_file_iter(&server.files.ca).expect("ca") {
             roots.add(cert.expect("ca")).expect("root");
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -3345,7 +3367,7 @@ mod tests {
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let tcp = TcpStream::connect(server.addr).await.expect("connect");
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let connected = tokio::time::timeout(
             Duration::from_secs(30),
@@ -3354,7 +3376,7 @@ mod tests {
         .await
         .expect("an answer within 30 s");
         assert!(connected.is_err(), "a TLS 1.2 handshake completed");
-        let (code, reason) = the_refusal(&refused).await;
+        let (code, reason) = the_refusal(&server.refused).await;
         assert_eq!(code, RefusalReason::TlsError, "{reason}");
     }
 
@@ -3362,12 +3384,10 @@ mod tests {
     /// before any of them is checked; within the bound the verifier judges it as before.
     #[test]
     fn a_client_chain_with_too_many_intermediates_is_refused_before_any_signature() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
+        let (_dir, files) = pki();
         let witness = Witness::new(client_verifier(&files).expect("verifier"));
         let leaf = CertificateDer::from_pem_file(&files.cert).expect("certificate");
-        let foreign_dir = tempfile::tempdir().expect("tempdir");
-        let foreign = test_pki::server_files(foreign_dir.path());
+        let (_foreign_dir, foreign) = pki();
         let stranger = CertificateDer::from_pem_file(&foreign.ca).expect("CA");
         let now = UnixTime::now();
         let over = vec![stranger.clone(); MAX_CLIENT_INTERMEDIATES + 1];
@@ -3396,17 +3416,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_trickled_client_hello_then_silence_is_cut_at_the_deadline_from_the_accept() {
         use tokio::io::AsyncWriteExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let files = test_pki::server_files(dir.path());
         let timing = Timing {
             hello_within: Duration::from_secs(4),
             turn_within: Duration::from_secs(60),
         };
-        let computing = Arc::new(tokio::sync::Semaphore::new(1));
-        let (addr, _incoming, refused) = timed_listener(&files, timing, computing.clone()).await;
-        let hello = client_hello(&files);
+        let server = Loopback::start(timing, 1).await;
+        let hello = client_hello(&server.files);
         let connected = Instant::now();
-        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
         let (head, tail) = hello.split_at(hello.len() / 2);
         tcp.write_all(head).await.expect("the first half");
         tokio::time::sleep(timing.hello_within * 5 / 8).await;
@@ -3414,7 +3431,7 @@ mod tests {
         let hello_done = Instant::now();
         let (received, closed) = until_closed(&mut tcp).await;
         assert!(!received.is_empty(), "the server's flight was sent");
-        let (code, reason) = the_refusal(&refused).await;
+        let (code, reason) = the_refusal(&server.refused).await;
         assert_eq!(code, RefusalReason::HandshakeTimeout, "{reason}");
         assert!(reason.contains("it waited for its turn"), "{reason}");
         assert!(
@@ -3426,7 +3443,11 @@ mod tests {
             "held {:?} after its ClientHello: a fresh deadline from the turn",
             closed.duration_since(hello_done)
         );
-        assert_eq!(computing.available_permits(), 1, "the turn was given back");
+        assert_eq!(
+            server.computing.available_permits(),
+            1,
+            "the turn was given back"
+        );
     }
 
     #[tokio::test]
