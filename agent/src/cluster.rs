@@ -80,9 +80,11 @@ impl ClusterPin {
     /// The pinned id, if any, found as [`check`](Self::check) finds it: with nothing pinned in
     /// memory, the one an enrolment may have pinned on disk since. A renewal names it; an empty
     /// id there would tell the controller that nothing is pinned, and it would not check.
+    /// A pin file that cannot be read gives `None` here: the renewal then names no cluster,
+    /// and [`check`](Self::check) refuses the answer (it fails closed on that file).
     pub fn pinned(&self) -> Option<String> {
         let mut pinned = self.lock();
-        self.take_up_pin_on_disk(&mut pinned);
+        self.take_up_pin_on_disk(&mut pinned).ok()?;
         pinned.clone()
     }
 
@@ -92,7 +94,7 @@ impl ClusterPin {
     /// (nothing is accepted unpinned then).
     pub fn check(&self, got: &str) -> anyhow::Result<()> {
         let mut pinned = self.lock();
-        self.take_up_pin_on_disk(&mut pinned);
+        self.take_up_pin_on_disk(&mut pinned)?;
         match pinned.as_deref() {
             Some(expected) if expected == got => Ok(()),
             Some(expected) => Err(Mismatch {
@@ -117,11 +119,14 @@ impl ClusterPin {
 
     /// With nothing pinned in `pinned` (nothing was when the agent started), takes up the pin
     /// an enrolment may have written since (`pin_enrolled`, run while this agent ran): that
-    /// one holds. A pin file that cannot be read or holds no id leaves nothing pinned here.
-    fn take_up_pin_on_disk(&self, pinned: &mut Option<String>) {
+    /// one holds. A pin file that appeared and cannot be read or holds no id is an error, as
+    /// at [`open`](Self::open): the agent does not guess its cluster, nor write over that
+    /// file with whichever id the next controller presents.
+    fn take_up_pin_on_disk(&self, pinned: &mut Option<String>) -> anyhow::Result<()> {
         if pinned.is_none() {
-            *pinned = read_pin(&self.path).ok().flatten();
+            *pinned = read_pin(&self.path)?;
         }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<String>> {
@@ -215,6 +220,20 @@ fn store(path: &Path, id: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A pin file that appeared while the agent ran and holds no id is refused as at start:
+    /// not taken for "nothing pinned", not written over with the next controller's id.
+    #[test]
+    fn a_pin_file_that_appeared_unreadable_is_refused_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = ClusterPin::open(dir.path()).unwrap();
+        let file = dir.path().join(PIN_FILE);
+        std::fs::write(&file, "not an id\n").unwrap();
+        let refused = pin.check("aaaa1111").unwrap_err();
+        assert!(format!("{refused}").contains("does not hold"), "{refused}");
+        assert_eq!(pin.pinned(), None);
+        assert_eq!(std::fs::read(&file).unwrap(), b"not an id\n");
+    }
 
     #[test]
     fn the_first_id_is_pinned_on_disk_and_another_is_refused_after_a_restart() {
