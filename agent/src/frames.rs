@@ -93,20 +93,51 @@ impl Chunk {
     /// where the framing does.
     pub fn into_frame(self) -> Result<Bytes, TooLarge> {
         let Chunk(mut buf) = self;
-        let content = buf.len().checked_sub(HEADROOM).ok_or(TooLarge(0))?;
-        let mut varint = [0u8; MAX_LENGTH_VARINT];
-        let varint_len = put_varint(&mut varint, content).ok_or(TooLarge(content))?;
-        let message = u32::try_from(1 + varint_len + content).map_err(|_| TooLarge(content))?;
-        let start = HEADROOM - GRPC_PREFIX - 1 - varint_len;
-        let framing = &mut buf[start..HEADROOM];
-        framing[0] = 0;
-        framing[1..GRPC_PREFIX].copy_from_slice(&message.to_be_bytes());
-        framing[GRPC_PREFIX] = DATA_KEY;
-        framing[GRPC_PREFIX + 1..].copy_from_slice(&varint[..varint_len]);
+        let start = frame_in_place(&mut buf)?;
         let mut frame = Bytes::from(buf);
         frame.advance(start);
         Ok(frame)
     }
+
+    /// [`Chunk::into_frame`], the frame's allocation holding `held` until the frame's last
+    /// user drops it (HTTP/2, once it has written the frame): what a stream served in its
+    /// response's poll charges to the queue budget is held by the frames themselves
+    /// ([`crate::pull`]).
+    pub fn into_frame_holding<T: Send + 'static>(self, held: T) -> Result<Bytes, TooLarge> {
+        let Chunk(mut buf) = self;
+        let start = frame_in_place(&mut buf)?;
+        let mut frame = Bytes::from_owner(Holding { buf, _held: held });
+        frame.advance(start);
+        Ok(frame)
+    }
+}
+
+/// A frame's buffer and what it holds while HTTP/2 holds the frame.
+struct Holding<T> {
+    buf: Vec<u8>,
+    _held: T,
+}
+
+impl<T> AsRef<[u8]> for Holding<T> {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Writes the framing of the message `ReadLogChunk { data: content }` into the room in front
+/// of `buf`'s content; where the frame starts.
+fn frame_in_place(buf: &mut [u8]) -> Result<usize, TooLarge> {
+    let content = buf.len().checked_sub(HEADROOM).ok_or(TooLarge(0))?;
+    let mut varint = [0u8; MAX_LENGTH_VARINT];
+    let varint_len = put_varint(&mut varint, content).ok_or(TooLarge(content))?;
+    let message = u32::try_from(1 + varint_len + content).map_err(|_| TooLarge(content))?;
+    let start = HEADROOM - GRPC_PREFIX - 1 - varint_len;
+    let framing = &mut buf[start..HEADROOM];
+    framing[0] = 0;
+    framing[1..GRPC_PREFIX].copy_from_slice(&message.to_be_bytes());
+    framing[GRPC_PREFIX] = DATA_KEY;
+    framing[GRPC_PREFIX + 1..].copy_from_slice(&varint[..varint_len]);
+    Ok(start)
 }
 
 /// Writes `value` as a protobuf varint into `out`; its length, or `None` when it needs more

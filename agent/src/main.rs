@@ -26,6 +26,7 @@ mod grants;
 mod journal;
 mod limits;
 mod listing;
+mod pull;
 mod routes;
 mod server;
 mod status;

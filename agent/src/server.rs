@@ -629,9 +629,28 @@ impl AgentService {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let metrics = loggate_core::metrics::agent();
-            metrics.live_streams.inc();
+            loggate_core::metrics::agent().live_streams.inc();
             let finished = serve(&mut sink);
+            let grant_id = sink.grant_id().to_string();
+            record_finished(&shared, reading, grant_id, grep_place, started, finished);
+            drop(sink);
+        });
+    }
+}
+
+/// Writes a stream's `read.finished` (and its metrics) once it has ended; its grep place is
+/// given back first, so a reader who sees that record can start another grep.
+fn record_finished(
+    shared: &Shared,
+    reading: Reading,
+    grant_id: String,
+    grep_place: Option<GrepGuard>,
+    started: Instant,
+    finished: stream::Finished,
+) {
+    {
+        {
+            let metrics = loggate_core::metrics::agent();
             metrics.live_streams.dec();
             metrics.bytes_served.inc_by(finished.bytes);
             for (detector, n) in &finished.counts.redactions {
@@ -646,7 +665,7 @@ impl AgentService {
                 subject: reading.subject,
                 key_sha256: reading.key_sha256,
                 peer: reading.peer,
-                grant_id: sink.grant_id().to_string(),
+                grant_id,
                 path: reading.path,
                 resource_kind: if reading.file {
                     ReadResource::File
@@ -672,8 +691,7 @@ impl AgentService {
             if let Err(e) = result {
                 tracing::error!("audit write failed at stream end: {e:#}");
             }
-            drop(sink);
-        });
+        }
     }
 }
 
@@ -1017,6 +1035,25 @@ impl AgentService {
             path,
             file: true,
         };
+        if crate::pull::Puller::serves(&plan) {
+            // A whole file with every line passing: read and redacted in the response's own
+            // poll ([`crate::pull`]), its `read.finished` written on the blocking pool.
+            let shared = self.shared.clone();
+            let grant_id = sink.grant_id().to_string();
+            let runtime = tokio::runtime::Handle::current();
+            let started = Instant::now();
+            loggate_core::metrics::agent().live_streams.inc();
+            let done: crate::pull::Done = Box::new(move |finished, keep, recorded| {
+                drop(runtime.spawn_blocking(move || {
+                    record_finished(&shared, reading, grant_id, grep_place, started, finished);
+                    drop((keep, recorded));
+                }));
+            });
+            let puller = crate::pull::Puller::start(plan, sink.into_parts(), done);
+            let mut receivers = receivers;
+            receivers.response.pulled_from(puller);
+            return Ok(receivers.respond(slot));
+        }
         self.spawn_stream(reading, sink, grep_place, move |sink| {
             stream::run(plan, sink)
         });

@@ -134,6 +134,9 @@ impl Queued {
 pub struct ResponseBody {
     data: Option<Data>,
     last: mpsc::Receiver<Item>,
+    /// A `cat` read in the body's own poll ([`crate::pull`]): what follows the opening
+    /// message (`last` then carries nothing).
+    pull: Option<Box<crate::pull::Puller>>,
 }
 
 /// The response's data: the queue, and a signal dropped with it (once all data was yielded,
@@ -144,6 +147,12 @@ struct Data {
 }
 
 impl ResponseBody {
+    /// Serves the rest of the stream from `puller`, after the queued opening message: the
+    /// response of a `cat` read in its own poll ([`crate::pull`]).
+    pub(crate) fn pulled_from(&mut self, puller: crate::pull::Puller) {
+        self.pull = Some(Box::new(puller));
+    }
+
     /// Messages queued now (the tests' view of what a reader has not read).
     #[cfg(test)]
     fn queued(&self) -> usize {
@@ -180,6 +189,9 @@ impl tokio_stream::Stream for ResponseBody {
             }
             // Every sender is gone: all data was yielded, the final status follows.
             self.data = None;
+        }
+        if let Some(pull) = &mut self.pull {
+            return pull.poll_next(cx);
         }
         self.last.poll_recv(cx)
     }
@@ -245,7 +257,7 @@ pub struct GrantWatch {
 
 impl GrantWatch {
     /// `Some((reason, message))` once the grant has been withdrawn or has expired.
-    fn ended(&self) -> Option<(EndReason, String)> {
+    pub(crate) fn ended(&self) -> Option<(EndReason, String)> {
         if let Some(w) = self.grants.withdrawal(&self.grant_id) {
             let (by, reason) = match w {
                 Withdrawal::Revoked { by, reason } | Withdrawal::Dropped { by, reason } => {
@@ -268,7 +280,7 @@ impl GrantWatch {
         self.expired()
     }
 
-    fn expired(&self) -> Option<(EndReason, String)> {
+    pub(crate) fn expired(&self) -> Option<(EndReason, String)> {
         let now = self
             .grants
             .now()
@@ -288,7 +300,7 @@ impl GrantWatch {
     }
 
     /// Time left until `not_after` by the wall clock (zero once passed).
-    fn until_expiry(&self) -> Duration {
+    pub(crate) fn until_expiry(&self) -> Duration {
         let end = UNIX_EPOCH + Duration::from_secs(u64::try_from(self.not_after).unwrap_or(0));
         end.duration_since(self.grants.now())
             .unwrap_or(Duration::ZERO)
@@ -659,15 +671,24 @@ pub struct ChannelSink {
     pub waits: u64,
 }
 
+/// What [`ChannelSink::into_parts`] hands to a stream served in its response's poll.
+pub(crate) struct SinkParts {
+    pub watch: GrantWatch,
+    pub withdrawals: watch::Receiver<u64>,
+    pub stop: watch::Receiver<bool>,
+    pub budget: Option<Arc<QueueBudget>>,
+    pub sharer: Option<Sharer>,
+}
+
 /// Resolves once the agent is stopping (never, when nothing can stop it).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|stopping| *stopping).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
 /// Resolves on the grant store's next change (never, once the store is gone).
-async fn notified(rx: &mut watch::Receiver<u64>) {
+pub(crate) async fn notified(rx: &mut watch::Receiver<u64>) {
     if rx.changed().await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -707,6 +728,7 @@ impl ChannelSink {
                 _gone: gone_tx,
             }),
             last: last_rx,
+            pull: None,
         };
         (sink, response)
     }
@@ -736,6 +758,21 @@ impl ChannelSink {
     /// The grant this sink's stream serves.
     pub fn grant_id(&self) -> &str {
         &self.watch.grant_id
+    }
+
+    /// What a stream served in its response's poll ([`crate::pull`]) takes of its sink: the
+    /// watch on its grant, the store's changes, the agent's stop, the queue budget and its
+    /// place among the budget's sharers. The sink is done with: its channel carried the
+    /// opening message only, which the response yields first.
+    pub(crate) fn into_parts(mut self) -> SinkParts {
+        self.ended = true;
+        SinkParts {
+            watch: self.watch.clone(),
+            withdrawals: self.withdrawals.clone(),
+            stop: self.stop.clone(),
+            budget: self.budget.clone(),
+            sharer: self._sharer.take(),
+        }
     }
 
     /// At a cut (the grant revoked or expired, the agent stopping), the messages still queued
@@ -951,7 +988,7 @@ fn empty(queue: &Weak<Mutex<mpsc::Receiver<Queued>>>) {
 }
 
 /// The message of a stream cut because the agent stops.
-const STOPPING: &str =
+pub(crate) const STOPPING: &str =
     "the agent is stopping; the stream was cut; run the command again once the agent is back";
 
 impl Drop for ChannelSink {
@@ -1063,7 +1100,7 @@ pub struct Finished {
     pub key_lookback_exhausted: bool,
 }
 
-fn read_error(e: std::io::Error) -> EndReason {
+pub(crate) fn read_error(e: std::io::Error) -> EndReason {
     EndReason::ReadError(e.to_string())
 }
 
@@ -1329,7 +1366,7 @@ impl<R: Read> Read for Counted<'_, R> {
 }
 
 /// How a stream turns what it reads into messages (the same for plain and compressed files).
-struct Mode<'a> {
+pub(crate) struct Mode<'a> {
     /// `raw` without line selection: whole chunks are sent as read.
     whole_chunks: bool,
     /// A grep or a time range: the grant, the client and the grep budget are looked at
@@ -1340,7 +1377,7 @@ struct Mode<'a> {
 }
 
 impl<'a> Mode<'a> {
-    fn of(profile: &Profile, selector: &LineSelector, agent: &'a str) -> Self {
+    pub(crate) fn of(profile: &Profile, selector: &LineSelector, agent: &'a str) -> Self {
         let redacting = !matches!(profile, Profile::Raw);
         Mode {
             whole_chunks: !redacting && selector.passes_everything(),
@@ -1378,7 +1415,7 @@ fn prime_skipped(pipeline: &mut Pipeline, skipped: &[u8]) {
 
 /// Serves one block of content read from the file (or its decoder): as it is, or through the
 /// redaction pipeline and the line selector, as one message.
-fn serve_block(
+pub(crate) fn serve_block(
     data: &[u8],
     mode: &Mode<'_>,
     pipeline: &mut Pipeline,
@@ -1425,7 +1462,7 @@ fn serve_block(
 
 /// Makes `buf` a read buffer of `size` bytes, allocated anew when the size changes (so that
 /// a stream going from [`CHUNK`] to [`SMALL_CHUNK`] reads gives the larger buffer back).
-fn fit_read_buffer(buf: &mut Vec<u8>, size: usize) {
+pub(crate) fn fit_read_buffer(buf: &mut Vec<u8>, size: usize) {
     if buf.len() != size {
         *buf = vec![0u8; size];
     }
@@ -1433,7 +1470,7 @@ fn fit_read_buffer(buf: &mut Vec<u8>, size: usize) {
 
 /// At the end of what is served: the pipeline's carried line (a last line without a newline),
 /// through the selector, as a last message.
-fn serve_rest(
+pub(crate) fn serve_rest(
     pipeline: &mut Pipeline,
     selector: &mut LineSelector,
     sink: &mut dyn ChunkSink,
@@ -1448,10 +1485,10 @@ fn serve_rest(
 
 /// Bytes before the read position kept to recognise the file at the next read (see
 /// [`read_checked`]).
-const BEHIND: usize = 64;
+pub(crate) const BEHIND: usize = 64;
 
 /// Keeps the last [`BEHIND`] bytes of what has been read, `data` being the newest.
-fn remember_behind(behind: &mut Vec<u8>, data: &[u8]) {
+pub(crate) fn remember_behind(behind: &mut Vec<u8>, data: &[u8]) {
     if data.len() >= BEHIND {
         behind.clear();
         behind.extend_from_slice(&data[data.len() - BEHIND..]);
@@ -1464,7 +1501,7 @@ fn remember_behind(behind: &mut Vec<u8>, data: &[u8]) {
 
 /// What one read of a plain file found at the stream's position (see [`read_checked`]).
 #[derive(Debug, PartialEq, Eq)]
-enum ChunkRead {
+pub(crate) enum ChunkRead {
     /// The file no longer holds, just before the position, the bytes last read there: it was
     /// truncated, or truncated and written again past the position (a copytruncate rotation
     /// between two reads), which its size alone cannot show.
@@ -1477,7 +1514,7 @@ enum ChunkRead {
 /// read) and checks, **in the same `pread`**, that the file still holds `behind` (the bytes
 /// last read, just before `pos`): one system call per read of [`CHUNK`] (on a local
 /// filesystem; see [`read_checked_at`] for short reads).
-fn read_checked(
+pub(crate) fn read_checked(
     file: &File,
     pos: u64,
     behind: &[u8],
@@ -1514,7 +1551,7 @@ fn read_checked(
 /// taken for the old file (log lines carry timestamps, so this needs the same lines written
 /// again in the same place). Nothing read yet (a fresh start, or a `tail` start): only a
 /// shrink can be seen (the length).
-fn read_checked_at(
+pub(crate) fn read_checked_at(
     mut read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<usize>,
     len: impl FnOnce() -> std::io::Result<u64>,
     pos: u64,
@@ -1670,7 +1707,7 @@ fn pump(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::redact::Redactor;
     use loggate_proto as pb;
@@ -1735,7 +1772,7 @@ mod tests {
     }
 
     /// A grant store stand-in: one grant, withdrawn on demand with the store's notification.
-    struct FakeStore {
+    pub(crate) struct FakeStore {
         withdrawn: Mutex<Option<Withdrawal>>,
         changed: watch::Sender<u64>,
         /// How far the store's clock is ahead of the wall clock ([`FakeStore::expire`]).
@@ -1755,7 +1792,16 @@ mod tests {
     }
 
     impl FakeStore {
-        fn revoke(&self) {
+        /// A store whose grant is valid, on the wall clock.
+        pub(crate) fn valid() -> Arc<FakeStore> {
+            Arc::new(FakeStore {
+                withdrawn: Mutex::new(None),
+                changed: watch::channel(0).0,
+                ahead: Mutex::new(Duration::ZERO),
+            })
+        }
+
+        pub(crate) fn revoke(&self) {
             *self.withdrawn.lock().expect("lock") = Some(Withdrawal::Revoked {
                 by: "spiffe://loggate.local/user/admin".into(),
                 reason: "INC-9".into(),
@@ -1836,11 +1882,7 @@ mod tests {
         let folder = tempfile::tempdir().expect("tempdir");
         let mut file = tempfile::NamedTempFile::new_in(folder.path()).expect("tempfile");
         file.write_all(content).expect("write");
-        let status = Arc::new(FakeStore {
-            withdrawn: Mutex::new(None),
-            changed: watch::channel(0).0,
-            ahead: Mutex::new(Duration::ZERO),
-        });
+        let status = FakeStore::valid();
         let watch = {
             let _entered = rt.enter();
             let held = file.reopen().expect("reopen");

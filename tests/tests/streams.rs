@@ -718,17 +718,37 @@ async fn agent_client(
     f: &Fixture,
     user: &str,
 ) -> anyhow::Result<loggate_proto::agent_client::AgentClient<tonic::transport::Channel>> {
+    agent_client_with(f, user, Some(65_535)).await
+}
+
+/// A client of the agent as `user` whose HTTP/2 windows are `window` bytes (`None`: the
+/// transport's defaults, MiBs).
+async fn agent_client_with(
+    f: &Fixture,
+    user: &str,
+    window: Option<u32>,
+) -> anyhow::Result<loggate_proto::agent_client::AgentClient<tonic::transport::Channel>> {
     let files = f.cluster.tls_files_of(&format!("users/{user}"));
     let channel = files
         .endpoint(
             &f.cluster.agent_addr("web-1"),
             loggate_core::tls::Server::Agent("web-1"),
         )?
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
+        .initial_stream_window_size(window)
+        .initial_connection_window_size(window)
         .connect()
         .await?;
     Ok(loggate_proto::agent_client::AgentClient::new(channel))
+}
+
+/// A `cat` of every line since 1970: a time range, so served by a read loop on a thread of its
+/// own, which reads ahead into its queue (a plain `cat` is read in its response's poll and
+/// never reads ahead of its reader: `agent/src/pull.rs`).
+fn read_ahead_request(path: &str) -> loggate_proto::ReadLogRequest {
+    loggate_proto::ReadLogRequest {
+        since_unix_ms: 1,
+        ..cat_request(path)
+    }
 }
 
 fn cat_request(path: &str) -> loggate_proto::ReadLogRequest {
@@ -758,8 +778,15 @@ async fn a_stream_holds_its_place_until_its_response_is_read_or_dropped() -> any
     })
     .await??;
     let mut client = agent_client(&f, "alice").await?;
-    let first = client.read_log(cat_request(&small)).await?.into_inner();
-    let second = client.read_log(cat_request(&small)).await?.into_inner();
+    // Read loops that read ahead (a time range).
+    let first = client
+        .read_log(read_ahead_request(&small))
+        .await?
+        .into_inner();
+    let second = client
+        .read_log(read_ahead_request(&small))
+        .await?
+        .into_inner();
     // Both read loops have ended (each wrote its `read.finished`); nothing was read.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -928,9 +955,26 @@ async fn read_to_end(
 /// queues (8 chunks of 64 KiB each) to readers slower than the agent. Readers that stop
 /// reading now make the agent hold one message each plus the shared `stream_queue_bytes` (4 MiB
 /// by default), not a full queue each; and another reader still reads its whole file meanwhile
-/// (no one is starved by the budget they hold).
+/// (no one is starved by the budget they hold). Here the read loops that read ahead into their
+/// queue (a time range), on one connection whose window the first fills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_stop_reading_hold_the_shared_queue_budget_not_a_full_queue_each(
+) -> anyhow::Result<()> {
+    stalled_readers_hold_the_budget(read_ahead_request, false).await
+}
+
+/// The same for `cat`s read in their response's poll (`agent/src/pull.rs`): they read only
+/// what HTTP/2 takes, so their readers get HTTP/2's default windows (MiBs), which HTTP/2 fills
+/// from the agent while they read nothing. What HTTP/2 holds of their messages beyond two each
+/// holds a share of the same budget until it is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cats_whose_readers_stop_reading_hold_the_shared_queue_budget() -> anyhow::Result<()> {
+    stalled_readers_hold_the_budget(cat_request, true).await
+}
+
+async fn stalled_readers_hold_the_budget(
+    request: fn(&str) -> loggate_proto::ReadLogRequest,
+    wide_windows: bool,
 ) -> anyhow::Result<()> {
     const STALLED: usize = 48;
     let (f, big, size) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
@@ -952,16 +996,16 @@ async fn readers_that_stop_reading_hold_the_shared_queue_budget_not_a_full_queue
     assert_eq!(read_to_end(&mut reader, &big).await?, size);
     let before = agent_rss_kib(&f)?;
     // Readers that read nothing: one connection whose window (64 KiB) the first stream fills,
-    // so whatever the agent reads for them stays in the agent.
-    let mut stalled_client = agent_client(&f, "alice").await?;
+    // so whatever the agent reads for them stays in the agent; or, wide, HTTP/2's default
+    // windows, which the agent fills.
+    let mut stalled_client = if wide_windows {
+        agent_client_with(&f, "alice", None).await?
+    } else {
+        agent_client(&f, "alice").await?
+    };
     let mut stalled = Vec::new();
     for _ in 0..STALLED {
-        stalled.push(
-            stalled_client
-                .read_log(cat_request(&big))
-                .await?
-                .into_inner(),
-        );
+        stalled.push(stalled_client.read_log(request(&big)).await?.into_inner());
     }
     // Until every stalled stream has filled what it may hold: the agent's memory stops growing.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1016,7 +1060,11 @@ async fn a_finished_cat_whose_reader_has_not_read_it_is_cut_at_revocation() -> a
     })
     .await??;
     let mut client = agent_client(&f, "alice").await?;
-    let mut stream = client.read_log(cat_request(&path)).await?.into_inner();
+    // A read loop that reads ahead (a time range).
+    let mut stream = client
+        .read_log(read_ahead_request(&path))
+        .await?
+        .into_inner();
     let finished = tokio::task::block_in_place(|| {
         f.cluster
             .wait_for_audit("web-1", Duration::from_secs(10), |e| {
@@ -1054,6 +1102,90 @@ async fn a_finished_cat_whose_reader_has_not_read_it_is_cut_at_revocation() -> a
     assert!(status.message().contains("was revoked"), "{status:?}");
     assert!(got < size, "the whole file was served after the revocation");
     eprintln!("{got} of {size} bytes had left the agent's queue before the revocation");
+    tokio::task::spawn_blocking(move || drop(f)).await?;
+    Ok(())
+}
+
+/// A `cat` is read in its response's poll (`agent/src/pull.rs`): its reader not reading, the
+/// agent reads no further than what HTTP/2 takes, so its end comes from the grant. A task
+/// watches the grant for it: at the revocation the stream is cut and its `read.finished`
+/// written while the reader still reads nothing, and the reader then gets the cut after what
+/// HTTP/2 held, never the whole file. A cat read to its end counts the whole file read
+/// (`bytes_read`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cat_whose_reader_reads_nothing_is_cut_at_revocation_without_reading_on(
+) -> anyhow::Result<()> {
+    let (f, path, size, id) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
+        let f = Fixture::start()?;
+        let line = "2026-12-05T03:00:00Z INFO a line of a middling log user=someone\n";
+        let content = line.repeat((2 << 20) / line.len());
+        let path = f.logs.join("middling.log");
+        std::fs::write(&path, &content)?;
+        let id = f.grant("alice", "30m")?;
+        Ok((f, path.display().to_string(), content.len(), id))
+    })
+    .await??;
+    // Read to its end first: the whole file counted.
+    let mut client = agent_client(&f, "alice").await?;
+    let mut whole = client.read_log(cat_request(&path)).await?.into_inner();
+    let mut got = 0;
+    while let Some(chunk) = whole.message().await? {
+        if let Some(loggate_proto::read_log_chunk::Item::Data(d)) = chunk.item {
+            got += d.len();
+        }
+    }
+    assert_eq!(got, size);
+    let finished = tokio::task::block_in_place(|| {
+        f.cluster
+            .wait_for_audit("web-1", Duration::from_secs(10), |e| {
+                e["event"] == "read.finished"
+            })
+    })?;
+    assert_eq!(finished["end_reason"], "eof", "{finished}");
+    assert_eq!(finished["bytes_read"], size, "{finished}");
+    assert_eq!(finished["bytes"], size, "{finished}");
+    // Then one not read at all.
+    let mut stream = client.read_log(cat_request(&path)).await?.into_inner();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ended = |f: &Fixture| {
+        f.cluster
+            .agent_audit("web-1")
+            .into_iter()
+            .filter(|e| e["event"] == "read.finished")
+            .count()
+    };
+    assert_eq!(ended(&f), 1, "the unread cat ended without its reader");
+    let out = tokio::task::block_in_place(|| {
+        f.cluster
+            .run_cli("admin", &["grant", "revoke", &id, "--reason", "INC-15"])
+    })?;
+    assert!(out.status.success(), "{}", text(&out).1);
+    let cut = tokio::task::block_in_place(|| {
+        f.cluster
+            .wait_for_audit("web-1", Duration::from_secs(5), |e| {
+                e["event"] == "read.finished" && e["end_reason"] != "eof"
+            })
+    })?;
+    assert_eq!(cut["end_reason"], "grant_revoked", "{cut}");
+    let read = cut["bytes_read"].as_u64().unwrap_or(u64::MAX);
+    assert!(read < size as u64 / 4, "the unread cat read ahead: {cut}");
+    let mut got = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await? {
+            Ok(Some(chunk)) => {
+                if let Some(loggate_proto::read_log_chunk::Item::Data(d)) = chunk.item {
+                    got += d.len();
+                }
+            }
+            Ok(None) => break None,
+            Err(status) => break Some(status),
+        }
+    };
+    let status = end.unwrap_or_else(|| panic!("a clean end after {got} of {size} bytes"));
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(status.message().contains("was revoked"), "{status:?}");
+    assert!(got as u64 <= read, "{got} bytes served of {read} read");
+    eprintln!("{got} bytes of {size} had gone to HTTP/2 before the revocation ({read} read)");
     tokio::task::spawn_blocking(move || drop(f)).await?;
     Ok(())
 }
