@@ -175,19 +175,11 @@ pub async fn enrol(args: EnrolArgs) -> anyhow::Result<()> {
         })?
         .into_inner();
     // Check the answer before anything is written.
-    let cert_der =
-        CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes()).map_err(|e| {
-            anyhow::anyhow!(
-                "the controller's answer holds no certificate: {}",
-                controller_text(&e.to_string())
-            )
-        })?;
-    let identity = Identity::from_certificate(&cert_der, &answer.trust_domain).map_err(|e| {
-        anyhow::anyhow!(
-            "the certificate the controller issued: {}",
-            controller_text(&e.to_string())
-        )
-    })?;
+    let (cert_der, identity) = issued_identity(
+        &answer.certificate_pem,
+        &answer.trust_domain,
+        "the certificate the controller issued",
+    )?;
     ensure!(
         identity.role() == Role::Agent && identity.name() == args.id,
         "the controller issued a certificate for {}, not agent {}",
@@ -470,19 +462,11 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
         .cluster
         .check(&answer.cluster_id)
         .context("the controller that answered the renewal")?;
-    let cert_der =
-        CertificateDer::from_pem_slice(answer.certificate_pem.as_bytes()).map_err(|e| {
-            anyhow::anyhow!(
-                "the controller's answer holds no certificate: {}",
-                controller_text(&e.to_string())
-            )
-        })?;
-    let identity = Identity::from_certificate(&cert_der, &config.trust_domain).map_err(|e| {
-        anyhow::anyhow!(
-            "the renewed certificate: {}",
-            controller_text(&e.to_string())
-        )
-    })?;
+    let (cert_der, identity) = issued_identity(
+        &answer.certificate_pem,
+        &config.trust_domain,
+        "the renewed certificate",
+    )?;
     ensure!(
         identity.role() == Role::Agent && identity.name() == config.id,
         "the controller renewed a certificate for {}, not agent {}",
@@ -525,6 +509,25 @@ const CONTROLLER_TEXT_MAX: usize = 128;
 /// a combining mark must not act on the terminal or the log), and at most
 /// [`CONTROLLER_TEXT_MAX`] characters, a cut marked by a final "…" and never made inside a
 /// character's escape. Without the bound, an answer is as long as gRPC lets it be (4 MiB).
+/// The certificate of a controller's answer (enrolment or renewal) and the identity it
+/// names in `trust_domain`; errors quote the answer through [`controller_text`], `what`
+/// naming the certificate.
+fn issued_identity(
+    certificate_pem: &str,
+    trust_domain: &str,
+    what: &str,
+) -> anyhow::Result<(CertificateDer<'static>, Identity)> {
+    let cert_der = CertificateDer::from_pem_slice(certificate_pem.as_bytes()).map_err(|e| {
+        anyhow::anyhow!(
+            "the controller's answer holds no certificate: {}",
+            controller_text(&e.to_string())
+        )
+    })?;
+    let identity = Identity::from_certificate(&cert_der, trust_domain)
+        .map_err(|e| anyhow::anyhow!("{what}: {}", controller_text(&e.to_string())))?;
+    Ok((cert_der, identity))
+}
+
 fn controller_text(text: &str) -> String {
     let mut shown = String::new();
     let mut count = 0;

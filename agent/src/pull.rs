@@ -711,21 +711,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("tempfile");
         file.write_all(content).expect("write");
         let store = FakeStore::valid();
-        let plan = Plan {
-            file: file.reopen().expect("reopen"),
-            path: file.path().to_path_buf(),
-            agent: "web-1".into(),
-            profile: Profile::Redact(redactor()),
-            tail_lines: None,
-            len: content.len() as u64,
-            follow: false,
-            reopen: None,
-            watch: None,
-            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
-            max_line: 64 * 1024,
-            key_lookback: 1 << 20,
-            compressed: None,
-        };
+        let plan = stream::tests::plan_of(&file, content.len());
         assert!(Puller::serves(&plan));
         let watch = GrantWatch {
             grants: store.clone(),

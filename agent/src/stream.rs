@@ -1771,6 +1771,26 @@ pub(crate) mod tests {
         assert!(limits.start().is_some(), "an ended stream frees its place");
     }
 
+    /// A plan serving the whole of `file` (`len` bytes) with the default profile, every line
+    /// passing, not followed; a test sets what it needs beyond.
+    pub(crate) fn plan_of(file: &tempfile::NamedTempFile, len: usize) -> Plan {
+        Plan {
+            file: file.reopen().expect("reopen"),
+            path: file.path().to_path_buf(),
+            agent: "web-1".into(),
+            profile: Profile::Redact(Arc::new(Redactor::default_profile())),
+            tail_lines: None,
+            len: len as u64,
+            follow: false,
+            reopen: None,
+            watch: None,
+            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
+            max_line: 64 * 1024,
+            key_lookback: 1 << 20,
+            compressed: None,
+        }
+    }
+
     /// A grant store stand-in: one grant, withdrawn on demand with the store's notification.
     pub(crate) struct FakeStore {
         withdrawn: Mutex<Option<Withdrawal>>,
@@ -1890,19 +1910,10 @@ pub(crate) mod tests {
         };
         assert_eq!(watch.is_some(), follow, "inotify works here");
         let plan = Plan {
-            file: file.reopen().expect("reopen"),
-            path: file.path().to_path_buf(),
-            agent: "web-1".into(),
-            profile: Profile::Redact(Arc::new(Redactor::default_profile())),
-            tail_lines: None,
-            len: content.len() as u64,
             follow,
-            reopen: None,
             watch,
             selector,
-            max_line: 64 * 1024,
-            key_lookback: 1 << 20,
-            compressed: None,
+            ..plan_of(&file, content.len())
         };
         let grant = GrantWatch {
             grants: status.clone(),
@@ -2483,19 +2494,8 @@ pub(crate) mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("tempfile");
         file.write_all(old.as_bytes()).expect("write");
         let plan = Plan {
-            file: file.reopen().expect("reopen"),
-            path: file.path().to_path_buf(),
-            agent: "web-1".into(),
-            profile: Profile::Redact(Arc::new(Redactor::default_profile())),
-            tail_lines: None,
-            len: old.len() as u64,
             follow: true,
-            reopen: None,
-            watch: None,
-            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
-            max_line: 64 * 1024,
-            key_lookback: 1 << 20,
-            compressed: None,
+            ..plan_of(&file, old.len())
         };
         let mut sink = RewritingSink {
             file: file.path().to_path_buf(),
@@ -2652,19 +2652,8 @@ pub(crate) mod tests {
         let mut file = tempfile::NamedTempFile::new().expect("tempfile");
         file.write_all(&bytes).expect("write");
         let plan = Plan {
-            file: file.reopen().expect("reopen"),
-            path: file.path().to_path_buf(),
-            agent: "web-1".into(),
-            profile: Profile::Redact(Arc::new(Redactor::default_profile())),
-            tail_lines: None,
-            len: bytes.len() as u64,
-            follow: false,
-            reopen: None,
-            watch: None,
-            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
-            max_line: 64 * 1024,
-            key_lookback: 1 << 20,
             compressed: Some((crate::decompress::Compression::Gzip, limits)),
+            ..plan_of(&file, bytes.len())
         };
         let mut sink = RewritingSink {
             file: file.path().to_path_buf(),
@@ -2713,19 +2702,9 @@ pub(crate) mod tests {
             max_ratio: 1000,
         };
         let plan = Plan {
-            file: file.reopen().expect("reopen"),
-            path: file.path().to_path_buf(),
-            agent: "web-1".into(),
-            profile: Profile::Redact(Arc::new(Redactor::default_profile())),
             tail_lines,
-            len: bytes.len() as u64,
-            follow: false,
-            reopen: None,
-            watch: None,
-            selector: LineSelector::new(None, None, None, Duration::from_secs(30)),
-            max_line: 64 * 1024,
-            key_lookback: 1 << 20,
             compressed: gzip.then_some((crate::decompress::Compression::Gzip, limits)),
+            ..plan_of(&file, bytes.len())
         };
         let mut sink = RewritingSink {
             file: file.path().to_path_buf(),

@@ -1038,7 +1038,39 @@ async fn stalled_readers_hold_the_budget(
     Ok(())
 }
 
-/// Review of issue #15, finding 1: a `cat` whose read loop reached the file's end while its
+/// A fixture with about `bytes` of a log and a 30-minute grant for alice: the log's path, its
+/// size and the grant's id.
+fn middling_log(bytes: usize) -> anyhow::Result<(Fixture, String, usize, String)> {
+    let f = Fixture::start()?;
+    let line = "2026-12-05T03:00:00Z INFO a line of a middling log user=someone\n";
+    let content = line.repeat(bytes / line.len());
+    let path = f.logs.join("middling.log");
+    std::fs::write(&path, &content)?;
+    let id = f.grant("alice", "30m")?;
+    Ok((f, path.display().to_string(), content.len(), id))
+}
+
+/// What is left of a stream, each message within 10 s: its content bytes and its final status
+/// (`None`: a clean end).
+async fn drain(
+    stream: &mut tonic::Streaming<loggate_proto::ReadLogChunk>,
+) -> anyhow::Result<(usize, Option<tonic::Status>)> {
+    let mut got = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await? {
+            Ok(Some(chunk)) => {
+                if let Some(loggate_proto::read_log_chunk::Item::Data(d)) = chunk.item {
+                    got += d.len();
+                }
+            }
+            Ok(None) => return Ok((got, None)),
+            Err(status) => return Ok((got, Some(status))),
+        }
+    }
+}
+
+/// Review of issue #15, finding 1: a read loop (then any `cat`; a plain `cat` is now read in its
+/// response's poll and does not read ahead, the next test) that reached the file's end while its
 /// reader read nothing left its last messages queued in the agent; a revocation then changed
 /// nothing, and the reader, reading on, got the rest of the file and a clean end. Now what is
 /// still queued is dropped when the grant ends, and the reader gets the cut after the part it
@@ -1046,19 +1078,10 @@ async fn stalled_readers_hold_the_budget(
 /// whole file read (`bytes_read`), through the agent's real serving path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_finished_cat_whose_reader_has_not_read_it_is_cut_at_revocation() -> anyhow::Result<()> {
-    let (f, path, size, id) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
-        let f = Fixture::start()?;
-        let line = "2026-12-05T03:00:00Z INFO a line of a middling log user=someone\n";
-        // Past the client's 64 KiB window and what HTTP/2 takes beyond it, within what the
-        // stream's channel holds (8 messages): the loop ends with messages queued (768 KiB
-        // was too much here: the loop waited on a full channel, no `read.finished`).
-        let content = line.repeat((512 << 10) / line.len());
-        let path = f.logs.join("middling.log");
-        std::fs::write(&path, &content)?;
-        let id = f.grant("alice", "30m")?;
-        Ok((f, path.display().to_string(), content.len(), id))
-    })
-    .await??;
+    // Past the client's 64 KiB window and what HTTP/2 takes beyond it, within what the
+    // stream's channel holds (8 messages): the loop ends with messages queued (768 KiB was too
+    // much here: the loop waited on a full channel, no `read.finished`).
+    let (f, path, size, id) = tokio::task::spawn_blocking(|| middling_log(512 << 10)).await??;
     let mut client = agent_client(&f, "alice").await?;
     // A read loop that reads ahead (a time range).
     let mut stream = client
@@ -1083,18 +1106,7 @@ async fn a_finished_cat_whose_reader_has_not_read_it_is_cut_at_revocation() -> a
     assert!(out.status.success(), "{}", text(&out).1);
     // The agent drops the queue at the revocation, not when the reader reads on.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut got = 0;
-    let end = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await? {
-            Ok(Some(chunk)) => {
-                if let Some(loggate_proto::read_log_chunk::Item::Data(d)) = chunk.item {
-                    got += d.len();
-                }
-            }
-            Ok(None) => break None,
-            Err(status) => break Some(status),
-        }
-    };
+    let (got, end) = drain(&mut stream).await?;
     let status = end.unwrap_or_else(|| {
         panic!("a clean end after {got} of {size} bytes: the revoked rest was served")
     });
@@ -1115,16 +1127,7 @@ async fn a_finished_cat_whose_reader_has_not_read_it_is_cut_at_revocation() -> a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cat_whose_reader_reads_nothing_is_cut_at_revocation_without_reading_on(
 ) -> anyhow::Result<()> {
-    let (f, path, size, id) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
-        let f = Fixture::start()?;
-        let line = "2026-12-05T03:00:00Z INFO a line of a middling log user=someone\n";
-        let content = line.repeat((2 << 20) / line.len());
-        let path = f.logs.join("middling.log");
-        std::fs::write(&path, &content)?;
-        let id = f.grant("alice", "30m")?;
-        Ok((f, path.display().to_string(), content.len(), id))
-    })
-    .await??;
+    let (f, path, size, id) = tokio::task::spawn_blocking(|| middling_log(2 << 20)).await??;
     // Read to its end first: the whole file counted.
     let mut client = agent_client(&f, "alice").await?;
     let mut whole = client.read_log(cat_request(&path)).await?.into_inner();
@@ -1169,18 +1172,7 @@ async fn a_cat_whose_reader_reads_nothing_is_cut_at_revocation_without_reading_o
     assert_eq!(cut["end_reason"], "grant_revoked", "{cut}");
     let read = cut["bytes_read"].as_u64().unwrap_or(u64::MAX);
     assert!(read < size as u64 / 4, "the unread cat read ahead: {cut}");
-    let mut got = 0;
-    let end = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await? {
-            Ok(Some(chunk)) => {
-                if let Some(loggate_proto::read_log_chunk::Item::Data(d)) = chunk.item {
-                    got += d.len();
-                }
-            }
-            Ok(None) => break None,
-            Err(status) => break Some(status),
-        }
-    };
+    let (got, end) = drain(&mut stream).await?;
     let status = end.unwrap_or_else(|| panic!("a clean end after {got} of {size} bytes"));
     assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
     assert!(status.message().contains("was revoked"), "{status:?}");
