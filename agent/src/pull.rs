@@ -70,14 +70,18 @@ const READS_PER_POLL: usize = 4;
 
 /// What a stream's end hands to the server: how it ended, what must outlive its
 /// `read.finished` (the stream's receivers of the agent's stop: shutdown waits for every
-/// stream's record), and a sender to drop once the record is written: a reader is told of a
-/// clean end only after it (as on the other path, whose response ends with its thread).
+/// stream's record), and a sender to drop once the record is written: a reader is told of the
+/// end (clean, or the final status) only after it (as on the other path, whose response ends
+/// with its thread).
 pub type Done = Box<dyn FnOnce(Finished, Keep, oneshot::Sender<()>) + Send>;
 
 /// Held until the stream's `read.finished` is written.
 pub struct Keep {
     _stop: Vec<watch::Receiver<bool>>,
     _sharer: Option<Sharer>,
+    /// Closed where the record is written, not on the runtime's thread (a `close` may wait
+    /// on a network filesystem).
+    _file: Arc<File>,
 }
 
 /// The stream's state, shared by its response and its [`watch_for_cut`] task.
@@ -310,21 +314,19 @@ impl Puller {
                 return Poll::Ready(None);
             }
             let Some(work) = shared.work.as_mut() else {
-                // Ended (here or by a cut): what was made and not sent is dropped, then the
-                // final status; a clean end once the stream's record is written.
+                // Ended (here or by a cut): what was made and not sent is dropped, then, once
+                // the stream's record is written (as on the other path, whose response ends
+                // with its thread), the final status or a clean end.
                 self.pending = None;
                 self.waiting = None;
                 self.reading = None;
-                if let Some(status) = shared.status.take() {
-                    self.over = true;
-                    return Poll::Ready(Some(Err(status)));
-                }
                 if let Some(recorded) = shared.recorded.as_mut() {
                     // Err: the record's task is gone (the runtime stopping).
                     let _ = std::task::ready!(Pin::new(recorded).poll(cx));
+                    shared.recorded = None;
                 }
                 self.over = true;
-                return Poll::Ready(None);
+                return Poll::Ready(shared.status.take().map(Err));
             };
             if let Some(chunk) = self.pending.take() {
                 match self.share_for(&chunk, cx) {
@@ -444,7 +446,7 @@ impl Puller {
     }
 }
 
-/// Resolves once the stream has no message out.
+/// Resolves once the stream has fewer than [`FREE_OUT`] messages out.
 async fn none_out(out: &Out) {
     loop {
         let dropped = out.dropped.notified();
@@ -487,6 +489,7 @@ fn end(shared: &mut Shared, reason: EndReason) {
             .flatten()
             .collect(),
         _sharer: work.sharer.take(),
+        _file: work.file.clone(),
     };
     if let Some(done) = shared.done.take() {
         let (recorded_tx, recorded) = oneshot::channel();
@@ -777,14 +780,17 @@ mod tests {
         }
 
         /// Every message's content, and the final status; the record told written once the
-        /// response waits for it.
+        /// stream has ended.
         fn read_all(&mut self) -> (Vec<u8>, Option<Status>) {
             let mut content = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                match self.next_within(Duration::from_millis(200)) {
+                assert!(Instant::now() < deadline, "the stream never ended");
+                match self.next_within(Duration::from_millis(100)) {
                     None => {
-                        assert!(self.ended().is_some(), "nothing came and nothing ended");
-                        self.record_written();
+                        if self.ended().is_some() {
+                            self.record_written();
+                        }
                     }
                     Some(Some(Ok(frame))) => content.extend(data_of(&frame)),
                     Some(Some(Err(status))) => {
@@ -852,9 +858,12 @@ mod tests {
         let mut s = serve(&content, None);
         let mut got = Vec::new();
         // Every message, then nothing until the record is written.
-        while let Some(next) = s.next_within(Duration::from_millis(500)) {
-            match next {
-                Some(Ok(frame)) => got.extend(data_of(&frame)),
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match s.next_within(Duration::from_millis(100)) {
+                Some(Some(Ok(frame))) => got.extend(data_of(&frame)),
+                None if s.ended().is_some() => break,
+                None => assert!(Instant::now() < deadline, "the stream never ended"),
                 other => panic!("the end came before the record: {other:?}"),
             }
         }
@@ -886,25 +895,38 @@ mod tests {
     /// at the revocation, closes it and hands over its record; the reader then gets the cut.
     #[test]
     fn a_reader_that_stops_reading_is_cut_at_revocation_without_a_poll() {
+        cut_without_a_poll(FakeStore::revoke, EndReason::GrantRevoked, "was revoked");
+    }
+
+    /// The same at the grant's end (the store's clock moved past it, the task woken as by
+    /// its own timer at `not_after`).
+    #[test]
+    fn a_reader_that_stops_reading_is_cut_at_expiry_without_a_poll() {
+        cut_without_a_poll(FakeStore::expire, EndReason::GrantExpired, "expired");
+    }
+
+    fn cut_without_a_poll(cut: fn(&FakeStore), reason: EndReason, says: &str) {
         let content = a_log(4 << 20);
         let mut s = serve(&content, None);
         assert!(matches!(s.next(), Some(Ok(_))));
-        s.store.revoke();
+        cut(&s.store);
         let deadline = Instant::now() + Duration::from_secs(5);
         while s.ended().is_none() {
             assert!(Instant::now() < deadline, "never cut");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (reason, _, read) = s.ended().expect("ended");
-        assert_eq!(reason, EndReason::GrantRevoked);
+        let (ended, _, read) = s.ended().expect("ended");
+        assert_eq!(ended, reason);
         assert!(
             read <= (READS_PER_POLL * CHUNK) as u64,
             "read ahead: {read}"
         );
+        assert!(s.poll().is_pending(), "the cut before the record");
+        s.record_written();
         match s.next() {
             Some(Err(status)) => {
                 assert_eq!(status.code(), tonic::Code::Aborted);
-                assert!(status.message().contains("was revoked"), "{status:?}");
+                assert!(status.message().contains(says), "{status:?}");
                 assert!(status.metadata().get("loggate-end").is_none());
             }
             other => panic!("not the cut: {other:?}"),
@@ -925,6 +947,10 @@ mod tests {
         }
         let mut s = serve(&content, None);
         assert!(matches!(s.next(), Some(Ok(_))), "the line before the key");
+        assert!(
+            s.work(|work| work.nowait),
+            "the test's folder refuses preadv2(RWF_NOWAIT): every read goes to the pool"
+        );
         assert!(s.poll().is_pending(), "one turn read the whole key");
         let read = s.work(|work| work.bytes_read);
         assert!(
@@ -951,6 +977,10 @@ mod tests {
         let budget = Arc::new(QueueBudget::new(64 * 1024));
         let taken = budget.try_take(64 * 1024).expect("the whole budget");
         let mut s = serve(&content, Some(budget.clone()));
+        assert!(
+            s.work(|work| work.nowait),
+            "the test's folder refuses RWF_NOWAIT"
+        );
         // HTTP/2 holds the messages: they stay out.
         let mut out = Vec::new();
         for _ in 0..FREE_OUT {
@@ -978,6 +1008,35 @@ mod tests {
             budget.available_bytes(),
             64 * 1024,
             "every share given back"
+        );
+    }
+
+    /// Messages beyond the free ones hold their share of the budget while HTTP/2 holds them,
+    /// and give it back when it drops them (written).
+    #[test]
+    fn messages_beyond_the_free_ones_hold_their_share_until_written() {
+        let content = a_log(1 << 20);
+        let budget = Arc::new(QueueBudget::new(1 << 20));
+        let mut s = serve(&content, Some(budget.clone()));
+        let mut out = Vec::new();
+        for _ in 0..FREE_OUT + 3 {
+            match s.next() {
+                Some(Ok(frame)) => out.push(frame),
+                other => panic!("a message: {other:?}"),
+            }
+        }
+        let held = budget.total_bytes() - budget.available_bytes();
+        // Three messages of a 64 KiB read each (their allocation, ~72 KiB).
+        assert!(
+            (3 * CHUNK..=3 * (CHUNK + CHUNK / 4)).contains(&held),
+            "{held} bytes held by {} messages",
+            out.len()
+        );
+        drop(out);
+        assert_eq!(
+            budget.available_bytes(),
+            budget.total_bytes(),
+            "shares given back"
         );
     }
 }

@@ -1832,7 +1832,7 @@ pub(crate) mod tests {
         /// Moves the clock a day on, past any test grant's `not_after`, and wakes the streams
         /// (the agent's streams wake at their grant's `not_after` by their own timer): the
         /// expiry comes when the test says, however slow the machine.
-        fn expire(&self) {
+        pub(crate) fn expire(&self) {
             *self.ahead.lock().expect("lock") = Duration::from_secs(86_400);
             self.changed.send_modify(|n| *n += 1);
         }
