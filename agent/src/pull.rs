@@ -119,6 +119,8 @@ struct Work {
     at_end: bool,
     /// Whether `preadv2(RWF_NOWAIT)` works on this file (not on every filesystem).
     nowait: bool,
+    /// The no-wait read ([`read_nowait`]; a test's stand-in for a kernel that refuses it).
+    read_nowait: fn(i32, &mut [u8], u64) -> std::io::Result<usize>,
 }
 
 /// The stream's [`ChunkSink`]: checks the grant and the agent's stop, and collects what
@@ -284,6 +286,7 @@ impl Puller {
                 sharer,
                 at_end: false,
                 nowait: true,
+                read_nowait,
             }),
             status: None,
             waker: None,
@@ -518,6 +521,7 @@ impl Work {
         let buf = self.buf.as_mut()?;
         stream::fit_read_buffer(buf, BEHIND + CHUNK);
         let fd = self.file.as_raw_fd();
+        let read_nowait = self.read_nowait;
         let read = stream::read_checked_at(
             |into, offset| read_nowait(fd, into, offset),
             // Only asked before the first read past a start (never for a `cat`): on the pool.
@@ -878,17 +882,36 @@ mod tests {
         assert_ne!(got, content, "something was redacted");
     }
 
-    /// Where `preadv2(RWF_NOWAIT)` cannot be used, every read goes to the blocking pool, and
-    /// the stream serves the same.
+    /// Where `preadv2(RWF_NOWAIT)` is refused (a filesystem without the flag, a seccomp
+    /// filter without the call, an old libc), every read goes to the blocking pool and the
+    /// stream serves the same; where the page cache lacks a read (`EAGAIN`), that read goes
+    /// there and the next tries the cache again.
     #[test]
-    fn every_read_on_the_pool_serves_the_same() {
+    fn reads_the_page_cache_cannot_answer_go_to_the_pool_and_serve_the_same() {
+        fn refused(_: i32, _: &mut [u8], _: u64) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::EPERM))
+        }
+        fn not_cached(_: i32, _: &mut [u8], _: u64) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(libc::EAGAIN))
+        }
         let content = a_log(300 * 1024);
-        let mut s = serve(&content, None);
-        s.work(|work| work.nowait = false);
-        let (got, status) = s.read_all();
-        assert!(status.is_none(), "{status:?}");
-        assert_eq!(got, redacted(&content));
-        assert_eq!(s.ended().map(|e| e.0), Some(EndReason::Eof));
+        for (read, nowait_after) in [
+            (refused as fn(i32, &mut [u8], u64) -> _, false),
+            (not_cached, true),
+        ] {
+            let mut s = serve(&content, None);
+            s.work(|work| work.read_nowait = read);
+            let mut got = match s.next() {
+                Some(Ok(frame)) => data_of(&frame),
+                other => panic!("the first message: {other:?}"),
+            };
+            assert_eq!(s.work(|work| work.nowait), nowait_after);
+            let (rest, status) = s.read_all();
+            assert!(status.is_none(), "{status:?}");
+            got.extend(rest);
+            assert_eq!(got, redacted(&content));
+            assert_eq!(s.ended().map(|e| e.0), Some(EndReason::Eof));
+        }
     }
 
     /// HTTP/2 does not poll a response its reader does not read: the stream's own task cuts it
