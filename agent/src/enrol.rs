@@ -438,7 +438,8 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
         .push(DnType::CommonName, &config.id);
     let csr = params.serialize_request(&key)?.der().to_vec();
     // Whichever controller address is current (the grant stream moves it on a failure).
-    let mut client = crate::watch::connect_current(config).await?;
+    let addr = config.controllers.current().1.to_string();
+    let mut client = crate::watch::connect(config, &addr).await?;
     let renewal = client.renew_certificate(loggate_proto::RenewCertificateRequest {
         csr_der: csr,
         cluster_id: shared.cluster.pinned().unwrap_or_default(),
@@ -458,10 +459,21 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
     .into_inner();
     // Only from the cluster this agent follows (as every grant event is checked): a controller
     // of another cluster that shares the CA must not hand it its identity.
-    shared
-        .cluster
-        .check(&answer.cluster_id)
-        .context("the controller that answered the renewal")?;
+    if let Err(e) = shared.cluster.check(&answer.cluster_id) {
+        // Audited as the grant stream's refusals are: a controller of another cluster that
+        // answered with a certificate for this agent is an alert, not only a log line.
+        if let Some(mismatch) = e.downcast_ref::<crate::cluster::Mismatch>() {
+            shared.audit(&loggate_core::audit::events::ControllerRefused {
+                address: addr.clone(),
+                reason_code: "cluster_mismatch",
+                expected_cluster_id: mismatch.expected.clone(),
+                got_cluster_id: mismatch.got.clone(),
+            })?;
+        }
+        return Err(e.context(format!(
+            "the controller at {addr} that answered the renewal"
+        )));
+    }
     let (cert_der, identity) = issued_identity(
         &answer.certificate_pem,
         &config.trust_domain,
@@ -500,8 +512,10 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
 }
 
 /// The most characters of the controller's text that a message shows, its escapes and the
-/// cut's marker included.
-const CONTROLLER_TEXT_MAX: usize = 128;
+/// cut's marker included. Long enough for the controller's own sentences (a refused renewal
+/// names two 32-character cluster ids and what to do: ~200 characters), short enough that an
+/// answer cannot fill a log line with megabytes.
+const CONTROLLER_TEXT_MAX: usize = 512;
 
 /// Text from the controller's answer (a refusal's message, a label, a serial, an error that
 /// quotes the answer) as it goes into an error, a log line or onto the operator's terminal:
@@ -658,8 +672,8 @@ mod tests {
     }
 
     #[test]
-    fn the_controllers_text_is_shown_escaped_and_cut_to_128_characters() {
-        assert_eq!(CONTROLLER_TEXT_MAX, 128);
+    fn the_controllers_text_is_shown_escaped_and_cut_to_512_characters() {
+        assert_eq!(CONTROLLER_TEXT_MAX, 512);
         let short = "the join token was used already";
         assert_eq!(controller_text(short), short);
         let exact = "x".repeat(CONTROLLER_TEXT_MAX);
