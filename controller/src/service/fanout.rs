@@ -2141,14 +2141,18 @@ mod tests {
     /// A herd of streams opening at once (a replica's failover, a restart) on PostgreSQL: every
     /// catch-up read waits for one of the store's stream turns, so no more of them wait for the
     /// connection than the store lets wait, and none is refused `Busy` (each refusal ends the
-    /// stream and doubles the agent's back-off). Here the store lets only `STREAM_TURNS` wait;
-    /// without the turns most of the 128 reads were refused.
+    /// stream and doubles the agent's back-off). Here the store lets only `STREAM_TURNS` wait,
+    /// and four more: the feed's own reads (its live change, its heartbeat's revision) wait for
+    /// the same connection beside the herd's, as the admins' calls do in the product, where
+    /// `MAX_STORE_WAITERS` leaves 32 places beyond the turns (with exactly `STREAM_TURNS`, a
+    /// feed read waiting beside the 31 waiting catch-ups made a catch-up `Busy` under load:
+    /// CI run 16). Without the turns most of the 128 reads were refused.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_herd_of_catch_ups_waits_for_turns_and_none_is_refused_busy() {
         let t = crate::store::testing::TestStore::postgres();
         let mut store = Store::open_postgres(&t.server.as_ref().expect("a server").url())
             .expect("a second connection");
-        store.set_max_waiters(crate::store::STREAM_TURNS);
+        store.set_max_waiters(crate::store::STREAM_TURNS + 4);
         let store = Arc::new(store);
         insert(&store, "g-1", &[], &["env=prod"], unix_now() + 3600);
         let (_stop, stopping) = watch::channel(false);
