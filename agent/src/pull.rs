@@ -417,8 +417,9 @@ impl Puller {
         }
     }
 
-    /// The share of the budget `chunk` goes with: none when this stream has nothing else
-    /// out (so every stream progresses, whatever the others hold) or no budget is set.
+    /// The share of the budget `chunk` goes with: none when this stream has fewer than
+    /// [`FREE_OUT`] messages out (so every stream progresses, whatever the others hold) or no
+    /// budget is set.
     fn share_for(&mut self, chunk: &Chunk, cx: &mut Context<'_>) -> Poll<Option<BudgetShare>> {
         let Some(budget) = &self.budget else {
             return Poll::Ready(None);
