@@ -517,12 +517,6 @@ async fn renew_once(shared: &crate::Shared, record: &EnrolmentRecord) -> anyhow:
 /// answer cannot fill a log line with megabytes.
 const CONTROLLER_TEXT_MAX: usize = 512;
 
-/// Text from the controller's answer (a refusal's message, a label, a serial, an error that
-/// quotes the answer) as it goes into an error, a log line or onto the operator's terminal:
-/// each character escaped by `char::escape_debug` (a control character, a bidi override or
-/// a combining mark must not act on the terminal or the log), and at most
-/// [`CONTROLLER_TEXT_MAX`] characters, a cut marked by a final "…" and never made inside a
-/// character's escape. Without the bound, an answer is as long as gRPC lets it be (4 MiB).
 /// The certificate of a controller's answer (enrolment or renewal) and the identity it
 /// names in `trust_domain`; errors quote the answer through [`controller_text`], `what`
 /// naming the certificate.
@@ -542,6 +536,12 @@ fn issued_identity(
     Ok((cert_der, identity))
 }
 
+/// Text from the controller's answer (a refusal's message, a label, a serial, an error that
+/// quotes the answer) as it goes into an error, a log line or onto the operator's terminal:
+/// each character escaped by `char::escape_debug` (a control character, a bidi override or
+/// a combining mark must not act on the terminal or the log), and at most
+/// [`CONTROLLER_TEXT_MAX`] characters, a cut marked by a final "…" and never made inside a
+/// character's escape. Without the bound, an answer is as long as gRPC lets it be (4 MiB).
 fn controller_text(text: &str) -> String {
     let mut shown = String::new();
     let mut count = 0;

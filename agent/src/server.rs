@@ -648,50 +648,46 @@ fn record_finished(
     started: Instant,
     finished: stream::Finished,
 ) {
-    {
-        {
-            let metrics = loggate_core::metrics::agent();
-            metrics.live_streams.dec();
-            metrics.bytes_served.inc_by(finished.bytes);
-            for (detector, n) in &finished.counts.redactions {
-                let detector = loggate_core::metrics::DetectorLabel {
-                    detector: detector.clone(),
-                };
-                metrics.redactions.get_or_create(&detector).inc_by(*n);
+    let metrics = loggate_core::metrics::agent();
+    metrics.live_streams.dec();
+    metrics.bytes_served.inc_by(finished.bytes);
+    for (detector, n) in &finished.counts.redactions {
+        let detector = loggate_core::metrics::DetectorLabel {
+            detector: detector.clone(),
+        };
+        metrics.redactions.get_or_create(&detector).inc_by(*n);
+    }
+    drop(grep_place);
+    let reason = finished.reason;
+    let result = shared.audit(&events::ReadFinished {
+        subject: reading.subject,
+        key_sha256: reading.key_sha256,
+        peer: reading.peer,
+        grant_id,
+        path: reading.path,
+        resource_kind: if reading.file {
+            ReadResource::File
+        } else {
+            ReadResource::JournalUnit
+        },
+        bytes: finished.bytes,
+        bytes_read: reading.file.then_some(finished.bytes_read),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        end_reason: reason.as_str(),
+        error: match &reason {
+            stream::EndReason::ReadError(e) | stream::EndReason::DecompressionLimit(e) => {
+                Some(e.clone())
             }
-            drop(grep_place);
-            let reason = finished.reason;
-            let result = shared.audit(&events::ReadFinished {
-                subject: reading.subject,
-                key_sha256: reading.key_sha256,
-                peer: reading.peer,
-                grant_id,
-                path: reading.path,
-                resource_kind: if reading.file {
-                    ReadResource::File
-                } else {
-                    ReadResource::JournalUnit
-                },
-                bytes: finished.bytes,
-                bytes_read: reading.file.then_some(finished.bytes_read),
-                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                end_reason: reason.as_str(),
-                error: match &reason {
-                    stream::EndReason::ReadError(e) | stream::EndReason::DecompressionLimit(e) => {
-                        Some(e.clone())
-                    }
-                    _ => None,
-                },
-                redactions: finished.counts.redactions.clone(),
-                lines_withheld: finished.counts.lines_withheld,
-                lines_cut: finished.counts.lines_cut,
-                pattern_ms: u64::try_from(finished.pattern_time.as_millis()).unwrap_or(u64::MAX),
-                key_lookback_exhausted: finished.key_lookback_exhausted,
-            });
-            if let Err(e) = result {
-                tracing::error!("audit write failed at stream end: {e:#}");
-            }
-        }
+            _ => None,
+        },
+        redactions: finished.counts.redactions.clone(),
+        lines_withheld: finished.counts.lines_withheld,
+        lines_cut: finished.counts.lines_cut,
+        pattern_ms: u64::try_from(finished.pattern_time.as_millis()).unwrap_or(u64::MAX),
+        key_lookback_exhausted: finished.key_lookback_exhausted,
+    });
+    if let Err(e) = result {
+        tracing::error!("audit write failed at stream end: {e:#}");
     }
 }
 
