@@ -218,6 +218,17 @@ pub const PERSON_RESERVE: usize = 64;
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// … and then this often.
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// The TLS bytes one established connection may hold for sending, beyond what its socket
+/// took (rustls's send-buffer limit; rustls's default is 64 KiB). A write is taken only up to
+/// this, the rest on the next write: at 64 KiB a read's message (a 64 KiB read and its
+/// framing, just over 64 KiB) went out as two `writev`s, the second of a few hundred bytes,
+/// each a TCP segment and a wake-up of the reader (issue #15, docs/performance.md). At this
+/// size a message of the largest read (72 KiB redacted, `cli::MAX_FRAME_SIZE`) goes whole. A
+/// bound per connection: a peer that stops reading holds at most this much here.
+pub const SEND_BUFFER_LIMIT: usize = 128 * 1024;
+// The largest read's frame (72 KiB, 64 bytes of gRPC and message framing, the 9 of HTTP/2's
+// frame head) and its records' overhead (22 bytes each of at most 16 KiB) fit.
+const _: () = assert!(SEND_BUFFER_LIMIT >= 72 * 1024 + 64 + 9 + 5 * 22);
 /// How often, at most, evictions are summarised in one `tls.refused` record.
 pub const PRESSURE_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// Prefixes named in the eviction counts of one summary interval at most (memory bound).
@@ -1370,7 +1381,10 @@ async fn establish(
     match read {
         Ok(Ok(_)) if &preface == HTTP2_PREFACE => Some(Connection {
             replayed: 0,
-            stream,
+            stream: {
+                stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+                stream
+            },
             _place: place,
             closing: Closing::new(teardown),
         }),
@@ -3028,7 +3042,7 @@ mod tests {
         /// A TLS client ([`tls_client`]) of this listener, run until it is aborted.
         fn spawn_client(&self) -> tokio::task::JoinHandle<std::io::Result<()>> {
             let (addr, files) = (self.addr, self.files.clone());
-            tokio::spawn(async move { tls_client(addr, &files).await })
+            tokio::spawn(async move { tls_client(addr, &files, None).await })
         }
     }
 
@@ -3048,10 +3062,20 @@ mod tests {
     }
 
     /// A TLS client's handshake with `addr`, then the HTTP/2 preface (what the listener waits
-    /// for before it yields the connection).
-    async fn tls_client(addr: SocketAddr, files: &TlsFiles) -> std::io::Result<()> {
+    /// for before it yields the connection); then it reads nothing. With `receive_buffer`,
+    /// its socket's receive buffer is that small (set before the connect, so the window it
+    /// offers is too).
+    async fn tls_client(
+        addr: SocketAddr,
+        files: &TlsFiles,
+        receive_buffer: Option<u32>,
+    ) -> std::io::Result<()> {
         use tokio::io::AsyncWriteExt;
-        let tcp = TcpStream::connect(addr).await?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
+        let tcp = socket.connect(addr).await?;
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let mut tls = tokio_rustls::TlsConnector::from(client_config(files))
             .connect(name, tcp)
@@ -3061,6 +3085,47 @@ mod tests {
         // Held open until the listener has yielded it.
         std::future::pending::<()>().await;
         Ok(())
+    }
+
+    /// The send-buffer limit ([`SEND_BUFFER_LIMIT`]): a write of the largest read's HTTP/2
+    /// frame (72 KiB of redacted text and its framing) is taken whole by one call, encrypted
+    /// as one batch of records, even when the socket takes almost none of it (a peer that
+    /// reads nothing, both buffers small). At rustls's default limit the call took 64 KiB
+    /// and the rest went as a write of its own (two `writev`s per message, issue #15).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_of_the_largest_read_is_taken_whole_by_one_write() {
+        use tokio_stream::StreamExt;
+        const FRAME: usize = 72 * 1024 + 64 + 9;
+        let mut server = Loopback::start(TIMING, 1).await;
+        let (addr, files) = (server.addr, server.files.clone());
+        let client = tokio::spawn(async move { tls_client(addr, &files, Some(4096)).await });
+        let mut connection = tokio::time::timeout(Duration::from_secs(30), server.incoming.next())
+            .await
+            .expect("a connection within 30 s")
+            .expect("a connection")
+            .expect("established");
+        socket2::SockRef::from(connection.stream.get_ref().0)
+            .set_send_buffer_size(4096)
+            .expect("a small send buffer");
+        let frame = vec![b'x'; FRAME];
+        let taken = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(tokio::io::AsyncWrite::poll_write(
+                std::pin::Pin::new(&mut connection),
+                cx,
+                &frame,
+            ))
+        })
+        .await;
+        match taken {
+            std::task::Poll::Ready(Ok(n)) => assert_eq!(n, FRAME, "taken by one write"),
+            other => panic!("the write was not taken: {other:?}"),
+        }
+        assert!(
+            !client.is_finished(),
+            "the client failed: {:?}",
+            client.await
+        );
+        client.abort();
     }
 
     fn refusal_codes(refused: &Mutex<Vec<Refused>>) -> Vec<&'static str> {
