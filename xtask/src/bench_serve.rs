@@ -195,6 +195,13 @@ fn pin(pid: u32, cpus: &[usize], all: bool) -> anyhow::Result<()> {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// Runs of the engine alone after the readers' step, beside the one-stream rounds' own: the
+/// 64-reader target comes from the fastest of them all (least CPU time). One short run of the
+/// engine moved the target by ±10 % between benches minutes apart (docs/performance.md,
+/// 2026-12-06), while the agent's CPU per byte over a readers' step of seconds held steady:
+/// contention only slows a run, so the fastest is the engine's rate, and the strictest target.
+const ENGINE_RUNS_AFTER: usize = 3;
+
 pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     if args.runs == 0 || args.size_mib == 0 || args.concurrent_mib == 0 {
         bail!("--runs, --size-mib and --concurrent-mib must be at least 1");
@@ -274,7 +281,7 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
             Server::Sshd(sshd.pid),
             sshd.cmd(&format!("cat {file} | LC_ALL=C sed -E {sed}")),
         ),
-        ("loggate-agent redact (engine alone)", Server::None, {
+        (ENGINE_LABEL, Server::None, {
             // Pinned: on one of the agent's CPUs, the one-core rate of the 64-reader target.
             match &placement {
                 Some(p) => {
@@ -297,10 +304,18 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
             c
         }),
     ];
+    let engine_at = tools
+        .iter()
+        .position(|(label, _, _)| *label == ENGINE_LABEL)
+        .context("the engine alone is one of the commands")?;
     let mut best: Vec<Option<Sample>> = vec![None; tools.len()];
+    let mut engine_runs = Vec::new();
     for round in 0..args.runs {
         for (i, (label, server, cmd)) in tools.iter().enumerate() {
             let s = measure(cmd, *server)?;
+            if i == engine_at {
+                engine_runs.push(s);
+            }
             eprintln!(
                 "xtask: run {} {label}: {:.0} MB/s",
                 round + 1,
@@ -361,6 +376,7 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     println!("| readers | aggregate MB/s | first / last reader done (s) | slowest reader's MB/s | per reader while all ran, min / max MB/s | least share (target >= 1/128) | agent peak RSS MiB | agent CPU s/GiB | softirq on the agent's CPUs s/GiB | load |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
     let most_readers = args.readers.iter().copied().max().unwrap_or(0);
     let mut aggregate_of_most = None;
+    let mut agent_cpu_of_most = None;
     for &n in &args.readers {
         reset_peak_rss(agent_pid);
         let cpu_before = cpu_seconds(agent_pid, false)?;
@@ -413,14 +429,15 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         let wall = times.iter().copied().fold(0.0, f64::max);
         let first = times.iter().copied().fold(f64::INFINITY, f64::min);
         let aggregate = mb_per_s(small_size * n as u64, wall);
+        let cpu = cpu_seconds(agent_pid, false)? - cpu_before;
+        let gib = small_size as f64 * n as f64 / GIB;
         if n == most_readers {
             aggregate_of_most = Some(aggregate);
+            agent_cpu_of_most = Some(cpu / gib);
         }
         // Every reader starts at once: the last one's rate over the whole run is what the
         // most starved reader got (at least aggregate / 128 is the issue's target).
         let slowest = mb_per_s(small_size, wall);
-        let cpu = cpu_seconds(agent_pid, false)? - cpu_before;
-        let gib = small_size as f64 * n as f64 / GIB;
         let softirq = match (agent_cpus, softirq_before) {
             (Some(cpus), Some(before)) => {
                 format!("{:.2}", (softirq_seconds(cpus)? - before) / gib)
@@ -450,7 +467,10 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
     // Its start (building the detectors) counts in its CPU time too, a large part of a small
     // file's: the least CPU time of three runs on a one-line file is taken off.
     let mut startup = f64::INFINITY;
-    let engine_cmd = &tools[3].2;
+    let engine_cmd = &tools[engine_at].2;
+    for _ in 0..ENGINE_RUNS_AFTER {
+        engine_runs.push(measure(engine_cmd, Server::None)?);
+    }
     // The engine's command (`taskset -c N` or not) ends with the file it redacts.
     let mut engine_args: Vec<_> = engine_cmd.get_args().map(ToOwned::to_owned).collect();
     engine_args.pop();
@@ -461,7 +481,18 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
         startup = startup.min(measure(&on_one_line, Server::None)?.client_cpu);
     }
     println!("engine start-up (one-line file, least of 3): {startup:.3} CPU s");
-    let engine = best[3].map(|s| target(size, s.client_cpu, s.seconds, startup, agent_cores));
+    let rates: Vec<String> = engine_runs
+        .iter()
+        .map(|s| format!("{:.0}", mb_per_s(size, s.client_cpu - startup)))
+        .collect();
+    println!(
+        "engine alone, MB/s of its CPU time: {} in the one-stream rounds, {} after the readers; \
+         the fastest is the target's",
+        rates[..rates.len() - ENGINE_RUNS_AFTER].join(", "),
+        rates[rates.len() - ENGINE_RUNS_AFTER..].join(", ")
+    );
+    let engine =
+        fastest(&engine_runs).map(|s| target(size, s.client_cpu, s.seconds, startup, agent_cores));
     match engine {
         Some(t) => {
             println!(
@@ -479,12 +510,15 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
                     t.cpu_rate / t.wall_rate
                 );
             }
-            if let Some(agg) = aggregate_of_most {
+            if let (Some(agg), Some(agent_cpu)) = (aggregate_of_most, agent_cpu_of_most) {
                 println!(
-                    "{} readers: {agg:.0} MB/s = {:.2}x of the target ({})",
-                    args.readers.iter().copied().max().unwrap_or(0),
+                    "{most_readers} readers: {agg:.0} MB/s = {:.2}x of the target ({}); the \
+                     agent's CPU per GiB {agent_cpu:.2} = {:.2}x the engine's {:.2} (an agent \
+                     with its cores to itself meets the target at <= 1.25x)",
                     agg / t.target,
-                    if agg >= t.target { "met" } else { "not met" }
+                    if agg >= t.target { "met" } else { "not met" },
+                    agent_cpu / (GIB / 1e6 / t.cpu_rate),
+                    GIB / 1e6 / t.cpu_rate,
                 );
             }
         }
@@ -585,6 +619,16 @@ struct Sample {
     seconds: f64,
     client_cpu: f64,
     server_cpu: f64,
+}
+
+/// The engine alone among the one-stream commands.
+const ENGINE_LABEL: &str = "loggate-agent redact (engine alone)";
+
+/// The run of least CPU time: the engine's rate when nothing slowed it.
+fn fastest(runs: &[Sample]) -> Option<Sample> {
+    runs.iter()
+        .copied()
+        .min_by(|a, b| a.client_cpu.total_cmp(&b.client_cpu))
 }
 
 /// The 64-reader target (issue #15): 0.8 × the engine's one-core rate × the agent's cores.
@@ -993,6 +1037,20 @@ mod tests {
         assert!((small.cpu_rate - 433.0).abs() < 1.0, "{}", small.cpu_rate);
         // A start-up measured above the whole run leaves no verdict.
         assert!(target(64 << 20, 0.5, 1.0, 0.6, 1).target.is_infinite());
+    }
+
+    /// The target's engine run is the one of least CPU time, whatever its wall time.
+    #[test]
+    fn the_target_is_of_the_engine_run_of_least_cpu_time() {
+        let run = |seconds, client_cpu| Sample {
+            seconds,
+            client_cpu,
+            server_cpu: 0.0,
+        };
+        let runs = [run(0.5, 0.48), run(0.6, 0.41), run(0.45, 0.44)];
+        let f = fastest(&runs).expect("three runs");
+        assert_eq!((f.seconds, f.client_cpu), (0.6, 0.41));
+        assert!(fastest(&[]).is_none());
     }
 
     /// The softirq column: each named CPU's softirq time, and an error rather than a zero for
