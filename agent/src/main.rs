@@ -363,6 +363,7 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             revocations: None,
             reload_cert: Some(reload_cert),
             max_streams_per_connection: Some(max_streams_per_connection),
+            send_buffer: Some(SEND_BUFFER),
         },
         routes::AgentRoutes::new(service, max_request),
         async {
@@ -403,6 +404,17 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     announce(tracing::Level::INFO, "loggate-agent stopped");
     served
 }
+
+/// The send-buffer limit of the agent's connections: a read's message goes out in one write
+/// ([`loggate_core::tls_accept::SEND_BUFFER_LIMIT`]).
+const SEND_BUFFER: usize = loggate_core::tls_accept::SEND_BUFFER_LIMIT;
+// The largest message fits whole: a read of `CHUNK` whose redaction made it at most 1/8
+// longer, its gRPC and message framing, HTTP/2's 9-byte frame head, and the TLS records'
+// 22 bytes each of at most 16 KiB.
+const _: () = assert!(
+    SEND_BUFFER
+        >= stream::CHUNK + stream::CHUNK / 8 + frames::HEADROOM + 9 + 22 * (SEND_BUFFER / 16384)
+);
 
 /// How long shutdown waits for the streams it ended to write their `read.finished` (a stream
 /// ends within one line's or one chunk's time of the stop).

@@ -232,6 +232,7 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
                         revocations: None,
                         reload_cert: None,
                         max_streams_per_connection: None,
+                        send_buffer: None,
                     },
                     EnrolmentServer::from_arc(service)
                         .max_decoding_message_size(MAX_ENROL_REQUEST_BYTES),
@@ -261,6 +262,8 @@ pub async fn serve(config_path: &Path) -> anyhow::Result<()> {
             revocations: Some(service.revocations()),
             reload_cert: None,
             max_streams_per_connection: None,
+            // rustls's default: a controller holds a connection per agent of the fleet.
+            send_buffer: None,
         },
         // `WatchGrants` from events encoded once for every agent; the other methods as generated.
         crate::service::grant_stream::ControllerRoutes::new(service.clone(), MAX_REQUEST_BYTES),

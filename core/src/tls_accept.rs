@@ -218,17 +218,16 @@ pub const PERSON_RESERVE: usize = 64;
 const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 /// … and then this often.
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// The TLS bytes one established connection may hold for sending, beyond what its socket
-/// took (rustls's send-buffer limit; rustls's default is 64 KiB). A write is taken only up to
-/// this, the rest on the next write: at 64 KiB a read's message (a 64 KiB read and its
-/// framing, just over 64 KiB) went out as two `writev`s, the second of a few hundred bytes,
-/// each a TCP segment and a wake-up of the reader (issue #15, docs/performance.md). At this
-/// size a message of the largest read (72 KiB redacted, `cli::MAX_FRAME_SIZE`) goes whole. A
-/// bound per connection: a peer that stops reading holds at most this much here.
+/// The TLS bytes one established connection of the agent's port may hold for sending,
+/// beyond what its socket took ([`AcceptOptions::send_buffer`], rustls's send-buffer limit;
+/// rustls's default is 64 KiB). A write is taken only up to the limit, the rest on the next
+/// write: at 64 KiB a read's message (a 64 KiB read and its framing, just over 64 KiB) went
+/// out as two `writev`s, the second of a few hundred bytes, each a TCP segment and a wake-up
+/// of the reader (issue #15, docs/performance.md). At this size a message of the largest read
+/// goes whole (the agent checks its own sizes against it). It is what a peer that stops
+/// reading can make the connection hold here, with nothing but HTTP/2 pings to answer: the
+/// controller's ports, whose connections are counted by the thousand, keep rustls's default.
 pub const SEND_BUFFER_LIMIT: usize = 128 * 1024;
-// The largest read's frame (72 KiB, 64 bytes of gRPC and message framing, the 9 of HTTP/2's
-// frame head) and its records' overhead (22 bytes each of at most 16 KiB) fit.
-const _: () = assert!(SEND_BUFFER_LIMIT >= 72 * 1024 + 64 + 9 + 5 * 22);
 /// How often, at most, evictions are summarised in one `tls.refused` record.
 pub const PRESSURE_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 /// Prefixes named in the eviction counts of one summary interval at most (memory bound).
@@ -436,6 +435,9 @@ pub struct AcceptOptions {
     /// Handshakes in progress at once, at most (and never more than the open-file limit
     /// allows, see [`MAX_HANDSHAKES`]).
     pub max_handshakes: usize,
+    /// rustls's send-buffer limit for each established connection ([`SEND_BUFFER_LIMIT`] on
+    /// the agent's port); `None`: rustls's default, 64 KiB.
+    pub send_buffer: Option<usize>,
 }
 
 impl AcceptOptions {
@@ -443,6 +445,7 @@ impl AcceptOptions {
     pub const MUTUAL: AcceptOptions = AcceptOptions {
         client_auth: ClientAuth::Required,
         max_handshakes: MAX_HANDSHAKES,
+        send_buffer: None,
     };
 }
 
@@ -556,6 +559,7 @@ fn incoming_timed(
     });
     let (tx, rx) = mpsc::channel(64);
     let accept_teardown = teardown.clone();
+    let send_buffer = options.send_buffer;
     let accepting = tokio::spawn(async move {
         let teardown = accept_teardown;
         // Dropped with this task (when `Incoming` is): every handshake still in progress is
@@ -615,7 +619,7 @@ fn incoming_timed(
                 match outcome {
                     Ok(stream) => {
                         if let Some(connection) =
-                            establish(&connections, stream, peer, &teardown).await
+                            establish(&connections, stream, peer, &teardown, send_buffer).await
                         {
                             let _ = tx.send(Ok(connection)).await;
                         }
@@ -1370,6 +1374,7 @@ async fn establish(
     mut stream: TlsStream<TcpStream>,
     peer: SocketAddr,
     teardown: &Teardown,
+    send_buffer: Option<usize>,
 ) -> Option<Connection> {
     let place = Connections::enter(connections, connection_identity(&stream, peer))?;
     let mut preface = [0u8; HTTP2_PREFACE.len()];
@@ -1382,7 +1387,9 @@ async fn establish(
         Ok(Ok(_)) if &preface == HTTP2_PREFACE => Some(Connection {
             replayed: 0,
             stream: {
-                stream.get_mut().1.set_buffer_limit(Some(SEND_BUFFER_LIMIT));
+                if send_buffer.is_some() {
+                    stream.get_mut().1.set_buffer_limit(send_buffer);
+                }
                 stream
             },
             _place: place,
@@ -2996,7 +3003,9 @@ mod tests {
     }
 
     impl Loopback {
-        async fn start(timing: Timing, turns: usize) -> Loopback {
+        /// A listener with `turns` for the cryptography and `send_buffer` as its
+        /// [`AcceptOptions::send_buffer`].
+        async fn start(timing: Timing, turns: usize, send_buffer: Option<usize>) -> Loopback {
             let (dir, files) = pki();
             let computing = Arc::new(tokio::sync::Semaphore::new(turns));
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -3005,6 +3014,7 @@ mod tests {
             let options = AcceptOptions {
                 client_auth: ClientAuth::NotAsked,
                 max_handshakes: 16,
+                send_buffer,
             };
             let incoming = incoming_timed(
                 listener,
@@ -3087,19 +3097,20 @@ mod tests {
         Ok(())
     }
 
-    /// The send-buffer limit ([`SEND_BUFFER_LIMIT`]): a write of the largest read's HTTP/2
-    /// frame (72 KiB of redacted text and its framing) is taken whole by one call, encrypted
-    /// as one batch of records, even when the socket takes almost none of it (a peer that
-    /// reads nothing, both buffers small). At rustls's default limit the call took 64 KiB
-    /// and the rest went as a write of its own (two `writev`s per message, issue #15).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_message_of_the_largest_read_is_taken_whole_by_one_write() {
+    /// An established connection of a listener with `send_buffer`, its socket's send buffer
+    /// at 4 KiB, whose client (receive buffer 4 KiB) reads nothing, with the client's task.
+    async fn a_connection_to_a_stalled_client(
+        send_buffer: Option<usize>,
+    ) -> (
+        Loopback,
+        Connection,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         use tokio_stream::StreamExt;
-        const FRAME: usize = 72 * 1024 + 64 + 9;
-        let mut server = Loopback::start(TIMING, 1).await;
+        let mut server = Loopback::start(TIMING, 1, send_buffer).await;
         let (addr, files) = (server.addr, server.files.clone());
         let client = tokio::spawn(async move { tls_client(addr, &files, Some(4096)).await });
-        let mut connection = tokio::time::timeout(Duration::from_secs(30), server.incoming.next())
+        let connection = tokio::time::timeout(Duration::from_secs(30), server.incoming.next())
             .await
             .expect("a connection within 30 s")
             .expect("a connection")
@@ -3107,25 +3118,85 @@ mod tests {
         socket2::SockRef::from(connection.stream.get_ref().0)
             .set_send_buffer_size(4096)
             .expect("a small send buffer");
-        let frame = vec![b'x'; FRAME];
-        let taken = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(tokio::io::AsyncWrite::poll_write(
-                std::pin::Pin::new(&mut connection),
+        (server, connection, client)
+    }
+
+    /// One `poll_write_vectored` of `bufs` (as h2 writes a frame: its head, then its payload).
+    async fn write_once(
+        connection: &mut Connection,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(tokio::io::AsyncWrite::poll_write_vectored(
+                std::pin::Pin::new(&mut *connection),
                 cx,
-                &frame,
+                bufs,
             ))
         })
-        .await;
-        match taken {
-            std::task::Poll::Ready(Ok(n)) => assert_eq!(n, FRAME, "taken by one write"),
-            other => panic!("the write was not taken: {other:?}"),
+        .await
+    }
+
+    /// The agent's send-buffer limit ([`SEND_BUFFER_LIMIT`]): one write of the largest read's
+    /// HTTP/2 frame (its head, then 72 KiB of redacted text and its framing) is taken whole,
+    /// to be encrypted as one batch of records, even when the socket takes almost none of it.
+    /// With rustls's default (a listener without the option: the controller's) the write
+    /// takes 64 KiB and the rest goes as a write of its own (two `writev`s per message,
+    /// issue #15). And what a peer that reads nothing makes the connection hold is bounded by
+    /// the limit: writes are refused (`Pending`) once rustls holds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_of_the_largest_read_is_taken_whole_and_a_stalled_peer_holds_the_limit() {
+        const PAYLOAD: usize = 72 * 1024 + 64;
+        let head = [0u8; 9];
+        let payload = vec![b'x'; PAYLOAD];
+        let frame = [
+            std::io::IoSlice::new(&head),
+            std::io::IoSlice::new(&payload),
+        ];
+        // What the socket itself may take with both buffers at 4 KiB, at most (loopback:
+        // the send buffer, the receive buffer and the window, each doubled by the kernel).
+        const SOCKET: usize = 64 * 1024;
+        for (send_buffer, limit) in [
+            (Some(SEND_BUFFER_LIMIT), SEND_BUFFER_LIMIT),
+            (None, 64 * 1024),
+        ] {
+            let (_server, mut connection, client) =
+                a_connection_to_a_stalled_client(send_buffer).await;
+            let mut held = match write_once(&mut connection, &frame).await {
+                std::task::Poll::Ready(Ok(n)) => n,
+                other => panic!("the write was not taken: {other:?}"),
+            };
+            if send_buffer.is_some() {
+                assert_eq!(held, head.len() + PAYLOAD, "taken whole by one write");
+            } else {
+                assert_eq!(held, 64 * 1024, "rustls's default takes 64 KiB of it");
+            }
+            // Write on until refused: what the connection holds is the limit, and what the
+            // socket took.
+            let refused = loop {
+                match write_once(&mut connection, &frame).await {
+                    std::task::Poll::Ready(Ok(n)) => held += n,
+                    std::task::Poll::Pending => break true,
+                    std::task::Poll::Ready(Err(e)) => panic!("the write failed: {e}"),
+                }
+                if held > limit + SOCKET {
+                    break false;
+                }
+            };
+            assert!(
+                refused,
+                "{held} bytes taken and still writing (limit {limit})"
+            );
+            assert!(
+                held >= limit,
+                "refused at {held} bytes, under the limit {limit}"
+            );
+            assert!(
+                !client.is_finished(),
+                "the client failed: {:?}",
+                client.await
+            );
+            client.abort();
         }
-        assert!(
-            !client.is_finished(),
-            "the client failed: {:?}",
-            client.await
-        );
-        client.abort();
     }
 
     fn refusal_codes(refused: &Mutex<Vec<Refused>>) -> Vec<&'static str> {
@@ -3144,7 +3215,7 @@ mod tests {
             hello_within: Duration::from_secs(2),
             turn_within: Duration::from_secs(60),
         };
-        let mut server = Loopback::start(timing, 1).await;
+        let mut server = Loopback::start(timing, 1, None).await;
         let every_turn = server.take_a_turn().await;
         let client = server.spawn_client();
         // Twice the ClientHello deadline with every turn taken, then a turn is free.
@@ -3190,7 +3261,7 @@ mod tests {
             hello_within: Duration::from_secs(60),
             turn_within: Duration::from_secs(1),
         };
-        let server = Loopback::start(timing, 1).await;
+        let server = Loopback::start(timing, 1, None).await;
         let teardown = server.incoming.teardown();
         let _every_turn = server.take_a_turn().await;
         // A real ClientHello, then read what the server sends.
@@ -3272,7 +3343,7 @@ mod tests {
             hello_within: Duration::from_secs(2),
             turn_within: Duration::from_secs(60),
         };
-        let server = Loopback::start(timing, 1).await;
+        let server = Loopback::start(timing, 1, None).await;
         let every_turn = server.take_a_turn().await;
         let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
         tcp.write_all(&client_hello(&server.files))
@@ -3317,7 +3388,7 @@ mod tests {
             hello_within: Duration::from_secs(60),
             turn_within: Duration::from_secs(2),
         };
-        let mut server = Loopback::start(timing, 1).await;
+        let mut server = Loopback::start(timing, 1, None).await;
         let mut silent = TcpStream::connect(server.addr).await.expect("connect");
         silent
             .write_all(&client_hello(&server.files))
@@ -3394,7 +3465,7 @@ mod tests {
             hello_within: Duration::from_secs(30),
             turn_within: Duration::from_secs(30),
         };
-        let server = Loopback::start(timing, 1).await;
+        let server = Loopback::start(timing, 1, None).await;
         let mut tcp = TcpStream::connect(server.addr).await.expect("connect");
         tcp.write_all(&without_a_usable_key_share(&client_hello(&server.files)))
             .await
@@ -3420,7 +3491,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_tls_1_2_client_is_refused() {
         // The production deadlines and turns.
-        let server = Loopback::start(TIMING, HANDSHAKES_COMPUTING).await;
+        let server = Loopback::start(TIMING, HANDSHAKES_COMPUTING, None).await;
         let mut roots = RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(&server.files.ca).expect("ca") {
             roots.add(cert.expect("ca")).expect("root");
@@ -3485,7 +3556,7 @@ mod tests {
             hello_within: Duration::from_secs(4),
             turn_within: Duration::from_secs(60),
         };
-        let server = Loopback::start(timing, 1).await;
+        let server = Loopback::start(timing, 1, None).await;
         let hello = client_hello(&server.files);
         let connected = Instant::now();
         let mut tcp = TcpStream::connect(server.addr).await.expect("connect");

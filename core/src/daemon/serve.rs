@@ -482,6 +482,10 @@ pub struct MtlsSettings<'a, D> {
     /// HTTP/2 streams one connection may have open at once (`None`: the HTTP/2 library's
     /// default, unbounded by this side).
     pub max_streams_per_connection: Option<u32>,
+    /// rustls's send-buffer limit per connection on the mutual-TLS port
+    /// ([`crate::tls_accept::AcceptOptions::send_buffer`]; a pre-authentication port always
+    /// keeps rustls's default).
+    pub send_buffer: Option<usize>,
 }
 
 /// What the servers here serve: a tonic service (every method of one gRPC service, named by
@@ -527,14 +531,11 @@ where
     S: GrpcService,
     D: AsRef<SharedAuditLog> + Send + Sync + 'static,
 {
-    serve_tls(
-        listener,
-        settings,
-        crate::tls_accept::AcceptOptions::MUTUAL,
-        service,
-        shutdown,
-    )
-    .await
+    let options = crate::tls_accept::AcceptOptions {
+        send_buffer: settings.send_buffer,
+        ..crate::tls_accept::AcceptOptions::MUTUAL
+    };
+    serve_tls(listener, settings, options, service, shutdown).await
 }
 
 /// Handshakes in progress at once on a pre-authentication port, at most: it is reached by
@@ -573,6 +574,7 @@ where
         crate::tls_accept::AcceptOptions {
             client_auth: crate::tls_accept::ClientAuth::NotAsked,
             max_handshakes: PRE_AUTH_MAX_HANDSHAKES,
+            send_buffer: None,
         },
         service,
         shutdown,
@@ -1262,6 +1264,7 @@ mod tests {
             crate::tls_accept::AcceptOptions {
                 client_auth: crate::tls_accept::ClientAuth::NotAsked,
                 max_handshakes: PRE_AUTH_MAX_HANDSHAKES,
+                send_buffer: None,
             },
             |_| {},
         )
@@ -1281,6 +1284,7 @@ mod tests {
                         revocations: None,
                         reload_cert: None,
                         max_streams_per_connection: None,
+                        send_buffer: None,
                     },
                     service,
                     // Never a stop.
@@ -1334,6 +1338,7 @@ mod tests {
                         revocations: None,
                         reload_cert: None,
                         max_streams_per_connection: None,
+                        send_buffer: None,
                     },
                     service,
                     async move {
