@@ -408,13 +408,11 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
 /// The send-buffer limit of the agent's connections: a read's message goes out in one write
 /// ([`loggate_core::tls_accept::SEND_BUFFER_LIMIT`]).
 const SEND_BUFFER: usize = loggate_core::tls_accept::SEND_BUFFER_LIMIT;
-// The largest message fits whole: a read of `CHUNK` whose redaction made it at most 1/8
-// longer, its gRPC and message framing, HTTP/2's 9-byte frame head, and the TLS records'
-// 22 bytes each of at most 16 KiB.
-const _: () = assert!(
-    SEND_BUFFER
-        >= stream::CHUNK + stream::CHUNK / 8 + frames::HEADROOM + 9 + 22 * (SEND_BUFFER / 16384)
-);
+// A read's message fits whole when it carries no line from the read before: a read of `CHUNK`
+// made up to 1/8 longer by its tags (the ordinary case; more tags, or a carried line of up to
+// `max_line_bytes`, make a longer message, which goes in two writes: a `writev` more, not more
+// memory), its gRPC and message framing, and HTTP/2's 9-byte frame head.
+const _: () = assert!(SEND_BUFFER >= stream::CHUNK + stream::CHUNK / 8 + frames::HEADROOM + 9);
 
 /// How long shutdown waits for the streams it ended to write their `read.finished` (a stream
 /// ends within one line's or one chunk's time of the stop).

@@ -568,6 +568,11 @@ where
         "{} is not a pre-authentication service; it is never served without client certificates",
         S::NAME
     );
+    // A peer of this port needs no certificate: its connections keep rustls's send buffer.
+    anyhow::ensure!(
+        settings.send_buffer.is_none(),
+        "a pre-authentication port keeps rustls's send-buffer limit"
+    );
     serve_tls(
         listener,
         settings,
