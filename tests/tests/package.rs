@@ -810,6 +810,12 @@ fn packages_under_real_systemd_start_ready_serve_a_read_stop_cleanly_and_upgrade
         assert_eq!(c.show(unit, "User"), "loggate", "{unit}");
         assert_eq!(c.show(unit, "WatchdogUSec"), "30s", "{unit}");
     }
+    // The agent's CPU is bounded by its unit (issue #15): one CPU's worth in all.
+    assert_eq!(
+        c.show("loggate-agent.service", "CPUQuotaPerSecUSec"),
+        "1s",
+        "the agent's CPUQuota"
+    );
     // The daemons ping their watchdog (every 15 s): systemd moves the watchdog timestamp it
     // set at READY=1 only when a WATCHDOG=1 arrives.
     let units = ["loggate-controller.service", "loggate-agent.service"];
