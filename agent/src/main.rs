@@ -42,6 +42,7 @@ use loggate_core::daemon::audit::AuditPlaces;
 use loggate_core::daemon::{announce, serve_mtls, AuditRuntime, LogFormat, MtlsSettings};
 use loggate_core::grant::{unix_now, Audience, GrantVerifier};
 use loggate_core::identity::Role;
+use loggate_core::tls_accept::SEND_BUFFER_LIMIT;
 use loggate_redact as redact;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -363,7 +364,8 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
             revocations: None,
             reload_cert: Some(reload_cert),
             max_streams_per_connection: Some(max_streams_per_connection),
-            send_buffer: Some(SEND_BUFFER),
+            // A read's message goes out in one write (checked below).
+            send_buffer: Some(SEND_BUFFER_LIMIT),
         },
         routes::AgentRoutes::new(service, max_request),
         async {
@@ -405,14 +407,12 @@ async fn run(config_path: &Path) -> anyhow::Result<()> {
     served
 }
 
-/// The send-buffer limit of the agent's connections: a read's message goes out in one write
-/// ([`loggate_core::tls_accept::SEND_BUFFER_LIMIT`]).
-const SEND_BUFFER: usize = loggate_core::tls_accept::SEND_BUFFER_LIMIT;
 // A read's message fits whole when it carries no line from the read before: a read of `CHUNK`
 // made up to 1/8 longer by its tags (the ordinary case; more tags, or a carried line of up to
 // `max_line_bytes`, make a longer message, which goes in two writes: a `writev` more, not more
 // memory), its gRPC and message framing, and HTTP/2's 9-byte frame head.
-const _: () = assert!(SEND_BUFFER >= stream::CHUNK + stream::CHUNK / 8 + frames::HEADROOM + 9);
+const _: () =
+    assert!(SEND_BUFFER_LIMIT >= stream::CHUNK + stream::CHUNK / 8 + frames::HEADROOM + 9);
 
 /// How long shutdown waits for the streams it ended to write their `read.finished` (a stream
 /// ends within one line's or one chunk's time of the stop).

@@ -524,14 +524,15 @@ pub fn run_bench(args: &Args) -> anyhow::Result<()> {
                 );
             }
             if let (Some(agg), Some(agent_cpu)) = (aggregate_of_most, agent_cpu_of_most) {
+                let engine_cpu = GIB / 1e6 / t.cpu_rate;
                 println!(
                     "{most_readers} readers: {agg:.0} MB/s = {:.2}x of the target ({}); the \
                      agent's CPU per GiB {agent_cpu:.2} = {:.2}x the engine's {:.2} (an agent \
                      with its cores to itself meets the target at <= 1.25x)",
                     agg / t.target,
                     if agg >= t.target { "met" } else { "not met" },
-                    agent_cpu / (GIB / 1e6 / t.cpu_rate),
-                    GIB / 1e6 / t.cpu_rate,
+                    agent_cpu / engine_cpu,
+                    engine_cpu,
                 );
             }
         }
